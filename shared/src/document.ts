@@ -1,0 +1,48 @@
+import * as Y from "yjs"
+import {
+  type DeletedMessageRecord,
+  type EditRecord,
+  type MessageRecord,
+  type ParticipantRecord,
+  TopLevel,
+} from "./schema.js"
+
+/** The typed top-level types of a conversation document. */
+export interface ConversationTypes {
+  readonly meta: Y.Map<unknown>
+  readonly participants: Y.Map<ParticipantRecord>
+  readonly messages: Y.Array<MessageRecord | DeletedMessageRecord>
+  readonly edits: Y.Map<EditRecord>
+  readonly reactions: Y.Map<number>
+  readonly read: Y.Map<number>
+  readonly delivered: Y.Map<number>
+  readonly order: Y.Array<string>
+}
+
+const cache = new WeakMap<Y.Doc, ConversationTypes>()
+
+/** The top-level types of `doc`, typed. Getting them writes nothing. */
+export function typesOf(doc: Y.Doc): ConversationTypes {
+  let types = cache.get(doc)
+  if (!types) {
+    types = {
+      meta: doc.getMap(TopLevel.meta),
+      participants: doc.getMap(TopLevel.participants),
+      messages: doc.getArray(TopLevel.messages),
+      edits: doc.getMap(TopLevel.edits),
+      reactions: doc.getMap(TopLevel.reactions),
+      read: doc.getMap(TopLevel.read),
+      delivered: doc.getMap(TopLevel.delivered),
+      order: doc.getArray(TopLevel.order),
+    }
+    cache.set(doc, types)
+  }
+  return types
+}
+
+/** A user's markers, as sequence numbers (0 = nothing yet). */
+export interface Markers {
+  readonly read: number
+  readonly delivered: number
+}
+

@@ -1,0 +1,80 @@
+/**
+ * Every error code Parley reports, on the wire, to the SDK's callers and in hook
+ * logs. One union so that a client written against it can switch exhaustively.
+ */
+export const ErrorCode = {
+  UNAUTHORIZED: "UNAUTHORIZED",
+  FORBIDDEN: "FORBIDDEN",
+  NOT_FOUND: "NOT_FOUND",
+  INVALID_UPDATE: "INVALID_UPDATE",
+  INVALID_ARGUMENT: "INVALID_ARGUMENT",
+  MALFORMED_FRAME: "MALFORMED_FRAME",
+  TOO_LARGE: "TOO_LARGE",
+  RATE_LIMITED: "RATE_LIMITED",
+  UNAVAILABLE: "UNAVAILABLE",
+  TIMEOUT: "TIMEOUT",
+  INTERNAL: "INTERNAL",
+} as const
+/** One of {@link ErrorCode}'s values. */
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
+
+const codes = new Set<string>(Object.values(ErrorCode))
+
+/** True when `value` is a known {@link ErrorCode}. */
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === "string" && codes.has(value)
+}
+
+/**
+ * The one error class of Parley. `rule` names the document rule that refused an
+ * operation (see `rules.ts`), so that a UI can say precisely why.
+ */
+export class ParleyError extends Error {
+  override readonly name = "ParleyError"
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown; rule?: string },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause })
+    if (options?.rule !== undefined) this.rule = options.rule
+  }
+  /** The rule that refused the operation, when a rule did. */
+  readonly rule?: string
+}
+
+/** Turns any thrown value into a {@link ParleyError}, keeping the original as `cause`. */
+export function toParleyError(error: unknown, fallback: ErrorCode = ErrorCode.INTERNAL): ParleyError {
+  if (error instanceof ParleyError) return error
+  const message = error instanceof Error ? error.message : String(error)
+  return new ParleyError(fallback, message, { cause: error })
+}
+
+/**
+ * WebSocket close codes the relay uses. 4000–4999 is the application range;
+ * the HTTP-like numbers make them easy to remember.
+ */
+export const CloseCode = {
+  /** Normal end, e.g. the client closed. */
+  Normal: { code: 1000, reason: "Normal" },
+  /** The relay is shutting down; reconnect later. */
+  GoingAway: { code: 1001, reason: "Going away" },
+  /** A frame could not be decoded or used an unknown message type. */
+  MalformedFrame: { code: 4400, reason: "Malformed frame" },
+  /** Missing, invalid or expired token. Refresh the token, then reconnect. */
+  Unauthorized: { code: 4401, reason: "Unauthorized" },
+  /** Valid user, but not allowed to open this conversation. */
+  Forbidden: { code: 4403, reason: "Forbidden" },
+  /** The document name is not a valid conversation or inbox id. */
+  NotFound: { code: 4404, reason: "Not found" },
+  /** A frame exceeded the relay's maximum frame size. */
+  TooLarge: { code: 4413, reason: "Frame too large" },
+  /** Too many frames, or the connection read too slowly and its send queue overflowed. */
+  RateLimited: { code: 4429, reason: "Rate limited" },
+  /** The relay failed internally; the frame was not stored. */
+  Internal: { code: 4500, reason: "Internal error" },
+  /** The relay cannot take more documents or connections right now. */
+  Unavailable: { code: 4503, reason: "Unavailable" },
+} as const satisfies Record<string, { code: number; reason: string }>
+/** Name of a {@link CloseCode}. */
+export type CloseCodeName = keyof typeof CloseCode

@@ -1,0 +1,182 @@
+import type * as Y from "yjs"
+import { typesOf } from "./document.js"
+import type { MessageId, UserId } from "./ids.js"
+import { getConversation } from "./reads.js"
+import { addedItems, contentOf } from "./transaction-changes.js"
+import {
+  type ConversationInfo,
+  type DeletedMessageRecord,
+  type EditRecord,
+  isDeletedRecord,
+  type MessageRecord,
+  MetaKey,
+  type Participant,
+  type ParticipantRecord,
+  decodeSequenceRecord,
+  parseReactionKey,
+  type Role,
+} from "./schema.js"
+
+/**
+ * What happened in a conversation, derived from what a Yjs transaction changed.
+ * The relay turns these into hook events; the SDK into its own events. Who did
+ * it is not part of the document change: callers that know (the relay knows the
+ * session) add it.
+ */
+export type ChangeEvent =
+  | { readonly type: "conversation.created"; readonly conversation: ConversationInfo }
+  | {
+      readonly type: "conversation.updated"
+      readonly fields: readonly ("title" | "metadata")[]
+      readonly conversation: ConversationInfo
+    }
+  | { readonly type: "conversation.deleted"; readonly deletedBy: UserId }
+  | { readonly type: "participants.added"; readonly participants: readonly Participant[] }
+  | { readonly type: "participants.removed"; readonly users: readonly UserId[] }
+  | {
+      readonly type: "participants.roleChanged"
+      readonly changes: readonly { readonly user: UserId; readonly from: Role; readonly to: Role }[]
+    }
+  | { readonly type: "message.sent"; readonly message: MessageRecord }
+  | {
+      readonly type: "message.edited"
+      readonly messageId: MessageId
+      readonly body: string
+      readonly editedAt: number
+    }
+  | {
+      readonly type: "message.deleted"
+      readonly messageId: MessageId
+      readonly author: UserId
+      readonly deletedBy: UserId
+    }
+  | { readonly type: "reaction.added"; readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
+  | { readonly type: "reaction.removed"; readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
+  | { readonly type: "messages.read"; readonly user: UserId; readonly upTo: number }
+  | { readonly type: "messages.delivered"; readonly user: UserId; readonly upTo: number }
+  | { readonly type: "messages.sequenced"; readonly from: number; readonly ids: readonly MessageId[] }
+
+/** The `type` of a {@link ChangeEvent}. */
+export type ChangeEventType = ChangeEvent["type"]
+
+type MapChanges = Map<string, { action: "add" | "update" | "delete"; oldValue: unknown }>
+
+/**
+ * Calls `listener` after every transaction on `doc` that changed the
+ * conversation, with the events in a stable order (conversation, participants,
+ * messages, reactions, markers, sequencing). Returns the unsubscribe function.
+ */
+export function observeChanges(
+  doc: Y.Doc,
+  listener: (events: ChangeEvent[], transaction: Y.Transaction) => void,
+): () => void {
+  const t = typesOf(doc)
+  // Collected while Yjs calls observers (deleted content is still readable then),
+  // emitted once per transaction.
+  const pending = new Map<Y.Transaction, Partial<Record<string, unknown>>>()
+  const slot = (tr: Y.Transaction) => {
+    let s = pending.get(tr)
+    if (!s) pending.set(tr, (s = {}))
+    return s
+  }
+  const onMap = (name: string) => (event: Y.YMapEvent<unknown>) => {
+    slot(event.transaction)[name] = new Map(event.changes.keys)
+  }
+  const onMessages = (event: Y.YArrayEvent<MessageRecord | DeletedMessageRecord>) => {
+    slot(event.transaction).messages = contentOf(addedItems(event.transaction, t.messages as Y.AbstractType<unknown>))
+  }
+  const onOrder = (event: Y.YArrayEvent<string>) => {
+    slot(event.transaction).order = contentOf(addedItems(event.transaction, t.order as Y.AbstractType<unknown>))
+  }
+  const mapNames = ["meta", "participants", "edits", "reactions", "read", "delivered"] as const
+  const mapHandlers = mapNames.map((name) => [t[name] as Y.Map<unknown>, onMap(name)] as const)
+  for (const [type, handler] of mapHandlers) type.observe(handler)
+  t.messages.observe(onMessages)
+  t.order.observe(onOrder)
+  const afterTransaction = (tr: Y.Transaction) => {
+    const changes = pending.get(tr)
+    if (!changes) return
+    pending.delete(tr)
+    const events = deriveEvents(doc, changes)
+    if (events.length > 0) listener(events, tr)
+  }
+  doc.on("afterTransaction", afterTransaction)
+  return () => {
+    for (const [type, handler] of mapHandlers) type.unobserve(handler)
+    t.messages.unobserve(onMessages)
+    t.order.unobserve(onOrder)
+    doc.off("afterTransaction", afterTransaction)
+  }
+}
+
+function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): ChangeEvent[] {
+  const events: ChangeEvent[] = []
+  const t = typesOf(doc)
+  const meta = changes.meta as MapChanges | undefined
+  if (meta) {
+    const conversation = getConversation(doc)
+    if (meta.get(MetaKey.createdAt)?.action === "add" && conversation) {
+      events.push({ type: "conversation.created", conversation })
+    } else if (conversation) {
+      const fields = (["title", "metadata"] as const).filter((k) => meta.has(k))
+      if (fields.length > 0) events.push({ type: "conversation.updated", fields, conversation })
+    }
+    if (meta.get(MetaKey.deletedAt)?.action === "add" && conversation?.deletedAt !== undefined) {
+      events.push({ type: "conversation.deleted", deletedBy: conversation.deletedBy! })
+    }
+  }
+  const participants = changes.participants as MapChanges | undefined
+  if (participants) {
+    const added: Participant[] = []
+    const removed: UserId[] = []
+    const roles: { user: UserId; from: Role; to: Role }[] = []
+    for (const [key, change] of participants) {
+      const user = key as UserId
+      const now = t.participants.get(user)
+      if (change.action === "add" && now) added.push({ user, ...now })
+      else if (change.action === "delete") removed.push(user)
+      else if (change.action === "update" && now) {
+        const from = (change.oldValue as ParticipantRecord).role
+        if (from !== now.role) roles.push({ user, from, to: now.role })
+      }
+    }
+    if (added.length > 0) events.push({ type: "participants.added", participants: added })
+    if (removed.length > 0) events.push({ type: "participants.removed", users: removed })
+    if (roles.length > 0) events.push({ type: "participants.roleChanged", changes: roles })
+  }
+  for (const record of (changes.messages as (MessageRecord | DeletedMessageRecord)[] | undefined) ?? []) {
+    if (isDeletedRecord(record)) {
+      events.push({ type: "message.deleted", messageId: record.id, author: record.author, deletedBy: record.deletedBy })
+    } else {
+      events.push({ type: "message.sent", message: record })
+    }
+  }
+  const edits = changes.edits as MapChanges | undefined
+  for (const [key, change] of edits ?? []) {
+    const edit = t.edits.get(key) as EditRecord | undefined
+    if (change.action !== "delete" && edit) {
+      events.push({ type: "message.edited", messageId: key as MessageId, body: edit.body, editedAt: edit.editedAt })
+    }
+  }
+  for (const [key, change] of (changes.reactions as MapChanges | undefined) ?? []) {
+    const parsed = parseReactionKey(key)
+    if (!parsed) continue
+    if (change.action === "add") events.push({ type: "reaction.added", messageId: parsed.message, ...pick(parsed) })
+    if (change.action === "delete") events.push({ type: "reaction.removed", messageId: parsed.message, ...pick(parsed) })
+  }
+  for (const which of ["read", "delivered"] as const) {
+    for (const [key, change] of (changes[which] as MapChanges | undefined) ?? []) {
+      const upTo = t[which].get(key)
+      if (change.action !== "delete" && upTo !== undefined) {
+        events.push({ type: which === "read" ? "messages.read" : "messages.delivered", user: key as UserId, upTo })
+      }
+    }
+  }
+  for (const value of (changes.order as string[] | undefined) ?? []) {
+    const record = decodeSequenceRecord(value)
+    if (record) events.push({ type: "messages.sequenced", from: record.from, ids: record.ids })
+  }
+  return events
+}
+
+const pick = (p: { user: UserId; emoji: string }) => ({ user: p.user, emoji: p.emoji })

@@ -1,0 +1,182 @@
+import type * as Y from "yjs"
+import { typesOf } from "./document.js"
+import { addedItems, contentOf, deletedItems } from "./transaction-changes.js"
+import type { MessageId, UserId } from "./ids.js"
+import {
+  type DeletedMessageRecord,
+  isDeletedRecord,
+  type MessageRecord,
+  parseReactionKey,
+  decodeSequenceRecord,
+} from "./schema.js"
+
+/**
+ * Lookups over a conversation's messages that the array and maps do not give
+ * directly: a record by id, the sequence number of a message, the canonical
+ * order, reactions per message. Built once per document (O(n)) and then kept
+ * current by observers in time proportional to each change, so that reads on a
+ * 100,000-message conversation never rescan it.
+ */
+export class MessageIndex {
+  /** Live (not deleted) records by id. The first record of an id wins. */
+  readonly records = new Map<MessageId, MessageRecord>()
+  /** Deletion placeholders by id. */
+  readonly deleted = new Map<MessageId, DeletedMessageRecord>()
+  /** Sequence number of each sequenced message (the lowest, if several). */
+  readonly seqOf = new Map<MessageId, number>()
+  /** Reactions per message: emoji → users. */
+  readonly reactions = new Map<MessageId, Map<string, Set<UserId>>>()
+  /** Sequenced message ids sorted by sequence number. */
+  private readonly sequenced: MessageId[] = []
+  private canonical: readonly MessageId[] | undefined
+  private version = 0
+
+  constructor(private readonly doc: Y.Doc) {
+    const t = typesOf(doc)
+    for (const record of t.messages.toArray()) this.addRecord(record)
+    for (const value of t.order) this.addSequence(value)
+    for (const key of t.reactions.keys()) this.addReaction(key)
+    t.messages.observe((event) => {
+      const messages = t.messages as Y.AbstractType<unknown>
+      for (const r of contentOf<MessageRecord>(addedItems(event.transaction, messages))) this.addRecord(r)
+      for (const r of contentOf<MessageRecord>(deletedItems(event.transaction, messages))) this.removeRecord(r)
+      this.touch()
+    })
+    t.order.observe((event) => {
+      for (const value of contentOf<string>(addedItems(event.transaction, t.order as Y.AbstractType<unknown>))) {
+        this.addSequence(value)
+      }
+      this.touch()
+    })
+    t.reactions.observe((event) => {
+      for (const [key, change] of event.changes.keys) {
+        if (change.action === "add") this.addReaction(key)
+        else if (change.action === "delete") this.removeReaction(key)
+      }
+      this.touch()
+    })
+  }
+
+  /** Increases whenever the messages, their order or reactions change. */
+  get changes(): number {
+    return this.version
+  }
+
+  /** Every message id in canonical order: sequenced by number, then the rest in array order. */
+  order(): readonly MessageId[] {
+    if (this.canonical) return this.canonical
+    const known = new Set<MessageId>()
+    for (const id of this.records.keys()) if (!this.seqOf.has(id)) known.add(id)
+    for (const id of this.deleted.keys()) if (!this.seqOf.has(id)) known.add(id)
+    if (known.size === 0) {
+      this.canonical = this.sequenced
+    } else {
+      // Pending messages are few (only this replica's, until the relay sees them), so
+      // one scan of the array per change is the price of a convergent local order.
+      const pending: MessageId[] = []
+      for (const record of typesOf(this.doc).messages) {
+        if (known.delete(record.id)) pending.push(record.id)
+      }
+      this.canonical = [...this.sequenced, ...pending]
+    }
+    return this.canonical
+  }
+
+  /** Position of a message in {@link order}, or -1. */
+  positionOf(id: MessageId): number {
+    const seq = this.seqOf.get(id)
+    if (seq === undefined) return this.order().indexOf(id)
+    return this.sequencedIndexOf(seq)
+  }
+
+  /** Index in the sequenced list of the first message whose number is ≥ `seq`. */
+  sequencedIndexOf(seq: number): number {
+    let lo = 0
+    let hi = this.sequenced.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if ((this.seqOf.get(this.sequenced[mid]!) ?? 0) < seq) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+
+  /** Sequenced ids with a number greater than `seq`. */
+  sequencedAfter(seq: number): readonly MessageId[] {
+    return this.sequenced.slice(this.sequencedIndexOf(seq + 1))
+  }
+
+  /** Highest sequence number in the document (0 when none). */
+  lastSequence(): number {
+    const last = this.sequenced[this.sequenced.length - 1]
+    return last === undefined ? 0 : this.seqOf.get(last)!
+  }
+
+  /** Ids present in the document but without a sequence number. */
+  unsequenced(): MessageId[] {
+    const order = this.order()
+    return order.slice(this.sequenced.length) as MessageId[]
+  }
+
+  private touch() {
+    this.canonical = undefined
+    this.version++
+  }
+
+  private addRecord(record: MessageRecord | DeletedMessageRecord) {
+    if (isDeletedRecord(record)) {
+      if (!this.deleted.has(record.id)) this.deleted.set(record.id, record)
+    } else if (!this.records.has(record.id)) {
+      this.records.set(record.id, record)
+    }
+  }
+
+  private removeRecord(record: MessageRecord | DeletedMessageRecord) {
+    const map: Map<MessageId, unknown> = isDeletedRecord(record) ? this.deleted : this.records
+    // Only forget the id if this exact record was the one indexed (duplicates may remain).
+    if (map.get(record.id) === record) map.delete(record.id)
+  }
+
+  private addSequence(value: string) {
+    const record = decodeSequenceRecord(value)
+    if (!record) return
+    record.ids.forEach((id, i) => {
+      const seq = record.from + i
+      const existing = this.seqOf.get(id)
+      if (existing !== undefined && existing <= seq) return
+      if (existing !== undefined) this.sequenced.splice(this.sequencedIndexOf(existing), 1)
+      this.seqOf.set(id, seq)
+      if (seq > this.lastSequence()) this.sequenced.push(id)
+      else this.sequenced.splice(this.sequencedIndexOf(seq), 0, id)
+    })
+  }
+
+  private addReaction(key: string) {
+    const parsed = parseReactionKey(key)
+    if (!parsed) return
+    let byEmoji = this.reactions.get(parsed.message)
+    if (!byEmoji) this.reactions.set(parsed.message, (byEmoji = new Map()))
+    let users = byEmoji.get(parsed.emoji)
+    if (!users) byEmoji.set(parsed.emoji, (users = new Set()))
+    users.add(parsed.user)
+  }
+
+  private removeReaction(key: string) {
+    const parsed = parseReactionKey(key)
+    const byEmoji = parsed && this.reactions.get(parsed.message)
+    const users = parsed && byEmoji?.get(parsed.emoji)
+    if (!parsed || !byEmoji || !users) return
+    users.delete(parsed.user)
+    if (users.size === 0) byEmoji.delete(parsed.emoji)
+    if (byEmoji.size === 0) this.reactions.delete(parsed.message)
+  }
+}
+
+const indexes = new WeakMap<Y.Doc, MessageIndex>()
+
+/** The message index of `doc`, built on first use. */
+export function messageIndex(doc: Y.Doc): MessageIndex {
+  let index = indexes.get(doc)
+  if (!index) indexes.set(doc, (index = new MessageIndex(doc)))
+  return index
+}

@@ -1,0 +1,379 @@
+import type * as Y from "yjs"
+import { typesOf } from "./document.js"
+import { ErrorCode, ParleyError } from "./errors.js"
+import {
+  type ConversationId,
+  directConversationId,
+  directDistinctKey,
+  isMessageId,
+  type MessageId,
+  newMessageId,
+  parseUserId,
+  type UserId,
+} from "./ids.js"
+import { messageIndex } from "./message-index.js"
+import { getConversation, getMessage, type MessageView, markersOf, roleOf } from "./reads.js"
+import {
+  canCreateConversation,
+  canDeleteMessage,
+  canEditMessage,
+  canMoveMarker,
+  canReact,
+  canRemoveParticipant,
+  canSendMessage,
+  canUpdateConversation,
+  canAddParticipant,
+  canChangeRole,
+  type Decision,
+} from "./rules.js"
+import {
+  type Attachment,
+  type ConversationInfo,
+  type ConversationKind,
+  type DeletedMessageRecord,
+  Limits,
+  type MessageRecord,
+  type Metadata,
+  MetaKey,
+  type Priority,
+  type Role,
+  reactionKey,
+  SCHEMA_VERSION,
+} from "./schema.js"
+import {
+  assertValid,
+  checkEditRecord,
+  checkMessageRecord,
+  checkMetadata,
+} from "./validate.js"
+
+/**
+ * The write operations on a conversation document. Each one checks the rules
+ * for `actor` first and throws FORBIDDEN (naming the rule) before writing
+ * anything; each writes in one Yjs transaction, so that it reaches every
+ * replica as one update. `origin` is passed to the transaction for callers that
+ * tell their own writes apart.
+ */
+export interface WriteOptions {
+  /** Time to record, in milliseconds since the epoch. Defaults to `Date.now()`. */
+  readonly now?: number
+  /** Yjs transaction origin. */
+  readonly origin?: unknown
+}
+
+/** Throws FORBIDDEN when `decision` refuses. */
+export function assertAllowed(decision: Decision): void {
+  if (!decision.allowed) throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+}
+
+function requireConversation(doc: Y.Doc): ConversationInfo {
+  const info = getConversation(doc)
+  if (!info) throw new ParleyError(ErrorCode.NOT_FOUND, "this document holds no conversation")
+  return info
+}
+
+/** What to create. */
+export interface CreateConversationInput {
+  readonly kind: ConversationKind
+  /** The conversation id; derived from the participants for direct conversations. */
+  readonly id?: ConversationId
+  /** Other participants (the creator is added as owner). */
+  readonly participants: readonly UserId[]
+  readonly title?: string
+  readonly metadata?: Metadata
+}
+
+/**
+ * Creates the conversation in an empty document. For a direct conversation the
+ * id and distinct key come from the two users, both are owners, and creating it
+ * again (on either side, even concurrently offline) changes nothing.
+ */
+export function createConversation(
+  doc: Y.Doc,
+  actor: UserId,
+  input: CreateConversationInput,
+  options: WriteOptions = {},
+): ConversationInfo {
+  const existing = getConversation(doc)
+  if (existing) {
+    if (existing.kind === "direct" && input.kind === "direct") return existing
+    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "this conversation already exists")
+  }
+  const others = [...new Set(input.participants.map(parseUserId))].filter((u) => u !== actor)
+  const roles = new Map<UserId, Role>([[actor, "owner"]])
+  let id = input.id
+  let distinctKey: string | undefined
+  if (input.kind === "direct") {
+    if (others.length !== 1) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a direct conversation has two users")
+    id = directConversationId([actor, others[0]!])
+    distinctKey = directDistinctKey([actor, others[0]!])
+    roles.set(others[0]!, "owner")
+  } else {
+    for (const user of others) roles.set(user, "member")
+  }
+  if (id === undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a group conversation needs an id")
+  if (roles.size > Limits.participants) throw new ParleyError(ErrorCode.TOO_LARGE, "too many participants")
+  const title = input.title ?? ""
+  if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+  if (input.metadata) assertValid(checkMetadata, input.metadata)
+  assertAllowed(canCreateConversation(actor, roles))
+  const now = options.now ?? Date.now()
+  const t = typesOf(doc)
+  doc.transact(() => {
+    t.meta.set(MetaKey.schemaVersion, SCHEMA_VERSION)
+    t.meta.set(MetaKey.id, id)
+    t.meta.set(MetaKey.kind, input.kind)
+    t.meta.set(MetaKey.title, title)
+    t.meta.set(MetaKey.createdBy, actor)
+    t.meta.set(MetaKey.metadata, input.metadata ?? {})
+    if (distinctKey !== undefined) t.meta.set(MetaKey.distinctKey, distinctKey)
+    for (const [user, role] of roles) t.participants.set(user, { role, addedBy: actor, addedAt: now })
+    // Written last: readers treat a document as a conversation once createdAt is there.
+    t.meta.set(MetaKey.createdAt, now)
+  }, options.origin)
+  return requireConversation(doc)
+}
+
+/** Sets the title (owners and admins). */
+export function renameConversation(doc: Y.Doc, actor: UserId, title: string, options: WriteOptions = {}): void {
+  requireConversation(doc)
+  assertAllowed(canUpdateConversation(roleOf(doc, actor)))
+  if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+  doc.transact(() => typesOf(doc).meta.set(MetaKey.title, title), options.origin)
+}
+
+/** Replaces the conversation's metadata (owners and admins). */
+export function setConversationMetadata(
+  doc: Y.Doc,
+  actor: UserId,
+  metadata: Metadata,
+  options: WriteOptions = {},
+): void {
+  requireConversation(doc)
+  assertAllowed(canUpdateConversation(roleOf(doc, actor)))
+  assertValid(checkMetadata, metadata)
+  doc.transact(() => typesOf(doc).meta.set(MetaKey.metadata, metadata), options.origin)
+}
+
+/** Marks the conversation deleted (owners and admins). Its content stays until purged. */
+export function deleteConversation(doc: Y.Doc, actor: UserId, options: WriteOptions = {}): void {
+  const info = requireConversation(doc)
+  if (info.deletedAt !== undefined) return
+  assertAllowed(canUpdateConversation(roleOf(doc, actor)))
+  doc.transact(() => {
+    typesOf(doc).meta.set(MetaKey.deletedBy, actor)
+    typesOf(doc).meta.set(MetaKey.deletedAt, options.now ?? Date.now())
+  }, options.origin)
+}
+
+/** Adds users with `role` (owners and admins; not in direct conversations). Present users are skipped. */
+export function addParticipants(
+  doc: Y.Doc,
+  actor: UserId,
+  users: readonly UserId[],
+  role: Role = "member",
+  options: WriteOptions = {},
+): UserId[] {
+  const info = requireConversation(doc)
+  assertAllowed(canAddParticipant(roleOf(doc, actor), info.kind, role))
+  const t = typesOf(doc)
+  const added = [...new Set(users.map(parseUserId))].filter((u) => !t.participants.has(u))
+  if (t.participants.size + added.length > Limits.participants)
+    throw new ParleyError(ErrorCode.TOO_LARGE, "too many participants")
+  const now = options.now ?? Date.now()
+  if (added.length > 0) {
+    doc.transact(() => {
+      for (const user of added) t.participants.set(user, { role, addedBy: actor, addedAt: now })
+    }, options.origin)
+  }
+  return added
+}
+
+/** Removes users (owners and admins; anyone may remove themselves). Absent users are skipped. */
+export function removeParticipants(
+  doc: Y.Doc,
+  actor: UserId,
+  users: readonly UserId[],
+  options: WriteOptions = {},
+): UserId[] {
+  const info = requireConversation(doc)
+  const t = typesOf(doc)
+  const actorRole = roleOf(doc, actor)
+  const removed = [...new Set(users)].filter((u) => t.participants.has(u))
+  for (const user of removed) {
+    assertAllowed(canRemoveParticipant(actor, actorRole, info.kind, user, t.participants.get(user)!.role))
+  }
+  if (removed.length > 0) doc.transact(() => removed.forEach((u) => t.participants.delete(u)), options.origin)
+  return removed
+}
+
+/** `actor` leaves the conversation. */
+export const leaveConversation = (doc: Y.Doc, actor: UserId, options: WriteOptions = {}): void => {
+  removeParticipants(doc, actor, [actor], options)
+}
+
+/** Changes a participant's role. */
+export function changeRole(doc: Y.Doc, actor: UserId, user: UserId, role: Role, options: WriteOptions = {}): void {
+  const info = requireConversation(doc)
+  const current = typesOf(doc).participants.get(user)
+  if (!current) throw new ParleyError(ErrorCode.NOT_FOUND, `${user} is not a participant`)
+  if (current.role === role) return
+  assertAllowed(canChangeRole(roleOf(doc, actor), info.kind, current.role, role))
+  doc.transact(() => typesOf(doc).participants.set(user, { ...current, role }), options.origin)
+}
+
+/** What to send. */
+export interface SendMessageInput {
+  /** Client-generated id; sending the same id again is a no-op. Generated when absent. */
+  readonly id?: MessageId
+  readonly body: string
+  readonly type?: string
+  readonly replyTo?: MessageId
+  readonly attachments?: readonly Attachment[]
+  readonly metadata?: Metadata
+  readonly priority?: Priority
+}
+
+/** Sends a message as `actor`. Idempotent by id: a retry returns the message already there. */
+export function sendMessage(doc: Y.Doc, actor: UserId, input: SendMessageInput, options: WriteOptions = {}): MessageView {
+  requireConversation(doc)
+  const id = input.id ?? newMessageId()
+  const already = getMessage(doc, id)
+  if (already) return already
+  assertAllowed(canSendMessage(actor, roleOf(doc, actor), actor))
+  const record: MessageRecord = {
+    id,
+    author: actor,
+    body: input.body,
+    createdAt: options.now ?? Date.now(),
+    ...(input.type !== undefined && input.type !== "text" ? { type: input.type } : {}),
+    ...(input.replyTo !== undefined ? { replyTo: input.replyTo } : {}),
+    ...(input.attachments?.length ? { attachments: input.attachments } : {}),
+    ...(input.metadata && Object.keys(input.metadata).length > 0 ? { metadata: input.metadata } : {}),
+    ...(input.priority !== undefined && input.priority !== "normal" ? { priority: input.priority } : {}),
+  }
+  assertValid(checkMessageRecord, record)
+  doc.transact(() => typesOf(doc).messages.push([record]), options.origin)
+  return getMessage(doc, id)!
+}
+
+function requireLiveMessage(doc: Y.Doc, id: MessageId): MessageRecord {
+  const index = messageIndex(doc)
+  const record = index.records.get(id)
+  if (!record || index.deleted.has(id)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${id}`)
+  return record
+}
+
+/** Replaces a message's body (author only). */
+export function editMessage(doc: Y.Doc, actor: UserId, id: MessageId, body: string, options: WriteOptions = {}): void {
+  const record = requireLiveMessage(doc, id)
+  assertAllowed(canEditMessage(actor, roleOf(doc, actor), record.author))
+  const edit = { body, editedAt: options.now ?? Date.now() }
+  assertValid(checkEditRecord, edit)
+  doc.transact(() => typesOf(doc).edits.set(id, edit), options.origin)
+}
+
+/**
+ * Deletes a message (author, owners and admins). The record is removed from the
+ * array, so Yjs garbage-collects its body, attachments and metadata; a
+ * placeholder with only id, author and times takes its place, and its edit and
+ * reactions are removed too. Deleting twice is a no-op.
+ */
+export function deleteMessage(doc: Y.Doc, actor: UserId, id: MessageId, options: WriteOptions = {}): void {
+  const index = messageIndex(doc)
+  if (index.deleted.has(id)) return
+  const record = requireLiveMessage(doc, id)
+  assertAllowed(canDeleteMessage(actor, roleOf(doc, actor), record.author))
+  const t = typesOf(doc)
+  const placeholder: DeletedMessageRecord = {
+    id,
+    author: record.author,
+    createdAt: record.createdAt,
+    deletedAt: options.now ?? Date.now(),
+    deletedBy: actor,
+  }
+  doc.transact(() => {
+    let position = -1
+    let i = 0
+    for (const r of t.messages) {
+      if (r === record) {
+        position = i
+        break
+      }
+      i++
+    }
+    t.messages.delete(position, 1)
+    t.messages.insert(position, [placeholder])
+    t.edits.delete(id)
+    for (const [emoji, users] of index.reactions.get(id) ?? []) {
+      for (const user of users) t.reactions.delete(reactionKey(id, user, emoji))
+    }
+  }, options.origin)
+}
+
+function checkEmoji(emoji: string) {
+  if (emoji.length === 0 || emoji.length > Limits.emojiLength || emoji.includes("\u001f"))
+    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "invalid reaction")
+}
+
+/** Adds `actor`'s reaction with `emoji`. */
+export function react(doc: Y.Doc, actor: UserId, id: MessageId, emoji: string, options: WriteOptions = {}): void {
+  requireLiveMessage(doc, id)
+  checkEmoji(emoji)
+  assertAllowed(canReact(actor, roleOf(doc, actor), actor))
+  const key = reactionKey(id, actor, emoji)
+  if (typesOf(doc).reactions.has(key)) return
+  doc.transact(() => typesOf(doc).reactions.set(key, options.now ?? Date.now()), options.origin)
+}
+
+/** Removes `actor`'s reaction with `emoji`. */
+export function unreact(doc: Y.Doc, actor: UserId, id: MessageId, emoji: string, options: WriteOptions = {}): void {
+  checkEmoji(emoji)
+  assertAllowed(canReact(actor, roleOf(doc, actor), actor))
+  const key = reactionKey(id, actor, emoji)
+  if (!typesOf(doc).reactions.has(key)) return
+  doc.transact(() => typesOf(doc).reactions.delete(key), options.origin)
+}
+
+/** A marker target: a sequence number, a message id, or the latest message. */
+export type MarkerTarget = number | MessageId | "latest"
+
+function markerValue(doc: Y.Doc, target: MarkerTarget): number {
+  const index = messageIndex(doc)
+  if (typeof target === "number") return target
+  if (target === "latest" || !isMessageId(target)) return index.lastSequence()
+  // A message not sequenced yet (still pending somewhere) marks everything the relay has ordered.
+  return index.seqOf.get(target) ?? index.lastSequence()
+}
+
+function moveMarker(
+  doc: Y.Doc,
+  which: "read" | "delivered",
+  actor: UserId,
+  target: MarkerTarget,
+  options: WriteOptions,
+): boolean {
+  requireConversation(doc)
+  const map = typesOf(doc)[which]
+  const to = Math.min(markerValue(doc, target), messageIndex(doc).lastSequence())
+  const current = map.get(actor)
+  if (current !== undefined && to <= current) return false
+  if (current === undefined && to === 0) return false
+  assertAllowed(canMoveMarker(actor, roleOf(doc, actor), actor, current, to))
+  doc.transact(() => {
+    map.set(actor, to)
+    // Read implies delivered; keeping both forward spares readers a max().
+    if (which === "read" && (typesOf(doc).delivered.get(actor) ?? 0) < to) typesOf(doc).delivered.set(actor, to)
+  }, options.origin)
+  return true
+}
+
+/** Moves `actor`'s read marker forward to `target` (default: latest). Returns whether it moved. */
+export const markRead = (doc: Y.Doc, actor: UserId, target: MarkerTarget = "latest", options: WriteOptions = {}) =>
+  moveMarker(doc, "read", actor, target, options)
+
+/** Moves `actor`'s delivered marker forward to `target` (default: latest). Returns whether it moved. */
+export const markDelivered = (doc: Y.Doc, actor: UserId, target: MarkerTarget = "latest", options: WriteOptions = {}) =>
+  moveMarker(doc, "delivered", actor, target, options)
+
+export { markersOf }

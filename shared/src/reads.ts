@@ -1,0 +1,199 @@
+import type * as Y from "yjs"
+import { type Markers, typesOf } from "./document.js"
+import type { ConversationId, MessageId, UserId } from "./ids.js"
+import { messageIndex } from "./message-index.js"
+import {
+  type Attachment,
+  type ConversationInfo,
+  type ConversationKind,
+  type Metadata,
+  MetaKey,
+  type Participant,
+  type Priority,
+  type Role,
+} from "./schema.js"
+
+/** The conversation's fields, or undefined when the document holds no conversation yet. */
+export function getConversation(doc: Y.Doc): ConversationInfo | undefined {
+  const meta = typesOf(doc).meta
+  const createdAt = meta.get(MetaKey.createdAt)
+  if (typeof createdAt !== "number") return undefined
+  const info: ConversationInfo = {
+    id: meta.get(MetaKey.id) as ConversationId,
+    schemaVersion: (meta.get(MetaKey.schemaVersion) as number | undefined) ?? 1,
+    kind: (meta.get(MetaKey.kind) as ConversationKind | undefined) ?? "group",
+    title: (meta.get(MetaKey.title) as string | undefined) ?? "",
+    createdBy: meta.get(MetaKey.createdBy) as UserId,
+    createdAt,
+    metadata: (meta.get(MetaKey.metadata) as Metadata | undefined) ?? {},
+  }
+  const distinctKey = meta.get(MetaKey.distinctKey)
+  const deletedAt = meta.get(MetaKey.deletedAt)
+  const deletedBy = meta.get(MetaKey.deletedBy)
+  return {
+    ...info,
+    ...(typeof distinctKey === "string" ? { distinctKey } : {}),
+    ...(typeof deletedAt === "number" ? { deletedAt, deletedBy: deletedBy as UserId } : {}),
+  }
+}
+
+/** Participants with their roles, sorted by the time they were added. */
+export function listParticipants(doc: Y.Doc): Participant[] {
+  const list: Participant[] = []
+  for (const [user, record] of typesOf(doc).participants) list.push({ user: user as UserId, ...record })
+  return list.sort((a, b) => a.addedAt - b.addedAt || a.user.localeCompare(b.user))
+}
+
+/** `user`'s role, or undefined when they are not a participant. */
+export const roleOf = (doc: Y.Doc, user: UserId): Role | undefined => typesOf(doc).participants.get(user)?.role
+
+/** A message as readers see it: the record with its edit, deletion and reactions applied. */
+export interface MessageView {
+  readonly id: MessageId
+  readonly author: UserId
+  /** Current body: the latest edit, or "" once deleted. */
+  readonly body: string
+  readonly type: string
+  readonly createdAt: number
+  readonly priority: Priority
+  readonly replyTo?: MessageId
+  readonly attachments: readonly Attachment[]
+  readonly metadata: Metadata
+  /** Canonical sequence number, once the relay has accepted the message. */
+  readonly seq?: number
+  readonly editedAt?: number
+  readonly deleted?: { readonly at: number; readonly by: UserId }
+  /** Emoji → users who reacted with it. */
+  readonly reactions: Readonly<Record<string, readonly UserId[]>>
+}
+
+/** One message with its edit, delete and reaction state. */
+export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
+  const index = messageIndex(doc)
+  const seq = index.seqOf.get(id)
+  const placeholder = index.deleted.get(id)
+  if (placeholder) {
+    return {
+      id,
+      author: placeholder.author,
+      body: "",
+      type: "deleted",
+      createdAt: placeholder.createdAt,
+      priority: "normal",
+      attachments: [],
+      metadata: {},
+      reactions: {},
+      deleted: { at: placeholder.deletedAt, by: placeholder.deletedBy },
+      ...(seq !== undefined ? { seq } : {}),
+    }
+  }
+  const record = index.records.get(id)
+  if (!record) return undefined
+  const edit = typesOf(doc).edits.get(id)
+  const reactions: Record<string, UserId[]> = {}
+  for (const [emoji, users] of index.reactions.get(id) ?? []) reactions[emoji] = [...users].sort()
+  return {
+    id,
+    author: record.author,
+    body: edit ? edit.body : record.body,
+    type: record.type ?? "text",
+    createdAt: record.createdAt,
+    priority: record.priority ?? "normal",
+    attachments: record.attachments ?? [],
+    metadata: record.metadata ?? {},
+    reactions,
+    ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
+    ...(seq !== undefined ? { seq } : {}),
+    ...(edit ? { editedAt: edit.editedAt } : {}),
+  }
+}
+
+/** Which part of the canonical order to read. */
+export type MessageWindow =
+  | { readonly last: number }
+  | { readonly before: MessageId; readonly limit: number }
+  | { readonly after: MessageId; readonly limit: number }
+  | { readonly around: MessageId; readonly limit: number }
+
+/**
+ * A window of messages in canonical order. An anchor id that is unknown gives
+ * an empty list rather than a guess.
+ */
+export function listMessages(doc: Y.Doc, window: MessageWindow): MessageView[] {
+  const index = messageIndex(doc)
+  const order = index.order()
+  let start: number
+  let end: number
+  if ("last" in window) {
+    start = Math.max(0, order.length - window.last)
+    end = order.length
+  } else {
+    const anchor = "before" in window ? window.before : "after" in window ? window.after : window.around
+    const at = index.positionOf(anchor)
+    if (at < 0 || order[at] !== anchor) return []
+    if ("before" in window) {
+      start = Math.max(0, at - window.limit)
+      end = at
+    } else if ("after" in window) {
+      start = at + 1
+      end = Math.min(order.length, at + 1 + window.limit)
+    } else {
+      const before = Math.floor((window.limit - 1) / 2)
+      start = Math.max(0, at - before)
+      end = Math.min(order.length, start + window.limit)
+      start = Math.max(0, end - window.limit)
+    }
+  }
+  const views: MessageView[] = []
+  for (let i = start; i < end; i++) {
+    const view = getMessage(doc, order[i]!)
+    if (view) views.push(view)
+  }
+  return views
+}
+
+/** The latest message in canonical order, deleted ones included (as placeholders). */
+export function lastMessage(doc: Y.Doc): MessageView | undefined {
+  return listMessages(doc, { last: 1 })[0]
+}
+
+/** Number of messages in the conversation, deleted placeholders included. */
+export const messageCount = (doc: Y.Doc): number => messageIndex(doc).order().length
+
+/** Every user's markers, for "seen by" displays. */
+export function allMarkers(doc: Y.Doc): Record<UserId, Markers> {
+  const t = typesOf(doc)
+  const out: Record<string, Markers> = {}
+  for (const [user, read] of t.read) out[user] = { read, delivered: Math.max(read, t.delivered.get(user) ?? 0) }
+  for (const [user, delivered] of t.delivered) out[user] ??= { read: 0, delivered }
+  return out as Record<UserId, Markers>
+}
+
+/** `user`'s markers (0 when unset). Read implies delivered. */
+export function markersOf(doc: Y.Doc, user: UserId): Markers {
+  const t = typesOf(doc)
+  const read = t.read.get(user) ?? 0
+  return { read, delivered: Math.max(read, t.delivered.get(user) ?? 0) }
+}
+
+/**
+ * Messages `user` has not read: sequenced above their read marker, plus those
+ * not sequenced yet, that others wrote and that are not deleted. Counting by
+ * sequence rather than position is what keeps an offline device's messages,
+ * merged in late, from hiding behind a marker or being counted twice.
+ */
+export function unreadCount(doc: Y.Doc, user: UserId): number {
+  const index = messageIndex(doc)
+  const marker = typesOf(doc).read.get(user) ?? 0
+  let count = 0
+  const counts = (id: MessageId) => {
+    const record = index.records.get(id)
+    return record !== undefined && record.author !== user && !index.deleted.has(id)
+  }
+  for (const id of index.sequencedAfter(marker)) if (counts(id)) count++
+  for (const id of index.unsequenced()) if (counts(id)) count++
+  return count
+}
+
+/** Highest sequence number assigned in this conversation (0 when none). */
+export const lastSequence = (doc: Y.Doc): number => messageIndex(doc).lastSequence()

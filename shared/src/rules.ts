@@ -1,0 +1,147 @@
+import type { UserId } from "./ids.js"
+import type { ConversationKind, Role } from "./schema.js"
+
+/**
+ * Who may do what, as pure functions over plain values. The SDK calls them to
+ * refuse an operation before writing anything; the relay calls the same ones on
+ * what each incoming update changes. Each refusal names its rule so that the
+ * error a user sees says exactly which one.
+ */
+export const Rule = {
+  /** Only participants write to a conversation. */
+  participantOnly: "participant-only",
+  /** A new conversation's creator is its owner. */
+  creatorIsOwner: "creator-is-owner",
+  /** A message is written as its author, by its author. */
+  authorIsSender: "author-is-sender",
+  /** Only the author edits a message. */
+  authorOnly: "author-only",
+  /** The author or an owner / admin deletes a message. */
+  authorOrAdmin: "author-or-admin",
+  /** Reactions and markers are only set as oneself. */
+  selfOnly: "self-only",
+  /** Markers only move forward. */
+  markerForwardOnly: "marker-forward-only",
+  /** Participants, roles, title, metadata and deletion are for owners and admins. */
+  adminOnly: "admin-only",
+  /** Only an owner makes owners or changes / removes an owner. */
+  ownerOnly: "owner-only",
+  /** A direct conversation keeps its two participants. */
+  directIsFixed: "direct-is-fixed",
+  /** Sequence numbers are written only by the relay. */
+  relayOnly: "relay-only",
+  /** Records are immutable: written once, replaced only by a deletion placeholder. */
+  immutable: "immutable",
+  /** Only the known top-level types and well-formed, bounded records. */
+  schema: "schema",
+  /** A Yjs client id is used by one user only. */
+  clientIdOwner: "client-id-owner",
+} as const
+/** Name of a rule. */
+export type Rule = (typeof Rule)[keyof typeof Rule]
+
+/** Outcome of a rule check. */
+export type Decision = { readonly allowed: true } | { readonly allowed: false; readonly rule: Rule; readonly reason: string }
+
+const ALLOW: Decision = { allowed: true }
+const deny = (rule: Rule, reason: string): Decision => ({ allowed: false, rule, reason })
+
+/** True for owner and admin. */
+export const isManager = (role: Role | undefined): boolean => role === "owner" || role === "admin"
+
+/** May `actor` (with `actorRole`) write to the conversation at all? */
+export function canWrite(actorRole: Role | undefined): Decision {
+  return actorRole ? ALLOW : deny(Rule.participantOnly, "only participants may change a conversation")
+}
+
+/** May `actor` create a conversation whose participants are `roles`? */
+export function canCreateConversation(actor: UserId, roles: ReadonlyMap<UserId, Role>): Decision {
+  return roles.get(actor) === "owner"
+    ? ALLOW
+    : deny(Rule.creatorIsOwner, "the creator of a conversation must be one of its owners")
+}
+
+/** May `actor` send a message authored by `author`? */
+export function canSendMessage(actor: UserId, actorRole: Role | undefined, author: UserId): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return author === actor ? ALLOW : deny(Rule.authorIsSender, "a message must be authored by its sender")
+}
+
+/** May `actor` edit a message written by `author`? */
+export function canEditMessage(actor: UserId, actorRole: Role | undefined, author: UserId): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return author === actor ? ALLOW : deny(Rule.authorOnly, "only the author may edit a message")
+}
+
+/** May `actor` delete a message written by `author`? */
+export function canDeleteMessage(actor: UserId, actorRole: Role | undefined, author: UserId): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return author === actor || isManager(actorRole)
+    ? ALLOW
+    : deny(Rule.authorOrAdmin, "only the author or an admin may delete a message")
+}
+
+/** May `actor` add or remove a reaction in the name of `user`? */
+export function canReact(actor: UserId, actorRole: Role | undefined, user: UserId): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return user === actor ? ALLOW : deny(Rule.selfOnly, "reactions are only set as oneself")
+}
+
+/** May `actor` move `user`'s marker from `from` to `to`? */
+export function canMoveMarker(
+  actor: UserId,
+  actorRole: Role | undefined,
+  user: UserId,
+  from: number | undefined,
+  to: number,
+): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  if (user !== actor) return deny(Rule.selfOnly, "markers are only moved as oneself")
+  return from === undefined || to > from ? ALLOW : deny(Rule.markerForwardOnly, "markers only move forward")
+}
+
+/** May `actor` change the title, metadata, or delete the conversation? */
+export function canUpdateConversation(actorRole: Role | undefined): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return isManager(actorRole) ? ALLOW : deny(Rule.adminOnly, "only owners and admins may change the conversation")
+}
+
+/** May `actor` add `user` with `role`? */
+export function canAddParticipant(actorRole: Role | undefined, kind: ConversationKind, role: Role): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  if (kind === "direct") return deny(Rule.directIsFixed, "a direct conversation keeps its two participants")
+  if (!isManager(actorRole)) return deny(Rule.adminOnly, "only owners and admins may add participants")
+  if (role === "owner" && actorRole !== "owner") return deny(Rule.ownerOnly, "only an owner may add an owner")
+  return ALLOW
+}
+
+/** May `actor` remove `user` (whose role is `userRole`)? Removing oneself is leaving. */
+export function canRemoveParticipant(
+  actor: UserId,
+  actorRole: Role | undefined,
+  kind: ConversationKind,
+  user: UserId,
+  userRole: Role,
+): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  if (user === actor) return ALLOW
+  if (kind === "direct") return deny(Rule.directIsFixed, "a direct conversation keeps its two participants")
+  if (!isManager(actorRole)) return deny(Rule.adminOnly, "only owners and admins may remove participants")
+  if (userRole === "owner" && actorRole !== "owner") return deny(Rule.ownerOnly, "only an owner may remove an owner")
+  return ALLOW
+}
+
+/** May `actor` change `user`'s role from `from` to `to`? */
+export function canChangeRole(actorRole: Role | undefined, kind: ConversationKind, from: Role, to: Role): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  if (kind === "direct") return deny(Rule.directIsFixed, "roles in a direct conversation are fixed")
+  if (!isManager(actorRole)) return deny(Rule.adminOnly, "only owners and admins may change roles")
+  if ((from === "owner" || to === "owner") && actorRole !== "owner")
+    return deny(Rule.ownerOnly, "only an owner may make or unmake an owner")
+  return ALLOW
+}
+
+/** May this writer write sequence numbers? Only the relay. */
+export function canWriteSequence(isRelay: boolean): Decision {
+  return isRelay ? ALLOW : deny(Rule.relayOnly, "sequence numbers are written only by the relay")
+}

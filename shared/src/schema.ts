@@ -1,0 +1,197 @@
+import type { ConversationId, MessageId, UserId } from "./ids.js"
+
+/**
+ * Version of the document layout below. Bumped on any change a reader of
+ * older documents would notice; written into `meta.schemaVersion`.
+ */
+export const SCHEMA_VERSION = 1
+
+/**
+ * Names of the top-level Yjs types of a conversation document. Nothing else may
+ * exist at the top level (the relay refuses updates that add anything).
+ */
+export const TopLevel = {
+  /** `Y.Map`: conversation fields, see {@link MetaKey}. */
+  meta: "meta",
+  /** `Y.Map<UserId, ParticipantRecord>`. */
+  participants: "participants",
+  /** `Y.Array<MessageRecord | DeletedMessageRecord>`: immutable records, appended. */
+  messages: "messages",
+  /** `Y.Map<MessageId, EditRecord>`: latest edit of a message. */
+  edits: "edits",
+  /** `Y.Map<ReactionKey, number>`: reaction key → time it was added. */
+  reactions: "reactions",
+  /** `Y.Map<UserId, number>`: read-up-to sequence number per user. */
+  read: "read",
+  /** `Y.Map<UserId, number>`: delivered-up-to sequence number per user. */
+  delivered: "delivered",
+  /**
+   * `Y.Array<string>`: canonical order, written only by the relay. Each element
+   * is a {@link SequenceRecord} encoded as `"<from>:<id>,<id>,..."`: the i-th id
+   * has sequence number from + i. Strings because they are the most compact
+   * element Yjs stores (a one-message record is about 24 bytes).
+   */
+  order: "order",
+} as const
+/** Name of a top-level type. */
+export type TopLevelName = (typeof TopLevel)[keyof typeof TopLevel]
+/** Which top-level names are maps (the rest are arrays). */
+export const TOP_LEVEL_MAPS: ReadonlySet<string> = new Set([
+  "meta",
+  "participants",
+  "edits",
+  "reactions",
+  "read",
+  "delivered",
+])
+/** Which top-level names are arrays. */
+export const TOP_LEVEL_ARRAYS: ReadonlySet<string> = new Set(["messages", "order"])
+
+/** Keys of the `meta` map. */
+export const MetaKey = {
+  schemaVersion: "schemaVersion",
+  id: "id",
+  kind: "kind",
+  title: "title",
+  createdBy: "createdBy",
+  createdAt: "createdAt",
+  distinctKey: "distinctKey",
+  metadata: "metadata",
+  deletedAt: "deletedAt",
+  deletedBy: "deletedBy",
+} as const
+/** A key of the `meta` map. */
+export type MetaKey = (typeof MetaKey)[keyof typeof MetaKey]
+
+/** Direct: exactly two users, found by their pair. Group: any number, titled. */
+export type ConversationKind = "direct" | "group"
+/** Owner and admins manage participants, roles, title and metadata. */
+export type Role = "owner" | "admin" | "member"
+/** Normal, sticky (pinned by the UI) or emergency (bypasses mute in push hooks). */
+export type Priority = "normal" | "sticky" | "emergency"
+/** Free-form JSON an app attaches to a conversation or message. */
+export type Metadata = { readonly [key: string]: JsonValue }
+/** Any JSON value. */
+export type JsonValue = string | number | boolean | null | readonly JsonValue[] | { readonly [key: string]: JsonValue }
+
+/** Value in the `participants` map. Replaced whole on a role change. */
+export interface ParticipantRecord {
+  readonly role: Role
+  readonly addedBy: UserId
+  readonly addedAt: number
+}
+
+/** A reference to an attachment whose bytes live elsewhere (object store, CDN). */
+export interface Attachment {
+  readonly url: string
+  readonly name?: string
+  readonly mimeType?: string
+  readonly size?: number
+  readonly width?: number
+  readonly height?: number
+}
+
+/**
+ * An element of the `messages` array. Immutable once written; optional fields
+ * are omitted when they hold their default (`type` "text", `priority` "normal")
+ * to keep the record small.
+ */
+export interface MessageRecord {
+  readonly id: MessageId
+  readonly author: UserId
+  readonly body: string
+  readonly createdAt: number
+  readonly type?: string
+  readonly replyTo?: MessageId
+  readonly attachments?: readonly Attachment[]
+  readonly metadata?: Metadata
+  readonly priority?: Exclude<Priority, "normal">
+}
+
+/**
+ * What replaces a message record when it is deleted: the original record is
+ * removed from the array (so its content is garbage-collected by Yjs) and this
+ * placeholder is inserted in its place.
+ */
+export interface DeletedMessageRecord {
+  readonly id: MessageId
+  readonly author: UserId
+  readonly createdAt: number
+  readonly deletedAt: number
+  readonly deletedBy: UserId
+}
+
+/** Value in the `edits` map: the latest body of a message. */
+export interface EditRecord {
+  readonly body: string
+  readonly editedAt: number
+}
+
+/** An element of the `order` array, decoded: messages `ids[i]` have sequence number `from + i`. */
+export interface SequenceRecord {
+  readonly from: number
+  readonly ids: readonly MessageId[]
+}
+
+const SEQUENCE_RECORD = /^([1-9][0-9]{0,15}):([A-Za-z0-9_-]{8,64}(?:,[A-Za-z0-9_-]{8,64})*)$/
+
+/** Encodes a sequence record as stored in `order`. */
+export const encodeSequenceRecord = (record: SequenceRecord): string => `${record.from}:${record.ids.join(",")}`
+
+/** Decodes an element of `order`; undefined when it is malformed. */
+export function decodeSequenceRecord(value: unknown): SequenceRecord | undefined {
+  const match = typeof value === "string" ? SEQUENCE_RECORD.exec(value) : null
+  if (!match) return undefined
+  return { from: Number(match[1]), ids: match[2]!.split(",") as MessageId[] }
+}
+
+/** Size limits every writer respects and the relay enforces. */
+export const Limits = {
+  bodyLength: 16_000,
+  titleLength: 200,
+  typeLength: 32,
+  metadataBytes: 4_096,
+  attachments: 10,
+  urlLength: 2_048,
+  attachmentNameLength: 255,
+  emojiLength: 32,
+  participants: 1_000,
+} as const
+
+/** Separator inside reaction keys; not allowed in ids or emoji. */
+export const REACTION_KEY_SEPARATOR = "\u001f"
+
+/** Key of the `reactions` map: one entry per message, user and emoji. */
+export const reactionKey = (message: MessageId, user: UserId, emoji: string): string =>
+  `${message}${REACTION_KEY_SEPARATOR}${user}${REACTION_KEY_SEPARATOR}${emoji}`
+
+/** Splits a reaction key; undefined when it is not one. */
+export function parseReactionKey(key: string): { message: MessageId; user: UserId; emoji: string } | undefined {
+  const parts = key.split(REACTION_KEY_SEPARATOR)
+  if (parts.length !== 3) return undefined
+  const [message, user, emoji] = parts as [string, string, string]
+  return { message: message as MessageId, user: user as UserId, emoji }
+}
+
+/** True when a `messages` element is a deletion placeholder. */
+export const isDeletedRecord = (record: MessageRecord | DeletedMessageRecord): record is DeletedMessageRecord =>
+  "deletedAt" in record
+
+/** Conversation fields as read from `meta`. */
+export interface ConversationInfo {
+  readonly id: ConversationId
+  readonly schemaVersion: number
+  readonly kind: ConversationKind
+  readonly title: string
+  readonly createdBy: UserId
+  readonly createdAt: number
+  readonly distinctKey?: string
+  readonly metadata: Metadata
+  readonly deletedAt?: number
+  readonly deletedBy?: UserId
+}
+
+/** A participant with their role. */
+export interface Participant extends ParticipantRecord {
+  readonly user: UserId
+}

@@ -1,0 +1,67 @@
+import type * as Y from "yjs"
+import { typesOf } from "./document.js"
+import type { MessageId } from "./ids.js"
+import { messageIndex } from "./message-index.js"
+import { encodeSequenceRecord } from "./schema.js"
+
+/**
+ * Ids among `candidates` (default: the whole document) that are in the
+ * document and have no sequence number yet, in canonical (array) order.
+ */
+export function unsequencedMessages(doc: Y.Doc, candidates?: Iterable<MessageId>): MessageId[] {
+  const index = messageIndex(doc)
+  if (!candidates) return index.unsequenced()
+  const wanted = new Set<MessageId>()
+  for (const id of candidates) {
+    if (!index.seqOf.has(id) && (index.records.has(id) || index.deleted.has(id))) wanted.add(id)
+  }
+  if (wanted.size <= 1) return [...wanted]
+  return index.unsequenced().filter((id) => wanted.has(id))
+}
+
+/** How many `order` records one Yjs client id writes before the writer takes a new one. */
+export const SEQUENCE_RUN_LENGTH = 256
+
+const written = new WeakMap<Y.Doc, number>()
+
+/**
+ * Gives `ids` the numbers `from`, `from + 1`, ... in one record of the `order`
+ * array. Called by the relay only (the rules refuse it from anyone else), after
+ * it has reserved the numbers from its sequencer.
+ *
+ * Yjs merges consecutive array items of one client by concatenating their
+ * content, so a single writer appending forever makes each append cost the
+ * length of its run. Every {@link SEQUENCE_RUN_LENGTH} records the document
+ * therefore takes a fresh client id; the caller (the relay) binds every client
+ * id it writes under to itself.
+ */
+export function writeSequenceNumbers(doc: Y.Doc, from: number, ids: readonly MessageId[], origin?: unknown): void {
+  if (ids.length === 0) return
+  const count = written.get(doc) ?? 0
+  if (count > 0 && count % SEQUENCE_RUN_LENGTH === 0) doc.clientID = freshClientId()
+  written.set(doc, count + 1)
+  doc.transact(() => typesOf(doc).order.push([encodeSequenceRecord({ from, ids })]), origin)
+}
+
+const freshClientId = (): number => crypto.getRandomValues(new Uint32Array(1))[0]!
+
+/**
+ * Gives every not-yet-sequenced message among `candidates` (default: all) the
+ * next numbers, taken from `reserve(count)` which returns the first of `count`
+ * consecutive numbers. Returns the ids sequenced, in order.
+ */
+export function assignSequenceNumbers(
+  doc: Y.Doc,
+  reserve: (count: number) => number,
+  candidates?: Iterable<MessageId>,
+  origin?: unknown,
+): MessageId[] {
+  const ids = unsequencedMessages(doc, candidates)
+  if (ids.length > 0) writeSequenceNumbers(doc, reserve(ids.length), ids, origin)
+  return ids
+}
+
+/** A `reserve` function for a single writer: continues from the document's highest number. */
+export function nextFromDocument(doc: Y.Doc): (count: number) => number {
+  return () => messageIndex(doc).lastSequence() + 1
+}

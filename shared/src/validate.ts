@@ -1,0 +1,128 @@
+import { ErrorCode, ParleyError } from "./errors.js"
+import { isMessageId, isUserId } from "./ids.js"
+import {
+  type Attachment,
+  type DeletedMessageRecord,
+  type EditRecord,
+  Limits,
+  type MessageRecord,
+  type Metadata,
+  type ParticipantRecord,
+  decodeSequenceRecord,
+} from "./schema.js"
+
+/**
+ * Validators for everything a writer puts into a conversation document. They
+ * return a reason string when the value is malformed, or undefined when it is
+ * fine: the relay uses them on untrusted updates, the operations on their input.
+ */
+type Check = (value: unknown) => string | undefined
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
+const isTime = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0
+const isRole = (v: unknown) => v === "owner" || v === "admin" || v === "member"
+
+function onlyKeys(value: Record<string, unknown>, allowed: readonly string[]): string | undefined {
+  for (const key of Object.keys(value)) if (!allowed.includes(key)) return `unknown field "${key}"`
+  return undefined
+}
+
+/** Byte size of a JSON value once encoded; the limit for metadata. */
+export const jsonBytes = (value: unknown): number => new TextEncoder().encode(JSON.stringify(value)).length
+
+/** Checks free-form metadata: a JSON object within {@link Limits.metadataBytes}. */
+export const checkMetadata: Check = (v) => {
+  if (!isRecord(v)) return "metadata must be an object"
+  if (jsonBytes(v) > Limits.metadataBytes) return `metadata exceeds ${Limits.metadataBytes} bytes`
+  return undefined
+}
+
+/** Checks an attachment reference. */
+export const checkAttachment: Check = (v) => {
+  if (!isRecord(v)) return "attachment must be an object"
+  const extra = onlyKeys(v, ["url", "name", "mimeType", "size", "width", "height"])
+  if (extra) return extra
+  if (typeof v.url !== "string" || v.url.length === 0 || v.url.length > Limits.urlLength) return "attachment url invalid"
+  if (v.name !== undefined && (typeof v.name !== "string" || v.name.length > Limits.attachmentNameLength))
+    return "attachment name invalid"
+  if (v.mimeType !== undefined && (typeof v.mimeType !== "string" || v.mimeType.length > 255))
+    return "attachment mimeType invalid"
+  for (const k of ["size", "width", "height"] as const) {
+    if (v[k] !== undefined && !(Number.isInteger(v[k]) && (v[k] as number) >= 0)) return `attachment ${k} invalid`
+  }
+  return undefined
+}
+
+/** Checks a message record as stored in the `messages` array. */
+export const checkMessageRecord: Check = (v) => {
+  if (!isRecord(v)) return "message must be an object"
+  if ("deletedAt" in v) return checkDeletedRecord(v)
+  const extra = onlyKeys(v, ["id", "author", "body", "createdAt", "type", "replyTo", "attachments", "metadata", "priority"])
+  if (extra) return extra
+  if (!isMessageId(v.id)) return "message id invalid"
+  if (!isUserId(v.author)) return "message author invalid"
+  if (typeof v.body !== "string") return "message body must be a string"
+  if (v.body.length > Limits.bodyLength) return `message body exceeds ${Limits.bodyLength} characters`
+  if (!isTime(v.createdAt)) return "message createdAt invalid"
+  if (v.type !== undefined && (typeof v.type !== "string" || v.type.length === 0 || v.type.length > Limits.typeLength))
+    return "message type invalid"
+  if (v.replyTo !== undefined && !isMessageId(v.replyTo)) return "message replyTo invalid"
+  if (v.priority !== undefined && v.priority !== "sticky" && v.priority !== "emergency") return "message priority invalid"
+  if (v.metadata !== undefined) {
+    const bad = checkMetadata(v.metadata)
+    if (bad) return bad
+  }
+  if (v.attachments !== undefined) {
+    if (!Array.isArray(v.attachments) || v.attachments.length > Limits.attachments) return "message attachments invalid"
+    for (const a of v.attachments) {
+      const bad = checkAttachment(a)
+      if (bad) return bad
+    }
+  }
+  return undefined
+}
+
+/** Checks a deletion placeholder. */
+export const checkDeletedRecord: Check = (v) => {
+  if (!isRecord(v)) return "placeholder must be an object"
+  const extra = onlyKeys(v, ["id", "author", "createdAt", "deletedAt", "deletedBy"])
+  if (extra) return extra
+  if (!isMessageId(v.id) || !isUserId(v.author) || !isUserId(v.deletedBy)) return "placeholder ids invalid"
+  if (!isTime(v.createdAt) || !isTime(v.deletedAt)) return "placeholder times invalid"
+  return undefined
+}
+
+/** Checks an `edits` value. */
+export const checkEditRecord: Check = (v) => {
+  if (!isRecord(v)) return "edit must be an object"
+  const extra = onlyKeys(v, ["body", "editedAt"])
+  if (extra) return extra
+  if (typeof v.body !== "string" || v.body.length > Limits.bodyLength) return "edit body invalid"
+  if (!isTime(v.editedAt)) return "edit time invalid"
+  return undefined
+}
+
+/** Checks a `participants` value. */
+export const checkParticipantRecord: Check = (v) => {
+  if (!isRecord(v)) return "participant must be an object"
+  const extra = onlyKeys(v, ["role", "addedBy", "addedAt"])
+  if (extra) return extra
+  if (!isRole(v.role)) return "participant role invalid"
+  if (!isUserId(v.addedBy)) return "participant addedBy invalid"
+  if (!isTime(v.addedAt)) return "participant addedAt invalid"
+  return undefined
+}
+
+/** Checks an `order` element. */
+export const checkSequenceRecord: Check = (v) =>
+  decodeSequenceRecord(v) === undefined ? "sequence record malformed" : undefined
+
+/** Checks a read or delivered marker value. */
+export const checkMarker: Check = (v) => (Number.isInteger(v) && (v as number) >= 0 ? undefined : "marker invalid")
+
+/** Throws INVALID_ARGUMENT when `check` finds a problem. */
+export function assertValid<T>(check: Check, value: unknown): asserts value is T {
+  const problem = check(value)
+  if (problem !== undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, problem)
+}
+

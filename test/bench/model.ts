@@ -1,0 +1,107 @@
+/**
+ * Benchmark of the conversation document layout (schema v1): encoded bytes per
+ * message, load time and heap for a 100,000-message conversation, and the cost
+ * of applying one new message to it. Prints figures; asserts nothing.
+ *
+ *   npm run bench:model [-- --messages 100000]
+ */
+import { mkdirSync, writeFileSync } from "node:fs"
+import * as Y from "yjs"
+import {
+  assignSequenceNumbers,
+  type ConversationId,
+  createConversation,
+  listMessages,
+  type MessageId,
+  messageIndex,
+  nextFromDocument,
+  sendMessage,
+  type UserId,
+  unreadCount,
+} from "../../shared/src/index.js"
+
+const arg = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i > 0 ? Number(process.argv[i + 1]) : fallback
+}
+const N = arg("messages", 100_000)
+const PER_SESSION = 500
+const users = Array.from({ length: 20 }, (_, i) => `user${i}` as UserId)
+const gc = (globalThis as { gc?: () => void }).gc
+const heap = () => {
+  gc?.()
+  return process.memoryUsage().heapUsed
+}
+
+// The relay's replica: every session (a device that was online for a while) writes
+// a run of messages under its own client id, and the relay sequences each batch.
+const relay = new Y.Doc()
+createConversation(relay, users[0]!, { kind: "group", id: "g~bench" as ConversationId, participants: users })
+const base = Y.encodeStateAsUpdate(relay)
+const started = performance.now()
+for (let s = 0; s * PER_SESSION < N; s++) {
+  const device = new Y.Doc()
+  Y.applyUpdate(device, base)
+  const before = Y.encodeStateVector(device)
+  const count = Math.min(PER_SESSION, N - s * PER_SESSION)
+  const sent: MessageId[] = []
+  for (let i = 0; i < count; i++) {
+    const n = s * PER_SESSION + i
+    sent.push(sendMessage(device, users[n % users.length]!, { body: `Message ${n}: a typical short chat line of text.` }).id)
+  }
+  Y.applyUpdate(relay, Y.encodeStateAsUpdate(device, before))
+  // The relay sequences each message as its update arrives: one order entry each.
+  for (const id of sent) assignSequenceNumbers(relay, nextFromDocument(relay), [id])
+}
+const buildMs = performance.now() - started
+const snapshot = Y.encodeStateAsUpdate(relay)
+
+const heapBefore = heap()
+let t = performance.now()
+const loaded = new Y.Doc()
+Y.applyUpdate(loaded, snapshot)
+const decodeMs = performance.now() - t
+t = performance.now()
+messageIndex(loaded)
+const indexMs = performance.now() - t
+const heapAfter = heap()
+t = performance.now()
+const window = listMessages(loaded, { last: 50 })
+const windowMs = performance.now() - t
+t = performance.now()
+const unread = unreadCount(loaded, users[1]!)
+const unreadMs = performance.now() - t
+
+// One new message at a time from a device that is in sync, applied to the loaded replica.
+const device = new Y.Doc()
+Y.applyUpdate(device, snapshot)
+const updates: Uint8Array[] = []
+device.on("update", (u: Uint8Array) => updates.push(u))
+for (let i = 0; i < 1000; i++) sendMessage(device, users[i % users.length]!, { body: `New message ${i}` })
+t = performance.now()
+for (const u of updates) Y.applyUpdate(loaded, u)
+const applyUs = ((performance.now() - t) * 1000) / updates.length
+t = performance.now()
+const fresh = Y.encodeStateAsUpdate(loaded)
+const encodeMs = performance.now() - t
+
+const results = {
+  messages: N,
+  bytesPerMessage: +(snapshot.length / N).toFixed(1),
+  snapshotMB: +(snapshot.length / 1e6).toFixed(2),
+  decodeSeconds: +(decodeMs / 1000).toFixed(3),
+  indexSeconds: +(indexMs / 1000).toFixed(3),
+  heapAfterLoadMB: +((heapAfter - heapBefore) / 1e6).toFixed(1),
+  applyOneMessageMicroseconds: +applyUs.toFixed(1),
+  encodeWholeDocumentMs: +encodeMs.toFixed(1),
+  encodedMB: +(fresh.length / 1e6).toFixed(2),
+  last50WindowMs: +windowMs.toFixed(2),
+  unreadCountMs: +unreadMs.toFixed(2),
+  buildSeconds: +(buildMs / 1000).toFixed(1),
+  heapMeasured: gc !== undefined,
+}
+console.log(`Parley document model, schema v1, ${N} messages (node ${process.version})`)
+console.table(results)
+if (window.length !== 50 || unread === 0) throw new Error("benchmark document is not what it should be")
+mkdirSync("bench-results", { recursive: true })
+writeFileSync(`bench-results/model-${Date.now()}.json`, JSON.stringify(results, null, 2))
