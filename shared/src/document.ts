@@ -1,4 +1,4 @@
-import * as Y from "yjs"
+import type * as Y from "yjs"
 import {
   type DeletedMessageRecord,
   type EditRecord,
@@ -45,4 +45,3 @@ export interface Markers {
   readonly read: number
   readonly delivered: number
 }
-

@@ -1,21 +1,22 @@
+import * as map from "lib0/map"
 import type * as Y from "yjs"
 import { typesOf } from "./document.js"
 import type { MessageId, UserId } from "./ids.js"
 import { getConversation } from "./reads.js"
-import { addedItems, contentOf } from "./transaction-changes.js"
 import {
   type ConversationInfo,
   type DeletedMessageRecord,
+  decodeSequenceRecord,
   type EditRecord,
   isDeletedRecord,
   type MessageRecord,
   MetaKey,
   type Participant,
   type ParticipantRecord,
-  decodeSequenceRecord,
   parseReactionKey,
   type Role,
 } from "./schema.js"
+import { addedItems, contentOf } from "./transaction-changes.js"
 
 /**
  * What happened in a conversation, derived from what a Yjs transaction changed.
@@ -50,8 +51,18 @@ export type ChangeEvent =
       readonly author: UserId
       readonly deletedBy: UserId
     }
-  | { readonly type: "reaction.added"; readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
-  | { readonly type: "reaction.removed"; readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
+  | {
+      readonly type: "reaction.added"
+      readonly messageId: MessageId
+      readonly user: UserId
+      readonly emoji: string
+    }
+  | {
+      readonly type: "reaction.removed"
+      readonly messageId: MessageId
+      readonly user: UserId
+      readonly emoji: string
+    }
   | { readonly type: "messages.read"; readonly user: UserId; readonly upTo: number }
   | { readonly type: "messages.delivered"; readonly user: UserId; readonly upTo: number }
   | { readonly type: "messages.sequenced"; readonly from: number; readonly ids: readonly MessageId[] }
@@ -74,19 +85,20 @@ export function observeChanges(
   // Collected while Yjs calls observers (deleted content is still readable then),
   // emitted once per transaction.
   const pending = new Map<Y.Transaction, Partial<Record<string, unknown>>>()
-  const slot = (tr: Y.Transaction) => {
-    let s = pending.get(tr)
-    if (!s) pending.set(tr, (s = {}))
-    return s
-  }
+  const slot = (tr: Y.Transaction) =>
+    map.setIfUndefined(pending, tr, (): Partial<Record<string, unknown>> => ({}))
   const onMap = (name: string) => (event: Y.YMapEvent<unknown>) => {
     slot(event.transaction)[name] = new Map(event.changes.keys)
   }
   const onMessages = (event: Y.YArrayEvent<MessageRecord | DeletedMessageRecord>) => {
-    slot(event.transaction).messages = contentOf(addedItems(event.transaction, t.messages as Y.AbstractType<unknown>))
+    slot(event.transaction).messages = contentOf(
+      addedItems(event.transaction, t.messages as Y.AbstractType<unknown>),
+    )
   }
   const onOrder = (event: Y.YArrayEvent<string>) => {
-    slot(event.transaction).order = contentOf(addedItems(event.transaction, t.order as Y.AbstractType<unknown>))
+    slot(event.transaction).order = contentOf(
+      addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
+    )
   }
   const mapNames = ["meta", "participants", "edits", "reactions", "read", "delivered"] as const
   const mapHandlers = mapNames.map((name) => [t[name] as Y.Map<unknown>, onMap(name)] as const)
@@ -146,7 +158,12 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
   }
   for (const record of (changes.messages as (MessageRecord | DeletedMessageRecord)[] | undefined) ?? []) {
     if (isDeletedRecord(record)) {
-      events.push({ type: "message.deleted", messageId: record.id, author: record.author, deletedBy: record.deletedBy })
+      events.push({
+        type: "message.deleted",
+        messageId: record.id,
+        author: record.author,
+        deletedBy: record.deletedBy,
+      })
     } else {
       events.push({ type: "message.sent", message: record })
     }
@@ -155,20 +172,31 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
   for (const [key, change] of edits ?? []) {
     const edit = t.edits.get(key) as EditRecord | undefined
     if (change.action !== "delete" && edit) {
-      events.push({ type: "message.edited", messageId: key as MessageId, body: edit.body, editedAt: edit.editedAt })
+      events.push({
+        type: "message.edited",
+        messageId: key as MessageId,
+        body: edit.body,
+        editedAt: edit.editedAt,
+      })
     }
   }
   for (const [key, change] of (changes.reactions as MapChanges | undefined) ?? []) {
     const parsed = parseReactionKey(key)
     if (!parsed) continue
-    if (change.action === "add") events.push({ type: "reaction.added", messageId: parsed.message, ...pick(parsed) })
-    if (change.action === "delete") events.push({ type: "reaction.removed", messageId: parsed.message, ...pick(parsed) })
+    if (change.action === "add")
+      events.push({ type: "reaction.added", messageId: parsed.message, ...pick(parsed) })
+    if (change.action === "delete")
+      events.push({ type: "reaction.removed", messageId: parsed.message, ...pick(parsed) })
   }
   for (const which of ["read", "delivered"] as const) {
     for (const [key, change] of (changes[which] as MapChanges | undefined) ?? []) {
       const upTo = t[which].get(key)
       if (change.action !== "delete" && upTo !== undefined) {
-        events.push({ type: which === "read" ? "messages.read" : "messages.delivered", user: key as UserId, upTo })
+        events.push({
+          type: which === "read" ? "messages.read" : "messages.delivered",
+          user: key as UserId,
+          upTo,
+        })
       }
     }
   }

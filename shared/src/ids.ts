@@ -44,7 +44,9 @@ export const isMessageId = (value: unknown): value is MessageId =>
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
 /** A random 16-character id (96 bits), for messages and group conversations. */
-export function randomId(random: (bytes: Uint8Array) => Uint8Array = (b) => crypto.getRandomValues(b)): string {
+export function randomId(
+  random: (bytes: Uint8Array) => Uint8Array = (b) => crypto.getRandomValues(b),
+): string {
   const bytes = random(new Uint8Array(16))
   let id = ""
   for (const byte of bytes) id += ALPHABET[byte & 63]
@@ -80,12 +82,11 @@ export const INBOX_PREFIX = "inbox~"
 export const inboxDocumentName = (user: UserId): string => `${INBOX_PREFIX}${user}`
 
 /** A document name on the relay: a conversation, or a user's inbox. */
-export type DocumentName =
-  | { kind: "conversation"; id: ConversationId }
-  | { kind: "inbox"; user: UserId }
+export type DocumentName = { kind: "conversation"; id: ConversationId } | { kind: "inbox"; user: UserId }
 
 /** Parses the name of a document as it appears in the relay's URL path. */
 export function parseDocumentName(name: string): DocumentName {
-  if (name.startsWith(INBOX_PREFIX)) return { kind: "inbox", user: parseUserId(name.slice(INBOX_PREFIX.length)) }
+  if (name.startsWith(INBOX_PREFIX))
+    return { kind: "inbox", user: parseUserId(name.slice(INBOX_PREFIX.length)) }
   return { kind: "conversation", id: parseConversationId(name) }
 }

@@ -1,14 +1,15 @@
+import * as map from "lib0/map"
 import type * as Y from "yjs"
 import { typesOf } from "./document.js"
-import { addedItems, contentOf, deletedItems } from "./transaction-changes.js"
 import type { MessageId, UserId } from "./ids.js"
 import {
   type DeletedMessageRecord,
+  decodeSequenceRecord,
   isDeletedRecord,
   type MessageRecord,
   parseReactionKey,
-  decodeSequenceRecord,
 } from "./schema.js"
+import { addedItems, contentOf, deletedItems } from "./transaction-changes.js"
 
 /**
  * Lookups over a conversation's messages that the array and maps do not give
@@ -39,11 +40,14 @@ export class MessageIndex {
     t.messages.observe((event) => {
       const messages = t.messages as Y.AbstractType<unknown>
       for (const r of contentOf<MessageRecord>(addedItems(event.transaction, messages))) this.addRecord(r)
-      for (const r of contentOf<MessageRecord>(deletedItems(event.transaction, messages))) this.removeRecord(r)
+      for (const r of contentOf<MessageRecord>(deletedItems(event.transaction, messages)))
+        this.removeRecord(r)
       this.touch()
     })
     t.order.observe((event) => {
-      for (const value of contentOf<string>(addedItems(event.transaction, t.order as Y.AbstractType<unknown>))) {
+      for (const value of contentOf<string>(
+        addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
+      )) {
         this.addSequence(value)
       }
       this.touch()
@@ -154,11 +158,8 @@ export class MessageIndex {
   private addReaction(key: string) {
     const parsed = parseReactionKey(key)
     if (!parsed) return
-    let byEmoji = this.reactions.get(parsed.message)
-    if (!byEmoji) this.reactions.set(parsed.message, (byEmoji = new Map()))
-    let users = byEmoji.get(parsed.emoji)
-    if (!users) byEmoji.set(parsed.emoji, (users = new Set()))
-    users.add(parsed.user)
+    const byEmoji = map.setIfUndefined(this.reactions, parsed.message, () => new Map<string, Set<UserId>>())
+    map.setIfUndefined(byEmoji, parsed.emoji, () => new Set<UserId>()).add(parsed.user)
   }
 
   private removeReaction(key: string) {
@@ -177,6 +178,9 @@ const indexes = new WeakMap<Y.Doc, MessageIndex>()
 /** The message index of `doc`, built on first use. */
 export function messageIndex(doc: Y.Doc): MessageIndex {
   let index = indexes.get(doc)
-  if (!index) indexes.set(doc, (index = new MessageIndex(doc)))
+  if (!index) {
+    index = new MessageIndex(doc)
+    indexes.set(doc, index)
+  }
   return index
 }

@@ -14,6 +14,8 @@ import {
 import { messageIndex } from "./message-index.js"
 import { getConversation, getMessage, type MessageView, markersOf, roleOf } from "./reads.js"
 import {
+  canAddParticipant,
+  canChangeRole,
   canCreateConversation,
   canDeleteMessage,
   canEditMessage,
@@ -22,8 +24,6 @@ import {
   canRemoveParticipant,
   canSendMessage,
   canUpdateConversation,
-  canAddParticipant,
-  canChangeRole,
   type Decision,
 } from "./rules.js"
 import {
@@ -40,12 +40,7 @@ import {
   reactionKey,
   SCHEMA_VERSION,
 } from "./schema.js"
-import {
-  assertValid,
-  checkEditRecord,
-  checkMessageRecord,
-  checkMetadata,
-} from "./validate.js"
+import { assertValid, checkEditRecord, checkMessageRecord, checkMetadata } from "./validate.js"
 
 /**
  * The write operations on a conversation document. Each one checks the rules
@@ -104,7 +99,8 @@ export function createConversation(
   let id = input.id
   let distinctKey: string | undefined
   if (input.kind === "direct") {
-    if (others.length !== 1) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a direct conversation has two users")
+    if (others.length !== 1)
+      throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a direct conversation has two users")
     id = directConversationId([actor, others[0]!])
     distinctKey = directDistinctKey([actor, others[0]!])
     roles.set(others[0]!, "owner")
@@ -135,7 +131,12 @@ export function createConversation(
 }
 
 /** Sets the title (owners and admins). */
-export function renameConversation(doc: Y.Doc, actor: UserId, title: string, options: WriteOptions = {}): void {
+export function renameConversation(
+  doc: Y.Doc,
+  actor: UserId,
+  title: string,
+  options: WriteOptions = {},
+): void {
   requireConversation(doc)
   assertAllowed(canUpdateConversation(roleOf(doc, actor)))
   if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
@@ -203,7 +204,11 @@ export function removeParticipants(
   for (const user of removed) {
     assertAllowed(canRemoveParticipant(actor, actorRole, info.kind, user, t.participants.get(user)!.role))
   }
-  if (removed.length > 0) doc.transact(() => removed.forEach((u) => t.participants.delete(u)), options.origin)
+  if (removed.length > 0) {
+    doc.transact(() => {
+      for (const user of removed) t.participants.delete(user)
+    }, options.origin)
+  }
   return removed
 }
 
@@ -213,7 +218,13 @@ export const leaveConversation = (doc: Y.Doc, actor: UserId, options: WriteOptio
 }
 
 /** Changes a participant's role. */
-export function changeRole(doc: Y.Doc, actor: UserId, user: UserId, role: Role, options: WriteOptions = {}): void {
+export function changeRole(
+  doc: Y.Doc,
+  actor: UserId,
+  user: UserId,
+  role: Role,
+  options: WriteOptions = {},
+): void {
   const info = requireConversation(doc)
   const current = typesOf(doc).participants.get(user)
   if (!current) throw new ParleyError(ErrorCode.NOT_FOUND, `${user} is not a participant`)
@@ -235,7 +246,12 @@ export interface SendMessageInput {
 }
 
 /** Sends a message as `actor`. Idempotent by id: a retry returns the message already there. */
-export function sendMessage(doc: Y.Doc, actor: UserId, input: SendMessageInput, options: WriteOptions = {}): MessageView {
+export function sendMessage(
+  doc: Y.Doc,
+  actor: UserId,
+  input: SendMessageInput,
+  options: WriteOptions = {},
+): MessageView {
   requireConversation(doc)
   const id = input.id ?? newMessageId()
   const already = getMessage(doc, id)
@@ -265,7 +281,13 @@ function requireLiveMessage(doc: Y.Doc, id: MessageId): MessageRecord {
 }
 
 /** Replaces a message's body (author only). */
-export function editMessage(doc: Y.Doc, actor: UserId, id: MessageId, body: string, options: WriteOptions = {}): void {
+export function editMessage(
+  doc: Y.Doc,
+  actor: UserId,
+  id: MessageId,
+  body: string,
+  options: WriteOptions = {},
+): void {
   const record = requireLiveMessage(doc, id)
   assertAllowed(canEditMessage(actor, roleOf(doc, actor), record.author))
   const edit = { body, editedAt: options.now ?? Date.now() }
@@ -317,7 +339,13 @@ function checkEmoji(emoji: string) {
 }
 
 /** Adds `actor`'s reaction with `emoji`. */
-export function react(doc: Y.Doc, actor: UserId, id: MessageId, emoji: string, options: WriteOptions = {}): void {
+export function react(
+  doc: Y.Doc,
+  actor: UserId,
+  id: MessageId,
+  emoji: string,
+  options: WriteOptions = {},
+): void {
   requireLiveMessage(doc, id)
   checkEmoji(emoji)
   assertAllowed(canReact(actor, roleOf(doc, actor), actor))
@@ -327,7 +355,13 @@ export function react(doc: Y.Doc, actor: UserId, id: MessageId, emoji: string, o
 }
 
 /** Removes `actor`'s reaction with `emoji`. */
-export function unreact(doc: Y.Doc, actor: UserId, id: MessageId, emoji: string, options: WriteOptions = {}): void {
+export function unreact(
+  doc: Y.Doc,
+  actor: UserId,
+  id: MessageId,
+  emoji: string,
+  options: WriteOptions = {},
+): void {
   checkEmoji(emoji)
   assertAllowed(canReact(actor, roleOf(doc, actor), actor))
   const key = reactionKey(id, actor, emoji)
@@ -363,17 +397,26 @@ function moveMarker(
   doc.transact(() => {
     map.set(actor, to)
     // Read implies delivered; keeping both forward spares readers a max().
-    if (which === "read" && (typesOf(doc).delivered.get(actor) ?? 0) < to) typesOf(doc).delivered.set(actor, to)
+    if (which === "read" && (typesOf(doc).delivered.get(actor) ?? 0) < to)
+      typesOf(doc).delivered.set(actor, to)
   }, options.origin)
   return true
 }
 
 /** Moves `actor`'s read marker forward to `target` (default: latest). Returns whether it moved. */
-export const markRead = (doc: Y.Doc, actor: UserId, target: MarkerTarget = "latest", options: WriteOptions = {}) =>
-  moveMarker(doc, "read", actor, target, options)
+export const markRead = (
+  doc: Y.Doc,
+  actor: UserId,
+  target: MarkerTarget = "latest",
+  options: WriteOptions = {},
+) => moveMarker(doc, "read", actor, target, options)
 
 /** Moves `actor`'s delivered marker forward to `target` (default: latest). Returns whether it moved. */
-export const markDelivered = (doc: Y.Doc, actor: UserId, target: MarkerTarget = "latest", options: WriteOptions = {}) =>
-  moveMarker(doc, "delivered", actor, target, options)
+export const markDelivered = (
+  doc: Y.Doc,
+  actor: UserId,
+  target: MarkerTarget = "latest",
+  options: WriteOptions = {},
+) => moveMarker(doc, "delivered", actor, target, options)
 
 export { markersOf }

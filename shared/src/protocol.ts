@@ -71,7 +71,8 @@ export function encodeError(error: WireError): Uint8Array {
  */
 export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefined {
   const subtype = decoding.readVarUint(decoder)
-  if (subtype === ParleyMessage.saved) return { type: "saved", stateVector: decoding.readVarUint8Array(decoder) }
+  if (subtype === ParleyMessage.saved)
+    return { type: "saved", stateVector: decoding.readVarUint8Array(decoder) }
   if (subtype === ParleyMessage.error) {
     const code = decoding.readVarString(decoder)
     const message = decoding.readVarString(decoder)

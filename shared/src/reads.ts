@@ -45,7 +45,8 @@ export function listParticipants(doc: Y.Doc): Participant[] {
 }
 
 /** `user`'s role, or undefined when they are not a participant. */
-export const roleOf = (doc: Y.Doc, user: UserId): Role | undefined => typesOf(doc).participants.get(user)?.role
+export const roleOf = (doc: Y.Doc, user: UserId): Role | undefined =>
+  typesOf(doc).participants.get(user)?.role
 
 /** A message as readers see it: the record with its edit, deletion and reactions applied. */
 export interface MessageView {
@@ -164,7 +165,8 @@ export const messageCount = (doc: Y.Doc): number => messageIndex(doc).order().le
 export function allMarkers(doc: Y.Doc): Record<UserId, Markers> {
   const t = typesOf(doc)
   const out: Record<string, Markers> = {}
-  for (const [user, read] of t.read) out[user] = { read, delivered: Math.max(read, t.delivered.get(user) ?? 0) }
+  for (const [user, read] of t.read)
+    out[user] = { read, delivered: Math.max(read, t.delivered.get(user) ?? 0) }
   for (const [user, delivered] of t.delivered) out[user] ??= { read: 0, delivered }
   return out as Record<UserId, Markers>
 }

@@ -41,7 +41,9 @@ export const Rule = {
 export type Rule = (typeof Rule)[keyof typeof Rule]
 
 /** Outcome of a rule check. */
-export type Decision = { readonly allowed: true } | { readonly allowed: false; readonly rule: Rule; readonly reason: string }
+export type Decision =
+  | { readonly allowed: true }
+  | { readonly allowed: false; readonly rule: Rule; readonly reason: string }
 
 const ALLOW: Decision = { allowed: true }
 const deny = (rule: Rule, reason: string): Decision => ({ allowed: false, rule, reason })
@@ -103,7 +105,9 @@ export function canMoveMarker(
 /** May `actor` change the title, metadata, or delete the conversation? */
 export function canUpdateConversation(actorRole: Role | undefined): Decision {
   if (!actorRole) return canWrite(actorRole)
-  return isManager(actorRole) ? ALLOW : deny(Rule.adminOnly, "only owners and admins may change the conversation")
+  return isManager(actorRole)
+    ? ALLOW
+    : deny(Rule.adminOnly, "only owners and admins may change the conversation")
 }
 
 /** May `actor` add `user` with `role`? */
@@ -127,12 +131,18 @@ export function canRemoveParticipant(
   if (user === actor) return ALLOW
   if (kind === "direct") return deny(Rule.directIsFixed, "a direct conversation keeps its two participants")
   if (!isManager(actorRole)) return deny(Rule.adminOnly, "only owners and admins may remove participants")
-  if (userRole === "owner" && actorRole !== "owner") return deny(Rule.ownerOnly, "only an owner may remove an owner")
+  if (userRole === "owner" && actorRole !== "owner")
+    return deny(Rule.ownerOnly, "only an owner may remove an owner")
   return ALLOW
 }
 
 /** May `actor` change `user`'s role from `from` to `to`? */
-export function canChangeRole(actorRole: Role | undefined, kind: ConversationKind, from: Role, to: Role): Decision {
+export function canChangeRole(
+  actorRole: Role | undefined,
+  kind: ConversationKind,
+  from: Role,
+  to: Role,
+): Decision {
   if (!actorRole) return canWrite(actorRole)
   if (kind === "direct") return deny(Rule.directIsFixed, "roles in a direct conversation are fixed")
   if (!isManager(actorRole)) return deny(Rule.adminOnly, "only owners and admins may change roles")

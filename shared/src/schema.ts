@@ -72,7 +72,13 @@ export type Priority = "normal" | "sticky" | "emergency"
 /** Free-form JSON an app attaches to a conversation or message. */
 export type Metadata = { readonly [key: string]: JsonValue }
 /** Any JSON value. */
-export type JsonValue = string | number | boolean | null | readonly JsonValue[] | { readonly [key: string]: JsonValue }
+export type JsonValue =
+  | string
+  | number
+  | boolean
+  | null
+  | readonly JsonValue[]
+  | { readonly [key: string]: JsonValue }
 
 /** Value in the `participants` map. Replaced whole on a role change. */
 export interface ParticipantRecord {
@@ -136,7 +142,8 @@ export interface SequenceRecord {
 const SEQUENCE_RECORD = /^([1-9][0-9]{0,15}):([A-Za-z0-9_-]{8,64}(?:,[A-Za-z0-9_-]{8,64})*)$/
 
 /** Encodes a sequence record as stored in `order`. */
-export const encodeSequenceRecord = (record: SequenceRecord): string => `${record.from}:${record.ids.join(",")}`
+export const encodeSequenceRecord = (record: SequenceRecord): string =>
+  `${record.from}:${record.ids.join(",")}`
 
 /** Decodes an element of `order`; undefined when it is malformed. */
 export function decodeSequenceRecord(value: unknown): SequenceRecord | undefined {
@@ -166,7 +173,9 @@ export const reactionKey = (message: MessageId, user: UserId, emoji: string): st
   `${message}${REACTION_KEY_SEPARATOR}${user}${REACTION_KEY_SEPARATOR}${emoji}`
 
 /** Splits a reaction key; undefined when it is not one. */
-export function parseReactionKey(key: string): { message: MessageId; user: UserId; emoji: string } | undefined {
+export function parseReactionKey(
+  key: string,
+): { message: MessageId; user: UserId; emoji: string } | undefined {
   const parts = key.split(REACTION_KEY_SEPARATOR)
   if (parts.length !== 3) return undefined
   const [message, user, emoji] = parts as [string, string, string]
@@ -174,8 +183,9 @@ export function parseReactionKey(key: string): { message: MessageId; user: UserI
 }
 
 /** True when a `messages` element is a deletion placeholder. */
-export const isDeletedRecord = (record: MessageRecord | DeletedMessageRecord): record is DeletedMessageRecord =>
-  "deletedAt" in record
+export const isDeletedRecord = (
+  record: MessageRecord | DeletedMessageRecord,
+): record is DeletedMessageRecord => "deletedAt" in record
 
 /** Conversation fields as read from `meta`. */
 export interface ConversationInfo {

@@ -35,7 +35,12 @@ const written = new WeakMap<Y.Doc, number>()
  * therefore takes a fresh client id; the caller (the relay) binds every client
  * id it writes under to itself.
  */
-export function writeSequenceNumbers(doc: Y.Doc, from: number, ids: readonly MessageId[], origin?: unknown): void {
+export function writeSequenceNumbers(
+  doc: Y.Doc,
+  from: number,
+  ids: readonly MessageId[],
+  origin?: unknown,
+): void {
   if (ids.length === 0) return
   const count = written.get(doc) ?? 0
   if (count > 0 && count % SEQUENCE_RUN_LENGTH === 0) doc.clientID = freshClientId()

@@ -15,7 +15,12 @@ export function addedItems(transaction: Y.Transaction, type: Y.AbstractType<unkn
     if (!structs) continue
     for (let i = Y.findIndexSS(structs, before); i < structs.length; i++) {
       const struct = structs[i]!
-      if (struct instanceof Y.Item && struct.parent === type && !struct.deleted && struct.id.clock >= before) {
+      if (
+        struct instanceof Y.Item &&
+        struct.parent === type &&
+        !struct.deleted &&
+        struct.id.clock >= before
+      ) {
         added.push(struct)
       }
     }
@@ -39,4 +44,5 @@ export function deletedItems(transaction: Y.Transaction, type: Y.AbstractType<un
 }
 
 /** The values held by `items`, in order. */
-export const contentOf = <T>(items: readonly Y.Item[]): T[] => items.flatMap((item) => item.content.getContent() as T[])
+export const contentOf = <T>(items: readonly Y.Item[]): T[] =>
+  items.flatMap((item) => item.content.getContent() as T[])

@@ -1,15 +1,6 @@
 import { ErrorCode, ParleyError } from "./errors.js"
 import { isMessageId, isUserId } from "./ids.js"
-import {
-  type Attachment,
-  type DeletedMessageRecord,
-  type EditRecord,
-  Limits,
-  type MessageRecord,
-  type Metadata,
-  type ParticipantRecord,
-  decodeSequenceRecord,
-} from "./schema.js"
+import { decodeSequenceRecord, Limits } from "./schema.js"
 
 /**
  * Validators for everything a writer puts into a conversation document. They
@@ -18,7 +9,8 @@ import {
  */
 type Check = (value: unknown) => string | undefined
 
-const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
+const isRecord = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v)
 const isTime = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0
 const isRole = (v: unknown) => v === "owner" || v === "admin" || v === "member"
 
@@ -42,13 +34,15 @@ export const checkAttachment: Check = (v) => {
   if (!isRecord(v)) return "attachment must be an object"
   const extra = onlyKeys(v, ["url", "name", "mimeType", "size", "width", "height"])
   if (extra) return extra
-  if (typeof v.url !== "string" || v.url.length === 0 || v.url.length > Limits.urlLength) return "attachment url invalid"
+  if (typeof v.url !== "string" || v.url.length === 0 || v.url.length > Limits.urlLength)
+    return "attachment url invalid"
   if (v.name !== undefined && (typeof v.name !== "string" || v.name.length > Limits.attachmentNameLength))
     return "attachment name invalid"
   if (v.mimeType !== undefined && (typeof v.mimeType !== "string" || v.mimeType.length > 255))
     return "attachment mimeType invalid"
   for (const k of ["size", "width", "height"] as const) {
-    if (v[k] !== undefined && !(Number.isInteger(v[k]) && (v[k] as number) >= 0)) return `attachment ${k} invalid`
+    if (v[k] !== undefined && !(Number.isInteger(v[k]) && (v[k] as number) >= 0))
+      return `attachment ${k} invalid`
   }
   return undefined
 }
@@ -57,23 +51,38 @@ export const checkAttachment: Check = (v) => {
 export const checkMessageRecord: Check = (v) => {
   if (!isRecord(v)) return "message must be an object"
   if ("deletedAt" in v) return checkDeletedRecord(v)
-  const extra = onlyKeys(v, ["id", "author", "body", "createdAt", "type", "replyTo", "attachments", "metadata", "priority"])
+  const extra = onlyKeys(v, [
+    "id",
+    "author",
+    "body",
+    "createdAt",
+    "type",
+    "replyTo",
+    "attachments",
+    "metadata",
+    "priority",
+  ])
   if (extra) return extra
   if (!isMessageId(v.id)) return "message id invalid"
   if (!isUserId(v.author)) return "message author invalid"
   if (typeof v.body !== "string") return "message body must be a string"
   if (v.body.length > Limits.bodyLength) return `message body exceeds ${Limits.bodyLength} characters`
   if (!isTime(v.createdAt)) return "message createdAt invalid"
-  if (v.type !== undefined && (typeof v.type !== "string" || v.type.length === 0 || v.type.length > Limits.typeLength))
+  if (
+    v.type !== undefined &&
+    (typeof v.type !== "string" || v.type.length === 0 || v.type.length > Limits.typeLength)
+  )
     return "message type invalid"
   if (v.replyTo !== undefined && !isMessageId(v.replyTo)) return "message replyTo invalid"
-  if (v.priority !== undefined && v.priority !== "sticky" && v.priority !== "emergency") return "message priority invalid"
+  if (v.priority !== undefined && v.priority !== "sticky" && v.priority !== "emergency")
+    return "message priority invalid"
   if (v.metadata !== undefined) {
     const bad = checkMetadata(v.metadata)
     if (bad) return bad
   }
   if (v.attachments !== undefined) {
-    if (!Array.isArray(v.attachments) || v.attachments.length > Limits.attachments) return "message attachments invalid"
+    if (!Array.isArray(v.attachments) || v.attachments.length > Limits.attachments)
+      return "message attachments invalid"
     for (const a of v.attachments) {
       const bad = checkAttachment(a)
       if (bad) return bad
@@ -118,11 +127,11 @@ export const checkSequenceRecord: Check = (v) =>
   decodeSequenceRecord(v) === undefined ? "sequence record malformed" : undefined
 
 /** Checks a read or delivered marker value. */
-export const checkMarker: Check = (v) => (Number.isInteger(v) && (v as number) >= 0 ? undefined : "marker invalid")
+export const checkMarker: Check = (v) =>
+  Number.isInteger(v) && (v as number) >= 0 ? undefined : "marker invalid"
 
 /** Throws INVALID_ARGUMENT when `check` finds a problem. */
 export function assertValid<T>(check: Check, value: unknown): asserts value is T {
   const problem = check(value)
   if (problem !== undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, problem)
 }
-

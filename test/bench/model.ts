@@ -47,7 +47,11 @@ for (let s = 0; s * PER_SESSION < N; s++) {
   const sent: MessageId[] = []
   for (let i = 0; i < count; i++) {
     const n = s * PER_SESSION + i
-    sent.push(sendMessage(device, users[n % users.length]!, { body: `Message ${n}: a typical short chat line of text.` }).id)
+    sent.push(
+      sendMessage(device, users[n % users.length]!, {
+        body: `Message ${n}: a typical short chat line of text.`,
+      }).id,
+    )
   }
   Y.applyUpdate(relay, Y.encodeStateAsUpdate(device, before))
   // The relay sequences each message as its update arrives: one order entry each.
