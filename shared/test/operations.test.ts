@@ -1,0 +1,266 @@
+import { describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import {
+  addParticipants,
+  assignSequenceNumbers,
+  type ConversationId,
+  changeRole,
+  createConversation,
+  deleteConversation,
+  deleteMessage,
+  directConversationId,
+  ErrorCode,
+  editMessage,
+  getConversation,
+  getMessage,
+  leaveConversation,
+  listParticipants,
+  type MessageId,
+  markDelivered,
+  markersOf,
+  markRead,
+  nextFromDocument,
+  ParleyError,
+  Rule,
+  react,
+  removeParticipants,
+  renameConversation,
+  roleOf,
+  SCHEMA_VERSION,
+  sendMessage,
+  setConversationMetadata,
+  typesOf,
+  unreact,
+} from "../src/index.js"
+import { alice, bob, carol, dave, groupDoc, replicaOf, sync } from "./helpers.js"
+
+const forbidden = (rule: string) => expect.objectContaining({ code: ErrorCode.FORBIDDEN, rule })
+
+describe("conversations", () => {
+  it("creates a group conversation with the creator as owner and the others as members", () => {
+    const doc = groupDoc()
+    const info = getConversation(doc)!
+    expect(info).toMatchObject({
+      id: "g~test",
+      kind: "group",
+      title: "Team",
+      createdBy: alice,
+      schemaVersion: SCHEMA_VERSION,
+    })
+    expect(listParticipants(doc).map((p) => [p.user, p.role])).toEqual([
+      ["alice", "owner"],
+      ["bob", "member"],
+      ["carol", "member"],
+    ])
+  })
+
+  it("finds the same direct conversation whichever user creates it, even offline on both sides", () => {
+    const onAlice = new Y.Doc()
+    const onBob = new Y.Doc()
+    const a = createConversation(onAlice, alice, { kind: "direct", participants: [bob] })
+    const b = createConversation(onBob, bob, { kind: "direct", participants: [alice] })
+    expect(a.id).toBe(directConversationId([alice, bob]))
+    expect(b.id).toBe(a.id)
+    expect(a.distinctKey).toBe(b.distinctKey)
+    sync(onAlice, onBob)
+    expect(getConversation(onAlice)?.id).toBe(a.id)
+    expect(listParticipants(onAlice).map((p) => p.role)).toEqual(["owner", "owner"])
+    expect(Y.encodeStateVector(onAlice)).toEqual(Y.encodeStateVector(onBob))
+    // Creating it again is a no-op returning the existing conversation.
+    expect(createConversation(onAlice, alice, { kind: "direct", participants: [bob] }).id).toBe(a.id)
+  })
+
+  it("refuses to create a group over an existing conversation", () => {
+    const doc = groupDoc()
+    expect(() =>
+      createConversation(doc, bob, { kind: "group", id: "g~test" as ConversationId, participants: [] }),
+    ).toThrow(ParleyError)
+  })
+
+  it("lets owners and admins rename, set metadata and delete, and nobody else", () => {
+    const doc = groupDoc()
+    expect(() => renameConversation(doc, bob, "Mine")).toThrow(forbidden(Rule.adminOnly))
+    expect(() => setConversationMetadata(doc, bob, { x: 1 })).toThrow(forbidden(Rule.adminOnly))
+    expect(() => deleteConversation(doc, dave)).toThrow(forbidden(Rule.participantOnly))
+    renameConversation(doc, alice, "Renamed")
+    changeRole(doc, alice, bob, "admin")
+    setConversationMetadata(doc, bob, { topic: "launch" })
+    expect(getConversation(doc)).toMatchObject({ title: "Renamed", metadata: { topic: "launch" } })
+    deleteConversation(doc, bob, { now: 5 })
+    expect(getConversation(doc)).toMatchObject({ deletedAt: 5, deletedBy: bob })
+  })
+
+  it("refuses oversized titles and metadata", () => {
+    const doc = groupDoc()
+    expect(() => renameConversation(doc, alice, "x".repeat(201))).toThrow(
+      expect.objectContaining({ code: "TOO_LARGE" }),
+    )
+    expect(() => setConversationMetadata(doc, alice, { big: "x".repeat(5000) })).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
+    )
+  })
+})
+
+describe("participants", () => {
+  it("adds, removes and changes roles as owner and admin", () => {
+    const doc = groupDoc()
+    expect(addParticipants(doc, alice, [dave, bob])).toEqual([dave])
+    changeRole(doc, alice, dave, "admin")
+    expect(roleOf(doc, dave)).toBe("admin")
+    expect(removeParticipants(doc, dave, [carol])).toEqual([carol])
+    expect(roleOf(doc, carol)).toBeUndefined()
+  })
+
+  it("refuses members managing others, admins touching owners, and changes in direct conversations", () => {
+    const doc = groupDoc()
+    expect(() => addParticipants(doc, bob, [dave])).toThrow(forbidden(Rule.adminOnly))
+    expect(() => removeParticipants(doc, bob, [carol])).toThrow(forbidden(Rule.adminOnly))
+    expect(() => changeRole(doc, bob, bob, "admin")).toThrow(forbidden(Rule.adminOnly))
+    changeRole(doc, alice, bob, "admin")
+    expect(() => changeRole(doc, bob, carol, "owner")).toThrow(forbidden(Rule.ownerOnly))
+    expect(() => removeParticipants(doc, bob, [alice])).toThrow(forbidden(Rule.ownerOnly))
+    expect(() => addParticipants(doc, bob, [dave], "owner")).toThrow(forbidden(Rule.ownerOnly))
+    const direct = new Y.Doc()
+    createConversation(direct, alice, { kind: "direct", participants: [bob] })
+    expect(() => addParticipants(direct, alice, [carol])).toThrow(forbidden(Rule.directIsFixed))
+    expect(() => removeParticipants(direct, alice, [bob])).toThrow(forbidden(Rule.directIsFixed))
+  })
+
+  it("lets anyone leave", () => {
+    const doc = groupDoc()
+    leaveConversation(doc, carol)
+    expect(listParticipants(doc).map((p) => p.user)).toEqual([alice, bob])
+  })
+})
+
+describe("messages", () => {
+  it("sends a message with attachments, reply-to, metadata and priority", () => {
+    const doc = groupDoc()
+    const first = sendMessage(doc, alice, { body: "hello" }, { now: 10 })
+    const second = sendMessage(doc, bob, {
+      body: "look",
+      replyTo: first.id,
+      type: "image",
+      priority: "sticky",
+      metadata: { mood: "happy" },
+      attachments: [
+        {
+          url: "https://cdn.example/1.png",
+          name: "1.png",
+          mimeType: "image/png",
+          size: 10,
+          width: 2,
+          height: 3,
+        },
+      ],
+    })
+    expect(first).toMatchObject({
+      author: alice,
+      body: "hello",
+      type: "text",
+      priority: "normal",
+      createdAt: 10,
+    })
+    expect(getMessage(doc, second.id)).toMatchObject({
+      replyTo: first.id,
+      type: "image",
+      priority: "sticky",
+      metadata: { mood: "happy" },
+      attachments: [expect.objectContaining({ name: "1.png", width: 2 })],
+    })
+  })
+
+  it("is idempotent by client-generated id", () => {
+    const doc = groupDoc()
+    const id = "msg-0000000001" as MessageId
+    sendMessage(doc, alice, { id, body: "once" })
+    sendMessage(doc, alice, { id, body: "twice?" })
+    expect(typesOf(doc).messages.length).toBe(1)
+    expect(getMessage(doc, id)?.body).toBe("once")
+  })
+
+  it("refuses non-participants, oversized bodies and malformed attachments", () => {
+    const doc = groupDoc()
+    expect(() => sendMessage(doc, dave, { body: "hi" })).toThrow(forbidden(Rule.participantOnly))
+    expect(() => sendMessage(doc, alice, { body: "x".repeat(16_001) })).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
+    )
+    expect(() => sendMessage(doc, alice, { body: "x", attachments: [{ url: "" }] })).toThrow(ParleyError)
+  })
+
+  it("lets only the author edit", () => {
+    const doc = groupDoc()
+    const m = sendMessage(doc, bob, { body: "typo" })
+    expect(() => editMessage(doc, alice, m.id, "hijack")).toThrow(forbidden(Rule.authorOnly))
+    editMessage(doc, bob, m.id, "fixed", { now: 42 })
+    expect(getMessage(doc, m.id)).toMatchObject({ body: "fixed", editedAt: 42 })
+  })
+
+  it("deletes for real: the placeholder stays, the content is gone from the document", () => {
+    const doc = groupDoc()
+    const m = sendMessage(doc, bob, { body: "secret plans", metadata: { key: "hidden-value" } })
+    editMessage(doc, bob, m.id, "edited secret")
+    react(doc, carol, m.id, "👍")
+    const other = sendMessage(doc, carol, { body: "still here" })
+    expect(() => deleteMessage(doc, carol, m.id)).toThrow(forbidden(Rule.authorOrAdmin))
+    deleteMessage(doc, bob, m.id, { now: 99 })
+    expect(getMessage(doc, m.id)).toMatchObject({
+      body: "",
+      type: "deleted",
+      deleted: { at: 99, by: bob },
+      reactions: {},
+    })
+    expect(getMessage(doc, other.id)?.body).toBe("still here")
+    const encoded = Buffer.from(Y.encodeStateAsUpdate(doc)).toString("latin1")
+    expect(encoded).not.toContain("secret")
+    expect(encoded).not.toContain("hidden-value")
+    // The replica that receives the deletion also holds no content.
+    const replica = replicaOf(doc)
+    expect(getMessage(replica, m.id)?.deleted).toEqual({ at: 99, by: bob })
+    deleteMessage(doc, bob, m.id) // twice is a no-op
+  })
+
+  it("lets an admin delete someone else's message", () => {
+    const doc = groupDoc()
+    const m = sendMessage(doc, bob, { body: "spam" })
+    deleteMessage(doc, alice, m.id)
+    expect(getMessage(doc, m.id)?.deleted?.by).toBe(alice)
+  })
+
+  it("adds and removes reactions only as oneself", () => {
+    const doc = groupDoc()
+    const m = sendMessage(doc, alice, { body: "vote" })
+    react(doc, bob, m.id, "👍")
+    react(doc, carol, m.id, "👍")
+    react(doc, carol, m.id, "🎉")
+    expect(getMessage(doc, m.id)?.reactions).toEqual({ "👍": [bob, carol], "🎉": [carol] })
+    unreact(doc, carol, m.id, "👍")
+    expect(getMessage(doc, m.id)?.reactions).toEqual({ "👍": [bob], "🎉": [carol] })
+    expect(() => react(doc, dave, m.id, "👍")).toThrow(forbidden(Rule.participantOnly))
+    expect(() => react(doc, bob, m.id, "")).toThrow(ParleyError)
+  })
+})
+
+describe("markers", () => {
+  it("moves read and delivered markers forward only, read implying delivered", () => {
+    const doc = groupDoc()
+    const ids = [1, 2, 3].map((i) => sendMessage(doc, alice, { body: `m${i}` }).id)
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    expect(markDelivered(doc, bob, ids[1])).toBe(true)
+    expect(markersOf(doc, bob)).toEqual({ read: 0, delivered: 2 })
+    expect(markRead(doc, bob, ids[0])).toBe(true)
+    expect(markersOf(doc, bob)).toEqual({ read: 1, delivered: 2 })
+    expect(markRead(doc, bob, 1)).toBe(false) // not backwards, not even equal
+    expect(markRead(doc, bob)).toBe(true)
+    expect(markersOf(doc, bob)).toEqual({ read: 3, delivered: 3 })
+    expect(() => markRead(doc, dave)).toThrow(forbidden(Rule.participantOnly))
+  })
+
+  it("never moves past the last sequenced message", () => {
+    const doc = groupDoc()
+    sendMessage(doc, alice, { body: "m" })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    markRead(doc, bob, 1000)
+    expect(markersOf(doc, bob).read).toBe(1)
+  })
+})

@@ -1,0 +1,130 @@
+import { describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import {
+  allMarkers,
+  assignSequenceNumbers,
+  deleteMessage,
+  getMessage,
+  lastMessage,
+  lastSequence,
+  listMessages,
+  markDelivered,
+  markRead,
+  messageCount,
+  nextFromDocument,
+  sendMessage,
+  typesOf,
+  unreadCount,
+  unsequencedMessages,
+  writeSequenceNumbers,
+} from "../src/index.js"
+import { alice, bob, carol, groupDoc, replicaOf, sync } from "./helpers.js"
+
+function conversationWith(count: number) {
+  const doc = groupDoc()
+  const ids = Array.from(
+    { length: count },
+    (_, i) => sendMessage(doc, i % 2 ? bob : alice, { body: `m${i + 1}` }).id,
+  )
+  assignSequenceNumbers(doc, nextFromDocument(doc))
+  return { doc, ids }
+}
+const bodies = (views: { body: string }[]) => views.map((m) => m.body)
+
+describe("sequence numbers and canonical order", () => {
+  it("numbers unsequenced messages in order and only once", () => {
+    const { doc, ids } = conversationWith(3)
+    expect(ids.map((id) => getMessage(doc, id)?.seq)).toEqual([1, 2, 3])
+    expect(assignSequenceNumbers(doc, nextFromDocument(doc))).toEqual([])
+    const more = sendMessage(doc, carol, { body: "m4" })
+    expect(unsequencedMessages(doc)).toEqual([more.id])
+    expect(assignSequenceNumbers(doc, () => 10, [more.id])).toEqual([more.id])
+    expect(getMessage(doc, more.id)?.seq).toBe(10)
+    expect(lastSequence(doc)).toBe(10)
+  })
+
+  it("orders by sequence, not array position: late offline messages land after what the relay ordered", () => {
+    const relay = groupDoc()
+    const offline = replicaOf(relay)
+    const early = sendMessage(offline, bob, { body: "written offline first" }, { now: 1 })
+    sendMessage(relay, alice, { body: "a1" }, { now: 2 })
+    sendMessage(relay, alice, { body: "a2" }, { now: 3 })
+    assignSequenceNumbers(relay, nextFromDocument(relay))
+    sync(relay, offline)
+    // Before the relay sequences it, the offline message sorts after sequenced ones on both replicas.
+    expect(bodies(listMessages(offline, { last: 10 }))).toEqual(["a1", "a2", "written offline first"])
+    assignSequenceNumbers(relay, nextFromDocument(relay))
+    sync(relay, offline)
+    expect(getMessage(offline, early.id)?.seq).toBe(3)
+    expect(bodies(listMessages(offline, { last: 10 }))).toEqual(bodies(listMessages(relay, { last: 10 })))
+  })
+
+  it("keeps the lowest number when a message was numbered twice", () => {
+    const { doc, ids } = conversationWith(2)
+    writeSequenceNumbers(doc, 7, [ids[0]!])
+    expect(getMessage(doc, ids[0]!)?.seq).toBe(1)
+  })
+})
+
+describe("windows", () => {
+  it("reads the last N, before, after and around a message", () => {
+    const { doc, ids } = conversationWith(10)
+    expect(bodies(listMessages(doc, { last: 3 }))).toEqual(["m8", "m9", "m10"])
+    expect(bodies(listMessages(doc, { before: ids[4]!, limit: 2 }))).toEqual(["m3", "m4"])
+    expect(bodies(listMessages(doc, { after: ids[7]!, limit: 5 }))).toEqual(["m9", "m10"])
+    expect(bodies(listMessages(doc, { around: ids[4]!, limit: 3 }))).toEqual(["m4", "m5", "m6"])
+    expect(bodies(listMessages(doc, { around: ids[0]!, limit: 3 }))).toEqual(["m1", "m2", "m3"])
+    expect(bodies(listMessages(doc, { around: ids[9]!, limit: 4 }))).toEqual(["m7", "m8", "m9", "m10"])
+    expect(listMessages(doc, { before: "unknown-id-123" as never, limit: 3 })).toEqual([])
+    expect(lastMessage(doc)?.body).toBe("m10")
+    expect(messageCount(doc)).toBe(10)
+  })
+
+  it("shows deleted messages as placeholders in place", () => {
+    const { doc, ids } = conversationWith(3)
+    deleteMessage(doc, bob, ids[1]!)
+    expect(listMessages(doc, { last: 3 }).map((m) => m.type)).toEqual(["text", "deleted", "text"])
+    expect(getMessage(doc, ids[1]!)?.seq).toBe(2)
+  })
+})
+
+describe("unread counts and markers", () => {
+  it("counts messages above my marker that I did not write, deleted ones excluded", () => {
+    const { doc, ids } = conversationWith(6) // alice wrote 1,3,5; bob 2,4,6
+    expect(unreadCount(doc, alice)).toBe(3)
+    expect(unreadCount(doc, carol)).toBe(6)
+    markRead(doc, carol, ids[2]!)
+    expect(unreadCount(doc, carol)).toBe(3)
+    deleteMessage(doc, bob, ids[5]!)
+    expect(unreadCount(doc, carol)).toBe(2)
+  })
+
+  it("counts an offline device's late message as unread even behind my marker position", () => {
+    const relay = groupDoc()
+    const offline = replicaOf(relay)
+    sendMessage(offline, bob, { body: "late" })
+    sendMessage(relay, alice, { body: "on time" })
+    assignSequenceNumbers(relay, nextFromDocument(relay))
+    markRead(relay, carol)
+    expect(unreadCount(relay, carol)).toBe(0)
+    sync(relay, offline)
+    assignSequenceNumbers(relay, nextFromDocument(relay))
+    expect(unreadCount(relay, carol)).toBe(1)
+  })
+
+  it("lists every user's markers for seen-by displays", () => {
+    const { doc } = conversationWith(4)
+    markRead(doc, bob, 2)
+    markDelivered(doc, carol, 4)
+    expect(allMarkers(doc)).toEqual({ bob: { read: 2, delivered: 2 }, carol: { read: 0, delivered: 4 } })
+  })
+
+  it("keeps the index current across replicas and transactions", () => {
+    const { doc } = conversationWith(2)
+    const other = new Y.Doc()
+    expect(messageCount(other)).toBe(0)
+    Y.applyUpdate(other, Y.encodeStateAsUpdate(doc))
+    expect(messageCount(other)).toBe(2)
+    expect(typesOf(other).order.length).toBe(1)
+  })
+})

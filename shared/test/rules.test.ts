@@ -1,0 +1,98 @@
+import { describe, expect, it } from "vitest"
+import {
+  canAddParticipant,
+  canChangeRole,
+  canCreateConversation,
+  canDeleteMessage,
+  canEditMessage,
+  canMoveMarker,
+  canReact,
+  canRemoveParticipant,
+  canSendMessage,
+  canUpdateConversation,
+  canWriteSequence,
+  type Role,
+  Rule,
+  type UserId,
+} from "../src/index.js"
+
+const a = "a" as UserId
+const b = "b" as UserId
+const allowed = { allowed: true }
+const refusedBy = (rule: string) => expect.objectContaining({ allowed: false, rule })
+
+describe("rules", () => {
+  it("only lets participants write", () => {
+    for (const decision of [
+      canSendMessage(a, undefined, a),
+      canEditMessage(a, undefined, a),
+      canDeleteMessage(a, undefined, a),
+      canReact(a, undefined, a),
+      canMoveMarker(a, undefined, a, 0, 1),
+      canUpdateConversation(undefined),
+      canAddParticipant(undefined, "group", "member"),
+      canRemoveParticipant(a, undefined, "group", a, "member"),
+      canChangeRole(undefined, "group", "member", "admin"),
+    ]) {
+      expect(decision).toEqual(refusedBy(Rule.participantOnly))
+    }
+  })
+
+  it("makes the creator an owner", () => {
+    expect(canCreateConversation(a, new Map<UserId, Role>([[a, "owner"]]))).toEqual(allowed)
+    expect(
+      canCreateConversation(
+        a,
+        new Map<UserId, Role>([
+          [a, "member"],
+          [b, "owner"],
+        ]),
+      ),
+    ).toEqual(refusedBy(Rule.creatorIsOwner))
+  })
+
+  it("ties messages, edits, reactions and markers to their user", () => {
+    expect(canSendMessage(a, "member", b)).toEqual(refusedBy(Rule.authorIsSender))
+    expect(canEditMessage(a, "owner", b)).toEqual(refusedBy(Rule.authorOnly))
+    expect(canEditMessage(a, "member", a)).toEqual(allowed)
+    expect(canReact(a, "admin", b)).toEqual(refusedBy(Rule.selfOnly))
+    expect(canMoveMarker(a, "owner", b, 0, 3)).toEqual(refusedBy(Rule.selfOnly))
+  })
+
+  it("lets authors and managers delete messages", () => {
+    expect(canDeleteMessage(a, "member", a)).toEqual(allowed)
+    expect(canDeleteMessage(a, "admin", b)).toEqual(allowed)
+    expect(canDeleteMessage(a, "owner", b)).toEqual(allowed)
+    expect(canDeleteMessage(a, "member", b)).toEqual(refusedBy(Rule.authorOrAdmin))
+  })
+
+  it("moves markers forward only", () => {
+    expect(canMoveMarker(a, "member", a, undefined, 0)).toEqual(allowed)
+    expect(canMoveMarker(a, "member", a, 4, 5)).toEqual(allowed)
+    expect(canMoveMarker(a, "member", a, 4, 4)).toEqual(refusedBy(Rule.markerForwardOnly))
+    expect(canMoveMarker(a, "member", a, 4, 2)).toEqual(refusedBy(Rule.markerForwardOnly))
+  })
+
+  it("keeps participant management with owners and admins", () => {
+    expect(canAddParticipant("member", "group", "member")).toEqual(refusedBy(Rule.adminOnly))
+    expect(canAddParticipant("admin", "group", "admin")).toEqual(allowed)
+    expect(canAddParticipant("admin", "group", "owner")).toEqual(refusedBy(Rule.ownerOnly))
+    expect(canAddParticipant("owner", "direct", "member")).toEqual(refusedBy(Rule.directIsFixed))
+    expect(canRemoveParticipant(a, "member", "group", a, "member")).toEqual(allowed)
+    expect(canRemoveParticipant(a, "member", "direct", a, "owner")).toEqual(allowed)
+    expect(canRemoveParticipant(a, "member", "group", b, "member")).toEqual(refusedBy(Rule.adminOnly))
+    expect(canRemoveParticipant(a, "admin", "group", b, "owner")).toEqual(refusedBy(Rule.ownerOnly))
+    expect(canRemoveParticipant(a, "owner", "group", b, "owner")).toEqual(allowed)
+    expect(canChangeRole("admin", "group", "member", "admin")).toEqual(allowed)
+    expect(canChangeRole("admin", "group", "admin", "owner")).toEqual(refusedBy(Rule.ownerOnly))
+    expect(canChangeRole("member", "group", "member", "admin")).toEqual(refusedBy(Rule.adminOnly))
+    expect(canChangeRole("owner", "direct", "owner", "member")).toEqual(refusedBy(Rule.directIsFixed))
+    expect(canUpdateConversation("member")).toEqual(refusedBy(Rule.adminOnly))
+    expect(canUpdateConversation("admin")).toEqual(allowed)
+  })
+
+  it("reserves sequence numbers to the relay", () => {
+    expect(canWriteSequence(true)).toEqual(allowed)
+    expect(canWriteSequence(false)).toEqual(refusedBy(Rule.relayOnly))
+  })
+})
