@@ -1,0 +1,58 @@
+/** One caller's share of a batch. */
+interface Pending {
+  readonly name: string
+  readonly updates: readonly Uint8Array[]
+  readonly resolve: (positions: number[]) => void
+  readonly reject: (error: unknown) => void
+}
+
+/** A batch of appends from one tick, committed together. */
+export type AppendBatch = readonly { readonly name: string; readonly updates: readonly Uint8Array[] }[]
+
+/**
+ * Gathers the appends made in one tick and commits them with one call to
+ * `commit`, which returns each entry's positions. Every waiting caller resolves
+ * after that single commit: one fsync serves many acknowledgements.
+ */
+export class GroupCommit {
+  private queue: Pending[] = []
+  private scheduled = false
+  private running: Promise<void> = Promise.resolve()
+
+  constructor(private readonly commit: (batch: AppendBatch) => Promise<number[][]> | number[][]) {}
+
+  append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
+    return new Promise((resolve, reject) => {
+      // Copied now: the commit happens a tick later, after the caller may have reused its buffers.
+      this.queue.push({ name, updates: updates.map((u) => u.slice()), resolve, reject })
+      if (!this.scheduled) {
+        this.scheduled = true
+        setImmediate(() => {
+          this.scheduled = false
+          this.running = this.running.then(() => this.flush())
+        })
+      }
+    })
+  }
+
+  /** Resolves once everything appended so far is committed (or failed). */
+  async drain(): Promise<void> {
+    while (this.queue.length > 0 || this.scheduled) {
+      await new Promise((r) => setImmediate(r))
+      await this.running
+    }
+    await this.running
+  }
+
+  private async flush(): Promise<void> {
+    const batch = this.queue
+    this.queue = []
+    if (batch.length === 0) return
+    try {
+      const positions = await this.commit(batch)
+      for (const [i, p] of batch.entries()) p.resolve(positions[i]!)
+    } catch (error) {
+      for (const p of batch) p.reject(error)
+    }
+  }
+}

@@ -1,0 +1,33 @@
+import { MemoryStorage } from "./memory.js"
+import { SqliteStorage } from "./sqlite.js"
+import type { RelayStorage } from "./types.js"
+
+export { MemoryStorage } from "./memory.js"
+export { SQLITE_FILE, SqliteStorage } from "./sqlite.js"
+export type { RelayStorage, StoredDocument } from "./types.js"
+
+/** The storage backends the relay can run on. */
+export type StorageKind = "memory" | "sqlite" | "postgres"
+
+/** Where a backend keeps its data. */
+export interface StorageOptions {
+  readonly kind: StorageKind
+  /** Data directory (sqlite). */
+  readonly dataDir: string
+  /** Connection string (postgres). */
+  readonly databaseUrl?: string
+}
+
+/** Opens the configured backend. */
+export async function openStorage(options: StorageOptions): Promise<RelayStorage> {
+  switch (options.kind) {
+    case "memory":
+      return new MemoryStorage()
+    case "sqlite":
+      return new SqliteStorage(options.dataDir)
+    case "postgres": {
+      const { PostgresStorage } = await import("./postgres.js")
+      return PostgresStorage.open(options.databaseUrl ?? "postgres://postgres@127.0.0.1:5432/test")
+    }
+  }
+}

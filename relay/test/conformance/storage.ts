@@ -1,0 +1,149 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import type { RelayStorage } from "../../src/storage/types.js"
+
+/**
+ * What a backend under test provides: `open` gives a storage over the same
+ * underlying data each time it is called (to test a reopen), `cleanup` removes it.
+ */
+export interface StorageHarness {
+  open(): Promise<RelayStorage>
+  cleanup?(): Promise<void>
+  /** True when the backend keeps data across a reopen. */
+  readonly persistent: boolean
+}
+
+const bytes = (...values: number[]) => new Uint8Array(values)
+const texts = (doc: Y.Doc) => doc.getArray<string>("a").toArray()
+
+function loadDoc(stored: Awaited<ReturnType<RelayStorage["load"]>>): Y.Doc {
+  const doc = new Y.Doc()
+  if (stored.snapshot) Y.applyUpdate(doc, stored.snapshot)
+  for (const { update } of stored.updates) Y.applyUpdate(doc, update)
+  return doc
+}
+
+/**
+ * The one suite every {@link RelayStorage} backend passes (memory, SQLite,
+ * PostgreSQL). Each test uses fresh document names so that backends sharing a
+ * database do not see each other's data.
+ */
+export function runStorageConformance(name: string, setup: () => Promise<StorageHarness>): void {
+  describe(`storage conformance: ${name}`, () => {
+    let harness: StorageHarness
+    let storage: RelayStorage
+    let run = 0
+    let doc: (suffix: string) => string
+
+    beforeEach(async () => {
+      harness = await setup()
+      storage = await harness.open()
+      const prefix = `t${Date.now().toString(36)}${(run++).toString(36)}${Math.random().toString(36).slice(2, 8)}`
+      doc = (suffix) => `${prefix}-${suffix}`
+    })
+    afterEach(async () => {
+      await storage.close().catch(() => {})
+      await harness.cleanup?.()
+    })
+
+    it("loads an unknown document as empty", async () => {
+      expect(await storage.load(doc("none"))).toEqual({ snapshot: null, updates: [] })
+    })
+
+    it("returns appended updates in order with increasing positions", async () => {
+      const a = await storage.append(doc("x"), [bytes(1), bytes(2)])
+      const b = await storage.append(doc("x"), [bytes(3)])
+      expect(a).toHaveLength(2)
+      expect(a[1]!).toBeGreaterThan(a[0]!)
+      expect(b[0]!).toBeGreaterThan(a[1]!)
+      const loaded = await storage.load(doc("x"))
+      expect(loaded.snapshot).toBeNull()
+      expect(loaded.updates.map((u) => [...u.update])).toEqual([[1], [2], [3]])
+      expect(loaded.updates.map((u) => u.position)).toEqual([...a, ...b])
+    })
+
+    it("keeps documents apart", async () => {
+      await storage.append(doc("one"), [bytes(1)])
+      await storage.append(doc("two"), [bytes(2)])
+      expect((await storage.load(doc("one"))).updates.map((u) => [...u.update])).toEqual([[1]])
+      expect((await storage.load(doc("two"))).updates.map((u) => [...u.update])).toEqual([[2]])
+    })
+
+    it("commits appends made concurrently, each with its own positions", async () => {
+      const results = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => storage.append(doc(`c${i % 3}`), [bytes(i)])),
+      )
+      for (let d = 0; d < 3; d++) {
+        const loaded = await storage.load(doc(`c${d}`))
+        const expected = results.flatMap((_, i) => (i % 3 === d ? [[i]] : []))
+        expect(loaded.updates.map((u) => [...u.update])).toEqual(expected)
+        const positions = loaded.updates.map((u) => u.position)
+        expect([...positions].sort((x, y) => x - y)).toEqual(positions)
+        expect(new Set(positions).size).toBe(positions.length)
+      }
+    })
+
+    it("does not let a caller change stored bytes by reusing its buffer", async () => {
+      const buffer = bytes(7, 7)
+      const pending = storage.append(doc("copy"), [buffer])
+      buffer[0] = 9
+      await pending
+      expect([...(await storage.load(doc("copy"))).updates[0]!.update]).toEqual([7, 7])
+    })
+
+    it("replaces compacted entries with the snapshot and keeps later ones", async () => {
+      const source = new Y.Doc()
+      const updates: Uint8Array[] = []
+      source.on("update", (u: Uint8Array) => updates.push(u))
+      for (const text of ["a", "b", "c", "d"]) source.getArray<string>("a").push([text])
+      const positions = await storage.append(doc("snap"), updates.slice(0, 3))
+      const snapshotDoc = new Y.Doc()
+      for (const u of updates.slice(0, 3)) Y.applyUpdate(snapshotDoc, u)
+      await storage.compact(doc("snap"), Y.encodeStateAsUpdate(snapshotDoc), positions[2]!)
+      const later = await storage.append(doc("snap"), [updates[3]!])
+      expect(later[0]!).toBeGreaterThan(positions[2]!)
+      const loaded = await storage.load(doc("snap"))
+      expect(loaded.snapshot).not.toBeNull()
+      expect(loaded.updates.map((u) => u.position)).toEqual(later)
+      expect(texts(loadDoc(loaded))).toEqual(["a", "b", "c", "d"])
+    })
+
+    it("compacts only up to the given position when more was appended meanwhile", async () => {
+      const positions = await storage.append(doc("partial"), [bytes(1), bytes(2), bytes(3)])
+      await storage.compact(doc("partial"), bytes(0, 0), positions[1]!)
+      const loaded = await storage.load(doc("partial"))
+      expect([...loaded.snapshot!]).toEqual([0, 0])
+      expect(loaded.updates.map((u) => [...u.update])).toEqual([[3]])
+    })
+
+    it("keeps positions increasing after a compaction of the whole log", async () => {
+      const first = await storage.append(doc("after"), [bytes(1)])
+      await storage.compact(doc("after"), bytes(0, 0), first[0]!)
+      const second = await storage.append(doc("after"), [bytes(2)])
+      expect(second[0]!).toBeGreaterThan(first[0]!)
+    })
+
+    it("keeps everything appended and compacted across a reopen", async () => {
+      if (!harness.persistent) return
+      const positions = await storage.append(doc("reopen"), [bytes(1), bytes(2)])
+      await storage.compact(doc("reopen"), bytes(0, 0), positions[0]!)
+      await storage.append(doc("reopen"), [bytes(3)])
+      await storage.close()
+      storage = await harness.open()
+      const loaded = await storage.load(doc("reopen"))
+      expect([...loaded.snapshot!]).toEqual([0, 0])
+      expect(loaded.updates.map((u) => [...u.update])).toEqual([[2], [3]])
+      const more = await storage.append(doc("reopen"), [bytes(4)])
+      expect(more[0]!).toBeGreaterThan(loaded.updates[1]!.position)
+    })
+
+    it("finishes pending appends on close", async () => {
+      if (!harness.persistent) return
+      const pending = storage.append(doc("closing"), [bytes(5)])
+      await storage.close()
+      await pending
+      storage = await harness.open()
+      expect((await storage.load(doc("closing"))).updates.map((u) => [...u.update])).toEqual([[5]])
+    })
+  })
+}
