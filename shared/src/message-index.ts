@@ -19,10 +19,16 @@ import { addedItems, contentOf, deletedItems } from "./transaction-changes.js"
  * 100,000-message conversation never rescan it.
  */
 export class MessageIndex {
-  /** Live (not deleted) records by id. The first record of an id wins. */
+  /** Live (not deleted) records by id. */
   readonly records = new Map<MessageId, MessageRecord>()
   /** Deletion placeholders by id. */
   readonly deleted = new Map<MessageId, DeletedMessageRecord>()
+  /**
+   * Every record present per id. Usually one; two users deleting a message
+   * concurrently leave two placeholders, and the one shown must be the same on
+   * every replica whatever order they arrived in, so it is chosen by content.
+   */
+  private readonly copies = new Map<MessageId, (MessageRecord | DeletedMessageRecord)[]>()
   /** Sequence number of each sequenced message (the lowest, if several). */
   readonly seqOf = new Map<MessageId, number>()
   /** Reactions per message: emoji → users. */
@@ -128,17 +134,39 @@ export class MessageIndex {
   }
 
   private addRecord(record: MessageRecord | DeletedMessageRecord) {
-    if (isDeletedRecord(record)) {
-      if (!this.deleted.has(record.id)) this.deleted.set(record.id, record)
-    } else if (!this.records.has(record.id)) {
-      this.records.set(record.id, record)
-    }
+    map.setIfUndefined(this.copies, record.id, () => []).push(record)
+    this.choose(record.id)
   }
 
   private removeRecord(record: MessageRecord | DeletedMessageRecord) {
-    const map: Map<MessageId, unknown> = isDeletedRecord(record) ? this.deleted : this.records
-    // Only forget the id if this exact record was the one indexed (duplicates may remain).
-    if (map.get(record.id) === record) map.delete(record.id)
+    const list = this.copies.get(record.id)
+    const at = list?.indexOf(record) ?? -1
+    if (list && at >= 0) list.splice(at, 1)
+    if (list?.length === 0) this.copies.delete(record.id)
+    this.choose(record.id)
+  }
+
+  private choose(id: MessageId) {
+    let live: MessageRecord | undefined
+    let placeholder: DeletedMessageRecord | undefined
+    for (const r of this.copies.get(id) ?? []) {
+      if (isDeletedRecord(r)) {
+        if (
+          !placeholder ||
+          orderKey(r.deletedAt, r.deletedBy) < orderKey(placeholder.deletedAt, placeholder.deletedBy)
+        )
+          placeholder = r
+      } else if (
+        !live ||
+        orderKey(r.createdAt, r.author + r.body) < orderKey(live.createdAt, live.author + live.body)
+      ) {
+        live = r
+      }
+    }
+    if (live) this.records.set(id, live)
+    else this.records.delete(id)
+    if (placeholder) this.deleted.set(id, placeholder)
+    else this.deleted.delete(id)
   }
 
   private addSequence(value: string) {
@@ -172,6 +200,8 @@ export class MessageIndex {
     if (byEmoji.size === 0) this.reactions.delete(parsed.message)
   }
 }
+
+const orderKey = (time: number, text: string) => `${String(time).padStart(16, "0")}\u0000${text}`
 
 const indexes = new WeakMap<Y.Doc, MessageIndex>()
 
