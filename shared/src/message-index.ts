@@ -134,7 +134,9 @@ export class MessageIndex {
   }
 
   private addRecord(record: MessageRecord | DeletedMessageRecord) {
-    map.setIfUndefined(this.copies, record.id, () => []).push(record)
+    map
+      .setIfUndefined(this.copies, record.id, (): (MessageRecord | DeletedMessageRecord)[] => [])
+      .push(record)
     this.choose(record.id)
   }
 
