@@ -14,6 +14,7 @@ import {
   listMessages,
   type MessageId,
   messageIndex,
+  newMessageId,
   nextFromDocument,
   sendMessage,
   type UserId,
@@ -65,6 +66,7 @@ let t = performance.now()
 const loaded = new Y.Doc()
 Y.applyUpdate(loaded, snapshot)
 const decodeMs = performance.now() - t
+const heapAfterDecode = heap()
 t = performance.now()
 messageIndex(loaded)
 const indexMs = performance.now() - t
@@ -89,13 +91,45 @@ t = performance.now()
 const fresh = Y.encodeStateAsUpdate(loaded)
 const encodeMs = performance.now() - t
 
+// The brief's reference layout on the same messages: plain JSON records in one Y.Array,
+// no sequence numbers, no side maps — the floor Parley's layout is compared against.
+const plain = new Y.Doc()
+for (let s = 0; s * PER_SESSION < N; s++) {
+  const device = new Y.Doc()
+  const before = Y.encodeStateVector(plain)
+  Y.applyUpdate(device, Y.encodeStateAsUpdate(plain))
+  const count = Math.min(PER_SESSION, N - s * PER_SESSION)
+  for (let i = 0; i < count; i++) {
+    const n = s * PER_SESSION + i
+    device.getArray("messages").push([
+      {
+        id: newMessageId(),
+        author: users[n % users.length]!,
+        body: `Message ${n}: a typical short chat line of text.`,
+        createdAt: Date.now(),
+        type: "text",
+      },
+    ])
+  }
+  Y.applyUpdate(plain, Y.encodeStateAsUpdate(device, before))
+}
+const plainSnapshot = Y.encodeStateAsUpdate(plain)
+const plainHeapBefore = heap()
+t = performance.now()
+const plainLoaded = new Y.Doc()
+Y.applyUpdate(plainLoaded, plainSnapshot)
+const plainDecodeMs = performance.now() - t
+const plainHeap = heap() - plainHeapBefore
+void plainLoaded.getArray("messages").length
+
 const results = {
   messages: N,
   bytesPerMessage: +(snapshot.length / N).toFixed(1),
   snapshotMB: +(snapshot.length / 1e6).toFixed(2),
   decodeSeconds: +(decodeMs / 1000).toFixed(3),
   indexSeconds: +(indexMs / 1000).toFixed(3),
-  heapAfterLoadMB: +((heapAfter - heapBefore) / 1e6).toFixed(1),
+  heapAfterDecodeMB: +((heapAfterDecode - heapBefore) / 1e6).toFixed(1),
+  heapWithIndexMB: +((heapAfter - heapBefore) / 1e6).toFixed(1),
   applyOneMessageMicroseconds: +applyUs.toFixed(1),
   encodeWholeDocumentMs: +encodeMs.toFixed(1),
   encodedMB: +(fresh.length / 1e6).toFixed(2),
@@ -103,6 +137,9 @@ const results = {
   unreadCountMs: +unreadMs.toFixed(2),
   buildSeconds: +(buildMs / 1000).toFixed(1),
   heapMeasured: gc !== undefined,
+  reference_plainRecords_bytesPerMessage: +(plainSnapshot.length / N).toFixed(1),
+  reference_plainRecords_decodeSeconds: +(plainDecodeMs / 1000).toFixed(3),
+  reference_plainRecords_heapMB: +(plainHeap / 1e6).toFixed(1),
 }
 console.log(`Parley document model, schema v1, ${N} messages (node ${process.version})`)
 console.table(results)
