@@ -1,0 +1,115 @@
+import type {
+  ConversationId,
+  ConversationInfo,
+  CreateConversationInput,
+  MessageId,
+  MessageView,
+  MessageWindow,
+  Participant,
+  Role,
+  SendMessageInput,
+  UserId,
+} from "@parley/shared"
+import type { Logger } from "pino"
+import { HANDLER_NAMES, type HookEvent, type HookEventType } from "./events.js"
+
+/** A conversation as a hook reads it. */
+export interface ConversationState {
+  readonly conversation: ConversationInfo
+  readonly participants: readonly Participant[]
+  /** The window asked for (default: the last 50 messages), in canonical order. */
+  readonly messages: readonly MessageView[]
+  readonly lastSequence: number
+  /** Unread count per participant (shared `unreadCount`). */
+  readonly unread: Readonly<Record<UserId, number>>
+}
+
+/**
+ * Reading and writing conversations from a hook. Every write runs `asUser`'s
+ * rules, then takes the relay's one update path (checked, saved, sequenced,
+ * broadcast) and fires events of its own, whose actor is
+ * `{ kind: "bot", user: asUser, hook }`.
+ */
+export interface HookConversations {
+  get(id: ConversationId, window?: MessageWindow): Promise<ConversationState | undefined>
+  create(asUser: UserId, input: CreateConversationInput): Promise<ConversationInfo>
+  send(id: ConversationId, asUser: UserId, input: SendMessageInput): Promise<MessageView>
+  edit(id: ConversationId, asUser: UserId, messageId: MessageId, body: string): Promise<void>
+  deleteMessage(id: ConversationId, asUser: UserId, messageId: MessageId): Promise<void>
+  react(id: ConversationId, asUser: UserId, messageId: MessageId, emoji: string): Promise<void>
+  addParticipants(
+    id: ConversationId,
+    asUser: UserId,
+    users: readonly UserId[],
+    role?: Role,
+  ): Promise<UserId[]>
+  removeParticipants(id: ConversationId, asUser: UserId, users: readonly UserId[]): Promise<UserId[]>
+  rename(id: ConversationId, asUser: UserId, title: string): Promise<void>
+  markRead(id: ConversationId, asUser: UserId): Promise<void>
+}
+
+/** What a handler gets besides its event. */
+export interface HookContext {
+  /** This hook module's name (its file name). */
+  readonly hook: string
+  /** A pino child logger bound to the hook and event. */
+  readonly log: Logger
+  /** Aborted when the handler's time is up; pass it to `fetch` and friends. */
+  readonly signal: AbortSignal
+  /** Which delivery attempt this is (1 = first). */
+  readonly attempt: number
+  readonly conversations: HookConversations
+  /** True when `event` was caused by a write this hook module made through its context. */
+  isOwnWrite(event: HookEvent): boolean
+}
+
+/** A handler: may be async; throwing (or timing out) makes the relay retry it. */
+export type HookHandler<T extends HookEventType> = (
+  event: HookEvent<T>,
+  context: HookContext,
+) => void | Promise<void>
+
+/** The handlers a hook module may define; every one is optional. */
+export type Hooks = {
+  readonly [T in HookEventType as (typeof HANDLER_NAMES)[T]]?: HookHandler<T>
+}
+
+/** Marks objects made by {@link defineHooks}, across copies of this module. */
+export const HOOKS_BRAND: unique symbol = Symbol.for("parley.hooks") as never
+
+/** A checked set of handlers, as `defineHooks` returns it. */
+export type DefinedHooks = Hooks & { readonly [HOOKS_BRAND]: true }
+
+const KNOWN = new Set<string>(Object.values(HANDLER_NAMES))
+
+/**
+ * Declares a hook module's handlers, typed. A hook module default-exports the
+ * result:
+ * ```ts
+ * export default defineHooks({
+ *   async onMessageSent({ subject, conversation }, { log }) { log.info(subject.message.body) },
+ * })
+ * ```
+ * Throws on an unknown handler name (a typo would otherwise never fire).
+ */
+export function defineHooks(hooks: Hooks): DefinedHooks {
+  for (const [key, value] of Object.entries(hooks)) {
+    if (!KNOWN.has(key)) throw new TypeError(`unknown hook handler "${key}"`)
+    if (typeof value !== "function") throw new TypeError(`hook handler "${key}" is not a function`)
+  }
+  return Object.defineProperty({ ...hooks }, HOOKS_BRAND, { value: true }) as DefinedHooks
+}
+
+/** True when `value` came from {@link defineHooks}. */
+export const isDefinedHooks = (value: unknown): value is DefinedHooks =>
+  typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[HOOKS_BRAND] === true
+
+/** The handler of `hooks` for `type`, if it defines one. */
+export function handlerFor(
+  hooks: Hooks,
+  type: HookEventType,
+): ((event: HookEvent, context: HookContext) => void | Promise<void>) | undefined {
+  return hooks[HANDLER_NAMES[type]] as
+    | ((event: HookEvent, context: HookContext) => void | Promise<void>)
+    | undefined
+}

@@ -1,0 +1,223 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import type { Logger } from "pino"
+import type { HookEvent, HookEventType } from "./events.js"
+import type { HookMetrics } from "./metrics.js"
+import type { DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
+
+/** Where events go: one hook module, or one webhook URL. */
+export interface DeliveryTarget {
+  /** Unique and stable across restarts: deliveries in the outbox refer to it. */
+  readonly name: string
+  accepts(type: HookEventType): boolean
+  /** Resolves when the target took the event; throws to have it retried. */
+  deliver(
+    event: HookEvent,
+    attempt: { readonly attempt: number; readonly signal: AbortSignal },
+  ): Promise<void>
+  /** Delay before the next attempt after `failures` failed ones; undefined to give up. */
+  retryDelay(failures: number, error: unknown): number | undefined
+}
+
+/** Thrown by a target for a failure that retrying cannot fix (e.g. HTTP 400): dead-letters at once. */
+export class PermanentDeliveryError extends Error {
+  override readonly name = "PermanentDeliveryError"
+}
+
+/** Exponential backoff: `base * 2^(failures-1)`, capped, then give up after `attempts` tries in all. */
+export function exponentialBackoff(
+  options: { baseMs?: number; maxMs?: number; attempts?: number } = {},
+): (failures: number) => number | undefined {
+  const { baseMs = 1_000, maxMs = 300_000, attempts = 8 } = options
+  return (failures) => (failures >= attempts ? undefined : Math.min(maxMs, baseMs * 2 ** (failures - 1)))
+}
+
+/** Options of {@link Dispatcher}. */
+export interface DispatcherOptions {
+  readonly outbox: Outbox
+  readonly targets: readonly DeliveryTarget[]
+  readonly log: Logger
+  readonly metrics: HookMetrics
+  /** Time allowed to one attempt (default 10 s). */
+  readonly timeoutMs?: number
+  readonly now?: () => number
+}
+
+interface Lane {
+  readonly target: DeliveryTarget
+  readonly queue: Delivery[]
+  running: boolean
+  timer?: NodeJS.Timeout
+}
+
+/**
+ * Delivers the outbox: one lane per target and document, so that events reach
+ * each target in order per conversation while a slow or failing target holds
+ * up only its own lane. Runs entirely off the update path.
+ */
+export class Dispatcher {
+  private readonly lanes = new Map<string, Lane>()
+  private readonly targets: Map<string, DeliveryTarget>
+  private readonly timeoutMs: number
+  private readonly now: () => number
+  private readonly waiters = new Set<() => void>()
+  private readonly inFlight = new Set<Promise<void>>()
+  private stopped = false
+  private count = 0
+
+  constructor(private readonly options: DispatcherOptions) {
+    this.targets = new Map(options.targets.map((t) => [t.name, t]))
+    this.timeoutMs = options.timeoutMs ?? 10_000
+    this.now = options.now ?? Date.now
+  }
+
+  /** Picks up what the outbox still owes (after a restart). */
+  async start(): Promise<void> {
+    this.add(await this.options.outbox.pending())
+  }
+
+  /** Queues freshly enqueued (or replayed) deliveries. */
+  add(deliveries: readonly Delivery[]): void {
+    for (const delivery of deliveries) {
+      const target = this.targets.get(delivery.target)
+      if (!target) {
+        const error = `no hook or webhook named ${delivery.target} is configured`
+        this.options.log.error({ eventId: delivery.event.event.id, hook: delivery.target }, error)
+        void this.bury(delivery, delivery.attempts, error)
+        continue
+      }
+      const id = `${delivery.target}\u0000${delivery.document}`
+      let lane = this.lanes.get(id)
+      if (!lane) {
+        lane = { target, queue: [], running: false }
+        this.lanes.set(id, lane)
+      }
+      lane.queue.push(delivery)
+      this.count++
+      this.pump(lane, id)
+    }
+    this.options.metrics.pending.set(this.count)
+  }
+
+  /** Moves matching dead letters back to pending and delivers them again. */
+  async replay(filter?: DeadLetterFilter): Promise<Delivery[]> {
+    const revived = await this.options.outbox.replay(filter)
+    this.add(revived)
+    return revived
+  }
+
+  /** Resolves once nothing is queued or running (tests and shutdown). */
+  idle(): Promise<void> {
+    if (this.count === 0) return Promise.resolve()
+    return new Promise((resolve) => this.waiters.add(resolve))
+  }
+
+  /** Stops taking new attempts and waits for the running ones (each bounded by the timeout). */
+  async stop(): Promise<void> {
+    this.stopped = true
+    for (const lane of this.lanes.values()) clearTimeout(lane.timer)
+    await Promise.allSettled([...this.inFlight])
+  }
+
+  private pump(lane: Lane, id: string): void {
+    if (lane.running || this.stopped) return
+    const head = lane.queue[0]
+    if (!head) {
+      this.lanes.delete(id)
+      return
+    }
+    const wait = head.nextAttemptAt - this.now()
+    if (wait > 0) {
+      clearTimeout(lane.timer)
+      lane.timer = setTimeout(() => this.pump(lane, id), wait)
+      lane.timer.unref?.()
+      return
+    }
+    lane.running = true
+    const run = this.attempt(lane.target, head)
+      .then((next) => {
+        if (next) lane.queue[0] = next
+        else {
+          lane.queue.shift()
+          this.count--
+          this.options.metrics.pending.set(this.count)
+        }
+      })
+      .catch((error) => this.options.log.error({ err: error }, "hook outbox failed"))
+      .finally(() => {
+        lane.running = false
+        this.inFlight.delete(run)
+        this.pump(lane, id)
+        if (this.count === 0) {
+          for (const resolve of this.waiters) resolve()
+          this.waiters.clear()
+        }
+      })
+    this.inFlight.add(run)
+  }
+
+  /** One attempt; returns the delivery to retry later, or undefined when it is done (delivered or dead). */
+  private async attempt(target: DeliveryTarget, delivery: Delivery): Promise<Delivery | undefined> {
+    const attempt = delivery.attempts + 1
+    const controller = new AbortController()
+    const started = performance.now()
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const error = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.timeoutMs} ms`)
+        controller.abort(error)
+        reject(error)
+      }, this.timeoutMs)
+    })
+    try {
+      await Promise.race([
+        // A handler that throws synchronously must not escape: wrap the call itself.
+        Promise.resolve().then(() => target.deliver(delivery.event, { attempt, signal: controller.signal })),
+        timeout,
+      ])
+    } catch (error) {
+      return this.failed(target, delivery, attempt, error)
+    } finally {
+      clearTimeout(timer)
+      this.options.metrics.duration.observe({ target: target.name }, (performance.now() - started) / 1000)
+    }
+    this.options.metrics.attempts.inc({ target: target.name, outcome: "ok" })
+    await this.options.outbox.delivered(delivery.seq, delivery.target)
+    return undefined
+  }
+
+  private async failed(
+    target: DeliveryTarget,
+    delivery: Delivery,
+    attempt: number,
+    error: unknown,
+  ): Promise<Delivery | undefined> {
+    const message = error instanceof Error ? error.message : String(error)
+    const delay = error instanceof PermanentDeliveryError ? undefined : target.retryDelay(attempt, error)
+    const fields = {
+      hook: target.name,
+      eventId: delivery.event.event.id,
+      eventType: delivery.event.event.type,
+      conversationId: delivery.document,
+      attempt,
+    }
+    if (delay === undefined) {
+      this.options.log.error(
+        { ...fields, err: error },
+        "hook delivery failed for good: moved to dead letters",
+      )
+      this.options.metrics.attempts.inc({ target: target.name, outcome: "dead" })
+      await this.bury(delivery, attempt, message)
+      return undefined
+    }
+    this.options.log.warn({ ...fields, err: error, retryInMs: delay }, "hook delivery failed, will retry")
+    this.options.metrics.attempts.inc({ target: target.name, outcome: "retry" })
+    const nextAttemptAt = this.now() + delay
+    await this.options.outbox.retryLater(delivery.seq, delivery.target, attempt, nextAttemptAt, message)
+    return { ...delivery, attempts: attempt, nextAttemptAt, lastError: message }
+  }
+
+  private async bury(delivery: Delivery, attempts: number, error: string): Promise<void> {
+    this.options.metrics.deadLetters.inc({ target: delivery.target })
+    await this.options.outbox.deadLetter(delivery.seq, delivery.target, attempts, error, this.now())
+  }
+}

@@ -1,0 +1,259 @@
+import {
+  type ChangeEvent,
+  type ConversationId,
+  type ConversationKind,
+  getConversation,
+  getMessage,
+  listParticipants,
+  type MessageId,
+  type MessageView,
+  type Metadata,
+  type Participant,
+  type Role,
+  randomId,
+  type UserId,
+} from "@parley/shared"
+import type * as Y from "yjs"
+
+/**
+ * Who made a change. `bot` is a write a hook made through its context (as
+ * `user`, from the hook module `hook`); `relay` is the relay's own bookkeeping;
+ * `unknown` marks events re-derived after a crash for changes whose writer the
+ * log does not record (see HOOKS.md, "Delivery guarantees").
+ */
+export type HookActor =
+  | { readonly kind: "user"; readonly user: UserId }
+  | { readonly kind: "bot"; readonly user: UserId; readonly hook: string }
+  | { readonly kind: "service"; readonly subject: string }
+  | { readonly kind: "relay" }
+  | { readonly kind: "unknown" }
+
+/** The conversation as it is right after the change. */
+export interface HookConversation {
+  readonly id: ConversationId
+  readonly kind: ConversationKind
+  readonly title: string
+  readonly metadata: Metadata
+  readonly createdBy: UserId
+  readonly createdAt: number
+  readonly deletedAt?: number
+  readonly participants: readonly Participant[]
+}
+
+/** What each event type is about. */
+export interface HookSubjects {
+  "conversation.created": { readonly createdBy: UserId }
+  "conversation.updated": { readonly fields: readonly ("title" | "metadata")[] }
+  "conversation.deleted": { readonly deletedBy: UserId }
+  "participants.added": { readonly participants: readonly Participant[] }
+  "participants.removed": { readonly users: readonly UserId[] }
+  "participants.roleChanged": {
+    readonly changes: readonly { readonly user: UserId; readonly from: Role; readonly to: Role }[]
+  }
+  /** `message.seq` is set once the relay has sequenced it, which it does in the same saved change. */
+  "message.sent": { readonly message: MessageView }
+  "message.edited": {
+    readonly messageId: MessageId
+    readonly body: string
+    readonly editedAt: number
+    readonly message?: MessageView
+  }
+  "message.deleted": { readonly messageId: MessageId; readonly author: UserId; readonly deletedBy: UserId }
+  "reaction.added": { readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
+  "reaction.removed": { readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
+  "messages.read": { readonly user: UserId; readonly upTo: number }
+  "typing.started": { readonly user: UserId }
+  /** Every saved change, raw: the document-level change events (sequencing and delivery markers included). */
+  "document.updated": { readonly changes: readonly ChangeEvent[]; readonly positions: readonly number[] }
+}
+
+/** Type of a hook event. */
+export type HookEventType = keyof HookSubjects
+
+/** The envelope every payload carries. */
+export interface HookEventHeader<T extends HookEventType = HookEventType> {
+  /** Stable across retries and restarts: use it to de-duplicate. */
+  readonly id: string
+  readonly type: T
+  /** When the relay derived the event (ms since the epoch). */
+  readonly time: number
+  readonly conversationId: ConversationId
+  readonly actor: HookActor
+}
+
+/** One hook event: plain JSON, the same object handlers and webhooks receive. */
+export type HookEvent<T extends HookEventType = HookEventType> = {
+  [K in T]: {
+    readonly event: HookEventHeader<K>
+    readonly subject: HookSubjects[K]
+    readonly conversation: HookConversation
+  }
+}[T]
+
+/** Handler name for each event type. */
+export const HANDLER_NAMES = {
+  "conversation.created": "onConversationCreated",
+  "conversation.updated": "onConversationUpdated",
+  "conversation.deleted": "onConversationDeleted",
+  "participants.added": "onParticipantsAdded",
+  "participants.removed": "onParticipantsRemoved",
+  "participants.roleChanged": "onParticipantRoleChanged",
+  "message.sent": "onMessageSent",
+  "message.edited": "onMessageEdited",
+  "message.deleted": "onMessageDeleted",
+  "reaction.added": "onReactionAdded",
+  "reaction.removed": "onReactionRemoved",
+  "messages.read": "onMessagesRead",
+  "typing.started": "onTypingStarted",
+  "document.updated": "onDocumentUpdated",
+} as const satisfies Record<HookEventType, string>
+
+/** A new event id: time-ordered prefix, random suffix. */
+export const newEventId = (now: number = Date.now()): string =>
+  `evt_${now.toString(36).padStart(9, "0")}${randomId().slice(0, 12)}`
+
+/** The conversation part of a payload, read from the document now; undefined before it is created. */
+export function conversationOf(doc: Y.Doc): HookConversation | undefined {
+  const info = getConversation(doc)
+  if (!info) return undefined
+  return {
+    id: info.id,
+    kind: info.kind,
+    title: info.title,
+    metadata: info.metadata,
+    createdBy: info.createdBy,
+    createdAt: info.createdAt,
+    ...(info.deletedAt !== undefined ? { deletedAt: info.deletedAt } : {}),
+    participants: listParticipants(doc),
+  }
+}
+
+/** Inputs of {@link deriveHookEvents}. */
+export interface DeriveInput {
+  readonly conversationId: ConversationId
+  readonly doc: Y.Doc
+  readonly actor: HookActor
+  readonly changes: readonly ChangeEvent[]
+  readonly positions: readonly number[]
+  readonly now: number
+  readonly newId?: (now: number) => string
+}
+
+/**
+ * The hook events of one saved change: one per semantic change event, in the
+ * order `observeChanges` gives them, then one `document.updated`. Reads the
+ * document as it is now (after the change and its sequencing), so call it
+ * before the document moves on.
+ */
+export function deriveHookEvents(input: DeriveInput): HookEvent[] {
+  const conversation = conversationOf(input.doc)
+  if (!conversation) return []
+  const newId = input.newId ?? newEventId
+  const out: HookEvent[] = []
+  const push = <T extends HookEventType>(type: T, subject: HookSubjects[T], actor = input.actor) => {
+    const event: HookEventHeader<T> = {
+      id: newId(input.now),
+      type,
+      time: input.now,
+      conversationId: input.conversationId,
+      actor,
+    }
+    out.push({ event, subject, conversation } as unknown as HookEvent)
+  }
+  for (const change of input.changes) {
+    switch (change.type) {
+      case "conversation.created":
+        push(change.type, { createdBy: change.conversation.createdBy })
+        break
+      case "conversation.updated":
+        push(change.type, { fields: change.fields })
+        break
+      case "conversation.deleted":
+        push(change.type, { deletedBy: change.deletedBy })
+        break
+      case "participants.added":
+        push(change.type, { participants: change.participants })
+        break
+      case "participants.removed":
+        push(change.type, { users: change.users })
+        break
+      case "participants.roleChanged":
+        push(change.type, { changes: change.changes })
+        break
+      case "message.sent": {
+        const view = getMessage(input.doc, change.message.id) ?? viewOf(change.message)
+        push(change.type, { message: view })
+        break
+      }
+      case "message.edited": {
+        const message = getMessage(input.doc, change.messageId)
+        push(change.type, {
+          messageId: change.messageId,
+          body: change.body,
+          editedAt: change.editedAt,
+          ...(message ? { message } : {}),
+        })
+        break
+      }
+      case "message.deleted":
+        push(change.type, { messageId: change.messageId, author: change.author, deletedBy: change.deletedBy })
+        break
+      case "reaction.added":
+      case "reaction.removed":
+        push(change.type, { messageId: change.messageId, user: change.user, emoji: change.emoji })
+        break
+      case "messages.read":
+        push(change.type, { user: change.user, upTo: change.upTo })
+        break
+      case "messages.delivered":
+      case "messages.sequenced":
+        break
+    }
+  }
+  push("document.updated", { changes: toJson(input.changes), positions: input.positions })
+  return out
+}
+
+/**
+ * The writer a change names, for events re-derived from the log, where the
+ * session that wrote it is not known. Undefined when the change does not say.
+ */
+export function writerNamedBy(event: HookEvent): UserId | undefined {
+  switch (event.event.type) {
+    case "conversation.created":
+      return (event.subject as HookSubjects["conversation.created"]).createdBy
+    case "conversation.deleted":
+      return (event.subject as HookSubjects["conversation.deleted"]).deletedBy
+    case "message.sent":
+      return (event.subject as HookSubjects["message.sent"]).message.author
+    case "message.edited":
+      return (event.subject as HookSubjects["message.edited"]).message?.author
+    case "message.deleted":
+      return (event.subject as HookSubjects["message.deleted"]).deletedBy
+    case "reaction.added":
+    case "reaction.removed":
+      return (event.subject as HookSubjects["reaction.added"]).user
+    case "messages.read":
+      return (event.subject as HookSubjects["messages.read"]).user
+    default:
+      return undefined
+  }
+}
+
+function viewOf(record: Extract<ChangeEvent, { type: "message.sent" }>["message"]): MessageView {
+  return {
+    id: record.id,
+    author: record.author,
+    body: record.body,
+    type: record.type ?? "text",
+    createdAt: record.createdAt,
+    priority: record.priority ?? "normal",
+    attachments: record.attachments ?? [],
+    metadata: record.metadata ?? {},
+    reactions: {},
+    ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
+  }
+}
+
+// Change events hold values read from Yjs; a JSON round trip makes them plain and storable.
+const toJson = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T

@@ -1,0 +1,37 @@
+export {
+  type ConversationState,
+  type DefinedHooks,
+  defineHooks,
+  type HookContext,
+  type HookConversations,
+  type HookHandler,
+  type Hooks,
+} from "./define.js"
+export { type DeliveryTarget, Dispatcher, exponentialBackoff, PermanentDeliveryError } from "./dispatcher.js"
+export {
+  HANDLER_NAMES,
+  type HookActor,
+  type HookConversation,
+  type HookEvent,
+  type HookEventHeader,
+  type HookEventType,
+  type HookSubjects,
+} from "./events.js"
+export { type LoadedHooks, loadHooks } from "./loader.js"
+export {
+  type DeadLetter,
+  type DeadLetterFilter,
+  type Delivery,
+  MemoryOutbox,
+  type Outbox,
+  type OutboxBatch,
+} from "./outbox.js"
+export {
+  type HookHost,
+  type HookPrincipal,
+  HookRuntime,
+  type HookRuntimeOptions,
+  type SavedChange,
+} from "./runtime.js"
+export { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
+export { verifyWebhook, WEBHOOK_RETRY_SCHEDULE, webhookTarget } from "./webhook.js"

@@ -1,0 +1,40 @@
+import { Counter, Gauge, Histogram, type Registry } from "prom-client"
+
+/** Prometheus metrics of hook delivery, registered on the relay's registry. */
+export class HookMetrics {
+  /** Attempts by target and outcome: `ok`, `retry` or `dead`. */
+  readonly attempts: Counter<"target" | "outcome">
+  /** Deliveries moved to the dead letters, by target. */
+  readonly deadLetters: Counter<"target">
+  /** Deliveries waiting in the outbox (pending, not dead). */
+  readonly pending: Gauge
+  /** Handler / webhook duration per attempt. */
+  readonly duration: Histogram<"target">
+
+  constructor(registry: Registry) {
+    this.attempts = new Counter({
+      name: "parley_hook_attempts_total",
+      help: "Hook and webhook delivery attempts by outcome (ok, retry, dead).",
+      labelNames: ["target", "outcome"],
+      registers: [registry],
+    })
+    this.deadLetters = new Counter({
+      name: "parley_hook_dead_letters_total",
+      help: "Hook deliveries that failed too often and were moved to the dead letters.",
+      labelNames: ["target"],
+      registers: [registry],
+    })
+    this.pending = new Gauge({
+      name: "parley_hook_outbox_pending",
+      help: "Hook deliveries waiting in the outbox.",
+      registers: [registry],
+    })
+    this.duration = new Histogram({
+      name: "parley_hook_duration_seconds",
+      help: "Duration of one hook handler or webhook attempt.",
+      labelNames: ["target"],
+      buckets: [0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30],
+      registers: [registry],
+    })
+  }
+}

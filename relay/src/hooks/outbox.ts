@@ -1,0 +1,167 @@
+import type { HookEvent } from "./events.js"
+
+/** One event owed to one target (a hook module or a webhook URL). */
+export interface Delivery {
+  /** Outbox order: increases with every enqueued event. */
+  readonly seq: number
+  readonly document: string
+  readonly target: string
+  readonly event: HookEvent
+  /** Failed attempts so far. */
+  readonly attempts: number
+  /** Not before this time (ms since epoch); 0 = now. */
+  readonly nextAttemptAt: number
+  readonly lastError?: string
+}
+
+/** A delivery that failed too often (or permanently) and waits for an operator. */
+export interface DeadLetter extends Delivery {
+  readonly lastError: string
+  readonly deadAt: number
+}
+
+/** Which dead letters to replay: all, or those matching every given field. */
+export interface DeadLetterFilter {
+  readonly eventId?: string
+  readonly target?: string
+  readonly document?: string
+}
+
+/** Events to record for one document, each with the targets that must receive it. */
+export interface OutboxBatch {
+  readonly document: string
+  readonly events: readonly { readonly event: HookEvent; readonly targets: readonly string[] }[]
+  /**
+   * The storage log position through which this document's events are now
+   * recorded; saved in the same transaction as the events. Only ever moves forward.
+   */
+  readonly through?: number
+}
+
+/**
+ * The durable queue between saved changes and their hooks. `enqueue` is atomic:
+ * the events, their deliveries and the document's watermark are recorded
+ * together or not at all. Implementations: memory (tests) and SQLite; all pass
+ * `relay/test/hooks/outbox-conformance.ts`.
+ */
+export interface Outbox {
+  enqueue(batch: OutboxBatch): Promise<Delivery[]>
+  /** Log position through which `document`'s events are recorded; undefined when never set. */
+  watermark(document: string): Promise<number | undefined>
+  /** Deliveries still owed, in `seq` order. */
+  pending(): Promise<Delivery[]>
+  /** Removes a delivery that succeeded. */
+  delivered(seq: number, target: string): Promise<void>
+  /** Records a failed attempt and when to try again. */
+  retryLater(
+    seq: number,
+    target: string,
+    attempts: number,
+    nextAttemptAt: number,
+    error: string,
+  ): Promise<void>
+  /** Moves a delivery to the dead letters. */
+  deadLetter(seq: number, target: string, attempts: number, error: string, at: number): Promise<void>
+  deadLetters(): Promise<DeadLetter[]>
+  /** Moves matching dead letters back to pending with a fresh attempt count; returns them. */
+  replay(filter?: DeadLetterFilter): Promise<Delivery[]>
+  close(): Promise<void>
+}
+
+type Row = { -readonly [K in keyof DeadLetter]?: DeadLetter[K] } & Delivery & { dead: boolean }
+
+const matches = (d: Delivery, f: DeadLetterFilter) =>
+  (f.eventId === undefined || d.event.event.id === f.eventId) &&
+  (f.target === undefined || d.target === f.target) &&
+  (f.document === undefined || d.document === f.document)
+
+const key = (seq: number, target: string) => `${seq}\u0000${target}`
+
+/** An outbox in memory: for tests and `--storage memory`; gone with the process. */
+export class MemoryOutbox implements Outbox {
+  private readonly rows = new Map<string, Row>()
+  private readonly marks = new Map<string, number>()
+  private seq = 0
+
+  async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
+    const out: Delivery[] = []
+    for (const { event, targets } of batch.events) {
+      const seq = ++this.seq
+      for (const target of targets) {
+        const row: Row = {
+          seq,
+          document: batch.document,
+          target,
+          event,
+          attempts: 0,
+          nextAttemptAt: 0,
+          dead: false,
+        }
+        this.rows.set(key(seq, target), row)
+        out.push(strip(row))
+      }
+    }
+    if (batch.through !== undefined)
+      this.marks.set(batch.document, Math.max(batch.through, this.marks.get(batch.document) ?? 0))
+    return out
+  }
+
+  async watermark(document: string): Promise<number | undefined> {
+    return this.marks.get(document)
+  }
+
+  async pending(): Promise<Delivery[]> {
+    return [...this.rows.values()]
+      .filter((r) => !r.dead)
+      .sort(bySeq)
+      .map(strip)
+  }
+
+  async delivered(seq: number, target: string): Promise<void> {
+    this.rows.delete(key(seq, target))
+  }
+
+  async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
+    const row = this.rows.get(key(seq, target))
+    if (row) this.rows.set(key(seq, target), { ...row, attempts, nextAttemptAt, lastError: error })
+  }
+
+  async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
+    const row = this.rows.get(key(seq, target))
+    if (row) this.rows.set(key(seq, target), { ...row, attempts, lastError: error, deadAt: at, dead: true })
+  }
+
+  async deadLetters(): Promise<DeadLetter[]> {
+    return [...this.rows.values()]
+      .filter((r) => r.dead)
+      .sort(bySeq)
+      .map((r) => ({ ...strip(r), lastError: r.lastError ?? "", deadAt: r.deadAt ?? 0 }))
+  }
+
+  async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
+    const out: Delivery[] = []
+    for (const [k, row] of this.rows) {
+      if (!row.dead || !matches(row, filter)) continue
+      const fresh: Row = { ...strip(row), attempts: 0, nextAttemptAt: 0, dead: false }
+      this.rows.set(k, fresh)
+      out.push(strip(fresh))
+    }
+    return out.sort(bySeq)
+  }
+
+  async close(): Promise<void> {}
+}
+
+const bySeq = (a: Delivery, b: Delivery) => a.seq - b.seq || (a.target < b.target ? -1 : 1)
+
+function strip(row: Row): Delivery {
+  return {
+    seq: row.seq,
+    document: row.document,
+    target: row.target,
+    event: row.event,
+    attempts: row.attempts,
+    nextAttemptAt: row.nextAttemptAt,
+    ...(row.lastError !== undefined ? { lastError: row.lastError } : {}),
+  }
+}

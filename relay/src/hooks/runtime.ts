@@ -1,0 +1,424 @@
+import {
+  addParticipants,
+  type ChangeEvent,
+  type ConversationId,
+  createConversation,
+  deleteMessage,
+  directConversationId,
+  editMessage,
+  getConversation,
+  getMessage,
+  isTyping,
+  lastSequence,
+  listMessages,
+  listParticipants,
+  type MessageView,
+  markRead,
+  observeChanges,
+  parseDocumentName,
+  react,
+  removeParticipants,
+  renameConversation,
+  sendMessage,
+  TYPING_EXPIRY_MS,
+  TYPING_THROTTLE_MS,
+  type UserId,
+  unreadCount,
+} from "@parley/shared"
+import type { Logger } from "pino"
+import type { Registry } from "prom-client"
+import * as Y from "yjs"
+import type { ConversationState, HookContext, HookConversations } from "./define.js"
+import { handlerFor } from "./define.js"
+import { type DeliveryTarget, Dispatcher, exponentialBackoff } from "./dispatcher.js"
+import {
+  conversationOf,
+  deriveHookEvents,
+  type HookActor,
+  type HookEvent,
+  type HookEventType,
+  newEventId,
+  writerNamedBy,
+} from "./events.js"
+import type { LoadedHooks } from "./loader.js"
+import { HookMetrics } from "./metrics.js"
+import type { DeadLetter, DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
+import { webhookTarget } from "./webhook.js"
+
+/** Who writes, as the relay core knows it (the core's `Principal`). */
+export type HookPrincipal =
+  | { readonly kind: "user"; readonly user: UserId }
+  | { readonly kind: "service"; readonly subject: string }
+  | { readonly kind: "relay" }
+
+/** A saved change, as the core's update path reports it (its `AfterSaved`). */
+export interface SavedChange {
+  readonly name: string
+  readonly doc: Y.Doc
+  readonly actor: HookPrincipal
+  readonly positions: readonly number[]
+  readonly events: readonly ChangeEvent[]
+}
+
+/** What hooks need from the relay core: reading a document and writing through the one update path. */
+export interface HookHost {
+  read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T>
+  /** Runs `change` on the document as `principal`, then checks, saves, sequences and broadcasts what it wrote. */
+  write(name: string, principal: HookPrincipal, change: (doc: Y.Doc) => void): Promise<void>
+}
+
+/** Options of {@link HookRuntime}. */
+export interface HookRuntimeOptions {
+  readonly hooks: readonly LoadedHooks[]
+  readonly webhooks?: readonly { readonly url: string; readonly secret: string }[]
+  readonly outbox: Outbox
+  readonly log: Logger
+  readonly registry: Registry
+  /** Time allowed to one handler call or webhook attempt (default 10 s). */
+  readonly timeoutMs?: number
+  /** Retry policy of hook modules (default: 1 s doubling, 8 attempts in all). */
+  readonly backoff?: { readonly baseMs?: number; readonly maxMs?: number; readonly attempts?: number }
+  /** Delays between webhook attempts (default {@link WEBHOOK_RETRY_SCHEDULE}). */
+  readonly webhookSchedule?: readonly number[]
+  readonly now?: () => number
+  /** For tests: replaces global fetch for webhooks. */
+  readonly fetch?: typeof fetch
+}
+
+/**
+ * Hooks and webhooks inside a relay: turns saved changes into events, records
+ * them in the outbox (with the document's log watermark), and delivers them off
+ * the update path. The core calls {@link afterSaved} after every saved change,
+ * {@link applyStoredLog} when it loads a document, and
+ * {@link awarenessChanged} on awareness updates.
+ */
+export class HookRuntime {
+  private readonly dispatcher: Dispatcher
+  private readonly targets: DeliveryTarget[]
+  private readonly log: Logger
+  private readonly now: () => number
+  private readonly bots = new WeakMap<object, { user: UserId; hook: string }>()
+  private readonly typingSeen = new Map<string, number>()
+  private host: HookHost | undefined
+  private chain: Promise<unknown> = Promise.resolve()
+
+  constructor(private readonly options: HookRuntimeOptions) {
+    this.log = options.log
+    this.now = options.now ?? Date.now
+    const backoff = exponentialBackoff(options.backoff)
+    this.targets = [
+      ...options.hooks.map(
+        (loaded): DeliveryTarget => ({
+          name: `hook:${loaded.name}`,
+          accepts: (type) => handlerFor(loaded.hooks, type) !== undefined,
+          deliver: async (event, attempt) => {
+            const handler = handlerFor(loaded.hooks, event.event.type)
+            if (handler) await handler(event, this.contextFor(loaded.name, event, attempt))
+          },
+          retryDelay: backoff,
+        }),
+      ),
+      ...(options.webhooks ?? []).map(({ url, secret }) =>
+        webhookTarget({
+          url,
+          secret,
+          ...(options.webhookSchedule ? { schedule: options.webhookSchedule } : {}),
+          ...(options.fetch ? { fetch: options.fetch } : {}),
+        }),
+      ),
+    ]
+    this.dispatcher = new Dispatcher({
+      outbox: options.outbox,
+      targets: this.targets,
+      log: options.log,
+      metrics: new HookMetrics(options.registry),
+      now: this.now,
+      ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    })
+  }
+
+  /** Names of the delivery targets (`hook:<file>`, `webhook:<url>`). */
+  get targetNames(): string[] {
+    return this.targets.map((t) => t.name)
+  }
+
+  /** Connects the core and resumes what the outbox still owes. */
+  async start(host: HookHost): Promise<void> {
+    this.host = host
+    await this.dispatcher.start()
+  }
+
+  /** Called by the update path after each saved change; never throws, never waits for hooks. */
+  afterSaved(change: SavedChange): void {
+    try {
+      const id = conversationIdOf(change.name)
+      if (!id) return
+      const bot = this.bots.get(change.actor)
+      const actor: HookActor = bot ? { kind: "bot", ...bot } : { ...change.actor }
+      const events = deriveHookEvents({
+        conversationId: id,
+        doc: change.doc,
+        actor,
+        changes: change.events,
+        positions: change.positions,
+        now: this.now(),
+      })
+      const through = change.positions.length > 0 ? Math.max(...change.positions) : undefined
+      this.enqueue(change.name, events, through)
+    } catch (error) {
+      this.log.error({ err: error, document: change.name }, "could not derive hook events")
+    }
+  }
+
+  /**
+   * Applies a document's stored log entries to `doc` (which holds the snapshot)
+   * as the core's load would, and produces the events of entries after the
+   * document's watermark: changes the relay saved but died before recording
+   * events for. A document seen for the first time gets its watermark set to
+   * the end of its log, without events.
+   */
+  async applyStoredLog(
+    name: string,
+    doc: Y.Doc,
+    updates: readonly { readonly position: number; readonly update: Uint8Array }[],
+  ): Promise<void> {
+    const last = updates.at(-1)?.position
+    const id = conversationIdOf(name)
+    const mark = id ? await this.options.outbox.watermark(name) : undefined
+    if (!id || mark === undefined) {
+      for (const { update } of updates) Y.applyUpdate(doc, update)
+      if (id) await this.options.outbox.enqueue({ document: name, events: [], through: last ?? 0 })
+      return
+    }
+    const events: HookEvent[] = []
+    let pending: { changes: ChangeEvent[] } | undefined
+    const stop = observeChanges(doc, (changes) => {
+      pending?.changes.push(...changes)
+    })
+    try {
+      for (const { position, update } of updates) {
+        if (position <= mark) {
+          Y.applyUpdate(doc, update)
+          continue
+        }
+        pending = { changes: [] }
+        Y.applyUpdate(doc, update)
+        if (pending.changes.length === 0) continue
+        const derived = deriveHookEvents({
+          conversationId: id,
+          doc,
+          actor: { kind: "unknown" },
+          changes: pending.changes,
+          positions: [position],
+          now: this.now(),
+        })
+        events.push(...derived.map(withInferredActor))
+      }
+    } finally {
+      stop()
+    }
+    if (last === undefined || last <= mark) return
+    // A message's number is written by the entry after the one that sent it.
+    const patched = events.map((e) => withSequence(doc, e))
+    if (patched.length > 0)
+      this.log.warn(
+        { document: name, events: patched.length, from: mark, through: last },
+        "recovered hook events",
+      )
+    await this.enqueue(name, patched, last).catch(() => undefined)
+  }
+
+  /** Log position up to which `name` may be compacted without losing events not yet recorded. */
+  async compactionLimit(name: string): Promise<number> {
+    return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
+  }
+
+  /**
+   * Called on each awareness change of a connection: fires `typing.started`
+   * when `user` starts typing, at most once per user and conversation per
+   * typing burst (a new one starts after {@link TYPING_EXPIRY_MS} of silence,
+   * and never within {@link TYPING_THROTTLE_MS}). Not durable: one attempt.
+   */
+  awarenessChanged(name: string, doc: Y.Doc, user: UserId, state: unknown): void {
+    const now = this.now()
+    if (!isTyping(state, now)) return
+    const id = conversationIdOf(name)
+    const conversation = id && conversationOf(doc)
+    if (!id || !conversation) return
+    const key = `${name}\u0000${user}`
+    const last = this.typingSeen.get(key)
+    this.typingSeen.set(key, now)
+    if (last !== undefined && now - last < Math.max(TYPING_EXPIRY_MS, TYPING_THROTTLE_MS)) return
+    if (this.typingSeen.size > 10_000) {
+      for (const [k, t] of this.typingSeen) if (now - t > TYPING_EXPIRY_MS) this.typingSeen.delete(k)
+    }
+    const event = {
+      event: {
+        id: newEventId(now),
+        type: "typing.started",
+        time: now,
+        conversationId: id,
+        actor: { kind: "user", user },
+      },
+      subject: { user },
+      conversation,
+    } as HookEvent<"typing.started">
+    for (const target of this.targets) {
+      if (!target.accepts("typing.started")) continue
+      const controller = new AbortController()
+      const timer = setTimeout(() => controller.abort(), this.options.timeoutMs ?? 10_000)
+      Promise.resolve()
+        .then(() => target.deliver(event, { attempt: 1, signal: controller.signal }))
+        .catch((error) => this.log.warn({ err: error, hook: target.name }, "typing hook failed"))
+        .finally(() => clearTimeout(timer))
+    }
+  }
+
+  /** Dead letters, oldest first. */
+  deadLetters(): Promise<DeadLetter[]> {
+    return this.options.outbox.deadLetters()
+  }
+
+  /** Delivers matching dead letters again. */
+  replay(filter?: DeadLetterFilter): Promise<Delivery[]> {
+    return this.dispatcher.replay(filter)
+  }
+
+  /** Resolves when every recorded event has been delivered or dead-lettered (tests, benchmarks). */
+  async idle(): Promise<void> {
+    await this.chain
+    await this.dispatcher.idle()
+  }
+
+  /** Stops delivering (running attempts finish) and closes the outbox. */
+  async stop(): Promise<void> {
+    await this.chain
+    await this.dispatcher.stop()
+    await this.options.outbox.close()
+  }
+
+  private enqueue(
+    document: string,
+    events: readonly HookEvent[],
+    through: number | undefined,
+  ): Promise<void> {
+    const batch = events.map((event) => ({
+      event,
+      targets: this.targets.filter((t) => t.accepts(event.event.type)).map((t) => t.name),
+    }))
+    const run = this.chain.then(async () => {
+      const deliveries = await this.options.outbox.enqueue({
+        document,
+        events: batch.filter((b) => b.targets.length > 0),
+        ...(through !== undefined ? { through } : {}),
+      })
+      this.dispatcher.add(deliveries)
+    })
+    this.chain = run.catch((error) =>
+      this.log.error({ err: error, document }, "could not record hook events"),
+    )
+    return run
+  }
+
+  private contextFor(
+    hook: string,
+    event: HookEvent,
+    attempt: { readonly attempt: number; readonly signal: AbortSignal },
+  ): HookContext {
+    return {
+      hook,
+      log: this.log.child({
+        hook,
+        eventId: event.event.id,
+        eventType: event.event.type,
+        conversationId: event.event.conversationId,
+      }),
+      signal: attempt.signal,
+      attempt: attempt.attempt,
+      conversations: this.conversationsFor(hook),
+      isOwnWrite: (e) => e.event.actor.kind === "bot" && e.event.actor.hook === hook,
+    }
+  }
+
+  private conversationsFor(hook: string): HookConversations {
+    const host = () => {
+      if (!this.host) throw new Error("hooks are not connected to a relay yet")
+      return this.host
+    }
+    const write = async <T>(name: string, asUser: UserId, change: (doc: Y.Doc) => T): Promise<T> => {
+      // The principal object identifies the write when the update path reports it back.
+      const principal: HookPrincipal = { kind: "user", user: asUser }
+      this.bots.set(principal, { user: asUser, hook })
+      let result: T | undefined
+      await host().write(name, principal, (doc) => {
+        result = change(doc)
+      })
+      return result as T
+    }
+    return {
+      get: (id, window = { last: 50 }) =>
+        host().read(id, (doc): ConversationState | undefined => {
+          const conversation = getConversation(doc)
+          if (!conversation) return undefined
+          const participants = listParticipants(doc)
+          const unread: Record<string, number> = {}
+          for (const p of participants) unread[p.user] = unreadCount(doc, p.user)
+          return {
+            conversation,
+            participants,
+            messages: listMessages(doc, window),
+            lastSequence: lastSequence(doc),
+            unread,
+          }
+        }),
+      create: (asUser, input) => {
+        const name = input.id ?? directConversationId([asUser, ...input.participants])
+        return write(name, asUser, (doc) => createConversation(doc, asUser, input))
+      },
+      send: async (id, asUser, input) => {
+        const sent = await write(id, asUser, (doc) => sendMessage(doc, asUser, input))
+        return (await host().read(id, (doc) => getMessage(doc, sent.id))) ?? sent
+      },
+      edit: (id, asUser, messageId, body) =>
+        write(id, asUser, (doc) => editMessage(doc, asUser, messageId, body)),
+      deleteMessage: (id, asUser, messageId) =>
+        write(id, asUser, (doc) => deleteMessage(doc, asUser, messageId)),
+      react: (id, asUser, messageId, emoji) =>
+        write(id, asUser, (doc) => react(doc, asUser, messageId, emoji)),
+      addParticipants: (id, asUser, users, role) =>
+        write(id, asUser, (doc) => addParticipants(doc, asUser, users, role)),
+      removeParticipants: (id, asUser, users) =>
+        write(id, asUser, (doc) => removeParticipants(doc, asUser, users)),
+      rename: (id, asUser, title) => write(id, asUser, (doc) => renameConversation(doc, asUser, title)),
+      markRead: async (id, asUser) => {
+        await write(id, asUser, (doc) => markRead(doc, asUser))
+      },
+    }
+  }
+}
+
+function conversationIdOf(name: string): ConversationId | undefined {
+  try {
+    const parsed = parseDocumentName(name)
+    return parsed.kind === "conversation" ? parsed.id : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function withInferredActor(event: HookEvent): HookEvent {
+  const user = writerNamedBy(event)
+  return user ? ({ ...event, event: { ...event.event, actor: { kind: "user", user } } } as HookEvent) : event
+}
+
+function withSequence(doc: Y.Doc, event: HookEvent): HookEvent {
+  if (event.event.type !== "message.sent") return event
+  const subject = event.subject as { message: MessageView }
+  if (subject.message.seq !== undefined) return event
+  const seq = getMessage(doc, subject.message.id)?.seq
+  return seq === undefined
+    ? event
+    : ({ ...event, subject: { message: { ...subject.message, seq } } } as HookEvent)
+}
+
+export type { HookEventType }

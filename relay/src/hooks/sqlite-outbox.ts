@@ -1,0 +1,173 @@
+import { mkdirSync } from "node:fs"
+import { join } from "node:path"
+import Database from "better-sqlite3"
+import type { HookEvent } from "./events.js"
+import type { DeadLetter, DeadLetterFilter, Delivery, Outbox, OutboxBatch } from "./outbox.js"
+
+/** File name of the hook outbox inside the data directory (its own file, next to the documents). */
+export const OUTBOX_FILE = "hooks.sqlite"
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS hook_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  document TEXT NOT NULL,
+  payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hook_deliveries (
+  seq INTEGER NOT NULL REFERENCES hook_events(seq),
+  target TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_at INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  dead_at INTEGER,
+  PRIMARY KEY (seq, target)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hook_watermarks (
+  document TEXT PRIMARY KEY,
+  through INTEGER NOT NULL
+) WITHOUT ROWID;
+`
+
+interface DeliveryRow {
+  seq: number
+  document: string
+  payload: string
+  target: string
+  attempts: number
+  next_at: number
+  last_error: string | null
+  dead_at: number | null
+}
+
+const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.next_at, d.last_error, d.dead_at
+  FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq`
+
+/**
+ * The durable outbox: `<dataDir>/hooks.sqlite` (WAL, `synchronous=FULL`), so an
+ * enqueued event survives a crash of the relay. Events and the document's
+ * watermark are written in one transaction.
+ */
+export class SqliteOutbox implements Outbox {
+  private readonly db: Database.Database
+  private readonly statements
+
+  constructor(dataDir: string) {
+    mkdirSync(dataDir, { recursive: true })
+    this.db = new Database(join(dataDir, OUTBOX_FILE))
+    this.db.pragma("journal_mode = WAL")
+    this.db.pragma("synchronous = FULL")
+    this.db.exec(SCHEMA)
+    this.statements = {
+      insertEvent: this.db.prepare<[string, string], unknown>(
+        "INSERT INTO hook_events (document, payload) VALUES (?, ?)",
+      ),
+      insertDelivery: this.db.prepare<[number | bigint, string], unknown>(
+        "INSERT INTO hook_deliveries (seq, target) VALUES (?, ?)",
+      ),
+      setWatermark: this.db.prepare<[string, number], unknown>(
+        "INSERT INTO hook_watermarks (document, through) VALUES (?, ?) ON CONFLICT(document) DO UPDATE SET through = MAX(through, excluded.through)",
+      ),
+      watermark: this.db.prepare<[string], { through: number }>(
+        "SELECT through FROM hook_watermarks WHERE document = ?",
+      ),
+      pending: this.db.prepare<[], DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ORDER BY d.seq, d.target`),
+      dead: this.db.prepare<[], DeliveryRow>(
+        `${SELECT} WHERE d.dead_at IS NOT NULL ORDER BY d.seq, d.target`,
+      ),
+      remove: this.db.prepare<[number, string], unknown>(
+        "DELETE FROM hook_deliveries WHERE seq = ? AND target = ?",
+      ),
+      removeEventIfDone: this.db.prepare<[number, number], unknown>(
+        "DELETE FROM hook_events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM hook_deliveries WHERE seq = ?)",
+      ),
+      retry: this.db.prepare<[number, number, string, number, string], unknown>(
+        "UPDATE hook_deliveries SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ? AND target = ?",
+      ),
+      kill: this.db.prepare<[number, string, number, number, string], unknown>(
+        "UPDATE hook_deliveries SET attempts = ?, last_error = ?, dead_at = ? WHERE seq = ? AND target = ?",
+      ),
+      revive: this.db.prepare<[number, string], unknown>(
+        "UPDATE hook_deliveries SET attempts = 0, next_at = 0, dead_at = NULL WHERE seq = ? AND target = ?",
+      ),
+    }
+  }
+
+  async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
+    const run = this.db.transaction((b: OutboxBatch) => {
+      const out: Delivery[] = []
+      for (const { event, targets } of b.events) {
+        const seq = Number(this.statements.insertEvent.run(b.document, JSON.stringify(event)).lastInsertRowid)
+        for (const target of targets) {
+          this.statements.insertDelivery.run(seq, target)
+          out.push({ seq, document: b.document, target, event, attempts: 0, nextAttemptAt: 0 })
+        }
+      }
+      if (b.through !== undefined) this.statements.setWatermark.run(b.document, b.through)
+      return out
+    })
+    return run(batch)
+  }
+
+  async watermark(document: string): Promise<number | undefined> {
+    return this.statements.watermark.get(document)?.through
+  }
+
+  async pending(): Promise<Delivery[]> {
+    return this.statements.pending.all().map(toDelivery)
+  }
+
+  async delivered(seq: number, target: string): Promise<void> {
+    this.db.transaction(() => {
+      this.statements.remove.run(seq, target)
+      this.statements.removeEventIfDone.run(seq, seq)
+    })()
+  }
+
+  async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
+    this.statements.retry.run(attempts, nextAttemptAt, error, seq, target)
+  }
+
+  async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
+    this.statements.kill.run(attempts, error, at, seq, target)
+  }
+
+  async deadLetters(): Promise<DeadLetter[]> {
+    return this.statements.dead.all().map((row) => ({
+      ...toDelivery(row),
+      lastError: row.last_error ?? "",
+      deadAt: row.dead_at ?? 0,
+    }))
+  }
+
+  async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
+    return this.db.transaction(() => {
+      const chosen = this.statements.dead
+        .all()
+        .map(toDelivery)
+        .filter(
+          (d) =>
+            (filter.eventId === undefined || d.event.event.id === filter.eventId) &&
+            (filter.target === undefined || d.target === filter.target) &&
+            (filter.document === undefined || d.document === filter.document),
+        )
+      for (const d of chosen) this.statements.revive.run(d.seq, d.target)
+      return chosen.map((d) => ({ ...d, attempts: 0, nextAttemptAt: 0 }))
+    })()
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close()
+  }
+}
+
+function toDelivery(row: DeliveryRow): Delivery {
+  return {
+    seq: row.seq,
+    document: row.document,
+    target: row.target,
+    event: JSON.parse(row.payload) as HookEvent,
+    attempts: row.attempts,
+    nextAttemptAt: row.next_at,
+    ...(row.last_error !== null ? { lastError: row.last_error } : {}),
+  }
+}

@@ -1,0 +1,96 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import { Webhook, WebhookVerificationError } from "standardwebhooks"
+import { type DeliveryTarget, PermanentDeliveryError } from "./dispatcher.js"
+import type { HookEvent, HookEventType } from "./events.js"
+
+/**
+ * Delays between webhook attempts (ms), as the Standard Webhooks spec suggests:
+ * 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; then the delivery is dead-lettered.
+ */
+export const WEBHOOK_RETRY_SCHEDULE: readonly number[] = [
+  5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000,
+]
+
+// `whsec_<base64>` is the Standard Webhooks secret format; any other string is used as raw UTF-8 bytes.
+const keyOf = (secret: string): Webhook =>
+  secret.startsWith("whsec_")
+    ? new Webhook(secret)
+    : new Webhook(new TextEncoder().encode(secret), { format: "raw" })
+
+/** Options of {@link webhookTarget}. */
+export interface WebhookTargetOptions {
+  readonly url: string
+  readonly secret: string
+  /** Delays between attempts; its length + 1 is the number of attempts. */
+  readonly schedule?: readonly number[]
+  readonly fetch?: typeof fetch
+  readonly now?: () => Date
+}
+
+/** Statuses worth retrying: the receiver may accept the same request later. */
+const retryable = (status: number) => status === 408 || status === 429 || status >= 500
+
+/**
+ * A webhook URL as a delivery target: every event except the raw
+ * `document.updated` and `typing.started`, POSTed as JSON and signed. The
+ * `webhook-id` is the event id, the same on every attempt.
+ */
+export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
+  const signer = keyOf(options.secret)
+  const schedule = options.schedule ?? WEBHOOK_RETRY_SCHEDULE
+  const post = options.fetch ?? fetch
+  const now = options.now ?? (() => new Date())
+  return {
+    name: `webhook:${options.url}`,
+    accepts: (type: HookEventType) => type !== "document.updated",
+    async deliver(event: HookEvent, { signal }) {
+      const body = JSON.stringify(event)
+      const id = event.event.id
+      const timestamp = now()
+      const response = await post(options.url, {
+        method: "POST",
+        signal,
+        headers: {
+          "content-type": "application/json",
+          "user-agent": "parley-relay",
+          "webhook-id": id,
+          "webhook-timestamp": String(Math.floor(timestamp.getTime() / 1000)),
+          "webhook-signature": signer.sign(id, timestamp, body),
+        },
+        body,
+      })
+      // Drain the body so the connection can be reused.
+      await response.arrayBuffer().catch(() => undefined)
+      if (response.ok) return
+      const message = `webhook ${options.url} answered ${response.status}`
+      if (retryable(response.status)) throw new Error(message)
+      throw new PermanentDeliveryError(message)
+    },
+    retryDelay: (failures) => schedule[failures - 1],
+  }
+}
+
+/**
+ * Checks a webhook request the relay sent: the signature (HMAC-SHA256 of
+ * `id.timestamp.body` with `secret`) and that the timestamp is within five
+ * minutes. Returns the event; throws UNAUTHORIZED otherwise. Pass the raw body,
+ * exactly as received.
+ */
+export function verifyWebhook(
+  secret: string,
+  headers: Record<string, string | string[] | undefined> | Headers,
+  body: string | Buffer,
+): HookEvent {
+  const flat: Record<string, string> = {}
+  const entries = headers instanceof Headers ? headers.entries() : Object.entries(headers)
+  for (const [name, value] of entries) {
+    if (value !== undefined) flat[name.toLowerCase()] = Array.isArray(value) ? value.join(",") : value
+  }
+  try {
+    return keyOf(secret).verify(body, flat) as HookEvent
+  } catch (error) {
+    if (error instanceof WebhookVerificationError)
+      throw new ParleyError(ErrorCode.UNAUTHORIZED, `webhook verification failed: ${error.message}`)
+    throw error
+  }
+}

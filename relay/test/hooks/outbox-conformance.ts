@@ -1,0 +1,138 @@
+import type { ConversationId, UserId } from "@parley/shared"
+import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import type { HookEvent } from "../../src/hooks/events.js"
+import type { Outbox } from "../../src/hooks/outbox.js"
+
+/** A minimal, valid event for outbox tests. */
+export function sampleEvent(id: string, conversationId = "c1"): HookEvent {
+  return {
+    event: {
+      id,
+      type: "messages.read",
+      time: 1,
+      conversationId: conversationId as ConversationId,
+      actor: { kind: "user", user: "alice" as UserId },
+    },
+    subject: { user: "alice" as UserId, upTo: 3 },
+    conversation: {
+      id: conversationId as ConversationId,
+      kind: "group",
+      title: "t",
+      metadata: {},
+      createdBy: "alice" as UserId,
+      createdAt: 1,
+      participants: [],
+    },
+  }
+}
+
+/**
+ * The behaviour every {@link Outbox} shares. `setup` returns a fresh outbox;
+ * `reopen`, when given, reopens the same store (durable backends).
+ */
+export function runOutboxConformance(
+  name: string,
+  setup: () => Promise<{ outbox: Outbox; reopen?: () => Promise<Outbox>; cleanup?: () => Promise<void> }>,
+) {
+  describe(`outbox conformance: ${name}`, () => {
+    let outbox: Outbox
+    let reopen: (() => Promise<Outbox>) | undefined
+    let cleanup: (() => Promise<void>) | undefined
+    beforeEach(async () => {
+      ;({ outbox, reopen, cleanup } = await setup())
+    })
+    afterEach(async () => {
+      await outbox.close()
+      await cleanup?.()
+    })
+
+    it("gives pending deliveries back in enqueue order, one per target", async () => {
+      await outbox.enqueue({ document: "c1", events: [{ event: sampleEvent("e1"), targets: ["a", "b"] }] })
+      await outbox.enqueue({ document: "c2", events: [{ event: sampleEvent("e2", "c2"), targets: ["a"] }] })
+      const pending = await outbox.pending()
+      expect(pending.map((d) => [d.event.event.id, d.target])).toEqual([
+        ["e1", "a"],
+        ["e1", "b"],
+        ["e2", "a"],
+      ])
+      expect(pending[0]!.seq).toBeLessThan(pending[2]!.seq)
+      expect(pending[0]!.event).toEqual(sampleEvent("e1"))
+    })
+
+    it("records the watermark with the events and only moves it forward", async () => {
+      expect(await outbox.watermark("c1")).toBeUndefined()
+      await outbox.enqueue({ document: "c1", events: [], through: 0 })
+      expect(await outbox.watermark("c1")).toBe(0)
+      await outbox.enqueue({
+        document: "c1",
+        events: [{ event: sampleEvent("e1"), targets: ["a"] }],
+        through: 7,
+      })
+      await outbox.enqueue({ document: "c1", events: [], through: 5 })
+      expect(await outbox.watermark("c1")).toBe(7)
+      expect(await outbox.watermark("c2")).toBeUndefined()
+    })
+
+    it("forgets a delivery once delivered, keeps the other targets'", async () => {
+      const [first] = await outbox.enqueue({
+        document: "c1",
+        events: [{ event: sampleEvent("e1"), targets: ["a", "b"] }],
+      })
+      await outbox.delivered(first!.seq, "a")
+      expect((await outbox.pending()).map((d) => d.target)).toEqual(["b"])
+    })
+
+    it("keeps attempts and the next attempt time of a retried delivery", async () => {
+      const [d] = await outbox.enqueue({
+        document: "c1",
+        events: [{ event: sampleEvent("e1"), targets: ["a"] }],
+      })
+      await outbox.retryLater(d!.seq, "a", 2, 12345, "boom")
+      const [again] = await outbox.pending()
+      expect(again).toMatchObject({ attempts: 2, nextAttemptAt: 12345, lastError: "boom" })
+    })
+
+    it("moves a delivery to the dead letters and replays it with a fresh attempt count", async () => {
+      const [d] = await outbox.enqueue({
+        document: "c1",
+        events: [
+          { event: sampleEvent("e1"), targets: ["a"] },
+          { event: sampleEvent("e2"), targets: ["a"] },
+        ],
+      })
+      await outbox.deadLetter(d!.seq, "a", 5, "gave up", 999)
+      expect((await outbox.pending()).map((x) => x.event.event.id)).toEqual(["e2"])
+      const dead = await outbox.deadLetters()
+      expect(dead).toHaveLength(1)
+      expect(dead[0]).toMatchObject({ target: "a", attempts: 5, lastError: "gave up", deadAt: 999 })
+      expect(await outbox.replay({ eventId: "nope" })).toEqual([])
+      const replayed = await outbox.replay({ eventId: "e1" })
+      expect(replayed.map((x) => [x.event.event.id, x.attempts])).toEqual([["e1", 0]])
+      expect(await outbox.deadLetters()).toEqual([])
+      expect((await outbox.pending()).map((x) => x.event.event.id)).toEqual(["e1", "e2"])
+    })
+
+    it("keeps events, dead letters and watermarks across a reopen", async () => {
+      if (!reopen) return
+      const [d] = await outbox.enqueue({
+        document: "c1",
+        events: [
+          { event: sampleEvent("e1"), targets: ["a"] },
+          { event: sampleEvent("e2"), targets: ["a"] },
+        ],
+        through: 4,
+      })
+      await outbox.deadLetter(d!.seq, "a", 3, "x", 1)
+      await outbox.close()
+      outbox = await reopen()
+      expect(await outbox.watermark("c1")).toBe(4)
+      expect((await outbox.pending()).map((x) => x.event.event.id)).toEqual(["e2"])
+      expect((await outbox.deadLetters()).map((x) => x.event.event.id)).toEqual(["e1"])
+      const [e3] = await outbox.enqueue({
+        document: "c1",
+        events: [{ event: sampleEvent("e3"), targets: ["a"] }],
+      })
+      expect(e3!.seq).toBeGreaterThan(d!.seq + 1)
+    })
+  })
+}
