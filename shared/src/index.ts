@@ -14,6 +14,7 @@ export {
 } from "./errors.js"
 export * from "./events.js"
 export * from "./ids.js"
+export * from "./inbox.js"
 export { type MessageIndex, messageIndex } from "./message-index.js"
 export * from "./operations.js"
 export * from "./presence.js"

@@ -1,0 +1,158 @@
+import type * as Y from "yjs"
+import type { ConversationId, UserId } from "./ids.js"
+import { getConversation, lastMessage, listParticipants, markersOf, unreadCount } from "./reads.js"
+import type { ConversationKind } from "./schema.js"
+
+/**
+ * A user's inbox: one entry per conversation they take part in, so that a
+ * device can show the conversation list (title, last message, unread count,
+ * ordered by activity) without opening every conversation. It is a Yjs
+ * document named `inbox~<user>` that the relay alone writes (`entries`), except
+ * for the user's own per-conversation preferences (`muted`).
+ *
+ * Entries are derived data: {@link inboxEntryFor} computes one from the
+ * conversation document, so rebuilding an inbox from the conversations gives
+ * exactly what incremental maintenance gives.
+ */
+export const InboxTopLevel = {
+  /** `Y.Map<ConversationId, InboxEntry>`: written by the relay only. */
+  entries: "entries",
+  /** `Y.Map<ConversationId, true>`: conversations the user muted; written by the user. */
+  muted: "muted",
+} as const
+
+/** Longest last-message preview kept in an entry, in characters. */
+export const PREVIEW_LENGTH = 140
+/** How many participant ids an entry lists (the count is always complete). */
+export const PARTICIPANT_SUMMARY_SIZE = 5
+
+/** The last message as an inbox shows it. */
+export interface MessagePreview {
+  readonly id: string
+  readonly author: UserId
+  /** Body cut to {@link PREVIEW_LENGTH} characters; "" for a deleted message. */
+  readonly text: string
+  readonly deleted: boolean
+  readonly at: number
+  readonly seq?: number
+}
+
+/** One conversation in a user's inbox. */
+export interface InboxEntry {
+  readonly conversationId: ConversationId
+  readonly kind: ConversationKind
+  readonly title: string
+  /** The first few participants (by time added) and the total count. */
+  readonly participants: { readonly count: number; readonly first: readonly UserId[] }
+  readonly lastMessage?: MessagePreview
+  readonly unread: number
+  /** The user's read marker (sequence number). */
+  readonly readUpTo: number
+  /** Latest of: last message, creation. Inbox order is by this, newest first. */
+  readonly lastActivityAt: number
+  readonly deleted?: boolean
+}
+
+/** An entry as the SDK lists it: with the user's own mute preference. */
+export interface InboxItem extends InboxEntry {
+  readonly muted: boolean
+}
+
+function cut(text: string): string {
+  return text.length <= PREVIEW_LENGTH ? text : `${text.slice(0, PREVIEW_LENGTH - 1)}…`
+}
+
+/**
+ * The inbox entry of `user` for the conversation in `doc`, or undefined when
+ * `user` is not a participant (a removed user loses the entry).
+ */
+export function inboxEntryFor(doc: Y.Doc, user: UserId): InboxEntry | undefined {
+  const info = getConversation(doc)
+  if (!info) return undefined
+  const participants = listParticipants(doc)
+  if (!participants.some((p) => p.user === user)) return undefined
+  const last = lastMessage(doc)
+  const preview: MessagePreview | undefined = last && {
+    id: last.id,
+    author: last.author,
+    text: cut(last.body),
+    deleted: last.deleted !== undefined,
+    at: last.createdAt,
+    ...(last.seq !== undefined ? { seq: last.seq } : {}),
+  }
+  return {
+    conversationId: info.id,
+    kind: info.kind,
+    title: info.title,
+    participants: {
+      count: participants.length,
+      first: participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user),
+    },
+    ...(preview ? { lastMessage: preview } : {}),
+    unread: unreadCount(doc, user),
+    readUpTo: markersOf(doc, user).read,
+    lastActivityAt: Math.max(info.createdAt, preview?.at ?? 0),
+    ...(info.deletedAt !== undefined ? { deleted: true } : {}),
+  }
+}
+
+const entriesOf = (inbox: Y.Doc) => inbox.getMap<InboxEntry>(InboxTopLevel.entries)
+const mutedOf = (inbox: Y.Doc) => inbox.getMap<true>(InboxTopLevel.muted)
+
+const sameEntry = (a: InboxEntry | undefined, b: InboxEntry | undefined) =>
+  JSON.stringify(a) === JSON.stringify(b)
+
+/**
+ * Writes (or removes, when `entry` is undefined) a conversation's entry in an
+ * inbox document. Writes nothing when the entry is unchanged, so that a change
+ * which does not concern a user does not grow their inbox. Returns whether it wrote.
+ */
+export function writeInboxEntry(
+  inbox: Y.Doc,
+  conversation: ConversationId,
+  entry: InboxEntry | undefined,
+  origin?: unknown,
+): boolean {
+  const entries = entriesOf(inbox)
+  if (sameEntry(entries.get(conversation), entry)) return false
+  inbox.transact(() => {
+    if (entry) entries.set(conversation, entry)
+    else entries.delete(conversation)
+  }, origin)
+  return true
+}
+
+/** The inbox, newest activity first, with the user's mute flags. */
+export function listInbox(inbox: Y.Doc): InboxItem[] {
+  const muted = mutedOf(inbox)
+  return [...entriesOf(inbox).values()]
+    .map((entry) => ({ ...entry, muted: muted.has(entry.conversationId) }))
+    .sort((a, b) => b.lastActivityAt - a.lastActivityAt || a.conversationId.localeCompare(b.conversationId))
+}
+
+/** One conversation's entry, if the user takes part in it. */
+export function getInboxEntry(inbox: Y.Doc, conversation: ConversationId): InboxItem | undefined {
+  const entry = entriesOf(inbox).get(conversation)
+  return entry && { ...entry, muted: mutedOf(inbox).has(conversation) }
+}
+
+/** Unread messages over all conversations (muted ones included; a UI may subtract them). */
+export function totalUnread(inbox: Y.Doc): number {
+  let total = 0
+  for (const entry of entriesOf(inbox).values()) total += entry.unread
+  return total
+}
+
+/** Whether the user muted `conversation`. */
+export const isMuted = (inbox: Y.Doc, conversation: ConversationId): boolean =>
+  mutedOf(inbox).has(conversation)
+
+/** Mutes or unmutes a conversation; the user's own write to their inbox. */
+export function setMuted(inbox: Y.Doc, conversation: ConversationId, muted: boolean, origin?: unknown): void {
+  const map = mutedOf(inbox)
+  if (map.has(conversation) === muted) return
+  inbox.transact(() => {
+    if (muted) map.set(conversation, true)
+    else map.delete(conversation)
+  }, origin)
+}
