@@ -1,0 +1,336 @@
+import {
+  type ConversationId,
+  type ConversationKind,
+  createConversation,
+  directConversationId,
+  ErrorCode,
+  getConversation,
+  type Metadata,
+  newConversationId,
+  ParleyError,
+  parseConversationId,
+  parseUserId,
+  type UserId,
+} from "@parley/shared"
+import * as Y from "yjs"
+import {
+  type ConnectionStatus,
+  DocumentConnection,
+  type ReconnectOptions,
+  type WebSocketConstructor,
+} from "./connection.js"
+import { Conversation, LOCAL } from "./conversation.js"
+import { Emitter } from "./emitter.js"
+import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
+import { resolveToken, type TokenSource, userOfToken } from "./token.js"
+
+/** Options of {@link createChatClient}. */
+export interface ChatClientOptions {
+  /** The relay's WebSocket URL, e.g. `wss://chat.example.com`. */
+  readonly url: string
+  /** The token, or a function returning one; called on every connect and after the relay refuses a token. */
+  readonly token: TokenSource
+  /** Where replicas live: `"indexeddb"` (default; survives reloads) or `"memory"`. */
+  readonly storage?: StorageKind
+  /** The WebSocket constructor; defaults to the global one (pass `ws`'s in Node 20). */
+  readonly WebSocket?: WebSocketConstructor
+  /**
+   * The user id, when the app knows it. Lets the client start offline without
+   * calling the token function; otherwise it is read from the token's `sub`.
+   */
+  readonly user?: string
+  /** Connect at once (default true). `false` starts offline until {@link ChatClient.connect}. */
+  readonly connect?: boolean
+  /** Reconnect backoff. */
+  readonly reconnect?: ReconnectOptions
+  /** How long to batch arriving messages before advancing the delivered marker, in ms (default 500). */
+  readonly deliveredDelay?: number
+}
+
+/**
+ * The client's connection status: `online` when at least one open
+ * conversation is synced with the relay, `connecting` while trying,
+ * `offline` when not trying (disconnected, browser offline, nothing open).
+ */
+export type ClientStatus = ConnectionStatus
+
+/** A conversation this device knows (has opened or created), as recorded locally. */
+export interface KnownConversation {
+  readonly id: ConversationId
+  readonly kind?: ConversationKind
+  readonly title?: string
+  /** When this device first saw it (ms since epoch). */
+  readonly firstSeenAt: number
+}
+
+/** What to create with {@link ChatClient.createConversation}. */
+export interface CreateGroupInput {
+  /** Other participants; the creator is added as owner. */
+  readonly participants: readonly string[]
+  readonly title?: string
+  readonly metadata?: Metadata
+  /** The id to use (default: a new random one). */
+  readonly id?: string
+}
+
+/** Events of a {@link ChatClient}, one payload object each. */
+export interface ChatClientEvents {
+  /** The connection status changed. */
+  status: { status: ClientStatus }
+  /** Something failed in the background (a refused frame, a token source failure, ...). */
+  error: { error: ParleyError; conversationId?: ConversationId }
+  /** The list of conversations this device knows changed. */
+  conversations: { conversations: readonly KnownConversation[] }
+}
+
+const DIRECTORY = "directory"
+
+/**
+ * The entry point of the SDK: opens conversations (replicas kept offline in
+ * IndexedDB, synced with the relay when online) and reports the connection.
+ * Create it with {@link createChatClient}.
+ */
+export class ChatClient extends Emitter<ChatClientEvents> {
+  /** The signed-in user (the token's subject). */
+  readonly user: UserId
+  private readonly open = new Map<ConversationId, Conversation>()
+  private readonly directoryDoc = new Y.Doc()
+  private readonly directory: Y.Map<KnownConversation>
+  private readonly directoryReplica: LocalReplica
+  private readonly WebSocket: WebSocketConstructor
+  private readonly storage: StorageKind
+  private wanted: boolean
+  private browserOnline = true
+  private current: ClientStatus = "offline"
+  private destroyed = false
+  private readonly onBrowserOnline = () => this.setBrowserOnline(true)
+  private readonly onBrowserOffline = () => this.setBrowserOnline(false)
+
+  /** @internal Use {@link createChatClient}. */
+  constructor(
+    private readonly options: ChatClientOptions,
+    user: UserId,
+  ) {
+    super()
+    this.user = user
+    this.storage = options.storage ?? "indexeddb"
+    const WebSocketCtor = options.WebSocket ?? (globalThis.WebSocket as WebSocketConstructor | undefined)
+    if (!WebSocketCtor)
+      throw new ParleyError(
+        ErrorCode.INVALID_ARGUMENT,
+        "no global WebSocket: pass one (e.g. from `ws`) as options.WebSocket",
+      )
+    this.WebSocket = WebSocketCtor
+    this.wanted = options.connect ?? true
+    this.directory = this.directoryDoc.getMap("conversations")
+    this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
+    this.directory.observe(() => this.emit("conversations", { conversations: this.list() }))
+    const win = (globalThis as { window?: Window }).window
+    if (win && typeof win.addEventListener === "function") {
+      this.browserOnline = globalThis.navigator?.onLine ?? true
+      win.addEventListener("online", this.onBrowserOnline)
+      win.addEventListener("offline", this.onBrowserOffline)
+    }
+  }
+
+  /** The connection status. */
+  get status(): ClientStatus {
+    return this.current
+  }
+
+  /**
+   * Opens a conversation by id and returns its handle at once, in state
+   * `loading`; `await handle.ready()` for the local replica (or, on a device
+   * that never had it, the relay's copy). Opening twice returns the same handle.
+   */
+  conversation(id: string): Conversation {
+    this.assertAlive()
+    const conversationId = parseConversationId(id)
+    const existing = this.open.get(conversationId)
+    if (existing) return existing
+    const doc = new Y.Doc()
+    const conversation = new Conversation({
+      id: conversationId,
+      user: this.user,
+      doc,
+      replica: persistDocument(this.storage, replicaName(this.user, conversationId), doc),
+      connect: (document, awareness) =>
+        new DocumentConnection({
+          url: this.options.url,
+          name: conversationId,
+          doc: document,
+          awareness,
+          token: () => resolveToken(this.options.token),
+          WebSocket: this.WebSocket,
+          ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),
+        }),
+      deliveredDelay: this.options.deliveredDelay ?? 500,
+      online: () => this.wanted && this.browserOnline,
+      onStatus: () => this.updateStatus(),
+      onReady: (info) => this.remember(conversationId, info.kind, info.title),
+      onClose: () => {
+        this.open.delete(conversationId)
+        this.updateStatus()
+      },
+    })
+    conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
+    this.open.set(conversationId, conversation)
+    return conversation
+  }
+
+  /** Creates a group conversation (works offline) and returns it, ready. */
+  async createConversation(input: CreateGroupInput): Promise<Conversation> {
+    const id = input.id === undefined ? newConversationId() : parseConversationId(input.id)
+    const conversation = this.conversation(id)
+    await this.loaded(conversation)
+    createConversation(
+      conversation.doc,
+      this.user,
+      {
+        kind: "group",
+        id,
+        participants: input.participants.map(parseUserId),
+        ...(input.title !== undefined ? { title: input.title } : {}),
+        ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
+      },
+      { origin: LOCAL },
+    )
+    return conversation.ready()
+  }
+
+  /**
+   * The direct conversation with `other`, found or created. Its id derives from
+   * the two users, so both sides (even offline, even concurrently) reach the
+   * same conversation. When online, the relay's copy is awaited briefly
+   * (`waitMs`) before creating locally.
+   */
+  async directConversation(other: string, waitMs = 2_000): Promise<Conversation> {
+    const otherUser = parseUserId(other)
+    const conversation = this.conversation(directConversationId([this.user, otherUser]))
+    await this.loaded(conversation)
+    if (!getConversation(conversation.doc) && this.wanted && this.browserOnline) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer)
+          offState()
+          offStatus()
+          resolve()
+        }
+        const timer = setTimeout(done, waitMs)
+        const offState = conversation.on("state", done)
+        const offStatus = conversation.connection.on("status", ({ status }) => {
+          if (status === "online") done()
+        })
+      })
+    }
+    if (!getConversation(conversation.doc)) {
+      createConversation(
+        conversation.doc,
+        this.user,
+        { kind: "direct", participants: [otherUser] },
+        { origin: LOCAL },
+      )
+    }
+    return conversation.ready()
+  }
+
+  /** The conversations this device knows (opened or created here), most recent first. */
+  async knownConversations(): Promise<KnownConversation[]> {
+    await this.directoryReplica.loaded
+    return this.list()
+  }
+
+  /** Goes online: opens connections (and keeps reconnecting) for every open conversation. */
+  connect(): void {
+    this.assertAlive()
+    this.wanted = true
+    if (this.browserOnline) for (const conversation of this.open.values()) conversation.connection.start()
+    this.updateStatus()
+  }
+
+  /** Goes offline: closes every connection. Everything keeps working locally; changes go out on {@link connect}. */
+  disconnect(): void {
+    this.wanted = false
+    for (const conversation of this.open.values()) conversation.connection.stop()
+    this.updateStatus()
+  }
+
+  /** Closes every conversation, socket, timer and database handle. Local data stays for the next client. */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return
+    this.destroyed = true
+    this.wanted = false
+    const win = (globalThis as { window?: Window }).window
+    if (win && typeof win.removeEventListener === "function") {
+      win.removeEventListener("online", this.onBrowserOnline)
+      win.removeEventListener("offline", this.onBrowserOffline)
+    }
+    await Promise.all([...this.open.values()].map((conversation) => conversation.close()))
+    await this.directoryReplica.destroy()
+    this.directoryDoc.destroy()
+    this.removeAllListeners()
+  }
+
+  private async loaded(conversation: Conversation): Promise<void> {
+    await conversation.whenLoaded
+    if (conversation.state.state === "unavailable" && conversation.state.reason !== ErrorCode.NOT_FOUND)
+      throw conversation.state.error
+  }
+
+  private remember(id: ConversationId, kind: ConversationKind, title: string): void {
+    void this.directoryReplica.loaded.then(() => {
+      if (this.destroyed) return
+      const known = this.directory.get(id)
+      if (known && known.kind === kind && known.title === title) return
+      this.directory.set(id, { id, kind, title, firstSeenAt: known?.firstSeenAt ?? Date.now() })
+    })
+  }
+
+  private list(): KnownConversation[] {
+    return [...this.directory.values()].sort((a, b) => b.firstSeenAt - a.firstSeenAt)
+  }
+
+  private setBrowserOnline(online: boolean): void {
+    this.browserOnline = online
+    for (const conversation of this.open.values()) {
+      if (online && this.wanted) conversation.connection.start()
+      else conversation.connection.stop()
+    }
+    this.updateStatus()
+  }
+
+  private updateStatus(): void {
+    if (this.destroyed) return
+    let status: ClientStatus = "offline"
+    for (const conversation of this.open.values()) {
+      const s = conversation.connection.status
+      if (s === "online") {
+        status = "online"
+        break
+      }
+      if (s === "connecting") status = "connecting"
+    }
+    if (status === this.current) return
+    this.current = status
+    this.emit("status", { status })
+  }
+
+  private assertAlive(): void {
+    if (this.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "this client was destroyed")
+  }
+}
+
+/**
+ * Creates a chat client. Resolves the token once to learn the user (unless
+ * `options.user` is given), then opens nothing until asked.
+ *
+ * @example
+ * const client = await createChatClient({ url: "wss://relay.example", token: () => fetchToken() })
+ * const chat = await client.directConversation("bob")
+ * chat.send("hi")
+ */
+export async function createChatClient(options: ChatClientOptions): Promise<ChatClient> {
+  const user =
+    options.user !== undefined ? parseUserId(options.user) : userOfToken(await resolveToken(options.token))
+  return new ChatClient(options, user)
+}

@@ -1,0 +1,52 @@
+/**
+ * `@parley/client`: the offline-first Parley chat SDK. Start with
+ * {@link createChatClient}; see README.md for a quick start.
+ */
+
+/** Re-exported from `@parley/shared`: types that appear in the SDK's API. */
+export type {
+  Attachment,
+  ChangeEvent,
+  ConversationId,
+  ConversationInfo,
+  ConversationKind,
+  Markers,
+  MarkerTarget,
+  MessageId,
+  MessageView,
+  MessageWindow,
+  Metadata,
+  Participant,
+  Priority,
+  Role,
+  UserId,
+} from "@parley/shared"
+/** Re-exported from `@parley/shared`: the one error class and its codes. */
+export { ErrorCode, ParleyError } from "@parley/shared"
+export {
+  type ChatClient,
+  type ChatClientEvents,
+  type ChatClientOptions,
+  type ClientStatus,
+  type CreateGroupInput,
+  createChatClient,
+  type KnownConversation,
+} from "./client.js"
+export type {
+  ConnectionEvents,
+  ConnectionStatus,
+  DocumentConnection,
+  ReconnectOptions,
+  WebSocketConstructor,
+} from "./connection.js"
+export type {
+  ChatMessage,
+  Conversation,
+  ConversationEvents,
+  ConversationState,
+  SendOptions,
+} from "./conversation.js"
+export type { Listener } from "./emitter.js"
+export type { MessageStatus } from "./message-status.js"
+export type { StorageKind } from "./storage.js"
+export type { TokenSource } from "./token.js"

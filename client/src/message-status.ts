@@ -1,0 +1,96 @@
+import {
+  type MessageId,
+  type MessageIndex,
+  messageIndex,
+  type ParleyError,
+  TopLevel,
+  typesOf,
+  type UserId,
+} from "@parley/shared"
+import * as Y from "yjs"
+
+/**
+ * Where a message the user sent stands: `pending` (only on this device),
+ * `sent` (the relay saved it), `delivered` (another participant's device has
+ * it), `read` (another participant read it), or `failed` (the relay refused it).
+ */
+export type MessageStatus = "pending" | "sent" | "delivered" | "read" | "failed"
+
+/**
+ * Derives the status of the user's own messages from the document (sequence
+ * numbers, other users' markers) and from what the relay acknowledged (its
+ * "saved" state vector) or refused. Statuses are derived, never stored: a
+ * reload recomputes them from the replica.
+ */
+export class MessageStatuses {
+  private readonly saved = new Map<number, number>()
+  private readonly failures = new Map<MessageId, ParleyError>()
+  private readonly index: MessageIndex
+
+  constructor(
+    private readonly doc: Y.Doc,
+    private readonly user: UserId,
+  ) {
+    this.index = messageIndex(doc)
+  }
+
+  /** Takes in a "saved" acknowledgement: the relay's durable state vector. */
+  acknowledge(stateVector: ReadonlyMap<number, number>): void {
+    for (const [client, clock] of stateVector) {
+      if (clock > (this.saved.get(client) ?? 0)) this.saved.set(client, clock)
+    }
+  }
+
+  /** Marks the user's messages that the relay has not saved as refused with `error`. */
+  refuseUnsaved(error: ParleyError): MessageId[] {
+    const refused: MessageId[] = []
+    for (const id of this.index.unsequenced()) {
+      if (this.authorOf(id) === this.user && !this.isSaved(id) && !this.failures.has(id)) {
+        this.failures.set(id, error)
+        refused.push(id)
+      }
+    }
+    return refused
+  }
+
+  /** Why the relay refused message `id`, if it did and has not saved it since. */
+  failure(id: MessageId): ParleyError | undefined {
+    return this.status(id) === "failed" ? this.failures.get(id) : undefined
+  }
+
+  /** The status of message `id`, or undefined when it is not the user's own. */
+  status(id: MessageId): MessageStatus | undefined {
+    if (this.authorOf(id) !== this.user) return undefined
+    const seq = this.index.seqOf.get(id)
+    if (seq === undefined) {
+      if (this.isSaved(id)) return "sent"
+      return this.failures.has(id) ? "failed" : "pending"
+    }
+    const t = typesOf(this.doc)
+    let delivered = false
+    for (const [user, upTo] of t.read) if (user !== this.user && upTo >= seq) return "read"
+    for (const [user, upTo] of t.delivered) if (user !== this.user && upTo >= seq) delivered = true
+    return delivered ? "delivered" : "sent"
+  }
+
+  private authorOf(id: MessageId): UserId | undefined {
+    return (this.index.records.get(id) ?? this.index.deleted.get(id))?.author
+  }
+
+  /**
+   * Whether the relay's saved state vector covers the item holding message
+   * `id`. Only reached for messages without a sequence number yet (the relay
+   * sequences before it acknowledges, so this is the rare path).
+   */
+  private isSaved(id: MessageId): boolean {
+    if (this.saved.size === 0) return false
+    const messages = this.doc.get(TopLevel.messages, Y.Array) as Y.Array<{ id: string }>
+    for (let item = messages._start; item !== null; item = item.right) {
+      if (item.deleted) continue
+      const records = item.content.getContent() as { id: string }[]
+      const at = records.findIndex((r) => r.id === id)
+      if (at >= 0) return (this.saved.get(item.id.client) ?? 0) > item.id.clock + at
+    }
+    return false
+  }
+}
