@@ -9,7 +9,6 @@ afterEach(async () => {
   await Promise.all(clients.splice(0).map((c) => c.destroy()))
 })
 
-const run = 0
 async function offlineClient(
   user: string,
   storage: "memory" | "indexeddb" = "memory",
