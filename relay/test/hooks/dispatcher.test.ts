@@ -1,0 +1,165 @@
+import pino from "pino"
+import { Registry } from "prom-client"
+import { describe, expect, it } from "vitest"
+import { type DeliveryTarget, Dispatcher, PermanentDeliveryError } from "../../src/hooks/dispatcher.js"
+import type { HookEvent } from "../../src/hooks/events.js"
+import { HookMetrics } from "../../src/hooks/metrics.js"
+import { MemoryOutbox } from "../../src/hooks/outbox.js"
+import { sampleEvent } from "./outbox-conformance.js"
+
+const log = pino({ level: "silent" })
+
+function setup(targets: DeliveryTarget[], timeoutMs = 10_000) {
+  const outbox = new MemoryOutbox()
+  const registry = new Registry()
+  const dispatcher = new Dispatcher({ outbox, targets, log, metrics: new HookMetrics(registry), timeoutMs })
+  const enqueue = async (document: string, ids: string[], to = targets.map((t) => t.name)) =>
+    dispatcher.add(
+      await outbox.enqueue({
+        document,
+        events: ids.map((id) => ({ event: sampleEvent(id, document), targets: to })),
+      }),
+    )
+  return { outbox, dispatcher, registry, enqueue }
+}
+
+function target(name: string, deliver: DeliveryTarget["deliver"], attempts = 3): DeliveryTarget {
+  return {
+    name,
+    accepts: () => true,
+    deliver,
+    retryDelay: (failures) => (failures >= attempts ? undefined : 1),
+  }
+}
+
+describe("hook dispatcher", () => {
+  it("delivers each conversation's events in order, even when an earlier one needs retries", async () => {
+    const seen: string[] = []
+    let failuresLeft = 2
+    const t = target("hook:a", async (event: HookEvent) => {
+      if (event.event.id === "c1-1" && failuresLeft-- > 0) throw new Error("flaky")
+      seen.push(event.event.id)
+    })
+    const { dispatcher, enqueue, outbox } = setup([t])
+    await enqueue("c1", ["c1-1", "c1-2", "c1-3"])
+    await enqueue("c2", ["c2-1", "c2-2"])
+    await dispatcher.idle()
+    expect(seen.filter((id) => id.startsWith("c1"))).toEqual(["c1-1", "c1-2", "c1-3"])
+    expect(seen.filter((id) => id.startsWith("c2"))).toEqual(["c2-1", "c2-2"])
+    expect(await outbox.pending()).toEqual([])
+  })
+
+  it("does not let a stuck conversation hold up another one", async () => {
+    const seen: string[] = []
+    let release!: () => void
+    const stuck = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const t = target("hook:a", async (event: HookEvent) => {
+      if (event.event.id === "slow") await stuck
+      seen.push(event.event.id)
+    })
+    const { dispatcher, enqueue } = setup([t])
+    await enqueue("c1", ["slow"])
+    await enqueue("c2", ["fast"])
+    await new Promise<void>((resolve) => {
+      const poll = () => (seen.includes("fast") ? resolve() : setImmediate(poll))
+      poll()
+    })
+    expect(seen).toEqual(["fast"])
+    release()
+    await dispatcher.idle()
+    expect(seen).toEqual(["fast", "slow"])
+  })
+
+  it("times out a handler that never finishes, aborts its signal and retries it", async () => {
+    const signals: AbortSignal[] = []
+    let calls = 0
+    const t = target(
+      "hook:a",
+      async (_event, { signal }) => {
+        calls++
+        signals.push(signal)
+        if (calls === 1) await new Promise(() => {})
+      },
+      3,
+    )
+    const { dispatcher, enqueue, outbox } = setup([t], 50)
+    await enqueue("c1", ["e1"])
+    await dispatcher.idle()
+    expect(calls).toBe(2)
+    expect(signals[0]!.aborted).toBe(true)
+    expect(signals[1]!.aborted).toBe(false)
+    expect(await outbox.deadLetters()).toEqual([])
+  })
+
+  it("dead-letters after the last attempt, counts it, and delivers it again on replay", async () => {
+    let broken = true
+    const delivered: string[] = []
+    const t = target("hook:a", async (event) => {
+      if (broken) throw new Error("database down")
+      delivered.push(event.event.id)
+    })
+    const { dispatcher, enqueue, outbox, registry } = setup([t])
+    await enqueue("c1", ["e1", "e2"])
+    await dispatcher.idle()
+    const dead = await outbox.deadLetters()
+    expect(dead.map((d) => [d.event.event.id, d.attempts, d.lastError])).toEqual([
+      ["e1", 3, "database down"],
+      ["e2", 3, "database down"],
+    ])
+    const metrics = await registry.getSingleMetricAsString("parley_hook_dead_letters_total")
+    expect(metrics).toContain('parley_hook_dead_letters_total{target="hook:a"} 2')
+    broken = false
+    const replayed = await dispatcher.replay({ eventId: "e2" })
+    expect(replayed.map((d) => d.event.event.id)).toEqual(["e2"])
+    await dispatcher.idle()
+    expect(delivered).toEqual(["e2"])
+    expect((await outbox.deadLetters()).map((d) => d.event.event.id)).toEqual(["e1"])
+  })
+
+  it("dead-letters a permanent failure at once", async () => {
+    let calls = 0
+    const t = target("webhook:x", async () => {
+      calls++
+      throw new PermanentDeliveryError("400")
+    })
+    const { dispatcher, enqueue, outbox } = setup([t])
+    await enqueue("c1", ["e1"])
+    await dispatcher.idle()
+    expect(calls).toBe(1)
+    expect(await outbox.deadLetters()).toHaveLength(1)
+  })
+
+  it("survives a handler that throws synchronously", async () => {
+    const t = target("hook:a", () => {
+      throw new Error("sync throw")
+    })
+    const { dispatcher, enqueue, outbox } = setup([t])
+    await enqueue("c1", ["e1"])
+    await dispatcher.idle()
+    expect((await outbox.deadLetters())[0]!.lastError).toBe("sync throw")
+  })
+
+  it("resumes what the outbox still owes when started again", async () => {
+    const outbox = new MemoryOutbox()
+    await outbox.enqueue({
+      document: "c1",
+      events: [{ event: sampleEvent("e1"), targets: ["hook:a", "hook:gone"] }],
+    })
+    const seen: string[] = []
+    const dispatcher = new Dispatcher({
+      outbox,
+      targets: [target("hook:a", async (e) => void seen.push(e.event.id))],
+      log,
+      metrics: new HookMetrics(new Registry()),
+    })
+    await dispatcher.start()
+    await dispatcher.idle()
+    expect(seen).toEqual(["e1"])
+    const dead = await outbox.deadLetters()
+    expect(dead.map((d) => [d.target, d.lastError])).toEqual([
+      ["hook:gone", "no hook or webhook named hook:gone is configured"],
+    ])
+  })
+})
