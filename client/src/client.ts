@@ -160,6 +160,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
           name: conversationId,
           doc: document,
           awareness,
+          user: this.user,
           token: () => resolveToken(this.options.token),
           WebSocket: this.WebSocket,
           ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),

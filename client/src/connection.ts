@@ -46,6 +46,8 @@ export interface ConnectionOptions {
   readonly name: string
   readonly doc: Y.Doc
   readonly awareness: Awareness
+  /** The user: cross-tab updates are shared only between clients of the same user. */
+  readonly user: string
   readonly token: () => Promise<string>
   readonly WebSocket: WebSocketConstructor
   readonly reconnect?: ReconnectOptions
@@ -113,7 +115,9 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
       }
       this.update()
     })
-    // Other tabs / clients of this device share updates even while offline.
+    // Other tabs of the same user share updates, even while offline; another user's
+    // tab on the same device must go through the relay (and its checks) instead.
+    this.provider.bcChannel = `${this.provider.bcChannel}#${options.user}`
     this.provider.connectBc()
   }
 
