@@ -42,7 +42,7 @@ export interface HookConversation {
 
 /** What each event type is about. */
 export interface HookSubjects {
-  "conversation.created": { readonly createdBy: UserId }
+  "conversation.created": { readonly createdBy: UserId; readonly participants: readonly Participant[] }
   "conversation.updated": { readonly fields: readonly ("title" | "metadata")[] }
   "conversation.deleted": { readonly deletedBy: UserId }
   "participants.added": { readonly participants: readonly Participant[] }
@@ -160,10 +160,12 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
     }
     out.push({ event, subject, conversation } as unknown as HookEvent)
   }
+  // The initial participants belong to the creation, not to a participants.added of their own.
+  const creation = input.changes.some((c) => c.type === "conversation.created")
   for (const change of input.changes) {
     switch (change.type) {
       case "conversation.created":
-        push(change.type, { createdBy: change.conversation.createdBy })
+        push(change.type, { createdBy: change.conversation.createdBy, participants: conversation.participants })
         break
       case "conversation.updated":
         push(change.type, { fields: change.fields })
@@ -172,7 +174,7 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
         push(change.type, { deletedBy: change.deletedBy })
         break
       case "participants.added":
-        push(change.type, { participants: change.participants })
+        if (!creation) push(change.type, { participants: change.participants })
         break
       case "participants.removed":
         push(change.type, { users: change.users })
