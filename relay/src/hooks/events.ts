@@ -165,7 +165,10 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
   for (const change of input.changes) {
     switch (change.type) {
       case "conversation.created":
-        push(change.type, { createdBy: change.conversation.createdBy, participants: conversation.participants })
+        push(change.type, {
+          createdBy: change.conversation.createdBy,
+          participants: conversation.participants,
+        })
         break
       case "conversation.updated":
         push(change.type, { fields: change.fields })
