@@ -43,6 +43,8 @@ export interface ChatClientOptions {
   readonly connect?: boolean
   /** Reconnect backoff. */
   readonly reconnect?: ReconnectOptions
+  /** The clock (ms since epoch), for typing signals; injectable for tests. Default `Date.now`. */
+  readonly clock?: () => number
   /** How long to batch arriving messages before advancing the delivered marker, in ms (default 500). */
   readonly deliveredDelay?: number
 }
@@ -166,6 +168,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
           ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),
         }),
       deliveredDelay: this.options.deliveredDelay ?? 500,
+      clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
       onStatus: () => this.updateStatus(),
       onReady: (info) => this.remember(conversationId, info.kind, info.title),

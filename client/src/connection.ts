@@ -9,8 +9,9 @@ import {
   TOKEN_PARAM,
 } from "@parley/shared"
 import type * as decoding from "lib0/decoding"
-import type * as encoding from "lib0/encoding"
+import * as encoding from "lib0/encoding"
 import type { Awareness } from "y-protocols/awareness"
+import * as syncProtocol from "y-protocols/sync"
 import { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { Emitter } from "./emitter.js"
@@ -84,6 +85,15 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private retryTimer: ReturnType<typeof setTimeout> | undefined
   private connecting = false
   private current: ConnectionStatus = "offline"
+  private readonly forwarding: () => boolean
+  private readonly forwardFromTab = (update: Uint8Array, origin: unknown) => {
+    const ws = this.provider.ws
+    if (origin !== this.provider || !this.forwarding() || !this.provider.wsconnected || !ws) return
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MessageType.sync)
+    syncProtocol.writeUpdate(encoder, update)
+    ws.send(encoding.toUint8Array(encoder))
+  }
 
   constructor(private readonly options: ConnectionOptions) {
     super()
@@ -118,6 +128,21 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     // Other tabs of the same user share updates, even while offline; another user's
     // tab on the same device must go through the relay (and its checks) instead.
     this.provider.bcChannel = `${this.provider.bcChannel}#${options.user}`
+    // y-websocket assumes every tab has its own connection and never forwards what it
+    // hears from another tab; an offline tab's changes would then wait for that tab.
+    // So an online tab forwards them (the relay ignores what it already has).
+    const fromTab = this.provider._bcSubscriber
+    let forwarding = false
+    this.provider._bcSubscriber = (data, origin) => {
+      forwarding = true
+      try {
+        fromTab(data, origin)
+      } finally {
+        forwarding = false
+      }
+    }
+    options.doc.on("update", this.forwardFromTab)
+    this.forwarding = () => forwarding
     this.provider.connectBc()
   }
 
@@ -156,6 +181,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.stop()
     this.destroyed = true
     this.provider.disconnectBc()
+    this.options.doc.off("update", this.forwardFromTab)
     this.provider.destroy()
     this.removeAllListeners()
   }

@@ -98,6 +98,7 @@ export interface ConversationParts {
   readonly replica: LocalReplica
   readonly connect: (doc: Y.Doc, awareness: Awareness) => DocumentConnection
   readonly deliveredDelay: number
+  readonly clock: () => number
   readonly online: () => boolean
   readonly onStatus: () => void
   readonly onReady: (info: ConversationInfo) => void
@@ -142,8 +143,11 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.doc = parts.doc
     this.awareness = new Awareness(this.doc)
     this.statuses = new MessageStatuses(this.doc, this.user)
-    this.typingIndicator = new TypingIndicator(this.awareness, this.user, (users) =>
-      this.emit("typing", { users }),
+    this.typingIndicator = new TypingIndicator(
+      this.awareness,
+      this.user,
+      (users) => this.emit("typing", { users }),
+      parts.clock,
     )
     this.connection = parts.connect(this.doc, this.awareness)
     this.connection.on("status", () => {

@@ -1,0 +1,288 @@
+import "fake-indexeddb/auto"
+import { ErrorCode, type MessageId, ParleyError, typesOf } from "@parley/shared"
+import { SignJWT } from "jose"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import type { Conversation, MessageStatus } from "../src/index.js"
+import {
+  connectClient,
+  destroyClients,
+  devToken,
+  eventually,
+  type RelayProcess,
+  startRelay,
+} from "./support.js"
+
+let relay: RelayProcess
+beforeAll(async () => {
+  relay = await startRelay()
+})
+afterAll(async () => {
+  await relay?.stop()
+})
+afterEach(destroyClients)
+
+let unique = 0
+/** A fresh user name per test, so that tests sharing the relay and IndexedDB never meet. */
+const name = (base: string) => `${base}${++unique}`
+
+/** How many records with this id the raw `messages` array holds. */
+const copies = (chat: Conversation, id: string) =>
+  typesOf(chat.doc)
+    .messages.toArray()
+    .filter((r) => r.id === id).length
+
+const bodies = (chat: Conversation) => chat.messages({ last: 100 }).map((m) => m.body)
+
+describe("ChatClient against a relay", () => {
+  it("lets two users exchange messages in a direct conversation", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const bob = await connectClient(relay, b)
+    const aliceChat = await alice.directConversation(b)
+    aliceChat.send("hi bob")
+    await eventually(() => expect(aliceChat.messages()[0]?.status).toBe("sent"))
+    const bobChat = await bob.directConversation(a)
+    expect(bobChat.id).toBe(aliceChat.id)
+    await eventually(() => expect(bodies(bobChat)).toEqual(["hi bob"]))
+    bobChat.send("hi alice")
+    await eventually(() => expect(bodies(aliceChat)).toEqual(["hi bob", "hi alice"]))
+    expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2])
+    expect(alice.status).toBe("online")
+  })
+
+  it("delivers what a user sent, edited and deleted offline, in canonical order, once back online", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const bob = await connectClient(relay, b)
+    const aliceChat = await alice.createConversation({ participants: [b], title: "offline" })
+    await eventually(() => expect(aliceChat.connection.status).toBe("online"))
+    const bobChat = await bob.conversation(aliceChat.id).ready()
+
+    alice.disconnect()
+    expect(alice.status).toBe("offline")
+    const first = aliceChat.send("first draft")
+    const second = aliceChat.send("to be deleted")
+    const third = aliceChat.send("third")
+    aliceChat.edit(first.id, "first, edited")
+    aliceChat.deleteMessage(second.id)
+    bobChat.send("meanwhile, bob")
+    await eventually(() => expect(bobChat.message(bobChat.messages()[0]!.id)?.seq).toBe(1))
+    expect(bodies(bobChat)).toEqual(["meanwhile, bob"])
+    expect(aliceChat.messages().map((m) => m.status)).toEqual(["pending", "pending", "pending"])
+
+    alice.connect()
+    const expected = [
+      ["meanwhile, bob", 1, false],
+      ["first, edited", 2, false],
+      ["", 3, true],
+      ["third", 4, false],
+    ]
+    const view = (chat: Conversation) => chat.messages({ last: 10 }).map((m) => [m.body, m.seq, !!m.deleted])
+    await eventually(() => expect(view(bobChat)).toEqual(expected))
+    await eventually(() => expect(view(aliceChat)).toEqual(expected))
+    expect(bobChat.message(third.id)?.author).toBe(a)
+    expect(aliceChat.status(first.id)).not.toBe("pending")
+  })
+
+  it("still has pending messages after a reload and sends each exactly once", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const before = await connectClient(relay, a, { storage: "indexeddb", connect: false })
+    const chat = await before.createConversation({ participants: [b] })
+    const sent = ["one", "two", "three"].map((body) => chat.send(body).id)
+    await before.destroy()
+
+    const after = await connectClient(relay, a, { storage: "indexeddb", connect: false })
+    const reloaded = await after.conversation(chat.id).ready()
+    expect(reloaded.messages().map((m) => [m.id, m.status])).toEqual(sent.map((id) => [id, "pending"]))
+    after.connect()
+    await eventually(() => expect(reloaded.messages().map((m) => m.status)).toEqual(["sent", "sent", "sent"]))
+
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bodies(bobChat)).toEqual(["one", "two", "three"]))
+    for (const id of sent) expect(copies(bobChat, id)).toBe(1)
+    expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2, 3])
+  })
+
+  it("moves a message through pending, sent, delivered and read", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a, { connect: false })
+    const chat = await alice.createConversation({ participants: [b] })
+    const seen: MessageStatus[] = []
+    const message = chat.send("status?")
+    chat.on("status", ({ messageId, status }) => {
+      if (messageId === message.id) seen.push(status)
+    })
+    expect(chat.status(message.id)).toBe("pending")
+    alice.connect()
+    await eventually(() => expect(seen).toContain("sent"))
+
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(chat.status(message.id)).toBe("delivered"))
+    expect(bobChat.unreadCount).toBe(1)
+    bobChat.markRead()
+    expect(bobChat.unreadCount).toBe(0)
+    await eventually(() => expect(chat.status(message.id)).toBe("read"))
+    expect(seen).toEqual(["sent", "delivered", "read"])
+    expect(chat.markers[b as keyof typeof chat.markers]).toEqual({ read: 1, delivered: 1 })
+  })
+
+  it("shows typing to the other user and lets it expire on its own", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    // Alice's clock runs 4 s behind, so her signal is 4 s old on arrival and expires ~2 s later.
+    const alice = await connectClient(relay, a, { clock: () => Date.now() - 4_000 })
+    const bob = await connectClient(relay, b)
+    const aliceChat = await alice.directConversation(b)
+    await eventually(() => expect(aliceChat.connection.status).toBe("online"))
+    const bobChat = await bob.directConversation(a)
+    await eventually(() => expect(bobChat.connection.status).toBe("online"))
+    const changes: (readonly string[])[] = []
+    bobChat.on("typing", ({ users }) => changes.push(users))
+    aliceChat.typing()
+    await eventually(() => expect(changes).toEqual([[a]]))
+    expect(bobChat.typingUsers).toEqual([a])
+    expect(aliceChat.typingUsers).toEqual([])
+    await eventually(() => expect(changes).toEqual([[a], []]))
+    expect(bobChat.typingUsers).toEqual([])
+  })
+
+  it("refuses, with FORBIDDEN and without writing, a member removing another member", async () => {
+    const [a, b, c] = [name("alice"), name("bob"), name("carol")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b, c] })
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat.id).ready()
+    const updates: Uint8Array[] = []
+    bobChat.doc.on("update", (update: Uint8Array) => updates.push(update))
+    let error: unknown
+    try {
+      bobChat.removeParticipants([c])
+    } catch (e) {
+      error = e
+    }
+    expect(error).toBeInstanceOf(ParleyError)
+    expect((error as ParleyError).code).toBe(ErrorCode.FORBIDDEN)
+    expect((error as ParleyError).rule).toBe("admin-only")
+    expect(updates).toEqual([])
+    expect(bobChat.participants.map((p) => p.user).sort()).toEqual([a, b, c].sort())
+  })
+
+  it("reports a conversation the relay will not open for the user as unavailable: FORBIDDEN", async () => {
+    const [a, b, m] = [name("alice"), name("bob"), name("mallory")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b] })
+    chat.send("secret")
+    await eventually(() => expect(chat.messages()[0]?.status).toBe("sent"))
+    const mallory = await connectClient(relay, m)
+    const handle = mallory.conversation(chat.id)
+    await expect(handle.ready()).rejects.toMatchObject({ code: ErrorCode.FORBIDDEN })
+    expect(handle.state).toMatchObject({ state: "unavailable", reason: ErrorCode.FORBIDDEN })
+    expect(handle.messages()).toEqual([])
+  })
+
+  it("sends nothing twice when two clients of one user share one store", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat1 = await tab1.createConversation({ participants: [b] })
+    await eventually(() => expect(chat1.connection.status).toBe("online"))
+    const tab2 = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat2 = await tab2.conversation(chat1.id).ready()
+    await eventually(() => expect(chat2.connection.status).toBe("online"))
+
+    tab1.disconnect()
+    const offline = chat1.send("from the offline tab")
+    const online = chat2.send("from the online tab")
+    // The tabs share updates locally; the online tab forwards the offline tab's message.
+    await eventually(() => expect(chat2.message(offline.id)?.status).toBe("sent"))
+    tab1.connect()
+    await eventually(() => expect(chat1.message(offline.id)?.status).toBe("sent"))
+    await eventually(() => expect(chat1.message(online.id)?.status).toBe("sent"))
+
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat1.id).ready()
+    await eventually(() =>
+      expect(bodies(bobChat).sort()).toEqual(["from the offline tab", "from the online tab"]),
+    )
+    expect(copies(bobChat, offline.id)).toBe(1)
+    expect(copies(bobChat, online.id)).toBe(1)
+    expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2])
+  })
+})
+
+describe("ChatClient connection", () => {
+  it("gets a fresh token when the relay refuses an expired one", async () => {
+    const secret = "client-test-secret-client-test-secret"
+    const own = await startRelay({ args: ["--auth-secret", secret] })
+    try {
+      const key = new TextEncoder().encode(secret)
+      const mint = (user: string, expiresAt: number) =>
+        new SignJWT({})
+          .setProtectedHeader({ alg: "HS256" })
+          .setSubject(user)
+          .setExpirationTime(expiresAt)
+          .sign(key)
+      const now = Math.floor(Date.now() / 1000)
+      const issued: string[] = []
+      const alice = await connectClient(own, "alice", {
+        // The first token handed out has already expired: the relay closes with 4401.
+        token: async () => {
+          issued.push(issued.length === 0 ? "expired" : "fresh")
+          return mint("alice", issued.length === 1 ? now - 60 : now + 600)
+        },
+      })
+      const chat = await alice.createConversation({ participants: ["bob"] })
+      const message = chat.send("after refresh")
+      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+      expect(issued.slice(0, 2)).toEqual(["expired", "fresh"])
+      const bob = await connectClient(own, "bob", { token: () => mint("bob", now + 600) })
+      const bobChat = await bob.conversation(chat.id).ready()
+      await eventually(() => expect(bodies(bobChat)).toEqual(["after refresh"]))
+    } finally {
+      await destroyClients()
+      await own.stop()
+    }
+  })
+
+  it("keeps a conversation going across a relay restart", async () => {
+    const first = await startRelay()
+    let second: RelayProcess | undefined
+    try {
+      const alice = await connectClient(first, "alice")
+      const bob = await connectClient(first, "bob")
+      const aliceChat = await alice.directConversation("bob")
+      aliceChat.send("before the restart")
+      await eventually(() => expect(aliceChat.messages()[0]?.status).toBe("sent"))
+      const bobChat = await bob.directConversation("alice")
+      await eventually(() => expect(bodies(bobChat)).toEqual(["before the restart"]))
+
+      await first.stop()
+      await eventually(() => expect(alice.status).not.toBe("online"))
+      const during = aliceChat.send("while the relay is down")
+      expect(aliceChat.status(during.id)).toBe("pending")
+      second = await startRelay({ port: first.port, dataDir: first.dataDir })
+      await eventually(() => expect(alice.status).toBe("online"))
+      await eventually(() =>
+        expect(bodies(bobChat)).toEqual(["before the restart", "while the relay is down"]),
+      )
+      bobChat.send("after the restart")
+      await eventually(() => expect(aliceChat.messages().map((m) => m.seq)).toEqual([1, 2, 3]))
+      expect(bodies(aliceChat)).toEqual([
+        "before the restart",
+        "while the relay is down",
+        "after the restart",
+      ])
+      expect(aliceChat.status(during.id as MessageId)).not.toBe("pending")
+    } finally {
+      await destroyClients()
+      await first.stop()
+      await second?.stop()
+    }
+  })
+})
+
+// Dev tokens are fetched per connect; make sure the helper itself works against this relay.
+it("mints dev tokens for the tests", async () => {
+  expect((await devToken(relay, "someone")).split(".")).toHaveLength(3)
+})

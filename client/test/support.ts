@@ -1,0 +1,114 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { vi } from "vitest"
+import WebSocket from "ws"
+import { type ChatClient, type ChatClientOptions, createChatClient } from "../src/index.js"
+
+const root = fileURLToPath(new URL("../..", import.meta.url))
+
+/** A relay running in its own process. */
+export interface RelayProcess {
+  readonly port: number
+  readonly url: string
+  readonly httpUrl: string
+  readonly dataDir: string
+  /** SIGTERM, then wait for the process to exit. */
+  stop(): Promise<void>
+}
+
+/**
+ * Starts `relay/bin/parley-relay.js` and waits for its "listening" log line.
+ * `--port 0` unless a port is given (a restart reuses the first port).
+ */
+export async function startRelay(
+  options: { port?: number; dataDir?: string; args?: readonly string[] } = {},
+): Promise<RelayProcess> {
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "parley-client-test-"))
+  const args = [
+    join(root, "relay/bin/parley-relay.js"),
+    "--port",
+    String(options.port ?? 0),
+    "--storage",
+    "sqlite",
+    "--data-dir",
+    dataDir,
+    ...(options.args ?? ["--dev"]),
+  ]
+  const child = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+  let stderr = ""
+  child.stderr.on("data", (chunk) => {
+    stderr += chunk
+  })
+  const port = await new Promise<number>((resolve, reject) => {
+    let buffered = ""
+    child.stdout.on("data", (chunk: Buffer) => {
+      buffered += chunk.toString()
+      for (const line of buffered.split("\n")) {
+        const match = /"msg":"listening"/.test(line) ? /"port":(\d+)/.exec(line) : null
+        if (match) resolve(Number(match[1]))
+      }
+    })
+    child.on("exit", (code) => reject(new Error(`relay exited (${code}) before listening: ${stderr}`)))
+  })
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}`,
+    httpUrl: `http://127.0.0.1:${port}`,
+    dataDir,
+    stop: () => stopProcess(child),
+  }
+}
+
+function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise((resolve) => {
+    const kill = setTimeout(() => child.kill("SIGKILL"), 5_000)
+    child.once("exit", () => {
+      clearTimeout(kill)
+      resolve()
+    })
+    child.kill("SIGTERM")
+  })
+}
+
+/** A dev token from the relay's `/dev/token`. */
+export async function devToken(relay: RelayProcess, user: string): Promise<string> {
+  const response = await fetch(`${relay.httpUrl}/dev/token?user=${encodeURIComponent(user)}`)
+  if (!response.ok) throw new Error(`dev token: HTTP ${response.status}`)
+  return ((await response.json()) as { token: string }).token
+}
+
+/** Clients made by {@link connectClient}, destroyed by {@link destroyClients}. */
+const made: ChatClient[] = []
+
+/** A client of `user` on `relay`, with dev tokens, `ws` and quick reconnects. */
+export async function connectClient(
+  relay: RelayProcess,
+  user: string,
+  options: Partial<ChatClientOptions> = {},
+): Promise<ChatClient> {
+  const client = await createChatClient({
+    url: relay.url,
+    token: () => devToken(relay, user),
+    user,
+    storage: "memory",
+    WebSocket: WebSocket as never,
+    reconnect: { minDelay: 50, maxDelay: 400 },
+    deliveredDelay: 100,
+    ...options,
+  })
+  made.push(client)
+  return client
+}
+
+/** Destroys every client made by {@link connectClient}. */
+export async function destroyClients(): Promise<void> {
+  await Promise.all(made.splice(0).map((client) => client.destroy()))
+}
+
+/** Polls `assertion` until it passes (or the test times out on its own). */
+export const eventually = (assertion: () => void, timeout = 15_000) =>
+  vi.waitFor(assertion, { timeout, interval: 20 })
