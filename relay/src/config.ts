@@ -1,0 +1,205 @@
+import { readFileSync } from "node:fs"
+import { parseArgs } from "node:util"
+import type { AuthKey } from "./auth.js"
+import { LOG_LEVELS, type LogLevel } from "./log.js"
+import type { RelayOptions } from "./relay.js"
+import type { StorageKind } from "./storage/index.js"
+
+type Kind = "string" | "boolean" | "integer"
+
+/** Every flag, its environment variable, and what it means (the README's table is this list). */
+export const FLAGS = {
+  port: {
+    kind: "integer",
+    env: "PARLEY_PORT",
+    help: "port to listen on; 0 = any free port",
+    default: "1234",
+  },
+  host: { kind: "string", env: "PARLEY_HOST", help: "interface to bind", default: "127.0.0.1" },
+  "data-dir": { kind: "string", env: "PARLEY_DATA_DIR", help: "data directory (sqlite)", default: "./data" },
+  storage: { kind: "string", env: "PARLEY_STORAGE", help: "memory | sqlite | postgres", default: "sqlite" },
+  "database-url": {
+    kind: "string",
+    env: "DATABASE_URL",
+    help: "PostgreSQL connection string (storage postgres)",
+    default: "postgres://postgres@127.0.0.1:5432/test",
+  },
+  "auth-secret": { kind: "string", env: "PARLEY_AUTH_SECRET", help: "HS256 secret of tokens" },
+  "auth-public-key": {
+    kind: "string",
+    env: "PARLEY_AUTH_PUBLIC_KEY",
+    help: "path of a PEM public key (RS*, PS*, ES*, EdDSA tokens)",
+  },
+  "auth-jwks-url": { kind: "string", env: "PARLEY_AUTH_JWKS_URL", help: "JWKS URL of token keys" },
+  "auth-issuer": { kind: "string", env: "PARLEY_AUTH_ISSUER", help: "required iss claim" },
+  "auth-audience": { kind: "string", env: "PARLEY_AUTH_AUDIENCE", help: "required aud claim" },
+  "log-level": { kind: "string", env: "PARLEY_LOG_LEVEL", help: LOG_LEVELS.join(" | "), default: "info" },
+  dev: { kind: "boolean", env: "PARLEY_DEV", help: "mint tokens at /dev/token (insecure)" },
+  "force-dev": { kind: "boolean", env: "PARLEY_FORCE_DEV", help: "allow --dev on a non-loopback host" },
+  static: { kind: "string", env: "PARLEY_STATIC", help: "serve a built web app from DIR at /" },
+  "idle-unload-ms": {
+    kind: "integer",
+    env: "PARLEY_IDLE_UNLOAD_MS",
+    help: "unload a document this long after its last connection",
+    default: "30000",
+  },
+  "max-documents": {
+    kind: "integer",
+    env: "PARLEY_MAX_DOCUMENTS",
+    help: "most documents loaded at once (then 4503)",
+    default: "10000",
+  },
+  "max-frame-bytes": {
+    kind: "integer",
+    env: "PARLEY_MAX_FRAME_BYTES",
+    help: "largest frame accepted (then close 1009)",
+    default: String(1024 * 1024),
+  },
+  "max-buffered-bytes": {
+    kind: "integer",
+    env: "PARLEY_MAX_BUFFERED_BYTES",
+    help: "send queue per connection (then close 4429)",
+    default: String(8 * 1024 * 1024),
+  },
+  "max-messages-per-second": {
+    kind: "integer",
+    env: "PARLEY_MAX_MESSAGES_PER_SECOND",
+    help: "frames per second per connection on average (then close 4429)",
+    default: "100",
+  },
+  "message-burst": {
+    kind: "integer",
+    env: "PARLEY_MESSAGE_BURST",
+    help: "frames per connection in a burst",
+    default: "200",
+  },
+  "compact-after-updates": {
+    kind: "integer",
+    env: "PARLEY_COMPACT_AFTER_UPDATES",
+    help: "snapshot a document after this many log entries",
+    default: "500",
+  },
+  "compact-after-bytes": {
+    kind: "integer",
+    env: "PARLEY_COMPACT_AFTER_BYTES",
+    help: "...or this many log bytes",
+    default: String(8 * 1024 * 1024),
+  },
+  help: { kind: "boolean", env: "", help: "print this help" },
+} as const satisfies Record<string, { kind: Kind; env: string; help: string; default?: string }>
+
+type FlagName = keyof typeof FLAGS
+
+/** A configuration error: printed without a stack trace, exit code 2. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError"
+}
+
+/** The help text. */
+export function usage(): string {
+  const lines = ["Usage: parley-relay [options]", "", "Options (environment variable in brackets):"]
+  for (const [name, flag] of Object.entries(FLAGS)) {
+    const value = flag.kind === "boolean" ? "" : ` <${flag.kind === "integer" ? "n" : "value"}>`
+    const def = "default" in flag ? ` (default ${flag.default})` : ""
+    const env = flag.env ? ` [${flag.env}]` : ""
+    lines.push(`  --${name}${value}  ${flag.help}${def}${env}`)
+  }
+  return lines.join("\n")
+}
+
+/** The relay options given by `argv` and `env`: a flag wins over its environment variable. */
+export function parseConfig(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): (RelayOptions & { help?: boolean }) | { help: true } {
+  const parsed = parseArgs({
+    args: [...argv],
+    options: Object.fromEntries(
+      Object.entries(FLAGS).map(([name, flag]) => [
+        name,
+        { type: flag.kind === "boolean" ? ("boolean" as const) : ("string" as const) },
+      ]),
+    ),
+    strict: true,
+    allowPositionals: false,
+  }).values as Record<string, string | boolean | undefined>
+
+  const raw = (name: FlagName): string | boolean | undefined => {
+    const flag = FLAGS[name]
+    if (parsed[name] !== undefined) return parsed[name]
+    const fromEnv = flag.env ? env[flag.env] : undefined
+    if (fromEnv !== undefined && fromEnv !== "") {
+      return flag.kind === "boolean" ? !["0", "false", "no"].includes(fromEnv.toLowerCase()) : fromEnv
+    }
+    return "default" in flag ? flag.default : undefined
+  }
+  const text = (name: FlagName) => raw(name) as string | undefined
+  const bool = (name: FlagName) => raw(name) === true
+  const int = (name: FlagName): number => {
+    const value = text(name)
+    const n = Number(value)
+    if (!Number.isInteger(n) || n < 0)
+      throw new ConfigError(`--${name} must be a non-negative integer, got ${value}`)
+    return n
+  }
+
+  if (bool("help")) return { help: true }
+
+  const storage = text("storage") as StorageKind
+  if (!["memory", "sqlite", "postgres"].includes(storage))
+    throw new ConfigError(`--storage must be memory, sqlite or postgres, got ${storage}`)
+  const logLevel = text("log-level") as LogLevel
+  if (!LOG_LEVELS.includes(logLevel))
+    throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`)
+  const port = int("port")
+  if (port > 65535) throw new ConfigError("--port must be at most 65535")
+
+  const keys: AuthKey[] = []
+  const secret = text("auth-secret")
+  if (secret) keys.push({ kind: "secret", secret })
+  const publicKey = text("auth-public-key")
+  if (publicKey) {
+    try {
+      keys.push({ kind: "public-key", pem: readFileSync(publicKey, "utf8") })
+    } catch (error) {
+      throw new ConfigError(`cannot read --auth-public-key ${publicKey}: ${(error as Error).message}`)
+    }
+  }
+  const jwks = text("auth-jwks-url")
+  if (jwks) keys.push({ kind: "jwks", url: jwks })
+  if (keys.length > 1)
+    throw new ConfigError("give only one of --auth-secret, --auth-public-key, --auth-jwks-url")
+  const dev = bool("dev")
+  if (keys.length === 0 && !dev)
+    throw new ConfigError("give --auth-secret, --auth-public-key or --auth-jwks-url (or --dev for local use)")
+
+  const staticDir = text("static")
+  const issuer = text("auth-issuer")
+  const audience = text("auth-audience")
+  return {
+    port,
+    host: text("host")!,
+    dataDir: text("data-dir")!,
+    storage,
+    databaseUrl: text("database-url")!,
+    ...(keys[0] ? { auth: keys[0] } : {}),
+    ...(issuer ? { authIssuer: issuer } : {}),
+    ...(audience ? { authAudience: audience } : {}),
+    dev,
+    forceDev: bool("force-dev"),
+    log: logLevel,
+    ...(staticDir ? { staticDir } : {}),
+    defaultMetrics: true,
+    limits: {
+      idleUnloadMs: int("idle-unload-ms"),
+      maxDocuments: Math.max(1, int("max-documents")),
+      maxFrameBytes: int("max-frame-bytes"),
+      maxUpdateBytes: int("max-frame-bytes"),
+      maxBufferedBytes: int("max-buffered-bytes"),
+      maxMessagesPerSecond: int("max-messages-per-second"),
+      messageBurst: Math.max(1, int("message-burst")),
+      compactAfterUpdates: Math.max(1, int("compact-after-updates")),
+      compactAfterBytes: int("compact-after-bytes"),
+    },
+  }
+}

@@ -1,0 +1,108 @@
+import { type ChangeEvent, type DocumentName, observeChanges } from "@parley/shared"
+import * as awarenessProtocol from "y-protocols/awareness"
+import * as Y from "yjs"
+import type { Connection } from "./connection.js"
+import { describePrincipal, type Principal } from "./principal.js"
+
+/**
+ * One loaded document: its Y.Doc, awareness, connected sessions, the serial
+ * queue every change goes through, and what compaction needs to know about the
+ * stored log.
+ */
+export class DocumentHost {
+  readonly doc = new Y.Doc()
+  readonly awareness: awarenessProtocol.Awareness
+  readonly connections = new Set<Connection>()
+  /** Log entries and bytes stored since the last snapshot. */
+  logEntries = 0
+  logBytes = 0
+  /** Highest log position stored and applied. */
+  lastPosition = 0
+  /** Set once an unload has begun: no new connection may attach. */
+  unloading = false
+  /** Set once the document is dropped from memory. */
+  destroyed = false
+  idleTimer: NodeJS.Timeout | undefined
+  private queue: Promise<unknown> = Promise.resolve()
+  private pendingTasks = 0
+  private coldJoin: Uint8Array | undefined
+  private events: ChangeEvent[] = []
+  private stopObserving: (() => void) | undefined
+
+  constructor(
+    readonly key: string,
+    readonly name: DocumentName,
+  ) {
+    this.awareness = new awarenessProtocol.Awareness(this.doc)
+    // The relay itself has no presence.
+    this.awareness.setLocalState(null)
+    this.doc.on("update", () => {
+      this.coldJoin = undefined
+    })
+  }
+
+  /** Starts collecting change events (after the stored state is applied, so loading emits none). */
+  observe(): void {
+    this.stopObserving ??= observeChanges(this.doc, (events) => this.events.push(...events))
+  }
+
+  /** The events collected since the last call. */
+  takeEvents(): ChangeEvent[] {
+    const events = this.events
+    this.events = []
+    return events
+  }
+
+  /**
+   * Runs `task` after every task queued before it: the one serial order of
+   * changes to this document.
+   */
+  enqueue<T>(task: () => Promise<T>): Promise<T> {
+    this.pendingTasks++
+    const run = this.queue.then(task).finally(() => {
+      this.pendingTasks--
+    })
+    this.queue = run.catch(() => {})
+    return run
+  }
+
+  /** True while a change is queued or running. */
+  get busy(): boolean {
+    return this.pendingTasks > 0
+  }
+
+  /** Resolves once every task queued so far has finished. */
+  drain(): Promise<void> {
+    return this.enqueue(async () => {})
+  }
+
+  /**
+   * The whole document encoded, for clients joining with an empty state
+   * vector; one encoding serves every such joiner until the document changes.
+   */
+  fullState(): Uint8Array {
+    this.coldJoin ??= Y.encodeStateAsUpdate(this.doc)
+    return this.coldJoin
+  }
+
+  private readonly actorClientIds = new Map<string, number>()
+
+  /** The Yjs client id server-side writes of `actor` use in this document (one per actor and load). */
+  clientIdFor(actor: Principal): number {
+    const key = describePrincipal(actor)
+    let id = this.actorClientIds.get(key)
+    if (id === undefined) {
+      id = crypto.getRandomValues(new Uint32Array(1))[0]!
+      this.actorClientIds.set(key, id)
+    }
+    return id
+  }
+
+  destroy(): void {
+    this.destroyed = true
+    clearTimeout(this.idleTimer)
+    this.stopObserving?.()
+    this.awareness.destroy()
+    this.doc.destroy()
+  }
+}

@@ -1,0 +1,28 @@
+/**
+ * `@parley/relay`: the Parley relay server. Start one with {@link startRelay};
+ * embed the socket-free core with {@link RelayCore}; plug in an
+ * {@link UpdatePolicy}, {@link AfterSavedListener}s or a {@link Sequencer}.
+ */
+
+export type { Access } from "./access.js"
+export { accessOf } from "./access.js"
+export type { AuthKey, AuthOptions } from "./auth.js"
+export { Authenticator, SERVICE_ROLE } from "./auth.js"
+export type { Connection, Session } from "./connection.js"
+export { closeFor } from "./errors.js"
+export type { Logger, LogLevel } from "./log.js"
+export { RelayMetrics } from "./metrics.js"
+export type { PolicyInput, UpdatePolicy } from "./policy.js"
+export { membershipPolicy } from "./policy.js"
+export type { Principal } from "./principal.js"
+export { describePrincipal, RELAY } from "./principal.js"
+export type { RelayOptions, RunningRelay } from "./relay.js"
+export { DEFAULT_TRANSPORT_LIMITS, startRelay } from "./relay.js"
+export type { CoreLimits, RelayCoreOptions } from "./relay-core.js"
+export { DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
+export type { Sequencer } from "./sequencer.js"
+export { LocalSequencer } from "./sequencer.js"
+export type { RelayStorage, StorageKind, StoredDocument } from "./storage/index.js"
+export { MemoryStorage, openStorage, SqliteStorage } from "./storage/index.js"
+export type { AfterSaved, AfterSavedListener } from "./update-path.js"
+export type { TransportLimits } from "./ws-transport.js"

@@ -1,0 +1,40 @@
+import { ConfigError, parseConfig, usage } from "./config.js"
+import { startRelay } from "./relay.js"
+
+/** Runs the relay from the command line until SIGTERM / SIGINT, then stops gracefully and exits 0. */
+async function main(): Promise<void> {
+  let config: ReturnType<typeof parseConfig>
+  try {
+    config = parseConfig(process.argv.slice(2))
+  } catch (error) {
+    process.stderr.write(`parley-relay: ${(error as Error).message}\n\n${usage()}\n`)
+    process.exit(2)
+  }
+  if ("help" in config && config.help) {
+    process.stdout.write(`${usage()}\n`)
+    return
+  }
+  const relay = await startRelay(config)
+  let stopping = false
+  const stop = (signal: string) => {
+    if (stopping) return
+    stopping = true
+    relay.log.info({ signal }, "shutting down")
+    relay.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        relay.log.fatal({ err: error }, "shutdown failed")
+        process.exit(1)
+      },
+    )
+  }
+  process.on("SIGTERM", () => stop("SIGTERM"))
+  process.on("SIGINT", () => stop("SIGINT"))
+}
+
+main().catch((error: unknown) => {
+  if (error instanceof ConfigError) process.stderr.write(`parley-relay: ${error.message}\n`)
+  else
+    process.stderr.write(`parley-relay: ${error instanceof Error ? (error.stack ?? error.message) : error}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,64 @@
+import { type Decision, type DocumentName, Rule } from "@parley/shared"
+import type * as Y from "yjs"
+import { accessOf } from "./access.js"
+import type { Principal } from "./principal.js"
+
+/** What the update path asks a policy about, before anything is stored. */
+export interface PolicyInput {
+  /** The document, parsed. */
+  readonly name: DocumentName
+  /** The document as loaded, before the update. */
+  readonly doc: Y.Doc
+  /** The update (Yjs v1 encoding); already known to decode. */
+  readonly update: Uint8Array
+  /** Who sent it. */
+  readonly principal: Principal
+  /** The Yjs client ids that wrote the structs in the update. */
+  readonly clientIds: ReadonlySet<number>
+}
+
+/**
+ * The one choke point deciding whether an update may be stored. The default
+ * checks who may write at all; the full per-update checker of the document
+ * rules plugs in here (`startRelay({ policy })`).
+ */
+export interface UpdatePolicy {
+  check(input: PolicyInput): Decision | Promise<Decision>
+  /**
+   * Told about every change once it is stored: a client's accepted update
+   * (with the decision `check` returned), the relay's sequencing, a server-side
+   * write. `clientIds` are the Yjs client ids it was written under, e.g. to bind
+   * them to `principal`. Awaited inside the document's serial queue.
+   */
+  stored?(change: StoredChange): void | Promise<void>
+}
+
+/** A change that was stored, as {@link UpdatePolicy.stored} receives it. */
+export interface StoredChange {
+  readonly name: DocumentName
+  readonly doc: Y.Doc
+  readonly principal: Principal
+  readonly clientIds: ReadonlySet<number>
+  /** For a client update: what `check` decided. */
+  readonly decision?: Decision
+}
+
+const ALLOW: Decision = { allowed: true }
+
+/**
+ * Membership and read-only access: services and inbox readers may not write,
+ * non-participants may not write to an existing conversation. The relay's own
+ * writes are always allowed.
+ */
+export const membershipPolicy: UpdatePolicy = {
+  check({ name, doc, principal }) {
+    if (principal.kind === "relay") return ALLOW
+    if (name.kind === "inbox")
+      return { allowed: false, rule: Rule.relayOnly, reason: "inbox documents are written by the relay only" }
+    if (principal.kind === "service")
+      return { allowed: false, rule: Rule.participantOnly, reason: "service tokens are read-only" }
+    return accessOf(principal, name, doc) === "write"
+      ? ALLOW
+      : { allowed: false, rule: Rule.participantOnly, reason: "only participants may change a conversation" }
+  },
+}

@@ -1,0 +1,373 @@
+import {
+  CloseCode,
+  type ConversationId,
+  ErrorCode,
+  lastSequence,
+  ParleyError,
+  parseDocumentName,
+  toParleyError,
+} from "@parley/shared"
+import * as awarenessProtocol from "y-protocols/awareness"
+import * as Y from "yjs"
+import { accessOf } from "./access.js"
+import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
+import { DocumentHost } from "./document-host.js"
+import type { Logger } from "./log.js"
+import type { RelayMetrics } from "./metrics.js"
+import { membershipPolicy, type UpdatePolicy } from "./policy.js"
+import { describePrincipal, type Principal } from "./principal.js"
+import { LocalSequencer, type Sequencer } from "./sequencer.js"
+import type { RelayStorage } from "./storage/types.js"
+import {
+  type AfterSavedListener,
+  compact,
+  type PathContext,
+  type PathLimits,
+  sequenceLeftovers,
+  submitUpdate,
+  writeOnServer,
+} from "./update-path.js"
+
+/** Limits of the core. */
+export interface CoreLimits extends PathLimits {
+  /** Unload a document this long after its last connection left. */
+  readonly idleUnloadMs: number
+  /** Most documents loaded at once; beyond, idle ones are unloaded or new ones refused (4503). */
+  readonly maxDocuments: number
+}
+
+/** Defaults of {@link CoreLimits}. */
+export const DEFAULT_CORE_LIMITS: CoreLimits = {
+  idleUnloadMs: 30_000,
+  maxDocuments: 10_000,
+  maxUpdateBytes: 1024 * 1024,
+  compactAfterUpdates: 500,
+  compactAfterBytes: 8 * 1024 * 1024,
+}
+
+/** What the core is made of. */
+export interface RelayCoreOptions {
+  readonly storage: RelayStorage
+  readonly log: Logger
+  readonly metrics: RelayMetrics
+  readonly policy?: UpdatePolicy
+  /** Defaults to a {@link LocalSequencer} over the loaded documents. */
+  readonly sequencer?: Sequencer
+  readonly listeners?: readonly AfterSavedListener[]
+  readonly limits?: Partial<CoreLimits>
+}
+
+/**
+ * The relay without sockets: loads documents on demand, attaches sessions,
+ * runs every change through the update path, unloads idle documents. A
+ * transport turns sockets into {@link Session}s and calls {@link connect}.
+ */
+export class RelayCore implements ConnectionOwner {
+  readonly limits: CoreLimits
+  private readonly hosts = new Map<string, Promise<DocumentHost>>()
+  private readonly unloads = new Map<string, Promise<void>>()
+  private readonly listeners: AfterSavedListener[]
+  private readonly ctx: PathContext
+  private closing = false
+
+  constructor(private readonly options: RelayCoreOptions) {
+    this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
+    this.listeners = [...(options.listeners ?? [])]
+    const sequencer =
+      options.sequencer ?? new LocalSequencer((conversation) => this.lastSequenceOf(conversation))
+    this.ctx = {
+      storage: options.storage,
+      sequencer,
+      policy: options.policy ?? membershipPolicy,
+      listeners: this.listeners,
+      metrics: options.metrics,
+      log: options.log,
+      limits: this.limits,
+      recheckAccess: (host) => this.recheckAccess(host),
+      evict: (host, error) => this.evict(host, error),
+    }
+  }
+
+  private get log(): Logger {
+    return this.options.log
+  }
+
+  /** Adds a listener called after every saved change. */
+  addListener(listener: AfterSavedListener): void {
+    this.listeners.push(listener)
+  }
+
+  /** Number of documents loaded (or loading). */
+  get loadedDocuments(): number {
+    return this.hosts.size
+  }
+
+  /**
+   * Attaches `session` to the document named `name` (loading it if needed).
+   * Throws NOT_FOUND (bad name), FORBIDDEN (no access) or UNAVAILABLE (shutting
+   * down, or too many busy documents).
+   */
+  async connect(name: string, session: Session): Promise<Connection> {
+    const parsed = parseName(name)
+    const host = await this.host(name)
+    const access = accessOf(session.principal, parsed, host.doc)
+    if (access === "none") {
+      this.scheduleIdle(host)
+      throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
+    }
+    clearTimeout(host.idleTimer)
+    host.idleTimer = undefined
+    const connection = new Connection(host, session, access, this)
+    host.connections.add(connection)
+    this.options.metrics.connections.inc()
+    connection.start()
+    this.log.debug({ doc: name, principal: describePrincipal(session.principal) }, "connected")
+    return connection
+  }
+
+  /**
+   * A trusted server-side change (hooks, bots) through the one update path.
+   * Resolves once it is durable, sequenced and broadcast.
+   */
+  async write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void> {
+    parseName(name)
+    const host = await this.host(name)
+    try {
+      await writeOnServer(this.ctx, host, actor, change)
+    } finally {
+      this.scheduleIdle(host)
+    }
+  }
+
+  /** Reads a document's current state (loading it if needed); `read` must not write. */
+  async read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T> {
+    parseName(name)
+    const host = await this.host(name)
+    try {
+      return await host.enqueue(async () => read(host.doc))
+    } finally {
+      this.scheduleIdle(host)
+    }
+  }
+
+  // --- ConnectionOwner
+
+  /** @internal */
+  submit(connection: Connection, update: Uint8Array): Promise<unknown> {
+    return submitUpdate(this.ctx, connection.host, connection.principal, update, connection)
+  }
+
+  /** @internal */
+  refused(connection: Connection, error: ParleyError): void {
+    this.options.metrics.errors.inc({ code: error.code })
+    this.log.info(
+      { doc: connection.host.key, principal: describePrincipal(connection.principal), code: error.code },
+      `refused: ${error.message}`,
+    )
+  }
+
+  /** @internal */
+  detach(connection: Connection): void {
+    const host = connection.host
+    if (!host.connections.delete(connection)) return
+    this.options.metrics.connections.dec()
+    if (connection.awarenessIds.size > 0) {
+      awarenessProtocol.removeAwarenessStates(host.awareness, [...connection.awarenessIds], "relay")
+    }
+    this.scheduleIdle(host)
+  }
+
+  // --- documents
+
+  private lastSequenceOf(conversation: ConversationId): number {
+    const host = this.loadedNow.get(conversation)
+    return host ? lastSequence(host.doc) : 0
+  }
+
+  /** Hosts whose load finished, by name (for synchronous lookups). */
+  private readonly loadedNow = new Map<string, DocumentHost>()
+
+  private async host(name: string): Promise<DocumentHost> {
+    for (;;) {
+      if (this.closing) throw new ParleyError(ErrorCode.UNAVAILABLE, "the relay is shutting down")
+      const unloading = this.unloads.get(name)
+      if (unloading) {
+        await unloading
+        continue
+      }
+      const existing = this.hosts.get(name)
+      if (existing) {
+        const host = await existing
+        if (host.unloading) continue
+        return host
+      }
+      if (this.hosts.size >= this.limits.maxDocuments && !(await this.evictIdle())) {
+        this.options.metrics.errors.inc({ code: ErrorCode.UNAVAILABLE })
+        throw new ParleyError(ErrorCode.UNAVAILABLE, "too many documents are in use")
+      }
+      if (this.hosts.has(name) || this.unloads.has(name)) continue
+      const loading = this.load(name)
+      this.hosts.set(name, loading)
+      this.options.metrics.documents.set(this.hosts.size)
+      try {
+        return await loading
+      } catch (error) {
+        this.hosts.delete(name)
+        this.options.metrics.documents.set(this.hosts.size)
+        throw toParleyError(error)
+      }
+    }
+  }
+
+  private async load(name: string): Promise<DocumentHost> {
+    const host = new DocumentHost(name, parseName(name))
+    const stored = await this.options.storage.load(name)
+    const skipped: number[] = []
+    const apply = (update: Uint8Array, position: number) => {
+      try {
+        Y.applyUpdate(host.doc, update)
+      } catch (error) {
+        // Only decodable updates are stored; this guards a damaged store without losing the rest.
+        skipped.push(position)
+        this.log.error({ err: error, doc: name, position }, "skipped a stored update Yjs cannot apply")
+      }
+    }
+    if (stored.snapshot) apply(stored.snapshot, 0)
+    for (const { position, update } of stored.updates) apply(update, position)
+    host.logEntries = stored.updates.length
+    host.logBytes = stored.updates.reduce((sum, u) => sum + u.update.length, 0)
+    host.lastPosition = stored.updates.at(-1)?.position ?? 0
+    host.observe()
+    host.awareness.on(
+      "update",
+      (
+        { added, updated, removed }: { added: number[]; updated: number[]; removed: number[] },
+        origin: unknown,
+      ) => {
+        if (origin instanceof Connection) {
+          for (const id of [...added, ...updated]) origin.awarenessIds.add(id)
+          for (const id of removed) origin.awarenessIds.delete(id)
+        }
+        const changed = [...added, ...updated, ...removed]
+        const frame = awarenessFrame(host.awareness, changed)
+        for (const connection of host.connections) connection.send(frame)
+      },
+    )
+    this.loadedNow.set(name, host)
+    this.log.debug({ doc: name, entries: stored.updates.length }, "document loaded")
+    await sequenceLeftovers(this.ctx, host)
+    return host
+  }
+
+  private scheduleIdle(host: DocumentHost): void {
+    if (host.connections.size > 0 || host.unloading || host.destroyed) return
+    clearTimeout(host.idleTimer)
+    host.idleTimer = setTimeout(() => {
+      host.idleTimer = undefined
+      if (host.busy) this.scheduleIdle(host)
+      else void this.unload(host)
+    }, this.limits.idleUnloadMs)
+    host.idleTimer.unref()
+  }
+
+  /** Unloads an idle document after a final compaction. */
+  private unload(host: DocumentHost): Promise<void> {
+    if (host.connections.size > 0 || host.unloading || host.destroyed) return Promise.resolve()
+    host.unloading = true
+    clearTimeout(host.idleTimer)
+    const done = host
+      .enqueue(() => compact(this.ctx, host))
+      .catch((error: unknown) => this.log.error({ err: error, doc: host.key }, "final compaction failed"))
+      .finally(() => {
+        this.drop(host)
+        this.unloads.delete(host.key)
+        this.log.debug({ doc: host.key }, "document unloaded")
+      })
+    this.unloads.set(host.key, done)
+    return done
+  }
+
+  private drop(host: DocumentHost): void {
+    if (this.loadedNow.get(host.key) === host) {
+      this.loadedNow.delete(host.key)
+      this.hosts.delete(host.key)
+    }
+    if (this.ctx.sequencer instanceof LocalSequencer && host.name.kind === "conversation") {
+      this.ctx.sequencer.forget(host.name.id)
+    }
+    host.destroy()
+    this.options.metrics.documents.set(this.hosts.size)
+  }
+
+  /** Unloads one idle document to make room; false when every loaded document is in use. */
+  private async evictIdle(): Promise<boolean> {
+    for (const host of this.loadedNow.values()) {
+      if (host.connections.size === 0 && !host.busy && !host.unloading) {
+        await this.unload(host)
+        return true
+      }
+    }
+    return false
+  }
+
+  /** Closes connections that lost access (a removed participant) with 4403. */
+  private recheckAccess(host: DocumentHost): void {
+    for (const connection of [...host.connections]) {
+      const access = accessOf(connection.principal, host.name, host.doc)
+      if (access === "none") {
+        this.log.info(
+          { doc: host.key, principal: describePrincipal(connection.principal) },
+          "disconnected: no longer a participant",
+        )
+        connection.permissionDenied("no longer a participant")
+        connection.close(CloseCode.Forbidden.code, CloseCode.Forbidden.reason)
+      } else {
+        connection.access = access
+      }
+    }
+  }
+
+  /** The document's memory may differ from storage: close its connections and drop it, to reload from storage. */
+  private evict(host: DocumentHost, error: unknown): void {
+    this.log.error({ err: error, doc: host.key }, "document evicted after a failure")
+    this.options.metrics.errors.inc({ code: ErrorCode.INTERNAL })
+    host.unloading = true
+    for (const connection of [...host.connections]) {
+      connection.close(CloseCode.Internal.code, CloseCode.Internal.reason)
+    }
+    this.drop(host)
+  }
+
+  /**
+   * Graceful stop: refuses new connections, lets queued changes finish, closes
+   * every connection with 1001 "going away", compacts and closes storage.
+   */
+  async close(): Promise<void> {
+    if (this.closing) return
+    this.closing = true
+    await Promise.allSettled([...this.unloads.values()])
+    const hosts = await Promise.allSettled([...this.hosts.values()])
+    await Promise.all(
+      hosts.map(async (result) => {
+        if (result.status !== "fulfilled") return
+        const host = result.value
+        await host.drain()
+        for (const connection of [...host.connections]) {
+          connection.close(CloseCode.GoingAway.code, CloseCode.GoingAway.reason)
+        }
+        host.unloading = true
+        await host.enqueue(() => compact(this.ctx, host))
+        this.drop(host)
+      }),
+    )
+    await this.options.storage.close()
+  }
+}
+
+function parseName(name: string) {
+  try {
+    return parseDocumentName(name)
+  } catch (error) {
+    throw new ParleyError(ErrorCode.NOT_FOUND, `no such document: ${JSON.stringify(name)}`, { cause: error })
+  }
+}

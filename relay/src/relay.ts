@@ -1,0 +1,158 @@
+import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
+import { createLogger, type Logger, type LogLevel } from "./log.js"
+import { RelayMetrics } from "./metrics.js"
+import type { UpdatePolicy } from "./policy.js"
+import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
+import type { Sequencer } from "./sequencer.js"
+import { openStorage, type StorageKind } from "./storage/index.js"
+import type { RelayStorage } from "./storage/types.js"
+import type { AfterSavedListener } from "./update-path.js"
+import { type TransportLimits, WsTransport } from "./ws-transport.js"
+
+/** Defaults of the transport's limits. */
+export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
+  maxFrameBytes: 1024 * 1024,
+  maxBufferedBytes: 8 * 1024 * 1024,
+  maxMessagesPerSecond: 100,
+  messageBurst: 200,
+}
+
+/** Everything a relay can be started with; every field has a default except how tokens are verified. */
+export interface RelayOptions {
+  /** Port to listen on (0 = any free port). Default 1234. */
+  readonly port?: number
+  /** Interface to bind. Default 127.0.0.1. */
+  readonly host?: string
+  /** A storage instance, or which backend to open. Default sqlite in `dataDir`. */
+  readonly storage?: RelayStorage | StorageKind
+  /** Data directory of the sqlite backend. Default `./data`. */
+  readonly dataDir?: string
+  /** PostgreSQL connection string (postgres backend). */
+  readonly databaseUrl?: string
+  /** How tokens are verified. Required unless `dev` (which generates a secret). */
+  readonly auth?: AuthKey
+  readonly authIssuer?: string
+  readonly authAudience?: string
+  /** Dev mode: mints tokens at `/dev/token?user=NAME`. Loopback hosts only unless `forceDev`. */
+  readonly dev?: boolean
+  readonly forceDev?: boolean
+  /** A logger, or the level of the default one (pino to stdout). */
+  readonly log?: Logger | LogLevel
+  /** Serve a built web app from this directory at `/`. */
+  readonly staticDir?: string
+  readonly limits?: Partial<CoreLimits & TransportLimits>
+  /** The update policy (default: membership and read-only checks). */
+  readonly policy?: UpdatePolicy
+  readonly sequencer?: Sequencer
+  readonly listeners?: readonly AfterSavedListener[]
+  /** Register Node's default process metrics too (the CLI does). */
+  readonly defaultMetrics?: boolean
+}
+
+/** A started relay. */
+export interface RunningRelay {
+  /** `ws://host:port`, for WebSocket clients. */
+  readonly url: string
+  /** `http://host:port`. */
+  readonly httpUrl: string
+  readonly port: number
+  readonly core: RelayCore
+  readonly auth: Authenticator
+  readonly metrics: RelayMetrics
+  readonly log: Logger
+  /** Graceful stop: stop accepting, finish queued changes, close connections with 1001, flush storage. */
+  close(): Promise<void>
+}
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"])
+/** True for hosts only this machine can reach. */
+export const isLoopback = (host: string): boolean => LOOPBACK.has(host) || host.startsWith("127.")
+
+/** Starts a relay: storage, core, HTTP + WebSocket transport. */
+export async function startRelay(options: RelayOptions = {}): Promise<RunningRelay> {
+  const log = typeof options.log === "object" ? options.log : createLogger(options.log ?? "info")
+  const host = options.host ?? "127.0.0.1"
+  const dev = options.dev ?? false
+  if (dev && !isLoopback(host) && !options.forceDev) {
+    throw new Error(`--dev mints tokens for anyone: refusing to listen on ${host}; use --force-dev to insist`)
+  }
+  let key = options.auth
+  if (!key) {
+    if (!dev)
+      throw new Error("no way to verify tokens: give an auth secret, public key or JWKS URL (or --dev)")
+    key = { kind: "secret", secret: Authenticator.randomSecret() }
+  }
+  if (dev) {
+    log.warn(
+      "DEV MODE — INSECURE: anyone who can reach this relay can mint a token for any user at /dev/token. Never use in production.",
+    )
+  }
+  const authOptions: AuthOptions = {
+    key,
+    ...(options.authIssuer ? { issuer: options.authIssuer } : {}),
+    ...(options.authAudience ? { audience: options.authAudience } : {}),
+  }
+  const auth = new Authenticator(authOptions)
+  if (dev && !auth.canMint) throw new Error("--dev needs an HS256 secret (or none, to generate one)")
+  const metrics = new RelayMetrics({ defaultMetrics: options.defaultMetrics ?? false })
+  const storageKind = typeof options.storage === "string" ? options.storage : "sqlite"
+  const storage =
+    typeof options.storage === "object"
+      ? options.storage
+      : await openStorage({
+          kind: storageKind,
+          dataDir: options.dataDir ?? "./data",
+          ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
+        })
+  const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
+  const core = new RelayCore({
+    storage,
+    log,
+    metrics,
+    limits,
+    ...(options.policy ? { policy: options.policy } : {}),
+    ...(options.sequencer ? { sequencer: options.sequencer } : {}),
+    ...(options.listeners ? { listeners: options.listeners } : {}),
+  })
+  const transport = new WsTransport({
+    core,
+    auth,
+    log,
+    metrics,
+    limits,
+    dev,
+    ...(options.staticDir ? { staticDir: options.staticDir } : {}),
+    health: () => ({ storage: typeof options.storage === "object" ? "custom" : storageKind }),
+  })
+  let port: number
+  try {
+    port = await transport.listen(options.port ?? 1234, host)
+  } catch (error) {
+    await storage.close()
+    throw error
+  }
+  const shownHost =
+    host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host
+  const url = `ws://${shownHost}:${port}`
+  const httpUrl = `http://${shownHost}:${port}`
+  log.info({ port, url, httpUrl, dev, storage: storageKind }, "listening")
+  let closing: Promise<void> | undefined
+  return {
+    url,
+    httpUrl,
+    port,
+    core,
+    auth,
+    metrics,
+    log,
+    close: () => {
+      closing ??= (async () => {
+        transport.stopAccepting()
+        await core.close()
+        await transport.close()
+        log.info("stopped")
+      })()
+      return closing
+    },
+  }
+}

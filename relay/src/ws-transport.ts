@@ -1,0 +1,255 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import type { Duplex } from "node:stream"
+import {
+  CloseCode,
+  ErrorCode,
+  isUserId,
+  PARLEY_PARAM,
+  PARLEY_PROTOCOL_VERSION,
+  ParleyError,
+  TOKEN_PARAM,
+  toParleyError,
+} from "@parley/shared"
+import { type RawData, WebSocket, WebSocketServer } from "ws"
+import { type Authenticator, SERVICE_ROLE } from "./auth.js"
+import type { Connection, Session } from "./connection.js"
+import { closeFor } from "./errors.js"
+import type { Logger } from "./log.js"
+import type { RelayMetrics } from "./metrics.js"
+import type { Principal } from "./principal.js"
+import { RateLimiter } from "./rate-limit.js"
+import type { RelayCore } from "./relay-core.js"
+import { serveStatic } from "./static-files.js"
+
+/** Limits applied per WebSocket connection. */
+export interface TransportLimits {
+  /** Largest frame accepted; larger ones close the connection with 1009 (Message Too Big). */
+  readonly maxFrameBytes: number
+  /** Bytes queued to a client beyond which it is disconnected (4429): a slow reader cannot grow memory. */
+  readonly maxBufferedBytes: number
+  /** Average frames a second a client may send; a flood closes it (4429). */
+  readonly maxMessagesPerSecond: number
+  /** Frames a client may send in a burst. */
+  readonly messageBurst: number
+}
+
+/** What the transport binds to sockets. */
+export interface TransportOptions {
+  readonly core: RelayCore
+  readonly auth: Authenticator
+  readonly log: Logger
+  readonly metrics: RelayMetrics
+  readonly limits: TransportLimits
+  /** Serve `/dev/token`. */
+  readonly dev: boolean
+  /** Serve a built web app from this directory at `/`. */
+  readonly staticDir?: string
+  /** Extra fields for `/healthz`. */
+  readonly health?: () => Record<string, unknown>
+}
+
+const json = (res: ServerResponse, status: number, body: unknown) => {
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "access-control-allow-origin": "*",
+    "cache-control": "no-store",
+  })
+  res.end(JSON.stringify(body))
+}
+
+/**
+ * HTTP + WebSocket binding of the core: `/<document>?token=...&parley=1`
+ * becomes a {@link Session}; `/healthz`, `/metrics`, `/dev/token` and static
+ * files are plain HTTP.
+ */
+export class WsTransport {
+  readonly server: Server
+  private readonly wss: WebSocketServer
+  private stopping = false
+  private readonly sockets = new Set<WebSocket>()
+
+  constructor(private readonly options: TransportOptions) {
+    this.server = createServer((req, res) => {
+      this.http(req, res).catch((error: unknown) => {
+        options.log.error({ err: error, url: req.url }, "http request failed")
+        if (!res.headersSent) json(res, 500, { error: "internal error" })
+        else res.destroy()
+      })
+    })
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: options.limits.maxFrameBytes,
+      perMessageDeflate: false,
+    })
+    this.server.on("upgrade", (req, socket, head) => this.upgrade(req, socket, head))
+  }
+
+  /** Starts listening; resolves with the bound port. */
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once("error", reject)
+      this.server.listen(port, host, () => {
+        this.server.off("error", reject)
+        const address = this.server.address()
+        resolve(typeof address === "object" && address ? address.port : port)
+      })
+    })
+  }
+
+  /** Stops accepting connections and requests; open WebSockets stay until the core closes them. */
+  stopAccepting(): void {
+    this.stopping = true
+    this.server.close()
+    this.server.closeIdleConnections()
+  }
+
+  /** Closes whatever is still open (after the core closed its connections). */
+  async close(): Promise<void> {
+    this.stopAccepting()
+    for (const ws of this.sockets) ws.close(CloseCode.GoingAway.code, CloseCode.GoingAway.reason)
+    await new Promise<void>((resolve) => this.wss.close(() => resolve()))
+    this.server.closeAllConnections()
+  }
+
+  private async http(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? "/", "http://relay")
+    if (req.method !== "GET" && req.method !== "HEAD") return json(res, 405, { error: "method not allowed" })
+    if (url.pathname === "/healthz") {
+      return json(res, this.stopping ? 503 : 200, {
+        status: this.stopping ? "stopping" : "ok",
+        documents: this.options.core.loadedDocuments,
+        connections: this.sockets.size,
+        uptimeSeconds: Math.round(process.uptime()),
+        ...this.options.health?.(),
+      })
+    }
+    if (url.pathname === "/metrics") {
+      const registry = this.options.metrics.registry
+      res.writeHead(200, { "content-type": registry.contentType })
+      res.end(await registry.metrics())
+      return
+    }
+    if (url.pathname === "/dev/token" && this.options.dev) {
+      const user = url.searchParams.get("user")
+      const role = url.searchParams.get("role")
+      if (role === SERVICE_ROLE) {
+        return json(res, 200, { token: await this.options.auth.mint(user || "dev-service", { role }) })
+      }
+      if (!isUserId(user)) return json(res, 400, { error: "?user= must be a valid user id" })
+      return json(res, 200, { token: await this.options.auth.mint(user) })
+    }
+    if (this.options.staticDir && (await serveStatic(this.options.staticDir, req, res))) return
+    json(res, 404, { error: "not found" })
+  }
+
+  private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    if (this.stopping) {
+      socket.end("HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\n")
+      return
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      this.accept(ws, req).catch((error: unknown) => {
+        this.options.log.error({ err: error }, "connection setup failed")
+        ws.close(CloseCode.Internal.code, CloseCode.Internal.reason)
+      })
+    })
+  }
+
+  private async accept(ws: WebSocket, req: IncomingMessage): Promise<void> {
+    const { log, metrics, limits } = this.options
+    this.sockets.add(ws)
+    const url = new URL(req.url ?? "/", "http://relay")
+    let name: string
+    try {
+      name = decodeURIComponent(url.pathname.slice(1))
+    } catch {
+      name = ""
+    }
+    const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
+    const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
+    const early: Uint8Array[] = []
+    let connection: Connection | undefined
+    let socketClosed = false
+
+    const closeWith = (close: { code: number; reason: string }) => {
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+        ws.close(close.code, close.reason)
+      }
+    }
+    const refuse = (error: ParleyError) => {
+      const close = closeFor(error.code)
+      metrics.errors.inc({ code: error.code })
+      log.info({ doc: name, code: close.code, reason: error.message }, "connection refused")
+      closeWith(close)
+    }
+
+    ws.on("message", (data: RawData, isBinary: boolean) => {
+      if (socketClosed) return
+      if (!limiter.take()) {
+        metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+        log.info({ doc: name }, "closed: too many frames")
+        if (connection) connection.close(CloseCode.RateLimited.code, CloseCode.RateLimited.reason)
+        else closeWith(CloseCode.RateLimited)
+        return
+      }
+      if (!isBinary) {
+        metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
+        if (connection) connection.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
+        else closeWith(CloseCode.MalformedFrame)
+        return
+      }
+      const bytes = toBytes(data)
+      if (connection) connection.receive(bytes)
+      else early.push(bytes)
+    })
+    ws.on("close", () => {
+      socketClosed = true
+      this.sockets.delete(ws)
+      connection?.close(CloseCode.Normal.code, CloseCode.Normal.reason)
+    })
+    ws.on("error", (error) => {
+      // ws closes the socket itself (e.g. 1009 for an oversized frame); this only records why.
+      metrics.errors.inc({ code: "code" in error ? String(error.code) : ErrorCode.INTERNAL })
+      log.info({ doc: name, err: error }, "websocket error")
+    })
+
+    let principal: Principal
+    try {
+      principal = await this.options.auth.verify(url.searchParams.get(TOKEN_PARAM))
+    } catch (error) {
+      return refuse(toParleyError(error, ErrorCode.UNAUTHORIZED))
+    }
+    if (socketClosed) return
+    const session: Session = {
+      principal,
+      wantsParley,
+      send: (frame) => {
+        if (ws.readyState !== WebSocket.OPEN) return
+        ws.send(frame)
+        if (ws.bufferedAmount > limits.maxBufferedBytes) {
+          metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+          log.info({ doc: name, buffered: ws.bufferedAmount }, "closed: client reads too slowly")
+          connection?.close(CloseCode.RateLimited.code, "Send queue full")
+          closeWith({ code: CloseCode.RateLimited.code, reason: "Send queue full" })
+        }
+      },
+      close: (code, reason) => closeWith({ code, reason }),
+    }
+    try {
+      connection = await this.options.core.connect(name, session)
+    } catch (error) {
+      return refuse(error instanceof ParleyError ? error : toParleyError(error))
+    }
+    if (socketClosed) {
+      connection.close(CloseCode.Normal.code, CloseCode.Normal.reason)
+      return
+    }
+    for (const frame of early.splice(0)) connection.receive(frame)
+  }
+}
+
+function toBytes(data: RawData): Uint8Array {
+  if (Array.isArray(data)) return new Uint8Array(Buffer.concat(data))
+  if (data instanceof ArrayBuffer) return new Uint8Array(data)
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+}

@@ -1,0 +1,49 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import * as Y from "yjs"
+
+/** What the update path needs to know about an incoming update, learnt without applying it. */
+export interface InspectedUpdate {
+  /** The Yjs client ids whose structs the update carries. */
+  readonly clientIds: ReadonlySet<number>
+  /** True when applying it would change nothing (everything in it is already in the document). */
+  readonly noop: boolean
+}
+
+/**
+ * Decodes `update` against `doc` without touching it. Throws INVALID_UPDATE
+ * when Yjs cannot decode it, so that such bytes are never stored.
+ */
+export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
+  let decoded: ReturnType<typeof Y.decodeUpdate>
+  let fresh: ReturnType<typeof Y.decodeUpdate>
+  try {
+    decoded = Y.decodeUpdate(update)
+    fresh = Y.decodeUpdate(Y.diffUpdate(update, Y.encodeStateVector(doc)))
+  } catch (error) {
+    throw new ParleyError(ErrorCode.INVALID_UPDATE, "the update cannot be decoded", { cause: error })
+  }
+  const clientIds = new Set<number>()
+  for (const struct of decoded.structs) clientIds.add(struct.id.client)
+  const noop = fresh.structs.length === 0 && deletesAlreadyApplied(doc, fresh.ds)
+  return { clientIds, noop }
+}
+
+// Every reconnecting client re-sends its whole delete set in sync step 2; storing
+// it again each time would grow the log for nothing.
+function deletesAlreadyApplied(doc: Y.Doc, ds: ReturnType<typeof Y.decodeUpdate>["ds"]): boolean {
+  for (const [client, ranges] of ds.clients) {
+    const structs = doc.store.clients.get(client)
+    if (!structs || structs.length === 0) return false
+    const last = structs[structs.length - 1]!
+    const known = last.id.clock + last.length
+    for (const { clock, len } of ranges) {
+      if (clock + len > known) return false
+      for (let i = Y.findIndexSS(structs, clock); i < structs.length; i++) {
+        const struct = structs[i]!
+        if (struct.id.clock >= clock + len) break
+        if (!struct.deleted) return false
+      }
+    }
+  }
+  return true
+}

@@ -1,0 +1,142 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { dirname, join, resolve } from "node:path"
+import { fileURLToPath } from "node:url"
+import { SignJWT } from "jose"
+
+const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../bin/parley-relay.js")
+
+/** A relay running as a child process (`node relay/bin/parley-relay.js --port 0 ...`). */
+export interface RelayProcess {
+  /** `ws://127.0.0.1:PORT` */
+  readonly url: string
+  readonly httpUrl: string
+  readonly port: number
+  readonly dataDir: string
+  /** HS256 secret the relay verifies tokens with. */
+  readonly secret: string
+  readonly child: ChildProcess
+  /** Every stdout line so far (pino JSON). */
+  readonly lines: string[]
+  /** Resolves with the exit code / signal once the process ended. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  /** A token for `user` signed with the relay's secret. */
+  token(
+    user: string,
+    options?: { role?: string; expiresIn?: string | number; secret?: string },
+  ): Promise<string>
+  /** Resolves with the first log line (parsed) that satisfies `match`, now or later. */
+  waitForLog(match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>
+}
+
+export interface StartRelayProcessOptions {
+  /** Extra CLI flags. */
+  readonly args?: readonly string[]
+  /** Reuse a data directory (e.g. to restart on the same data). Default: a fresh temp dir. */
+  readonly dataDir?: string
+  readonly secret?: string
+  readonly env?: NodeJS.ProcessEnv
+}
+
+const started = new Set<RelayProcess>()
+const tempDirs = new Set<string>()
+
+/** Signs an HS256 token (what an app's backend would do). */
+export async function signToken(
+  secret: string,
+  user: string,
+  options: { role?: string; expiresIn?: string | number } = {},
+): Promise<string> {
+  return new SignJWT(options.role ? { role: options.role } : {})
+    .setProtectedHeader({ alg: "HS256" })
+    .setSubject(user)
+    .setIssuedAt()
+    .setExpirationTime(options.expiresIn ?? "1h")
+    .sign(new TextEncoder().encode(secret))
+}
+
+/** Spawns a relay on a free port and resolves once it logged `"msg":"listening"`. */
+export async function startRelayProcess(options: StartRelayProcessOptions = {}): Promise<RelayProcess> {
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "parley-relay-"))
+  if (!options.dataDir) tempDirs.add(dataDir)
+  const secret = options.secret ?? `test-secret-${Math.random().toString(36).slice(2)}`
+  const child = spawn(
+    process.execPath,
+    [BIN, "--port", "0", "--data-dir", dataDir, "--auth-secret", secret, ...(options.args ?? [])],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
+  )
+  const lines: string[] = []
+  const watchers = new Set<(line: Record<string, unknown>) => void>()
+  let stderr = ""
+  child.stderr!.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  let buffer = ""
+  child.stdout!.on("data", (chunk: Buffer) => {
+    buffer += chunk.toString()
+    let newline = buffer.indexOf("\n")
+    while (newline >= 0) {
+      const line = buffer.slice(0, newline)
+      buffer = buffer.slice(newline + 1)
+      lines.push(line)
+      let parsed: Record<string, unknown> | undefined
+      try {
+        parsed = JSON.parse(line)
+      } catch {}
+      if (parsed) for (const watcher of [...watchers]) watcher(parsed)
+      newline = buffer.indexOf("\n")
+    }
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  )
+  const waitForLog = (match: (line: Record<string, unknown>) => boolean) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      for (const line of lines) {
+        try {
+          const parsed = JSON.parse(line)
+          if (match(parsed)) return resolve(parsed)
+        } catch {}
+      }
+      const watcher = (line: Record<string, unknown>) => {
+        if (match(line)) {
+          watchers.delete(watcher)
+          resolve(line)
+        }
+      }
+      watchers.add(watcher)
+      exited.then(({ code, signal }) => {
+        if (watchers.delete(watcher))
+          reject(
+            new Error(`relay exited (code ${code}, signal ${signal}) before the log line; stderr: ${stderr}`),
+          )
+      })
+    })
+  const listening = await waitForLog((line) => line.msg === "listening")
+  const relay: RelayProcess = {
+    url: String(listening.url),
+    httpUrl: String(listening.httpUrl),
+    port: Number(listening.port),
+    dataDir,
+    secret,
+    child,
+    lines,
+    exited,
+    token: (user, opts = {}) => signToken(opts.secret ?? secret, user, opts),
+    waitForLog,
+  }
+  started.add(relay)
+  return relay
+}
+
+/** Kills every relay started by this helper that is still running (SIGKILL) and removes temp dirs. Call in afterEach. */
+export async function stopRelayProcesses(): Promise<void> {
+  for (const relay of started) {
+    if (relay.child.exitCode === null && relay.child.signalCode === null) relay.child.kill("SIGKILL")
+    await relay.exited
+  }
+  started.clear()
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
+  tempDirs.clear()
+}
