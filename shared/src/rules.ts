@@ -36,6 +36,8 @@ export const Rule = {
   schema: "schema",
   /** A Yjs client id is used by one user only. */
   clientIdOwner: "client-id-owner",
+  /** Read-only access (service tokens) changes nothing. */
+  readOnly: "read-only",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]

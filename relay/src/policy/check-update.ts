@@ -1,0 +1,551 @@
+import {
+  type ConversationId,
+  canAddParticipant,
+  canChangeRole,
+  canCreateConversation,
+  canDeleteMessage,
+  canEditMessage,
+  canMoveMarker,
+  canReact,
+  canRemoveParticipant,
+  canSendMessage,
+  canUpdateConversation,
+  canWrite,
+  canWriteSequence,
+  checkEditRecord,
+  checkMarker,
+  checkMessageRecord,
+  checkMetadata,
+  checkParticipantRecord,
+  checkSequenceRecord,
+  type Decision,
+  type DeletedMessageRecord,
+  directConversationId,
+  directDistinctKey,
+  isMessageId,
+  isUserId,
+  Limits,
+  type MessageId,
+  type MessageRecord,
+  MetaKey,
+  messageIndex,
+  type ParticipantRecord,
+  parseReactionKey,
+  REACTION_KEY_SEPARATOR,
+  type Role,
+  Rule,
+  SCHEMA_VERSION,
+  TOP_LEVEL_ARRAYS,
+  TOP_LEVEL_MAPS,
+  TopLevel,
+  typesOf,
+  type UserId,
+} from "@parley/shared"
+import * as Y from "yjs"
+import type { Principal } from "../principal.js"
+import { type ClientBinding, type ClientBindings, principalKey, RELAY_KEY } from "./client-bindings.js"
+import { isPlainJson, sameJson } from "./plain-json.js"
+import {
+  currentMapItem,
+  mapItemValue,
+  type NewItem,
+  type ReadUpdate,
+  Refusal,
+  readUpdate,
+} from "./update-structs.js"
+
+/** What {@link checkUpdate} judges. */
+export interface CheckUpdateInput {
+  /** The relay's current state of the document. Read, never modified. */
+  readonly doc: Y.Doc
+  /** The incoming update (Yjs v1 encoding). */
+  readonly update: Uint8Array
+  /** Who sent it. */
+  readonly principal: Principal
+  /** Owners of the document's client ids. */
+  readonly bindings: ClientBindings
+  /** The document's conversation id; when given, a creation must use it. */
+  readonly conversation?: ConversationId
+}
+
+/** The decision, and for an accepted update the client ids it binds to its sender. */
+export type CheckResult = Decision & { readonly newBindings?: readonly ClientBinding[] }
+
+/**
+ * Decides whether `update` may be applied to `doc` by `principal`, from what it
+ * would change, without applying it: every new struct and every deletion is
+ * mapped to the conversation's layout (shared `schema.ts`) and judged with the
+ * shared rules (`rules.ts`, `validate.ts`). Deletions carried in the update's
+ * delete set count as the sender's acts. Never throws: anything it cannot
+ * make sense of is refused under {@link Rule.schema}.
+ *
+ * Cost: decoding the update, plus a binary search in one client's struct list
+ * per reference and O(1) map lookups (shared `messageIndex`) per change. It
+ * never copies, encodes or scans the document.
+ */
+export function checkUpdate(input: CheckUpdateInput): CheckResult {
+  try {
+    return new UpdateCheck(input).run()
+  } catch (error) {
+    if (error instanceof Refusal) return { allowed: false, rule: error.rule as Rule, reason: error.reason }
+    return { allowed: false, rule: Rule.schema, reason: "the update is malformed" }
+  }
+}
+
+const refuse = (rule: Rule, reason: string): never => {
+  throw new Refusal(rule, reason)
+}
+const assert = (decision: Decision): void => {
+  if (!decision.allowed) throw new Refusal(decision.rule, decision.reason)
+}
+const schema = (problem: string | undefined): void => {
+  if (problem !== undefined) refuse(Rule.schema, problem)
+}
+
+const rootKind = (name: string): "map" | "array" | undefined =>
+  TOP_LEVEL_MAPS.has(name) ? "map" : TOP_LEVEL_ARRAYS.has(name) ? "array" : undefined
+
+/** Absent map value (distinct from any JSON value). */
+const ABSENT = Symbol("absent")
+type Value = unknown
+
+/** What one map key goes through: its value before, and every value it may have after. */
+interface KeyChange {
+  readonly root: string
+  readonly key: string
+  readonly before: Value
+  readonly after: readonly Value[]
+}
+
+const isTime = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0
+
+class UpdateCheck {
+  private readonly doc: Y.Doc
+  private readonly principal: Principal
+  private readonly isRelay: boolean
+  private readonly actor: UserId | undefined
+  private read!: ReadUpdate
+  /** The actor's role, as of before the update (or as created by it). */
+  private role: Role | undefined
+  private kind: "direct" | "group" = "group"
+  private readonly newRecords = new Map<MessageId, MessageRecord>()
+  private readonly newPlaceholders = new Map<MessageId, DeletedMessageRecord>()
+  /** Live records the update deletes, by id. */
+  private readonly deletedRecords = new Map<MessageId, MessageRecord>()
+
+  constructor(private readonly input: CheckUpdateInput) {
+    this.doc = input.doc
+    this.principal = input.principal
+    this.isRelay = input.principal.kind === "relay"
+    this.actor = input.principal.kind === "user" ? input.principal.user : undefined
+  }
+
+  run(): CheckResult {
+    const { doc, update, bindings, principal } = this.input
+    // Enough for a full delete set re-sent on reconnect, not for sweeping a whole conversation for free.
+    this.read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
+
+    const key = principalKey(principal)
+    const newBindings: ClientBinding[] = []
+    for (const client of this.read.writers) {
+      const owner = bindings.get(client) ?? (client === doc.clientID ? RELAY_KEY : undefined)
+      if (owner === undefined) newBindings.push([client, key])
+      else if (owner !== key) refuse(Rule.clientIdOwner, `client id ${client} belongs to someone else`)
+    }
+
+    const changes = this.mapChanges()
+    const changesSomething =
+      this.read.items.some((n) => this.liveElements(n).length > 0) ||
+      this.read.deleted.length > 0 ||
+      changes.length > 0
+    if (principal.kind === "service" && (changesSomething || this.read.items.length > 0))
+      refuse(Rule.readOnly, "service access is read-only")
+
+    this.role = this.actor ? typesOf(doc).participants.get(this.actor)?.role : undefined
+    this.kind = typesOf(doc).meta.get(MetaKey.kind) === "direct" ? "direct" : "group"
+    const created = typeof typesOf(doc).meta.get(MetaKey.createdAt) === "number"
+    const byRoot = (root: string) => changes.filter((c) => c.root === root)
+
+    if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
+    else this.checkMeta(byRoot(TopLevel.meta))
+    if (created || this.isRelay) this.checkParticipants(byRoot(TopLevel.participants))
+    if (changesSomething && !this.isRelay) assert(canWrite(this.role))
+
+    this.collectMessages()
+    this.checkMessages()
+    this.checkOrder()
+    this.checkEdits(byRoot(TopLevel.edits))
+    this.checkReactions(byRoot(TopLevel.reactions))
+    this.checkMarkers(byRoot(TopLevel.read))
+    this.checkMarkers(byRoot(TopLevel.delivered))
+    return { allowed: true, newBindings }
+  }
+
+  /** Values of a new array item that stay in the document (not deleted by the same update). */
+  private liveElements(n: NewItem): unknown[] {
+    if (!(n.item.content instanceof Y.ContentAny)) return []
+    const content = n.item.content.getContent()
+    const live: unknown[] = []
+    for (let i = n.offset; i < n.item.length; i++) {
+      if (!this.read.deletes(n.item.id.client, n.item.id.clock + i)) live.push(content[i])
+    }
+    return live
+  }
+
+  /**
+   * The map keys the update touches, with the value before and every value
+   * the key may hold after. A new item whose origin is the key's current item
+   * (a chain of them, as one writer produces) is what the key holds after; an
+   * item placed concurrently may or may not end up last, so its value counts
+   * as possible too. A deleted current value with nothing written after it is
+   * a removal; overwritten, it is part of the new value.
+   */
+  private mapChanges(): KeyChange[] {
+    const byKey = new Map<string, NewItem[]>()
+    const keyOf = (root: string, key: string) => `${root}\u0000${key}`
+    for (const n of this.read.items) {
+      if (n.location.key === null) continue
+      if (n.item.content instanceof Y.ContentAny && n.item.length !== 1)
+        refuse(Rule.schema, "a map entry holds one value")
+      const k = keyOf(n.location.root, n.location.key)
+      const list = byKey.get(k)
+      if (list) list.push(n)
+      else byKey.set(k, [n])
+    }
+    for (const d of this.read.deleted) {
+      if (d.location.key === null) continue
+      const k = keyOf(d.location.root, d.location.key)
+      if (!byKey.has(k)) byKey.set(k, [])
+    }
+    const changes: KeyChange[] = []
+    for (const [k, items] of byKey) {
+      const [root, key] = k.split("\u0000") as [string, string]
+      const current = currentMapItem(this.doc, root, key)
+      const before: Value = current && !current.deleted ? mapItemValue(current) : ABSENT
+      const stateOf = (item: Y.Item): Value =>
+        !(item.content instanceof Y.ContentAny) || this.read.deletes(item.id.client, item.id.clock)
+          ? ABSENT
+          : mapItemValue(item)
+      let expected = current
+        ? { client: current.id.client, clock: current.id.clock + current.length - 1 }
+        : null
+      let chainEnd: Y.Item | undefined
+      const after: Value[] = []
+      for (const { item } of items) {
+        const origin = item.origin
+        const chained =
+          expected === null
+            ? origin === null
+            : origin !== null && origin.client === expected.client && origin.clock === expected.clock
+        if (chained) {
+          chainEnd = item
+          expected = { client: item.id.client, clock: item.id.clock + item.length - 1 }
+        } else after.push(stateOf(item))
+      }
+      if (chainEnd) after.push(stateOf(chainEnd))
+      else if (
+        current &&
+        !current.deleted &&
+        this.read.deletes(current.id.client, current.id.clock + current.length - 1)
+      )
+        after.push(ABSENT)
+      for (const v of after)
+        if (v !== ABSENT && !isPlainJson(v)) refuse(Rule.schema, "values are plain JSON only")
+      const distinct = after.filter((v) => !sameValue(v, before))
+      if (distinct.length > 0) changes.push({ root, key, before, after: distinct })
+    }
+    return changes
+  }
+
+  /** An empty document becomes a conversation: complete, valid, its creator an owner. */
+  private checkCreation(meta: readonly KeyChange[], participants: readonly KeyChange[]): void {
+    if (meta.length === 0) return // Not a creation: the participant rule refuses any other change.
+    const actor = this.actor!
+    const fields = new Map<string, unknown>()
+    for (const change of meta) {
+      if (change.after.length !== 1 || change.after[0] === ABSENT)
+        refuse(Rule.schema, "a conversation is created in one consistent update")
+      fields.set(change.key, change.after[0])
+    }
+    for (const key of fields.keys())
+      if (
+        !(Object.values(MetaKey) as string[]).includes(key) ||
+        key === MetaKey.deletedAt ||
+        key === MetaKey.deletedBy
+      )
+        refuse(Rule.schema, `a new conversation has no "${key}" field`)
+    for (const key of [
+      MetaKey.schemaVersion,
+      MetaKey.id,
+      MetaKey.kind,
+      MetaKey.title,
+      MetaKey.createdBy,
+      MetaKey.createdAt,
+      MetaKey.metadata,
+    ])
+      if (!fields.has(key)) refuse(Rule.schema, `a new conversation needs "${key}"`)
+    const id = fields.get(MetaKey.id)
+    const kind = fields.get(MetaKey.kind)
+    if (fields.get(MetaKey.schemaVersion) !== SCHEMA_VERSION)
+      refuse(Rule.schema, "unsupported schema version")
+    if (typeof id !== "string" || (this.input.conversation !== undefined && id !== this.input.conversation))
+      refuse(Rule.schema, "the conversation id must be the document's name")
+    if (kind !== "direct" && kind !== "group") refuse(Rule.schema, "conversation kind invalid")
+    const title = fields.get(MetaKey.title)
+    if (typeof title !== "string" || title.length > Limits.titleLength) refuse(Rule.schema, "title invalid")
+    schema(checkMetadata(fields.get(MetaKey.metadata)))
+    if (!isTime(fields.get(MetaKey.createdAt))) refuse(Rule.schema, "createdAt invalid")
+    if (fields.get(MetaKey.createdBy) !== actor)
+      refuse(Rule.creatorIsOwner, "a conversation is created by its creator")
+
+    const roles = new Map<UserId, Role>()
+    for (const change of participants) {
+      const record = change.after.length === 1 ? change.after[0] : ABSENT
+      if (record === ABSENT) refuse(Rule.schema, "a conversation is created in one consistent update")
+      if (!isUserId(change.key)) refuse(Rule.schema, "participant id invalid")
+      schema(checkParticipantRecord(record))
+      const p = record as ParticipantRecord
+      if (p.addedBy !== actor) refuse(Rule.selfOnly, "participants are added as oneself")
+      roles.set(change.key as UserId, p.role)
+    }
+    if (roles.size > Limits.participants) refuse(Rule.schema, "too many participants")
+    assert(canCreateConversation(actor, roles))
+    if (kind === "direct") {
+      const users = [...roles.keys()]
+      const distinctKey = fields.get(MetaKey.distinctKey)
+      if (
+        users.length !== 2 ||
+        id !== directConversationId(users) ||
+        distinctKey !== directDistinctKey(users) ||
+        [...roles.values()].some((r) => r !== "owner")
+      )
+        refuse(Rule.directIsFixed, "a direct conversation is between its two users, both owners")
+    } else if (fields.has(MetaKey.distinctKey) && typeof fields.get(MetaKey.distinctKey) !== "string") {
+      refuse(Rule.schema, "distinctKey invalid")
+    }
+    this.role = roles.get(actor)
+    this.kind = kind as "direct" | "group"
+  }
+
+  /** Title and metadata by managers; deletion once, by a manager, as themselves; the rest is fixed. */
+  private checkMeta(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      for (const after of change.after) {
+        if (after === ABSENT) refuse(Rule.immutable, `conversation field "${change.key}" cannot be removed`)
+        switch (change.key) {
+          case MetaKey.title:
+            if (typeof after !== "string" || after.length > Limits.titleLength)
+              refuse(Rule.schema, "title invalid")
+            break
+          case MetaKey.metadata:
+            schema(checkMetadata(after))
+            break
+          case MetaKey.deletedAt:
+          case MetaKey.deletedBy:
+            if (change.before !== ABSENT) refuse(Rule.immutable, "a deleted conversation stays deleted")
+            if (change.key === MetaKey.deletedAt && !isTime(after)) refuse(Rule.schema, "deletedAt invalid")
+            if (change.key === MetaKey.deletedBy && !this.isRelay && after !== this.actor)
+              refuse(Rule.selfOnly, "a conversation is deleted as oneself")
+            break
+          default:
+            if ((Object.values(MetaKey) as string[]).includes(change.key))
+              refuse(Rule.immutable, `conversation field "${change.key}" is fixed at creation`)
+            refuse(Rule.schema, "unknown conversation field")
+        }
+        if (!this.isRelay) assert(canUpdateConversation(this.role))
+      }
+    }
+  }
+
+  /** Adds, removals (leaving included) and role changes, by the rules of shared. */
+  private checkParticipants(changes: readonly KeyChange[]): void {
+    let added = 0
+    for (const change of changes) {
+      if (!isUserId(change.key)) refuse(Rule.schema, "participant id invalid")
+      const user = change.key as UserId
+      const before = change.before === ABSENT ? undefined : (change.before as ParticipantRecord)
+      for (const after of change.after) {
+        if (after === ABSENT) {
+          if (!before) continue
+          if (!this.isRelay)
+            assert(canRemoveParticipant(this.actor!, this.role, this.kind, user, before.role))
+          continue
+        }
+        schema(checkParticipantRecord(after))
+        const record = after as ParticipantRecord
+        if (!before) {
+          added++
+          if (this.isRelay) continue
+          assert(canAddParticipant(this.role, this.kind, record.role))
+          if (record.addedBy !== this.actor) refuse(Rule.selfOnly, "participants are added as oneself")
+        } else {
+          if (record.addedBy !== before.addedBy || record.addedAt !== before.addedAt)
+            refuse(Rule.immutable, "who added a participant, and when, is fixed")
+          if (!this.isRelay && record.role !== before.role)
+            assert(canChangeRole(this.role, this.kind, before.role, record.role))
+        }
+      }
+    }
+    if (added > 0 && typesOf(this.doc).participants.size + added > Limits.participants)
+      refuse(Rule.schema, "too many participants")
+  }
+
+  /** Gathers new records and placeholders, and the live records the update deletes. */
+  private collectMessages(): void {
+    for (const n of this.read.items) {
+      if (n.location.root !== TopLevel.messages) continue
+      for (const value of this.liveElements(n)) {
+        if (!isPlainJson(value)) refuse(Rule.schema, "a message holds plain JSON only")
+        schema(checkMessageRecord(value))
+        const record = value as MessageRecord | DeletedMessageRecord
+        if ("deletedAt" in record) {
+          if (this.newPlaceholders.has(record.id))
+            refuse(Rule.immutable, "one placeholder per deleted message")
+          this.newPlaceholders.set(record.id, record)
+        } else {
+          if (this.newRecords.has(record.id)) refuse(Rule.immutable, `message ${record.id} written twice`)
+          this.newRecords.set(record.id, record)
+        }
+      }
+    }
+    for (const d of this.read.deleted) {
+      if (d.location.root !== TopLevel.messages) continue
+      const value = d.item.content.getContent()[d.index] as MessageRecord | DeletedMessageRecord | undefined
+      if (!value || typeof value !== "object" || "deletedAt" in value)
+        refuse(Rule.immutable, "a deletion placeholder is permanent")
+      const record = value as MessageRecord
+      this.deletedRecords.set(record.id, record)
+    }
+  }
+
+  /** New messages as their author; a deletion always leaves a matching placeholder. */
+  private checkMessages(): void {
+    const index = messageIndex(this.doc)
+    // Deletions first: a record deleted and written again is an attempt to rewrite it.
+    for (const [id, record] of this.deletedRecords) {
+      if (!this.isRelay) assert(canDeleteMessage(this.actor!, this.role, record.author))
+      if (!this.newPlaceholders.has(id)) refuse(Rule.immutable, "a deleted message leaves a placeholder")
+    }
+    for (const record of this.newRecords.values()) {
+      if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
+      if (index.records.has(record.id) || index.deleted.has(record.id) || this.deletedRecords.has(record.id))
+        refuse(Rule.immutable, `message ${record.id} already exists`)
+    }
+    for (const [id, placeholder] of this.newPlaceholders) {
+      const original = this.deletedRecords.get(id) ?? index.deleted.get(id)
+      if (original) {
+        if (placeholder.author !== original.author || placeholder.createdAt !== original.createdAt)
+          refuse(Rule.immutable, "a placeholder keeps the message's author and time")
+      } else if (index.records.has(id) || this.newRecords.has(id)) {
+        refuse(Rule.immutable, "a placeholder replaces the message it deletes")
+      } else if (!this.isRelay && placeholder.author !== this.actor) {
+        // A message sent and deleted offline never reached anyone: only its own author may say so.
+        refuse(Rule.authorOrAdmin, "a placeholder for an unknown message is its author's only")
+      }
+      if (this.isRelay) continue
+      assert(canDeleteMessage(this.actor!, this.role, placeholder.author))
+      if (placeholder.deletedBy !== this.actor) refuse(Rule.selfOnly, "a message is deleted as oneself")
+    }
+  }
+
+  /** Sequence numbers: the relay's alone. */
+  private checkOrder(): void {
+    for (const n of this.read.items) {
+      if (n.location.root !== TopLevel.order) continue
+      assert(canWriteSequence(this.isRelay))
+      for (const value of this.liveElements(n)) schema(checkSequenceRecord(value))
+    }
+    for (const d of this.read.deleted) {
+      if (d.location.root === TopLevel.order) refuse(Rule.relayOnly, "sequence numbers are never removed")
+    }
+  }
+
+  /** Is `id` a message that exists and stays live after the update? */
+  private liveMessage(id: MessageId): MessageRecord | undefined {
+    const index = messageIndex(this.doc)
+    if (this.deletedRecords.has(id) || this.newPlaceholders.has(id)) return undefined
+    if (index.deleted.has(id)) return undefined
+    return index.records.get(id) ?? this.newRecords.get(id)
+  }
+
+  /** The author of a message being deleted now, or deleted before; undefined otherwise. */
+  private deletedAuthor(id: MessageId): UserId | undefined {
+    const placeholder = this.newPlaceholders.get(id) ?? messageIndex(this.doc).deleted.get(id)
+    return placeholder?.author
+  }
+
+  /** Edits by the author of a live message; removed only with the message. */
+  private checkEdits(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      if (!isMessageId(change.key)) refuse(Rule.schema, "edit key invalid")
+      const id = change.key as MessageId
+      for (const after of change.after) {
+        if (after === ABSENT) {
+          const author = this.deletedAuthor(id) ?? messageIndex(this.doc).records.get(id)?.author
+          if (this.isRelay) continue
+          if (author === undefined) refuse(Rule.immutable, "an edit goes with its message")
+          // Dropping an edit is the author's (an edit back) or goes with deleting the message.
+          if (this.deletedAuthor(id) !== undefined) assert(canDeleteMessage(this.actor!, this.role, author!))
+          else assert(canEditMessage(this.actor!, this.role, author!))
+          continue
+        }
+        schema(checkEditRecord(after))
+        const record = this.liveMessage(id)
+        if (!record) refuse(Rule.immutable, `message ${id} does not exist or is deleted`)
+        if (!this.isRelay) assert(canEditMessage(this.actor!, this.role, record!.author))
+      }
+    }
+  }
+
+  /** Reactions as oneself on live messages; others' removed only with the message. */
+  private checkReactions(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      const parsed = parseReactionKey(change.key)
+      if (
+        !parsed ||
+        !isMessageId(parsed.message) ||
+        !isUserId(parsed.user) ||
+        parsed.emoji.length === 0 ||
+        parsed.emoji.length > Limits.emojiLength ||
+        parsed.emoji.includes(REACTION_KEY_SEPARATOR)
+      )
+        refuse(Rule.schema, "reaction key invalid")
+      const { message, user } = parsed!
+      for (const after of change.after) {
+        if (this.isRelay) continue
+        if (after === ABSENT) {
+          const author = this.deletedAuthor(message)
+          if (author !== undefined && user !== this.actor)
+            assert(canDeleteMessage(this.actor!, this.role, author))
+          else assert(canReact(this.actor!, this.role, user))
+          continue
+        }
+        if (!isTime(after)) refuse(Rule.schema, "reaction time invalid")
+        assert(canReact(this.actor!, this.role, user))
+        if (!this.liveMessage(message))
+          refuse(Rule.immutable, `message ${message} does not exist or is deleted`)
+      }
+    }
+  }
+
+  /** Own markers, forward only, never past the last sequence number. */
+  private checkMarkers(changes: readonly KeyChange[]): void {
+    const last = messageIndex(this.doc).lastSequence()
+    for (const change of changes) {
+      if (!isUserId(change.key)) refuse(Rule.schema, "marker key invalid")
+      for (const after of change.after) {
+        if (after === ABSENT) {
+          if (!this.isRelay) refuse(Rule.markerForwardOnly, "markers are never removed")
+          continue
+        }
+        schema(checkMarker(after))
+        if ((after as number) > last) refuse(Rule.schema, "a marker cannot pass the last sequence number")
+        if (this.isRelay) continue
+        const before = change.before === ABSENT ? undefined : (change.before as number)
+        assert(canMoveMarker(this.actor!, this.role, change.key as UserId, before, after as number))
+      }
+    }
+  }
+}
+
+const sameValue = (a: Value, b: Value): boolean => (a === ABSENT || b === ABSENT ? a === b : sameJson(a, b))

@@ -1,0 +1,518 @@
+import {
+  addParticipants,
+  changeRole,
+  createConversation,
+  deleteMessage,
+  editMessage,
+  leaveConversation,
+  type MessageId,
+  MetaKey,
+  markDelivered,
+  markRead,
+  Rule,
+  react,
+  reactionKey,
+  removeParticipants,
+  renameConversation,
+  sendMessage,
+  typesOf,
+  unreact,
+  writeSequenceNumbers,
+} from "@parley/shared"
+import { describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { checkUpdate } from "../../src/policy/check-update.js"
+import { ClientBindings } from "../../src/policy/client-bindings.js"
+import {
+  alice,
+  assertInvariants,
+  bob,
+  CONVERSATION,
+  carol,
+  dave,
+  erin,
+  pendingOf,
+  RELAY,
+  replicaOf,
+  type Scene,
+  scene,
+  submit,
+  updateOf,
+  user,
+} from "./fixtures.js"
+
+const positionOf = (doc: Y.Doc, id: MessageId) =>
+  typesOf(doc)
+    .messages.toArray()
+    .findIndex((r) => r.id === id)
+
+function expectRefused(
+  s: Scene,
+  actor: Parameters<typeof user>[0] | "service",
+  update: Uint8Array,
+  rule: Rule,
+) {
+  const before = Y.encodeStateVector(s.relay)
+  const principal = actor === "service" ? ({ kind: "service", subject: "admin-tool" } as const) : user(actor)
+  const result = submit(s, principal, update)
+  expect(result).toMatchObject({ allowed: false, rule })
+  expect(Y.encodeStateVector(s.relay)).toEqual(before)
+}
+
+function expectAccepted(s: Scene, actor: Parameters<typeof user>[0], update: Uint8Array) {
+  const result = submit(s, user(actor), update)
+  expect(result).toMatchObject({ allowed: true })
+  assertInvariants(s.relay)
+}
+
+describe("forbidden changes, each as a real Yjs update from a malicious replica", () => {
+  it("refuses a message whose author is forged", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.push([
+        { id: "forged000001" as MessageId, author: alice, body: "I am alice", createdAt: 5 },
+      ]),
+    )
+    expectRefused(s, carol, update, Rule.authorIsSender)
+  })
+
+  it("refuses editing someone else's message", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).edits.set(s.messages.alice!, { body: "rewritten", editedAt: 9 }),
+    )
+    expectRefused(s, carol, update, Rule.authorOnly)
+  })
+
+  it("refuses rewriting someone else's message through the delete set (delete + re-insert)", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => {
+      const messages = typesOf(d).messages
+      const i = positionOf(d, s.messages.alice!)
+      d.transact(() => {
+        messages.delete(i, 1)
+        messages.insert(i, [
+          { id: s.messages.alice!, author: alice, body: "alice never said this", createdAt: 2 },
+        ])
+      })
+    })
+    expectRefused(s, carol, update, Rule.authorOrAdmin)
+  })
+
+  it("refuses deleting someone else's message as a member, placeholder and all", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    // The shared operation would refuse; the attacker writes what it would have written.
+    const update = updateOf(replica, (d) => {
+      const messages = typesOf(d).messages
+      const i = positionOf(d, s.messages.dave!)
+      d.transact(() => {
+        messages.delete(i, 1)
+        messages.insert(i, [
+          { id: s.messages.dave!, author: dave, createdAt: 2, deletedAt: 9, deletedBy: carol },
+        ])
+      })
+    })
+    expectRefused(s, carol, update, Rule.authorOrAdmin)
+  })
+
+  it("refuses deleting even one's own message without leaving a placeholder", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.delete(positionOf(d, s.messages.carol!), 1),
+    )
+    expectRefused(s, carol, update, Rule.immutable)
+  })
+
+  it("refuses a placeholder for someone else's message that is not deleted", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.push([
+        { id: s.messages.alice!, author: alice, createdAt: 2, deletedAt: 9, deletedBy: carol },
+      ]),
+    )
+    expectRefused(s, carol, update, Rule.immutable)
+  })
+
+  it("refuses removing a participant as a member", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => typesOf(d).participants.delete(dave))
+    expectRefused(s, carol, update, Rule.adminOnly)
+  })
+
+  it("refuses promoting oneself", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).participants.set(carol, { ...typesOf(d).participants.get(carol)!, role: "admin" }),
+    )
+    expectRefused(s, carol, update, Rule.adminOnly)
+  })
+
+  it("refuses an admin making an owner or removing the owner", () => {
+    const s = scene()
+    const promote = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).participants.set(bob, { ...typesOf(d).participants.get(bob)!, role: "owner" }),
+    )
+    expectRefused(s, bob, promote, Rule.ownerOnly)
+    const remove = updateOf(replicaOf(s.relay), (d) => typesOf(d).participants.delete(alice))
+    expectRefused(s, bob, remove, Rule.ownerOnly)
+  })
+
+  it("refuses moving another user's marker", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => typesOf(d).read.set(dave, 2))
+    expectRefused(s, carol, update, Rule.selfOnly)
+  })
+
+  it("refuses moving one's own marker backwards", () => {
+    const s = scene()
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replicaOf(s.relay), (d) => markRead(d, carol, 3)),
+    )
+    const update = updateOf(replicaOf(s.relay), (d) => typesOf(d).read.set(carol, 1))
+    expectRefused(s, carol, update, Rule.markerForwardOnly)
+  })
+
+  it("refuses a marker past the last sequence number", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => typesOf(d).read.set(carol, 1_000))
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
+  it("refuses writing sequence numbers", () => {
+    const s = scene()
+    const own = sendMessage(replicaOf(s.relay), carol, { body: "x" }).id
+    const update = updateOf(replicaOf(s.relay), (d) => writeSequenceNumbers(d, 100, [own]))
+    expectRefused(s, carol, update, Rule.relayOnly)
+  })
+
+  it("refuses an oversized record", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.push([
+        { id: "oversized001" as MessageId, author: carol, body: "x".repeat(16_001), createdAt: 5 },
+      ]),
+    )
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
+  it("refuses unknown fields and non-JSON values in a record", () => {
+    const s = scene()
+    const extra = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.push([
+        { id: "extrafield01", author: carol, body: "x", createdAt: 5, admin: true } as never,
+      ]),
+    )
+    expectRefused(s, carol, extra, Rule.schema)
+    const bytes = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).edits.set(s.messages.carol!, { body: "x", editedAt: 5, blob: new Uint8Array(4) } as never),
+    )
+    expectRefused(s, carol, bytes, Rule.schema)
+  })
+
+  it("refuses a new top-level type", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => d.getMap("evil").set("x", 1))
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
+  it("refuses a known top-level name used as another type", () => {
+    const s = scene()
+    const update = updateOf(new Y.Doc(), (d) => d.getMap("messages").set("x", 1))
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
+  it("refuses a nested Y.Map inside the messages array", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => {
+      const nested = new Y.Map()
+      nested.set("id", "nested000001")
+      typesOf(d).messages.push([nested as never])
+    })
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
+  it("refuses text content (Y.Text) at the top level", () => {
+    const s = scene()
+    const update = updateOf(new Y.Doc(), (d) => d.getText("messages").insert(0, "hi"))
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
+  it("refuses reusing another user's client id", () => {
+    const s = scene()
+    const alices = replicaOf(s.relay)
+    expectAccepted(
+      s,
+      alice,
+      updateOf(alices, (d) => sendMessage(d, alice, { body: "mine" })),
+    )
+    const mallory = replicaOf(s.relay)
+    mallory.clientID = alices.clientID
+    const update = updateOf(mallory, (d) => sendMessage(d, carol, { body: "as alice's replica" }))
+    expectRefused(s, carol, update, Rule.clientIdOwner)
+  })
+
+  it("refuses writing under the relay's own client id", () => {
+    const s = scene()
+    const mallory = replicaOf(s.relay)
+    mallory.clientID = s.relay.clientID
+    expectRefused(
+      s,
+      carol,
+      updateOf(mallory, (d) => sendMessage(d, carol, { body: "hi" })),
+      Rule.clientIdOwner,
+    )
+  })
+
+  it("refuses deleting or changing fixed conversation fields, even as admin", () => {
+    const s = scene()
+    expectRefused(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => typesOf(d).meta.delete(MetaKey.title)),
+      Rule.immutable,
+    )
+    expectRefused(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => typesOf(d).meta.set(MetaKey.createdBy, bob)),
+      Rule.immutable,
+    )
+  })
+
+  it("refuses renaming as a member", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => typesOf(d).meta.set(MetaKey.title, "mine now"))
+    expectRefused(s, carol, update, Rule.adminOnly)
+  })
+
+  it("refuses reacting as someone else, and removing someone else's reaction", () => {
+    const s = scene()
+    const forged = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).reactions.set(reactionKey(s.messages.alice!, dave, "👍"), 5),
+    )
+    expectRefused(s, carol, forged, Rule.selfOnly)
+    expectAccepted(
+      s,
+      dave,
+      updateOf(replicaOf(s.relay), (d) => react(d, dave, s.messages.alice!, "👍")),
+    )
+    const removal = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).reactions.delete(reactionKey(s.messages.alice!, dave, "👍")),
+    )
+    expectRefused(s, carol, removal, Rule.selfOnly)
+  })
+
+  it("refuses a message re-using an existing id", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.push([{ id: s.messages.alice!, author: carol, body: "dup", createdAt: 5 }]),
+    )
+    expectRefused(s, carol, update, Rule.immutable)
+  })
+
+  it("refuses writes from a non-participant", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.push([{ id: "outsider0001" as MessageId, author: erin, body: "hi", createdAt: 5 }]),
+    )
+    expectRefused(s, erin, update, Rule.participantOnly)
+  })
+
+  it("refuses any write from a service principal", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => markRead(d, alice))
+    expectRefused(s, "service", update, Rule.readOnly)
+  })
+
+  it("refuses an update depending on changes the relay does not have", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    sendMessage(replica, carol, { body: "first, never sent" })
+    const second = updateOf(replica, (d) => sendMessage(d, carol, { body: "second" }))
+    expectRefused(s, carol, second, Rule.schema)
+  })
+
+  it("refuses a conversation created with someone else as owner or creator", () => {
+    const s = { relay: new Y.Doc(), bindings: new ClientBindings(), messages: {} }
+    const update = updateOf(new Y.Doc(), (d) =>
+      createConversation(d, alice, { kind: "group", id: CONVERSATION, participants: [carol] }),
+    )
+    expectRefused(s, carol, update, Rule.creatorIsOwner)
+  })
+})
+
+describe("honest changes from the shared operations are accepted", () => {
+  it("accepts sending, editing, reacting and unreacting", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    let id!: MessageId
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => (id = sendMessage(d, carol, { body: "hi" }).id)),
+    )
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => editMessage(d, carol, id, "hi!")),
+    )
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => react(d, carol, s.messages.alice!, "🎉")),
+    )
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => unreact(d, carol, s.messages.alice!, "🎉")),
+    )
+    expect(typesOf(s.relay).edits.get(id)?.body).toBe("hi!")
+  })
+
+  it("accepts deleting one's own message, with its edit and reactions", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => editMessage(d, carol, s.messages.carol!, "edited")),
+    )
+    const davesReplica = replicaOf(s.relay)
+    expectAccepted(
+      s,
+      dave,
+      updateOf(davesReplica, (d) => react(d, dave, s.messages.carol!, "👍")),
+    )
+    Y.applyUpdate(replica, Y.encodeStateAsUpdate(s.relay))
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => deleteMessage(d, carol, s.messages.carol!)),
+    )
+    expect(
+      typesOf(s.relay)
+        .messages.toArray()
+        .find((r) => r.id === s.messages.carol),
+    ).toMatchObject({
+      deletedBy: carol,
+    })
+  })
+
+  it("accepts an admin deleting someone else's message", () => {
+    const s = scene()
+    expectAccepted(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => deleteMessage(d, bob, s.messages.dave!)),
+    )
+  })
+
+  it("accepts leaving, and an admin adding and removing members", () => {
+    const s = scene()
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replicaOf(s.relay), (d) => leaveConversation(d, carol)),
+    )
+    expectAccepted(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => addParticipants(d, bob, [erin])),
+    )
+    expectAccepted(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => removeParticipants(d, bob, [dave])),
+    )
+    expectAccepted(
+      s,
+      alice,
+      updateOf(replicaOf(s.relay), (d) => changeRole(d, alice, erin, "admin")),
+    )
+    expectAccepted(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => renameConversation(d, bob, "Renamed")),
+    )
+  })
+
+  it("accepts creating a conversation in an empty document, with messages in the same update", () => {
+    const s = { relay: new Y.Doc(), bindings: new ClientBindings(), messages: {} }
+    const update = updateOf(new Y.Doc(), (d) => {
+      createConversation(d, carol, { kind: "group", id: CONVERSATION, participants: [dave] })
+      sendMessage(d, carol, { body: "welcome" })
+    })
+    expectAccepted(s, carol, update)
+  })
+
+  it("accepts a direct conversation created by either of its users", () => {
+    const relay = new Y.Doc()
+    const update = updateOf(new Y.Doc(), (d) =>
+      createConversation(d, carol, { kind: "direct", participants: [dave] }),
+    )
+    const result = checkUpdate({ doc: relay, update, principal: user(carol), bindings: new ClientBindings() })
+    expect(result.allowed).toBe(true)
+  })
+
+  it("accepts markers moving forward, read and delivered", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => markDelivered(d, carol, 2)),
+    )
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replica, (d) => markRead(d, carol, "latest")),
+    )
+  })
+
+  it("accepts an offline burst of several operations in one update (sync step 2)", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    const a = sendMessage(replica, carol, { body: "one" }).id
+    sendMessage(replica, carol, { body: "two" })
+    editMessage(replica, carol, a, "one, edited")
+    react(replica, carol, s.messages.alice!, "❤️")
+    markRead(replica, carol, 2)
+    markRead(replica, carol, 4)
+    const gone = sendMessage(replica, carol, { body: "sent and deleted offline" }).id
+    react(replica, carol, gone, "👍")
+    deleteMessage(replica, carol, gone)
+    deleteMessage(replica, carol, s.messages.carol!)
+    const result = submit(s, user(carol), pendingOf(replica, s.relay))
+    expect(result).toMatchObject({ allowed: true })
+    assertInvariants(s.relay)
+    expect(typesOf(s.relay).read.get(carol)).toBe(4)
+  })
+
+  it("accepts the relay writing sequence numbers, and binds the client ids it used", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    const id = sendMessage(replica, carol, { body: "to sequence" }).id
+    expectAccepted(s, carol, pendingOf(replica, s.relay))
+    const sequencer = replicaOf(s.relay)
+    const result = submit(
+      s,
+      RELAY,
+      updateOf(sequencer, (d) => writeSequenceNumbers(d, 5, [id])),
+    )
+    expect(result).toMatchObject({ allowed: true, newBindings: [[sequencer.clientID, "relay"]] })
+    expect(s.bindings.get(replica.clientID)).toBe("user:carol")
+  })
+
+  it("accepts re-sent content the relay already has, and changes nothing", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    const update = updateOf(replica, (d) => sendMessage(d, carol, { body: "once" }))
+    expectAccepted(s, carol, update)
+    const before = Y.encodeStateAsUpdate(s.relay)
+    expectAccepted(s, carol, update)
+    expect(Y.encodeStateAsUpdate(s.relay)).toEqual(before)
+  })
+})
