@@ -254,7 +254,9 @@ export function readUpdate(
   // The delete set, sorted and merged per client for binary search.
   const ranges = new Map<number, Range[]>()
   for (const [client, list] of decoded.ds.clients) {
-    const sorted = [...list].filter((r) => r.len > 0).sort((a, b) => a.clock - b.clock)
+    // Yjs cannot even re-encode an empty range it has to keep for later: it throws mid-transaction.
+    if (list.some((r) => !(r.len > 0))) refuse("the delete set holds an empty range")
+    const sorted = [...list].sort((a, b) => a.clock - b.clock)
     const merged: Range[] = []
     for (const r of sorted) {
       const last = merged[merged.length - 1]
