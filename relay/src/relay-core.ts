@@ -6,6 +6,7 @@ import {
   ParleyError,
   parseDocumentName,
   toParleyError,
+  type UserId,
 } from "@parley/shared"
 import * as awarenessProtocol from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -55,6 +56,26 @@ export interface RelayCoreOptions {
   readonly sequencer?: Sequencer
   readonly listeners?: readonly AfterSavedListener[]
   readonly limits?: Partial<CoreLimits>
+  /** Hooks into document loading, compaction and awareness (the hooks runtime). */
+  readonly observer?: DocumentObserver
+}
+
+/**
+ * What the hooks runtime needs beyond saved changes: to see the stored log
+ * when a document loads (to re-derive events a crash lost), to hold back
+ * compaction until those are recorded, and to see users' awareness states.
+ */
+export interface DocumentObserver {
+  /** Applies the stored log entries to `doc` (which holds the snapshot), in place of the core. */
+  applyStoredLog(
+    name: string,
+    doc: Y.Doc,
+    updates: readonly { readonly position: number; readonly update: Uint8Array }[],
+  ): Promise<void>
+  /** Highest log position compaction may fold into a snapshot. */
+  compactionLimit(name: string): Promise<number>
+  /** A connection of `user` set or changed an awareness state. */
+  awarenessChanged(name: string, doc: Y.Doc, user: UserId, state: unknown): void
 }
 
 /**
@@ -85,6 +106,9 @@ export class RelayCore implements ConnectionOwner {
       limits: this.limits,
       recheckAccess: (host) => this.recheckAccess(host),
       evict: (host, error) => this.evict(host, error),
+      ...(options.observer
+        ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }
+        : {}),
     }
   }
 
@@ -233,7 +257,8 @@ export class RelayCore implements ConnectionOwner {
       }
     }
     if (stored.snapshot) apply(stored.snapshot, 0)
-    for (const { position, update } of stored.updates) apply(update, position)
+    if (this.options.observer) await this.options.observer.applyStoredLog(name, host.doc, stored.updates)
+    else for (const { position, update } of stored.updates) apply(update, position)
     host.logEntries = stored.updates.length
     host.logBytes = stored.updates.reduce((sum, u) => sum + u.update.length, 0)
     host.lastPosition = stored.updates.at(-1)?.position ?? 0
@@ -247,6 +272,17 @@ export class RelayCore implements ConnectionOwner {
         if (origin instanceof Connection) {
           for (const id of [...added, ...updated]) origin.awarenessIds.add(id)
           for (const id of removed) origin.awarenessIds.delete(id)
+          const principal = origin.principal
+          if (principal.kind === "user" && this.options.observer) {
+            for (const id of [...added, ...updated]) {
+              this.options.observer.awarenessChanged(
+                name,
+                host.doc,
+                principal.user,
+                host.awareness.getStates().get(id),
+              )
+            }
+          }
         }
         const changed = [...added, ...updated, ...removed]
         const frame = awarenessFrame(host.awareness, changed)
@@ -281,7 +317,7 @@ export class RelayCore implements ConnectionOwner {
       .finally(() => {
         this.drop(host)
         this.unloads.delete(host.key)
-        this.log.debug({ doc: host.key }, "document unloaded")
+        this.log.info({ doc: host.key }, "document unloaded")
       })
     this.unloads.set(host.key, done)
     return done

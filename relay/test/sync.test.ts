@@ -1,5 +1,5 @@
 import { createConversation, listMessages, newConversationId, sendMessage, type UserId } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import type { WebSocket } from "ws"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
@@ -11,10 +11,14 @@ const bob = "bob" as UserId
 
 const providers: WebsocketProvider[] = []
 const clients: TestClient[] = []
-afterEach(async () => {
+let relay: RelayProcess
+beforeAll(async () => {
+  relay = await startRelayProcess()
+})
+afterAll(() => stopRelayProcesses())
+afterEach(() => {
   for (const p of providers.splice(0)) p.destroy()
   for (const c of clients.splice(0)) c.close()
-  await stopRelayProcesses()
 })
 
 async function provider(relay: RelayProcess, name: string, user: string, doc = new Y.Doc()) {
@@ -29,7 +33,6 @@ const sequences = (doc: Y.Doc) => listMessages(doc, { last: 100 }).map((m) => [m
 
 describe("sync with the stock y-websocket provider", () => {
   it("lets two users of a conversation converge", async () => {
-    const relay = await startRelayProcess()
     const id = newConversationId()
     const a = await provider(relay, id, alice)
     createConversation(a.doc, alice, { kind: "group", id, participants: [bob], title: "plans" })
@@ -48,7 +51,6 @@ describe("sync with the stock y-websocket provider", () => {
   })
 
   it("relays awareness and removes it when the connection closes", async () => {
-    const relay = await startRelayProcess()
     const id = newConversationId()
     const a = await provider(relay, id, alice)
     createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
@@ -84,7 +86,6 @@ describe("sync with the stock y-websocket provider", () => {
 
 describe("sequencing", () => {
   it("numbers messages 1, 2, 3 in the order the relay accepts them, including messages written offline", async () => {
-    const relay = await startRelayProcess()
     const id = newConversationId()
     // Bob's device writes two messages while offline (before connecting at all).
     const offline = new Y.Doc()

@@ -26,6 +26,8 @@ export interface RelayProcess {
     user: string,
     options?: { role?: string; expiresIn?: string | number; secret?: string },
   ): Promise<string>
+  /** SIGKILLs the relay (if still running) and waits for it to exit. */
+  kill(): Promise<void>
   /** Resolves with the first log line (parsed) that satisfies `match`, now or later. */
   waitForLog(match: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>
 }
@@ -61,9 +63,12 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "parley-relay-"))
   if (!options.dataDir) tempDirs.add(dataDir)
   const secret = options.secret ?? `test-secret-${Math.random().toString(36).slice(2)}`
+  const args = options.args ?? []
+  // A test that verifies tokens another way gives its own key flag instead of the secret.
+  const ownKey = args.some((a) => a === "--auth-public-key" || a === "--auth-jwks-url")
   const child = spawn(
     process.execPath,
-    [BIN, "--port", "0", "--data-dir", dataDir, "--auth-secret", secret, ...(options.args ?? [])],
+    [BIN, "--port", "0", "--data-dir", dataDir, ...(ownKey ? [] : ["--auth-secret", secret]), ...args],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
   )
   const lines: string[] = []
@@ -125,6 +130,11 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
     exited,
     token: (user, opts = {}) => signToken(opts.secret ?? secret, user, opts),
     waitForLog,
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL")
+      await exited
+      started.delete(relay)
+    },
   }
   started.add(relay)
   return relay
