@@ -187,7 +187,7 @@ describe("fuzzing the update checker", () => {
       const rng = prng(seed)
       const s = scene()
       const replicas = new Map<UserId, Y.Doc>(USERS.map((u) => [u, replicaOf(s.relay)]))
-      let previous = new Uint8Array([0, 0])
+      let previous: Uint8Array = new Uint8Array([0, 0])
       let accepted = 0
       let step = 0
       try {
