@@ -1,0 +1,306 @@
+/**
+ * The server benchmark: the y-websocket 2.1 reference server, Hocuspocus 3.4
+ * and the Parley relay, each its own process on loopback, driven by the same
+ * chat workload. Prints a table per scenario and writes
+ * bench-results/<timestamp>.json. Asserts nothing. See BENCHMARKS.md.
+ *
+ *   npm run bench                      # the full default configuration (~10 minutes)
+ *   npm run bench -- --smoke           # small sizes, a minute or two
+ *   npm run bench -- --scenarios fanout --servers parley --conversations 10
+ */
+import { execFileSync } from "node:child_process"
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { cpus, loadavg } from "node:os"
+import { dirname, join, resolve } from "node:path"
+import { fileURLToPath } from "node:url"
+import { parseArgs } from "node:util"
+import { type ColdJoinConfig, coldJoin } from "./scenarios/coldjoin.js"
+import { type DurableConfig, durable } from "./scenarios/durable.js"
+import { type FanoutConfig, fanout } from "./scenarios/fanout.js"
+import { type IdleConfig, idle } from "./scenarios/idle.js"
+import { DEPLOYED, detectRelayFlags, type ParleyVariant, type ServerKind, startServer } from "./servers.js"
+import { type Cell, printTable } from "./table.js"
+
+// Every y-websocket provider adds a process "exit" listener.
+process.setMaxListeners(0)
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..")
+
+const SCENARIOS = ["fanout", "coldjoin", "idle", "durable", "costs"] as const
+type Scenario = (typeof SCENARIOS)[number]
+const SERVERS: readonly ServerKind[] = ["y-websocket", "hocuspocus", "parley"]
+
+const { values: flags } = parseArgs({
+  options: {
+    smoke: { type: "boolean", default: false },
+    servers: { type: "string", default: SERVERS.join(",") },
+    scenarios: { type: "string", default: SCENARIOS.join(",") },
+    conversations: { type: "string" },
+    participants: { type: "string" },
+    messages: { type: "string" },
+    rate: { type: "string" },
+    history: { type: "string" },
+    batch: { type: "string" },
+    joins: { type: "string" },
+    storm: { type: "string" },
+    idle: { type: "string" },
+    "per-conversation": { type: "string" },
+    "idle-seconds": { type: "string" },
+    writers: { type: "string" },
+    window: { type: "string" },
+    "durable-seconds": { type: "string" },
+    out: { type: "string", default: join(ROOT, "bench-results") },
+    help: { type: "boolean", default: false },
+  },
+})
+
+if (flags.help) {
+  process.stdout.write(`${readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0]}*/\n`)
+  process.exit(0)
+}
+
+const smoke = flags.smoke
+const num = (name: keyof typeof flags, full: number, small: number): number => {
+  const value = flags[name]
+  if (value === undefined) return smoke ? small : full
+  const n = Number(value)
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got ${value}`)
+  return n
+}
+
+const fanoutConfig: FanoutConfig = {
+  conversations: num("conversations", 50, 5),
+  participants: num("participants", 4, 4),
+  messages: num("messages", 50, 10),
+  rate: num("rate", 2, 2),
+}
+const coldJoinConfig: ColdJoinConfig = {
+  history: num("history", 100_000, 1_000),
+  batch: num("batch", 1_000, 250),
+  joins: num("joins", 5, 3),
+  storm: num("storm", 20, 5),
+}
+const idleConfig: IdleConfig = {
+  connections: num("idle", 1_000, 100),
+  perConversation: num("per-conversation", 10, 10),
+  seconds: num("idle-seconds", 10, 3),
+}
+const durableConfig: DurableConfig = {
+  writers: num("writers", 20, 4),
+  window: num("window", 8, 8),
+  seconds: num("durable-seconds", 10, 3),
+}
+
+const servers = flags.servers.split(",").map((s) => s.trim()) as ServerKind[]
+for (const s of servers) if (!SERVERS.includes(s)) throw new Error(`unknown server ${s}`)
+const scenarios = flags.scenarios.split(",").map((s) => s.trim()) as Scenario[]
+for (const s of scenarios) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}`)
+
+const version = (pkg: string): string => {
+  try {
+    return (
+      JSON.parse(readFileSync(join(ROOT, "node_modules", pkg, "package.json"), "utf8")) as { version: string }
+    ).version
+  } catch {
+    return "?"
+  }
+}
+const git = (...args: string[]) => {
+  try {
+    return execFileSync("git", args, { cwd: ROOT, encoding: "utf8" }).trim()
+  } catch {
+    return "?"
+  }
+}
+
+const relayFlags = servers.includes("parley") ? await detectRelayFlags() : undefined
+const notes: string[] = []
+if (relayFlags && !relayFlags.hooks)
+  notes.push("The relay has no --hooks flag yet: Parley ran without its hook script.")
+if (relayFlags && !relayFlags.noAuthorization)
+  notes.push("The relay has no flag to switch authorization off: the authorization cost was not measured.")
+
+const startedAt = new Date()
+const results: Record<string, unknown> = {}
+const report = {
+  startedAt: startedAt.toISOString(),
+  smoke,
+  machine: {
+    cores: cpus().length,
+    cpu: cpus()[0]?.model ?? "?",
+    node: process.version,
+    loadAverageAtStart: loadavg(),
+  },
+  versions: {
+    "y-websocket server": version("y-websocket-server-v2"),
+    "y-websocket client": version("y-websocket"),
+    "@hocuspocus/server": version("@hocuspocus/server"),
+    "@hocuspocus/provider": version("@hocuspocus/provider"),
+    yjs: version("yjs"),
+    parley: `${git("rev-parse", "--short", "HEAD")}${git("status", "--porcelain", "relay", "shared").length ? " (+ uncommitted changes)" : ""}`,
+  },
+  config: { fanout: fanoutConfig, coldJoin: coldJoinConfig, idle: idleConfig, durable: durableConfig },
+  relayFlags,
+  notes,
+  results,
+}
+
+console.log(
+  `Parley server benchmark${smoke ? " (smoke sizes)" : ""}: ${report.machine.cores} × ${report.machine.cpu}, Node ${process.version}, load ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ")}`,
+)
+for (const note of notes) console.log(`note: ${note}`)
+
+type Outcome<T> = T | { server: string; error: string }
+
+/** Runs `body` against a fresh server process, always stopping it; records an error instead of throwing. */
+async function withServer<T>(
+  kind: ServerKind,
+  variant: ParleyVariant,
+  body: (server: Awaited<ReturnType<typeof startServer>>) => Promise<T>,
+): Promise<Outcome<T>> {
+  let server: Awaited<ReturnType<typeof startServer>> | undefined
+  try {
+    server = await startServer(kind, variant)
+    process.stdout.write(`  ${server.label} ...`)
+    const started = performance.now()
+    const result = await body(server)
+    process.stdout.write(` ${((performance.now() - started) / 1000).toFixed(1)} s\n`)
+    return result
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error)
+    process.stdout.write(` FAILED: ${message}\n`)
+    return { server: server?.label ?? kind, error: message }
+  } finally {
+    await server?.stop()
+  }
+}
+
+const failed = (r: object): r is { server: string; error: string } => "error" in r
+
+const ms = (v: number) => (Number.isFinite(v) ? (v < 10 ? v.toFixed(2) : v.toFixed(1)) : "–")
+const mb = (v: number) => v.toFixed(1)
+const int = (v: number) => Math.round(v).toLocaleString("en-US")
+
+async function runScenario<T extends object>(
+  name: string,
+  kinds: readonly ServerKind[],
+  run: (server: Awaited<ReturnType<typeof startServer>>) => Promise<T>,
+  rows: [string, (r: T) => Cell][],
+  variants: readonly ParleyVariant[] = [DEPLOYED],
+): Promise<Outcome<T>[]> {
+  console.log(`\n${name}`)
+  const outcomes: Outcome<T>[] = []
+  for (const kind of kinds) {
+    for (const variant of kind === "parley" ? variants : [DEPLOYED])
+      outcomes.push(await withServer(kind, variant, run))
+  }
+  printTable(name, outcomes, rows, failed)
+  return outcomes
+}
+
+const fanoutRows: [string, (r: Awaited<ReturnType<typeof fanout>>) => Cell][] = [
+  ["deliveries", (r) => `${int(r.deliveries)} / ${int(r.expectedDeliveries)}`],
+  ["lost", (r) => int(r.lost)],
+  ["latency p50 ms", (r) => ms(r.latencyMs.p50)],
+  ["latency p95 ms", (r) => ms(r.latencyMs.p95)],
+  ["latency p99 ms", (r) => ms(r.latencyMs.p99)],
+  ["latency max ms", (r) => ms(r.latencyMs.max)],
+  [
+    "saved ack p50 / p99 ms",
+    (r) => (r.savedAckMs ? `${ms(r.savedAckMs.p50)} / ${ms(r.savedAckMs.p99)}` : "–"),
+  ],
+  ["server CPU ms / 1,000 deliveries", (r) => ms(r.serverCpuMsPer1000Deliveries)],
+  ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
+  ["generator CPU ms", (r) => int(r.generatorCpuMs)],
+]
+
+const fanoutTitle = `fan-out: ${fanoutConfig.conversations} conversations × ${fanoutConfig.participants} participants × ${fanoutConfig.messages} messages at ${fanoutConfig.rate}/s`
+
+if (scenarios.includes("fanout")) {
+  results.fanout = await runScenario(
+    fanoutTitle,
+    servers,
+    (server) => fanout(server, fanoutConfig, server.kind === "parley"),
+    fanoutRows,
+  )
+}
+
+if (scenarios.includes("coldjoin")) {
+  results.coldJoin = await runScenario(
+    `cold join: ${int(coldJoinConfig.history)}-message conversation, ${coldJoinConfig.joins} joins one by one, then ${coldJoinConfig.storm} at once`,
+    servers,
+    (server) => coldJoin(server, coldJoinConfig),
+    [
+      ["document MB", (r) => mb(r.documentMB)],
+      ["first join ms", (r) => ms(r.firstJoinMs)],
+      ["first join server CPU ms", (r) => ms(r.firstJoinServerCpuMs)],
+      ["later joins: median ms", (r) => ms(r.joinMs)],
+      ["later joins: server CPU ms / join", (r) => ms(r.joinServerCpuMs)],
+      [`storm of ${coldJoinConfig.storm}: s`, (r) => ms(r.stormSeconds)],
+      ["storm: server CPU ms", (r) => int(r.stormServerCpuMs)],
+      ["server RSS before storm MB", (r) => mb(r.rssBeforeStormMB)],
+      ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
+      ["generator CPU ms", (r) => int(r.generatorCpuMs)],
+    ],
+  )
+}
+
+if (scenarios.includes("idle")) {
+  results.idle = await runScenario(
+    `idle: ${int(idleConfig.connections)} connections for ${idleConfig.seconds} s`,
+    servers,
+    (server) => idle(server, idleConfig),
+    [
+      ["connections", (r) => int(r.connections)],
+      ["RSS before → after MB", (r) => `${mb(r.baselineRssMB)} → ${mb(r.rssMB)}`],
+      ["KB per connection", (r) => (r.bytesPerConnection / 1024).toFixed(1)],
+      ["server CPU ms / s / 1,000 conns", (r) => ms(r.serverCpuMsPerSecondPer1000)],
+      ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
+    ],
+  )
+}
+
+if (servers.includes("parley") && scenarios.includes("durable")) {
+  // The relay's per-connection rate limit (100 frames/s) would close a writer
+  // that keeps a window of messages in flight; raised for this test only.
+  const unthrottled: ParleyVariant = {
+    ...DEPLOYED,
+    args: ["--max-messages-per-second", "100000", "--message-burst", "100000"],
+  }
+  results.durable = await runScenario(
+    `Parley durable throughput: ${durableConfig.writers} writers, ${durableConfig.window} in flight each, ${durableConfig.seconds} s`,
+    ["parley"],
+    (server) => durable(server, durableConfig),
+    [
+      ["acknowledged updates", (r) => int(r.acknowledged)],
+      ["durable updates / s", (r) => int(r.updatesPerSecond)],
+      ["saved ack p50 ms", (r) => ms(r.savedAckMs.p50)],
+      ["saved ack p95 ms", (r) => ms(r.savedAckMs.p95)],
+      ["saved ack p99 ms", (r) => ms(r.savedAckMs.p99)],
+      ["saved ack max ms", (r) => ms(r.savedAckMs.max)],
+      ["server CPU ms / 1,000 updates", (r) => ms(r.serverCpuMsPer1000Updates)],
+      ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
+    ],
+    [unthrottled],
+  )
+}
+
+if (servers.includes("parley") && scenarios.includes("costs")) {
+  const variants: ParleyVariant[] = [{ hooks: false, authorization: true }]
+  if (relayFlags?.noAuthorization) variants.push({ hooks: false, authorization: false })
+  results.costs = await runScenario(
+    `Parley fan-out without hooks${relayFlags?.noAuthorization ? " / without authorization" : ""} (compare with "parley" in the fan-out table)`,
+    ["parley"],
+    (server) => fanout(server, fanoutConfig, true),
+    fanoutRows,
+    variants,
+  )
+}
+
+mkdirSync(flags.out, { recursive: true })
+const file = join(flags.out, `${startedAt.toISOString().replace(/[:.]/g, "-")}.json`)
+writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`)
+console.log(`\nresults: ${file}`)
+process.exit(0)

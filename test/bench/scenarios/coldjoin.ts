@@ -1,0 +1,134 @@
+/**
+ * Cold join: a conversation of H messages, built by one client and sent to the
+ * server once (in batches of one transaction each, as a device catching up
+ * would), then fresh clients join it: first one at a time, then a storm of S at
+ * once. A join is done when the client synced and holds all H messages.
+ */
+import { addParticipants, type ConversationId, type UserId } from "@parley/shared"
+import * as Y from "yjs"
+import { type BenchClient, connect } from "../drivers.js"
+import { generatorCpuMs } from "../proc.js"
+import type { RunningServer } from "../servers.js"
+import { distribution, median, sleep, until, within } from "../stats.js"
+import { messagesIn, openChat, problemsOf, send } from "../workload.js"
+
+/** Sizes of the cold-join scenario. */
+export interface ColdJoinConfig {
+  /** Messages in the conversation. */
+  readonly history: number
+  /** Messages per update while building it. */
+  readonly batch: number
+  /** Fresh clients joining one after another. */
+  readonly joins: number
+  /** Fresh clients joining at once. */
+  readonly storm: number
+}
+
+/** Figures of one cold-join run. */
+export interface ColdJoinResult {
+  readonly server: string
+  readonly history: number
+  /** Encoded size of the whole conversation (a joiner's download), MB. */
+  readonly documentMB: number
+  readonly buildSeconds: number
+  /** First join after the conversation was written. */
+  readonly firstJoinMs: number
+  readonly firstJoinServerCpuMs: number
+  /** Median time of the following joins, and their mean server CPU. */
+  readonly joinMs: number
+  readonly joinServerCpuMs: number
+  readonly stormJoins: number
+  readonly stormSeconds: number
+  readonly stormServerCpuMs: number
+  readonly rssBeforeStormMB: number
+  readonly serverPeakRssMB: number
+  readonly generatorCpuMs: number
+  readonly problems: string
+}
+
+const JOIN_TIMEOUT = 300_000
+
+/** Connects a fresh client and resolves with it once it holds `history` messages. */
+async function join(server: RunningServer, id: ConversationId, user: UserId, history: number) {
+  const client = await connect(server, id, user)
+  await within(client.synced, JOIN_TIMEOUT, `${user}: sync`)
+  const complete = await until(() => messagesIn(client.doc) >= history, JOIN_TIMEOUT, 5)
+  if (!complete)
+    throw new Error(
+      `${user} synced with ${messagesIn(client.doc)} of ${history} messages (${problemsOf([client])})`,
+    )
+  return client
+}
+
+/** Runs the scenario against a fresh `server`. */
+export async function coldJoin(server: RunningServer, config: ColdJoinConfig): Promise<ColdJoinResult> {
+  const id = "g~coldjoin" as ConversationId
+  const readers = Array.from(
+    { length: Math.max(config.joins, config.storm) },
+    (_, i) => `reader${i}` as UserId,
+  )
+  const buildStarted = performance.now()
+  const { clients } = await openChat(server, id, ["writer" as UserId], { acknowledgements: true })
+  const writer = clients[0]!
+  // Readers are participants, so that authorization lets them in.
+  addParticipants(writer.doc, writer.user, readers)
+  for (let n = 0; n < config.history; ) {
+    const count = Math.min(config.batch, config.history - n)
+    writer.doc.transact(() => {
+      for (let i = 0; i < count; i++) send(writer, n + i)
+    })
+    n += count
+    // Wait for the server's confirmation where it gives one, so the build is not
+    // throttled by a rate limit; the reference server gives none.
+    await within(writer.confirmed(), JOIN_TIMEOUT, "build confirmed")
+  }
+  const documentMB = Y.encodeStateAsUpdate(writer.doc).byteLength / 2 ** 20
+  const buildSeconds = (performance.now() - buildStarted) / 1000
+  await sleep(500)
+  const generatorBefore = generatorCpuMs()
+
+  const timed = async (user: UserId) => {
+    const before = server.read().cpuMs
+    const started = performance.now()
+    const client = await join(server, id, user, config.history)
+    const ms = performance.now() - started
+    // The server may still be reading the joiner's reply; let it finish.
+    await sleep(100)
+    const cpu = server.read().cpuMs - before
+    client.destroy()
+    return { ms, cpu }
+  }
+  const first = await timed(readers[0]!)
+  const later: { ms: number; cpu: number }[] = []
+  for (let i = 1; i < config.joins; i++) later.push(await timed(readers[i]!))
+
+  await sleep(500)
+  const beforeStorm = server.read()
+  const stormStarted = performance.now()
+  const storm: BenchClient[] = await Promise.all(
+    readers.slice(0, config.storm).map((user) => join(server, id, user, config.history)),
+  )
+  const stormSeconds = (performance.now() - stormStarted) / 1000
+  await sleep(100)
+  const afterStorm = server.read()
+  const problems = problemsOf([writer, ...storm])
+  for (const client of storm) client.destroy()
+  writer.destroy()
+  return {
+    server: server.label,
+    history: config.history,
+    documentMB,
+    buildSeconds,
+    firstJoinMs: first.ms,
+    firstJoinServerCpuMs: first.cpu,
+    joinMs: later.length ? median(later.map((j) => j.ms)) : first.ms,
+    joinServerCpuMs: later.length ? distribution(later.map((j) => j.cpu)).mean : first.cpu,
+    stormJoins: config.storm,
+    stormSeconds,
+    stormServerCpuMs: afterStorm.cpuMs - beforeStorm.cpuMs,
+    rssBeforeStormMB: beforeStorm.rss / 2 ** 20,
+    serverPeakRssMB: afterStorm.peakRss / 2 ** 20,
+    generatorCpuMs: generatorCpuMs() - generatorBefore,
+    problems,
+  }
+}

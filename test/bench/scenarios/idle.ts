@@ -1,0 +1,64 @@
+/**
+ * Idle: N connections (in conversations of `perConversation` participants)
+ * that, once synced, send nothing but what their provider sends on its own.
+ * Memory per connection is the server's RSS growth over N; CPU is measured
+ * over a quiet window after everything connected.
+ */
+import type { ConversationId, UserId } from "@parley/shared"
+import type { RunningServer } from "../servers.js"
+import { sleep } from "../stats.js"
+import { type Chat, closeAll, openChat } from "../workload.js"
+
+/** Sizes of the idle scenario. */
+export interface IdleConfig {
+  readonly connections: number
+  readonly perConversation: number
+  readonly seconds: number
+}
+
+/** Figures of one idle run. */
+export interface IdleResult {
+  readonly server: string
+  readonly connections: number
+  readonly baselineRssMB: number
+  readonly rssMB: number
+  readonly bytesPerConnection: number
+  readonly serverCpuMsPerSecondPer1000: number
+  readonly serverPeakRssMB: number
+}
+
+/** Runs the scenario against a fresh `server`. */
+export async function idle(server: RunningServer, config: IdleConfig): Promise<IdleResult> {
+  await sleep(1000)
+  const baseline = server.read()
+  const chats: Chat[] = []
+  const groups = Math.ceil(config.connections / config.perConversation)
+  // Opened in waves, so that the setup measures the servers' steady state rather
+  // than their handling of a thousand simultaneous handshakes.
+  for (let g = 0; g < groups; g += 20) {
+    const wave: Promise<Chat>[] = []
+    for (let i = g; i < Math.min(groups, g + 20); i++) {
+      const size = Math.min(config.perConversation, config.connections - i * config.perConversation)
+      const users = Array.from({ length: size }, (_, p) => `idle${i}-u${p}` as UserId)
+      wave.push(openChat(server, `g~idle-${i}` as ConversationId, users, { acknowledgements: true }))
+    }
+    chats.push(...(await Promise.all(wave)))
+  }
+  const clients = chats.flatMap((c) => c.clients)
+  await sleep(2000)
+  const start = server.read()
+  const started = performance.now()
+  await sleep(config.seconds * 1000)
+  const end = server.read()
+  const seconds = (performance.now() - started) / 1000
+  closeAll(clients)
+  return {
+    server: server.label,
+    connections: clients.length,
+    baselineRssMB: baseline.rss / 2 ** 20,
+    rssMB: end.rss / 2 ** 20,
+    bytesPerConnection: (end.rss - baseline.rss) / clients.length,
+    serverCpuMsPerSecondPer1000: ((end.cpuMs - start.cpuMs) / seconds) * (1000 / clients.length),
+    serverPeakRssMB: end.peakRss / 2 ** 20,
+  }
+}

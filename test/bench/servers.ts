@@ -1,0 +1,235 @@
+/**
+ * Starts each server under test as its own process on loopback, and reads its
+ * CPU and memory from /proc. A fresh process per scenario, so that peak memory
+ * (VmHWM) belongs to that scenario alone.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { dirname, join, resolve } from "node:path"
+import { fileURLToPath } from "node:url"
+import { type ProcessReading, readProcess } from "./proc.js"
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..")
+
+/** Which server implementation. */
+export type ServerKind = "y-websocket" | "hocuspocus" | "parley"
+
+/** How the Parley relay is configured (ignored for the other servers). */
+export interface ParleyVariant {
+  /** Run the benchmark hook module (a handler on every event). */
+  readonly hooks: boolean
+  /** Check every update with the authorization policy. */
+  readonly authorization: boolean
+  /** Further command-line flags, e.g. a higher rate limit for a throughput test. */
+  readonly args?: readonly string[]
+}
+
+/** The deployed configuration: durable storage, authorization and hooks on. */
+export const DEPLOYED: ParleyVariant = { hooks: true, authorization: true }
+
+/** A running server. */
+export interface RunningServer {
+  readonly kind: ServerKind
+  /** Label in tables, e.g. "parley" or "parley (no hooks)". */
+  readonly label: string
+  readonly pid: number
+  /** Base WebSocket URL, e.g. ws://127.0.0.1:1234. */
+  readonly wsUrl: string
+  /** A token for `user`, for servers that authenticate (Parley); undefined otherwise. */
+  token(user: string): Promise<string | undefined>
+  read(): ProcessReading
+  stop(): Promise<void>
+}
+
+/** What the relay's command line accepts, learned from its --help (flags may be added while we run). */
+export interface RelayFlags {
+  readonly hooks: boolean
+  readonly noAuthorization: string | undefined
+  readonly storage: string | undefined
+}
+
+const running = new Set<ChildProcess>()
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL")
+})
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createServer()
+    probe.once("error", reject)
+    probe.listen(0, "127.0.0.1", () => {
+      const address = probe.address()
+      const port = typeof address === "object" && address ? address.port : 0
+      probe.close(() => resolvePort(port))
+    })
+  })
+}
+
+/** Waits for a line on stdout from which `parse` reads the port. */
+function waitForPort(child: ChildProcess, parse: (line: string) => number | undefined): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    let buffer = ""
+    let stderr = ""
+    const timer = setTimeout(() => reject(new Error(`server did not start in 30 s: ${stderr}`)), 30_000)
+    child.stderr?.on("data", (chunk: Buffer) => {
+      stderr = (stderr + chunk.toString()).slice(-4000)
+    })
+    const onData = (chunk: Buffer) => {
+      buffer += chunk.toString()
+      let newline = buffer.indexOf("\n")
+      while (newline >= 0) {
+        const line = buffer.slice(0, newline)
+        buffer = buffer.slice(newline + 1)
+        const port = parse(line)
+        if (port !== undefined) {
+          clearTimeout(timer)
+          resolvePort(port)
+          return
+        }
+        newline = buffer.indexOf("\n")
+      }
+    }
+    child.stdout?.on("data", onData)
+    child.once("exit", (code) => {
+      clearTimeout(timer)
+      reject(new Error(`server exited with ${code} before listening: ${stderr}`))
+    })
+  })
+}
+
+function jsonPort(line: string): number | undefined {
+  try {
+    const entry = JSON.parse(line) as { msg?: string; port?: number }
+    return entry.msg === "listening" && typeof entry.port === "number" ? entry.port : undefined
+  } catch {
+    return undefined
+  }
+}
+
+function handle(
+  kind: ServerKind,
+  label: string,
+  child: ChildProcess,
+  port: number,
+  token: (user: string) => Promise<string | undefined>,
+  cleanup: () => void = () => {},
+): RunningServer {
+  // Keep draining output so a chatty server never blocks on a full pipe.
+  child.stdout?.resume()
+  child.stderr?.resume()
+  return {
+    kind,
+    label,
+    pid: child.pid!,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    token,
+    read: () => readProcess(child.pid!),
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((r) => child.once("exit", r))
+        child.kill("SIGTERM")
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5000)
+        await exited
+        clearTimeout(timer)
+      }
+      running.delete(child)
+      cleanup()
+    },
+  }
+}
+
+async function startYWebsocket(): Promise<RunningServer> {
+  const port = await freePort()
+  const bin = join(ROOT, "node_modules/y-websocket-server-v2/bin/server.cjs")
+  const child = spawn(process.execPath, [bin], {
+    env: { ...process.env, HOST: "127.0.0.1", PORT: String(port) },
+    stdio: ["ignore", "pipe", "pipe"],
+  })
+  running.add(child)
+  await waitForPort(child, (line) => (line.includes("running at") ? port : undefined))
+  return handle("y-websocket", "y-websocket", child, port, async () => undefined)
+}
+
+async function startHocuspocus(): Promise<RunningServer> {
+  const child = spawn(process.execPath, [join(ROOT, "test/bench/servers/hocuspocus.mjs")], {
+    env: { ...process.env, PORT: "0" },
+    stdio: ["ignore", "pipe", "pipe"],
+  })
+  running.add(child)
+  const port = await waitForPort(child, jsonPort)
+  return handle("hocuspocus", "hocuspocus", child, port, async () => undefined)
+}
+
+/** The relay's flags, read from its --help output once. */
+let relayFlags: Promise<RelayFlags> | undefined
+export function detectRelayFlags(): Promise<RelayFlags> {
+  relayFlags ??= new Promise((resolveFlags) => {
+    const child = spawn(process.execPath, [join(ROOT, "relay/bin/parley-relay.js"), "--help"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let text = ""
+    child.stdout.on("data", (c: Buffer) => {
+      text += c.toString()
+    })
+    child.stderr.on("data", (c: Buffer) => {
+      text += c.toString()
+    })
+    child.once("exit", () => {
+      const noAuth = /--(no-authorization|no-authz|authorization[= ]off|policy[= ]membership)\b/.exec(text)
+      const storage = /--storage\b/.test(text) ? "--storage" : undefined
+      resolveFlags({ hooks: /--hooks\b/.test(text), noAuthorization: noAuth?.[0], storage })
+    })
+  })
+  return relayFlags
+}
+
+async function startParley(variant: ParleyVariant): Promise<RunningServer> {
+  const flags = await detectRelayFlags()
+  const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-"))
+  const args = [join(ROOT, "relay/bin/parley-relay.js"), "--port", "0", "--dev", "--data-dir", dataDir]
+  if (flags.storage) args.push(flags.storage, "sqlite")
+  if (variant.hooks && flags.hooks) args.push("--hooks", join(ROOT, "test/bench/hooks"))
+  if (!variant.authorization && flags.noAuthorization) args.push(...flags.noAuthorization.split(/[= ]/))
+  if (variant.args) args.push(...variant.args)
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  })
+  running.add(child)
+  const port = await waitForPort(child, jsonPort)
+  const tokens = new Map<string, Promise<string>>()
+  const token = (user: string) => {
+    let pending = tokens.get(user)
+    if (!pending) {
+      pending = fetch(`http://127.0.0.1:${port}/dev/token?user=${encodeURIComponent(user)}`).then(
+        async (response) => {
+          const text = await response.text()
+          if (!response.ok) throw new Error(`dev token for ${user}: ${response.status} ${text}`)
+          try {
+            const body = JSON.parse(text) as { token?: string }
+            return body.token ?? text
+          } catch {
+            return text.trim()
+          }
+        },
+      )
+      tokens.set(user, pending)
+    }
+    return pending
+  }
+  const hooks = variant.hooks && flags.hooks
+  const authorization = variant.authorization || !flags.noAuthorization
+  const parts = [!hooks && "no hooks", !authorization && "no authorization"].filter(Boolean)
+  const label = parts.length ? `parley (${parts.join(", ")})` : "parley"
+  return handle("parley", label, child, port, token, () => rmSync(dataDir, { recursive: true, force: true }))
+}
+
+/** Starts a fresh server process of `kind`. */
+export function startServer(kind: ServerKind, variant: ParleyVariant = DEPLOYED): Promise<RunningServer> {
+  if (kind === "y-websocket") return startYWebsocket()
+  if (kind === "hocuspocus") return startHocuspocus()
+  return startParley(variant)
+}
