@@ -159,9 +159,12 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.refreshStatuses()
     })
     this.connection.on("refused", ({ error }) => this.refused(error))
-    this.connection.on("unavailable", ({ error }) =>
-      this.setState({ state: "unavailable", reason: error.code, error }),
-    )
+    this.connection.on("unavailable", ({ error }) => {
+      // The relay will not take this conversation's changes any more: what it has not saved never will be.
+      for (const id of this.statuses.refuseUnsaved(error)) this.track(id)
+      this.setState({ state: "unavailable", reason: error.code, error })
+      this.refreshStatuses()
+    })
     this.unobserve = observeChanges(this.doc, (events, transaction) => this.changed(events, transaction))
     this.readyPromise = new Promise<this>((resolve, reject) => {
       const off = this.on("state", ({ state }) => {

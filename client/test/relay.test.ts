@@ -182,6 +182,32 @@ describe("ChatClient against a relay", () => {
     expect(handle.messages()).toEqual([])
   })
 
+  it("fails, with the relay's reason, what a removed user sent while offline", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bobChat.connection.status).toBe("online"))
+
+    bob.disconnect()
+    chat.removeParticipants([b])
+    await eventually(() => expect(chat.participants.map((p) => p.user)).toEqual([a]))
+    const late = bobChat.send("written after my removal")
+    const failures: { status: string; code?: string }[] = []
+    bobChat.on("status", ({ status, error }) =>
+      failures.push({ status, ...(error ? { code: error.code } : {}) }),
+    )
+    bob.connect()
+    await eventually(() => expect(bobChat.state.state).toBe("unavailable"))
+    expect(bobChat.state).toMatchObject({ reason: ErrorCode.FORBIDDEN })
+    expect(failures).toEqual([{ status: "failed", code: ErrorCode.FORBIDDEN }])
+    expect(bobChat.message(late.id)).toMatchObject({ status: "failed", error: { code: ErrorCode.FORBIDDEN } })
+    expect(() => bobChat.send("again")).toThrow(ParleyError)
+    expect(bodies(chat)).toEqual([])
+  })
+
   it("sends nothing twice when two clients of one user share one store", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
@@ -279,6 +305,34 @@ describe("ChatClient connection", () => {
       await first.stop()
       await second?.stop()
     }
+  })
+})
+
+describe("ChatClient.destroy", () => {
+  it("leaves no sockets, timers or channels behind", async () => {
+    // Counts of live handles by kind (sockets, timers, message ports, ...).
+    const resources = () => {
+      const counts: Record<string, number> = {}
+      for (const kind of process.getActiveResourcesInfo()) counts[kind] = (counts[kind] ?? 0) + 1
+      return counts
+    }
+    const leaked = (baseline: Record<string, number>) =>
+      Object.entries(resources()).filter(([kind, count]) => count > (baseline[kind] ?? 0))
+    const baseline = resources()
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a, { storage: "indexeddb" })
+    const bob = await connectClient(relay, b)
+    const aliceChat = await alice.directConversation(b)
+    aliceChat.send("hello")
+    aliceChat.typing()
+    const bobChat = await bob.directConversation(a)
+    await eventually(() => expect(bobChat.typingUsers).toEqual([a]))
+    await eventually(() => expect(aliceChat.status(aliceChat.messages()[0]!.id)).toBe("delivered"))
+    expect(leaked(baseline).map(([kind]) => kind)).toContain("TCPSocketWrap")
+    await destroyClients()
+    // Closing sockets takes a few turns of the event loop; poll without a timer of our own pending.
+    for (let i = 0; i < 200 && leaked(baseline).length > 0; i++) await new Promise((r) => setTimeout(r, 20))
+    expect(leaked(baseline)).toEqual([])
   })
 })
 
