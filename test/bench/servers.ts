@@ -195,7 +195,6 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   if (variant.args) args.push(...variant.args)
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
-    env: { ...process.env, LOG_LEVEL: process.env.LOG_LEVEL ?? "warn" },
     stdio: ["ignore", "pipe", "pipe"],
   })
   running.add(child)
