@@ -85,6 +85,25 @@ export const FLAGS = {
     help: "...or this many log bytes",
     default: String(8 * 1024 * 1024),
   },
+  hooks: { kind: "string", env: "PARLEY_HOOKS", help: "load every hook module in DIR (see HOOKS.md)" },
+  webhook: {
+    kind: "string",
+    env: "PARLEY_WEBHOOKS",
+    help: "POST signed events to URL; repeatable (env: comma-separated)",
+  },
+  "webhook-secret": { kind: "string", env: "PARLEY_WEBHOOK_SECRET", help: "signing secret of webhooks" },
+  "hook-timeout-ms": {
+    kind: "integer",
+    env: "PARLEY_HOOK_TIMEOUT_MS",
+    help: "time per hook call or webhook attempt",
+    default: "10000",
+  },
+  "hook-attempts": {
+    kind: "integer",
+    env: "PARLEY_HOOK_ATTEMPTS",
+    help: "attempts per event and hook module before it is dead-lettered",
+    default: "8",
+  },
   help: { kind: "boolean", env: "", help: "print this help" },
 } as const satisfies Record<string, { kind: Kind; env: string; help: string; default?: string }>
 
@@ -117,7 +136,10 @@ export function parseConfig(
     options: Object.fromEntries(
       Object.entries(FLAGS).map(([name, flag]) => [
         name,
-        { type: flag.kind === "boolean" ? ("boolean" as const) : ("string" as const) },
+        {
+          type: flag.kind === "boolean" ? ("boolean" as const) : ("string" as const),
+          ...(name === "webhook" ? { multiple: true } : {}),
+        },
       ]),
     ),
     strict: true,
@@ -173,6 +195,26 @@ export function parseConfig(
   if (keys.length === 0 && !dev)
     throw new ConfigError("give --auth-secret, --auth-public-key or --auth-jwks-url (or --dev for local use)")
 
+  const hookOptions = () => {
+    const hooksDir = text("hooks")
+    const urls = (parsed.webhook as unknown as string[] | undefined) ?? text("webhook")?.split(",") ?? []
+    const webhooks = urls.map((u) => u.trim()).filter(Boolean)
+    for (const url of webhooks) {
+      if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol))
+        throw new ConfigError(`--webhook must be an http(s) URL, got ${url}`)
+    }
+    const webhookSecret = text("webhook-secret")
+    if (webhooks.length > 0 && !webhookSecret)
+      throw new ConfigError("--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)")
+    const attempts = int("hook-attempts")
+    if (attempts < 1) throw new ConfigError("--hook-attempts must be at least 1")
+    return {
+      ...(hooksDir ? { hooksDir } : {}),
+      ...(webhooks.length > 0 ? { webhooks, webhookSecret: webhookSecret! } : {}),
+      hookTimeoutMs: Math.max(1, int("hook-timeout-ms")),
+      hookAttempts: attempts,
+    }
+  }
   const staticDir = text("static")
   const issuer = text("auth-issuer")
   const audience = text("auth-audience")
@@ -189,6 +231,7 @@ export function parseConfig(
     forceDev: bool("force-dev"),
     log: logLevel,
     ...(staticDir ? { staticDir } : {}),
+    ...hookOptions(),
     defaultMetrics: true,
     limits: {
       idleUnloadMs: int("idle-unload-ms"),

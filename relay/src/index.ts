@@ -10,6 +10,25 @@ export type { AuthKey, AuthOptions } from "./auth.js"
 export { Authenticator, SERVICE_ROLE } from "./auth.js"
 export type { Connection, Session } from "./connection.js"
 export { closeFor } from "./errors.js"
+export {
+  type ConversationState,
+  type DeadLetter,
+  type DeadLetterFilter,
+  type DefinedHooks,
+  defineHooks,
+  type HookActor,
+  type HookContext,
+  type HookConversation,
+  type HookConversations,
+  type HookEvent,
+  type HookEventHeader,
+  type HookEventType,
+  type HookHandler,
+  type HookRuntime,
+  type HookSubjects,
+  type Hooks,
+  verifyWebhook,
+} from "./hooks/index.js"
 export type { Logger, LogLevel } from "./log.js"
 export { RelayMetrics } from "./metrics.js"
 export type { PolicyInput, UpdatePolicy } from "./policy.js"

@@ -1,3 +1,4 @@
+import { ParleyError } from "@parley/shared"
 import { ConfigError, parseConfig, usage } from "./config.js"
 import { startRelay } from "./relay.js"
 
@@ -33,7 +34,9 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  if (error instanceof ConfigError) process.stderr.write(`parley-relay: ${error.message}\n`)
+  // Configuration and start-up refusals (e.g. a hook script that fails to load) need no stack trace.
+  if (error instanceof ConfigError || error instanceof ParleyError)
+    process.stderr.write(`parley-relay: ${error.message}\n`)
   else
     process.stderr.write(`parley-relay: ${error instanceof Error ? (error.stack ?? error.message) : error}\n`)
   process.exit(1)

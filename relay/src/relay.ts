@@ -1,4 +1,10 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
+import { deadLetterRoutes } from "./hooks/admin.js"
+import { loadHooks } from "./hooks/loader.js"
+import { MemoryOutbox } from "./hooks/outbox.js"
+import { HookRuntime } from "./hooks/runtime.js"
+import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { RelayMetrics } from "./metrics.js"
 import type { UpdatePolicy } from "./policy.js"
@@ -45,6 +51,16 @@ export interface RelayOptions {
   readonly policy?: UpdatePolicy
   readonly sequencer?: Sequencer
   readonly listeners?: readonly AfterSavedListener[]
+  /** Directory of hook modules, all loaded at start (see HOOKS.md). */
+  readonly hooksDir?: string
+  /** URLs that receive every event as a signed POST (Standard Webhooks). */
+  readonly webhooks?: readonly string[]
+  /** Signing secret of webhooks: `whsec_<base64>` or any string (raw bytes). Required with `webhooks`. */
+  readonly webhookSecret?: string
+  /** Time allowed to one hook call or webhook attempt. Default 10 s. */
+  readonly hookTimeoutMs?: number
+  /** Attempts per event and hook module before it is dead-lettered. Default 8. */
+  readonly hookAttempts?: number
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
 }
@@ -60,6 +76,8 @@ export interface RunningRelay {
   readonly auth: Authenticator
   readonly metrics: RelayMetrics
   readonly log: Logger
+  /** Hooks and webhooks, when configured: dead letters, replay, `idle()`. */
+  readonly hooks?: HookRuntime
   /** Graceful stop: stop accepting, finish queued changes, close connections with 1001, flush storage. */
   close(): Promise<void>
 }
@@ -95,6 +113,14 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const auth = new Authenticator(authOptions)
   if (dev && !auth.canMint) throw new Error("--dev needs an HS256 secret (or none, to generate one)")
   const metrics = new RelayMetrics({ defaultMetrics: options.defaultMetrics ?? false })
+  // Hook scripts load before anything opens: a broken one stops the start naming its file.
+  const hookModules = options.hooksDir ? await loadHooks(options.hooksDir) : []
+  const webhooks = options.webhooks ?? []
+  if (webhooks.length > 0 && !options.webhookSecret)
+    throw new ParleyError(
+      ErrorCode.INVALID_ARGUMENT,
+      "--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)",
+    )
   const storageKind = typeof options.storage === "string" ? options.storage : "sqlite"
   const storage =
     typeof options.storage === "object"
@@ -105,6 +131,22 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
         })
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
+  const hooks =
+    hookModules.length > 0 || webhooks.length > 0
+      ? new HookRuntime({
+          hooks: hookModules,
+          webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
+          // The outbox is durable next to the documents; with other storage it lives in memory.
+          outbox:
+            typeof options.storage !== "object" && storageKind === "sqlite"
+              ? new SqliteOutbox(options.dataDir ?? "./data")
+              : new MemoryOutbox(),
+          log: log.child({ component: "hooks" }),
+          registry: metrics.registry,
+          ...(options.hookTimeoutMs !== undefined ? { timeoutMs: options.hookTimeoutMs } : {}),
+          ...(options.hookAttempts !== undefined ? { backoff: { attempts: options.hookAttempts } } : {}),
+        })
+      : undefined
   const core = new RelayCore({
     storage,
     log,
@@ -112,8 +154,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     limits,
     ...(options.policy ? { policy: options.policy } : {}),
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
-    ...(options.listeners ? { listeners: options.listeners } : {}),
+    listeners: [...(options.listeners ?? []), ...(hooks ? [hooks] : [])],
+    ...(hooks ? { observer: hooks } : {}),
   })
+  if (hooks) {
+    await hooks.start(core)
+    log.info({ hooks: hooks.targetNames }, "hooks loaded")
+  }
   const transport = new WsTransport({
     core,
     auth,
@@ -123,11 +170,21 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     dev,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: typeof options.storage === "object" ? "custom" : storageKind }),
+    ...(hooks
+      ? {
+          routes: deadLetterRoutes({
+            deadLetters: () => hooks.deadLetters(),
+            replay: (filter) => hooks.replay(filter),
+            verify: (token) => auth.verify(token),
+          }),
+        }
+      : {}),
   })
   let port: number
   try {
     port = await transport.listen(options.port ?? 1234, host)
   } catch (error) {
+    await hooks?.stop()
     await storage.close()
     throw error
   }
@@ -145,10 +202,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     auth,
     metrics,
     log,
+    ...(hooks ? { hooks } : {}),
     close: () => {
       closing ??= (async () => {
         transport.stopAccepting()
         await core.close()
+        // After the core: its last changes' events are recorded before the outbox closes.
+        await hooks?.stop()
         await transport.close()
         log.info("stopped")
       })()

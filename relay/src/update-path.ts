@@ -65,6 +65,8 @@ export interface PathContext {
   recheckAccess(host: DocumentHost): void
   /** The document's memory may no longer match its storage: drop it. */
   evict(host: DocumentHost, error: unknown): void
+  /** Highest log position compaction may fold into a snapshot (hooks: entries whose events are recorded). */
+  compactionLimit?(name: string): Promise<number>
 }
 
 /** Transaction origin of the relay's own writes. */
@@ -180,6 +182,8 @@ async function finish(
 export async function compact(ctx: PathContext, host: DocumentHost): Promise<void> {
   if (host.logEntries === 0) return
   try {
+    // The snapshot holds everything applied, so compact only once nothing newer waits for its events.
+    if (ctx.compactionLimit && (await ctx.compactionLimit(host.key)) < host.lastPosition) return
     await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(host.doc), host.lastPosition)
     host.logEntries = 0
     host.logBytes = 0

@@ -46,6 +46,8 @@ export interface TransportOptions {
   readonly staticDir?: string
   /** Extra fields for `/healthz`. */
   readonly health?: () => Record<string, unknown>
+  /** Extra HTTP routes (e.g. the hooks' `/admin/dead-letters`), tried first; true when handled. */
+  readonly routes?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>
 }
 
 const json = (res: ServerResponse, status: number, body: unknown) => {
@@ -113,6 +115,7 @@ export class WsTransport {
 
   private async http(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://relay")
+    if (this.options.routes && (await this.options.routes(req, res))) return
     if (req.method !== "GET" && req.method !== "HEAD") return json(res, 405, { error: "method not allowed" })
     if (url.pathname === "/healthz") {
       return json(res, this.stopping ? 503 : 200, {

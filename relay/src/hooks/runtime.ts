@@ -186,7 +186,7 @@ export class HookRuntime {
     const id = conversationIdOf(name)
     const mark = id ? await this.options.outbox.watermark(name) : undefined
     if (!id || mark === undefined) {
-      for (const { update } of updates) Y.applyUpdate(doc, update)
+      for (const { position, update } of updates) applyLogged(doc, update, name, position, this.log)
       if (id) await this.options.outbox.enqueue({ document: name, events: [], through: last ?? 0 })
       return
     }
@@ -198,11 +198,11 @@ export class HookRuntime {
     try {
       for (const { position, update } of updates) {
         if (position <= mark) {
-          Y.applyUpdate(doc, update)
+          applyLogged(doc, update, name, position, this.log)
           continue
         }
         pending = { changes: [] }
-        Y.applyUpdate(doc, update)
+        applyLogged(doc, update, name, position, this.log)
         if (pending.changes.length === 0) continue
         const derived = deriveHookEvents({
           conversationId: id,
@@ -240,6 +240,14 @@ export class HookRuntime {
    * and never within {@link TYPING_THROTTLE_MS}). Not durable: one attempt.
    */
   awarenessChanged(name: string, doc: Y.Doc, user: UserId, state: unknown): void {
+    try {
+      this.typing(name, doc, user, state)
+    } catch (error) {
+      this.log.error({ err: error, document: name }, "typing hook failed")
+    }
+  }
+
+  private typing(name: string, doc: Y.Doc, user: UserId, state: unknown): void {
     const now = this.now()
     if (!isTyping(state, now)) return
     const id = conversationIdOf(name)
@@ -394,6 +402,15 @@ export class HookRuntime {
         await write(id, asUser, (doc) => markRead(doc, asUser))
       },
     }
+  }
+}
+
+// Only decodable updates are stored; this guards a damaged store without losing the rest (as the core does).
+function applyLogged(doc: Y.Doc, update: Uint8Array, name: string, position: number, log: Logger): void {
+  try {
+    Y.applyUpdate(doc, update)
+  } catch (error) {
+    log.error({ err: error, doc: name, position }, "skipped a stored update Yjs cannot apply")
   }
 }
 
