@@ -1,0 +1,158 @@
+import {
+  addParticipants,
+  type ConversationId,
+  changeRole,
+  createConversation,
+  deleteConversation,
+  deleteMessage,
+  editMessage,
+  type MessageId,
+  markRead,
+  react,
+  removeParticipants,
+  renameConversation,
+  sendMessage,
+  type UserId,
+  unreact,
+} from "@parley/shared"
+import { describe, expect, it } from "vitest"
+import type { HookEvent } from "../../src/hooks/events.js"
+import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const carol = "carol" as UserId
+const id = "g~hooks-events" as ConversationId
+
+const summary = (events: HookEvent[]) => events.map((e) => e.event.type)
+
+describe("hook events from clients' changes", () => {
+  it("fires each event type exactly once, with actor, subject and the conversation after the change", async () => {
+    const { hooks, events } = recordingHooks()
+    const { core, runtime } = await coreWithHooks({
+      hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+    })
+    const a = new InProcessClient(core, id, alice)
+    await a.connect()
+    const step = async (change: () => void) => {
+      events.length = 0
+      change()
+      await a.settled()
+      await runtime.idle()
+      return [...events]
+    }
+    const created = await step(() =>
+      createConversation(a.doc, alice, { kind: "group", id, title: "Trip", participants: [bob] }),
+    )
+    expect(summary(created)).toEqual(["conversation.created"])
+    expect(created[0]!.event.actor).toEqual({ kind: "user", user: alice })
+    expect(created[0]!.conversation.participants.map((p) => [p.user, p.role])).toEqual([
+      ["alice", "owner"],
+      ["bob", "member"],
+    ])
+
+    const sent = await step(() => sendMessage(a.doc, alice, { id: "m-000001" as MessageId, body: "hello" }))
+    expect(summary(sent)).toEqual(["message.sent"])
+    expect(sent[0]!.subject).toMatchObject({
+      message: { id: "m-000001", body: "hello", author: "alice", seq: 1 },
+    })
+
+    expect(summary(await step(() => editMessage(a.doc, alice, "m-000001" as MessageId, "hello!")))).toEqual([
+      "message.edited",
+    ])
+    expect(summary(await step(() => react(a.doc, alice, "m-000001" as MessageId, "👍")))).toEqual([
+      "reaction.added",
+    ])
+    expect(summary(await step(() => unreact(a.doc, alice, "m-000001" as MessageId, "👍")))).toEqual([
+      "reaction.removed",
+    ])
+    const read = await step(() => markRead(a.doc, alice))
+    expect(summary(read)).toEqual(["messages.read"])
+    expect(read[0]!.subject).toEqual({ user: "alice", upTo: 1 })
+    const added = await step(() => addParticipants(a.doc, alice, [carol]))
+    expect(summary(added)).toEqual(["participants.added"])
+    expect(added[0]!.conversation.participants.map((p) => p.user)).toContain("carol")
+    expect(summary(await step(() => changeRole(a.doc, alice, carol, "admin")))).toEqual([
+      "participants.roleChanged",
+    ])
+    const removed = await step(() => removeParticipants(a.doc, alice, [carol]))
+    expect(summary(removed)).toEqual(["participants.removed"])
+    expect(removed[0]!.conversation.participants.map((p) => p.user)).not.toContain("carol")
+    const renamed = await step(() => renameConversation(a.doc, alice, "Trip 2027"))
+    expect(summary(renamed)).toEqual(["conversation.updated"])
+    expect(renamed[0]!.conversation.title).toBe("Trip 2027")
+    expect(summary(await step(() => deleteMessage(a.doc, alice, "m-000001" as MessageId)))).toEqual([
+      "message.deleted",
+    ])
+    expect(summary(await step(() => deleteConversation(a.doc, alice)))).toEqual(["conversation.deleted"])
+  })
+
+  it("fires the events of changes made offline once, when they reach the relay, with sequence numbers", async () => {
+    const { hooks, events } = recordingHooks()
+    const raw: HookEvent[] = []
+    const { core, runtime } = await coreWithHooks({
+      hooks: [
+        { name: "record.ts", path: "record.ts", hooks },
+        {
+          name: "raw.ts",
+          path: "raw.ts",
+          hooks: recordingHooks({ onDocumentUpdated: (e) => void raw.push(e) }).hooks,
+        },
+      ],
+    })
+    const a = new InProcessClient(core, id, alice)
+    await a.connect()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    await a.settled()
+    const b = new InProcessClient(core, id, bob)
+    await b.connect()
+    b.disconnect()
+    sendMessage(b.doc, bob, { id: "off-00001" as MessageId, body: "written offline" })
+    sendMessage(b.doc, bob, { id: "off-00002" as MessageId, body: "me too" })
+    markRead(b.doc, bob, 0)
+    await runtime.idle()
+    events.length = 0
+    raw.length = 0
+    await b.connect()
+    await runtime.idle()
+    expect(summary(events)).toEqual(["message.sent", "message.sent"])
+    expect(events.map((e) => (e.subject as { message: { seq?: number } }).message.seq)).toEqual([1, 2])
+    expect(events.every((e) => e.event.actor.kind === "user" && e.event.actor.user === "bob")).toBe(true)
+    expect(raw).toHaveLength(1)
+    expect(raw[0]!.subject).toMatchObject({
+      changes: [{ type: "message.sent" }, { type: "message.sent" }, { type: "messages.sequenced", from: 1 }],
+    })
+    // Syncing again (a reconnect) changes nothing and fires nothing.
+    events.length = 0
+    b.disconnect()
+    await b.connect()
+    await runtime.idle()
+    expect(events).toEqual([])
+  })
+
+  it("fires typing.started from awareness once per typing burst", async () => {
+    let now = 1_000_000
+    const { hooks, events } = recordingHooks()
+    const { core, runtime } = await coreWithHooks({
+      hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      now: () => now,
+    })
+    const a = new InProcessClient(core, id, alice)
+    await a.connect()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    await a.settled()
+    await runtime.idle()
+    events.length = 0
+    a.setPresence({ user: alice, typing: now })
+    now += 3_000
+    a.setPresence({ user: alice, typing: now })
+    now += 3_000
+    a.setPresence({ user: alice, typing: 0 })
+    now += 10_000
+    a.setPresence({ user: alice, typing: now })
+    await runtime.idle()
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(summary(events)).toEqual(["typing.started", "typing.started"])
+    expect(events[0]!.subject).toEqual({ user: "alice" })
+  })
+})
