@@ -1,0 +1,169 @@
+import {
+  createConversation,
+  ErrorCode,
+  listMessages,
+  MessageType,
+  newConversationId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import * as encoding from "lib0/encoding"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import * as syncProtocol from "y-protocols/sync"
+import * as Y from "yjs"
+import { TestClient } from "./helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+const clients: TestClient[] = []
+let relay: RelayProcess
+beforeAll(async () => {
+  relay = await startRelayProcess({
+    args: ["--max-frame-bytes", "65536", "--max-messages-per-second", "20", "--message-burst", "40"],
+  })
+})
+afterAll(() => stopRelayProcesses())
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close()
+})
+
+async function open(name: string, user: string, options: { parley?: boolean } = {}, target = relay) {
+  const c = new TestClient(target.url, name, await target.token(user), options)
+  clients.push(c)
+  await c.synced()
+  return c
+}
+
+async function storedUpdates(target = relay): Promise<number> {
+  const text = await (await fetch(`${target.httpUrl}/metrics`)).text()
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith("parley_updates_total{"))
+    .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0)
+}
+
+/** A conversation with a healthy writer (alice) and a watcher (bob) on it. */
+async function scene(target = relay) {
+  const id = newConversationId()
+  const healthy = await open(id, alice, {}, target)
+  createConversation(healthy.doc, alice, { kind: "group", id, participants: [bob, "mallory" as UserId] })
+  await healthy.allSaved()
+  const watcher = await open(id, bob, {}, target)
+  return { id, healthy, watcher, mark: watcher.frames.length, stored: await storedUpdates(target) }
+}
+
+/**
+ * After the bad input: nothing was stored or broadcast for it, and the relay
+ * still serves the healthy client (its next message is saved and reaches the watcher).
+ */
+async function expectStillServing(s: Awaited<ReturnType<typeof scene>>, bad?: TestClient, target = relay) {
+  expect(await storedUpdates(target)).toBe(s.stored)
+  sendMessage(s.healthy.doc, alice, { body: "still works" })
+  await s.healthy.allSaved()
+  await s.watcher.until(() => listMessages(s.watcher.doc, { last: 10 }).some((m) => m.body === "still works"))
+  for (const frame of s.watcher.frames.slice(s.mark)) {
+    const decoder = decoding.createDecoder(frame)
+    const type = decoding.readVarUint(decoder)
+    // The watcher's own "saved" acks are for it alone; anything else must be the healthy message.
+    if (type === MessageType.parley) continue
+    expect(type).toBe(MessageType.sync)
+    expect(decoding.readVarUint(decoder)).toBe(syncProtocol.messageYjsUpdate)
+    const writers = Y.decodeUpdate(decoding.readVarUint8Array(decoder)).structs.map((x) => x.id.client)
+    if (bad) expect(writers).not.toContain(bad.doc.clientID)
+  }
+  expect(s.watcher.closeEvent).toBeUndefined()
+}
+
+const syncUpdateFrame = (payload: Uint8Array) => {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.sync)
+  syncProtocol.writeUpdate(encoder, payload)
+  return encoding.toUint8Array(encoder)
+}
+
+describe("bad input", () => {
+  it.each([
+    ["bytes that are not a varint", [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]],
+    ["an unknown message type", [42, 1, 2, 3]],
+    ["an unknown sync message type", [MessageType.sync, 9, 0]],
+    ["a truncated awareness update", [MessageType.awareness, 10, 1, 5]],
+    ["an awareness state that is not JSON", [MessageType.awareness, 6, 1, 7, 1, 2, 0x7b, 0x7b]],
+    ["an empty frame", []],
+  ])("closes a connection that sends %s with 4400", async (_, bytes) => {
+    const s = await scene()
+    const bad = await open(s.id, "mallory")
+    bad.send(new Uint8Array(bytes))
+    expect((await bad.closed).code).toBe(4400)
+    await expectStillServing(s, bad)
+  })
+
+  it("closes a connection that sends a text frame with 4400", async () => {
+    const s = await scene()
+    const bad = await open(s.id, "mallory")
+    bad.ws.send("hello")
+    expect((await bad.closed).code).toBe(4400)
+    await expectStillServing(s, bad)
+  })
+
+  it("answers an update Yjs cannot decode with a typed INVALID_UPDATE error and keeps the connection", async () => {
+    const s = await scene()
+    const bad = await open(s.id, "mallory")
+    bad.send(syncUpdateFrame(new Uint8Array([5, 200, 1, 2, 3, 255, 255, 255])))
+    await bad.until(() => bad.errors.length > 0)
+    expect(bad.errors[0]!.code).toBe(ErrorCode.INVALID_UPDATE)
+    expect(bad.closeEvent).toBeUndefined()
+    await expectStillServing(s, bad)
+  })
+
+  it("closes a stock client that sends an update Yjs cannot decode with 4400", async () => {
+    const s = await scene()
+    const bad = await open(s.id, "mallory", { parley: false })
+    bad.send(syncUpdateFrame(new Uint8Array([5, 200, 1, 2, 3, 255, 255, 255])))
+    expect((await bad.closed).code).toBe(4400)
+    await expectStillServing(s, bad)
+  })
+
+  it("closes a connection that sends a frame above --max-frame-bytes with 1009", async () => {
+    const s = await scene()
+    const bad = await open(s.id, "mallory")
+    bad.send(new Uint8Array(70_000))
+    expect((await bad.closed).code).toBe(1009)
+    await expectStillServing(s, bad)
+  })
+
+  it("closes a connection that floods frames with 4429", async () => {
+    const s = await scene()
+    const bad = await open(s.id, "mallory")
+    for (let i = 0; i < 200; i++) bad.send(new Uint8Array([MessageType.queryAwareness]))
+    expect((await bad.closed).code).toBe(4429)
+    await expectStillServing(s, bad)
+  })
+})
+
+describe("slow consumers", () => {
+  it("disconnects a client that does not read with 4429 instead of queueing without bound", async () => {
+    const target = await startRelayProcess({
+      args: ["--max-buffered-bytes", "65536", "--max-messages-per-second", "1000", "--message-burst", "1000"],
+    })
+    const s = await scene(target)
+    const slow = await open(s.id, "mallory", {}, target)
+    slow.ws.pause()
+    const body = "x".repeat(15_000)
+    // About 20 MB of broadcasts: more than the kernel's socket buffers hold, so the relay's queue fills.
+    for (let frame = 0; frame < 20; frame++) {
+      s.healthy.doc.transact(() => {
+        for (let i = 0; i < 60; i++) sendMessage(s.healthy.doc, alice, { body })
+      })
+    }
+    await s.healthy.allSaved()
+    slow.ws.resume()
+    expect((await slow.closed).code).toBe(4429)
+    await s.watcher.until(() => listMessages(s.watcher.doc, { last: 2000 }).length === 1200)
+    s.mark = s.watcher.frames.length
+    s.stored = await storedUpdates(target)
+    await expectStillServing(s, slow, target)
+  })
+})
