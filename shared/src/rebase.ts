@@ -1,0 +1,377 @@
+import * as Y from "yjs"
+import { typesOf } from "./document.js"
+import { ErrorCode, ParleyError, toParleyError } from "./errors.js"
+import type { MessageId, UserId } from "./ids.js"
+import { messageIndex } from "./message-index.js"
+import {
+  addParticipants,
+  assertAllowed,
+  changeRole,
+  createConversation,
+  deleteConversation,
+  deleteMessage,
+  editMessage,
+  markDelivered,
+  markRead,
+  react,
+  removeParticipants,
+  renameConversation,
+  sendMessage,
+  setConversationMetadata,
+  unreact,
+} from "./operations.js"
+import { getConversation, roleOf } from "./reads.js"
+import { canMoveMarker, canReact, canSendMessage, canWriteSequence, Rule } from "./rules.js"
+import {
+  type DeletedMessageRecord,
+  type EditRecord,
+  isDeletedRecord,
+  type MessageRecord,
+  type Metadata,
+  MetaKey,
+  type ParticipantRecord,
+  parseReactionKey,
+  TopLevel,
+} from "./schema.js"
+
+/**
+ * Recovery of a replica whose update the relay refused.
+ *
+ * Why a resync in the SDK rather than a compensating change written by the
+ * relay: a Yjs update is all-or-nothing for the relay (it checks the whole
+ * update and stores all of it or none), and every later update of the same
+ * replica depends on the refused structs by Yjs clock (a client's structs are
+ * numbered consecutively, and its next writes point at the items it wrote
+ * before as their origins). The relay can therefore never integrate anything
+ * that replica writes afterwards. A compensating change cannot help either: it
+ * would have to undo structs the relay never integrated, and undoing them means
+ * integrating them first — exactly what was refused. So the replica itself is
+ * abandoned: the SDK fetches the relay's state into a fresh document (with a
+ * new client id), re-applies its user's pending work onto it through the shared
+ * operations — which check the same rules and throw FORBIDDEN naming the rule —
+ * and then replaces its replica with it. The forbidden change is reported as
+ * failed with that rule; everything valid survives and is sent again.
+ */
+
+/** One piece of pending work found in the stale replica. */
+export type PendingChange =
+  | { readonly kind: "conversation.create" }
+  | { readonly kind: "conversation.field"; readonly field: string }
+  | { readonly kind: "participant.add" | "participant.remove" | "participant.role"; readonly user: string }
+  | { readonly kind: "message.send" | "message.edit" | "message.delete"; readonly id: MessageId }
+  | {
+      readonly kind: "reaction.add" | "reaction.remove"
+      readonly id: MessageId
+      readonly user: string
+      readonly emoji: string
+    }
+  | {
+      readonly kind: "marker"
+      readonly which: "read" | "delivered"
+      readonly user: string
+      readonly to: number
+    }
+  | { readonly kind: "sequence" }
+  | { readonly kind: "unknown"; readonly where: string }
+
+/** What {@link rebasePendingWork} did. */
+export interface RebaseResult {
+  /** Pending work now written into the fresh document. */
+  readonly reapplied: readonly PendingChange[]
+  /** Pending work refused, with the error (FORBIDDEN errors name the rule). */
+  readonly failed: readonly { readonly what: PendingChange; readonly error: ParleyError }[]
+}
+
+type Internals = { _item: Y.Item | null; _map: Map<string, Y.Item> }
+type StoreInternals = { clients: Map<number, (Y.Item | Y.GC)[]> }
+
+const forbidden = (rule: Rule, message: string) => new ParleyError(ErrorCode.FORBIDDEN, message, { rule })
+
+function stateOf(doc: Y.Doc, client: number): number {
+  const structs = (doc.store as unknown as StoreInternals).clients.get(client)
+  const last = structs?.[structs.length - 1]
+  return last ? last.id.clock + last.length : 0
+}
+
+function structAt(doc: Y.Doc, client: number, clock: number): Y.Item | Y.GC | undefined {
+  const structs = (doc.store as unknown as StoreInternals).clients.get(client)
+  if (!structs || clock >= stateOf(doc, client)) return undefined
+  return structs[Y.findIndexSS(structs as Y.Item[], clock)]
+}
+
+/**
+ * Re-applies `user`'s pending work found in `stale` (what it has that `fresh`,
+ * the relay's state, lacks: messages, edits, deletions, reactions, markers,
+ * conversation and participant changes) onto `fresh`, each through the shared
+ * operation that checks the rules. Writes only to `fresh`; the caller then
+ * replaces its replica with it and sends what was written.
+ */
+export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): RebaseResult {
+  const reapplied: PendingChange[] = []
+  const failed: { what: PendingChange; error: ParleyError }[] = []
+  const attempt = (what: PendingChange, write: () => void) => {
+    try {
+      write()
+      reapplied.push(what)
+    } catch (error) {
+      failed.push({ what, error: toParleyError(error) })
+    }
+  }
+  const freshState = Y.decodeStateVector(Y.encodeStateVector(fresh))
+  const isPending = (item: Y.Item) => item.id.clock + item.length > (freshState.get(item.id.client) ?? 0)
+  const roots = new Map<unknown, string>()
+  for (const [name, type] of stale.share) roots.set(type, name)
+  const rootOf = (item: Y.Item): string | undefined => {
+    const parent = item.parent as unknown as Internals | null
+    return parent && parent._item === null ? roots.get(parent) : undefined
+  }
+
+  // What the stale replica wrote that the relay does not have.
+  const mapKeys = new Map<string, Set<string>>()
+  const touch = (root: string, key: string) => {
+    let keys = mapKeys.get(root)
+    if (!keys) {
+      keys = new Set()
+      mapKeys.set(root, keys)
+    }
+    keys.add(key)
+  }
+  const newElements: { root: string; value: unknown }[] = []
+  for (const [client, structs] of (stale.store as unknown as StoreInternals).clients) {
+    const from = freshState.get(client) ?? 0
+    if (from >= stateOf(stale, client)) continue
+    for (let i = Y.findIndexSS(structs as Y.Item[], from); i < structs.length; i++) {
+      const item = structs[i]
+      if (!(item instanceof Y.Item) || !isPending(item)) continue
+      const root = rootOf(item)
+      if (root === undefined) {
+        failed.push({
+          what: { kind: "unknown", where: "nested type" },
+          error: forbidden(Rule.schema, "nested types are not part of a conversation"),
+        })
+        continue
+      }
+      if (item.parentSub !== null) touch(root, item.parentSub)
+      else if (!item.deleted) {
+        const content = item.content.getContent()
+        for (let j = Math.max(0, from - item.id.clock); j < content.length; j++)
+          newElements.push({ root, value: content[j] })
+      }
+    }
+  }
+  // What the stale replica deleted that the relay still has.
+  const deletedRecords = new Map<MessageId, MessageRecord>()
+  for (const [client, structs] of (fresh.store as unknown as StoreInternals).clients) {
+    for (const item of structs) {
+      if (!(item instanceof Y.Item) || item.deleted) continue
+      const parent = item.parent as unknown as Internals
+      const root = [...fresh.share].find(([, t]) => (t as unknown) === parent)?.[0]
+      if (root === undefined) continue
+      if (item.parentSub !== null) {
+        if (structAt(stale, client, item.id.clock)?.deleted) touch(root, item.parentSub)
+        continue
+      }
+      if (root !== TopLevel.messages) continue
+      const records = item.content.getContent() as (MessageRecord | DeletedMessageRecord)[]
+      records.forEach((record, j) => {
+        if (structAt(stale, client, item.id.clock + j)?.deleted && !isDeletedRecord(record))
+          deletedRecords.set(record.id, record)
+      })
+    }
+  }
+
+  const staleValue = (root: string, key: string): { item?: Y.Item; value?: unknown } => {
+    const item = (stale.share.get(root) as unknown as Internals | undefined)?._map.get(key)
+    if (!item || item.deleted) return item ? { item } : {}
+    const content = item.content.getContent()
+    return { item, value: content[content.length - 1] }
+  }
+  const freshValue = (root: string, key: string): unknown => (fresh.getMap(root) as Y.Map<unknown>).get(key)
+  /** Keys whose stale value is the replica's own write, or that it removed. */
+  const changed = (root: string) => {
+    const out: { key: string; value: unknown; removed: boolean }[] = []
+    for (const key of mapKeys.get(root) ?? []) {
+      const { item, value } = staleValue(root, key)
+      if (value !== undefined && item && isPending(item)) out.push({ key, value, removed: false })
+      else if (value === undefined && freshValue(root, key) !== undefined)
+        out.push({ key, value, removed: true })
+    }
+    return out
+  }
+  const role = () => roleOf(fresh, user)
+
+  // 1. The conversation itself, when the relay never got it.
+  const staleInfo = getConversation(stale)
+  let created = false
+  if (staleInfo && !getConversation(fresh)) {
+    created = true
+    const others = [...typesOf(stale).participants.keys()].filter((u) => u !== user) as UserId[]
+    attempt({ kind: "conversation.create" }, () => {
+      createConversation(
+        fresh,
+        user,
+        {
+          kind: staleInfo.kind,
+          id: staleInfo.id,
+          participants: others,
+          title: staleInfo.title,
+          metadata: staleInfo.metadata,
+        },
+        { now: staleInfo.createdAt },
+      )
+      for (const [other, record] of typesOf(stale).participants) {
+        if (other !== user && record.role !== "member" && staleInfo.kind === "group")
+          changeRole(fresh, user, other as UserId, record.role)
+      }
+    })
+  }
+
+  // 2. Conversation fields and participants (leaving comes last).
+  if (!created) {
+    let deleted = false
+    for (const { key, value, removed } of changed(TopLevel.meta)) {
+      const what: PendingChange = { kind: "conversation.field", field: key }
+      if (removed) failed.push({ what, error: forbidden(Rule.immutable, `"${key}" cannot be removed`) })
+      else if (key === MetaKey.title) attempt(what, () => renameConversation(fresh, user, value as string))
+      else if (key === MetaKey.metadata)
+        attempt(what, () => setConversationMetadata(fresh, user, value as Metadata))
+      else if (key === MetaKey.deletedAt || key === MetaKey.deletedBy) {
+        if (!deleted) attempt(what, () => deleteConversation(fresh, user))
+        deleted = true
+      } else failed.push({ what, error: forbidden(Rule.immutable, `"${key}" is fixed at creation`) })
+    }
+  }
+  let leaving = false
+  if (!created) {
+    for (const { key, value, removed } of changed(TopLevel.participants)) {
+      const other = key as UserId
+      if (removed) {
+        if (other === user) leaving = true
+        else
+          attempt({ kind: "participant.remove", user: other }, () => removeParticipants(fresh, user, [other]))
+        continue
+      }
+      const record = value as ParticipantRecord
+      const current = typesOf(fresh).participants.get(other)
+      if (!current)
+        attempt({ kind: "participant.add", user: other }, () =>
+          addParticipants(fresh, user, [other], record.role),
+        )
+      else if (current.role !== record.role)
+        attempt({ kind: "participant.role", user: other }, () => changeRole(fresh, user, other, record.role))
+    }
+  }
+
+  // 3. Messages, then what refers to them.
+  const placeholders = new Map<MessageId, DeletedMessageRecord>()
+  for (const { root, value } of newElements) {
+    if (root === TopLevel.order) {
+      const decision = canWriteSequence(false)
+      if (!decision.allowed)
+        failed.push({ what: { kind: "sequence" }, error: forbidden(decision.rule, decision.reason) })
+      continue
+    }
+    if (root !== TopLevel.messages) {
+      failed.push({
+        what: { kind: "unknown", where: root },
+        error: forbidden(Rule.schema, `unknown top-level type "${root}"`),
+      })
+      continue
+    }
+    const record = value as MessageRecord | DeletedMessageRecord
+    if (typeof record !== "object" || record === null || typeof record.id !== "string") {
+      failed.push({
+        what: { kind: "unknown", where: root },
+        error: forbidden(Rule.schema, "not a message record"),
+      })
+    } else if (isDeletedRecord(record)) placeholders.set(record.id, record)
+    else if (!messageIndex(fresh).records.has(record.id) && !messageIndex(fresh).deleted.has(record.id)) {
+      attempt({ kind: "message.send", id: record.id }, () => {
+        assertAllowed(canSendMessage(user, role(), record.author))
+        sendMessage(
+          fresh,
+          user,
+          {
+            id: record.id,
+            body: record.body,
+            ...(record.type !== undefined ? { type: record.type } : {}),
+            ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
+            ...(record.attachments !== undefined ? { attachments: record.attachments } : {}),
+            ...(record.metadata !== undefined ? { metadata: record.metadata } : {}),
+            ...(record.priority !== undefined ? { priority: record.priority } : {}),
+          },
+          { now: record.createdAt },
+        )
+      })
+    }
+  }
+  const deleting = new Set<MessageId>([...placeholders.keys()])
+  for (const { key, value, removed } of changed(TopLevel.edits)) {
+    const id = key as MessageId
+    if (deleting.has(id)) continue
+    if (removed) {
+      failed.push({
+        what: { kind: "message.edit", id },
+        error: forbidden(Rule.immutable, "an edit goes with its message"),
+      })
+      continue
+    }
+    const edit = value as EditRecord
+    attempt({ kind: "message.edit", id }, () =>
+      editMessage(fresh, user, id, edit.body, { now: edit.editedAt }),
+    )
+  }
+  for (const { key, value, removed } of changed(TopLevel.reactions)) {
+    const parsed = parseReactionKey(key)
+    if (!parsed) {
+      failed.push({
+        what: { kind: "unknown", where: "reactions" },
+        error: forbidden(Rule.schema, "reaction key invalid"),
+      })
+      continue
+    }
+    if (removed && deleting.has(parsed.message)) continue
+    const what: PendingChange = {
+      kind: removed ? "reaction.remove" : "reaction.add",
+      id: parsed.message,
+      user: parsed.user,
+      emoji: parsed.emoji,
+    }
+    attempt(what, () => {
+      assertAllowed(canReact(user, role(), parsed.user))
+      if (removed) unreact(fresh, user, parsed.message, parsed.emoji)
+      else react(fresh, user, parsed.message, parsed.emoji, { now: value as number })
+    })
+  }
+  for (const [id] of placeholders) {
+    // Sent and deleted while offline: the relay never saw it, nothing to redo.
+    if (!messageIndex(fresh).records.has(id) && !messageIndex(fresh).deleted.has(id)) continue
+    attempt({ kind: "message.delete", id }, () => deleteMessage(fresh, user, id))
+  }
+  for (const [id] of deletedRecords) {
+    if (!placeholders.has(id))
+      failed.push({
+        what: { kind: "message.delete", id },
+        error: forbidden(Rule.immutable, "a deleted message leaves a placeholder"),
+      })
+  }
+
+  // 4. Markers: own, forward.
+  for (const which of ["read", "delivered"] as const) {
+    for (const { key, value, removed } of changed(which)) {
+      const to = removed ? 0 : (value as number)
+      const what: PendingChange = { kind: "marker", which, user: key, to }
+      attempt(what, () => {
+        if (removed) throw forbidden(Rule.markerForwardOnly, "markers are never removed")
+        const from = typesOf(fresh)[which].get(key)
+        if (key === user && from === to) return
+        assertAllowed(canMoveMarker(user, role(), key as UserId, from, to))
+        if (which === "read") markRead(fresh, user, to)
+        else markDelivered(fresh, user, to)
+      })
+    }
+  }
+
+  if (leaving) attempt({ kind: "participant.remove", user }, () => removeParticipants(fresh, user, [user]))
+  return { reapplied, failed }
+}

@@ -1,0 +1,131 @@
+import { describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import {
+  assignSequenceNumbers,
+  type ConversationId,
+  changeRole,
+  createConversation,
+  deleteMessage,
+  ErrorCode,
+  editMessage,
+  getMessage,
+  type MessageId,
+  markRead,
+  nextFromDocument,
+  Rule,
+  react,
+  rebasePendingWork,
+  renameConversation,
+  sendMessage,
+  typesOf,
+  type UserId,
+} from "../src/index.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const carol = "carol" as UserId
+
+/** The relay's state, and a replica of carol (member) that synced it. */
+function setup() {
+  const relay = new Y.Doc()
+  createConversation(
+    relay,
+    alice,
+    { kind: "group", id: "g~rebase" as ConversationId, participants: [bob, carol] },
+    { now: 1 },
+  )
+  changeRole(relay, alice, bob, "admin")
+  const fromAlice = sendMessage(relay, alice, { body: "from alice" }).id
+  const fromCarol = sendMessage(relay, carol, { body: "from carol" }).id
+  assignSequenceNumbers(relay, nextFromDocument(relay))
+  const stale = new Y.Doc()
+  Y.applyUpdate(stale, Y.encodeStateAsUpdate(relay))
+  return { relay, stale, fromAlice, fromCarol }
+}
+
+/** What the SDK does: a fresh replica from the relay's state, then the rebase. */
+function freshFrom(relay: Y.Doc): Y.Doc {
+  const fresh = new Y.Doc()
+  Y.applyUpdate(fresh, Y.encodeStateAsUpdate(relay))
+  return fresh
+}
+
+describe("rebasing pending work after a refusal", () => {
+  it("keeps valid pending messages and reports the forbidden edit with its rule", () => {
+    const { relay, stale, fromAlice, fromCarol } = setup()
+    const one = sendMessage(stale, carol, { body: "pending one" }).id
+    // The forbidden change, as a malicious or buggy client writes it.
+    typesOf(stale).edits.set(fromAlice, { body: "alice never said this", editedAt: 5 })
+    const two = sendMessage(stale, carol, { body: "pending two" }).id
+    editMessage(stale, carol, fromCarol, "carol, edited")
+    react(stale, carol, fromAlice, "👍")
+    markRead(stale, carol, 2)
+
+    const fresh = freshFrom(relay)
+    const { reapplied, failed } = rebasePendingWork(stale, fresh, carol)
+
+    expect(getMessage(fresh, one)?.body).toBe("pending one")
+    expect(getMessage(fresh, two)?.body).toBe("pending two")
+    expect(getMessage(fresh, fromCarol)?.body).toBe("carol, edited")
+    expect(getMessage(fresh, fromAlice)?.body).toBe("from alice")
+    expect(getMessage(fresh, fromAlice)?.reactions).toEqual({ "👍": [carol] })
+    expect(typesOf(fresh).read.get(carol)).toBe(2)
+    expect(failed).toHaveLength(1)
+    expect(failed[0]!.what).toEqual({ kind: "message.edit", id: fromAlice })
+    expect(failed[0]!.error).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.authorOnly })
+    expect(reapplied.map((r) => r.kind).sort()).toEqual(
+      // markRead moved delivered too: both markers are pending work.
+      ["marker", "marker", "message.edit", "message.send", "message.send", "reaction.add"].sort(),
+    )
+  })
+
+  it("reports a forged author, a self-promotion and a sequence write, and keeps the rest", () => {
+    const { relay, stale } = setup()
+    typesOf(stale).messages.push([
+      { id: "forged000001" as MessageId, author: alice, body: "as alice", createdAt: 3 },
+    ])
+    typesOf(stale).participants.set(carol, { ...typesOf(stale).participants.get(carol)!, role: "admin" })
+    typesOf(stale).order.push(["9:forged000001"])
+    const kept = sendMessage(stale, carol, { body: "still mine" }).id
+
+    const fresh = freshFrom(relay)
+    const { failed } = rebasePendingWork(stale, fresh, carol)
+
+    expect(getMessage(fresh, kept)?.author).toBe(carol)
+    expect(getMessage(fresh, "forged000001" as MessageId)).toBeUndefined()
+    expect(typesOf(fresh).participants.get(carol)?.role).toBe("member")
+    expect(failed.map((f) => f.error.rule).sort()).toEqual(
+      [Rule.authorIsSender, Rule.adminOnly, Rule.relayOnly].sort(),
+    )
+  })
+
+  it("does not undo what others changed meanwhile, and redoes own deletions", () => {
+    const { relay, stale, fromCarol } = setup()
+    deleteMessage(stale, carol, fromCarol)
+    renameConversation(relay, alice, "Renamed by alice")
+    const fresh = freshFrom(relay)
+    const { failed, reapplied } = rebasePendingWork(stale, fresh, carol)
+    expect(failed).toEqual([])
+    expect(reapplied).toEqual([{ kind: "message.delete", id: fromCarol }])
+    expect(getMessage(fresh, fromCarol)?.deleted?.by).toBe(carol)
+    expect(typesOf(fresh).meta.get("title")).toBe("Renamed by alice")
+  })
+
+  it("recreates a conversation the relay never got, with its messages", () => {
+    const relay = new Y.Doc()
+    const stale = new Y.Doc()
+    createConversation(stale, carol, {
+      kind: "group",
+      id: "g~new" as ConversationId,
+      participants: [bob],
+      title: "New",
+    })
+    const first = sendMessage(stale, carol, { body: "first" }).id
+    const fresh = freshFrom(relay)
+    const { failed } = rebasePendingWork(stale, fresh, carol)
+    expect(failed).toEqual([])
+    expect(typesOf(fresh).meta.get("title")).toBe("New")
+    expect(typesOf(fresh).participants.get(carol)?.role).toBe("owner")
+    expect(getMessage(fresh, first)?.body).toBe("first")
+  })
+})
