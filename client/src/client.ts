@@ -186,7 +186,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   async createConversation(input: CreateGroupInput): Promise<Conversation> {
     const id = input.id === undefined ? newConversationId() : parseConversationId(input.id)
     const conversation = this.conversation(id)
-    await this.loaded(conversation)
+    conversation.creating = true
+    try {
+      await this.loaded(conversation)
+    } finally {
+      conversation.creating = false
+    }
     createConversation(
       conversation.doc,
       this.user,
@@ -211,6 +216,15 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   async directConversation(other: string, waitMs = 2_000): Promise<Conversation> {
     const otherUser = parseUserId(other)
     const conversation = this.conversation(directConversationId([this.user, otherUser]))
+    conversation.creating = true
+    try {
+      return await this.findOrCreateDirect(conversation, otherUser, waitMs)
+    } finally {
+      conversation.creating = false
+    }
+  }
+
+  private async findOrCreateDirect(conversation: Conversation, otherUser: UserId, waitMs: number) {
     await this.loaded(conversation)
     if (!getConversation(conversation.doc) && this.wanted && this.browserOnline) {
       await new Promise<void>((resolve) => {

@@ -133,6 +133,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly unobserve: () => void
   private readonly readyPromise: Promise<this>
   private closed = false
+  /** @internal Set while the client is about to create this conversation: "not found" is expected then. */
+  creating = false
   /** @internal Resolves once the local replica is loaded and the state settled from it. */
   readonly whenLoaded: Promise<void>
 
@@ -412,7 +414,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       if (wasReady && JSON.stringify(current.conversation) === JSON.stringify(info)) return
       this.setState({ state: "ready", conversation: info })
       if (!wasReady) this.scheduleDelivered()
-    } else if (this.connection.synced && this.current.state === "loading") {
+    } else if (this.connection.synced && this.current.state === "loading" && !this.creating) {
       const error = new ParleyError(ErrorCode.NOT_FOUND, `no conversation ${this.id}`)
       this.setState({ state: "unavailable", reason: error.code, error })
     }

@@ -271,6 +271,45 @@ describe("ChatClient connection", () => {
     }
   })
 
+  it("goes offline and back online with the browser's offline and online events", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const browser = globalThis as { window?: EventTarget }
+    browser.window = new EventTarget()
+    try {
+      const alice = await connectClient(relay, a)
+      const chat = await alice.createConversation({ participants: [b] })
+      await eventually(() => expect(alice.status).toBe("online"))
+      browser.window.dispatchEvent(new Event("offline"))
+      expect(alice.status).toBe("offline")
+      const message = chat.send("sent while the browser was offline")
+      expect(chat.status(message.id)).toBe("pending")
+      browser.window.dispatchEvent(new Event("online"))
+      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+      expect(alice.status).toBe("online")
+    } finally {
+      await destroyClients()
+      delete browser.window
+    }
+  })
+
+  it("loses nothing when a client is closed in the middle of syncing", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const first = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat = await first.createConversation({ participants: [b] })
+    const ids = Array.from({ length: 20 }, (_, i) => chat.send(`burst ${i}`).id)
+    // Closed right away: the socket may not even be open yet.
+    await first.destroy()
+
+    const second = await connectClient(relay, a, { storage: "indexeddb" })
+    const again = await second.conversation(chat.id).ready()
+    expect(again.messages({ last: 50 }).map((m) => m.id)).toEqual(ids)
+    await eventually(() => expect(again.messages({ last: 50 }).every((m) => m.status === "sent")).toBe(true))
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bobChat.messages({ last: 50 })).toHaveLength(20))
+    for (const id of ids) expect(copies(bobChat, id)).toBe(1)
+  })
+
   it("keeps a conversation going across a relay restart", async () => {
     const first = await startRelay()
     let second: RelayProcess | undefined
