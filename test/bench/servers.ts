@@ -188,7 +188,13 @@ export function detectRelayFlags(): Promise<RelayFlags> {
 async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   const flags = await detectRelayFlags()
   const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-"))
-  const args = [join(ROOT, "relay/bin/parley-relay.js"), "--port", "0", "--dev", "--data-dir", dataDir]
+  // Without a relay flag to switch authorization off, the same relay is started
+  // through a launcher that passes an allow-everything policy.
+  const launcher =
+    !variant.authorization && !flags.noAuthorization
+      ? ["--import", "tsx", join(ROOT, "test/bench/servers/parley-without-authorization.ts")]
+      : [join(ROOT, "relay/bin/parley-relay.js")]
+  const args = [...launcher, "--port", "0", "--dev", "--data-dir", dataDir]
   if (flags.storage) args.push(flags.storage, "sqlite")
   if (variant.hooks && flags.hooks) args.push("--hooks", join(ROOT, "test/bench/hooks"))
   if (!variant.authorization && flags.noAuthorization) args.push(...flags.noAuthorization.split(/[= ]/))
@@ -220,7 +226,7 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
     return pending
   }
   const hooks = variant.hooks && flags.hooks
-  const authorization = variant.authorization || !flags.noAuthorization
+  const authorization = variant.authorization
   const parts = [!hooks && "no hooks", !authorization && "no authorization"].filter(Boolean)
   const label = parts.length ? `parley (${parts.join(", ")})` : "parley"
   return handle("parley", label, child, port, token, () => rmSync(dataDir, { recursive: true, force: true }))
