@@ -1,0 +1,126 @@
+import { spawn } from "node:child_process"
+import { dirname, resolve } from "node:path"
+import { fileURLToPath } from "node:url"
+import { createConversation, newConversationId, sendMessage, type UserId } from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import { ConfigError, parseConfig } from "../src/config.js"
+import { type RelayOptions, startRelay } from "../src/relay.js"
+import { TestClient } from "./helpers/clients.js"
+import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../bin/parley-relay.js")
+
+const clients: TestClient[] = []
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close()
+  await stopRelayProcesses()
+})
+
+/** Runs the CLI to completion and returns its exit code and output. */
+function runCli(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return new Promise<{ code: number | null; stdout: string; stderr: string }>((done) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d
+    })
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d
+    })
+    child.on("exit", (code) => done({ code, stdout, stderr }))
+  })
+}
+
+describe("operations", () => {
+  it("serves /healthz, Prometheus /metrics, and dev tokens that open a conversation", async () => {
+    const relay = await startRelayProcess({ args: ["--dev"] })
+    const health = await (await fetch(`${relay.httpUrl}/healthz`)).json()
+    expect(health).toMatchObject({ status: "ok", documents: 0, storage: "sqlite" })
+    const { token } = (await (await fetch(`${relay.httpUrl}/dev/token?user=alice`)).json()) as {
+      token: string
+    }
+    const id = newConversationId()
+    const c = new TestClient(relay.url, id, token)
+    clients.push(c)
+    await c.synced()
+    createConversation(c.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    sendMessage(c.doc, "alice" as UserId, { body: "hi" })
+    await c.allSaved()
+    const metrics = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+    for (const name of [
+      "parley_connections 1",
+      "parley_documents_loaded 1",
+      'parley_updates_total{source="client"}',
+      'parley_updates_total{source="relay"}',
+      "parley_update_bytes_total",
+      "parley_persistence_seconds_bucket",
+      "process_cpu_user_seconds_total",
+    ]) {
+      expect(metrics).toContain(name)
+    }
+    expect(relay.lines.some((l) => l.includes("DEV MODE"))).toBe(true)
+    expect((await fetch(`${relay.httpUrl}/dev/token?user=not%20valid`)).status).toBe(400)
+  })
+
+  it("counts refusals by error code, mints no tokens without --dev, and runs on the memory backend", async () => {
+    const relay = await startRelayProcess({ args: ["--storage", "memory"] })
+    const c = new TestClient(relay.url, newConversationId(), undefined)
+    clients.push(c)
+    await c.closed
+    const metrics = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+    expect(metrics).toContain('parley_errors_total{code="UNAUTHORIZED"} 1')
+    expect((await fetch(`${relay.httpUrl}/dev/token?user=alice`)).status).toBe(404)
+    expect(await (await fetch(`${relay.httpUrl}/healthz`)).json()).toMatchObject({ storage: "memory" })
+  })
+
+  it("exits 2 with the usage on a bad flag", async () => {
+    const bad = await runCli(["--port", "banana"])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toContain("--port must be")
+    expect(bad.stderr).toContain("Usage: parley-relay")
+  })
+})
+
+describe("configuration", () => {
+  it("reads flags, falls back to environment variables, then defaults", () => {
+    const config = parseConfig(["--port", "0", "--auth-secret", "s"], {
+      PARLEY_PORT: "9999",
+      PARLEY_IDLE_UNLOAD_MS: "5",
+      PARLEY_DEV: "1",
+    }) as RelayOptions
+    expect(config.port).toBe(0)
+    expect(config.dev).toBe(true)
+    expect(config.limits?.idleUnloadMs).toBe(5)
+    expect(config.host).toBe("127.0.0.1")
+    expect(config.dataDir).toBe("./data")
+    expect(config.storage).toBe("sqlite")
+    expect(config.limits?.maxFrameBytes).toBe(1024 * 1024)
+  })
+
+  it("refuses missing or conflicting ways to verify tokens, and bad values", () => {
+    expect(() => parseConfig([], {})).toThrow(ConfigError)
+    expect(() => parseConfig(["--auth-secret", "s", "--auth-jwks-url", "http://x"], {})).toThrow(/only one/)
+    expect(() => parseConfig(["--dev", "--storage", "redis"], {})).toThrow(/--storage/)
+    expect(() => parseConfig(["--dev"], { PARLEY_PORT: "70000" })).toThrow(/65535/)
+    expect(() => parseConfig(["--dev", "--log-level", "loud"], {})).toThrow(/--log-level/)
+  })
+
+  it("refuses --dev on a non-loopback host unless forced", async () => {
+    await expect(
+      startRelay({ dev: true, host: "0.0.0.0", port: 0, storage: "memory", log: "silent" }),
+    ).rejects.toThrow(/--force-dev/)
+    const forced = await startRelay({
+      dev: true,
+      forceDev: true,
+      host: "0.0.0.0",
+      port: 0,
+      storage: "memory",
+      log: "silent",
+    })
+    await forced.close()
+  })
+})
