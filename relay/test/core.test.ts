@@ -1,0 +1,236 @@
+import {
+  type ChangeEvent,
+  createConversation,
+  ErrorCode,
+  getMessage,
+  listMessages,
+  MessageType,
+  newConversationId,
+  type ParleyFrame,
+  Rule,
+  readParleyFrame,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import * as encoding from "lib0/encoding"
+import { describe, expect, it } from "vitest"
+import * as syncProtocol from "y-protocols/sync"
+import * as Y from "yjs"
+import type { Session } from "../src/connection.js"
+import { createLogger } from "../src/log.js"
+import { RelayMetrics } from "../src/metrics.js"
+import type { Principal } from "../src/principal.js"
+import { RelayCore } from "../src/relay-core.js"
+import { MemoryStorage } from "../src/storage/memory.js"
+import type { RelayStorage } from "../src/storage/types.js"
+import type { AfterSaved } from "../src/update-path.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+/** A socket-free session that keeps every frame it is sent. */
+class FakeSession implements Session {
+  readonly frames: Uint8Array[] = []
+  closed: { code: number; reason: string } | undefined
+  constructor(
+    readonly principal: Principal,
+    readonly wantsParley = true,
+  ) {}
+  send(frame: Uint8Array) {
+    this.frames.push(frame)
+  }
+  close(code: number, reason: string) {
+    this.closed = { code, reason }
+  }
+  parley(): ParleyFrame[] {
+    return this.frames.flatMap((f) => {
+      const d = decoding.createDecoder(f)
+      return decoding.readVarUint(d) === MessageType.parley ? [readParleyFrame(d)!] : []
+    })
+  }
+  /** Applies every sync frame received to `doc`. */
+  replay(doc: Y.Doc) {
+    for (const f of this.frames) {
+      const d = decoding.createDecoder(f)
+      if (decoding.readVarUint(d) !== MessageType.sync) continue
+      syncProtocol.readSyncMessage(d, encoding.createEncoder(), doc, "relay")
+    }
+  }
+}
+
+const updateFrame = (update: Uint8Array) => {
+  const e = encoding.createEncoder()
+  encoding.writeVarUint(e, MessageType.sync)
+  syncProtocol.writeUpdate(e, update)
+  return encoding.toUint8Array(e)
+}
+
+/** Waits until `check()` holds, yielding to the event loop between checks. */
+async function until(check: () => boolean) {
+  while (!check()) await new Promise((r) => setImmediate(r))
+}
+
+function makeCore(
+  storage: RelayStorage = new MemoryStorage(),
+  extra: Partial<ConstructorParameters<typeof RelayCore>[0]> = {},
+) {
+  return new RelayCore({ storage, log: createLogger("silent"), metrics: new RelayMetrics(), ...extra })
+}
+
+/** A conversation of alice and bob, as an update. */
+function conversationUpdate(id: string, messages: string[] = []) {
+  const doc = new Y.Doc()
+  createConversation(doc, alice, { kind: "group", id: id as never, participants: [bob] })
+  for (const body of messages) sendMessage(doc, alice, { body })
+  return { doc, update: Y.encodeStateAsUpdate(doc) }
+}
+
+/** Storage whose appends wait until the test releases them. */
+class GatedStorage extends MemoryStorage {
+  private gates: (() => void)[] = []
+  override async append(name: string, updates: readonly Uint8Array[]) {
+    await new Promise<void>((resolve) => this.gates.push(resolve))
+    return super.append(name, updates)
+  }
+  get waiting() {
+    return this.gates.length
+  }
+  release() {
+    for (const gate of this.gates.splice(0)) gate()
+  }
+}
+
+describe("relay core (no sockets)", () => {
+  it("broadcasts and acknowledges an update only after storage made it durable", async () => {
+    const storage = new GatedStorage()
+    const core = makeCore(storage)
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const b = new FakeSession({ kind: "user", user: bob })
+    const ca = await core.connect(id, a)
+    await core.connect(id, b)
+    const before = b.frames.length
+    ca.receive(updateFrame(conversationUpdate(id, ["hello"]).update))
+    await until(() => storage.waiting === 1)
+    expect(a.parley()).toEqual([])
+    expect(b.frames.length).toBe(before)
+    storage.release()
+    // The relay's sequencing is appended too.
+    await until(() => storage.waiting === 1)
+    storage.release()
+    await until(() => a.parley().length === 1)
+    expect(a.parley()[0]!.type).toBe("saved")
+    const replica = new Y.Doc()
+    b.replay(replica)
+    expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
+    expect((await storage.load(id)).updates).toHaveLength(2)
+  })
+
+  it("refuses an update its policy denies, with a typed error, storing and broadcasting nothing", async () => {
+    const storage = new MemoryStorage()
+    const core = makeCore(storage, {
+      policy: { check: () => ({ allowed: false, rule: Rule.schema, reason: "no thanks" }) },
+    })
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const b = new FakeSession({ kind: "user", user: bob })
+    const ca = await core.connect(id, a)
+    await core.connect(id, b)
+    const before = b.frames.length
+    ca.receive(updateFrame(conversationUpdate(id).update))
+    await until(() => a.parley().length === 1)
+    expect(a.parley()[0]).toMatchObject({
+      type: "error",
+      error: { code: ErrorCode.FORBIDDEN, rule: Rule.schema },
+    })
+    expect(b.frames.length).toBe(before)
+    expect((await storage.load(id)).updates).toEqual([])
+    expect(a.closed).toBeUndefined()
+  })
+
+  it("reports a storage failure as INTERNAL and applies nothing", async () => {
+    const storage = new MemoryStorage()
+    storage.append = async () => {
+      throw new Error("disk full")
+    }
+    const core = makeCore(storage)
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    ca.receive(updateFrame(conversationUpdate(id, ["lost?"]).update))
+    await until(() => a.parley().length === 1)
+    expect(a.parley()[0]).toMatchObject({ type: "error", error: { code: ErrorCode.INTERNAL } })
+    expect(await core.read(id, (doc) => listMessages(doc, { last: 5 }).length)).toBe(0)
+  })
+
+  it("gives listeners every saved change in order, with the relay's sequencing, and survives a throwing listener", async () => {
+    const seen: AfterSaved[] = []
+    const core = makeCore(new MemoryStorage(), {
+      listeners: [
+        {
+          afterSaved() {
+            throw new Error("listener bug")
+          },
+        },
+        { afterSaved: (change) => seen.push(change) },
+      ],
+    })
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    ca.receive(updateFrame(conversationUpdate(id, ["one"]).update))
+    await until(() => seen.length === 1)
+    const types = seen[0]!.events.map((e: ChangeEvent) => e.type)
+    expect(types).toEqual([
+      "conversation.created",
+      "participants.added",
+      "message.sent",
+      "messages.sequenced",
+    ])
+    expect(seen[0]!.actor).toEqual({ kind: "user", user: alice })
+    expect(seen[0]!.positions).toHaveLength(2)
+  })
+
+  it("sequences messages left unsequenced by a crash when the document loads", async () => {
+    const storage = new MemoryStorage()
+    const id = newConversationId()
+    const { doc, update } = conversationUpdate(id, ["before the crash", "also"])
+    await storage.append(id, [update])
+    const core = makeCore(storage)
+    const ids = listMessages(doc, { last: 5 }).map((m) => m.id)
+    expect(await core.read(id, (d) => ids.map((m) => getMessage(d, m)?.seq))).toEqual([1, 2])
+    expect((await storage.load(id)).updates).toHaveLength(2)
+  })
+
+  it("writes server-side changes (a bot) through the same path: stored, sequenced, broadcast", async () => {
+    const storage = new MemoryStorage()
+    const core = makeCore(storage)
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    const { update } = conversationUpdate(id)
+    ca.receive(updateFrame(update))
+    await until(() => a.parley().length === 1)
+    await core.write(id, { kind: "user", user: alice }, (doc) =>
+      sendMessage(doc, alice, { body: "from a hook" }),
+    )
+    const replica = new Y.Doc()
+    a.replay(replica)
+    Y.applyUpdate(replica, update)
+    expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["from a hook", 1]])
+    const reloaded = makeCore(storage)
+    expect(await reloaded.read(id, (d) => listMessages(d, { last: 5 }).map((m) => m.body))).toEqual([
+      "from a hook",
+    ])
+  })
+
+  it("closes every connection with 1001 and flushes storage on close", async () => {
+    const core = makeCore()
+    const a = new FakeSession({ kind: "user", user: alice })
+    await core.connect(newConversationId(), a)
+    await core.close()
+    expect(a.closed?.code).toBe(1001)
+    await expect(core.connect(newConversationId(), a)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+  })
+})
