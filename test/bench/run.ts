@@ -19,7 +19,7 @@ import { type DurableConfig, durable } from "./scenarios/durable.js"
 import { type FanoutConfig, fanout } from "./scenarios/fanout.js"
 import { type IdleConfig, idle } from "./scenarios/idle.js"
 import { DEPLOYED, detectRelayFlags, type ParleyVariant, type ServerKind, startServer } from "./servers.js"
-import { type Cell, printTable } from "./table.js"
+import { type Cell, type Failure, printTable } from "./table.js"
 
 // Every y-websocket provider adds a process "exit" listener.
 process.setMaxListeners(0)
@@ -154,7 +154,8 @@ console.log(
 )
 for (const note of notes) console.log(`note: ${note}`)
 
-type Outcome<T> = T | { server: string; error: string }
+type Outcome<T> = T | Failure
+const markdown: string[] = []
 
 /** Runs `body` against a fresh server process, always stopping it; records an error instead of throwing. */
 async function withServer<T>(
@@ -179,8 +180,6 @@ async function withServer<T>(
   }
 }
 
-const failed = (r: object): r is { server: string; error: string } => "error" in r
-
 const ms = (v: number) => (Number.isFinite(v) ? (v < 10 ? v.toFixed(2) : v.toFixed(1)) : "–")
 const mb = (v: number) => v.toFixed(1)
 const int = (v: number) => Math.round(v).toLocaleString("en-US")
@@ -198,7 +197,7 @@ async function runScenario<T extends object>(
     for (const variant of kind === "parley" ? variants : [DEPLOYED])
       outcomes.push(await withServer(kind, variant, run))
   }
-  printTable(name, outcomes, rows, failed)
+  markdown.push(printTable(name, outcomes, rows))
   return outcomes
 }
 
@@ -306,5 +305,6 @@ if (servers.includes("parley") && scenarios.includes("costs")) {
 mkdirSync(flags.out, { recursive: true })
 const file = join(flags.out, `${startedAt.toISOString().replace(/[:.]/g, "-")}.json`)
 writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`)
-console.log(`\nresults: ${file}`)
+writeFileSync(file.replace(/\.json$/, ".md"), markdown.join("\n"))
+console.log(`\nresults: ${file} (tables in Markdown: ${file.replace(/\.json$/, ".md")})`)
 process.exit(0)

@@ -194,7 +194,16 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
     !variant.authorization && !flags.noAuthorization
       ? ["--import", "tsx", join(ROOT, "test/bench/servers/parley-without-authorization.ts")]
       : [join(ROOT, "relay/bin/parley-relay.js")]
-  const args = [...launcher, "--port", "0", "--dev", "--data-dir", dataDir]
+  const profile = process.env.PARLEY_BENCH_PROFILE_DIR
+  const args = [
+    ...(profile ? ["--cpu-prof", "--cpu-prof-dir", profile] : []),
+    ...launcher,
+    "--port",
+    "0",
+    "--dev",
+    "--data-dir",
+    dataDir,
+  ]
   if (flags.storage) args.push(flags.storage, "sqlite")
   if (variant.hooks && flags.hooks) args.push("--hooks", join(ROOT, "test/bench/hooks"))
   if (!variant.authorization && flags.noAuthorization) args.push(...flags.noAuthorization.split(/[= ]/))

@@ -1,15 +1,26 @@
-/** Prints one scenario's figures with the servers side by side. */
+/** Prints one scenario's figures with the servers side by side, and renders them as Markdown. */
 
 /** A table cell. */
 export type Cell = string
 
-/** Prints `rows` (label, how to read the figure) for each outcome; failed runs show their error. */
+/** A failed run: which server, and why. */
+export interface Failure {
+  readonly server: string
+  readonly error: string
+}
+
+/** True when `outcome` is a failed run. */
+export const failed = (outcome: object): outcome is Failure => "error" in outcome
+
+/**
+ * Prints `rows` (label, how to read the figure) for each outcome, failed runs
+ * showing their error, and returns the same table in Markdown.
+ */
 export function printTable<T extends object>(
   title: string,
-  outcomes: readonly (T | { server: string; error: string })[],
+  outcomes: readonly (T | Failure)[],
   rows: readonly [string, (result: T) => Cell][],
-  failed: (outcome: T | { server: string; error: string }) => outcome is { server: string; error: string },
-): void {
+): string {
   const headers = ["", ...outcomes.map((o) => (o as { server: string }).server)]
   const body = rows.map(([label, read]) => [
     label,
@@ -18,18 +29,27 @@ export function printTable<T extends object>(
   const widths = headers.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)))
   const line = (cells: readonly string[]) =>
     cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("   ")
+  const notes: string[] = []
+  for (const o of outcomes) if (failed(o)) notes.push(`${o.server} failed: ${o.error}`)
+  for (const o of outcomes) {
+    const problems = (o as { problems?: string }).problems
+    if (!failed(o) && problems && problems !== "no errors reported")
+      notes.push(`${(o as { server: string }).server}: clients reported ${problems}`)
+  }
   console.log(`\n${title}`)
   console.log(line(headers))
   console.log(widths.map((w) => "-".repeat(w)).join("   "))
   for (const row of body) console.log(line(row))
-  for (const o of outcomes) if (failed(o)) console.log(`  ${o.server} failed: ${o.error}`)
-  const problems = outcomes
-    .filter(
-      (o) =>
-        !failed(o) &&
-        (o as { problems?: string }).problems &&
-        (o as { problems?: string }).problems !== "no errors reported",
-    )
-    .map((o) => `  ${(o as { server: string }).server}: ${(o as { problems?: string }).problems}`)
-  if (problems.length) console.log(`problems reported by clients:\n${problems.join("\n")}`)
+  for (const note of notes) console.log(`  ${note}`)
+
+  const md = (cells: readonly string[]) => `| ${cells.join(" | ")} |`
+  return [
+    `### ${title}`,
+    "",
+    md(headers),
+    md(headers.map((_, i) => (i === 0 ? "---" : "---:"))),
+    ...body.map(md),
+    ...(notes.length ? ["", ...notes.map((n) => `- ${n}`)] : []),
+    "",
+  ].join("\n")
 }
