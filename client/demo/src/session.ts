@@ -1,0 +1,45 @@
+import { type ChatClient, createChatClient } from "@parley/client"
+
+const USER_KEY = "parley-demo:user"
+
+/** The user signed in on this browser, if any (kept so that a reload, even offline, signs in again). */
+export function savedUser(): string | undefined {
+  return localStorage.getItem(USER_KEY) ?? undefined
+}
+
+/**
+ * A dev token for `user` from the relay that serves this page (`--dev` mode).
+ * A real app would ask its own backend, which signs tokens with the relay's key.
+ */
+async function devToken(user: string): Promise<string> {
+  const response = await fetch(`/dev/token?user=${encodeURIComponent(user)}`, { cache: "no-store" })
+  const body = (await response.json().catch(() => ({}))) as { token?: string; error?: string }
+  if (!response.ok || !body.token)
+    throw new Error(body.error ?? `the relay gave no token (HTTP ${response.status})`)
+  return body.token
+}
+
+/** The relay's WebSocket URL: the host that served this page. */
+const relayUrl = () => `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`
+
+/**
+ * Signs `user` in. Giving the SDK the user id lets it start from the local
+ * replicas at once (a reload works offline); tokens are fetched when connecting.
+ * Rejects with a `ParleyError` when the name is not a valid user id.
+ */
+export async function signIn(user: string): Promise<ChatClient> {
+  const name = user.trim()
+  const client = await createChatClient({
+    url: relayUrl(),
+    user: name,
+    token: () => devToken(name),
+  })
+  localStorage.setItem(USER_KEY, name)
+  return client
+}
+
+/** Signs out on this browser: local replicas stay (per user) for the next sign-in. */
+export async function signOut(client: ChatClient): Promise<void> {
+  localStorage.removeItem(USER_KEY)
+  await client.destroy()
+}

@@ -1,0 +1,22 @@
+/** What the list and header call a conversation: its title, else the other people in it. */
+export function displayTitle(
+  conversation: { conversationId: string; title: string; participants?: { first: readonly string[] } },
+  me: string,
+): string {
+  if (conversation.title) return conversation.title
+  // Direct conversation ids are `dm~<user>~<user>`: the other user is known even before loading.
+  const users = conversation.conversationId.startsWith("dm~")
+    ? conversation.conversationId.split("~").slice(1)
+    : (conversation.participants?.first ?? [])
+  const others = users.filter((user) => user !== me)
+  return others.length > 0 ? others.join(", ") : "Just you"
+}
+
+/** One or two letters for an avatar. */
+export const initials = (name: string): string =>
+  name
+    .split(/[\s,._@-]+/)
+    .filter(Boolean)
+    .slice(0, 2)
+    .map((part) => part[0]?.toUpperCase())
+    .join("") || "?"
