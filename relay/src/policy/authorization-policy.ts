@@ -1,0 +1,56 @@
+import { type Decision, Rule } from "@parley/shared"
+import type * as Y from "yjs"
+import type { PolicyInput, UpdatePolicy } from "../policy.js"
+import { checkUpdate } from "./check-update.js"
+import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bindings.js"
+
+/**
+ * The full per-update authorization as the relay's {@link UpdatePolicy}: every
+ * update is judged by {@link checkUpdate} against the document rules, and the
+ * client ids it writes under are bound to its sender (persisted in `store`
+ * before the decision is returned, so before the update is stored).
+ *
+ * Bindings are loaded once per loaded document (keyed by the `Y.Doc`, so they
+ * go when the document is unloaded). The relay's own writes (sequence numbers,
+ * server-side changes) do not pass through a policy; the client id the relay's
+ * document currently writes under is bound to the relay at each check, which
+ * covers the ids it rotates through (shared `writeSequenceNumbers`).
+ */
+export class AuthorizationPolicy implements UpdatePolicy {
+  private readonly loaded = new WeakMap<Y.Doc, Promise<ClientBindings>>()
+
+  constructor(private readonly store: ClientBindingStore) {}
+
+  async check(input: PolicyInput): Promise<Decision> {
+    const { name, doc, update, principal } = input
+    if (name.kind === "inbox") {
+      return principal.kind === "relay"
+        ? { allowed: true }
+        : { allowed: false, rule: Rule.relayOnly, reason: "inbox documents are written by the relay only" }
+    }
+    const key = name.id
+    const bindings = await this.bindingsOf(key, doc)
+    if (bindings.get(doc.clientID) === undefined) {
+      bindings.bind([[doc.clientID, RELAY_KEY]])
+      await this.store.bind(key, [[doc.clientID, RELAY_KEY]])
+    }
+    const result = checkUpdate({ doc, update, principal, bindings, conversation: name.id })
+    if (!result.allowed) return { allowed: false, rule: result.rule, reason: result.reason }
+    if (result.newBindings && result.newBindings.length > 0) {
+      bindings.bind(result.newBindings)
+      await this.store.bind(key, result.newBindings)
+    }
+    return { allowed: true }
+  }
+
+  private bindingsOf(key: string, doc: Y.Doc): Promise<ClientBindings> {
+    let bindings = this.loaded.get(doc)
+    if (!bindings) {
+      bindings = this.store.load(key).then((entries) => new ClientBindings(entries))
+      this.loaded.set(doc, bindings)
+      // A failed load is retried on the next update rather than cached.
+      bindings.catch(() => this.loaded.delete(doc))
+    }
+    return bindings
+  }
+}
