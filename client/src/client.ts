@@ -12,6 +12,7 @@ import {
   parseUserId,
   type UserId,
 } from "@parley/shared"
+import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
 import {
   type ConnectionStatus,
@@ -150,23 +151,25 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     const conversationId = parseConversationId(id)
     const existing = this.open.get(conversationId)
     if (existing) return existing
-    const doc = new Y.Doc()
+    const connect = (document: Y.Doc, awareness: Awareness, shareWithTabs: boolean) =>
+      new DocumentConnection({
+        url: this.options.url,
+        name: conversationId,
+        doc: document,
+        awareness,
+        user: this.user,
+        shareWithTabs,
+        token: () => resolveToken(this.options.token),
+        WebSocket: this.WebSocket,
+        ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),
+      })
     const conversation = new Conversation({
       id: conversationId,
       user: this.user,
-      doc,
-      replica: persistDocument(this.storage, replicaName(this.user, conversationId), doc),
-      connect: (document, awareness) =>
-        new DocumentConnection({
-          url: this.options.url,
-          name: conversationId,
-          doc: document,
-          awareness,
-          user: this.user,
-          token: () => resolveToken(this.options.token),
-          WebSocket: this.WebSocket,
-          ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),
-        }),
+      openReplica: (document) =>
+        persistDocument(this.storage, replicaName(this.user, conversationId), document),
+      connect,
+      fetchRelayState: (document) => fetchRelayState(document, connect),
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
@@ -336,6 +339,38 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private assertAlive(): void {
     if (this.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "this client was destroyed")
   }
+}
+
+/** How long a resync waits for the relay's state. */
+const FETCH_TIMEOUT_MS = 15_000
+
+/** Fills `doc` with the relay's state over a one-off connection that shares nothing with other tabs. */
+function fetchRelayState(
+  doc: Y.Doc,
+  connect: (doc: Y.Doc, awareness: Awareness, shareWithTabs: boolean) => DocumentConnection,
+): Promise<void> {
+  const awareness = new Awareness(doc)
+  // No presence of its own: this connection only reads.
+  awareness.setLocalState(null)
+  const connection = connect(doc, awareness, false)
+  return new Promise<void>((resolve, reject) => {
+    const finish = (error?: ParleyError) => {
+      clearTimeout(timer)
+      connection.destroy()
+      awareness.destroy()
+      if (error) reject(error)
+      else resolve()
+    }
+    const timer = setTimeout(
+      () => finish(new ParleyError(ErrorCode.TIMEOUT, "the relay's state did not arrive in time")),
+      FETCH_TIMEOUT_MS,
+    )
+    connection.on("status", ({ status }) => {
+      if (status === "online") finish()
+    })
+    connection.on("unavailable", ({ error }) => finish(error))
+    connection.start()
+  })
 }
 
 /**

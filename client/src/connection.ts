@@ -49,6 +49,8 @@ export interface ConnectionOptions {
   readonly awareness: Awareness
   /** The user: cross-tab updates are shared only between clients of the same user. */
   readonly user: string
+  /** Exchange updates with the user's other tabs (default true). */
+  readonly shareWithTabs?: boolean
   readonly token: () => Promise<string>
   readonly WebSocket: WebSocketConstructor
   readonly reconnect?: ReconnectOptions
@@ -106,6 +108,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
       WebSocketPolyfill: options.WebSocket as unknown as typeof WebSocket,
       // y-websocket's own retry timer only fires after local closes; 0 leaves none pending at destroy.
       maxBackoffTime: 0,
+      disableBc: options.shareWithTabs === false,
       // Every server close comes back to us: we decide whether and when to retry.
       shouldReconnect: (event) => {
         queueMicrotask(() => this.closed(event.code))

@@ -28,22 +28,25 @@ import {
   observeChanges,
   ParleyError,
   type Participant,
+  type PendingChange,
   type Priority,
   parseMessageId,
   parseUserId,
   type Role,
   react,
+  rebasePendingWork,
   removeParticipants,
   renameConversation,
   roleOf,
   sendMessage,
   setConversationMetadata,
+  toParleyError,
   type UserId,
   unreact,
   unreadCount,
 } from "@parley/shared"
 import { Awareness } from "y-protocols/awareness"
-import type * as Y from "yjs"
+import * as Y from "yjs"
 import type { DocumentConnection } from "./connection.js"
 import { Emitter } from "./emitter.js"
 import { type MessageStatus, MessageStatuses } from "./message-status.js"
@@ -86,23 +89,45 @@ export interface ConversationEvents {
   unread: { count: number }
   /** The set of other users typing changed. */
   typing: { users: readonly UserId[] }
-  /** The relay refused something this client sent. */
-  error: { error: ParleyError }
+  /** The relay refused something this client sent; `change` names the pending work a resync could not re-apply. */
+  error: { error: ParleyError; change?: PendingChange }
+  /** After a refusal, the replica was rebuilt from the relay's state plus the pending work the rules allow. */
+  resynced: {
+    reapplied: readonly PendingChange[]
+    failed: readonly { readonly what: PendingChange; readonly error: ParleyError }[]
+  }
 }
 
 /** What the client hands a {@link Conversation}; internal. */
 export interface ConversationParts {
   readonly id: ConversationId
   readonly user: UserId
-  readonly doc: Y.Doc
-  readonly replica: LocalReplica
-  readonly connect: (doc: Y.Doc, awareness: Awareness) => DocumentConnection
+  /** Opens the local persistence of a document of this conversation. */
+  readonly openReplica: (doc: Y.Doc) => LocalReplica
+  /** A connection to the relay for `doc`, sharing with the user's other tabs or not. */
+  readonly connect: (doc: Y.Doc, awareness: Awareness, shareWithTabs: boolean) => DocumentConnection
   readonly deliveredDelay: number
   readonly clock: () => number
   readonly online: () => boolean
   readonly onStatus: () => void
   readonly onReady: (info: ConversationInfo) => void
   readonly onClose: () => void
+  /** Fills `doc` with the relay's current state (a connection that shares nothing with other tabs). */
+  readonly fetchRelayState: (doc: Y.Doc) => Promise<void>
+}
+
+/** Resyncs in a row without the relay saving anything in between, before unsaved work counts as failed. */
+const MAX_RESYNCS_WITHOUT_SAVE = 3
+
+/** One generation of the local replica: a document and what is bound to it. A resync replaces it whole. */
+interface Generation {
+  readonly doc: Y.Doc
+  readonly awareness: Awareness
+  readonly connection: DocumentConnection
+  readonly statuses: MessageStatuses
+  readonly typing: TypingIndicator
+  replica: LocalReplica
+  readonly dispose: () => void
 }
 
 /** Transaction origin of this client's own writes (internal to the SDK). */
@@ -117,22 +142,19 @@ export const LOCAL: unique symbol = Symbol("parley-local")
 export class Conversation extends Emitter<ConversationEvents> {
   /** The conversation id (also the name of its document on the relay). */
   readonly id: ConversationId
-  /** The conversation's Yjs document, for those who want it; nothing ordinary requires it. */
-  readonly doc: Y.Doc
-  /** The Yjs awareness of the conversation (presence, typing). */
-  readonly awareness: Awareness
-  /** The connection to the relay. */
-  readonly connection: DocumentConnection
   private readonly user: UserId
   private current: ConversationState = { state: "loading" }
-  private readonly statuses: MessageStatuses
+  private gen: Generation
   private readonly tracked = new Map<MessageId, MessageStatus>()
-  private readonly typingIndicator: TypingIndicator
+  /** The user's messages that a resync could not re-apply (the relay refused them), with why. */
+  private readonly lost = new Map<MessageId, ParleyError>()
   private unread = -1
   private deliveredTimer: ReturnType<typeof setTimeout> | undefined
-  private readonly unobserve: () => void
   private readonly readyPromise: Promise<this>
   private closed = false
+  private resyncing = false
+  /** Resyncs since the relay last saved something: bounds a refuse → resync → refuse loop. */
+  private resyncsWithoutSave = 0
   /** @internal Set while the client is about to create this conversation: "not found" is expected then. */
   creating = false
   /** @internal Resolves once the local replica is loaded and the state settled from it. */
@@ -142,32 +164,8 @@ export class Conversation extends Emitter<ConversationEvents> {
     super()
     this.id = parts.id
     this.user = parts.user
-    this.doc = parts.doc
-    this.awareness = new Awareness(this.doc)
-    this.statuses = new MessageStatuses(this.doc, this.user)
-    this.typingIndicator = new TypingIndicator(
-      this.awareness,
-      this.user,
-      (users) => this.emit("typing", { users }),
-      parts.clock,
-    )
-    this.connection = parts.connect(this.doc, this.awareness)
-    this.connection.on("status", () => {
-      this.settle()
-      parts.onStatus()
-    })
-    this.connection.on("saved", ({ stateVector }) => {
-      this.statuses.acknowledge(stateVector)
-      this.refreshStatuses()
-    })
-    this.connection.on("refused", ({ error }) => this.refused(error))
-    this.connection.on("unavailable", ({ error }) => {
-      // The relay will not take this conversation's changes any more: what it has not saved never will be.
-      for (const id of this.statuses.refuseUnsaved(error)) this.track(id)
-      this.setState({ state: "unavailable", reason: error.code, error })
-      this.refreshStatuses()
-    })
-    this.unobserve = observeChanges(this.doc, (events, transaction) => this.changed(events, transaction))
+    const doc = new Y.Doc()
+    this.gen = this.bind(doc, parts.openReplica(doc))
     this.readyPromise = new Promise<this>((resolve, reject) => {
       const off = this.on("state", ({ state }) => {
         if (state.state === "ready") resolve(this)
@@ -178,12 +176,79 @@ export class Conversation extends Emitter<ConversationEvents> {
     })
     // Callers who never await ready() must not see an unhandled rejection.
     this.readyPromise.catch(() => {})
-    this.whenLoaded = parts.replica.loaded.then(() => {
+    this.whenLoaded = this.gen.replica.loaded.then(() => {
       if (this.closed) return
       this.trackOwnMessages()
       this.settle()
       if (parts.online()) this.connection.start()
     })
+  }
+
+  /** The conversation's Yjs document, for those who want it; nothing ordinary requires it. A resync replaces it. */
+  get doc(): Y.Doc {
+    return this.gen.doc
+  }
+
+  /** The Yjs awareness of the conversation (presence, typing). */
+  get awareness(): Awareness {
+    return this.gen.awareness
+  }
+
+  /** The connection to the relay. */
+  get connection(): DocumentConnection {
+    return this.gen.connection
+  }
+
+  private get statuses(): MessageStatuses {
+    return this.gen.statuses
+  }
+
+  private get typingIndicator(): TypingIndicator {
+    return this.gen.typing
+  }
+
+  /** Binds a document and everything that lives with it: awareness, connection, statuses, typing. */
+  private bind(doc: Y.Doc, replica: LocalReplica): Generation {
+    const awareness = new Awareness(doc)
+    const statuses = new MessageStatuses(doc, this.user)
+    const typing = new TypingIndicator(
+      awareness,
+      this.user,
+      (users) => this.emit("typing", { users }),
+      this.parts.clock,
+    )
+    const connection = this.parts.connect(doc, awareness, true)
+    connection.on("status", () => {
+      this.settle()
+      this.parts.onStatus()
+    })
+    connection.on("saved", ({ stateVector }) => {
+      this.resyncsWithoutSave = 0
+      statuses.acknowledge(stateVector)
+      this.refreshStatuses()
+    })
+    connection.on("refused", ({ error }) => this.refused(error))
+    connection.on("unavailable", ({ error }) => {
+      // The relay will not take this conversation's changes any more: what it has not saved never will be.
+      for (const id of statuses.refuseUnsaved(error)) this.track(id)
+      this.setState({ state: "unavailable", reason: error.code, error })
+      this.refreshStatuses()
+    })
+    const unobserve = observeChanges(doc, (events, transaction) => this.changed(events, transaction))
+    return {
+      doc,
+      awareness,
+      connection,
+      statuses,
+      typing,
+      replica,
+      dispose: () => {
+        unobserve()
+        typing.destroy()
+        connection.destroy()
+        awareness.destroy()
+      },
+    }
   }
 
   /** Where the conversation stands: loading, ready, or unavailable with a reason. */
@@ -323,7 +388,16 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** The status of one of the user's messages (undefined for others' messages). */
   status(id: MessageId | string): MessageStatus | undefined {
-    return this.statuses.status(parseMessageId(id))
+    const messageId = parseMessageId(id)
+    return this.statuses.status(messageId) ?? (this.lost.has(messageId) ? "failed" : undefined)
+  }
+
+  /**
+   * The user's messages that the relay refused and a resync could not
+   * re-apply (they are no longer in the conversation), with the reason.
+   */
+  get refusedMessages(): ReadonlyMap<MessageId, ParleyError> {
+    return this.lost
   }
 
   // ---- read state ----
@@ -365,12 +439,10 @@ export class Conversation extends Emitter<ConversationEvents> {
     if (this.closed) return
     this.closed = true
     clearTimeout(this.deliveredTimer)
-    this.unobserve()
-    this.typingIndicator.destroy()
-    this.connection.destroy()
-    this.awareness.destroy()
-    await this.parts.replica.destroy()
-    this.doc.destroy()
+    const gen = this.gen
+    gen.dispose()
+    await gen.replica.destroy()
+    gen.doc.destroy()
     this.removeAllListeners()
     this.parts.onClose()
   }
@@ -445,10 +517,81 @@ export class Conversation extends Emitter<ConversationEvents> {
     if (!local) this.scheduleDelivered()
   }
 
+  /**
+   * The relay refused an update. It stores an update whole or not at all, and
+   * every later update of this replica builds on the refused one, so the
+   * replica cannot recover by itself: resync (see {@link resync}).
+   */
   private refused(error: ParleyError): void {
-    for (const id of this.statuses.refuseUnsaved(error)) this.track(id)
     this.emit("error", { error })
-    this.refreshStatuses()
+    if (this.resyncsWithoutSave >= MAX_RESYNCS_WITHOUT_SAVE) {
+      // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved.
+      for (const id of this.statuses.refuseUnsaved(error)) this.track(id)
+      this.refreshStatuses()
+      return
+    }
+    void this.resync().catch((failure: unknown) => {
+      this.emit("error", { error: toParleyError(failure) })
+      // Try again on the next connect; meanwhile, show what is stuck as failed.
+      for (const id of this.statuses.refuseUnsaved(error)) this.track(id)
+      this.refreshStatuses()
+      if (this.parts.online()) this.connection.start()
+    })
+  }
+
+  /**
+   * Replaces the replica with the relay's state plus this user's pending work
+   * that the rules still allow (shared `rebasePendingWork`). The refused work
+   * is reported: `error` events with the change, and `failed` statuses for
+   * messages. The new document gets a new Yjs client id; IndexedDB is
+   * rewritten in one transaction, so a reload sees the old or the new replica,
+   * never a mix.
+   */
+  private async resync(): Promise<void> {
+    if (this.resyncing || this.closed) return
+    this.resyncing = true
+    this.resyncsWithoutSave++
+    const old = this.gen
+    old.connection.stop()
+    try {
+      const fresh = new Y.Doc()
+      try {
+        await this.parts.fetchRelayState(fresh)
+      } catch (error) {
+        fresh.destroy()
+        throw error
+      }
+      if (this.closed || this.gen !== old) {
+        fresh.destroy()
+        return
+      }
+      // Synchronous from here to the swap: no write of the user can fall between the two documents.
+      const result = rebasePendingWork(old.doc, fresh, this.user)
+      old.dispose()
+      this.gen = this.bind(fresh, old.replica)
+      const snapshot = Y.encodeStateAsUpdate(fresh)
+      for (const { what, error } of result.failed) {
+        if (what.kind === "message.send") this.lost.set(what.id, error)
+      }
+      this.tracked.clear()
+      this.trackOwnMessages()
+      this.settle()
+      this.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
+      for (const { what, error } of result.failed) {
+        if (what.kind === "message.send") this.emit("status", { messageId: what.id, status: "failed", error })
+        this.emit("error", { error, change: what })
+      }
+      this.emit("change", { events: [], local: false })
+      await old.replica.replaceWith(snapshot)
+      await old.replica.destroy()
+      old.doc.destroy()
+      if (this.closed || this.gen.doc !== fresh) return
+      this.gen.replica = this.parts.openReplica(fresh)
+      await this.gen.replica.loaded
+      if (!this.closed && this.gen.doc === fresh && this.parts.online()) this.gen.connection.start()
+    } finally {
+      this.resyncing = false
+    }
   }
 
   private trackOwnMessages(): void {

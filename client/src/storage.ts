@@ -1,3 +1,4 @@
+import * as idb from "lib0/indexeddb"
 import { IndexeddbPersistence } from "y-indexeddb"
 import type * as Y from "yjs"
 
@@ -8,6 +9,12 @@ export type StorageKind = "indexeddb" | "memory"
 export interface LocalReplica {
   /** Resolves once what was stored before has been applied to the document. */
   readonly loaded: Promise<void>
+  /**
+   * Replaces everything stored with `update` (a full state), in one
+   * transaction: a reader sees the old or the new state, never a mix. Used
+   * when a resync abandons the replica.
+   */
+  replaceWith(update: Uint8Array): Promise<void>
   /** Stops persisting; writes already made are kept. */
   destroy(): Promise<void>
 }
@@ -18,13 +25,30 @@ export interface LocalReplica {
  * nothing; several clients over the same database load each other's updates.
  */
 export function persistDocument(kind: StorageKind, name: string, doc: Y.Doc): LocalReplica {
-  if (kind === "memory") return { loaded: Promise.resolve(), destroy: async () => {} }
+  if (kind === "memory")
+    return { loaded: Promise.resolve(), replaceWith: async () => {}, destroy: async () => {} }
   const persistence = new IndexeddbPersistence(name, doc)
   return {
     loaded: persistence.whenSynced.then(() => undefined),
+    replaceWith: async (update) => {
+      await persistence.whenSynced
+      const db = persistence.db
+      if (!db) throw new Error("the local database is closed")
+      // y-indexeddb's store of updates; its next load merges what is there.
+      const updates = idb.transact(db, [UPDATES_STORE])[0]!
+      // Both requests are queued before either completes, so they run in the one transaction, in order.
+      await Promise.all([
+        idb.del(updates, idb.createIDBKeyRangeLowerBound(0, false)),
+        // y-indexeddb itself stores updates as Uint8Array (lib0 types the value narrowly).
+        idb.addAutoKey(updates, update as unknown as ArrayBuffer),
+      ])
+    },
     destroy: () => persistence.destroy(),
   }
 }
+
+/** y-indexeddb's object store of updates. */
+const UPDATES_STORE = "updates"
 
 /** Name of the local database of one user's conversation (users of one device never share). */
 export const replicaName = (user: string, document: string): string => `parley:${user}:${document}`

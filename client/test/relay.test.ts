@@ -46,7 +46,9 @@ describe("ChatClient against a relay", () => {
     await eventually(() => expect(bodies(bobChat)).toEqual(["hi bob"]))
     bobChat.send("hi alice")
     await eventually(() => expect(bodies(aliceChat)).toEqual(["hi bob", "hi alice"]))
-    expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2])
+    // Sequence numbers arrive in the relay's own update, right after the message itself.
+    await eventually(() => expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2]))
+    await eventually(() => expect(aliceChat.messages().map((m) => m.seq)).toEqual([1, 2]))
     expect(alice.status).toBe("online")
   })
 
@@ -101,7 +103,7 @@ describe("ChatClient against a relay", () => {
     const bobChat = await bob.conversation(chat.id).ready()
     await eventually(() => expect(bodies(bobChat)).toEqual(["one", "two", "three"]))
     for (const id of sent) expect(copies(bobChat, id)).toBe(1)
-    expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2, 3])
+    await eventually(() => expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2, 3]))
   })
 
   it("moves a message through pending, sent, delivered and read", async () => {
@@ -233,7 +235,7 @@ describe("ChatClient against a relay", () => {
     )
     expect(copies(bobChat, offline.id)).toBe(1)
     expect(copies(bobChat, online.id)).toBe(1)
-    expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2])
+    await eventually(() => expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2]))
   })
 })
 

@@ -1,0 +1,106 @@
+import "fake-indexeddb/auto"
+import { type RunningRelay, startRelay, type UpdatePolicy } from "@parley/relay"
+import { ErrorCode, getConversation, isManager, type PendingChange, Rule, roleOf } from "@parley/shared"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { connectClient, destroyClients, eventually, type RelayProcess } from "./support.js"
+
+/**
+ * The relay's full per-update checker is another piece of work; this policy
+ * enforces one real rule (only owners and admins change the title) through the
+ * relay's policy seam, which is all the client's recovery needs to be shown.
+ */
+const titleIsForManagers: UpdatePolicy = {
+  check({ doc, update, principal }) {
+    if (principal.kind !== "user") return { allowed: true }
+    const probe = new Y.Doc()
+    Y.applyUpdate(probe, Y.encodeStateAsUpdate(doc))
+    const before = getConversation(probe)?.title
+    Y.applyUpdate(probe, update)
+    const after = getConversation(probe)?.title
+    probe.destroy()
+    if (before === undefined || after === before || isManager(roleOf(doc, principal.user)))
+      return { allowed: true }
+    return {
+      allowed: false,
+      rule: Rule.adminOnly,
+      reason: "only owners and admins may change the conversation",
+    }
+  },
+}
+
+let running: RunningRelay
+let relay: RelayProcess
+beforeAll(async () => {
+  running = await startRelay({
+    port: 0,
+    dev: true,
+    storage: "memory",
+    policy: titleIsForManagers,
+    log: "warn",
+  })
+  relay = {
+    port: running.port,
+    url: running.url,
+    httpUrl: running.httpUrl,
+    dataDir: "",
+    stop: () => running.close(),
+  }
+})
+afterAll(async () => {
+  await running?.close()
+})
+afterEach(destroyClients)
+
+describe("resync after the relay refuses an update", () => {
+  it("re-applies the valid pending work and fails the refused change with its rule, surviving a reload", async () => {
+    const alice = await connectClient(relay, "alice")
+    const chat = await alice.createConversation({ participants: ["bob"], title: "original" })
+    chat.changeRole("bob", "admin")
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    const bob = await connectClient(relay, "bob", { storage: "indexeddb" })
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bobChat.role).toBe("admin"))
+
+    // Bob, offline and still an admin here, renames and writes; meanwhile Alice demotes him.
+    bob.disconnect()
+    bobChat.rename("bob's title")
+    const valid = bobChat.send("still valid")
+    chat.changeRole("bob", "member")
+    await eventually(() => expect(chat.participants.find((p) => p.user === "bob")?.role).toBe("member"))
+    const errors: { code: string; rule?: string; change?: PendingChange }[] = []
+    bobChat.on("error", ({ error, change }) =>
+      errors.push({
+        code: error.code,
+        ...(error.rule ? { rule: error.rule } : {}),
+        ...(change ? { change } : {}),
+      }),
+    )
+    const resynced = new Promise((resolve) => bobChat.once("resynced", resolve))
+    const staleDoc = bobChat.doc
+    bob.connect()
+
+    await resynced
+    expect(bobChat.doc).not.toBe(staleDoc)
+    expect(bobChat.doc.clientID).not.toBe(staleDoc.clientID)
+    expect(errors).toContainEqual({
+      code: ErrorCode.FORBIDDEN,
+      rule: Rule.adminOnly,
+      change: { kind: "conversation.field", field: "title" },
+    })
+    expect(bobChat.info?.title).toBe("original")
+    await eventually(() => expect(bobChat.status(valid.id)).toBe("sent"))
+    await eventually(() =>
+      expect(chat.messages().map((m) => [m.id, m.body])).toEqual([[valid.id, "still valid"]]),
+    )
+    expect(chat.info?.title).toBe("original")
+
+    // The replica stored on this device is the rebuilt one.
+    await bob.destroy()
+    const reloaded = await connectClient(relay, "bob", { storage: "indexeddb", connect: false })
+    const again = await reloaded.conversation(chat.id).ready()
+    expect(again.info?.title).toBe("original")
+    expect(again.role).toBe("member")
+    expect(again.messages().map((m) => [m.body, m.seq])).toEqual([["still valid", 1]])
+  })
+})
