@@ -235,6 +235,7 @@ if (scenarios.includes("coldjoin")) {
     (server) => coldJoin(server, coldJoinConfig),
     [
       ["document MB", (r) => mb(r.documentMB)],
+      ["build: written and confirmed s", (r) => ms(r.buildSeconds)],
       ["first join ms", (r) => ms(r.firstJoinMs)],
       ["first join server CPU ms", (r) => ms(r.firstJoinServerCpuMs)],
       ["later joins: median ms", (r) => ms(r.joinMs)],

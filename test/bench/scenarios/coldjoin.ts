@@ -48,15 +48,24 @@ export interface ColdJoinResult {
 
 const JOIN_TIMEOUT = 300_000
 
-/** Connects a fresh client and resolves with it once it holds `history` messages. */
+/**
+ * Connects a fresh client and resolves with it once it synced and holds
+ * `history` messages; fails as soon as the server closes it or sends an error.
+ */
 async function join(server: RunningServer, id: ConversationId, user: UserId, history: number) {
   const client = await connect(server, id, user)
-  await within(client.synced, JOIN_TIMEOUT, `${user}: sync`)
-  const complete = await until(() => messagesIn(client.doc) >= history, JOIN_TIMEOUT, 5)
-  if (!complete)
+  let synced = false
+  void client.synced.then(() => {
+    synced = true
+  })
+  const done = () => synced && messagesIn(client.doc) >= history
+  await until(() => done() || client.problems.length > 0, JOIN_TIMEOUT, 5)
+  if (!done()) {
+    client.destroy()
     throw new Error(
-      `${user} synced with ${messagesIn(client.doc)} of ${history} messages (${problemsOf([client])})`,
+      `${user} ${synced ? "synced" : "did not sync"} with ${messagesIn(client.doc)} of ${history} messages (${problemsOf([client])})`,
     )
+  }
   return client
 }
 
