@@ -208,7 +208,7 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   /** Binds a document and everything that lives with it: awareness, connection, statuses, typing. */
-  private bind(doc: Y.Doc, replica: LocalReplica): Generation {
+  private bind(doc: Y.Doc, replica: LocalReplica, shareWithTabs = true): Generation {
     const awareness = new Awareness(doc)
     const statuses = new MessageStatuses(doc, this.user)
     const typing = new TypingIndicator(
@@ -217,7 +217,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       (users) => this.emit("typing", { users }),
       this.parts.clock,
     )
-    const connection = this.parts.connect(doc, awareness, true)
+    const connection = this.parts.connect(doc, awareness, shareWithTabs)
     connection.on("status", () => {
       this.settle()
       this.parts.onStatus()
@@ -568,7 +568,9 @@ export class Conversation extends Emitter<ConversationEvents> {
       // Synchronous from here to the swap: no write of the user can fall between the two documents.
       const result = rebasePendingWork(old.doc, fresh, this.user)
       old.dispose()
-      this.gen = this.bind(fresh, old.replica)
+      // Other tabs of this user still hold the refused changes and would hand them back over the
+      // cross-tab channel; the rebuilt replica talks to the relay only, until the next load.
+      this.gen = this.bind(fresh, old.replica, false)
       const snapshot = Y.encodeStateAsUpdate(fresh)
       for (const { what, error } of result.failed) {
         if (what.kind === "message.send") this.lost.set(what.id, error)
