@@ -1,8 +1,10 @@
 import { spawn } from "node:child_process"
-import { dirname, resolve } from "node:path"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { createConversation, newConversationId, sendMessage, type UserId } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, onTestFinished } from "vitest"
 import { ConfigError, parseConfig } from "../src/config.js"
 import { type RelayOptions, startRelay } from "../src/relay.js"
 import { TestClient } from "./helpers/clients.js"
@@ -36,8 +38,16 @@ function runCli(args: string[], env: NodeJS.ProcessEnv = {}) {
 }
 
 describe("operations", () => {
-  it("serves /healthz, Prometheus /metrics, and dev tokens that open a conversation", async () => {
-    const relay = await startRelayProcess({ args: ["--dev"] })
+  it("serves /healthz, Prometheus /metrics, the static app, and dev tokens that open a conversation", async () => {
+    const site = mkdtempSync(join(tmpdir(), "parley-static-"))
+    writeFileSync(join(site, "index.html"), "<title>demo</title>")
+    onTestFinished(() => rmSync(site, { recursive: true, force: true }))
+    const relay = await startRelayProcess({ args: ["--dev", "--static", site] })
+    const page = await fetch(`${relay.httpUrl}/`)
+    expect(page.headers.get("content-type")).toContain("text/html")
+    expect(await page.text()).toBe("<title>demo</title>")
+    // Never a file outside the app: unknown paths fall back to the app's index.html.
+    expect(await (await fetch(`${relay.httpUrl}/../../etc/passwd`)).text()).toBe("<title>demo</title>")
     const health = await (await fetch(`${relay.httpUrl}/healthz`)).json()
     expect(health).toMatchObject({ status: "ok", documents: 0, storage: "sqlite" })
     const { token } = (await (await fetch(`${relay.httpUrl}/dev/token?user=alice`)).json()) as {
