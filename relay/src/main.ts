@@ -18,7 +18,11 @@ async function main(): Promise<void> {
   const relay = await startRelay(config)
   let stopping = false
   const stop = (signal: string) => {
-    if (stopping) return
+    if (stopping) {
+      // A second signal means "now": everything acknowledged is already durable.
+      relay.log.warn({ signal }, "second signal: exiting without finishing the shutdown")
+      process.exit(1)
+    }
     stopping = true
     relay.log.info({ signal }, "shutting down")
     relay.close().then(
