@@ -7,6 +7,7 @@ import { HookRuntime } from "./hooks/runtime.js"
 import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { RelayMetrics } from "./metrics.js"
+import { openAuthorization } from "./policy/open.js"
 import type { UpdatePolicy } from "./policy.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
@@ -130,6 +131,14 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           dataDir: options.dataDir ?? "./data",
           ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
         })
+  // Every update is checked against the document rules, unless a policy is given.
+  const authorization = options.policy
+    ? undefined
+    : openAuthorization(
+        typeof options.storage !== "object" && storageKind === "sqlite"
+          ? { dataDir: options.dataDir ?? "./data" }
+          : {},
+      )
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
   const hooks =
     hookModules.length > 0 || webhooks.length > 0
@@ -152,7 +161,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     log,
     metrics,
     limits,
-    ...(options.policy ? { policy: options.policy } : {}),
+    policy: options.policy ?? authorization!.policy,
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     listeners: [...(options.listeners ?? []), ...(hooks ? [hooks] : [])],
     ...(hooks ? { observer: hooks } : {}),
@@ -186,6 +195,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   } catch (error) {
     await hooks?.stop()
     await storage.close()
+    authorization?.close()
     throw error
   }
   const shownHost =
@@ -209,6 +219,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
         await core.close()
         // After the core: its last changes' events are recorded before the outbox closes.
         await hooks?.stop()
+        authorization?.close()
         await transport.close()
         log.info("stopped")
       })()
