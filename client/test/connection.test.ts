@@ -1,0 +1,92 @@
+import { ErrorCode, type ParleyError } from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import WebSocket, { WebSocketServer } from "ws"
+import { Awareness } from "y-protocols/awareness"
+import * as Y from "yjs"
+import { DocumentConnection } from "../src/connection.js"
+import { eventually } from "./support.js"
+
+/** A WebSocket server that closes every connection at once with `code`, recording the tokens it saw. */
+async function closingServer(code: number) {
+  const tokens: string[] = []
+  const server = new WebSocketServer({ port: 0, host: "127.0.0.1" })
+  await new Promise((resolve) => server.once("listening", resolve))
+  server.on("connection", (socket, request) => {
+    tokens.push(new URL(request.url ?? "/", "http://x").searchParams.get("token") ?? "")
+    socket.close(code, "test")
+  })
+  const { port } = server.address() as { port: number }
+  return { url: `ws://127.0.0.1:${port}`, tokens, close: () => new Promise((r) => server.close(r)) }
+}
+
+const cleanup: (() => unknown)[] = []
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn()
+})
+
+function connectionTo(url: string, token: () => Promise<string>) {
+  const doc = new Y.Doc()
+  const awareness = new Awareness(doc)
+  const connection = new DocumentConnection({
+    url,
+    name: "g~connection-test",
+    doc,
+    awareness,
+    user: "tester",
+    token,
+    WebSocket: WebSocket as never,
+    reconnect: { minDelay: 10, maxDelay: 40 },
+  })
+  cleanup.push(() => {
+    connection.destroy()
+    awareness.destroy()
+    doc.destroy()
+  })
+  return connection
+}
+
+describe("DocumentConnection", () => {
+  it("asks for a fresh token after each 4401 and gives up as UNAUTHORIZED after three", async () => {
+    const server = await closingServer(4401)
+    cleanup.push(server.close)
+    let issued = 0
+    const connection = connectionTo(server.url, async () => `token-${++issued}`)
+    const unavailable = new Promise<ParleyError>((resolve) =>
+      connection.on("unavailable", ({ error }) => resolve(error)),
+    )
+    connection.start()
+    expect((await unavailable).code).toBe(ErrorCode.UNAUTHORIZED)
+    expect(server.tokens).toEqual(["token-1", "token-2", "token-3"])
+    expect(connection.status).toBe("offline")
+  })
+
+  it("stops for good on 4403 with FORBIDDEN", async () => {
+    const server = await closingServer(4403)
+    cleanup.push(server.close)
+    const connection = connectionTo(server.url, async () => "token")
+    const unavailable = new Promise<ParleyError>((resolve) =>
+      connection.on("unavailable", ({ error }) => resolve(error)),
+    )
+    connection.start()
+    expect((await unavailable).code).toBe(ErrorCode.FORBIDDEN)
+    expect(server.tokens).toHaveLength(1)
+  })
+
+  it("keeps retrying a relay that fails, with a fresh token each time, until stopped", async () => {
+    const server = await closingServer(4500)
+    cleanup.push(server.close)
+    let issued = 0
+    const connection = connectionTo(server.url, async () => `token-${++issued}`)
+    const statuses: string[] = []
+    connection.on("status", ({ status }) => statuses.push(status))
+    connection.start()
+    await eventually(() => expect(server.tokens.length).toBeGreaterThanOrEqual(4))
+    expect(new Set(server.tokens).size).toBe(server.tokens.length)
+    connection.stop()
+    const attempts = server.tokens.length
+    // A retry already scheduled must not fire after stop(): wait longer than the longest backoff.
+    await new Promise((resolve) => setTimeout(resolve, 150))
+    expect(server.tokens.length).toBe(attempts)
+    expect(statuses).toEqual(["connecting", "offline"])
+  })
+})
