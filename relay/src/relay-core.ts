@@ -133,7 +133,9 @@ export class RelayCore implements ConnectionOwner {
    */
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
-    const host = await this.host(name)
+    let host = await this.host(name)
+    // Another caller may have begun unloading it (to make room) before this continuation ran.
+    while (host.unloading) host = await this.host(name)
     const access = accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
       this.scheduleIdle(host)

@@ -97,3 +97,32 @@ describe("document lifecycle", () => {
     expect(b.closeEvent).toBeUndefined()
   })
 })
+
+describe("postgres backend", () => {
+  it("keeps acknowledged updates across SIGKILL when running on PostgreSQL", async (context) => {
+    const url = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+    const { default: pg } = await import("pg")
+    const probe = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
+    const unreachable = await probe.connect().then(
+      () => probe.end().then(() => undefined),
+      (error: Error) => error.message,
+    )
+    if (unreachable) {
+      if (process.env.PARLEY_REQUIRE_SERVICES === "1")
+        throw new Error(`PostgreSQL unreachable: ${unreachable}`)
+      context.skip(`PostgreSQL unreachable at ${url}: ${unreachable}`)
+    }
+    const args = ["--storage", "postgres", "--database-url", url]
+    const relay = await startRelayProcess({ args })
+    const id = newConversationId()
+    const a = await open(relay, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [] })
+    sendMessage(a.doc, alice, { body: "in postgres" })
+    await a.allSaved()
+    await relay.kill()
+    const again = await startRelayProcess({ args, secret: relay.secret })
+    const b = await open(again, id)
+    expect(bodies(b)).toEqual(["in postgres"])
+    expect(seqs(b)).toEqual([1])
+  })
+})
