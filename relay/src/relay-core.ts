@@ -133,9 +133,7 @@ export class RelayCore implements ConnectionOwner {
    */
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
-    let host = await this.host(name)
-    // Another caller may have begun unloading it (to make room) before this continuation ran.
-    while (host.unloading) host = await this.host(name)
+    const host = await this.activeHost(name)
     const access = accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
       this.scheduleIdle(host)
@@ -157,7 +155,7 @@ export class RelayCore implements ConnectionOwner {
    */
   async write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void> {
     parseName(name)
-    const host = await this.host(name)
+    const host = await this.activeHost(name)
     try {
       await writeOnServer(this.ctx, host, actor, change)
     } finally {
@@ -168,7 +166,7 @@ export class RelayCore implements ConnectionOwner {
   /** Reads a document's current state (loading it if needed); `read` must not write. */
   async read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T> {
     parseName(name)
-    const host = await this.host(name)
+    const host = await this.activeHost(name)
     try {
       return await host.enqueue(async () => read(host.doc))
     } finally {
@@ -212,6 +210,14 @@ export class RelayCore implements ConnectionOwner {
 
   /** Hosts whose load finished, by name (for synchronous lookups). */
   private readonly loadedNow = new Map<string, DocumentHost>()
+
+  /** The loaded document, never one whose unload has begun. */
+  private async activeHost(name: string): Promise<DocumentHost> {
+    let host = await this.host(name)
+    // Another caller may have begun unloading it (to make room) before this continuation ran.
+    while (host.unloading) host = await this.host(name)
+    return host
+  }
 
   private async host(name: string): Promise<DocumentHost> {
     for (;;) {

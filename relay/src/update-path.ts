@@ -223,10 +223,10 @@ export function submitUpdate(
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
     const positions = await persist(ctx, host, [update], principal.kind === "relay" ? "relay" : "client")
-    await ctx.policy.stored?.({ name: host.name, doc: host.doc, principal, clientIds, decision })
     let events: ChangeEvent[]
     const all = [...positions]
     try {
+      await ctx.policy.stored?.({ name: host.name, doc: host.doc, principal, clientIds, decision })
       Y.applyUpdate(host.doc, update, from ?? principal)
       events = host.takeEvents()
       broadcast(host, syncUpdateFrame(update), from)
