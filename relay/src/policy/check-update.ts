@@ -348,6 +348,7 @@ class UpdateCheck {
               refuse(Rule.selfOnly, "a conversation is deleted as oneself")
             break
           default:
+            if (this.isRelay && (Object.values(MetaKey) as string[]).includes(change.key)) break
             if ((Object.values(MetaKey) as string[]).includes(change.key))
               refuse(Rule.immutable, `conversation field "${change.key}" is fixed at creation`)
             refuse(Rule.schema, "unknown conversation field")

@@ -152,30 +152,50 @@ export function readUpdate(
 
   // Yjs integrates a struct once everything it points to exists; what never
   // becomes integrable would sit in the document as pending structs and enter
-  // it later, unchecked. So the whole update must integrate now.
-  const ready = (item: Y.Item): boolean => {
-    if (item.id.clock > known(item.id.client)) return false
+  // it later, unchecked. So the whole update must integrate now. A worklist
+  // replays Yjs's order: a client blocked on another client's clock waits for
+  // that client to advance.
+  const blockedOn = (item: Y.Item): number | undefined => {
+    if (item.id.clock > known(item.id.client)) return item.id.client
     for (const dep of [item.origin, item.rightOrigin]) {
-      if (dep && dep.clock >= known(dep.client)) return false
+      if (dep && dep.clock >= known(dep.client)) return dep.client
     }
-    return true
+    return undefined
   }
   const order: Y.Item[] = []
   const next = new Map<number, number>()
+  const waiting = new Map<number, number[]>()
+  const queue = [...byClient.keys()]
   let remaining = decoded.structs.length
-  for (let progress = true; remaining > 0 && progress; ) {
-    progress = false
-    for (const [client, items] of byClient) {
-      let i = next.get(client) ?? 0
-      while (i < items.length && ready(items[i]!)) {
-        const item = items[i]!
-        integrated.set(client, Math.max(known(client), item.id.clock + item.length))
-        order.push(item)
-        i++
-        remaining--
-        progress = true
+  // Linear for what replicas send; a crafted web of cross-client dependencies must not cost structs².
+  let budget = 16 * decoded.structs.length + 1_000
+  while (queue.length > 0) {
+    const client = queue.pop()!
+    const items = byClient.get(client)!
+    let i = next.get(client) ?? 0
+    const from = i
+    while (i < items.length) {
+      if (--budget < 0) refuse("the update's structs depend on each other too intricately")
+      const item = items[i]!
+      const blocker = blockedOn(item)
+      if (blocker !== undefined) {
+        if (blocker !== client && byClient.has(blocker)) {
+          const list = waiting.get(blocker)
+          if (list) list.push(client)
+          else waiting.set(blocker, [client])
+        }
+        break
       }
-      next.set(client, i)
+      integrated.set(client, Math.max(known(client), item.id.clock + item.length))
+      order.push(item)
+      remaining--
+      i++
+    }
+    next.set(client, i)
+    const woken = i > from ? waiting.get(client) : undefined
+    if (woken) {
+      waiting.delete(client)
+      queue.push(...woken)
     }
   }
   if (remaining > 0) refuse("the update depends on changes the relay does not have")

@@ -491,6 +491,22 @@ describe("honest changes from the shared operations are accepted", () => {
     expect(typesOf(s.relay).read.get(carol)).toBe(4)
   })
 
+  it("accepts a replica's work from many offline sessions (one client id each) in one update", () => {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    for (let i = 0; i < 100; i++) {
+      // Each page load is a new Yjs client id; their order bears no relation to the dependencies.
+      replica.clientID = 10_000 + ((i * 7_919) % 100_003)
+      sendMessage(replica, carol, { body: `session ${i}` })
+      editMessage(replica, carol, s.messages.carol!, `edited in session ${i}`)
+    }
+    const result = submit(s, user(carol), pendingOf(replica, s.relay))
+    expect(result).toMatchObject({ allowed: true })
+    expect(result.newBindings).toHaveLength(100)
+    assertInvariants(s.relay)
+    expect(typesOf(s.relay).edits.get(s.messages.carol!)?.body).toBe("edited in session 99")
+  })
+
   it("accepts the relay writing sequence numbers, and binds the client ids it used", () => {
     const s = scene()
     const replica = replicaOf(s.relay)
