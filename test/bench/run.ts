@@ -50,6 +50,7 @@ const { values: flags } = parseArgs({
     window: { type: "string" },
     "durable-seconds": { type: "string" },
     out: { type: "string", default: join(ROOT, "bench-results") },
+    "relay-args": { type: "string", default: "" },
     help: { type: "boolean", default: false },
   },
 })
@@ -184,6 +185,12 @@ const ms = (v: number) => (Number.isFinite(v) ? (v < 10 ? v.toFixed(2) : v.toFix
 const mb = (v: number) => v.toFixed(1)
 const int = (v: number) => Math.round(v).toLocaleString("en-US")
 
+/** Extra relay flags from --relay-args, e.g. "--max-buffered-bytes 16777216". */
+const relayArgs = flags["relay-args"].split(/\s+/).filter(Boolean)
+if (relayArgs.length) notes.push(`Parley ran with extra flags: ${relayArgs.join(" ")}`)
+const withRelayArgs = (variant: ParleyVariant): ParleyVariant =>
+  relayArgs.length ? { ...variant, args: [...(variant.args ?? []), ...relayArgs] } : variant
+
 async function runScenario<T extends object>(
   name: string,
   kinds: readonly ServerKind[],
@@ -195,7 +202,7 @@ async function runScenario<T extends object>(
   const outcomes: Outcome<T>[] = []
   for (const kind of kinds) {
     for (const variant of kind === "parley" ? variants : [DEPLOYED])
-      outcomes.push(await withServer(kind, variant, run))
+      outcomes.push(await withServer(kind, withRelayArgs(variant), run))
   }
   markdown.push(printTable(name, outcomes, rows))
   return outcomes
@@ -244,6 +251,7 @@ if (scenarios.includes("coldjoin")) {
       ["storm: server CPU ms", (r) => int(r.stormServerCpuMs)],
       ["server RSS before storm MB", (r) => mb(r.rssBeforeStormMB)],
       ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
+      ["joiners closed by the server", (r) => int(r.joinersClosed)],
       ["generator CPU ms", (r) => int(r.generatorCpuMs)],
     ],
   )
@@ -285,7 +293,7 @@ if (servers.includes("parley") && scenarios.includes("durable")) {
       ["server CPU ms / 1,000 updates", (r) => ms(r.serverCpuMsPer1000Updates)],
       ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
     ],
-    [unthrottled],
+    [unthrottled, { ...unthrottled, hooks: false }],
   )
 }
 

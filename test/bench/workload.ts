@@ -55,7 +55,7 @@ export async function openChat(
   const creator = await connect(server, id, users[0]!, options)
   await within(creator.synced, SETUP_TIMEOUT, `${id}: creator sync`)
   createConversation(creator.doc, users[0]!, { kind: "group", id, participants: users.slice(1) })
-  await within(creator.confirmed(), SETUP_TIMEOUT, `${id}: creation confirmed`)
+  await confirmed(creator, SETUP_TIMEOUT)
   const others = await Promise.all(users.slice(1).map((user) => connect(server, id, user, options)))
   const clients = [creator, ...others]
   await within(Promise.all(others.map((c) => c.synced)), SETUP_TIMEOUT, `${id}: participants sync`)
@@ -65,6 +65,16 @@ export async function openChat(
   )
   if (!ready) throw new Error(`${id}: participants never saw the conversation (${problemsOf(clients)})`)
   return { id, clients }
+}
+
+/** Waits for the server's confirmation of everything `client` wrote; fails if the server closes or refuses it. */
+export async function confirmed(client: BenchClient, timeoutMs: number): Promise<void> {
+  let done = false
+  void client.confirmed().then(() => {
+    done = true
+  })
+  await until(() => done || client.problems.length > 0, timeoutMs, 2)
+  if (!done) throw new Error(`${client.user}: writes not confirmed (${problemsOf([client])})`)
 }
 
 /** Problems reported by clients, for error messages. */

@@ -9,8 +9,8 @@ import * as Y from "yjs"
 import { type BenchClient, connect } from "../drivers.js"
 import { generatorCpuMs } from "../proc.js"
 import type { RunningServer } from "../servers.js"
-import { distribution, median, sleep, until, within } from "../stats.js"
-import { messagesIn, openChat, problemsOf, send } from "../workload.js"
+import { distribution, median, sleep, until } from "../stats.js"
+import { confirmed, messagesIn, openChat, problemsOf, send } from "../workload.js"
 
 /** Sizes of the cold-join scenario. */
 export interface ColdJoinConfig {
@@ -43,6 +43,8 @@ export interface ColdJoinResult {
   readonly rssBeforeStormMB: number
   readonly serverPeakRssMB: number
   readonly generatorCpuMs: number
+  /** Joiners the server closed after all (e.g. a send-queue limit hit by the download itself). */
+  readonly joinersClosed: number
   readonly problems: string
 }
 
@@ -79,65 +81,80 @@ export async function coldJoin(server: RunningServer, config: ColdJoinConfig): P
   const buildStarted = performance.now()
   const { clients } = await openChat(server, id, ["writer" as UserId], { acknowledgements: true })
   const writer = clients[0]!
-  // Readers are participants, so that authorization lets them in.
-  addParticipants(writer.doc, writer.user, readers)
-  for (let n = 0; n < config.history; ) {
-    const count = Math.min(config.batch, config.history - n)
-    writer.doc.transact(() => {
-      for (let i = 0; i < count; i++) send(writer, n + i)
-    })
-    n += count
-    // Wait for the server's confirmation where it gives one, so the build is not
-    // throttled by a rate limit; the reference server gives none.
-    await within(writer.confirmed(), JOIN_TIMEOUT, "build confirmed")
-  }
-  const documentMB = Y.encodeStateAsUpdate(writer.doc).byteLength / 2 ** 20
-  const buildSeconds = (performance.now() - buildStarted) / 1000
-  await sleep(500)
-  const generatorBefore = generatorCpuMs()
+  // Every client measured, and those still open (closed however the run ends).
+  const joiners: BenchClient[] = []
+  const open = new Set<BenchClient>([writer])
+  try {
+    // Readers are participants, so that authorization lets them in.
+    addParticipants(writer.doc, writer.user, readers)
+    for (let n = 0; n < config.history; ) {
+      const count = Math.min(config.batch, config.history - n)
+      writer.doc.transact(() => {
+        for (let i = 0; i < count; i++) send(writer, n + i)
+      })
+      n += count
+      // Wait for the server's confirmation where it gives one, so the build is not
+      // throttled by a rate limit; the reference server gives none.
+      await confirmed(writer, JOIN_TIMEOUT)
+    }
+    const documentMB = Y.encodeStateAsUpdate(writer.doc).byteLength / 2 ** 20
+    const buildSeconds = (performance.now() - buildStarted) / 1000
+    await sleep(500)
+    const generatorBefore = generatorCpuMs()
 
-  const timed = async (user: UserId) => {
-    const before = server.read().cpuMs
-    const started = performance.now()
-    const client = await join(server, id, user, config.history)
-    const ms = performance.now() - started
-    // The server may still be reading the joiner's reply; let it finish.
+    const timed = async (user: UserId) => {
+      const before = server.read().cpuMs
+      const started = performance.now()
+      const client = await join(server, id, user, config.history)
+      const ms = performance.now() - started
+      // The server may still be reading the joiner's reply; let it finish.
+      await sleep(100)
+      const cpu = server.read().cpuMs - before
+      client.destroy()
+      joiners.push(client)
+      return { ms, cpu }
+    }
+    const first = await timed(readers[0]!)
+    const later: { ms: number; cpu: number }[] = []
+    for (let i = 1; i < config.joins; i++) later.push(await timed(readers[i]!))
+
+    await sleep(500)
+    const beforeStorm = server.read()
+    const stormStarted = performance.now()
+    const settled = await Promise.allSettled(
+      readers.slice(0, config.storm).map((user) => join(server, id, user, config.history)),
+    )
+    const storm = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []))
+    joiners.push(...storm)
+    for (const client of storm) open.add(client)
+    const refused = settled.flatMap((s) => (s.status === "rejected" ? [s.reason as Error] : []))
+    if (refused.length > 0)
+      throw new Error(
+        `${refused.length} of ${config.storm} joiners of the storm failed, e.g. ${refused[0]!.message}`,
+      )
+    const stormSeconds = (performance.now() - stormStarted) / 1000
     await sleep(100)
-    const cpu = server.read().cpuMs - before
-    client.destroy()
-    return { ms, cpu }
-  }
-  const first = await timed(readers[0]!)
-  const later: { ms: number; cpu: number }[] = []
-  for (let i = 1; i < config.joins; i++) later.push(await timed(readers[i]!))
-
-  await sleep(500)
-  const beforeStorm = server.read()
-  const stormStarted = performance.now()
-  const storm: BenchClient[] = await Promise.all(
-    readers.slice(0, config.storm).map((user) => join(server, id, user, config.history)),
-  )
-  const stormSeconds = (performance.now() - stormStarted) / 1000
-  await sleep(100)
-  const afterStorm = server.read()
-  const problems = problemsOf([writer, ...storm])
-  for (const client of storm) client.destroy()
-  writer.destroy()
-  return {
-    server: server.label,
-    history: config.history,
-    documentMB,
-    buildSeconds,
-    firstJoinMs: first.ms,
-    firstJoinServerCpuMs: first.cpu,
-    joinMs: later.length ? median(later.map((j) => j.ms)) : first.ms,
-    joinServerCpuMs: later.length ? distribution(later.map((j) => j.cpu)).mean : first.cpu,
-    stormJoins: config.storm,
-    stormSeconds,
-    stormServerCpuMs: afterStorm.cpuMs - beforeStorm.cpuMs,
-    rssBeforeStormMB: beforeStorm.rss / 2 ** 20,
-    serverPeakRssMB: afterStorm.peakRss / 2 ** 20,
-    generatorCpuMs: generatorCpuMs() - generatorBefore,
-    problems,
+    const afterStorm = server.read()
+    const problems = problemsOf([writer, ...joiners])
+    return {
+      server: server.label,
+      history: config.history,
+      documentMB,
+      buildSeconds,
+      firstJoinMs: first.ms,
+      firstJoinServerCpuMs: first.cpu,
+      joinMs: later.length ? median(later.map((j) => j.ms)) : first.ms,
+      joinServerCpuMs: later.length ? distribution(later.map((j) => j.cpu)).mean : first.cpu,
+      stormJoins: config.storm,
+      stormSeconds,
+      stormServerCpuMs: afterStorm.cpuMs - beforeStorm.cpuMs,
+      rssBeforeStormMB: beforeStorm.rss / 2 ** 20,
+      serverPeakRssMB: afterStorm.peakRss / 2 ** 20,
+      generatorCpuMs: generatorCpuMs() - generatorBefore,
+      joinersClosed: joiners.filter((c) => c.problems.length > 0).length,
+      problems,
+    }
+  } finally {
+    for (const client of open) client.destroy()
   }
 }
