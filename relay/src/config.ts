@@ -52,7 +52,7 @@ export const FLAGS = {
   "max-frame-bytes": {
     kind: "integer",
     env: "PARLEY_MAX_FRAME_BYTES",
-    help: "largest frame accepted (then close 1009)",
+    help: "largest frame accepted (then close 4413)",
     default: String(1024 * 1024),
   },
   "max-buffered-bytes": {

@@ -23,7 +23,7 @@ import { serveStatic } from "./static-files.js"
 
 /** Limits applied per WebSocket connection. */
 export interface TransportLimits {
-  /** Largest frame accepted; larger ones close the connection with 1009 (Message Too Big). */
+  /** Largest frame accepted; larger ones close the connection with 4413, unread. */
   readonly maxFrameBytes: number
   /** Bytes queued to a client beyond which it is disconnected (4429): a slow reader cannot grow memory. */
   readonly maxBufferedBytes: number
@@ -161,6 +161,14 @@ export class WsTransport {
   private async accept(ws: WebSocket, req: IncomingMessage): Promise<void> {
     const { log, metrics, limits } = this.options
     this.sockets.add(ws)
+    // ws refuses a frame above maxPayload from its header, before buffering it, and closes with
+    // 1009; Parley's documented code for that is 4413 (shared CloseCode.TooLarge), which the SDK
+    // treats as final instead of reconnecting to resend the same frame.
+    const wsClose = ws.close.bind(ws)
+    ws.close = ((code?: number, reason?: string | Buffer) =>
+      code === 1009
+        ? wsClose(CloseCode.TooLarge.code, CloseCode.TooLarge.reason)
+        : wsClose(code, reason)) as typeof ws.close
     const url = new URL(req.url ?? "/", "http://relay")
     let name: string
     try {
@@ -211,7 +219,7 @@ export class WsTransport {
       connection?.close(CloseCode.Normal.code, CloseCode.Normal.reason)
     })
     ws.on("error", (error) => {
-      // ws closes the socket itself (e.g. 1009 for an oversized frame); this only records why.
+      // ws closes the socket itself (e.g. for an oversized frame); this only records why.
       metrics.errors.inc({ code: "code" in error ? String(error.code) : ErrorCode.INTERNAL })
       log.info({ doc: name, err: error }, "websocket error")
     })

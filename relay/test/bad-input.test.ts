@@ -126,11 +126,11 @@ describe("bad input", () => {
     await expectStillServing(s, bad)
   })
 
-  it("closes a connection that sends a frame above --max-frame-bytes with 1009", async () => {
+  it("closes a connection that sends a frame above --max-frame-bytes with 4413", async () => {
     const s = await scene()
     const bad = await open(s.id, "mallory")
     bad.send(new Uint8Array(70_000))
-    expect((await bad.closed).code).toBe(1009)
+    expect((await bad.closed).code).toBe(4413)
     await expectStillServing(s, bad)
   })
 
