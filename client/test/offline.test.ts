@@ -1,7 +1,15 @@
 import "fake-indexeddb/auto"
-import { ErrorCode, ParleyError } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import {
+  ErrorCode,
+  messageCount,
+  ParleyError,
+  sendMessage,
+  type UserId,
+  writeSequenceNumbers,
+} from "@parley/shared"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import WebSocket from "ws"
+import * as Y from "yjs"
 import { type ChatClient, createChatClient } from "../src/index.js"
 
 const clients: ChatClient[] = []
@@ -52,6 +60,35 @@ describe("ChatClient offline", () => {
     expect(alice.status).toBe("offline")
   })
 
+  it("pushes a window of messages to its watcher on every change that affects it", async () => {
+    const alice = await offlineClient("alice")
+    const chat = await alice.createConversation({ participants: ["bob"] })
+    const ids = ["one", "two", "three"].map((body) => chat.send(body).id)
+    const seen: string[][] = []
+    const stop = chat.watchMessages({ last: 2 }, (messages) =>
+      seen.push(messages.map((m) => `${m.body}${Object.keys(m.reactions).join("")}`)),
+    )
+    chat.send("four")
+    chat.edit(ids[2]!, "three, edited")
+    chat.react(ids[2]!, "🎉")
+    chat.edit(ids[0]!, "outside the window")
+    stop()
+    chat.send("after stop")
+    expect(seen).toEqual([
+      ["two", "three"],
+      ["three", "four"],
+      ["three, edited", "four"],
+      ["three, edited🎉", "four"],
+    ])
+    expect(chat.messages({ before: ids[2]!, limit: 1 }).map((m) => m.body)).toEqual(["two"])
+    expect(chat.messages({ after: ids[0]!, limit: 2 }).map((m) => m.body)).toEqual(["two", "three, edited"])
+    expect(chat.messages({ around: ids[1]!, limit: 3 }).map((m) => m.body)).toEqual([
+      "outside the window",
+      "two",
+      "three, edited",
+    ])
+  })
+
   it("refuses with FORBIDDEN, before writing, what the rules do not allow", async () => {
     const alice = await offlineClient("alice")
     const chat = await alice.createConversation({ participants: ["bob", "carol"] })
@@ -99,11 +136,45 @@ describe("ChatClient offline", () => {
     expect(await ann.directConversation("ben")).toBe(a)
   })
 
-  it("counts unread messages from others and marks them read", async () => {
+  it("counts unread messages from others and marks them read, up to a message or all", async () => {
     const alice = await offlineClient("alice")
     const chat = await alice.createConversation({ participants: ["bob"] })
     chat.send("mine")
     expect(chat.unreadCount).toBe(0)
-    expect(chat.markRead()).toBe(false)
+    const counts: number[] = []
+    chat.on("unread", ({ count }) => counts.push(count))
+    // Bob's replica writes two messages, the relay numbers them; the update reaches Alice.
+    const elsewhere = new Y.Doc()
+    Y.applyUpdate(elsewhere, Y.encodeStateAsUpdate(chat.doc))
+    const first = sendMessage(elsewhere, "bob" as UserId, { body: "one" })
+    const second = sendMessage(elsewhere, "bob" as UserId, { body: "two" })
+    writeSequenceNumbers(elsewhere, 1, [first.id, second.id])
+    Y.applyUpdate(chat.doc, Y.encodeStateAsUpdate(elsewhere, Y.encodeStateVector(chat.doc)))
+    expect(chat.unreadCount).toBe(2)
+    expect(chat.markRead(first.id)).toBe(true)
+    expect(chat.unreadCount).toBe(1)
+    chat.markRead()
+    expect(chat.unreadCount).toBe(0)
+    expect(counts).toEqual([2, 1, 0])
+    expect(chat.markers["alice" as UserId]).toEqual({ read: 2, delivered: 2 })
+  })
+
+  it("advances the delivered marker, batched, as messages from others arrive", async () => {
+    const alice = await offlineClient("alice")
+    const chat = await alice.createConversation({ participants: ["bob"] })
+    const elsewhere = new Y.Doc()
+    Y.applyUpdate(elsewhere, Y.encodeStateAsUpdate(chat.doc))
+    const markerWrites: number[] = []
+    chat.on("change", ({ events }) => {
+      for (const e of events)
+        if (e.type === "messages.delivered" && e.user === "alice") markerWrites.push(e.upTo)
+    })
+    for (const body of ["a", "b", "c"]) {
+      const message = sendMessage(elsewhere, "bob" as UserId, { body })
+      writeSequenceNumbers(elsewhere, messageCount(elsewhere), [message.id])
+      Y.applyUpdate(chat.doc, Y.encodeStateAsUpdate(elsewhere, Y.encodeStateVector(chat.doc)))
+    }
+    await vi.waitFor(() => expect(markerWrites).toEqual([3]))
+    expect(chat.markers["alice" as UserId]).toEqual({ read: 0, delivered: 3 })
   })
 })
