@@ -106,6 +106,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private browserOnline = true
   private current: ClientStatus = "offline"
   private destroyed = false
+  private tokenInFlight: Promise<string> | undefined
   private readonly onBrowserOnline = () => this.setBrowserOnline(true)
   private readonly onBrowserOffline = () => this.setBrowserOnline(false)
 
@@ -159,7 +160,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         awareness,
         user: this.user,
         shareWithTabs,
-        token: () => resolveToken(this.options.token),
+        token: () => this.token(),
         WebSocket: this.WebSocket,
         ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),
       })
@@ -290,6 +291,18 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
     this.removeAllListeners()
+  }
+
+  /**
+   * A token for a new connection. Connections opening at the same moment (all
+   * conversations after a network change) share one call of the token
+   * function; any later connect calls it again, so a refused token is never reused.
+   */
+  private token(): Promise<string> {
+    this.tokenInFlight ??= resolveToken(this.options.token).finally(() => {
+      this.tokenInFlight = undefined
+    })
+    return this.tokenInFlight
   }
 
   private async loaded(conversation: Conversation): Promise<void> {
