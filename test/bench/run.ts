@@ -267,6 +267,7 @@ if (scenarios.includes("idle")) {
       ["RSS before → after MB", (r) => `${mb(r.baselineRssMB)} → ${mb(r.rssMB)}`],
       ["KB per connection", (r) => (r.bytesPerConnection / 1024).toFixed(1)],
       ["server CPU ms / s / 1,000 conns", (r) => ms(r.serverCpuMsPerSecondPer1000)],
+      ["server CPU ms / s with no connection", (r) => ms(r.emptyServerCpuMsPerSecond)],
       ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
     ],
   )

@@ -24,13 +24,20 @@ export interface IdleResult {
   readonly rssMB: number
   readonly bytesPerConnection: number
   readonly serverCpuMsPerSecondPer1000: number
+  /** Server CPU per second with no connection, for reference: a fixed cost, not a per-connection one. */
+  readonly emptyServerCpuMsPerSecond: number
   readonly serverPeakRssMB: number
 }
 
 /** Runs the scenario against a fresh `server`. */
 export async function idle(server: RunningServer, config: IdleConfig): Promise<IdleResult> {
   await sleep(1000)
+  // What the server spends with no connection at all (timers, metrics), over the same time.
+  const empty = server.read()
+  const emptyStarted = performance.now()
+  await sleep(config.seconds * 1000)
   const baseline = server.read()
+  const emptyCpuMsPerSecond = (baseline.cpuMs - empty.cpuMs) / ((performance.now() - emptyStarted) / 1000)
   const chats: Chat[] = []
   const groups = Math.ceil(config.connections / config.perConversation)
   // Opened in waves, so that the setup measures the servers' steady state rather
@@ -59,6 +66,7 @@ export async function idle(server: RunningServer, config: IdleConfig): Promise<I
     rssMB: end.rss / 2 ** 20,
     bytesPerConnection: (end.rss - baseline.rss) / clients.length,
     serverCpuMsPerSecondPer1000: ((end.cpuMs - start.cpuMs) / seconds) * (1000 / clients.length),
+    emptyServerCpuMsPerSecond,
     serverPeakRssMB: end.peakRss / 2 ** 20,
   }
 }
