@@ -66,7 +66,7 @@ export async function idle(server: RunningServer, config: IdleConfig): Promise<I
     rssMB: end.rss / 2 ** 20,
     bytesPerConnection: (end.rss - baseline.rss) / clients.length,
     serverCpuMsPerSecondPer1000: ((end.cpuMs - start.cpuMs) / seconds) * (1000 / clients.length),
-    emptyServerCpuMsPerSecond,
+    emptyServerCpuMsPerSecond: emptyCpuMsPerSecond,
     serverPeakRssMB: end.peakRss / 2 ** 20,
   }
 }
