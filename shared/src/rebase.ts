@@ -200,10 +200,13 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
   }
   const role = () => roleOf(fresh, user)
 
-  // 1. The conversation itself, when the relay never got it.
+  // 1. The conversation itself, when this replica created it. Creating a direct
+  // conversation that the other user created meanwhile changes nothing (shared
+  // `createConversation`); a group id taken meanwhile fails.
   const staleInfo = getConversation(stale)
+  const creation = staleValue(TopLevel.meta, MetaKey.createdAt).item
   let created = false
-  if (staleInfo && !getConversation(fresh)) {
+  if (staleInfo && (!getConversation(fresh) || (creation && isPending(creation)))) {
     created = true
     const others = [...typesOf(stale).participants.keys()].filter((u) => u !== user) as UserId[]
     attempt({ kind: "conversation.create" }, () => {

@@ -111,6 +111,20 @@ describe("rebasing pending work after a refusal", () => {
     expect(typesOf(fresh).meta.get("title")).toBe("Renamed by alice")
   })
 
+  it("merges a direct conversation both users created offline, without failures", () => {
+    const relay = new Y.Doc()
+    createConversation(relay, alice, { kind: "direct", participants: [bob] }, { now: 1 })
+    sendMessage(relay, alice, { body: "hi bob" })
+    const stale = new Y.Doc()
+    createConversation(stale, bob, { kind: "direct", participants: [alice] }, { now: 2 })
+    const mine = sendMessage(stale, bob, { body: "hi alice" }).id
+    const fresh = freshFrom(relay)
+    const { failed } = rebasePendingWork(stale, fresh, bob)
+    expect(failed).toEqual([])
+    expect(getMessage(fresh, mine)?.author).toBe(bob)
+    expect(typesOf(fresh).meta.get("createdBy")).toBe(alice)
+  })
+
   it("recreates a conversation the relay never got, with its messages", () => {
     const relay = new Y.Doc()
     const stale = new Y.Doc()
