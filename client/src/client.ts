@@ -107,6 +107,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private current: ClientStatus = "offline"
   private destroyed = false
   private tokenInFlight: Promise<string> | undefined
+  /** Waits in progress, ended by destroy() so that none of their timers outlive the client. */
+  private readonly cancels = new Set<() => void>()
   private readonly onBrowserOnline = () => this.setBrowserOnline(true)
   private readonly onBrowserOffline = () => this.setBrowserOnline(false)
 
@@ -170,7 +172,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       openReplica: (document) =>
         persistDocument(this.storage, replicaName(this.user, conversationId), document),
       connect,
-      fetchRelayState: (document) => fetchRelayState(document, connect),
+      fetchRelayState: (document, signal) => fetchRelayState(document, connect, signal),
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
@@ -233,18 +235,21 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (!getConversation(conversation.doc) && this.wanted && this.browserOnline) {
       await new Promise<void>((resolve) => {
         const done = () => {
+          this.cancels.delete(done)
           clearTimeout(timer)
           offState()
           offStatus()
           resolve()
         }
         const timer = setTimeout(done, waitMs)
+        this.cancels.add(done)
         const offState = conversation.on("state", done)
         const offStatus = conversation.connection.on("status", ({ status }) => {
           if (status === "online") done()
         })
       })
     }
+    this.assertAlive()
     if (!getConversation(conversation.doc)) {
       createConversation(
         conversation.doc,
@@ -287,6 +292,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       win.removeEventListener("online", this.onBrowserOnline)
       win.removeEventListener("offline", this.onBrowserOffline)
     }
+    for (const cancel of [...this.cancels]) cancel()
     await Promise.all([...this.open.values()].map((conversation) => conversation.close()))
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
@@ -361,14 +367,17 @@ const FETCH_TIMEOUT_MS = 15_000
 function fetchRelayState(
   doc: Y.Doc,
   connect: (doc: Y.Doc, awareness: Awareness, shareWithTabs: boolean) => DocumentConnection,
+  signal: AbortSignal,
 ): Promise<void> {
   const awareness = new Awareness(doc)
   // No presence of its own: this connection only reads.
   awareness.setLocalState(null)
   const connection = connect(doc, awareness, false)
   return new Promise<void>((resolve, reject) => {
+    const aborted = () => finish(new ParleyError(ErrorCode.UNAVAILABLE, "the conversation was closed"))
     const finish = (error?: ParleyError) => {
       clearTimeout(timer)
+      signal.removeEventListener("abort", aborted)
       connection.destroy()
       awareness.destroy()
       if (error) reject(error)
@@ -382,6 +391,8 @@ function fetchRelayState(
       if (status === "online") finish()
     })
     connection.on("unavailable", ({ error }) => finish(error))
+    if (signal.aborted) return aborted()
+    signal.addEventListener("abort", aborted)
     connection.start()
   })
 }

@@ -113,7 +113,7 @@ export interface ConversationParts {
   readonly onReady: (info: ConversationInfo) => void
   readonly onClose: () => void
   /** Fills `doc` with the relay's current state (a connection that shares nothing with other tabs). */
-  readonly fetchRelayState: (doc: Y.Doc) => Promise<void>
+  readonly fetchRelayState: (doc: Y.Doc, signal: AbortSignal) => Promise<void>
 }
 
 /** Resyncs in a row without the relay saving anything in between, before unsaved work counts as failed. */
@@ -153,6 +153,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly readyPromise: Promise<this>
   private closed = false
   private resyncing = false
+  /** Aborted by close(): ends a resync's fetch of the relay's state. */
+  private readonly closing = new AbortController()
   /** Resyncs since the relay last saved something: bounds a refuse → resync → refuse loop. */
   private resyncsWithoutSave = 0
   /** @internal Set while the client is about to create this conversation: "not found" is expected then. */
@@ -438,6 +440,7 @@ export class Conversation extends Emitter<ConversationEvents> {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
+    this.closing.abort()
     clearTimeout(this.deliveredTimer)
     const gen = this.gen
     gen.dispose()
@@ -556,7 +559,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     try {
       const fresh = new Y.Doc()
       try {
-        await this.parts.fetchRelayState(fresh)
+        await this.parts.fetchRelayState(fresh, this.closing.signal)
       } catch (error) {
         fresh.destroy()
         throw error
