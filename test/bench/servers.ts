@@ -24,6 +24,8 @@ export interface ParleyVariant {
   readonly authorization: boolean
   /** Further command-line flags, e.g. a higher rate limit for a throughput test. */
   readonly args?: readonly string[]
+  /** Says what `args` change, in the label (e.g. "send queue 64 MiB"). */
+  readonly note?: string
 }
 
 /** The deployed configuration: durable storage, authorization and hooks on. */
@@ -236,7 +238,7 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   }
   const hooks = variant.hooks && flags.hooks
   const authorization = variant.authorization
-  const parts = [!hooks && "no hooks", !authorization && "no authorization"].filter(Boolean)
+  const parts = [!hooks && "no hooks", !authorization && "no authorization", variant.note].filter(Boolean)
   const label = parts.length ? `parley (${parts.join(", ")})` : "parley"
   return handle("parley", label, child, port, token, () => rmSync(dataDir, { recursive: true, force: true }))
 }
