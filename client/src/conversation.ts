@@ -116,6 +116,16 @@ export interface ConversationParts {
   readonly fetchRelayState: (doc: Y.Doc, signal: AbortSignal) => Promise<void>
 }
 
+const isMarker = (e: ChangeEvent): e is Extract<ChangeEvent, { user: UserId; upTo: number }> =>
+  e.type === "messages.read" || e.type === "messages.delivered"
+
+/** Whether `event` can change `user`'s unread count. */
+const countsForUnread = (event: ChangeEvent, user: UserId): boolean =>
+  event.type === "message.deleted" ||
+  event.type === "messages.sequenced" ||
+  (event.type === "message.sent" && event.message.author !== user) ||
+  (event.type === "messages.read" && event.user === user)
+
 /** Resyncs in a row without the relay saving anything in between, before unsaved work counts as failed. */
 const MAX_RESYNCS_WITHOUT_SAVE = 3
 
@@ -511,13 +521,18 @@ export class Conversation extends Emitter<ConversationEvents> {
     )
       this.settle()
     this.emit("change", { events, local })
-    this.refreshStatuses()
-    const unread = this.unreadCount
-    if (unread !== this.unread) {
-      this.unread = unread
-      this.emit("unread", { count: unread })
-    }
+    // Only these change a status or the unread count; skipping the rest keeps a send O(1).
+    if (events.some((e) => e.type === "messages.sequenced" || (isMarker(e) && e.user !== this.user)))
+      this.refreshStatuses()
+    if (events.some((e) => countsForUnread(e, this.user))) this.refreshUnread()
     if (!local) this.scheduleDelivered()
+  }
+
+  private refreshUnread(): void {
+    const unread = this.unreadCount
+    if (unread === this.unread) return
+    this.unread = unread
+    this.emit("unread", { count: unread })
   }
 
   /**
@@ -587,6 +602,7 @@ export class Conversation extends Emitter<ConversationEvents> {
         this.emit("error", { error, change: what })
       }
       this.emit("change", { events: [], local: false })
+      this.refreshUnread()
       await old.replica.replaceWith(snapshot)
       await old.replica.destroy()
       old.doc.destroy()
