@@ -1,11 +1,4 @@
-import {
-  CloseCode,
-  ErrorCode,
-  encodeError,
-  MessageType,
-  type ParleyError,
-  toParleyError,
-} from "@parley/shared"
+import { CloseCode, ErrorCode, encodeError, MessageType, ParleyError, toParleyError } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
 import * as authProtocol from "y-protocols/auth"
@@ -31,6 +24,8 @@ export interface Session {
 
 /** What a connection asks of the core. */
 export interface ConnectionOwner {
+  /** Most update bytes one connection may have waiting in the document's queue (then 4429). */
+  readonly maxPendingBytes: number
   submit(connection: Connection, update: Uint8Array): Promise<unknown>
   detach(connection: Connection): void
   refused(connection: Connection, error: ParleyError): void
@@ -44,6 +39,7 @@ export class Connection {
   /** Awareness client ids this connection set, removed when it closes. */
   readonly awarenessIds = new Set<number>()
   closed = false
+  private pendingBytes = 0
 
   constructor(
     readonly host: DocumentHost,
@@ -160,11 +156,23 @@ export class Connection {
     }
     if (type === syncProtocol.messageYjsSyncStep2 || type === syncProtocol.messageYjsUpdate) {
       const update = decoding.readVarUint8Array(decoder)
-      this.owner.submit(this, update).catch((error: unknown) => {
-        const refusal = toParleyError(error)
-        this.owner.refused(this, refusal)
-        this.refuse(refusal)
-      })
+      // Updates wait in the document's queue; a client must not park unbounded bytes there.
+      if (this.pendingBytes + update.length > this.owner.maxPendingBytes) {
+        this.owner.refused(this, new ParleyError(ErrorCode.RATE_LIMITED, "too many update bytes waiting"))
+        this.close(CloseCode.RateLimited.code, CloseCode.RateLimited.reason)
+        return
+      }
+      this.pendingBytes += update.length
+      this.owner
+        .submit(this, update)
+        .catch((error: unknown) => {
+          const refusal = toParleyError(error)
+          this.owner.refused(this, refusal)
+          this.refuse(refusal)
+        })
+        .finally(() => {
+          this.pendingBytes -= update.length
+        })
       return
     }
     throw new Error(`unknown sync message type ${type}`)

@@ -35,12 +35,15 @@ export interface CoreLimits extends PathLimits {
   readonly idleUnloadMs: number
   /** Most documents loaded at once; beyond, idle ones are unloaded or new ones refused (4503). */
   readonly maxDocuments: number
+  /** Most update bytes one connection may have waiting in a document's queue; beyond, it is closed (4429). */
+  readonly maxPendingBytes: number
 }
 
 /** Defaults of {@link CoreLimits}. */
 export const DEFAULT_CORE_LIMITS: CoreLimits = {
   idleUnloadMs: 30_000,
   maxDocuments: 10_000,
+  maxPendingBytes: 16 * 1024 * 1024,
   maxUpdateBytes: 1024 * 1024,
   compactAfterUpdates: 500,
   compactAfterBytes: 8 * 1024 * 1024,
@@ -114,6 +117,11 @@ export class RelayCore implements ConnectionOwner {
 
   private get log(): Logger {
     return this.options.log
+  }
+
+  /** @internal */
+  get maxPendingBytes(): number {
+    return this.limits.maxPendingBytes
   }
 
   /** Adds a listener called after every saved change. */

@@ -179,6 +179,7 @@ export class WsTransport {
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const early: Uint8Array[] = []
+    let earlyBytes = 0
     let connection: Connection | undefined
     let socketClosed = false
 
@@ -211,7 +212,16 @@ export class WsTransport {
       }
       const bytes = toBytes(data)
       if (connection) connection.receive(bytes)
-      else early.push(bytes)
+      else {
+        early.push(bytes)
+        earlyBytes += bytes.length
+        // Frames wait here only while the token is checked; a client may not park more than this.
+        if (earlyBytes > 4 * limits.maxFrameBytes) {
+          metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+          early.length = 0
+          closeWith(CloseCode.RateLimited)
+        }
+      }
     })
     ws.on("close", () => {
       socketClosed = true

@@ -127,6 +127,24 @@ describe("relay core (no sockets)", () => {
     expect((await storage.load(id)).updates).toHaveLength(2)
   })
 
+  it("closes a connection with 4429 when its updates waiting for storage pass the byte limit", async () => {
+    const storage = new GatedStorage()
+    const core = makeCore(storage, { limits: { maxPendingBytes: 2_000 } })
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    const { doc, update } = conversationUpdate(id)
+    ca.receive(updateFrame(update))
+    await until(() => storage.waiting === 1)
+    for (let i = 0; i < 5; i++) {
+      const before = Y.encodeStateVector(doc)
+      sendMessage(doc, alice, { body: "x".repeat(500) })
+      ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+    }
+    expect(a.closed?.code).toBe(4429)
+    storage.release()
+  })
+
   it("refuses an update its policy denies, with a typed error, storing and broadcasting nothing", async () => {
     const storage = new MemoryStorage()
     const core = makeCore(storage, {
