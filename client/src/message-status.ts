@@ -26,6 +26,8 @@ export class MessageStatuses {
   private readonly saved = new Map<number, number>()
   private readonly failures = new Map<MessageId, ParleyError>()
   private readonly index: MessageIndex
+  private readonly items = new Map<MessageId, { client: number; clock: number }>()
+  private walkedAt = -1
 
   constructor(
     private readonly doc: Y.Doc,
@@ -84,13 +86,28 @@ export class MessageStatuses {
    */
   private isSaved(id: MessageId): boolean {
     if (this.saved.size === 0) return false
-    const messages = this.doc.get(TopLevel.messages, Y.Array) as Y.Array<{ id: string }>
+    const at = this.itemOf(id)
+    return at !== undefined && (this.saved.get(at.client) ?? 0) > at.clock
+  }
+
+  /**
+   * The Yjs id (client, clock) of the array element holding message `id`.
+   * One walk of the array records it for every message of the user without a
+   * sequence number, so a window of pending messages costs one walk, not one each.
+   */
+  private itemOf(id: MessageId): { client: number; clock: number } | undefined {
+    const known = this.items.get(id)
+    if (known || this.walkedAt === this.index.changes) return known
+    this.walkedAt = this.index.changes
+    const messages = this.doc.get(TopLevel.messages, Y.Array) as Y.Array<{ id: MessageId; author: string }>
     for (let item = messages._start; item !== null; item = item.right) {
       if (item.deleted) continue
-      const records = item.content.getContent() as { id: string }[]
-      const at = records.findIndex((r) => r.id === id)
-      if (at >= 0) return (this.saved.get(item.id.client) ?? 0) > item.id.clock + at
+      const records = item.content.getContent() as { id: MessageId; author: string }[]
+      records.forEach((record, j) => {
+        if (record.author === this.user && !this.index.seqOf.has(record.id))
+          this.items.set(record.id, { client: item.id.client, clock: item.id.clock + j })
+      })
     }
-    return false
+    return this.items.get(id)
   }
 }
