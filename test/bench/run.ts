@@ -329,6 +329,72 @@ if (servers.includes("parley") && scenarios.includes("costs")) {
   )
 }
 
+/** The issue's goals for Parley, each against this run's figures (only where both sides ran). */
+function goals(): void {
+  type Row = { goal: string; parley: number; target: number; unit: string }
+  const ok = <T extends object>(list: unknown): T[] =>
+    Array.isArray(list) ? (list as (T | Failure)[]).filter((o): o is T => !failed(o)) : []
+  const byServer = <T extends { server: string }>(list: T[], name: string) =>
+    list.find((r) => r.server === name)
+  const peers = (list: { server: string }[]) =>
+    list.filter((r) => r.server === "y-websocket" || r.server === "hocuspocus")
+  const rows: Row[] = []
+  const fan = ok<Awaited<ReturnType<typeof fanout>>>(results.fanout)
+  const parleyFan = byServer(fan, "parley")
+  if (parleyFan) {
+    rows.push({ goal: "fan-out p99 latency", parley: parleyFan.latencyMs.p99, target: 2, unit: "ms" })
+    const best = Math.min(...peers(fan).map((r) => (r as typeof parleyFan).serverCpuMsPer1000Deliveries))
+    if (Number.isFinite(best))
+      rows.push({
+        goal: "server CPU per 1,000 deliveries ≤ half the better peer's",
+        parley: parleyFan.serverCpuMsPer1000Deliveries,
+        target: best / 2,
+        unit: "ms",
+      })
+  }
+  const cold = ok<Awaited<ReturnType<typeof coldJoin>>>(results.coldJoin)
+  const parleyCold = cold.find((r) => r.server.startsWith("parley"))
+  if (parleyCold) {
+    const best = Math.min(...peers(cold).map((r) => (r as typeof parleyCold).joinServerCpuMs))
+    if (Number.isFinite(best))
+      rows.push({
+        goal: `server CPU per cold join ≤ a tenth of the peers' (${parleyCold.server})`,
+        parley: parleyCold.joinServerCpuMs,
+        target: best / 10,
+        unit: "ms",
+      })
+  }
+  const idleRuns = ok<Awaited<ReturnType<typeof idle>>>(results.idle)
+  const parleyIdle = byServer(idleRuns, "parley")
+  if (parleyIdle)
+    rows.push({
+      goal: "memory per idle connection",
+      parley: parleyIdle.bytesPerConnection / 1024,
+      target: 20,
+      unit: "KB",
+    })
+  if (rows.length === 0) return
+  const lines = rows.map((r) => {
+    const verdict = r.parley <= r.target ? "met" : `missed: ${(r.parley / r.target).toFixed(1)}× the goal`
+    return [r.goal, `≤ ${ms(r.target)} ${r.unit}`, `${ms(r.parley)} ${r.unit}`, verdict]
+  })
+  const headers = ["goal", "target", "parley", ""]
+  const widths = headers.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)))
+  console.log("\ngoals (issue 9)")
+  for (const l of [headers, ...lines]) console.log(l.map((c, i) => c.padEnd(widths[i]!)).join("   "))
+  markdown.push(
+    [
+      "### Goals (issue 9)",
+      "",
+      "| goal | target | parley | |",
+      "| --- | ---: | ---: | --- |",
+      ...lines.map((l) => `| ${l.join(" | ")} |`),
+      "",
+    ].join("\n"),
+  )
+}
+goals()
+
 mkdirSync(flags.out, { recursive: true })
 const file = join(flags.out, `${startedAt.toISOString().replace(/[:.]/g, "-")}.json`)
 writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`)
