@@ -37,6 +37,8 @@ export interface ConnectionEvents {
   saved: { stateVector: Map<number, number> }
   /** The relay refused a frame (the connection stays open). */
   refused: { error: ParleyError }
+  /** Getting a token failed; the connection retries with backoff. */
+  tokenFailed: { error: ParleyError }
   /** The relay will not let this connection in again (4403, 4404, repeated 4401, ...). */
   unavailable: { error: ParleyError }
 }
@@ -207,7 +209,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     } catch (error) {
       this.connecting = false
       if (!this.wanted || this.destroyed) return
-      this.emit("refused", { error: error as ParleyError })
+      this.emit("tokenFailed", { error: error as ParleyError })
       this.retry()
       return
     }

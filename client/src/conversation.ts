@@ -240,6 +240,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.refreshStatuses()
     })
     connection.on("refused", ({ error }) => this.refused(error))
+    connection.on("tokenFailed", ({ error }) => this.emit("error", { error }))
     connection.on("unavailable", ({ error }) => {
       // The relay will not take this conversation's changes any more: what it has not saved never will be.
       for (const id of statuses.refuseUnsaved(error)) this.track(id)

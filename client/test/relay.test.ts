@@ -273,6 +273,30 @@ describe("ChatClient connection", () => {
     }
   })
 
+  it("reports a failing token source and keeps retrying until it works", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    let tokenServerUp = false
+    const alice = await connectClient(relay, a, {
+      token: async () => {
+        if (!tokenServerUp) throw new Error("token server unreachable")
+        return devToken(relay, a)
+      },
+    })
+    const errors: string[] = []
+    alice.on("error", ({ error }) => errors.push(error.code))
+    const chat = await alice.createConversation({ participants: [b] })
+    const message = chat.send("waiting for a token")
+    const doc = chat.doc
+    await eventually(() => expect(errors.length).toBeGreaterThanOrEqual(2))
+    expect(new Set(errors)).toEqual(new Set([ErrorCode.UNAUTHORIZED]))
+    expect(alice.status).toBe("connecting")
+    expect(chat.status(message.id)).toBe("pending")
+    tokenServerUp = true
+    await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+    // Not a refusal by the relay: the replica was kept, not rebuilt.
+    expect(chat.doc).toBe(doc)
+  })
+
   it("goes offline and back online with the browser's offline and online events", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const browser = globalThis as { window?: EventTarget }
