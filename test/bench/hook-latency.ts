@@ -2,7 +2,9 @@
  * Does a slow hook slow down chat? Message latency between two clients (alice
  * sends, bob's replica has it) on a relay process without hooks, then on one
  * whose hook takes one second per event (an awaited sleep, like a slow push
- * gateway). Prints figures; asserts nothing.
+ * gateway); a hook that returns at once separates the cost of having hooks
+ * (deriving events, the durable outbox) from the cost of a slow one. Prints
+ * figures; asserts nothing.
  *
  *   node --import tsx test/bench/hook-latency.ts [--messages 50]
  */
@@ -81,17 +83,24 @@ async function measure(label: string, args: string[]): Promise<Figures> {
   return summarize(label, samples)
 }
 
-const hooks = mkdtempSync(join(tmpdir(), "parley-slow-hook-"))
-writeFileSync(join(hooks, "slow.mjs"), SLOW_HOOK)
+const INSTANT_HOOK = `import { defineHooks } from ${JSON.stringify(api)}
+export default defineHooks({ onMessageSent() {}, onDocumentUpdated() {} })
+`
+const slow = mkdtempSync(join(tmpdir(), "parley-slow-hook-"))
+writeFileSync(join(slow, "slow.mjs"), SLOW_HOOK)
+const instant = mkdtempSync(join(tmpdir(), "parley-instant-hook-"))
+writeFileSync(join(instant, "instant.mjs"), INSTANT_HOOK)
 try {
   const results = [
     await measure("no hooks", []),
-    await measure("hook taking 1 s per event", ["--hooks", hooks]),
+    await measure("hook returning at once", ["--hooks", instant]),
+    await measure("hook taking 1 s per event", ["--hooks", slow]),
   ]
   console.log("Message latency alice → bob (ms), sequenced message visible on bob's replica:")
   console.table(results)
   mkdirSync("bench-results", { recursive: true })
   writeFileSync(`bench-results/hook-latency-${Date.now()}.json`, JSON.stringify(results, null, 2))
 } finally {
-  rmSync(hooks, { recursive: true, force: true })
+  rmSync(slow, { recursive: true, force: true })
+  rmSync(instant, { recursive: true, force: true })
 }
