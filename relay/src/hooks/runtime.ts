@@ -99,6 +99,7 @@ export class HookRuntime {
   private readonly now: () => number
   private readonly bots = new WeakMap<object, { user: UserId; hook: string }>()
   private readonly typingSeen = new Map<string, number>()
+  private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
   private host: HookHost | undefined
   private chain: Promise<unknown> = Promise.resolve()
 
@@ -153,6 +154,16 @@ export class HookRuntime {
     try {
       const id = conversationIdOf(change.name)
       if (!id) return
+      const recovered = this.recovered.get(change.name)
+      if (recovered) {
+        // The relay has now sequenced what the crash left unsequenced: record the recovered events first.
+        this.recovered.delete(change.name)
+        this.enqueue(
+          change.name,
+          recovered.events.map((e) => withSequence(change.doc, e)),
+          recovered.through,
+        )
+      }
       const bot = this.bots.get(change.actor)
       const actor: HookActor = bot ? { kind: "bot", ...bot } : { ...change.actor }
       const events = deriveHookEvents({
@@ -223,8 +234,13 @@ export class HookRuntime {
     if (patched.length > 0)
       this.log.warn(
         { document: name, events: patched.length, from: mark, through: last },
-        "recovered hook events",
+        "recovered hook events of changes saved before a crash",
       )
+    if (patched.some(lacksSequence)) {
+      // The relay sequences leftovers right after loading; their numbers belong in these events.
+      this.recovered.set(name, { events: patched, through: last })
+      return
+    }
     await this.enqueue(name, patched, last).catch(() => undefined)
   }
 
@@ -429,6 +445,9 @@ function withInferredActor(event: HookEvent): HookEvent {
   const user = writerNamedBy(event)
   return user ? ({ ...event, event: { ...event.event, actor: { kind: "user", user } } } as HookEvent) : event
 }
+
+const lacksSequence = (event: HookEvent): boolean =>
+  event.event.type === "message.sent" && (event.subject as { message: MessageView }).message.seq === undefined
 
 function withSequence(doc: Y.Doc, event: HookEvent): HookEvent {
   if (event.event.type !== "message.sent") return event
