@@ -249,6 +249,7 @@ if (scenarios.includes("coldjoin")) {
     [
       ["document MB", (r) => mb(r.documentMB)],
       ["build: written and confirmed s", (r) => ms(r.buildSeconds)],
+      ["server busy after the build s", (r) => ms(r.settleSeconds)],
       ["first join ms", (r) => ms(r.firstJoinMs)],
       ["first join server CPU ms", (r) => ms(r.firstJoinServerCpuMs)],
       ["later joins: median ms", (r) => ms(r.joinMs)],

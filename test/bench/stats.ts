@@ -68,3 +68,22 @@ export async function drain(count: () => number, expected: number, stallMs = 10_
     } else if (now - progressAt > stallMs) return
   }
 }
+
+/**
+ * Waits until `cpuMs()` grows by at most `idleMs` over `windowMs` (the process
+ * finished its background work), or `timeoutMs` passed; returns the time waited, ms.
+ */
+export async function quiesce(
+  cpuMs: () => number,
+  { windowMs = 500, idleMs = 10, timeoutMs = 120_000 } = {},
+): Promise<number> {
+  const started = performance.now()
+  let before = cpuMs()
+  while (performance.now() - started < timeoutMs) {
+    await sleep(windowMs)
+    const now = cpuMs()
+    if (now - before <= idleMs) break
+    before = now
+  }
+  return performance.now() - started
+}

@@ -9,7 +9,7 @@ import * as Y from "yjs"
 import { type BenchClient, connect } from "../drivers.js"
 import { generatorCpuMs } from "../proc.js"
 import type { RunningServer } from "../servers.js"
-import { distribution, median, sleep, until } from "../stats.js"
+import { distribution, median, quiesce, sleep, until } from "../stats.js"
 import { confirmed, messagesIn, openChat, problemsOf, send } from "../workload.js"
 
 /** Sizes of the cold-join scenario. */
@@ -31,6 +31,8 @@ export interface ColdJoinResult {
   /** Encoded size of the whole conversation (a joiner's download), MB. */
   readonly documentMB: number
   readonly buildSeconds: number
+  /** Time from the build's last confirmation until the server's CPU went quiet. */
+  readonly settleSeconds: number
   /** First join after the conversation was written. */
   readonly firstJoinMs: number
   readonly firstJoinServerCpuMs: number
@@ -99,7 +101,9 @@ export async function coldJoin(server: RunningServer, config: ColdJoinConfig): P
     }
     const documentMB = Y.encodeStateAsUpdate(writer.doc).byteLength / 2 ** 20
     const buildSeconds = (performance.now() - buildStarted) / 1000
-    await sleep(500)
+    // Joins are measured on a settled server: not while it still works through
+    // what the build left behind (e.g. Parley's hook deliveries).
+    const settleSeconds = (await quiesce(() => server.read().cpuMs)) / 1000
     const generatorBefore = generatorCpuMs()
 
     const timed = async (user: UserId) => {
@@ -141,6 +145,7 @@ export async function coldJoin(server: RunningServer, config: ColdJoinConfig): P
       history: config.history,
       documentMB,
       buildSeconds,
+      settleSeconds,
       firstJoinMs: first.ms,
       firstJoinServerCpuMs: first.cpu,
       joinMs: later.length ? median(later.map((j) => j.ms)) : first.ms,

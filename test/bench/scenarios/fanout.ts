@@ -8,7 +8,7 @@ import type { ConversationId, MessageId, UserId } from "@parley/shared"
 import type { BenchClient } from "../drivers.js"
 import { generatorCpuMs } from "../proc.js"
 import type { RunningServer } from "../servers.js"
-import { type Distribution, distribution, drain, sleep, until } from "../stats.js"
+import { type Distribution, distribution, drain, quiesce, sleep, until } from "../stats.js"
 import { type Chat, closeAll, onMessages, openChat, ownClock, problemsOf, send } from "../workload.js"
 
 /** Sizes of the fan-out scenario. */
@@ -80,8 +80,9 @@ export async function fanout(
       }
     }
   }
-  // Let connection setup traffic settle before measuring.
-  await sleep(1000)
+  // Let connection setup (and, on Parley, its hook deliveries) settle before measuring.
+  await sleep(500)
+  await quiesce(() => server.read().cpuMs, { timeoutMs: 30_000 })
 
   const interval = 1000 / config.rate
   const expectedDeliveries = clients.length * config.messages * (config.participants - 1)
