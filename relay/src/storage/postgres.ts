@@ -34,8 +34,11 @@ export class PostgresStorage implements RelayStorage {
   }
 
   /** Connects and creates the tables if needed. */
-  static async open(url: string): Promise<PostgresStorage> {
+  static async open(url: string, onIdleError: (error: Error) => void = () => {}): Promise<PostgresStorage> {
     const pool = new pg.Pool({ connectionString: url, max: 4 })
+    // An idle connection dropped by the server would otherwise crash the process ("error" unhandled);
+    // the pool discards it and the next query opens a new one.
+    pool.on("error", (error) => onIdleError(error))
     try {
       await pool.query(SCHEMA)
     } catch (error) {
