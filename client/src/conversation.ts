@@ -450,6 +450,11 @@ export class Conversation extends Emitter<ConversationEvents> {
   /** Closes this handle: the socket, timers and local database. Local data stays. */
   async close(): Promise<void> {
     if (this.closed) return
+    if (this.current.state === "loading") {
+      // Whoever awaits ready() learns that it will not be.
+      const error = new ParleyError(ErrorCode.UNAVAILABLE, "the conversation was closed before it was ready")
+      this.setState({ state: "unavailable", reason: error.code, error })
+    }
     this.closed = true
     this.closing.abort()
     clearTimeout(this.deliveredTimer)

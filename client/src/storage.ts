@@ -28,8 +28,13 @@ export function persistDocument(kind: StorageKind, name: string, doc: Y.Doc): Lo
   if (kind === "memory")
     return { loaded: Promise.resolve(), replaceWith: async () => {}, destroy: async () => {} }
   const persistence = new IndexeddbPersistence(name, doc)
+  let destroyed: () => void = () => {}
+  // y-indexeddb never resolves whenSynced once destroyed; end the wait instead of leaving it hanging.
+  const closed = new Promise<void>((resolve) => {
+    destroyed = resolve
+  })
   return {
-    loaded: persistence.whenSynced.then(() => undefined),
+    loaded: Promise.race([persistence.whenSynced.then(() => undefined), closed]),
     replaceWith: async (update) => {
       await persistence.whenSynced
       const db = persistence.db
@@ -43,7 +48,10 @@ export function persistDocument(kind: StorageKind, name: string, doc: Y.Doc): Lo
         idb.addAutoKey(updates, update as unknown as ArrayBuffer),
       ])
     },
-    destroy: () => persistence.destroy(),
+    destroy: () => {
+      destroyed()
+      return persistence.destroy()
+    },
   }
 }
 

@@ -126,6 +126,19 @@ describe("ChatClient offline", () => {
     expect((await second.knownConversations()).map((k) => [k.id, k.title])).toEqual([[chat.id, "reload me"]])
   })
 
+  it("rejects ready() of a conversation closed while loading, and destroy() ends a pending creation", async () => {
+    const alice = await offlineClient("alice", "indexeddb")
+    const handle = alice.conversation("g~never-loaded")
+    const ready = handle.ready()
+    const creating = alice.createConversation({ participants: ["bob"] }).then(
+      () => "created",
+      (error: unknown) => error,
+    )
+    await alice.destroy()
+    await expect(ready).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+    expect(await creating).toMatchObject({ code: ErrorCode.UNAVAILABLE })
+  })
+
   it("finds the same direct conversation from both sides", async () => {
     const ann = await offlineClient("ann")
     const ben = await offlineClient("ben")
