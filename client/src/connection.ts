@@ -117,6 +117,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
         return false
       },
     })
+    // In Node, y-websocket adds a process "exit" listener per provider (to clear awareness, which
+    // destroy() does anyway); a bot with more than ten conversations would get a leak warning.
+    const node = (globalThis as { process?: { off?: (event: string, listener: () => void) => unknown } })
+      .process
+    node?.off?.("exit", this.provider._exitHandler)
     this.provider.messageHandlers[MessageType.parley] = (
       _encoder: encoding.Encoder,
       decoder: decoding.Decoder,
