@@ -21,7 +21,7 @@ const examples = resolve(import.meta.dirname, "../../examples/hooks")
 describe("a bot writing through the hook context", () => {
   it("answers /echo once, through the update path, as a bot event it does not answer itself", async () => {
     const echo = (await loadHooks(examples)).find((h) => h.name === "echo-bot.ts")!
-    const seen: HookEvent[] = []
+    const seen: HookEvent<"message.sent">[] = []
     const watcher = defineHooks({
       onMessageSent: (event) => {
         seen.push(event)
