@@ -2,7 +2,10 @@
  * The Parley relay exactly as `relay/bin/parley-relay.js` starts it (same
  * flags, same `startRelay`), except that its update policy allows every update:
  * the benchmark's "authorization off" variant, used only because the relay has
- * no flag to switch its policy off. Authentication still happens.
+ * no flag to switch its policy off. The per-update check of the document rules
+ * (and its client-id bindings) is what this turns off; authentication, and the
+ * membership / read-only check the relay's core makes before any policy, still
+ * happen.
  *
  *   node --import tsx test/bench/servers/parley-without-authorization.ts --port 0 --dev ...
  */
