@@ -152,16 +152,22 @@ describe("slow consumers", () => {
     const slow = await open(s.id, "mallory", {}, target)
     slow.ws.pause()
     const body = "x".repeat(15_000)
-    // About 20 MB of broadcasts: more than the kernel's socket buffers hold, so the relay's queue fills.
-    for (let frame = 0; frame < 20; frame++) {
+    const dropped = () => target.lines.some((l) => l.includes("reads too slowly"))
+    // Broadcasts pile up once the kernel's socket buffers are full (a few MB); write until the
+    // relay gives up on the slow reader, paced like a real writer (the relay bounds bytes waiting).
+    let sent = 0
+    for (let frame = 0; frame < 60 && !dropped(); frame++) {
       s.healthy.doc.transact(() => {
         for (let i = 0; i < 60; i++) sendMessage(s.healthy.doc, alice, { body })
       })
+      sent += 60
+      if (frame % 2 === 1) await s.healthy.allSaved()
     }
     await s.healthy.allSaved()
+    await target.waitForLog((line) => String(line.msg).includes("reads too slowly"))
     slow.ws.resume()
     expect((await slow.closed).code).toBe(4429)
-    await s.watcher.until(() => listMessages(s.watcher.doc, { last: 2000 }).length === 1200)
+    await s.watcher.until(() => listMessages(s.watcher.doc, { last: 5000 }).length === sent)
     s.mark = s.watcher.frames.length
     s.stored = await storedUpdates(target)
     await expectStillServing(s, slow, target)
