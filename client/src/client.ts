@@ -305,9 +305,17 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    * function; any later connect calls it again, so a refused token is never reused.
    */
   private token(): Promise<string> {
-    this.tokenInFlight ??= resolveToken(this.options.token).finally(() => {
-      this.tokenInFlight = undefined
-    })
+    this.tokenInFlight ??= resolveToken(this.options.token)
+      .then((token) => {
+        // Writes are checked locally as this.user; a token for someone else would make the relay see another author.
+        const subject = userOfToken(token)
+        if (subject !== this.user)
+          throw new ParleyError(ErrorCode.UNAUTHORIZED, `the token is for ${subject}, not ${this.user}`)
+        return token
+      })
+      .finally(() => {
+        this.tokenInFlight = undefined
+      })
     return this.tokenInFlight
   }
 

@@ -297,6 +297,17 @@ describe("ChatClient connection", () => {
     expect(chat.doc).toBe(doc)
   })
 
+  it("refuses to connect with a token for another user", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a, { token: () => devToken(relay, b) })
+    const errors: string[] = []
+    alice.on("error", ({ error }) => errors.push(error.message))
+    const chat = await alice.createConversation({ participants: [b] })
+    chat.send("as whom?")
+    await eventually(() => expect(errors).toContain(`the token is for ${b}, not ${a}`))
+    expect(alice.status).toBe("connecting")
+  })
+
   it("goes offline and back online with the browser's offline and online events", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const browser = globalThis as { window?: EventTarget }
