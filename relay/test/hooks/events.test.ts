@@ -103,24 +103,36 @@ describe("hook events from clients' changes", () => {
     const a = new InProcessClient(core, id, alice)
     await a.connect()
     createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { id: "online-01" as MessageId, body: "anyone?" })
     await a.settled()
     const b = new InProcessClient(core, id, bob)
     await b.connect()
     b.disconnect()
     sendMessage(b.doc, bob, { id: "off-00001" as MessageId, body: "written offline" })
     sendMessage(b.doc, bob, { id: "off-00002" as MessageId, body: "me too" })
-    markRead(b.doc, bob, 0)
+    editMessage(b.doc, bob, "off-00001" as MessageId, "written offline, edited")
+    react(b.doc, bob, "online-01" as MessageId, "👋")
+    markRead(b.doc, bob)
     await runtime.idle()
     events.length = 0
     raw.length = 0
     await b.connect()
     await runtime.idle()
-    expect(summary(events)).toEqual(["message.sent", "message.sent"])
-    expect(events.map((e) => (e.subject as { message: { seq?: number } }).message.seq)).toEqual([1, 2])
+    expect(summary(events)).toEqual([
+      "message.sent",
+      "message.sent",
+      "message.edited",
+      "reaction.added",
+      "messages.read",
+    ])
+    const sentSeqs = events
+      .filter((e) => e.event.type === "message.sent")
+      .map((e) => (e.subject as { message: { seq?: number } }).message.seq)
+    expect(sentSeqs).toEqual([2, 3])
     expect(events.every((e) => e.event.actor.kind === "user" && e.event.actor.user === "bob")).toBe(true)
     expect(raw).toHaveLength(1)
     expect(raw[0]!.subject).toMatchObject({
-      changes: [{ type: "message.sent" }, { type: "message.sent" }, { type: "messages.sequenced", from: 1 }],
+      changes: expect.arrayContaining([{ type: "messages.sequenced", from: 2, ids: ["off-00001", "off-00002"] }]),
     })
     // Syncing again (a reconnect) changes nothing and fires nothing.
     events.length = 0
