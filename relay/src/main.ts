@@ -4,6 +4,10 @@ import { startRelay } from "./relay.js"
 
 /** Runs the relay from the command line until SIGTERM / SIGINT, then stops gracefully and exits 0. */
 async function main(): Promise<void> {
+  if (process.argv[2] === "dead-letters") {
+    const { runDeadLetterCli } = await import("./hooks/dead-letter-cli.js")
+    process.exit(await runDeadLetterCli(process.argv.slice(3)))
+  }
   let config: ReturnType<typeof parseConfig>
   try {
     config = parseConfig(process.argv.slice(2))
