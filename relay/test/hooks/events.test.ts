@@ -132,7 +132,9 @@ describe("hook events from clients' changes", () => {
     expect(events.every((e) => e.event.actor.kind === "user" && e.event.actor.user === "bob")).toBe(true)
     expect(raw).toHaveLength(1)
     expect(raw[0]!.subject).toMatchObject({
-      changes: expect.arrayContaining([{ type: "messages.sequenced", from: 2, ids: ["off-00001", "off-00002"] }]),
+      changes: expect.arrayContaining([
+        { type: "messages.sequenced", from: 2, ids: ["off-00001", "off-00002"] },
+      ]),
     })
     // Syncing again (a reconnect) changes nothing and fires nothing.
     events.length = 0
