@@ -32,8 +32,9 @@ const retryable = (status: number) => status === 408 || status === 429 || status
 
 /**
  * A webhook URL as a delivery target: every event except the raw
- * `document.updated` and `typing.started`, POSTed as JSON and signed. The
- * `webhook-id` is the event id, the same on every attempt.
+ * `document.updated`, POSTed as JSON and signed. The `webhook-id` is the event
+ * id, the same on every attempt. (`typing.started` is not durable: it is
+ * POSTed once, without retries.)
  */
 export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
   const signer = keyOf(options.secret)
