@@ -60,6 +60,41 @@ describe("ChatClient offline", () => {
     expect(alice.status).toBe("offline")
   })
 
+  it("manages a group: title, metadata, participants, roles and deletion, with events", async () => {
+    const alice = await offlineClient("alice")
+    const chat = await alice.createConversation({ participants: ["bob"], title: "first" })
+    const changes: string[] = []
+    chat.on("change", ({ events, local }) => {
+      for (const e of events) changes.push(`${e.type}${local ? "" : " (remote)"}`)
+    })
+    const states: string[] = []
+    chat.on("state", ({ state }) =>
+      states.push(state.state === "ready" ? state.conversation.title : state.state),
+    )
+    chat.rename("second")
+    chat.setMetadata({ color: "teal" })
+    expect(chat.addParticipants(["carol", "dave", "bob"], "admin")).toEqual(["carol", "dave"])
+    chat.changeRole("dave", "member")
+    expect(chat.removeParticipants(["carol"])).toEqual(["carol"])
+    chat.delete()
+    expect(chat.info).toMatchObject({ title: "second", metadata: { color: "teal" }, deletedBy: "alice" })
+    expect(chat.participants.map((p) => `${p.user}:${p.role}`)).toEqual([
+      "alice:owner",
+      "bob:member",
+      "dave:member",
+    ])
+    expect(changes).toEqual([
+      "conversation.updated",
+      "conversation.updated",
+      "participants.added",
+      "participants.roleChanged",
+      "participants.removed",
+      "conversation.deleted",
+    ])
+    expect(states).toEqual(["second", "second", "second"])
+    expect((await alice.knownConversations()).map((k) => k.title)).toEqual(["second"])
+  })
+
   it("pushes a window of messages to its watcher on every change that affects it", async () => {
     const alice = await offlineClient("alice")
     const chat = await alice.createConversation({ participants: ["bob"] })
