@@ -37,6 +37,9 @@ export function parseMessageId(value: unknown): MessageId {
 
 /** True when `value` is a valid user id. */
 export const isUserId = (value: unknown): value is UserId => typeof value === "string" && USER_ID.test(value)
+/** True when `value` is a valid conversation id. */
+export const isConversationId = (value: unknown): value is ConversationId =>
+  typeof value === "string" && CONVERSATION_ID.test(value) && !value.startsWith(INBOX_PREFIX)
 /** True when `value` is a valid message id. */
 export const isMessageId = (value: unknown): value is MessageId =>
   typeof value === "string" && MESSAGE_ID.test(value)

@@ -53,6 +53,11 @@ export class MemoryStorage implements RelayStorage {
     if (doc.next <= through) doc.next = through + 1
   }
 
+  async list(): Promise<string[]> {
+    this.assertOpen()
+    return [...this.documents.keys()].sort()
+  }
+
   async close(): Promise<void> {
     this.closed = true
   }

@@ -118,6 +118,15 @@ export class PostgresStorage implements RelayStorage {
     }
   }
 
+  async list(): Promise<string[]> {
+    this.assertOpen()
+    await this.group.drain()
+    const rows = await this.pool.query<{ doc: string }>(
+      "SELECT doc FROM parley_updates UNION SELECT doc FROM parley_snapshots ORDER BY doc",
+    )
+    return rows.rows.map((row) => row.doc)
+  }
+
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
     this.assertOpen()
     return this.group.append(name, updates)

@@ -56,6 +56,9 @@ export class SqliteStorage implements RelayStorage {
         "INSERT INTO snapshots (doc, data, through) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, through = MAX(snapshots.through, excluded.through)",
       ),
       trim: this.db.prepare("DELETE FROM updates WHERE doc = ? AND position <= ?"),
+      names: this.db.prepare<[], { doc: string }>(
+        "SELECT doc FROM updates UNION SELECT doc FROM snapshots ORDER BY doc",
+      ),
     }
     const commit = this.db.transaction((batch: AppendBatch) =>
       batch.map(({ name, updates }) =>
@@ -118,6 +121,12 @@ export class SqliteStorage implements RelayStorage {
       this.statements.trim.run(name, through)
     })()
     if ((this.next.get(name) ?? 0) <= through) this.next.set(name, through + 1)
+  }
+
+  async list(): Promise<string[]> {
+    this.assertOpen()
+    await this.group.drain()
+    return this.statements.names.all().map((row) => row.doc)
   }
 
   async close(): Promise<void> {

@@ -20,6 +20,8 @@ export interface RelayStorage {
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]>
   /** Atomically replaces the snapshot with `snapshot` and drops the log entries with position <= `through`. */
   compact(name: string, snapshot: Uint8Array, through: number): Promise<void>
+  /** Names of every stored document (for rebuilding derived data such as inboxes), sorted. */
+  list(): Promise<string[]>
   /** Finishes pending appends and releases the backend. */
   close(): Promise<void>
 }

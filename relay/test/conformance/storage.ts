@@ -62,6 +62,14 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
       expect(loaded.updates.map((u) => u.position)).toEqual([...a, ...b])
     })
 
+    it("lists every stored document, compacted or not", async () => {
+      await storage.append(doc("b"), [bytes(1)])
+      await storage.append(doc("a"), [bytes(2)])
+      await storage.compact(doc("a"), bytes(9), 1)
+      const names = await storage.list()
+      expect(names.filter((n) => n === doc("a") || n === doc("b"))).toEqual([doc("a"), doc("b")])
+    })
+
     it("keeps documents apart", async () => {
       await storage.append(doc("one"), [bytes(1)])
       await storage.append(doc("two"), [bytes(2)])

@@ -1,0 +1,76 @@
+import {
+  type ConversationId,
+  type InboxEntry,
+  inboxDocumentName,
+  inboxEntryFor,
+  type UserId,
+  writeInboxEntry,
+} from "@parley/shared"
+import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
+import type { HookEvent, HookEventType } from "../hooks/events.js"
+import type { HookHost } from "../hooks/runtime.js"
+
+/** Event types that change what an inbox entry shows (reactions and delivery markers do not). */
+const INBOX_EVENTS: ReadonlySet<HookEventType> = new Set<HookEventType>([
+  "conversation.created",
+  "conversation.updated",
+  "conversation.deleted",
+  "participants.added",
+  "participants.removed",
+  "message.sent",
+  "message.edited",
+  "message.deleted",
+  "messages.read",
+])
+
+/** The users whose inbox entry an event may change. */
+function affectedUsers(event: HookEvent): UserId[] {
+  // A read marker only moves its owner's unread count.
+  if (event.event.type === "messages.read") return [(event as HookEvent<"messages.read">).subject.user]
+  const users = new Set(event.conversation.participants.map((p) => p.user))
+  // Removed users lose their entry.
+  if (event.event.type === "participants.removed") {
+    for (const user of (event as HookEvent<"participants.removed">).subject.users) users.add(user)
+  }
+  return [...users]
+}
+
+/**
+ * Keeps every participant's inbox current. It is a delivery target of the hook
+ * pipeline, so it runs after the change is saved, off the update path, in order
+ * per conversation, at least once across restarts. Each delivery recomputes the
+ * affected entries from the conversation as it is now (shared `inboxEntryFor`),
+ * so a repeated or late delivery writes the same thing and rebuilding an inbox
+ * from the conversations gives what incremental maintenance gives.
+ */
+export function inboxTarget(host: () => HookHost | undefined): DeliveryTarget {
+  return {
+    name: "inbox",
+    accepts: (type) => INBOX_EVENTS.has(type),
+    async deliver(event) {
+      const relay = host()
+      if (!relay) throw new Error("the relay core is not connected yet")
+      const conversation = event.event.conversationId
+      const entries = await relay.read(conversation, (doc) =>
+        affectedUsers(event).map((user) => [user, inboxEntryFor(doc, user)] as const),
+      )
+      await writeEntries(relay, conversation, entries)
+    },
+    retryDelay: exponentialBackoff({ baseMs: 500, maxMs: 30_000, attempts: 20 }),
+  }
+}
+
+/** Writes entries into their users' inboxes, concurrently so that the storage commits them as one group. */
+export async function writeEntries(
+  host: HookHost,
+  conversation: ConversationId,
+  entries: readonly (readonly [UserId, InboxEntry | undefined])[],
+): Promise<void> {
+  await Promise.all(
+    entries.map(([user, entry]) =>
+      host.write(inboxDocumentName(user), { kind: "relay" }, (inbox) => {
+        writeInboxEntry(inbox, conversation, entry)
+      }),
+    ),
+  )
+}
