@@ -111,11 +111,20 @@ export class Dispatcher {
     return new Promise((resolve) => this.waiters.add(resolve))
   }
 
-  /** Stops taking new attempts and waits for the running ones (each bounded by the timeout). */
+  /**
+   * Stops taking new attempts and gives the running ones a moment (at most 5 s)
+   * to finish, so that they are not delivered again after the restart. An
+   * attempt still running then is abandoned: it stays in the outbox.
+   */
   async stop(): Promise<void> {
     this.stopped = true
     for (const lane of this.lanes.values()) clearTimeout(lane.timer)
-    await Promise.allSettled([...this.inFlight])
+    let timer: NodeJS.Timeout | undefined
+    const grace = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, Math.min(this.timeoutMs, 5_000))
+    })
+    await Promise.race([Promise.allSettled([...this.inFlight]), grace])
+    clearTimeout(timer)
   }
 
   private pump(lane: Lane, id: string): void {

@@ -162,4 +162,20 @@ describe("hook dispatcher", () => {
       ["hook:gone", "no hook or webhook named hook:gone is configured"],
     ])
   })
+
+  it("stops without waiting for a handler that hangs, leaving its event in the outbox", async () => {
+    let started!: () => void
+    const running = new Promise<void>((resolve) => {
+      started = resolve
+    })
+    const t = target("hook:a", async () => {
+      started()
+      await new Promise(() => {})
+    })
+    const { dispatcher, enqueue, outbox } = setup([t], 50)
+    await enqueue("c1", ["e1"])
+    await running
+    await dispatcher.stop()
+    expect((await outbox.pending()).map((d) => d.event.event.id)).toEqual(["e1"])
+  })
 })
