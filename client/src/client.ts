@@ -267,7 +267,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     return this.list()
   }
 
-  /** Goes online: opens connections (and keeps reconnecting) for every open conversation. */
+  /**
+   * Goes online: opens connections (and keeps reconnecting) for every open
+   * conversation, including those that gave up after the relay refused the token.
+   */
   connect(): void {
     this.assertAlive()
     this.wanted = true

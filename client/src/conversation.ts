@@ -243,7 +243,9 @@ export class Conversation extends Emitter<ConversationEvents> {
     connection.on("tokenFailed", ({ error }) => this.emit("error", { error }))
     connection.on("unavailable", ({ error }) => {
       // The relay will not take this conversation's changes any more: what it has not saved never will be.
-      for (const id of statuses.refuseUnsaved(error)) this.track(id)
+      // (A refused token is different: the changes wait for a token that works.)
+      if (error.code !== ErrorCode.UNAUTHORIZED)
+        for (const id of statuses.refuseUnsaved(error)) this.track(id)
       this.setState({ state: "unavailable", reason: error.code, error })
       this.refreshStatuses()
     })
@@ -484,15 +486,22 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   private setState(state: ConversationState): void {
-    if (this.closed || !this.canLeaveState()) return
+    if (this.closed || !this.canLeaveState(state)) return
     this.current = state
     if (state.state === "ready") this.parts.onReady(state.conversation)
     this.emit("state", { state })
   }
 
-  /** Unavailable is final, except "not found": the conversation may still be created (or arrive) later. */
-  private canLeaveState(): boolean {
-    return this.current.state !== "unavailable" || this.current.reason === ErrorCode.NOT_FOUND
+  /**
+   * Unavailable is final, except "not found" (the conversation may still be
+   * created, or arrive, later) and "unauthorized" (a later `client.connect()`
+   * with a working token brings it back once its connection is online).
+   */
+  private canLeaveState(next?: ConversationState): boolean {
+    if (this.current.state !== "unavailable" || this.current.reason === ErrorCode.NOT_FOUND) return true
+    if (this.current.reason === ErrorCode.UNAUTHORIZED)
+      return next?.state === "unavailable" || this.connection.status === "online"
+    return false
   }
 
   /** Decides loading / ready / unavailable from what the replica holds and what the relay said. */

@@ -347,6 +347,38 @@ describe("ChatClient connection", () => {
     for (const id of ids) expect(copies(bobChat, id)).toBe(1)
   })
 
+  it("gives up on a token the relay keeps refusing, and comes back on connect() with a working one", async () => {
+    const secret = "client-test-secret-client-test-secret"
+    const own = await startRelay({ args: ["--auth-secret", secret] })
+    try {
+      const key = new TextEncoder().encode(secret)
+      const now = Math.floor(Date.now() / 1000)
+      let valid = false
+      const alice = await connectClient(own, "alice", {
+        token: () =>
+          new SignJWT({})
+            .setProtectedHeader({ alg: "HS256" })
+            .setSubject("alice")
+            .setExpirationTime(valid ? now + 600 : now - 60)
+            .sign(key),
+      })
+      const chat = await alice.createConversation({ participants: ["bob"] })
+      const message = chat.send("once the token works")
+      await eventually(() =>
+        expect(chat.state).toMatchObject({ state: "unavailable", reason: ErrorCode.UNAUTHORIZED }),
+      )
+      expect(chat.status(message.id)).toBe("pending")
+      expect(alice.status).toBe("offline")
+      valid = true
+      alice.connect()
+      await eventually(() => expect(chat.state.state).toBe("ready"))
+      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+    } finally {
+      await destroyClients()
+      await own.stop()
+    }
+  })
+
   it("keeps a conversation going across a relay restart", async () => {
     const first = await startRelay()
     let second: RelayProcess | undefined
