@@ -204,7 +204,7 @@ export class App {
         const last = entry.lastMessage
         const preview = last
           ? `${last.author === me ? "You" : last.author}: ${last.deleted ? "message deleted" : last.text}`
-          : "No messages yet"
+          : ""
         const active = entry.conversationId === this.openId
         return h(
           "li",
@@ -227,7 +227,7 @@ export class App {
                 "span",
                 { class: "line" },
                 h("span", { class: "title", "data-testid": "conversation-item-title" }, title),
-                entry.muted ? h("span", { class: "muted", title: "muted" }, "🔕") : null,
+                entry.muted ? h("span", { class: "muted-label", "data-testid": "muted" }, "muted") : null,
                 h("time", { class: "when" }, last ? formatTime(entry.lastActivityAt) : ""),
               ),
               h(

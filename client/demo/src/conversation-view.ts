@@ -45,7 +45,7 @@ export class ConversationView {
     const muteButton = events.mute
       ? h("button", {
           type: "button",
-          class: "icon",
+          class: "small",
           "data-testid": "mute-toggle",
           onclick: () => {
             events.mute?.set(!events.mute.isMuted())
@@ -76,12 +76,12 @@ export class ConversationView {
           "button",
           {
             type: "button",
-            class: "icon",
+            class: "small",
             "data-testid": "participants-toggle",
-            "aria-label": "Participants",
+            "aria-expanded": "false",
             onclick: () => this.togglePanel(),
           },
-          "👥",
+          "People",
         ),
       ),
       h("div", { class: "conversation-body" }, h("div", { class: "scroller" }, this.list), this.panelSlot),
@@ -159,8 +159,7 @@ export class ConversationView {
       : "Loading…"
     if (this.muteButton) {
       const muted = this.events.mute?.isMuted() ?? false
-      this.muteButton.textContent = muted ? "🔕" : "🔔"
-      this.muteButton.setAttribute("aria-label", muted ? "Unmute" : "Mute")
+      this.muteButton.textContent = muted ? "Unmute" : "Mute"
       this.muteButton.dataset.muted = String(muted)
     }
   }
@@ -338,6 +337,7 @@ export class ConversationView {
       this.panel = undefined
       replaceChildren(this.panelSlot)
       this.element.classList.remove("with-panel")
+      this.element.querySelector("[data-testid=participants-toggle]")?.setAttribute("aria-expanded", "false")
       return
     }
     this.panel = participantsPanel(this.conversation, this.client.user, {
@@ -346,6 +346,7 @@ export class ConversationView {
     })
     replaceChildren(this.panelSlot, this.panel.element)
     this.element.classList.add("with-panel")
+    this.element.querySelector("[data-testid=participants-toggle]")?.setAttribute("aria-expanded", "true")
   }
 
   private attempt(operation: () => void): boolean {

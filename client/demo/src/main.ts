@@ -54,8 +54,9 @@ async function start(user: string): Promise<void> {
   replaceChildren(root, app.element)
 }
 
-// The service worker caches the app shell so that the app loads offline.
-if ("serviceWorker" in navigator && import.meta.env.PROD) {
+// The service worker caches the app shell so that the app loads offline (built app only:
+// the dev server has no sw.js; `import.meta.hot` exists only there).
+if ("serviceWorker" in navigator && !import.meta.hot) {
   navigator.serviceWorker
     .register("/sw.js")
     .catch((error: unknown) => console.warn("no service worker:", error))

@@ -1,0 +1,52 @@
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { build } from "vite"
+import { type RelayProcess, startRelayProcess } from "../../relay/test/helpers/relay-process.js"
+
+const root = fileURLToPath(new URL("../..", import.meta.url))
+
+/** Builds the demo app (client/demo) into a fresh temporary directory and returns it. */
+export async function buildDemo(): Promise<string> {
+  const outDir = mkdtempSync(join(tmpdir(), "parley-demo-"))
+  await build({
+    configFile: join(root, "client/demo/vite.config.ts"),
+    logLevel: "warn",
+    build: { outDir, emptyOutDir: true, sourcemap: false },
+  })
+  return outDir
+}
+
+/** A relay process in dev mode serving the built demo, restartable on the same port and data. */
+export class DemoRelay {
+  private constructor(
+    private process: RelayProcess,
+    private readonly staticDir: string,
+  ) {}
+
+  /** Starts a relay (SQLite storage in a temp dir, `--dev`, `--static staticDir`) on a free port. */
+  static async start(staticDir: string): Promise<DemoRelay> {
+    return new DemoRelay(await startRelayProcess({ args: ["--dev", "--static", staticDir] }), staticDir)
+  }
+
+  /** `http://127.0.0.1:PORT/`: where the demo is served. */
+  get url(): string {
+    return `${this.process.httpUrl}/`
+  }
+
+  /** Kills the relay (SIGKILL: no graceful shutdown), leaving its data. */
+  kill(): Promise<void> {
+    return this.process.kill()
+  }
+
+  /** Starts it again on the same port, data directory and token secret. */
+  async restart(): Promise<void> {
+    const { port, dataDir, secret } = this.process
+    this.process = await startRelayProcess({
+      dataDir,
+      secret,
+      args: ["--dev", "--static", this.staticDir, "--port", String(port)],
+    })
+  }
+}
