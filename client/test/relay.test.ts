@@ -240,39 +240,6 @@ describe("ChatClient against a relay", () => {
 })
 
 describe("ChatClient connection", () => {
-  it("gets a fresh token when the relay refuses an expired one", async () => {
-    const secret = "client-test-secret-client-test-secret"
-    const own = await startRelay({ args: ["--auth-secret", secret] })
-    try {
-      const key = new TextEncoder().encode(secret)
-      const mint = (user: string, expiresAt: number) =>
-        new SignJWT({})
-          .setProtectedHeader({ alg: "HS256" })
-          .setSubject(user)
-          .setExpirationTime(expiresAt)
-          .sign(key)
-      const now = Math.floor(Date.now() / 1000)
-      const issued: string[] = []
-      const alice = await connectClient(own, "alice", {
-        // The first token handed out has already expired: the relay closes with 4401.
-        token: async () => {
-          issued.push(issued.length === 0 ? "expired" : "fresh")
-          return mint("alice", issued.length === 1 ? now - 60 : now + 600)
-        },
-      })
-      const chat = await alice.createConversation({ participants: ["bob"] })
-      const message = chat.send("after refresh")
-      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
-      expect(issued.slice(0, 2)).toEqual(["expired", "fresh"])
-      const bob = await connectClient(own, "bob", { token: () => mint("bob", now + 600) })
-      const bobChat = await bob.conversation(chat.id).ready()
-      await eventually(() => expect(bodies(bobChat)).toEqual(["after refresh"]))
-    } finally {
-      await destroyClients()
-      await own.stop()
-    }
-  })
-
   it("reports a failing token source and keeps retrying until it works", async () => {
     const [a, b] = [name("alice"), name("bob")]
     let tokenServerUp = false
@@ -347,38 +314,6 @@ describe("ChatClient connection", () => {
     for (const id of ids) expect(copies(bobChat, id)).toBe(1)
   })
 
-  it("gives up on a token the relay keeps refusing, and comes back on connect() with a working one", async () => {
-    const secret = "client-test-secret-client-test-secret"
-    const own = await startRelay({ args: ["--auth-secret", secret] })
-    try {
-      const key = new TextEncoder().encode(secret)
-      const now = Math.floor(Date.now() / 1000)
-      let valid = false
-      const alice = await connectClient(own, "alice", {
-        token: () =>
-          new SignJWT({})
-            .setProtectedHeader({ alg: "HS256" })
-            .setSubject("alice")
-            .setExpirationTime(valid ? now + 600 : now - 60)
-            .sign(key),
-      })
-      const chat = await alice.createConversation({ participants: ["bob"] })
-      const message = chat.send("once the token works")
-      await eventually(() =>
-        expect(chat.state).toMatchObject({ state: "unavailable", reason: ErrorCode.UNAUTHORIZED }),
-      )
-      expect(chat.status(message.id)).toBe("pending")
-      expect(alice.status).toBe("offline")
-      valid = true
-      alice.connect()
-      await eventually(() => expect(chat.state.state).toBe("ready"))
-      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
-    } finally {
-      await destroyClients()
-      await own.stop()
-    }
-  })
-
   it("keeps a conversation going across a relay restart", async () => {
     const first = await startRelay()
     let second: RelayProcess | undefined
@@ -413,6 +348,67 @@ describe("ChatClient connection", () => {
       await first.stop()
       await second?.stop()
     }
+  })
+})
+
+describe("ChatClient with signed tokens", () => {
+  const secret = "client-test-secret-client-test-secret"
+  const key = new TextEncoder().encode(secret)
+  let own: RelayProcess
+  beforeAll(async () => {
+    own = await startRelay({ args: ["--auth-secret", secret] })
+  })
+  afterAll(async () => {
+    await own?.stop()
+  })
+
+  it("gets a fresh token when the relay refuses an expired one", async () => {
+    const mint = (user: string, expiresAt: number) =>
+      new SignJWT({})
+        .setProtectedHeader({ alg: "HS256" })
+        .setSubject(user)
+        .setExpirationTime(expiresAt)
+        .sign(key)
+    const now = Math.floor(Date.now() / 1000)
+    const issued: string[] = []
+    const alice = await connectClient(own, "alice", {
+      // The first token handed out has already expired: the relay closes with 4401.
+      token: async () => {
+        issued.push(issued.length === 0 ? "expired" : "fresh")
+        return mint("alice", issued.length === 1 ? now - 60 : now + 600)
+      },
+    })
+    const chat = await alice.createConversation({ participants: ["bob"] })
+    const message = chat.send("after refresh")
+    await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+    expect(issued.slice(0, 2)).toEqual(["expired", "fresh"])
+    const bob = await connectClient(own, "bob", { token: () => mint("bob", now + 600) })
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bodies(bobChat)).toEqual(["after refresh"]))
+  })
+
+  it("gives up on a token the relay keeps refusing, and comes back on connect() with a working one", async () => {
+    const now = Math.floor(Date.now() / 1000)
+    let valid = false
+    const alice = await connectClient(own, "alice", {
+      token: () =>
+        new SignJWT({})
+          .setProtectedHeader({ alg: "HS256" })
+          .setSubject("alice")
+          .setExpirationTime(valid ? now + 600 : now - 60)
+          .sign(key),
+    })
+    const chat = await alice.createConversation({ participants: ["bob"] })
+    const message = chat.send("once the token works")
+    await eventually(() =>
+      expect(chat.state).toMatchObject({ state: "unavailable", reason: ErrorCode.UNAUTHORIZED }),
+    )
+    expect(chat.status(message.id)).toBe("pending")
+    expect(alice.status).toBe("offline")
+    valid = true
+    alice.connect()
+    await eventually(() => expect(chat.state.state).toBe("ready"))
+    await eventually(() => expect(chat.status(message.id)).toBe("sent"))
   })
 })
 
