@@ -17,6 +17,7 @@ export type {
   MessageWindow,
   Metadata,
   Participant,
+  PendingChange,
   Priority,
   Role,
   UserId,
