@@ -1,6 +1,7 @@
 import { type Decision, type DocumentName, Rule } from "@parley/shared"
 import type * as Y from "yjs"
 import { accessOf } from "./access.js"
+import { checkInboxUpdate } from "./inbox/check-inbox-update.js"
 import type { Principal } from "./principal.js"
 
 /** What the update path asks a policy about, before anything is stored. */
@@ -51,10 +52,9 @@ const ALLOW: Decision = { allowed: true }
  * writes are always allowed.
  */
 export const membershipPolicy: UpdatePolicy = {
-  check({ name, doc, principal }) {
+  check({ name, doc, update, principal }) {
     if (principal.kind === "relay") return ALLOW
-    if (name.kind === "inbox")
-      return { allowed: false, rule: Rule.relayOnly, reason: "inbox documents are written by the relay only" }
+    if (name.kind === "inbox") return checkInboxUpdate({ doc, update, principal, owner: name.user })
     if (principal.kind === "service")
       return { allowed: false, rule: Rule.participantOnly, reason: "service tokens are read-only" }
     return accessOf(principal, name, doc) === "write"

@@ -5,6 +5,7 @@ import { loadHooks } from "./hooks/loader.js"
 import { MemoryOutbox } from "./hooks/outbox.js"
 import { HookRuntime } from "./hooks/runtime.js"
 import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
+import { inboxTarget } from "./inbox/inbox-target.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { RelayMetrics } from "./metrics.js"
 import { openAuthorization } from "./policy/open.js"
@@ -54,6 +55,8 @@ export interface RelayOptions {
   readonly listeners?: readonly AfterSavedListener[]
   /** Directory of hook modules, all loaded at start (see HOOKS.md). */
   readonly hooksDir?: string
+  /** Keep users' inboxes (default true; off only for measurements). */
+  readonly inbox?: boolean
   /** URLs that receive every event as a signed POST (Standard Webhooks). */
   readonly webhooks?: readonly string[]
   /** Signing secret of webhooks: `whsec_<base64>` or any string (raw bytes). Required with `webhooks`. */
@@ -140,10 +143,14 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           : {},
       )
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
+  // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
+  let core: RelayCore | undefined
+  const inbox = options.inbox === false ? [] : [inboxTarget(() => core)]
   const hooks =
-    hookModules.length > 0 || webhooks.length > 0
+    hookModules.length > 0 || webhooks.length > 0 || inbox.length > 0
       ? new HookRuntime({
           hooks: hookModules,
+          targets: inbox,
           webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
           // The outbox is durable next to the documents; with other storage it lives in memory.
           outbox:
@@ -156,7 +163,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           ...(options.hookAttempts !== undefined ? { backoff: { attempts: options.hookAttempts } } : {}),
         })
       : undefined
-  const core = new RelayCore({
+  core = new RelayCore({
     storage,
     log,
     metrics,

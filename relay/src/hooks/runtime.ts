@@ -81,6 +81,8 @@ export interface HookRuntimeOptions {
   /** Delays between webhook attempts (default {@link WEBHOOK_RETRY_SCHEDULE}). */
   readonly webhookSchedule?: readonly number[]
   readonly now?: () => number
+  /** Built-in targets delivered like hooks (the relay's inbox maintenance). */
+  readonly targets?: readonly DeliveryTarget[]
   /** For tests: replaces global fetch for webhooks. */
   readonly fetch?: typeof fetch
 }
@@ -127,6 +129,7 @@ export class HookRuntime {
           ...(options.fetch ? { fetch: options.fetch } : {}),
         }),
       ),
+      ...(options.targets ?? []),
     ]
     this.dispatcher = new Dispatcher({
       outbox: options.outbox,

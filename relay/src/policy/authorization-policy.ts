@@ -1,4 +1,4 @@
-import { type Decision, Rule } from "@parley/shared"
+import type { Decision } from "@parley/shared"
 import type * as Y from "yjs"
 import type { PolicyInput, UpdatePolicy } from "../policy.js"
 import { checkUpdate } from "./check-update.js"
@@ -23,11 +23,8 @@ export class AuthorizationPolicy implements UpdatePolicy {
 
   async check(input: PolicyInput): Promise<Decision> {
     const { name, doc, update, principal } = input
-    if (name.kind === "inbox") {
-      return principal.kind === "relay"
-        ? { allowed: true }
-        : { allowed: false, rule: Rule.relayOnly, reason: "inbox documents are written by the relay only" }
-    }
+    // Inboxes are checked by the membership policy that always runs first (checkInboxUpdate).
+    if (name.kind === "inbox") return { allowed: true }
     const key = name.id
     const bindings = await this.bindingsOf(key, doc)
     if (bindings.get(doc.clientID) === undefined) {

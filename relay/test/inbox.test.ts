@@ -1,0 +1,138 @@
+import { execFile } from "node:child_process"
+import { join } from "node:path"
+import { promisify } from "node:util"
+import {
+  addParticipants,
+  type ConversationId,
+  createConversation,
+  deleteMessage,
+  editMessage,
+  getInboxEntry,
+  InboxTopLevel,
+  listInbox,
+  markRead,
+  removeParticipants,
+  renameConversation,
+  sendMessage,
+  setMuted,
+  totalUnread,
+  type UserId,
+} from "@parley/shared"
+import { afterAll, afterEach, describe, expect, it } from "vitest"
+import type { WebsocketProvider } from "y-websocket"
+import type * as Y from "yjs"
+import { docUntil, stockProvider, synced } from "./helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+const run = promisify(execFile)
+const BIN = join(import.meta.dirname, "../bin/parley-relay.js")
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const carol = "carol" as UserId
+const id = "g~inboxtest" as ConversationId
+
+const providers: WebsocketProvider[] = []
+afterEach(() => {
+  for (const p of providers.splice(0)) p.destroy()
+})
+afterAll(() => stopRelayProcesses())
+
+async function open(relay: RelayProcess, user: string, name: string): Promise<Y.Doc> {
+  const provider = stockProvider(relay.url, name, await relay.token(user))
+  providers.push(provider)
+  await synced(provider)
+  return provider.doc
+}
+
+describe("relay-maintained inboxes", () => {
+  it("lists a conversation a user was added to, live, on a device that never opened it, and follows its messages", async () => {
+    const relay = await startRelayProcess()
+    const bobInbox = await open(relay, "bob", "inbox~bob")
+    const conversation = await open(relay, "alice", id)
+    createConversation(conversation, alice, { kind: "group", id, participants: [bob], title: "Launch" })
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id) !== undefined)
+    expect(getInboxEntry(bobInbox, id)).toMatchObject({
+      title: "Launch",
+      unread: 0,
+      participants: { count: 2 },
+    })
+
+    const ids = ["one", "two", "three"].map((body) => sendMessage(conversation, alice, { body }).id)
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.unread === 3)
+    expect(getInboxEntry(bobInbox, id)?.lastMessage).toMatchObject({ author: alice, text: "three", seq: 3 })
+
+    editMessage(conversation, alice, ids[2]!, "three, edited")
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.lastMessage?.text === "three, edited")
+    deleteMessage(conversation, alice, ids[2]!)
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.lastMessage?.deleted === true)
+    expect(getInboxEntry(bobInbox, id)?.unread).toBe(2)
+    renameConversation(conversation, alice, "Launch day")
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.title === "Launch day")
+
+    // Bob reads on another device: his count follows; alice's own inbox never counts her messages.
+    const bobsPhone = await open(relay, "bob", id)
+    markRead(bobsPhone, bob)
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.unread === 0)
+    expect(getInboxEntry(bobInbox, id)?.readUpTo).toBe(3)
+    const aliceInbox = await open(relay, "alice", "inbox~alice")
+    await docUntil(aliceInbox, () => getInboxEntry(aliceInbox, id)?.title === "Launch day")
+    expect(totalUnread(aliceInbox)).toBe(0)
+
+    // Removed users lose the entry; added ones get it.
+    const carolInbox = await open(relay, "carol", "inbox~carol")
+    addParticipants(conversation, alice, [carol])
+    await docUntil(carolInbox, () => getInboxEntry(carolInbox, id)?.unread === 2)
+    removeParticipants(conversation, alice, [bob])
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id) === undefined)
+    await docUntil(carolInbox, () => getInboxEntry(carolInbox, id)?.participants.count === 2)
+  })
+
+  it("lets a user mute conversations in their inbox and nothing else", async () => {
+    const relay = await startRelayProcess()
+    const conversation = await open(relay, "alice", id)
+    createConversation(conversation, alice, { kind: "group", id, participants: [bob] })
+    const bobInbox = await open(relay, "bob", "inbox~bob")
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id) !== undefined)
+    setMuted(bobInbox, id, true)
+    const again = await open(relay, "bob", "inbox~bob")
+    await docUntil(again, () => getInboxEntry(again, id)?.muted === true)
+
+    // Forging an entry is refused: the relay closes the stock client and stores nothing.
+    const forger = stockProvider(relay.url, "inbox~bob", await relay.token("bob"))
+    providers.push(forger)
+    await synced(forger)
+    const closed = new Promise<number>((resolve) =>
+      forger.once("connection-close", (e: CloseEvent | null) => resolve(e?.code ?? 0)),
+    )
+    forger.doc.getMap(InboxTopLevel.entries).set("g~forged", { title: "fake" } as never)
+    expect(await closed).toBe(4403)
+    forger.shouldConnect = false
+    const check = await open(relay, "bob", "inbox~bob")
+    expect(check.getMap(InboxTopLevel.entries).has("g~forged")).toBe(false)
+    // Someone else's inbox cannot even be opened.
+    const snoop = stockProvider(relay.url, "inbox~bob", await relay.token("carol"))
+    providers.push(snoop)
+    const refused = await new Promise<number>((resolve) =>
+      snoop.once("connection-close", (e: CloseEvent | null) => resolve(e?.code ?? 0)),
+    )
+    expect(refused).toBe(4403)
+  })
+
+  it("rebuilds inboxes from the conversations to exactly what incremental maintenance wrote", async () => {
+    const relay = await startRelayProcess()
+    const conversation = await open(relay, "alice", id)
+    createConversation(conversation, alice, { kind: "group", id, participants: [bob, carol] })
+    for (let i = 0; i < 5; i++) sendMessage(conversation, alice, { body: `m${i}` })
+    const bobInbox = await open(relay, "bob", "inbox~bob")
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.lastMessage?.text === "m4")
+    const before = listInbox(bobInbox)
+    for (const p of providers.splice(0)) p.destroy()
+    relay.child.kill("SIGTERM")
+    await relay.exited
+    const { stdout } = await run(process.execPath, [BIN, "rebuild-inboxes", "--data-dir", relay.dataDir])
+    expect(JSON.parse(stdout.trim())).toEqual({ conversations: 1, written: 0, removed: 0 })
+    const restarted = await startRelayProcess({ dataDir: relay.dataDir, secret: relay.secret })
+    const after = await open(restarted, "bob", "inbox~bob")
+    expect(listInbox(after)).toEqual(before)
+  })
+})
