@@ -1,21 +1,27 @@
-import { mkdirSync } from "node:fs"
+import { mkdirSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { Browser, BrowserContext, Locator, Page } from "playwright-core"
 
-/** Where step screenshots go (git-ignored). */
+/** Where step screenshots go (git-ignored): one folder per test file. */
 export const SCREENSHOTS = fileURLToPath(new URL("../../test-results/e2e/", import.meta.url))
 
-let step = 0
-
-/** Saves a screenshot of each page as `test-results/e2e/NN-name-user.png`, for a person to look at. */
-export async function screenshot(name: string, ...users: DemoUser[]): Promise<void> {
-  mkdirSync(SCREENSHOTS, { recursive: true })
-  step++
-  for (const user of users)
-    await user.page.screenshot({
-      path: join(SCREENSHOTS, `${String(step).padStart(2, "0")}-${name}-${user.name}.png`),
-    })
+/**
+ * Returns `shot(name, ...users)`, which saves a screenshot of each user's page as
+ * `test-results/e2e/<suite>/NN-name-user.png`, for a person to look at. Clears the folder first.
+ */
+export function screenshots(suite: string): (name: string, ...users: DemoUser[]) => Promise<void> {
+  const folder = join(SCREENSHOTS, suite)
+  rmSync(folder, { recursive: true, force: true })
+  mkdirSync(folder, { recursive: true })
+  let step = 0
+  return async (name, ...users) => {
+    step++
+    for (const user of users)
+      await user.page.screenshot({
+        path: join(folder, `${String(step).padStart(2, "0")}-${name}-${user.name}.png`),
+      })
+  }
 }
 
 /** One user in their own browser context (own storage, own service worker), driving the demo. */
@@ -73,6 +79,24 @@ export class DemoUser {
     await this.page.getByTestId("new-title").fill(title)
     await this.page.getByTestId("new-create").click()
     await this.page.getByTestId("conversation-title").filter({ hasText: title }).waitFor()
+  }
+
+  /** Opens the direct conversation with `other` from the "New" form (found or created: the same on both sides). */
+  async startDirect(other: string): Promise<void> {
+    await this.page.getByTestId("new-conversation").click()
+    await this.page.getByTestId("new-participants").fill(other)
+    await this.page.getByTestId("new-create").click()
+    await this.page.getByTestId("conversation-title").filter({ hasText: other }).waitFor()
+  }
+
+  /** Taps a message to show its actions and clicks one (`message-reply`, `message-edit`, `react`...). */
+  async messageAction(text: string, action: string, emoji?: string): Promise<void> {
+    const message = this.message(text)
+    const button = emoji
+      ? message.locator(`[data-testid=${action}][data-emoji="${emoji}"]`)
+      : message.getByTestId(action)
+    if (!(await button.isVisible())) await message.locator(".bubble").click()
+    await button.click()
   }
 
   async openConversation(title: string): Promise<void> {

@@ -1,9 +1,16 @@
-import { mkdtempSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import type { Browser } from "playwright-core"
 import { build } from "vite"
-import { type RelayProcess, startRelayProcess } from "../../relay/test/helpers/relay-process.js"
+import { afterAll, beforeAll } from "vitest"
+import {
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../../relay/test/helpers/relay-process.js"
+import { launchChromium } from "./chromium.js"
 
 const root = fileURLToPath(new URL("../..", import.meta.url))
 
@@ -49,4 +56,20 @@ export class DemoRelay {
       args: ["--dev", "--static", this.staticDir, "--port", String(port)],
     })
   }
+}
+
+/** Builds the demo, starts a relay serving it and launches Chromium for the tests of one file; cleans up after. */
+export function useDemo(): { readonly browser: Browser; readonly relay: DemoRelay } {
+  const state = {} as { browser: Browser; relay: DemoRelay; staticDir?: string }
+  beforeAll(async () => {
+    state.browser = await launchChromium()
+    state.staticDir = await buildDemo()
+    state.relay = await DemoRelay.start(state.staticDir)
+  }, 120_000)
+  afterAll(async () => {
+    await state.browser?.close()
+    await stopRelayProcesses()
+    if (state.staticDir) rmSync(state.staticDir, { recursive: true, force: true })
+  })
+  return state
 }

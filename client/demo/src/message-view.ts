@@ -61,7 +61,11 @@ export function renderMessage(message: ChatMessage, context: MessageContext): HT
     ? h("p", { class: "body", "data-testid": "message-body" }, h("em", {}, "Message deleted"))
     : h("p", { class: "body", "data-testid": "message-body" }, message.body)
 
-  const actions = deleted ? null : renderActions(message, context)
+  const close = () => {
+    item.classList.remove("open")
+    bubble.setAttribute("aria-expanded", "false")
+  }
+  const actions = deleted ? null : renderActions(message, context, close)
   const bubble = h(
     "div",
     {
@@ -145,9 +149,21 @@ function renderQuote(id: string, context: MessageContext): HTMLElement {
   )
 }
 
-function renderActions(message: ChatMessage, context: MessageContext): HTMLElement {
-  const button = (label: string, testId: string, onclick: () => void, extra: Record<string, string> = {}) =>
-    h("button", { type: "button", "data-testid": testId, onclick, ...extra }, label)
+function renderActions(message: ChatMessage, context: MessageContext, close: () => void): HTMLElement {
+  const button = (label: string, testId: string, action: () => void, extra: Record<string, string> = {}) =>
+    h(
+      "button",
+      {
+        type: "button",
+        "data-testid": testId,
+        onclick: () => {
+          close()
+          action()
+        },
+        ...extra,
+      },
+      label,
+    )
   return h(
     "div",
     { class: "actions" },

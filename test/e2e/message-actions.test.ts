@@ -1,0 +1,61 @@
+import { expect, it } from "vitest"
+import { DemoUser, screenshots } from "./demo-page.js"
+import { useDemo } from "./demo-server.js"
+
+// The demo app (client/demo) in real Chromium against a real relay process:
+// replies, reactions, edits and deletions between two users of a direct
+// conversation, and the buttons each may see. Screenshots: test-results/e2e/.
+
+const DESKTOP = { width: 960, height: 680 }
+const PHONE = { width: 375, height: 720 }
+
+const demo = useDemo()
+const screenshot = screenshots("message-actions")
+
+it("replies, reactions, edits and deletions in a direct conversation reach the other user", {
+  timeout: 180_000,
+}, async () => {
+  const dana = await DemoUser.open(demo.browser, demo.relay.url, "dana", DESKTOP)
+  const erin = await DemoUser.open(demo.browser, demo.relay.url, "erin", PHONE)
+  await dana.startDirect("erin")
+  await dana.send("Lunch at noon?")
+  await erin.startDirect("dana")
+  await erin.message("Lunch at noon?").waitFor()
+
+  await erin.messageAction("Lunch at noon?", "message-reply")
+  await erin.page.getByTestId("composer-context").getByText("Replying to dana").waitFor()
+  await erin.send("Yes, see you there")
+  await dana.message("Yes, see you there").getByTestId("message-quote").getByText("Lunch at noon?").waitFor()
+
+  await erin.messageAction("Lunch at noon?", "react", "👍")
+  await dana
+    .message("Lunch at noon?")
+    .locator('[data-testid=reaction][data-emoji="👍"]')
+    .getByText("1")
+    .waitFor()
+
+  await dana.messageAction("Lunch at noon?", "message-edit")
+  await dana.page.getByTestId("composer-input").fill("Lunch at 12:30?")
+  await dana.page.getByTestId("composer-send").click()
+  await erin.message("Lunch at 12:30?").getByText("edited").waitFor()
+  await screenshot("direct-reply-reaction-edit", dana, erin)
+
+  // Only the author may edit (both participants of a direct conversation are owners, so both may delete).
+  await erin.message("Lunch at 12:30?").locator(".bubble").click()
+  await erin.message("Lunch at 12:30?").getByTestId("message-delete").waitFor()
+  expect(await erin.message("Lunch at 12:30?").getByTestId("message-edit").count()).toBe(0)
+
+  await dana.messageAction("Lunch at 12:30?", "message-delete")
+  await erin.message("Message deleted").waitFor()
+  await erin.message("Yes, see you there").getByTestId("message-quote").getByText("Message deleted").waitFor()
+  await erin.messagesAre(["Message deleted", "Yes, see you there"])
+
+  // A direct conversation keeps its two participants: no add form, no remove buttons.
+  await dana.page.getByTestId("participants-toggle").click()
+  await dana.page.getByTestId("leave-conversation").waitFor()
+  expect(await dana.page.getByTestId("add-participant-form").count()).toBe(0)
+  expect(await dana.page.getByTestId("remove-participant").count()).toBe(0)
+  await screenshot("direct-deleted", dana, erin)
+
+  await Promise.all([dana.close(), erin.close()])
+})
