@@ -147,6 +147,10 @@ export function totalUnread(inbox: Y.Doc): number {
 export const isMuted = (inbox: Y.Doc, conversation: ConversationId): boolean =>
   mutedOf(inbox).has(conversation)
 
+/** Every conversation the user muted (with or without an entry yet). */
+export const mutedConversations = (inbox: Y.Doc): ConversationId[] =>
+  [...mutedOf(inbox).keys()] as ConversationId[]
+
 /** Mutes or unmutes a conversation; the user's own write to their inbox. */
 export function setMuted(inbox: Y.Doc, conversation: ConversationId, muted: boolean, origin?: unknown): void {
   const map = mutedOf(inbox)

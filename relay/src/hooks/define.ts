@@ -30,6 +30,25 @@ export interface ConversationState {
  * broadcast) and fires events of its own, whose actor is
  * `{ kind: "bot", user: asUser, hook }`.
  */
+/** A user's inbox as a hook sees it. */
+export interface InboxSummary {
+  /** Unread messages over all the user's conversations. */
+  readonly totalUnread: number
+  /** Unread messages per conversation. */
+  readonly unread: Readonly<Record<ConversationId, number>>
+  /** Conversations the user muted. */
+  readonly muted: readonly ConversationId[]
+}
+
+/**
+ * Reads users' inboxes (kept by the relay, after hooks of the same change may
+ * run: combine with `conversations.get` for the conversation at hand).
+ */
+export interface HookInboxes {
+  /** The user's totals, read from their inbox document: one document read, whatever the number of conversations. */
+  summary(user: UserId): Promise<InboxSummary>
+}
+
 export interface HookConversations {
   get(id: ConversationId, window?: MessageWindow): Promise<ConversationState | undefined>
   create(asUser: UserId, input: CreateConversationInput): Promise<ConversationInfo>
@@ -59,6 +78,8 @@ export interface HookContext {
   /** Which delivery attempt this is (1 = first). */
   readonly attempt: number
   readonly conversations: HookConversations
+  /** Users' inboxes: unread totals and mute flags, e.g. for push badges. */
+  readonly inboxes: HookInboxes
   /** True when `event` was caused by a write this hook module made through its context. */
   isOwnWrite(event: HookEvent): boolean
 }

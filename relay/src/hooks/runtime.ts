@@ -8,12 +8,15 @@ import {
   editMessage,
   getConversation,
   getMessage,
+  inboxDocumentName,
   isTyping,
   lastSequence,
+  listInbox,
   listMessages,
   listParticipants,
   type MessageView,
   markRead,
+  mutedConversations,
   observeChanges,
   parseDocumentName,
   react,
@@ -22,6 +25,7 @@ import {
   sendMessage,
   TYPING_EXPIRY_MS,
   TYPING_THROTTLE_MS,
+  totalUnread,
   type UserId,
   unreadCount,
 } from "@parley/shared"
@@ -365,6 +369,19 @@ export class HookRuntime {
       signal: attempt.signal,
       attempt: attempt.attempt,
       conversations: this.conversationsFor(hook),
+      inboxes: {
+        summary: (user) => {
+          if (!this.host) throw new Error("hooks are not connected to a relay yet")
+          return this.host.read(inboxDocumentName(user), (inbox) => {
+            const items = listInbox(inbox)
+            return {
+              totalUnread: totalUnread(inbox),
+              unread: Object.fromEntries(items.map((i) => [i.conversationId, i.unread])),
+              muted: mutedConversations(inbox),
+            }
+          })
+        },
+      },
       isOwnWrite: (e) => e.event.actor.kind === "bot" && e.event.actor.hook === hook,
     }
   }

@@ -4,10 +4,13 @@ import { resolve } from "node:path"
 import {
   type ConversationId,
   createConversation,
+  type InboxEntry,
   type MessageId,
   markRead,
   sendMessage,
+  setMuted,
   type UserId,
+  writeInboxEntry,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import { loadHooks } from "../../src/hooks/loader.js"
@@ -20,6 +23,16 @@ afterEach(async () => {
   server = undefined
   if (open) await new Promise((r) => open.close(r))
 })
+
+const otherEntry: InboxEntry = {
+  conversationId: "g~other" as ConversationId,
+  kind: "group",
+  title: "Other",
+  participants: { count: 2, first: ["bob" as UserId, "dave" as UserId] },
+  unread: 0,
+  readUpTo: 0,
+  lastActivityAt: 1,
+}
 
 interface Push {
   id: string
@@ -54,8 +67,12 @@ describe("the push-notification example", () => {
       id,
       title: "Trip",
       participants: [bob!, carol!],
-      metadata: { muted: ["carol"] },
     })
+    // Carol muted the trip in her inbox; bob has 4 unread messages elsewhere.
+    await core.write(`inbox~${carol}`, { kind: "user", user: carol! }, (inbox) => setMuted(inbox, id, true))
+    await core.write(`inbox~${bob}`, { kind: "relay" }, (inbox) =>
+      writeInboxEntry(inbox, "g~other" as ConversationId, { ...otherEntry, unread: 4 }),
+    )
     // The badge is the unread count when the notification goes out.
     for (const [n, body] of [
       [1, "first"],
@@ -66,8 +83,8 @@ describe("the push-notification example", () => {
       await runtime.idle()
     }
     expect(pushes.map((p) => [p.to, p.body, p.badge])).toEqual([
-      ["bob", "alice: first", 1],
-      ["bob", "alice: second", 2],
+      ["bob", "alice: first", 5],
+      ["bob", "alice: second", 6],
     ])
     pushes.length = 0
     const b = new InProcessClient(core, id, bob!)
