@@ -5,6 +5,7 @@ import {
   directConversationId,
   ErrorCode,
   getConversation,
+  inboxDocumentName,
   type Metadata,
   newConversationId,
   ParleyError,
@@ -22,6 +23,7 @@ import {
 } from "./connection.js"
 import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
+import { Inbox } from "./inbox.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
 
@@ -51,9 +53,9 @@ export interface ChatClientOptions {
 }
 
 /**
- * The client's connection status: `online` when at least one open
+ * The client's connection status: `online` when the inbox or an open
  * conversation is synced with the relay, `connecting` while trying,
- * `offline` when not trying (disconnected, browser offline, nothing open).
+ * `offline` when not trying (disconnected, browser offline).
  */
 export type ClientStatus = ConnectionStatus
 
@@ -96,6 +98,14 @@ const DIRECTORY = "directory"
 export class ChatClient extends Emitter<ChatClientEvents> {
   /** The signed-in user (the token's subject). */
   readonly user: UserId
+  /**
+   * The user's conversations across devices, maintained by the relay (title,
+   * last message, unread count, mute); a local replica, so it works offline.
+   */
+  readonly inbox: Inbox
+  private readonly inboxDoc = new Y.Doc()
+  private readonly inboxAwareness: Awareness
+  private readonly inboxConnection: DocumentConnection
   private readonly open = new Map<ConversationId, Conversation>()
   private readonly directoryDoc = new Y.Doc()
   private readonly directory: Y.Map<KnownConversation>
@@ -131,6 +141,32 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
     this.directory.observe(() => this.emit("conversations", { conversations: this.list() }))
+    this.inboxAwareness = new Awareness(this.inboxDoc)
+    // The inbox is read (and muted) here; nobody's presence lives in it.
+    this.inboxAwareness.setLocalState(null)
+    const inboxName = inboxDocumentName(user)
+    const inboxConnection = (this.inboxConnection = new DocumentConnection({
+      url: options.url,
+      name: inboxName,
+      doc: this.inboxDoc,
+      awareness: this.inboxAwareness,
+      user,
+      token: () => this.token(),
+      WebSocket: WebSocketCtor,
+      ...(options.reconnect ? { reconnect: options.reconnect } : {}),
+    }))
+    inboxConnection.on("status", () => this.updateStatus())
+    inboxConnection.on("tokenFailed", ({ error }) => this.emit("error", { error }))
+    inboxConnection.on("unavailable", ({ error }) => this.emit("error", { error }))
+    this.inbox = new Inbox({
+      doc: this.inboxDoc,
+      replica: persistDocument(this.storage, replicaName(user, inboxName), this.inboxDoc),
+      connection: inboxConnection,
+      origin: LOCAL,
+    })
+    void this.inbox.loaded.then(() => {
+      if (!this.destroyed && this.wanted && this.browserOnline) this.inbox.start()
+    })
     const win = (globalThis as { window?: Window }).window
     if (win && typeof win.addEventListener === "function") {
       this.browserOnline = globalThis.navigator?.onLine ?? true
@@ -274,13 +310,17 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   connect(): void {
     this.assertAlive()
     this.wanted = true
-    if (this.browserOnline) for (const conversation of this.open.values()) conversation.connection.start()
+    if (this.browserOnline) {
+      this.inbox.start()
+      for (const conversation of this.open.values()) conversation.connection.start()
+    }
     this.updateStatus()
   }
 
   /** Goes offline: closes every connection. Everything keeps working locally; changes go out on {@link connect}. */
   disconnect(): void {
     this.wanted = false
+    this.inbox.stop()
     for (const conversation of this.open.values()) conversation.connection.stop()
     this.updateStatus()
   }
@@ -297,6 +337,9 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     }
     for (const cancel of [...this.cancels]) cancel()
     await Promise.all([...this.open.values()].map((conversation) => conversation.close()))
+    await this.inbox.destroy()
+    this.inboxAwareness.destroy()
+    this.inboxDoc.destroy()
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
     this.removeAllListeners()
@@ -343,6 +386,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
 
   private setBrowserOnline(online: boolean): void {
     this.browserOnline = online
+    if (online && this.wanted) this.inbox.start()
+    else this.inbox.stop()
     for (const conversation of this.open.values()) {
       if (online && this.wanted) conversation.connection.start()
       else conversation.connection.stop()
@@ -353,8 +398,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private updateStatus(): void {
     if (this.destroyed) return
     let status: ClientStatus = "offline"
-    for (const conversation of this.open.values()) {
-      const s = conversation.connection.status
+    for (const connection of [this.inboxConnection, ...[...this.open.values()].map((c) => c.connection)]) {
+      const s = connection.status
       if (s === "online") {
         status = "online"
         break

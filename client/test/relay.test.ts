@@ -210,6 +210,26 @@ describe("ChatClient against a relay", () => {
     expect(bodies(chat)).toEqual([])
   })
 
+  it("lists a conversation in the other user's inbox, with its unread count, before they open it", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const bob = await connectClient(relay, b)
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b], title: "inbox test" })
+    chat.send("first")
+    chat.send("second")
+    await eventually(() =>
+      expect(bob.inbox.items.map((i) => [i.conversationId, i.title, i.unread])).toEqual([
+        [chat.id, "inbox test", 2],
+      ]),
+    )
+    expect(bob.inbox.totalUnread).toBe(2)
+    const bobChat = await bob.conversation(chat.id).ready()
+    bobChat.markRead()
+    await eventually(() => expect(bob.inbox.totalUnread).toBe(0))
+    bob.inbox.mute(chat.id)
+    await eventually(() => expect(bob.inbox.items[0]?.muted).toBe(true))
+  })
+
   it("sends nothing twice when two clients of one user share one store", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
