@@ -24,13 +24,23 @@ export {
   type HookEventHeader,
   type HookEventType,
   type HookHandler,
+  type HookInboxes,
   type HookRuntime,
   type HookSubjects,
   type Hooks,
+  type InboxSummary,
   verifyWebhook,
 } from "./hooks/index.js"
+export { type RebuildReport, rebuildInboxes } from "./inbox/rebuild.js"
 export type { Logger, LogLevel } from "./log.js"
 export { RelayMetrics } from "./metrics.js"
+export { AuthorizationPolicy } from "./policy/authorization-policy.js"
+export { type CheckResult, type CheckUpdateInput, checkUpdate } from "./policy/check-update.js"
+export {
+  type ClientBindingStore,
+  MemoryClientBindingStore,
+  SqliteClientBindingStore,
+} from "./policy/client-bindings.js"
 export type { PolicyInput, UpdatePolicy } from "./policy.js"
 export { membershipPolicy } from "./policy.js"
 export type { Principal } from "./principal.js"

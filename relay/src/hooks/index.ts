@@ -5,7 +5,9 @@ export {
   type HookContext,
   type HookConversations,
   type HookHandler,
+  type HookInboxes,
   type Hooks,
+  type InboxSummary,
 } from "./define.js"
 export { type DeliveryTarget, Dispatcher, exponentialBackoff, PermanentDeliveryError } from "./dispatcher.js"
 export {
