@@ -12,7 +12,7 @@ const PHONE = { width: 375, height: 720 }
 const demo = useDemo()
 const screenshot = screenshots("message-actions")
 
-it("replies, reactions, edits and deletions in a direct conversation reach the other user", {
+it("replies, reactions, edits, deletions and muting in a direct conversation", {
   timeout: 180_000,
 }, async () => {
   const dana = await DemoUser.open(demo.browser, demo.relay.url, "dana", DESKTOP)
@@ -56,6 +56,11 @@ it("replies, reactions, edits and deletions in a direct conversation reach the o
   expect(await dana.page.getByTestId("add-participant-form").count()).toBe(0)
   expect(await dana.page.getByTestId("remove-participant").count()).toBe(0)
   await screenshot("direct-deleted", dana, erin)
+
+  // Muting is the user's own preference, kept in their inbox: the list marks the conversation.
+  await dana.page.getByTestId("mute-toggle").click()
+  await dana.listItem("erin").getByTestId("muted").waitFor()
+  await dana.page.getByTestId("mute-toggle").getByText("Unmute").waitFor()
 
   await Promise.all([dana.close(), erin.close()])
 })

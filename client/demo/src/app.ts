@@ -5,12 +5,6 @@ import { formatTime, h, replaceChildren } from "./dom.js"
 import { newConversationForm } from "./new-conversation.js"
 import { displayTitle, initials } from "./titles.js"
 
-/** The inbox's mute switch, when the SDK has one. */
-interface Muting {
-  readonly items: readonly ListEntry[]
-  mute(conversationId: string, muted?: boolean): void
-}
-
 /**
  * The signed-in app: top bar (user, connection), conversation list, the open
  * conversation. One column on a phone (list or conversation), two on a wide screen.
@@ -113,7 +107,7 @@ export class App {
     this.openId = conversation.id
     if (location.hash !== `#c=${encodeURIComponent(conversation.id)}`)
       location.hash = `c=${encodeURIComponent(conversation.id)}`
-    const inbox = (this.client as unknown as { inbox?: Muting }).inbox
+    const inbox = this.client.inbox
     this.view = new ConversationView(this.client, conversation, {
       back: () => {
         location.hash = ""
@@ -123,14 +117,10 @@ export class App {
         this.notify("You left the conversation.")
       },
       failed: (error) => this.notify(error instanceof Error ? error.message : String(error)),
-      ...(inbox
-        ? {
-            mute: {
-              isMuted: () => inbox.items.some((i) => i.conversationId === conversation.id && i.muted),
-              set: (muted: boolean) => inbox.mute(conversation.id, muted),
-            },
-          }
-        : {}),
+      mute: {
+        isMuted: () => inbox.items.some((i) => i.conversationId === conversation.id && i.muted),
+        set: (muted: boolean) => inbox.mute(conversation.id, muted),
+      },
     })
     replaceChildren(this.pane, this.view.element)
     this.element.dataset.view = "conversation"
@@ -189,7 +179,7 @@ export class App {
   private renderList(entries: readonly ListEntry[]): void {
     this.entries = entries
     const me = this.client.user
-    const visible = entries.filter((e) => !(e as { deleted?: boolean }).deleted)
+    const visible = entries.filter((e) => !e.deleted)
     if (visible.length === 0) {
       replaceChildren(
         this.listElement,

@@ -12,8 +12,8 @@ export interface ConversationViewEvents {
   back(): void
   left(): void
   failed(error: unknown): void
-  /** Mute toggling, when the SDK has an inbox. */
-  mute?: { isMuted(): boolean; set(muted: boolean): void }
+  /** The user's mute preference of this conversation (kept in their inbox, on every device). */
+  mute: { isMuted(): boolean; set(muted: boolean): void }
 }
 
 /** One open conversation: header, messages, typing indicator, composer, participants panel. */
@@ -35,24 +35,22 @@ export class ConversationView {
   private readonly subtitle = h("p", { class: "subtitle", "data-testid": "conversation-subtitle" })
   private mode: { kind: "new" } | { kind: "reply" | "edit"; message: ChatMessage } = { kind: "new" }
   private panel: { element: HTMLElement; destroy(): void } | undefined
-  private readonly muteButton: HTMLButtonElement | null
+  private readonly muteButton: HTMLButtonElement
 
   constructor(
     private readonly client: ChatClient,
     private readonly conversation: Conversation,
     private readonly events: ConversationViewEvents,
   ) {
-    const muteButton = events.mute
-      ? h("button", {
-          type: "button",
-          class: "small",
-          "data-testid": "mute-toggle",
-          onclick: () => {
-            events.mute?.set(!events.mute.isMuted())
-            this.renderHeader()
-          },
-        })
-      : null
+    const muteButton = h("button", {
+      type: "button",
+      class: "small",
+      "data-testid": "mute-toggle",
+      onclick: () => {
+        events.mute.set(!events.mute.isMuted())
+        this.renderHeader()
+      },
+    })
     this.element = h(
       "section",
       { class: "conversation", "data-testid": "conversation-view", "data-conversation-id": conversation.id },
@@ -157,11 +155,9 @@ export class ConversationView {
         ? "Direct conversation"
         : `${participants.length} participants`
       : "Loading…"
-    if (this.muteButton) {
-      const muted = this.events.mute?.isMuted() ?? false
-      this.muteButton.textContent = muted ? "Unmute" : "Mute"
-      this.muteButton.dataset.muted = String(muted)
-    }
+    const muted = this.events.mute.isMuted()
+    this.muteButton.textContent = muted ? "Unmute" : "Mute"
+    this.muteButton.dataset.muted = String(muted)
   }
 
   private context(): MessageContext {
