@@ -1,0 +1,67 @@
+import "fake-indexeddb/auto"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
+
+let relay: RelayProcess
+beforeAll(async () => {
+  relay = await startRelay()
+})
+afterAll(async () => {
+  await relay?.stop()
+})
+afterEach(destroyClients)
+
+let unique = 0
+const name = (base: string) => `${base}i${++unique}`
+
+describe("client.inbox", () => {
+  it("shows a conversation the user was just added to, live, and follows previews and counts from other devices", async () => {
+    const [a, b, c] = [name("alice"), name("bob"), name("carol")]
+    const carol = await connectClient(relay, c)
+    const changes: number[] = []
+    carol.inbox.on("change", ({ totalUnread }) => changes.push(totalUnread))
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b], title: "Plans" })
+    const first = chat.send("hello")
+    chat.addParticipants([c])
+    await eventually(() => expect(carol.inbox.items.map((i) => i.conversationId)).toEqual([chat.id]))
+    expect(carol.inbox.items[0]).toMatchObject({ title: "Plans", unread: 1, lastMessage: { text: "hello" } })
+    chat.send("second")
+    await eventually(() => expect(carol.inbox.items[0]?.lastMessage?.text).toBe("second"))
+    chat.edit(first.id, "hello, edited")
+    const last = chat.send("third")
+    await eventually(() => expect(carol.inbox.totalUnread).toBe(3))
+    chat.deleteMessage(last.id)
+    await eventually(() =>
+      expect(carol.inbox.items[0]?.lastMessage).toMatchObject({ deleted: true, id: last.id }),
+    )
+    expect(carol.inbox.totalUnread).toBe(2)
+    // Carol reads on her phone; her laptop's inbox follows.
+    const phone = await connectClient(relay, c)
+    const onPhone = await phone.conversation(chat.id).ready()
+    onPhone.markRead()
+    await eventually(() => expect(carol.inbox.totalUnread).toBe(0))
+    expect(changes.length).toBeGreaterThan(0)
+    // Removed: the entry goes.
+    chat.removeParticipants([c])
+    await eventually(() => expect(carol.inbox.items).toEqual([]))
+  })
+
+  it("works offline after one sync, and keeps mute on every device", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b], title: "Offline inbox" })
+    chat.send("for later")
+    const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    await eventually(() => expect(bob.inbox.items[0]?.unread).toBe(1))
+    bob.inbox.mute(chat.id)
+    const other = await connectClient(relay, b)
+    await eventually(() => expect(other.inbox.items[0]?.muted).toBe(true))
+    await bob.destroy()
+    // A reload without network: the list is there from the local replica.
+    const offline = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    await offline.inbox.loaded
+    expect(offline.status).toBe("offline")
+    expect(offline.inbox.items.map((i) => [i.title, i.unread, i.muted])).toEqual([["Offline inbox", 1, true]])
+  })
+})
