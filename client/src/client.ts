@@ -145,7 +145,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     // The inbox is read (and muted) here; nobody's presence lives in it.
     this.inboxAwareness.setLocalState(null)
     const inboxName = inboxDocumentName(user)
-    const inboxConnection = (this.inboxConnection = new DocumentConnection({
+    const inboxConnection = new DocumentConnection({
       url: options.url,
       name: inboxName,
       doc: this.inboxDoc,
@@ -154,7 +154,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       token: () => this.token(),
       WebSocket: WebSocketCtor,
       ...(options.reconnect ? { reconnect: options.reconnect } : {}),
-    }))
+    })
+    this.inboxConnection = inboxConnection
     inboxConnection.on("status", () => this.updateStatus())
     inboxConnection.on("tokenFailed", ({ error }) => this.emit("error", { error }))
     inboxConnection.on("unavailable", ({ error }) => this.emit("error", { error }))
