@@ -10,17 +10,17 @@ export const INSTALL_HINT = "apt-get install -y chromium"
  * Throws, naming the install command, when there is none: browser tests must
  * not silently pass without a browser.
  */
-export function findChromium(): string {
-  const fromEnv = process.env.CHROME_PATH
+export function findChromium(
+  env: NodeJS.ProcessEnv = process.env,
+  candidates: readonly string[] = defaultCandidates(),
+): string {
+  const fromEnv = env.CHROME_PATH
   if (fromEnv) {
-    if (!existsSync(fromEnv)) throw new Error(`CHROME_PATH is set to ${fromEnv}, which does not exist`)
+    if (!existsSync(fromEnv))
+      throw new Error(
+        `CHROME_PATH is set to ${fromEnv}, which does not exist. Install Chromium with \`${INSTALL_HINT}\`.`,
+      )
     return fromEnv
-  }
-  const candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-  try {
-    candidates.push(chromium.executablePath())
-  } catch {
-    // playwright-core knows no browser of its own here
   }
   const found = candidates.find((path) => existsSync(path))
   if (found) return found
@@ -28,6 +28,17 @@ export function findChromium(): string {
     `No Chromium found for the browser tests (looked at CHROME_PATH, ${candidates.join(", ")}). ` +
       `Install it with \`${INSTALL_HINT}\` (Debian/Ubuntu), or set CHROME_PATH to a Chromium or Chrome binary.`,
   )
+}
+
+/** Debian's Chromium, then the browser Playwright would have installed for this playwright-core version. */
+function defaultCandidates(): string[] {
+  const candidates = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+  try {
+    candidates.push(chromium.executablePath())
+  } catch {
+    // playwright-core knows no browser of its own here
+  }
+  return candidates
 }
 
 /** Launches headless Chromium with flags that keep it quiet and light on a shared CI machine. */
