@@ -114,5 +114,24 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   await alice.page.getByTestId("participants-toggle").click()
   await screenshot("conversation", alice, bob)
 
+  // Carol writes offline while Alice removes her: the relay refuses it, and Carol sees why (⚠).
+  await carol.page.getByTestId("participants-toggle").click()
+  await carol.setOffline(true)
+  await carol.connection("offline")
+  await carol.send("Can I still post?")
+  await carol.messageStatus("Can I still post?", "pending")
+  await alice.page.getByTestId("participants-toggle").click()
+  await alice.page
+    .locator("[data-testid=participant][data-user=carol] [data-testid=remove-participant]")
+    .click()
+  await alice.page.locator("[data-testid=participant][data-user=carol]").waitFor({ state: "detached" })
+  await carol.setOffline(false)
+  await carol.messageStatus("Can I still post?", "failed")
+  await carol.message("Can I still post?").getByTestId("message-error").waitFor()
+  await carol.page.getByTestId("conversation-unavailable").waitFor()
+  await screenshot("removed-user-message-failed", carol)
+  await bob.send("Carol has left")
+  await alice.messagesAre([...full, "Carol has left"])
+
   await Promise.all([alice.close(), bob.close(), carol.close()])
 })

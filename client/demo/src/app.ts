@@ -2,6 +2,7 @@ import type { ChatClient, ClientStatus, Conversation } from "@parley/client"
 import { type ListEntry, watchConversationList } from "./conversation-list.js"
 import { ConversationView } from "./conversation-view.js"
 import { formatTime, h, replaceChildren } from "./dom.js"
+import { explain } from "./errors.js"
 import { newConversationForm } from "./new-conversation.js"
 import { displayTitle, initials } from "./titles.js"
 
@@ -116,7 +117,7 @@ export class App {
         location.hash = ""
         this.notify("You left the conversation.")
       },
-      failed: (error) => this.notify(error instanceof Error ? error.message : String(error)),
+      failed: (error) => this.notify(explain(error)),
       mute: {
         isMuted: () => inbox.items.some((i) => i.conversationId === conversation.id && i.muted),
         set: (muted: boolean) => inbox.mute(conversation.id, muted),
@@ -158,7 +159,7 @@ export class App {
         replaceChildren(this.sidebarSlot)
         this.openConversation(conversation)
       },
-      failed: (error) => this.notify(error instanceof Error ? error.message : String(error)),
+      failed: (error) => this.notify(explain(error)),
       cancel: () => replaceChildren(this.sidebarSlot),
     })
     replaceChildren(this.sidebarSlot, form)

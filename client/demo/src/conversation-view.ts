@@ -1,5 +1,6 @@
 import type { ChatClient, ChatMessage, Conversation } from "@parley/client"
 import { h, replaceChildren } from "./dom.js"
+import { explain } from "./errors.js"
 import { type MessageContext, renderKey, renderMessage } from "./message-view.js"
 import { participantsPanel } from "./participants-panel.js"
 import { displayTitle } from "./titles.js"
@@ -99,7 +100,12 @@ export class ConversationView {
 
   private async open(): Promise<void> {
     const conversation = this.conversation
-    this.cleanups.push(conversation.on("state", () => this.renderHeader()))
+    this.cleanups.push(
+      conversation.on("state", ({ state }) => {
+        this.renderHeader()
+        if (state.state === "unavailable") this.renderUnavailable(explain(state.error))
+      }),
+    )
     try {
       await conversation.ready()
     } catch (error) {
@@ -108,7 +114,7 @@ export class ConversationView {
         h(
           "li",
           { class: "notice", "data-testid": "conversation-unavailable" },
-          `This conversation is unavailable: ${(error as Error).message}`,
+          `This conversation is unavailable: ${explain(error)}`,
         ),
       )
       return
@@ -134,6 +140,20 @@ export class ConversationView {
     })
     this.markRead()
     this.input.focus()
+  }
+
+  /** The relay no longer lets the user in (removed, deleted...): say so, and stop offering to write. */
+  private renderUnavailable(reason: string): void {
+    this.element.querySelector("[data-testid=conversation-unavailable]")?.remove()
+    this.typingLine.before(
+      h(
+        "p",
+        { class: "banner", "data-testid": "conversation-unavailable" },
+        `You can no longer write here: ${reason}`,
+      ),
+    )
+    this.input.disabled = true
+    this.element.querySelector<HTMLButtonElement>("[data-testid=composer-send]")?.setAttribute("disabled", "")
   }
 
   private renderHeader(): void {

@@ -1,5 +1,6 @@
 import type { ChatMessage, MessageStatus, Role } from "@parley/client"
 import { formatTime, h } from "./dom.js"
+import { explain } from "./errors.js"
 import { mayDelete, mayEdit } from "./permissions.js"
 
 /** The emoji offered for reactions. */
@@ -109,7 +110,7 @@ export function renderMessage(message: ChatMessage, context: MessageContext): HT
       h(
         "p",
         { class: "failure", "data-testid": "message-error" },
-        `Not sent: ${message.error?.message ?? "refused by the relay"}`,
+        `Not sent: ${message.error ? explain(message.error) : "refused by the relay"}`,
       ),
     )
   const reactions = Object.entries(message.reactions).filter(([, users]) => users.length > 0)
