@@ -179,6 +179,7 @@ export class App {
 
   private renderList(entries: readonly ListEntry[]): void {
     this.entries = entries
+    this.view?.refreshHeader()
     const me = this.client.user
     const visible = entries.filter((e) => !e.deleted)
     if (visible.length === 0) {

@@ -156,6 +156,11 @@ export class ConversationView {
     this.element.querySelector<HTMLButtonElement>("[data-testid=composer-send]")?.setAttribute("disabled", "")
   }
 
+  /** Re-reads the header's fields (title, participants, mute) after a change elsewhere, e.g. the inbox. */
+  refreshHeader(): void {
+    this.renderHeader()
+  }
+
   private renderHeader(): void {
     const info = this.conversation.info
     const me = this.client.user
