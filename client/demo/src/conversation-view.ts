@@ -104,21 +104,17 @@ export class ConversationView {
       conversation.on("state", ({ state }) => {
         this.renderHeader()
         if (state.state === "unavailable") this.renderUnavailable(explain(state.error))
+        else if (state.state === "ready") this.clearUnavailable()
       }),
     )
     try {
       await conversation.ready()
     } catch (error) {
-      replaceChildren(
-        this.list,
-        h(
-          "li",
-          { class: "notice", "data-testid": "conversation-unavailable" },
-          `This conversation is unavailable: ${explain(error)}`,
-        ),
-      )
+      this.renderUnavailable(explain(error))
       return
     }
+    // Closed (another conversation picked) while loading.
+    if (this.cleanups.length === 0) return
     this.renderHeader()
     this.cleanups.push(
       conversation.watchMessages({ last: WINDOW }, (messages) => this.renderMessages(messages)),
@@ -144,16 +140,22 @@ export class ConversationView {
 
   /** The relay no longer lets the user in (removed, deleted...): say so, and stop offering to write. */
   private renderUnavailable(reason: string): void {
-    this.element.querySelector("[data-testid=conversation-unavailable]")?.remove()
+    this.clearUnavailable()
     this.typingLine.before(
       h(
         "p",
         { class: "banner", "data-testid": "conversation-unavailable" },
-        `You can no longer write here: ${reason}`,
+        `This conversation is unavailable: ${reason}`,
       ),
     )
     this.input.disabled = true
     this.element.querySelector<HTMLButtonElement>("[data-testid=composer-send]")?.setAttribute("disabled", "")
+  }
+
+  private clearUnavailable(): void {
+    this.element.querySelector("[data-testid=conversation-unavailable]")?.remove()
+    this.input.disabled = false
+    this.element.querySelector("[data-testid=composer-send]")?.removeAttribute("disabled")
   }
 
   /** Re-reads the header's fields (title, participants, mute) after a change elsewhere, e.g. the inbox. */
