@@ -14,7 +14,7 @@ export class App {
   readonly element: HTMLElement
   private readonly listElement = h("ul", { class: "conversation-list", "data-testid": "conversation-list" })
   private readonly pane = h("section", { class: "pane" })
-  private readonly status = h("span", { class: "status", "data-testid": "connection-status" })
+  private readonly status = h("span", { class: "status", role: "status", "data-testid": "connection-status" })
   private readonly toast = h("div", { class: "toast", role: "status", "data-testid": "toast", hidden: true })
   private readonly sidebarSlot = h("div", { class: "sidebar-slot" })
   private entries: readonly ListEntry[] = []

@@ -360,7 +360,7 @@ export class ConversationView {
       this.panel = undefined
       replaceChildren(this.panelSlot)
       this.element.classList.remove("with-panel")
-      this.element.querySelector("[data-testid=participants-toggle]")?.setAttribute("aria-expanded", "false")
+      this.setToggle(false)
       return
     }
     this.panel = participantsPanel(this.conversation, this.client.user, {
@@ -369,7 +369,14 @@ export class ConversationView {
     })
     replaceChildren(this.panelSlot, this.panel.element)
     this.element.classList.add("with-panel")
-    this.element.querySelector("[data-testid=participants-toggle]")?.setAttribute("aria-expanded", "true")
+    this.setToggle(true)
+  }
+
+  private setToggle(open: boolean): void {
+    const toggle = this.element.querySelector("[data-testid=participants-toggle]")
+    if (!toggle) return
+    toggle.setAttribute("aria-expanded", String(open))
+    toggle.textContent = open ? "Close" : "People"
   }
 
   private attempt(operation: () => void): boolean {
