@@ -1,6 +1,6 @@
 import type { ChatClient, ChatMessage, Conversation } from "@parley/client"
 import { h, replaceChildren } from "./dom.js"
-import { explain } from "./errors.js"
+import { detail, explain } from "./errors.js"
 import { type MessageContext, renderKey, renderMessage } from "./message-view.js"
 import { participantsPanel } from "./participants-panel.js"
 import { displayTitle } from "./titles.js"
@@ -103,14 +103,14 @@ export class ConversationView {
     this.cleanups.push(
       conversation.on("state", ({ state }) => {
         this.renderHeader()
-        if (state.state === "unavailable") this.renderUnavailable(explain(state.error))
+        if (state.state === "unavailable") this.renderUnavailable(state.error)
         else if (state.state === "ready") this.clearUnavailable()
       }),
     )
     try {
       await conversation.ready()
     } catch (error) {
-      this.renderUnavailable(explain(error))
+      this.renderUnavailable(error)
       return
     }
     // Closed (another conversation picked) while loading.
@@ -139,13 +139,13 @@ export class ConversationView {
   }
 
   /** The relay no longer lets the user in (removed, deleted...): say so, and stop offering to write. */
-  private renderUnavailable(reason: string): void {
+  private renderUnavailable(error: unknown): void {
     this.clearUnavailable()
     this.typingLine.before(
       h(
         "p",
-        { class: "banner", "data-testid": "conversation-unavailable" },
-        `This conversation is unavailable: ${reason}`,
+        { class: "banner", "data-testid": "conversation-unavailable", title: detail(error) },
+        `This conversation is unavailable: ${explain(error)}.`,
       ),
     )
     this.input.disabled = true

@@ -1,6 +1,6 @@
 import type { ChatMessage, MessageStatus, Role } from "@parley/client"
 import { formatTime, h } from "./dom.js"
-import { explain } from "./errors.js"
+import { detail, explain } from "./errors.js"
 import { mayDelete, mayEdit } from "./permissions.js"
 
 /** The emoji offered for reactions. */
@@ -109,7 +109,11 @@ export function renderMessage(message: ChatMessage, context: MessageContext): HT
     item.append(
       h(
         "p",
-        { class: "failure", "data-testid": "message-error" },
+        {
+          class: "failure",
+          "data-testid": "message-error",
+          title: message.error ? detail(message.error) : undefined,
+        },
         `Not sent: ${message.error ? explain(message.error) : "refused by the relay"}`,
       ),
     )
