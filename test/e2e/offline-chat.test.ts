@@ -111,6 +111,20 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   expect(await carol.page.getByTestId("remove-participant").count()).toBe(0)
   expect(await carol.page.getByTestId("add-participant-form").count()).toBe(0)
   await screenshot("participants", alice, carol)
+
+  // Alice makes Bob an admin: his panel now offers add, and remove for members (never for the owner).
+  await alice.page.locator("[data-testid=participant][data-user=bob] [data-testid=toggle-admin]").click()
+  await bob.page.getByTestId("participants-toggle").click()
+  await bob.page.getByTestId("add-participant-form").waitFor()
+  await bob.page
+    .locator("[data-testid=participant][data-user=carol] [data-testid=remove-participant]")
+    .waitFor()
+  expect(
+    await bob.page
+      .locator("[data-testid=participant][data-user=alice] [data-testid=remove-participant]")
+      .count(),
+  ).toBe(0)
+  await bob.page.getByTestId("participants-toggle").click()
   await alice.page.getByTestId("participants-toggle").click()
   await screenshot("conversation", alice, bob)
 
