@@ -12,7 +12,7 @@ const PHONE = { width: 375, height: 720 }
 const demo = useDemo()
 const screenshot = screenshots("message-actions")
 
-it("replies, reactions, edits, deletions and muting in a direct conversation", {
+it("replies, reactions, edits, deletions, muting and leaving in a direct conversation", {
   timeout: 180_000,
 }, async () => {
   const dana = await DemoUser.open(demo.browser, demo.relay.url, "dana", DESKTOP)
@@ -61,6 +61,13 @@ it("replies, reactions, edits, deletions and muting in a direct conversation", {
   await dana.page.getByTestId("mute-toggle").click()
   await dana.listItem("erin").getByTestId("muted").waitFor()
   await dana.page.getByTestId("mute-toggle").getByText("Unmute").waitFor()
+
+  // Erin leaves: the conversation closes and leaves her list; Dana sees one participant left.
+  await erin.page.getByTestId("participants-toggle").click()
+  await erin.page.getByTestId("leave-conversation").click()
+  await erin.page.getByTestId("toast").getByText("You left the conversation.").waitFor()
+  await erin.page.getByTestId("no-conversations").waitFor()
+  await dana.page.locator("[data-testid=participant][data-user=erin]").waitFor({ state: "detached" })
 
   await Promise.all([dana.close(), erin.close()])
 })
