@@ -180,6 +180,8 @@ export class App {
   private renderList(entries: readonly ListEntry[]): void {
     this.entries = entries
     this.view?.refreshHeader()
+    const unread = entries.reduce((n, e) => n + (e.muted ? 0 : e.unread), 0)
+    document.title = unread > 0 ? `(${unread}) Parley` : "Parley"
     const me = this.client.user
     const visible = entries.filter((e) => !e.deleted)
     if (visible.length === 0) {
