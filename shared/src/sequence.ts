@@ -20,7 +20,7 @@ export function unsequencedMessages(doc: Y.Doc, candidates?: Iterable<MessageId>
 }
 
 /** How many `order` records one Yjs client id writes before the writer takes a new one. */
-export const SEQUENCE_RUN_LENGTH = 256
+export const SEQUENCE_RUN_LENGTH = 1024
 
 const written = new WeakMap<Y.Doc, number>()
 
