@@ -35,6 +35,9 @@ export class MessageIndex {
   readonly reactions = new Map<MessageId, Map<string, Set<UserId>>>()
   /** Sequenced message ids sorted by sequence number. */
   private readonly sequenced: MessageId[] = []
+  /** Ids with a record but no sequence number, in the order this replica saw them. */
+  private readonly pending = new Set<MessageId>()
+  /** Cache of {@link order}, dropped when the sequenced or pending ids change. */
   private canonical: readonly MessageId[] | undefined
   private version = 0
 
@@ -72,23 +75,14 @@ export class MessageIndex {
     return this.version
   }
 
-  /** Every message id in canonical order: sequenced by number, then the rest in array order. */
+  /**
+   * Every message id in canonical order: sequenced by number, then the ones
+   * not sequenced yet in the order this replica saw them (array order for what
+   * it loaded). Those are few — this replica's pending messages until the relay
+   * numbers them — so the common case returns the sequenced list itself.
+   */
   order(): readonly MessageId[] {
-    if (this.canonical) return this.canonical
-    const known = new Set<MessageId>()
-    for (const id of this.records.keys()) if (!this.seqOf.has(id)) known.add(id)
-    for (const id of this.deleted.keys()) if (!this.seqOf.has(id)) known.add(id)
-    if (known.size === 0) {
-      this.canonical = this.sequenced
-    } else {
-      // Pending messages are few (only this replica's, until the relay sees them), so
-      // one scan of the array per change is the price of a convergent local order.
-      const pending: MessageId[] = []
-      for (const record of typesOf(this.doc).messages) {
-        if (known.delete(record.id)) pending.push(record.id)
-      }
-      this.canonical = [...this.sequenced, ...pending]
-    }
+    this.canonical ??= this.pending.size === 0 ? this.sequenced : [...this.sequenced, ...this.pending]
     return this.canonical
   }
 
@@ -124,12 +118,10 @@ export class MessageIndex {
 
   /** Ids present in the document but without a sequence number. */
   unsequenced(): MessageId[] {
-    const order = this.order()
-    return order.slice(this.sequenced.length) as MessageId[]
+    return [...this.pending]
   }
 
   private touch() {
-    this.canonical = undefined
     this.version++
   }
 
@@ -169,6 +161,12 @@ export class MessageIndex {
     else this.records.delete(id)
     if (placeholder) this.deleted.set(id, placeholder)
     else this.deleted.delete(id)
+    const isPending = (live !== undefined || placeholder !== undefined) && !this.seqOf.has(id)
+    if (isPending !== this.pending.has(id)) {
+      if (isPending) this.pending.add(id)
+      else this.pending.delete(id)
+      this.canonical = undefined
+    }
   }
 
   private addSequence(value: string) {
@@ -182,6 +180,8 @@ export class MessageIndex {
       this.seqOf.set(id, seq)
       if (seq > this.lastSequence()) this.sequenced.push(id)
       else this.sequenced.splice(this.sequencedIndexOf(seq), 0, id)
+      this.pending.delete(id)
+      this.canonical = undefined
     })
   }
 
