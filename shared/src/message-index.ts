@@ -41,7 +41,7 @@ export class MessageIndex {
   private canonical: readonly MessageId[] | undefined
   private version = 0
 
-  constructor(private readonly doc: Y.Doc) {
+  constructor(doc: Y.Doc) {
     const t = typesOf(doc)
     for (const record of t.messages.toArray()) this.addRecord(record)
     for (const value of t.order) this.addSequence(value)

@@ -140,17 +140,15 @@ Y.applyUpdate(plainLoaded, plainSnapshot)
 const plainDecodeMs = performance.now() - t
 const plainHeap = heap() - plainHeapBefore
 const plainApplyUs = applyCost(plainLoaded, plainSnapshot, (device, i) =>
-  device
-    .getArray("messages")
-    .push([
-      {
-        id: newMessageId(),
-        author: users[i % users.length]!,
-        body: `New message ${i}`,
-        createdAt: Date.now(),
-        type: "text",
-      },
-    ]),
+  device.getArray("messages").push([
+    {
+      id: newMessageId(),
+      author: users[i % users.length]!,
+      body: `New message ${i}`,
+      createdAt: Date.now(),
+      type: "text",
+    },
+  ]),
 )
 
 const results = {
