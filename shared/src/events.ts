@@ -16,7 +16,7 @@ import {
   parseReactionKey,
   type Role,
 } from "./schema.js"
-import { addedItems, contentOf } from "./transaction-changes.js"
+import { addedItems, contentOf, inListOrder } from "./transaction-changes.js"
 
 /**
  * What happened in a conversation, derived from what a Yjs transaction changed.
@@ -92,7 +92,7 @@ export function observeChanges(
   }
   const onMessages = (event: Y.YArrayEvent<MessageRecord | DeletedMessageRecord>) => {
     slot(event.transaction).messages = contentOf(
-      addedItems(event.transaction, t.messages as Y.AbstractType<unknown>),
+      inListOrder(addedItems(event.transaction, t.messages as Y.AbstractType<unknown>)),
     )
   }
   const onOrder = (event: Y.YArrayEvent<string>) => {

@@ -9,7 +9,7 @@ import {
   type MessageRecord,
   parseReactionKey,
 } from "./schema.js"
-import { addedItems, contentOf, deletedItems } from "./transaction-changes.js"
+import { addedItems, contentOf, deletedItems, inListOrder } from "./transaction-changes.js"
 
 /**
  * Lookups over a conversation's messages that the array and maps do not give
@@ -48,7 +48,8 @@ export class MessageIndex {
     for (const key of t.reactions.keys()) this.addReaction(key)
     t.messages.observe((event) => {
       const messages = t.messages as Y.AbstractType<unknown>
-      for (const r of contentOf<MessageRecord>(addedItems(event.transaction, messages))) this.addRecord(r)
+      for (const r of contentOf<MessageRecord>(inListOrder(addedItems(event.transaction, messages))))
+        this.addRecord(r)
       for (const r of contentOf<MessageRecord>(deletedItems(event.transaction, messages)))
         this.removeRecord(r)
       this.touch()

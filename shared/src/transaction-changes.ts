@@ -43,6 +43,31 @@ export function deletedItems(transaction: Y.Transaction, type: Y.AbstractType<un
   return deleted
 }
 
+/**
+ * `items` (live items of one array) in the array's order, found by walking
+ * the list from each run's first item rather than by scanning the array: an
+ * offline burst arrives in clock order, but a deletion placeholder written
+ * after later messages sits before them in the array, and the relay numbers
+ * pending messages in the order their writer put them.
+ */
+export function inListOrder(items: readonly Y.Item[]): Y.Item[] {
+  if (items.length <= 1) return [...items]
+  const wanted = new Set(items)
+  const isHead = (item: Y.Item) => {
+    let left = item.left
+    while (left && left.deleted && !wanted.has(left)) left = left.left
+    return !(left && wanted.has(left))
+  }
+  const ordered: Y.Item[] = []
+  for (const head of items.filter(isHead)) {
+    for (let item: Y.Item | null = head; item; item = item.right) {
+      if (wanted.has(item)) ordered.push(item)
+      else if (!item.deleted) break
+    }
+  }
+  return ordered
+}
+
 /** The values held by `items`, in order. */
 export const contentOf = <T>(items: readonly Y.Item[]): T[] =>
   items.flatMap((item) => item.content.getContent() as T[])

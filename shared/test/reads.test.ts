@@ -59,6 +59,21 @@ describe("sequence numbers and canonical order", () => {
     expect(bodies(listMessages(offline, { last: 10 }))).toEqual(bodies(listMessages(relay, { last: 10 })))
   })
 
+  it("numbers an offline burst in the order its writer put it, deletion placeholders in place", () => {
+    const relay = groupDoc()
+    const offline = replicaOf(relay)
+    const before = Y.encodeStateVector(offline)
+    const first = sendMessage(offline, bob, { body: "first" })
+    const second = sendMessage(offline, bob, { body: "second" })
+    const third = sendMessage(offline, bob, { body: "third" })
+    deleteMessage(offline, bob, second.id)
+    expect(listMessages(relay, { last: 3 })).toEqual([]) // the relay's index exists before the burst arrives
+    Y.applyUpdate(relay, Y.encodeStateAsUpdate(offline, before))
+    assignSequenceNumbers(relay, nextFromDocument(relay), [third.id, second.id, first.id])
+    expect([first, second, third].map((m) => getMessage(relay, m.id)?.seq)).toEqual([1, 2, 3])
+    expect(listMessages(relay, { last: 3 }).map((m) => m.type)).toEqual(["text", "deleted", "text"])
+  })
+
   it("keeps the lowest number when a message was numbered twice", () => {
     const { doc, ids } = conversationWith(2)
     writeSequenceNumbers(doc, 7, [ids[0]!])
