@@ -55,7 +55,7 @@ export function inListOrder(items: readonly Y.Item[]): Y.Item[] {
   const wanted = new Set(items)
   const isHead = (item: Y.Item) => {
     let left = item.left
-    while (left && left.deleted && !wanted.has(left)) left = left.left
+    while (left?.deleted && !wanted.has(left)) left = left.left
     return !(left && wanted.has(left))
   }
   const ordered: Y.Item[] = []
