@@ -10,9 +10,11 @@ export type {
   ConversationId,
   ConversationInfo,
   ConversationKind,
+  InboxItem,
   Markers,
   MarkerTarget,
   MessageId,
+  MessagePreview,
   MessageView,
   MessageWindow,
   Metadata,
@@ -48,6 +50,7 @@ export type {
   SendOptions,
 } from "./conversation.js"
 export type { Listener } from "./emitter.js"
+export type { Inbox, InboxEvents } from "./inbox.js"
 export type { MessageStatus } from "./message-status.js"
 export type { StorageKind } from "./storage.js"
 export type { TokenSource } from "./token.js"

@@ -1,11 +1,10 @@
-import type { ChatClient } from "@parley/client"
+import type { ChatClient, InboxItem } from "@parley/client"
 
 /**
  * One row of the conversation list: an inbox item (conversation id, kind,
  * title, participants summary, last message, unread, muted, last activity).
- * `@parley/client` does not export the `InboxItem` type by name, so it is taken from `client.inbox`.
  */
-export type ListEntry = ChatClient["inbox"]["items"][number]
+export type ListEntry = InboxItem
 
 /**
  * Calls `listener` with the user's conversations, newest activity first, now
