@@ -24,8 +24,23 @@ export type {
   Role,
   UserId,
 } from "@parley/shared"
+/**
+ * Re-exported from `@parley/shared`: the rules the SDK and the relay enforce,
+ * for UIs that show only what the user may do.
+ */
 /** Re-exported from `@parley/shared`: the one error class and its codes. */
-export { ErrorCode, ParleyError } from "@parley/shared"
+export {
+  canAddParticipant,
+  canChangeRole,
+  canDeleteMessage,
+  canEditMessage,
+  canRemoveParticipant,
+  canUpdateConversation,
+  type Decision,
+  ErrorCode,
+  ParleyError,
+  Rule,
+} from "@parley/shared"
 export {
   type ChatClient,
   type ChatClientEvents,

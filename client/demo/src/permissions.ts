@@ -1,20 +1,28 @@
-import type { ConversationKind, Role } from "@parley/client"
+import {
+  type ConversationKind,
+  canAddParticipant,
+  canChangeRole,
+  canDeleteMessage,
+  canEditMessage,
+  canRemoveParticipant,
+  type Role,
+  type UserId,
+} from "@parley/client"
 
-// Which buttons to show. The SDK refuses forbidden operations (FORBIDDEN) and
-// the relay enforces the rules; the UI only hides what would be refused.
+// Which buttons to show: the same rules the SDK and the relay enforce, so the UI
+// hides exactly what would be refused.
 
-const isManager = (role: Role | undefined) => role === "owner" || role === "admin"
-
-/** May the user edit a message by `author`? Authors only. */
+/** May the user edit a message by `author`? */
 export const mayEdit = (me: string, author: string, role: Role | undefined) =>
-  role !== undefined && me === author
+  canEditMessage(me as UserId, role, author as UserId).allowed
 
-/** May the user delete a message by `author`? Its author, owners and admins. */
+/** May the user delete a message by `author`? */
 export const mayDelete = (me: string, author: string, role: Role | undefined) =>
-  role !== undefined && (me === author || isManager(role))
+  canDeleteMessage(me as UserId, role, author as UserId).allowed
 
-/** May the user add participants? Owners and admins of groups. */
-export const mayAdd = (kind: ConversationKind, role: Role | undefined) => kind === "group" && isManager(role)
+/** May the user add participants (as members)? */
+export const mayAdd = (kind: ConversationKind, role: Role | undefined) =>
+  canAddParticipant(role, kind, "member").allowed
 
 /** May the user remove `target` (whose role is `targetRole`)? Themselves means leaving, shown apart. */
 export const mayRemove = (
@@ -23,8 +31,8 @@ export const mayRemove = (
   kind: ConversationKind,
   target: string,
   targetRole: Role,
-) => kind === "group" && target !== me && isManager(role) && (targetRole !== "owner" || role === "owner")
+) => target !== me && canRemoveParticipant(me as UserId, role, kind, target as UserId, targetRole).allowed
 
-/** May the user make `target` an admin or a member? Owners and admins of groups; owners only touch owners. */
+/** May the user switch `target` between admin and member? */
 export const mayChangeRole = (role: Role | undefined, kind: ConversationKind, targetRole: Role) =>
-  kind === "group" && isManager(role) && (targetRole !== "owner" || role === "owner")
+  canChangeRole(role, kind, targetRole, targetRole === "admin" ? "member" : "admin").allowed
