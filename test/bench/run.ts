@@ -222,6 +222,10 @@ const fanoutRows: [string, (r: Awaited<ReturnType<typeof fanout>>) => Cell][] = 
   ["latency p99 ms", (r) => ms(r.latencyMs.p99)],
   ["latency max ms", (r) => ms(r.latencyMs.max)],
   [
+    "after the first 5 s: p50 / p99 ms",
+    (r) => (r.steadyLatencyMs ? `${ms(r.steadyLatencyMs.p50)} / ${ms(r.steadyLatencyMs.p99)}` : "–"),
+  ],
+  [
     "saved ack p50 / p99 ms",
     (r) => (r.savedAckMs ? `${ms(r.savedAckMs.p50)} / ${ms(r.savedAckMs.p99)}` : "–"),
   ],

@@ -27,6 +27,8 @@ export interface FanoutResult {
   readonly deliveries: number
   readonly lost: number
   readonly latencyMs: Distribution
+  /** The same, for messages sent after the first 5 s (once every code path is warm). */
+  readonly steadyLatencyMs: Distribution
   /** Parley with acknowledgements: send → "saved" ack for the sender. */
   readonly savedAckMs?: Distribution
   readonly serverCpuMs: number
@@ -56,6 +58,9 @@ export async function fanout(
   const sentAt = new Map<MessageId, number>()
   const sender = new Map<MessageId, BenchClient>()
   const latencies: number[] = []
+  const steady: number[] = []
+  // Messages are sent from `started`; those sent after `steadyFrom` count as steady state.
+  let steadyFrom = Number.POSITIVE_INFINITY
   const ackLatencies: number[] = []
   let deliveries = 0
   // Sends not yet acknowledged as saved, per client, in send order.
@@ -67,6 +72,7 @@ export async function fanout(
         const at = sentAt.get(id)
         if (at === undefined || sender.get(id) === client) continue
         latencies.push(now - at)
+        if (at >= steadyFrom) steady.push(now - at)
         deliveries++
       }
     })
@@ -89,6 +95,7 @@ export async function fanout(
   const before = server.read()
   const generatorBefore = generatorCpuMs()
   const started = performance.now()
+  steadyFrom = started + 5000
   let counter = 0
   await Promise.all(
     clients.map(async (client) => {
@@ -120,6 +127,7 @@ export async function fanout(
     deliveries,
     lost: expectedDeliveries - deliveries,
     latencyMs: distribution(latencies),
+    steadyLatencyMs: distribution(steady),
     ...(acknowledgements ? { savedAckMs: distribution(ackLatencies) } : {}),
     serverCpuMs,
     serverCpuMsPer1000Deliveries: deliveries > 0 ? (serverCpuMs / deliveries) * 1000 : Number.NaN,
