@@ -42,8 +42,16 @@ function affectedUsers(event: HookEvent): UserId[] {
  * affected entries from the conversation as it is now (shared `inboxEntryFor`),
  * so a repeated or late delivery writes the same thing and rebuilding an inbox
  * from the conversations gives what incremental maintenance gives.
+ *
+ * Because an entry is computed from the current state, an event whose users'
+ * entries were all recomputed after the event was derived is already reflected
+ * and is skipped: a burst (an offline device's backlog, an import of thousands
+ * of messages) costs one recomputation per user, not one per message.
  */
 export function inboxTarget(host: () => HookHost | undefined): DeliveryTarget {
+  /** When each (conversation, user) entry was last recomputed: `${conversation}\u0000${user}` → ms. */
+  const computedAt = new Map<string, number>()
+  const key = (conversation: string, user: string) => `${conversation}\u0000${user}`
   return {
     name: "inbox",
     accepts: (type) => INBOX_EVENTS.has(type),
@@ -51,10 +59,19 @@ export function inboxTarget(host: () => HookHost | undefined): DeliveryTarget {
       const relay = host()
       if (!relay) throw new Error("the relay core is not connected yet")
       const conversation = event.event.conversationId
+      // Strictly later: a recomputation in the same millisecond may have read the state before this change.
+      const users = affectedUsers(event).filter(
+        (user) => (computedAt.get(key(conversation, user)) ?? -1) <= event.event.time,
+      )
+      if (users.length === 0) return
+      const started = Date.now()
       const entries = await relay.read(conversation, (doc) =>
-        affectedUsers(event).map((user) => [user, inboxEntryFor(doc, user)] as const),
+        users.map((user) => [user, inboxEntryFor(doc, user)] as const),
       )
       await writeEntries(relay, conversation, entries)
+      // Only an optimisation: forgetting it costs a recomputation, never a wrong entry.
+      if (computedAt.size > 100_000) computedAt.clear()
+      for (const user of users) computedAt.set(key(conversation, user), started)
     },
     retryDelay: exponentialBackoff({ baseMs: 500, maxMs: 30_000, attempts: 20 }),
   }
