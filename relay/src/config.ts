@@ -59,7 +59,7 @@ export const FLAGS = {
     kind: "integer",
     env: "PARLEY_MAX_BUFFERED_BYTES",
     help: "send queue per connection (then close 4429)",
-    default: String(8 * 1024 * 1024),
+    default: String(64 * 1024 * 1024),
   },
   "max-messages-per-second": {
     kind: "integer",

@@ -247,9 +247,7 @@ export class WsTransport {
       send: (frame) => {
         if (ws.readyState !== WebSocket.OPEN) return
         ws.send(frame)
-        // What was still queued before this frame counts: a single frame larger than the limit (the
-        // initial sync of a big conversation) goes out, a reader that falls behind is cut off.
-        if (ws.bufferedAmount - frame.length > limits.maxBufferedBytes) {
+        if (ws.bufferedAmount > limits.maxBufferedBytes) {
           metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
           log.info({ doc: name, buffered: ws.bufferedAmount }, "closed: client reads too slowly")
           connection?.close(CloseCode.RateLimited.code, "Send queue full")
