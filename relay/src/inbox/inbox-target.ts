@@ -77,17 +77,23 @@ export function inboxTarget(host: () => HookHost | undefined): DeliveryTarget {
   }
 }
 
-/** Writes entries into their users' inboxes, concurrently so that the storage commits them as one group. */
+/**
+ * Writes entries into their users' inboxes, concurrently so that the storage
+ * commits them as one group. Unchanged entries write nothing (shared
+ * `writeInboxEntry`); returns how many changed.
+ */
 export async function writeEntries(
   host: HookHost,
   conversation: ConversationId,
   entries: readonly (readonly [UserId, InboxEntry | undefined])[],
-): Promise<void> {
+): Promise<number> {
+  let changed = 0
   await Promise.all(
     entries.map(([user, entry]) =>
       host.write(inboxDocumentName(user), { kind: "relay" }, (inbox) => {
-        writeInboxEntry(inbox, conversation, entry)
+        if (writeInboxEntry(inbox, conversation, entry)) changed++
       }),
     ),
   )
+  return changed
 }

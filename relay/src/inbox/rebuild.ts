@@ -1,7 +1,6 @@
 import {
   type ConversationId,
   InboxTopLevel,
-  inboxDocumentName,
   inboxEntryFor,
   listParticipants,
   parseDocumentName,
@@ -42,18 +41,7 @@ export async function rebuildInboxes(host: HookHost, storage: RelayStorage): Pro
     )
     for (const [user] of entries)
       map.setIfUndefined(member, user, () => new Set<ConversationId>()).add(parsed.id)
-    const stale = await Promise.all(
-      entries.map(([user, entry]) =>
-        host.read(
-          inboxDocumentName(user),
-          (inbox) =>
-            JSON.stringify(inbox.getMap(InboxTopLevel.entries).get(parsed.id)) !== JSON.stringify(entry),
-        ),
-      ),
-    )
-    const changed = entries.filter((_, i) => stale[i])
-    written += changed.length
-    await writeEntries(host, parsed.id, changed)
+    written += await writeEntries(host, parsed.id, entries)
   }
   let removed = 0
   for (const name of names) {
