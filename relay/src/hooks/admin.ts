@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { ErrorCode, ParleyError } from "@parley/shared"
-import type { DeadLetter, DeadLetterFilter, Delivery } from "./outbox.js"
+import { type DeadLetter, type DeadLetterFilter, type Delivery, describeDeadLetter } from "./outbox.js"
 
 /** What the admin endpoint needs: the dead letters, a replay, and who is asking. */
 export interface DeadLetterAdmin {
@@ -40,16 +40,7 @@ export function deadLetterRoutes(admin: DeadLetterAdmin) {
       if (path === PATH && req.method === "GET") {
         const letters = await admin.deadLetters()
         send(res, 200, {
-          deadLetters: letters.map((d) => ({
-            eventId: d.event.event.id,
-            type: d.event.event.type,
-            document: d.document,
-            target: d.target,
-            attempts: d.attempts,
-            lastError: d.lastError,
-            deadAt: new Date(d.deadAt).toISOString(),
-            event: d.event,
-          })),
+          deadLetters: letters.map((d) => ({ ...describeDeadLetter(d), event: d.event })),
         })
         return true
       }

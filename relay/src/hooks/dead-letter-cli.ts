@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
-import type { DeadLetterFilter } from "./outbox.js"
+import { type DeadLetterFilter, describeDeadLetter } from "./outbox.js"
 import { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
 
 const USAGE = `Usage: parley-relay dead-letters list|replay [--data-dir DIR] [--event-id ID] [--target NAME] [--document NAME]
@@ -43,17 +43,7 @@ export async function runDeadLetterCli(
   try {
     if (command === "list") {
       for (const d of await outbox.deadLetters()) {
-        out(
-          JSON.stringify({
-            eventId: d.event.event.id,
-            type: d.event.event.type,
-            document: d.document,
-            target: d.target,
-            attempts: d.attempts,
-            lastError: d.lastError,
-            deadAt: new Date(d.deadAt).toISOString(),
-          }),
-        )
+        out(JSON.stringify(describeDeadLetter(d)))
       }
       return 0
     }

@@ -20,6 +20,19 @@ export interface DeadLetter extends Delivery {
   readonly deadAt: number
 }
 
+/** A dead letter as operators see it (admin endpoint, CLI): plain JSON without the event body. */
+export function describeDeadLetter(d: DeadLetter) {
+  return {
+    eventId: d.event.event.id,
+    type: d.event.event.type,
+    document: d.document,
+    target: d.target,
+    attempts: d.attempts,
+    lastError: d.lastError,
+    deadAt: new Date(d.deadAt).toISOString(),
+  }
+}
+
 /** Which dead letters to replay: all, or those matching every given field. */
 export interface DeadLetterFilter {
   readonly eventId?: string
