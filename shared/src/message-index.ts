@@ -24,9 +24,11 @@ export class MessageIndex {
   /** Deletion placeholders by id. */
   readonly deleted = new Map<MessageId, DeletedMessageRecord>()
   /**
-   * Every record present per id. Usually one; two users deleting a message
-   * concurrently leave two placeholders, and the one shown must be the same on
-   * every replica whatever order they arrived in, so it is chosen by content.
+   * Every record present per id, kept only for ids with more than one: two
+   * users deleting a message concurrently leave two placeholders, and the one
+   * shown must be the same on every replica whatever order they arrived in, so
+   * it is chosen by content. For every other id (all but a handful) the two
+   * maps above are the whole truth, which keeps the index small.
    */
   private readonly copies = new Map<MessageId, (MessageRecord | DeletedMessageRecord)[]>()
   /** Sequence number of each sequenced message (the lowest, if several). */
@@ -127,24 +129,43 @@ export class MessageIndex {
   }
 
   private addRecord(record: MessageRecord | DeletedMessageRecord) {
-    map
-      .setIfUndefined(this.copies, record.id, (): (MessageRecord | DeletedMessageRecord)[] => [])
-      .push(record)
-    this.choose(record.id)
+    const id = record.id
+    const live = this.records.get(id)
+    const placeholder = this.deleted.get(id)
+    let list = this.copies.get(id)
+    if (!list && !live && !placeholder) {
+      if (isDeletedRecord(record)) this.deleted.set(id, record)
+      else this.records.set(id, record)
+      this.updatePending(id)
+      return
+    }
+    if (!list) {
+      list = [live, placeholder].filter((r) => r !== undefined)
+      this.copies.set(id, list)
+    }
+    list.push(record)
+    this.choose(id, list)
   }
 
   private removeRecord(record: MessageRecord | DeletedMessageRecord) {
-    const list = this.copies.get(record.id)
-    const at = list?.indexOf(record) ?? -1
-    if (list && at >= 0) list.splice(at, 1)
-    if (list?.length === 0) this.copies.delete(record.id)
-    this.choose(record.id)
+    const id = record.id
+    const list = this.copies.get(id)
+    if (list) {
+      const at = list.indexOf(record)
+      if (at >= 0) list.splice(at, 1)
+      this.choose(id, list)
+      if (list.length <= 1) this.copies.delete(id)
+      return
+    }
+    if (this.records.get(id) === record) this.records.delete(id)
+    if (this.deleted.get(id) === record) this.deleted.delete(id)
+    this.updatePending(id)
   }
 
-  private choose(id: MessageId) {
+  private choose(id: MessageId, list: readonly (MessageRecord | DeletedMessageRecord)[]) {
     let live: MessageRecord | undefined
     let placeholder: DeletedMessageRecord | undefined
-    for (const r of this.copies.get(id) ?? []) {
+    for (const r of list) {
       if (isDeletedRecord(r)) {
         if (
           !placeholder ||
@@ -162,7 +183,12 @@ export class MessageIndex {
     else this.records.delete(id)
     if (placeholder) this.deleted.set(id, placeholder)
     else this.deleted.delete(id)
-    const isPending = (live !== undefined || placeholder !== undefined) && !this.seqOf.has(id)
+    this.updatePending(id)
+  }
+
+  /** Keeps `pending` in step after the records of `id` changed. */
+  private updatePending(id: MessageId) {
+    const isPending = (this.records.has(id) || this.deleted.has(id)) && !this.seqOf.has(id)
     if (isPending !== this.pending.has(id)) {
       if (isPending) this.pending.add(id)
       else this.pending.delete(id)

@@ -19,10 +19,17 @@ export function unsequencedMessages(doc: Y.Doc, candidates?: Iterable<MessageId>
   return index.unsequenced().filter((id) => wanted.has(id))
 }
 
-/** How many `order` records one Yjs client id writes before the writer takes a new one. */
-export const SEQUENCE_RUN_LENGTH = 1024
+/** How many `order` records one writer's client id appends before it hands over to the other. */
+export const SEQUENCE_RUN_LENGTH = 256
 
-const written = new WeakMap<Y.Doc, number>()
+/** The two client ids a document's sequence writer alternates between, and where it is. */
+interface SequenceWriter {
+  readonly ids: [number, number | undefined]
+  current: 0 | 1
+  written: number
+}
+
+const writers = new WeakMap<Y.Doc, SequenceWriter>()
 
 /**
  * Gives `ids` the numbers `from`, `from + 1`, ... in one record of the `order`
@@ -31,9 +38,14 @@ const written = new WeakMap<Y.Doc, number>()
  *
  * Yjs merges consecutive array items of one client by concatenating their
  * content, so a single writer appending forever makes each append cost the
- * length of its run. Every {@link SEQUENCE_RUN_LENGTH} records the document
- * therefore takes a fresh client id; the caller (the relay) binds every client
- * id it writes under to itself.
+ * length of its run. Taking a fresh client id every so often bounds the run but
+ * adds a client to the document for good, and Yjs does work proportional to the
+ * number of clients in every transaction on every replica. So the writer
+ * alternates between two client ids, switching every {@link SEQUENCE_RUN_LENGTH}
+ * records: an item whose left neighbour belongs to the other id never merges,
+ * which bounds every run, and the document gains two clients per writer instead
+ * of one per run. The caller (the relay) binds every client id it writes under
+ * to itself.
  */
 export function writeSequenceNumbers(
   doc: Y.Doc,
@@ -42,9 +54,18 @@ export function writeSequenceNumbers(
   origin?: unknown,
 ): void {
   if (ids.length === 0) return
-  const count = written.get(doc) ?? 0
-  if (count > 0 && count % SEQUENCE_RUN_LENGTH === 0) doc.clientID = freshClientId()
-  written.set(doc, count + 1)
+  let writer = writers.get(doc)
+  if (!writer) {
+    writer = { ids: [doc.clientID, undefined], current: 0, written: 0 }
+    writers.set(doc, writer)
+  }
+  if (writer.written === SEQUENCE_RUN_LENGTH) {
+    writer.current = writer.current === 0 ? 1 : 0
+    writer.ids[writer.current] ??= freshClientId()
+    writer.written = 0
+  }
+  writer.written++
+  doc.clientID = writer.ids[writer.current]!
   doc.transact(() => typesOf(doc).order.push([encodeSequenceRecord({ from, ids })]), origin)
 }
 

@@ -8,9 +8,7 @@ import * as Y from "yjs"
  */
 export function addedItems(transaction: Y.Transaction, type: Y.AbstractType<unknown>): Y.Item[] {
   const added: Y.Item[] = []
-  for (const [client, after] of transaction.afterState) {
-    const before = transaction.beforeState.get(client) ?? 0
-    if (after <= before) continue
+  for (const [client, before] of writersOf(transaction)) {
     const structs = transaction.doc.store.clients.get(client)
     if (!structs) continue
     for (let i = Y.findIndexSS(structs, before); i < structs.length; i++) {
@@ -26,6 +24,27 @@ export function addedItems(transaction: Y.Transaction, type: Y.AbstractType<unkn
     }
   }
   return added
+}
+
+const writers = new WeakMap<Y.Transaction, [client: number, before: number][]>()
+
+/**
+ * The clients a transaction added structs for, with their clock before it.
+ * Comparing the state vectors costs one step per client the document has ever
+ * seen (hundreds in a long conversation: every device session is one), so it is
+ * done once per transaction, not once per observer.
+ */
+function writersOf(transaction: Y.Transaction): [number, number][] {
+  let found = writers.get(transaction)
+  if (!found) {
+    found = []
+    for (const [client, after] of transaction.afterState) {
+      const before = transaction.beforeState.get(client) ?? 0
+      if (after > before) found.push([client, before])
+    }
+    writers.set(transaction, found)
+  }
+  return found
 }
 
 /** Items of `type` that existed before `transaction` and were deleted by it. */

@@ -12,6 +12,7 @@ import {
   markRead,
   messageCount,
   nextFromDocument,
+  SEQUENCE_RUN_LENGTH,
   sendMessage,
   typesOf,
   unreadCount,
@@ -57,6 +58,33 @@ describe("sequence numbers and canonical order", () => {
     sync(relay, offline)
     expect(getMessage(offline, early.id)?.seq).toBe(3)
     expect(bodies(listMessages(offline, { last: 10 }))).toEqual(bodies(listMessages(relay, { last: 10 })))
+  })
+
+  it("keeps the relay's order runs short and its client ids to two, however many messages it numbers", () => {
+    const relay = groupDoc()
+    const device = replicaOf(relay)
+    const clientsBefore = new Set(relay.store.clients.keys())
+    const total = SEQUENCE_RUN_LENGTH * 3 + 5
+    for (let i = 0; i < total; i++) {
+      const sent = sendMessage(device, bob, { body: `m${i}` })
+      Y.applyUpdate(relay, Y.encodeStateAsUpdate(device, Y.encodeStateVector(relay)))
+      assignSequenceNumbers(relay, nextFromDocument(relay), [sent.id])
+    }
+    const writers = [...relay.store.clients.keys()].filter(
+      (client) => !clientsBefore.has(client) && client !== device.clientID,
+    )
+    expect(writers).toHaveLength(1) // the relay's first id wrote before the device joined
+    const orderWriters = new Set<number>()
+    let longest = 0
+    for (let item = typesOf(relay).order._start; item; item = item.right) {
+      orderWriters.add(item.id.client)
+      longest = Math.max(longest, item.length)
+    }
+    expect(orderWriters.size).toBe(2)
+    expect(longest).toBeLessThanOrEqual(SEQUENCE_RUN_LENGTH)
+    expect(lastSequence(relay)).toBe(total)
+    const replica = replicaOf(relay)
+    expect(listMessages(replica, { last: 2 }).map((m) => m.seq)).toEqual([total - 1, total])
   })
 
   it("numbers an offline burst in the order its writer put it, deletion placeholders in place", () => {
