@@ -1,8 +1,10 @@
 import {
+  decodeStoredRecord,
   type MessageId,
   type MessageIndex,
   messageIndex,
   type ParleyError,
+  storedRecordId,
   TopLevel,
   typesOf,
   type UserId,
@@ -99,13 +101,13 @@ export class MessageStatuses {
     const known = this.items.get(id)
     if (known || this.walkedAt === this.index.changes) return known
     this.walkedAt = this.index.changes
-    const messages = this.doc.get(TopLevel.messages, Y.Array) as Y.Array<{ id: MessageId; author: string }>
+    const messages = this.doc.get(TopLevel.messages, Y.Array) as Y.Array<unknown>
     for (let item = messages._start; item !== null; item = item.right) {
       if (item.deleted) continue
-      const records = item.content.getContent() as { id: MessageId; author: string }[]
-      records.forEach((record, j) => {
-        if (record.author === this.user && !this.index.seqOf.has(record.id))
-          this.items.set(record.id, { client: item.id.client, clock: item.id.clock + j })
+      item.content.getContent().forEach((value, j) => {
+        const id = storedRecordId(value)
+        if (id && !this.index.seqOf.has(id) && decodeStoredRecord(value)?.author === this.user)
+          this.items.set(id, { client: item.id.client, clock: item.id.clock + j })
       })
     }
     return this.items.get(id)

@@ -1,5 +1,5 @@
 import "fake-indexeddb/auto"
-import { ErrorCode, type MessageId, ParleyError, typesOf } from "@parley/shared"
+import { ErrorCode, type MessageId, ParleyError, storedRecordId, typesOf } from "@parley/shared"
 import { SignJWT } from "jose"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import type { Conversation, MessageStatus } from "../src/index.js"
@@ -29,7 +29,7 @@ const name = (base: string) => `${base}${++unique}`
 const copies = (chat: Conversation, id: string) =>
   typesOf(chat.doc)
     .messages.toArray()
-    .filter((r) => r.id === id).length
+    .filter((r) => storedRecordId(r) === id).length
 
 const bodies = (chat: Conversation) => chat.messages({ last: 100 }).map((m) => m.body)
 

@@ -1,17 +1,12 @@
 import type * as Y from "yjs"
-import {
-  type DeletedMessageRecord,
-  type EditRecord,
-  type MessageRecord,
-  type ParticipantRecord,
-  TopLevel,
-} from "./schema.js"
+import { type EditRecord, type ParticipantRecord, TopLevel } from "./schema.js"
 
 /** The typed top-level types of a conversation document. */
 export interface ConversationTypes {
   readonly meta: Y.Map<unknown>
   readonly participants: Y.Map<ParticipantRecord>
-  readonly messages: Y.Array<MessageRecord | DeletedMessageRecord>
+  /** Stored records (see `StoredMessage`); read them with `decodeStoredRecord`. */
+  readonly messages: Y.Array<unknown>
   readonly edits: Y.Map<EditRecord>
   readonly reactions: Y.Map<number>
   readonly read: Y.Map<number>

@@ -7,6 +7,7 @@ import {
   type ConversationInfo,
   type DeletedMessageRecord,
   decodeSequenceRecord,
+  decodeStoredRecord,
   type EditRecord,
   isDeletedRecord,
   type MessageRecord,
@@ -90,10 +91,12 @@ export function observeChanges(
   const onMap = (name: string) => (event: Y.YMapEvent<unknown>) => {
     slot(event.transaction)[name] = new Map(event.changes.keys)
   }
-  const onMessages = (event: Y.YArrayEvent<MessageRecord | DeletedMessageRecord>) => {
+  const onMessages = (event: Y.YArrayEvent<unknown>) => {
     slot(event.transaction).messages = contentOf(
       inListOrder(addedItems(event.transaction, t.messages as Y.AbstractType<unknown>)),
     )
+      .map(decodeStoredRecord)
+      .filter((record) => record !== undefined)
   }
   const onOrder = (event: Y.YArrayEvent<string>) => {
     slot(event.transaction).order = contentOf(

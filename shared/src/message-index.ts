@@ -5,6 +5,7 @@ import type { MessageId, UserId } from "./ids.js"
 import {
   type DeletedMessageRecord,
   decodeSequenceRecord,
+  decodeStoredRecord,
   isDeletedRecord,
   type MessageRecord,
   parseReactionKey,
@@ -45,15 +46,14 @@ export class MessageIndex {
 
   constructor(doc: Y.Doc) {
     const t = typesOf(doc)
-    for (const record of t.messages.toArray()) this.addRecord(record)
+    for (const value of t.messages.toArray()) this.addStored(value)
     for (const value of t.order) this.addSequence(value)
     for (const key of t.reactions.keys()) this.addReaction(key)
     t.messages.observe((event) => {
       const messages = t.messages as Y.AbstractType<unknown>
-      for (const r of contentOf<MessageRecord>(inListOrder(addedItems(event.transaction, messages))))
-        this.addRecord(r)
-      for (const r of contentOf<MessageRecord>(deletedItems(event.transaction, messages)))
-        this.removeRecord(r)
+      for (const value of contentOf(inListOrder(addedItems(event.transaction, messages))))
+        this.addStored(value)
+      for (const value of contentOf(deletedItems(event.transaction, messages))) this.removeStored(value)
       this.touch()
     })
     t.order.observe((event) => {
@@ -128,7 +128,9 @@ export class MessageIndex {
     this.version++
   }
 
-  private addRecord(record: MessageRecord | DeletedMessageRecord) {
+  private addStored(value: unknown) {
+    const record = decodeStoredRecord(value)
+    if (!record || typeof record.id !== "string") return
     const id = record.id
     const live = this.records.get(id)
     const placeholder = this.deleted.get(id)
@@ -147,18 +149,24 @@ export class MessageIndex {
     this.choose(id, list)
   }
 
-  private removeRecord(record: MessageRecord | DeletedMessageRecord) {
+  /**
+   * Forgets a removed element. Records are decoded copies, so the one to drop
+   * is found by content; copies with equal content are interchangeable.
+   */
+  private removeStored(value: unknown) {
+    const record = decodeStoredRecord(value)
+    if (!record || typeof record.id !== "string") return
     const id = record.id
     const list = this.copies.get(id)
     if (list) {
-      const at = list.indexOf(record)
+      const at = list.findIndex((r) => sameRecord(r, record))
       if (at >= 0) list.splice(at, 1)
       this.choose(id, list)
       if (list.length <= 1) this.copies.delete(id)
       return
     }
-    if (this.records.get(id) === record) this.records.delete(id)
-    if (this.deleted.get(id) === record) this.deleted.delete(id)
+    if (isDeletedRecord(record)) this.deleted.delete(id)
+    else this.records.delete(id)
     this.updatePending(id)
   }
 
@@ -229,6 +237,9 @@ export class MessageIndex {
     if (byEmoji.size === 0) this.reactions.delete(parsed.message)
   }
 }
+
+const sameRecord = (a: MessageRecord | DeletedMessageRecord, b: MessageRecord | DeletedMessageRecord) =>
+  JSON.stringify(a) === JSON.stringify(b)
 
 const orderKey = (time: number, text: string) => `${String(time).padStart(16, "0")}\u0000${text}`
 

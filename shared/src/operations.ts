@@ -31,6 +31,9 @@ import {
   type ConversationInfo,
   type ConversationKind,
   type DeletedMessageRecord,
+  decodeStoredRecord,
+  encodeStoredRecord,
+  isDeletedRecord,
   Limits,
   type MessageRecord,
   type Metadata,
@@ -39,6 +42,7 @@ import {
   type Role,
   reactionKey,
   SCHEMA_VERSION,
+  storedRecordId,
 } from "./schema.js"
 import { assertValid, checkEditRecord, checkMessageRecord, checkMetadata } from "./validate.js"
 
@@ -269,7 +273,7 @@ export function sendMessage(
     ...(input.priority !== undefined && input.priority !== "normal" ? { priority: input.priority } : {}),
   }
   assertValid(checkMessageRecord, record)
-  doc.transact(() => typesOf(doc).messages.push([record]), options.origin)
+  doc.transact(() => typesOf(doc).messages.push([encodeStoredRecord(record)]), options.origin)
   return getMessage(doc, id)!
 }
 
@@ -315,22 +319,29 @@ export function deleteMessage(doc: Y.Doc, actor: UserId, id: MessageId, options:
     deletedBy: actor,
   }
   doc.transact(() => {
-    let position = -1
-    let i = 0
-    for (const r of t.messages) {
-      if (r === record) {
-        position = i
-        break
-      }
-      i++
-    }
+    const position = positionOfLiveRecord(t.messages, id)
     t.messages.delete(position, 1)
-    t.messages.insert(position, [placeholder])
+    t.messages.insert(position, [encodeStoredRecord(placeholder)])
     t.edits.delete(id)
     for (const [emoji, users] of index.reactions.get(id) ?? []) {
       for (const user of users) t.reactions.delete(reactionKey(id, user, emoji))
     }
   }, options.origin)
+}
+
+/** Index in `messages` of the live record of `id` (a concurrent placeholder may share its id). */
+function positionOfLiveRecord(messages: Y.Array<unknown>, id: MessageId): number {
+  let position = 0
+  for (let item = messages._start; item !== null; item = item.right) {
+    if (item.deleted || !item.countable) continue
+    const values = item.content.getContent()
+    for (let j = 0; j < values.length; j++) {
+      const value = values[j]
+      if (storedRecordId(value) === id && !isDeletedRecord(decodeStoredRecord(value)!)) return position + j
+    }
+    position += item.length
+  }
+  throw new ParleyError(ErrorCode.NOT_FOUND, `message ${id} not found`)
 }
 
 function checkEmoji(emoji: string) {

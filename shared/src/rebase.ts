@@ -24,6 +24,7 @@ import { getConversation, roleOf } from "./reads.js"
 import { canMoveMarker, canReact, canSendMessage, canWriteSequence, Rule } from "./rules.js"
 import {
   type DeletedMessageRecord,
+  decodeStoredRecord,
   type EditRecord,
   isDeletedRecord,
   type MessageRecord,
@@ -172,9 +173,9 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
         continue
       }
       if (root !== TopLevel.messages) continue
-      const records = item.content.getContent() as (MessageRecord | DeletedMessageRecord)[]
-      records.forEach((record, j) => {
-        if (structAt(stale, client, item.id.clock + j)?.deleted && !isDeletedRecord(record))
+      item.content.getContent().forEach((value, j) => {
+        const record = decodeStoredRecord(value)
+        if (record && structAt(stale, client, item.id.clock + j)?.deleted && !isDeletedRecord(record))
           deletedRecords.set(record.id, record)
       })
     }
@@ -281,8 +282,8 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
       })
       continue
     }
-    const record = value as MessageRecord | DeletedMessageRecord
-    if (typeof record !== "object" || record === null || typeof record.id !== "string") {
+    const record = decodeStoredRecord(value)
+    if (record === undefined || typeof record.id !== "string") {
       failed.push({
         what: { kind: "unknown", where: root },
         error: forbidden(Rule.schema, "not a message record"),

@@ -2,9 +2,11 @@ import type { ConversationId, MessageId, UserId } from "./ids.js"
 
 /**
  * Version of the document layout below. Bumped on any change a reader of
- * older documents would notice; written into `meta.schemaVersion`.
+ * older documents would notice; written into `meta.schemaVersion`. Version 2
+ * stores message records with one-letter keys ({@link StoredMessage}); the
+ * readers here still read version 1 records, writers write version 2 only.
  */
-export const SCHEMA_VERSION = 1
+export const SCHEMA_VERSION = 2
 
 /**
  * Names of the top-level Yjs types of a conversation document. Nothing else may
@@ -182,10 +184,96 @@ export function parseReactionKey(
   return { message: message as MessageId, user: user as UserId, emoji }
 }
 
-/** True when a `messages` element is a deletion placeholder. */
+/** True when a message record is a deletion placeholder. */
 export const isDeletedRecord = (
   record: MessageRecord | DeletedMessageRecord,
 ): record is DeletedMessageRecord => "deletedAt" in record
+
+/**
+ * A message record as stored in the `messages` array. Every message in a
+ * conversation pays for its field names, and Yjs stores them verbatim, so
+ * they are one letter: `i` id, `a` author, `b` body, `t` createdAt, `y` type,
+ * `r` replyTo, `f` attachments, `m` metadata, `p` priority. This saves 17 bytes
+ * a message, more than the relay's sequence record costs. Nothing outside this
+ * module sees the stored form: {@link encodeStoredRecord} and
+ * {@link decodeStoredRecord} convert.
+ */
+export interface StoredMessage {
+  readonly i: string
+  readonly a: string
+  readonly b: string
+  readonly t: number
+  readonly y?: string
+  readonly r?: string
+  readonly f?: readonly Attachment[]
+  readonly m?: Metadata
+  readonly p?: string
+}
+
+/** A deletion placeholder as stored: `i`, `a`, `t` as a message, `x` deletedAt, `d` deletedBy. */
+export interface StoredPlaceholder {
+  readonly i: string
+  readonly a: string
+  readonly t: number
+  readonly x: number
+  readonly d: string
+}
+
+/** Stored field name of each message field. */
+export const StoredKey = {
+  id: "i",
+  author: "a",
+  body: "b",
+  createdAt: "t",
+  type: "y",
+  replyTo: "r",
+  attachments: "f",
+  metadata: "m",
+  priority: "p",
+  deletedAt: "x",
+  deletedBy: "d",
+} as const satisfies Record<keyof MessageRecord | keyof DeletedMessageRecord, string>
+
+/** The stored form of a record (see {@link StoredMessage}); optional fields left out when absent. */
+export function encodeStoredRecord(
+  record: MessageRecord | DeletedMessageRecord,
+): StoredMessage | StoredPlaceholder {
+  const stored: Record<string, unknown> = {}
+  for (const [field, value] of Object.entries(record)) {
+    if (value !== undefined) stored[StoredKey[field as keyof typeof StoredKey]] = value
+  }
+  return stored as unknown as StoredMessage | StoredPlaceholder
+}
+
+/**
+ * The record an element of the `messages` array holds, with its field names;
+ * undefined when the element is not an object. Reads version 1 elements (full
+ * field names) as they are. Does not validate: untrusted elements go through
+ * `checkStoredRecord` first.
+ */
+export function decodeStoredRecord(value: unknown): MessageRecord | DeletedMessageRecord | undefined {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined
+  const v = value as Record<string, unknown>
+  if (!("i" in v)) return "id" in v ? (v as unknown as MessageRecord | DeletedMessageRecord) : undefined
+  if ("x" in v) {
+    return { id: v.i, author: v.a, createdAt: v.t, deletedAt: v.x, deletedBy: v.d } as DeletedMessageRecord
+  }
+  const record: Record<string, unknown> = { id: v.i, author: v.a, body: v.b, createdAt: v.t }
+  if (v.y !== undefined) record.type = v.y
+  if (v.r !== undefined) record.replyTo = v.r
+  if (v.f !== undefined) record.attachments = v.f
+  if (v.m !== undefined) record.metadata = v.m
+  if (v.p !== undefined) record.priority = v.p
+  return record as unknown as MessageRecord
+}
+
+/** The message id of a stored element without decoding the rest; undefined when it has none. */
+export function storedRecordId(value: unknown): MessageId | undefined {
+  if (typeof value !== "object" || value === null) return undefined
+  const v = value as { i?: unknown; id?: unknown }
+  const id = v.i ?? v.id
+  return typeof id === "string" ? (id as MessageId) : undefined
+}
 
 /** Conversation fields as read from `meta`. */
 export interface ConversationInfo {

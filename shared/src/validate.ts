@@ -1,6 +1,6 @@
 import { ErrorCode, ParleyError } from "./errors.js"
 import { isMessageId, isUserId } from "./ids.js"
-import { decodeSequenceRecord, Limits } from "./schema.js"
+import { decodeSequenceRecord, decodeStoredRecord, Limits, StoredKey } from "./schema.js"
 
 /**
  * Validators for everything a writer puts into a conversation document. They
@@ -47,7 +47,40 @@ export const checkAttachment: Check = (v) => {
   return undefined
 }
 
-/** Checks a message record as stored in the `messages` array. */
+const STORED_MESSAGE_KEYS: readonly string[] = [
+  StoredKey.id,
+  StoredKey.author,
+  StoredKey.body,
+  StoredKey.createdAt,
+  StoredKey.type,
+  StoredKey.replyTo,
+  StoredKey.attachments,
+  StoredKey.metadata,
+  StoredKey.priority,
+]
+const STORED_PLACEHOLDER_KEYS: readonly string[] = [
+  StoredKey.id,
+  StoredKey.author,
+  StoredKey.createdAt,
+  StoredKey.deletedAt,
+  StoredKey.deletedBy,
+]
+
+/**
+ * Checks an element of the `messages` array as a writer stored it: the
+ * current stored form (one-letter keys, nothing else), holding a valid
+ * message record or placeholder.
+ */
+export const checkStoredRecord: Check = (v) => {
+  if (!isRecord(v)) return "message must be an object"
+  const placeholder = StoredKey.deletedAt in v
+  const extra = onlyKeys(v, placeholder ? STORED_PLACEHOLDER_KEYS : STORED_MESSAGE_KEYS)
+  if (extra) return extra
+  if (!(StoredKey.id in v)) return "message id invalid"
+  return checkMessageRecord(decodeStoredRecord(v))
+}
+
+/** Checks a message record or deletion placeholder (field names, as the API gives them). */
 export const checkMessageRecord: Check = (v) => {
   if (!isRecord(v)) return "message must be an object"
   if ("deletedAt" in v) return checkDeletedRecord(v)

@@ -8,7 +8,7 @@ import {
   type ChangeEvent,
   type ConversationId,
   changeRole,
-  checkMessageRecord,
+  checkStoredRecord,
   createConversation,
   deleteMessage,
   editMessage,
@@ -162,7 +162,7 @@ function assertInvariants(doc: Y.Doc) {
   const t = typesOf(doc)
   for (const name of doc.share.keys())
     expect(TOP_LEVEL_MAPS.has(name) || TOP_LEVEL_ARRAYS.has(name)).toBe(true)
-  for (const record of t.messages) expect(checkMessageRecord(record)).toBeUndefined()
+  for (const value of t.messages) expect(checkStoredRecord(value)).toBeUndefined()
   const messages = listMessages(doc, { last: 1_000_000 })
   expect(new Set(messages.map((m) => m.id)).size).toBe(messages.length)
   // A single relay numbers every message exactly once, 1..n without gaps.

@@ -5,12 +5,15 @@ import {
   assignSequenceNumbers,
   type ConversationId,
   changeRole,
+  checkStoredRecord,
   createConversation,
+  decodeStoredRecord,
   deleteConversation,
   deleteMessage,
   directConversationId,
   ErrorCode,
   editMessage,
+  encodeStoredRecord,
   getConversation,
   getMessage,
   leaveConversation,
@@ -218,6 +221,54 @@ describe("messages", () => {
     const replica = replicaOf(doc)
     expect(getMessage(replica, m.id)?.deleted).toEqual({ at: 99, by: bob })
     deleteMessage(doc, bob, m.id) // twice is a no-op
+  })
+
+  it("stores records with one-letter field names and reads them back whole", () => {
+    const doc = groupDoc()
+    const plain = sendMessage(doc, alice, { body: "hello" }, { now: 10 })
+    const full = sendMessage(doc, bob, {
+      body: "see",
+      type: "image",
+      replyTo: plain.id,
+      priority: "emergency",
+      metadata: { k: 1 },
+      attachments: [{ url: "https://cdn.example/a.png" }],
+    })
+    deleteMessage(doc, alice, plain.id, { now: 20 })
+    const stored = typesOf(doc).messages.toArray()
+    expect(stored).toContainEqual({
+      i: full.id,
+      a: bob,
+      b: "see",
+      t: full.createdAt,
+      y: "image",
+      r: plain.id,
+      p: "emergency",
+      m: { k: 1 },
+      f: [{ url: "https://cdn.example/a.png" }],
+    })
+    expect(stored).toContainEqual({ i: plain.id, a: alice, t: 10, x: 20, d: alice })
+    for (const value of stored) {
+      expect(checkStoredRecord(value)).toBeUndefined()
+      expect(encodeStoredRecord(decodeStoredRecord(value)!)).toEqual(value)
+    }
+    // Full field names are schema version 1: read, never written.
+    expect(checkStoredRecord({ id: full.id, author: bob, body: "x", createdAt: 1 })).toMatch(/unknown field/)
+  })
+
+  it("reads, edits and deletes messages a schema version 1 writer stored with full field names", () => {
+    const doc = groupDoc()
+    const v1 = { id: "version1msg01" as MessageId, author: bob, body: "from before", createdAt: 5 }
+    typesOf(doc).messages.push([v1])
+    const v2 = sendMessage(doc, carol, { body: "after" })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    expect(getMessage(doc, v1.id)).toMatchObject({ author: bob, body: "from before", seq: 1 })
+    editMessage(doc, bob, v1.id, "edited")
+    expect(getMessage(doc, v1.id)?.body).toBe("edited")
+    deleteMessage(doc, bob, v1.id, { now: 7 })
+    expect(getMessage(doc, v1.id)?.deleted).toEqual({ at: 7, by: bob })
+    expect(getMessage(doc, v2.id)?.body).toBe("after")
+    expect(Buffer.from(Y.encodeStateAsUpdate(doc)).toString("latin1")).not.toContain("from before")
   })
 
   it("lets an admin delete someone else's message", () => {

@@ -8,6 +8,7 @@ import {
   deleteMessage,
   ErrorCode,
   editMessage,
+  encodeStoredRecord,
   getMessage,
   type MessageId,
   markRead,
@@ -82,7 +83,7 @@ describe("rebasing pending work after a refusal", () => {
   it("reports a forged author, a self-promotion and a sequence write, and keeps the rest", () => {
     const { relay, stale } = setup()
     typesOf(stale).messages.push([
-      { id: "forged000001" as MessageId, author: alice, body: "as alice", createdAt: 3 },
+      encodeStoredRecord({ id: "forged000001" as MessageId, author: alice, body: "as alice", createdAt: 3 }),
     ])
     typesOf(stale).participants.set(carol, { ...typesOf(stale).participants.get(carol)!, role: "admin" })
     typesOf(stale).order.push(["9:forged000001"])

@@ -6,13 +6,12 @@
 import {
   type ConversationId,
   createConversation,
-  type DeletedMessageRecord,
   getConversation,
   listParticipants,
   type MessageId,
-  type MessageRecord,
   newMessageId,
   sendMessage,
+  storedRecordId,
   typesOf,
   type UserId,
 } from "@parley/shared"
@@ -84,11 +83,13 @@ export const problemsOf = (clients: readonly BenchClient[]): string =>
 /** Calls `listener` with the ids of messages as they arrive in `doc`, from any origin. */
 export function onMessages(doc: Y.Doc, listener: (ids: MessageId[]) => void): () => void {
   const messages = typesOf(doc).messages
-  const observer = (event: Y.YArrayEvent<MessageRecord | DeletedMessageRecord>) => {
+  const observer = (event: Y.YArrayEvent<unknown>) => {
     const ids: MessageId[] = []
     for (const item of event.changes.added) {
-      for (const record of item.content.getContent() as { id?: MessageId }[])
-        if (record?.id) ids.push(record.id)
+      for (const value of item.content.getContent()) {
+        const id = storedRecordId(value)
+        if (id) ids.push(id)
+      }
     }
     if (ids.length > 0) listener(ids)
   }

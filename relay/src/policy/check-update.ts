@@ -14,14 +14,16 @@ import {
   canWriteSequence,
   checkEditRecord,
   checkMarker,
-  checkMessageRecord,
   checkMetadata,
   checkParticipantRecord,
   checkSequenceRecord,
+  checkStoredRecord,
   type Decision,
   type DeletedMessageRecord,
+  decodeStoredRecord,
   directConversationId,
   directDistinctKey,
+  isDeletedRecord,
   isMessageId,
   isUserId,
   Limits,
@@ -92,7 +94,8 @@ export function checkUpdate(input: CheckUpdateInput): CheckResult {
   }
 }
 
-const refuse = (rule: Rule, reason: string): never => {
+// A declared function (not an arrow in a const) so that TypeScript narrows after a call.
+function refuse(rule: Rule, reason: string): never {
   throw new Refusal(rule, reason)
 }
 const assert = (decision: Decision): void => {
@@ -397,9 +400,9 @@ class UpdateCheck {
       if (n.location.root !== TopLevel.messages) continue
       for (const value of this.liveElements(n)) {
         if (!isPlainJson(value)) refuse(Rule.schema, "a message holds plain JSON only")
-        schema(checkMessageRecord(value))
-        const record = value as MessageRecord | DeletedMessageRecord
-        if ("deletedAt" in record) {
+        schema(checkStoredRecord(value))
+        const record = decodeStoredRecord(value)!
+        if (isDeletedRecord(record)) {
           if (this.newPlaceholders.has(record.id))
             refuse(Rule.immutable, "one placeholder per deleted message")
           this.newPlaceholders.set(record.id, record)
@@ -411,10 +414,8 @@ class UpdateCheck {
     }
     for (const d of this.read.deleted) {
       if (d.location.root !== TopLevel.messages) continue
-      const value = d.item.content.getContent()[d.index] as MessageRecord | DeletedMessageRecord | undefined
-      if (!value || typeof value !== "object" || "deletedAt" in value)
-        refuse(Rule.immutable, "a deletion placeholder is permanent")
-      const record = value as MessageRecord
+      const record = decodeStoredRecord(d.item.content.getContent()[d.index])
+      if (!record || isDeletedRecord(record)) refuse(Rule.immutable, "a deletion placeholder is permanent")
       this.deletedRecords.set(record.id, record)
     }
   }

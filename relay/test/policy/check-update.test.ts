@@ -2,8 +2,10 @@ import {
   addParticipants,
   changeRole,
   createConversation,
+  decodeStoredRecord,
   deleteMessage,
   editMessage,
+  encodeStoredRecord,
   leaveConversation,
   type MessageId,
   MetaKey,
@@ -15,6 +17,7 @@ import {
   removeParticipants,
   renameConversation,
   sendMessage,
+  storedRecordId,
   typesOf,
   unreact,
   writeSequenceNumbers,
@@ -44,7 +47,7 @@ import {
 const positionOf = (doc: Y.Doc, id: MessageId) =>
   typesOf(doc)
     .messages.toArray()
-    .findIndex((r) => r.id === id)
+    .findIndex((r) => storedRecordId(r) === id)
 
 function expectRefused(
   s: Scene,
@@ -70,7 +73,12 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) =>
       typesOf(d).messages.push([
-        { id: "forged000001" as MessageId, author: alice, body: "I am alice", createdAt: 5 },
+        encodeStoredRecord({
+          id: "forged000001" as MessageId,
+          author: alice,
+          body: "I am alice",
+          createdAt: 5,
+        }),
       ]),
     )
     expectRefused(s, carol, update, Rule.authorIsSender)
@@ -92,7 +100,12 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
       d.transact(() => {
         messages.delete(i, 1)
         messages.insert(i, [
-          { id: s.messages.alice!, author: alice, body: "alice never said this", createdAt: 2 },
+          encodeStoredRecord({
+            id: s.messages.alice!,
+            author: alice,
+            body: "alice never said this",
+            createdAt: 2,
+          }),
         ])
       })
     })
@@ -109,7 +122,13 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
       d.transact(() => {
         messages.delete(i, 1)
         messages.insert(i, [
-          { id: s.messages.dave!, author: dave, createdAt: 2, deletedAt: 9, deletedBy: carol },
+          encodeStoredRecord({
+            id: s.messages.dave!,
+            author: dave,
+            createdAt: 2,
+            deletedAt: 9,
+            deletedBy: carol,
+          }),
         ])
       })
     })
@@ -128,7 +147,13 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) =>
       typesOf(d).messages.push([
-        { id: s.messages.alice!, author: alice, createdAt: 2, deletedAt: 9, deletedBy: carol },
+        encodeStoredRecord({
+          id: s.messages.alice!,
+          author: alice,
+          createdAt: 2,
+          deletedAt: 9,
+          deletedBy: carol,
+        }),
       ]),
     )
     expectRefused(s, carol, update, Rule.immutable)
@@ -192,7 +217,12 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) =>
       typesOf(d).messages.push([
-        { id: "oversized001" as MessageId, author: carol, body: "x".repeat(16_001), createdAt: 5 },
+        encodeStoredRecord({
+          id: "oversized001" as MessageId,
+          author: carol,
+          body: "x".repeat(16_001),
+          createdAt: 5,
+        }),
       ]),
     )
     expectRefused(s, carol, update, Rule.schema)
@@ -201,9 +231,7 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
   it("refuses unknown fields and non-JSON values in a record", () => {
     const s = scene()
     const extra = updateOf(replicaOf(s.relay), (d) =>
-      typesOf(d).messages.push([
-        { id: "extrafield01", author: carol, body: "x", createdAt: 5, admin: true } as never,
-      ]),
+      typesOf(d).messages.push([{ i: "extrafield01", a: carol, b: "x", t: 5, admin: true } as never]),
     )
     expectRefused(s, carol, extra, Rule.schema)
     const bytes = updateOf(replicaOf(s.relay), (d) =>
@@ -308,7 +336,9 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
   it("refuses a message re-using an existing id", () => {
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) =>
-      typesOf(d).messages.push([{ id: s.messages.alice!, author: carol, body: "dup", createdAt: 5 }]),
+      typesOf(d).messages.push([
+        encodeStoredRecord({ id: s.messages.alice!, author: carol, body: "dup", createdAt: 5 }),
+      ]),
     )
     expectRefused(s, carol, update, Rule.immutable)
   })
@@ -316,7 +346,9 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
   it("refuses writes from a non-participant", () => {
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) =>
-      typesOf(d).messages.push([{ id: "outsider0001" as MessageId, author: erin, body: "hi", createdAt: 5 }]),
+      typesOf(d).messages.push([
+        encodeStoredRecord({ id: "outsider0001" as MessageId, author: erin, body: "hi", createdAt: 5 }),
+      ]),
     )
     expectRefused(s, erin, update, Rule.participantOnly)
   })
@@ -395,7 +427,8 @@ describe("honest changes from the shared operations are accepted", () => {
     expect(
       typesOf(s.relay)
         .messages.toArray()
-        .find((r) => r.id === s.messages.carol),
+        .map(decodeStoredRecord)
+        .find((r) => r?.id === s.messages.carol),
     ).toMatchObject({
       deletedBy: carol,
     })

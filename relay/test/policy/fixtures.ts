@@ -4,10 +4,12 @@ import {
   changeRole,
   checkEditRecord,
   checkMarker,
-  checkMessageRecord,
   checkParticipantRecord,
   checkSequenceRecord,
+  checkStoredRecord,
   createConversation,
+  decodeStoredRecord,
+  isDeletedRecord,
   type MessageId,
   messageIndex,
   nextFromDocument,
@@ -111,10 +113,11 @@ export function assertInvariants(doc: Y.Doc): void {
   if (doc.store.pendingStructs !== null || doc.store.pendingDs !== null) fail("pending structs")
   const t = typesOf(doc)
   const live = new Set<string>()
-  for (const record of t.messages.toArray()) {
-    const problem = checkMessageRecord(record)
+  for (const value of t.messages.toArray()) {
+    const problem = checkStoredRecord(value)
     if (problem) fail(`message record: ${problem}`)
-    if (!("deletedAt" in record)) {
+    const record = decodeStoredRecord(value)!
+    if (!isDeletedRecord(record)) {
       if (live.has(record.id)) fail(`duplicate message ${record.id}`)
       live.add(record.id)
     }

@@ -1,6 +1,7 @@
 import {
   createConversation,
   ErrorCode,
+  encodeStoredRecord,
   listMessages,
   type MessageId,
   MetaKey,
@@ -8,6 +9,7 @@ import {
   Rule,
   reactionKey,
   sendMessage,
+  storedRecordId,
   typesOf,
   type UserId,
 } from "@parley/shared"
@@ -57,7 +59,12 @@ describe("a malicious participant against a running relay", () => {
         "forged author",
         (d) =>
           typesOf(d).messages.push([
-            { id: "forged00001" as MessageId, author: alice, body: "I am alice", createdAt: 1 },
+            encodeStoredRecord({
+              id: "forged00001" as MessageId,
+              author: alice,
+              body: "I am alice",
+              createdAt: 1,
+            }),
           ]),
         Rule.authorIsSender,
       ],
@@ -71,7 +78,7 @@ describe("a malicious participant against a running relay", () => {
         (d) => {
           const i = typesOf(d)
             .messages.toArray()
-            .findIndex((r) => r.id === hello)
+            .findIndex((r) => storedRecordId(r) === hello)
           typesOf(d).messages.delete(i, 1)
         },
         Rule.authorOrAdmin,
@@ -89,7 +96,12 @@ describe("a malicious participant against a running relay", () => {
         "oversized record",
         (d) =>
           typesOf(d).messages.push([
-            { id: "oversized01" as MessageId, author: mallory, body: "x".repeat(20_000), createdAt: 1 },
+            encodeStoredRecord({
+              id: "oversized01" as MessageId,
+              author: mallory,
+              body: "x".repeat(20_000),
+              createdAt: 1,
+            }),
           ]),
         Rule.schema,
       ],
