@@ -240,6 +240,14 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     expectRefused(s, carol, bytes, Rule.schema)
   })
 
+  it("refuses a record in the version 1 form (full field names): readers read it, nobody writes it any more", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).messages.push([{ id: "oldform00001", author: carol, body: "hi", createdAt: 5 }]),
+    )
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
   it("refuses a new top-level type", () => {
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) => d.getMap("evil").set("x", 1))
