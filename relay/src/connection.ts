@@ -138,20 +138,27 @@ export class Connection {
     }
   }
 
+  private sendSyncStep2(stateVector: Uint8Array): void {
+    if (this.host.destroyed) return
+    const known = Y.decodeStateVector(stateVector)
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MessageType.sync)
+    if (known.size === 0) {
+      encoding.writeVarUint(encoder, syncProtocol.messageYjsSyncStep2)
+      encoding.writeVarUint8Array(encoder, this.host.fullState())
+    } else {
+      syncProtocol.writeSyncStep2(encoder, this.host.doc, stateVector)
+    }
+    this.send(encoding.toUint8Array(encoder))
+  }
+
   private receiveSync(decoder: decoding.Decoder): void {
     const type = decoding.readVarUint(decoder)
     if (type === syncProtocol.messageYjsSyncStep1) {
       const stateVector = decoding.readVarUint8Array(decoder)
-      const known = Y.decodeStateVector(stateVector)
-      const encoder = encoding.createEncoder()
-      encoding.writeVarUint(encoder, MessageType.sync)
-      if (known.size === 0) {
-        encoding.writeVarUint(encoder, syncProtocol.messageYjsSyncStep2)
-        encoding.writeVarUint8Array(encoder, this.host.fullState())
-      } else {
-        syncProtocol.writeSyncStep2(encoder, this.host.doc, stateVector)
-      }
-      this.send(encoding.toUint8Array(encoder))
+      // Never answer from a change that is applied but not yet durable.
+      if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep2(stateVector))
+      else this.sendSyncStep2(stateVector)
       return
     }
     if (type === syncProtocol.messageYjsSyncStep2 || type === syncProtocol.messageYjsUpdate) {

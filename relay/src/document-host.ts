@@ -71,6 +71,40 @@ export class DocumentHost {
     return this.pendingTasks > 0
   }
 
+  private unsaved: Promise<void> | undefined
+
+  /**
+   * Marks the document as holding a change applied in memory but not yet
+   * durable, until the returned function is called. The update path applies a
+   * change, sequences it and stores both in one commit; meanwhile nobody may
+   * be shown that state (see {@link settled}).
+   */
+  holdUnsaved(): () => void {
+    let release!: () => void
+    const held = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    this.unsaved = held
+    return () => {
+      if (this.unsaved === held) this.unsaved = undefined
+      release()
+    }
+  }
+
+  /** True while a change is applied in memory but not yet durable. */
+  get hasUnsaved(): boolean {
+    return this.unsaved !== undefined
+  }
+
+  /**
+   * Resolves when the document holds nothing unsaved. State read synchronously
+   * right after is durable: what a joining client is sent never includes a
+   * change a crash could still lose.
+   */
+  async settled(): Promise<void> {
+    while (this.unsaved) await this.unsaved
+  }
+
   /** Resolves once every task queued so far has finished. */
   drain(): Promise<void> {
     return this.enqueue(async () => {})

@@ -98,19 +98,27 @@ function captureUpdate(doc: Y.Doc, change: () => void): Uint8Array | undefined {
   return updates.length === 1 ? updates[0] : Y.mergeUpdates(updates)
 }
 
-async function persist(
-  ctx: PathContext,
-  host: DocumentHost,
-  updates: Uint8Array[],
-  source: "client" | "relay" | "server",
-): Promise<number[]> {
+/** An update to store, and who wrote it (for the metrics). */
+interface Entry {
+  readonly update: Uint8Array
+  readonly source: "client" | "relay" | "server"
+}
+
+/** Stores `entries` in one append (one commit) and accounts for them. */
+async function persist(ctx: PathContext, host: DocumentHost, entries: readonly Entry[]): Promise<number[]> {
   const stop = ctx.metrics.persistence.startTimer()
-  const positions = await ctx.storage.append(host.key, updates)
+  const positions = await ctx.storage.append(
+    host.key,
+    entries.map((e) => e.update),
+  )
   stop()
-  const bytes = updates.reduce((sum, u) => sum + u.length, 0)
-  ctx.metrics.updates.inc({ source }, updates.length)
+  let bytes = 0
+  for (const { update, source } of entries) {
+    ctx.metrics.updates.inc({ source })
+    bytes += update.length
+  }
   ctx.metrics.updateBytes.inc(bytes)
-  host.logEntries += updates.length
+  host.logEntries += entries.length
   host.logBytes += bytes
   host.lastPosition = Math.max(host.lastPosition, ...positions)
   return positions
@@ -127,29 +135,59 @@ function messageIdsIn(events: readonly ChangeEvent[]): MessageId[] {
 
 /**
  * Gives the next numbers to messages not sequenced yet (among `candidates`, or
- * all), as the relay's own change: stored, then broadcast to every connection.
+ * all), as the relay's own change, in memory only: the caller stores the
+ * returned update (in the same commit as the change that brought the messages)
+ * before anyone sees it.
  */
 async function sequence(
   ctx: PathContext,
   host: DocumentHost,
   candidates: readonly MessageId[] | undefined,
-): Promise<number[]> {
-  if (host.name.kind !== "conversation") return []
-  if (candidates && candidates.length === 0) return []
+): Promise<Entry | undefined> {
+  if (host.name.kind !== "conversation") return undefined
+  if (candidates && candidates.length === 0) return undefined
   const ids = unsequencedMessages(host.doc, candidates)
-  if (ids.length === 0) return []
+  if (ids.length === 0) return undefined
   const from = await ctx.sequencer.reserve(host.name.id, ids.length)
   const update = captureUpdate(host.doc, () => writeSequenceNumbers(host.doc, from, ids, RELAY_ORIGIN))
-  if (!update) return []
-  const positions = await persist(ctx, host, [update], "relay")
-  await ctx.policy.stored?.({
-    name: host.name,
-    doc: host.doc,
-    principal: RELAY,
-    clientIds: clientIdsOf(update),
-  })
-  broadcast(host, syncUpdateFrame(update))
-  return positions
+  return update ? { update, source: "relay" } : undefined
+}
+
+/**
+ * Applies `change` to the document in memory, sequences the messages it
+ * brought, and stores both in one commit; nobody is shown the new state until
+ * it is durable (joins wait, broadcast comes after). If anything fails after
+ * the document changed, memory no longer matches storage and the document is
+ * evicted. Returns what was stored and the change's events. With
+ * `sequenceLeftovers`, every message still without a number is numbered.
+ */
+async function applyAndStore(
+  ctx: PathContext,
+  host: DocumentHost,
+  change: () => Entry | undefined,
+  options: { sequenceLeftovers?: boolean; from?: Connection } = {},
+): Promise<{ entries: Entry[]; positions: number[]; events: ChangeEvent[] }> {
+  const release = host.holdUnsaved()
+  try {
+    const first = change()
+    const events = host.takeEvents()
+    const sequencing = options.sequenceLeftovers
+      ? await sequence(ctx, host, undefined)
+      : first && (await sequence(ctx, host, messageIdsIn(events)))
+    events.push(...host.takeEvents())
+    const entries = [first, sequencing].filter((e) => e !== undefined)
+    if (entries.length === 0) return { entries, positions: [], events }
+    const positions = await persist(ctx, host, entries)
+    return { entries, positions, events }
+  } catch (cause) {
+    const error = new ParleyError(ErrorCode.INTERNAL, "the relay failed to store a change", { cause })
+    // The sender learns why before eviction closes its connection.
+    options.from?.refuse(error)
+    ctx.evict(host, cause)
+    throw error
+  } finally {
+    release()
+  }
 }
 
 /** After a change is stored, applied and broadcast: access, listeners, compaction. */
@@ -196,9 +234,10 @@ export async function compact(ctx: PathContext, host: DocumentHost): Promise<voi
 
 /**
  * THE update path for an update from a connection (sync step 2 or update):
- * size and decodability → policy → durable append → apply → sequence →
- * broadcast → "saved" to the sender → listeners. Serial per document. Throws a
- * ParleyError (nothing stored) when the update is refused.
+ * size and decodability → policy → apply in memory and sequence, shown to
+ * nobody → one durable append of both → broadcast → "saved" to the sender →
+ * listeners. Serial per document. Throws a ParleyError (nothing stored) when
+ * the update is refused.
  */
 export function submitUpdate(
   ctx: PathContext,
@@ -222,23 +261,29 @@ export function submitUpdate(
     if (decision.allowed && ctx.policy !== membershipPolicy) decision = await ctx.policy.check(input)
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
-    const positions = await persist(ctx, host, [update], principal.kind === "relay" ? "relay" : "client")
-    let events: ChangeEvent[]
-    const all = [...positions]
-    try {
-      await ctx.policy.stored?.({ name: host.name, doc: host.doc, principal, clientIds, decision })
-      Y.applyUpdate(host.doc, update, from ?? principal)
-      events = host.takeEvents()
+    const source = principal.kind === "relay" ? "relay" : "client"
+    const { entries, positions, events } = await applyAndStore(
+      ctx,
+      host,
+      () => {
+        Y.applyUpdate(host.doc, update, from ?? principal)
+        return { update, source }
+      },
+      from ? { from } : {},
+    )
+    await ctx.policy.stored?.({ name: host.name, doc: host.doc, principal, clientIds, decision })
+    const sequencing = entries[1]?.update
+    // The sender has its own update: it gets only the numbers; everyone else both, in one frame.
+    if (sequencing) {
+      const frame = syncUpdateFrame(sequencing)
+      const both = syncUpdateFrame(Y.mergeUpdates([update, sequencing]))
+      for (const connection of host.connections) connection.send(connection === from ? frame : both)
+    } else {
       broadcast(host, syncUpdateFrame(update), from)
-      all.push(...(await sequence(ctx, host, messageIdsIn(events))))
-      events.push(...host.takeEvents())
-    } catch (error) {
-      ctx.evict(host, error)
-      throw new ParleyError(ErrorCode.INTERNAL, "the relay failed to apply a stored update", { cause: error })
     }
     from?.saved()
-    await finish(ctx, host, principal, all, events)
-    return all
+    await finish(ctx, host, principal, positions, events)
+    return positions
   })
 }
 
@@ -258,50 +303,47 @@ export function writeOnServer(
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
     let failure: unknown
     const relayClientId = host.doc.clientID
-    // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
-    if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
-    const update = captureUpdate(host.doc, () => {
-      try {
-        host.doc.transact(() => change(host.doc), actor)
-      } catch (error) {
-        // What was written before the throw is in memory, so it is stored too.
-        failure = error
-      } finally {
-        if (actor.kind !== "relay") host.doc.clientID = relayClientId
-      }
+    const { entries, positions, events } = await applyAndStore(ctx, host, () => {
+      // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
+      if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
+      const update = captureUpdate(host.doc, () => {
+        try {
+          host.doc.transact(() => change(host.doc), actor)
+        } catch (error) {
+          // What was written before the throw is in memory, so it is stored too.
+          failure = error
+        } finally {
+          if (actor.kind !== "relay") host.doc.clientID = relayClientId
+        }
+      })
+      return update ? { update, source: "server" } : undefined
     })
-    const all: number[] = []
-    if (update) {
-      try {
-        all.push(...(await persist(ctx, host, [update], "server")))
-        await ctx.policy.stored?.({
-          name: host.name,
-          doc: host.doc,
-          principal: actor,
-          clientIds: clientIdsOf(update),
-        })
-        const events = host.takeEvents()
-        broadcast(host, syncUpdateFrame(update))
-        all.push(...(await sequence(ctx, host, messageIdsIn(events))))
-        events.push(...host.takeEvents())
-        await finish(ctx, host, actor, all, events)
-      } catch (error) {
-        ctx.evict(host, error)
-        throw error
-      }
+    if (entries.length > 0) {
+      await ctx.policy.stored?.({
+        name: host.name,
+        doc: host.doc,
+        principal: actor,
+        clientIds: clientIdsOf(entries[0]!.update),
+      })
+      const merged = entries.length === 1 ? entries[0]!.update : Y.mergeUpdates(entries.map((e) => e.update))
+      broadcast(host, syncUpdateFrame(merged))
+      await finish(ctx, host, actor, positions, events)
     }
     if (failure !== undefined) throw failure
-    return all
+    return positions
   })
 }
 
 /** Sequences every message left unsequenced (after a crash between storing an update and sequencing it). */
 export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise<number[]> {
   return host.enqueue(async () => {
-    const positions = await sequence(ctx, host, undefined)
-    if (positions.length > 0) {
+    const { entries, positions, events } = await applyAndStore(ctx, host, () => undefined, {
+      sequenceLeftovers: true,
+    })
+    if (entries.length > 0) {
       ctx.log.info({ doc: host.key, positions }, "sequenced messages left unsequenced")
-      await finish(ctx, host, RELAY, positions, host.takeEvents())
+      broadcast(host, syncUpdateFrame(entries[0]!.update))
+      await finish(ctx, host, RELAY, positions, events)
     }
     return positions
   })

@@ -66,6 +66,13 @@ const updateFrame = (update: Uint8Array) => {
   return encoding.toUint8Array(e)
 }
 
+const syncStep1Frame = (doc: Y.Doc) => {
+  const e = encoding.createEncoder()
+  encoding.writeVarUint(e, MessageType.sync)
+  syncProtocol.writeSyncStep1(e, doc)
+  return encoding.toUint8Array(e)
+}
+
 /** Waits until `check()` holds, yielding to the event loop between checks. */
 async function until(check: () => boolean) {
   while (!check()) await new Promise((r) => setImmediate(r))
@@ -102,7 +109,7 @@ class GatedStorage extends MemoryStorage {
 }
 
 describe("relay core (no sockets)", () => {
-  it("broadcasts and acknowledges an update only after storage made it durable", async () => {
+  it("broadcasts, shows joiners and acknowledges an update only after storage made it durable", async () => {
     const storage = new GatedStorage()
     const core = makeCore(storage)
     const id = newConversationId()
@@ -113,17 +120,25 @@ describe("relay core (no sockets)", () => {
     const before = b.frames.length
     ca.receive(updateFrame(conversationUpdate(id, ["hello"]).update))
     await until(() => storage.waiting === 1)
+    // A device of bob's joins while the update waits for the disk: it is answered once the update is durable.
+    const joiner = new FakeSession({ kind: "user", user: bob })
+    const cj = await core.connect(id, joiner)
+    const joinerBefore = joiner.frames.length
+    cj.receive(syncStep1Frame(new Y.Doc()))
+    await new Promise((r) => setTimeout(r, 20))
+    expect(joiner.frames.length).toBe(joinerBefore)
     expect(a.parley()).toEqual([])
     expect(b.frames.length).toBe(before)
-    storage.release()
-    // The relay's sequencing is appended too.
-    await until(() => storage.waiting === 1)
+    // The update and the relay's sequencing of it go to storage in one append.
     storage.release()
     await until(() => a.parley().length === 1)
+    expect(storage.waiting).toBe(0)
     expect(a.parley()[0]!.type).toBe("saved")
-    const replica = new Y.Doc()
-    b.replay(replica)
-    expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
+    for (const session of [b, joiner]) {
+      const replica = new Y.Doc()
+      session.replay(replica)
+      expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
+    }
     expect((await storage.load(id)).updates).toHaveLength(2)
   })
 

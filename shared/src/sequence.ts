@@ -24,7 +24,7 @@ export const SEQUENCE_RUN_LENGTH = 256
 
 /** The two client ids a document's sequence writer alternates between, and where it is. */
 interface SequenceWriter {
-  readonly ids: [number, number | undefined]
+  readonly ids: readonly [number, number]
   current: 0 | 1
   written: number
 }
@@ -54,14 +54,9 @@ export function writeSequenceNumbers(
   origin?: unknown,
 ): void {
   if (ids.length === 0) return
-  let writer = writers.get(doc)
-  if (!writer) {
-    writer = { ids: [doc.clientID, undefined], current: 0, written: 0 }
-    writers.set(doc, writer)
-  }
+  const writer = writerOf(doc)
   if (writer.written === SEQUENCE_RUN_LENGTH) {
     writer.current = writer.current === 0 ? 1 : 0
-    writer.ids[writer.current] ??= freshClientId()
     writer.written = 0
   }
   writer.written++
@@ -70,6 +65,22 @@ export function writeSequenceNumbers(
 }
 
 const freshClientId = (): number => crypto.getRandomValues(new Uint32Array(1))[0]!
+
+function writerOf(doc: Y.Doc): SequenceWriter {
+  let writer = writers.get(doc)
+  if (!writer) {
+    writer = { ids: [doc.clientID, freshClientId()], current: 0, written: 0 }
+    writers.set(doc, writer)
+  }
+  return writer
+}
+
+/**
+ * The client ids {@link writeSequenceNumbers} writes `doc`'s sequence records
+ * under (chosen on first use: the document's own id and one more), so that the
+ * relay can bind both to itself before it ever writes under the second.
+ */
+export const sequenceWriterIds = (doc: Y.Doc): readonly number[] => writerOf(doc).ids
 
 /**
  * Gives every not-yet-sequenced message among `candidates` (default: all) the

@@ -1,4 +1,4 @@
-import type { Decision } from "@parley/shared"
+import { type Decision, sequenceWriterIds } from "@parley/shared"
 import type * as Y from "yjs"
 import type { PolicyInput, UpdatePolicy } from "../policy.js"
 import { checkUpdate } from "./check-update.js"
@@ -13,8 +13,9 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  * Bindings are loaded once per loaded document (keyed by the `Y.Doc`, so they
  * go when the document is unloaded). The relay's own writes (sequence numbers,
  * server-side changes) do not pass through a policy; the client id the relay's
- * document currently writes under is bound to the relay at each check, which
- * covers the ids it rotates through (shared `writeSequenceNumbers`).
+ * document writes under, and both ids its sequence writer alternates between
+ * (shared `sequenceWriterIds`), are bound to the relay at each check, before
+ * the relay first writes under them.
  */
 export class AuthorizationPolicy implements UpdatePolicy {
   private readonly loaded = new WeakMap<Y.Doc, Promise<ClientBindings>>()
@@ -27,9 +28,12 @@ export class AuthorizationPolicy implements UpdatePolicy {
     if (name.kind === "inbox") return { allowed: true }
     const key = name.id
     const bindings = await this.bindingsOf(key, doc)
-    if (bindings.get(doc.clientID) === undefined) {
-      bindings.bind([[doc.clientID, RELAY_KEY]])
-      await this.store.bind(key, [[doc.clientID, RELAY_KEY]])
+    const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
+    const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
+    if (unbound.length > 0) {
+      const entries = unbound.map((id): [number, string] => [id, RELAY_KEY])
+      bindings.bind(entries)
+      await this.store.bind(key, entries)
     }
     const result = checkUpdate({ doc, update, principal, bindings, conversation: name.id })
     if (!result.allowed) return { allowed: false, rule: result.rule, reason: result.reason }
