@@ -37,11 +37,12 @@ async function open(name: string, user: string, options: { parley?: boolean } = 
   return c
 }
 
+/** Client updates stored so far (the relay's own writes, such as inbox upkeep, come and go on their own). */
 async function storedUpdates(target = relay): Promise<number> {
   const text = await (await fetch(`${target.httpUrl}/metrics`)).text()
   return text
     .split("\n")
-    .filter((l) => l.startsWith("parley_updates_total{"))
+    .filter((l) => l.startsWith('parley_updates_total{source="client"}'))
     .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0)
 }
 
