@@ -7,7 +7,7 @@ import { runStorageConformance } from "./conformance/storage.js"
 runStorageConformance("sqlite", async () => {
   const dir = mkdtempSync(join(tmpdir(), "parley-sqlite-"))
   return {
-    open: () => SqliteStorage.open(dir),
+    open: async () => new SqliteStorage(dir),
     cleanup: async () => rmSync(dir, { recursive: true, force: true }),
     persistent: true,
   }

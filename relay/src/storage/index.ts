@@ -24,7 +24,7 @@ export async function openStorage(options: StorageOptions): Promise<RelayStorage
     case "memory":
       return new MemoryStorage()
     case "sqlite":
-      return SqliteStorage.open(options.dataDir)
+      return new SqliteStorage(options.dataDir)
     case "postgres": {
       const { PostgresStorage } = await import("./postgres.js")
       return PostgresStorage.open(options.databaseUrl ?? "postgres://postgres@127.0.0.1:5432/test")

@@ -1,79 +1,93 @@
 import { mkdirSync } from "node:fs"
 import { join } from "node:path"
-import { Worker } from "node:worker_threads"
-import { GroupCommit } from "./group-commit.js"
+import Database from "better-sqlite3"
+import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
 
 /** File name of the embedded database inside the data directory. */
 export const SQLITE_FILE = "parley.sqlite"
 
-type Reply = { id: number; result?: unknown; error?: { message: string; code?: string } }
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS updates (
+  doc TEXT NOT NULL,
+  position INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (doc, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+  doc TEXT PRIMARY KEY,
+  data BLOB NOT NULL,
+  through INTEGER NOT NULL
+) WITHOUT ROWID;
+`
+
+const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
 /**
  * The embedded default store: `<dataDir>/parley.sqlite` with WAL and
  * `synchronous=FULL`, so that a commit is on disk before an append resolves.
- * One row per update. The database runs on a worker thread
- * (`sqlite-worker.js`): the relay's event loop never waits for the disk, and
- * every append made while a commit is in flight joins the next one, so one
- * fsync serves every acknowledgement that arrived meanwhile, across documents.
+ * One row per update; appends of one tick share a transaction.
  */
 export class SqliteStorage implements RelayStorage {
+  private readonly db: Database.Database
+  private readonly next = new Map<string, number>()
   private readonly group: GroupCommit
-  private readonly waiting = new Map<
-    number,
-    { resolve: (value: unknown) => void; reject: (e: Error) => void }
-  >()
-  private nextId = 1
   private closed = false
-  private failure: Error | undefined
+  private readonly statements
 
-  private constructor(private readonly worker: Worker) {
-    worker.on("message", (reply: Reply) => this.settle(reply))
-    worker.on("error", (error) => this.fail(error))
-    worker.on("exit", (code) => {
-      if (!this.closed) this.fail(new Error(`the storage thread exited (code ${code})`))
-    })
-    this.group = new GroupCommit(
-      (batch) =>
-        this.request("append", [batch.map(({ name, updates }) => ({ name, updates }))]) as Promise<
-          number[][]
-        >,
-    )
-  }
-
-  /** Opens (creating if needed) the database in `dataDir`; rejects if it cannot be opened. */
-  static async open(dataDir: string): Promise<SqliteStorage> {
+  constructor(dataDir: string) {
     mkdirSync(dataDir, { recursive: true })
-    const worker = new Worker(new URL("./sqlite-worker.js", import.meta.url), {
-      workerData: { file: join(dataDir, SQLITE_FILE) },
+    this.db = new Database(join(dataDir, SQLITE_FILE))
+    this.db.pragma("journal_mode = WAL")
+    this.db.pragma("synchronous = FULL")
+    this.db.exec(SCHEMA)
+    this.statements = {
+      snapshot: this.db.prepare<[string], { data: Buffer; through: number }>(
+        "SELECT data, through FROM snapshots WHERE doc = ?",
+      ),
+      updates: this.db.prepare<[string], { position: number; data: Buffer }>(
+        "SELECT position, data FROM updates WHERE doc = ? ORDER BY position",
+      ),
+      lastPosition: this.db.prepare<[string, string], { last: number | null }>(
+        "SELECT MAX(p) AS last FROM (SELECT MAX(position) AS p FROM updates WHERE doc = ? UNION ALL SELECT through AS p FROM snapshots WHERE doc = ?)",
+      ),
+      insert: this.db.prepare("INSERT INTO updates (doc, position, data) VALUES (?, ?, ?)"),
+      upsertSnapshot: this.db.prepare(
+        "INSERT INTO snapshots (doc, data, through) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, through = MAX(snapshots.through, excluded.through)",
+      ),
+      trim: this.db.prepare("DELETE FROM updates WHERE doc = ? AND position <= ?"),
+      names: this.db.prepare<[], { doc: string }>(
+        "SELECT doc FROM updates UNION SELECT doc FROM snapshots ORDER BY doc",
+      ),
+    }
+    const commit = this.db.transaction((batch: AppendBatch) =>
+      batch.map(({ name, updates }) =>
+        updates.map((update) => {
+          const position = this.nextPosition(name)
+          this.statements.insert.run(name, position, update)
+          this.next.set(name, position + 1)
+          return position
+        }),
+      ),
+    )
+    this.group = new GroupCommit((batch) => {
+      try {
+        return commit(batch)
+      } catch (error) {
+        // Positions handed out inside the rolled-back transaction are free again.
+        this.next.clear()
+        throw error
+      }
     })
-    const storage = new SqliteStorage(worker)
-    // The worker's first message says the database is open (id 0).
-    await new Promise((resolve, reject) => storage.waiting.set(0, { resolve, reject }))
-    return storage
   }
 
-  private settle(reply: Reply): void {
-    const waiter = this.waiting.get(reply.id)
-    if (!waiter) return
-    this.waiting.delete(reply.id)
-    if (reply.error) waiter.reject(Object.assign(new Error(reply.error.message), { code: reply.error.code }))
-    else waiter.resolve(reply.result)
-  }
-
-  private fail(error: Error): void {
-    this.failure ??= error
-    for (const waiter of this.waiting.values()) waiter.reject(error)
-    this.waiting.clear()
-  }
-
-  private request(op: string, args: unknown[], transfer: ArrayBuffer[] = []): Promise<unknown> {
-    if (this.failure) return Promise.reject(this.failure)
-    const id = this.nextId++
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject })
-      this.worker.postMessage({ id, op, args }, transfer)
-    })
+  private nextPosition(name: string): number {
+    let next = this.next.get(name)
+    if (next === undefined) {
+      next = (this.statements.lastPosition.get(name, name)?.last ?? 0) + 1
+      this.next.set(name, next)
+    }
+    return next
   }
 
   private assertOpen() {
@@ -83,7 +97,15 @@ export class SqliteStorage implements RelayStorage {
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
     await this.group.drain()
-    return (await this.request("load", [name])) as StoredDocument
+    const read = this.db.transaction(() => ({
+      snapshot: this.statements.snapshot.get(name),
+      updates: this.statements.updates.all(name),
+    }))
+    const { snapshot, updates } = read()
+    return {
+      snapshot: snapshot ? bytes(snapshot.data) : null,
+      updates: updates.map((row) => ({ position: row.position, update: bytes(row.data) })),
+    }
   }
 
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
@@ -94,23 +116,23 @@ export class SqliteStorage implements RelayStorage {
   async compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
     this.assertOpen()
     await this.group.drain()
-    await this.request("compact", [name, snapshot, through])
+    this.db.transaction(() => {
+      this.statements.upsertSnapshot.run(name, snapshot, through)
+      this.statements.trim.run(name, through)
+    })()
+    if ((this.next.get(name) ?? 0) <= through) this.next.set(name, through + 1)
   }
 
   async list(): Promise<string[]> {
     this.assertOpen()
     await this.group.drain()
-    return (await this.request("list", [])) as string[]
+    return this.statements.names.all().map((row) => row.doc)
   }
 
   async close(): Promise<void> {
     if (this.closed) return
     await this.group.drain()
     this.closed = true
-    try {
-      await this.request("close", [])
-    } finally {
-      await this.worker.terminate()
-    }
+    this.db.close()
   }
 }
