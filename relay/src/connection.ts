@@ -140,15 +140,13 @@ export class Connection {
 
   private sendSyncStep2(stateVector: Uint8Array): void {
     if (this.host.destroyed) return
-    const known = Y.decodeStateVector(stateVector)
+    if (Y.decodeStateVector(stateVector).size === 0) {
+      this.send(this.host.coldJoinFrame())
+      return
+    }
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, MessageType.sync)
-    if (known.size === 0) {
-      encoding.writeVarUint(encoder, syncProtocol.messageYjsSyncStep2)
-      encoding.writeVarUint8Array(encoder, this.host.fullState())
-    } else {
-      syncProtocol.writeSyncStep2(encoder, this.host.doc, stateVector)
-    }
+    syncProtocol.writeSyncStep2(encoder, this.host.doc, stateVector)
     this.send(encoding.toUint8Array(encoder))
   }
 

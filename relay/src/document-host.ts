@@ -1,5 +1,7 @@
-import { type ChangeEvent, type DocumentName, observeChanges } from "@parley/shared"
+import { type ChangeEvent, type DocumentName, MessageType, observeChanges } from "@parley/shared"
+import * as encoding from "lib0/encoding"
 import * as awarenessProtocol from "y-protocols/awareness"
+import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import type { Connection } from "./connection.js"
 import { describePrincipal, type Principal } from "./principal.js"
@@ -111,11 +113,18 @@ export class DocumentHost {
   }
 
   /**
-   * The whole document encoded, for clients joining with an empty state
-   * vector; one encoding serves every such joiner until the document changes.
+   * The sync-step-2 frame holding the whole document, for clients joining with
+   * an empty state vector. Encoded once and sent as is to every such joiner
+   * until the document changes: on a large conversation the encoding and its
+   * copies are most of a cold join's cost.
    */
-  fullState(): Uint8Array {
-    this.coldJoin ??= Y.encodeStateAsUpdate(this.doc)
+  coldJoinFrame(): Uint8Array {
+    if (!this.coldJoin) {
+      const encoder = encoding.createEncoder()
+      encoding.writeVarUint(encoder, MessageType.sync)
+      syncProtocol.writeSyncStep2(encoder, this.doc)
+      this.coldJoin = encoding.toUint8Array(encoder)
+    }
     return this.coldJoin
   }
 
