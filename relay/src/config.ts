@@ -58,8 +58,8 @@ export const FLAGS = {
   "max-buffered-bytes": {
     kind: "integer",
     env: "PARLEY_MAX_BUFFERED_BYTES",
-    help: "send queue per connection (then close 4429)",
-    default: String(64 * 1024 * 1024),
+    help: "send queue per connection, beyond its initial sync (then close 4429)",
+    default: String(8 * 1024 * 1024),
   },
   "max-messages-per-second": {
     kind: "integer",

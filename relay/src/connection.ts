@@ -18,9 +18,16 @@ import { savedFrame } from "./update-path.js"
 export interface Session {
   readonly principal: Principal
   readonly wantsParley: boolean
-  send(frame: Uint8Array): void
+  /**
+   * Queues `frame` to the client. `initialSync` marks the answer to the
+   * client's sync step 1 (possibly the whole conversation), which a transport
+   * bounding its send queue should not count against the client.
+   */
+  send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void
   close(code: number, reason: string): void
 }
+
+const INITIAL_SYNC = { initialSync: true } as const
 
 /** What a connection asks of the core. */
 export interface ConnectionOwner {
@@ -52,8 +59,8 @@ export class Connection {
     return this.session.principal
   }
 
-  send(frame: Uint8Array): void {
-    if (!this.closed) this.session.send(frame)
+  send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
+    if (!this.closed) this.session.send(frame, options)
   }
 
   close(code: number, reason: string): void {
@@ -141,13 +148,13 @@ export class Connection {
   private sendSyncStep2(stateVector: Uint8Array): void {
     if (this.host.destroyed) return
     if (Y.decodeStateVector(stateVector).size === 0) {
-      this.send(this.host.coldJoinFrame())
+      this.send(this.host.coldJoinFrame(), INITIAL_SYNC)
       return
     }
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, MessageType.sync)
     syncProtocol.writeSyncStep2(encoder, this.host.doc, stateVector)
-    this.send(encoding.toUint8Array(encoder))
+    this.send(encoding.toUint8Array(encoder), INITIAL_SYNC)
   }
 
   private receiveSync(decoder: decoding.Decoder): void {

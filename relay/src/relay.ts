@@ -20,8 +20,8 @@ import { type TransportLimits, WsTransport } from "./ws-transport.js"
 /** Defaults of the transport's limits. */
 export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   maxFrameBytes: 1024 * 1024,
-  // Above the initial sync of a large conversation (100,000 messages is about 12 MB), which counts too.
-  maxBufferedBytes: 64 * 1024 * 1024,
+  // What may queue behind a client's initial sync (which does not count, however large).
+  maxBufferedBytes: 8 * 1024 * 1024,
   maxMessagesPerSecond: 100,
   messageBurst: 200,
 }

@@ -241,13 +241,15 @@ export class WsTransport {
       return refuse(toParleyError(error, ErrorCode.UNAUTHORIZED))
     }
     if (socketClosed) return
+    const queue = new SendQueue()
     const session: Session = {
       principal,
       wantsParley,
-      send: (frame) => {
+      send: (frame, options) => {
         if (ws.readyState !== WebSocket.OPEN) return
         ws.send(frame)
-        if (ws.bufferedAmount > limits.maxBufferedBytes) {
+        queue.sent(frame.length, options?.initialSync === true)
+        if (queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
           metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
           log.info({ doc: name, buffered: ws.bufferedAmount }, "closed: client reads too slowly")
           connection?.close(CloseCode.RateLimited.code, "Send queue full")
@@ -266,6 +268,34 @@ export class WsTransport {
       return
     }
     for (const frame of early.splice(0)) connection.receive(frame)
+  }
+}
+
+/**
+ * What a client's send queue holds beyond its initial sync. The answer to a
+ * client's sync step 1 can be the whole conversation (megabytes, more than the
+ * limit a slow reader is held to); it leaves the queue first, so only what
+ * queues behind it counts: the bytes sent so far minus those buffered say how
+ * far the client has read, and whatever of an initial-sync frame is still
+ * unread is left out.
+ */
+class SendQueue {
+  private total = 0
+  /** Stream offsets of initial-sync frames not yet read past. */
+  private readonly initial: { start: number; end: number }[] = []
+
+  sent(bytes: number, initialSync: boolean): void {
+    if (initialSync) this.initial.push({ start: this.total, end: this.total + bytes })
+    this.total += bytes
+  }
+
+  /** Of the `buffered` bytes waiting, those that count against the limit. */
+  countedBytes(buffered: number): number {
+    const read = this.total - buffered
+    while (this.initial.length > 0 && this.initial[0]!.end <= read) this.initial.shift()
+    let exempt = 0
+    for (const frame of this.initial) exempt += frame.end - Math.max(frame.start, read)
+    return buffered - exempt
   }
 }
 

@@ -145,6 +145,54 @@ describe("bad input", () => {
 })
 
 describe("slow consumers", () => {
+  it("lets a joiner take its time over an initial sync larger than the send-queue limit, and counts only what queues behind it", async () => {
+    const limit = 1024 * 1024
+    const target = await startRelayProcess({
+      args: [
+        "--max-buffered-bytes",
+        String(limit),
+        "--max-messages-per-second",
+        "1000",
+        "--message-burst",
+        "1000",
+      ],
+    })
+    const s = await scene(target)
+    // About 12 MB of history: more than the kernel's socket buffers take, so most of the
+    // joiner's initial sync waits in the relay's send queue while it does not read.
+    const body = "x".repeat(15_000)
+    for (let frame = 0; frame < 16; frame++) {
+      s.healthy.doc.transact(() => {
+        for (let i = 0; i < 50; i++) sendMessage(s.healthy.doc, alice, { body })
+      })
+      await s.healthy.allSaved()
+    }
+    const joiner = new TestClient(target.url, s.id, await target.token(bob))
+    clients.push(joiner)
+    await joiner.opened
+    joiner.ws.pause()
+    await new Promise((r) => setTimeout(r, 1000))
+    expect(target.lines.some((l) => l.includes("reads too slowly"))).toBe(false)
+    expect(joiner.closeEvent).toBeUndefined()
+
+    // What queues behind the initial sync does count: two more megabytes and the joiner is dropped.
+    let total = 800
+    for (let frame = 0; frame < 3 && !joiner.closeEvent; frame++) {
+      s.healthy.doc.transact(() => {
+        for (let i = 0; i < 50; i++) sendMessage(s.healthy.doc, alice, { body })
+      })
+      total += 50
+      await s.healthy.allSaved()
+    }
+    await target.waitForLog((line) => String(line.msg).includes("reads too slowly"))
+    joiner.ws.resume()
+    expect((await joiner.closed).code).toBe(4429)
+
+    // A joiner that reads gets the whole conversation through the same limit.
+    const reader = await open(s.id, bob, {}, target)
+    expect(listMessages(reader.doc, { last: 5000 }).length).toBe(total)
+  }, 60_000)
+
   it("disconnects a client that does not read with 4429 instead of queueing without bound", async () => {
     const target = await startRelayProcess({
       args: ["--max-buffered-bytes", "65536", "--max-messages-per-second", "1000", "--message-burst", "1000"],
