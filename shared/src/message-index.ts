@@ -38,6 +38,20 @@ export class MessageIndex {
   readonly reactions = new Map<MessageId, Map<string, Set<UserId>>>()
   /** Sequenced message ids sorted by sequence number. */
   private readonly sequenced: MessageId[] = []
+  /**
+   * Sequence numbers of live (not deleted) sequenced messages, sorted, overall
+   * and per author, so that an unread count is two binary searches rather than
+   * a walk over everything after the reader's marker (a lurker in a large group
+   * has most of the conversation unread, and the relay recomputes every
+   * participant's unread count on every message).
+   */
+  private readonly liveSeqs: number[] = []
+  private readonly liveSeqsBy = new Map<UserId, number[]>()
+  /**
+   * Author of each id counted in `liveSeqs` (under its number in `seqOf`,
+   * which never changes while it is counted: `addSequence` takes it out first).
+   */
+  private readonly live = new Map<MessageId, UserId>()
   /** Ids with a record but no sequence number, in the order this replica saw them. */
   private readonly pending = new Set<MessageId>()
   /** Cache of {@link order}, dropped when the sequenced or pending ids change. */
@@ -111,6 +125,20 @@ export class MessageIndex {
   /** Sequenced ids with a number greater than `seq`. */
   sequencedAfter(seq: number): readonly MessageId[] {
     return this.sequenced.slice(this.sequencedIndexOf(seq + 1))
+  }
+
+  /**
+   * How many live messages not written by `user` have a sequence number above
+   * `after`, plus live unsequenced ones not written by `user`: the unread count
+   * for a reader whose marker is `after`. O(log n) plus the pending messages.
+   */
+  unreadFor(user: UserId, after: number): number {
+    let count = countAbove(this.liveSeqs, after) - countAbove(this.liveSeqsBy.get(user) ?? [], after)
+    for (const id of this.pending) {
+      const record = this.records.get(id)
+      if (record && record.author !== user && !this.deleted.has(id)) count++
+    }
+    return count
   }
 
   /** Highest sequence number in the document (0 when none). */
@@ -194,14 +222,40 @@ export class MessageIndex {
     this.updatePending(id)
   }
 
-  /** Keeps `pending` in step after the records of `id` changed. */
+  /** Keeps `pending` and the live sequence numbers in step after the records or number of `id` changed. */
   private updatePending(id: MessageId) {
+    this.updateLive(id)
     const isPending = (this.records.has(id) || this.deleted.has(id)) && !this.seqOf.has(id)
     if (isPending !== this.pending.has(id)) {
       if (isPending) this.pending.add(id)
       else this.pending.delete(id)
       this.canonical = undefined
     }
+  }
+
+  private updateLive(id: MessageId) {
+    const seq = this.seqOf.get(id)
+    const record = this.records.get(id)
+    const now = seq !== undefined && record !== undefined && !this.deleted.has(id) ? record.author : undefined
+    if (this.live.get(id) === now) return
+    this.removeLive(id)
+    if (now !== undefined && seq !== undefined) {
+      insertSorted(this.liveSeqs, seq)
+      insertSorted(
+        map.setIfUndefined(this.liveSeqsBy, now, (): number[] => []),
+        seq,
+      )
+      this.live.set(id, now)
+    }
+  }
+
+  private removeLive(id: MessageId) {
+    const author = this.live.get(id)
+    const seq = this.seqOf.get(id)
+    if (author === undefined || seq === undefined) return
+    removeSorted(this.liveSeqs, seq)
+    removeSorted(this.liveSeqsBy.get(author)!, seq)
+    this.live.delete(id)
   }
 
   private addSequence(value: string) {
@@ -211,11 +265,13 @@ export class MessageIndex {
       const seq = record.from + i
       const existing = this.seqOf.get(id)
       if (existing !== undefined && existing <= seq) return
+      this.removeLive(id)
       if (existing !== undefined) this.sequenced.splice(this.sequencedIndexOf(existing), 1)
       this.seqOf.set(id, seq)
       if (seq > this.lastSequence()) this.sequenced.push(id)
       else this.sequenced.splice(this.sequencedIndexOf(seq), 0, id)
       this.pending.delete(id)
+      this.updateLive(id)
       this.canonical = undefined
     })
   }
@@ -236,6 +292,32 @@ export class MessageIndex {
     if (users.size === 0) byEmoji.delete(parsed.emoji)
     if (byEmoji.size === 0) this.reactions.delete(parsed.message)
   }
+}
+
+/** Index of the first element of sorted `values` greater than `after`. */
+function firstAbove(values: readonly number[], after: number): number {
+  let lo = 0
+  let hi = values.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (values[mid]! <= after) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+const countAbove = (values: readonly number[], after: number) => values.length - firstAbove(values, after)
+
+/** Inserts into a sorted array; numbers are mostly new highs, which is a push. */
+function insertSorted(values: number[], value: number): void {
+  if (values.length === 0 || values[values.length - 1]! <= value) values.push(value)
+  else values.splice(firstAbove(values, value), 0, value)
+}
+
+/** Removes one occurrence of `value` from a sorted array. */
+function removeSorted(values: number[], value: number): void {
+  const at = firstAbove(values, value - 1)
+  if (values[at] === value) values.splice(at, 1)
 }
 
 const sameRecord = (a: MessageRecord | DeletedMessageRecord, b: MessageRecord | DeletedMessageRecord) =>

@@ -185,16 +185,7 @@ export function markersOf(doc: Y.Doc, user: UserId): Markers {
  * merged in late, from hiding behind a marker or being counted twice.
  */
 export function unreadCount(doc: Y.Doc, user: UserId): number {
-  const index = messageIndex(doc)
-  const marker = typesOf(doc).read.get(user) ?? 0
-  let count = 0
-  const counts = (id: MessageId) => {
-    const record = index.records.get(id)
-    return record !== undefined && record.author !== user && !index.deleted.has(id)
-  }
-  for (const id of index.sequencedAfter(marker)) if (counts(id)) count++
-  for (const id of index.unsequenced()) if (counts(id)) count++
-  return count
+  return messageIndex(doc).unreadFor(user, typesOf(doc).read.get(user) ?? 0)
 }
 
 /** Highest sequence number assigned in this conversation (0 when none). */

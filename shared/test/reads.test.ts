@@ -1,3 +1,4 @@
+import * as prng from "lib0/prng"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import {
@@ -11,10 +12,12 @@ import {
   markDelivered,
   markRead,
   messageCount,
+  messageIndex,
   nextFromDocument,
   SEQUENCE_RUN_LENGTH,
   sendMessage,
   typesOf,
+  type UserId,
   unreadCount,
   unsequencedMessages,
   writeSequenceNumbers,
@@ -153,6 +156,46 @@ describe("unread counts and markers", () => {
     sync(relay, offline)
     assignSequenceNumbers(relay, nextFromDocument(relay))
     expect(unreadCount(relay, carol)).toBe(1)
+  })
+
+  it("counts like a walk over every message would, through random sends, deletions, late numbering and reads", () => {
+    const users = [alice, bob, carol]
+    for (let seed = 1; seed <= 10; seed++) {
+      const gen = prng.create(seed)
+      const relay = groupDoc()
+      const devices = users.map(() => replicaOf(relay))
+      const walk = (doc: Y.Doc, user: UserId) => {
+        const index = messageIndex(doc)
+        const marker = typesOf(doc).read.get(user) ?? 0
+        let count = 0
+        for (const [id, record] of index.records) {
+          const seq = index.seqOf.get(id)
+          if (record.author !== user && !index.deleted.has(id) && (seq === undefined || seq > marker)) count++
+        }
+        return count
+      }
+      for (let step = 0; step < 300; step++) {
+        const at = prng.int32(gen, 0, users.length - 1)
+        const user = users[at]!
+        const device = devices[at]!
+        const roll = prng.int32(gen, 0, 9)
+        if (roll < 5) sendMessage(device, user, { body: `m${step}` })
+        else if (roll < 6) {
+          const own = [...messageIndex(device).records.values()].filter((r) => r.author === user)
+          if (own.length > 0) deleteMessage(device, user, prng.oneOf(gen, own).id)
+        } else if (roll < 8) {
+          // The relay hears from this device (in either direction) and numbers what it got.
+          sync(relay, device)
+          if (prng.bool(gen)) assignSequenceNumbers(relay, nextFromDocument(relay))
+        } else {
+          sync(relay, device)
+          markRead(device, user, lastSequence(device))
+        }
+        for (const doc of [relay, device]) {
+          for (const u of users) expect(unreadCount(doc, u), `seed ${seed} step ${step}`).toBe(walk(doc, u))
+        }
+      }
+    }
   })
 
   it("lists every user's markers for seen-by displays", () => {
