@@ -31,6 +31,7 @@ export {
   type InboxSummary,
   verifyWebhook,
 } from "./hooks/index.js"
+export { PostgresOutbox } from "./hooks/postgres-outbox.js"
 export { type RebuildReport, rebuildInboxes } from "./inbox/rebuild.js"
 export type { Logger, LogLevel } from "./log.js"
 export { RelayMetrics } from "./metrics.js"
@@ -41,6 +42,7 @@ export {
   MemoryClientBindingStore,
   SqliteClientBindingStore,
 } from "./policy/client-bindings.js"
+export { PostgresClientBindingStore } from "./policy/postgres-client-bindings.js"
 export type { PolicyInput, UpdatePolicy } from "./policy.js"
 export { membershipPolicy } from "./policy.js"
 export type { Principal } from "./principal.js"

@@ -2,13 +2,13 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { deadLetterRoutes } from "./hooks/admin.js"
 import { loadHooks } from "./hooks/loader.js"
-import { MemoryOutbox } from "./hooks/outbox.js"
+import { MemoryOutbox, type Outbox } from "./hooks/outbox.js"
 import { HookRuntime } from "./hooks/runtime.js"
 import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { inboxTarget } from "./inbox/inbox-target.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { RelayMetrics } from "./metrics.js"
-import { openAuthorization } from "./policy/open.js"
+import { type Authorization, openAuthorization } from "./policy/open.js"
 import type { UpdatePolicy } from "./policy.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
@@ -127,43 +127,54 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       "--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)",
     )
   const storageKind = typeof options.storage === "string" ? options.storage : "sqlite"
+  const dataDir = options.dataDir ?? "./data"
   const storage =
     typeof options.storage === "object"
       ? options.storage
       : await openStorage({
           kind: storageKind,
-          dataDir: options.dataDir ?? "./data",
+          dataDir,
           ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
         })
-  // Every update is checked against the document rules, unless a policy is given.
-  const authorization = options.policy
-    ? undefined
-    : openAuthorization(
-        typeof options.storage !== "object" && storageKind === "sqlite"
-          ? { dataDir: options.dataDir ?? "./data" }
-          : {},
-      )
-  const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
+  // The outbox and the client-id bindings live with the documents, so a restart keeps all three:
+  // in the data directory with SQLite, in the same database with PostgreSQL, in memory otherwise.
+  const durable = typeof options.storage === "object" ? undefined : storageKind
+  // The default openStorage connects to when no URL is given.
+  const databaseUrl = options.databaseUrl ?? "postgres://postgres@127.0.0.1:5432/test"
+  const onIdleError = (error: Error) =>
+    log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one")
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   let core: RelayCore | undefined
   const inbox = options.inbox === false ? [] : [inboxTarget(() => core)]
-  const hooks =
-    hookModules.length > 0 || webhooks.length > 0 || inbox.length > 0
-      ? new HookRuntime({
-          hooks: hookModules,
-          targets: inbox,
-          webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
-          // The outbox is durable next to the documents; with other storage it lives in memory.
-          outbox:
-            typeof options.storage !== "object" && storageKind === "sqlite"
-              ? new SqliteOutbox(options.dataDir ?? "./data")
-              : new MemoryOutbox(),
-          log: log.child({ component: "hooks" }),
-          registry: metrics.registry,
-          ...(options.hookTimeoutMs !== undefined ? { timeoutMs: options.hookTimeoutMs } : {}),
-          ...(options.hookAttempts !== undefined ? { backoff: { attempts: options.hookAttempts } } : {}),
-        })
-      : undefined
+  const wantsHooks = hookModules.length > 0 || webhooks.length > 0 || inbox.length > 0
+  let authorization: Authorization | undefined
+  let outbox: Outbox | undefined
+  try {
+    // Every update is checked against the document rules, unless a policy is given.
+    authorization = options.policy
+      ? undefined
+      : await openAuthorization(
+          durable === "sqlite" ? { dataDir } : durable === "postgres" ? { databaseUrl, onIdleError } : {},
+        )
+    if (wantsHooks) outbox = await openOutbox(durable, dataDir, databaseUrl, onIdleError)
+  } catch (error) {
+    await authorization?.close()
+    await storage.close()
+    throw error
+  }
+  const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
+  const hooks = outbox
+    ? new HookRuntime({
+        hooks: hookModules,
+        targets: inbox,
+        webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
+        outbox,
+        log: log.child({ component: "hooks" }),
+        registry: metrics.registry,
+        ...(options.hookTimeoutMs !== undefined ? { timeoutMs: options.hookTimeoutMs } : {}),
+        ...(options.hookAttempts !== undefined ? { backoff: { attempts: options.hookAttempts } } : {}),
+      })
+    : undefined
   core = new RelayCore({
     storage,
     log,
@@ -203,7 +214,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   } catch (error) {
     await hooks?.stop()
     await storage.close()
-    authorization?.close()
+    await authorization?.close()
     throw error
   }
   const shownHost =
@@ -227,11 +238,31 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
         await core.close()
         // After the core: its last changes' events are recorded before the outbox closes.
         await hooks?.stop()
-        authorization?.close()
+        await authorization?.close()
         await transport.close()
         log.info("stopped")
       })()
       return closing
     },
   }
+}
+
+/**
+ * The hook outbox next to the documents: `<dataDir>/hooks.sqlite` with SQLite
+ * storage, tables `parley_hook_*` in the storage's database with PostgreSQL,
+ * in memory with memory (or custom) storage.
+ */
+async function openOutbox(
+  durable: StorageKind | undefined,
+  dataDir: string,
+  databaseUrl: string,
+  onIdleError: (error: Error) => void,
+): Promise<Outbox> {
+  if (durable === "sqlite") return new SqliteOutbox(dataDir)
+  if (durable === "postgres") {
+    // Loaded only here, as the storage loads its PostgreSQL backend: SQLite deployments never touch `pg`.
+    const { PostgresOutbox } = await import("./hooks/postgres-outbox.js")
+    return PostgresOutbox.open(databaseUrl, onIdleError)
+  }
+  return new MemoryOutbox()
 }

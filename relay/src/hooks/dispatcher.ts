@@ -39,6 +39,8 @@ export interface DispatcherOptions {
   readonly metrics: HookMetrics
   /** Time allowed to one attempt (default 10 s). */
   readonly timeoutMs?: number
+  /** Pause of a lane after the outbox failed to record an attempt's outcome (default 1 s). */
+  readonly outboxRetryMs?: number
   readonly now?: () => number
 }
 
@@ -58,6 +60,7 @@ export class Dispatcher {
   private readonly lanes = new Map<string, Lane>()
   private readonly targets: Map<string, DeliveryTarget>
   private readonly timeoutMs: number
+  private readonly outboxRetryMs: number
   private readonly now: () => number
   private readonly waiters = new Set<() => void>()
   private readonly inFlight = new Set<Promise<void>>()
@@ -67,6 +70,7 @@ export class Dispatcher {
   constructor(private readonly options: DispatcherOptions) {
     this.targets = new Map(options.targets.map((t) => [t.name, t]))
     this.timeoutMs = options.timeoutMs ?? 10_000
+    this.outboxRetryMs = options.outboxRetryMs ?? 1_000
     this.now = options.now ?? Date.now
   }
 
@@ -142,6 +146,7 @@ export class Dispatcher {
       return
     }
     lane.running = true
+    let outboxFailed = false
     const run = this.attempt(lane.target, head)
       .then((next) => {
         if (next) lane.queue[0] = next
@@ -151,11 +156,20 @@ export class Dispatcher {
           this.options.metrics.pending.set(this.count)
         }
       })
-      .catch((error) => this.options.log.error({ err: error }, "hook outbox failed"))
+      .catch((error) => {
+        outboxFailed = true
+        this.options.log.error({ err: error }, "hook outbox failed")
+      })
       .finally(() => {
         lane.running = false
         this.inFlight.delete(run)
-        this.pump(lane, id)
+        if (outboxFailed) {
+          // The outcome is not recorded (e.g. the outbox's database is unreachable), so the head is
+          // attempted again; at once, an outage would replay it to the target in a tight loop.
+          clearTimeout(lane.timer)
+          lane.timer = setTimeout(() => this.pump(lane, id), this.outboxRetryMs)
+          lane.timer.unref?.()
+        } else this.pump(lane, id)
         if (this.count === 0) {
           for (const resolve of this.waiters) resolve()
           this.waiters.clear()

@@ -10,23 +10,47 @@ import {
 /** The relay's default update policy and what to close on shutdown. */
 export interface Authorization {
   readonly policy: AuthorizationPolicy
-  close(): void
+  /** Releases the bindings' database (file or connection pool). */
+  close(): Promise<void>
 }
 
 /** File of the client-id bindings next to the documents. */
 export const BINDINGS_FILE = "client-bindings.sqlite"
 
+/** Where {@link openAuthorization} keeps the client-id bindings. */
+export interface AuthorizationOptions {
+  /** SQLite: `<dataDir>/client-bindings.sqlite`. */
+  readonly dataDir?: string
+  /** PostgreSQL: table `parley_client_bindings` in this database (wins over `dataDir`). */
+  readonly databaseUrl?: string
+  /** Hears of idle PostgreSQL connections the server dropped (the pool replaces them). */
+  readonly onIdleError?: (error: Error) => void
+}
+
 /**
- * The full authorization with its bindings: durable in SQLite under `dataDir`
- * when given (the default, embedded deployment), in memory otherwise.
+ * The full authorization with its bindings, kept where the documents are so
+ * that they survive a restart together: in PostgreSQL when `databaseUrl` is
+ * given, in SQLite under `dataDir` when that is given (the default, embedded
+ * deployment), in memory otherwise.
  */
-export function openAuthorization(options: { readonly dataDir?: string } = {}): Authorization {
+export async function openAuthorization(options: AuthorizationOptions = {}): Promise<Authorization> {
+  if (options.databaseUrl !== undefined) {
+    // Loaded only here, as the storage loads its PostgreSQL backend: SQLite deployments never touch `pg`.
+    const { PostgresClientBindingStore } = await import("./postgres-client-bindings.js")
+    const store = await PostgresClientBindingStore.open(options.databaseUrl, options.onIdleError)
+    return { policy: new AuthorizationPolicy(store), close: () => store.close() }
+  }
   if (options.dataDir === undefined) {
-    return { policy: new AuthorizationPolicy(new MemoryClientBindingStore()), close: () => {} }
+    return { policy: new AuthorizationPolicy(new MemoryClientBindingStore()), close: async () => {} }
   }
   const db = new Database(join(options.dataDir, BINDINGS_FILE))
   db.pragma("journal_mode = WAL")
   db.pragma("synchronous = FULL")
   const store: ClientBindingStore = new SqliteClientBindingStore(db)
-  return { policy: new AuthorizationPolicy(store), close: () => db.close() }
+  return {
+    policy: new AuthorizationPolicy(store),
+    close: async () => {
+      if (db.open) db.close()
+    },
+  }
 }

@@ -141,6 +141,39 @@ describe("hook dispatcher", () => {
     expect((await outbox.deadLetters())[0]!.lastError).toBe("sync throw")
   })
 
+  it("pauses a lane when the outbox cannot record an outcome, instead of redelivering in a tight loop", async () => {
+    const outbox = new MemoryOutbox()
+    let outboxDown = true
+    const failing = Object.assign(Object.create(outbox) as MemoryOutbox, {
+      delivered: async (seq: number, target: string) => {
+        // Fails after a turn of the event loop, as a refused connection does (a failure within the same
+        // microtask run would starve the test's own timers if the dispatcher looped).
+        await new Promise((resolve) => setImmediate(resolve))
+        if (outboxDown) throw new Error("connection refused")
+        return outbox.delivered(seq, target)
+      },
+    })
+    let calls = 0
+    const dispatcher = new Dispatcher({
+      outbox: failing,
+      targets: [target("hook:a", async () => void calls++)],
+      log,
+      metrics: new HookMetrics(new Registry()),
+      outboxRetryMs: 50,
+    })
+    dispatcher.add(
+      await outbox.enqueue({ document: "c1", events: [{ event: sampleEvent("e1"), targets: ["hook:a"] }] }),
+    )
+    await new Promise((resolve) => setTimeout(resolve, 120))
+    // Delivered, then again about every 50 ms: not thousands of times.
+    expect(calls).toBeGreaterThanOrEqual(1)
+    expect(calls).toBeLessThanOrEqual(4)
+    outboxDown = false
+    // Only a later attempt can record the delivery.
+    await dispatcher.idle()
+    expect(await outbox.pending()).toEqual([])
+  })
+
   it("resumes what the outbox still owes when started again", async () => {
     const outbox = new MemoryOutbox()
     await outbox.enqueue({

@@ -1,69 +1,49 @@
 import Database from "better-sqlite3"
-import { describe, expect, it } from "vitest"
-import {
-  type ClientBindingStore,
-  MemoryClientBindingStore,
-  SqliteClientBindingStore,
-} from "../../src/policy/client-bindings.js"
+import { describe, it } from "vitest"
+import { MemoryClientBindingStore, SqliteClientBindingStore } from "../../src/policy/client-bindings.js"
+import { PostgresClientBindingStore } from "../../src/policy/postgres-client-bindings.js"
+import { DATABASE_URL, postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { runBindingStoreConformance } from "./binding-store-conformance.js"
 
-/** One behaviour for every binding store. `reopen` gives a store over the same persisted data. */
-function runBindingStoreConformance(
-  name: string,
-  setup: () => { store: ClientBindingStore; reopen: () => ClientBindingStore },
-) {
-  describe(`${name} client binding store`, () => {
-    it("loads nothing for a document never bound", async () => {
-      const { store } = setup()
-      expect(await store.load("g~none")).toEqual(new Map())
-    })
+runBindingStoreConformance("memory", async () => {
+  const store = new MemoryClientBindingStore()
+  return { store, reopen: async () => store }
+})
 
-    it("keeps each id's first owner", async () => {
-      const { store } = setup()
-      await store.bind("g~a", [
-        [1, "user:alice"],
-        [2, "relay"],
-      ])
-      await store.bind("g~a", [
-        [1, "user:mallory"],
-        [3, "user:bob"],
-      ])
-      expect(await store.load("g~a")).toEqual(
-        new Map([
-          [1, "user:alice"],
-          [2, "relay"],
-          [3, "user:bob"],
-        ]),
-      )
-    })
+runBindingStoreConformance("SQLite", async () => {
+  const db = new Database(":memory:")
+  return {
+    store: new SqliteClientBindingStore(db),
+    reopen: async () => new SqliteClientBindingStore(db),
+    cleanup: async () => {
+      db.close()
+    },
+  }
+})
 
-    it("keeps documents apart", async () => {
-      const { store } = setup()
-      await store.bind("g~a", [[7, "user:alice"]])
-      await store.bind("g~b", [[7, "user:bob"]])
-      expect((await store.load("g~a")).get(7)).toBe("user:alice")
-      expect((await store.load("g~b")).get(7)).toBe("user:bob")
-    })
+const unreachable = await postgresUnreachable()
 
-    it("holds large client ids exactly", async () => {
-      const { store } = setup()
-      await store.bind("g~a", [[0xffffffff, "user:alice"]])
-      expect((await store.load("g~a")).get(0xffffffff)).toBe("user:alice")
-    })
-
-    it("still has the bindings when opened again", async () => {
-      const { store, reopen } = setup()
-      await store.bind("g~a", [[5, "user:alice"]])
-      expect((await reopen().load("g~a")).get(5)).toBe("user:alice")
-    })
+if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("PostgreSQL client binding store", () => {
+    it.skip(`skipped: PostgreSQL unreachable at ${DATABASE_URL} (${unreachable})`, () => {})
+  })
+} else {
+  // With PARLEY_REQUIRE_SERVICES=1 an unreachable database fails every test here instead of skipping.
+  runBindingStoreConformance("PostgreSQL", async () => {
+    // A schema per test: other test files share the database, and each test starts empty.
+    const scratch = await scratchSchema()
+    const opened = [await PostgresClientBindingStore.open(scratch.url)]
+    return {
+      store: opened[0]!,
+      reopen: async () => {
+        const store = await PostgresClientBindingStore.open(scratch.url)
+        opened.push(store)
+        return store
+      },
+      cleanup: async () => {
+        for (const store of opened) await store.close()
+        await scratch.drop()
+      },
+    }
   })
 }
-
-runBindingStoreConformance("memory", () => {
-  const store = new MemoryClientBindingStore()
-  return { store, reopen: () => store }
-})
-
-runBindingStoreConformance("SQLite", () => {
-  const db = new Database(":memory:")
-  return { store: new SqliteClientBindingStore(db), reopen: () => new SqliteClientBindingStore(db) }
-})

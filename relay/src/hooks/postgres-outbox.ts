@@ -1,0 +1,255 @@
+import pg from "pg"
+import type { HookEvent } from "./events.js"
+import type { DeadLetter, DeadLetterFilter, Delivery, Outbox, OutboxBatch } from "./outbox.js"
+
+// The payload is the event's JSON as text, not JSONB: JSONB would reorder keys and refuse `\u0000` in
+// strings (a message body may hold one), and the outbox only ever reads the whole event back.
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS parley_hook_events (
+  seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  document TEXT NOT NULL,
+  payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parley_hook_deliveries (
+  seq BIGINT NOT NULL REFERENCES parley_hook_events(seq),
+  target TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_at BIGINT NOT NULL DEFAULT 0,
+  last_error TEXT,
+  dead_at BIGINT,
+  PRIMARY KEY (seq, target)
+);
+CREATE TABLE IF NOT EXISTS parley_hook_watermarks (
+  document TEXT PRIMARY KEY,
+  through BIGINT NOT NULL
+);
+`
+
+// Advisory locks in the two-key form: a key space apart from the one-key locks `PostgresStorage` takes
+// per document, so outbox and storage never wait on each other. Schema setup takes (SETUP_LOCK, 1), an
+// enqueue (DOCUMENT_LOCK, hashtext(document)); the values are arbitrary ("Prlz", "Prly").
+const SETUP_LOCK = 0x50726c7a
+const DOCUMENT_LOCK = 0x50726c79
+
+interface DeliveryRow {
+  seq: string
+  document: string
+  payload: string
+  target: string
+  attempts: number
+  next_at: string
+  last_error: string | null
+  dead_at: string | null
+}
+
+const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.next_at, d.last_error, d.dead_at
+  FROM parley_hook_deliveries d JOIN parley_hook_events e ON e.seq = d.seq`
+// `COLLATE "C"`: targets in code point order like the SQLite and memory outboxes, whatever the locale.
+const ORDER = `ORDER BY d.seq, d.target COLLATE "C"`
+
+/**
+ * PostgreSQL refuses NUL in text; an error message from a handler may hold one. Without this the failed
+ * attempt could not be recorded and the dispatcher would retry the delivery at once, forever.
+ */
+const storable = (text: string): string => text.replaceAll("\u0000", "\uFFFD")
+
+/**
+ * Creates the tables in one transaction holding the setup lock, so that relays starting together do not
+ * race on `CREATE TABLE IF NOT EXISTS` (which can then fail on a duplicate catalog entry).
+ */
+async function createTables(pool: pg.Pool): Promise<void> {
+  const client = await pool.connect()
+  try {
+    await client.query("BEGIN")
+    await client.query("SELECT pg_advisory_xact_lock($1, 1)", [SETUP_LOCK])
+    await client.query(SCHEMA)
+    await client.query("COMMIT")
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {})
+    throw error
+  } finally {
+    client.release()
+  }
+}
+
+/**
+ * The durable outbox of a relay on PostgreSQL storage: tables
+ * `parley_hook_events`, `parley_hook_deliveries` and `parley_hook_watermarks`
+ * in the storage's database (the connection string's schema, by default
+ * `public`). As with the SQLite outbox, an enqueue records the events, their
+ * deliveries and the document's watermark in one transaction.
+ *
+ * Every commit returns once PostgreSQL has flushed its WAL (the default
+ * `synchronous_commit = on`, which `PostgresStorage` relies on too), so what
+ * an operation recorded survives a crash of the relay and of the database
+ * server; {@link flush} therefore has nothing left to do.
+ *
+ * The tables hold one queue per database (or schema): a relay resumes every
+ * pending delivery in them when it starts, and dead-letters those whose target
+ * it does not have. Relays sharing a database should run the same hooks.
+ */
+export class PostgresOutbox implements Outbox {
+  private closed = false
+
+  private constructor(private readonly pool: pg.Pool) {}
+
+  /**
+   * Connects to `url` and creates the tables if needed. `onIdleError` hears of
+   * idle connections the server dropped (the pool replaces them).
+   */
+  static async open(url: string, onIdleError: (error: Error) => void = () => {}): Promise<PostgresOutbox> {
+    // Enqueues are serial (the hook runtime chains them); the rest comes from the delivery lanes.
+    const pool = new pg.Pool({ connectionString: url, max: 4 })
+    // An idle connection dropped by the server would otherwise crash the process ("error" unhandled).
+    pool.on("error", (error) => onIdleError(error))
+    try {
+      await createTables(pool)
+    } catch (error) {
+      await pool.end()
+      throw error
+    }
+    return new PostgresOutbox(pool)
+  }
+
+  private async transaction<T>(run: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect()
+    try {
+      await client.query("BEGIN")
+      const result = await run(client)
+      await client.query("COMMIT")
+      return result
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => {})
+      throw error
+    } finally {
+      client.release()
+    }
+  }
+
+  async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
+    if (batch.events.length === 0 && batch.through === undefined) return []
+    return this.transaction(async (client) => {
+      // One enqueue of a document at a time (across relays too): sequence numbers are drawn inside the
+      // transaction, so without the lock a later seq could commit first and be delivered ahead.
+      await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [DOCUMENT_LOCK, batch.document])
+      const out: Delivery[] = []
+      for (const { event, targets } of batch.events) {
+        const { rows } = await client.query<{ seq: string }>(
+          "INSERT INTO parley_hook_events (document, payload) VALUES ($1, $2) RETURNING seq",
+          [batch.document, JSON.stringify(event)],
+        )
+        const seq = Number(rows[0]!.seq)
+        if (targets.length > 0)
+          await client.query(
+            "INSERT INTO parley_hook_deliveries (seq, target) SELECT $1, t FROM unnest($2::text[]) AS t",
+            [seq, targets],
+          )
+        for (const target of targets)
+          out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
+      }
+      if (batch.through !== undefined)
+        await client.query(
+          `INSERT INTO parley_hook_watermarks (document, through) VALUES ($1, $2)
+           ON CONFLICT (document) DO UPDATE
+             SET through = GREATEST(parley_hook_watermarks.through, EXCLUDED.through)`,
+          [batch.document, batch.through],
+        )
+      return out
+    })
+  }
+
+  async watermark(document: string): Promise<number | undefined> {
+    const { rows } = await this.pool.query<{ through: string }>(
+      "SELECT through FROM parley_hook_watermarks WHERE document = $1",
+      [document],
+    )
+    return rows[0] ? Number(rows[0].through) : undefined
+  }
+
+  async pending(): Promise<Delivery[]> {
+    const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
+    return rows.map(toDelivery)
+  }
+
+  async delivered(seq: number, target: string): Promise<void> {
+    await this.transaction(async (client) => {
+      // Locking the event first serialises the deliveries of one event: without it, two targets finishing
+      // together would each still see the other's row and neither would remove the event.
+      await client.query("SELECT 1 FROM parley_hook_events WHERE seq = $1 FOR UPDATE", [seq])
+      await client.query("DELETE FROM parley_hook_deliveries WHERE seq = $1 AND target = $2", [seq, target])
+      await client.query(
+        "DELETE FROM parley_hook_events WHERE seq = $1 AND NOT EXISTS (SELECT 1 FROM parley_hook_deliveries WHERE seq = $1)",
+        [seq],
+      )
+    })
+  }
+
+  async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
+    await this.pool.query(
+      "UPDATE parley_hook_deliveries SET attempts = $1, next_at = $2, last_error = $3 WHERE seq = $4 AND target = $5",
+      [attempts, nextAttemptAt, storable(error), seq, target],
+    )
+  }
+
+  async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
+    await this.pool.query(
+      "UPDATE parley_hook_deliveries SET attempts = $1, last_error = $2, dead_at = $3 WHERE seq = $4 AND target = $5",
+      [attempts, storable(error), at, seq, target],
+    )
+  }
+
+  async deadLetters(): Promise<DeadLetter[]> {
+    const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER}`)
+    return rows.map((row) => ({
+      ...toDelivery(row),
+      lastError: row.last_error ?? "",
+      deadAt: row.dead_at === null ? 0 : Number(row.dead_at),
+    }))
+  }
+
+  async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
+    return this.transaction(async (client) => {
+      // FOR UPDATE: a concurrent replay (admin endpoint and CLI) waits instead of reviving the same rows twice.
+      const { rows } = await client.query<DeliveryRow>(
+        `${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER} FOR UPDATE OF d`,
+      )
+      const chosen = rows
+        .map(toDelivery)
+        .filter(
+          (d) =>
+            (filter.eventId === undefined || d.event.event.id === filter.eventId) &&
+            (filter.target === undefined || d.target === filter.target) &&
+            (filter.document === undefined || d.document === filter.document),
+        )
+      if (chosen.length > 0)
+        await client.query(
+          `UPDATE parley_hook_deliveries d SET attempts = 0, next_at = 0, dead_at = NULL
+           FROM unnest($1::bigint[], $2::text[]) AS c(seq, target)
+           WHERE d.seq = c.seq AND d.target = c.target`,
+          [chosen.map((d) => d.seq), chosen.map((d) => d.target)],
+        )
+      return chosen.map((d) => ({ ...d, attempts: 0, nextAttemptAt: 0 }))
+    })
+  }
+
+  /** Nothing to do: every commit above was already flushed to PostgreSQL's WAL when it returned. */
+  async flush(): Promise<void> {}
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.pool.end()
+  }
+}
+
+function toDelivery(row: DeliveryRow): Delivery {
+  return {
+    seq: Number(row.seq),
+    document: row.document,
+    target: row.target,
+    event: JSON.parse(row.payload) as HookEvent,
+    attempts: row.attempts,
+    nextAttemptAt: Number(row.next_at),
+    ...(row.last_error !== null ? { lastError: row.last_error } : {}),
+  }
+}

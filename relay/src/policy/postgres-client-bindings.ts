@@ -1,0 +1,86 @@
+import pg from "pg"
+import type { ClientBinding, ClientBindingStore } from "./client-bindings.js"
+
+// BIGINT: Yjs client ids are unsigned 32-bit numbers, above PostgreSQL's signed INTEGER.
+const SCHEMA = `CREATE TABLE IF NOT EXISTS parley_client_bindings (
+  document TEXT NOT NULL,
+  client_id BIGINT NOT NULL,
+  principal TEXT NOT NULL,
+  PRIMARY KEY (document, client_id)
+)`
+
+// The hook outbox's setup lock class (see postgres-outbox.ts) with the next object id: relays starting
+// together create the table one after the other instead of racing on `CREATE TABLE IF NOT EXISTS`.
+const SETUP_LOCK = 0x50726c7a
+const BINDINGS_SETUP = 2
+
+/**
+ * Bindings in PostgreSQL, table `parley_client_bindings` of the storage's
+ * database (the connection string's schema, by default `public`). Each `bind`
+ * is one statement that commits once PostgreSQL flushed its WAL (default
+ * `synchronous_commit`), so a binding is durable when `bind` resolves, and the
+ * first owner of an id wins also across relays sharing the database.
+ */
+export class PostgresClientBindingStore implements ClientBindingStore {
+  private closed = false
+
+  private constructor(private readonly pool: pg.Pool) {}
+
+  /**
+   * Connects to `url` and creates the table if needed. `onIdleError` hears of
+   * idle connections the server dropped (the pool replaces them).
+   */
+  static async open(
+    url: string,
+    onIdleError: (error: Error) => void = () => {},
+  ): Promise<PostgresClientBindingStore> {
+    // Binds are rare (a client id's first update) and loads once per loaded document: a small pool will do.
+    const pool = new pg.Pool({ connectionString: url, max: 2 })
+    // An idle connection dropped by the server would otherwise crash the process ("error" unhandled).
+    pool.on("error", (error) => onIdleError(error))
+    const client = await pool.connect().catch(async (error: unknown) => {
+      await pool.end()
+      throw error
+    })
+    try {
+      await client.query("BEGIN")
+      await client.query("SELECT pg_advisory_xact_lock($1, $2)", [SETUP_LOCK, BINDINGS_SETUP])
+      await client.query(SCHEMA)
+      await client.query("COMMIT")
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => {})
+      client.release()
+      await pool.end()
+      throw error
+    }
+    client.release()
+    return new PostgresClientBindingStore(pool)
+  }
+
+  async load(name: string): Promise<Map<number, string>> {
+    const { rows } = await this.pool.query<{ client_id: string; principal: string }>(
+      "SELECT client_id, principal FROM parley_client_bindings WHERE document = $1",
+      [name],
+    )
+    return new Map(rows.map((row) => [Number(row.client_id), row.principal]))
+  }
+
+  async bind(name: string, entries: readonly ClientBinding[]): Promise<void> {
+    if (entries.length === 0) return
+    // One statement: all or nothing. DO NOTHING keeps an id's first owner, against rows already stored
+    // (by this relay or another) and against an earlier entry of the same call (rows go in array order).
+    await this.pool.query(
+      `INSERT INTO parley_client_bindings (document, client_id, principal)
+       SELECT $1, b.client_id, b.principal FROM unnest($2::bigint[], $3::text[]) AS b(client_id, principal)
+       ON CONFLICT (document, client_id) DO NOTHING`,
+      [name, entries.map(([clientId]) => clientId), entries.map(([, key]) => key)],
+    )
+  }
+
+  /** Closes the connection pool; the store is unusable afterwards. Closing twice is harmless. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.pool.end()
+  }
+}
