@@ -54,6 +54,13 @@ const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.nex
 export class SqliteOutbox implements Outbox {
   private readonly db: Database.Database
   private readonly statements
+  private readonly markDelivered: (marks: readonly { seq: number; target: string }[]) => void
+  private deliveredMarks: {
+    seq: number
+    target: string
+    resolve: () => void
+    reject: (error: unknown) => void
+  }[] = []
 
   constructor(dataDir: string) {
     mkdirSync(dataDir, { recursive: true })
@@ -94,9 +101,16 @@ export class SqliteOutbox implements Outbox {
         "UPDATE hook_deliveries SET attempts = 0, next_at = 0, dead_at = NULL WHERE seq = ? AND target = ?",
       ),
     }
+    this.markDelivered = this.db.transaction((marks: readonly { seq: number; target: string }[]) => {
+      for (const { seq, target } of marks) {
+        this.statements.remove.run(seq, target)
+        this.statements.removeEventIfDone.run(seq, seq)
+      }
+    })
   }
 
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
+    this.writeDeliveredMarks()
     const run = this.db.transaction((b: OutboxBatch) => {
       const out: Delivery[] = []
       for (const { event, targets } of b.events) {
@@ -113,29 +127,54 @@ export class SqliteOutbox implements Outbox {
   }
 
   async watermark(document: string): Promise<number | undefined> {
+    this.writeDeliveredMarks()
     return this.statements.watermark.get(document)?.through
   }
 
   async pending(): Promise<Delivery[]> {
+    this.writeDeliveredMarks()
     return this.statements.pending.all().map(toDelivery)
   }
 
-  async delivered(seq: number, target: string): Promise<void> {
-    this.db.transaction(() => {
-      this.statements.remove.run(seq, target)
-      this.statements.removeEventIfDone.run(seq, seq)
-    })()
+  /**
+   * Records a delivery as done. Deliveries finishing in the same tick (every
+   * target of every event of a busy relay) share one transaction: a commit
+   * costs far more than the two statements, and a mark lost to a crash only
+   * means one more delivery, which at-least-once allows.
+   */
+  delivered(seq: number, target: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.deliveredMarks.push({ seq, target, resolve, reject })
+      if (this.deliveredMarks.length === 1) setImmediate(() => this.writeDeliveredMarks())
+    })
+  }
+
+  /** Writes the waiting delivered marks; every other method calls it first so that it sees them. */
+  private writeDeliveredMarks(): void {
+    const marks = this.deliveredMarks
+    if (marks.length === 0) return
+    this.deliveredMarks = []
+    try {
+      if (!this.db.open) throw new Error("the hook outbox is closed")
+      this.markDelivered(marks)
+      for (const mark of marks) mark.resolve()
+    } catch (error) {
+      for (const mark of marks) mark.reject(error)
+    }
   }
 
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
+    this.writeDeliveredMarks()
     this.statements.retry.run(attempts, nextAttemptAt, error, seq, target)
   }
 
   async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
+    this.writeDeliveredMarks()
     this.statements.kill.run(attempts, error, at, seq, target)
   }
 
   async deadLetters(): Promise<DeadLetter[]> {
+    this.writeDeliveredMarks()
     return this.statements.dead.all().map((row) => ({
       ...toDelivery(row),
       lastError: row.last_error ?? "",
@@ -144,6 +183,7 @@ export class SqliteOutbox implements Outbox {
   }
 
   async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
+    this.writeDeliveredMarks()
     return this.db.transaction(() => {
       const chosen = this.statements.dead
         .all()
@@ -160,11 +200,13 @@ export class SqliteOutbox implements Outbox {
   }
 
   async flush(): Promise<void> {
+    this.writeDeliveredMarks()
     // A checkpoint copies the WAL into the database file and syncs it.
     this.db.pragma("wal_checkpoint(FULL)")
   }
 
   async close(): Promise<void> {
+    this.writeDeliveredMarks()
     if (this.db.open) this.db.close()
   }
 }
