@@ -29,6 +29,7 @@ import {
   writeOnServer,
 } from "./update-path.js"
 
+const EVICTED = Symbol("evicted")
 /** Limits of the core. */
 export interface CoreLimits extends PathLimits {
   /** Unload a document this long after its last connection left. */
@@ -163,22 +164,34 @@ export class RelayCore implements ConnectionOwner {
    */
   async write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void> {
     parseName(name)
-    const host = await this.activeHost(name)
-    try {
-      await writeOnServer(this.ctx, host, actor, change)
-    } finally {
-      this.scheduleIdle(host)
+    for (;;) {
+      const host = await this.activeHost(name)
+      try {
+        await writeOnServer(this.ctx, host, actor, change)
+        return
+      } catch (error) {
+        // Unloaded (or evicted) before the change ran: nothing was written, so it goes to a fresh load.
+        if (!(host.destroyed && error instanceof ParleyError && error.code === ErrorCode.UNAVAILABLE))
+          throw error
+      } finally {
+        this.scheduleIdle(host)
+      }
     }
   }
 
   /** Reads a document's current state (loading it if needed); `read` must not write. */
   async read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T> {
     parseName(name)
-    const host = await this.activeHost(name)
-    try {
-      return await host.enqueue(async () => read(host.doc))
-    } finally {
-      this.scheduleIdle(host)
+    for (;;) {
+      const host = await this.activeHost(name)
+      try {
+        // A change queued before this read may have failed to store and evicted the document;
+        // its memory then holds what storage does not, so the read goes to a fresh load.
+        const result = await host.enqueue(async () => (host.destroyed ? EVICTED : { value: read(host.doc) }))
+        if (result !== EVICTED) return result.value
+      } finally {
+        this.scheduleIdle(host)
+      }
     }
   }
 

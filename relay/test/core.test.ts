@@ -98,6 +98,11 @@ class GatedStorage extends MemoryStorage {
   private gates: (() => void)[] = []
   override async append(name: string, updates: readonly Uint8Array[]) {
     await new Promise<void>((resolve) => this.gates.push(resolve))
+    if (this.failure) {
+      const failure = this.failure
+      this.failure = undefined
+      throw failure
+    }
     return super.append(name, updates)
   }
   get waiting() {
@@ -106,6 +111,12 @@ class GatedStorage extends MemoryStorage {
   release() {
     for (const gate of this.gates.splice(0)) gate()
   }
+  /** Fails the waiting appends with `error`. */
+  fail(error: Error) {
+    this.failure = error
+    this.release()
+  }
+  private failure: Error | undefined
 }
 
 describe("relay core (no sockets)", () => {
@@ -195,6 +206,28 @@ describe("relay core (no sockets)", () => {
     await until(() => a.parley().length === 1)
     expect(a.parley()[0]).toMatchObject({ type: "error", error: { code: ErrorCode.INTERNAL } })
     expect(await core.read(id, (doc) => listMessages(doc, { last: 5 }).length)).toBe(0)
+  })
+
+  it("never lets a read see a change whose storage failed, even one queued behind it", async () => {
+    const storage = new GatedStorage()
+    const core = makeCore(storage)
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    ca.receive(updateFrame(conversationUpdate(id).update))
+    await until(() => storage.waiting === 1)
+    storage.release()
+    await until(() => a.parley().length === 1)
+    // The next append fails: the message is applied in memory, then storing it fails.
+    const { doc } = conversationUpdate(id)
+    sendMessage(doc, alice, { body: "never stored" })
+    ca.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+    await until(() => storage.waiting === 1)
+    const read = core.read(id, (d) => listMessages(d, { last: 5 }).map((m) => m.body))
+    storage.fail(new Error("disk full"))
+    expect(await read).toEqual([])
+    expect(a.parley().at(-1)).toMatchObject({ type: "error", error: { code: ErrorCode.INTERNAL } })
+    expect(a.closed?.code).toBe(4500)
   })
 
   it("gives listeners every saved change in order, with the relay's sequencing, and survives a throwing listener", async () => {
