@@ -80,9 +80,12 @@ export class Connection {
     if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
   }
 
-  /** The "saved" acknowledgement, for connections that asked for it. */
-  saved(): void {
-    if (this.session.wantsParley) this.send(savedFrame(this.host))
+  /**
+   * The "saved" acknowledgement, for connections that asked for it: the whole
+   * durable state vector, or only the entries of `clientIds` (see `savedFrame`).
+   */
+  saved(clientIds?: Iterable<number>): void {
+    if (this.session.wantsParley) this.send(savedFrame(this.host, clientIds))
   }
 
   /**

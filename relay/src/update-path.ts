@@ -252,6 +252,7 @@ export function submitUpdate(
       throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
     const { clientIds, noop } = inspectUpdate(host.doc, update)
     if (noop) {
+      // Typically a reconnecting client's sync step 2: it learns everything that is durable.
       from?.saved()
       return []
     }
@@ -281,7 +282,7 @@ export function submitUpdate(
     } else {
       broadcast(host, syncUpdateFrame(update), from)
     }
-    from?.saved()
+    from?.saved(clientIds)
     await finish(ctx, host, principal, positions, events)
     return positions
   })
@@ -353,5 +354,16 @@ function clientIdsOf(update: Uint8Array): Set<number> {
   return new Set(Y.decodeUpdate(update).structs.map((struct) => struct.id.client))
 }
 
-/** Sends the "saved" acknowledgement with the document's current state vector. */
-export const savedFrame = (host: DocumentHost): Uint8Array => encodeSaved(Y.encodeStateVector(host.doc))
+/**
+ * The "saved" acknowledgement: the document's durable state vector, whole or
+ * (for the acknowledgement of one update) only the entries of `clientIds`, the
+ * clients that update wrote for. A conversation gains a client id with every
+ * device session, so the whole vector grows to kilobytes; an update's
+ * acknowledgement needs only the writer's own entries.
+ */
+export function savedFrame(host: DocumentHost, clientIds?: Iterable<number>): Uint8Array {
+  if (!clientIds) return encodeSaved(Y.encodeStateVector(host.doc))
+  const entries = new Map<number, number>()
+  for (const client of clientIds) entries.set(client, Y.getState(host.doc.store, client))
+  return encodeSaved(Y.encodeStateVector(entries))
+}

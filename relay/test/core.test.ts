@@ -208,6 +208,41 @@ describe("relay core (no sockets)", () => {
     expect(await core.read(id, (doc) => listMessages(doc, { last: 5 }).length)).toBe(0)
   })
 
+  it("acknowledges an update with the clocks of the clients it wrote for, not the whole state vector", async () => {
+    const core = makeCore()
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    const { doc, update } = conversationUpdate(id)
+    ca.receive(updateFrame(update))
+    // Twenty more device sessions write into the conversation.
+    for (let i = 0; i < 20; i++) {
+      const device = new Y.Doc()
+      Y.applyUpdate(device, Y.encodeStateAsUpdate(doc))
+      const before = Y.encodeStateVector(device)
+      sendMessage(device, alice, { body: `from device ${i}` })
+      ca.receive(updateFrame(Y.encodeStateAsUpdate(device, before)))
+    }
+    await until(() => a.parley().length === 21)
+    const device = new Y.Doc()
+    Y.applyUpdate(device, await core.read(id, (d) => Y.encodeStateAsUpdate(d)))
+    const before = Y.encodeStateVector(device)
+    sendMessage(device, alice, { body: "one more" })
+    ca.receive(updateFrame(Y.encodeStateAsUpdate(device, before)))
+    await until(() => a.parley().length === 22)
+    const last = a.parley().at(-1)!
+    expect(last.type).toBe("saved")
+    const vector = Y.decodeStateVector((last as { stateVector: Uint8Array }).stateVector)
+    expect([...vector]).toEqual([[device.clientID, Y.getState(device.store, device.clientID)]])
+    // A reconnecting client whose sync step 2 holds nothing new learns the whole durable state vector.
+    const b = new FakeSession({ kind: "user", user: alice })
+    const cb = await core.connect(id, b)
+    cb.receive(updateFrame(Y.encodeStateAsUpdate(device)))
+    await until(() => b.parley().length === 1)
+    const whole = b.parley()[0] as { stateVector: Uint8Array }
+    expect(Y.decodeStateVector(whole.stateVector).size).toBeGreaterThan(20)
+  })
+
   it("never lets a read see a change whose storage failed, even one queued behind it", async () => {
     const storage = new GatedStorage()
     const core = makeCore(storage)
