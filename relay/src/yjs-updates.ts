@@ -15,16 +15,20 @@ export interface InspectedUpdate {
  */
 export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
   let decoded: ReturnType<typeof Y.decodeUpdate>
-  let fresh: ReturnType<typeof Y.decodeUpdate>
   try {
     decoded = Y.decodeUpdate(update)
-    fresh = Y.decodeUpdate(Y.diffUpdate(update, Y.encodeStateVector(doc)))
   } catch (error) {
     throw new ParleyError(ErrorCode.INVALID_UPDATE, "the update cannot be decoded", { cause: error })
   }
   const clientIds = new Set<number>()
-  for (const struct of decoded.structs) clientIds.add(struct.id.client)
-  const noop = fresh.structs.length === 0 && deletesAlreadyApplied(doc, fresh.ds)
+  // New when it reaches past what the document has of its client (compared client by client:
+  // encoding the document's whole state vector would cost one step per client it ever had).
+  let news = false
+  for (const struct of decoded.structs) {
+    clientIds.add(struct.id.client)
+    if (struct.id.clock + struct.length > Y.getState(doc.store, struct.id.client)) news = true
+  }
+  const noop = !news && deletesAlreadyApplied(doc, decoded.ds)
   return { clientIds, noop }
 }
 
