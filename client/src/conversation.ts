@@ -240,7 +240,8 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.refreshStatuses()
     })
     connection.on("refused", ({ error }) => this.refused(error))
-    connection.on("tokenFailed", ({ error }) => this.emit("error", { error }))
+    // A token the source could not give is the client's problem, not this conversation's:
+    // `ChatClient` reports it once (an "error" event), however many conversations are open.
     connection.on("unavailable", ({ error }) => {
       // The relay will not take this conversation's changes any more: what it has not saved never will be.
       // (A refused token is different: the changes wait for a token that works.)

@@ -77,6 +77,15 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   for (const text of offline) await alice.messageStatus(text, "read")
 
   // The relay dies (SIGKILL) mid-conversation; Alice writes meanwhile; it comes back on the same data.
+  // Meanwhile her tokens cannot be fetched: the pill says so, and no error is shown for it.
+  await alice.page.evaluate(() => {
+    const toast = document.querySelector("[data-testid=toast]")!
+    const seen: string[] = []
+    ;(window as unknown as { toasts: string[] }).toasts = seen
+    new MutationObserver(() => {
+      if (!(toast as HTMLElement).hidden) seen.push(toast.textContent ?? "")
+    }).observe(toast, { attributes: true, childList: true, characterData: true, subtree: true })
+  })
   await demo.relay.kill()
   await alice.connection("connecting")
   await alice.send("sent while the relay was down")
@@ -90,6 +99,7 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   const full = [...history, "sent while the relay was down", "Back after the restart"]
   await alice.messagesAre(full)
   await bob.messagesAre(full)
+  expect(await alice.page.evaluate(() => (window as unknown as { toasts: string[] }).toasts)).toEqual([])
   await screenshot("after-relay-restart", alice, bob)
 
   // Carol signs in; once Alice adds her, the conversation appears in her list with the whole history.
