@@ -1,20 +1,24 @@
 import { existsSync } from "node:fs"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
-import { type DeadLetterFilter, describeDeadLetter } from "./outbox.js"
+import { type DeadLetterFilter, describeDeadLetter, type Outbox } from "./outbox.js"
 import { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
 
-const USAGE = `Usage: parley-relay dead-letters list|replay [--data-dir DIR] [--event-id ID] [--target NAME] [--document NAME]
+const USAGE = `Usage: parley-relay dead-letters list|replay [--storage sqlite|postgres] [--data-dir DIR]
+         [--database-url URL] [--event-id ID] [--target NAME] [--document NAME]
 
-  list    print the dead letters of the hook outbox in DIR, one JSON object a line
+  list    print the dead letters of the hook outbox, one JSON object a line
   replay  move the matching dead letters back to pending (all without a filter);
           a stopped relay delivers them when it starts. For a running relay use
           POST /admin/dead-letters/replay instead: it delivers them at once.
-  --data-dir defaults to PARLEY_DATA_DIR or ./data.`
+  --storage defaults to PARLEY_STORAGE or sqlite: the outbox lives where the relay keeps
+  its documents, in DIR (--data-dir, PARLEY_DATA_DIR or ./data) or in the database of
+  --database-url (DATABASE_URL, or postgres://postgres@127.0.0.1:5432/test).`
 
 /**
- * `parley-relay dead-letters ...`: the operator's view of the SQLite outbox in
- * a data directory, usable while the relay is down. Returns the exit code.
+ * `parley-relay dead-letters ...`: the operator's view of the hook outbox (in
+ * the SQLite data directory or the PostgreSQL database), usable while the
+ * relay is down. Returns the exit code.
  */
 export async function runDeadLetterCli(
   argv: readonly string[],
@@ -34,12 +38,31 @@ export async function runDeadLetterCli(
     out(USAGE)
     return values.help ? 0 : 2
   }
-  const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
-  if (!existsSync(join(dataDir, OUTBOX_FILE))) {
-    out(`parley-relay dead-letters: no hook outbox at ${join(dataDir, OUTBOX_FILE)}`)
-    return 1
+  const storage = values.storage ?? env.PARLEY_STORAGE ?? "sqlite"
+  let outbox: Outbox
+  if (storage === "postgres") {
+    const url = values["database-url"] ?? env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+    try {
+      // Imported here: `pg` is loaded only when PostgreSQL is asked for.
+      const { PostgresOutbox } = await import("./postgres-outbox.js")
+      outbox = await PostgresOutbox.open(url)
+    } catch (error) {
+      out(`parley-relay dead-letters: cannot open the hook outbox in ${url}: ${(error as Error).message}`)
+      return 1
+    }
+  } else if (storage === "sqlite") {
+    const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
+    if (!existsSync(join(dataDir, OUTBOX_FILE))) {
+      out(`parley-relay dead-letters: no hook outbox at ${join(dataDir, OUTBOX_FILE)}`)
+      return 1
+    }
+    outbox = new SqliteOutbox(dataDir)
+  } else {
+    out(
+      `parley-relay dead-letters: the hook outbox lives in sqlite or postgres storage, not ${storage}\n\n${USAGE}`,
+    )
+    return 2
   }
-  const outbox = new SqliteOutbox(dataDir)
   try {
     if (command === "list") {
       for (const d of await outbox.deadLetters()) {
@@ -66,7 +89,9 @@ function parse(argv: readonly string[]) {
     allowPositionals: true,
     strict: true,
     options: {
+      storage: { type: "string" },
       "data-dir": { type: "string" },
+      "database-url": { type: "string" },
       "event-id": { type: "string" },
       target: { type: "string" },
       document: { type: "string" },

@@ -3,7 +3,9 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runDeadLetterCli } from "../../src/hooks/dead-letter-cli.js"
+import { PostgresOutbox } from "../../src/hooks/postgres-outbox.js"
 import { SqliteOutbox } from "../../src/hooks/sqlite-outbox.js"
+import { DATABASE_URL, postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
 import { sampleEvent } from "./outbox-conformance.js"
 
 const dirs: string[] = []
@@ -66,3 +68,60 @@ describe("parley-relay dead-letters", () => {
     expect(bad.lines[0]).toContain("Usage: parley-relay dead-letters list|replay")
   })
 })
+
+const unreachable = await postgresUnreachable()
+
+if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("parley-relay dead-letters on PostgreSQL", () => {
+    it.skip(`skipped: PostgreSQL unreachable at ${DATABASE_URL} (${unreachable})`, () => {})
+  })
+} else {
+  // With PARLEY_REQUIRE_SERVICES=1 an unreachable database fails here instead of skipping.
+  describe("parley-relay dead-letters on PostgreSQL", () => {
+    it("lists and replays the dead letters of the outbox in the database", async () => {
+      const scratch = await scratchSchema()
+      try {
+        const outbox = await PostgresOutbox.open(scratch.url)
+        const deliveries = await outbox.enqueue({
+          document: "c1",
+          events: [
+            { event: sampleEvent("evt_a"), targets: ["hook:push.ts"] },
+            { event: sampleEvent("evt_b"), targets: ["webhook:http://x/"] },
+          ],
+        })
+        for (const d of deliveries) await outbox.deadLetter(d.seq, d.target, 8, "down", 0)
+        const list = await run("list", "--storage", "postgres", "--database-url", scratch.url)
+        expect(list.code).toBe(0)
+        expect(list.lines.map((l) => JSON.parse(l).eventId)).toEqual(["evt_a", "evt_b"])
+        const replay = await run(
+          "replay",
+          "--storage",
+          "postgres",
+          "--database-url",
+          scratch.url,
+          "--event-id",
+          "evt_b",
+        )
+        expect(replay.lines).toEqual([
+          "replayed 1 dead letter(s); the relay delivers them when it next starts",
+        ])
+        expect((await outbox.pending()).map((d) => d.event.event.id)).toEqual(["evt_b"])
+        await outbox.close()
+      } finally {
+        await scratch.drop()
+      }
+    })
+
+    it("says why when the database cannot be reached", async () => {
+      const { code, lines } = await run(
+        "list",
+        "--storage",
+        "postgres",
+        "--database-url",
+        "postgres://nobody@127.0.0.1:1/none",
+      )
+      expect(code).toBe(1)
+      expect(lines[0]).toContain("cannot open the hook outbox")
+    })
+  })
+}
