@@ -72,10 +72,9 @@ export class Connection {
 
   /** Sends the opening messages: the relay's sync step 1 and the current awareness. */
   start(): void {
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MessageType.sync)
-    syncProtocol.writeSyncStep1(encoder, this.host.doc)
-    this.send(encoding.toUint8Array(encoder))
+    // The state vector too describes only what is durable (the client leaves out what it thinks we have).
+    if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep1())
+    else this.sendSyncStep1()
     const states = this.host.awareness.getStates()
     if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
   }
@@ -146,6 +145,14 @@ export class Connection {
       default:
         throw new Error(`unknown message type ${type}`)
     }
+  }
+
+  private sendSyncStep1(): void {
+    if (this.host.destroyed) return
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MessageType.sync)
+    syncProtocol.writeSyncStep1(encoder, this.host.doc)
+    this.send(encoding.toUint8Array(encoder))
   }
 
   private sendSyncStep2(stateVector: Uint8Array): void {

@@ -134,7 +134,9 @@ describe("relay core (no sockets)", () => {
     // A device of bob's joins while the update waits for the disk: it is answered once the update is durable.
     const joiner = new FakeSession({ kind: "user", user: bob })
     const cj = await core.connect(id, joiner)
+    // Not even the relay's state vector (it would describe the unsaved change) goes out yet.
     const joinerBefore = joiner.frames.length
+    expect(joinerBefore).toBe(0)
     cj.receive(syncStep1Frame(new Y.Doc()))
     await new Promise((r) => setTimeout(r, 20))
     expect(joiner.frames.length).toBe(joinerBefore)
