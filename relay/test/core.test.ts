@@ -261,8 +261,18 @@ describe("relay core (no sockets)", () => {
     ca.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
     await until(() => storage.waiting === 1)
     const read = core.read(id, (d) => listMessages(d, { last: 5 }).map((m) => m.body))
+    // A server-side write queued behind it too: it is not lost with the evicted memory.
+    const write = core.write(id, { kind: "user", user: alice }, (d) => {
+      sendMessage(d, alice, { body: "from a hook" })
+    })
     storage.fail(new Error("disk full"))
     expect(await read).toEqual([])
+    await until(() => storage.waiting === 1)
+    storage.release()
+    await write
+    expect(await core.read(id, (d) => listMessages(d, { last: 5 }).map((m) => m.body))).toEqual([
+      "from a hook",
+    ])
     expect(a.parley().at(-1)).toMatchObject({ type: "error", error: { code: ErrorCode.INTERNAL } })
     expect(a.closed?.code).toBe(4500)
   })
