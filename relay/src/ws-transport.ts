@@ -276,26 +276,28 @@ export class WsTransport {
  * client's sync step 1 can be the whole conversation (megabytes, more than the
  * limit a slow reader is held to); it leaves the queue first, so only what
  * queues behind it counts: the bytes sent so far minus those buffered say how
- * far the client has read, and whatever of an initial-sync frame is still
- * unread is left out.
+ * far the client has read, and whatever of the initial-sync frame is still
+ * unread is left out. One such frame at a time: a client asking again before
+ * it has read the last answer (a way to pile up copies of the conversation)
+ * has the new answer counted.
  */
 class SendQueue {
   private total = 0
-  /** Stream offsets of initial-sync frames not yet read past. */
-  private readonly initial: { start: number; end: number }[] = []
+  /** Stream offsets of the initial-sync frame not yet read past. */
+  private initial: { readonly start: number; readonly end: number } | undefined
 
   sent(bytes: number, initialSync: boolean): void {
-    if (initialSync) this.initial.push({ start: this.total, end: this.total + bytes })
+    if (initialSync && this.initial === undefined)
+      this.initial = { start: this.total, end: this.total + bytes }
     this.total += bytes
   }
 
   /** Of the `buffered` bytes waiting, those that count against the limit. */
   countedBytes(buffered: number): number {
     const read = this.total - buffered
-    while (this.initial.length > 0 && this.initial[0]!.end <= read) this.initial.shift()
-    let exempt = 0
-    for (const frame of this.initial) exempt += frame.end - Math.max(frame.start, read)
-    return buffered - exempt
+    if (this.initial && this.initial.end <= read) this.initial = undefined
+    if (!this.initial) return buffered
+    return buffered - (this.initial.end - Math.max(this.initial.start, read))
   }
 }
 

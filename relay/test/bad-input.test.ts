@@ -191,6 +191,19 @@ describe("slow consumers", () => {
     // A joiner that reads gets the whole conversation through the same limit.
     const reader = await open(s.id, bob, {}, target)
     expect(listMessages(reader.doc, { last: 5000 }).length).toBe(total)
+
+    // Only one initial sync at a time is exempt: asking for the whole conversation again and
+    // again without reading piles up copies, and those count.
+    const greedy = new TestClient(target.url, s.id, await target.token(bob))
+    clients.push(greedy)
+    await greedy.opened
+    greedy.ws.pause()
+    const askAgain = encoding.createEncoder()
+    encoding.writeVarUint(askAgain, MessageType.sync)
+    syncProtocol.writeSyncStep1(askAgain, new Y.Doc())
+    for (let i = 0; i < 5; i++) greedy.send(encoding.toUint8Array(askAgain))
+    greedy.ws.resume()
+    expect((await greedy.closed).code).toBe(4429)
   }, 60_000)
 
   it("disconnects a client that does not read with 4429 instead of queueing without bound", async () => {
