@@ -3,7 +3,7 @@ import { parseArgs } from "node:util"
 import type { AuthKey } from "./auth.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
 import type { RelayOptions } from "./relay.js"
-import type { StorageKind } from "./storage/index.js"
+import { DEFAULT_DATABASE_URL, type StorageKind } from "./storage/index.js"
 
 type Kind = "string" | "boolean" | "integer"
 
@@ -22,7 +22,7 @@ export const FLAGS = {
     kind: "string",
     env: "DATABASE_URL",
     help: "PostgreSQL connection string (storage postgres)",
-    default: "postgres://postgres@127.0.0.1:5432/test",
+    default: DEFAULT_DATABASE_URL,
   },
   "auth-secret": { kind: "string", env: "PARLEY_AUTH_SECRET", help: "HS256 secret of tokens" },
   "auth-public-key": {

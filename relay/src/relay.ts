@@ -12,7 +12,7 @@ import { type Authorization, openAuthorization } from "./policy/open.js"
 import type { UpdatePolicy } from "./policy.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
-import { openStorage, type StorageKind } from "./storage/index.js"
+import { DEFAULT_DATABASE_URL, openStorage, type StorageKind } from "./storage/index.js"
 import type { RelayStorage } from "./storage/types.js"
 import type { AfterSavedListener } from "./update-path.js"
 import { type TransportLimits, WsTransport } from "./ws-transport.js"
@@ -139,8 +139,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // The outbox and the client-id bindings live with the documents, so a restart keeps all three:
   // in the data directory with SQLite, in the same database with PostgreSQL, in memory otherwise.
   const durable = typeof options.storage === "object" ? undefined : storageKind
-  // The default openStorage connects to when no URL is given.
-  const databaseUrl = options.databaseUrl ?? "postgres://postgres@127.0.0.1:5432/test"
+  const databaseUrl = options.databaseUrl ?? DEFAULT_DATABASE_URL
   const onIdleError = (error: Error) =>
     log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one")
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.

@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
+import { DEFAULT_DATABASE_URL } from "../storage/index.js"
 import { type DeadLetterFilter, describeDeadLetter, type Outbox } from "./outbox.js"
 import { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
 
@@ -41,7 +42,7 @@ export async function runDeadLetterCli(
   const storage = values.storage ?? env.PARLEY_STORAGE ?? "sqlite"
   let outbox: Outbox
   if (storage === "postgres") {
-    const url = values["database-url"] ?? env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+    const url = values["database-url"] ?? env.DATABASE_URL ?? DEFAULT_DATABASE_URL
     try {
       // Imported here: `pg` is loaded only when PostgreSQL is asked for.
       const { PostgresOutbox } = await import("./postgres-outbox.js")

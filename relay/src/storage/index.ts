@@ -6,6 +6,9 @@ export { MemoryStorage } from "./memory.js"
 export { SQLITE_FILE, SqliteStorage } from "./sqlite.js"
 export type { RelayStorage, StoredDocument } from "./types.js"
 
+/** The PostgreSQL database used when none is configured: the local server's `test` database. */
+export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
+
 /** The storage backends the relay can run on. */
 export type StorageKind = "memory" | "sqlite" | "postgres"
 
@@ -27,7 +30,7 @@ export async function openStorage(options: StorageOptions): Promise<RelayStorage
       return new SqliteStorage(options.dataDir)
     case "postgres": {
       const { PostgresStorage } = await import("./postgres.js")
-      return PostgresStorage.open(options.databaseUrl ?? "postgres://postgres@127.0.0.1:5432/test")
+      return PostgresStorage.open(options.databaseUrl ?? DEFAULT_DATABASE_URL)
     }
   }
 }
