@@ -21,6 +21,26 @@ describe("group commit", () => {
     expect(batches).toHaveLength(2)
   })
 
+  it("tells when one document's appends are committed while other documents keep appending", async () => {
+    const group = new GroupCommit((batch) => batch.map((entry) => entry.updates.map(() => 1)))
+    let busy = true
+    let othersCommitted = 0
+    // Another document appends every tick without a pause, as on a busy relay: drain() would wait for good.
+    const others = (async () => {
+      while (busy) {
+        await group.append("b", [new Uint8Array([1])])
+        othersCommitted++
+      }
+    })()
+    await new Promise((r) => setTimeout(r, 5))
+    const mine = group.append("a", [new Uint8Array([2])])
+    await group.settled("a")
+    await expect(mine).resolves.toEqual([1])
+    busy = false
+    await others
+    expect(othersCommitted).toBeGreaterThan(0)
+  })
+
   it("rejects every append of a batch whose commit failed, and commits later batches", async () => {
     let fail = true
     const group = new GroupCommit((batch) => {

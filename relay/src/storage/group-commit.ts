@@ -18,10 +18,13 @@ export class GroupCommit {
   private queue: Pending[] = []
   private scheduled = false
   private running: Promise<void> = Promise.resolve()
+  /** Appends per document name not yet committed (or failed). */
+  private readonly unsettled = new Map<string, number>()
 
   constructor(private readonly commit: (batch: AppendBatch) => Promise<number[][]> | number[][]) {}
 
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
+    this.unsettled.set(name, (this.unsettled.get(name) ?? 0) + 1)
     return new Promise((resolve, reject) => {
       // Copied now: the commit happens a tick later, after the caller may have reused its buffers.
       this.queue.push({ name, updates: updates.map((u) => u.slice()), resolve, reject })
@@ -33,6 +36,18 @@ export class GroupCommit {
         })
       }
     })
+  }
+
+  /**
+   * Resolves once every append of document `name` made so far is committed (or
+   * failed). Unlike {@link drain} it does not wait for other documents, whose
+   * appends may keep coming without a pause on a busy relay.
+   */
+  async settled(name: string): Promise<void> {
+    while ((this.unsettled.get(name) ?? 0) > 0) {
+      await new Promise((r) => setImmediate(r))
+      await this.running
+    }
   }
 
   /** Resolves once everything appended so far is committed (or failed). */
@@ -53,6 +68,12 @@ export class GroupCommit {
       for (const [i, p] of batch.entries()) p.resolve(positions[i]!)
     } catch (error) {
       for (const p of batch) p.reject(error)
+    } finally {
+      for (const { name } of batch) {
+        const left = (this.unsettled.get(name) ?? 1) - 1
+        if (left > 0) this.unsettled.set(name, left)
+        else this.unsettled.delete(name)
+      }
     }
   }
 }

@@ -95,7 +95,7 @@ export class PostgresStorage implements RelayStorage {
 
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
-    await this.group.drain()
+    await this.group.settled(name)
     const client = await this.pool.connect()
     try {
       // One snapshot of the database, so a concurrent compaction cannot drop entries between the reads.
@@ -134,7 +134,7 @@ export class PostgresStorage implements RelayStorage {
 
   async compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
     this.assertOpen()
-    await this.group.drain()
+    await this.group.settled(name)
     const client = await this.pool.connect()
     try {
       await client.query("BEGIN")

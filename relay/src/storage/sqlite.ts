@@ -96,7 +96,7 @@ export class SqliteStorage implements RelayStorage {
 
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
-    await this.group.drain()
+    await this.group.settled(name)
     const read = this.db.transaction(() => ({
       snapshot: this.statements.snapshot.get(name),
       updates: this.statements.updates.all(name),
@@ -115,7 +115,7 @@ export class SqliteStorage implements RelayStorage {
 
   async compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
     this.assertOpen()
-    await this.group.drain()
+    await this.group.settled(name)
     this.db.transaction(() => {
       this.statements.upsertSnapshot.run(name, snapshot, through)
       this.statements.trim.run(name, through)
