@@ -137,15 +137,18 @@ export class SqliteOutbox implements Outbox {
   }
 
   /**
-   * Records a delivery as done. Deliveries finishing in the same tick (every
-   * target of every event of a busy relay) share one transaction: a commit
-   * costs far more than the two statements, and a mark lost to a crash only
-   * means one more delivery, which at-least-once allows.
+   * Records a delivery as done. Deliveries finishing together (the lanes a
+   * storage commit released, say) share one transaction: a commit costs far
+   * more than the two statements, and a mark lost to a crash only means one
+   * more delivery, which at-least-once allows. The marks are written in a
+   * microtask, not a later tick: a lane waits for its mark before its next
+   * delivery, so waiting a tick each would bound a busy lane (one
+   * conversation's backlog) to one delivery per turn of the event loop.
    */
   delivered(seq: number, target: string): Promise<void> {
     return new Promise((resolve, reject) => {
       this.deliveredMarks.push({ seq, target, resolve, reject })
-      if (this.deliveredMarks.length === 1) setImmediate(() => this.writeDeliveredMarks())
+      if (this.deliveredMarks.length === 1) queueMicrotask(() => this.writeDeliveredMarks())
     })
   }
 
