@@ -104,7 +104,12 @@ async function connectYWebsocket(
     onSaved: undefined,
     problems,
     confirmed: () => Promise.resolve(),
-    destroy: () => provider.destroy(),
+    destroy: () => {
+      provider.destroy()
+      // The provider made this awareness and leaves it running (a 3 s interval holding the
+      // document): in a long run thousands of them kept the generator busy and its heap large.
+      provider.awareness.destroy()
+    },
   }
   if (acks) {
     let saved = 0
@@ -163,6 +168,7 @@ async function connectHocuspocus(
     destroy() {
       provider.destroy()
       socket.destroy()
+      provider.awareness?.destroy()
     },
   }
 }
