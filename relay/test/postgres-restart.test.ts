@@ -1,7 +1,6 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import {
   createConversation,
   ErrorCode,
@@ -17,38 +16,11 @@ import * as Y from "yjs"
 import { TestClient } from "./helpers/clients.js"
 import { DATABASE_URL, postgresUnreachable, type ScratchSchema, scratchSchema } from "./helpers/postgres.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import { RECORDER, readLines } from "./hooks/recorder.js"
 import { updateOf } from "./policy/fixtures.js"
 
 const alice = "alice" as UserId
 const mallory = "mallory" as UserId
-
-const api = pathToFileURL(resolve(import.meta.dirname, "../src/hooks/index.ts")).href
-
-/** A hook that records each delivery in a file, and with HOOK_BLOCK=1 never finishes the first one. */
-const RECORDER = `import { appendFileSync } from "node:fs"
-import { defineHooks } from ${JSON.stringify(api)}
-export default defineHooks({
-  async onMessageSent({ event, subject }) {
-    appendFileSync(process.env.HOOK_LOG, JSON.stringify({ id: event.id, message: subject.message.id, seq: subject.message.seq, pid: process.pid }) + "\\n")
-    if (process.env.HOOK_BLOCK === "1") await new Promise(() => {})
-  },
-})
-`
-
-interface Line {
-  id: string
-  message: string
-  seq: number
-  pid: number
-}
-
-const readLines = (file: string): Line[] =>
-  existsSync(file)
-    ? readFileSync(file, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Line)
-    : []
 
 /** Waits for `check`, at most 10 s: on time-out the test's assertions show what happened instead. */
 async function until(check: () => boolean): Promise<void> {

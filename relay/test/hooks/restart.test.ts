@@ -1,7 +1,6 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import {
   type ConversationId,
   createConversation,
@@ -12,39 +11,13 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { type Line, RECORDER, readLines } from "./recorder.js"
 
-const api = pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href
 const dirs: string[] = []
 afterEach(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
-
-/** A hook that records each delivery in a file, and with HOOK_BLOCK=1 never finishes the first one. */
-const RECORDER = `import { appendFileSync } from "node:fs"
-import { defineHooks } from ${JSON.stringify(api)}
-export default defineHooks({
-  async onMessageSent({ event, subject }) {
-    appendFileSync(process.env.HOOK_LOG, JSON.stringify({ id: event.id, message: subject.message.id, seq: subject.message.seq, pid: process.pid }) + "\\n")
-    if (process.env.HOOK_BLOCK === "1") await new Promise(() => {})
-  },
-})
-`
-
-interface Line {
-  id: string
-  message: string
-  seq: number
-  pid: number
-}
-
-const readLines = (file: string): Line[] =>
-  existsSync(file)
-    ? readFileSync(file, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Line)
-    : []
 
 async function until(check: () => boolean): Promise<void> {
   while (!check()) await new Promise((r) => setTimeout(r, 20))
