@@ -11,7 +11,7 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
-import { type Line, RECORDER, readLines } from "./recorder.js"
+import { RECORDER, readLines } from "./recorder.js"
 
 const dirs: string[] = []
 afterEach(async () => {
