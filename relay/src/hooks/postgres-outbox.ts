@@ -1,4 +1,5 @@
-import pg from "pg"
+import type pg from "pg"
+import { inTransaction, openPool } from "../postgres.js"
 import type { HookEvent } from "./events.js"
 import type { DeadLetter, DeadLetterFilter, Delivery, Outbox, OutboxBatch } from "./outbox.js"
 
@@ -25,10 +26,9 @@ CREATE TABLE IF NOT EXISTS parley_hook_watermarks (
 );
 `
 
-// Advisory locks in the two-key form: a key space apart from the one-key locks `PostgresStorage` takes
-// per document, so outbox and storage never wait on each other. Schema setup takes (SETUP_LOCK, 1), an
-// enqueue (DOCUMENT_LOCK, hashtext(document)); the values are arbitrary ("Prlz", "Prly").
-const SETUP_LOCK = 0x50726c7a
+// An enqueue takes the two-key advisory lock (DOCUMENT_LOCK, hashtext(document)): a key space apart from
+// the one-key locks `PostgresStorage` takes per document, so outbox and storage never wait on each
+// other. The value is arbitrary ("Prly"); table setup has its own class (`openPool`).
 const DOCUMENT_LOCK = 0x50726c79
 
 interface DeliveryRow {
@@ -52,25 +52,6 @@ const ORDER = `ORDER BY d.seq, d.target COLLATE "C"`
  * attempt could not be recorded and the dispatcher would retry the delivery at once, forever.
  */
 const storable = (text: string): string => text.replaceAll("\u0000", "\uFFFD")
-
-/**
- * Creates the tables in one transaction holding the setup lock, so that relays starting together do not
- * race on `CREATE TABLE IF NOT EXISTS` (which can then fail on a duplicate catalog entry).
- */
-async function createTables(pool: pg.Pool): Promise<void> {
-  const client = await pool.connect()
-  try {
-    await client.query("BEGIN")
-    await client.query("SELECT pg_advisory_xact_lock($1, 1)", [SETUP_LOCK])
-    await client.query(SCHEMA)
-    await client.query("COMMIT")
-  } catch (error) {
-    await client.query("ROLLBACK").catch(() => {})
-    throw error
-  } finally {
-    client.release()
-  }
-}
 
 /**
  * The durable outbox of a relay on PostgreSQL storage: tables
@@ -99,36 +80,12 @@ export class PostgresOutbox implements Outbox {
    */
   static async open(url: string, onIdleError: (error: Error) => void = () => {}): Promise<PostgresOutbox> {
     // Enqueues are serial (the hook runtime chains them); the rest comes from the delivery lanes.
-    const pool = new pg.Pool({ connectionString: url, max: 4 })
-    // An idle connection dropped by the server would otherwise crash the process ("error" unhandled).
-    pool.on("error", (error) => onIdleError(error))
-    try {
-      await createTables(pool)
-    } catch (error) {
-      await pool.end()
-      throw error
-    }
-    return new PostgresOutbox(pool)
-  }
-
-  private async transaction<T>(run: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect()
-    try {
-      await client.query("BEGIN")
-      const result = await run(client)
-      await client.query("COMMIT")
-      return result
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {})
-      throw error
-    } finally {
-      client.release()
-    }
+    return new PostgresOutbox(await openPool({ url, max: 4, schema: SCHEMA, setupLock: 1, onIdleError }))
   }
 
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
     if (batch.events.length === 0 && batch.through === undefined) return []
-    return this.transaction(async (client) => {
+    return inTransaction(this.pool, async (client) => {
       // One enqueue of a document at a time (across relays too): sequence numbers are drawn inside the
       // transaction, so without the lock a later seq could commit first and be delivered ahead.
       await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [DOCUMENT_LOCK, batch.document])
@@ -172,7 +129,7 @@ export class PostgresOutbox implements Outbox {
   }
 
   async delivered(seq: number, target: string): Promise<void> {
-    await this.transaction(async (client) => {
+    await inTransaction(this.pool, async (client) => {
       // Locking the event first serialises the deliveries of one event: without it, two targets finishing
       // together would each still see the other's row and neither would remove the event.
       await client.query("SELECT 1 FROM parley_hook_events WHERE seq = $1 FOR UPDATE", [seq])
@@ -208,7 +165,7 @@ export class PostgresOutbox implements Outbox {
   }
 
   async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
-    return this.transaction(async (client) => {
+    return inTransaction(this.pool, async (client) => {
       // FOR UPDATE: a concurrent replay (admin endpoint and CLI) waits instead of reviving the same rows twice.
       const { rows } = await client.query<DeliveryRow>(
         `${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER} FOR UPDATE OF d`,

@@ -1,4 +1,5 @@
-import pg from "pg"
+import type pg from "pg"
+import { openPool } from "../postgres.js"
 import type { ClientBinding, ClientBindingStore } from "./client-bindings.js"
 
 // BIGINT: Yjs client ids are unsigned 32-bit numbers, above PostgreSQL's signed INTEGER.
@@ -8,11 +9,6 @@ const SCHEMA = `CREATE TABLE IF NOT EXISTS parley_client_bindings (
   principal TEXT NOT NULL,
   PRIMARY KEY (document, client_id)
 )`
-
-// The hook outbox's setup lock class (see postgres-outbox.ts) with the next object id: relays starting
-// together create the table one after the other instead of racing on `CREATE TABLE IF NOT EXISTS`.
-const SETUP_LOCK = 0x50726c7a
-const BINDINGS_SETUP = 2
 
 /**
  * Bindings in PostgreSQL, table `parley_client_bindings` of the storage's
@@ -35,26 +31,9 @@ export class PostgresClientBindingStore implements ClientBindingStore {
     onIdleError: (error: Error) => void = () => {},
   ): Promise<PostgresClientBindingStore> {
     // Binds are rare (a client id's first update) and loads once per loaded document: a small pool will do.
-    const pool = new pg.Pool({ connectionString: url, max: 2 })
-    // An idle connection dropped by the server would otherwise crash the process ("error" unhandled).
-    pool.on("error", (error) => onIdleError(error))
-    const client = await pool.connect().catch(async (error: unknown) => {
-      await pool.end()
-      throw error
-    })
-    try {
-      await client.query("BEGIN")
-      await client.query("SELECT pg_advisory_xact_lock($1, $2)", [SETUP_LOCK, BINDINGS_SETUP])
-      await client.query(SCHEMA)
-      await client.query("COMMIT")
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {})
-      client.release()
-      await pool.end()
-      throw error
-    }
-    client.release()
-    return new PostgresClientBindingStore(pool)
+    return new PostgresClientBindingStore(
+      await openPool({ url, max: 2, schema: SCHEMA, setupLock: 2, onIdleError }),
+    )
   }
 
   async load(name: string): Promise<Map<number, string>> {

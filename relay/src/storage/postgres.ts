@@ -1,4 +1,5 @@
-import pg from "pg"
+import type pg from "pg"
+import { inTransaction, openPool } from "../postgres.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
 
@@ -35,23 +36,11 @@ export class PostgresStorage implements RelayStorage {
 
   /** Connects and creates the tables if needed. */
   static async open(url: string, onIdleError: (error: Error) => void = () => {}): Promise<PostgresStorage> {
-    const pool = new pg.Pool({ connectionString: url, max: 4 })
-    // An idle connection dropped by the server would otherwise crash the process ("error" unhandled);
-    // the pool discards it and the next query opens a new one.
-    pool.on("error", (error) => onIdleError(error))
-    try {
-      await pool.query(SCHEMA)
-    } catch (error) {
-      await pool.end()
-      throw error
-    }
-    return new PostgresStorage(pool)
+    return new PostgresStorage(await openPool({ url, max: 4, schema: SCHEMA, setupLock: 3, onIdleError }))
   }
 
-  private async commit(batch: AppendBatch): Promise<number[][]> {
-    const client = await this.pool.connect()
-    try {
-      await client.query("BEGIN")
+  private commit(batch: AppendBatch): Promise<number[][]> {
+    return inTransaction(this.pool, async (client) => {
       const next = new Map<string, number>()
       const result: number[][] = []
       for (const { name, updates } of batch) {
@@ -79,14 +68,8 @@ export class PostgresStorage implements RelayStorage {
         next.set(name, position)
         result.push(positions)
       }
-      await client.query("COMMIT")
       return result
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {})
-      throw error
-    } finally {
-      client.release()
-    }
+    })
   }
 
   private assertOpen() {
@@ -96,26 +79,25 @@ export class PostgresStorage implements RelayStorage {
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
     await this.group.settled(name)
-    const client = await this.pool.connect()
-    try {
-      // One snapshot of the database, so a concurrent compaction cannot drop entries between the reads.
-      await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-      const snapshot = await client.query<{ data: Buffer }>(
-        "SELECT data FROM parley_snapshots WHERE doc = $1",
-        [name],
-      )
-      const updates = await client.query<{ position: string; data: Buffer }>(
-        "SELECT position, data FROM parley_updates WHERE doc = $1 ORDER BY position",
-        [name],
-      )
-      await client.query("COMMIT")
-      return {
-        snapshot: snapshot.rows[0] ? bytes(snapshot.rows[0].data) : null,
-        updates: updates.rows.map((row) => ({ position: Number(row.position), update: bytes(row.data) })),
-      }
-    } finally {
-      client.release()
-    }
+    // One snapshot of the database, so a concurrent compaction cannot drop entries between the reads.
+    return inTransaction(
+      this.pool,
+      async (client) => {
+        const snapshot = await client.query<{ data: Buffer }>(
+          "SELECT data FROM parley_snapshots WHERE doc = $1",
+          [name],
+        )
+        const updates = await client.query<{ position: string; data: Buffer }>(
+          "SELECT position, data FROM parley_updates WHERE doc = $1 ORDER BY position",
+          [name],
+        )
+        return {
+          snapshot: snapshot.rows[0] ? bytes(snapshot.rows[0].data) : null,
+          updates: updates.rows.map((row) => ({ position: Number(row.position), update: bytes(row.data) })),
+        }
+      },
+      "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    )
   }
 
   async list(): Promise<string[]> {
@@ -135,9 +117,7 @@ export class PostgresStorage implements RelayStorage {
   async compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
     this.assertOpen()
     await this.group.settled(name)
-    const client = await this.pool.connect()
-    try {
-      await client.query("BEGIN")
+    await inTransaction(this.pool, async (client) => {
       await client.query(
         `INSERT INTO parley_snapshots (doc, data, through) VALUES ($1, $2, $3)
          ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data,
@@ -145,13 +125,7 @@ export class PostgresStorage implements RelayStorage {
         [name, Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength), through],
       )
       await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
-      await client.query("COMMIT")
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {})
-      throw error
-    } finally {
-      client.release()
-    }
+    })
   }
 
   async close(): Promise<void> {
