@@ -1,6 +1,7 @@
 import { createConversation, listMessages, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "./helpers/clients.js"
+import { DATABASE_URL, postgresUnreachable } from "./helpers/postgres.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 const alice = "alice" as UserId
@@ -96,13 +97,8 @@ describe("document lifecycle", () => {
 
 describe("postgres backend", () => {
   it("keeps acknowledged updates across SIGKILL when running on PostgreSQL", async (context) => {
-    const url = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
-    const { default: pg } = await import("pg")
-    const probe = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
-    const unreachable = await probe.connect().then(
-      () => probe.end().then(() => undefined),
-      (error: Error) => error.message,
-    )
+    const url = DATABASE_URL
+    const unreachable = await postgresUnreachable()
     if (unreachable) {
       if (process.env.PARLEY_REQUIRE_SERVICES === "1")
         throw new Error(`PostgreSQL unreachable: ${unreachable}`)

@@ -1,22 +1,9 @@
-import pg from "pg"
 import { describe, it } from "vitest"
 import { PostgresStorage } from "../src/storage/postgres.js"
 import { runStorageConformance } from "./conformance/storage.js"
+import { postgresUnreachable, DATABASE_URL as url } from "./helpers/postgres.js"
 
-const url = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
-
-async function reachable(): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
-  try {
-    await client.connect()
-    await client.end()
-    return undefined
-  } catch (error) {
-    return error instanceof Error ? error.message : String(error)
-  }
-}
-
-const unreachable = await reachable()
+const unreachable = await postgresUnreachable()
 
 if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   describe("storage conformance: postgres", () => {
