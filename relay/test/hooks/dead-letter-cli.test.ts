@@ -3,6 +3,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runDeadLetterCli } from "../../src/hooks/dead-letter-cli.js"
+import type { Outbox } from "../../src/hooks/outbox.js"
 import { PostgresOutbox } from "../../src/hooks/postgres-outbox.js"
 import { SqliteOutbox } from "../../src/hooks/sqlite-outbox.js"
 import { DATABASE_URL, postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
@@ -13,10 +14,8 @@ afterEach(() => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
 
-async function dataDirWithDeadLetters(): Promise<string> {
-  const dir = mkdtempSync(join(tmpdir(), "parley-dead-cli-"))
-  dirs.push(dir)
-  const outbox = new SqliteOutbox(dir)
+/** Two dead letters in `outbox`: evt_a for a hook, evt_b for a webhook. */
+async function addDeadLetters(outbox: Outbox): Promise<void> {
   const deliveries = await outbox.enqueue({
     document: "c1",
     events: [
@@ -25,6 +24,13 @@ async function dataDirWithDeadLetters(): Promise<string> {
     ],
   })
   for (const d of deliveries) await outbox.deadLetter(d.seq, d.target, 8, "down", 0)
+}
+
+async function dataDirWithDeadLetters(): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), "parley-dead-cli-"))
+  dirs.push(dir)
+  const outbox = new SqliteOutbox(dir)
+  await addDeadLetters(outbox)
   await outbox.close()
   return dir
 }
@@ -82,14 +88,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const scratch = await scratchSchema()
       try {
         const outbox = await PostgresOutbox.open(scratch.url)
-        const deliveries = await outbox.enqueue({
-          document: "c1",
-          events: [
-            { event: sampleEvent("evt_a"), targets: ["hook:push.ts"] },
-            { event: sampleEvent("evt_b"), targets: ["webhook:http://x/"] },
-          ],
-        })
-        for (const d of deliveries) await outbox.deadLetter(d.seq, d.target, 8, "down", 0)
+        await addDeadLetters(outbox)
         const list = await run("list", "--storage", "postgres", "--database-url", scratch.url)
         expect(list.code).toBe(0)
         expect(list.lines.map((l) => JSON.parse(l).eventId)).toEqual(["evt_a", "evt_b"])
