@@ -3,8 +3,9 @@ import { decodeJwt } from "jose"
 
 /**
  * Where the client gets its token: a fixed string, or a function called before
- * every connection and again after the relay refuses a token (close 4401), so
- * that it can hand out a fresh one.
+ * every connection, again after the relay refuses a token (close 4401), and
+ * ahead of each open connection's token expiry (the new token is sent over the
+ * socket), so that it can hand out a fresh one.
  */
 export type TokenSource = string | (() => string | Promise<string>)
 
