@@ -2,6 +2,7 @@ import { request } from "node:http"
 import { createConversation, ErrorCode, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { decodeJwt, jwtVerify, SignJWT } from "jose"
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest"
+import { parseConfig } from "../src/config.js"
 import { TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
@@ -144,6 +145,22 @@ describe("token expiry on open sockets", () => {
 })
 
 describe("token claims", () => {
+  it("reads the exp rules from flags and environment variables, refusing tokens without exp by default", () => {
+    expect(parseConfig(["--auth-secret", "s"], {})).toMatchObject({
+      allowTokensWithoutExp: false,
+      maxTokenLifetimeMs: 86_400_000,
+    })
+    expect(
+      parseConfig(["--auth-secret", "s", "--allow-tokens-without-exp", "--max-token-lifetime-ms", "0"], {}),
+    ).toMatchObject({ allowTokensWithoutExp: true, maxTokenLifetimeMs: 0 })
+    expect(
+      parseConfig(["--auth-secret", "s"], {
+        PARLEY_ALLOW_TOKENS_WITHOUT_EXP: "true",
+        PARLEY_MAX_TOKEN_LIFETIME_MS: "3600000",
+      }),
+    ).toMatchObject({ allowTokensWithoutExp: true, maxTokenLifetimeMs: 3_600_000 })
+  })
+
   it("refuses a token without exp with 4401: tokens must expire", async () => {
     const relay = shared
     const c = client(relay, newConversationId(), await signed(relay.secret, { sub: alice }))
