@@ -140,7 +140,7 @@ export class WsTransport {
       if (role !== SERVICE_ROLE && !isUserId(user))
         return json(res, 400, { error: "?user= must be a valid user id" })
       const subject = role === SERVICE_ROLE ? user || "dev-service" : user!
-      this.options.log.warn(
+      this.options.log.info(
         { subject, ...(role ? { role } : {}), dev: true },
         "minted a dev token (insecure)",
       )
