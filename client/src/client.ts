@@ -31,7 +31,10 @@ import { resolveToken, type TokenSource, userOfToken } from "./token.js"
 export interface ChatClientOptions {
   /** The relay's WebSocket URL, e.g. `wss://chat.example.com`. */
   readonly url: string
-  /** The token, or a function returning one; called on every connect and after the relay refuses a token. */
+  /**
+   * The token, or a function returning one; called on every connect, after the
+   * relay refuses a token, and ahead of each open connection's token expiry.
+   */
   readonly token: TokenSource
   /** Where replicas live: `"indexeddb"` (default; survives reloads) or `"memory"`. */
   readonly storage?: StorageKind

@@ -1,12 +1,14 @@
 import {
   CloseCode,
   ErrorCode,
+  encodeTokenRefresh,
   MessageType,
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
   ParleyError,
   readParleyFrame,
   TOKEN_PARAM,
+  toParleyError,
 } from "@parley/shared"
 import type * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
@@ -15,6 +17,7 @@ import * as syncProtocol from "y-protocols/sync"
 import { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { Emitter } from "./emitter.js"
+import { expiryOfToken, refreshDelay } from "./token.js"
 
 /** Connection status: `online` once synced with the relay, `connecting` while trying, `offline` when not trying. */
 export type ConnectionStatus = "connecting" | "online" | "offline"
@@ -53,6 +56,7 @@ export interface ConnectionOptions {
   readonly user: string
   /** Exchange updates with the user's other tabs (default true). */
   readonly shareWithTabs?: boolean
+  /** A fresh token: before every connect, and ahead of the open socket's token expiry (refreshed over it). */
   readonly token: () => Promise<string>
   readonly WebSocket: WebSocketConstructor
   readonly reconnect?: ReconnectOptions
@@ -67,6 +71,9 @@ const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
   [CloseCode.MalformedFrame.code, ErrorCode.MALFORMED_FRAME],
   [CloseCode.TooLarge.code, ErrorCode.TOO_LARGE],
 ])
+
+/** Longest delay `setTimeout` takes. */
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** Consecutive 4401 closes, each after a fresh token, before the token counts as refused for good. */
 const MAX_TOKEN_REFUSALS = 3
@@ -89,6 +96,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private retryTimer: ReturnType<typeof setTimeout> | undefined
   private connecting = false
   private current: ConnectionStatus = "offline"
+  /** The token the open socket lives on: the one it connected with, then each refresh the relay accepted. */
+  private socketToken: string | undefined
+  /** A refresh sent over the open socket, until the relay accepts it. */
+  private sentToken: string | undefined
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined
   private readonly forwarding: () => boolean
   private readonly forwardFromTab = (update: Uint8Array, origin: unknown) => {
     const ws = this.provider.ws
@@ -126,7 +138,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
       _encoder: encoding.Encoder,
       decoder: decoding.Decoder,
     ) => this.parleyFrame(decoder)
-    this.provider.on("status", () => this.update())
+    this.provider.on("status", ({ status }: { status: string }) => {
+      if (status === "connected") this.scheduleRefresh()
+      else this.cancelRefresh()
+      this.update()
+    })
     this.provider.on("sync", (synced: boolean) => {
       if (synced) {
         // Reset the backoff only once a connection did useful work, not on open.
@@ -180,6 +196,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.wanted = false
     clearTimeout(this.retryTimer)
     this.retryTimer = undefined
+    this.cancelRefresh()
     this.provider.disconnect()
     if (!this.destroyed) this.provider.connectBc()
     this.update()
@@ -222,6 +239,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     if (!this.wanted || this.destroyed) return
     // y-websocket builds the URL from `params` at every connect, so the fresh token is used.
     this.provider.params = { [TOKEN_PARAM]: token, [PARLEY_PARAM]: PARLEY_PROTOCOL_VERSION }
+    this.socketToken = token
     this.provider.connect()
     this.update()
   }
@@ -261,10 +279,63 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const frame = readParleyFrame(decoder)
     if (frame?.type === "saved") {
       this.emit("saved", { stateVector: Y.decodeStateVector(frame.stateVector) })
+    } else if (frame?.type === "tokenAccepted") {
+      if (this.sentToken === undefined) return
+      this.socketToken = this.sentToken
+      this.sentToken = undefined
+      this.scheduleRefresh()
     } else if (frame?.type === "error") {
       const { code, message, rule } = frame.error
+      // About the token, not a frame: the relay closes with 4401 next, and a reconnect gets a fresh one.
+      if (code === ErrorCode.UNAUTHORIZED) return
       this.emit("refused", { error: new ParleyError(code, message, rule ? { rule } : undefined) })
     }
+  }
+
+  /** Plans the open socket's next token refresh, ahead of its token's expiry (see `refreshDelay`). */
+  private scheduleRefresh(): void {
+    this.cancelRefresh()
+    const ws = this.provider.ws
+    const delay = this.socketToken === undefined ? undefined : refreshDelay(this.socketToken, Date.now())
+    if (!ws || delay === undefined) return
+    // Timers take at most ~24.8 days (a longer delay fires at once): far expiries are reached in steps.
+    if (delay > MAX_TIMER_MS) this.refreshTimer = setTimeout(() => this.scheduleRefresh(), MAX_TIMER_MS)
+    else this.refreshTimer = setTimeout(() => void this.refresh(ws), delay)
+  }
+
+  private cancelRefresh(): void {
+    clearTimeout(this.refreshTimer)
+    this.refreshTimer = undefined
+    this.sentToken = undefined
+  }
+
+  /**
+   * Sends a fresh token over `ws` if it is still the open socket. A token
+   * source that fails (or hands back no newer token) is asked again halfway to
+   * the expiry while there is time; after that the relay closes the socket at
+   * expiry (4401) and the usual reconnect, with its backoff, takes over.
+   */
+  private async refresh(ws: WebSocket): Promise<void> {
+    this.refreshTimer = undefined
+    const current = () => !this.destroyed && this.provider.ws === ws && this.provider.wsconnected
+    if (!current()) return
+    let token: string | undefined
+    try {
+      token = await this.options.token()
+    } catch (error) {
+      if (current()) this.emit("tokenFailed", { error: toParleyError(error, ErrorCode.UNAUTHORIZED) })
+    }
+    if (!current()) return
+    const expiresAt = expiryOfToken(this.socketToken) ?? Number.POSITIVE_INFINITY
+    const next = token === undefined ? undefined : (expiryOfToken(token) ?? Number.POSITIVE_INFINITY)
+    if (token !== undefined && next !== undefined && next > expiresAt) {
+      this.sentToken = token
+      ws.send(encodeTokenRefresh(token))
+      return
+    }
+    const remaining = expiresAt - Date.now()
+    const delay = Math.max(this.minDelay, remaining / 2)
+    if (delay < remaining) this.refreshTimer = setTimeout(() => void this.refresh(ws), delay)
   }
 
   private update(): void {

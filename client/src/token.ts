@@ -3,8 +3,9 @@ import { decodeJwt } from "jose"
 
 /**
  * Where the client gets its token: a fixed string, or a function called before
- * every connection and again after the relay refuses a token (close 4401), so
- * that it can hand out a fresh one.
+ * every connection, again after the relay refuses a token (close 4401), and
+ * ahead of each open connection's token expiry (the new token is sent over the
+ * socket), so that it can hand out a fresh one.
  */
 export type TokenSource = string | (() => string | Promise<string>)
 
@@ -34,4 +35,42 @@ export function userOfToken(token: string): UserId {
   }
   if (sub === undefined) throw new ParleyError(ErrorCode.UNAUTHORIZED, "the token has no subject")
   return parseUserId(sub)
+}
+
+/** Refresh at least this long before a token expires, when its lifetime allows (half of it otherwise). */
+const REFRESH_LEAD_MS = 60_000
+/** ...and at least this share of its lifetime before, so that clock skew has room on long tokens. */
+const REFRESH_LEAD_SHARE = 0.2
+
+/**
+ * When a token expires (`exp`, ms since the epoch), or undefined when it does
+ * not say (no `exp`, or not a JWT): such a token is not refreshed ahead.
+ */
+export function expiryOfToken(token: string | undefined): number | undefined {
+  if (token === undefined) return undefined
+  try {
+    const { exp } = decodeJwt(token)
+    return typeof exp === "number" ? exp * 1000 : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * How long from `now` until an open connection should refresh `token`: 20% of
+ * its lifetime before it expires, but at least a minute before (or half the
+ * lifetime, for tokens shorter than two minutes). Undefined when the token
+ * has no `exp`.
+ */
+export function refreshDelay(token: string, now: number): number | undefined {
+  const expiresAt = expiryOfToken(token)
+  if (expiresAt === undefined) return undefined
+  let issuedAt = now
+  try {
+    const { iat } = decodeJwt(token)
+    if (typeof iat === "number" && iat * 1000 < expiresAt) issuedAt = Math.min(now, iat * 1000)
+  } catch {}
+  const lifetime = Math.max(0, expiresAt - issuedAt)
+  const lead = Math.max(lifetime * REFRESH_LEAD_SHARE, Math.min(REFRESH_LEAD_MS, lifetime / 2))
+  return Math.max(0, expiresAt - lead - now)
 }

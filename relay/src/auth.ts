@@ -1,6 +1,13 @@
 import { createPublicKey, type KeyObject, randomBytes } from "node:crypto"
 import { ErrorCode, ParleyError, parseUserId } from "@parley/shared"
-import { createRemoteJWKSet, type JWTPayload, type JWTVerifyGetKey, jwtVerify, SignJWT } from "jose"
+import {
+  createRemoteJWKSet,
+  decodeJwt,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  jwtVerify,
+  SignJWT,
+} from "jose"
 import type { Principal } from "./principal.js"
 
 /** How tokens are verified: exactly one key source. */
@@ -11,12 +18,44 @@ export type AuthKey =
 
 /** Token verification settings. */
 export interface AuthOptions {
-  readonly key: AuthKey
+  /** How the app's tokens are verified; none on a dev relay that only takes its own dev tokens. */
+  readonly key?: AuthKey
   /** Required `iss` claim, if set. */
   readonly issuer?: string
   /** Required `aud` claim, if set. */
   readonly audience?: string
+  /** Accept tokens without an `exp` claim (refused by default: a leaked token would never die). */
+  readonly allowTokensWithoutExp?: boolean
+  /**
+   * Refuse tokens whose `exp` is further ahead than this (ms; 0 = no cap), so
+   * that an `exp` a hundred years away does not stand in for "never".
+   */
+  readonly maxTokenLifetimeMs?: number
+  /**
+   * Dev mode: the secret generated at start for `/dev/token`. Tokens carrying
+   * {@link DEV_TOKEN_ISSUER} are verified with it (and only with it); the app's
+   * key never signs a dev token.
+   */
+  readonly devSecret?: string
 }
+
+/** A verified token: who it names, until when, and whether dev mode minted it. */
+export interface VerifiedToken {
+  readonly principal: Principal
+  /** The `exp` claim in ms since the epoch; undefined for a token without one (only when allowed). */
+  readonly expiresAt: number | undefined
+  /** Minted by this relay's `/dev/token`. */
+  readonly dev: boolean
+}
+
+/** The `iss` of dev tokens: how the relay tells them apart before verifying. */
+export const DEV_TOKEN_ISSUER = "parley-dev"
+
+/** Lifetime of dev tokens. */
+const DEV_TOKEN_LIFETIME = "1h"
+
+/** Clock skew forgiven when a token's `exp` is checked against the lifetime cap. */
+const LIFETIME_SKEW_MS = 60_000
 
 /** The token claim value that marks a read-only service token. */
 export const SERVICE_ROLE = "service"
@@ -40,74 +79,130 @@ const algorithmsFor = (key: KeyObject): string[] => {
 /**
  * Verifies signed JWTs (jose) and turns them into principals: the subject is
  * the user id; a `role: "service"` claim makes a read-only service principal.
+ * Every token must expire (unless allowed otherwise), within the lifetime cap.
  */
 export class Authenticator {
-  private readonly verifyKey: Uint8Array | KeyObject | JWTVerifyGetKey
+  private readonly verifyKey: Uint8Array | KeyObject | JWTVerifyGetKey | undefined
   private readonly algorithms: string[] | undefined
-  private readonly secret: Uint8Array | undefined
+  private readonly devKey: Uint8Array | undefined
 
   constructor(private readonly options: AuthOptions) {
     const { key } = options
-    if (key.kind === "secret") {
-      this.secret = new TextEncoder().encode(key.secret)
-      this.verifyKey = this.secret
+    if (!key && !options.devSecret) throw new Error("no way to verify tokens: give a key or a dev secret")
+    if (options.devSecret) this.devKey = new TextEncoder().encode(options.devSecret)
+    if (key?.kind === "secret") {
+      this.verifyKey = new TextEncoder().encode(key.secret)
       this.algorithms = ["HS256"]
-    } else if (key.kind === "public-key") {
+    } else if (key?.kind === "public-key") {
       const publicKey = createPublicKey(key.pem)
       this.verifyKey = publicKey
       this.algorithms = algorithmsFor(publicKey)
-    } else {
+    } else if (key?.kind === "jwks") {
       this.verifyKey = createRemoteJWKSet(new URL(key.url))
       this.algorithms = undefined
     }
   }
 
-  /** A random secret for dev mode. */
+  /** A random secret (dev mode's own). */
   static randomSecret(): string {
     return randomBytes(32).toString("base64url")
   }
 
   /** Verifies `token`; throws UNAUTHORIZED when it is missing, invalid or expired. */
   async verify(token: string | null | undefined): Promise<Principal> {
+    return (await this.verifyToken(token)).principal
+  }
+
+  /**
+   * Verifies `token` and says until when it holds; throws UNAUTHORIZED when it
+   * is missing, invalid, expired, without `exp` (unless allowed) or expiring
+   * beyond the lifetime cap.
+   */
+  async verifyToken(token: string | null | undefined): Promise<VerifiedToken> {
     if (!token) throw new ParleyError(ErrorCode.UNAUTHORIZED, "a token is required")
+    // Routed by its unverified issuer, then verified with that key only: a dev token can never
+    // pass as an app token (or the reverse), whatever it claims.
+    const dev = this.devKey !== undefined && claimedIssuer(token) === DEV_TOKEN_ISSUER
     let payload: JWTPayload
     try {
-      const result = await jwtVerify(token, this.verifyKey as Uint8Array, {
-        ...(this.algorithms ? { algorithms: this.algorithms } : {}),
-        ...(this.options.issuer ? { issuer: this.options.issuer } : {}),
-        ...(this.options.audience ? { audience: this.options.audience } : {}),
-        requiredClaims: ["sub"],
-      })
-      payload = result.payload
+      if (dev) {
+        payload = (
+          await jwtVerify(token, this.devKey!, {
+            algorithms: ["HS256"],
+            issuer: DEV_TOKEN_ISSUER,
+            requiredClaims: ["sub"],
+          })
+        ).payload
+      } else {
+        if (!this.verifyKey) throw new Error("only dev tokens are accepted (no --auth-* key given)")
+        payload = (
+          await jwtVerify(token, this.verifyKey as Uint8Array, {
+            ...(this.algorithms ? { algorithms: this.algorithms } : {}),
+            ...(this.options.issuer ? { issuer: this.options.issuer } : {}),
+            ...(this.options.audience ? { audience: this.options.audience } : {}),
+            requiredClaims: ["sub"],
+          })
+        ).payload
+      }
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error)
       throw new ParleyError(ErrorCode.UNAUTHORIZED, `invalid token: ${reason}`, { cause: error })
     }
-    if (payload.role === SERVICE_ROLE) return { kind: "service", subject: String(payload.sub) }
-    try {
-      return { kind: "user", user: parseUserId(payload.sub) }
-    } catch (error) {
-      throw new ParleyError(ErrorCode.UNAUTHORIZED, "the token's subject is not a valid user id", {
-        cause: error,
-      })
-    }
+    const expiresAt = typeof payload.exp === "number" ? payload.exp * 1000 : undefined
+    if (expiresAt === undefined && !this.options.allowTokensWithoutExp)
+      throw new ParleyError(ErrorCode.UNAUTHORIZED, "tokens must expire (no exp claim)")
+    const cap = this.options.maxTokenLifetimeMs ?? 0
+    if (expiresAt !== undefined && cap > 0 && expiresAt - Date.now() > cap + LIFETIME_SKEW_MS)
+      throw new ParleyError(
+        ErrorCode.UNAUTHORIZED,
+        `the token expires too far ahead (more than ${Math.round(cap / 1000)} s from now)`,
+      )
+    return { principal: principalOf(payload), expiresAt, dev }
   }
 
-  /** True when tokens can be minted here (an HS256 secret is configured). */
-  get canMint(): boolean {
-    return this.secret !== undefined
+  /** True when dev tokens can be minted here (dev mode). */
+  get canMintDev(): boolean {
+    return this.devKey !== undefined
   }
 
-  /** Mints a token (dev mode and tests). Only with an HS256 secret. */
-  async mint(subject: string, options: { role?: string; expiresIn?: string | number } = {}): Promise<string> {
-    if (!this.secret) throw new Error("minting tokens needs an HS256 secret")
-    const jwt = new SignJWT(options.role ? { role: options.role } : {})
+  /**
+   * Mints a dev token (dev mode only): signed with the dev secret, never with
+   * the app's key, and marked with `iss` {@link DEV_TOKEN_ISSUER}.
+   */
+  async mintDev(subject: string, options: { role?: string } = {}): Promise<string> {
+    if (!this.devKey) throw new Error("minting tokens needs dev mode")
+    return new SignJWT(options.role ? { role: options.role } : {})
       .setProtectedHeader({ alg: "HS256" })
       .setSubject(subject)
+      .setIssuer(DEV_TOKEN_ISSUER)
       .setIssuedAt()
-      .setExpirationTime(options.expiresIn ?? "24h")
-    if (this.options.issuer) jwt.setIssuer(this.options.issuer)
-    if (this.options.audience) jwt.setAudience(this.options.audience)
-    return jwt.sign(this.secret)
+      .setExpirationTime(DEV_TOKEN_LIFETIME)
+      .sign(this.devKey)
+  }
+}
+
+/** True when two principals are the same user, or the same service: a refreshed token may not change who. */
+export function samePrincipal(a: Principal, b: Principal): boolean {
+  if (a.kind === "user" && b.kind === "user") return a.user === b.user
+  if (a.kind === "service" && b.kind === "service") return a.subject === b.subject
+  return false
+}
+
+function claimedIssuer(token: string): unknown {
+  try {
+    return decodeJwt(token).iss
+  } catch {
+    return undefined
+  }
+}
+
+function principalOf(payload: JWTPayload): Principal {
+  if (payload.role === SERVICE_ROLE) return { kind: "service", subject: String(payload.sub) }
+  try {
+    return { kind: "user", user: parseUserId(payload.sub) }
+  } catch (error) {
+    throw new ParleyError(ErrorCode.UNAUTHORIZED, "the token's subject is not a valid user id", {
+      cause: error,
+    })
   }
 }

@@ -41,6 +41,12 @@ export class RelayMetrics {
     help: "Snapshots written",
     registers: [this.registry],
   })
+  readonly tokens = new client.Counter({
+    name: "parley_token_events_total",
+    help: "Connections closed at their token's expiry, and token refreshes accepted or refused",
+    labelNames: ["event"] as const,
+    registers: [this.registry],
+  })
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics) client.collectDefaultMetrics({ register: this.registry })

@@ -26,6 +26,9 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   messageBurst: 200,
 }
 
+/** Default of {@link RelayOptions.maxTokenLifetimeMs}: a day. */
+export const DEFAULT_MAX_TOKEN_LIFETIME_MS = 24 * 60 * 60 * 1000
+
 /** Everything a relay can be started with; every field has a default except how tokens are verified. */
 export interface RelayOptions {
   /** Port to listen on (0 = any free port). Default 1234. */
@@ -42,7 +45,15 @@ export interface RelayOptions {
   readonly auth?: AuthKey
   readonly authIssuer?: string
   readonly authAudience?: string
-  /** Dev mode: mints tokens at `/dev/token?user=NAME`. Loopback hosts only unless `forceDev`. */
+  /** Accept tokens without `exp` (default false: refused, "tokens must expire"). */
+  readonly allowTokensWithoutExp?: boolean
+  /** Refuse tokens whose `exp` is further ahead than this, in ms; 0 = no cap. Default 24 h. */
+  readonly maxTokenLifetimeMs?: number
+  /**
+   * Dev mode: mints tokens at `/dev/token?user=NAME`, signed with a secret
+   * generated at start (never with `auth`, which keeps working beside it).
+   * Loopback hosts only unless `forceDev`.
+   */
   readonly dev?: boolean
   readonly forceDev?: boolean
   /** A logger, or the level of the default one (pino to stdout). */
@@ -99,24 +110,24 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   if (dev && !isLoopback(host) && !options.forceDev) {
     throw new Error(`--dev mints tokens for anyone: refusing to listen on ${host}; use --force-dev to insist`)
   }
-  let key = options.auth
-  if (!key) {
-    if (!dev)
-      throw new Error("no way to verify tokens: give an auth secret, public key or JWKS URL (or --dev)")
-    key = { kind: "secret", secret: Authenticator.randomSecret() }
-  }
+  const key = options.auth
+  if (!key && !dev)
+    throw new Error("no way to verify tokens: give an auth secret, public key or JWKS URL (or --dev)")
   if (dev) {
     log.warn(
       "DEV MODE — INSECURE: anyone who can reach this relay can mint a token for any user at /dev/token. Never use in production.",
     )
   }
   const authOptions: AuthOptions = {
-    key,
+    ...(key ? { key } : {}),
     ...(options.authIssuer ? { issuer: options.authIssuer } : {}),
     ...(options.authAudience ? { audience: options.authAudience } : {}),
+    allowTokensWithoutExp: options.allowTokensWithoutExp ?? false,
+    maxTokenLifetimeMs: options.maxTokenLifetimeMs ?? DEFAULT_MAX_TOKEN_LIFETIME_MS,
+    // Dev tokens get a secret of their own, made here and never stored: the app's key signs no dev token.
+    ...(dev ? { devSecret: Authenticator.randomSecret() } : {}),
   }
   const auth = new Authenticator(authOptions)
-  if (dev && !auth.canMint) throw new Error("--dev needs an HS256 secret (or none, to generate one)")
   const metrics = new RelayMetrics({ defaultMetrics: options.defaultMetrics ?? false })
   // Hook scripts load before anything opens: a broken one stops the start naming its file.
   const hookModules = options.hooksDir ? await loadHooks(options.hooksDir) : []
@@ -195,6 +206,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     metrics,
     limits,
     dev,
+    devAnyHost: options.forceDev ?? false,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: typeof options.storage === "object" ? "custom" : storageKind }),
     ...(hooks

@@ -11,15 +11,16 @@ import {
   toParleyError,
 } from "@parley/shared"
 import { type RawData, WebSocket, WebSocketServer } from "ws"
-import { type Authenticator, SERVICE_ROLE } from "./auth.js"
+import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { closeFor } from "./errors.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
-import type { Principal } from "./principal.js"
+import { describePrincipal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 import type { RelayCore } from "./relay-core.js"
 import { serveStatic } from "./static-files.js"
+import { TokenLease } from "./token-lease.js"
 
 /** Limits applied per WebSocket connection. */
 export interface TransportLimits {
@@ -42,6 +43,8 @@ export interface TransportOptions {
   readonly limits: TransportLimits
   /** Serve `/dev/token`. */
   readonly dev: boolean
+  /** Serve `/dev/token` to any `Host` (with `--force-dev`), not only loopback names. */
+  readonly devAnyHost?: boolean
   /** Serve a built web app from this directory at `/`. */
   readonly staticDir?: string
   /** Extra fields for `/healthz`. */
@@ -50,12 +53,9 @@ export interface TransportOptions {
   readonly routes?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>
 }
 
+// No CORS header: nothing here is meant for pages of other origins (least of all /dev/token).
 const json = (res: ServerResponse, status: number, body: unknown) => {
-  res.writeHead(status, {
-    "content-type": "application/json",
-    "access-control-allow-origin": "*",
-    "cache-control": "no-store",
-  })
+  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" })
   res.end(JSON.stringify(body))
 }
 
@@ -133,13 +133,19 @@ export class WsTransport {
       return
     }
     if (url.pathname === "/dev/token" && this.options.dev) {
+      const refusal = devTokenRefusal(req, this.options.devAnyHost ?? false)
+      if (refusal) return json(res, 403, { error: refusal })
       const user = url.searchParams.get("user")
       const role = url.searchParams.get("role")
-      if (role === SERVICE_ROLE) {
-        return json(res, 200, { token: await this.options.auth.mint(user || "dev-service", { role }) })
-      }
-      if (!isUserId(user)) return json(res, 400, { error: "?user= must be a valid user id" })
-      return json(res, 200, { token: await this.options.auth.mint(user) })
+      if (role !== SERVICE_ROLE && !isUserId(user))
+        return json(res, 400, { error: "?user= must be a valid user id" })
+      const subject = role === SERVICE_ROLE ? user || "dev-service" : user!
+      this.options.log.info(
+        { subject, ...(role ? { role } : {}), dev: true },
+        "minted a dev token (insecure)",
+      )
+      const token = await this.options.auth.mintDev(subject, role === SERVICE_ROLE ? { role } : {})
+      return json(res, 200, { token })
     }
     if (this.options.staticDir && (await serveStatic(this.options.staticDir, req, res))) return
     json(res, 404, { error: "not found" })
@@ -181,6 +187,7 @@ export class WsTransport {
     const early: Uint8Array[] = []
     let earlyBytes = 0
     let connection: Connection | undefined
+    let lease: TokenLease | undefined
     let socketClosed = false
 
     const closeWith = (close: { code: number; reason: string }) => {
@@ -211,7 +218,7 @@ export class WsTransport {
         return
       }
       const bytes = toBytes(data)
-      if (connection) connection.receive(bytes)
+      if (connection) deliver(bytes)
       else {
         early.push(bytes)
         earlyBytes += bytes.length
@@ -223,8 +230,13 @@ export class WsTransport {
         }
       }
     })
+    // Token refreshes are the transport's (it holds the keys); every other frame is the core's.
+    const deliver = (bytes: Uint8Array) => {
+      if (!lease?.receive(bytes)) connection?.receive(bytes)
+    }
     ws.on("close", () => {
       socketClosed = true
+      lease?.stop()
       this.sockets.delete(ws)
       connection?.close(CloseCode.Normal.code, CloseCode.Normal.reason)
     })
@@ -234,13 +246,15 @@ export class WsTransport {
       log.info({ doc: name, err: error }, "websocket error")
     })
 
-    let principal: Principal
+    let token: VerifiedToken
     try {
-      principal = await this.options.auth.verify(url.searchParams.get(TOKEN_PARAM))
+      token = await this.options.auth.verifyToken(url.searchParams.get(TOKEN_PARAM))
     } catch (error) {
       return refuse(toParleyError(error, ErrorCode.UNAUTHORIZED))
     }
     if (socketClosed) return
+    const { principal } = token
+    if (token.dev) log.info({ doc: name, principal: describePrincipal(principal), dev: true }, "dev token")
     const queue = new SendQueue()
     const session: Session = {
       principal,
@@ -258,6 +272,15 @@ export class WsTransport {
       },
       close: (code, reason) => closeWith({ code, reason }),
     }
+    lease = new TokenLease({
+      auth: this.options.auth,
+      token,
+      wantsParley,
+      send: (frame) => session.send(frame),
+      close: (code, reason) => (connection ? connection.close(code, reason) : closeWith({ code, reason })),
+      log: log.child({ doc: name }),
+      metrics,
+    })
     try {
       connection = await this.options.core.connect(name, session)
     } catch (error) {
@@ -267,7 +290,7 @@ export class WsTransport {
       connection.close(CloseCode.Normal.code, CloseCode.Normal.reason)
       return
     }
-    for (const frame of early.splice(0)) connection.receive(frame)
+    for (const frame of early.splice(0)) deliver(frame)
   }
 }
 
@@ -298,6 +321,33 @@ class SendQueue {
     if (this.initial && this.initial.end <= read) this.initial = undefined
     if (!this.initial) return buffered
     return buffered - (this.initial.end - Math.max(this.initial.start, read))
+  }
+}
+
+/**
+ * Why `/dev/token` must not answer this request, if it must not: it answers
+ * pages of the relay's own origin only (no CORS header; a request naming
+ * another `Origin` is refused), and only under a loopback `Host` unless
+ * `--force-dev`, so that a DNS-rebinding page cannot pass for that origin.
+ */
+function devTokenRefusal(req: IncomingMessage, anyHost: boolean): string | undefined {
+  const host = hostOf(`http://${req.headers.host ?? ""}`)
+  const origin = req.headers.origin
+  if (origin !== undefined && hostOf(origin) !== host)
+    return "dev tokens are for pages of this relay's own origin"
+  if (anyHost) return undefined
+  const hostname = host?.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1")
+  return hostname === "localhost" || hostname === "::1" || /^127(\.\d{1,3}){3}$/.test(hostname ?? "")
+    ? undefined
+    : "dev tokens are served to loopback hosts only (see --force-dev)"
+}
+
+/** The `host[:port]` of a URL, undefined when it is not one (such as the origin "null"). */
+function hostOf(url: string): string | undefined {
+  try {
+    return new URL(url).host
+  } catch {
+    return undefined
   }
 }
 

@@ -63,6 +63,10 @@ export const CloseCode = {
   MalformedFrame: { code: 4400, reason: "Malformed frame" },
   /** Missing, invalid or expired token. Refresh the token, then reconnect. */
   Unauthorized: { code: 4401, reason: "Unauthorized" },
+  /** The connection's token expired and was not refreshed over it (4401). Reconnect with a fresh token. */
+  TokenExpired: { code: 4401, reason: "Token expired" },
+  /** A token refresh was refused (invalid, or for another user or role) (4401). */
+  TokenRefused: { code: 4401, reason: "Token refresh refused" },
   /** Valid user, but not allowed to open this conversation. */
   Forbidden: { code: 4403, reason: "Forbidden" },
   /** The document name is not a valid conversation or inbox id. */

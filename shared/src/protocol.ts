@@ -22,6 +22,13 @@ export const ParleyMessage = {
   saved: 0,
   /** Relay → client: a typed error about the connection's last frame (not closing it). */
   error: 1,
+  /**
+   * Client → relay: a fresh token for the open connection, for the same user
+   * (and role); the connection then lasts until the new token expires.
+   */
+  token: 2,
+  /** Relay → client: the refreshed token was accepted; the connection lasts until its expiry. */
+  tokenAccepted: 3,
 } as const
 
 /** Query parameter by which a client asks for Parley's extension messages. */
@@ -43,6 +50,9 @@ export interface WireError {
 export type ParleyFrame =
   | { readonly type: "saved"; readonly stateVector: Uint8Array }
   | { readonly type: "error"; readonly error: WireError }
+  | { readonly type: "token"; readonly token: string }
+  /** `expiresAt`: the accepted token's `exp` (seconds since the epoch), 0 when it has none. */
+  | { readonly type: "tokenAccepted"; readonly expiresAt: number }
 
 /** Encodes a "saved" acknowledgement carrying the relay's saved state vector. */
 export function encodeSaved(stateVector: Uint8Array): Uint8Array {
@@ -64,6 +74,24 @@ export function encodeError(error: WireError): Uint8Array {
   return encoding.toUint8Array(encoder)
 }
 
+/** Encodes a token refresh (client → relay). */
+export function encodeTokenRefresh(token: string): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.parley)
+  encoding.writeVarUint(encoder, ParleyMessage.token)
+  encoding.writeVarString(encoder, token)
+  return encoding.toUint8Array(encoder)
+}
+
+/** Encodes the relay's acceptance of a refreshed token expiring at `expiresAt` (seconds; 0 = never). */
+export function encodeTokenAccepted(expiresAt: number): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.parley)
+  encoding.writeVarUint(encoder, ParleyMessage.tokenAccepted)
+  encoding.writeVarUint(encoder, expiresAt)
+  return encoding.toUint8Array(encoder)
+}
+
 /**
  * Reads the body of a Parley message, after its {@link MessageType.parley}
  * tag has been read. Returns undefined for a subtype this version does not know,
@@ -82,5 +110,8 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
       error: { code: isErrorCode(code) ? code : ErrorCode.INTERNAL, message, ...(rule ? { rule } : {}) },
     }
   }
+  if (subtype === ParleyMessage.token) return { type: "token", token: decoding.readVarString(decoder) }
+  if (subtype === ParleyMessage.tokenAccepted)
+    return { type: "tokenAccepted", expiresAt: decoding.readVarUint(decoder) }
   return undefined
 }

@@ -7,6 +7,8 @@ import {
   encodeError,
   encodeSaved,
   encodeSequenceRecord,
+  encodeTokenAccepted,
+  encodeTokenRefresh,
   MessageType,
   newConversationId,
   newMessageId,
@@ -81,6 +83,21 @@ describe("protocol", () => {
       type: "error",
       error: { code: "FORBIDDEN", message: "no", rule: "author-only" },
     })
+  })
+
+  it("encodes a token refresh as [100, 2, token string] and its acceptance as [100, 3, exp]", () => {
+    const refresh = encodeTokenRefresh("a.b.c")
+    expect([...refresh]).toEqual([100, 2, 5, ...Buffer.from("a.b.c")])
+    const accepted = encodeTokenAccepted(1_700_000_000)
+    expect([...accepted]).toEqual([100, 3, 0x80, 0xe2, 0xcf, 0xaa, 0x06])
+    for (const [bytes, frame] of [
+      [refresh, { type: "token", token: "a.b.c" }],
+      [accepted, { type: "tokenAccepted", expiresAt: 1_700_000_000 }],
+    ] as const) {
+      const decoder = decoding.createDecoder(bytes)
+      expect(decoding.readVarUint(decoder)).toBe(MessageType.parley)
+      expect(readParleyFrame(decoder)).toEqual(frame)
+    }
   })
 
   it("ignores subtypes it does not know, so relays can add some", () => {

@@ -1,4 +1,5 @@
 import {
+  encodeTokenRefresh,
   MessageType,
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
@@ -61,6 +62,8 @@ export class TestClient {
   readonly ws: WebSocket
   readonly errors: WireError[] = []
   readonly saves: Uint8Array[] = []
+  /** The `exp` (seconds) of every token refresh the relay accepted. */
+  readonly tokenAccepts: number[] = []
   /** Every frame received, raw. */
   readonly frames: Uint8Array[] = []
   readonly opened: Promise<void>
@@ -120,6 +123,7 @@ export class TestClient {
       const parley: ParleyFrame | undefined = readParleyFrame(decoder)
       if (parley?.type === "saved") this.saves.push(parley.stateVector)
       if (parley?.type === "error") this.errors.push(parley.error)
+      if (parley?.type === "tokenAccepted") this.tokenAccepts.push(parley.expiresAt)
     }
     this.notify()
   }
@@ -133,6 +137,11 @@ export class TestClient {
     encoding.writeVarUint(encoder, MessageType.sync)
     syncProtocol.writeUpdate(encoder, update)
     this.send(encoding.toUint8Array(encoder))
+  }
+
+  /** Sends a token refresh over the open socket. */
+  refreshToken(token: string): void {
+    this.send(encodeTokenRefresh(token))
   }
 
   /** Resolves once `check()` holds, re-checked after every frame and on close. */

@@ -1,0 +1,157 @@
+import "fake-indexeddb/auto"
+import { ErrorCode, type ParleyError } from "@parley/shared"
+import { SignJWT } from "jose"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import WebSocket from "ws"
+import { expiryOfToken, refreshDelay } from "../src/token.js"
+import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
+
+const secret = "token-refresh-test-secret-token-refresh-test-secret"
+/** Tokens live this long: short enough that a test outlives several, long enough to refresh in time. */
+const LIFETIME_S = 4
+
+let relay: RelayProcess
+beforeAll(async () => {
+  relay = await startRelay({ args: ["--auth-secret", secret] })
+})
+afterAll(async () => {
+  await relay?.stop()
+})
+afterEach(destroyClients)
+
+let unique = 0
+const name = (base: string) => `${base}${++unique}`
+
+/** A token source of `user` handing out short-lived tokens, recording each. */
+function shortLived(user: string) {
+  const issued: string[] = []
+  const source = async () => {
+    const now = Math.floor(Date.now() / 1000)
+    const token = await new SignJWT({})
+      .setProtectedHeader({ alg: "HS256" })
+      .setSubject(user)
+      .setIssuedAt(now)
+      .setExpirationTime(now + LIFETIME_S)
+      .sign(new TextEncoder().encode(secret))
+    issued.push(token)
+    return token
+  }
+  return { issued, source }
+}
+
+/** `ws`, counting the sockets opened per document. */
+function countingWebSocket() {
+  const opened: string[] = []
+  class Counting extends WebSocket {
+    constructor(url: string | URL, protocols?: string | string[]) {
+      super(url, protocols)
+      opened.push(new URL(String(url)).pathname.slice(1))
+    }
+  }
+  return { opened, WebSocket: Counting }
+}
+
+const wait = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+describe("token refresh", () => {
+  it("plans a refresh a fifth of the lifetime ahead, at least a minute (or half) before expiry", () => {
+    const token = (iat: number, exp: number) =>
+      `${btoa(JSON.stringify({ alg: "HS256" }))}.${btoa(JSON.stringify({ sub: "a", iat, exp }))}.sig`
+    const now = 1_000_000_000_000
+    const at = now / 1000
+    expect(expiryOfToken(token(at, at + 3600))).toBe(now + 3_600_000)
+    expect(refreshDelay(token(at, at + 3600), now)).toBe(2_880_000)
+    expect(refreshDelay(token(at, at + 180), now)).toBe(120_000)
+    expect(refreshDelay(token(at, at + 4), now)).toBe(2_000)
+    expect(refreshDelay(token(at - 10, at - 1), now)).toBe(0)
+    expect(refreshDelay("not a token", now)).toBeUndefined()
+  })
+
+  it("keeps one socket per document open across several token expiries, and keeps sending", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const tokens = shortLived(a)
+    const sockets = countingWebSocket()
+    const alice = await connectClient(relay, a, {
+      token: tokens.source,
+      WebSocket: sockets.WebSocket as never,
+    })
+    const bob = await connectClient(relay, b, { token: shortLived(b).source })
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(alice.status).toBe("online"))
+    const errors: ParleyError[] = []
+    alice.on("error", ({ error }) => errors.push(error))
+    const began = Date.now()
+    const sent: string[] = []
+    // Every token alive when this began has expired twice over by the end.
+    while (Date.now() < began + 2.5 * LIFETIME_S * 1000) {
+      const body = `message ${sent.length}`
+      const message = chat.send(body)
+      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+      sent.push(body)
+      const count = tokens.issued.length
+      await eventually(() => expect(tokens.issued.length).toBeGreaterThan(count))
+    }
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bobChat.messages({ last: 50 }).map((m) => m.body)).toEqual(sent))
+    expect(sent.length).toBeGreaterThanOrEqual(4)
+    expect(sockets.opened.filter((doc) => doc === chat.id)).toHaveLength(1)
+    expect(sockets.opened.filter((doc) => doc.startsWith("inbox~"))).toHaveLength(1)
+    expect(errors).toEqual([])
+  }, 60_000)
+
+  it("survives a token source that fails at refresh time: an error event, backoff, and back online once it works", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const tokens = shortLived(a)
+    let failing = false
+    let calls = 0
+    const alice = await connectClient(relay, a, {
+      token: () => {
+        calls++
+        return failing ? Promise.reject(new Error("token service down")) : tokens.source()
+      },
+    })
+    const bob = await connectClient(relay, b, { token: shortLived(b).source })
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(alice.status).toBe("online"))
+    const errors: ParleyError[] = []
+    alice.on("error", ({ error }) => errors.push(error))
+
+    failing = true
+    const failedAt = Date.now()
+    const callsBefore = calls
+    await eventually(() => expect(errors.some((e) => e.message === "the token source failed")).toBe(true))
+    // Nothing refreshed the token: at its expiry the relay closes the sockets, and reconnecting needs a token.
+    await eventually(() => expect(alice.status).not.toBe("online"))
+    const during = chat.send("while the token service is down")
+    await wait(1_000)
+    expect(chat.status(during.id)).toBe("pending")
+    expect(errors.every((e) => e.code === ErrorCode.UNAUTHORIZED)).toBe(true)
+    // Backoff, not a storm: each of the two documents waits at least half the 50 ms minimum delay between tries.
+    expect(calls - callsBefore).toBeLessThanOrEqual(2 * ((Date.now() - failedAt) / 25) + 4)
+
+    failing = false
+    await eventually(() => expect(alice.status).toBe("online"))
+    await eventually(() => expect(chat.status(during.id)).toBe("sent"))
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() =>
+      expect(bobChat.messages({ last: 10 }).map((m) => m.body)).toEqual(["while the token service is down"]),
+    )
+  }, 60_000)
+
+  it("does not send a refresh naming another user: the client reports it and refreshes with its own token once it can", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const own = shortLived(a)
+    const other = shortLived(b)
+    let wrong = false
+    const alice = await connectClient(relay, a, { token: () => (wrong ? other.source() : own.source()) })
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(alice.status).toBe("online"))
+    const errors: ParleyError[] = []
+    alice.on("error", ({ error }) => errors.push(error))
+    wrong = true
+    await eventually(() => expect(errors.some((e) => e.message.includes(`is for ${b}`))).toBe(true))
+    wrong = false
+    const message = chat.send("with my own token again")
+    await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+  }, 60_000)
+})

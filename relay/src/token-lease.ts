@@ -1,0 +1,174 @@
+import {
+  CloseCode,
+  ErrorCode,
+  encodeError,
+  encodeTokenAccepted,
+  MessageType,
+  ParleyError,
+  ParleyMessage,
+  toParleyError,
+} from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
+import type { Logger } from "./log.js"
+import type { RelayMetrics } from "./metrics.js"
+import { describePrincipal } from "./principal.js"
+
+/** Longest token a refresh may carry: about what fits in the URL a connection opens with. */
+export const MAX_REFRESH_TOKEN_BYTES = 16 * 1024
+
+/** Longest delay a Node timer takes (about 24.8 days); a later expiry is reached in steps. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** What a {@link TokenLease} needs from its socket. */
+export interface TokenLeaseOptions {
+  readonly auth: Authenticator
+  /** The token the socket connected with. */
+  readonly token: VerifiedToken
+  /** The client reads Parley's extension frames (typed errors, `tokenAccepted`). */
+  readonly wantsParley: boolean
+  readonly send: (frame: Uint8Array) => void
+  readonly close: (code: number, reason: string) => void
+  readonly log: Logger
+  readonly metrics: RelayMetrics
+}
+
+/**
+ * How long one socket may stay open: until its token's `exp`, moved by every
+ * token refresh the client sends over the socket (Parley subtype `token`).
+ * At expiry a `parley=1` client gets a typed UNAUTHORIZED error, then every
+ * client is closed with 4401. A refresh must verify like a connecting token
+ * and name the same user (or service) with the same role; otherwise the
+ * socket is closed with 4401 too.
+ */
+export class TokenLease {
+  private expiresAt: number | undefined
+  private timer: ReturnType<typeof setTimeout> | undefined
+  private checking = false
+  /** A refresh that arrived while another was being checked; only the latest waits. */
+  private waiting: string | undefined
+  private ended = false
+
+  constructor(private readonly options: TokenLeaseOptions) {
+    this.expiresAt = options.token.expiresAt
+    this.arm()
+  }
+
+  /**
+   * Takes `frame` if it is a token refresh and returns true; returns false for
+   * every other frame, which is the core's.
+   */
+  receive(frame: Uint8Array): boolean {
+    // MessageType.parley (100) is one byte as a var-uint; the subtype follows.
+    if (frame[0] !== MessageType.parley || frame[1] !== ParleyMessage.token) return false
+    if (this.ended) return true
+    let token: string
+    try {
+      const decoder = decoding.createDecoder(frame)
+      decoding.readVarUint(decoder)
+      decoding.readVarUint(decoder)
+      const bytes = decoding.readVarUint8Array(decoder)
+      if (bytes.length > MAX_REFRESH_TOKEN_BYTES) {
+        this.refused(new ParleyError(ErrorCode.UNAUTHORIZED, "the refreshed token is too long"))
+        return true
+      }
+      token = new TextDecoder("utf-8", { fatal: true }).decode(bytes)
+    } catch {
+      this.ended = true
+      clearTimeout(this.timer)
+      this.options.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
+      this.options.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
+      return true
+    }
+    if (this.checking) this.waiting = token
+    else void this.check(token)
+    return true
+  }
+
+  /** The socket closed: no more timer. */
+  stop(): void {
+    this.ended = true
+    clearTimeout(this.timer)
+  }
+
+  /** Checks refreshes one at a time, in order, ending with the latest one that waited. */
+  private async check(first: string): Promise<void> {
+    this.checking = true
+    try {
+      let next: string | undefined = first
+      while (next !== undefined && !this.ended) {
+        const token: string = next
+        this.waiting = undefined
+        let verified: VerifiedToken
+        try {
+          verified = await this.options.auth.verifyToken(token)
+        } catch (error) {
+          return this.refused(toParleyError(error, ErrorCode.UNAUTHORIZED))
+        }
+        if (this.ended) return
+        if (!samePrincipal(verified.principal, this.options.token.principal))
+          return this.refused(
+            new ParleyError(ErrorCode.UNAUTHORIZED, "the refreshed token is for another user or role"),
+          )
+        this.accepted(verified)
+        next = this.waiting
+      }
+    } finally {
+      this.checking = false
+    }
+  }
+
+  private accepted(token: VerifiedToken): void {
+    this.expiresAt = token.expiresAt
+    this.arm()
+    this.options.metrics.tokens.inc({ event: "refreshed" })
+    this.options.log.debug(
+      {
+        principal: describePrincipal(token.principal),
+        expiresAt: token.expiresAt,
+        ...(token.dev ? { dev: true } : {}),
+      },
+      "token refreshed",
+    )
+    if (this.options.wantsParley)
+      this.options.send(
+        encodeTokenAccepted(token.expiresAt === undefined ? 0 : Math.floor(token.expiresAt / 1000)),
+      )
+  }
+
+  private refused(error: ParleyError): void {
+    this.options.metrics.tokens.inc({ event: "refused" })
+    this.options.metrics.errors.inc({ code: ErrorCode.UNAUTHORIZED })
+    this.options.log.info(
+      { principal: describePrincipal(this.options.token.principal), reason: error.message },
+      "token refresh refused",
+    )
+    this.end(error, CloseCode.TokenRefused)
+  }
+
+  private arm(): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    if (this.ended || this.expiresAt === undefined) return
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, this.expiresAt - Date.now()))
+    this.timer = setTimeout(() => {
+      if (this.expiresAt !== undefined && Date.now() < this.expiresAt) return this.arm()
+      this.options.metrics.tokens.inc({ event: "expired" })
+      this.options.log.info(
+        { principal: describePrincipal(this.options.token.principal) },
+        "closed: token expired",
+      )
+      this.end(new ParleyError(ErrorCode.UNAUTHORIZED, "the token expired"), CloseCode.TokenExpired)
+    }, delay)
+    // A lease must not keep a stopping process alive.
+    this.timer.unref?.()
+  }
+
+  private end(error: ParleyError, close: { readonly code: number; readonly reason: string }): void {
+    if (this.ended) return
+    this.ended = true
+    clearTimeout(this.timer)
+    if (this.options.wantsParley) this.options.send(encodeError({ code: error.code, message: error.message }))
+    this.options.close(close.code, close.reason)
+  }
+}

@@ -1,0 +1,239 @@
+import { request } from "node:http"
+import { createConversation, ErrorCode, newConversationId, sendMessage, type UserId } from "@parley/shared"
+import { decodeJwt, jwtVerify, SignJWT } from "jose"
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest"
+import { parseConfig } from "../src/config.js"
+import { TestClient } from "./helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+const clients: TestClient[] = []
+let shared: RelayProcess
+beforeAll(async () => {
+  shared = await startRelayProcess()
+})
+afterAll(() => stopRelayProcesses())
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close()
+})
+
+function client(relay: RelayProcess, name: string, token: string, parley = true) {
+  const c = new TestClient(relay.url, name, token, { parley })
+  clients.push(c)
+  return c
+}
+
+/** Seconds since the epoch, as JWTs count. */
+const nowS = () => Math.floor(Date.now() / 1000)
+
+/** An HS256 token with exactly these claims (no `exp` unless given). */
+const signed = (secret: string, claims: Record<string, unknown>) =>
+  new SignJWT(claims).setProtectedHeader({ alg: "HS256" }).sign(new TextEncoder().encode(secret))
+
+/** A conversation of alice (owner) and bob, created through the relay with long-lived tokens. */
+async function conversation(relay: RelayProcess) {
+  const id = newConversationId()
+  const owner = client(relay, id, await relay.token(alice))
+  await owner.synced()
+  createConversation(owner.doc, alice, { kind: "group", id, participants: [bob] })
+  await owner.allSaved()
+  return id
+}
+
+/** A GET with the headers a browser (or a DNS-rebinding page) would send. */
+function get(url: string, headers: Record<string, string> = {}) {
+  return new Promise<{ status: number; headers: Record<string, unknown>; body: string }>(
+    (resolve, reject) => {
+      const req = request(url, { headers }, (res) => {
+        let body = ""
+        res.on("data", (chunk) => {
+          body += chunk
+        })
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+      })
+      req.on("error", reject)
+      req.end()
+    },
+  )
+}
+
+const refusedFor = (relay: RelayProcess, reason: RegExp) =>
+  relay.waitForLog((line) => line.msg === "connection refused" && reason.test(String(line.reason)))
+
+describe("token expiry on open sockets", () => {
+  it("closes a parley=1 socket when its token expires, with a typed UNAUTHORIZED error first", async () => {
+    const relay = shared
+    const exp = nowS() + 2
+    const c = client(relay, await conversation(relay), await relay.token(alice, { expiresIn: exp }))
+    await c.synced()
+    const closed = await c.closed
+    expect(Date.now()).toBeGreaterThanOrEqual(exp * 1000)
+    expect(closed).toEqual({ code: 4401, reason: "Token expired" })
+    expect(c.errors).toEqual([{ code: ErrorCode.UNAUTHORIZED, message: "the token expired" }])
+  })
+
+  it("closes a stock client's socket at its token's expiry with 4401 and no extension frame", async () => {
+    const relay = shared
+    const exp = nowS() + 2
+    const c = client(relay, await conversation(relay), await relay.token(bob, { expiresIn: exp }), false)
+    await c.synced()
+    expect(await c.closed).toEqual({ code: 4401, reason: "Token expired" })
+    expect(c.frames.filter((frame) => frame[0] === 100)).toEqual([])
+  })
+
+  it("keeps a socket open across several expiries while the client refreshes its token, and it keeps writing", async () => {
+    const relay = shared
+    const id = await conversation(relay)
+    let exp = nowS() + 3
+    const a = client(relay, id, await relay.token(alice, { expiresIn: exp }))
+    await a.synced()
+    for (let round = 0; round < 3; round++) {
+      // A witness whose token expires one second after alice's current one: once the relay closed
+      // it, alice's socket would have been closed too, had her refresh not moved its expiry.
+      const witness = client(relay, id, await relay.token(bob, { expiresIn: exp + 1 }))
+      exp += 3
+      a.refreshToken(await relay.token(alice, { expiresIn: exp }))
+      await a.until(() => a.tokenAccepts.includes(exp))
+      expect(await witness.closed).toEqual({ code: 4401, reason: "Token expired" })
+      expect(a.closeEvent).toBeUndefined()
+      sendMessage(a.doc, alice, { body: `round ${round}` })
+      await a.allSaved()
+    }
+    // Without another refresh, the last token's expiry ends it.
+    expect(await a.closed).toEqual({ code: 4401, reason: "Token expired" })
+    expect(Date.now()).toBeGreaterThanOrEqual(exp * 1000)
+  }, 40_000)
+
+  it("refuses a refresh with another user's, another role's, a forged or a non-expiring token and closes 4401", async () => {
+    const relay = shared
+    const id = await conversation(relay)
+    const refreshes = [
+      await relay.token(bob),
+      await relay.token(alice, { role: "service" }),
+      await relay.token(alice, { secret: "not-the-relay-secret" }),
+      await signed(relay.secret, { sub: alice }),
+      "not a token",
+    ]
+    for (const refresh of refreshes) {
+      const a = client(relay, id, await relay.token(alice))
+      await a.synced()
+      a.refreshToken(refresh)
+      expect(await a.closed).toEqual({ code: 4401, reason: "Token refresh refused" })
+      expect(a.errors.map((e) => e.code)).toEqual([ErrorCode.UNAUTHORIZED])
+      expect(a.tokenAccepts).toEqual([])
+    }
+    // A stock client cannot read the error; it is closed all the same.
+    const stock = client(relay, id, await relay.token(alice), false)
+    await stock.synced()
+    stock.refreshToken(await relay.token(bob))
+    expect(await stock.closed).toEqual({ code: 4401, reason: "Token refresh refused" })
+  })
+
+  it("accepts a refresh from a service token for the same service, which keeps reading", async () => {
+    const relay = shared
+    const id = await conversation(relay)
+    const service = client(relay, id, await relay.token("audit", { role: "service" }))
+    await service.synced()
+    const exp = nowS() + 600
+    service.refreshToken(await relay.token("audit", { role: "service", expiresIn: exp }))
+    await service.until(() => service.tokenAccepts.length > 0)
+    expect(service.tokenAccepts).toEqual([exp])
+    expect(service.closeEvent).toBeUndefined()
+  })
+})
+
+describe("token claims", () => {
+  it("reads the exp rules from flags and environment variables, refusing tokens without exp by default", () => {
+    expect(parseConfig(["--auth-secret", "s"], {})).toMatchObject({
+      allowTokensWithoutExp: false,
+      maxTokenLifetimeMs: 86_400_000,
+    })
+    expect(
+      parseConfig(["--auth-secret", "s", "--allow-tokens-without-exp", "--max-token-lifetime-ms", "0"], {}),
+    ).toMatchObject({ allowTokensWithoutExp: true, maxTokenLifetimeMs: 0 })
+    expect(
+      parseConfig(["--auth-secret", "s"], {
+        PARLEY_ALLOW_TOKENS_WITHOUT_EXP: "true",
+        PARLEY_MAX_TOKEN_LIFETIME_MS: "3600000",
+      }),
+    ).toMatchObject({ allowTokensWithoutExp: true, maxTokenLifetimeMs: 3_600_000 })
+  })
+
+  it("refuses a token without exp with 4401: tokens must expire", async () => {
+    const relay = shared
+    const c = client(relay, newConversationId(), await signed(relay.secret, { sub: alice }))
+    expect((await c.closed).code).toBe(4401)
+    await refusedFor(relay, /tokens must expire/)
+  })
+
+  it("refuses a token whose exp is more than a day ahead", async () => {
+    const relay = shared
+    const c = client(relay, newConversationId(), await relay.token(alice, { expiresIn: nowS() + 2 * 86_400 }))
+    expect((await c.closed).code).toBe(4401)
+    await refusedFor(relay, /expires too far ahead/)
+  })
+
+  it("accepts tokens without exp with PARLEY_ALLOW_TOKENS_WITHOUT_EXP, and caps lifetimes by --max-token-lifetime-ms", async () => {
+    const relay = await startRelayProcess({
+      args: ["--max-token-lifetime-ms", "600000"],
+      env: { PARLEY_ALLOW_TOKENS_WITHOUT_EXP: "1" },
+    })
+    onTestFinished(() => relay.kill())
+    const forever = client(relay, newConversationId(), await signed(relay.secret, { sub: alice }))
+    await forever.synced()
+    const fiveMinutes = client(relay, newConversationId(), await relay.token(alice, { expiresIn: "5m" }))
+    await fiveMinutes.synced()
+    const anHour = client(relay, newConversationId(), await relay.token(alice, { expiresIn: "1h" }))
+    expect((await anHour.closed).code).toBe(4401)
+    await refusedFor(relay, /more than 600 s/)
+    expect(forever.closeEvent).toBeUndefined()
+    expect(fiveMinutes.closeEvent).toBeUndefined()
+  })
+})
+
+describe("--dev", () => {
+  it("signs dev tokens with a secret of its own, marked as dev, and still verifies --auth-secret tokens", async () => {
+    const relay = await startRelayProcess({ args: ["--dev"] })
+    onTestFinished(() => relay.kill())
+    const response = await get(`${relay.httpUrl}/dev/token?user=alice`)
+    expect(response.status).toBe(200)
+    const { token } = JSON.parse(response.body) as { token: string }
+    expect(decodeJwt(token)).toMatchObject({ sub: "alice", iss: "parley-dev" })
+    await expect(jwtVerify(token, new TextEncoder().encode(relay.secret))).rejects.toThrow(/signature/)
+
+    const dev = client(relay, newConversationId(), token)
+    await dev.synced()
+    await relay.waitForLog((line) => line.msg === "dev token" && line.dev === true)
+    const app = client(relay, newConversationId(), await relay.token(bob))
+    await app.synced()
+    // The app's secret cannot mint a dev token: one claiming the dev issuer is checked with the dev key.
+    const claimed = await signed(relay.secret, { sub: alice, iss: "parley-dev", exp: nowS() + 60 })
+    expect((await client(relay, newConversationId(), claimed).closed).code).toBe(4401)
+    expect(dev.closeEvent).toBeUndefined()
+  })
+
+  it("answers /dev/token to its own origin only: no CORS header, other origins and hosts refused", async () => {
+    const relay = await startRelayProcess({ args: ["--dev"] })
+    onTestFinished(() => relay.kill())
+    const sameOrigin = await get(`${relay.httpUrl}/dev/token?user=alice`, { origin: relay.httpUrl })
+    expect(sameOrigin.status).toBe(200)
+    expect(sameOrigin.headers["access-control-allow-origin"]).toBeUndefined()
+    const crossOrigin = await get(`${relay.httpUrl}/dev/token?user=alice`, { origin: "https://evil.example" })
+    expect(crossOrigin.status).toBe(403)
+    expect(crossOrigin.body).not.toMatch(/token"/)
+    // A page whose name was rebound to 127.0.0.1 is same-origin with itself, not with the relay.
+    const rebound = await get(`${relay.httpUrl}/dev/token?user=alice`, {
+      host: `evil.example:${relay.port}`,
+      origin: `http://evil.example:${relay.port}`,
+    })
+    expect(rebound.status).toBe(403)
+    expect(
+      (await get(`${relay.httpUrl}/dev/token?user=alice`, { host: `localhost:${relay.port}` })).status,
+    ).toBe(200)
+    for (const path of ["/healthz", "/metrics", "/nowhere"]) {
+      expect((await get(`${relay.httpUrl}${path}`)).headers["access-control-allow-origin"]).toBeUndefined()
+    }
+  })
+})
