@@ -54,7 +54,6 @@ function discard(client: pg.PoolClient, failure: Error): void {
   client.release(failure)
 }
 
-
 /** Class of the two-key advisory locks that table setup takes ("Prlz"); each store has its own object id. */
 const SETUP_LOCK = 0x50726c7a
 

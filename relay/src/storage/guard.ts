@@ -204,7 +204,9 @@ export class StorageGuard implements RelayStorage {
       if (this.closed) return
       this.current = {
         state: "failing",
-        error: isStorageFailure(error) ? error : storageUnavailable(`storage probe failed: ${messageOf(error)}`, error),
+        error: isStorageFailure(error)
+          ? error
+          : storageUnavailable(`storage probe failed: ${messageOf(error)}`, error),
         since: this.since(),
       }
       this.scheduleProbe()

@@ -2,7 +2,6 @@ import { MemoryStorage } from "./memory.js"
 import { SqliteStorage } from "./sqlite.js"
 import type { RelayStorage } from "./types.js"
 
-export { MemoryStorage } from "./memory.js"
 export {
   DEFAULT_STORAGE_TIMEOUT_MS,
   isStorageFailure,
@@ -11,7 +10,9 @@ export {
   type StorageState,
   storageUnavailable,
   withDeadline,
+  withDeadlines,
 } from "./guard.js"
+export { MemoryStorage } from "./memory.js"
 export { SQLITE_FILE, SqliteStorage } from "./sqlite.js"
 export type { RelayStorage, StoredDocument } from "./types.js"
 
