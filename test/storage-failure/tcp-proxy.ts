@@ -115,7 +115,10 @@ export class TcpProxy {
 
   private flush(pair: Pair): void {
     if (pair.dead || this.blackholed) return
-    if (!pair.upstream) return this.connectUpstream(pair)
+    if (!pair.upstream) {
+      this.connectUpstream(pair)
+      return
+    }
     if (pair.upstream.connecting) return
     pair.upstream.resume()
     for (const chunk of pair.held.splice(0)) pair.upstream.write(chunk)
