@@ -159,6 +159,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const storage = new StorageGuard(backend, {
     timeoutMs: storageTimeoutMs,
     onChange: (state) => {
+      metrics.storageAvailable.set(state.state === "ok" ? 1 : 0)
       if (state.state === "failing") log.error({ err: state.error }, "storage is failing: writes are refused")
       else log.info("storage is back: writes are accepted")
     },
