@@ -10,7 +10,7 @@ import {
   TOKEN_PARAM,
   toParleyError,
 } from "@parley/shared"
-import type * as decoding from "lib0/decoding"
+import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
 import type { Awareness } from "y-protocols/awareness"
 import * as syncProtocol from "y-protocols/sync"
@@ -101,6 +101,14 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   /** A refresh sent over the open socket, until the relay accepts it. */
   private sentToken: string | undefined
   private refreshTimer: ReturnType<typeof setTimeout> | undefined
+  /**
+   * What the relay has durably, as far as this client knows: the state vector
+   * of the relay's sync step 1 on this connection, raised by "saved"
+   * acknowledgements. What the document holds beyond it is the pending work.
+   */
+  private relayState = new Map<number, number>()
+  private resendAttempts = 0
+  private resendTimer: ReturnType<typeof setTimeout> | undefined
   private readonly forwarding: () => boolean
   private readonly forwardFromTab = (update: Uint8Array, origin: unknown) => {
     const ws = this.provider.ws
@@ -134,6 +142,13 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const node = (globalThis as { process?: { off?: (event: string, listener: () => void) => unknown } })
       .process
     node?.off?.("exit", this.provider._exitHandler)
+    const sync = this.provider.messageHandlers[MessageType.sync]!
+    this.provider.messageHandlers[MessageType.sync] = (encoder, decoder, provider, emitSynced, type) => {
+      const peek = decoding.clone(decoder)
+      if (decoding.readVarUint(peek) === syncProtocol.messageYjsSyncStep1)
+        this.relayState = Y.decodeStateVector(decoding.readVarUint8Array(peek))
+      sync(encoder, decoder, provider, emitSynced, type)
+    }
     this.provider.messageHandlers[MessageType.parley] = (
       _encoder: encoding.Encoder,
       decoder: decoding.Decoder,
@@ -190,6 +205,38 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.openSoon(0)
   }
 
+  /**
+   * After a retryable refusal (storage failing, rate limited): sends the
+   * pending work again — everything the document holds beyond what the relay
+   * is known to have durably — after a backoff with jitter, on the open
+   * connection (no reconnect). Further calls before it is sent do nothing; the
+   * backoff grows until the relay acknowledges something. The relay stores
+   * only what it does not have yet, so a resend never stores anything twice.
+   */
+  resendLater(): void {
+    if (this.resendTimer !== undefined || this.destroyed) return
+    const cap = Math.min(this.maxDelay, this.minDelay * 2 ** this.resendAttempts)
+    this.resendAttempts++
+    this.resendTimer = setTimeout(
+      () => {
+        this.resendTimer = undefined
+        this.resend()
+      },
+      cap / 2 + (this.random() * cap) / 2,
+    )
+  }
+
+  private resend(): void {
+    const ws = this.provider.ws
+    // Without an open connection there is nothing to do: the next connect's sync sends the pending work.
+    if (!this.wanted || this.destroyed || !this.provider.wsconnected || !ws) return
+    const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MessageType.sync)
+    syncProtocol.writeUpdate(encoder, pending)
+    ws.send(encoding.toUint8Array(encoder))
+  }
+
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */
   stop(): void {
     if (!this.wanted) return
@@ -197,6 +244,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     clearTimeout(this.retryTimer)
     this.retryTimer = undefined
     this.cancelRefresh()
+    clearTimeout(this.resendTimer)
+    this.resendTimer = undefined
     this.provider.disconnect()
     if (!this.destroyed) this.provider.connectBc()
     this.update()
@@ -206,6 +255,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   destroy(): void {
     if (this.destroyed) return
     this.stop()
+    clearTimeout(this.resendTimer)
     this.destroyed = true
     this.provider.disconnectBc()
     this.options.doc.off("update", this.forwardFromTab)
@@ -278,7 +328,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private parleyFrame(decoder: decoding.Decoder): void {
     const frame = readParleyFrame(decoder)
     if (frame?.type === "saved") {
-      this.emit("saved", { stateVector: Y.decodeStateVector(frame.stateVector) })
+      const stateVector = Y.decodeStateVector(frame.stateVector)
+      for (const [client, clock] of stateVector)
+        if (clock > (this.relayState.get(client) ?? 0)) this.relayState.set(client, clock)
+      this.resendAttempts = 0
+      this.emit("saved", { stateVector })
     } else if (frame?.type === "tokenAccepted") {
       if (this.sentToken === undefined) return
       this.socketToken = this.sentToken

@@ -12,6 +12,7 @@ import {
   editMessage,
   getConversation,
   getMessage,
+  isRetryable,
   leaveConversation,
   listMessages,
   listParticipants,
@@ -239,7 +240,12 @@ export class Conversation extends Emitter<ConversationEvents> {
       statuses.acknowledge(stateVector)
       this.refreshStatuses()
     })
-    connection.on("refused", ({ error }) => this.refused(error))
+    connection.on("refused", ({ error }) => {
+      // A retryable refusal (storage failing, say) is about the relay, not the work: keep it pending
+      // and send it again later; never resync or mark messages failed for it.
+      if (isRetryable(error.code)) connection.resendLater()
+      else this.refused(error)
+    })
     // A token the source could not give is the client's problem, not this conversation's:
     // `ChatClient` reports it once (an "error" event), however many conversations are open.
     connection.on("unavailable", ({ error }) => {

@@ -115,6 +115,12 @@ export const FLAGS = {
     help: "attempts per event and hook module before it is dead-lettered",
     default: "8",
   },
+  "storage-timeout-ms": {
+    kind: "integer",
+    env: "PARLEY_STORAGE_TIMEOUT_MS",
+    help: "longest a storage call (or PostgreSQL connect, query, statement) may take before it fails",
+    default: "5000",
+  },
   help: { kind: "boolean", env: "", help: "print this help" },
 } as const satisfies Record<string, { kind: Kind; env: string; help: string; default?: string }>
 
@@ -246,6 +252,7 @@ export function parseConfig(
     ...(staticDir ? { staticDir } : {}),
     ...hookOptions(),
     defaultMetrics: true,
+    storageTimeoutMs: Math.max(1, int("storage-timeout-ms")),
     limits: {
       idleUnloadMs: int("idle-unload-ms"),
       maxDocuments: Math.max(1, int("max-documents")),

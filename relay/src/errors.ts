@@ -19,6 +19,7 @@ export function closeFor(code: ErrorCode): { code: number; reason: string } {
       return CloseCode.RateLimited
     case "UNAVAILABLE":
     case "TIMEOUT":
+    case "STORAGE_UNAVAILABLE":
       return CloseCode.Unavailable
     case "INTERNAL":
       return CloseCode.Internal

@@ -53,7 +53,19 @@ export type { CoreLimits, RelayCoreOptions } from "./relay-core.js"
 export { DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 export type { Sequencer } from "./sequencer.js"
 export { LocalSequencer } from "./sequencer.js"
-export type { RelayStorage, StorageKind, StoredDocument } from "./storage/index.js"
-export { MemoryStorage, openStorage, SqliteStorage } from "./storage/index.js"
+export type {
+  RelayStorage,
+  StorageGuardOptions,
+  StorageKind,
+  StorageState,
+  StoredDocument,
+} from "./storage/index.js"
+export {
+  DEFAULT_STORAGE_TIMEOUT_MS,
+  MemoryStorage,
+  openStorage,
+  SqliteStorage,
+  StorageGuard,
+} from "./storage/index.js"
 export type { AfterSaved, AfterSavedListener } from "./update-path.js"
-export type { TransportLimits } from "./ws-transport.js"
+export type { Readiness, TransportLimits } from "./ws-transport.js"

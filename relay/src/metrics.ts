@@ -47,8 +47,14 @@ export class RelayMetrics {
     labelNames: ["event"] as const,
     registers: [this.registry],
   })
+  readonly storageAvailable = new client.Gauge({
+    name: "parley_storage_available",
+    help: "1 while storage answers, 0 while it is failing (writes are refused, /readyz says 503)",
+    registers: [this.registry],
+  })
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
+    this.storageAvailable.set(1)
     if (options.defaultMetrics) client.collectDefaultMetrics({ register: this.registry })
   }
 }

@@ -24,6 +24,7 @@ import {
   compact,
   type PathContext,
   type PathLimits,
+  type StorageHealth,
   sequenceLeftovers,
   submitUpdate,
   writeOnServer,
@@ -62,6 +63,15 @@ export interface RelayCoreOptions {
   readonly limits?: Partial<CoreLimits>
   /** Hooks into document loading, compaction and awareness (the hooks runtime). */
   readonly observer?: DocumentObserver
+  /**
+   * Whether `storage` answers (the {@link StorageGuard} wrapping it): writes
+   * then fail fast and retryably while it fails, and a change whose append
+   * failed waits for it instead of evicting its document.
+   */
+  readonly storageHealth?: {
+    readonly available: boolean
+    whenAvailable(signal?: AbortSignal): Promise<void>
+  }
 }
 
 /**
@@ -94,6 +104,8 @@ export class RelayCore implements ConnectionOwner {
   private readonly listeners: AfterSavedListener[]
   private readonly ctx: PathContext
   private closing = false
+  /** Aborted when the relay stops: changes waiting for storage give up (they were never acknowledged). */
+  private readonly stopping = new AbortController()
 
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
@@ -113,6 +125,17 @@ export class RelayCore implements ConnectionOwner {
       ...(options.observer
         ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }
         : {}),
+      ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
+    }
+  }
+
+  private storageHealthOf(health: NonNullable<RelayCoreOptions["storageHealth"]>): StorageHealth {
+    const signal = this.stopping.signal
+    return {
+      get available() {
+        return health.available
+      },
+      whenAvailable: () => health.whenAvailable(signal),
     }
   }
 
@@ -410,6 +433,7 @@ export class RelayCore implements ConnectionOwner {
   async close(): Promise<void> {
     if (this.closing) return
     this.closing = true
+    this.stopping.abort()
     await Promise.allSettled([...this.unloads.values()])
     const hosts = await Promise.allSettled([...this.hosts.values()])
     await Promise.all(

@@ -12,10 +12,18 @@ import { type Authorization, openAuthorization } from "./policy/open.js"
 import type { UpdatePolicy } from "./policy.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
-import { DEFAULT_DATABASE_URL, openStorage, type StorageKind } from "./storage/index.js"
+import {
+  DEFAULT_DATABASE_URL,
+  DEFAULT_STORAGE_TIMEOUT_MS,
+  openStorage,
+  StorageGuard,
+  type StorageKind,
+  type StorageState,
+  withDeadlines,
+} from "./storage/index.js"
 import type { RelayStorage } from "./storage/types.js"
 import type { AfterSavedListener } from "./update-path.js"
-import { type TransportLimits, WsTransport } from "./ws-transport.js"
+import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
 
 /** Defaults of the transport's limits. */
 export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
@@ -79,6 +87,12 @@ export interface RelayOptions {
   readonly hookAttempts?: number
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
+  /**
+   * Longest a storage call (documents, hook outbox, client-id bindings; and
+   * each PostgreSQL connect, query and statement) may take before it counts
+   * as failed. Default 5000 ms.
+   */
+  readonly storageTimeoutMs?: number
 }
 
 /** A started relay. */
@@ -139,20 +153,32 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     )
   const storageKind = typeof options.storage === "string" ? options.storage : "sqlite"
   const dataDir = options.dataDir ?? "./data"
-  const storage =
+  const storageTimeoutMs = options.storageTimeoutMs ?? DEFAULT_STORAGE_TIMEOUT_MS
+  const onIdleError = (error: Error) =>
+    log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one")
+  const backend =
     typeof options.storage === "object"
       ? options.storage
       : await openStorage({
           kind: storageKind,
           dataDir,
           ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
+          timeoutMs: storageTimeoutMs,
+          onIdleError,
         })
+  // Every storage call has a deadline; while storage fails, writes are refused at once (retryably).
+  const storage = new StorageGuard(backend, {
+    timeoutMs: storageTimeoutMs,
+    onChange: (state) => {
+      metrics.storageAvailable.set(state.state === "ok" ? 1 : 0)
+      if (state.state === "failing") log.error({ err: state.error }, "storage is failing: writes are refused")
+      else log.info("storage is back: writes are accepted")
+    },
+  })
   // The outbox and the client-id bindings live with the documents, so a restart keeps all three:
   // in the data directory with SQLite, in the same database with PostgreSQL, in memory otherwise.
   const durable = typeof options.storage === "object" ? undefined : storageKind
   const databaseUrl = options.databaseUrl ?? DEFAULT_DATABASE_URL
-  const onIdleError = (error: Error) =>
-    log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one")
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   let core: RelayCore | undefined
   const inbox = options.inbox === false ? [] : [inboxTarget(() => core)]
@@ -164,9 +190,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     authorization = options.policy
       ? undefined
       : await openAuthorization(
-          durable === "sqlite" ? { dataDir } : durable === "postgres" ? { databaseUrl, onIdleError } : {},
+          durable === "sqlite"
+            ? { dataDir, timeoutMs: storageTimeoutMs }
+            : durable === "postgres"
+              ? { databaseUrl, onIdleError, timeoutMs: storageTimeoutMs }
+              : {},
         )
-    if (wantsHooks) outbox = await openOutbox(durable, dataDir, databaseUrl, onIdleError)
+    if (wantsHooks) outbox = await openOutbox(durable, dataDir, databaseUrl, onIdleError, storageTimeoutMs)
   } catch (error) {
     await authorization?.close()
     await storage.close()
@@ -194,6 +224,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     listeners: [...(options.listeners ?? []), ...(hooks ? [hooks] : [])],
     ...(hooks ? { observer: hooks } : {}),
+    storageHealth: storage,
   })
   if (hooks) {
     await hooks.start(core)
@@ -209,6 +240,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     devAnyHost: options.forceDev ?? false,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: typeof options.storage === "object" ? "custom" : storageKind }),
+    readiness: () => readinessOf(storage.state),
     ...(hooks
       ? {
           routes: deadLetterRoutes({
@@ -268,12 +300,33 @@ async function openOutbox(
   dataDir: string,
   databaseUrl: string,
   onIdleError: (error: Error) => void,
+  timeoutMs: number,
 ): Promise<Outbox> {
-  if (durable === "sqlite") return new SqliteOutbox(dataDir)
+  if (durable === "sqlite") return withDeadlines(new SqliteOutbox(dataDir), timeoutMs, "hook outbox")
   if (durable === "postgres") {
     // Loaded only here, as the storage loads its PostgreSQL backend: SQLite deployments never touch `pg`.
     const { PostgresOutbox } = await import("./hooks/postgres-outbox.js")
-    return PostgresOutbox.open(databaseUrl, onIdleError)
+    return withDeadlines(
+      await PostgresOutbox.open(databaseUrl, onIdleError, timeoutMs),
+      timeoutMs,
+      "hook outbox",
+    )
   }
   return new MemoryOutbox()
+}
+
+/** `/readyz`'s answer: ready, or which dependency fails, why and since when. */
+function readinessOf(state: StorageState): Readiness {
+  if (state.state === "ok") return { ready: true }
+  return {
+    ready: false,
+    failing: [
+      {
+        dependency: "storage",
+        code: state.error.code,
+        error: state.error.message,
+        since: new Date(state.since).toISOString(),
+      },
+    ],
+  }
 }

@@ -2,6 +2,7 @@ import {
   type ChangeEvent,
   ErrorCode,
   encodeSaved,
+  isRetryable,
   type MessageId,
   MessageType,
   ParleyError,
@@ -18,6 +19,7 @@ import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy, type UpdatePolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
 import type { Sequencer } from "./sequencer.js"
+import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
 import { inspectUpdate } from "./yjs-updates.js"
 
@@ -67,6 +69,20 @@ export interface PathContext {
   evict(host: DocumentHost, error: unknown): void
   /** Highest log position compaction may fold into a snapshot (hooks: entries whose events are recorded). */
   compactionLimit?(name: string): Promise<number>
+  /**
+   * Whether storage answers (a {@link StorageGuard}). With it, writes are
+   * refused with the retryable STORAGE_UNAVAILABLE while storage fails, and a
+   * change whose append failed stays applied but unsaved until storage is back
+   * (see {@link storeWhenBack}) instead of evicting the document.
+   */
+  readonly storageHealth?: StorageHealth
+}
+
+/** What the update path asks of a storage guard. */
+export interface StorageHealth {
+  readonly available: boolean
+  /** Resolves once storage answers again; rejects when the relay shuts down. */
+  whenAvailable(): Promise<void>
 }
 
 /** Transaction origin of the relay's own writes. */
@@ -112,6 +128,12 @@ async function persist(ctx: PathContext, host: DocumentHost, entries: readonly E
     entries.map((e) => e.update),
   )
   stop()
+  account(ctx, host, entries, positions)
+  return positions
+}
+
+/** Counts `entries`, stored at `positions`, in the metrics and the document's log figures. */
+function account(ctx: PathContext, host: DocumentHost, entries: readonly Entry[], positions: number[]): void {
   let bytes = 0
   for (const { update, source } of entries) {
     ctx.metrics.updates.inc({ source })
@@ -121,7 +143,6 @@ async function persist(ctx: PathContext, host: DocumentHost, entries: readonly E
   host.logEntries += entries.length
   host.logBytes += bytes
   host.lastPosition = Math.max(host.lastPosition, ...positions)
-  return positions
 }
 
 function messageIdsIn(events: readonly ChangeEvent[]): MessageId[] {
@@ -177,10 +198,20 @@ async function applyAndStore(
     events.push(...host.takeEvents())
     const entries = [first, sequencing].filter((e) => e !== undefined)
     if (entries.length === 0) return { entries, positions: [], events }
-    const positions = await persist(ctx, host, entries)
+    let positions: number[]
+    try {
+      positions = await persist(ctx, host, entries)
+    } catch (error) {
+      if (!ctx.storageHealth || !isStorageFailure(error)) throw error
+      positions = await storeWhenBack(ctx, ctx.storageHealth, host, entries, error, options.from)
+    }
     return { entries, positions, events }
   } catch (cause) {
-    const error = new ParleyError(ErrorCode.INTERNAL, "the relay failed to store a change", { cause })
+    // A retryable refusal (the relay shutting down while a change waited for storage) stays retryable.
+    const error =
+      cause instanceof ParleyError && isRetryable(cause.code)
+        ? cause
+        : new ParleyError(ErrorCode.INTERNAL, "the relay failed to store a change", { cause })
     // The sender learns why before eviction closes its connection.
     options.from?.refuse(error)
     ctx.evict(host, cause)
@@ -188,6 +219,91 @@ async function applyAndStore(
   } finally {
     release()
   }
+}
+
+/** Documents holding a change that is applied in memory but waits for storage to come back. */
+const waitingForStorage = new WeakSet<DocumentHost>()
+
+/**
+ * A change is applied in memory (shown to nobody) and its append failed
+ * because storage did. Evicting the document would drop what memory holds, and
+ * with it the sequence numbers already given; so the change stays applied but
+ * unsaved, its sender is told STORAGE_UNAVAILABLE (retryable: it keeps the
+ * work pending), further updates to the document are refused with that error
+ * at once (see {@link submitUpdate}), and the append is retried each time the
+ * storage guard reports storage back. Only then is the change broadcast and
+ * acknowledged, once.
+ *
+ * A failed append may still have been committed (a timeout or a reset during
+ * the commit). The guard reports storage back only after the abandoned attempt
+ * settled, and before appending again the stored log is read: entries beyond
+ * the document's last known position that are exactly these updates mean the
+ * first attempt landed, and their positions are taken instead of storing the
+ * change twice. Anything else beyond that position means memory and storage
+ * disagree, and the document is evicted as before.
+ */
+async function storeWhenBack(
+  ctx: PathContext,
+  health: StorageHealth,
+  host: DocumentHost,
+  entries: readonly Entry[],
+  failure: ParleyError,
+  from: Connection | undefined,
+): Promise<number[]> {
+  ctx.log.warn(
+    { err: failure, doc: host.key },
+    "storage failed: the change waits in memory, unseen, until storage is back",
+  )
+  ctx.metrics.errors.inc({ code: failure.code })
+  from?.refuse(failure)
+  waitingForStorage.add(host)
+  try {
+    for (;;) {
+      await health.whenAvailable()
+      try {
+        const landed = await alreadyStored(ctx, host, entries)
+        if (landed) {
+          account(ctx, host, entries, landed)
+          return landed
+        }
+        const positions = await persist(ctx, host, entries)
+        ctx.log.info({ doc: host.key, positions }, "stored a change that waited for storage")
+        return positions
+      } catch (error) {
+        if (!isStorageFailure(error)) throw error
+      }
+    }
+  } finally {
+    waitingForStorage.delete(host)
+  }
+}
+
+/** The positions of `entries` when an earlier, failed-looking append of them was committed after all. */
+async function alreadyStored(
+  ctx: PathContext,
+  host: DocumentHost,
+  entries: readonly Entry[],
+): Promise<number[] | undefined> {
+  const stored = await ctx.storage.load(host.key)
+  const beyond = stored.updates.filter((u) => u.position > host.lastPosition)
+  if (beyond.length === 0) return undefined
+  const same =
+    beyond.length === entries.length && beyond.every((u, i) => equalBytes(u.update, entries[i]!.update))
+  if (!same) throw new Error("the stored log holds changes this relay's memory does not")
+  return beyond.map((u) => u.position)
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
+/** Refuses a write at once while the document or the storage cannot take it (retryable). */
+function refuseWhileStorageFails(ctx: PathContext, host: DocumentHost): void {
+  if (waitingForStorage.has(host))
+    throw storageUnavailable("storage is failing: an earlier change to this document waits for it")
+  if (ctx.storageHealth && !ctx.storageHealth.available) throw storageUnavailable("storage is failing")
 }
 
 /** After a change is stored, applied and broadcast: access, listeners, compaction. */
@@ -246,15 +362,31 @@ export function submitUpdate(
   update: Uint8Array,
   from?: Connection,
 ): Promise<number[]> {
+  // Fail fast: behind a change that waits for storage, this one would wait as long.
+  if (waitingForStorage.has(host)) {
+    try {
+      refuseWhileStorageFails(ctx, host)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+  }
   return host.enqueue(async () => {
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
     if (update.length > ctx.limits.maxUpdateBytes)
       throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
-    const { clientIds, noop } = inspectUpdate(host.doc, update)
-    if (noop) {
+    const inspected = inspectUpdate(host.doc, update)
+    let clientIds = inspected.clientIds
+    if (inspected.noop) {
       // Typically a reconnecting client's sync step 2: it learns everything that is durable.
       from?.saved()
       return []
+    }
+    refuseWhileStorageFails(ctx, host)
+    // A client re-sending pending work may include some the document has by now: store only the rest.
+    const fresh = withoutKnownStructs(host.doc, update)
+    if (fresh !== update) {
+      update = fresh
+      clientIds = clientIdsOf(update)
     }
     const input = { name: host.name, doc: host.doc, update, principal, clientIds }
     // Read-only access holds whatever policy is plugged in; the plugged-in one adds the document rules.
@@ -302,6 +434,7 @@ export function writeOnServer(
 ): Promise<number[]> {
   return host.enqueue(async () => {
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
+    refuseWhileStorageFails(ctx, host)
     let failure: unknown
     const relayClientId = host.doc.clientID
     const { entries, positions, events } = await applyAndStore(ctx, host, () => {
@@ -348,6 +481,20 @@ export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise
     }
     return positions
   })
+}
+
+/**
+ * `update` without the structs `doc` already holds (its delete set is kept
+ * whole). Unchanged, without re-encoding, when it holds none: the usual case.
+ */
+function withoutKnownStructs(doc: Y.Doc, update: Uint8Array): Uint8Array {
+  const { from } = Y.parseUpdateMeta(update)
+  const known = new Map<number, number>()
+  for (const [client, clock] of from) {
+    const state = Y.getState(doc.store, client)
+    if (clock < state) known.set(client, state)
+  }
+  return known.size === 0 ? update : Y.diffUpdate(update, Y.encodeStateVector(known))
 }
 
 function clientIdsOf(update: Uint8Array): Set<number> {

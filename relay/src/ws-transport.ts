@@ -49,9 +49,25 @@ export interface TransportOptions {
   readonly staticDir?: string
   /** Extra fields for `/healthz`. */
   readonly health?: () => Record<string, unknown>
+  /** Whether the relay's dependencies answer, for `/readyz` (ready when absent). */
+  readonly readiness?: () => Readiness
   /** Extra HTTP routes (e.g. the hooks' `/admin/dead-letters`), tried first; true when handled. */
   readonly routes?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>
 }
+
+/** What `/readyz` reports: ready, or the dependencies that fail. */
+export type Readiness =
+  | { readonly ready: true }
+  | {
+      readonly ready: false
+      readonly failing: readonly {
+        readonly dependency: string
+        readonly code: string
+        readonly error: string
+        /** ISO time of the first failure. */
+        readonly since: string
+      }[]
+    }
 
 // No CORS header: nothing here is meant for pages of other origins (least of all /dev/token).
 const json = (res: ServerResponse, status: number, body: unknown) => {
@@ -125,6 +141,13 @@ export class WsTransport {
         uptimeSeconds: Math.round(process.uptime()),
         ...this.options.health?.(),
       })
+    }
+    if (url.pathname === "/readyz") {
+      // Readiness, unlike liveness (/healthz): a load balancer sends no traffic while storage fails.
+      if (this.stopping) return json(res, 503, { status: "stopping" })
+      const readiness = this.options.readiness?.() ?? { ready: true }
+      if (readiness.ready) return json(res, 200, { status: "ready" })
+      return json(res, 503, { status: "not ready", failing: readiness.failing })
     }
     if (url.pathname === "/metrics") {
       const registry = this.options.metrics.registry

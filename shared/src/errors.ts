@@ -14,6 +14,8 @@ export const ErrorCode = {
   UNAVAILABLE: "UNAVAILABLE",
   TIMEOUT: "TIMEOUT",
   INTERNAL: "INTERNAL",
+  /** The relay's storage (database, disk) is failing; nothing was stored. Retry with backoff. */
+  STORAGE_UNAVAILABLE: "STORAGE_UNAVAILABLE",
 } as const
 /** One of {@link ErrorCode}'s values. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
@@ -23,6 +25,23 @@ const codes = new Set<string>(Object.values(ErrorCode))
 /** True when `value` is a known {@link ErrorCode}. */
 export function isErrorCode(value: unknown): value is ErrorCode {
   return typeof value === "string" && codes.has(value)
+}
+
+const retryable = new Set<ErrorCode>([
+  ErrorCode.STORAGE_UNAVAILABLE,
+  ErrorCode.UNAVAILABLE,
+  ErrorCode.TIMEOUT,
+  ErrorCode.RATE_LIMITED,
+])
+
+/**
+ * True when an operation refused with `code` may succeed if sent again later
+ * unchanged (with backoff): the refusal says something about the relay's
+ * state, not about the operation. A client keeps such work pending instead of
+ * marking it failed.
+ */
+export function isRetryable(code: ErrorCode): boolean {
+  return retryable.has(code)
 }
 
 /**

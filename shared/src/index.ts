@@ -9,6 +9,7 @@ export {
   type CloseCodeName,
   ErrorCode,
   isErrorCode,
+  isRetryable,
   ParleyError,
   toParleyError,
 } from "./errors.js"

@@ -76,11 +76,25 @@ export class PostgresOutbox implements Outbox {
 
   /**
    * Connects to `url` and creates the tables if needed. `onIdleError` hears of
-   * idle connections the server dropped (the pool replaces them).
+   * idle connections the server dropped (the pool replaces them); `timeoutMs`
+   * bounds every connect, query and statement.
    */
-  static async open(url: string, onIdleError: (error: Error) => void = () => {}): Promise<PostgresOutbox> {
+  static async open(
+    url: string,
+    onIdleError: (error: Error) => void = () => {},
+    timeoutMs?: number,
+  ): Promise<PostgresOutbox> {
     // Enqueues are serial (the hook runtime chains them); the rest comes from the delivery lanes.
-    return new PostgresOutbox(await openPool({ url, max: 4, schema: SCHEMA, setupLock: 1, onIdleError }))
+    return new PostgresOutbox(
+      await openPool({
+        url,
+        max: 4,
+        schema: SCHEMA,
+        setupLock: 1,
+        onIdleError,
+        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      }),
+    )
   }
 
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {

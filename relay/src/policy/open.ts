@@ -1,5 +1,6 @@
 import { join } from "node:path"
 import Database from "better-sqlite3"
+import { DEFAULT_STORAGE_TIMEOUT_MS, withDeadlines } from "../storage/guard.js"
 import { AuthorizationPolicy } from "./authorization-policy.js"
 import {
   type ClientBindingStore,
@@ -25,6 +26,12 @@ export interface AuthorizationOptions {
   readonly databaseUrl?: string
   /** Hears of idle PostgreSQL connections the server dropped (the pool replaces them). */
   readonly onIdleError?: (error: Error) => void
+  /**
+   * Bound of every bindings call, in ms: a failure or a timeout refuses the
+   * update with the retryable STORAGE_UNAVAILABLE. Default: the PostgreSQL
+   * pool's own timeouts only.
+   */
+  readonly timeoutMs?: number
 }
 
 /**
@@ -37,8 +44,12 @@ export async function openAuthorization(options: AuthorizationOptions = {}): Pro
   if (options.databaseUrl !== undefined) {
     // Loaded only here, as the storage loads its PostgreSQL backend: SQLite deployments never touch `pg`.
     const { PostgresClientBindingStore } = await import("./postgres-client-bindings.js")
-    const store = await PostgresClientBindingStore.open(options.databaseUrl, options.onIdleError)
-    return { policy: new AuthorizationPolicy(store), close: () => store.close() }
+    const store = await PostgresClientBindingStore.open(
+      options.databaseUrl,
+      options.onIdleError,
+      options.timeoutMs,
+    )
+    return { policy: new AuthorizationPolicy(bounded(store, options)), close: () => store.close() }
   }
   if (options.dataDir === undefined) {
     return { policy: new AuthorizationPolicy(new MemoryClientBindingStore()), close: async () => {} }
@@ -46,11 +57,16 @@ export async function openAuthorization(options: AuthorizationOptions = {}): Pro
   const db = new Database(join(options.dataDir, BINDINGS_FILE))
   db.pragma("journal_mode = WAL")
   db.pragma("synchronous = FULL")
-  const store: ClientBindingStore = new SqliteClientBindingStore(db)
+  const store: ClientBindingStore = bounded(new SqliteClientBindingStore(db), options)
   return {
     policy: new AuthorizationPolicy(store),
     close: async () => {
       if (db.open) db.close()
     },
   }
+}
+
+/** A full disk or a lost database refuses the update retryably (STORAGE_UNAVAILABLE), never with INTERNAL. */
+function bounded(store: ClientBindingStore, options: AuthorizationOptions): ClientBindingStore {
+  return withDeadlines(store, options.timeoutMs ?? DEFAULT_STORAGE_TIMEOUT_MS, "client-id bindings")
 }

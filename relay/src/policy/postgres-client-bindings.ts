@@ -24,15 +24,24 @@ export class PostgresClientBindingStore implements ClientBindingStore {
 
   /**
    * Connects to `url` and creates the table if needed. `onIdleError` hears of
-   * idle connections the server dropped (the pool replaces them).
+   * idle connections the server dropped (the pool replaces them); `timeoutMs`
+   * bounds every connect, query and statement.
    */
   static async open(
     url: string,
     onIdleError: (error: Error) => void = () => {},
+    timeoutMs?: number,
   ): Promise<PostgresClientBindingStore> {
     // Binds are rare (a client id's first update) and loads once per loaded document: a small pool will do.
     return new PostgresClientBindingStore(
-      await openPool({ url, max: 2, schema: SCHEMA, setupLock: 2, onIdleError }),
+      await openPool({
+        url,
+        max: 2,
+        schema: SCHEMA,
+        setupLock: 2,
+        onIdleError,
+        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      }),
     )
   }
 

@@ -2,6 +2,16 @@ import { MemoryStorage } from "./memory.js"
 import { SqliteStorage } from "./sqlite.js"
 import type { RelayStorage } from "./types.js"
 
+export {
+  DEFAULT_STORAGE_TIMEOUT_MS,
+  isStorageFailure,
+  StorageGuard,
+  type StorageGuardOptions,
+  type StorageState,
+  storageUnavailable,
+  withDeadline,
+  withDeadlines,
+} from "./guard.js"
 export { MemoryStorage } from "./memory.js"
 export { SQLITE_FILE, SqliteStorage } from "./sqlite.js"
 export type { RelayStorage, StoredDocument } from "./types.js"
@@ -19,6 +29,10 @@ export interface StorageOptions {
   readonly dataDir: string
   /** Connection string (postgres). */
   readonly databaseUrl?: string
+  /** Bound of every PostgreSQL connect, query and statement, in ms (postgres). */
+  readonly timeoutMs?: number
+  /** Hears of idle PostgreSQL connections the server dropped (postgres). */
+  readonly onIdleError?: (error: Error) => void
 }
 
 /** Opens the configured backend. */
@@ -30,7 +44,11 @@ export async function openStorage(options: StorageOptions): Promise<RelayStorage
       return new SqliteStorage(options.dataDir)
     case "postgres": {
       const { PostgresStorage } = await import("./postgres.js")
-      return PostgresStorage.open(options.databaseUrl ?? DEFAULT_DATABASE_URL)
+      return PostgresStorage.open(
+        options.databaseUrl ?? DEFAULT_DATABASE_URL,
+        options.onIdleError,
+        options.timeoutMs,
+      )
     }
   }
 }

@@ -34,9 +34,22 @@ export class PostgresStorage implements RelayStorage {
     this.group = new GroupCommit((batch) => this.commit(batch))
   }
 
-  /** Connects and creates the tables if needed. */
-  static async open(url: string, onIdleError: (error: Error) => void = () => {}): Promise<PostgresStorage> {
-    return new PostgresStorage(await openPool({ url, max: 4, schema: SCHEMA, setupLock: 3, onIdleError }))
+  /** Connects and creates the tables if needed. `timeoutMs` bounds every connect, query and statement. */
+  static async open(
+    url: string,
+    onIdleError: (error: Error) => void = () => {},
+    timeoutMs?: number,
+  ): Promise<PostgresStorage> {
+    return new PostgresStorage(
+      await openPool({
+        url,
+        max: 4,
+        schema: SCHEMA,
+        setupLock: 3,
+        onIdleError,
+        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      }),
+    )
   }
 
   private commit(batch: AppendBatch): Promise<number[][]> {
@@ -126,6 +139,12 @@ export class PostgresStorage implements RelayStorage {
       )
       await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
     })
+  }
+
+  /** One round trip on a pooled connection (a server out of disk space still answers it). */
+  async ping(): Promise<void> {
+    this.assertOpen()
+    await this.pool.query("SELECT 1")
   }
 
   async close(): Promise<void> {

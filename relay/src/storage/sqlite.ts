@@ -41,6 +41,8 @@ export class SqliteStorage implements RelayStorage {
     this.db.pragma("journal_mode = WAL")
     this.db.pragma("synchronous = FULL")
     this.db.exec(SCHEMA)
+    // A one-row table the health probe rewrites: only a committed write shows that the disk has room again.
+    this.db.exec("CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)")
     this.statements = {
       snapshot: this.db.prepare<[string], { data: Buffer; through: number }>(
         "SELECT data, through FROM snapshots WHERE doc = ?",
@@ -56,6 +58,7 @@ export class SqliteStorage implements RelayStorage {
         "INSERT INTO snapshots (doc, data, through) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, through = MAX(snapshots.through, excluded.through)",
       ),
       trim: this.db.prepare("DELETE FROM updates WHERE doc = ? AND position <= ?"),
+      probe: this.db.prepare("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)"),
       names: this.db.prepare<[], { doc: string }>(
         "SELECT doc FROM updates UNION SELECT doc FROM snapshots ORDER BY doc",
       ),
@@ -127,6 +130,12 @@ export class SqliteStorage implements RelayStorage {
     this.assertOpen()
     await this.group.drain()
     return this.statements.names.all().map((row) => row.doc)
+  }
+
+  /** Commits a one-row write (fsync'd like an append): fails while the disk is full. */
+  async ping(): Promise<void> {
+    this.assertOpen()
+    this.statements.probe.run(Date.now())
   }
 
   async close(): Promise<void> {

@@ -22,6 +22,12 @@ export interface RelayStorage {
   compact(name: string, snapshot: Uint8Array, through: number): Promise<void>
   /** Names of every stored document (for rebuilding derived data such as inboxes), sorted. */
   list(): Promise<string[]>
+  /**
+   * Resolves when the backend answers, and can write where it can tell (a
+   * probe of the relay's storage health while it is failing). Optional: the
+   * relay falls back to {@link list}.
+   */
+  ping?(): Promise<void>
   /** Finishes pending appends and releases the backend. */
   close(): Promise<void>
 }

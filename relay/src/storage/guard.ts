@@ -1,0 +1,250 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import type { RelayStorage, StoredDocument } from "./types.js"
+
+/** Default of every storage timeout, relay-side and PostgreSQL's, in ms (`--storage-timeout-ms`). */
+export const DEFAULT_STORAGE_TIMEOUT_MS = 5000
+
+/** Whether the storage answers, as {@link StorageGuard} last found it. */
+export type StorageState =
+  | { readonly state: "ok" }
+  | { readonly state: "failing"; readonly error: ParleyError; readonly since: number }
+
+/** How a {@link StorageGuard} bounds and watches its storage. */
+export interface StorageGuardOptions {
+  /** Longest a storage call may take before it counts as failed, in ms. */
+  readonly timeoutMs: number
+  /** First wait between probes while failing, in ms; it doubles up to {@link maxProbeIntervalMs}. Default 100. */
+  readonly probeIntervalMs?: number
+  /** Longest wait between probes, in ms. Default 2000. */
+  readonly maxProbeIntervalMs?: number
+  /** Hears every change of state (for logs and metrics). */
+  readonly onChange?: (state: StorageState) => void
+}
+
+/** A storage failure as the relay reports it: typed, retryable, with the backend's error as its cause. */
+export function storageUnavailable(message: string, cause?: unknown): ParleyError {
+  return new ParleyError(ErrorCode.STORAGE_UNAVAILABLE, message, cause === undefined ? undefined : { cause })
+}
+
+/** True for errors that say the storage failed (not that a request was wrong). */
+export function isStorageFailure(error: unknown): error is ParleyError {
+  return error instanceof ParleyError && error.code === ErrorCode.STORAGE_UNAVAILABLE
+}
+
+/** Rejects with a STORAGE_UNAVAILABLE error when `promise` has not settled within `ms`. */
+export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(storageUnavailable(`storage did not ${what} within ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer))
+}
+
+/**
+ * A circuit breaker around the relay's storage. Every call gets a deadline;
+ * any failure (an error of the backend, a reset connection, a full disk, a
+ * call that outlived its deadline) becomes a STORAGE_UNAVAILABLE error and
+ * marks the storage failing. While failing, calls fail at once with that
+ * error instead of each waiting for its own deadline, and a probe (the
+ * backend's `ping`, with backoff) runs until the storage answers again.
+ *
+ * The guard reports recovery only once every call that failed by its deadline
+ * has also settled in the backend: a write the relay gave up on can then no
+ * longer land behind the relay's back while it checks what was stored.
+ */
+export class StorageGuard implements RelayStorage {
+  private current: StorageState = { state: "ok" }
+  /** Backend calls not settled yet (running, or abandoned at their deadline). */
+  private readonly running = new Set<Promise<unknown>>()
+  private readonly waiters = new Set<{ resolve: () => void; reject: (error: unknown) => void }>()
+  private probeTimer: NodeJS.Timeout | undefined
+  private probeDelay: number
+  private closed = false
+
+  constructor(
+    private readonly inner: RelayStorage,
+    private readonly options: StorageGuardOptions,
+  ) {
+    this.probeDelay = options.probeIntervalMs ?? 100
+  }
+
+  /** The storage's state: `ok`, or `failing` with the last error and since when. */
+  get state(): StorageState {
+    return this.current
+  }
+
+  /** True unless the storage is failing. */
+  get available(): boolean {
+    return this.current.state === "ok"
+  }
+
+  /**
+   * Resolves once the storage answers again (at once when it does now).
+   * Rejects when `signal` aborts or the guard closes.
+   */
+  whenAvailable(signal?: AbortSignal): Promise<void> {
+    if (this.current.state === "ok") return Promise.resolve()
+    return new Promise<void>((resolve, reject) => {
+      const waiter = {
+        resolve: () => {
+          signal?.removeEventListener("abort", abort)
+          resolve()
+        },
+        reject: (error: unknown) => {
+          signal?.removeEventListener("abort", abort)
+          reject(error)
+        },
+      }
+      const abort = () => {
+        this.waiters.delete(waiter)
+        reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is shutting down"))
+      }
+      if (signal?.aborted) return abort()
+      signal?.addEventListener("abort", abort)
+      this.waiters.add(waiter)
+    })
+  }
+
+  load(name: string): Promise<StoredDocument> {
+    return this.call("load a document", () => this.inner.load(name))
+  }
+
+  append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
+    return this.call("store an update", () => this.inner.append(name, updates))
+  }
+
+  compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
+    return this.call("store a snapshot", () => this.inner.compact(name, snapshot, through))
+  }
+
+  list(): Promise<string[]> {
+    return this.call("list documents", () => this.inner.list())
+  }
+
+  ping(): Promise<void> {
+    return this.call("answer a probe", () => this.probeInner())
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    clearTimeout(this.probeTimer)
+    this.probeTimer = undefined
+    const error = new ParleyError(ErrorCode.UNAVAILABLE, "the relay is shutting down")
+    for (const waiter of this.waiters) waiter.reject(error)
+    this.waiters.clear()
+    await this.inner.close()
+  }
+
+  private probeInner(): Promise<void> {
+    return this.inner.ping ? this.inner.ping() : this.inner.list().then(() => {})
+  }
+
+  private async call<T>(what: string, run: () => Promise<T>): Promise<T> {
+    if (this.current.state === "failing" && !this.closed) {
+      throw storageUnavailable(`storage is failing: ${this.current.error.message}`, this.current.error)
+    }
+    let inner: Promise<T>
+    try {
+      inner = run()
+    } catch (error) {
+      inner = Promise.reject(error)
+    }
+    this.track(inner)
+    try {
+      return await withDeadline(inner, this.options.timeoutMs, what)
+    } catch (error) {
+      // A typed refusal of the backend (a damaged document, say) says nothing about its availability.
+      if ((error instanceof ParleyError && !isStorageFailure(error)) || this.closed) throw error
+      const failure = isStorageFailure(error)
+        ? error
+        : storageUnavailable(`storage failed to ${what}: ${messageOf(error)}`, error)
+      this.fail(failure)
+      throw failure
+    }
+  }
+
+  private track(promise: Promise<unknown>): void {
+    this.running.add(promise)
+    const settled = () => this.running.delete(promise)
+    promise.then(settled, settled)
+  }
+
+  private fail(error: ParleyError): void {
+    const wasOk = this.current.state === "ok"
+    this.current = { state: "failing", error, since: wasOk ? Date.now() : this.since() }
+    if (wasOk) {
+      this.probeDelay = this.options.probeIntervalMs ?? 100
+      this.options.onChange?.(this.current)
+    }
+    this.scheduleProbe()
+  }
+
+  private since(): number {
+    return this.current.state === "failing" ? this.current.since : Date.now()
+  }
+
+  private scheduleProbe(): void {
+    if (this.probeTimer || this.closed) return
+    const delay = this.probeDelay
+    this.probeDelay = Math.min(delay * 2, this.options.maxProbeIntervalMs ?? 2000)
+    this.probeTimer = setTimeout(() => void this.probe(), delay)
+    this.probeTimer.unref()
+  }
+
+  private async probe(): Promise<void> {
+    try {
+      // Calls abandoned at their deadline must settle first (see the class comment).
+      if (this.running.size > 0)
+        await withDeadline(Promise.allSettled([...this.running]), this.options.timeoutMs, "settle")
+      const probe = this.probeInner()
+      this.track(probe)
+      await withDeadline(probe, this.options.timeoutMs, "answer a probe")
+    } catch (error) {
+      this.probeTimer = undefined
+      if (this.closed) return
+      this.current = {
+        state: "failing",
+        error: isStorageFailure(error)
+          ? error
+          : storageUnavailable(`storage probe failed: ${messageOf(error)}`, error),
+        since: this.since(),
+      }
+      this.scheduleProbe()
+      return
+    }
+    this.probeTimer = undefined
+    if (this.closed) return
+    this.current = { state: "ok" }
+    this.options.onChange?.(this.current)
+    for (const waiter of this.waiters) waiter.resolve()
+    this.waiters.clear()
+  }
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error)
+}
+
+/**
+ * `target` with a deadline on every method that returns a promise (except
+ * `close`), and its failures typed as STORAGE_UNAVAILABLE: for the stores
+ * beside the documents (hook outbox, client-id bindings), so that none of
+ * them can hang a caller or surface an untyped backend error.
+ */
+export function withDeadlines<T extends object>(target: T, timeoutMs: number, label: string): T {
+  return new Proxy(target, {
+    get(object, property, receiver) {
+      const value = Reflect.get(object, property, receiver)
+      if (typeof value !== "function" || property === "close" || property === "constructor") return value
+      return (...args: unknown[]) => {
+        const result = Reflect.apply(value, object, args)
+        if (!(result instanceof Promise)) return result
+        const what = `${label}: ${String(property)}`
+        return withDeadline(result, timeoutMs, `finish ${what}`).catch((error: unknown) => {
+          if (error instanceof ParleyError) throw error
+          throw storageUnavailable(`${what} failed: ${messageOf(error)}`, error)
+        })
+      }
+    },
+  })
+}

@@ -1,0 +1,237 @@
+import {
+  createConversation,
+  ErrorCode,
+  listMessages,
+  MessageType,
+  type ParleyFrame,
+  readParleyFrame,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import * as encoding from "lib0/encoding"
+import { describe, expect, it } from "vitest"
+import * as syncProtocol from "y-protocols/sync"
+import * as Y from "yjs"
+import type { Session } from "../src/connection.js"
+import { createLogger } from "../src/log.js"
+import { RelayMetrics } from "../src/metrics.js"
+import type { Principal } from "../src/principal.js"
+import { RelayCore } from "../src/relay-core.js"
+import { StorageGuard } from "../src/storage/guard.js"
+import { MemoryStorage } from "../src/storage/memory.js"
+import { storedTwice } from "./helpers/stored-log.js"
+
+const alice = "alice" as UserId
+
+/** What SQLite reports on a full disk, as better-sqlite3 throws it. */
+const diskFull = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" })
+
+/** Memory storage that fails every call while `broken`, and counts the calls that reached it. */
+class FlakyStorage extends MemoryStorage {
+  broken = false
+  calls = 0
+  /** Appends that store, then report a failure (a commit whose answer was lost). */
+  landButFail = 0
+  private check() {
+    this.calls++
+    if (this.broken) throw diskFull()
+  }
+  override async load(name: string) {
+    this.check()
+    return super.load(name)
+  }
+  override async append(name: string, updates: readonly Uint8Array[]) {
+    this.check()
+    const positions = await super.append(name, updates)
+    if (this.landButFail > 0) {
+      this.landButFail--
+      throw new Error("Connection terminated unexpectedly")
+    }
+    return positions
+  }
+  async ping() {
+    this.check()
+  }
+}
+
+class FakeSession implements Session {
+  readonly frames: Uint8Array[] = []
+  closed: { code: number; reason: string } | undefined
+  constructor(
+    readonly principal: Principal,
+    readonly wantsParley = true,
+  ) {}
+  send(frame: Uint8Array) {
+    this.frames.push(frame)
+  }
+  close(code: number, reason: string) {
+    this.closed = { code, reason }
+  }
+  parley(): ParleyFrame[] {
+    return this.frames.flatMap((f) => {
+      const d = decoding.createDecoder(f)
+      return decoding.readVarUint(d) === MessageType.parley ? [readParleyFrame(d)!] : []
+    })
+  }
+}
+
+const updateFrame = (update: Uint8Array) => {
+  const e = encoding.createEncoder()
+  encoding.writeVarUint(e, MessageType.sync)
+  syncProtocol.writeUpdate(e, update)
+  return encoding.toUint8Array(e)
+}
+
+async function until(check: () => boolean) {
+  while (!check()) await new Promise((r) => setTimeout(r, 2))
+}
+
+function guarded(storage: FlakyStorage, timeoutMs = 1000) {
+  return new StorageGuard(storage, { timeoutMs, probeIntervalMs: 5, maxProbeIntervalMs: 20 })
+}
+
+function core(guard: StorageGuard) {
+  return new RelayCore({
+    storage: guard,
+    storageHealth: guard,
+    log: createLogger("silent"),
+    metrics: new RelayMetrics(),
+  })
+}
+
+const user: Principal = { kind: "user", user: alice }
+
+describe("the storage guard", () => {
+  it("types a backend failure as STORAGE_UNAVAILABLE, then refuses without calling the backend until a probe succeeds", async () => {
+    const storage = new FlakyStorage()
+    const guard = guarded(storage)
+    storage.broken = true
+    await expect(guard.append("d", [new Uint8Array([1])])).rejects.toMatchObject({
+      code: ErrorCode.STORAGE_UNAVAILABLE,
+      cause: { code: "SQLITE_FULL" },
+    })
+    expect(guard.state).toMatchObject({ state: "failing" })
+    const calls = storage.calls
+    const refused = guard.append("d", [new Uint8Array([2])])
+    expect(storage.calls).toBe(calls)
+    await expect(refused).rejects.toThrow(/^storage is failing/)
+    storage.broken = false
+    await guard.whenAvailable()
+    expect(guard.available).toBe(true)
+    expect(await guard.append("d", [new Uint8Array([3])])).toEqual([1])
+  })
+
+  it("fails a call that outlives its deadline, and reports recovery only after that call settled", async () => {
+    const storage = new FlakyStorage()
+    let finish!: () => void
+    const hung = new Promise<void>((resolve) => {
+      finish = resolve
+    })
+    const original = storage.append.bind(storage)
+    storage.append = async (name, updates) => {
+      await hung
+      return original(name, updates)
+    }
+    const guard = guarded(storage, 30)
+    await expect(guard.append("d", [new Uint8Array([1])])).rejects.toThrow(
+      /did not store an update within 30 ms/,
+    )
+    let recovered = false
+    void guard.whenAvailable().then(() => {
+      recovered = true
+    })
+    // Probes answer at once, but the abandoned append could still land: no recovery yet.
+    await new Promise((r) => setTimeout(r, 100))
+    expect(recovered).toBe(false)
+    finish()
+    await until(() => recovered)
+    expect((await storage.load("d")).updates).toHaveLength(1)
+  })
+})
+
+describe("the update path while storage fails", () => {
+  it("keeps a change whose append failed, refuses others retryably, and stores it once when storage is back", async () => {
+    const storage = new FlakyStorage()
+    const guard = guarded(storage)
+    const relay = core(guard)
+    const id = "g~guard1"
+    const session = new FakeSession(user)
+    const connection = await relay.connect(id, session)
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id: id as never, participants: [] })
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+    await until(() => session.parley().some((f) => f.type === "saved"))
+
+    storage.broken = true
+    const before = Y.encodeStateVector(doc)
+    sendMessage(doc, alice, { body: "waits" })
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+    await until(() => session.parley().some((f) => f.type === "error"))
+    expect(session.parley().at(-1)).toMatchObject({
+      type: "error",
+      error: { code: ErrorCode.STORAGE_UNAVAILABLE },
+    })
+    // A further update is refused at once, retryably, and the connection stays open.
+    const before2 = Y.encodeStateVector(doc)
+    sendMessage(doc, alice, { body: "refused for now" })
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc, before2)))
+    await until(() => session.parley().filter((f) => f.type === "error").length === 2)
+    expect(session.closed).toBeUndefined()
+
+    const saves = session.parley().filter((f) => f.type === "saved").length
+    storage.broken = false
+    await until(() => session.parley().filter((f) => f.type === "saved").length > saves)
+    // The client re-sends everything pending (as the SDK does): only what the relay lacks is stored.
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+    await until(() => session.parley().filter((f) => f.type === "saved").length > saves + 1)
+    const stored = (await storage.load(id)).updates
+    const replica = new Y.Doc()
+    for (const { update } of stored) Y.applyUpdate(replica, update)
+    expect(listMessages(replica, { last: 10 }).map((m) => [m.body, m.seq])).toEqual([
+      ["waits", 1],
+      ["refused for now", 2],
+    ])
+    expect(storedTwice(stored.map((e) => e.update))).toEqual([])
+    await relay.close()
+  })
+
+  it("takes an append that failed but was committed as stored, instead of storing it twice", async () => {
+    const storage = new FlakyStorage()
+    const guard = guarded(storage)
+    const relay = core(guard)
+    const id = "g~guard2"
+    const session = new FakeSession(user)
+    const connection = await relay.connect(id, session)
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id: id as never, participants: [] })
+    sendMessage(doc, alice, { body: "once" })
+    storage.landButFail = 1
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+    await until(() => session.parley().some((f) => f.type === "saved"))
+    expect(session.parley()[0]).toMatchObject({
+      type: "error",
+      error: { code: ErrorCode.STORAGE_UNAVAILABLE },
+    })
+    // The update and its sequencing, stored by the first attempt only.
+    expect((await storage.load(id)).updates).toHaveLength(2)
+    await relay.close()
+  })
+
+  it("gives up a change waiting for storage when the relay shuts down", async () => {
+    const storage = new FlakyStorage()
+    const guard = guarded(storage)
+    const relay = core(guard)
+    const id = "g~guard3"
+    const session = new FakeSession(user)
+    const connection = await relay.connect(id, session)
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id: id as never, participants: [] })
+    storage.broken = true
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+    await until(() => session.parley().some((f) => f.type === "error"))
+    await relay.close()
+    expect(session.parley().every((f) => f.type !== "saved")).toBe(true)
+    expect(session.parley().at(-1)).toMatchObject({ type: "error", error: { code: ErrorCode.UNAVAILABLE } })
+  })
+})

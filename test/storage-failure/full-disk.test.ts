@@ -1,0 +1,120 @@
+import "fake-indexeddb/auto"
+import { execFileSync } from "node:child_process"
+import { closeSync, mkdtempSync, openSync, rmdirSync, rmSync, writeSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { createChatClient } from "@parley/client"
+import { listMessages } from "@parley/shared"
+import Database from "better-sqlite3"
+import { afterEach, describe, expect, it } from "vitest"
+import { WebSocket } from "ws"
+import * as Y from "yjs"
+import { startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
+import { eventually, expectNotReady, healthz, readyz, storedTwice } from "./helpers.js"
+
+const cleanups: (() => unknown)[] = []
+afterEach(async () => {
+  await stopRelayProcesses()
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+})
+
+/**
+ * A data directory on a tmpfs of its own, `size` bytes: a disk the test can
+ * fill. Undefined (with why) where mounting is not allowed (not root, a
+ * container without CAP_SYS_ADMIN).
+ */
+function smallDisk(size: number): { dir: string } | { unavailable: string } {
+  const dir = mkdtempSync(join(tmpdir(), "parley-full-disk-"))
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { stdio: "pipe" })
+  } catch (error) {
+    rmdirSync(dir)
+    return { unavailable: (error as { stderr?: Buffer }).stderr?.toString().trim() || String(error) }
+  }
+  cleanups.push(() => {
+    execFileSync("umount", [dir])
+    rmdirSync(dir)
+  })
+  return { dir }
+}
+
+/** Writes to `path` until the disk is full. */
+function fill(path: string): void {
+  const fd = openSync(path, "w")
+  const chunk = Buffer.alloc(64 * 1024, 1)
+  try {
+    for (;;) writeSync(fd, chunk)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOSPC") throw error
+  } finally {
+    closeSync(fd)
+  }
+}
+
+const probe = smallDisk(1024 * 1024)
+const mountable = "dir" in probe
+if (mountable) {
+  execFileSync("umount", [probe.dir])
+  rmdirSync(probe.dir)
+  cleanups.splice(0)
+}
+
+if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("a relay whose disk fills up", () => {
+    it.skip(`skipped: cannot mount a tmpfs here (${"unavailable" in probe ? probe.unavailable : ""})`, () => {})
+  })
+} else {
+  describe("a relay whose disk fills up", () => {
+    it("refuses writes retryably while the disk is full and stores the SDK's pending messages once space is freed", async () => {
+      const disk = smallDisk(8 * 1024 * 1024)
+      if (!("dir" in disk)) throw new Error(`cannot mount a tmpfs: ${disk.unavailable}`)
+      const relay = await startRelayProcess({ dataDir: disk.dir, args: ["--storage-timeout-ms", "1000"] })
+      const client = await createChatClient({
+        url: relay.url,
+        token: () => relay.token("alice"),
+        user: "alice",
+        storage: "memory",
+        WebSocket: WebSocket as never,
+        reconnect: { minDelay: 50, maxDelay: 400 },
+      })
+      cleanups.push(() => client.destroy())
+      const chat = await client.createConversation({ participants: [], title: "full disk" })
+      const before = chat.send("before")
+      await eventually(() => expect(chat.status(before.id)).toBe("sent"))
+
+      const statuses: string[] = []
+      chat.on("status", ({ status }) => statuses.push(status))
+      const reconnects: string[] = []
+      chat.connection.on("status", ({ status }) => reconnects.push(status))
+      const refusals: string[] = []
+      chat.connection.on("refused", ({ error }) => refusals.push(error.code))
+
+      const filler = join(disk.dir, "filler")
+      fill(filler)
+      const sent = ["one", "two", "three"].map((body) => chat.send(body))
+      await eventually(() => expect(refusals.length).toBeGreaterThan(0))
+      expect(refusals[0]).toBe("STORAGE_UNAVAILABLE")
+      await expectNotReady(relay.httpUrl)
+      expect(await healthz(relay.httpUrl)).toBe(200)
+      expect(sent.map((m) => chat.status(m.id))).toEqual(["pending", "pending", "pending"])
+
+      rmSync(filler)
+      await eventually(() => expect(sent.map((m) => chat.status(m.id))).toEqual(["sent", "sent", "sent"]))
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      expect(statuses).not.toContain("failed")
+      expect(reconnects).toEqual([])
+      expect(relay.child.exitCode).toBeNull()
+
+      const db = new Database(join(disk.dir, "parley.sqlite"), { readonly: true })
+      const rows = db
+        .prepare<[string], { data: Buffer }>("SELECT data FROM updates WHERE doc = ? ORDER BY position")
+        .all(chat.id)
+      db.close()
+      const log = rows.map((row) => new Uint8Array(row.data))
+      expect(storedTwice(log)).toEqual([])
+      const stored = new Y.Doc()
+      for (const update of log) Y.applyUpdate(stored, update)
+      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "one", "two", "three"])
+    })
+  })
+}

@@ -1,0 +1,266 @@
+import "fake-indexeddb/auto"
+import { type ChatClient, createChatClient } from "@parley/client"
+import {
+  createConversation,
+  ErrorCode,
+  listMessages,
+  type MessageId,
+  newConversationId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import pg from "pg"
+import { afterEach, describe, expect, it } from "vitest"
+import { WebSocket } from "ws"
+import * as Y from "yjs"
+import { stockProvider, TestClient } from "../../relay/test/helpers/clients.js"
+import {
+  DATABASE_URL,
+  postgresUnreachable,
+  type ScratchSchema,
+  scratchSchema,
+} from "../../relay/test/helpers/postgres.js"
+import {
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../../relay/test/helpers/relay-process.js"
+import { eventually, expectNotReady, healthz, readyz, storedTwice } from "./helpers.js"
+import { TcpProxy } from "./tcp-proxy.js"
+
+const alice = "alice" as UserId
+
+const cleanups: (() => unknown)[] = []
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+  await stopRelayProcesses()
+})
+
+let count = 0
+
+/** A scratch schema, and its connection string marked with an application name of its own (to find its backends). */
+async function database(): Promise<{ scratch: ScratchSchema; url: string; app: string }> {
+  const scratch = await scratchSchema()
+  cleanups.push(() => scratch.drop())
+  const app = `parley-dbfail-${process.pid}-${count++}`
+  const url = new URL(scratch.url)
+  url.searchParams.set("application_name", app)
+  return { scratch, url: url.toString(), app }
+}
+
+/** `url` going through `proxy` instead of straight to the server. */
+function through(url: string, proxy: TcpProxy): string {
+  const proxied = new URL(url)
+  proxied.hostname = "127.0.0.1"
+  proxied.port = String(proxy.port)
+  return proxied.toString()
+}
+
+async function admin(): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: DATABASE_URL })
+  await client.connect()
+  cleanups.push(() => client.end())
+  return client
+}
+
+/** The document's stored log, straight from PostgreSQL. */
+async function storedLog(scratch: ScratchSchema, doc: string): Promise<Uint8Array[]> {
+  const client = await admin()
+  const { rows } = await client.query<{ data: Buffer }>(
+    `SELECT data FROM ${scratch.schema}.parley_updates WHERE doc = $1 ORDER BY position`,
+    [doc],
+  )
+  return rows.map((row) => new Uint8Array(row.data))
+}
+
+function relayArgs(url: string, timeoutMs: number): string[] {
+  return ["--storage", "postgres", "--database-url", url, "--storage-timeout-ms", String(timeoutMs)]
+}
+
+async function sdkClient(relay: RelayProcess, user: string): Promise<ChatClient> {
+  const client = await createChatClient({
+    url: relay.url,
+    token: () => relay.token(user),
+    user,
+    storage: "memory",
+    WebSocket: WebSocket as never,
+    reconnect: { minDelay: 50, maxDelay: 400 },
+  })
+  cleanups.push(() => client.destroy())
+  return client
+}
+
+function testClient(url: string, name: string, token: string, options?: { parley?: boolean }): TestClient {
+  const client = new TestClient(url, name, token, options)
+  cleanups.push(() => client.close())
+  return client
+}
+
+const unreachable = await postgresUnreachable()
+
+if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("a relay whose PostgreSQL fails", () => {
+    it.skip(`skipped: PostgreSQL unreachable at ${DATABASE_URL} (${unreachable})`, () => {})
+  })
+} else {
+  // With PARLEY_REQUIRE_SERVICES=1 an unreachable database fails every test here instead of skipping.
+  describe("a relay whose PostgreSQL fails", () => {
+    it("survives pg_terminate_backend of its connections, in use and idle, and stores the write in flight once", async () => {
+      const { scratch, url, app } = await database()
+      // A long timeout: the connection is terminated while in use, not abandoned by the relay.
+      const relay = await startRelayProcess({ args: relayArgs(url, 20_000) })
+      const id = newConversationId()
+      const a = testClient(relay.url, id, await relay.token(alice))
+      await a.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [] })
+      await a.allSaved()
+
+      // Holding the document's advisory lock makes the relay's next append wait inside its transaction.
+      const db = await admin()
+      await db.query("SELECT pg_advisory_lock(hashtext($1))", [id])
+      sendMessage(a.doc, alice, { id: "msg-in-flight" as MessageId, body: "in flight" })
+      await eventually(async () => {
+        const { rows } = await db.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+          [app],
+        )
+        expect(rows[0].n).toBe(1)
+      })
+      const { rows: killed } = await db.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        [app],
+      )
+      // The one waiting on the lock, and idle ones of the storage, outbox and bindings pools.
+      expect(killed.length).toBeGreaterThan(1)
+      await db.query("SELECT pg_advisory_unlock(hashtext($1))", [id])
+
+      await a.until(() => a.errors.length > 0)
+      expect(a.errors[0]).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      // The change that was in flight is stored when the pool has reconnected, and acknowledged.
+      await a.allSaved()
+      sendMessage(a.doc, alice, { body: "after" })
+      await a.allSaved()
+      expect(relay.child.exitCode).toBeNull()
+      expect(await healthz(relay.httpUrl)).toBe(200)
+      expect(a.closeEvent).toBeUndefined()
+
+      const log = await storedLog(scratch, id)
+      expect(storedTwice(log)).toEqual([])
+      const stored = new Y.Doc()
+      for (const update of log) Y.applyUpdate(stored, update)
+      expect(listMessages(stored, { last: 10 }).map((m) => [m.body, m.seq])).toEqual([
+        ["in flight", 1],
+        ["after", 2],
+      ])
+    })
+
+    it("survives a reset of every database connection, one of them mid-write, and stores that write once", async () => {
+      const { scratch, url } = await database()
+      const proxy = await TcpProxy.start(postgresTarget())
+      cleanups.push(() => proxy.close())
+      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), 20_000) })
+      const id = newConversationId()
+      const a = testClient(relay.url, id, await relay.token(alice))
+      await a.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [] })
+      await a.allSaved()
+
+      // The append leaves the relay but never reaches the database; then every connection is reset.
+      proxy.blackhole()
+      sendMessage(a.doc, alice, { body: "mid-write" })
+      await eventually(() => expect(proxy.heldBytes).toBeGreaterThan(0))
+      proxy.cut()
+      proxy.restore()
+
+      await a.until(() => a.errors.length > 0)
+      expect(a.errors[0]).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      await a.allSaved()
+      sendMessage(a.doc, alice, { body: "after the reset" })
+      await a.allSaved()
+      expect(relay.child.exitCode).toBeNull()
+      expect(a.closeEvent).toBeUndefined()
+
+      const log = await storedLog(scratch, id)
+      expect(storedTwice(log)).toEqual([])
+      const stored = new Y.Doc()
+      for (const update of log) Y.applyUpdate(stored, update)
+      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["mid-write", "after the reset"])
+    })
+
+    it("refuses writes at once while the database is black-holed, is not ready, and stores the SDK's messages once when it answers", async () => {
+      const { scratch, url } = await database()
+      const proxy = await TcpProxy.start(postgresTarget())
+      cleanups.push(() => proxy.close())
+      const timeoutMs = 1000
+      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), timeoutMs) })
+      const client = await sdkClient(relay, alice)
+      const chat = await client.createConversation({ participants: [], title: "outage" })
+      const before = chat.send("before")
+      await eventually(() => expect(chat.status(before.id)).toBe("sent"))
+      expect(await readyz(relay.httpUrl)).toMatchObject({ status: 200, body: { status: "ready" } })
+
+      const statuses: string[] = []
+      chat.on("status", ({ status }) => statuses.push(status))
+      const reconnects: string[] = []
+      chat.connection.on("status", ({ status }) => reconnects.push(status))
+      const refusedAt: number[] = []
+      chat.connection.on("refused", () => refusedAt.push(Date.now()))
+
+      proxy.blackhole()
+      const outageStart = Date.now()
+      const sent = ["one", "two", "three"].map((body) => chat.send(body))
+      await eventually(() => expect(refusedAt.length).toBeGreaterThan(0))
+      await expectNotReady(relay.httpUrl)
+      // Liveness is not readiness: the process serves.
+      expect(await healthz(relay.httpUrl)).toBe(200)
+
+      // Another connection's write is short-circuited by the breaker, not left to time out, and the
+      // connection stays open; a stock client, which cannot read typed errors, is closed with 4503.
+      const raw = testClient(relay.url, chat.id, await relay.token(alice))
+      await raw.opened
+      const rawStart = Date.now()
+      raw.doc.getMap("scratch").set("k", 1)
+      await raw.until(() => raw.errors.length > 0)
+      const rawRefusedMs = Date.now() - rawStart
+      expect(raw.errors[0]).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      expect(raw.errors[0]!.message).toMatch(/^storage is failing/)
+      expect(raw.closeEvent).toBeUndefined()
+      const stockDoc = new Y.Doc()
+      const stock = stockProvider(relay.url, chat.id, await relay.token(alice), stockDoc)
+      cleanups.push(() => stock.destroy())
+      const stockClosed = new Promise<number>((resolve) =>
+        stock.on("connection-close", (event: CloseEvent | null) => resolve(event?.code ?? 0)),
+      )
+      stock.on("status", ({ status }: { status: string }) => {
+        if (status === "connected") stockDoc.getMap("scratch").set("k", 2)
+      })
+      expect(await stockClosed).toBe(4503)
+      stock.destroy()
+
+      expect(sent.map((m) => chat.status(m.id))).toEqual(["pending", "pending", "pending"])
+      expect(statuses).not.toContain("failed")
+
+      proxy.restore()
+      await eventually(() => expect(sent.map((m) => chat.status(m.id))).toEqual(["sent", "sent", "sent"]))
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      expect(statuses).not.toContain("failed")
+      // No reconnect: the SDK re-sent its pending work on the connection it had.
+      expect(reconnects).toEqual([])
+      console.log(
+        `[storage outage] first refusal ${refusedAt[0]! - outageStart} ms after the outage began (timeout ${timeoutMs} ms); ` +
+          `a write during the outage refused in ${rawRefusedMs} ms`,
+      )
+
+      const log = await storedLog(scratch, chat.id)
+      expect(storedTwice(log)).toEqual([])
+      const stored = new Y.Doc()
+      for (const update of log) Y.applyUpdate(stored, update)
+      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "one", "two", "three"])
+    })
+  })
+}
+
+function postgresTarget(): { host: string; port: number } {
+  const url = new URL(DATABASE_URL)
+  return { host: url.hostname || "127.0.0.1", port: Number(url.port || 5432) }
+}
