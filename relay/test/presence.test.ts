@@ -12,6 +12,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
+import { DEFAULT_AWARENESS_LIMITS } from "../src/awareness-gate.js"
+import { parseConfig } from "../src/config.js"
 import { stockProvider, synced, TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
@@ -244,5 +246,28 @@ describe("stock y-websocket clients", () => {
     })
     expect(closes).toEqual([])
     for (const p of opened) expect((p.ws as WebSocket | null)?.readyState).toBe(WebSocket.OPEN)
+  })
+})
+
+describe("awareness limits configuration", () => {
+  it("takes each limit from its flag or PARLEY_* variable, with documented defaults", () => {
+    const defaults = parseConfig(["--dev"], {})
+    expect(defaults).toMatchObject({ limits: DEFAULT_AWARENESS_LIMITS })
+    const env = {
+      PARLEY_MAX_AWARENESS_ENTRIES: "3",
+      PARLEY_MAX_AWARENESS_STATE_BYTES: "512",
+      PARLEY_AWARENESS_FRAMES_PER_SECOND: "4",
+      PARLEY_AWARENESS_BURST: "6",
+      PARLEY_AWARENESS_CLAIMS_PER_MINUTE: "2",
+    }
+    expect(parseConfig(["--dev", "--awareness-burst", "7"], env)).toMatchObject({
+      limits: {
+        maxAwarenessEntries: 3,
+        maxAwarenessStateBytes: 512,
+        awarenessFramesPerSecond: 4,
+        awarenessBurst: 7,
+        awarenessClaimsPerMinute: 2,
+      },
+    })
   })
 })
