@@ -6,6 +6,7 @@ import {
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
   ParleyError,
+  Rule,
   readParleyFrame,
   TOKEN_PARAM,
   toParleyError,
@@ -40,6 +41,8 @@ export interface ConnectionEvents {
   saved: { stateVector: Map<number, number> }
   /** The relay refused a frame (the connection stays open). */
   refused: { error: ParleyError }
+  /** What the relay sent does not fit the replica (someone else wrote under its client id): rebuild it. */
+  diverged: { error: ParleyError }
   /** Getting a token failed; the connection retries with backoff. */
   tokenFailed: { error: ParleyError }
   /** The relay will not let this connection in again (4403, 4404, repeated 4401, ...). */
@@ -142,12 +145,25 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const node = (globalThis as { process?: { off?: (event: string, listener: () => void) => unknown } })
       .process
     node?.off?.("exit", this.provider._exitHandler)
+    // Yjs can throw while integrating structs that do not fit the replica (another user wrote
+    // under its client id on the relay first). Thrown from the socket's message handler, that
+    // would be an uncaught error; instead the conversation rebuilds its replica.
     const sync = this.provider.messageHandlers[MessageType.sync]!
     this.provider.messageHandlers[MessageType.sync] = (encoder, decoder, provider, emitSynced, type) => {
-      const peek = decoding.clone(decoder)
-      if (decoding.readVarUint(peek) === syncProtocol.messageYjsSyncStep1)
-        this.relayState = Y.decodeStateVector(decoding.readVarUint8Array(peek))
-      sync(encoder, decoder, provider, emitSynced, type)
+      try {
+        const peek = decoding.clone(decoder)
+        if (decoding.readVarUint(peek) === syncProtocol.messageYjsSyncStep1)
+          this.relayState = Y.decodeStateVector(decoding.readVarUint8Array(peek))
+        sync(encoder, decoder, provider, emitSynced, type)
+      } catch (cause) {
+        const error = new ParleyError(ErrorCode.FORBIDDEN, "the relay's state does not fit this replica", {
+          rule: Rule.clientIdOwner,
+          cause,
+        })
+        queueMicrotask(() => {
+          if (!this.destroyed) this.emit("diverged", { error })
+        })
+      }
     }
     this.provider.messageHandlers[MessageType.parley] = (
       _encoder: encoding.Encoder,
@@ -246,8 +262,9 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.cancelRefresh()
     clearTimeout(this.resendTimer)
     this.resendTimer = undefined
-    this.provider.disconnect()
-    if (!this.destroyed) this.provider.connectBc()
+    // Going offline must not throw whatever state y-websocket is in (it assumes much of the document).
+    guard(() => this.provider.disconnect())
+    if (!this.destroyed) guard(() => this.provider.connectBc())
     this.update()
   }
 
@@ -257,9 +274,9 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.stop()
     clearTimeout(this.resendTimer)
     this.destroyed = true
-    this.provider.disconnectBc()
+    guard(() => this.provider.disconnectBc())
     this.options.doc.off("update", this.forwardFromTab)
-    this.provider.destroy()
+    guard(() => this.provider.destroy())
     this.removeAllListeners()
   }
 
@@ -401,5 +418,14 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     if (status === this.current) return
     this.current = status
     this.emit("status", { status })
+  }
+}
+
+/** Runs `step`, reporting instead of throwing what it throws. */
+function guard(step: () => void): void {
+  try {
+    step()
+  } catch (error) {
+    console.error("parley: the WebSocket provider failed", error)
   }
 }

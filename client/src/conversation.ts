@@ -34,6 +34,7 @@ import {
   parseMessageId,
   parseUserId,
   type Role,
+  Rule,
   react,
   rebasePendingWork,
   removeParticipants,
@@ -231,11 +232,39 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.parts.clock,
     )
     const connection = this.parts.connect(doc, awareness, shareWithTabs)
+    // Set once the relay's history of this replica's client id turned out to be someone else's:
+    // its "saved" acknowledgements then cover their structs, not ours, and the replica is rebuilt.
+    let diverged = false
+    const diverge = (error: ParleyError) => {
+      if (diverged) return
+      diverged = true
+      if (this.gen.doc === doc && !this.closed) this.refused(error)
+    }
+    const ownId = doc.clientID
+    const onCleanup = (transaction: Y.Transaction) => {
+      if (transaction.local || transaction.afterState.get(ownId) === transaction.beforeState.get(ownId))
+        return
+      // Another client wrote under this replica's id on the relay first. Yjs has just moved the
+      // document to a new id, but y-websocket keys the local awareness by the document's id and
+      // throws (on reconnect, disconnect, destroy) when the two differ: keep the id until the rebuild.
+      doc.clientID = ownId
+      const error = new ParleyError(
+        ErrorCode.FORBIDDEN,
+        "another client wrote under this replica's client id",
+        {
+          rule: Rule.clientIdOwner,
+        },
+      )
+      queueMicrotask(() => diverge(error))
+    }
+    doc.on("afterTransactionCleanup", onCleanup)
+    connection.on("diverged", ({ error }) => diverge(error))
     connection.on("status", () => {
       this.settle()
       this.parts.onStatus()
     })
     connection.on("saved", ({ stateVector }) => {
+      if (diverged) return
       this.resyncsWithoutSave = 0
       statuses.acknowledge(stateVector)
       this.refreshStatuses()
@@ -265,6 +294,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       typing,
       replica,
       dispose: () => {
+        doc.off("afterTransactionCleanup", onCleanup)
         unobserve()
         typing.destroy()
         connection.destroy()
@@ -468,9 +498,17 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.closing.abort()
     clearTimeout(this.deliveredTimer)
     const gen = this.gen
-    gen.dispose()
-    await gen.replica.destroy()
-    gen.doc.destroy()
+    // Closing never throws: whatever one part fails with, the others are still released.
+    const release = async (step: () => unknown) => {
+      try {
+        await step()
+      } catch (error) {
+        console.error("parley: closing a conversation", error)
+      }
+    }
+    await release(() => gen.dispose())
+    await release(() => gen.replica.destroy())
+    await release(() => gen.doc.destroy())
     this.removeAllListeners()
     this.parts.onClose()
   }

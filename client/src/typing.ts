@@ -1,11 +1,13 @@
-import { isTyping, TYPING_EXPIRY_MS, TYPING_THROTTLE_MS, type UserId } from "@parley/shared"
+import { isTyping, stampedUser, TYPING_EXPIRY_MS, TYPING_THROTTLE_MS, type UserId } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
 
 /**
  * Typing indicators over Yjs awareness (local state `{ user, typing }`): sends
  * at most one signal per {@link TYPING_THROTTLE_MS}, and lets the signals of
  * others expire on a timer after {@link TYPING_EXPIRY_MS} even when no
- * "stopped typing" ever arrives.
+ * "stopped typing" ever arrives. Others are known by the relay's stamp
+ * (shared `PRESENCE_STAMP`), never by the `user` a state claims: states without
+ * a valid stamp are ignored.
  */
 export class TypingIndicator {
   private lastSignal = 0
@@ -55,8 +57,10 @@ export class TypingIndicator {
     const users = new Set<UserId>()
     let nextExpiry = Number.POSITIVE_INFINITY
     for (const [client, state] of this.awareness.getStates()) {
-      if (client === this.awareness.clientID || !isTyping(state, now) || state.user === this.user) continue
-      users.add(state.user)
+      const user = stampedUser(state)
+      if (client === this.awareness.clientID || user === undefined || user === this.user) continue
+      if (!isTyping(state, now)) continue
+      users.add(user)
       nextExpiry = Math.min(nextExpiry, state.typing + TYPING_EXPIRY_MS)
     }
     clearTimeout(this.expiry)

@@ -4,6 +4,7 @@ import {
   markDelivered,
   markRead,
   ParleyError,
+  PRESENCE_STAMP,
   sendMessage,
   TYPING_THROTTLE_MS,
   type UserId,
@@ -99,7 +100,8 @@ describe("TypingIndicator", () => {
       const otherDoc = new Y.Doc()
       otherDoc.clientID = clientID
       const other = new Awareness(otherDoc)
-      other.setLocalState({ user, typing: Date.now() })
+      // As the relay relays it: stamped with the user of the connection that set it.
+      other.setLocalState({ user, typing: Date.now(), [PRESENCE_STAMP]: user })
       applyAwarenessUpdate(awareness, encodeAwarenessUpdate(other, [clientID]), "remote")
       other.destroy()
     }
@@ -107,6 +109,27 @@ describe("TypingIndicator", () => {
     remote(102, alice)
     expect(typing.typingUsers).toEqual([bob])
     expect(changes).toEqual([[bob]])
+    typing.destroy()
+    awareness.destroy()
+  })
+
+  it("ignores typing states without the relay's stamp, whatever user they claim", () => {
+    const doc = new Y.Doc()
+    const awareness = new Awareness(doc)
+    const typing = new TypingIndicator(awareness, alice, () => {})
+    const remote = (clientID: number, state: object) => {
+      const otherDoc = new Y.Doc()
+      otherDoc.clientID = clientID
+      const other = new Awareness(otherDoc)
+      other.setLocalState(state)
+      applyAwarenessUpdate(awareness, encodeAwarenessUpdate(other, [clientID]), "remote")
+      other.destroy()
+    }
+    remote(201, { user: bob, typing: Date.now() })
+    remote(202, { user: bob, typing: Date.now(), [PRESENCE_STAMP]: "not a user id!" })
+    expect(typing.typingUsers).toEqual([])
+    remote(203, { user: bob, typing: Date.now(), [PRESENCE_STAMP]: "mallory" })
+    expect(typing.typingUsers).toEqual(["mallory"])
     typing.destroy()
     awareness.destroy()
   })

@@ -35,6 +35,8 @@ export interface ConnectionOwner {
   readonly maxPendingBytes: number
   submit(connection: Connection, update: Uint8Array): Promise<unknown>
   detach(connection: Connection): void
+  /** An awareness update from `connection` (throws when it is malformed). */
+  awareness(connection: Connection, update: Uint8Array): void
   refused(connection: Connection, error: ParleyError): void
 }
 
@@ -43,8 +45,6 @@ export interface ConnectionOwner {
  * (sync, awareness, auth, query awareness) and Parley's extension frames.
  */
 export class Connection {
-  /** Awareness client ids this connection set, removed when it closes. */
-  readonly awarenessIds = new Set<number>()
   closed = false
   private pendingBytes = 0
 
@@ -125,11 +125,8 @@ export class Connection {
         this.receiveSync(decoder)
         return
       case MessageType.awareness: {
-        const update = decoding.readVarUint8Array(decoder)
-        // Services watch; they have no presence of their own.
-        if (this.principal.kind === "service") return
-        checkAwarenessUpdate(update)
-        awarenessProtocol.applyAwarenessUpdate(this.host.awareness, update, this)
+        // Owned entries only, stamped and within the user's limits (see AwarenessGate).
+        this.owner.awareness(this, decoding.readVarUint8Array(decoder))
         return
       }
       case MessageType.auth:
@@ -215,18 +212,4 @@ export function awarenessFrame(awareness: awarenessProtocol.Awareness, clients: 
   encoding.writeVarUint(encoder, MessageType.awareness)
   encoding.writeVarUint8Array(encoder, awarenessProtocol.encodeAwarenessUpdate(awareness, clients))
   return encoding.toUint8Array(encoder)
-}
-
-/**
- * Reads an awareness update through without applying it, so that a malformed
- * one is refused whole instead of half-applied and half-broadcast.
- */
-function checkAwarenessUpdate(update: Uint8Array): void {
-  const decoder = decoding.createDecoder(update)
-  const count = decoding.readVarUint(decoder)
-  for (let i = 0; i < count; i++) {
-    decoding.readVarUint(decoder)
-    decoding.readVarUint(decoder)
-    JSON.parse(decoding.readVarString(decoder))
-  }
 }

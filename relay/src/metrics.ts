@@ -53,6 +53,21 @@ export class RelayMetrics {
     registers: [this.registry],
   })
 
+  /** Counts the awareness records of the loaded documents when scraped (set by the core). */
+  awarenessSource: () => number = () => 0
+  readonly awarenessRecords: client.Gauge = new client.Gauge({
+    name: "parley_awareness_clients",
+    help: "Awareness client ids the relay holds a record of, across loaded documents",
+    registers: [this.registry],
+    collect: () => this.awarenessRecords.set(this.awarenessSource()),
+  })
+  readonly awarenessDropped = new client.Counter({
+    name: "parley_awareness_dropped_total",
+    help: "Awareness entries not applied, by reason (foreign, entries, bytes, claims)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  })
+
   constructor(options: { defaultMetrics?: boolean } = {}) {
     this.storageAvailable.set(1)
     if (options.defaultMetrics) client.collectDefaultMetrics({ register: this.registry })

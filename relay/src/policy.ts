@@ -32,6 +32,26 @@ export interface UpdatePolicy {
    * them to `principal`. Awaited inside the document's serial queue.
    */
   stored?(change: StoredChange): void | Promise<void>
+  /**
+   * The owners of the document's Yjs client ids, as this policy binds them,
+   * loaded once with the document. Awareness consults and extends them (an id
+   * announced in awareness is claimed for its user), so that presence and
+   * writes agree on whose an id is. Without it (or `undefined`), the core
+   * keeps awareness owners in memory for the loaded document only.
+   */
+  clientIdOwners?(name: DocumentName, doc: Y.Doc): Promise<ClientIdOwners | undefined>
+}
+
+/** Who owns each Yjs client id of one loaded document (see {@link UpdatePolicy.clientIdOwners}). */
+export interface ClientIdOwners {
+  /** The principal key (`user:<id>`, `service:<subject>`, `relay`) owning `clientId`, if any. */
+  owner(clientId: number): string | undefined
+  /**
+   * Binds `clientId`, which has no owner, to `key`: at once in memory (so the
+   * next update or awareness frame sees it), and durably by the time the
+   * promise resolves.
+   */
+  claim(clientId: number, key: string): Promise<void>
 }
 
 /** A change that was stored, as {@link UpdatePolicy.stored} receives it. */

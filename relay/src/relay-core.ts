@@ -8,14 +8,15 @@ import {
   toParleyError,
   type UserId,
 } from "@parley/shared"
-import * as awarenessProtocol from "y-protocols/awareness"
 import * as Y from "yjs"
 import { accessOf } from "./access.js"
+import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DocumentHost } from "./document-host.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
-import { membershipPolicy, type UpdatePolicy } from "./policy.js"
+import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
+import { type ClientIdOwners, membershipPolicy, type UpdatePolicy } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import type { RelayStorage } from "./storage/types.js"
@@ -32,7 +33,7 @@ import {
 
 const EVICTED = Symbol("evicted")
 /** Limits of the core. */
-export interface CoreLimits extends PathLimits {
+export interface CoreLimits extends PathLimits, AwarenessLimits {
   /** Unload a document this long after its last connection left. */
   readonly idleUnloadMs: number
   /** Most documents loaded at once; beyond, idle ones are unloaded or new ones refused (4503). */
@@ -49,6 +50,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   maxUpdateBytes: 1024 * 1024,
   compactAfterUpdates: 500,
   compactAfterBytes: 8 * 1024 * 1024,
+  ...DEFAULT_AWARENESS_LIMITS,
 }
 
 /** What the core is made of. */
@@ -106,6 +108,8 @@ export class RelayCore implements ConnectionOwner {
   private closing = false
   /** Aborted when the relay stops: changes waiting for storage give up (they were never acknowledged). */
   private readonly stopping = new AbortController()
+  /** Each loaded document's owned awareness. */
+  private readonly gates = new Map<DocumentHost, AwarenessGate>()
 
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
@@ -126,6 +130,11 @@ export class RelayCore implements ConnectionOwner {
         ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }
         : {}),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
+    }
+    options.metrics.awarenessSource = () => {
+      let records = 0
+      for (const gate of this.gates.values()) records += gate.records
+      return records
     }
   }
 
@@ -226,6 +235,11 @@ export class RelayCore implements ConnectionOwner {
   }
 
   /** @internal */
+  awareness(connection: Connection, update: Uint8Array): void {
+    this.gates.get(connection.host)?.receive(connection, update)
+  }
+
+  /** @internal */
   refused(connection: Connection, error: ParleyError): void {
     this.options.metrics.errors.inc({ code: error.code })
     this.log.info(
@@ -239,9 +253,7 @@ export class RelayCore implements ConnectionOwner {
     const host = connection.host
     if (!host.connections.delete(connection)) return
     this.options.metrics.connections.dec()
-    if (connection.awarenessIds.size > 0) {
-      awarenessProtocol.removeAwarenessStates(host.awareness, [...connection.awarenessIds], "relay")
-    }
+    this.gates.get(host)?.detach(connection)
     this.scheduleIdle(host)
   }
 
@@ -315,15 +327,28 @@ export class RelayCore implements ConnectionOwner {
     host.logBytes = stored.updates.reduce((sum, u) => sum + u.update.length, 0)
     host.lastPosition = stored.updates.at(-1)?.position ?? 0
     host.observe()
+    const gate = new AwarenessGate({
+      host,
+      owners: (await this.ctx.policy.clientIdOwners?.(host.name, host.doc)) ?? memoryOwners(host.doc),
+      limits: this.limits,
+      dropped: (connection, reason, count) => {
+        this.options.metrics.awarenessDropped.inc({ reason }, count)
+        this.log.debug(
+          { doc: name, principal: describePrincipal(connection.principal), reason, count },
+          "awareness entries dropped",
+        )
+      },
+      claimFailed: (error) => this.log.error({ err: error, doc: name }, "could not store a client id claim"),
+    })
+    this.gates.set(host, gate)
     host.awareness.on(
       "update",
       (
         { added, updated, removed }: { added: number[]; updated: number[]; removed: number[] },
         origin: unknown,
       ) => {
+        gate.changed(added, updated, removed, origin)
         if (origin instanceof Connection) {
-          for (const id of [...added, ...updated]) origin.awarenessIds.add(id)
-          for (const id of removed) origin.awarenessIds.delete(id)
           const principal = origin.principal
           if (principal.kind === "user" && this.options.observer) {
             for (const id of [...added, ...updated]) {
@@ -339,6 +364,7 @@ export class RelayCore implements ConnectionOwner {
         const changed = [...added, ...updated, ...removed]
         const frame = awarenessFrame(host.awareness, changed)
         for (const connection of host.connections) connection.send(frame)
+        gate.forget(removed)
       },
     )
     this.loadedNow.set(name, host)
@@ -383,6 +409,8 @@ export class RelayCore implements ConnectionOwner {
     if (this.ctx.sequencer instanceof LocalSequencer && host.name.kind === "conversation") {
       this.ctx.sequencer.forget(host.name.id)
     }
+    this.gates.get(host)?.destroy()
+    this.gates.delete(host)
     host.destroy()
     this.options.metrics.documents.set(this.hosts.size)
   }
@@ -450,6 +478,15 @@ export class RelayCore implements ConnectionOwner {
       }),
     )
     await this.options.storage.close()
+  }
+}
+
+/** Awareness owners of a document whose policy binds no client ids: in memory, the relay's own id kept off. */
+function memoryOwners(doc: Y.Doc): ClientIdOwners {
+  const bindings = new ClientBindings([[doc.clientID, RELAY_KEY]])
+  return {
+    owner: (clientId) => bindings.get(clientId),
+    claim: async (clientId, key) => bindings.bind([[clientId, key]]),
   }
 }
 

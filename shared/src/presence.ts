@@ -1,14 +1,32 @@
-import type { UserId } from "./ids.js"
+import { isUserId, type UserId } from "./ids.js"
 
 /**
  * Ephemeral presence, carried in Yjs awareness and never persisted. Each
  * connection's awareness local state is a {@link PresenceState}.
  */
 export interface PresenceState {
-  /** The user this connection belongs to. */
+  /** The user this connection says it belongs to. Self-declared: trust {@link PRESENCE_STAMP} instead. */
   readonly user: UserId
   /** When the user last typed (ms since epoch), or absent / 0 when not typing. */
   readonly typing?: number
+  /** Set by the relay on every state it relays: the user whose connection set it. */
+  readonly [PRESENCE_STAMP]?: UserId
+}
+
+/**
+ * The field of an awareness state that the relay owns: on every object state
+ * it relays, the relay sets it to the user id of the connection that set the
+ * state, overwriting whatever the client put there. Peers attribute presence
+ * and typing by this field only (a client can claim any `user`, not this).
+ * States that are not JSON objects are relayed without it.
+ */
+export const PRESENCE_STAMP = "parley:user"
+
+/** The user the relay stamped on an awareness state, or undefined when it carries no valid stamp. */
+export function stampedUser(state: unknown): UserId | undefined {
+  if (typeof state !== "object" || state === null || Array.isArray(state)) return undefined
+  const user = (state as Record<string, unknown>)[PRESENCE_STAMP]
+  return typeof user === "string" && isUserId(user) ? user : undefined
 }
 
 /** A client sends at most one typing signal per user and conversation in this interval. */

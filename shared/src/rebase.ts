@@ -101,6 +101,37 @@ function structAt(doc: Y.Doc, client: number, clock: number): Y.Item | Y.GC | un
 }
 
 /**
+ * The clock up to which `stale` and `fresh` hold the same structs of `client`
+ * (at most `upTo`, what `fresh` has). They differ when someone else wrote
+ * under the id on the relay first: then the stale replica's structs from the
+ * first difference on never reached the relay. A struct deleted or collected
+ * on either side has no content left to compare and counts as the same.
+ */
+function commonHistory(stale: Y.Doc, fresh: Y.Doc, client: number, upTo: number): number {
+  const structs = (stale.store as unknown as StoreInternals).clients.get(client) ?? []
+  for (const struct of structs) {
+    if (struct.id.clock >= upTo) break
+    if (!(struct instanceof Y.Item)) continue
+    const end = Math.min(struct.id.clock + struct.length, upTo)
+    for (let clock = struct.id.clock; clock < end; clock++) {
+      const other = structAt(fresh, client, clock)
+      if (other && !sameStruct(struct, other, clock)) return clock
+    }
+  }
+  return upTo
+}
+
+function sameStruct(a: Y.Item, b: Y.Item | Y.GC, clock: number): boolean {
+  if (!(b instanceof Y.Item)) return true
+  if (a.parentSub !== b.parentSub) return false
+  if (a.deleted || b.deleted) return true
+  if (a.content.constructor !== b.content.constructor) return false
+  const x = a.content.getContent()[clock - a.id.clock]
+  const y = b.content.getContent()[clock - b.id.clock]
+  return x === y || JSON.stringify(x) === JSON.stringify(y)
+}
+
+/**
  * Re-applies `user`'s pending work found in `stale` (what it has that `fresh`,
  * the relay's state, lacks: messages, edits, deletions, reactions, markers,
  * conversation and participant changes) onto `fresh`, each through the shared
@@ -118,7 +149,13 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
       failed.push({ what, error: toParleyError(error) })
     }
   }
+  // What the relay has of each client, up to where its history and the stale replica's part: under a
+  // client id someone else wrote first, the relay's structs are not this replica's, whatever their clocks.
   const freshState = Y.decodeStateVector(Y.encodeStateVector(fresh))
+  for (const client of (stale.store as unknown as StoreInternals).clients.keys()) {
+    const shared = freshState.get(client)
+    if (shared !== undefined) freshState.set(client, commonHistory(stale, fresh, client, shared))
+  }
   const isPending = (item: Y.Item) => item.id.clock + item.length > (freshState.get(item.id.client) ?? 0)
   const roots = new Map<unknown, string>()
   for (const [name, type] of stale.share) roots.set(type, name)
@@ -169,12 +206,15 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
       const root = [...fresh.share].find(([, t]) => (t as unknown) === parent)?.[0]
       if (root === undefined) continue
       if (item.parentSub !== null) {
-        if (structAt(stale, client, item.id.clock)?.deleted) touch(root, item.parentSub)
+        const common = item.id.clock < (freshState.get(client) ?? 0)
+        if (common && structAt(stale, client, item.id.clock)?.deleted) touch(root, item.parentSub)
         continue
       }
       if (root !== TopLevel.messages) continue
       item.content.getContent().forEach((value, j) => {
         const record = decodeStoredRecord(value)
+        // Past the common history, the stale struct at this clock is another one altogether.
+        if (item.id.clock + j >= (freshState.get(client) ?? 0)) return
         if (record && structAt(stale, client, item.id.clock + j)?.deleted && !isDeletedRecord(record))
           deletedRecords.set(record.id, record)
       })

@@ -112,6 +112,26 @@ describe("rebasing pending work after a refusal", () => {
     expect(typesOf(fresh).meta.get("title")).toBe("Renamed by alice")
   })
 
+  it("re-applies pending work written under a client id someone else wrote under first on the relay", () => {
+    const { relay, stale, fromCarol } = setup()
+    const one = sendMessage(stale, carol, { body: "pending one" }).id
+    react(stale, carol, fromCarol, "👍")
+    const two = sendMessage(stale, carol, { body: "pending two" }).id
+    // Bob, who learnt carol's client id, writes under it on the relay first: more structs than hers.
+    const squatter = new Y.Doc()
+    Y.applyUpdate(squatter, Y.encodeStateAsUpdate(relay))
+    squatter.clientID = stale.clientID
+    for (let i = 0; i < 3; i++) sendMessage(squatter, bob, { body: `squat ${i}` })
+    Y.applyUpdate(relay, Y.encodeStateAsUpdate(squatter, Y.encodeStateVector(relay)))
+
+    const fresh = freshFrom(relay)
+    const { failed } = rebasePendingWork(stale, fresh, carol)
+    expect(failed).toEqual([])
+    expect(getMessage(fresh, one)?.body).toBe("pending one")
+    expect(getMessage(fresh, two)?.body).toBe("pending two")
+    expect(getMessage(fresh, fromCarol)?.reactions).toEqual({ "👍": [carol] })
+  })
+
   it("merges a direct conversation both users created offline, without failures", () => {
     const relay = new Y.Doc()
     createConversation(relay, alice, { kind: "direct", participants: [bob] }, { now: 1 })

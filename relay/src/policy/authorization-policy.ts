@@ -1,6 +1,6 @@
-import { type Decision, sequenceWriterIds } from "@parley/shared"
+import { type Decision, type DocumentName, sequenceWriterIds } from "@parley/shared"
 import type * as Y from "yjs"
-import type { PolicyInput, UpdatePolicy } from "../policy.js"
+import type { ClientIdOwners, PolicyInput, UpdatePolicy } from "../policy.js"
 import { checkUpdate } from "./check-update.js"
 import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bindings.js"
 
@@ -16,6 +16,10 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  * document writes under, and both ids its sequence writer alternates between
  * (shared `sequenceWriterIds`), are bound to the relay at each check, before
  * the relay first writes under them.
+ *
+ * The same bindings are the owners awareness consults ({@link clientIdOwners}):
+ * an id announced in awareness is bound to its user like an id written under,
+ * so that no one else can write under it afterwards.
  */
 export class AuthorizationPolicy implements UpdatePolicy {
   private readonly loaded = new WeakMap<Y.Doc, Promise<ClientBindings>>()
@@ -28,13 +32,7 @@ export class AuthorizationPolicy implements UpdatePolicy {
     if (name.kind === "inbox") return { allowed: true }
     const key = name.id
     const bindings = await this.bindingsOf(key, doc)
-    const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
-    const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
-    if (unbound.length > 0) {
-      const entries = unbound.map((id): [number, string] => [id, RELAY_KEY])
-      bindings.bind(entries)
-      await this.store.bind(key, entries)
-    }
+    await this.bindRelayIds(key, doc, bindings)
     const result = checkUpdate({ doc, update, principal, bindings, conversation: name.id })
     if (!result.allowed) return { allowed: false, rule: result.rule, reason: result.reason }
     if (result.newBindings && result.newBindings.length > 0) {
@@ -42,6 +40,33 @@ export class AuthorizationPolicy implements UpdatePolicy {
       await this.store.bind(key, result.newBindings)
     }
     return { allowed: true }
+  }
+
+  /** Conversations' owners are the bindings themselves; inboxes have none (their awareness stays in memory). */
+  async clientIdOwners(name: DocumentName, doc: Y.Doc): Promise<ClientIdOwners | undefined> {
+    if (name.kind === "inbox") return undefined
+    const key = name.id
+    const bindings = await this.bindingsOf(key, doc)
+    // Before any awareness frame: the relay's own ids are never anyone's to claim.
+    await this.bindRelayIds(key, doc, bindings)
+    return {
+      owner: (clientId) => bindings.get(clientId),
+      claim: async (clientId, principal) => {
+        const entries: [number, string][] = [[clientId, principal]]
+        bindings.bind(entries)
+        await this.store.bind(key, entries)
+      },
+    }
+  }
+
+  private async bindRelayIds(key: string, doc: Y.Doc, bindings: ClientBindings): Promise<void> {
+    const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
+    const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
+    if (unbound.length > 0) {
+      const entries = unbound.map((id): [number, string] => [id, RELAY_KEY])
+      bindings.bind(entries)
+      await this.store.bind(key, entries)
+    }
   }
 
   private bindingsOf(key: string, doc: Y.Doc): Promise<ClientBindings> {

@@ -1,0 +1,328 @@
+import { PRESENCE_STAMP } from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import * as encoding from "lib0/encoding"
+import * as awarenessProtocol from "y-protocols/awareness"
+import { Connection } from "./connection.js"
+import type { DocumentHost } from "./document-host.js"
+import { principalKey } from "./policy/client-bindings.js"
+import type { ClientIdOwners } from "./policy.js"
+import { RateLimiter } from "./rate-limit.js"
+
+/** Per-user limits of awareness (presence, typing) in one document. */
+export interface AwarenessLimits {
+  /** Most awareness entries (client ids) one user may have in one document at once. */
+  readonly maxAwarenessEntries: number
+  /** Largest awareness state (its JSON, in bytes); larger ones are dropped. */
+  readonly maxAwarenessStateBytes: number
+  /** Awareness frames per second one user may have applied in one document, on average. */
+  readonly awarenessFramesPerSecond: number
+  /** ... and in a burst. */
+  readonly awarenessBurst: number
+  /** New client ids one user may claim through awareness in one document per minute. */
+  readonly awarenessClaimsPerMinute: number
+}
+
+/** Defaults of {@link AwarenessLimits}. */
+export const DEFAULT_AWARENESS_LIMITS: AwarenessLimits = {
+  maxAwarenessEntries: 16,
+  maxAwarenessStateBytes: 4096,
+  awarenessFramesPerSecond: 10,
+  awarenessBurst: 30,
+  awarenessClaimsPerMinute: 10,
+}
+
+/** Why an awareness entry was not applied (the label of `parley_awareness_dropped_total`). */
+export type AwarenessDrop = "foreign" | "entries" | "bytes" | "claims"
+
+/** What the gate needs from around it. */
+export interface AwarenessGateOptions {
+  readonly host: DocumentHost
+  readonly owners: ClientIdOwners
+  readonly limits: AwarenessLimits
+  /** An entry was dropped. */
+  readonly dropped: (connection: Connection, reason: AwarenessDrop, count: number) => void
+  /** Claiming an id failed to persist (it stays claimed in memory). */
+  readonly claimFailed: (error: unknown) => void
+  readonly now?: () => number
+}
+
+/** One awareness entry as read from the wire; the state still as its JSON bytes. */
+interface Entry {
+  readonly clientId: number
+  readonly clock: number
+  readonly json: Uint8Array
+}
+
+/** An entry ready to apply: its state parsed (and stamped) or null for a removal. */
+interface Accepted {
+  readonly clientId: number
+  readonly clock: number
+  readonly state: unknown
+}
+
+const MINUTE = 60_000
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
+/**
+ * The relay's awareness of one document, owned: a connection sets and removes
+ * only entries whose client ids are bound to its own user (an id nobody owns
+ * yet is claimed for that user, durably, so nobody else can write under it
+ * either). Entries for other users' ids are dropped silently, since a stock
+ * y-websocket client re-sends every awareness update it receives. Every state
+ * applied is stamped with its user ({@link PRESENCE_STAMP}); a connection's
+ * entries go when it closes, and only its own.
+ *
+ * Per user and document: at most `maxAwarenessEntries` entries at once,
+ * `maxAwarenessStateBytes` per state, `awarenessClaimsPerMinute` new ids, and
+ * `awarenessFramesPerSecond` applied frames; a frame over that budget is not
+ * lost but held (the latest state of each entry) until the budget allows.
+ * Frames that change nothing of the sender's (echoes of others' entries) cost
+ * no budget. Removed entries leave no record behind, so the memory an abusive
+ * sender caused is freed when it leaves.
+ */
+export class AwarenessGate {
+  private readonly host: DocumentHost
+  private readonly owners: ClientIdOwners
+  private readonly limits: AwarenessLimits
+  private readonly now: () => number
+  /** The connection that last set each present entry. */
+  private readonly setBy = new Map<number, Connection>()
+  /** Present entries, by user key. */
+  private readonly byUser = new Map<string, Set<number>>()
+  /** Frame budgets, by user key; gone when the user has no connection here. */
+  private readonly budgets = new Map<string, RateLimiter>()
+  /** Claims in the current minute, by user key. */
+  private readonly claims = new Map<string, { readonly since: number; count: number }>()
+  /** Entries held back by the frame budget, by connection, with the timer that applies them. */
+  private readonly held = new Map<Connection, { entries: Map<number, Accepted>; timer: NodeJS.Timeout }>()
+
+  constructor(private readonly options: AwarenessGateOptions) {
+    this.host = options.host
+    this.owners = options.owners
+    this.limits = options.limits
+    this.now = options.now ?? Date.now
+  }
+
+  /**
+   * Applies what `connection` may change of an awareness update (y-protocols
+   * encoding) and drops the rest. Throws on a malformed update, before
+   * applying any of it.
+   */
+  receive(connection: Connection, update: Uint8Array): void {
+    const principal = connection.principal
+    // Services watch; they have no presence of their own.
+    if (principal.kind !== "user") return
+    const key = principalKey(principal)
+    const entries = readEntries(update)
+    const accepted = new Map<number, Accepted>()
+    let count = (this.byUser.get(key)?.size ?? 0) + this.heldNew(key)
+    const drops = new Map<AwarenessDrop, number>()
+    const drop = (reason: AwarenessDrop) => drops.set(reason, (drops.get(reason) ?? 0) + 1)
+    for (const { clientId, clock, json } of entries) {
+      const owner = this.owners.owner(clientId)
+      if (owner !== undefined && owner !== key) {
+        drop("foreign")
+        continue
+      }
+      const present = this.host.awareness.states.has(clientId)
+      if (json.length > this.limits.maxAwarenessStateBytes) {
+        drop("bytes")
+        continue
+      }
+      const state: unknown = JSON.parse(utf8.decode(json))
+      if (state === null) {
+        // Removing what is not there would only leave a record behind.
+        if (present) accepted.set(clientId, { clientId, clock, state })
+        continue
+      }
+      if (!present && !accepted.has(clientId)) {
+        if (count >= this.limits.maxAwarenessEntries) {
+          drop("entries")
+          continue
+        }
+        if (owner === undefined && !this.claim(clientId, key)) {
+          drop("claims")
+          continue
+        }
+        count++
+      }
+      accepted.set(clientId, { clientId, clock, state: stamp(state, principal.user) })
+    }
+    for (const [reason, n] of drops) this.options.dropped(connection, reason, n)
+    if (accepted.size === 0) return
+    let budget = this.budgets.get(key)
+    if (!budget) {
+      budget = new RateLimiter(this.limits.awarenessFramesPerSecond, this.limits.awarenessBurst)
+      this.budgets.set(key, budget)
+    }
+    const held = this.held.get(connection)
+    if (held || !budget.take()) {
+      this.hold(connection, accepted.values())
+      return
+    }
+    this.apply(connection, accepted.values())
+  }
+
+  /** Bookkeeping of an awareness change (every origin: connections, the timeout check, the relay). */
+  changed(
+    added: readonly number[],
+    updated: readonly number[],
+    removed: readonly number[],
+    origin: unknown,
+  ): void {
+    if (origin instanceof Connection && origin.principal.kind === "user") {
+      const key = principalKey(origin.principal)
+      for (const clientId of [...added, ...updated]) {
+        this.setBy.set(clientId, origin)
+        let mine = this.byUser.get(key)
+        if (!mine) {
+          mine = new Set()
+          this.byUser.set(key, mine)
+        }
+        mine.add(clientId)
+      }
+    }
+    for (const clientId of removed) {
+      const connection = this.setBy.get(clientId)
+      this.setBy.delete(clientId)
+      if (connection) {
+        const key = principalKey(connection.principal)
+        const mine = this.byUser.get(key)
+        mine?.delete(clientId)
+        if (mine?.size === 0) this.byUser.delete(key)
+      }
+    }
+  }
+
+  /**
+   * Forgets removed entries entirely (y-protocols keeps the clock of every id
+   * it ever saw). Called once the removal has been broadcast.
+   */
+  forget(removed: readonly number[]): void {
+    for (const clientId of removed) {
+      if (!this.host.awareness.states.has(clientId)) this.host.awareness.meta.delete(clientId)
+    }
+  }
+
+  /** `connection` left: removes the entries it set (and no other), and what it held. */
+  detach(connection: Connection): void {
+    const held = this.held.get(connection)
+    if (held) {
+      clearTimeout(held.timer)
+      this.held.delete(connection)
+    }
+    const own = [...this.setBy].filter(([, c]) => c === connection).map(([clientId]) => clientId)
+    if (own.length > 0) awarenessProtocol.removeAwarenessStates(this.host.awareness, own, "relay")
+    if (connection.principal.kind !== "user") return
+    const key = principalKey(connection.principal)
+    const stays = [...this.host.connections].some(
+      (c) => c !== connection && c.principal.kind === "user" && principalKey(c.principal) === key,
+    )
+    if (!stays) this.budgets.delete(key)
+  }
+
+  /** Stops the timers of held entries (the document is going away). */
+  destroy(): void {
+    for (const { timer } of this.held.values()) clearTimeout(timer)
+    this.held.clear()
+  }
+
+  /** Client ids the relay holds an awareness record of (present or removed). */
+  get records(): number {
+    // The relay's own id has a record too (its state is null).
+    return Math.max(0, this.host.awareness.meta.size - 1)
+  }
+
+  /** Entries of `key`'s connections held back that would add an entry. */
+  private heldNew(key: string): number {
+    let n = 0
+    for (const [connection, { entries }] of this.held) {
+      if (connection.principal.kind !== "user" || principalKey(connection.principal) !== key) continue
+      for (const e of entries.values())
+        if (e.state !== null && !this.host.awareness.states.has(e.clientId)) n++
+    }
+    return n
+  }
+
+  private claim(clientId: number, key: string): boolean {
+    const now = this.now()
+    let window = this.claims.get(key)
+    if (!window || now - window.since >= MINUTE) {
+      window = { since: now, count: 0 }
+      this.claims.set(key, window)
+    }
+    if (window.count >= this.limits.awarenessClaimsPerMinute) return false
+    window.count++
+    // Old windows of users long gone need not stay.
+    if (this.claims.size > 64) {
+      for (const [k, w] of this.claims) if (now - w.since >= MINUTE) this.claims.delete(k)
+    }
+    this.owners.claim(clientId, key).catch((error: unknown) => this.options.claimFailed(error))
+    return true
+  }
+
+  private hold(connection: Connection, entries: Iterable<Accepted>): void {
+    let held = this.held.get(connection)
+    if (!held) {
+      // One frame's worth of budget comes back in 1/rate seconds.
+      const delay = Math.ceil(1000 / Math.max(this.limits.awarenessFramesPerSecond, 0.001))
+      const timer = setTimeout(() => this.release(connection), delay)
+      timer.unref()
+      held = { entries: new Map(), timer }
+      this.held.set(connection, held)
+    }
+    for (const entry of entries) {
+      const before = held.entries.get(entry.clientId)
+      if (!before || before.clock <= entry.clock) held.entries.set(entry.clientId, entry)
+    }
+  }
+
+  private release(connection: Connection): void {
+    const held = this.held.get(connection)
+    if (!held) return
+    this.held.delete(connection)
+    if (connection.closed || this.host.destroyed || connection.principal.kind !== "user") return
+    const budget = this.budgets.get(principalKey(connection.principal))
+    if (budget && !budget.take()) {
+      this.hold(connection, held.entries.values())
+      return
+    }
+    this.apply(connection, held.entries.values())
+  }
+
+  private apply(connection: Connection, entries: Iterable<Accepted>): void {
+    const list = [...entries]
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, list.length)
+    for (const { clientId, clock, state } of list) {
+      encoding.writeVarUint(encoder, clientId)
+      encoding.writeVarUint(encoder, clock)
+      encoding.writeVarString(encoder, JSON.stringify(state))
+    }
+    awarenessProtocol.applyAwarenessUpdate(this.host.awareness, encoding.toUint8Array(encoder), connection)
+  }
+}
+
+/**
+ * Reads an awareness update whole before anything is applied, so that a
+ * malformed one is refused whole instead of half-applied. States stay bytes:
+ * only those the sender may set are parsed.
+ */
+function readEntries(update: Uint8Array): Entry[] {
+  const decoder = decoding.createDecoder(update)
+  const count = decoding.readVarUint(decoder)
+  const entries: Entry[] = []
+  for (let i = 0; i < count; i++) {
+    const clientId = decoding.readVarUint(decoder)
+    const clock = decoding.readVarUint(decoder)
+    // The state is a var-string: a var-uint length and UTF-8 bytes, read without decoding them.
+    entries.push({ clientId, clock, json: decoding.readVarUint8Array(decoder) })
+  }
+  return entries
+}
+
+/** The state with the relay's stamp: objects carry their user; other JSON values are left as they are. */
+function stamp(state: unknown, user: string): unknown {
+  if (typeof state !== "object" || state === null || Array.isArray(state)) return state
+  return { ...(state as Record<string, unknown>), [PRESENCE_STAMP]: user }
+}
