@@ -184,6 +184,10 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     listeners: [...(options.listeners ?? []), ...(hooks ? [hooks] : [])],
     ...(hooks ? { observer: hooks } : {}),
   })
+  // Documents found damaged before are refused (and counted) from the start, before anyone connects.
+  await core.recallDamaged().catch((error: unknown) =>
+    log.error({ err: error }, "could not read the damaged documents from storage"),
+  )
   if (hooks) {
     await hooks.start(core)
     log.info({ hooks: hooks.targetNames }, "hooks loaded")
