@@ -106,7 +106,7 @@ export class SqliteStorage implements RelayStorage {
         "INSERT INTO documents (doc, last_position, created_at) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET last_position = MAX(last_position, excluded.last_position)",
       ),
       markDamaged: this.catalog.prepare<[string, number, string, number]>(
-        "INSERT INTO documents (doc, last_position, created_at, damaged, damaged_at) VALUES (?1, 0, ?2, ?3, ?4) ON CONFLICT(doc) DO UPDATE SET damaged = COALESCE(damaged, excluded.damaged), damaged_at = COALESCE(damaged_at, excluded.damaged_at)",
+        "INSERT INTO documents (doc, last_position, created_at, damaged, damaged_at) VALUES (?, 0, ?, ?, ?) ON CONFLICT(doc) DO UPDATE SET damaged = COALESCE(damaged, excluded.damaged), damaged_at = COALESCE(damaged_at, excluded.damaged_at)",
       ),
       damaged: this.catalog.prepare<
         [],
