@@ -66,6 +66,7 @@ const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
   [CloseCode.NotFound.code, ErrorCode.NOT_FOUND],
   [CloseCode.MalformedFrame.code, ErrorCode.MALFORMED_FRAME],
   [CloseCode.TooLarge.code, ErrorCode.TOO_LARGE],
+  [CloseCode.Damaged.code, ErrorCode.DAMAGED],
 ])
 
 /** Consecutive 4401 closes, each after a fresh token, before the token counts as refused for good. */
