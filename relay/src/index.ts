@@ -53,7 +53,14 @@ export type { CoreLimits, RelayCoreOptions } from "./relay-core.js"
 export { DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 export type { Sequencer } from "./sequencer.js"
 export { LocalSequencer } from "./sequencer.js"
-export type { RelayStorage, StorageKind, StoredDocument } from "./storage/index.js"
-export { MemoryStorage, openStorage, SqliteStorage } from "./storage/index.js"
+export type {
+  DamagedDocument,
+  DocumentRecord,
+  MemoryData,
+  RelayStorage,
+  StorageKind,
+  StoredDocument,
+} from "./storage/index.js"
+export { findDamage, MemoryStorage, openStorage, SqliteStorage } from "./storage/index.js"
 export type { AfterSaved, AfterSavedListener } from "./update-path.js"
 export type { TransportLimits } from "./ws-transport.js"
