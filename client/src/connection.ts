@@ -73,6 +73,7 @@ const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
   [CloseCode.NotFound.code, ErrorCode.NOT_FOUND],
   [CloseCode.MalformedFrame.code, ErrorCode.MALFORMED_FRAME],
   [CloseCode.TooLarge.code, ErrorCode.TOO_LARGE],
+  [CloseCode.Damaged.code, ErrorCode.DAMAGED],
 ])
 
 /** Longest delay `setTimeout` takes. */

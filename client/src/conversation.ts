@@ -279,8 +279,10 @@ export class Conversation extends Emitter<ConversationEvents> {
     // `ChatClient` reports it once (an "error" event), however many conversations are open.
     connection.on("unavailable", ({ error }) => {
       // The relay will not take this conversation's changes any more: what it has not saved never will be.
-      // (A refused token is different: the changes wait for a token that works.)
-      if (error.code !== ErrorCode.UNAUTHORIZED)
+      // (A refused token is different: the changes wait for a token that works. So does a damaged
+      // conversation: the replica keeps them for when an operator has restored it, and may even hold
+      // what the relay lost.)
+      if (error.code !== ErrorCode.UNAUTHORIZED && error.code !== ErrorCode.DAMAGED)
         for (const id of statuses.refuseUnsaved(error)) this.track(id)
       this.setState({ state: "unavailable", reason: error.code, error })
       this.refreshStatuses()

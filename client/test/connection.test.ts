@@ -72,6 +72,18 @@ describe("DocumentConnection", () => {
     expect(server.tokens).toHaveLength(1)
   })
 
+  it("stops for good on 4510 with DAMAGED", async () => {
+    const server = await closingServer(4510)
+    cleanup.push(server.close)
+    const connection = connectionTo(server.url, async () => "token")
+    const unavailable = new Promise<ParleyError>((resolve) =>
+      connection.on("unavailable", ({ error }) => resolve(error)),
+    )
+    connection.start()
+    expect((await unavailable).code).toBe(ErrorCode.DAMAGED)
+    expect(server.tokens).toHaveLength(1)
+  })
+
   it("keeps retrying a relay that fails, with a fresh token each time, until stopped", async () => {
     const server = await closingServer(4500)
     cleanup.push(server.close)

@@ -23,5 +23,7 @@ export function closeFor(code: ErrorCode): { code: number; reason: string } {
       return CloseCode.Unavailable
     case "INTERNAL":
       return CloseCode.Internal
+    case "DAMAGED":
+      return CloseCode.Damaged
   }
 }

@@ -54,6 +54,9 @@ export { DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 export type { Sequencer } from "./sequencer.js"
 export { LocalSequencer } from "./sequencer.js"
 export type {
+  DamagedDocument,
+  DocumentRecord,
+  MemoryData,
   RelayStorage,
   StorageGuardOptions,
   StorageKind,
@@ -62,6 +65,7 @@ export type {
 } from "./storage/index.js"
 export {
   DEFAULT_STORAGE_TIMEOUT_MS,
+  findDamage,
   MemoryStorage,
   openStorage,
   SqliteStorage,

@@ -8,6 +8,10 @@ async function main(): Promise<void> {
     const { runDeadLetterCli } = await import("./hooks/dead-letter-cli.js")
     process.exit(await runDeadLetterCli(process.argv.slice(3)))
   }
+  if (process.argv[2] === "damaged") {
+    const { runDamagedCli } = await import("./storage/damaged-cli.js")
+    process.exit(await runDamagedCli(process.argv.slice(3)))
+  }
   if (process.argv[2] === "rebuild-inboxes") {
     const { runRebuildInboxesCli } = await import("./inbox/rebuild-cli.js")
     process.exit(await runRebuildInboxesCli(process.argv.slice(3)))

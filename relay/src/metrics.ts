@@ -36,6 +36,11 @@ export class RelayMetrics {
     labelNames: ["code"] as const,
     registers: [this.registry],
   })
+  readonly damagedDocuments = new client.Gauge({
+    name: "parley_damaged_documents",
+    help: "Documents found damaged and refused to everyone until an operator restores them",
+    registers: [this.registry],
+  })
   readonly compactions = new client.Counter({
     name: "parley_compactions_total",
     help: "Snapshots written",

@@ -8,7 +8,7 @@ import {
   toParleyError,
   type UserId,
 } from "@parley/shared"
-import * as Y from "yjs"
+import type * as Y from "yjs"
 import { accessOf } from "./access.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
@@ -19,6 +19,7 @@ import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
 import { type ClientIdOwners, membershipPolicy, type UpdatePolicy } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
+import { applyStored, findDamage } from "./storage/integrity.js"
 import type { RelayStorage } from "./storage/types.js"
 import {
   type AfterSavedListener,
@@ -103,6 +104,12 @@ export class RelayCore implements ConnectionOwner {
   readonly limits: CoreLimits
   private readonly hosts = new Map<string, Promise<DocumentHost>>()
   private readonly unloads = new Map<string, Promise<void>>()
+  /**
+   * Documents found damaged, with why: refused without touching storage again.
+   * Only an operator's restore (relay stopped) clears one, so it stays here for
+   * the life of the process; it holds only names storage knows.
+   */
+  private readonly damaged = new Map<string, string>()
   private readonly listeners: AfterSavedListener[]
   private readonly ctx: PathContext
   private closing = false
@@ -168,9 +175,19 @@ export class RelayCore implements ConnectionOwner {
   }
 
   /**
+   * Reads the documents storage records as damaged, so that they are refused
+   * without being loaded and counted in `parley_damaged_documents` from the start.
+   */
+  async recallDamaged(): Promise<void> {
+    for (const { name, reason } of await this.options.storage.damaged()) this.damaged.set(name, reason)
+    this.options.metrics.damagedDocuments.set(this.damaged.size)
+  }
+
+  /**
    * Attaches `session` to the document named `name` (loading it if needed).
-   * Throws NOT_FOUND (bad name), FORBIDDEN (no access) or UNAVAILABLE (shutting
-   * down, or too many busy documents).
+   * Throws NOT_FOUND (bad name), FORBIDDEN (no access), DAMAGED (its stored
+   * state cannot be loaded; before access is decided, for everyone) or
+   * UNAVAILABLE (shutting down, or too many busy documents).
    */
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
@@ -283,6 +300,8 @@ export class RelayCore implements ConnectionOwner {
         await unloading
         continue
       }
+      const damage = this.damaged.get(name)
+      if (damage !== undefined) throw damagedError(name, damage)
       const existing = this.hosts.get(name)
       if (existing) {
         const host = await existing
@@ -309,23 +328,25 @@ export class RelayCore implements ConnectionOwner {
 
   private async load(name: string): Promise<DocumentHost> {
     const host = new DocumentHost(name, parseName(name))
-    const stored = await this.options.storage.load(name)
-    const skipped: number[] = []
-    const apply = (update: Uint8Array, position: number) => {
-      try {
-        Y.applyUpdate(host.doc, update)
-      } catch (error) {
-        // Only decodable updates are stored; this guards a damaged store without losing the rest.
-        skipped.push(position)
-        this.log.error({ err: error, doc: name, position }, "skipped a stored update Yjs cannot apply")
-      }
+    // Damage is never "not created yet": a document that cannot be loaded whole is refused to
+    // everyone (an empty stand-in would let a stranger re-create it as its owner).
+    let stored: Awaited<ReturnType<RelayStorage["load"]>>
+    try {
+      stored = await this.options.storage.load(name)
+      const damage = findDamage(stored)
+      if (damage !== undefined) throw new ParleyError(ErrorCode.DAMAGED, damage)
+      if (stored.snapshot) applyStored(host.doc, stored.snapshot, 0)
+      if (this.options.observer) await this.options.observer.applyStoredLog(name, host.doc, stored.updates)
+      else for (const { position, update } of stored.updates) applyStored(host.doc, update, position)
+    } catch (error) {
+      host.destroy()
+      if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED)
+        throw await this.foundDamaged(name, error)
+      throw error
     }
-    if (stored.snapshot) apply(stored.snapshot, 0)
-    if (this.options.observer) await this.options.observer.applyStoredLog(name, host.doc, stored.updates)
-    else for (const { position, update } of stored.updates) apply(update, position)
     host.logEntries = stored.updates.length
     host.logBytes = stored.updates.reduce((sum, u) => sum + u.update.length, 0)
-    host.lastPosition = stored.updates.at(-1)?.position ?? 0
+    host.lastPosition = Math.max(stored.through, stored.updates.at(-1)?.position ?? 0)
     host.observe()
     const gate = new AwarenessGate({
       host,
@@ -371,6 +392,25 @@ export class RelayCore implements ConnectionOwner {
     this.log.debug({ doc: name, entries: stored.updates.length }, "document loaded")
     await sequenceLeftovers(this.ctx, host)
     return host
+  }
+
+  /** Records, logs and counts a document found damaged; returns the error to refuse it with. */
+  private async foundDamaged(name: string, error: ParleyError): Promise<ParleyError> {
+    const reason = error.message
+    this.damaged.set(name, reason)
+    this.options.metrics.damagedDocuments.set(this.damaged.size)
+    this.options.metrics.errors.inc({ code: ErrorCode.DAMAGED })
+    this.log.error(
+      { doc: name, reason, err: error.cause ?? error },
+      "document damaged: refused to everyone until restored (parley-relay damaged restore)",
+    )
+    try {
+      await this.options.storage.markDamaged(name, reason)
+    } catch (cause) {
+      // Still refused by this process; the next one finds the damage again when it loads the document.
+      this.log.error({ err: cause, doc: name }, "could not record the damage in storage")
+    }
+    return damagedError(name, reason)
   }
 
   private scheduleIdle(host: DocumentHost): void {
@@ -488,6 +528,10 @@ function memoryOwners(doc: Y.Doc): ClientIdOwners {
     owner: (clientId) => bindings.get(clientId),
     claim: async (clientId, key) => bindings.bind([[clientId, key]]),
   }
+}
+
+function damagedError(name: string, reason: string): ParleyError {
+  return new ParleyError(ErrorCode.DAMAGED, `document ${JSON.stringify(name)} is damaged: ${reason}`)
 }
 
 function parseName(name: string) {

@@ -226,6 +226,10 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(hooks ? { observer: hooks } : {}),
     storageHealth: storage,
   })
+  // Documents found damaged before are refused (and counted) from the start, before anyone connects.
+  await core
+    .recallDamaged()
+    .catch((error: unknown) => log.error({ err: error }, "could not read the damaged documents from storage"))
   if (hooks) {
     await hooks.start(core)
     log.info({ hooks: hooks.targetNames }, "hooks loaded")

@@ -130,7 +130,7 @@ describe("relay-maintained inboxes", () => {
     relay.child.kill("SIGTERM")
     await relay.exited
     const { stdout } = await run(process.execPath, [BIN, "rebuild-inboxes", "--data-dir", relay.dataDir])
-    expect(JSON.parse(stdout.trim())).toEqual({ conversations: 1, written: 0, removed: 0 })
+    expect(JSON.parse(stdout.trim())).toEqual({ conversations: 1, written: 0, removed: 0, damaged: 0 })
     const restarted = await startRelayProcess({ dataDir: relay.dataDir, secret: relay.secret })
     const after = await open(restarted, "bob", "inbox~bob")
     expect(listInbox(after)).toEqual(before)

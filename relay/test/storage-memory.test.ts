@@ -1,4 +1,30 @@
-import { MemoryStorage } from "../src/storage/memory.js"
+import { type MemoryData, MemoryStorage } from "../src/storage/memory.js"
 import { runStorageConformance } from "./conformance/storage.js"
 
-runStorageConformance("memory", async () => ({ open: async () => new MemoryStorage(), persistent: false }))
+runStorageConformance("memory", async () => {
+  const data: MemoryData = { documents: new Map(), catalog: new Map() }
+  const doc = (name: string) => {
+    const found = data.documents.get(name)
+    if (!found) throw new Error(`no data for ${name}`)
+    return found
+  }
+  return {
+    open: async () => new MemoryStorage(data),
+    persistent: false,
+    tamper: {
+      deleteUpdates: async (name, positions) => {
+        doc(name).updates = doc(name).updates.filter((e) => !positions.includes(e.position))
+      },
+      overwriteUpdate: async (name, position, bytes) => {
+        const entry = doc(name).updates.find((e) => e.position === position)
+        if (entry) entry.update = bytes.slice()
+      },
+      overwriteSnapshot: async (name, bytes) => {
+        doc(name).snapshot = bytes.slice()
+      },
+      deleteData: async (name) => {
+        data.documents.delete(name)
+      },
+    },
+  }
+})

@@ -1,6 +1,7 @@
 import { describe, it } from "vitest"
 import { PostgresStorage } from "../src/storage/postgres.js"
 import { runStorageConformance } from "./conformance/storage.js"
+import { postgresTamper } from "./helpers/damage.js"
 import { postgresUnreachable, DATABASE_URL as url } from "./helpers/postgres.js"
 
 const unreachable = await postgresUnreachable()
@@ -11,8 +12,8 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   })
 } else {
   // With PARLEY_REQUIRE_SERVICES=1 an unreachable database fails every test here instead of skipping.
-  runStorageConformance("postgres", async () => ({
-    open: () => PostgresStorage.open(url),
-    persistent: true,
-  }))
+  runStorageConformance("postgres", async () => {
+    const tamper = postgresTamper(url)
+    return { open: () => PostgresStorage.open(url), persistent: true, tamper, cleanup: () => tamper.end() }
+  })
 }

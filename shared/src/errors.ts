@@ -16,6 +16,8 @@ export const ErrorCode = {
   INTERNAL: "INTERNAL",
   /** The relay's storage (database, disk) is failing; nothing was stored. Retry with backoff. */
   STORAGE_UNAVAILABLE: "STORAGE_UNAVAILABLE",
+  /** The document's stored state cannot be loaded; it is refused to everyone until an operator restores it. */
+  DAMAGED: "DAMAGED",
 } as const
 /** One of {@link ErrorCode}'s values. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
@@ -98,6 +100,12 @@ export const CloseCode = {
   Internal: { code: 4500, reason: "Internal error" },
   /** The relay cannot take more documents or connections right now. */
   Unavailable: { code: 4503, reason: "Unavailable" },
+  /**
+   * The document's stored state is damaged (an undecodable snapshot, a lost
+   * log entry): it is refused to everyone until an operator restores it.
+   * Reconnecting does not help.
+   */
+  Damaged: { code: 4510, reason: "Document damaged" },
 } as const satisfies Record<string, { code: number; reason: string }>
 /** Name of a {@link CloseCode}. */
 export type CloseCodeName = keyof typeof CloseCode

@@ -31,7 +31,8 @@ import {
 } from "@parley/shared"
 import type { Logger } from "pino"
 import type { Registry } from "prom-client"
-import * as Y from "yjs"
+import type * as Y from "yjs"
+import { applyStored } from "../storage/integrity.js"
 import type { ConversationState, HookContext, HookConversations } from "./define.js"
 import { handlerFor } from "./define.js"
 import { type DeliveryTarget, Dispatcher, exponentialBackoff } from "./dispatcher.js"
@@ -204,7 +205,7 @@ export class HookRuntime {
     const id = conversationIdOf(name)
     const mark = id ? await this.options.outbox.watermark(name) : undefined
     if (!id || mark === undefined) {
-      for (const { position, update } of updates) applyLogged(doc, update, name, position, this.log)
+      for (const { position, update } of updates) applyStored(doc, update, position)
       if (id) await this.options.outbox.enqueue({ document: name, events: [], through: last ?? 0 })
       return
     }
@@ -216,11 +217,11 @@ export class HookRuntime {
     try {
       for (const { position, update } of updates) {
         if (position <= mark) {
-          applyLogged(doc, update, name, position, this.log)
+          applyStored(doc, update, position)
           continue
         }
         pending = { changes: [] }
-        applyLogged(doc, update, name, position, this.log)
+        applyStored(doc, update, position)
         if (pending.changes.length === 0) continue
         const derived = deriveHookEvents({
           conversationId: id,
@@ -444,14 +445,6 @@ export class HookRuntime {
 }
 
 // Only decodable updates are stored; this guards a damaged store without losing the rest (as the core does).
-function applyLogged(doc: Y.Doc, update: Uint8Array, name: string, position: number, log: Logger): void {
-  try {
-    Y.applyUpdate(doc, update)
-  } catch (error) {
-    log.error({ err: error, doc: name, position }, "skipped a stored update Yjs cannot apply")
-  }
-}
-
 function conversationIdOf(name: string): ConversationId | undefined {
   try {
     const parsed = parseDocumentName(name)

@@ -1,8 +1,10 @@
 import {
   type ConversationId,
+  ErrorCode,
   InboxTopLevel,
   inboxEntryFor,
   listParticipants,
+  ParleyError,
   parseDocumentName,
   type UserId,
 } from "@parley/shared"
@@ -18,6 +20,8 @@ export interface RebuildReport {
   readonly written: number
   /** Entries removed because their user no longer takes part. */
   readonly removed: number
+  /** Damaged documents skipped (their inbox entries are left as they are until they are restored). */
+  readonly damaged: number
 }
 
 /**
@@ -30,15 +34,25 @@ export interface RebuildReport {
 export async function rebuildInboxes(host: HookHost, storage: RelayStorage): Promise<RebuildReport> {
   const names = await storage.list()
   const member = new Map<UserId, Set<ConversationId>>()
+  const damagedConversations = new Set<string>()
   let conversations = 0
   let written = 0
+  let damaged = 0
   for (const name of names) {
     const parsed = safeParse(name)
     if (parsed?.kind !== "conversation") continue
     conversations++
-    const entries = await host.read(name, (doc) =>
-      listParticipants(doc).map((p) => [p.user, inboxEntryFor(doc, p.user)] as const),
+    const entries = await skipDamaged(() =>
+      host.read(name, (doc) =>
+        listParticipants(doc).map((p) => [p.user, inboxEntryFor(doc, p.user)] as const),
+      ),
     )
+    if (entries === undefined) {
+      // Who takes part is unknown: its entries are neither rewritten nor removed as orphans.
+      damaged++
+      damagedConversations.add(parsed.id)
+      continue
+    }
     for (const [user] of entries)
       map.setIfUndefined(member, user, () => new Set<ConversationId>()).add(parsed.id)
     written += await writeEntries(host, parsed.id, entries)
@@ -47,15 +61,31 @@ export async function rebuildInboxes(host: HookHost, storage: RelayStorage): Pro
   for (const name of names) {
     const parsed = safeParse(name)
     if (parsed?.kind !== "inbox") continue
-    const orphans = await host.read(name, (inbox) =>
-      [...inbox.getMap(InboxTopLevel.entries).keys()].filter(
-        (id) => !member.get(parsed.user)?.has(id as ConversationId),
+    const orphans = await skipDamaged(() =>
+      host.read(name, (inbox) =>
+        [...inbox.getMap(InboxTopLevel.entries).keys()].filter(
+          (id) => !member.get(parsed.user)?.has(id as ConversationId) && !damagedConversations.has(id),
+        ),
       ),
     )
+    if (orphans === undefined) {
+      damaged++
+      continue
+    }
     removed += orphans.length
     for (const id of orphans) await writeEntries(host, id as ConversationId, [[parsed.user, undefined]])
   }
-  return { conversations, written, removed }
+  return { conversations, written, removed, damaged }
+}
+
+/** `read`'s result, or undefined when the document is damaged (the core refuses it and logs why). */
+async function skipDamaged<T>(read: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await read()
+  } catch (error) {
+    if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) return undefined
+    throw error
+  }
 }
 
 function safeParse(name: string) {

@@ -1,5 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
-import type { RelayStorage, StoredDocument } from "./types.js"
+import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
 /** Default of every storage timeout, relay-side and PostgreSQL's, in ms (`--storage-timeout-ms`). */
 export const DEFAULT_STORAGE_TIMEOUT_MS = 5000
@@ -123,6 +123,18 @@ export class StorageGuard implements RelayStorage {
 
   ping(): Promise<void> {
     return this.call("answer a probe", () => this.probeInner())
+  }
+
+  markDamaged(name: string, reason: string): Promise<void> {
+    return this.call("record a damaged document", () => this.inner.markDamaged(name, reason))
+  }
+
+  damaged(): Promise<DamagedDocument[]> {
+    return this.call("list damaged documents", () => this.inner.damaged())
+  }
+
+  restore(name: string, snapshot: Uint8Array): Promise<number> {
+    return this.call("restore a document", () => this.inner.restore(name, snapshot))
   }
 
   async close(): Promise<void> {

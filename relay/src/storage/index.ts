@@ -12,9 +12,10 @@ export {
   withDeadline,
   withDeadlines,
 } from "./guard.js"
-export { MemoryStorage } from "./memory.js"
-export { SQLITE_FILE, SqliteStorage } from "./sqlite.js"
-export type { RelayStorage, StoredDocument } from "./types.js"
+export { findDamage } from "./integrity.js"
+export { type MemoryData, MemoryStorage } from "./memory.js"
+export { CATALOG_FILE, SQLITE_FILE, SqliteStorage } from "./sqlite.js"
+export type { DamagedDocument, DocumentRecord, RelayStorage, StoredDocument } from "./types.js"
 
 /** The PostgreSQL database used when none is configured: the local server's `test` database. */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"

@@ -1,7 +1,8 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction, openPool } from "../postgres.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
-import type { RelayStorage, StoredDocument } from "./types.js"
+import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS parley_updates (
@@ -15,12 +16,40 @@ CREATE TABLE IF NOT EXISTS parley_snapshots (
   data BYTEA NOT NULL,
   through BIGINT NOT NULL
 );
+DO $$
+BEGIN
+  IF to_regclass('parley_documents') IS NULL THEN
+    CREATE TABLE parley_documents (
+      doc TEXT PRIMARY KEY,
+      last_position BIGINT NOT NULL,
+      created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+      damaged TEXT,
+      damaged_at TIMESTAMPTZ
+    );
+    -- Documents stored before the catalog existed are recorded, so that their later loss shows as damage.
+    INSERT INTO parley_documents (doc, last_position)
+      SELECT doc, MAX(p) FROM (
+        SELECT doc, MAX(position) AS p FROM parley_updates GROUP BY doc
+        UNION ALL SELECT doc, through FROM parley_snapshots) AS known
+      GROUP BY doc;
+  END IF;
+END $$;
 `
+
+const ADVANCE = `INSERT INTO parley_documents (doc, last_position) VALUES ($1, $2)
+  ON CONFLICT (doc) DO UPDATE SET last_position = GREATEST(parley_documents.last_position, EXCLUDED.last_position)`
+
+/** PostgreSQL's verdict on damaged pages (`data_corrupted`, `index_corrupted`). */
+function isCorruption(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return code === "XX001" || code === "XX002"
+}
 
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
 /**
- * PostgreSQL backend (tables `parley_updates`, `parley_snapshots`). A commit
+ * PostgreSQL backend (tables `parley_updates`, `parley_snapshots`, and the
+ * catalog `parley_documents`, written in the same transactions). A commit
  * returns once PostgreSQL has flushed its WAL (its default `synchronous_commit`),
  * so an append is durable when it resolves. Appends of one tick share one
  * transaction. Positions are computed inside the transaction, so several relays
@@ -79,6 +108,7 @@ export class PostgresStorage implements RelayStorage {
           positions.push(position++)
         }
         next.set(name, position)
+        if (positions.length > 0) await client.query(ADVANCE, [name, positions.at(-1)])
         result.push(positions)
       }
       return result
@@ -93,24 +123,41 @@ export class PostgresStorage implements RelayStorage {
     this.assertOpen()
     await this.group.settled(name)
     // One snapshot of the database, so a concurrent compaction cannot drop entries between the reads.
-    return inTransaction(
-      this.pool,
-      async (client) => {
-        const snapshot = await client.query<{ data: Buffer }>(
-          "SELECT data FROM parley_snapshots WHERE doc = $1",
-          [name],
+    try {
+      return await inTransaction(
+        this.pool,
+        async (client) => {
+          const record = await client.query<{ last_position: string; damaged: string | null }>(
+            "SELECT last_position, damaged FROM parley_documents WHERE doc = $1",
+            [name],
+          )
+          const snapshot = await client.query<{ data: Buffer; through: string }>(
+            "SELECT data, through FROM parley_snapshots WHERE doc = $1",
+            [name],
+          )
+          const updates = await client.query<{ position: string; data: Buffer }>(
+            "SELECT position, data FROM parley_updates WHERE doc = $1 ORDER BY position",
+            [name],
+          )
+          const found = record.rows[0]
+          return {
+            snapshot: snapshot.rows[0] ? bytes(snapshot.rows[0].data) : null,
+            through: Number(snapshot.rows[0]?.through ?? 0),
+            updates: updates.rows.map((row) => ({ position: Number(row.position), update: bytes(row.data) })),
+            record: found ? { lastPosition: Number(found.last_position), damaged: found.damaged } : null,
+          }
+        },
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+      )
+    } catch (error) {
+      if (isCorruption(error))
+        throw new ParleyError(
+          ErrorCode.DAMAGED,
+          `PostgreSQL cannot read the document: ${(error as Error).message}`,
+          { cause: error },
         )
-        const updates = await client.query<{ position: string; data: Buffer }>(
-          "SELECT position, data FROM parley_updates WHERE doc = $1 ORDER BY position",
-          [name],
-        )
-        return {
-          snapshot: snapshot.rows[0] ? bytes(snapshot.rows[0].data) : null,
-          updates: updates.rows.map((row) => ({ position: Number(row.position), update: bytes(row.data) })),
-        }
-      },
-      "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-    )
+      throw error
+    }
   }
 
   async list(): Promise<string[]> {
@@ -138,6 +185,63 @@ export class PostgresStorage implements RelayStorage {
         [name, Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength), through],
       )
       await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
+      await client.query(ADVANCE, [name, through])
+    })
+  }
+
+  async markDamaged(name: string, reason: string): Promise<void> {
+    this.assertOpen()
+    await this.pool.query(
+      `INSERT INTO parley_documents (doc, last_position, damaged, damaged_at) VALUES ($1, 0, $2, now())
+       ON CONFLICT (doc) DO UPDATE SET damaged = COALESCE(parley_documents.damaged, EXCLUDED.damaged),
+         damaged_at = COALESCE(parley_documents.damaged_at, EXCLUDED.damaged_at)`,
+      [name, reason],
+    )
+  }
+
+  async damaged(): Promise<DamagedDocument[]> {
+    this.assertOpen()
+    const { rows } = await this.pool.query<{
+      doc: string
+      damaged: string
+      damaged_at: Date
+      last_position: string
+    }>(
+      "SELECT doc, damaged, damaged_at, last_position FROM parley_documents WHERE damaged IS NOT NULL ORDER BY doc",
+    )
+    return rows.map((row) => ({
+      name: row.doc,
+      reason: row.damaged,
+      detectedAt: row.damaged_at.getTime(),
+      lastPosition: Number(row.last_position),
+    }))
+  }
+
+  async restore(name: string, snapshot: Uint8Array): Promise<number> {
+    this.assertOpen()
+    await this.group.settled(name)
+    return inTransaction(this.pool, async (client) => {
+      await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [name])
+      const { rows } = await client.query<{ last: string | null }>(
+        `SELECT GREATEST(
+           (SELECT MAX(position) FROM parley_updates WHERE doc = $1),
+           (SELECT through FROM parley_snapshots WHERE doc = $1),
+           (SELECT last_position FROM parley_documents WHERE doc = $1)) AS last`,
+        [name],
+      )
+      const through = Number(rows[0]?.last ?? 0)
+      await client.query("DELETE FROM parley_updates WHERE doc = $1", [name])
+      await client.query(
+        `INSERT INTO parley_snapshots (doc, data, through) VALUES ($1, $2, $3)
+         ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, through = EXCLUDED.through`,
+        [name, Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength), through],
+      )
+      await client.query(
+        `INSERT INTO parley_documents (doc, last_position) VALUES ($1, $2)
+         ON CONFLICT (doc) DO UPDATE SET last_position = EXCLUDED.last_position, damaged = NULL, damaged_at = NULL`,
+        [name, through],
+      )
+      return through
     })
   }
 

@@ -1,11 +1,24 @@
 import { mkdirSync } from "node:fs"
 import { join } from "node:path"
+import { ErrorCode, ParleyError } from "@parley/shared"
 import Database from "better-sqlite3"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
-import type { RelayStorage, StoredDocument } from "./types.js"
+import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
 /** File name of the embedded database inside the data directory. */
 export const SQLITE_FILE = "parley.sqlite"
+/** File name of the document catalog inside the data directory (see {@link SqliteStorage}). */
+export const CATALOG_FILE = "catalog.sqlite"
+
+const CATALOG_SCHEMA = `
+CREATE TABLE IF NOT EXISTS documents (
+  doc TEXT PRIMARY KEY,
+  last_position INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  damaged TEXT,
+  damaged_at INTEGER
+) WITHOUT ROWID;
+`
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS updates (
@@ -23,13 +36,29 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
+/** SQLite's verdict on a file whose pages are damaged (a bad page, a torn write, not a database at all). */
+function isCorruption(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code === "SQLITE_NOTADB")
+}
+
 /**
  * The embedded default store: `<dataDir>/parley.sqlite` with WAL and
  * `synchronous=FULL`, so that a commit is on disk before an append resolves.
  * One row per update; appends of one tick share a transaction.
+ *
+ * The catalog (which documents exist, their last log position, their damage)
+ * lives in a second file, `<dataDir>/catalog.sqlite`, written after each
+ * commit of the first: WAL frames lost from `parley.sqlite` (a WAL file
+ * deleted or copied without, a torn file system) then cannot erase the record
+ * with the data, and show as damage. The catalog runs with
+ * `synchronous=NORMAL`: no second fsync per append; after a power loss it may
+ * lag behind the data (harmless: a record behind its data is taken as it is),
+ * never run ahead of it. Rare writes (damage, restore) are synced.
  */
 export class SqliteStorage implements RelayStorage {
   private readonly db: Database.Database
+  private readonly catalog: Database.Database
   private readonly next = new Map<string, number>()
   private readonly group: GroupCommit
   private closed = false
@@ -43,6 +72,10 @@ export class SqliteStorage implements RelayStorage {
     this.db.exec(SCHEMA)
     // A one-row table the health probe rewrites: only a committed write shows that the disk has room again.
     this.db.exec("CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)")
+    this.catalog = new Database(join(dataDir, CATALOG_FILE))
+    this.catalog.pragma("journal_mode = WAL")
+    this.catalog.pragma("synchronous = NORMAL")
+    this.catalog.exec(CATALOG_SCHEMA)
     this.statements = {
       snapshot: this.db.prepare<[string], { data: Buffer; through: number }>(
         "SELECT data, through FROM snapshots WHERE doc = ?",
@@ -57,12 +90,45 @@ export class SqliteStorage implements RelayStorage {
       upsertSnapshot: this.db.prepare(
         "INSERT INTO snapshots (doc, data, through) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, through = MAX(snapshots.through, excluded.through)",
       ),
+      replaceSnapshot: this.db.prepare(
+        "INSERT INTO snapshots (doc, data, through) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, through = excluded.through",
+      ),
       trim: this.db.prepare("DELETE FROM updates WHERE doc = ? AND position <= ?"),
       probe: this.db.prepare("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)"),
       names: this.db.prepare<[], { doc: string }>(
         "SELECT doc FROM updates UNION SELECT doc FROM snapshots ORDER BY doc",
       ),
+      lastPositions: this.db.prepare<[], { doc: string; last: number }>(
+        "SELECT doc, MAX(p) AS last FROM (SELECT doc, MAX(position) AS p FROM updates GROUP BY doc UNION ALL SELECT doc, through AS p FROM snapshots) GROUP BY doc",
+      ),
+      dropUpdates: this.db.prepare("DELETE FROM updates WHERE doc = ?"),
+      record: this.catalog.prepare<[string], { last_position: number; damaged: string | null }>(
+        "SELECT last_position, damaged FROM documents WHERE doc = ?",
+      ),
+      advance: this.catalog.prepare<[string, number, number]>(
+        "INSERT INTO documents (doc, last_position, created_at) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET last_position = MAX(last_position, excluded.last_position)",
+      ),
+      markDamaged: this.catalog.prepare<[string, number, string, number]>(
+        "INSERT INTO documents (doc, last_position, created_at, damaged, damaged_at) VALUES (?, 0, ?, ?, ?) ON CONFLICT(doc) DO UPDATE SET damaged = COALESCE(damaged, excluded.damaged), damaged_at = COALESCE(damaged_at, excluded.damaged_at)",
+      ),
+      damaged: this.catalog.prepare<
+        [],
+        { doc: string; damaged: string; damaged_at: number; last_position: number }
+      >(
+        "SELECT doc, damaged, damaged_at, last_position FROM documents WHERE damaged IS NOT NULL ORDER BY doc",
+      ),
+      restored: this.catalog.prepare<[string, number, number]>(
+        "INSERT INTO documents (doc, last_position, created_at) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET last_position = excluded.last_position, damaged = NULL, damaged_at = NULL",
+      ),
     }
+    this.adoptExisting()
+    const advance = this.catalog.transaction((batch: AppendBatch, positions: number[][]) => {
+      const now = Date.now()
+      for (const [i, { name }] of batch.entries()) {
+        const last = positions[i]!.at(-1)
+        if (last !== undefined) this.statements.advance.run(name, last, now)
+      }
+    })
     const commit = this.db.transaction((batch: AppendBatch) =>
       batch.map(({ name, updates }) =>
         updates.map((update) => {
@@ -74,14 +140,43 @@ export class SqliteStorage implements RelayStorage {
       ),
     )
     this.group = new GroupCommit((batch) => {
+      let positions: number[][]
       try {
-        return commit(batch)
+        positions = commit(batch)
       } catch (error) {
         // Positions handed out inside the rolled-back transaction are free again.
         this.next.clear()
         throw error
       }
+      // After the data's commit, never before: the catalog may lag behind the data, never run ahead.
+      advance(batch, positions)
+      return positions
     })
+  }
+
+  /**
+   * A new catalog next to existing data (a data directory from before the
+   * catalog, or a catalog deleted by hand) records every stored document, so
+   * that their later loss shows as damage.
+   */
+  private adoptExisting(): void {
+    if (this.catalog.pragma("user_version", { simple: true }) !== 0) return
+    const now = Date.now()
+    this.catalog.transaction(() => {
+      for (const { doc, last } of this.statements.lastPositions.all())
+        this.statements.advance.run(doc, last, now)
+      this.catalog.pragma("user_version = 1")
+    })()
+  }
+
+  /** Runs a rare catalog write synced to disk, unlike the appends' catalog writes. */
+  private synced<T>(write: () => T): T {
+    this.catalog.pragma("synchronous = FULL")
+    try {
+      return this.catalog.transaction(write)()
+    } finally {
+      this.catalog.pragma("synchronous = NORMAL")
+    }
   }
 
   private nextPosition(name: string): number {
@@ -100,14 +195,32 @@ export class SqliteStorage implements RelayStorage {
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
     await this.group.settled(name)
+    // The catalog first: it is written after the data, so read before it, it never runs ahead of it.
+    const record = this.statements.record.get(name)
     const read = this.db.transaction(() => ({
       snapshot: this.statements.snapshot.get(name),
       updates: this.statements.updates.all(name),
     }))
-    const { snapshot, updates } = read()
+    let stored: ReturnType<typeof read>
+    try {
+      stored = read()
+    } catch (error) {
+      if (isCorruption(error))
+        throw new ParleyError(
+          ErrorCode.DAMAGED,
+          `SQLite cannot read the document: ${(error as Error).message}`,
+          {
+            cause: error,
+          },
+        )
+      throw error
+    }
+    const { snapshot, updates } = stored
     return {
       snapshot: snapshot ? bytes(snapshot.data) : null,
+      through: snapshot?.through ?? 0,
       updates: updates.map((row) => ({ position: row.position, update: bytes(row.data) })),
+      record: record ? { lastPosition: record.last_position, damaged: record.damaged } : null,
     }
   }
 
@@ -124,6 +237,39 @@ export class SqliteStorage implements RelayStorage {
       this.statements.trim.run(name, through)
     })()
     if ((this.next.get(name) ?? 0) <= through) this.next.set(name, through + 1)
+    this.statements.advance.run(name, through, Date.now())
+  }
+
+  async markDamaged(name: string, reason: string): Promise<void> {
+    this.assertOpen()
+    const now = Date.now()
+    this.synced(() => this.statements.markDamaged.run(name, now, reason, now))
+  }
+
+  async damaged(): Promise<DamagedDocument[]> {
+    this.assertOpen()
+    return this.statements.damaged.all().map((row) => ({
+      name: row.doc,
+      reason: row.damaged,
+      detectedAt: row.damaged_at,
+      lastPosition: row.last_position,
+    }))
+  }
+
+  async restore(name: string, snapshot: Uint8Array): Promise<number> {
+    this.assertOpen()
+    await this.group.settled(name)
+    const recorded = this.statements.record.get(name)?.last_position ?? 0
+    const through = this.db.transaction(() => {
+      const stored = this.statements.lastPosition.get(name, name)?.last ?? 0
+      const through = Math.max(recorded, stored, (this.next.get(name) ?? 1) - 1)
+      this.statements.dropUpdates.run(name)
+      this.statements.replaceSnapshot.run(name, snapshot, through)
+      return through
+    })()
+    this.next.set(name, through + 1)
+    this.synced(() => this.statements.restored.run(name, through, Date.now()))
+    return through
   }
 
   async list(): Promise<string[]> {
@@ -143,5 +289,6 @@ export class SqliteStorage implements RelayStorage {
     await this.group.drain()
     this.closed = true
     this.db.close()
+    this.catalog.close()
   }
 }

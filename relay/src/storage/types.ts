@@ -1,21 +1,58 @@
 /** A document as stored: its latest snapshot, then the log entries written after it, in order. */
 export interface StoredDocument {
   readonly snapshot: Uint8Array | null
+  /** Highest log position the snapshot covers (0 without a snapshot). */
+  readonly through: number
   readonly updates: readonly { readonly position: number; readonly update: Uint8Array }[]
+  /**
+   * What the catalog knows of the document, kept apart from its data so that
+   * lost data shows as damage rather than as a document never created; null
+   * when the catalog has no record of it.
+   */
+  readonly record: DocumentRecord | null
+}
+
+/** The catalog's small record of one document. */
+export interface DocumentRecord {
+  /**
+   * Highest log position known stored (appends and compactions). It may lag
+   * behind the data after a crash, never run ahead of it: data that ends
+   * before it was lost.
+   */
+  readonly lastPosition: number
+  /** Why the relay found the document damaged, or null when it did not. */
+  readonly damaged: string | null
+}
+
+/** A document the relay found damaged, as {@link RelayStorage.damaged} lists it. */
+export interface DamagedDocument {
+  readonly name: string
+  readonly reason: string
+  /** When it was found damaged (ms since the epoch). */
+  readonly detectedAt: number
+  /** The catalog's last log position of the document. */
+  readonly lastPosition: number
 }
 
 /**
  * Where the relay keeps documents: an append-only log of Yjs updates per
- * document, periodically folded into a snapshot. Every backend passes the
- * suite in `relay/test/conformance/storage.ts`.
+ * document, periodically folded into a snapshot, and a catalog recording which
+ * documents exist, up to which log position, and which were found damaged.
+ * Every backend passes the suite in `relay/test/conformance/storage.ts`.
  */
 export interface RelayStorage {
-  /** The snapshot and every log entry after it, in position order. An unknown document is empty. */
+  /**
+   * The snapshot and every log entry after it, in position order, with the
+   * catalog's record. A document storage never heard of is empty, with no
+   * record. Judging whether it is damaged is the caller's
+   * (`findDamage` in `integrity.ts`).
+   */
   load(name: string): Promise<StoredDocument>
   /**
    * Appends `updates` to the document's log. Resolves only once they are durable
    * (committed and synced to disk), with their log positions, which increase
-   * monotonically per document. Appends made in the same tick share one commit.
+   * monotonically per document with no gaps. Appends made in the same tick share
+   * one commit. The catalog's record is created or advanced with them.
    */
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]>
   /** Atomically replaces the snapshot with `snapshot` and drops the log entries with position <= `through`. */
@@ -28,6 +65,17 @@ export interface RelayStorage {
    * relay falls back to {@link list}.
    */
   ping?(): Promise<void>
+  /** Records that `name` is damaged (creating its record if needed); the first reason is kept. */
+  markDamaged(name: string, reason: string): Promise<void>
+  /** Every document recorded as damaged, by name. */
+  damaged(): Promise<DamagedDocument[]>
+  /**
+   * The operator's repair: replaces everything stored of `name` by `snapshot`
+   * alone and clears its damage. The snapshot is stored as covering the highest
+   * position the document ever had (catalog or data), so later positions keep
+   * increasing; resolves with that position.
+   */
+  restore(name: string, snapshot: Uint8Array): Promise<number>
   /** Finishes pending appends and releases the backend. */
   close(): Promise<void>
 }

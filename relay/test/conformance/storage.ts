@@ -1,6 +1,23 @@
+import { ErrorCode } from "@parley/shared"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
+import { findDamage, loadVerified } from "../../src/storage/integrity.js"
 import type { RelayStorage } from "../../src/storage/types.js"
+
+/**
+ * Damage done to a backend's data behind its back (a bad page, lost WAL
+ * frames, a row deleted by hand), leaving its catalog alone.
+ */
+export interface StorageTamper {
+  /** Deletes the log entries at `positions`. */
+  deleteUpdates(name: string, positions: readonly number[]): Promise<void>
+  /** Overwrites the bytes of the log entry at `position`. */
+  overwriteUpdate(name: string, position: number, bytes: Uint8Array): Promise<void>
+  /** Overwrites the bytes of the snapshot. */
+  overwriteSnapshot(name: string, bytes: Uint8Array): Promise<void>
+  /** Deletes the snapshot and every log entry of the document. */
+  deleteData(name: string): Promise<void>
+}
 
 /**
  * What a backend under test provides: `open` gives a storage over the same
@@ -11,6 +28,7 @@ export interface StorageHarness {
   cleanup?(): Promise<void>
   /** True when the backend keeps data across a reopen. */
   readonly persistent: boolean
+  readonly tamper: StorageTamper
 }
 
 const bytes = (...values: number[]) => new Uint8Array(values)
@@ -46,8 +64,15 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
       await harness.cleanup?.()
     })
 
-    it("loads an unknown document as empty", async () => {
-      expect(await storage.load(doc("none"))).toEqual({ snapshot: null, updates: [] })
+    it("loads an unknown document as empty, with no record: not created yet, not damaged", async () => {
+      const stored = await storage.load(doc("none"))
+      expect(stored).toEqual({ snapshot: null, through: 0, updates: [], record: null })
+      expect(findDamage(stored)).toBeUndefined()
+    })
+
+    it("numbers a new document's log from 1 without gaps", async () => {
+      expect(await storage.append(doc("numbers"), [bytes(1), bytes(2)])).toEqual([1, 2])
+      expect(await storage.append(doc("numbers"), [bytes(3)])).toEqual([3])
     })
 
     it("returns appended updates in order with increasing positions", async () => {
@@ -152,6 +177,122 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
       await pending
       storage = await harness.open()
       expect((await storage.load(doc("closing"))).updates.map((u) => [...u.update])).toEqual([[5]])
+    })
+
+    describe("catalog and damage", () => {
+      /** Three real Yjs updates appended, the first two compacted into a snapshot when `compacted`. */
+      async function stored(name: string, options: { compacted?: boolean } = {}) {
+        const source = new Y.Doc()
+        const updates: Uint8Array[] = []
+        source.on("update", (u: Uint8Array) => updates.push(u))
+        for (const text of ["a", "b", "c", "d"]) source.getArray<string>("a").push([text])
+        const positions = await storage.append(name, updates)
+        if (options.compacted) {
+          const snapshot = new Y.Doc()
+          for (const u of updates.slice(0, 2)) Y.applyUpdate(snapshot, u)
+          await storage.compact(name, Y.encodeStateAsUpdate(snapshot), positions[1]!)
+        }
+        return { positions, source }
+      }
+      const damageOf = async (name: string) => findDamage(await storage.load(name))
+
+      it("records each document's last position with its appends and compactions", async () => {
+        const { positions } = await stored(doc("rec"), { compacted: true })
+        const loaded = await storage.load(doc("rec"))
+        expect(loaded.through).toBe(positions[1])
+        expect(loaded.record).toEqual({ lastPosition: positions[3], damaged: null })
+        expect(findDamage(loaded)).toBeUndefined()
+        expect(texts(loadVerified(loaded))).toEqual(["a", "b", "c", "d"])
+      })
+
+      it("keeps the record when every row of the data is lost, so the document is damaged, not new", async () => {
+        await stored(doc("lost"), { compacted: true })
+        await harness.tamper.deleteData(doc("lost"))
+        const loaded = await storage.load(doc("lost"))
+        expect(loaded.snapshot).toBeNull()
+        expect(loaded.updates).toEqual([])
+        expect(findDamage(loaded)).toMatch(/none of its data/)
+      })
+
+      it("finds a gap in the log", async () => {
+        const { positions } = await stored(doc("gap"))
+        await harness.tamper.deleteUpdates(doc("gap"), [positions[1]!])
+        expect(await damageOf(doc("gap"))).toMatch(/gap/)
+      })
+
+      it("finds a gap between the snapshot and the log", async () => {
+        const { positions } = await stored(doc("gap2"), { compacted: true })
+        await harness.tamper.deleteUpdates(doc("gap2"), [positions[2]!])
+        expect(await damageOf(doc("gap2"))).toMatch(/gap/)
+      })
+
+      it("finds a log that ends before the recorded last position", async () => {
+        const { positions } = await stored(doc("tail"), { compacted: true })
+        await harness.tamper.deleteUpdates(doc("tail"), positions.slice(2))
+        expect(await damageOf(doc("tail"))).toMatch(/ends at position 2/)
+      })
+
+      it("hands back an update Yjs cannot apply as stored, which loading refuses as damaged", async () => {
+        const { positions } = await stored(doc("garbage"), { compacted: true })
+        const garbage = bytes(0xff, 0x13, 0x37, 0x00, 0x42)
+        await harness.tamper.overwriteUpdate(doc("garbage"), positions[2]!, garbage)
+        const loaded = await storage.load(doc("garbage"))
+        expect([...loaded.updates[0]!.update]).toEqual([...garbage])
+        expect(findDamage(loaded)).toBeUndefined()
+        expect(() => loadVerified(loaded)).toThrow(
+          expect.objectContaining({ code: ErrorCode.DAMAGED, message: expect.stringMatching(/position 3/) }),
+        )
+      })
+
+      it("hands back a snapshot Yjs cannot decode as stored, which loading refuses as damaged", async () => {
+        await stored(doc("badsnap"), { compacted: true })
+        await harness.tamper.overwriteSnapshot(doc("badsnap"), bytes(0x05, 0xff, 0xff))
+        const loaded = await storage.load(doc("badsnap"))
+        expect(() => loadVerified(loaded)).toThrow(
+          expect.objectContaining({ code: ErrorCode.DAMAGED, message: expect.stringMatching(/snapshot/) }),
+        )
+      })
+
+      it("records damage with its first reason, lists it, and keeps it across a reopen", async () => {
+        await stored(doc("marked"))
+        await storage.markDamaged(doc("marked"), "first reason")
+        await storage.markDamaged(doc("marked"), "second reason")
+        const listed = (await storage.damaged()).filter((d) => d.name === doc("marked"))
+        expect(listed).toEqual([
+          { name: doc("marked"), reason: "first reason", detectedAt: expect.any(Number), lastPosition: 4 },
+        ])
+        expect(await damageOf(doc("marked"))).toBe("first reason")
+        if (!harness.persistent) return
+        await storage.close()
+        storage = await harness.open()
+        expect(await damageOf(doc("marked"))).toBe("first reason")
+        expect((await storage.damaged()).map((d) => d.name)).toContain(doc("marked"))
+      })
+
+      it("records the damage of a document it holds nothing of", async () => {
+        await storage.markDamaged(doc("ghost"), "why")
+        expect(await damageOf(doc("ghost"))).toBe("why")
+      })
+
+      it("restores a damaged document from a snapshot: damage cleared, positions keep increasing", async () => {
+        const { positions, source } = await stored(doc("restore"))
+        await harness.tamper.deleteUpdates(doc("restore"), positions.slice(1))
+        await storage.markDamaged(doc("restore"), "lost its tail")
+        const through = await storage.restore(doc("restore"), Y.encodeStateAsUpdate(source))
+        expect(through).toBeGreaterThanOrEqual(positions[3]!)
+        const loaded = await storage.load(doc("restore"))
+        expect(loaded).toMatchObject({
+          through,
+          updates: [],
+          record: { lastPosition: through, damaged: null },
+        })
+        expect(findDamage(loaded)).toBeUndefined()
+        expect(texts(loadVerified(loaded))).toEqual(["a", "b", "c", "d"])
+        expect((await storage.damaged()).map((d) => d.name)).not.toContain(doc("restore"))
+        const [next] = await storage.append(doc("restore"), [bytes(1)])
+        expect(next).toBe(through + 1)
+        expect(await damageOf(doc("restore"))).toBeUndefined()
+      })
     })
   })
 }

@@ -1,0 +1,210 @@
+import { existsSync } from "node:fs"
+import { join } from "node:path"
+import { parseArgs } from "node:util"
+import { ErrorCode, ParleyError } from "@parley/shared"
+import Database from "better-sqlite3"
+import * as Y from "yjs"
+import { DEFAULT_DATABASE_URL } from "./index.js"
+import { loadVerified } from "./integrity.js"
+import { SQLITE_FILE, SqliteStorage } from "./sqlite.js"
+import type { RelayStorage, StoredDocument } from "./types.js"
+
+const USAGE = `Usage: parley-relay damaged list [--storage sqlite|postgres] [--data-dir DIR] [--database-url URL]
+       parley-relay damaged restore <document> --from <backup> [--force]
+                [--storage sqlite|postgres] [--data-dir DIR] [--database-url URL]
+
+  list     print every document the relay found damaged (refused with 4510), one JSON
+           object a line: {"document","reason","detectedAt","lastPosition"}. Safe while
+           the relay runs.
+  restore  replace everything stored of <document> by its state in a backup, and clear
+           its damage. STOP THE RELAY FIRST: a running relay keeps refusing a document it
+           found damaged until it restarts. --from is a backup copy of parley.sqlite (made
+           with sqlite3 ".backup" or VACUUM INTO) for --storage sqlite, or the connection
+           string of a database restored from a dump for --storage postgres. The backup's
+           copy must load whole. Only a damaged document is replaced, unless --force.
+           Prints {"document","restoredThrough"}.
+  --storage defaults to PARLEY_STORAGE or sqlite: the documents live in DIR (--data-dir,
+  PARLEY_DATA_DIR or ./data) or in the database of --database-url (DATABASE_URL, or
+  postgres://postgres@127.0.0.1:5432/test).`
+
+/**
+ * `parley-relay damaged ...`: the operator's view of damaged documents and their
+ * repair from a backup copy. Returns the exit code.
+ */
+export async function runDamagedCli(
+  argv: readonly string[],
+  out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  let parsed: ReturnType<typeof parse>
+  try {
+    parsed = parse(argv)
+  } catch (error) {
+    out(`parley-relay damaged: ${(error as Error).message}\n\n${USAGE}`)
+    return 2
+  }
+  const { positionals, values } = parsed
+  const [command, document, ...extra] = positionals
+  const valid =
+    (command === "list" && document === undefined) ||
+    (command === "restore" && document !== undefined && values.from !== undefined && extra.length === 0)
+  if (values.help || !valid) {
+    out(USAGE)
+    return values.help ? 0 : 2
+  }
+  const kind = values.storage ?? env.PARLEY_STORAGE ?? "sqlite"
+  const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
+  const databaseUrl = values["database-url"] ?? env.DATABASE_URL ?? DEFAULT_DATABASE_URL
+  let storage: RelayStorage
+  if (kind === "sqlite") {
+    if (!existsSync(join(dataDir, SQLITE_FILE))) {
+      out(`parley-relay damaged: no documents at ${join(dataDir, SQLITE_FILE)}`)
+      return 1
+    }
+    storage = new SqliteStorage(dataDir)
+  } else if (kind === "postgres") {
+    try {
+      // Imported here: `pg` is loaded only when PostgreSQL is asked for.
+      const { PostgresStorage } = await import("./postgres.js")
+      storage = await PostgresStorage.open(databaseUrl)
+    } catch (error) {
+      out(`parley-relay damaged: cannot open the documents in ${databaseUrl}: ${(error as Error).message}`)
+      return 1
+    }
+  } else {
+    out(`parley-relay damaged: documents are kept in sqlite or postgres storage, not ${kind}\n\n${USAGE}`)
+    return 2
+  }
+  try {
+    if (command === "list") {
+      for (const d of await storage.damaged()) {
+        out(
+          JSON.stringify({
+            document: d.name,
+            reason: d.reason,
+            detectedAt: new Date(d.detectedAt).toISOString(),
+            lastPosition: d.lastPosition,
+          }),
+        )
+      }
+      return 0
+    }
+    return await restore(storage, kind, document!, values.from!, values.force === true, out)
+  } finally {
+    await storage.close()
+  }
+}
+
+async function restore(
+  storage: RelayStorage,
+  kind: "sqlite" | "postgres",
+  name: string,
+  from: string,
+  force: boolean,
+  out: (line: string) => void,
+): Promise<number> {
+  const fail = (message: string) => {
+    out(`parley-relay damaged restore: ${message}`)
+    return 1
+  }
+  if (!force && !(await isDamaged(storage, name)))
+    return fail(`${name} is not damaged; give --force to replace it by the backup's copy anyway`)
+  let backup: StoredDocument
+  try {
+    backup = kind === "sqlite" ? readSqliteBackup(from, name) : await readPostgresBackup(from, name)
+  } catch (error) {
+    return fail(`cannot read the backup ${from}: ${(error as Error).message}`)
+  }
+  if (backup.snapshot === null && backup.updates.length === 0)
+    return fail(`the backup holds nothing of ${name}`)
+  let doc: Y.Doc
+  try {
+    doc = loadVerified(backup)
+  } catch (error) {
+    return fail(`the backup's copy of ${name} is damaged too: ${(error as Error).message}`)
+  }
+  const restoredThrough = await storage.restore(name, Y.encodeStateAsUpdate(doc))
+  out(JSON.stringify({ document: name, restoredThrough }))
+  return 0
+}
+
+/** Recorded as damaged, or found so now (the relay may not have loaded it since the damage). */
+async function isDamaged(storage: RelayStorage, name: string): Promise<boolean> {
+  try {
+    const stored = await storage.load(name)
+    if (stored.record === null && stored.snapshot === null && stored.updates.length === 0) return false
+    loadVerified(stored)
+    return false
+  } catch (error) {
+    if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) return true
+    throw error
+  }
+}
+
+/** One document as a SQLite backup copy holds it (opened read-only: the backup is left as it is). */
+function readSqliteBackup(file: string, name: string): StoredDocument {
+  const db = new Database(file, { readonly: true, fileMustExist: true })
+  try {
+    const snapshot = db
+      .prepare<[string], { data: Buffer; through: number }>(
+        "SELECT data, through FROM snapshots WHERE doc = ?",
+      )
+      .get(name)
+    const updates = db
+      .prepare<[string], { position: number; data: Buffer }>(
+        "SELECT position, data FROM updates WHERE doc = ? ORDER BY position",
+      )
+      .all(name)
+    return {
+      snapshot: snapshot ? new Uint8Array(snapshot.data) : null,
+      through: snapshot?.through ?? 0,
+      updates: updates.map((row) => ({ position: row.position, update: new Uint8Array(row.data) })),
+      // A backup's own catalog is not consulted: what it holds is checked by loading it.
+      record: null,
+    }
+  } finally {
+    db.close()
+  }
+}
+
+/** One document as a restored PostgreSQL database holds it. */
+async function readPostgresBackup(url: string, name: string): Promise<StoredDocument> {
+  const { default: pg } = await import("pg")
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try {
+    const snapshot = await client.query<{ data: Buffer; through: string }>(
+      "SELECT data, through FROM parley_snapshots WHERE doc = $1",
+      [name],
+    )
+    const updates = await client.query<{ position: string; data: Buffer }>(
+      "SELECT position, data FROM parley_updates WHERE doc = $1 ORDER BY position",
+      [name],
+    )
+    const row = snapshot.rows[0]
+    return {
+      snapshot: row ? new Uint8Array(row.data) : null,
+      through: Number(row?.through ?? 0),
+      updates: updates.rows.map((r) => ({ position: Number(r.position), update: new Uint8Array(r.data) })),
+      record: null,
+    }
+  } finally {
+    await client.end()
+  }
+}
+
+function parse(argv: readonly string[]) {
+  return parseArgs({
+    args: [...argv],
+    allowPositionals: true,
+    strict: true,
+    options: {
+      storage: { type: "string" },
+      "data-dir": { type: "string" },
+      "database-url": { type: "string" },
+      from: { type: "string" },
+      force: { type: "boolean" },
+      help: { type: "boolean" },
+    },
+  })
+}
