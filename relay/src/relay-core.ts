@@ -6,6 +6,7 @@ import {
   ParleyError,
   parseDocumentName,
   toParleyError,
+  typesOf,
   type UserId,
 } from "@parley/shared"
 import * as awarenessProtocol from "y-protocols/awareness"
@@ -20,12 +21,14 @@ import { describePrincipal, type Principal } from "./principal.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import type { RelayStorage } from "./storage/types.js"
 import {
+  type AccessChange,
   type AfterSavedListener,
   compact,
   type PathContext,
   type PathLimits,
   sequenceLeftovers,
   submitUpdate,
+  syncUpdateFrame,
   writeOnServer,
 } from "./update-path.js"
 
@@ -108,7 +111,7 @@ export class RelayCore implements ConnectionOwner {
       metrics: options.metrics,
       log: options.log,
       limits: this.limits,
-      recheckAccess: (host) => this.recheckAccess(host),
+      settleAccess: (host, change) => this.settleAccess(host, change),
       evict: (host, error) => this.evict(host, error),
       ...(options.observer
         ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }
@@ -142,7 +145,12 @@ export class RelayCore implements ConnectionOwner {
    */
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
-    const host = await this.activeHost(name)
+    let host = await this.activeHost(name)
+    // Access is decided on durable state only: a creation applied but not yet stored decides nothing.
+    while (host.hasUnsaved) {
+      await host.settled()
+      if (host.unloading || host.destroyed) host = await this.activeHost(name)
+    }
     const access = accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
       this.scheduleIdle(host)
@@ -375,21 +383,53 @@ export class RelayCore implements ConnectionOwner {
     return false
   }
 
-  /** Closes connections that lost access (a removed participant) with 4403. */
-  private recheckAccess(host: DocumentHost): void {
+  /**
+   * Decides access after a change is durable and before anyone is sent it (the
+   * update path calls this from inside the change's unsaved hold, so no sync
+   * answer goes out meanwhile either):
+   * - a pending connection (the document held no conversation) is promoted and
+   *   caught up when the change made its user a participant, and closed with
+   *   4403 otherwise, having been sent nothing of the document;
+   * - a participant the change removed is closed with 4403 before the change
+   *   (or anything after it) reaches them — except the change itself when it
+   *   removes participants and does nothing else, so that their replica learns
+   *   why; the one who left gets their "saved" first.
+   * Returns the promoted connections: they already hold the change.
+   */
+  private settleAccess(host: DocumentHost, change: AccessChange): ReadonlySet<Connection> {
+    const concerned =
+      change.events.some((e) => e.type === "participants.removed" || e.type === "conversation.created") ||
+      [...host.connections].some((c) => c.pending)
+    const promoted = new Set<Connection>()
+    if (!concerned) return promoted
+    let removalOnly: boolean | undefined
     for (const connection of [...host.connections]) {
       const access = accessOf(connection.principal, host.name, host.doc)
-      if (access === "none") {
-        this.log.info(
-          { doc: host.key, principal: describePrincipal(connection.principal) },
-          "disconnected: no longer a participant",
-        )
-        connection.permissionDenied("no longer a participant")
-        connection.close(CloseCode.Forbidden.code, CloseCode.Forbidden.reason)
-      } else {
-        connection.access = access
+      if (access === connection.access || access === "pending") continue
+      if (access !== "none") {
+        if (connection.pending) {
+          connection.promote(access)
+          promoted.add(connection)
+        } else connection.access = access
+        continue
       }
+      const wasPending = connection.pending
+      connection.access = "none"
+      if (connection === change.from) connection.saved(change.clientIds)
+      else if (!wasPending && change.update) {
+        removalOnly ??= onlyRemovesParticipants(host.doc, change.update)
+        if (removalOnly) connection.send(syncUpdateFrame(change.update))
+      }
+      this.log.info(
+        { doc: host.key, principal: describePrincipal(connection.principal) },
+        wasPending
+          ? "disconnected: not a participant of the new conversation"
+          : "disconnected: no longer a participant",
+      )
+      connection.permissionDenied(wasPending ? "not a participant" : "no longer a participant")
+      connection.close(CloseCode.Forbidden.code, CloseCode.Forbidden.reason)
     }
+    return promoted
   }
 
   /** The document's memory may differ from storage: close its connections and drop it, to reload from storage. */
@@ -427,6 +467,28 @@ export class RelayCore implements ConnectionOwner {
     )
     await this.options.storage.close()
   }
+}
+
+/**
+ * True when `update` writes nothing and deletes only participant entries: a
+ * removal (or leave) alone, which a removed user may be sent.
+ */
+function onlyRemovesParticipants(doc: Y.Doc, update: Uint8Array): boolean {
+  const { structs, ds } = Y.decodeUpdate(update)
+  if (structs.length > 0) return false
+  const participants = typesOf(doc).participants as unknown
+  for (const [client, ranges] of ds.clients) {
+    const list = doc.store.clients.get(client)
+    for (const { clock, len } of ranges) {
+      // Deletions of structs the document lacks are no plain removal.
+      if (!list || clock + len > Y.getState(doc.store, client)) return false
+      for (let i = Y.findIndexSS(list, clock); i < list.length && list[i]!.id.clock < clock + len; i++) {
+        const struct = list[i]!
+        if (!(struct instanceof Y.Item) || (struct.parent as unknown) !== participants) return false
+      }
+    }
+  }
+  return true
 }
 
 function parseName(name: string) {
