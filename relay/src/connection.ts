@@ -123,8 +123,13 @@ export class Connection {
   /** Sends the opening messages: the relay's sync step 1 and the current awareness. */
   start(): void {
     if (this.pending) {
-      // Asks for everything the client has (its creating update, if it created offline), revealing nothing.
-      this.sendAnyway(syncStep1Frame(EMPTY_STATE_VECTOR))
+      // Asks for everything the client has (its creating update, if it created offline), revealing
+      // nothing; while a change is being stored, only once access is decided (promoted: the real one).
+      const begin = () => {
+        if (this.pending) this.sendAnyway(syncStep1Frame(EMPTY_STATE_VECTOR))
+      }
+      if (this.host.hasUnsaved) void this.host.settled().then(begin)
+      else begin()
       return
     }
     // The state vector too describes only what is durable (the client leaves out what it thinks we have).
@@ -240,10 +245,14 @@ export class Connection {
     if (type === syncProtocol.messageYjsSyncStep1) {
       const stateVector = decoding.readVarUint8Array(decoder)
       if (this.pending) {
-        // "Synced" with an empty document; the real answer waits for access to be known.
+        // "Synced" with an empty document; the real answer is the catch-up sent on promotion.
         Y.decodeStateVector(stateVector)
         this.reportedStateVector = stateVector
-        this.sendAnyway(syncStep2Frame(EMPTY_UPDATE), INITIAL_SYNC)
+        const answer = () => {
+          if (this.pending) this.sendAnyway(syncStep2Frame(EMPTY_UPDATE), INITIAL_SYNC)
+        }
+        if (this.host.hasUnsaved) void this.host.settled().then(answer)
+        else answer()
         return
       }
       // Never answer from a change that is applied but not yet durable.

@@ -145,13 +145,13 @@ export class RelayCore implements ConnectionOwner {
    */
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
-    let host = await this.activeHost(name)
-    // Access is decided on durable state only: a creation applied but not yet stored decides nothing.
-    while (host.hasUnsaved) {
-      await host.settled()
-      if (host.unloading || host.destroyed) host = await this.activeHost(name)
-    }
-    const access = accessOf(session.principal, parsed, host.doc)
+    const host = await this.activeHost(name)
+    // Access is decided on durable state only. While a change is applied but not yet stored (it may
+    // be the creation), a user waits as pending; the update path decides once the change is stored.
+    const access =
+      host.hasUnsaved && session.principal.kind === "user" && parsed.kind === "conversation"
+        ? "pending"
+        : accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
       this.scheduleIdle(host)
       throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")

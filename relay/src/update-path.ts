@@ -204,7 +204,9 @@ async function applyAndStore(
       : first && (await sequence(ctx, host, messageIdsIn(events)))
     events.push(...host.takeEvents())
     const entries = [first, sequencing].filter((e) => e !== undefined)
-    if (entries.length === 0) return { entries, positions: [], events, caughtUp: NOBODY }
+    // Connections that joined while an earlier change was being stored wait for a decision too.
+    if (entries.length === 0)
+      return { entries, positions: [], events, caughtUp: ctx.settleAccess(host, { events }) }
     const positions = await persist(ctx, host, entries)
     // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
     const caughtUp = ctx.settleAccess(host, {
