@@ -111,6 +111,8 @@ export class Connection {
     this.sendSyncStep1()
     const states = this.host.awareness.getStates()
     if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+    // Its presence sent while pending was dropped: y-websocket answers this with its awareness.
+    this.send(QUERY_AWARENESS)
   }
 
   close(code: number, reason: string): void {
@@ -292,6 +294,9 @@ export class Connection {
     this.sendAnyway(encoding.toUint8Array(encoder))
   }
 }
+
+/** A query-awareness frame: asks the client for its awareness states. */
+const QUERY_AWARENESS = Uint8Array.of(MessageType.queryAwareness)
 
 /** An update that holds nothing. */
 const EMPTY_UPDATE = Y.encodeStateAsUpdate(new Y.Doc())
