@@ -107,8 +107,10 @@ export class Connection {
     this.access = access
     const stateVector = this.reportedStateVector ?? EMPTY_STATE_VECTOR
     this.reportedStateVector = undefined
-    this.sendSyncStep2(stateVector)
+    // The relay's state vector first: the client answers it with what it wrote before it merges the
+    // catch-up (a merge deletes the entries of a concurrent creation it beat, which then looks like removal).
     this.sendSyncStep1()
+    this.sendSyncStep2(stateVector)
     const states = this.host.awareness.getStates()
     if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
     // Its presence sent while pending was dropped: y-websocket answers this with its awareness.

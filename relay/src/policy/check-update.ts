@@ -262,7 +262,8 @@ class UpdateCheck {
       else if (
         current &&
         !current.deleted &&
-        this.read.deletes(current.id.client, current.id.clock + current.length - 1)
+        this.read.deletes(current.id.client, current.id.clock + current.length - 1) &&
+        !outranks(items, current, stateOf)
       )
         after.push(ABSENT)
       for (const v of after)
@@ -568,6 +569,21 @@ class UpdateCheck {
       }
     }
   }
+}
+
+/**
+ * True when one of `items` is sure to become the key's value over `current`:
+ * map entries written on replicas that had no value for the key (origin null)
+ * are ordered by client id, the highest last, so a live one of a higher client
+ * id than an origin-null current lands after it. A replica that merged such a
+ * concurrent write (two creations of one direct conversation) deletes the
+ * entry it beat, and that deletion is no removal of the key.
+ */
+function outranks(items: readonly NewItem[], current: Y.Item, stateOf: (item: Y.Item) => Value): boolean {
+  if (current.origin !== null) return false
+  return items.some(
+    ({ item }) => item.origin === null && item.id.client > current.id.client && stateOf(item) !== ABSENT,
+  )
 }
 
 const sameValue = (a: Value, b: Value): boolean => (a === ABSENT || b === ABSENT ? a === b : sameJson(a, b))
