@@ -319,7 +319,9 @@ export function submitUpdate(
     } else {
       broadcast(host, syncUpdateFrame(update), from, caughtUp)
     }
-    from?.saved(clientIds)
+    // Still pending (a plugged-in policy let it write without creating the conversation): its own part only.
+    if (from?.pending) from.savedOwn(ends)
+    else from?.saved(clientIds)
     await finish(ctx, host, principal, positions, events)
     return positions
   })
