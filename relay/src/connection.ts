@@ -98,22 +98,27 @@ export class Connection {
 
   /**
    * The conversation now exists and `access` allows this pending connection
-   * in: it gets what it could not be sent so far — the document as a sync step
-   * 2 against the state vector it reported (or all of it), the relay's sync
-   * step 1 and the current awareness. Called with the document durable.
+   * in: it gets what a connection gets at start — the relay's sync step 1 and
+   * the current awareness — plus the answer it was owed: a sync step 2 against
+   * the state vector it sent while pending, and a query awareness, since its
+   * own presence was dropped while pending. A client that sent no state vector
+   * yet is answered when it does; with `created` (the change just created the
+   * conversation, so the document is little more than that change) it is sent
+   * the whole document now, as it would have been sent the creation itself.
+   * Called with the document durable.
    */
-  promote(access: Exclude<Access, "pending" | "none">): void {
+  promote(access: Exclude<Access, "pending" | "none">, created: boolean): void {
     if (!this.pending) return
     this.access = access
-    const stateVector = this.reportedStateVector ?? EMPTY_STATE_VECTOR
+    const stateVector = this.reportedStateVector ?? (created ? EMPTY_STATE_VECTOR : undefined)
     this.reportedStateVector = undefined
     // The relay's state vector first: the client answers it with what it wrote before it merges the
     // catch-up (a merge deletes the entries of a concurrent creation it beat, which then looks like removal).
     this.sendSyncStep1()
-    this.sendSyncStep2(stateVector)
+    if (stateVector) this.sendSyncStep2(stateVector)
     const states = this.host.awareness.getStates()
     if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
-    // Its presence sent while pending was dropped: y-websocket answers this with its awareness.
+    // y-websocket answers this with its awareness.
     this.send(QUERY_AWARENESS)
   }
 

@@ -397,18 +397,17 @@ export class RelayCore implements ConnectionOwner {
    * Returns the promoted connections: they already hold the change.
    */
   private settleAccess(host: DocumentHost, change: AccessChange): ReadonlySet<Connection> {
-    const concerned =
-      change.events.some((e) => e.type === "participants.removed" || e.type === "conversation.created") ||
-      [...host.connections].some((c) => c.pending)
     const promoted = new Set<Connection>()
-    if (!concerned) return promoted
+    const created = change.events.some((e) => e.type === "conversation.created")
+    if (!created && !change.events.some((e) => e.type === "participants.removed") && !someoneIsPending(host))
+      return promoted
     let removalOnly: boolean | undefined
     for (const connection of [...host.connections]) {
       const access = accessOf(connection.principal, host.name, host.doc)
       if (access === connection.access || access === "pending") continue
       if (access !== "none") {
         if (connection.pending) {
-          connection.promote(access)
+          connection.promote(access, created)
           promoted.add(connection)
         } else connection.access = access
         continue
@@ -467,6 +466,11 @@ export class RelayCore implements ConnectionOwner {
     )
     await this.options.storage.close()
   }
+}
+
+function someoneIsPending(host: DocumentHost): boolean {
+  for (const connection of host.connections) if (connection.pending) return true
+  return false
 }
 
 /**
