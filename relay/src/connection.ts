@@ -1,4 +1,12 @@
-import { CloseCode, ErrorCode, encodeError, MessageType, ParleyError, toParleyError } from "@parley/shared"
+import {
+  CloseCode,
+  ErrorCode,
+  encodeError,
+  encodeSaved,
+  MessageType,
+  ParleyError,
+  toParleyError,
+} from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
 import * as authProtocol from "y-protocols/auth"
@@ -28,6 +36,8 @@ export interface Session {
 }
 
 const INITIAL_SYNC = { initialSync: true } as const
+/** The state vector of a document with nothing in it. */
+const EMPTY_STATE_VECTOR = Y.encodeStateVector(new Map())
 
 /** What a connection asks of the core. */
 export interface ConnectionOwner {
@@ -59,8 +69,57 @@ export class Connection {
     return this.session.principal
   }
 
+  /**
+   * The state vector this connection last sent in a sync step 1 while
+   * {@link pending}: what its catch-up is computed from once it is promoted.
+   */
+  private reportedStateVector: Uint8Array | undefined
+
+  /**
+   * True while the document holds no conversation yet, so whether this user
+   * may read it is not known: the connection is sent nothing derived from the
+   * document (no sync content, no state vector, no awareness), only empty sync
+   * answers and what concerns its own frames, until an update creates the
+   * conversation and the core {@link promote}s or closes it.
+   */
+  get pending(): boolean {
+    return this.access === "pending"
+  }
+
+  /** Queues `frame`, unless the connection is {@link pending}: anything derived from the document goes here. */
   send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
+    if (!this.pending) this.sendAnyway(frame, options)
+  }
+
+  /** Queues a frame that holds nothing of the document (empty sync answers, typed errors, own acks). */
+  private sendAnyway(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
     if (!this.closed) this.session.send(frame, options)
+  }
+
+  /**
+   * The conversation now exists and `access` allows this pending connection
+   * in: it gets what a connection gets at start — the relay's sync step 1 and
+   * the current awareness — plus the answer it was owed: a sync step 2 against
+   * the state vector it sent while pending, and a query awareness, since its
+   * own presence was dropped while pending. A client that sent no state vector
+   * yet is answered when it does; with `created` (the change just created the
+   * conversation, so the document is little more than that change) it is sent
+   * the whole document now, as it would have been sent the creation itself.
+   * Called with the document durable.
+   */
+  promote(access: Exclude<Access, "pending" | "none">, created: boolean): void {
+    if (!this.pending) return
+    this.access = access
+    const stateVector = this.reportedStateVector ?? (created ? EMPTY_STATE_VECTOR : undefined)
+    this.reportedStateVector = undefined
+    // The relay's state vector first: the client answers it with what it wrote before it merges the
+    // catch-up (a merge deletes the entries of a concurrent creation it beat, which then looks like removal).
+    this.sendSyncStep1()
+    if (stateVector) this.sendSyncStep2(stateVector)
+    const states = this.host.awareness.getStates()
+    if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+    // y-websocket answers this with its awareness.
+    this.send(QUERY_AWARENESS)
   }
 
   close(code: number, reason: string): void {
@@ -72,6 +131,16 @@ export class Connection {
 
   /** Sends the opening messages: the relay's sync step 1 and the current awareness. */
   start(): void {
+    if (this.pending) {
+      // Asks for everything the client has (its creating update, if it created offline), revealing
+      // nothing; while a change is being stored, only once access is decided (promoted: the real one).
+      const begin = () => {
+        if (this.pending) this.sendAnyway(syncStep1Frame(EMPTY_STATE_VECTOR))
+      }
+      if (this.host.hasUnsaved) void this.host.settled().then(begin)
+      else begin()
+      return
+    }
     // The state vector too describes only what is durable (the client leaves out what it thinks we have).
     if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep1())
     else this.sendSyncStep1()
@@ -88,13 +157,24 @@ export class Connection {
   }
 
   /**
+   * The "saved" acknowledgement of an update the relay already had, for a
+   * {@link pending} connection: it names only what the update itself holds
+   * (`ends`: its clients and the clock after their last struct), never the
+   * document's state vector.
+   */
+  savedOwn(ends: ReadonlyMap<number, number>): void {
+    if (this.session.wantsParley) this.sendAnyway(encodeSaved(Y.encodeStateVector(new Map(ends))))
+  }
+
+  /**
    * A refused frame: connections speaking Parley's extension get a typed error
    * and stay open; stock clients cannot read one, so they are closed with the
    * error's close code.
    */
   refuse(error: ParleyError): void {
     if (this.session.wantsParley) {
-      this.send(
+      // An error describes the client's own frame; a pending connection gets it too.
+      this.sendAnyway(
         encodeError({
           code: error.code,
           message: error.message,
@@ -125,8 +205,12 @@ export class Connection {
         this.receiveSync(decoder)
         return
       case MessageType.awareness: {
-        // Owned entries only, stamped and within the user's limits (see AwarenessGate).
-        this.owner.awareness(this, decoding.readVarUint8Array(decoder))
+        const update = decoding.readVarUint8Array(decoder)
+        // Nobody may publish to a document they are not yet known to be allowed into (a stranger's
+        // presence would reach the members). Otherwise owned entries only, stamped and within the
+        // user's limits (see AwarenessGate).
+        if (this.pending) return
+        this.owner.awareness(this, update)
         return
       }
       case MessageType.auth:
@@ -135,6 +219,7 @@ export class Connection {
         decoding.readVarString(decoder)
         return
       case MessageType.queryAwareness: {
+        if (this.pending) return
         const states = this.host.awareness.getStates()
         this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
         return
@@ -168,6 +253,17 @@ export class Connection {
     const type = decoding.readVarUint(decoder)
     if (type === syncProtocol.messageYjsSyncStep1) {
       const stateVector = decoding.readVarUint8Array(decoder)
+      if (this.pending) {
+        // "Synced" with an empty document; the real answer is the catch-up sent on promotion.
+        Y.decodeStateVector(stateVector)
+        this.reportedStateVector = stateVector
+        const answer = () => {
+          if (this.pending) this.sendAnyway(syncStep2Frame(EMPTY_UPDATE), INITIAL_SYNC)
+        }
+        if (this.host.hasUnsaved) void this.host.settled().then(answer)
+        else answer()
+        return
+      }
       // Never answer from a change that is applied but not yet durable.
       if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep2(stateVector))
       else this.sendSyncStep2(stateVector)
@@ -202,8 +298,30 @@ export class Connection {
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, MessageType.auth)
     authProtocol.writePermissionDenied(encoder, reason)
-    this.send(encoding.toUint8Array(encoder))
+    this.sendAnyway(encoding.toUint8Array(encoder))
   }
+}
+
+/** A query-awareness frame: asks the client for its awareness states. */
+const QUERY_AWARENESS = Uint8Array.of(MessageType.queryAwareness)
+
+/** An update that holds nothing. */
+const EMPTY_UPDATE = Y.encodeStateAsUpdate(new Y.Doc())
+
+function syncStep1Frame(stateVector: Uint8Array): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.sync)
+  encoding.writeVarUint(encoder, syncProtocol.messageYjsSyncStep1)
+  encoding.writeVarUint8Array(encoder, stateVector)
+  return encoding.toUint8Array(encoder)
+}
+
+function syncStep2Frame(update: Uint8Array): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.sync)
+  encoding.writeVarUint(encoder, syncProtocol.messageYjsSyncStep2)
+  encoding.writeVarUint8Array(encoder, update)
+  return encoding.toUint8Array(encoder)
 }
 
 /** Encodes an awareness frame for `clients`. */

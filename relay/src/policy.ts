@@ -77,7 +77,9 @@ export const membershipPolicy: UpdatePolicy = {
     if (name.kind === "inbox") return checkInboxUpdate({ doc, update, principal, owner: name.user })
     if (principal.kind === "service")
       return { allowed: false, rule: Rule.participantOnly, reason: "service tokens are read-only" }
-    return accessOf(principal, name, doc) === "write"
+    const access = accessOf(principal, name, doc)
+    // A pending user may send the update that creates the conversation; the rules judge it.
+    return access === "write" || access === "pending"
       ? ALLOW
       : { allowed: false, rule: Rule.participantOnly, reason: "only participants may change a conversation" }
   },

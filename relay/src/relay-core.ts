@@ -6,9 +6,10 @@ import {
   ParleyError,
   parseDocumentName,
   toParleyError,
+  typesOf,
   type UserId,
 } from "@parley/shared"
-import type * as Y from "yjs"
+import * as Y from "yjs"
 import { accessOf } from "./access.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
@@ -22,6 +23,7 @@ import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
 import type { RelayStorage } from "./storage/types.js"
 import {
+  type AccessChange,
   type AfterSavedListener,
   compact,
   type PathContext,
@@ -29,6 +31,7 @@ import {
   type StorageHealth,
   sequenceLeftovers,
   submitUpdate,
+  syncUpdateFrame,
   writeOnServer,
 } from "./update-path.js"
 
@@ -131,7 +134,7 @@ export class RelayCore implements ConnectionOwner {
       metrics: options.metrics,
       log: options.log,
       limits: this.limits,
-      recheckAccess: (host) => this.recheckAccess(host),
+      settleAccess: (host, change) => this.settleAccess(host, change),
       evict: (host, error) => this.evict(host, error),
       ...(options.observer
         ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }
@@ -192,7 +195,12 @@ export class RelayCore implements ConnectionOwner {
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
     const host = await this.activeHost(name)
-    const access = accessOf(session.principal, parsed, host.doc)
+    // Access is decided on durable state only. While a change is applied but not yet stored (it may
+    // be the creation), a user waits as pending; the update path decides once the change is stored.
+    const access =
+      host.hasUnsaved && session.principal.kind === "user" && parsed.kind === "conversation"
+        ? "pending"
+        : accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
       this.scheduleIdle(host)
       throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
@@ -466,21 +474,52 @@ export class RelayCore implements ConnectionOwner {
     return false
   }
 
-  /** Closes connections that lost access (a removed participant) with 4403. */
-  private recheckAccess(host: DocumentHost): void {
+  /**
+   * Decides access after a change is durable and before anyone is sent it (the
+   * update path calls this from inside the change's unsaved hold, so no sync
+   * answer goes out meanwhile either):
+   * - a pending connection (the document held no conversation) is promoted and
+   *   caught up when the change made its user a participant, and closed with
+   *   4403 otherwise, having been sent nothing of the document;
+   * - a participant the change removed is closed with 4403 before the change
+   *   (or anything after it) reaches them — except the change itself when it
+   *   removes participants and does nothing else, so that their replica learns
+   *   why; the one who left gets their "saved" first.
+   * Returns the promoted connections: they already hold the change.
+   */
+  private settleAccess(host: DocumentHost, change: AccessChange): ReadonlySet<Connection> {
+    const promoted = new Set<Connection>()
+    const created = change.events.some((e) => e.type === "conversation.created")
+    if (!created && !change.events.some((e) => e.type === "participants.removed") && !someoneIsPending(host))
+      return promoted
+    let removalOnly: boolean | undefined
     for (const connection of [...host.connections]) {
       const access = accessOf(connection.principal, host.name, host.doc)
-      if (access === "none") {
-        this.log.info(
-          { doc: host.key, principal: describePrincipal(connection.principal) },
-          "disconnected: no longer a participant",
-        )
-        connection.permissionDenied("no longer a participant")
-        connection.close(CloseCode.Forbidden.code, CloseCode.Forbidden.reason)
-      } else {
-        connection.access = access
+      if (access === connection.access || access === "pending") continue
+      if (access !== "none") {
+        if (connection.pending) {
+          connection.promote(access, created)
+          promoted.add(connection)
+        } else connection.access = access
+        continue
       }
+      const wasPending = connection.pending
+      connection.access = "none"
+      if (connection === change.from) connection.saved(change.clientIds)
+      else if (!wasPending && change.update) {
+        removalOnly ??= onlyRemovesParticipants(host.doc, change.update)
+        if (removalOnly) connection.send(syncUpdateFrame(change.update))
+      }
+      this.log.info(
+        { doc: host.key, principal: describePrincipal(connection.principal) },
+        wasPending
+          ? "disconnected: not a participant of the new conversation"
+          : "disconnected: no longer a participant",
+      )
+      connection.permissionDenied(wasPending ? "not a participant" : "no longer a participant")
+      connection.close(CloseCode.Forbidden.code, CloseCode.Forbidden.reason)
     }
+    return promoted
   }
 
   /** The document's memory may differ from storage: close its connections and drop it, to reload from storage. */
@@ -532,6 +571,33 @@ function memoryOwners(doc: Y.Doc): ClientIdOwners {
 
 function damagedError(name: string, reason: string): ParleyError {
   return new ParleyError(ErrorCode.DAMAGED, `document ${JSON.stringify(name)} is damaged: ${reason}`)
+}
+
+function someoneIsPending(host: DocumentHost): boolean {
+  for (const connection of host.connections) if (connection.pending) return true
+  return false
+}
+
+/**
+ * True when `update` writes nothing and deletes only participant entries: a
+ * removal (or leave) alone, which a removed user may be sent.
+ */
+function onlyRemovesParticipants(doc: Y.Doc, update: Uint8Array): boolean {
+  const { structs, ds } = Y.decodeUpdate(update)
+  if (structs.length > 0) return false
+  const participants = typesOf(doc).participants as unknown
+  for (const [client, ranges] of ds.clients) {
+    const list = doc.store.clients.get(client)
+    for (const { clock, len } of ranges) {
+      // Deletions of structs the document lacks are no plain removal.
+      if (!list || clock + len > Y.getState(doc.store, client)) return false
+      for (let i = Y.findIndexSS(list, clock); i < list.length && list[i]!.id.clock < clock + len; i++) {
+        const struct = list[i]!
+        if (!(struct instanceof Y.Item) || (struct.parent as unknown) !== participants) return false
+      }
+    }
+  }
+  return true
 }
 
 function parseName(name: string) {

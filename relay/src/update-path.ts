@@ -63,8 +63,13 @@ export interface PathContext {
   readonly metrics: RelayMetrics
   readonly log: Logger
   readonly limits: PathLimits
-  /** Re-checks who may stay connected after participants changed. */
-  recheckAccess(host: DocumentHost): void
+  /**
+   * Decides, after a change is durable and before anyone is sent it, the access
+   * of every connection it may concern: pending connections are promoted (and
+   * caught up: returned, so that they are not sent the change again) or closed,
+   * removed participants closed. See `RelayCore.settleAccess`.
+   */
+  settleAccess(host: DocumentHost, change: AccessChange): ReadonlySet<Connection>
   /** The document's memory may no longer match its storage: drop it. */
   evict(host: DocumentHost, error: unknown): void
   /** Highest log position compaction may fold into a snapshot (hooks: entries whose events are recorded). */
@@ -85,6 +90,16 @@ export interface StorageHealth {
   whenAvailable(): Promise<void>
 }
 
+/** What {@link PathContext.settleAccess} is told about a stored change. */
+export interface AccessChange {
+  readonly events: readonly ChangeEvent[]
+  /** The change's own update (without the relay's sequencing). */
+  readonly update?: Uint8Array
+  /** The connection that sent it, and the client ids it wrote for (for its "saved"). */
+  readonly from?: Connection
+  readonly clientIds?: Iterable<number>
+}
+
 /** Transaction origin of the relay's own writes. */
 export const RELAY_ORIGIN = Symbol("parley-relay")
 
@@ -96,9 +111,17 @@ export function syncUpdateFrame(update: Uint8Array): Uint8Array {
   return encoding.toUint8Array(encoder)
 }
 
-function broadcast(host: DocumentHost, frame: Uint8Array, except?: Connection): void {
-  for (const connection of host.connections) if (connection !== except) connection.send(frame)
+function broadcast(
+  host: DocumentHost,
+  frame: Uint8Array,
+  except?: Connection,
+  caughtUp: ReadonlySet<Connection> = NOBODY,
+): void {
+  for (const connection of host.connections)
+    if (connection !== except && !caughtUp.has(connection)) connection.send(frame)
 }
+
+const NOBODY: ReadonlySet<Connection> = new Set()
 
 /** Runs `change` and returns the update it made (merged), if any. */
 function captureUpdate(doc: Y.Doc, change: () => void): Uint8Array | undefined {
@@ -186,8 +209,13 @@ async function applyAndStore(
   ctx: PathContext,
   host: DocumentHost,
   change: () => Entry | undefined,
-  options: { sequenceLeftovers?: boolean; from?: Connection } = {},
-): Promise<{ entries: Entry[]; positions: number[]; events: ChangeEvent[] }> {
+  options: { sequenceLeftovers?: boolean; from?: Connection; clientIds?: Iterable<number> } = {},
+): Promise<{
+  entries: Entry[]
+  positions: number[]
+  events: ChangeEvent[]
+  caughtUp: ReadonlySet<Connection>
+}> {
   const release = host.holdUnsaved()
   try {
     const first = change()
@@ -197,7 +225,9 @@ async function applyAndStore(
       : first && (await sequence(ctx, host, messageIdsIn(events)))
     events.push(...host.takeEvents())
     const entries = [first, sequencing].filter((e) => e !== undefined)
-    if (entries.length === 0) return { entries, positions: [], events }
+    // Connections that joined while an earlier change was being stored wait for a decision too.
+    if (entries.length === 0)
+      return { entries, positions: [], events, caughtUp: ctx.settleAccess(host, { events }) }
     let positions: number[]
     try {
       positions = await persist(ctx, host, entries)
@@ -205,7 +235,14 @@ async function applyAndStore(
       if (!ctx.storageHealth || !isStorageFailure(error)) throw error
       positions = await storeWhenBack(ctx, ctx.storageHealth, host, entries, error, options.from)
     }
-    return { entries, positions, events }
+    // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
+    const caughtUp = ctx.settleAccess(host, {
+      events,
+      ...(first ? { update: first.update } : {}),
+      ...(options.from ? { from: options.from } : {}),
+      ...(options.clientIds ? { clientIds: options.clientIds } : {}),
+    })
+    return { entries, positions, events, caughtUp }
   } catch (cause) {
     // A retryable refusal (the relay shutting down while a change waited for storage) stays retryable.
     const error =
@@ -306,7 +343,7 @@ function refuseWhileStorageFails(ctx: PathContext, host: DocumentHost): void {
   if (ctx.storageHealth && !ctx.storageHealth.available) throw storageUnavailable("storage is failing")
 }
 
-/** After a change is stored, applied and broadcast: access, listeners, compaction. */
+/** After a change is stored, applied and broadcast: listeners, compaction. */
 async function finish(
   ctx: PathContext,
   host: DocumentHost,
@@ -314,9 +351,6 @@ async function finish(
   positions: number[],
   events: ChangeEvent[],
 ): Promise<void> {
-  if (events.some((e) => e.type === "participants.removed" || e.type === "conversation.created")) {
-    ctx.recheckAccess(host)
-  }
   if (events.length > 0 || positions.length > 0) {
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
     for (const listener of ctx.listeners) {
@@ -377,8 +411,10 @@ export function submitUpdate(
     const inspected = inspectUpdate(host.doc, update)
     let clientIds = inspected.clientIds
     if (inspected.noop) {
-      // Typically a reconnecting client's sync step 2: it learns everything that is durable.
-      from?.saved()
+      // Typically a reconnecting client's sync step 2: it learns everything that is durable,
+      // unless its access is not known yet: then only what its own update holds.
+      if (from?.pending) from.savedOwn(inspected.ends)
+      else from?.saved()
       return []
     }
     refuseWhileStorageFails(ctx, host)
@@ -395,14 +431,14 @@ export function submitUpdate(
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
     const source = principal.kind === "relay" ? "relay" : "client"
-    const { entries, positions, events } = await applyAndStore(
+    const { entries, positions, events, caughtUp } = await applyAndStore(
       ctx,
       host,
       () => {
         Y.applyUpdate(host.doc, update, from ?? principal)
         return { update, source }
       },
-      from ? { from } : {},
+      from ? { from, clientIds } : {},
     )
     await ctx.policy.stored?.({ name: host.name, doc: host.doc, principal, clientIds, decision })
     const sequencing = entries[1]?.update
@@ -410,11 +446,14 @@ export function submitUpdate(
     if (sequencing) {
       const frame = syncUpdateFrame(sequencing)
       const both = syncUpdateFrame(Y.mergeUpdates([update, sequencing]))
-      for (const connection of host.connections) connection.send(connection === from ? frame : both)
+      for (const connection of host.connections)
+        if (!caughtUp.has(connection)) connection.send(connection === from ? frame : both)
     } else {
-      broadcast(host, syncUpdateFrame(update), from)
+      broadcast(host, syncUpdateFrame(update), from, caughtUp)
     }
-    from?.saved(clientIds)
+    // Still pending (a plugged-in policy let it write without creating the conversation): its own part only.
+    if (from?.pending) from.savedOwn(inspected.ends)
+    else from?.saved(clientIds)
     await finish(ctx, host, principal, positions, events)
     return positions
   })
@@ -437,7 +476,7 @@ export function writeOnServer(
     refuseWhileStorageFails(ctx, host)
     let failure: unknown
     const relayClientId = host.doc.clientID
-    const { entries, positions, events } = await applyAndStore(ctx, host, () => {
+    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
       // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
       if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
       const update = captureUpdate(host.doc, () => {
@@ -460,7 +499,7 @@ export function writeOnServer(
         clientIds: clientIdsOf(entries[0]!.update),
       })
       const merged = entries.length === 1 ? entries[0]!.update : Y.mergeUpdates(entries.map((e) => e.update))
-      broadcast(host, syncUpdateFrame(merged))
+      broadcast(host, syncUpdateFrame(merged), undefined, caughtUp)
       await finish(ctx, host, actor, positions, events)
     }
     if (failure !== undefined) throw failure
@@ -471,12 +510,12 @@ export function writeOnServer(
 /** Sequences every message left unsequenced (after a crash between storing an update and sequencing it). */
 export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise<number[]> {
   return host.enqueue(async () => {
-    const { entries, positions, events } = await applyAndStore(ctx, host, () => undefined, {
+    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => undefined, {
       sequenceLeftovers: true,
     })
     if (entries.length > 0) {
       ctx.log.info({ doc: host.key, positions }, "sequenced messages left unsequenced")
-      broadcast(host, syncUpdateFrame(entries[0]!.update))
+      broadcast(host, syncUpdateFrame(entries[0]!.update), undefined, caughtUp)
       await finish(ctx, host, RELAY, positions, events)
     }
     return positions

@@ -5,6 +5,8 @@ import * as Y from "yjs"
 export interface InspectedUpdate {
   /** The Yjs client ids whose structs the update carries. */
   readonly clientIds: ReadonlySet<number>
+  /** For each of those clients, the clock just past the update's last struct of it. */
+  readonly ends: ReadonlyMap<number, number>
   /** True when applying it would change nothing (everything in it is already in the document). */
   readonly noop: boolean
 }
@@ -21,15 +23,18 @@ export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
     throw new ParleyError(ErrorCode.INVALID_UPDATE, "the update cannot be decoded", { cause: error })
   }
   const clientIds = new Set<number>()
+  const ends = new Map<number, number>()
   // New when it reaches past what the document has of its client (compared client by client:
   // encoding the document's whole state vector would cost one step per client it ever had).
   let news = false
   for (const struct of decoded.structs) {
     clientIds.add(struct.id.client)
+    const end = struct.id.clock + struct.length
+    if (end > (ends.get(struct.id.client) ?? 0)) ends.set(struct.id.client, end)
     if (struct.id.clock + struct.length > Y.getState(doc.store, struct.id.client)) news = true
   }
   const noop = !news && deletesAlreadyApplied(doc, decoded.ds)
-  return { clientIds, noop }
+  return { clientIds, ends, noop }
 }
 
 // Every reconnecting client re-sends its whole delete set in sync step 2; storing

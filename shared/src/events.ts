@@ -133,7 +133,14 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
     if (meta.get(MetaKey.createdAt)?.action === "add" && conversation) {
       events.push({ type: "conversation.created", conversation })
     } else if (conversation) {
-      const fields = (["title", "metadata"] as const).filter((k) => meta.has(k))
+      // Both users creating their direct conversation at once rewrite these with the same values.
+      const fields = (["title", "metadata"] as const).filter((k) => {
+        const change = meta.get(k)
+        return (
+          change !== undefined &&
+          !(change.action === "update" && JSON.stringify(change.oldValue) === JSON.stringify(t.meta.get(k)))
+        )
+      })
       if (fields.length > 0) events.push({ type: "conversation.updated", fields, conversation })
     }
     if (meta.get(MetaKey.deletedAt)?.action === "add" && conversation?.deletedAt !== undefined) {

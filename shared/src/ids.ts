@@ -60,7 +60,7 @@ export function randomId(
 export const newMessageId = (): MessageId => randomId() as MessageId
 
 /** A new group conversation id. */
-export const newConversationId = (): ConversationId => `g~${randomId()}` as ConversationId
+export const newConversationId = (): ConversationId => `${GROUP_PREFIX}${randomId()}` as ConversationId
 
 /**
  * The id of the direct conversation between these users. Deterministic, so that
@@ -72,7 +72,26 @@ export function directConversationId(users: readonly UserId[]): ConversationId {
   if (unique.length < 2) {
     throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a direct conversation needs two distinct users")
   }
-  return parseConversationId(`dm~${unique.join("~")}`)
+  return parseConversationId(`${DIRECT_PREFIX}${unique.join("~")}`)
+}
+
+/** Prefix of direct conversation ids (`dm~alice~bob`): reserved to the canonical id of two users. */
+export const DIRECT_PREFIX = "dm~"
+
+/** Prefix of the group ids {@link newConversationId} makes. */
+export const GROUP_PREFIX = "g~"
+
+/**
+ * The two users whose direct conversation `id` is, when `id` is exactly
+ * {@link directConversationId} of two distinct valid users (sorted, no
+ * repeats); undefined for any other id, `dm~` ids in another spelling included.
+ */
+export function directUsersOf(id: string): readonly [UserId, UserId] | undefined {
+  if (!id.startsWith(DIRECT_PREFIX)) return undefined
+  const users = id.slice(DIRECT_PREFIX.length).split("~")
+  if (users.length !== 2 || !users.every(isUserId)) return undefined
+  const [a, b] = users as [UserId, UserId]
+  return a < b ? [a, b] : undefined
 }
 
 /** The distinct key of a direct conversation: its sorted participants. */

@@ -16,7 +16,7 @@ import { getConversation, getMessage, type MessageView, markersOf, roleOf } from
 import {
   canAddParticipant,
   canChangeRole,
-  canCreateConversation,
+  canCreateWithId,
   canDeleteMessage,
   canEditMessage,
   canMoveMarker,
@@ -116,7 +116,8 @@ export function createConversation(
   const title = input.title ?? ""
   if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
   if (input.metadata) assertValid(checkMetadata, input.metadata)
-  assertAllowed(canCreateConversation(actor, roles))
+  // The id decides who may create it and as what; a group id the creator owns.
+  assertAllowed(canCreateWithId(actor, { id, kind: input.kind, roles, distinctKey }))
   const now = options.now ?? Date.now()
   const t = typesOf(doc)
   doc.transact(() => {

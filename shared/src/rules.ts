@@ -1,4 +1,4 @@
-import type { UserId } from "./ids.js"
+import { DIRECT_PREFIX, directDistinctKey, directUsersOf, type UserId } from "./ids.js"
 import type { ConversationKind, Role } from "./schema.js"
 
 /**
@@ -10,6 +10,11 @@ import type { ConversationKind, Role } from "./schema.js"
 export const Rule = {
   /** Only participants write to a conversation. */
   participantOnly: "participant-only",
+  /**
+   * A conversation's id decides who may create it and as what: `dm~a~b` only
+   * by `a` or `b`, as their direct conversation; any other id only as a group.
+   */
+  creationById: "creation-by-id",
   /** A new conversation's creator is its owner. */
   creatorIsOwner: "creator-is-owner",
   /** A message is written as its author, by its author. */
@@ -63,6 +68,48 @@ export function canCreateConversation(actor: UserId, roles: ReadonlyMap<UserId, 
   return roles.get(actor) === "owner"
     ? ALLOW
     : deny(Rule.creatorIsOwner, "the creator of a conversation must be one of its owners")
+}
+
+/** What a creating update says about the new conversation, as {@link canCreateWithId} judges it. */
+export interface CreationClaim {
+  /** The conversation id (the document's name). */
+  readonly id: string
+  readonly kind: ConversationKind
+  /** Every participant and their role, the creator included. */
+  readonly roles: ReadonlyMap<UserId, Role>
+  /** The distinct key written at creation, if any. */
+  readonly distinctKey: unknown
+}
+
+/**
+ * May `actor` create `claim.id` as described? The id decides (rule
+ * `creation-by-id`): the canonical direct id of two users (`dm~a~b`) is created
+ * only by `a` or `b`, as kind `direct`, with exactly `a` and `b` as its
+ * participants and their distinct key; both are owners (`direct-is-fixed`).
+ * Any other `dm~` id is never created (it would pass for a direct
+ * conversation), and every other id is created only as a group (whose creator
+ * is an owner: {@link canCreateConversation}).
+ */
+export function canCreateWithId(actor: UserId, claim: CreationClaim): Decision {
+  const { id, kind, roles } = claim
+  const users = directUsersOf(id)
+  if (users) {
+    if (!users.includes(actor))
+      return deny(Rule.creationById, "only one of its two users may create a direct conversation")
+    if (kind !== "direct")
+      return deny(Rule.creationById, "a direct conversation's id is created only as that direct conversation")
+    if (roles.size !== 2 || !users.every((u) => roles.has(u)))
+      return deny(Rule.creationById, "a direct conversation has exactly its two users as participants")
+    if (claim.distinctKey !== directDistinctKey(users))
+      return deny(Rule.creationById, "a direct conversation's distinct key is its two users")
+    if (users.some((u) => roles.get(u) !== "owner"))
+      return deny(Rule.directIsFixed, "both users of a direct conversation are its owners")
+    return ALLOW
+  }
+  if (id.startsWith(DIRECT_PREFIX))
+    return deny(Rule.creationById, `"${DIRECT_PREFIX}" ids are only the direct conversation ids of two users`)
+  if (kind !== "group") return deny(Rule.creationById, "a direct conversation has the id of its two users")
+  return canCreateConversation(actor, roles)
 }
 
 /** May `actor` send a message authored by `author`? */

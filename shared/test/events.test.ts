@@ -107,6 +107,23 @@ describe("change events", () => {
     expect(events.map((e) => e.type)).toEqual(["message.sent", "message.sent"])
   })
 
+  it("reports nothing when the other user's creation of the same direct conversation merges in", () => {
+    for (const later of [1, 3]) {
+      const first = new Y.Doc()
+      first.clientID = 2
+      const second = new Y.Doc()
+      // Whether the later creation wins the merge or loses it.
+      second.clientID = later
+      createConversation(first, alice, { kind: "direct", participants: [bob] })
+      createConversation(second, bob, { kind: "direct", participants: [alice] })
+      const relay = new Y.Doc()
+      Y.applyUpdate(relay, Y.encodeStateAsUpdate(first))
+      const events = recording(relay)
+      Y.applyUpdate(relay, Y.encodeStateAsUpdate(second))
+      expect(events).toEqual([])
+    }
+  })
+
   it("stops after unsubscribing", () => {
     const doc = new Y.Doc()
     const events: ChangeEvent[] = []

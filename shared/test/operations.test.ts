@@ -73,6 +73,20 @@ describe("conversations", () => {
     expect(createConversation(onAlice, alice, { kind: "direct", participants: [bob] }).id).toBe(a.id)
   })
 
+  it("refuses, before writing, a group under a direct conversation's id or any `dm~` id", () => {
+    for (const id of [directConversationId([alice, bob]), `dm~${bob}~${alice}`, `dm~${alice}`, "dm~"]) {
+      const doc = new Y.Doc()
+      let error: unknown
+      try {
+        createConversation(doc, alice, { kind: "group", id: id as ConversationId, participants: [bob] })
+      } catch (e) {
+        error = e
+      }
+      expect(error, id).toEqual(forbidden(Rule.creationById))
+      expect(typesOf(doc).meta.size).toBe(0)
+    }
+  })
+
   it("refuses to create a group over an existing conversation", () => {
     const doc = groupDoc()
     expect(() =>

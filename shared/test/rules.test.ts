@@ -3,6 +3,7 @@ import {
   canAddParticipant,
   canChangeRole,
   canCreateConversation,
+  canCreateWithId,
   canDeleteMessage,
   canEditMessage,
   canMoveMarker,
@@ -11,6 +12,7 @@ import {
   canSendMessage,
   canUpdateConversation,
   canWriteSequence,
+  directUsersOf,
   type Role,
   Rule,
   type UserId,
@@ -94,5 +96,50 @@ describe("rules", () => {
   it("reserves sequence numbers to the relay", () => {
     expect(canWriteSequence(true)).toEqual(allowed)
     expect(canWriteSequence(false)).toEqual(refusedBy(Rule.relayOnly))
+  })
+
+  it("lets a conversation's id decide who may create it and as what", () => {
+    const owners = (...users: UserId[]) => new Map(users.map((u) => [u, "owner" as Role]))
+    const direct = { id: "dm~a~b", kind: "direct" as const, roles: owners(a, b), distinctKey: "a~b" }
+    expect(canCreateWithId(a, direct)).toEqual(allowed)
+    expect(canCreateWithId(b, direct)).toEqual(allowed)
+    const c = "c" as UserId
+    for (const [actor, claim] of [
+      [c, direct],
+      [c, { ...direct, roles: owners(a, b, c) }],
+      [a, { ...direct, roles: owners(a, b, c) }],
+      [a, { ...direct, roles: owners(a) }],
+      [a, { ...direct, roles: owners(a, c) }],
+      [a, { ...direct, distinctKey: undefined }],
+      [a, { ...direct, kind: "group" as const }],
+      [a, { ...direct, id: "dm~b~a" }],
+      [a, { ...direct, id: "dm~a~a", kind: "group" as const, roles: owners(a) }],
+      [a, { ...direct, id: "dm~a", kind: "group" as const, roles: owners(a) }],
+      [a, { ...direct, id: "g~x" }],
+      [a, { ...direct, id: "general" }],
+    ] as const) {
+      expect(canCreateWithId(actor, claim), JSON.stringify([actor, claim.id, claim.kind])).toEqual(
+        refusedBy(Rule.creationById),
+      )
+    }
+    expect(
+      canCreateWithId(a, {
+        ...direct,
+        roles: new Map([
+          [a, "owner"],
+          [b, "member"],
+        ]),
+      }),
+    ).toEqual(refusedBy(Rule.directIsFixed))
+    const group = { id: "g~x", kind: "group" as const, roles: owners(a), distinctKey: undefined }
+    expect(canCreateWithId(a, group)).toEqual(allowed)
+    expect(canCreateWithId(a, { ...group, id: "general" })).toEqual(allowed)
+    expect(canCreateWithId(b, group)).toEqual(refusedBy(Rule.creatorIsOwner))
+  })
+
+  it("reads the two users of a direct conversation id, spelled canonically only", () => {
+    expect(directUsersOf("dm~alice~bob")).toEqual(["alice", "bob"])
+    for (const id of ["dm~bob~alice", "dm~alice~alice", "dm~alice", "dm~a~b~c", "dm~a~", "g~a~b", "dm~a b~c"])
+      expect(directUsersOf(id), id).toBeUndefined()
   })
 })

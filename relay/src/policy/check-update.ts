@@ -1,8 +1,9 @@
 import {
   type ConversationId,
+  type ConversationKind,
   canAddParticipant,
   canChangeRole,
-  canCreateConversation,
+  canCreateWithId,
   canDeleteMessage,
   canEditMessage,
   canMoveMarker,
@@ -21,8 +22,6 @@ import {
   type Decision,
   type DeletedMessageRecord,
   decodeStoredRecord,
-  directConversationId,
-  directDistinctKey,
   isDeletedRecord,
   isMessageId,
   isUserId,
@@ -131,6 +130,8 @@ class UpdateCheck {
   /** The actor's role, as of before the update (or as created by it). */
   private role: Role | undefined
   private kind: "direct" | "group" = "group"
+  /** The update creates a direct conversation that another replica of its users created first. */
+  private restatesCreation = false
   private readonly newRecords = new Map<MessageId, MessageRecord>()
   private readonly newPlaceholders = new Map<MessageId, DeletedMessageRecord>()
   /** Live records the update deletes, by id. */
@@ -168,6 +169,18 @@ class UpdateCheck {
     this.kind = typesOf(doc).meta.get(MetaKey.kind) === "direct" ? "direct" : "group"
     const created = typeof typesOf(doc).meta.get(MetaKey.createdAt) === "number"
     const byRoot = (root: string) => changes.filter((c) => c.root === root)
+    // Both users (or two devices) may create their direct conversation at once, online or offline:
+    // the later creation can only restate who created it and when, since every other field of a
+    // direct conversation is fixed by its id. It is accepted, so that neither replica must resync.
+    this.restatesCreation =
+      created &&
+      !this.isRelay &&
+      this.kind === "direct" &&
+      this.role !== undefined &&
+      this.read.items.some(
+        (n) =>
+          n.location.root === TopLevel.meta && n.location.key === MetaKey.createdAt && n.item.origin === null,
+      )
 
     if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
     else this.checkMeta(byRoot(TopLevel.meta))
@@ -249,7 +262,8 @@ class UpdateCheck {
       else if (
         current &&
         !current.deleted &&
-        this.read.deletes(current.id.client, current.id.clock + current.length - 1)
+        this.read.deletes(current.id.client, current.id.clock + current.length - 1) &&
+        !outranks(items, current, stateOf)
       )
         after.push(ABSENT)
       for (const v of after)
@@ -298,34 +312,37 @@ class UpdateCheck {
     if (typeof title !== "string" || title.length > Limits.titleLength) refuse(Rule.schema, "title invalid")
     schema(checkMetadata(fields.get(MetaKey.metadata)))
     if (!isTime(fields.get(MetaKey.createdAt))) refuse(Rule.schema, "createdAt invalid")
-    if (fields.get(MetaKey.createdBy) !== actor)
-      refuse(Rule.creatorIsOwner, "a conversation is created by its creator")
 
     const roles = new Map<UserId, Role>()
+    const addedBy = new Set<unknown>()
     for (const change of participants) {
       const record = change.after.length === 1 ? change.after[0] : ABSENT
       if (record === ABSENT) refuse(Rule.schema, "a conversation is created in one consistent update")
       if (!isUserId(change.key)) refuse(Rule.schema, "participant id invalid")
       schema(checkParticipantRecord(record))
       const p = record as ParticipantRecord
-      if (p.addedBy !== actor) refuse(Rule.selfOnly, "participants are added as oneself")
+      addedBy.add(p.addedBy)
       roles.set(change.key as UserId, p.role)
     }
     if (roles.size > Limits.participants) refuse(Rule.schema, "too many participants")
-    assert(canCreateConversation(actor, roles))
-    if (kind === "direct") {
-      const users = [...roles.keys()]
-      const distinctKey = fields.get(MetaKey.distinctKey)
-      if (
-        users.length !== 2 ||
-        id !== directConversationId(users) ||
-        distinctKey !== directDistinctKey(users) ||
-        [...roles.values()].some((r) => r !== "owner")
-      )
-        refuse(Rule.directIsFixed, "a direct conversation is between its two users, both owners")
-    } else if (fields.has(MetaKey.distinctKey) && typeof fields.get(MetaKey.distinctKey) !== "string") {
+    // The id decides who may create the conversation and as what (a `dm~` id is a claim about two users).
+    assert(
+      canCreateWithId(actor, {
+        id: id as string,
+        kind: kind as ConversationKind,
+        roles,
+        distinctKey: fields.get(MetaKey.distinctKey),
+      }),
+    )
+    if (fields.get(MetaKey.createdBy) !== actor)
+      refuse(Rule.creatorIsOwner, "a conversation is created by its creator")
+    if ([...addedBy].some((by) => by !== actor)) refuse(Rule.selfOnly, "participants are added as oneself")
+    if (
+      kind === "group" &&
+      fields.has(MetaKey.distinctKey) &&
+      typeof fields.get(MetaKey.distinctKey) !== "string"
+    )
       refuse(Rule.schema, "distinctKey invalid")
-    }
     this.role = roles.get(actor)
     this.kind = kind as "direct" | "group"
   }
@@ -352,6 +369,8 @@ class UpdateCheck {
             break
           default:
             if (this.isRelay && (Object.values(MetaKey) as string[]).includes(change.key)) break
+            if (this.restatesCreation && change.key === MetaKey.createdBy && after === this.actor) break
+            if (this.restatesCreation && change.key === MetaKey.createdAt && isTime(after)) break
             if ((Object.values(MetaKey) as string[]).includes(change.key))
               refuse(Rule.immutable, `conversation field "${change.key}" is fixed at creation`)
             refuse(Rule.schema, "unknown conversation field")
@@ -383,7 +402,9 @@ class UpdateCheck {
           assert(canAddParticipant(this.role, this.kind, record.role))
           if (record.addedBy !== this.actor) refuse(Rule.selfOnly, "participants are added as oneself")
         } else {
-          if (record.addedBy !== before.addedBy || record.addedAt !== before.addedAt)
+          const restated =
+            this.restatesCreation && record.addedBy === this.actor && record.role === before.role
+          if (!restated && (record.addedBy !== before.addedBy || record.addedAt !== before.addedAt))
             refuse(Rule.immutable, "who added a participant, and when, is fixed")
           if (!this.isRelay && record.role !== before.role)
             assert(canChangeRole(this.role, this.kind, before.role, record.role))
@@ -548,6 +569,21 @@ class UpdateCheck {
       }
     }
   }
+}
+
+/**
+ * True when one of `items` is sure to become the key's value over `current`:
+ * map entries written on replicas that had no value for the key (origin null)
+ * are ordered by client id, the highest last, so a live one of a higher client
+ * id than an origin-null current lands after it. A replica that merged such a
+ * concurrent write (two creations of one direct conversation) deletes the
+ * entry it beat, and that deletion is no removal of the key.
+ */
+function outranks(items: readonly NewItem[], current: Y.Item, stateOf: (item: Y.Item) => Value): boolean {
+  if (current.origin !== null) return false
+  return items.some(
+    ({ item }) => item.origin === null && item.id.client > current.id.client && stateOf(item) !== ABSENT,
+  )
 }
 
 const sameValue = (a: Value, b: Value): boolean => (a === ABSENT || b === ABSENT ? a === b : sameJson(a, b))

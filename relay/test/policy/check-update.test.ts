@@ -4,6 +4,7 @@ import {
   createConversation,
   decodeStoredRecord,
   deleteMessage,
+  directConversationId,
   editMessage,
   encodeStoredRecord,
   leaveConversation,
@@ -16,6 +17,7 @@ import {
   reactionKey,
   removeParticipants,
   renameConversation,
+  SCHEMA_VERSION,
   sendMessage,
   storedRecordId,
   typesOf,
@@ -571,5 +573,98 @@ describe("honest changes from the shared operations are accepted", () => {
     const before = Y.encodeStateAsUpdate(s.relay)
     expectAccepted(s, carol, update)
     expect(Y.encodeStateAsUpdate(s.relay)).toEqual(before)
+  })
+})
+
+describe("two creations of one direct conversation", () => {
+  const DIRECT = directConversationId([carol, dave])
+  /** The relay's check of `update` from `actor` on the direct conversation, applied when accepted. */
+  function check(relay: Y.Doc, bindings: ClientBindings, actor: typeof carol, update: Uint8Array) {
+    const result = checkUpdate({ doc: relay, update, principal: user(actor), bindings, conversation: DIRECT })
+    if (result.allowed) {
+      bindings.bind(result.newBindings ?? [])
+      Y.applyUpdate(relay, update)
+    }
+    return result
+  }
+  const creation = (actor: typeof carol, other: typeof carol, body: string) =>
+    updateOf(new Y.Doc(), (d) => {
+      createConversation(d, actor, { kind: "direct", participants: [other] })
+      sendMessage(d, actor, { body })
+    })
+
+  it("accepts the later of two creations by its users (each with messages), in either order", () => {
+    for (const [first, second] of [
+      [carol, dave],
+      [dave, carol],
+    ] as const) {
+      const relay = new Y.Doc()
+      const bindings = new ClientBindings()
+      const other = (u: typeof carol) => (u === carol ? dave : carol)
+      expect(check(relay, bindings, first, creation(first, other(first), "one"))).toMatchObject({
+        allowed: true,
+      })
+      expect(check(relay, bindings, second, creation(second, other(second), "two"))).toMatchObject({
+        allowed: true,
+      })
+      assertInvariants(relay)
+      expect(typesOf(relay).meta.get(MetaKey.kind)).toBe("direct")
+      expect([...typesOf(relay).participants.keys()].sort()).toEqual([carol, dave])
+      expect(typesOf(relay).messages.length).toBe(2)
+    }
+  })
+
+  it("accepts a replica that merged the other creation and sends its own with the deletions the merge made", () => {
+    const relay = new Y.Doc()
+    const bindings = new ClientBindings()
+    const first = creation(carol, dave, "one")
+    expect(check(relay, bindings, carol, first)).toMatchObject({ allowed: true })
+    const replica = new Y.Doc()
+    // The replica's own client id outranks the first creator's: its entries win the merge.
+    replica.clientID = relay.store.clients.keys().next().value! + 1
+    createConversation(replica, dave, { kind: "direct", participants: [carol] })
+    Y.applyUpdate(replica, first)
+    expect(check(relay, bindings, dave, pendingOf(replica, relay))).toMatchObject({ allowed: true })
+    assertInvariants(relay)
+  })
+
+  it("still refuses a later creation that changes what the id fixes, or comes from someone who left", () => {
+    const relay = new Y.Doc()
+    const bindings = new ClientBindings()
+    expect(check(relay, bindings, carol, creation(carol, dave, "one"))).toMatchObject({ allowed: true })
+    const asGroup = updateOf(new Y.Doc(), (d) => {
+      const t = typesOf(d)
+      d.transact(() => {
+        t.meta.set(MetaKey.kind, "group")
+        t.meta.set(MetaKey.createdBy, dave)
+        t.meta.set(MetaKey.createdAt, 1)
+      })
+    })
+    expect(check(relay, bindings, dave, asGroup)).toMatchObject({ allowed: false, rule: Rule.immutable })
+    expect(check(relay, bindings, erin, creation(erin, dave, "x"))).toMatchObject({ allowed: false })
+    const leaving = updateOf(replicaOf(relay), (d) => leaveConversation(d, dave))
+    expect(check(relay, bindings, dave, leaving)).toMatchObject({ allowed: true })
+    // Re-creating it would add them back: a direct conversation keeps its participants.
+    expect(check(relay, bindings, dave, creation(dave, carol, "back"))).toMatchObject({ allowed: false })
+  })
+
+  it("refuses a creation the id does not allow, naming creation-by-id", () => {
+    const empty = () => ({ relay: new Y.Doc(), bindings: new ClientBindings() })
+    const group = updateOf(new Y.Doc(), (d) => {
+      const t = typesOf(d)
+      d.transact(() => {
+        t.meta.set(MetaKey.schemaVersion, SCHEMA_VERSION)
+        t.meta.set(MetaKey.id, DIRECT)
+        t.meta.set(MetaKey.kind, "group")
+        t.meta.set(MetaKey.title, "")
+        t.meta.set(MetaKey.createdBy, erin)
+        t.meta.set(MetaKey.metadata, {})
+        t.participants.set(erin, { role: "owner", addedBy: erin, addedAt: 1 })
+        t.meta.set(MetaKey.createdAt, 1)
+      })
+    })
+    const { relay, bindings } = empty()
+    expect(check(relay, bindings, erin, group)).toMatchObject({ allowed: false, rule: Rule.creationById })
+    expect(typesOf(relay).meta.size).toBe(0)
   })
 })
