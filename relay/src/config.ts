@@ -73,6 +73,18 @@ export const FLAGS = {
     help: "frames per connection in a burst",
     default: "200",
   },
+  "ping-interval-ms": {
+    kind: "integer",
+    env: "PARLEY_PING_INTERVAL_MS",
+    help: "ping (and send a keepalive frame to) every connection this often; 0 = never",
+    default: "15000",
+  },
+  "ping-timeout-ms": {
+    kind: "integer",
+    env: "PARLEY_PING_TIMEOUT_MS",
+    help: "drop a connection that leaves a ping unanswered this long",
+    default: "30000",
+  },
   "compact-after-updates": {
     kind: "integer",
     env: "PARLEY_COMPACT_AFTER_UPDATES",
@@ -241,6 +253,8 @@ export function parseConfig(
       maxBufferedBytes: int("max-buffered-bytes"),
       maxMessagesPerSecond: int("max-messages-per-second"),
       messageBurst: Math.max(1, int("message-burst")),
+      pingIntervalMs: int("ping-interval-ms"),
+      pingTimeoutMs: Math.max(1, int("ping-timeout-ms")),
       compactAfterUpdates: Math.max(1, int("compact-after-updates")),
       compactAfterBytes: int("compact-after-bytes"),
     },

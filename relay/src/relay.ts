@@ -24,6 +24,8 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   maxBufferedBytes: 8 * 1024 * 1024,
   maxMessagesPerSecond: 100,
   messageBurst: 200,
+  pingIntervalMs: 15_000,
+  pingTimeoutMs: 30_000,
 }
 
 /** Everything a relay can be started with; every field has a default except how tokens are verified. */
