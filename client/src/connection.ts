@@ -10,6 +10,7 @@ import {
 } from "@parley/shared"
 import type * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
+import * as authProtocol from "y-protocols/auth"
 import type { Awareness } from "y-protocols/awareness"
 import * as syncProtocol from "y-protocols/sync"
 import { WebsocketProvider } from "y-websocket"
@@ -122,6 +123,12 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const node = (globalThis as { process?: { off?: (event: string, listener: () => void) => unknown } })
       .process
     node?.off?.("exit", this.provider._exitHandler)
+    // y-websocket's own handler of auth messages logs the socket's URL, token and all; the
+    // relay's "permission denied" is followed by its close code (4403), which says the same.
+    this.provider.messageHandlers[MessageType.auth] = (
+      _encoder: encoding.Encoder,
+      decoder: decoding.Decoder,
+    ) => authProtocol.readAuthMessage(decoder, options.doc, () => {})
     this.provider.messageHandlers[MessageType.parley] = (
       _encoder: encoding.Encoder,
       decoder: decoding.Decoder,
