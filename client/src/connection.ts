@@ -20,8 +20,8 @@ import { Emitter } from "./emitter.js"
 /** Connection status: `online` once synced with the relay, `connecting` while trying, `offline` when not trying. */
 export type ConnectionStatus = "connecting" | "online" | "offline"
 
-/** A WebSocket constructor (the browser's, or `ws` in Node). */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket
+/** A WebSocket class with the browser's API: the browser's own, or `ws` in Node (passed as it is). */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown
 
 /** Reconnection timing: exponential backoff from `minDelay` up to `maxDelay`, with jitter. */
 export interface ReconnectOptions {
