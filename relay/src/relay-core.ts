@@ -384,7 +384,8 @@ export class RelayCore implements ConnectionOwner {
           { doc: host.key, principal: describePrincipal(connection.principal) },
           "disconnected: no longer a participant",
         )
-        connection.permissionDenied("no longer a participant")
+        // No y-protocols "permission denied" message first: y-websocket logs the socket's URL,
+        // token included, on receiving one; the close code says the same.
         connection.close(CloseCode.Forbidden.code, CloseCode.Forbidden.reason)
       } else {
         connection.access = access

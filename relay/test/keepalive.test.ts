@@ -1,6 +1,8 @@
+import { EventEmitter } from "node:events"
 import { encodeKeepalive, TOKEN_PARAM } from "@parley/shared"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import { WebSocket } from "ws"
+import { Keepalive } from "../src/keepalive.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 afterEach(stopRelayProcesses)
@@ -30,5 +32,65 @@ describe("relay keepalive", () => {
     await vi.waitFor(() => expect(frames).toContainEqual(encodeKeepalive()), { timeout: 10_000 })
     expect([...encodeKeepalive()]).toEqual([0x01, 0x01, 0x00])
     socket.close()
+  })
+})
+
+/** A socket as Keepalive sees it: open, with a send queue the test drains by hand. */
+class FakeSocket extends EventEmitter {
+  readonly readyState = WebSocket.OPEN
+  bufferedAmount = 0
+  pings = 0
+  terminated = false
+  ping() {
+    this.pings++
+  }
+  terminate() {
+    this.terminated = true
+  }
+}
+
+describe("Keepalive", () => {
+  afterEach(() => {
+    vi.useRealTimers()
+  })
+
+  it("gives a client still reading a large initial sync more time, and drops it once it stops reading", () => {
+    vi.useFakeTimers()
+    const keepalive = new Keepalive({ intervalMs: 1_000, timeoutMs: 5_000 })
+    const socket = new FakeSocket()
+    socket.bufferedAmount = 8_000_000 // the ping queues behind this
+    let dropped = 0
+    keepalive.watch(socket as unknown as WebSocket, () => dropped++)
+    vi.advanceTimersByTime(1_000)
+    expect(socket.pings).toBe(1)
+    for (let i = 0; i < 4; i++) {
+      socket.bufferedAmount -= 1_000_000 // reading on, slowly: the pong is still queued
+      vi.advanceTimersByTime(5_000)
+    }
+    expect(socket.terminated).toBe(false)
+    // Stalled: nothing read for a whole timeout.
+    vi.advanceTimersByTime(5_000)
+    expect(socket.terminated).toBe(true)
+    expect(dropped).toBe(1)
+    keepalive.stop()
+  })
+
+  it("keeps a socket that answers every ping, and pings no more once stopped", () => {
+    vi.useFakeTimers()
+    const keepalive = new Keepalive({ intervalMs: 1_000, timeoutMs: 3_000 })
+    const socket = new FakeSocket()
+    const frames: Uint8Array[] = []
+    keepalive.watch(socket as unknown as WebSocket, () => {})
+    keepalive.joined(socket as unknown as WebSocket, (frame) => frames.push(frame))
+    for (let i = 0; i < 60; i++) {
+      vi.advanceTimersByTime(1_000)
+      socket.emit("pong")
+    }
+    expect(socket.terminated).toBe(false)
+    expect(socket.pings).toBe(60)
+    expect(frames).toHaveLength(60)
+    keepalive.stop()
+    vi.advanceTimersByTime(10_000)
+    expect(socket.pings).toBe(60)
   })
 })
