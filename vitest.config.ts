@@ -1,6 +1,12 @@
+import { defaultClientConditions, defaultServerConditions } from "vite"
 import { defineConfig } from "vitest/config"
 
+/** Inside the repository the workspace packages resolve to their TypeScript sources, never to a stale dist/. */
+const SOURCE = "parley-source"
+
 export default defineConfig({
+  resolve: { conditions: [SOURCE, ...defaultClientConditions] },
+  ssr: { resolve: { conditions: [SOURCE, ...defaultServerConditions] } },
   test: {
     include: [
       "shared/test/**/*.test.ts",

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
-import { defineConfig, type Plugin } from "vite"
+import { defaultClientConditions, defineConfig, type Plugin } from "vite"
 
 const here = fileURLToPath(new URL(".", import.meta.url))
 
@@ -34,6 +34,8 @@ export default defineConfig({
   root: here,
   base: "/",
   publicDir: false,
+  // The SDK from its sources (the repository's "parley-source" export condition), not a built dist/.
+  resolve: { conditions: ["parley-source", ...defaultClientConditions] },
   build: {
     outDir: `${here}dist`,
     emptyOutDir: true,

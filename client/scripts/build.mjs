@@ -1,7 +1,11 @@
 // Builds the ESM bundle of the SDK: client/dist/parley-client.js (platform neutral:
-// browsers, Node bots and tests). `yjs` stays external: an app must have exactly one
-// copy of Yjs (two copies break its constructor checks as soon as the app touches
-// `conversation.doc`), so the app's bundler resolves it. Everything else is bundled.
+// browsers, Node bots and tests), the file the package's "exports" point at; its types
+// are tsc's declarations next to it. `yjs`, `lib0` and `y-protocols` stay external (peer
+// dependencies): an app must have exactly one copy of each (two copies of Yjs break its
+// constructor checks as soon as the app touches `conversation.doc`), so the app's bundler
+// resolves them. `@parley/shared` stays external too (a dependency), so that `ParleyError`
+// is one class whether the app imports it from here or from there. The rest (y-websocket,
+// y-indexeddb, jose) is bundled.
 import { fileURLToPath } from "node:url"
 import * as esbuild from "esbuild"
 
@@ -16,7 +20,7 @@ export const bundleOptions = {
   target: "es2022",
   mainFields: ["module", "main"],
   conditions: ["import", "module", "default"],
-  external: ["yjs"],
+  external: ["yjs", "lib0", "lib0/*", "y-protocols", "y-protocols/*", "@parley/shared"],
   legalComments: "none",
 }
 

@@ -13,6 +13,7 @@ import {
 } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
+import * as authProtocol from "y-protocols/auth"
 import type { Awareness } from "y-protocols/awareness"
 import * as syncProtocol from "y-protocols/sync"
 import { WebsocketProvider } from "y-websocket"
@@ -23,8 +24,8 @@ import { expiryOfToken, refreshDelay } from "./token.js"
 /** Connection status: `online` once synced with the relay, `connecting` while trying, `offline` when not trying. */
 export type ConnectionStatus = "connecting" | "online" | "offline"
 
-/** A WebSocket constructor (the browser's, or `ws` in Node). */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket
+/** A WebSocket class with the browser's API: the browser's own, or `ws` in Node (passed as it is). */
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown
 
 /** Reconnection timing: exponential backoff from `minDelay` up to `maxDelay`, with jitter. */
 export interface ReconnectOptions {
@@ -166,6 +167,12 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
         })
       }
     }
+    // y-websocket's own handler of auth messages logs the socket's URL, token and all; the
+    // relay's "permission denied" is followed by its close code (4403), which says the same.
+    this.provider.messageHandlers[MessageType.auth] = (
+      _encoder: encoding.Encoder,
+      decoder: decoding.Decoder,
+    ) => authProtocol.readAuthMessage(decoder, options.doc, () => {})
     this.provider.messageHandlers[MessageType.parley] = (
       _encoder: encoding.Encoder,
       decoder: decoding.Decoder,

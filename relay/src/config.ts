@@ -114,6 +114,18 @@ export const FLAGS = {
     help: "new client ids one user may claim through awareness in one document per minute",
     default: "10",
   },
+  "ping-interval-ms": {
+    kind: "integer",
+    env: "PARLEY_PING_INTERVAL_MS",
+    help: "ping (and send a keepalive frame to) every connection this often; 0 = never",
+    default: "15000",
+  },
+  "ping-timeout-ms": {
+    kind: "integer",
+    env: "PARLEY_PING_TIMEOUT_MS",
+    help: "drop a connection that leaves a ping unanswered this long",
+    default: "30000",
+  },
   "compact-after-updates": {
     kind: "integer",
     env: "PARLEY_COMPACT_AFTER_UPDATES",
@@ -296,6 +308,8 @@ export function parseConfig(
       awarenessFramesPerSecond: Math.max(1, int("awareness-frames-per-second")),
       awarenessBurst: Math.max(1, int("awareness-burst")),
       awarenessClaimsPerMinute: int("awareness-claims-per-minute"),
+      pingIntervalMs: int("ping-interval-ms"),
+      pingTimeoutMs: Math.max(1, int("ping-timeout-ms")),
       compactAfterUpdates: Math.max(1, int("compact-after-updates")),
       compactAfterBytes: int("compact-after-bytes"),
     },

@@ -9,7 +9,6 @@ import {
 } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
-import * as authProtocol from "y-protocols/auth"
 import * as awarenessProtocol from "y-protocols/awareness"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
@@ -291,14 +290,6 @@ export class Connection {
       return
     }
     throw new Error(`unknown sync message type ${type}`)
-  }
-
-  /** Tells a stock client why it is being closed (y-websocket logs auth messages). */
-  permissionDenied(reason: string): void {
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MessageType.auth)
-    authProtocol.writePermissionDenied(encoder, reason)
-    this.sendAnyway(encoding.toUint8Array(encoder))
   }
 }
 

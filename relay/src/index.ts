@@ -4,6 +4,16 @@
  * {@link UpdatePolicy}, {@link AfterSavedListener}s or a {@link Sequencer}.
  */
 
+/** Re-exported from `@parley/shared`: the ids and values hook handlers read and write. */
+export type {
+  ConversationId,
+  MessageId,
+  MessageView,
+  Participant,
+  Role,
+  SendMessageInput,
+  UserId,
+} from "@parley/shared"
 export type { Access } from "./access.js"
 export { accessOf } from "./access.js"
 export type { AuthKey, AuthOptions, VerifiedToken } from "./auth.js"

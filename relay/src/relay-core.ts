@@ -516,7 +516,8 @@ export class RelayCore implements ConnectionOwner {
           ? "disconnected: not a participant of the new conversation"
           : "disconnected: no longer a participant",
       )
-      connection.permissionDenied(wasPending ? "not a participant" : "no longer a participant")
+      // No y-protocols "permission denied" message first: y-websocket logs the socket's URL,
+      // token included, on receiving one; the close code says the same.
       connection.close(CloseCode.Forbidden.code, CloseCode.Forbidden.reason)
     }
     return promoted

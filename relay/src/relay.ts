@@ -32,6 +32,8 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   maxBufferedBytes: 8 * 1024 * 1024,
   maxMessagesPerSecond: 100,
   messageBurst: 200,
+  pingIntervalMs: 15_000,
+  pingTimeoutMs: 30_000,
 }
 
 /** Default of {@link RelayOptions.maxTokenLifetimeMs}: a day. */

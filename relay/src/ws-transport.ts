@@ -14,6 +14,7 @@ import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { closeFor } from "./errors.js"
+import { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { describePrincipal } from "./principal.js"
@@ -32,6 +33,10 @@ export interface TransportLimits {
   readonly maxMessagesPerSecond: number
   /** Frames a client may send in a burst. */
   readonly messageBurst: number
+  /** Time between pings and keepalive frames to each connection (0: none); see {@link Keepalive}. */
+  readonly pingIntervalMs: number
+  /** Time a connection has to answer a ping before it is dropped. */
+  readonly pingTimeoutMs: number
 }
 
 /** What the transport binds to sockets. */
@@ -85,6 +90,7 @@ export class WsTransport {
   private readonly wss: WebSocketServer
   private stopping = false
   private readonly sockets = new Set<WebSocket>()
+  private readonly keepalive: Keepalive
 
   constructor(private readonly options: TransportOptions) {
     this.server = createServer((req, res) => {
@@ -100,6 +106,10 @@ export class WsTransport {
       perMessageDeflate: false,
     })
     this.server.on("upgrade", (req, socket, head) => this.upgrade(req, socket, head))
+    this.keepalive = new Keepalive({
+      intervalMs: options.limits.pingIntervalMs,
+      timeoutMs: options.limits.pingTimeoutMs,
+    })
   }
 
   /** Starts listening; resolves with the bound port. */
@@ -124,6 +134,7 @@ export class WsTransport {
   /** Closes whatever is still open (after the core closed its connections). */
   async close(): Promise<void> {
     this.stopAccepting()
+    this.keepalive.stop()
     for (const ws of this.sockets) ws.close(CloseCode.GoingAway.code, CloseCode.GoingAway.reason)
     await new Promise<void>((resolve) => this.wss.close(() => resolve()))
     this.server.closeAllConnections()
@@ -190,6 +201,10 @@ export class WsTransport {
   private async accept(ws: WebSocket, req: IncomingMessage): Promise<void> {
     const { log, metrics, limits } = this.options
     this.sockets.add(ws)
+    this.keepalive.watch(ws, () => {
+      metrics.errors.inc({ code: "PING_TIMEOUT" })
+      log.info({ doc: name }, "dropped: no answer to ping")
+    })
     // ws refuses a frame above maxPayload from its header, before buffering it, and closes with
     // 1009; Parley's documented code for that is 4413 (shared CloseCode.TooLarge), which the SDK
     // treats as final instead of reconnecting to resend the same frame.
@@ -314,6 +329,7 @@ export class WsTransport {
       return
     }
     for (const frame of early.splice(0)) deliver(frame)
+    this.keepalive.joined(ws, session.send)
   }
 }
 

@@ -115,3 +115,18 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
     return { type: "tokenAccepted", expiresAt: decoding.readVarUint(decoder) }
   return undefined
 }
+
+/**
+ * The relay's keepalive frame: an awareness message whose update lists no
+ * clients (`01 01 00`). y-websocket's provider closes a socket after 30 s
+ * without receiving a message, and WebSocket ping frames are not messages to
+ * it; this frame is one, and applying it changes nothing, in stock clients as
+ * in the SDK. See PROTOCOL.md, "Keepalive".
+ */
+export function encodeKeepalive(): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.awareness)
+  // An awareness update of zero clients.
+  encoding.writeVarUint8Array(encoder, Uint8Array.of(0))
+  return encoding.toUint8Array(encoder)
+}

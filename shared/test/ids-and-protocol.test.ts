@@ -1,10 +1,13 @@
 import * as decoding from "lib0/decoding"
 import { describe, expect, it } from "vitest"
+import { Awareness, applyAwarenessUpdate } from "y-protocols/awareness"
+import * as Y from "yjs"
 import {
   decodeSequenceRecord,
   directConversationId,
   ErrorCode,
   encodeError,
+  encodeKeepalive,
   encodeSaved,
   encodeSequenceRecord,
   encodeTokenAccepted,
@@ -63,6 +66,20 @@ describe("protocol", () => {
   // Golden bytes: the wire format is a contract with other-language clients (see PROTOCOL.md).
   it("encodes a saved acknowledgement as [100, 0, len, state vector]", () => {
     expect([...encodeSaved(Uint8Array.from([1, 200, 1, 5]))]).toEqual([100, 0, 4, 1, 200, 1, 5])
+  })
+
+  it("encodes the keepalive as an awareness message of zero clients, which changes no awareness", () => {
+    const bytes = encodeKeepalive()
+    expect([...bytes]).toEqual([1, 1, 0])
+    const decoder = decoding.createDecoder(bytes)
+    expect(decoding.readVarUint(decoder)).toBe(MessageType.awareness)
+    const awareness = new Awareness(new Y.Doc())
+    const changes: unknown[] = []
+    awareness.on("update", (change: unknown) => changes.push(change))
+    applyAwarenessUpdate(awareness, decoding.readVarUint8Array(decoder), "relay")
+    expect(changes).toEqual([])
+    expect([...awareness.getStates().keys()]).toEqual([awareness.clientID])
+    awareness.destroy()
   })
 
   it("encodes a typed error as [100, 1, code, message, rule] strings", () => {

@@ -97,11 +97,12 @@ for (const s of servers) if (!SERVERS.includes(s)) throw new Error(`unknown serv
 const scenarios = flags.scenarios.split(",").map((s) => s.trim()) as Scenario[]
 for (const s of scenarios) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}`)
 
-const version = (pkg: string): string => {
+/** The benchmark's peers live in their own package (test/bench/package.json), installed on demand. */
+const BENCH_PEERS = "test/bench/node_modules"
+const version = (pkg: string, at = "node_modules"): string => {
   try {
-    return (
-      JSON.parse(readFileSync(join(ROOT, "node_modules", pkg, "package.json"), "utf8")) as { version: string }
-    ).version
+    return (JSON.parse(readFileSync(join(ROOT, at, pkg, "package.json"), "utf8")) as { version: string })
+      .version
   } catch {
     return "?"
   }
@@ -135,10 +136,10 @@ const report = {
     loadAverageAtStart: loadavg(),
   },
   versions: {
-    "y-websocket server": version("y-websocket-server-v2"),
+    "y-websocket server": version("y-websocket-server-v2", BENCH_PEERS),
     "y-websocket client": version("y-websocket"),
-    "@hocuspocus/server": version("@hocuspocus/server"),
-    "@hocuspocus/provider": version("@hocuspocus/provider"),
+    "@hocuspocus/server": version("@hocuspocus/server", BENCH_PEERS),
+    "@hocuspocus/provider": version("@hocuspocus/provider", BENCH_PEERS),
     yjs: version("yjs"),
     parley: `${git("rev-parse", "--short", "HEAD")}${git("status", "--porcelain", "relay", "shared").length ? " (+ uncommitted changes)" : ""}`,
   },

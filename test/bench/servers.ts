@@ -144,7 +144,8 @@ function handle(
 
 async function startYWebsocket(): Promise<RunningServer> {
   const port = await freePort()
-  const bin = join(ROOT, "node_modules/y-websocket-server-v2/bin/server.cjs")
+  // The peers are installed on demand in test/bench/node_modules (scripts/bench-deps.mjs).
+  const bin = join(ROOT, "test/bench/node_modules/y-websocket-server-v2/bin/server.cjs")
   const child = spawn(process.execPath, [bin], {
     env: { ...process.env, HOST: "127.0.0.1", PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"],
@@ -194,7 +195,12 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   // through a launcher that passes an allow-everything policy.
   const launcher =
     !variant.authorization && !flags.noAuthorization
-      ? ["--import", "tsx", join(ROOT, "test/bench/servers/parley-without-authorization.ts")]
+      ? [
+          "--conditions=parley-source",
+          "--import",
+          "tsx",
+          join(ROOT, "test/bench/servers/parley-without-authorization.ts"),
+        ]
       : [join(ROOT, "relay/bin/parley-relay.js")]
   const profile = process.env.PARLEY_BENCH_PROFILE_DIR
   const args = [

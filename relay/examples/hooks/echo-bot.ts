@@ -5,8 +5,7 @@
  * answering itself, and a reply id derived from the original message id makes
  * a redelivered event (at-least-once) send the reply only once.
  */
-import { defineHooks } from "@parley/relay"
-import type { MessageId, UserId } from "@parley/shared"
+import { defineHooks, type MessageId, type UserId } from "@parley/relay"
 
 const BOT = "echo-bot" as UserId
 

@@ -13,11 +13,28 @@ export interface LoadedHooks {
 }
 
 const MODULE = /\.(?:m?js|m?ts)$/
+const TYPESCRIPT = /\.m?ts$/
+
+let typescript: Promise<void> | undefined
+
+/**
+ * Lets Node import TypeScript hook modules (and whatever `.ts` files they
+ * import): the relay is compiled JavaScript and Node 20 cannot strip types, so
+ * tsx's ESM loader is registered for the process, once, and only when the
+ * hooks directory holds a TypeScript module; a relay with JavaScript hooks (or
+ * none) loads no TypeScript tooling.
+ */
+function loadTypeScript(): Promise<void> {
+  typescript ??= import("tsx/esm/api").then(({ register }) => {
+    register()
+  })
+  return typescript
+}
 
 /**
  * Loads every module in `dir` (`.js`, `.mjs`, `.ts`, `.mts`; not `.d.ts`, not
- * sub-directories), in file-name order. TypeScript needs no build step: the
- * relay runs under tsx. Any failure (missing directory, syntax error, a module
+ * sub-directories), in file-name order. TypeScript needs no build step (see
+ * {@link loadTypeScript}). Any failure (missing directory, syntax error, a module
  * that throws on import, a default export not made by `defineHooks`) throws a
  * ParleyError naming the file, so the relay refuses to start.
  */
@@ -38,6 +55,7 @@ export async function loadHooks(dir: string): Promise<LoadedHooks[]> {
       },
     )
   }
+  if (files.some((name) => TYPESCRIPT.test(name))) await loadTypeScript()
   const loaded: LoadedHooks[] = []
   for (const name of files) {
     const path = join(root, name)
