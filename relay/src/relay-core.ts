@@ -11,6 +11,7 @@ import {
 import * as awarenessProtocol from "y-protocols/awareness"
 import * as Y from "yjs"
 import { accessOf } from "./access.js"
+import { ClientIdAllowance } from "./client-id-allowance.js"
 import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DocumentHost } from "./document-host.js"
 import type { Logger } from "./log.js"
@@ -28,6 +29,7 @@ import {
   submitUpdate,
   writeOnServer,
 } from "./update-path.js"
+import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
 
 const EVICTED = Symbol("evicted")
 /** Limits of the core. */
@@ -48,6 +50,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   maxUpdateBytes: 1024 * 1024,
   compactAfterUpdates: 500,
   compactAfterBytes: 8 * 1024 * 1024,
+  ...DEFAULT_UPDATE_COST_LIMITS,
 }
 
 /** What the core is made of. */
@@ -108,6 +111,7 @@ export class RelayCore implements ConnectionOwner {
       metrics: options.metrics,
       log: options.log,
       limits: this.limits,
+      clientIds: new ClientIdAllowance(this.limits.maxUpdateClientIds, this.limits.clientIdsPerUserPerDay),
       recheckAccess: (host) => this.recheckAccess(host),
       evict: (host, error) => this.evict(host, error),
       ...(options.observer

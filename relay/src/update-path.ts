@@ -19,6 +19,8 @@ import { membershipPolicy, type UpdatePolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
 import type { Sequencer } from "./sequencer.js"
 import type { RelayStorage } from "./storage/types.js"
+import type { ClientIdAllowance } from "./client-id-allowance.js"
+import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
 import { inspectUpdate } from "./yjs-updates.js"
 
 /** A change that is saved (durable, applied, broadcast), as listeners receive it. */
@@ -43,7 +45,7 @@ export interface AfterSavedListener {
 }
 
 /** Limits the update path enforces. */
-export interface PathLimits {
+export interface PathLimits extends UpdateCostLimits {
   /** Largest update accepted, in bytes. */
   readonly maxUpdateBytes: number
   /** Compact once this many log entries follow the snapshot... */
@@ -61,6 +63,8 @@ export interface PathContext {
   readonly metrics: RelayMetrics
   readonly log: Logger
   readonly limits: PathLimits
+  /** New client ids each user may still add to each document. */
+  readonly clientIds?: ClientIdAllowance
   /** Re-checks who may stay connected after participants changed. */
   recheckAccess(host: DocumentHost): void
   /** The document's memory may no longer match its storage: drop it. */
@@ -250,18 +254,28 @@ export function submitUpdate(
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
     if (update.length > ctx.limits.maxUpdateBytes)
       throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
+    // What Yjs would spend on it is bounded before anything decodes it into objects.
+    const cost = checkUpdateCost(host.doc, update, ctx.limits)
     const { clientIds, noop } = inspectUpdate(host.doc, update)
     if (noop) {
       // Typically a reconnecting client's sync step 2: it learns everything that is durable.
       from?.saved()
       return []
     }
+    // Checked before the policy binds the new ids to the user, taken once it accepted them.
+    const user = principal.kind === "user" ? principal.user : undefined
+    const newIds = cost.newClientIds.length
+    if (user && ctx.clientIds && !ctx.clientIds.allows(host.key, user, newIds))
+      throw new ParleyError(ErrorCode.RATE_LIMITED, "too many new client ids from this user in this document", {
+        rule: CostRule.clientIdGrowth,
+      })
     const input = { name: host.name, doc: host.doc, update, principal, clientIds }
     // Read-only access holds whatever policy is plugged in; the plugged-in one adds the document rules.
     let decision = await membershipPolicy.check(input)
     if (decision.allowed && ctx.policy !== membershipPolicy) decision = await ctx.policy.check(input)
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+    if (user) ctx.clientIds?.take(host.key, user, newIds)
     const source = principal.kind === "relay" ? "relay" : "client"
     const { entries, positions, events } = await applyAndStore(
       ctx,
