@@ -20,6 +20,7 @@ import { membershipPolicy, type UpdatePolicy } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import type { RelayStorage } from "./storage/types.js"
+import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
 import {
   type AfterSavedListener,
   compact,
@@ -29,7 +30,6 @@ import {
   submitUpdate,
   writeOnServer,
 } from "./update-path.js"
-import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
 
 const EVICTED = Symbol("evicted")
 /** Limits of the core. */

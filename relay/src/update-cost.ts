@@ -13,6 +13,8 @@ import * as Y from "yjs"
 export interface UpdateCostLimits {
   /** Most structs (items, GC and skip ranges) in one update. */
   readonly maxUpdateStructs: number
+  /** Most values (array elements, map values, characters) one update writes. */
+  readonly maxUpdateValues: number
   /** Structs may not be denser than one per this many bytes (beyond a first 64). */
   readonly minBytesPerStruct: number
   /** Most client ids one update writes under. */
@@ -33,20 +35,22 @@ export interface UpdateCostLimits {
 
 /** Defaults of {@link UpdateCostLimits} (see relay/README.md, "Update cost limits"). */
 export const DEFAULT_UPDATE_COST_LIMITS: UpdateCostLimits = {
-  maxUpdateStructs: 10_000,
+  maxUpdateStructs: 1_500,
+  maxUpdateValues: 2_000,
   minBytesPerStruct: 4,
   maxUpdateClientIds: 256,
   clientIdsPerUserPerDay: 200,
-  maxDeletedOnArrival: 5_000,
+  maxDeletedOnArrival: 1_000,
   maxSiblings: 32,
-  maxIntegrationSteps: 200_000,
-  maxDeleteRanges: 200_000,
+  maxIntegrationSteps: 50_000,
+  maxDeleteRanges: 100_000,
   maxDeleteVisits: 2_000_000,
 }
 
 /** The `rule` of a refusal by a cost limit, as the error frame carries it. */
 export const CostRule = {
   structs: "update-structs",
+  values: "update-values",
   density: "struct-density",
   clientIds: "update-client-ids",
   clientIdGrowth: "client-id-growth",
@@ -95,7 +99,65 @@ function refuse(rule: CostRule, message: string, code: ErrorCode = ErrorCode.INV
   throw new ParleyError(code, message, { rule })
 }
 
-/** Reads past one item's content; returns its clock length and whether it is `ContentDeleted`. */
+/** Moves past `n` bytes, refusing to move past the end. */
+function skipBytes(decoder: decoding.Decoder, n: number): void {
+  if (decoder.pos + n > decoder.arr.length) throw new Error("unexpected end of update")
+  decoder.pos += n
+}
+
+const skipString = (decoder: decoding.Decoder) => skipBytes(decoder, decoding.readVarUint(decoder))
+
+/**
+ * Moves past one lib0 `writeAny` value without building it (no strings
+ * decoded, no objects made), with an explicit stack: nesting depth costs
+ * memory, not call stack.
+ */
+function skipAny(decoder: decoding.Decoder): void {
+  // Values still to skip per open array or object (objects: a key before each value).
+  const left: number[] = [1]
+  const objects: boolean[] = [false]
+  while (left.length > 0) {
+    const top = left.length - 1
+    if (left[top] === 0) {
+      left.pop()
+      objects.pop()
+      continue
+    }
+    left[top]!--
+    if (objects[top]) skipString(decoder)
+    const type = decoding.readUint8(decoder)
+    switch (type) {
+      case 127: // undefined
+      case 126: // null
+      case 121: // false
+      case 120: // true
+        break
+      case 125:
+        decoding.readVarInt(decoder)
+        break
+      case 124:
+        skipBytes(decoder, 4)
+        break
+      case 123:
+      case 122:
+        skipBytes(decoder, 8)
+        break
+      case 119: // string
+      case 116: // Uint8Array
+        skipString(decoder)
+        break
+      case 118: // object
+      case 117: // array
+        left.push(decoding.readVarUint(decoder))
+        objects.push(type === 118)
+        break
+      default:
+        throw new Error(`unknown value type ${type}`)
+    }
+  }
+}
+
+/** Reads past one item's content; returns its clock length. */
 function skipContent(decoder: decoding.Decoder, ref: number): number {
   switch (ref) {
     case 1: // ContentDeleted
@@ -103,36 +165,36 @@ function skipContent(decoder: decoding.Decoder, ref: number): number {
     case 2: {
       // ContentJSON
       const len = decoding.readVarUint(decoder)
-      for (let i = 0; i < len; i++) decoding.readVarString(decoder)
+      for (let i = 0; i < len; i++) skipString(decoder)
       return len
     }
     case 3: // ContentBinary
-      decoding.readVarUint8Array(decoder)
+      skipString(decoder)
       return 1
     case 4: // ContentString: Yjs counts UTF-16 units
       return decoding.readVarString(decoder).length
     case 5: // ContentEmbed
-      decoding.readVarString(decoder)
+      skipString(decoder)
       return 1
     case 6: // ContentFormat
-      decoding.readVarString(decoder)
-      decoding.readVarString(decoder)
+      skipString(decoder)
+      skipString(decoder)
       return 1
     case 7: {
       // ContentType: XmlElement and XmlHook carry a name
       const typeRef = decoding.readVarUint(decoder)
-      if (typeRef === 3 || typeRef === 5) decoding.readVarString(decoder)
+      if (typeRef === 3 || typeRef === 5) skipString(decoder)
       return 1
     }
     case 8: {
       // ContentAny
       const len = decoding.readVarUint(decoder)
-      for (let i = 0; i < len; i++) decoding.readAny(decoder)
+      for (let i = 0; i < len; i++) skipAny(decoder)
       return len
     }
     case 9: // ContentDoc
-      decoding.readVarString(decoder)
-      decoding.readAny(decoder)
+      skipString(decoder)
+      skipAny(decoder)
       return 1
     default:
       throw new Error(`unknown content ${ref}`)
@@ -154,6 +216,7 @@ function scanStructs(decoder: decoding.Decoder, bytes: number, limits: UpdateCos
     64 + Math.floor(bytes / Math.max(1, limits.minBytesPerStruct)),
   )
   const structs: Scanned[] = []
+  let values = 0
   for (let c = 0; c < clients; c++) {
     const count = decoding.readVarUint(decoder)
     const client = decoding.readVarUint(decoder)
@@ -210,6 +273,12 @@ function scanStructs(decoder: decoding.Decoder, bytes: number, limits: UpdateCos
         if (info & 0x20) key = decoding.readVarString(decoder)
       }
       const length = skipContent(decoder, ref)
+      // Content Yjs keeps costs per value (messages are indexed, sequenced, judged one by one).
+      if (ref !== 1) {
+        values += length
+        if (values > limits.maxUpdateValues)
+          refuse(CostRule.values, `an update writes at most ${limits.maxUpdateValues} values`)
+      }
       structs.push({
         client,
         clock,
@@ -354,15 +423,32 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
   // Splitting an item copies the part of its content after the split.
   const split = (client: number, clock: number): void => {
     const struct = structAt(client, clock)
-    if (struct && struct.id.clock !== clock) spend(1 + (struct.deleted ? 0 : struct.length - (clock - struct.id.clock)))
+    if (struct && struct.id.clock !== clock)
+      spend(1 + (struct.deleted ? 0 : struct.length - (clock - struct.id.clock)))
   }
   const chainLengths = new Map<string, number>()
+  const rooted = rootedCounts()
+  const firsts = new Map<string, Scanned>()
+  for (const s of fresh) if (s.item) firsts.set(`${s.client}:${s.clock}`, s)
+  // Positions where one sibling is inserted right before the other (its right origin); Yjs integrates
+  // that one second (it waits for its right origin), right next to the first: no conflict to resolve.
+  const paired = new Set<string>()
+  for (const s of fresh) {
+    if (!s.item || s.rightClient === NONE) continue
+    const right = firsts.get(`${s.rightClient}:${s.rightClock}`)
+    if (right && right !== s && positionOf(right) === positionOf(s)) paired.add(positionOf(s))
+  }
 
   for (const s of fresh) {
     if (!s.item) continue
     const position = positionOf(s)
-    // Each sibling's conflict resolution may pass over every item this update brings.
-    if (siblings.get(position)! > 1) spend(items)
+    // Each sibling's conflict resolution may pass over every item this update brings (a map
+    // write without origin twice: back to the key's first item, then forward). One exception
+    // costs nothing: a pair where one is inserted right before the other, as a deleted message's
+    // placeholder is before the record it replaces.
+    const group = siblings.get(position)!
+    if (group > 1 && !(group === 2 && paired.has(position)))
+      spend(s.originClient === NONE && s.rightClient === NONE && s.key !== null ? 2 * items : items)
     if (s.originClient !== NONE) {
       split(s.originClient, s.originClock)
       if (s.rightClient !== NONE) split(s.rightClient, s.rightClock)
@@ -433,6 +519,65 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
     return start === null ? 0 : scanFrom(start, s, interior ? origin : undefined)
   }
 
+  /**
+   * For each item of the document, how many new items of the update descend
+   * from it (their origin, or their origin's origin and so on, is that item):
+   * Yjs places them after it, where a conflict scan passing it passes them too.
+   */
+  function rootedCounts(): Map<Struct, number> {
+    const byClient = new Map<number, Scanned[]>()
+    for (const x of fresh) {
+      if (!x.item) continue
+      const list = byClient.get(x.client)
+      if (list) list.push(x)
+      else byClient.set(x.client, [x])
+    }
+    const updateItemAt = (client: number, clock: number): Scanned | undefined => {
+      const list = byClient.get(client)
+      if (!list) return undefined
+      let lo = 0
+      let hi = list.length - 1
+      while (lo <= hi) {
+        const mid = (lo + hi) >>> 1
+        const x = list[mid]!
+        if (clock < x.clock) hi = mid - 1
+        else if (clock >= x.clock + x.length) lo = mid + 1
+        else return x
+      }
+      return undefined
+    }
+    const roots = new Map<Scanned, Struct | null>()
+    const counts = new Map<Struct, number>()
+    for (const x of fresh) {
+      if (!x.item) continue
+      const path: Scanned[] = []
+      const onPath = new Set<Scanned>()
+      let current = x
+      let root: Struct | null = null
+      for (;;) {
+        const known = roots.get(current)
+        if (known !== undefined) {
+          root = known
+          break
+        }
+        path.push(current)
+        onPath.add(current)
+        if (current.originClient === NONE) break
+        if (current.originClock < stateOf(current.originClient)) {
+          root = structAt(current.originClient, current.originClock) ?? null
+          break
+        }
+        const next = updateItemAt(current.originClient, current.originClock)
+        // Missing or circular origins never integrate (the policy refuses them).
+        if (!next || onPath.has(next)) break
+        current = next
+      }
+      for (const p of path) roots.set(p, root)
+      if (root) counts.set(root, (counts.get(root) ?? 0) + 1)
+    }
+    return counts
+  }
+
   function scanFrom(first: Y.Item, s: Scanned, seen?: Y.Item): number {
     const scanned = new Set<Struct>()
     if (seen) scanned.add(seen)
@@ -440,7 +585,8 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
     for (let o: Y.Item | null = seen ? first.right : first; o !== null; o = o.right) {
       if (s.rightClient !== NONE && o.id.client === s.rightClient && s.rightClock >= o.id.clock)
         if (s.rightClock < o.id.clock + o.length) break
-      n++
+      // The update's own items placed after a document item the scan passes are passed too.
+      n += 1 + (rooted.get(o) ?? 0)
       if (steps + n > limits.maxIntegrationSteps)
         refuse(CostRule.integration, "the update would cost the relay too much to integrate")
       scanned.add(o)

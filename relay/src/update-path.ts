@@ -11,6 +11,7 @@ import {
 import * as encoding from "lib0/encoding"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
+import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { Logger } from "./log.js"
@@ -19,7 +20,6 @@ import { membershipPolicy, type UpdatePolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
 import type { Sequencer } from "./sequencer.js"
 import type { RelayStorage } from "./storage/types.js"
-import type { ClientIdAllowance } from "./client-id-allowance.js"
 import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
 import { inspectUpdate } from "./yjs-updates.js"
 
@@ -266,9 +266,13 @@ export function submitUpdate(
     const user = principal.kind === "user" ? principal.user : undefined
     const newIds = cost.newClientIds.length
     if (user && ctx.clientIds && !ctx.clientIds.allows(host.key, user, newIds))
-      throw new ParleyError(ErrorCode.RATE_LIMITED, "too many new client ids from this user in this document", {
-        rule: CostRule.clientIdGrowth,
-      })
+      throw new ParleyError(
+        ErrorCode.RATE_LIMITED,
+        "too many new client ids from this user in this document",
+        {
+          rule: CostRule.clientIdGrowth,
+        },
+      )
     const input = { name: host.name, doc: host.doc, update, principal, clientIds }
     // Read-only access holds whatever policy is plugged in; the plugged-in one adds the document rules.
     let decision = await membershipPolicy.check(input)

@@ -64,7 +64,9 @@ for (const shape of shapes) {
 const widths = [58, 9, 40, 9, 9, 10]
 const line = (cells: string[]) =>
   cells.map((c, i) => (i === 0 || i === 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ")
-console.log(`\nFrame cost: relay CPU per frame, median (worst) of ${runs} runs, node ${process.version}, ${cpus().length} cores`)
+console.log(
+  `\nFrame cost: relay CPU per frame, median (worst) of ${runs} runs, node ${process.version}, ${cpus().length} cores`,
+)
 console.log(line(["frame", "bytes", "outcome", "cpu ms", "worst", "client ids"]))
 for (const r of rows)
   console.log(
@@ -84,7 +86,8 @@ console.log(`\nworst over all frames: ${worst(rows).toFixed(1)} ms`)
 console.log(`worst accepted frame: ${worst(accepted).toFixed(1)} ms (goal ≤ 50 ms)`)
 console.log(`worst refused frame:  ${worst(refused).toFixed(1)} ms`)
 const surprises = rows.filter((r) => (r.honest ? r.outcome !== "accepted" : r.outcome === "accepted"))
-for (const r of surprises) console.log(`  UNEXPECTED: ${r.honest ? "honest" : "crafted"} frame "${r.shape}" ${r.outcome}`)
+for (const r of surprises)
+  console.log(`  UNEXPECTED: ${r.honest ? "honest" : "crafted"} frame "${r.shape}" ${r.outcome}`)
 if (rows.some((r) => r.connectionClosed)) console.log("  UNEXPECTED: a refusal closed a parley=1 connection")
 
 mkdirSync("bench-results", { recursive: true })

@@ -261,8 +261,7 @@ class UpdateCheck {
       if (chainEnd) {
         after.push(stateOf(chainEnd))
         transient(chainEnd)
-      }
-      else if (
+      } else if (
         current &&
         !current.deleted &&
         this.read.deletes(current.id.client, current.id.clock + current.length - 1)

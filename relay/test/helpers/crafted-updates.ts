@@ -67,7 +67,10 @@ const writeId = (encoder: encoding.Encoder, id: Id) => {
 }
 
 /** Encodes a v1 update from structs per client and a delete set, as `Y.encodeStateAsUpdate` lays one out. */
-export function encodeCraftedUpdate(clients: readonly CraftedClient[], deletes: readonly CraftedRange[] = []) {
+export function encodeCraftedUpdate(
+  clients: readonly CraftedClient[],
+  deletes: readonly CraftedRange[] = [],
+) {
   const encoder = encoding.createEncoder()
   encoding.writeVarUint(encoder, clients.length)
   for (const { client, clock, structs } of clients) {
@@ -82,8 +85,7 @@ export function encodeCraftedUpdate(clients: readonly CraftedClient[], deletes: 
         continue
       }
       const ref = { deleted: 1, string: 4, type: 7, any: 8 }[c.kind]
-      const info =
-        ref | (s.origin ? 0x80 : 0) | (s.rightOrigin ? 0x40 : 0) | (s.key !== undefined ? 0x20 : 0)
+      const info = ref | (s.origin ? 0x80 : 0) | (s.rightOrigin ? 0x40 : 0) | (s.key !== undefined ? 0x20 : 0)
       encoding.writeUint8(encoder, info)
       if (s.origin) writeId(encoder, s.origin)
       if (s.rightOrigin) writeId(encoder, s.rightOrigin)

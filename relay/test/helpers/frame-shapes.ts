@@ -137,17 +137,38 @@ export const hostileShapes: readonly Shape[] = [
     },
   },
   {
-    name: "fresh client ids, as many as one update may carry",
+    name: "fresh client ids, one more than an update may carry",
     honest: false,
     user: mallory,
     build: (relay) => {
       const after = lastId(lastItem(relay, TopLevel.messages))
-      const clients = Array.from({ length: 256 }, (_, i) => ({
+      const clients = Array.from({ length: 257 }, (_, i) => ({
         client: clientId(i),
         clock: 0,
-        structs: [{ origin: after, content: deleted() }],
+        structs: [{ origin: i === 0 ? after : { client: clientId(i - 1), clock: 0 }, content: deleted() }],
       }))
       return encodeCraftedUpdate(clients, rangesOf(clients))
+    },
+  },
+  {
+    name: "2,001 messages in one update",
+    honest: false,
+    user: mallory,
+    build: (relay) => {
+      const c = clientId(12)
+      const after = lastId(lastItem(relay, TopLevel.messages))
+      return encodeCraftedUpdate([
+        {
+          client: c,
+          clock: 0,
+          structs: [
+            {
+              origin: after,
+              content: { kind: "any", values: Array.from({ length: 2_001 }, (_, i) => record(i)) },
+            },
+          ],
+        },
+      ])
     },
   },
   {
@@ -159,7 +180,8 @@ export const hostileShapes: readonly Shape[] = [
       const c = clientId(1)
       return fill((n) => {
         const structs = chain(x, c, n, () => deleted())
-        for (let j = 0; j < n; j++) structs.push({ origin: x, rightOrigin: { client: c, clock: j }, content: deleted() })
+        for (let j = 0; j < n; j++)
+          structs.push({ origin: x, rightOrigin: { client: c, clock: j }, content: deleted() })
         return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
       })
     },
@@ -171,8 +193,8 @@ export const hostileShapes: readonly Shape[] = [
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
       const c = clientId(2)
-      const structs = chain(x, c, 4_000, () => deleted())
-      for (let j = 0; j < 4_000; j++)
+      const structs = chain(x, c, 700, () => deleted())
+      for (let j = 0; j < 700; j++)
         structs.push({ origin: x, rightOrigin: { client: c, clock: j }, content: deleted() })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
@@ -186,9 +208,29 @@ export const hostileShapes: readonly Shape[] = [
       // Every right origin points before the origin: Yjs scans the whole chain for each item.
       const far = lastId((relay.getArray(TopLevel.messages) as unknown as { _start: Y.Item })._start)
       const c = clientId(3)
-      const structs = chain(x, c, 4_500, () => deleted())
-      for (let j = 0; j < 4_500; j++)
+      const structs = chain(x, c, 700, () => deleted())
+      for (let j = 0; j < 700; j++)
         structs.push({ origin: { client: c, clock: j }, rightOrigin: far, content: deleted() })
+      return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
+    },
+  },
+  {
+    name: "inserts along the document's chain, each passing the update's own appended chain",
+    honest: false,
+    user: mallory,
+    build: (relay) => {
+      const last = lastItem(relay, TopLevel.messages)
+      const first = (relay.getArray(TopLevel.messages) as unknown as { _start: Y.Item })._start
+      const c = clientId(13)
+      const structs = chain(lastId(last), c, 1_000, () => deleted())
+      // One item after each of the last 300 messages, its right origin far before it.
+      let item: Y.Item | null = last.left
+      for (let i = 0; i < 300 && item; i++, item = item.left)
+        structs.push({
+          origin: lastId(item),
+          rightOrigin: { client: first.id.client, clock: first.id.clock },
+          content: deleted(),
+        })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
   },
@@ -216,7 +258,7 @@ export const hostileShapes: readonly Shape[] = [
     build: () => {
       const c = clientId(5)
       const structs = Array.from(
-        { length: 5_000 },
+        { length: 1_400 },
         (): CraftedStruct => ({ parent: TopLevel.read, key: mallory, content: deleted() }),
       )
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
@@ -230,19 +272,22 @@ export const hostileShapes: readonly Shape[] = [
       // A long history on one key, then writes without origin that each walk all of it.
       const c = clientId(6)
       const structs: CraftedStruct[] = [{ parent: TopLevel.reactions, key: "k", content: deleted() }]
-      for (let i = 1; i < 9_000; i++) structs.push({ origin: { client: c, clock: i - 1 }, content: deleted() })
+      for (let i = 1; i < 1_400; i++)
+        structs.push({ origin: { client: c, clock: i - 1 }, content: deleted() })
       for (let i = 0; i < 30; i++) structs.push({ parent: TopLevel.reactions, key: "k", content: deleted() })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
   },
   {
-    name: "1 MB of one-struct-per-4-bytes chain",
+    name: "1 MB chain of deleted items (about 8 bytes each)",
     honest: false,
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
       const c = 7
-      return fill((n) => encodeCraftedUpdate([{ client: c, clock: 0, structs: chain(x, c, n, () => deleted()) }]))
+      return fill((n) =>
+        encodeCraftedUpdate([{ client: c, clock: 0, structs: chain(x, c, n, () => deleted()) }]),
+      )
     },
   },
   {
@@ -253,7 +298,7 @@ export const hostileShapes: readonly Shape[] = [
       const x = lastId(lastItem(relay, TopLevel.messages))
       const c = clientId(8)
       return encodeCraftedUpdate([
-        { client: c, clock: 0, structs: chain(x, c, 9_000, () => ({ kind: "string", text: "x" })) },
+        { client: c, clock: 0, structs: chain(x, c, 1_400, () => ({ kind: "string", text: "x" })) },
       ])
     },
   },
@@ -264,8 +309,8 @@ export const hostileShapes: readonly Shape[] = [
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
       const c = clientId(9)
-      const structs = chain(x, c, 3_000, () => ({ kind: "type", typeRef: 1 }))
-      for (let i = 0; i < 3_000; i++)
+      const structs = chain(x, c, 700, () => ({ kind: "type", typeRef: 1 }))
+      for (let i = 0; i < 700; i++)
         structs.push({ parentId: { client: c, clock: i }, key: "k", content: { kind: "any", values: [i] } })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
@@ -280,7 +325,9 @@ export const hostileShapes: readonly Shape[] = [
           {
             client: clientId(10),
             clock: 0,
-            structs: Array.from({ length: n }, (_, i) => ({ content: { kind: i % 2 ? "gc" : "skip", length: 1 } })),
+            structs: Array.from({ length: n }, (_, i) => ({
+              content: { kind: i % 2 ? "gc" : "skip", length: 1 },
+            })),
           },
         ]),
       ),
@@ -291,11 +338,18 @@ export const hostileShapes: readonly Shape[] = [
     user: mallory,
     build: (relay) => {
       const ranges: { client: number; clock: number; length: number }[] = []
-      for (const [client, structs] of (relay.store as unknown as { clients: Map<number, Y.Item[]> }).clients) {
+      for (const [client, structs] of (relay.store as unknown as { clients: Map<number, Y.Item[]> })
+        .clients) {
         const last = structs[structs.length - 1]!
-        for (let clock = 0; clock < last.id.clock + last.length; clock++) ranges.push({ client, clock, length: 1 })
+        for (let clock = 0; clock < last.id.clock + last.length; clock++)
+          ranges.push({ client, clock, length: 1 })
       }
-      return fill((n) => encodeCraftedUpdate([], Array.from({ length: n }, (_, i) => ranges[i % ranges.length]!)))
+      return fill((n) =>
+        encodeCraftedUpdate(
+          [],
+          Array.from({ length: n }, (_, i) => ranges[i % ranges.length]!),
+        ),
+      )
     },
   },
   {
@@ -307,7 +361,9 @@ export const hostileShapes: readonly Shape[] = [
       const c = clientId(11)
       const forged = (i: number) =>
         encodeStoredRecord({ id: newMessageId(), author: alice, body: `forged ${i}`, createdAt: 1 })
-      const clients = [{ client: c, clock: 0, structs: chain(x, c, 2_000, (i) => ({ kind: "any", values: [forged(i)] })) }]
+      const clients = [
+        { client: c, clock: 0, structs: chain(x, c, 1_000, (i) => ({ kind: "any", values: [forged(i)] })) },
+      ]
       return encodeCraftedUpdate(clients, rangesOf(clients))
     },
   },
@@ -327,7 +383,10 @@ function device(before: Uint8Array, session: number): Y.Doc {
   return doc
 }
 
-/** Honest frames, each accepted by the relay. */
+/**
+ * Frames the relay accepts: what honest clients send, and the largest valid
+ * frames within every cap (the most an attacker can make the relay accept).
+ */
 export const honestShapes: readonly Shape[] = [
   {
     name: "SDK sync step 2 after a long offline period",
@@ -381,20 +440,66 @@ export const honestShapes: readonly Shape[] = [
     },
   },
   {
-    name: "many short messages in one update, up to the struct cap",
+    name: "2,000 short messages in one update (the value cap)",
     honest: true,
     user: alice,
     build: (relay) => {
-      // Messages interleaved with marker moves: one struct each (nothing merges), 9,000 in all.
       const doc = new Y.Doc()
       Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
       doc.clientID = 0x30000001
       const sv = Y.encodeStateVector(doc)
-      for (let i = 0; i < 4_500; i++) {
+      for (let i = 0; i < 2_000; i++)
+        sendMessage(doc, alice, { body: `quick ${i}: a typical short chat line` })
+      return Y.encodeStateAsUpdate(doc, sv)
+    },
+  },
+  {
+    name: "700 messages, each followed by a read-marker move (1,400 structs)",
+    honest: true,
+    user: alice,
+    build: (relay) => {
+      // Nothing merges: one struct per message and per marker move (overwritten ones deleted on arrival).
+      const doc = new Y.Doc()
+      Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
+      doc.clientID = 0x30000002
+      const sv = Y.encodeStateVector(doc)
+      for (let i = 0; i < 700; i++) {
         sendMessage(doc, alice, { body: `quick ${i}` })
-        typesOf(doc).read.set(alice, Math.min(1_200, 1_000 + i))
+        typesOf(doc).read.set(alice, 1 + i)
       }
       return Y.encodeStateAsUpdate(doc, sv)
+    },
+  },
+  {
+    name: "1,500 reactions, each its own map key (the struct cap)",
+    honest: true,
+    user: mallory,
+    build: (relay) => {
+      const doc = new Y.Doc()
+      Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
+      doc.clientID = 0x30000003
+      const sv = Y.encodeStateVector(doc)
+      const targets = listMessages(doc, { last: 1_000 })
+      for (let i = 0; i < 1_500; i++)
+        react(doc, mallory, targets[i % targets.length]!.id, i < 1_000 ? "👍" : "🎉")
+      return Y.encodeStateAsUpdate(doc, sv)
+    },
+  },
+  {
+    name: "256 fresh client ids at distinct positions",
+    honest: true,
+    user: mallory,
+    build: (relay) => {
+      // Within every cap, but the document keeps these ids for good: the growth allowance's business.
+      const after = lastId(lastItem(relay, TopLevel.messages))
+      const clients = Array.from({ length: 256 }, (_, i) => ({
+        client: clientId(5_000 + i),
+        clock: 0,
+        structs: [
+          { origin: i === 0 ? after : { client: clientId(5_000 + i - 1), clock: 0 }, content: deleted() },
+        ],
+      }))
+      return encodeCraftedUpdate(clients, rangesOf(clients))
     },
   },
 ]
