@@ -55,5 +55,11 @@ export type { Sequencer } from "./sequencer.js"
 export { LocalSequencer } from "./sequencer.js"
 export type { RelayStorage, StorageKind, StoredDocument } from "./storage/index.js"
 export { MemoryStorage, openStorage, SqliteStorage } from "./storage/index.js"
+export {
+  CostRule,
+  DEFAULT_UPDATE_COST_LIMITS,
+  type UpdateCost,
+  type UpdateCostLimits,
+} from "./update-cost.js"
 export type { AfterSaved, AfterSavedListener } from "./update-path.js"
 export type { TransportLimits } from "./ws-transport.js"
