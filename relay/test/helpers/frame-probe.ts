@@ -15,7 +15,7 @@ import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
 import * as syncProtocol from "y-protocols/sync"
 import type * as Y from "yjs"
-import type { Session } from "../../src/connection.js"
+import type { Connection, Session } from "../../src/connection.js"
 import { createLogger } from "../../src/log.js"
 import { RelayMetrics } from "../../src/metrics.js"
 import { openAuthorization } from "../../src/policy/open.js"
@@ -72,14 +72,15 @@ export interface ProbeResult {
 }
 
 /**
- * Seeds a fresh conversation with `seed`, connects the shape's sender to a
- * new core, builds the shape against the relay's document and sends it.
+ * Seeds a fresh conversation with `seed`, connects each shape's sender to a
+ * new core, and sends the shapes one after the other, each built against the
+ * relay's document as it is by then.
  */
-export async function probe(
-  shape: Shape,
+export async function probeAll(
+  shapes: readonly Shape[],
   seed: (id: ConversationId) => Seed,
   limits: Partial<CoreLimits> = {},
-): Promise<ProbeResult> {
+): Promise<ProbeResult[]> {
   const id = newConversationId()
   const seeded = seed(id)
   const storage = new MemoryStorage()
@@ -93,27 +94,46 @@ export async function probe(
     limits,
   })
   try {
-    const session = new ProbeSession({ kind: "user", user: shape.user })
-    const connection = await core.connect(id, session)
-    const update = await core.read(id, (doc: Y.Doc) => shape.build(doc, seeded))
-    const frame = updateFrame(update)
-    const reply = session.reply()
-    const start = process.cpuUsage()
-    connection.receive(frame)
-    const answer = await reply
-    // Listeners and compaction run after the answer, in the document's queue: wait for them too.
-    const clientIds = await core.read(id, (doc: Y.Doc) => doc.store.clients.size)
-    const used = process.cpuUsage(start)
-    return {
-      bytes: frame.length,
-      accepted: answer.type === "saved",
-      ...(answer.type === "error" ? { error: answer.error } : {}),
-      cpuMs: (used.user + used.system) / 1000,
-      clientIds,
-      closed: session.closed !== undefined,
+    const results: ProbeResult[] = []
+    const sessions = new Map<string, { session: ProbeSession; connection: Connection }>()
+    for (const shape of shapes) {
+      let open = sessions.get(shape.user)
+      if (!open) {
+        const session = new ProbeSession({ kind: "user", user: shape.user })
+        open = { session, connection: await core.connect(id, session) }
+        sessions.set(shape.user, open)
+      }
+      const { session, connection } = open
+      const update = await core.read(id, (doc: Y.Doc) => shape.build(doc, seeded))
+      const frame = updateFrame(update)
+      const reply = session.reply()
+      const start = process.cpuUsage()
+      connection.receive(frame)
+      const answer = await reply
+      // Listeners and compaction run after the answer, in the document's queue: wait for them too.
+      const clientIds = await core.read(id, (doc: Y.Doc) => doc.store.clients.size)
+      const used = process.cpuUsage(start)
+      results.push({
+        bytes: frame.length,
+        accepted: answer.type === "saved",
+        ...(answer.type === "error" ? { error: answer.error } : {}),
+        cpuMs: (used.user + used.system) / 1000,
+        clientIds,
+        closed: session.closed !== undefined,
+      })
     }
+    return results
   } finally {
     await core.close()
     await authorization.close()
   }
+}
+
+/** {@link probeAll} for one shape. */
+export async function probe(
+  shape: Shape,
+  seed: (id: ConversationId) => Seed,
+  limits: Partial<CoreLimits> = {},
+): Promise<ProbeResult> {
+  return (await probeAll([shape], seed, limits))[0]!
 }

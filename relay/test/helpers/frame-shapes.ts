@@ -15,6 +15,7 @@ import {
   listMessages,
   type MessageId,
   markRead,
+  messageIndex,
   newMessageId,
   nextFromDocument,
   react,
@@ -80,6 +81,8 @@ export function seedConversation(id: ConversationId, messages = 1_000): Seed {
 export interface Shape {
   readonly name: string
   readonly honest: boolean
+  /** For a refused shape: the error code and rule it is refused with. */
+  readonly refused?: { readonly code: string; readonly rule?: string }
   readonly user: UserId
   /** The update, built against the relay's current document. */
   build(relay: Y.Doc, seed: Seed): Uint8Array
@@ -99,16 +102,18 @@ const record = (i: number) =>
 /** Client ids far from the relay's, the seed's and each other's. */
 const clientId = (i: number) => 0x10000000 + i
 
-/** The largest `n` for which `build(n)` stays within the frame limit (or `max`). */
+/** About the largest `n` for which `build(n)` stays within the frame limit (at most `max`). */
 function fill(build: (n: number) => Uint8Array, max = 1 << 22): Uint8Array {
-  let lo = 1
-  let hi = max
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2)
-    if (build(mid).length <= FRAME_LIMIT - HEADROOM) lo = mid
-    else hi = mid - 1
+  const room = FRAME_LIMIT - HEADROOM
+  // Sizes grow about linearly with n: scale from a small build, then step down until it fits.
+  let n = Math.min(max, 256)
+  for (let i = 0; i < 3; i++) n = Math.min(max, Math.max(1, Math.floor((n * room) / build(n).length)))
+  let update = build(n)
+  while (update.length > room && n > 1) {
+    n = Math.floor(n * 0.995)
+    update = build(n)
   }
-  return build(lo)
+  return update
 }
 
 /** A chain of `n` items after `origin`, under `client` from `clock`. */
@@ -123,6 +128,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "fresh client id per item, deleted on arrival",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-client-ids" },
     user: mallory,
     build: (relay) => {
       const after = lastId(lastItem(relay, TopLevel.messages))
@@ -139,6 +145,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "fresh client ids, one more than an update may carry",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-client-ids" },
     user: mallory,
     build: (relay) => {
       const after = lastId(lastItem(relay, TopLevel.messages))
@@ -153,6 +160,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "2,001 messages in one update",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-values" },
     user: mallory,
     build: (relay) => {
       const c = clientId(12)
@@ -174,6 +182,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "siblings at one position, one client id",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-structs" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -189,6 +198,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "siblings at one position, under the struct cap",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "siblings" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -202,6 +212,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "one sibling per origin along a chain (distinct origins)",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "integration-cost" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -217,6 +228,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "inserts along the document's chain, each passing the update's own appended chain",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "integration-cost" },
     user: mallory,
     build: (relay) => {
       const last = lastItem(relay, TopLevel.messages)
@@ -237,6 +249,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "siblings at one position, many client ids",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "siblings" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -254,6 +267,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "one map key written concurrently (no origin)",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "siblings" },
     user: mallory,
     build: () => {
       const c = clientId(5)
@@ -267,6 +281,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "one map key overwritten along a chain",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "integration-cost" },
     user: mallory,
     build: () => {
       // A long history on one key, then writes without origin that each walk all of it.
@@ -281,6 +296,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "1 MB chain of deleted items (about 8 bytes each)",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-structs" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -293,6 +309,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "long string split per character",
     honest: false,
+    refused: { code: "FORBIDDEN", rule: "schema" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -305,6 +322,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "nested types",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "siblings" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -318,6 +336,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "GC and skip structs",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-structs" },
     user: mallory,
     build: () =>
       fill((n) =>
@@ -335,6 +354,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "delete set of single clocks over the document",
     honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "delete-ranges" },
     user: mallory,
     build: (relay) => {
       const ranges: { client: number; clock: number; length: number }[] = []
@@ -355,6 +375,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "messages written and deleted on arrival, forged author",
     honest: false,
+    refused: { code: "FORBIDDEN", rule: "author-is-sender" },
     user: mallory,
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
@@ -370,6 +391,7 @@ export const hostileShapes: readonly Shape[] = [
   {
     name: "bytes that are not an update",
     honest: false,
+    refused: { code: "INVALID_UPDATE" },
     user: mallory,
     build: () => new Uint8Array(FRAME_LIMIT - HEADROOM).fill(0xff),
   },
@@ -463,9 +485,16 @@ export const honestShapes: readonly Shape[] = [
       Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
       doc.clientID = 0x30000002
       const sv = Y.encodeStateVector(doc)
+      // Marker moves spread over the sequenced messages, forward only, as the SDK writes them.
+      const last = messageIndex(doc).lastSequence()
+      let marker = 0
       for (let i = 0; i < 700; i++) {
         sendMessage(doc, alice, { body: `quick ${i}` })
-        typesOf(doc).read.set(alice, 1 + i)
+        const to = Math.max(1, Math.round(((i + 1) * last) / 700))
+        if (to > marker) {
+          marker = to
+          typesOf(doc).read.set(alice, to)
+        }
       }
       return Y.encodeStateAsUpdate(doc, sv)
     },
