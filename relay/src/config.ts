@@ -4,6 +4,7 @@ import type { AuthKey } from "./auth.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
 import type { RelayOptions } from "./relay.js"
 import { DEFAULT_DATABASE_URL, type StorageKind } from "./storage/index.js"
+import { DEFAULT_UPDATE_COST_LIMITS as COST } from "./update-cost.js"
 
 type Kind = "string" | "boolean" | "integer"
 
@@ -137,6 +138,60 @@ export const FLAGS = {
     env: "PARLEY_COMPACT_AFTER_BYTES",
     help: "...or this many log bytes",
     default: String(8 * 1024 * 1024),
+  },
+  "max-update-structs": {
+    kind: "integer",
+    env: "PARLEY_MAX_UPDATE_STRUCTS",
+    help: "structs in one update (then INVALID_UPDATE, rule update-structs)",
+    default: String(COST.maxUpdateStructs),
+  },
+  "max-update-values": {
+    kind: "integer",
+    env: "PARLEY_MAX_UPDATE_VALUES",
+    help: "values (messages, map values) one update writes (rule update-values)",
+    default: String(COST.maxUpdateValues),
+  },
+  "max-update-client-ids": {
+    kind: "integer",
+    env: "PARLEY_MAX_UPDATE_CLIENT_IDS",
+    help: "client ids one update writes under (rule update-client-ids)",
+    default: String(COST.maxUpdateClientIds),
+  },
+  "client-ids-per-user-per-day": {
+    kind: "integer",
+    env: "PARLEY_CLIENT_IDS_PER_USER_PER_DAY",
+    help: "new client ids a user adds to a document per day (then RATE_LIMITED, rule client-id-growth)",
+    default: String(COST.clientIdsPerUserPerDay),
+  },
+  "max-deleted-on-arrival": {
+    kind: "integer",
+    env: "PARLEY_MAX_DELETED_ON_ARRIVAL",
+    help: "structs an update deletes with its own delete set (rule deleted-on-arrival)",
+    default: String(COST.maxDeletedOnArrival),
+  },
+  "max-siblings": {
+    kind: "integer",
+    env: "PARLEY_MAX_SIBLINGS",
+    help: "items one update inserts at one position (rule siblings)",
+    default: String(COST.maxSiblings),
+  },
+  "max-integration-steps": {
+    kind: "integer",
+    env: "PARLEY_MAX_INTEGRATION_STEPS",
+    help: "estimated Yjs conflict-resolution and split steps per update (rule integration-cost)",
+    default: String(COST.maxIntegrationSteps),
+  },
+  "max-delete-ranges": {
+    kind: "integer",
+    env: "PARLEY_MAX_DELETE_RANGES",
+    help: "ranges in one update's delete set (rule delete-ranges)",
+    default: String(COST.maxDeleteRanges),
+  },
+  "max-delete-visits": {
+    kind: "integer",
+    env: "PARLEY_MAX_DELETE_VISITS",
+    help: "document structs one update's delete set reaches (rule delete-visits)",
+    default: String(COST.maxDeleteVisits),
   },
   hooks: { kind: "string", env: "PARLEY_HOOKS", help: "load every hook module in DIR (see HOOKS.md)" },
   webhook: {
@@ -312,6 +367,15 @@ export function parseConfig(
       pingTimeoutMs: Math.max(1, int("ping-timeout-ms")),
       compactAfterUpdates: Math.max(1, int("compact-after-updates")),
       compactAfterBytes: int("compact-after-bytes"),
+      maxUpdateStructs: int("max-update-structs"),
+      maxUpdateValues: int("max-update-values"),
+      maxUpdateClientIds: int("max-update-client-ids"),
+      clientIdsPerUserPerDay: int("client-ids-per-user-per-day"),
+      maxDeletedOnArrival: int("max-deleted-on-arrival"),
+      maxSiblings: Math.max(1, int("max-siblings")),
+      maxIntegrationSteps: int("max-integration-steps"),
+      maxDeleteRanges: int("max-delete-ranges"),
+      maxDeleteVisits: int("max-delete-visits"),
     },
   }
 }

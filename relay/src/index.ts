@@ -81,5 +81,11 @@ export {
   SqliteStorage,
   StorageGuard,
 } from "./storage/index.js"
+export {
+  CostRule,
+  DEFAULT_UPDATE_COST_LIMITS,
+  type UpdateCost,
+  type UpdateCostLimits,
+} from "./update-cost.js"
 export type { AfterSaved, AfterSavedListener } from "./update-path.js"
 export type { Readiness, TransportLimits } from "./ws-transport.js"

@@ -12,6 +12,7 @@ import {
 import * as Y from "yjs"
 import { accessOf } from "./access.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
+import { ClientIdAllowance } from "./client-id-allowance.js"
 import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DocumentHost } from "./document-host.js"
 import type { Logger } from "./log.js"
@@ -22,6 +23,7 @@ import { describePrincipal, type Principal } from "./principal.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
 import type { RelayStorage } from "./storage/types.js"
+import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
 import {
   type AccessChange,
   type AfterSavedListener,
@@ -55,6 +57,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   compactAfterUpdates: 500,
   compactAfterBytes: 8 * 1024 * 1024,
   ...DEFAULT_AWARENESS_LIMITS,
+  ...DEFAULT_UPDATE_COST_LIMITS,
 }
 
 /** What the core is made of. */
@@ -135,6 +138,7 @@ export class RelayCore implements ConnectionOwner {
       log: options.log,
       limits: this.limits,
       settleAccess: (host, change) => this.settleAccess(host, change),
+      clientIds: new ClientIdAllowance(this.limits.maxUpdateClientIds, this.limits.clientIdsPerUserPerDay),
       evict: (host, error) => this.evict(host, error),
       ...(options.observer
         ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }

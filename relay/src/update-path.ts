@@ -12,6 +12,7 @@ import {
 import * as encoding from "lib0/encoding"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
+import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { Logger } from "./log.js"
@@ -21,6 +22,7 @@ import { type Principal, RELAY } from "./principal.js"
 import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
+import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
 import { inspectUpdate } from "./yjs-updates.js"
 
 /** A change that is saved (durable, applied, broadcast), as listeners receive it. */
@@ -45,7 +47,7 @@ export interface AfterSavedListener {
 }
 
 /** Limits the update path enforces. */
-export interface PathLimits {
+export interface PathLimits extends UpdateCostLimits {
   /** Largest update accepted, in bytes. */
   readonly maxUpdateBytes: number
   /** Compact once this many log entries follow the snapshot... */
@@ -70,6 +72,8 @@ export interface PathContext {
    * removed participants closed. See `RelayCore.settleAccess`.
    */
   settleAccess(host: DocumentHost, change: AccessChange): ReadonlySet<Connection>
+  /** New client ids each user may still add to each document. */
+  readonly clientIds?: ClientIdAllowance
   /** The document's memory may no longer match its storage: drop it. */
   evict(host: DocumentHost, error: unknown): void
   /** Highest log position compaction may fold into a snapshot (hooks: entries whose events are recorded). */
@@ -408,6 +412,8 @@ export function submitUpdate(
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
     if (update.length > ctx.limits.maxUpdateBytes)
       throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
+    // What Yjs would spend on it is bounded before anything decodes it into objects.
+    const cost = checkUpdateCost(host.doc, update, ctx.limits)
     const inspected = inspectUpdate(host.doc, update)
     let clientIds = inspected.clientIds
     if (inspected.noop) {
@@ -418,6 +424,13 @@ export function submitUpdate(
       return []
     }
     refuseWhileStorageFails(ctx, host)
+    // Checked before the policy binds the new ids to the user, taken once it accepted them.
+    const user = principal.kind === "user" ? principal.user : undefined
+    const newIds = cost.newClientIds.length
+    if (user && ctx.clientIds && !ctx.clientIds.allows(host.key, user, newIds))
+      throw new ParleyError(ErrorCode.RATE_LIMITED, "too many new client ids from this user in this document", {
+        rule: CostRule.clientIdGrowth,
+      })
     // A client re-sending pending work may include some the document has by now: store only the rest.
     const fresh = withoutKnownStructs(host.doc, update)
     if (fresh !== update) {
@@ -430,6 +443,7 @@ export function submitUpdate(
     if (decision.allowed && ctx.policy !== membershipPolicy) decision = await ctx.policy.check(input)
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+    if (user) ctx.clientIds?.take(host.key, user, newIds)
     const source = principal.kind === "relay" ? "relay" : "client"
     const { entries, positions, events, caughtUp } = await applyAndStore(
       ctx,

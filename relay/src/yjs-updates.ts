@@ -11,6 +11,23 @@ export interface InspectedUpdate {
   readonly noop: boolean
 }
 
+type Decoded = ReturnType<typeof Y.decodeUpdate>
+const decodedUpdates = new WeakMap<Uint8Array, Decoded>()
+
+/**
+ * `Y.decodeUpdate`, once per update: the update path inspects an update and
+ * the policy reads it again; both get the same decoded structs (read, never
+ * changed). Throws what Yjs throws.
+ */
+export function decodeOnce(update: Uint8Array): Decoded {
+  let decoded = decodedUpdates.get(update)
+  if (!decoded) {
+    decoded = Y.decodeUpdate(update)
+    decodedUpdates.set(update, decoded)
+  }
+  return decoded
+}
+
 /**
  * Decodes `update` against `doc` without touching it. Throws INVALID_UPDATE
  * when Yjs cannot decode it, so that such bytes are never stored.
@@ -18,7 +35,7 @@ export interface InspectedUpdate {
 export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
   let decoded: ReturnType<typeof Y.decodeUpdate>
   try {
-    decoded = Y.decodeUpdate(update)
+    decoded = decodeOnce(update)
   } catch (error) {
     throw new ParleyError(ErrorCode.INVALID_UPDATE, "the update cannot be decoded", { cause: error })
   }

@@ -27,8 +27,8 @@ export function checkInboxUpdate(input: {
     for (const { item, location } of read.items) {
       if (location.root !== InboxTopLevel.muted || location.key === null || !isConversationId(location.key))
         throw new Refusal(Rule.relayOnly, "inbox entries are written by the relay only")
-      // Muted then unmuted while offline arrives as deleted content: nothing to judge.
-      if (item.content instanceof Y.ContentDeleted || read.deletes(item.id.client, item.id.clock)) continue
+      // Garbage-collected content holds nothing; a value deleted on arrival is judged like any other.
+      if (item.content instanceof Y.ContentDeleted) continue
       if (mapItemValue(item) !== true) throw new Refusal(Rule.schema, "a muted flag is true or absent")
     }
     for (const { location } of read.deleted) {

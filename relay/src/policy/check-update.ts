@@ -136,6 +136,8 @@ class UpdateCheck {
   private readonly newPlaceholders = new Map<MessageId, DeletedMessageRecord>()
   /** Live records the update deletes, by id. */
   private readonly deletedRecords = new Map<MessageId, MessageRecord>()
+  /** Records the update writes and deletes at once ("deleted on arrival"), by id. */
+  private readonly transientRecords = new Map<MessageId, MessageRecord>()
 
   constructor(private readonly input: CheckUpdateInput) {
     this.doc = input.doc
@@ -159,7 +161,7 @@ class UpdateCheck {
 
     const changes = this.mapChanges()
     const changesSomething =
-      this.read.items.some((n) => this.liveElements(n).length > 0) ||
+      this.read.items.some((n) => this.elements(n).length > 0) ||
       this.read.deleted.length > 0 ||
       changes.length > 0
     if (principal.kind === "service" && (changesSomething || this.read.items.length > 0))
@@ -197,15 +199,18 @@ class UpdateCheck {
     return { allowed: true, newBindings }
   }
 
-  /** Values of a new array item that stay in the document (not deleted by the same update). */
-  private liveElements(n: NewItem): unknown[] {
+  /**
+   * Values of a new array item, each with whether the same update deletes it.
+   * Content deleted on arrival is judged like any other: it is stored and
+   * broadcast as sent, and replicas that keep deleted content see it.
+   */
+  private elements(n: NewItem): { value: unknown; deleted: boolean }[] {
     if (!(n.item.content instanceof Y.ContentAny)) return []
     const content = n.item.content.getContent()
-    const live: unknown[] = []
-    for (let i = n.offset; i < n.item.length; i++) {
-      if (!this.read.deletes(n.item.id.client, n.item.id.clock + i)) live.push(content[i])
-    }
-    return live
+    const values: { value: unknown; deleted: boolean }[] = []
+    for (let i = n.offset; i < n.item.length; i++)
+      values.push({ value: content[i], deleted: this.read.deletes(n.item.id.client, n.item.id.clock + i) })
+    return values
   }
 
   /**
@@ -247,6 +252,10 @@ class UpdateCheck {
         : null
       let chainEnd: Y.Item | undefined
       const after: Value[] = []
+      // Values written and then overwritten or deleted within the update are judged as writes too.
+      const transient = (item: Y.Item) => {
+        if (item.content instanceof Y.ContentAny && stateOf(item) === ABSENT) after.push(mapItemValue(item))
+      }
       for (const { item } of items) {
         const origin = item.origin
         const chained =
@@ -254,12 +263,18 @@ class UpdateCheck {
             ? origin === null
             : origin !== null && origin.client === expected.client && origin.clock === expected.clock
         if (chained) {
+          if (chainEnd?.content instanceof Y.ContentAny) after.push(mapItemValue(chainEnd))
           chainEnd = item
           expected = { client: item.id.client, clock: item.id.clock + item.length - 1 }
-        } else after.push(stateOf(item))
+        } else {
+          after.push(stateOf(item))
+          transient(item)
+        }
       }
-      if (chainEnd) after.push(stateOf(chainEnd))
-      else if (
+      if (chainEnd) {
+        after.push(stateOf(chainEnd))
+        transient(chainEnd)
+      } else if (
         current &&
         !current.deleted &&
         this.read.deletes(current.id.client, current.id.clock + current.length - 1) &&
@@ -384,6 +399,7 @@ class UpdateCheck {
   private checkParticipants(changes: readonly KeyChange[]): void {
     let added = 0
     for (const change of changes) {
+      if (change.before === ABSENT && change.after.some((v) => v !== ABSENT)) added++
       if (!isUserId(change.key)) refuse(Rule.schema, "participant id invalid")
       const user = change.key as UserId
       const before = change.before === ABSENT ? undefined : (change.before as ParticipantRecord)
@@ -397,7 +413,6 @@ class UpdateCheck {
         schema(checkParticipantRecord(after))
         const record = after as ParticipantRecord
         if (!before) {
-          added++
           if (this.isRelay) continue
           assert(canAddParticipant(this.role, this.kind, record.role))
           if (record.addedBy !== this.actor) refuse(Rule.selfOnly, "participants are added as oneself")
@@ -419,16 +434,22 @@ class UpdateCheck {
   private collectMessages(): void {
     for (const n of this.read.items) {
       if (n.location.root !== TopLevel.messages) continue
-      for (const value of this.liveElements(n)) {
+      for (const { value, deleted } of this.elements(n)) {
         if (!isPlainJson(value)) refuse(Rule.schema, "a message holds plain JSON only")
         schema(checkStoredRecord(value))
         const record = decodeStoredRecord(value)!
-        if (isDeletedRecord(record)) {
+        if (deleted) {
+          if (isDeletedRecord(record)) refuse(Rule.immutable, "a deletion placeholder is permanent")
+          if (this.transientRecords.has(record.id) || this.newRecords.has(record.id))
+            refuse(Rule.immutable, `message ${record.id} written twice`)
+          this.transientRecords.set(record.id, record)
+        } else if (isDeletedRecord(record)) {
           if (this.newPlaceholders.has(record.id))
             refuse(Rule.immutable, "one placeholder per deleted message")
           this.newPlaceholders.set(record.id, record)
         } else {
-          if (this.newRecords.has(record.id)) refuse(Rule.immutable, `message ${record.id} written twice`)
+          if (this.newRecords.has(record.id) || this.transientRecords.has(record.id))
+            refuse(Rule.immutable, `message ${record.id} written twice`)
           this.newRecords.set(record.id, record)
         }
       }
@@ -454,8 +475,16 @@ class UpdateCheck {
       if (index.records.has(record.id) || index.deleted.has(record.id) || this.deletedRecords.has(record.id))
         refuse(Rule.immutable, `message ${record.id} already exists`)
     }
+    // Written and deleted at once: a message sent, then deleted by someone allowed to, with its placeholder.
+    for (const [id, record] of this.transientRecords) {
+      if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
+      if (index.records.has(id) || index.deleted.has(id) || this.deletedRecords.has(id))
+        refuse(Rule.immutable, `message ${id} already exists`)
+      if (!this.isRelay) assert(canDeleteMessage(this.actor!, this.role, record.author))
+      if (!this.newPlaceholders.has(id)) refuse(Rule.immutable, "a deleted message leaves a placeholder")
+    }
     for (const [id, placeholder] of this.newPlaceholders) {
-      const original = this.deletedRecords.get(id) ?? index.deleted.get(id)
+      const original = this.deletedRecords.get(id) ?? this.transientRecords.get(id) ?? index.deleted.get(id)
       if (original) {
         if (placeholder.author !== original.author || placeholder.createdAt !== original.createdAt)
           refuse(Rule.immutable, "a placeholder keeps the message's author and time")
@@ -476,7 +505,7 @@ class UpdateCheck {
     for (const n of this.read.items) {
       if (n.location.root !== TopLevel.order) continue
       assert(canWriteSequence(this.isRelay))
-      for (const value of this.liveElements(n)) schema(checkSequenceRecord(value))
+      for (const { value } of this.elements(n)) schema(checkSequenceRecord(value))
     }
     for (const d of this.read.deleted) {
       if (d.location.root === TopLevel.order) refuse(Rule.relayOnly, "sequence numbers are never removed")

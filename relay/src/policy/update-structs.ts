@@ -1,4 +1,5 @@
 import * as Y from "yjs"
+import { decodeOnce } from "../yjs-updates.js"
 
 /**
  * Reading a Yjs update against a document without applying it: which structs
@@ -113,7 +114,7 @@ export function readUpdate(
   }
   let decoded: { structs: (Y.Item | Y.GC | Y.Skip)[]; ds: { clients: Map<number, Range[]> } }
   try {
-    decoded = Y.decodeUpdate(update) as unknown as typeof decoded
+    decoded = decodeOnce(update) as unknown as typeof decoded
   } catch {
     return refuse("the update cannot be decoded")
   }
