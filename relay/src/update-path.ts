@@ -428,9 +428,13 @@ export function submitUpdate(
     const user = principal.kind === "user" ? principal.user : undefined
     const newIds = cost.newClientIds.length
     if (user && ctx.clientIds && !ctx.clientIds.allows(host.key, user, newIds))
-      throw new ParleyError(ErrorCode.RATE_LIMITED, "too many new client ids from this user in this document", {
-        rule: CostRule.clientIdGrowth,
-      })
+      throw new ParleyError(
+        ErrorCode.RATE_LIMITED,
+        "too many new client ids from this user in this document",
+        {
+          rule: CostRule.clientIdGrowth,
+        },
+      )
     // A client re-sending pending work may include some the document has by now: store only the rest.
     const fresh = withoutKnownStructs(host.doc, update)
     if (fresh !== update) {
