@@ -13,6 +13,7 @@ import * as Y from "yjs"
 import { accessOf } from "./access.js"
 import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DocumentHost } from "./document-host.js"
+import { closeOf } from "./errors.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy, type UpdatePolicy } from "./policy.js"
@@ -28,10 +29,11 @@ import {
   submitUpdate,
   writeOnServer,
 } from "./update-path.js"
+import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits } from "./user-limits.js"
 
 const EVICTED = Symbol("evicted")
 /** Limits of the core. */
-export interface CoreLimits extends PathLimits {
+export interface CoreLimits extends PathLimits, UserLimits {
   /** Unload a document this long after its last connection left. */
   readonly idleUnloadMs: number
   /** Most documents loaded at once; beyond, idle ones are unloaded or new ones refused (4503). */
@@ -48,6 +50,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   maxUpdateBytes: 1024 * 1024,
   compactAfterUpdates: 500,
   compactAfterBytes: 8 * 1024 * 1024,
+  ...DEFAULT_USER_LIMITS,
 }
 
 /** What the core is made of. */
@@ -89,8 +92,12 @@ export interface DocumentObserver {
  */
 export class RelayCore implements ConnectionOwner {
   readonly limits: CoreLimits
+  /** Per-user limits across connections (the transport counts sockets and send queues here too). */
+  readonly users: UserLedger
   private readonly hosts = new Map<string, Promise<DocumentHost>>()
   private readonly unloads = new Map<string, Promise<void>>()
+  /** Each connection's release of its document in the user's count. */
+  private readonly openDocuments = new Map<Connection, () => void>()
   private readonly listeners: AfterSavedListener[]
   private readonly ctx: PathContext
   private closing = false
@@ -98,6 +105,11 @@ export class RelayCore implements ConnectionOwner {
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
     this.listeners = [...(options.listeners ?? [])]
+    this.users = new UserLedger(this.limits, undefined, (limit, user) => {
+      options.metrics.userLimits.inc({ limit })
+      options.log.info({ user, limit }, "refused: per-user limit")
+    })
+    options.metrics.countUsersWith(() => this.users.size)
     const sequencer =
       options.sequencer ?? new LocalSequencer((conversation) => this.lastSequenceOf(conversation))
     this.ctx = {
@@ -108,6 +120,7 @@ export class RelayCore implements ConnectionOwner {
       metrics: options.metrics,
       log: options.log,
       limits: this.limits,
+      users: this.users,
       recheckAccess: (host) => this.recheckAccess(host),
       evict: (host, error) => this.evict(host, error),
       ...(options.observer
@@ -142,15 +155,25 @@ export class RelayCore implements ConnectionOwner {
    */
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
-    const host = await this.activeHost(name)
+    // Counted before loading: a user at the limit cannot make the relay load one more document.
+    const closeDocument = this.users.openDocument(session.principal, name)
+    let host: DocumentHost
+    try {
+      host = await this.activeHost(name)
+    } catch (error) {
+      closeDocument()
+      throw error
+    }
     const access = accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
+      closeDocument()
       this.scheduleIdle(host)
       throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
     }
     clearTimeout(host.idleTimer)
     host.idleTimer = undefined
     const connection = new Connection(host, session, access, this)
+    this.openDocuments.set(connection, closeDocument)
     host.connections.add(connection)
     this.options.metrics.connections.inc()
     connection.start()
@@ -199,7 +222,16 @@ export class RelayCore implements ConnectionOwner {
 
   /** @internal */
   submit(connection: Connection, update: Uint8Array): Promise<unknown> {
-    return submitUpdate(this.ctx, connection.host, connection.principal, update, connection)
+    let done: () => void
+    try {
+      done = this.users.admitUpdate(connection.principal, update.length)
+    } catch (error) {
+      // A flood across the user's connections: this one is closed, as a per-connection flood is.
+      const close = closeOf(toParleyError(error))
+      connection.close(close.code, close.reason)
+      return Promise.reject(error)
+    }
+    return submitUpdate(this.ctx, connection.host, connection.principal, update, connection).finally(done)
   }
 
   /** @internal */
@@ -215,6 +247,8 @@ export class RelayCore implements ConnectionOwner {
   detach(connection: Connection): void {
     const host = connection.host
     if (!host.connections.delete(connection)) return
+    this.openDocuments.get(connection)?.()
+    this.openDocuments.delete(connection)
     this.options.metrics.connections.dec()
     if (connection.awarenessIds.size > 0) {
       awarenessProtocol.removeAwarenessStates(host.awareness, [...connection.awarenessIds], "relay")

@@ -24,6 +24,8 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   maxBufferedBytes: 8 * 1024 * 1024,
   maxMessagesPerSecond: 100,
   messageBurst: 200,
+  maxAwarenessPerSecond: 500,
+  awarenessBurst: 1000,
 }
 
 /** Everything a relay can be started with; every field has a default except how tokens are verified. */

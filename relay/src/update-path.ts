@@ -13,12 +13,14 @@ import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
+import { growthOf } from "./growth.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy, type UpdatePolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
 import type { Sequencer } from "./sequencer.js"
 import type { RelayStorage } from "./storage/types.js"
+import type { UserLedger } from "./user-limits.js"
 import { inspectUpdate } from "./yjs-updates.js"
 
 /** A change that is saved (durable, applied, broadcast), as listeners receive it. */
@@ -67,6 +69,8 @@ export interface PathContext {
   evict(host: DocumentHost, error: unknown): void
   /** Highest log position compaction may fold into a snapshot (hooks: entries whose events are recorded). */
   compactionLimit?(name: string): Promise<number>
+  /** Per-user budgets: conversations created and participants added per minute. */
+  readonly users?: UserLedger
 }
 
 /** Transaction origin of the relay's own writes. */
@@ -262,6 +266,9 @@ export function submitUpdate(
     if (decision.allowed && ctx.policy !== membershipPolicy) decision = await ctx.policy.check(input)
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+    // After the rules (a refused update costs no budget), before anything changes: refused whole.
+    if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
+      ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
     const source = principal.kind === "relay" ? "relay" : "client"
     const { entries, positions, events } = await applyAndStore(
       ctx,

@@ -11,6 +11,7 @@ export {
   isErrorCode,
   ParleyError,
   toParleyError,
+  UserLimit,
 } from "./errors.js"
 export * from "./events.js"
 export * from "./ids.js"
