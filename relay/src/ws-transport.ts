@@ -45,7 +45,7 @@ export interface TransportLimits {
 /** A socket's send queue above which the user's queues across sockets are added up (cheap below). */
 const USER_QUEUE_CHECK_BYTES = 16 * 1024
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
-const UNREAD_CLOSE_GRACE_MS = 2000
+const UNREAD_CLOSE_GRACE_MS = 5000
 
 /** What the transport binds to sockets. */
 export interface TransportOptions {
