@@ -11,6 +11,8 @@
  * nothing.
  *
  *   npm run bench:attack [-- --messages 60 --ramp 3]
+ *
+ * With ATTACK_DEBUG=1 it also prints the relay's log messages, counted.
  */
 import { fork } from "node:child_process"
 import { readFileSync } from "node:fs"
