@@ -5,6 +5,7 @@ import { LOG_LEVELS, type LogLevel } from "./log.js"
 import type { RelayOptions } from "./relay.js"
 import { DEFAULT_DATABASE_URL, type StorageKind } from "./storage/index.js"
 import { DEFAULT_UPDATE_COST_LIMITS as COST } from "./update-cost.js"
+import { DEFAULT_USER_LIMITS as USER } from "./user-limits.js"
 
 type Kind = "string" | "boolean" | "integer"
 
@@ -126,6 +127,66 @@ export const FLAGS = {
     env: "PARLEY_PING_TIMEOUT_MS",
     help: "drop a connection that leaves a ping unanswered this long",
     default: "30000",
+  },
+  "socket-awareness-per-second": {
+    kind: "integer",
+    env: "PARLEY_SOCKET_AWARENESS_PER_SECOND",
+    help: "awareness frames per second per connection on average, apart from other frames (then close 4429)",
+    default: "500",
+  },
+  "socket-awareness-burst": {
+    kind: "integer",
+    env: "PARLEY_SOCKET_AWARENESS_BURST",
+    help: "awareness frames per connection in a burst",
+    default: "1000",
+  },
+  "max-sockets-per-user": {
+    kind: "integer",
+    env: "PARLEY_MAX_SOCKETS_PER_USER",
+    help: "connections one user may have open (then close 4429 sockets-per-user); 0 = no limit",
+    default: String(USER.maxSocketsPerUser),
+  },
+  "max-documents-per-user": {
+    kind: "integer",
+    env: "PARLEY_MAX_DOCUMENTS_PER_USER",
+    help: "documents one user may have open (then close 4429 documents-per-user); 0 = no limit",
+    default: String(USER.maxDocumentsPerUser),
+  },
+  "user-updates-per-second": {
+    kind: "integer",
+    env: "PARLEY_USER_UPDATES_PER_SECOND",
+    help: "updates per second per user across connections, one more per 16 KiB (then close 4429 updates-per-user); 0 = no limit",
+    default: String(USER.userUpdatesPerSecond),
+  },
+  "user-update-burst": {
+    kind: "integer",
+    env: "PARLEY_USER_UPDATE_BURST",
+    help: "updates per user in a burst",
+    default: String(USER.userUpdateBurst),
+  },
+  "max-pending-bytes-per-user": {
+    kind: "integer",
+    env: "PARLEY_MAX_PENDING_BYTES_PER_USER",
+    help: "update bytes of one user waiting to be stored (then close 4429 pending-bytes-per-user); 0 = no limit",
+    default: String(USER.maxPendingBytesPerUser),
+  },
+  "max-queued-bytes-per-user": {
+    kind: "integer",
+    env: "PARLEY_MAX_QUEUED_BYTES_PER_USER",
+    help: "unread bytes queued to one user's connections, initial syncs but the largest included (then close 4429 queued-bytes-per-user); 0 = no limit",
+    default: String(USER.maxQueuedBytesPerUser),
+  },
+  "user-conversations-per-minute": {
+    kind: "integer",
+    env: "PARLEY_USER_CONVERSATIONS_PER_MINUTE",
+    help: "conversations one user may create per minute (then RATE_LIMITED conversations-per-minute); 0 = no limit",
+    default: String(USER.userConversationsPerMinute),
+  },
+  "user-participants-per-minute": {
+    kind: "integer",
+    env: "PARLEY_USER_PARTICIPANTS_PER_MINUTE",
+    help: "participants one user may add per minute (then RATE_LIMITED participants-per-minute); 0 = no limit",
+    default: String(USER.userParticipantsPerMinute),
   },
   "compact-after-updates": {
     kind: "integer",
@@ -365,6 +426,16 @@ export function parseConfig(
       awarenessClaimsPerMinute: int("awareness-claims-per-minute"),
       pingIntervalMs: int("ping-interval-ms"),
       pingTimeoutMs: Math.max(1, int("ping-timeout-ms")),
+      socketAwarenessPerSecond: int("socket-awareness-per-second"),
+      socketAwarenessBurst: Math.max(1, int("socket-awareness-burst")),
+      maxSocketsPerUser: int("max-sockets-per-user"),
+      maxDocumentsPerUser: int("max-documents-per-user"),
+      userUpdatesPerSecond: int("user-updates-per-second"),
+      userUpdateBurst: Math.max(1, int("user-update-burst")),
+      maxPendingBytesPerUser: int("max-pending-bytes-per-user"),
+      maxQueuedBytesPerUser: int("max-queued-bytes-per-user"),
+      userConversationsPerMinute: int("user-conversations-per-minute"),
+      userParticipantsPerMinute: int("user-participants-per-minute"),
       compactAfterUpdates: Math.max(1, int("compact-after-updates")),
       compactAfterBytes: int("compact-after-bytes"),
       maxUpdateStructs: int("max-update-structs"),

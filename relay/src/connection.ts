@@ -14,7 +14,7 @@ import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import type { Access } from "./access.js"
 import type { DocumentHost } from "./document-host.js"
-import { closeFor } from "./errors.js"
+import { closeOf } from "./errors.js"
 import type { Principal } from "./principal.js"
 import { savedFrame } from "./update-path.js"
 
@@ -181,7 +181,7 @@ export class Connection {
         }),
       )
     } else {
-      const close = closeFor(error.code)
+      const close = closeOf(error)
       this.close(close.code, close.reason)
     }
   }

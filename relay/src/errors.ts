@@ -1,4 +1,4 @@
-import { CloseCode, type ErrorCode } from "@parley/shared"
+import { CloseCode, ErrorCode, type ParleyError, UserLimit } from "@parley/shared"
 
 /** The close code a connection gets for an error it cannot be told about in a typed error frame. */
 export function closeFor(code: ErrorCode): { code: number; reason: string } {
@@ -26,4 +26,17 @@ export function closeFor(code: ErrorCode): { code: number; reason: string } {
     case "DAMAGED":
       return CloseCode.Damaged
   }
+}
+
+const USER_LIMITS = new Set<string>(Object.values(UserLimit))
+
+/**
+ * The close code for `error`: that of its code, except that a per-user limit
+ * keeps 4429 and gives its name as the reason (`sockets-per-user`, ...), so a
+ * client or an operator reading the close can tell which limit it met.
+ */
+export function closeOf(error: ParleyError): { code: number; reason: string } {
+  if (error.code === ErrorCode.RATE_LIMITED && error.rule !== undefined && USER_LIMITS.has(error.rule))
+    return { code: CloseCode.RateLimited.code, reason: error.rule }
+  return closeFor(error.code)
 }

@@ -73,6 +73,25 @@ export class RelayMetrics {
     registers: [this.registry],
   })
 
+  readonly userLimits = new client.Counter({
+    name: "parley_user_limit_total",
+    help: "Refusals by a per-user limit, by limit (sockets-per-user, updates-per-user, ...)",
+    labelNames: ["limit"] as const,
+    registers: [this.registry],
+  })
+  private countUsers: () => number = () => 0
+  readonly users: client.Gauge = new client.Gauge({
+    name: "parley_users",
+    help: "Users the relay keeps per-user limits for (connected, or whose budgets are refilling)",
+    registers: [this.registry],
+    collect: (): void => this.users.set(this.countUsers()),
+  })
+
+  /** Where `parley_users` is read from (the core's user ledger). */
+  countUsersWith(count: () => number): void {
+    this.countUsers = count
+  }
+
   constructor(options: { defaultMetrics?: boolean } = {}) {
     this.storageAvailable.set(1)
     if (options.defaultMetrics) client.collectDefaultMetrics({ register: this.registry })

@@ -1,5 +1,5 @@
 /**
- * A token bucket: `perSecond` frames a second on average, bursts up to `burst`.
+ * A token bucket: `perSecond` tokens a second on average, bursts up to `burst`.
  * `now` is injectable so that tests control time.
  */
 export class RateLimiter {
@@ -15,13 +15,33 @@ export class RateLimiter {
     this.last = now()
   }
 
-  /** Takes one token; false when the bucket is empty (the caller is flooding). */
-  take(): boolean {
+  private refill(): void {
     const now = this.now()
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.perSecond)
     this.last = now
-    if (this.tokens < 1) return false
-    this.tokens -= 1
+  }
+
+  /**
+   * Takes `cost` tokens (one frame by default); false, taking nothing, when
+   * fewer are left (the caller is flooding). A cost above the burst never fits.
+   */
+  take(cost = 1): boolean {
+    this.refill()
+    if (this.tokens < cost) return false
+    this.tokens -= cost
     return true
+  }
+
+  /** Gives back `cost` tokens taken for something that was then not done. */
+  give(cost: number): void {
+    this.refill()
+    this.tokens = Math.min(this.burst, this.tokens + cost)
+  }
+
+  /** Milliseconds until the bucket is full again (0 when it is): how long its state still matters. */
+  msUntilFull(): number {
+    this.refill()
+    if (this.tokens >= this.burst) return 0
+    return this.perSecond > 0 ? Math.ceil(((this.burst - this.tokens) / this.perSecond) * 1000) : Infinity
   }
 }

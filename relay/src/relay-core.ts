@@ -15,6 +15,7 @@ import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from ".
 import { ClientIdAllowance } from "./client-id-allowance.js"
 import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DocumentHost } from "./document-host.js"
+import { closeOf } from "./errors.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
@@ -36,10 +37,11 @@ import {
   syncUpdateFrame,
   writeOnServer,
 } from "./update-path.js"
+import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits } from "./user-limits.js"
 
 const EVICTED = Symbol("evicted")
 /** Limits of the core. */
-export interface CoreLimits extends PathLimits, AwarenessLimits {
+export interface CoreLimits extends PathLimits, AwarenessLimits, UserLimits {
   /** Unload a document this long after its last connection left. */
   readonly idleUnloadMs: number
   /** Most documents loaded at once; beyond, idle ones are unloaded or new ones refused (4503). */
@@ -58,6 +60,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   compactAfterBytes: 8 * 1024 * 1024,
   ...DEFAULT_AWARENESS_LIMITS,
   ...DEFAULT_UPDATE_COST_LIMITS,
+  ...DEFAULT_USER_LIMITS,
 }
 
 /** What the core is made of. */
@@ -108,6 +111,8 @@ export interface DocumentObserver {
  */
 export class RelayCore implements ConnectionOwner {
   readonly limits: CoreLimits
+  /** Per-user limits across connections (the transport counts sockets and send queues here too). */
+  readonly users: UserLedger
   private readonly hosts = new Map<string, Promise<DocumentHost>>()
   private readonly unloads = new Map<string, Promise<void>>()
   /**
@@ -116,6 +121,8 @@ export class RelayCore implements ConnectionOwner {
    * the life of the process; it holds only names storage knows.
    */
   private readonly damaged = new Map<string, string>()
+  /** Each connection's release of its document in the user's count. */
+  private readonly openDocuments = new Map<Connection, () => void>()
   private readonly listeners: AfterSavedListener[]
   private readonly ctx: PathContext
   private closing = false
@@ -127,6 +134,11 @@ export class RelayCore implements ConnectionOwner {
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
     this.listeners = [...(options.listeners ?? [])]
+    this.users = new UserLedger(this.limits, undefined, (limit, user) => {
+      options.metrics.userLimits.inc({ limit })
+      options.log.info({ user, limit }, "refused: per-user limit")
+    })
+    options.metrics.countUsersWith(() => this.users.size)
     const sequencer =
       options.sequencer ?? new LocalSequencer((conversation) => this.lastSequenceOf(conversation))
     this.ctx = {
@@ -139,6 +151,7 @@ export class RelayCore implements ConnectionOwner {
       limits: this.limits,
       settleAccess: (host, change) => this.settleAccess(host, change),
       clientIds: new ClientIdAllowance(this.limits.maxUpdateClientIds, this.limits.clientIdsPerUserPerDay),
+      users: this.users,
       evict: (host, error) => this.evict(host, error),
       ...(options.observer
         ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }
@@ -198,7 +211,15 @@ export class RelayCore implements ConnectionOwner {
    */
   async connect(name: string, session: Session): Promise<Connection> {
     const parsed = parseName(name)
-    const host = await this.activeHost(name)
+    // Counted before loading: a user at the limit cannot make the relay load one more document.
+    const closeDocument = this.users.openDocument(session.principal, name)
+    let host: DocumentHost
+    try {
+      host = await this.activeHost(name)
+    } catch (error) {
+      closeDocument()
+      throw error
+    }
     // Access is decided on durable state only. While a change is applied but not yet stored (it may
     // be the creation), a user waits as pending; the update path decides once the change is stored.
     const access =
@@ -206,12 +227,14 @@ export class RelayCore implements ConnectionOwner {
         ? "pending"
         : accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
+      closeDocument()
       this.scheduleIdle(host)
       throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
     }
     clearTimeout(host.idleTimer)
     host.idleTimer = undefined
     const connection = new Connection(host, session, access, this)
+    this.openDocuments.set(connection, closeDocument)
     host.connections.add(connection)
     this.options.metrics.connections.inc()
     connection.start()
@@ -260,7 +283,16 @@ export class RelayCore implements ConnectionOwner {
 
   /** @internal */
   submit(connection: Connection, update: Uint8Array): Promise<unknown> {
-    return submitUpdate(this.ctx, connection.host, connection.principal, update, connection)
+    let done: () => void
+    try {
+      done = this.users.admitUpdate(connection.principal, update.length)
+    } catch (error) {
+      // A flood across the user's connections: this one is closed, as a per-connection flood is.
+      const close = closeOf(toParleyError(error))
+      connection.close(close.code, close.reason)
+      return Promise.reject(error)
+    }
+    return submitUpdate(this.ctx, connection.host, connection.principal, update, connection).finally(done)
   }
 
   /** @internal */
@@ -281,6 +313,8 @@ export class RelayCore implements ConnectionOwner {
   detach(connection: Connection): void {
     const host = connection.host
     if (!host.connections.delete(connection)) return
+    this.openDocuments.get(connection)?.()
+    this.openDocuments.delete(connection)
     this.options.metrics.connections.dec()
     this.gates.get(host)?.detach(connection)
     this.scheduleIdle(host)

@@ -34,6 +34,8 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   messageBurst: 200,
   pingIntervalMs: 15_000,
   pingTimeoutMs: 30_000,
+  socketAwarenessPerSecond: 500,
+  socketAwarenessBurst: 1000,
 }
 
 /** Default of {@link RelayOptions.maxTokenLifetimeMs}: a day. */

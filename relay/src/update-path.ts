@@ -15,6 +15,7 @@ import * as Y from "yjs"
 import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
+import { growthOf } from "./growth.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy, type UpdatePolicy } from "./policy.js"
@@ -23,6 +24,7 @@ import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
 import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
+import type { UserLedger } from "./user-limits.js"
 import { inspectUpdate } from "./yjs-updates.js"
 
 /** A change that is saved (durable, applied, broadcast), as listeners receive it. */
@@ -85,6 +87,8 @@ export interface PathContext {
    * (see {@link storeWhenBack}) instead of evicting the document.
    */
   readonly storageHealth?: StorageHealth
+  /** Per-user budgets: conversations created and participants added per minute. */
+  readonly users?: UserLedger
 }
 
 /** What the update path asks of a storage guard. */
@@ -448,6 +452,9 @@ export function submitUpdate(
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
     if (user) ctx.clientIds?.take(host.key, user, newIds)
+    // After the rules (a refused update costs no budget), before anything changes: refused whole.
+    if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
+      ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
     const source = principal.kind === "relay" ? "relay" : "client"
     const { entries, positions, events, caughtUp } = await applyAndStore(
       ctx,

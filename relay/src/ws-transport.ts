@@ -4,6 +4,7 @@ import {
   CloseCode,
   ErrorCode,
   isUserId,
+  MessageType,
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
   ParleyError,
@@ -13,7 +14,7 @@ import {
 import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
-import { closeFor } from "./errors.js"
+import { closeOf } from "./errors.js"
 import { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -37,7 +38,20 @@ export interface TransportLimits {
   readonly pingIntervalMs: number
   /** Time a connection has to answer a ping before it is dropped. */
   readonly pingTimeoutMs: number
+  /**
+   * Average awareness frames a second a client may send, counted apart from
+   * other frames: a stock y-websocket client sends back every awareness update
+   * it receives, so in a big room it sends far more of them than its user types.
+   */
+  readonly socketAwarenessPerSecond: number
+  /** Awareness frames a client may send in a burst. */
+  readonly socketAwarenessBurst: number
 }
+
+/** A socket's send queue above which the user's queues across sockets are added up (cheap below). */
+const USER_QUEUE_CHECK_BYTES = 16 * 1024
+/** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
+const UNREAD_CLOSE_GRACE_MS = 5000
 
 /** What the transport binds to sockets. */
 export interface TransportOptions {
@@ -149,6 +163,7 @@ export class WsTransport {
         status: this.stopping ? "stopping" : "ok",
         documents: this.options.core.loadedDocuments,
         connections: this.sockets.size,
+        users: this.options.core.users.size,
         uptimeSeconds: Math.round(process.uptime()),
         ...this.options.health?.(),
       })
@@ -222,19 +237,29 @@ export class WsTransport {
     }
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
+    const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
     const early: Uint8Array[] = []
     let earlyBytes = 0
     let connection: Connection | undefined
     let lease: TokenLease | undefined
     let socketClosed = false
+    let releaseSocket: (() => void) | undefined
+    let dropTimer: NodeJS.Timeout | undefined
 
     const closeWith = (close: { code: number; reason: string }) => {
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
         ws.close(close.code, close.reason)
       }
     }
+    // A client that does not read never reads the close frame either; its queue is freed soon anyway.
+    const closeUnread = (close: { code: number; reason: string }) => {
+      connection?.close(close.code, close.reason)
+      closeWith(close)
+      dropTimer ??= setTimeout(() => ws.terminate(), UNREAD_CLOSE_GRACE_MS)
+      dropTimer.unref()
+    }
     const refuse = (error: ParleyError) => {
-      const close = closeFor(error.code)
+      const close = closeOf(error)
       metrics.errors.inc({ code: error.code })
       log.info({ doc: name, code: close.code, reason: error.message }, "connection refused")
       closeWith(close)
@@ -242,7 +267,9 @@ export class WsTransport {
 
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (socketClosed) return
-      if (!limiter.take()) {
+      // Awareness frames have a budget of their own (see socketAwarenessPerSecond); types are one byte.
+      const awareness = isBinary && firstByte(data) === MessageType.awareness
+      if (!(awareness ? awarenessLimiter : limiter).take()) {
         metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
         log.info({ doc: name }, "closed: too many frames")
         if (connection) connection.close(CloseCode.RateLimited.code, CloseCode.RateLimited.reason)
@@ -275,6 +302,8 @@ export class WsTransport {
     ws.on("close", () => {
       socketClosed = true
       lease?.stop()
+      clearTimeout(dropTimer)
+      releaseSocket?.()
       this.sockets.delete(ws)
       connection?.close(CloseCode.Normal.code, CloseCode.Normal.reason)
     })
@@ -294,6 +323,16 @@ export class WsTransport {
     const { principal } = token
     if (token.dev) log.info({ doc: name, principal: describePrincipal(principal), dev: true }, "dev token")
     const queue = new SendQueue()
+    try {
+      releaseSocket = this.options.core.users.addSocket(principal, {
+        buffered: () => ws.bufferedAmount,
+        initialSyncBytes: () => queue.initialBytes(ws.bufferedAmount),
+        closing: () => ws.readyState !== WebSocket.OPEN,
+        close: (code, reason) => closeUnread({ code, reason }),
+      })
+    } catch (error) {
+      return refuse(toParleyError(error))
+    }
     const session: Session = {
       principal,
       wantsParley,
@@ -304,8 +343,16 @@ export class WsTransport {
         if (queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
           metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
           log.info({ doc: name, buffered: ws.bufferedAmount }, "closed: client reads too slowly")
-          connection?.close(CloseCode.RateLimited.code, "Send queue full")
-          closeWith({ code: CloseCode.RateLimited.code, reason: "Send queue full" })
+          closeUnread({ code: CloseCode.RateLimited.code, reason: "Send queue full" })
+        } else if (
+          ws.bufferedAmount > USER_QUEUE_CHECK_BYTES &&
+          this.options.core.users.checkQueued(principal)
+        ) {
+          metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+          log.info(
+            { doc: name, buffered: ws.bufferedAmount },
+            "closed: the user's connections read too slowly",
+          )
         }
       },
       close: (code, reason) => closeWith({ code, reason }),
@@ -354,6 +401,11 @@ class SendQueue {
     this.total += bytes
   }
 
+  /** Of the `buffered` bytes waiting, those of the unread initial-sync frame. */
+  initialBytes(buffered: number): number {
+    return buffered - this.countedBytes(buffered)
+  }
+
   /** Of the `buffered` bytes waiting, those that count against the limit. */
   countedBytes(buffered: number): number {
     const read = this.total - buffered
@@ -388,6 +440,12 @@ function hostOf(url: string): string | undefined {
   } catch {
     return undefined
   }
+}
+
+function firstByte(data: RawData): number | undefined {
+  if (Array.isArray(data)) return data[0]?.[0]
+  if (data instanceof ArrayBuffer) return data.byteLength > 0 ? new Uint8Array(data)[0] : undefined
+  return data[0]
 }
 
 function toBytes(data: RawData): Uint8Array {

@@ -106,6 +106,34 @@ export const CloseCode = {
    * Reconnecting does not help.
    */
   Damaged: { code: 4510, reason: "Document damaged" },
+  /** The user already has `--max-sockets-per-user` connections open (a 4429: reconnect with backoff). */
+  TooManySockets: { code: 4429, reason: "sockets-per-user" },
+  /** The user already has `--max-documents-per-user` documents open (a 4429). */
+  TooManyDocuments: { code: 4429, reason: "documents-per-user" },
+  /** The user's updates, across all their connections, exceeded `--user-updates-per-second` (a 4429). */
+  TooManyUpdates: { code: 4429, reason: "updates-per-user" },
+  /** The user's updates waiting to be stored exceeded `--max-pending-bytes-per-user` (a 4429). */
+  TooManyPendingBytes: { code: 4429, reason: "pending-bytes-per-user" },
+  /** Bytes queued to the user's connections (unread) exceeded `--max-queued-bytes-per-user` (a 4429). */
+  TooManyQueuedBytes: { code: 4429, reason: "queued-bytes-per-user" },
 } as const satisfies Record<string, { code: number; reason: string }>
 /** Name of a {@link CloseCode}. */
 export type CloseCodeName = keyof typeof CloseCode
+
+/**
+ * Names of the relay's per-user limits. A refusal by one carries the name as
+ * the typed error's `rule` (code `RATE_LIMITED`) and, when the connection is
+ * closed for it, as the close reason (code 4429), so that a client or an
+ * operator can tell which limit it met.
+ */
+export const UserLimit = {
+  sockets: "sockets-per-user",
+  documents: "documents-per-user",
+  updates: "updates-per-user",
+  pendingBytes: "pending-bytes-per-user",
+  queuedBytes: "queued-bytes-per-user",
+  conversations: "conversations-per-minute",
+  participants: "participants-per-minute",
+} as const
+/** One of {@link UserLimit}'s values. */
+export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]

@@ -12,6 +12,7 @@ export {
   isRetryable,
   ParleyError,
   toParleyError,
+  UserLimit,
 } from "./errors.js"
 export * from "./events.js"
 export * from "./ids.js"

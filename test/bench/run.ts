@@ -301,7 +301,15 @@ if (servers.includes("parley") && scenarios.includes("durable")) {
   // that keeps a window of messages in flight; raised for this test only.
   const unthrottled: ParleyVariant = {
     ...DEPLOYED,
-    args: ["--max-messages-per-second", "100000", "--message-burst", "100000"],
+    // The per-user update budget too: each writer is one user at hundreds of updates a second.
+    args: [
+      "--max-messages-per-second",
+      "100000",
+      "--message-burst",
+      "100000",
+      "--user-updates-per-second",
+      "0",
+    ],
   }
   results.durable = await runScenario(
     `Parley durable throughput: ${durableConfig.writers} writers, ${durableConfig.window} in flight each, ${durableConfig.seconds} s`,

@@ -1,0 +1,317 @@
+import { CloseCode, ErrorCode, ParleyError, type UserId, UserLimit } from "@parley/shared"
+import type { Principal } from "./principal.js"
+import { RateLimiter } from "./rate-limit.js"
+
+/**
+ * Limits per user (token subject), across all of the user's connections: a
+ * per-connection limit alone is multiplied by opening more connections. A
+ * value of 0 turns a limit off. Service tokens and the relay's own writes are
+ * not limited per user (they are the operator's).
+ */
+export interface UserLimits {
+  /** Connections one user may have open at once; beyond, new ones are closed (4429 `sockets-per-user`). */
+  readonly maxSocketsPerUser: number
+  /** Documents one user may have open at once; beyond, opening another is refused (4429 `documents-per-user`). */
+  readonly maxDocumentsPerUser: number
+  /** Updates per second one user may send on average, across connections (see {@link updateCost}). */
+  readonly userUpdatesPerSecond: number
+  /** Updates one user may send in a burst. */
+  readonly userUpdateBurst: number
+  /** Update bytes of one user that may wait in documents' queues at once (then 4429 `pending-bytes-per-user`). */
+  readonly maxPendingBytesPerUser: number
+  /**
+   * Bytes queued to one user's connections, unread, at once: every connection's
+   * send queue including the answers to its sync requests, except the largest
+   * single initial sync (so one conversation of any size still downloads).
+   * Beyond, the connection holding the most is closed (4429 `queued-bytes-per-user`).
+   */
+  readonly maxQueuedBytesPerUser: number
+  /** Conversations one user may create per minute (then `RATE_LIMITED`, rule `conversations-per-minute`). */
+  readonly userConversationsPerMinute: number
+  /** Participants one user may add per minute, others than themselves (then `RATE_LIMITED`, rule `participants-per-minute`). */
+  readonly userParticipantsPerMinute: number
+}
+
+/** Defaults of {@link UserLimits}. */
+export const DEFAULT_USER_LIMITS: UserLimits = {
+  maxSocketsPerUser: 256,
+  maxDocumentsPerUser: 128,
+  userUpdatesPerSecond: 100,
+  userUpdateBurst: 1000,
+  maxPendingBytesPerUser: 32 * 1024 * 1024,
+  maxQueuedBytesPerUser: 32 * 1024 * 1024,
+  userConversationsPerMinute: 30,
+  userParticipantsPerMinute: 500,
+}
+
+/** Update bytes that cost one more token of the update budget. */
+export const UPDATE_COST_BYTES = 16 * 1024
+
+/**
+ * What one update costs of its user's update budget: one, plus one per
+ * {@link UPDATE_COST_BYTES}, because what an update costs the relay to check
+ * and store grows with its size.
+ */
+export const updateCost = (bytes: number): number => 1 + Math.floor(bytes / UPDATE_COST_BYTES)
+
+/** A connection as the ledger sees it (the transport's socket). */
+export interface UserSocket {
+  /** Bytes queued to the client and not yet read. */
+  buffered(): number
+  /** Of those, the bytes of its unread initial sync (the answer to its sync request). */
+  initialSyncBytes(): number
+  /** True once the connection is being closed (its queue still holds memory until it is gone). */
+  closing(): boolean
+  /** Closes the connection. */
+  close(code: number, reason: string): void
+}
+
+/** What a change does that a user's per-minute budgets count. */
+export interface Growth {
+  /** It creates the conversation. */
+  readonly creates: boolean
+  /** Participants it adds, other than the sender. */
+  readonly participantsAdded: number
+}
+
+const limited = (limit: UserLimit, message: string) =>
+  new ParleyError(ErrorCode.RATE_LIMITED, message, { rule: limit })
+
+/** One user's usage; dropped once the user has nothing open and every budget has refilled. */
+class Usage {
+  readonly sockets = new Set<UserSocket>()
+  /** Open documents → connections to each. */
+  readonly documents = new Map<string, number>()
+  pendingBytes = 0
+  forgetTimer: NodeJS.Timeout | undefined
+  readonly updates: RateLimiter | undefined
+  readonly conversations: RateLimiter | undefined
+  readonly participants: RateLimiter | undefined
+
+  constructor(limits: UserLimits, now: () => number) {
+    const perMinute = (n: number) => (n > 0 ? new RateLimiter(n / 60, n, now) : undefined)
+    this.updates =
+      limits.userUpdatesPerSecond > 0
+        ? new RateLimiter(limits.userUpdatesPerSecond, Math.max(1, limits.userUpdateBurst), now)
+        : undefined
+    this.conversations = perMinute(limits.userConversationsPerMinute)
+    this.participants = perMinute(limits.userParticipantsPerMinute)
+  }
+
+  get inUse(): boolean {
+    return this.sockets.size > 0 || this.documents.size > 0 || this.pendingBytes > 0
+  }
+
+  /** How long until every budget is full again, i.e. until forgetting the user changes nothing. */
+  msUntilRefilled(): number {
+    return Math.max(
+      this.updates?.msUntilFull() ?? 0,
+      this.conversations?.msUntilFull() ?? 0,
+      this.participants?.msUntilFull() ?? 0,
+    )
+  }
+}
+
+/**
+ * The relay's per-user bookkeeping: who has how many connections and
+ * documents open, how much of their update budget is left, how many bytes
+ * they have waiting in either direction. The transport, the core and the
+ * update path consult it; each refusal is a `RATE_LIMITED` {@link ParleyError}
+ * whose `rule` names the {@link UserLimit}.
+ *
+ * Memory: a user's entry exists while they have a connection, an open
+ * document or an update waiting, and after that only until their budgets
+ * have refilled (at most a minute; closing every connection must not reset a
+ * budget), then it is deleted.
+ */
+export class UserLedger {
+  private readonly users = new Map<UserId, Usage>()
+
+  constructor(
+    readonly limits: UserLimits,
+    private readonly now: () => number = () => performance.now(),
+    /** Told of every refusal, with the limit's name (metrics, logs). */
+    private readonly onLimit: (limit: UserLimit, user: UserId) => void = () => {},
+  ) {}
+
+  /** Users with an entry (connected, or whose budgets are still refilling). */
+  get size(): number {
+    return this.users.size
+  }
+
+  private usage(principal: Principal): Usage | undefined {
+    if (principal.kind !== "user") return undefined
+    let usage = this.users.get(principal.user)
+    if (!usage) {
+      usage = new Usage(this.limits, this.now)
+      this.users.set(principal.user, usage)
+    }
+    clearTimeout(usage.forgetTimer)
+    usage.forgetTimer = undefined
+    return usage
+  }
+
+  private refuse(user: UserId, limit: UserLimit, message: string): never {
+    this.onLimit(limit, user)
+    throw limited(limit, message)
+  }
+
+  /** Deletes the user's entry once nothing of it matters any more. */
+  private release(user: UserId): void {
+    const usage = this.users.get(user)
+    if (!usage || usage.inUse || usage.forgetTimer) return
+    const wait = usage.msUntilRefilled()
+    if (wait === 0) {
+      this.users.delete(user)
+      return
+    }
+    usage.forgetTimer = setTimeout(
+      () => {
+        usage.forgetTimer = undefined
+        this.release(user)
+      },
+      Math.min(wait, 120_000),
+    )
+    usage.forgetTimer.unref()
+  }
+
+  /**
+   * Counts an open connection of `principal`; returns its release. Throws
+   * `sockets-per-user` when the user already has the most allowed.
+   */
+  addSocket(principal: Principal, socket: UserSocket): () => void {
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return () => {}
+    const { user } = principal
+    const max = this.limits.maxSocketsPerUser
+    if (max > 0 && usage.sockets.size >= max) {
+      this.release(user)
+      this.refuse(user, UserLimit.sockets, `a user may have ${max} connections open`)
+    }
+    usage.sockets.add(socket)
+    return () => {
+      if (usage.sockets.delete(socket)) this.release(user)
+    }
+  }
+
+  /**
+   * Counts a connection of `principal` to document `name`; returns its
+   * release. Throws `documents-per-user` when `name` is not open yet and the
+   * user already has the most documents allowed open. Call before loading the
+   * document, so that a refused user never makes the relay load one.
+   */
+  openDocument(principal: Principal, name: string): () => void {
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return () => {}
+    const { user } = principal
+    const max = this.limits.maxDocumentsPerUser
+    const count = usage.documents.get(name) ?? 0
+    if (count === 0 && max > 0 && usage.documents.size >= max) {
+      this.release(user)
+      this.refuse(user, UserLimit.documents, `a user may have ${max} documents open`)
+    }
+    usage.documents.set(name, count + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const left = (usage.documents.get(name) ?? 1) - 1
+      if (left > 0) usage.documents.set(name, left)
+      else usage.documents.delete(name)
+      this.release(user)
+    }
+  }
+
+  /**
+   * Takes an incoming update of `bytes` from the user's budget and counts its
+   * bytes as waiting; returns the release of those bytes (call once the update
+   * path is done with it). Throws `updates-per-user` when the budget is spent,
+   * `pending-bytes-per-user` when too many of the user's bytes wait already.
+   */
+  admitUpdate(principal: Principal, bytes: number): () => void {
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return () => {}
+    const { user } = principal
+    const max = this.limits.maxPendingBytesPerUser
+    if (max > 0 && usage.pendingBytes + bytes > max) {
+      this.release(user)
+      this.refuse(user, UserLimit.pendingBytes, `a user may have ${max} update bytes waiting`)
+    }
+    if (usage.updates && !usage.updates.take(updateCost(bytes))) {
+      this.release(user)
+      this.refuse(
+        user,
+        UserLimit.updates,
+        `a user may send ${this.limits.userUpdatesPerSecond} updates per second (bursts of ${this.limits.userUpdateBurst})`,
+      )
+    }
+    usage.pendingBytes += bytes
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      usage.pendingBytes -= bytes
+      this.release(user)
+    }
+  }
+
+  /**
+   * Takes what a change creates from the user's per-minute budgets, both or
+   * neither. Throws `conversations-per-minute` or `participants-per-minute`.
+   */
+  chargeGrowth(principal: Principal, growth: Growth): void {
+    if (!growth.creates && growth.participantsAdded === 0) return
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return
+    const { user } = principal
+    try {
+      const { conversations, participants } = usage
+      if (growth.creates && conversations && !conversations.take(1))
+        this.refuse(
+          user,
+          UserLimit.conversations,
+          `a user may create ${this.limits.userConversationsPerMinute} conversations per minute`,
+        )
+      if (growth.participantsAdded > 0 && participants && !participants.take(growth.participantsAdded)) {
+        // Both or neither: the conversation was not created either.
+        if (growth.creates) conversations?.give(1)
+        this.refuse(
+          user,
+          UserLimit.participants,
+          `a user may add ${this.limits.userParticipantsPerMinute} participants per minute`,
+        )
+      }
+    } finally {
+      this.release(user)
+    }
+  }
+
+  /**
+   * After bytes were queued to one of the user's connections: when the user's
+   * unread bytes across connections exceed the limit, closes the connection
+   * holding the most (4429 `queued-bytes-per-user`) and returns true.
+   */
+  checkQueued(principal: Principal): boolean {
+    const max = this.limits.maxQueuedBytesPerUser
+    if (principal.kind !== "user" || max <= 0) return false
+    const usage = this.users.get(principal.user)
+    if (!usage) return false
+    let total = 0
+    let largestInitial = 0
+    let worst: UserSocket | undefined
+    let worstBytes = -1
+    for (const socket of usage.sockets) {
+      const buffered = socket.buffered()
+      total += buffered
+      largestInitial = Math.max(largestInitial, socket.initialSyncBytes())
+      if (buffered > worstBytes && !socket.closing()) {
+        worst = socket
+        worstBytes = buffered
+      }
+    }
+    if (total - largestInitial <= max || !worst) return false
+    this.onLimit(UserLimit.queuedBytes, principal.user)
+    worst.close(CloseCode.TooManyQueuedBytes.code, CloseCode.TooManyQueuedBytes.reason)
+    return true
+  }
+}

@@ -1,0 +1,150 @@
+import { ErrorCode, ParleyError, type UserId, UserLimit } from "@parley/shared"
+import { afterEach, describe, expect, it, vi } from "vitest"
+import type { Principal } from "../src/principal.js"
+import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits, type UserSocket } from "../src/user-limits.js"
+
+const user = (name: string): Principal => ({ kind: "user", user: name as UserId })
+const mallory = user("mallory")
+
+function ledger(limits: Partial<UserLimits>) {
+  let now = 0
+  const refused: string[] = []
+  const l = new UserLedger(
+    { ...DEFAULT_USER_LIMITS, ...limits },
+    () => now,
+    (limit) => refused.push(limit),
+  )
+  return {
+    l,
+    refused,
+    advance: (ms: number) => {
+      now += ms
+      vi.advanceTimersByTime(ms)
+    },
+  }
+}
+
+const socket = (buffered = 0, initial = 0): UserSocket & { closedWith?: string } => {
+  const s: UserSocket & { closedWith?: string } = {
+    buffered: () => buffered,
+    initialSyncBytes: () => initial,
+    closing: () => s.closedWith !== undefined,
+    close: (_code, reason) => {
+      s.closedWith = reason
+    },
+  }
+  return s
+}
+
+function refusal(run: () => unknown): ParleyError {
+  try {
+    run()
+  } catch (error) {
+    if (error instanceof ParleyError) return error
+    throw error
+  }
+  throw new Error("not refused")
+}
+
+afterEach(() => {
+  vi.useRealTimers()
+})
+
+describe("UserLedger", () => {
+  it("refuses a user's connection beyond the limit, and takes one again once another closed", () => {
+    const { l } = ledger({ maxSocketsPerUser: 2 })
+    const first = l.addSocket(mallory, socket())
+    l.addSocket(mallory, socket())
+    expect(refusal(() => l.addSocket(mallory, socket()))).toMatchObject({
+      code: ErrorCode.RATE_LIMITED,
+      rule: UserLimit.sockets,
+    })
+    // Another user is not affected.
+    l.addSocket(user("alice"), socket())
+    first()
+    l.addSocket(mallory, socket())
+  })
+
+  it("counts documents, not connections to one document", () => {
+    const { l } = ledger({ maxDocumentsPerUser: 2 })
+    const closeA = l.openDocument(mallory, "g~a")
+    l.openDocument(mallory, "g~a")
+    l.openDocument(mallory, "g~b")
+    expect(refusal(() => l.openDocument(mallory, "g~c")).rule).toBe(UserLimit.documents)
+    closeA()
+    // g~a is still open once.
+    expect(refusal(() => l.openDocument(mallory, "g~c")).rule).toBe(UserLimit.documents)
+  })
+
+  it("shares one update budget across a user's connections, charging large updates more, and refills it", () => {
+    vi.useFakeTimers()
+    const { l, advance } = ledger({ userUpdatesPerSecond: 10, userUpdateBurst: 20 })
+    for (let i = 0; i < 20; i++) l.admitUpdate(mallory, 100)()
+    expect(refusal(() => l.admitUpdate(mallory, 100)).rule).toBe(UserLimit.updates)
+    advance(500)
+    // Five tokens back: a 64 KiB update costs five.
+    l.admitUpdate(mallory, 64 * 1024)()
+    expect(refusal(() => l.admitUpdate(mallory, 1)).rule).toBe(UserLimit.updates)
+  })
+
+  it("bounds the bytes a user has waiting, and frees them when the update is done", () => {
+    const { l } = ledger({ maxPendingBytesPerUser: 1000 })
+    const done = l.admitUpdate(mallory, 800)
+    expect(refusal(() => l.admitUpdate(mallory, 300)).rule).toBe(UserLimit.pendingBytes)
+    done()
+    l.admitUpdate(mallory, 300)
+  })
+
+  it("refuses a creation with too many participants whole, without spending the conversation budget", () => {
+    const { l } = ledger({ userConversationsPerMinute: 1, userParticipantsPerMinute: 10 })
+    expect(refusal(() => l.chargeGrowth(mallory, { creates: true, participantsAdded: 11 })).rule).toBe(
+      UserLimit.participants,
+    )
+    l.chargeGrowth(mallory, { creates: true, participantsAdded: 10 })
+    expect(refusal(() => l.chargeGrowth(mallory, { creates: true, participantsAdded: 0 })).rule).toBe(
+      UserLimit.conversations,
+    )
+  })
+
+  it("closes the user's connection holding the most once their unread bytes pass the limit, not counting the largest initial sync", () => {
+    const { l, refused } = ledger({ maxQueuedBytesPerUser: 1000 })
+    const downloading = socket(5000, 5000)
+    const small = socket(400)
+    l.addSocket(mallory, downloading)
+    l.addSocket(mallory, small)
+    // One download of any size is allowed.
+    expect(l.checkQueued(mallory)).toBe(false)
+    const second = socket(3000, 3000)
+    l.addSocket(mallory, second)
+    expect(l.checkQueued(mallory)).toBe(true)
+    expect(downloading.closedWith).toBe(UserLimit.queuedBytes)
+    expect(refused).toEqual([UserLimit.queuedBytes])
+  })
+
+  it("forgets a user once their last connection closed and their budgets refilled", () => {
+    vi.useFakeTimers()
+    const { l, advance } = ledger({ userConversationsPerMinute: 6 })
+    const closeSocket = l.addSocket(mallory, socket())
+    const closeDoc = l.openDocument(mallory, "g~a")
+    l.chargeGrowth(mallory, { creates: true, participantsAdded: 1 })
+    closeDoc()
+    closeSocket()
+    // Closing every connection does not reset a spent budget...
+    expect(l.size).toBe(1)
+    advance(10_001)
+    // ...but once it refilled, nothing of the user is left.
+    expect(l.size).toBe(0)
+    // A user who spent nothing is forgotten at once.
+    l.addSocket(user("alice"), socket())()
+    expect(l.size).toBe(0)
+  })
+
+  it("does not limit service tokens or the relay", () => {
+    const { l } = ledger({ maxSocketsPerUser: 1 })
+    const service: Principal = { kind: "service", subject: "audit" }
+    l.addSocket(service, socket())
+    l.addSocket(service, socket())
+    l.addSocket({ kind: "relay" }, socket())
+    expect(l.size).toBe(0)
+  })
+})
