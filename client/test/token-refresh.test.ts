@@ -7,8 +7,8 @@ import { expiryOfToken, refreshDelay } from "../src/token.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
 
 const secret = "token-refresh-test-secret-token-refresh-test-secret"
-/** Tokens live this long: short enough that a test outlives several, long enough to refresh in time. */
-const LIFETIME_S = 4
+/** Tokens live this long: short enough that a test outlives several, long enough to refresh in time on a loaded machine (the SDK refreshes half a short lifetime ahead). */
+const LIFETIME_S = 6
 
 let relay: RelayProcess
 beforeAll(async () => {
