@@ -189,6 +189,10 @@ describe("protocol", () => {
     expect([
       ...encodeAwarenessEntries([{ clientId: 7, clock: 2, state: new TextEncoder().encode("null") }]),
     ]).toEqual([1, 7, 2, 4, ...Buffer.from("null")])
+    const removal = encodeAwarenessEntries([
+      { clientId: 7, clock: 2, state: new TextEncoder().encode("null") },
+    ])
+    expect([...encodeAwareness(removal)]).toEqual([1, 8, 1, 7, 2, 4, ...Buffer.from("null")])
     expect([...encodeAwareness(Uint8Array.of(0))]).toEqual([1, 1, 0])
     expect(readFrame(encodeAwareness(update))).toEqual({ type: "awareness", update })
     // A truncated update is refused whole.
