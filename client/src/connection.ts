@@ -1,21 +1,22 @@
 import {
   CloseCode,
   ErrorCode,
+  encodeSyncUpdate,
   encodeTokenRefresh,
   MessageType,
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
   ParleyError,
   Rule,
+  readAuthMessage,
   readParleyFrame,
+  readSyncMessage,
   TOKEN_PARAM,
   toParleyError,
 } from "@parley/shared"
 import * as decoding from "lib0/decoding"
-import * as encoding from "lib0/encoding"
-import * as authProtocol from "y-protocols/auth"
+import type * as encoding from "lib0/encoding"
 import type { Awareness } from "y-protocols/awareness"
-import * as syncProtocol from "y-protocols/sync"
 import { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { Emitter } from "./emitter.js"
@@ -118,10 +119,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private readonly forwardFromTab = (update: Uint8Array, origin: unknown) => {
     const ws = this.provider.ws
     if (origin !== this.provider || !this.forwarding() || !this.provider.wsconnected || !ws) return
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MessageType.sync)
-    syncProtocol.writeUpdate(encoder, update)
-    ws.send(encoding.toUint8Array(encoder))
+    ws.send(encodeSyncUpdate(update))
   }
 
   constructor(private readonly options: ConnectionOptions) {
@@ -153,9 +151,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const sync = this.provider.messageHandlers[MessageType.sync]!
     this.provider.messageHandlers[MessageType.sync] = (encoder, decoder, provider, emitSynced, type) => {
       try {
-        const peek = decoding.clone(decoder)
-        if (decoding.readVarUint(peek) === syncProtocol.messageYjsSyncStep1)
-          this.relayState = Y.decodeStateVector(decoding.readVarUint8Array(peek))
+        const message = readSyncMessage(decoding.clone(decoder))
+        if (message.type === "syncStep1") this.relayState = Y.decodeStateVector(message.stateVector)
         sync(encoder, decoder, provider, emitSynced, type)
       } catch (cause) {
         const error = new ParleyError(ErrorCode.FORBIDDEN, "the relay's state does not fit this replica", {
@@ -172,7 +169,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.provider.messageHandlers[MessageType.auth] = (
       _encoder: encoding.Encoder,
       decoder: decoding.Decoder,
-    ) => authProtocol.readAuthMessage(decoder, options.doc, () => {})
+    ) => readAuthMessage(decoder)
     this.provider.messageHandlers[MessageType.parley] = (
       _encoder: encoding.Encoder,
       decoder: decoding.Decoder,
@@ -255,10 +252,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     // Without an open connection there is nothing to do: the next connect's sync sends the pending work.
     if (!this.wanted || this.destroyed || !this.provider.wsconnected || !ws) return
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MessageType.sync)
-    syncProtocol.writeUpdate(encoder, pending)
-    ws.send(encoding.toUint8Array(encoder))
+    ws.send(encodeSyncUpdate(pending))
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */

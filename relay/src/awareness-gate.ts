@@ -1,6 +1,4 @@
-import { PRESENCE_STAMP } from "@parley/shared"
-import * as decoding from "lib0/decoding"
-import * as encoding from "lib0/encoding"
+import { encodeAwarenessEntries, PRESENCE_STAMP, readAwarenessEntries } from "@parley/shared"
 import * as awarenessProtocol from "y-protocols/awareness"
 import { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
@@ -46,13 +44,6 @@ export interface AwarenessGateOptions {
   readonly now?: () => number
 }
 
-/** One awareness entry as read from the wire; the state still as its JSON bytes. */
-interface Entry {
-  readonly clientId: number
-  readonly clock: number
-  readonly json: Uint8Array
-}
-
 /** An entry ready to apply: its state parsed (and stamped) or null for a removal. */
 interface Accepted {
   readonly clientId: number
@@ -62,6 +53,7 @@ interface Accepted {
 
 const MINUTE = 60_000
 const utf8 = new TextDecoder("utf-8", { fatal: true })
+const utf8Encoder = new TextEncoder()
 
 /**
  * The relay's awareness of one document, owned: a connection sets and removes
@@ -113,12 +105,14 @@ export class AwarenessGate {
     // Services watch; they have no presence of their own.
     if (principal.kind !== "user") return
     const key = principalKey(principal)
-    const entries = readEntries(update)
+    // Read whole before anything is applied: a malformed update is refused whole, not half-applied.
+    // States stay bytes: only those the sender may set are parsed.
+    const entries = readAwarenessEntries(update)
     const accepted = new Map<number, Accepted>()
     let count = (this.byUser.get(key)?.size ?? 0) + this.heldNew(key)
     const drops = new Map<AwarenessDrop, number>()
     const drop = (reason: AwarenessDrop) => drops.set(reason, (drops.get(reason) ?? 0) + 1)
-    for (const { clientId, clock, json } of entries) {
+    for (const { clientId, clock, state: json } of entries) {
       const owner = this.owners.owner(clientId)
       if (owner !== undefined && owner !== key) {
         drop("foreign")
@@ -291,34 +285,15 @@ export class AwarenessGate {
   }
 
   private apply(connection: Connection, entries: Iterable<Accepted>): void {
-    const list = [...entries]
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, list.length)
-    for (const { clientId, clock, state } of list) {
-      encoding.writeVarUint(encoder, clientId)
-      encoding.writeVarUint(encoder, clock)
-      encoding.writeVarString(encoder, JSON.stringify(state))
-    }
-    awarenessProtocol.applyAwarenessUpdate(this.host.awareness, encoding.toUint8Array(encoder), connection)
+    const update = encodeAwarenessEntries(
+      [...entries].map(({ clientId, clock, state }) => ({
+        clientId,
+        clock,
+        state: utf8Encoder.encode(JSON.stringify(state)),
+      })),
+    )
+    awarenessProtocol.applyAwarenessUpdate(this.host.awareness, update, connection)
   }
-}
-
-/**
- * Reads an awareness update whole before anything is applied, so that a
- * malformed one is refused whole instead of half-applied. States stay bytes:
- * only those the sender may set are parsed.
- */
-function readEntries(update: Uint8Array): Entry[] {
-  const decoder = decoding.createDecoder(update)
-  const count = decoding.readVarUint(decoder)
-  const entries: Entry[] = []
-  for (let i = 0; i < count; i++) {
-    const clientId = decoding.readVarUint(decoder)
-    const clock = decoding.readVarUint(decoder)
-    // The state is a var-string: a var-uint length and UTF-8 bytes, read without decoding them.
-    entries.push({ clientId, clock, json: decoding.readVarUint8Array(decoder) })
-  }
-  return entries
 }
 
 /** The state with the relay's stamp: objects carry their user; other JSON values are left as they are. */

@@ -1,22 +1,25 @@
 import {
   CloseCode,
+  EMPTY_STATE_VECTOR,
+  EMPTY_UPDATE,
   ErrorCode,
+  encodeAwareness,
   encodeError,
+  encodeQueryAwareness,
   encodeSaved,
-  MessageType,
+  encodeSyncStep1,
+  encodeSyncStep2,
+  type Frame,
   ParleyError,
+  readFrame,
+  type SyncFrame,
   toParleyError,
 } from "@parley/shared"
-import * as decoding from "lib0/decoding"
-import * as encoding from "lib0/encoding"
 import * as awarenessProtocol from "y-protocols/awareness"
-import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import type { Access } from "./access.js"
-import type { DocumentHost } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import type { Principal } from "./principal.js"
-import { savedFrame } from "./update-path.js"
 
 /**
  * What a transport gives the core for one client: who it is, how to send it
@@ -35,33 +38,50 @@ export interface Session {
 }
 
 const INITIAL_SYNC = { initialSync: true } as const
-/** The state vector of a document with nothing in it. */
-const EMPTY_STATE_VECTOR = Y.encodeStateVector(new Map())
+
+/**
+ * What a connection reads of its document (a `DocumentHost`; declared here
+ * so that this module does not depend on the host's).
+ */
+export interface ConnectionHost {
+  readonly doc: Y.Doc
+  readonly awareness: awarenessProtocol.Awareness
+  /** Set once the document is dropped from memory. */
+  readonly destroyed: boolean
+  /** True while a change is applied in memory but not yet durable. */
+  readonly hasUnsaved: boolean
+  /** Resolves when the document holds nothing unsaved. */
+  settled(): Promise<void>
+  /** The sync step 2 frame holding the whole document. */
+  coldJoinFrame(): Uint8Array
+  /** The durable state vector, whole or only the entries of `clientIds`. */
+  savedStateVector(clientIds?: Iterable<number>): Uint8Array
+}
 
 /** What a connection asks of the core. */
-export interface ConnectionOwner {
+export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   /** Most update bytes one connection may have waiting in the document's queue (then 4429). */
   readonly maxPendingBytes: number
-  submit(connection: Connection, update: Uint8Array): Promise<unknown>
-  detach(connection: Connection): void
+  submit(connection: Connection<H>, update: Uint8Array): Promise<unknown>
+  detach(connection: Connection<H>): void
   /** An awareness update from `connection` (throws when it is malformed). */
-  awareness(connection: Connection, update: Uint8Array): void
-  refused(connection: Connection, error: ParleyError): void
+  awareness(connection: Connection<H>, update: Uint8Array): void
+  refused(connection: Connection<H>, error: ParleyError): void
 }
 
 /**
  * One session attached to one loaded document: speaks the y-websocket protocol
  * (sync, awareness, auth, query awareness) and Parley's extension frames.
  */
-export class Connection {
+export class Connection<H extends ConnectionHost = ConnectionHost> {
   closed = false
   private pendingBytes = 0
 
   constructor(
-    readonly host: DocumentHost,
+    readonly host: H,
     readonly session: Session,
     public access: Access,
-    private readonly owner: ConnectionOwner,
+    private readonly owner: ConnectionOwner<H>,
   ) {}
 
   get principal(): Principal {
@@ -134,7 +154,7 @@ export class Connection {
       // Asks for everything the client has (its creating update, if it created offline), revealing
       // nothing; while a change is being stored, only once access is decided (promoted: the real one).
       const begin = () => {
-        if (this.pending) this.sendAnyway(syncStep1Frame(EMPTY_STATE_VECTOR))
+        if (this.pending) this.sendAnyway(encodeSyncStep1(EMPTY_STATE_VECTOR))
       }
       if (this.host.hasUnsaved) void this.host.settled().then(begin)
       else begin()
@@ -149,10 +169,10 @@ export class Connection {
 
   /**
    * The "saved" acknowledgement, for connections that asked for it: the whole
-   * durable state vector, or only the entries of `clientIds` (see `savedFrame`).
+   * durable state vector, or only the entries of `clientIds` (see `DocumentHost.savedStateVector`).
    */
   saved(clientIds?: Iterable<number>): void {
-    if (this.session.wantsParley) this.send(savedFrame(this.host, clientIds))
+    if (this.session.wantsParley) this.send(encodeSaved(this.host.savedStateVector(clientIds)))
   }
 
   /**
@@ -190,50 +210,44 @@ export class Connection {
   receive(frame: Uint8Array): void {
     if (this.closed) return
     try {
-      this.dispatch(decoding.createDecoder(frame))
+      this.dispatch(readFrame(frame))
     } catch (error) {
       this.owner.refused(this, toParleyError(error, ErrorCode.MALFORMED_FRAME))
       this.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
     }
   }
 
-  private dispatch(decoder: decoding.Decoder): void {
-    const type = decoding.readVarUint(decoder)
-    switch (type) {
-      case MessageType.sync:
-        this.receiveSync(decoder)
+  private dispatch(frame: Frame): void {
+    switch (frame.type) {
+      case "sync":
+        this.receiveSync(frame.message)
         return
-      case MessageType.awareness: {
-        const update = decoding.readVarUint8Array(decoder)
+      case "awareness": {
         // Nobody may publish to a document they are not yet known to be allowed into (a stranger's
         // presence would reach the members). Otherwise owned entries only, stamped and within the
         // user's limits (see AwarenessGate).
         if (this.pending) return
-        this.owner.awareness(this, update)
+        this.owner.awareness(this, frame.update)
         return
       }
-      case MessageType.auth:
-        // Clients have nothing to say in the auth sub-protocol; read it to check it is well-formed.
-        decoding.readVarUint(decoder)
-        decoding.readVarString(decoder)
+      case "auth":
+        // Clients have nothing to say in the auth sub-protocol; reading it checked it is well-formed.
         return
-      case MessageType.queryAwareness: {
+      case "queryAwareness": {
         if (this.pending) return
         const states = this.host.awareness.getStates()
         this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
         return
       }
-      default:
-        throw new Error(`unknown message type ${type}`)
+      case "parley":
+        // The transport takes token refreshes; clients send no other subtype.
+        throw new ParleyError(ErrorCode.MALFORMED_FRAME, "unexpected Parley message from a client")
     }
   }
 
   private sendSyncStep1(): void {
     if (this.host.destroyed) return
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MessageType.sync)
-    syncProtocol.writeSyncStep1(encoder, this.host.doc)
-    this.send(encoding.toUint8Array(encoder))
+    this.send(encodeSyncStep1(Y.encodeStateVector(this.host.doc)))
   }
 
   private sendSyncStep2(stateVector: Uint8Array): void {
@@ -242,22 +256,18 @@ export class Connection {
       this.send(this.host.coldJoinFrame(), INITIAL_SYNC)
       return
     }
-    const encoder = encoding.createEncoder()
-    encoding.writeVarUint(encoder, MessageType.sync)
-    syncProtocol.writeSyncStep2(encoder, this.host.doc, stateVector)
-    this.send(encoding.toUint8Array(encoder), INITIAL_SYNC)
+    this.send(encodeSyncStep2(Y.encodeStateAsUpdate(this.host.doc, stateVector)), INITIAL_SYNC)
   }
 
-  private receiveSync(decoder: decoding.Decoder): void {
-    const type = decoding.readVarUint(decoder)
-    if (type === syncProtocol.messageYjsSyncStep1) {
-      const stateVector = decoding.readVarUint8Array(decoder)
+  private receiveSync(message: SyncFrame): void {
+    if (message.type === "syncStep1") {
+      const { stateVector } = message
       if (this.pending) {
         // "Synced" with an empty document; the real answer is the catch-up sent on promotion.
         Y.decodeStateVector(stateVector)
         this.reportedStateVector = stateVector
         const answer = () => {
-          if (this.pending) this.sendAnyway(syncStep2Frame(EMPTY_UPDATE), INITIAL_SYNC)
+          if (this.pending) this.sendAnyway(encodeSyncStep2(EMPTY_UPDATE), INITIAL_SYNC)
         }
         if (this.host.hasUnsaved) void this.host.settled().then(answer)
         else answer()
@@ -268,57 +278,31 @@ export class Connection {
       else this.sendSyncStep2(stateVector)
       return
     }
-    if (type === syncProtocol.messageYjsSyncStep2 || type === syncProtocol.messageYjsUpdate) {
-      const update = decoding.readVarUint8Array(decoder)
-      // Updates wait in the document's queue; a client must not park unbounded bytes there.
-      if (this.pendingBytes + update.length > this.owner.maxPendingBytes) {
-        this.owner.refused(this, new ParleyError(ErrorCode.RATE_LIMITED, "too many update bytes waiting"))
-        this.close(CloseCode.RateLimited.code, CloseCode.RateLimited.reason)
-        return
-      }
-      this.pendingBytes += update.length
-      this.owner
-        .submit(this, update)
-        .catch((error: unknown) => {
-          const refusal = toParleyError(error)
-          this.owner.refused(this, refusal)
-          this.refuse(refusal)
-        })
-        .finally(() => {
-          this.pendingBytes -= update.length
-        })
+    const { update } = message
+    // Updates wait in the document's queue; a client must not park unbounded bytes there.
+    if (this.pendingBytes + update.length > this.owner.maxPendingBytes) {
+      this.owner.refused(this, new ParleyError(ErrorCode.RATE_LIMITED, "too many update bytes waiting"))
+      this.close(CloseCode.RateLimited.code, CloseCode.RateLimited.reason)
       return
     }
-    throw new Error(`unknown sync message type ${type}`)
+    this.pendingBytes += update.length
+    this.owner
+      .submit(this, update)
+      .catch((error: unknown) => {
+        const refusal = toParleyError(error)
+        this.owner.refused(this, refusal)
+        this.refuse(refusal)
+      })
+      .finally(() => {
+        this.pendingBytes -= update.length
+      })
   }
 }
 
 /** A query-awareness frame: asks the client for its awareness states. */
-const QUERY_AWARENESS = Uint8Array.of(MessageType.queryAwareness)
+const QUERY_AWARENESS = encodeQueryAwareness()
 
-/** An update that holds nothing. */
-const EMPTY_UPDATE = Y.encodeStateAsUpdate(new Y.Doc())
-
-function syncStep1Frame(stateVector: Uint8Array): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.sync)
-  encoding.writeVarUint(encoder, syncProtocol.messageYjsSyncStep1)
-  encoding.writeVarUint8Array(encoder, stateVector)
-  return encoding.toUint8Array(encoder)
-}
-
-function syncStep2Frame(update: Uint8Array): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.sync)
-  encoding.writeVarUint(encoder, syncProtocol.messageYjsSyncStep2)
-  encoding.writeVarUint8Array(encoder, update)
-  return encoding.toUint8Array(encoder)
-}
-
-/** Encodes an awareness frame for `clients`. */
-export function awarenessFrame(awareness: awarenessProtocol.Awareness, clients: number[]): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.awareness)
-  encoding.writeVarUint8Array(encoder, awarenessProtocol.encodeAwarenessUpdate(awareness, clients))
-  return encoding.toUint8Array(encoder)
+/** An awareness frame holding the states of `clients`. */
+function awarenessFrame(awareness: awarenessProtocol.Awareness, clients: number[]): Uint8Array {
+  return encodeAwareness(awarenessProtocol.encodeAwarenessUpdate(awareness, clients))
 }

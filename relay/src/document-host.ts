@@ -1,30 +1,36 @@
-import { type ChangeEvent, type DocumentName, MessageType, observeChanges } from "@parley/shared"
-import * as encoding from "lib0/encoding"
+import { type ChangeEvent, type DocumentName, encodeSyncStep2, observeChanges } from "@parley/shared"
 import * as awarenessProtocol from "y-protocols/awareness"
-import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
-import type { Connection } from "./connection.js"
+import type { Connection, ConnectionHost } from "./connection.js"
 import { describePrincipal, type Principal } from "./principal.js"
+
+/** A connection attached to a {@link DocumentHost}. */
+export type HostedConnection = Connection<DocumentHost>
+
+/** What the stored log holds beyond the last snapshot, as a {@link DocumentHost} counts it. */
+export interface LogFigures {
+  /** Log entries stored since the last snapshot. */
+  readonly entries: number
+  /** Their bytes. */
+  readonly bytes: number
+}
 
 /**
  * One loaded document: its Y.Doc, awareness, connected sessions, the serial
  * queue every change goes through, and what compaction needs to know about the
- * stored log.
+ * stored log. Its state changes only through its methods, each of which keeps
+ * it consistent (the log figures move together; an unloading or destroyed
+ * host holds no idle timer).
  */
-export class DocumentHost {
+export class DocumentHost implements ConnectionHost {
   readonly doc = new Y.Doc()
   readonly awareness: awarenessProtocol.Awareness
-  readonly connections = new Set<Connection>()
-  /** Log entries and bytes stored since the last snapshot. */
-  logEntries = 0
-  logBytes = 0
-  /** Highest log position stored and applied. */
-  lastPosition = 0
-  /** Set once an unload has begun: no new connection may attach. */
-  unloading = false
-  /** Set once the document is dropped from memory. */
-  destroyed = false
-  idleTimer: NodeJS.Timeout | undefined
+  private readonly attached = new Set<HostedConnection>()
+  private log: LogFigures = { entries: 0, bytes: 0 }
+  private position = 0
+  private unloadBegun = false
+  private dropped = false
+  private idleTimer: NodeJS.Timeout | undefined
   private queue: Promise<unknown> = Promise.resolve()
   private pendingTasks = 0
   private coldJoin: Uint8Array | undefined
@@ -41,6 +47,86 @@ export class DocumentHost {
     this.doc.on("update", () => {
       this.coldJoin = undefined
     })
+  }
+
+  /** The connections attached to this document. */
+  get connections(): ReadonlySet<HostedConnection> {
+    return this.attached
+  }
+
+  /** Attaches `connection`; a document with a connection is not idle. */
+  attach(connection: HostedConnection): void {
+    this.cancelIdle()
+    this.attached.add(connection)
+  }
+
+  /** Detaches `connection`; false when it was not attached. */
+  detach(connection: HostedConnection): boolean {
+    return this.attached.delete(connection)
+  }
+
+  /** Log entries and bytes stored since the last snapshot. */
+  get logSinceSnapshot(): LogFigures {
+    return this.log
+  }
+
+  /** Highest log position stored and applied. */
+  get lastPosition(): number {
+    return this.position
+  }
+
+  /** The stored state was just loaded: `log` follows the snapshot, up to `lastPosition`. */
+  loaded(log: LogFigures, lastPosition: number): void {
+    this.log = log
+    this.position = lastPosition
+  }
+
+  /** `entries` updates of `bytes` bytes in all were appended to the log at `positions`. */
+  recordAppend(entries: number, bytes: number, positions: readonly number[]): void {
+    this.log = { entries: this.log.entries + entries, bytes: this.log.bytes + bytes }
+    for (const position of positions) if (position > this.position) this.position = position
+  }
+
+  /** The log up to {@link lastPosition} was folded into a snapshot. */
+  compacted(): void {
+    this.log = { entries: 0, bytes: 0 }
+  }
+
+  /** Set once an unload has begun: no new connection may attach. */
+  get unloading(): boolean {
+    return this.unloadBegun
+  }
+
+  /** Set once the document is dropped from memory. */
+  get destroyed(): boolean {
+    return this.dropped
+  }
+
+  /** Begins unloading (idle, evicted or shutting down): no idle timer runs from now on. */
+  beginUnload(): void {
+    this.unloadBegun = true
+    this.cancelIdle()
+  }
+
+  /**
+   * Calls `onIdle` after `ms` unless a connection attaches or an unload
+   * begins first; replaces any timer set before. Does nothing while
+   * connections are attached or once an unload has begun.
+   */
+  whenIdle(ms: number, onIdle: () => void): void {
+    if (this.attached.size > 0 || this.unloadBegun || this.dropped) return
+    clearTimeout(this.idleTimer)
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined
+      onIdle()
+    }, ms)
+    // An idle document must not keep a stopping process alive.
+    this.idleTimer.unref()
+  }
+
+  private cancelIdle(): void {
+    clearTimeout(this.idleTimer)
+    this.idleTimer = undefined
   }
 
   /** Starts collecting change events (after the stored state is applied, so loading emits none). */
@@ -119,13 +205,23 @@ export class DocumentHost {
    * copies are most of a cold join's cost.
    */
   coldJoinFrame(): Uint8Array {
-    if (!this.coldJoin) {
-      const encoder = encoding.createEncoder()
-      encoding.writeVarUint(encoder, MessageType.sync)
-      syncProtocol.writeSyncStep2(encoder, this.doc)
-      this.coldJoin = encoding.toUint8Array(encoder)
-    }
+    this.coldJoin ??= encodeSyncStep2(Y.encodeStateAsUpdate(this.doc))
     return this.coldJoin
+  }
+
+  /**
+   * The state vector a "saved" acknowledgement carries: the document's
+   * durable state vector, whole or (for the acknowledgement of one update)
+   * only the entries of `clientIds`, the clients that update wrote for. A
+   * conversation gains a client id with every device session, so the whole
+   * vector grows to kilobytes; an update's acknowledgement needs only the
+   * writer's own entries. Read it when nothing is unsaved.
+   */
+  savedStateVector(clientIds?: Iterable<number>): Uint8Array {
+    if (!clientIds) return Y.encodeStateVector(this.doc)
+    const entries = new Map<number, number>()
+    for (const client of clientIds) entries.set(client, Y.getState(this.doc.store, client))
+    return Y.encodeStateVector(entries)
   }
 
   private readonly actorClientIds = new Map<string, number>()
@@ -141,9 +237,10 @@ export class DocumentHost {
     return id
   }
 
+  /** Drops the document from memory. */
   destroy(): void {
-    this.destroyed = true
-    clearTimeout(this.idleTimer)
+    this.dropped = true
+    this.cancelIdle()
     this.stopObserving?.()
     this.awareness.destroy()
     this.doc.destroy()

@@ -2,6 +2,8 @@ import {
   CloseCode,
   type ConversationId,
   ErrorCode,
+  encodeAwareness,
+  encodeSyncUpdate,
   lastSequence,
   ParleyError,
   parseDocumentName,
@@ -9,12 +11,13 @@ import {
   typesOf,
   type UserId,
 } from "@parley/shared"
+import { encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { accessOf } from "./access.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { ClientIdAllowance } from "./client-id-allowance.js"
-import { awarenessFrame, Connection, type ConnectionOwner, type Session } from "./connection.js"
-import { DocumentHost } from "./document-host.js"
+import { Connection, type ConnectionOwner, type Session } from "./connection.js"
+import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -34,7 +37,6 @@ import {
   type StorageHealth,
   sequenceLeftovers,
   submitUpdate,
-  syncUpdateFrame,
   writeOnServer,
 } from "./update-path.js"
 import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits } from "./user-limits.js"
@@ -109,7 +111,7 @@ export interface DocumentObserver {
  * runs every change through the update path, unloads idle documents. A
  * transport turns sockets into {@link Session}s and calls {@link connect}.
  */
-export class RelayCore implements ConnectionOwner {
+export class RelayCore implements ConnectionOwner<DocumentHost> {
   readonly limits: CoreLimits
   /** Per-user limits across connections (the transport counts sockets and send queues here too). */
   readonly users: UserLedger
@@ -209,7 +211,7 @@ export class RelayCore implements ConnectionOwner {
    * state cannot be loaded; before access is decided, for everyone) or
    * UNAVAILABLE (shutting down, or too many busy documents).
    */
-  async connect(name: string, session: Session): Promise<Connection> {
+  async connect(name: string, session: Session): Promise<HostedConnection> {
     const parsed = parseName(name)
     // Counted before loading: a user at the limit cannot make the relay load one more document.
     const closeDocument = this.users.openDocument(session.principal, name)
@@ -231,11 +233,9 @@ export class RelayCore implements ConnectionOwner {
       this.scheduleIdle(host)
       throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
     }
-    clearTimeout(host.idleTimer)
-    host.idleTimer = undefined
     const connection = new Connection(host, session, access, this)
     this.openDocuments.set(connection, closeDocument)
-    host.connections.add(connection)
+    host.attach(connection)
     this.options.metrics.connections.inc()
     connection.start()
     this.log.debug({ doc: name, principal: describePrincipal(session.principal) }, "connected")
@@ -282,7 +282,7 @@ export class RelayCore implements ConnectionOwner {
   // --- ConnectionOwner
 
   /** @internal */
-  submit(connection: Connection, update: Uint8Array): Promise<unknown> {
+  submit(connection: HostedConnection, update: Uint8Array): Promise<unknown> {
     let done: () => void
     try {
       done = this.users.admitUpdate(connection.principal, update.length)
@@ -296,12 +296,12 @@ export class RelayCore implements ConnectionOwner {
   }
 
   /** @internal */
-  awareness(connection: Connection, update: Uint8Array): void {
+  awareness(connection: HostedConnection, update: Uint8Array): void {
     this.gates.get(connection.host)?.receive(connection, update)
   }
 
   /** @internal */
-  refused(connection: Connection, error: ParleyError): void {
+  refused(connection: HostedConnection, error: ParleyError): void {
     this.options.metrics.errors.inc({ code: error.code })
     this.log.info(
       { doc: connection.host.key, principal: describePrincipal(connection.principal), code: error.code },
@@ -310,9 +310,9 @@ export class RelayCore implements ConnectionOwner {
   }
 
   /** @internal */
-  detach(connection: Connection): void {
+  detach(connection: HostedConnection): void {
     const host = connection.host
-    if (!host.connections.delete(connection)) return
+    if (!host.detach(connection)) return
     this.openDocuments.get(connection)?.()
     this.openDocuments.delete(connection)
     this.options.metrics.connections.dec()
@@ -390,9 +390,10 @@ export class RelayCore implements ConnectionOwner {
         throw await this.foundDamaged(name, error)
       throw error
     }
-    host.logEntries = stored.updates.length
-    host.logBytes = stored.updates.reduce((sum, u) => sum + u.update.length, 0)
-    host.lastPosition = Math.max(stored.through, stored.updates.at(-1)?.position ?? 0)
+    host.loaded(
+      { entries: stored.updates.length, bytes: stored.updates.reduce((sum, u) => sum + u.update.length, 0) },
+      Math.max(stored.through, stored.updates.at(-1)?.position ?? 0),
+    )
     host.observe()
     const gate = new AwarenessGate({
       host,
@@ -429,7 +430,7 @@ export class RelayCore implements ConnectionOwner {
           }
         }
         const changed = [...added, ...updated, ...removed]
-        const frame = awarenessFrame(host.awareness, changed)
+        const frame = encodeAwareness(encodeAwarenessUpdate(host.awareness, changed))
         for (const connection of host.connections) connection.send(frame)
         gate.forget(removed)
       },
@@ -460,21 +461,16 @@ export class RelayCore implements ConnectionOwner {
   }
 
   private scheduleIdle(host: DocumentHost): void {
-    if (host.connections.size > 0 || host.unloading || host.destroyed) return
-    clearTimeout(host.idleTimer)
-    host.idleTimer = setTimeout(() => {
-      host.idleTimer = undefined
+    host.whenIdle(this.limits.idleUnloadMs, () => {
       if (host.busy) this.scheduleIdle(host)
       else void this.unload(host)
-    }, this.limits.idleUnloadMs)
-    host.idleTimer.unref()
+    })
   }
 
   /** Unloads an idle document after a final compaction. */
   private unload(host: DocumentHost): Promise<void> {
     if (host.connections.size > 0 || host.unloading || host.destroyed) return Promise.resolve()
-    host.unloading = true
-    clearTimeout(host.idleTimer)
+    host.beginUnload()
     const done = host
       .enqueue(() => compact(this.ctx, host))
       .catch((error: unknown) => this.log.error({ err: error, doc: host.key }, "final compaction failed"))
@@ -525,8 +521,8 @@ export class RelayCore implements ConnectionOwner {
    *   why; the one who left gets their "saved" first.
    * Returns the promoted connections: they already hold the change.
    */
-  private settleAccess(host: DocumentHost, change: AccessChange): ReadonlySet<Connection> {
-    const promoted = new Set<Connection>()
+  private settleAccess(host: DocumentHost, change: AccessChange): ReadonlySet<HostedConnection> {
+    const promoted = new Set<HostedConnection>()
     const created = change.events.some((e) => e.type === "conversation.created")
     if (!created && !change.events.some((e) => e.type === "participants.removed") && !someoneIsPending(host))
       return promoted
@@ -546,7 +542,7 @@ export class RelayCore implements ConnectionOwner {
       if (connection === change.from) connection.saved(change.clientIds)
       else if (!wasPending && change.update) {
         removalOnly ??= onlyRemovesParticipants(host.doc, change.update)
-        if (removalOnly) connection.send(syncUpdateFrame(change.update))
+        if (removalOnly) connection.send(encodeSyncUpdate(change.update))
       }
       this.log.info(
         { doc: host.key, principal: describePrincipal(connection.principal) },
@@ -565,7 +561,7 @@ export class RelayCore implements ConnectionOwner {
   private evict(host: DocumentHost, error: unknown): void {
     this.log.error({ err: error, doc: host.key }, "document evicted after a failure")
     this.options.metrics.errors.inc({ code: ErrorCode.INTERNAL })
-    host.unloading = true
+    host.beginUnload()
     for (const connection of [...host.connections]) {
       connection.close(CloseCode.Internal.code, CloseCode.Internal.reason)
     }
@@ -590,7 +586,7 @@ export class RelayCore implements ConnectionOwner {
         for (const connection of [...host.connections]) {
           connection.close(CloseCode.GoingAway.code, CloseCode.GoingAway.reason)
         }
-        host.unloading = true
+        host.beginUnload()
         await host.enqueue(() => compact(this.ctx, host))
         this.drop(host)
       }),

@@ -3,12 +3,11 @@ import {
   ErrorCode,
   encodeError,
   encodeTokenAccepted,
-  MessageType,
+  isTokenRefresh,
   ParleyError,
-  ParleyMessage,
+  readFrame,
   toParleyError,
 } from "@parley/shared"
-import * as decoding from "lib0/decoding"
 import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -59,25 +58,22 @@ export class TokenLease {
    * every other frame, which is the core's.
    */
   receive(frame: Uint8Array): boolean {
-    // MessageType.parley (100) is one byte as a var-uint; the subtype follows.
-    if (frame[0] !== MessageType.parley || frame[1] !== ParleyMessage.token) return false
+    if (!isTokenRefresh(frame)) return false
     if (this.ended) return true
     let token: string
     try {
-      const decoder = decoding.createDecoder(frame)
-      decoding.readVarUint(decoder)
-      decoding.readVarUint(decoder)
-      const bytes = decoding.readVarUint8Array(decoder)
-      if (bytes.length > MAX_REFRESH_TOKEN_BYTES) {
-        this.refused(new ParleyError(ErrorCode.UNAUTHORIZED, "the refreshed token is too long"))
-        return true
-      }
-      token = new TextDecoder("utf-8", { fatal: true }).decode(bytes)
+      const read = readFrame(frame)
+      if (read.type !== "parley" || read.message?.type !== "token") throw new Error("not a token refresh")
+      token = read.message.token
     } catch {
       this.ended = true
       clearTimeout(this.timer)
       this.options.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
       this.options.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
+      return true
+    }
+    if (Buffer.byteLength(token, "utf8") > MAX_REFRESH_TOKEN_BYTES) {
+      this.refused(new ParleyError(ErrorCode.UNAUTHORIZED, "the refreshed token is too long"))
       return true
     }
     if (this.checking) this.waiting = token

@@ -1,16 +1,13 @@
 import {
   type ChangeEvent,
   ErrorCode,
-  encodeSaved,
+  encodeSyncUpdate,
   isRetryable,
   type MessageId,
-  MessageType,
   ParleyError,
   unsequencedMessages,
   writeSequenceNumbers,
 } from "@parley/shared"
-import * as encoding from "lib0/encoding"
-import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
@@ -111,14 +108,6 @@ export interface AccessChange {
 /** Transaction origin of the relay's own writes. */
 export const RELAY_ORIGIN = Symbol("parley-relay")
 
-/** Encodes a sync "update" frame. */
-export function syncUpdateFrame(update: Uint8Array): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.sync)
-  syncProtocol.writeUpdate(encoder, update)
-  return encoding.toUint8Array(encoder)
-}
-
 function broadcast(
   host: DocumentHost,
   frame: Uint8Array,
@@ -171,9 +160,7 @@ function account(ctx: PathContext, host: DocumentHost, entries: readonly Entry[]
     bytes += update.length
   }
   ctx.metrics.updateBytes.inc(bytes)
-  host.logEntries += entries.length
-  host.logBytes += bytes
-  host.lastPosition = Math.max(host.lastPosition, ...positions)
+  host.recordAppend(entries.length, bytes, positions)
 }
 
 function messageIdsIn(events: readonly ChangeEvent[]): MessageId[] {
@@ -369,20 +356,20 @@ async function finish(
       }
     }
   }
-  if (host.logEntries >= ctx.limits.compactAfterUpdates || host.logBytes >= ctx.limits.compactAfterBytes) {
+  const log = host.logSinceSnapshot
+  if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
   }
 }
 
 /** Folds the document's log into a snapshot. Call inside the document's queue. */
 export async function compact(ctx: PathContext, host: DocumentHost): Promise<void> {
-  if (host.logEntries === 0) return
+  if (host.logSinceSnapshot.entries === 0) return
   try {
     // The snapshot holds everything applied, so compact only once nothing newer waits for its events.
     if (ctx.compactionLimit && (await ctx.compactionLimit(host.key)) < host.lastPosition) return
     await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(host.doc), host.lastPosition)
-    host.logEntries = 0
-    host.logBytes = 0
+    host.compacted()
     ctx.metrics.compactions.inc()
   } catch (error) {
     // The log still holds everything; compaction is retried after the next change.
@@ -469,12 +456,12 @@ export function submitUpdate(
     const sequencing = entries[1]?.update
     // The sender has its own update: it gets only the numbers; everyone else both, in one frame.
     if (sequencing) {
-      const frame = syncUpdateFrame(sequencing)
-      const both = syncUpdateFrame(Y.mergeUpdates([update, sequencing]))
+      const frame = encodeSyncUpdate(sequencing)
+      const both = encodeSyncUpdate(Y.mergeUpdates([update, sequencing]))
       for (const connection of host.connections)
         if (!caughtUp.has(connection)) connection.send(connection === from ? frame : both)
     } else {
-      broadcast(host, syncUpdateFrame(update), from, caughtUp)
+      broadcast(host, encodeSyncUpdate(update), from, caughtUp)
     }
     // Still pending (a plugged-in policy let it write without creating the conversation): its own part only.
     if (from?.pending) from.savedOwn(inspected.ends)
@@ -524,7 +511,7 @@ export function writeOnServer(
         clientIds: clientIdsOf(entries[0]!.update),
       })
       const merged = entries.length === 1 ? entries[0]!.update : Y.mergeUpdates(entries.map((e) => e.update))
-      broadcast(host, syncUpdateFrame(merged), undefined, caughtUp)
+      broadcast(host, encodeSyncUpdate(merged), undefined, caughtUp)
       await finish(ctx, host, actor, positions, events)
     }
     if (failure !== undefined) throw failure
@@ -540,7 +527,7 @@ export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise
     })
     if (entries.length > 0) {
       ctx.log.info({ doc: host.key, positions }, "sequenced messages left unsequenced")
-      broadcast(host, syncUpdateFrame(entries[0]!.update), undefined, caughtUp)
+      broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
       await finish(ctx, host, RELAY, positions, events)
     }
     return positions
@@ -563,18 +550,4 @@ function withoutKnownStructs(doc: Y.Doc, update: Uint8Array): Uint8Array {
 
 function clientIdsOf(update: Uint8Array): Set<number> {
   return new Set(Y.decodeUpdate(update).structs.map((struct) => struct.id.client))
-}
-
-/**
- * The "saved" acknowledgement: the document's durable state vector, whole or
- * (for the acknowledgement of one update) only the entries of `clientIds`, the
- * clients that update wrote for. A conversation gains a client id with every
- * device session, so the whole vector grows to kilobytes; an update's
- * acknowledgement needs only the writer's own entries.
- */
-export function savedFrame(host: DocumentHost, clientIds?: Iterable<number>): Uint8Array {
-  if (!clientIds) return encodeSaved(Y.encodeStateVector(host.doc))
-  const entries = new Map<number, number>()
-  for (const client of clientIds) entries.set(client, Y.getState(host.doc.store, client))
-  return encodeSaved(Y.encodeStateVector(entries))
 }

@@ -1,6 +1,6 @@
 import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
-import { ErrorCode, isErrorCode } from "./errors.js"
+import { ErrorCode, isErrorCode, ParleyError } from "./errors.js"
 
 /**
  * Message types on the wire. 0–3 are the standard y-websocket protocol, so a
@@ -30,6 +30,26 @@ export const ParleyMessage = {
   /** Relay → client: the refreshed token was accepted; the connection lasts until its expiry. */
   tokenAccepted: 3,
 } as const
+
+/** Subtypes of a {@link MessageType.sync} message (y-protocols' `messageYjsSyncStep1` …). */
+export const SyncMessage = {
+  /** A state vector: "send me what I lack". */
+  step1: 0,
+  /** An update answering a step 1: what the asker lacks. */
+  step2: 1,
+  /** An update: a change to apply. */
+  update: 2,
+} as const
+
+/** Subtypes of a {@link MessageType.auth} message (y-protocols' `messagePermissionDenied`). */
+export const AuthMessage = {
+  permissionDenied: 0,
+} as const
+
+/** The state vector of a document with nothing in it (Yjs `encodeStateVector` of an empty document). */
+export const EMPTY_STATE_VECTOR: Uint8Array = Uint8Array.of(0)
+/** An update that holds nothing: no structs, no deletions (Yjs `encodeStateAsUpdate` of an empty document). */
+export const EMPTY_UPDATE: Uint8Array = Uint8Array.of(0, 0)
 
 /** Query parameter by which a client asks for Parley's extension messages. */
 export const PARLEY_PARAM = "parley"
@@ -124,9 +144,184 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
  * in the SDK. See PROTOCOL.md, "Keepalive".
  */
 export function encodeKeepalive(): Uint8Array {
+  return encodeAwareness(encodeAwarenessEntries([]))
+}
+
+/** Decoded {@link MessageType.sync} message. */
+export type SyncFrame =
+  | { readonly type: "syncStep1"; readonly stateVector: Uint8Array }
+  | { readonly type: "syncStep2"; readonly update: Uint8Array }
+  | { readonly type: "syncUpdate"; readonly update: Uint8Array }
+
+/** Decoded {@link MessageType.auth} message. */
+export interface AuthFrame {
+  readonly type: "permissionDenied"
+  readonly reason: string
+}
+
+/**
+ * Any frame, decoded one level: its message type and that type's body. The
+ * bodies of sync, auth and Parley messages are decoded by {@link readSyncMessage},
+ * {@link readAuthMessage} and {@link readParleyFrame}; an auth or Parley subtype
+ * this version does not know is `undefined`, to be ignored (or refused) by the reader.
+ */
+export type Frame =
+  | { readonly type: "sync"; readonly message: SyncFrame }
+  | { readonly type: "awareness"; readonly update: Uint8Array }
+  | { readonly type: "auth"; readonly message: AuthFrame | undefined }
+  | { readonly type: "queryAwareness" }
+  | { readonly type: "parley"; readonly message: ParleyFrame | undefined }
+
+function syncFrame(subtype: number, body: Uint8Array): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.sync)
+  encoding.writeVarUint(encoder, subtype)
+  encoding.writeVarUint8Array(encoder, body)
+  return encoding.toUint8Array(encoder)
+}
+
+/** Encodes a sync step 1 carrying `stateVector` (y-protocols `writeSyncStep1`). */
+export function encodeSyncStep1(stateVector: Uint8Array): Uint8Array {
+  return syncFrame(SyncMessage.step1, stateVector)
+}
+
+/** Encodes a sync step 2 carrying `update`, the answer to a step 1 (y-protocols `writeSyncStep2`). */
+export function encodeSyncStep2(update: Uint8Array): Uint8Array {
+  return syncFrame(SyncMessage.step2, update)
+}
+
+/** Encodes a sync update carrying `update` (y-protocols `writeUpdate`). */
+export function encodeSyncUpdate(update: Uint8Array): Uint8Array {
+  return syncFrame(SyncMessage.update, update)
+}
+
+/**
+ * Reads the body of a sync message, after its {@link MessageType.sync} tag.
+ * Throws on a subtype y-protocols does not define. The state vector or update
+ * is returned as read (a view into the frame), not checked against Yjs.
+ */
+export function readSyncMessage(decoder: decoding.Decoder): SyncFrame {
+  const subtype = decoding.readVarUint(decoder)
+  if (subtype === SyncMessage.step1)
+    return { type: "syncStep1", stateVector: decoding.readVarUint8Array(decoder) }
+  if (subtype === SyncMessage.step2) return { type: "syncStep2", update: decoding.readVarUint8Array(decoder) }
+  if (subtype === SyncMessage.update)
+    return { type: "syncUpdate", update: decoding.readVarUint8Array(decoder) }
+  throw new ParleyError(ErrorCode.MALFORMED_FRAME, `unknown sync message type ${subtype}`)
+}
+
+/** Encodes an awareness message carrying `update`, a y-protocols awareness update. */
+export function encodeAwareness(update: Uint8Array): Uint8Array {
   const encoder = encoding.createEncoder()
   encoding.writeVarUint(encoder, MessageType.awareness)
-  // An awareness update of zero clients.
-  encoding.writeVarUint8Array(encoder, Uint8Array.of(0))
+  encoding.writeVarUint8Array(encoder, update)
   return encoding.toUint8Array(encoder)
+}
+
+/** Reads the body of an awareness message, after its {@link MessageType.awareness} tag: the awareness update. */
+export function readAwarenessMessage(decoder: decoding.Decoder): Uint8Array {
+  return decoding.readVarUint8Array(decoder)
+}
+
+/**
+ * One entry of a y-protocols awareness update. `state` is the entry's JSON
+ * (`null` for a removal) as UTF-8 bytes, left undecoded: a relay parses only
+ * the states their sender may set.
+ */
+export interface AwarenessEntry {
+  readonly clientId: number
+  readonly clock: number
+  readonly state: Uint8Array
+}
+
+/** Encodes a y-protocols awareness update (the body of an awareness message) from `entries`. */
+export function encodeAwarenessEntries(entries: readonly AwarenessEntry[]): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, entries.length)
+  for (const { clientId, clock, state } of entries) {
+    encoding.writeVarUint(encoder, clientId)
+    encoding.writeVarUint(encoder, clock)
+    // A var-string is a var-uint length and UTF-8 bytes: the same bytes as these.
+    encoding.writeVarUint8Array(encoder, state)
+  }
+  return encoding.toUint8Array(encoder)
+}
+
+/**
+ * Reads a y-protocols awareness update whole (throws when it is malformed),
+ * so that a reader can refuse it whole instead of applying half of it.
+ */
+export function readAwarenessEntries(update: Uint8Array): AwarenessEntry[] {
+  const decoder = decoding.createDecoder(update)
+  const count = decoding.readVarUint(decoder)
+  const entries: AwarenessEntry[] = []
+  for (let i = 0; i < count; i++) {
+    const clientId = decoding.readVarUint(decoder)
+    const clock = decoding.readVarUint(decoder)
+    entries.push({ clientId, clock, state: decoding.readVarUint8Array(decoder) })
+  }
+  return entries
+}
+
+/** Encodes a query awareness message (no body): "send me your awareness". */
+export function encodeQueryAwareness(): Uint8Array {
+  return Uint8Array.of(MessageType.queryAwareness)
+}
+
+/**
+ * Encodes a y-protocols "permission denied" auth message. The relay sends
+ * none (y-websocket logs the socket's URL, token included, on receiving one;
+ * the close code says why); it is here so that the format is written down once.
+ */
+export function encodePermissionDenied(reason: string): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.auth)
+  encoding.writeVarUint(encoder, AuthMessage.permissionDenied)
+  encoding.writeVarString(encoder, reason)
+  return encoding.toUint8Array(encoder)
+}
+
+/**
+ * Reads the body of an auth message, after its {@link MessageType.auth} tag:
+ * a var-uint subtype and a var-string reason (the one subtype y-protocols
+ * defines has that body; others are read alike). Undefined for an unknown subtype.
+ */
+export function readAuthMessage(decoder: decoding.Decoder): AuthFrame | undefined {
+  const subtype = decoding.readVarUint(decoder)
+  const reason = decoding.readVarString(decoder)
+  return subtype === AuthMessage.permissionDenied ? { type: "permissionDenied", reason } : undefined
+}
+
+/**
+ * True when `frame` is a Parley token refresh, judged from its first two
+ * bytes without decoding it: the relay routes these to the socket's token
+ * lease and everything else to the document.
+ */
+export function isTokenRefresh(frame: Uint8Array): boolean {
+  // MessageType.parley (100) and ParleyMessage.token (2) are one byte each as var-uints.
+  return frame[0] === MessageType.parley && frame[1] === ParleyMessage.token
+}
+
+/**
+ * Decodes any frame one level (see {@link Frame}). Throws a MALFORMED_FRAME
+ * {@link ParleyError} on an unknown message type and lib0's error on a
+ * truncated body.
+ */
+export function readFrame(frame: Uint8Array): Frame {
+  const decoder = decoding.createDecoder(frame)
+  const type = decoding.readVarUint(decoder)
+  switch (type) {
+    case MessageType.sync:
+      return { type: "sync", message: readSyncMessage(decoder) }
+    case MessageType.awareness:
+      return { type: "awareness", update: readAwarenessMessage(decoder) }
+    case MessageType.auth:
+      return { type: "auth", message: readAuthMessage(decoder) }
+    case MessageType.queryAwareness:
+      return { type: "queryAwareness" }
+    case MessageType.parley:
+      return { type: "parley", message: readParleyFrame(decoder) }
+    default:
+      throw new ParleyError(ErrorCode.MALFORMED_FRAME, `unknown message type ${type}`)
+  }
 }

@@ -1,17 +1,30 @@
 import * as decoding from "lib0/decoding"
+import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
-import { Awareness, applyAwarenessUpdate } from "y-protocols/awareness"
+import * as authProtocol from "y-protocols/auth"
+import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate } from "y-protocols/awareness"
+import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import {
   decodeSequenceRecord,
   directConversationId,
+  EMPTY_STATE_VECTOR,
+  EMPTY_UPDATE,
   ErrorCode,
+  encodeAwareness,
+  encodeAwarenessEntries,
   encodeError,
   encodeKeepalive,
+  encodePermissionDenied,
+  encodeQueryAwareness,
   encodeSaved,
   encodeSequenceRecord,
+  encodeSyncStep1,
+  encodeSyncStep2,
+  encodeSyncUpdate,
   encodeTokenAccepted,
   encodeTokenRefresh,
+  isTokenRefresh,
   MessageType,
   newConversationId,
   newMessageId,
@@ -19,6 +32,8 @@ import {
   parseDocumentName,
   parseMessageId,
   parseUserId,
+  readAwarenessEntries,
+  readFrame,
   readParleyFrame,
   toParleyError,
   type UserId,
@@ -119,5 +134,100 @@ describe("protocol", () => {
 
   it("ignores subtypes it does not know, so relays can add some", () => {
     expect(readParleyFrame(decoding.createDecoder(Uint8Array.from([77])))).toBeUndefined()
+  })
+
+  it("encodes sync step 1, step 2 and update as [0, subtype, len, bytes], as y-protocols writes them", () => {
+    expect([...encodeSyncStep1(Uint8Array.from([1, 200, 1, 5]))]).toEqual([0, 0, 4, 1, 200, 1, 5])
+    expect([...encodeSyncStep2(Uint8Array.from([0, 0]))]).toEqual([0, 1, 2, 0, 0])
+    expect([...encodeSyncUpdate(Uint8Array.from([0, 0]))]).toEqual([0, 2, 2, 0, 0])
+    const doc = new Y.Doc()
+    doc.getArray("messages").push([{ body: "hi" }])
+    const peer = Y.encodeStateVector(new Y.Doc())
+    const stock = (write: (encoder: encoding.Encoder) => void) => {
+      const encoder = encoding.createEncoder()
+      encoding.writeVarUint(encoder, MessageType.sync)
+      write(encoder)
+      return encoding.toUint8Array(encoder)
+    }
+    expect(encodeSyncStep1(Y.encodeStateVector(doc))).toEqual(
+      stock((e) => syncProtocol.writeSyncStep1(e, doc)),
+    )
+    expect(encodeSyncStep2(Y.encodeStateAsUpdate(doc, peer))).toEqual(
+      stock((e) => syncProtocol.writeSyncStep2(e, doc, peer)),
+    )
+    const update = Y.encodeStateAsUpdate(doc)
+    expect(encodeSyncUpdate(update)).toEqual(stock((e) => syncProtocol.writeUpdate(e, update)))
+    expect(readFrame(encodeSyncStep1(Y.encodeStateVector(doc)))).toEqual({
+      type: "sync",
+      message: { type: "syncStep1", stateVector: Y.encodeStateVector(doc) },
+    })
+    expect(readFrame(encodeSyncStep2(update))).toEqual({
+      type: "sync",
+      message: { type: "syncStep2", update },
+    })
+    expect(readFrame(encodeSyncUpdate(update))).toEqual({
+      type: "sync",
+      message: { type: "syncUpdate", update },
+    })
+    doc.destroy()
+  })
+
+  it("names the empty state vector and the empty update as Yjs encodes them", () => {
+    expect(EMPTY_STATE_VECTOR).toEqual(Y.encodeStateVector(new Y.Doc()))
+    expect(EMPTY_UPDATE).toEqual(Y.encodeStateAsUpdate(new Y.Doc()))
+  })
+
+  it("encodes awareness as [1, len, update] and reads y-protocols awareness updates entry by entry", () => {
+    const awareness = new Awareness(new Y.Doc())
+    awareness.setLocalState({ user: "amy" })
+    const update = encodeAwarenessUpdate(awareness, [awareness.clientID])
+    const entries = readAwarenessEntries(update)
+    expect(entries).toEqual([
+      { clientId: awareness.clientID, clock: 1, state: new TextEncoder().encode('{"user":"amy"}') },
+    ])
+    expect(encodeAwarenessEntries(entries)).toEqual(update)
+    expect([
+      ...encodeAwarenessEntries([{ clientId: 7, clock: 2, state: new TextEncoder().encode("null") }]),
+    ]).toEqual([1, 7, 2, 4, ...Buffer.from("null")])
+    const removal = encodeAwarenessEntries([
+      { clientId: 7, clock: 2, state: new TextEncoder().encode("null") },
+    ])
+    expect([...encodeAwareness(removal)]).toEqual([1, 8, 1, 7, 2, 4, ...Buffer.from("null")])
+    expect([...encodeAwareness(Uint8Array.of(0))]).toEqual([1, 1, 0])
+    expect(readFrame(encodeAwareness(update))).toEqual({ type: "awareness", update })
+    // A truncated update is refused whole.
+    expect(() => readAwarenessEntries(update.subarray(0, update.length - 1))).toThrow()
+    awareness.destroy()
+  })
+
+  it("encodes query awareness as [3] and permission denied as [2, 0, reason], as y-protocols does", () => {
+    expect([...encodeQueryAwareness()]).toEqual([3])
+    expect(readFrame(encodeQueryAwareness())).toEqual({ type: "queryAwareness" })
+    const denied = encodePermissionDenied("no")
+    expect([...denied]).toEqual([2, 0, 2, ...Buffer.from("no")])
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MessageType.auth)
+    authProtocol.writePermissionDenied(encoder, "no")
+    expect(denied).toEqual(encoding.toUint8Array(encoder))
+    expect(readFrame(denied)).toEqual({ type: "auth", message: { type: "permissionDenied", reason: "no" } })
+  })
+
+  it("reads Parley frames through the same entry point and spots token refreshes by their first bytes", () => {
+    const refresh = encodeTokenRefresh("a.b.c")
+    expect(readFrame(refresh)).toEqual({ type: "parley", message: { type: "token", token: "a.b.c" } })
+    expect(isTokenRefresh(refresh)).toBe(true)
+    expect(isTokenRefresh(encodeTokenAccepted(0))).toBe(false)
+    expect(isTokenRefresh(encodeSyncUpdate(Uint8Array.from([0, 0])))).toBe(false)
+  })
+
+  it("refuses unknown message types and sync subtypes as MALFORMED_FRAME, and truncated bodies", () => {
+    expect(() => readFrame(Uint8Array.from([42, 1, 2, 3]))).toThrow(
+      expect.objectContaining({ code: ErrorCode.MALFORMED_FRAME }),
+    )
+    expect(() => readFrame(Uint8Array.from([0, 7, 0]))).toThrow(
+      expect.objectContaining({ code: ErrorCode.MALFORMED_FRAME }),
+    )
+    expect(() => readFrame(Uint8Array.from([0, 2, 5, 0]))).toThrow()
+    expect(() => readFrame(Uint8Array.of())).toThrow()
   })
 })
