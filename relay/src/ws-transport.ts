@@ -14,6 +14,7 @@ import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { closeFor } from "./errors.js"
+import { sendJson } from "./http-json.js"
 import { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -74,11 +75,7 @@ export type Readiness =
       }[]
     }
 
-// No CORS header: nothing here is meant for pages of other origins (least of all /dev/token).
-const json = (res: ServerResponse, status: number, body: unknown) => {
-  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" })
-  res.end(JSON.stringify(body))
-}
+const json = sendJson
 
 /**
  * HTTP + WebSocket binding of the core: `/<document>?token=...&parley=1`

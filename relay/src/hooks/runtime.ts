@@ -29,9 +29,9 @@ import {
   type UserId,
   unreadCount,
 } from "@parley/shared"
-import type { Logger } from "pino"
 import type { Registry } from "prom-client"
 import type * as Y from "yjs"
+import type { Logger } from "../log.js"
 import { applyStored } from "../storage/integrity.js"
 import type { ConversationState, HookContext, HookConversations } from "./define.js"
 import { handlerFor } from "./define.js"
