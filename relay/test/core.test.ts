@@ -18,13 +18,13 @@ import { describe, expect, it } from "vitest"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import type { Session } from "../src/connection.js"
+import type { AfterSaved } from "../src/extension.js"
 import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
 import type { Principal } from "../src/principal.js"
 import { RelayCore } from "../src/relay-core.js"
 import { MemoryStorage } from "../src/storage/memory.js"
 import type { RelayStorage } from "../src/storage/types.js"
-import type { AfterSaved } from "../src/update-path.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -176,7 +176,7 @@ describe("relay core (no sockets)", () => {
   it("refuses an update its policy denies, with a typed error, storing and broadcasting nothing", async () => {
     const storage = new MemoryStorage()
     const core = makeCore(storage, {
-      policy: { check: () => ({ allowed: false, rule: Rule.schema, reason: "no thanks" }) },
+      extensions: [{ checkUpdate: () => ({ allowed: false, rule: Rule.schema, reason: "no thanks" }) }],
     })
     const id = newConversationId()
     const a = new FakeSession({ kind: "user", user: alice })
@@ -280,13 +280,13 @@ describe("relay core (no sockets)", () => {
   it("gives listeners every saved change in order, with the relay's sequencing, and survives a throwing listener", async () => {
     const seen: AfterSaved[] = []
     const core = makeCore(new MemoryStorage(), {
-      listeners: [
+      extensions: [
         {
           afterSaved() {
             throw new Error("listener bug")
           },
         },
-        { afterSaved: (change) => seen.push(change) },
+        { afterSaved: (change: AfterSaved) => seen.push(change) },
       ],
     })
     const id = newConversationId()
