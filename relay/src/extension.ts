@@ -224,24 +224,20 @@ export class Extensions {
 
   /** Never throws: an observer that fails is logged and the next one runs. */
   afterSaved(change: AfterSaved): void {
-    for (const extension of this.list) {
-      if (!extension.afterSaved) continue
-      try {
-        extension.afterSaved(change)
-      } catch (error) {
-        this.log.error({ err: error, doc: change.name, extension: extension.name }, "afterSaved hook failed")
-      }
-    }
+    this.notify(change.name, "afterSaved", (extension) => extension.afterSaved?.(change))
   }
 
   /** Never throws, as {@link afterSaved}. */
   awarenessChanged(change: AwarenessChange): void {
+    this.notify(change.name, "awarenessChanged", (extension) => extension.awarenessChanged?.(change))
+  }
+
+  private notify(doc: string, hook: string, call: (extension: RelayExtension) => void): void {
     for (const extension of this.list) {
-      if (!extension.awarenessChanged) continue
       try {
-        extension.awarenessChanged(change)
+        call(extension)
       } catch (error) {
-        this.log.error({ err: error, doc: change.name, extension: extension.name }, "awareness hook failed")
+        this.log.error({ err: error, doc, extension: extension.name }, `${hook} hook failed`)
       }
     }
   }
