@@ -2,8 +2,8 @@ import { encodeAwarenessEntries, PRESENCE_STAMP, readAwarenessEntries } from "@p
 import * as awarenessProtocol from "y-protocols/awareness"
 import { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
-import { principalKey } from "./policy/client-bindings.js"
 import type { ClientIdOwners } from "./policy.js"
+import { describePrincipal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 
 /** Per-user limits of awareness (presence, typing) in one document. */
@@ -104,7 +104,7 @@ export class AwarenessGate {
     const principal = connection.principal
     // Services watch; they have no presence of their own.
     if (principal.kind !== "user") return
-    const key = principalKey(principal)
+    const key = describePrincipal(principal)
     // Read whole before anything is applied: a malformed update is refused whole, not half-applied.
     // States stay bytes: only those the sender may set are parsed.
     const entries = readAwarenessEntries(update)
@@ -165,7 +165,7 @@ export class AwarenessGate {
     origin: unknown,
   ): void {
     if (origin instanceof Connection && origin.principal.kind === "user") {
-      const key = principalKey(origin.principal)
+      const key = describePrincipal(origin.principal)
       for (const clientId of [...added, ...updated]) {
         this.setBy.set(clientId, origin)
         let mine = this.byUser.get(key)
@@ -180,7 +180,7 @@ export class AwarenessGate {
       const connection = this.setBy.get(clientId)
       this.setBy.delete(clientId)
       if (connection) {
-        const key = principalKey(connection.principal)
+        const key = describePrincipal(connection.principal)
         const mine = this.byUser.get(key)
         mine?.delete(clientId)
         if (mine?.size === 0) this.byUser.delete(key)
@@ -208,9 +208,9 @@ export class AwarenessGate {
     const own = [...this.setBy].filter(([, c]) => c === connection).map(([clientId]) => clientId)
     if (own.length > 0) awarenessProtocol.removeAwarenessStates(this.host.awareness, own, "relay")
     if (connection.principal.kind !== "user") return
-    const key = principalKey(connection.principal)
+    const key = describePrincipal(connection.principal)
     const stays = [...this.host.connections].some(
-      (c) => c !== connection && c.principal.kind === "user" && principalKey(c.principal) === key,
+      (c) => c !== connection && c.principal.kind === "user" && describePrincipal(c.principal) === key,
     )
     if (!stays) this.budgets.delete(key)
   }
@@ -231,7 +231,7 @@ export class AwarenessGate {
   private heldNew(key: string): number {
     let n = 0
     for (const [connection, { entries }] of this.held) {
-      if (connection.principal.kind !== "user" || principalKey(connection.principal) !== key) continue
+      if (connection.principal.kind !== "user" || describePrincipal(connection.principal) !== key) continue
       for (const e of entries.values())
         if (e.state !== null && !this.host.awareness.states.has(e.clientId)) n++
     }
@@ -276,7 +276,7 @@ export class AwarenessGate {
     if (!held) return
     this.held.delete(connection)
     if (connection.closed || this.host.destroyed || connection.principal.kind !== "user") return
-    const budget = this.budgets.get(principalKey(connection.principal))
+    const budget = this.budgets.get(describePrincipal(connection.principal))
     if (budget && !budget.take()) {
       this.hold(connection, held.entries.values())
       return

@@ -1,7 +1,7 @@
 /**
  * `@parley/relay`: the Parley relay server. Start one with {@link startRelay};
- * embed the socket-free core with {@link RelayCore}; plug in an
- * {@link UpdatePolicy}, {@link AfterSavedListener}s or a {@link Sequencer}.
+ * embed the socket-free core with {@link RelayCore}; extend it with
+ * {@link RelayExtension}s (an {@link UpdatePolicy} is one) or a {@link Sequencer}.
  */
 
 /** Re-exported from `@parley/shared`: the ids and values hook handlers read and write. */
@@ -20,6 +20,18 @@ export type { AuthKey, AuthOptions, VerifiedToken } from "./auth.js"
 export { Authenticator, DEV_TOKEN_ISSUER, SERVICE_ROLE } from "./auth.js"
 export type { Connection, Session } from "./connection.js"
 export { closeFor } from "./errors.js"
+export type {
+  AfterSaved,
+  AfterSavedListener,
+  AwarenessChange,
+  ClientIdOwners,
+  HttpRequest,
+  LoadedDocument,
+  RelayExtension,
+  RunningCore,
+  StoredChange,
+  StoredLog,
+} from "./extension.js"
 export {
   type ConversationState,
   type DeadLetter,
@@ -38,13 +50,15 @@ export {
   type HookRuntime,
   type HookSubjects,
   type Hooks,
+  HooksExtension,
+  type HooksExtensionOptions,
   type InboxSummary,
   verifyWebhook,
 } from "./hooks/index.js"
 export { PostgresOutbox } from "./hooks/postgres-outbox.js"
 export { type RebuildReport, rebuildInboxes } from "./inbox/rebuild.js"
 export type { Logger, LogLevel } from "./log.js"
-export { RelayMetrics } from "./metrics.js"
+export { metricsExtension, RelayMetrics } from "./metrics.js"
 export { AuthorizationPolicy } from "./policy/authorization-policy.js"
 export { type CheckResult, type CheckUpdateInput, checkUpdate } from "./policy/check-update.js"
 export {
@@ -87,5 +101,4 @@ export {
   type UpdateCost,
   type UpdateCostLimits,
 } from "./update-cost.js"
-export type { AfterSaved, AfterSavedListener } from "./update-path.js"
 export type { Readiness, TransportLimits } from "./ws-transport.js"

@@ -1,4 +1,5 @@
 import client from "prom-client"
+import type { HttpRequest, RelayExtension } from "./extension.js"
 
 /** The relay's Prometheus metrics, in a registry of their own (several relays may share a process). */
 export class RelayMetrics {
@@ -95,5 +96,19 @@ export class RelayMetrics {
   constructor(options: { defaultMetrics?: boolean } = {}) {
     this.storageAvailable.set(1)
     if (options.defaultMetrics) client.collectDefaultMetrics({ register: this.registry })
+  }
+}
+
+/** Serves the registry's metrics at `GET /metrics` (Prometheus text format), as a relay extension. */
+export function metricsExtension(metrics: RelayMetrics): RelayExtension {
+  return {
+    name: "metrics",
+    async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
+      if (req.method !== "GET" && req.method !== "HEAD") return false
+      if (new URL(req.url ?? "/", "http://relay").pathname !== "/metrics") return false
+      res.writeHead(200, { "content-type": metrics.registry.contentType })
+      res.end(await metrics.registry.metrics())
+      return true
+    },
   }
 }

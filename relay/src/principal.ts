@@ -13,7 +13,11 @@ export type Principal =
 /** The relay's own principal. */
 export const RELAY: Principal = { kind: "relay" }
 
-/** A short label for logs and metrics. */
+/**
+ * A short label for logs and metrics, and the key a Yjs client id is bound to
+ * (`user:<id>`, `service:<subject>`, `relay`): bindings persist it as plain
+ * text, so it never changes.
+ */
 export function describePrincipal(principal: Principal): string {
   switch (principal.kind) {
     case "user":

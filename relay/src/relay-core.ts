@@ -9,7 +9,6 @@ import {
   parseDocumentName,
   toParleyError,
   typesOf,
-  type UserId,
 } from "@parley/shared"
 import { encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -19,10 +18,11 @@ import { ClientIdAllowance } from "./client-id-allowance.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
+import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
-import { type ClientIdOwners, membershipPolicy, type UpdatePolicy } from "./policy.js"
+import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
@@ -30,7 +30,6 @@ import type { RelayStorage } from "./storage/types.js"
 import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
 import {
   type AccessChange,
-  type AfterSavedListener,
   compact,
   type PathContext,
   type PathLimits,
@@ -70,13 +69,15 @@ export interface RelayCoreOptions {
   readonly storage: RelayStorage
   readonly log: Logger
   readonly metrics: RelayMetrics
-  readonly policy?: UpdatePolicy
   /** Defaults to a {@link LocalSequencer} over the loaded documents. */
   readonly sequencer?: Sequencer
-  readonly listeners?: readonly AfterSavedListener[]
   readonly limits?: Partial<CoreLimits>
-  /** Hooks into document loading, compaction and awareness (the hooks runtime). */
-  readonly observer?: DocumentObserver
+  /**
+   * The policy, hooks, inbox upkeep, metrics and admin routes, in the order
+   * their hooks run (see {@link RelayExtension}). Each is started with the
+   * core by {@link RelayCore.start} and stopped by {@link RelayCore.close}.
+   */
+  readonly extensions?: readonly RelayExtension[]
   /**
    * Whether `storage` answers (the {@link StorageGuard} wrapping it): writes
    * then fail fast and retryably while it fails, and a change whose append
@@ -89,29 +90,11 @@ export interface RelayCoreOptions {
 }
 
 /**
- * What the hooks runtime needs beyond saved changes: to see the stored log
- * when a document loads (to re-derive events a crash lost), to hold back
- * compaction until those are recorded, and to see users' awareness states.
- */
-export interface DocumentObserver {
-  /** Applies the stored log entries to `doc` (which holds the snapshot), in place of the core. */
-  applyStoredLog(
-    name: string,
-    doc: Y.Doc,
-    updates: readonly { readonly position: number; readonly update: Uint8Array }[],
-  ): Promise<void>
-  /** Highest log position compaction may fold into a snapshot. */
-  compactionLimit(name: string): Promise<number>
-  /** A connection of `user` set or changed an awareness state. */
-  awarenessChanged(name: string, doc: Y.Doc, user: UserId, state: unknown): void
-}
-
-/**
  * The relay without sockets: loads documents on demand, attaches sessions,
  * runs every change through the update path, unloads idle documents. A
  * transport turns sockets into {@link Session}s and calls {@link connect}.
  */
-export class RelayCore implements ConnectionOwner<DocumentHost> {
+export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
   readonly limits: CoreLimits
   /** Per-user limits across connections (the transport counts sockets and send queues here too). */
   readonly users: UserLedger
@@ -125,7 +108,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
   private readonly damaged = new Map<string, string>()
   /** Each connection's release of its document in the user's count. */
   private readonly openDocuments = new Map<Connection, () => void>()
-  private readonly listeners: AfterSavedListener[]
+  private readonly extensions: Extensions
   private readonly ctx: PathContext
   private closing = false
   /** Aborted when the relay stops: changes waiting for storage give up (they were never acknowledged). */
@@ -135,7 +118,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
 
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
-    this.listeners = [...(options.listeners ?? [])]
+    this.extensions = new Extensions(options.extensions ?? [], options.log)
     this.users = new UserLedger(this.limits, undefined, (limit, user) => {
       options.metrics.userLimits.inc({ limit })
       options.log.info({ user, limit }, "refused: per-user limit")
@@ -146,8 +129,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
     this.ctx = {
       storage: options.storage,
       sequencer,
-      policy: options.policy ?? membershipPolicy,
-      listeners: this.listeners,
+      extensions: this.extensions,
       metrics: options.metrics,
       log: options.log,
       limits: this.limits,
@@ -155,9 +137,6 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
       clientIds: new ClientIdAllowance(this.limits.maxUpdateClientIds, this.limits.clientIdsPerUserPerDay),
       users: this.users,
       evict: (host, error) => this.evict(host, error),
-      ...(options.observer
-        ? { compactionLimit: (name: string) => options.observer!.compactionLimit(name) }
-        : {}),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
     }
     options.metrics.awarenessSource = () => {
@@ -186,9 +165,17 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
     return this.limits.maxPendingBytes
   }
 
-  /** Adds a listener called after every saved change. */
-  addListener(listener: AfterSavedListener): void {
-    this.listeners.push(listener)
+  /**
+   * Starts the relay's work: recalls the documents found damaged before, then
+   * starts every extension in order with this core. Call once, before anyone
+   * connects (`startRelay` does).
+   */
+  async start(): Promise<void> {
+    // Documents found damaged before are refused (and counted) from the start, before anyone connects.
+    await this.recallDamaged().catch((error: unknown) =>
+      this.log.error({ err: error }, "could not read the damaged documents from storage"),
+    )
+    await this.extensions.start(this)
   }
 
   /** Number of documents loaded (or loading). */
@@ -382,8 +369,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
       const damage = findDamage(stored)
       if (damage !== undefined) throw new ParleyError(ErrorCode.DAMAGED, damage)
       if (stored.snapshot) applyStored(host.doc, stored.snapshot, 0)
-      if (this.options.observer) await this.options.observer.applyStoredLog(name, host.doc, stored.updates)
-      else for (const { position, update } of stored.updates) applyStored(host.doc, update, position)
+      const updates = stored.updates
+      if (!(await this.extensions.loadStoredLog({ name, doc: host.doc, updates })))
+        for (const { position, update } of updates) applyStored(host.doc, update, position)
     } catch (error) {
       host.destroy()
       if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED)
@@ -397,7 +385,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
     host.observe()
     const gate = new AwarenessGate({
       host,
-      owners: (await this.ctx.policy.clientIdOwners?.(host.name, host.doc)) ?? memoryOwners(host.doc),
+      owners:
+        (await this.extensions.clientIdOwners({ name: host.name, doc: host.doc })) ?? memoryOwners(host.doc),
       limits: this.limits,
       dropped: (connection, reason, count) => {
         this.options.metrics.awarenessDropped.inc({ reason }, count)
@@ -418,14 +407,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
         gate.changed(added, updated, removed, origin)
         if (origin instanceof Connection) {
           const principal = origin.principal
-          if (principal.kind === "user" && this.options.observer) {
+          if (principal.kind === "user") {
             for (const id of [...added, ...updated]) {
-              this.options.observer.awarenessChanged(
-                name,
-                host.doc,
-                principal.user,
-                host.awareness.getStates().get(id),
-              )
+              const state = host.awareness.getStates().get(id)
+              this.extensions.awarenessChanged({ name, doc: host.doc, user: principal.user, state })
             }
           }
         }
@@ -570,7 +555,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
 
   /**
    * Graceful stop: refuses new connections, lets queued changes finish, closes
-   * every connection with 1001 "going away", compacts and closes storage.
+   * every connection with 1001 "going away", compacts, stops the extensions
+   * (in reverse order) and closes storage.
    */
   async close(): Promise<void> {
     if (this.closing) return
@@ -591,6 +577,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost> {
         this.drop(host)
       }),
     )
+    // After the last changes: their events are recorded before the extensions (the hooks' outbox) stop.
+    await this.extensions.stop()
     await this.options.storage.close()
   }
 }

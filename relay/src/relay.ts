@@ -1,13 +1,14 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
-import { deadLetterRoutes } from "./hooks/admin.js"
+import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
+import { HooksExtension } from "./hooks/extension.js"
 import { loadHooks } from "./hooks/loader.js"
 import { MemoryOutbox, type Outbox } from "./hooks/outbox.js"
-import { HookRuntime } from "./hooks/runtime.js"
+import type { HookRuntime } from "./hooks/runtime.js"
 import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { inboxTarget } from "./inbox/inbox-target.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
-import { RelayMetrics } from "./metrics.js"
+import { metricsExtension, RelayMetrics } from "./metrics.js"
 import { type Authorization, openAuthorization } from "./policy/open.js"
 import type { UpdatePolicy } from "./policy.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
@@ -22,7 +23,6 @@ import {
   withDeadlines,
 } from "./storage/index.js"
 import type { RelayStorage } from "./storage/types.js"
-import type { AfterSavedListener } from "./update-path.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
 
 /** Defaults of the transport's limits. */
@@ -73,10 +73,13 @@ export interface RelayOptions {
   /** Serve a built web app from this directory at `/`. */
   readonly staticDir?: string
   readonly limits?: Partial<CoreLimits & TransportLimits>
-  /** The update policy (default: membership and read-only checks). */
+  /** The update policy (default: the document rules, `AuthorizationPolicy`, with its client-id bindings). */
   readonly policy?: UpdatePolicy
   readonly sequencer?: Sequencer
+  /** Observers of saved changes: extensions with only `afterSaved`, run after the policy. */
   readonly listeners?: readonly AfterSavedListener[]
+  /** More extensions, run after `listeners` and before the hooks (see the README's "Architecture"). */
+  readonly extensions?: readonly RelayExtension[]
   /** Directory of hook modules, all loaded at start (see HOOKS.md). */
   readonly hooksDir?: string
   /** Keep users' inboxes (default true; off only for measurements). */
@@ -184,8 +187,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const durable = typeof options.storage === "object" ? undefined : storageKind
   const databaseUrl = options.databaseUrl ?? DEFAULT_DATABASE_URL
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
-  let core: RelayCore | undefined
-  const inbox = options.inbox === false ? [] : [inboxTarget(() => core)]
+  const inbox = options.inbox === false ? [] : [inboxTarget]
   const wantsHooks = hookModules.length > 0 || webhooks.length > 0 || inbox.length > 0
   let authorization: Authorization | undefined
   let outbox: Outbox | undefined
@@ -208,36 +210,42 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   }
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
   const hooks = outbox
-    ? new HookRuntime({
+    ? new HooksExtension({
         hooks: hookModules,
         targets: inbox,
         webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
         outbox,
         log: log.child({ component: "hooks" }),
         registry: metrics.registry,
+        admin: auth,
         ...(options.hookTimeoutMs !== undefined ? { timeoutMs: options.hookTimeoutMs } : {}),
         ...(options.hookAttempts !== undefined ? { backoff: { attempts: options.hookAttempts } } : {}),
       })
     : undefined
-  core = new RelayCore({
+  // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
+  const extensions: RelayExtension[] = [
+    options.policy ?? authorization!.policy,
+    ...(options.listeners ?? []),
+    ...(options.extensions ?? []),
+    ...(hooks ? [hooks] : []),
+    metricsExtension(metrics),
+  ]
+  const core = new RelayCore({
     storage,
     log,
     metrics,
     limits,
-    policy: options.policy ?? authorization!.policy,
+    extensions,
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
-    listeners: [...(options.listeners ?? []), ...(hooks ? [hooks] : [])],
-    ...(hooks ? { observer: hooks } : {}),
     storageHealth: storage,
   })
-  // Documents found damaged before are refused (and counted) from the start, before anyone connects.
-  await core
-    .recallDamaged()
-    .catch((error: unknown) => log.error({ err: error }, "could not read the damaged documents from storage"))
-  if (hooks) {
-    await hooks.start(core)
-    log.info({ hooks: hooks.targetNames }, "hooks loaded")
+  try {
+    await core.start()
+  } catch (error) {
+    await core.close()
+    throw error
   }
+  if (hooks?.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
   const transport = new WsTransport({
     core,
     auth,
@@ -249,23 +257,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: typeof options.storage === "object" ? "custom" : storageKind }),
     readiness: () => readinessOf(storage.state),
-    ...(hooks
-      ? {
-          routes: deadLetterRoutes({
-            deadLetters: () => hooks.deadLetters(),
-            replay: (filter) => hooks.replay(filter),
-            verify: (token) => auth.verify(token),
-          }),
-        }
-      : {}),
+    routes: extensionRoutes(extensions),
   })
   let port: number
   try {
     port = await transport.listen(options.port ?? 1234, host)
   } catch (error) {
-    await hooks?.stop()
-    await storage.close()
-    await authorization?.close()
+    await core.close()
     throw error
   }
   const shownHost =
@@ -282,14 +280,12 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     auth,
     metrics,
     log,
-    ...(hooks ? { hooks } : {}),
+    ...(hooks?.runtime ? { hooks: hooks.runtime } : {}),
     close: () => {
       closing ??= (async () => {
         transport.stopAccepting()
+        // Finishes the last changes, then stops the extensions (hooks, policy) and closes storage.
         await core.close()
-        // After the core: its last changes' events are recorded before the outbox closes.
-        await hooks?.stop()
-        await authorization?.close()
         await transport.close()
         log.info("stopped")
       })()

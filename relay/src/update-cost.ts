@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as Y from "yjs"
+import { findByClock } from "./yjs-updates.js"
 
 /**
  * Bounds on what one update may make Yjs do. `Y.applyUpdate` integrates
@@ -92,6 +93,9 @@ interface Scanned {
   readonly parent: string | null
   readonly key: string | null
 }
+
+const scannedStart = (x: Scanned) => x.clock
+const scannedLength = (x: Scanned) => x.length
 
 const NONE = -1
 
@@ -534,17 +538,7 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
     }
     const updateItemAt = (client: number, clock: number): Scanned | undefined => {
       const list = byClient.get(client)
-      if (!list) return undefined
-      let lo = 0
-      let hi = list.length - 1
-      while (lo <= hi) {
-        const mid = (lo + hi) >>> 1
-        const x = list[mid]!
-        if (clock < x.clock) hi = mid - 1
-        else if (clock >= x.clock + x.length) lo = mid + 1
-        else return x
-      }
-      return undefined
+      return list && findByClock(list, clock, scannedStart, scannedLength)
     }
     const roots = new Map<Scanned, Struct | null>()
     const counts = new Map<Struct, number>()

@@ -12,10 +12,11 @@ import * as Y from "yjs"
 import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
+import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
-import { membershipPolicy, type UpdatePolicy } from "./policy.js"
+import { membershipPolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
 import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
@@ -23,27 +24,6 @@ import type { RelayStorage } from "./storage/types.js"
 import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
 import type { UserLedger } from "./user-limits.js"
 import { inspectUpdate } from "./yjs-updates.js"
-
-/** A change that is saved (durable, applied, broadcast), as listeners receive it. */
-export interface AfterSaved {
-  /** The document's name as in the URL (`g~...`, `inbox~alice`). */
-  readonly name: string
-  readonly doc: Y.Doc
-  /** Who made the change (the sequencing that followed it is the relay's, and included). */
-  readonly actor: Principal
-  /** Log positions of everything stored for it. */
-  readonly positions: readonly number[]
-  /** What changed, including `messages.sequenced` from the relay's own change. */
-  readonly events: readonly ChangeEvent[]
-}
-
-/**
- * Called after every saved change, in order per document. Never awaited by
- * the sender's acknowledgement; a listener that throws is logged and skipped.
- */
-export interface AfterSavedListener {
-  afterSaved(change: AfterSaved): void
-}
 
 /** Limits the update path enforces. */
 export interface PathLimits extends UpdateCostLimits {
@@ -59,8 +39,8 @@ export interface PathLimits extends UpdateCostLimits {
 export interface PathContext {
   readonly storage: RelayStorage
   readonly sequencer: Sequencer
-  readonly policy: UpdatePolicy
-  readonly listeners: readonly AfterSavedListener[]
+  /** The relay's extensions: the policy checks, observers after save, compaction limits. */
+  readonly extensions: Extensions
   readonly metrics: RelayMetrics
   readonly log: Logger
   readonly limits: PathLimits
@@ -75,8 +55,6 @@ export interface PathContext {
   readonly clientIds?: ClientIdAllowance
   /** The document's memory may no longer match its storage: drop it. */
   evict(host: DocumentHost, error: unknown): void
-  /** Highest log position compaction may fold into a snapshot (hooks: entries whose events are recorded). */
-  compactionLimit?(name: string): Promise<number>
   /**
    * Whether storage answers (a {@link StorageGuard}). With it, writes are
    * refused with the retryable STORAGE_UNAVAILABLE while storage fails, and a
@@ -338,7 +316,7 @@ function refuseWhileStorageFails(ctx: PathContext, host: DocumentHost): void {
   if (ctx.storageHealth && !ctx.storageHealth.available) throw storageUnavailable("storage is failing")
 }
 
-/** After a change is stored, applied and broadcast: listeners, compaction. */
+/** After a change is stored, applied and broadcast: the extensions' observers, compaction. */
 async function finish(
   ctx: PathContext,
   host: DocumentHost,
@@ -348,13 +326,7 @@ async function finish(
 ): Promise<void> {
   if (events.length > 0 || positions.length > 0) {
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
-    for (const listener of ctx.listeners) {
-      try {
-        listener.afterSaved(change)
-      } catch (error) {
-        ctx.log.error({ err: error, doc: host.key }, "afterSaved listener failed")
-      }
-    }
+    ctx.extensions.afterSaved(change)
   }
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
@@ -367,7 +339,7 @@ export async function compact(ctx: PathContext, host: DocumentHost): Promise<voi
   if (host.logSinceSnapshot.entries === 0) return
   try {
     // The snapshot holds everything applied, so compact only once nothing newer waits for its events.
-    if (ctx.compactionLimit && (await ctx.compactionLimit(host.key)) < host.lastPosition) return
+    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
     await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(host.doc), host.lastPosition)
     host.compacted()
     ctx.metrics.compactions.inc()
@@ -381,7 +353,7 @@ export async function compact(ctx: PathContext, host: DocumentHost): Promise<voi
  * THE update path for an update from a connection (sync step 2 or update):
  * size and decodability → policy → apply in memory and sequence, shown to
  * nobody → one durable append of both → broadcast → "saved" to the sender →
- * listeners. Serial per document. Throws a ParleyError (nothing stored) when
+ * the extensions' observers. Serial per document. Throws a ParleyError (nothing stored) when
  * the update is refused.
  */
 export function submitUpdate(
@@ -433,9 +405,9 @@ export function submitUpdate(
       clientIds = clientIdsOf(update)
     }
     const input = { name: host.name, doc: host.doc, update, principal, clientIds }
-    // Read-only access holds whatever policy is plugged in; the plugged-in one adds the document rules.
-    let decision = await membershipPolicy.check(input)
-    if (decision.allowed && ctx.policy !== membershipPolicy) decision = await ctx.policy.check(input)
+    // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
+    let decision = await membershipPolicy.checkUpdate(input)
+    if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
     if (user) ctx.clientIds?.take(host.key, user, newIds)
@@ -452,7 +424,7 @@ export function submitUpdate(
       },
       from ? { from, clientIds } : {},
     )
-    await ctx.policy.stored?.({ name: host.name, doc: host.doc, principal, clientIds, decision })
+    await ctx.extensions.updateStored({ name: host.name, doc: host.doc, principal, clientIds, decision })
     const sequencing = entries[1]?.update
     // The sender has its own update: it gets only the numbers; everyone else both, in one frame.
     if (sequencing) {
@@ -475,7 +447,7 @@ export function submitUpdate(
  * A trusted server-side change (hooks, bots) through the same path: `change`
  * runs against the live document (the shared operations check the rules for
  * the actor before writing), then what it wrote is stored, sequenced,
- * broadcast and given to listeners. Resolves with the log positions once durable.
+ * broadcast and given to the extensions' observers. Resolves with the log positions once durable.
  */
 export function writeOnServer(
   ctx: PathContext,
@@ -504,7 +476,7 @@ export function writeOnServer(
       return update ? { update, source: "server" } : undefined
     })
     if (entries.length > 0) {
-      await ctx.policy.stored?.({
+      await ctx.extensions.updateStored({
         name: host.name,
         doc: host.doc,
         principal: actor,

@@ -15,6 +15,7 @@ import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { closeOf } from "./errors.js"
+import { sendJson } from "./http-json.js"
 import { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -70,7 +71,7 @@ export interface TransportOptions {
   readonly health?: () => Record<string, unknown>
   /** Whether the relay's dependencies answer, for `/readyz` (ready when absent). */
   readonly readiness?: () => Readiness
-  /** Extra HTTP routes (e.g. the hooks' `/admin/dead-letters`), tried first; true when handled. */
+  /** HTTP routes of the extensions (`/metrics`, `/admin/dead-letters`), tried first; true when handled. */
   readonly routes?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>
 }
 
@@ -88,15 +89,11 @@ export type Readiness =
       }[]
     }
 
-// No CORS header: nothing here is meant for pages of other origins (least of all /dev/token).
-const json = (res: ServerResponse, status: number, body: unknown) => {
-  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" })
-  res.end(JSON.stringify(body))
-}
+const json = sendJson
 
 /**
  * HTTP + WebSocket binding of the core: `/<document>?token=...&parley=1`
- * becomes a {@link Session}; `/healthz`, `/metrics`, `/dev/token` and static
+ * becomes a {@link Session}; `/healthz`, `/readyz`, `/dev/token`, the extensions' routes and static
  * files are plain HTTP.
  */
 export class WsTransport {
@@ -174,12 +171,6 @@ export class WsTransport {
       const readiness = this.options.readiness?.() ?? { ready: true }
       if (readiness.ready) return json(res, 200, { status: "ready" })
       return json(res, 503, { status: "not ready", failing: readiness.failing })
-    }
-    if (url.pathname === "/metrics") {
-      const registry = this.options.metrics.registry
-      res.writeHead(200, { "content-type": registry.contentType })
-      res.end(await registry.metrics())
-      return
     }
     if (url.pathname === "/dev/token" && this.options.dev) {
       const refusal = devTokenRefusal(req, this.options.devAnyHost ?? false)

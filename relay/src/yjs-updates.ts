@@ -73,3 +73,25 @@ function deletesAlreadyApplied(doc: Y.Doc, ds: ReturnType<typeof Y.decodeUpdate>
   }
   return true
 }
+
+/**
+ * The entry of `list` (sorted by clock, ranges not overlapping) whose range
+ * `[start, start + length)` holds `clock`, by binary search.
+ */
+export function findByClock<T>(
+  list: readonly T[],
+  clock: number,
+  start: (entry: T) => number,
+  length: (entry: T) => number,
+): T | undefined {
+  let lo = 0
+  let hi = list.length - 1
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1
+    const entry = list[mid]!
+    if (clock < start(entry)) hi = mid - 1
+    else if (clock >= start(entry) + length(entry)) lo = mid + 1
+    else return entry
+  }
+  return undefined
+}

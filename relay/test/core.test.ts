@@ -1,6 +1,7 @@
 import {
   type ChangeEvent,
   createConversation,
+  type Decision,
   ErrorCode,
   getMessage,
   listMessages,
@@ -18,13 +19,13 @@ import { describe, expect, it } from "vitest"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import type { Session } from "../src/connection.js"
+import type { AfterSaved, RunningCore } from "../src/extension.js"
 import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
 import type { Principal } from "../src/principal.js"
 import { RelayCore } from "../src/relay-core.js"
 import { MemoryStorage } from "../src/storage/memory.js"
 import type { RelayStorage } from "../src/storage/types.js"
-import type { AfterSaved } from "../src/update-path.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -176,7 +177,7 @@ describe("relay core (no sockets)", () => {
   it("refuses an update its policy denies, with a typed error, storing and broadcasting nothing", async () => {
     const storage = new MemoryStorage()
     const core = makeCore(storage, {
-      policy: { check: () => ({ allowed: false, rule: Rule.schema, reason: "no thanks" }) },
+      extensions: [{ checkUpdate: () => ({ allowed: false, rule: Rule.schema, reason: "no thanks" }) }],
     })
     const id = newConversationId()
     const a = new FakeSession({ kind: "user", user: alice })
@@ -280,13 +281,13 @@ describe("relay core (no sockets)", () => {
   it("gives listeners every saved change in order, with the relay's sequencing, and survives a throwing listener", async () => {
     const seen: AfterSaved[] = []
     const core = makeCore(new MemoryStorage(), {
-      listeners: [
+      extensions: [
         {
           afterSaved() {
             throw new Error("listener bug")
           },
         },
-        { afterSaved: (change) => seen.push(change) },
+        { afterSaved: (change: AfterSaved) => seen.push(change) },
       ],
     })
     const id = newConversationId()
@@ -345,5 +346,102 @@ describe("relay core (no sockets)", () => {
     await core.close()
     expect(a.closed?.code).toBe(1001)
     await expect(core.connect(newConversationId(), a)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+  })
+})
+
+describe("the core's extensions", () => {
+  it("asks the policies in list order and stops at the first refusal", async () => {
+    const asked: string[] = []
+    const policy = (name: string, decision: Decision) => ({
+      checkUpdate: () => {
+        asked.push(name)
+        return decision
+      },
+    })
+    const storage = new MemoryStorage()
+    const core = makeCore(storage, {
+      extensions: [
+        policy("first", { allowed: true }),
+        policy("second", { allowed: false, rule: Rule.schema, reason: "no" }),
+        policy("third", { allowed: true }),
+      ],
+    })
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    ca.receive(updateFrame(conversationUpdate(id).update))
+    await until(() => a.parley().length === 1)
+    expect(asked).toEqual(["first", "second"])
+    expect(a.parley()[0]).toMatchObject({
+      type: "error",
+      error: { code: ErrorCode.FORBIDDEN, rule: Rule.schema },
+    })
+    expect((await storage.load(id)).updates).toEqual([])
+  })
+
+  it("refuses an update whose policy throws, storing and broadcasting nothing", async () => {
+    const storage = new MemoryStorage()
+    const core = makeCore(storage, {
+      extensions: [
+        {
+          checkUpdate: () => {
+            throw new Error("policy bug")
+          },
+        },
+      ],
+    })
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const b = new FakeSession({ kind: "user", user: bob })
+    const ca = await core.connect(id, a)
+    await core.connect(id, b)
+    const before = b.frames.length
+    ca.receive(updateFrame(conversationUpdate(id).update))
+    await until(() => a.parley().length === 1)
+    expect(a.parley()[0]!.type).toBe("error")
+    expect(b.frames.length).toBe(before)
+    expect((await storage.load(id)).updates).toEqual([])
+  })
+
+  it("acknowledges the sender before any observer of saved changes runs", async () => {
+    const savedFirst: boolean[] = []
+    const a = new FakeSession({ kind: "user", user: alice })
+    const core = makeCore(new MemoryStorage(), {
+      extensions: [{ afterSaved: () => void savedFirst.push(a.parley().some((f) => f.type === "saved")) }],
+    })
+    const id = newConversationId()
+    const ca = await core.connect(id, a)
+    ca.receive(updateFrame(conversationUpdate(id, ["hi"]).update))
+    await until(() => savedFirst.length === 1)
+    expect(savedFirst).toEqual([true])
+  })
+
+  it("starts every extension with the running core, in order, and stops them in reverse when it closes", async () => {
+    const calls: string[] = []
+    const id = newConversationId()
+    const storage = new MemoryStorage()
+    await storage.append(id, [conversationUpdate(id, ["stored"]).update])
+    const core = makeCore(storage, {
+      extensions: ["a", "b"].map((name) => ({
+        name,
+        async start(running: RunningCore) {
+          // The core is whole when an extension starts: it can already read (and write) documents.
+          const bodies = await running.read(id, (doc) => listMessages(doc, { last: 1 }).map((m) => m.body))
+          calls.push(`start ${name} ${bodies.join()}`)
+        },
+        stop: () => void calls.push(`stop ${name}`),
+      })),
+    })
+    await core.start()
+    expect(calls).toEqual(["start a stored", "start b stored"])
+    await core.close()
+    expect(calls.slice(2)).toEqual(["stop b", "stop a"])
+  })
+
+  it("refuses two extensions that would both apply stored logs", () => {
+    const loader = { loadStoredLog: async () => {} }
+    expect(() => makeCore(new MemoryStorage(), { extensions: [loader, loader] })).toThrow(
+      /only one extension/,
+    )
   })
 })

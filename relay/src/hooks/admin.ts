@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { ErrorCode, ParleyError } from "@parley/shared"
+import { sendJson } from "../http-json.js"
 import { type DeadLetter, type DeadLetterFilter, type Delivery, describeDeadLetter } from "./outbox.js"
 
 /** What the admin endpoint needs: the dead letters, a replay, and who is asking. */
@@ -14,10 +15,7 @@ const PATH = "/admin/dead-letters"
 const REPLAY = `${PATH}/replay`
 const MAX_BODY = 64 * 1024
 
-const send = (res: ServerResponse, status: number, body: unknown) => {
-  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" })
-  res.end(JSON.stringify(body))
-}
+const send = sendJson
 
 /**
  * HTTP routes for operators, guarded by a service token (`role: "service"`)

@@ -10,7 +10,7 @@ import type {
   SendMessageInput,
   UserId,
 } from "@parley/shared"
-import type { Logger } from "pino"
+import type { Logger } from "../log.js"
 import { HANDLER_NAMES, type HookEvent, type HookEventType } from "./events.js"
 
 /** A conversation as a hook reads it. */

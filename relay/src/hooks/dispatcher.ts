@@ -1,5 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
-import type { Logger } from "pino"
+import type { Logger } from "../log.js"
 import type { HookEvent, HookEventType } from "./events.js"
 import type { HookMetrics } from "./metrics.js"
 import type { DeadLetterFilter, Delivery, Outbox } from "./outbox.js"

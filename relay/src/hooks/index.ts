@@ -19,6 +19,7 @@ export {
   type HookEventType,
   type HookSubjects,
 } from "./events.js"
+export { HooksExtension, type HooksExtensionOptions } from "./extension.js"
 export { type LoadedHooks, loadHooks } from "./loader.js"
 export {
   type DeadLetter,
@@ -28,12 +29,6 @@ export {
   type Outbox,
   type OutboxBatch,
 } from "./outbox.js"
-export {
-  type HookHost,
-  type HookPrincipal,
-  HookRuntime,
-  type HookRuntimeOptions,
-  type SavedChange,
-} from "./runtime.js"
+export { HookRuntime, type HookRuntimeOptions } from "./runtime.js"
 export { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
 export { verifyWebhook, WEBHOOK_RETRY_SCHEDULE, webhookTarget } from "./webhook.js"

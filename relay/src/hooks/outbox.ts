@@ -85,7 +85,8 @@ export interface Outbox {
 
 type Row = { -readonly [K in keyof DeadLetter]?: DeadLetter[K] } & Delivery & { dead: boolean }
 
-const matches = (d: Delivery, f: DeadLetterFilter) =>
+/** True when `delivery` is one `filter` picks (every given field matches). */
+export const matchesFilter = (d: Delivery, f: DeadLetterFilter): boolean =>
   (f.eventId === undefined || d.event.event.id === f.eventId) &&
   (f.target === undefined || d.target === f.target) &&
   (f.document === undefined || d.document === f.document)
@@ -156,7 +157,7 @@ export class MemoryOutbox implements Outbox {
   async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
     const out: Delivery[] = []
     for (const [k, row] of this.rows) {
-      if (!row.dead || !matches(row, filter)) continue
+      if (!row.dead || !matchesFilter(row, filter)) continue
       const fresh: Row = { ...strip(row), attempts: 0, nextAttemptAt: 0, dead: false }
       this.rows.set(k, fresh)
       out.push(strip(fresh))

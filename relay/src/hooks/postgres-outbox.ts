@@ -1,7 +1,14 @@
 import type pg from "pg"
 import { inTransaction, openPool } from "../postgres.js"
 import type { HookEvent } from "./events.js"
-import type { DeadLetter, DeadLetterFilter, Delivery, Outbox, OutboxBatch } from "./outbox.js"
+import {
+  type DeadLetter,
+  type DeadLetterFilter,
+  type Delivery,
+  matchesFilter,
+  type Outbox,
+  type OutboxBatch,
+} from "./outbox.js"
 
 // The payload is the event's JSON as text, not JSONB: JSONB would reorder keys and refuse `\u0000` in
 // strings (a message body may hold one), and the outbox only ever reads the whole event back.
@@ -184,14 +191,7 @@ export class PostgresOutbox implements Outbox {
       const { rows } = await client.query<DeliveryRow>(
         `${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER} FOR UPDATE OF d`,
       )
-      const chosen = rows
-        .map(toDelivery)
-        .filter(
-          (d) =>
-            (filter.eventId === undefined || d.event.event.id === filter.eventId) &&
-            (filter.target === undefined || d.target === filter.target) &&
-            (filter.document === undefined || d.document === filter.document),
-        )
+      const chosen = rows.map(toDelivery).filter((d) => matchesFilter(d, filter))
       if (chosen.length > 0)
         await client.query(
           `UPDATE parley_hook_deliveries d SET attempts = 0, next_at = 0, dead_at = NULL

@@ -29,9 +29,11 @@ import {
   type UserId,
   unreadCount,
 } from "@parley/shared"
-import type { Logger } from "pino"
 import type { Registry } from "prom-client"
 import type * as Y from "yjs"
+import type { AfterSaved, RunningCore } from "../extension.js"
+import type { Logger } from "../log.js"
+import type { Principal } from "../principal.js"
 import { applyStored } from "../storage/integrity.js"
 import type { ConversationState, HookContext, HookConversations } from "./define.js"
 import { handlerFor } from "./define.js"
@@ -50,30 +52,10 @@ import { HookMetrics } from "./metrics.js"
 import type { DeadLetter, DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
 import { webhookTarget } from "./webhook.js"
 
-/** Who writes, as the relay core knows it (the core's `Principal`). */
-export type HookPrincipal =
-  | { readonly kind: "user"; readonly user: UserId }
-  | { readonly kind: "service"; readonly subject: string }
-  | { readonly kind: "relay" }
-
-/** A saved change, as the core's update path reports it (its `AfterSaved`). */
-export interface SavedChange {
-  readonly name: string
-  readonly doc: Y.Doc
-  readonly actor: HookPrincipal
-  readonly positions: readonly number[]
-  readonly events: readonly ChangeEvent[]
-}
-
-/** What hooks need from the relay core: reading a document and writing through the one update path. */
-export interface HookHost {
-  read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T>
-  /** Runs `change` on the document as `principal`, then checks, saves, sequences and broadcasts what it wrote. */
-  write(name: string, principal: HookPrincipal, change: (doc: Y.Doc) => void): Promise<void>
-}
-
 /** Options of {@link HookRuntime}. */
 export interface HookRuntimeOptions {
+  /** The running core: hooks read documents and write through its update path. */
+  readonly core: RunningCore
   readonly hooks: readonly LoadedHooks[]
   readonly webhooks?: readonly { readonly url: string; readonly secret: string }[]
   readonly outbox: Outbox
@@ -95,7 +77,8 @@ export interface HookRuntimeOptions {
 /**
  * Hooks and webhooks inside a relay: turns saved changes into events, records
  * them in the outbox (with the document's log watermark), and delivers them off
- * the update path. The core calls {@link afterSaved} after every saved change,
+ * the update path. Made by the hooks extension (`HooksExtension`) once the core
+ * runs; through it the core calls {@link afterSaved} after every saved change,
  * {@link applyStoredLog} when it loads a document, and
  * {@link awarenessChanged} on awareness updates.
  */
@@ -107,11 +90,12 @@ export class HookRuntime {
   private readonly bots = new WeakMap<object, { user: UserId; hook: string }>()
   private readonly typingSeen = new Map<string, number>()
   private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
-  private host: HookHost | undefined
+  private readonly core: RunningCore
   private chain: Promise<unknown> = Promise.resolve()
 
   constructor(private readonly options: HookRuntimeOptions) {
     this.log = options.log
+    this.core = options.core
     this.now = options.now ?? Date.now
     const backoff = exponentialBackoff(options.backoff)
     this.targets = [
@@ -151,14 +135,13 @@ export class HookRuntime {
     return this.targets.map((t) => t.name)
   }
 
-  /** Connects the core and resumes what the outbox still owes. */
-  async start(host: HookHost): Promise<void> {
-    this.host = host
+  /** Resumes what the outbox still owes. */
+  async start(): Promise<void> {
     await this.dispatcher.start()
   }
 
   /** Called by the update path after each saved change; never throws, never waits for hooks. */
-  afterSaved(change: SavedChange): void {
+  afterSaved(change: AfterSaved): void {
     try {
       const id = conversationIdOf(change.name)
       if (!id) return
@@ -371,40 +354,35 @@ export class HookRuntime {
       attempt: attempt.attempt,
       conversations: this.conversationsFor(hook),
       inboxes: {
-        summary: (user) => {
-          if (!this.host) throw new Error("hooks are not connected to a relay yet")
-          return this.host.read(inboxDocumentName(user), (inbox) => {
+        summary: (user) =>
+          this.core.read(inboxDocumentName(user), (inbox) => {
             const items = listInbox(inbox)
             return {
               totalUnread: totalUnread(inbox),
               unread: Object.fromEntries(items.map((i) => [i.conversationId, i.unread])),
               muted: mutedConversations(inbox),
             }
-          })
-        },
+          }),
       },
       isOwnWrite: (e) => e.event.actor.kind === "bot" && e.event.actor.hook === hook,
     }
   }
 
   private conversationsFor(hook: string): HookConversations {
-    const host = () => {
-      if (!this.host) throw new Error("hooks are not connected to a relay yet")
-      return this.host
-    }
+    const core = this.core
     const write = async <T>(name: string, asUser: UserId, change: (doc: Y.Doc) => T): Promise<T> => {
       // The principal object identifies the write when the update path reports it back.
-      const principal: HookPrincipal = { kind: "user", user: asUser }
+      const principal: Principal = { kind: "user", user: asUser }
       this.bots.set(principal, { user: asUser, hook })
       let result: T | undefined
-      await host().write(name, principal, (doc) => {
+      await core.write(name, principal, (doc) => {
         result = change(doc)
       })
       return result as T
     }
     return {
       get: (id, window = { last: 50 }) =>
-        host().read(id, (doc): ConversationState | undefined => {
+        core.read(id, (doc): ConversationState | undefined => {
           const conversation = getConversation(doc)
           if (!conversation) return undefined
           const participants = listParticipants(doc)
@@ -424,7 +402,7 @@ export class HookRuntime {
       },
       send: async (id, asUser, input) => {
         const sent = await write(id, asUser, (doc) => sendMessage(doc, asUser, input))
-        return (await host().read(id, (doc) => getMessage(doc, sent.id))) ?? sent
+        return (await core.read(id, (doc) => getMessage(doc, sent.id))) ?? sent
       },
       edit: (id, asUser, messageId, body) =>
         write(id, asUser, (doc) => editMessage(doc, asUser, messageId, body)),

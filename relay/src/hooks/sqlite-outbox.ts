@@ -2,7 +2,14 @@ import { mkdirSync } from "node:fs"
 import { join } from "node:path"
 import Database from "better-sqlite3"
 import type { HookEvent } from "./events.js"
-import type { DeadLetter, DeadLetterFilter, Delivery, Outbox, OutboxBatch } from "./outbox.js"
+import {
+  type DeadLetter,
+  type DeadLetterFilter,
+  type Delivery,
+  matchesFilter,
+  type Outbox,
+  type OutboxBatch,
+} from "./outbox.js"
 
 /** File name of the hook outbox inside the data directory (its own file, next to the documents). */
 export const OUTBOX_FILE = "hooks.sqlite"
@@ -191,12 +198,7 @@ export class SqliteOutbox implements Outbox {
       const chosen = this.statements.dead
         .all()
         .map(toDelivery)
-        .filter(
-          (d) =>
-            (filter.eventId === undefined || d.event.event.id === filter.eventId) &&
-            (filter.target === undefined || d.target === filter.target) &&
-            (filter.document === undefined || d.document === filter.document),
-        )
+        .filter((d) => matchesFilter(d, filter))
       for (const d of chosen) this.statements.revive.run(d.seq, d.target)
       return chosen.map((d) => ({ ...d, attempts: 0, nextAttemptAt: 0 }))
     })()

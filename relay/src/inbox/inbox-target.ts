@@ -6,9 +6,9 @@ import {
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
+import type { RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent, HookEventType } from "../hooks/events.js"
-import type { HookHost } from "../hooks/runtime.js"
 
 /** Event types that change what an inbox entry shows (reactions and delivery markers do not). */
 const INBOX_EVENTS: ReadonlySet<HookEventType> = new Set<HookEventType>([
@@ -48,7 +48,7 @@ function affectedUsers(event: HookEvent): UserId[] {
  * and is skipped: a burst (an offline device's backlog, an import of thousands
  * of messages) costs one recomputation per user, not one per message.
  */
-export function inboxTarget(host: () => HookHost | undefined): DeliveryTarget {
+export function inboxTarget(relay: RunningCore): DeliveryTarget {
   /** When each (conversation, user) entry was last recomputed: `${conversation}\u0000${user}` → ms. */
   const computedAt = new Map<string, number>()
   const key = (conversation: string, user: string) => `${conversation}\u0000${user}`
@@ -56,8 +56,6 @@ export function inboxTarget(host: () => HookHost | undefined): DeliveryTarget {
     name: "inbox",
     accepts: (type) => INBOX_EVENTS.has(type),
     async deliver(event) {
-      const relay = host()
-      if (!relay) throw new Error("the relay core is not connected yet")
       const conversation = event.event.conversationId
       // Strictly later: a recomputation in the same millisecond may have read the state before this change.
       const users = affectedUsers(event).filter(
@@ -83,7 +81,7 @@ export function inboxTarget(host: () => HookHost | undefined): DeliveryTarget {
  * `writeInboxEntry`); returns how many changed.
  */
 export async function writeEntries(
-  host: HookHost,
+  host: RunningCore,
   conversation: ConversationId,
   entries: readonly (readonly [UserId, InboxEntry | undefined])[],
 ): Promise<number> {

@@ -9,7 +9,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import * as map from "lib0/map"
-import type { HookHost } from "../hooks/runtime.js"
+import type { RunningCore } from "../extension.js"
 import type { RelayStorage } from "../storage/types.js"
 import { writeEntries } from "./inbox-target.js"
 
@@ -31,7 +31,7 @@ export interface RebuildReport {
  * connected devices receive the corrections live. Entries that are already
  * right are not rewritten.
  */
-export async function rebuildInboxes(host: HookHost, storage: RelayStorage): Promise<RebuildReport> {
+export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): Promise<RebuildReport> {
   const names = await storage.list()
   const member = new Map<UserId, Set<ConversationId>>()
   const damagedConversations = new Set<string>()

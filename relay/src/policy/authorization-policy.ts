@@ -1,5 +1,6 @@
-import { type Decision, type DocumentName, sequenceWriterIds } from "@parley/shared"
+import { type Decision, sequenceWriterIds } from "@parley/shared"
 import type * as Y from "yjs"
+import type { LoadedDocument } from "../extension.js"
 import type { ClientIdOwners, PolicyInput, UpdatePolicy } from "../policy.js"
 import { checkUpdate } from "./check-update.js"
 import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bindings.js"
@@ -22,11 +23,16 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  * so that no one else can write under it afterwards.
  */
 export class AuthorizationPolicy implements UpdatePolicy {
+  readonly name = "policy"
   private readonly loaded = new WeakMap<Y.Doc, Promise<ClientBindings>>()
 
-  constructor(private readonly store: ClientBindingStore) {}
+  /** `close` releases the bindings' database when the relay stops. */
+  constructor(
+    private readonly store: ClientBindingStore,
+    private readonly close?: () => Promise<void>,
+  ) {}
 
-  async check(input: PolicyInput): Promise<Decision> {
+  async checkUpdate(input: PolicyInput): Promise<Decision> {
     const { name, doc, update, principal } = input
     // Inboxes are checked by the membership policy that always runs first (checkInboxUpdate).
     if (name.kind === "inbox") return { allowed: true }
@@ -43,7 +49,7 @@ export class AuthorizationPolicy implements UpdatePolicy {
   }
 
   /** Conversations' owners are the bindings themselves; inboxes have none (their awareness stays in memory). */
-  async clientIdOwners(name: DocumentName, doc: Y.Doc): Promise<ClientIdOwners | undefined> {
+  async clientIdOwners({ name, doc }: LoadedDocument): Promise<ClientIdOwners | undefined> {
     if (name.kind === "inbox") return undefined
     const key = name.id
     const bindings = await this.bindingsOf(key, doc)
@@ -57,6 +63,10 @@ export class AuthorizationPolicy implements UpdatePolicy {
         await this.store.bind(key, entries)
       },
     }
+  }
+
+  async stop(): Promise<void> {
+    await this.close?.()
   }
 
   private async bindRelayIds(key: string, doc: Y.Doc, bindings: ClientBindings): Promise<void> {

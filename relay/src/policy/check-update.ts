@@ -43,8 +43,8 @@ import {
   type UserId,
 } from "@parley/shared"
 import * as Y from "yjs"
-import type { Principal } from "../principal.js"
-import { type ClientBinding, type ClientBindings, principalKey, RELAY_KEY } from "./client-bindings.js"
+import { describePrincipal, type Principal } from "../principal.js"
+import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
 import { isPlainJson, sameJson } from "./plain-json.js"
 import {
   currentMapItem,
@@ -151,7 +151,7 @@ class UpdateCheck {
     // Enough for a full delete set re-sent on reconnect, not for sweeping a whole conversation for free.
     this.read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
 
-    const key = principalKey(principal)
+    const key = describePrincipal(principal)
     const newBindings: ClientBinding[] = []
     for (const client of this.read.writers) {
       const owner = bindings.get(client) ?? (client === doc.clientID ? RELAY_KEY : undefined)

@@ -1,25 +1,9 @@
 import type Database from "better-sqlite3"
-import type { Principal } from "../principal.js"
 
 /** A Yjs client id and the key of the principal it belongs to. */
 export type ClientBinding = readonly [clientId: number, principal: string]
 
-/**
- * The key a client id is bound to: `user:<id>`, `service:<subject>` or
- * `relay`. Strings, so that bindings persist as plain text.
- */
-export function principalKey(principal: Principal): string {
-  switch (principal.kind) {
-    case "user":
-      return `user:${principal.user}`
-    case "service":
-      return `service:${principal.subject}`
-    case "relay":
-      return RELAY_KEY
-  }
-}
-
-/** The key of the relay's own client ids. */
+/** The key of the relay's own client ids (`describePrincipal(RELAY)`). */
 export const RELAY_KEY = "relay"
 
 /**

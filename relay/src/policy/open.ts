@@ -10,8 +10,9 @@ import {
 
 /** The relay's default update policy and what to close on shutdown. */
 export interface Authorization {
+  /** The policy extension; its `stop` releases the bindings' database too. */
   readonly policy: AuthorizationPolicy
-  /** Releases the bindings' database (file or connection pool). */
+  /** Releases the bindings' database (file or connection pool), for use without a core. */
   close(): Promise<void>
 }
 
@@ -49,7 +50,8 @@ export async function openAuthorization(options: AuthorizationOptions = {}): Pro
       options.onIdleError,
       options.timeoutMs,
     )
-    return { policy: new AuthorizationPolicy(bounded(store, options)), close: () => store.close() }
+    const close = () => store.close()
+    return { policy: new AuthorizationPolicy(bounded(store, options), close), close }
   }
   if (options.dataDir === undefined) {
     return { policy: new AuthorizationPolicy(new MemoryClientBindingStore()), close: async () => {} }
@@ -58,12 +60,10 @@ export async function openAuthorization(options: AuthorizationOptions = {}): Pro
   db.pragma("journal_mode = WAL")
   db.pragma("synchronous = FULL")
   const store: ClientBindingStore = bounded(new SqliteClientBindingStore(db), options)
-  return {
-    policy: new AuthorizationPolicy(store),
-    close: async () => {
-      if (db.open) db.close()
-    },
+  const close = async () => {
+    if (db.open) db.close()
   }
+  return { policy: new AuthorizationPolicy(store, close), close }
 }
 
 /** A full disk or a lost database refuses the update retryably (STORAGE_UNAVAILABLE), never with INTERNAL. */

@@ -1,5 +1,5 @@
 import * as Y from "yjs"
-import { decodeOnce } from "../yjs-updates.js"
+import { decodeOnce, findByClock } from "../yjs-updates.js"
 
 /**
  * Reading a Yjs update against a document without applying it: which structs
@@ -35,6 +35,11 @@ interface Range {
 type Struct = Y.Item | Y.GC
 type StoreInternals = { clients: Map<number, Struct[]> }
 type TypeInternals = { _item: Y.Item | null; _map: Map<string, Y.Item> }
+
+const rangeStart = (r: Range) => r.clock
+const rangeLength = (r: Range) => r.len
+const itemStart = (item: Y.Item) => item.id.clock
+const itemLength = (item: Y.Item) => item.length
 
 // Clocks beyond this are refused: honest replicas never get near it, and JS numbers lose precision later.
 const MAX_CLOCK = 0xffffffff
@@ -203,17 +208,7 @@ export function readUpdate(
 
   const findUpdateItem = (client: number, clock: number): Y.Item | undefined => {
     const items = byClient.get(client)
-    if (!items) return undefined
-    let lo = 0
-    let hi = items.length - 1
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1
-      const item = items[mid]!
-      if (clock < item.id.clock) hi = mid - 1
-      else if (clock >= item.id.clock + item.length) lo = mid + 1
-      else return item
-    }
-    return undefined
+    return items && findByClock(items, clock, itemStart, itemLength)
   }
 
   const roots = new Map<unknown, string>()
@@ -295,17 +290,7 @@ export function readUpdate(
   }
   const deletes = (client: number, clock: number): boolean => {
     const list = ranges.get(client)
-    if (!list) return false
-    let lo = 0
-    let hi = list.length - 1
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1
-      const r = list[mid]!
-      if (clock < r.clock) hi = mid - 1
-      else if (clock >= r.clock + r.len) lo = mid + 1
-      else return true
-    }
-    return false
+    return list !== undefined && findByClock(list, clock, rangeStart, rangeLength) !== undefined
   }
 
   // Live elements of the document the delete set removes.

@@ -90,7 +90,7 @@ export async function probeAll(
     storage,
     log: createLogger("silent"),
     metrics: new RelayMetrics({ defaultMetrics: false }),
-    policy: authorization.policy,
+    extensions: [authorization.policy],
     limits,
   })
   try {

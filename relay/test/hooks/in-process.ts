@@ -9,9 +9,9 @@ import * as Y from "yjs"
 import type { Connection } from "../../src/connection.js"
 import { type DefinedHooks, defineHooks, type Hooks } from "../../src/hooks/define.js"
 import type { HookEvent } from "../../src/hooks/events.js"
+import { HooksExtension, type HooksExtensionOptions } from "../../src/hooks/extension.js"
 import type { Outbox } from "../../src/hooks/outbox.js"
 import { MemoryOutbox } from "../../src/hooks/outbox.js"
-import { HookRuntime, type HookRuntimeOptions } from "../../src/hooks/runtime.js"
 import { RelayMetrics } from "../../src/metrics.js"
 import { RelayCore } from "../../src/relay-core.js"
 import { MemoryStorage } from "../../src/storage/memory.js"
@@ -44,12 +44,12 @@ export function recordingHooks(extra: Partial<Hooks> = {}): { hooks: DefinedHook
 
 /** A relay core (no sockets) with hooks, on memory storage unless given. */
 export async function coreWithHooks(
-  options: Partial<HookRuntimeOptions> & { storage?: RelayStorage; outbox?: Outbox },
+  options: Partial<HooksExtensionOptions> & { storage?: RelayStorage; outbox?: Outbox },
 ) {
   const log = pino({ level: "silent" })
   const metrics = new RelayMetrics()
   const storage = options.storage ?? new MemoryStorage()
-  const runtime = new HookRuntime({
+  const hooks = new HooksExtension({
     hooks: [],
     outbox: options.outbox ?? new MemoryOutbox(),
     log,
@@ -57,9 +57,9 @@ export async function coreWithHooks(
     backoff: { baseMs: 1, attempts: 3 },
     ...options,
   })
-  const core = new RelayCore({ storage, log, metrics, listeners: [runtime], observer: runtime })
-  await runtime.start(core)
-  return { core, runtime, storage, metrics }
+  const core = new RelayCore({ storage, log, metrics, extensions: [hooks] })
+  await core.start()
+  return { core, runtime: hooks.runtime!, storage, metrics }
 }
 
 /**

@@ -13,7 +13,7 @@ describe("the authorization policy of the update path", () => {
     const s = scene()
     const alices = replicaOf(s.relay)
     const update = updateOf(alices, (d) => sendMessage(d, alice, { body: "mine" }))
-    const accepted = await new AuthorizationPolicy(store).check({
+    const accepted = await new AuthorizationPolicy(store).checkUpdate({
       name,
       doc: s.relay,
       update,
@@ -29,7 +29,7 @@ describe("the authorization policy of the update path", () => {
     const reloaded = replicaOf(s.relay)
     const mallory = replicaOf(s.relay)
     mallory.clientID = alices.clientID
-    const refused = await new AuthorizationPolicy(store).check({
+    const refused = await new AuthorizationPolicy(store).checkUpdate({
       name,
       doc: reloaded,
       update: updateOf(mallory, (d) => sendMessage(d, carol, { body: "as alice's replica" })),
@@ -44,7 +44,7 @@ describe("the authorization policy of the update path", () => {
     const s = scene()
     const replica = replicaOf(s.relay)
     const update = updateOf(replica, (d) => d.getMap("evil").set("x", 1))
-    const decision = await new AuthorizationPolicy(store).check({
+    const decision = await new AuthorizationPolicy(store).checkUpdate({
       name,
       doc: s.relay,
       update,

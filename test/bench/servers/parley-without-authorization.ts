@@ -12,7 +12,7 @@
 import { startRelay, type UpdatePolicy } from "@parley/relay"
 import { parseConfig } from "../../../relay/src/config.js"
 
-const allowEverything: UpdatePolicy = { check: () => ({ allowed: true }) }
+const allowEverything: UpdatePolicy = { checkUpdate: () => ({ allowed: true }) }
 
 const config = parseConfig(process.argv.slice(2))
 if ("help" in config && config.help) throw new Error("--help is not supported here")

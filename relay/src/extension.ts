@@ -1,0 +1,254 @@
+import type { IncomingMessage, ServerResponse } from "node:http"
+import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
+import type * as Y from "yjs"
+import type { Logger } from "./log.js"
+import type { Principal } from "./principal.js"
+
+/** What the update path asks a policy about, before anything is stored. */
+export interface PolicyInput {
+  /** The document, parsed. */
+  readonly name: DocumentName
+  /** The document as loaded, before the update. */
+  readonly doc: Y.Doc
+  /** The update (Yjs v1 encoding); already known to decode. */
+  readonly update: Uint8Array
+  /** Who sent it. */
+  readonly principal: Principal
+  /** The Yjs client ids that wrote the structs in the update. */
+  readonly clientIds: ReadonlySet<number>
+}
+
+/** Who owns each Yjs client id of one loaded document (see {@link RelayExtension.clientIdOwners}). */
+export interface ClientIdOwners {
+  /** The principal key (`user:<id>`, `service:<subject>`, `relay`) owning `clientId`, if any. */
+  owner(clientId: number): string | undefined
+  /**
+   * Binds `clientId`, which has no owner, to `key`: at once in memory (so the
+   * next update or awareness frame sees it), and durably by the time the
+   * promise resolves.
+   */
+  claim(clientId: number, key: string): Promise<void>
+}
+
+/** A change that was stored, as {@link RelayExtension.updateStored} receives it. */
+export interface StoredChange {
+  readonly name: DocumentName
+  readonly doc: Y.Doc
+  readonly principal: Principal
+  readonly clientIds: ReadonlySet<number>
+  /** For a client update: what the policy decided. */
+  readonly decision?: Decision
+}
+
+/**
+ * What an extension may do with the running core (`RelayCore` implements it):
+ * read a document, and write through the one update path.
+ */
+export interface RunningCore {
+  /** Reads a document's current state (loading it if needed); `read` must not write. */
+  read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T>
+  /** Runs `change` on the document as `actor`, then checks, saves, sequences and broadcasts what it wrote. */
+  write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void>
+}
+
+/** A change that is saved (durable, applied, broadcast), as {@link RelayExtension.afterSaved} receives it. */
+export interface AfterSaved {
+  /** The document's name as in the URL (`g~...`, `inbox~alice`). */
+  readonly name: string
+  readonly doc: Y.Doc
+  /** Who made the change (the sequencing that followed it is the relay's, and included). */
+  readonly actor: Principal
+  /** Log positions of everything stored for it. */
+  readonly positions: readonly number[]
+  /** What changed, including `messages.sequenced` from the relay's own change. */
+  readonly events: readonly ChangeEvent[]
+}
+
+/** A loaded document, as {@link RelayExtension.clientIdOwners} is asked about it. */
+export interface LoadedDocument {
+  readonly name: DocumentName
+  readonly doc: Y.Doc
+}
+
+/** A document's stored log, as {@link RelayExtension.loadStoredLog} receives it. */
+export interface StoredLog {
+  readonly name: string
+  /** The document, holding its snapshot. */
+  readonly doc: Y.Doc
+  readonly updates: readonly { readonly position: number; readonly update: Uint8Array }[]
+}
+
+/** An awareness change of a user's connection, as {@link RelayExtension.awarenessChanged} receives it. */
+export interface AwarenessChange {
+  readonly name: string
+  readonly doc: Y.Doc
+  readonly user: UserId
+  /** The new awareness state of one of the user's client ids. */
+  readonly state: unknown
+}
+
+/** An HTTP request the transport offers to extensions before its own routes. */
+export interface HttpRequest {
+  readonly req: IncomingMessage
+  readonly res: ServerResponse
+}
+
+/**
+ * The relay's one extension seam: policies, hooks, inbox upkeep, metrics and
+ * admin routes are extensions. Every hook is optional and takes one payload
+ * object. Extensions run in the order of the list the core is given, every
+ * hook alike (`stop` in reverse). There are two kinds of positions:
+ *
+ * - rejecting, inside the document's serial queue, before or while a change is
+ *   stored: {@link checkUpdate} (a refusal or a throw refuses the update, and
+ *   later extensions are not asked), {@link updateStored}, {@link clientIdOwners},
+ *   {@link loadStoredLog}, {@link compactionLimit};
+ * - observing, after the change is saved and acknowledged:
+ *   {@link afterSaved}, {@link awarenessChanged}. They are never awaited; one
+ *   that throws is logged and the next one still runs.
+ *
+ * The core calls {@link start} with itself once it exists, before it serves
+ * anyone, so an extension never holds a core that is not there yet.
+ */
+export interface RelayExtension {
+  /** Names the extension in logs. */
+  readonly name?: string
+  /** The core is running: keep it to read and write documents. Awaited, in order, before anyone connects. */
+  start?(core: RunningCore): void | Promise<void>
+  /** Decides whether an update may be stored (the policy). */
+  checkUpdate?(input: PolicyInput): Decision | Promise<Decision>
+  /** A change was stored (before it is broadcast); awaited inside the document's queue. */
+  updateStored?(change: StoredChange): void | Promise<void>
+  /**
+   * Who owns the document's Yjs client ids, loaded once with it (awareness
+   * consults and extends them); the first extension answering wins. Without
+   * one, the core keeps awareness owners in memory for the loaded document.
+   */
+  clientIdOwners?(document: LoadedDocument): Promise<ClientIdOwners | undefined>
+  /**
+   * Applies the stored log entries to the document in place of the core (the
+   * hooks re-derive events a crash lost). At most one extension may have it.
+   */
+  loadStoredLog?(log: StoredLog): Promise<void>
+  /** Highest log position compaction may fold into a snapshot; the lowest answer wins. */
+  compactionLimit?(document: { readonly name: string }): Promise<number>
+  /** A change was saved; called in order per document, never awaited. */
+  afterSaved?(change: AfterSaved): void
+  /** A user's connection set or changed an awareness state. */
+  awarenessChanged?(change: AwarenessChange): void
+  /** Answers an HTTP request and resolves true, or resolves false to let the next route try. */
+  httpRequest?(request: HttpRequest): Promise<boolean>
+  /** The relay stops: after the core finished its last changes, before storage closes. */
+  stop?(): void | Promise<void>
+}
+
+/** An extension with only {@link RelayExtension.afterSaved}: an observer of saved changes. */
+export type AfterSavedListener = Required<Pick<RelayExtension, "afterSaved">> & RelayExtension
+
+const ALLOW: Decision = { allowed: true }
+
+/**
+ * The core's list of extensions, running each hook over them with the
+ * semantics {@link RelayExtension} documents.
+ */
+export class Extensions {
+  private readonly list: readonly RelayExtension[]
+  private readonly loader: RelayExtension | undefined
+
+  constructor(
+    extensions: readonly RelayExtension[],
+    private readonly log: Logger,
+  ) {
+    this.list = [...extensions]
+    const loaders = this.list.filter((e) => e.loadStoredLog)
+    if (loaders.length > 1)
+      throw new Error(
+        `only one extension may apply stored logs: ${loaders.map((e) => e.name ?? "unnamed").join(", ")}`,
+      )
+    this.loader = loaders[0]
+  }
+
+  /** Starts every extension in order, each awaited. */
+  async start(core: RunningCore): Promise<void> {
+    for (const extension of this.list) await extension.start?.(core)
+  }
+
+  /** Stops every extension in reverse order; a failing one is logged and the others still stop. */
+  async stop(): Promise<void> {
+    for (const extension of [...this.list].reverse()) {
+      try {
+        await extension.stop?.()
+      } catch (error) {
+        this.log.error({ err: error, extension: extension.name }, "extension failed to stop")
+      }
+    }
+  }
+
+  /** The first refusal, or the last decision that allowed the update. */
+  async checkUpdate(input: PolicyInput): Promise<Decision> {
+    let decision = ALLOW
+    for (const extension of this.list) {
+      if (!extension.checkUpdate) continue
+      decision = await extension.checkUpdate(input)
+      if (!decision.allowed) return decision
+    }
+    return decision
+  }
+
+  async updateStored(change: StoredChange): Promise<void> {
+    for (const extension of this.list) await extension.updateStored?.(change)
+  }
+
+  async clientIdOwners(document: LoadedDocument): Promise<ClientIdOwners | undefined> {
+    for (const extension of this.list) {
+      const owners = await extension.clientIdOwners?.(document)
+      if (owners) return owners
+    }
+    return undefined
+  }
+
+  /** Applies the stored log through the extension that has the hook; false when none has it. */
+  async loadStoredLog(log: StoredLog): Promise<boolean> {
+    if (!this.loader?.loadStoredLog) return false
+    await this.loader.loadStoredLog(log)
+    return true
+  }
+
+  async compactionLimit(name: string): Promise<number> {
+    let limit = Number.POSITIVE_INFINITY
+    for (const extension of this.list) {
+      if (extension.compactionLimit) limit = Math.min(limit, await extension.compactionLimit({ name }))
+    }
+    return limit
+  }
+
+  /** Never throws: an observer that fails is logged and the next one runs. */
+  afterSaved(change: AfterSaved): void {
+    this.notify(change.name, "afterSaved", (extension) => extension.afterSaved?.(change))
+  }
+
+  /** Never throws, as {@link afterSaved}. */
+  awarenessChanged(change: AwarenessChange): void {
+    this.notify(change.name, "awarenessChanged", (extension) => extension.awarenessChanged?.(change))
+  }
+
+  private notify(doc: string, hook: string, call: (extension: RelayExtension) => void): void {
+    for (const extension of this.list) {
+      try {
+        call(extension)
+      } catch (error) {
+        this.log.error({ err: error, doc, extension: extension.name }, `${hook} hook failed`)
+      }
+    }
+  }
+}
+
+/** The HTTP routes the extensions contribute, tried in order; true when one answered. */
+export function extensionRoutes(
+  extensions: readonly RelayExtension[],
+): (req: IncomingMessage, res: ServerResponse) => Promise<boolean> {
+  return async (req, res) => {
+    for (const extension of extensions) if (await extension.httpRequest?.({ req, res })) return true
+    return false
+  }
+}
