@@ -9,6 +9,7 @@ import {
   newConversationId,
   type ParleyFrame,
   readParleyFrame,
+  sendMessage,
   type WireError,
 } from "@parley/shared"
 import * as decoding from "lib0/decoding"
@@ -71,6 +72,20 @@ export interface ProbeResult {
   readonly closed: boolean
 }
 
+/** How {@link probeAll} prepares the relay before it measures. */
+export interface ProbeOptions {
+  /**
+   * Measure a warm relay, as a busy one is: each sender first writes one
+   * message through the update path (a server-side write, so no client id of
+   * theirs is spent), which loads what the first change to a document builds
+   * (the message index, the sequencer's state), and, when the process runs
+   * with --expose-gc, the garbage of seeding and building the frame is
+   * collected before the clock starts (its collection would otherwise be
+   * charged to the frame).
+   */
+  readonly warm?: boolean
+}
+
 /**
  * Seeds a fresh conversation with `seed`, connects each shape's sender to a
  * new core, and sends the shapes one after the other, each built against the
@@ -80,6 +95,7 @@ export async function probeAll(
   shapes: readonly Shape[],
   seed: (id: ConversationId) => Seed,
   limits: Partial<CoreLimits> = {},
+  options: ProbeOptions = {},
 ): Promise<ProbeResult[]> {
   const id = newConversationId()
   const seeded = seed(id)
@@ -102,11 +118,16 @@ export async function probeAll(
         const session = new ProbeSession({ kind: "user", user: shape.user })
         open = { session, connection: await core.connect(id, session) }
         sessions.set(shape.user, open)
+        if (options.warm)
+          await core.write(id, { kind: "user", user: shape.user }, (doc) =>
+            sendMessage(doc, shape.user, { body: "warming up" }),
+          )
       }
       const { session, connection } = open
       const update = await core.read(id, (doc: Y.Doc) => shape.build(doc, seeded))
       const frame = updateFrame(update)
       const reply = session.reply()
+      if (options.warm) (globalThis as { gc?: () => void }).gc?.()
       const start = process.cpuUsage()
       connection.receive(frame)
       const answer = await reply
@@ -134,6 +155,7 @@ export async function probe(
   shape: Shape,
   seed: (id: ConversationId) => Seed,
   limits: Partial<CoreLimits> = {},
+  options: ProbeOptions = {},
 ): Promise<ProbeResult> {
-  return (await probeAll([shape], seed, limits))[0]!
+  return (await probeAll([shape], seed, limits, options))[0]!
 }
