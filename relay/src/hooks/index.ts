@@ -35,5 +35,4 @@ export {
   type HookRuntimeOptions,
   type SavedChange,
 } from "./runtime.js"
-export { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
 export { verifyWebhook, WEBHOOK_RETRY_SCHEDULE, webhookTarget } from "./webhook.js"
