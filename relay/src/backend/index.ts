@@ -1,7 +1,7 @@
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
-import { DEFAULT_DATABASE_URL, type StorageKind } from "../storage/index.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
+import { DEFAULT_DATABASE_URL, type StorageKind } from "../storage/index.js"
 import { MemoryBackend } from "./memory.js"
 import { SqliteBackend } from "./sqlite.js"
 import type { Backend } from "./types.js"

@@ -1,8 +1,8 @@
 import { parseArgs } from "node:util"
+import { openBackend } from "../backend/index.js"
 import { createLogger } from "../log.js"
 import { RelayMetrics } from "../metrics.js"
 import { RelayCore } from "../relay-core.js"
-import { openBackend } from "../backend/index.js"
 import type { StorageKind } from "../storage/index.js"
 import { rebuildInboxes } from "./rebuild.js"
 

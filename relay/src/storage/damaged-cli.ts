@@ -4,9 +4,9 @@ import { parseArgs } from "node:util"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import Database from "better-sqlite3"
 import * as Y from "yjs"
+import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
 import { DEFAULT_DATABASE_URL } from "./index.js"
 import { loadVerified } from "./integrity.js"
-import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
 
 const USAGE = `Usage: parley-relay damaged list [--storage sqlite|postgres] [--data-dir DIR] [--database-url URL]
