@@ -10,6 +10,11 @@ import type { RelayStorage } from "../storage/types.js"
  * {@link bindings}). A capability that needs to keep something adds its part
  * here, so that it lives and is backed up with the rest. Every backend passes
  * `relay/test/conformance/backend.ts`.
+ *
+ * One order is the backend's to keep: what the outbox committed is durable no
+ * later than the documents' next commit. A compaction (which drops log
+ * entries) must never survive a crash that the events of those entries did not.
+ * One database gives it for free: a write-ahead log is replayed in order.
  */
 export interface Backend {
   /** What the backend is, for logs and `/healthz` (`memory`, `sqlite`, `postgres`, or a custom name). */

@@ -78,8 +78,6 @@ export interface Outbox {
   deadLetters(): Promise<DeadLetter[]>
   /** Moves matching dead letters back to pending with a fresh attempt count; returns them. */
   replay(filter?: DeadLetterFilter): Promise<Delivery[]>
-  /** Makes everything recorded so far durable against power loss (before storage drops log entries). */
-  flush?(): Promise<void>
   close(): Promise<void>
 }
 

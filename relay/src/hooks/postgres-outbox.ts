@@ -64,7 +64,7 @@ const storable = (text: string): string => text.replaceAll("\u0000", "\uFFFD")
  * Every commit returns once PostgreSQL has flushed its WAL (the default
  * `synchronous_commit = on`, which `PostgresStorage` relies on too), so what
  * an operation recorded survives a crash of the relay and of the database
- * server; {@link flush} therefore has nothing left to do.
+ * server.
  *
  * The tables hold one queue per database (or schema): a relay resumes every
  * pending delivery in them when it starts, and dead-letters those whose target
@@ -193,9 +193,6 @@ export class PostgresOutbox implements Outbox {
       return chosen.map((d) => ({ ...d, attempts: 0, nextAttemptAt: 0 }))
     })
   }
-
-  /** Nothing to do: every commit above was already flushed to PostgreSQL's WAL when it returned. */
-  async flush(): Promise<void> {}
 
   /** Refuses further calls; the backend ends the pool. */
   async close(): Promise<void> {

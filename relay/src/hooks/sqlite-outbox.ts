@@ -45,8 +45,9 @@ const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.nex
  * too). A power loss may lose the newest commits, but events and the
  * document's watermark are written in one transaction, so a lost tail only
  * moves the watermark back, and the relay re-derives those events from the
- * storage log (which is fsync'd). {@link flush} makes everything durable
- * before compaction drops log entries.
+ * storage log (which is fsync'd). Compaction needs no flush first: it is a
+ * later commit to the same write-ahead log, which SQLite replays in order, so
+ * no compaction survives a power loss that the events before it did not.
  */
 export class SqliteOutbox implements Outbox {
   private readonly statements
@@ -225,13 +226,6 @@ export class SqliteOutbox implements Outbox {
       for (const d of chosen) this.statements.revive.run(d.seq, d.target)
       return chosen.map((d) => ({ ...d, attempts: 0, nextAttemptAt: 0 }))
     })()
-  }
-
-  async flush(): Promise<void> {
-    this.writeDeliveredMarks()
-    this.assertOpen()
-    // A checkpoint copies the WAL into the database file and syncs it.
-    this.db.pragma("wal_checkpoint(FULL)")
   }
 
   /** Writes the waiting delivered marks; the backend closes the database. */
