@@ -18,6 +18,14 @@ export type { Access } from "./access.js"
 export { accessOf } from "./access.js"
 export type { AuthKey, AuthOptions, VerifiedToken } from "./auth.js"
 export { Authenticator, DEV_TOKEN_ISSUER, SERVICE_ROLE } from "./auth.js"
+export {
+  type Backend,
+  type BackendOptions,
+  MemoryBackend,
+  openBackend,
+  SqliteBackend,
+} from "./backend/index.js"
+export { PostgresBackend } from "./backend/postgres.js"
 export type { Connection, Session } from "./connection.js"
 export { closeFor } from "./errors.js"
 export type {
@@ -55,18 +63,12 @@ export {
   type InboxSummary,
   verifyWebhook,
 } from "./hooks/index.js"
-export { PostgresOutbox } from "./hooks/postgres-outbox.js"
 export { type RebuildReport, rebuildInboxes } from "./inbox/rebuild.js"
 export type { Logger, LogLevel } from "./log.js"
 export { metricsExtension, RelayMetrics } from "./metrics.js"
 export { AuthorizationPolicy } from "./policy/authorization-policy.js"
 export { type CheckResult, type CheckUpdateInput, checkUpdate } from "./policy/check-update.js"
-export {
-  type ClientBindingStore,
-  MemoryClientBindingStore,
-  SqliteClientBindingStore,
-} from "./policy/client-bindings.js"
-export { PostgresClientBindingStore } from "./policy/postgres-client-bindings.js"
+export { type ClientBindingStore, MemoryClientBindingStore } from "./policy/client-bindings.js"
 export type { PolicyInput, UpdatePolicy } from "./policy.js"
 export { membershipPolicy } from "./policy.js"
 export type { Principal } from "./principal.js"
@@ -91,8 +93,6 @@ export {
   DEFAULT_STORAGE_TIMEOUT_MS,
   findDamage,
   MemoryStorage,
-  openStorage,
-  SqliteStorage,
   StorageGuard,
 } from "./storage/index.js"
 export {

@@ -54,17 +54,15 @@ function discard(client: pg.PoolClient, failure: Error): void {
   client.release(failure)
 }
 
-/** Class of the two-key advisory locks that table setup takes ("Prlz"); each store has its own object id. */
+/** Class of the two-key advisory lock that table setup takes ("Prlz"), apart from the documents' one-key locks. */
 const SETUP_LOCK = 0x50726c7a
 
-/** How {@link openPool} opens a store's connections. */
+/** How {@link openPool} opens the backend's connections. */
 export interface PoolOptions {
   readonly url: string
   readonly max: number
-  /** `CREATE TABLE IF NOT EXISTS ...` statements of the store. */
+  /** `CREATE TABLE IF NOT EXISTS ...` statements of the backend. */
   readonly schema: string
-  /** The store's object id under the setup lock. */
-  readonly setupLock: number
   /** Hears of idle connections the server dropped (the pool replaces them). */
   readonly onIdleError: (error: Error) => void
   /**
@@ -76,7 +74,7 @@ export interface PoolOptions {
 }
 
 /**
- * A connection pool for one of the relay's PostgreSQL stores, with its tables
+ * The connection pool of the relay's PostgreSQL backend, with its tables
  * created. Creation holds an advisory lock, so relays starting together do not
  * race on `CREATE TABLE IF NOT EXISTS` (which can then fail on a duplicate
  * catalog entry). If setup fails the pool is closed again.
@@ -98,7 +96,7 @@ export async function openPool(options: PoolOptions): Promise<pg.Pool> {
   pool.on("error", (error) => options.onIdleError(error))
   try {
     await inTransaction(pool, async (client) => {
-      await client.query("SELECT pg_advisory_xact_lock($1, $2)", [SETUP_LOCK, options.setupLock])
+      await client.query("SELECT pg_advisory_xact_lock($1, 0)", [SETUP_LOCK])
       await client.query(options.schema)
     })
   } catch (error) {

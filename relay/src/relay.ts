@@ -1,28 +1,18 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
+import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
 import { HooksExtension } from "./hooks/extension.js"
 import { loadHooks } from "./hooks/loader.js"
-import { MemoryOutbox, type Outbox } from "./hooks/outbox.js"
 import type { HookRuntime } from "./hooks/runtime.js"
-import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { inboxTarget } from "./inbox/inbox-target.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { metricsExtension, RelayMetrics } from "./metrics.js"
-import { type Authorization, openAuthorization } from "./policy/open.js"
+import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
-import {
-  DEFAULT_DATABASE_URL,
-  DEFAULT_STORAGE_TIMEOUT_MS,
-  openStorage,
-  StorageGuard,
-  type StorageKind,
-  type StorageState,
-  withDeadlines,
-} from "./storage/index.js"
-import type { RelayStorage } from "./storage/types.js"
+import { DEFAULT_STORAGE_TIMEOUT_MS, type StorageKind, type StorageState } from "./storage/index.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
 
 /** Defaults of the transport's limits. */
@@ -47,8 +37,13 @@ export interface RelayOptions {
   readonly port?: number
   /** Interface to bind. Default 127.0.0.1. */
   readonly host?: string
-  /** A storage instance, or which backend to open. Default sqlite in `dataDir`. */
-  readonly storage?: RelayStorage | StorageKind
+  /** Which backend to open (ignored when `backend` is given). Default sqlite in `dataDir`. */
+  readonly storage?: StorageKind
+  /**
+   * A backend to run on instead of opening one: documents, outbox and
+   * bindings all live in it. The relay closes it when it stops.
+   */
+  readonly backend?: Backend
   /** Data directory of the sqlite backend. Default `./data`. */
   readonly dataDir?: string
   /** PostgreSQL connection string (postgres backend). */
@@ -158,23 +153,21 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ErrorCode.INVALID_ARGUMENT,
       "--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)",
     )
-  const storageKind = typeof options.storage === "string" ? options.storage : "sqlite"
-  const dataDir = options.dataDir ?? "./data"
   const storageTimeoutMs = options.storageTimeoutMs ?? DEFAULT_STORAGE_TIMEOUT_MS
-  const onIdleError = (error: Error) =>
-    log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one")
-  const backend =
-    typeof options.storage === "object"
-      ? options.storage
-      : await openStorage({
-          kind: storageKind,
-          dataDir,
-          ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
-          timeoutMs: storageTimeoutMs,
-          onIdleError,
-        })
-  // Every storage call has a deadline; while storage fails, writes are refused at once (retryably).
-  const storage = new StorageGuard(backend, {
+  // One backend holds everything the relay keeps (documents, hook outbox, client-id bindings), so a
+  // restart or a backup keeps all three together.
+  const opened =
+    options.backend ??
+    (await openBackend({
+      kind: options.storage ?? "sqlite",
+      dataDir: options.dataDir ?? "./data",
+      ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
+      timeoutMs: storageTimeoutMs,
+      onIdleError: (error: Error) =>
+        log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
+    }))
+  // Every backend call has a deadline; while the documents fail, writes are refused at once (retryably).
+  const backend = guardBackend(opened, {
     timeoutMs: storageTimeoutMs,
     onChange: (state) => {
       metrics.storageAvailable.set(state.state === "ok" ? 1 : 0)
@@ -182,32 +175,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       else log.info("storage is back: writes are accepted")
     },
   })
-  // The outbox and the client-id bindings live with the documents, so a restart keeps all three:
-  // in the data directory with SQLite, in the same database with PostgreSQL, in memory otherwise.
-  const durable = typeof options.storage === "object" ? undefined : storageKind
-  const databaseUrl = options.databaseUrl ?? DEFAULT_DATABASE_URL
+  const storage = backend.documents
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   const inbox = options.inbox === false ? [] : [inboxTarget]
   const wantsHooks = hookModules.length > 0 || webhooks.length > 0 || inbox.length > 0
-  let authorization: Authorization | undefined
-  let outbox: Outbox | undefined
-  try {
-    // Every update is checked against the document rules, unless a policy is given.
-    authorization = options.policy
-      ? undefined
-      : await openAuthorization(
-          durable === "sqlite"
-            ? { dataDir, timeoutMs: storageTimeoutMs }
-            : durable === "postgres"
-              ? { databaseUrl, onIdleError, timeoutMs: storageTimeoutMs }
-              : {},
-        )
-    if (wantsHooks) outbox = await openOutbox(durable, dataDir, databaseUrl, onIdleError, storageTimeoutMs)
-  } catch (error) {
-    await authorization?.close()
-    await storage.close()
-    throw error
-  }
+  const outbox = wantsHooks ? backend.outbox : undefined
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
   const hooks = outbox
     ? new HooksExtension({
@@ -224,7 +196,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     : undefined
   // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
   const extensions: RelayExtension[] = [
-    options.policy ?? authorization!.policy,
+    // Every update is checked against the document rules, unless a policy is given.
+    options.policy ?? new AuthorizationPolicy(backend.bindings),
     ...(options.listeners ?? []),
     ...(options.extensions ?? []),
     ...(hooks ? [hooks] : []),
@@ -243,6 +216,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     await core.start()
   } catch (error) {
     await core.close()
+    await backend.close()
     throw error
   }
   if (hooks?.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
@@ -255,7 +229,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     dev,
     devAnyHost: options.forceDev ?? false,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
-    health: () => ({ storage: typeof options.storage === "object" ? "custom" : storageKind }),
+    health: () => ({ storage: backend.kind }),
     readiness: () => readinessOf(storage.state),
     routes: extensionRoutes(extensions),
   })
@@ -264,13 +238,14 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     port = await transport.listen(options.port ?? 1234, host)
   } catch (error) {
     await core.close()
+    await backend.close()
     throw error
   }
   const shownHost =
     host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host
   const url = `ws://${shownHost}:${port}`
   const httpUrl = `http://${shownHost}:${port}`
-  log.info({ port, url, httpUrl, dev, storage: storageKind }, "listening")
+  log.info({ port, url, httpUrl, dev, storage: backend.kind }, "listening")
   let closing: Promise<void> | undefined
   return {
     url,
@@ -284,39 +259,16 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     close: () => {
       closing ??= (async () => {
         transport.stopAccepting()
-        // Finishes the last changes, then stops the extensions (hooks, policy) and closes storage.
+        // Finishes the last changes, then stops the extensions (hooks, policy) and closes storage;
+        // the backend after the core: its last changes' events are recorded before the outbox closes.
         await core.close()
+        await backend.close()
         await transport.close()
         log.info("stopped")
       })()
       return closing
     },
   }
-}
-
-/**
- * The hook outbox next to the documents: `<dataDir>/hooks.sqlite` with SQLite
- * storage, tables `parley_hook_*` in the storage's database with PostgreSQL,
- * in memory with memory (or custom) storage.
- */
-async function openOutbox(
-  durable: StorageKind | undefined,
-  dataDir: string,
-  databaseUrl: string,
-  onIdleError: (error: Error) => void,
-  timeoutMs: number,
-): Promise<Outbox> {
-  if (durable === "sqlite") return withDeadlines(new SqliteOutbox(dataDir), timeoutMs, "hook outbox")
-  if (durable === "postgres") {
-    // Loaded only here, as the storage loads its PostgreSQL backend: SQLite deployments never touch `pg`.
-    const { PostgresOutbox } = await import("./hooks/postgres-outbox.js")
-    return withDeadlines(
-      await PostgresOutbox.open(databaseUrl, onIdleError, timeoutMs),
-      timeoutMs,
-      "hook outbox",
-    )
-  }
-  return new MemoryOutbox()
 }
 
 /** `/readyz`'s answer: ready, or which dependency fails, why and since when. */

@@ -3,10 +3,10 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
+import { PostgresBackend } from "../src/backend/postgres.js"
+import { SQLITE_FILE, SqliteBackend } from "../src/backend/sqlite.js"
 import { runDamagedCli } from "../src/storage/damaged-cli.js"
 import { loadVerified } from "../src/storage/integrity.js"
-import { PostgresStorage } from "../src/storage/postgres.js"
-import { SQLITE_FILE, SqliteStorage } from "../src/storage/sqlite.js"
 import type { RelayStorage } from "../src/storage/types.js"
 import { postgresTamper, sqliteTamper } from "./helpers/damage.js"
 import { postgresUnreachable, type ScratchSchema, scratchSchema } from "./helpers/postgres.js"
@@ -57,14 +57,14 @@ describe("parley-relay damaged", () => {
 
   it("refuses a backup that lacks the document or holds it damaged too", async () => {
     const live = tempDir()
-    const storage = new SqliteStorage(live)
-    await store(storage, "g~doc", ["a", "b"])
-    await storage.markDamaged("g~doc", "test")
-    await storage.close()
+    const backend = new SqliteBackend(live)
+    await store(backend.documents, "g~doc", ["a", "b"])
+    await backend.documents.markDamaged("g~doc", "test")
+    await backend.close()
     const backup = tempDir()
-    const copy = new SqliteStorage(backup)
-    await store(copy, "g~other", ["x"])
-    await store(copy, "g~doc", ["a", "b", "c"])
+    const copy = new SqliteBackend(backup)
+    await store(copy.documents, "g~other", ["x"])
+    await store(copy.documents, "g~doc", ["a", "b", "c"])
     await copy.close()
     const from = join(backup, SQLITE_FILE)
     await sqliteTamper(backup).deleteUpdates("g~doc", [2])
@@ -86,12 +86,12 @@ describe("parley-relay damaged", () => {
         for (const s of schemas) await s.drop()
       })
       const [live, restored] = schemas as [ScratchSchema, ScratchSchema]
-      const copy = await PostgresStorage.open(restored.url)
-      await store(copy, "g~pg", ["a", "b", "c"])
+      const copy = await PostgresBackend.open(restored.url)
+      await store(copy.documents, "g~pg", ["a", "b", "c"])
       await copy.close()
-      const storage = await PostgresStorage.open(live.url)
-      await store(storage, "g~pg", ["a", "b", "c"])
-      await storage.close()
+      const backend = await PostgresBackend.open(live.url)
+      await store(backend.documents, "g~pg", ["a", "b", "c"])
+      await backend.close()
       const tamper = postgresTamper(live.url)
       await tamper.deleteUpdates("g~pg", [3])
       await tamper.end()
@@ -101,10 +101,10 @@ describe("parley-relay damaged", () => {
       const result = await run("restore", "g~pg", "--from", restored.url, ...pg)
       expect(result.code).toBe(0)
       expect(JSON.parse(result.out)).toEqual({ document: "g~pg", restoredThrough: 3 })
-      const after = await PostgresStorage.open(live.url)
+      const after = await PostgresBackend.open(live.url)
       cleanup.push(() => after.close())
-      expect(await textsOf(after, "g~pg")).toEqual(["a", "b", "c"])
-      expect(await after.append("g~pg", [new Uint8Array([0, 0])])).toEqual([4])
+      expect(await textsOf(after.documents, "g~pg")).toEqual(["a", "b", "c"])
+      expect(await after.documents.append("g~pg", [new Uint8Array([0, 0])])).toEqual([4])
     },
   )
 })

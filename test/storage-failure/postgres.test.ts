@@ -126,11 +126,20 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         )
         expect(rows[0].n).toBe(1)
       })
+      // Meanwhile another document loads on a second connection of the relay's one pool, which then idles.
+      testClient(relay.url, newConversationId(), await relay.token(alice))
+      await eventually(async () => {
+        const { rows } = await db.query(
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle'",
+          [app],
+        )
+        expect(rows[0].n).toBeGreaterThan(0)
+      })
       const { rows: killed } = await db.query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
         [app],
       )
-      // The one waiting on the lock, and idle ones of the storage, outbox and bindings pools.
+      // The one waiting on the lock, and the idle one.
       expect(killed.length).toBeGreaterThan(1)
       await db.query("SELECT pg_advisory_unlock(hashtext($1))", [id])
 

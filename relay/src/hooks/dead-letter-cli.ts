@@ -1,9 +1,9 @@
 import { existsSync } from "node:fs"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
+import { type Backend, LEGACY_FILES, openBackend, SQLITE_FILE } from "../backend/index.js"
 import { DEFAULT_DATABASE_URL } from "../storage/index.js"
-import { type DeadLetterFilter, describeDeadLetter, type Outbox } from "./outbox.js"
-import { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
+import { type DeadLetterFilter, describeDeadLetter } from "./outbox.js"
 
 const USAGE = `Usage: parley-relay dead-letters list|replay [--storage sqlite|postgres] [--data-dir DIR]
          [--database-url URL] [--event-id ID] [--target NAME] [--document NAME]
@@ -40,24 +40,24 @@ export async function runDeadLetterCli(
     return values.help ? 0 : 2
   }
   const storage = values.storage ?? env.PARLEY_STORAGE ?? "sqlite"
-  let outbox: Outbox
+  const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
+  let backend: Backend
   if (storage === "postgres") {
     const url = values["database-url"] ?? env.DATABASE_URL ?? DEFAULT_DATABASE_URL
     try {
-      // Imported here: `pg` is loaded only when PostgreSQL is asked for.
-      const { PostgresOutbox } = await import("./postgres-outbox.js")
-      outbox = await PostgresOutbox.open(url)
+      backend = await openBackend({ kind: "postgres", dataDir, databaseUrl: url })
     } catch (error) {
       out(`parley-relay dead-letters: cannot open the hook outbox in ${url}: ${(error as Error).message}`)
       return 1
     }
   } else if (storage === "sqlite") {
-    const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
-    if (!existsSync(join(dataDir, OUTBOX_FILE))) {
-      out(`parley-relay dead-letters: no hook outbox at ${join(dataDir, OUTBOX_FILE)}`)
+    // A data directory of an earlier version keeps its outbox in a file of its own, merged on open.
+    const files = [SQLITE_FILE, ...LEGACY_FILES.map((l) => l.file)]
+    if (!files.some((file) => existsSync(join(dataDir, file)))) {
+      out(`parley-relay dead-letters: no hook outbox at ${join(dataDir, SQLITE_FILE)}`)
       return 1
     }
-    outbox = new SqliteOutbox(dataDir)
+    backend = await openBackend({ kind: "sqlite", dataDir })
   } else {
     out(
       `parley-relay dead-letters: the hook outbox lives in sqlite or postgres storage, not ${storage}\n\n${USAGE}`,
@@ -66,7 +66,7 @@ export async function runDeadLetterCli(
   }
   try {
     if (command === "list") {
-      for (const d of await outbox.deadLetters()) {
+      for (const d of await backend.outbox.deadLetters()) {
         out(JSON.stringify(describeDeadLetter(d)))
       }
       return 0
@@ -76,11 +76,11 @@ export async function runDeadLetterCli(
       ...(values.target ? { target: values.target } : {}),
       ...(values.document ? { document: values.document } : {}),
     }
-    const replayed = await outbox.replay(filter)
+    const replayed = await backend.outbox.replay(filter)
     out(`replayed ${replayed.length} dead letter(s); the relay delivers them when it next starts`)
     return 0
   } finally {
-    await outbox.close()
+    await backend.close()
   }
 }
 

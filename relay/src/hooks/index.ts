@@ -30,5 +30,4 @@ export {
   type OutboxBatch,
 } from "./outbox.js"
 export { HookRuntime, type HookRuntimeOptions } from "./runtime.js"
-export { OUTBOX_FILE, SqliteOutbox } from "./sqlite-outbox.js"
 export { verifyWebhook, WEBHOOK_RETRY_SCHEDULE, webhookTarget } from "./webhook.js"

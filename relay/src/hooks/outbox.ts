@@ -54,8 +54,8 @@ export interface OutboxBatch {
 /**
  * The durable queue between saved changes and their hooks. `enqueue` is atomic:
  * the events, their deliveries and the document's watermark are recorded
- * together or not at all. Implementations: memory (tests) and SQLite; all pass
- * `relay/test/hooks/outbox-conformance.ts`.
+ * together or not at all. A part of every backend (memory, SQLite, PostgreSQL); all pass
+ * `relay/test/conformance/backend.ts`.
  */
 export interface Outbox {
   enqueue(batch: OutboxBatch): Promise<Delivery[]>
@@ -78,8 +78,6 @@ export interface Outbox {
   deadLetters(): Promise<DeadLetter[]>
   /** Moves matching dead letters back to pending with a fresh attempt count; returns them. */
   replay(filter?: DeadLetterFilter): Promise<Delivery[]>
-  /** Makes everything recorded so far durable against power loss (before storage drops log entries). */
-  flush?(): Promise<void>
   close(): Promise<void>
 }
 

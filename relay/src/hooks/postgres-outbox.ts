@@ -1,5 +1,5 @@
 import type pg from "pg"
-import { inTransaction, openPool } from "../postgres.js"
+import { inTransaction } from "../postgres.js"
 import type { HookEvent } from "./events.js"
 import {
   type DeadLetter,
@@ -12,7 +12,8 @@ import {
 
 // The payload is the event's JSON as text, not JSONB: JSONB would reorder keys and refuse `\u0000` in
 // strings (a message body may hold one), and the outbox only ever reads the whole event back.
-const SCHEMA = `
+/** The outbox's tables (see {@link PostgresOutbox}), created by the backend. */
+export const OUTBOX_SCHEMA = `
 CREATE TABLE IF NOT EXISTS parley_hook_events (
   seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
   document TEXT NOT NULL,
@@ -70,7 +71,7 @@ const storable = (text: string): string => text.replaceAll("\u0000", "\uFFFD")
  * Every commit returns once PostgreSQL has flushed its WAL (the default
  * `synchronous_commit = on`, which `PostgresStorage` relies on too), so what
  * an operation recorded survives a crash of the relay and of the database
- * server; {@link flush} therefore has nothing left to do.
+ * server.
  *
  * The tables hold one queue per database (or schema): a relay resumes every
  * pending delivery in them when it starts, and dead-letters those whose target
@@ -79,32 +80,15 @@ const storable = (text: string): string => text.replaceAll("\u0000", "\uFFFD")
 export class PostgresOutbox implements Outbox {
   private closed = false
 
-  private constructor(private readonly pool: pg.Pool) {}
+  /** `pool` is the backend's, with {@link OUTBOX_SCHEMA} created. */
+  constructor(private readonly pool: pg.Pool) {}
 
-  /**
-   * Connects to `url` and creates the tables if needed. `onIdleError` hears of
-   * idle connections the server dropped (the pool replaces them); `timeoutMs`
-   * bounds every connect, query and statement.
-   */
-  static async open(
-    url: string,
-    onIdleError: (error: Error) => void = () => {},
-    timeoutMs?: number,
-  ): Promise<PostgresOutbox> {
-    // Enqueues are serial (the hook runtime chains them); the rest comes from the delivery lanes.
-    return new PostgresOutbox(
-      await openPool({
-        url,
-        max: 4,
-        schema: SCHEMA,
-        setupLock: 1,
-        onIdleError,
-        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-      }),
-    )
+  private assertOpen(): void {
+    if (this.closed) throw new Error("the hook outbox is closed")
   }
 
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
+    this.assertOpen()
     if (batch.events.length === 0 && batch.through === undefined) return []
     return inTransaction(this.pool, async (client) => {
       // One enqueue of a document at a time (across relays too): sequence numbers are drawn inside the
@@ -137,6 +121,7 @@ export class PostgresOutbox implements Outbox {
   }
 
   async watermark(document: string): Promise<number | undefined> {
+    this.assertOpen()
     const { rows } = await this.pool.query<{ through: string }>(
       "SELECT through FROM parley_hook_watermarks WHERE document = $1",
       [document],
@@ -145,11 +130,13 @@ export class PostgresOutbox implements Outbox {
   }
 
   async pending(): Promise<Delivery[]> {
+    this.assertOpen()
     const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
     return rows.map(toDelivery)
   }
 
   async delivered(seq: number, target: string): Promise<void> {
+    this.assertOpen()
     await inTransaction(this.pool, async (client) => {
       // Locking the event first serialises the deliveries of one event: without it, two targets finishing
       // together would each still see the other's row and neither would remove the event.
@@ -163,6 +150,7 @@ export class PostgresOutbox implements Outbox {
   }
 
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
+    this.assertOpen()
     await this.pool.query(
       "UPDATE parley_hook_deliveries SET attempts = $1, next_at = $2, last_error = $3 WHERE seq = $4 AND target = $5",
       [attempts, nextAttemptAt, storable(error), seq, target],
@@ -170,6 +158,7 @@ export class PostgresOutbox implements Outbox {
   }
 
   async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
+    this.assertOpen()
     await this.pool.query(
       "UPDATE parley_hook_deliveries SET attempts = $1, last_error = $2, dead_at = $3 WHERE seq = $4 AND target = $5",
       [attempts, storable(error), at, seq, target],
@@ -177,6 +166,7 @@ export class PostgresOutbox implements Outbox {
   }
 
   async deadLetters(): Promise<DeadLetter[]> {
+    this.assertOpen()
     const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER}`)
     return rows.map((row) => ({
       ...toDelivery(row),
@@ -186,6 +176,7 @@ export class PostgresOutbox implements Outbox {
   }
 
   async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
+    this.assertOpen()
     return inTransaction(this.pool, async (client) => {
       // FOR UPDATE: a concurrent replay (admin endpoint and CLI) waits instead of reviving the same rows twice.
       const { rows } = await client.query<DeliveryRow>(
@@ -203,13 +194,9 @@ export class PostgresOutbox implements Outbox {
     })
   }
 
-  /** Nothing to do: every commit above was already flushed to PostgreSQL's WAL when it returned. */
-  async flush(): Promise<void> {}
-
+  /** Refuses further calls; the backend ends the pool. */
   async close(): Promise<void> {
-    if (this.closed) return
     this.closed = true
-    await this.pool.end()
   }
 }
 

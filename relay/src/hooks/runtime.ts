@@ -238,7 +238,6 @@ export class HookRuntime {
   /** Log position up to which `name` may be compacted without losing events not yet recorded. */
   async compactionLimit(name: string): Promise<number> {
     await this.chain
-    await this.options.outbox.flush?.()
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
 

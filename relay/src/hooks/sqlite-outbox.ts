@@ -1,6 +1,4 @@
-import { mkdirSync } from "node:fs"
-import { join } from "node:path"
-import Database from "better-sqlite3"
+import type Database from "better-sqlite3"
 import type { HookEvent } from "./events.js"
 import {
   type DeadLetter,
@@ -10,9 +8,6 @@ import {
   type Outbox,
   type OutboxBatch,
 } from "./outbox.js"
-
-/** File name of the hook outbox inside the data directory (its own file, next to the documents). */
-export const OUTBOX_FILE = "hooks.sqlite"
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
@@ -50,16 +45,18 @@ const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.nex
   FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq`
 
 /**
- * The durable outbox: `<dataDir>/hooks.sqlite` in WAL mode with
- * `synchronous=NORMAL`: every commit survives a crash of the relay process, and
- * costs no fsync on the event loop. A power loss may lose the newest commits,
- * but events and the document's watermark are written in one transaction, so
- * a lost tail only moves the watermark back, and the relay re-derives those
- * events from the storage log (which is fsync'd). {@link flush} makes
- * everything durable before compaction drops log entries.
+ * The durable outbox of the SQLite backend: tables `hook_*` in the relay's
+ * database (WAL mode). Its commits run with `synchronous=NORMAL`: every
+ * commit survives a crash of the relay process, and costs no fsync on the
+ * event loop (the next fsync'd commit of the documents carries it to disk
+ * too). A power loss may lose the newest commits, but events and the
+ * document's watermark are written in one transaction, so a lost tail only
+ * moves the watermark back, and the relay re-derives those events from the
+ * storage log (which is fsync'd). Compaction needs no flush first: it is a
+ * later commit to the same write-ahead log, which SQLite replays in order, so
+ * no compaction survives a power loss that the events before it did not.
  */
 export class SqliteOutbox implements Outbox {
-  private readonly db: Database.Database
   private readonly statements
   private readonly markDelivered: (marks: readonly { seq: number; target: string }[]) => void
   private deliveredMarks: {
@@ -69,11 +66,10 @@ export class SqliteOutbox implements Outbox {
     reject: (error: unknown) => void
   }[] = []
 
-  constructor(dataDir: string) {
-    mkdirSync(dataDir, { recursive: true })
-    this.db = new Database(join(dataDir, OUTBOX_FILE))
-    this.db.pragma("journal_mode = WAL")
-    this.db.pragma("synchronous = NORMAL")
+  private closed = false
+
+  /** `db` is the backend's connection (WAL mode); the outbox creates its tables in it. */
+  constructor(private readonly db: Database.Database) {
     this.db.exec(SCHEMA)
     this.statements = {
       insertEvent: this.db.prepare<[string, string], unknown>(
@@ -108,17 +104,41 @@ export class SqliteOutbox implements Outbox {
         "UPDATE hook_deliveries SET attempts = 0, next_at = 0, dead_at = NULL WHERE seq = ? AND target = ?",
       ),
     }
-    this.markDelivered = this.db.transaction((marks: readonly { seq: number; target: string }[]) => {
-      for (const { seq, target } of marks) {
-        this.statements.remove.run(seq, target)
-        this.statements.removeEventIfDone.run(seq, seq)
+    this.markDelivered = this.relaxed(
+      this.db.transaction((marks: readonly { seq: number; target: string }[]) => {
+        for (const { seq, target } of marks) {
+          this.statements.remove.run(seq, target)
+          this.statements.removeEventIfDone.run(seq, seq)
+        }
+      }),
+    )
+  }
+
+  /**
+   * `write` committed without an fsync of its own, on a connection the
+   * documents share with `synchronous=FULL` (the pragma is the connection's,
+   * and nothing else runs between the two switches: SQLite calls are synchronous).
+   */
+  private relaxed<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
+    return (...args) => {
+      const before = this.db.pragma("synchronous", { simple: true }) as number
+      this.db.pragma("synchronous = NORMAL")
+      try {
+        return write(...args)
+      } finally {
+        this.db.pragma(`synchronous = ${before}`)
       }
-    })
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.closed || !this.db.open) throw new Error("the hook outbox is closed")
   }
 
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
     this.writeDeliveredMarks()
-    const run = this.db.transaction((b: OutboxBatch) => {
+    this.assertOpen()
+    const run = this.relaxedTransaction((b: OutboxBatch) => {
       const out: Delivery[] = []
       for (const { event, targets } of b.events) {
         const seq = Number(this.statements.insertEvent.run(b.document, JSON.stringify(event)).lastInsertRowid)
@@ -135,11 +155,13 @@ export class SqliteOutbox implements Outbox {
 
   async watermark(document: string): Promise<number | undefined> {
     this.writeDeliveredMarks()
+    this.assertOpen()
     return this.statements.watermark.get(document)?.through
   }
 
   async pending(): Promise<Delivery[]> {
     this.writeDeliveredMarks()
+    this.assertOpen()
     return this.statements.pending.all().map(toDelivery)
   }
 
@@ -165,7 +187,7 @@ export class SqliteOutbox implements Outbox {
     if (marks.length === 0) return
     this.deliveredMarks = []
     try {
-      if (!this.db.open) throw new Error("the hook outbox is closed")
+      this.assertOpen()
       this.markDelivered(marks)
       for (const mark of marks) mark.resolve()
     } catch (error) {
@@ -175,16 +197,19 @@ export class SqliteOutbox implements Outbox {
 
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
     this.writeDeliveredMarks()
-    this.statements.retry.run(attempts, nextAttemptAt, error, seq, target)
+    this.assertOpen()
+    this.relaxed(() => this.statements.retry.run(attempts, nextAttemptAt, error, seq, target))()
   }
 
   async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
     this.writeDeliveredMarks()
-    this.statements.kill.run(attempts, error, at, seq, target)
+    this.assertOpen()
+    this.relaxed(() => this.statements.kill.run(attempts, error, at, seq, target))()
   }
 
   async deadLetters(): Promise<DeadLetter[]> {
     this.writeDeliveredMarks()
+    this.assertOpen()
     return this.statements.dead.all().map((row) => ({
       ...toDelivery(row),
       lastError: row.last_error ?? "",
@@ -194,7 +219,8 @@ export class SqliteOutbox implements Outbox {
 
   async replay(filter: DeadLetterFilter = {}): Promise<Delivery[]> {
     this.writeDeliveredMarks()
-    return this.db.transaction(() => {
+    this.assertOpen()
+    return this.relaxedTransaction(() => {
       const chosen = this.statements.dead
         .all()
         .map(toDelivery)
@@ -204,15 +230,14 @@ export class SqliteOutbox implements Outbox {
     })()
   }
 
-  async flush(): Promise<void> {
-    this.writeDeliveredMarks()
-    // A checkpoint copies the WAL into the database file and syncs it.
-    this.db.pragma("wal_checkpoint(FULL)")
-  }
-
+  /** Writes the waiting delivered marks; the backend closes the database. */
   async close(): Promise<void> {
     this.writeDeliveredMarks()
-    if (this.db.open) this.db.close()
+    this.closed = true
+  }
+
+  private relaxedTransaction<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
+    return this.relaxed(this.db.transaction(write) as unknown as (...args: A) => T)
   }
 }
 

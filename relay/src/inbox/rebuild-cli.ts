@@ -1,8 +1,9 @@
 import { parseArgs } from "node:util"
+import { openBackend } from "../backend/index.js"
 import { createLogger } from "../log.js"
 import { RelayMetrics } from "../metrics.js"
 import { RelayCore } from "../relay-core.js"
-import { openStorage, type StorageKind } from "../storage/index.js"
+import type { StorageKind } from "../storage/index.js"
 import { rebuildInboxes } from "./rebuild.js"
 
 const USAGE = `Usage: parley-relay rebuild-inboxes [--data-dir DIR] [--storage sqlite|postgres] [--database-url URL]
@@ -42,17 +43,22 @@ export async function runRebuildInboxesCli(
     return 2
   }
   const databaseUrl = values["database-url"] ?? env.PARLEY_DATABASE_URL
-  const storage = await openStorage({
+  const backend = await openBackend({
     kind,
     dataDir: values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data",
     ...(databaseUrl ? { databaseUrl } : {}),
   })
-  const core = new RelayCore({ storage, log: createLogger("warn"), metrics: new RelayMetrics() })
+  const core = new RelayCore({
+    storage: backend.documents,
+    log: createLogger("warn"),
+    metrics: new RelayMetrics(),
+  })
   try {
-    out(JSON.stringify(await rebuildInboxes(core, storage)))
+    out(JSON.stringify(await rebuildInboxes(core, backend.documents)))
     return 0
   } finally {
-    // Closing the core flushes and closes the storage too.
+    // Closing the core flushes the documents; then the backend closes its database.
     await core.close()
+    await backend.close()
   }
 }

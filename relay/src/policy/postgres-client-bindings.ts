@@ -1,14 +1,14 @@
 import type pg from "pg"
-import { openPool } from "../postgres.js"
 import type { ClientBinding, ClientBindingStore } from "./client-bindings.js"
 
 // BIGINT: Yjs client ids are unsigned 32-bit numbers, above PostgreSQL's signed INTEGER.
-const SCHEMA = `CREATE TABLE IF NOT EXISTS parley_client_bindings (
+/** The bindings' table (see {@link PostgresClientBindingStore}), created by the backend. */
+export const BINDINGS_SCHEMA = `CREATE TABLE IF NOT EXISTS parley_client_bindings (
   document TEXT NOT NULL,
   client_id BIGINT NOT NULL,
   principal TEXT NOT NULL,
   PRIMARY KEY (document, client_id)
-)`
+);`
 
 /**
  * Bindings in PostgreSQL, table `parley_client_bindings` of the storage's
@@ -18,32 +18,8 @@ const SCHEMA = `CREATE TABLE IF NOT EXISTS parley_client_bindings (
  * first owner of an id wins also across relays sharing the database.
  */
 export class PostgresClientBindingStore implements ClientBindingStore {
-  private closed = false
-
-  private constructor(private readonly pool: pg.Pool) {}
-
-  /**
-   * Connects to `url` and creates the table if needed. `onIdleError` hears of
-   * idle connections the server dropped (the pool replaces them); `timeoutMs`
-   * bounds every connect, query and statement.
-   */
-  static async open(
-    url: string,
-    onIdleError: (error: Error) => void = () => {},
-    timeoutMs?: number,
-  ): Promise<PostgresClientBindingStore> {
-    // Binds are rare (a client id's first update) and loads once per loaded document: a small pool will do.
-    return new PostgresClientBindingStore(
-      await openPool({
-        url,
-        max: 2,
-        schema: SCHEMA,
-        setupLock: 2,
-        onIdleError,
-        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-      }),
-    )
-  }
+  /** `pool` is the backend's, with {@link BINDINGS_SCHEMA} created. */
+  constructor(private readonly pool: pg.Pool) {}
 
   async load(name: string): Promise<Map<number, string>> {
     const { rows } = await this.pool.query<{ client_id: string; principal: string }>(
@@ -63,12 +39,5 @@ export class PostgresClientBindingStore implements ClientBindingStore {
        ON CONFLICT (document, client_id) DO NOTHING`,
       [name, entries.map(([clientId]) => clientId), entries.map(([, key]) => key)],
     )
-  }
-
-  /** Closes the connection pool; the store is unusable afterwards. Closing twice is harmless. */
-  async close(): Promise<void> {
-    if (this.closed) return
-    this.closed = true
-    await this.pool.end()
   }
 }

@@ -4,9 +4,9 @@ import { parseArgs } from "node:util"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import Database from "better-sqlite3"
 import * as Y from "yjs"
+import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
 import { DEFAULT_DATABASE_URL } from "./index.js"
 import { loadVerified } from "./integrity.js"
-import { SQLITE_FILE, SqliteStorage } from "./sqlite.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
 
 const USAGE = `Usage: parley-relay damaged list [--storage sqlite|postgres] [--data-dir DIR] [--database-url URL]
@@ -55,18 +55,16 @@ export async function runDamagedCli(
   const kind = values.storage ?? env.PARLEY_STORAGE ?? "sqlite"
   const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
   const databaseUrl = values["database-url"] ?? env.DATABASE_URL ?? DEFAULT_DATABASE_URL
-  let storage: RelayStorage
+  let backend: Backend
   if (kind === "sqlite") {
     if (!existsSync(join(dataDir, SQLITE_FILE))) {
       out(`parley-relay damaged: no documents at ${join(dataDir, SQLITE_FILE)}`)
       return 1
     }
-    storage = new SqliteStorage(dataDir)
+    backend = await openBackend({ kind, dataDir })
   } else if (kind === "postgres") {
     try {
-      // Imported here: `pg` is loaded only when PostgreSQL is asked for.
-      const { PostgresStorage } = await import("./postgres.js")
-      storage = await PostgresStorage.open(databaseUrl)
+      backend = await openBackend({ kind, dataDir, databaseUrl })
     } catch (error) {
       out(`parley-relay damaged: cannot open the documents in ${databaseUrl}: ${(error as Error).message}`)
       return 1
@@ -75,6 +73,7 @@ export async function runDamagedCli(
     out(`parley-relay damaged: documents are kept in sqlite or postgres storage, not ${kind}\n\n${USAGE}`)
     return 2
   }
+  const storage = backend.documents
   try {
     if (command === "list") {
       for (const d of await storage.damaged()) {
@@ -91,7 +90,7 @@ export async function runDamagedCli(
     }
     return await restore(storage, kind, document!, values.from!, values.force === true, out)
   } finally {
-    await storage.close()
+    await backend.close()
   }
 }
 

@@ -1,7 +1,3 @@
-import { MemoryStorage } from "./memory.js"
-import { SqliteStorage } from "./sqlite.js"
-import type { RelayStorage } from "./types.js"
-
 export {
   DEFAULT_STORAGE_TIMEOUT_MS,
   isStorageFailure,
@@ -14,42 +10,11 @@ export {
 } from "./guard.js"
 export { findDamage } from "./integrity.js"
 export { type MemoryData, MemoryStorage } from "./memory.js"
-export { CATALOG_FILE, SQLITE_FILE, SqliteStorage } from "./sqlite.js"
+export { SqliteStorage } from "./sqlite.js"
 export type { DamagedDocument, DocumentRecord, RelayStorage, StoredDocument } from "./types.js"
 
 /** The PostgreSQL database used when none is configured: the local server's `test` database. */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 
-/** The storage backends the relay can run on. */
+/** The backends the relay can run on (see `../backend/`). */
 export type StorageKind = "memory" | "sqlite" | "postgres"
-
-/** Where a backend keeps its data. */
-export interface StorageOptions {
-  readonly kind: StorageKind
-  /** Data directory (sqlite). */
-  readonly dataDir: string
-  /** Connection string (postgres). */
-  readonly databaseUrl?: string
-  /** Bound of every PostgreSQL connect, query and statement, in ms (postgres). */
-  readonly timeoutMs?: number
-  /** Hears of idle PostgreSQL connections the server dropped (postgres). */
-  readonly onIdleError?: (error: Error) => void
-}
-
-/** Opens the configured backend. */
-export async function openStorage(options: StorageOptions): Promise<RelayStorage> {
-  switch (options.kind) {
-    case "memory":
-      return new MemoryStorage()
-    case "sqlite":
-      return new SqliteStorage(options.dataDir)
-    case "postgres": {
-      const { PostgresStorage } = await import("./postgres.js")
-      return PostgresStorage.open(
-        options.databaseUrl ?? DEFAULT_DATABASE_URL,
-        options.onIdleError,
-        options.timeoutMs,
-      )
-    }
-  }
-}

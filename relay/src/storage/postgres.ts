@@ -1,10 +1,11 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
-import { inTransaction, openPool } from "../postgres.js"
+import { inTransaction } from "../postgres.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
-const SCHEMA = `
+/** The documents' tables (see {@link PostgresStorage}), created by the backend. */
+export const DOCUMENTS_SCHEMA = `
 CREATE TABLE IF NOT EXISTS parley_updates (
   doc TEXT NOT NULL,
   position BIGINT NOT NULL,
@@ -48,8 +49,9 @@ function isCorruption(error: unknown): boolean {
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
 /**
- * PostgreSQL backend (tables `parley_updates`, `parley_snapshots`, and the
- * catalog `parley_documents`, written in the same transactions). A commit
+ * The documents of the PostgreSQL backend (`PostgresBackend`, which owns the
+ * pool): tables `parley_updates`, `parley_snapshots`, and the catalog
+ * `parley_documents`, written in the same transactions. A commit
  * returns once PostgreSQL has flushed its WAL (its default `synchronous_commit`),
  * so an append is durable when it resolves. Appends of one tick share one
  * transaction. Positions are computed inside the transaction, so several relays
@@ -59,26 +61,9 @@ export class PostgresStorage implements RelayStorage {
   private readonly group: GroupCommit
   private closed = false
 
-  private constructor(private readonly pool: pg.Pool) {
+  /** `pool` is the backend's, with {@link DOCUMENTS_SCHEMA} created. */
+  constructor(private readonly pool: pg.Pool) {
     this.group = new GroupCommit((batch) => this.commit(batch))
-  }
-
-  /** Connects and creates the tables if needed. `timeoutMs` bounds every connect, query and statement. */
-  static async open(
-    url: string,
-    onIdleError: (error: Error) => void = () => {},
-    timeoutMs?: number,
-  ): Promise<PostgresStorage> {
-    return new PostgresStorage(
-      await openPool({
-        url,
-        max: 4,
-        schema: SCHEMA,
-        setupLock: 3,
-        onIdleError,
-        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-      }),
-    )
   }
 
   private commit(batch: AppendBatch): Promise<number[][]> {
@@ -251,10 +236,10 @@ export class PostgresStorage implements RelayStorage {
     await this.pool.query("SELECT 1")
   }
 
+  /** Finishes pending appends; the backend ends the pool. */
   async close(): Promise<void> {
     if (this.closed) return
     await this.group.drain()
     this.closed = true
-    await this.pool.end()
   }
 }

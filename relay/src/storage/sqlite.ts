@@ -1,14 +1,7 @@
-import { mkdirSync } from "node:fs"
-import { join } from "node:path"
 import { ErrorCode, ParleyError } from "@parley/shared"
-import Database from "better-sqlite3"
+import type Database from "better-sqlite3"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
-
-/** File name of the embedded database inside the data directory. */
-export const SQLITE_FILE = "parley.sqlite"
-/** File name of the document catalog inside the data directory (see {@link SqliteStorage}). */
-export const CATALOG_FILE = "catalog.sqlite"
 
 const CATALOG_SCHEMA = `
 CREATE TABLE IF NOT EXISTS documents (
@@ -43,38 +36,34 @@ function isCorruption(error: unknown): boolean {
 }
 
 /**
- * The embedded default store: `<dataDir>/parley.sqlite` with WAL and
- * `synchronous=FULL`, so that a commit is on disk before an append resolves.
- * One row per update; appends of one tick share a transaction.
+ * The documents of the SQLite backend (`SqliteBackend`, which opens both
+ * databases): tables `updates` and `snapshots` in the main database, which
+ * runs with WAL and `synchronous=FULL`, so that a commit is on disk before an
+ * append resolves. One row per update; appends of one tick share a transaction.
  *
  * The catalog (which documents exist, their last log position, their damage)
- * lives in a second file, `<dataDir>/catalog.sqlite`, written after each
- * commit of the first: WAL frames lost from `parley.sqlite` (a WAL file
- * deleted or copied without, a torn file system) then cannot erase the record
- * with the data, and show as damage. The catalog runs with
- * `synchronous=NORMAL`: no second fsync per append; after a power loss it may
- * lag behind the data (harmless: a record behind its data is taken as it is),
- * never run ahead of it. Rare writes (damage, restore) are synced.
+ * lives in a second database file, written after each commit of the first:
+ * WAL frames lost from the main file (a WAL file deleted or copied without, a
+ * torn file system) then cannot erase the record with the data, and show as
+ * damage. The catalog runs with `synchronous=NORMAL`: no second fsync per
+ * append; after a power loss it may lag behind the data (harmless: a record
+ * behind its data is taken as it is), never run ahead of it. Rare writes
+ * (damage, restore) are synced.
  */
 export class SqliteStorage implements RelayStorage {
-  private readonly db: Database.Database
-  private readonly catalog: Database.Database
   private readonly next = new Map<string, number>()
   private readonly group: GroupCommit
   private closed = false
   private readonly statements
 
-  constructor(dataDir: string) {
-    mkdirSync(dataDir, { recursive: true })
-    this.db = new Database(join(dataDir, SQLITE_FILE))
-    this.db.pragma("journal_mode = WAL")
-    this.db.pragma("synchronous = FULL")
+  /** `db` and `catalog` are two files, opened in WAL mode (the backend's); the storage creates its tables. */
+  constructor(
+    private readonly db: Database.Database,
+    private readonly catalog: Database.Database,
+  ) {
     this.db.exec(SCHEMA)
     // A one-row table the health probe rewrites: only a committed write shows that the disk has room again.
     this.db.exec("CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)")
-    this.catalog = new Database(join(dataDir, CATALOG_FILE))
-    this.catalog.pragma("journal_mode = WAL")
-    this.catalog.pragma("synchronous = NORMAL")
     this.catalog.exec(CATALOG_SCHEMA)
     this.statements = {
       snapshot: this.db.prepare<[string], { data: Buffer; through: number }>(
@@ -284,11 +273,10 @@ export class SqliteStorage implements RelayStorage {
     this.statements.probe.run(Date.now())
   }
 
+  /** Finishes pending appends; the backend closes the files. */
   async close(): Promise<void> {
     if (this.closed) return
     await this.group.drain()
     this.closed = true
-    this.db.close()
-    this.catalog.close()
   }
 }

@@ -38,7 +38,7 @@ export interface DamagedDocument {
  * Where the relay keeps documents: an append-only log of Yjs updates per
  * document, periodically folded into a snapshot, and a catalog recording which
  * documents exist, up to which log position, and which were found damaged.
- * Every backend passes the suite in `relay/test/conformance/storage.ts`.
+ * A part of every backend (`../backend/`); all pass `relay/test/conformance/backend.ts`.
  */
 export interface RelayStorage {
   /**

@@ -1,7 +1,7 @@
 import { join } from "node:path"
 import Database from "better-sqlite3"
 import pg from "pg"
-import { SQLITE_FILE } from "../../src/storage/sqlite.js"
+import { SQLITE_FILE } from "../../src/backend/sqlite.js"
 import type { StorageTamper } from "../conformance/storage.js"
 
 /** Damages the documents in `<dataDir>/parley.sqlite` with a connection of its own, as a bad disk or hand would. */

@@ -19,7 +19,8 @@ import type * as Y from "yjs"
 import type { Connection, Session } from "../../src/connection.js"
 import { createLogger } from "../../src/log.js"
 import { RelayMetrics } from "../../src/metrics.js"
-import { openAuthorization } from "../../src/policy/open.js"
+import { AuthorizationPolicy } from "../../src/policy/authorization-policy.js"
+import { MemoryClientBindingStore } from "../../src/policy/client-bindings.js"
 import type { Principal } from "../../src/principal.js"
 import { type CoreLimits, RelayCore } from "../../src/relay-core.js"
 import { MemoryStorage } from "../../src/storage/memory.js"
@@ -101,12 +102,11 @@ export async function probeAll(
   const seeded = seed(id)
   const storage = new MemoryStorage()
   await storage.append(id, [seeded.stored])
-  const authorization = await openAuthorization()
   const core = new RelayCore({
     storage,
     log: createLogger("silent"),
     metrics: new RelayMetrics({ defaultMetrics: false }),
-    extensions: [authorization.policy],
+    extensions: [new AuthorizationPolicy(new MemoryClientBindingStore())],
     limits,
   })
   try {
@@ -146,7 +146,6 @@ export async function probeAll(
     return results
   } finally {
     await core.close()
-    await authorization.close()
   }
 }
 

@@ -28,8 +28,7 @@ let count = 0
 
 /**
  * Creates a uniquely named schema, so that test files running in parallel (and
- * other runs on the same database, like `storage-postgres.test.ts` in
- * `public`) never see each other's tables.
+ * other runs on the same database) never see each other's tables.
  */
 export async function scratchSchema(url: string = DATABASE_URL): Promise<ScratchSchema> {
   const schema = `parley_test_${process.pid}_${Date.now().toString(36)}_${count++}`

@@ -2,12 +2,12 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
+import { PostgresBackend } from "../../src/backend/postgres.js"
+import { SqliteBackend } from "../../src/backend/sqlite.js"
 import { runDeadLetterCli } from "../../src/hooks/dead-letter-cli.js"
 import type { Outbox } from "../../src/hooks/outbox.js"
-import { PostgresOutbox } from "../../src/hooks/postgres-outbox.js"
-import { SqliteOutbox } from "../../src/hooks/sqlite-outbox.js"
+import { sampleEvent } from "../conformance/outbox.js"
 import { DATABASE_URL, postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
-import { sampleEvent } from "./outbox-conformance.js"
 
 const dirs: string[] = []
 afterEach(() => {
@@ -29,9 +29,9 @@ async function addDeadLetters(outbox: Outbox): Promise<void> {
 async function dataDirWithDeadLetters(): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), "parley-dead-cli-"))
   dirs.push(dir)
-  const outbox = new SqliteOutbox(dir)
-  await addDeadLetters(outbox)
-  await outbox.close()
+  const backend = new SqliteBackend(dir)
+  await addDeadLetters(backend.outbox)
+  await backend.close()
   return dir
 }
 
@@ -57,10 +57,11 @@ describe("parley-relay dead-letters", () => {
     const { code, lines } = await run("replay", "--data-dir", dir, "--target", "hook:push.ts")
     expect(code).toBe(0)
     expect(lines).toEqual(["replayed 1 dead letter(s); the relay delivers them when it next starts"])
-    const outbox = new SqliteOutbox(dir)
+    const backend = new SqliteBackend(dir)
+    const { outbox } = backend
     expect((await outbox.pending()).map((d) => [d.event.event.id, d.attempts])).toEqual([["evt_a", 0]])
     expect((await outbox.deadLetters()).map((d) => d.event.event.id)).toEqual(["evt_b"])
-    await outbox.close()
+    await backend.close()
   })
 
   it("says so when the directory holds no outbox, and explains its usage on a bad command", async () => {
@@ -87,7 +88,8 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     it("lists and replays the dead letters of the outbox in the database", async () => {
       const scratch = await scratchSchema()
       try {
-        const outbox = await PostgresOutbox.open(scratch.url)
+        const backend = await PostgresBackend.open(scratch.url)
+        const { outbox } = backend
         await addDeadLetters(outbox)
         const list = await run("list", "--storage", "postgres", "--database-url", scratch.url)
         expect(list.code).toBe(0)
@@ -105,7 +107,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
           "replayed 1 dead letter(s); the relay delivers them when it next starts",
         ])
         expect((await outbox.pending()).map((d) => d.event.event.id)).toEqual(["evt_b"])
-        await outbox.close()
+        await backend.close()
       } finally {
         await scratch.drop()
       }

@@ -5,7 +5,7 @@ import { type DeliveryTarget, Dispatcher, PermanentDeliveryError } from "../../s
 import type { HookEvent } from "../../src/hooks/events.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
 import { MemoryOutbox } from "../../src/hooks/outbox.js"
-import { sampleEvent } from "./outbox-conformance.js"
+import { sampleEvent } from "../conformance/outbox.js"
 
 const log = pino({ level: "silent" })
 

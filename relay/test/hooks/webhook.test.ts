@@ -8,7 +8,7 @@ import { Dispatcher } from "../../src/hooks/dispatcher.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
 import { MemoryOutbox } from "../../src/hooks/outbox.js"
 import { verifyWebhook, webhookTarget } from "../../src/hooks/webhook.js"
-import { sampleEvent } from "./outbox-conformance.js"
+import { sampleEvent } from "../conformance/outbox.js"
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

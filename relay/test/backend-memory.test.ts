@@ -1,7 +1,8 @@
-import { type MemoryData, MemoryStorage } from "../src/storage/memory.js"
-import { runStorageConformance } from "./conformance/storage.js"
+import { MemoryBackend } from "../src/backend/memory.js"
+import type { MemoryData } from "../src/storage/memory.js"
+import { runBackendConformance } from "./conformance/backend.js"
 
-runStorageConformance("memory", async () => {
+runBackendConformance("memory", async () => {
   const data: MemoryData = { documents: new Map(), catalog: new Map() }
   const doc = (name: string) => {
     const found = data.documents.get(name)
@@ -9,7 +10,7 @@ runStorageConformance("memory", async () => {
     return found
   }
   return {
-    open: async () => new MemoryStorage(data),
+    open: async () => new MemoryBackend(data),
     persistent: false,
     tamper: {
       deleteUpdates: async (name, positions) => {

@@ -1,0 +1,64 @@
+import type { Outbox } from "../hooks/outbox.js"
+import type { ClientBindingStore } from "../policy/client-bindings.js"
+import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
+import { DEFAULT_DATABASE_URL, type StorageKind } from "../storage/index.js"
+import { MemoryBackend } from "./memory.js"
+import { SqliteBackend } from "./sqlite.js"
+import type { Backend } from "./types.js"
+
+export { MemoryBackend } from "./memory.js"
+export { CATALOG_FILE, LEGACY_FILES, SQLITE_FILE, SqliteBackend } from "./sqlite.js"
+export type { Backend } from "./types.js"
+
+/** Which backend to open, and where it keeps its data. */
+export interface BackendOptions {
+  readonly kind: StorageKind
+  /** Data directory (sqlite). */
+  readonly dataDir: string
+  /** Connection string (postgres). Default {@link DEFAULT_DATABASE_URL}. */
+  readonly databaseUrl?: string
+  /** Bound of every PostgreSQL connect, query and statement, in ms (postgres). */
+  readonly timeoutMs?: number
+  /** Hears of idle PostgreSQL connections the server dropped (postgres). */
+  readonly onIdleError?: (error: Error) => void
+}
+
+/** Opens the configured backend: the one store of a relay (or of an operator's command). */
+export async function openBackend(options: BackendOptions): Promise<Backend> {
+  switch (options.kind) {
+    case "memory":
+      return new MemoryBackend()
+    case "sqlite":
+      return new SqliteBackend(options.dataDir)
+    case "postgres": {
+      // Loaded only here: SQLite deployments never touch `pg`.
+      const { PostgresBackend } = await import("./postgres.js")
+      return PostgresBackend.open(options.databaseUrl ?? DEFAULT_DATABASE_URL, {
+        ...(options.onIdleError ? { onIdleError: options.onIdleError } : {}),
+        ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+      })
+    }
+  }
+}
+
+/** A backend whose every call has a deadline (see {@link guardBackend}). */
+export interface GuardedBackend extends Backend {
+  readonly documents: StorageGuard
+}
+
+/**
+ * `backend` with every call bounded by `options.timeoutMs` and its failures
+ * typed as the retryable STORAGE_UNAVAILABLE: the documents behind a
+ * {@link StorageGuard} (a breaker: while they fail, writes are refused at
+ * once and a probe watches for recovery), the outbox and the bindings behind
+ * a deadline each, so that none of them can hang a caller.
+ */
+export function guardBackend(backend: Backend, options: StorageGuardOptions): GuardedBackend {
+  return {
+    kind: backend.kind,
+    documents: new StorageGuard(backend.documents, options),
+    outbox: withDeadlines<Outbox>(backend.outbox, options.timeoutMs, "hook outbox"),
+    bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
+    close: () => backend.close(),
+  }
+}

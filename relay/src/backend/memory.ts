@@ -1,0 +1,22 @@
+import { MemoryOutbox } from "../hooks/outbox.js"
+import { MemoryClientBindingStore } from "../policy/client-bindings.js"
+import { type MemoryData, MemoryStorage } from "../storage/memory.js"
+import type { Backend } from "./types.js"
+
+/** Keeps everything in process memory: for tests and throwaway relays. Nothing survives a restart. */
+export class MemoryBackend implements Backend {
+  readonly kind = "memory"
+  readonly documents: MemoryStorage
+  readonly outbox = new MemoryOutbox()
+  readonly bindings = new MemoryClientBindingStore()
+
+  /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
+  constructor(data?: MemoryData) {
+    this.documents = new MemoryStorage(data)
+  }
+
+  async close(): Promise<void> {
+    await this.documents.close()
+    await this.outbox.close()
+  }
+}

@@ -1,0 +1,57 @@
+import type pg from "pg"
+import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
+import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
+import { openPool } from "../postgres.js"
+import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
+import type { Backend } from "./types.js"
+
+/** How {@link PostgresBackend.open} connects. */
+export interface PostgresBackendOptions {
+  /** Hears of idle connections the server dropped (the pool replaces them). */
+  readonly onIdleError?: (error: Error) => void
+  /** Bound of every connect, query and statement, in ms. */
+  readonly timeoutMs?: number
+}
+
+/**
+ * The backend on PostgreSQL: one connection pool over the tables of the
+ * documents (`parley_updates`, `parley_snapshots`, `parley_documents`), of the
+ * hook outbox (`parley_hook_*`) and of the client-id bindings
+ * (`parley_client_bindings`), in the connection string's schema (by default
+ * `public`). Every commit returns once PostgreSQL has flushed its WAL (its
+ * default `synchronous_commit`). Several relays may share a database.
+ */
+export class PostgresBackend implements Backend {
+  readonly kind = "postgres"
+  readonly documents: PostgresStorage
+  readonly outbox: PostgresOutbox
+  readonly bindings: PostgresClientBindingStore
+  private closed = false
+
+  private constructor(private readonly pool: pg.Pool) {
+    this.documents = new PostgresStorage(pool)
+    this.outbox = new PostgresOutbox(pool)
+    this.bindings = new PostgresClientBindingStore(pool)
+  }
+
+  /** Connects to `url` and creates the tables if needed. */
+  static async open(url: string, options: PostgresBackendOptions = {}): Promise<PostgresBackend> {
+    const pool = await openPool({
+      url,
+      // Appends of one tick share a connection; delivery lanes, loads and binds take the rest.
+      max: 8,
+      schema: [DOCUMENTS_SCHEMA, OUTBOX_SCHEMA, BINDINGS_SCHEMA].join("\n"),
+      onIdleError: options.onIdleError ?? (() => {}),
+      ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    })
+    return new PostgresBackend(pool)
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await this.documents.close()
+    await this.outbox.close()
+    await this.pool.end()
+  }
+}

@@ -1,0 +1,106 @@
+import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs"
+import { join } from "node:path"
+import Database from "better-sqlite3"
+import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
+import { SqliteClientBindingStore } from "../policy/client-bindings.js"
+import { SqliteStorage } from "../storage/sqlite.js"
+import type { Backend } from "./types.js"
+
+/** The relay's database inside the data directory: documents, hook outbox, client-id bindings. */
+export const SQLITE_FILE = "parley.sqlite"
+/** The document catalog inside the data directory, a file of its own (see {@link SqliteBackend}). */
+export const CATALOG_FILE = "catalog.sqlite"
+
+/**
+ * Files of earlier versions, each with the tables it held: a backend opening
+ * a data directory that has one copies its rows into {@link SQLITE_FILE} and
+ * renames it to `<file>.migrated`.
+ */
+export const LEGACY_FILES: readonly { readonly file: string; readonly tables: readonly string[] }[] = [
+  { file: "hooks.sqlite", tables: ["hook_events", "hook_deliveries", "hook_watermarks"] },
+  { file: "client-bindings.sqlite", tables: ["parley_client_bindings"] },
+]
+
+/**
+ * The embedded default backend: one database, `<dataDir>/parley.sqlite`
+ * (WAL, `synchronous=FULL`), holds the documents' logs and snapshots, the
+ * hook outbox and the client-id bindings, on one connection.
+ *
+ * The catalog stays a second file, `<dataDir>/catalog.sqlite`, on purpose: it
+ * records which documents exist and up to which log position, so that data
+ * lost from the main file (WAL frames deleted, a file copied without its WAL,
+ * a torn file system) shows as damage rather than as documents never created.
+ * In the same file, the same loss would erase the record with the data.
+ */
+export class SqliteBackend implements Backend {
+  readonly kind = "sqlite"
+  readonly documents: SqliteStorage
+  readonly outbox: SqliteOutbox
+  readonly bindings: SqliteClientBindingStore
+  private readonly db: Database.Database
+  private readonly catalog: Database.Database
+
+  /** Opens (creating if needed) the data directory's databases; merges the files of earlier versions. */
+  constructor(readonly dataDir: string) {
+    mkdirSync(dataDir, { recursive: true })
+    this.db = new Database(join(dataDir, SQLITE_FILE))
+    try {
+      this.db.pragma("journal_mode = WAL")
+      this.db.pragma("synchronous = FULL")
+      this.catalog = new Database(join(dataDir, CATALOG_FILE))
+    } catch (error) {
+      this.db.close()
+      throw error
+    }
+    try {
+      this.catalog.pragma("journal_mode = WAL")
+      this.catalog.pragma("synchronous = NORMAL")
+      this.documents = new SqliteStorage(this.db, this.catalog)
+      this.outbox = new SqliteOutbox(this.db)
+      this.bindings = new SqliteClientBindingStore(this.db)
+      this.adoptLegacyFiles()
+    } catch (error) {
+      this.db.close()
+      this.catalog.close()
+      throw error
+    }
+  }
+
+  /**
+   * Copies the rows of {@link LEGACY_FILES} into the main database, in one
+   * transaction per file, then renames the file. Rows already there are kept
+   * (`INSERT OR IGNORE`): a crash before the rename repeats the copy harmlessly,
+   * at worst delivering an event again, which at-least-once allows.
+   */
+  private adoptLegacyFiles(): void {
+    for (const { file, tables } of LEGACY_FILES) {
+      const path = join(this.dataDir, file)
+      if (!existsSync(path)) continue
+      // The last connection to close checkpoints the file's WAL into it: no committed row stays behind in -wal.
+      new Database(path).close()
+      this.db.prepare("ATTACH DATABASE ? AS legacy").run(path)
+      try {
+        this.db.transaction(() => {
+          for (const table of tables) {
+            const found = this.db
+              .prepare("SELECT 1 FROM legacy.sqlite_master WHERE type = 'table' AND name = ?")
+              .get(table)
+            if (found) this.db.exec(`INSERT OR IGNORE INTO main.${table} SELECT * FROM legacy.${table}`)
+          }
+        })()
+      } finally {
+        this.db.exec("DETACH DATABASE legacy")
+      }
+      renameSync(path, `${path}.migrated`)
+      for (const suffix of ["-wal", "-shm"]) rmSync(`${path}${suffix}`, { force: true })
+    }
+  }
+
+  async close(): Promise<void> {
+    if (!this.db.open) return
+    await this.documents.close()
+    await this.outbox.close()
+    this.db.close()
+    this.catalog.close()
+  }
+}

@@ -1,0 +1,34 @@
+import type { Outbox } from "../hooks/outbox.js"
+import type { ClientBindingStore } from "../policy/client-bindings.js"
+import type { RelayStorage } from "../storage/types.js"
+
+/**
+ * Everything a relay keeps: one adapter per relay over one database (memory,
+ * SQLite, PostgreSQL). It owns the bytes and the transactions; the subsystems
+ * above it own their meaning (compaction and damage detection over
+ * {@link documents}, delivery over {@link outbox}, client-id ownership over
+ * {@link bindings}). A capability that needs to keep something adds its part
+ * here, so that it lives and is backed up with the rest. Every backend passes
+ * `relay/test/conformance/backend.ts`.
+ *
+ * One order is the backend's to keep: what the outbox committed is durable no
+ * later than the documents' next commit. A compaction (which drops log
+ * entries) must never survive a crash that the events of those entries did not.
+ * One database gives it for free: a write-ahead log is replayed in order.
+ */
+export interface Backend {
+  /** What the backend is, for logs and `/healthz` (`memory`, `sqlite`, `postgres`, or a custom name). */
+  readonly kind: string
+  /** The documents' logs, snapshots and catalog. */
+  readonly documents: RelayStorage
+  /** The hook outbox: events owed to hooks, webhooks and the inbox upkeep. */
+  readonly outbox: Outbox
+  /** Which principal owns each Yjs client id of each document. */
+  readonly bindings: ClientBindingStore
+  /**
+   * Finishes pending writes of every part and releases the database. The
+   * parts' own `close` only finish their pending writes: the relay closes them
+   * in its shutdown order, then the backend.
+   */
+  close(): Promise<void>
+}

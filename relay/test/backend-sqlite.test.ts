@@ -1,0 +1,190 @@
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import Database from "better-sqlite3"
+import { afterEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { CATALOG_FILE, LEGACY_FILES, SQLITE_FILE, SqliteBackend } from "../src/backend/sqlite.js"
+import { SqliteOutbox } from "../src/hooks/sqlite-outbox.js"
+import { SqliteClientBindingStore } from "../src/policy/client-bindings.js"
+import { findDamage } from "../src/storage/integrity.js"
+import { runBackendConformance } from "./conformance/backend.js"
+import { sampleEvent } from "./conformance/outbox.js"
+import { sqliteTamper } from "./helpers/damage.js"
+
+/** The documents of a new SQLite backend in `dir`: closing them closes the backend. */
+function sqliteDocuments(dir: string) {
+  const backend = new SqliteBackend(dir)
+  return Object.assign(Object.create(backend.documents) as typeof backend.documents, {
+    close: () => backend.close(),
+  })
+}
+
+runBackendConformance("sqlite", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "parley-sqlite-"))
+  return {
+    open: async () => new SqliteBackend(dir),
+    cleanup: async () => rmSync(dir, { recursive: true, force: true }),
+    persistent: true,
+    tamper: sqliteTamper(dir),
+  }
+})
+
+describe("sqlite catalog", () => {
+  const dirs: string[] = []
+  const tempDir = () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-catalog-"))
+    dirs.push(dir)
+    return dir
+  }
+  afterEach(() => {
+    for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
+  })
+  const updates = () => {
+    const doc = new Y.Doc()
+    const out: Uint8Array[] = []
+    doc.on("update", (u: Uint8Array) => out.push(u))
+    for (const text of ["a", "b", "c"]) doc.getArray<string>("a").push([text])
+    return out
+  }
+
+  it("finds what the main file lost with its WAL frames damaged, not new, because the catalog is a file of its own", async () => {
+    const dir = tempDir()
+    const storage = sqliteDocuments(dir)
+    const [u1, u2, u3] = updates()
+    await storage.append("g~kept", [u1!])
+    const db = new Database(join(dir, SQLITE_FILE))
+    db.pragma("wal_checkpoint(TRUNCATE)")
+    db.close()
+    // From here on the main file's changes live only in its WAL.
+    await storage.append("g~kept", [u2!])
+    await storage.append("g~new", [u3!])
+    const copy = tempDir()
+    for (const file of [SQLITE_FILE, CATALOG_FILE, `${CATALOG_FILE}-wal`])
+      if (existsSync(join(dir, file))) copyFileSync(join(dir, file), join(copy, file))
+    await storage.close()
+
+    const survivor = sqliteDocuments(copy)
+    try {
+      expect(findDamage(await survivor.load("g~kept"))).toMatch(/ends at position 1, before position 2/)
+      expect(findDamage(await survivor.load("g~new"))).toMatch(/none of its data/)
+    } finally {
+      await survivor.close()
+    }
+  })
+
+  it("records the documents of a data directory from before the catalog when it first opens", async () => {
+    const dir = tempDir()
+    const storage = sqliteDocuments(dir)
+    await storage.append("g~old", updates())
+    await storage.close()
+    for (const file of [CATALOG_FILE, `${CATALOG_FILE}-wal`, `${CATALOG_FILE}-shm`])
+      rmSync(join(dir, file), { force: true })
+    await sqliteTamper(dir).deleteUpdates("g~old", [3])
+    const reopened = sqliteDocuments(dir)
+    try {
+      const loaded = await reopened.load("g~old")
+      expect(loaded.record).toEqual({ lastPosition: 2, damaged: null })
+      expect(findDamage(loaded)).toBeUndefined()
+      await sqliteTamper(dir).deleteData("g~old")
+      expect(findDamage(await reopened.load("g~old"))).toMatch(/none of its data/)
+    } finally {
+      await reopened.close()
+    }
+  })
+})
+
+describe("sqlite backend files", () => {
+  const dirs: string[] = []
+  const tempDir = () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-files-"))
+    dirs.push(dir)
+    return dir
+  }
+  afterEach(() => {
+    for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
+  })
+
+  it("keeps documents, hook outbox and client-id bindings in one database file beside the catalog", async () => {
+    const dir = tempDir()
+    const backend = new SqliteBackend(dir)
+    const doc = new Y.Doc()
+    doc.getArray<string>("a").push(["x"])
+    await backend.documents.append("g~one", [Y.encodeStateAsUpdate(doc)])
+    await backend.outbox.enqueue({
+      document: "c~one",
+      events: [{ event: sampleEvent("e1"), targets: ["t"] }],
+    })
+    await backend.bindings.bind("g~one", [[1, "user:alice"]])
+    await backend.close()
+    expect(
+      readdirSync(dir)
+        .filter((f) => f.endsWith(".sqlite"))
+        .sort(),
+    ).toEqual([CATALOG_FILE, SQLITE_FILE])
+    const db = new Database(join(dir, SQLITE_FILE), { readonly: true })
+    try {
+      const count = (table: string) =>
+        (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n
+      expect([count("updates"), count("hook_deliveries"), count("parley_client_bindings")]).toEqual([1, 1, 1])
+    } finally {
+      db.close()
+    }
+  })
+
+  it("takes over the outbox and bindings files of a data directory from an earlier version", async () => {
+    const dir = tempDir()
+    // The earlier layout: each store in a file of its own, its last commits still in the file's WAL.
+    const hooksDb = new Database(join(dir, "hooks.sqlite"))
+    hooksDb.pragma("journal_mode = WAL")
+    const old = new SqliteOutbox(hooksDb)
+    const [dead, owed] = await old.enqueue({
+      document: "c~old",
+      events: [
+        { event: sampleEvent("e1", "old"), targets: ["hook:a"] },
+        { event: sampleEvent("e2", "old"), targets: ["hook:a"] },
+      ],
+      through: 5,
+    })
+    await old.deadLetter(dead!.seq, "hook:a", 8, "gave up", 1000)
+    const bindingsDb = new Database(join(dir, "client-bindings.sqlite"))
+    bindingsDb.pragma("journal_mode = WAL")
+    await new SqliteClientBindingStore(bindingsDb).bind("g~old", [[9, "user:carol"]])
+    const copy = tempDir()
+    for (const file of readdirSync(dir))
+      if (!file.endsWith("-shm")) copyFileSync(join(dir, file), join(copy, file))
+    hooksDb.close()
+    bindingsDb.close()
+
+    const backend = new SqliteBackend(copy)
+    try {
+      expect((await backend.outbox.pending()).map((d) => [d.seq, d.event.event.id])).toEqual([
+        [owed!.seq, "e2"],
+      ])
+      expect((await backend.outbox.deadLetters()).map((d) => [d.event.event.id, d.lastError])).toEqual([
+        ["e1", "gave up"],
+      ])
+      expect(await backend.outbox.watermark("c~old")).toBe(5)
+      expect(await backend.bindings.load("g~old")).toEqual(new Map([[9, "user:carol"]]))
+      // New events continue the old sequence: they are delivered after the old ones.
+      const [next] = await backend.outbox.enqueue({
+        document: "c~old",
+        events: [{ event: sampleEvent("e3", "old"), targets: ["hook:a"] }],
+      })
+      expect(next!.seq).toBeGreaterThan(owed!.seq)
+    } finally {
+      await backend.close()
+    }
+    for (const { file } of LEGACY_FILES) {
+      expect(existsSync(join(copy, file))).toBe(false)
+      expect(existsSync(join(copy, `${file}.migrated`))).toBe(true)
+    }
+    // Opening again finds nothing left to take over and keeps what it took.
+    const again = new SqliteBackend(copy)
+    try {
+      expect((await again.outbox.pending()).map((d) => d.event.event.id)).toEqual(["e2", "e3"])
+    } finally {
+      await again.close()
+    }
+  })
+})

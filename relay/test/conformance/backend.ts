@@ -1,0 +1,148 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import type { Backend } from "../../src/backend/types.js"
+import type { RelayStorage } from "../../src/storage/types.js"
+import { runBindingStoreConformance } from "./bindings.js"
+import { runOutboxConformance, sampleEvent } from "./outbox.js"
+import { runStorageConformance, type StorageTamper } from "./storage.js"
+
+/**
+ * What a backend under test provides: `open` gives a backend over the same
+ * underlying data each time it is called (to test a reopen), `cleanup`
+ * removes that data. Each call of the suite's `setup` must give empty data.
+ */
+export interface BackendHarness {
+  open(): Promise<Backend>
+  cleanup?(): Promise<void>
+  /** True when the backend keeps data across a reopen. */
+  readonly persistent: boolean
+  /** Damages the documents behind the backend's back. */
+  readonly tamper: StorageTamper
+}
+
+/**
+ * The one suite every {@link Backend} passes (memory, SQLite, PostgreSQL):
+ * its documents, outbox and bindings each against their part of the suite,
+ * then the backend as a whole.
+ */
+export function runBackendConformance(name: string, setup: () => Promise<BackendHarness>): void {
+  runStorageConformance(name, async () => {
+    const harness = await setup()
+    return {
+      open: async () => documentsOf(await harness.open()),
+      persistent: harness.persistent,
+      tamper: harness.tamper,
+      ...(harness.cleanup ? { cleanup: harness.cleanup } : {}),
+    }
+  })
+
+  runOutboxConformance(name, async () => {
+    const { open, cleanup, persistent } = await opener(setup)
+    const first = await open()
+    return {
+      outbox: first.outbox,
+      ...(persistent ? { reopen: async () => (await open()).outbox } : {}),
+      cleanup,
+    }
+  })
+
+  runBindingStoreConformance(name, async () => {
+    const { open, cleanup, persistent } = await opener(setup)
+    const first = await open()
+    return {
+      store: first.bindings,
+      reopen: async () => (persistent ? (await open()).bindings : first.bindings),
+      cleanup,
+    }
+  })
+
+  describe(`backend conformance: ${name}`, () => {
+    let harness: BackendHarness
+    let backend: Backend
+    beforeEach(async () => {
+      harness = await setup()
+      backend = await harness.open()
+    })
+    afterEach(async () => {
+      await backend.close().catch(() => {})
+      await harness.cleanup?.()
+    })
+
+    it("keeps its outbox and bindings usable after its documents closed, until the backend closes", async () => {
+      // The relay's shutdown order: the core closes the documents, then hooks record their last events.
+      await backend.documents.append("g~a", [update("x")])
+      await backend.documents.close()
+      const [delivery] = await backend.outbox.enqueue({
+        document: "c~a",
+        events: [{ event: sampleEvent("e1"), targets: ["t"] }],
+      })
+      await backend.outbox.delivered(delivery!.seq, "t")
+      await backend.bindings.bind("g~a", [[7, "user:alice"]])
+      expect(await backend.outbox.pending()).toEqual([])
+      await backend.outbox.close()
+      await backend.close()
+      await expect(backend.documents.load("g~a")).rejects.toThrow()
+    })
+
+    it("keeps documents, outbox and bindings together across a reopen", async () => {
+      if (!harness.persistent) return
+      const [position] = await backend.documents.append("g~kept", [update("hello")])
+      await backend.outbox.enqueue({
+        document: "c~kept",
+        events: [{ event: sampleEvent("e1"), targets: ["t"] }],
+        through: 3,
+      })
+      await backend.bindings.bind("g~kept", [[42, "user:bob"]])
+      await backend.close()
+
+      backend = await harness.open()
+      const stored = await backend.documents.load("g~kept")
+      expect(stored.updates.map((u) => u.position)).toEqual([position])
+      expect(stored.record?.lastPosition).toBe(position)
+      expect((await backend.outbox.pending()).map((d) => [d.event.event.id, d.target])).toEqual([["e1", "t"]])
+      expect(await backend.outbox.watermark("c~kept")).toBe(3)
+      expect(await backend.bindings.load("g~kept")).toEqual(new Map([[42, "user:bob"]]))
+    })
+
+    it("closes once, however often it is asked to", async () => {
+      await backend.close()
+      await backend.close()
+    })
+  })
+}
+
+function update(text: string): Uint8Array {
+  const doc = new Y.Doc()
+  doc.getArray<string>("a").push([text])
+  return Y.encodeStateAsUpdate(doc)
+}
+
+/** Opens backends over one harness's data; `cleanup` closes them all and removes the data. */
+async function opener(setup: () => Promise<BackendHarness>) {
+  const harness = await setup()
+  const opened: Backend[] = []
+  return {
+    persistent: harness.persistent,
+    open: async () => {
+      const backend = await harness.open()
+      opened.push(backend)
+      return backend
+    },
+    cleanup: async () => {
+      for (const backend of opened) await backend.close()
+      await harness.cleanup?.()
+    },
+  }
+}
+
+/** The backend's documents, closing the whole backend when the storage suite closes them. */
+function documentsOf(backend: Backend): RelayStorage {
+  const documents = backend.documents
+  return new Proxy(documents, {
+    get(target, property) {
+      if (property === "close") return () => backend.close()
+      const value = Reflect.get(target, property, target)
+      return typeof value === "function" ? value.bind(target) : value
+    },
+  })
+}
