@@ -1,3 +1,4 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
 import { MemoryStorage } from "./memory.js"
 import { SqliteStorage } from "./sqlite.js"
 import type { RelayStorage } from "./types.js"
@@ -17,9 +18,6 @@ export { type MemoryData, MemoryStorage } from "./memory.js"
 export { CATALOG_FILE, SQLITE_FILE, SqliteStorage } from "./sqlite.js"
 export type { DamagedDocument, DocumentRecord, RelayStorage, StoredDocument } from "./types.js"
 
-/** The PostgreSQL database used when none is configured: the local server's `test` database. */
-export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
-
 /** The storage backends the relay can run on. */
 export type StorageKind = "memory" | "sqlite" | "postgres"
 
@@ -28,7 +26,7 @@ export interface StorageOptions {
   readonly kind: StorageKind
   /** Data directory (sqlite). */
   readonly dataDir: string
-  /** Connection string (postgres). */
+  /** Connection string (postgres, required: there is no default database). */
   readonly databaseUrl?: string
   /** Bound of every PostgreSQL connect, query and statement, in ms (postgres). */
   readonly timeoutMs?: number
@@ -44,12 +42,10 @@ export async function openStorage(options: StorageOptions): Promise<RelayStorage
     case "sqlite":
       return new SqliteStorage(options.dataDir)
     case "postgres": {
+      if (!options.databaseUrl)
+        throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "postgres storage needs a database URL")
       const { PostgresStorage } = await import("./postgres.js")
-      return PostgresStorage.open(
-        options.databaseUrl ?? DEFAULT_DATABASE_URL,
-        options.onIdleError,
-        options.timeoutMs,
-      )
+      return PostgresStorage.open(options.databaseUrl, options.onIdleError, options.timeoutMs)
     }
   }
 }
