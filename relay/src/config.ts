@@ -399,23 +399,14 @@ export function parseFlags<Flags extends Record<string, FlagSpec>>(
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
 ): { values: FlagValues<Flags>; args: string[] } {
-  try {
-    command.parse([...argv], { from: "user" })
-  } catch (error) {
-    if (error instanceof ConfigError) throw error
-    if (error instanceof CommanderError) throw new ConfigError(commanderMessage(error))
-    throw error
-  }
-  // Commander reads process.env itself; the variables are decided again from `env`,
-  // so that the caller's environment (a test's) is the only one that counts.
+  // Commander reads process.env itself; the variables are read here from `env` instead (first,
+  // so that a bad value is reported naming its variable), so the caller's environment is the one that counts.
+  const onCommandLine = (long: string | undefined) =>
+    argv.some((arg) => arg === long || arg.startsWith(`${long}=`))
+  const fromEnv = new Map<string, unknown>()
   for (const option of command.options) {
-    const key = option.attributeName()
-    if (!option.envVar || command.getOptionValueSource(key) === "cli") continue
-    const raw = env[option.envVar]
-    if (raw === undefined || raw === "") {
-      command.setOptionValueWithSource(key, option.defaultValue, "default")
-      continue
-    }
+    const raw = option.envVar ? env[option.envVar] : undefined
+    if (raw === undefined || raw === "" || onCommandLine(option.long)) continue
     let value: unknown = raw
     if (option.isBoolean()) value = !["0", "false", "no"].includes(raw.toLowerCase())
     else if (option.parseArg) {
@@ -425,7 +416,20 @@ export function parseFlags<Flags extends Record<string, FlagSpec>>(
         throw new ConfigError(`${option.envVar}=${raw}: ${(error as Error).message}`)
       }
     }
-    command.setOptionValueWithSource(key, value, "env")
+    fromEnv.set(option.attributeName(), value)
+  }
+  try {
+    command.parse([...argv], { from: "user" })
+  } catch (error) {
+    if (error instanceof ConfigError) throw error
+    if (error instanceof CommanderError) throw new ConfigError(commanderMessage(error))
+    throw error
+  }
+  for (const option of command.options) {
+    const key = option.attributeName()
+    if (!option.envVar || command.getOptionValueSource(key) === "cli") continue
+    if (fromEnv.has(key)) command.setOptionValueWithSource(key, fromEnv.get(key), "env")
+    else command.setOptionValueWithSource(key, option.defaultValue, "default")
   }
   const values = Object.fromEntries(
     Object.keys(flags).map((name) => {

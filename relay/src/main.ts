@@ -1,5 +1,5 @@
 import { ParleyError } from "@parley/shared"
-import { parseConfig, usage } from "./config.js"
+import { ConfigError, parseConfig, usage } from "./config.js"
 import { startRelay } from "./relay.js"
 import { ExitCode, exitCodeOf } from "./startup-error.js"
 
@@ -49,7 +49,7 @@ main().catch((error: unknown) => {
   // anything else is a bug, and its stack trace is what a report needs.
   const code = exitCodeOf(error)
   if (error instanceof ParleyError) {
-    const hint = code === ExitCode.CONFIG ? " (parley-relay --help lists every flag)" : ""
+    const hint = error instanceof ConfigError ? " (parley-relay --help lists every flag)" : ""
     process.stderr.write(`parley-relay: ${(error as Error).message}${hint}\n`)
   } else {
     process.stderr.write(`parley-relay: ${error instanceof Error ? (error.stack ?? error.message) : error}\n`)

@@ -2,7 +2,8 @@ import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from ".
 import { createLogger } from "../log.js"
 import { RelayMetrics } from "../metrics.js"
 import { RelayCore } from "../relay-core.js"
-import { openStorage } from "../storage/index.js"
+import { reasonOf, redactedUrl } from "../startup-error.js"
+import { openStorage, type RelayStorage } from "../storage/index.js"
 import { rebuildInboxes } from "./rebuild.js"
 
 const CLI = subcommand("rebuild-inboxes", {
@@ -34,11 +35,18 @@ export async function runRebuildInboxesCli(
     out(`parley-relay rebuild-inboxes: ${error.message}\n\n${CLI.usage}`)
     return 2
   }
-  const storage = await openStorage({
-    kind: location.kind,
-    dataDir: parsed.values["data-dir"],
-    ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
-  })
+  let storage: RelayStorage
+  try {
+    storage = await openStorage({
+      kind: location.kind,
+      dataDir: parsed.values["data-dir"],
+      ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
+    })
+  } catch (error) {
+    const where = location.kind === "postgres" ? redactedUrl(location.databaseUrl) : parsed.values["data-dir"]
+    out(`parley-relay rebuild-inboxes: cannot open the documents in ${where}: ${reasonOf(error)}`)
+    return 1
+  }
   const core = new RelayCore({ storage, log: createLogger("warn"), metrics: new RelayMetrics() })
   try {
     out(JSON.stringify(await rebuildInboxes(core, storage)))
