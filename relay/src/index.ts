@@ -19,6 +19,7 @@ export { accessOf } from "./access.js"
 export type { AuthKey, AuthOptions, VerifiedToken } from "./auth.js"
 export { Authenticator, DEV_TOKEN_ISSUER, SERVICE_ROLE } from "./auth.js"
 export type { Connection, Session } from "./connection.js"
+export { DEFAULT_RELAY_OPTIONS } from "./defaults.js"
 export { closeFor } from "./errors.js"
 export {
   type ConversationState,
@@ -63,6 +64,7 @@ export type { CoreLimits, RelayCoreOptions } from "./relay-core.js"
 export { DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 export type { Sequencer } from "./sequencer.js"
 export { LocalSequencer } from "./sequencer.js"
+export { ExitCode, StartupError } from "./startup-error.js"
 export type {
   DamagedDocument,
   DocumentRecord,
