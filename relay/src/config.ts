@@ -399,8 +399,8 @@ export function parseFlags<Flags extends Record<string, FlagSpec>>(
   argv: readonly string[],
   env: NodeJS.ProcessEnv,
 ): { values: FlagValues<Flags>; args: string[] } {
-  // Commander reads process.env itself; the variables are read here from `env` instead (first,
-  // so that a bad value is reported naming its variable), so the caller's environment is the one that counts.
+  // The variables are read from `env` (the caller's: a test's, or process.env), before the flags so
+  // that a bad value is reported naming its variable, and by the rules above, not commander's.
   const onCommandLine = (long: string | undefined) =>
     argv.some((arg) => arg === long || arg.startsWith(`${long}=`))
   const fromEnv = new Map<string, unknown>()
@@ -418,19 +418,22 @@ export function parseFlags<Flags extends Record<string, FlagSpec>>(
     }
     fromEnv.set(option.attributeName(), value)
   }
+  // Commander would read process.env itself (a switch's "0" as on, an empty variable as a value):
+  // it parses the flags alone, the variables named for its help are put back afterwards.
+  const envVars = command.options.map((option) => option.envVar)
+  for (const option of command.options) option.envVar = undefined
   try {
     command.parse([...argv], { from: "user" })
   } catch (error) {
     if (error instanceof ConfigError) throw error
     if (error instanceof CommanderError) throw new ConfigError(commanderMessage(error))
     throw error
+  } finally {
+    command.options.forEach((option, i) => {
+      option.envVar = envVars[i]
+    })
   }
-  for (const option of command.options) {
-    const key = option.attributeName()
-    if (!option.envVar || command.getOptionValueSource(key) === "cli") continue
-    if (fromEnv.has(key)) command.setOptionValueWithSource(key, fromEnv.get(key), "env")
-    else command.setOptionValueWithSource(key, option.defaultValue, "default")
-  }
+  for (const [key, value] of fromEnv) command.setOptionValueWithSource(key, value, "env")
   const values = Object.fromEntries(
     Object.keys(flags).map((name) => {
       const option = command.options.find((o) => o.long === `--${name}`)!
