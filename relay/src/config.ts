@@ -1,452 +1,702 @@
 import { readFileSync } from "node:fs"
-import { parseArgs } from "node:util"
-import type { AuthKey } from "./auth.js"
+import { Command, CommanderError, Option } from "commander"
+import { Authenticator, type AuthKey } from "./auth.js"
+import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
 import type { RelayOptions } from "./relay.js"
-import { DEFAULT_DATABASE_URL, type StorageKind } from "./storage/index.js"
-import { DEFAULT_UPDATE_COST_LIMITS as COST } from "./update-cost.js"
+import { DEFAULT_CORE_LIMITS as CORE } from "./relay-core.js"
+import { ExitCode, StartupError } from "./startup-error.js"
+import type { StorageKind } from "./storage/index.js"
 import { DEFAULT_USER_LIMITS as USER } from "./user-limits.js"
 
-type Kind = "string" | "boolean" | "integer"
+/** How a flag's value is read: a number, a word, a switch, or a list (repeatable; comma-separated in its variable). */
+type Kind = "integer" | "string" | "boolean" | "list"
 
-/** Every flag, its environment variable, and what it means (the README's table is this list). */
-export const FLAGS = {
-  port: {
+/** One flag of a command line: its variable, help, default and how its value is read. */
+export interface FlagSpec {
+  readonly kind: Kind
+  /** Its `PARLEY_*` environment variable (or `DATABASE_URL`); none for `--help` and sub-command arguments. */
+  readonly env?: string
+  readonly help: string
+  /** Taken from the defaults of the code that uses it, never restated here. */
+  readonly default?: number | string
+  /** The only values allowed (a word). */
+  readonly choices?: readonly string[]
+  /** Largest value allowed (an integer). */
+  readonly max?: number
+  /** What the value is, for the help (`<n>` for integers, `<value>` unless given). */
+  readonly value?: string
+}
+
+/** A flag, its type kept for {@link FlagValues}. */
+export const flag = <const F extends FlagSpec>(spec: F): F => spec
+
+/** Every flag of the relay with its environment variable (`--help` lists them; relay/README.md documents them). */
+export const RELAY_FLAGS = {
+  port: flag({
     kind: "integer",
     env: "PARLEY_PORT",
     help: "port to listen on; 0 = any free port",
-    default: "1234",
-  },
-  host: { kind: "string", env: "PARLEY_HOST", help: "interface to bind", default: "127.0.0.1" },
-  "data-dir": { kind: "string", env: "PARLEY_DATA_DIR", help: "data directory (sqlite)", default: "./data" },
-  storage: { kind: "string", env: "PARLEY_STORAGE", help: "memory | sqlite | postgres", default: "sqlite" },
-  "database-url": {
+    default: RELAY.port,
+    max: 65535,
+  }),
+  host: flag({
+    value: "host",
+    kind: "string",
+    env: "PARLEY_HOST",
+    help: "interface to bind",
+    default: RELAY.host,
+  }),
+  "data-dir": flag({
+    value: "dir",
+    kind: "string",
+    env: "PARLEY_DATA_DIR",
+    help: "data directory (sqlite)",
+    default: RELAY.dataDir,
+  }),
+  storage: flag({
+    value: "kind",
+    kind: "string",
+    env: "PARLEY_STORAGE",
+    help: "memory | sqlite | postgres",
+    default: RELAY.storage,
+    choices: ["memory", "sqlite", "postgres"],
+  }),
+  "database-url": flag({
+    value: "url",
     kind: "string",
     env: "DATABASE_URL",
-    help: "PostgreSQL connection string (storage postgres)",
-    default: DEFAULT_DATABASE_URL,
-  },
-  "auth-secret": { kind: "string", env: "PARLEY_AUTH_SECRET", help: "HS256 secret of tokens" },
-  "auth-public-key": {
+    help: "PostgreSQL connection string (required by --storage postgres)",
+  }),
+  "auth-secret": flag({
+    value: "secret",
+    kind: "string",
+    env: "PARLEY_AUTH_SECRET",
+    help: "HS256 secret of tokens",
+  }),
+  "auth-public-key": flag({
+    value: "file",
     kind: "string",
     env: "PARLEY_AUTH_PUBLIC_KEY",
     help: "path of a PEM public key (RS*, PS*, ES*, EdDSA tokens)",
-  },
-  "auth-jwks-url": { kind: "string", env: "PARLEY_AUTH_JWKS_URL", help: "JWKS URL of token keys" },
-  "auth-issuer": { kind: "string", env: "PARLEY_AUTH_ISSUER", help: "required iss claim" },
-  "auth-audience": { kind: "string", env: "PARLEY_AUTH_AUDIENCE", help: "required aud claim" },
-  "allow-tokens-without-exp": {
+  }),
+  "auth-jwks-url": flag({
+    value: "url",
+    kind: "string",
+    env: "PARLEY_AUTH_JWKS_URL",
+    help: "JWKS URL of token keys",
+  }),
+  "auth-issuer": flag({
+    value: "iss",
+    kind: "string",
+    env: "PARLEY_AUTH_ISSUER",
+    help: "required iss claim",
+  }),
+  "auth-audience": flag({
+    value: "aud",
+    kind: "string",
+    env: "PARLEY_AUTH_AUDIENCE",
+    help: "required aud claim",
+  }),
+  "allow-tokens-without-exp": flag({
     kind: "boolean",
     env: "PARLEY_ALLOW_TOKENS_WITHOUT_EXP",
     help: "accept tokens without an exp claim (refused by default)",
-  },
-  "max-token-lifetime-ms": {
+  }),
+  "max-token-lifetime-ms": flag({
     kind: "integer",
     env: "PARLEY_MAX_TOKEN_LIFETIME_MS",
     help: "refuse tokens whose exp is further ahead than this; 0 = no cap",
-    default: String(24 * 60 * 60 * 1000),
-  },
-  "log-level": { kind: "string", env: "PARLEY_LOG_LEVEL", help: LOG_LEVELS.join(" | "), default: "info" },
-  dev: { kind: "boolean", env: "PARLEY_DEV", help: "mint tokens at /dev/token (insecure)" },
-  "force-dev": { kind: "boolean", env: "PARLEY_FORCE_DEV", help: "allow --dev on a non-loopback host" },
-  static: { kind: "string", env: "PARLEY_STATIC", help: "serve a built web app from DIR at /" },
-  "idle-unload-ms": {
+    default: RELAY.maxTokenLifetimeMs,
+  }),
+  "log-level": flag({
+    value: "level",
+    kind: "string",
+    env: "PARLEY_LOG_LEVEL",
+    help: LOG_LEVELS.join(" | "),
+    default: RELAY.log,
+    choices: LOG_LEVELS,
+  }),
+  dev: flag({ kind: "boolean", env: "PARLEY_DEV", help: "mint tokens at /dev/token (insecure)" }),
+  "force-dev": flag({ kind: "boolean", env: "PARLEY_FORCE_DEV", help: "allow --dev on a non-loopback host" }),
+  static: flag({
+    value: "dir",
+    kind: "string",
+    env: "PARLEY_STATIC",
+    help: "serve a built web app from DIR at /",
+  }),
+  "idle-unload-ms": flag({
     kind: "integer",
     env: "PARLEY_IDLE_UNLOAD_MS",
     help: "unload a document this long after its last connection",
-    default: "30000",
-  },
-  "max-documents": {
+    default: CORE.idleUnloadMs,
+  }),
+  "max-documents": flag({
     kind: "integer",
     env: "PARLEY_MAX_DOCUMENTS",
     help: "most documents loaded at once (then 4503)",
-    default: "10000",
-  },
-  "max-frame-bytes": {
+    default: CORE.maxDocuments,
+  }),
+  "max-frame-bytes": flag({
     kind: "integer",
     env: "PARLEY_MAX_FRAME_BYTES",
     help: "largest frame accepted (then close 4413)",
-    default: String(1024 * 1024),
-  },
-  "max-buffered-bytes": {
+    default: TRANSPORT.maxFrameBytes,
+  }),
+  "max-buffered-bytes": flag({
     kind: "integer",
     env: "PARLEY_MAX_BUFFERED_BYTES",
     help: "send queue per connection, beyond its initial sync (then close 4429)",
-    default: String(8 * 1024 * 1024),
-  },
-  "max-messages-per-second": {
+    default: TRANSPORT.maxBufferedBytes,
+  }),
+  "max-messages-per-second": flag({
     kind: "integer",
     env: "PARLEY_MAX_MESSAGES_PER_SECOND",
     help: "frames per second per connection on average (then close 4429)",
-    default: "100",
-  },
-  "message-burst": {
+    default: TRANSPORT.maxMessagesPerSecond,
+  }),
+  "message-burst": flag({
     kind: "integer",
     env: "PARLEY_MESSAGE_BURST",
     help: "frames per connection in a burst",
-    default: "200",
-  },
-  "max-awareness-entries": {
+    default: TRANSPORT.messageBurst,
+  }),
+  "max-awareness-entries": flag({
     kind: "integer",
     env: "PARLEY_MAX_AWARENESS_ENTRIES",
     help: "awareness entries one user may have in one document at once (more are dropped)",
-    default: "16",
-  },
-  "max-awareness-state-bytes": {
+    default: CORE.maxAwarenessEntries,
+  }),
+  "max-awareness-state-bytes": flag({
     kind: "integer",
     env: "PARLEY_MAX_AWARENESS_STATE_BYTES",
     help: "largest awareness state, in bytes of JSON (larger ones are dropped)",
-    default: "4096",
-  },
-  "awareness-frames-per-second": {
+    default: CORE.maxAwarenessStateBytes,
+  }),
+  "awareness-frames-per-second": flag({
     kind: "integer",
     env: "PARLEY_AWARENESS_FRAMES_PER_SECOND",
     help: "awareness frames per second one user may have applied in one document (more are held back)",
-    default: "10",
-  },
-  "awareness-burst": {
+    default: CORE.awarenessFramesPerSecond,
+  }),
+  "awareness-burst": flag({
     kind: "integer",
     env: "PARLEY_AWARENESS_BURST",
     help: "awareness frames one user may have applied in one document in a burst",
-    default: "30",
-  },
-  "awareness-claims-per-minute": {
+    default: CORE.awarenessBurst,
+  }),
+  "awareness-claims-per-minute": flag({
     kind: "integer",
     env: "PARLEY_AWARENESS_CLAIMS_PER_MINUTE",
     help: "new client ids one user may claim through awareness in one document per minute",
-    default: "10",
-  },
-  "ping-interval-ms": {
+    default: CORE.awarenessClaimsPerMinute,
+  }),
+  "ping-interval-ms": flag({
     kind: "integer",
     env: "PARLEY_PING_INTERVAL_MS",
     help: "ping (and send a keepalive frame to) every connection this often; 0 = never",
-    default: "15000",
-  },
-  "ping-timeout-ms": {
+    default: TRANSPORT.pingIntervalMs,
+  }),
+  "ping-timeout-ms": flag({
     kind: "integer",
     env: "PARLEY_PING_TIMEOUT_MS",
     help: "drop a connection that leaves a ping unanswered this long",
-    default: "30000",
-  },
-  "socket-awareness-per-second": {
+    default: TRANSPORT.pingTimeoutMs,
+  }),
+  "socket-awareness-per-second": flag({
     kind: "integer",
     env: "PARLEY_SOCKET_AWARENESS_PER_SECOND",
     help: "awareness frames per second per connection on average, apart from other frames (then close 4429)",
-    default: "500",
-  },
-  "socket-awareness-burst": {
+    default: TRANSPORT.socketAwarenessPerSecond,
+  }),
+  "socket-awareness-burst": flag({
     kind: "integer",
     env: "PARLEY_SOCKET_AWARENESS_BURST",
     help: "awareness frames per connection in a burst",
-    default: "1000",
-  },
-  "max-sockets-per-user": {
+    default: TRANSPORT.socketAwarenessBurst,
+  }),
+  "max-sockets-per-user": flag({
     kind: "integer",
     env: "PARLEY_MAX_SOCKETS_PER_USER",
     help: "connections one user may have open (then close 4429 sockets-per-user); 0 = no limit",
-    default: String(USER.maxSocketsPerUser),
-  },
-  "max-documents-per-user": {
+    default: USER.maxSocketsPerUser,
+  }),
+  "max-documents-per-user": flag({
     kind: "integer",
     env: "PARLEY_MAX_DOCUMENTS_PER_USER",
     help: "documents one user may have open (then close 4429 documents-per-user); 0 = no limit",
-    default: String(USER.maxDocumentsPerUser),
-  },
-  "user-updates-per-second": {
+    default: USER.maxDocumentsPerUser,
+  }),
+  "user-updates-per-second": flag({
     kind: "integer",
     env: "PARLEY_USER_UPDATES_PER_SECOND",
     help: "updates per second per user across connections, one more per 16 KiB (then close 4429 updates-per-user); 0 = no limit",
-    default: String(USER.userUpdatesPerSecond),
-  },
-  "user-update-burst": {
+    default: USER.userUpdatesPerSecond,
+  }),
+  "user-update-burst": flag({
     kind: "integer",
     env: "PARLEY_USER_UPDATE_BURST",
     help: "updates per user in a burst",
-    default: String(USER.userUpdateBurst),
-  },
-  "max-pending-bytes-per-user": {
+    default: USER.userUpdateBurst,
+  }),
+  "max-pending-bytes-per-user": flag({
     kind: "integer",
     env: "PARLEY_MAX_PENDING_BYTES_PER_USER",
     help: "update bytes of one user waiting to be stored (then close 4429 pending-bytes-per-user); 0 = no limit",
-    default: String(USER.maxPendingBytesPerUser),
-  },
-  "max-queued-bytes-per-user": {
+    default: USER.maxPendingBytesPerUser,
+  }),
+  "max-queued-bytes-per-user": flag({
     kind: "integer",
     env: "PARLEY_MAX_QUEUED_BYTES_PER_USER",
     help: "unread bytes queued to one user's connections, initial syncs but the largest included (then close 4429 queued-bytes-per-user); 0 = no limit",
-    default: String(USER.maxQueuedBytesPerUser),
-  },
-  "user-conversations-per-minute": {
+    default: USER.maxQueuedBytesPerUser,
+  }),
+  "user-conversations-per-minute": flag({
     kind: "integer",
     env: "PARLEY_USER_CONVERSATIONS_PER_MINUTE",
     help: "conversations one user may create per minute (then RATE_LIMITED conversations-per-minute); 0 = no limit",
-    default: String(USER.userConversationsPerMinute),
-  },
-  "user-participants-per-minute": {
+    default: USER.userConversationsPerMinute,
+  }),
+  "user-participants-per-minute": flag({
     kind: "integer",
     env: "PARLEY_USER_PARTICIPANTS_PER_MINUTE",
     help: "participants one user may add per minute (then RATE_LIMITED participants-per-minute); 0 = no limit",
-    default: String(USER.userParticipantsPerMinute),
-  },
-  "compact-after-updates": {
+    default: USER.userParticipantsPerMinute,
+  }),
+  "compact-after-updates": flag({
     kind: "integer",
     env: "PARLEY_COMPACT_AFTER_UPDATES",
     help: "snapshot a document after this many log entries",
-    default: "500",
-  },
-  "compact-after-bytes": {
+    default: CORE.compactAfterUpdates,
+  }),
+  "compact-after-bytes": flag({
     kind: "integer",
     env: "PARLEY_COMPACT_AFTER_BYTES",
     help: "...or this many log bytes",
-    default: String(8 * 1024 * 1024),
-  },
-  "max-update-structs": {
+    default: CORE.compactAfterBytes,
+  }),
+  "max-update-structs": flag({
     kind: "integer",
     env: "PARLEY_MAX_UPDATE_STRUCTS",
     help: "structs in one update (then INVALID_UPDATE, rule update-structs)",
-    default: String(COST.maxUpdateStructs),
-  },
-  "max-update-values": {
+    default: CORE.maxUpdateStructs,
+  }),
+  "max-update-values": flag({
     kind: "integer",
     env: "PARLEY_MAX_UPDATE_VALUES",
     help: "values (messages, map values) one update writes (rule update-values)",
-    default: String(COST.maxUpdateValues),
-  },
-  "max-update-client-ids": {
+    default: CORE.maxUpdateValues,
+  }),
+  "max-update-client-ids": flag({
     kind: "integer",
     env: "PARLEY_MAX_UPDATE_CLIENT_IDS",
     help: "client ids one update writes under (rule update-client-ids)",
-    default: String(COST.maxUpdateClientIds),
-  },
-  "client-ids-per-user-per-day": {
+    default: CORE.maxUpdateClientIds,
+  }),
+  "client-ids-per-user-per-day": flag({
     kind: "integer",
     env: "PARLEY_CLIENT_IDS_PER_USER_PER_DAY",
     help: "new client ids a user adds to a document per day (then RATE_LIMITED, rule client-id-growth)",
-    default: String(COST.clientIdsPerUserPerDay),
-  },
-  "max-deleted-on-arrival": {
+    default: CORE.clientIdsPerUserPerDay,
+  }),
+  "max-deleted-on-arrival": flag({
     kind: "integer",
     env: "PARLEY_MAX_DELETED_ON_ARRIVAL",
     help: "structs an update deletes with its own delete set (rule deleted-on-arrival)",
-    default: String(COST.maxDeletedOnArrival),
-  },
-  "max-siblings": {
+    default: CORE.maxDeletedOnArrival,
+  }),
+  "max-siblings": flag({
     kind: "integer",
     env: "PARLEY_MAX_SIBLINGS",
     help: "items one update inserts at one position (rule siblings)",
-    default: String(COST.maxSiblings),
-  },
-  "max-integration-steps": {
+    default: CORE.maxSiblings,
+  }),
+  "max-integration-steps": flag({
     kind: "integer",
     env: "PARLEY_MAX_INTEGRATION_STEPS",
     help: "estimated Yjs conflict-resolution and split steps per update (rule integration-cost)",
-    default: String(COST.maxIntegrationSteps),
-  },
-  "max-delete-ranges": {
+    default: CORE.maxIntegrationSteps,
+  }),
+  "max-delete-ranges": flag({
     kind: "integer",
     env: "PARLEY_MAX_DELETE_RANGES",
     help: "ranges in one update's delete set (rule delete-ranges)",
-    default: String(COST.maxDeleteRanges),
-  },
-  "max-delete-visits": {
+    default: CORE.maxDeleteRanges,
+  }),
+  "max-delete-visits": flag({
     kind: "integer",
     env: "PARLEY_MAX_DELETE_VISITS",
     help: "document structs one update's delete set reaches (rule delete-visits)",
-    default: String(COST.maxDeleteVisits),
-  },
-  hooks: { kind: "string", env: "PARLEY_HOOKS", help: "load every hook module in DIR (see HOOKS.md)" },
-  webhook: {
+    default: CORE.maxDeleteVisits,
+  }),
+  hooks: flag({
+    value: "dir",
     kind: "string",
+    env: "PARLEY_HOOKS",
+    help: "load every hook module in DIR (see HOOKS.md)",
+  }),
+  webhook: flag({
+    value: "url",
+    kind: "list",
     env: "PARLEY_WEBHOOKS",
-    help: "POST signed events to URL; repeatable (env: comma-separated)",
-  },
-  "webhook-secret": { kind: "string", env: "PARLEY_WEBHOOK_SECRET", help: "signing secret of webhooks" },
-  "hook-timeout-ms": {
+    help: "POST signed events to URL; repeatable (comma-separated in the variable)",
+  }),
+  "webhook-secret": flag({
+    value: "secret",
+    kind: "string",
+    env: "PARLEY_WEBHOOK_SECRET",
+    help: "signing secret of webhooks",
+  }),
+  "hook-timeout-ms": flag({
     kind: "integer",
     env: "PARLEY_HOOK_TIMEOUT_MS",
     help: "time per hook call or webhook attempt",
-    default: "10000",
-  },
-  "hook-attempts": {
+    default: RELAY.hookTimeoutMs,
+  }),
+  "hook-attempts": flag({
     kind: "integer",
     env: "PARLEY_HOOK_ATTEMPTS",
     help: "attempts per event and hook module before it is dead-lettered",
-    default: "8",
-  },
-  "storage-timeout-ms": {
+    default: RELAY.hookAttempts,
+  }),
+  "storage-timeout-ms": flag({
     kind: "integer",
     env: "PARLEY_STORAGE_TIMEOUT_MS",
     help: "longest a storage call (or PostgreSQL connect, query, statement) may take before it fails",
-    default: "5000",
-  },
-  help: { kind: "boolean", env: "", help: "print this help" },
-} as const satisfies Record<string, { kind: Kind; env: string; help: string; default?: string }>
+    default: RELAY.storageTimeoutMs,
+  }),
+  help: flag({ kind: "boolean", help: "print this help" }),
+} as const
 
-type FlagName = keyof typeof FLAGS
+/** The flags that say where a relay keeps its data: the relay's own, shared by its sub-commands. */
+export const STORAGE_FLAGS = {
+  storage: RELAY_FLAGS.storage,
+  "data-dir": RELAY_FLAGS["data-dir"],
+  "database-url": RELAY_FLAGS["database-url"],
+} as const
 
-/** A configuration error: printed without a stack trace, exit code 2. */
-export class ConfigError extends Error {
-  override readonly name = "ConfigError"
+type ValueOf<F extends FlagSpec> = F["kind"] extends "integer"
+  ? number
+  : F["kind"] extends "boolean"
+    ? boolean
+    : F["kind"] extends "list"
+      ? string[]
+      : string
+
+/** The values of `flags` after parsing: a flag with a default always has one. */
+export type FlagValues<Flags extends Record<string, FlagSpec>> = {
+  readonly [K in keyof Flags]: Flags[K] extends { default: number | string }
+    ? ValueOf<Flags[K]>
+    : ValueOf<Flags[K]> | undefined
 }
 
-/** The help text. */
-export function usage(): string {
-  const lines = ["Usage: parley-relay [options]", "", "Options (environment variable in brackets):"]
-  for (const [name, flag] of Object.entries(FLAGS)) {
-    const value = flag.kind === "boolean" ? "" : ` <${flag.kind === "integer" ? "n" : "value"}>`
-    const def = "default" in flag ? ` (default ${flag.default})` : ""
-    const env = flag.env ? ` [${flag.env}]` : ""
-    lines.push(`  --${name}${value}  ${flag.help}${def}${env}`)
+/** A configuration the relay (or a sub-command) refuses: one line naming the flag, exit code 2. */
+export class ConfigError extends StartupError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(ExitCode.CONFIG, message, options)
   }
-  return lines.join("\n")
 }
 
-/** The relay options given by `argv` and `env`: a flag wins over its environment variable. */
+const integer =
+  (name: string, max: number | undefined) =>
+  (raw: string): number => {
+    const n = Number(raw)
+    if (raw.trim() === "" || !Number.isInteger(n) || n < 0)
+      throw new ConfigError(`--${name} must be a non-negative integer, got ${raw}`)
+    if (max !== undefined && n > max) throw new ConfigError(`--${name} must be at most ${max}, got ${raw}`)
+    return n
+  }
+
+const word =
+  (name: string, choices: readonly string[] | undefined) =>
+  (raw: string): string => {
+    if (choices && !choices.includes(raw))
+      throw new ConfigError(`--${name} must be one of ${choices.join(", ")}, got ${raw}`)
+    return raw
+  }
+
+/** The commander option of one flag; its parser throws {@link ConfigError}. */
+function optionOf(name: string, spec: FlagSpec): Option {
+  const placeholder =
+    spec.kind === "integer" ? " <n>" : spec.kind === "boolean" ? "" : ` <${spec.value ?? "value"}>`
+  const option = new Option(`--${name}${placeholder}`, spec.help)
+  if (spec.env) option.env(spec.env)
+  if (spec.default !== undefined) option.default(spec.default)
+  if (spec.kind === "integer") option.argParser(integer(name, spec.max))
+  else if (spec.kind === "list")
+    option.argParser((raw: string, previous: string[] | undefined) => [
+      ...(previous ?? []),
+      ...raw
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+    ])
+  else if (spec.kind === "string") option.argParser(word(name, spec.choices))
+  return option
+}
+
+/**
+ * A command line of `parley-relay` (the relay, or one of its sub-commands) with
+ * `flags`. `--help` is a flag like the others, so that parsing never prints or exits.
+ */
+export function commandOf(name: string, flags: Record<string, FlagSpec>): Command {
+  const command = new Command(name)
+    .helpOption(false)
+    .exitOverride()
+    .configureOutput({ writeOut: () => {}, writeErr: () => {}, outputError: () => {} })
+  for (const [flagName, spec] of Object.entries(flags)) command.addOption(optionOf(flagName, spec))
+  return command
+}
+
+/**
+ * Parses `argv` with `command` (built by {@link commandOf} from `flags`): a flag
+ * wins over its variable in `env`, which wins over the default. An empty
+ * variable counts as unset; a switch's variable is on unless `0`, `false` or `no`.
+ * Throws {@link ConfigError} naming the flag or variable.
+ */
+export function parseFlags<Flags extends Record<string, FlagSpec>>(
+  command: Command,
+  flags: Flags,
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): { values: FlagValues<Flags>; args: string[] } {
+  // The variables are read from `env` (the caller's: a test's, or process.env), before the flags so
+  // that a bad value is reported naming its variable, and by the rules above, not commander's.
+  const onCommandLine = (long: string | undefined) =>
+    argv.some((arg) => arg === long || arg.startsWith(`${long}=`))
+  const fromEnv = new Map<string, unknown>()
+  for (const option of command.options) {
+    const raw = option.envVar ? env[option.envVar] : undefined
+    if (raw === undefined || raw === "" || onCommandLine(option.long)) continue
+    let value: unknown = raw
+    if (option.isBoolean()) value = !["0", "false", "no"].includes(raw.toLowerCase())
+    else if (option.parseArg) {
+      try {
+        value = option.parseArg(raw, undefined)
+      } catch (error) {
+        throw new ConfigError(`${option.envVar}=${raw}: ${(error as Error).message}`)
+      }
+    }
+    fromEnv.set(option.attributeName(), value)
+  }
+  // Commander would read process.env itself (a switch's "0" as on, an empty variable as a value):
+  // it parses the flags alone, the variables named for its help are put back afterwards.
+  const envVars = command.options.map((option) => option.envVar)
+  for (const option of command.options) option.envVar = undefined
+  try {
+    command.parse([...argv], { from: "user" })
+  } catch (error) {
+    if (error instanceof ConfigError) throw error
+    if (error instanceof CommanderError) throw new ConfigError(commanderMessage(error))
+    throw error
+  } finally {
+    command.options.forEach((option, i) => {
+      option.envVar = envVars[i]
+    })
+  }
+  for (const [key, value] of fromEnv) command.setOptionValueWithSource(key, value, "env")
+  const values = Object.fromEntries(
+    Object.keys(flags).map((name) => {
+      const option = command.options.find((o) => o.long === `--${name}`)!
+      return [name, command.getOptionValue(option.attributeName())]
+    }),
+  )
+  return { values: values as FlagValues<Flags>, args: [...command.args] }
+}
+
+/** Commander's message without its "error: " prefix, and without its own preamble where the parser said why. */
+function commanderMessage(error: CommanderError): string {
+  const cause = (error as { cause?: unknown }).cause
+  if (cause instanceof ConfigError) return cause.message
+  return error.message
+    .replace(/^error: /, "")
+    .replace(/^option '[^']+' (argument|value) '[^']*'.* is invalid\. /, "")
+}
+
+/** Where a command keeps its data, as the storage flags give it. */
+export type StorageLocation =
+  | { readonly kind: "memory" }
+  | { readonly kind: "sqlite"; readonly dataDir: string }
+  | { readonly kind: "postgres"; readonly databaseUrl: string }
+
+/**
+ * The storage the flags name, refusing a kind the command cannot use and
+ * PostgreSQL without a connection string (there is no default database).
+ */
+export function storageLocation(
+  values: FlagValues<typeof STORAGE_FLAGS>,
+  kinds: readonly StorageKind[],
+  env: NodeJS.ProcessEnv,
+): StorageLocation {
+  const kind = values.storage as StorageKind
+  if (!kinds.includes(kind)) throw new ConfigError(`--storage must be ${kinds.join(" or ")}, got ${kind}`)
+  if (kind === "memory") return { kind }
+  if (kind === "sqlite") return { kind, dataDir: values["data-dir"] }
+  const databaseUrl = values["database-url"]
+  if (!databaseUrl) {
+    // The variable rebuild-inboxes once read: say so rather than leave it ignored without a word.
+    const stray = env.PARLEY_DATABASE_URL ? " (PARLEY_DATABASE_URL is not read: rename it DATABASE_URL)" : ""
+    throw new ConfigError(`--storage postgres needs --database-url or DATABASE_URL${stray}`)
+  }
+  return { kind, databaseUrl }
+}
+
+/** The relay's command line. */
+function relayCommand(): Command {
+  return commandOf("parley-relay", RELAY_FLAGS)
+    .usage("[options]\n       parley-relay dead-letters|damaged|rebuild-inboxes ... (--help for each)")
+    .description("Parley relay: syncs, checks, persists and hooks conversation documents.")
+}
+
+/** The relay's help: every flag with its variable and default. */
+export function usage(): string {
+  return relayCommand().helpInformation().trimEnd()
+}
+
+/** The relay options given by `argv` and `env` (a flag wins over its variable), or a request for help. */
 export function parseConfig(
   argv: readonly string[],
   env: NodeJS.ProcessEnv = process.env,
 ): (RelayOptions & { help?: boolean }) | { help: true } {
-  const parsed = parseArgs({
-    args: [...argv],
-    options: Object.fromEntries(
-      Object.entries(FLAGS).map(([name, flag]) => [
-        name,
-        {
-          type: flag.kind === "boolean" ? ("boolean" as const) : ("string" as const),
-          ...(name === "webhook" ? { multiple: true } : {}),
-        },
-      ]),
-    ),
-    strict: true,
-    allowPositionals: false,
-  }).values as Record<string, string | boolean | undefined>
-
-  const raw = (name: FlagName): string | boolean | undefined => {
-    const flag = FLAGS[name]
-    if (parsed[name] !== undefined) return parsed[name]
-    const fromEnv = flag.env ? env[flag.env] : undefined
-    if (fromEnv !== undefined && fromEnv !== "") {
-      return flag.kind === "boolean" ? !["0", "false", "no"].includes(fromEnv.toLowerCase()) : fromEnv
-    }
-    return "default" in flag ? flag.default : undefined
-  }
-  const text = (name: FlagName) => raw(name) as string | undefined
-  const bool = (name: FlagName) => raw(name) === true
-  const int = (name: FlagName): number => {
-    const value = text(name)
-    const n = Number(value)
-    if (!Number.isInteger(n) || n < 0)
-      throw new ConfigError(`--${name} must be a non-negative integer, got ${value}`)
-    return n
-  }
-
-  if (bool("help")) return { help: true }
-
-  const storage = text("storage") as StorageKind
-  if (!["memory", "sqlite", "postgres"].includes(storage))
-    throw new ConfigError(`--storage must be memory, sqlite or postgres, got ${storage}`)
-  const logLevel = text("log-level") as LogLevel
-  if (!LOG_LEVELS.includes(logLevel))
-    throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`)
-  const port = int("port")
-  if (port > 65535) throw new ConfigError("--port must be at most 65535")
+  const { values: v } = parseFlags(relayCommand(), RELAY_FLAGS, argv, env)
+  if (v.help) return { help: true }
+  const location = storageLocation(v, ["memory", "sqlite", "postgres"], env)
 
   const keys: AuthKey[] = []
-  const secret = text("auth-secret")
-  if (secret) keys.push({ kind: "secret", secret })
-  const publicKey = text("auth-public-key")
+  if (v["auth-secret"]) keys.push({ kind: "secret", secret: v["auth-secret"] })
+  const publicKey = v["auth-public-key"]
   if (publicKey) {
+    let pem: string
     try {
-      keys.push({ kind: "public-key", pem: readFileSync(publicKey, "utf8") })
+      pem = readFileSync(publicKey, "utf8")
     } catch (error) {
       throw new ConfigError(`cannot read --auth-public-key ${publicKey}: ${(error as Error).message}`)
     }
+    keys.push({ kind: "public-key", pem })
   }
-  const jwks = text("auth-jwks-url")
-  if (jwks) keys.push({ kind: "jwks", url: jwks })
+  const jwks = v["auth-jwks-url"]
+  if (jwks) {
+    if (!URL.canParse(jwks) || !/^https?:$/.test(new URL(jwks).protocol))
+      throw new ConfigError(
+        `--auth-jwks-url must be an http(s) URL, got ${jwks}: give the URL of your identity provider's JWKS`,
+      )
+    keys.push({ kind: "jwks", url: jwks })
+  }
   if (keys.length > 1)
     throw new ConfigError("give only one of --auth-secret, --auth-public-key, --auth-jwks-url")
-  const dev = bool("dev")
+  const dev = v.dev === true
   if (keys.length === 0 && !dev)
     throw new ConfigError("give --auth-secret, --auth-public-key or --auth-jwks-url (or --dev for local use)")
-
-  const hookOptions = () => {
-    const hooksDir = text("hooks")
-    const urls = (parsed.webhook as unknown as string[] | undefined) ?? text("webhook")?.split(",") ?? []
-    const webhooks = urls.map((u) => u.trim()).filter(Boolean)
-    for (const url of webhooks) {
-      if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol))
-        throw new ConfigError(`--webhook must be an http(s) URL, got ${url}`)
-    }
-    const webhookSecret = text("webhook-secret")
-    if (webhooks.length > 0 && !webhookSecret)
-      throw new ConfigError("--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)")
-    const attempts = int("hook-attempts")
-    if (attempts < 1) throw new ConfigError("--hook-attempts must be at least 1")
-    return {
-      ...(hooksDir ? { hooksDir } : {}),
-      ...(webhooks.length > 0 ? { webhooks, webhookSecret: webhookSecret! } : {}),
-      hookTimeoutMs: Math.max(1, int("hook-timeout-ms")),
-      hookAttempts: attempts,
+  if (keys[0]?.kind === "public-key") {
+    // Checked here, where the file is known: the relay's own error would name neither flag nor file.
+    try {
+      new Authenticator({ key: keys[0] })
+    } catch (error) {
+      throw new ConfigError(
+        `--auth-public-key ${publicKey} is not a usable PEM public key (${(error as Error).message.split("\n")[0]}): ` +
+          "give the public key (-----BEGIN PUBLIC KEY-----) that verifies your tokens",
+      )
     }
   }
-  const staticDir = text("static")
-  const issuer = text("auth-issuer")
-  const audience = text("auth-audience")
+
+  const webhooks = v.webhook ?? []
+  for (const url of webhooks) {
+    if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol))
+      throw new ConfigError(`--webhook must be an http(s) URL, got ${url}`)
+  }
+  const webhookSecret = v["webhook-secret"]
+  if (webhooks.length > 0 && !webhookSecret)
+    throw new ConfigError("--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)")
+  if (v["hook-attempts"] < 1) throw new ConfigError("--hook-attempts must be at least 1")
+
+  const staticDir = v.static
+  const hooksDir = v.hooks
+  const issuer = v["auth-issuer"]
+  const audience = v["auth-audience"]
   return {
-    port,
-    host: text("host")!,
-    dataDir: text("data-dir")!,
-    storage,
-    databaseUrl: text("database-url")!,
+    port: v.port,
+    host: v.host,
+    dataDir: v["data-dir"],
+    storage: location.kind,
+    ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
     ...(keys[0] ? { auth: keys[0] } : {}),
     ...(issuer ? { authIssuer: issuer } : {}),
     ...(audience ? { authAudience: audience } : {}),
-    allowTokensWithoutExp: bool("allow-tokens-without-exp"),
-    maxTokenLifetimeMs: int("max-token-lifetime-ms"),
+    allowTokensWithoutExp: v["allow-tokens-without-exp"] === true,
+    maxTokenLifetimeMs: v["max-token-lifetime-ms"],
     dev,
-    forceDev: bool("force-dev"),
-    log: logLevel,
+    forceDev: v["force-dev"] === true,
+    log: v["log-level"] as LogLevel,
     ...(staticDir ? { staticDir } : {}),
-    ...hookOptions(),
+    ...(hooksDir ? { hooksDir } : {}),
+    ...(webhooks.length > 0 ? { webhooks, webhookSecret: webhookSecret! } : {}),
+    hookTimeoutMs: Math.max(1, v["hook-timeout-ms"]),
+    hookAttempts: v["hook-attempts"],
     defaultMetrics: true,
-    storageTimeoutMs: Math.max(1, int("storage-timeout-ms")),
+    storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
     limits: {
-      idleUnloadMs: int("idle-unload-ms"),
-      maxDocuments: Math.max(1, int("max-documents")),
-      maxFrameBytes: int("max-frame-bytes"),
-      maxUpdateBytes: int("max-frame-bytes"),
-      maxBufferedBytes: int("max-buffered-bytes"),
-      maxMessagesPerSecond: int("max-messages-per-second"),
-      messageBurst: Math.max(1, int("message-burst")),
-      maxAwarenessEntries: int("max-awareness-entries"),
-      maxAwarenessStateBytes: int("max-awareness-state-bytes"),
-      awarenessFramesPerSecond: Math.max(1, int("awareness-frames-per-second")),
-      awarenessBurst: Math.max(1, int("awareness-burst")),
-      awarenessClaimsPerMinute: int("awareness-claims-per-minute"),
-      pingIntervalMs: int("ping-interval-ms"),
-      pingTimeoutMs: Math.max(1, int("ping-timeout-ms")),
-      socketAwarenessPerSecond: int("socket-awareness-per-second"),
-      socketAwarenessBurst: Math.max(1, int("socket-awareness-burst")),
-      maxSocketsPerUser: int("max-sockets-per-user"),
-      maxDocumentsPerUser: int("max-documents-per-user"),
-      userUpdatesPerSecond: int("user-updates-per-second"),
-      userUpdateBurst: Math.max(1, int("user-update-burst")),
-      maxPendingBytesPerUser: int("max-pending-bytes-per-user"),
-      maxQueuedBytesPerUser: int("max-queued-bytes-per-user"),
-      userConversationsPerMinute: int("user-conversations-per-minute"),
-      userParticipantsPerMinute: int("user-participants-per-minute"),
-      compactAfterUpdates: Math.max(1, int("compact-after-updates")),
-      compactAfterBytes: int("compact-after-bytes"),
-      maxUpdateStructs: int("max-update-structs"),
-      maxUpdateValues: int("max-update-values"),
-      maxUpdateClientIds: int("max-update-client-ids"),
-      clientIdsPerUserPerDay: int("client-ids-per-user-per-day"),
-      maxDeletedOnArrival: int("max-deleted-on-arrival"),
-      maxSiblings: Math.max(1, int("max-siblings")),
-      maxIntegrationSteps: int("max-integration-steps"),
-      maxDeleteRanges: int("max-delete-ranges"),
-      maxDeleteVisits: int("max-delete-visits"),
+      idleUnloadMs: v["idle-unload-ms"],
+      maxDocuments: Math.max(1, v["max-documents"]),
+      maxFrameBytes: v["max-frame-bytes"],
+      maxUpdateBytes: v["max-frame-bytes"],
+      maxBufferedBytes: v["max-buffered-bytes"],
+      maxMessagesPerSecond: v["max-messages-per-second"],
+      messageBurst: Math.max(1, v["message-burst"]),
+      maxAwarenessEntries: v["max-awareness-entries"],
+      maxAwarenessStateBytes: v["max-awareness-state-bytes"],
+      awarenessFramesPerSecond: Math.max(1, v["awareness-frames-per-second"]),
+      awarenessBurst: Math.max(1, v["awareness-burst"]),
+      awarenessClaimsPerMinute: v["awareness-claims-per-minute"],
+      pingIntervalMs: v["ping-interval-ms"],
+      pingTimeoutMs: Math.max(1, v["ping-timeout-ms"]),
+      socketAwarenessPerSecond: v["socket-awareness-per-second"],
+      socketAwarenessBurst: Math.max(1, v["socket-awareness-burst"]),
+      maxSocketsPerUser: v["max-sockets-per-user"],
+      maxDocumentsPerUser: v["max-documents-per-user"],
+      userUpdatesPerSecond: v["user-updates-per-second"],
+      userUpdateBurst: Math.max(1, v["user-update-burst"]),
+      maxPendingBytesPerUser: v["max-pending-bytes-per-user"],
+      maxQueuedBytesPerUser: v["max-queued-bytes-per-user"],
+      userConversationsPerMinute: v["user-conversations-per-minute"],
+      userParticipantsPerMinute: v["user-participants-per-minute"],
+      compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
+      compactAfterBytes: v["compact-after-bytes"],
+      maxUpdateStructs: v["max-update-structs"],
+      maxUpdateValues: v["max-update-values"],
+      maxUpdateClientIds: v["max-update-client-ids"],
+      clientIdsPerUserPerDay: v["client-ids-per-user-per-day"],
+      maxDeletedOnArrival: v["max-deleted-on-arrival"],
+      maxSiblings: Math.max(1, v["max-siblings"]),
+      maxIntegrationSteps: v["max-integration-steps"],
+      maxDeleteRanges: v["max-delete-ranges"],
+      maxDeleteVisits: v["max-delete-visits"],
     },
+  }
+}
+
+/** A sub-command's command line: its help, and a parser. */
+export interface Subcommand<Flags extends Record<string, FlagSpec>> {
+  /** Usage line, flags with their variables and defaults, then what the command does. */
+  readonly usage: string
+  /**
+   * `flags` and up to the declared positional arguments from `argv`, as
+   * {@link parseFlags} reads them. Throws {@link ConfigError}.
+   */
+  parse(argv: readonly string[], env: NodeJS.ProcessEnv): { values: FlagValues<Flags>; args: string[] }
+}
+
+/** The command line of `parley-relay <name>`, with `flags` and optional `positionals`. */
+export function subcommand<Flags extends Record<string, FlagSpec>>(
+  name: string,
+  spec: { synopsis: string; positionals: readonly string[]; about: string; flags: Flags },
+): Subcommand<Flags> {
+  const build = () => {
+    const command = commandOf(`parley-relay ${name}`, spec.flags).usage(spec.synopsis)
+    for (const positional of spec.positionals) command.argument(`[${positional}]`)
+    return command
+  }
+  return {
+    usage: `${build().helpInformation().trimEnd()}\n\n${spec.about}`,
+    parse: (argv, env) => parseFlags(build(), spec.flags, argv, env),
   }
 }

@@ -27,6 +27,7 @@ export {
 } from "./backend/index.js"
 export { PostgresBackend } from "./backend/postgres.js"
 export type { Connection, Session } from "./connection.js"
+export { DEFAULT_RELAY_OPTIONS } from "./defaults.js"
 export { closeFor } from "./errors.js"
 export type {
   AfterSaved,
@@ -79,6 +80,7 @@ export type { CoreLimits, RelayCoreOptions } from "./relay-core.js"
 export { DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 export type { Sequencer } from "./sequencer.js"
 export { LocalSequencer } from "./sequencer.js"
+export { ExitCode, StartupError } from "./startup-error.js"
 export type {
   DamagedDocument,
   DocumentRecord,

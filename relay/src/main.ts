@@ -1,6 +1,7 @@
 import { ParleyError } from "@parley/shared"
 import { ConfigError, parseConfig, usage } from "./config.js"
 import { startRelay } from "./relay.js"
+import { ExitCode, exitCodeOf } from "./startup-error.js"
 
 /** Runs the relay from the command line until SIGTERM / SIGINT, then stops gracefully and exits 0. */
 async function main(): Promise<void> {
@@ -16,13 +17,7 @@ async function main(): Promise<void> {
     const { runRebuildInboxesCli } = await import("./inbox/rebuild-cli.js")
     process.exit(await runRebuildInboxesCli(process.argv.slice(3)))
   }
-  let config: ReturnType<typeof parseConfig>
-  try {
-    config = parseConfig(process.argv.slice(2))
-  } catch (error) {
-    process.stderr.write(`parley-relay: ${(error as Error).message}\n\n${usage()}\n`)
-    process.exit(2)
-  }
+  const config = parseConfig(process.argv.slice(2))
   if ("help" in config && config.help) {
     process.stdout.write(`${usage()}\n`)
     return
@@ -33,15 +28,15 @@ async function main(): Promise<void> {
     if (stopping) {
       // A second signal means "now": everything acknowledged is already durable.
       relay.log.warn({ signal }, "second signal: exiting without finishing the shutdown")
-      process.exit(1)
+      process.exit(ExitCode.FAILURE)
     }
     stopping = true
     relay.log.info({ signal }, "shutting down")
     relay.close().then(
-      () => process.exit(0),
+      () => process.exit(ExitCode.OK),
       (error: unknown) => {
         relay.log.fatal({ err: error }, "shutdown failed")
-        process.exit(1)
+        process.exit(ExitCode.FAILURE)
       },
     )
   }
@@ -50,10 +45,14 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  // Configuration and start-up refusals (e.g. a hook script that fails to load) need no stack trace.
-  if (error instanceof ConfigError || error instanceof ParleyError)
-    process.stderr.write(`parley-relay: ${error.message}\n`)
-  else
+  // A start-up refusal is one line naming what to fix (exit codes: relay/README.md, "Exit codes");
+  // anything else is a bug, and its stack trace is what a report needs.
+  const code = exitCodeOf(error)
+  if (error instanceof ParleyError) {
+    const hint = error instanceof ConfigError ? " (parley-relay --help lists every flag)" : ""
+    process.stderr.write(`parley-relay: ${(error as Error).message}${hint}\n`)
+  } else {
     process.stderr.write(`parley-relay: ${error instanceof Error ? (error.stack ?? error.message) : error}\n`)
-  process.exit(1)
+  }
+  process.exit(code)
 })

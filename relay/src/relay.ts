@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
+import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
 import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
 import { HooksExtension } from "./hooks/extension.js"
 import { loadHooks } from "./hooks/loader.js"
@@ -12,24 +13,11 @@ import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
-import { DEFAULT_STORAGE_TIMEOUT_MS, type StorageKind, type StorageState } from "./storage/index.js"
+import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
+import type { StorageKind, StorageState } from "./storage/index.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
 
-/** Defaults of the transport's limits. */
-export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
-  maxFrameBytes: 1024 * 1024,
-  // What may queue behind a client's initial sync (which does not count, however large).
-  maxBufferedBytes: 8 * 1024 * 1024,
-  maxMessagesPerSecond: 100,
-  messageBurst: 200,
-  pingIntervalMs: 15_000,
-  pingTimeoutMs: 30_000,
-  socketAwarenessPerSecond: 500,
-  socketAwarenessBurst: 1000,
-}
-
-/** Default of {@link RelayOptions.maxTokenLifetimeMs}: a day. */
-export const DEFAULT_MAX_TOKEN_LIFETIME_MS = 24 * 60 * 60 * 1000
+export { DEFAULT_MAX_TOKEN_LIFETIME_MS, DEFAULT_RELAY_OPTIONS, DEFAULT_TRANSPORT_LIMITS } from "./defaults.js"
 
 /** Everything a relay can be started with; every field has a default except how tokens are verified. */
 export interface RelayOptions {
@@ -46,7 +34,7 @@ export interface RelayOptions {
   readonly backend?: Backend
   /** Data directory of the sqlite backend. Default `./data`. */
   readonly dataDir?: string
-  /** PostgreSQL connection string (postgres backend). */
+  /** PostgreSQL connection string; required by the postgres backend (there is no default database). */
   readonly databaseUrl?: string
   /** How tokens are verified. Required unless `dev` (which generates a secret). */
   readonly auth?: AuthKey
@@ -118,17 +106,27 @@ const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"])
 /** True for hosts only this machine can reach. */
 export const isLoopback = (host: string): boolean => LOOPBACK.has(host) || host.startsWith("127.")
 
-/** Starts a relay: storage, core, HTTP + WebSocket transport. */
+/**
+ * Starts a relay: storage, core, HTTP + WebSocket transport. A start that cannot
+ * succeed (the configuration, the address, storage) rejects with a
+ * {@link StartupError} whose one-line message names the option and what to do.
+ */
 export async function startRelay(options: RelayOptions = {}): Promise<RunningRelay> {
-  const log = typeof options.log === "object" ? options.log : createLogger(options.log ?? "info")
-  const host = options.host ?? "127.0.0.1"
+  const log = typeof options.log === "object" ? options.log : createLogger(options.log ?? DEFAULTS.log)
+  const host = options.host ?? DEFAULTS.host
   const dev = options.dev ?? false
   if (dev && !isLoopback(host) && !options.forceDev) {
-    throw new Error(`--dev mints tokens for anyone: refusing to listen on ${host}; use --force-dev to insist`)
+    throw new StartupError(
+      ExitCode.CONFIG,
+      `--dev mints tokens for anyone: refusing to listen on ${host}; use --host 127.0.0.1, or --force-dev to insist`,
+    )
   }
   const key = options.auth
   if (!key && !dev)
-    throw new Error("no way to verify tokens: give an auth secret, public key or JWKS URL (or --dev)")
+    throw new StartupError(
+      ExitCode.CONFIG,
+      "no way to verify tokens: give --auth-secret, --auth-public-key or --auth-jwks-url (or --dev)",
+    )
   if (dev) {
     log.warn(
       "DEV MODE — INSECURE: anyone who can reach this relay can mint a token for any user at /dev/token. Never use in production.",
@@ -139,11 +137,22 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.authIssuer ? { issuer: options.authIssuer } : {}),
     ...(options.authAudience ? { audience: options.authAudience } : {}),
     allowTokensWithoutExp: options.allowTokensWithoutExp ?? false,
-    maxTokenLifetimeMs: options.maxTokenLifetimeMs ?? DEFAULT_MAX_TOKEN_LIFETIME_MS,
+    maxTokenLifetimeMs: options.maxTokenLifetimeMs ?? DEFAULTS.maxTokenLifetimeMs,
     // Dev tokens get a secret of their own, made here and never stored: the app's key signs no dev token.
     ...(dev ? { devSecret: Authenticator.randomSecret() } : {}),
   }
-  const auth = new Authenticator(authOptions)
+  let auth: Authenticator
+  try {
+    auth = new Authenticator(authOptions)
+  } catch (error) {
+    throw new StartupError(
+      ExitCode.CONFIG,
+      `cannot verify tokens with the ${key?.kind} key: ${(error as Error).message}`,
+      {
+        cause: error,
+      },
+    )
+  }
   const metrics = new RelayMetrics({ defaultMetrics: options.defaultMetrics ?? false })
   // Hook scripts load before anything opens: a broken one stops the start naming its file.
   const hookModules = options.hooksDir ? await loadHooks(options.hooksDir) : []
@@ -153,18 +162,30 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ErrorCode.INVALID_ARGUMENT,
       "--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)",
     )
-  const storageTimeoutMs = options.storageTimeoutMs ?? DEFAULT_STORAGE_TIMEOUT_MS
+  const storageKind: StorageKind = options.storage ?? DEFAULTS.storage
+  const dataDir = options.dataDir ?? DEFAULTS.dataDir
+  const storageTimeoutMs = options.storageTimeoutMs ?? DEFAULTS.storageTimeoutMs
+  const databaseUrl = options.databaseUrl ?? ""
+  if (!options.backend && storageKind === "postgres" && !databaseUrl)
+    throw new StartupError(ExitCode.CONFIG, "--storage postgres needs --database-url (or DATABASE_URL)")
+  // Names the data directory or database in a failure to open it.
+  const where =
+    storageKind === "postgres"
+      ? ({ kind: "postgres", databaseUrl } as const)
+      : ({ kind: "sqlite", dataDir } as const)
   // One backend holds everything the relay keeps (documents, hook outbox, client-id bindings), so a
   // restart or a backup keeps all three together.
   const opened =
     options.backend ??
     (await openBackend({
-      kind: options.storage ?? "sqlite",
-      dataDir: options.dataDir ?? "./data",
-      ...(options.databaseUrl ? { databaseUrl: options.databaseUrl } : {}),
+      kind: storageKind,
+      dataDir,
+      ...(databaseUrl ? { databaseUrl } : {}),
       timeoutMs: storageTimeoutMs,
       onIdleError: (error: Error) =>
         log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
+    }).catch((error: unknown) => {
+      throw storageFailure(error, where)
     }))
   // Every backend call has a deadline; while the documents fail, writes are refused at once (retryably).
   const backend = guardBackend(opened, {
@@ -235,11 +256,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   })
   let port: number
   try {
-    port = await transport.listen(options.port ?? 1234, host)
+    port = await transport.listen(options.port ?? DEFAULTS.port, host)
   } catch (error) {
     await core.close()
     await backend.close()
-    throw error
+    throw listenFailure(error, host, options.port ?? DEFAULTS.port)
   }
   const shownHost =
     host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host

@@ -1,7 +1,8 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
-import { DEFAULT_DATABASE_URL, type StorageKind } from "../storage/index.js"
+import type { StorageKind } from "../storage/index.js"
 import { MemoryBackend } from "./memory.js"
 import { SqliteBackend } from "./sqlite.js"
 import type { Backend } from "./types.js"
@@ -15,7 +16,7 @@ export interface BackendOptions {
   readonly kind: StorageKind
   /** Data directory (sqlite). */
   readonly dataDir: string
-  /** Connection string (postgres). Default {@link DEFAULT_DATABASE_URL}. */
+  /** Connection string (postgres, required: there is no default database). */
   readonly databaseUrl?: string
   /** Bound of every PostgreSQL connect, query and statement, in ms (postgres). */
   readonly timeoutMs?: number
@@ -31,9 +32,11 @@ export async function openBackend(options: BackendOptions): Promise<Backend> {
     case "sqlite":
       return new SqliteBackend(options.dataDir)
     case "postgres": {
+      if (!options.databaseUrl)
+        throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a postgres backend needs a database URL")
       // Loaded only here: SQLite deployments never touch `pg`.
       const { PostgresBackend } = await import("./postgres.js")
-      return PostgresBackend.open(options.databaseUrl ?? DEFAULT_DATABASE_URL, {
+      return PostgresBackend.open(options.databaseUrl, {
         ...(options.onIdleError ? { onIdleError: options.onIdleError } : {}),
         ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
       })

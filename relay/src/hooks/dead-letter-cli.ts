@@ -1,20 +1,27 @@
 import { existsSync } from "node:fs"
 import { join } from "node:path"
-import { parseArgs } from "node:util"
 import { type Backend, LEGACY_FILES, openBackend, SQLITE_FILE } from "../backend/index.js"
-import { DEFAULT_DATABASE_URL } from "../storage/index.js"
+import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
+import { redactedUrl } from "../startup-error.js"
 import { type DeadLetterFilter, describeDeadLetter } from "./outbox.js"
 
-const USAGE = `Usage: parley-relay dead-letters list|replay [--storage sqlite|postgres] [--data-dir DIR]
-         [--database-url URL] [--event-id ID] [--target NAME] [--document NAME]
-
-  list    print the dead letters of the hook outbox, one JSON object a line
+const CLI = subcommand("dead-letters", {
+  synopsis: "list|replay [options]",
+  positionals: ["command"],
+  flags: {
+    ...STORAGE_FLAGS,
+    "event-id": flag({ kind: "string", help: "replay: only this event" }),
+    target: flag({ kind: "string", help: "replay: only this hook or webhook (e.g. hook:push.ts)" }),
+    document: flag({ kind: "string", help: "replay: only this document" }),
+    help: flag({ kind: "boolean", help: "print this help" }),
+  },
+  about: `  list    print the dead letters of the hook outbox, one JSON object a line
   replay  move the matching dead letters back to pending (all without a filter);
           a stopped relay delivers them when it starts. For a running relay use
           POST /admin/dead-letters/replay instead: it delivers them at once.
-  --storage defaults to PARLEY_STORAGE or sqlite: the outbox lives where the relay keeps
-  its documents, in DIR (--data-dir, PARLEY_DATA_DIR or ./data) or in the database of
-  --database-url (DATABASE_URL, or postgres://postgres@127.0.0.1:5432/test).`
+  The outbox lives where the relay keeps its documents: in the data directory
+  (sqlite) or in the database of --database-url (postgres, required there).`,
+})
 
 /**
  * `parley-relay dead-letters ...`: the operator's view of the hook outbox (in
@@ -26,31 +33,34 @@ export async function runDeadLetterCli(
   out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
-  let parsed: ReturnType<typeof parse>
+  let parsed: ReturnType<typeof CLI.parse>
+  let location: ReturnType<typeof storageLocation>
   try {
-    parsed = parse(argv)
+    parsed = CLI.parse(argv, env)
+    location = storageLocation(parsed.values, ["sqlite", "postgres"], env)
   } catch (error) {
-    out(`parley-relay dead-letters: ${(error as Error).message}\n\n${USAGE}`)
+    if (!(error instanceof ConfigError)) throw error
+    out(`parley-relay dead-letters: ${error.message}\n\n${CLI.usage}`)
     return 2
   }
-  const { positionals, values } = parsed
-  const command = positionals[0]
-  if (values.help || (command !== "list" && command !== "replay") || positionals.length > 1) {
-    out(USAGE)
+  const { values } = parsed
+  const command = parsed.args[0]
+  if (values.help || (command !== "list" && command !== "replay")) {
+    out(CLI.usage)
     return values.help ? 0 : 2
   }
-  const storage = values.storage ?? env.PARLEY_STORAGE ?? "sqlite"
-  const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
   let backend: Backend
-  if (storage === "postgres") {
-    const url = values["database-url"] ?? env.DATABASE_URL ?? DEFAULT_DATABASE_URL
+  if (location.kind === "postgres") {
     try {
-      backend = await openBackend({ kind: "postgres", dataDir, databaseUrl: url })
+      backend = await openBackend({ kind: "postgres", dataDir: "", databaseUrl: location.databaseUrl })
     } catch (error) {
-      out(`parley-relay dead-letters: cannot open the hook outbox in ${url}: ${(error as Error).message}`)
+      out(
+        `parley-relay dead-letters: cannot open the hook outbox in ${redactedUrl(location.databaseUrl)}: ${(error as Error).message}`,
+      )
       return 1
     }
-  } else if (storage === "sqlite") {
+  } else {
+    const dataDir = location.kind === "sqlite" ? location.dataDir : ""
     // A data directory of an earlier version keeps its outbox in a file of its own, merged on open.
     const files = [SQLITE_FILE, ...LEGACY_FILES.map((l) => l.file)]
     if (!files.some((file) => existsSync(join(dataDir, file)))) {
@@ -58,11 +68,6 @@ export async function runDeadLetterCli(
       return 1
     }
     backend = await openBackend({ kind: "sqlite", dataDir })
-  } else {
-    out(
-      `parley-relay dead-letters: the hook outbox lives in sqlite or postgres storage, not ${storage}\n\n${USAGE}`,
-    )
-    return 2
   }
   try {
     if (command === "list") {
@@ -82,21 +87,4 @@ export async function runDeadLetterCli(
   } finally {
     await backend.close()
   }
-}
-
-function parse(argv: readonly string[]) {
-  return parseArgs({
-    args: [...argv],
-    allowPositionals: true,
-    strict: true,
-    options: {
-      storage: { type: "string" },
-      "data-dir": { type: "string" },
-      "database-url": { type: "string" },
-      "event-id": { type: "string" },
-      target: { type: "string" },
-      document: { type: "string" },
-      help: { type: "boolean" },
-    },
-  })
 }

@@ -23,11 +23,16 @@ export class PermanentDeliveryError extends Error {
   override readonly name = "PermanentDeliveryError"
 }
 
+/** Default time allowed to one hook call or webhook attempt. */
+export const DEFAULT_HOOK_TIMEOUT_MS = 10_000
+/** Default attempts per event and hook module before it is dead-lettered. */
+export const DEFAULT_HOOK_ATTEMPTS = 8
+
 /** Exponential backoff: `base * 2^(failures-1)`, capped, then give up after `attempts` tries in all. */
 export function exponentialBackoff(
   options: { baseMs?: number; maxMs?: number; attempts?: number } = {},
 ): (failures: number) => number | undefined {
-  const { baseMs = 1_000, maxMs = 300_000, attempts = 8 } = options
+  const { baseMs = 1_000, maxMs = 300_000, attempts = DEFAULT_HOOK_ATTEMPTS } = options
   return (failures) => (failures >= attempts ? undefined : Math.min(maxMs, baseMs * 2 ** (failures - 1)))
 }
 
@@ -69,7 +74,7 @@ export class Dispatcher {
 
   constructor(private readonly options: DispatcherOptions) {
     this.targets = new Map(options.targets.map((t) => [t.name, t]))
-    this.timeoutMs = options.timeoutMs ?? 10_000
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS
     this.outboxRetryMs = options.outboxRetryMs ?? 1_000
     this.now = options.now ?? Date.now
   }

@@ -37,7 +37,7 @@ import type { Principal } from "../principal.js"
 import { applyStored } from "../storage/integrity.js"
 import type { ConversationState, HookContext, HookConversations } from "./define.js"
 import { handlerFor } from "./define.js"
-import { type DeliveryTarget, Dispatcher, exponentialBackoff } from "./dispatcher.js"
+import { DEFAULT_HOOK_TIMEOUT_MS, type DeliveryTarget, Dispatcher, exponentialBackoff } from "./dispatcher.js"
 import {
   conversationOf,
   deriveHookEvents,
@@ -282,7 +282,7 @@ export class HookRuntime {
     for (const target of this.targets) {
       if (!target.accepts("typing.started")) continue
       const controller = new AbortController()
-      const timer = setTimeout(() => controller.abort(), this.options.timeoutMs ?? 10_000)
+      const timer = setTimeout(() => controller.abort(), this.options.timeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS)
       Promise.resolve()
         .then(() => target.deliver(event, { attempt: 1, signal: controller.signal }))
         .catch((error) => this.log.warn({ err: error, hook: target.name }, "typing hook failed"))

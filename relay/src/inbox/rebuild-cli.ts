@@ -1,16 +1,19 @@
-import { parseArgs } from "node:util"
-import { openBackend } from "../backend/index.js"
+import { type Backend, openBackend } from "../backend/index.js"
+import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
 import { createLogger } from "../log.js"
 import { RelayMetrics } from "../metrics.js"
 import { RelayCore } from "../relay-core.js"
-import type { StorageKind } from "../storage/index.js"
+import { reasonOf, redactedUrl } from "../startup-error.js"
 import { rebuildInboxes } from "./rebuild.js"
 
-const USAGE = `Usage: parley-relay rebuild-inboxes [--data-dir DIR] [--storage sqlite|postgres] [--database-url URL]
-
-  Recomputes every user's inbox from the stored conversations and writes what
+const CLI = subcommand("rebuild-inboxes", {
+  synopsis: "[options]",
+  positionals: [],
+  flags: { ...STORAGE_FLAGS, help: flag({ kind: "boolean", help: "print this help" }) },
+  about: `  Recomputes every user's inbox from the stored conversations and writes what
   differs. Run it while the relay is stopped (it opens the same storage).
-  Prints one JSON line: { conversations, written, removed }.`
+  Prints one JSON line: { conversations, written, removed, damaged }.`,
+})
 
 /** `parley-relay rebuild-inboxes`: the operator's repair for derived inbox data. Returns the exit code. */
 export async function runRebuildInboxesCli(
@@ -18,36 +21,32 @@ export async function runRebuildInboxesCli(
   out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
-  let values: { "data-dir"?: string; storage?: string; "database-url"?: string; help?: boolean }
+  let parsed: ReturnType<typeof CLI.parse>
+  let location: ReturnType<typeof storageLocation>
   try {
-    values = parseArgs({
-      args: [...argv],
-      options: {
-        "data-dir": { type: "string" },
-        storage: { type: "string" },
-        "database-url": { type: "string" },
-        help: { type: "boolean" },
-      },
-    }).values
+    parsed = CLI.parse(argv, env)
+    if (parsed.values.help) {
+      out(CLI.usage)
+      return 0
+    }
+    location = storageLocation(parsed.values, ["sqlite", "postgres"], env)
   } catch (error) {
-    out(`parley-relay rebuild-inboxes: ${(error as Error).message}\n\n${USAGE}`)
+    if (!(error instanceof ConfigError)) throw error
+    out(`parley-relay rebuild-inboxes: ${error.message}\n\n${CLI.usage}`)
     return 2
   }
-  if (values.help) {
-    out(USAGE)
-    return 0
+  let backend: Backend
+  try {
+    backend = await openBackend({
+      kind: location.kind,
+      dataDir: parsed.values["data-dir"],
+      ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
+    })
+  } catch (error) {
+    const where = location.kind === "postgres" ? redactedUrl(location.databaseUrl) : parsed.values["data-dir"]
+    out(`parley-relay rebuild-inboxes: cannot open the documents in ${where}: ${reasonOf(error)}`)
+    return 1
   }
-  const kind = (values.storage ?? env.PARLEY_STORAGE ?? "sqlite") as StorageKind
-  if (kind !== "sqlite" && kind !== "postgres") {
-    out(`parley-relay rebuild-inboxes: --storage must be sqlite or postgres\n\n${USAGE}`)
-    return 2
-  }
-  const databaseUrl = values["database-url"] ?? env.PARLEY_DATABASE_URL
-  const backend = await openBackend({
-    kind,
-    dataDir: values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data",
-    ...(databaseUrl ? { databaseUrl } : {}),
-  })
   const core = new RelayCore({
     storage: backend.documents,
     log: createLogger("warn"),

@@ -1,19 +1,25 @@
 import { existsSync } from "node:fs"
 import { join } from "node:path"
-import { parseArgs } from "node:util"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import Database from "better-sqlite3"
 import * as Y from "yjs"
 import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
-import { DEFAULT_DATABASE_URL } from "./index.js"
+import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
+import { redactedUrl } from "../startup-error.js"
 import { loadVerified } from "./integrity.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
 
-const USAGE = `Usage: parley-relay damaged list [--storage sqlite|postgres] [--data-dir DIR] [--database-url URL]
-       parley-relay damaged restore <document> --from <backup> [--force]
-                [--storage sqlite|postgres] [--data-dir DIR] [--database-url URL]
-
-  list     print every document the relay found damaged (refused with 4510), one JSON
+const CLI = subcommand("damaged", {
+  synopsis:
+    "list [options]\n       parley-relay damaged restore <document> --from <backup> [--force] [options]",
+  positionals: ["command", "document"],
+  flags: {
+    ...STORAGE_FLAGS,
+    from: flag({ kind: "string", help: "restore: the backup (a parley.sqlite copy, or a database URL)" }),
+    force: flag({ kind: "boolean", help: "restore: replace a document that is not damaged too" }),
+    help: flag({ kind: "boolean", help: "print this help" }),
+  },
+  about: `  list     print every document the relay found damaged (refused with 4510), one JSON
            object a line: {"document","reason","detectedAt","lastPosition"}. Safe while
            the relay runs.
   restore  replace everything stored of <document> by its state in a backup, and clear
@@ -23,9 +29,9 @@ const USAGE = `Usage: parley-relay damaged list [--storage sqlite|postgres] [--d
            string of a database restored from a dump for --storage postgres. The backup's
            copy must load whole. Only a damaged document is replaced, unless --force.
            Prints {"document","restoredThrough"}.
-  --storage defaults to PARLEY_STORAGE or sqlite: the documents live in DIR (--data-dir,
-  PARLEY_DATA_DIR or ./data) or in the database of --database-url (DATABASE_URL, or
-  postgres://postgres@127.0.0.1:5432/test).`
+  The documents live in the data directory (sqlite) or in the database of
+  --database-url (postgres, required there).`,
+})
 
 /**
  * `parley-relay damaged ...`: the operator's view of damaged documents and their
@@ -36,44 +42,45 @@ export async function runDamagedCli(
   out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
-  let parsed: ReturnType<typeof parse>
+  let parsed: ReturnType<typeof CLI.parse>
+  let location: ReturnType<typeof storageLocation>
   try {
-    parsed = parse(argv)
+    parsed = CLI.parse(argv, env)
+    location = storageLocation(parsed.values, ["sqlite", "postgres"], env)
   } catch (error) {
-    out(`parley-relay damaged: ${(error as Error).message}\n\n${USAGE}`)
+    if (!(error instanceof ConfigError)) throw error
+    out(`parley-relay damaged: ${error.message}\n\n${CLI.usage}`)
     return 2
   }
-  const { positionals, values } = parsed
-  const [command, document, ...extra] = positionals
+  const { values } = parsed
+  const [command, document] = parsed.args
   const valid =
     (command === "list" && document === undefined) ||
-    (command === "restore" && document !== undefined && values.from !== undefined && extra.length === 0)
+    (command === "restore" && document !== undefined && values.from !== undefined)
   if (values.help || !valid) {
-    out(USAGE)
+    out(CLI.usage)
     return values.help ? 0 : 2
   }
-  const kind = values.storage ?? env.PARLEY_STORAGE ?? "sqlite"
-  const dataDir = values["data-dir"] ?? env.PARLEY_DATA_DIR ?? "./data"
-  const databaseUrl = values["database-url"] ?? env.DATABASE_URL ?? DEFAULT_DATABASE_URL
   let backend: Backend
-  if (kind === "sqlite") {
+  if (location.kind === "postgres") {
+    try {
+      backend = await openBackend({ kind: "postgres", dataDir: "", databaseUrl: location.databaseUrl })
+    } catch (error) {
+      out(
+        `parley-relay damaged: cannot open the documents in ${redactedUrl(location.databaseUrl)}: ${(error as Error).message}`,
+      )
+      return 1
+    }
+  } else {
+    const dataDir = location.kind === "sqlite" ? location.dataDir : ""
     if (!existsSync(join(dataDir, SQLITE_FILE))) {
       out(`parley-relay damaged: no documents at ${join(dataDir, SQLITE_FILE)}`)
       return 1
     }
-    backend = await openBackend({ kind, dataDir })
-  } else if (kind === "postgres") {
-    try {
-      backend = await openBackend({ kind, dataDir, databaseUrl })
-    } catch (error) {
-      out(`parley-relay damaged: cannot open the documents in ${databaseUrl}: ${(error as Error).message}`)
-      return 1
-    }
-  } else {
-    out(`parley-relay damaged: documents are kept in sqlite or postgres storage, not ${kind}\n\n${USAGE}`)
-    return 2
+    backend = await openBackend({ kind: "sqlite", dataDir })
   }
   const storage = backend.documents
+  const kind = location.kind === "postgres" ? "postgres" : "sqlite"
   try {
     if (command === "list") {
       for (const d of await storage.damaged()) {
@@ -190,20 +197,4 @@ async function readPostgresBackup(url: string, name: string): Promise<StoredDocu
   } finally {
     await client.end()
   }
-}
-
-function parse(argv: readonly string[]) {
-  return parseArgs({
-    args: [...argv],
-    allowPositionals: true,
-    strict: true,
-    options: {
-      storage: { type: "string" },
-      "data-dir": { type: "string" },
-      "database-url": { type: "string" },
-      from: { type: "string" },
-      force: { type: "boolean" },
-      help: { type: "boolean" },
-    },
-  })
 }

@@ -13,8 +13,5 @@ export { type MemoryData, MemoryStorage } from "./memory.js"
 export { SqliteStorage } from "./sqlite.js"
 export type { DamagedDocument, DocumentRecord, RelayStorage, StoredDocument } from "./types.js"
 
-/** The PostgreSQL database used when none is configured: the local server's `test` database. */
-export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
-
 /** The backends the relay can run on (see `../backend/`). */
 export type StorageKind = "memory" | "sqlite" | "postgres"

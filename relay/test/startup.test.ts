@@ -1,0 +1,158 @@
+import { spawn } from "node:child_process"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createServer, type Server } from "node:net"
+import { tmpdir } from "node:os"
+import { dirname, join, resolve } from "node:path"
+import { fileURLToPath } from "node:url"
+import { afterAll, describe, expect, it } from "vitest"
+import { ExitCode } from "../src/startup-error.js"
+
+const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../bin/parley-relay.js")
+const dir = mkdtempSync(join(tmpdir(), "parley-startup-"))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+/** Runs the real relay binary to its exit (a start that fails exits by itself). */
+function runRelay(args: readonly string[], env: NodeJS.ProcessEnv = {}) {
+  return new Promise<{ code: number | null; stderr: string; stdout: string }>((done) => {
+    const child = spawn(process.execPath, [BIN, "--log-level", "warn", ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d
+    })
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d
+    })
+    child.on("exit", (code) => done({ code, stderr, stdout }))
+  })
+}
+
+/** The failure's lines on stderr: a start-up failure is exactly one, with no stack trace. */
+const linesOf = (stderr: string) => stderr.trimEnd().split("\n")
+
+describe("a relay that cannot start says why in one line", () => {
+  it("names the address and the flags when the port is in use, and exits 3", async () => {
+    const taken: Server = createServer()
+    await new Promise<void>((ready) => taken.listen(0, "127.0.0.1", ready))
+    const port = (taken.address() as { port: number }).port
+    try {
+      const { code, stderr } = await runRelay([
+        "--auth-secret",
+        "s",
+        "--storage",
+        "memory",
+        "--port",
+        `${port}`,
+      ])
+      expect(code).toBe(ExitCode.LISTEN)
+      expect(linesOf(stderr)).toHaveLength(1)
+      expect(stderr).toContain(`cannot listen on 127.0.0.1:${port}`)
+      expect(stderr).toContain("EADDRINUSE")
+      expect(stderr).toContain("--port")
+    } finally {
+      taken.close()
+    }
+  })
+
+  it("names the data directory when it cannot be created, and exits 4", async () => {
+    const file = join(dir, "a-file")
+    writeFileSync(file, "not a directory")
+    const dataDir = join(file, "data")
+    const { code, stderr } = await runRelay(["--auth-secret", "s", "--data-dir", dataDir])
+    expect(code).toBe(ExitCode.STORAGE)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain(`cannot open the data directory ${dataDir} (--data-dir)`)
+  })
+
+  it("names the data directory when SQLite cannot open a database in it, and exits 4", async () => {
+    const dataDir = join(dir, "blocked")
+    // A directory where the documents' database file should be: SQLite says only "unable to open database file".
+    mkdirSync(join(dataDir, "parley.sqlite"), { recursive: true })
+    const { code, stderr } = await runRelay(["--auth-secret", "s", "--data-dir", dataDir])
+    expect(code).toBe(ExitCode.STORAGE)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain(`cannot open the data directory ${dataDir} (--data-dir)`)
+    expect(stderr).toContain("unable to open database file")
+  })
+
+  it("names the flag and the file of a public key that is not PEM, and exits 2", async () => {
+    const pem = join(dir, "key.pem")
+    writeFileSync(pem, "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    const { code, stderr } = await runRelay(["--auth-public-key", pem, "--storage", "memory"])
+    expect(code).toBe(ExitCode.CONFIG)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain(`--auth-public-key ${pem} is not a usable PEM public key`)
+  })
+
+  it("names the flag of a malformed JWKS URL, and exits 2", async () => {
+    const { code, stderr } = await runRelay([
+      "--auth-jwks-url",
+      "keys.example.com/jwks",
+      "--storage",
+      "memory",
+    ])
+    expect(code).toBe(ExitCode.CONFIG)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain("--auth-jwks-url must be an http(s) URL, got keys.example.com/jwks")
+  })
+
+  it("names the database, without its password, when PostgreSQL cannot be reached, and exits 4", async () => {
+    const url = "postgres://parley:hunter2@127.0.0.1:1/parley"
+    const { code, stderr } = await runRelay([
+      "--auth-secret",
+      "s",
+      "--storage",
+      "postgres",
+      "--database-url",
+      url,
+    ])
+    expect(code).toBe(ExitCode.STORAGE)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain(
+      "cannot open PostgreSQL at postgres://parley:***@127.0.0.1:1/parley (--database-url",
+    )
+    expect(stderr).toContain("ECONNREFUSED")
+    expect(stderr).not.toContain("hunter2")
+  })
+
+  it("refuses PostgreSQL storage without a database URL instead of using a default database, and exits 2", async () => {
+    const { code, stderr } = await runRelay(["--auth-secret", "s", "--storage", "postgres"], {
+      DATABASE_URL: "",
+      PARLEY_DATABASE_URL: "postgres://postgres@127.0.0.1:5432/prod",
+    })
+    expect(code).toBe(ExitCode.CONFIG)
+    expect(linesOf(stderr)).toEqual([
+      "parley-relay: --storage postgres needs --database-url or DATABASE_URL (PARLEY_DATABASE_URL is not read: rename it DATABASE_URL) (parley-relay --help lists every flag)",
+    ])
+  })
+
+  it("refuses --dev on a public host, naming --force-dev, and exits 2", async () => {
+    const { code, stderr } = await runRelay([
+      "--dev",
+      "--host",
+      "0.0.0.0",
+      "--storage",
+      "memory",
+      "--port",
+      "0",
+    ])
+    expect(code).toBe(ExitCode.CONFIG)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain("refusing to listen on 0.0.0.0")
+    expect(stderr).toContain("--force-dev")
+  })
+
+  it("names the variable of a bad value from the environment, and exits 2", async () => {
+    const { code, stderr } = await runRelay(["--dev", "--storage", "memory"], {
+      PARLEY_MAX_DOCUMENTS: "lots",
+    })
+    expect(code).toBe(ExitCode.CONFIG)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain(
+      "PARLEY_MAX_DOCUMENTS=lots: --max-documents must be a non-negative integer, got lots",
+    )
+  })
+})
