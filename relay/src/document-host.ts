@@ -44,7 +44,9 @@ export class DocumentHost implements ConnectionHost {
     this.awareness = new awarenessProtocol.Awareness(this.doc)
     // The relay itself has no presence.
     this.awareness.setLocalState(null)
-    this.doc.on("update", () => {
+    // After every transaction, not on "update": an "update" listener makes Yjs encode every
+    // transaction's update, which the relay never needs here (it costs as much as the apply).
+    this.doc.on("afterTransaction", () => {
       this.coldJoin = undefined
     })
   }

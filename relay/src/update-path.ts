@@ -83,6 +83,9 @@ export interface AccessChange {
   readonly clientIds?: Iterable<number>
 }
 
+/** Largest update broadcast merged with its sequence numbers into one frame (see submitUpdate). */
+const MERGE_FOR_BROADCAST_BYTES = 16 * 1024
+
 /** Transaction origin of the relay's own writes. */
 export const RELAY_ORIGIN = Symbol("parley-relay")
 
@@ -399,7 +402,7 @@ export function submitUpdate(
         },
       )
     // A client re-sending pending work may include some the document has by now: store only the rest.
-    const fresh = withoutKnownStructs(host.doc, update)
+    const fresh = withoutKnownStructs(update, inspected.known)
     if (fresh !== update) {
       update = fresh
       clientIds = clientIdsOf(update)
@@ -426,12 +429,21 @@ export function submitUpdate(
     )
     await ctx.extensions.updateStored({ name: host.name, doc: host.doc, principal, clientIds, decision })
     const sequencing = entries[1]?.update
-    // The sender has its own update: it gets only the numbers; everyone else both, in one frame.
+    // The sender has its own update: it gets only the numbers; everyone else both, in one frame
+    // when the update is small (a chat message: one frame per message to fan out). Merging
+    // re-encodes every struct, so a large update (an offline device's backlog) goes as it came,
+    // followed by its numbers.
     if (sequencing) {
       const frame = encodeSyncUpdate(sequencing)
-      const both = encodeSyncUpdate(Y.mergeUpdates([update, sequencing]))
-      for (const connection of host.connections)
-        if (!caughtUp.has(connection)) connection.send(connection === from ? frame : both)
+      const both =
+        update.length <= MERGE_FOR_BROADCAST_BYTES
+          ? [encodeSyncUpdate(Y.mergeUpdates([update, sequencing]))]
+          : [encodeSyncUpdate(update), frame]
+      for (const connection of host.connections) {
+        if (caughtUp.has(connection)) continue
+        if (connection === from) connection.send(frame)
+        else for (const f of both) connection.send(f)
+      }
     } else {
       broadcast(host, encodeSyncUpdate(update), from, caughtUp)
     }
@@ -507,17 +519,12 @@ export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise
 }
 
 /**
- * `update` without the structs `doc` already holds (its delete set is kept
- * whole). Unchanged, without re-encoding, when it holds none: the usual case.
+ * `update` without the structs the document already holds (`known`: the
+ * document's clock of each client the update re-sends; its delete set is kept
+ * whole). Unchanged, without re-encoding, when it re-sends none: the usual case.
  */
-function withoutKnownStructs(doc: Y.Doc, update: Uint8Array): Uint8Array {
-  const { from } = Y.parseUpdateMeta(update)
-  const known = new Map<number, number>()
-  for (const [client, clock] of from) {
-    const state = Y.getState(doc.store, client)
-    if (clock < state) known.set(client, state)
-  }
-  return known.size === 0 ? update : Y.diffUpdate(update, Y.encodeStateVector(known))
+function withoutKnownStructs(update: Uint8Array, known: ReadonlyMap<number, number>): Uint8Array {
+  return known.size === 0 ? update : Y.diffUpdate(update, Y.encodeStateVector(new Map(known)))
 }
 
 function clientIdsOf(update: Uint8Array): Set<number> {

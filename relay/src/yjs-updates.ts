@@ -9,6 +9,12 @@ export interface InspectedUpdate {
   readonly ends: ReadonlyMap<number, number>
   /** True when applying it would change nothing (everything in it is already in the document). */
   readonly noop: boolean
+  /**
+   * Clients of which the update re-sends structs the document already holds,
+   * with the document's clock for each (a client re-sending pending work); empty
+   * in the usual case.
+   */
+  readonly known: ReadonlyMap<number, number>
 }
 
 type Decoded = ReturnType<typeof Y.decodeUpdate>
@@ -44,14 +50,18 @@ export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
   // New when it reaches past what the document has of its client (compared client by client:
   // encoding the document's whole state vector would cost one step per client it ever had).
   let news = false
+  const known = new Map<number, number>()
   for (const struct of decoded.structs) {
-    clientIds.add(struct.id.client)
+    const client = struct.id.client
+    clientIds.add(client)
     const end = struct.id.clock + struct.length
-    if (end > (ends.get(struct.id.client) ?? 0)) ends.set(struct.id.client, end)
-    if (struct.id.clock + struct.length > Y.getState(doc.store, struct.id.client)) news = true
+    if (end > (ends.get(client) ?? 0)) ends.set(client, end)
+    const state = Y.getState(doc.store, client)
+    if (end > state) news = true
+    if (struct.id.clock < state) known.set(client, state)
   }
   const noop = !news && deletesAlreadyApplied(doc, decoded.ds)
-  return { clientIds, ends, noop }
+  return { clientIds, ends, noop, known }
 }
 
 // Every reconnecting client re-sends its whole delete set in sync step 2; storing
