@@ -685,6 +685,28 @@ export interface Subcommand<Flags extends Record<string, FlagSpec>> {
   parse(argv: readonly string[], env: NodeJS.ProcessEnv): { values: FlagValues<Flags>; args: string[] }
 }
 
+/**
+ * Reads the arguments of a sub-command working on stored data and where that
+ * data lives (sqlite or postgres). On a configuration error it prints the
+ * error and the usage through `out` and returns exit code 2 instead.
+ */
+export function parseStorageCommand<Flags extends typeof STORAGE_FLAGS & Record<string, FlagSpec>>(
+  cli: Subcommand<Flags>,
+  name: string,
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+  out: (line: string) => void,
+): { values: FlagValues<Flags>; args: string[]; location: StorageLocation } | typeof ExitCode.CONFIG {
+  try {
+    const parsed = cli.parse(argv, env)
+    return { ...parsed, location: storageLocation(parsed.values, ["sqlite", "postgres"], env) }
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error
+    out(`parley-relay ${name}: ${error.message}\n\n${cli.usage}`)
+    return ExitCode.CONFIG
+  }
+}
+
 /** The command line of `parley-relay <name>`, with `flags` and optional `positionals`. */
 export function subcommand<Flags extends Record<string, FlagSpec>>(
   name: string,

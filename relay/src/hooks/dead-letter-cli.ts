@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs"
 import { join } from "node:path"
 import { type Backend, LEGACY_FILES, openBackend, SQLITE_FILE } from "../backend/index.js"
-import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
+import { flag, parseStorageCommand, STORAGE_FLAGS, subcommand } from "../config.js"
 import { redactedUrl } from "../startup-error.js"
 import { type DeadLetterFilter, describeDeadLetter } from "./outbox.js"
 
@@ -33,17 +33,9 @@ export async function runDeadLetterCli(
   out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
-  let parsed: ReturnType<typeof CLI.parse>
-  let location: ReturnType<typeof storageLocation>
-  try {
-    parsed = CLI.parse(argv, env)
-    location = storageLocation(parsed.values, ["sqlite", "postgres"], env)
-  } catch (error) {
-    if (!(error instanceof ConfigError)) throw error
-    out(`parley-relay dead-letters: ${error.message}\n\n${CLI.usage}`)
-    return 2
-  }
-  const { values } = parsed
+  const parsed = parseStorageCommand(CLI, "dead-letters", argv, env, out)
+  if (typeof parsed === "number") return parsed
+  const { values, location } = parsed
   const command = parsed.args[0]
   if (values.help || (command !== "list" && command !== "replay")) {
     out(CLI.usage)

@@ -4,7 +4,7 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import Database from "better-sqlite3"
 import * as Y from "yjs"
 import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
-import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
+import { flag, parseStorageCommand, STORAGE_FLAGS, subcommand } from "../config.js"
 import { redactedUrl } from "../startup-error.js"
 import { loadVerified } from "./integrity.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
@@ -42,17 +42,9 @@ export async function runDamagedCli(
   out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<number> {
-  let parsed: ReturnType<typeof CLI.parse>
-  let location: ReturnType<typeof storageLocation>
-  try {
-    parsed = CLI.parse(argv, env)
-    location = storageLocation(parsed.values, ["sqlite", "postgres"], env)
-  } catch (error) {
-    if (!(error instanceof ConfigError)) throw error
-    out(`parley-relay damaged: ${error.message}\n\n${CLI.usage}`)
-    return 2
-  }
-  const { values } = parsed
+  const parsed = parseStorageCommand(CLI, "damaged", argv, env, out)
+  if (typeof parsed === "number") return parsed
+  const { values, location } = parsed
   const [command, document] = parsed.args
   const valid =
     (command === "list" && document === undefined) ||
