@@ -54,6 +54,8 @@ interface Row {
   cpuMs: number
   /** Worst over runs. */
   worstCpuMs: number
+  /** Every run, in the order measured (the first ones pay for the JIT learning the shape). */
+  runsCpuMs: number[]
   clientIdsAfter: number
   connectionClosed: boolean
 }
@@ -79,6 +81,7 @@ for (const shape of shapes) {
     outcome: first.accepted ? "accepted" : `refused ${first.error?.code} ${first.error?.rule ?? ""}`.trim(),
     cpuMs: +times[Math.floor(times.length / 2)]!.toFixed(1),
     worstCpuMs: +times[times.length - 1]!.toFixed(1),
+    runsCpuMs: results.map((x) => +x.cpuMs.toFixed(1)),
     clientIdsAfter: first.clientIds,
     connectionClosed: first.closed,
   })
