@@ -222,40 +222,40 @@ class UpdateCheck {
    * a removal; overwritten, it is part of the new value.
    */
   private mapChanges(): KeyChange[] {
-    const byKey = new Map<string, NewItem[]>()
+    // One entry per map key; the closures are made once, not once per key (an update may touch thousands).
+    const byKey = new Map<string, { root: string; key: string; items: NewItem[] }>()
     const keyOf = (root: string, key: string) => `${root}\u0000${key}`
     for (const n of this.read.items) {
       if (n.location.key === null) continue
       if (n.item.content instanceof Y.ContentAny && n.item.length !== 1)
         refuse(Rule.schema, "a map entry holds one value")
       const k = keyOf(n.location.root, n.location.key)
-      const list = byKey.get(k)
-      if (list) list.push(n)
-      else byKey.set(k, [n])
+      const entry = byKey.get(k)
+      if (entry) entry.items.push(n)
+      else byKey.set(k, { root: n.location.root, key: n.location.key, items: [n] })
     }
     for (const d of this.read.deleted) {
       if (d.location.key === null) continue
       const k = keyOf(d.location.root, d.location.key)
-      if (!byKey.has(k)) byKey.set(k, [])
+      if (!byKey.has(k)) byKey.set(k, { root: d.location.root, key: d.location.key, items: [] })
+    }
+    const stateOf = (item: Y.Item): Value =>
+      !(item.content instanceof Y.ContentAny) || this.read.deletes(item.id.client, item.id.clock)
+        ? ABSENT
+        : mapItemValue(item)
+    // Values written and then overwritten or deleted within the update are judged as writes too.
+    const transient = (item: Y.Item, after: Value[]) => {
+      if (item.content instanceof Y.ContentAny && stateOf(item) === ABSENT) after.push(mapItemValue(item))
     }
     const changes: KeyChange[] = []
-    for (const [k, items] of byKey) {
-      const [root, key] = k.split("\u0000") as [string, string]
+    for (const { root, key, items } of byKey.values()) {
       const current = currentMapItem(this.doc, root, key)
       const before: Value = current && !current.deleted ? mapItemValue(current) : ABSENT
-      const stateOf = (item: Y.Item): Value =>
-        !(item.content instanceof Y.ContentAny) || this.read.deletes(item.id.client, item.id.clock)
-          ? ABSENT
-          : mapItemValue(item)
       let expected = current
         ? { client: current.id.client, clock: current.id.clock + current.length - 1 }
         : null
       let chainEnd: Y.Item | undefined
       const after: Value[] = []
-      // Values written and then overwritten or deleted within the update are judged as writes too.
-      const transient = (item: Y.Item) => {
-        if (item.content instanceof Y.ContentAny && stateOf(item) === ABSENT) after.push(mapItemValue(item))
-      }
       for (const { item } of items) {
         const origin = item.origin
         const chained =
@@ -268,12 +268,12 @@ class UpdateCheck {
           expected = { client: item.id.client, clock: item.id.clock + item.length - 1 }
         } else {
           after.push(stateOf(item))
-          transient(item)
+          transient(item, after)
         }
       }
       if (chainEnd) {
         after.push(stateOf(chainEnd))
-        transient(chainEnd)
+        transient(chainEnd, after)
       } else if (
         current &&
         !current.deleted &&

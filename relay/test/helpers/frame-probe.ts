@@ -52,6 +52,12 @@ class ProbeSession implements Session {
   }
 }
 
+type GcOptions = { type: "major" | "minor"; execution: "sync" | "async" }
+/** A synchronous full collection that keeps optimized code, when the process runs with --expose-gc. */
+function collectGarbage(): void {
+  ;(globalThis as { gc?: (options?: GcOptions) => void }).gc?.({ type: "major", execution: "sync" })
+}
+
 /** Wraps an update in a y-websocket "update" frame. */
 export function updateFrame(update: Uint8Array): Uint8Array {
   const encoder = encoding.createEncoder()
@@ -82,7 +88,12 @@ export interface ProbeOptions {
    * (the message index, the sequencer's state), and, when the process runs
    * with --expose-gc, the garbage of seeding and building the frame is
    * collected before the clock starts (its collection would otherwise be
-   * charged to the frame).
+   * charged to the frame), by a full mark-compact such as a busy relay runs.
+   * Not by a bare `gc()`: that one is V8's testing collection, which also
+   * throws away all optimized code, so each frame would be measured in a
+   * relay whose JIT has just been reset and be charged for V8 recompiling
+   * the whole update path on its compiler threads (two thirds of the CPU
+   * time measured for the largest frames before this was found).
    */
   readonly warm?: boolean
 }
@@ -127,7 +138,7 @@ export async function probeAll(
       const update = await core.read(id, (doc: Y.Doc) => shape.build(doc, seeded))
       const frame = updateFrame(update)
       const reply = session.reply()
-      if (options.warm) (globalThis as { gc?: () => void }).gc?.()
+      if (options.warm) collectGarbage()
       const start = process.cpuUsage()
       connection.receive(frame)
       const answer = await reply

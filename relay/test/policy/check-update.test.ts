@@ -185,6 +185,15 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     expectRefused(s, bob, remove, Rule.ownerOnly)
   })
 
+  it("refuses a map key that only starts with a participant's id (a key is judged whole)", () => {
+    const s = scene()
+    // A restated copy of carol's own record under "carol" plus a NUL and more: not a user id.
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).participants.set(`${carol}\u0000x`, { ...typesOf(d).participants.get(carol)! }),
+    )
+    expectRefused(s, carol, update, Rule.schema)
+  })
+
   it("refuses moving another user's marker", () => {
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) => typesOf(d).read.set(dave, 2))
