@@ -2,7 +2,6 @@ import {
   CloseCode,
   type ConversationId,
   ErrorCode,
-  encodeAwareness,
   encodeSyncUpdate,
   lastSequence,
   ParleyError,
@@ -10,9 +9,9 @@ import {
   toParleyError,
   typesOf,
 } from "@parley/shared"
-import { encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { accessOf } from "./access.js"
+import { AwarenessFanout } from "./awareness-fanout.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { ClientIdAllowance } from "./client-id-allowance.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
@@ -115,6 +114,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
   private readonly stopping = new AbortController()
   /** Each loaded document's owned awareness. */
   private readonly gates = new Map<DocumentHost, AwarenessGate>()
+  /** Each loaded document's awareness broadcast (coalesced in large rooms). */
+  private readonly fanouts = new Map<DocumentHost, AwarenessFanout>()
 
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
@@ -398,6 +399,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       claimFailed: (error) => this.log.error({ err: error, doc: name }, "could not store a client id claim"),
     })
     this.gates.set(host, gate)
+    const fanout = new AwarenessFanout(host, (removed) => gate.forget(removed))
+    this.fanouts.set(host, fanout)
+    const changedNow = new Set<number>()
+    host.awareness.on("change", ({ updated }: { updated: number[] }) => {
+      for (const id of updated) changedNow.add(id)
+    })
     host.awareness.on(
       "update",
       (
@@ -414,10 +421,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
             }
           }
         }
-        const changed = [...added, ...updated, ...removed]
-        const frame = encodeAwareness(encodeAwarenessUpdate(host.awareness, changed))
-        for (const connection of host.connections) connection.send(frame)
-        gate.forget(removed)
+        // 'change' (emitted just before) named the ids whose state changed; the rest only renewed.
+        fanout.updated(
+          [...added, ...updated.filter((id) => changedNow.has(id)), ...removed],
+          updated.filter((id) => !changedNow.has(id)),
+          removed,
+        )
+        changedNow.clear()
       },
     )
     this.loadedNow.set(name, host)
@@ -478,6 +488,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     }
     this.gates.get(host)?.destroy()
     this.gates.delete(host)
+    this.fanouts.get(host)?.destroy()
+    this.fanouts.delete(host)
     host.destroy()
     this.options.metrics.documents.set(this.hosts.size)
   }
