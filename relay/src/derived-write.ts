@@ -15,12 +15,14 @@ export const DERIVED_ORIGIN = Symbol("parley-derived")
  * data is derived again when its user next connects (see `LiveInbox`).
  */
 export class DerivedWrites {
-  private readonly pending = new WeakMap<DocumentHost, Uint8Array[]>()
+  /** Each document's state vector before its first derived write since it was last stored. */
+  private readonly since = new WeakMap<DocumentHost, Uint8Array>()
 
   /** Runs `change` on a loaded document as the relay, broadcasts it; false when it wrote nothing or the document went away. */
   apply(host: DocumentHost, change: (doc: Y.Doc) => void): Promise<boolean> {
     return host.enqueue(async () => {
       if (host.destroyed || host.unloading) return false
+      if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
       const updates: Uint8Array[] = []
       const collect = (update: Uint8Array) => updates.push(update)
       host.doc.on("update", collect)
@@ -31,28 +33,24 @@ export class DerivedWrites {
       }
       if (updates.length === 0) return false
       const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)
-      let list = this.pending.get(host)
-      if (!list) {
-        list = []
-        this.pending.set(host, list)
-      }
-      list.push(update)
-      // Few derived writes between unloads are kept apart; many are merged, so memory stays bounded.
-      if (list.length > 64) list.splice(0, list.length, Y.mergeUpdates(list))
       const frame = encodeSyncUpdate(update)
       for (const connection of host.connections) connection.send(frame)
       return true
     })
   }
 
-  /** Stores what was derived since the last call, as one log entry. Call inside the document's queue. */
+  /**
+   * Stores what was derived since the last call, as one log entry (what the
+   * document gained since then: stored updates among it are stored again,
+   * which Yjs ignores). Call inside the document's queue.
+   */
   async store(ctx: PathContext, host: DocumentHost): Promise<void> {
-    const list = this.pending.get(host)
-    if (!list || list.length === 0) return
-    const update = list.length === 1 ? list[0]! : Y.mergeUpdates(list)
+    const since = this.since.get(host)
+    if (!since) return
+    const update = Y.encodeStateAsUpdate(host.doc, since)
     try {
       const positions = await ctx.storage.append(host.key, [update])
-      this.pending.delete(host)
+      this.since.delete(host)
       host.recordAppend(1, update.length, positions)
     } catch (error) {
       // Derived data: it is derived again when its user next connects.

@@ -9,6 +9,7 @@ import {
   inboxEntryFor,
   ParleyError,
   parseDocumentName,
+  replaceInboxEntry,
   typesOf,
   type UserId,
   writeInboxEntry,
@@ -51,6 +52,8 @@ export class LiveInbox implements RelayExtension {
   private core: RunningCore | undefined
   /** Users with an inbox connection open, and how many. */
   private readonly connected = new Map<UserId, number>()
+  /** What was last written for each connected user's entry, as JSON, by `user\u0000conversation`. */
+  private readonly shown = new Map<string, string>()
   /** Refreshes running, and whether another was asked for meanwhile, by user. */
   private readonly refreshing = new Map<UserId, { again: boolean }>()
 
@@ -64,7 +67,10 @@ export class LiveInbox implements RelayExtension {
     const user = parsed.user
     const count = (this.connected.get(user) ?? 0) + (open ? 1 : -1)
     if (count > 0) this.connected.set(user, count)
-    else this.connected.delete(user)
+    else {
+      this.connected.delete(user)
+      for (const key of this.shown.keys()) if (key.startsWith(`${user}\u0000`)) this.shown.delete(key)
+    }
     if (open) this.refresh(user)
   }
 
@@ -149,16 +155,36 @@ export class LiveInbox implements RelayExtension {
         if (!(error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
         entry = undefined
       }
-      await this.write(user, id as ConversationId, entry)
+      await this.write(user, id as ConversationId, entry, true)
     }
   }
 
-  private write(user: UserId, id: ConversationId, entry: ReturnType<typeof inboxEntryFor>): Promise<boolean> {
-    return (
-      this.core
-        ?.derive(inboxDocumentName(user), (inbox) => writeInboxEntry(inbox, id, entry))
-        .catch(() => false) ?? Promise.resolve(false)
-    )
+  /**
+   * Writes `user`'s entry. From a change (`compare` false) an entry equal to
+   * the one last written for the user is skipped without reading the inbox;
+   * a refresh compares with the inbox itself (the user may have written it).
+   */
+  private write(
+    user: UserId,
+    id: ConversationId,
+    entry: ReturnType<typeof inboxEntryFor>,
+    compare = false,
+  ): Promise<boolean> {
+    const core = this.core
+    if (!core) return Promise.resolve(false)
+    const key = `${user}\u0000${id}`
+    const json = JSON.stringify(entry ?? null)
+    if (!compare && this.shown.get(key) === json) return Promise.resolve(false)
+    this.shown.set(key, json)
+    return core
+      .derive(inboxDocumentName(user), (inbox) => {
+        if (compare) writeInboxEntry(inbox, id, entry)
+        else replaceInboxEntry(inbox, id, entry)
+      })
+      .catch(() => {
+        this.shown.delete(key)
+        return false
+      })
   }
 }
 
