@@ -268,11 +268,12 @@ const rows = only
 console.table(rows)
 const floor = rows[0]!.cpuMsPerMessage
 const budget = 1 + 0.02 * CONNECTED
-if (!only) console.log(
-  `inbox upkeep per message: derived ${round(rows[1]!.cpuMsPerMessage - floor, 3)} ms, ` +
-    `per-member ${round(rows[2]!.cpuMsPerMessage - floor, 3)} ms; whole message, derived: ` +
-    `${rows[1]!.cpuMsPerMessage} ms against the goal of 1 ms + 20 µs × ${CONNECTED} = ${budget} ms`,
-)
+if (!only)
+  console.log(
+    `inbox upkeep per message: derived ${round(rows[1]!.cpuMsPerMessage - floor, 3)} ms, ` +
+      `per-member ${round(rows[2]!.cpuMsPerMessage - floor, 3)} ms; whole message, derived: ` +
+      `${rows[1]!.cpuMsPerMessage} ms against the goal of 1 ms + 20 µs × ${CONNECTED} = ${budget} ms`,
+  )
 if (PRESENCE > 0) {
   console.log(`Presence: ${PRESENCE} stock y-websocket providers in one room, all in this process`)
   console.table([await presenceRun(PRESENCE)])
