@@ -3,6 +3,7 @@ import {
   type InboxEntry,
   inboxDocumentName,
   inboxEntryFor,
+  replaceInboxEntry,
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
@@ -68,7 +69,8 @@ export function inboxTarget(relay: RunningCore): DeliveryTarget {
       const entries = await relay.read(conversation, (doc) =>
         users.map((user) => [user, inboxEntryFor(doc, user)] as const),
       )
-      await writeEntries(relay, conversation, entries)
+      // Written even when memory already shows it (LiveInbox may have derived it first): stored either way.
+      await writeEntries(relay, conversation, entries, { force: true })
       // Only an optimisation: forgetting it costs a recomputation, never a wrong entry.
       if (computedAt.size > 100_000) computedAt.clear()
       for (const user of users) computedAt.set(key(conversation, user), started)
@@ -86,12 +88,16 @@ export async function writeEntries(
   host: RunningCore,
   conversation: ConversationId,
   entries: readonly (readonly [UserId, InboxEntry | undefined])[],
+  options: { readonly force?: boolean } = {},
 ): Promise<number> {
   let changed = 0
   await Promise.all(
     entries.map(([user, entry]) =>
       host.write(inboxDocumentName(user), { kind: "relay" }, (inbox) => {
-        if (writeInboxEntry(inbox, conversation, entry)) changed++
+        if (options.force && entry) {
+          replaceInboxEntry(inbox, conversation, entry)
+          changed++
+        } else if (writeInboxEntry(inbox, conversation, entry)) changed++
       }),
     ),
   )

@@ -104,6 +104,10 @@ export class LiveInbox implements RelayExtension {
     for (const e of events) {
       if (e.type === "conversation.created") return
       if (e.type === "participants.added") for (const p of e.participants) joining.add(p.user)
+      // inboxTarget writes their entry behind this cache: forget what it remembers of them.
+      const moved = e.type === "participants.added" ? e.participants.map((p) => p.user) : []
+      if (e.type === "participants.removed") moved.push(...e.users)
+      for (const user of moved) this.shown.delete(`${user}\u0000${parsed.id}`)
     }
     if (joining.size > 0) users = users.filter((user) => !joining.has(user))
     if (users.length === 0) return
