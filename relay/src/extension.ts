@@ -49,6 +49,22 @@ export interface RunningCore {
   read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T>
   /** Runs `change` on the document as `actor`, then checks, saves, sequences and broadcasts what it wrote. */
   write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void>
+  /**
+   * Writes data the relay derives from other documents (and can derive again)
+   * to a document someone is connected to: broadcast at once, stored only
+   * when it unloads. Resolves false, writing nothing, when nobody is connected.
+   */
+  derive(name: string, change: (doc: Y.Doc) => void): Promise<boolean>
+  /** Whether someone is connected to the document now. */
+  isConnected(name: string): boolean
+}
+
+/** A connection opened or closed, as {@link RelayExtension.connectionChanged} receives it. */
+export interface ConnectionChange {
+  readonly name: string
+  readonly principal: Principal
+  /** True when it opened (access granted), false when it closed. */
+  readonly open: boolean
 }
 
 /** A change that is saved (durable, applied, broadcast), as {@link RelayExtension.afterSaved} receives it. */
@@ -136,6 +152,8 @@ export interface RelayExtension {
   afterSaved?(change: AfterSaved): void
   /** A user's connection set or changed an awareness state. */
   awarenessChanged?(change: AwarenessChange): void
+  /** A connection to a document opened or closed; never awaited. */
+  connectionChanged?(change: ConnectionChange): void
   /** Answers an HTTP request and resolves true, or resolves false to let the next route try. */
   httpRequest?(request: HttpRequest): Promise<boolean>
   /** The relay stops: after the core finished its last changes, before storage closes. */
@@ -230,6 +248,11 @@ export class Extensions {
   /** Never throws, as {@link afterSaved}. */
   awarenessChanged(change: AwarenessChange): void {
     this.notify(change.name, "awarenessChanged", (extension) => extension.awarenessChanged?.(change))
+  }
+
+  /** Never throws, as {@link afterSaved}. */
+  connectionChanged(change: ConnectionChange): void {
+    this.notify(change.name, "connectionChanged", (extension) => extension.connectionChanged?.(change))
   }
 
   private notify(doc: string, hook: string, call: (extension: RelayExtension) => void): void {

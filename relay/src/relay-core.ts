@@ -2,7 +2,6 @@ import {
   CloseCode,
   type ConversationId,
   ErrorCode,
-  encodeAwareness,
   encodeSyncUpdate,
   lastSequence,
   ParleyError,
@@ -10,12 +9,13 @@ import {
   toParleyError,
   typesOf,
 } from "@parley/shared"
-import { encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { accessOf } from "./access.js"
+import { AwarenessFanout } from "./awareness-fanout.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { ClientIdAllowance } from "./client-id-allowance.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
+import { DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
@@ -115,6 +115,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
   private readonly stopping = new AbortController()
   /** Each loaded document's owned awareness. */
   private readonly gates = new Map<DocumentHost, AwarenessGate>()
+  /** Each loaded document's awareness broadcast (coalesced in large rooms). */
+  private readonly fanouts = new Map<DocumentHost, AwarenessFanout>()
+  private readonly derived = new DerivedWrites()
 
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
@@ -225,6 +228,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     host.attach(connection)
     this.options.metrics.connections.inc()
     connection.start()
+    this.extensions.connectionChanged({ name, principal: session.principal, open: true })
     this.log.debug({ doc: name, principal: describePrincipal(session.principal) }, "connected")
     return connection
   }
@@ -248,6 +252,23 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
         this.scheduleIdle(host)
       }
     }
+  }
+
+  /**
+   * A write of derived data to a document that is loaded with someone
+   * connected: applied and broadcast at once, stored when it unloads (see
+   * {@link DerivedWrites}). Resolves false, writing nothing, when nobody is
+   * connected to it (the data is derived when they connect) or nothing changed.
+   */
+  async derive(name: string, change: (doc: Y.Doc) => void): Promise<boolean> {
+    const host = this.loadedNow.get(name)
+    if (!host || host.connections.size === 0) return false
+    return this.derived.apply(host, change)
+  }
+
+  /** Whether someone is connected to the document now. */
+  isConnected(name: string): boolean {
+    return (this.loadedNow.get(name)?.connections.size ?? 0) > 0
   }
 
   /** Reads a document's current state (loading it if needed); `read` must not write. */
@@ -304,6 +325,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     this.openDocuments.delete(connection)
     this.options.metrics.connections.dec()
     this.gates.get(host)?.detach(connection)
+    this.extensions.connectionChanged({ name: host.key, principal: connection.principal, open: false })
     this.scheduleIdle(host)
   }
 
@@ -398,6 +420,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       claimFailed: (error) => this.log.error({ err: error, doc: name }, "could not store a client id claim"),
     })
     this.gates.set(host, gate)
+    const fanout = new AwarenessFanout(host, (removed) => gate.forget(removed))
+    this.fanouts.set(host, fanout)
+    const changedNow = new Set<number>()
+    host.awareness.on("change", ({ updated }: { updated: number[] }) => {
+      for (const id of updated) changedNow.add(id)
+    })
     host.awareness.on(
       "update",
       (
@@ -414,10 +442,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
             }
           }
         }
-        const changed = [...added, ...updated, ...removed]
-        const frame = encodeAwareness(encodeAwarenessUpdate(host.awareness, changed))
-        for (const connection of host.connections) connection.send(frame)
-        gate.forget(removed)
+        // 'change' (emitted just before) named the ids whose state changed; the rest only renewed.
+        fanout.updated(
+          [...added, ...updated.filter((id) => changedNow.has(id)), ...removed],
+          updated.filter((id) => !changedNow.has(id)),
+          removed,
+        )
+        changedNow.clear()
       },
     )
     this.loadedNow.set(name, host)
@@ -457,7 +488,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     if (host.connections.size > 0 || host.unloading || host.destroyed) return Promise.resolve()
     host.beginUnload()
     const done = host
-      .enqueue(() => compact(this.ctx, host))
+      .enqueue(async () => {
+        await this.derived.store(this.ctx, host)
+        await compact(this.ctx, host)
+      })
       .catch((error: unknown) => this.log.error({ err: error, doc: host.key }, "final compaction failed"))
       .finally(() => {
         this.drop(host)
@@ -478,6 +512,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     }
     this.gates.get(host)?.destroy()
     this.gates.delete(host)
+    this.fanouts.get(host)?.destroy()
+    this.fanouts.delete(host)
     host.destroy()
     this.options.metrics.documents.set(this.hosts.size)
   }
@@ -573,7 +609,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
           connection.close(CloseCode.GoingAway.code, CloseCode.GoingAway.reason)
         }
         host.beginUnload()
-        await host.enqueue(() => compact(this.ctx, host))
+        await host.enqueue(async () => {
+          await this.derived.store(this.ctx, host)
+          await compact(this.ctx, host)
+        })
         this.drop(host)
       }),
     )

@@ -7,6 +7,7 @@ import { HooksExtension } from "./hooks/extension.js"
 import { loadHooks } from "./hooks/loader.js"
 import type { HookRuntime } from "./hooks/runtime.js"
 import { inboxTarget } from "./inbox/inbox-target.js"
+import { LiveInbox } from "./inbox/live-inbox.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { metricsExtension, RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
@@ -221,6 +222,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     options.policy ?? new AuthorizationPolicy(backend.bindings),
     ...(options.listeners ?? []),
     ...(options.extensions ?? []),
+    // Connected users' inboxes follow every change, derived in memory (LiveInbox); membership is the hooks'.
+    ...(options.inbox === false ? [] : [new LiveInbox()]),
     ...(hooks ? [hooks] : []),
     metricsExtension(metrics),
   ]

@@ -51,6 +51,8 @@ export interface TransportLimits {
 
 /** A socket's send queue above which the user's queues across sockets are added up (cheap below). */
 const USER_QUEUE_CHECK_BYTES = 16 * 1024
+/** Most unanswered awareness frames a client may echo without counting (see `echoCredit`). */
+const MAX_ECHO_CREDIT = 256
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
 const UNREAD_CLOSE_GRACE_MS = 5000
 
@@ -229,6 +231,13 @@ export class WsTransport {
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
+    /**
+     * Awareness frames sent to this client and not yet matched by one it sent:
+     * a stock y-websocket client answers each with an echo, which its user did
+     * not cause, so those do not count against the client (capped, so that
+     * credit cannot be hoarded into a flood).
+     */
+    let echoCredit = 0
     const early: Uint8Array[] = []
     let earlyBytes = 0
     let connection: Connection | undefined
@@ -260,7 +269,10 @@ export class WsTransport {
       if (socketClosed) return
       // Awareness frames have a budget of their own (see socketAwarenessPerSecond); types are one byte.
       const awareness = isBinary && firstByte(data) === MessageType.awareness
-      if (!(awareness ? awarenessLimiter : limiter).take()) {
+      // An awareness frame may be the echo a stock client owes for one it was sent: free, up to those sent.
+      const echo = awareness && echoCredit > 0
+      if (echo) echoCredit--
+      else if (!(awareness ? awarenessLimiter : limiter).take()) {
         metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
         log.info({ doc: name }, "closed: too many frames")
         if (connection) connection.close(CloseCode.RateLimited.code, CloseCode.RateLimited.reason)
@@ -330,6 +342,7 @@ export class WsTransport {
       send: (frame, options) => {
         if (ws.readyState !== WebSocket.OPEN) return
         ws.send(frame)
+        if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
         queue.sent(frame.length, options?.initialSync === true)
         if (queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
           metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })

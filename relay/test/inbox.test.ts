@@ -20,7 +20,7 @@ import {
 } from "@parley/shared"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
-import type * as Y from "yjs"
+import * as Y from "yjs"
 import { docUntil, stockProvider, synced } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
@@ -87,7 +87,7 @@ describe("relay-maintained inboxes", () => {
     await docUntil(carolInbox, () => getInboxEntry(carolInbox, id)?.participants.count === 2)
   })
 
-  it("lets a user mute conversations in their inbox and nothing else", async () => {
+  it("lets a user mute conversations, and derives again any entry they write", async () => {
     const relay = await startRelayProcess()
     const conversation = await open(relay, "alice", id)
     createConversation(conversation, alice, { kind: "group", id, participants: [bob] })
@@ -97,18 +97,26 @@ describe("relay-maintained inboxes", () => {
     const again = await open(relay, "bob", "inbox~bob")
     await docUntil(again, () => getInboxEntry(again, id)?.muted === true)
 
-    // Forging an entry is refused: the relay closes the stock client and stores nothing.
-    const forger = stockProvider(relay.url, "inbox~bob", await relay.token("bob"))
-    providers.push(forger)
-    await synced(forger)
-    const closed = new Promise<number>((resolve) =>
-      forger.once("connection-close", (e: CloseEvent | null) => resolve(e?.code ?? 0)),
-    )
-    forger.doc.getMap(InboxTopLevel.entries).set("g~forged", { title: "fake" } as never)
-    expect(await closed).toBe(4403)
-    forger.shouldConnect = false
+    // Entries are derived: one the user writes (a forged one, or one lost by a crashed relay) is derived again at once.
+    const forger = await open(relay, "bob", "inbox~bob")
+    const entries = forger.getMap(InboxTopLevel.entries)
+    entries.set("g~forged", { title: "fake" } as never)
+    entries.set(id, { ...getInboxEntry(forger, id)!, title: "forged", unread: 99 } as never)
+    await docUntil(forger, () => !entries.has("g~forged") && getInboxEntry(forger, id)?.unread === 0)
+    expect(getInboxEntry(forger, id)?.title).toBe("")
     const check = await open(relay, "bob", "inbox~bob")
     expect(check.getMap(InboxTopLevel.entries).has("g~forged")).toBe(false)
+    expect(getInboxEntry(check, id)?.muted).toBe(true)
+    // Nothing but entries and mute flags.
+    const vandal = stockProvider(relay.url, "inbox~bob", await relay.token("bob"))
+    providers.push(vandal)
+    await synced(vandal)
+    const closed = new Promise<number>((resolve) =>
+      vandal.once("connection-close", (e: CloseEvent | null) => resolve(e?.code ?? 0)),
+    )
+    vandal.doc.getMap(InboxTopLevel.muted).set(id, "yes" as never)
+    expect(await closed).toBe(4403)
+    vandal.shouldConnect = false
     // Someone else's inbox cannot even be opened.
     const snoop = stockProvider(relay.url, "inbox~bob", await relay.token("carol"))
     providers.push(snoop)
@@ -118,21 +126,53 @@ describe("relay-maintained inboxes", () => {
     expect(refused).toBe(4403)
   })
 
-  it("rebuilds inboxes from the conversations to exactly what incremental maintenance wrote", async () => {
+  it("derives the inbox of a member who was offline for every message when they connect, equal to a rebuild", async () => {
     const relay = await startRelayProcess()
     const conversation = await open(relay, "alice", id)
-    createConversation(conversation, alice, { kind: "group", id, participants: [bob, carol] })
-    for (let i = 0; i < 5; i++) sendMessage(conversation, alice, { body: `m${i}` })
+    createConversation(conversation, alice, { kind: "group", id, participants: [bob, carol], title: "Plans" })
     const bobInbox = await open(relay, "bob", "inbox~bob")
+    for (let i = 0; i < 5; i++) sendMessage(conversation, alice, { body: `m${i}` })
     await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.lastMessage?.text === "m4")
-    const before = listInbox(bobInbox)
+    // Carol never connected: she is shown the conversation as it is now, counted against her marker.
+    const carolInbox = await open(relay, "carol", "inbox~carol")
+    await docUntil(carolInbox, () => getInboxEntry(carolInbox, id)?.unread === 5)
+    expect(getInboxEntry(carolInbox, id)).toMatchObject({
+      title: "Plans",
+      lastMessage: { text: "m4", seq: 5 },
+    })
+    const before = { bob: listInbox(bobInbox), carol: listInbox(carolInbox) }
     for (const p of providers.splice(0)) p.destroy()
     relay.child.kill("SIGTERM")
     await relay.exited
+    // What connected users were shown is stored when their inbox unloads; alice's own was never derived.
     const { stdout } = await run(process.execPath, [BIN, "rebuild-inboxes", "--data-dir", relay.dataDir])
-    expect(JSON.parse(stdout.trim())).toEqual({ conversations: 1, written: 0, removed: 0, damaged: 0 })
+    expect(JSON.parse(stdout.trim())).toEqual({ conversations: 1, written: 1, removed: 0, damaged: 0 })
     const restarted = await startRelayProcess({ dataDir: relay.dataDir, secret: relay.secret })
-    const after = await open(restarted, "bob", "inbox~bob")
-    expect(listInbox(after)).toEqual(before)
+    expect(listInbox(await open(restarted, "bob", "inbox~bob"))).toEqual(before.bob)
+    expect(listInbox(await open(restarted, "carol", "inbox~carol"))).toEqual(before.carol)
+  })
+
+  it("takes back, from a device, entries a killed relay showed but never stored, and derives them again", async () => {
+    const relay = await startRelayProcess()
+    const conversation = await open(relay, "alice", id)
+    createConversation(conversation, alice, { kind: "group", id, participants: [bob] })
+    const bobInbox = await open(relay, "bob", "inbox~bob")
+    for (let i = 0; i < 3; i++) sendMessage(conversation, alice, { body: `m${i}` })
+    await docUntil(bobInbox, () => getInboxEntry(bobInbox, id)?.unread === 3)
+    await relay.kill()
+    const restarted = await startRelayProcess({ dataDir: relay.dataDir, secret: relay.secret })
+    // The same device reconnects with what it holds, including what the relay lost.
+    const device = new Y.Doc()
+    Y.applyUpdate(device, Y.encodeStateAsUpdate(bobInbox))
+    const provider = stockProvider(restarted.url, "inbox~bob", await restarted.token("bob"), device)
+    providers.push(provider)
+    const closes: number[] = []
+    provider.on("connection-close", (e: CloseEvent | null) => closes.push(e?.code ?? 0))
+    await synced(provider)
+    const alice2 = await open(restarted, "alice", id)
+    sendMessage(alice2, alice, { body: "after" })
+    await docUntil(device, () => getInboxEntry(device, id)?.lastMessage?.text === "after")
+    expect(getInboxEntry(device, id)?.unread).toBe(4)
+    expect(closes).toEqual([])
   })
 })

@@ -1,6 +1,6 @@
 import type * as Y from "yjs"
 import type { ConversationId, UserId } from "./ids.js"
-import { getConversation, lastMessage, listParticipants, markersOf, unreadCount } from "./reads.js"
+import { getConversation, lastMessage, listParticipants, markersOf, roleOf, unreadCount } from "./reads.js"
 import type { ConversationKind } from "./schema.js"
 
 /**
@@ -63,14 +63,18 @@ function cut(text: string): string {
 }
 
 /**
- * The inbox entry of `user` for the conversation in `doc`, or undefined when
- * `user` is not a participant (a removed user loses the entry).
+ * What every participant's inbox entry shares for a conversation: computed
+ * once per change, whatever the number of members (see {@link entryFromHead}).
  */
-export function inboxEntryFor(doc: Y.Doc, user: UserId): InboxEntry | undefined {
+export interface ConversationHead {
+  readonly entry: Omit<InboxEntry, "unread" | "readUpTo">
+}
+
+/** The conversation's head (title, participants summary, last message), or undefined before it exists. */
+export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
   const info = getConversation(doc)
   if (!info) return undefined
   const participants = listParticipants(doc)
-  if (!participants.some((p) => p.user === user)) return undefined
   const last = lastMessage(doc)
   const preview: MessagePreview | undefined = last && {
     id: last.id,
@@ -81,19 +85,47 @@ export function inboxEntryFor(doc: Y.Doc, user: UserId): InboxEntry | undefined 
     ...(last.seq !== undefined ? { seq: last.seq } : {}),
   }
   return {
-    conversationId: info.id,
-    kind: info.kind,
-    title: info.title,
-    participants: {
-      count: participants.length,
-      first: participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user),
+    entry: {
+      conversationId: info.id,
+      kind: info.kind,
+      title: info.title,
+      participants: {
+        count: participants.length,
+        first: participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user),
+      },
+      ...(preview ? { lastMessage: preview } : {}),
+      lastActivityAt: Math.max(info.createdAt, preview?.at ?? 0),
+      ...(info.deletedAt !== undefined ? { deleted: true } : {}),
     },
+  }
+}
+
+/**
+ * `user`'s entry from the conversation's head and their own read state in
+ * `doc` (the same document the head was taken from), or undefined when
+ * `user` is not a participant.
+ */
+export function entryFromHead(head: ConversationHead, doc: Y.Doc, user: UserId): InboxEntry | undefined {
+  if (roleOf(doc, user) === undefined) return undefined
+  const { lastMessage: preview, lastActivityAt, deleted, ...rest } = head.entry
+  // Same key order as always, so that an unchanged entry compares equal (see writeInboxEntry).
+  return {
+    ...rest,
     ...(preview ? { lastMessage: preview } : {}),
     unread: unreadCount(doc, user),
     readUpTo: markersOf(doc, user).read,
-    lastActivityAt: Math.max(info.createdAt, preview?.at ?? 0),
-    ...(info.deletedAt !== undefined ? { deleted: true } : {}),
+    lastActivityAt,
+    ...(deleted ? { deleted } : {}),
   }
+}
+
+/**
+ * The inbox entry of `user` for the conversation in `doc`, or undefined when
+ * `user` is not a participant (a removed user loses the entry).
+ */
+export function inboxEntryFor(doc: Y.Doc, user: UserId): InboxEntry | undefined {
+  const head = conversationHead(doc)
+  return head && entryFromHead(head, doc, user)
 }
 
 const entriesOf = (inbox: Y.Doc) => inbox.getMap<InboxEntry>(InboxTopLevel.entries)
@@ -120,6 +152,24 @@ export function writeInboxEntry(
     else entries.delete(conversation)
   }, origin)
   return true
+}
+
+/**
+ * Writes (or removes) a conversation's entry without first comparing it with
+ * the one there: for a writer that knows it changed (the relay remembers what
+ * it last wrote for connected users), sparing a comparison per member.
+ */
+export function replaceInboxEntry(
+  inbox: Y.Doc,
+  conversation: ConversationId,
+  entry: InboxEntry | undefined,
+  origin?: unknown,
+): void {
+  const entries = entriesOf(inbox)
+  inbox.transact(() => {
+    if (entry) entries.set(conversation, entry)
+    else entries.delete(conversation)
+  }, origin)
 }
 
 /** The inbox, newest activity first, with the user's mute flags. */

@@ -26,7 +26,7 @@ process.setMaxListeners(0)
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..")
 
-const SCENARIOS = ["fanout", "coldjoin", "idle", "durable", "costs"] as const
+const SCENARIOS = ["fanout", "fanout-stock", "coldjoin", "idle", "durable", "costs"] as const
 type Scenario = (typeof SCENARIOS)[number]
 const SERVERS: readonly ServerKind[] = ["y-websocket", "hocuspocus", "parley"]
 
@@ -326,6 +326,17 @@ if (servers.includes("parley") && scenarios.includes("durable")) {
       ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
     ],
     [unthrottled, { ...unthrottled, hooks: false }],
+  )
+}
+
+// The fan-out as a plain y-websocket app drives it: stock providers without `parley=1` (no "saved"
+// acknowledgements), which is how an independent harness measured Parley (issue 17.4).
+if (servers.includes("parley") && scenarios.includes("fanout-stock")) {
+  results.fanoutStock = await runScenario(
+    `${fanoutTitle}, Parley driven by stock y-websocket clients (no parley=1; compare with the fan-out table)`,
+    ["parley"],
+    (server) => fanout(server, fanoutConfig, false),
+    fanoutRows,
   )
 }
 

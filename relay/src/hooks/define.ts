@@ -45,7 +45,7 @@ export interface InboxSummary {
  * run: combine with `conversations.get` for the conversation at hand).
  */
 export interface HookInboxes {
-  /** The user's totals, read from their inbox document: one document read, whatever the number of conversations. */
+  /** The user's totals, derived from their conversations (one read per conversation they are in): exact even for a user nobody keeps an inbox for. */
   summary(user: UserId): Promise<InboxSummary>
 }
 

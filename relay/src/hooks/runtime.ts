@@ -8,15 +8,12 @@ import {
   editMessage,
   getConversation,
   getMessage,
-  inboxDocumentName,
   isTyping,
   lastSequence,
-  listInbox,
   listMessages,
   listParticipants,
   type MessageView,
   markRead,
-  mutedConversations,
   observeChanges,
   parseDocumentName,
   react,
@@ -25,13 +22,13 @@ import {
   sendMessage,
   TYPING_EXPIRY_MS,
   TYPING_THROTTLE_MS,
-  totalUnread,
   type UserId,
   unreadCount,
 } from "@parley/shared"
 import type { Registry } from "prom-client"
 import type * as Y from "yjs"
 import type { AfterSaved, RunningCore } from "../extension.js"
+import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { applyStored } from "../storage/integrity.js"
@@ -353,15 +350,7 @@ export class HookRuntime {
       attempt: attempt.attempt,
       conversations: this.conversationsFor(hook),
       inboxes: {
-        summary: (user) =>
-          this.core.read(inboxDocumentName(user), (inbox) => {
-            const items = listInbox(inbox)
-            return {
-              totalUnread: totalUnread(inbox),
-              unread: Object.fromEntries(items.map((i) => [i.conversationId, i.unread])),
-              muted: mutedConversations(inbox),
-            }
-          }),
+        summary: (user) => inboxSummary(this.core, user),
       },
       isOwnWrite: (e) => e.event.actor.kind === "bot" && e.event.actor.hook === hook,
     }

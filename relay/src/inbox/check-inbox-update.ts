@@ -8,9 +8,15 @@ const rootKind = (name: string): "map" | "array" | undefined =>
 
 /**
  * Who may change an inbox document: the relay writes everything; the inbox's
- * own user writes only their `muted` preferences (a conversation id → `true`,
- * or removing one). Entries are derived by the relay, so a user writing them
- * could only make their own list lie; anyone else may not write at all.
+ * own user writes their `muted` preferences (a conversation id → `true`, or
+ * removing one) and may hand entries back (keyed by conversation id). Entries
+ * are derived data the relay does not always store at once (`LiveInbox`): a
+ * device that synced one the relay then lost (it crashed before the inbox was
+ * stored) sends it back on reconnecting, and refusing that would lock the
+ * device out of its own inbox. Whatever the user writes there is derived
+ * again from the conversations right after it is stored, so a forged entry
+ * misleads nobody but its writer, and only until then. Anyone else may not
+ * write at all.
  */
 export function checkInboxUpdate(input: {
   readonly doc: Y.Doc
@@ -25,15 +31,15 @@ export function checkInboxUpdate(input: {
   try {
     const read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
     for (const { item, location } of read.items) {
-      if (location.root !== InboxTopLevel.muted || location.key === null || !isConversationId(location.key))
-        throw new Refusal(Rule.relayOnly, "inbox entries are written by the relay only")
+      if (location.key === null || !isConversationId(location.key))
+        throw new Refusal(Rule.schema, "an inbox is keyed by conversation id")
       // Garbage-collected content holds nothing; a value deleted on arrival is judged like any other.
       if (item.content instanceof Y.ContentDeleted) continue
-      if (mapItemValue(item) !== true) throw new Refusal(Rule.schema, "a muted flag is true or absent")
-    }
-    for (const { location } of read.deleted) {
-      if (location.root !== InboxTopLevel.muted)
-        throw new Refusal(Rule.relayOnly, "inbox entries are written by the relay only")
+      const value = mapItemValue(item)
+      if (location.root === InboxTopLevel.muted && value !== true)
+        throw new Refusal(Rule.schema, "a muted flag is true or absent")
+      if (location.root === InboxTopLevel.entries && (typeof value !== "object" || value === null))
+        throw new Refusal(Rule.schema, "an inbox entry is an object")
     }
     return { allowed: true }
   } catch (error) {

@@ -3,6 +3,7 @@ import {
   type InboxEntry,
   inboxDocumentName,
   inboxEntryFor,
+  replaceInboxEntry,
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
@@ -10,43 +11,45 @@ import type { RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent, HookEventType } from "../hooks/events.js"
 
-/** Event types that change what an inbox entry shows (reactions and delivery markers do not). */
+/**
+ * Event types that change who has an entry. Everything else an entry shows is
+ * derived (see `LiveInbox`), so only membership is written for every user it
+ * concerns, durably: the keys of a user's inbox are the conversations an
+ * offline user's inbox is derived from when they connect.
+ */
 const INBOX_EVENTS: ReadonlySet<HookEventType> = new Set<HookEventType>([
   "conversation.created",
-  "conversation.updated",
-  "conversation.deleted",
   "participants.added",
   "participants.removed",
-  "message.sent",
-  "message.edited",
-  "message.deleted",
-  "messages.read",
 ])
 
-/** The users whose inbox entry an event may change. */
+/** The users who gained or lost an entry with the event. */
 function affectedUsers(event: HookEvent): UserId[] {
-  // A read marker only moves its owner's unread count.
-  if (event.event.type === "messages.read") return [(event as HookEvent<"messages.read">).subject.user]
-  const users = new Set(event.conversation.participants.map((p) => p.user))
-  // Removed users lose their entry.
-  if (event.event.type === "participants.removed") {
-    for (const user of (event as HookEvent<"participants.removed">).subject.users) users.add(user)
+  switch (event.event.type) {
+    case "conversation.created":
+      return (event as HookEvent<"conversation.created">).subject.participants.map((p) => p.user)
+    case "participants.added":
+      return (event as HookEvent<"participants.added">).subject.participants.map((p) => p.user)
+    case "participants.removed":
+      return [...(event as HookEvent<"participants.removed">).subject.users]
+    default:
+      return []
   }
-  return [...users]
 }
 
 /**
- * Keeps every participant's inbox current. It is a delivery target of the hook
- * pipeline, so it runs after the change is saved, off the update path, in order
- * per conversation, at least once across restarts. Each delivery recomputes the
- * affected entries from the conversation as it is now (shared `inboxEntryFor`),
- * so a repeated or late delivery writes the same thing and rebuilding an inbox
- * from the conversations gives what incremental maintenance gives.
+ * Records membership in users' inboxes: the entry of a user added to (or
+ * removed from) a conversation is written (or removed) durably. It is a
+ * delivery target of the hook pipeline, so it runs after the change is saved,
+ * off the update path, in order per conversation, at least once across
+ * restarts. Each delivery recomputes the entries from the conversation as it
+ * is now (shared `inboxEntryFor`), so a repeated or late delivery writes the
+ * same thing. Messages, reads, renames and deletions are not written here:
+ * `LiveInbox` derives them for connected users, and for the others when they
+ * connect, so a message costs no durable write per member.
  *
- * Because an entry is computed from the current state, an event whose users'
- * entries were all recomputed after the event was derived is already reflected
- * and is skipped: a burst (an offline device's backlog, an import of thousands
- * of messages) costs one recomputation per user, not one per message.
+ * An event whose users' entries were all recomputed after the event was
+ * derived is already reflected and is skipped.
  */
 export function inboxTarget(relay: RunningCore): DeliveryTarget {
   /** When each (conversation, user) entry was last recomputed: `${conversation}\u0000${user}` → ms. */
@@ -66,7 +69,8 @@ export function inboxTarget(relay: RunningCore): DeliveryTarget {
       const entries = await relay.read(conversation, (doc) =>
         users.map((user) => [user, inboxEntryFor(doc, user)] as const),
       )
-      await writeEntries(relay, conversation, entries)
+      // Written even when memory already shows it (LiveInbox may have derived it first): stored either way.
+      await writeEntries(relay, conversation, entries, { force: true })
       // Only an optimisation: forgetting it costs a recomputation, never a wrong entry.
       if (computedAt.size > 100_000) computedAt.clear()
       for (const user of users) computedAt.set(key(conversation, user), started)
@@ -84,12 +88,16 @@ export async function writeEntries(
   host: RunningCore,
   conversation: ConversationId,
   entries: readonly (readonly [UserId, InboxEntry | undefined])[],
+  options: { readonly force?: boolean } = {},
 ): Promise<number> {
   let changed = 0
   await Promise.all(
     entries.map(([user, entry]) =>
       host.write(inboxDocumentName(user), { kind: "relay" }, (inbox) => {
-        if (writeInboxEntry(inbox, conversation, entry)) changed++
+        if (options.force && entry) {
+          replaceInboxEntry(inbox, conversation, entry)
+          changed++
+        } else if (writeInboxEntry(inbox, conversation, entry)) changed++
       }),
     ),
   )

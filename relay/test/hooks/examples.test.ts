@@ -70,9 +70,21 @@ describe("the push-notification example", () => {
     })
     // Carol muted the trip in her inbox; bob has 4 unread messages elsewhere.
     await core.write(`inbox~${carol}`, { kind: "user", user: carol! }, (inbox) => setMuted(inbox, id, true))
+    const other = new InProcessClient(core, "g~other", alice!)
+    await other.connect()
+    createConversation(other.doc, alice!, {
+      kind: "group",
+      id: "g~other" as ConversationId,
+      participants: [bob!],
+    })
+    for (let i = 0; i < 4; i++) sendMessage(other.doc, alice!, { body: `elsewhere ${i}` })
+    await other.settled()
+    // Membership is what an inbox records (the relay's inbox upkeep is not running here); counts are derived.
     await core.write(`inbox~${bob}`, { kind: "relay" }, (inbox) =>
-      writeInboxEntry(inbox, "g~other" as ConversationId, { ...otherEntry, unread: 4 }),
+      writeInboxEntry(inbox, "g~other" as ConversationId, otherEntry),
     )
+    await runtime.idle()
+    pushes.length = 0
     // The badge is the unread count when the notification goes out.
     for (const [n, body] of [
       [1, "first"],

@@ -1,0 +1,60 @@
+import { encodeSyncUpdate } from "@parley/shared"
+import * as Y from "yjs"
+import type { DocumentHost } from "./document-host.js"
+import type { PathContext } from "./update-path.js"
+
+/** Transaction origin of derived writes. */
+export const DERIVED_ORIGIN = Symbol("parley-derived")
+
+/**
+ * Writes of data the relay derives from other documents (inbox entries) and
+ * can derive again at any time. They are applied in memory and broadcast at
+ * once, in the document's queue, but stored only when the document unloads
+ * (or the relay stops): a busy conversation then costs its connected
+ * members' inboxes no durable write per message. If the relay dies first, the
+ * data is derived again when its user next connects (see `LiveInbox`).
+ */
+export class DerivedWrites {
+  /** Each document's state vector before its first derived write since it was last stored. */
+  private readonly since = new WeakMap<DocumentHost, Uint8Array>()
+
+  /** Runs `change` on a loaded document as the relay, broadcasts it; false when it wrote nothing or the document went away. */
+  apply(host: DocumentHost, change: (doc: Y.Doc) => void): Promise<boolean> {
+    return host.enqueue(async () => {
+      if (host.destroyed || host.unloading) return false
+      if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
+      const updates: Uint8Array[] = []
+      const collect = (update: Uint8Array) => updates.push(update)
+      host.doc.on("update", collect)
+      try {
+        host.doc.transact(() => change(host.doc), DERIVED_ORIGIN)
+      } finally {
+        host.doc.off("update", collect)
+      }
+      if (updates.length === 0) return false
+      const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)
+      const frame = encodeSyncUpdate(update)
+      for (const connection of host.connections) connection.send(frame)
+      return true
+    })
+  }
+
+  /**
+   * Stores what was derived since the last call, as one log entry (what the
+   * document gained since then: stored updates among it are stored again,
+   * which Yjs ignores). Call inside the document's queue.
+   */
+  async store(ctx: PathContext, host: DocumentHost): Promise<void> {
+    const since = this.since.get(host)
+    if (!since) return
+    const update = Y.encodeStateAsUpdate(host.doc, since)
+    try {
+      const positions = await ctx.storage.append(host.key, [update])
+      this.since.delete(host)
+      host.recordAppend(1, update.length, positions)
+    } catch (error) {
+      // Derived data: it is derived again when its user next connects.
+      ctx.log.warn({ err: error, doc: host.key }, "could not store derived data")
+    }
+  }
+}

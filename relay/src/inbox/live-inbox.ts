@@ -1,0 +1,201 @@
+import {
+  type ChangeEventType,
+  type ConversationId,
+  conversationHead,
+  ErrorCode,
+  entryFromHead,
+  InboxTopLevel,
+  inboxDocumentName,
+  inboxEntryFor,
+  ParleyError,
+  parseDocumentName,
+  replaceInboxEntry,
+  typesOf,
+  type UserId,
+  writeInboxEntry,
+} from "@parley/shared"
+import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
+
+/** Changes that alter what an inbox entry shows (reactions and delivery markers do not). */
+const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
+  "conversation.created",
+  "conversation.updated",
+  "conversation.deleted",
+  "participants.added",
+  "participants.removed",
+  "message.sent",
+  "message.edited",
+  "message.deleted",
+  "messages.read",
+  "messages.sequenced",
+])
+
+/**
+ * Keeps the inboxes of connected users current, and derives a user's whole
+ * inbox when they connect. What is durable per user is only what a
+ * conversation list cannot be derived without: which conversations they are
+ * in (the keys of their inbox, written by `inboxTarget` when membership
+ * changes), their read markers (in the conversations) and their mute flags.
+ * Everything else an entry shows (title, preview, unread count) is derived
+ * from the conversation: for a connected user on every change, in memory
+ * ({@link RunningCore.derive}: broadcast at once, stored when the inbox
+ * unloads); for everyone else when they next connect. A message therefore
+ * costs work for its connected members only and no durable write per member,
+ * the Discord/Slack model of read states (design notes, "Large rooms").
+ *
+ * An entry the user's device hands back that the relay no longer has (one
+ * derived before a crash, never stored) or writes itself is derived again
+ * right after it is stored, so the list converges on the conversations.
+ */
+export class LiveInbox implements RelayExtension {
+  readonly name = "live-inbox"
+  private core: RunningCore | undefined
+  /** Users with an inbox connection open, and how many. */
+  private readonly connected = new Map<UserId, number>()
+  /** What was last written for each connected user's entry, as JSON, by `user\u0000conversation`. */
+  private readonly shown = new Map<string, string>()
+  /** Refreshes running, and whether another was asked for meanwhile, by user. */
+  private readonly refreshing = new Map<UserId, { again: boolean }>()
+
+  start(core: RunningCore): void {
+    this.core = core
+  }
+
+  connectionChanged({ name, principal, open }: ConnectionChange): void {
+    const parsed = safeParse(name)
+    if (parsed?.kind !== "inbox" || principal.kind !== "user" || principal.user !== parsed.user) return
+    const user = parsed.user
+    const count = (this.connected.get(user) ?? 0) + (open ? 1 : -1)
+    if (count > 0) this.connected.set(user, count)
+    else {
+      this.connected.delete(user)
+      for (const key of this.shown.keys()) if (key.startsWith(`${user}\u0000`)) this.shown.delete(key)
+    }
+    if (open) this.refresh(user)
+  }
+
+  afterSaved({ name, doc, actor, events }: AfterSaved): void {
+    const parsed = safeParse(name)
+    if (parsed?.kind === "inbox") {
+      // The user wrote entries (or muted): derive what they may have changed.
+      if (actor.kind === "user" && actor.user === parsed.user) this.refresh(parsed.user)
+      return
+    }
+    if (parsed?.kind !== "conversation" || this.connected.size === 0) return
+    if (!events.some((e) => SHOWN.has(e.type))) return
+    const readOnly = events.every((e) => e.type === "messages.read")
+    let users: UserId[] = []
+    if (readOnly) {
+      // A read marker moves its owner's count only.
+      for (const e of events) if (e.type === "messages.read" && this.connected.has(e.user)) users.push(e.user)
+    } else {
+      const participants = typesOf(doc).participants
+      // Whichever is smaller is walked: a big room with few connected, or a busy relay and a small room.
+      if (this.connected.size < participants.size) {
+        for (const user of this.connected.keys()) if (participants.has(user)) users.push(user)
+      } else {
+        for (const user of participants.keys())
+          if (this.connected.has(user as UserId)) users.push(user as UserId)
+      }
+    }
+    // Who joins or leaves gets (or loses) the entry durably, from inboxTarget: their inbox's keys are
+    // what it is derived from later, so they must not exist in memory only.
+    const joining = new Set<UserId>()
+    for (const e of events) {
+      if (e.type === "conversation.created") return
+      if (e.type === "participants.added") for (const p of e.participants) joining.add(p.user)
+      // inboxTarget writes their entry behind this cache: forget what it remembers of them.
+      const moved = e.type === "participants.added" ? e.participants.map((p) => p.user) : []
+      if (e.type === "participants.removed") moved.push(...e.users)
+      for (const user of moved) this.shown.delete(`${user}\u0000${parsed.id}`)
+    }
+    if (joining.size > 0) users = users.filter((user) => !joining.has(user))
+    if (users.length === 0) return
+    const head = conversationHead(doc)
+    if (!head) return
+    const id = parsed.id
+    for (const user of users) {
+      const entry = entryFromHead(head, doc, user)
+      this.write(user, id, entry)
+    }
+  }
+
+  /** Derives every entry of `user`'s inbox from the conversations and writes what differs. */
+  private refresh(user: UserId): void {
+    const running = this.refreshing.get(user)
+    if (running) {
+      running.again = true
+      return
+    }
+    const state = { again: false }
+    this.refreshing.set(user, state)
+    const run = async (): Promise<void> => {
+      do {
+        state.again = false
+        await this.refreshOnce(user)
+      } while (state.again && this.connected.has(user))
+    }
+    run()
+      .catch(() => {
+        // Derived data: the next connection or change derives it again.
+      })
+      .finally(() => this.refreshing.delete(user))
+  }
+
+  private async refreshOnce(user: UserId): Promise<void> {
+    const core = this.core
+    if (!core || !this.connected.has(user)) return
+    const ids = await core.read(inboxDocumentName(user), (inbox) => [
+      ...inbox.getMap(InboxTopLevel.entries).keys(),
+    ])
+    for (const id of ids) {
+      if (!this.connected.has(user)) return
+      let entry: ReturnType<typeof inboxEntryFor>
+      try {
+        entry = await core.read(id, (doc) => inboxEntryFor(doc, user))
+      } catch (error) {
+        // A damaged conversation keeps its entry as it was until it is restored; a bad key goes.
+        if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) continue
+        if (!(error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
+        entry = undefined
+      }
+      await this.write(user, id as ConversationId, entry, true)
+    }
+  }
+
+  /**
+   * Writes `user`'s entry. From a change (`compare` false) an entry equal to
+   * the one last written for the user is skipped without reading the inbox;
+   * a refresh compares with the inbox itself (the user may have written it).
+   */
+  private write(
+    user: UserId,
+    id: ConversationId,
+    entry: ReturnType<typeof inboxEntryFor>,
+    compare = false,
+  ): Promise<boolean> {
+    const core = this.core
+    if (!core) return Promise.resolve(false)
+    const key = `${user}\u0000${id}`
+    const json = JSON.stringify(entry ?? null)
+    if (!compare && this.shown.get(key) === json) return Promise.resolve(false)
+    this.shown.set(key, json)
+    return core
+      .derive(inboxDocumentName(user), (inbox) => {
+        if (compare) writeInboxEntry(inbox, id, entry)
+        else replaceInboxEntry(inbox, id, entry)
+      })
+      .catch(() => {
+        this.shown.delete(key)
+        return false
+      })
+  }
+}
+
+function safeParse(name: string) {
+  try {
+    return parseDocumentName(name)
+  } catch {
+    return undefined
+  }
+}

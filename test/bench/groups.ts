@@ -1,0 +1,280 @@
+/**
+ * Large groups (issue #17.3): one conversation of M members (default 1,000),
+ * C of them (default 100) with their inbox open over a WebSocket, messages
+ * sent one after another through the relay's update path on SQLite. Run three
+ * ways in the same invocation:
+ *
+ * - `no inbox`: the relay without inbox upkeep (the floor);
+ * - `derived`: this design (connected members' entries derived in memory per
+ *   change, everyone else's when they connect);
+ * - `per-member`: the design before it, emulated: every member's entry
+ *   recomputed and stored on every message.
+ *
+ * Prints relay CPU per message (this process; the inbox sockets only count
+ * frames), durable writes per message, and how long until every connected
+ * inbox received its update (p50/p95). Then a presence run: P stock
+ * y-websocket providers (default 300) in one room announce themselves;
+ * prints closes, frames per socket and relay CPU. Asserts nothing.
+ *
+ *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300]
+ */
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { type RelayExtension, type RunningCore, type RunningRelay, startRelay } from "@parley/relay"
+import {
+  addParticipants,
+  type ConversationId,
+  createConversation,
+  inboxDocumentName,
+  inboxEntryFor,
+  listParticipants,
+  sendMessage,
+  TOKEN_PARAM,
+  type UserId,
+  writeInboxEntry,
+} from "@parley/shared"
+import { WebSocket } from "ws"
+import { WebsocketProvider } from "y-websocket"
+import * as Y from "yjs"
+
+process.setMaxListeners(0)
+
+const arg = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i > 0 ? Number(process.argv[i + 1]) : fallback
+}
+const MEMBERS = arg("members", 1000)
+const CONNECTED = arg("connected", 100)
+const MESSAGES = arg("messages", 200)
+const PER_MEMBER_MESSAGES = arg("per-member-messages", 20)
+const PRESENCE = arg("presence", 300)
+
+/** `--profile DIR`: a CPU profile of each run's message loop (not its set-up) is written there. */
+const PROFILE = (() => {
+  const i = process.argv.indexOf("--profile")
+  return i > 0 ? process.argv[i + 1] : undefined
+})()
+
+/** Starts the V8 profiler; the returned function stops it and writes `<name>.cpuprofile`. */
+async function startProfile(): Promise<(name: string) => Promise<void>> {
+  const { Session } = await import("node:inspector/promises")
+  const { writeFileSync } = await import("node:fs")
+  const session = new Session()
+  session.connect()
+  await session.post("Profiler.enable")
+  await session.post("Profiler.start")
+  return async (name) => {
+    const { profile } = await session.post("Profiler.stop")
+    writeFileSync(join(PROFILE!, `${name}.cpuprofile`), JSON.stringify(profile))
+    session.disconnect()
+  }
+}
+
+const percentile = (sorted: readonly number[], p: number) =>
+  sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!
+const round = (n: number, digits = 2) => +n.toFixed(digits)
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/** The design before derived inboxes, emulated: every member's entry recomputed and stored per change. */
+function perMemberInboxes(): RelayExtension {
+  let core: RunningCore | undefined
+  let chain = Promise.resolve()
+  return {
+    name: "per-member-inboxes",
+    start(running) {
+      core = running
+    },
+    afterSaved({ name, doc, events }) {
+      if (!name.startsWith("g~") || events.length === 0 || !core) return
+      const entries = listParticipants(doc).map((p) => [p.user, inboxEntryFor(doc, p.user)] as const)
+      const running = core
+      chain = chain.then(async () => {
+        await Promise.all(
+          entries.map(([user, entry]) =>
+            running.write(inboxDocumentName(user), { kind: "relay" }, (inbox) =>
+              writeInboxEntry(inbox, name as ConversationId, entry),
+            ),
+          ),
+        )
+      })
+    },
+  }
+}
+
+async function storedUpdates(relay: RunningRelay): Promise<number> {
+  const metric = (await relay.metrics.registry.getMetricsAsJSON()).find(
+    (m) => m.name === "parley_updates_total",
+  )
+  return (metric?.values ?? []).reduce((sum, v) => sum + v.value, 0)
+}
+
+/** A raw inbox socket: counts the frames it receives and when the last one came. */
+interface InboxSocket {
+  frames: number
+  lastAt: number
+  readonly ws: WebSocket
+}
+
+async function openInbox(relay: RunningRelay, user: UserId): Promise<InboxSocket> {
+  const token = await relay.auth.mintDev(user, {})
+  const ws = new WebSocket(`${relay.url}/${inboxDocumentName(user)}?${TOKEN_PARAM}=${token}`)
+  const socket: InboxSocket = { frames: 0, lastAt: 0, ws }
+  ws.on("message", () => {
+    socket.frames++
+    socket.lastAt = performance.now()
+  })
+  await new Promise<void>((resolve, reject) => {
+    ws.once("open", () => resolve())
+    ws.once("error", reject)
+  })
+  return socket
+}
+
+type Mode = "no inbox" | "derived" | "per-member"
+
+async function inboxRun(mode: Mode, messages: number) {
+  const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-groups-"))
+  const relay = await startRelay({
+    port: 0,
+    dataDir,
+    inbox: mode === "derived",
+    log: "silent",
+    dev: true,
+    // Idle inboxes are not unloaded during the run: their unloading is not the messages' cost.
+    limits: { userParticipantsPerMinute: 0, idleUnloadMs: 600_000 },
+    ...(mode === "per-member" ? { extensions: [perMemberInboxes()] } : {}),
+  })
+  const users = Array.from({ length: MEMBERS }, (_, i) => `member${i}` as UserId)
+  const id = "g~groupsbench" as ConversationId
+  await relay.core.write(id, { kind: "user", user: users[0]! }, (doc) => {
+    createConversation(doc, users[0]!, { kind: "group", id, participants: [], title: "Everyone" })
+    addParticipants(doc, users[0]!, users.slice(1))
+  })
+  await relay.hooks?.idle()
+  // Members 1..C have their inbox open; member 0 writes (an author's own inbox is not what is measured).
+  const sockets = await Promise.all(users.slice(1, CONNECTED + 1).map((u) => openInbox(relay, u)))
+  await sleep(500)
+  await relay.hooks?.idle()
+  const updatesBefore = await storedUpdates(relay)
+  const current: number[] = []
+  let late = 0
+  const profile = PROFILE ? await startProfile() : undefined
+  const cpuStart = process.cpuUsage()
+  for (let i = 0; i < messages; i++) {
+    const before = sockets.map((s) => s.frames)
+    const t0 = performance.now()
+    await relay.core.write(id, { kind: "user", user: users[0]! }, (doc) => {
+      sendMessage(doc, users[0]!, { body: `message ${i} to everyone` })
+    })
+    if (mode === "no inbox") continue
+    const deadline = t0 + 2000
+    while (sockets.some((s, j) => s.frames === before[j]) && performance.now() < deadline) await sleep(1)
+    for (const [j, s] of sockets.entries()) {
+      if (s.frames === before[j]) late++
+      else current.push(s.lastAt - t0)
+    }
+  }
+  await relay.hooks?.idle()
+  const cpu = process.cpuUsage(cpuStart)
+  await profile?.(`groups-${mode.replace(" ", "-")}`)
+  const updates = (await storedUpdates(relay)) - updatesBefore
+  for (const s of sockets) s.ws.close()
+  await relay.close()
+  rmSync(dataDir, { recursive: true, force: true })
+  current.sort((a, b) => a - b)
+  return {
+    design: mode,
+    members: MEMBERS,
+    connected: CONNECTED,
+    messages,
+    cpuMsPerMessage: round((cpu.user + cpu.system) / 1000 / messages, 3),
+    durableWritesPerMessage: round(updates / messages, 1),
+    inboxCurrentP50Ms: round(percentile(current, 0.5)),
+    inboxCurrentP95Ms: round(percentile(current, 0.95)),
+    inboxesLate: late,
+  }
+}
+
+async function presenceRun(members: number) {
+  const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-presence-"))
+  const relay = await startRelay({
+    port: 0,
+    dataDir,
+    log: "silent",
+    dev: true,
+    limits: { userParticipantsPerMinute: 0 },
+  })
+  const users = Array.from({ length: members }, (_, i) => `present${i}` as UserId)
+  const id = "g~presencebench" as ConversationId
+  await relay.core.write(id, { kind: "user", user: users[0]! }, (doc) => {
+    createConversation(doc, users[0]!, { kind: "group", id, participants: [] })
+    addParticipants(doc, users[0]!, users.slice(1))
+  })
+  let closes = 0
+  const providers = await Promise.all(
+    users.map(async (user) => {
+      const token = await relay.auth.mintDev(user, {})
+      const p = new WebsocketProvider(relay.url, id, new Y.Doc(), {
+        WebSocketPolyfill: WebSocket as unknown as typeof globalThis.WebSocket,
+        params: { [TOKEN_PARAM]: token },
+        disableBc: true,
+      })
+      p.on("connection-close", () => closes++)
+      return p
+    }),
+  )
+  await Promise.all(
+    providers.map(
+      (p) => new Promise<void>((resolve) => (p.synced ? resolve() : p.once("sync", () => resolve()))),
+    ),
+  )
+  let frames = 0
+  ;(providers[1]!.ws as WebSocket | null)?.addEventListener("message", () => frames++)
+  const cpuStart = process.cpuUsage()
+  const t0 = performance.now()
+  for (const [i, p] of providers.entries()) p.awareness.setLocalStateField("name", users[i])
+  const seesAll = () =>
+    providers.every((p) => p.awareness.getStates().size >= members) || performance.now() - t0 > 60_000
+  while (!seesAll()) await sleep(50)
+  const converged = performance.now() - t0
+  const cpu = process.cpuUsage(cpuStart)
+  const everyone = providers.filter((p) => p.awareness.getStates().size >= members).length
+  const closedByRelay = closes
+  for (const p of providers) p.destroy()
+  await relay.close()
+  rmSync(dataDir, { recursive: true, force: true })
+  return {
+    members,
+    closedByRelay,
+    seeEveryone: everyone,
+    convergedMs: Math.round(converged),
+    framesToOneMember: frames,
+    cpuMsWholeProcess: Math.round((cpu.user + cpu.system) / 1000),
+  }
+}
+
+console.log(
+  `Large groups: ${MEMBERS} members, ${CONNECTED} with their inbox open, SQLite (node ${process.version})`,
+)
+const only = process.argv.includes("--derived-only")
+const rows = only
+  ? [await inboxRun("derived", MESSAGES)]
+  : [
+      await inboxRun("no inbox", MESSAGES),
+      await inboxRun("derived", MESSAGES),
+      await inboxRun("per-member", PER_MEMBER_MESSAGES),
+    ]
+console.table(rows)
+const floor = rows[0]!.cpuMsPerMessage
+const budget = 1 + 0.02 * CONNECTED
+if (!only)
+  console.log(
+    `inbox upkeep per message: derived ${round(rows[1]!.cpuMsPerMessage - floor, 3)} ms, ` +
+      `per-member ${round(rows[2]!.cpuMsPerMessage - floor, 3)} ms; whole message, derived: ` +
+      `${rows[1]!.cpuMsPerMessage} ms against the goal of 1 ms + 20 µs × ${CONNECTED} = ${budget} ms`,
+  )
+if (PRESENCE > 0) {
+  console.log(`Presence: ${PRESENCE} stock y-websocket providers in one room, all in this process`)
+  console.table([await presenceRun(PRESENCE)])
+}
