@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
 import type * as Y from "yjs"
+import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
 
@@ -49,6 +50,11 @@ export interface RunningCore {
   read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T>
   /** Runs `change` on the document as `actor`, then checks, saves, sequences and broadcasts what it wrote. */
   write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void>
+  /**
+   * The durable log of hook events (what `GET /v1/events` streams), when the
+   * relay keeps one (`startRelay` always does; a bare core without it does not).
+   */
+  readonly events?: EventLogReader
 }
 
 /** A change that is saved (durable, applied, broadcast), as {@link RelayExtension.afterSaved} receives it. */

@@ -325,7 +325,8 @@ export class HookRuntime {
     const run = this.chain.then(async () => {
       const deliveries = await this.options.outbox.enqueue({
         document,
-        events: batch.filter((b) => b.targets.length > 0),
+        // Every event, targets or not: the outbox records each in the event log.
+        events: batch,
         ...(through !== undefined ? { through } : {}),
       })
       this.dispatcher.add(deliveries)
