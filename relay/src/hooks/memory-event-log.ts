@@ -48,7 +48,7 @@ export class MemoryEventLog implements EventLog {
   async read(query: EventLogQuery): Promise<EventLogEntry[]> {
     const after = parseEventId(query.after)
     const limit = checkLimit(query.limit)
-    checkAfter(after, this.prunedThrough, this.last)
+    if (query.after !== undefined) checkAfter(after, this.prunedThrough, this.last)
     const checked = checkTypes(query.types)
     const types = checked.length > 0 ? new Set<string>(checked) : undefined
     const out: EventLogEntry[] = []

@@ -134,7 +134,8 @@ export class PostgresEventLog implements EventLog {
           client.query<{ value: string }>(PRUNED),
           client.query<{ latest: string }>(LATEST),
         ])
-        checkAfter(after, Number(pruned.rows[0]?.value ?? 0), Number(latest.rows[0]?.latest ?? 0))
+        if (query.after !== undefined)
+          checkAfter(after, Number(pruned.rows[0]?.value ?? 0), Number(latest.rows[0]?.latest ?? 0))
         return (await client.query<{ id: string; payload: string }>(sql, args)).rows
       },
       "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",

@@ -119,11 +119,12 @@ export class SqliteEventLog implements EventLog {
     const limit = checkLimit(query.limit)
     const types = checkTypes(query.types)
     const snapshot = this.db.transaction(() => {
-      checkAfter(
-        after,
-        this.statements.prunedThrough.get()?.value ?? 0,
-        this.statements.latest.get()?.latest ?? 0,
-      )
+      if (query.after !== undefined)
+        checkAfter(
+          after,
+          this.statements.prunedThrough.get()?.value ?? 0,
+          this.statements.latest.get()?.latest ?? 0,
+        )
       const args: unknown[] = []
       let sql: string
       if (query.user !== undefined) {
