@@ -79,6 +79,8 @@ export interface RelayOptions {
   readonly hookAttempts?: number
   /** How long the event log keeps events (default {@link DEFAULT_EVENT_RETENTION}: 7 days, 1,000,000 events). */
   readonly eventRetention?: Partial<EventRetention>
+  /** Between two background prunes of the event log. Default 60 s. */
+  readonly eventPruneIntervalMs?: number
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
   /**
@@ -221,6 +223,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const events = new EventLogPruner(backend.events, {
     retention: { ...DEFAULT_EVENT_RETENTION, ...options.eventRetention },
     log: log.child({ component: "event-log" }),
+    ...(options.eventPruneIntervalMs !== undefined ? { intervalMs: options.eventPruneIntervalMs } : {}),
   })
   // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
   const extensions: RelayExtension[] = [
