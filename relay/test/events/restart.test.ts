@@ -1,5 +1,4 @@
 import { rmSync } from "node:fs"
-import { join } from "node:path"
 import {
   type ConversationId,
   createConversation,
@@ -7,11 +6,9 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
-import { SQLITE_FILE } from "../../src/backend/sqlite.js"
-import type { HookEvent } from "../../src/hooks/events.js"
 import { TestClient } from "../helpers/clients.js"
+import { type StoredEvent, storedEventLog } from "../helpers/event-log.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
 const dirs: string[] = []
@@ -20,20 +17,7 @@ afterEach(async () => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
 
-/** The event log as stored, read from beside the relay (WAL lets a second process read). */
-function storedLog(dataDir: string): { id: number; event: HookEvent }[] {
-  const db = new Database(join(dataDir, SQLITE_FILE), { readonly: true, fileMustExist: true })
-  try {
-    return db
-      .prepare<[], { id: number; payload: string }>("SELECT id, payload FROM event_log ORDER BY id")
-      .all()
-      .map((row) => ({ id: row.id, event: JSON.parse(row.payload) as HookEvent }))
-  } finally {
-    db.close()
-  }
-}
-
-const sentMessages = (log: ReturnType<typeof storedLog>) =>
+const sentMessages = (log: StoredEvent[]) =>
   log
     .filter((e) => e.event.event.type === "message.sent")
     .map((e) => (e.event.subject as { message: { id: string } }).message.id)
@@ -72,16 +56,16 @@ describe("the event log across relay crashes", () => {
     const second = await startRelayProcess(again)
     // Opening the document re-derives what the crash left unrecorded; the new messages follow.
     await send(second, [4, 5])
-    await until(() => sentMessages(storedLog(first.dataDir)).length >= 5, "five message.sent events")
+    await until(() => sentMessages(storedEventLog(first.dataDir)).length >= 5, "five message.sent events")
     // Killed once everything is recorded: nothing may be recorded twice after this restart.
     await second.kill()
 
     const third = await startRelayProcess(again)
     await send(third, [6])
-    await until(() => sentMessages(storedLog(first.dataDir)).length >= 6, "six message.sent events")
+    await until(() => sentMessages(storedEventLog(first.dataDir)).length >= 6, "six message.sent events")
     await third.kill()
 
-    const log = storedLog(first.dataDir)
+    const log = storedEventLog(first.dataDir)
     expect(sentMessages(log)).toEqual([
       "msg-0001",
       "msg-0002",
