@@ -151,6 +151,47 @@ export const audienceOf = (event: HookEvent): UserId[] => [
   ...new Set(event.conversation.participants.map((p) => p.user)),
 ]
 
+/** Where a user's membership of a conversation starts or ends, in the log's ids. */
+export interface MembershipChanges {
+  /** From this id on (inclusive) the user sees the conversation's events. */
+  readonly opened: { readonly conversation: string; readonly user: UserId; readonly from: number }[]
+  /** Up to this id (inclusive) the user saw them; nothing after. */
+  readonly closed: { readonly conversation: string; readonly user: UserId; readonly to: number }[]
+}
+
+/**
+ * The membership intervals a batch of newly recorded events opens and
+ * closes. Each event's audience is its conversation's participants right
+ * after it; storing the intervals instead of one row per event and
+ * participant keeps a large group's message one row, not hundreds.
+ * `open` holds each conversation's currently open members (loaded by the
+ * caller for every conversation in `entries`) and is updated in place.
+ */
+export function membershipChanges(
+  open: Map<string, Set<UserId>>,
+  entries: readonly { readonly id: number; readonly event: HookEvent }[],
+): MembershipChanges {
+  const opened: MembershipChanges["opened"] = []
+  const closed: MembershipChanges["closed"] = []
+  for (const { id, event } of entries) {
+    const conversation = event.event.conversationId
+    const members = open.get(conversation) ?? new Set<UserId>()
+    open.set(conversation, members)
+    const now = new Set(audienceOf(event))
+    for (const user of members)
+      if (!now.has(user)) {
+        closed.push({ conversation, user, to: id - 1 })
+        members.delete(user)
+      }
+    for (const user of now)
+      if (!members.has(user)) {
+        opened.push({ conversation, user, from: id })
+        members.add(user)
+      }
+  }
+  return { opened, closed }
+}
+
 /** True for events the log records (all but the ephemeral `typing.started`). */
 export const isLogged = (event: HookEvent): boolean => event.event.type !== "typing.started"
 

@@ -1,7 +1,7 @@
+import type { UserId } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../postgres.js"
 import {
-  audienceOf,
   checkAfter,
   checkLimit,
   checkTypes,
@@ -12,6 +12,7 @@ import {
   type EventLogQuery,
   type EventRetention,
   isLogged,
+  membershipChanges,
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
@@ -29,12 +30,14 @@ CREATE TABLE IF NOT EXISTS parley_event_log (
 );
 CREATE INDEX IF NOT EXISTS parley_event_log_by_conversation ON parley_event_log (conversation, id);
 CREATE INDEX IF NOT EXISTS parley_event_log_by_time ON parley_event_log (at);
-CREATE TABLE IF NOT EXISTS parley_event_log_audience (
-  id BIGINT NOT NULL,
+CREATE TABLE IF NOT EXISTS parley_event_log_members (
+  conversation TEXT NOT NULL,
   user_id TEXT NOT NULL,
-  PRIMARY KEY (id, user_id)
+  from_id BIGINT NOT NULL,
+  to_id BIGINT,
+  PRIMARY KEY (conversation, user_id, from_id)
 );
-CREATE INDEX IF NOT EXISTS parley_event_log_audience_by_user ON parley_event_log_audience (user_id, id);
+CREATE INDEX IF NOT EXISTS parley_event_log_members_by_user ON parley_event_log_members (user_id);
 CREATE TABLE IF NOT EXISTS parley_event_log_state (
   name TEXT PRIMARY KEY,
   value BIGINT NOT NULL
@@ -77,26 +80,43 @@ export class PostgresEventLog implements EventLog {
     const kept = events.filter(isLogged)
     if (kept.length === 0) return []
     await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
-    const entries: EventLogEntry[] = []
-    for (const event of kept) {
-      const { rows } = await client.query<{ id: string }>(
-        `WITH e AS (
-           INSERT INTO parley_event_log (conversation, type, at, payload) VALUES ($1, $2, $3, $4) RETURNING id
-         ), a AS (
-           INSERT INTO parley_event_log_audience (id, user_id) SELECT e.id, u FROM e, unnest($5::text[]) AS u
-         )
-         SELECT id FROM e`,
-        [
-          event.event.conversationId,
-          event.event.type,
-          event.event.time,
-          JSON.stringify(event),
-          audienceOf(event),
-        ],
+    // One statement for the batch: identities are drawn in the ORDER BY's order, so sorted ids match the events.
+    const { rows } = await client.query<{ id: string }>(
+      `INSERT INTO parley_event_log (conversation, type, at, payload)
+       SELECT c, t, a, p FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY AS x(c, t, a, p, n)
+       ORDER BY n
+       RETURNING id`,
+      [
+        kept.map((e) => e.event.conversationId),
+        kept.map((e) => e.event.type),
+        kept.map((e) => e.event.time),
+        kept.map((e) => JSON.stringify(e)),
+      ],
+    )
+    const ids = rows.map((r) => Number(r.id)).sort((a, b) => a - b)
+    const recorded = kept.map((event, i) => ({ id: ids[i]!, event }))
+    const conversations = [...new Set(kept.map((e) => e.event.conversationId as string))]
+    const { rows: members } = await client.query<{ conversation: string; user_id: string }>(
+      "SELECT conversation, user_id FROM parley_event_log_members WHERE conversation = ANY($1::text[]) AND to_id IS NULL",
+      [conversations],
+    )
+    const open = new Map<string, Set<UserId>>(conversations.map((c) => [c, new Set<UserId>()]))
+    for (const m of members) open.get(m.conversation)!.add(m.user_id as UserId)
+    const { opened, closed } = membershipChanges(open, recorded)
+    if (closed.length > 0)
+      await client.query(
+        `UPDATE parley_event_log_members m SET to_id = c.to_id
+         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(conversation, user_id, to_id)
+         WHERE m.conversation = c.conversation AND m.user_id = c.user_id AND m.to_id IS NULL`,
+        [closed.map((c) => c.conversation), closed.map((c) => c.user), closed.map((c) => c.to)],
       )
-      entries.push({ id: rows[0]!.id, event })
-    }
-    return entries
+    if (opened.length > 0)
+      await client.query(
+        `INSERT INTO parley_event_log_members (conversation, user_id, from_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING`,
+        [opened.map((o) => o.conversation), opened.map((o) => o.user), opened.map((o) => o.from)],
+      )
+    return recorded.map(({ id, event }) => ({ id: String(id), event }))
   }
 
   /** Tells the listeners of entries {@link record} returned, after their transaction committed. */
@@ -113,8 +133,9 @@ export class PostgresEventLog implements EventLog {
     let sql: string
     if (query.user !== undefined) {
       args.push(query.user)
-      sql = `SELECT e.id, e.payload FROM parley_event_log_audience a JOIN parley_event_log e ON e.id = a.id
-        WHERE a.id > $1 AND a.user_id = $2`
+      sql = `SELECT e.id, e.payload FROM parley_event_log_members m JOIN parley_event_log e
+        ON e.conversation = m.conversation AND e.id >= m.from_id AND (m.to_id IS NULL OR e.id <= m.to_id)
+        WHERE e.id > $1 AND m.user_id = $2`
     } else sql = "SELECT e.id, e.payload FROM parley_event_log e WHERE e.id > $1"
     if (query.conversation !== undefined) {
       args.push(query.conversation)
@@ -125,7 +146,7 @@ export class PostgresEventLog implements EventLog {
       sql += ` AND e.type = ANY($${args.length}::text[])`
     }
     args.push(limit)
-    sql += ` ORDER BY ${query.user !== undefined ? "a.id" : "e.id"} LIMIT $${args.length}`
+    sql += ` ORDER BY e.id LIMIT $${args.length}`
     // One snapshot: a prune between the check and the read would otherwise drop events silently.
     const rows = await inTransaction(
       this.pool,
@@ -174,7 +195,9 @@ export class PostgresEventLog implements EventLog {
           [through, PRUNE_BATCH],
         )
         const step = rows[0]?.id === null || rows[0] === undefined ? through : Number(rows[0].id)
-        await client.query("DELETE FROM parley_event_log_audience WHERE id <= $1", [step])
+        await client.query("DELETE FROM parley_event_log_members WHERE to_id IS NOT NULL AND to_id <= $1", [
+          step,
+        ])
         const { rowCount } = await client.query("DELETE FROM parley_event_log WHERE id <= $1", [step])
         await client.query(
           `INSERT INTO parley_event_log_state (name, value) VALUES ('pruned_through', $1)

@@ -1,6 +1,6 @@
+import type { UserId } from "@parley/shared"
 import type Database from "better-sqlite3"
 import {
-  audienceOf,
   checkAfter,
   checkLimit,
   checkTypes,
@@ -11,6 +11,7 @@ import {
   type EventLogQuery,
   type EventRetention,
   isLogged,
+  membershipChanges,
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
@@ -26,12 +27,14 @@ CREATE TABLE IF NOT EXISTS event_log (
 );
 CREATE INDEX IF NOT EXISTS event_log_by_conversation ON event_log (conversation, id);
 CREATE INDEX IF NOT EXISTS event_log_by_time ON event_log (at);
-CREATE TABLE IF NOT EXISTS event_log_audience (
-  id INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS event_log_members (
+  conversation TEXT NOT NULL,
   user_id TEXT NOT NULL,
-  PRIMARY KEY (id, user_id)
+  from_id INTEGER NOT NULL,
+  to_id INTEGER,
+  PRIMARY KEY (conversation, user_id, from_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS event_log_audience_by_user ON event_log_audience (user_id, id);
+CREATE INDEX IF NOT EXISTS event_log_members_by_user ON event_log_members (user_id);
 CREATE TABLE IF NOT EXISTS event_log_state (
   name TEXT PRIMARY KEY,
   value INTEGER NOT NULL
@@ -59,8 +62,14 @@ export class SqliteEventLog implements EventLog {
       insert: this.db.prepare<[string, string, number, string], unknown>(
         "INSERT INTO event_log (conversation, type, at, payload) VALUES (?, ?, ?, ?)",
       ),
-      audience: this.db.prepare<[number | bigint, string], unknown>(
-        "INSERT OR IGNORE INTO event_log_audience (id, user_id) VALUES (?, ?)",
+      openMembers: this.db.prepare<[string], { user_id: string }>(
+        "SELECT user_id FROM event_log_members WHERE conversation = ? AND to_id IS NULL",
+      ),
+      open: this.db.prepare<[string, string, number], unknown>(
+        "INSERT OR IGNORE INTO event_log_members (conversation, user_id, from_id) VALUES (?, ?, ?)",
+      ),
+      close: this.db.prepare<[number, string, string], unknown>(
+        "UPDATE event_log_members SET to_id = ? WHERE conversation = ? AND user_id = ? AND to_id IS NULL",
       ),
       latest: this.db.prepare<[], { latest: number | null }>(
         `SELECT MAX(COALESCE((SELECT MAX(id) FROM event_log), 0),
@@ -76,7 +85,9 @@ export class SqliteEventLog implements EventLog {
         "SELECT id FROM event_log WHERE id <= ? ORDER BY id LIMIT ?",
       ),
       removeEvents: this.db.prepare<[number], unknown>("DELETE FROM event_log WHERE id <= ?"),
-      removeAudience: this.db.prepare<[number], unknown>("DELETE FROM event_log_audience WHERE id <= ?"),
+      removeMembers: this.db.prepare<[number], unknown>(
+        "DELETE FROM event_log_members WHERE to_id IS NOT NULL AND to_id <= ?",
+      ),
       setPruned: this.db.prepare<[number], unknown>(
         `INSERT INTO event_log_state (name, value) VALUES ('pruned_through', ?)
          ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)`,
@@ -93,7 +104,7 @@ export class SqliteEventLog implements EventLog {
    * transaction, then {@link published} with the result once it committed.
    */
   record(events: readonly HookEvent[]): EventLogEntry[] {
-    const entries: EventLogEntry[] = []
+    const recorded: { id: number; event: HookEvent }[] = []
     for (const event of events) {
       if (!isLogged(event)) continue
       const { lastInsertRowid } = this.statements.insert.run(
@@ -102,10 +113,21 @@ export class SqliteEventLog implements EventLog {
         event.event.time,
         JSON.stringify(event),
       )
-      for (const user of audienceOf(event)) this.statements.audience.run(lastInsertRowid, user)
-      entries.push({ id: String(lastInsertRowid), event })
+      recorded.push({ id: Number(lastInsertRowid), event })
     }
-    return entries
+    const open = new Map<string, Set<UserId>>()
+    for (const { event } of recorded) {
+      const conversation = event.event.conversationId
+      if (!open.has(conversation))
+        open.set(
+          conversation,
+          new Set(this.statements.openMembers.all(conversation).map((r) => r.user_id as UserId)),
+        )
+    }
+    const { opened, closed } = membershipChanges(open, recorded)
+    for (const { conversation, user, to } of closed) this.statements.close.run(to, conversation, user)
+    for (const { conversation, user, from } of opened) this.statements.open.run(conversation, user, from)
+    return recorded.map(({ id, event }) => ({ id: String(id), event }))
   }
 
   /** Tells the listeners of entries {@link record} returned, after their transaction committed. */
@@ -128,8 +150,9 @@ export class SqliteEventLog implements EventLog {
       const args: unknown[] = []
       let sql: string
       if (query.user !== undefined) {
-        sql =
-          "SELECT e.id, e.payload FROM event_log_audience a JOIN event_log e ON e.id = a.id WHERE a.user_id = ? AND a.id > ?"
+        sql = `SELECT e.id, e.payload FROM event_log_members m JOIN event_log e
+          ON e.conversation = m.conversation AND e.id >= m.from_id AND (m.to_id IS NULL OR e.id <= m.to_id)
+          WHERE m.user_id = ? AND e.id > ?`
         args.push(query.user, after)
       } else {
         sql = "SELECT e.id, e.payload FROM event_log e WHERE e.id > ?"
@@ -143,7 +166,7 @@ export class SqliteEventLog implements EventLog {
         sql += ` AND e.type IN (${types.map(() => "?").join(", ")})`
         args.push(...types)
       }
-      sql += ` ORDER BY ${query.user !== undefined ? "a.id" : "e.id"} LIMIT ?`
+      sql += " ORDER BY e.id LIMIT ?"
       args.push(limit)
       let statement = this.queries.get(sql)
       if (!statement) {
@@ -183,7 +206,7 @@ export class SqliteEventLog implements EventLog {
       const ids = this.statements.oldestIds.all(through, PRUNE_BATCH)
       const step = ids.at(-1)?.id ?? through
       const removed = this.db.transaction(() => {
-        this.statements.removeAudience.run(step)
+        this.statements.removeMembers.run(step)
         const { changes } = this.statements.removeEvents.run(step)
         this.statements.setPruned.run(step)
         return changes

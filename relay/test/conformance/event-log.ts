@@ -166,6 +166,21 @@ export function runEventLogConformance(
       ).toEqual(["without-carol"])
     })
 
+    it("follows a user's membership through removal and return, across conversations and batches", async () => {
+      const at = (id: string, conversation: string, participants: string[]) =>
+        loggedEvent(id, { conversation, participants })
+      await enqueue("g~c1", [at("in-1", "c1", ["alice", "carol"]), at("in-2", "c1", ["alice", "carol"])])
+      await enqueue("g~c2", [at("other-1", "c2", ["carol"])])
+      await enqueue("g~c1", [at("out-1", "c1", ["alice"]), at("out-2", "c1", ["alice"])])
+      await enqueue("g~c2", [at("other-2", "c2", ["carol", "bob"])])
+      await enqueue("g~c1", [at("out-3", "c1", ["alice"]), at("back-1", "c1", ["alice", "carol"])])
+      await enqueue("g~c1", [at("back-2", "c1", ["carol"])])
+      const user = (u: string) => events.read({ user: u as UserId, limit: 100 }).then(ids)
+      expect(await user("carol")).toEqual(["in-1", "in-2", "other-1", "other-2", "back-1", "back-2"])
+      expect(await user("alice")).toEqual(["in-1", "in-2", "out-1", "out-2", "out-3", "back-1"])
+      expect(await user("bob")).toEqual(["other-2"])
+    })
+
     it("tells subscribers of every recorded batch once it is recorded, with the ids read gives", async () => {
       const heard: EventLogEntry[] = []
       const unsubscribe = events.subscribe((entries) => heard.push(...entries))
