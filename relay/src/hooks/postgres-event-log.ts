@@ -37,7 +37,6 @@ CREATE TABLE IF NOT EXISTS parley_event_log_members (
   to_id BIGINT,
   PRIMARY KEY (conversation, user_id, from_id)
 );
-CREATE INDEX IF NOT EXISTS parley_event_log_members_by_user ON parley_event_log_members (user_id);
 CREATE TABLE IF NOT EXISTS parley_event_log_state (
   name TEXT PRIMARY KEY,
   value BIGINT NOT NULL
@@ -48,6 +47,9 @@ CREATE TABLE IF NOT EXISTS parley_event_log_state (
 // inside it, so without the lock a relay sharing the database could commit id 7 before another's 6,
 // and a reader past 7 would never see 6. Two-key (LOG_LOCK, the schema): apart from the storage's one-key locks.
 const LOG_LOCK = 0x50726c65
+
+/** Events one INSERT statement records. */
+const RECORD_CHUNK = 500
 
 const LATEST = `SELECT GREATEST(COALESCE((SELECT MAX(id) FROM parley_event_log), 0),
   COALESCE((SELECT value FROM parley_event_log_state WHERE name = 'pruned_through'), 0)) AS latest`
@@ -80,19 +82,25 @@ export class PostgresEventLog implements EventLog {
     const kept = events.filter(isLogged)
     if (kept.length === 0) return []
     await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
-    // One statement for the batch: identities are drawn in the ORDER BY's order, so sorted ids match the events.
-    const { rows } = await client.query<{ id: string }>(
-      `INSERT INTO parley_event_log (conversation, type, at, payload)
-       SELECT c, t, a, p FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY AS x(c, t, a, p, n)
-       ORDER BY n
-       RETURNING id`,
-      [
-        kept.map((e) => e.event.conversationId),
-        kept.map((e) => e.event.type),
-        kept.map((e) => e.event.time),
-        kept.map((e) => JSON.stringify(e)),
-      ],
-    )
+    // A statement per chunk of the batch: identities are drawn in the ORDER BY's order, so sorted ids match
+    // the events. Chunks keep one statement's parameters to a few MB however large the frame was.
+    const rows: { id: string }[] = []
+    for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
+      const chunk = kept.slice(start, start + RECORD_CHUNK)
+      const inserted = await client.query<{ id: string }>(
+        `INSERT INTO parley_event_log (conversation, type, at, payload)
+         SELECT c, t, a, p FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY AS x(c, t, a, p, n)
+         ORDER BY n
+         RETURNING id`,
+        [
+          chunk.map((e) => e.event.conversationId),
+          chunk.map((e) => e.event.type),
+          chunk.map((e) => e.event.time),
+          chunk.map((e) => JSON.stringify(e)),
+        ],
+      )
+      rows.push(...inserted.rows)
+    }
     const ids = rows.map((r) => Number(r.id)).sort((a, b) => a - b)
     const recorded = kept.map((event, i) => ({ id: ids[i]!, event }))
     const conversations = [...new Set(kept.map((e) => e.event.conversationId as string))]
@@ -133,9 +141,10 @@ export class PostgresEventLog implements EventLog {
     let sql: string
     if (query.user !== undefined) {
       args.push(query.user)
-      sql = `SELECT e.id, e.payload FROM parley_event_log_members m JOIN parley_event_log e
-        ON e.conversation = m.conversation AND e.id >= m.from_id AND (m.to_id IS NULL OR e.id <= m.to_id)
-        WHERE e.id > $1 AND m.user_id = $2`
+      // In id order, each event checked against the user's membership (see the SQLite log).
+      sql = `SELECT e.id, e.payload FROM parley_event_log e WHERE e.id > $1 AND EXISTS (
+        SELECT 1 FROM parley_event_log_members m WHERE m.conversation = e.conversation AND m.user_id = $2
+          AND m.from_id <= e.id AND (m.to_id IS NULL OR m.to_id >= e.id))`
     } else sql = "SELECT e.id, e.payload FROM parley_event_log e WHERE e.id > $1"
     if (query.conversation !== undefined) {
       args.push(query.conversation)

@@ -34,7 +34,6 @@ CREATE TABLE IF NOT EXISTS event_log_members (
   to_id INTEGER,
   PRIMARY KEY (conversation, user_id, from_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS event_log_members_by_user ON event_log_members (user_id);
 CREATE TABLE IF NOT EXISTS event_log_state (
   name TEXT PRIMARY KEY,
   value INTEGER NOT NULL
@@ -150,10 +149,12 @@ export class SqliteEventLog implements EventLog {
       const args: unknown[] = []
       let sql: string
       if (query.user !== undefined) {
-        sql = `SELECT e.id, e.payload FROM event_log_members m JOIN event_log e
-          ON e.conversation = m.conversation AND e.id >= m.from_id AND (m.to_id IS NULL OR e.id <= m.to_id)
-          WHERE m.user_id = ? AND e.id > ?`
-        args.push(query.user, after)
+        // In id order, each event checked against the user's membership (a primary-key lookup): a page
+        // stops after `limit` matches, so catching up costs one pass over the log, not one sort per page.
+        sql = `SELECT e.id, e.payload FROM event_log e WHERE e.id > ? AND EXISTS (
+          SELECT 1 FROM event_log_members m WHERE m.conversation = e.conversation AND m.user_id = ?
+            AND m.from_id <= e.id AND (m.to_id IS NULL OR m.to_id >= e.id))`
+        args.push(after, query.user)
       } else {
         sql = "SELECT e.id, e.payload FROM event_log e WHERE e.id > ?"
         args.push(after)
