@@ -195,6 +195,25 @@ export function runEventLogConformance(
       expect(ids(heard)).toEqual(["e1", "e2"])
     })
 
+    it("records a batch all or nothing, together with its deliveries, and tells subscribers only of what it recorded", async () => {
+      const heard: EventLogEntry[] = []
+      events.subscribe((entries) => heard.push(...entries))
+      // An event that cannot be stored (JSON has no BigInt): a durable backend refuses the whole batch.
+      const unstorable = { ...loggedEvent("bad"), subject: { upTo: 1n } } as unknown as HookEvent
+      const outcome = await enqueue("g~c1", [loggedEvent("ok"), unstorable], ["hook:a"]).then(
+        () => "recorded",
+        () => "refused",
+      )
+      const logged = ids(await events.read({ limit: 10 }))
+      const pending = (await outbox.pending()).map((d) => d.event.event.id)
+      const expected = outcome === "refused" ? [] : ["ok", "bad"]
+      expect(logged).toEqual(expected)
+      expect(pending).toEqual(expected)
+      expect(ids(heard)).toEqual(expected)
+      await enqueue("g~c1", [loggedEvent("next")])
+      expect(ids(await events.read({ limit: 10 }))).toEqual([...expected, "next"])
+    })
+
     it("does not record typing.started, which is not durable", async () => {
       await enqueue("g~c1", [loggedEvent("t1", { type: "typing.started" }), loggedEvent("e1")])
       expect(ids(await events.read({ limit: 10 }))).toEqual(["e1"])
