@@ -104,7 +104,7 @@ export interface RunningRelay {
   readonly log: Logger
   /** The durable event log behind `GET /v1/events` (every hook event, in order, with retention). */
   readonly events: EventLogReader
-  /** Hooks and webhooks, when configured: dead letters, replay, `idle()`. */
+  /** The hook runtime (hook modules, webhooks, inbox upkeep; always there, its outbox writes the event log): dead letters, replay, `idle()`. */
   readonly hooks?: HookRuntime
   /** Graceful stop: stop accepting, finish queued changes, close connections with 1001, flush storage. */
   close(): Promise<void>

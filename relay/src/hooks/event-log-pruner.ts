@@ -21,6 +21,7 @@ export class EventLogPruner implements RelayExtension {
   readonly name = "event-log"
   private timer: NodeJS.Timeout | undefined
   private running: Promise<void> = Promise.resolve()
+  private readonly stopping = new AbortController()
 
   constructor(
     private readonly events: EventLog,
@@ -42,7 +43,9 @@ export class EventLogPruner implements RelayExtension {
   prune(): Promise<void> {
     this.running = this.running.then(async () => {
       try {
-        const pruned = await this.events.prune(this.options.retention, (this.options.now ?? Date.now)())
+        if (this.stopping.signal.aborted) return
+        const now = (this.options.now ?? Date.now)()
+        const pruned = await this.events.prune(this.options.retention, now, this.stopping.signal)
         if (pruned > 0) this.options.log.debug({ pruned }, "pruned the event log")
       } catch (error) {
         this.options.log.warn({ err: error }, "could not prune the event log; trying again later")
@@ -51,8 +54,10 @@ export class EventLogPruner implements RelayExtension {
     return this.running
   }
 
+  /** Stops pruning: a prune under way ends after its current batch. */
   async stop(): Promise<void> {
     clearInterval(this.timer)
+    this.stopping.abort()
     await this.running
   }
 }

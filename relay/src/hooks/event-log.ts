@@ -88,9 +88,10 @@ export interface EventLogReader {
 export interface EventLog extends EventLogReader {
   /**
    * Drops the oldest entries beyond `retention` as of `now` (always a prefix:
-   * every entry after the newest dropped one stays); returns how many.
+   * every entry after the newest dropped one stays); returns how many. An
+   * aborted `signal` stops it between two batches (what was dropped stays dropped).
    */
-  prune(retention: EventRetention, now?: number): Promise<number>
+  prune(retention: EventRetention, now?: number, signal?: AbortSignal): Promise<number>
   close(): Promise<void>
 }
 

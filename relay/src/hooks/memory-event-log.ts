@@ -71,7 +71,7 @@ export class MemoryEventLog implements EventLog {
     return this.listeners.subscribe(listener)
   }
 
-  async prune(retention: EventRetention, now: number = Date.now()): Promise<number> {
+  async prune(retention: EventRetention, now: number = Date.now(), _signal?: AbortSignal): Promise<number> {
     const cutoff = now - retention.maxAgeMs
     let through = this.last - retention.maxEvents
     for (const row of this.rows) if (row.event.event.time < cutoff) through = Math.max(through, row.id)

@@ -184,7 +184,7 @@ export class PostgresEventLog implements EventLog {
   }
 
   /** Deletes in batches of {@link PRUNE_BATCH} events, one transaction each. */
-  async prune(retention: EventRetention, now: number = Date.now()): Promise<number> {
+  async prune(retention: EventRetention, now: number = Date.now(), signal?: AbortSignal): Promise<number> {
     this.assertOpen()
     const [{ rows: latest }, { rows: before }, { rows: pruned }] = await Promise.all([
       this.pool.query<{ latest: string }>(LATEST),
@@ -197,7 +197,7 @@ export class PostgresEventLog implements EventLog {
     if (through <= Number(pruned[0]?.value ?? 0)) return 0
     let total = 0
     for (;;) {
-      if (this.closed) return total
+      if (this.closed || signal?.aborted) return total
       const { step, removed } = await inTransaction(this.pool, async (client) => {
         const { rows } = await client.query<{ id: string | null }>(
           "SELECT MAX(id) AS id FROM (SELECT id FROM parley_event_log WHERE id <= $1 ORDER BY id LIMIT $2) AS b",

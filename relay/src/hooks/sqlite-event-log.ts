@@ -193,7 +193,7 @@ export class SqliteEventLog implements EventLog {
    * and a turn of the event loop between them: a large backlog never blocks
    * the relay for long.
    */
-  async prune(retention: EventRetention, now: number = Date.now()): Promise<number> {
+  async prune(retention: EventRetention, now: number = Date.now(), signal?: AbortSignal): Promise<number> {
     this.assertOpen()
     const latest = this.statements.latest.get()?.latest ?? 0
     const through = Math.max(
@@ -203,7 +203,7 @@ export class SqliteEventLog implements EventLog {
     if (through <= (this.statements.prunedThrough.get()?.value ?? 0)) return 0
     let pruned = 0
     for (;;) {
-      if (this.closed || !this.db.open) return pruned
+      if (this.closed || !this.db.open || signal?.aborted) return pruned
       const ids = this.statements.oldestIds.all(through, PRUNE_BATCH)
       const step = ids.at(-1)?.id ?? through
       const removed = this.db.transaction(() => {
