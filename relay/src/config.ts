@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs"
 import { Command, CommanderError, Option } from "commander"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
+import { DEFAULT_EVENT_RETENTION } from "./hooks/event-log.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
 import type { RelayOptions } from "./relay.js"
 import { DEFAULT_CORE_LIMITS as CORE } from "./relay-core.js"
@@ -359,6 +360,18 @@ export const RELAY_FLAGS = {
     help: "attempts per event and hook module before it is dead-lettered",
     default: RELAY.hookAttempts,
   }),
+  "event-retention-hours": flag({
+    kind: "integer",
+    env: "PARLEY_EVENT_RETENTION_HOURS",
+    help: "how long the event log (GET /v1/events) keeps events",
+    default: DEFAULT_EVENT_RETENTION.maxAgeMs / 3_600_000,
+  }),
+  "event-retention-events": flag({
+    kind: "integer",
+    env: "PARLEY_EVENT_RETENTION_EVENTS",
+    help: "most events the event log keeps (the oldest go first)",
+    default: DEFAULT_EVENT_RETENTION.maxEvents,
+  }),
   "storage-timeout-ms": flag({
     kind: "integer",
     env: "PARLEY_STORAGE_TIMEOUT_MS",
@@ -608,6 +621,8 @@ export function parseConfig(
   if (webhooks.length > 0 && !webhookSecret)
     throw new ConfigError("--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)")
   if (v["hook-attempts"] < 1) throw new ConfigError("--hook-attempts must be at least 1")
+  if (v["event-retention-hours"] < 1) throw new ConfigError("--event-retention-hours must be at least 1")
+  if (v["event-retention-events"] < 1) throw new ConfigError("--event-retention-events must be at least 1")
 
   const staticDir = v.static
   const hooksDir = v.hooks
@@ -632,6 +647,10 @@ export function parseConfig(
     ...(webhooks.length > 0 ? { webhooks, webhookSecret: webhookSecret! } : {}),
     hookTimeoutMs: Math.max(1, v["hook-timeout-ms"]),
     hookAttempts: v["hook-attempts"],
+    eventRetention: {
+      maxAgeMs: v["event-retention-hours"] * 3_600_000,
+      maxEvents: v["event-retention-events"],
+    },
     defaultMetrics: true,
     storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
     limits: {

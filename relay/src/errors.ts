@@ -12,6 +12,7 @@ export function closeFor(code: ErrorCode): { code: number; reason: string } {
     case "INVALID_UPDATE":
     case "INVALID_ARGUMENT":
     case "MALFORMED_FRAME":
+    case "EVENTS_EXPIRED":
       return CloseCode.MalformedFrame
     case "TOO_LARGE":
       return CloseCode.TooLarge

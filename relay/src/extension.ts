@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
 import type * as Y from "yjs"
+import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
 
@@ -57,6 +58,11 @@ export interface RunningCore {
   derive(name: string, change: (doc: Y.Doc) => void): Promise<boolean>
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
+  /**
+   * The durable log of hook events (what `GET /v1/events` streams), when the
+   * relay keeps one (`startRelay` always does; a bare core without it does not).
+   */
+  readonly events?: EventLogReader
 }
 
 /** A connection opened or closed, as {@link RelayExtension.connectionChanged} receives it. */

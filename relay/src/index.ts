@@ -43,10 +43,17 @@ export type {
 } from "./extension.js"
 export {
   type ConversationState,
+  DEFAULT_EVENT_RETENTION,
   type DeadLetter,
   type DeadLetterFilter,
   type DefinedHooks,
   defineHooks,
+  type EventLog,
+  type EventLogEntry,
+  type EventLogListener,
+  type EventLogQuery,
+  type EventLogReader,
+  type EventRetention,
   type HookActor,
   type HookContext,
   type HookConversation,
@@ -62,6 +69,8 @@ export {
   HooksExtension,
   type HooksExtensionOptions,
   type InboxSummary,
+  MAX_EVENT_LOG_READ,
+  MemoryEventLog,
   verifyWebhook,
 } from "./hooks/index.js"
 export { type RebuildReport, rebuildInboxes } from "./inbox/rebuild.js"

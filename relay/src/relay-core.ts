@@ -19,6 +19,7 @@ import { DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
+import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
@@ -78,6 +79,8 @@ export interface RelayCoreOptions {
    * core by {@link RelayCore.start} and stopped by {@link RelayCore.close}.
    */
   readonly extensions?: readonly RelayExtension[]
+  /** The durable event log, offered to the extensions as {@link RunningCore.events}. */
+  readonly events?: EventLogReader
   /**
    * Whether `storage` answers (the {@link StorageGuard} wrapping it): writes
    * then fail fast and retryably while it fails, and a change whose append
@@ -118,6 +121,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
   /** Each loaded document's awareness broadcast (coalesced in large rooms). */
   private readonly fanouts = new Map<DocumentHost, AwarenessFanout>()
   private readonly derived = new DerivedWrites()
+
+  /** The durable event log, when the core was given one. */
+  get events(): EventLogReader | undefined {
+    return this.options.events
+  }
 
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }

@@ -3,6 +3,8 @@ import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
 import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
+import { DEFAULT_EVENT_RETENTION, type EventLogReader, type EventRetention } from "./hooks/event-log.js"
+import { EventLogPruner } from "./hooks/event-log-pruner.js"
 import { HooksExtension } from "./hooks/extension.js"
 import { loadHooks } from "./hooks/loader.js"
 import type { HookRuntime } from "./hooks/runtime.js"
@@ -76,6 +78,10 @@ export interface RelayOptions {
   readonly hookTimeoutMs?: number
   /** Attempts per event and hook module before it is dead-lettered. Default 8. */
   readonly hookAttempts?: number
+  /** How long the event log keeps events (default {@link DEFAULT_EVENT_RETENTION}: 7 days, 1,000,000 events). */
+  readonly eventRetention?: Partial<EventRetention>
+  /** Between two background prunes of the event log. Default 60 s. */
+  readonly eventPruneIntervalMs?: number
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
   /**
@@ -97,7 +103,9 @@ export interface RunningRelay {
   readonly auth: Authenticator
   readonly metrics: RelayMetrics
   readonly log: Logger
-  /** Hooks and webhooks, when configured: dead letters, replay, `idle()`. */
+  /** The durable event log behind `GET /v1/events` (every hook event, in order, with retention). */
+  readonly events: EventLogReader
+  /** The hook runtime (hook modules, webhooks, inbox upkeep; always there, its outbox writes the event log): dead letters, replay, `idle()`. */
   readonly hooks?: HookRuntime
   /** Graceful stop: stop accepting, finish queued changes, close connections with 1001, flush storage. */
   close(): Promise<void>
@@ -200,22 +208,24 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const storage = backend.documents
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   const inbox = options.inbox === false ? [] : [inboxTarget]
-  const wantsHooks = hookModules.length > 0 || webhooks.length > 0 || inbox.length > 0
-  const outbox = wantsHooks ? backend.outbox : undefined
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
-  const hooks = outbox
-    ? new HooksExtension({
-        hooks: hookModules,
-        targets: inbox,
-        webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
-        outbox,
-        log: log.child({ component: "hooks" }),
-        registry: metrics.registry,
-        admin: auth,
-        ...(options.hookTimeoutMs !== undefined ? { timeoutMs: options.hookTimeoutMs } : {}),
-        ...(options.hookAttempts !== undefined ? { backoff: { attempts: options.hookAttempts } } : {}),
-      })
-    : undefined
+  // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
+  const hooks = new HooksExtension({
+    hooks: hookModules,
+    targets: inbox,
+    webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
+    outbox: backend.outbox,
+    log: log.child({ component: "hooks" }),
+    registry: metrics.registry,
+    admin: auth,
+    ...(options.hookTimeoutMs !== undefined ? { timeoutMs: options.hookTimeoutMs } : {}),
+    ...(options.hookAttempts !== undefined ? { backoff: { attempts: options.hookAttempts } } : {}),
+  })
+  const events = new EventLogPruner(backend.events, {
+    retention: { ...DEFAULT_EVENT_RETENTION, ...options.eventRetention },
+    log: log.child({ component: "event-log" }),
+    ...(options.eventPruneIntervalMs !== undefined ? { intervalMs: options.eventPruneIntervalMs } : {}),
+  })
   // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
   const extensions: RelayExtension[] = [
     // Every update is checked against the document rules, unless a policy is given.
@@ -224,7 +234,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.extensions ?? []),
     // Connected users' inboxes follow every change, derived in memory (LiveInbox); membership is the hooks'.
     ...(options.inbox === false ? [] : [new LiveInbox()]),
-    ...(hooks ? [hooks] : []),
+    hooks,
+    events,
     metricsExtension(metrics),
   ]
   const core = new RelayCore({
@@ -233,6 +244,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     metrics,
     limits,
     extensions,
+    events: backend.events,
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     storageHealth: storage,
   })
@@ -243,7 +255,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     await backend.close()
     throw error
   }
-  if (hooks?.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
+  if (hooks.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
   const transport = new WsTransport({
     core,
     auth,
@@ -279,7 +291,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     auth,
     metrics,
     log,
-    ...(hooks?.runtime ? { hooks: hooks.runtime } : {}),
+    events: backend.events,
+    ...(hooks.runtime ? { hooks: hooks.runtime } : {}),
     close: () => {
       closing ??= (async () => {
         transport.stopAccepting()

@@ -18,6 +18,8 @@ export const ErrorCode = {
   STORAGE_UNAVAILABLE: "STORAGE_UNAVAILABLE",
   /** The document's stored state cannot be loaded; it is refused to everyone until an operator restores it. */
   DAMAGED: "DAMAGED",
+  /** A read of the relay's event log asked for events after a point it no longer keeps: some were missed. */
+  EVENTS_EXPIRED: "EVENTS_EXPIRED",
 } as const
 /** One of {@link ErrorCode}'s values. */
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]

@@ -1,4 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
+import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
@@ -61,6 +62,7 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
     kind: backend.kind,
     documents: new StorageGuard(backend.documents, options),
     outbox: withDeadlines<Outbox>(backend.outbox, options.timeoutMs, "hook outbox"),
+    events: withDeadlines<EventLog>(backend.events, options.timeoutMs, "event log"),
     bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
     close: () => backend.close(),
   }

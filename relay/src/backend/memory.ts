@@ -1,3 +1,4 @@
+import { MemoryEventLog } from "../hooks/memory-event-log.js"
 import { MemoryOutbox } from "../hooks/outbox.js"
 import { MemoryClientBindingStore } from "../policy/client-bindings.js"
 import { type MemoryData, MemoryStorage } from "../storage/memory.js"
@@ -7,7 +8,8 @@ import type { Backend } from "./types.js"
 export class MemoryBackend implements Backend {
   readonly kind = "memory"
   readonly documents: MemoryStorage
-  readonly outbox = new MemoryOutbox()
+  readonly events = new MemoryEventLog()
+  readonly outbox = new MemoryOutbox(this.events)
   readonly bindings = new MemoryClientBindingStore()
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
@@ -18,5 +20,6 @@ export class MemoryBackend implements Backend {
   async close(): Promise<void> {
     await this.documents.close()
     await this.outbox.close()
+    await this.events.close()
   }
 }

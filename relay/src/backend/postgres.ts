@@ -1,4 +1,5 @@
 import type pg from "pg"
+import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
@@ -25,12 +26,14 @@ export class PostgresBackend implements Backend {
   readonly kind = "postgres"
   readonly documents: PostgresStorage
   readonly outbox: PostgresOutbox
+  readonly events: PostgresEventLog
   readonly bindings: PostgresClientBindingStore
   private closed = false
 
   private constructor(private readonly pool: pg.Pool) {
     this.documents = new PostgresStorage(pool)
-    this.outbox = new PostgresOutbox(pool)
+    this.events = new PostgresEventLog(pool)
+    this.outbox = new PostgresOutbox(pool, this.events)
     this.bindings = new PostgresClientBindingStore(pool)
   }
 
@@ -40,7 +43,7 @@ export class PostgresBackend implements Backend {
       url,
       // Appends of one tick share a connection; delivery lanes, loads and binds take the rest.
       max: 8,
-      schema: [DOCUMENTS_SCHEMA, OUTBOX_SCHEMA, BINDINGS_SCHEMA].join("\n"),
+      schema: [DOCUMENTS_SCHEMA, OUTBOX_SCHEMA, EVENT_LOG_SCHEMA, BINDINGS_SCHEMA].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     })
@@ -52,6 +55,7 @@ export class PostgresBackend implements Backend {
     this.closed = true
     await this.documents.close()
     await this.outbox.close()
+    await this.events.close()
     await this.pool.end()
   }
 }

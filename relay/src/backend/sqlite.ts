@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import Database from "better-sqlite3"
+import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
 import { SqliteStorage } from "../storage/sqlite.js"
@@ -36,6 +37,7 @@ export class SqliteBackend implements Backend {
   readonly kind = "sqlite"
   readonly documents: SqliteStorage
   readonly outbox: SqliteOutbox
+  readonly events: SqliteEventLog
   readonly bindings: SqliteClientBindingStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
@@ -56,7 +58,8 @@ export class SqliteBackend implements Backend {
       this.catalog.pragma("journal_mode = WAL")
       this.catalog.pragma("synchronous = NORMAL")
       this.documents = new SqliteStorage(this.db, this.catalog)
-      this.outbox = new SqliteOutbox(this.db)
+      this.events = new SqliteEventLog(this.db)
+      this.outbox = new SqliteOutbox(this.db, this.events)
       this.bindings = new SqliteClientBindingStore(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
@@ -100,6 +103,7 @@ export class SqliteBackend implements Backend {
     if (!this.db.open) return
     await this.documents.close()
     await this.outbox.close()
+    await this.events.close()
     this.db.close()
     this.catalog.close()
   }

@@ -1,3 +1,4 @@
+import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
 import type { RelayStorage } from "../storage/types.js"
@@ -23,6 +24,8 @@ export interface Backend {
   readonly documents: RelayStorage
   /** The hook outbox: events owed to hooks, webhooks and the inbox upkeep. */
   readonly outbox: Outbox
+  /** The durable event log, which `outbox.enqueue` writes in the same transaction as the deliveries. */
+  readonly events: EventLog
   /** Which principal owns each Yjs client id of each document. */
   readonly bindings: ClientBindingStore
   /**

@@ -2,9 +2,11 @@ import type {
   ConversationId,
   ConversationInfo,
   CreateConversationInput,
+  MarkerTarget,
   MessageId,
   MessageView,
   MessageWindow,
+  Metadata,
   Participant,
   Role,
   SendMessageInput,
@@ -24,12 +26,6 @@ export interface ConversationState {
   readonly unread: Readonly<Record<UserId, number>>
 }
 
-/**
- * Reading and writing conversations from a hook. Every write runs `asUser`'s
- * rules, then takes the relay's one update path (checked, saved, sequenced,
- * broadcast) and fires events of its own, whose actor is
- * `{ kind: "bot", user: asUser, hook }`.
- */
 /** A user's inbox as a hook sees it. */
 export interface InboxSummary {
   /** Unread messages over all the user's conversations. */
@@ -49,13 +45,34 @@ export interface HookInboxes {
   summary(user: UserId): Promise<InboxSummary>
 }
 
+/**
+ * Reading and writing conversations from a hook: the operations of the HTTP
+ * API. Every write runs `asUser`'s rules, then takes the relay's one update
+ * path (checked, saved, sequenced, broadcast) and fires events of its own,
+ * whose actor is `{ kind: "bot", user: asUser, hook }`.
+ *
+ * Every write is idempotent across retries of the same event: a handler that
+ * wrote and then failed (threw, timed out, the relay died) is run again, and
+ * its writes then change nothing twice. A message sent without an `id` and a
+ * group created without one get ids derived from the event id, the hook and
+ * the write's position among the handler's writes, so a retry that makes the
+ * same calls in the same order finds them; every other write is skipped when
+ * the conversation already holds what it would write.
+ */
 export interface HookConversations {
   get(id: ConversationId, window?: MessageWindow): Promise<ConversationState | undefined>
+  /**
+   * Creates a group (its id derived from the event when `input.id` is absent)
+   * or finds-or-creates the direct conversation of `asUser` and the one other
+   * participant. A group `asUser` already created under that id is returned as it is.
+   */
   create(asUser: UserId, input: CreateConversationInput): Promise<ConversationInfo>
+  /** Sends a message (its id derived from the event when `input.id` is absent); resolves with it, sequenced. */
   send(id: ConversationId, asUser: UserId, input: SendMessageInput): Promise<MessageView>
   edit(id: ConversationId, asUser: UserId, messageId: MessageId, body: string): Promise<void>
   deleteMessage(id: ConversationId, asUser: UserId, messageId: MessageId): Promise<void>
   react(id: ConversationId, asUser: UserId, messageId: MessageId, emoji: string): Promise<void>
+  unreact(id: ConversationId, asUser: UserId, messageId: MessageId, emoji: string): Promise<void>
   addParticipants(
     id: ConversationId,
     asUser: UserId,
@@ -63,8 +80,18 @@ export interface HookConversations {
     role?: Role,
   ): Promise<UserId[]>
   removeParticipants(id: ConversationId, asUser: UserId, users: readonly UserId[]): Promise<UserId[]>
+  /** `asUser` leaves the conversation. */
+  leave(id: ConversationId, asUser: UserId): Promise<void>
+  changeRole(id: ConversationId, asUser: UserId, user: UserId, role: Role): Promise<void>
   rename(id: ConversationId, asUser: UserId, title: string): Promise<void>
-  markRead(id: ConversationId, asUser: UserId): Promise<void>
+  /** Replaces the conversation's metadata. */
+  setMetadata(id: ConversationId, asUser: UserId, metadata: Metadata): Promise<void>
+  /** Marks the conversation deleted. */
+  deleteConversation(id: ConversationId, asUser: UserId): Promise<void>
+  /** Moves `asUser`'s read marker forward to `upTo` (a sequence number, a message id; default the latest). */
+  markRead(id: ConversationId, asUser: UserId, upTo?: MarkerTarget): Promise<void>
+  /** Moves `asUser`'s delivered marker forward to `upTo` (default the latest). */
+  markDelivered(id: ConversationId, asUser: UserId, upTo?: MarkerTarget): Promise<void>
 }
 
 /** What a handler gets besides its event. */

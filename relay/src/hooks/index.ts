@@ -11,6 +11,17 @@ export {
 } from "./define.js"
 export { type DeliveryTarget, Dispatcher, exponentialBackoff, PermanentDeliveryError } from "./dispatcher.js"
 export {
+  DEFAULT_EVENT_RETENTION,
+  type EventLog,
+  type EventLogEntry,
+  type EventLogListener,
+  type EventLogQuery,
+  type EventLogReader,
+  type EventRetention,
+  MAX_EVENT_LOG_READ,
+} from "./event-log.js"
+export { EventLogPruner, type EventLogPrunerOptions } from "./event-log-pruner.js"
+export {
   HANDLER_NAMES,
   type HookActor,
   type HookConversation,
@@ -21,6 +32,7 @@ export {
 } from "./events.js"
 export { HooksExtension, type HooksExtensionOptions } from "./extension.js"
 export { type LoadedHooks, loadHooks } from "./loader.js"
+export { MemoryEventLog } from "./memory-event-log.js"
 export {
   type DeadLetter,
   type DeadLetterFilter,

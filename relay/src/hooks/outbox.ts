@@ -1,4 +1,5 @@
 import type { HookEvent } from "./events.js"
+import { MemoryEventLog } from "./memory-event-log.js"
 
 /** One event owed to one target (a hook module or a webhook URL). */
 export interface Delivery {
@@ -40,7 +41,10 @@ export interface DeadLetterFilter {
   readonly document?: string
 }
 
-/** Events to record for one document, each with the targets that must receive it. */
+/**
+ * Events to record for one document, each with the targets that must receive
+ * it (none: the event goes to the event log only).
+ */
 export interface OutboxBatch {
   readonly document: string
   readonly events: readonly { readonly event: HookEvent; readonly targets: readonly string[] }[]
@@ -53,8 +57,8 @@ export interface OutboxBatch {
 
 /**
  * The durable queue between saved changes and their hooks. `enqueue` is atomic:
- * the events, their deliveries and the document's watermark are recorded
- * together or not at all. A part of every backend (memory, SQLite, PostgreSQL); all pass
+ * the events (in the backend's event log, see `EventLog`), their deliveries
+ * and the document's watermark are recorded together or not at all. A part of every backend (memory, SQLite, PostgreSQL); all pass
  * `relay/test/conformance/backend.ts`.
  */
 export interface Outbox {
@@ -97,9 +101,14 @@ export class MemoryOutbox implements Outbox {
   private readonly marks = new Map<string, number>()
   private seq = 0
 
+  /** `events`: the log `enqueue` records every event in (the backend's). */
+  constructor(readonly events: MemoryEventLog = new MemoryEventLog()) {}
+
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
     const out: Delivery[] = []
+    const logged = this.events.record(batch.events.map((e) => e.event))
     for (const { event, targets } of batch.events) {
+      if (targets.length === 0) continue
       const seq = ++this.seq
       for (const target of targets) {
         const row: Row = {
@@ -117,6 +126,7 @@ export class MemoryOutbox implements Outbox {
     }
     if (batch.through !== undefined)
       this.marks.set(batch.document, Math.max(batch.through, this.marks.get(batch.document) ?? 0))
+    this.events.published(logged)
     return out
   }
 

@@ -9,6 +9,7 @@ import {
   type Outbox,
   type OutboxBatch,
 } from "./outbox.js"
+import { PostgresEventLog } from "./postgres-event-log.js"
 
 // The payload is the event's JSON as text, not JSONB: JSONB would reorder keys and refuse `\u0000` in
 // strings (a message body may hold one), and the outbox only ever reads the whole event back.
@@ -80,8 +81,14 @@ const storable = (text: string): string => text.replaceAll("\u0000", "\uFFFD")
 export class PostgresOutbox implements Outbox {
   private closed = false
 
-  /** `pool` is the backend's, with {@link OUTBOX_SCHEMA} created. */
-  constructor(private readonly pool: pg.Pool) {}
+  /**
+   * `pool` is the backend's, with {@link OUTBOX_SCHEMA} created; `events` is
+   * the log every enqueue records its events in, in the same transaction.
+   */
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly events: PostgresEventLog = new PostgresEventLog(pool),
+  ) {}
 
   private assertOpen(): void {
     if (this.closed) throw new Error("the hook outbox is closed")
@@ -90,12 +97,17 @@ export class PostgresOutbox implements Outbox {
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
     this.assertOpen()
     if (batch.events.length === 0 && batch.through === undefined) return []
-    return inTransaction(this.pool, async (client) => {
+    const { out, logged } = await inTransaction(this.pool, async (client) => {
       // One enqueue of a document at a time (across relays too): sequence numbers are drawn inside the
       // transaction, so without the lock a later seq could commit first and be delivered ahead.
       await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [DOCUMENT_LOCK, batch.document])
       const out: Delivery[] = []
+      const logged = await this.events.record(
+        client,
+        batch.events.map((e) => e.event),
+      )
       for (const { event, targets } of batch.events) {
+        if (targets.length === 0) continue
         const { rows } = await client.query<{ seq: string }>(
           "INSERT INTO parley_hook_events (document, payload) VALUES ($1, $2) RETURNING seq",
           [batch.document, JSON.stringify(event)],
@@ -116,8 +128,10 @@ export class PostgresOutbox implements Outbox {
              SET through = GREATEST(parley_hook_watermarks.through, EXCLUDED.through)`,
           [batch.document, batch.through],
         )
-      return out
+      return { out, logged }
     })
+    this.events.published(logged)
+    return out
   }
 
   async watermark(document: string): Promise<number | undefined> {

@@ -1,29 +1,14 @@
 import {
-  addParticipants,
   type ChangeEvent,
   type ConversationId,
-  createConversation,
-  deleteMessage,
-  directConversationId,
-  editMessage,
-  getConversation,
   getMessage,
   isTyping,
-  lastSequence,
-  listMessages,
-  listParticipants,
   type MessageView,
-  markRead,
   observeChanges,
   parseDocumentName,
-  react,
-  removeParticipants,
-  renameConversation,
-  sendMessage,
   TYPING_EXPIRY_MS,
   TYPING_THROTTLE_MS,
   type UserId,
-  unreadCount,
 } from "@parley/shared"
 import type { Registry } from "prom-client"
 import type * as Y from "yjs"
@@ -32,7 +17,7 @@ import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { applyStored } from "../storage/integrity.js"
-import type { ConversationState, HookContext, HookConversations } from "./define.js"
+import type { HookContext, HookConversations } from "./define.js"
 import { handlerFor } from "./define.js"
 import { DEFAULT_HOOK_TIMEOUT_MS, type DeliveryTarget, Dispatcher, exponentialBackoff } from "./dispatcher.js"
 import {
@@ -44,6 +29,7 @@ import {
   newEventId,
   writerNamedBy,
 } from "./events.js"
+import { hookConversations } from "./hook-conversations.js"
 import type { LoadedHooks } from "./loader.js"
 import { HookMetrics } from "./metrics.js"
 import type { DeadLetter, DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
@@ -322,7 +308,8 @@ export class HookRuntime {
     const run = this.chain.then(async () => {
       const deliveries = await this.options.outbox.enqueue({
         document,
-        events: batch.filter((b) => b.targets.length > 0),
+        // Every event, targets or not: the outbox records each in the event log.
+        events: batch,
         ...(through !== undefined ? { through } : {}),
       })
       this.dispatcher.add(deliveries)
@@ -348,7 +335,7 @@ export class HookRuntime {
       }),
       signal: attempt.signal,
       attempt: attempt.attempt,
-      conversations: this.conversationsFor(hook),
+      conversations: this.conversationsFor(hook, event),
       inboxes: {
         summary: (user) => inboxSummary(this.core, user),
       },
@@ -356,57 +343,18 @@ export class HookRuntime {
     }
   }
 
-  private conversationsFor(hook: string): HookConversations {
-    const core = this.core
-    const write = async <T>(name: string, asUser: UserId, change: (doc: Y.Doc) => T): Promise<T> => {
-      // The principal object identifies the write when the update path reports it back.
-      const principal: Principal = { kind: "user", user: asUser }
-      this.bots.set(principal, { user: asUser, hook })
-      let result: T | undefined
-      await core.write(name, principal, (doc) => {
-        result = change(doc)
-      })
-      return result as T
-    }
-    return {
-      get: (id, window = { last: 50 }) =>
-        core.read(id, (doc): ConversationState | undefined => {
-          const conversation = getConversation(doc)
-          if (!conversation) return undefined
-          const participants = listParticipants(doc)
-          const unread: Record<string, number> = {}
-          for (const p of participants) unread[p.user] = unreadCount(doc, p.user)
-          return {
-            conversation,
-            participants,
-            messages: listMessages(doc, window),
-            lastSequence: lastSequence(doc),
-            unread,
-          }
-        }),
-      create: (asUser, input) => {
-        const name = input.id ?? directConversationId([asUser, ...input.participants])
-        return write(name, asUser, (doc) => createConversation(doc, asUser, input))
+  private conversationsFor(hook: string, event: HookEvent): HookConversations {
+    return hookConversations({
+      core: this.core,
+      hook,
+      eventId: event.event.id,
+      write: (name, asUser, change) => {
+        // The principal object identifies the write when the update path reports it back.
+        const principal: Principal = { kind: "user", user: asUser }
+        this.bots.set(principal, { user: asUser, hook })
+        return this.core.write(name, principal, change)
       },
-      send: async (id, asUser, input) => {
-        const sent = await write(id, asUser, (doc) => sendMessage(doc, asUser, input))
-        return (await core.read(id, (doc) => getMessage(doc, sent.id))) ?? sent
-      },
-      edit: (id, asUser, messageId, body) =>
-        write(id, asUser, (doc) => editMessage(doc, asUser, messageId, body)),
-      deleteMessage: (id, asUser, messageId) =>
-        write(id, asUser, (doc) => deleteMessage(doc, asUser, messageId)),
-      react: (id, asUser, messageId, emoji) =>
-        write(id, asUser, (doc) => react(doc, asUser, messageId, emoji)),
-      addParticipants: (id, asUser, users, role) =>
-        write(id, asUser, (doc) => addParticipants(doc, asUser, users, role)),
-      removeParticipants: (id, asUser, users) =>
-        write(id, asUser, (doc) => removeParticipants(doc, asUser, users)),
-      rename: (id, asUser, title) => write(id, asUser, (doc) => renameConversation(doc, asUser, title)),
-      markRead: async (id, asUser) => {
-        await write(id, asUser, (doc) => markRead(doc, asUser))
-      },
-    }
+    })
   }
 }
 

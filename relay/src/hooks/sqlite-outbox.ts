@@ -8,6 +8,7 @@ import {
   type Outbox,
   type OutboxBatch,
 } from "./outbox.js"
+import { SqliteEventLog } from "./sqlite-event-log.js"
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
@@ -68,8 +69,14 @@ export class SqliteOutbox implements Outbox {
 
   private closed = false
 
-  /** `db` is the backend's connection (WAL mode); the outbox creates its tables in it. */
-  constructor(private readonly db: Database.Database) {
+  /**
+   * `db` is the backend's connection (WAL mode); the outbox creates its tables
+   * in it. `events`, on the same connection, is the log every enqueue records its events in.
+   */
+  constructor(
+    private readonly db: Database.Database,
+    private readonly events: SqliteEventLog = new SqliteEventLog(db),
+  ) {
     this.db.exec(SCHEMA)
     this.statements = {
       insertEvent: this.db.prepare<[string, string], unknown>(
@@ -140,7 +147,9 @@ export class SqliteOutbox implements Outbox {
     this.assertOpen()
     const run = this.relaxedTransaction((b: OutboxBatch) => {
       const out: Delivery[] = []
+      const logged = this.events.record(b.events.map((e) => e.event))
       for (const { event, targets } of b.events) {
+        if (targets.length === 0) continue
         const seq = Number(this.statements.insertEvent.run(b.document, JSON.stringify(event)).lastInsertRowid)
         for (const target of targets) {
           this.statements.insertDelivery.run(seq, target)
@@ -148,9 +157,11 @@ export class SqliteOutbox implements Outbox {
         }
       }
       if (b.through !== undefined) this.statements.setWatermark.run(b.document, b.through)
-      return out
+      return { out, logged }
     })
-    return run(batch)
+    const { out, logged } = run(batch)
+    this.events.published(logged)
+    return out
   }
 
   async watermark(document: string): Promise<number | undefined> {

@@ -3,6 +3,7 @@ import * as Y from "yjs"
 import type { Backend } from "../../src/backend/types.js"
 import type { RelayStorage } from "../../src/storage/types.js"
 import { runBindingStoreConformance } from "./bindings.js"
+import { runEventLogConformance } from "./event-log.js"
 import { runOutboxConformance, sampleEvent } from "./outbox.js"
 import { runStorageConformance, type StorageTamper } from "./storage.js"
 
@@ -42,6 +43,23 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
     return {
       outbox: first.outbox,
       ...(persistent ? { reopen: async () => (await open()).outbox } : {}),
+      cleanup,
+    }
+  })
+
+  runEventLogConformance(name, async () => {
+    const { open, cleanup, persistent } = await opener(setup)
+    const first = await open()
+    return {
+      parts: { outbox: first.outbox, events: first.events },
+      ...(persistent
+        ? {
+            reopen: async () => {
+              const again = await open()
+              return { outbox: again.outbox, events: again.events }
+            },
+          }
+        : {}),
       cleanup,
     }
   })

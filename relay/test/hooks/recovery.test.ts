@@ -70,6 +70,13 @@ describe("hook events of changes saved right before a crash", () => {
     await third.core.read(id, () => undefined)
     await third.runtime.idle()
     expect(third.events).toEqual([])
+    // The event log, written with the outbox, holds each message once, the recovered one with its number.
+    const logged = await outbox.events.read({ types: ["message.sent"], limit: 10 })
+    const messages = logged.map((e) => (e.event.subject as { message: { id: string; seq?: number } }).message)
+    expect(messages.map((m) => [m.id, m.seq])).toEqual([
+      ["before-01", 1],
+      ["crash-001", 2],
+    ])
   })
 
   it("never compacts log entries whose events are not recorded yet", async () => {

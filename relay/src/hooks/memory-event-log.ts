@@ -1,0 +1,85 @@
+import type { UserId } from "@parley/shared"
+import {
+  audienceOf,
+  checkAfter,
+  checkLimit,
+  checkTypes,
+  type EventLog,
+  type EventLogEntry,
+  type EventLogListener,
+  EventLogListeners,
+  type EventLogQuery,
+  type EventRetention,
+  isLogged,
+  parseEventId,
+} from "./event-log.js"
+import type { HookEvent } from "./events.js"
+
+interface Row {
+  readonly id: number
+  readonly event: HookEvent
+  readonly audience: ReadonlySet<UserId>
+}
+
+/** An event log in memory, written by `MemoryOutbox`: for tests and `--storage memory`; gone with the process. */
+export class MemoryEventLog implements EventLog {
+  private rows: Row[] = []
+  private last = 0
+  private prunedThrough = 0
+  private readonly listeners = new EventLogListeners()
+
+  /** Records `events` (those the log keeps) and tells the listeners; the outbox calls it inside its enqueue. */
+  record(events: readonly HookEvent[]): EventLogEntry[] {
+    const entries: EventLogEntry[] = []
+    for (const event of events) {
+      if (!isLogged(event)) continue
+      const id = ++this.last
+      this.rows.push({ id, event, audience: new Set(audienceOf(event)) })
+      entries.push({ id: String(id), event })
+    }
+    return entries
+  }
+
+  /** Tells the listeners of entries `record` returned, once their enqueue is complete. */
+  published(entries: readonly EventLogEntry[]): void {
+    this.listeners.emit(entries)
+  }
+
+  async read(query: EventLogQuery): Promise<EventLogEntry[]> {
+    const after = parseEventId(query.after)
+    const limit = checkLimit(query.limit)
+    if (query.after !== undefined) checkAfter(after, this.prunedThrough, this.last)
+    const checked = checkTypes(query.types)
+    const types = checked.length > 0 ? new Set<string>(checked) : undefined
+    const out: EventLogEntry[] = []
+    for (const row of this.rows) {
+      if (row.id <= after) continue
+      if (query.conversation !== undefined && row.event.event.conversationId !== query.conversation) continue
+      if (query.user !== undefined && !row.audience.has(query.user)) continue
+      if (types && !types.has(row.event.event.type)) continue
+      out.push({ id: String(row.id), event: row.event })
+      if (out.length === limit) break
+    }
+    return out
+  }
+
+  async latest(): Promise<string> {
+    return String(this.last)
+  }
+
+  subscribe(listener: EventLogListener): () => void {
+    return this.listeners.subscribe(listener)
+  }
+
+  async prune(retention: EventRetention, now: number = Date.now(), _signal?: AbortSignal): Promise<number> {
+    const cutoff = now - retention.maxAgeMs
+    let through = this.last - retention.maxEvents
+    for (const row of this.rows) if (row.event.event.time < cutoff) through = Math.max(through, row.id)
+    const before = this.rows.length
+    this.rows = this.rows.filter((row) => row.id > through)
+    this.prunedThrough = Math.max(this.prunedThrough, through)
+    return before - this.rows.length
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,227 @@
+import type { UserId } from "@parley/shared"
+import type pg from "pg"
+import { inTransaction } from "../postgres.js"
+import {
+  checkAfter,
+  checkLimit,
+  checkTypes,
+  type EventLog,
+  type EventLogEntry,
+  type EventLogListener,
+  EventLogListeners,
+  type EventLogQuery,
+  type EventRetention,
+  isLogged,
+  membershipChanges,
+  PRUNE_BATCH,
+  parseEventId,
+} from "./event-log.js"
+import type { HookEvent } from "./events.js"
+
+// The payload is the event's JSON as text, as in the outbox (JSONB would reorder keys and refuse `\u0000`).
+/** The event log's tables (see {@link PostgresEventLog}), created by the backend. */
+export const EVENT_LOG_SCHEMA = `
+CREATE TABLE IF NOT EXISTS parley_event_log (
+  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  conversation TEXT NOT NULL,
+  type TEXT NOT NULL,
+  at BIGINT NOT NULL,
+  payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS parley_event_log_by_conversation ON parley_event_log (conversation, id);
+CREATE INDEX IF NOT EXISTS parley_event_log_by_time ON parley_event_log (at);
+CREATE TABLE IF NOT EXISTS parley_event_log_members (
+  conversation TEXT NOT NULL,
+  user_id TEXT NOT NULL,
+  from_id BIGINT NOT NULL,
+  to_id BIGINT,
+  PRIMARY KEY (conversation, user_id, from_id)
+);
+CREATE TABLE IF NOT EXISTS parley_event_log_state (
+  name TEXT PRIMARY KEY,
+  value BIGINT NOT NULL
+);
+`
+
+// Taken by every transaction that records events, until it commits: ids are drawn from the identity
+// inside it, so without the lock a relay sharing the database could commit id 7 before another's 6,
+// and a reader past 7 would never see 6. Two-key (LOG_LOCK, the schema): apart from the storage's one-key locks.
+const LOG_LOCK = 0x50726c65
+
+/** Events one INSERT statement records. */
+const RECORD_CHUNK = 500
+
+const LATEST = `SELECT GREATEST(COALESCE((SELECT MAX(id) FROM parley_event_log), 0),
+  COALESCE((SELECT value FROM parley_event_log_state WHERE name = 'pruned_through'), 0)) AS latest`
+const PRUNED = "SELECT value FROM parley_event_log_state WHERE name = 'pruned_through'"
+
+/**
+ * The event log of a relay on PostgreSQL: tables `parley_event_log*` in the
+ * storage's database. `PostgresOutbox` writes it inside its enqueue
+ * transaction; commits wait for the WAL flush, so a recorded event survives a
+ * crash of the relay and of the server. Relays sharing the database share
+ * one log: ids are committed in increasing order across them (an advisory
+ * lock), and each relay's `subscribe` hears only its own writes.
+ */
+export class PostgresEventLog implements EventLog {
+  private readonly listeners = new EventLogListeners()
+  private closed = false
+
+  /** `pool` is the backend's, with {@link EVENT_LOG_SCHEMA} created. */
+  constructor(private readonly pool: pg.Pool) {}
+
+  private assertOpen(): void {
+    if (this.closed) throw new Error("the event log is closed")
+  }
+
+  /**
+   * Records `events` (those the log keeps) in the outbox's transaction on
+   * `client`; call {@link published} with the result once it committed.
+   */
+  async record(client: pg.PoolClient, events: readonly HookEvent[]): Promise<EventLogEntry[]> {
+    const kept = events.filter(isLogged)
+    if (kept.length === 0) return []
+    await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
+    // A statement per chunk of the batch: identities are drawn in the ORDER BY's order, so sorted ids match
+    // the events. Chunks keep one statement's parameters to a few MB however large the frame was.
+    const rows: { id: string }[] = []
+    for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
+      const chunk = kept.slice(start, start + RECORD_CHUNK)
+      const inserted = await client.query<{ id: string }>(
+        `INSERT INTO parley_event_log (conversation, type, at, payload)
+         SELECT c, t, a, p FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY AS x(c, t, a, p, n)
+         ORDER BY n
+         RETURNING id`,
+        [
+          chunk.map((e) => e.event.conversationId),
+          chunk.map((e) => e.event.type),
+          chunk.map((e) => e.event.time),
+          chunk.map((e) => JSON.stringify(e)),
+        ],
+      )
+      rows.push(...inserted.rows)
+    }
+    const ids = rows.map((r) => Number(r.id)).sort((a, b) => a - b)
+    const recorded = kept.map((event, i) => ({ id: ids[i]!, event }))
+    const conversations = [...new Set(kept.map((e) => e.event.conversationId as string))]
+    const { rows: members } = await client.query<{ conversation: string; user_id: string }>(
+      "SELECT conversation, user_id FROM parley_event_log_members WHERE conversation = ANY($1::text[]) AND to_id IS NULL",
+      [conversations],
+    )
+    const open = new Map<string, Set<UserId>>(conversations.map((c) => [c, new Set<UserId>()]))
+    for (const m of members) open.get(m.conversation)!.add(m.user_id as UserId)
+    const { opened, closed } = membershipChanges(open, recorded)
+    if (closed.length > 0)
+      await client.query(
+        `UPDATE parley_event_log_members m SET to_id = c.to_id
+         FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(conversation, user_id, to_id)
+         WHERE m.conversation = c.conversation AND m.user_id = c.user_id AND m.to_id IS NULL`,
+        [closed.map((c) => c.conversation), closed.map((c) => c.user), closed.map((c) => c.to)],
+      )
+    if (opened.length > 0)
+      await client.query(
+        `INSERT INTO parley_event_log_members (conversation, user_id, from_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING`,
+        [opened.map((o) => o.conversation), opened.map((o) => o.user), opened.map((o) => o.from)],
+      )
+    return recorded.map(({ id, event }) => ({ id: String(id), event }))
+  }
+
+  /** Tells the listeners of entries {@link record} returned, after their transaction committed. */
+  published(entries: readonly EventLogEntry[]): void {
+    this.listeners.emit(entries)
+  }
+
+  async read(query: EventLogQuery): Promise<EventLogEntry[]> {
+    this.assertOpen()
+    const after = parseEventId(query.after)
+    const limit = checkLimit(query.limit)
+    const types = checkTypes(query.types)
+    const args: unknown[] = [after]
+    let sql: string
+    if (query.user !== undefined) {
+      args.push(query.user)
+      // In id order, each event checked against the user's membership (see the SQLite log).
+      sql = `SELECT e.id, e.payload FROM parley_event_log e WHERE e.id > $1 AND EXISTS (
+        SELECT 1 FROM parley_event_log_members m WHERE m.conversation = e.conversation AND m.user_id = $2
+          AND m.from_id <= e.id AND (m.to_id IS NULL OR m.to_id >= e.id))`
+    } else sql = "SELECT e.id, e.payload FROM parley_event_log e WHERE e.id > $1"
+    if (query.conversation !== undefined) {
+      args.push(query.conversation)
+      sql += ` AND e.conversation = $${args.length}`
+    }
+    if (types.length > 0) {
+      args.push(types)
+      sql += ` AND e.type = ANY($${args.length}::text[])`
+    }
+    args.push(limit)
+    sql += ` ORDER BY e.id LIMIT $${args.length}`
+    // One snapshot: a prune between the check and the read would otherwise drop events silently.
+    const rows = await inTransaction(
+      this.pool,
+      async (client) => {
+        const [pruned, latest] = await Promise.all([
+          client.query<{ value: string }>(PRUNED),
+          client.query<{ latest: string }>(LATEST),
+        ])
+        if (query.after !== undefined)
+          checkAfter(after, Number(pruned.rows[0]?.value ?? 0), Number(latest.rows[0]?.latest ?? 0))
+        return (await client.query<{ id: string; payload: string }>(sql, args)).rows
+      },
+      "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    )
+    return rows.map((row) => ({ id: row.id, event: JSON.parse(row.payload) as HookEvent }))
+  }
+
+  async latest(): Promise<string> {
+    this.assertOpen()
+    const { rows } = await this.pool.query<{ latest: string }>(LATEST)
+    return String(rows[0]?.latest ?? 0)
+  }
+
+  subscribe(listener: EventLogListener): () => void {
+    return this.listeners.subscribe(listener)
+  }
+
+  /** Deletes in batches of {@link PRUNE_BATCH} events, one transaction each. */
+  async prune(retention: EventRetention, now: number = Date.now(), signal?: AbortSignal): Promise<number> {
+    this.assertOpen()
+    const [{ rows: latest }, { rows: before }, { rows: pruned }] = await Promise.all([
+      this.pool.query<{ latest: string }>(LATEST),
+      this.pool.query<{ id: string | null }>("SELECT MAX(id) AS id FROM parley_event_log WHERE at < $1", [
+        now - retention.maxAgeMs,
+      ]),
+      this.pool.query<{ value: string }>(PRUNED),
+    ])
+    const through = Math.max(Number(before[0]?.id ?? 0), Number(latest[0]?.latest ?? 0) - retention.maxEvents)
+    if (through <= Number(pruned[0]?.value ?? 0)) return 0
+    let total = 0
+    for (;;) {
+      if (this.closed || signal?.aborted) return total
+      const { step, removed } = await inTransaction(this.pool, async (client) => {
+        const { rows } = await client.query<{ id: string | null }>(
+          "SELECT MAX(id) AS id FROM (SELECT id FROM parley_event_log WHERE id <= $1 ORDER BY id LIMIT $2) AS b",
+          [through, PRUNE_BATCH],
+        )
+        const step = rows[0]?.id === null || rows[0] === undefined ? through : Number(rows[0].id)
+        await client.query("DELETE FROM parley_event_log_members WHERE to_id IS NOT NULL AND to_id <= $1", [
+          step,
+        ])
+        const { rowCount } = await client.query("DELETE FROM parley_event_log WHERE id <= $1", [step])
+        await client.query(
+          `INSERT INTO parley_event_log_state (name, value) VALUES ('pruned_through', $1)
+           ON CONFLICT (name) DO UPDATE SET value = GREATEST(parley_event_log_state.value, EXCLUDED.value)`,
+          [step],
+        )
+        return { step, removed: rowCount ?? 0 }
+      })
+      total += removed
+      if (step >= through) return total
+    }
+  }
+
+  /** Refuses further calls; the backend ends the pool. */
+  async close(): Promise<void> {
+    this.closed = true
+  }
+}

@@ -1,0 +1,224 @@
+import type { UserId } from "@parley/shared"
+import type Database from "better-sqlite3"
+import {
+  checkAfter,
+  checkLimit,
+  checkTypes,
+  type EventLog,
+  type EventLogEntry,
+  type EventLogListener,
+  EventLogListeners,
+  type EventLogQuery,
+  type EventRetention,
+  isLogged,
+  membershipChanges,
+  PRUNE_BATCH,
+  parseEventId,
+} from "./event-log.js"
+import type { HookEvent } from "./events.js"
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS event_log (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  conversation TEXT NOT NULL,
+  type TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_log_by_conversation ON event_log (conversation, id);
+CREATE INDEX IF NOT EXISTS event_log_by_time ON event_log (at);
+CREATE TABLE IF NOT EXISTS event_log_members (
+  conversation TEXT NOT NULL,
+  user_id TEXT NOT NULL,
+  from_id INTEGER NOT NULL,
+  to_id INTEGER,
+  PRIMARY KEY (conversation, user_id, from_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_log_state (
+  name TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+) WITHOUT ROWID;
+`
+
+/**
+ * The event log of the SQLite backend: tables `event_log*` in the relay's
+ * database. `SqliteOutbox` writes it inside its enqueue transaction (so its
+ * commits have the outbox's durability: they survive a crash of the relay
+ * process; after a power loss the events of the lost tail are derived again
+ * from the fsync'd storage log, with new ids). Ids are SQLite's
+ * AUTOINCREMENT: never reused, even after pruning.
+ */
+export class SqliteEventLog implements EventLog {
+  private readonly listeners = new EventLogListeners()
+  private readonly statements
+  private readonly queries = new Map<string, Database.Statement<unknown[], { id: number; payload: string }>>()
+  private closed = false
+
+  /** `db` is the backend's connection; the log creates its tables in it. */
+  constructor(private readonly db: Database.Database) {
+    this.db.exec(SCHEMA)
+    this.statements = {
+      insert: this.db.prepare<[string, string, number, string], unknown>(
+        "INSERT INTO event_log (conversation, type, at, payload) VALUES (?, ?, ?, ?)",
+      ),
+      openMembers: this.db.prepare<[string], { user_id: string }>(
+        "SELECT user_id FROM event_log_members WHERE conversation = ? AND to_id IS NULL",
+      ),
+      open: this.db.prepare<[string, string, number], unknown>(
+        "INSERT OR IGNORE INTO event_log_members (conversation, user_id, from_id) VALUES (?, ?, ?)",
+      ),
+      close: this.db.prepare<[number, string, string], unknown>(
+        "UPDATE event_log_members SET to_id = ? WHERE conversation = ? AND user_id = ? AND to_id IS NULL",
+      ),
+      latest: this.db.prepare<[], { latest: number | null }>(
+        `SELECT MAX(COALESCE((SELECT MAX(id) FROM event_log), 0),
+                    COALESCE((SELECT value FROM event_log_state WHERE name = 'pruned_through'), 0)) AS latest`,
+      ),
+      prunedThrough: this.db.prepare<[], { value: number }>(
+        "SELECT value FROM event_log_state WHERE name = 'pruned_through'",
+      ),
+      lastBefore: this.db.prepare<[number], { id: number | null }>(
+        "SELECT MAX(id) AS id FROM event_log WHERE at < ?",
+      ),
+      oldestIds: this.db.prepare<[number, number], { id: number }>(
+        "SELECT id FROM event_log WHERE id <= ? ORDER BY id LIMIT ?",
+      ),
+      removeEvents: this.db.prepare<[number], unknown>("DELETE FROM event_log WHERE id <= ?"),
+      removeMembers: this.db.prepare<[number], unknown>(
+        "DELETE FROM event_log_members WHERE to_id IS NOT NULL AND to_id <= ?",
+      ),
+      setPruned: this.db.prepare<[number], unknown>(
+        `INSERT INTO event_log_state (name, value) VALUES ('pruned_through', ?)
+         ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)`,
+      ),
+    }
+  }
+
+  private assertOpen(): void {
+    if (this.closed || !this.db.open) throw new Error("the event log is closed")
+  }
+
+  /**
+   * Records `events` (those the log keeps): call inside the outbox's
+   * transaction, then {@link published} with the result once it committed.
+   */
+  record(events: readonly HookEvent[]): EventLogEntry[] {
+    const recorded: { id: number; event: HookEvent }[] = []
+    for (const event of events) {
+      if (!isLogged(event)) continue
+      const { lastInsertRowid } = this.statements.insert.run(
+        event.event.conversationId,
+        event.event.type,
+        event.event.time,
+        JSON.stringify(event),
+      )
+      recorded.push({ id: Number(lastInsertRowid), event })
+    }
+    const open = new Map<string, Set<UserId>>()
+    for (const { event } of recorded) {
+      const conversation = event.event.conversationId
+      if (!open.has(conversation))
+        open.set(
+          conversation,
+          new Set(this.statements.openMembers.all(conversation).map((r) => r.user_id as UserId)),
+        )
+    }
+    const { opened, closed } = membershipChanges(open, recorded)
+    for (const { conversation, user, to } of closed) this.statements.close.run(to, conversation, user)
+    for (const { conversation, user, from } of opened) this.statements.open.run(conversation, user, from)
+    return recorded.map(({ id, event }) => ({ id: String(id), event }))
+  }
+
+  /** Tells the listeners of entries {@link record} returned, after their transaction committed. */
+  published(entries: readonly EventLogEntry[]): void {
+    this.listeners.emit(entries)
+  }
+
+  async read(query: EventLogQuery): Promise<EventLogEntry[]> {
+    this.assertOpen()
+    const after = parseEventId(query.after)
+    const limit = checkLimit(query.limit)
+    const types = checkTypes(query.types)
+    const snapshot = this.db.transaction(() => {
+      if (query.after !== undefined)
+        checkAfter(
+          after,
+          this.statements.prunedThrough.get()?.value ?? 0,
+          this.statements.latest.get()?.latest ?? 0,
+        )
+      const args: unknown[] = []
+      let sql: string
+      if (query.user !== undefined) {
+        // In id order, each event checked against the user's membership (a primary-key lookup): a page
+        // stops after `limit` matches, so catching up costs one pass over the log, not one sort per page.
+        sql = `SELECT e.id, e.payload FROM event_log e WHERE e.id > ? AND EXISTS (
+          SELECT 1 FROM event_log_members m WHERE m.conversation = e.conversation AND m.user_id = ?
+            AND m.from_id <= e.id AND (m.to_id IS NULL OR m.to_id >= e.id))`
+        args.push(after, query.user)
+      } else {
+        sql = "SELECT e.id, e.payload FROM event_log e WHERE e.id > ?"
+        args.push(after)
+      }
+      if (query.conversation !== undefined) {
+        sql += " AND e.conversation = ?"
+        args.push(query.conversation)
+      }
+      if (types.length > 0) {
+        sql += ` AND e.type IN (${types.map(() => "?").join(", ")})`
+        args.push(...types)
+      }
+      sql += " ORDER BY e.id LIMIT ?"
+      args.push(limit)
+      let statement = this.queries.get(sql)
+      if (!statement) {
+        statement = this.db.prepare<unknown[], { id: number; payload: string }>(sql)
+        this.queries.set(sql, statement)
+      }
+      return statement.all(...args)
+    })
+    return snapshot().map((row) => ({ id: String(row.id), event: JSON.parse(row.payload) as HookEvent }))
+  }
+
+  async latest(): Promise<string> {
+    this.assertOpen()
+    return String(this.statements.latest.get()?.latest ?? 0)
+  }
+
+  subscribe(listener: EventLogListener): () => void {
+    return this.listeners.subscribe(listener)
+  }
+
+  /**
+   * Deletes in batches of {@link PRUNE_BATCH} events, one transaction each
+   * and a turn of the event loop between them: a large backlog never blocks
+   * the relay for long.
+   */
+  async prune(retention: EventRetention, now: number = Date.now(), signal?: AbortSignal): Promise<number> {
+    this.assertOpen()
+    const latest = this.statements.latest.get()?.latest ?? 0
+    const through = Math.max(
+      this.statements.lastBefore.get(now - retention.maxAgeMs)?.id ?? 0,
+      latest - retention.maxEvents,
+    )
+    if (through <= (this.statements.prunedThrough.get()?.value ?? 0)) return 0
+    let pruned = 0
+    for (;;) {
+      if (this.closed || !this.db.open || signal?.aborted) return pruned
+      const ids = this.statements.oldestIds.all(through, PRUNE_BATCH)
+      const step = ids.at(-1)?.id ?? through
+      const removed = this.db.transaction(() => {
+        this.statements.removeMembers.run(step)
+        const { changes } = this.statements.removeEvents.run(step)
+        this.statements.setPruned.run(step)
+        return changes
+      })()
+      pruned += removed
+      if (step >= through) return pruned
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+  }
+}

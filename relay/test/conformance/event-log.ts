@@ -1,0 +1,302 @@
+import { type ConversationId, ErrorCode, type ParleyError, type UserId } from "@parley/shared"
+import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import type { EventLog, EventLogEntry } from "../../src/hooks/event-log.js"
+import type { HookEvent, HookEventType } from "../../src/hooks/events.js"
+import type { Outbox } from "../../src/hooks/outbox.js"
+
+/** An outbox and the event log its enqueue writes (one backend's). */
+export interface EventLogParts {
+  readonly outbox: Outbox
+  readonly events: EventLog
+}
+
+/** A hook event of `type` in `conversation` whose participants (right after it) are `participants`. */
+export function loggedEvent(
+  id: string,
+  options: {
+    readonly type?: HookEventType
+    readonly conversation?: string
+    readonly participants?: readonly string[]
+    readonly time?: number
+  } = {},
+): HookEvent {
+  const conversation = (options.conversation ?? "c1") as ConversationId
+  return {
+    event: {
+      id,
+      type: options.type ?? "messages.read",
+      time: options.time ?? 1,
+      conversationId: conversation,
+      actor: { kind: "user", user: "alice" as UserId },
+    },
+    subject: { user: "alice" as UserId, upTo: 3 },
+    conversation: {
+      id: conversation,
+      kind: "group",
+      title: "t",
+      metadata: {},
+      createdBy: "alice" as UserId,
+      createdAt: 1,
+      participants: (options.participants ?? ["alice", "bob"]).map((user) => ({
+        user: user as UserId,
+        role: "member" as const,
+        joinedAt: 1,
+      })),
+    },
+  } as unknown as HookEvent
+}
+
+const ids = (entries: readonly EventLogEntry[]) => entries.map((e) => e.event.event.id)
+const FOREVER = { maxAgeMs: Number.MAX_SAFE_INTEGER, maxEvents: Number.MAX_SAFE_INTEGER }
+
+async function codeOf(promise: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await promise
+    return undefined
+  } catch (error) {
+    return (error as ParleyError).code
+  }
+}
+
+/**
+ * The behaviour every {@link EventLog} shares, written through its backend's
+ * outbox. `setup` gives fresh, empty parts; `reopen`, when given, reopens the
+ * same store (durable backends).
+ */
+export function runEventLogConformance(
+  name: string,
+  setup: () => Promise<{
+    parts: EventLogParts
+    reopen?: () => Promise<EventLogParts>
+    cleanup?: () => Promise<void>
+  }>,
+) {
+  describe(`event log conformance: ${name}`, () => {
+    let outbox: Outbox
+    let events: EventLog
+    let reopen: (() => Promise<EventLogParts>) | undefined
+    let cleanup: (() => Promise<void>) | undefined
+    beforeEach(async () => {
+      const made = await setup()
+      ;({ outbox, events } = made.parts)
+      reopen = made.reopen
+      cleanup = made.cleanup
+    })
+    afterEach(async () => {
+      await outbox.close()
+      await events.close()
+      await cleanup?.()
+    })
+
+    const enqueue = (document: string, list: readonly HookEvent[], targets: readonly string[] = []) =>
+      outbox.enqueue({ document, events: list.map((event) => ({ event, targets })) })
+
+    it("records every enqueued event once, in order, with increasing ids, whether or not a target wants it", async () => {
+      expect(await events.latest()).toBe("0")
+      await enqueue("g~c1", [loggedEvent("e1"), loggedEvent("e2")], ["hook:a"])
+      await enqueue("g~c1", [loggedEvent("e3")])
+      const entries = await events.read({ limit: 100 })
+      expect(ids(entries)).toEqual(["e1", "e2", "e3"])
+      expect(entries[0]!.event).toEqual(loggedEvent("e1"))
+      const numbers = entries.map((e) => Number(e.id))
+      expect(numbers.every((n, i) => Number.isSafeInteger(n) && (i === 0 || n > numbers[i - 1]!))).toBe(true)
+      expect(await events.latest()).toBe(entries[2]!.id)
+      // Events without targets go to the log only, not to the deliveries.
+      expect((await outbox.pending()).map((d) => d.event.event.id)).toEqual(["e1", "e2"])
+    })
+
+    it("reads strictly after an id, in pages of at most `limit`", async () => {
+      await enqueue(
+        "g~c1",
+        ["e1", "e2", "e3", "e4", "e5"].map((id) => loggedEvent(id)),
+      )
+      const first = await events.read({ limit: 2 })
+      expect(ids(first)).toEqual(["e1", "e2"])
+      const second = await events.read({ after: first[1]!.id, limit: 2 })
+      expect(ids(second)).toEqual(["e3", "e4"])
+      const third = await events.read({ after: second[1]!.id, limit: 2 })
+      expect(ids(third)).toEqual(["e5"])
+      expect(await events.read({ after: third[0]!.id, limit: 2 })).toEqual([])
+    })
+
+    it("filters by conversation and by type", async () => {
+      await enqueue("g~c1", [loggedEvent("a1", { conversation: "c1", type: "message.sent" })])
+      await enqueue("g~c2", [loggedEvent("b1", { conversation: "c2", type: "message.sent" })])
+      await enqueue("g~c1", [loggedEvent("a2", { conversation: "c1", type: "messages.read" })])
+      await enqueue("g~c1", [loggedEvent("a3", { conversation: "c1", type: "document.updated" })])
+      expect(ids(await events.read({ conversation: "c1" as ConversationId, limit: 10 }))).toEqual([
+        "a1",
+        "a2",
+        "a3",
+      ])
+      expect(ids(await events.read({ types: ["message.sent"], limit: 10 }))).toEqual(["a1", "b1"])
+      expect(
+        ids(
+          await events.read({
+            conversation: "c1" as ConversationId,
+            types: ["messages.read", "document.updated"],
+            limit: 10,
+          }),
+        ),
+      ).toEqual(["a2", "a3"])
+    })
+
+    it("gives a user only the events of conversations they took part in when the event happened", async () => {
+      await enqueue("g~c1", [
+        loggedEvent("with-carol", { conversation: "c1", participants: ["alice", "carol"] }),
+      ])
+      await enqueue("g~c2", [
+        loggedEvent("without-carol", { conversation: "c2", participants: ["alice", "bob"] }),
+      ])
+      // Carol was removed from c1: what happens there afterwards is not hers to see.
+      await enqueue("g~c1", [loggedEvent("after-removal", { conversation: "c1", participants: ["alice"] })])
+      const user = (u: string) => events.read({ user: u as UserId, limit: 10 }).then(ids)
+      expect(await user("carol")).toEqual(["with-carol"])
+      expect(await user("alice")).toEqual(["with-carol", "without-carol", "after-removal"])
+      expect(await user("bob")).toEqual(["without-carol"])
+      expect(await user("mallory")).toEqual([])
+      // Filters combine, and paging by id works for a user too.
+      const page = await events.read({ user: "alice" as UserId, limit: 1 })
+      expect(ids(await events.read({ user: "alice" as UserId, after: page[0]!.id, limit: 10 }))).toEqual([
+        "without-carol",
+        "after-removal",
+      ])
+      expect(
+        ids(await events.read({ user: "alice" as UserId, conversation: "c2" as ConversationId, limit: 10 })),
+      ).toEqual(["without-carol"])
+    })
+
+    it("follows a user's membership through removal and return, across conversations and batches", async () => {
+      const at = (id: string, conversation: string, participants: string[]) =>
+        loggedEvent(id, { conversation, participants })
+      await enqueue("g~c1", [at("in-1", "c1", ["alice", "carol"]), at("in-2", "c1", ["alice", "carol"])])
+      await enqueue("g~c2", [at("other-1", "c2", ["carol"])])
+      await enqueue("g~c1", [at("out-1", "c1", ["alice"]), at("out-2", "c1", ["alice"])])
+      await enqueue("g~c2", [at("other-2", "c2", ["carol", "bob"])])
+      await enqueue("g~c1", [at("out-3", "c1", ["alice"]), at("back-1", "c1", ["alice", "carol"])])
+      await enqueue("g~c1", [at("back-2", "c1", ["carol"])])
+      const user = (u: string) => events.read({ user: u as UserId, limit: 100 }).then(ids)
+      expect(await user("carol")).toEqual(["in-1", "in-2", "other-1", "other-2", "back-1", "back-2"])
+      expect(await user("alice")).toEqual(["in-1", "in-2", "out-1", "out-2", "out-3", "back-1"])
+      expect(await user("bob")).toEqual(["other-2"])
+    })
+
+    it("tells subscribers of every recorded batch once it is recorded, with the ids read gives", async () => {
+      const heard: EventLogEntry[] = []
+      const unsubscribe = events.subscribe((entries) => heard.push(...entries))
+      events.subscribe(() => {
+        throw new Error("a reader's bug")
+      })
+      await enqueue("g~c1", [loggedEvent("e1"), loggedEvent("e2")], ["hook:a"])
+      expect(ids(heard)).toEqual(["e1", "e2"])
+      expect(heard).toEqual(await events.read({ limit: 10 }))
+      unsubscribe()
+      await enqueue("g~c1", [loggedEvent("e3")])
+      expect(ids(heard)).toEqual(["e1", "e2"])
+    })
+
+    it("records a batch all or nothing, together with its deliveries, and tells subscribers only of what it recorded", async () => {
+      const heard: EventLogEntry[] = []
+      events.subscribe((entries) => heard.push(...entries))
+      // An event that cannot be stored (JSON has no BigInt): a durable backend refuses the whole batch.
+      const unstorable = { ...loggedEvent("bad"), subject: { upTo: 1n } } as unknown as HookEvent
+      const outcome = await enqueue("g~c1", [loggedEvent("ok"), unstorable], ["hook:a"]).then(
+        () => "recorded",
+        () => "refused",
+      )
+      const logged = ids(await events.read({ limit: 10 }))
+      const pending = (await outbox.pending()).map((d) => d.event.event.id)
+      const expected = outcome === "refused" ? [] : ["ok", "bad"]
+      expect(logged).toEqual(expected)
+      expect(pending).toEqual(expected)
+      expect(ids(heard)).toEqual(expected)
+      await enqueue("g~c1", [loggedEvent("next")])
+      expect(ids(await events.read({ limit: 10 }))).toEqual([...expected, "next"])
+    })
+
+    it("does not record typing.started, which is not durable", async () => {
+      await enqueue("g~c1", [loggedEvent("t1", { type: "typing.started" }), loggedEvent("e1")])
+      expect(ids(await events.read({ limit: 10 }))).toEqual(["e1"])
+    })
+
+    it("refuses an `after`, a limit or a type it does not know with INVALID_ARGUMENT", async () => {
+      await enqueue("g~c1", [loggedEvent("e1")])
+      const latest = Number(await events.latest())
+      for (const after of ["abc", "-1", "1.5", "", "01", String(latest + 1), "99999999999999999999"])
+        expect(await codeOf(events.read({ after, limit: 10 })), after).toBe(ErrorCode.INVALID_ARGUMENT)
+      for (const limit of [0, -1, 1.5, 1001])
+        expect(await codeOf(events.read({ limit })), String(limit)).toBe(ErrorCode.INVALID_ARGUMENT)
+      expect(await codeOf(events.read({ types: ["nope" as HookEventType], limit: 1 }))).toBe(
+        ErrorCode.INVALID_ARGUMENT,
+      )
+      expect(ids(await events.read({ after: "0", limit: 10 }))).toEqual(["e1"])
+    })
+
+    it("prunes the oldest events beyond the retention count, and refuses a read from before them with EVENTS_EXPIRED", async () => {
+      await enqueue(
+        "g~c1",
+        ["e1", "e2", "e3", "e4", "e5"].map((id) => loggedEvent(id)),
+      )
+      const all = await events.read({ limit: 10 })
+      expect(await events.prune({ maxAgeMs: FOREVER.maxAgeMs, maxEvents: 2 })).toBe(3)
+      expect(ids(await events.read({ limit: 10 }))).toEqual(["e4", "e5"])
+      // From e3 on nothing is missing; from before it, e3 itself would be.
+      expect(ids(await events.read({ after: all[2]!.id, limit: 10 }))).toEqual(["e4", "e5"])
+      expect(await codeOf(events.read({ after: all[1]!.id, limit: 10 }))).toBe(ErrorCode.EVENTS_EXPIRED)
+      expect(await codeOf(events.read({ after: "0", limit: 10 }))).toBe(ErrorCode.EVENTS_EXPIRED)
+      // Again is nothing more to do.
+      expect(await events.prune({ maxAgeMs: FOREVER.maxAgeMs, maxEvents: 2 })).toBe(0)
+    })
+
+    it("prunes events older than the retention age, and the user index with them", async () => {
+      await enqueue(
+        "g~c1",
+        [1000, 2000, 3000, 4000].map((time) => loggedEvent(`t${time}`, { time })),
+      )
+      expect(await events.prune({ maxAgeMs: 1500, maxEvents: FOREVER.maxEvents }, 4000)).toBe(2)
+      expect(ids(await events.read({ limit: 10 }))).toEqual(["t3000", "t4000"])
+      expect(
+        ids(
+          await events.read({
+            user: "bob" as UserId,
+            after: (await events.read({ limit: 1 }))[0]!.id,
+            limit: 10,
+          }),
+        ),
+      ).toEqual(["t4000"])
+      expect(await events.prune(FOREVER, 4000)).toBe(0)
+    })
+
+    it("keeps ids increasing after everything was pruned", async () => {
+      await enqueue("g~c1", [loggedEvent("e1"), loggedEvent("e2")])
+      const before = await events.latest()
+      expect(await events.prune({ maxAgeMs: 0, maxEvents: 0 }, 10)).toBe(2)
+      expect(await events.latest()).toBe(before)
+      expect(await events.read({ after: before, limit: 10 })).toEqual([])
+      await enqueue("g~c1", [loggedEvent("e3")])
+      const [entry] = await events.read({ after: before, limit: 10 })
+      expect(entry?.event.event.id).toBe("e3")
+      expect(Number(entry!.id)).toBeGreaterThan(Number(before))
+    })
+
+    it("keeps events, ids and the pruned horizon across a reopen", async () => {
+      if (!reopen) return
+      await enqueue(
+        "g~c1",
+        ["e1", "e2", "e3"].map((id) => loggedEvent(id)),
+        ["hook:a"],
+      )
+      const first = await events.read({ limit: 10 })
+      await events.prune({ maxAgeMs: FOREVER.maxAgeMs, maxEvents: 2 })
+      await outbox.close()
+      await events.close()
+      ;({ outbox, events } = await reopen())
+      expect(await events.read({ after: first[0]!.id, limit: 10 })).toEqual(first.slice(1))
+      expect(await codeOf(events.read({ after: "0", limit: 10 }))).toBe(ErrorCode.EVENTS_EXPIRED)
+      await enqueue("g~c1", [loggedEvent("e4")])
+      const [fourth] = await events.read({ after: first[2]!.id, limit: 10 })
+      expect(fourth?.event.event.id).toBe("e4")
+      expect(Number(fourth!.id)).toBeGreaterThan(Number(first[2]!.id))
+    })
+  })
+}
