@@ -5,6 +5,7 @@ import {
   ErrorCode,
   encodeAwareness,
   encodeError,
+  encodeHistoryPage,
   encodeQueryAwareness,
   encodeSaved,
   encodeSyncStep1,
@@ -67,6 +68,8 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   /** An awareness update from `connection` (throws when it is malformed). */
   awareness(connection: Connection<H>, update: Uint8Array): void
   refused(connection: Connection<H>, error: ParleyError): void
+  /** A request for sealed history segment `segment`, from a connection known to be allowed in. */
+  history(connection: Connection<H>, request: number, segment: number): void
 }
 
 /**
@@ -239,9 +242,24 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
         return
       }
-      case "parley":
+      case "parley": {
+        const message = frame.message
+        if (message?.type === "historyRequest") {
+          // Nothing of the history before access is known: a pending connection is told no, with no byte of it.
+          if (this.pending)
+            this.sendAnyway(
+              encodeHistoryPage({
+                request: message.request,
+                segment: message.segment,
+                error: ErrorCode.FORBIDDEN,
+              }),
+            )
+          else this.owner.history(this, message.request, message.segment)
+          return
+        }
         // The transport takes token refreshes; clients send no other subtype.
         throw new ParleyError(ErrorCode.MALFORMED_FRAME, "unexpected Parley message from a client")
+      }
     }
   }
 

@@ -3,6 +3,7 @@ import {
   type ConversationId,
   ErrorCode,
   encodeAwareness,
+  encodeHistoryPage,
   encodeSyncUpdate,
   lastSequence,
   ParleyError,
@@ -19,6 +20,8 @@ import { Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
+import type { HistoryKeeper } from "./history/keeper.js"
+import { summaryOf } from "./history/sealing.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
@@ -64,6 +67,9 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   ...DEFAULT_USER_LIMITS,
 }
 
+/** History requests one connection may have waiting at once. */
+const HISTORY_REQUESTS_IN_FLIGHT = 4
+
 /** What the core is made of. */
 export interface RelayCoreOptions {
   readonly storage: RelayStorage
@@ -87,6 +93,8 @@ export interface RelayCoreOptions {
     readonly available: boolean
     whenAvailable(signal?: AbortSignal): Promise<void>
   }
+  /** Sealed history (segments, when to seal); without it the live document keeps every message. */
+  readonly history?: HistoryKeeper
 }
 
 /**
@@ -138,6 +146,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       users: this.users,
       evict: (host, error) => this.evict(host, error),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
+      ...(options.history ? { history: options.history } : {}),
     }
     options.metrics.awarenessSource = () => {
       let records = 0
@@ -294,6 +303,45 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       { doc: connection.host.key, principal: describePrincipal(connection.principal), code: error.code },
       `refused: ${error.message}`,
     )
+  }
+
+  /** History requests each connection has waiting (at most {@link HISTORY_REQUESTS_IN_FLIGHT}). */
+  private readonly historyInFlight = new WeakMap<HostedConnection, number>()
+
+  /**
+   * @internal Serves sealed segment `segment` to a connection allowed into
+   * its conversation (the connection checked that before calling): only a
+   * segment the live document names, with the hash it names. A few requests
+   * in flight per connection; more are refused (RATE_LIMITED), not queued.
+   */
+  history(connection: HostedConnection, request: number, segment: number): void {
+    const host = connection.host
+    const answer = (page: Parameters<typeof encodeHistoryPage>[0]) => connection.send(encodeHistoryPage(page))
+    const keeper = this.options.history
+    const summary = keeper && summaryOf(host.doc, segment)
+    if (!keeper || !summary) {
+      answer({ request, segment, error: ErrorCode.NOT_FOUND })
+      return
+    }
+    const inFlight = this.historyInFlight.get(connection) ?? 0
+    if (inFlight >= HISTORY_REQUESTS_IN_FLIGHT) {
+      answer({ request, segment, error: ErrorCode.RATE_LIMITED })
+      return
+    }
+    this.historyInFlight.set(connection, inFlight + 1)
+    keeper
+      .page(host, segment)
+      .then((stored) => {
+        if (!stored || stored.hash !== summary.hash) {
+          this.log.error({ doc: host.key, segment }, "a sealed segment the document names is missing")
+          answer({ request, segment, error: ErrorCode.NOT_FOUND })
+        } else answer({ request, segment, hash: stored.hash, bytes: stored.bytes })
+      })
+      .catch((error: unknown) => {
+        this.log.error({ err: error, doc: host.key, segment }, "could not read a sealed segment")
+        answer({ request, segment, error: ErrorCode.STORAGE_UNAVAILABLE })
+      })
+      .finally(() => this.historyInFlight.set(connection, (this.historyInFlight.get(connection) ?? 1) - 1))
   }
 
   /** @internal */

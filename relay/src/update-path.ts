@@ -5,6 +5,8 @@ import {
   isRetryable,
   type MessageId,
   ParleyError,
+  sealedHistory,
+  sealedThrough,
   unsequencedMessages,
   writeSequenceNumbers,
 } from "@parley/shared"
@@ -14,6 +16,8 @@ import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
+import type { HistoryKeeper } from "./history/keeper.js"
+import { applySeal, placeholdersToTombstones, planSeal } from "./history/sealing.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy } from "./policy.js"
@@ -64,6 +68,8 @@ export interface PathContext {
   readonly storageHealth?: StorageHealth
   /** Per-user budgets: conversations created and participants added per minute. */
   readonly users?: UserLedger
+  /** Sealed history: where segments go, when to seal (none: the live document keeps everything). */
+  readonly history?: HistoryKeeper
 }
 
 /** What the update path asks of a storage guard. */
@@ -119,6 +125,8 @@ function captureUpdate(doc: Y.Doc, change: () => void): Uint8Array | undefined {
 interface Entry {
   readonly update: Uint8Array
   readonly source: "client" | "relay" | "server"
+  /** Sealed messages whose placeholders the relay turned into tombstones (their deletion was already told). */
+  readonly sealedDeletions?: readonly MessageId[]
 }
 
 /** Stores `entries` in one append (one commit) and accounts for them. */
@@ -166,11 +174,22 @@ async function sequence(
 ): Promise<Entry | undefined> {
   if (host.name.kind !== "conversation") return undefined
   if (candidates && candidates.length === 0) return undefined
-  const ids = unsequencedMessages(host.doc, candidates)
+  let ids = unsequencedMessages(host.doc, candidates)
   if (ids.length === 0) return undefined
-  const from = await ctx.sequencer.reserve(host.name.id, ids.length)
-  const update = captureUpdate(host.doc, () => writeSequenceNumbers(host.doc, from, ids, RELAY_ORIGIN))
-  return update ? { update, source: "relay" } : undefined
+  // A placeholder for a message sealed meanwhile (a device deleted it offline) is no new message.
+  let sealed: MessageId[] = []
+  if (ctx.history && sealedThrough(host.doc) > 0) {
+    await ctx.history.loadDirectory(host)
+    const history = sealedHistory(host.doc)
+    sealed = ids.filter((id) => history.entry(id) !== undefined)
+    if (sealed.length > 0) ids = ids.filter((id) => history.entry(id) === undefined)
+  }
+  const from = ids.length > 0 ? await ctx.sequencer.reserve(host.name.id, ids.length) : 0
+  const update = captureUpdate(host.doc, () => {
+    if (sealed.length > 0) placeholdersToTombstones(host.doc, sealed, RELAY_ORIGIN)
+    if (ids.length > 0) writeSequenceNumbers(host.doc, from, ids, RELAY_ORIGIN)
+  })
+  return update ? { update, source: "relay", sealedDeletions: sealed } : undefined
 }
 
 /**
@@ -199,7 +218,17 @@ async function applyAndStore(
     const sequencing = options.sequenceLeftovers
       ? await sequence(ctx, host, undefined)
       : first && (await sequence(ctx, host, messageIdsIn(events)))
-    events.push(...host.takeEvents())
+    const converted = new Set(sequencing ? (sequencing.sealedDeletions ?? []) : [])
+    // The placeholder's arrival already said "deleted"; the tombstone that replaces it says it again.
+    for (const event of host.takeEvents())
+      if (
+        !(
+          event.type === "message.deleted" &&
+          converted.has(event.messageId) &&
+          converted.delete(event.messageId)
+        )
+      )
+        events.push(event)
     const entries = [first, sequencing].filter((e) => e !== undefined)
     // Connections that joined while an earlier change was being stored wait for a decision too.
     if (entries.length === 0)
@@ -331,10 +360,49 @@ async function finish(
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
     ctx.extensions.afterSaved(change)
   }
+  if (ctx.history && host.name.kind === "conversation") await seal(ctx, ctx.history, host)
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
   }
+}
+
+/**
+ * Seals the oldest messages of a conversation into a history segment once its
+ * live document holds enough (see `planSeal`): the segment is stored first,
+ * then the live document drops what it sealed and names the segment, through
+ * the same store-then-broadcast as every change. A crash in between leaves an
+ * unreferenced segment that the next sealing rewrites. Call inside the
+ * document's queue. A failure leaves the live document as it was.
+ */
+async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
+  if (host.name.kind !== "conversation" || host.destroyed) return
+  const plan = planSeal(host.doc, host.name.id, history.sealing)
+  if (!plan) return
+  try {
+    await history.store.put(host.key, {
+      index: plan.segment.index,
+      from: plan.segment.from,
+      to: plan.segment.to,
+      hash: plan.summary.hash,
+      bytes: plan.bytes,
+    })
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
+    return
+  }
+  const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
+    const update = captureUpdate(host.doc, () => applySeal(host.doc, plan, RELAY_ORIGIN))
+    return update ? { update, source: "relay" } : undefined
+  })
+  if (entries.length === 0) return
+  ctx.log.debug(
+    { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
+    "sealed history",
+  )
+  broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+  if (events.length > 0)
+    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
 }
 
 /** Folds the document's log into a snapshot. Call inside the document's queue. */
@@ -411,6 +479,13 @@ export function submitUpdate(
     // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
     let decision = await membershipPolicy.checkUpdate(input)
     if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+    // An edit, reaction or deletion of a sealed message: the rules need the directory of sealed
+    // messages, loaded only now (most conversations never touch their old messages).
+    if (!decision.allowed && ctx.history && !ctx.history.hasDirectory(host.doc)) {
+      await ctx.history.loadDirectory(host)
+      decision = await membershipPolicy.checkUpdate(input)
+      if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+    }
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
     if (user) ctx.clientIds?.take(host.key, user, newIds)

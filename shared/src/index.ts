@@ -15,6 +15,7 @@ export {
   UserLimit,
 } from "./errors.js"
 export * from "./events.js"
+export * from "./history.js"
 export * from "./ids.js"
 export * from "./inbox.js"
 export { type MessageIndex, messageIndex } from "./message-index.js"

@@ -34,6 +34,16 @@ export const TopLevel = {
    * element Yjs stores (a one-message record is about 24 bytes).
    */
   order: "order",
+  /**
+   * `Y.Array<SegmentSummary>`: the sealed history segments, oldest first,
+   * written only by the relay when it seals (see `history.ts`).
+   */
+  segments: "segments",
+  /**
+   * `Y.Map<MessageId, StoredTombstone>`: deletions of sealed messages (their
+   * records are in immutable segments, so the deletion is an overlay here).
+   */
+  tombstones: "tombstones",
 } as const
 /** Name of a top-level type. */
 export type TopLevelName = (typeof TopLevel)[keyof typeof TopLevel]
@@ -45,9 +55,10 @@ export const TOP_LEVEL_MAPS: ReadonlySet<string> = new Set([
   "reactions",
   "read",
   "delivered",
+  "tombstones",
 ])
 /** Which top-level names are arrays. */
-export const TOP_LEVEL_ARRAYS: ReadonlySet<string> = new Set(["messages", "order"])
+export const TOP_LEVEL_ARRAYS: ReadonlySet<string> = new Set(["messages", "order", "segments"])
 
 /** Keys of the `meta` map. */
 export const MetaKey = {
