@@ -23,6 +23,7 @@ import {
 } from "./connection.js"
 import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
+import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
@@ -113,6 +114,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly directoryDoc = new Y.Doc()
   private readonly directory: Y.Map<KnownConversation>
   private readonly directoryReplica: LocalReplica
+  /** The sealed history segments this device fetched, by hash (IndexedDB or memory). */
+  private readonly segments: SegmentCache
   private readonly WebSocket: WebSocketConstructor
   private readonly storage: StorageKind
   private wanted: boolean
@@ -143,6 +146,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
+    this.segments = openSegmentCache(this.storage, user)
     this.directory.observe(() => this.emit("conversations", { conversations: this.list() }))
     this.inboxAwareness = new Awareness(this.inboxDoc)
     // The inbox is read (and muted) here; nobody's presence lives in it.
@@ -213,6 +217,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         persistDocument(this.storage, replicaName(this.user, conversationId), document),
       connect,
       fetchRelayState: (document, signal) => fetchRelayState(document, connect, signal),
+      segments: this.segments,
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
@@ -346,6 +351,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.inboxDoc.destroy()
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
+    this.segments.close()
     this.removeAllListeners()
   }
 

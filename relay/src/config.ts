@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs"
+import { HistoryDefaults } from "@parley/shared"
 import { Command, CommanderError, Option } from "commander"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
@@ -274,6 +275,18 @@ export const RELAY_FLAGS = {
     env: "PARLEY_COMPACT_AFTER_BYTES",
     help: "...or this many log bytes",
     default: CORE.compactAfterBytes,
+  }),
+  "history-segment-size": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_SEGMENT_SIZE",
+    help: "messages per sealed history segment; 0 = never seal (the live document keeps every message)",
+    default: HistoryDefaults.segmentSize,
+  }),
+  "history-keep-live": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_KEEP_LIVE",
+    help: "latest messages a conversation's live document keeps when it seals older ones",
+    default: HistoryDefaults.keepLive,
   }),
   "max-update-structs": flag({
     kind: "integer",
@@ -634,6 +647,10 @@ export function parseConfig(
     hookAttempts: v["hook-attempts"],
     defaultMetrics: true,
     storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
+    history:
+      v["history-segment-size"] > 0
+        ? { segmentSize: v["history-segment-size"], keepLive: Math.max(1, v["history-keep-live"]) }
+        : false,
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),
