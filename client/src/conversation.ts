@@ -719,6 +719,11 @@ export class Conversation extends Emitter<ConversationEvents> {
    * replica cannot recover by itself: resync (see {@link resync}).
    */
   private refused(error: ParleyError): void {
+    // The live document started a new epoch: rebuilding is the ordinary way onto it, not an error.
+    if (error.rule === Rule.epoch) {
+      void this.resync().catch((failure: unknown) => this.emit("error", { error: toParleyError(failure) }))
+      return
+    }
     this.emit("error", { error })
     if (this.resyncsWithoutSave >= MAX_RESYNCS_WITHOUT_SAVE) {
       // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved.

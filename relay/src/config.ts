@@ -288,6 +288,12 @@ export const RELAY_FLAGS = {
     help: "latest messages a conversation's live document keeps when it seals older ones",
     default: HistoryDefaults.keepLive,
   }),
+  "history-epoch-client-ids": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_EPOCH_CLIENT_IDS",
+    help: "client ids in a live document beyond which sealing also starts a fresh epoch of it",
+    default: HistoryDefaults.epochClientIds,
+  }),
   "max-update-structs": flag({
     kind: "integer",
     env: "PARLEY_MAX_UPDATE_STRUCTS",
@@ -649,7 +655,11 @@ export function parseConfig(
     storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
     history:
       v["history-segment-size"] > 0
-        ? { segmentSize: v["history-segment-size"], keepLive: Math.max(1, v["history-keep-live"]) }
+        ? {
+            segmentSize: v["history-segment-size"],
+            keepLive: Math.max(1, v["history-keep-live"]),
+            epochClientIds: Math.max(2, v["history-epoch-client-ids"]),
+          }
         : false,
     limits: {
       idleUnloadMs: v["idle-unload-ms"],

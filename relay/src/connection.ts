@@ -10,8 +10,10 @@ import {
   encodeSaved,
   encodeSyncStep1,
   encodeSyncStep2,
+  epochOf,
   type Frame,
   ParleyError,
+  Rule,
   readFrame,
   type SyncFrame,
   toParleyError,
@@ -79,6 +81,8 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
 export class Connection<H extends ConnectionHost = ConnectionHost> {
   closed = false
   private pendingBytes = 0
+  /** The client's replica is of an older epoch of the live document (see `receiveSync`). */
+  private staleEpoch = false
 
   constructor(
     readonly host: H,
@@ -291,12 +295,29 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         else answer()
         return
       }
+      // A replica of an older epoch of the live document (it lacks the epoch's own client id) cannot
+      // merge into this one: it is told to rebuild (the SDK rebases its pending work), nothing more.
+      const epoch = epochOf(this.host.doc)
+      if (epoch !== undefined) {
+        const known = Y.decodeStateVector(stateVector)
+        if (known.size > 0 && !known.has(epoch)) {
+          this.staleEpoch = true
+          this.refuse(
+            new ParleyError(ErrorCode.INVALID_UPDATE, "this replica is of an older epoch: rebuild it", {
+              rule: Rule.epoch,
+            }),
+          )
+          return
+        }
+      }
       // Never answer from a change that is applied but not yet durable.
       if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep2(stateVector))
       else this.sendSyncStep2(stateVector)
       return
     }
     const { update } = message
+    // Built on an older epoch: it was told once; what it sends until it rebuilt cannot apply.
+    if (this.staleEpoch) return
     // Updates wait in the document's queue; a client must not park unbounded bytes there.
     if (this.pendingBytes + update.length > this.owner.maxPendingBytes) {
       this.owner.refused(this, new ParleyError(ErrorCode.RATE_LIMITED, "too many update bytes waiting"))

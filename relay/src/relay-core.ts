@@ -145,6 +145,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       clientIds: new ClientIdAllowance(this.limits.maxUpdateClientIds, this.limits.clientIdsPerUserPerDay),
       users: this.users,
       evict: (host, error) => this.evict(host, error),
+      restart: (host, reason) => this.restart(host, reason),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
       ...(options.history ? { history: options.history } : {}),
     }
@@ -591,6 +592,16 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
   }
 
   /** The document's memory may differ from storage: close its connections and drop it, to reload from storage. */
+  /** Drops a loaded document whose storage moved on (a new epoch); its clients reconnect to the new one. */
+  private restart(host: DocumentHost, reason: string): void {
+    this.log.info({ doc: host.key }, reason)
+    host.beginUnload()
+    for (const connection of [...host.connections]) {
+      connection.close(CloseCode.Unavailable.code, CloseCode.Unavailable.reason)
+    }
+    this.drop(host)
+  }
+
   private evict(host: DocumentHost, error: unknown): void {
     this.log.error({ err: error, doc: host.key }, "document evicted after a failure")
     this.options.metrics.errors.inc({ code: ErrorCode.INTERNAL })

@@ -16,6 +16,7 @@ import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
+import { startEpoch } from "./history/epoch.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { applySeal, placeholdersToTombstones, planSeal } from "./history/sealing.js"
 import type { Logger } from "./log.js"
@@ -59,6 +60,11 @@ export interface PathContext {
   readonly clientIds?: ClientIdAllowance
   /** The document's memory may no longer match its storage: drop it. */
   evict(host: DocumentHost, error: unknown): void
+  /**
+   * Storage holds a fresh epoch of the document: drop the loaded one and close
+   * its connections (retryable), so that the next join loads the new one.
+   */
+  restart?(host: DocumentHost, reason: string): void
   /**
    * Whether storage answers (a {@link StorageGuard}). With it, writes are
    * refused with the retryable STORAGE_UNAVAILABLE while storage fails, and a
@@ -360,7 +366,10 @@ async function finish(
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
     ctx.extensions.afterSaved(change)
   }
-  if (ctx.history && host.name.kind === "conversation") await seal(ctx, ctx.history, host)
+  if (ctx.history && host.name.kind === "conversation") {
+    await seal(ctx, ctx.history, host)
+    if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds) await startNewEpoch(ctx, host)
+  }
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
@@ -403,6 +412,30 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
   if (events.length > 0)
     ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
+}
+
+/**
+ * Replaces the stored document with a fresh epoch of it (`startEpoch`: the
+ * same values under one client id) and reloads it: every connection is
+ * closed (retryable) and rejoins the new epoch; a replica of the old one is
+ * told to rebuild when it rejoins (see `Connection`). Only for a document
+ * that has sealed history (a short conversation's live document stays small)
+ * and once the hooks have every event of the log (the snapshot replaces it);
+ * otherwise after a later change. Call inside the document's queue, last.
+ */
+async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void> {
+  if (!ctx.restart || host.destroyed || host.hasUnsaved || sealedThrough(host.doc) === 0) return
+  try {
+    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
+    const fresh = startEpoch(host.doc)
+    const clientIds = host.doc.store.clients.size
+    await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(fresh), host.lastPosition)
+    fresh.destroy()
+    ctx.restart(host, `started a fresh epoch of the live document (${clientIds} client ids → 1)`)
+  } catch (error) {
+    // Storage still holds the old epoch (compaction is atomic): it stays loaded and in use.
+    ctx.log.error({ err: error, doc: host.key }, "could not start a fresh epoch")
+  }
 }
 
 /** Folds the document's log into a snapshot. Call inside the document's queue. */

@@ -44,13 +44,18 @@ afterEach(async () => {
   for (const r of relays.splice(0)) await r.close()
 })
 
-async function relayWith(backend = new MemoryBackend(), segmentSize = 10, keepLive = 5) {
+async function relayWith(
+  backend = new MemoryBackend(),
+  segmentSize = 10,
+  keepLive = 5,
+  epochClientIds = 1000,
+) {
   const relay = await startRelay({
     backend,
     port: 0,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
-    history: { segmentSize, keepLive },
+    history: { segmentSize, keepLive, epochClientIds },
   })
   relays.push(relay)
   return relay
@@ -230,6 +235,53 @@ describe("sealed history", () => {
     expect(bodies.filter((b) => b.startsWith("offline"))).toEqual(["offline 1", "offline 2"])
     // The deletion left no placeholder to be numbered as a new message.
     expect(listMessages(check.doc, { last: 100 }).every((m) => m.id !== other.id)).toBe(true)
+  })
+})
+
+describe("epochs of the live document", () => {
+  it("starts a fresh live document once it holds too many client ids: joiners get few, an old replica is told to rebuild", async () => {
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
+    const id = await conversationWith(relay, 0)
+    // Eight device sessions, each a new Yjs client id, three messages each (one update).
+    let restarted: TestClient | undefined
+    for (let session = 0; session < 8; session++) {
+      const user = session % 2 === 0 ? alice : bob
+      const c = new TestClient(relay.url, id, await signToken(SECRET, user))
+      clients.push(c)
+      await c.synced()
+      c.doc.transact(() => {
+        for (let i = 0; i < 3; i++) sendMessage(c.doc, user, { body: `s${session} m${i}` })
+      })
+      await c.allSaved()
+      // Starting an epoch reloads the document: a connected session is closed (retryable) and rejoins.
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 50))])
+      if (c.closeEvent) {
+        expect(c.closeEvent.code).toBe(4503)
+        restarted ??= c
+      } else c.close()
+    }
+    expect(restarted).toBeDefined()
+    const joiner = await connect(relay, id, bob)
+    const epoch = typesOf(joiner.doc).meta.get("epoch")
+    expect(typeof epoch).toBe("number")
+    // The epoch's content under one client id, plus the relay's sequence writers since.
+    expect(joiner.doc.store.clients.size).toBeLessThanOrEqual(4)
+    const bodies = listMessages(joiner.doc, { last: 100 }).map((m) => m.body)
+    expect(bodies.at(-1)).toBe("s7 m2")
+    // Nothing lost: sealed plus live is every message, once.
+    const sealed = sealedSegments(joiner.doc).reduce((n, s) => n + s.count, 0)
+    expect(sealed + bodies.length).toBe(24)
+
+    // A replica of the old epoch is told to rebuild, and nothing it sends is taken.
+    const stale = new TestClient(relay.url, id, await signToken(SECRET, alice))
+    clients.push(stale)
+    Y.applyUpdate(stale.doc, Y.encodeStateAsUpdate(restarted!.doc), stale)
+    await stale.until(() => stale.errors.length > 0)
+    expect(stale.errors[0]).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: Rule.epoch })
+    sendMessage(stale.doc, alice, { body: "from the old epoch" })
+    sendMessage(joiner.doc, bob, { body: "current" })
+    await joiner.allSaved()
+    expect(listMessages(joiner.doc, { last: 100 }).map((m) => m.body)).not.toContain("from the old epoch")
   })
 })
 

@@ -12,6 +12,7 @@ import {
   encodeStoredRecord,
   isDeletedRecord,
   type MessageRecord,
+  MetaKey,
 } from "./schema.js"
 
 /**
@@ -34,6 +35,8 @@ export const HistoryDefaults = {
   segmentSize: 500,
   /** Sequenced messages the live document keeps after sealing (the latest). */
   keepLive: 250,
+  /** Client ids in the live document beyond which the relay starts a fresh epoch when it seals. */
+  epochClientIds: 32,
 } as const
 
 /** One sealed message: its record as it was when sealed (a placeholder if it was deleted) and its number. */
@@ -324,4 +327,27 @@ export function sealedUnread(doc: Y.Doc, user: UserId, after: number): { count: 
     if (t && t.seq > after && t.author !== user) count--
   }
   return { count: Math.max(0, count), exact }
+}
+
+/**
+ * The client id the live document's current epoch was written under, or
+ * undefined before the relay first started a fresh live document.
+ */
+export function epochOf(doc: Y.Doc): number | undefined {
+  const epoch = typesOf(doc).meta.get(MetaKey.epoch)
+  return typeof epoch === "number" ? epoch : undefined
+}
+
+/**
+ * How far the relay had each earlier client's structs when the current epoch
+ * began (empty before the first epoch): a replica's structs below it are in
+ * the epoch's content, those beyond are its pending work.
+ */
+export function epochBaseline(doc: Y.Doc): Map<number, number> {
+  const value = typesOf(doc).meta.get(MetaKey.epochFrom)
+  const baseline = new Map<number, number>()
+  if (typeof value !== "object" || value === null) return baseline
+  for (const [client, clock] of Object.entries(value as Record<string, unknown>))
+    if (typeof clock === "number") baseline.set(Number(client), clock)
+  return baseline
 }

@@ -72,6 +72,17 @@ export const MetaKey = {
   metadata: "metadata",
   deletedAt: "deletedAt",
   deletedBy: "deletedBy",
+  /**
+   * Written by the relay only, when it starts a fresh live document (an
+   * epoch): the Yjs client id the epoch's content was written under.
+   */
+  epoch: "epoch",
+  /**
+   * Written with `epoch`: `{ "<client id>": clock }`, how far the relay had
+   * every earlier client's structs when the epoch began. Everything below is
+   * in the epoch's content; a replica's structs beyond it are its pending work.
+   */
+  epochFrom: "epochFrom",
 } as const
 /** A key of the `meta` map. */
 export type MetaKey = (typeof MetaKey)[keyof typeof MetaKey]

@@ -28,6 +28,8 @@ export interface SealingOptions {
   readonly segmentSize: number
   /** Sequenced messages the live document keeps after sealing. */
   readonly keepLive: number
+  /** Client ids in the live document beyond which sealing also starts a fresh epoch (see `startEpoch`). */
+  readonly epochClientIds: number
 }
 
 /** A segment ready to store, and what sealing it removes from the live document. */

@@ -307,7 +307,9 @@ class UpdateCheck {
       if (
         !(Object.values(MetaKey) as string[]).includes(key) ||
         key === MetaKey.deletedAt ||
-        key === MetaKey.deletedBy
+        key === MetaKey.deletedBy ||
+        key === MetaKey.epoch ||
+        key === MetaKey.epochFrom
       )
         refuse(Rule.schema, `a new conversation has no "${key}" field`)
     for (const key of [
