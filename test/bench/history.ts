@@ -35,6 +35,7 @@ import { SignJWT } from "jose"
 import { WebSocket } from "ws"
 import * as Y from "yjs"
 import { MemoryBackend } from "../../relay/src/backend/memory.js"
+import { startEpoch } from "../../relay/src/history/epoch.js"
 import { applySeal, planSeal, type SealingOptions } from "../../relay/src/history/sealing.js"
 import { startRelay } from "../../relay/src/relay.js"
 
@@ -63,7 +64,7 @@ interface Built {
  */
 function build(id: ConversationId, n: number, seal: boolean): Built {
   const started = performance.now()
-  const relay = new Y.Doc()
+  let relay = new Y.Doc()
   createConversation(relay, users[0]!, { kind: "group", id, participants: users })
   const segments: Built["segments"] = []
   for (let s = 0; s * PER_SESSION < n; s++) {
@@ -89,6 +90,12 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
     ) {
       applySeal(relay, plan, null)
       segments.push({ ...plan.segment, hash: plan.summary.hash, bytes: plan.bytes })
+    }
+    // As the relay does after a change: too many client ids in a document with sealed history, a new epoch.
+    if (seal && segments.length > 0 && relay.store.clients.size > SEALING.epochClientIds) {
+      const fresh = startEpoch(relay)
+      relay.destroy()
+      relay = fresh
     }
   }
   return { doc: relay, segments, buildMs: performance.now() - started }
@@ -221,7 +228,7 @@ const rows: string[][] = []
 const row = (...cells: string[]) => rows.push(cells)
 
 console.log(
-  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live.`,
+  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids.`,
 )
 row(
   "messages",
