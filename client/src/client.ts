@@ -11,6 +11,7 @@ import {
   ParleyError,
   parseConversationId,
   parseUserId,
+  toParleyError,
   type UserId,
 } from "@parley/shared"
 import { Awareness } from "y-protocols/awareness"
@@ -216,7 +217,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       openReplica: (document) =>
         persistDocument(this.storage, replicaName(this.user, conversationId), document),
       connect,
-      fetchRelayState: (document, signal) => fetchRelayState(document, connect, signal),
+      fetchRelayState: (document, signal, prepare) => fetchRelayState(document, connect, signal, prepare),
       segments: this.segments,
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
@@ -434,6 +435,7 @@ function fetchRelayState(
   doc: Y.Doc,
   connect: (doc: Y.Doc, awareness: Awareness, shareWithTabs: boolean) => DocumentConnection,
   signal: AbortSignal,
+  prepare?: (connection: DocumentConnection) => Promise<void>,
 ): Promise<void> {
   const awareness = new Awareness(doc)
   // No presence of its own: this connection only reads.
@@ -454,7 +456,14 @@ function fetchRelayState(
       FETCH_TIMEOUT_MS,
     )
     connection.on("status", ({ status }) => {
-      if (status === "online") finish()
+      if (status !== "online") return
+      // Whatever else the caller needs over this connection (history segments), before it closes.
+      if (prepare)
+        prepare(connection).then(
+          () => finish(),
+          (error: unknown) => finish(toParleyError(error)),
+        )
+      else finish()
     })
     connection.on("unavailable", ({ error }) => finish(error))
     if (signal.aborted) return aborted()

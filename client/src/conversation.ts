@@ -11,6 +11,7 @@ import {
   deleteMessage,
   ErrorCode,
   editMessage,
+  epochBaseline,
   getConversation,
   getMessage,
   isRetryable,
@@ -35,6 +36,7 @@ import {
   type PendingChange,
   type Priority,
   parseMessageId,
+  parseReactionKey,
   parseUserId,
   type Role,
   Rule,
@@ -125,7 +127,11 @@ export interface ConversationParts {
   readonly onReady: (info: ConversationInfo) => void
   readonly onClose: () => void
   /** Fills `doc` with the relay's current state (a connection that shares nothing with other tabs). */
-  readonly fetchRelayState: (doc: Y.Doc, signal: AbortSignal) => Promise<void>
+  readonly fetchRelayState: (
+    doc: Y.Doc,
+    signal: AbortSignal,
+    prepare?: (connection: DocumentConnection) => Promise<void>,
+  ) => Promise<void>
   /** This device's copy of the sealed history segments it fetched. */
   readonly segments: SegmentCache
 }
@@ -479,8 +485,44 @@ export class Conversation extends Emitter<ConversationEvents> {
     return seq ?? Math.max(sealedThrough(this.doc), lastSequence(this.doc)) + 1
   }
 
+  /**
+   * The segments holding messages that `stale`'s pending edits, reactions and
+   * deletions refer to, when `fresh` (the relay's state) no longer holds them
+   * live: sealed meanwhile. Pending = written beyond what the relay has (its
+   * state vector, or the epoch's baseline).
+   */
+  private async fetchSegmentsForPendingWork(
+    stale: Y.Doc,
+    fresh: Y.Doc,
+    connection: DocumentConnection,
+  ): Promise<void> {
+    const known = Y.decodeStateVector(Y.encodeStateVector(fresh))
+    const baseline = epochBaseline(fresh)
+    const pending = (item: Y.Item) =>
+      item.id.clock + item.length > (known.get(item.id.client) ?? baseline.get(item.id.client) ?? 0)
+    const ids = new Set<MessageId>()
+    for (const root of ["edits", "reactions", "tombstones"] as const) {
+      for (const [key, item] of (stale.getMap(root) as unknown as { _map: Map<string, Y.Item> })._map) {
+        if (!pending(item)) continue
+        ids.add((root === "reactions" ? (parseReactionKey(key)?.message ?? key) : key) as MessageId)
+      }
+    }
+    for (const id of messageIndex(stale).deleted.keys()) ids.add(id)
+    const staleIndex = messageIndex(stale)
+    const freshIndex = messageIndex(fresh)
+    const summaries = sealedSegments(fresh)
+    const wanted = new Set<SegmentSummary>()
+    for (const id of ids) {
+      if (freshIndex.records.has(id) || freshIndex.deleted.has(id)) continue
+      const seq = staleIndex.seqOf.get(id) ?? sealedHistory(stale).entry(id)?.seq
+      const summary = seq === undefined ? undefined : summaries.find((s) => s.from <= seq && seq <= s.to)
+      if (summary && !this.held.has(summary.index)) wanted.add(summary)
+    }
+    for (const summary of wanted) await this.fetchSegment(summary, connection)
+  }
+
   /** Segment `summary` from the cache or the relay, checked against its hash, held from now on. */
-  private fetchSegment(summary: SegmentSummary): Promise<Segment> {
+  private fetchSegment(summary: SegmentSummary, connection = this.connection): Promise<Segment> {
     const held = this.held.get(summary.index)
     if (held) return Promise.resolve(held)
     let fetching = this.fetching.get(summary.index)
@@ -488,7 +530,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       fetching = (async () => {
         let bytes = await this.parts.segments.get(summary.hash)
         if (!bytes) {
-          const page = await this.connection.requestHistory(summary.index)
+          const page = await connection.requestHistory(summary.index)
           if (page.error !== undefined)
             throw new ParleyError(page.error, `the relay did not serve history segment ${summary.index}`)
           // A segment is immutable and named by its hash: what does not match it is not it.
@@ -757,7 +799,10 @@ export class Conversation extends Emitter<ConversationEvents> {
     try {
       const fresh = new Y.Doc()
       try {
-        await this.parts.fetchRelayState(fresh, this.closing.signal)
+        // Pending work on messages sealed meanwhile needs their segments: fetched over the same connection.
+        await this.parts.fetchRelayState(fresh, this.closing.signal, (connection) =>
+          this.fetchSegmentsForPendingWork(old.doc, fresh, connection),
+        )
       } catch (error) {
         fresh.destroy()
         throw error

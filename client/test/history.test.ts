@@ -92,4 +92,62 @@ describe("sealed history in the SDK", () => {
       expect.objectContaining({ code: ErrorCode.FORBIDDEN }),
     )
   })
+
+  it("a device offline across a new epoch of the live document rebuilds and syncs its pending work exactly once", async () => {
+    const epochRelay = await startRelay({
+      args: [
+        "--dev",
+        "--history-segment-size",
+        "10",
+        "--history-keep-live",
+        "5",
+        "--history-epoch-client-ids",
+        "4",
+      ],
+    })
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const alice = await connectClient(epochRelay, a)
+      const chat = await alice.createConversation({ participants: [b], title: "epochs" })
+      const first = chat.send("first")
+      await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+      const errors: string[] = []
+      chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
+      alice.disconnect()
+      // Offline: a message, an edit and a reaction.
+      const offline = chat.send("written offline")
+      chat.edit(first.id, "first, edited offline")
+      chat.react(first.id, "🎉")
+      // Meanwhile bob, on six devices one after the other, writes enough to seal and to start a new epoch.
+      for (let device = 0; device < 6; device++) {
+        const bob = await connectClient(epochRelay, b)
+        const theirs = await bob.conversation(chat.id).ready()
+        const last = Array.from({ length: 5 }, (_, i) => theirs.send(`bob ${device}.${i}`)).at(-1)!
+        await eventually(() => expect(theirs.message(last.id)?.status).toBe("sent"))
+        await bob.destroy()
+      }
+      alice.connect()
+      await eventually(() => {
+        expect(typeof typesOf(chat.doc).meta.get("epoch")).toBe("number")
+        expect(chat.message(offline.id)?.status).toBe("sent")
+      })
+      const bob = await connectClient(epochRelay, b)
+      const theirs = await bob.conversation(chat.id).ready()
+      await eventually(async () => {
+        const older = theirs.hasOlder ? await theirs.loadOlder(100) : []
+        const all = [...older, ...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+        expect(all.filter((m) => m.body === "written offline").length).toBeGreaterThan(0)
+      })
+      const everything = [...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+      expect(everything.filter((m) => m.body === "written offline")).toHaveLength(1)
+      await theirs.loadOlder(100)
+      expect(theirs.message(first.id)).toMatchObject({
+        body: "first, edited offline",
+        reactions: { "🎉": [a] },
+      })
+      expect(errors).toEqual([])
+    } finally {
+      await epochRelay.stop()
+    }
+  })
 })
