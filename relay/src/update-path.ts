@@ -4,6 +4,7 @@ import {
   encodeSyncUpdate,
   isRetryable,
   type MessageId,
+  messageIndex,
   ParleyError,
   sealedHistory,
   sealedThrough,
@@ -180,16 +181,22 @@ async function sequence(
 ): Promise<Entry | undefined> {
   if (host.name.kind !== "conversation") return undefined
   if (candidates && candidates.length === 0) return undefined
-  let ids = unsequencedMessages(host.doc, candidates)
-  if (ids.length === 0) return undefined
-  // A placeholder for a message sealed meanwhile (a device deleted it offline) is no new message.
+  // A placeholder with no number may be a deletion of a message sealed meanwhile (sent by a device
+  // that still held it live): the directory of sealed messages says, loaded only for such a case.
   let sealed: MessageId[] = []
   if (ctx.history && sealedThrough(host.doc) > 0) {
-    await ctx.history.loadDirectory(host)
-    const history = sealedHistory(host.doc)
-    sealed = ids.filter((id) => history.entry(id) !== undefined)
-    if (sealed.length > 0) ids = ids.filter((id) => history.entry(id) === undefined)
+    const index = messageIndex(host.doc)
+    const orphans = (candidates ?? index.unsequenced()).filter(
+      (id) => index.deleted.has(id) && !index.seqOf.has(id) && !index.records.has(id),
+    )
+    if (orphans.length > 0) {
+      await ctx.history.loadDirectory(host)
+      const history = sealedHistory(host.doc)
+      sealed = orphans.filter((id) => history.entry(id) !== undefined)
+    }
   }
+  const ids = unsequencedMessages(host.doc, candidates)
+  if (ids.length === 0 && sealed.length === 0) return undefined
   const from = ids.length > 0 ? await ctx.sequencer.reserve(host.name.id, ids.length) : 0
   const update = captureUpdate(host.doc, () => {
     if (sealed.length > 0) placeholdersToTombstones(host.doc, sealed, RELAY_ORIGIN)
