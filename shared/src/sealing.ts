@@ -69,17 +69,26 @@ export function planSeal(
   let to = through
   for (const record of records) {
     if (entries.length >= options.segmentSize) break
-    orderPositions.push(record.position)
+    // A message whose record (or placeholder) this replica does not hold right now — a deletion
+    // whose placeholder has not arrived — is not sealed yet, nor anything after it: its number
+    // must not be dropped with its sequence record.
+    const taken: SealedEntry[] = []
+    let complete = true
     record.ids.forEach((id, i) => {
       const seq = record.from + i
-      to = Math.max(to, seq)
       // A message numbered twice counts under its lowest number only.
       if (index.seqOf.get(id) !== seq || ids.has(id)) return
       const entry = index.deleted.get(id) ?? index.records.get(id)
-      if (!entry) return
-      ids.add(id)
-      entries.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
+      if (entry) taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
+      else complete = false
     })
+    if (!complete) break
+    orderPositions.push(record.position)
+    to = Math.max(to, record.from + record.ids.length - 1)
+    for (const entry of taken) {
+      ids.add(entry.record.id)
+      entries.push(entry)
+    }
   }
   if (entries.length === 0) return undefined
   entries.sort((a, b) => a.seq - b.seq)

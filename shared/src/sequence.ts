@@ -1,7 +1,7 @@
 import type * as Y from "yjs"
 import { typesOf } from "./document.js"
-import type { MessageId } from "./ids.js"
 import { sealedHistory, sealedThrough } from "./history.js"
+import type { MessageId } from "./ids.js"
 import { messageIndex } from "./message-index.js"
 import { encodeSequenceRecord } from "./schema.js"
 
