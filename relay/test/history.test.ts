@@ -29,7 +29,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { MemoryBackend } from "../src/backend/memory.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
-import { TestClient } from "./helpers/clients.js"
+import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
 import { signToken } from "./helpers/relay-process.js"
 
 const SECRET = "history-test-secret"
@@ -235,6 +235,25 @@ describe("sealed history", () => {
     expect(bodies.filter((b) => b.startsWith("offline"))).toEqual(["offline 1", "offline 2"])
     // The deletion left no placeholder to be numbered as a new message.
     expect(listMessages(check.doc, { last: 100 }).every((m) => m.id !== other.id)).toBe(true)
+  })
+})
+
+describe("stock y-websocket clients and sealed history", () => {
+  it("syncs the live document to a stock provider: the latest messages and the segment summaries, not the sealed records", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 40)
+    const doc = new Y.Doc()
+    const provider = stockProvider(relay.url, id, await signToken(SECRET, bob), doc)
+    try {
+      await synced(provider)
+      await docUntil(doc, () => listMessages(doc, { last: 100 }).length === 10)
+      expect(sealedSegments(doc).map((s) => s.count)).toEqual([10, 10, 10])
+      // It writes as always, and the relay numbers after the sealed range.
+      sendMessage(doc, bob, { body: "from a stock client" })
+      await docUntil(doc, () => listMessages(doc, { last: 1 })[0]?.seq === 41)
+    } finally {
+      provider.destroy()
+    }
   })
 })
 
