@@ -182,23 +182,42 @@ export function decodeSegmentSummary(value: unknown): SegmentSummary | undefined
   return { index: v.i, from: v.f, to: v.l, count: v.n, liveBy: v.c, hash: v.h, bytes: v.z }
 }
 
-/** The summaries of every sealed segment of `doc`, oldest first. */
-export function sealedSegments(doc: Y.Doc): SegmentSummary[] {
+/** Decoded summaries per `segments` array, kept while its length stays (only the relay appends to it). */
+const summaryCache = new WeakMap<
+  Y.Array<unknown>,
+  { length: number; list: readonly SegmentSummary[]; through: number }
+>()
+
+/**
+ * The summaries of every sealed segment of `doc`, oldest first. Decoded once
+ * per change of the list (the relay only ever appends), not on every call:
+ * unread counts and the sequencer ask on every message.
+ */
+export function sealedSegments(doc: Y.Doc): readonly SegmentSummary[] {
+  return summariesOf(doc).list
+}
+
+function summariesOf(doc: Y.Doc): { list: readonly SegmentSummary[]; through: number } {
+  const segments = typesOf(doc).segments
+  const cached = summaryCache.get(segments)
+  if (cached && cached.length === segments.length) return cached
   const list: SegmentSummary[] = []
-  for (const value of typesOf(doc).segments) {
+  let through = 0
+  for (const value of segments) {
     const summary = decodeSegmentSummary(value)
-    if (summary) list.push(summary)
+    if (!summary) continue
+    list.push(summary)
+    through = Math.max(through, summary.to)
   }
-  return list.sort((a, b) => a.index - b.index)
+  list.sort((a, b) => a.index - b.index)
+  const entry = { length: segments.length, list, through }
+  summaryCache.set(segments, entry)
+  return entry
 }
 
 /** Highest sequence number sealed (0 when nothing is). */
 export function sealedThrough(doc: Y.Doc): number {
-  const segments = typesOf(doc).segments
-  if (segments.length === 0) return 0
-  let through = 0
-  for (const value of segments) through = Math.max(through, decodeSegmentSummary(value)?.to ?? 0)
-  return through
+  return typesOf(doc).segments.length === 0 ? 0 : summariesOf(doc).through
 }
 
 /** The deletion of a sealed message, as the live document holds it. */
@@ -306,8 +325,11 @@ export function sealedUnread(doc: Y.Doc, user: UserId, after: number): { count: 
   const history = sealedHistory(doc)
   let count = 0
   let exact = true
-  for (const summary of sealedSegments(doc)) {
-    if (summary.to <= after) continue
+  const summaries = sealedSegments(doc)
+  // Newest first: a reader's marker is usually near the end, so this stops after a segment or two.
+  for (let i = summaries.length - 1; i >= 0; i--) {
+    const summary = summaries[i]!
+    if (summary.to <= after) break
     const others = Object.entries(summary.liveBy).reduce((n, [a, c]) => (a === user ? n : n + c), 0)
     if (summary.from > after) {
       count += others

@@ -182,7 +182,7 @@ async function join(url: string, id: string): Promise<Join> {
   ws.send(encodeSyncStep1(EMPTY_STATE_VECTOR))
   await readable
   const result: Join = { latestMs: performance.now() - opened, latestBytes: bytes }
-  const summaries = sealedSegments(doc).reverse()
+  const summaries = [...sealedSegments(doc)].reverse()
   if (summaries.length === 0) {
     ws.close()
     return result
