@@ -11,6 +11,7 @@ import {
   ParleyError,
   parseConversationId,
   parseUserId,
+  toParleyError,
   type UserId,
 } from "@parley/shared"
 import { Awareness } from "y-protocols/awareness"
@@ -23,6 +24,7 @@ import {
 } from "./connection.js"
 import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
+import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
@@ -113,6 +115,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly directoryDoc = new Y.Doc()
   private readonly directory: Y.Map<KnownConversation>
   private readonly directoryReplica: LocalReplica
+  /** The sealed history segments this device fetched, by hash (IndexedDB or memory). */
+  private readonly segments: SegmentCache
   private readonly WebSocket: WebSocketConstructor
   private readonly storage: StorageKind
   private wanted: boolean
@@ -143,6 +147,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
+    this.segments = openSegmentCache(this.storage, user)
     this.directory.observe(() => this.emit("conversations", { conversations: this.list() }))
     this.inboxAwareness = new Awareness(this.inboxDoc)
     // The inbox is read (and muted) here; nobody's presence lives in it.
@@ -212,7 +217,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       openReplica: (document) =>
         persistDocument(this.storage, replicaName(this.user, conversationId), document),
       connect,
-      fetchRelayState: (document, signal) => fetchRelayState(document, connect, signal),
+      fetchRelayState: (document, signal, prepare) => fetchRelayState(document, connect, signal, prepare),
+      segments: this.segments,
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
@@ -346,6 +352,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.inboxDoc.destroy()
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
+    this.segments.close()
     this.removeAllListeners()
   }
 
@@ -428,6 +435,7 @@ function fetchRelayState(
   doc: Y.Doc,
   connect: (doc: Y.Doc, awareness: Awareness, shareWithTabs: boolean) => DocumentConnection,
   signal: AbortSignal,
+  prepare?: (connection: DocumentConnection) => Promise<void>,
 ): Promise<void> {
   const awareness = new Awareness(doc)
   // No presence of its own: this connection only reads.
@@ -448,7 +456,14 @@ function fetchRelayState(
       FETCH_TIMEOUT_MS,
     )
     connection.on("status", ({ status }) => {
-      if (status === "online") finish()
+      if (status !== "online") return
+      // Whatever else the caller needs over this connection (history segments), before it closes.
+      if (prepare)
+        prepare(connection).then(
+          () => finish(),
+          (error: unknown) => finish(toParleyError(error)),
+        )
+      else finish()
     })
     connection.on("unavailable", ({ error }) => finish(error))
     if (signal.aborted) return aborted()

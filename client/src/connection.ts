@@ -1,8 +1,10 @@
 import {
   CloseCode,
   ErrorCode,
+  encodeHistoryRequest,
   encodeSyncUpdate,
   encodeTokenRefresh,
+  type HistoryPage,
   MessageType,
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
@@ -176,7 +178,10 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     ) => this.parleyFrame(decoder)
     this.provider.on("status", ({ status }: { status: string }) => {
       if (status === "connected") this.scheduleRefresh()
-      else this.cancelRefresh()
+      else {
+        this.cancelRefresh()
+        this.failHistoryRequests()
+      }
       this.update()
     })
     this.provider.on("sync", (synced: boolean) => {
@@ -275,6 +280,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     if (this.destroyed) return
     this.stop()
     clearTimeout(this.resendTimer)
+    this.failHistoryRequests()
     this.destroyed = true
     guard(() => this.provider.disconnectBc())
     this.options.doc.off("update", this.forwardFromTab)
@@ -344,8 +350,43 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.emit("unavailable", { error })
   }
 
+  /** History requests sent and not answered yet, by request number. */
+  private readonly historyRequests = new Map<
+    number,
+    { resolve: (page: HistoryPage) => void; reject: (error: ParleyError) => void }
+  >()
+  private nextHistoryRequest = 1
+
+  /**
+   * Asks the relay for sealed history segment `segment` of this conversation
+   * (see PROTOCOL.md, "History pages"). Rejects with the retryable
+   * UNAVAILABLE when not connected or when the connection drops first.
+   */
+  requestHistory(segment: number): Promise<HistoryPage> {
+    const ws = this.provider.ws
+    if (!ws || !this.provider.wsconnected)
+      return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
+    const request = this.nextHistoryRequest++
+    return new Promise<HistoryPage>((resolve, reject) => {
+      this.historyRequests.set(request, { resolve, reject })
+      ws.send(encodeHistoryRequest(request, segment))
+    })
+  }
+
+  private failHistoryRequests(): void {
+    const error = new ParleyError(ErrorCode.UNAVAILABLE, "the connection to the relay closed")
+    for (const { reject } of this.historyRequests.values()) reject(error)
+    this.historyRequests.clear()
+  }
+
   private parleyFrame(decoder: decoding.Decoder): void {
     const frame = readParleyFrame(decoder)
+    if (frame?.type === "historyPage") {
+      const waiting = this.historyRequests.get(frame.request)
+      this.historyRequests.delete(frame.request)
+      waiting?.resolve(frame)
+      return
+    }
     if (frame?.type === "saved") {
       const stateVector = Y.decodeStateVector(frame.stateVector)
       for (const [client, clock] of stateVector)

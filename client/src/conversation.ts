@@ -6,16 +6,20 @@ import {
   type ConversationId,
   type ConversationInfo,
   changeRole,
+  decodeSegment,
   deleteConversation,
   deleteMessage,
   ErrorCode,
   editMessage,
+  epochBaseline,
   getConversation,
   getMessage,
   isRetryable,
+  lastSequence,
   leaveConversation,
   listMessages,
   listParticipants,
+  listSealedMessages,
   type Markers,
   type MarkerTarget,
   type MessageId,
@@ -32,6 +36,7 @@ import {
   type PendingChange,
   type Priority,
   parseMessageId,
+  parseReactionKey,
   parseUserId,
   type Role,
   Rule,
@@ -40,6 +45,12 @@ import {
   removeParticipants,
   renameConversation,
   roleOf,
+  type Segment,
+  type SegmentSummary,
+  sealedHistory,
+  sealedSegments,
+  sealedThrough,
+  segmentHash,
   sendMessage,
   setConversationMetadata,
   toParleyError,
@@ -51,6 +62,7 @@ import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
 import type { DocumentConnection } from "./connection.js"
 import { Emitter } from "./emitter.js"
+import type { SegmentCache } from "./history-cache.js"
 import { type MessageStatus, MessageStatuses } from "./message-status.js"
 import type { LocalReplica } from "./storage.js"
 import { TypingIndicator } from "./typing.js"
@@ -115,7 +127,13 @@ export interface ConversationParts {
   readonly onReady: (info: ConversationInfo) => void
   readonly onClose: () => void
   /** Fills `doc` with the relay's current state (a connection that shares nothing with other tabs). */
-  readonly fetchRelayState: (doc: Y.Doc, signal: AbortSignal) => Promise<void>
+  readonly fetchRelayState: (
+    doc: Y.Doc,
+    signal: AbortSignal,
+    prepare?: (connection: DocumentConnection) => Promise<void>,
+  ) => Promise<void>
+  /** This device's copy of the sealed history segments it fetched. */
+  readonly segments: SegmentCache
 }
 
 const isMarker = (e: ChangeEvent): e is Extract<ChangeEvent, { user: UserId; upTo: number }> =>
@@ -169,6 +187,12 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly closing = new AbortController()
   /** Resyncs since the relay last saved something: bounds a refuse → resync → refuse loop. */
   private resyncsWithoutSave = 0
+  /** Sealed history segments this replica holds (fetched or cached), kept across resyncs. */
+  private readonly held = new Map<number, Segment>()
+  /** Segments being fetched, by index: one fetch each however many callers wait. */
+  private readonly fetching = new Map<number, Promise<Segment>>()
+  /** Sequence number below which {@link loadOlder} continues (undefined: below the live messages). */
+  private olderFrom: number | undefined
   /** @internal Set while the client is about to create this conversation: "not found" is expected then. */
   creating = false
   /** @internal Resolves once the local replica is loaded and the state settled from it. */
@@ -412,6 +436,139 @@ export class Conversation extends Emitter<ConversationEvents> {
     return view && this.decorate(view)
   }
 
+  // ---- sealed history ----
+
+  /**
+   * The `limit` messages before the oldest ones loaded so far (the live
+   * document's at first), oldest first: older messages are sealed by the
+   * relay into immutable segments, fetched here on demand (from this
+   * device's cache when it has them, which also works offline) and kept for
+   * {@link olderMessages}, {@link message} and every operation (edit,
+   * delete, react, reply). An empty list: the start of the conversation.
+   * Rejects with the retryable UNAVAILABLE when a segment must be fetched
+   * while offline.
+   */
+  async loadOlder(limit = 50): Promise<ChatMessage[]> {
+    const before = this.olderFrom ?? this.firstLiveSeq()
+    for (;;) {
+      if (listSealedMessages(this.doc, before, limit).length >= limit) break
+      const next = sealedSegments(this.doc)
+        .filter((s) => s.to < before && !this.held.has(s.index))
+        .at(-1)
+      if (!next) break
+      await this.fetchSegment(next)
+    }
+    const page = listSealedMessages(this.doc, before, limit)
+    if (page.length > 0) this.olderFrom = page[0]!.seq
+    return page.map((view) => this.decorate(view))
+  }
+
+  /** Every older message {@link loadOlder} has loaded so far, oldest first (the live ones not included). */
+  olderMessages(): ChatMessage[] {
+    const before = this.firstLiveSeq()
+    const from = this.olderFrom ?? before
+    return listSealedMessages(this.doc, before, Number.MAX_SAFE_INTEGER)
+      .filter((m) => (m.seq ?? 0) >= from)
+      .map((view) => this.decorate(view))
+  }
+
+  /** Whether messages older than those loaded exist (sealed, not loaded yet). */
+  get hasOlder(): boolean {
+    const from = this.olderFrom ?? this.firstLiveSeq()
+    return sealedSegments(this.doc).some((s) => s.from < from)
+  }
+
+  /** The first sequence number the live document holds (after the sealed history). */
+  private firstLiveSeq(): number {
+    const first = messageIndex(this.doc).order()[0]
+    const seq = first === undefined ? undefined : messageIndex(this.doc).seqOf.get(first)
+    return seq ?? Math.max(sealedThrough(this.doc), lastSequence(this.doc)) + 1
+  }
+
+  /**
+   * The segments holding messages that `stale`'s pending edits, reactions and
+   * deletions refer to, when `fresh` (the relay's state) no longer holds them
+   * live: sealed meanwhile. Pending = written beyond what the relay has (its
+   * state vector, or the epoch's baseline).
+   */
+  private async fetchSegmentsForPendingWork(
+    stale: Y.Doc,
+    fresh: Y.Doc,
+    connection: DocumentConnection,
+  ): Promise<void> {
+    const known = Y.decodeStateVector(Y.encodeStateVector(fresh))
+    const baseline = epochBaseline(fresh)
+    const pending = (item: Y.Item) =>
+      item.id.clock + item.length > (known.get(item.id.client) ?? baseline.get(item.id.client) ?? 0)
+    const ids = new Set<MessageId>()
+    for (const root of ["edits", "reactions", "tombstones"] as const) {
+      for (const [key, item] of (stale.getMap(root) as unknown as { _map: Map<string, Y.Item> })._map) {
+        if (!pending(item)) continue
+        ids.add((root === "reactions" ? (parseReactionKey(key)?.message ?? key) : key) as MessageId)
+      }
+    }
+    for (const id of messageIndex(stale).deleted.keys()) ids.add(id)
+    const staleIndex = messageIndex(stale)
+    const freshIndex = messageIndex(fresh)
+    const summaries = sealedSegments(fresh)
+    const wanted = new Set<SegmentSummary>()
+    for (const id of ids) {
+      if (freshIndex.records.has(id) || freshIndex.deleted.has(id)) continue
+      const seq = staleIndex.seqOf.get(id) ?? sealedHistory(stale).entry(id)?.seq
+      const summary = seq === undefined ? undefined : summaries.find((s) => s.from <= seq && seq <= s.to)
+      if (summary && !this.held.has(summary.index)) wanted.add(summary)
+    }
+    for (const summary of wanted) await this.fetchSegment(summary, connection)
+  }
+
+  /** Segment `summary` from the cache or the relay, checked against its hash, held from now on. */
+  private fetchSegment(summary: SegmentSummary, connection = this.connection): Promise<Segment> {
+    const held = this.held.get(summary.index)
+    if (held) return Promise.resolve(held)
+    let fetching = this.fetching.get(summary.index)
+    if (!fetching) {
+      fetching = (async () => {
+        let bytes = await this.parts.segments.get(summary.hash)
+        if (!bytes) {
+          const page = await connection.requestHistory(summary.index)
+          if (page.error !== undefined)
+            throw new ParleyError(page.error, `the relay did not serve history segment ${summary.index}`)
+          // A segment is immutable and named by its hash: what does not match it is not it.
+          if (segmentHash(page.bytes) !== summary.hash)
+            throw new ParleyError(ErrorCode.MALFORMED_FRAME, "a history segment does not match its hash")
+          bytes = page.bytes
+          await this.parts.segments.put(summary.hash, bytes)
+        }
+        const segment = decodeSegment(bytes)
+        this.hold(segment)
+        return segment
+      })().finally(() => this.fetching.delete(summary.index))
+      this.fetching.set(summary.index, fetching)
+    }
+    return fetching
+  }
+
+  /** Adds a segment to the replica's sealed history; the unread count may become exact. */
+  private hold(segment: Segment): void {
+    this.held.set(segment.index, segment)
+    sealedHistory(this.doc).add(segment)
+    this.refreshUnread()
+  }
+
+  /**
+   * Fetches the segment the user's read marker falls in, when it is sealed:
+   * without it the unread count takes that whole segment as unread.
+   */
+  private fetchMarkerSegment(): void {
+    const marker = markersOf(this.doc, this.user).read
+    if (marker === 0 || marker >= sealedThrough(this.doc)) return
+    const summary = sealedSegments(this.doc).find((s) => s.from <= marker && marker <= s.to)
+    if (!summary || this.held.has(summary.index)) return
+    this.fetchSegment(summary).catch(() => {
+      // Offline or refused: counted as unread until a later attempt.
+    })
+  }
+
   /** A window of messages in canonical order: `{ last: n }`, or `before` / `after` / `around` an id. */
   messages(window: MessageWindow = { last: 50 }): ChatMessage[] {
     return listMessages(this.doc, window).map((view) => this.decorate(view))
@@ -591,6 +748,7 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   private refreshUnread(): void {
+    this.fetchMarkerSegment()
     const unread = this.unreadCount
     if (unread === this.unread) return
     this.unread = unread
@@ -603,6 +761,11 @@ export class Conversation extends Emitter<ConversationEvents> {
    * replica cannot recover by itself: resync (see {@link resync}).
    */
   private refused(error: ParleyError): void {
+    // The live document started a new epoch: rebuilding is the ordinary way onto it, not an error.
+    if (error.rule === Rule.epoch) {
+      void this.resync().catch((failure: unknown) => this.emit("error", { error: toParleyError(failure) }))
+      return
+    }
     this.emit("error", { error })
     if (this.resyncsWithoutSave >= MAX_RESYNCS_WITHOUT_SAVE) {
       // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved.
@@ -636,7 +799,10 @@ export class Conversation extends Emitter<ConversationEvents> {
     try {
       const fresh = new Y.Doc()
       try {
-        await this.parts.fetchRelayState(fresh, this.closing.signal)
+        // Pending work on messages sealed meanwhile needs their segments: fetched over the same connection.
+        await this.parts.fetchRelayState(fresh, this.closing.signal, (connection) =>
+          this.fetchSegmentsForPendingWork(old.doc, fresh, connection),
+        )
       } catch (error) {
         fresh.destroy()
         throw error
@@ -645,6 +811,8 @@ export class Conversation extends Emitter<ConversationEvents> {
         fresh.destroy()
         return
       }
+      // Pending work on sealed messages is re-applied against the segments this replica holds.
+      for (const segment of this.held.values()) sealedHistory(fresh).add(segment)
       // Synchronous from here to the swap: no write of the user can fall between the two documents.
       const result = rebasePendingWork(old.doc, fresh, this.user)
       old.dispose()

@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs"
+import { HistoryDefaults } from "@parley/shared"
 import { Command, CommanderError, Option } from "commander"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
@@ -275,6 +276,24 @@ export const RELAY_FLAGS = {
     env: "PARLEY_COMPACT_AFTER_BYTES",
     help: "...or this many log bytes",
     default: CORE.compactAfterBytes,
+  }),
+  "history-segment-size": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_SEGMENT_SIZE",
+    help: "messages per sealed history segment; 0 = never seal (the live document keeps every message)",
+    default: HistoryDefaults.segmentSize,
+  }),
+  "history-keep-live": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_KEEP_LIVE",
+    help: "latest messages a conversation's live document keeps when it seals older ones",
+    default: HistoryDefaults.keepLive,
+  }),
+  "history-epoch-client-ids": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_EPOCH_CLIENT_IDS",
+    help: "client ids in a live document beyond which sealing also starts a fresh epoch of it",
+    default: HistoryDefaults.epochClientIds,
   }),
   "max-update-structs": flag({
     kind: "integer",
@@ -653,6 +672,14 @@ export function parseConfig(
     },
     defaultMetrics: true,
     storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
+    history:
+      v["history-segment-size"] > 0
+        ? {
+            segmentSize: v["history-segment-size"],
+            keepLive: Math.max(1, v["history-keep-live"]),
+            epochClientIds: Math.max(2, v["history-epoch-client-ids"]),
+          }
+        : false,
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),

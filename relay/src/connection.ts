@@ -5,12 +5,15 @@ import {
   ErrorCode,
   encodeAwareness,
   encodeError,
+  encodeHistoryPage,
   encodeQueryAwareness,
   encodeSaved,
   encodeSyncStep1,
   encodeSyncStep2,
+  epochOf,
   type Frame,
   ParleyError,
+  Rule,
   readFrame,
   type SyncFrame,
   toParleyError,
@@ -67,6 +70,8 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   /** An awareness update from `connection` (throws when it is malformed). */
   awareness(connection: Connection<H>, update: Uint8Array): void
   refused(connection: Connection<H>, error: ParleyError): void
+  /** A request for sealed history segment `segment`, from a connection known to be allowed in. */
+  history(connection: Connection<H>, request: number, segment: number): void
 }
 
 /**
@@ -76,6 +81,8 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
 export class Connection<H extends ConnectionHost = ConnectionHost> {
   closed = false
   private pendingBytes = 0
+  /** The client's replica is of an older epoch of the live document (see `receiveSync`). */
+  private staleEpoch = false
 
   constructor(
     readonly host: H,
@@ -239,9 +246,24 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
         return
       }
-      case "parley":
+      case "parley": {
+        const message = frame.message
+        if (message?.type === "historyRequest") {
+          // Nothing of the history before access is known: a pending connection is told no, with no byte of it.
+          if (this.pending)
+            this.sendAnyway(
+              encodeHistoryPage({
+                request: message.request,
+                segment: message.segment,
+                error: ErrorCode.FORBIDDEN,
+              }),
+            )
+          else this.owner.history(this, message.request, message.segment)
+          return
+        }
         // The transport takes token refreshes; clients send no other subtype.
         throw new ParleyError(ErrorCode.MALFORMED_FRAME, "unexpected Parley message from a client")
+      }
     }
   }
 
@@ -273,12 +295,29 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         else answer()
         return
       }
+      // A replica of an older epoch of the live document (it lacks the epoch's own client id) cannot
+      // merge into this one: it is told to rebuild (the SDK rebases its pending work), nothing more.
+      const epoch = epochOf(this.host.doc)
+      if (epoch !== undefined) {
+        const known = Y.decodeStateVector(stateVector)
+        if (known.size > 0 && !known.has(epoch)) {
+          this.staleEpoch = true
+          this.refuse(
+            new ParleyError(ErrorCode.INVALID_UPDATE, "this replica is of an older epoch: rebuild it", {
+              rule: Rule.epoch,
+            }),
+          )
+          return
+        }
+      }
       // Never answer from a change that is applied but not yet durable.
       if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep2(stateVector))
       else this.sendSyncStep2(stateVector)
       return
     }
     const { update } = message
+    // Built on an older epoch: it was told once; what it sends until it rebuilt cannot apply.
+    if (this.staleEpoch) return
     // Updates wait in the document's queue; a client must not park unbounded bytes there.
     if (this.pendingBytes + update.length > this.owner.maxPendingBytes) {
       this.owner.refused(this, new ParleyError(ErrorCode.RATE_LIMITED, "too many update bytes waiting"))

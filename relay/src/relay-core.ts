@@ -2,6 +2,8 @@ import {
   CloseCode,
   type ConversationId,
   ErrorCode,
+  encodeAwareness,
+  encodeHistoryPage,
   encodeSyncUpdate,
   lastSequence,
   ParleyError,
@@ -19,6 +21,8 @@ import { DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
+import type { HistoryKeeper } from "./history/keeper.js"
+import { summaryOf } from "./history/sealing.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -65,6 +69,9 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   ...DEFAULT_USER_LIMITS,
 }
 
+/** History requests one connection may have waiting at once. */
+const HISTORY_REQUESTS_IN_FLIGHT = 4
+
 /** What the core is made of. */
 export interface RelayCoreOptions {
   readonly storage: RelayStorage
@@ -90,6 +97,8 @@ export interface RelayCoreOptions {
     readonly available: boolean
     whenAvailable(signal?: AbortSignal): Promise<void>
   }
+  /** Sealed history (segments, when to seal); without it the live document keeps every message. */
+  readonly history?: HistoryKeeper
 }
 
 /**
@@ -148,7 +157,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       clientIds: new ClientIdAllowance(this.limits.maxUpdateClientIds, this.limits.clientIdsPerUserPerDay),
       users: this.users,
       evict: (host, error) => this.evict(host, error),
+      restart: (host, reason) => this.restart(host, reason),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
+      ...(options.history ? { history: options.history } : {}),
     }
     options.metrics.awarenessSource = () => {
       let records = 0
@@ -323,6 +334,45 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       { doc: connection.host.key, principal: describePrincipal(connection.principal), code: error.code },
       `refused: ${error.message}`,
     )
+  }
+
+  /** History requests each connection has waiting (at most {@link HISTORY_REQUESTS_IN_FLIGHT}). */
+  private readonly historyInFlight = new WeakMap<HostedConnection, number>()
+
+  /**
+   * @internal Serves sealed segment `segment` to a connection allowed into
+   * its conversation (the connection checked that before calling): only a
+   * segment the live document names, with the hash it names. A few requests
+   * in flight per connection; more are refused (RATE_LIMITED), not queued.
+   */
+  history(connection: HostedConnection, request: number, segment: number): void {
+    const host = connection.host
+    const answer = (page: Parameters<typeof encodeHistoryPage>[0]) => connection.send(encodeHistoryPage(page))
+    const keeper = this.options.history
+    const summary = keeper && summaryOf(host.doc, segment)
+    if (!keeper || !summary) {
+      answer({ request, segment, error: ErrorCode.NOT_FOUND })
+      return
+    }
+    const inFlight = this.historyInFlight.get(connection) ?? 0
+    if (inFlight >= HISTORY_REQUESTS_IN_FLIGHT) {
+      answer({ request, segment, error: ErrorCode.RATE_LIMITED })
+      return
+    }
+    this.historyInFlight.set(connection, inFlight + 1)
+    keeper
+      .page(host, segment)
+      .then((stored) => {
+        if (!stored || stored.hash !== summary.hash) {
+          this.log.error({ doc: host.key, segment }, "a sealed segment the document names is missing")
+          answer({ request, segment, error: ErrorCode.NOT_FOUND })
+        } else answer({ request, segment, hash: stored.hash, bytes: stored.bytes })
+      })
+      .catch((error: unknown) => {
+        this.log.error({ err: error, doc: host.key, segment }, "could not read a sealed segment")
+        answer({ request, segment, error: ErrorCode.STORAGE_UNAVAILABLE })
+      })
+      .finally(() => this.historyInFlight.set(connection, (this.historyInFlight.get(connection) ?? 1) - 1))
   }
 
   /** @internal */
@@ -587,6 +637,16 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
   }
 
   /** The document's memory may differ from storage: close its connections and drop it, to reload from storage. */
+  /** Drops a loaded document whose storage moved on (a new epoch); its clients reconnect to the new one. */
+  private restart(host: DocumentHost, reason: string): void {
+    this.log.info({ doc: host.key }, reason)
+    host.beginUnload()
+    for (const connection of [...host.connections]) {
+      connection.close(CloseCode.Unavailable.code, CloseCode.Unavailable.reason)
+    }
+    this.drop(host)
+  }
+
   private evict(host: DocumentHost, error: unknown): void {
     this.log.error({ err: error, doc: host.key }, "document evicted after a failure")
     this.options.metrics.errors.inc({ code: ErrorCode.INTERNAL })

@@ -1,8 +1,10 @@
-import { ErrorCode, ParleyError } from "@parley/shared"
+import { ErrorCode, HistoryDefaults, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
 import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
+import { HistoryKeeper } from "./history/keeper.js"
+import type { SealingOptions } from "./history/sealing.js"
 import { DEFAULT_EVENT_RETENTION, type EventLogReader, type EventRetention } from "./hooks/event-log.js"
 import { EventLogPruner } from "./hooks/event-log-pruner.js"
 import { HooksExtension } from "./hooks/extension.js"
@@ -62,6 +64,12 @@ export interface RelayOptions {
   /** The update policy (default: the document rules, `AuthorizationPolicy`, with its client-id bindings). */
   readonly policy?: UpdatePolicy
   readonly sequencer?: Sequencer
+  /**
+   * Sealed history: how many sequenced messages a segment holds and how many
+   * the live document keeps (defaults: shared `HistoryDefaults`); `false`
+   * keeps every message in the live document.
+   */
+  readonly history?: Partial<SealingOptions> | false
   /** Observers of saved changes: extensions with only `afterSaved`, run after the policy. */
   readonly listeners?: readonly AfterSavedListener[]
   /** More extensions, run after `listeners` and before the hooks (see the README's "Architecture"). */
@@ -247,6 +255,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     events: backend.events,
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     storageHealth: storage,
+    ...(options.history === false
+      ? {}
+      : { history: new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history }) }),
   })
   try {
     await core.start()

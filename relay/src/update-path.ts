@@ -4,7 +4,10 @@ import {
   encodeSyncUpdate,
   isRetryable,
   type MessageId,
+  messageIndex,
   ParleyError,
+  sealedHistory,
+  sealedThrough,
   unsequencedMessages,
   writeSequenceNumbers,
 } from "@parley/shared"
@@ -14,6 +17,9 @@ import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
+import { startEpoch } from "./history/epoch.js"
+import type { HistoryKeeper } from "./history/keeper.js"
+import { applySeal, placeholdersToTombstones, planSeal } from "./history/sealing.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy } from "./policy.js"
@@ -56,6 +62,11 @@ export interface PathContext {
   /** The document's memory may no longer match its storage: drop it. */
   evict(host: DocumentHost, error: unknown): void
   /**
+   * Storage holds a fresh epoch of the document: drop the loaded one and close
+   * its connections (retryable), so that the next join loads the new one.
+   */
+  restart?(host: DocumentHost, reason: string): void
+  /**
    * Whether storage answers (a {@link StorageGuard}). With it, writes are
    * refused with the retryable STORAGE_UNAVAILABLE while storage fails, and a
    * change whose append failed stays applied but unsaved until storage is back
@@ -64,6 +75,8 @@ export interface PathContext {
   readonly storageHealth?: StorageHealth
   /** Per-user budgets: conversations created and participants added per minute. */
   readonly users?: UserLedger
+  /** Sealed history: where segments go, when to seal (none: the live document keeps everything). */
+  readonly history?: HistoryKeeper
 }
 
 /** What the update path asks of a storage guard. */
@@ -119,6 +132,8 @@ function captureUpdate(doc: Y.Doc, change: () => void): Uint8Array | undefined {
 interface Entry {
   readonly update: Uint8Array
   readonly source: "client" | "relay" | "server"
+  /** Sealed messages whose placeholders the relay turned into tombstones (their deletion was already told). */
+  readonly sealedDeletions?: readonly MessageId[]
 }
 
 /** Stores `entries` in one append (one commit) and accounts for them. */
@@ -166,11 +181,28 @@ async function sequence(
 ): Promise<Entry | undefined> {
   if (host.name.kind !== "conversation") return undefined
   if (candidates && candidates.length === 0) return undefined
+  // A placeholder with no number may be a deletion of a message sealed meanwhile (sent by a device
+  // that still held it live): the directory of sealed messages says, loaded only for such a case.
+  let sealed: MessageId[] = []
+  if (ctx.history && sealedThrough(host.doc) > 0) {
+    const index = messageIndex(host.doc)
+    const orphans = (candidates ?? index.unsequenced()).filter(
+      (id) => index.deleted.has(id) && !index.seqOf.has(id) && !index.records.has(id),
+    )
+    if (orphans.length > 0) {
+      await ctx.history.loadDirectory(host)
+      const history = sealedHistory(host.doc)
+      sealed = orphans.filter((id) => history.entry(id) !== undefined)
+    }
+  }
   const ids = unsequencedMessages(host.doc, candidates)
-  if (ids.length === 0) return undefined
-  const from = await ctx.sequencer.reserve(host.name.id, ids.length)
-  const update = captureUpdate(host.doc, () => writeSequenceNumbers(host.doc, from, ids, RELAY_ORIGIN))
-  return update ? { update, source: "relay" } : undefined
+  if (ids.length === 0 && sealed.length === 0) return undefined
+  const from = ids.length > 0 ? await ctx.sequencer.reserve(host.name.id, ids.length) : 0
+  const update = captureUpdate(host.doc, () => {
+    if (sealed.length > 0) placeholdersToTombstones(host.doc, sealed, RELAY_ORIGIN)
+    if (ids.length > 0) writeSequenceNumbers(host.doc, from, ids, RELAY_ORIGIN)
+  })
+  return update ? { update, source: "relay", sealedDeletions: sealed } : undefined
 }
 
 /**
@@ -199,7 +231,17 @@ async function applyAndStore(
     const sequencing = options.sequenceLeftovers
       ? await sequence(ctx, host, undefined)
       : first && (await sequence(ctx, host, messageIdsIn(events)))
-    events.push(...host.takeEvents())
+    const converted = new Set(sequencing ? (sequencing.sealedDeletions ?? []) : [])
+    // The placeholder's arrival already said "deleted"; the tombstone that replaces it says it again.
+    for (const event of host.takeEvents())
+      if (
+        !(
+          event.type === "message.deleted" &&
+          converted.has(event.messageId) &&
+          converted.delete(event.messageId)
+        )
+      )
+        events.push(event)
     const entries = [first, sequencing].filter((e) => e !== undefined)
     // Connections that joined while an earlier change was being stored wait for a decision too.
     if (entries.length === 0)
@@ -331,9 +373,75 @@ async function finish(
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
     ctx.extensions.afterSaved(change)
   }
+  if (ctx.history && host.name.kind === "conversation") {
+    await seal(ctx, ctx.history, host)
+    if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds) await startNewEpoch(ctx, host)
+  }
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
+  }
+}
+
+/**
+ * Seals the oldest messages of a conversation into a history segment once its
+ * live document holds enough (see `planSeal`): the segment is stored first,
+ * then the live document drops what it sealed and names the segment, through
+ * the same store-then-broadcast as every change. A crash in between leaves an
+ * unreferenced segment that the next sealing rewrites. Call inside the
+ * document's queue. A failure leaves the live document as it was.
+ */
+async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
+  if (host.name.kind !== "conversation" || host.destroyed) return
+  const plan = planSeal(host.doc, host.name.id, history.sealing)
+  if (!plan) return
+  try {
+    await history.store.put(host.key, {
+      index: plan.segment.index,
+      from: plan.segment.from,
+      to: plan.segment.to,
+      hash: plan.summary.hash,
+      bytes: plan.bytes,
+    })
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
+    return
+  }
+  const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
+    const update = captureUpdate(host.doc, () => applySeal(host.doc, plan, RELAY_ORIGIN))
+    return update ? { update, source: "relay" } : undefined
+  })
+  if (entries.length === 0) return
+  ctx.log.debug(
+    { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
+    "sealed history",
+  )
+  broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+  if (events.length > 0)
+    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
+}
+
+/**
+ * Replaces the stored document with a fresh epoch of it (`startEpoch`: the
+ * same values under one client id) and reloads it: every connection is
+ * closed (retryable) and rejoins the new epoch; a replica of the old one is
+ * told to rebuild when it rejoins (see `Connection`). Only for a document
+ * that has sealed history (a short conversation's live document stays small)
+ * and once the hooks have every event of the log (the snapshot replaces it);
+ * otherwise after a later change. Call inside the document's queue, last.
+ */
+async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void> {
+  if (!ctx.restart || host.destroyed || host.hasUnsaved || sealedThrough(host.doc) === 0) return
+  try {
+    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
+    const fresh = startEpoch(host.doc)
+    const clientIds = host.doc.store.clients.size
+    await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(fresh), host.lastPosition)
+    fresh.destroy()
+    ctx.restart(host, `started a fresh epoch of the live document (${clientIds} client ids → 1)`)
+  } catch (error) {
+    // Storage still holds the old epoch (compaction is atomic): it stays loaded and in use.
+    ctx.log.error({ err: error, doc: host.key }, "could not start a fresh epoch")
   }
 }
 
@@ -411,6 +519,13 @@ export function submitUpdate(
     // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
     let decision = await membershipPolicy.checkUpdate(input)
     if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+    // An edit, reaction or deletion of a sealed message: the rules need the directory of sealed
+    // messages, loaded only now (most conversations never touch their old messages).
+    if (!decision.allowed && ctx.history && !ctx.history.hasDirectory(host.doc)) {
+      await ctx.history.loadDirectory(host)
+      decision = await membershipPolicy.checkUpdate(input)
+      if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+    }
     if (!decision.allowed)
       throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
     if (user) ctx.clientIds?.take(host.key, user, newIds)

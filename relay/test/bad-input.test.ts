@@ -155,6 +155,9 @@ describe("slow consumers", () => {
         "1000",
         "--message-burst",
         "1000",
+        // The whole history in the live document: the initial sync is what this is about.
+        "--history-segment-size",
+        "0",
       ],
     })
     const s = await scene(target)

@@ -129,6 +129,9 @@ describe("per-user limits", () => {
         "2",
         "--user-participants-per-minute",
         "50",
+        // The whole history in the live document: its initial sync is what pins the relay here.
+        "--history-segment-size",
+        "0",
       ],
     })
     // A large conversation mallory belongs to: about 12 MB, more than the kernel's socket

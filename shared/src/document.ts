@@ -12,6 +12,10 @@ export interface ConversationTypes {
   readonly read: Y.Map<number>
   readonly delivered: Y.Map<number>
   readonly order: Y.Array<string>
+  /** Sealed segments' summaries (see `history.ts`), oldest first. */
+  readonly segments: Y.Array<unknown>
+  /** Deletions of sealed messages (see `history.ts`). */
+  readonly tombstones: Y.Map<unknown>
 }
 
 const cache = new WeakMap<Y.Doc, ConversationTypes>()
@@ -29,6 +33,8 @@ export function typesOf(doc: Y.Doc): ConversationTypes {
       read: doc.getMap(TopLevel.read),
       delivered: doc.getMap(TopLevel.delivered),
       order: doc.getArray(TopLevel.order),
+      segments: doc.getArray(TopLevel.segments),
+      tombstones: doc.getMap(TopLevel.tombstones),
     }
     cache.set(doc, types)
   }

@@ -1,6 +1,7 @@
 import * as map from "lib0/map"
 import type * as Y from "yjs"
 import { typesOf } from "./document.js"
+import { decodeTombstone } from "./history.js"
 import type { MessageId, UserId } from "./ids.js"
 import { getConversation } from "./reads.js"
 import {
@@ -103,7 +104,7 @@ export function observeChanges(
       addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
     )
   }
-  const mapNames = ["meta", "participants", "edits", "reactions", "read", "delivered"] as const
+  const mapNames = ["meta", "participants", "edits", "reactions", "read", "delivered", "tombstones"] as const
   const mapHandlers = mapNames.map((name) => [t[name] as Y.Map<unknown>, onMap(name)] as const)
   for (const [type, handler] of mapHandlers) type.observe(handler)
   t.messages.observe(onMessages)
@@ -177,6 +178,17 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
     } else {
       events.push({ type: "message.sent", message: record })
     }
+  }
+  // A sealed message's deletion is an overlay (its record is in an immutable segment): the same event.
+  for (const [key, change] of (changes.tombstones as MapChanges | undefined) ?? []) {
+    const tombstone = change.action === "add" ? decodeTombstone(t.tombstones.get(key)) : undefined
+    if (tombstone)
+      events.push({
+        type: "message.deleted",
+        messageId: key as MessageId,
+        author: tombstone.author,
+        deletedBy: tombstone.deletedBy,
+      })
   }
   const edits = changes.edits as MapChanges | undefined
   for (const [key, change] of edits ?? []) {

@@ -76,6 +76,12 @@ export class MessageIndex {
       )) {
         this.addSequence(value)
       }
+      // The relay removes the numbers of messages it sealed into history segments.
+      for (const value of contentOf<string>(
+        deletedItems(event.transaction, t.order as Y.AbstractType<unknown>),
+      )) {
+        this.removeSequence(value)
+      }
       this.touch()
     })
     t.reactions.observe((event) => {
@@ -273,6 +279,22 @@ export class MessageIndex {
       this.pending.delete(id)
       this.updateLive(id)
       this.canonical = undefined
+    })
+  }
+
+  /** Forgets the numbers of a removed `order` record (its messages were sealed). */
+  private removeSequence(value: string) {
+    const record = decodeSequenceRecord(value)
+    if (!record) return
+    record.ids.forEach((id, i) => {
+      const seq = record.from + i
+      if (this.seqOf.get(id) !== seq) return
+      this.removeLive(id)
+      const at = this.sequencedIndexOf(seq)
+      if (this.sequenced[at] === id) this.sequenced.splice(at, 1)
+      this.seqOf.delete(id)
+      this.canonical = undefined
+      this.updatePending(id)
     })
   }
 

@@ -1,6 +1,7 @@
 import type * as Y from "yjs"
 import { typesOf } from "./document.js"
 import { ErrorCode, ParleyError } from "./errors.js"
+import { encodeTombstone, type SealedEntry, sealedHistory } from "./history.js"
 import {
   type ConversationId,
   directConversationId,
@@ -281,8 +282,18 @@ export function sendMessage(
 function requireLiveMessage(doc: Y.Doc, id: MessageId): MessageRecord {
   const index = messageIndex(doc)
   const record = index.records.get(id)
-  if (!record || index.deleted.has(id)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${id}`)
-  return record
+  if (record && !index.deleted.has(id)) return record
+  // A message sealed into history is as live as any, until deleted (its segment must be held here).
+  const sealed = liveSealedEntry(doc, id)
+  if (sealed) return sealed.record as MessageRecord
+  throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${id}`)
+}
+
+/** The sealed entry of `id` when this replica holds its segment and the message is not deleted. */
+function liveSealedEntry(doc: Y.Doc, id: MessageId): SealedEntry | undefined {
+  const entry = sealedHistory(doc).entry(id)
+  if (!entry || isDeletedRecord(entry.record) || typesOf(doc).tombstones.has(id)) return undefined
+  return entry
 }
 
 /** Replaces a message's body (author only). */
@@ -309,9 +320,28 @@ export function editMessage(
 export function deleteMessage(doc: Y.Doc, actor: UserId, id: MessageId, options: WriteOptions = {}): void {
   const index = messageIndex(doc)
   if (index.deleted.has(id)) return
+  const sealed = index.records.has(id) ? undefined : sealedHistory(doc).entry(id)
+  if (sealed && (isDeletedRecord(sealed.record) || typesOf(doc).tombstones.has(id))) return
   const record = requireLiveMessage(doc, id)
   assertAllowed(canDeleteMessage(actor, roleOf(doc, actor), record.author))
   const t = typesOf(doc)
+  if (sealed) {
+    // The record is in an immutable segment: the deletion is a tombstone in the live document.
+    const tombstone = encodeTombstone({
+      author: record.author,
+      seq: sealed.seq,
+      deletedAt: options.now ?? Date.now(),
+      deletedBy: actor,
+    })
+    doc.transact(() => {
+      t.tombstones.set(id, tombstone)
+      t.edits.delete(id)
+      for (const [emoji, users] of index.reactions.get(id) ?? []) {
+        for (const user of users) t.reactions.delete(reactionKey(id, user, emoji))
+      }
+    }, options.origin)
+    return
+  }
   const placeholder: DeletedMessageRecord = {
     id,
     author: record.author,

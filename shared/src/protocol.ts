@@ -29,6 +29,10 @@ export const ParleyMessage = {
   token: 2,
   /** Relay → client: the refreshed token was accepted; the connection lasts until its expiry. */
   tokenAccepted: 3,
+  /** Client → relay: send me sealed history segment N of this conversation. */
+  historyRequest: 4,
+  /** Relay → client: the answer to a {@link ParleyMessage.historyRequest}: the segment, or why not. */
+  historyPage: 5,
 } as const
 
 /** Subtypes of a {@link MessageType.sync} message (y-protocols' `messageYjsSyncStep1` …). */
@@ -73,6 +77,45 @@ export type ParleyFrame =
   | { readonly type: "token"; readonly token: string }
   /** `expiresAt`: the accepted token's `exp` (seconds since the epoch), 0 when it has none. */
   | { readonly type: "tokenAccepted"; readonly expiresAt: number }
+  | { readonly type: "historyRequest"; readonly request: number; readonly segment: number }
+  | ({ readonly type: "historyPage" } & HistoryPage)
+
+/**
+ * A relay's answer to a history request: the segment's bytes and hash, or
+ * the error code that kept it from being served (then no bytes).
+ */
+export type HistoryPage =
+  | {
+      readonly request: number
+      readonly segment: number
+      readonly hash: string
+      readonly bytes: Uint8Array
+      readonly error?: undefined
+    }
+  | { readonly request: number; readonly segment: number; readonly error: ErrorCode }
+
+/** Encodes a request for sealed segment `segment` (client → relay); `request` is echoed in the answer. */
+export function encodeHistoryRequest(request: number, segment: number): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.parley)
+  encoding.writeVarUint(encoder, ParleyMessage.historyRequest)
+  encoding.writeVarUint(encoder, request)
+  encoding.writeVarUint(encoder, segment)
+  return encoding.toUint8Array(encoder)
+}
+
+/** Encodes the relay's answer to a history request. */
+export function encodeHistoryPage(page: HistoryPage): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.parley)
+  encoding.writeVarUint(encoder, ParleyMessage.historyPage)
+  encoding.writeVarUint(encoder, page.request)
+  encoding.writeVarUint(encoder, page.segment)
+  encoding.writeVarString(encoder, page.error ?? "")
+  encoding.writeVarString(encoder, page.error === undefined ? page.hash : "")
+  encoding.writeVarUint8Array(encoder, page.error === undefined ? page.bytes : new Uint8Array(0))
+  return encoding.toUint8Array(encoder)
+}
 
 /** Encodes a "saved" acknowledgement carrying the relay's saved state vector. */
 export function encodeSaved(stateVector: Uint8Array): Uint8Array {
@@ -133,6 +176,20 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
   if (subtype === ParleyMessage.token) return { type: "token", token: decoding.readVarString(decoder) }
   if (subtype === ParleyMessage.tokenAccepted)
     return { type: "tokenAccepted", expiresAt: decoding.readVarUint(decoder) }
+  if (subtype === ParleyMessage.historyRequest) {
+    const request = decoding.readVarUint(decoder)
+    return { type: "historyRequest", request, segment: decoding.readVarUint(decoder) }
+  }
+  if (subtype === ParleyMessage.historyPage) {
+    const request = decoding.readVarUint(decoder)
+    const segment = decoding.readVarUint(decoder)
+    const code = decoding.readVarString(decoder)
+    const hash = decoding.readVarString(decoder)
+    const bytes = decoding.readVarUint8Array(decoder)
+    if (code !== "")
+      return { type: "historyPage", request, segment, error: isErrorCode(code) ? code : ErrorCode.INTERNAL }
+    return { type: "historyPage", request, segment, hash, bytes }
+  }
   return undefined
 }
 

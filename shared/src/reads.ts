@@ -1,11 +1,13 @@
 import type * as Y from "yjs"
 import { type Markers, typesOf } from "./document.js"
+import { decodeTombstone, type SealedEntry, sealedHistory, sealedThrough, sealedUnread } from "./history.js"
 import type { ConversationId, MessageId, UserId } from "./ids.js"
 import { messageIndex } from "./message-index.js"
 import {
   type Attachment,
   type ConversationInfo,
   type ConversationKind,
+  isDeletedRecord,
   type Metadata,
   MetaKey,
   type Participant,
@@ -89,7 +91,10 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
     }
   }
   const record = index.records.get(id)
-  if (!record) return undefined
+  if (!record) {
+    const sealed = sealedHistory(doc).entry(id)
+    return sealed ? sealedMessageView(doc, sealed) : undefined
+  }
   const edit = typesOf(doc).edits.get(id)
   const reactions: Record<string, UserId[]> = {}
   for (const [emoji, users] of index.reactions.get(id) ?? []) reactions[emoji] = [...users].sort()
@@ -107,6 +112,71 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
     ...(seq !== undefined ? { seq } : {}),
     ...(edit ? { editedAt: edit.editedAt } : {}),
   }
+}
+
+/**
+ * A sealed message as readers see it: its record from the segment with the
+ * overlays the live document holds (edit, reactions, deletion since sealing).
+ */
+export function sealedMessageView(doc: Y.Doc, entry: SealedEntry): MessageView {
+  const { seq, record } = entry
+  const tombstone = decodeTombstone(typesOf(doc).tombstones.get(record.id))
+  const deleted = isDeletedRecord(record)
+    ? { at: record.deletedAt, by: record.deletedBy }
+    : tombstone
+      ? { at: tombstone.deletedAt, by: tombstone.deletedBy }
+      : undefined
+  if (deleted || isDeletedRecord(record)) {
+    return {
+      id: record.id,
+      author: record.author,
+      body: "",
+      type: "deleted",
+      createdAt: record.createdAt,
+      priority: "normal",
+      attachments: [],
+      metadata: {},
+      reactions: {},
+      deleted: deleted!,
+      seq,
+    }
+  }
+  const edit = typesOf(doc).edits.get(record.id)
+  const reactions: Record<string, UserId[]> = {}
+  for (const [emoji, users] of messageIndex(doc).reactions.get(record.id) ?? [])
+    reactions[emoji] = [...users].sort()
+  return {
+    id: record.id,
+    author: record.author,
+    body: edit ? edit.body : record.body,
+    type: record.type ?? "text",
+    createdAt: record.createdAt,
+    priority: record.priority ?? "normal",
+    attachments: record.attachments ?? [],
+    metadata: record.metadata ?? {},
+    reactions,
+    seq,
+    ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
+    ...(edit ? { editedAt: edit.editedAt } : {}),
+  }
+}
+
+/**
+ * Sealed messages this replica holds (see `SealedHistory`) numbered below
+ * `before`, the latest `limit` of them, oldest first, as readers see them.
+ */
+export function listSealedMessages(doc: Y.Doc, before: number, limit: number): MessageView[] {
+  const history = sealedHistory(doc)
+  const views: MessageView[] = []
+  const held = history.held()
+  for (let h = held.length - 1; h >= 0 && views.length < limit; h--) {
+    const segment = history.segment(held[h]!)!
+    for (let i = segment.entries.length - 1; i >= 0 && views.length < limit; i--) {
+      const entry = segment.entries[i]!
+      if (entry.seq < before) views.push(sealedMessageView(doc, entry))
+    }
+  }
+  return views.reverse()
 }
 
 /** Which part of the canonical order to read. */
@@ -185,8 +255,12 @@ export function markersOf(doc: Y.Doc, user: UserId): Markers {
  * merged in late, from hiding behind a marker or being counted twice.
  */
 export function unreadCount(doc: Y.Doc, user: UserId): number {
-  return messageIndex(doc).unreadFor(user, typesOf(doc).read.get(user) ?? 0)
+  const marker = typesOf(doc).read.get(user) ?? 0
+  const live = messageIndex(doc).unreadFor(user, marker)
+  // Sealed messages count from the segments' summaries (and the held segment the marker falls in).
+  return marker < sealedThrough(doc) ? live + sealedUnread(doc, user, marker).count : live
 }
 
-/** Highest sequence number assigned in this conversation (0 when none). */
-export const lastSequence = (doc: Y.Doc): number => messageIndex(doc).lastSequence()
+/** Highest sequence number assigned in this conversation (0 when none), sealed history included. */
+export const lastSequence = (doc: Y.Doc): number =>
+  Math.max(messageIndex(doc).lastSequence(), sealedThrough(doc))

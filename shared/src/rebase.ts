@@ -1,6 +1,7 @@
 import * as Y from "yjs"
 import { typesOf } from "./document.js"
 import { ErrorCode, ParleyError, toParleyError } from "./errors.js"
+import { epochBaseline, sealedHistory } from "./history.js"
 import type { MessageId, UserId } from "./ids.js"
 import { messageIndex } from "./message-index.js"
 import {
@@ -156,6 +157,10 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
     const shared = freshState.get(client)
     if (shared !== undefined) freshState.set(client, commonHistory(stale, fresh, client, shared))
   }
+  // A fresh document of a later epoch holds none of the earlier client ids, but their content up to
+  // where the relay had it when the epoch began: only what lies beyond is this replica's pending work.
+  for (const [client, clock] of epochBaseline(fresh))
+    if (!freshState.has(client)) freshState.set(client, clock)
   const isPending = (item: Y.Item) => item.id.clock + item.length > (freshState.get(item.id.client) ?? 0)
   const roots = new Map<unknown, string>()
   for (const [name, type] of stale.share) roots.set(type, name)
@@ -387,9 +392,21 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
       else react(fresh, user, parsed.message, parsed.emoji, { now: value as number })
     })
   }
+  // Deletions of sealed messages (the fresh document must hold their segments: the SDK adds them).
+  for (const { key, removed } of changed(TopLevel.tombstones)) {
+    if (removed) continue
+    attempt({ kind: "message.delete", id: key as MessageId }, () =>
+      deleteMessage(fresh, user, key as MessageId),
+    )
+  }
   for (const [id] of placeholders) {
     // Sent and deleted while offline: the relay never saw it, nothing to redo.
-    if (!messageIndex(fresh).records.has(id) && !messageIndex(fresh).deleted.has(id)) continue
+    if (
+      !messageIndex(fresh).records.has(id) &&
+      !messageIndex(fresh).deleted.has(id) &&
+      !sealedHistory(fresh).entry(id)
+    )
+      continue
     attempt({ kind: "message.delete", id }, () => deleteMessage(fresh, user, id))
   }
   for (const [id] of deletedRecords) {

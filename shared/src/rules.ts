@@ -41,6 +41,12 @@ export const Rule = {
   schema: "schema",
   /** A Yjs client id is used by one user only. */
   clientIdOwner: "client-id-owner",
+  /**
+   * The replica is of an older epoch of the live document (see shared README,
+   * "Sealed history"): it must rebuild from the relay's state and re-apply its
+   * pending work (`rebasePendingWork`) before it can send anything.
+   */
+  epoch: "epoch",
   /** Read-only access (service tokens) changes nothing. */
   readOnly: "read-only",
 } as const

@@ -34,6 +34,16 @@ export const TopLevel = {
    * element Yjs stores (a one-message record is about 24 bytes).
    */
   order: "order",
+  /**
+   * `Y.Array<SegmentSummary>`: the sealed history segments, oldest first,
+   * written only by the relay when it seals (see `history.ts`).
+   */
+  segments: "segments",
+  /**
+   * `Y.Map<MessageId, StoredTombstone>`: deletions of sealed messages (their
+   * records are in immutable segments, so the deletion is an overlay here).
+   */
+  tombstones: "tombstones",
 } as const
 /** Name of a top-level type. */
 export type TopLevelName = (typeof TopLevel)[keyof typeof TopLevel]
@@ -45,9 +55,10 @@ export const TOP_LEVEL_MAPS: ReadonlySet<string> = new Set([
   "reactions",
   "read",
   "delivered",
+  "tombstones",
 ])
 /** Which top-level names are arrays. */
-export const TOP_LEVEL_ARRAYS: ReadonlySet<string> = new Set(["messages", "order"])
+export const TOP_LEVEL_ARRAYS: ReadonlySet<string> = new Set(["messages", "order", "segments"])
 
 /** Keys of the `meta` map. */
 export const MetaKey = {
@@ -61,6 +72,17 @@ export const MetaKey = {
   metadata: "metadata",
   deletedAt: "deletedAt",
   deletedBy: "deletedBy",
+  /**
+   * Written by the relay only, when it starts a fresh live document (an
+   * epoch): the Yjs client id the epoch's content was written under.
+   */
+  epoch: "epoch",
+  /**
+   * Written with `epoch`: `{ "<client id>": clock }`, how far the relay had
+   * every earlier client's structs when the epoch began. Everything below is
+   * in the epoch's content; a replica's structs beyond it are its pending work.
+   */
+  epochFrom: "epochFrom",
 } as const
 /** A key of the `meta` map. */
 export type MetaKey = (typeof MetaKey)[keyof typeof MetaKey]

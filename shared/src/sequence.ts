@@ -1,5 +1,6 @@
 import type * as Y from "yjs"
 import { typesOf } from "./document.js"
+import { sealedHistory, sealedThrough } from "./history.js"
 import type { MessageId } from "./ids.js"
 import { messageIndex } from "./message-index.js"
 import { encodeSequenceRecord } from "./schema.js"
@@ -10,10 +11,13 @@ import { encodeSequenceRecord } from "./schema.js"
  */
 export function unsequencedMessages(doc: Y.Doc, candidates?: Iterable<MessageId>): MessageId[] {
   const index = messageIndex(doc)
-  if (!candidates) return index.unsequenced()
+  // A sealed message was numbered before it was sealed (a placeholder for it is a late deletion).
+  const sealed = sealedHistory(doc)
+  if (!candidates) return index.unsequenced().filter((id) => !sealed.entry(id))
   const wanted = new Set<MessageId>()
   for (const id of candidates) {
-    if (!index.seqOf.has(id) && (index.records.has(id) || index.deleted.has(id))) wanted.add(id)
+    if (!index.seqOf.has(id) && (index.records.has(id) || index.deleted.has(id)) && !sealed.entry(id))
+      wanted.add(id)
   }
   if (wanted.size <= 1) return [...wanted]
   return index.unsequenced().filter((id) => wanted.has(id))
@@ -100,5 +104,5 @@ export function assignSequenceNumbers(
 
 /** A `reserve` function for a single writer: continues from the document's highest number. */
 export function nextFromDocument(doc: Y.Doc): (count: number) => number {
-  return () => messageIndex(doc).lastSequence() + 1
+  return () => Math.max(messageIndex(doc).lastSequence(), sealedThrough(doc)) + 1
 }

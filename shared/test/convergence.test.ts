@@ -4,6 +4,7 @@ import * as Y from "yjs"
 import {
   addParticipants,
   allMarkers,
+  applySeal,
   assignSequenceNumbers,
   type ChangeEvent,
   type ConversationId,
@@ -16,6 +17,7 @@ import {
   lastSequence,
   listMessages,
   listParticipants,
+  listSealedMessages,
   type MessageId,
   markDelivered,
   markRead,
@@ -23,15 +25,20 @@ import {
   nextFromDocument,
   observeChanges,
   ParleyError,
+  placeholdersToTombstones,
+  planSeal,
   react,
   removeParticipants,
   renameConversation,
+  sealedHistory,
+  sealedSegments,
   sendMessage,
   TOP_LEVEL_ARRAYS,
   TOP_LEVEL_MAPS,
   typesOf,
   type UserId,
   unreact,
+  unreadCount,
 } from "../src/index.js"
 
 /**
@@ -56,7 +63,10 @@ interface Replica {
   readonly deleted: Set<MessageId>
 }
 
-function simulate(seed: number, steps = 300) {
+/** Sealing as the relay does it (small segments, so that a run seals several), or none. */
+const SEALING = { segmentSize: 8, keepLive: 6, epochClientIds: 1000 }
+
+function simulate(seed: number, steps = 300, seal = false) {
   const gen = prng.create(seed)
   const relay = makeReplica("relay", undefined)
   createConversation(relay.doc, USERS[0]!, {
@@ -97,16 +107,36 @@ function simulate(seed: number, steps = 300) {
       Y.applyUpdate(to.doc, update, "network")
       if (roll === 1) inFlight.push(message!) // duplicated
     }
-    if (prng.int32(gen, 0, 3) === 0) assignSequenceNumbers(relay.doc, nextFromDocument(relay.doc))
+    if (prng.int32(gen, 0, 3) === 0) relaySequences(relay, all, seal)
   }
   // Everyone comes back online; what was dropped is repaired by state-vector sync (a reconnect).
   for (const r of all) r.offline = false
   for (const { to, update } of inFlight.splice(0)) Y.applyUpdate(to.doc, update, "network")
   for (const d of devices) exchange(relay, d)
-  assignSequenceNumbers(relay.doc, nextFromDocument(relay.doc))
+  relaySequences(relay, all, seal)
   for (const d of devices) exchange(relay, d)
   for (const { to, update } of inFlight.splice(0)) Y.applyUpdate(to.doc, update, "network")
   return all
+}
+
+/**
+ * What the relay does after changes: deletions of messages it sealed meanwhile
+ * become tombstones, new messages get numbers, and (with `seal`) what is due
+ * is sealed; every replica then holds the new segment, as a device that
+ * fetched it would.
+ */
+function relaySequences(relay: Replica, all: readonly Replica[], seal: boolean) {
+  const history = sealedHistory(relay.doc)
+  const index = messageIndex(relay.doc)
+  const late = [...index.deleted.keys()].filter((id) => !index.seqOf.has(id) && history.entry(id))
+  if (late.length > 0) placeholdersToTombstones(relay.doc, late, null)
+  assignSequenceNumbers(relay.doc, nextFromDocument(relay.doc))
+  if (!seal) return
+  for (let plan = planSeal(relay.doc, "g~sim" as ConversationId, SEALING); plan; ) {
+    applySeal(relay.doc, plan, null)
+    for (const r of all) sealedHistory(r.doc).add(plan.segment)
+    plan = planSeal(relay.doc, "g~sim" as ConversationId, SEALING)
+  }
 }
 
 function makeReplica(name: string, user: UserId | undefined): Replica {
@@ -128,7 +158,17 @@ function exchange(a: Replica, b: Replica) {
 function randomOperation(gen: prng.PRNG, device: Replica) {
   const { doc } = device
   const user = device.user!
-  const ids = [...messageIndex(doc).records.keys()]
+  // Sealed messages are as much a target as live ones.
+  const ids = [
+    ...messageIndex(doc).records.keys(),
+    ...sealedHistory(doc)
+      .held()
+      .flatMap((i) =>
+        sealedHistory(doc)
+          .segment(i)!
+          .entries.map((e) => e.record.id),
+      ),
+  ]
   const someMessage = () => prng.oneOf(gen, ids)
   const op = prng.int32(gen, 0, 11)
   try {
@@ -153,17 +193,24 @@ function visibleState(doc: Y.Doc) {
   return {
     conversation: getConversation(doc),
     participants: listParticipants(doc),
-    messages: listMessages(doc, { last: 1_000_000 }),
+    messages: everyMessage(doc),
     markers: allMarkers(doc),
+    unread: USERS.map((u) => unreadCount(doc, u)),
   }
 }
+
+/** Sealed (held) then live messages, in canonical order. */
+const everyMessage = (doc: Y.Doc) => [
+  ...listSealedMessages(doc, Number.MAX_SAFE_INTEGER, 1_000_000),
+  ...listMessages(doc, { last: 1_000_000 }),
+]
 
 function assertInvariants(doc: Y.Doc) {
   const t = typesOf(doc)
   for (const name of doc.share.keys())
     expect(TOP_LEVEL_MAPS.has(name) || TOP_LEVEL_ARRAYS.has(name)).toBe(true)
   for (const value of t.messages) expect(checkStoredRecord(value)).toBeUndefined()
-  const messages = listMessages(doc, { last: 1_000_000 })
+  const messages = everyMessage(doc)
   expect(new Set(messages.map((m) => m.id)).size).toBe(messages.length)
   // A single relay numbers every message exactly once, 1..n without gaps.
   expect(messages.map((m) => m.seq)).toEqual(messages.map((_, i) => i + 1))
@@ -179,9 +226,14 @@ describe("convergence under a random network", () => {
   const seeds = process.env.PARLEY_SEED
     ? [Number(process.env.PARLEY_SEED)]
     : Array.from({ length: 25 }, (_, i) => i + 1)
-  it.each(seeds)("converges, keeps every invariant and agrees on events (seed %i)", (seed) => {
+  it.each(
+    seeds.flatMap((seed) => [
+      [seed, false],
+      [seed, true],
+    ]),
+  )("converges, keeps every invariant and agrees on events (seed %i, sealing %s)", (seed, seal) => {
     try {
-      const replicas = simulate(seed)
+      const replicas = simulate(seed, 300, seal)
       const [relay, ...devices] = replicas
       const expected = visibleState(relay!.doc)
       expect(expected.messages.length).toBeGreaterThan(10)
@@ -189,16 +241,32 @@ describe("convergence under a random network", () => {
         expect(Y.encodeStateVector(r.doc)).toEqual(Y.encodeStateVector(relay!.doc))
         expect(visibleState(r.doc)).toEqual(expected)
         assertInvariants(r.doc)
-        // Every replica was told about every message exactly as the final state shows it.
-        const live = expected.messages.filter((m) => !m.deleted).map((m) => m.id)
-        const gone = expected.messages.filter((m) => m.deleted).map((m) => m.id)
-        expect([...r.deleted].sort()).toEqual([...gone].sort())
+        // Every replica was told about every message exactly as the final state shows it; with
+        // sealing, a replica that lagged behind a sealing never saw those messages live, so it is told
+        // of what stayed live and of nothing that does not exist.
+        const told =
+          seal && r !== relay
+            ? new Set(listMessages(relay!.doc, { last: 1_000_000 }).map((m) => m.id))
+            : undefined
+        const shown = expected.messages.filter((m) => !told || told.has(m.id))
+        const live = shown.filter((m) => !m.deleted).map((m) => m.id)
+        const gone = shown.filter((m) => m.deleted).map((m) => m.id)
+        const ids = new Set(expected.messages.map((m) => m.id))
+        for (const id of [...r.sent, ...r.deleted]) expect(ids.has(id)).toBe(true)
+        for (const id of gone) expect(r.deleted.has(id)).toBe(true)
         for (const id of live) expect(r.sent.has(id)).toBe(true)
-        expect(new Set([...r.sent, ...r.deleted])).toEqual(new Set(expected.messages.map((m) => m.id)))
+        if (!seal) {
+          expect([...r.deleted].sort()).toEqual([...gone].sort())
+          expect(new Set([...r.sent, ...r.deleted])).toEqual(ids)
+        } else {
+          // Sealed or not, no message is both told deleted and shown live.
+          for (const id of live) expect(r.deleted.has(id)).toBe(false)
+        }
       }
       expect(devices.length).toBe(USERS.length)
+      if (seal) expect(sealedSegments(relay!.doc).length).toBeGreaterThan(0)
     } catch (error) {
-      console.error(`convergence failed for seed ${seed}: replay with PARLEY_SEED=${seed}`)
+      console.error(`convergence failed for seed ${seed} (sealing ${seal}): replay with PARLEY_SEED=${seed}`)
       throw error
     }
   })

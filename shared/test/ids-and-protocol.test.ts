@@ -14,6 +14,8 @@ import {
   encodeAwareness,
   encodeAwarenessEntries,
   encodeError,
+  encodeHistoryPage,
+  encodeHistoryRequest,
   encodeKeepalive,
   encodePermissionDenied,
   encodeQueryAwareness,
@@ -125,6 +127,24 @@ describe("protocol", () => {
     for (const [bytes, frame] of [
       [refresh, { type: "token", token: "a.b.c" }],
       [accepted, { type: "tokenAccepted", expiresAt: 1_700_000_000 }],
+    ] as const) {
+      const decoder = decoding.createDecoder(bytes)
+      expect(decoding.readVarUint(decoder)).toBe(MessageType.parley)
+      expect(readParleyFrame(decoder)).toEqual(frame)
+    }
+  })
+
+  it("encodes a history request as [100, 4, request, segment] and its answer as [100, 5, request, segment, code, hash, bytes]", () => {
+    const request = encodeHistoryRequest(7, 300)
+    expect([...request]).toEqual([100, 4, 7, 0xac, 0x02])
+    const page = encodeHistoryPage({ request: 7, segment: 2, hash: "ab", bytes: Uint8Array.of(1, 2, 3) })
+    expect([...page]).toEqual([100, 5, 7, 2, 0, 2, 0x61, 0x62, 3, 1, 2, 3])
+    const refused = encodeHistoryPage({ request: 8, segment: 2, error: ErrorCode.NOT_FOUND })
+    expect([...refused]).toEqual([100, 5, 8, 2, 9, ...Buffer.from("NOT_FOUND"), 0, 0])
+    for (const [bytes, frame] of [
+      [request, { type: "historyRequest", request: 7, segment: 300 }],
+      [page, { type: "historyPage", request: 7, segment: 2, hash: "ab", bytes: Uint8Array.of(1, 2, 3) }],
+      [refused, { type: "historyPage", request: 8, segment: 2, error: "NOT_FOUND" }],
     ] as const) {
       const decoder = decoding.createDecoder(bytes)
       expect(decoding.readVarUint(decoder)).toBe(MessageType.parley)

@@ -1,4 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
+import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
@@ -64,6 +65,7 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
     outbox: withDeadlines<Outbox>(backend.outbox, options.timeoutMs, "hook outbox"),
     events: withDeadlines<EventLog>(backend.events, options.timeoutMs, "event log"),
     bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
+    history: withDeadlines<HistoryStore>(backend.history, options.timeoutMs, "history segments"),
     close: () => backend.close(),
   }
 }

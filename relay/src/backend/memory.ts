@@ -1,3 +1,4 @@
+import { MemoryHistoryStore } from "../history/store.js"
 import { MemoryEventLog } from "../hooks/memory-event-log.js"
 import { MemoryOutbox } from "../hooks/outbox.js"
 import { MemoryClientBindingStore } from "../policy/client-bindings.js"
@@ -11,6 +12,7 @@ export class MemoryBackend implements Backend {
   readonly events = new MemoryEventLog()
   readonly outbox = new MemoryOutbox(this.events)
   readonly bindings = new MemoryClientBindingStore()
+  readonly history = new MemoryHistoryStore()
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
   constructor(data?: MemoryData) {

@@ -1,4 +1,5 @@
 import type pg from "pg"
+import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
 import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
@@ -28,6 +29,7 @@ export class PostgresBackend implements Backend {
   readonly outbox: PostgresOutbox
   readonly events: PostgresEventLog
   readonly bindings: PostgresClientBindingStore
+  readonly history: PostgresHistoryStore
   private closed = false
 
   private constructor(private readonly pool: pg.Pool) {
@@ -35,6 +37,7 @@ export class PostgresBackend implements Backend {
     this.events = new PostgresEventLog(pool)
     this.outbox = new PostgresOutbox(pool, this.events)
     this.bindings = new PostgresClientBindingStore(pool)
+    this.history = new PostgresHistoryStore(pool)
   }
 
   /** Connects to `url` and creates the tables if needed. */
@@ -43,7 +46,13 @@ export class PostgresBackend implements Backend {
       url,
       // Appends of one tick share a connection; delivery lanes, loads and binds take the rest.
       max: 8,
-      schema: [DOCUMENTS_SCHEMA, OUTBOX_SCHEMA, EVENT_LOG_SCHEMA, BINDINGS_SCHEMA].join("\n"),
+      schema: [
+        DOCUMENTS_SCHEMA,
+        OUTBOX_SCHEMA,
+        EVENT_LOG_SCHEMA,
+        BINDINGS_SCHEMA,
+        POSTGRES_HISTORY_SCHEMA,
+      ].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     })

@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import Database from "better-sqlite3"
+import { SqliteHistoryStore } from "../history/store.js"
 import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
@@ -39,6 +40,7 @@ export class SqliteBackend implements Backend {
   readonly outbox: SqliteOutbox
   readonly events: SqliteEventLog
   readonly bindings: SqliteClientBindingStore
+  readonly history: SqliteHistoryStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -61,6 +63,7 @@ export class SqliteBackend implements Backend {
       this.events = new SqliteEventLog(this.db)
       this.outbox = new SqliteOutbox(this.db, this.events)
       this.bindings = new SqliteClientBindingStore(this.db)
+      this.history = new SqliteHistoryStore(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

@@ -1,3 +1,4 @@
+import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
@@ -28,6 +29,8 @@ export interface Backend {
   readonly events: EventLog
   /** Which principal owns each Yjs client id of each document. */
   readonly bindings: ClientBindingStore
+  /** Conversations' sealed history segments (see shared `history.ts`). */
+  readonly history: HistoryStore
   /**
    * Finishes pending writes of every part and releases the database. The
    * parts' own `close` only finish their pending writes: the relay closes them

@@ -22,6 +22,7 @@ import {
   type Decision,
   type DeletedMessageRecord,
   decodeStoredRecord,
+  decodeTombstone,
   isDeletedRecord,
   isMessageId,
   isUserId,
@@ -36,6 +37,8 @@ import {
   type Role,
   Rule,
   SCHEMA_VERSION,
+  type SealedEntry,
+  sealedHistory,
   TOP_LEVEL_ARRAYS,
   TOP_LEVEL_MAPS,
   TopLevel,
@@ -192,6 +195,7 @@ class UpdateCheck {
     this.collectMessages()
     this.checkMessages()
     this.checkOrder()
+    this.checkTombstones(byRoot(TopLevel.tombstones))
     this.checkEdits(byRoot(TopLevel.edits))
     this.checkReactions(byRoot(TopLevel.reactions))
     this.checkMarkers(byRoot(TopLevel.read))
@@ -303,7 +307,9 @@ class UpdateCheck {
       if (
         !(Object.values(MetaKey) as string[]).includes(key) ||
         key === MetaKey.deletedAt ||
-        key === MetaKey.deletedBy
+        key === MetaKey.deletedBy ||
+        key === MetaKey.epoch ||
+        key === MetaKey.epochFrom
       )
         refuse(Rule.schema, `a new conversation has no "${key}" field`)
     for (const key of [
@@ -484,7 +490,11 @@ class UpdateCheck {
       if (!this.newPlaceholders.has(id)) refuse(Rule.immutable, "a deleted message leaves a placeholder")
     }
     for (const [id, placeholder] of this.newPlaceholders) {
-      const original = this.deletedRecords.get(id) ?? this.transientRecords.get(id) ?? index.deleted.get(id)
+      const original =
+        this.deletedRecords.get(id) ??
+        this.transientRecords.get(id) ??
+        index.deleted.get(id) ??
+        this.sealed(id)?.record
       if (original) {
         if (placeholder.author !== original.author || placeholder.createdAt !== original.createdAt)
           refuse(Rule.immutable, "a placeholder keeps the message's author and time")
@@ -500,16 +510,59 @@ class UpdateCheck {
     }
   }
 
-  /** Sequence numbers: the relay's alone. */
+  /** Sequence numbers and the sealed history's summaries: the relay's alone. */
   private checkOrder(): void {
     for (const n of this.read.items) {
+      if (n.location.root === TopLevel.segments) assert(canWriteSequence(this.isRelay))
       if (n.location.root !== TopLevel.order) continue
       assert(canWriteSequence(this.isRelay))
       for (const { value } of this.elements(n)) schema(checkSequenceRecord(value))
     }
     for (const d of this.read.deleted) {
-      if (d.location.root === TopLevel.order) refuse(Rule.relayOnly, "sequence numbers are never removed")
+      if (d.location.root === TopLevel.segments && !this.isRelay)
+        refuse(Rule.relayOnly, "sealed history is the relay's")
+      // The relay removes the numbers of the messages it seals.
+      if (d.location.root === TopLevel.order && !this.isRelay)
+        refuse(Rule.relayOnly, "sequence numbers are never removed")
     }
+  }
+
+  /** The sealed entry of `id` when the relay's directory has it (see `HistoryKeeper`). */
+  private sealed(id: MessageId): SealedEntry | undefined {
+    return sealedHistory(this.doc).entry(id)
+  }
+
+  /** Tombstones: a sealed, live message deleted once, as oneself, by its author or a manager. */
+  private checkTombstones(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      if (!isMessageId(change.key)) refuse(Rule.schema, "tombstone key invalid")
+      if (change.before !== ABSENT) refuse(Rule.immutable, "a deleted message stays deleted")
+      for (const after of change.after) {
+        if (after === ABSENT) continue
+        const tombstone = decodeTombstone(after)
+        if (!tombstone) refuse(Rule.schema, "tombstone invalid")
+        const entry = this.sealed(change.key as MessageId)
+        if (!entry || isDeletedRecord(entry.record))
+          refuse(Rule.immutable, `message ${change.key} is not a live sealed message`)
+        if (entry.seq !== tombstone.seq || entry.record.author !== tombstone.author)
+          refuse(Rule.immutable, "a tombstone keeps the message's author and number")
+        if (this.isRelay) continue
+        assert(canDeleteMessage(this.actor!, this.role, tombstone.author))
+        if (tombstone.deletedBy !== this.actor) refuse(Rule.selfOnly, "a message is deleted as oneself")
+      }
+    }
+  }
+
+  /** A sealed message deleted before or by this update (tombstone, or a placeholder sent for it). */
+  private sealedDeletion(id: MessageId): SealedEntry | undefined {
+    const entry = this.sealed(id)
+    if (!entry) return undefined
+    if (isDeletedRecord(entry.record)) return entry
+    if (typesOf(this.doc).tombstones.has(id) || this.newPlaceholders.has(id)) return entry
+    const pending = this.read.items.some(
+      (n) => n.location.root === TopLevel.tombstones && n.location.key === id,
+    )
+    return pending ? entry : undefined
   }
 
   /** Is `id` a message that exists and stays live after the update? */
@@ -517,13 +570,17 @@ class UpdateCheck {
     const index = messageIndex(this.doc)
     if (this.deletedRecords.has(id) || this.newPlaceholders.has(id)) return undefined
     if (index.deleted.has(id)) return undefined
-    return index.records.get(id) ?? this.newRecords.get(id)
+    const record = index.records.get(id) ?? this.newRecords.get(id)
+    if (record) return record
+    const entry = this.sealed(id)
+    if (!entry || this.sealedDeletion(id)) return undefined
+    return entry.record as MessageRecord
   }
 
   /** The author of a message being deleted now, or deleted before; undefined otherwise. */
   private deletedAuthor(id: MessageId): UserId | undefined {
     const placeholder = this.newPlaceholders.get(id) ?? messageIndex(this.doc).deleted.get(id)
-    return placeholder?.author
+    return placeholder?.author ?? this.sealedDeletion(id)?.record.author
   }
 
   /** Edits by the author of a live message; removed only with the message. */
@@ -533,7 +590,10 @@ class UpdateCheck {
       const id = change.key as MessageId
       for (const after of change.after) {
         if (after === ABSENT) {
-          const author = this.deletedAuthor(id) ?? messageIndex(this.doc).records.get(id)?.author
+          const author =
+            this.deletedAuthor(id) ??
+            messageIndex(this.doc).records.get(id)?.author ??
+            this.sealed(id)?.record.author
           if (this.isRelay) continue
           if (author === undefined) refuse(Rule.immutable, "an edit goes with its message")
           // Dropping an edit is the author's (an edit back) or goes with deleting the message.

@@ -122,6 +122,37 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       expect(await backend.bindings.load("g~kept")).toEqual(new Map([[42, "user:bob"]]))
     })
 
+    it("stores sealed history segments once, returns them byte for byte per document, and replaces an unreferenced one", async () => {
+      const segment = (index: number, fill: number) => ({
+        index,
+        from: index * 10 + 1,
+        to: index * 10 + 10,
+        hash: `h${index}-${fill}`,
+        bytes: new Uint8Array(64).fill(fill),
+      })
+      expect(await backend.history.get("g~hist", 0)).toBeNull()
+      expect(await backend.history.all("g~hist")).toEqual([])
+      await backend.history.put("g~hist", segment(1, 2))
+      await backend.history.put("g~hist", segment(0, 1))
+      await backend.history.put("g~other", segment(0, 9))
+      expect(await backend.history.get("g~hist", 0)).toEqual(segment(0, 1))
+      expect((await backend.history.all("g~hist")).map((s) => [s.index, s.hash])).toEqual([
+        [0, "h0-1"],
+        [1, "h1-2"],
+      ])
+      // What a caller does with the bytes it got does not reach the store.
+      ;(await backend.history.get("g~hist", 0))!.bytes.fill(7)
+      expect((await backend.history.get("g~hist", 0))!.bytes[0]).toBe(1)
+      // A crash between storing a segment and naming it leaves one the next sealing rewrites.
+      await backend.history.put("g~hist", segment(0, 3))
+      expect(await backend.history.get("g~hist", 0)).toEqual(segment(0, 3))
+      expect(await backend.history.get("g~other", 0)).toEqual(segment(0, 9))
+      if (!harness.persistent) return
+      await backend.close()
+      backend = await harness.open()
+      expect(await backend.history.get("g~hist", 1)).toEqual(segment(1, 2))
+    })
+
     it("closes once, however often it is asked to", async () => {
       await backend.close()
       await backend.close()

@@ -1,0 +1,153 @@
+import "fake-indexeddb/auto"
+import { ErrorCode, typesOf } from "@parley/shared"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import type { Conversation } from "../src/index.js"
+import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
+
+let relay: RelayProcess
+beforeAll(async () => {
+  // Small segments, so that a few dozen messages seal several.
+  relay = await startRelay({ args: ["--dev", "--history-segment-size", "10", "--history-keep-live", "5"] })
+})
+afterAll(async () => {
+  await relay?.stop()
+})
+afterEach(destroyClients)
+
+let unique = 0
+const name = (base: string) => `${base}${++unique}`
+
+/** A group of `a` and `b` where `a` wrote `count` messages, each saved before the next. */
+async function longConversation(a: string, b: string, count: number): Promise<string> {
+  const alice = await connectClient(relay, a)
+  const chat = await alice.createConversation({ participants: [b], title: "long" })
+  for (let i = 0; i < count; i++) {
+    const sent = chat.send(`m${i}`)
+    await eventually(() => expect(chat.message(sent.id)?.seq).toBe(i + 1))
+  }
+  await eventually(() => expect(typesOf(chat.doc).segments.length).toBeGreaterThan(0))
+  return chat.id
+}
+
+const bodies = (messages: { body: string }[]) => messages.map((m) => m.body)
+
+describe("sealed history in the SDK", () => {
+  it("shows a new device the latest messages at once and pages back with loadOlder, from the relay then offline from IndexedDB", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 40)
+    const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    const chat = await bob.conversation(id).ready()
+    await eventually(() => expect(chat.messages({ last: 50 }).length).toBe(10))
+    expect(bodies(chat.messages({ last: 50 }))).toEqual(Array.from({ length: 10 }, (_, i) => `m${30 + i}`))
+    expect(chat.hasOlder).toBe(true)
+    // Bob read nothing: everything alice wrote is unread, sealed or not.
+    expect(chat.unreadCount).toBe(40)
+
+    expect(bodies(await chat.loadOlder(15))).toEqual(Array.from({ length: 15 }, (_, i) => `m${15 + i}`))
+    expect(bodies(await chat.loadOlder(15))).toEqual(Array.from({ length: 15 }, (_, i) => `m${i}`))
+    expect(chat.hasOlder).toBe(false)
+    expect(await chat.loadOlder(15)).toEqual([])
+    expect(chat.olderMessages()).toHaveLength(30)
+    await bob.destroy()
+
+    // The same device, offline: the live replica and the fetched segments come from IndexedDB.
+    const offline = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    const again = await offline.conversation(id).ready()
+    expect(bodies(await again.loadOlder(30))).toEqual(Array.from({ length: 30 }, (_, i) => `m${i}`))
+  })
+
+  it("refuses to page offline what this device never fetched, with a retryable error", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 20)
+    const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    const chat = await bob.conversation(id).ready()
+    await eventually(() => expect(chat.hasOlder).toBe(true))
+    await bob.destroy()
+    const offline = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    const again = await offline.conversation(id).ready()
+    await expect(again.loadOlder(5)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+  })
+
+  it("edits, reacts to, replies to and deletes sealed messages; the other device sees each", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 30)
+    const alice = await connectClient(relay, a)
+    const bob = await connectClient(relay, b)
+    const mine: Conversation = await alice.conversation(id).ready()
+    const theirs: Conversation = await bob.conversation(id).ready()
+    const [first, second] = await mine.loadOlder(30)
+    await theirs.loadOlder(30)
+    mine.edit(first!.id, "m0, edited")
+    theirs.react(first!.id, "👍")
+    const reply = theirs.send("re: m0", { replyTo: first!.id })
+    mine.deleteMessage(second!.id)
+    await eventually(() => {
+      expect(theirs.message(first!.id)).toMatchObject({ body: "m0, edited", editedAt: expect.any(Number) })
+      expect(mine.message(first!.id)?.reactions).toEqual({ "👍": [b] })
+      expect(mine.message(reply.id)?.replyTo).toBe(first!.id)
+      expect(theirs.message(second!.id)?.deleted?.by).toBe(a)
+    })
+    // Only the author edits, sealed or not.
+    expect(() => theirs.edit(first!.id, "forged")).toThrow(
+      expect.objectContaining({ code: ErrorCode.FORBIDDEN }),
+    )
+  })
+
+  it("a device offline across a new epoch of the live document rebuilds and syncs its pending work exactly once", async () => {
+    const epochRelay = await startRelay({
+      args: [
+        "--dev",
+        "--history-segment-size",
+        "10",
+        "--history-keep-live",
+        "5",
+        "--history-epoch-client-ids",
+        "4",
+      ],
+    })
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const alice = await connectClient(epochRelay, a)
+      const chat = await alice.createConversation({ participants: [b], title: "epochs" })
+      const first = chat.send("first")
+      await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+      const errors: string[] = []
+      chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
+      alice.disconnect()
+      // Offline: a message, an edit and a reaction.
+      const offline = chat.send("written offline")
+      chat.edit(first.id, "first, edited offline")
+      chat.react(first.id, "🎉")
+      // Meanwhile bob, on six devices one after the other, writes enough to seal and to start a new epoch.
+      for (let device = 0; device < 6; device++) {
+        const bob = await connectClient(epochRelay, b)
+        const theirs = await bob.conversation(chat.id).ready()
+        const last = Array.from({ length: 5 }, (_, i) => theirs.send(`bob ${device}.${i}`)).at(-1)!
+        await eventually(() => expect(theirs.message(last.id)?.status).toBe("sent"))
+        await bob.destroy()
+      }
+      alice.connect()
+      await eventually(() => {
+        expect(typeof typesOf(chat.doc).meta.get("epoch")).toBe("number")
+        expect(chat.message(offline.id)?.status).toBe("sent")
+      })
+      const bob = await connectClient(epochRelay, b)
+      const theirs = await bob.conversation(chat.id).ready()
+      await eventually(async () => {
+        const older = theirs.hasOlder ? await theirs.loadOlder(100) : []
+        const all = [...older, ...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+        expect(all.filter((m) => m.body === "written offline").length).toBeGreaterThan(0)
+      })
+      const everything = [...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+      expect(everything.filter((m) => m.body === "written offline")).toHaveLength(1)
+      await theirs.loadOlder(100)
+      expect(theirs.message(first.id)).toMatchObject({
+        body: "first, edited offline",
+        reactions: { "🎉": [a] },
+      })
+      expect(errors).toEqual([])
+    } finally {
+      await epochRelay.stop()
+    }
+  })
+})

@@ -1,0 +1,40 @@
+import { epochBaseline, MetaKey, TOP_LEVEL_ARRAYS, TOP_LEVEL_MAPS, typesOf } from "@parley/shared"
+import * as Y from "yjs"
+
+/**
+ * A fresh live document (a new epoch) holding `doc`'s current values, all
+ * written under one new client id: Yjs keeps every client id a document ever
+ * saw, and does work per client id in every transaction, so a document used
+ * by many device sessions over years gets slower to change. Starting over
+ * drops them. `meta.epoch` names the new id, `meta.epochFrom` records how far
+ * the relay had every earlier client (cumulative over epochs) so that a
+ * replica of an older epoch can tell its pending work from what the epoch
+ * already holds (shared `rebasePendingWork`).
+ */
+export function startEpoch(doc: Y.Doc): Y.Doc {
+  const fresh = new Y.Doc()
+  const from: Record<string, number> = {}
+  for (const [client, clock] of epochBaseline(doc)) from[client] = clock
+  for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(doc))) from[client] = clock
+  fresh.transact(() => {
+    for (const name of TOP_LEVEL_MAPS) {
+      const source = doc.getMap<unknown>(name)
+      const target = fresh.getMap<unknown>(name)
+      for (const [key, value] of source) {
+        // Written last below: a document is a conversation once it has createdAt.
+        if (name === "meta" && key === MetaKey.createdAt) continue
+        target.set(key, value)
+      }
+    }
+    for (const name of TOP_LEVEL_ARRAYS) {
+      const values = doc.getArray<unknown>(name).toArray()
+      if (values.length > 0) fresh.getArray<unknown>(name).push(values)
+    }
+    const meta = typesOf(fresh).meta
+    meta.set(MetaKey.epoch, fresh.clientID)
+    meta.set(MetaKey.epochFrom, from)
+    const createdAt = typesOf(doc).meta.get(MetaKey.createdAt)
+    if (createdAt !== undefined) meta.set(MetaKey.createdAt, createdAt)
+  })
+  return fresh
+}

@@ -1,0 +1,56 @@
+import { decodeSegment, sealedHistory, sealedThrough } from "@parley/shared"
+import type * as Y from "yjs"
+import type { SealingOptions } from "./sealing.js"
+import type { HistoryStore, StoredSegment } from "./store.js"
+
+/** What the keeper needs of a loaded document. */
+export interface HistoryHost {
+  readonly key: string
+  readonly doc: Y.Doc
+}
+
+/**
+ * The relay's side of sealed history: where segments are stored, when to
+ * seal, and the directory of sealed messages that the rules consult for
+ * operations on them (edit, delete, react). The directory is loaded only
+ * when a change concerns a message the live document does not hold, so a
+ * conversation whose old messages nobody touches never reads its segments.
+ */
+export class HistoryKeeper {
+  private readonly directories = new WeakMap<Y.Doc, Promise<void>>()
+
+  constructor(
+    readonly store: HistoryStore,
+    readonly sealing: SealingOptions,
+  ) {}
+
+  /** Whether `doc`'s every segment is in its directory (`sealedHistory`). */
+  hasDirectory(doc: Y.Doc): boolean {
+    return sealedThrough(doc) === 0 || this.directories.has(doc)
+  }
+
+  /**
+   * Loads every segment of `host` into its directory (once per loaded
+   * document). Resolves false when there is nothing sealed.
+   */
+  async loadDirectory(host: HistoryHost): Promise<boolean> {
+    if (sealedThrough(host.doc) === 0) return false
+    let loading = this.directories.get(host.doc)
+    if (!loading) {
+      loading = this.store.all(host.key).then((segments) => {
+        const history = sealedHistory(host.doc)
+        for (const stored of segments) history.add(decodeSegment(stored.bytes))
+      })
+      // A failed load is retried by the next caller.
+      loading.catch(() => this.directories.delete(host.doc))
+      this.directories.set(host.doc, loading)
+    }
+    await loading
+    return true
+  }
+
+  /** Segment `index` of `host` as stored, or null. */
+  page(host: HistoryHost, index: number): Promise<StoredSegment | null> {
+    return this.store.get(host.key, index)
+  }
+}

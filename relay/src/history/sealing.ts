@@ -1,0 +1,17 @@
+import { decodeSegmentSummary, type SegmentSummary, typesOf } from "@parley/shared"
+import type * as Y from "yjs"
+
+export {
+  applySeal,
+  placeholdersToTombstones,
+  planSeal,
+  type SealingOptions,
+  type SealPlan,
+} from "@parley/shared"
+
+/** The summary of segment `index` in `doc`, if sealed. */
+export const summaryOf = (doc: Y.Doc, index: number): SegmentSummary | undefined =>
+  typesOf(doc)
+    .segments.toArray()
+    .map(decodeSegmentSummary)
+    .find((s) => s?.index === index)

@@ -1,0 +1,163 @@
+import type Database from "better-sqlite3"
+import type pg from "pg"
+
+/** A sealed segment as stored: its immutable bytes under its document and index. */
+export interface StoredSegment {
+  readonly index: number
+  /** First and last sequence number it holds. */
+  readonly from: number
+  readonly to: number
+  /** Hex SHA-256 of `bytes`: its immutable name (ETag). */
+  readonly hash: string
+  readonly bytes: Uint8Array
+}
+
+/**
+ * Where the relay keeps conversations' sealed history segments (see shared
+ * `history.ts`): written once when sealed, read on demand. A part of every
+ * backend; all pass `relay/test/conformance/history.ts`.
+ */
+export interface HistoryStore {
+  /**
+   * Stores a segment durably. Storing an index again replaces it: a segment is
+   * referenced only once the live document's summary names its hash, which the
+   * relay writes after this resolves, so a crash in between leaves an
+   * unreferenced segment that the next sealing rewrites.
+   */
+  put(doc: string, segment: StoredSegment): Promise<void>
+  /** The segment at `index`, or null. */
+  get(doc: string, index: number): Promise<StoredSegment | null>
+  /** Every segment of `doc`, by index (for the relay's directory of sealed messages). */
+  all(doc: string): Promise<StoredSegment[]>
+  close(): Promise<void>
+}
+
+const copy = (s: StoredSegment): StoredSegment => ({ ...s, bytes: s.bytes.slice() })
+
+/** Segments in process memory. */
+export class MemoryHistoryStore implements HistoryStore {
+  private readonly docs = new Map<string, Map<number, StoredSegment>>()
+
+  async put(doc: string, segment: StoredSegment): Promise<void> {
+    const segments = this.docs.get(doc) ?? new Map<number, StoredSegment>()
+    this.docs.set(doc, segments)
+    segments.set(segment.index, copy(segment))
+  }
+
+  async get(doc: string, index: number): Promise<StoredSegment | null> {
+    const found = this.docs.get(doc)?.get(index)
+    return found ? copy(found) : null
+  }
+
+  async all(doc: string): Promise<StoredSegment[]> {
+    return [...(this.docs.get(doc)?.values() ?? [])].sort((a, b) => a.index - b.index).map(copy)
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** The segments' table in SQLite (created by {@link SqliteHistoryStore}). */
+export const SQLITE_HISTORY_SCHEMA = `
+CREATE TABLE IF NOT EXISTS history_segments (
+  doc TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  from_seq INTEGER NOT NULL,
+  to_seq INTEGER NOT NULL,
+  hash TEXT NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (doc, idx)
+) WITHOUT ROWID;
+`
+
+interface SegmentRow {
+  idx: number
+  from_seq: number
+  to_seq: number
+  hash: string
+  data: Buffer | Uint8Array
+}
+
+const fromRow = (row: SegmentRow): StoredSegment => ({
+  index: Number(row.idx),
+  from: Number(row.from_seq),
+  to: Number(row.to_seq),
+  hash: row.hash,
+  bytes: new Uint8Array(row.data),
+})
+
+/** Segments in the backend's SQLite database (`synchronous=FULL`: durable once `put` returns). */
+export class SqliteHistoryStore implements HistoryStore {
+  private readonly statements
+
+  constructor(db: Database.Database) {
+    db.exec(SQLITE_HISTORY_SCHEMA)
+    this.statements = {
+      put: db.prepare(
+        "INSERT OR REPLACE INTO history_segments (doc, idx, from_seq, to_seq, hash, data) VALUES (?, ?, ?, ?, ?, ?)",
+      ),
+      get: db.prepare<[string, number], SegmentRow>(
+        "SELECT idx, from_seq, to_seq, hash, data FROM history_segments WHERE doc = ? AND idx = ?",
+      ),
+      all: db.prepare<[string], SegmentRow>(
+        "SELECT idx, from_seq, to_seq, hash, data FROM history_segments WHERE doc = ? ORDER BY idx",
+      ),
+    }
+  }
+
+  async put(doc: string, s: StoredSegment): Promise<void> {
+    this.statements.put.run(doc, s.index, s.from, s.to, s.hash, Buffer.from(s.bytes))
+  }
+
+  async get(doc: string, index: number): Promise<StoredSegment | null> {
+    const row = this.statements.get.get(doc, index)
+    return row ? fromRow(row) : null
+  }
+
+  async all(doc: string): Promise<StoredSegment[]> {
+    return this.statements.all.all(doc).map(fromRow)
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** The segments' table in PostgreSQL (created by the backend). */
+export const POSTGRES_HISTORY_SCHEMA = `CREATE TABLE IF NOT EXISTS parley_history_segments (
+  doc TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  from_seq BIGINT NOT NULL,
+  to_seq BIGINT NOT NULL,
+  hash TEXT NOT NULL,
+  data BYTEA NOT NULL,
+  PRIMARY KEY (doc, idx)
+);`
+
+/** Segments in PostgreSQL, table `parley_history_segments`; each `put` is one committed statement. */
+export class PostgresHistoryStore implements HistoryStore {
+  constructor(private readonly pool: pg.Pool) {}
+
+  async put(doc: string, s: StoredSegment): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO parley_history_segments (doc, idx, from_seq, to_seq, hash, data) VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (doc, idx) DO UPDATE SET from_seq = $3, to_seq = $4, hash = $5, data = $6`,
+      [doc, s.index, s.from, s.to, s.hash, Buffer.from(s.bytes)],
+    )
+  }
+
+  async get(doc: string, index: number): Promise<StoredSegment | null> {
+    const { rows } = await this.pool.query<SegmentRow>(
+      "SELECT idx, from_seq, to_seq, hash, data FROM parley_history_segments WHERE doc = $1 AND idx = $2",
+      [doc, index],
+    )
+    return rows[0] ? fromRow(rows[0]) : null
+  }
+
+  async all(doc: string): Promise<StoredSegment[]> {
+    const { rows } = await this.pool.query<SegmentRow>(
+      "SELECT idx, from_seq, to_seq, hash, data FROM parley_history_segments WHERE doc = $1 ORDER BY idx",
+      [doc],
+    )
+    return rows.map(fromRow)
+  }
+
+  async close(): Promise<void> {}
+}

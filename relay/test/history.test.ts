@@ -1,0 +1,310 @@
+import {
+  type ConversationId,
+  createConversation,
+  decodeSegment,
+  deleteMessage,
+  ErrorCode,
+  editMessage,
+  encodeHistoryRequest,
+  getMessage,
+  type HistoryPage,
+  listMessages,
+  MessageType,
+  markRead,
+  newConversationId,
+  type ParleyFrame,
+  Rule,
+  react,
+  readParleyFrame,
+  sealedHistory,
+  sealedSegments,
+  sealedThrough,
+  sendMessage,
+  typesOf,
+  type UserId,
+  unreadCount,
+} from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import { afterEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { MemoryBackend } from "../src/backend/memory.js"
+import { type RunningRelay, startRelay } from "../src/relay.js"
+import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
+import { signToken } from "./helpers/relay-process.js"
+
+const SECRET = "history-test-secret"
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const mallory = "mallory" as UserId
+
+const relays: RunningRelay[] = []
+const clients: TestClient[] = []
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close()
+  for (const r of relays.splice(0)) await r.close()
+})
+
+async function relayWith(
+  backend = new MemoryBackend(),
+  segmentSize = 10,
+  keepLive = 5,
+  epochClientIds = 1000,
+) {
+  const relay = await startRelay({
+    backend,
+    port: 0,
+    log: "silent",
+    auth: { kind: "secret", secret: SECRET },
+    history: { segmentSize, keepLive, epochClientIds },
+  })
+  relays.push(relay)
+  return relay
+}
+
+async function connect(relay: RunningRelay, id: string, user: UserId): Promise<TestClient> {
+  const c = new TestClient(relay.url, id, await signToken(SECRET, user))
+  clients.push(c)
+  await c.synced()
+  return c
+}
+
+/** A conversation of alice and bob with `count` messages alternating authors, written through the relay. */
+async function conversationWith(relay: RunningRelay, count: number): Promise<ConversationId> {
+  const id = newConversationId()
+  await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+    createConversation(doc, alice, { kind: "group", id, participants: [bob] }),
+  )
+  for (let i = 0; i < count; i++) {
+    const author = i % 2 === 0 ? alice : bob
+    await relay.core.write(id, { kind: "user", user: author }, (doc) =>
+      sendMessage(doc, author, { body: `message ${i}` }),
+    )
+  }
+  return id
+}
+
+/** The decoded segment of a page that was served (fails the test when it was refused). */
+function segmentOf(page: HistoryPage) {
+  if (page.error !== undefined) throw new Error(`page refused: ${page.error}`)
+  return decodeSegment(page.bytes)
+}
+
+/** Sends a history request and waits for its answer. */
+async function requestPage(c: TestClient, segment: number, request = segment + 1): Promise<HistoryPage> {
+  c.send(encodeHistoryRequest(request, segment))
+  let page: HistoryPage | undefined
+  await c.until(() => {
+    for (const frame of c.frames) {
+      if (frame[0] !== MessageType.parley) continue
+      const decoder = decoding.createDecoder(frame)
+      decoding.readVarUint(decoder)
+      const parley: ParleyFrame | undefined = readParleyFrame(decoder)
+      if (parley?.type === "historyPage" && parley.request === request) page = parley
+    }
+    return page !== undefined
+  })
+  return page!
+}
+
+describe("sealed history", () => {
+  it("moves old messages into segments: the live document keeps the latest, a joiner sees them and can page back", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 40)
+    const c = await connect(relay, id, bob)
+    // 40 messages, segments of 10 once 15 are live: three sealed, the latest ten live.
+    expect(sealedSegments(c.doc).map((s) => [s.from, s.to])).toEqual([
+      [1, 10],
+      [11, 20],
+      [21, 30],
+    ])
+    const live = listMessages(c.doc, { last: 100 })
+    expect(live.map((m) => m.body)).toEqual(Array.from({ length: 10 }, (_, i) => `message ${30 + i}`))
+    expect(typesOf(c.doc).messages.length).toBe(10)
+
+    const page = await requestPage(c, 1)
+    expect(page.error).toBeUndefined()
+    const segment = segmentOf(page)
+    expect(segment.entries.map((e) => e.record.id)).toHaveLength(10)
+    expect(segment.entries.map((e) => e.seq)).toEqual(Array.from({ length: 10 }, (_, i) => 11 + i))
+    sealedHistory(c.doc).add(segment)
+    expect(getMessage(c.doc, segment.entries[0]!.record.id)?.body).toBe("message 10")
+  })
+
+  it("keeps unread counts exact across segments", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 40)
+    const c = await connect(relay, id, bob)
+    // Bob read nothing: alice wrote 20 of the 40.
+    expect(unreadCount(c.doc, bob)).toBe(20)
+    // A marker inside a sealed segment the replica does not hold counts that whole segment...
+    markRead(c.doc, bob, 14)
+    await c.allSaved()
+    // ...and exactly once it is held: alice wrote 16, 18, 20 in 15..20, then 10 more above 20.
+    sealedHistory(c.doc).add(segmentOf(await requestPage(c, 1)))
+    expect(unreadCount(c.doc, bob)).toBe(3 + 5 + 5)
+  })
+
+  it("edits, reacts to, replies to and deletes a sealed message; the relay checks the author and tells everyone", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 40)
+    const a = await connect(relay, id, alice)
+    const b = await connect(relay, id, bob)
+    for (const c of [a, b]) sealedHistory(c.doc).add(segmentOf(await requestPage(c, 0)))
+    const first = segmentOf(await requestPage(a, 0, 99)).entries[0]!.record // alice's
+    editMessage(a.doc, alice, first.id, "edited long after")
+    react(b.doc, bob, first.id, "👍")
+    sendMessage(b.doc, bob, { body: "replying to an old one", replyTo: first.id })
+    await Promise.all([a.allSaved(), b.allSaved()])
+    await b.until(() => getMessage(b.doc, first.id)?.body === "edited long after")
+    await a.until(() => getMessage(a.doc, first.id)?.reactions["👍"]?.length === 1)
+    expect(b.errors).toEqual([])
+
+    // Only the author edits, sealed or not: the relay refuses bob's edit of alice's message.
+    typesOf(b.doc).edits.set(first.id, { body: "forged", editedAt: 1 })
+    await b.until(() => b.errors.length > 0)
+    expect(b.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.authorOnly })
+
+    deleteMessage(a.doc, alice, first.id)
+    await a.allSaved()
+    await b.until(() => getMessage(b.doc, first.id)?.deleted !== undefined)
+    expect(getMessage(b.doc, first.id)).toMatchObject({ body: "", deleted: { by: alice } })
+  })
+
+  it("serves nothing of a segment to a connection whose access is not known, nor to a non-member", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 40)
+    // A non-member is closed before anything of the document reaches it.
+    const m = new TestClient(relay.url, id, await signToken(SECRET, mallory))
+    clients.push(m)
+    await m.opened
+    m.send(encodeHistoryRequest(1, 0))
+    await m.closed
+    expect(m.closeEvent?.code).toBe(4403)
+    expect(m.frames.some((f) => f[0] === MessageType.parley && f[1] === 5 && f.length > 20)).toBe(false)
+
+    // On a conversation that does not exist yet, access is pending: the answer carries no bytes.
+    const p = new TestClient(relay.url, newConversationId(), await signToken(SECRET, mallory))
+    clients.push(p)
+    await p.opened
+    const page = await requestPage(p, 0)
+    expect(page).toMatchObject({ error: ErrorCode.FORBIDDEN })
+
+    // A segment the document does not name is not found.
+    const b = await connect(relay, id, bob)
+    expect(await requestPage(b, 7)).toMatchObject({ error: ErrorCode.NOT_FOUND })
+  })
+
+  it("a device offline across a sealing syncs its pending edit, reaction, deletion and messages exactly once", async () => {
+    const backend = new MemoryBackend()
+    const relay = await relayWith(backend)
+    const id = await conversationWith(relay, 12)
+    const a = await connect(relay, id, alice)
+    const target = listMessages(a.doc, { last: 100 })[0]! // alice's first message, live for now
+    const other = listMessages(a.doc, { last: 100 })[2]!
+    a.close()
+    // Offline: alice edits one old message, deletes another, reacts, writes two new ones.
+    editMessage(a.doc, alice, target.id, "edited offline")
+    deleteMessage(a.doc, alice, other.id)
+    react(a.doc, alice, target.id, "🎉")
+    sendMessage(a.doc, alice, { body: "offline 1" })
+    sendMessage(a.doc, alice, { body: "offline 2" })
+    // Meanwhile bob's messages make the relay seal both of them away.
+    for (let i = 0; i < 10; i++)
+      await relay.core.write(id, { kind: "user", user: bob }, (doc) =>
+        sendMessage(doc, bob, { body: `b${i}` }),
+      )
+    const check = await connect(relay, id, bob)
+    expect(sealedThrough(check.doc)).toBeGreaterThanOrEqual(10)
+
+    // Alice reconnects with the same replica: her pending work is sent and accepted once.
+    const back = new TestClient(relay.url, id, await signToken(SECRET, alice))
+    clients.push(back)
+    restoreReplica(back, a)
+    await back.synced()
+    await back.allSaved()
+    await check.until(() => listMessages(check.doc, { last: 100 }).some((m) => m.body === "offline 2"))
+    await check.until(() => typesOf(check.doc).tombstones.has(other.id))
+    expect(back.errors).toEqual([])
+    sealedHistory(check.doc).add(segmentOf(await requestPage(check, 0)))
+    expect(getMessage(check.doc, target.id)).toMatchObject({
+      body: "edited offline",
+      reactions: { "🎉": [alice] },
+    })
+    expect(getMessage(check.doc, other.id)?.deleted).toMatchObject({ by: alice })
+    const bodies = listMessages(check.doc, { last: 100 }).map((m) => m.body)
+    expect(bodies.filter((b) => b.startsWith("offline"))).toEqual(["offline 1", "offline 2"])
+    // The deletion left no placeholder to be numbered as a new message.
+    expect(listMessages(check.doc, { last: 100 }).every((m) => m.id !== other.id)).toBe(true)
+  })
+})
+
+describe("stock y-websocket clients and sealed history", () => {
+  it("syncs the live document to a stock provider: the latest messages and the segment summaries, not the sealed records", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 40)
+    const doc = new Y.Doc()
+    const provider = stockProvider(relay.url, id, await signToken(SECRET, bob), doc)
+    try {
+      await synced(provider)
+      await docUntil(doc, () => listMessages(doc, { last: 100 }).length === 10)
+      expect(sealedSegments(doc).map((s) => s.count)).toEqual([10, 10, 10])
+      // It writes as always, and the relay numbers after the sealed range.
+      sendMessage(doc, bob, { body: "from a stock client" })
+      await docUntil(doc, () => listMessages(doc, { last: 1 })[0]?.seq === 41)
+    } finally {
+      provider.destroy()
+    }
+  })
+})
+
+describe("epochs of the live document", () => {
+  it("starts a fresh live document once it holds too many client ids: joiners get few, an old replica is told to rebuild", async () => {
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
+    const id = await conversationWith(relay, 0)
+    // Eight device sessions, each a new Yjs client id, three messages each (one update).
+    let restarted: TestClient | undefined
+    for (let session = 0; session < 8; session++) {
+      const user = session % 2 === 0 ? alice : bob
+      const c = new TestClient(relay.url, id, await signToken(SECRET, user))
+      clients.push(c)
+      await c.synced()
+      c.doc.transact(() => {
+        for (let i = 0; i < 3; i++) sendMessage(c.doc, user, { body: `s${session} m${i}` })
+      })
+      await c.allSaved()
+      // Starting an epoch reloads the document: a connected session is closed (retryable) and rejoins.
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 50))])
+      if (c.closeEvent) {
+        expect(c.closeEvent.code).toBe(4503)
+        restarted ??= c
+      } else c.close()
+    }
+    expect(restarted).toBeDefined()
+    const joiner = await connect(relay, id, bob)
+    const epoch = typesOf(joiner.doc).meta.get("epoch")
+    expect(typeof epoch).toBe("number")
+    // The epoch's content under one client id, plus the relay's sequence writers since.
+    expect(joiner.doc.store.clients.size).toBeLessThanOrEqual(4)
+    const bodies = listMessages(joiner.doc, { last: 100 }).map((m) => m.body)
+    expect(bodies.at(-1)).toBe("s7 m2")
+    // Nothing lost: sealed plus live is every message, once.
+    const sealed = sealedSegments(joiner.doc).reduce((n, s) => n + s.count, 0)
+    expect(sealed + bodies.length).toBe(24)
+
+    // A replica of the old epoch is told to rebuild, and nothing it sends is taken.
+    const stale = new TestClient(relay.url, id, await signToken(SECRET, alice))
+    clients.push(stale)
+    Y.applyUpdate(stale.doc, Y.encodeStateAsUpdate(restarted!.doc), stale)
+    await stale.until(() => stale.errors.length > 0)
+    expect(stale.errors[0]).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: Rule.epoch })
+    sendMessage(stale.doc, alice, { body: "from the old epoch" })
+    sendMessage(joiner.doc, bob, { body: "current" })
+    await joiner.allSaved()
+    expect(listMessages(joiner.doc, { last: 100 }).map((m) => m.body)).not.toContain("from the old epoch")
+  })
+})
+
+/** Gives `to` (before it syncs) the whole replica of `from`, as a device keeps it across a restart. */
+function restoreReplica(to: TestClient, from: TestClient): void {
+  Y.applyUpdate(to.doc, Y.encodeStateAsUpdate(from.doc), to)
+}

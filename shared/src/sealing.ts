@@ -1,0 +1,168 @@
+import type * as Y from "yjs"
+import { typesOf } from "./document.js"
+import {
+  encodeSegment,
+  encodeSegmentSummary,
+  encodeTombstone,
+  type SealedEntry,
+  type Segment,
+  type SegmentSummary,
+  sealedHistory,
+  sealedSegments,
+  sealedThrough,
+  summarizeSegment,
+} from "./history.js"
+import type { ConversationId, MessageId } from "./ids.js"
+import { messageIndex } from "./message-index.js"
+import {
+  type DeletedMessageRecord,
+  decodeSequenceRecord,
+  isDeletedRecord,
+  type MessageRecord,
+  storedRecordId,
+} from "./schema.js"
+
+/** When the relay seals: see shared `HistoryDefaults`. */
+export interface SealingOptions {
+  /** Sequenced messages per segment. */
+  readonly segmentSize: number
+  /** Sequenced messages the live document keeps after sealing. */
+  readonly keepLive: number
+  /** Client ids in the live document beyond which sealing also starts a fresh epoch (see `startEpoch`). */
+  readonly epochClientIds: number
+}
+
+/** A segment ready to store, and what sealing it removes from the live document. */
+export interface SealPlan {
+  readonly segment: Segment
+  readonly bytes: Uint8Array
+  readonly summary: SegmentSummary
+  /** Positions in `order` of the sequence records it seals. */
+  readonly orderPositions: readonly number[]
+  readonly ids: ReadonlySet<MessageId>
+}
+
+/**
+ * The next segment to seal from `doc`, or undefined when the live document
+ * holds fewer than `keepLive + segmentSize` sequenced messages. Cut at whole
+ * `order` records (each a run the relay numbered at once), oldest first, so
+ * that no record is rewritten and no `messages.sequenced` event repeats.
+ */
+export function planSeal(
+  doc: Y.Doc,
+  conversation: ConversationId,
+  options: SealingOptions,
+): SealPlan | undefined {
+  const index = messageIndex(doc)
+  const through = sealedThrough(doc)
+  const live = index.sequencedAfter(through).length
+  if (live < options.keepLive + options.segmentSize) return undefined
+  const records: { position: number; from: number; ids: readonly MessageId[] }[] = []
+  typesOf(doc).order.forEach((value, position) => {
+    const record = decodeSequenceRecord(value)
+    if (record) records.push({ position, from: record.from, ids: record.ids })
+  })
+  records.sort((a, b) => a.from - b.from)
+  const orderPositions: number[] = []
+  const entries: SealedEntry[] = []
+  const ids = new Set<MessageId>()
+  let to = through
+  for (const record of records) {
+    if (entries.length >= options.segmentSize) break
+    // A message whose record (or placeholder) this replica does not hold right now — a deletion
+    // whose placeholder has not arrived — is not sealed yet, nor anything after it: its number
+    // must not be dropped with its sequence record.
+    const taken: SealedEntry[] = []
+    let complete = true
+    record.ids.forEach((id, i) => {
+      const seq = record.from + i
+      // A message numbered twice counts under its lowest number only.
+      if (index.seqOf.get(id) !== seq || ids.has(id)) return
+      const entry = index.deleted.get(id) ?? index.records.get(id)
+      if (entry) taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
+      else complete = false
+    })
+    if (!complete) break
+    orderPositions.push(record.position)
+    to = Math.max(to, record.from + record.ids.length - 1)
+    for (const entry of taken) {
+      ids.add(entry.record.id)
+      entries.push(entry)
+    }
+  }
+  if (entries.length === 0) return undefined
+  entries.sort((a, b) => a.seq - b.seq)
+  const previous = sealedSegments(doc).at(-1)
+  const segment: Segment = {
+    conversation,
+    index: previous ? previous.index + 1 : 0,
+    from: through + 1,
+    to,
+    entries,
+  }
+  const bytes = encodeSegment(segment)
+  return { segment, bytes, summary: summarizeSegment(segment, bytes), orderPositions, ids }
+}
+
+/**
+ * Removes what `plan` sealed from the live document and adds its summary, in
+ * one transaction: the records (and placeholders) of its messages, their
+ * sequence records. Edits and reactions stay: they are the sealed messages'
+ * overlays. Call once the segment is durable.
+ */
+export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
+  const t = typesOf(doc)
+  doc.transact(() => {
+    // Right to left, so that positions still to visit do not move.
+    const positions: number[] = []
+    t.messages.forEach((value, position) => {
+      const id = storedRecordId(value)
+      if (id !== undefined && plan.ids.has(id)) positions.push(position)
+    })
+    for (let i = positions.length - 1; i >= 0; i--) t.messages.delete(positions[i]!, 1)
+    for (const position of [...plan.orderPositions].sort((a, b) => b - a)) t.order.delete(position, 1)
+    t.segments.push([encodeSegmentSummary(plan.summary)])
+  }, origin)
+  sealedHistory(doc).add(plan.segment)
+}
+
+/**
+ * Placeholders sent for sealed messages (a device deleted one it still held
+ * live) become tombstones: the record is in an immutable segment, and a
+ * placeholder in the live array would be numbered as a new message. Returns
+ * the ids converted.
+ */
+export function placeholdersToTombstones(
+  doc: Y.Doc,
+  ids: readonly MessageId[],
+  origin: unknown,
+): MessageId[] {
+  const history = sealedHistory(doc)
+  const index = messageIndex(doc)
+  const converted: MessageId[] = []
+  const t = typesOf(doc)
+  doc.transact(() => {
+    for (const id of ids) {
+      const entry = history.entry(id)
+      const placeholder = index.deleted.get(id)
+      if (!entry || !placeholder) continue
+      if (!isDeletedRecord(entry.record) && !t.tombstones.has(id))
+        t.tombstones.set(
+          id,
+          encodeTombstone({
+            author: entry.record.author,
+            seq: entry.seq,
+            deletedAt: placeholder.deletedAt,
+            deletedBy: placeholder.deletedBy,
+          }),
+        )
+      const positions: number[] = []
+      t.messages.forEach((value, position) => {
+        if (storedRecordId(value) === id) positions.push(position)
+      })
+      for (let i = positions.length - 1; i >= 0; i--) t.messages.delete(positions[i]!, 1)
+      converted.push(id)
+    }
+  }, origin)
+  return converted
+}

@@ -1,0 +1,281 @@
+/**
+ * Long histories (issue #17 items 1–2): the sealed-history layout against the
+ * current one (every message in the live document), in the same run. For
+ * conversations of 1,000 / 100,000 / 1,000,000 messages written by devices in
+ * sessions of 500 (each session a new Yjs client id, as a device that comes
+ * and goes), it prints the live document's size and client ids, the cost of
+ * applying one new message, and, through a real relay on a memory backend, what
+ * a device that never saw the conversation waits and downloads for the latest
+ * 50 messages and for scrolling back 1,000. Prints figures; asserts nothing.
+ *
+ *   npm run bench:history [-- --sizes 1000,100000,1000000 --current-max 100000]
+ */
+import {
+  assignSequenceNumbers,
+  type ConversationId,
+  createConversation,
+  decodeSegment,
+  EMPTY_STATE_VECTOR,
+  encodeHistoryRequest,
+  encodeSyncStep1,
+  HistoryDefaults,
+  listMessages,
+  type MessageId,
+  messageIndex,
+  nextFromDocument,
+  PARLEY_PARAM,
+  PARLEY_PROTOCOL_VERSION,
+  readFrame,
+  sealedSegments,
+  sendMessage,
+  TOKEN_PARAM,
+  type UserId,
+} from "@parley/shared"
+import { SignJWT } from "jose"
+import { WebSocket } from "ws"
+import * as Y from "yjs"
+import { MemoryBackend } from "../../relay/src/backend/memory.js"
+import { startEpoch } from "../../relay/src/history/epoch.js"
+import { applySeal, planSeal, type SealingOptions } from "../../relay/src/history/sealing.js"
+import { startRelay } from "../../relay/src/relay.js"
+
+const arg = (name: string, fallback: string) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i > 0 ? process.argv[i + 1]! : fallback
+}
+const SIZES = arg("sizes", "1000,100000,1000000").split(",").map(Number)
+const CURRENT_MAX = Number(arg("current-max", "100000"))
+const PER_SESSION = 500
+const SEALING: SealingOptions = { ...HistoryDefaults }
+const users = Array.from({ length: 20 }, (_, i) => `user${i}` as UserId)
+const gc = (globalThis as { gc?: () => void }).gc
+
+interface Built {
+  readonly doc: Y.Doc
+  readonly segments: { index: number; from: number; to: number; hash: string; bytes: Uint8Array }[]
+  readonly buildMs: number
+}
+
+/**
+ * The relay's replica of an `n`-message conversation: each session (a device)
+ * writes a run of messages under its own client id, the relay applies and
+ * sequences each batch as it arrives and, with `seal`, seals what is due
+ * exactly as its update path does (planSeal / applySeal).
+ */
+function build(id: ConversationId, n: number, seal: boolean): Built {
+  const started = performance.now()
+  let relay = new Y.Doc()
+  createConversation(relay, users[0]!, { kind: "group", id, participants: users })
+  const segments: Built["segments"] = []
+  for (let s = 0; s * PER_SESSION < n; s++) {
+    const device = new Y.Doc()
+    Y.applyUpdate(device, Y.encodeStateAsUpdate(relay))
+    const before = Y.encodeStateVector(device)
+    const sent: MessageId[] = []
+    for (let i = 0; i < Math.min(PER_SESSION, n - s * PER_SESSION); i++) {
+      const k = s * PER_SESSION + i
+      sent.push(
+        sendMessage(device, users[k % users.length]!, {
+          body: `Message ${k}: a typical short chat line of text.`,
+        }).id,
+      )
+    }
+    Y.applyUpdate(relay, Y.encodeStateAsUpdate(device, before))
+    device.destroy()
+    assignSequenceNumbers(relay, nextFromDocument(relay), sent)
+    for (
+      let plan = seal ? planSeal(relay, id, SEALING) : undefined;
+      plan;
+      plan = planSeal(relay, id, SEALING)
+    ) {
+      applySeal(relay, plan, null)
+      segments.push({ ...plan.segment, hash: plan.summary.hash, bytes: plan.bytes })
+    }
+    // As the relay does after a change: too many client ids in a document with sealed history, a new epoch.
+    if (seal && segments.length > 0 && relay.store.clients.size > SEALING.epochClientIds) {
+      const fresh = startEpoch(relay)
+      relay.destroy()
+      relay = fresh
+    }
+  }
+  return { doc: relay, segments, buildMs: performance.now() - started }
+}
+
+/** Median µs to apply one of 1,000 single-message updates (four devices in turn) to a loaded replica with its index. */
+function applyCost(snapshot: Uint8Array): number {
+  const devices = Array.from({ length: 4 }, () => {
+    const d = new Y.Doc()
+    Y.applyUpdate(d, snapshot)
+    return d
+  })
+  const updates: Uint8Array[] = []
+  for (let i = 0; i < 1000; i++) {
+    const device = devices[i % 4]!
+    const before = Y.encodeStateVector(device)
+    sendMessage(device, users[i % users.length]!, { body: `New message ${i}` })
+    const update = Y.encodeStateAsUpdate(device, before)
+    updates.push(update)
+    for (const other of devices) if (other !== device) Y.applyUpdate(other, update)
+  }
+  for (const d of devices) d.destroy()
+  const rounds: number[] = []
+  for (let round = 0; round < 5; round++) {
+    const target = new Y.Doc()
+    Y.applyUpdate(target, snapshot)
+    messageIndex(target)
+    gc?.()
+    const t = performance.now()
+    for (const u of updates) Y.applyUpdate(target, u)
+    rounds.push(((performance.now() - t) * 1000) / updates.length)
+    target.destroy()
+  }
+  return rounds.sort((a, b) => a - b)[2]!
+}
+
+const SECRET = "bench-history"
+const token = (user: string) =>
+  new SignJWT({})
+    .setProtectedHeader({ alg: "HS256" })
+    .setSubject(user)
+    .setIssuedAt()
+    .setExpirationTime("1h")
+    .sign(new TextEncoder().encode(SECRET))
+
+interface Join {
+  /** Socket open → the latest 50 messages readable. */
+  readonly latestMs: number
+  readonly latestBytes: number
+  /** Then: 1,000 older messages readable (segments fetched and decoded); undefined when none are sealed. */
+  readonly olderMs?: number
+  readonly olderBytes?: number
+}
+
+/** A device that never saw `id` joins over a real socket; it reads the latest 50, then scrolls back 1,000. */
+async function join(url: string, id: string): Promise<Join> {
+  const ws = new WebSocket(
+    `${url}/${id}?${TOKEN_PARAM}=${await token("user1")}&${PARLEY_PARAM}=${PARLEY_PROTOCOL_VERSION}`,
+  )
+  ws.binaryType = "nodebuffer"
+  const doc = new Y.Doc()
+  let bytes = 0
+  const pages = new Map<number, (bytes: Uint8Array) => void>()
+  let latest: (() => void) | undefined
+  ws.on("message", (data: Buffer) => {
+    bytes += data.length
+    const frame = readFrame(new Uint8Array(data))
+    if (frame.type === "sync" && frame.message.type !== "syncStep1") {
+      Y.applyUpdate(doc, frame.message.update)
+      if (listMessages(doc, { last: 50 }).length >= 50) latest?.()
+    } else if (
+      frame.type === "parley" &&
+      frame.message?.type === "historyPage" &&
+      frame.message.error === undefined
+    ) {
+      pages.get(frame.message.request)?.(frame.message.bytes)
+    }
+  })
+  await new Promise((resolve) => ws.once("open", resolve))
+  const opened = performance.now()
+  const readable = new Promise<void>((resolve) => {
+    latest = resolve
+  })
+  ws.send(encodeSyncStep1(EMPTY_STATE_VECTOR))
+  await readable
+  const result: Join = { latestMs: performance.now() - opened, latestBytes: bytes }
+  const summaries = [...sealedSegments(doc)].reverse()
+  if (summaries.length === 0) {
+    ws.close()
+    return result
+  }
+  const before = bytes
+  const started = performance.now()
+  let older = 0
+  for (const summary of summaries) {
+    if (older >= 1000) break
+    const page = await new Promise<Uint8Array>((resolve) => {
+      pages.set(summary.index, resolve)
+      ws.send(encodeHistoryRequest(summary.index, summary.index))
+    })
+    older += decodeSegment(page).entries.length
+  }
+  ws.close()
+  return { ...result, olderMs: performance.now() - started, olderBytes: bytes - before }
+}
+
+/** Joins `built` through a relay on a memory backend seeded with it: the first join (relay loads it) and a warm one. */
+async function joins(built: Built, id: ConversationId): Promise<{ cold: Join; warm: Join }> {
+  const backend = new MemoryBackend()
+  await backend.documents.append(id, [Y.encodeStateAsUpdate(built.doc)])
+  for (const s of built.segments) await backend.history.put(id, s)
+  const relay = await startRelay({
+    backend,
+    port: 0,
+    log: "silent",
+    auth: { kind: "secret", secret: SECRET },
+  })
+  try {
+    const cold = await join(relay.url, id)
+    const warm = await join(relay.url, id)
+    return { cold, warm }
+  } finally {
+    await relay.close()
+  }
+}
+
+const kb = (b: number | undefined) => (b === undefined ? "–" : `${(b / 1024).toFixed(1)} KB`)
+const ms = (m: number | undefined) => (m === undefined ? "–" : `${m.toFixed(1)} ms`)
+const rows: string[][] = []
+const row = (...cells: string[]) => rows.push(cells)
+
+console.log(
+  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids.`,
+)
+row(
+  "messages",
+  "design",
+  "build s",
+  "live doc",
+  "client ids",
+  "apply µs",
+  "latest 50: cold / warm",
+  "bytes",
+  "back 1,000",
+  "bytes",
+)
+for (const n of SIZES) {
+  for (const design of ["sealed", "current"] as const) {
+    if (design === "current" && n > CURRENT_MAX) {
+      row(n.toLocaleString("en"), design, "not built (--current-max)", "", "", "", "", "", "", "")
+      continue
+    }
+    const id = `g~bench${design}${n}` as ConversationId
+    const built = build(id, n, design === "sealed")
+    const snapshot = Y.encodeStateAsUpdate(built.doc)
+    const clientIds = built.doc.store.clients.size
+    built.doc.destroy()
+    const apply = applyCost(snapshot)
+    const rebuilt = { ...built, doc: new Y.Doc() }
+    Y.applyUpdate(rebuilt.doc, snapshot)
+    const { cold, warm } = await joins(rebuilt, id)
+    rebuilt.doc.destroy()
+    row(
+      n.toLocaleString("en"),
+      design,
+      (built.buildMs / 1000).toFixed(1),
+      kb(snapshot.length),
+      String(clientIds),
+      apply.toFixed(1),
+      `${ms(cold.latestMs)} / ${ms(warm.latestMs)}`,
+      kb(warm.latestBytes),
+      ms(warm.olderMs),
+      kb(warm.olderBytes),
+    )
+    gc?.()
+  }
+}
+const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)))
+for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  "))
+console.log(
+  "Goals (100,000 messages, a device that never saw it): latest 50 ≤ 50 ms and ≤ 100 KB; back 1,000 ≤ 200 ms; live doc ≤ 1 MB; client ids bounded; apply the same at every size.",
+)
+process.exit(0)
