@@ -365,6 +365,11 @@ export const RELAY_FLAGS = {
     help: "longest a storage call (or PostgreSQL connect, query, statement) may take before it fails",
     default: RELAY.storageTimeoutMs,
   }),
+  "skip-warm-up": flag({
+    kind: "boolean",
+    env: "PARLEY_SKIP_WARM_UP",
+    help: "do not warm up the update path after listening (on by default: the first large frames cost less)",
+  }),
   help: flag({ kind: "boolean", help: "print this help" }),
 } as const
 
@@ -634,6 +639,7 @@ export function parseConfig(
     hookAttempts: v["hook-attempts"],
     defaultMetrics: true,
     storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
+    warmUp: v["skip-warm-up"] !== true,
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),

@@ -284,7 +284,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // In pieces between serving: a client connecting meanwhile waits for one piece at most.
   const warmedUp =
     options.warmUp === false
-      ? Promise.resolve()
+      ? Promise.resolve(log.info("warm-up skipped (--skip-warm-up)"))
       : warmUpUpdatePath({ limits, stopped: () => closing !== undefined }).then(
           (report) => log.info(report, "warmed up the update path"),
           (error: unknown) => log.warn({ err: error }, "warming up the update path failed"),

@@ -45,6 +45,8 @@ export interface WarmUpOptions {
 /** What a warm-up did, for the log. */
 export interface WarmUpReport {
   readonly frames: number
+  /** Of those, frames the relay refused (none, unless the rules changed and the synthetic frames no longer pass). */
+  readonly refused: number
   /** Wall time from start to end, pieces and the serving between them included. */
   readonly wallMs: number
   /** CPU time of the process meanwhile (all threads: V8's compiler threads included), serving included. */
@@ -65,19 +67,22 @@ const carol = "warm-up-carol" as UserId
 /** A socket-free session: resolves `answer()` with the relay's next Parley answer (saved or error). */
 class ScratchSession implements Session {
   readonly wantsParley = true
-  private settle: (() => void) | undefined
+  private settle: ((accepted: boolean) => void) | undefined
   constructor(readonly principal: { readonly kind: "user"; readonly user: UserId }) {}
-  answer(): Promise<void> {
+  /** Resolves true when the relay saved the frame, false when it refused it. */
+  answer(): Promise<boolean> {
     return new Promise((resolve) => {
       this.settle = resolve
     })
   }
   send(frame: Uint8Array): void {
     const decoder = decoding.createDecoder(frame)
-    if (decoding.readVarUint(decoder) !== MessageType.parley || !readParleyFrame(decoder)) return
+    if (decoding.readVarUint(decoder) !== MessageType.parley) return
+    const answer = readParleyFrame(decoder)
+    if (answer?.type !== "saved" && answer?.type !== "error") return
     const settle = this.settle
     this.settle = undefined
-    settle?.()
+    settle?.(answer.type === "saved")
   }
   close(): void {}
 }
@@ -112,18 +117,20 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
   // to a fresh scratch core each, so that they cost the update path only, not building frames.
   const recorded: Recorded[] = []
   let frames = 0
+  let refused = 0
   let early = false
-  const first = await scratchRound(options.limits, stopped, (open) => buildFrames(open, n, recorded))
-  frames += first.sent
-  early = first.stopped
-  for (let round = 1; round < rounds && !early; round++) {
-    const replayed = await scratchRound(options.limits, stopped, (open) => replayFrames(open, recorded))
-    frames += replayed.sent
-    early = replayed.stopped
+  for (let round = 0; round < rounds && !early; round++) {
+    const done = await scratchRound(options.limits, stopped, (open) =>
+      round === 0 ? buildFrames(open, n, recorded) : replayFrames(open, recorded),
+    )
+    frames += done.sent
+    refused += done.refused
+    early = done.stopped
   }
   const used = process.cpuUsage(cpu)
   return {
     frames,
+    refused,
     wallMs: Math.round(performance.now() - started),
     cpuMs: Math.round((used.user + used.system) / 1000),
     stopped: early,
@@ -160,7 +167,7 @@ async function scratchRound(
   limits: Partial<CoreLimits> | undefined,
   stopped: () => boolean,
   body: (round: Round & { join(): Promise<void> }) => Promise<boolean>,
-): Promise<{ sent: number; stopped: boolean }> {
+): Promise<{ sent: number; refused: number; stopped: boolean }> {
   const core = new RelayCore({
     storage: new MemoryStorage(),
     log: createLogger("silent"),
@@ -180,6 +187,7 @@ async function scratchRound(
     },
   })
   let sent = 0
+  let refused = 0
   try {
     const id = CONVERSATION
     const users = new Map<UserId, Open>()
@@ -202,13 +210,13 @@ async function scratchRound(
         const open = users.get(user)!
         const answered = open.session.answer()
         open.connection.receive(frame)
-        await answered
+        if (!(await answered)) refused++
         sent++
         return true
       },
     }
     const finished = await body(round)
-    return { sent, stopped: !finished }
+    return { sent, refused, stopped: !finished }
   } finally {
     await core.close()
   }
