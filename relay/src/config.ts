@@ -263,6 +263,18 @@ export const RELAY_FLAGS = {
     help: "participants one user may add per minute (then RATE_LIMITED participants-per-minute); 0 = no limit",
     default: USER.userParticipantsPerMinute,
   }),
+  "user-connection-attempts-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_USER_CONNECTION_ATTEMPTS_PER_MINUTE",
+    help: "connections one user may open per minute across devices (then 4429 connection-attempts-per-user); 0 = no limit",
+    default: USER.userConnectionAttemptsPerMinute,
+  }),
+  "address-auth-failures-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_ADDRESS_AUTH_FAILURES_PER_MINUTE",
+    help: "connection attempts with a bad token per client address per minute (then HTTP 429 before verifying); 0 = no limit",
+    default: TRANSPORT.addressAuthFailuresPerMinute,
+  }),
   "compact-after-updates": flag({
     kind: "integer",
     env: "PARLEY_COMPACT_AFTER_UPDATES",
@@ -665,6 +677,8 @@ export function parseConfig(
       maxQueuedBytesPerUser: v["max-queued-bytes-per-user"],
       userConversationsPerMinute: v["user-conversations-per-minute"],
       userParticipantsPerMinute: v["user-participants-per-minute"],
+      userConnectionAttemptsPerMinute: v["user-connection-attempts-per-minute"],
+      addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],
       maxUpdateStructs: v["max-update-structs"],
