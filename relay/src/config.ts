@@ -377,6 +377,11 @@ export const RELAY_FLAGS = {
     help: "longest a storage call (or PostgreSQL connect, query, statement) may take before it fails",
     default: RELAY.storageTimeoutMs,
   }),
+  "trust-proxy": flag({
+    kind: "boolean",
+    env: "PARLEY_TRUST_PROXY",
+    help: "count per-address limits by the right-most X-Forwarded-For entry (behind a reverse proxy that sets it)",
+  }),
   "skip-warm-up": flag({
     kind: "boolean",
     env: "PARLEY_SKIP_WARM_UP",
@@ -652,6 +657,7 @@ export function parseConfig(
     defaultMetrics: true,
     storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
     warmUp: v["skip-warm-up"] !== true,
+    trustProxy: v["trust-proxy"] === true,
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),

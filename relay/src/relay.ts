@@ -91,6 +91,12 @@ export interface RelayOptions {
    * `warmUpUpdatePath`). Default true; `--skip-warm-up` turns it off.
    */
   readonly warmUp?: boolean
+  /**
+   * Behind a reverse proxy that appends the client's address to
+   * `X-Forwarded-For`: per-address limits count that address, not the
+   * proxy's. Default false (the header is then ignored: anyone could forge it).
+   */
+  readonly trustProxy?: boolean
 }
 
 /** A started relay. */
@@ -262,6 +268,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     limits,
     dev,
     devAnyHost: options.forceDev ?? false,
+    trustProxy: options.trustProxy ?? false,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: backend.kind }),
     readiness: () => readinessOf(storage.state),

@@ -80,6 +80,12 @@ export interface TransportOptions {
   readonly health?: () => Record<string, unknown>
   /** Whether the relay's dependencies answer, for `/readyz` (ready when absent). */
   readonly readiness?: () => Readiness
+  /**
+   * The relay runs behind a reverse proxy that appends the client's address
+   * to `X-Forwarded-For`: per-address limits then count the right-most entry
+   * instead of the proxy's own address (which every client would share).
+   */
+  readonly trustProxy?: boolean
   /** HTTP routes of the extensions (`/metrics`, `/admin/dead-letters`), tried first; true when handled. */
   readonly routes?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>
 }
@@ -202,13 +208,22 @@ export class WsTransport {
     json(res, 404, { error: "not found" })
   }
 
+  /** The client's address: the peer's, or the one a trusted proxy appended to X-Forwarded-For. */
+  private addressOf(req: IncomingMessage): string {
+    const peer = req.socket.remoteAddress ?? ""
+    if (!this.options.trustProxy) return peer
+    const forwarded = req.headers["x-forwarded-for"]
+    const list = Array.isArray(forwarded) ? forwarded.join(",") : forwarded
+    return list?.split(",").at(-1)?.trim() || peer
+  }
+
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     if (this.stopping) {
       socket.end("HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\n")
       return
     }
     // Before the token is verified (what a bad one costs is paid before its user is known).
-    const address = req.socket.remoteAddress ?? ""
+    const address = this.addressOf(req)
     if (!this.addresses.allows(address)) {
       this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
       this.options.log.info({ address, limit: AddressLimit.authFailures }, "refused: per-address limit")
@@ -252,7 +267,7 @@ export class WsTransport {
     }
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     // Read now: once the socket is gone, it is not.
-    const address = req.socket.remoteAddress ?? ""
+    const address = this.addressOf(req)
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
     const early: Uint8Array[] = []

@@ -41,9 +41,10 @@ async function open(relay: RelayProcess, name: string, user: UserId) {
 function attempt(
   url: string,
   closeWhenOpen = true,
+  headers: Record<string, string> = {},
 ): Promise<{ code?: number; reason?: string; status?: number; body?: string }> {
   return new Promise((resolve) => {
-    const ws = new WebSocket(url)
+    const ws = new WebSocket(url, { headers })
     ws.on("unexpected-response", (_req, res) => {
       let body = ""
       res.setEncoding("utf8")
@@ -162,6 +163,19 @@ describe("connection attempts per address before the token is verified", () => {
     // The open connection is not affected; the relay still serves it.
     sendMessage(a.doc, alice, { body: "still here" })
     await a.allSaved()
+  })
+
+  it("counts each client's address from X-Forwarded-For behind a trusted proxy", async () => {
+    const relay = await startRelayProcess({
+      args: ["--address-auth-failures-per-minute", "3", "--trust-proxy"],
+    })
+    const bad = `${relay.url}/${newConversationId()}?token=${await relay.token(alice, { secret: "wrong" })}`
+    const from = (address: string) => ({ "x-forwarded-for": `198.51.100.1, ${address}` })
+    for (let i = 0; i < 3; i++)
+      expect((await attempt(bad, false, from("203.0.113.7"))).code).toBe(CloseCode.Unauthorized.code)
+    expect((await attempt(bad, false, from("203.0.113.7"))).status).toBe(429)
+    // Another client behind the same proxy keeps its own budget.
+    expect((await attempt(bad, false, from("203.0.113.8"))).code).toBe(CloseCode.Unauthorized.code)
   })
 
   it("counts IPv6 addresses per /64 and IPv4-mapped ones as IPv4", () => {
