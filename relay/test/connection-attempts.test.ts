@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
-import { keyOf } from "../src/address-limits.js"
+import { AddressLimiter, keyOf } from "../src/address-limits.js"
 import { stockProvider, synced, TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
@@ -176,6 +176,22 @@ describe("connection attempts per address before the token is verified", () => {
     expect((await attempt(bad, false, from("203.0.113.7"))).status).toBe(429)
     // Another client behind the same proxy keeps its own budget.
     expect((await attempt(bad, false, from("203.0.113.8"))).code).toBe(CloseCode.Unauthorized.code)
+  })
+
+  it("forgets an address once its bucket has refilled, so its memory does not grow with every address seen", () => {
+    let now = 0
+    const limiter = new AddressLimiter(6, () => now)
+    for (let i = 0; i < 6; i++) limiter.failed("192.0.2.1")
+    limiter.failed("192.0.2.2")
+    expect(limiter.allows("192.0.2.1")).toBe(false)
+    expect(limiter.allows("192.0.2.2")).toBe(true)
+    expect(limiter.size).toBe(2)
+    // One attempt back every 10 s (6 a minute).
+    now = 10_000
+    expect(limiter.allows("192.0.2.1")).toBe(true)
+    now = 61_000
+    expect(limiter.allows("192.0.2.3")).toBe(true)
+    expect(limiter.size).toBe(0)
   })
 
   it("counts IPv6 addresses per /64 and IPv4-mapped ones as IPv4", () => {
