@@ -265,6 +265,18 @@ export const RELAY_FLAGS = {
     help: "participants one user may add per minute (then RATE_LIMITED participants-per-minute); 0 = no limit",
     default: USER.userParticipantsPerMinute,
   }),
+  "user-connection-attempts-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_USER_CONNECTION_ATTEMPTS_PER_MINUTE",
+    help: "connections one user may open per minute across devices (then 4429 connection-attempts-per-user); 0 = no limit",
+    default: USER.userConnectionAttemptsPerMinute,
+  }),
+  "address-auth-failures-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_ADDRESS_AUTH_FAILURES_PER_MINUTE",
+    help: "connection attempts with a bad token per client address per minute (then HTTP 429 before verifying); 0 = no limit",
+    default: TRANSPORT.addressAuthFailuresPerMinute,
+  }),
   "compact-after-updates": flag({
     kind: "integer",
     env: "PARLEY_COMPACT_AFTER_UPDATES",
@@ -396,6 +408,16 @@ export const RELAY_FLAGS = {
     env: "PARLEY_STORAGE_TIMEOUT_MS",
     help: "longest a storage call (or PostgreSQL connect, query, statement) may take before it fails",
     default: RELAY.storageTimeoutMs,
+  }),
+  "trust-proxy": flag({
+    kind: "boolean",
+    env: "PARLEY_TRUST_PROXY",
+    help: "count per-address limits by the right-most X-Forwarded-For entry (behind a reverse proxy that sets it)",
+  }),
+  "skip-warm-up": flag({
+    kind: "boolean",
+    env: "PARLEY_SKIP_WARM_UP",
+    help: "do not warm up the update path after listening (on by default: the first large frames cost less)",
   }),
   help: flag({ kind: "boolean", help: "print this help" }),
 } as const
@@ -680,6 +702,8 @@ export function parseConfig(
             epochClientIds: Math.max(2, v["history-epoch-client-ids"]),
           }
         : false,
+    warmUp: v["skip-warm-up"] !== true,
+    trustProxy: v["trust-proxy"] === true,
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),
@@ -705,6 +729,8 @@ export function parseConfig(
       maxQueuedBytesPerUser: v["max-queued-bytes-per-user"],
       userConversationsPerMinute: v["user-conversations-per-minute"],
       userParticipantsPerMinute: v["user-participants-per-minute"],
+      userConnectionAttemptsPerMinute: v["user-connection-attempts-per-minute"],
+      addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],
       maxUpdateStructs: v["max-update-structs"],

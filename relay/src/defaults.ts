@@ -17,6 +17,7 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   pingTimeoutMs: 30_000,
   socketAwarenessPerSecond: 500,
   socketAwarenessBurst: 1000,
+  addressAuthFailuresPerMinute: 120,
 }
 
 /** Default of `RelayOptions.maxTokenLifetimeMs`: a day. */

@@ -38,6 +38,19 @@ export class RateLimiter {
     this.tokens = Math.min(this.burst, this.tokens + cost)
   }
 
+  /** Tokens available now. */
+  available(): number {
+    this.refill()
+    return this.tokens
+  }
+
+  /** Milliseconds until `cost` tokens are available (0 when they are). */
+  msUntil(cost: number): number {
+    this.refill()
+    if (this.tokens >= cost) return 0
+    return this.perSecond > 0 ? Math.ceil(((cost - this.tokens) / this.perSecond) * 1000) : Infinity
+  }
+
   /** Milliseconds until the bucket is full again (0 when it is): how long its state still matters. */
   msUntilFull(): number {
     this.refill()

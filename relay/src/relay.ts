@@ -20,6 +20,7 @@ import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
 import type { StorageKind, StorageState } from "./storage/index.js"
+import { warmUpUpdatePath } from "./warm-up.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
 
 export { DEFAULT_MAX_TOKEN_LIFETIME_MS, DEFAULT_RELAY_OPTIONS, DEFAULT_TRANSPORT_LIMITS } from "./defaults.js"
@@ -98,6 +99,19 @@ export interface RelayOptions {
    * as failed. Default 5000 ms.
    */
   readonly storageTimeoutMs?: number
+  /**
+   * After listening, run the update path on synthetic frames against a
+   * scratch in-memory document, in small pieces between serving, so that V8
+   * has compiled it before the first large frames arrive (see
+   * `warmUpUpdatePath`). Default true; `--skip-warm-up` turns it off.
+   */
+  readonly warmUp?: boolean
+  /**
+   * Behind a reverse proxy that appends the client's address to
+   * `X-Forwarded-For`: per-address limits count that address, not the
+   * proxy's. Default false (the header is then ignored: anyone could forge it).
+   */
+  readonly trustProxy?: boolean
 }
 
 /** A started relay. */
@@ -115,6 +129,11 @@ export interface RunningRelay {
   readonly events: EventLogReader
   /** The hook runtime (hook modules, webhooks, inbox upkeep; always there, its outbox writes the event log): dead letters, replay, `idle()`. */
   readonly hooks?: HookRuntime
+  /**
+   * Resolves once the start-up warm-up of the update path is done (at once
+   * when `warmUp` is false; never rejects: a failed warm-up is logged).
+   */
+  readonly warmedUp: Promise<void>
   /** Graceful stop: stop accepting, finish queued changes, close connections with 1001, flush storage. */
   close(): Promise<void>
 }
@@ -275,6 +294,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     limits,
     dev,
     devAnyHost: options.forceDev ?? false,
+    trustProxy: options.trustProxy ?? false,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: backend.kind }),
     readiness: () => readinessOf(storage.state),
@@ -294,6 +314,14 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const httpUrl = `http://${shownHost}:${port}`
   log.info({ port, url, httpUrl, dev, storage: backend.kind }, "listening")
   let closing: Promise<void> | undefined
+  // In pieces between serving: a client connecting meanwhile waits for one piece at most.
+  const warmedUp =
+    options.warmUp === false
+      ? Promise.resolve(log.info("warm-up skipped (--skip-warm-up)"))
+      : warmUpUpdatePath({ limits, stopped: () => closing !== undefined }).then(
+          (report) => log.info(report, "warmed up the update path"),
+          (error: unknown) => log.warn({ err: error }, "warming up the update path failed"),
+        )
   return {
     url,
     httpUrl,
@@ -304,9 +332,12 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     log,
     events: backend.events,
     ...(hooks.runtime ? { hooks: hooks.runtime } : {}),
+    warmedUp,
     close: () => {
       closing ??= (async () => {
         transport.stopAccepting()
+        // It stops at its next piece; its scratch core is closed before the process may exit.
+        await warmedUp
         // Finishes the last changes, then stops the extensions (hooks, policy) and closes storage;
         // the backend after the core: its last changes' events are recorded before the outbox closes.
         await core.close()

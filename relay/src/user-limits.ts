@@ -30,6 +30,13 @@ export interface UserLimits {
   readonly userConversationsPerMinute: number
   /** Participants one user may add per minute, others than themselves (then `RATE_LIMITED`, rule `participants-per-minute`). */
   readonly userParticipantsPerMinute: number
+  /**
+   * Connection attempts (WebSocket connections with a valid token) one user
+   * may make per minute, across all their devices: a bucket of this many,
+   * refilled over a minute. Each attempt costs a token verification, a
+   * document load and a sync; beyond, 4429 `connection-attempts-per-user`.
+   */
+  readonly userConnectionAttemptsPerMinute: number
 }
 
 /** Defaults of {@link UserLimits}. */
@@ -42,6 +49,9 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
   maxQueuedBytesPerUser: 32 * 1024 * 1024,
   userConversationsPerMinute: 30,
   userParticipantsPerMinute: 500,
+  // Every socket of a user at --max-sockets-per-user reconnecting after a network blip, twice in a
+  // minute, fits; a reconnect loop is held to 10 a second.
+  userConnectionAttemptsPerMinute: 600,
 }
 
 /** Update bytes that cost one more token of the update budget. */
@@ -87,6 +97,7 @@ class Usage {
   readonly updates: RateLimiter | undefined
   readonly conversations: RateLimiter | undefined
   readonly participants: RateLimiter | undefined
+  readonly connectionAttempts: RateLimiter | undefined
 
   constructor(limits: UserLimits, now: () => number) {
     const perMinute = (n: number) => (n > 0 ? new RateLimiter(n / 60, n, now) : undefined)
@@ -96,6 +107,7 @@ class Usage {
         : undefined
     this.conversations = perMinute(limits.userConversationsPerMinute)
     this.participants = perMinute(limits.userParticipantsPerMinute)
+    this.connectionAttempts = perMinute(limits.userConnectionAttemptsPerMinute)
   }
 
   get inUse(): boolean {
@@ -108,6 +120,7 @@ class Usage {
       this.updates?.msUntilFull() ?? 0,
       this.conversations?.msUntilFull() ?? 0,
       this.participants?.msUntilFull() ?? 0,
+      this.connectionAttempts?.msUntilFull() ?? 0,
     )
   }
 }
@@ -173,6 +186,27 @@ export class UserLedger {
       Math.min(wait, 120_000),
     )
     usage.forgetTimer.unref()
+  }
+
+  /**
+   * Takes one connection attempt of `principal` from their per-minute budget
+   * (call once the token is verified, before anything is loaded). Throws
+   * `connection-attempts-per-user` when it is spent.
+   */
+  admitConnection(principal: Principal): void {
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return
+    const { user } = principal
+    try {
+      if (usage.connectionAttempts && !usage.connectionAttempts.take(1))
+        this.refuse(
+          user,
+          UserLimit.connectionAttempts,
+          `a user may open ${this.limits.userConnectionAttemptsPerMinute} connections per minute`,
+        )
+    } finally {
+      this.release(user)
+    }
   }
 
   /**

@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import type { Duplex } from "node:stream"
 import {
+  AddressLimit,
   CloseCode,
   ErrorCode,
   isUserId,
@@ -12,6 +13,7 @@ import {
   toParleyError,
 } from "@parley/shared"
 import { type RawData, WebSocket, WebSocketServer } from "ws"
+import { AddressLimiter } from "./address-limits.js"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { closeOf } from "./errors.js"
@@ -47,6 +49,13 @@ export interface TransportLimits {
   readonly socketAwarenessPerSecond: number
   /** Awareness frames a client may send in a burst. */
   readonly socketAwarenessBurst: number
+  /**
+   * Connection attempts with a token that fails verification one client
+   * address may make per minute (a bucket of this many, refilled over a
+   * minute); beyond, upgrades from it are answered 429 before any token is
+   * verified. 0: no limit. See {@link AddressLimiter}.
+   */
+  readonly addressAuthFailuresPerMinute: number
 }
 
 /** A socket's send queue above which the user's queues across sockets are added up (cheap below). */
@@ -73,6 +82,12 @@ export interface TransportOptions {
   readonly health?: () => Record<string, unknown>
   /** Whether the relay's dependencies answer, for `/readyz` (ready when absent). */
   readonly readiness?: () => Readiness
+  /**
+   * The relay runs behind a reverse proxy that appends the client's address
+   * to `X-Forwarded-For`: per-address limits then count the right-most entry
+   * instead of the proxy's own address (which every client would share).
+   */
+  readonly trustProxy?: boolean
   /** HTTP routes of the extensions (`/metrics`, `/admin/dead-letters`), tried first; true when handled. */
   readonly routes?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>
 }
@@ -104,8 +119,10 @@ export class WsTransport {
   private stopping = false
   private readonly sockets = new Set<WebSocket>()
   private readonly keepalive: Keepalive
+  private readonly addresses: AddressLimiter
 
   constructor(private readonly options: TransportOptions) {
+    this.addresses = new AddressLimiter(options.limits.addressAuthFailuresPerMinute)
     this.server = createServer((req, res) => {
       this.http(req, res).catch((error: unknown) => {
         options.log.error({ err: error, url: req.url }, "http request failed")
@@ -193,9 +210,31 @@ export class WsTransport {
     json(res, 404, { error: "not found" })
   }
 
+  /** The client's address: the peer's, or the one a trusted proxy appended to X-Forwarded-For. */
+  private addressOf(req: IncomingMessage): string {
+    const peer = req.socket.remoteAddress ?? ""
+    if (!this.options.trustProxy) return peer
+    const forwarded = req.headers["x-forwarded-for"]
+    const list = Array.isArray(forwarded) ? forwarded.join(",") : forwarded
+    return list?.split(",").at(-1)?.trim() || peer
+  }
+
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     if (this.stopping) {
       socket.end("HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\n")
+      return
+    }
+    // Before the token is verified (what a bad one costs is paid before its user is known).
+    const address = this.addressOf(req)
+    if (!this.addresses.allows(address)) {
+      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      this.options.log.info({ address, limit: AddressLimit.authFailures }, "refused: per-address limit")
+      const body = `${AddressLimit.authFailures}\n`
+      socket.end(
+        "HTTP/1.1 429 Too Many Requests\r\n" +
+          `retry-after: ${this.addresses.retryAfterSeconds(address)}\r\n` +
+          `content-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+      )
       return
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
@@ -229,6 +268,8 @@ export class WsTransport {
       name = ""
     }
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
+    // Read now: once the socket is gone, it is not.
+    const address = this.addressOf(req)
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
     /**
@@ -320,10 +361,17 @@ export class WsTransport {
     try {
       token = await this.options.auth.verifyToken(url.searchParams.get(TOKEN_PARAM))
     } catch (error) {
+      this.addresses.failed(address)
       return refuse(toParleyError(error, ErrorCode.UNAUTHORIZED))
     }
-    if (socketClosed) return
     const { principal } = token
+    try {
+      // Charged even when the client has already gone: a loop that closes at once pays like any other.
+      this.options.core.users.admitConnection(principal)
+    } catch (error) {
+      return refuse(toParleyError(error))
+    }
+    if (socketClosed) return
     if (token.dev) log.info({ doc: name, principal: describePrincipal(principal), dev: true }, "dev token")
     const queue = new SendQueue()
     try {

@@ -118,6 +118,11 @@ export const CloseCode = {
   TooManyPendingBytes: { code: 4429, reason: "pending-bytes-per-user" },
   /** Bytes queued to the user's connections (unread) exceeded `--max-queued-bytes-per-user` (a 4429). */
   TooManyQueuedBytes: { code: 4429, reason: "queued-bytes-per-user" },
+  /**
+   * The user opened connections faster than `--user-connection-attempts-per-minute`
+   * allows, across all their sockets (a 4429: reconnect with backoff).
+   */
+  TooManyConnectionAttempts: { code: 4429, reason: "connection-attempts-per-user" },
 } as const satisfies Record<string, { code: number; reason: string }>
 /** Name of a {@link CloseCode}. */
 export type CloseCodeName = keyof typeof CloseCode
@@ -136,6 +141,19 @@ export const UserLimit = {
   queuedBytes: "queued-bytes-per-user",
   conversations: "conversations-per-minute",
   participants: "participants-per-minute",
+  connectionAttempts: "connection-attempts-per-user",
 } as const
 /** One of {@link UserLimit}'s values. */
 export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]
+
+/**
+ * Names of the relay's limits per client address, applied before the user is
+ * known. A refused WebSocket upgrade is answered with HTTP 429, a
+ * `Retry-After` header and the name as its body.
+ */
+export const AddressLimit = {
+  /** Connection attempts whose token failed verification, per address (`--address-auth-failures-per-minute`). */
+  authFailures: "auth-failures-per-address",
+} as const
+/** One of {@link AddressLimit}'s values. */
+export type AddressLimit = (typeof AddressLimit)[keyof typeof AddressLimit]

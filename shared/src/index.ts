@@ -5,6 +5,7 @@
 
 export { type ConversationTypes, type Markers, typesOf } from "./document.js"
 export {
+  AddressLimit,
   CloseCode,
   type CloseCodeName,
   ErrorCode,
