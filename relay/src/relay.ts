@@ -286,6 +286,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     throw error
   }
   if (hooks.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
+  let warm = options.warmUp === false
+  const startedAt = Date.now()
   const transport = new WsTransport({
     core,
     auth,
@@ -297,7 +299,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     trustProxy: options.trustProxy ?? false,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: backend.kind }),
-    readiness: () => readinessOf(storage.state),
+    // Not ready until warmed up: a load balancer then sends no traffic to a cold update path.
+    readiness: () => readinessOf(storage.state, warm ? undefined : startedAt),
     routes: extensionRoutes(extensions),
   })
   let port: number
@@ -322,6 +325,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           (report) => log.info(report, "warmed up the update path"),
           (error: unknown) => log.warn({ err: error }, "warming up the update path failed"),
         )
+  void warmedUp.then(() => {
+    warm = true
+  })
   return {
     url,
     httpUrl,
@@ -350,18 +356,26 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   }
 }
 
-/** `/readyz`'s answer: ready, or which dependency fails, why and since when. */
-function readinessOf(state: StorageState): Readiness {
-  if (state.state === "ok") return { ready: true }
-  return {
-    ready: false,
-    failing: [
-      {
-        dependency: "storage",
-        code: state.error.code,
-        error: state.error.message,
-        since: new Date(state.since).toISOString(),
-      },
-    ],
-  }
+/**
+ * `/readyz`'s answer: ready, or which dependencies fail, why and since when.
+ * `warmingSince` is set while the update path warms up after a start (about a
+ * second): not ready then, so a load balancer sends no traffic to a cold path.
+ */
+function readinessOf(state: StorageState, warmingSince?: number): Readiness {
+  const failing = []
+  if (state.state !== "ok")
+    failing.push({
+      dependency: "storage",
+      code: state.error.code,
+      error: state.error.message,
+      since: new Date(state.since).toISOString(),
+    })
+  if (warmingSince !== undefined)
+    failing.push({
+      dependency: "warm-up",
+      code: "WARMING_UP",
+      error: "the update path is warming up after the start",
+      since: new Date(warmingSince).toISOString(),
+    })
+  return failing.length === 0 ? { ready: true } : { ready: false, failing }
 }

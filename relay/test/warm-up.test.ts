@@ -67,6 +67,17 @@ describe("warm-up of the update path", () => {
     expect(await metric(relay, "parley_updates_total")).toBeLessThan(12)
   })
 
+  it("reports not ready on /readyz until the warm-up is done, then ready", async () => {
+    const relay = await startRelayProcess({ args: ["--storage", "memory"] })
+    const early = await fetch(`${relay.httpUrl}/readyz`)
+    const body = (await early.json()) as { failing?: { dependency: string }[] }
+    // The warm-up takes about a second; the answer right after "listening" comes before its end.
+    expect(early.status).toBe(503)
+    expect(body.failing?.map((f) => f.dependency)).toEqual(["warm-up"])
+    await relay.waitForLog((line) => line.msg === "warmed up the update path")
+    expect((await fetch(`${relay.httpUrl}/readyz`)).status).toBe(200)
+  })
+
   it("is skipped with --skip-warm-up", async () => {
     const relay = await startRelayProcess({ args: ["--storage", "memory", "--skip-warm-up"] })
     const id = newConversationId()
@@ -74,6 +85,7 @@ describe("warm-up of the update path", () => {
     createConversation(a.doc, alice, { kind: "group", id, participants: [] })
     await a.allSaved()
     await relay.waitForLog((line) => line.msg === "warm-up skipped (--skip-warm-up)")
+    expect((await fetch(`${relay.httpUrl}/readyz`)).status).toBe(200)
     relay.child.kill("SIGTERM")
     expect((await relay.exited).code).toBe(0)
     expect(relay.lines.some((line) => line.includes("warmed up"))).toBe(false)

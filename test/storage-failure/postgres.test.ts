@@ -206,7 +206,10 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const chat = await client.createConversation({ participants: [], title: "outage" })
       const before = chat.send("before")
       await eventually(() => expect(chat.status(before.id)).toBe("sent"))
-      expect(await readyz(relay.httpUrl)).toMatchObject({ status: 200, body: { status: "ready" } })
+      // Ready once the update path has warmed up after the start.
+      await eventually(async () =>
+        expect(await readyz(relay.httpUrl)).toMatchObject({ status: 200, body: { status: "ready" } }),
+      )
 
       const statuses: string[] = []
       chat.on("status", ({ status }) => statuses.push(status))
