@@ -1,4 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
+import type { ApiKeyStore } from "../api/keys.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
@@ -62,6 +63,7 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
     documents: new StorageGuard(backend.documents, options),
     outbox: withDeadlines<Outbox>(backend.outbox, options.timeoutMs, "hook outbox"),
     bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
+    keys: withDeadlines<ApiKeyStore>(backend.keys, options.timeoutMs, "API keys"),
     close: () => backend.close(),
   }
 }

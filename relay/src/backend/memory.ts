@@ -1,3 +1,4 @@
+import { MemoryApiKeyStore } from "../api/keys.js"
 import { MemoryOutbox } from "../hooks/outbox.js"
 import { MemoryClientBindingStore } from "../policy/client-bindings.js"
 import { type MemoryData, MemoryStorage } from "../storage/memory.js"
@@ -9,6 +10,7 @@ export class MemoryBackend implements Backend {
   readonly documents: MemoryStorage
   readonly outbox = new MemoryOutbox()
   readonly bindings = new MemoryClientBindingStore()
+  readonly keys = new MemoryApiKeyStore()
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
   constructor(data?: MemoryData) {

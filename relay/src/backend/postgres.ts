@@ -1,4 +1,5 @@
 import type pg from "pg"
+import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
@@ -26,12 +27,14 @@ export class PostgresBackend implements Backend {
   readonly documents: PostgresStorage
   readonly outbox: PostgresOutbox
   readonly bindings: PostgresClientBindingStore
+  readonly keys: PostgresApiKeyStore
   private closed = false
 
   private constructor(private readonly pool: pg.Pool) {
     this.documents = new PostgresStorage(pool)
     this.outbox = new PostgresOutbox(pool)
     this.bindings = new PostgresClientBindingStore(pool)
+    this.keys = new PostgresApiKeyStore(pool)
   }
 
   /** Connects to `url` and creates the tables if needed. */
@@ -40,7 +43,7 @@ export class PostgresBackend implements Backend {
       url,
       // Appends of one tick share a connection; delivery lanes, loads and binds take the rest.
       max: 8,
-      schema: [DOCUMENTS_SCHEMA, OUTBOX_SCHEMA, BINDINGS_SCHEMA].join("\n"),
+      schema: [DOCUMENTS_SCHEMA, OUTBOX_SCHEMA, BINDINGS_SCHEMA, API_KEYS_SCHEMA].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     })

@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import Database from "better-sqlite3"
+import { SqliteApiKeyStore } from "../api/key-stores.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
 import { SqliteStorage } from "../storage/sqlite.js"
@@ -37,6 +38,7 @@ export class SqliteBackend implements Backend {
   readonly documents: SqliteStorage
   readonly outbox: SqliteOutbox
   readonly bindings: SqliteClientBindingStore
+  readonly keys: SqliteApiKeyStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -58,6 +60,7 @@ export class SqliteBackend implements Backend {
       this.documents = new SqliteStorage(this.db, this.catalog)
       this.outbox = new SqliteOutbox(this.db)
       this.bindings = new SqliteClientBindingStore(this.db)
+      this.keys = new SqliteApiKeyStore(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

@@ -1,3 +1,4 @@
+import type { ApiKeyStore } from "../api/keys.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
 import type { RelayStorage } from "../storage/types.js"
@@ -25,6 +26,8 @@ export interface Backend {
   readonly outbox: Outbox
   /** Which principal owns each Yjs client id of each document. */
   readonly bindings: ClientBindingStore
+  /** The HTTP API's service keys (hashed). */
+  readonly keys: ApiKeyStore
   /**
    * Finishes pending writes of every part and releases the database. The
    * parts' own `close` only finish their pending writes: the relay closes them
