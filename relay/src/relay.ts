@@ -1,4 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
+import type { ApiLimits } from "./api/app.js"
+import type { ApiEventSource } from "./api/event-source.js"
+import { ApiExtension } from "./api/extension.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
@@ -75,6 +78,12 @@ export interface RelayOptions {
   readonly hookTimeoutMs?: number
   /** Attempts per event and hook module before it is dead-lettered. Default 8. */
   readonly hookAttempts?: number
+  /** Serve the HTTP API under `/v1` (default true; see API.md). Keys: `parley-relay keys create`. */
+  readonly api?: boolean
+  /** Limits of the HTTP API (body size, requests and event streams per key, heartbeat). */
+  readonly apiLimits?: Partial<ApiLimits>
+  /** The durable event log `/v1/events` streams from (the hooks' event log). */
+  readonly apiEvents?: ApiEventSource
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
   /**
@@ -223,6 +232,16 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.extensions ?? []),
     ...(hooks ? [hooks] : []),
     metricsExtension(metrics),
+    ...(options.api === false
+      ? []
+      : [
+          new ApiExtension({
+            keys: backend.keys,
+            log: log.child({ component: "api" }),
+            ...(options.apiEvents ? { events: options.apiEvents } : {}),
+            ...(options.apiLimits ? { limits: options.apiLimits } : {}),
+          }),
+        ]),
   ]
   const core = new RelayCore({
     storage,
