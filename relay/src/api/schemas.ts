@@ -31,11 +31,9 @@ export const MessageIdSchema = z
 export const RoleSchema = z.enum(["owner", "admin", "member"]).openapi("Role")
 export const PrioritySchema = z.enum(["normal", "sticky", "emergency"]).openapi("Priority")
 
-export const MetadataSchema = z
-  .record(z.string(), z.unknown())
-  .openapi("Metadata", {
-    description: `Free-form JSON object, at most ${Limits.metadataBytes} bytes encoded.`,
-  })
+export const MetadataSchema = z.record(z.string(), z.unknown()).openapi("Metadata", {
+  description: `Free-form JSON object, at most ${Limits.metadataBytes} bytes encoded.`,
+})
 
 export const AttachmentSchema = z
   .strictObject({
