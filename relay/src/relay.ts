@@ -1,6 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type { ApiLimits } from "./api/app.js"
-import type { ApiEventSource } from "./api/event-source.js"
 import { ApiExtension } from "./api/extension.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
@@ -82,8 +81,6 @@ export interface RelayOptions {
   readonly api?: boolean
   /** Limits of the HTTP API (body size, requests and event streams per key, heartbeat). */
   readonly apiLimits?: Partial<ApiLimits>
-  /** The durable event log `/v1/events` streams from (the hooks' event log). */
-  readonly apiEvents?: ApiEventSource
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
   /**
@@ -238,7 +235,6 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           new ApiExtension({
             keys: backend.keys,
             log: log.child({ component: "api" }),
-            ...(options.apiEvents ? { events: options.apiEvents } : {}),
             ...(options.apiLimits ? { limits: options.apiLimits } : {}),
           }),
         ]),

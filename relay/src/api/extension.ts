@@ -10,6 +10,7 @@ import type { ApiKeyStore } from "./keys.js"
 export interface ApiExtensionOptions {
   readonly keys: ApiKeyStore
   readonly log: Logger
+  /** The event log `/v1/events` streams from; default: the core's (`RunningCore.events`). */
   readonly events?: ApiEventSource
   readonly limits?: Partial<ApiLimits>
 }
@@ -27,12 +28,14 @@ export class ApiExtension implements RelayExtension {
   constructor(private readonly options: ApiExtensionOptions) {}
 
   start(core: RunningCore): void {
+    // The relay's durable event log, which the core offers its extensions when it keeps one.
+    const events = this.options.events ?? (core as RunningCore & { readonly events?: ApiEventSource }).events
     const app = createApi({
       core,
       keys: this.options.keys,
       log: this.options.log,
       signal: this.stopping.signal,
-      ...(this.options.events ? { events: this.options.events } : {}),
+      ...(events ? { events } : {}),
       ...(this.options.limits ? { limits: this.options.limits } : {}),
     })
     this.listener = getRequestListener(app.fetch)
