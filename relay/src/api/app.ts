@@ -554,3 +554,16 @@ export const openApiInfo = {
       "Server-to-server API of the Parley relay: backends create conversations, send and read messages, and stream events. Authenticate with an API key (`parley-relay keys create`). Errors are RFC 9457 problem details (`application/problem+json`) carrying Parley's error `code`.",
   },
 } as const
+
+/** The OpenAPI 3.1 document of the API, generated from the same schemas that validate requests. */
+export function openApiDocument(): Record<string, unknown> {
+  const unused = () => {
+    throw new Error("the document is generated without serving requests")
+  }
+  const app = createApi({
+    core: { read: unused, write: unused },
+    keys: { create: unused, get: unused, list: unused, revoke: unused },
+    log: { error: unused, warn: unused } as unknown as Logger,
+  })
+  return app.getOpenAPI31Document(openApiInfo) as unknown as Record<string, unknown>
+}
