@@ -70,7 +70,10 @@ describe.skipIf(!hasEventLog)("GET /v1/events from a relay process (needs the re
     const bob = stockProvider(relay.url, "g~peek-1", await relay.token("bob"), bobDoc)
     try {
       await Promise.all([synced(alice), synced(bob)])
-      await docUntil(aliceDoc, () => getMessage(aliceDoc, alert.body.id as MessageId)?.priority === "emergency")
+      await docUntil(
+        aliceDoc,
+        () => getMessage(aliceDoc, alert.body.id as MessageId)?.priority === "emergency",
+      )
       sendMessage(aliceDoc, "alice" as UserId, { body: "Thanks, I'll be there" })
       await docUntil(bobDoc, () => getMessage(bobDoc, alert.body.id as MessageId)?.seq !== undefined)
       await docUntil(bobDoc, () => bobDoc.getArray("messages").length >= 2)
@@ -84,7 +87,9 @@ describe.skipIf(!hasEventLog)("GET /v1/events from a relay process (needs the re
 
       await events.until((e) => e.some((x) => x.event === "messages.read"), 15_000)
       const sent = payloads(events, "message.sent")
-      expect(sent.map((e) => [e.event.actor, (e.subject as { message: { body: string } }).message.body])).toEqual([
+      expect(
+        sent.map((e) => [e.event.actor, (e.subject as { message: { body: string } }).message.body]),
+      ).toEqual([
         [{ kind: "service", subject: "peek", user: "service.peek" }, "Your appointment moved to 10:00"],
         [{ kind: "user", user: "alice" }, "Thanks, I'll be there"],
       ])
@@ -92,7 +97,9 @@ describe.skipIf(!hasEventLog)("GET /v1/events from a relay process (needs the re
       const read = payloads(events, "messages.read")
       expect(read.map((e) => e.subject)).toEqual([{ user: "bob", upTo: 2 }])
       // Only the types asked for.
-      expect(payloads(events).every((e) => ["message.sent", "messages.read"].includes(e.event.type))).toBe(true)
+      expect(payloads(events).every((e) => ["message.sent", "messages.read"].includes(e.event.type))).toBe(
+        true,
+      )
     } finally {
       alice.destroy()
       bob.destroy()
@@ -125,8 +132,20 @@ describe.skipIf(!hasEventLog)("GET /v1/events from a relay process (needs the re
     const second = await stream(relay, key, "?user=carol&type=message.sent", first.lastEventId())
     await send(9)
     await second.until(() => bodies(second).length === 6)
-    expect([...bodies(first), ...bodies(second)]).toEqual(["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9"])
-    const ids = [...first.events, ...second.events].filter((e) => e.event === "message.sent").map((e) => Number(e.id))
+    expect([...bodies(first), ...bodies(second)]).toEqual([
+      "m1",
+      "m2",
+      "m3",
+      "m4",
+      "m5",
+      "m6",
+      "m7",
+      "m8",
+      "m9",
+    ])
+    const ids = [...first.events, ...second.events]
+      .filter((e) => e.event === "message.sent")
+      .map((e) => Number(e.id))
     expect([...ids].sort((a, b) => a - b)).toEqual(ids)
     expect(new Set(ids).size).toBe(ids.length)
   })
