@@ -1,6 +1,6 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
-import type { ApiLimits } from "./api/app.js"
 import { ApiExtension } from "./api/extension.js"
+import type { ApiLimits } from "./api/limits.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"

@@ -3,8 +3,8 @@ import type { Context } from "hono"
 import { streamSSE } from "hono/streaming"
 import type { HookEventType } from "../hooks/events.js"
 import type { Logger } from "../log.js"
-import type { ApiLimits } from "./app.js"
 import type { ApiEventSource } from "./event-source.js"
+import type { ApiLimits } from "./limits.js"
 import { problemResponse } from "./problem.js"
 
 /** Entries one read of the log takes while a stream catches up. */

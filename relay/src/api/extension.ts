@@ -2,9 +2,10 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
-import { type ApiLimits, createApi } from "./app.js"
+import { createApi } from "./app.js"
 import type { ApiEventSource } from "./event-source.js"
 import type { ApiKeyStore } from "./keys.js"
+import type { ApiLimits } from "./limits.js"
 
 /** What the HTTP API extension is given. */
 export interface ApiExtensionOptions {

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest"
-import type { ApiLimits } from "../../src/api/app.js"
 import { newApiKey } from "../../src/api/keys.js"
+import type { ApiLimits } from "../../src/api/limits.js"
 import { MemoryBackend } from "../../src/backend/index.js"
 import { type RunningRelay, startRelay } from "../../src/relay.js"
 import { apiClient } from "./helpers.js"
