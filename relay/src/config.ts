@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs"
 import { Command, CommanderError, Option } from "commander"
+import { DEFAULT_API_LIMITS } from "./api/limits.js"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
@@ -365,6 +366,35 @@ export const RELAY_FLAGS = {
     help: "longest a storage call (or PostgreSQL connect, query, statement) may take before it fails",
     default: RELAY.storageTimeoutMs,
   }),
+  "api-disabled": flag({
+    kind: "boolean",
+    env: "PARLEY_API_DISABLED",
+    help: "do not serve the HTTP API (/v1)",
+  }),
+  "api-max-body-bytes": flag({
+    kind: "integer",
+    env: "PARLEY_API_MAX_BODY_BYTES",
+    help: "largest HTTP API request body (413 beyond)",
+    default: DEFAULT_API_LIMITS.maxBodyBytes,
+  }),
+  "api-requests-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_API_REQUESTS_PER_SECOND",
+    help: "average HTTP API requests a second per API key (429 beyond)",
+    default: DEFAULT_API_LIMITS.requestsPerSecond,
+  }),
+  "api-request-burst": flag({
+    kind: "integer",
+    env: "PARLEY_API_REQUEST_BURST",
+    help: "HTTP API requests per API key in a burst",
+    default: DEFAULT_API_LIMITS.requestBurst,
+  }),
+  "api-streams-per-key": flag({
+    kind: "integer",
+    env: "PARLEY_API_STREAMS_PER_KEY",
+    help: "event streams (/v1/events) one API key may hold open",
+    default: DEFAULT_API_LIMITS.streamsPerKey,
+  }),
   help: flag({ kind: "boolean", help: "print this help" }),
 } as const
 
@@ -634,6 +664,13 @@ export function parseConfig(
     hookAttempts: v["hook-attempts"],
     defaultMetrics: true,
     storageTimeoutMs: Math.max(1, v["storage-timeout-ms"]),
+    api: v["api-disabled"] !== true,
+    apiLimits: {
+      maxBodyBytes: Math.max(1, v["api-max-body-bytes"]),
+      requestsPerSecond: Math.max(1, v["api-requests-per-second"]),
+      requestBurst: Math.max(1, v["api-request-burst"]),
+      streamsPerKey: Math.max(1, v["api-streams-per-key"]),
+    },
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),
