@@ -433,21 +433,23 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     },
   )
 
-  app.openapi(
-    operation("messages:write", {
-      method: "post",
-      path: "/v1/conversations/{id}/read",
-      summary: "Mark read up to a message",
-      description: "Moves the actor's read marker (forward only) to `upTo`, or to the latest message.",
-      request: { params: S.ConversationParams, ...body(S.MarkReadBody) },
-      responses: { 200: json(S.MarkReadResultSchema, "The marker after the change") },
-    }),
-    async (c) => {
-      const input = c.req.valid("json")
-      const actor = actorOf(c, "messages:write", input.asUser)
-      return reply(c, await ops.markRead(conversationId(c.req.valid("param").id), actor, input.upTo))
-    },
-  )
+  for (const which of ["read", "delivered"] as const) {
+    app.openapi(
+      operation("messages:write", {
+        method: "post",
+        path: `/v1/conversations/{id}/${which}`,
+        summary: which === "read" ? "Mark read up to a message" : "Mark delivered up to a message",
+        description: `Moves the actor's ${which} marker (forward only) to \`upTo\`, or to the latest message.${which === "read" ? " Reading implies delivery." : ""}`,
+        request: { params: S.ConversationParams, ...body(S.MarkReadBody) },
+        responses: { 200: json(S.MarkReadResultSchema, "The markers after the change") },
+      }),
+      async (c) => {
+        const input = c.req.valid("json")
+        const actor = actorOf(c, "messages:write", input.asUser)
+        return reply(c, await ops.mark(which, conversationId(c.req.valid("param").id), actor, input.upTo))
+      },
+    )
+  }
 
   // --- users
 

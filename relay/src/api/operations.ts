@@ -20,6 +20,7 @@ import {
   type MessageId,
   type MessageRecord,
   type MessageView,
+  markDelivered,
   markersOf,
   markRead,
   messageIndex,
@@ -296,18 +297,23 @@ export class ApiOperations {
     return message
   }
 
-  /** Moves the actor's read marker to `upTo` (default: the latest message). */
-  async markRead(
+  /**
+   * Moves the actor's read (or delivered) marker to `upTo` (default: the
+   * latest message); reading implies delivery.
+   */
+  async mark(
+    which: "read" | "delivered",
     id: ConversationId,
     actor: Actor,
     upTo: number | string | undefined,
-  ): Promise<{ user: UserId; readUpTo: number; moved: boolean }> {
+  ): Promise<{ user: UserId; readUpTo: number; deliveredUpTo: number; moved: boolean }> {
     const moved = await this.write(id, actor, (doc) => {
       if (!getConversation(doc)) throw notFound(id)
-      return markRead(doc, actor.user, (upTo ?? "latest") as number | MessageId | "latest")
+      const target = (upTo ?? "latest") as number | MessageId | "latest"
+      return which === "read" ? markRead(doc, actor.user, target) : markDelivered(doc, actor.user, target)
     })
-    const readUpTo = await this.core.read(id, (doc) => markersOf(doc, actor.user).read)
-    return { user: actor.user, readUpTo, moved }
+    const markers = await this.core.read(id, (doc) => markersOf(doc, actor.user))
+    return { user: actor.user, readUpTo: markers.read, deliveredUpTo: markers.delivered, moved }
   }
 
   /**

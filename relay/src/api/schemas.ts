@@ -282,8 +282,13 @@ export const MessageListSchema = z
   .openapi("MessageList")
 
 export const MarkReadResultSchema = z
-  .object({ user: UserIdSchema, readUpTo: z.number().int(), moved: z.boolean() })
-  .openapi("MarkReadResult")
+  .object({
+    user: UserIdSchema,
+    readUpTo: z.number().int(),
+    deliveredUpTo: z.number().int(),
+    moved: z.boolean().openapi({ description: "False when the marker was there or further already." }),
+  })
+  .openapi("MarkerResult")
 
 export const InboxPageSchema = z
   .object({

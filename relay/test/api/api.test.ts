@@ -198,14 +198,28 @@ describe("HTTP API against a relay process", () => {
         unread: 2,
         muted: false,
       })
+      const delivered = await full("POST", "/v1/conversations/g~api-sync/delivered", { asUser: "alice" })
+      expect(delivered.body).toEqual({
+        user: "alice",
+        readUpTo: 0,
+        deliveredUpTo: second.body.seq,
+        moved: true,
+      })
       const read = await full("POST", "/v1/conversations/g~api-sync/read", {
         asUser: "alice",
         upTo: sent.body.id,
       })
-      expect(read.body).toEqual({ user: "alice", readUpTo: sent.body.seq, moved: true })
+      expect(read.body).toEqual({
+        user: "alice",
+        readUpTo: sent.body.seq,
+        deliveredUpTo: second.body.seq,
+        moved: true,
+      })
       await docUntil(doc, () => doc.getMap("read").get("alice") === sent.body.seq)
+      const again = await full("POST", "/v1/conversations/g~api-sync/read", { asUser: "alice", upTo: 1 })
+      expect(again.body.moved).toBe(false)
       const latest = await full("POST", "/v1/conversations/g~api-sync/read", { asUser: "alice" })
-      expect(latest.body).toEqual({ user: "alice", readUpTo: second.body.seq, moved: true })
+      expect(latest.body).toMatchObject({ user: "alice", readUpTo: second.body.seq, moved: true })
       await expect
         .poll(async () => (await reader("GET", "/v1/users/alice/unread")).body.total, { timeout: 10_000 })
         .toBe(0)
