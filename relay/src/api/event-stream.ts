@@ -51,10 +51,23 @@ export class EventStreams {
         ),
         429,
       )
-    // The resume point is checked before the stream starts: an expired or unknown one is a plain error.
-    const after = query.after ?? (await source.latest())
-    const first = await source.read({ ...query, after, limit: BATCH })
+    // Counted before the first await, so that concurrent opens cannot pass the bound together.
     this.openPerKey.set(keyId, count + 1)
+    const release = () => {
+      const left = (this.openPerKey.get(keyId) ?? 1) - 1
+      if (left > 0) this.openPerKey.set(keyId, left)
+      else this.openPerKey.delete(keyId)
+    }
+    let after: string
+    let first: Awaited<ReturnType<ApiEventSource["read"]>>
+    try {
+      // The resume point is checked before the stream starts: an expired or unknown one is a plain error.
+      after = query.after ?? (await source.latest())
+      first = await source.read({ ...query, after, limit: BATCH })
+    } catch (error) {
+      release()
+      throw error
+    }
     return streamSSE(c, async (stream) => {
       let wake: (() => void) | undefined
       // Subscribed after the first read: read once more at once, so that nothing recorded in between waits.
@@ -105,9 +118,7 @@ export class EventStreams {
       } finally {
         unsubscribe()
         this.options.signal?.removeEventListener("abort", close)
-        const left = (this.openPerKey.get(keyId) ?? 1) - 1
-        if (left > 0) this.openPerKey.set(keyId, left)
-        else this.openPerKey.delete(keyId)
+        release()
         await stream.close().catch(() => undefined)
       }
     })

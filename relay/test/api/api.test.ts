@@ -414,6 +414,10 @@ describe("HTTP API against a relay process", () => {
     expect([metadata.status, metadata.body.code]).toEqual([422, "INVALID_UPDATE"])
     const huge = await full("POST", "/v1/conversations/g~api-group/messages", { body: "x".repeat(300_000) })
     expect([huge.status, huge.body.code]).toEqual([413, "TOO_LARGE"])
+    const notJson = await full("POST", "/v1/conversations/g~api-group/messages", undefined, {
+      "content-type": "text/plain",
+    })
+    expect([notJson.status, notJson.contentType]).toEqual([415, "application/problem+json"])
     const noRoute = await full("GET", "/v1/nothing-here")
     expect([noRoute.status, noRoute.contentType]).toEqual([404, "application/problem+json"])
     // The relay still serves.
