@@ -65,6 +65,8 @@ function operation<
 >(scope: ApiScope, config: R) {
   return createRoute({
     ...config,
+    // A route without query parameters still refuses unknown ones (a misspelt filter is an error).
+    request: { query: S.NoQuery, ...config.request },
     description:
       `${config.description ?? ""}\n\nScope: \`${scope}\` (and \`act-as-user\` with \`asUser\`).`.trim(),
     security: [{ apiKey: [scope] }],
@@ -150,6 +152,20 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   }
 
   app.doc31("/v1/openapi.json", openApiInfo)
+  app.use("/v1/*", async (c, next) => {
+    // @hono/node-server's light request (the relay leaves Node's globals alone) cannot be copied by
+    // the global Request constructor, which bodyLimit uses: give it a standard one over the same stream.
+    const raw = c.req.raw
+    if (raw.body)
+      c.req.raw = new Request(raw.url, {
+        method: raw.method,
+        headers: raw.headers,
+        body: raw.body,
+        signal: raw.signal,
+        duplex: "half",
+      } as RequestInit)
+    await next()
+  })
   app.use(
     "/v1/*",
     bodyLimit({

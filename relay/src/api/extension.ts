@@ -39,7 +39,9 @@ export class ApiExtension implements RelayExtension {
       ...(events ? { events } : {}),
       ...(this.options.limits ? { limits: this.options.limits } : {}),
     })
-    this.listener = getRequestListener(app.fetch)
+    // Node's own Request and Response stay global: the relay may share its process with an app
+    // (and the SDK in tests) that must not get @hono/node-server's stand-ins.
+    this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
   }
 
   async httpRequest({ req, res }: HttpRequest): Promise<boolean> {

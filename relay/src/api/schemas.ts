@@ -76,6 +76,8 @@ export const ReactionParams = z.strictObject({
 export const UserParams = z.strictObject({
   user: UserIdSchema.openapi({ param: { name: "user", in: "path" } }),
 })
+/** The query of routes that take none: empty, strictly. */
+export const NoQuery = z.strictObject({})
 /** `?asUser=` of the requests without a body (deletions). */
 export const AsUserQuery = z.strictObject({ asUser })
 

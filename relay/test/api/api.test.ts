@@ -405,6 +405,8 @@ describe("HTTP API against a relay process", () => {
     expect(badLimit.status).toBe(400)
     const unknownQuery = await reader("GET", "/v1/conversations/g~api-group/messages?limt=3")
     expect(unknownQuery.status).toBe(400)
+    const unexpectedQuery = await reader("GET", "/v1/conversations/g~api-group?asUser=alice")
+    expect(unexpectedQuery.status).toBe(400)
     const tooLong = await full("POST", "/v1/conversations/g~api-group/messages", { body: "x".repeat(16_001) })
     expect(tooLong.status).toBe(400)
     const metadata = await full("POST", "/v1/conversations/g~api-group/messages", {
