@@ -43,4 +43,27 @@ describe("HTTP API limits", () => {
     expect([huge.status, huge.body.code]).toEqual([413, "TOO_LARGE"])
     expect((await api("GET", "/v1/conversations/g~x")).status).toBe(404)
   })
+
+  it("counts a body sent without a length (chunked) as it arrives", async () => {
+    const backend = new MemoryBackend()
+    relay = await startRelay({
+      port: 0,
+      backend,
+      dev: true,
+      log: "silent",
+      apiLimits: { maxBodyBytes: 1024 },
+    })
+    const made = newApiKey("chunked", ["conversations:write"])
+    await backend.keys.create(made.record)
+    const send = (json: string) =>
+      fetch(`${relay!.httpUrl}/v1/conversations`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${made.key}`, "content-type": "application/json" },
+        body: new Blob([json]).stream(),
+        duplex: "half",
+      } as RequestInit)
+    expect((await send(JSON.stringify({ title: "small", participants: [] }))).status).toBe(201)
+    const big = await send(JSON.stringify({ title: "t".repeat(4000), participants: [] }))
+    expect(big.status).toBe(413)
+  })
 })
