@@ -152,6 +152,11 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   }
 
   app.doc31("/v1/openapi.json", openApiInfo)
+  // Authenticated first: a stranger's body is never read, whatever its length.
+  app.use("/v1/*", async (c, next) => {
+    if (c.req.path === "/v1/openapi.json") return next()
+    return authenticate(c, next)
+  })
   app.use("/v1/*", async (c, next) => {
     // @hono/node-server's light request (the relay leaves Node's globals alone) cannot be copied by
     // the global Request constructor, which bodyLimit uses: give it a standard one over the same stream.
@@ -180,10 +185,6 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
         ),
     }),
   )
-  app.use("/v1/*", async (c, next) => {
-    if (c.req.path === "/v1/openapi.json") return next()
-    return authenticate(c, next)
-  })
 
   const need = (c: Context<Env>, scope: ApiScope) => {
     const key = c.get("key")
