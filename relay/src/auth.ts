@@ -8,7 +8,7 @@ import {
   jwtVerify,
   SignJWT,
 } from "jose"
-import type { Principal } from "./principal.js"
+import { type Principal, SERVICE_PARTICIPANT_PREFIX } from "./principal.js"
 
 /** How tokens are verified: exactly one key source. */
 export type AuthKey =
@@ -198,6 +198,11 @@ function claimedIssuer(token: string): unknown {
 
 function principalOf(payload: JWTPayload): Principal {
   if (payload.role === SERVICE_ROLE) return { kind: "service", subject: String(payload.sub) }
+  if (typeof payload.sub === "string" && payload.sub.startsWith(SERVICE_PARTICIPANT_PREFIX))
+    throw new ParleyError(
+      ErrorCode.UNAUTHORIZED,
+      `subjects starting with "${SERVICE_PARTICIPANT_PREFIX}" are reserved for API keys' services`,
+    )
   try {
     return { kind: "user", user: parseUserId(payload.sub) }
   } catch (error) {

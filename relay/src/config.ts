@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs"
 import { HistoryDefaults } from "@parley/shared"
 import { Command, CommanderError, Option } from "commander"
+import { DEFAULT_API_LIMITS } from "./api/limits.js"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
 import { DEFAULT_EVENT_RETENTION } from "./hooks/event-log.js"
@@ -419,6 +420,35 @@ export const RELAY_FLAGS = {
     env: "PARLEY_SKIP_WARM_UP",
     help: "do not warm up the update path after listening (on by default: the first large frames cost less)",
   }),
+  "api-disabled": flag({
+    kind: "boolean",
+    env: "PARLEY_API_DISABLED",
+    help: "do not serve the HTTP API (/v1)",
+  }),
+  "api-max-body-bytes": flag({
+    kind: "integer",
+    env: "PARLEY_API_MAX_BODY_BYTES",
+    help: "largest HTTP API request body (413 beyond)",
+    default: DEFAULT_API_LIMITS.maxBodyBytes,
+  }),
+  "api-requests-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_API_REQUESTS_PER_SECOND",
+    help: "average HTTP API requests a second per API key (429 beyond)",
+    default: DEFAULT_API_LIMITS.requestsPerSecond,
+  }),
+  "api-request-burst": flag({
+    kind: "integer",
+    env: "PARLEY_API_REQUEST_BURST",
+    help: "HTTP API requests per API key in a burst",
+    default: DEFAULT_API_LIMITS.requestBurst,
+  }),
+  "api-streams-per-key": flag({
+    kind: "integer",
+    env: "PARLEY_API_STREAMS_PER_KEY",
+    help: "event streams (/v1/events) one API key may hold open",
+    default: DEFAULT_API_LIMITS.streamsPerKey,
+  }),
   help: flag({ kind: "boolean", help: "print this help" }),
 } as const
 
@@ -598,7 +628,7 @@ export function storageLocation(
 /** The relay's command line. */
 function relayCommand(): Command {
   return commandOf("parley-relay", RELAY_FLAGS)
-    .usage("[options]\n       parley-relay dead-letters|damaged|rebuild-inboxes ... (--help for each)")
+    .usage("[options]\n       parley-relay dead-letters|damaged|rebuild-inboxes|keys ... (--help for each)")
     .description("Parley relay: syncs, checks, persists and hooks conversation documents.")
 }
 
@@ -704,6 +734,13 @@ export function parseConfig(
         : false,
     warmUp: v["skip-warm-up"] !== true,
     trustProxy: v["trust-proxy"] === true,
+    api: v["api-disabled"] !== true,
+    apiLimits: {
+      maxBodyBytes: Math.max(1, v["api-max-body-bytes"]),
+      requestsPerSecond: Math.max(1, v["api-requests-per-second"]),
+      requestBurst: Math.max(1, v["api-request-burst"]),
+      streamsPerKey: Math.max(1, v["api-streams-per-key"]),
+    },
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),

@@ -11,6 +11,7 @@ export function closeFor(code: ErrorCode): { code: number; reason: string } {
       return CloseCode.NotFound
     case "INVALID_UPDATE":
     case "INVALID_ARGUMENT":
+    case "CONFLICT":
     case "MALFORMED_FRAME":
     case "EVENTS_EXPIRED":
       return CloseCode.MalformedFrame

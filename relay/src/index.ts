@@ -16,6 +16,18 @@ export type {
 } from "@parley/shared"
 export type { Access } from "./access.js"
 export { accessOf } from "./access.js"
+export { openApiDocument } from "./api/app.js"
+export type { ApiEventEntry, ApiEventQuery, ApiEventSource } from "./api/event-source.js"
+export { ApiExtension, type ApiExtensionOptions } from "./api/extension.js"
+export {
+  API_SCOPES,
+  type ApiKeyRecord,
+  type ApiKeyStore,
+  type ApiScope,
+  MemoryApiKeyStore,
+  newApiKey,
+} from "./api/keys.js"
+export { type ApiLimits, DEFAULT_API_LIMITS } from "./api/limits.js"
 export type { AuthKey, AuthOptions, VerifiedToken } from "./auth.js"
 export { Authenticator, DEV_TOKEN_ISSUER, SERVICE_ROLE } from "./auth.js"
 export {

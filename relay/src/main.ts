@@ -13,6 +13,10 @@ async function main(): Promise<void> {
     const { runDamagedCli } = await import("./storage/damaged-cli.js")
     process.exit(await runDamagedCli(process.argv.slice(3)))
   }
+  if (process.argv[2] === "keys") {
+    const { runKeysCli } = await import("./api/keys-cli.js")
+    process.exit(await runKeysCli(process.argv.slice(3)))
+  }
   if (process.argv[2] === "rebuild-inboxes") {
     const { runRebuildInboxesCli } = await import("./inbox/rebuild-cli.js")
     process.exit(await runRebuildInboxesCli(process.argv.slice(3)))

@@ -2,7 +2,6 @@ import {
   CloseCode,
   type ConversationId,
   ErrorCode,
-  encodeAwareness,
   encodeHistoryPage,
   encodeSyncUpdate,
   lastSequence,

@@ -1,4 +1,6 @@
 import { ErrorCode, HistoryDefaults, ParleyError } from "@parley/shared"
+import { ApiExtension } from "./api/extension.js"
+import type { ApiLimits } from "./api/limits.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
@@ -91,6 +93,10 @@ export interface RelayOptions {
   readonly eventRetention?: Partial<EventRetention>
   /** Between two background prunes of the event log. Default 60 s. */
   readonly eventPruneIntervalMs?: number
+  /** Serve the HTTP API under `/v1` (default true; see API.md). Keys: `parley-relay keys create`. */
+  readonly api?: boolean
+  /** Limits of the HTTP API (body size, requests and event streams per key, heartbeat). */
+  readonly apiLimits?: Partial<ApiLimits>
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
   /**
@@ -264,6 +270,15 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     hooks,
     events,
     metricsExtension(metrics),
+    ...(options.api === false
+      ? []
+      : [
+          new ApiExtension({
+            keys: backend.keys,
+            log: log.child({ component: "api" }),
+            ...(options.apiLimits ? { limits: options.apiLimits } : {}),
+          }),
+        ]),
   ]
   const core = new RelayCore({
     storage,

@@ -6,6 +6,8 @@ export const ErrorCode = {
   UNAUTHORIZED: "UNAUTHORIZED",
   FORBIDDEN: "FORBIDDEN",
   NOT_FOUND: "NOT_FOUND",
+  /** The request conflicts with what is there (e.g. an idempotency key reused with another request). */
+  CONFLICT: "CONFLICT",
   INVALID_UPDATE: "INVALID_UPDATE",
   INVALID_ARGUMENT: "INVALID_ARGUMENT",
   MALFORMED_FRAME: "MALFORMED_FRAME",

@@ -9,13 +9,15 @@
  */
 import { spawn } from "node:child_process"
 import { once } from "node:events"
-import { mkdirSync, rmSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { type AddressInfo, createServer } from "node:net"
+import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { createChatClient } from "@parley/client"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import WebSocket from "ws"
+import { runKeysCli } from "../../relay/src/api/keys-cli.js"
 import {
   type RelayProcess,
   startRelayProcess,
@@ -24,7 +26,7 @@ import {
 import { blockName, type DocBlock, ILLUSTRATION, RUN, readBlocks } from "./blocks.js"
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url))
-const DOCS = ["README.md", "client/README.md", "relay/README.md", "relay/HOOKS.md"]
+const DOCS = ["README.md", "client/README.md", "relay/README.md", "relay/HOOKS.md", "relay/API.md"]
 /** Where the docs say a relay listens (`npm start`); replaced by the test relay's address. */
 const DOCUMENTED_ADDRESS = "127.0.0.1:1234"
 const blocks = DOCS.flatMap((file) => readBlocks(ROOT, file))
@@ -33,10 +35,22 @@ const runnable = blocks.filter((block) => (RUN as readonly string[]).includes(bl
 const work = join(ROOT, ".tsbuild/doc-blocks")
 
 let relay: RelayProcess
+/** An HTTP API key with every scope, made in the docs' relay's data before it starts (API.md's `$PARLEY_API_KEY`). */
+let apiKey: string
+let relayData: string
 beforeAll(async () => {
   rmSync(work, { recursive: true, force: true })
   mkdirSync(join(work, "run"), { recursive: true })
-  relay = await startRelayProcess({ args: ["--dev"] })
+  relayData = mkdtempSync(join(tmpdir(), "parley-docs-"))
+  const made: string[] = []
+  const scopes = "conversations:read,conversations:write,messages:read,messages:write,events:read,act-as-user"
+  await runKeysCli(
+    ["create", "docs", "--scopes", scopes, "--data-dir", relayData],
+    (line) => made.push(line),
+    {},
+  )
+  apiKey = (JSON.parse(made[0]!) as { key: string }).key
+  relay = await startRelayProcess({ dataDir: relayData, args: ["--dev"] })
   const closed = createServer().listen(0, "127.0.0.1")
   await once(closed, "listening")
   offlineAddress = `127.0.0.1:${(closed.address() as AddressInfo).port}`
@@ -45,6 +59,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await stopRelayProcesses()
   rmSync(work, { recursive: true, force: true })
+  rmSync(relayData, { recursive: true, force: true })
 })
 
 /** Runs a program to its end; a program still running after `timeoutMs` is killed (and fails). */
@@ -132,7 +147,7 @@ async function runShell(block: DocBlock): Promise<void> {
   await stopped.kill()
   const { code, output } = await run("bash", ["-euo", "pipefail", "-c", localize(block.code)], {
     cwd,
-    env: { SERVICE_TOKEN: await relay.token("doc-ops", { role: "service" }) },
+    env: { SERVICE_TOKEN: await relay.token("doc-ops", { role: "service" }), PARLEY_API_KEY: apiKey },
   })
   expect(code, `${where(block)} exited with ${code}:\n${output}`).toBe(0)
 }

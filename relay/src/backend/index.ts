@@ -1,4 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
+import type { ApiKeyStore } from "../api/keys.js"
 import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
@@ -66,6 +67,7 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
     events: withDeadlines<EventLog>(backend.events, options.timeoutMs, "event log"),
     bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
     history: withDeadlines<HistoryStore>(backend.history, options.timeoutMs, "history segments"),
+    keys: withDeadlines<ApiKeyStore>(backend.keys, options.timeoutMs, "API keys"),
     close: () => backend.close(),
   }
 }

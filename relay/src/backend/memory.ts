@@ -1,3 +1,4 @@
+import { MemoryApiKeyStore } from "../api/keys.js"
 import { MemoryHistoryStore } from "../history/store.js"
 import { MemoryEventLog } from "../hooks/memory-event-log.js"
 import { MemoryOutbox } from "../hooks/outbox.js"
@@ -13,6 +14,7 @@ export class MemoryBackend implements Backend {
   readonly outbox = new MemoryOutbox(this.events)
   readonly bindings = new MemoryClientBindingStore()
   readonly history = new MemoryHistoryStore()
+  readonly keys = new MemoryApiKeyStore()
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
   constructor(data?: MemoryData) {

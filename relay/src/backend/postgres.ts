@@ -1,4 +1,5 @@
 import type pg from "pg"
+import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
 import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
 import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
@@ -30,6 +31,7 @@ export class PostgresBackend implements Backend {
   readonly events: PostgresEventLog
   readonly bindings: PostgresClientBindingStore
   readonly history: PostgresHistoryStore
+  readonly keys: PostgresApiKeyStore
   private closed = false
 
   private constructor(private readonly pool: pg.Pool) {
@@ -38,6 +40,7 @@ export class PostgresBackend implements Backend {
     this.outbox = new PostgresOutbox(pool, this.events)
     this.bindings = new PostgresClientBindingStore(pool)
     this.history = new PostgresHistoryStore(pool)
+    this.keys = new PostgresApiKeyStore(pool)
   }
 
   /** Connects to `url` and creates the tables if needed. */
@@ -52,6 +55,7 @@ export class PostgresBackend implements Backend {
         EVENT_LOG_SCHEMA,
         BINDINGS_SCHEMA,
         POSTGRES_HISTORY_SCHEMA,
+        API_KEYS_SCHEMA,
       ].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),

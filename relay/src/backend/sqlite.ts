@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import Database from "better-sqlite3"
+import { SqliteApiKeyStore } from "../api/key-stores.js"
 import { SqliteHistoryStore } from "../history/store.js"
 import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
@@ -41,6 +42,7 @@ export class SqliteBackend implements Backend {
   readonly events: SqliteEventLog
   readonly bindings: SqliteClientBindingStore
   readonly history: SqliteHistoryStore
+  readonly keys: SqliteApiKeyStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -64,6 +66,7 @@ export class SqliteBackend implements Backend {
       this.outbox = new SqliteOutbox(this.db, this.events)
       this.bindings = new SqliteClientBindingStore(this.db)
       this.history = new SqliteHistoryStore(this.db)
+      this.keys = new SqliteApiKeyStore(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

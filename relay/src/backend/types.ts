@@ -1,3 +1,4 @@
+import type { ApiKeyStore } from "../api/keys.js"
 import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
@@ -31,6 +32,8 @@ export interface Backend {
   readonly bindings: ClientBindingStore
   /** Conversations' sealed history segments (see shared `history.ts`). */
   readonly history: HistoryStore
+  /** The HTTP API's service keys (hashed). */
+  readonly keys: ApiKeyStore
   /**
    * Finishes pending writes of every part and releases the database. The
    * parts' own `close` only finish their pending writes: the relay closes them

@@ -24,7 +24,8 @@ import type * as Y from "yjs"
 export type HookActor =
   | { readonly kind: "user"; readonly user: UserId }
   | { readonly kind: "bot"; readonly user: UserId; readonly hook: string }
-  | { readonly kind: "service"; readonly subject: string }
+  /** An API key's service; `user` is the participant it wrote as (its own `service.<name>`, or a user it acts for). */
+  | { readonly kind: "service"; readonly subject: string; readonly user?: UserId }
   | { readonly kind: "relay" }
   | { readonly kind: "unknown" }
 

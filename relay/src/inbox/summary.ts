@@ -1,16 +1,50 @@
 import {
   type ConversationId,
   ErrorCode,
+  type InboxEntry,
+  type InboxItem,
   InboxTopLevel,
   inboxDocumentName,
+  inboxEntryFor,
   mutedConversations,
   ParleyError,
-  roleOf,
   type UserId,
-  unreadCount,
 } from "@parley/shared"
 import type { RunningCore } from "../extension.js"
 import type { InboxSummary } from "../hooks/define.js"
+
+/**
+ * `user`'s inbox derived from the conversations it lists (membership is what
+ * the inbox document stores durably; every entry is computed from the
+ * conversation: title, preview, the user's read marker and unread count),
+ * newest activity first. Exact whether or not anyone keeps the user's inbox
+ * current, at one read per conversation they are in, done only when asked.
+ */
+export async function derivedInbox(core: RunningCore, user: UserId): Promise<InboxItem[]> {
+  const { ids, muted } = await core.read(inboxDocumentName(user), (inbox) => ({
+    ids: [...inbox.getMap(InboxTopLevel.entries).keys()] as ConversationId[],
+    muted: new Set(mutedConversations(inbox)),
+  }))
+  const items: InboxItem[] = []
+  for (const id of ids) {
+    let entry: InboxEntry | undefined
+    try {
+      entry = await core.read(id, (doc) => inboxEntryFor(doc, user))
+    } catch (error) {
+      // A damaged or unknown conversation is left out until it is restored.
+      if (
+        error instanceof ParleyError &&
+        (error.code === ErrorCode.DAMAGED || error.code === ErrorCode.NOT_FOUND)
+      )
+        continue
+      throw error
+    }
+    if (entry) items.push({ ...entry, muted: muted.has(id) })
+  }
+  return items.sort(
+    (a, b) => b.lastActivityAt - a.lastActivityAt || a.conversationId.localeCompare(b.conversationId),
+  )
+}
 
 /**
  * A user's unread counts and mute flags, derived from the conversations
@@ -20,30 +54,16 @@ import type { InboxSummary } from "../hooks/define.js"
  * hook asking for a badge), never per message for every member.
  */
 export async function inboxSummary(core: RunningCore, user: UserId): Promise<InboxSummary> {
-  const { ids, muted } = await core.read(inboxDocumentName(user), (inbox) => ({
-    ids: [...inbox.getMap(InboxTopLevel.entries).keys()] as ConversationId[],
-    muted: mutedConversations(inbox),
-  }))
+  const items = await derivedInbox(core, user)
   const unread: Record<ConversationId, number> = {}
   let totalUnread = 0
-  for (const id of ids) {
-    let count: number | undefined
-    try {
-      count = await core.read(id, (doc) =>
-        roleOf(doc, user) === undefined ? undefined : unreadCount(doc, user),
-      )
-    } catch (error) {
-      // A damaged or unknown conversation counts nothing until it is restored.
-      if (
-        error instanceof ParleyError &&
-        (error.code === ErrorCode.DAMAGED || error.code === ErrorCode.NOT_FOUND)
-      )
-        continue
-      throw error
-    }
-    if (count === undefined) continue
-    unread[id] = count
-    totalUnread += count
+  for (const item of items) {
+    unread[item.conversationId] = item.unread
+    totalUnread += item.unread
   }
-  return { totalUnread, unread, muted }
+  return {
+    totalUnread,
+    unread,
+    muted: items.filter((i) => i.muted).map((i) => i.conversationId),
+  }
 }

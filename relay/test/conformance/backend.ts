@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import type { Backend } from "../../src/backend/types.js"
 import type { RelayStorage } from "../../src/storage/types.js"
+import { runApiKeyStoreConformance } from "./api-keys.js"
 import { runBindingStoreConformance } from "./bindings.js"
 import { runEventLogConformance } from "./event-log.js"
 import { runOutboxConformance, sampleEvent } from "./outbox.js"
@@ -70,6 +71,16 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
     return {
       store: first.bindings,
       reopen: async () => (persistent ? (await open()).bindings : first.bindings),
+      cleanup,
+    }
+  })
+
+  runApiKeyStoreConformance(name, async () => {
+    const { open, cleanup, persistent } = await opener(setup)
+    const first = await open()
+    return {
+      store: first.keys,
+      reopen: async () => (persistent ? (await open()).keys : first.keys),
       cleanup,
     }
   })

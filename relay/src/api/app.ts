@@ -1,0 +1,563 @@
+import { createRoute, OpenAPIHono, type z } from "@hono/zod-openapi"
+import { type ConversationId, ErrorCode, type MessageId, ParleyError, type UserId } from "@parley/shared"
+import type { Context, MiddlewareHandler } from "hono"
+import { bodyLimit } from "hono/body-limit"
+import { HTTPException } from "hono/http-exception"
+import type { ContentfulStatusCode } from "hono/utils/http-status"
+import type { RunningCore } from "../extension.js"
+import type { Logger } from "../log.js"
+import { serviceParticipant } from "../principal.js"
+import { RateLimiter } from "../rate-limit.js"
+import type { ApiEventSource } from "./event-source.js"
+import { EventStreams } from "./event-stream.js"
+import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
+import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
+import { type Actor, ApiOperations, idempotentMessageId } from "./operations.js"
+import { problemResponse, refuse } from "./problem.js"
+import * as S from "./schemas.js"
+
+/** What the API is built on. */
+export interface ApiOptions {
+  readonly core: RunningCore
+  readonly keys: ApiKeyStore
+  readonly log: Logger
+  /** The durable event log behind `/v1/events`; without it the stream answers 503. */
+  readonly events?: ApiEventSource
+  readonly limits?: Partial<ApiLimits>
+  /** Aborted when the relay stops: open event streams end. */
+  readonly signal?: AbortSignal
+}
+
+type Env = { Variables: { key: ApiKeyRecord } }
+
+const problemContent = { "application/problem+json": { schema: S.ProblemSchema } }
+const PROBLEMS = Object.fromEntries(
+  (
+    [
+      [400, "Malformed JSON, an unknown field or an invalid value"],
+      [401, "No API key, or an unknown or revoked one"],
+      [403, "The key lacks the scope, or the document rules refuse the write (`rule` names the rule)"],
+      [404, "No such conversation or message"],
+      [409, "Already exists, or an idempotency key or message id reused for a different message"],
+      [413, "Request body too large"],
+      [422, "Well-formed, but the conversation refuses it (e.g. metadata too large)"],
+      [429, "Too many requests (or event streams) for this key"],
+    ] as const
+  ).map(([status, description]) => [status, { description, content: problemContent }]),
+) as Record<
+  400 | 401 | 403 | 404 | 409 | 413 | 422 | 429,
+  { description: string; content: typeof problemContent }
+>
+
+const json = <T extends z.ZodType>(schema: T, description: string) => ({
+  description,
+  content: { "application/json": { schema } },
+})
+const body = <T extends z.ZodType>(schema: T) => ({
+  body: { required: true, content: { "application/json": { schema } } },
+})
+
+/** One operation of the API, secured by an API key with `scope`. */
+function operation<
+  const R extends Omit<Parameters<typeof createRoute>[0], "security" | "responses"> & {
+    responses: Record<number, unknown>
+  },
+>(scope: ApiScope, config: R) {
+  return createRoute({
+    ...config,
+    // A route without query parameters still refuses unknown ones (a misspelt filter is an error).
+    request: { query: S.NoQuery, ...config.request },
+    description:
+      `${config.description ?? ""}\n\nScope: \`${scope}\` (and \`act-as-user\` with \`asUser\`).`.trim(),
+    security: [{ apiKey: [scope] }],
+    responses: { ...config.responses, ...PROBLEMS } as R["responses"] & typeof PROBLEMS,
+  } as never) as unknown as R & { method: R["method"]; path: R["path"] }
+}
+
+/**
+ * Builds the HTTP API (`/v1/...`): Hono routes declared with zod schemas, which
+ * validate every request and generate the OpenAPI 3.1 document.
+ */
+export function createApi(options: ApiOptions): OpenAPIHono<Env> {
+  const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
+  const ops = new ApiOperations(options.core)
+  const buckets = new Map<string, RateLimiter>()
+  const streams = new EventStreams({
+    limits,
+    log: options.log,
+    ...(options.events ? { source: options.events } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+  })
+
+  const app = new OpenAPIHono<Env>({
+    defaultHook: (result, c) => {
+      if (result.success) return
+      const detail = result.error.issues
+        .slice(0, 10)
+        .map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`)
+        .join("; ")
+      return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, detail))
+    },
+  })
+  app.openAPIRegistry.registerComponent("securitySchemes", "apiKey", {
+    type: "http",
+    scheme: "bearer",
+    description: "An API key made with `parley-relay keys create` (`pk_...`).",
+  })
+
+  app.onError((error, c) => {
+    if (error instanceof ParleyError) return problemResponse(c, error)
+    if (error instanceof HTTPException && error.status < 500)
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.INVALID_ARGUMENT, error.message || "bad request"),
+        error.status as ContentfulStatusCode,
+      )
+    options.log.error({ err: error, path: c.req.path }, "API request failed")
+    return problemResponse(c, new ParleyError(ErrorCode.INTERNAL, "internal error"))
+  })
+  app.notFound((c) =>
+    problemResponse(c, new ParleyError(ErrorCode.NOT_FOUND, `no route ${c.req.method} ${c.req.path}`)),
+  )
+
+  const authenticate: MiddlewareHandler<Env> = async (c, next) => {
+    const header = c.req.header("authorization") ?? ""
+    const presented = /^Bearer (\S+)$/i.exec(header)?.[1]
+    const parts = presented ? splitApiKey(presented) : undefined
+    const record = parts ? await options.keys.get(parts.id) : undefined
+    // One answer for every failure: a prober learns nothing about which ids exist.
+    if (!parts || !record || record.revokedAt !== undefined || !secretMatches(record, parts.secret))
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer pk_...)"),
+        401,
+        { "www-authenticate": 'Bearer realm="parley"' },
+      )
+    let bucket = buckets.get(record.id)
+    if (!bucket) {
+      bucket = new RateLimiter(limits.requestsPerSecond, limits.requestBurst)
+      buckets.set(record.id, bucket)
+    }
+    if (!bucket.take())
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.RATE_LIMITED, "too many requests for this API key"),
+        429,
+        {
+          "retry-after": String(Math.max(1, Math.ceil(1 / limits.requestsPerSecond))),
+        },
+      )
+    c.set("key", record)
+    await next()
+  }
+
+  app.doc31("/v1/openapi.json", openApiInfo)
+  // Authenticated first: a stranger's body is never read, whatever its length.
+  app.use("/v1/*", async (c, next) => {
+    if (c.req.path === "/v1/openapi.json") return next()
+    return authenticate(c, next)
+  })
+  app.use("/v1/*", async (c, next) => {
+    // @hono/node-server's light request (the relay leaves Node's globals alone) cannot be copied by
+    // the global Request constructor, which bodyLimit uses: give it a standard one over the same stream.
+    const raw = c.req.raw
+    if (raw.body)
+      c.req.raw = new Request(raw.url, {
+        method: raw.method,
+        headers: raw.headers,
+        body: raw.body,
+        signal: raw.signal,
+        duplex: "half",
+      } as RequestInit)
+    await next()
+  })
+  app.use(
+    "/v1/*",
+    bodyLimit({
+      maxSize: limits.maxBodyBytes,
+      onError: (c) =>
+        problemResponse(
+          c,
+          new ParleyError(ErrorCode.TOO_LARGE, `request body exceeds ${limits.maxBodyBytes} bytes`),
+          413,
+          // The rest of the body is not read: the connection cannot carry another request.
+          { connection: "close" },
+        ),
+    }),
+  )
+
+  const need = (c: Context<Env>, scope: ApiScope) => {
+    const key = c.get("key")
+    if (!key.scopes.includes(scope))
+      throw refuse(ErrorCode.FORBIDDEN, `this API key lacks the scope ${JSON.stringify(scope)}`)
+    return key
+  }
+  /** The actor of a write needing `scope`: the key's own participant, or `asUser` (with `act-as-user`). */
+  const actorOf = (c: Context<Env>, scope: ApiScope, asUser: string | undefined): Actor => {
+    const key = need(c, scope)
+    if (asUser === undefined)
+      return {
+        principal: { kind: "service", subject: key.name, user: serviceParticipant(key.name) },
+        user: serviceParticipant(key.name),
+      }
+    need(c, "act-as-user")
+    const user = asUser as UserId
+    return { principal: { kind: "service", subject: key.name, user }, user }
+  }
+  const reply = (c: Context, data: unknown, status: ContentfulStatusCode = 200) =>
+    c.json(data as never, status) as never
+  const conversationId = (id: string) => id as ConversationId
+
+  // --- conversations
+
+  app.openapi(
+    operation("conversations:write", {
+      method: "post",
+      path: "/v1/conversations",
+      summary: "Create a group conversation",
+      description: "The actor becomes its owner; each participant gets its role (default member).",
+      request: body(S.CreateConversationBody),
+      responses: { 201: json(S.ConversationSchema, "Created") },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "conversations:write", input.asUser)
+      return reply(c, await ops.createGroup(actor, input), 201)
+    },
+  )
+
+  app.openapi(
+    operation("conversations:write", {
+      method: "post",
+      path: "/v1/conversations/direct",
+      summary: "Find or create a direct conversation",
+      description:
+        "The direct conversation of the actor and `with`: 201 when created, 200 when it was there.",
+      request: body(S.DirectConversationBody),
+      responses: { 200: json(S.ConversationSchema, "Found"), 201: json(S.ConversationSchema, "Created") },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "conversations:write", input.asUser)
+      const { conversation, created } = await ops.direct(actor, input.with as UserId)
+      return reply(c, conversation, created ? 201 : 200)
+    },
+  )
+
+  app.openapi(
+    operation("conversations:read", {
+      method: "get",
+      path: "/v1/conversations/{id}",
+      summary: "Get a conversation",
+      description: "Participants, roles, read/delivered markers, last message.",
+      request: { params: S.ConversationParams },
+      responses: { 200: json(S.ConversationSchema, "The conversation") },
+    }),
+    async (c) => {
+      need(c, "conversations:read")
+      return reply(c, await ops.get(conversationId(c.req.valid("param").id)))
+    },
+  )
+
+  app.openapi(
+    operation("conversations:write", {
+      method: "patch",
+      path: "/v1/conversations/{id}",
+      summary: "Rename a conversation or set its metadata",
+      request: { params: S.ConversationParams, ...body(S.UpdateConversationBody) },
+      responses: { 200: json(S.ConversationSchema, "The conversation after the change") },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "conversations:write", input.asUser)
+      return reply(c, await ops.update(conversationId(c.req.valid("param").id), actor, input))
+    },
+  )
+
+  app.openapi(
+    operation("conversations:write", {
+      method: "delete",
+      path: "/v1/conversations/{id}",
+      summary: "Delete a conversation",
+      request: { params: S.ConversationParams, query: S.AsUserQuery },
+      responses: { 204: { description: "Deleted (or already deleted)" } },
+    }),
+    async (c) => {
+      const actor = actorOf(c, "conversations:write", c.req.valid("query").asUser)
+      await ops.delete(conversationId(c.req.valid("param").id), actor)
+      return c.body(null, 204) as never
+    },
+  )
+
+  app.openapi(
+    operation("conversations:write", {
+      method: "post",
+      path: "/v1/conversations/{id}/participants",
+      summary: "Add participants",
+      request: { params: S.ConversationParams, ...body(S.AddParticipantsBody) },
+      responses: { 200: json(S.ParticipantsChangeSchema, "The users added (present ones are skipped)") },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "conversations:write", input.asUser)
+      const users = await ops.addParticipants(
+        conversationId(c.req.valid("param").id),
+        actor,
+        input.users as UserId[],
+        input.role,
+      )
+      return reply(c, { users })
+    },
+  )
+
+  app.openapi(
+    operation("conversations:write", {
+      method: "delete",
+      path: "/v1/conversations/{id}/participants/{user}",
+      summary: "Remove a participant",
+      request: { params: S.ParticipantParams, query: S.AsUserQuery },
+      responses: { 200: json(S.ParticipantsChangeSchema, "The users removed (empty when absent)") },
+    }),
+    async (c) => {
+      const actor = actorOf(c, "conversations:write", c.req.valid("query").asUser)
+      const { id, user } = c.req.valid("param")
+      return reply(c, { users: await ops.removeParticipant(conversationId(id), actor, user as UserId) })
+    },
+  )
+
+  app.openapi(
+    operation("conversations:write", {
+      method: "put",
+      path: "/v1/conversations/{id}/participants/{user}/role",
+      summary: "Change a participant's role",
+      request: { params: S.ParticipantParams, ...body(S.ChangeRoleBody) },
+      responses: { 200: json(S.ConversationSchema, "The conversation after the change") },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "conversations:write", input.asUser)
+      const { id, user } = c.req.valid("param")
+      return reply(c, await ops.changeRole(conversationId(id), actor, user as UserId, input.role))
+    },
+  )
+
+  // --- messages
+
+  app.openapi(
+    operation("messages:write", {
+      method: "post",
+      path: "/v1/conversations/{id}/messages",
+      summary: "Send a message (idempotent)",
+      description:
+        "With a message `id` or an `Idempotency-Key` header, a retry (also racing, or after a relay restart) returns the first message with 200 instead of sending another; 409 when the id or key was used for a different message.",
+      request: { params: S.ConversationParams, headers: S.IdempotencyHeaders, ...body(S.SendMessageBody) },
+      responses: {
+        201: json(S.MessageSchema, "Sent"),
+        200: json(S.MessageSchema, "Sent before (a retry)"),
+      },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "messages:write", input.asUser)
+      const idempotencyKey = c.req.valid("header")["idempotency-key"]
+      const derived =
+        idempotencyKey === undefined ? undefined : idempotentMessageId(c.get("key").id, idempotencyKey)
+      if (derived && input.id !== undefined && input.id !== derived)
+        throw refuse(ErrorCode.INVALID_ARGUMENT, "give a message id or an Idempotency-Key, not both")
+      const { asUser: _, ...message } = input
+      const { message: sent, created } = await ops.send(conversationId(c.req.valid("param").id), actor, {
+        ...(message as Omit<typeof message, "id">),
+        id: (derived ?? input.id ?? newId()) as MessageId,
+      } as never)
+      return reply(c, sent, created ? 201 : 200)
+    },
+  )
+
+  app.openapi(
+    operation("messages:read", {
+      method: "get",
+      path: "/v1/conversations/{id}/messages",
+      summary: "List messages by sequence number",
+      request: { params: S.ConversationParams, query: S.MessagesQuery },
+      responses: { 200: json(S.MessageListSchema, "Messages in sequence order") },
+    }),
+    async (c) => {
+      need(c, "messages:read")
+      return reply(c, await ops.messages(conversationId(c.req.valid("param").id), c.req.valid("query")))
+    },
+  )
+
+  app.openapi(
+    operation("messages:write", {
+      method: "patch",
+      path: "/v1/conversations/{id}/messages/{messageId}",
+      summary: "Edit a message (its author only)",
+      request: { params: S.MessageParams, ...body(S.EditMessageBody) },
+      responses: { 200: json(S.MessageSchema, "The message after the edit") },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "messages:write", input.asUser)
+      const { id, messageId } = c.req.valid("param")
+      return reply(c, await ops.edit(conversationId(id), actor, messageId as MessageId, input.body))
+    },
+  )
+
+  app.openapi(
+    operation("messages:write", {
+      method: "delete",
+      path: "/v1/conversations/{id}/messages/{messageId}",
+      summary: "Delete a message (its author, owners and admins)",
+      request: { params: S.MessageParams, query: S.AsUserQuery },
+      responses: { 204: { description: "Deleted (or already deleted)" } },
+    }),
+    async (c) => {
+      const actor = actorOf(c, "messages:write", c.req.valid("query").asUser)
+      const { id, messageId } = c.req.valid("param")
+      await ops.deleteMessage(conversationId(id), actor, messageId as MessageId)
+      return c.body(null, 204) as never
+    },
+  )
+
+  app.openapi(
+    operation("messages:write", {
+      method: "post",
+      path: "/v1/conversations/{id}/messages/{messageId}/reactions",
+      summary: "React to a message",
+      request: { params: S.MessageParams, ...body(S.ReactBody) },
+      responses: { 200: json(S.MessageSchema, "The message with its reactions") },
+    }),
+    async (c) => {
+      const input = c.req.valid("json")
+      const actor = actorOf(c, "messages:write", input.asUser)
+      const { id, messageId } = c.req.valid("param")
+      return reply(c, await ops.react(conversationId(id), actor, messageId as MessageId, input.emoji, true))
+    },
+  )
+
+  app.openapi(
+    operation("messages:write", {
+      method: "delete",
+      path: "/v1/conversations/{id}/messages/{messageId}/reactions/{emoji}",
+      summary: "Remove a reaction",
+      request: { params: S.ReactionParams, query: S.AsUserQuery },
+      responses: { 200: json(S.MessageSchema, "The message with its reactions") },
+    }),
+    async (c) => {
+      const actor = actorOf(c, "messages:write", c.req.valid("query").asUser)
+      const { id, messageId, emoji } = c.req.valid("param")
+      return reply(c, await ops.react(conversationId(id), actor, messageId as MessageId, emoji, false))
+    },
+  )
+
+  for (const which of ["read", "delivered"] as const) {
+    app.openapi(
+      operation("messages:write", {
+        method: "post",
+        path: `/v1/conversations/{id}/${which}`,
+        summary: which === "read" ? "Mark read up to a message" : "Mark delivered up to a message",
+        description: `Moves the actor's ${which} marker (forward only) to \`upTo\`, or to the latest message.${which === "read" ? " Reading implies delivery." : ""}`,
+        request: { params: S.ConversationParams, ...body(S.MarkReadBody) },
+        responses: { 200: json(S.MarkReadResultSchema, "The markers after the change") },
+      }),
+      async (c) => {
+        const input = c.req.valid("json")
+        const actor = actorOf(c, "messages:write", input.asUser)
+        return reply(c, await ops.mark(which, conversationId(c.req.valid("param").id), actor, input.upTo))
+      },
+    )
+  }
+
+  // --- users
+
+  app.openapi(
+    operation("conversations:read", {
+      method: "get",
+      path: "/v1/users/{user}/conversations",
+      summary: "A user's conversations with unread counts",
+      description:
+        "Newest activity first, paged by `offset`/`limit`. Kept current by the relay shortly after each change.",
+      request: { params: S.UserParams, query: S.PageQuery },
+      responses: { 200: json(S.InboxPageSchema, "One page") },
+    }),
+    async (c) => {
+      need(c, "conversations:read")
+      const { offset, limit } = c.req.valid("query")
+      return reply(c, await ops.inbox(c.req.valid("param").user as UserId, offset, limit))
+    },
+  )
+
+  app.openapi(
+    operation("conversations:read", {
+      method: "get",
+      path: "/v1/users/{user}/unread",
+      summary: "A user's unread totals",
+      request: { params: S.UserParams },
+      responses: { 200: json(S.UnreadSchema, "Unread messages, in all and per conversation") },
+    }),
+    async (c) => {
+      need(c, "conversations:read")
+      return reply(c, await ops.unread(c.req.valid("param").user as UserId))
+    },
+  )
+
+  // --- events
+
+  app.openapi(
+    operation("events:read", {
+      method: "get",
+      path: "/v1/events",
+      summary: "Stream events (Server-Sent Events)",
+      description:
+        "The hooks' typed events as SSE: `id:` is the event log position, `event:` the type, `data:` the JSON event. Resume with `Last-Event-ID` (after a disconnect or a relay restart) within the log's retention; `: ping` every heartbeat; `retry:` set. Without `Last-Event-ID` or `after`, starts with events recorded from now on.",
+      request: { query: S.EventsQuery, headers: S.EventsHeaders },
+      responses: {
+        200: {
+          description: "The event stream",
+          content: { "text/event-stream": { schema: S.EventStreamSchema } },
+        },
+        410: { description: "Resumed from an event no longer kept: start again", content: problemContent },
+        503: { description: "This relay keeps no event log", content: problemContent },
+      },
+    }),
+    async (c) => {
+      const key = need(c, "events:read")
+      const query = c.req.valid("query")
+      const after = c.req.valid("header")["last-event-id"] ?? query.after
+      return streams.open(c, key.id, {
+        ...(after !== undefined ? { after } : {}),
+        ...(query.conversation !== undefined ? { conversation: query.conversation as ConversationId } : {}),
+        ...(query.user !== undefined ? { user: query.user as UserId } : {}),
+        ...(query.type !== undefined && query.type.length > 0 ? { types: query.type } : {}),
+      }) as never
+    },
+  )
+
+  return app
+}
+
+const newId = (): string => `api_${crypto.randomUUID().replaceAll("-", "")}`
+
+/** The OpenAPI document's info. */
+export const openApiInfo = {
+  openapi: "3.1.0",
+  info: {
+    title: "Parley relay HTTP API",
+    version: "1",
+    description:
+      "Server-to-server API of the Parley relay: backends create conversations, send and read messages, and stream events. Authenticate with an API key (`parley-relay keys create`). Errors are RFC 9457 problem details (`application/problem+json`) carrying Parley's error `code`.",
+  },
+} as const
+
+/** The OpenAPI 3.1 document of the API, generated from the same schemas that validate requests. */
+export function openApiDocument(): Record<string, unknown> {
+  const unused = () => {
+    throw new Error("the document is generated without serving requests")
+  }
+  const app = createApi({
+    core: { read: unused, write: unused, derive: unused, isConnected: unused },
+    keys: { create: unused, get: unused, list: unused, revoke: unused },
+    log: { error: unused, warn: unused } as unknown as Logger,
+  })
+  return app.getOpenAPI31Document(openApiInfo) as unknown as Record<string, unknown>
+}

@@ -1,0 +1,126 @@
+import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
+import type { Context } from "hono"
+import { streamSSE } from "hono/streaming"
+import type { HookEventType } from "../hooks/events.js"
+import type { Logger } from "../log.js"
+import type { ApiEventSource } from "./event-source.js"
+import type { ApiLimits } from "./limits.js"
+import { problemResponse } from "./problem.js"
+
+/** Entries one read of the log takes while a stream catches up. */
+const BATCH = 200
+
+/** What one stream asks for. */
+export interface StreamQuery {
+  readonly after?: string
+  readonly conversation?: ConversationId
+  readonly user?: UserId
+  readonly types?: readonly HookEventType[]
+}
+
+/**
+ * The open `/v1/events` streams: each reads the durable event log from where
+ * its client left off, then waits for new entries (woken by the log's
+ * in-process subscription, and re-reading the log, so nothing the log holds is
+ * skipped or sent twice), with a heartbeat while idle.
+ */
+export class EventStreams {
+  private readonly openPerKey = new Map<string, number>()
+
+  constructor(
+    private readonly options: {
+      readonly source?: ApiEventSource
+      readonly limits: ApiLimits
+      readonly log: Logger
+      readonly signal?: AbortSignal
+    },
+  ) {}
+
+  /** Opens a stream for API key `keyId`, or answers 429 (too many open), 503 (no log), 400/410 (bad resume point). */
+  async open(c: Context, keyId: string, query: StreamQuery): Promise<Response> {
+    const source = this.options.source
+    if (!source)
+      return problemResponse(c, new ParleyError(ErrorCode.UNAVAILABLE, "this relay keeps no event log"), 503)
+    const count = this.openPerKey.get(keyId) ?? 0
+    if (count >= this.options.limits.streamsPerKey)
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.RATE_LIMITED,
+          `at most ${this.options.limits.streamsPerKey} event streams per API key are open at once`,
+        ),
+        429,
+      )
+    // Counted before the first await, so that concurrent opens cannot pass the bound together.
+    this.openPerKey.set(keyId, count + 1)
+    const release = () => {
+      const left = (this.openPerKey.get(keyId) ?? 1) - 1
+      if (left > 0) this.openPerKey.set(keyId, left)
+      else this.openPerKey.delete(keyId)
+    }
+    let after: string
+    let first: Awaited<ReturnType<ApiEventSource["read"]>>
+    try {
+      // The resume point is checked before the stream starts: an expired or unknown one is a plain error.
+      after = query.after ?? (await source.latest())
+      first = await source.read({ ...query, after, limit: BATCH })
+    } catch (error) {
+      release()
+      throw error
+    }
+    return streamSSE(c, async (stream) => {
+      let wake: (() => void) | undefined
+      // Subscribed after the first read: read once more at once, so that nothing recorded in between waits.
+      let dirty = true
+      const unsubscribe = source.subscribe(() => {
+        dirty = true
+        wake?.()
+      })
+      let closed = false
+      const close = () => {
+        closed = true
+        wake?.()
+      }
+      stream.onAbort(close)
+      this.options.signal?.addEventListener("abort", close, { once: true })
+      try {
+        await stream.writeSSE({ data: "", event: "ready", retry: this.options.limits.retryMs, id: after })
+        let position = after
+        let entries = first
+        while (!closed) {
+          for (const entry of entries) {
+            await stream.writeSSE({
+              id: entry.id,
+              event: entry.event.event.type,
+              data: JSON.stringify(entry.event),
+            })
+            position = entry.id
+          }
+          if (entries.length < BATCH && !dirty) {
+            // Woken by a new entry, a close, or the heartbeat (after which the log is read again too:
+            // other relays sharing the database record entries this one hears nothing of).
+            const beat = await new Promise<boolean>((resolve) => {
+              const timer = setTimeout(() => resolve(true), this.options.limits.heartbeatMs)
+              wake = () => {
+                clearTimeout(timer)
+                resolve(false)
+              }
+            })
+            wake = undefined
+            if (closed) break
+            if (beat) await stream.write(": ping\n\n")
+          }
+          dirty = false
+          entries = await source.read({ ...query, after: position, limit: BATCH })
+        }
+      } catch (error) {
+        if (!closed) this.options.log.warn({ err: error }, "event stream ended by an error")
+      } finally {
+        unsubscribe()
+        this.options.signal?.removeEventListener("abort", close)
+        release()
+        await stream.close().catch(() => undefined)
+      }
+    })
+  }
+}

@@ -1,0 +1,58 @@
+import type { IncomingMessage, ServerResponse } from "node:http"
+import { getRequestListener } from "@hono/node-server"
+import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
+import type { Logger } from "../log.js"
+import { createApi } from "./app.js"
+import type { ApiEventSource } from "./event-source.js"
+import type { ApiKeyStore } from "./keys.js"
+import type { ApiLimits } from "./limits.js"
+
+/** What the HTTP API extension is given. */
+export interface ApiExtensionOptions {
+  readonly keys: ApiKeyStore
+  readonly log: Logger
+  /** The event log `/v1/events` streams from; default: the core's (`RunningCore.events`). */
+  readonly events?: ApiEventSource
+  readonly limits?: Partial<ApiLimits>
+}
+
+/**
+ * The HTTP API (`/v1/...`) on the relay's port: an extension, so it gets the
+ * running core (writes through the one update path) when the relay starts and
+ * its requests from the transport before the transport's own routes.
+ */
+export class ApiExtension implements RelayExtension {
+  readonly name = "http-api"
+  private listener: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined
+  private readonly stopping = new AbortController()
+
+  constructor(private readonly options: ApiExtensionOptions) {}
+
+  start(core: RunningCore): void {
+    // The relay's durable event log, which the core offers its extensions when it keeps one.
+    const events = this.options.events ?? (core as RunningCore & { readonly events?: ApiEventSource }).events
+    const app = createApi({
+      core,
+      keys: this.options.keys,
+      log: this.options.log,
+      signal: this.stopping.signal,
+      ...(events ? { events } : {}),
+      ...(this.options.limits ? { limits: this.options.limits } : {}),
+    })
+    // Node's own Request and Response stay global: the relay may share its process with an app
+    // (and the SDK in tests) that must not get @hono/node-server's stand-ins.
+    this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
+  }
+
+  async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
+    const path = (req.url ?? "/").split("?")[0]!
+    if (!this.listener || (path !== "/v1" && !path.startsWith("/v1/"))) return false
+    await this.listener(req, res)
+    return true
+  }
+
+  /** Ends the open event streams (their clients resume elsewhere, or here after the restart). */
+  stop(): void {
+    this.stopping.abort()
+  }
+}

@@ -1,0 +1,381 @@
+import { createHash } from "node:crypto"
+import {
+  addParticipants,
+  allMarkers,
+  type ConversationId,
+  changeRole,
+  createConversation,
+  deleteConversation,
+  deleteMessage,
+  directConversationId,
+  ErrorCode,
+  editMessage,
+  getConversation,
+  getMessage,
+  lastMessage,
+  lastSequence,
+  listParticipants,
+  type MessageId,
+  type MessageRecord,
+  type MessageView,
+  markDelivered,
+  markersOf,
+  markRead,
+  messageIndex,
+  newConversationId,
+  ParleyError,
+  type Role,
+  react,
+  removeParticipants,
+  renameConversation,
+  type SendMessageInput,
+  sendMessage,
+  setConversationMetadata,
+  type UserId,
+  unreact,
+} from "@parley/shared"
+import type * as Y from "yjs"
+import type { RunningCore } from "../extension.js"
+import { derivedInbox, inboxSummary } from "../inbox/summary.js"
+import type { Principal } from "../principal.js"
+
+/** Who a request acts as: the principal events name, and the participant the document rules check. */
+export interface Actor {
+  readonly principal: Principal
+  readonly user: UserId
+}
+
+/** A conversation as `GET /v1/conversations/{id}` shows it. */
+export function conversationView(doc: Y.Doc) {
+  const info = getConversation(doc)
+  if (!info) return undefined
+  const last = lastMessage(doc)
+  return {
+    id: info.id,
+    kind: info.kind,
+    title: info.title,
+    metadata: info.metadata,
+    createdBy: info.createdBy,
+    createdAt: info.createdAt,
+    ...(info.deletedAt !== undefined ? { deletedAt: info.deletedAt } : {}),
+    ...(info.deletedBy !== undefined ? { deletedBy: info.deletedBy } : {}),
+    participants: listParticipants(doc),
+    markers: allMarkers(doc),
+    ...(last ? { lastMessage: last } : {}),
+    lastSequence: lastSequence(doc),
+  }
+}
+
+/** A conversation view. */
+export type ConversationView = NonNullable<ReturnType<typeof conversationView>>
+
+const notFound = (id: string) => new ParleyError(ErrorCode.NOT_FOUND, `no conversation ${JSON.stringify(id)}`)
+
+/**
+ * A message id derived from the API key and an `Idempotency-Key`: the message
+ * itself is the idempotency record, so a retry — racing, or after a restart —
+ * finds it in the document instead of in a table that could disagree with it.
+ */
+export function idempotentMessageId(keyId: string, idempotencyKey: string): MessageId {
+  const digest = createHash("sha256").update(`${keyId}\u0000${idempotencyKey}`).digest("base64url")
+  return `ik_${digest.slice(0, 32)}` as MessageId
+}
+
+/** A send, as the API received it. */
+export interface SendRequest extends SendMessageInput {
+  readonly id: MessageId
+}
+
+/** True when the stored `record` is what `request` by `author` would have written. */
+function sameSend(record: MessageRecord, author: UserId, request: SendRequest): boolean {
+  const same = (a: unknown, b: unknown) => JSON.stringify(a ?? null) === JSON.stringify(b ?? null)
+  const emptyToUndefined = <T>(v: T | undefined, empty: (v: T) => boolean) =>
+    v === undefined || empty(v) ? undefined : v
+  return (
+    record.author === author &&
+    record.body === request.body &&
+    (record.type ?? "text") === (request.type ?? "text") &&
+    (record.priority ?? "normal") === (request.priority ?? "normal") &&
+    record.replyTo === request.replyTo &&
+    same(
+      emptyToUndefined(record.metadata, (m) => Object.keys(m).length === 0),
+      emptyToUndefined(request.metadata, (m) => Object.keys(m).length === 0),
+    ) &&
+    same(
+      emptyToUndefined(record.attachments, (a) => a.length === 0),
+      emptyToUndefined(request.attachments, (a) => a.length === 0),
+    )
+  )
+}
+
+/**
+ * The HTTP API's operations over the running core: every write is one
+ * `core.write` (the one update path, as hooks use) running the shared document
+ * operations as the actor's participant, so the same rules decide as for a
+ * client's update; every read is `core.read`.
+ */
+export class ApiOperations {
+  constructor(private readonly core: RunningCore) {}
+
+  /** Runs `change` through the update path; a document's refusal of a well-formed request is a 422. */
+  private async write<T>(name: string, actor: Actor, change: (doc: Y.Doc) => T): Promise<T> {
+    let result: T | undefined
+    try {
+      await this.core.write(name, actor.principal, (doc) => {
+        result = change(doc)
+      })
+    } catch (error) {
+      if (error instanceof ParleyError && error.code === ErrorCode.INVALID_ARGUMENT)
+        throw new ParleyError(ErrorCode.INVALID_UPDATE, error.message, { cause: error })
+      throw error
+    }
+    return result as T
+  }
+
+  private async view(id: string): Promise<ConversationView> {
+    const view = await this.core.read(id, conversationView)
+    if (!view) throw notFound(id)
+    return view
+  }
+
+  /** The conversation, or NOT_FOUND. */
+  get(id: ConversationId): Promise<ConversationView> {
+    return this.view(id)
+  }
+
+  /** Creates a group with the actor as owner and each participant with their role; CONFLICT when the id exists. */
+  async createGroup(
+    actor: Actor,
+    input: {
+      readonly id?: string | undefined
+      readonly title?: string | undefined
+      readonly metadata?: Record<string, unknown> | undefined
+      readonly participants: readonly { readonly user: string; readonly role: Role }[]
+    },
+  ): Promise<ConversationView> {
+    const id = (input.id ?? newConversationId()) as ConversationId
+    await this.write(id, actor, (doc) => {
+      if (getConversation(doc))
+        throw new ParleyError(ErrorCode.CONFLICT, `conversation ${JSON.stringify(id)} already exists`)
+      createConversation(doc, actor.user, {
+        kind: "group",
+        id,
+        participants: input.participants.map((p) => p.user as UserId),
+        ...(input.title !== undefined ? { title: input.title } : {}),
+        ...(input.metadata !== undefined ? { metadata: input.metadata as never } : {}),
+      })
+      for (const { user, role } of input.participants)
+        if (role !== "member" && user !== actor.user) changeRole(doc, actor.user, user as UserId, role)
+    })
+    return this.view(id)
+  }
+
+  /** The direct conversation of the actor and `other`, created when missing; `created` says which. */
+  async direct(actor: Actor, other: UserId): Promise<{ conversation: ConversationView; created: boolean }> {
+    if (other === actor.user)
+      throw new ParleyError(ErrorCode.INVALID_UPDATE, "a direct conversation has two different users")
+    const id = directConversationId([actor.user, other])
+    const created = await this.write(id, actor, (doc) => {
+      const existed = getConversation(doc) !== undefined
+      createConversation(doc, actor.user, { kind: "direct", participants: [other] })
+      return !existed
+    })
+    return { conversation: await this.view(id), created }
+  }
+
+  async update(
+    id: ConversationId,
+    actor: Actor,
+    change: { readonly title?: string | undefined; readonly metadata?: Record<string, unknown> | undefined },
+  ): Promise<ConversationView> {
+    await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      if (change.title !== undefined) renameConversation(doc, actor.user, change.title)
+      if (change.metadata !== undefined) setConversationMetadata(doc, actor.user, change.metadata as never)
+    })
+    return this.view(id)
+  }
+
+  async delete(id: ConversationId, actor: Actor): Promise<void> {
+    await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      deleteConversation(doc, actor.user)
+    })
+  }
+
+  addParticipants(id: ConversationId, actor: Actor, users: readonly UserId[], role: Role): Promise<UserId[]> {
+    return this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      return addParticipants(doc, actor.user, users, role)
+    })
+  }
+
+  removeParticipant(id: ConversationId, actor: Actor, user: UserId): Promise<UserId[]> {
+    return this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      return removeParticipants(doc, actor.user, [user])
+    })
+  }
+
+  async changeRole(id: ConversationId, actor: Actor, user: UserId, role: Role): Promise<ConversationView> {
+    await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      changeRole(doc, actor.user, user, role)
+    })
+    return this.view(id)
+  }
+
+  /**
+   * Sends idempotently by `request.id`: when the message is there already (a
+   * retry, even one racing the first attempt: both run in the document's one
+   * queue), returns it with `created: false`, or CONFLICT when the id was used
+   * for a different message.
+   */
+  async send(
+    id: ConversationId,
+    actor: Actor,
+    request: SendRequest,
+  ): Promise<{ message: MessageView; created: boolean }> {
+    const created = await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      const index = messageIndex(doc)
+      const record = index.records.get(request.id)
+      if (record || index.deleted.has(request.id)) {
+        const author = record?.author ?? index.deleted.get(request.id)?.author
+        if (record ? !sameSend(record, actor.user, request) : author !== actor.user)
+          throw new ParleyError(
+            ErrorCode.CONFLICT,
+            "this message id (or Idempotency-Key) was used for a different message",
+          )
+        return false
+      }
+      sendMessage(doc, actor.user, request)
+      return true
+    })
+    const message = await this.core.read(id, (doc) => getMessage(doc, request.id))
+    if (!message) throw new ParleyError(ErrorCode.INTERNAL, "the message sent is not in the conversation")
+    return { message, created }
+  }
+
+  async edit(id: ConversationId, actor: Actor, messageId: MessageId, body: string): Promise<MessageView> {
+    await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      editMessage(doc, actor.user, messageId, body)
+    })
+    return this.message(id, messageId)
+  }
+
+  async deleteMessage(id: ConversationId, actor: Actor, messageId: MessageId): Promise<void> {
+    await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
+      deleteMessage(doc, actor.user, messageId)
+    })
+  }
+
+  async react(
+    id: ConversationId,
+    actor: Actor,
+    messageId: MessageId,
+    emoji: string,
+    add: boolean,
+  ): Promise<MessageView> {
+    await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
+      if (add) react(doc, actor.user, messageId, emoji)
+      else unreact(doc, actor.user, messageId, emoji)
+    })
+    return this.message(id, messageId)
+  }
+
+  async message(id: ConversationId, messageId: MessageId): Promise<MessageView> {
+    const message = await this.core.read(id, (doc) => getMessage(doc, messageId))
+    if (!message) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
+    return message
+  }
+
+  /**
+   * Moves the actor's read (or delivered) marker to `upTo` (default: the
+   * latest message); reading implies delivery.
+   */
+  async mark(
+    which: "read" | "delivered",
+    id: ConversationId,
+    actor: Actor,
+    upTo: number | string | undefined,
+  ): Promise<{ user: UserId; readUpTo: number; deliveredUpTo: number; moved: boolean }> {
+    const moved = await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      const target = (upTo ?? "latest") as number | MessageId | "latest"
+      return which === "read" ? markRead(doc, actor.user, target) : markDelivered(doc, actor.user, target)
+    })
+    const markers = await this.core.read(id, (doc) => markersOf(doc, actor.user))
+    return { user: actor.user, readUpTo: markers.read, deliveredUpTo: markers.delivered, moved }
+  }
+
+  /**
+   * Sequenced messages in sequence order: after `after` (the first `limit`),
+   * else before `before` (the last `limit`), else the latest `limit`; only
+   * those of `type` when given.
+   */
+  async messages(
+    id: ConversationId,
+    query: {
+      after?: number | undefined
+      before?: number | undefined
+      limit: number
+      type?: string | undefined
+    },
+  ): Promise<{ messages: MessageView[]; lastSequence: number }> {
+    const result = await this.core.read(id, (doc) => {
+      if (!getConversation(doc)) return undefined
+      const index = messageIndex(doc)
+      const picked: MessageView[] = []
+      const matches = (m: MessageId) => {
+        const seq = index.seqOf.get(m)
+        if (seq === undefined) return undefined
+        if (query.after !== undefined && seq <= query.after) return undefined
+        if (query.before !== undefined && seq >= query.before) return undefined
+        const view = getMessage(doc, m)
+        return view && (query.type === undefined || view.type === query.type) ? view : undefined
+      }
+      const order = index.order()
+      if (query.after !== undefined) {
+        for (let i = 0; i < order.length && picked.length < query.limit; i++) {
+          const view = matches(order[i]!)
+          if (view) picked.push(view)
+        }
+      } else {
+        for (let i = order.length - 1; i >= 0 && picked.length < query.limit; i--) {
+          const view = matches(order[i]!)
+          if (view) picked.push(view)
+        }
+        picked.reverse()
+      }
+      return { messages: picked, lastSequence: index.lastSequence() }
+    })
+    if (!result) throw notFound(id)
+    return result
+  }
+
+  /**
+   * A page of `user`'s conversations, newest activity first, with unread
+   * counts: derived from the conversations (the relay keeps inboxes current
+   * only for connected users), so exact at any time.
+   */
+  async inbox(user: UserId, offset: number, limit: number) {
+    const items = await derivedInbox(this.core, user)
+    return {
+      conversations: items.slice(offset, offset + limit),
+      total: items.length,
+      ...(offset + limit < items.length ? { nextOffset: offset + limit } : {}),
+    }
+  }
+
+  /** `user`'s unread messages: in all and per conversation (derived, like {@link inbox}). */
+  async unread(user: UserId) {
+    const summary = await inboxSummary(this.core, user)
+    return { total: summary.totalUnread, conversations: summary.unread }
+  }
+}

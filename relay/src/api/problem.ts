@@ -1,0 +1,70 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import type { Context } from "hono"
+import type { ContentfulStatusCode } from "hono/utils/http-status"
+
+/** HTTP status of each error code (codes of other parts map through here too; unknown ones are 500). */
+const STATUS: Readonly<Record<string, ContentfulStatusCode>> = {
+  [ErrorCode.INVALID_ARGUMENT]: 400,
+  [ErrorCode.MALFORMED_FRAME]: 400,
+  [ErrorCode.UNAUTHORIZED]: 401,
+  [ErrorCode.FORBIDDEN]: 403,
+  [ErrorCode.NOT_FOUND]: 404,
+  [ErrorCode.CONFLICT]: 409,
+  // A stream resumed from an event the log no longer keeps (the event log's code).
+  EVENTS_EXPIRED: 410,
+  [ErrorCode.TOO_LARGE]: 413,
+  [ErrorCode.INVALID_UPDATE]: 422,
+  [ErrorCode.RATE_LIMITED]: 429,
+  [ErrorCode.INTERNAL]: 500,
+  [ErrorCode.UNAVAILABLE]: 503,
+  [ErrorCode.STORAGE_UNAVAILABLE]: 503,
+  [ErrorCode.DAMAGED]: 503,
+  [ErrorCode.TIMEOUT]: 504,
+}
+
+/** The status an error code is answered with. */
+export const statusOf = (code: string): ContentfulStatusCode => STATUS[code] ?? 500
+
+/**
+ * An RFC 9457 problem: `type` names Parley's error code (`urn:parley:error:<CODE>`),
+ * `code` repeats it for clients that switch on it, `rule` names the document rule
+ * that refused a write.
+ */
+export interface Problem {
+  readonly type: string
+  readonly title: string
+  readonly status: number
+  readonly detail: string
+  readonly code: string
+  readonly rule?: string
+}
+
+/** The problem describing `error`, with `status` overriding the code's own. */
+export function problemOf(error: ParleyError, status: number = statusOf(error.code)): Problem {
+  return {
+    type: `urn:parley:error:${error.code}`,
+    title: error.code.toLowerCase().replaceAll("_", " "),
+    status,
+    detail: error.message,
+    code: error.code,
+    ...(error.rule !== undefined ? { rule: error.rule } : {}),
+  }
+}
+
+/** Answers with the problem of `error` as `application/problem+json`. */
+export function problemResponse(
+  c: Context,
+  error: ParleyError,
+  status: ContentfulStatusCode = statusOf(error.code),
+  headers: Record<string, string> = {},
+): Response {
+  return c.body(JSON.stringify(problemOf(error, status)), status, {
+    "content-type": "application/problem+json",
+    "cache-control": "no-store",
+    ...headers,
+  })
+}
+
+/** A refused request, answered as a problem by the API's error handler. */
+export const refuse = (code: ErrorCode, message: string, rule?: string): ParleyError =>
+  new ParleyError(code, message, rule === undefined ? undefined : { rule })

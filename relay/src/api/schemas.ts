@@ -1,0 +1,336 @@
+import { z } from "@hono/zod-openapi"
+import { Limits } from "@parley/shared"
+import { HANDLER_NAMES } from "../hooks/events.js"
+import { SERVICE_PARTICIPANT_PREFIX } from "../principal.js"
+
+// Every body, parameter and header of the HTTP API is declared here, once: the same schemas
+// validate requests and generate `openapi.json`. Objects are strict: an unknown field is refused.
+
+/** A user id (a token subject). */
+export const UserIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_.@-]{1,64}$/)
+  .openapi("UserId", { description: "1-64 of letters, digits, `_ . @ -`.", example: "alice" })
+
+/** A user an API key may act as: any user but the reserved service participants. */
+export const ActAsUserSchema = UserIdSchema.refine((u) => !u.startsWith(SERVICE_PARTICIPANT_PREFIX), {
+  message: `ids starting with "${SERVICE_PARTICIPANT_PREFIX}" are services, not users`,
+})
+
+export const ConversationIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_.~@-]{1,160}$/)
+  .refine((id) => !id.startsWith("inbox~"), { message: "not a conversation id" })
+  .openapi("ConversationId", { example: "g~support-4711" })
+
+export const MessageIdSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{8,64}$/)
+  .openapi("MessageId", { example: "m_4f2c1b9a77" })
+
+export const RoleSchema = z.enum(["owner", "admin", "member"]).openapi("Role")
+export const PrioritySchema = z.enum(["normal", "sticky", "emergency"]).openapi("Priority")
+
+export const MetadataSchema = z.record(z.string(), z.unknown()).openapi("Metadata", {
+  description: `Free-form JSON object, at most ${Limits.metadataBytes} bytes encoded.`,
+})
+
+export const AttachmentSchema = z
+  .strictObject({
+    url: z.string().min(1).max(Limits.urlLength),
+    name: z.string().max(Limits.attachmentNameLength).optional(),
+    mimeType: z.string().max(255).optional(),
+    size: z.number().int().nonnegative().optional(),
+    width: z.number().int().nonnegative().optional(),
+    height: z.number().int().nonnegative().optional(),
+  })
+  .openapi("Attachment")
+
+const asUser = ActAsUserSchema.optional().openapi({
+  description:
+    "Act as this user (needs the `act-as-user` scope). Without it the key acts as its own participant `service.<key name>`.",
+})
+
+// --- parameters
+
+export const ConversationParams = z.strictObject({
+  id: ConversationIdSchema.openapi({ param: { name: "id", in: "path" } }),
+})
+export const MessageParams = z.strictObject({
+  id: ConversationIdSchema.openapi({ param: { name: "id", in: "path" } }),
+  messageId: MessageIdSchema.openapi({ param: { name: "messageId", in: "path" } }),
+})
+export const ParticipantParams = z.strictObject({
+  id: ConversationIdSchema.openapi({ param: { name: "id", in: "path" } }),
+  user: UserIdSchema.openapi({ param: { name: "user", in: "path" } }),
+})
+export const ReactionParams = z.strictObject({
+  id: ConversationIdSchema.openapi({ param: { name: "id", in: "path" } }),
+  messageId: MessageIdSchema.openapi({ param: { name: "messageId", in: "path" } }),
+  emoji: z
+    .string()
+    .min(1)
+    .max(Limits.emojiLength)
+    .openapi({ param: { name: "emoji", in: "path" } }),
+})
+export const UserParams = z.strictObject({
+  user: UserIdSchema.openapi({ param: { name: "user", in: "path" } }),
+})
+/** The query of routes that take none: empty, strictly. */
+export const NoQuery = z.strictObject({})
+/** `?asUser=` of the requests without a body (deletions). */
+export const AsUserQuery = z.strictObject({ asUser })
+
+const seq = z.coerce.number().int().nonnegative()
+export const MessagesQuery = z.strictObject({
+  after: seq
+    .optional()
+    .openapi({ description: "Only messages with a greater sequence number, oldest first." }),
+  before: seq
+    .optional()
+    .openapi({ description: "Only messages with a smaller sequence number (the latest `limit` of them)." }),
+  limit: z.coerce.number().int().min(1).max(200).default(50),
+  type: z
+    .string()
+    .min(1)
+    .max(Limits.typeLength)
+    .optional()
+    .openapi({ description: "Only this message type." }),
+})
+export const PageQuery = z.strictObject({
+  offset: z.coerce.number().int().nonnegative().default(0),
+  limit: z.coerce.number().int().min(1).max(200).default(50),
+})
+
+const EVENT_TYPES = Object.keys(HANDLER_NAMES) as [
+  keyof typeof HANDLER_NAMES,
+  ...(keyof typeof HANDLER_NAMES)[],
+]
+export const EventTypeSchema = z.enum(EVENT_TYPES).openapi("EventType")
+export const EventsQuery = z.strictObject({
+  conversation: ConversationIdSchema.optional().openapi({ description: "Only this conversation's events." }),
+  user: UserIdSchema.optional().openapi({
+    description: "Only events of conversations this user took part in when they happened.",
+  }),
+  type: z
+    .string()
+    .optional()
+    .openapi({ description: "Comma-separated event types (e.g. `message.sent,messages.read`)." })
+    .pipe(
+      z
+        .string()
+        .transform((s) => s.split(",").filter(Boolean))
+        .pipe(z.array(EventTypeSchema).max(EVENT_TYPES.length))
+        .optional(),
+    ),
+  after: z
+    .string()
+    .regex(/^[0-9]{1,16}$/)
+    .optional()
+    .openapi({
+      description: "Resume after this event id (as `Last-Event-ID`, which wins when both are given).",
+    }),
+})
+export const EventsHeaders = z.object({
+  "last-event-id": z
+    .string()
+    .regex(/^[0-9]{1,16}$/)
+    .optional(),
+})
+export const IdempotencyHeaders = z.object({
+  "idempotency-key": z
+    .string()
+    .min(1)
+    .max(255)
+    .regex(/^[\x21-\x7e]+$/)
+    .optional()
+    .openapi({
+      description:
+        "Makes the send idempotent: a retry with the same key (on the same conversation, from the same API key) returns the first result.",
+    }),
+})
+
+// --- bodies
+
+export const CreateConversationBody = z
+  .strictObject({
+    id: ConversationIdSchema.optional().openapi({
+      description: "Group id; generated (`g~...`) when absent.",
+    }),
+    title: z.string().max(Limits.titleLength).optional(),
+    metadata: MetadataSchema.optional(),
+    participants: z
+      .array(z.strictObject({ user: UserIdSchema, role: RoleSchema.default("member") }))
+      .max(Limits.participants - 1)
+      .default([]),
+    asUser,
+  })
+  .openapi("CreateConversation")
+
+export const DirectConversationBody = z
+  .strictObject({
+    with: UserIdSchema.openapi({ description: "The other user of the direct conversation." }),
+    asUser,
+  })
+  .openapi("DirectConversation")
+
+export const UpdateConversationBody = z
+  .strictObject({
+    title: z.string().max(Limits.titleLength).optional(),
+    metadata: MetadataSchema.optional(),
+    asUser,
+  })
+  .refine((b) => b.title !== undefined || b.metadata !== undefined, { message: "give a title or metadata" })
+  .openapi("UpdateConversation")
+
+export const AddParticipantsBody = z
+  .strictObject({
+    users: z.array(UserIdSchema).min(1).max(Limits.participants),
+    role: RoleSchema.default("member"),
+    asUser,
+  })
+  .openapi("AddParticipants")
+
+export const ChangeRoleBody = z.strictObject({ role: RoleSchema, asUser }).openapi("ChangeRole")
+
+export const SendMessageBody = z
+  .strictObject({
+    id: MessageIdSchema.optional().openapi({
+      description:
+        "Client-chosen id: sending it again returns the first message (also via `Idempotency-Key`).",
+    }),
+    body: z.string().max(Limits.bodyLength),
+    type: z.string().min(1).max(Limits.typeLength).optional(),
+    priority: PrioritySchema.optional(),
+    metadata: MetadataSchema.optional(),
+    attachments: z.array(AttachmentSchema).max(Limits.attachments).optional(),
+    replyTo: MessageIdSchema.optional(),
+    asUser,
+  })
+  .openapi("SendMessage")
+
+export const EditMessageBody = z
+  .strictObject({ body: z.string().max(Limits.bodyLength), asUser })
+  .openapi("EditMessage")
+
+export const ReactBody = z
+  .strictObject({ emoji: z.string().min(1).max(Limits.emojiLength), asUser })
+  .openapi("React")
+
+export const MarkReadBody = z
+  .strictObject({
+    upTo: z
+      .union([z.number().int().nonnegative(), MessageIdSchema])
+      .optional()
+      .openapi({ description: "A sequence number or a message id; the latest message when absent." }),
+    asUser,
+  })
+  .openapi("MarkRead")
+
+// --- responses
+
+export const ProblemSchema = z
+  .object({
+    type: z.string().openapi({ example: "urn:parley:error:FORBIDDEN" }),
+    title: z.string(),
+    status: z.number().int(),
+    detail: z.string(),
+    code: z.string().openapi({ description: "Parley's error code." }),
+    rule: z.string().optional().openapi({ description: "The document rule that refused a write." }),
+  })
+  .openapi("Problem")
+
+export const ParticipantSchema = z
+  .object({ user: UserIdSchema, role: RoleSchema, addedBy: UserIdSchema, addedAt: z.number() })
+  .openapi("Participant")
+
+export const MessageSchema = z
+  .object({
+    id: MessageIdSchema,
+    author: UserIdSchema,
+    body: z.string(),
+    type: z.string(),
+    createdAt: z.number(),
+    priority: PrioritySchema,
+    replyTo: MessageIdSchema.optional(),
+    attachments: z.array(AttachmentSchema),
+    metadata: MetadataSchema,
+    seq: z.number().int().optional(),
+    editedAt: z.number().optional(),
+    deleted: z.object({ at: z.number(), by: UserIdSchema }).optional(),
+    reactions: z.record(z.string(), z.array(UserIdSchema)),
+  })
+  .openapi("Message")
+
+export const ConversationSchema = z
+  .object({
+    id: ConversationIdSchema,
+    kind: z.enum(["direct", "group"]),
+    title: z.string(),
+    metadata: MetadataSchema,
+    createdBy: UserIdSchema,
+    createdAt: z.number(),
+    deletedAt: z.number().optional(),
+    deletedBy: UserIdSchema.optional(),
+    participants: z.array(ParticipantSchema),
+    markers: z.record(z.string(), z.object({ read: z.number(), delivered: z.number() })),
+    lastMessage: MessageSchema.optional(),
+    lastSequence: z.number().int(),
+  })
+  .openapi("Conversation")
+
+export const MessageListSchema = z
+  .object({ messages: z.array(MessageSchema), lastSequence: z.number().int() })
+  .openapi("MessageList")
+
+export const MarkReadResultSchema = z
+  .object({
+    user: UserIdSchema,
+    readUpTo: z.number().int(),
+    deliveredUpTo: z.number().int(),
+    moved: z.boolean().openapi({ description: "False when the marker was there or further already." }),
+  })
+  .openapi("MarkerResult")
+
+export const InboxPageSchema = z
+  .object({
+    conversations: z.array(
+      z.object({
+        conversationId: ConversationIdSchema,
+        kind: z.enum(["direct", "group"]),
+        title: z.string(),
+        participants: z.object({ count: z.number().int(), first: z.array(UserIdSchema) }),
+        lastMessage: z
+          .object({
+            id: z.string(),
+            author: UserIdSchema,
+            text: z.string(),
+            deleted: z.boolean(),
+            at: z.number(),
+            seq: z.number().int().optional(),
+          })
+          .optional(),
+        unread: z.number().int(),
+        readUpTo: z.number().int(),
+        lastActivityAt: z.number(),
+        deleted: z.boolean().optional(),
+        muted: z.boolean(),
+      }),
+    ),
+    total: z.number().int(),
+    nextOffset: z.number().int().optional(),
+  })
+  .openapi("InboxPage")
+
+export const UnreadSchema = z
+  .object({ total: z.number().int(), conversations: z.record(z.string(), z.number().int()) })
+  .openapi("Unread")
+
+export const ParticipantsChangeSchema = z
+  .object({ users: z.array(UserIdSchema) })
+  .openapi("ParticipantsChange", { description: "The users the change actually added or removed." })
+
+export const EventStreamSchema = z.string().openapi("EventStream", {
+  description:
+    "`text/event-stream`: per event `id: <log position>`, `event: <type>`, `data: <the hook event as JSON>`; `: ping` comments as heartbeats.",
+})

@@ -1,0 +1,234 @@
+import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
+import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import type { ApiEventEntry, ApiEventQuery, ApiEventSource } from "../../src/api/event-source.js"
+import { ApiExtension } from "../../src/api/extension.js"
+import { type ApiScope, newApiKey } from "../../src/api/keys.js"
+import { MemoryBackend } from "../../src/backend/index.js"
+import type { HookEvent } from "../../src/hooks/events.js"
+import { type RunningRelay, startRelay } from "../../src/relay.js"
+import { isStream, openSse, type SseStream } from "../helpers/sse.js"
+
+// The stream's own behaviour (resume, heartbeats, bounds, refusals) over an event log kept in this
+// test; the durable log of the relay and a real process are in api-events-process.test.ts.
+
+/** A log in memory with the event log's semantics: increasing ids, filters, pruning, subscription. */
+class TestLog implements ApiEventSource {
+  readonly entries: ApiEventEntry[] = []
+  prunedThrough = 0
+  readonly queries: ApiEventQuery[] = []
+  private readonly listeners = new Set<(entries: readonly ApiEventEntry[]) => void>()
+
+  append(...events: HookEvent[]): void {
+    const added = events.map((event, i) => ({ id: String(this.entries.length + 1 + i), event }))
+    this.entries.push(...added)
+    for (const listener of this.listeners) listener(added)
+  }
+
+  async read(query: ApiEventQuery): Promise<ApiEventEntry[]> {
+    this.queries.push(query)
+    const after = Number(query.after ?? 0)
+    if (after < this.prunedThrough)
+      throw new ParleyError("EVENTS_EXPIRED" as ErrorCode, `pruned after ${after}`)
+    if (after > this.entries.length) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "unknown id")
+    return this.entries
+      .filter((e) => Number(e.id) > after)
+      .filter((e) => !query.conversation || e.event.event.conversationId === query.conversation)
+      .filter((e) => !query.user || e.event.conversation.participants.some((p) => p.user === query.user))
+      .filter((e) => !query.types?.length || query.types.includes(e.event.event.type))
+      .slice(0, query.limit)
+  }
+
+  async latest(): Promise<string> {
+    return String(this.entries.length)
+  }
+
+  subscribe(listener: (entries: readonly ApiEventEntry[]) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+}
+
+function readEvent(n: number, conversation = "g~one", users: string[] = ["alice"]): HookEvent {
+  return {
+    event: {
+      id: `evt_${n}`,
+      type: "messages.read",
+      time: n,
+      conversationId: conversation as ConversationId,
+      actor: { kind: "user", user: "alice" as UserId },
+    },
+    subject: { user: "alice" as UserId, upTo: n },
+    conversation: {
+      id: conversation as ConversationId,
+      kind: "group",
+      title: "",
+      metadata: {},
+      createdBy: "alice" as UserId,
+      createdAt: 1,
+      participants: users.map((user) => ({
+        user: user as UserId,
+        role: "member",
+        addedBy: user as UserId,
+        addedAt: 1,
+      })),
+    },
+  }
+}
+
+describe("GET /v1/events", () => {
+  let relay: RunningRelay
+  let log: TestLog
+  let backend: MemoryBackend
+  const streams: SseStream[] = []
+
+  async function key(scopes: ApiScope[], name = `svc${Math.random().toString(36).slice(2, 8)}`) {
+    const made = newApiKey(name, scopes)
+    await backend.keys.create(made.record)
+    return { authorization: `Bearer ${made.key}` }
+  }
+  async function open(query: string, headers: Record<string, string>) {
+    const result = await openSse(`${relay.httpUrl}/v1/events${query}`, headers)
+    if (isStream(result)) streams.push(result)
+    return result
+  }
+
+  beforeEach(async () => {
+    log = new TestLog()
+    backend = new MemoryBackend()
+    relay = await startRelay({
+      port: 0,
+      backend,
+      dev: true,
+      log: "silent",
+      api: false,
+      extensions: [
+        new ApiExtension({
+          keys: backend.keys,
+          log: (await import("../../src/log.js")).createLogger("silent"),
+          events: log,
+          limits: { heartbeatMs: 100, streamsPerKey: 2, retryMs: 1500 },
+        }),
+      ],
+    })
+  })
+  afterEach(async () => {
+    for (const s of streams.splice(0)) s.close()
+    await relay.close()
+  })
+
+  it("sends what the log records after Last-Event-ID, each once and in order, with its id, type and retry", async () => {
+    const auth = await key(["events:read"])
+    log.append(readEvent(1), readEvent(2), readEvent(3))
+    const stream = await open("", { ...auth, "last-event-id": "1" })
+    if (!isStream(stream)) throw new Error(`refused: ${JSON.stringify(stream)}`)
+    log.append(readEvent(4))
+    await stream.until((events) => events.some((e) => e.id === "4"))
+    const sent = stream.events.filter((e) => e.event === "messages.read")
+    expect(sent.map((e) => e.id)).toEqual(["2", "3", "4"])
+    expect((JSON.parse(sent[0]!.data) as HookEvent).event.id).toBe("evt_2")
+    expect(stream.retry()).toBe(1500)
+  })
+
+  it("starts from now without a resume point, and says where now is", async () => {
+    const auth = await key(["events:read"])
+    log.append(readEvent(1), readEvent(2))
+    const stream = await open("", auth)
+    if (!isStream(stream)) throw new Error("refused")
+    await stream.until((events) => events.some((e) => e.event === "ready"))
+    expect(stream.lastEventId()).toBe("2")
+    log.append(readEvent(3))
+    await stream.until((events) => events.some((e) => e.id === "3"))
+    expect(stream.events.filter((e) => e.event === "messages.read").map((e) => e.id)).toEqual(["3"])
+  })
+
+  it("misses nothing and repeats nothing when a client disconnects and resumes with Last-Event-ID", async () => {
+    const auth = await key(["events:read"])
+    const first = await open("?after=0", auth)
+    if (!isStream(first)) throw new Error("refused")
+    for (let i = 1; i <= 5; i++) log.append(readEvent(i))
+    await first.until((events) => events.some((e) => e.id === "5"))
+    first.close()
+    // Recorded while nobody listens.
+    for (let i = 6; i <= 450; i++) log.append(readEvent(i))
+    const second = await open("", { ...auth, "last-event-id": first.lastEventId()! })
+    if (!isStream(second)) throw new Error("refused")
+    log.append(readEvent(451))
+    await second.until((events) => events.some((e) => e.id === "451"))
+    const ids = [...first.events, ...second.events]
+      .filter((e) => e.event === "messages.read")
+      .map((e) => e.id)
+    expect(ids).toEqual(Array.from({ length: 451 }, (_, i) => String(i + 1)))
+  })
+
+  it("sends a heartbeat comment while nothing happens", async () => {
+    const stream = await open("", await key(["events:read"]))
+    if (!isStream(stream)) throw new Error("refused")
+    await stream.until(() => stream.comments.filter((c) => c === "ping").length >= 2)
+  })
+
+  it("passes the conversation, user and type filters to the log", async () => {
+    const auth = await key(["events:read"])
+    log.append(
+      readEvent(1, "g~one", ["alice"]),
+      readEvent(2, "g~two", ["bob"]),
+      readEvent(3, "g~one", ["bob"]),
+    )
+    const stream = await open("?after=0&user=bob&conversation=g~one&type=messages.read,message.sent", auth)
+    if (!isStream(stream)) throw new Error("refused")
+    await stream.until((events) => events.some((e) => e.id === "3"))
+    expect(stream.events.filter((e) => e.event === "messages.read").map((e) => e.id)).toEqual(["3"])
+    expect(log.queries[0]).toMatchObject({
+      user: "bob",
+      conversation: "g~one",
+      types: ["messages.read", "message.sent"],
+    })
+  })
+
+  it("bounds the streams one key holds open, and frees a place when one closes", async () => {
+    const auth = await key(["events:read"])
+    const a = await open("", auth)
+    const b = await open("", auth)
+    const c = await open("", auth)
+    expect([a.status, b.status, c.status]).toEqual([200, 200, 429])
+    expect(isStream(c) ? undefined : c.body).toMatchObject({ code: "RATE_LIMITED", status: 429 })
+    // Another key is not affected.
+    expect((await open("", await key(["events:read"]))).status).toBe(200)
+    if (isStream(a)) a.close()
+    await expect
+      .poll(async () => {
+        const d = await open("", auth)
+        if (isStream(d)) d.close()
+        return d.status
+      })
+      .toBe(200)
+  })
+
+  it("refuses keys without events:read, bad resume points and pruned ones as problems", async () => {
+    const none = await open("", {})
+    expect(none.status).toBe(401)
+    const noScope = await open("", await key(["messages:read"]))
+    expect(isStream(noScope) ? undefined : noScope.body).toMatchObject({ status: 403, code: "FORBIDDEN" })
+    const auth = await key(["events:read"])
+    const bad = await open("", { ...auth, "last-event-id": "abc" })
+    expect(isStream(bad) ? undefined : [bad.status, bad.contentType]).toEqual([
+      400,
+      "application/problem+json",
+    ])
+    const unknownType = await open("?type=message.nope", auth)
+    expect(unknownType.status).toBe(400)
+    log.append(readEvent(1), readEvent(2))
+    log.prunedThrough = 1
+    const expired = await open("?after=0", auth)
+    expect(isStream(expired) ? undefined : expired.body).toMatchObject({
+      status: 410,
+      code: "EVENTS_EXPIRED",
+    })
+  })
+
+  it("ends open streams when the relay stops", async () => {
+    const stream = await open("", await key(["events:read"]))
+    if (!isStream(stream)) throw new Error("refused")
+    await relay.close()
+    await stream.ended
+  })
+})

@@ -1,0 +1,69 @@
+import { afterEach, describe, expect, it } from "vitest"
+import { newApiKey } from "../../src/api/keys.js"
+import type { ApiLimits } from "../../src/api/limits.js"
+import { MemoryBackend } from "../../src/backend/index.js"
+import { type RunningRelay, startRelay } from "../../src/relay.js"
+import { apiClient } from "./helpers.js"
+
+describe("HTTP API limits", () => {
+  let relay: RunningRelay | undefined
+  afterEach(async () => {
+    await relay?.close()
+  })
+
+  async function start(limits: Partial<ApiLimits>) {
+    const backend = new MemoryBackend()
+    relay = await startRelay({ port: 0, backend, dev: true, log: "silent", apiLimits: limits })
+    const key = async (name: string) => {
+      const made = newApiKey(name, ["conversations:read", "conversations:write"])
+      await backend.keys.create(made.record)
+      return apiClient(() => relay!.httpUrl, made.key)
+    }
+    return key
+  }
+
+  it("rate-limits each key on its own with 429 and Retry-After", async () => {
+    const key = await start({ requestsPerSecond: 0.5, requestBurst: 3 })
+    const busy = await key("busy")
+    const statuses = []
+    for (let i = 0; i < 4; i++) statuses.push((await busy("GET", "/v1/conversations/g~x")).status)
+    expect(statuses).toEqual([404, 404, 404, 429])
+    const limited = await busy("GET", "/v1/conversations/g~x")
+    expect(limited.body).toMatchObject({ code: "RATE_LIMITED", status: 429 })
+    expect(Number(limited.headers.get("retry-after"))).toBeGreaterThanOrEqual(1)
+    expect((await (await key("calm"))("GET", "/v1/conversations/g~x")).status).toBe(404)
+  })
+
+  it("refuses a body above the configured size before reading it, and keeps serving", async () => {
+    const key = await start({ maxBodyBytes: 1024 })
+    const api = await key("small")
+    const big = await api("POST", "/v1/conversations", { title: "t".repeat(150), participants: [] })
+    expect(big.status).toBe(201)
+    const huge = await api("POST", "/v1/conversations", { title: "t".repeat(2000), participants: [] })
+    expect([huge.status, huge.body.code]).toEqual([413, "TOO_LARGE"])
+    expect((await api("GET", "/v1/conversations/g~x")).status).toBe(404)
+  })
+
+  it("counts a body sent without a length (chunked) as it arrives", async () => {
+    const backend = new MemoryBackend()
+    relay = await startRelay({
+      port: 0,
+      backend,
+      dev: true,
+      log: "silent",
+      apiLimits: { maxBodyBytes: 1024 },
+    })
+    const made = newApiKey("chunked", ["conversations:write"])
+    await backend.keys.create(made.record)
+    const send = (json: string) =>
+      fetch(`${relay!.httpUrl}/v1/conversations`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${made.key}`, "content-type": "application/json" },
+        body: new Blob([json]).stream(),
+        duplex: "half",
+      } as RequestInit)
+    expect((await send(JSON.stringify({ title: "small", participants: [] }))).status).toBe(201)
+    const big = await send(JSON.stringify({ title: "t".repeat(4000), participants: [] }))
+    expect(big.status).toBe(413)
+  })
+})
