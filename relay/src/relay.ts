@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
+import type { RedisState } from "./cluster/cluster.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
 import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
 import { HooksExtension } from "./hooks/extension.js"
@@ -83,6 +84,23 @@ export interface RelayOptions {
    * as failed. Default 5000 ms.
    */
   readonly storageTimeoutMs?: number
+  /**
+   * Run as one of several relays serving the same documents: PostgreSQL
+   * (`storage: "postgres"`) keeps everything, Redis carries changes between
+   * relays and decides which relay orders each document (see the README's
+   * "Several relays").
+   */
+  readonly cluster?: RelayClusterOptions
+}
+
+/** A relay's cluster settings (see {@link RelayOptions.cluster}). */
+export interface RelayClusterOptions {
+  /** Redis connection string. */
+  readonly redisUrl: string
+  /** Prefix of every Redis key and channel. Default `parley:`. */
+  readonly keyPrefix?: string
+  /** Lifetime of a document's lease in ms (how long a dead relay keeps ordering it). Default 1500. */
+  readonly leaseMs?: number
 }
 
 /** A started relay. */
@@ -168,6 +186,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const databaseUrl = options.databaseUrl ?? ""
   if (!options.backend && storageKind === "postgres" && !databaseUrl)
     throw new StartupError(ExitCode.CONFIG, "--storage postgres needs --database-url (or DATABASE_URL)")
+  if (options.cluster && (options.backend || storageKind !== "postgres"))
+    throw new StartupError(
+      ExitCode.CONFIG,
+      "--redis-url runs the relay in a cluster, which keeps everything in PostgreSQL: add --storage postgres",
+    )
   // Names the data directory or database in a failure to open it.
   const where =
     storageKind === "postgres"
@@ -175,7 +198,25 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       : ({ kind: "sqlite", dataDir } as const)
   // One backend holds everything the relay keeps (documents, hook outbox, client-id bindings), so a
   // restart or a backup keeps all three together.
+  // In a cluster, the backend comes with the membership (leases, fencing, Redis): loaded only then.
+  const clustered = options.cluster
+    ? await import("./cluster/backend.js")
+        .then(({ openClusterBackend }) =>
+          openClusterBackend({
+            ...options.cluster!,
+            databaseUrl,
+            timeoutMs: storageTimeoutMs,
+            log: log.child({ component: "cluster" }),
+            onIdleError: (error: Error) =>
+              log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
+          }),
+        )
+        .catch((error: unknown) => {
+          throw storageFailure(error, where)
+        })
+    : undefined
   const opened =
+    clustered?.backend ??
     options.backend ??
     (await openBackend({
       kind: storageKind,
@@ -232,6 +273,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     extensions,
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     storageHealth: storage,
+    ...(clustered ? { router: clustered.cluster } : {}),
   })
   try {
     await core.start()
@@ -251,7 +293,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     devAnyHost: options.forceDev ?? false,
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: backend.kind }),
-    readiness: () => readinessOf(storage.state),
+    readiness: () => readinessOf(storage.state, clustered?.cluster.redisState),
     routes: extensionRoutes(extensions),
   })
   let port: number
@@ -293,17 +335,21 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
 }
 
 /** `/readyz`'s answer: ready, or which dependency fails, why and since when. */
-function readinessOf(state: StorageState): Readiness {
-  if (state.state === "ok") return { ready: true }
-  return {
-    ready: false,
-    failing: [
-      {
-        dependency: "storage",
-        code: state.error.code,
-        error: state.error.message,
-        since: new Date(state.since).toISOString(),
-      },
-    ],
-  }
+function readinessOf(state: StorageState, redis?: RedisState): Readiness {
+  const failing: Extract<Readiness, { ready: false }>["failing"][number][] = []
+  if (state.state !== "ok")
+    failing.push({
+      dependency: "storage",
+      code: state.error.code,
+      error: state.error.message,
+      since: new Date(state.since).toISOString(),
+    })
+  if (redis && !redis.ready)
+    failing.push({
+      dependency: "redis",
+      code: ErrorCode.UNAVAILABLE,
+      error: redis.error ?? "not connected",
+      since: new Date(redis.since).toISOString(),
+    })
+  return failing.length === 0 ? { ready: true } : { ready: false, failing }
 }
