@@ -79,6 +79,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly waiting = new Map<string, Waiting>()
   private readonly reached = new Map<string, Set<() => void>>()
   private readonly takingOver = new Map<string, Promise<boolean>>()
+  /** Per document, the last change this relay routed: the next one waits for it (see {@link inOrder}). */
+  private readonly chains = new Map<string, Promise<unknown>>()
   private state: RedisState = { ready: false, since: Date.now() }
   private closed = false
 
@@ -213,13 +215,44 @@ export class Cluster implements UpdateRouter, FenceSource {
   ): Promise<unknown> {
     // A reconnecting client's sync step 2 usually brings nothing new: answered here, nothing to order.
     if (inspectUpdate(host.doc, update).noop) return local()
-    const through = await this.route(host, "client", principal, update, local)
-    if (through === undefined) return
-    await this.reach(host, through)
-    connection.saved()
+    return this.inOrder(host.key, async () => {
+      const through = await this.route(host, "client", principal, update, local)
+      if (through === undefined) return
+      await this.reach(host, through)
+      connection.saved()
+    })
+  }
+
+  /**
+   * Runs the changes of one document that reach this relay one after the
+   * other, in arrival order, wherever they are ordered. A client's updates
+   * build on each other (each continues its Yjs clock): if a retry after a
+   * failover overtook an earlier one, the owner would refuse it as depending
+   * on changes it does not have. The cost: this relay has one change per
+   * document in flight at a time (its latency bounds the relay's rate for
+   * one conversation; other relays and other conversations run in parallel).
+   */
+  private inOrder<T>(name: string, run: () => Promise<T>): Promise<T> {
+    const previous = this.chains.get(name) ?? Promise.resolve()
+    const next = previous.then(run, run)
+    const tail = next.catch(() => undefined)
+    this.chains.set(name, tail)
+    void tail.then(() => {
+      if (this.chains.get(name) === tail) this.chains.delete(name)
+    })
+    return next
   }
 
   async write(
+    host: DocumentHost,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+    local: () => Promise<unknown>,
+  ): Promise<void> {
+    return this.inOrder(host.key, () => this.writeInOrder(host, actor, change, local))
+  }
+
+  private async writeInOrder(
     host: DocumentHost,
     actor: Principal,
     change: (doc: Y.Doc) => void,
