@@ -359,6 +359,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     }
     const host = this.loadedNow.get(name)
     if (host) await sequenceLeftovers(this.ctx, host)
+    await this.extensions.tookOver(name)
   }
 
   // --- ConnectionOwner

@@ -2,6 +2,7 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import type { RedisState } from "./cluster/cluster.js"
+import { ownedOutbox } from "./cluster/outbox.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
 import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
 import { HooksExtension } from "./hooks/extension.js"
@@ -241,7 +242,12 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   const inbox = options.inbox === false ? [] : [inboxTarget]
   const wantsHooks = hookModules.length > 0 || webhooks.length > 0 || inbox.length > 0
-  const outbox = wantsHooks ? backend.outbox : undefined
+  // In a cluster, a relay resumes at start only what it owes for documents it orders (none yet).
+  const outbox = wantsHooks
+    ? clustered
+      ? ownedOutbox(backend.outbox, (document) => clustered.cluster.owns(document))
+      : backend.outbox
+    : undefined
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
   const hooks = outbox
     ? new HooksExtension({
@@ -283,6 +289,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     throw error
   }
   if (hooks?.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
+  clustered?.cluster.startSweeping(outbox ? backend.outbox : undefined)
   const transport = new WsTransport({
     core,
     auth,

@@ -4,6 +4,7 @@ import { Redis } from "ioredis"
 import type pg from "pg"
 import * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
+import type { Outbox } from "../hooks/outbox.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { inspectUpdate } from "../yjs-updates.js"
@@ -82,6 +83,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   /** Per document, the last change this relay routed: the next one waits for it (see {@link inOrder}). */
   private readonly chains = new Map<string, Promise<unknown>>()
   private state: RedisState = { ready: false, since: Date.now() }
+  private sweeper: NodeJS.Timeout | undefined
+  private sweeping = false
   private closed = false
 
   private constructor(options: ClusterOptions) {
@@ -181,7 +184,37 @@ export class Cluster implements UpdateRouter, FenceSource {
     if (this.hosts.get(host.key) !== host) return
     this.hosts.delete(host.key)
     void this.sub.unsubscribe(this.docChannel(host.key)).catch(() => undefined)
-    void this.leases.release(host.key)
+    // The lease stays until the sweep finds nothing owed for it: its hooks may still be delivering.
+  }
+
+  /**
+   * Every `intervalMs`: takes over documents the outbox owes deliveries for
+   * that no relay orders (their owner died, or let them go), so that they are
+   * delivered without waiting for their next change; and gives up the leases
+   * of documents this relay neither has loaded nor owes anything for.
+   */
+  startSweeping(outbox: Outbox | undefined, intervalMs = 2000): void {
+    this.sweeper = setInterval(() => {
+      if (this.sweeping || this.closed) return
+      this.sweeping = true
+      this.sweep(outbox)
+        .catch((error: unknown) => this.options.log.warn({ err: error }, "cluster sweep failed"))
+        .finally(() => {
+          this.sweeping = false
+        })
+    }, intervalMs)
+    this.sweeper.unref()
+  }
+
+  private async sweep(outbox: Outbox | undefined): Promise<void> {
+    const owed = new Set((await outbox?.pending())?.map((d) => d.document))
+    for (const name of owed) {
+      if (this.owns(name) || this.takingOver.has(name)) continue
+      if ((await this.leases.holder(name)) === null) await this.takeOver(name)
+    }
+    for (const name of this.leases.names)
+      if (!this.hosts.has(name) && !owed.has(name) && !this.takingOver.has(name) && !this.chains.has(name))
+        await this.leases.release(name)
   }
 
   owns(name: string): boolean {
@@ -498,6 +531,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
+    clearInterval(this.sweeper)
     await this.leases.close().catch(() => undefined)
     for (const waiting of this.waiting.values()) clearTimeout(waiting.timer)
     this.redis.disconnect()

@@ -183,7 +183,7 @@ export async function startLoadBalancer(haproxy: string, ports: readonly number[
 export function haproxyConfig(port: number, relayPorts: readonly number[]): string {
   return [
     "global",
-    "  maxconn 20000",
+    "  maxconn 4000",
     "defaults",
     "  mode http",
     "  timeout connect 2s",
