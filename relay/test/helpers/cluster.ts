@@ -72,7 +72,12 @@ let count = 0
 /** Starts `size` relays with `--redis-url` on PostgreSQL; `args` are extra flags of each. */
 export async function startCluster(
   size: number,
-  options: { args?: readonly string[]; env?: NodeJS.ProcessEnv } = {},
+  options: {
+    args?: readonly string[]
+    env?: NodeJS.ProcessEnv
+    /** Redis for the relays to use (a proxy, say); default {@link REDIS_URL}. */
+    redisUrl?: string
+  } = {},
 ): Promise<TestCluster> {
   const schema = await scratchSchema()
   const prefix = `parley-test:${process.pid}:${Date.now().toString(36)}:${count++}:`
@@ -87,7 +92,7 @@ export async function startCluster(
     "--database-url",
     schema.url,
     "--redis-url",
-    REDIS_URL,
+    options.redisUrl ?? REDIS_URL,
     "--redis-prefix",
     prefix,
     ...(options.args ?? []),
@@ -123,7 +128,16 @@ export async function startCluster(
     },
     stop: async () => {
       for (let i = 0; i < size; i++) await cluster.kill(i)
-      await schema.drop()
+      // A killed relay's sessions end a moment after it: dropping may deadlock with one that still holds locks.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await schema.drop()
+          break
+        } catch (error) {
+          if (attempt >= 5) throw error
+          await new Promise((r) => setTimeout(r, 200))
+        }
+      }
       const redis = new Redis(REDIS_URL)
       try {
         const keys = await redis.keys(`${prefix}*`)
