@@ -171,7 +171,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   async loaded(host: DocumentHost): Promise<void> {
     this.hosts.set(host.key, host)
     try {
-      await this.sub.subscribe(this.docChannel(host.key))
+      // Bounded: while Redis is away the subscription waits for it (and is made on reconnect), the load does not.
+      await Promise.race([this.sub.subscribe(this.docChannel(host.key)), sleep(1000)])
     } catch (error) {
       // Followed from storage instead: every forwarded change reads what it lacks before its ack.
       this.options.log.warn({ err: error, doc: host.key }, "could not follow the document over Redis")
