@@ -9,6 +9,7 @@
  * Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL). Every process shares
  * this machine's cores with the clients: figures are for comparing setups.
  */
+import { readFileSync } from "node:fs"
 import { createConversation, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { TestClient } from "../../relay/test/helpers/clients.js"
 import { redisUnreachable, startCluster, type TestCluster } from "../../relay/test/helpers/cluster.js"
@@ -33,12 +34,26 @@ const percentile = (values: number[], p: number) => {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? Number.NaN
 }
 const ms = (n: number) => `${n.toFixed(1)} ms`
+
+/** CPU time (user + system) the processes used so far, in ms (Linux /proc; clock ticks of 10 ms). */
+function cpuMs(pids: readonly number[]): number {
+  let ticks = 0
+  for (const pid of pids) {
+    try {
+      const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+      ticks += Number(fields[11]) + Number(fields[12])
+    } catch {}
+  }
+  return ticks * 10
+}
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t))
 
 /** What one setup runs on: the URL of relay `i` (modulo the number of relays), and a token. */
 interface Setup {
   readonly label: string
   readonly relays: number
+  /** Process ids of the relays (their CPU time is read from /proc). */
+  pids(): number[]
   url(i: number): string
   token(user: string): Promise<string>
   stop(): Promise<void>
@@ -52,6 +67,7 @@ async function single(): Promise<Setup> {
   return {
     label: "1 relay, PostgreSQL only",
     relays: 1,
+    pids: () => [relay.child.pid!],
     url: () => relay.url,
     token: (user) => relay.token(user),
     stop: async () => {
@@ -67,6 +83,7 @@ async function clustered(size: number): Promise<Setup & { cluster: TestCluster }
     label: `${size} relay${size > 1 ? "s" : ""}, PostgreSQL + Redis`,
     relays: size,
     cluster,
+    pids: () => cluster.relays.flatMap((r) => (r?.child.pid ? [r.child.pid] : [])),
     url: (i) => cluster.relay(i % size).url,
     token: (user) => cluster.token(user),
     stop: () => cluster.stop(),
@@ -105,6 +122,7 @@ async function spread(setup: Setup, conversations: number, messages: number) {
     }),
   )
   const start = performance.now()
+  const cpuBefore = cpuMs(setup.pids())
   const results = await Promise.all(
     pairs.flatMap(({ owner, other, u0, u1 }) => [
       closedLoop(owner, u0, messages).then((l) => ({ local: true, l })),
@@ -112,6 +130,7 @@ async function spread(setup: Setup, conversations: number, messages: number) {
     ]),
   )
   const seconds = (performance.now() - start) / 1000
+  const cpu = cpuMs(setup.pids()) - cpuBefore
   for (const { owner, other } of pairs) {
     owner.close()
     other.close()
@@ -119,7 +138,7 @@ async function spread(setup: Setup, conversations: number, messages: number) {
   const all = results.flatMap((r) => r.l)
   const local = results.filter((r) => r.local).flatMap((r) => r.l)
   const forwarded = results.filter((r) => !r.local).flatMap((r) => r.l)
-  return { rate: all.length / seconds, all, local, forwarded }
+  return { rate: all.length / seconds, all, local, forwarded, cpuPerMessage: cpu / all.length }
 }
 
 /** One conversation, `writers` participants spread over the relays, all writing at once. */
@@ -204,6 +223,7 @@ for (const make of [single, () => clustered(1), () => clustered(2), () => cluste
     rows.push([
       setup.label,
       `${s.rate.toFixed(0)}`,
+      ms(s.cpuPerMessage),
       ms(percentile(s.all, 0.5)),
       ms(percentile(s.all, 0.99)),
       ms(p50),
@@ -219,6 +239,7 @@ for (const make of [single, () => clustered(1), () => clustered(2), () => cluste
 const header = [
   "setup",
   "msgs/s",
+  "relay CPU/msg",
   "ack p50",
   "ack p99",
   "p50 on owner",
@@ -229,11 +250,11 @@ const header = [
 ]
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
 for (const row of [header, ...rows]) console.log(row.map((c, i) => c.padEnd(widths[i]!)).join("  "))
-const local1 = Number.parseFloat(rows[1]![4]!)
-const forwarded3 = Number.parseFloat(rows[3]![5]!)
+const col = (row: number, column: string) => Number.parseFloat(rows[row]![header.indexOf(column)]!)
 console.log(
-  `cluster path on the owner vs one relay on PostgreSQL alone: ${ms(local1 - baseline!)} per message (ack p50); ` +
-    `forwarding to another relay adds ${ms(forwarded3 - Number.parseFloat(rows[3]![4]!))} (3 relays)`,
+  `cluster vs one relay on PostgreSQL alone, per message: relay CPU +${ms(col(1, "relay CPU/msg") - col(0, "relay CPU/msg"))} ` +
+    `(1 relay), +${ms(col(3, "relay CPU/msg") - col(0, "relay CPU/msg"))} (3 relays, all relays summed); ack p50 on the owner ` +
+    `${ms(col(1, "p50 on owner") - baseline!)}; forwarding adds ${ms(col(3, "p50 forwarded") - col(3, "p50 on owner"))} (3 relays)`,
 )
 
 const three = await clustered(3)

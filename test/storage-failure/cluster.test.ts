@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { Writer } from "../../relay/test/cluster/writer.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
 import { REDIS_URL, redisUnreachable, startCluster } from "../../relay/test/helpers/cluster.js"
-import { postgresUnreachable } from "../../relay/test/helpers/postgres.js"
+import { DATABASE_URL, postgresUnreachable } from "../../relay/test/helpers/postgres.js"
 import { eventually, readyz } from "./helpers.js"
 import { TcpProxy } from "./tcp-proxy.js"
 
@@ -25,12 +25,12 @@ afterEach(async () => {
 const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
 
 if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
-  describe("two relays while Redis fails", () => {
+  describe("two relays while Redis or PostgreSQL fails", () => {
     it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
   })
 } else {
-  describe("two relays while Redis fails", () => {
-    it("refuse writes retryably, report it in /readyz, and store the pending messages once when Redis answers again", async () => {
+  describe("two relays while Redis or PostgreSQL fails", () => {
+    it("while Redis fails: writes refused retryably, reported in /readyz, and store the pending messages once when Redis answers again", async () => {
       const target = new URL(REDIS_URL)
       const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 6379) })
       cleanups.push(() => proxy.close())
@@ -79,12 +79,75 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
       // The SDK re-sends pending work when it reconnects; a retryable refusal keeps it pending.
       a.client!.close()
+      // Like the SDK after a retryable refusal: the pending work goes again on a fresh connection.
+      a.client!.close()
       b.client!.close()
       await Promise.all([a.settled(), b.settled()])
       const reader = new TestClient(cluster.relay(1).url, id, await cluster.token(alice))
       cleanups.push(() => reader.close())
       await reader.synced()
       await reader.until(() => listMessages(reader.doc, { last: 100 }).every((m) => m.seq !== undefined))
+      const messages = listMessages(reader.doc, { last: 100 })
+      expect(messages.map((m) => m.body).sort()).toEqual(["before", "before", "during", "during"])
+      expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
+    }, 90_000)
+
+    it("while PostgreSQL fails: writes refused retryably on every relay, the owner not ready, pending messages stored once after", async () => {
+      const target = new URL(DATABASE_URL)
+      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })
+      cleanups.push(() => proxy.close())
+      const cluster = await startCluster(2, {
+        databaseUrl: (url) => {
+          const proxied = new URL(url)
+          proxied.hostname = "127.0.0.1"
+          proxied.port = String(proxy.port)
+          return proxied.toString()
+        },
+        args: ["--storage-timeout-ms", "1000"],
+      })
+      cleanups.push(() => cluster.stop())
+      const id = newConversationId()
+      const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
+      const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
+      cleanups.push(() => a.stop())
+      cleanups.push(() => b.stop())
+      const first = a.connect()
+      await first.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await first.allSaved()
+      await b.connect().synced()
+      a.send("before")
+      b.send("before")
+      await Promise.all([a.settled(), b.settled()])
+
+      proxy.blackhole()
+      proxy.cut()
+      a.send("during")
+      b.send("during")
+      for (const w of [a, b]) await w.client!.until(() => w.client!.errors.length > 0)
+      for (const w of [a, b]) {
+        expect(isRetryable(w.client!.errors[0]!.code as ErrorCode)).toBe(true)
+        expect(w.acked.size).toBe(1)
+      }
+      await eventually(async () => {
+        const { status, body } = await readyz(cluster.relay(0).httpUrl)
+        expect(status).toBe(503)
+        expect(JSON.stringify(body)).toContain("storage")
+      })
+
+      proxy.restore()
+      await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200))
+      // Like the SDK after a retryable refusal: the pending work goes again on a fresh connection.
+      a.client!.close()
+      b.client!.close()
+      await Promise.all([a.settled(), b.settled()])
+      const reader = new TestClient(cluster.relay(1).url, id, await cluster.token(alice))
+      cleanups.push(() => reader.close())
+      await reader.synced()
+      await reader.until(() => {
+        const list = listMessages(reader.doc, { last: 100 })
+        return list.length === 4 && list.every((m) => m.seq !== undefined)
+      })
       const messages = listMessages(reader.doc, { last: 100 })
       expect(messages.map((m) => m.body).sort()).toEqual(["before", "before", "during", "during"])
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])

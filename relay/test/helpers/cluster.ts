@@ -77,6 +77,8 @@ export async function startCluster(
     env?: NodeJS.ProcessEnv
     /** Redis for the relays to use (a proxy, say); default {@link REDIS_URL}. */
     redisUrl?: string
+    /** The relays' connection string made from the scratch schema's (through a proxy, say). */
+    databaseUrl?: (url: string) => string
   } = {},
 ): Promise<TestCluster> {
   const schema = await scratchSchema()
@@ -90,7 +92,7 @@ export async function startCluster(
     "--storage",
     "postgres",
     "--database-url",
-    schema.url,
+    options.databaseUrl ? options.databaseUrl(schema.url) : schema.url,
     "--redis-url",
     options.redisUrl ?? REDIS_URL,
     "--redis-prefix",
