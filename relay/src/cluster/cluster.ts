@@ -433,6 +433,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       const done = () => {
         clearTimeout(timer)
         set!.delete(check)
+        if (set!.size === 0 && this.reached.get(host.key) === set) this.reached.delete(host.key)
         resolve()
       }
       const check = () => {
