@@ -53,9 +53,10 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
     close: async () => {
       if (closed) return
       closed = true
-      await cluster.close()
+      // Appends in flight finish under the leases; then the leases go, then the pool.
       await documents.close()
       await outbox.close()
+      await cluster.close()
       await pool.end()
     },
   }

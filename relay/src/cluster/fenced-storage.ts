@@ -27,9 +27,9 @@ export interface FenceSource {
 /**
  * The documents of a clustered relay: reads as {@link PostgresStorage}, but
  * every append and compaction checks, in its own transaction, that this
- * relay's fencing token is the document's current one (`FOR SHARE` on the
+ * relay's fencing token is the document's current one (`FOR UPDATE` on the
  * fence row: a new holder's claim waits for it to commit, and it for the
- * claim). Appends are not grouped across documents: a refused fence then
+ * claim; two appends of one document never compute the same position). Appends are not grouped across documents: a refused fence then
  * fails only its own document. Committed entries are published to the other
  * relays.
  */
@@ -64,7 +64,25 @@ export class FencedStorage implements RelayStorage {
     return this.reads.restore(name, snapshot)
   }
 
-  async append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
+  append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
+    // Copied now: the caller may reuse its buffers before the transaction runs.
+    const copies = updates.map((u) => Buffer.from(u))
+    return this.track(this.appendCopies(name, copies))
+  }
+
+  /** Appends and compactions still running: `close` waits for them. */
+  private readonly running = new Set<Promise<unknown>>()
+
+  private track<T>(promise: Promise<T>): Promise<T> {
+    this.running.add(promise)
+    void promise.then(
+      () => this.running.delete(promise),
+      () => this.running.delete(promise),
+    )
+    return promise
+  }
+
+  private async appendCopies(name: string, updates: readonly Buffer[]): Promise<number[]> {
     const token = this.fence.tokenOf(name)
     if (token === undefined) throw notOwner(name)
     const positions = await inTransaction(this.pool, async (client) => {
@@ -79,7 +97,7 @@ export class FencedStorage implements RelayStorage {
       await client.query(
         `INSERT INTO parley_updates (doc, position, data)
          SELECT $1, $2 + t.i - 1, t.d FROM unnest($3::bytea[]) WITH ORDINALITY AS t(d, i)`,
-        [name, first, updates.map((u) => Buffer.from(u.buffer, u.byteOffset, u.byteLength))],
+        [name, first, updates],
       )
       const last = first + updates.length - 1
       await client.query(ADVANCE, [name, last])
@@ -87,12 +105,16 @@ export class FencedStorage implements RelayStorage {
     })
     this.fence.stored(
       name,
-      positions.map((position, i) => ({ position, update: updates[i]! })),
+      positions.map((position, i) => ({ position, update: new Uint8Array(updates[i]!) })),
     )
     return positions
   }
 
-  async compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
+  compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
+    return this.track(this.compactNow(name, Buffer.from(snapshot), through))
+  }
+
+  private async compactNow(name: string, snapshot: Buffer, through: number): Promise<void> {
     // Only the owner folds the log; another relay's memory may lag behind it.
     const token = this.fence.tokenOf(name)
     if (token === undefined) return
@@ -102,7 +124,7 @@ export class FencedStorage implements RelayStorage {
         `INSERT INTO parley_snapshots (doc, data, through) VALUES ($1, $2, $3)
          ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data,
            through = GREATEST(parley_snapshots.through, EXCLUDED.through)`,
-        [name, Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength), through],
+        [name, snapshot, through],
       )
       await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
       await client.query(ADVANCE, [name, through])
@@ -111,13 +133,14 @@ export class FencedStorage implements RelayStorage {
 
   private async checkFence(client: pg.PoolClient, name: string, token: number): Promise<void> {
     const { rows } = await client.query<{ token: string }>(
-      "SELECT token FROM parley_cluster_fences WHERE doc = $1 FOR SHARE",
+      "SELECT token FROM parley_cluster_fences WHERE doc = $1 FOR UPDATE",
       [name],
     )
     if (Number(rows[0]?.token) !== token) throw notOwner(name)
   }
 
-  close(): Promise<void> {
-    return this.reads.close()
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.running])
+    await this.reads.close()
   }
 }

@@ -70,6 +70,20 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ])
     })
 
+    it("stores the bytes given, though the caller reuses its buffer, and finishes an append in flight on close", async () => {
+      const { a, b } = await twoRelays(5_000)
+      const doc = "g~bufferConversation"
+      await a.cluster.leases.acquire(doc)
+      const buffer = new Uint8Array([7])
+      const appended = a.backend.documents.append(doc, [buffer])
+      buffer[0] = 9
+      const closing = a.backend.close()
+      expect(await appended).toEqual([1])
+      await closing
+      const stored = await b.backend.documents.load(doc)
+      expect(stored.updates.map((u) => [...u.update])).toEqual([[7]])
+    })
+
     it("lets only one of two relays racing for a free document take it", async () => {
       const { a, b } = await twoRelays(5_000)
       const doc = "g~contestedConversation"
