@@ -449,6 +449,25 @@ export const RELAY_FLAGS = {
     help: "event streams (/v1/events) one API key may hold open",
     default: DEFAULT_API_LIMITS.streamsPerKey,
   }),
+  "redis-url": flag({
+    value: "url",
+    kind: "string",
+    env: "PARLEY_REDIS_URL",
+    help: "Redis connection string: run as one of several relays over PostgreSQL and Redis (needs --storage postgres)",
+  }),
+  "redis-prefix": flag({
+    value: "prefix",
+    kind: "string",
+    env: "PARLEY_REDIS_PREFIX",
+    help: "prefix of the cluster's Redis keys and channels",
+    default: "parley:",
+  }),
+  "lease-ms": flag({
+    kind: "integer",
+    env: "PARLEY_LEASE_MS",
+    help: "lifetime of a document's lease in a cluster: how long ordering stays with a relay that died",
+    default: 1500,
+  }),
   help: flag({ kind: "boolean", help: "print this help" }),
 } as const
 
@@ -741,6 +760,15 @@ export function parseConfig(
       requestBurst: Math.max(1, v["api-request-burst"]),
       streamsPerKey: Math.max(1, v["api-streams-per-key"]),
     },
+    ...(v["redis-url"]
+      ? {
+          cluster: {
+            redisUrl: v["redis-url"],
+            keyPrefix: v["redis-prefix"],
+            leaseMs: Math.max(100, v["lease-ms"]),
+          },
+        }
+      : {}),
     limits: {
       idleUnloadMs: v["idle-unload-ms"],
       maxDocuments: Math.max(1, v["max-documents"]),

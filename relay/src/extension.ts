@@ -154,6 +154,11 @@ export interface RelayExtension {
   loadStoredLog?(log: StoredLog): Promise<void>
   /** Highest log position compaction may fold into a snapshot; the lowest answer wins. */
   compactionLimit?(document: { readonly name: string }): Promise<number>
+  /**
+   * Several relays: this relay has just begun ordering the document (taken its
+   * lease, caught up, recovered its events): resume the work owed for it.
+   */
+  tookOver?(document: { readonly name: string }): Promise<void>
   /** A change was saved; called in order per document, never awaited. */
   afterSaved?(change: AfterSaved): void
   /** A user's connection set or changed an awareness state. */
@@ -244,6 +249,10 @@ export class Extensions {
       if (extension.compactionLimit) limit = Math.min(limit, await extension.compactionLimit({ name }))
     }
     return limit
+  }
+
+  async tookOver(name: string): Promise<void> {
+    for (const extension of this.list) await extension.tookOver?.({ name })
   }
 
   /** Never throws: an observer that fails is logged and the next one runs. */

@@ -10,11 +10,14 @@ import {
   toParleyError,
   typesOf,
 } from "@parley/shared"
+import { applyAwarenessUpdate, encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { accessOf } from "./access.js"
 import { AwarenessFanout } from "./awareness-fanout.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { ClientIdAllowance } from "./client-id-allowance.js"
+import type { RoutedCore, UpdateRouter } from "./cluster/router.js"
+import type { WireEntry } from "./cluster/wire.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
 import { DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
@@ -98,14 +101,22 @@ export interface RelayCoreOptions {
   }
   /** Sealed history (segments, when to seal); without it the live document keeps every message. */
   readonly history?: HistoryKeeper
+  /**
+   * Where each document's changes are ordered when several relays serve the
+   * same documents (`cluster/`); without one, this core orders everything.
+   */
+  readonly router?: UpdateRouter
 }
+
+/** Origin of changes and awareness that another relay made. */
+const REMOTE_ORIGIN = Symbol("parley-remote-relay")
 
 /**
  * The relay without sockets: loads documents on demand, attaches sessions,
  * runs every change through the update path, unloads idle documents. A
  * transport turns sockets into {@link Session}s and calls {@link connect}.
  */
-export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
+export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, RoutedCore {
   readonly limits: CoreLimits
   /** Per-user limits across connections (the transport counts sockets and send queues here too). */
   readonly users: UserLedger
@@ -160,6 +171,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
       ...(options.history ? { history: options.history } : {}),
     }
+    options.router?.attach(this)
     options.metrics.awarenessSource = () => {
       let records = 0
       for (const gate of this.gates.values()) records += gate.records
@@ -260,7 +272,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     for (;;) {
       const host = await this.activeHost(name)
       try {
-        await writeOnServer(this.ctx, host, actor, change)
+        const router = this.options.router
+        if (router)
+          await router.write(host, actor, change, () => writeOnServer(this.ctx, host, actor, change))
+        else await writeOnServer(this.ctx, host, actor, change)
         return
       } catch (error) {
         // Unloaded (or evicted) before the change ran: nothing was written, so it goes to a fresh load.
@@ -305,6 +320,88 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     }
   }
 
+  // --- RoutedCore (several relays)
+
+  /** @internal */
+  async applyRemote(host: DocumentHost, entries: readonly WireEntry[] | "fetch"): Promise<void> {
+    await host.enqueue(async () => {
+      if (host.destroyed) return
+      let fresh = entries === "fetch" ? [] : entries.filter((e) => e.position > host.lastPosition)
+      if (entries === "fetch" || (fresh[0] && fresh[0].position > host.lastPosition + 1)) {
+        // A gap (a message lost, or compacted away): storage has everything, in order.
+        const stored = await this.options.storage.load(host.key)
+        fresh = stored.updates.filter((e) => e.position > host.lastPosition)
+        if (stored.snapshot && stored.through > host.lastPosition)
+          fresh = [{ position: stored.through, update: stored.snapshot }, ...fresh]
+      }
+      if (fresh.length === 0) return
+      const release = host.holdUnsaved()
+      try {
+        let bytes = 0
+        for (const { update } of fresh) {
+          Y.applyUpdate(host.doc, update, REMOTE_ORIGIN)
+          bytes += update.length
+        }
+        host.recordAppend(
+          fresh.length,
+          bytes,
+          fresh.map((e) => e.position),
+        )
+        // The owner derived this change's events; here they only decide who may now read it.
+        const events = host.takeEvents()
+        const merged = fresh.length === 1 ? fresh[0]!.update : Y.mergeUpdates(fresh.map((e) => e.update))
+        const caughtUp = this.settleAccess(host, { events, update: merged })
+        const frame = encodeSyncUpdate(merged)
+        for (const connection of host.connections) if (!caughtUp.has(connection)) connection.send(frame)
+      } finally {
+        release()
+      }
+    })
+  }
+
+  /** @internal */
+  async submitForwarded(name: string, principal: Principal, update: Uint8Array): Promise<number> {
+    const host = await this.activeHost(name)
+    try {
+      await submitUpdate(this.ctx, host, principal, update)
+      return host.lastPosition
+    } finally {
+      this.scheduleIdle(host)
+    }
+  }
+
+  /** @internal */
+  async writeForwarded(name: string, actor: Principal, update: Uint8Array): Promise<number> {
+    const host = await this.activeHost(name)
+    try {
+      await writeOnServer(this.ctx, host, actor, (doc) => Y.applyUpdate(doc, update))
+      return host.lastPosition
+    } finally {
+      this.scheduleIdle(host)
+    }
+  }
+
+  /** @internal */
+  applyAwareness(host: DocumentHost, update: Uint8Array): void {
+    if (!host.destroyed) applyAwarenessUpdate(host.awareness, update, REMOTE_ORIGIN)
+  }
+
+  /** @internal */
+  async tookOver(name: string): Promise<void> {
+    // Events of changes a dead owner stored but did not record: derived from the log, as after a crash.
+    const stored = await this.options.storage.load(name)
+    const doc = new Y.Doc()
+    try {
+      if (stored.snapshot) applyStored(doc, stored.snapshot, 0)
+      await this.extensions.loadStoredLog({ name, doc, updates: stored.updates })
+    } finally {
+      doc.destroy()
+    }
+    const host = this.loadedNow.get(name)
+    if (host) await sequenceLeftovers(this.ctx, host)
+    await this.extensions.tookOver(name)
+  }
+
   // --- ConnectionOwner
 
   /** @internal */
@@ -318,7 +415,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       connection.close(close.code, close.reason)
       return Promise.reject(error)
     }
-    return submitUpdate(this.ctx, connection.host, connection.principal, update, connection).finally(done)
+    const local = () => submitUpdate(this.ctx, connection.host, connection.principal, update, connection)
+    const router = this.options.router
+    return (
+      router ? router.submit(connection.host, connection.principal, update, connection, local) : local()
+    ).finally(done)
   }
 
   /** @internal */
@@ -449,7 +550,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       if (damage !== undefined) throw new ParleyError(ErrorCode.DAMAGED, damage)
       if (stored.snapshot) applyStored(host.doc, stored.snapshot, 0)
       const updates = stored.updates
-      if (!(await this.extensions.loadStoredLog({ name, doc: host.doc, updates })))
+      // With several relays, only the one ordering the document recovers its events (see tookOver).
+      const recovers = !this.options.router || this.options.router.owns(name)
+      if (!(recovers && (await this.extensions.loadStoredLog({ name, doc: host.doc, updates }))))
         for (const { position, update } of updates) applyStored(host.doc, update, position)
     } catch (error) {
       host.destroy()
@@ -499,6 +602,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
             }
           }
         }
+        // This relay's connections' presence (set, or removed as they left) goes to the other relays.
+        const router = this.options.router
+        if (router && (origin instanceof Connection || origin === "relay"))
+          router.awareness(host, encodeAwarenessUpdate(host.awareness, [...added, ...updated, ...removed]))
         // 'change' (emitted just before) named the ids whose state changed; the rest only renewed.
         fanout.updated(
           [...added, ...updated.filter((id) => changedNow.has(id)), ...removed],
@@ -510,7 +617,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     )
     this.loadedNow.set(name, host)
     this.log.debug({ doc: name, entries: stored.updates.length }, "document loaded")
-    await sequenceLeftovers(this.ctx, host)
+    const router = this.options.router
+    if (router) await router.loaded(host)
+    if (!router || router.owns(name)) await sequenceLeftovers(this.ctx, host)
     return host
   }
 
@@ -571,6 +680,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     this.gates.delete(host)
     this.fanouts.get(host)?.destroy()
     this.fanouts.delete(host)
+    this.options.router?.unloaded(host)
     host.destroy()
     this.options.metrics.documents.set(this.hosts.size)
   }

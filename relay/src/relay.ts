@@ -3,6 +3,8 @@ import { ApiExtension } from "./api/extension.js"
 import type { ApiLimits } from "./api/limits.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
+import type { RedisState } from "./cluster/cluster.js"
+import { ownedOutbox } from "./cluster/outbox.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
 import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
 import { HistoryKeeper } from "./history/keeper.js"
@@ -118,6 +120,23 @@ export interface RelayOptions {
    * proxy's. Default false (the header is then ignored: anyone could forge it).
    */
   readonly trustProxy?: boolean
+  /**
+   * Run as one of several relays serving the same documents: PostgreSQL
+   * (`storage: "postgres"`) keeps everything, Redis carries changes between
+   * relays and decides which relay orders each document (see the README's
+   * "Several relays").
+   */
+  readonly cluster?: RelayClusterOptions
+}
+
+/** A relay's cluster settings (see {@link RelayOptions.cluster}). */
+export interface RelayClusterOptions {
+  /** Redis connection string. */
+  readonly redisUrl: string
+  /** Prefix of every Redis key and channel. Default `parley:`. */
+  readonly keyPrefix?: string
+  /** Lifetime of a document's lease in ms (how long a dead relay keeps ordering it). Default 1500. */
+  readonly leaseMs?: number
 }
 
 /** A started relay. */
@@ -210,6 +229,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const databaseUrl = options.databaseUrl ?? ""
   if (!options.backend && storageKind === "postgres" && !databaseUrl)
     throw new StartupError(ExitCode.CONFIG, "--storage postgres needs --database-url (or DATABASE_URL)")
+  if (options.cluster && (options.backend || storageKind !== "postgres"))
+    throw new StartupError(
+      ExitCode.CONFIG,
+      "--redis-url runs the relay in a cluster, which keeps everything in PostgreSQL: add --storage postgres",
+    )
   // Names the data directory or database in a failure to open it.
   const where =
     storageKind === "postgres"
@@ -217,7 +241,25 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       : ({ kind: "sqlite", dataDir } as const)
   // One backend holds everything the relay keeps (documents, hook outbox, client-id bindings), so a
   // restart or a backup keeps all three together.
+  // In a cluster, the backend comes with the membership (leases, fencing, Redis): loaded only then.
+  const clustered = options.cluster
+    ? await import("./cluster/backend.js")
+        .then(({ openClusterBackend }) =>
+          openClusterBackend({
+            ...options.cluster!,
+            databaseUrl,
+            timeoutMs: storageTimeoutMs,
+            log: log.child({ component: "cluster" }),
+            onIdleError: (error: Error) =>
+              log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
+          }),
+        )
+        .catch((error: unknown) => {
+          throw storageFailure(error, where)
+        })
+    : undefined
   const opened =
+    clustered?.backend ??
     options.backend ??
     (await openBackend({
       kind: storageKind,
@@ -241,13 +283,17 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const storage = backend.documents
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   const inbox = options.inbox === false ? [] : [inboxTarget]
+  // In a cluster, a relay resumes at start only what it owes for documents it orders (none yet).
+  const outbox = clustered
+    ? ownedOutbox(backend.outbox, (document) => clustered.cluster.owns(document))
+    : backend.outbox
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
   const hooks = new HooksExtension({
     hooks: hookModules,
     targets: inbox,
     webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
-    outbox: backend.outbox,
+    outbox,
     log: log.child({ component: "hooks" }),
     registry: metrics.registry,
     admin: auth,
@@ -292,6 +338,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.history === false
       ? {}
       : { history: new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history }) }),
+    ...(clustered ? { router: clustered.cluster } : {}),
   })
   try {
     await core.start()
@@ -301,6 +348,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     throw error
   }
   if (hooks.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
+  clustered?.cluster.startSweeping(backend.outbox)
   let warm = options.warmUp === false
   const startedAt = Date.now()
   const transport = new WsTransport({
@@ -315,7 +363,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: backend.kind }),
     // Not ready until warmed up: a load balancer then sends no traffic to a cold update path.
-    readiness: () => readinessOf(storage.state, warm ? undefined : startedAt),
+    readiness: () => readinessOf(storage.state, clustered?.cluster.redisState, warm ? undefined : startedAt),
     routes: extensionRoutes(extensions),
   })
   let port: number
@@ -376,14 +424,21 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
  * `warmingSince` is set while the update path warms up after a start (about a
  * second): not ready then, so a load balancer sends no traffic to a cold path.
  */
-function readinessOf(state: StorageState, warmingSince?: number): Readiness {
-  const failing = []
+function readinessOf(state: StorageState, redis?: RedisState, warmingSince?: number): Readiness {
+  const failing: Extract<Readiness, { ready: false }>["failing"][number][] = []
   if (state.state !== "ok")
     failing.push({
       dependency: "storage",
       code: state.error.code,
       error: state.error.message,
       since: new Date(state.since).toISOString(),
+    })
+  if (redis && !redis.ready)
+    failing.push({
+      dependency: "redis",
+      code: ErrorCode.UNAVAILABLE,
+      error: redis.error ?? "not connected",
+      since: new Date(redis.since).toISOString(),
     })
   if (warmingSince !== undefined)
     failing.push({

@@ -68,6 +68,10 @@ export class HooksExtension implements RelayExtension {
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
 
+  async tookOver({ name }: { readonly name: string }): Promise<void> {
+    await this.running?.resume(name)
+  }
+
   awarenessChanged({ name, doc, user, state }: AwarenessChange): void {
     this.running?.awarenessChanged(name, doc, user, state)
   }

@@ -283,6 +283,15 @@ export class HookRuntime {
     return this.dispatcher.replay(filter)
   }
 
+  /**
+   * Delivers what the outbox still owes for `document`: this relay has just
+   * begun ordering it (several relays), maybe after the relay that did died.
+   */
+  async resume(document: string): Promise<void> {
+    await this.chain
+    this.dispatcher.add((await this.options.outbox.pending()).filter((d) => d.document === document))
+  }
+
   /** Resolves when every recorded event has been delivered or dead-lettered (tests, benchmarks). */
   async idle(): Promise<void> {
     await this.chain

@@ -57,8 +57,8 @@ export function docUntil(doc: Y.Doc, check: () => boolean): Promise<void> {
  * typed errors and the close code.
  */
 export class TestClient {
-  readonly doc = new Y.Doc()
-  readonly awareness = new awarenessProtocol.Awareness(this.doc)
+  readonly doc: Y.Doc
+  readonly awareness: awarenessProtocol.Awareness
   readonly ws: WebSocket
   readonly errors: WireError[] = []
   readonly saves: Uint8Array[] = []
@@ -71,7 +71,15 @@ export class TestClient {
   closeEvent: { code: number; reason: string } | undefined
   private readonly waiters = new Set<() => void>()
 
-  constructor(url: string, name: string, token: string | undefined, options: { parley?: boolean } = {}) {
+  /** `options.doc`: a replica to continue with (a reconnect): its pending work is sent in the first sync. */
+  constructor(
+    url: string,
+    name: string,
+    token: string | undefined,
+    options: { parley?: boolean; doc?: Y.Doc } = {},
+  ) {
+    this.doc = options.doc ?? new Y.Doc()
+    this.awareness = new awarenessProtocol.Awareness(this.doc)
     const params = new URLSearchParams()
     if (token !== undefined) params.set(TOKEN_PARAM, token)
     if (options.parley ?? true) params.set(PARLEY_PARAM, PARLEY_PROTOCOL_VERSION)
@@ -99,9 +107,12 @@ export class TestClient {
     )
     this.ws.on("message", (data: Buffer) => this.receive(new Uint8Array(data)))
     this.ws.on("error", () => {})
-    this.doc.on("update", (update: Uint8Array, origin: unknown) => {
+    const forward = (update: Uint8Array, origin: unknown) => {
       if (origin !== this) this.sendUpdate(update)
-    })
+    }
+    this.doc.on("update", forward)
+    // A replica handed to the next connection no longer feeds this one.
+    void this.closed.then(() => this.doc.off("update", forward))
   }
 
   private notify() {

@@ -1,0 +1,80 @@
+import type pg from "pg"
+import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
+import type { Backend } from "../backend/types.js"
+import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
+import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
+import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
+import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
+import { openPool } from "../postgres.js"
+import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
+import { Cluster, type ClusterOptions } from "./cluster.js"
+import { FencedStorage } from "./fenced-storage.js"
+import { FENCES_SCHEMA } from "./leases.js"
+
+/** How {@link openClusterBackend} connects. */
+export interface ClusterBackendOptions extends Omit<ClusterOptions, "pool"> {
+  readonly databaseUrl: string
+  readonly timeoutMs?: number
+  readonly onIdleError?: (error: Error) => void
+}
+
+/** A clustered relay's backend and its membership of the cluster. */
+export interface ClusterBackend {
+  readonly backend: Backend
+  readonly cluster: Cluster
+}
+
+/**
+ * The PostgreSQL backend of a relay in a cluster: the tables of the
+ * single-relay backend plus the fencing tokens, the documents behind a
+ * {@link FencedStorage}, and the {@link Cluster} (Redis) that owns the leases.
+ */
+export async function openClusterBackend(options: ClusterBackendOptions): Promise<ClusterBackend> {
+  const pool: pg.Pool = await openPool({
+    url: options.databaseUrl,
+    max: 12,
+    schema: [
+      DOCUMENTS_SCHEMA,
+      OUTBOX_SCHEMA,
+      EVENT_LOG_SCHEMA,
+      BINDINGS_SCHEMA,
+      POSTGRES_HISTORY_SCHEMA,
+      API_KEYS_SCHEMA,
+      FENCES_SCHEMA,
+    ].join("\n"),
+    onIdleError: options.onIdleError ?? (() => {}),
+    ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+  })
+  let cluster: Cluster
+  try {
+    cluster = await Cluster.open({ ...options, pool })
+  } catch (error) {
+    await pool.end()
+    throw error
+  }
+  const documents = new FencedStorage(pool, new PostgresStorage(pool), cluster)
+  const events = new PostgresEventLog(pool)
+  const outbox = new PostgresOutbox(pool, events)
+  const bindings = new PostgresClientBindingStore(pool)
+  let closed = false
+  const backend: Backend = {
+    kind: "postgres",
+    documents,
+    outbox,
+    events,
+    bindings,
+    history: new PostgresHistoryStore(pool),
+    keys: new PostgresApiKeyStore(pool),
+    close: async () => {
+      if (closed) return
+      closed = true
+      // Appends in flight finish under the leases; then the leases go, then the pool.
+      await documents.close()
+      await outbox.close()
+      await events.close()
+      await cluster.close()
+      await pool.end()
+    },
+  }
+  return { backend, cluster }
+}

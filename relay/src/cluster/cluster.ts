@@ -1,0 +1,542 @@
+import { randomUUID } from "node:crypto"
+import { ErrorCode, ParleyError, toParleyError } from "@parley/shared"
+import { Redis } from "ioredis"
+import type pg from "pg"
+import * as Y from "yjs"
+import type { DocumentHost, HostedConnection } from "../document-host.js"
+import type { Outbox } from "../hooks/outbox.js"
+import type { Logger } from "../log.js"
+import type { Principal } from "../principal.js"
+import { inspectUpdate } from "../yjs-updates.js"
+import type { FenceSource } from "./fenced-storage.js"
+import { Leases } from "./leases.js"
+import type { RoutedCore, UpdateRouter } from "./router.js"
+import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type WireEntry } from "./wire.js"
+
+/** Defaults of {@link ClusterOptions}. */
+export const DEFAULT_CLUSTER_OPTIONS = {
+  keyPrefix: "parley:",
+  leaseMs: 1500,
+  forwardTimeoutMs: 1000,
+  writeDeadlineMs: 10_000,
+} as const
+
+/** How a relay joins a cluster. */
+export interface ClusterOptions {
+  /** Redis connection string (`redis://host:6379`). */
+  readonly redisUrl: string
+  /** Prefix of every Redis key and channel: several clusters (or tests) may share one Redis. */
+  readonly keyPrefix?: string
+  /** Lifetime of a document's lease in ms: how long ordering stays with a relay that died. */
+  readonly leaseMs?: number
+  /** How long a forwarded change waits for the owner's answer before the lease is looked at again. */
+  readonly forwardTimeoutMs?: number
+  /** Longest a change waits for an owner in all (then UNAVAILABLE, retryable). */
+  readonly writeDeadlineMs?: number
+  readonly log: Logger
+  /** The backend's pool (fencing tokens). */
+  readonly pool: pg.Pool
+}
+
+/** What Redis is doing, for `/readyz`. */
+export interface RedisState {
+  readonly ready: boolean
+  readonly error?: string
+  readonly since: number
+}
+
+interface Waiting {
+  resolve(reply: Extract<ClusterMessage, { type: "reply" }>): void
+  timer: NodeJS.Timeout
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).unref())
+
+/**
+ * One relay's membership of a cluster: N relays over one PostgreSQL and one
+ * Redis serve the same documents.
+ *
+ * - Every relay that has a document loaded follows it: the owner publishes
+ *   each committed append on the document's channel, the others apply it to
+ *   their copy and send it to their connections (a gap is read from
+ *   PostgreSQL). Awareness goes over the same channel.
+ * - One relay orders each document: the holder of its lease ({@link Leases}).
+ *   A relay receiving an update for a document another relay orders forwards
+ *   it to that relay's channel, waits for the answer, and acknowledges to its
+ *   client once its own copy holds the stored change. A document nobody
+ *   orders is taken by the first relay that has a change for it.
+ * - When the owner dies its lease expires (default 1.5 s); a relay with a
+ *   change waiting notices on its next look and takes over.
+ */
+export class Cluster implements UpdateRouter, FenceSource {
+  readonly relayId = randomUUID()
+  readonly leases: Leases
+  private readonly redis: Redis
+  private readonly sub: Redis
+  private readonly prefix: string
+  private readonly options: Required<Omit<ClusterOptions, "log" | "pool">> & ClusterOptions
+  private core: RoutedCore | undefined
+  private readonly hosts = new Map<string, DocumentHost>()
+  private readonly waiting = new Map<string, Waiting>()
+  private readonly reached = new Map<string, Set<() => void>>()
+  private readonly takingOver = new Map<string, Promise<boolean>>()
+  /** Per document, the last change this relay routed: the next one waits for it (see {@link inOrder}). */
+  private readonly chains = new Map<string, Promise<unknown>>()
+  private state: RedisState = { ready: false, since: Date.now() }
+  private sweeper: NodeJS.Timeout | undefined
+  private sweeping = false
+  private closed = false
+
+  private constructor(options: ClusterOptions) {
+    this.options = { ...DEFAULT_CLUSTER_OPTIONS, ...options }
+    this.prefix = this.options.keyPrefix
+    const redisOptions = {
+      // Commands fail at once while Redis is away: a write must fail fast, not queue.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: 2000,
+      retryStrategy: (times: number) => Math.min(times * 100, 1000),
+      lazyConnect: true,
+    }
+    this.redis = new Redis(options.redisUrl, redisOptions)
+    // The subscriber re-subscribes by itself after a reconnect (ioredis autoResubscribe).
+    this.sub = new Redis(options.redisUrl, {
+      ...redisOptions,
+      enableOfflineQueue: true,
+      maxRetriesPerRequest: null,
+    })
+    for (const connection of [this.redis, this.sub]) {
+      connection.on("error", (error: Error) => this.redisFailed(error))
+    }
+    this.redis.on("ready", () => {
+      if (!this.state.ready) options.log.info("Redis is back: cluster writes are accepted")
+      this.state = { ready: true, since: Date.now() }
+    })
+    this.leases = new Leases({
+      redis: this.redis,
+      pool: options.pool,
+      log: options.log,
+      prefix: this.prefix,
+      relayId: this.relayId,
+      ttlMs: this.options.leaseMs,
+      lost: () => {},
+    })
+    this.sub.on("messageBuffer", (_channel: Buffer, message: Buffer) => this.received(message))
+  }
+
+  /** Connects to Redis and listens on this relay's channel. */
+  static async open(options: ClusterOptions): Promise<Cluster> {
+    const cluster = new Cluster(options)
+    try {
+      await cluster.redis.connect()
+      await cluster.sub.connect()
+      await cluster.sub.subscribe(cluster.relayChannel(cluster.relayId))
+    } catch (error) {
+      cluster.redis.disconnect()
+      cluster.sub.disconnect()
+      throw error
+    }
+    return cluster
+  }
+
+  /** Whether Redis answers, for `/readyz`. */
+  get redisState(): RedisState {
+    return this.state
+  }
+
+  private redisFailed(error: Error): void {
+    if (this.state.ready || this.state.error === undefined)
+      this.options.log.error(
+        { err: error },
+        "Redis is failing: changes to documents this relay does not order are refused",
+      )
+    if (this.state.ready || this.state.error === undefined)
+      this.state = { ready: false, error: error.message, since: Date.now() }
+  }
+
+  private relayChannel(id: string): string {
+    return `${this.prefix}relay:${id}`
+  }
+
+  private docChannel(name: string): string {
+    return `${this.prefix}doc:${name}`
+  }
+
+  // --- UpdateRouter
+
+  attach(core: RoutedCore): void {
+    this.core = core
+  }
+
+  async loaded(host: DocumentHost): Promise<void> {
+    this.hosts.set(host.key, host)
+    try {
+      // Bounded: while Redis is away the subscription waits for it (and is made on reconnect), the load does not.
+      await Promise.race([this.sub.subscribe(this.docChannel(host.key)), sleep(1000)])
+    } catch (error) {
+      // Followed from storage instead: every forwarded change reads what it lacks before its ack.
+      this.options.log.warn({ err: error, doc: host.key }, "could not follow the document over Redis")
+    }
+    // What was stored between this relay's read and its subscription.
+    await this.core!.applyRemote(host, "fetch")
+  }
+
+  unloaded(host: DocumentHost): void {
+    if (this.hosts.get(host.key) !== host) return
+    this.hosts.delete(host.key)
+    void this.sub.unsubscribe(this.docChannel(host.key)).catch(() => undefined)
+    // The lease stays until the sweep finds nothing owed for it: its hooks may still be delivering.
+  }
+
+  /**
+   * Every `intervalMs`: takes over documents the outbox owes deliveries for
+   * that no relay orders (their owner died, or let them go), so that they are
+   * delivered without waiting for their next change; and gives up the leases
+   * of documents this relay neither has loaded nor owes anything for.
+   */
+  startSweeping(outbox: Outbox | undefined, intervalMs = 2000): void {
+    this.sweeper = setInterval(() => {
+      if (this.sweeping || this.closed) return
+      this.sweeping = true
+      this.sweep(outbox)
+        .catch((error: unknown) => this.options.log.warn({ err: error }, "cluster sweep failed"))
+        .finally(() => {
+          this.sweeping = false
+        })
+    }, intervalMs)
+    this.sweeper.unref()
+  }
+
+  private async sweep(outbox: Outbox | undefined): Promise<void> {
+    const owed = new Set((await outbox?.pending())?.map((d) => d.document))
+    for (const name of owed) {
+      if (this.owns(name) || this.takingOver.has(name)) continue
+      if ((await this.leases.holder(name)) === null) await this.takeOver(name)
+    }
+    for (const name of this.leases.names)
+      if (!this.hosts.has(name) && !owed.has(name) && !this.takingOver.has(name) && !this.chains.has(name))
+        await this.leases.release(name)
+  }
+
+  owns(name: string): boolean {
+    return this.leases.tokenOf(name) !== undefined
+  }
+
+  tokenOf(name: string): number | undefined {
+    return this.leases.tokenOf(name)
+  }
+
+  stored(name: string, entries: readonly WireEntry[]): void {
+    const message = encodeClusterMessage({ type: "stored", from: this.relayId, name, entries })
+    this.redis.publish(this.docChannel(name), Buffer.from(message)).catch((error: unknown) => {
+      // The others read it from PostgreSQL at their next gap or forwarded change.
+      this.options.log.warn({ err: error, doc: name }, "could not publish a stored change")
+    })
+  }
+
+  awareness(host: DocumentHost, update: Uint8Array): void {
+    if (this.closed) return
+    const message = encodeClusterMessage({ type: "awareness", from: this.relayId, name: host.key, update })
+    this.redis.publish(this.docChannel(host.key), Buffer.from(message)).catch(() => undefined)
+  }
+
+  async submit(
+    host: DocumentHost,
+    principal: Principal,
+    update: Uint8Array,
+    connection: HostedConnection,
+    local: () => Promise<unknown>,
+  ): Promise<unknown> {
+    // A reconnecting client's sync step 2 usually brings nothing new: answered here, nothing to order.
+    if (inspectUpdate(host.doc, update).noop) return local()
+    return this.inOrder(host.key, async () => {
+      const through = await this.route(host, "client", principal, update, local)
+      if (through === undefined) return
+      await this.reach(host, through)
+      connection.saved()
+    })
+  }
+
+  /**
+   * Runs the changes of one document that reach this relay one after the
+   * other, in arrival order, wherever they are ordered. A client's updates
+   * build on each other (each continues its Yjs clock): if a retry after a
+   * failover overtook an earlier one, the owner would refuse it as depending
+   * on changes it does not have. The cost: this relay has one change per
+   * document in flight at a time (its latency bounds the relay's rate for
+   * one conversation; other relays and other conversations run in parallel).
+   */
+  private inOrder<T>(name: string, run: () => Promise<T>): Promise<T> {
+    const previous = this.chains.get(name) ?? Promise.resolve()
+    const next = previous.then(run, run)
+    const tail = next.catch(() => undefined)
+    this.chains.set(name, tail)
+    void tail.then(() => {
+      if (this.chains.get(name) === tail) this.chains.delete(name)
+    })
+    return next
+  }
+
+  async write(
+    host: DocumentHost,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+    local: () => Promise<unknown>,
+  ): Promise<void> {
+    return this.inOrder(host.key, () => this.writeInOrder(host, actor, change, local))
+  }
+
+  private async writeInOrder(
+    host: DocumentHost,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+    local: () => Promise<unknown>,
+  ): Promise<void> {
+    if (this.owns(host.key) || (await this.takeOver(host.key))) {
+      await local()
+      return
+    }
+    // Written on a copy of this relay's replica, under the writer's own client id, and ordered by the owner.
+    const copy = new Y.Doc()
+    let failure: unknown
+    let update: Uint8Array | undefined
+    try {
+      Y.applyUpdate(copy, Y.encodeStateAsUpdate(host.doc))
+      copy.clientID = actor.kind === "relay" ? host.doc.clientID : host.clientIdFor(actor)
+      const updates: Uint8Array[] = []
+      copy.on("update", (u: Uint8Array) => updates.push(u))
+      try {
+        copy.transact(() => change(copy), actor)
+      } catch (error) {
+        failure = error
+      }
+      if (updates.length > 0) update = updates.length === 1 ? updates[0] : Y.mergeUpdates(updates)
+    } finally {
+      copy.destroy()
+    }
+    if (update) {
+      const through = await this.route(host, "server", actor, update, local)
+      if (through !== undefined) await this.reach(host, through)
+    }
+    if (failure !== undefined) throw failure
+  }
+
+  /**
+   * Runs `local` when this relay orders the document (taking its lease when
+   * free), else forwards the change to the owner; resolves with the owner's
+   * log position after it (undefined when it ran here).
+   */
+  private async route(
+    host: DocumentHost,
+    kind: "client" | "server",
+    principal: Principal,
+    update: Uint8Array,
+    local: () => Promise<unknown>,
+  ): Promise<number | undefined> {
+    const deadline = Date.now() + this.options.writeDeadlineMs
+    const name = host.key
+    while (!this.closed) {
+      if (this.owns(name)) {
+        await local()
+        return undefined
+      }
+      let holder: string | null
+      try {
+        holder = await this.leases.holder(name)
+      } catch (cause) {
+        throw new ParleyError(
+          ErrorCode.UNAVAILABLE,
+          "Redis is not answering: the change was not stored, retry",
+          {
+            cause,
+          },
+        )
+      }
+      if (holder === null || holder === this.relayId) {
+        if (await this.takeOver(name)) continue
+      } else {
+        const reply = await this.forward(holder, { name, kind, principal, update })
+        if (reply?.error) {
+          // UNAVAILABLE: that relay no longer orders it (or is stopping); anything else is the answer.
+          if (reply.error.code !== ErrorCode.UNAVAILABLE)
+            throw new ParleyError(reply.error.code, reply.error.message, {
+              ...(reply.error.rule ? { rule: reply.error.rule as never } : {}),
+            })
+        } else if (reply?.through !== undefined) return reply.through
+      }
+      if (Date.now() >= deadline) break
+      await sleep(Math.min(100, this.options.leaseMs / 10))
+    }
+    throw new ParleyError(ErrorCode.UNAVAILABLE, "no relay could order this document in time: retry")
+  }
+
+  /** Takes the document's lease when free; then catches up and runs what a new owner owes. */
+  private takeOver(name: string): Promise<boolean> {
+    let running = this.takingOver.get(name)
+    if (!running) {
+      running = (async () => {
+        const token = await this.leases.acquire(name).catch((error: unknown) => {
+          this.options.log.warn({ err: error, doc: name }, "could not take the document's lease")
+          return undefined
+        })
+        if (token === undefined) return false
+        const host = this.hosts.get(name)
+        if (host) await this.core!.applyRemote(host, "fetch")
+        await this.core!.tookOver(name)
+        this.options.log.info({ doc: name, token }, "ordering the document")
+        return true
+      })().finally(() => this.takingOver.delete(name))
+      this.takingOver.set(name, running)
+    }
+    return running
+  }
+
+  private forward(
+    holder: string,
+    request: Pick<Extract<ClusterMessage, { type: "request" }>, "name" | "kind" | "principal" | "update">,
+  ): Promise<Extract<ClusterMessage, { type: "reply" }> | undefined> {
+    const id = randomUUID()
+    const message = encodeClusterMessage({ type: "request", id, replyTo: this.relayId, ...request })
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id)
+        resolve(undefined)
+      }, this.options.forwardTimeoutMs)
+      this.waiting.set(id, { resolve, timer })
+      this.redis.publish(this.relayChannel(holder), Buffer.from(message)).then(
+        (receivers) => {
+          // Nobody listens on a dead relay's channel: look at the lease again at once.
+          if (receivers === 0 && this.waiting.delete(id)) {
+            clearTimeout(timer)
+            resolve(undefined)
+          }
+        },
+        () => {
+          if (this.waiting.delete(id)) {
+            clearTimeout(timer)
+            resolve(undefined)
+          }
+        },
+      )
+    })
+  }
+
+  /** Resolves once this relay's copy of `host` holds everything through `position`. */
+  private async reach(host: DocumentHost, position: number): Promise<void> {
+    if (host.lastPosition >= position || host.destroyed) return
+    await new Promise<void>((resolve) => {
+      let set = this.reached.get(host.key)
+      if (!set) {
+        set = new Set()
+        this.reached.set(host.key, set)
+      }
+      const done = () => {
+        clearTimeout(timer)
+        set!.delete(check)
+        if (set!.size === 0 && this.reached.get(host.key) === set) this.reached.delete(host.key)
+        resolve()
+      }
+      const check = () => {
+        if (host.lastPosition >= position || host.destroyed) done()
+      }
+      // The published change is late or lost: read it from PostgreSQL.
+      const timer = setTimeout(() => {
+        void this.core!.applyRemote(host, "fetch").finally(done)
+      }, 500)
+      set.add(check)
+    })
+    if (host.lastPosition < position && !host.destroyed)
+      throw new ParleyError(ErrorCode.UNAVAILABLE, "the stored change could not be read back: retry")
+  }
+
+  private received(bytes: Buffer): void {
+    let message: ClusterMessage
+    try {
+      message = decodeClusterMessage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength))
+    } catch (error) {
+      this.options.log.error({ err: error }, "dropped a cluster message")
+      return
+    }
+    switch (message.type) {
+      case "stored": {
+        if (message.from === this.relayId) return
+        const host = this.hosts.get(message.name)
+        if (!host) return
+        void this.core!.applyRemote(host, message.entries).then(
+          () => this.notifyReached(host),
+          (error: unknown) =>
+            this.options.log.error({ err: error, doc: host.key }, "could not apply a stored change"),
+        )
+        return
+      }
+      case "awareness": {
+        if (message.from === this.relayId) return
+        const host = this.hosts.get(message.name)
+        if (host) {
+          try {
+            this.core!.applyAwareness(host, message.update)
+          } catch (error) {
+            this.options.log.warn({ err: error, doc: host.key }, "dropped another relay's awareness update")
+          }
+        }
+        return
+      }
+      case "request":
+        void this.answer(message)
+        return
+      case "reply": {
+        const waiting = this.waiting.get(message.id)
+        if (!waiting) return
+        this.waiting.delete(message.id)
+        clearTimeout(waiting.timer)
+        waiting.resolve(message)
+        return
+      }
+    }
+  }
+
+  private notifyReached(host: DocumentHost): void {
+    for (const check of [...(this.reached.get(host.key) ?? [])]) check()
+  }
+
+  /** The owner's side of a forwarded change. */
+  private async answer(request: Extract<ClusterMessage, { type: "request" }>): Promise<void> {
+    let reply: ClusterMessage
+    if (!this.owns(request.name)) {
+      reply = {
+        type: "reply",
+        id: request.id,
+        error: { code: ErrorCode.UNAVAILABLE, message: "not the owner" },
+      }
+    } else {
+      try {
+        const through =
+          request.kind === "client"
+            ? await this.core!.submitForwarded(request.name, request.principal, request.update)
+            : await this.core!.writeForwarded(request.name, request.principal, request.update)
+        reply = { type: "reply", id: request.id, through }
+      } catch (cause) {
+        const error = toParleyError(cause)
+        reply = {
+          type: "reply",
+          id: request.id,
+          error: { code: error.code, message: error.message, ...(error.rule ? { rule: error.rule } : {}) },
+        }
+      }
+    }
+    await this.redis
+      .publish(this.relayChannel(request.replyTo), Buffer.from(encodeClusterMessage(reply)))
+      .catch((error: unknown) => this.options.log.warn({ err: error }, "could not answer a forwarded change"))
+  }
+
+  /** Gives up every lease and leaves Redis. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    clearInterval(this.sweeper)
+    await this.leases.close().catch(() => undefined)
+    for (const waiting of this.waiting.values()) clearTimeout(waiting.timer)
+    this.redis.disconnect()
+    this.sub.disconnect()
+  }
+}

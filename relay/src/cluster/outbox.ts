@@ -1,0 +1,19 @@
+import type { Delivery, Outbox } from "../hooks/outbox.js"
+
+/**
+ * The shared outbox as one relay of a cluster sees it at start: only the
+ * deliveries of documents this relay orders are its to resume (none, at
+ * start). The rest are delivered by their documents' owners; those of a dead
+ * owner by whichever relay takes its documents over (see `Cluster.sweep`).
+ * Everything else is the shared outbox itself: enqueue, dead letters, replay.
+ */
+export function ownedOutbox(outbox: Outbox, owns: (document: string) => boolean): Outbox {
+  return new Proxy(outbox, {
+    get(target, property, receiver) {
+      if (property === "pending")
+        return async (): Promise<Delivery[]> => (await target.pending()).filter((d) => owns(d.document))
+      const value = Reflect.get(target, property, receiver) as unknown
+      return typeof value === "function" ? value.bind(target) : value
+    },
+  })
+}

@@ -1,0 +1,59 @@
+import type * as Y from "yjs"
+import type { DocumentHost, HostedConnection } from "../document-host.js"
+import type { Principal } from "../principal.js"
+import type { WireEntry } from "./wire.js"
+
+/**
+ * What a router asks of the core (`RelayCore` implements it): to show other
+ * relays' stored changes and awareness to its connections, and to run the
+ * changes other relays forward to it through the one update path.
+ */
+export interface RoutedCore {
+  /**
+   * Applies entries another relay stored to the loaded `host`, in its queue,
+   * and sends them to its connections; with "fetch" (or a gap before the
+   * first entry) reads what it lacks from storage instead.
+   */
+  applyRemote(host: DocumentHost, entries: readonly WireEntry[] | "fetch"): Promise<void>
+  /** Checks and stores a client update another relay forwarded; resolves with the log position reached. */
+  submitForwarded(name: string, principal: Principal, update: Uint8Array): Promise<number>
+  /** Stores a server-side write another relay computed; resolves with the log position reached. */
+  writeForwarded(name: string, actor: Principal, update: Uint8Array): Promise<number>
+  /** Applies an awareness update of another relay's connections to the loaded `host`. */
+  applyAwareness(host: DocumentHost, update: Uint8Array): void
+  /** Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering. */
+  tookOver(name: string): Promise<void>
+}
+
+/**
+ * Decides where a document's changes are ordered: here (the local update
+ * path) or on the relay that holds the document (`cluster/cluster.ts`). A
+ * core without one orders everything itself.
+ */
+export interface UpdateRouter {
+  /** Called once by the core, before it serves anyone. */
+  attach(core: RoutedCore): void
+  /** A document was loaded here: follow other relays' changes to it. */
+  loaded(host: DocumentHost): Promise<void>
+  /** A document was dropped from memory here. */
+  unloaded(host: DocumentHost): void
+  /** True while this relay orders `name` (holds its lease). */
+  owns(name: string): boolean
+  /** A local connection's update: `local` when this relay orders the document, else forwarded. */
+  submit(
+    host: DocumentHost,
+    principal: Principal,
+    update: Uint8Array,
+    connection: HostedConnection,
+    local: () => Promise<unknown>,
+  ): Promise<unknown>
+  /** A server-side write: `local` when this relay orders the document, else computed here and forwarded. */
+  write(
+    host: DocumentHost,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+    local: () => Promise<unknown>,
+  ): Promise<void>
+  /** An awareness change of this relay's connections, for the other relays. */
+  awareness(host: DocumentHost, update: Uint8Array): void
+}

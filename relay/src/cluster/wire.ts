@@ -1,0 +1,131 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import * as encoding from "lib0/encoding"
+import type { Principal } from "../principal.js"
+
+/** A stored log entry as relays pass it to each other. */
+export interface WireEntry {
+  readonly position: number
+  readonly update: Uint8Array
+}
+
+/**
+ * What relays say to each other over Redis, one binary message each (lib0
+ * encoding: no JSON for update bytes). `stored` and `awareness` go to a
+ * document's channel, `request` and `reply` to one relay's own channel.
+ */
+export type ClusterMessage =
+  | {
+      /** The owner stored these entries (committed, fenced). */
+      readonly type: "stored"
+      readonly from: string
+      readonly name: string
+      readonly entries: readonly WireEntry[]
+    }
+  | {
+      /** An awareness update of one relay's connections. */
+      readonly type: "awareness"
+      readonly from: string
+      readonly name: string
+      readonly update: Uint8Array
+    }
+  | {
+      /** A change for the owner to check and store: a client's update, or a server-side write. */
+      readonly type: "request"
+      readonly id: string
+      readonly replyTo: string
+      readonly name: string
+      readonly kind: "client" | "server"
+      readonly principal: Principal
+      readonly update: Uint8Array
+    }
+  | {
+      /** The owner's answer: stored through `through` (its last position then), or refused. */
+      readonly type: "reply"
+      readonly id: string
+      readonly through?: number
+      readonly error?: { readonly code: ErrorCode; readonly message: string; readonly rule?: string }
+    }
+
+const TYPES = ["stored", "awareness", "request", "reply"] as const
+
+/** Encodes one message for Redis. */
+export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
+  const e = encoding.createEncoder()
+  encoding.writeUint8(e, TYPES.indexOf(message.type))
+  switch (message.type) {
+    case "stored":
+      encoding.writeVarString(e, message.from)
+      encoding.writeVarString(e, message.name)
+      encoding.writeVarUint(e, message.entries.length)
+      for (const entry of message.entries) {
+        encoding.writeVarUint(e, entry.position)
+        encoding.writeVarUint8Array(e, entry.update)
+      }
+      break
+    case "awareness":
+      encoding.writeVarString(e, message.from)
+      encoding.writeVarString(e, message.name)
+      encoding.writeVarUint8Array(e, message.update)
+      break
+    case "request":
+      encoding.writeVarString(e, message.id)
+      encoding.writeVarString(e, message.replyTo)
+      encoding.writeVarString(e, message.name)
+      encoding.writeVarString(e, message.kind)
+      encoding.writeVarString(e, JSON.stringify(message.principal))
+      encoding.writeVarUint8Array(e, message.update)
+      break
+    case "reply":
+      encoding.writeVarString(e, message.id)
+      encoding.writeVarString(e, JSON.stringify({ through: message.through, error: message.error }))
+      break
+  }
+  return encoding.toUint8Array(e)
+}
+
+/** Decodes a message another relay published; throws a ParleyError on anything else. */
+export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
+  try {
+    const d = decoding.createDecoder(bytes)
+    const type = TYPES[decoding.readUint8(d)]
+    switch (type) {
+      case "stored": {
+        const from = decoding.readVarString(d)
+        const name = decoding.readVarString(d)
+        const count = decoding.readVarUint(d)
+        const entries: WireEntry[] = []
+        for (let i = 0; i < count; i++)
+          entries.push({ position: decoding.readVarUint(d), update: decoding.readVarUint8Array(d) })
+        return { type, from, name, entries }
+      }
+      case "awareness":
+        return {
+          type,
+          from: decoding.readVarString(d),
+          name: decoding.readVarString(d),
+          update: decoding.readVarUint8Array(d),
+        }
+      case "request": {
+        const id = decoding.readVarString(d)
+        const replyTo = decoding.readVarString(d)
+        const name = decoding.readVarString(d)
+        const kind = decoding.readVarString(d) === "server" ? "server" : "client"
+        const principal = JSON.parse(decoding.readVarString(d)) as Principal
+        return { type, id, replyTo, name, kind, principal, update: decoding.readVarUint8Array(d) }
+      }
+      case "reply": {
+        const id = decoding.readVarString(d)
+        const body = JSON.parse(decoding.readVarString(d)) as Omit<
+          Extract<ClusterMessage, { type: "reply" }>,
+          "type" | "id"
+        >
+        return { type, id, ...body }
+      }
+      default:
+        throw new Error("unknown message type")
+    }
+  } catch (cause) {
+    throw new ParleyError(ErrorCode.MALFORMED_FRAME, "a cluster message could not be decoded", { cause })
+  }
+}

@@ -1,0 +1,108 @@
+import {
+  createConversation,
+  encodeAwareness,
+  listMessages,
+  newConversationId,
+  newMessageId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import { encodeAwarenessUpdate } from "y-protocols/awareness"
+import type * as Y from "yjs"
+import { TestClient } from "../helpers/clients.js"
+import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
+import { postgresUnreachable } from "../helpers/postgres.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const carol = "carol" as UserId
+
+const clients: TestClient[] = []
+const clusters: TestCluster[] = []
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close()
+  for (const cluster of clusters.splice(0)) await cluster.stop()
+})
+
+function client(url: string, name: string, token: string): TestClient {
+  const c = new TestClient(url, name, token)
+  clients.push(c)
+  return c
+}
+
+/** Every message of `doc` as `seq:id`, in order. */
+function order(doc: Y.Doc): string[] {
+  return listMessages(doc, { last: 1_000_000 }).map((m) => `${m.seq}:${m.id}`)
+}
+
+const sequenced = (doc: Y.Doc, count: number) => () => {
+  const list = listMessages(doc, { last: 1_000_000 })
+  return list.length === count && list.every((m) => m.seq !== undefined)
+}
+
+const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
+
+if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("three relays over PostgreSQL and Redis", () => {
+    it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
+  })
+} else {
+  describe("three relays over PostgreSQL and Redis", () => {
+    it("lets participants on different relays chat, every relay holding one order with contiguous numbers", async () => {
+      const cluster = await startCluster(3)
+      clusters.push(cluster)
+      const id = newConversationId()
+      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
+      await a.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob, carol] })
+      await a.allSaved()
+      const b = client(cluster.relay(1).url, id, await cluster.token(bob))
+      const c = client(cluster.relay(2).url, id, await cluster.token(carol))
+      await Promise.all([b.synced(), c.synced()])
+      const writers: [TestClient, UserId][] = [
+        [a, alice],
+        [b, bob],
+        [c, carol],
+      ]
+      for (let n = 0; n < 10; n++)
+        for (const [w, user] of writers)
+          sendMessage(w.doc, user, { id: newMessageId(), body: `${user} ${n}` })
+      await Promise.all(writers.map(([w]) => w.allSaved()))
+      await Promise.all(writers.map(([w]) => w.until(sequenced(w.doc, 30))))
+      const orders = writers.map(([w]) => order(w.doc))
+      expect(orders[1]).toEqual(orders[0])
+      expect(orders[2]).toEqual(orders[0])
+      expect(orders[0]!.map((entry) => Number(entry.split(":")[0]))).toEqual(
+        Array.from({ length: 30 }, (_, i) => i + 1),
+      )
+      // A newcomer on any relay loads the same order from PostgreSQL.
+      for (let i = 0; i < 3; i++) {
+        const late = client(cluster.relay(i).url, id, await cluster.token(carol))
+        await late.synced()
+        await late.until(sequenced(late.doc, 30))
+        expect(order(late.doc)).toEqual(orders[0])
+      }
+    })
+
+    it("shows presence set on one relay to a participant on another", async () => {
+      const cluster = await startCluster(2)
+      clusters.push(cluster)
+      const id = newConversationId()
+      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
+      await a.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await a.allSaved()
+      const b = client(cluster.relay(1).url, id, await cluster.token(bob))
+      await b.synced()
+      b.awareness.setLocalState({ user: bob, typing: true })
+      b.send(encodeAwareness(encodeAwarenessUpdate(b.awareness, [b.doc.clientID])))
+      await a.until(() =>
+        [...a.awareness.getStates().values()].some((s) => (s as { typing?: boolean }).typing === true),
+      )
+      b.close()
+      // Gone on the other relay too once bob's connection closed.
+      await a.until(() => a.awareness.getStates().size === 0)
+    })
+  })
+}

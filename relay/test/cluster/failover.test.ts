@@ -1,0 +1,87 @@
+import { createConversation, listMessages, newConversationId, type UserId } from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import { TestClient } from "../helpers/clients.js"
+import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
+import { postgresUnreachable } from "../helpers/postgres.js"
+import { Writer } from "./writer.js"
+
+const users = ["alice", "bob", "carol"] as UserId[]
+
+const cleanup: (() => unknown)[] = []
+afterEach(async () => {
+  for (const step of cleanup.splice(0).reverse()) await step()
+})
+
+const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
+
+if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("a relay of three dies", () => {
+    it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
+  })
+} else {
+  describe("a relay of three dies", () => {
+    it("loses no acknowledged message when the relay ordering a busy conversation is SIGKILLed, and another takes over", async () => {
+      const cluster: TestCluster = await startCluster(3)
+      cleanup.push(() => cluster.stop())
+      const id = newConversationId()
+      let turn = 1
+      // After the kill, reconnects go to the relays still running (a load balancer's job; see chaos.test).
+      const live = () => {
+        for (let i = 0; i < 3; i++) {
+          const relay = cluster.relays[(turn++ + i) % 3]
+          if (relay) return relay.url
+        }
+        throw new Error("no relay running")
+      }
+      const writers = await Promise.all(
+        users.map(async (user) => new Writer(user, id, await cluster.token(user), live)),
+      )
+      for (const w of writers) cleanup.push(() => w.stop())
+      // alice on relay 0 creates it: relay 0 orders the conversation.
+      const first = writers[0]!.connect(cluster.relay(0).url)
+      await first.synced()
+      createConversation(writers[0]!.doc, users[0]!, { kind: "group", id, participants: users.slice(1) })
+      await first.allSaved()
+      for (const [i, w] of writers.entries()) if (i > 0) await w.connect(cluster.relay(i).url).synced()
+
+      let killedAt = 0
+      for (let round = 0; round < 60; round++) {
+        for (const w of writers) w.send(`${w.user} ${round}`)
+        if (round === 20) {
+          killedAt = Date.now()
+          await cluster.kill(0)
+        }
+        await new Promise((r) => setTimeout(r, 25))
+      }
+      await Promise.all(writers.map((w) => w.settled())).catch((e) => {
+        // What the surviving relays warned about, to read next to the failure.
+        for (const i of [1, 2])
+          console.log(
+            cluster
+              .relay(i)
+              .lines.filter((l) => /"level":[456]0/.test(l))
+              .join("\n"),
+          )
+        for (const w of writers) console.log(w.user, w.client?.errors, w.client?.closeEvent, w.reconnects)
+        throw e
+      })
+      // Ordering moved: the first acknowledgement of a message sent after the kill, on a surviving relay's client.
+      const afterKill = writers
+        .slice(1)
+        .flatMap((w) => w.sent.filter((s) => s.at > killedAt).map((s) => w.acked.get(s.id)!))
+      console.log(`failover: first acknowledgement ${Math.min(...afterKill) - killedAt} ms after the SIGKILL`)
+
+      const sent = writers.flatMap((w) => w.sent.map((s) => s.id)).sort()
+      for (const i of [1, 2]) {
+        const reader = new TestClient(cluster.relay(i).url, id, await cluster.token("carol"))
+        cleanup.push(() => reader.close())
+        await reader.synced()
+        await reader.until(() => listMessages(reader.doc, { last: 10_000 }).every((m) => m.seq !== undefined))
+        const messages = listMessages(reader.doc, { last: 10_000 })
+        // Every message exactly once (acknowledged ones included), numbered 1..N without gaps.
+        expect(messages.map((m) => m.id).sort()).toEqual(sent)
+        expect(messages.map((m) => m.seq)).toEqual(messages.map((_, n) => n + 1))
+      }
+    }, 60_000)
+  })
+}

@@ -1,0 +1,127 @@
+import { ErrorCode } from "@parley/shared"
+import { Redis } from "ioredis"
+import pg from "pg"
+import { afterEach, describe, expect, it } from "vitest"
+import { type ClusterBackend, openClusterBackend } from "../../src/cluster/backend.js"
+import { FENCES_SCHEMA, Leases } from "../../src/cluster/leases.js"
+import { createLogger } from "../../src/log.js"
+import { REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
+import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+
+const cleanup: (() => unknown)[] = []
+afterEach(async () => {
+  for (const step of cleanup.splice(0).reverse()) await step()
+})
+
+const bytes = (n: number) => new Uint8Array([n])
+const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
+
+/** Two relays' backends in this process, over one scratch schema and one key prefix. */
+async function twoRelays(leaseMs: number): Promise<{ a: ClusterBackend; b: ClusterBackend; prefix: string }> {
+  const scratch = await scratchSchema()
+  cleanup.push(() => scratch.drop())
+  const prefix = `parley-fence-test:${process.pid}:${Date.now()}:`
+  const open = () =>
+    openClusterBackend({
+      databaseUrl: scratch.url,
+      redisUrl: REDIS_URL,
+      keyPrefix: prefix,
+      leaseMs,
+      log: createLogger("fatal"),
+    })
+  const a = await open()
+  cleanup.push(() => a.backend.close())
+  const b = await open()
+  cleanup.push(() => b.backend.close())
+  return { a, b, prefix }
+}
+
+if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("fencing", () => {
+    it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
+  })
+} else {
+  describe("fencing", () => {
+    it("refuses the appends and compactions of a relay whose lease was taken while it was cut off", async () => {
+      // A long lease: by its own clock, relay A still holds it throughout; only PostgreSQL can stop it.
+      const { a, b, prefix } = await twoRelays(60_000)
+      const doc = "g~fencedConversation"
+      expect(await a.cluster.leases.acquire(doc)).toBe(1)
+      expect(await a.backend.documents.append(doc, [bytes(1)])).toEqual([1])
+      // A is partitioned from Redis long enough for its lease to expire there; B takes the document.
+      const redis = new Redis(REDIS_URL)
+      cleanup.push(() => redis.disconnect())
+      await redis.del(`${prefix}lease:${doc}`)
+      expect(await b.cluster.leases.acquire(doc)).toBe(2)
+      // A comes back believing it still orders the document.
+      expect(a.cluster.owns(doc)).toBe(true)
+      await expect(a.backend.documents.append(doc, [bytes(2)])).rejects.toMatchObject({
+        code: ErrorCode.UNAVAILABLE,
+      })
+      await expect(a.backend.documents.compact(doc, bytes(9), 1)).rejects.toMatchObject({
+        code: ErrorCode.UNAVAILABLE,
+      })
+      expect(await b.backend.documents.append(doc, [bytes(3)])).toEqual([2])
+      const stored = await b.backend.documents.load(doc)
+      expect(stored.snapshot).toBeNull()
+      expect(stored.updates.map((u) => [u.position, [...u.update]])).toEqual([
+        [1, [1]],
+        [2, [3]],
+      ])
+    })
+
+    it("stores the bytes given, though the caller reuses its buffer, and finishes an append in flight on close", async () => {
+      const { a, b } = await twoRelays(5_000)
+      const doc = "g~bufferConversation"
+      await a.cluster.leases.acquire(doc)
+      const buffer = new Uint8Array([7])
+      const appended = a.backend.documents.append(doc, [buffer])
+      buffer[0] = 9
+      const closing = a.backend.close()
+      expect(await appended).toEqual([1])
+      await closing
+      const stored = await b.backend.documents.load(doc)
+      expect(stored.updates.map((u) => [...u.update])).toEqual([[7]])
+    })
+
+    it("lets only one of two relays racing for a free document take it", async () => {
+      const { a, b } = await twoRelays(5_000)
+      const doc = "g~contestedConversation"
+      const tokens = await Promise.all([a.cluster.leases.acquire(doc), b.cluster.leases.acquire(doc)])
+      expect(tokens.filter((t) => t !== undefined)).toEqual([1])
+      const loser = tokens[0] === undefined ? a : b
+      await expect(loser.backend.documents.append(doc, [bytes(1)])).rejects.toMatchObject({
+        code: ErrorCode.UNAVAILABLE,
+      })
+    })
+
+    it("stops a relay from writing once its lease lapsed by its own clock, before anyone else takes it", async () => {
+      const scratch = await scratchSchema()
+      cleanup.push(() => scratch.drop())
+      const pool = new pg.Pool({ connectionString: scratch.url })
+      cleanup.push(() => pool.end())
+      await pool.query(FENCES_SCHEMA)
+      const redis = new Redis(REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 0 })
+      redis.on("error", () => {})
+      cleanup.push(() => redis.disconnect())
+      await new Promise((r) => redis.once("ready", r))
+      const leases = new Leases({
+        redis,
+        pool,
+        log: createLogger("fatal"),
+        prefix: `parley-lapse-test:${process.pid}:${Date.now()}:`,
+        relayId: "relay-a",
+        ttlMs: 300,
+        lost: () => {},
+      })
+      cleanup.push(() => leases.close())
+      const doc = "g~lapsingConversation"
+      expect(await leases.acquire(doc)).toBe(1)
+      expect(leases.tokenOf(doc)).toBe(1)
+      // Redis becomes unreachable: renewals fail, nothing tells the relay it lost the lease.
+      redis.disconnect()
+      await new Promise((r) => setTimeout(r, 350))
+      expect(leases.tokenOf(doc)).toBeUndefined()
+    })
+  })
+}

@@ -1,0 +1,78 @@
+import { type MessageId, newMessageId, sendMessage, type UserId } from "@parley/shared"
+import * as Y from "yjs"
+import { TestClient } from "../helpers/clients.js"
+
+/**
+ * A participant that keeps writing across relay deaths, as the SDK does: one
+ * replica; when its connection closes it reconnects (to `next()`) with the
+ * same replica, whose first sync re-sends whatever was not acknowledged.
+ * Records which of its messages a "saved" acknowledged, and when.
+ */
+export class Writer {
+  readonly doc = new Y.Doc()
+  client: TestClient | undefined
+  /** Message ids acknowledged as saved, with the time of the acknowledgement. */
+  readonly acked = new Map<MessageId, number>()
+  readonly sent: { id: MessageId; clock: number; at: number }[] = []
+  reconnects = 0
+  private stopped = false
+  private seen = 0
+  private readonly timer: NodeJS.Timeout
+
+  constructor(
+    readonly user: UserId,
+    private readonly name: string,
+    private readonly token: string,
+    private readonly next: () => string,
+  ) {
+    this.timer = setInterval(() => this.scan(), 10)
+  }
+
+  connect(url = this.next()): TestClient {
+    const client = new TestClient(url, this.name, this.token, { doc: this.doc })
+    this.client = client
+    this.seen = 0
+    void client.closed.then(() => {
+      this.scan(client)
+      if (this.stopped || this.client !== client) return
+      this.reconnects++
+      setTimeout(() => {
+        if (!this.stopped && this.client === client) this.connect()
+      }, 50)
+    })
+    return client
+  }
+
+  send(body: string): MessageId {
+    const id = newMessageId()
+    sendMessage(this.doc, this.user, { id, body })
+    this.sent.push({ id, clock: Y.getState(this.doc.store, this.doc.clientID), at: Date.now() })
+    return id
+  }
+
+  private scan(client = this.client): void {
+    if (!client) return
+    for (; this.seen < client.saves.length; this.seen++) {
+      const reached = Y.decodeStateVector(client.saves[this.seen]!).get(this.doc.clientID) ?? 0
+      for (const { id, clock } of this.sent)
+        if (clock <= reached && !this.acked.has(id)) this.acked.set(id, Date.now())
+    }
+  }
+
+  /** Resolves once every message sent is acknowledged (reconnecting as needed). */
+  async settled(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    while (this.acked.size < this.sent.length) {
+      if (Date.now() > deadline)
+        throw new Error(`${this.user}: ${this.sent.length - this.acked.size} messages never acknowledged`)
+      this.scan()
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+
+  stop(): void {
+    this.stopped = true
+    clearInterval(this.timer)
+    this.client?.close()
+  }
+}

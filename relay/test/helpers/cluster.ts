@@ -1,0 +1,223 @@
+import { type ChildProcess, execFileSync, spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Redis } from "ioredis"
+import { type ScratchSchema, scratchSchema } from "./postgres.js"
+import { type RelayProcess, startRelayProcess } from "./relay-process.js"
+
+/** The Redis tests use: `REDIS_URL`, else the local default. */
+export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379"
+
+/** Why Redis at `url` cannot be reached, or undefined when it can. */
+export async function redisUnreachable(url: string = REDIS_URL): Promise<string | undefined> {
+  const redis = new Redis(url, { lazyConnect: true, connectTimeout: 2000, maxRetriesPerRequest: 0 })
+  redis.on("error", () => {})
+  try {
+    await redis.connect()
+    await redis.ping()
+    return undefined
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error)
+  } finally {
+    redis.disconnect()
+  }
+}
+
+/** The path of HAProxy (Debian's package), or undefined when it is not installed. */
+export function haproxyPath(): string | undefined {
+  for (const path of ["/usr/sbin/haproxy", "/usr/bin/haproxy"]) {
+    try {
+      execFileSync(path, ["-v"], { stdio: "ignore" })
+      return path
+    } catch {}
+  }
+  return undefined
+}
+
+/** A port nobody listens on now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      server.close(() => resolve(typeof address === "object" && address ? address.port : 0))
+    })
+  })
+}
+
+/** Several relay processes over one PostgreSQL schema and one Redis key prefix of this test's own. */
+export interface TestCluster {
+  readonly relays: (RelayProcess | undefined)[]
+  readonly ports: readonly number[]
+  readonly secret: string
+  readonly schema: ScratchSchema
+  readonly prefix: string
+  /** Relay `i`, which must be running. */
+  relay(i: number): RelayProcess
+  /** Starts relay `i` (again) on its port. */
+  start(i: number): Promise<RelayProcess>
+  /** SIGKILLs relay `i`. */
+  kill(i: number): Promise<void>
+  /** A token for `user`, valid on every relay. */
+  token(user: string): Promise<string>
+  /** Kills every relay, drops the schema and the Redis keys. */
+  stop(): Promise<void>
+}
+
+let count = 0
+
+/** Starts `size` relays with `--redis-url` on PostgreSQL; `args` are extra flags of each. */
+export async function startCluster(
+  size: number,
+  options: {
+    args?: readonly string[]
+    env?: NodeJS.ProcessEnv
+    /** Redis for the relays to use (a proxy, say); default {@link REDIS_URL}. */
+    redisUrl?: string
+    /** The relays' connection string made from the scratch schema's (through a proxy, say). */
+    databaseUrl?: (url: string) => string
+  } = {},
+): Promise<TestCluster> {
+  const schema = await scratchSchema()
+  const prefix = `parley-test:${process.pid}:${Date.now().toString(36)}:${count++}:`
+  const secret = `cluster-secret-${Math.random().toString(36).slice(2)}`
+  const ports = await Promise.all(Array.from({ length: size }, () => freePort()))
+  const relays: (RelayProcess | undefined)[] = Array.from({ length: size })
+  const argsOf = (i: number) => [
+    "--port",
+    String(ports[i]),
+    "--storage",
+    "postgres",
+    "--database-url",
+    options.databaseUrl ? options.databaseUrl(schema.url) : schema.url,
+    "--redis-url",
+    options.redisUrl ?? REDIS_URL,
+    "--redis-prefix",
+    prefix,
+    ...(options.args ?? []),
+  ]
+  const cluster: TestCluster = {
+    relays,
+    ports,
+    secret,
+    schema,
+    prefix,
+    relay: (i) => {
+      const relay = relays[i]
+      if (!relay) throw new Error(`relay ${i} is not running`)
+      return relay
+    },
+    start: async (i) => {
+      const relay = await startRelayProcess({
+        args: argsOf(i),
+        secret,
+        ...(options.env ? { env: options.env } : {}),
+      })
+      relays[i] = relay
+      return relay
+    },
+    kill: async (i) => {
+      await relays[i]?.kill()
+      relays[i] = undefined
+    },
+    token: (user) => {
+      const relay = relays.find((r) => r !== undefined)
+      if (!relay) throw new Error("no relay is running")
+      return relay.token(user)
+    },
+    stop: async () => {
+      for (let i = 0; i < size; i++) await cluster.kill(i)
+      // A killed relay's sessions end a moment after it: dropping may deadlock with one that still holds locks.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await schema.drop()
+          break
+        } catch (error) {
+          if (attempt >= 5) throw error
+          await new Promise((r) => setTimeout(r, 200))
+        }
+      }
+      const redis = new Redis(REDIS_URL)
+      try {
+        const keys = await redis.keys(`${prefix}*`)
+        if (keys.length > 0) await redis.del(...keys)
+      } finally {
+        redis.disconnect()
+      }
+    },
+  }
+  // Started one by one: the first creates the tables (the others would wait on its lock anyway).
+  for (let i = 0; i < size; i++) await cluster.start(i)
+  return cluster
+}
+
+/** HAProxy in front of the cluster's relays (WebSocket upgrade passed through, /readyz checked). */
+export interface LoadBalancer {
+  readonly url: string
+  readonly httpUrl: string
+  stop(): Promise<void>
+}
+
+/** Starts HAProxy (`haproxy`) balancing round-robin over `ports`, health-checking `/readyz` every 200 ms. */
+export async function startLoadBalancer(haproxy: string, ports: readonly number[]): Promise<LoadBalancer> {
+  const port = await freePort()
+  const dir = mkdtempSync(join(tmpdir(), "parley-haproxy-"))
+  const config = join(dir, "haproxy.cfg")
+  writeFileSync(config, haproxyConfig(port, ports))
+  const child: ChildProcess = spawn(haproxy, ["-db", "-f", config], { stdio: ["ignore", "ignore", "pipe"] })
+  let stderr = ""
+  child.stderr!.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString()
+  })
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`haproxy exited: ${stderr}`)
+    const ok = await fetch(`http://127.0.0.1:${port}/healthz`).then(
+      (r) => r.ok,
+      () => false,
+    )
+    if (ok) break
+    if (Date.now() > deadline) throw new Error(`haproxy did not answer: ${stderr}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    httpUrl: `http://127.0.0.1:${port}`,
+    stop: async () => {
+      if (child.exitCode === null) child.kill("SIGKILL")
+      await exited
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** The configuration the compose file's load balancer uses too, with this test's ports. */
+export function haproxyConfig(port: number, relayPorts: readonly number[]): string {
+  return [
+    "global",
+    "  maxconn 4000",
+    "defaults",
+    "  mode http",
+    "  timeout connect 2s",
+    "  timeout client 60s",
+    "  timeout server 60s",
+    // A WebSocket lives on after the upgrade: the tunnel timeout applies to it.
+    "  timeout tunnel 1h",
+    "  option redispatch",
+    "  retries 3",
+    "frontend parley",
+    `  bind 127.0.0.1:${port}`,
+    "  default_backend relays",
+    "backend relays",
+    "  balance roundrobin",
+    "  option httpchk GET /readyz",
+    "  http-check expect status 200",
+    "  default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions",
+    ...relayPorts.map((p, i) => `  server relay${i} 127.0.0.1:${p} check`),
+    "",
+  ].join("\n")
+}

@@ -1,0 +1,156 @@
+import {
+  createConversation,
+  type ErrorCode,
+  isRetryable,
+  listMessages,
+  newConversationId,
+  type UserId,
+} from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import { Writer } from "../../relay/test/cluster/writer.js"
+import { TestClient } from "../../relay/test/helpers/clients.js"
+import { REDIS_URL, redisUnreachable, startCluster } from "../../relay/test/helpers/cluster.js"
+import { DATABASE_URL, postgresUnreachable } from "../../relay/test/helpers/postgres.js"
+import { eventually, readyz } from "./helpers.js"
+import { TcpProxy } from "./tcp-proxy.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+const cleanups: (() => unknown)[] = []
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup()
+})
+
+const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
+
+if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("two relays while Redis or PostgreSQL fails", () => {
+    it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
+  })
+} else {
+  describe("two relays while Redis or PostgreSQL fails", () => {
+    it("while Redis fails: writes refused retryably, reported in /readyz, and store the pending messages once when Redis answers again", async () => {
+      const target = new URL(REDIS_URL)
+      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 6379) })
+      cleanups.push(() => proxy.close())
+      const proxied = new URL(REDIS_URL)
+      proxied.hostname = "127.0.0.1"
+      proxied.port = String(proxy.port)
+      const cluster = await startCluster(2, { redisUrl: proxied.toString() })
+      cleanups.push(() => cluster.stop())
+      const id = newConversationId()
+      const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
+      const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
+      cleanups.push(() => a.stop())
+      cleanups.push(() => b.stop())
+      const first = a.connect()
+      await first.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await first.allSaved()
+      await b.connect().synced()
+      a.send("before")
+      b.send("before")
+      await Promise.all([a.settled(), b.settled()])
+
+      proxy.blackhole()
+      proxy.cut()
+      for (const relay of [cluster.relay(0), cluster.relay(1)])
+        await eventually(async () => {
+          const { status, body } = await readyz(relay.httpUrl)
+          expect(status).toBe(503)
+          expect(JSON.stringify(body)).toContain("redis")
+        })
+      // Past the lease's lifetime: even the relay that ordered the conversation has stopped writing.
+      await new Promise((r) => setTimeout(r, 1600))
+      const started = Date.now()
+      a.send("during")
+      b.send("during")
+      for (const w of [a, b]) await w.client!.until(() => w.client!.errors.length > 0)
+      const waited = Date.now() - started
+      for (const w of [a, b]) {
+        expect(isRetryable(w.client!.errors[0]!.code as ErrorCode)).toBe(true)
+        expect(w.acked.size).toBe(1)
+      }
+      console.log(`writes refused ${waited} ms after they were sent, with Redis down`)
+
+      proxy.restore()
+      for (const relay of [cluster.relay(0), cluster.relay(1)])
+        await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      // The SDK re-sends pending work when it reconnects; a retryable refusal keeps it pending.
+      a.client!.close()
+      // Like the SDK after a retryable refusal: the pending work goes again on a fresh connection.
+      a.client!.close()
+      b.client!.close()
+      await Promise.all([a.settled(), b.settled()])
+      const reader = new TestClient(cluster.relay(1).url, id, await cluster.token(alice))
+      cleanups.push(() => reader.close())
+      await reader.synced()
+      await reader.until(() => listMessages(reader.doc, { last: 100 }).every((m) => m.seq !== undefined))
+      const messages = listMessages(reader.doc, { last: 100 })
+      expect(messages.map((m) => m.body).sort()).toEqual(["before", "before", "during", "during"])
+      expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
+    }, 90_000)
+
+    it("while PostgreSQL fails: writes refused retryably on every relay, the owner not ready, pending messages stored once after", async () => {
+      const target = new URL(DATABASE_URL)
+      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })
+      cleanups.push(() => proxy.close())
+      const cluster = await startCluster(2, {
+        databaseUrl: (url) => {
+          const proxied = new URL(url)
+          proxied.hostname = "127.0.0.1"
+          proxied.port = String(proxy.port)
+          return proxied.toString()
+        },
+        args: ["--storage-timeout-ms", "1000"],
+      })
+      cleanups.push(() => cluster.stop())
+      const id = newConversationId()
+      const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
+      const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
+      cleanups.push(() => a.stop())
+      cleanups.push(() => b.stop())
+      const first = a.connect()
+      await first.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await first.allSaved()
+      await b.connect().synced()
+      a.send("before")
+      b.send("before")
+      await Promise.all([a.settled(), b.settled()])
+
+      proxy.blackhole()
+      proxy.cut()
+      a.send("during")
+      b.send("during")
+      for (const w of [a, b]) await w.client!.until(() => w.client!.errors.length > 0)
+      for (const w of [a, b]) {
+        expect(isRetryable(w.client!.errors[0]!.code as ErrorCode)).toBe(true)
+        expect(w.acked.size).toBe(1)
+      }
+      await eventually(async () => {
+        const { status, body } = await readyz(cluster.relay(0).httpUrl)
+        expect(status).toBe(503)
+        expect(JSON.stringify(body)).toContain("storage")
+      })
+
+      proxy.restore()
+      await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200))
+      // Like the SDK after a retryable refusal: the pending work goes again on a fresh connection.
+      a.client!.close()
+      b.client!.close()
+      await Promise.all([a.settled(), b.settled()])
+      const reader = new TestClient(cluster.relay(1).url, id, await cluster.token(alice))
+      cleanups.push(() => reader.close())
+      await reader.synced()
+      await reader.until(() => {
+        const list = listMessages(reader.doc, { last: 100 })
+        return list.length === 4 && list.every((m) => m.seq !== undefined)
+      })
+      const messages = listMessages(reader.doc, { last: 100 })
+      expect(messages.map((m) => m.body).sort()).toEqual(["before", "before", "during", "during"])
+      expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
+    }, 90_000)
+  })
+}
