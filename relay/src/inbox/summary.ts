@@ -21,6 +21,13 @@ import type { InboxSummary } from "../hooks/define.js"
  * current, at one read per conversation they are in, done only when asked.
  */
 export async function derivedInbox(core: RunningCore, user: UserId): Promise<InboxItem[]> {
+  return (await derive(core, user)).items
+}
+
+async function derive(
+  core: RunningCore,
+  user: UserId,
+): Promise<{ items: InboxItem[]; muted: Set<ConversationId> }> {
   const { ids, muted } = await core.read(inboxDocumentName(user), (inbox) => ({
     ids: [...inbox.getMap(InboxTopLevel.entries).keys()] as ConversationId[],
     muted: new Set(mutedConversations(inbox)),
@@ -41,9 +48,10 @@ export async function derivedInbox(core: RunningCore, user: UserId): Promise<Inb
     }
     if (entry) items.push({ ...entry, muted: muted.has(id) })
   }
-  return items.sort(
+  items.sort(
     (a, b) => b.lastActivityAt - a.lastActivityAt || a.conversationId.localeCompare(b.conversationId),
   )
+  return { items, muted }
 }
 
 /**
@@ -54,7 +62,7 @@ export async function derivedInbox(core: RunningCore, user: UserId): Promise<Inb
  * hook asking for a badge), never per message for every member.
  */
 export async function inboxSummary(core: RunningCore, user: UserId): Promise<InboxSummary> {
-  const items = await derivedInbox(core, user)
+  const { items, muted } = await derive(core, user)
   const unread: Record<ConversationId, number> = {}
   let totalUnread = 0
   for (const item of items) {
@@ -64,6 +72,7 @@ export async function inboxSummary(core: RunningCore, user: UserId): Promise<Inb
   return {
     totalUnread,
     unread,
-    muted: items.filter((i) => i.muted).map((i) => i.conversationId),
+    // Muted before an entry exists (a mute set ahead of the membership) counts too.
+    muted: [...muted],
   }
 }
