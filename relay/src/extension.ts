@@ -130,7 +130,8 @@ export interface HttpRequest {
  *   that throws is logged and the next one still runs.
  *
  * The core calls {@link start} with itself once it exists, before it serves
- * anyone, so an extension never holds a core that is not there yet.
+ * anyone, so an extension never holds a core that is not there yet, and
+ * {@link started} once every extension has started.
  */
 export interface RelayExtension {
   /** Names the extension in logs. */
@@ -167,6 +168,12 @@ export interface RelayExtension {
   connectionChanged?(change: ConnectionChange): void
   /** Answers an HTTP request and resolves true, or resolves false to let the next route try. */
   httpRequest?(request: HttpRequest): Promise<boolean>
+  /**
+   * Every extension has started: background work that goes through the core
+   * (loading documents) begins here, so that it sees every extension running.
+   * Never awaited.
+   */
+  started?(): void
   /** The relay stops: after the core finished its last changes, before storage closes. */
   stop?(): void | Promise<void>
 }
@@ -197,9 +204,16 @@ export class Extensions {
     this.loader = loaders[0]
   }
 
-  /** Starts every extension in order, each awaited. */
+  /** Starts every extension in order, each awaited, then tells each that all have started. */
   async start(core: RunningCore): Promise<void> {
     for (const extension of this.list) await extension.start?.(core)
+    for (const extension of this.list) {
+      try {
+        extension.started?.()
+      } catch (error) {
+        this.log.error({ err: error, extension: extension.name }, "extension failed after start")
+      }
+    }
   }
 
   /** Stops every extension in reverse order; a failing one is logged and the others still stop. */

@@ -11,14 +11,15 @@ export class MemoryBackend implements Backend {
   readonly kind = "memory"
   readonly documents: MemoryStorage
   readonly events = new MemoryEventLog()
-  readonly outbox = new MemoryOutbox(this.events)
+  readonly outbox: MemoryOutbox
   readonly bindings = new MemoryClientBindingStore()
   readonly history = new MemoryHistoryStore()
   readonly keys = new MemoryApiKeyStore()
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
-  constructor(data?: MemoryData) {
+  constructor(data: MemoryData = { documents: new Map(), catalog: new Map() }) {
     this.documents = new MemoryStorage(data)
+    this.outbox = new MemoryOutbox(this.events, (name) => data.documents.get(name)?.updates.at(-1)?.position)
   }
 
   async close(): Promise<void> {

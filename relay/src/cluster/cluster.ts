@@ -208,7 +208,12 @@ export class Cluster implements UpdateRouter, FenceSource {
   }
 
   private async sweep(outbox: Outbox | undefined): Promise<void> {
-    const owed = new Set((await outbox?.pending())?.map((d) => d.document))
+    // Documents owed deliveries, or whose stored log runs past their recorded events (an owner
+    // died between storing a change and recording its events): a relay takes over each ownerless one.
+    const owed = new Set([
+      ...((await outbox?.pending())?.map((d) => d.document) ?? []),
+      ...((await outbox?.behind()) ?? []),
+    ])
     for (const name of owed) {
       if (this.owns(name) || this.takingOver.has(name)) continue
       if ((await this.leases.holder(name)) === null) await this.takeOver(name)

@@ -12,6 +12,10 @@ export function ownedOutbox(outbox: Outbox, owns: (document: string) => boolean)
     get(target, property, receiver) {
       if (property === "pending")
         return async (): Promise<Delivery[]> => (await target.pending()).filter((d) => owns(d.document))
+      // The start-up recovery of owed events loads only documents this relay orders; the
+      // cluster's sweep takes over the ownerless ones.
+      if (property === "behind")
+        return async (): Promise<string[]> => (await target.behind()).filter((name) => owns(name))
       const value = Reflect.get(target, property, receiver) as unknown
       return typeof value === "function" ? value.bind(target) : value
     },

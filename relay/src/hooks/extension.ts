@@ -22,8 +22,10 @@ export interface HooksExtensionOptions extends Omit<HookRuntimeOptions, "core" |
 /**
  * Hook modules, webhooks and the built-in delivery targets (inbox upkeep) as
  * one relay extension: at `start` it makes the {@link HookRuntime} with the
- * running core and resumes what the outbox still owes; it records events after
- * every saved change, re-derives those a crash lost when a document loads,
+ * running core and resumes what the outbox still owes; once every extension
+ * runs, it loads the documents whose events a crash left unrecorded (nobody
+ * may open them soon); it records events after every saved change,
+ * re-derives those a crash lost when a document loads,
  * holds back compaction until they are recorded, fires `typing.started`, and
  * (with `admin`) contributes the dead-letter routes. `stop` stops delivering
  * and closes the outbox.
@@ -51,6 +53,11 @@ export class HooksExtension implements RelayExtension {
         verify: (token) => admin.verify(token),
       })
     await runtime.start()
+  }
+
+  /** Every extension runs: the sweep that recovers events a crash left owed begins, in the background. */
+  started(): void {
+    void this.running?.recoverOwed()
   }
 
   afterSaved(change: AfterSaved): void {

@@ -65,6 +65,17 @@ export interface Outbox {
   enqueue(batch: OutboxBatch): Promise<Delivery[]>
   /** Log position through which `document`'s events are recorded; undefined when never set. */
   watermark(document: string): Promise<number | undefined>
+  /**
+   * Documents whose stored log holds an entry past their watermark: changes
+   * saved whose events a crash kept from being recorded (and, with them, any
+   * message saved but not yet numbered: the update path stores a message and
+   * its number in one commit, so such a message is always past the watermark).
+   * Sorted by name. Documents without a watermark (never loaded with hooks)
+   * are not listed. Only the log counts, not a snapshot: loading a document
+   * derives events from log entries past the watermark, and a snapshot past
+   * it (an operator's restore) holds no entries to derive them from.
+   */
+  behind(): Promise<string[]>
   /** Deliveries still owed, in `seq` order. */
   pending(): Promise<Delivery[]>
   /** Removes a delivery that succeeded. */
@@ -101,8 +112,15 @@ export class MemoryOutbox implements Outbox {
   private readonly marks = new Map<string, number>()
   private seq = 0
 
-  /** `events`: the log `enqueue` records every event in (the backend's). */
-  constructor(readonly events: MemoryEventLog = new MemoryEventLog()) {}
+  /**
+   * `events`: the log `enqueue` records every event in (the backend's).
+   * `lastLogPosition`: the highest log entry stored of a document (the
+   * backend's documents), for {@link behind}; without it no document is behind.
+   */
+  constructor(
+    readonly events: MemoryEventLog = new MemoryEventLog(),
+    private readonly lastLogPosition: (document: string) => number | undefined = () => undefined,
+  ) {}
 
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
     const out: Delivery[] = []
@@ -132,6 +150,13 @@ export class MemoryOutbox implements Outbox {
 
   async watermark(document: string): Promise<number | undefined> {
     return this.marks.get(document)
+  }
+
+  async behind(): Promise<string[]> {
+    return [...this.marks]
+      .filter(([document, through]) => (this.lastLogPosition(document) ?? 0) > through)
+      .map(([document]) => document)
+      .sort()
   }
 
   async pending(): Promise<Delivery[]> {

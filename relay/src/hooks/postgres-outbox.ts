@@ -143,6 +143,17 @@ export class PostgresOutbox implements Outbox {
     return rows[0] ? Number(rows[0].through) : undefined
   }
 
+  async behind(): Promise<string[]> {
+    this.assertOpen()
+    // One index seek per watermark in `parley_updates` (primary key doc, position), the documents' table.
+    const { rows } = await this.pool.query<{ document: string }>(
+      `SELECT w.document FROM parley_hook_watermarks w
+        WHERE EXISTS (SELECT 1 FROM parley_updates u WHERE u.doc = w.document AND u.position > w.through)
+        ORDER BY w.document COLLATE "C"`,
+    )
+    return rows.map((row) => row.document)
+  }
+
   async pending(): Promise<Delivery[]> {
     this.assertOpen()
     const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)

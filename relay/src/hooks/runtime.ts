@@ -1,10 +1,12 @@
 import {
   type ChangeEvent,
   type ConversationId,
+  ErrorCode,
   getMessage,
   isTyping,
   type MessageView,
   observeChanges,
+  ParleyError,
   parseDocumentName,
   TYPING_EXPIRY_MS,
   TYPING_THROTTLE_MS,
@@ -55,7 +57,22 @@ export interface HookRuntimeOptions {
   readonly targets?: readonly DeliveryTarget[]
   /** For tests: replaces global fetch for webhooks. */
   readonly fetch?: typeof fetch
+  /** The sweep after a start that recovers events a crash left unrecorded (see {@link HookRuntime.recoverOwed}). */
+  readonly recovery?: RecoveryOptions
 }
+
+/** How {@link HookRuntime.recoverOwed} sweeps the documents that owe events. */
+export interface RecoveryOptions {
+  /** Documents loaded at once (default {@link DEFAULT_RECOVERY_CONCURRENCY}). */
+  readonly concurrency?: number
+  /** Wait before sweeping again after a storage error or a failed load (default {@link DEFAULT_RECOVERY_RETRY_MS}). */
+  readonly retryMs?: number
+}
+
+/** Documents the recovery sweep loads at once: a few, so that it never crowds out the clients' loads. */
+export const DEFAULT_RECOVERY_CONCURRENCY = 4
+/** Wait before the recovery sweep tries again after a failure. */
+export const DEFAULT_RECOVERY_RETRY_MS = 30_000
 
 /**
  * Hooks and webhooks inside a relay: turns saved changes into events, records
@@ -75,6 +92,9 @@ export class HookRuntime {
   private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
   private readonly core: RunningCore
   private chain: Promise<unknown> = Promise.resolve()
+  private sweeping: Promise<void> | undefined
+  private sweepAgain: NodeJS.Timeout | undefined
+  private stopped = false
 
   constructor(private readonly options: HookRuntimeOptions) {
     this.log = options.log
@@ -121,6 +141,71 @@ export class HookRuntime {
   /** Resumes what the outbox still owes. */
   async start(): Promise<void> {
     await this.dispatcher.start()
+  }
+
+  /**
+   * Recovers what a crash left owed in documents nobody opens: loads, through
+   * the core, every document the outbox lists as {@link Outbox.behind} (saved
+   * changes whose events were not recorded). The load records their events
+   * (`applyStoredLog`) and numbers messages left without one, in the one
+   * update path; the document then unloads when idle like any other. Only
+   * those documents are loaded, a few at a time. A storage error or a failed
+   * load is logged and the sweep runs again later, until a pass succeeds.
+   * The hooks extension starts it once every extension has started; a call
+   * while a pass runs returns that pass. Never rejects.
+   */
+  recoverOwed(): Promise<void> {
+    if (this.stopped) return Promise.resolve()
+    this.sweeping ??= this.sweep().finally(() => {
+      this.sweeping = undefined
+    })
+    return this.sweeping
+  }
+
+  private async sweep(): Promise<void> {
+    let documents: string[]
+    try {
+      documents = await this.options.outbox.behind()
+    } catch (error) {
+      this.log.error({ err: error }, "could not list the documents owing hook events: trying again later")
+      this.sweepLater()
+      return
+    }
+    if (documents.length === 0 || this.stopped) return
+    this.log.info(
+      { documents: documents.length },
+      "loading the documents whose hook events a crash left unrecorded",
+    )
+    const queue = [...documents]
+    let loaded = 0
+    let failed = 0
+    const work = async () => {
+      for (let name = queue.shift(); name !== undefined && !this.stopped; name = queue.shift()) {
+        try {
+          await this.core.read(name, () => undefined)
+          loaded++
+        } catch (error) {
+          // A damaged document is refused until an operator restores it; loading it again cannot help.
+          if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) continue
+          failed++
+          this.log.warn({ err: error, document: name }, "could not load a document owing hook events")
+        }
+      }
+    }
+    const concurrency = Math.max(1, this.options.recovery?.concurrency ?? DEFAULT_RECOVERY_CONCURRENCY)
+    await Promise.all(Array.from({ length: Math.min(concurrency, documents.length) }, work))
+    if (this.stopped) return
+    this.log.info({ documents: loaded, failed }, "recovered hook events a crash left unrecorded")
+    if (failed > 0) this.sweepLater()
+  }
+
+  private sweepLater(): void {
+    if (this.stopped || this.sweepAgain) return
+    this.sweepAgain = setTimeout(() => {
+      this.sweepAgain = undefined
+      void this.recoverOwed()
+    }, this.options.recovery?.retryMs ?? DEFAULT_RECOVERY_RETRY_MS)
+    this.sweepAgain.unref()
   }
 
   /** Called by the update path after each saved change; never throws, never waits for hooks. */
@@ -294,12 +379,16 @@ export class HookRuntime {
 
   /** Resolves when every recorded event has been delivered or dead-lettered (tests, benchmarks). */
   async idle(): Promise<void> {
+    await this.sweeping
     await this.chain
     await this.dispatcher.idle()
   }
 
-  /** Stops delivering (running attempts finish) and closes the outbox. */
+  /** Stops the recovery sweep and delivering (running attempts finish), and closes the outbox. */
   async stop(): Promise<void> {
+    this.stopped = true
+    clearTimeout(this.sweepAgain)
+    await this.sweeping
     await this.chain
     await this.dispatcher.stop()
     await this.options.outbox.close()

@@ -170,6 +170,19 @@ export class SqliteOutbox implements Outbox {
     return this.statements.watermark.get(document)?.through
   }
 
+  /** Prepared on first use: the documents' table `updates` is the backend's, not the outbox's. */
+  private behindStatement: Database.Statement<[], { document: string }> | undefined
+
+  async behind(): Promise<string[]> {
+    this.writeDeliveredMarks()
+    this.assertOpen()
+    // One index seek per watermark in `updates` (primary key doc, position).
+    this.behindStatement ??= this.db.prepare<[], { document: string }>(
+      "SELECT w.document FROM hook_watermarks w WHERE EXISTS (SELECT 1 FROM updates u WHERE u.doc = w.document AND u.position > w.through) ORDER BY w.document",
+    )
+    return this.behindStatement.all().map((row) => row.document)
+  }
+
   async pending(): Promise<Delivery[]> {
     this.writeDeliveredMarks()
     this.assertOpen()

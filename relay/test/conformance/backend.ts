@@ -133,6 +133,34 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       expect(await backend.bindings.load("g~kept")).toEqual(new Map([[42, "user:bob"]]))
     })
 
+    it("lists the documents whose stored log runs past their hook watermark, and only those", async () => {
+      // Events recorded through the end of the log: nothing owed.
+      await backend.documents.append("g~done", [update("a"), update("b")])
+      await backend.outbox.enqueue({ document: "g~done", events: [], through: 2 })
+      // Saved past the watermark (a crash before its events were recorded): owed.
+      await backend.documents.append("g~owed", [update("a"), update("b"), update("c")])
+      await backend.outbox.enqueue({ document: "g~owed", events: [], through: 1 })
+      await backend.documents.append("g~Also", [update("a")])
+      await backend.outbox.enqueue({ document: "g~Also", events: [], through: 0 })
+      // Never loaded with hooks (no watermark): not the sweep's to load.
+      await backend.documents.append("g~nomark", [update("a")])
+      // A watermark without a stored document.
+      await backend.outbox.enqueue({ document: "g~empty", events: [], through: 0 })
+      expect(await backend.outbox.behind()).toEqual(["g~Also", "g~owed"])
+
+      await backend.outbox.enqueue({ document: "g~owed", events: [], through: 3 })
+      await backend.documents.append("g~done", [update("c")])
+      expect(await backend.outbox.behind()).toEqual(["g~Also", "g~done"])
+
+      // A snapshot alone (the log folded into it) leaves no entry to derive events from.
+      await backend.documents.compact("g~Also", update("a"), 1)
+      expect(await backend.outbox.behind()).toEqual(["g~done"])
+      if (!harness.persistent) return
+      await backend.close()
+      backend = await harness.open()
+      expect(await backend.outbox.behind()).toEqual(["g~done"])
+    })
+
     it("stores sealed history segments once, returns them byte for byte per document, and replaces an unreferenced one", async () => {
       const segment = (index: number, fill: number) => ({
         index,

@@ -6,11 +6,13 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
+import { MemoryBackend } from "../../src/backend/memory.js"
 import type { HookEvent } from "../../src/hooks/events.js"
-import { MemoryOutbox } from "../../src/hooks/outbox.js"
+import { MemoryOutbox, type Outbox } from "../../src/hooks/outbox.js"
 import { MemoryStorage } from "../../src/storage/memory.js"
+import type { RelayStorage } from "../../src/storage/types.js"
 import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
 
 const alice = "alice" as UserId
@@ -18,11 +20,12 @@ const bob = "bob" as UserId
 const id = "g~recovery" as ConversationId
 
 /** Storage and outbox outlive the relays started on them, like files on disk across a crash. */
-async function relayOn(storage: MemoryStorage, outbox: MemoryOutbox) {
+async function relayOn(storage: RelayStorage, outbox: Outbox, retryMs?: number) {
   const { hooks, events } = recordingHooks()
   const relay = await coreWithHooks({
     storage,
     outbox,
+    ...(retryMs !== undefined ? { recovery: { retryMs } } : {}),
     hooks: [{ name: "record.ts", path: "record.ts", hooks }],
   })
   return { ...relay, events }
@@ -100,5 +103,81 @@ describe("hook events of changes saved right before a crash", () => {
       Y.encodeStateAsUpdate(replica, Y.encodeStateVector(new Y.Doc())),
     ])
     expect(await first.runtime.compactionLimit(id)).toBeLessThan(position!)
+  })
+})
+
+/** Stores, behind the relay's back, `user`'s message as the next log entry: saved, then the relay died. */
+async function savedBeforeCrash(storage: RelayStorage, name: string, user: UserId, message: string) {
+  const replica = new Y.Doc()
+  const stored = await storage.load(name)
+  if (stored.snapshot) Y.applyUpdate(replica, stored.snapshot)
+  for (const { update } of stored.updates) Y.applyUpdate(replica, update)
+  const before = Y.encodeStateVector(replica)
+  sendMessage(replica, user, { id: message as MessageId, body: "saved, then the relay died" })
+  await storage.append(name, [Y.encodeStateAsUpdate(replica, before)])
+}
+
+/** A relay that creates `name` with alice's first message, records its events, and is dropped (its data kept). */
+async function conversationWithOneMessage(backend: MemoryBackend, name: ConversationId) {
+  const first = await relayOn(backend.documents, backend.outbox)
+  const a = new InProcessClient(first.core, name, alice)
+  await a.connect()
+  createConversation(a.doc, alice, { kind: "group", id: name, participants: [bob] })
+  sendMessage(a.doc, alice, { id: "first-001" as MessageId, body: "first" })
+  await a.settled()
+  await first.runtime.idle()
+  a.disconnect()
+}
+
+describe("hook events owed by a document nobody opens after a crash", () => {
+  it("are recorded and delivered after the restart, with the message numbered, loading only the documents that owe them", async () => {
+    const backend = new MemoryBackend()
+    const owing = "g~owing" as ConversationId
+    const quiet = "g~quiet" as ConversationId
+    await conversationWithOneMessage(backend, owing)
+    await conversationWithOneMessage(backend, quiet)
+    await savedBeforeCrash(backend.documents, owing, bob, "crash-001")
+
+    const second = await relayOn(backend.documents, backend.outbox)
+    await second.runtime.idle()
+    // Nobody connected: the relay found the owed event by itself.
+    expect(sent(second.events)).toEqual([{ id: "crash-001", seq: 2, actor: { kind: "user", user: "bob" } }])
+    expect(second.core.loadedDocuments).toBe(1)
+    expect(await backend.outbox.behind()).toEqual([])
+
+    // Started again, nothing is owed: nothing is loaded, nothing delivered twice.
+    const third = await relayOn(backend.documents, backend.outbox)
+    await third.runtime.idle()
+    expect(third.events).toEqual([])
+    expect(third.core.loadedDocuments).toBe(0)
+  })
+
+  it("are recovered once storage answers again when listing them failed at start", async () => {
+    const backend = new MemoryBackend()
+    const owing = "g~stalled" as ConversationId
+    await conversationWithOneMessage(backend, owing)
+    await savedBeforeCrash(backend.documents, owing, bob, "crash-002")
+    let failures = 1
+    const flaky: Outbox = new Proxy(backend.outbox, {
+      get(target, property) {
+        if (property === "behind" && failures > 0)
+          return async () => {
+            failures--
+            throw new Error("storage is restarting")
+          }
+        const value = Reflect.get(target, property, target)
+        return typeof value === "function" ? value.bind(target) : value
+      },
+    })
+
+    const second = await relayOn(backend.documents, flaky, 20)
+    await second.runtime.idle()
+    expect(sent(second.events)).toEqual([])
+    await vi.waitFor(async () => {
+      await second.runtime.idle()
+      expect(sent(second.events).map((e) => e.id)).toEqual(["crash-002"])
+    })
+    expect(failures).toBe(0)
+    await second.core.close()
   })
 })

@@ -9,6 +9,8 @@ import {
   type UserId,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { SqliteBackend } from "../../src/backend/sqlite.js"
 import { TestClient } from "../helpers/clients.js"
 import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { RECORDER, readLines } from "./recorder.js"
@@ -19,10 +21,35 @@ afterEach(async () => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
 
-async function until(check: () => boolean): Promise<void> {
-  while (!check()) await new Promise((r) => setTimeout(r, 20))
+async function until(check: () => boolean, what: string, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
 }
 
+/**
+ * Appends `user`'s message to the stored log of a relay that is not running,
+ * as the relay does with a client's update: the crash came after it was saved
+ * (and acknowledged) and before it was numbered or its events recorded.
+ */
+async function savedBeforeCrash(dataDir: string, name: string, user: UserId, message: string): Promise<void> {
+  const backend = new SqliteBackend(dataDir)
+  try {
+    const stored = await backend.documents.load(name)
+    const replica = new Y.Doc()
+    if (stored.snapshot) Y.applyUpdate(replica, stored.snapshot)
+    for (const { update } of stored.updates) Y.applyUpdate(replica, update)
+    const before = Y.encodeStateVector(replica)
+    sendMessage(replica, user, { id: message as MessageId, body: "saved, then the relay died" })
+    await backend.documents.append(name, [Y.encodeStateAsUpdate(replica, before)])
+  } finally {
+    await backend.close()
+  }
+}
+
+// Each test starts two relay processes, one after the other: on a loaded machine that alone takes seconds.
 describe("hook delivery across a crash", () => {
   it("delivers every event at least once, with the same ids, after a SIGKILL in the middle of delivery", async () => {
     const hooks = mkdtempSync(join(tmpdir(), "parley-hooks-restart-"))
@@ -40,7 +67,7 @@ describe("hook delivery across a crash", () => {
       sendMessage(alice.doc, "alice" as UserId, { id: `msg-000${n}` as MessageId, body: `m${n}` })
     await alice.allSaved()
     // The first event is being delivered (the handler started) but never acknowledged.
-    await until(() => readLines(log).length === 1)
+    await until(() => readLines(log).length === 1, "the first delivery")
     first.child.kill("SIGKILL")
     await first.exited
     alice.close()
@@ -51,7 +78,12 @@ describe("hook delivery across a crash", () => {
       secret: first.secret,
       env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
     })
-    await until(() => readLines(log).filter((l) => l.pid === second.child.pid).length >= 3)
+    // Nobody opens the conversation again: the relay finds what it owes by itself, whether or not
+    // the crash came before the events of the later messages were recorded.
+    await until(
+      () => readLines(log).filter((l) => l.pid === second.child.pid).length >= 3,
+      "three deliveries after the restart",
+    )
     const lines = readLines(log)
     const before = lines.filter((l) => l.pid === first.child.pid)
     const after = lines.filter((l) => l.pid === second.child.pid)
@@ -61,5 +93,41 @@ describe("hook delivery across a crash", () => {
     expect(after.map((l) => l.seq)).toEqual([1, 2, 3])
     expect(after[0]!.id).toBe(before[0]!.id)
     expect(new Set(after.map((l) => l.id)).size).toBe(3)
-  })
+  }, 60_000)
+
+  it("delivers a message saved right before a SIGKILL, numbered, though nobody opens the conversation again", async () => {
+    const hooks = mkdtempSync(join(tmpdir(), "parley-hooks-restart-"))
+    dirs.push(hooks)
+    writeFileSync(join(hooks, "recorder.mjs"), RECORDER)
+    const log = join(hooks, "deliveries.jsonl")
+    const args = ["--hooks", hooks]
+    const first = await startRelayProcess({ args, env: { HOOK_LOG: log, HOOK_BLOCK: "0" } })
+    const id = "g~owed" as ConversationId
+    const alice = new TestClient(first.url, id, await first.token("alice"))
+    await alice.opened
+    await alice.synced()
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: ["bob" as UserId] })
+    sendMessage(alice.doc, "alice" as UserId, { id: "msg-0001" as MessageId, body: "m1" })
+    await alice.allSaved()
+    await until(() => readLines(log).length === 1, "the first delivery")
+    alice.close()
+    first.child.kill("SIGKILL")
+    await first.exited
+    // Bob's message was saved, then the relay died before numbering it or recording its events.
+    await savedBeforeCrash(first.dataDir, id, "bob" as UserId, "msg-0002")
+
+    const second = await startRelayProcess({
+      args,
+      dataDir: first.dataDir,
+      secret: first.secret,
+      env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
+    })
+    await until(
+      () => readLines(log).some((l) => l.pid === second.child.pid && l.message === "msg-0002"),
+      "msg-0002 to be delivered after the restart",
+    )
+    const owed = readLines(log).filter((l) => l.message === "msg-0002")
+    expect(owed.map((l) => [l.pid, l.seq])).toEqual([[second.child.pid, 2]])
+    await second.waitForLog((l) => l.msg === "recovered hook events a crash left unrecorded")
+  }, 60_000)
 })
