@@ -63,6 +63,8 @@ export interface HookSubjects {
   "reaction.added": { readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
   "reaction.removed": { readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
   "messages.read": { readonly user: UserId; readonly upTo: number }
+  /** A user's devices received the conversation up to `upTo` (delivered marker, a sequence number). */
+  "messages.delivered": { readonly user: UserId; readonly upTo: number }
   "typing.started": { readonly user: UserId }
   /** Every saved change, raw: the document-level change events (sequencing and delivery markers included). */
   "document.updated": { readonly changes: readonly ChangeEvent[]; readonly positions: readonly number[] }
@@ -105,6 +107,7 @@ export const HANDLER_NAMES = {
   "reaction.added": "onReactionAdded",
   "reaction.removed": "onReactionRemoved",
   "messages.read": "onMessagesRead",
+  "messages.delivered": "onMessagesDelivered",
   "typing.started": "onTypingStarted",
   "document.updated": "onDocumentUpdated",
 } as const satisfies Record<HookEventType, string>
@@ -209,9 +212,9 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
         push(change.type, { messageId: change.messageId, user: change.user, emoji: change.emoji })
         break
       case "messages.read":
+      case "messages.delivered":
         push(change.type, { user: change.user, upTo: change.upTo })
         break
-      case "messages.delivered":
       case "messages.sequenced":
         break
     }
@@ -240,6 +243,7 @@ export function writerNamedBy(event: HookEvent): UserId | undefined {
     case "reaction.removed":
       return (event.subject as HookSubjects["reaction.added"]).user
     case "messages.read":
+    case "messages.delivered":
       return (event.subject as HookSubjects["messages.read"]).user
     default:
       return undefined

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs"
-import { getMessage, type MessageId, markRead, sendMessage, type UserId } from "@parley/shared"
+import { getMessage, type MessageId, markDelivered, markRead, sendMessage, type UserId } from "@parley/shared"
 import { afterAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import type { HookEvent } from "../../src/hooks/events.js"
@@ -45,12 +45,16 @@ describe.skipIf(!hasEventLog)("GET /v1/events from a relay process (needs the re
     return opened
   }
 
-  it("runs a Peek-style chat: the backend creates it, sends an emergency message, and streams the reply and the read notice", async () => {
+  it("runs a Peek-style chat: the backend creates it, sends an emergency message, and streams the reply and the delivered and read notices", async () => {
     const dataDir = freshDataDir()
     const key = await createKey(dataDir, "peek", ALL)
     const relay = await startRelayProcess({ dataDir })
     const api = apiClient(() => relay.httpUrl, key)
-    const events = await stream(relay, key, "?conversation=g~peek-1&type=message.sent,messages.read")
+    const events = await stream(
+      relay,
+      key,
+      "?conversation=g~peek-1&type=message.sent,messages.delivered,messages.read",
+    )
 
     await api("POST", "/v1/conversations", {
       id: "g~peek-1",
@@ -77,6 +81,15 @@ describe.skipIf(!hasEventLog)("GET /v1/events from a relay process (needs the re
       sendMessage(aliceDoc, "alice" as UserId, { body: "Thanks, I'll be there" })
       await docUntil(bobDoc, () => getMessage(bobDoc, alert.body.id as MessageId)?.seq !== undefined)
       await docUntil(bobDoc, () => bobDoc.getArray("messages").length >= 2)
+      // Bob's device received both messages (delivered), then bob read them.
+      await docUntil(bobDoc, () => {
+        try {
+          return markDelivered(bobDoc, "bob" as UserId)
+        } catch {
+          return false
+        }
+      })
+      await events.until((e) => e.some((x) => x.event === "messages.delivered"), 15_000)
       await docUntil(bobDoc, () => {
         try {
           return markRead(bobDoc, "bob" as UserId)
@@ -94,12 +107,21 @@ describe.skipIf(!hasEventLog)("GET /v1/events from a relay process (needs the re
         [{ kind: "user", user: "alice" }, "Thanks, I'll be there"],
       ])
       expect((sent[0]!.subject as { message: { priority: string } }).message.priority).toBe("emergency")
+      const delivered = payloads(events, "messages.delivered")
+      expect(delivered.map((e) => [e.event.actor, e.subject])).toEqual([
+        [
+          { kind: "user", user: "bob" },
+          { user: "bob", upTo: 2 },
+        ],
+      ])
       const read = payloads(events, "messages.read")
       expect(read.map((e) => e.subject)).toEqual([{ user: "bob", upTo: 2 }])
       // Only the types asked for.
-      expect(payloads(events).every((e) => ["message.sent", "messages.read"].includes(e.event.type))).toBe(
-        true,
-      )
+      expect(
+        payloads(events).every((e) =>
+          ["message.sent", "messages.delivered", "messages.read"].includes(e.event.type),
+        ),
+      ).toBe(true)
     } finally {
       alice.destroy()
       bob.destroy()

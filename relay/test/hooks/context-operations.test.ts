@@ -87,6 +87,7 @@ describe("the hook context's conversation operations", () => {
       "reaction.added",
       "reaction.added",
       "reaction.removed",
+      "messages.delivered",
       "messages.read",
       "conversation.deleted",
       "participants.removed",
