@@ -73,6 +73,22 @@ it("replies, reactions, edits, deletions, presence and muting in a direct conver
   await dana.page.getByTestId("new-create").click()
   await dana.page.getByTestId("new-conversation-error").getByText("That is you", { exact: false }).waitFor()
 
+  // A long conversation opens on its latest page; older messages load when scrolling up.
+  const many = Array.from({ length: 52 }, (_, i) => `note ${i + 1}`)
+  for (const text of many) {
+    await dana.page.getByTestId("composer-input").fill(text)
+    await dana.page.getByTestId("composer-input").press("Enter")
+  }
+  await erin.message("note 52").waitFor()
+  await erin.page.reload()
+  await erin.message("note 52").waitFor()
+  await erin.page.getByTestId("load-older").waitFor()
+  expect(await erin.page.getByTestId("message").count()).toBe(50)
+  await erin.page.locator(".scroller").evaluate((element) => element.scrollTo(0, 0))
+  await erin.messagesAre(["Message deleted", "Yes, see you there", ...many])
+  expect(await erin.page.getByTestId("load-older").count()).toBe(0)
+  await screenshot("older-messages", erin)
+
   // A name the relay would refuse is explained on the sign-in screen, not just "match the format".
   const context = await demo.browser.newContext({ viewport: PHONE })
   const page = await context.newPage()
