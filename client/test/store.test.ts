@@ -93,6 +93,9 @@ describe("stores", () => {
       const alice = await connectClient(relay, "alice")
       const bob = await connectClient(relay, "bob")
       const chat = await alice.createConversation({ participants: ["bob"] })
+      // Bob may open it once the relay has it.
+      const hello = chat.send("hello")
+      await eventually(() => expect(chat.status(hello.id)).toBe("sent"))
       const presence = presenceStore(chat, alice.user)
       const typing = typingStore(chat)
       const stops = [presence.subscribe(() => {}), typing.subscribe(() => {})]

@@ -16,7 +16,7 @@ import {
   typingStore,
   type UserId,
 } from "@parley/client"
-import { useEffect, useMemo, useSyncExternalStore } from "react"
+import { useMemo, useSyncExternalStore } from "react"
 import { useChatClient } from "./provider.js"
 
 /** Reads a store; re-renders when (and only when) its snapshot is a new object. */
@@ -130,15 +130,4 @@ export function usePresence(conversation: Conversation | undefined): readonly Us
       [conversation, client],
     ),
   )
-}
-
-/**
- * Marks `conversation` read up to its latest message whenever a new message
- * arrives while the component is shown (e.g. the open conversation's view).
- */
-export function useMarkRead(conversation: Conversation | undefined, enabled = true): void {
-  const { unreadCount } = useConversation(conversation?.id)
-  useEffect(() => {
-    if (enabled && conversation && unreadCount > 0) conversation.markRead()
-  }, [conversation, unreadCount, enabled])
 }

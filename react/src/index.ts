@@ -10,7 +10,6 @@ export {
   useConnectionStatus,
   useConversation,
   useInbox,
-  useMarkRead,
   useMessageStatus,
   useMessages,
   usePresence,

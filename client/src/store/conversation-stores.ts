@@ -132,9 +132,12 @@ export function messageWindowStore(conversation: Conversation, pageSize = 50): M
     }
 
     protected compute(previous: MessageWindowSnapshot | undefined): MessageWindowSnapshot {
-      const hasOlder = conversation.hasOlder || conversation.messages({ last: live + 1 }).length > live
+      // Without the SDK's events nothing says what changed: re-list (unchanged messages still keep their objects).
+      if (!this.listening) dirty = "all"
+      let hasOlder = previous?.hasOlder ?? false
       let messages: readonly ChatMessage[]
       if (!previous || dirty === "all") {
+        hasOlder = conversation.hasOlder || conversation.messages({ last: live + 1 }).length > live
         const before = new Map(previous?.messages.map((m) => [m.id, m]))
         const fresh = [...conversation.olderMessages(), ...conversation.messages({ last: live })]
         const next = fresh.map((m) => {

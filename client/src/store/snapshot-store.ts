@@ -51,6 +51,11 @@ export abstract class BaseStore<T> implements SnapshotStore<T> {
     return this.snapshot as T
   }
 
+  /** Whether the store listens to the SDK now (else each read recomputes from scratch). */
+  protected get listening(): boolean {
+    return this.detach !== undefined
+  }
+
   /** Recomputes now and notifies when the snapshot is a new object. */
   protected changed(): void {
     const before = this.snapshot
