@@ -106,11 +106,23 @@ export class Inbox extends Emitter<InboxEvents> {
    * until the relay's inbox entry reflects them.
    */
   track(conversation: Conversation): () => void {
-    return conversation.on("change", ({ local }) => {
+    const forget = () => {
+      if (this.pending.has(conversation.id)) this.pending.delete(conversation.id)
+    }
+    const offChange = conversation.on("change", ({ local }) => {
+      // No longer a participant (left, removed): the relay drops the entry, so must this device.
+      if (conversation.role === undefined) return forget()
       if (!local) return
       const entry = inboxEntryFor(conversation.doc, this.options.user)
       if (entry) this.pending.set(entry.conversationId, entry)
     })
+    const offState = conversation.on("state", ({ state }) => {
+      if (state.state === "unavailable") forget()
+    })
+    return () => {
+      offChange()
+      offState()
+    }
   }
 
   private list(): InboxItem[] {

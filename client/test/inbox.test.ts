@@ -110,3 +110,22 @@ describe("client.inbox with the user's own changes made offline", () => {
     )
   })
 })
+
+describe("client.inbox after the user's offline change was refused", () => {
+  it("drops the conversation once the user was removed from it, not keeping their own preview forever", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const bob = await connectClient(relay, b)
+    const alice = await connectClient(relay, a)
+    const group = await bob.createConversation({ participants: [a], title: "team" })
+    const hello = group.send("welcome")
+    await eventually(() => expect(group.status(hello.id)).toBe("sent"))
+    const mine = await alice.conversation(group.id).ready()
+    alice.disconnect()
+    mine.send("can I still post?")
+    expect(alice.inbox.items.map((i) => i.lastMessage?.text)).toEqual(["can I still post?"])
+    group.removeParticipants([a])
+    await eventually(() => expect(group.participants.map((p) => p.user)).toEqual([b]))
+    alice.connect()
+    await eventually(() => expect(alice.inbox.items).toEqual([]))
+  })
+})

@@ -159,6 +159,7 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   await carol.messageStatus("Can I still post?", "failed")
   await carol.message("Can I still post?").getByTestId("message-error").waitFor()
   await carol.page.getByTestId("conversation-unavailable").waitFor()
+  await carol.page.getByTestId("no-conversations").waitFor()
   await screenshot("removed-user-message-failed", carol)
   await bob.send("Carol has left")
   await alice.messagesAre([...full, "Carol has left"])
