@@ -1,4 +1,4 @@
-import type { ChatClient } from "@parley/client"
+import { type ChatClient, ErrorCode, ParleyError } from "@parley/client"
 import { createContext, type ReactNode, useContext } from "react"
 
 const ClientContext = createContext<ChatClient | undefined>(undefined)
@@ -15,9 +15,13 @@ export function ParleyProvider({ client, children }: ParleyProviderProps) {
   return <ClientContext.Provider value={client}>{children}</ClientContext.Provider>
 }
 
-/** The client of the nearest {@link ParleyProvider}; throws outside one. */
+/** The client of the nearest {@link ParleyProvider}; throws `INVALID_ARGUMENT` outside one. */
 export function useChatClient(): ChatClient {
   const client = useContext(ClientContext)
-  if (!client) throw new Error("useChatClient: no <ParleyProvider client={...}> above this component")
+  if (!client)
+    throw new ParleyError(
+      ErrorCode.INVALID_ARGUMENT,
+      "useChatClient: no <ParleyProvider client={...}> above this component",
+    )
   return client
 }

@@ -168,6 +168,6 @@ describe("@parley/react hooks", () => {
     )
     expect(screen.getByText("status: pending")).toBeTruthy()
     expect(screen.getByText(/conversations, 0 unread/)).toBeTruthy()
-    expect(() => render(<Badge />)).toThrow(/ParleyProvider/)
+    expect(() => render(<Badge />)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }))
   })
 })
