@@ -117,11 +117,17 @@ export class Inbox extends Emitter<InboxEvents> {
       if (entry) this.pending.set(entry.conversationId, entry)
     })
     const offState = conversation.on("state", ({ state }) => {
-      if (state.state === "unavailable") forget()
+      if (state.state === "unavailable" || (state.state === "ready" && conversation.role === undefined))
+        forget()
+    })
+    // A refused change rebuilds the replica from the relay's state without change events.
+    const offResync = conversation.on("resynced", () => {
+      if (conversation.role === undefined) forget()
     })
     return () => {
       offChange()
       offState()
+      offResync()
     }
   }
 
