@@ -73,8 +73,11 @@ describe("client.inbox with the user's own changes made offline", () => {
     const bob = await connectClient(relay, b)
     const older = await alice.createConversation({ participants: [b], title: "older" })
     const chat = await alice.createConversation({ participants: [b], title: "plans" })
+    // Bob may open it once the relay has it (its inbox entry says so).
+    await eventually(() => expect(alice.inbox.items).toHaveLength(2))
     await bob.conversation(chat.id).ready()
     bob.conversation(chat.id).send("from bob")
+    await eventually(() => expect(alice.inbox.items[0]?.lastMessage?.text).toBe("from bob"))
     older.send("bump the other conversation")
     await eventually(() =>
       expect(alice.inbox.items.map((i) => [i.title, i.lastMessage?.text, i.unread])).toEqual([
