@@ -12,6 +12,7 @@ export default defineConfig({
       "shared/test/**/*.test.ts",
       "relay/test/**/*.test.ts",
       "client/test/**/*.test.ts",
+      "react/test/**/*.test.{ts,tsx}",
       "test/**/*.test.ts",
     ],
     testTimeout: 20_000,

@@ -29,9 +29,13 @@ function serviceWorker(): Plugin {
   }
 }
 
-/** The demo chat app: plain TypeScript and DOM on `@parley/client`, served by the relay (`--static`). */
-export default defineConfig({
+/** The demo chat app: React on `@parley/react` and `@parley/client`, served by the relay (`--static`). */
+export default defineConfig(({ mode }) => ({
   root: here,
+  // React's production build whenever Vite builds for production, even when the builder runs
+  // under NODE_ENV=test (the e2e tests), which Vite would otherwise pass on.
+  define: { "process.env.NODE_ENV": JSON.stringify(mode === "production" ? "production" : "development") },
+  oxc: { jsx: { runtime: "automatic", development: mode !== "production" } },
   base: "/",
   publicDir: false,
   // The SDK from its sources (the repository's "parley-source" export condition), not a built dist/.
@@ -43,4 +47,4 @@ export default defineConfig({
     sourcemap: true,
   },
   plugins: [serviceWorker()],
-})
+}))

@@ -94,6 +94,8 @@ export interface ChatClientEvents {
 }
 
 const DIRECTORY = "directory"
+/** Local document of the user's own inbox changes not yet reflected by the relay (never synced). */
+const PENDING_INBOX = "inbox-pending"
 
 /**
  * The entry point of the SDK: opens conversations (replicas kept offline in
@@ -109,6 +111,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    */
   readonly inbox: Inbox
   private readonly inboxDoc = new Y.Doc()
+  /** Device-local: the user's own inbox changes the relay has not reflected yet. */
+  private readonly pendingInboxDoc = new Y.Doc()
   private readonly inboxAwareness: Awareness
   private readonly inboxConnection: DocumentConnection
   private readonly open = new Map<ConversationId, Conversation>()
@@ -172,6 +176,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       replica: persistDocument(this.storage, replicaName(user, inboxName), this.inboxDoc),
       connection: inboxConnection,
       origin: LOCAL,
+      user,
+      pending: {
+        doc: this.pendingInboxDoc,
+        replica: persistDocument(this.storage, replicaName(user, PENDING_INBOX), this.pendingInboxDoc),
+      },
     })
     void this.inbox.loaded.then(() => {
       if (!this.destroyed && this.wanted && this.browserOnline) this.inbox.start()
@@ -230,6 +239,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       },
     })
     conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
+    this.inbox.track(conversation)
     this.open.set(conversationId, conversation)
     return conversation
   }

@@ -1,14 +1,18 @@
 import {
   type ConversationId,
+  type InboxEntry,
   type InboxItem,
   InboxTopLevel,
+  inboxEntryFor,
+  isMuted,
   listInbox,
   parseConversationId,
   setMuted,
-  totalUnread,
+  type UserId,
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { DocumentConnection } from "./connection.js"
+import type { Conversation } from "./conversation.js"
 import { Emitter } from "./emitter.js"
 import type { LocalReplica } from "./storage.js"
 
@@ -25,6 +29,31 @@ export interface InboxOptions {
   readonly connection: DocumentConnection
   /** Yjs origin of the user's own writes (mute). */
   readonly origin: unknown
+  readonly user: UserId
+  /**
+   * A device-local document (never synced) with its persistence: the entries
+   * of conversations the user changed here, until the relay's entry catches up.
+   */
+  readonly pending: { readonly doc: Y.Doc; readonly replica: LocalReplica }
+}
+
+/** Whether the relay's entry has caught up with what the user did on this device. */
+function caughtUp(relay: InboxEntry | undefined, local: InboxEntry): boolean {
+  if (!relay || relay.readUpTo < local.readUpTo) return false
+  if (!local.lastMessage) return true
+  return relay.lastActivityAt > local.lastActivityAt || relay.lastMessage?.id === local.lastMessage.id
+}
+
+/** The relay's entry with the user's own changes on this device laid over it. */
+function overlay(relay: InboxItem | undefined, local: InboxEntry, muted: boolean): InboxItem {
+  if (!relay) return { ...local, muted }
+  const newer = local.lastActivityAt > relay.lastActivityAt && local.lastMessage !== undefined
+  const readAhead = local.readUpTo > relay.readUpTo
+  return {
+    ...relay,
+    ...(newer ? { lastMessage: local.lastMessage, lastActivityAt: local.lastActivityAt } : {}),
+    ...(readAhead ? { readUpTo: local.readUpTo, unread: local.unread } : {}),
+  }
 }
 
 /**
@@ -36,32 +65,96 @@ export interface InboxOptions {
  */
 export class Inbox extends Emitter<InboxEvents> {
   private cachedItems: readonly InboxItem[] | undefined
+  private readonly pending: Y.Map<InboxEntry>
   private readonly onChange = () => {
     this.cachedItems = undefined
+    this.prune()
     this.emit("change", { items: this.items, totalUnread: this.totalUnread })
   }
 
   /** @internal Created by the ChatClient. */
   constructor(private readonly options: InboxOptions) {
     super()
+    this.pending = options.pending.doc.getMap<InboxEntry>("entries")
     options.doc.getMap(InboxTopLevel.entries).observe(this.onChange)
     options.doc.getMap(InboxTopLevel.muted).observe(this.onChange)
+    this.pending.observe(this.onChange)
   }
 
   /** Resolves once the locally stored inbox is loaded. */
   get loaded(): Promise<void> {
-    return this.options.replica.loaded
+    return Promise.all([this.options.replica.loaded, this.options.pending.replica.loaded]).then(() => {})
   }
 
-  /** The conversations, newest activity first. */
+  /**
+   * The conversations, newest activity first. The user's own changes made on
+   * this device (a message sent, a conversation read), offline included, show
+   * at once: they are laid over the relay's entries until those catch up.
+   */
   get items(): readonly InboxItem[] {
-    this.cachedItems ??= listInbox(this.options.doc)
+    this.cachedItems ??= this.list()
     return this.cachedItems
   }
 
   /** Unread messages over all conversations. */
   get totalUnread(): number {
-    return totalUnread(this.options.doc)
+    return this.items.reduce((n, item) => n + item.unread, 0)
+  }
+
+  /**
+   * @internal Follows the user's own changes in `conversation` (sent, read...)
+   * until the relay's inbox entry reflects them.
+   */
+  track(conversation: Conversation): () => void {
+    const forget = () => {
+      if (this.pending.has(conversation.id)) this.pending.delete(conversation.id)
+    }
+    const offChange = conversation.on("change", ({ local }) => {
+      // No longer a participant (left, removed): the relay drops the entry, so must this device.
+      if (conversation.role === undefined) return forget()
+      if (!local) return
+      const entry = inboxEntryFor(conversation.doc, this.options.user)
+      if (entry) this.pending.set(entry.conversationId, entry)
+    })
+    const offState = conversation.on("state", ({ state }) => {
+      if (state.state === "unavailable" || (state.state === "ready" && conversation.role === undefined))
+        forget()
+    })
+    // A refused change rebuilds the replica from the relay's state without change events.
+    const offResync = conversation.on("resynced", () => {
+      if (conversation.role === undefined) forget()
+    })
+    return () => {
+      offChange()
+      offState()
+      offResync()
+    }
+  }
+
+  private list(): InboxItem[] {
+    const relay = listInbox(this.options.doc)
+    if (this.pending.size === 0) return relay
+    const byId = new Map(relay.map((item) => [item.conversationId, item]))
+    for (const [id, local] of this.pending) {
+      if (caughtUp(byId.get(id as ConversationId), local)) continue
+      byId.set(
+        id as ConversationId,
+        overlay(byId.get(id as ConversationId), local, isMuted(this.options.doc, id as ConversationId)),
+      )
+    }
+    return [...byId.values()].sort(
+      (a, b) => b.lastActivityAt - a.lastActivityAt || a.conversationId.localeCompare(b.conversationId),
+    )
+  }
+
+  /** Forgets the device's entries the relay has caught up with. */
+  private prune(): void {
+    const entries = this.options.doc.getMap<InboxEntry>(InboxTopLevel.entries)
+    const done = [...this.pending].filter(([id, local]) => caughtUp(entries.get(id), local)).map(([id]) => id)
+    if (done.length === 0) return
+    this.options.pending.doc.transact(() => {
+      for (const id of done) this.pending.delete(id)
+    })
   }
 
   /** Unread messages over conversations the user did not mute (for badges). */
@@ -97,8 +190,9 @@ export class Inbox extends Emitter<InboxEvents> {
   async destroy(): Promise<void> {
     this.options.doc.getMap(InboxTopLevel.entries).unobserve(this.onChange)
     this.options.doc.getMap(InboxTopLevel.muted).unobserve(this.onChange)
+    this.pending.unobserve(this.onChange)
     this.options.connection.destroy()
-    await this.options.replica.destroy()
+    await Promise.all([this.options.replica.destroy(), this.options.pending.replica.destroy()])
     this.removeAllListeners()
   }
 }

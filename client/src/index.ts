@@ -68,4 +68,18 @@ export type { Listener } from "./emitter.js"
 export type { Inbox, InboxEvents } from "./inbox.js"
 export type { MessageStatus } from "./message-status.js"
 export type { StorageKind } from "./storage.js"
+export {
+  type ConversationSnapshot,
+  connectionStatusStore,
+  conversationStore,
+  type InboxSnapshot,
+  inboxStore,
+  type MessageWindowSnapshot,
+  type MessageWindowStore,
+  messageStatusStore,
+  messageWindowStore,
+  presenceStore,
+  type SnapshotStore,
+  typingStore,
+} from "./store/index.js"
 export type { TokenSource } from "./token.js"

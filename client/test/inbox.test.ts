@@ -65,3 +65,70 @@ describe("client.inbox", () => {
     expect(offline.inbox.items.map((i) => [i.title, i.unread, i.muted])).toEqual([["Offline inbox", 1, true]])
   })
 })
+
+describe("client.inbox with the user's own changes made offline", () => {
+  it("previews, orders and reads them at once, after a reload too, until the relay's entry catches up", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a, { storage: "indexeddb" })
+    const bob = await connectClient(relay, b)
+    const older = await alice.createConversation({ participants: [b], title: "older" })
+    const chat = await alice.createConversation({ participants: [b], title: "plans" })
+    // Bob may open it once the relay has it (its inbox entry says so).
+    await eventually(() => expect(alice.inbox.items).toHaveLength(2))
+    await bob.conversation(chat.id).ready()
+    bob.conversation(chat.id).send("from bob")
+    await eventually(() => expect(alice.inbox.items[0]?.lastMessage?.text).toBe("from bob"))
+    older.send("bump the other conversation")
+    await eventually(() =>
+      expect(alice.inbox.items.map((i) => [i.title, i.lastMessage?.text, i.unread])).toEqual([
+        ["older", "bump the other conversation", 0],
+        ["plans", "from bob", 1],
+      ]),
+    )
+
+    alice.disconnect()
+    chat.markRead()
+    chat.send("one offline")
+    chat.send("two offline")
+    const expected = [
+      ["plans", "two offline", 0],
+      ["older", "bump the other conversation", 0],
+    ]
+    expect(alice.inbox.items.map((i) => [i.title, i.lastMessage?.text, i.unread])).toEqual(expected)
+    expect(alice.inbox.totalUnread).toBe(0)
+
+    await alice.destroy()
+    const reloaded = await connectClient(relay, a, { storage: "indexeddb", connect: false })
+    await reloaded.inbox.loaded
+    expect(reloaded.inbox.items.map((i) => [i.title, i.lastMessage?.text, i.unread])).toEqual(expected)
+
+    // Back online: the relay's entry takes over once it has the messages.
+    reloaded.connect()
+    await reloaded.conversation(chat.id).ready()
+    await eventually(() =>
+      expect(reloaded.inbox.items[0]?.lastMessage).toMatchObject({
+        text: "two offline",
+        seq: expect.any(Number),
+      }),
+    )
+  })
+})
+
+describe("client.inbox after the user's offline change was refused", () => {
+  it("drops the conversation once the user was removed from it, not keeping their own preview forever", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const bob = await connectClient(relay, b)
+    const alice = await connectClient(relay, a)
+    const group = await bob.createConversation({ participants: [a], title: "team" })
+    const hello = group.send("welcome")
+    await eventually(() => expect(group.status(hello.id)).toBe("sent"))
+    const mine = await alice.conversation(group.id).ready()
+    alice.disconnect()
+    mine.send("can I still post?")
+    expect(alice.inbox.items.map((i) => i.lastMessage?.text)).toEqual(["can I still post?"])
+    group.removeParticipants([a])
+    await eventually(() => expect(group.participants.map((p) => p.user)).toEqual([b]))
+    alice.connect()
+    await eventually(() => expect(alice.inbox.items).toEqual([]))
+  })
+})

@@ -151,8 +151,8 @@ export class DemoUser {
   }
 
   /**
-   * Records every status a message element shows from now on (elements are
-   * replaced when a message changes), so that a test can check the sequence.
+   * Records every status a message element shows from now on (a new element,
+   * or a new `data-status` on one), so that a test can check the sequence.
    */
   async recordStatuses(): Promise<void> {
     await this.page.evaluate(() => {
@@ -166,10 +166,17 @@ export class DemoUser {
       }
       document.querySelectorAll("[data-testid=message]").forEach(note)
       new MutationObserver((mutations) => {
-        for (const mutation of mutations)
+        for (const mutation of mutations) {
+          if (mutation.type === "attributes" && mutation.target instanceof Element) note(mutation.target)
           for (const node of mutation.addedNodes)
             if (node instanceof Element && node.matches("[data-testid=message]")) note(node)
-      }).observe(document.body, { childList: true, subtree: true })
+        }
+      }).observe(document.body, {
+        childList: true,
+        subtree: true,
+        attributes: true,
+        attributeFilter: ["data-status"],
+      })
     })
   }
 

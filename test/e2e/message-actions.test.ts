@@ -12,7 +12,7 @@ const PHONE = { width: 375, height: 720 }
 const demo = useDemo()
 const screenshot = screenshots("message-actions")
 
-it("replies, reactions, edits, deletions, muting and leaving in a direct conversation", {
+it("replies, reactions, edits, deletions, presence and muting in a direct conversation", {
   timeout: 180_000,
 }, async () => {
   const dana = await DemoUser.open(demo.browser, demo.relay.url, "dana", DESKTOP)
@@ -50,11 +50,16 @@ it("replies, reactions, edits, deletions, muting and leaving in a direct convers
   await erin.message("Yes, see you there").getByTestId("message-quote").getByText("Message deleted").waitFor()
   await erin.messagesAre(["Message deleted", "Yes, see you there"])
 
-  // A direct conversation keeps its two participants: no add form, no remove buttons.
+  // A direct conversation keeps its two participants: no add form, no remove buttons, no leaving,
+  // and no roles shown (both are owners, which says nothing to a person). Presence: erin is online.
   await dana.page.getByTestId("participants-toggle").click()
-  await dana.page.getByTestId("leave-conversation").waitFor()
+  await dana.page.locator("[data-testid=participant][data-user=erin] [data-online=true]").waitFor()
+  await dana.page.getByTestId("conversation-subtitle").getByText("online", { exact: false }).waitFor()
   expect(await dana.page.getByTestId("add-participant-form").count()).toBe(0)
   expect(await dana.page.getByTestId("remove-participant").count()).toBe(0)
+  expect(await dana.page.getByTestId("leave-conversation").count()).toBe(0)
+  expect(await dana.page.getByTestId("participant-role").count()).toBe(0)
+  expect(await dana.page.getByTestId("rename").count()).toBe(0)
   await screenshot("direct-deleted", dana, erin)
 
   // Muting is the user's own preference, kept in their inbox: the list marks the conversation.
@@ -62,12 +67,36 @@ it("replies, reactions, edits, deletions, muting and leaving in a direct convers
   await dana.listItem("erin").getByTestId("muted").waitFor()
   await dana.page.getByTestId("mute-toggle").getByText("Unmute").waitFor()
 
-  // Erin leaves: the conversation closes and leaves her list; Dana sees one participant left.
-  await erin.page.getByTestId("participants-toggle").click()
-  await erin.page.getByTestId("leave-conversation").click()
-  await erin.page.getByTestId("toast").getByText("You left the conversation.").waitFor()
-  await erin.page.getByTestId("no-conversations").waitFor()
-  await dana.page.locator("[data-testid=participant][data-user=erin]").waitFor({ state: "detached" })
+  // Starting a direct conversation with yourself says why nothing happens.
+  await dana.page.getByTestId("new-conversation").click()
+  await dana.page.getByTestId("new-participants").fill("dana")
+  await dana.page.getByTestId("new-create").click()
+  await dana.page.getByTestId("new-conversation-error").getByText("That is you", { exact: false }).waitFor()
+
+  // A long conversation opens on its latest page; older messages load when scrolling up.
+  const many = Array.from({ length: 52 }, (_, i) => `note ${i + 1}`)
+  for (const text of many) {
+    await dana.page.getByTestId("composer-input").fill(text)
+    await dana.page.getByTestId("composer-input").press("Enter")
+  }
+  await erin.message("note 52").waitFor()
+  await erin.page.reload()
+  await erin.message("note 52").waitFor()
+  await erin.page.getByTestId("load-older").waitFor()
+  expect(await erin.page.getByTestId("message").count()).toBe(50)
+  await erin.page.locator(".scroller").evaluate((element) => element.scrollTo(0, 0))
+  await erin.messagesAre(["Message deleted", "Yes, see you there", ...many])
+  expect(await erin.page.getByTestId("load-older").count()).toBe(0)
+  await screenshot("older-messages", erin)
+
+  // A name the relay would refuse is explained on the sign-in screen, not just "match the format".
+  const context = await demo.browser.newContext({ viewport: PHONE })
+  const page = await context.newPage()
+  await page.goto(demo.relay.url)
+  await page.getByTestId("sign-in-user").fill("frank smith")
+  await page.getByTestId("sign-in-submit").click()
+  await page.getByTestId("sign-in-error").getByText("no spaces", { exact: false }).waitFor()
+  await context.close()
 
   await Promise.all([dana.close(), erin.close()])
 })

@@ -54,6 +54,9 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
     await alice.send(text)
     await alice.messageStatus(text, "pending")
   }
+  // Her own list shows what she just wrote, not the last message the relay saw.
+  const alicesPreview = alice.listItem("Launch plan").getByTestId("conversation-preview")
+  await alicesPreview.getByText("You: three (offline)", { exact: true }).waitFor()
   await screenshot("offline-pending", alice)
 
   // A reload while still offline: the service worker serves the app, IndexedDB the messages.
@@ -61,6 +64,7 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   expect(reloaded?.fromServiceWorker()).toBe(true)
   for (const text of offline) await alice.messageStatus(text, "pending")
   await alice.connection("offline")
+  await alicesPreview.getByText("You: three (offline)", { exact: true }).waitFor()
   await screenshot("offline-after-reload", alice)
 
   // Back online: Bob's device receives them (in order) and Alice's ticks go sent → delivered.
@@ -109,6 +113,8 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   await alice.page.getByTestId("add-participant-input").fill("carol")
   await alice.page.getByTestId("add-participant").click()
   await alice.page.locator("[data-testid=participant][data-user=carol]").waitFor()
+  // Presence: Bob has the conversation open on his phone.
+  await alice.page.locator("[data-testid=participant][data-user=bob] [data-online=true]").waitFor()
   await carol.listItem("Launch plan").waitFor()
   await screenshot("third-user-sees-it", carol)
   await carol.openConversation("Launch plan")
@@ -154,8 +160,18 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   await carol.message("Can I still post?").getByTestId("message-error").waitFor()
   await carol.page.getByTestId("conversation-unavailable").waitFor()
   await screenshot("removed-user-message-failed", carol)
+  // Her list drops it too (her own unsent message does not keep it there).
+  await carol.back()
+  await carol.page.getByTestId("no-conversations").waitFor()
   await bob.send("Carol has left")
   await alice.messagesAre([...full, "Carol has left"])
+
+  // The owner renames the group; Bob's header and list follow.
+  await alice.page.getByTestId("rename").click()
+  await alice.page.getByTestId("rename-input").fill("Launch done")
+  await alice.page.getByTestId("rename-save").click()
+  await alice.page.getByTestId("conversation-title").getByText("Launch done").waitFor()
+  await bob.page.getByTestId("conversation-title").getByText("Launch done").waitFor()
 
   await Promise.all([alice.close(), bob.close(), carol.close()])
 })

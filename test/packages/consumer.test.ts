@@ -3,7 +3,7 @@
  * into a new project in a temporary folder outside the repository (the rest
  * from the npm registry), and there run the relay from its installed bin with a
  * TypeScript hook that imports `@parley/relay`, a Node bot on the SDK, and
- * type-check and build a Vite app that imports the SDK.
+ * type-check and build a Vite app that imports the SDK and its React bindings.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url))
-const PACKAGES = ["shared", "relay", "client"] as const
+const PACKAGES = ["shared", "relay", "client", "react"] as const
 const INSTALL_TIMEOUT_MS = 15 * 60_000
 
 /** The environment without npm's per-script variables, which would point npm back at this repository. */
@@ -122,6 +122,10 @@ beforeAll(async () => {
       `typescript@${installedVersion("typescript")}`,
       `@types/node@${installedVersion("@types/node")}`,
       `@types/ws@${installedVersion("@types/ws")}`,
+      `react@${installedVersion("react")}`,
+      `react-dom@${installedVersion("react-dom")}`,
+      `@types/react@${installedVersion("@types/react")}`,
+      `@types/react-dom@${installedVersion("@types/react-dom")}`,
     ],
     { cwd: project, env: await localPrebuilds(prebuilds), timeoutMs: INSTALL_TIMEOUT_MS },
   )
@@ -175,7 +179,10 @@ describe("the packages, installed from their tarballs in a new project", () => {
     )
     // The relay's bin runs dist/ when src/ is absent, as it is here.
     expect(existsSync(join(project, "node_modules/@parley/relay/src"))).toBe(false)
-    expect(readdirSync(join(project, "node_modules/@parley"))).toEqual(["client", "relay", "shared"])
+    expect(packed.find((p) => p.name === "@parley/react")!.files.map((f) => f.path)).toContain(
+      "dist/parley-react.js",
+    )
+    expect(readdirSync(join(project, "node_modules/@parley"))).toEqual(["client", "react", "relay", "shared"])
   })
 
   it("run the relay from its bin with a TypeScript hook, and a Node bot on the SDK that the hook answers", async () => {
@@ -204,6 +211,7 @@ describe("the packages, installed from their tarballs in a new project", () => {
       .map((file) => readFileSync(join(assets, file), "utf8"))
       .join("\n")
     expect(code).toContain("hello from the browser")
+    expect(code).toContain("hello from React")
     // Yjs warns with this text when a second copy is loaded: it appears once per copy.
     expect(code.split("Yjs was already imported").length - 1).toBe(1)
   }, 120_000)

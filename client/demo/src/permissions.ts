@@ -5,6 +5,7 @@ import {
   canDeleteMessage,
   canEditMessage,
   canRemoveParticipant,
+  canUpdateConversation,
   type Role,
   type UserId,
 } from "@parley/client"
@@ -36,3 +37,7 @@ export const mayRemove = (
 /** May the user switch `target` between admin and member? */
 export const mayChangeRole = (role: Role | undefined, kind: ConversationKind, targetRole: Role) =>
   canChangeRole(role, kind, targetRole, targetRole === "admin" ? "member" : "admin").allowed
+
+/** May the user rename the conversation (groups: owners and admins)? */
+export const mayRename = (kind: ConversationKind, role: Role | undefined) =>
+  kind === "group" && canUpdateConversation(role).allowed

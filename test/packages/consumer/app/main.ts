@@ -1,6 +1,7 @@
 // A browser app on the SDK, built by Vite: a typed use of the API, Yjs included (one copy).
 import { type ChatMessage, createChatClient, ErrorCode, ParleyError } from "@parley/client"
 import * as Y from "yjs"
+import { mountChat } from "./chat.js"
 
 const list = document.querySelector<HTMLUListElement>("#messages")!
 
@@ -21,6 +22,7 @@ createChatClient({ url: "ws://127.0.0.1:1234", user: "web-user", token: "a JWT f
     chat.send("hello from the browser")
     const doc: Y.Doc = chat.doc
     console.log(doc instanceof Y.Doc)
+    mountChat(client, chat.id, document.querySelector("#react")!)
   })
   .catch((error: unknown) => {
     if (error instanceof ParleyError && error.code === ErrorCode.UNAUTHORIZED) console.warn("sign in again")

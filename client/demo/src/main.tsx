@@ -1,0 +1,55 @@
+import "./style.css"
+import type { ChatClient } from "@parley/client"
+import { ParleyProvider } from "@parley/react"
+import { useEffect, useState } from "react"
+import { createRoot } from "react-dom/client"
+import { App } from "./app.js"
+import { savedUser, signIn, signOut } from "./session.js"
+import { SignIn } from "./sign-in.js"
+
+/** The demo: the sign-in screen, or the app of the signed-in user. */
+function Root() {
+  const [client, setClient] = useState<ChatClient>()
+  const [error, setError] = useState<string>()
+  const [starting, setStarting] = useState(() => savedUser() !== undefined)
+
+  const start = async (user: string) => {
+    setStarting(true)
+    try {
+      setClient(await signIn(user))
+      setError(undefined)
+    } catch (failure) {
+      setError(failure instanceof Error ? failure.message : String(failure))
+    } finally {
+      setStarting(false)
+    }
+  }
+
+  useEffect(() => {
+    const user = savedUser()
+    if (user) void start(user)
+  }, [])
+
+  if (!client) return starting ? null : <SignIn error={error} onSubmit={(user) => void start(user)} />
+  return (
+    <ParleyProvider client={client}>
+      <App
+        onSignOut={() => {
+          location.hash = ""
+          setClient(undefined)
+          void signOut(client)
+        }}
+      />
+    </ParleyProvider>
+  )
+}
+
+// The service worker caches the app shell so that the app loads offline (built app only:
+// the dev server has no sw.js; `import.meta.hot` exists only there).
+if ("serviceWorker" in navigator && !import.meta.hot) {
+  navigator.serviceWorker
+    .register("/sw.js")
+    .catch((error: unknown) => console.warn("no service worker:", error))
+}
+
+createRoot(document.getElementById("app")!).render(<Root />)

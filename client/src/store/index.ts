@@ -1,0 +1,12 @@
+export { connectionStatusStore, type InboxSnapshot, inboxStore } from "./client-stores.js"
+export {
+  type ConversationSnapshot,
+  conversationStore,
+  type MessageWindowSnapshot,
+  type MessageWindowStore,
+  messageStatusStore,
+  messageWindowStore,
+  presenceStore,
+  typingStore,
+} from "./conversation-stores.js"
+export type { SnapshotStore } from "./snapshot-store.js"

@@ -1,0 +1,133 @@
+import {
+  type ClientStatus,
+  type Conversation,
+  type ConversationSnapshot,
+  connectionStatusStore,
+  conversationStore,
+  type InboxSnapshot,
+  inboxStore,
+  type MessageId,
+  type MessageStatus,
+  type MessageWindowSnapshot,
+  messageStatusStore,
+  messageWindowStore,
+  presenceStore,
+  type SnapshotStore,
+  typingStore,
+  type UserId,
+} from "@parley/client"
+import { useMemo, useSyncExternalStore } from "react"
+import { useChatClient } from "./provider.js"
+
+/** Reads a store; re-renders when (and only when) its snapshot is a new object. */
+export function useStore<T>(store: SnapshotStore<T>): T {
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot)
+}
+
+/** The client's connection status: "connecting", "connected", "offline"... */
+export function useConnectionStatus(): ClientStatus {
+  const client = useChatClient()
+  return useStore(useMemo(() => connectionStatusStore(client), [client]))
+}
+
+/** The user's conversation list, newest activity first, with unread totals. */
+export function useInbox(): InboxSnapshot {
+  const client = useChatClient()
+  return useStore(useMemo(() => inboxStore(client), [client]))
+}
+
+/** What {@link useConversation} returns. */
+export interface UseConversation extends ConversationSnapshot {
+  /** The handle, for operations (send, rename, markRead...); undefined without an id. */
+  readonly conversation: Conversation | undefined
+}
+
+const EMPTY_CONVERSATION: ConversationSnapshot = {
+  state: { state: "loading" },
+  info: undefined,
+  participants: [],
+  role: undefined,
+  unreadCount: 0,
+}
+const emptyStore = <T>(value: T): SnapshotStore<T> => ({
+  subscribe: () => () => {},
+  getSnapshot: () => value,
+})
+const NO_CONVERSATION = emptyStore(EMPTY_CONVERSATION)
+
+/**
+ * Opens conversation `id` (the client keeps one handle per id) and returns its
+ * state, fields, participants, the user's role and unread count. The handle is
+ * not closed on unmount: other components may show it; `conversation.close()`
+ * when the app is done with it.
+ */
+export function useConversation(id: string | undefined): UseConversation {
+  const client = useChatClient()
+  const conversation = useMemo(() => (id === undefined ? undefined : client.conversation(id)), [client, id])
+  const snapshot = useStore(
+    useMemo(() => (conversation ? conversationStore(conversation) : NO_CONVERSATION), [conversation]),
+  )
+  return useMemo(() => ({ ...snapshot, conversation }), [snapshot, conversation])
+}
+
+/** What {@link useMessages} returns. */
+export interface UseMessages extends MessageWindowSnapshot {
+  /** Adds a page of older messages (rejects offline when they must be fetched). */
+  readonly loadOlder: () => Promise<void>
+}
+
+const EMPTY_WINDOW: MessageWindowSnapshot = { messages: [], hasOlder: false, loadingOlder: false }
+const NO_WINDOW = emptyStore(EMPTY_WINDOW)
+const noOlder = async () => {}
+
+/**
+ * The latest `pageSize` messages of `conversation`, oldest first, growing by a
+ * page at each `loadOlder()`. A change to one message gives a new object for
+ * that message only: memoise rows on their message (`React.memo`) and the
+ * others do not re-render.
+ */
+export function useMessages(conversation: Conversation | undefined, pageSize = 50): UseMessages {
+  const store = useMemo(
+    () => (conversation ? messageWindowStore(conversation, pageSize) : undefined),
+    [conversation, pageSize],
+  )
+  const snapshot = useStore(store ?? NO_WINDOW)
+  return useMemo(
+    () => ({ ...snapshot, loadOlder: store ? () => store.loadOlder() : noOlder }),
+    [snapshot, store],
+  )
+}
+
+/** The status of one of the user's messages (undefined for others' messages). */
+export function useMessageStatus(
+  conversation: Conversation | undefined,
+  id: MessageId | string,
+): MessageStatus | undefined {
+  const store = useMemo(
+    () => (conversation ? messageStatusStore(conversation, id) : emptyStore(undefined)),
+    [conversation, id],
+  )
+  return useStore(store)
+}
+
+const NOBODY: readonly UserId[] = []
+const NOBODY_STORE = emptyStore(NOBODY)
+
+/** Other users typing in `conversation` now, sorted; entries expire on their own. */
+export function useTyping(conversation: Conversation | undefined): readonly UserId[] {
+  return useStore(useMemo(() => (conversation ? typingStore(conversation) : NOBODY_STORE), [conversation]))
+}
+
+/**
+ * Other users who have `conversation` open now, sorted (by the relay's stamp on
+ * their presence, never by what a client claims).
+ */
+export function usePresence(conversation: Conversation | undefined): readonly UserId[] {
+  const client = useChatClient()
+  return useStore(
+    useMemo(
+      () => (conversation ? presenceStore(conversation, client.user) : NOBODY_STORE),
+      [conversation, client],
+    ),
+  )
+}
