@@ -883,6 +883,8 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   private advanceDelivered(): void {
     if (this.closed || this.current.state !== "ready" || roleOf(this.doc, this.user) === undefined) return
+    // A deleted conversation is closed to writes (rule `conversation-deleted`): nothing to acknowledge.
+    if (getConversation(this.doc)?.deletedAt !== undefined) return
     const index = messageIndex(this.doc)
     const delivered = markersOf(this.doc, this.user).delivered
     const fromOthers = index

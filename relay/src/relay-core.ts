@@ -22,6 +22,7 @@ import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
 import type { HistoryKeeper } from "./history/keeper.js"
+import type { ContentPurge } from "./purge/content-purge.js"
 import { summaryOf } from "./history/sealing.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
@@ -99,6 +100,8 @@ export interface RelayCoreOptions {
   }
   /** Sealed history (segments, when to seal); without it the live document keeps every message. */
   readonly history?: HistoryKeeper
+  /** The backend's part of purges (hook events, segments, free pages), when it has one. */
+  readonly purge?: ContentPurge
 }
 
 /**
@@ -160,6 +163,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
       restart: (host, reason) => this.restart(host, reason),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
       ...(options.history ? { history: options.history } : {}),
+      ...(options.purge ? { purge: options.purge } : {}),
     }
     options.metrics.awarenessSource = () => {
       let records = 0

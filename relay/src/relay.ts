@@ -274,6 +274,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     events: backend.events,
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     storageHealth: storage,
+    ...(backend.purge ? { purge: backend.purge } : {}),
     ...(options.history === false
       ? {}
       : { history: new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history }) }),

@@ -20,6 +20,8 @@ import { growthOf } from "./growth.js"
 import { startEpoch } from "./history/epoch.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { applySeal, placeholdersToTombstones, planSeal } from "./history/sealing.js"
+import type { ContentPurge } from "./purge/content-purge.js"
+import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-conversation.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy } from "./policy.js"
@@ -77,6 +79,8 @@ export interface PathContext {
   readonly users?: UserLedger
   /** Sealed history: where segments go, when to seal (none: the live document keeps everything). */
   readonly history?: HistoryKeeper
+  /** The backend's part of purges (see `purge/`). */
+  readonly purge?: ContentPurge
 }
 
 /** What the update path asks of a storage guard. */
@@ -373,6 +377,13 @@ async function finish(
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
     ctx.extensions.afterSaved(change)
   }
+  if (host.name.kind === "conversation" && holdsPurgeableContent(host.doc)) {
+    await purgeConversation(ctx, host, host.name.id)
+    return
+  }
+  const deletedMessages = events.flatMap((e) => (e.type === "message.deleted" ? [e.messageId] : []))
+  if (host.name.kind === "conversation" && deletedMessages.length > 0)
+    await purgeMessages(ctx, host, host.name.id, deletedMessages)
   if (ctx.history && host.name.kind === "conversation") {
     await seal(ctx, ctx.history, host)
     if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds) await startNewEpoch(ctx, host)
@@ -380,6 +391,61 @@ async function finish(
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
+  }
+}
+
+/**
+ * Purges a deleted conversation (relay README, "Deletion and erasure"), once
+ * its deletion is stored: a relay write removes its content from the live
+ * document (stored, then broadcast: every replica deletes it too), the
+ * backend drops its segments and redacts its stored hook events, and the log
+ * is folded into a snapshot of the garbage-collected document, so that no
+ * log entry or snapshot holds the text. Call inside the document's queue.
+ * A failure is logged; the next change or load of the document purges again.
+ */
+async function purgeConversation(ctx: PathContext, host: DocumentHost, conversation: string): Promise<void> {
+  try {
+    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
+      const update = captureUpdate(host.doc, () => purgeConversationContent(host.doc, RELAY_ORIGIN))
+      return update ? { update, source: "relay" } : undefined
+    })
+    if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+    // Every message of the conversation was told deleted with it: only the cleared title is news.
+    const told = events.filter((e) => e.type !== "message.deleted")
+    if (positions.length > 0)
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: told })
+    if (ctx.purge) {
+      await ctx.purge.dropSegments(host.key)
+      await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
+    }
+    await compact(ctx, host)
+    await ctx.purge?.scrub()
+    ctx.log.info({ doc: host.key }, "purged a deleted conversation")
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation")
+  }
+}
+
+/**
+ * Purges deleted messages' text from storage once their deletion is stored:
+ * the log is folded into a snapshot of the garbage-collected live document
+ * (which no longer holds the text), and their stored hook events are
+ * redacted. Call inside the document's queue.
+ */
+async function purgeMessages(
+  ctx: PathContext,
+  host: DocumentHost,
+  conversation: string,
+  ids: readonly MessageId[],
+): Promise<void> {
+  try {
+    await compact(ctx, host)
+    if (ctx.purge) {
+      await ctx.purge.redactEvents(host.key, conversation, { kind: "messages", ids: new Set(ids) })
+      await ctx.purge.scrub()
+    }
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages")
   }
 }
 

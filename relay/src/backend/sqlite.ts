@@ -5,6 +5,7 @@ import { SqliteHistoryStore } from "../history/store.js"
 import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
+import { SqliteContentPurge } from "../purge/content-purge.js"
 import { SqliteStorage } from "../storage/sqlite.js"
 import type { Backend } from "./types.js"
 
@@ -41,6 +42,7 @@ export class SqliteBackend implements Backend {
   readonly events: SqliteEventLog
   readonly bindings: SqliteClientBindingStore
   readonly history: SqliteHistoryStore
+  readonly purge: SqliteContentPurge
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -51,6 +53,8 @@ export class SqliteBackend implements Backend {
     try {
       this.db.pragma("journal_mode = WAL")
       this.db.pragma("synchronous = FULL")
+      // Deleted content is overwritten with zeros, not left in free pages: purges rely on it.
+      this.db.pragma("secure_delete = ON")
       this.catalog = new Database(join(dataDir, CATALOG_FILE))
     } catch (error) {
       this.db.close()
@@ -64,6 +68,7 @@ export class SqliteBackend implements Backend {
       this.outbox = new SqliteOutbox(this.db, this.events)
       this.bindings = new SqliteClientBindingStore(this.db)
       this.history = new SqliteHistoryStore(this.db)
+      this.purge = new SqliteContentPurge(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

@@ -11,6 +11,7 @@ import {
   canRemoveParticipant,
   canSendMessage,
   canUpdateConversation,
+  canWriteConversation,
   canWrite,
   canWriteSequence,
   checkEditRecord,
@@ -187,6 +188,9 @@ class UpdateCheck {
           n.location.root === TopLevel.meta && n.location.key === MetaKey.createdAt && n.item.origin === null,
       )
 
+    // Once deleted, a conversation is closed to everyone but the relay (which purges it).
+    if (created && changesSomething && !this.isRelay)
+      assert(canWriteConversation(typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"))
     if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
     else this.checkMeta(byRoot(TopLevel.meta))
     if (created || this.isRelay) this.checkParticipants(byRoot(TopLevel.participants))
