@@ -22,7 +22,6 @@ import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
 import type { HistoryKeeper } from "./history/keeper.js"
-import type { ContentPurge } from "./purge/content-purge.js"
 import { summaryOf } from "./history/sealing.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
@@ -30,6 +29,7 @@ import type { RelayMetrics } from "./metrics.js"
 import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
 import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
+import type { ContentPurge } from "./purge/content-purge.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
 import type { RelayStorage } from "./storage/types.js"
@@ -287,6 +287,18 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore {
     const host = this.loadedNow.get(name)
     if (!host || host.connections.size === 0) return false
     return this.derived.apply(host, change)
+  }
+
+  /** Stores a loaded document's derived data and folds its log into a snapshot now (a purge). */
+  async compact(name: string): Promise<void> {
+    const host = this.loadedNow.get(name)
+    if (!host) return
+    await host.enqueue(async () => {
+      if (host.destroyed) return
+      await this.derived.store(this.ctx, host)
+      await compact(this.ctx, host)
+      await this.ctx.purge?.scrub()
+    })
   }
 
   /** Whether someone is connected to the document now. */

@@ -16,6 +16,7 @@ import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { metricsExtension, RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
+import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
@@ -234,7 +235,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   })
   const storage = backend.documents
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
-  const inbox = options.inbox === false ? [] : [inboxTarget]
+  const inbox = options.inbox === false ? [] : [inboxTarget, inboxPurgeTarget]
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
   const hooks = new HooksExtension({

@@ -1,8 +1,8 @@
 import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
-import type { ContentPurge } from "../purge/content-purge.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
+import type { ContentPurge } from "../purge/content-purge.js"
 import type { RelayStorage } from "../storage/types.js"
 
 /**

@@ -31,21 +31,43 @@ function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent {
   if (scope.kind === "conversation") {
     const conversation = event.conversation as unknown as Record<string, unknown>
     // What messages said goes; who was in the conversation, and who deleted it when, stays.
-    const subject = event.event.type.startsWith("message.") ? { purged: true } : event.subject
+    const type = event.event.type
+    const subject =
+      type.startsWith("message.") || type === "document.updated" ? { purged: true } : event.subject
     return {
       event: event.event,
       subject,
       conversation: { ...conversation, title: REDACTED, metadata: {} },
     } as unknown as HookEvent
   }
-  const subject = event.subject as unknown as Record<string, unknown>
-  const message = subject.message as Record<string, unknown> | undefined
-  const hit = (id: unknown) => typeof id === "string" && scope.ids.has(id)
-  if (!hit(message?.id) && !hit(subject.messageId)) return event
-  const purged: Record<string, unknown> = { ...subject }
-  // A message's body, attachments and metadata are what its author wrote.
-  if (message) purged.message = { ...message, body: REDACTED, attachments: [], metadata: {} }
-  if ("body" in subject) purged.body = REDACTED
-  return { ...event, subject: purged } as unknown as HookEvent
+  const subject = redactMessages(event.subject, scope.ids)
+  return subject === event.subject ? event : ({ ...event, subject } as unknown as HookEvent)
   return event
+}
+
+/**
+ * `value` with every message of `ids` in it (a message view or record, or a
+ * change naming it by `messageId`) stripped of what its author wrote: body,
+ * attachments, metadata. The same object when nothing matched.
+ */
+function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
+  if (Array.isArray(value)) {
+    const items = value.map((v) => redactMessages(v, ids))
+    return items.some((v, i) => v !== value[i]) ? items : value
+  }
+  if (typeof value !== "object" || value === null) return value
+  const record = value as Record<string, unknown>
+  let out: Record<string, unknown> | undefined
+  for (const [key, child] of Object.entries(record)) {
+    const next = redactMessages(child, ids)
+    if (next !== child) (out ??= { ...record })[key] = next
+  }
+  const id = record.id ?? record.messageId
+  if (typeof id === "string" && ids.has(id)) {
+    out ??= { ...record }
+    if ("body" in record) out.body = REDACTED
+    if ("attachments" in record) out.attachments = []
+    if ("metadata" in record) out.metadata = {}
+  }
+  return out ?? value
 }

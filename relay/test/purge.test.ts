@@ -1,0 +1,183 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import {
+  createConversation,
+  deleteConversation,
+  deleteMessage,
+  ErrorCode,
+  getConversation,
+  listMessages,
+  newConversationId,
+  Rule,
+  sealedSegments,
+  sendMessage,
+  typesOf,
+  type UserId,
+} from "@parley/shared"
+import Database from "better-sqlite3"
+import { afterEach, describe, expect, it, onTestFinished } from "vitest"
+import * as Y from "yjs"
+import { SqliteBackend } from "../src/backend/sqlite.js"
+import type { Backend } from "../src/backend/types.js"
+import { type RunningRelay, startRelay } from "../src/relay.js"
+import { TestClient } from "./helpers/clients.js"
+import { signToken } from "./helpers/relay-process.js"
+
+const SECRET = "purge-test-secret"
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+const relays: RunningRelay[] = []
+const clients: TestClient[] = []
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close()
+  for (const r of relays.splice(0)) await r.close()
+})
+
+async function relayOn(backend: Backend): Promise<RunningRelay> {
+  const relay = await startRelay({
+    backend,
+    port: 0,
+    log: "silent",
+    auth: { kind: "secret", secret: SECRET },
+    history: { segmentSize: 10, keepLive: 5 },
+  })
+  relays.push(relay)
+  return relay
+}
+
+async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<TestClient> {
+  const client = new TestClient(relay.url, id, await signToken(SECRET, user))
+  clients.push(client)
+  await client.synced()
+  return client
+}
+
+/** Every byte of the data directory's files (the databases, their -wal and -shm), as one latin1 string. */
+function rawFiles(dir: string): string {
+  return readdirSync(dir)
+    .map((f) => readFileSync(join(dir, f)).toString("latin1"))
+    .join("\n")
+}
+
+describe("deletion deletes (SQLite)", () => {
+  it("a deleted conversation refuses writes, and its text is in no file, table, segment or hook event afterwards", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, {
+      kind: "group",
+      id,
+      participants: [bob],
+      title: "Title-Zanzibar-Purge",
+    })
+    await a.allSaved()
+    // Enough messages for several sealed segments (10 per segment, 5 kept live).
+    for (let i = 0; i < 30; i++) {
+      sendMessage(a.doc, alice, { body: `Secret-Quokka-${i}` })
+      await a.allSaved()
+    }
+    await a.until(() => sealedSegments(a.doc).length >= 2)
+    const b = await joinAs(relay, bob, id)
+    // Bob prepares a message offline, before he hears of the deletion.
+    const offline = new Y.Doc()
+    Y.applyUpdate(offline, Y.encodeStateAsUpdate(b.doc))
+    const late = captured(offline, () => sendMessage(offline, bob, { body: "Late-Wombat-Message" }))
+    expect(rawFiles(dir)).toContain("Secret-Quokka-29")
+
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    // The purge reaches every connected replica: the content is deleted there too.
+    await b.until(() => typesOf(b.doc).messages.length === 0 && sealedSegments(b.doc).length === 0)
+    expect(getConversation(b.doc)).toMatchObject({ title: "", deletedBy: alice })
+    expect(listMessages(b.doc, { last: 50 })).toHaveLength(0)
+
+    b.sendUpdate(late)
+    await b.until(() => b.errors.length > 0)
+    expect(b.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.conversationDeleted })
+    expect(() => sendMessage(b.doc, bob, { body: "x" })).toThrow(/deleted/)
+    // The inboxes are purged after the deletion, by the hook pipeline.
+    await until(() => rowsHolding(dir, "Title-Zanzibar-Purge").length === 0)
+
+    await relay.close()
+    relays.length = 0
+    const files = rawFiles(dir)
+    for (const text of ["Secret-Quokka-", "Title-Zanzibar-Purge", "Late-Wombat-Message"]) {
+      expect(rowsHolding(dir, text)).toEqual([])
+      expect(files).not.toContain(text)
+    }
+    const db = new Database(join(dir, "parley.sqlite"), { readonly: true })
+    onTestFinished(() => {
+      db.close()
+    })
+    expect(db.prepare("SELECT count(*) AS n FROM history_segments").get()).toEqual({ n: 0 })
+    // The events stay (ids, types, times, who deleted it), without what was said.
+    const events = db.prepare("SELECT payload FROM event_log").all() as { payload: string }[]
+    expect(events.length).toBeGreaterThan(0)
+    expect(events.some((e) => e.payload.includes("conversation.deleted"))).toBe(true)
+  })
+
+  it("a deleted message's text leaves the log, the snapshot and its hook events; the rest stays", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Pangolin-Text" })
+    const gone = sendMessage(a.doc, alice, { body: "Gone-Axolotl-Text" })
+    await a.allSaved()
+    expect(rawFiles(dir)).toContain("Gone-Axolotl-Text")
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    await until(() => rowsHolding(dir, "Gone-Axolotl-Text").length === 0)
+    await relay.close()
+    relays.length = 0
+    const files = rawFiles(dir)
+    expect(rowsHolding(dir, "Gone-Axolotl-Text")).toEqual([])
+    expect(files).not.toContain("Gone-Axolotl-Text")
+    expect(files).toContain("Keep-Pangolin-Text")
+  })
+})
+
+/** Resolves once `check()` holds; fails the test after 10 s. */
+async function until(check: () => boolean): Promise<void> {
+  for (const deadline = Date.now() + 10_000; !check(); ) {
+    if (Date.now() > deadline) throw new Error("timed out")
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** Where `text` is in the relay's tables, as "table document": the failure names the place. */
+function rowsHolding(dir: string, text: string): string[] {
+  const db = new Database(join(dir, "parley.sqlite"), { readonly: true })
+  try {
+    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
+      name: string
+    }[]
+    const found: string[] = []
+    for (const { name } of tables)
+      for (const row of db.prepare(`SELECT * FROM "${name}"`).all() as Record<string, unknown>[])
+        for (const value of Object.values(row))
+          if (
+            (typeof value === "string" && value.includes(text)) ||
+            (value instanceof Uint8Array && Buffer.from(value).toString("latin1").includes(text))
+          )
+            found.push(
+              `${name} ${String(row.doc ?? row.document ?? row.conversation ?? "")} ${process.env.PURGE_DEBUG ? String(value).slice(0, 400) : ""}`,
+            )
+    return found
+  } finally {
+    db.close()
+  }
+}
+
+/** The update `change` makes to `doc`. */
+function captured(doc: Y.Doc, change: () => void): Uint8Array {
+  const before = Y.encodeStateVector(doc)
+  change()
+  return Y.encodeStateAsUpdate(doc, before)
+}
