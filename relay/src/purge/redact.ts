@@ -42,7 +42,6 @@ function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent {
   }
   const subject = redactMessages(event.subject, scope.ids)
   return subject === event.subject ? event : ({ ...event, subject } as unknown as HookEvent)
-  return event
 }
 
 /**
@@ -60,7 +59,9 @@ function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
   let out: Record<string, unknown> | undefined
   for (const [key, child] of Object.entries(record)) {
     const next = redactMessages(child, ids)
-    if (next !== child) (out ??= { ...record })[key] = next
+    if (next === child) continue
+    out ??= { ...record }
+    out[key] = next
   }
   const id = record.id ?? record.messageId
   if (typeof id === "string" && ids.has(id)) {
