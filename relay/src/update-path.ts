@@ -1,13 +1,20 @@
 import {
   type ChangeEvent,
+  decodeSegmentSummary,
   ErrorCode,
+  encodeSegmentSummary,
   encodeSyncUpdate,
   isRetryable,
   type MessageId,
   messageIndex,
   ParleyError,
+  purgeFromSegment,
+  type SealedDeletion,
   sealedHistory,
+  sealedSegments,
   sealedThrough,
+  tombstoneOf,
+  typesOf,
   unsequencedMessages,
   writeSequenceNumbers,
 } from "@parley/shared"
@@ -439,6 +446,7 @@ async function purgeMessages(
   ids: readonly MessageId[],
 ): Promise<void> {
   try {
+    if (ctx.history) await purgeSealed(ctx, ctx.history, host, ids)
     await compact(ctx, host)
     if (ctx.purge) {
       await ctx.purge.redactEvents(host.key, conversation, { kind: "messages", ids: new Set(ids) })
@@ -447,6 +455,67 @@ async function purgeMessages(
   } catch (error) {
     ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages")
   }
+}
+
+/**
+ * Re-seals the segments holding sealed messages among `ids` that are now
+ * deleted (tombstoned), with placeholders in place of their records: the new
+ * segment is stored under the same index first, then the live document names
+ * its new hash (a relay write, broadcast like any), and the relay's directory
+ * holds the new one. A device that fetches the page in between gets bytes
+ * that do not match the old hash, refuses them and fetches again.
+ */
+async function purgeSealed(
+  ctx: PathContext,
+  history: HistoryKeeper,
+  host: DocumentHost,
+  ids: readonly MessageId[],
+): Promise<void> {
+  if (sealedThrough(host.doc) === 0) return
+  const deletions = new Map<MessageId, SealedDeletion>()
+  for (const id of ids) {
+    const tombstone = tombstoneOf(host.doc, id)
+    if (tombstone) deletions.set(id, tombstone)
+  }
+  if (deletions.size === 0) return
+  await history.loadDirectory(host)
+  const directory = sealedHistory(host.doc)
+  const seqs = [...deletions.values()].map((d) => d.seq)
+  const plans: NonNullable<ReturnType<typeof purgeFromSegment>>[] = []
+  for (const summary of sealedSegments(host.doc)) {
+    if (!seqs.some((seq) => seq >= summary.from && seq <= summary.to)) continue
+    const segment = directory.segment(summary.index)
+    const purged = segment && purgeFromSegment(segment, summary, deletions)
+    if (purged) plans.push(purged)
+  }
+  if (plans.length === 0) return
+  for (const { segment, summary, bytes } of plans)
+    await history.store.put(host.key, {
+      index: segment.index,
+      from: segment.from,
+      to: segment.to,
+      hash: summary.hash,
+      bytes,
+    })
+  const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
+    const update = captureUpdate(host.doc, () =>
+      host.doc.transact(() => {
+        const segments = typesOf(host.doc).segments
+        for (const { summary } of plans) {
+          const at = segments.toArray().findIndex((v) => decodeSegmentSummary(v)?.index === summary.index)
+          if (at < 0) continue
+          segments.delete(at, 1)
+          segments.insert(at, [encodeSegmentSummary(summary)])
+        }
+      }, RELAY_ORIGIN),
+    )
+    return update ? { update, source: "relay" } : undefined
+  })
+  for (const { segment } of plans) directory.replace(segment)
+  if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+  // A summary's new hash is no hook event; the positions move the hooks' watermark past it.
+  if (positions.length > 0)
+    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
 }
 
 /**

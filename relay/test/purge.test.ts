@@ -3,6 +3,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import {
   createConversation,
+  decodeSegment,
   deleteConversation,
   deleteMessage,
   ErrorCode,
@@ -10,10 +11,12 @@ import {
   listMessages,
   newConversationId,
   Rule,
+  sealedHistory,
   sealedSegments,
   sendMessage,
   typesOf,
   type UserId,
+  unreadCount,
 } from "@parley/shared"
 import Database from "better-sqlite3"
 import { afterEach, describe, expect, it, onTestFinished } from "vitest"
@@ -174,6 +177,51 @@ function rowsHolding(dir: string, text: string): string[] {
     db.close()
   }
 }
+
+describe("deletion deletes sealed messages (SQLite)", () => {
+  it("deleting a sealed message re-seals its segment without the text, and nothing else changes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const backend = new SqliteBackend(dir)
+    const relay = await relayOn(backend)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    const sent: ReturnType<typeof sendMessage>[] = []
+    for (let i = 0; i < 20; i++) {
+      sent.push(sendMessage(a.doc, alice, { body: i === 3 ? "Sealed-Narwhal-Gone" : `Sealed-Keep-${i}` }))
+      await a.allSaved()
+    }
+    await a.until(() => sealedSegments(a.doc).length >= 1)
+    const before = sealedSegments(a.doc)[0]!
+    const b = await joinAs(relay, bob, id)
+    const unreadBefore = unreadCount(b.doc, bob)
+    // Alice's device holds the segment, as the SDK does once it fetched the page.
+    for (const stored of await backend.history.all(id)) sealedHistory(a.doc).add(decodeSegment(stored.bytes))
+    expect(rawFiles(dir)).toContain("Sealed-Narwhal-Gone")
+
+    deleteMessage(a.doc, alice, sent[3]!.id)
+    await a.allSaved()
+    await until(() => rowsHolding(dir, "Sealed-Narwhal-Gone").length === 0)
+    // Every replica is told the segment's new name; the rest of the segment is as it was.
+    await b.until(() => sealedSegments(b.doc)[0]?.hash !== before.hash)
+    const after = sealedSegments(b.doc)[0]!
+    expect({ ...after, hash: "", bytes: 0 }).toEqual({ ...before, hash: "", bytes: 0 })
+    const stored = await backend.history.get(id, before.index)
+    expect(stored?.hash).toBe(after.hash)
+    const segment = decodeSegment(stored!.bytes)
+    expect(segment.entries.find((e) => e.record.id === sent[3]!.id)?.record).toMatchObject({
+      deletedBy: alice,
+    })
+    expect(segment.entries.filter((e) => "body" in e.record)).toHaveLength(before.count - 1)
+    expect(unreadCount(b.doc, bob)).toBe(unreadBefore - 1)
+
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Sealed-Narwhal-Gone")
+    expect(rawFiles(dir)).toContain("Sealed-Keep-2")
+  })
+})
 
 /** The update `change` makes to `doc`. */
 function captured(doc: Y.Doc, change: () => void): Uint8Array {
