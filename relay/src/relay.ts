@@ -16,6 +16,7 @@ import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { metricsExtension, RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
+import { ErasureAdmin } from "./purge/erase-admin.js"
 import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
@@ -264,6 +265,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.inbox === false ? [] : [new LiveInbox()]),
     hooks,
     events,
+    new ErasureAdmin({
+      verify: (token) => auth.verify(token),
+      list: () => storage.list(),
+      ...(options.history === false ? {} : { history: backend.history }),
+    }),
     metricsExtension(metrics),
   ]
   const core = new RelayCore({

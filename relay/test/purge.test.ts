@@ -23,6 +23,7 @@ import { afterEach, describe, expect, it, onTestFinished } from "vitest"
 import * as Y from "yjs"
 import { SqliteBackend } from "../src/backend/sqlite.js"
 import type { Backend } from "../src/backend/types.js"
+import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { TestClient } from "./helpers/clients.js"
 import { signToken } from "./helpers/relay-process.js"
@@ -143,6 +144,81 @@ describe("deletion deletes (SQLite)", () => {
     expect(rowsHolding(dir, "Gone-Axolotl-Text")).toEqual([])
     expect(files).not.toContain("Gone-Axolotl-Text")
     expect(files).toContain("Keep-Pangolin-Text")
+  })
+})
+
+describe("erasing a user (GDPR)", () => {
+  /** Alice and bob write in a sealed conversation and a short one; returns them. */
+  async function writeBoth(relay: RunningRelay) {
+    const long = newConversationId()
+    const a = await joinAs(relay, alice, long)
+    createConversation(a.doc, alice, { kind: "group", id: long, participants: [bob] })
+    await a.allSaved()
+    const b = await joinAs(relay, bob, long)
+    for (let i = 0; i < 20; i++) {
+      const [who, client] = i % 2 === 0 ? [alice, a] : [bob, b]
+      sendMessage(client.doc, who, { body: who === bob ? `Bob-Ibex-${i}` : `Alice-Stays-${i}` })
+      await client.allSaved()
+    }
+    await b.until(() => sealedSegments(b.doc).length >= 1)
+    const short = newConversationId()
+    const a2 = await joinAs(relay, alice, short)
+    createConversation(a2.doc, alice, { kind: "group", id: short, participants: [bob] })
+    await a2.allSaved()
+    const b2 = await joinAs(relay, bob, short)
+    sendMessage(b2.doc, bob, { body: "Bob-Ibex-last-word" })
+    await b2.allSaved()
+    return { a, a2 }
+  }
+
+  it("DELETE /admin/users/{user}/content, with the relay running, leaves placeholders and no text of theirs anywhere", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const { a, a2 } = await writeBoth(relay)
+    expect(rawFiles(dir)).toContain("Bob-Ibex-")
+    const erase = async (token: string) =>
+      fetch(`${relay.httpUrl}/admin/users/bob/content`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${token}` },
+      })
+    // Only a service may erase.
+    expect((await erase(await signToken(SECRET, alice))).status).toBe(403)
+    const service = await signToken(SECRET, "ops", { role: "service" })
+    const first = await erase(service)
+    expect(first.status).toBe(200)
+    expect(await first.json()).toMatchObject({ user: "bob", messages: 11 })
+    // Connected devices see placeholders where bob's messages were.
+    await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
+    expect(
+      listMessages(a.doc, { last: 50 }).filter((m) => m.author === alice && m.body.startsWith("Alice-Stays")),
+    ).not.toHaveLength(0)
+    await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
+    // Idempotent: nothing left to erase.
+    expect(await (await erase(service)).json()).toMatchObject({ user: "bob", messages: 0 })
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
+    expect(rawFiles(dir)).toContain("Alice-Stays-")
+  })
+
+  it("parley-relay erase-user, with the relay stopped, erases the same", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    await writeBoth(relay)
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).toContain("Bob-Ibex-")
+    const lines: string[] = []
+    expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(0)
+    expect(JSON.parse(lines[0]!)).toMatchObject({ user: "bob", messages: 11 })
+    expect(rowsHolding(dir, "Bob-Ibex-")).toEqual([])
+    expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
+    expect(rawFiles(dir)).toContain("Alice-Stays-")
+    lines.length = 0
+    expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(0)
+    expect(JSON.parse(lines[0]!)).toMatchObject({ messages: 0 })
   })
 })
 
