@@ -301,6 +301,16 @@ export class SealedHistory {
     this.version++
   }
 
+  /** Stops holding the segment at `index` (the relay dropped or re-sealed it), and its records. */
+  remove(index: number): void {
+    const segment = this.segments.get(index)
+    if (!segment) return
+    this.segments.delete(index)
+    for (const entry of segment.entries)
+      if (this.byId.get(entry.record.id) === entry) this.byId.delete(entry.record.id)
+    this.version++
+  }
+
   /** The segment at `index`, if held. */
   segment(index: number): Segment | undefined {
     return this.segments.get(index)
