@@ -763,6 +763,9 @@ export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise
       ctx.log.info({ doc: host.key, positions }, "sequenced messages left unsequenced")
       broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
       await finish(ctx, host, RELAY, positions, events)
+    } else if (host.name.kind === "conversation" && holdsPurgeableContent(host.doc)) {
+      // A purge that a crash or a failure interrupted: done now, before anyone reads the content.
+      await purgeConversation(ctx, host, host.name.id)
     }
     return positions
   })

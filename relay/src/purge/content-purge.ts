@@ -64,14 +64,24 @@ export class SqliteContentPurge implements ContentPurge {
   }
 }
 
+/** Least time between two VACUUMs of a {@link PostgresContentPurge}, in ms. */
+export const POSTGRES_VACUUM_INTERVAL_MS = 60_000
+
 /**
  * PostgreSQL: an UPDATE or DELETE leaves the old tuple in its heap page until
- * VACUUM reclaims it, so {@link scrub} runs `VACUUM` on the tables a purge
- * touched (a plain VACUUM: no exclusive lock, the relay keeps serving). The
- * server's own WAL and any backups or replicas keep their copies until they
- * are recycled: that is the operator's retention to set.
+ * VACUUM reclaims it, so {@link scrub} has the tables a purge touches vacuumed
+ * (a plain VACUUM: no exclusive lock, the relay keeps serving), in the
+ * background and at most once per {@link POSTGRES_VACUUM_INTERVAL_MS} (every
+ * message deletion asks for one; later asks join the next run). VACUUM makes
+ * the space reusable, it does not zero it: the bytes stay in the data files
+ * until overwritten (VACUUM FULL rewrites the tables, under an exclusive lock:
+ * the operator's call). The server's WAL, replicas and backups keep their
+ * copies until they are recycled: that retention is the operator's to set.
  */
 export class PostgresContentPurge implements ContentPurge {
+  private lastVacuum = 0
+  private scheduled: Promise<void> | undefined
+
   constructor(private readonly pool: pg.Pool) {}
 
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
@@ -110,6 +120,19 @@ export class PostgresContentPurge implements ContentPurge {
   }
 
   async scrub(): Promise<void> {
+    if (this.scheduled) return
+    const wait = Math.max(0, this.lastVacuum + POSTGRES_VACUUM_INTERVAL_MS - Date.now())
+    this.scheduled = new Promise<void>((resolve) => setTimeout(resolve, wait).unref())
+      .then(() => this.vacuum())
+      // Autovacuum reclaims the space too, later: a failed run (the pool closed, a lock) is not retried.
+      .catch(() => undefined)
+      .finally(() => {
+        this.lastVacuum = Date.now()
+        this.scheduled = undefined
+      })
+  }
+
+  private async vacuum(): Promise<void> {
     for (const table of [
       "parley_updates",
       "parley_snapshots",
