@@ -412,20 +412,22 @@ async function finish(
  */
 async function purgeConversation(ctx: PathContext, host: DocumentHost, conversation: string): Promise<void> {
   try {
-    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
+    const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
       const update = captureUpdate(host.doc, () => purgeConversationContent(host.doc, RELAY_ORIGIN))
       return update ? { update, source: "relay" } : undefined
     })
     if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
-    // Every message of the conversation was told deleted with it: only the cleared title is news.
-    const told = events.filter((e) => e.type !== "message.deleted")
+    // The deletion was the news (`conversation.deleted`): the purge is no hook event of its own, and the
+    // inboxes follow it through the `inbox-purge` target. The positions move the hooks' watermark past it.
     if (positions.length > 0)
-      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: told })
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
+    await compact(ctx, host)
     if (ctx.purge) {
+      // After the hooks recorded the deletion's own events (they carry the title): compaction waited for them.
+      await ctx.extensions.compactionLimit(host.key)
       await ctx.purge.dropSegments(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
     }
-    await compact(ctx, host)
     await ctx.purge?.scrub()
     ctx.log.info({ doc: host.key }, "purged a deleted conversation")
   } catch (error) {
@@ -449,6 +451,7 @@ async function purgeMessages(
     if (ctx.history) await purgeSealed(ctx, ctx.history, host, ids)
     await compact(ctx, host)
     if (ctx.purge) {
+      await ctx.extensions.compactionLimit(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "messages", ids: new Set(ids) })
       await ctx.purge.scrub()
     }
