@@ -212,7 +212,8 @@ export function removeParticipants(
 ): UserId[] {
   const info = requireConversation(doc)
   const t = typesOf(doc)
-  const actorRole = writerRole(doc, actor)
+  // Leaving stays possible once the conversation is deleted (it only takes it out of one's inbox).
+  const actorRole = users.every((u) => u === actor) ? roleOf(doc, actor) : writerRole(doc, actor)
   const removed = [...new Set(users)].filter((u) => t.participants.has(u))
   for (const user of removed) {
     assertAllowed(canRemoveParticipant(actor, actorRole, info.kind, user, t.participants.get(user)!.role))

@@ -52,7 +52,7 @@ export const Rule = {
   /**
    * A deleted conversation is closed to writes: its content is purged once
    * the deletion is stored (relay README, "Deletion and erasure"), and nothing
-   * may be written to it again.
+   * may be written to it again, except a participant leaving it.
    */
   conversationDeleted: "conversation-deleted",
 } as const

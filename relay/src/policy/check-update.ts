@@ -188,8 +188,12 @@ class UpdateCheck {
           n.location.root === TopLevel.meta && n.location.key === MetaKey.createdAt && n.item.origin === null,
       )
 
-    // Once deleted, a conversation is closed to everyone but the relay (which purges it).
-    if (created && changesSomething && !this.isRelay)
+    // Once deleted, a conversation is closed to everyone but the relay (which purges it); a participant
+    // may still leave it (nothing written: their entry goes), which takes it out of their inbox.
+    const leavesOnly =
+      this.read.items.length === 0 &&
+      this.read.deleted.every((d) => d.location.root === TopLevel.participants && d.location.key === this.actor)
+    if (created && changesSomething && !this.isRelay && !leavesOnly)
       assert(canWriteConversation(typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"))
     if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
     else this.checkMeta(byRoot(TopLevel.meta))
