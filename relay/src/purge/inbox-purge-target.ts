@@ -1,4 +1,4 @@
-import { inboxDocumentName, inboxEntryFor, replaceInboxEntry, typesOf, type UserId } from "@parley/shared"
+import { inboxDocumentName, inboxEntryFor, typesOf, type UserId, writeInboxEntry } from "@parley/shared"
 import type { RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEventType } from "../hooks/events.js"
@@ -16,8 +16,9 @@ const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
  * written, and the inbox's log is folded into a snapshot of its
  * garbage-collected document, so that no stored inbox keeps the old entry.
  * A delivery target of the hook pipeline: after the deletion is saved, at
- * least once across restarts. It costs one inbox write and compaction per
- * participant per deletion (deletions are rare; messages cost nothing here).
+ * least once across restarts. It costs one inbox load per participant per
+ * deletion, and a write and a compaction where the entry changed (deletions
+ * are rare; messages cost nothing here).
  */
 export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
   return {
@@ -32,8 +33,13 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       )
       for (const [user, entry] of entries) {
         const inbox = inboxDocumentName(user)
-        await relay.write(inbox, { kind: "relay" }, (doc) => replaceInboxEntry(doc, conversation, entry))
-        await relay.compact?.(inbox)
+        let changed = false
+        await relay.write(inbox, { kind: "relay" }, (doc) => {
+          changed = writeInboxEntry(doc, conversation, entry)
+        })
+        // An unchanged entry never showed the text; a stored inbox is compacted whenever it unloads, so
+        // its log holds only what it gained while loaded (compacted here when connected).
+        if (changed || relay.isConnected(inbox)) await relay.compact?.(inbox)
       }
     },
     retryDelay: exponentialBackoff({ baseMs: 500, maxMs: 30_000, attempts: 20 }),
