@@ -192,7 +192,9 @@ class UpdateCheck {
     // may still leave it (nothing written: their entry goes), which takes it out of their inbox.
     const leavesOnly =
       this.read.items.length === 0 &&
-      this.read.deleted.every((d) => d.location.root === TopLevel.participants && d.location.key === this.actor)
+      this.read.deleted.every(
+        (d) => d.location.root === TopLevel.participants && d.location.key === this.actor,
+      )
     if (created && changesSomething && !this.isRelay && !leavesOnly)
       assert(canWriteConversation(typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"))
     if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
