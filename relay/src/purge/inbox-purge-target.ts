@@ -1,7 +1,18 @@
-import { inboxDocumentName, inboxEntryFor, typesOf, type UserId, writeInboxEntry } from "@parley/shared"
+import {
+  type InboxEntry,
+  InboxTopLevel,
+  inboxDocumentName,
+  inboxEntryFor,
+  typesOf,
+  type UserId,
+  writeInboxEntry,
+} from "@parley/shared"
+import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEventType } from "../hooks/events.js"
+
+const inboxEntries = (inbox: Y.Doc) => inbox.getMap<InboxEntry>(InboxTopLevel.entries)
 
 /** Deletions whose text an inbox entry may show (as the title or the last message's preview). */
 const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
@@ -35,6 +46,9 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
         const inbox = inboxDocumentName(user)
         let changed = false
         await relay.write(inbox, { kind: "relay" }, (doc) => {
+          // A later message may have reached the inbox since the read (LiveInbox): it shows no deleted text.
+          const current = inboxEntries(doc).get(conversation)
+          if (!entry?.deleted && (current?.lastMessage?.at ?? -1) > (entry?.lastMessage?.at ?? -1)) return
           changed = writeInboxEntry(doc, conversation, entry)
         })
         // An unchanged entry never showed the text; a stored inbox is compacted whenever it unloads, so
