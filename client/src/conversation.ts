@@ -54,6 +54,7 @@ import {
   sendMessage,
   setConversationMetadata,
   toParleyError,
+  typesOf,
   type UserId,
   unreact,
   unreadCount,
@@ -189,6 +190,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   private resyncsWithoutSave = 0
   /** Sealed history segments this replica holds (fetched or cached), kept across resyncs. */
   private readonly held = new Map<number, Segment>()
+  /** The hash each held segment was fetched under, to notice when the relay re-seals it. */
+  private readonly heldHashes = new Map<number, string>()
   /** Segments being fetched, by index: one fetch each however many callers wait. */
   private readonly fetching = new Map<number, Promise<Segment>>()
   /** Sequence number below which {@link loadOlder} continues (undefined: below the live messages). */
@@ -264,6 +267,10 @@ export class Conversation extends Emitter<ConversationEvents> {
       diverged = true
       if (this.gen.doc === doc && !this.closed) this.refused(error)
     }
+    // The relay re-seals a segment without a purged message, or drops a deleted conversation's segments.
+    // Summaries are decoded first: shared's cache of them then drops them (its observer) before this runs.
+    sealedSegments(doc)
+    typesOf(doc).segments.observe(() => this.dropStaleSegments(doc))
     const ownId = doc.clientID
     const onCleanup = (transaction: Y.Transaction) => {
       if (transaction.local || transaction.afterState.get(ownId) === transaction.beforeState.get(ownId))
@@ -540,12 +547,34 @@ export class Conversation extends Emitter<ConversationEvents> {
           await this.parts.segments.put(summary.hash, bytes)
         }
         const segment = decodeSegment(bytes)
+        this.heldHashes.set(segment.index, summary.hash)
         this.hold(segment)
         return segment
       })().finally(() => this.fetching.delete(summary.index))
       this.fetching.set(summary.index, fetching)
     }
     return fetching
+  }
+
+  /**
+   * Forgets the held segments the live document no longer names by the hash
+   * they were fetched under (re-sealed without purged messages, or dropped
+   * with a deleted conversation): here, in the replica's sealed history and
+   * in this device's cache. A re-sealed one is fetched again at once.
+   */
+  private dropStaleSegments(doc: Y.Doc): void {
+    if (this.gen?.doc !== doc) return
+    const named = new Map(sealedSegments(doc).map((s) => [s.index, s]))
+    for (const [index, hash] of this.heldHashes) {
+      const summary = named.get(index)
+      if (summary?.hash === hash) continue
+      this.held.delete(index)
+      this.heldHashes.delete(index)
+      sealedHistory(doc).remove(index)
+      void this.parts.segments.delete(hash)
+      // Held before, so shown before: the re-sealed one takes its place (offline: when it is asked for).
+      if (summary) this.fetchSegment(summary).catch(() => {})
+    }
   }
 
   /** Adds a segment to the replica's sealed history; the unread count may become exact. */
@@ -883,6 +912,8 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   private advanceDelivered(): void {
     if (this.closed || this.current.state !== "ready" || roleOf(this.doc, this.user) === undefined) return
+    // A deleted conversation is closed to writes (rule `conversation-deleted`): nothing to acknowledge.
+    if (getConversation(this.doc)?.deletedAt !== undefined) return
     const index = messageIndex(this.doc)
     const delivered = markersOf(this.doc, this.user).delivered
     const fromOthers = index

@@ -4,12 +4,15 @@ import type { StorageKind } from "./storage.js"
 /**
  * This device's copy of the sealed history segments it fetched, by content
  * hash: a segment never changes, so its hash names it for good and a cached
- * copy never goes stale. Shown offline once fetched.
+ * copy never goes stale. Shown offline once fetched. A purge re-seals a
+ * segment under a new hash; the SDK then deletes the old copy.
  */
 export interface SegmentCache {
   /** The bytes of the segment whose SHA-256 is `hash`, if cached. */
   get(hash: string): Promise<Uint8Array | undefined>
   put(hash: string, bytes: Uint8Array): Promise<void>
+  /** Forgets a segment the relay re-sealed or dropped (a purge): its old bytes hold deleted text. */
+  delete(hash: string): Promise<void>
   close(): void
 }
 
@@ -23,6 +26,9 @@ export function openSegmentCache(kind: StorageKind, user: string): SegmentCache 
       get: async (hash) => memory.get(hash),
       put: async (hash, bytes) => {
         memory.set(hash, bytes)
+      },
+      delete: async (hash) => {
+        memory.delete(hash)
       },
       close: () => {},
     }
@@ -51,6 +57,14 @@ export function openSegmentCache(kind: StorageKind, user: string): SegmentCache 
         await idb.put(store!, bytes as unknown as ArrayBuffer, hash)
       } catch {
         // Not cached: the segment is fetched again next time.
+      }
+    },
+    async delete(hash) {
+      try {
+        const [store] = idb.transact(await opening, [STORE])
+        await idb.del(store!, hash)
+      } catch {
+        // Left behind only if the database cannot be opened at all.
       }
     },
     close() {

@@ -1,5 +1,5 @@
 import "fake-indexeddb/auto"
-import { ErrorCode, typesOf } from "@parley/shared"
+import { ErrorCode, sealedSegments, typesOf } from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import type { Conversation } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
@@ -149,5 +149,59 @@ describe("sealed history in the SDK", () => {
     } finally {
       await epochRelay.stop()
     }
+  })
+})
+
+/** Every segment this device cached (IndexedDB `parley:<user>:history`), as one latin1 string. */
+async function cachedSegments(user: string): Promise<string> {
+  const db = await new Promise<IDBDatabase>((resolve, reject) => {
+    const request = indexedDB.open(`parley:${user}:history`)
+    request.onsuccess = () => resolve(request.result)
+    request.onerror = () => reject(request.error)
+  })
+  try {
+    const values = await new Promise<unknown[]>((resolve, reject) => {
+      const request = db.transaction("segments").objectStore("segments").getAll()
+      request.onsuccess = () => resolve(request.result)
+      request.onerror = () => reject(request.error)
+    })
+    return values.map((v) => Buffer.from(v as Uint8Array).toString("latin1")).join("\n")
+  } finally {
+    db.close()
+  }
+}
+
+describe("purged sealed history in the SDK", () => {
+  it("forgets a cached segment the relay re-sealed without a deleted message, and shows the message deleted", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const mine = await alice.createConversation({ participants: [b], title: "purge" })
+    const ids: string[] = []
+    for (let i = 0; i < 20; i++) {
+      const sent = mine.send(i === 3 ? "Cached-Kiwi-Gone" : `kept ${i}`)
+      ids.push(sent.id)
+      await eventually(() => expect(mine.message(sent.id)?.seq).toBe(i + 1))
+    }
+    await eventually(() => expect(typesOf(mine.doc).segments.length).toBeGreaterThan(0))
+    const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    const theirs = await bob.conversation(mine.id).ready()
+    await theirs.loadOlder(20)
+    expect(await cachedSegments(b)).toContain("Cached-Kiwi-Gone")
+
+    await mine.loadOlder(20)
+    const hash = sealedSegments(theirs.doc)[0]!.hash
+    mine.deleteMessage(ids[3]!)
+    // The relay re-seals the segment: every replica is told its new hash.
+    await eventually(() => expect(sealedSegments(theirs.doc)[0]!.hash).not.toBe(hash))
+    await eventually(async () => expect(await cachedSegments(b)).not.toContain("Cached-Kiwi-Gone"))
+    expect(theirs.message(ids[3]!)?.body ?? "").not.toContain("Cached-Kiwi-Gone")
+    // Paging fetches the re-sealed segment: the message is a placeholder there.
+    const again = await (await connectClient(relay, b)).conversation(mine.id).ready()
+    let older: Awaited<ReturnType<typeof again.loadOlder>> = []
+    await eventually(async () => {
+      older = await again.loadOlder(20)
+    })
+    expect(older.find((m) => m.id === ids[3])?.deleted).toBeDefined()
+    expect(older.filter((m) => m.body.startsWith("kept"))).not.toHaveLength(0)
   })
 })

@@ -647,7 +647,9 @@ export function storageLocation(
 /** The relay's command line. */
 function relayCommand(): Command {
   return commandOf("parley-relay", RELAY_FLAGS)
-    .usage("[options]\n       parley-relay dead-letters|damaged|rebuild-inboxes|keys ... (--help for each)")
+    .usage(
+      "[options]\n       parley-relay dead-letters|damaged|rebuild-inboxes|keys|erase-user ... (--help for each)",
+    )
     .description("Parley relay: syncs, checks, persists and hooks conversation documents.")
 }
 

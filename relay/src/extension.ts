@@ -59,6 +59,13 @@ export interface RunningCore {
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
   /**
+   * Stores what was derived for a loaded document and folds its log into a
+   * snapshot now, whatever the log's size: a purge (the relay's documents
+   * collect garbage, so the snapshot holds no deleted content). Does nothing
+   * for a document that is not loaded.
+   */
+  compact?(name: string): Promise<void>
+  /**
    * The durable log of hook events (what `GET /v1/events` streams), when the
    * relay keeps one (`startRelay` always does; a bare core without it does not).
    */

@@ -21,6 +21,10 @@ async function main(): Promise<void> {
     const { runRebuildInboxesCli } = await import("./inbox/rebuild-cli.js")
     process.exit(await runRebuildInboxesCli(process.argv.slice(3)))
   }
+  if (process.argv[2] === "erase-user") {
+    const { runEraseUserCli } = await import("./purge/erase-user-cli.js")
+    process.exit(await runEraseUserCli(process.argv.slice(3)))
+  }
   const config = parseConfig(process.argv.slice(2))
   if ("help" in config && config.help) {
     process.stdout.write(`${usage()}\n`)

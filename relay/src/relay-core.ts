@@ -31,6 +31,7 @@ import type { RelayMetrics } from "./metrics.js"
 import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
 import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
+import type { ContentPurge } from "./purge/content-purge.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
 import type { RelayStorage } from "./storage/types.js"
@@ -106,6 +107,8 @@ export interface RelayCoreOptions {
    * same documents (`cluster/`); without one, this core orders everything.
    */
   readonly router?: UpdateRouter
+  /** The backend's part of purges (hook events, segments, free pages), when it has one. */
+  readonly purge?: ContentPurge
 }
 
 /** Origin of changes and awareness that another relay made. */
@@ -170,6 +173,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       restart: (host, reason) => this.restart(host, reason),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
       ...(options.history ? { history: options.history } : {}),
+      ...(options.purge ? { purge: options.purge } : {}),
     }
     options.router?.attach(this)
     options.metrics.awarenessSource = () => {
@@ -297,6 +301,18 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const host = this.loadedNow.get(name)
     if (!host || host.connections.size === 0) return false
     return this.derived.apply(host, change)
+  }
+
+  /** Stores a loaded document's derived data and folds its log into a snapshot now (a purge). */
+  async compact(name: string): Promise<void> {
+    const host = this.loadedNow.get(name)
+    if (!host) return
+    await host.enqueue(async () => {
+      if (host.destroyed) return
+      await this.derived.store(this.ctx, host)
+      await compact(this.ctx, host)
+      await this.ctx.purge?.scrub()
+    })
   }
 
   /** Whether someone is connected to the document now. */

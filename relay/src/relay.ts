@@ -20,6 +20,8 @@ import { createLogger, type Logger, type LogLevel } from "./log.js"
 import { metricsExtension, RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
+import { ErasureAdmin } from "./purge/erase-admin.js"
+import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
@@ -282,7 +284,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   })
   const storage = backend.documents
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
-  const inbox = options.inbox === false ? [] : [inboxTarget]
+  const inbox = options.inbox === false ? [] : [inboxTarget, inboxPurgeTarget]
   // In a cluster, a relay resumes at start only what it owes for documents it orders (none yet).
   const outbox = clustered
     ? ownedOutbox(backend.outbox, (document) => clustered.cluster.owns(document))
@@ -315,6 +317,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.inbox === false ? [] : [new LiveInbox()]),
     hooks,
     events,
+    new ErasureAdmin({
+      verify: (token) => auth.verify(token),
+      list: () => storage.list(),
+      ...(options.history === false ? {} : { history: backend.history }),
+    }),
     metricsExtension(metrics),
     ...(options.api === false
       ? []
@@ -335,6 +342,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     events: backend.events,
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     storageHealth: storage,
+    ...(backend.purge ? { purge: backend.purge } : {}),
     ...(options.history === false
       ? {}
       : { history: new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history }) }),

@@ -1,13 +1,20 @@
 import {
   type ChangeEvent,
+  decodeSegmentSummary,
   ErrorCode,
+  encodeSegmentSummary,
   encodeSyncUpdate,
   isRetryable,
   type MessageId,
   messageIndex,
   ParleyError,
+  purgeFromSegment,
+  type SealedDeletion,
   sealedHistory,
+  sealedSegments,
   sealedThrough,
+  tombstoneOf,
+  typesOf,
   unsequencedMessages,
   writeSequenceNumbers,
 } from "@parley/shared"
@@ -24,6 +31,8 @@ import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
+import type { ContentPurge } from "./purge/content-purge.js"
+import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-conversation.js"
 import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
@@ -77,6 +86,8 @@ export interface PathContext {
   readonly users?: UserLedger
   /** Sealed history: where segments go, when to seal (none: the live document keeps everything). */
   readonly history?: HistoryKeeper
+  /** The backend's part of purges (see `purge/`). */
+  readonly purge?: ContentPurge
 }
 
 /** What the update path asks of a storage guard. */
@@ -373,6 +384,13 @@ async function finish(
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
     ctx.extensions.afterSaved(change)
   }
+  if (host.name.kind === "conversation" && holdsPurgeableContent(host.doc)) {
+    await purgeConversation(ctx, host, host.name.id)
+    return
+  }
+  const deletedMessages = events.flatMap((e) => (e.type === "message.deleted" ? [e.messageId] : []))
+  if (host.name.kind === "conversation" && deletedMessages.length > 0)
+    await purgeMessages(ctx, host, host.name.id, deletedMessages)
   if (ctx.history && host.name.kind === "conversation") {
     await seal(ctx, ctx.history, host)
     if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds) await startNewEpoch(ctx, host)
@@ -381,6 +399,126 @@ async function finish(
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
   }
+}
+
+/**
+ * Purges a deleted conversation (relay README, "Deletion and erasure"), once
+ * its deletion is stored: a relay write removes its content from the live
+ * document (stored, then broadcast: every replica deletes it too), the
+ * backend drops its segments and redacts its stored hook events, and the log
+ * is folded into a snapshot of the garbage-collected document, so that no
+ * log entry or snapshot holds the text. Call inside the document's queue.
+ * A failure is logged; the next change or load of the document purges again.
+ */
+async function purgeConversation(ctx: PathContext, host: DocumentHost, conversation: string): Promise<void> {
+  try {
+    const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
+      const update = captureUpdate(host.doc, () => purgeConversationContent(host.doc, RELAY_ORIGIN))
+      return update ? { update, source: "relay" } : undefined
+    })
+    if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+    // The deletion was the news (`conversation.deleted`): the purge is no hook event of its own, and the
+    // inboxes follow it through the `inbox-purge` target. The positions move the hooks' watermark past it.
+    if (positions.length > 0)
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
+    await compact(ctx, host)
+    if (ctx.purge) {
+      // After the hooks recorded the deletion's own events (they carry the title): compaction waited for them.
+      await ctx.extensions.compactionLimit(host.key)
+      await ctx.purge.dropSegments(host.key)
+      await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
+    }
+    await ctx.purge?.scrub()
+    ctx.log.info({ doc: host.key }, "purged a deleted conversation")
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation")
+  }
+}
+
+/**
+ * Purges deleted messages' text from storage once their deletion is stored:
+ * the log is folded into a snapshot of the garbage-collected live document
+ * (which no longer holds the text), and their stored hook events are
+ * redacted. Call inside the document's queue.
+ */
+async function purgeMessages(
+  ctx: PathContext,
+  host: DocumentHost,
+  conversation: string,
+  ids: readonly MessageId[],
+): Promise<void> {
+  try {
+    if (ctx.history) await purgeSealed(ctx, ctx.history, host, ids)
+    await compact(ctx, host)
+    if (ctx.purge) {
+      await ctx.extensions.compactionLimit(host.key)
+      await ctx.purge.redactEvents(host.key, conversation, { kind: "messages", ids: new Set(ids) })
+      await ctx.purge.scrub()
+    }
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages")
+  }
+}
+
+/**
+ * Re-seals the segments holding sealed messages among `ids` that are now
+ * deleted (tombstoned), with placeholders in place of their records: the new
+ * segment is stored under the same index first, then the live document names
+ * its new hash (a relay write, broadcast like any), and the relay's directory
+ * holds the new one. A device that fetches the page in between gets bytes
+ * that do not match the old hash, refuses them and fetches again.
+ */
+async function purgeSealed(
+  ctx: PathContext,
+  history: HistoryKeeper,
+  host: DocumentHost,
+  ids: readonly MessageId[],
+): Promise<void> {
+  if (sealedThrough(host.doc) === 0) return
+  const deletions = new Map<MessageId, SealedDeletion>()
+  for (const id of ids) {
+    const tombstone = tombstoneOf(host.doc, id)
+    if (tombstone) deletions.set(id, tombstone)
+  }
+  if (deletions.size === 0) return
+  await history.loadDirectory(host)
+  const directory = sealedHistory(host.doc)
+  const seqs = [...deletions.values()].map((d) => d.seq)
+  const plans: NonNullable<ReturnType<typeof purgeFromSegment>>[] = []
+  for (const summary of sealedSegments(host.doc)) {
+    if (!seqs.some((seq) => seq >= summary.from && seq <= summary.to)) continue
+    const segment = directory.segment(summary.index)
+    const purged = segment && purgeFromSegment(segment, summary, deletions)
+    if (purged) plans.push(purged)
+  }
+  if (plans.length === 0) return
+  for (const { segment, summary, bytes } of plans)
+    await history.store.put(host.key, {
+      index: segment.index,
+      from: segment.from,
+      to: segment.to,
+      hash: summary.hash,
+      bytes,
+    })
+  const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
+    const update = captureUpdate(host.doc, () =>
+      host.doc.transact(() => {
+        const segments = typesOf(host.doc).segments
+        for (const { summary } of plans) {
+          const at = segments.toArray().findIndex((v) => decodeSegmentSummary(v)?.index === summary.index)
+          if (at < 0) continue
+          segments.delete(at, 1)
+          segments.insert(at, [encodeSegmentSummary(summary)])
+        }
+      }, RELAY_ORIGIN),
+    )
+    return update ? { update, source: "relay" } : undefined
+  })
+  for (const { segment } of plans) directory.replace(segment)
+  if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+  // A summary's new hash is no hook event; the positions move the hooks' watermark past it.
+  if (positions.length > 0)
+    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
 }
 
 /**
@@ -628,6 +766,9 @@ export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise
       ctx.log.info({ doc: host.key, positions }, "sequenced messages left unsequenced")
       broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
       await finish(ctx, host, RELAY, positions, events)
+    } else if (host.name.kind === "conversation" && holdsPurgeableContent(host.doc)) {
+      // A purge that a crash or a failure interrupted: done now, before anyone reads the content.
+      await purgeConversation(ctx, host, host.name.id)
     }
     return positions
   })

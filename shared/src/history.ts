@@ -182,11 +182,15 @@ export function decodeSegmentSummary(value: unknown): SegmentSummary | undefined
   return { index: v.i, from: v.f, to: v.l, count: v.n, liveBy: v.c, hash: v.h, bytes: v.z }
 }
 
-/** Decoded summaries per `segments` array, kept while its length stays (only the relay appends to it). */
+/**
+ * Decoded summaries per `segments` array, kept until the array changes (the
+ * relay appends when it seals, replaces a summary when it purges a segment).
+ */
 const summaryCache = new WeakMap<
   Y.Array<unknown>,
   { length: number; list: readonly SegmentSummary[]; through: number }
 >()
+const observedSegments = new WeakSet<Y.Array<unknown>>()
 
 /**
  * The summaries of every sealed segment of `doc`, oldest first. Decoded once
@@ -201,6 +205,10 @@ function summariesOf(doc: Y.Doc): { list: readonly SegmentSummary[]; through: nu
   const segments = typesOf(doc).segments
   const cached = summaryCache.get(segments)
   if (cached && cached.length === segments.length) return cached
+  if (!observedSegments.has(segments)) {
+    observedSegments.add(segments)
+    segments.observe(() => summaryCache.delete(segments))
+  }
   const list: SegmentSummary[] = []
   let through = 0
   for (const value of segments) {
@@ -282,6 +290,27 @@ export class SealedHistory {
     this.version++
   }
 
+  /**
+   * Holds `segment` in place of the one at its index (a segment re-sealed
+   * without purged messages: see {@link purgeFromSegment}), so that the old
+   * records are no longer held.
+   */
+  replace(segment: Segment): void {
+    this.segments.set(segment.index, segment)
+    for (const entry of segment.entries) this.byId.set(entry.record.id, entry)
+    this.version++
+  }
+
+  /** Stops holding the segment at `index` (the relay dropped or re-sealed it), and its records. */
+  remove(index: number): void {
+    const segment = this.segments.get(index)
+    if (!segment) return
+    this.segments.delete(index)
+    for (const entry of segment.entries)
+      if (this.byId.get(entry.record.id) === entry) this.byId.delete(entry.record.id)
+    this.version++
+  }
+
   /** The segment at `index`, if held. */
   segment(index: number): Segment | undefined {
     return this.segments.get(index)
@@ -323,6 +352,7 @@ export function sealedHistory(doc: Y.Doc): SealedHistory {
  */
 export function sealedUnread(doc: Y.Doc, user: UserId, after: number): { count: number; exact: boolean } {
   const history = sealedHistory(doc)
+  const tombstones = typesOf(doc).tombstones
   let count = 0
   let exact = true
   const summaries = sealedSegments(doc)
@@ -341,8 +371,11 @@ export function sealedUnread(doc: Y.Doc, user: UserId, after: number): { count: 
       exact = false
       continue
     }
+    // A message purged from its segment after a deletion is a placeholder there and a tombstone here: counted
+    // here like the live record it replaced, since the tombstones below subtract it.
     for (const { seq, record } of segment.entries)
-      if (seq > after && !isDeletedRecord(record) && record.author !== user) count++
+      if (seq > after && record.author !== user && (!isDeletedRecord(record) || tombstones.has(record.id)))
+        count++
   }
   for (const value of typesOf(doc).tombstones.values()) {
     const t = decodeTombstone(value)
@@ -372,4 +405,37 @@ export function epochBaseline(doc: Y.Doc): Map<number, number> {
   for (const [client, clock] of Object.entries(value as Record<string, unknown>))
     if (typeof clock === "number") baseline.set(Number(client), clock)
   return baseline
+}
+
+/**
+ * `segment` re-sealed without the content of the messages `ids` (sealed, then
+ * deleted: each has a tombstone in the live document): their records become
+ * deletion placeholders, as if they had been deleted before sealing. Undefined
+ * when the segment holds none of them with content. The summary keeps the
+ * counts of sealing time (`liveBy`, `count`: unread counts subtract the
+ * tombstones), with the new hash and size.
+ */
+export function purgeFromSegment(
+  segment: Segment,
+  summary: SegmentSummary,
+  deletions: ReadonlyMap<MessageId, SealedDeletion>,
+): { segment: Segment; bytes: Uint8Array; summary: SegmentSummary } | undefined {
+  let changed = false
+  const entries = segment.entries.map((entry): SealedEntry => {
+    const deletion = deletions.get(entry.record.id)
+    if (!deletion || isDeletedRecord(entry.record)) return entry
+    changed = true
+    const placeholder: DeletedMessageRecord = {
+      id: entry.record.id,
+      author: entry.record.author,
+      createdAt: entry.record.createdAt,
+      deletedAt: deletion.deletedAt,
+      deletedBy: deletion.deletedBy,
+    }
+    return { seq: entry.seq, record: placeholder }
+  })
+  if (!changed) return undefined
+  const purged: Segment = { ...segment, entries }
+  const bytes = encodeSegment(purged)
+  return { segment: purged, bytes, summary: { ...summary, hash: segmentHash(bytes), bytes: bytes.length } }
 }

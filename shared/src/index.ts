@@ -4,6 +4,7 @@
  */
 
 export { type ConversationTypes, type Markers, typesOf } from "./document.js"
+export * from "./erasure.js"
 export {
   AddressLimit,
   CloseCode,

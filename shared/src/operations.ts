@@ -25,6 +25,7 @@ import {
   canRemoveParticipant,
   canSendMessage,
   canUpdateConversation,
+  canWriteConversation,
   type Decision,
 } from "./rules.js"
 import {
@@ -64,6 +65,12 @@ export interface WriteOptions {
 /** Throws FORBIDDEN when `decision` refuses. */
 export function assertAllowed(decision: Decision): void {
   if (!decision.allowed) throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+}
+
+/** The actor's role, for a write: throws FORBIDDEN (rule `conversation-deleted`) once the conversation is deleted. */
+function writerRole(doc: Y.Doc, actor: UserId): Role | undefined {
+  assertAllowed(canWriteConversation(getConversation(doc)?.deletedAt !== undefined))
+  return roleOf(doc, actor)
 }
 
 function requireConversation(doc: Y.Doc): ConversationInfo {
@@ -144,7 +151,7 @@ export function renameConversation(
   options: WriteOptions = {},
 ): void {
   requireConversation(doc)
-  assertAllowed(canUpdateConversation(roleOf(doc, actor)))
+  assertAllowed(canUpdateConversation(writerRole(doc, actor)))
   if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
   doc.transact(() => typesOf(doc).meta.set(MetaKey.title, title), options.origin)
 }
@@ -157,7 +164,7 @@ export function setConversationMetadata(
   options: WriteOptions = {},
 ): void {
   requireConversation(doc)
-  assertAllowed(canUpdateConversation(roleOf(doc, actor)))
+  assertAllowed(canUpdateConversation(writerRole(doc, actor)))
   assertValid(checkMetadata, metadata)
   doc.transact(() => typesOf(doc).meta.set(MetaKey.metadata, metadata), options.origin)
 }
@@ -166,7 +173,7 @@ export function setConversationMetadata(
 export function deleteConversation(doc: Y.Doc, actor: UserId, options: WriteOptions = {}): void {
   const info = requireConversation(doc)
   if (info.deletedAt !== undefined) return
-  assertAllowed(canUpdateConversation(roleOf(doc, actor)))
+  assertAllowed(canUpdateConversation(writerRole(doc, actor)))
   doc.transact(() => {
     typesOf(doc).meta.set(MetaKey.deletedBy, actor)
     typesOf(doc).meta.set(MetaKey.deletedAt, options.now ?? Date.now())
@@ -182,7 +189,7 @@ export function addParticipants(
   options: WriteOptions = {},
 ): UserId[] {
   const info = requireConversation(doc)
-  assertAllowed(canAddParticipant(roleOf(doc, actor), info.kind, role))
+  assertAllowed(canAddParticipant(writerRole(doc, actor), info.kind, role))
   const t = typesOf(doc)
   const added = [...new Set(users.map(parseUserId))].filter((u) => !t.participants.has(u))
   if (t.participants.size + added.length > Limits.participants)
@@ -205,7 +212,8 @@ export function removeParticipants(
 ): UserId[] {
   const info = requireConversation(doc)
   const t = typesOf(doc)
-  const actorRole = roleOf(doc, actor)
+  // Leaving stays possible once the conversation is deleted (it only takes it out of one's inbox).
+  const actorRole = users.every((u) => u === actor) ? roleOf(doc, actor) : writerRole(doc, actor)
   const removed = [...new Set(users)].filter((u) => t.participants.has(u))
   for (const user of removed) {
     assertAllowed(canRemoveParticipant(actor, actorRole, info.kind, user, t.participants.get(user)!.role))
@@ -235,7 +243,7 @@ export function changeRole(
   const current = typesOf(doc).participants.get(user)
   if (!current) throw new ParleyError(ErrorCode.NOT_FOUND, `${user} is not a participant`)
   if (current.role === role) return
-  assertAllowed(canChangeRole(roleOf(doc, actor), info.kind, current.role, role))
+  assertAllowed(canChangeRole(writerRole(doc, actor), info.kind, current.role, role))
   doc.transact(() => typesOf(doc).participants.set(user, { ...current, role }), options.origin)
 }
 
@@ -262,7 +270,7 @@ export function sendMessage(
   const id = input.id ?? newMessageId()
   const already = getMessage(doc, id)
   if (already) return already
-  assertAllowed(canSendMessage(actor, roleOf(doc, actor), actor))
+  assertAllowed(canSendMessage(actor, writerRole(doc, actor), actor))
   const record: MessageRecord = {
     id,
     author: actor,
@@ -305,7 +313,7 @@ export function editMessage(
   options: WriteOptions = {},
 ): void {
   const record = requireLiveMessage(doc, id)
-  assertAllowed(canEditMessage(actor, roleOf(doc, actor), record.author))
+  assertAllowed(canEditMessage(actor, writerRole(doc, actor), record.author))
   const edit = { body, editedAt: options.now ?? Date.now() }
   assertValid(checkEditRecord, edit)
   doc.transact(() => typesOf(doc).edits.set(id, edit), options.origin)
@@ -323,7 +331,7 @@ export function deleteMessage(doc: Y.Doc, actor: UserId, id: MessageId, options:
   const sealed = index.records.has(id) ? undefined : sealedHistory(doc).entry(id)
   if (sealed && (isDeletedRecord(sealed.record) || typesOf(doc).tombstones.has(id))) return
   const record = requireLiveMessage(doc, id)
-  assertAllowed(canDeleteMessage(actor, roleOf(doc, actor), record.author))
+  assertAllowed(canDeleteMessage(actor, writerRole(doc, actor), record.author))
   const t = typesOf(doc)
   if (sealed) {
     // The record is in an immutable segment: the deletion is a tombstone in the live document.
@@ -390,7 +398,7 @@ export function react(
 ): void {
   requireLiveMessage(doc, id)
   checkEmoji(emoji)
-  assertAllowed(canReact(actor, roleOf(doc, actor), actor))
+  assertAllowed(canReact(actor, writerRole(doc, actor), actor))
   const key = reactionKey(id, actor, emoji)
   if (typesOf(doc).reactions.has(key)) return
   doc.transact(() => typesOf(doc).reactions.set(key, options.now ?? Date.now()), options.origin)
@@ -405,7 +413,7 @@ export function unreact(
   options: WriteOptions = {},
 ): void {
   checkEmoji(emoji)
-  assertAllowed(canReact(actor, roleOf(doc, actor), actor))
+  assertAllowed(canReact(actor, writerRole(doc, actor), actor))
   const key = reactionKey(id, actor, emoji)
   if (!typesOf(doc).reactions.has(key)) return
   doc.transact(() => typesOf(doc).reactions.delete(key), options.origin)
@@ -435,7 +443,7 @@ function moveMarker(
   const current = map.get(actor)
   if (current !== undefined && to <= current) return false
   if (current === undefined && to === 0) return false
-  assertAllowed(canMoveMarker(actor, roleOf(doc, actor), actor, current, to))
+  assertAllowed(canMoveMarker(actor, writerRole(doc, actor), actor, current, to))
   doc.transact(() => {
     map.set(actor, to)
     // Read implies delivered; keeping both forward spares readers a max().

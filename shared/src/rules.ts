@@ -49,6 +49,12 @@ export const Rule = {
   epoch: "epoch",
   /** Read-only access (service tokens) changes nothing. */
   readOnly: "read-only",
+  /**
+   * A deleted conversation is closed to writes: its content is purged once
+   * the deletion is stored (relay README, "Deletion and erasure"), and nothing
+   * may be written to it again, except a participant leaving it.
+   */
+  conversationDeleted: "conversation-deleted",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]
@@ -67,6 +73,11 @@ export const isManager = (role: Role | undefined): boolean => role === "owner" |
 /** May `actor` (with `actorRole`) write to the conversation at all? */
 export function canWrite(actorRole: Role | undefined): Decision {
   return actorRole ? ALLOW : deny(Rule.participantOnly, "only participants may change a conversation")
+}
+
+/** May anyone write to a conversation that is (`deleted`) or is not deleted? Nobody writes to a deleted one. */
+export function canWriteConversation(deleted: boolean): Decision {
+  return deleted ? deny(Rule.conversationDeleted, "the conversation is deleted") : ALLOW
 }
 
 /** May `actor` create a conversation whose participants are `roles`? */

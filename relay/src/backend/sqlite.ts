@@ -6,6 +6,7 @@ import { SqliteHistoryStore } from "../history/store.js"
 import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
+import { SqliteContentPurge } from "../purge/content-purge.js"
 import { SqliteStorage } from "../storage/sqlite.js"
 import type { Backend } from "./types.js"
 
@@ -43,6 +44,7 @@ export class SqliteBackend implements Backend {
   readonly bindings: SqliteClientBindingStore
   readonly history: SqliteHistoryStore
   readonly keys: SqliteApiKeyStore
+  readonly purge: SqliteContentPurge
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -53,6 +55,8 @@ export class SqliteBackend implements Backend {
     try {
       this.db.pragma("journal_mode = WAL")
       this.db.pragma("synchronous = FULL")
+      // Deleted content is overwritten with zeros, not left in free pages: purges rely on it.
+      this.db.pragma("secure_delete = ON")
       this.catalog = new Database(join(dataDir, CATALOG_FILE))
     } catch (error) {
       this.db.close()
@@ -67,6 +71,7 @@ export class SqliteBackend implements Backend {
       this.bindings = new SqliteClientBindingStore(this.db)
       this.history = new SqliteHistoryStore(this.db)
       this.keys = new SqliteApiKeyStore(this.db)
+      this.purge = new SqliteContentPurge(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

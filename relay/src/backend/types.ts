@@ -3,6 +3,7 @@ import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
+import type { ContentPurge } from "../purge/content-purge.js"
 import type { RelayStorage } from "../storage/types.js"
 
 /**
@@ -34,6 +35,12 @@ export interface Backend {
   readonly history: HistoryStore
   /** The HTTP API's service keys (hashed). */
   readonly keys: ApiKeyStore
+  /**
+   * Purges what deletions and erasures leave outside the documents (hook
+   * events, segments, the files' free pages); absent in a backend that keeps
+   * nothing on disk (memory), whose purge then covers the documents only.
+   */
+  readonly purge?: ContentPurge
   /**
    * Finishes pending writes of every part and releases the database. The
    * parts' own `close` only finish their pending writes: the relay closes them

@@ -6,6 +6,7 @@ import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
+import { PostgresContentPurge } from "../purge/content-purge.js"
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import { Cluster, type ClusterOptions } from "./cluster.js"
 import { FencedStorage } from "./fenced-storage.js"
@@ -65,6 +66,8 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
     bindings,
     history: new PostgresHistoryStore(pool),
     keys: new PostgresApiKeyStore(pool),
+    // Purges of hook events and segments are the owner's, in its update path like the rest.
+    purge: new PostgresContentPurge(pool),
     close: async () => {
       if (closed) return
       closed = true

@@ -12,6 +12,7 @@ import {
   canSendMessage,
   canUpdateConversation,
   canWrite,
+  canWriteConversation,
   canWriteSequence,
   checkEditRecord,
   checkMarker,
@@ -187,6 +188,15 @@ class UpdateCheck {
           n.location.root === TopLevel.meta && n.location.key === MetaKey.createdAt && n.item.origin === null,
       )
 
+    // Once deleted, a conversation is closed to everyone but the relay (which purges it); a participant
+    // may still leave it (nothing written: their entry goes), which takes it out of their inbox.
+    const leavesOnly =
+      this.read.items.length === 0 &&
+      this.read.deleted.every(
+        (d) => d.location.root === TopLevel.participants && d.location.key === this.actor,
+      )
+    if (created && changesSomething && !this.isRelay && !leavesOnly)
+      assert(canWriteConversation(typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"))
     if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
     else this.checkMeta(byRoot(TopLevel.meta))
     if (created || this.isRelay) this.checkParticipants(byRoot(TopLevel.participants))

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import type { Backend } from "../../src/backend/types.js"
+import type { HookEvent } from "../../src/hooks/events.js"
 import type { RelayStorage } from "../../src/storage/types.js"
 import { runApiKeyStoreConformance } from "./api-keys.js"
 import { runBindingStoreConformance } from "./bindings.js"
@@ -159,6 +160,59 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       await backend.close()
       backend = await harness.open()
       expect(await backend.outbox.behind()).toEqual(["g~done"])
+    })
+
+    it("purges (when it keeps anything on disk): redacts one conversation's stored hook events and drops its segments, nothing else", async () => {
+      const purge = backend.purge
+      // The memory backend keeps nothing beyond the process: the relay purges its documents only.
+      if (!purge) return
+      const sent = (id: string, conversation: string, messageId: string, body: string): HookEvent =>
+        ({
+          ...sampleEvent(id, conversation),
+          event: { ...sampleEvent(id, conversation).event, type: "message.sent" },
+          subject: {
+            message: {
+              id: messageId,
+              author: "alice",
+              body,
+              type: "text",
+              createdAt: 1,
+              attachments: [],
+              metadata: {},
+            },
+          },
+        }) as unknown as HookEvent
+      await backend.outbox.enqueue({
+        document: "g~gone",
+        events: [
+          { event: sent("e1", "g~gone", "m1", "Conf-Secret-One"), targets: ["t"] },
+          { event: sent("e2", "g~gone", "m2", "Conf-Kept-Two"), targets: ["t"] },
+        ],
+      })
+      await backend.outbox.enqueue({
+        document: "g~other",
+        events: [{ event: sent("e3", "g~other", "m1", "Conf-Other"), targets: ["t"] }],
+      })
+      await backend.history.put("g~gone", { index: 0, from: 1, to: 10, hash: "h", bytes: new Uint8Array(8) })
+      await backend.history.put("g~other", { index: 0, from: 1, to: 10, hash: "h", bytes: new Uint8Array(8) })
+      const stored = async () =>
+        JSON.stringify([
+          (await backend.outbox.pending()).map((d) => d.event),
+          (await backend.events.read({ limit: 100 })).map((e) => e.event),
+        ])
+
+      await purge.redactEvents("g~gone", "g~gone", { kind: "messages", ids: new Set(["m1"]) })
+      expect(await stored()).not.toContain("Conf-Secret-One")
+      expect(await stored()).toContain("Conf-Kept-Two")
+      await purge.redactEvents("g~gone", "g~gone", { kind: "conversation" })
+      await purge.dropSegments("g~gone")
+      await purge.scrub()
+      expect(await stored()).not.toContain("Conf-Kept-Two")
+      // Only what was said goes: the events themselves, and everything of other conversations, stay.
+      expect(await stored()).toContain("Conf-Other")
+      expect((await backend.outbox.pending()).map((d) => d.event.event.id).sort()).toEqual(["e1", "e2", "e3"])
+      expect(await backend.history.all("g~gone")).toEqual([])
+      expect(await backend.history.all("g~other")).toHaveLength(1)
     })
 
     it("stores sealed history segments once, returns them byte for byte per document, and replaces an unreferenced one", async () => {

@@ -36,10 +36,11 @@ describe("the hook context's conversation operations", () => {
         await ops.unreact(id, bot, message, "🎉")
         await ops.markDelivered(id, bot, message)
         await ops.markRead(id, bot)
-        await ops.deleteConversation(id, bot)
         // Every one of them again, as a retry would: nothing changes twice.
         await ops.changeRole(id, bot, carol, "admin")
         await ops.setMetadata(id, bot, { ticket: "T-1" })
+        await ops.deleteConversation(id, bot)
+        // A deleted conversation is closed to writes; deleting it again and leaving it stay possible.
         await ops.deleteConversation(id, bot)
         await ops.leave(id, carol)
         await ops.leave(id, carol)
@@ -69,13 +70,14 @@ describe("the hook context's conversation operations", () => {
       message: getMessage(doc, "go-000001" as MessageId),
       markers: markersOf(doc, bot),
     }))
-    expect(state.conversation?.metadata).toEqual({ ticket: "T-1" })
+    // Deleting purged what the conversation said (its metadata, the message and its reactions).
+    expect(state.conversation?.metadata).toEqual({})
     expect(state.conversation?.deletedAt).toBeGreaterThan(0)
     expect(state.participants).toEqual([
       ["alice", "owner"],
       ["ops-bot", "admin"],
     ])
-    expect(state.message?.reactions).toEqual({ "👍": ["ops-bot"] })
+    expect(state.message).toBeUndefined()
     expect(state.markers).toMatchObject({ read: 1, delivered: 1 })
     // The repeated calls wrote nothing: one event each.
     const byBot = (await outbox.events.read({ limit: 100 }))

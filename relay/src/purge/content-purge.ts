@@ -1,0 +1,145 @@
+import type Database from "better-sqlite3"
+import type pg from "pg"
+import { type RedactionScope, redactPayload } from "./redact.js"
+
+/**
+ * The backend's part of a purge (relay README, "Deletion and erasure"): what
+ * the relay cannot reach through a document's log and snapshot. The relay
+ * purges the document itself (a relay write deleting the content, then a
+ * compaction of a garbage-collected Y.Doc); this removes the rest.
+ */
+export interface ContentPurge {
+  /**
+   * Rewrites the stored hook events of conversation `conversationId` (document
+   * `document`): the outbox payloads (pending, delivered and dead letters
+   * alike) and the durable event log, without the content `scope` names.
+   */
+  redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void>
+  /** Deletes every sealed history segment of `document`. */
+  dropSegments(document: string): Promise<void>
+  /**
+   * Makes what was deleted or rewritten unreadable in the database's files
+   * too, not only in its tables (see the implementations).
+   */
+  scrub(): Promise<void>
+}
+
+/**
+ * SQLite: the database runs with `secure_delete=ON` (set by the backend), so
+ * SQLite overwrites deleted content with zeros in its pages; {@link scrub}
+ * then checkpoints the write-ahead log and truncates it, because `-wal` holds
+ * the old pages until a checkpoint copies them back and the file is reset.
+ */
+export class SqliteContentPurge implements ContentPurge {
+  constructor(private readonly db: Database.Database) {}
+
+  async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
+    const outbox = this.db.prepare<[string], { seq: number; payload: string }>(
+      "SELECT seq, payload FROM hook_events WHERE document = ?",
+    )
+    const log = this.db.prepare<[string], { id: number; payload: string }>(
+      "SELECT id, payload FROM event_log WHERE conversation = ?",
+    )
+    const setOutbox = this.db.prepare("UPDATE hook_events SET payload = ? WHERE seq = ?")
+    const setLog = this.db.prepare("UPDATE event_log SET payload = ? WHERE id = ?")
+    this.db.transaction(() => {
+      for (const row of outbox.all(document)) {
+        const payload = redactPayload(row.payload, scope)
+        if (payload !== undefined) setOutbox.run(payload, row.seq)
+      }
+      for (const row of log.all(conversationId)) {
+        const payload = redactPayload(row.payload, scope)
+        if (payload !== undefined) setLog.run(payload, row.id)
+      }
+    })()
+  }
+
+  async dropSegments(document: string): Promise<void> {
+    this.db.prepare("DELETE FROM history_segments WHERE doc = ?").run(document)
+  }
+
+  async scrub(): Promise<void> {
+    // Fails (busy) only while a reader holds an old snapshot; the relay's one connection has none.
+    this.db.pragma("wal_checkpoint(TRUNCATE)")
+  }
+}
+
+/** Least time between two VACUUMs of a {@link PostgresContentPurge}, in ms. */
+export const POSTGRES_VACUUM_INTERVAL_MS = 60_000
+
+/**
+ * PostgreSQL: an UPDATE or DELETE leaves the old tuple in its heap page until
+ * VACUUM reclaims it, so {@link scrub} has the tables a purge touches vacuumed
+ * (a plain VACUUM: no exclusive lock, the relay keeps serving), in the
+ * background and at most once per {@link POSTGRES_VACUUM_INTERVAL_MS} (every
+ * message deletion asks for one; later asks join the next run). VACUUM makes
+ * the space reusable, it does not zero it: the bytes stay in the data files
+ * until overwritten (VACUUM FULL rewrites the tables, under an exclusive lock:
+ * the operator's call). The server's WAL, replicas and backups keep their
+ * copies until they are recycled: that retention is the operator's to set.
+ */
+export class PostgresContentPurge implements ContentPurge {
+  private lastVacuum = 0
+  private scheduled: Promise<void> | undefined
+
+  constructor(private readonly pool: pg.Pool) {}
+
+  async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
+    const client = await this.pool.connect()
+    try {
+      await client.query("BEGIN")
+      const outbox = await client.query<{ seq: string; payload: string }>(
+        "SELECT seq, payload FROM parley_hook_events WHERE document = $1 FOR UPDATE",
+        [document],
+      )
+      for (const row of outbox.rows) {
+        const payload = redactPayload(row.payload, scope)
+        if (payload !== undefined)
+          await client.query("UPDATE parley_hook_events SET payload = $1 WHERE seq = $2", [payload, row.seq])
+      }
+      const log = await client.query<{ id: string; payload: string }>(
+        "SELECT id, payload FROM parley_event_log WHERE conversation = $1 FOR UPDATE",
+        [conversationId],
+      )
+      for (const row of log.rows) {
+        const payload = redactPayload(row.payload, scope)
+        if (payload !== undefined)
+          await client.query("UPDATE parley_event_log SET payload = $1 WHERE id = $2", [payload, row.id])
+      }
+      await client.query("COMMIT")
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => undefined)
+      throw error
+    } finally {
+      client.release()
+    }
+  }
+
+  async dropSegments(document: string): Promise<void> {
+    await this.pool.query("DELETE FROM parley_history_segments WHERE doc = $1", [document])
+  }
+
+  async scrub(): Promise<void> {
+    if (this.scheduled) return
+    const wait = Math.max(0, this.lastVacuum + POSTGRES_VACUUM_INTERVAL_MS - Date.now())
+    this.scheduled = new Promise<void>((resolve) => setTimeout(resolve, wait).unref())
+      .then(() => this.vacuum())
+      // Autovacuum reclaims the space too, later: a failed run (the pool closed, a lock) is not retried.
+      .catch(() => undefined)
+      .finally(() => {
+        this.lastVacuum = Date.now()
+        this.scheduled = undefined
+      })
+  }
+
+  private async vacuum(): Promise<void> {
+    for (const table of [
+      "parley_updates",
+      "parley_snapshots",
+      "parley_history_segments",
+      "parley_hook_events",
+      "parley_event_log",
+    ])
+      await this.pool.query(`VACUUM ${table}`)
+  }
+}

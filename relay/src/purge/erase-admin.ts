@@ -1,0 +1,74 @@
+import { ErrorCode, isUserId, ParleyError } from "@parley/shared"
+import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
+import type { HistoryStore } from "../history/store.js"
+import { sendJson } from "../http-json.js"
+import { eraseUser } from "./erase-user.js"
+
+/** What the erasure endpoint needs besides the running core. */
+export interface ErasureAdminOptions {
+  /** Resolves with the caller's principal kind; throws UNAUTHORIZED for a bad token. */
+  verify(token: string | null | undefined): Promise<{ readonly kind: string }>
+  /** Every stored document's name. */
+  list(): Promise<string[]>
+  /** The sealed segments, when the relay seals history. */
+  readonly history?: HistoryStore
+}
+
+const PATH = /^\/admin\/users\/([^/]+)\/content$/
+
+/**
+ * `DELETE /admin/users/{user}/content`, for operators (a service token in
+ * `Authorization: Bearer <token>`, like `/admin/dead-letters`): erases
+ * everything `user` wrote while the relay runs (`eraseUser`), through the
+ * relay's own update path. Answers `{ user, conversations, messages }` once
+ * every conversation is written and purged. One erasure runs at a time.
+ */
+export class ErasureAdmin implements RelayExtension {
+  readonly name = "erasure-admin"
+  private core: RunningCore | undefined
+  private running: Promise<unknown> = Promise.resolve()
+
+  constructor(private readonly options: ErasureAdminOptions) {}
+
+  start(core: RunningCore): void {
+    this.core = core
+  }
+
+  async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
+    const match = PATH.exec(new URL(req.url ?? "/", "http://relay").pathname)
+    if (!match) return false
+    try {
+      const header = req.headers.authorization
+      const principal = await this.options.verify(header?.startsWith("Bearer ") ? header.slice(7) : undefined)
+      if (principal.kind !== "service")
+        throw new ParleyError(ErrorCode.FORBIDDEN, "erasure needs a service token")
+      if (req.method !== "DELETE") {
+        sendJson(res, 405, { error: { code: ErrorCode.INVALID_ARGUMENT, message: "use DELETE" } })
+        return true
+      }
+      const user = decodeURIComponent(match[1]!)
+      if (!isUserId(user)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "not a user id")
+      const core = this.core
+      if (!core) throw new ParleyError(ErrorCode.UNAVAILABLE, "the relay is not running")
+      const run = this.running.then(async () =>
+        eraseUser(core, await this.options.list(), this.options.history, user),
+      )
+      this.running = run.catch(() => undefined)
+      sendJson(res, 200, { user, ...(await run) })
+    } catch (error) {
+      const code = error instanceof ParleyError ? error.code : ErrorCode.INTERNAL
+      const status =
+        code === ErrorCode.UNAUTHORIZED
+          ? 401
+          : code === ErrorCode.FORBIDDEN
+            ? 403
+            : code === ErrorCode.INVALID_ARGUMENT
+              ? 400
+              : code === ErrorCode.UNAVAILABLE || code === ErrorCode.STORAGE_UNAVAILABLE
+                ? 503
+                : 500
+      sendJson(res, status, { error: { code, message: (error as Error).message } })
+    }
+    return true
+  }
+}

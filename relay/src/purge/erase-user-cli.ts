@@ -1,0 +1,77 @@
+import { HistoryDefaults, isUserId } from "@parley/shared"
+import { type Backend, openBackend } from "../backend/index.js"
+import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
+import { HistoryKeeper } from "../history/keeper.js"
+import { rebuildInboxes } from "../inbox/rebuild.js"
+import { createLogger } from "../log.js"
+import { RelayMetrics } from "../metrics.js"
+import { RelayCore } from "../relay-core.js"
+import { reasonOf, redactedUrl } from "../startup-error.js"
+import { eraseUser } from "./erase-user.js"
+
+const CLI = subcommand("erase-user", {
+  synopsis: "<user> [options]",
+  positionals: ["user"],
+  flags: { ...STORAGE_FLAGS, help: flag({ kind: "boolean", help: "print this help" }) },
+  about: `  Erases everything <user> wrote (GDPR): every message of theirs in every
+  conversation becomes a deletion placeholder, and the text is purged from the
+  logs, snapshots, sealed segments, stored hook events and inboxes. Idempotent.
+  Run it while the relay is stopped (it opens the same storage); with the relay
+  running, call DELETE /admin/users/<user>/content with a service token instead.
+  Prints one JSON line: { user, conversations, messages }.`,
+})
+
+/** `parley-relay erase-user <user>`: the operator's erasure with the relay stopped. Returns the exit code. */
+export async function runEraseUserCli(
+  argv: readonly string[],
+  out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<number> {
+  let parsed: ReturnType<typeof CLI.parse>
+  let location: ReturnType<typeof storageLocation>
+  try {
+    parsed = CLI.parse(argv, env)
+    if (parsed.values.help) {
+      out(CLI.usage)
+      return 0
+    }
+    location = storageLocation(parsed.values, ["sqlite", "postgres"], env)
+    if (!isUserId(parsed.args[0])) throw new ConfigError("give the id of the user to erase")
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error
+    out(`parley-relay erase-user: ${error.message}\n\n${CLI.usage}`)
+    return 2
+  }
+  const user = parsed.args[0]
+  let backend: Backend
+  try {
+    backend = await openBackend({
+      kind: location.kind,
+      dataDir: parsed.values["data-dir"],
+      ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
+    })
+  } catch (error) {
+    const where = location.kind === "postgres" ? redactedUrl(location.databaseUrl) : parsed.values["data-dir"]
+    out(`parley-relay erase-user: cannot open the documents in ${where}: ${reasonOf(error)}`)
+    return 1
+  }
+  const core = new RelayCore({
+    storage: backend.documents,
+    log: createLogger("warn"),
+    metrics: new RelayMetrics(),
+    history: new HistoryKeeper(backend.history, HistoryDefaults),
+    ...(backend.purge ? { purge: backend.purge } : {}),
+  })
+  try {
+    const report = await eraseUser(core, await backend.documents.list(), backend.history, user)
+    // No hook pipeline runs here: the inboxes that showed the user's messages are derived again,
+    // and closing the core folds every document it wrote into a snapshot.
+    await rebuildInboxes(core, backend.documents)
+    out(JSON.stringify({ user, ...report }))
+    return 0
+  } finally {
+    await core.close()
+    await backend.purge?.scrub()
+    await backend.close()
+  }
+}

@@ -1,0 +1,74 @@
+import type { HookEvent } from "../hooks/events.js"
+
+/** What a purge removes from stored hook events: a whole conversation, or some messages of it. */
+export type RedactionScope =
+  | { readonly kind: "conversation" }
+  | { readonly kind: "messages"; readonly ids: ReadonlySet<string> }
+
+/** Text that replaces purged content in stored hook events. */
+export const REDACTED = ""
+
+/**
+ * The stored hook event `payload` (JSON) with the content `scope` purges
+ * removed, or undefined when it holds none. A conversation's events keep their
+ * header (id, type, time, actor) so that de-duplication and audits still work,
+ * and lose the conversation's title and metadata and, for message events,
+ * their subject; a
+ * message's events lose its body (sent, edited).
+ */
+export function redactPayload(payload: string, scope: RedactionScope): string | undefined {
+  let event: HookEvent
+  try {
+    event = JSON.parse(payload) as HookEvent
+  } catch {
+    return undefined
+  }
+  const redacted = redactEvent(event, scope)
+  return redacted === event ? undefined : JSON.stringify(redacted)
+}
+
+function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent {
+  if (scope.kind === "conversation") {
+    const conversation = event.conversation as unknown as Record<string, unknown>
+    // What messages said goes; who was in the conversation, and who deleted it when, stays.
+    const type = event.event.type
+    const subject =
+      type.startsWith("message.") || type === "document.updated" ? { purged: true } : event.subject
+    return {
+      event: event.event,
+      subject,
+      conversation: { ...conversation, title: REDACTED, metadata: {} },
+    } as unknown as HookEvent
+  }
+  const subject = redactMessages(event.subject, scope.ids)
+  return subject === event.subject ? event : ({ ...event, subject } as unknown as HookEvent)
+}
+
+/**
+ * `value` with every message of `ids` in it (a message view or record, or a
+ * change naming it by `messageId`) stripped of what its author wrote: body,
+ * attachments, metadata. The same object when nothing matched.
+ */
+function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
+  if (Array.isArray(value)) {
+    const items = value.map((v) => redactMessages(v, ids))
+    return items.some((v, i) => v !== value[i]) ? items : value
+  }
+  if (typeof value !== "object" || value === null) return value
+  const record = value as Record<string, unknown>
+  let out: Record<string, unknown> | undefined
+  for (const [key, child] of Object.entries(record)) {
+    const next = redactMessages(child, ids)
+    if (next === child) continue
+    out ??= { ...record }
+    out[key] = next
+  }
+  const id = record.id ?? record.messageId
+  if (typeof id === "string" && ids.has(id)) {
+    out ??= { ...record }
+    if ("body" in record) out.body = REDACTED
+    if ("attachments" in record) out.attachments = []
+    if ("metadata" in record) out.metadata = {}
+  }
+  return out ?? value
+}

@@ -1,0 +1,307 @@
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import {
+  createConversation,
+  decodeSegment,
+  deleteConversation,
+  deleteMessage,
+  ErrorCode,
+  getConversation,
+  listMessages,
+  newConversationId,
+  Rule,
+  sealedHistory,
+  sealedSegments,
+  sendMessage,
+  typesOf,
+  type UserId,
+  unreadCount,
+} from "@parley/shared"
+import Database from "better-sqlite3"
+import { afterEach, describe, expect, it, onTestFinished } from "vitest"
+import * as Y from "yjs"
+import { SqliteBackend } from "../src/backend/sqlite.js"
+import type { Backend } from "../src/backend/types.js"
+import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
+import { type RunningRelay, startRelay } from "../src/relay.js"
+import { TestClient } from "./helpers/clients.js"
+import { signToken } from "./helpers/relay-process.js"
+
+const SECRET = "purge-test-secret"
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+const relays: RunningRelay[] = []
+const clients: TestClient[] = []
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close()
+  for (const r of relays.splice(0)) await r.close()
+})
+
+async function relayOn(backend: Backend): Promise<RunningRelay> {
+  const relay = await startRelay({
+    backend,
+    port: 0,
+    log: "silent",
+    auth: { kind: "secret", secret: SECRET },
+    history: { segmentSize: 10, keepLive: 5 },
+  })
+  relays.push(relay)
+  return relay
+}
+
+async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<TestClient> {
+  const client = new TestClient(relay.url, id, await signToken(SECRET, user))
+  clients.push(client)
+  await client.synced()
+  return client
+}
+
+/** Every byte of the data directory's files (the databases, their -wal and -shm), as one latin1 string. */
+function rawFiles(dir: string): string {
+  return readdirSync(dir)
+    .map((f) => readFileSync(join(dir, f)).toString("latin1"))
+    .join("\n")
+}
+
+describe("deletion deletes (SQLite)", () => {
+  it("a deleted conversation refuses writes, and its text is in no file, table, segment or hook event afterwards", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, {
+      kind: "group",
+      id,
+      participants: [bob],
+      title: "Title-Zanzibar-Purge",
+    })
+    await a.allSaved()
+    // Enough messages for several sealed segments (10 per segment, 5 kept live).
+    for (let i = 0; i < 30; i++) {
+      sendMessage(a.doc, alice, { body: `Secret-Quokka-${i}` })
+      await a.allSaved()
+    }
+    await a.until(() => sealedSegments(a.doc).length >= 2)
+    const b = await joinAs(relay, bob, id)
+    // Bob prepares a message offline, before he hears of the deletion.
+    const offline = new Y.Doc()
+    Y.applyUpdate(offline, Y.encodeStateAsUpdate(b.doc))
+    const late = captured(offline, () => sendMessage(offline, bob, { body: "Late-Wombat-Message" }))
+    expect(rawFiles(dir)).toContain("Secret-Quokka-29")
+
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    // The purge reaches every connected replica: the content is deleted there too.
+    await b.until(() => typesOf(b.doc).messages.length === 0 && sealedSegments(b.doc).length === 0)
+    expect(getConversation(b.doc)).toMatchObject({ title: "", deletedBy: alice })
+    expect(listMessages(b.doc, { last: 50 })).toHaveLength(0)
+
+    b.sendUpdate(late)
+    await b.until(() => b.errors.length > 0)
+    expect(b.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.conversationDeleted })
+    expect(() => sendMessage(b.doc, bob, { body: "x" })).toThrow(/deleted/)
+    // The inboxes are purged after the deletion, by the hook pipeline.
+    await until(() => rowsHolding(dir, "Title-Zanzibar-Purge").length === 0)
+
+    await relay.close()
+    relays.length = 0
+    const files = rawFiles(dir)
+    for (const text of ["Secret-Quokka-", "Title-Zanzibar-Purge", "Late-Wombat-Message"]) {
+      expect(rowsHolding(dir, text)).toEqual([])
+      expect(files).not.toContain(text)
+    }
+    const db = new Database(join(dir, "parley.sqlite"), { readonly: true })
+    onTestFinished(() => {
+      db.close()
+    })
+    expect(db.prepare("SELECT count(*) AS n FROM history_segments").get()).toEqual({ n: 0 })
+    // The events stay (ids, types, times, who deleted it), without what was said.
+    const events = db.prepare("SELECT payload FROM event_log").all() as { payload: string }[]
+    expect(events.length).toBeGreaterThan(0)
+    expect(events.some((e) => e.payload.includes("conversation.deleted"))).toBe(true)
+  })
+
+  it("a deleted message's text leaves the log, the snapshot and its hook events; the rest stays", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Pangolin-Text" })
+    const gone = sendMessage(a.doc, alice, { body: "Gone-Axolotl-Text" })
+    await a.allSaved()
+    expect(rawFiles(dir)).toContain("Gone-Axolotl-Text")
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    await until(() => rowsHolding(dir, "Gone-Axolotl-Text").length === 0)
+    await relay.close()
+    relays.length = 0
+    const files = rawFiles(dir)
+    expect(rowsHolding(dir, "Gone-Axolotl-Text")).toEqual([])
+    expect(files).not.toContain("Gone-Axolotl-Text")
+    expect(files).toContain("Keep-Pangolin-Text")
+  })
+})
+
+describe("erasing a user (GDPR)", () => {
+  /** Alice and bob write in a sealed conversation and a short one; returns them. */
+  async function writeBoth(relay: RunningRelay) {
+    const long = newConversationId()
+    const a = await joinAs(relay, alice, long)
+    createConversation(a.doc, alice, { kind: "group", id: long, participants: [bob] })
+    await a.allSaved()
+    const b = await joinAs(relay, bob, long)
+    for (let i = 0; i < 20; i++) {
+      const [who, client] = i % 2 === 0 ? [alice, a] : [bob, b]
+      sendMessage(client.doc, who, { body: who === bob ? `Bob-Ibex-${i}` : `Alice-Stays-${i}` })
+      await client.allSaved()
+    }
+    await b.until(() => sealedSegments(b.doc).length >= 1)
+    const short = newConversationId()
+    const a2 = await joinAs(relay, alice, short)
+    createConversation(a2.doc, alice, { kind: "group", id: short, participants: [bob] })
+    await a2.allSaved()
+    const b2 = await joinAs(relay, bob, short)
+    sendMessage(b2.doc, bob, { body: "Bob-Ibex-last-word" })
+    await b2.allSaved()
+    return { a, a2 }
+  }
+
+  it("DELETE /admin/users/{user}/content, with the relay running, leaves placeholders and no text of theirs anywhere", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const { a, a2 } = await writeBoth(relay)
+    expect(rawFiles(dir)).toContain("Bob-Ibex-")
+    const erase = async (token: string) =>
+      fetch(`${relay.httpUrl}/admin/users/bob/content`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${token}` },
+      })
+    // Only a service may erase.
+    expect((await erase(await signToken(SECRET, alice))).status).toBe(403)
+    const service = await signToken(SECRET, "ops", { role: "service" })
+    const first = await erase(service)
+    expect(first.status).toBe(200)
+    expect(await first.json()).toMatchObject({ user: "bob", messages: 11 })
+    // Connected devices see placeholders where bob's messages were.
+    await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
+    expect(
+      listMessages(a.doc, { last: 50 }).filter((m) => m.author === alice && m.body.startsWith("Alice-Stays")),
+    ).not.toHaveLength(0)
+    await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
+    // Idempotent: nothing left to erase.
+    expect(await (await erase(service)).json()).toMatchObject({ user: "bob", messages: 0 })
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
+    expect(rawFiles(dir)).toContain("Alice-Stays-")
+  })
+
+  it("parley-relay erase-user, with the relay stopped, erases the same", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    await writeBoth(relay)
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).toContain("Bob-Ibex-")
+    const lines: string[] = []
+    expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(0)
+    expect(JSON.parse(lines[0]!)).toMatchObject({ user: "bob", messages: 11 })
+    expect(rowsHolding(dir, "Bob-Ibex-")).toEqual([])
+    expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
+    expect(rawFiles(dir)).toContain("Alice-Stays-")
+    lines.length = 0
+    expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(0)
+    expect(JSON.parse(lines[0]!)).toMatchObject({ messages: 0 })
+  })
+})
+
+/** Resolves once `check()` holds; fails the test after 10 s. */
+async function until(check: () => boolean): Promise<void> {
+  for (const deadline = Date.now() + 10_000; !check(); ) {
+    if (Date.now() > deadline) throw new Error("timed out")
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/** Where `text` is in the relay's tables, as "table document": the failure names the place. */
+function rowsHolding(dir: string, text: string): string[] {
+  const db = new Database(join(dir, "parley.sqlite"), { readonly: true })
+  try {
+    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
+      name: string
+    }[]
+    const found: string[] = []
+    for (const { name } of tables)
+      for (const row of db.prepare(`SELECT * FROM "${name}"`).all() as Record<string, unknown>[])
+        for (const value of Object.values(row))
+          if (
+            (typeof value === "string" && value.includes(text)) ||
+            (value instanceof Uint8Array && Buffer.from(value).toString("latin1").includes(text))
+          )
+            found.push(
+              `${name} ${String(row.doc ?? row.document ?? row.conversation ?? "")} ${process.env.PURGE_DEBUG ? String(value).slice(0, 400) : ""}`,
+            )
+    return found
+  } finally {
+    db.close()
+  }
+}
+
+describe("deletion deletes sealed messages (SQLite)", () => {
+  it("deleting a sealed message re-seals its segment without the text, and nothing else changes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const backend = new SqliteBackend(dir)
+    const relay = await relayOn(backend)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    const sent: ReturnType<typeof sendMessage>[] = []
+    for (let i = 0; i < 20; i++) {
+      sent.push(sendMessage(a.doc, alice, { body: i === 3 ? "Sealed-Narwhal-Gone" : `Sealed-Keep-${i}` }))
+      await a.allSaved()
+    }
+    await a.until(() => sealedSegments(a.doc).length >= 1)
+    const before = sealedSegments(a.doc)[0]!
+    const b = await joinAs(relay, bob, id)
+    const unreadBefore = unreadCount(b.doc, bob)
+    // Alice's device holds the segment, as the SDK does once it fetched the page.
+    for (const stored of await backend.history.all(id)) sealedHistory(a.doc).add(decodeSegment(stored.bytes))
+    expect(rawFiles(dir)).toContain("Sealed-Narwhal-Gone")
+
+    deleteMessage(a.doc, alice, sent[3]!.id)
+    await a.allSaved()
+    await until(() => rowsHolding(dir, "Sealed-Narwhal-Gone").length === 0)
+    // Every replica is told the segment's new name; the rest of the segment is as it was.
+    await b.until(() => sealedSegments(b.doc)[0]?.hash !== before.hash)
+    const after = sealedSegments(b.doc)[0]!
+    expect({ ...after, hash: "", bytes: 0 }).toEqual({ ...before, hash: "", bytes: 0 })
+    const stored = await backend.history.get(id, before.index)
+    expect(stored?.hash).toBe(after.hash)
+    const segment = decodeSegment(stored!.bytes)
+    expect(segment.entries.find((e) => e.record.id === sent[3]!.id)?.record).toMatchObject({
+      deletedBy: alice,
+    })
+    expect(segment.entries.filter((e) => "body" in e.record)).toHaveLength(before.count - 1)
+    expect(unreadCount(b.doc, bob)).toBe(unreadBefore - 1)
+
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Sealed-Narwhal-Gone")
+    expect(rawFiles(dir)).toContain("Sealed-Keep-2")
+  })
+})
+
+/** The update `change` makes to `doc`. */
+function captured(doc: Y.Doc, change: () => void): Uint8Array {
+  const before = Y.encodeStateVector(doc)
+  change()
+  return Y.encodeStateAsUpdate(doc, before)
+}
