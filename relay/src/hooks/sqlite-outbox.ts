@@ -1,4 +1,5 @@
 import type Database from "better-sqlite3"
+import type { EventLogEntry } from "./event-log.js"
 import type { HookEvent } from "./events.js"
 import {
   type DeadLetter,
@@ -9,6 +10,13 @@ import {
   type OutboxBatch,
 } from "./outbox.js"
 import { SqliteEventLog } from "./sqlite-event-log.js"
+
+/** An enqueue waiting for the outbox's next write. */
+interface PendingEnqueue {
+  readonly batch: OutboxBatch
+  readonly resolve: (deliveries: Delivery[]) => void
+  readonly reject: (error: unknown) => void
+}
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
@@ -59,13 +67,22 @@ const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.nex
  */
 export class SqliteOutbox implements Outbox {
   private readonly statements
-  private readonly markDelivered: (marks: readonly { seq: number; target: string }[]) => void
+  private readonly writeBatch: (
+    enqueues: readonly PendingEnqueue[],
+    marks: readonly { seq: number; target: string }[],
+  ) => { deliveries: Delivery[][]; logged: EventLogEntry[] }
+  private readonly pragmas
   private deliveredMarks: {
     seq: number
     target: string
     resolve: () => void
     reject: (error: unknown) => void
   }[] = []
+  private enqueues: PendingEnqueue[] = []
+  private flushScheduled = false
+
+  /** Enqueues not awaited one by one are recorded in call order (see {@link Outbox.ordersEnqueues}). */
+  readonly ordersEnqueues = true
 
   private closed = false
 
@@ -111,13 +128,40 @@ export class SqliteOutbox implements Outbox {
         "UPDATE hook_deliveries SET attempts = 0, next_at = 0, dead_at = NULL WHERE seq = ? AND target = ?",
       ),
     }
-    this.markDelivered = this.relaxed(
-      this.db.transaction((marks: readonly { seq: number; target: string }[]) => {
-        for (const { seq, target } of marks) {
-          this.statements.remove.run(seq, target)
-          this.statements.removeEventIfDone.run(seq, seq)
-        }
-      }),
+    // Prepared once: `db.pragma()` prepares a statement on every call, twice per outbox write.
+    this.pragmas = {
+      get: this.db.prepare<[], number>("PRAGMA synchronous").pluck(),
+      normal: this.db.prepare("PRAGMA synchronous = NORMAL"),
+      set: new Map<number, Database.Statement>(),
+    }
+    this.writeBatch = this.relaxed(
+      this.db.transaction(
+        (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
+          for (const { seq, target } of marks) {
+            this.statements.remove.run(seq, target)
+            this.statements.removeEventIfDone.run(seq, seq)
+          }
+          const deliveries: Delivery[][] = []
+          const logged: EventLogEntry[] = []
+          for (const { batch } of enqueues) {
+            const out: Delivery[] = []
+            logged.push(...this.events.record(batch.events.map((e) => e.event)))
+            for (const { event, targets } of batch.events) {
+              if (targets.length === 0) continue
+              const seq = Number(
+                this.statements.insertEvent.run(batch.document, JSON.stringify(event)).lastInsertRowid,
+              )
+              for (const target of targets) {
+                this.statements.insertDelivery.run(seq, target)
+                out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
+              }
+            }
+            if (batch.through !== undefined) this.statements.setWatermark.run(batch.document, batch.through)
+            deliveries.push(out)
+          }
+          return { deliveries, logged }
+        },
+      ),
     )
   }
 
@@ -128,12 +172,17 @@ export class SqliteOutbox implements Outbox {
    */
   private relaxed<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
     return (...args) => {
-      const before = this.db.pragma("synchronous", { simple: true }) as number
-      this.db.pragma("synchronous = NORMAL")
+      const before = this.pragmas.get.get() as number
+      this.pragmas.normal.run()
       try {
         return write(...args)
       } finally {
-        this.db.pragma(`synchronous = ${before}`)
+        let restore = this.pragmas.set.get(before)
+        if (!restore) {
+          restore = this.db.prepare(`PRAGMA synchronous = ${Number(before)}`)
+          this.pragmas.set.set(before, restore)
+        }
+        restore.run()
       }
     }
   }
@@ -142,26 +191,24 @@ export class SqliteOutbox implements Outbox {
     if (this.closed || !this.db.open) throw new Error("the hook outbox is closed")
   }
 
-  async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
-    this.writeDeliveredMarks()
-    this.assertOpen()
-    const run = this.relaxedTransaction((b: OutboxBatch) => {
-      const out: Delivery[] = []
-      const logged = this.events.record(b.events.map((e) => e.event))
-      for (const { event, targets } of b.events) {
-        if (targets.length === 0) continue
-        const seq = Number(this.statements.insertEvent.run(b.document, JSON.stringify(event)).lastInsertRowid)
-        for (const target of targets) {
-          this.statements.insertDelivery.run(seq, target)
-          out.push({ seq, document: b.document, target, event, attempts: 0, nextAttemptAt: 0 })
-        }
+  /**
+   * Records `batch`. Enqueues and delivered marks arriving in the same tick
+   * share one transaction (on a busy relay, many changes' events): a commit
+   * costs far more than the rows. Resolves once committed, in call order.
+   */
+  enqueue(batch: OutboxBatch): Promise<Delivery[]> {
+    try {
+      this.assertOpen()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return new Promise((resolve, reject) => {
+      this.enqueues.push({ batch, resolve, reject })
+      if (!this.flushScheduled) {
+        this.flushScheduled = true
+        setImmediate(() => this.writeDeliveredMarks())
       }
-      if (b.through !== undefined) this.statements.setWatermark.run(b.document, b.through)
-      return { out, logged }
     })
-    const { out, logged } = run(batch)
-    this.events.published(logged)
-    return out
   }
 
   async watermark(document: string): Promise<number | undefined> {
@@ -192,18 +239,31 @@ export class SqliteOutbox implements Outbox {
     })
   }
 
-  /** Writes the waiting delivered marks; every other method calls it first so that it sees them. */
+  /**
+   * Writes the waiting enqueues and delivered marks, in one transaction; every
+   * other method calls it first so that it sees them.
+   */
   private writeDeliveredMarks(): void {
+    this.flushScheduled = false
     const marks = this.deliveredMarks
-    if (marks.length === 0) return
+    const enqueues = this.enqueues
+    if (marks.length === 0 && enqueues.length === 0) return
     this.deliveredMarks = []
+    this.enqueues = []
+    let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
       this.assertOpen()
-      this.markDelivered(marks)
-      for (const mark of marks) mark.resolve()
+      written = this.writeBatch(enqueues, marks)
     } catch (error) {
       for (const mark of marks) mark.reject(error)
+      for (const enqueue of enqueues) enqueue.reject(error)
+      // The event log's in-memory view of open memberships may be ahead of what was rolled back.
+      this.events.forgetMembers()
+      return
     }
+    this.events.published(written.logged)
+    for (const mark of marks) mark.resolve()
+    for (const [i, enqueue] of enqueues.entries()) enqueue.resolve(written.deliveries[i]!)
   }
 
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
