@@ -11,6 +11,11 @@ import {
 } from "./outbox.js"
 import { SqliteEventLog } from "./sqlite-event-log.js"
 
+type WriteRows = (
+  enqueues: readonly PendingEnqueue[],
+  marks: readonly { seq: number; target: string }[],
+) => { deliveries: Delivery[][]; logged: EventLogEntry[] }
+
 /** An enqueue waiting for the outbox's next write. */
 interface PendingEnqueue {
   readonly batch: OutboxBatch
@@ -67,10 +72,10 @@ const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.nex
  */
 export class SqliteOutbox implements Outbox {
   private readonly statements
-  private readonly writeBatch: (
-    enqueues: readonly PendingEnqueue[],
-    marks: readonly { seq: number; target: string }[],
-  ) => { deliveries: Delivery[][]; logged: EventLogEntry[] }
+  private readonly writeBatch: WriteRows
+  /** The same, without a commit of its own: a savepoint inside the documents' append transaction. */
+  private readonly writeRows: WriteRows
+  private commitDue: () => boolean = () => false
   private readonly pragmas
   private deliveredMarks: {
     seq: number
@@ -134,35 +139,34 @@ export class SqliteOutbox implements Outbox {
       normal: this.db.prepare("PRAGMA synchronous = NORMAL"),
       set: new Map<number, Database.Statement>(),
     }
-    this.writeBatch = this.relaxed(
-      this.db.transaction(
-        (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
-          for (const { seq, target } of marks) {
-            this.statements.remove.run(seq, target)
-            this.statements.removeEventIfDone.run(seq, seq)
-          }
-          const deliveries: Delivery[][] = []
-          const logged: EventLogEntry[] = []
-          for (const { batch } of enqueues) {
-            const out: Delivery[] = []
-            logged.push(...this.events.record(batch.events.map((e) => e.event)))
-            for (const { event, targets } of batch.events) {
-              if (targets.length === 0) continue
-              const seq = Number(
-                this.statements.insertEvent.run(batch.document, JSON.stringify(event)).lastInsertRowid,
-              )
-              for (const target of targets) {
-                this.statements.insertDelivery.run(seq, target)
-                out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
-              }
+    this.writeRows = this.db.transaction(
+      (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
+        for (const { seq, target } of marks) {
+          this.statements.remove.run(seq, target)
+          this.statements.removeEventIfDone.run(seq, seq)
+        }
+        const deliveries: Delivery[][] = []
+        const logged: EventLogEntry[] = []
+        for (const { batch } of enqueues) {
+          const out: Delivery[] = []
+          logged.push(...this.events.record(batch.events.map((e) => e.event)))
+          for (const { event, targets } of batch.events) {
+            if (targets.length === 0) continue
+            const seq = Number(
+              this.statements.insertEvent.run(batch.document, JSON.stringify(event)).lastInsertRowid,
+            )
+            for (const target of targets) {
+              this.statements.insertDelivery.run(seq, target)
+              out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
             }
-            if (batch.through !== undefined) this.statements.setWatermark.run(batch.document, batch.through)
-            deliveries.push(out)
           }
-          return { deliveries, logged }
-        },
-      ),
+          if (batch.through !== undefined) this.statements.setWatermark.run(batch.document, batch.through)
+          deliveries.push(out)
+        }
+        return { deliveries, logged }
+      },
     )
+    this.writeBatch = this.relaxed(this.writeRows)
   }
 
   /**
@@ -204,10 +208,7 @@ export class SqliteOutbox implements Outbox {
     }
     return new Promise((resolve, reject) => {
       this.enqueues.push({ batch, resolve, reject })
-      if (!this.flushScheduled) {
-        this.flushScheduled = true
-        setImmediate(() => this.writeDeliveredMarks())
-      }
+      this.scheduleFlush()
     })
   }
 
@@ -235,8 +236,75 @@ export class SqliteOutbox implements Outbox {
   delivered(seq: number, target: string): Promise<void> {
     return new Promise((resolve, reject) => {
       this.deliveredMarks.push({ seq, target, resolve, reject })
-      if (this.deliveredMarks.length === 1) queueMicrotask(() => this.writeDeliveredMarks())
+      if (this.deliveredMarks.length === 1) {
+        // Riding in a commit already due costs one turn at most; otherwise written now, so that a busy
+        // lane (one conversation's backlog) is not held to one delivery per turn of the event loop.
+        if (this.commitDue()) this.scheduleFlush()
+        else queueMicrotask(() => this.writeDeliveredMarks())
+      }
     })
+  }
+
+  /**
+   * `due` tells whether the documents' storage has an append transaction
+   * scheduled: pending rows then wait for it and are written inside it
+   * ({@link ride}), instead of committing on their own.
+   */
+  rideWith(due: () => boolean): void {
+    this.commitDue = due
+  }
+
+  /**
+   * Writes the pending rows inside the caller's transaction (the documents'
+   * append, see `SqliteStorage.carry`), as a savepoint: a failure here rolls
+   * back these rows only and never the appends. Returns what the caller calls
+   * once its transaction committed or rolled back (rows then pending again).
+   * Never throws.
+   */
+  ride(): ((committed: boolean) => void) | undefined {
+    const marks = this.deliveredMarks
+    const enqueues = this.enqueues
+    if ((marks.length === 0 && enqueues.length === 0) || this.closed) return undefined
+    this.deliveredMarks = []
+    this.enqueues = []
+    let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
+    try {
+      written = this.writeRows(enqueues, marks)
+    } catch (error) {
+      this.events.forgetMembers()
+      for (const mark of marks) mark.reject(error)
+      for (const enqueue of enqueues) enqueue.reject(error)
+      return undefined
+    }
+    return (committed) => {
+      if (committed) return this.settle(marks, enqueues, written)
+      // Rolled back with the appends: pending again, in their order, before anything newer.
+      this.events.forgetMembers()
+      this.deliveredMarks = [...marks, ...this.deliveredMarks]
+      this.enqueues = [...enqueues, ...this.enqueues]
+      this.scheduleFlush()
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => {
+      this.flushScheduled = false
+      // A commit of the documents due later in this turn takes the rows along.
+      if (this.commitDue()) this.scheduleFlush()
+      else this.writeDeliveredMarks()
+    })
+  }
+
+  private settle(
+    marks: readonly { resolve: () => void }[],
+    enqueues: readonly PendingEnqueue[],
+    written: { deliveries: Delivery[][]; logged: EventLogEntry[] },
+  ): void {
+    this.events.published(written.logged)
+    for (const mark of marks) mark.resolve()
+    for (const [i, enqueue] of enqueues.entries()) enqueue.resolve(written.deliveries[i]!)
   }
 
   /**
@@ -244,7 +312,6 @@ export class SqliteOutbox implements Outbox {
    * other method calls it first so that it sees them.
    */
   private writeDeliveredMarks(): void {
-    this.flushScheduled = false
     const marks = this.deliveredMarks
     const enqueues = this.enqueues
     if (marks.length === 0 && enqueues.length === 0) return
@@ -261,9 +328,7 @@ export class SqliteOutbox implements Outbox {
       this.events.forgetMembers()
       return
     }
-    this.events.published(written.logged)
-    for (const mark of marks) mark.resolve()
-    for (const [i, enqueue] of enqueues.entries()) enqueue.resolve(written.deliveries[i]!)
+    this.settle(marks, enqueues, written)
   }
 
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
