@@ -14,6 +14,7 @@ import { cpus, loadavg } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
+import { type AppendConfig, append } from "./scenarios/append.js"
 import { type ColdJoinConfig, coldJoin } from "./scenarios/coldjoin.js"
 import { type DurableConfig, durable } from "./scenarios/durable.js"
 import { type FanoutConfig, fanout } from "./scenarios/fanout.js"
@@ -26,7 +27,7 @@ process.setMaxListeners(0)
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..")
 
-const SCENARIOS = ["fanout", "fanout-stock", "coldjoin", "idle", "durable", "costs"] as const
+const SCENARIOS = ["fanout", "fanout-stock", "coldjoin", "append", "idle", "durable", "costs"] as const
 type Scenario = (typeof SCENARIOS)[number]
 const SERVERS: readonly ServerKind[] = ["y-websocket", "hocuspocus", "parley"]
 
@@ -49,6 +50,7 @@ const { values: flags } = parseArgs({
     writers: { type: "string" },
     window: { type: "string" },
     "durable-seconds": { type: "string" },
+    append: { type: "string" },
     out: { type: "string", default: join(ROOT, "bench-results") },
     "relay-args": { type: "string", default: "" },
     help: { type: "boolean", default: false },
@@ -80,6 +82,9 @@ const coldJoinConfig: ColdJoinConfig = {
   batch: num("batch", 1_000, 250),
   joins: num("joins", 5, 3),
   storm: num("storm", 20, 5),
+}
+const appendConfig: AppendConfig = {
+  messages: num("append", 100_000, 2_000),
 }
 const idleConfig: IdleConfig = {
   connections: num("idle", 1_000, 100),
@@ -143,7 +148,13 @@ const report = {
     yjs: version("yjs"),
     parley: `${git("rev-parse", "--short", "HEAD")}${git("status", "--porcelain", "relay", "shared").length ? " (+ uncommitted changes)" : ""}`,
   },
-  config: { fanout: fanoutConfig, coldJoin: coldJoinConfig, idle: idleConfig, durable: durableConfig },
+  config: {
+    fanout: fanoutConfig,
+    coldJoin: coldJoinConfig,
+    append: appendConfig,
+    idle: idleConfig,
+    durable: durableConfig,
+  },
   relayFlags,
   notes,
   results,
@@ -277,6 +288,40 @@ if (scenarios.includes("coldjoin")) {
             note: "send queue raised to 64 MiB",
           }
         : undefined,
+  )
+}
+
+if (scenarios.includes("append")) {
+  // One writer sends thousands of frames a second: Parley's per-connection and per-user rates are
+  // raised for it (as in the durable scenario); the peers have no such limits.
+  results.append = await runScenario(
+    `append: one writer appends ${int(appendConfig.messages)} messages, one update each; a reader joins right after`,
+    servers,
+    (server) => append(server, appendConfig),
+    [
+      ["written (sent) s", (r) => ms(r.writeSeconds)],
+      ["confirmed s", (r) => ms(r.confirmedSeconds)],
+      ["first reader, joining after the last write, waited s", (r) => ms(r.firstReaderSeconds)],
+      ["server busy after the last write s", (r) => ms(r.busyAfterSeconds)],
+      ["server CPU s", (r) => ms(r.serverCpuSeconds)],
+      ["later reader ms", (r) => ms(r.laterReaderMs)],
+      ["later reader server CPU ms", (r) => ms(r.laterReaderServerCpuMs)],
+      ["server peak RSS MB", (r) => mb(r.serverPeakRssMB)],
+      ["generator CPU ms", (r) => int(r.generatorCpuMs)],
+    ],
+    [
+      {
+        ...DEPLOYED,
+        args: [
+          "--max-messages-per-second",
+          "100000",
+          "--message-burst",
+          "100000",
+          "--user-updates-per-second",
+          "0",
+        ],
+      },
+    ],
   )
 }
 

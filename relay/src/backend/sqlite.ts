@@ -68,6 +68,9 @@ export class SqliteBackend implements Backend {
       this.documents = new SqliteStorage(this.db, this.catalog)
       this.events = new SqliteEventLog(this.db)
       this.outbox = new SqliteOutbox(this.db, this.events)
+      // The outbox's rows ride in the documents' next commit when one is due: one commit, not two.
+      this.documents.carry(() => this.outbox.ride())
+      this.outbox.rideWith(() => this.documents.commitScheduled)
       this.bindings = new SqliteClientBindingStore(this.db)
       this.history = new SqliteHistoryStore(this.db)
       this.keys = new SqliteApiKeyStore(this.db)

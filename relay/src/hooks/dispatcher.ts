@@ -71,6 +71,7 @@ export class Dispatcher {
   private readonly inFlight = new Set<Promise<void>>()
   private stopped = false
   private count = 0
+  private readonly deadlines = new Deadlines()
 
   constructor(private readonly options: DispatcherOptions) {
     this.targets = new Map(options.targets.map((t) => [t.name, t]))
@@ -186,26 +187,34 @@ export class Dispatcher {
   /** One attempt; returns the delivery to retry later, or undefined when it is done (delivered or dead). */
   private async attempt(target: DeliveryTarget, delivery: Delivery): Promise<Delivery | undefined> {
     const attempt = delivery.attempts + 1
-    const controller = new AbortController()
     const started = performance.now()
-    let timer: NodeJS.Timeout | undefined
+    // No timer and no AbortController per call (they were a visible part of a busy relay's CPU): one
+    // timer serves every running attempt, and the signal is made only for a handler that asks for it.
+    const running = this.deadlines.start(Date.now() + this.timeoutMs)
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+      running.expire = () => {
         const error = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.timeoutMs} ms`)
-        controller.abort(error)
+        running.abort(error)
         reject(error)
-      }, this.timeoutMs)
+      }
     })
     try {
       await Promise.race([
         // A handler that throws synchronously must not escape: wrap the call itself.
-        Promise.resolve().then(() => target.deliver(delivery.event, { attempt, signal: controller.signal })),
+        Promise.resolve().then(() =>
+          target.deliver(delivery.event, {
+            attempt,
+            get signal() {
+              return running.signal()
+            },
+          }),
+        ),
         timeout,
       ])
     } catch (error) {
       return this.failed(target, delivery, attempt, error)
     } finally {
-      clearTimeout(timer)
+      this.deadlines.finish(running)
       this.options.metrics.duration.observe({ target: target.name }, (performance.now() - started) / 1000)
     }
     this.options.metrics.attempts.inc({ target: target.name, outcome: "ok" })
@@ -247,5 +256,74 @@ export class Dispatcher {
   private async bury(delivery: Delivery, attempts: number, error: string): Promise<void> {
     this.options.metrics.deadLetters.inc({ target: delivery.target })
     await this.options.outbox.deadLetter(delivery.seq, delivery.target, attempts, error, this.now())
+  }
+}
+
+/** A running attempt's deadline, as {@link Deadlines} tracks it. */
+interface RunningAttempt {
+  readonly deadline: number
+  /** Called once when the deadline passed before the attempt finished. */
+  expire: () => void
+  /** The attempt's signal, made on first use (aborted already if the attempt expired). */
+  signal(): AbortSignal
+  abort(reason: unknown): void
+}
+
+/**
+ * The deadlines of running attempts, served by one timer: attempts all get
+ * the same allowance, so they expire in the order they started, and the
+ * timer only ever waits for the oldest one still running.
+ */
+class Deadlines {
+  private readonly running = new Set<RunningAttempt>()
+  private timer: NodeJS.Timeout | undefined
+
+  start(deadline: number): RunningAttempt {
+    let controller: AbortController | undefined
+    let reason: unknown
+    let aborted = false
+    const running: RunningAttempt = {
+      deadline,
+      expire: () => undefined,
+      signal: () => {
+        if (!controller) {
+          controller = new AbortController()
+          if (aborted) controller.abort(reason)
+        }
+        return controller.signal
+      },
+      abort: (why) => {
+        aborted = true
+        reason = why
+        controller?.abort(why)
+      },
+    }
+    this.running.add(running)
+    if (!this.timer) this.schedule()
+    return running
+  }
+
+  finish(running: RunningAttempt): void {
+    this.running.delete(running)
+  }
+
+  private schedule(): void {
+    const oldest = this.running.values().next().value as RunningAttempt | undefined
+    if (!oldest) {
+      this.timer = undefined
+      return
+    }
+    this.timer = setTimeout(() => this.sweep(), Math.max(0, oldest.deadline - Date.now()))
+    this.timer.unref?.()
+  }
+
+  private sweep(): void {
+    const now = Date.now()
+    for (const running of this.running) {
+      if (running.deadline > now) break
+      this.running.delete(running)
+      running.expire()
+    }
+    this.schedule()
   }
 }

@@ -62,6 +62,13 @@ export interface OutboxBatch {
  * `relay/test/conformance/backend.ts`.
  */
 export interface Outbox {
+  /**
+   * True when enqueues made one after another without waiting are recorded
+   * in the order they were made (and resolve in it): the caller may then
+   * start the next before the last one is committed, and the outbox writes
+   * those of one tick together.
+   */
+  readonly ordersEnqueues?: boolean
   enqueue(batch: OutboxBatch): Promise<Delivery[]>
   /** Log position through which `document`'s events are recorded; undefined when never set. */
   watermark(document: string): Promise<number | undefined>

@@ -403,7 +403,7 @@ export class HookRuntime {
       event,
       targets: this.targets.filter((t) => t.accepts(event.event.type)).map((t) => t.name),
     }))
-    const run = this.chain.then(async () => {
+    const record = async () => {
       const deliveries = await this.options.outbox.enqueue({
         document,
         // Every event, targets or not: the outbox records each in the event log.
@@ -411,7 +411,9 @@ export class HookRuntime {
         ...(through !== undefined ? { through } : {}),
       })
       this.dispatcher.add(deliveries)
-    })
+    }
+    // An outbox that keeps call order needs no wait for the last commit: changes of one tick share one.
+    const run = this.options.outbox.ordersEnqueues ? record() : this.chain.then(record)
     this.chain = run.catch((error) =>
       this.log.error({ err: error, document }, "could not record hook events"),
     )
@@ -423,17 +425,30 @@ export class HookRuntime {
     event: HookEvent,
     attempt: { readonly attempt: number; readonly signal: AbortSignal },
   ): HookContext {
+    // The logger child and the conversations handle are made on first use: most handlers need neither,
+    // and making both for every delivery was a visible part of a busy relay's CPU.
+    let log: HookContext["log"] | undefined
+    let conversations: HookConversations | undefined
+    const runtime = this
     return {
       hook,
-      log: this.log.child({
-        hook,
-        eventId: event.event.id,
-        eventType: event.event.type,
-        conversationId: event.event.conversationId,
-      }),
-      signal: attempt.signal,
+      get log() {
+        log ??= runtime.log.child({
+          hook,
+          eventId: event.event.id,
+          eventType: event.event.type,
+          conversationId: event.event.conversationId,
+        })
+        return log
+      },
+      get signal() {
+        return attempt.signal
+      },
       attempt: attempt.attempt,
-      conversations: this.conversationsFor(hook, event),
+      get conversations() {
+        conversations ??= runtime.conversationsFor(hook, event)
+        return conversations
+      },
       inboxes: {
         summary: (user) => inboxSummary(this.core, user),
       },

@@ -17,6 +17,9 @@ import {
 } from "./event-log.js"
 import type { HookEvent } from "./events.js"
 
+/** Conversations whose open memberships the log keeps in memory. */
+const MEMBER_CACHE_SIZE = 10_000
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS event_log (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +56,12 @@ export class SqliteEventLog implements EventLog {
   private readonly statements
   private readonly queries = new Map<string, Database.Statement<unknown[], { id: number; payload: string }>>()
   private closed = false
+  /**
+   * Each conversation's open memberships as written, so that recording an
+   * event needs no query (one per change otherwise). Must be forgotten when a
+   * transaction that recorded events rolls back ({@link forgetMembers}).
+   */
+  private readonly members = new Map<string, Set<UserId>>()
 
   /** `db` is the backend's connection; the log creates its tables in it. */
   constructor(private readonly db: Database.Database) {
@@ -117,16 +126,26 @@ export class SqliteEventLog implements EventLog {
     const open = new Map<string, Set<UserId>>()
     for (const { event } of recorded) {
       const conversation = event.event.conversationId
-      if (!open.has(conversation))
-        open.set(
-          conversation,
-          new Set(this.statements.openMembers.all(conversation).map((r) => r.user_id as UserId)),
-        )
+      if (open.has(conversation)) continue
+      let members = this.members.get(conversation)
+      if (!members) {
+        members = new Set(this.statements.openMembers.all(conversation).map((r) => r.user_id as UserId))
+        // Only a cache: a conversation forgotten is read again on its next event.
+        if (this.members.size >= MEMBER_CACHE_SIZE) this.members.clear()
+        this.members.set(conversation, members)
+      }
+      open.set(conversation, members)
     }
+    // `membershipChanges` updates the sets it is given: the cache follows what is written.
     const { opened, closed } = membershipChanges(open, recorded)
     for (const { conversation, user, to } of closed) this.statements.close.run(to, conversation, user)
     for (const { conversation, user, from } of opened) this.statements.open.run(conversation, user, from)
     return recorded.map(({ id, event }) => ({ id: String(id), event }))
+  }
+
+  /** Drops the cache of open memberships (after a transaction that recorded events rolled back). */
+  forgetMembers(): void {
+    this.members.clear()
   }
 
   /** Tells the listeners of entries {@link record} returned, after their transaction committed. */

@@ -1,4 +1,5 @@
 import type Database from "better-sqlite3"
+import type { EventLogEntry } from "./event-log.js"
 import type { HookEvent } from "./events.js"
 import {
   type DeadLetter,
@@ -9,6 +10,18 @@ import {
   type OutboxBatch,
 } from "./outbox.js"
 import { SqliteEventLog } from "./sqlite-event-log.js"
+
+type WriteRows = (
+  enqueues: readonly PendingEnqueue[],
+  marks: readonly { seq: number; target: string }[],
+) => { deliveries: Delivery[][]; logged: EventLogEntry[] }
+
+/** An enqueue waiting for the outbox's next write. */
+interface PendingEnqueue {
+  readonly batch: OutboxBatch
+  readonly resolve: (deliveries: Delivery[]) => void
+  readonly reject: (error: unknown) => void
+}
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
@@ -56,16 +69,30 @@ const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.nex
  * storage log (which is fsync'd). Compaction needs no flush first: it is a
  * later commit to the same write-ahead log, which SQLite replays in order, so
  * no compaction survives a power loss that the events before it did not.
+ *
+ * Writes are batched: enqueues and delivered marks of one tick share one
+ * transaction, and when the documents' storage has an append due (a busy
+ * relay: nearly always), they ride in that append's transaction instead of
+ * committing on their own ({@link ride}; fsync'd with it, at no extra cost).
  */
 export class SqliteOutbox implements Outbox {
   private readonly statements
-  private readonly markDelivered: (marks: readonly { seq: number; target: string }[]) => void
+  private readonly writeBatch: WriteRows
+  /** The same, without a commit of its own: a savepoint inside the documents' append transaction. */
+  private readonly writeRows: WriteRows
+  private commitDue: () => boolean = () => false
+  private readonly pragmas
   private deliveredMarks: {
     seq: number
     target: string
     resolve: () => void
     reject: (error: unknown) => void
   }[] = []
+  private enqueues: PendingEnqueue[] = []
+  private flushScheduled = false
+
+  /** Enqueues not awaited one by one are recorded in call order (see {@link Outbox.ordersEnqueues}). */
+  readonly ordersEnqueues = true
 
   private closed = false
 
@@ -111,14 +138,40 @@ export class SqliteOutbox implements Outbox {
         "UPDATE hook_deliveries SET attempts = 0, next_at = 0, dead_at = NULL WHERE seq = ? AND target = ?",
       ),
     }
-    this.markDelivered = this.relaxed(
-      this.db.transaction((marks: readonly { seq: number; target: string }[]) => {
+    // Prepared once: `db.pragma()` prepares a statement on every call, twice per outbox write.
+    this.pragmas = {
+      get: this.db.prepare<[], number>("PRAGMA synchronous").pluck(),
+      normal: this.db.prepare("PRAGMA synchronous = NORMAL"),
+      set: new Map<number, Database.Statement>(),
+    }
+    this.writeRows = this.db.transaction(
+      (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
         for (const { seq, target } of marks) {
           this.statements.remove.run(seq, target)
           this.statements.removeEventIfDone.run(seq, seq)
         }
-      }),
+        const deliveries: Delivery[][] = []
+        const logged: EventLogEntry[] = []
+        for (const { batch } of enqueues) {
+          const out: Delivery[] = []
+          logged.push(...this.events.record(batch.events.map((e) => e.event)))
+          for (const { event, targets } of batch.events) {
+            if (targets.length === 0) continue
+            const seq = Number(
+              this.statements.insertEvent.run(batch.document, JSON.stringify(event)).lastInsertRowid,
+            )
+            for (const target of targets) {
+              this.statements.insertDelivery.run(seq, target)
+              out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
+            }
+          }
+          if (batch.through !== undefined) this.statements.setWatermark.run(batch.document, batch.through)
+          deliveries.push(out)
+        }
+        return { deliveries, logged }
+      },
     )
+    this.writeBatch = this.relaxed(this.writeRows)
   }
 
   /**
@@ -128,12 +181,17 @@ export class SqliteOutbox implements Outbox {
    */
   private relaxed<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
     return (...args) => {
-      const before = this.db.pragma("synchronous", { simple: true }) as number
-      this.db.pragma("synchronous = NORMAL")
+      const before = this.pragmas.get.get() as number
+      this.pragmas.normal.run()
       try {
         return write(...args)
       } finally {
-        this.db.pragma(`synchronous = ${before}`)
+        let restore = this.pragmas.set.get(before)
+        if (!restore) {
+          restore = this.db.prepare(`PRAGMA synchronous = ${Number(before)}`)
+          this.pragmas.set.set(before, restore)
+        }
+        restore.run()
       }
     }
   }
@@ -142,26 +200,21 @@ export class SqliteOutbox implements Outbox {
     if (this.closed || !this.db.open) throw new Error("the hook outbox is closed")
   }
 
-  async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
-    this.writeDeliveredMarks()
-    this.assertOpen()
-    const run = this.relaxedTransaction((b: OutboxBatch) => {
-      const out: Delivery[] = []
-      const logged = this.events.record(b.events.map((e) => e.event))
-      for (const { event, targets } of b.events) {
-        if (targets.length === 0) continue
-        const seq = Number(this.statements.insertEvent.run(b.document, JSON.stringify(event)).lastInsertRowid)
-        for (const target of targets) {
-          this.statements.insertDelivery.run(seq, target)
-          out.push({ seq, document: b.document, target, event, attempts: 0, nextAttemptAt: 0 })
-        }
-      }
-      if (b.through !== undefined) this.statements.setWatermark.run(b.document, b.through)
-      return { out, logged }
+  /**
+   * Records `batch`. Enqueues and delivered marks arriving in the same tick
+   * share one transaction (on a busy relay, many changes' events): a commit
+   * costs far more than the rows. Resolves once committed, in call order.
+   */
+  enqueue(batch: OutboxBatch): Promise<Delivery[]> {
+    try {
+      this.assertOpen()
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return new Promise((resolve, reject) => {
+      this.enqueues.push({ batch, resolve, reject })
+      this.scheduleFlush()
     })
-    const { out, logged } = run(batch)
-    this.events.published(logged)
-    return out
   }
 
   async watermark(document: string): Promise<number | undefined> {
@@ -201,22 +254,99 @@ export class SqliteOutbox implements Outbox {
   delivered(seq: number, target: string): Promise<void> {
     return new Promise((resolve, reject) => {
       this.deliveredMarks.push({ seq, target, resolve, reject })
-      if (this.deliveredMarks.length === 1) queueMicrotask(() => this.writeDeliveredMarks())
+      if (this.deliveredMarks.length === 1) {
+        // Riding in a commit already due costs one turn at most; otherwise written now, so that a busy
+        // lane (one conversation's backlog) is not held to one delivery per turn of the event loop.
+        if (this.commitDue()) this.scheduleFlush()
+        else queueMicrotask(() => this.writeDeliveredMarks())
+      }
     })
   }
 
-  /** Writes the waiting delivered marks; every other method calls it first so that it sees them. */
+  /**
+   * `due` tells whether the documents' storage has an append transaction
+   * scheduled: pending rows then wait for it and are written inside it
+   * ({@link ride}), instead of committing on their own.
+   */
+  rideWith(due: () => boolean): void {
+    this.commitDue = due
+  }
+
+  /**
+   * Writes the pending rows inside the caller's transaction (the documents'
+   * append, see `SqliteStorage.carry`), as a savepoint: a failure here rolls
+   * back these rows only and never the appends. Returns what the caller calls
+   * once its transaction committed or rolled back (rows then pending again).
+   * Never throws.
+   */
+  ride(): ((committed: boolean) => void) | undefined {
+    const marks = this.deliveredMarks
+    const enqueues = this.enqueues
+    if ((marks.length === 0 && enqueues.length === 0) || this.closed) return undefined
+    this.deliveredMarks = []
+    this.enqueues = []
+    let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
+    try {
+      written = this.writeRows(enqueues, marks)
+    } catch (error) {
+      this.events.forgetMembers()
+      for (const mark of marks) mark.reject(error)
+      for (const enqueue of enqueues) enqueue.reject(error)
+      return undefined
+    }
+    return (committed) => {
+      if (committed) return this.settle(marks, enqueues, written)
+      // Rolled back with the appends: pending again, in their order, before anything newer.
+      this.events.forgetMembers()
+      this.deliveredMarks = [...marks, ...this.deliveredMarks]
+      this.enqueues = [...enqueues, ...this.enqueues]
+      this.scheduleFlush()
+    }
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => {
+      this.flushScheduled = false
+      // A commit of the documents due later in this turn takes the rows along.
+      if (this.commitDue()) this.scheduleFlush()
+      else this.writeDeliveredMarks()
+    })
+  }
+
+  private settle(
+    marks: readonly { resolve: () => void }[],
+    enqueues: readonly PendingEnqueue[],
+    written: { deliveries: Delivery[][]; logged: EventLogEntry[] },
+  ): void {
+    this.events.published(written.logged)
+    for (const mark of marks) mark.resolve()
+    for (const [i, enqueue] of enqueues.entries()) enqueue.resolve(written.deliveries[i]!)
+  }
+
+  /**
+   * Writes the waiting enqueues and delivered marks, in one transaction; every
+   * other method calls it first so that it sees them.
+   */
   private writeDeliveredMarks(): void {
     const marks = this.deliveredMarks
-    if (marks.length === 0) return
+    const enqueues = this.enqueues
+    if (marks.length === 0 && enqueues.length === 0) return
     this.deliveredMarks = []
+    this.enqueues = []
+    let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
       this.assertOpen()
-      this.markDelivered(marks)
-      for (const mark of marks) mark.resolve()
+      written = this.writeBatch(enqueues, marks)
     } catch (error) {
       for (const mark of marks) mark.reject(error)
+      for (const enqueue of enqueues) enqueue.reject(error)
+      // The event log's in-memory view of open memberships may be ahead of what was rolled back.
+      this.events.forgetMembers()
+      return
     }
+    this.settle(marks, enqueues, written)
   }
 
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {

@@ -23,6 +23,11 @@ export class GroupCommit {
 
   constructor(private readonly commit: (batch: AppendBatch) => Promise<number[][]> | number[][]) {}
 
+  /** True while appends wait for a commit that has not started yet (it runs later in this turn or the next). */
+  get commitScheduled(): boolean {
+    return this.scheduled
+  }
+
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
     this.unsettled.set(name, (this.unsettled.get(name) ?? 0) + 1)
     return new Promise((resolve, reject) => {

@@ -29,6 +29,13 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
+/** Calls what a rider of an append transaction asked to be called with its outcome (see `carry`). */
+function settleRide(ride: { settle?: ((committed: boolean) => void) | undefined }, committed: boolean): void {
+  const settle = ride.settle
+  delete ride.settle
+  settle?.(committed)
+}
+
 /** SQLite's verdict on a file whose pages are damaged (a bad page, a torn write, not a database at all). */
 function isCorruption(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code
@@ -55,6 +62,7 @@ export class SqliteStorage implements RelayStorage {
   private readonly group: GroupCommit
   private closed = false
   private readonly statements
+  private rider: (() => ((committed: boolean) => void) | undefined) | undefined
 
   /** `db` and `catalog` are two files, opened in WAL mode (the backend's); the storage creates its tables. */
   constructor(
@@ -118,29 +126,50 @@ export class SqliteStorage implements RelayStorage {
         if (last !== undefined) this.statements.advance.run(name, last, now)
       }
     })
-    const commit = this.db.transaction((batch: AppendBatch) =>
-      batch.map(({ name, updates }) =>
+    // Set inside the transaction, called after it: a holder, since the closure assigns it.
+    const ride: { settle?: ((committed: boolean) => void) | undefined } = {}
+    const commit = this.db.transaction((batch: AppendBatch) => {
+      const positions = batch.map(({ name, updates }) =>
         updates.map((update) => {
           const position = this.nextPosition(name)
           this.statements.insert.run(name, position, update)
           this.next.set(name, position + 1)
           return position
         }),
-      ),
-    )
+      )
+      ride.settle = this.rider?.()
+      return positions
+    })
     this.group = new GroupCommit((batch) => {
       let positions: number[][]
+      delete ride.settle
       try {
         positions = commit(batch)
       } catch (error) {
         // Positions handed out inside the rolled-back transaction are free again.
         this.next.clear()
+        settleRide(ride, false)
         throw error
       }
+      settleRide(ride, true)
       // After the data's commit, never before: the catalog may lag behind the data, never run ahead.
       advance(batch, positions)
       return positions
     })
+  }
+
+  /**
+   * Writes that ride along in every append's transaction (the hook outbox's
+   * pending rows): `rider` runs inside it, after the appends, and returns
+   * what to call once the transaction committed (true) or rolled back (false).
+   */
+  carry(rider: () => ((committed: boolean) => void) | undefined): void {
+    this.rider = rider
+  }
+
+  /** True while appends wait for a commit that has not started yet (see {@link carry}). */
+  get commitScheduled(): boolean {
+    return this.group.commitScheduled
   }
 
   /**

@@ -1,0 +1,63 @@
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { afterEach, describe, expect, it } from "vitest"
+import { SqliteBackend } from "../../src/backend/sqlite.js"
+import { sampleEvent } from "../conformance/outbox.js"
+
+const dirs: string[] = []
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
+})
+
+function open(): SqliteBackend {
+  const dir = mkdtempSync(join(tmpdir(), "parley-outbox-rides-"))
+  dirs.push(dir)
+  return new SqliteBackend(dir)
+}
+
+describe("sqlite outbox riding in the documents' commits", () => {
+  it("records events enqueued while a document append is due in that append's commit, in order", async () => {
+    const backend = open()
+    try {
+      const appended = backend.documents.append("g~doc", [new Uint8Array([0, 0])])
+      expect(backend.documents.commitScheduled).toBe(true)
+      const first = backend.outbox.enqueue({
+        document: "g~doc",
+        events: [{ event: sampleEvent("e1"), targets: ["hook"] }],
+        through: 1,
+      })
+      const second = backend.outbox.enqueue({
+        document: "g~doc",
+        events: [{ event: sampleEvent("e2"), targets: ["hook"] }],
+        through: 2,
+      })
+      const [positions, a, b] = await Promise.all([appended, first, second])
+      expect(positions).toEqual([1])
+      expect(a[0]!.seq).toBeLessThan(b[0]!.seq)
+      expect((await backend.outbox.pending()).map((d) => d.event.event.id)).toEqual(["e1", "e2"])
+      expect(await backend.outbox.watermark("g~doc")).toBe(2)
+    } finally {
+      await backend.close()
+    }
+  })
+
+  it("loses none of the events enqueued while a document append that fails was due", async () => {
+    const backend = open()
+    try {
+      // A document name SQLite refuses to bind (an object): the append's transaction rolls back.
+      const failing = backend.documents.append({} as unknown as string, [new Uint8Array([0, 0])])
+      const enqueued = backend.outbox.enqueue({
+        document: "g~doc",
+        events: [{ event: sampleEvent("e1"), targets: ["hook"] }],
+        through: 1,
+      })
+      await expect(failing).rejects.toThrow()
+      const [delivery] = await enqueued
+      expect(delivery!.event.event.id).toBe("e1")
+      expect((await backend.outbox.pending()).map((d) => d.event.event.id)).toEqual(["e1"])
+    } finally {
+      await backend.close()
+    }
+  })
+})
