@@ -26,6 +26,7 @@ import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
+import { SocketMux } from "./socket-mux.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
 
@@ -55,6 +56,12 @@ export interface ChatClientOptions {
   readonly clock?: () => number
   /** How long to batch arriving messages before advancing the delivered marker, in ms (default 500). */
   readonly deliveredDelay?: number
+  /**
+   * Carry the inbox and every conversation over one WebSocket (default true;
+   * see PROTOCOL.md, "Multiplexed sockets"). `false`: one socket per document,
+   * the stock y-websocket URL scheme (for relays older than the multiplexed protocol).
+   */
+  readonly multiplex?: boolean
 }
 
 /**
@@ -117,7 +124,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly directoryReplica: LocalReplica
   /** The sealed history segments this device fetched, by hash (IndexedDB or memory). */
   private readonly segments: SegmentCache
+  /** The constructor of document sockets: channels of {@link mux}, or real sockets. */
   private readonly WebSocket: WebSocketConstructor
+  /** The one socket of every document, unless `multiplex: false`. */
+  private readonly mux: SocketMux | undefined
   private readonly storage: StorageKind
   private wanted: boolean
   private browserOnline = true
@@ -143,7 +153,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         ErrorCode.INVALID_ARGUMENT,
         "no global WebSocket: pass one (e.g. from `ws`) as options.WebSocket",
       )
-    this.WebSocket = WebSocketCtor
+    this.mux = options.multiplex === false ? undefined : new SocketMux(options.url, WebSocketCtor)
+    this.WebSocket = this.mux?.socketClass ?? WebSocketCtor
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
@@ -160,7 +171,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       awareness: this.inboxAwareness,
       user,
       token: () => this.token(),
-      WebSocket: WebSocketCtor,
+      WebSocket: this.WebSocket,
       ...(options.reconnect ? { reconnect: options.reconnect } : {}),
     })
     this.inboxConnection = inboxConnection
@@ -353,6 +364,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
     this.segments.close()
+    this.mux?.destroy()
     this.removeAllListeners()
   }
 

@@ -68,7 +68,7 @@ describe("idle connections", () => {
     await chat.ready()
     await eventually(() => expect(client.status).toBe("online"))
     const opened = sockets.length
-    expect(opened).toBeGreaterThanOrEqual(2) // the inbox and the conversation
+    expect(opened).toBe(1) // one multiplexed socket carries the inbox and the conversation
     await idleFiveMinutes(sockets)
     expect(sockets).toHaveLength(opened)
     expect(sockets.every((s) => s.readyState === WebSocket.OPEN)).toBe(true)
