@@ -118,13 +118,17 @@ export class MuxSocket {
   /** A frame from the client. */
   receive(data: RawData, isBinary: boolean): void {
     if (this.socketClosed) return
-    if (!isBinary) return this.malformed()
+    if (!isBinary) {
+      this.malformed()
+      return
+    }
     const bytes = toBytes(data)
     let frame: ReturnType<typeof readMuxFrame>
     try {
       frame = readMuxFrame(bytes)
     } catch {
-      return this.malformed()
+      this.malformed()
+      return
     }
     if (frame.type === "channel") {
       const channel = this.channels.get(frame.channel)
@@ -135,13 +139,17 @@ export class MuxSocket {
     if (!this.controlLimiter.take()) {
       this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
       this.options.log.info({}, "closed: too many channel opens")
-      return this.closeSocket(CloseCode.RateLimited)
+      this.closeSocket(CloseCode.RateLimited)
+      return
     }
     if (frame.type === "close") {
       this.closeChannel(frame.channel, CloseCode.Normal, false)
       return
     }
-    if (frame.channel <= this.highest) return this.malformed()
+    if (frame.channel <= this.highest) {
+      this.malformed()
+      return
+    }
     if (this.channels.size >= MAX_CHANNELS_PER_SOCKET) {
       this.highest = frame.channel
       this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
@@ -151,8 +159,10 @@ export class MuxSocket {
     if (
       Buffer.byteLength(frame.name, "utf8") > MAX_OPEN_FIELD_BYTES ||
       Buffer.byteLength(frame.token, "utf8") > MAX_OPEN_FIELD_BYTES
-    )
-      return this.malformed()
+    ) {
+      this.malformed()
+      return
+    }
     this.highest = frame.channel
     void this.open(frame.channel, frame.name, frame.token).catch((error: unknown) => {
       this.options.log.error({ err: error, doc: frame.name }, "channel setup failed")
@@ -187,7 +197,8 @@ export class MuxSocket {
       try {
         token = await auth.verifyToken(rawToken)
       } catch (error) {
-        return this.refuse(number, toParleyError(error, ErrorCode.UNAUTHORIZED))
+        this.refuse(number, toParleyError(error, ErrorCode.UNAUTHORIZED))
+        return
       }
       // One socket, one user: a channel cannot speak for anyone else.
       if (!samePrincipal(token.principal, this.options.token.principal))
@@ -201,7 +212,8 @@ export class MuxSocket {
       // A reconnect loop over channels pays like one over sockets.
       core.users.admitConnection(token.principal)
     } catch (error) {
-      return this.refuse(number, toParleyError(error))
+      this.refuse(number, toParleyError(error))
+      return
     }
     const session: Session = {
       principal: token.principal,
@@ -228,7 +240,8 @@ export class MuxSocket {
     try {
       connection = await core.connect(name, session)
     } catch (error) {
-      return this.refuse(number, toParleyError(error))
+      this.refuse(number, toParleyError(error))
+      return
     }
     if (channel.closed) {
       connection.close(CloseCode.Normal.code, CloseCode.Normal.reason)
@@ -248,9 +261,13 @@ export class MuxSocket {
     else if (!(awareness ? channel.awarenessLimiter : channel.limiter).take()) {
       metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
       log.info({ doc: channel.name }, "channel closed: too many frames")
-      return this.closeChannel(number, CloseCode.RateLimited, true)
+      this.closeChannel(number, CloseCode.RateLimited, true)
+      return
     }
-    if (channel.connection) return this.deliver(channel, frame)
+    if (channel.connection) {
+      this.deliver(channel, frame)
+      return
+    }
     channel.early.push(frame)
     channel.earlyBytes += frame.length
     // Frames wait here only while the token is checked and the document loaded.

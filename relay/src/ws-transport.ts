@@ -275,7 +275,10 @@ export class WsTransport {
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     // Read now: once the socket is gone, it is not.
     const address = this.addressOf(req)
-    if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION) return this.acceptMux(ws, url, address)
+    if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION) {
+      this.acceptMux(ws, url, address)
+      return
+    }
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
     /**
@@ -480,14 +483,16 @@ export class WsTransport {
       const refusal = toParleyError(error, ErrorCode.UNAUTHORIZED)
       metrics.errors.inc({ code: refusal.code })
       log.info({ code: closeOf(refusal).code, reason: refusal.message }, "connection refused")
-      return closeWith(closeOf(refusal))
+      closeWith(closeOf(refusal))
+      return
     }
     try {
       this.options.core.users.admitConnection(token.principal)
     } catch (error) {
       const refusal = toParleyError(error)
       metrics.errors.inc({ code: refusal.code })
-      return closeWith(closeOf(refusal))
+      closeWith(closeOf(refusal))
+      return
     }
     if (socketClosed) return
     mux = new MuxSocket({
