@@ -276,7 +276,7 @@ export class WsTransport {
     // Read now: once the socket is gone, it is not.
     const address = this.addressOf(req)
     if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION) {
-      this.acceptMux(ws, url, address)
+      await this.acceptMux(ws, url, address)
       return
     }
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
