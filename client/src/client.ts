@@ -26,6 +26,7 @@ import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
+import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
 import { SocketMux } from "./socket-mux.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
@@ -98,6 +99,8 @@ export interface ChatClientEvents {
   error: { error: ParleyError; conversationId?: ConversationId }
   /** The list of conversations this device knows changed. */
   conversations: { conversations: readonly KnownConversation[] }
+  /** Someone's presence changed in one of the open conversations (see {@link ChatClient.presence}). */
+  presence: { presence: readonly UserPresence[] }
 }
 
 const DIRECTORY = "directory"
@@ -129,6 +132,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   /** The one socket of every document, unless `multiplex: false`. */
   private readonly mux: SocketMux | undefined
   private readonly storage: StorageKind
+  private readonly presenceSettings: PresenceSettings
   private wanted: boolean
   private browserOnline = true
   private current: ClientStatus = "offline"
@@ -147,6 +151,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     super()
     this.user = user
     this.storage = options.storage ?? "indexeddb"
+    this.presenceSettings = new PresenceSettings(options.clock ?? Date.now)
     const WebSocketCtor = options.WebSocket ?? (globalThis.WebSocket as WebSocketConstructor | undefined)
     if (!WebSocketCtor)
       throw new ParleyError(
@@ -195,6 +200,50 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     }
   }
 
+  /**
+   * The presence of the user's contacts — everyone seen in the conversations
+   * open on this client — merged across them (online beats away beats
+   * offline; the latest `lastSeen`). Open a conversation to follow its
+   * people; users who hide their presence never appear. Sorted by user id.
+   */
+  get presence(): readonly UserPresence[] {
+    const views = new Map<UserId, UserPresence[]>()
+    for (const conversation of this.open.values())
+      for (const view of conversation.presence) {
+        const list = views.get(view.user) ?? []
+        list.push(view)
+        views.set(view.user, list)
+      }
+    return [...views.keys()].sort().map((user) => mergePresence(views.get(user)!)!)
+  }
+
+  /** One contact's presence (see {@link presence}); `offline` without `lastSeen` when never seen. */
+  presenceOf(user: string): UserPresence {
+    return this.presence.find((p) => p.user === user) ?? { user: user as UserId, status: "offline" }
+  }
+
+  /** Whether others see this user's presence (default true). */
+  get presenceVisible(): boolean {
+    return this.presenceSettings.visible
+  }
+
+  /**
+   * The privacy switch: `false` hides this user's presence in every
+   * conversation (nothing is published; typing indicators are not sent
+   * either), `true` shows it again.
+   */
+  setPresenceVisible(visible: boolean): void {
+    this.presenceSettings.setVisible(visible)
+  }
+
+  /**
+   * Tells others the user is active (throttled: call it on any interaction).
+   * Typing and sending do it too; without it, a user shows as away after a while.
+   */
+  active(): void {
+    this.presenceSettings.activity()
+  }
+
   /** The connection status. */
   get status(): ClientStatus {
     return this.current
@@ -230,6 +279,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       connect,
       fetchRelayState: (document, signal, prepare) => fetchRelayState(document, connect, signal, prepare),
       segments: this.segments,
+      presence: this.presenceSettings,
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
@@ -241,6 +291,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       },
     })
     conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
+    conversation.on("presence", () => this.emit("presence", { presence: this.presence }))
     this.open.set(conversationId, conversation)
     return conversation
   }
