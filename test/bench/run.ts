@@ -313,6 +313,21 @@ if (scenarios.includes("idle")) {
   )
 }
 
+if (scenarios.includes("idle") && servers.includes("parley")) {
+  // The same users without their inbox: what the multiplexed socket and a conversation channel cost
+  // apart from the inbox document each connected user keeps loaded on the relay.
+  results.idleUsersNoInbox = await runScenario(
+    `idle users without inbox: ${int(idleConfig.connections)} users for ${idleConfig.seconds} s (Parley: one multiplexed socket each, conversation only)`,
+    ["parley"],
+    (server) => idleUsers(server, idleConfig, { inbox: false }),
+    [
+      ["users", (r) => int(r.users)],
+      ["KB per user", (r) => (r.bytesPerUser / 1024).toFixed(1)],
+      ["server CPU ms / s / 1,000 users", (r) => ms(r.serverCpuMsPerSecondPer1000)],
+    ],
+  )
+}
+
 if (servers.includes("parley") && scenarios.includes("durable")) {
   // The relay's per-connection rate limit (100 frames/s) would close a writer
   // that keeps a window of messages in flight; raised for this test only.

@@ -28,10 +28,15 @@ export interface IdleUsersResult {
 }
 
 /** Runs the scenario against a fresh `server`. */
-export async function idleUsers(server: RunningServer, config: IdleConfig): Promise<IdleUsersResult> {
+export async function idleUsers(
+  server: RunningServer,
+  config: IdleConfig,
+  options: { readonly inbox?: boolean } = {},
+): Promise<IdleUsersResult> {
   await sleep(1000)
   const baseline = server.read()
   const parley = server.kind === "parley"
+  const withInbox = parley && options.inbox !== false
   const clients: BenchClient[] = []
   const muxes: SocketMux[] = []
   const optionsOf = (): ConnectOptions => {
@@ -46,7 +51,7 @@ export async function idleUsers(server: RunningServer, config: IdleConfig): Prom
     for (let i = g; i < Math.min(groups, g + 20); i++) {
       const size = Math.min(config.perConversation, config.connections - i * config.perConversation)
       const users = Array.from({ length: size }, (_, p) => `idleu${i}-u${p}` as UserId)
-      wave.push(openGroup(server, `g~idleu-${i}` as ConversationId, users, parley, optionsOf))
+      wave.push(openGroup(server, `g~idleu-${i}` as ConversationId, users, withInbox, optionsOf))
     }
     for (const group of await Promise.all(wave)) clients.push(...group)
   }
@@ -72,12 +77,12 @@ export async function idleUsers(server: RunningServer, config: IdleConfig): Prom
   }
 }
 
-/** Creates a group of `users` and connects each (with their inbox on Parley), on the user's own socket options. */
+/** Creates a group of `users` and connects each (with their inbox when `withInbox`), on the user's own socket options. */
 async function openGroup(
   server: RunningServer,
   id: ConversationId,
   users: readonly UserId[],
-  parley: boolean,
+  withInbox: boolean,
   optionsOf: () => ConnectOptions,
 ): Promise<BenchClient[]> {
   const options = users.map(() => optionsOf())
@@ -86,7 +91,7 @@ async function openGroup(
   createConversation(creator.doc, users[0]!, { kind: "group", id, participants: users.slice(1) })
   await confirmed(creator, 30_000)
   const others = await Promise.all(users.slice(1).map((user, i) => connect(server, id, user, options[i + 1])))
-  const inboxes = parley
+  const inboxes = withInbox
     ? await Promise.all(users.map((user, i) => connect(server, inboxDocumentName(user), user, options[i])))
     : []
   const all = [creator, ...others, ...inboxes]
