@@ -20,7 +20,6 @@ import { toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
 import { SendQueue } from "./send-queue.js"
 import { TokenLease } from "./token-lease.js"
-import type { TransportLimits } from "./ws-transport.js"
 
 /**
  * Most channels one multiplexed socket may have open at once. The documents a
@@ -37,6 +36,16 @@ const MAX_ECHO_CREDIT = 256
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
 const UNREAD_CLOSE_GRACE_MS = 5000
 
+/** The transport's limits a multiplexed socket applies (its `TransportLimits`; not imported, to keep the import graph acyclic). */
+export interface MuxLimits {
+  readonly maxFrameBytes: number
+  readonly maxBufferedBytes: number
+  readonly maxMessagesPerSecond: number
+  readonly messageBurst: number
+  readonly socketAwarenessPerSecond: number
+  readonly socketAwarenessBurst: number
+}
+
 /** What a multiplexed socket needs of the transport. */
 export interface MuxSocketOptions {
   readonly ws: WebSocket
@@ -44,7 +53,7 @@ export interface MuxSocketOptions {
   readonly auth: Authenticator
   readonly log: Logger
   readonly metrics: RelayMetrics
-  readonly limits: TransportLimits
+  readonly limits: MuxLimits
   readonly keepalive: Keepalive
   /** The socket's own token (from its URL), verified. */
   readonly token: VerifiedToken
