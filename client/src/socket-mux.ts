@@ -7,6 +7,7 @@ import {
   MUX_PARAM,
   MUX_PROTOCOL_VERSION,
   readMuxFrame,
+  SyncMessage,
   TOKEN_PARAM,
 } from "@parley/shared"
 import type { WebSocketConstructor } from "./connection.js"
@@ -49,6 +50,14 @@ class ChannelSocket {
   onmessage: ((event: { data: ArrayBuffer }) => void) | null = null
   onclose: ((event: { code: number; reason: string }) => void) | null = null
   onerror: ((event: unknown) => void) | null = null
+  /**
+   * Live updates written before the relay's sync step 1 was answered. Sent
+   * at once, one could reach the relay before the state it builds on (what
+   * this replica wrote while the channel opened travels in the step 2 that
+   * answers the relay), and be refused as depending on changes the relay
+   * does not have; so they wait, and follow that step 2.
+   */
+  private held: Uint8Array[] | undefined = []
 
   constructor(
     private readonly mux: SocketMux,
@@ -59,7 +68,12 @@ class ChannelSocket {
 
   send(data: ArrayBuffer | Uint8Array): void {
     if (this.readyState !== OPEN) return
-    this.mux.sendOn(this.channel, data instanceof Uint8Array ? data : new Uint8Array(data))
+    const frame = data instanceof Uint8Array ? data : new Uint8Array(data)
+    if (this.held && frame[0] === MessageType.sync && frame[1] === SyncMessage.update) {
+      this.held.push(frame)
+      return
+    }
+    this.mux.sendOn(this.channel, frame)
   }
 
   close(): void {
@@ -80,6 +94,12 @@ class ChannelSocket {
     if (this.readyState !== OPEN) return
     // A copy: the reader keeps what it is given, and the socket's buffer is shared by every channel.
     this.onmessage?.({ data: frame.slice().buffer })
+    // The reader answered the relay's step 1 (with a step 2) synchronously: held updates may follow.
+    if (this.held && frame[0] === MessageType.sync && frame[1] === SyncMessage.step1) {
+      const held = this.held
+      this.held = undefined
+      for (const update of held) if (this.readyState === OPEN) this.mux.sendOn(this.channel, update)
+    }
   }
 
   /** The channel (or the whole socket) closed, with this code and reason. */

@@ -3,6 +3,8 @@ import {
   encodeChannelFrame,
   encodeKeepalive,
   encodeSyncStep1,
+  encodeSyncStep2,
+  encodeSyncUpdate,
   readMuxFrame,
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
@@ -133,5 +135,30 @@ describe("SocketMux", () => {
     expect(c.events.closes).toEqual([1000])
     expect(socket.readyState).toBe(3)
     expect(mux.connected).toBe(false)
+  })
+
+  it("holds a channel's live updates until it answered the relay's sync step 1, so none arrives before the state it builds on", () => {
+    const { channel } = setup()
+    const chat = channel("g~one", "t")
+    const socket = FakeSocket.made[0]!
+    socket.open()
+    const step2 = encodeSyncStep2(Uint8Array.of(0, 0))
+    const update = encodeSyncUpdate(Uint8Array.of(0, 0))
+    // The reader answers the relay's step 1 with its step 2, synchronously, as y-websocket does.
+    chat.ch.onmessage = (event) => {
+      if (new Uint8Array(event.data)[1] === 0) chat.ch.send(step2)
+    }
+    chat.ch.send(update)
+    const kinds = () =>
+      socket.sent.slice(1).map((f) => [...(readMuxFrame(f) as { frame: Uint8Array }).frame.subarray(0, 2)])
+    expect(kinds()).toEqual([])
+    socket.deliver(encodeChannelFrame(0, encodeSyncStep1(Uint8Array.of(0))))
+    expect(kinds()).toEqual([
+      [0, 1],
+      [0, 2],
+    ])
+    // After the handshake, updates go at once.
+    chat.ch.send(update)
+    expect(kinds()).toHaveLength(3)
   })
 })
