@@ -24,6 +24,7 @@ import {
 } from "./connection.js"
 import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
+import { holdUpdatesUntilSynced } from "./held-updates.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
 import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
@@ -159,7 +160,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         "no global WebSocket: pass one (e.g. from `ws`) as options.WebSocket",
       )
     this.mux = options.multiplex === false ? undefined : new SocketMux(options.url, WebSocketCtor)
-    this.WebSocket = this.mux?.socketClass ?? WebSocketCtor
+    this.WebSocket = this.mux?.socketClass ?? holdUpdatesUntilSynced(WebSocketCtor)
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
