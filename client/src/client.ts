@@ -24,8 +24,11 @@ import {
 } from "./connection.js"
 import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
+import { holdUpdatesUntilSynced } from "./held-updates.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
+import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
+import { SocketMux } from "./socket-mux.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
 
@@ -55,6 +58,12 @@ export interface ChatClientOptions {
   readonly clock?: () => number
   /** How long to batch arriving messages before advancing the delivered marker, in ms (default 500). */
   readonly deliveredDelay?: number
+  /**
+   * Carry the inbox and every conversation over one WebSocket (default true;
+   * see PROTOCOL.md, "Multiplexed sockets"). `false`: one socket per document,
+   * the stock y-websocket URL scheme (for relays older than the multiplexed protocol).
+   */
+  readonly multiplex?: boolean
 }
 
 /**
@@ -91,6 +100,8 @@ export interface ChatClientEvents {
   error: { error: ParleyError; conversationId?: ConversationId }
   /** The list of conversations this device knows changed. */
   conversations: { conversations: readonly KnownConversation[] }
+  /** Someone's presence changed in one of the open conversations (see {@link ChatClient.presence}). */
+  presence: { presence: readonly UserPresence[] }
 }
 
 const DIRECTORY = "directory"
@@ -121,8 +132,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly directoryReplica: LocalReplica
   /** The sealed history segments this device fetched, by hash (IndexedDB or memory). */
   private readonly segments: SegmentCache
+  /** The constructor of document sockets: channels of {@link mux}, or real sockets. */
   private readonly WebSocket: WebSocketConstructor
+  /** The one socket of every document, unless `multiplex: false`. */
+  private readonly mux: SocketMux | undefined
   private readonly storage: StorageKind
+  private readonly presenceSettings: PresenceSettings
   private wanted: boolean
   private browserOnline = true
   private current: ClientStatus = "offline"
@@ -141,13 +156,15 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     super()
     this.user = user
     this.storage = options.storage ?? "indexeddb"
+    this.presenceSettings = new PresenceSettings(options.clock ?? Date.now)
     const WebSocketCtor = options.WebSocket ?? (globalThis.WebSocket as WebSocketConstructor | undefined)
     if (!WebSocketCtor)
       throw new ParleyError(
         ErrorCode.INVALID_ARGUMENT,
         "no global WebSocket: pass one (e.g. from `ws`) as options.WebSocket",
       )
-    this.WebSocket = WebSocketCtor
+    this.mux = options.multiplex === false ? undefined : new SocketMux(options.url, WebSocketCtor)
+    this.WebSocket = this.mux?.socketClass ?? holdUpdatesUntilSynced(WebSocketCtor)
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
@@ -164,7 +181,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       awareness: this.inboxAwareness,
       user,
       token: () => this.token(),
-      WebSocket: WebSocketCtor,
+      WebSocket: this.WebSocket,
       ...(options.reconnect ? { reconnect: options.reconnect } : {}),
     })
     this.inboxConnection = inboxConnection
@@ -191,6 +208,50 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       win.addEventListener("online", this.onBrowserOnline)
       win.addEventListener("offline", this.onBrowserOffline)
     }
+  }
+
+  /**
+   * The presence of the user's contacts — everyone seen in the conversations
+   * open on this client — merged across them (online beats away beats
+   * offline; the latest `lastSeen`). Open a conversation to follow its
+   * people; users who hide their presence never appear. Sorted by user id.
+   */
+  get presence(): readonly UserPresence[] {
+    const views = new Map<UserId, UserPresence[]>()
+    for (const conversation of this.open.values())
+      for (const view of conversation.presence) {
+        const list = views.get(view.user) ?? []
+        list.push(view)
+        views.set(view.user, list)
+      }
+    return [...views.keys()].sort().map((user) => mergePresence(views.get(user)!)!)
+  }
+
+  /** One contact's presence (see {@link presence}); `offline` without `lastSeen` when never seen. */
+  presenceOf(user: string): UserPresence {
+    return this.presence.find((p) => p.user === user) ?? { user: user as UserId, status: "offline" }
+  }
+
+  /** Whether others see this user's presence (default true). */
+  get presenceVisible(): boolean {
+    return this.presenceSettings.visible
+  }
+
+  /**
+   * The privacy switch: `false` hides this user's presence in every
+   * conversation (nothing is published; typing indicators are not sent
+   * either), `true` shows it again.
+   */
+  setPresenceVisible(visible: boolean): void {
+    this.presenceSettings.setVisible(visible)
+  }
+
+  /**
+   * Tells others the user is active (throttled: call it on any interaction).
+   * Typing and sending do it too; without it, a user shows as away after a while.
+   */
+  active(): void {
+    this.presenceSettings.activity()
   }
 
   /** The connection status. */
@@ -228,6 +289,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       connect,
       fetchRelayState: (document, signal, prepare) => fetchRelayState(document, connect, signal, prepare),
       segments: this.segments,
+      presence: this.presenceSettings,
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
@@ -240,6 +302,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     })
     conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
     this.inbox.track(conversation)
+    conversation.on("presence", () => this.emit("presence", { presence: this.presence }))
     this.open.set(conversationId, conversation)
     return conversation
   }
@@ -363,6 +426,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
     this.segments.close()
+    this.mux?.destroy()
     this.removeAllListeners()
   }
 

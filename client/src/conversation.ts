@@ -65,6 +65,7 @@ import type { DocumentConnection } from "./connection.js"
 import { Emitter } from "./emitter.js"
 import type { SegmentCache } from "./history-cache.js"
 import { type MessageStatus, MessageStatuses } from "./message-status.js"
+import { type PresenceSettings, PresenceTracker, type UserPresence } from "./presence.js"
 import type { LocalReplica } from "./storage.js"
 import { TypingIndicator } from "./typing.js"
 
@@ -104,6 +105,8 @@ export interface ConversationEvents {
   unread: { count: number }
   /** The set of other users typing changed. */
   typing: { users: readonly UserId[] }
+  /** Someone's presence in this conversation changed (online, away, offline). */
+  presence: { presence: readonly UserPresence[] }
   /** The relay refused something this client sent; `change` names the pending work a resync could not re-apply. */
   error: { error: ParleyError; change?: PendingChange }
   /** After a refusal, the replica was rebuilt from the relay's state plus the pending work the rules allow. */
@@ -135,6 +138,8 @@ export interface ConversationParts {
   ) => Promise<void>
   /** This device's copy of the sealed history segments it fetched. */
   readonly segments: SegmentCache
+  /** The user's own presence settings (shared by all their conversations). */
+  readonly presence: PresenceSettings
 }
 
 const isMarker = (e: ChangeEvent): e is Extract<ChangeEvent, { user: UserId; upTo: number }> =>
@@ -157,6 +162,7 @@ interface Generation {
   readonly connection: DocumentConnection
   readonly statuses: MessageStatuses
   readonly typing: TypingIndicator
+  readonly presence: PresenceTracker
   replica: LocalReplica
   readonly dispose: () => void
 }
@@ -258,6 +264,13 @@ export class Conversation extends Emitter<ConversationEvents> {
       (users) => this.emit("typing", { users }),
       this.parts.clock,
     )
+    const presence = new PresenceTracker(
+      awareness,
+      this.user,
+      this.parts.presence,
+      (list) => this.emit("presence", { presence: list }),
+      this.parts.clock,
+    )
     const connection = this.parts.connect(doc, awareness, shareWithTabs)
     // Set once the relay's history of this replica's client id turned out to be someone else's:
     // its "saved" acknowledgements then cover their structs, not ours, and the replica is rebuilt.
@@ -325,11 +338,13 @@ export class Conversation extends Emitter<ConversationEvents> {
       connection,
       statuses,
       typing,
+      presence,
       replica,
       dispose: () => {
         doc.off("afterTransactionCleanup", onCleanup)
         unobserve()
         typing.destroy()
+        presence.destroy()
         connection.destroy()
         awareness.destroy()
       },
@@ -413,6 +428,7 @@ export class Conversation extends Emitter<ConversationEvents> {
   send(body: string, options: SendOptions = {}): ChatMessage {
     const view = this.write(() => sendMessage(this.doc, this.user, { body, ...options }, { origin: LOCAL }))
     this.typingIndicator.stop()
+    this.parts.presence.activity()
     this.track(view.id)
     return this.decorate(view)
   }
@@ -661,12 +677,22 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** Signals that the user is typing; throttled, so call it on every keystroke. */
   typing(): void {
+    this.parts.presence.activity()
     this.typingIndicator.typing()
   }
 
   /** Clears the user's typing signal (sending a message does it too). */
   stopTyping(): void {
     this.typingIndicator.stop()
+  }
+
+  /**
+   * Other users seen in this conversation since it opened: `online`, `away`
+   * (connected, not active for a while) or `offline` with `lastSeen`. Users
+   * who hide their presence never appear. Sorted by user id.
+   */
+  get presence(): readonly UserPresence[] {
+    return this.gen.presence.presence
   }
 
   /** Other users typing now; entries expire on their own. */

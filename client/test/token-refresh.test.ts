@@ -67,37 +67,48 @@ describe("token refresh", () => {
     expect(refreshDelay("not a token", now)).toBeUndefined()
   })
 
-  it("keeps one socket per document open across several token expiries, and keeps sending", async () => {
-    const [a, b] = [name("alice"), name("bob")]
-    const tokens = shortLived(a)
-    const sockets = countingWebSocket()
-    const alice = await connectClient(relay, a, {
-      token: tokens.source,
-      WebSocket: sockets.WebSocket as never,
-    })
-    const bob = await connectClient(relay, b, { token: shortLived(b).source })
-    const chat = await alice.createConversation({ participants: [b] })
-    await eventually(() => expect(alice.status).toBe("online"))
-    const errors: ParleyError[] = []
-    alice.on("error", ({ error }) => errors.push(error))
-    const began = Date.now()
-    const sent: string[] = []
-    // Every token alive when this began has expired twice over by the end.
-    while (Date.now() < began + 2.5 * LIFETIME_S * 1000) {
-      const body = `message ${sent.length}`
-      const message = chat.send(body)
-      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
-      sent.push(body)
-      const count = tokens.issued.length
-      await eventually(() => expect(tokens.issued.length).toBeGreaterThan(count))
-    }
-    const bobChat = await bob.conversation(chat.id).ready()
-    await eventually(() => expect(bobChat.messages({ last: 50 }).map((m) => m.body)).toEqual(sent))
-    expect(sent.length).toBeGreaterThanOrEqual(4)
-    expect(sockets.opened.filter((doc) => doc === chat.id)).toHaveLength(1)
-    expect(sockets.opened.filter((doc) => doc.startsWith("inbox~"))).toHaveLength(1)
-    expect(errors).toEqual([])
-  }, 60_000)
+  it.each([
+    ["its one multiplexed socket", true],
+    ["one socket per document", false],
+  ])(
+    "keeps %s open across several token expiries, and keeps sending",
+    async (_, multiplex) => {
+      const [a, b] = [name("alice"), name("bob")]
+      const tokens = shortLived(a)
+      const sockets = countingWebSocket()
+      const alice = await connectClient(relay, a, {
+        token: tokens.source,
+        WebSocket: sockets.WebSocket as never,
+        multiplex,
+      })
+      const bob = await connectClient(relay, b, { token: shortLived(b).source })
+      const chat = await alice.createConversation({ participants: [b] })
+      await eventually(() => expect(alice.status).toBe("online"))
+      const errors: ParleyError[] = []
+      alice.on("error", ({ error }) => errors.push(error))
+      const began = Date.now()
+      const sent: string[] = []
+      // Every token alive when this began has expired twice over by the end.
+      while (Date.now() < began + 2.5 * LIFETIME_S * 1000) {
+        const body = `message ${sent.length}`
+        const message = chat.send(body)
+        await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+        sent.push(body)
+        const count = tokens.issued.length
+        await eventually(() => expect(tokens.issued.length).toBeGreaterThan(count))
+      }
+      const bobChat = await bob.conversation(chat.id).ready()
+      await eventually(() => expect(bobChat.messages({ last: 50 }).map((m) => m.body)).toEqual(sent))
+      expect(sent.length).toBeGreaterThanOrEqual(4)
+      if (multiplex) expect(sockets.opened).toEqual([""])
+      else {
+        expect(sockets.opened.filter((doc) => doc === chat.id)).toHaveLength(1)
+        expect(sockets.opened.filter((doc) => doc.startsWith("inbox~"))).toHaveLength(1)
+      }
+      expect(errors).toEqual([])
+    },
+    60_000,
+  )
 
   it("survives a token source that fails at refresh time: an error event, backoff, and back online once it works", async () => {
     const [a, b] = [name("alice"), name("bob")]

@@ -6,6 +6,8 @@ import {
   ErrorCode,
   isUserId,
   MessageType,
+  MUX_PARAM,
+  MUX_PROTOCOL_VERSION,
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
   ParleyError,
@@ -21,9 +23,12 @@ import { sendJson } from "./http-json.js"
 import { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
+import { MuxSocket } from "./mux-socket.js"
 import { describePrincipal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
+import { firstByte, toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
+import { SendQueue } from "./send-queue.js"
 import { serveStatic } from "./static-files.js"
 import { TokenLease } from "./token-lease.js"
 
@@ -270,6 +275,10 @@ export class WsTransport {
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     // Read now: once the socket is gone, it is not.
     const address = this.addressOf(req)
+    if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION) {
+      await this.acceptMux(ws, url, address)
+      return
+    }
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
     /**
@@ -430,40 +439,74 @@ export class WsTransport {
     for (const frame of early.splice(0)) deliver(frame)
     this.keepalive.joined(ws, session.send)
   }
-}
 
-/**
- * What a client's send queue holds beyond its initial sync. The answer to a
- * client's sync step 1 can be the whole conversation (megabytes, more than the
- * limit a slow reader is held to); it leaves the queue first, so only what
- * queues behind it counts: the bytes sent so far minus those buffered say how
- * far the client has read, and whatever of the initial-sync frame is still
- * unread is left out. One such frame at a time: a client asking again before
- * it has read the last answer (a way to pile up copies of the conversation)
- * has the new answer counted.
- */
-class SendQueue {
-  private total = 0
-  /** Stream offsets of the initial-sync frame not yet read past. */
-  private initial: { readonly start: number; readonly end: number } | undefined
-
-  sent(bytes: number, initialSync: boolean): void {
-    if (initialSync && this.initial === undefined)
-      this.initial = { start: this.total, end: this.total + bytes }
-    this.total += bytes
-  }
-
-  /** Of the `buffered` bytes waiting, those of the unread initial-sync frame. */
-  initialBytes(buffered: number): number {
-    return buffered - this.countedBytes(buffered)
-  }
-
-  /** Of the `buffered` bytes waiting, those that count against the limit. */
-  countedBytes(buffered: number): number {
-    const read = this.total - buffered
-    if (this.initial && this.initial.end <= read) this.initial = undefined
-    if (!this.initial) return buffered
-    return buffered - (this.initial.end - Math.max(this.initial.start, read))
+  /**
+   * A multiplexed socket (`?mux=1`): the socket's token names its user; each
+   * channel is then attached to its document like a socket of its own (see {@link MuxSocket}).
+   */
+  private async acceptMux(ws: WebSocket, url: URL, address: string): Promise<void> {
+    const { log, metrics, limits } = this.options
+    let mux: MuxSocket | undefined
+    let socketClosed = false
+    const early: { data: RawData; isBinary: boolean }[] = []
+    let earlyBytes = 0
+    const closeWith = (close: { code: number; reason: string }) => {
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)
+        ws.close(close.code, close.reason)
+    }
+    ws.on("message", (data: RawData, isBinary: boolean) => {
+      if (socketClosed) return
+      if (mux) return mux.receive(data, isBinary)
+      early.push({ data, isBinary })
+      earlyBytes += toBytes(data).length
+      // Frames wait here only while the token is checked; a client may not park more than this.
+      if (earlyBytes > 4 * limits.maxFrameBytes) {
+        metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+        early.length = 0
+        closeWith(CloseCode.RateLimited)
+      }
+    })
+    ws.on("close", () => {
+      socketClosed = true
+      this.sockets.delete(ws)
+      mux?.socketClose()
+    })
+    ws.on("error", (error) => {
+      metrics.errors.inc({ code: "code" in error ? String(error.code) : ErrorCode.INTERNAL })
+      log.info({ err: error }, "websocket error")
+    })
+    let token: VerifiedToken
+    try {
+      token = await this.options.auth.verifyToken(url.searchParams.get(TOKEN_PARAM))
+    } catch (error) {
+      this.addresses.failed(address)
+      const refusal = toParleyError(error, ErrorCode.UNAUTHORIZED)
+      metrics.errors.inc({ code: refusal.code })
+      log.info({ code: closeOf(refusal).code, reason: refusal.message }, "connection refused")
+      closeWith(closeOf(refusal))
+      return
+    }
+    try {
+      this.options.core.users.admitConnection(token.principal)
+    } catch (error) {
+      const refusal = toParleyError(error)
+      metrics.errors.inc({ code: refusal.code })
+      closeWith(closeOf(refusal))
+      return
+    }
+    if (socketClosed) return
+    mux = new MuxSocket({
+      ws,
+      core: this.options.core,
+      auth: this.options.auth,
+      log,
+      metrics,
+      limits,
+      keepalive: this.keepalive,
+      token,
+    })
+    mux.start()
+    for (const { data, isBinary } of early.splice(0)) mux.receive(data, isBinary)
   }
 }
 
@@ -492,16 +535,4 @@ function hostOf(url: string): string | undefined {
   } catch {
     return undefined
   }
-}
-
-function firstByte(data: RawData): number | undefined {
-  if (Array.isArray(data)) return data[0]?.[0]
-  if (data instanceof ArrayBuffer) return data.byteLength > 0 ? new Uint8Array(data)[0] : undefined
-  return data[0]
-}
-
-function toBytes(data: RawData): Uint8Array {
-  if (Array.isArray(data)) return new Uint8Array(Buffer.concat(data))
-  if (data instanceof ArrayBuffer) return new Uint8Array(data)
-  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
 }

@@ -9,6 +9,12 @@ export interface PresenceState {
   readonly user: UserId
   /** When the user last typed (ms since epoch), or absent / 0 when not typing. */
   readonly typing?: number
+  /**
+   * A counter the SDK raises when its user is active (at most once per
+   * {@link PRESENCE_THROTTLE_MS}). Peers judge "away" by when they last saw it
+   * change, on their own clock; absent when the user hides their presence.
+   */
+  readonly active?: number
   /** Set by the relay on every state it relays: the user whose connection set it. */
   readonly [PRESENCE_STAMP]?: UserId
 }
@@ -40,3 +46,8 @@ export function isTyping(state: unknown, now: number): state is PresenceState & 
   const typing = (state as { typing?: unknown }).typing
   return typeof typing === "number" && typing > 0 && now - typing < TYPING_EXPIRY_MS
 }
+
+/** A client publishes user activity (the `active` field) at most once per this interval. */
+export const PRESENCE_THROTTLE_MS = 20_000
+/** A user whose `active` field has not changed for this long shows as away. */
+export const AWAY_AFTER_MS = 120_000

@@ -382,3 +382,99 @@ export function readFrame(frame: Uint8Array): Frame {
       throw new ParleyError(ErrorCode.MALFORMED_FRAME, `unknown message type ${type}`)
   }
 }
+
+/**
+ * Query parameter by which a client asks for one multiplexed socket carrying
+ * many documents (value {@link MUX_PROTOCOL_VERSION}); see PROTOCOL.md,
+ * "Multiplexed sockets".
+ */
+export const MUX_PARAM = "mux"
+/** Version of the multiplexed protocol a client asks for (value of {@link MUX_PARAM}). */
+export const MUX_PROTOCOL_VERSION = "1"
+
+/**
+ * Message types of a multiplexed socket. Every frame of one document travels
+ * as a {@link MuxMessage.channel} frame: the channel number, then the frame
+ * exactly as it would travel on that document's own socket (with Parley's
+ * extensions). Channels are opened and closed with {@link MuxMessage.control}
+ * frames. They do not collide with {@link MessageType}: a multiplexed socket
+ * carries no bare document frame.
+ */
+export const MuxMessage = {
+  channel: 101,
+  control: 102,
+} as const
+
+/** Subtypes of a {@link MuxMessage.control} frame. */
+export const MuxControl = {
+  /** Client → relay: attach channel N to document `name`, with this token ("" = the socket's). */
+  open: 0,
+  /** Either way: channel N is closed, with a WebSocket close code and reason (as its own socket would be). */
+  close: 1,
+} as const
+
+/** A decoded frame of a multiplexed socket. */
+export type MuxFrame =
+  | { readonly type: "channel"; readonly channel: number; readonly frame: Uint8Array }
+  | { readonly type: "open"; readonly channel: number; readonly name: string; readonly token: string }
+  | { readonly type: "close"; readonly channel: number; readonly code: number; readonly reason: string }
+
+/** Wraps `frame`, a document frame, for channel `channel` of a multiplexed socket. */
+export function encodeChannelFrame(channel: number, frame: Uint8Array): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MuxMessage.channel)
+  encoding.writeVarUint(encoder, channel)
+  // The rest of the frame is the document frame, unprefixed: no copy of its length.
+  encoding.writeUint8Array(encoder, frame)
+  return encoding.toUint8Array(encoder)
+}
+
+/** Encodes the opening of channel `channel` to document `name`, with `token` ("" for the socket's own). */
+export function encodeChannelOpen(channel: number, name: string, token: string): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MuxMessage.control)
+  encoding.writeVarUint(encoder, MuxControl.open)
+  encoding.writeVarUint(encoder, channel)
+  encoding.writeVarString(encoder, name)
+  encoding.writeVarString(encoder, token)
+  return encoding.toUint8Array(encoder)
+}
+
+/** Encodes the closing of channel `channel` with a WebSocket close `code` and `reason`. */
+export function encodeChannelClose(channel: number, code: number, reason: string): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MuxMessage.control)
+  encoding.writeVarUint(encoder, MuxControl.close)
+  encoding.writeVarUint(encoder, channel)
+  encoding.writeVarUint(encoder, code)
+  encoding.writeVarString(encoder, reason)
+  return encoding.toUint8Array(encoder)
+}
+
+/**
+ * Decodes one frame of a multiplexed socket. A channel frame's document frame
+ * is a view into `frame`, not decoded. Throws a MALFORMED_FRAME
+ * {@link ParleyError} on an unknown type or control subtype, lib0's error on
+ * a truncated frame.
+ */
+export function readMuxFrame(frame: Uint8Array): MuxFrame {
+  const decoder = decoding.createDecoder(frame)
+  const type = decoding.readVarUint(decoder)
+  if (type === MuxMessage.channel) {
+    const channel = decoding.readVarUint(decoder)
+    return { type: "channel", channel, frame: frame.subarray(decoder.pos) }
+  }
+  if (type !== MuxMessage.control)
+    throw new ParleyError(ErrorCode.MALFORMED_FRAME, `unknown multiplexed message type ${type}`)
+  const subtype = decoding.readVarUint(decoder)
+  const channel = decoding.readVarUint(decoder)
+  if (subtype === MuxControl.open) {
+    const name = decoding.readVarString(decoder)
+    return { type: "open", channel, name, token: decoding.readVarString(decoder) }
+  }
+  if (subtype === MuxControl.close) {
+    const code = decoding.readVarUint(decoder)
+    return { type: "close", channel, code, reason: decoding.readVarString(decoder) }
+  }
+  throw new ParleyError(ErrorCode.MALFORMED_FRAME, `unknown multiplexed control subtype ${subtype}`)
+}

@@ -45,6 +45,8 @@ export interface ConnectOptions {
   /** Ask Parley for its extension messages ("saved" acks, typed errors). */
   readonly acknowledgements?: boolean
   readonly doc?: Y.Doc
+  /** The socket class (y-websocket only): a channel class of the SDK's `SocketMux`, instead of `ws`. */
+  readonly WebSocketPolyfill?: unknown
 }
 
 /** Connects `user` to document `name` on `server`, with the driver its protocol needs. */
@@ -82,7 +84,7 @@ async function connectYWebsocket(
   if (acks) params[PARLEY_PARAM] = PARLEY_PROTOCOL_VERSION
   const provider = new WebsocketProvider(server.wsUrl, name, doc, {
     // biome-ignore lint/suspicious/noExplicitAny: ws's WebSocket stands in for the browser's.
-    WebSocketPolyfill: WebSocket as any,
+    WebSocketPolyfill: (options.WebSocketPolyfill ?? WebSocket) as any,
     params,
     // Node 20 has BroadcastChannel: clients of one process would otherwise sync
     // with each other behind the server's back.

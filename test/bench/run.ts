@@ -19,6 +19,7 @@ import { type ColdJoinConfig, coldJoin } from "./scenarios/coldjoin.js"
 import { type DurableConfig, durable } from "./scenarios/durable.js"
 import { type FanoutConfig, fanout } from "./scenarios/fanout.js"
 import { type IdleConfig, idle } from "./scenarios/idle.js"
+import { idleUsers } from "./scenarios/idle-users.js"
 import { DEPLOYED, detectRelayFlags, type ParleyVariant, type ServerKind, startServer } from "./servers.js"
 import { type Cell, type Failure, failed, printTable } from "./table.js"
 
@@ -341,6 +342,37 @@ if (scenarios.includes("idle")) {
   )
 }
 
+if (scenarios.includes("idle")) {
+  // What an app's users cost: on Parley, the SDK's one socket per user (inbox + conversation).
+  results.idleUsers = await runScenario(
+    `idle users: ${int(idleConfig.connections)} users for ${idleConfig.seconds} s (Parley: one multiplexed socket each, inbox + conversation)`,
+    servers.filter((s) => s !== "hocuspocus"),
+    (server) => idleUsers(server, idleConfig),
+    [
+      ["users", (r) => int(r.users)],
+      ["sockets", (r) => int(r.sockets)],
+      ["RSS before → after MB", (r) => `${mb(r.baselineRssMB)} → ${mb(r.rssMB)}`],
+      ["KB per user", (r) => (r.bytesPerUser / 1024).toFixed(1)],
+      ["server CPU ms / s / 1,000 users", (r) => ms(r.serverCpuMsPerSecondPer1000)],
+    ],
+  )
+}
+
+if (scenarios.includes("idle") && servers.includes("parley")) {
+  // The same users without their inbox: what the multiplexed socket and a conversation channel cost
+  // apart from the inbox document each connected user keeps loaded on the relay.
+  results.idleUsersNoInbox = await runScenario(
+    `idle users without inbox: ${int(idleConfig.connections)} users for ${idleConfig.seconds} s (Parley: one multiplexed socket each, conversation only)`,
+    ["parley"],
+    (server) => idleUsers(server, idleConfig, { inbox: false }),
+    [
+      ["users", (r) => int(r.users)],
+      ["KB per user", (r) => (r.bytesPerUser / 1024).toFixed(1)],
+      ["server CPU ms / s / 1,000 users", (r) => ms(r.serverCpuMsPerSecondPer1000)],
+    ],
+  )
+}
+
 if (servers.includes("parley") && scenarios.includes("durable")) {
   // The relay's per-connection rate limit (100 frames/s) would close a writer
   // that keeps a window of messages in flight; raised for this test only.
@@ -443,6 +475,30 @@ function goals(): void {
       target: 20,
       unit: "KB",
     })
+  const idleUserRuns = ok<Awaited<ReturnType<typeof idleUsers>>>(results.idleUsers)
+  const parleyUsers = byServer(idleUserRuns, "parley")
+  if (parleyUsers) {
+    rows.push({
+      goal: "memory per idle connected user (SDK: one socket)",
+      parley: parleyUsers.bytesPerUser / 1024,
+      target: 20,
+      unit: "KB",
+    })
+    rows.push({
+      goal: "sockets per idle user",
+      parley: parleyUsers.sockets / parleyUsers.users,
+      target: 1,
+      unit: "",
+    })
+    const stock = byServer(idleUserRuns, "y-websocket")
+    if (stock)
+      rows.push({
+        goal: "idle CPU per 1,000 users ≤ y-websocket's (same run)",
+        parley: parleyUsers.serverCpuMsPerSecondPer1000,
+        target: stock.serverCpuMsPerSecondPer1000,
+        unit: "ms/s",
+      })
+  }
   if (rows.length === 0) return
   const lines = rows.map((r) => {
     const verdict = r.parley <= r.target ? "met" : `missed: ${(r.parley / r.target).toFixed(1)}× the goal`

@@ -1,0 +1,356 @@
+import {
+  CloseCode,
+  ErrorCode,
+  encodeChannelClose,
+  encodeChannelFrame,
+  MessageType,
+  ParleyError,
+  readMuxFrame,
+  toParleyError,
+} from "@parley/shared"
+import { type RawData, WebSocket } from "ws"
+import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
+import type { Connection, Session } from "./connection.js"
+import { closeOf } from "./errors.js"
+import type { Keepalive } from "./keepalive.js"
+import type { Logger } from "./log.js"
+import type { RelayMetrics } from "./metrics.js"
+import { RateLimiter } from "./rate-limit.js"
+import { toBytes } from "./raw-data.js"
+import type { RelayCore } from "./relay-core.js"
+import { SendQueue } from "./send-queue.js"
+import { TokenLease } from "./token-lease.js"
+
+/**
+ * Most channels one multiplexed socket may have open at once. The documents a
+ * user may have open (`--max-documents-per-user`) bound it first by default;
+ * this bounds what one socket's bookkeeping can cost whatever that is set to.
+ */
+export const MAX_CHANNELS_PER_SOCKET = 4096
+/** Most bytes of a document name or token in an open frame. */
+const MAX_OPEN_FIELD_BYTES = 16 * 1024
+/** A socket's send queue above which the user's queues across sockets are added up (cheap below). */
+const USER_QUEUE_CHECK_BYTES = 16 * 1024
+/** Most unanswered awareness frames a client may echo without counting (see `Channel.echoCredit`). */
+const MAX_ECHO_CREDIT = 256
+/** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
+const UNREAD_CLOSE_GRACE_MS = 5000
+
+/** The transport's limits a multiplexed socket applies (its `TransportLimits`; not imported, to keep the import graph acyclic). */
+export interface MuxLimits {
+  readonly maxFrameBytes: number
+  readonly maxBufferedBytes: number
+  readonly maxMessagesPerSecond: number
+  readonly messageBurst: number
+  readonly socketAwarenessPerSecond: number
+  readonly socketAwarenessBurst: number
+}
+
+/** What a multiplexed socket needs of the transport. */
+export interface MuxSocketOptions {
+  readonly ws: WebSocket
+  readonly core: RelayCore
+  readonly auth: Authenticator
+  readonly log: Logger
+  readonly metrics: RelayMetrics
+  readonly limits: MuxLimits
+  readonly keepalive: Keepalive
+  /** The socket's own token (from its URL), verified. */
+  readonly token: VerifiedToken
+}
+
+/**
+ * One document attached over a multiplexed socket: everything a socket of its
+ * own has (a token lease, frame budgets, a {@link Session}), without the socket.
+ */
+interface Channel {
+  readonly name: string
+  connection: Connection | undefined
+  lease: TokenLease | undefined
+  /** Frames that arrived while the channel's token was checked and its document loaded. */
+  early: Uint8Array[]
+  earlyBytes: number
+  readonly limiter: RateLimiter
+  readonly awarenessLimiter: RateLimiter
+  /** Awareness frames sent and not yet matched by one received (a stock-style echo does not count). */
+  echoCredit: number
+  closed: boolean
+}
+
+/**
+ * A WebSocket carrying many documents (see PROTOCOL.md, "Multiplexed sockets"):
+ * each channel is attached to its document exactly as a socket of its own
+ * would be — its own token checked (for the socket's user), access decided per
+ * document by the core (pending access included), the per-user document limit
+ * counted per document — so a channel gets no more than that socket would.
+ * Per-socket limits (send queue, the user's socket count) are the socket's;
+ * frame budgets are per channel, as they were per socket.
+ */
+export class MuxSocket {
+  private readonly channels = new Map<number, Channel>()
+  /** Channel numbers seen; a number is never reused on one socket (late frames of a closed one are dropped). */
+  private highest = -1
+  private readonly queue = new SendQueue()
+  private readonly controlLimiter: RateLimiter
+  private releaseSocket: (() => void) | undefined
+  private dropTimer: ReturnType<typeof setTimeout> | undefined
+  private socketClosed = false
+
+  constructor(private readonly options: MuxSocketOptions) {
+    const { limits } = options
+    // Opening the documents of a big inbox at once is one burst of opens, each counted per user too.
+    this.controlLimiter = new RateLimiter(
+      limits.maxMessagesPerSecond,
+      Math.max(limits.messageBurst, MAX_CHANNELS_PER_SOCKET / 4),
+    )
+  }
+
+  /** Starts serving: counts the socket for its user (may refuse it) and reads frames. */
+  start(): void {
+    const { ws, core, token } = this.options
+    try {
+      this.releaseSocket = core.users.addSocket(token.principal, {
+        buffered: () => ws.bufferedAmount,
+        initialSyncBytes: () => this.queue.initialBytes(ws.bufferedAmount),
+        closing: () => ws.readyState !== WebSocket.OPEN,
+        close: (code, reason) => this.closeUnread({ code, reason }),
+      })
+    } catch (error) {
+      const refusal = toParleyError(error)
+      this.options.metrics.errors.inc({ code: refusal.code })
+      this.closeSocket(closeOf(refusal))
+      return
+    }
+    this.options.keepalive.joined(ws, (frame) => this.sendRaw(frame, false))
+  }
+
+  /** A frame from the client. */
+  receive(data: RawData, isBinary: boolean): void {
+    if (this.socketClosed) return
+    if (!isBinary) {
+      this.malformed()
+      return
+    }
+    const bytes = toBytes(data)
+    let frame: ReturnType<typeof readMuxFrame>
+    try {
+      frame = readMuxFrame(bytes)
+    } catch {
+      this.malformed()
+      return
+    }
+    if (frame.type === "channel") {
+      const channel = this.channels.get(frame.channel)
+      if (channel) this.channelFrame(frame.channel, channel, frame.frame)
+      else if (frame.channel > this.highest) this.malformed()
+      return
+    }
+    if (!this.controlLimiter.take()) {
+      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      this.options.log.info({}, "closed: too many channel opens")
+      this.closeSocket(CloseCode.RateLimited)
+      return
+    }
+    if (frame.type === "close") {
+      this.closeChannel(frame.channel, CloseCode.Normal, false)
+      return
+    }
+    if (frame.channel <= this.highest) {
+      this.malformed()
+      return
+    }
+    if (this.channels.size >= MAX_CHANNELS_PER_SOCKET) {
+      this.highest = frame.channel
+      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      this.sendRaw(encodeChannelClose(frame.channel, CloseCode.RateLimited.code, "Too many channels"), false)
+      return
+    }
+    if (
+      Buffer.byteLength(frame.name, "utf8") > MAX_OPEN_FIELD_BYTES ||
+      Buffer.byteLength(frame.token, "utf8") > MAX_OPEN_FIELD_BYTES
+    ) {
+      this.malformed()
+      return
+    }
+    this.highest = frame.channel
+    void this.open(frame.channel, frame.name, frame.token).catch((error: unknown) => {
+      this.options.log.error({ err: error, doc: frame.name }, "channel setup failed")
+      this.closeChannel(frame.channel, CloseCode.Internal, true)
+    })
+  }
+
+  /** The WebSocket closed: every channel's connection goes. */
+  socketClose(): void {
+    this.socketClosed = true
+    clearTimeout(this.dropTimer)
+    this.releaseSocket?.()
+    for (const number of [...this.channels.keys()]) this.closeChannel(number, CloseCode.Normal, false)
+  }
+
+  private async open(number: number, name: string, rawToken: string): Promise<void> {
+    const { auth, core, log, metrics, limits } = this.options
+    const channel: Channel = {
+      name,
+      connection: undefined,
+      lease: undefined,
+      early: [],
+      earlyBytes: 0,
+      limiter: new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst),
+      awarenessLimiter: new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst),
+      echoCredit: 0,
+      closed: false,
+    }
+    this.channels.set(number, channel)
+    let token = this.options.token
+    if (rawToken !== "") {
+      try {
+        token = await auth.verifyToken(rawToken)
+      } catch (error) {
+        this.refuse(number, toParleyError(error, ErrorCode.UNAUTHORIZED))
+        return
+      }
+      // One socket, one user: a channel cannot speak for anyone else.
+      if (!samePrincipal(token.principal, this.options.token.principal))
+        return this.refuse(
+          number,
+          new ParleyError(ErrorCode.UNAUTHORIZED, "the channel's token is for another user"),
+        )
+    }
+    if (channel.closed) return
+    try {
+      // A reconnect loop over channels pays like one over sockets.
+      core.users.admitConnection(token.principal)
+    } catch (error) {
+      this.refuse(number, toParleyError(error))
+      return
+    }
+    const session: Session = {
+      principal: token.principal,
+      wantsParley: true,
+      send: (frame, options) => {
+        if (channel.closed) return
+        if (frame[0] === MessageType.awareness)
+          channel.echoCredit = Math.min(MAX_ECHO_CREDIT, channel.echoCredit + 1)
+        this.sendRaw(encodeChannelFrame(number, frame), options?.initialSync === true)
+      },
+      close: (code, reason) => this.closeChannel(number, { code, reason }, true),
+    }
+    channel.lease = new TokenLease({
+      auth,
+      token,
+      wantsParley: true,
+      send: (frame) => session.send(frame),
+      close: (code, reason) =>
+        channel.connection ? channel.connection.close(code, reason) : session.close(code, reason),
+      log: log.child({ doc: name }),
+      metrics,
+    })
+    let connection: Connection
+    try {
+      connection = await core.connect(name, session)
+    } catch (error) {
+      this.refuse(number, toParleyError(error))
+      return
+    }
+    if (channel.closed) {
+      connection.close(CloseCode.Normal.code, CloseCode.Normal.reason)
+      return
+    }
+    channel.connection = connection
+    for (const frame of channel.early.splice(0)) this.deliver(channel, frame)
+    channel.earlyBytes = 0
+  }
+
+  private channelFrame(number: number, channel: Channel, frame: Uint8Array): void {
+    const { metrics, log, limits } = this.options
+    // Awareness frames have a budget of their own, and echoes of those sent are free (as per socket).
+    const awareness = frame[0] === MessageType.awareness
+    const echo = awareness && channel.echoCredit > 0
+    if (echo) channel.echoCredit--
+    else if (!(awareness ? channel.awarenessLimiter : channel.limiter).take()) {
+      metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      log.info({ doc: channel.name }, "channel closed: too many frames")
+      this.closeChannel(number, CloseCode.RateLimited, true)
+      return
+    }
+    if (channel.connection) {
+      this.deliver(channel, frame)
+      return
+    }
+    channel.early.push(frame)
+    channel.earlyBytes += frame.length
+    // Frames wait here only while the token is checked and the document loaded.
+    if (channel.earlyBytes > 4 * limits.maxFrameBytes) {
+      metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      this.closeChannel(number, CloseCode.RateLimited, true)
+    }
+  }
+
+  /** Token refreshes are the channel's lease's; every other frame is the core's. */
+  private deliver(channel: Channel, frame: Uint8Array): void {
+    if (!channel.lease?.receive(frame)) channel.connection?.receive(frame)
+  }
+
+  private refuse(number: number, error: ParleyError): void {
+    const close = closeOf(error)
+    this.options.metrics.errors.inc({ code: error.code })
+    this.options.log.info(
+      { doc: this.channels.get(number)?.name, code: close.code, reason: error.message },
+      "channel refused",
+    )
+    this.closeChannel(number, close, true)
+  }
+
+  /**
+   * Closes channel `number` (its connection detaches from its document); tells
+   * the client unless it closed it itself.
+   */
+  private closeChannel(
+    number: number,
+    close: { readonly code: number; readonly reason: string },
+    tell: boolean,
+  ): void {
+    const channel = this.channels.get(number)
+    if (!channel || channel.closed) return
+    channel.closed = true
+    this.channels.delete(number)
+    channel.lease?.stop()
+    channel.early = []
+    channel.connection?.close(close.code, close.reason)
+    if (tell) this.sendRaw(encodeChannelClose(number, close.code, close.reason), false)
+  }
+
+  private sendRaw(frame: Uint8Array, initialSync: boolean): void {
+    const { ws, limits, metrics, log, core, token } = this.options
+    if (ws.readyState !== WebSocket.OPEN) return
+    ws.send(frame)
+    this.queue.sent(frame.length, initialSync)
+    if (this.queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
+      metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      log.info({ buffered: ws.bufferedAmount }, "closed: client reads too slowly")
+      this.closeUnread({ code: CloseCode.RateLimited.code, reason: "Send queue full" })
+    } else if (ws.bufferedAmount > USER_QUEUE_CHECK_BYTES && core.users.checkQueued(token.principal)) {
+      metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      log.info({ buffered: ws.bufferedAmount }, "closed: the user's connections read too slowly")
+    }
+  }
+
+  private malformed(): void {
+    this.options.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
+    this.closeSocket(CloseCode.MalformedFrame)
+  }
+
+  private closeSocket(close: { readonly code: number; readonly reason: string }): void {
+    const { ws } = this.options
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)
+      ws.close(close.code, close.reason)
+  }
+
+  /** A client that does not read never reads the close frame either; its queue is freed soon anyway. */
+  private closeUnread(close: { readonly code: number; readonly reason: string }): void {
+    for (const number of [...this.channels.keys()]) this.closeChannel(number, close, false)
+    this.closeSocket(close)
+    this.dropTimer ??= setTimeout(() => this.options.ws.terminate(), UNREAD_CLOSE_GRACE_MS)
+    this.dropTimer.unref()
+  }
+}

@@ -1,0 +1,241 @@
+import {
+  type ConversationId,
+  createConversation,
+  encodeChannelClose,
+  encodeChannelFrame,
+  encodeChannelOpen,
+  encodeSyncStep1,
+  encodeSyncUpdate,
+  inboxDocumentName,
+  listMessages,
+  MessageType,
+  MetaKey,
+  MUX_PARAM,
+  MUX_PROTOCOL_VERSION,
+  newConversationId,
+  readFrame,
+  readMuxFrame,
+  sendMessage,
+  TOKEN_PARAM,
+  typesOf,
+  type UserId,
+} from "@parley/shared"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { WebSocket } from "ws"
+import * as Y from "yjs"
+import { TestClient } from "./helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+let relay: RelayProcess
+beforeAll(async () => {
+  relay = await startRelayProcess({ args: ["--max-documents-per-user", "3"] })
+})
+afterAll(() => stopRelayProcesses())
+const open: { close(): void }[] = []
+afterEach(() => {
+  for (const c of open.splice(0)) c.close()
+})
+
+let unique = 0
+const users = () => {
+  unique++
+  return {
+    alice: `malice${unique}` as UserId,
+    bob: `mbob${unique}` as UserId,
+    mallory: `mmal${unique}` as UserId,
+  }
+}
+
+/**
+ * A hand-driven multiplexed socket: opens channels, records every frame the
+ * relay sends per channel (unwrapped) and each channel's close.
+ */
+class MuxProbe {
+  readonly ws: WebSocket
+  readonly frames = new Map<number, Uint8Array[]>()
+  readonly closes = new Map<number, { code: number; reason: string }>()
+  readonly opened: Promise<void>
+  readonly closed: Promise<number>
+  private readonly waiters = new Set<() => void>()
+
+  constructor(url: string, token: string) {
+    const params = new URLSearchParams({ [MUX_PARAM]: MUX_PROTOCOL_VERSION, [TOKEN_PARAM]: token })
+    this.ws = new WebSocket(`${url}/?${params}`)
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once("open", () => resolve())
+      this.ws.once("error", reject)
+    })
+    this.closed = new Promise((resolve) => this.ws.once("close", (code) => resolve(code)))
+    this.ws.on("message", (data: Buffer) => {
+      const bytes = new Uint8Array(data)
+      if (bytes[0] !== MessageType.awareness) {
+        const frame = readMuxFrame(bytes)
+        if (frame.type === "channel") {
+          const list = this.frames.get(frame.channel) ?? []
+          list.push(frame.frame.slice())
+          this.frames.set(frame.channel, list)
+        } else if (frame.type === "close")
+          this.closes.set(frame.channel, { code: frame.code, reason: frame.reason })
+      }
+      for (const waiter of [...this.waiters]) waiter()
+    })
+    this.ws.on("error", () => {})
+    open.push({ close: () => this.ws.close() })
+  }
+
+  /** Opens `channel` to `name` and asks for everything (an empty replica's sync step 1). */
+  open(channel: number, name: string, token = ""): void {
+    this.ws.send(encodeChannelOpen(channel, name, token))
+    this.ws.send(encodeChannelFrame(channel, encodeSyncStep1(Y.encodeStateVector(new Y.Doc()))))
+  }
+
+  until(check: () => boolean, ms = 10_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("timed out")), ms)
+      const test = () => {
+        if (!check()) return
+        clearTimeout(timer)
+        this.waiters.delete(test)
+        resolve()
+      }
+      this.waiters.add(test)
+      test()
+    })
+  }
+
+  /** The document built from every update the relay sent on `channel`. */
+  replica(channel: number): Y.Doc {
+    const doc = new Y.Doc()
+    for (const bytes of this.frames.get(channel) ?? []) {
+      const frame = readFrame(bytes)
+      if (frame.type === "sync" && frame.message.type !== "syncStep1")
+        Y.applyUpdate(doc, frame.message.update)
+    }
+    return doc
+  }
+}
+
+/** A member creates `id` with a secret title and message over a socket of its own; resolves with the secrets. */
+async function createWithSecrets(actor: UserId, other: UserId, id: ConversationId): Promise<string[]> {
+  const owner = new TestClient(relay.url, id, await relay.token(actor))
+  open.push({ close: () => owner.close() })
+  await owner.opened
+  await owner.synced()
+  const secrets = [`title-${id}`, `body-${id}`]
+  owner.doc.transact(() => {
+    createConversation(owner.doc, actor, { kind: "group", id, participants: [other] })
+    typesOf(owner.doc).meta.set(MetaKey.title, secrets[0]!)
+    sendMessage(owner.doc, actor, { body: secrets[1]! })
+  })
+  await owner.allSaved()
+  return secrets
+}
+
+const holds = (frames: Uint8Array[] | undefined, secret: string) =>
+  (frames ?? []).some((frame) => Buffer.from(frame).includes(Buffer.from(secret)))
+
+describe("a multiplexed socket", () => {
+  it("syncs the inbox and several conversations over one socket, each like a socket of its own", async () => {
+    const { alice, bob } = users()
+    const [one, two] = [newConversationId(), newConversationId()]
+    const secretsOne = await createWithSecrets(alice, bob, one)
+    const secretsTwo = await createWithSecrets(alice, bob, two)
+    const mux = new MuxProbe(relay.url, await relay.token(bob))
+    await mux.opened
+    mux.open(0, inboxDocumentName(bob))
+    mux.open(1, one)
+    mux.open(2, two)
+    await mux.until(
+      () =>
+        listMessages(mux.replica(1), { last: 10 }).length === 1 &&
+        listMessages(mux.replica(2), { last: 10 }).length === 1,
+    )
+    expect(listMessages(mux.replica(1), { last: 10 })[0]!.body).toBe(secretsOne[1])
+    expect(listMessages(mux.replica(2), { last: 10 })[0]!.body).toBe(secretsTwo[1])
+    // The inbox channel is answered too (its sync step 1 at least), and nothing was closed.
+    expect(mux.frames.get(0)?.length).toBeGreaterThan(0)
+    expect(mux.closes.size).toBe(0)
+
+    // A write on one channel is stored, acknowledged on that channel, and reaches a member elsewhere.
+    const bobsReplica = mux.replica(1)
+    const before = Y.encodeStateVector(bobsReplica)
+    sendMessage(bobsReplica, bob, { body: "over the shared socket" })
+    const acks = () => (mux.frames.get(1) ?? []).filter((f) => f[0] === MessageType.parley).length
+    const acked = acks()
+    mux.ws.send(encodeChannelFrame(1, encodeSyncUpdate(Y.encodeStateAsUpdate(bobsReplica, before))))
+    await mux.until(() => acks() > acked)
+    const reader = new TestClient(relay.url, one, await relay.token(alice))
+    open.push({ close: () => reader.close() })
+    await reader.until(() =>
+      listMessages(reader.doc, { last: 10 }).some((m) => m.body === "over the shared socket"),
+    )
+
+    // Closing a channel detaches it alone: the others keep receiving.
+    mux.ws.send(encodeChannelClose(1, 1000, ""))
+    sendMessage(reader.doc, alice, { body: "after the close" })
+    await reader.allSaved()
+    const writer = new TestClient(relay.url, two, await relay.token(alice))
+    open.push({ close: () => writer.close() })
+    await writer.synced()
+    sendMessage(writer.doc, alice, { body: "on channel two" })
+    await mux.until(() => holds(mux.frames.get(2), "on channel two"))
+    expect(holds(mux.frames.get(1), "after the close")).toBe(false)
+  })
+
+  it("sends a non-member no byte of a conversation, before or after its creation, and closes that channel alone", async () => {
+    const { alice, bob, mallory } = users()
+    const [early, late] = [newConversationId(), newConversationId()]
+    const mux = new MuxProbe(relay.url, await relay.token(mallory))
+    await mux.opened
+    mux.open(0, inboxDocumentName(mallory))
+    mux.open(1, early) // before it exists: access pending
+    await mux.until(() => (mux.frames.get(1)?.length ?? 0) > 0)
+    const secretsEarly = await createWithSecrets(alice, bob, early)
+    const secretsLate = await createWithSecrets(alice, bob, late)
+    mux.open(2, late)
+    await mux.until(() => mux.closes.has(1) && mux.closes.has(2))
+    expect(mux.closes.get(1)!.code).toBe(4403)
+    expect(mux.closes.get(2)!.code).toBe(4403)
+    for (const secret of secretsEarly) expect(holds(mux.frames.get(1), secret)).toBe(false)
+    for (const secret of secretsLate) expect(holds(mux.frames.get(2), secret)).toBe(false)
+    expect(mux.frames.get(2) ?? []).toEqual([])
+    // The socket and the user's own inbox channel stay.
+    expect(mux.ws.readyState).toBe(WebSocket.OPEN)
+    expect(mux.closes.has(0)).toBe(false)
+  })
+
+  it("refuses a channel whose token is another user's, and holds the user to the documents limit per document", async () => {
+    const { alice, bob, mallory } = users()
+    const mux = new MuxProbe(relay.url, await relay.token(mallory))
+    await mux.opened
+    mux.open(0, inboxDocumentName(alice), await relay.token(alice))
+    await mux.until(() => mux.closes.has(0))
+    expect(mux.closes.get(0)!.code).toBe(4401)
+    expect(mux.frames.get(0) ?? []).toEqual([])
+    // --max-documents-per-user 3: a fourth document is refused, on this channel only.
+    const ids = [newConversationId(), newConversationId(), newConversationId(), newConversationId()]
+    for (const [i, id] of ids.entries()) mux.open(i + 1, id)
+    await mux.until(() => mux.closes.has(4))
+    expect(mux.closes.get(4)!.code).toBe(4429)
+    expect([1, 2, 3].filter((channel) => mux.closes.has(channel))).toEqual([])
+    void bob
+  })
+
+  it("closes the socket with 4400 on a frame for a channel never opened, or a reused channel number", async () => {
+    const { alice } = users()
+    const ahead = new MuxProbe(relay.url, await relay.token(alice))
+    await ahead.opened
+    ahead.ws.send(encodeChannelFrame(7, encodeSyncStep1(Y.encodeStateVector(new Y.Doc()))))
+    expect(await ahead.closed).toBe(4400)
+    const reused = new MuxProbe(relay.url, await relay.token(alice))
+    await reused.opened
+    reused.open(3, inboxDocumentName(alice))
+    reused.ws.send(encodeChannelOpen(2, inboxDocumentName(alice), ""))
+    expect(await reused.closed).toBe(4400)
+  })
+
+  it("refuses the socket itself with 4401 when its token does not verify", async () => {
+    const bad = new MuxProbe(relay.url, "not-a-token")
+    expect(await bad.closed).toBe(4401)
+  })
+})
