@@ -73,7 +73,9 @@ describe("client.inbox with the user's own changes made offline", () => {
     const bob = await connectClient(relay, b)
     const older = await alice.createConversation({ participants: [b], title: "older" })
     const chat = await alice.createConversation({ participants: [b], title: "plans" })
-    // Bob may open it once the relay has it (its inbox entry says so).
+    // Bob may open it once the relay has it: bob's inbox says so (alice's also shows what she has
+    // not yet had stored).
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
     await eventually(() => expect(alice.inbox.items).toHaveLength(2))
     await bob.conversation(chat.id).ready()
     bob.conversation(chat.id).send("from bob")

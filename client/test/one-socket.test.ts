@@ -45,6 +45,8 @@ describe("one socket per client", () => {
 
     const bobsSockets = countingWebSocket()
     const bob = await connectClient(relay, "mux-bob", { WebSocket: bobsSockets.WebSocket as never })
+    // Bob opens them once the relay has stored them all: his inbox lists them (alice's lists hers at once).
+    await eventually(() => expect(bob.inbox.items.length).toBe(200), 30_000)
     const seen = await Promise.all(chats.map((chat) => bob.conversation(chat.id).ready()))
     expect(seen.map((chat) => chat.info?.title)).toEqual(chats.map((_, i) => `chat ${i}`))
     await eventually(() =>

@@ -41,7 +41,8 @@ describe("presence", () => {
     const bob = await connectClient(relay, b, { clock: clock.now })
     const chat = await alice.createConversation({ participants: [b, c] })
     // Stored on the relay (it is in alice's inbox) before bob opens it.
-    await eventually(() => expect(alice.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
+    // Stored by the relay: bob's inbox lists it (alice's also shows what is not stored yet).
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
     const bobsChat = await bob.conversation(chat.id).ready()
     await eventually(() =>
       expect(bobsChat.presence).toEqual([{ user: a, status: "online", lastSeen: clock.now() }]),
@@ -79,7 +80,8 @@ describe("presence", () => {
     const alice = await connectClient(relay, a)
     const bob = await connectClient(relay, b)
     const chat = await alice.createConversation({ participants: [b] })
-    await eventually(() => expect(alice.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
+    // Stored by the relay: bob's inbox lists it (alice's also shows what is not stored yet).
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
     const bobsChat = await bob.conversation(chat.id).ready()
     await eventually(() => expect(bobsChat.presence.map((p) => p.status)).toEqual(["online"]))
     // A raw member watching the awareness itself.
