@@ -4,6 +4,7 @@ import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
+import type { PushSubscriptionStore } from "../push/store.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
 import type { StorageKind } from "../storage/index.js"
 import { MemoryBackend } from "./memory.js"
@@ -68,6 +69,11 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
     bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
     history: withDeadlines<HistoryStore>(backend.history, options.timeoutMs, "history segments"),
     keys: withDeadlines<ApiKeyStore>(backend.keys, options.timeoutMs, "API keys"),
+    pushSubscriptions: withDeadlines<PushSubscriptionStore>(
+      backend.pushSubscriptions,
+      options.timeoutMs,
+      "push subscriptions",
+    ),
     close: () => backend.close(),
   }
 }

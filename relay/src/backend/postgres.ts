@@ -5,6 +5,7 @@ import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
+import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import type { Backend } from "./types.js"
 
@@ -32,6 +33,7 @@ export class PostgresBackend implements Backend {
   readonly bindings: PostgresClientBindingStore
   readonly history: PostgresHistoryStore
   readonly keys: PostgresApiKeyStore
+  readonly pushSubscriptions: PostgresPushSubscriptionStore
   private closed = false
 
   private constructor(private readonly pool: pg.Pool) {
@@ -41,6 +43,7 @@ export class PostgresBackend implements Backend {
     this.bindings = new PostgresClientBindingStore(pool)
     this.history = new PostgresHistoryStore(pool)
     this.keys = new PostgresApiKeyStore(pool)
+    this.pushSubscriptions = new PostgresPushSubscriptionStore(pool)
   }
 
   /** Connects to `url` and creates the tables if needed. */
@@ -56,6 +59,7 @@ export class PostgresBackend implements Backend {
         BINDINGS_SCHEMA,
         POSTGRES_HISTORY_SCHEMA,
         API_KEYS_SCHEMA,
+        PUSH_SUBSCRIPTIONS_SCHEMA,
       ].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),

@@ -6,6 +6,7 @@ import { SqliteHistoryStore } from "../history/store.js"
 import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
+import { SqlitePushSubscriptionStore } from "../push/store.js"
 import { SqliteStorage } from "../storage/sqlite.js"
 import type { Backend } from "./types.js"
 
@@ -43,6 +44,7 @@ export class SqliteBackend implements Backend {
   readonly bindings: SqliteClientBindingStore
   readonly history: SqliteHistoryStore
   readonly keys: SqliteApiKeyStore
+  readonly pushSubscriptions: SqlitePushSubscriptionStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -67,6 +69,7 @@ export class SqliteBackend implements Backend {
       this.bindings = new SqliteClientBindingStore(this.db)
       this.history = new SqliteHistoryStore(this.db)
       this.keys = new SqliteApiKeyStore(this.db)
+      this.pushSubscriptions = new SqlitePushSubscriptionStore(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

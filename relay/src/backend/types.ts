@@ -3,6 +3,7 @@ import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
+import type { PushSubscriptionStore } from "../push/store.js"
 import type { RelayStorage } from "../storage/types.js"
 
 /**
@@ -34,6 +35,8 @@ export interface Backend {
   readonly history: HistoryStore
   /** The HTTP API's service keys (hashed). */
   readonly keys: ApiKeyStore
+  /** Devices' Web Push subscriptions, per user and device. */
+  readonly pushSubscriptions: PushSubscriptionStore
   /**
    * Finishes pending writes of every part and releases the database. The
    * parts' own `close` only finish their pending writes: the relay closes them

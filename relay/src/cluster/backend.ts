@@ -6,6 +6,7 @@ import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
+import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import { Cluster, type ClusterOptions } from "./cluster.js"
 import { FencedStorage } from "./fenced-storage.js"
@@ -40,6 +41,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
       BINDINGS_SCHEMA,
       POSTGRES_HISTORY_SCHEMA,
       API_KEYS_SCHEMA,
+      PUSH_SUBSCRIPTIONS_SCHEMA,
       FENCES_SCHEMA,
     ].join("\n"),
     onIdleError: options.onIdleError ?? (() => {}),
@@ -65,6 +67,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
     bindings,
     history: new PostgresHistoryStore(pool),
     keys: new PostgresApiKeyStore(pool),
+    pushSubscriptions: new PostgresPushSubscriptionStore(pool),
     close: async () => {
       if (closed) return
       closed = true
