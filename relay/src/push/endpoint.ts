@@ -32,7 +32,6 @@ for (const [network, prefix] of [
 for (const [network, prefix] of [
   ["::", 128],
   ["::1", 128],
-  ["::ffff:0:0", 96],
   ["64:ff9b::", 96],
   ["fc00::", 7],
   ["fe80::", 10],
@@ -45,7 +44,8 @@ export function isNonPublicAddress(address: string): boolean {
   const family = isIP(address)
   if (family === 0) return false
   if (family === 6) {
-    // An IPv4-mapped address is judged as the IPv4 address it carries.
+    // An IPv4-mapped address is judged as the IPv4 address it carries (a ::ffff:0:0/96 rule would
+    // also catch every plain IPv4 address: BlockList maps them into it).
     const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1]
     if (mapped) return NON_PUBLIC.check(mapped, "ipv4")
   }

@@ -35,7 +35,7 @@ function clip(text: string, max: number): string {
 
 /**
  * The notification of a `message.sent` event for one recipient with `badge`
- * unread messages; undefined for a message with nothing to show (deleted).
+ * unread messages; undefined for a message not worth a notification (deleted, or a system message).
  * The sender's name is their user id: the relay keeps no profiles (a hook
  * may rewrite it with a display name).
  */
@@ -44,7 +44,8 @@ export function notificationFor(
   badge: number,
 ): PushNotification | undefined {
   const { message } = event.subject
-  if (message.deleted) return undefined
+  // System messages (joins, renames) are not worth waking a phone for.
+  if (message.deleted || message.type === "system") return undefined
   const sender = { id: message.author, name: message.author }
   return {
     title: clip(event.conversation.title || sender.name, TITLE_CHARS),

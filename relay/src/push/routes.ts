@@ -274,3 +274,33 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   })
   return app
 }
+
+/**
+ * The push routes' part of the OpenAPI document (paths and the `userToken`
+ * scheme), generated from the schemas that validate them; the API's
+ * `openApiDocument` merges it in.
+ */
+export function pushOpenApiPart(): {
+  paths: Record<string, unknown>
+  securitySchemes: Record<string, unknown>
+  schemas: Record<string, unknown>
+} {
+  const unused = () => {
+    throw new Error("the document is generated without serving requests")
+  }
+  const app = createPushRoutes({
+    store: { put: unused, list: unused, remove: unused, removeEndpoint: unused },
+    publicKey: "",
+    verify: unused,
+    log: { error: unused } as unknown as Logger,
+  })
+  const doc = app.getOpenAPI31Document({ openapi: "3.1.0", info: { title: "", version: "1" } }) as {
+    paths?: Record<string, unknown>
+    components?: { securitySchemes?: Record<string, unknown>; schemas?: Record<string, unknown> }
+  }
+  return {
+    paths: doc.paths ?? {},
+    securitySchemes: doc.components?.securitySchemes ?? {},
+    schemas: doc.components?.schemas ?? {},
+  }
+}
