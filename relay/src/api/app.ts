@@ -154,7 +154,10 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
 
   // The whole document, the push routes included (see `openApiDocument`), made once on first request.
   let served: Record<string, unknown> | undefined
-  app.get("/v1/openapi.json", (c) => c.json((served ??= openApiDocument())))
+  app.get("/v1/openapi.json", (c) => {
+    served ??= openApiDocument()
+    return c.json(served)
+  })
   // Authenticated first: a stranger's body is never read, whatever its length.
   app.use("/v1/*", async (c, next) => {
     if (c.req.path === "/v1/openapi.json") return next()
