@@ -162,10 +162,16 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         reached = new Set()
         served.set(event.event.id, reached)
       }
-      for (const { user } of event.conversation.participants) {
-        if (user === author || options.isActive(conversation, user)) continue
-        const devices = (await options.store.list(user)).filter((sub) => !reached.has(deviceKey(sub)))
-        if (devices.length === 0) continue
+      const recipients = event.conversation.participants
+        .map((p) => p.user)
+        .filter((user) => user !== author && !options.isActive(conversation, user))
+      // One query for every recipient's devices: a large room costs no query per member.
+      const byUser = new Map<UserId, PushSubscriptionRecord[]>()
+      for (const sub of await options.store.listMany(recipients)) {
+        if (reached.has(deviceKey(sub))) continue
+        byUser.set(sub.user, [...(byUser.get(sub.user) ?? []), sub])
+      }
+      for (const [user, devices] of byUser) {
         const summary = await inboxSummary(core, user)
         if (event.subject.message.priority !== "emergency" && summary.muted.includes(conversation)) continue
         const built = notificationFor(event, summary.totalUnread)

@@ -289,7 +289,7 @@ export function pushOpenApiPart(): {
     throw new Error("the document is generated without serving requests")
   }
   const app = createPushRoutes({
-    store: { put: unused, list: unused, remove: unused, removeEndpoint: unused },
+    store: { put: unused, list: unused, listMany: unused, remove: unused, removeEndpoint: unused },
     publicKey: "",
     verify: unused,
     log: { error: unused } as unknown as Logger,

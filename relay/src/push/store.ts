@@ -25,6 +25,8 @@ export interface PushSubscriptionStore {
   put(record: PushSubscriptionRecord): Promise<void>
   /** The user's subscriptions, oldest first. */
   list(user: UserId): Promise<PushSubscriptionRecord[]>
+  /** The subscriptions of any of `users` (one query for a message's recipients), oldest first per user. */
+  listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]>
   /** Removes the user's subscription of `device`; false when there was none. */
   remove(user: UserId, device: string): Promise<boolean>
   /** Removes every subscription with `endpoint` (the push service said it expired); returns how many. */
@@ -48,6 +50,10 @@ export class MemoryPushSubscriptionStore implements PushSubscriptionStore {
 
   async list(user: UserId): Promise<PushSubscriptionRecord[]> {
     return [...(this.byUser.get(user)?.values() ?? [])].sort(byAge)
+  }
+
+  async listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]> {
+    return [...new Set(users)].flatMap((user) => [...(this.byUser.get(user)?.values() ?? [])].sort(byAge))
   }
 
   async remove(user: UserId, device: string): Promise<boolean> {
@@ -124,6 +130,16 @@ export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
     return rows.map(recordOf)
   }
 
+  async listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]> {
+    if (users.length === 0) return []
+    const rows = this.db
+      .prepare(
+        `SELECT ${COLUMNS} FROM parley_push_subscriptions WHERE user_id IN (SELECT value FROM json_each(?)) ORDER BY user_id, created_at, device`,
+      )
+      .all(JSON.stringify(users)) as Row[]
+    return rows.map(recordOf)
+  }
+
   async remove(user: UserId, device: string): Promise<boolean> {
     return (
       this.db
@@ -153,6 +169,15 @@ export class PostgresPushSubscriptionStore implements PushSubscriptionStore {
     const { rows } = await this.pool.query<Row>(
       `SELECT ${COLUMNS} FROM parley_push_subscriptions WHERE user_id = $1 ORDER BY created_at, device`,
       [user],
+    )
+    return rows.map(recordOf)
+  }
+
+  async listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]> {
+    if (users.length === 0) return []
+    const { rows } = await this.pool.query<Row>(
+      `SELECT ${COLUMNS} FROM parley_push_subscriptions WHERE user_id = ANY($1) ORDER BY user_id, created_at, device`,
+      [users],
     )
     return rows.map(recordOf)
   }

@@ -43,6 +43,14 @@ export function runPushSubscriptionStoreConformance(
       expect((await again.list(alice)).map((s) => s.device)).toEqual(["laptop", "phone"])
       expect(await again.list(bob)).toEqual([sub(bob, "phone", "https://push.example/b1", 1500)])
       expect(await again.list("carol" as UserId)).toEqual([])
+      const many = await again.listMany([bob, alice, "carol" as UserId])
+      expect(many.map((s) => `${s.user}/${s.device}`).sort()).toEqual([
+        "alice/laptop",
+        "alice/phone",
+        "bob/phone",
+      ])
+      expect(many.filter((s) => s.user === alice).map((s) => s.device)).toEqual(["laptop", "phone"])
+      expect(await again.listMany([])).toEqual([])
     })
 
     it("replaces a device's subscription when it registers again, keeping one per device", async () => {
