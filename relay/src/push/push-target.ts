@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto"
-import type { UserId } from "@parley/shared"
+import { ParleyError, type UserId } from "@parley/shared"
 import webpush from "web-push"
 import type { RunningCore } from "../extension.js"
 import type { PushNotificationHandler } from "../hooks/define.js"
@@ -105,6 +105,8 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     try {
       await checkEndpointBeforeSend(sub.endpoint, endpoints)
     } catch (error) {
+      // A name that does not resolve now (DNS down) may later: retried, not dropped.
+      if (!(error instanceof ParleyError)) return error instanceof Error ? error : new Error(String(error))
       // Registered before the policy tightened, or its name now resolves inward: never sent to again.
       options.log.warn({ ...where, err: error }, "push endpoint refused: subscription dropped")
       await options.store.remove(sub.user, sub.device)
