@@ -26,7 +26,13 @@ import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
-import { httpOriginOf, type PushDevice, PushRegistrations, type PushSubscriptionInput } from "./push.js"
+import {
+  type BrowserPushSubscription,
+  httpOriginOf,
+  type PushDevice,
+  PushRegistrations,
+  type PushSubscriptionInput,
+} from "./push.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
 
@@ -353,7 +359,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    * under `device`, a name stable per installation; the relay then pushes
    * messages to it while the user is not in the conversation.
    */
-  registerPush(device: string, subscription: PushSubscriptionInput): Promise<PushDevice> {
+  registerPush(
+    device: string,
+    subscription: PushSubscriptionInput | BrowserPushSubscription,
+  ): Promise<PushDevice> {
     return this.push.register(device, subscription)
   }
 

@@ -67,6 +67,6 @@ export type {
 export type { Listener } from "./emitter.js"
 export type { Inbox, InboxEvents } from "./inbox.js"
 export type { MessageStatus } from "./message-status.js"
-export type { PushDevice, PushRegistrations, PushSubscriptionInput } from "./push.js"
+export type { BrowserPushSubscription, PushDevice, PushRegistrations, PushSubscriptionInput } from "./push.js"
 export type { StorageKind } from "./storage.js"
 export type { TokenSource } from "./token.js"

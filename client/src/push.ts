@@ -7,6 +7,11 @@ export interface PushSubscriptionInput {
   readonly expirationTime?: number | null
 }
 
+/** What a browser's `PushSubscription` offers (typed here so the SDK needs no DOM types). */
+export interface BrowserPushSubscription {
+  toJSON(): unknown
+}
+
 /** One of the user's devices the relay pushes to. */
 export interface PushDevice {
   readonly device: string
@@ -53,13 +58,23 @@ export class PushRegistrations {
     return ((await response.json()) as { publicKey: string }).publicKey
   }
 
-  /** Registers (or replaces) this device's subscription under `device`, a name stable per installation. */
-  async register(device: string, subscription: PushSubscriptionInput): Promise<PushDevice> {
-    const json =
-      typeof (subscription as { toJSON?: () => unknown }).toJSON === "function"
-        ? (subscription as unknown as { toJSON(): PushSubscriptionInput }).toJSON()
-        : subscription
+  /**
+   * Registers (or replaces) this device's subscription under `device`, a name
+   * stable per installation: the browser's `PushSubscription` itself, or its `toJSON()`.
+   */
+  async register(
+    device: string,
+    subscription: PushSubscriptionInput | BrowserPushSubscription,
+  ): Promise<PushDevice> {
+    const json = (
+      "toJSON" in subscription ? subscription.toJSON() : subscription
+    ) as Partial<PushSubscriptionInput>
     const { endpoint, keys } = json
+    if (typeof endpoint !== "string" || typeof keys?.p256dh !== "string" || typeof keys.auth !== "string")
+      throw new ParleyError(
+        ErrorCode.INVALID_ARGUMENT,
+        "a push subscription needs an endpoint and its p256dh and auth keys",
+      )
     return (await this.call("POST", "", {
       device,
       subscription: { endpoint, keys: { p256dh: keys.p256dh, auth: keys.auth } },
