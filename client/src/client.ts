@@ -28,6 +28,13 @@ import { holdUpdatesUntilSynced } from "./held-updates.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
 import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
+import {
+  type BrowserPushSubscription,
+  httpOriginOf,
+  type PushDevice,
+  PushRegistrations,
+  type PushSubscriptionInput,
+} from "./push.js"
 import { SocketMux } from "./socket-mux.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
@@ -142,6 +149,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private browserOnline = true
   private current: ClientStatus = "offline"
   private destroyed = false
+  private pushRegistrations: PushRegistrations | undefined
   private tokenInFlight: Promise<string> | undefined
   /** Waits in progress, ended by destroy() so that none of their timers outlive the client. */
   private readonly cancels = new Set<() => void>()
@@ -406,6 +414,34 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.inbox.stop()
     for (const conversation of this.open.values()) conversation.connection.stop()
     this.updateStatus()
+  }
+
+  /**
+   * The user's Web Push registrations on the relay (over HTTP, with the
+   * user's token): the relay's public key to subscribe with, and this
+   * device's subscription to register or remove.
+   */
+  get push(): PushRegistrations {
+    this.pushRegistrations ??= new PushRegistrations(httpOriginOf(this.options.url), () => this.token())
+    return this.pushRegistrations
+  }
+
+  /**
+   * Registers this device's Web Push subscription (from
+   * `registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: await client.push.publicKey() })`)
+   * under `device`, a name stable per installation; the relay then pushes
+   * messages to it while the user is not in the conversation.
+   */
+  registerPush(
+    device: string,
+    subscription: PushSubscriptionInput | BrowserPushSubscription,
+  ): Promise<PushDevice> {
+    return this.push.register(device, subscription)
+  }
+
+  /** Stops pushing to `device`; resolves false when the relay had no such device. */
+  unregisterPush(device: string): Promise<boolean> {
+    return this.push.unregister(device)
   }
 
   /** Closes every conversation, socket, timer and database handle. Local data stays for the next client. */

@@ -68,6 +68,7 @@ export type { Listener } from "./emitter.js"
 export type { Inbox, InboxEvents } from "./inbox.js"
 export type { MessageStatus } from "./message-status.js"
 export type { PresenceStatus, UserPresence } from "./presence.js"
+export type { BrowserPushSubscription, PushDevice, PushRegistrations, PushSubscriptionInput } from "./push.js"
 export type { StorageKind } from "./storage.js"
 export {
   type ConversationSnapshot,

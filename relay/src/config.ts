@@ -4,6 +4,7 @@ import { Command, CommanderError, Option } from "commander"
 import { DEFAULT_API_LIMITS } from "./api/limits.js"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
+import { exponentialBackoff } from "./hooks/dispatcher.js"
 import { DEFAULT_EVENT_RETENTION } from "./hooks/event-log.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
 import type { RelayOptions } from "./relay.js"
@@ -380,6 +381,41 @@ export const RELAY_FLAGS = {
     env: "PARLEY_WEBHOOK_SECRET",
     help: "signing secret of webhooks",
   }),
+  "vapid-public-key": flag({
+    value: "key",
+    kind: "string",
+    env: "PARLEY_VAPID_PUBLIC_KEY",
+    help: "VAPID public key (base64url) of Web Push notifications; `parley-relay vapid-keys` makes a pair",
+  }),
+  "vapid-private-key": flag({
+    value: "key",
+    kind: "string",
+    env: "PARLEY_VAPID_PRIVATE_KEY",
+    help: "VAPID private key (base64url) of Web Push notifications",
+  }),
+  "vapid-subject": flag({
+    value: "url",
+    kind: "string",
+    env: "PARLEY_VAPID_SUBJECT",
+    help: "mailto: or https: contact push services may reach about this relay",
+  }),
+  "push-allow-insecure-endpoints": flag({
+    kind: "boolean",
+    env: "PARLEY_PUSH_ALLOW_INSECURE_ENDPOINTS",
+    help: "accept http: push endpoints and private or loopback addresses (tests and local development only)",
+  }),
+  "push-attempts": flag({
+    kind: "integer",
+    env: "PARLEY_PUSH_ATTEMPTS",
+    help: "attempts per message's push notifications before they are dead-lettered",
+    default: 8,
+  }),
+  "push-retry-base-ms": flag({
+    kind: "integer",
+    env: "PARLEY_PUSH_RETRY_BASE_MS",
+    help: "delay before the first retry of failed push notifications (doubling, up to 5 min)",
+    default: 5_000,
+  }),
   "hook-timeout-ms": flag({
     kind: "integer",
     env: "PARLEY_HOOK_TIMEOUT_MS",
@@ -713,6 +749,16 @@ export function parseConfig(
   if (webhooks.length > 0 && !webhookSecret)
     throw new ConfigError("--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)")
   if (v["hook-attempts"] < 1) throw new ConfigError("--hook-attempts must be at least 1")
+  const vapidPublic = v["vapid-public-key"]
+  const vapidPrivate = v["vapid-private-key"]
+  const vapidSubject = v["vapid-subject"]
+  if ((vapidPublic || vapidPrivate || vapidSubject) && !(vapidPublic && vapidPrivate && vapidSubject))
+    throw new ConfigError(
+      "Web Push needs all of --vapid-public-key, --vapid-private-key and --vapid-subject (`parley-relay vapid-keys` makes them)",
+    )
+  if (vapidSubject && !/^(mailto:|https:)/.test(vapidSubject))
+    throw new ConfigError(`--vapid-subject must be a mailto: or https: URL, got ${vapidSubject}`)
+  if (v["push-attempts"] < 1) throw new ConfigError("--push-attempts must be at least 1")
   if (v["event-retention-hours"] < 1) throw new ConfigError("--event-retention-hours must be at least 1")
   if (v["event-retention-events"] < 1) throw new ConfigError("--event-retention-events must be at least 1")
 
@@ -738,6 +784,18 @@ export function parseConfig(
     ...(hooksDir ? { hooksDir } : {}),
     ...(webhooks.length > 0 ? { webhooks, webhookSecret: webhookSecret! } : {}),
     hookTimeoutMs: Math.max(1, v["hook-timeout-ms"]),
+    push: {
+      ...(vapidPublic && vapidPrivate && vapidSubject
+        ? { vapid: { publicKey: vapidPublic, privateKey: vapidPrivate, subject: vapidSubject } }
+        : {}),
+      allowHttpEndpoints: v["push-allow-insecure-endpoints"] === true,
+      allowPrivateEndpoints: v["push-allow-insecure-endpoints"] === true,
+      retryDelay: exponentialBackoff({
+        baseMs: Math.max(1, v["push-retry-base-ms"]),
+        maxMs: 300_000,
+        attempts: v["push-attempts"],
+      }),
+    },
     hookAttempts: v["hook-attempts"],
     eventRetention: {
       maxAgeMs: v["event-retention-hours"] * 3_600_000,

@@ -54,6 +54,11 @@ export type {
   StoredChange,
   StoredLog,
 } from "./extension.js"
+export type {
+  PushNotificationContext,
+  PushNotificationHandler,
+  PushNotificationResult,
+} from "./hooks/define.js"
 export {
   type ConversationState,
   DEFAULT_EVENT_RETENTION,
@@ -96,6 +101,21 @@ export type { PolicyInput, UpdatePolicy } from "./policy.js"
 export { membershipPolicy } from "./policy.js"
 export type { Principal } from "./principal.js"
 export { describePrincipal, RELAY } from "./principal.js"
+export { PushExtension, type PushExtensionOptions, type PushOptions } from "./push/extension.js"
+export type { PushNotification, PushUrgency } from "./push/notification.js"
+export {
+  DEFAULT_PUSH_RETRY,
+  type PushRewriter,
+  type PushTargetOptions,
+  pushTarget,
+  type VapidKeys,
+} from "./push/push-target.js"
+export {
+  MemoryPushSubscriptionStore,
+  type PushSubscriptionRecord,
+  type PushSubscriptionStore,
+} from "./push/store.js"
+export { generateVapidKeys } from "./push/vapid.js"
 export type { RelayClusterOptions, RelayOptions, RunningRelay } from "./relay.js"
 export { DEFAULT_MAX_TOKEN_LIFETIME_MS, DEFAULT_TRANSPORT_LIMITS, startRelay } from "./relay.js"
 export type { CoreLimits, RelayCoreOptions } from "./relay-core.js"

@@ -17,6 +17,12 @@ async function main(): Promise<void> {
     const { runKeysCli } = await import("./api/keys-cli.js")
     process.exit(await runKeysCli(process.argv.slice(3)))
   }
+  if (process.argv[2] === "vapid-keys") {
+    const { generateVapidKeys } = await import("./push/vapid.js")
+    const { publicKey, privateKey } = generateVapidKeys("mailto:unused")
+    process.stdout.write(`PARLEY_VAPID_PUBLIC_KEY=${publicKey}\nPARLEY_VAPID_PRIVATE_KEY=${privateKey}\n`)
+    process.exit(0)
+  }
   if (process.argv[2] === "rebuild-inboxes") {
     const { runRebuildInboxesCli } = await import("./inbox/rebuild-cli.js")
     process.exit(await runRebuildInboxesCli(process.argv.slice(3)))

@@ -22,6 +22,8 @@ import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
 import { ErasureAdmin } from "./purge/erase-admin.js"
 import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
+import { PushExtension, type PushOptions } from "./push/extension.js"
+import { checkVapidKeys, generateVapidKeys } from "./push/vapid.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
@@ -129,6 +131,11 @@ export interface RelayOptions {
    * "Several relays").
    */
   readonly cluster?: RelayClusterOptions
+  /**
+   * Web Push notifications (README "Push notifications"): on with VAPID keys,
+   * or in dev mode (which makes throwaway ones); off otherwise.
+   */
+  readonly push?: PushOptions
 }
 
 /** A relay's cluster settings (see {@link RelayOptions.cluster}). */
@@ -190,6 +197,14 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ExitCode.CONFIG,
       "no way to verify tokens: give --auth-secret, --auth-public-key or --auth-jwks-url (or --dev)",
     )
+  // Checked before anything is opened: unusable keys would otherwise fail only at the first message.
+  const vapid = options.push?.vapid ?? (dev ? generateVapidKeys("mailto:dev@localhost") : undefined)
+  if (vapid)
+    try {
+      checkVapidKeys(vapid)
+    } catch (error) {
+      throw new StartupError(ExitCode.CONFIG, (error as Error).message, { cause: error })
+    }
   if (dev) {
     log.warn(
       "DEV MODE — INSECURE: anyone who can reach this relay can mint a token for any user at /dev/token. Never use in production.",
@@ -290,10 +305,22 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ? ownedOutbox(backend.outbox, (document) => clustered.cluster.owns(document))
     : backend.outbox
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
+  const push = vapid
+    ? new PushExtension({
+        ...options.push,
+        vapid,
+        store: backend.pushSubscriptions,
+        verify: (token) => auth.verify(token),
+        rewriters: hookModules.flatMap(({ name, hooks }) =>
+          hooks.onPushNotification ? [{ hook: name, handler: hooks.onPushNotification }] : [],
+        ),
+        log: log.child({ component: "push" }),
+      })
+    : undefined
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
   const hooks = new HooksExtension({
     hooks: hookModules,
-    targets: inbox,
+    targets: push ? [...inbox, push.target] : inbox,
     webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
     outbox,
     log: log.child({ component: "hooks" }),
@@ -323,6 +350,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ...(options.history === false ? {} : { history: backend.history }),
     }),
     metricsExtension(metrics),
+    // Before the API, which answers every other `/v1/...` path.
+    ...(push ? [push] : []),
     ...(options.api === false
       ? []
       : [

@@ -7,6 +7,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status"
 import type { RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
+import { pushOpenApiPart } from "../push/routes.js"
 import { RateLimiter } from "../rate-limit.js"
 import type { ApiEventSource } from "./event-source.js"
 import { EventStreams } from "./event-stream.js"
@@ -151,7 +152,12 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     await next()
   }
 
-  app.doc31("/v1/openapi.json", openApiInfo)
+  // The whole document, the push routes included (see `openApiDocument`), made once on first request.
+  let served: Record<string, unknown> | undefined
+  app.get("/v1/openapi.json", (c) => {
+    served ??= openApiDocument()
+    return c.json(served)
+  })
   // Authenticated first: a stranger's body is never read, whatever its length.
   app.use("/v1/*", async (c, next) => {
     if (c.req.path === "/v1/openapi.json") return next()
@@ -559,5 +565,19 @@ export function openApiDocument(): Record<string, unknown> {
     keys: { create: unused, get: unused, list: unused, revoke: unused },
     log: { error: unused, warn: unused } as unknown as Logger,
   })
-  return app.getOpenAPI31Document(openApiInfo) as unknown as Record<string, unknown>
+  const doc = app.getOpenAPI31Document(openApiInfo) as unknown as {
+    paths: Record<string, unknown>
+    components: { securitySchemes: Record<string, unknown>; schemas: Record<string, unknown> }
+  }
+  // The devices' push registration routes (relay/src/push/routes.ts) are served beside the API.
+  const push = pushOpenApiPart()
+  return {
+    ...doc,
+    paths: { ...doc.paths, ...push.paths },
+    components: {
+      ...doc.components,
+      schemas: { ...doc.components.schemas, ...push.schemas },
+      securitySchemes: { ...doc.components.securitySchemes, ...push.securitySchemes },
+    },
+  }
 }

@@ -5,6 +5,7 @@ import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
 import type { ContentPurge } from "../purge/content-purge.js"
+import type { PushSubscriptionStore } from "../push/store.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
 import type { StorageKind } from "../storage/index.js"
 import { MemoryBackend } from "./memory.js"
@@ -72,6 +73,11 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
     ...(backend.purge
       ? { purge: withDeadlines<ContentPurge>(backend.purge, options.timeoutMs, "content purge") }
       : {}),
+    pushSubscriptions: withDeadlines<PushSubscriptionStore>(
+      backend.pushSubscriptions,
+      options.timeoutMs,
+      "push subscriptions",
+    ),
     close: () => backend.close(),
   }
 }

@@ -3,6 +3,7 @@ import { MemoryHistoryStore } from "../history/store.js"
 import { MemoryEventLog } from "../hooks/memory-event-log.js"
 import { MemoryOutbox } from "../hooks/outbox.js"
 import { MemoryClientBindingStore } from "../policy/client-bindings.js"
+import { MemoryPushSubscriptionStore } from "../push/store.js"
 import { type MemoryData, MemoryStorage } from "../storage/memory.js"
 import type { Backend } from "./types.js"
 
@@ -15,6 +16,7 @@ export class MemoryBackend implements Backend {
   readonly bindings = new MemoryClientBindingStore()
   readonly history = new MemoryHistoryStore()
   readonly keys = new MemoryApiKeyStore()
+  readonly pushSubscriptions = new MemoryPushSubscriptionStore()
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
   constructor(data: MemoryData = { documents: new Map(), catalog: new Map() }) {

@@ -6,6 +6,7 @@ import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
 import { PostgresContentPurge } from "../purge/content-purge.js"
+import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import type { Backend } from "./types.js"
 
@@ -34,6 +35,7 @@ export class PostgresBackend implements Backend {
   readonly history: PostgresHistoryStore
   readonly keys: PostgresApiKeyStore
   readonly purge: PostgresContentPurge
+  readonly pushSubscriptions: PostgresPushSubscriptionStore
   private closed = false
 
   private constructor(private readonly pool: pg.Pool) {
@@ -44,6 +46,7 @@ export class PostgresBackend implements Backend {
     this.history = new PostgresHistoryStore(pool)
     this.keys = new PostgresApiKeyStore(pool)
     this.purge = new PostgresContentPurge(pool)
+    this.pushSubscriptions = new PostgresPushSubscriptionStore(pool)
   }
 
   /** Connects to `url` and creates the tables if needed. */
@@ -59,6 +62,7 @@ export class PostgresBackend implements Backend {
         BINDINGS_SCHEMA,
         POSTGRES_HISTORY_SCHEMA,
         API_KEYS_SCHEMA,
+        PUSH_SUBSCRIPTIONS_SCHEMA,
       ].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),

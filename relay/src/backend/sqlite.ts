@@ -7,6 +7,7 @@ import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
 import { SqliteContentPurge } from "../purge/content-purge.js"
+import { SqlitePushSubscriptionStore } from "../push/store.js"
 import { SqliteStorage } from "../storage/sqlite.js"
 import type { Backend } from "./types.js"
 
@@ -45,6 +46,7 @@ export class SqliteBackend implements Backend {
   readonly history: SqliteHistoryStore
   readonly keys: SqliteApiKeyStore
   readonly purge: SqliteContentPurge
+  readonly pushSubscriptions: SqlitePushSubscriptionStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -75,6 +77,7 @@ export class SqliteBackend implements Backend {
       this.history = new SqliteHistoryStore(this.db)
       this.keys = new SqliteApiKeyStore(this.db)
       this.purge = new SqliteContentPurge(this.db)
+      this.pushSubscriptions = new SqlitePushSubscriptionStore(this.db)
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

@@ -4,6 +4,7 @@ import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
 import type { ContentPurge } from "../purge/content-purge.js"
+import type { PushSubscriptionStore } from "../push/store.js"
 import type { RelayStorage } from "../storage/types.js"
 
 /**
@@ -35,6 +36,8 @@ export interface Backend {
   readonly history: HistoryStore
   /** The HTTP API's service keys (hashed). */
   readonly keys: ApiKeyStore
+  /** Devices' Web Push subscriptions, per user and device. */
+  readonly pushSubscriptions: PushSubscriptionStore
   /**
    * Purges what deletions and erasures leave outside the documents (hook
    * events, segments, the files' free pages); absent in a backend that keeps

@@ -7,6 +7,7 @@ import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
 import { PostgresContentPurge } from "../purge/content-purge.js"
+import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import { Cluster, type ClusterOptions } from "./cluster.js"
 import { FencedStorage } from "./fenced-storage.js"
@@ -41,6 +42,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
       BINDINGS_SCHEMA,
       POSTGRES_HISTORY_SCHEMA,
       API_KEYS_SCHEMA,
+      PUSH_SUBSCRIPTIONS_SCHEMA,
       FENCES_SCHEMA,
     ].join("\n"),
     onIdleError: options.onIdleError ?? (() => {}),
@@ -68,6 +70,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
     keys: new PostgresApiKeyStore(pool),
     // Purges of hook events and segments are the owner's, in its update path like the rest.
     purge: new PostgresContentPurge(pool),
+    pushSubscriptions: new PostgresPushSubscriptionStore(pool),
     close: async () => {
       if (closed) return
       closed = true

@@ -13,6 +13,7 @@ import type {
   UserId,
 } from "@parley/shared"
 import type { Logger } from "../log.js"
+import type { PushNotification } from "../push/notification.js"
 import { HANDLER_NAMES, type HookEvent, type HookEventType } from "./events.js"
 
 /** A conversation as a hook reads it. */
@@ -117,9 +118,40 @@ export type HookHandler<T extends HookEventType> = (
   context: HookContext,
 ) => void | Promise<void>
 
+/** What `onPushNotification` gets besides the notification. */
+export interface PushNotificationContext {
+  /** This hook module's name (its file name). */
+  readonly hook: string
+  /** Who the notification is for (it goes to each of their devices). */
+  readonly recipient: UserId
+  /** The message's event. */
+  readonly event: HookEvent<"message.sent">
+  readonly log: Logger
+  /** Aborted when the delivery attempt's time is up. */
+  readonly signal: AbortSignal
+}
+
+/** What `onPushNotification` returns: `false` vetoes, a notification replaces, nothing keeps. */
+// biome-ignore lint/suspicious/noConfusingVoidType: a handler that returns nothing keeps the notification
+export type PushNotificationResult = PushNotification | false | undefined | void
+
+/**
+ * Vetoes or rewrites a push notification before it is encrypted and sent:
+ * return `false` to send nothing to this recipient, a notification to send
+ * that instead, or nothing to leave it as it is. Throwing fails the delivery
+ * attempt, which is retried (and finally dead-lettered) like any hook's.
+ */
+export type PushNotificationHandler = (
+  notification: PushNotification,
+  context: PushNotificationContext,
+) => PushNotificationResult | Promise<PushNotificationResult>
+
 /** The handlers a hook module may define; every one is optional. */
 export type Hooks = {
   readonly [T in HookEventType as (typeof HANDLER_NAMES)[T]]?: HookHandler<T>
+} & {
+  /** Runs for each push notification the relay is about to send (see {@link PushNotificationHandler}). */
+  readonly onPushNotification?: PushNotificationHandler
 }
 
 /** Marks objects made by {@link defineHooks}, across copies of this module. */
@@ -128,7 +160,7 @@ export const HOOKS_BRAND: unique symbol = Symbol.for("parley.hooks") as never
 /** A checked set of handlers, as `defineHooks` returns it. */
 export type DefinedHooks = Hooks & { readonly [HOOKS_BRAND]: true }
 
-const KNOWN = new Set<string>(Object.values(HANDLER_NAMES))
+const KNOWN = new Set<string>([...Object.values(HANDLER_NAMES), "onPushNotification"])
 
 /**
  * Declares a hook module's handlers, typed. A hook module default-exports the

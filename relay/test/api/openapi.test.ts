@@ -14,7 +14,10 @@ describe("OpenAPI document", () => {
       paths: Record<string, Record<string, { security?: { apiKey?: string[] }[]; responses: object }>>
     }
     expect(doc.openapi).toBe("3.1.0")
-    const operations = Object.values(doc.paths).flatMap((path) => Object.values(path))
+    // The devices' push routes take the user's own token instead (next test).
+    const operations = Object.entries(doc.paths)
+      .filter(([path]) => !path.startsWith("/v1/me/") && !path.startsWith("/v1/push/"))
+      .flatMap(([, path]) => Object.values(path))
     expect(operations.length).toBeGreaterThanOrEqual(17)
     for (const operation of operations) {
       expect(operation.security?.[0]?.apiKey?.length).toBe(1)
@@ -22,5 +25,16 @@ describe("OpenAPI document", () => {
         expect.arrayContaining(["400", "401", "403", "413", "429"]),
       )
     }
+  })
+
+  it("documents the push registration routes as taken with the user's own token", () => {
+    const doc = openApiDocument() as {
+      paths: Record<string, Record<string, { security?: Record<string, string[]>[] }>>
+      components: { securitySchemes: Record<string, { scheme?: string }> }
+    }
+    expect(Object.keys(doc.paths["/v1/me/push-subscriptions"]!).sort()).toEqual(["get", "post"])
+    expect(doc.paths["/v1/me/push-subscriptions/{device}"]!.delete!.security).toEqual([{ userToken: [] }])
+    expect(doc.paths["/v1/push/public-key"]!.get!.security).toBeUndefined()
+    expect(doc.components.securitySchemes.userToken?.scheme).toBe("bearer")
   })
 })

@@ -7,6 +7,7 @@ import { runApiKeyStoreConformance } from "./api-keys.js"
 import { runBindingStoreConformance } from "./bindings.js"
 import { runEventLogConformance } from "./event-log.js"
 import { runOutboxConformance, sampleEvent } from "./outbox.js"
+import { runPushSubscriptionStoreConformance } from "./push-subscriptions.js"
 import { runStorageConformance, type StorageTamper } from "./storage.js"
 
 /**
@@ -82,6 +83,16 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
     return {
       store: first.keys,
       reopen: async () => (persistent ? (await open()).keys : first.keys),
+      cleanup,
+    }
+  })
+
+  runPushSubscriptionStoreConformance(name, async () => {
+    const { open, cleanup, persistent } = await opener(setup)
+    const first = await open()
+    return {
+      store: first.pushSubscriptions,
+      reopen: async () => (persistent ? (await open()).pushSubscriptions : first.pushSubscriptions),
       cleanup,
     }
   })

@@ -1,0 +1,97 @@
+import { lookup } from "node:dns/promises"
+import { BlockList, isIP } from "node:net"
+import { ErrorCode, ParleyError } from "@parley/shared"
+
+/** Which push endpoints the relay will send to (they are URLs chosen by whoever registers). */
+export interface EndpointPolicy {
+  /** Accept `http:` endpoints (tests and local development only). Default false. */
+  readonly allowHttp?: boolean
+  /** Accept endpoints on loopback, private, link-local and other non-public addresses. Default false. */
+  readonly allowPrivate?: boolean
+}
+
+/** Longest endpoint URL accepted (real push services use well under 1 KB). */
+export const MAX_ENDPOINT_LENGTH = 2048
+
+// Addresses a relay must not be made to POST to on a stranger's behalf: its own host, the private
+// network, cloud metadata services (169.254.169.254), and the reserved ranges.
+const NON_PUBLIC = new BlockList()
+for (const [network, prefix] of [
+  ["0.0.0.0", 8],
+  ["10.0.0.0", 8],
+  ["100.64.0.0", 10],
+  ["127.0.0.0", 8],
+  ["169.254.0.0", 16],
+  ["172.16.0.0", 12],
+  ["192.0.0.0", 24],
+  ["192.168.0.0", 16],
+  ["198.18.0.0", 15],
+  ["224.0.0.0", 3],
+] as const)
+  NON_PUBLIC.addSubnet(network, prefix, "ipv4")
+for (const [network, prefix] of [
+  ["::", 128],
+  ["::1", 128],
+  ["64:ff9b::", 96],
+  ["fc00::", 7],
+  ["fe80::", 10],
+  ["ff00::", 8],
+] as const)
+  NON_PUBLIC.addSubnet(network, prefix, "ipv6")
+
+/** True when `address` (an IP literal) is loopback, private, link-local or reserved. */
+export function isNonPublicAddress(address: string): boolean {
+  const family = isIP(address)
+  if (family === 0) return false
+  if (family === 6) {
+    // An IPv4-mapped address is judged as the IPv4 address it carries (a ::ffff:0:0/96 rule would
+    // also catch every plain IPv4 address: BlockList maps them into it).
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1]
+    if (mapped) return NON_PUBLIC.check(mapped, "ipv4")
+  }
+  return NON_PUBLIC.check(address, family === 4 ? "ipv4" : "ipv6")
+}
+
+const refuse = (why: string) => new ParleyError(ErrorCode.INVALID_ARGUMENT, `push endpoint refused: ${why}`)
+
+/**
+ * Checks an endpoint's form: an absolute `https:` URL (or `http:` when
+ * allowed), without credentials, whose host is not a non-public IP literal
+ * or `localhost` (unless allowed). Returns the parsed URL; throws
+ * INVALID_ARGUMENT otherwise.
+ */
+export function checkEndpointUrl(endpoint: string, policy: EndpointPolicy): URL {
+  if (endpoint.length > MAX_ENDPOINT_LENGTH) throw refuse(`longer than ${MAX_ENDPOINT_LENGTH} characters`)
+  let url: URL
+  try {
+    url = new URL(endpoint)
+  } catch {
+    throw refuse("not a URL")
+  }
+  if (url.protocol !== "https:" && !(policy.allowHttp && url.protocol === "http:"))
+    throw refuse(policy.allowHttp ? "not an http(s) URL" : "not an https URL")
+  if (url.username || url.password) throw refuse("credentials in the URL")
+  const host = url.hostname.replace(/^\[|\]$/g, "")
+  if (
+    !policy.allowPrivate &&
+    (isNonPublicAddress(host) || /^localhost\.?$/i.test(host) || /\.localhost\.?$/i.test(host))
+  )
+    throw refuse("a loopback or private address")
+  return url
+}
+
+/**
+ * Checks an endpoint before sending to it: its form, then (unless private
+ * addresses are allowed) that its host name resolves to public addresses
+ * only. Throws INVALID_ARGUMENT for an endpoint to refuse.
+ */
+export async function checkEndpointBeforeSend(endpoint: string, policy: EndpointPolicy): Promise<URL> {
+  const url = checkEndpointUrl(endpoint, policy)
+  if (policy.allowPrivate) return url
+  const host = url.hostname.replace(/^\[|\]$/g, "")
+  if (isIP(host) !== 0) return url
+  const addresses = await lookup(host, { all: true })
+  if (addresses.some(({ address }) => isNonPublicAddress(address)))
+    throw refuse(`${host} resolves to a loopback or private address`)
+  return url
+}

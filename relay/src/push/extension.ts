@@ -1,0 +1,110 @@
+import type { IncomingMessage, ServerResponse } from "node:http"
+import { getRequestListener } from "@hono/node-server"
+import type { UserId } from "@parley/shared"
+import type { ConnectionChange, HttpRequest, RelayExtension, RunningCore } from "../extension.js"
+import type { DeliveryTarget } from "../hooks/dispatcher.js"
+import type { Logger } from "../log.js"
+import type { Principal } from "../principal.js"
+import type { EndpointPolicy } from "./endpoint.js"
+import { type PushRewriter, pushTarget, type VapidKeys } from "./push-target.js"
+import { createPushRoutes } from "./routes.js"
+import type { PushSubscriptionStore } from "./store.js"
+
+/** Push notifications as the relay is started with them (`RelayOptions.push`). */
+export interface PushOptions {
+  /** The relay's VAPID keys; without them (and outside dev mode, which makes some) push is off. */
+  readonly vapid?: VapidKeys
+  /** Accept `http:` endpoints: tests and local development only. Default false. */
+  readonly allowHttpEndpoints?: boolean
+  /** Accept endpoints on loopback and private addresses: tests and local development only. Default false. */
+  readonly allowPrivateEndpoints?: boolean
+  /** How long a push service keeps an undelivered notification, in seconds. Default 86400. */
+  readonly ttlSeconds?: number
+  /** Devices per user. Default 20. */
+  readonly maxDevicesPerUser?: number
+  /** Delay before the next attempt after `failures` failed ones; undefined to dead-letter. Default: 5 s doubling, 8 attempts. */
+  readonly retryDelay?: (failures: number) => number | undefined
+}
+
+/** What {@link PushExtension} is built on. */
+export interface PushExtensionOptions extends PushOptions {
+  readonly vapid: VapidKeys
+  readonly store: PushSubscriptionStore
+  readonly verify: (token: string) => Promise<Principal>
+  readonly rewriters?: readonly PushRewriter[]
+  readonly log: Logger
+}
+
+/**
+ * Web Push in the relay: the registration routes (`/v1/push/public-key`,
+ * `/v1/me/push-subscriptions`), who is connected to which conversation (a
+ * user with a connection open to it gets no push for it), and the delivery
+ * target the hook pipeline sends notifications through ({@link target}).
+ * Only connections to this relay count: in a cluster, a user connected to the
+ * conversation through another relay is pushed to as well.
+ */
+export class PushExtension implements RelayExtension {
+  readonly name = "push"
+  /** `${document}\0${user}` → open connections. */
+  private readonly connections = new Map<string, number>()
+  private listener: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined
+  private readonly endpoints: EndpointPolicy
+
+  constructor(private readonly options: PushExtensionOptions) {
+    this.endpoints = {
+      allowHttp: options.allowHttpEndpoints ?? false,
+      allowPrivate: options.allowPrivateEndpoints ?? false,
+    }
+  }
+
+  /** Whether `user` has a connection open to the document `name` on this relay. */
+  isActive(name: string, user: UserId): boolean {
+    return (this.connections.get(`${name}\u0000${user}`) ?? 0) > 0
+  }
+
+  /** The delivery target, for the hook pipeline's built-in targets. */
+  readonly target = (core: RunningCore): DeliveryTarget =>
+    pushTarget(core, {
+      store: this.options.store,
+      vapid: this.options.vapid,
+      log: this.options.log,
+      isActive: (name, user) => this.isActive(name, user),
+      endpoints: this.endpoints,
+      ...(this.options.rewriters ? { rewriters: this.options.rewriters } : {}),
+      ...(this.options.ttlSeconds !== undefined ? { ttlSeconds: this.options.ttlSeconds } : {}),
+      ...(this.options.retryDelay ? { retryDelay: this.options.retryDelay } : {}),
+    })
+
+  start(): void {
+    const app = createPushRoutes({
+      store: this.options.store,
+      publicKey: this.options.vapid.publicKey,
+      verify: this.options.verify,
+      endpoints: this.endpoints,
+      log: this.options.log,
+      ...(this.options.maxDevicesPerUser !== undefined ? { maxDevices: this.options.maxDevicesPerUser } : {}),
+    })
+    this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
+  }
+
+  connectionChanged({ name, principal, open }: ConnectionChange): void {
+    if (principal.kind !== "user") return
+    const key = `${name}\u0000${principal.user}`
+    const count = (this.connections.get(key) ?? 0) + (open ? 1 : -1)
+    if (count > 0) this.connections.set(key, count)
+    else this.connections.delete(key)
+  }
+
+  async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
+    const path = (req.url ?? "/").split("?")[0]!
+    if (!this.listener) return false
+    if (
+      path !== "/v1/push/public-key" &&
+      path !== "/v1/me/push-subscriptions" &&
+      !path.startsWith("/v1/me/push-subscriptions/")
+    )
+      return false
+    await this.listener(req, res)
+    return true
+  }
+}

@@ -1,0 +1,202 @@
+import { createHash } from "node:crypto"
+import { ParleyError, type UserId } from "@parley/shared"
+import webpush from "web-push"
+import type { RunningCore } from "../extension.js"
+import type { PushNotificationHandler } from "../hooks/define.js"
+import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
+import type { HookEvent } from "../hooks/events.js"
+import { inboxSummary } from "../inbox/summary.js"
+import type { Logger } from "../log.js"
+import { checkEndpointBeforeSend, type EndpointPolicy } from "./endpoint.js"
+import { notificationFor, type PushNotification } from "./notification.js"
+import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
+
+/** The relay's VAPID identity (RFC 8292): push services check it on every request. */
+export interface VapidKeys {
+  /** P-256 public key, base64url (uncompressed point): the `applicationServerKey` devices subscribe with. */
+  readonly publicKey: string
+  /** P-256 private key, base64url. */
+  readonly privateKey: string
+  /** A `mailto:` or `https:` URL push services may contact about this sender. */
+  readonly subject: string
+}
+
+/** A hook module's `onPushNotification`, with the module's name for logs. */
+export interface PushRewriter {
+  readonly hook: string
+  readonly handler: PushNotificationHandler
+}
+
+/** Options of {@link pushTarget}. */
+export interface PushTargetOptions {
+  readonly store: PushSubscriptionStore
+  readonly vapid: VapidKeys
+  readonly log: Logger
+  /** Whether `user` has a connection open to the conversation document `name` (then nothing is pushed to them). */
+  isActive(name: string, user: UserId): boolean
+  readonly endpoints?: EndpointPolicy
+  /** Hook modules' `onPushNotification`, run in order for every notification. */
+  readonly rewriters?: readonly PushRewriter[]
+  /** How long the push service keeps an undelivered notification, in seconds. Default 1 day. */
+  readonly ttlSeconds?: number
+  /** Delay before the next attempt after `failures` failed ones; undefined to dead-letter. */
+  readonly retryDelay?: (failures: number) => number | undefined
+  readonly fetch?: typeof fetch
+}
+
+/** Default delays between attempts: 5 s doubling to 5 min, 8 attempts (about 12 min): later, a notification is stale. */
+export const DEFAULT_PUSH_RETRY = exponentialBackoff({ baseMs: 5_000, maxMs: 300_000, attempts: 8 })
+
+/** Statuses after which the push service may accept the same request later. */
+const retryable = (status: number) => status === 408 || status === 429 || status >= 500
+
+/**
+ * Web Push as a delivery target of the hook pipeline: for each `message.sent`,
+ * a notification to every device of every participant but the author who has
+ * no connection open to the conversation and has not muted it (`emergency`
+ * messages ignore mutes and go at high urgency). Payloads are encrypted
+ * (aes128gcm, RFC 8291) and requests signed with VAPID by `web-push`; the
+ * request itself is sent here, so that it is bounded by the attempt's signal
+ * and its endpoint is checked first.
+ *
+ * A device whose push service answers 404 or 410 is forgotten. A retryable
+ * failure (a network error, 408, 429, 5xx) of any device fails the attempt,
+ * which the dispatcher retries and finally dead-letters like a webhook's;
+ * devices already served by an earlier attempt of the same event are skipped
+ * (remembered in memory: after a restart, they may get it twice).
+ */
+export function pushTarget(core: RunningCore, options: PushTargetOptions): DeliveryTarget {
+  const send = options.fetch ?? fetch
+  const ttl = options.ttlSeconds ?? 86_400
+  const endpoints = options.endpoints ?? {}
+  /** Event id → `${user}\0${device}` of the devices an unfinished event already reached. */
+  const served = new Map<string, Set<string>>()
+  const deviceKey = (sub: PushSubscriptionRecord) => `${sub.user}\u0000${sub.device}`
+
+  async function rewrite(
+    notification: PushNotification,
+    recipient: UserId,
+    event: HookEvent<"message.sent">,
+    signal: AbortSignal,
+  ): Promise<PushNotification | undefined> {
+    let current = notification
+    for (const { hook, handler } of options.rewriters ?? []) {
+      const result = await handler(current, {
+        hook,
+        recipient,
+        event,
+        signal,
+        log: options.log.child({ hook, eventId: event.event.id }),
+      })
+      if (result === false) return undefined
+      if (result) current = result
+    }
+    return current
+  }
+
+  /** Sends to one device; resolves with the failure to retry, if any. */
+  async function deliverTo(
+    sub: PushSubscriptionRecord,
+    payload: string,
+    notification: PushNotification,
+    signal: AbortSignal,
+  ): Promise<Error | undefined> {
+    const where = { user: sub.user, device: sub.device }
+    try {
+      await checkEndpointBeforeSend(sub.endpoint, endpoints)
+    } catch (error) {
+      // A name that does not resolve now (DNS down) may later: retried, not dropped.
+      if (!(error instanceof ParleyError)) return error instanceof Error ? error : new Error(String(error))
+      // Registered before the policy tightened, or its name now resolves inward: never sent to again.
+      options.log.warn({ ...where, err: error }, "push endpoint refused: subscription dropped")
+      await options.store.remove(sub.user, sub.device)
+      return undefined
+    }
+    const request = webpush.generateRequestDetails(
+      { endpoint: sub.endpoint, keys: { p256dh: sub.p256dh, auth: sub.auth } },
+      payload,
+      {
+        vapidDetails: options.vapid,
+        TTL: ttl,
+        urgency: notification.urgency,
+        contentEncoding: "aes128gcm",
+        // Replaces an undelivered notification of the same conversation on the push service.
+        topic: topicOf(notification.conversationId),
+      },
+    )
+    let response: Response
+    try {
+      response = await send(request.endpoint, {
+        method: request.method,
+        headers: request.headers as Record<string, string>,
+        body: new Uint8Array(request.body),
+        signal,
+        redirect: "manual",
+      })
+    } catch (error) {
+      return error instanceof Error ? error : new Error(String(error))
+    }
+    await response.arrayBuffer().catch(() => undefined)
+    if (response.ok) return undefined
+    if (response.status === 404 || response.status === 410) {
+      options.log.info({ ...where, status: response.status }, "push subscription expired: dropped")
+      await options.store.removeEndpoint(sub.endpoint)
+      return undefined
+    }
+    if (retryable(response.status)) return new Error(`push service answered ${response.status}`)
+    // 400, 403, 413...: this request will never be accepted; the other devices are not held up by it.
+    options.log.warn({ ...where, status: response.status }, "push service refused the notification")
+    return undefined
+  }
+
+  return {
+    name: "push",
+    accepts: (type) => type === "message.sent",
+    async deliver(hookEvent, { signal }) {
+      const event = hookEvent as HookEvent<"message.sent">
+      const author = event.subject.message.author
+      const conversation = event.event.conversationId
+      const failures: Error[] = []
+      let reached = served.get(event.event.id)
+      if (!reached) {
+        // Only an optimisation (events dead-lettered leave theirs behind): forgetting costs a repeat.
+        if (served.size > 10_000) served.clear()
+        reached = new Set()
+        served.set(event.event.id, reached)
+      }
+      const recipients = event.conversation.participants
+        .map((p) => p.user)
+        .filter((user) => user !== author && !options.isActive(conversation, user))
+      // One query for every recipient's devices: a large room costs no query per member.
+      const byUser = new Map<UserId, PushSubscriptionRecord[]>()
+      for (const sub of await options.store.listMany(recipients)) {
+        if (reached.has(deviceKey(sub))) continue
+        byUser.set(sub.user, [...(byUser.get(sub.user) ?? []), sub])
+      }
+      for (const [user, devices] of byUser) {
+        const summary = await inboxSummary(core, user)
+        if (event.subject.message.priority !== "emergency" && summary.muted.includes(conversation)) continue
+        const built = notificationFor(event, summary.totalUnread)
+        const notification = built && (await rewrite(built, user, event, signal))
+        if (!notification) continue
+        const payload = JSON.stringify(notification)
+        await Promise.all(
+          devices.map(async (sub) => {
+            const failure = await deliverTo(sub, payload, notification, signal)
+            if (failure) failures.push(failure)
+            else reached.add(deviceKey(sub))
+          }),
+        )
+      }
+      if (failures.length > 0)
+        throw new Error(`push failed for ${failures.length} device(s): ${failures[0]!.message}`)
+      served.delete(event.event.id)
+    },
+    retryDelay: options.retryDelay ?? DEFAULT_PUSH_RETRY,
+  }
+}
+
+/** A `Topic` header value (at most 32 base64url characters) naming the conversation. */
+function topicOf(conversation: string): string {
+  return createHash("sha256").update(conversation).digest("base64url").slice(0, 32)
+}

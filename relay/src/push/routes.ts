@@ -1,0 +1,306 @@
+import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi"
+import { ErrorCode, ParleyError, type UserId } from "@parley/shared"
+import type { MiddlewareHandler } from "hono"
+import { bodyLimit } from "hono/body-limit"
+import { HTTPException } from "hono/http-exception"
+import type { ContentfulStatusCode } from "hono/utils/http-status"
+import { problemResponse } from "../api/problem.js"
+import { ProblemSchema } from "../api/schemas.js"
+import type { Logger } from "../log.js"
+import type { Principal } from "../principal.js"
+import { checkEndpointUrl, type EndpointPolicy, MAX_ENDPOINT_LENGTH } from "./endpoint.js"
+import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
+
+/** Default devices a user may register; one more is refused (409) until one is removed. */
+export const DEFAULT_MAX_PUSH_DEVICES = 20
+
+/** What the push routes are built on. */
+export interface PushRoutesOptions {
+  readonly store: PushSubscriptionStore
+  /** The relay's VAPID public key (base64url), which devices subscribe with. */
+  readonly publicKey: string
+  /** Verifies a user's token (the relay's `Authenticator.verify`). */
+  verify(token: string): Promise<Principal>
+  readonly endpoints?: EndpointPolicy
+  readonly maxDevices?: number
+  readonly log: Logger
+  readonly now?: () => number
+}
+
+type Env = { Variables: { user: UserId } }
+
+const base64url = (bytes: number, what: string) =>
+  z
+    .string()
+    .max(200)
+    .refine(
+      (value) => /^[A-Za-z0-9_-]+={0,2}$/.test(value) && Buffer.from(value, "base64url").length === bytes,
+      {
+        message: `${what} must be ${bytes} bytes, base64url`,
+      },
+    )
+
+/** A browser's `PushSubscription.toJSON()`, and the device it belongs to. */
+const RegisterSchema = z
+  .object({
+    device: z
+      .string()
+      .regex(/^[A-Za-z0-9._~-]{1,128}$/)
+      .openapi({ description: "Chosen by the device, stable per installation (1–128 of `A-Za-z0-9._~-`)." }),
+    subscription: z
+      .object({
+        endpoint: z
+          .string()
+          .max(MAX_ENDPOINT_LENGTH)
+          .openapi({ example: "https://fcm.googleapis.com/fcm/send/..." }),
+        expirationTime: z.number().nullable().optional(),
+        keys: z
+          .object({
+            p256dh: base64url(65, "p256dh").openapi({ description: "The subscription's P-256 public key." }),
+            auth: base64url(16, "auth").openapi({ description: "The subscription's authentication secret." }),
+          })
+          .strict(),
+      })
+      .strict(),
+  })
+  .strict()
+  .openapi("PushRegistration")
+
+const DeviceSchema = z
+  .object({ device: z.string(), endpoint: z.string(), createdAt: z.number().int() })
+  .openapi("PushDevice")
+
+const problems = (statuses: readonly (readonly [number, string])[]) =>
+  Object.fromEntries(
+    statuses.map(([status, description]) => [
+      status,
+      { description, content: { "application/problem+json": { schema: ProblemSchema } } },
+    ]),
+  )
+const AUTH_PROBLEMS = [
+  [401, "No user token, or an invalid one"],
+  [403, "The token is not a user's (a service's)"],
+] as const
+const security = [{ userToken: [] }]
+const DeviceParam = z.object({ device: z.string().regex(/^[A-Za-z0-9._~-]{1,128}$/) })
+
+const publicKeyRoute = createRoute({
+  method: "get",
+  path: "/v1/push/public-key",
+  summary: "The relay's VAPID public key",
+  description:
+    "The `applicationServerKey` devices subscribe with (`PushManager.subscribe`). No token needed.",
+  responses: {
+    200: {
+      description: "The key",
+      content: {
+        "application/json": { schema: z.object({ publicKey: z.string() }).openapi("PushPublicKey") },
+      },
+    },
+  },
+})
+const registerRoute = createRoute({
+  method: "post",
+  path: "/v1/me/push-subscriptions",
+  summary: "Register this device's Web Push subscription",
+  description:
+    "Adds or replaces the caller's subscription for `device`. The caller is the user of the token.",
+  security,
+  request: { body: { required: true, content: { "application/json": { schema: RegisterSchema } } } },
+  responses: {
+    200: { description: "Registered", content: { "application/json": { schema: DeviceSchema } } },
+    ...problems([
+      [400, "Malformed body, or an endpoint the relay refuses (not https, a private address)"],
+      ...AUTH_PROBLEMS,
+      [409, "The user already has the most devices allowed"],
+      [413, "Request body too large"],
+    ]),
+  },
+})
+const listRoute = createRoute({
+  method: "get",
+  path: "/v1/me/push-subscriptions",
+  summary: "The caller's registered devices",
+  security,
+  responses: {
+    200: {
+      description: "The devices, oldest first (their keys are not returned)",
+      content: { "application/json": { schema: z.object({ devices: z.array(DeviceSchema) }) } },
+    },
+    ...problems(AUTH_PROBLEMS),
+  },
+})
+const removeRoute = createRoute({
+  method: "delete",
+  path: "/v1/me/push-subscriptions/{device}",
+  summary: "Unregister one of the caller's devices",
+  security,
+  request: { params: DeviceParam },
+  responses: {
+    204: { description: "Removed" },
+    ...problems([...AUTH_PROBLEMS, [404, "The caller has no such device"]]),
+  },
+})
+
+const deviceOf = (record: PushSubscriptionRecord) => ({
+  device: record.device,
+  endpoint: record.endpoint,
+  createdAt: record.createdAt,
+})
+
+/**
+ * The routes devices register their Web Push subscriptions with, for the
+ * user of the token they present (`Authorization: Bearer <the user's JWT>`,
+ * the token they sync with): nobody registers, lists or removes another
+ * user's devices.
+ */
+export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
+  const now = options.now ?? Date.now
+  const maxDevices = options.maxDevices ?? DEFAULT_MAX_PUSH_DEVICES
+  const endpoints = options.endpoints ?? {}
+  const app = new OpenAPIHono<Env>({
+    defaultHook: (result, c) => {
+      if (result.success) return
+      const detail = result.error.issues
+        .slice(0, 10)
+        .map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`)
+        .join("; ")
+      return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, detail))
+    },
+  })
+  app.openAPIRegistry.registerComponent("securitySchemes", "userToken", {
+    type: "http",
+    scheme: "bearer",
+    bearerFormat: "JWT",
+    description: "The user's own token, the one their client syncs with.",
+  })
+  app.onError((error, c) => {
+    if (error instanceof ParleyError) return problemResponse(c, error)
+    if (error instanceof HTTPException && error.status < 500)
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.INVALID_ARGUMENT, error.message || "bad request"),
+        error.status as ContentfulStatusCode,
+      )
+    options.log.error({ err: error, path: c.req.path }, "push route failed")
+    return problemResponse(c, new ParleyError(ErrorCode.INTERNAL, "internal error"))
+  })
+
+  const authenticate: MiddlewareHandler<Env> = async (c, next) => {
+    const token = /^Bearer (\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1]
+    let principal: Principal | undefined
+    try {
+      principal = token ? await options.verify(token) : undefined
+    } catch {
+      principal = undefined
+    }
+    if (!principal)
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.UNAUTHORIZED,
+          "a valid user token is required (Authorization: Bearer <JWT>)",
+        ),
+        401,
+        { "www-authenticate": 'Bearer realm="parley"' },
+      )
+    if (principal.kind !== "user")
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.FORBIDDEN, "push subscriptions belong to users"),
+        403,
+      )
+    c.set("user", principal.user)
+    await next()
+  }
+  app.use("/v1/me/*", authenticate)
+  app.use("/v1/me/*", async (c, next) => {
+    // As in the API: @hono/node-server's light request cannot be copied by bodyLimit; give it a standard one.
+    const raw = c.req.raw
+    if (raw.body)
+      c.req.raw = new Request(raw.url, {
+        method: raw.method,
+        headers: raw.headers,
+        body: raw.body,
+        signal: raw.signal,
+        duplex: "half",
+      } as RequestInit)
+    await next()
+  })
+  app.use(
+    "/v1/me/*",
+    bodyLimit({
+      maxSize: 8 * 1024,
+      onError: (c) =>
+        problemResponse(c, new ParleyError(ErrorCode.TOO_LARGE, "request body exceeds 8192 bytes"), 413, {
+          connection: "close",
+        }),
+    }),
+  )
+
+  app.openapi(publicKeyRoute, (c) => c.json({ publicKey: options.publicKey }, 200))
+
+  app.openapi(registerRoute, async (c) => {
+    const user = c.get("user")
+    const { device, subscription } = c.req.valid("json")
+    checkEndpointUrl(subscription.endpoint, endpoints)
+    const existing = await options.store.list(user)
+    if (existing.length >= maxDevices && !existing.some((s) => s.device === device))
+      throw new ParleyError(
+        ErrorCode.CONFLICT,
+        `at most ${maxDevices} devices per user: remove one (DELETE /v1/me/push-subscriptions/{device}) first`,
+      )
+    const record: PushSubscriptionRecord = {
+      user,
+      device,
+      endpoint: subscription.endpoint,
+      p256dh: subscription.keys.p256dh,
+      auth: subscription.keys.auth,
+      createdAt: now(),
+    }
+    await options.store.put(record)
+    const stored = (await options.store.list(user)).find((s) => s.device === device) ?? record
+    return c.json(deviceOf(stored), 200)
+  })
+
+  app.openapi(listRoute, async (c) =>
+    c.json({ devices: (await options.store.list(c.get("user"))).map(deviceOf) }, 200),
+  )
+
+  app.openapi(removeRoute, async (c) => {
+    if (!(await options.store.remove(c.get("user"), c.req.valid("param").device)))
+      throw new ParleyError(ErrorCode.NOT_FOUND, "no such device")
+    return c.body(null, 204)
+  })
+  return app
+}
+
+/**
+ * The push routes' part of the OpenAPI document (paths and the `userToken`
+ * scheme), generated from the schemas that validate them; the API's
+ * `openApiDocument` merges it in.
+ */
+export function pushOpenApiPart(): {
+  paths: Record<string, unknown>
+  securitySchemes: Record<string, unknown>
+  schemas: Record<string, unknown>
+} {
+  const unused = () => {
+    throw new Error("the document is generated without serving requests")
+  }
+  const app = createPushRoutes({
+    store: { put: unused, list: unused, listMany: unused, remove: unused, removeEndpoint: unused },
+    publicKey: "",
+    verify: unused,
+    log: { error: unused } as unknown as Logger,
+  })
+  const doc = app.getOpenAPI31Document({ openapi: "3.1.0", info: { title: "", version: "1" } }) as {
+    paths?: Record<string, unknown>
+    components?: { securitySchemes?: Record<string, unknown>; schemas?: Record<string, unknown> }
+  }
+  return {
+    paths: doc.paths ?? {},
+    securitySchemes: doc.components?.securitySchemes ?? {},
+    schemas: doc.components?.schemas ?? {},
+  }
+}

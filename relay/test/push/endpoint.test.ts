@@ -1,0 +1,61 @@
+import { describe, expect, it } from "vitest"
+import { checkEndpointBeforeSend, checkEndpointUrl, isNonPublicAddress } from "../../src/push/endpoint.js"
+
+const strict = {}
+const refused = (endpoint: string, policy = strict) => {
+  try {
+    checkEndpointUrl(endpoint, policy)
+    return undefined
+  } catch (error) {
+    return (error as { code?: string }).code
+  }
+}
+
+describe("push endpoints (URLs chosen by whoever registers)", () => {
+  it("accepts a public https push service", () => {
+    expect(refused("https://fcm.googleapis.com/fcm/send/abc")).toBeUndefined()
+    expect(refused("https://updates.push.services.mozilla.com/wpush/v2/gAAA")).toBeUndefined()
+  })
+
+  it("refuses http, other schemes, credentials and overlong URLs", () => {
+    expect(refused("http://push.example.com/x")).toBe("INVALID_ARGUMENT")
+    expect(refused("file:///etc/passwd")).toBe("INVALID_ARGUMENT")
+    expect(refused("https://user:pw@push.example.com/x")).toBe("INVALID_ARGUMENT")
+    expect(refused(`https://push.example.com/${"a".repeat(3000)}`)).toBe("INVALID_ARGUMENT")
+    expect(refused("not a url")).toBe("INVALID_ARGUMENT")
+  })
+
+  it("refuses the relay's own host, private networks and cloud metadata, written any way", () => {
+    for (const host of [
+      "127.0.0.1",
+      "localhost",
+      "api.localhost",
+      "10.1.2.3",
+      "192.168.0.10",
+      "172.20.0.1",
+      "169.254.169.254",
+      "[::1]",
+      "[fd00::1]",
+      "[fe80::1]",
+      "[::ffff:127.0.0.1]",
+      "0.0.0.0",
+    ])
+      expect([host, refused(`https://${host}/push`)]).toEqual([host, "INVALID_ARGUMENT"])
+    expect(isNonPublicAddress("8.8.8.8")).toBe(false)
+    expect(isNonPublicAddress("2607:f8b0::1")).toBe(false)
+  })
+
+  it("accepts http and private addresses only when the operator allows them (tests, local development)", () => {
+    expect(refused("http://127.0.0.1:9999/push", { allowHttp: true, allowPrivate: true })).toBeUndefined()
+    expect(refused("http://127.0.0.1:9999/push", { allowHttp: true })).toBe("INVALID_ARGUMENT")
+  })
+
+  it("refuses before sending a host name that resolves to a loopback address", async () => {
+    await expect(checkEndpointBeforeSend("https://localhost./push", strict)).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    })
+    await expect(checkEndpointBeforeSend("https://127.0.0.1/push", strict)).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    })
+  })
+})
