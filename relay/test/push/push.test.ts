@@ -149,6 +149,11 @@ describe("Web Push notifications from a relay process", () => {
     await register(carol, "c-phone", receiver.subscribe("n-carol"))
     const client = await group("g~push-notify" as ConversationId)
     await send(client, "Ship it at noon")
+    // The badge is the unread total when the notification goes out: the second message waits for the first push.
+    await until(
+      () => ["n-bob-phone", "n-bob-laptop", "n-carol"].map((n) => pushesTo(n).length),
+      (counts) => counts.every((c) => c === 1),
+    )
     await send(client, "and bring cake")
     await until(
       () => ["n-bob-phone", "n-bob-laptop", "n-carol"].map((n) => pushesTo(n).length),
