@@ -1,4 +1,5 @@
 import type Database from "better-sqlite3"
+import { eventSerializer } from "./event-log.js"
 import type { HookEvent } from "./events.js"
 import {
   type DeadLetter,
@@ -147,10 +148,15 @@ export class SqliteOutbox implements Outbox {
     this.assertOpen()
     const run = this.relaxedTransaction((b: OutboxBatch) => {
       const out: Delivery[] = []
-      const logged = this.events.record(b.events.map((e) => e.event))
+      // Each event serialized once for the log and the outbox, its conversation once per change.
+      const json = eventSerializer()
+      const logged = this.events.record(
+        b.events.map((e) => e.event),
+        json,
+      )
       for (const { event, targets } of b.events) {
         if (targets.length === 0) continue
-        const seq = Number(this.statements.insertEvent.run(b.document, JSON.stringify(event)).lastInsertRowid)
+        const seq = Number(this.statements.insertEvent.run(b.document, json(event)).lastInsertRowid)
         for (const target of targets) {
           this.statements.insertDelivery.run(seq, target)
           out.push({ seq, document: b.document, target, event, attempts: 0, nextAttemptAt: 0 })
