@@ -174,8 +174,12 @@ export function membershipChanges(
 ): MembershipChanges {
   const opened: MembershipChanges["opened"] = []
   const closed: MembershipChanges["closed"] = []
+  // The events of one change share one conversation object: its audience is applied once, not per event.
+  const applied = new Map<string, HookEvent["conversation"]>()
   for (const { id, event } of entries) {
     const conversation = event.event.conversationId
+    if (applied.get(conversation) === event.conversation && open.has(conversation)) continue
+    applied.set(conversation, event.conversation)
     const members = open.get(conversation) ?? new Set<UserId>()
     open.set(conversation, members)
     const now = new Set(audienceOf(event))
@@ -191,6 +195,36 @@ export function membershipChanges(
       }
   }
   return { opened, closed }
+}
+
+/**
+ * A serializer of events to the JSON stored as their payloads, for one batch:
+ * the events derived from one change share one conversation object (its
+ * participants list can be long), which it serializes once, not once per
+ * event; the result parses to what `JSON.stringify(event)` does. It also
+ * remembers each event's JSON, so that the outbox and the log, writing the
+ * same event in one transaction, serialize it once.
+ */
+export function eventSerializer(): (event: HookEvent) => string {
+  const conversations = new Map<object, string>()
+  const done = new Map<HookEvent, string>()
+  return (event) => {
+    let json = done.get(event)
+    if (json !== undefined) return json
+    const conversation = event.conversation as object | undefined
+    if (Object.keys(event).length !== 3 || typeof conversation !== "object" || conversation === null) {
+      json = JSON.stringify(event)
+    } else {
+      let shared = conversations.get(conversation)
+      if (shared === undefined) {
+        shared = JSON.stringify(conversation)
+        conversations.set(conversation, shared)
+      }
+      json = `{"event":${JSON.stringify(event.event)},"subject":${JSON.stringify(event.subject)},"conversation":${shared}}`
+    }
+    done.set(event, json)
+    return json
+  }
 }
 
 /** True for events the log records (all but the ephemeral `typing.started`). */

@@ -11,6 +11,7 @@ import {
   EventLogListeners,
   type EventLogQuery,
   type EventRetention,
+  eventSerializer,
   isLogged,
   membershipChanges,
   PRUNE_BATCH,
@@ -78,7 +79,11 @@ export class PostgresEventLog implements EventLog {
    * Records `events` (those the log keeps) in the outbox's transaction on
    * `client`; call {@link published} with the result once it committed.
    */
-  async record(client: pg.PoolClient, events: readonly HookEvent[]): Promise<EventLogEntry[]> {
+  async record(
+    client: pg.PoolClient,
+    events: readonly HookEvent[],
+    json: (event: HookEvent) => string = eventSerializer(),
+  ): Promise<EventLogEntry[]> {
     const kept = events.filter(isLogged)
     if (kept.length === 0) return []
     await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
@@ -96,7 +101,7 @@ export class PostgresEventLog implements EventLog {
           chunk.map((e) => e.event.conversationId),
           chunk.map((e) => e.event.type),
           chunk.map((e) => e.event.time),
-          chunk.map((e) => JSON.stringify(e)),
+          chunk.map(json),
         ],
       )
       rows.push(...inserted.rows)

@@ -1,5 +1,6 @@
 import type pg from "pg"
 import { inTransaction } from "../postgres.js"
+import { eventSerializer } from "./event-log.js"
 import type { HookEvent } from "./events.js"
 import {
   type DeadLetter,
@@ -39,6 +40,9 @@ CREATE TABLE IF NOT EXISTS parley_hook_watermarks (
 // the one-key locks `PostgresStorage` takes per document, so outbox and storage never wait on each
 // other. The value is arbitrary ("Prly"); table setup has its own class (`openPool`).
 const DOCUMENT_LOCK = 0x50726c79
+
+/** Events one INSERT statement records: keeps a statement's parameters to a few MB. */
+const RECORD_CHUNK = 500
 
 interface DeliveryRow {
   seq: string
@@ -102,24 +106,41 @@ export class PostgresOutbox implements Outbox {
       // transaction, so without the lock a later seq could commit first and be delivered ahead.
       await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [DOCUMENT_LOCK, batch.document])
       const out: Delivery[] = []
+      // Each event serialized once for the log and the outbox, its conversation once per change.
+      const json = eventSerializer()
       const logged = await this.events.record(
         client,
         batch.events.map((e) => e.event),
+        json,
       )
-      for (const { event, targets } of batch.events) {
-        if (targets.length === 0) continue
+      // One statement for the events with targets and one for their deliveries, not two per event: a
+      // round trip each would cost a large frame's events seconds. Identities are drawn in the ORDER BY's
+      // order (under the document's lock), so the sorted seqs match the events.
+      const targeted = batch.events.filter((e) => e.targets.length > 0)
+      for (let start = 0; start < targeted.length; start += RECORD_CHUNK) {
+        const chunk = targeted.slice(start, start + RECORD_CHUNK)
         const { rows } = await client.query<{ seq: string }>(
-          "INSERT INTO parley_hook_events (document, payload) VALUES ($1, $2) RETURNING seq",
-          [batch.document, JSON.stringify(event)],
+          `INSERT INTO parley_hook_events (document, payload)
+           SELECT $1, p FROM unnest($2::text[]) WITH ORDINALITY AS x(p, n) ORDER BY n RETURNING seq`,
+          [batch.document, chunk.map((e) => json(e.event))],
         )
-        const seq = Number(rows[0]!.seq)
-        if (targets.length > 0)
-          await client.query(
-            "INSERT INTO parley_hook_deliveries (seq, target) SELECT $1, t FROM unnest($2::text[]) AS t",
-            [seq, targets],
-          )
-        for (const target of targets)
-          out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
+        const seqs = rows.map((r) => Number(r.seq)).sort((a, b) => a - b)
+        const pairs = chunk.flatMap(({ targets }, i) => targets.map((target) => [seqs[i]!, target] as const))
+        await client.query(
+          "INSERT INTO parley_hook_deliveries (seq, target) SELECT * FROM unnest($1::bigint[], $2::text[])",
+          [pairs.map((p) => p[0]), pairs.map((p) => p[1])],
+        )
+        chunk.forEach(({ event, targets }, i) => {
+          for (const target of targets)
+            out.push({
+              seq: seqs[i]!,
+              document: batch.document,
+              target,
+              event,
+              attempts: 0,
+              nextAttemptAt: 0,
+            })
+        })
       }
       if (batch.through !== undefined)
         await client.query(

@@ -10,6 +10,7 @@ import {
   EventLogListeners,
   type EventLogQuery,
   type EventRetention,
+  eventSerializer,
   isLogged,
   membershipChanges,
   PRUNE_BATCH,
@@ -19,6 +20,8 @@ import type { HookEvent } from "./events.js"
 
 /** Conversations whose open memberships the log keeps in memory. */
 const MEMBER_CACHE_SIZE = 10_000
+/** Events one INSERT statement records (4 parameters each, far under SQLite's limit of 32,766). */
+const RECORD_CHUNK = 100
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS event_log (
@@ -55,6 +58,8 @@ export class SqliteEventLog implements EventLog {
   private readonly listeners = new EventLogListeners()
   private readonly statements
   private readonly queries = new Map<string, Database.Statement<unknown[], { id: number; payload: string }>>()
+  /** INSERT statements of `n` rows, by `n`: a large batch is one statement run per chunk, not per event. */
+  private readonly inserts = new Map<number, Database.Statement<unknown[], unknown>>()
   private closed = false
   /**
    * Each conversation's open memberships as written, so that recording an
@@ -67,9 +72,6 @@ export class SqliteEventLog implements EventLog {
   constructor(private readonly db: Database.Database) {
     this.db.exec(SCHEMA)
     this.statements = {
-      insert: this.db.prepare<[string, string, number, string], unknown>(
-        "INSERT INTO event_log (conversation, type, at, payload) VALUES (?, ?, ?, ?)",
-      ),
       openMembers: this.db.prepare<[string], { user_id: string }>(
         "SELECT user_id FROM event_log_members WHERE conversation = ? AND to_id IS NULL",
       ),
@@ -111,17 +113,21 @@ export class SqliteEventLog implements EventLog {
    * Records `events` (those the log keeps): call inside the outbox's
    * transaction, then {@link published} with the result once it committed.
    */
-  record(events: readonly HookEvent[]): EventLogEntry[] {
+  record(
+    events: readonly HookEvent[],
+    json: (event: HookEvent) => string = eventSerializer(),
+  ): EventLogEntry[] {
     const recorded: { id: number; event: HookEvent }[] = []
-    for (const event of events) {
-      if (!isLogged(event)) continue
-      const { lastInsertRowid } = this.statements.insert.run(
-        event.event.conversationId,
-        event.event.type,
-        event.event.time,
-        JSON.stringify(event),
-      )
-      recorded.push({ id: Number(lastInsertRowid), event })
+    const kept = events.filter(isLogged)
+    for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
+      const chunk = kept.slice(start, start + RECORD_CHUNK)
+      const args: unknown[] = []
+      for (const event of chunk)
+        args.push(event.event.conversationId, event.event.type, event.event.time, json(event))
+      const { lastInsertRowid } = this.insertStatement(chunk.length).run(...args)
+      // One statement on the only writer: AUTOINCREMENT gives its rows consecutive ids, in order.
+      const first = Number(lastInsertRowid) - chunk.length + 1
+      for (const [i, event] of chunk.entries()) recorded.push({ id: first + i, event })
     }
     const open = new Map<string, Set<UserId>>()
     for (const { event } of recorded) {
@@ -146,6 +152,17 @@ export class SqliteEventLog implements EventLog {
   /** Drops the cache of open memberships (after a transaction that recorded events rolled back). */
   forgetMembers(): void {
     this.members.clear()
+  }
+
+  private insertStatement(rows: number): Database.Statement<unknown[], unknown> {
+    let statement = this.inserts.get(rows)
+    if (!statement) {
+      statement = this.db.prepare<unknown[], unknown>(
+        `INSERT INTO event_log (conversation, type, at, payload) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?)").join(", ")}`,
+      )
+      this.inserts.set(rows, statement)
+    }
+    return statement
   }
 
   /** Tells the listeners of entries {@link record} returned, after their transaction committed. */

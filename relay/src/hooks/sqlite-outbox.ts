@@ -1,5 +1,5 @@
 import type Database from "better-sqlite3"
-import type { EventLogEntry } from "./event-log.js"
+import { type EventLogEntry, eventSerializer } from "./event-log.js"
 import type { HookEvent } from "./events.js"
 import {
   type DeadLetter,
@@ -152,14 +152,19 @@ export class SqliteOutbox implements Outbox {
         }
         const deliveries: Delivery[][] = []
         const logged: EventLogEntry[] = []
+        // Each event serialized once for the log and the outbox, its conversation once per change.
+        const json = eventSerializer()
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
-          logged.push(...this.events.record(batch.events.map((e) => e.event)))
+          logged.push(
+            ...this.events.record(
+              batch.events.map((e) => e.event),
+              json,
+            ),
+          )
           for (const { event, targets } of batch.events) {
             if (targets.length === 0) continue
-            const seq = Number(
-              this.statements.insertEvent.run(batch.document, JSON.stringify(event)).lastInsertRowid,
-            )
+            const seq = Number(this.statements.insertEvent.run(batch.document, json(event)).lastInsertRowid)
             for (const target of targets) {
               this.statements.insertDelivery.run(seq, target)
               out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })

@@ -105,6 +105,35 @@ export function runEventLogConformance(
       expect((await outbox.pending()).map((d) => d.event.event.id)).toEqual(["e1", "e2"])
     })
 
+    it("records a frame-sized batch sharing one conversation object whole and in order, each delivery with its own event", async () => {
+      // As the events of one large change are: many, one conversation object shared by all of them.
+      const shared = loggedEvent("x", { participants: ["alice", "bob", "carol"] }).conversation
+      const batch = Array.from(
+        { length: 1_234 },
+        (_, i) => ({ ...loggedEvent(`b${i}`, { time: i }), conversation: shared }) as HookEvent,
+      )
+      await outbox.enqueue({
+        document: "g~c1",
+        events: batch.map((event, i) => ({ event, targets: i % 100 === 7 ? ["hook:a", "hook:b"] : [] })),
+      })
+      const read: EventLogEntry[] = []
+      for (let after: string | undefined; ; ) {
+        const page = await events.read({ ...(after ? { after } : {}), limit: 500 })
+        if (page.length === 0) break
+        read.push(...page)
+        after = page.at(-1)!.id
+      }
+      expect(read.map((e) => e.event)).toEqual(batch)
+      const numbers = read.map((e) => Number(e.id))
+      expect(numbers.every((n, i) => i === 0 || n > numbers[i - 1]!)).toBe(true)
+      expect((await events.read({ user: "carol" as UserId, limit: 1_000 })).length).toBe(1_000)
+      const pending = await outbox.pending()
+      expect(pending.map((d) => `${d.event.event.id} ${d.target}`)).toEqual(
+        batch.flatMap((e, i) => (i % 100 === 7 ? [`${e.event.id} hook:a`, `${e.event.id} hook:b`] : [])),
+      )
+      expect(new Set(pending.map((d) => d.seq)).size).toBe(pending.length / 2)
+    })
+
     it("reads strictly after an id, in pages of at most `limit`", async () => {
       await enqueue(
         "g~c1",

@@ -1,0 +1,130 @@
+/**
+ * What one frame costs a real relay process end to end, in its default
+ * configuration (SQLite in a data directory, the hooks pipeline with the
+ * durable event log and the inbox upkeep, the live inbox): everything the
+ * process does for the frame, the ack and the post-ack work (hook events
+ * derived and recorded, storage group commit, compaction) included. The
+ * process's CPU time (all threads, user + system, from /proc/<pid>/stat) is
+ * read before the frame is sent and again once the relay has answered and
+ * gone quiet, so nothing it does for the frame afterwards escapes the figure.
+ * Used by `npm run bench:frames`; Linux only (it reads /proc).
+ */
+import { execFileSync } from "node:child_process"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { type ConversationId, newConversationId, sendMessage } from "@parley/shared"
+import { SqliteBackend } from "../../relay/src/backend/sqlite.js"
+import { TestClient } from "../../relay/test/helpers/clients.js"
+import { updateFrame } from "../../relay/test/helpers/frame-probe.js"
+import type { Seed, Shape } from "../../relay/test/helpers/frame-shapes.js"
+import {
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../../relay/test/helpers/relay-process.js"
+
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100
+
+/** User + system CPU time of a process and all its threads so far, in ms (resolution: one clock tick). */
+function cpuMsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  // Fields after the parenthesised command name, which may itself contain spaces.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * Resolves with the process's CPU time once it has used none for `quietMs`
+ * (sampled every 50 ms): the post-ack work (hook events, commits, compaction)
+ * runs on timers and promise chains after the answer, so an ack alone is not
+ * the end of the frame's cost.
+ */
+async function cpuWhenQuiet(pid: number, quietMs = 400): Promise<number> {
+  let last = cpuMsOf(pid)
+  let quietSince = performance.now()
+  // On a busy shared machine the relay may never look quiet for long: give up after 20 s.
+  const giveUpAt = performance.now() + 20_000
+  for (;;) {
+    if (performance.now() > giveUpAt) return last
+    await sleep(50)
+    const now = cpuMsOf(pid)
+    if (now !== last) {
+      last = now
+      quietSince = performance.now()
+    } else if (performance.now() - quietSince >= quietMs) return now
+  }
+}
+
+/** One frame sent to the relay process. */
+export interface ProcessProbeResult {
+  readonly bytes: number
+  readonly accepted: boolean
+  /** Relay process CPU, ms, from before the frame to the relay being quiet after answering it. */
+  readonly cpuMs: number
+  /** Of which: until the ack arrived (as the process's clock had it then). */
+  readonly untilAckMs: number
+}
+
+/**
+ * Starts one relay process on a data directory seeded with `conversations`
+ * copies of the seed conversation, and measures each `(shape, conversation)`
+ * frame: the sender connects and syncs, writes one short message first (as
+ * the in-process probe's warm relay does: the conversation's first change
+ * loads what later ones reuse), then, once the relay is quiet, sends the shape.
+ */
+export async function probeProcess(
+  plan: readonly Shape[],
+  seed: (id: ConversationId) => Seed,
+  /** Extra environment of the relay process (NODE_OPTIONS=--cpu-prof, say: it is stopped with SIGTERM). */
+  env: NodeJS.ProcessEnv = {},
+): Promise<ProcessProbeResult[]> {
+  const ids = plan.map(() => newConversationId())
+  const seeds = ids.map((id) => seed(id))
+  const dataDir = mkdtempSync(join(tmpdir(), "parley-frame-cost-"))
+  const backend = new SqliteBackend(dataDir)
+  for (let i = 0; i < ids.length; i++) await backend.documents.append(ids[i]!, [seeds[i]!.stored])
+  await backend.close()
+  let relay: RelayProcess | undefined
+  try {
+    relay = await startRelayProcess({ dataDir, env })
+    const pid = relay.child.pid!
+    const results: ProcessProbeResult[] = []
+    for (let i = 0; i < plan.length; i++) {
+      const shape = plan[i]!
+      const client = new TestClient(relay.url, ids[i]!, await relay.token(shape.user))
+      await client.opened
+      await client.synced()
+      sendMessage(client.doc, shape.user, { body: "warming up" })
+      await client.allSaved()
+      await cpuWhenQuiet(pid)
+      const update = shape.build(client.doc, seeds[i]!)
+      const frame = updateFrame(update)
+      const saves = client.saves.length
+      const errors = client.errors.length
+      const before = await cpuWhenQuiet(pid)
+      client.send(frame)
+      await client.until(
+        () => client.saves.length > saves || client.errors.length > errors || !!client.closeEvent,
+      )
+      const atAck = cpuMsOf(pid)
+      const after = await cpuWhenQuiet(pid)
+      results.push({
+        bytes: frame.length,
+        accepted: client.saves.length > saves && client.errors.length === errors,
+        cpuMs: after - before,
+        untilAckMs: atAck - before,
+      })
+      client.close()
+      await client.closed
+    }
+    relay.child.kill("SIGTERM")
+    await relay.exited
+    return results
+  } finally {
+    await stopRelayProcesses()
+    rmSync(dataDir, { recursive: true, force: true })
+  }
+}
