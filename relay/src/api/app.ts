@@ -1,8 +1,7 @@
-import { createRoute, OpenAPIHono, type z } from "@hono/zod-openapi"
+import { createRoute, type OpenAPIHono, type z } from "@hono/zod-openapi"
 import { type ConversationId, ErrorCode, type MessageId, ParleyError, type UserId } from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
-import { HTTPException } from "hono/http-exception"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
 import type { RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
@@ -14,7 +13,7 @@ import { EventStreams } from "./event-stream.js"
 import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
 import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
 import { type Actor, ApiOperations, idempotentMessageId } from "./operations.js"
-import { problemResponse, refuse } from "./problem.js"
+import { problemApp, problemResponse, refuse } from "./problem.js"
 import * as S from "./schemas.js"
 
 /** What the API is built on. */
@@ -90,33 +89,13 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     ...(options.signal ? { signal: options.signal } : {}),
   })
 
-  const app = new OpenAPIHono<Env>({
-    defaultHook: (result, c) => {
-      if (result.success) return
-      const detail = result.error.issues
-        .slice(0, 10)
-        .map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`)
-        .join("; ")
-      return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, detail))
-    },
-  })
+  const app = problemApp<Env>(options.log, "API request")
   app.openAPIRegistry.registerComponent("securitySchemes", "apiKey", {
     type: "http",
     scheme: "bearer",
     description: "An API key made with `parley-relay keys create` (`pk_...`).",
   })
 
-  app.onError((error, c) => {
-    if (error instanceof ParleyError) return problemResponse(c, error)
-    if (error instanceof HTTPException && error.status < 500)
-      return problemResponse(
-        c,
-        new ParleyError(ErrorCode.INVALID_ARGUMENT, error.message || "bad request"),
-        error.status as ContentfulStatusCode,
-      )
-    options.log.error({ err: error, path: c.req.path }, "API request failed")
-    return problemResponse(c, new ParleyError(ErrorCode.INTERNAL, "internal error"))
-  })
   app.notFound((c) =>
     problemResponse(c, new ParleyError(ErrorCode.NOT_FOUND, `no route ${c.req.method} ${c.req.path}`)),
   )

@@ -1,6 +1,9 @@
+import { OpenAPIHono } from "@hono/zod-openapi"
 import { ErrorCode, ParleyError } from "@parley/shared"
-import type { Context } from "hono"
+import type { Context, Env } from "hono"
+import { HTTPException } from "hono/http-exception"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
+import type { Logger } from "../log.js"
 
 /** HTTP status of each error code (codes of other parts map through here too; unknown ones are 500). */
 const STATUS: Readonly<Record<string, ContentfulStatusCode>> = {
@@ -68,3 +71,33 @@ export function problemResponse(
 /** A refused request, answered as a problem by the API's error handler. */
 export const refuse = (code: ErrorCode, message: string, rule?: string): ParleyError =>
   new ParleyError(code, message, rule === undefined ? undefined : { rule })
+
+/**
+ * A Hono app whose failures are problem details: a request that fails its
+ * schema is a 400 naming the first fields, a thrown `ParleyError` its own
+ * status, anything else a logged 500 (`what` names the routes in the log).
+ */
+export function problemApp<E extends Env>(log: Logger, what: string): OpenAPIHono<E> {
+  const app = new OpenAPIHono<E>({
+    defaultHook: (result, c) => {
+      if (result.success) return
+      const detail = result.error.issues
+        .slice(0, 10)
+        .map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`)
+        .join("; ")
+      return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, detail))
+    },
+  })
+  app.onError((error, c) => {
+    if (error instanceof ParleyError) return problemResponse(c, error)
+    if (error instanceof HTTPException && error.status < 500)
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.INVALID_ARGUMENT, error.message || "bad request"),
+        error.status as ContentfulStatusCode,
+      )
+    log.error({ err: error, path: c.req.path }, `${what} failed`)
+    return problemResponse(c, new ParleyError(ErrorCode.INTERNAL, "internal error"))
+  })
+  return app
+}

@@ -1,10 +1,8 @@
-import { createRoute, OpenAPIHono, z } from "@hono/zod-openapi"
+import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
 import { ErrorCode, ParleyError, type UserId } from "@parley/shared"
 import type { MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
-import { HTTPException } from "hono/http-exception"
-import type { ContentfulStatusCode } from "hono/utils/http-status"
-import { problemResponse } from "../api/problem.js"
+import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
@@ -158,32 +156,12 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   const now = options.now ?? Date.now
   const maxDevices = options.maxDevices ?? DEFAULT_MAX_PUSH_DEVICES
   const endpoints = options.endpoints ?? {}
-  const app = new OpenAPIHono<Env>({
-    defaultHook: (result, c) => {
-      if (result.success) return
-      const detail = result.error.issues
-        .slice(0, 10)
-        .map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`)
-        .join("; ")
-      return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, detail))
-    },
-  })
+  const app = problemApp<Env>(options.log, "push route")
   app.openAPIRegistry.registerComponent("securitySchemes", "userToken", {
     type: "http",
     scheme: "bearer",
     bearerFormat: "JWT",
     description: "The user's own token, the one their client syncs with.",
-  })
-  app.onError((error, c) => {
-    if (error instanceof ParleyError) return problemResponse(c, error)
-    if (error instanceof HTTPException && error.status < 500)
-      return problemResponse(
-        c,
-        new ParleyError(ErrorCode.INVALID_ARGUMENT, error.message || "bad request"),
-        error.status as ContentfulStatusCode,
-      )
-    options.log.error({ err: error, path: c.req.path }, "push route failed")
-    return problemResponse(c, new ParleyError(ErrorCode.INTERNAL, "internal error"))
   })
 
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
