@@ -13,6 +13,9 @@ import { Leases } from "./leases.js"
 import type { RoutedCore, UpdateRouter } from "./router.js"
 import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type WireEntry } from "./wire.js"
 
+/** How often the sweep also looks for documents whose log runs past their events (a crash's leftovers, rare). */
+const BEHIND_EVERY_SWEEPS = 15
+
 /** Defaults of {@link ClusterOptions}. */
 export const DEFAULT_CLUSTER_OPTIONS = {
   keyPrefix: "parley:",
@@ -207,13 +210,14 @@ export class Cluster implements UpdateRouter, FenceSource {
     this.sweeper.unref()
   }
 
+  private sweeps = 0
+
   private async sweep(outbox: Outbox | undefined): Promise<void> {
     // Documents owed deliveries, or whose stored log runs past their recorded events (an owner
     // died between storing a change and recording its events): a relay takes over each ownerless one.
-    const owed = new Set([
-      ...((await outbox?.pending())?.map((d) => d.document) ?? []),
-      ...((await outbox?.behind()) ?? []),
-    ])
+    // `behind` reads one row per document the outbox knows: every 15th sweep (30 s by default), not every one.
+    const lagging = this.sweeps++ % BEHIND_EVERY_SWEEPS === 0 ? ((await outbox?.behind()) ?? []) : []
+    const owed = new Set([...((await outbox?.pending())?.map((d) => d.document) ?? []), ...lagging])
     for (const name of owed) {
       if (this.owns(name) || this.takingOver.has(name)) continue
       if ((await this.leases.holder(name)) === null) await this.takeOver(name)
