@@ -9,12 +9,7 @@ import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
-import {
-  postgresUnreachable,
-  type ScratchSchema,
-  scratchSchema,
-  DATABASE_URL as url,
-} from "../helpers/postgres.js"
+import { postgresUnreachable, type ScratchSchema, scratchSchema } from "../helpers/postgres.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
 const alice = "alice" as UserId
