@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs"
-import { request } from "node:http"
+import { createServer, request } from "node:http"
+import type { AddressInfo } from "node:net"
 import { join } from "node:path"
 import {
   type ConversationId,
@@ -121,6 +122,14 @@ describe("attachments on a relay process (file-system blob store)", () => {
     expect(Buffer.from(outsider.bytes).toString()).toBe(Buffer.from(unknown.bytes).toString())
     expect((await api.download(attachment.url)).status).toBe(401)
     expect((await api.sign(carol, attachment.id!)).status).toBe(404)
+    // Link previews are off unless the relay is started with --link-previews.
+    const preview = await fetch(
+      `${relay.httpUrl}/v1/link-preview?url=${encodeURIComponent("https://example.com")}`,
+      {
+        headers: { authorization: `Bearer ${await relay.token(alice)}` },
+      },
+    )
+    expect(preview.status).toBe(404)
     client.close()
   })
 
@@ -326,7 +335,14 @@ describe("per-user upload limits", () => {
   let relay: RelayProcess
   const api = attachmentClient(() => relay)
   beforeAll(async () => {
-    relay = await startRelayProcess({ args: ["--attachment-bytes-per-minute", String(2 * MiB)] })
+    relay = await startRelayProcess({
+      args: [
+        "--attachment-bytes-per-minute",
+        String(2 * MiB),
+        "--link-previews",
+        "--link-previews-allow-private",
+      ],
+    })
   })
   afterAll(async () => {
     await stopRelayProcesses()
@@ -352,5 +368,24 @@ describe("per-user upload limits", () => {
     const bobs = await api.create(bob, "g~att-quota-001", { name: "b.txt", size: MiB })
     expect((await api.patch(bob, bobs.body.uploadId as string, 0, text(MiB))).status).toBe(201)
     client.close()
+  })
+
+  it("previews a link when started with --link-previews", async () => {
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/html" })
+      res.end(
+        '<html><head><meta property="og:title" content="Launch notes"><meta name="description" content="What shipped"></head></html>',
+      )
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const page = `http://127.0.0.1:${(server.address() as AddressInfo).port}/notes`
+    const response = await fetch(`${relay.httpUrl}/v1/link-preview?url=${encodeURIComponent(page)}`, {
+      headers: { authorization: `Bearer ${await relay.token(alice)}` },
+    })
+    expect(response.status).toBe(200)
+    expect(await response.json()).toEqual({ url: page, title: "Launch notes", description: "What shipped" })
+    const anonymous = await fetch(`${relay.httpUrl}/v1/link-preview?url=${encodeURIComponent(page)}`)
+    expect(anonymous.status).toBe(401)
+    server.close()
   })
 })
