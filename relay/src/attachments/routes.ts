@@ -243,7 +243,7 @@ const linkPreviewRoute = createRoute({
       [400, "Not an http(s) URL, or a private address"],
       ...AUTH,
       [404, "Link previews are off on this relay"],
-      [502, "The page could not be fetched, or is not HTML"],
+      [503, "The page could not be fetched, or is not HTML"],
     ]),
   },
 })
@@ -536,4 +536,37 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
     return c.json(await options.linkPreviews.preview(c.req.valid("query").url), 200)
   })
   return app
+}
+
+/**
+ * The attachment routes' part of the OpenAPI document, generated from the
+ * schemas that validate them; the API's `openApiDocument` merges it in.
+ */
+export function attachmentsOpenApiPart(): {
+  paths: Record<string, unknown>
+  securitySchemes: Record<string, unknown>
+  schemas: Record<string, unknown>
+} {
+  const unused = () => {
+    throw new Error("the document is generated without serving requests")
+  }
+  const app = createAttachmentRoutes({
+    service: { options: { chunkBytes: 0 } } as unknown as AttachmentService,
+    store: {} as BlobStore,
+    quota: {} as UploadQuota,
+    verify: unused,
+    secret: unused,
+    signedUrlSeconds: 0,
+    maxChunksInFlight: 0,
+    log: { error: unused } as unknown as Logger,
+  })
+  const doc = app.getOpenAPI31Document({ openapi: "3.1.0", info: { title: "", version: "1" } }) as {
+    paths?: Record<string, unknown>
+    components?: { securitySchemes?: Record<string, unknown>; schemas?: Record<string, unknown> }
+  }
+  return {
+    paths: doc.paths ?? {},
+    securitySchemes: doc.components?.securitySchemes ?? {},
+    schemas: doc.components?.schemas ?? {},
+  }
 }
