@@ -504,7 +504,10 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         "content-range": `bytes */${length}`,
       })
     const { start, end } = range ?? { start: 0, end: length }
-    const body = Readable.toWeb(Readable.from(store.read(key, start, end))) as ReadableStream<Uint8Array>
+    // One stored chunk read ahead at most: a slow reader holds a chunk, not the file.
+    const body = Readable.toWeb(
+      Readable.from(store.read(key, start, end), { highWaterMark: 1 }),
+    ) as ReadableStream<Uint8Array>
     return c.body(body, range ? 206 : 200, {
       ...headers,
       "content-length": String(end - start),
