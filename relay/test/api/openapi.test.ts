@@ -46,17 +46,22 @@ describe("OpenAPI document", () => {
     expect(doc.components.securitySchemes.userToken?.scheme).toBe("bearer")
   })
 
-  it("documents the attachment routes as taken with the user's own token, downloads by signed URL too", () => {
+  it("documents the attachment routes as taken with a user's token or an API key, downloads by signed URL too", () => {
     const doc = openApiDocument() as {
       paths: Record<string, Record<string, { security?: Record<string, string[]>[]; responses: object }>>
     }
     expect(Object.keys(doc.paths["/v1/uploads/{uploadId}"]!).sort()).toEqual(["head", "patch"])
     expect(doc.paths["/v1/conversations/{conversationId}/uploads"]!.post!.security).toEqual([
       { userToken: [] },
+      { apiKey: ["messages:write"] },
     ])
     expect(Object.keys(doc.paths["/v1/uploads/{uploadId}"]!.patch!.responses)).toEqual(
       expect.arrayContaining(["201", "204", "409", "413", "415", "429"]),
     )
-    expect(doc.paths["/v1/attachments/{id}"]!.get!.security).toEqual([{ userToken: [] }, {}])
+    expect(doc.paths["/v1/attachments/{id}"]!.get!.security).toEqual([
+      { userToken: [] },
+      { apiKey: ["messages:read"] },
+      {},
+    ])
   })
 })

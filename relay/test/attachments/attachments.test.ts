@@ -13,7 +13,9 @@ import {
 } from "@parley/shared"
 import sharp from "sharp"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { runKeysCli } from "../../src/api/keys-cli.js"
 import { signUrl } from "../../src/attachments/signing.js"
+import { freshDataDir } from "../api/helpers.js"
 import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
@@ -331,11 +333,22 @@ describe("attachments on a relay process (file-system blob store)", () => {
   })
 })
 
-describe("per-user upload limits", () => {
+describe("per-user upload limits, API keys, link previews", () => {
   let relay: RelayProcess
+  const keys: Record<string, string> = {}
   const api = attachmentClient(() => relay)
   beforeAll(async () => {
+    const dataDir = freshDataDir()
+    for (const [name, scopes] of [
+      ["uploader", "messages:write,messages:read"],
+      ["reader", "conversations:read"],
+    ] as const) {
+      const lines: string[] = []
+      await runKeysCli(["create", name, "--scopes", scopes, "--data-dir", dataDir], (l) => lines.push(l), {})
+      keys[name] = (JSON.parse(lines[0]!) as { key: string }).key
+    }
     relay = await startRelayProcess({
+      dataDir,
       args: [
         "--attachment-bytes-per-minute",
         String(2 * MiB),
@@ -387,5 +400,53 @@ describe("per-user upload limits", () => {
     const anonymous = await fetch(`${relay.httpUrl}/v1/link-preview?url=${encodeURIComponent(page)}`)
     expect(anonymous.status).toBe(401)
     server.close()
+  })
+
+  it("lets an API key upload and download as its service participant, with the scopes it has", async () => {
+    const id = "g~att-apikey-01" as ConversationId
+    const client = new TestClient(relay.url, id, await relay.token(alice))
+    await client.opened
+    await client.synced()
+    createConversation(client.doc, alice, {
+      kind: "group",
+      id,
+      participants: [bob, "service.uploader" as UserId, "service.reader" as UserId],
+    })
+    await client.allSaved()
+    const asKey = (key: string) => ({ authorization: `Bearer ${key}` })
+    const created = await fetch(`${relay.httpUrl}/v1/conversations/${id}/uploads`, {
+      method: "POST",
+      headers: { ...asKey(keys.uploader!), "content-type": "application/json" },
+      body: JSON.stringify({ name: "report.txt", size: 11 }),
+    })
+    expect(created.status).toBe(201)
+    const { uploadId } = (await created.json()) as { uploadId: string }
+    const done = await fetch(`${relay.httpUrl}/v1/uploads/${uploadId}`, {
+      method: "PATCH",
+      headers: {
+        ...asKey(keys.uploader!),
+        "content-type": "application/offset+octet-stream",
+        "upload-offset": "0",
+      },
+      body: "hello world",
+    })
+    expect(done.status).toBe(201)
+    const { attachment } = (await done.json()) as { attachment: FileAttachment }
+    expect(
+      (await fetch(`${relay.httpUrl}${attachment.url}`, { headers: asKey(keys.uploader!) })).status,
+    ).toBe(200)
+    // A key without messages:read, and a key with a wrong secret.
+    expect((await fetch(`${relay.httpUrl}${attachment.url}`, { headers: asKey(keys.reader!) })).status).toBe(
+      403,
+    )
+    expect(
+      (
+        await fetch(`${relay.httpUrl}${attachment.url}`, {
+          headers: asKey(`${keys.uploader!.slice(0, -4)}xxxx`),
+        })
+      ).status,
+    ).toBe(401)
+    expect((await api.download(attachment.url, bob)).status).toBe(200)
+    client.close()
   })
 })
