@@ -472,7 +472,13 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
       )
     chunksInFlight++
     try {
-      const chunk = await readChunk(c.req.raw.body, chunkBytes)
+      let chunk: Uint8Array | undefined
+      try {
+        chunk = await readChunk(c.req.raw.body, chunkBytes)
+      } catch {
+        // The client went away mid-chunk: nothing of it is stored, and nobody is left to answer.
+        return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, "the chunk was cut off"), 400)
+      }
       if (!chunk)
         return problemResponse(
           c,

@@ -22,8 +22,8 @@ export class UploadQuota {
   constructor(private readonly options: UploadQuotaOptions) {}
 
   /**
-   * Takes a slot and `bytes` of the user's budget; undefined when the user is
-   * at either limit, else the release function (to call once the chunk is done).
+   * Takes a slot and `bytes` of the user's budget: the release function (to
+   * call once the chunk is done), or which limit the user is at, taking nothing.
    */
   take(user: UserId, bytes: number): (() => void) | "concurrent" | "rate" {
     const busy = this.inFlight.get(user) ?? 0
