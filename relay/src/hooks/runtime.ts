@@ -401,7 +401,9 @@ export class HookRuntime {
   ): Promise<void> {
     const batch = events.map((event) => ({
       event,
-      targets: this.targets.filter((t) => t.accepts(event.event.type)).map((t) => t.name),
+      targets: this.targets
+        .filter((t) => t.accepts(event.event.type) && (t.wants?.(event) ?? true))
+        .map((t) => t.name),
     }))
     const record = async () => {
       const deliveries = await this.options.outbox.enqueue({
