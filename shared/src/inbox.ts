@@ -1,7 +1,7 @@
 import type * as Y from "yjs"
 import type { ConversationId, UserId } from "./ids.js"
-import { getConversation, lastMessage, listParticipants, markersOf, roleOf, unreadCount } from "./reads.js"
 import { unreadEmergency } from "./priorities.js"
+import { getConversation, lastMessage, listParticipants, markersOf, roleOf, unreadCount } from "./reads.js"
 import type { ConversationKind } from "./schema.js"
 
 /**

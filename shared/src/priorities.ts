@@ -97,7 +97,9 @@ function liveRecord(doc: Y.Doc, id: MessageId): MessageRecord | undefined {
   const index = messageIndex(doc)
   if (index.deleted.has(id) || typesOf(doc).tombstones.has(id)) return undefined
   const record =
-    index.records.get(id) ?? decodePin(typesOf(doc).pins.get(id))?.record ?? sealedHistory(doc).entry(id)?.record
+    index.records.get(id) ??
+    decodePin(typesOf(doc).pins.get(id))?.record ??
+    sealedHistory(doc).entry(id)?.record
   return record && !isDeletedRecord(record) ? record : undefined
 }
 
@@ -113,7 +115,8 @@ export function unpinMessage(doc: Y.Doc, actor: UserId, id: MessageId, options: 
   if (t.unpinned.has(id)) return
   const record = liveRecord(doc, id)
   if (!record) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${id}`)
-  if (record.priority !== "sticky") throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "the message is not pinned")
+  if (record.priority !== "sticky")
+    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "the message is not pinned")
   assertAllowed(canUnpinMessage(actor, writerRole(doc, actor), record.author))
   const unpin: UnpinRecord = { by: actor, at: options.now ?? Date.now() }
   assertValid(checkUnpinRecord, unpin)

@@ -286,8 +286,7 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
       const what: PendingChange = { kind: "conversation.field", field: key }
       if (key === MetaKey.fleetingSeconds)
         attempt(what, () => setFleetingSeconds(fresh, user, removed ? undefined : (value as number)))
-      else if (removed)
-        failed.push({ what, error: forbidden(Rule.immutable, `"${key}" cannot be removed`) })
+      else if (removed) failed.push({ what, error: forbidden(Rule.immutable, `"${key}" cannot be removed`) })
       else if (key === MetaKey.title) attempt(what, () => renameConversation(fresh, user, value as string))
       else if (key === MetaKey.metadata)
         attempt(what, () => setConversationMetadata(fresh, user, value as Metadata))

@@ -28,8 +28,7 @@ import {
 } from "../src/index.js"
 import { alice, bob, carol, groupDoc, replicaOf, sync } from "./helpers.js"
 
-const refused = (rule: Rule) =>
-  expect.objectContaining({ code: ErrorCode.FORBIDDEN, rule })
+const refused = (rule: Rule) => expect.objectContaining({ code: ErrorCode.FORBIDDEN, rule })
 
 describe("the unpin rule", () => {
   it("lets the author or an owner / admin unpin, and refuses a member unpinning another's message", () => {
@@ -40,7 +39,10 @@ describe("the unpin rule", () => {
       allowed: false,
       rule: Rule.unpinAuthorOrAdmin,
     })
-    expect(canUnpinMessage(carol, undefined, carol)).toMatchObject({ allowed: false, rule: Rule.participantOnly })
+    expect(canUnpinMessage(carol, undefined, carol)).toMatchObject({
+      allowed: false,
+      rule: Rule.participantOnly,
+    })
   })
 })
 
@@ -76,7 +78,11 @@ describe("sticky messages", () => {
     const pin = sendMessage(doc, alice, { body: "Read the rules", priority: "sticky" })
     for (let i = 0; i < 20; i++) sendMessage(doc, bob, { body: `m${i}` })
     assignSequenceNumbers(doc, nextFromDocument(doc), null)
-    const plan = planSeal(doc, "g~test" as ConversationId, { segmentSize: 10, keepLive: 5, epochClientIds: 1000 })
+    const plan = planSeal(doc, "g~test" as ConversationId, {
+      segmentSize: 10,
+      keepLive: 5,
+      epochClientIds: 1000,
+    })
     expect(plan?.ids.has(pin.id)).toBe(true)
     applySeal(doc, plan!, null)
     expect(sealedThrough(doc)).toBeGreaterThan(0)

@@ -686,7 +686,8 @@ class UpdateCheck {
         if (!record) refuse(Rule.immutable, `message ${id} does not exist or is deleted`)
         if (record!.priority !== "sticky") refuse(Rule.schema, `message ${id} is not pinned`)
         assert(canUnpinMessage(this.actor!, this.role, record!.author))
-        if ((after as UnpinRecord).by !== this.actor) refuse(Rule.selfOnly, "a message is unpinned as oneself")
+        if ((after as UnpinRecord).by !== this.actor)
+          refuse(Rule.selfOnly, "a message is unpinned as oneself")
       }
     }
   }

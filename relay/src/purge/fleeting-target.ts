@@ -11,9 +11,9 @@ import {
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
+import type { HistoryStore } from "../history/store.js"
 import { DeferDelivery, type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent } from "../hooks/events.js"
-import type { HistoryStore } from "../history/store.js"
 import { RELAY } from "../principal.js"
 
 /** What the target decided about one fleeting message, read from its conversation. */

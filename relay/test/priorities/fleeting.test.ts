@@ -39,7 +39,9 @@ const rawFiles = (dir: string) =>
 function rowsHolding(dir: string, text: string): string[] {
   const db = new Database(join(dir, "parley.sqlite"), { readonly: true })
   try {
-    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]
+    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
+      name: string
+    }[]
     const found: string[] = []
     for (const { name } of tables)
       for (const row of db.prepare(`SELECT * FROM "${name}"`).all() as Record<string, unknown>[])
