@@ -53,11 +53,14 @@ import {
   segmentHash,
   sendMessage,
   setConversationMetadata,
+  setFleetingSeconds,
   toParleyError,
   typesOf,
   type UserId,
+  unpinMessage,
   unreact,
   unreadCount,
+  unreadEmergency,
 } from "@parley/shared"
 import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -66,6 +69,7 @@ import { Emitter } from "./emitter.js"
 import type { SegmentCache } from "./history-cache.js"
 import { type MessageStatus, MessageStatuses } from "./message-status.js"
 import { type PresenceSettings, PresenceTracker, type UserPresence } from "./presence.js"
+import { PriorityView } from "./priorities.js"
 import type { LocalReplica } from "./storage.js"
 import { TypingIndicator } from "./typing.js"
 
@@ -103,6 +107,10 @@ export interface ConversationEvents {
   status: { messageId: MessageId; status: MessageStatus; error?: ParleyError }
   /** The number of unread messages changed. */
   unread: { count: number }
+  /** The pinned messages changed (a sticky message sent, unpinned, edited or deleted). */
+  pinned: { messages: readonly ChatMessage[] }
+  /** Fleeting messages whose time is up: hidden from {@link Conversation.messages} from now on. */
+  expired: { messageIds: readonly MessageId[] }
   /** The set of other users typing changed. */
   typing: { users: readonly UserId[] }
   /** Someone's presence in this conversation changed (online, away, offline). */
@@ -202,6 +210,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly fetching = new Map<number, Promise<Segment>>()
   /** Sequence number below which {@link loadOlder} continues (undefined: below the live messages). */
   private olderFrom: number | undefined
+  /** Pinned messages and fleeting expiry (client/src/priorities.ts). */
+  private readonly priorities: PriorityView
   /** @internal Set while the client is about to create this conversation: "not found" is expected then. */
   creating = false
   /** @internal Resolves once the local replica is loaded and the state settled from it. */
@@ -211,6 +221,11 @@ export class Conversation extends Emitter<ConversationEvents> {
     super()
     this.id = parts.id
     this.user = parts.user
+    this.priorities = new PriorityView(
+      parts.clock,
+      () => this.emit("pinned", { messages: this.pinned() }),
+      (messageIds) => this.emit("expired", { messageIds }),
+    )
     const doc = new Y.Doc()
     this.gen = this.bind(doc, parts.openReplica(doc))
     this.readyPromise = new Promise<this>((resolve, reject) => {
@@ -302,6 +317,9 @@ export class Conversation extends Emitter<ConversationEvents> {
       queueMicrotask(() => diverge(error))
     }
     doc.on("afterTransactionCleanup", onCleanup)
+    doc.on("afterTransaction", () => {
+      if (this.gen?.doc === doc) this.priorities.changed(doc)
+    })
     connection.on("diverged", ({ error }) => diverge(error))
     connection.on("status", () => {
       this.settle()
@@ -616,7 +634,32 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** A window of messages in canonical order: `{ last: n }`, or `before` / `after` / `around` an id. */
   messages(window: MessageWindow = { last: 50 }): ChatMessage[] {
-    return listMessages(this.doc, window).map((view) => this.decorate(view))
+    // Fleeting messages whose time is up are gone for the reader before the relay purges them.
+    return this.priorities
+      .visible(this.doc, listMessages(this.doc, window))
+      .map((view) => this.decorate(view))
+  }
+
+  // ---- priorities ----
+
+  /** The pinned messages (sent `sticky`, not unpinned, not deleted), oldest first; sealed ones included. */
+  pinned(): ChatMessage[] {
+    return this.priorities.pinned(this.doc).map((view) => this.decorate(view))
+  }
+
+  /** Unpins a sticky message: its author, owners and admins (rule `unpin-author-or-admin`). */
+  unpin(id: MessageId | string): void {
+    this.write(() => unpinMessage(this.doc, this.user, parseMessageId(id), { origin: LOCAL }))
+  }
+
+  /** Sets (owners and admins) how long fleeting messages live here, in seconds; undefined: the default (1 day). */
+  setFleetingSeconds(seconds: number | undefined): void {
+    this.write(() => setFleetingSeconds(this.doc, this.user, seconds, { origin: LOCAL }))
+  }
+
+  /** Unread emergency messages (ids, oldest first): flagged until the read marker passes them. */
+  get unreadEmergency(): MessageId[] {
+    return unreadEmergency(this.doc, this.user)
   }
 
   /**
@@ -636,9 +679,11 @@ export class Conversation extends Emitter<ConversationEvents> {
     push()
     const offChange = this.on("change", push)
     const offStatus = this.on("status", push)
+    const offExpired = this.on("expired", push)
     return () => {
       offChange()
       offStatus()
+      offExpired()
     }
   }
 
@@ -711,6 +756,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.closed = true
     this.closing.abort()
     clearTimeout(this.deliveredTimer)
+    this.priorities.close()
     const gen = this.gen
     // Closing never throws: whatever one part fails with, the others are still released.
     const release = async (step: () => unknown) => {

@@ -77,7 +77,7 @@ describe("sticky messages", () => {
     const doc = groupDoc()
     const pin = sendMessage(doc, alice, { body: "Read the rules", priority: "sticky" })
     for (let i = 0; i < 20; i++) sendMessage(doc, bob, { body: `m${i}` })
-    assignSequenceNumbers(doc, nextFromDocument(doc), null)
+    assignSequenceNumbers(doc, nextFromDocument(doc))
     const plan = planSeal(doc, "g~test" as ConversationId, {
       segmentSize: 10,
       keepLive: 5,
@@ -104,7 +104,7 @@ describe("emergency messages", () => {
     expect(unreadEmergency(doc, bob)).toEqual([alarm.id])
     // Not flagged for its author.
     expect(unreadEmergency(doc, alice)).toEqual([])
-    assignSequenceNumbers(doc, nextFromDocument(doc), null)
+    assignSequenceNumbers(doc, nextFromDocument(doc))
     expect(inboxEntryFor(doc, bob)?.emergency).toEqual([alarm.id])
     markRead(doc, bob, "latest")
     expect(inboxEntryFor(doc, bob)?.emergency).toBeUndefined()
