@@ -462,7 +462,10 @@ describe("HTTP API against a relay process", () => {
 
     const patched = await full("PATCH", "/v1/conversations/g~api-prio", { fleetingSeconds: 60 })
     expect(patched.body.fleetingSeconds).toBe(60)
-    const member = await full("PATCH", "/v1/conversations/g~api-prio", { fleetingSeconds: 5, asUser: "carol" })
+    const member = await full("PATCH", "/v1/conversations/g~api-prio", {
+      fleetingSeconds: 5,
+      asUser: "carol",
+    })
     expect(member.status).toBe(403)
   })
 
