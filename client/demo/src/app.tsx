@@ -169,6 +169,8 @@ function NotificationsToggle({
       type="button"
       className="link"
       data-testid="notifications-toggle"
+      aria-label={on ? "Turn notifications off" : "Turn notifications on"}
+      aria-pressed={on}
       disabled={busy}
       onClick={() => {
         setBusy(true)
@@ -184,7 +186,8 @@ function NotificationsToggle({
           .finally(() => setBusy(false))
       }}
     >
-      {on ? "🔔 On" : "🔕 Notify me"}
+      {on ? "🔔" : "🔕"}
+      <span className="notify-label">{on ? " Notifications on" : " Notify me"}</span>
     </button>
   )
 }

@@ -5,6 +5,7 @@ import {
   useConversation,
   useInbox,
   useMessages,
+  usePinned,
   usePresence,
   useTyping,
 } from "@parley/react"
@@ -38,6 +39,8 @@ export function ConversationView({
   const { conversation, state, info, participants, role, unreadCount, unreadEmergency } = useConversation(id)
   const { messages, hasOlder, loadingOlder, loadOlder } = useMessages(conversation, PAGE)
   const typing = useTyping(conversation)
+  const pinned = usePinned(conversation)
+  const pinnedIds = useMemo(() => new Set<string>(pinned.map((m) => m.id)), [pinned])
   const present = usePresence(conversation)
   const connection = useConnectionStatus()
   const muted = useInbox().items.some((item) => item.conversationId === id && item.muted)
@@ -324,6 +327,7 @@ export function ConversationView({
                     group={group}
                     actions={actions}
                     fleetingSeconds={info?.fleetingSeconds ?? DEFAULT_FLEETING_SECONDS}
+                    pinned={pinnedIds.has(message.id)}
                   />
                 ))
               )}

@@ -37,6 +37,8 @@ interface MessageItemProps {
   readonly actions: MessageActions
   /** The conversation's fleeting lifetime, for the countdown of fleeting messages. */
   readonly fleetingSeconds: number
+  /** Whether the message is pinned now (sent sticky and not unpinned). */
+  readonly pinned: boolean
 }
 
 /**
@@ -52,6 +54,7 @@ export const MessageItem = memo(function MessageItem({
   group,
   actions,
   fleetingSeconds,
+  pinned,
 }: MessageItemProps) {
   const [open, setOpen] = useState(false)
   const mine = message.author === me
@@ -64,7 +67,7 @@ export const MessageItem = memo(function MessageItem({
   const status = message.status && STATUS[message.status]
   return (
     <li
-      className={`message${mine ? " mine" : ""}${deleted ? " deleted" : ""}${open ? " open" : ""}${deleted ? "" : ` priority-${message.priority}`}`}
+      className={`message${mine ? " mine" : ""}${deleted ? " deleted" : ""}${open ? " open" : ""}${deleted ? "" : ` priority-${message.priority}`}${pinned ? " pinned" : ""}`}
       data-testid="message"
       data-priority={message.priority}
       data-message-id={message.id}
@@ -86,7 +89,7 @@ export const MessageItem = memo(function MessageItem({
       >
         {!mine && group && <span className="author">{displayName(message.author)}</span>}
         {!deleted && message.priority === "emergency" && <span className="priority-tag">🚨 Emergency</span>}
-        {!deleted && message.priority === "sticky" && <span className="priority-tag">📌 Pinned</span>}
+        {!deleted && pinned && <span className="priority-tag">📌 Pinned</span>}
         {message.replyTo && !deleted && (
           <button
             type="button"
