@@ -474,7 +474,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   /** One message, or undefined when this replica does not have it. */
   message(id: MessageId | string): ChatMessage | undefined {
     const view = getMessage(this.doc, parseMessageId(id))
-    return view && this.decorate(view)
+    // An expired fleeting message is gone here too (a reply's quote shows "earlier message").
+    return view && this.priorities.visible(this.doc, [view]).length > 0 ? this.decorate(view) : undefined
   }
 
   // ---- sealed history ----

@@ -6,7 +6,12 @@ import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import type { RedisState } from "./cluster/cluster.js"
 import { ownedOutbox } from "./cluster/outbox.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
-import { type AfterSavedListener, extensionRoutes, type RelayExtension, type RunningCore } from "./extension.js"
+import {
+  type AfterSavedListener,
+  extensionRoutes,
+  type RelayExtension,
+  type RunningCore,
+} from "./extension.js"
 import { HistoryKeeper } from "./history/keeper.js"
 import type { SealingOptions } from "./history/sealing.js"
 import { DEFAULT_EVENT_RETENTION, type EventLogReader, type EventRetention } from "./hooks/event-log.js"

@@ -181,16 +181,9 @@ export const UpdateConversationBody = z
   .strictObject({
     title: z.string().max(Limits.titleLength).optional(),
     metadata: MetadataSchema.optional(),
-    fleetingSeconds: z
-      .number()
-      .int()
-      .min(1)
-      .max(Limits.fleetingSeconds)
-      .nullable()
-      .optional()
-      .openapi({
-        description: "Seconds after which fleeting messages disappear; null restores the default (1 day).",
-      }),
+    fleetingSeconds: z.number().int().min(1).max(Limits.fleetingSeconds).nullable().optional().openapi({
+      description: "Seconds after which fleeting messages disappear; null restores the default (1 day).",
+    }),
     asUser,
   })
   .refine((b) => b.title !== undefined || b.metadata !== undefined || b.fleetingSeconds !== undefined, {

@@ -1,6 +1,8 @@
 import {
   createConversation,
+  decodePin,
   ErrorCode,
+  encodeTombstone,
   newConversationId,
   pinnedMessages,
   Rule,
@@ -108,5 +110,32 @@ describe("pinned messages on the relay", () => {
     const b2 = await joinAs(r, bob, id)
     expect(pinnedMessages(b2.doc)).toEqual([])
     expect(typesOf(b2.doc).pins.size).toBe(0)
+  })
+
+  it("drops the pinned copy of a sealed message deleted by a device that left it in place", async () => {
+    const r = await relay()
+    const id = newConversationId()
+    const a = await joinAs(r, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    const sticky = sendMessage(a.doc, alice, { body: "Secret-Pinned-Text", priority: "sticky" })
+    await a.allSaved()
+    for (let i = 0; i < 20; i++) {
+      sendMessage(a.doc, alice, { body: `filler ${i}` })
+      await a.allSaved()
+    }
+    await a.until(() => typesOf(a.doc).pins.has(sticky.id))
+    const copy = decodePin(typesOf(a.doc).pins.get(sticky.id))!
+    // A tombstone alone (as an older SDK writes it), the copy with the text left in place.
+    a.doc.transact(() =>
+      typesOf(a.doc).tombstones.set(
+        sticky.id,
+        encodeTombstone({ author: alice, seq: copy.seq, deletedAt: 1, deletedBy: alice }),
+      ),
+    )
+    await a.allSaved()
+    await a.until(() => !typesOf(a.doc).pins.has(sticky.id))
+    const b = await joinAs(r, bob, id)
+    expect(pinnedMessages(b.doc)).toEqual([])
+    expect(JSON.stringify(typesOf(b.doc).pins.toJSON())).not.toContain("Secret-Pinned-Text")
   })
 })
