@@ -682,8 +682,14 @@ class UpdateCheck {
         }
         if (change.before !== ABSENT) refuse(Rule.immutable, "a message is unpinned once")
         schema(checkUnpinRecord(after))
-        const record = this.liveMessage(id) ?? this.pinnedCopy(id)
-        if (!record) refuse(Rule.immutable, `message ${id} does not exist or is deleted`)
+        // Unpinned and deleted in one update (offline work sent at once) is as good as either alone.
+        const record =
+          this.liveMessage(id) ??
+          this.pinnedCopy(id) ??
+          this.deletedRecords.get(id) ??
+          (this.sealedDeletion(id)?.record as MessageRecord | undefined)
+        if (!record || isDeletedRecord(record))
+          refuse(Rule.immutable, `message ${id} does not exist or is deleted`)
         if (record!.priority !== "sticky") refuse(Rule.schema, `message ${id} is not pinned`)
         assert(canUnpinMessage(this.actor!, this.role, record!.author))
         if ((after as UnpinRecord).by !== this.actor)

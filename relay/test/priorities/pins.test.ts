@@ -1,8 +1,10 @@
 import {
   createConversation,
   decodePin,
+  deleteMessage,
   ErrorCode,
   encodeTombstone,
+  getMessage,
   newConversationId,
   pinnedMessages,
   Rule,
@@ -137,5 +139,27 @@ describe("pinned messages on the relay", () => {
     const b = await joinAs(r, bob, id)
     expect(pinnedMessages(b.doc)).toEqual([])
     expect(JSON.stringify(typesOf(b.doc).pins.toJSON())).not.toContain("Secret-Pinned-Text")
+  })
+
+  it("takes an unpin and a deletion made offline together, sent as one update", async () => {
+    const r = await relay()
+    const id = newConversationId()
+    const b = await joinAs(r, bob, id)
+    createConversation(b.doc, bob, { kind: "group", id, participants: [alice] })
+    const sticky = sendMessage(b.doc, bob, { body: "temporary pin", priority: "sticky" })
+    await b.allSaved()
+    const offline = new Y.Doc()
+    Y.applyUpdate(offline, Y.encodeStateAsUpdate(b.doc))
+    const update = captured(offline, () => {
+      unpinMessage(offline, bob, sticky.id)
+      deleteMessage(offline, bob, sticky.id)
+    })
+    const a = await joinAs(r, alice, id)
+    expect(pinnedMessages(a.doc)).toHaveLength(1)
+    b.sendUpdate(update)
+    await a.until(() => typesOf(a.doc).unpinned.has(sticky.id) || b.errors.length > 0)
+    expect(b.errors).toEqual([])
+    expect(pinnedMessages(a.doc)).toEqual([])
+    expect(getMessage(a.doc, sticky.id)?.deleted?.by).toBe(bob)
   })
 })
