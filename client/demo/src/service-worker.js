@@ -78,7 +78,11 @@ self.addEventListener("notificationclick", (event) => {
     self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((windows) => {
       const open = windows.find((w) => new URL(w.url).origin === self.location.origin)
       if (!open) return self.clients.openWindow(target.href)
-      return open.focus().then((focused) => (focused ?? open).navigate(target.href))
+      // navigate() is for windows this worker controls; any other is told by opening a fresh one.
+      return open
+        .focus()
+        .then((focused) => (focused ?? open).navigate(target.href))
+        .catch(() => self.clients.openWindow(target.href))
     }),
   )
 })
