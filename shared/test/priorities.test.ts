@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest"
 import {
   applySeal,
   assignSequenceNumbers,
+  type ChangeEvent,
   type ConversationId,
   canUnpinMessage,
   changeRole,
@@ -11,11 +12,13 @@ import {
   expireMessage,
   fleetingExpiry,
   fleetingSecondsOf,
+  getConversation,
   getMessage,
   inboxEntryFor,
   isExpired,
   markRead,
   nextFromDocument,
+  observeChanges,
   pinnedMessages,
   planSeal,
   Rule,
@@ -129,6 +132,19 @@ describe("fleeting messages", () => {
     expect(isExpired(doc, view, expiry)).toBe(true)
     // A createdAt set in the future is bounded by when the relay took it.
     expect(fleetingExpiry({ priority: "fleeting", createdAt: 9e12 }, 60, 1_000)).toBe(61_000)
+  })
+
+  it("tell observers when the setting changes (conversation.updated, field fleetingSeconds)", () => {
+    const doc = groupDoc()
+    const events: ChangeEvent[] = []
+    observeChanges(doc, (e) => events.push(...e))
+    setFleetingSeconds(doc, alice, 30)
+    setFleetingSeconds(doc, alice, undefined)
+    expect(events.map((e) => e.type === "conversation.updated" && e.fields)).toEqual([
+      ["fleetingSeconds"],
+      ["fleetingSeconds"],
+    ])
+    expect(getConversation(doc)?.fleetingSeconds).toBeUndefined()
   })
 
   it("become a deletion placeholder when the relay expires them, edits and reactions gone", () => {

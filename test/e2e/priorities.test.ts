@@ -48,6 +48,21 @@ it("pins, emergencies, fleeting countdowns and push notifications in a group", {
   await dana.page.getByTestId("priority-picker").selectOption("fleeting")
   await dana.send("Door code 4711")
   await dana.message("Door code 4711").getByTestId("fleeting-countdown").getByText("1d").waitFor()
+  // An owner shortens it to 30 s (the People panel): the countdown follows, and the message
+  // leaves both screens when its time is up.
+  await dana.page.getByTestId("participants-toggle").click()
+  await dana.page.getByTestId("fleeting-setting").selectOption("30")
+  await dana
+    .message("Door code 4711")
+    .getByTestId("fleeting-countdown")
+    .getByText(/^⏳ \d+s$/)
+    .waitFor()
+  await erin.openConversation("Ops")
+  await erin.message("Door code 4711").waitFor()
+  await screenshot("fleeting", dana, erin)
+  await erin.message("Door code 4711").waitFor({ state: "detached", timeout: 60_000 })
+  await dana.message("Door code 4711").waitFor({ state: "detached", timeout: 10_000 })
+  await erin.back()
 
   // The service worker shows what the relay pushes (delivered here through Chromium's DevTools
   // protocol: there is no push service to subscribe with), as one notification per conversation.
