@@ -377,7 +377,11 @@ export class HookRuntime {
     this.dispatcher.add((await this.options.outbox.pending()).filter((d) => d.document === document))
   }
 
-  /** Resolves when every recorded event has been delivered or dead-lettered (tests, benchmarks). */
+  /**
+   * Resolves when every recorded event has been delivered or dead-lettered
+   * (tests, benchmarks). A deferred delivery (a fleeting message not due yet)
+   * is still owed: it waits for it.
+   */
   async idle(): Promise<void> {
     await this.sweeping
     await this.chain
