@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import WebSocket from "ws"
-import { type ChatClient, createChatClient, ErrorCode, Rule } from "../src/index.js"
+import { type ChatClient, createChatClient, ErrorCode, inboxStore, Rule } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
 
 let relay: RelayProcess
@@ -47,6 +47,8 @@ describe("priorities in the SDK", () => {
     await eventually(() =>
       expect(bob.inbox.items.find((i) => i.conversationId === chat.id)?.emergency).toEqual([alarm.id]),
     )
+    // The inbox store (React's useInbox) counts them over every conversation.
+    expect(inboxStore(bob).getSnapshot().emergency).toBe(1)
     const seen = await bob.conversation(chat.id).ready()
     await eventually(() => expect(seen.unreadEmergency).toEqual([alarm.id]))
     // The sender's own emergency is not flagged for them.
@@ -56,6 +58,7 @@ describe("priorities in the SDK", () => {
     await eventually(() =>
       expect(bob.inbox.items.find((i) => i.conversationId === chat.id)?.emergency).toBeUndefined(),
     )
+    expect(inboxStore(bob).getSnapshot().emergency).toBe(0)
   })
 
   it("hides a fleeting message once the conversation's time is up, even offline", async () => {
