@@ -230,6 +230,12 @@ export const Limits = {
   attachmentNameLength: 255,
   emojiLength: 32,
   participants: 1_000,
+  /**
+   * Sealed sticky messages the live document keeps a copy of (`pins`): past
+   * it, sealing copies no more, so that sending sticky messages cannot undo
+   * what sealing saves.
+   */
+  sealedPins: 100,
   /** Longest `fleetingSeconds`: one year. */
   fleetingSeconds: 31_536_000,
 } as const

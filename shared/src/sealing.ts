@@ -19,6 +19,7 @@ import {
   type DeletedMessageRecord,
   decodeSequenceRecord,
   isDeletedRecord,
+  Limits,
   type MessageRecord,
   storedRecordId,
 } from "./schema.js"
@@ -125,7 +126,12 @@ export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
     t.segments.push([encodeSegmentSummary(plan.summary)])
     // Pinned messages stay listed without their segment: the live document keeps a copy of each.
     for (const { seq, record } of plan.segment.entries)
-      if (!isDeletedRecord(record) && record.priority === "sticky" && !t.unpinned.has(record.id))
+      if (
+        !isDeletedRecord(record) &&
+        record.priority === "sticky" &&
+        !t.unpinned.has(record.id) &&
+        t.pins.size < Limits.sealedPins
+      )
         t.pins.set(record.id, encodePin({ seq, record }))
   }, origin)
   sealedHistory(doc).add(plan.segment)
