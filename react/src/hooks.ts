@@ -1,4 +1,5 @@
 import {
+  type ChatMessage,
   type ClientStatus,
   type Conversation,
   type ConversationSnapshot,
@@ -11,6 +12,7 @@ import {
   type MessageWindowSnapshot,
   messageStatusStore,
   messageWindowStore,
+  pinnedStore,
   presenceStore,
   type SnapshotStore,
   typingStore,
@@ -48,6 +50,7 @@ const EMPTY_CONVERSATION: ConversationSnapshot = {
   participants: [],
   role: undefined,
   unreadCount: 0,
+  unreadEmergency: [],
 }
 const emptyStore = <T>(value: T): SnapshotStore<T> => ({
   subscribe: () => () => {},
@@ -130,4 +133,16 @@ export function usePresence(conversation: Conversation | undefined): readonly Us
       [conversation, client],
     ),
   )
+}
+
+const NO_PINS: readonly ChatMessage[] = []
+const NO_PINS_STORE = emptyStore(NO_PINS)
+
+/**
+ * The pinned messages of `conversation` (sent `sticky`, not unpinned nor
+ * deleted), oldest first; re-renders when one is pinned, unpinned, edited or
+ * deleted. Unpin with `conversation.unpin(id)`.
+ */
+export function usePinned(conversation: Conversation | undefined): readonly ChatMessage[] {
+  return useStore(useMemo(() => (conversation ? pinnedStore(conversation) : NO_PINS_STORE), [conversation]))
 }

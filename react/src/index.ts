@@ -12,6 +12,7 @@ export {
   useInbox,
   useMessageStatus,
   useMessages,
+  usePinned,
   usePresence,
   useStore,
   useTyping,

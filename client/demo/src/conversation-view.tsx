@@ -1,10 +1,11 @@
-import type { ChatMessage } from "@parley/client"
+import { type ChatMessage, DEFAULT_FLEETING_SECONDS, type Priority } from "@parley/client"
 import {
   useChatClient,
   useConnectionStatus,
   useConversation,
   useInbox,
   useMessages,
+  usePinned,
   usePresence,
   useTyping,
 } from "@parley/react"
@@ -15,6 +16,7 @@ import { type MessageActions, MessageItem } from "./message-item.js"
 import { ParticipantsPanel } from "./participants-panel.js"
 import { Avatar, displayName } from "./people.js"
 import { mayRename } from "./permissions.js"
+import { EmergencyBanner, FleetingSetting, PinnedBar, PriorityPicker } from "./priorities.js"
 import { displayTitle } from "./titles.js"
 
 /** Messages per page: the latest page first, older ones as the user scrolls up. */
@@ -34,14 +36,17 @@ export function ConversationView({
 }) {
   const client = useChatClient()
   const me = client.user
-  const { conversation, state, info, participants, role, unreadCount } = useConversation(id)
+  const { conversation, state, info, participants, role, unreadCount, unreadEmergency } = useConversation(id)
   const { messages, hasOlder, loadingOlder, loadOlder } = useMessages(conversation, PAGE)
   const typing = useTyping(conversation)
+  const pinned = usePinned(conversation)
+  const pinnedIds = useMemo(() => new Set<string>(pinned.map((m) => m.id)), [pinned])
   const present = usePresence(conversation)
   const connection = useConnectionStatus()
   const muted = useInbox().items.some((item) => item.conversationId === id && item.muted)
   const [mode, setMode] = useState<Mode>({ kind: "new" })
   const [text, setText] = useState("")
+  const [priority, setPriority] = useState<Priority>("normal")
   const [panel, setPanel] = useState(false)
   const [renaming, setRenaming] = useState<string>()
   const scroller = useRef<HTMLDivElement>(null)
@@ -172,11 +177,16 @@ export function ConversationView({
     if (!body) return
     const ok = attempt(() => {
       if (mode.kind === "edit") conversation.edit(mode.message.id, body)
-      else conversation.send(body, mode.kind === "reply" ? { replyTo: mode.message.id } : {})
+      else
+        conversation.send(body, {
+          ...(mode.kind === "reply" ? { replyTo: mode.message.id } : {}),
+          ...(priority !== "normal" ? { priority } : {}),
+        })
     })
     if (!ok) return
     atBottom.current = true
     setText("")
+    setPriority("normal")
     setMode({ kind: "new" })
   }
 
@@ -262,6 +272,21 @@ export function ConversationView({
       </header>
       <div className="conversation-body">
         <div className="chat-column">
+          {panel && info && (
+            <FleetingSetting conversation={conversation} info={info} role={role} failed={failed} />
+          )}
+          <PinnedBar
+            conversation={conversation}
+            me={me}
+            role={role}
+            jumpTo={actions.jumpTo}
+            failed={failed}
+          />
+          <EmergencyBanner
+            ids={unreadEmergency}
+            jumpTo={actions.jumpTo}
+            read={(upTo) => attempt(() => conversation.markRead(upTo))}
+          />
           <div
             className="scroller"
             ref={scroller}
@@ -301,6 +326,8 @@ export function ConversationView({
                     role={role}
                     group={group}
                     actions={actions}
+                    fleetingSeconds={info?.fleetingSeconds ?? DEFAULT_FLEETING_SECONDS}
+                    pinned={pinnedIds.has(message.id)}
                   />
                 ))
               )}
@@ -345,6 +372,13 @@ export function ConversationView({
                 submit()
               }}
             >
+              {mode.kind !== "edit" && (
+                <PriorityPicker
+                  value={priority}
+                  onChange={setPriority}
+                  disabled={unavailable !== undefined}
+                />
+              )}
               <textarea
                 ref={input}
                 rows={1}

@@ -4,6 +4,7 @@ import { detail, explain } from "./errors.js"
 import { formatTime } from "./format.js"
 import { displayName } from "./people.js"
 import { mayDelete, mayEdit } from "./permissions.js"
+import { FleetingCountdown } from "./priorities.js"
 
 /** The emoji offered for reactions. */
 export const REACTIONS = ["👍", "❤️", "😂", "🎉"] as const
@@ -34,6 +35,10 @@ interface MessageItemProps {
   readonly role: Role | undefined
   readonly group: boolean
   readonly actions: MessageActions
+  /** The conversation's fleeting lifetime, for the countdown of fleeting messages. */
+  readonly fleetingSeconds: number
+  /** Whether the message is pinned now (sent sticky and not unpinned). */
+  readonly pinned: boolean
 }
 
 /**
@@ -48,6 +53,8 @@ export const MessageItem = memo(function MessageItem({
   role,
   group,
   actions,
+  fleetingSeconds,
+  pinned,
 }: MessageItemProps) {
   const [open, setOpen] = useState(false)
   const mine = message.author === me
@@ -60,8 +67,9 @@ export const MessageItem = memo(function MessageItem({
   const status = message.status && STATUS[message.status]
   return (
     <li
-      className={`message${mine ? " mine" : ""}${deleted ? " deleted" : ""}${open ? " open" : ""}`}
+      className={`message${mine ? " mine" : ""}${deleted ? " deleted" : ""}${open ? " open" : ""}${deleted ? "" : ` priority-${message.priority}`}${pinned ? " pinned" : ""}`}
       data-testid="message"
+      data-priority={message.priority}
       data-message-id={message.id}
       data-author={message.author}
       data-status={message.status}
@@ -80,6 +88,8 @@ export const MessageItem = memo(function MessageItem({
         }}
       >
         {!mine && group && <span className="author">{displayName(message.author)}</span>}
+        {!deleted && message.priority === "emergency" && <span className="priority-tag">🚨 Emergency</span>}
+        {!deleted && pinned && <span className="priority-tag">📌 Pinned</span>}
         {message.replyTo && !deleted && (
           <button
             type="button"
@@ -97,6 +107,9 @@ export const MessageItem = memo(function MessageItem({
           {deleted ? <em>Message deleted</em> : message.body}
         </p>
         <span className="meta">
+          {!deleted && message.priority === "fleeting" && (
+            <FleetingCountdown message={message} seconds={fleetingSeconds} />
+          )}
           {message.editedAt && !deleted && <span className="edited">edited</span>}
           <time dateTime={new Date(message.createdAt).toISOString()}>{formatTime(message.createdAt)}</time>
           {status && (
