@@ -11,6 +11,7 @@ import {
 import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
+import { rawFiles } from "../helpers/raw-files.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
 const alice = "alice" as UserId
@@ -28,12 +29,6 @@ async function joinAs(relay: RelayProcess, user: UserId, id: string): Promise<Te
   await client.synced()
   return client
 }
-
-/** Every byte of the data directory's files (the databases, their -wal and -shm), as one latin1 string. */
-const rawFiles = (dir: string) =>
-  readdirSync(dir)
-    .map((f) => readFileSync(join(dir, f)).toString("latin1"))
-    .join("\n")
 
 /** Tables whose rows hold `text`. */
 function rowsHolding(dir: string, text: string): string[] {
