@@ -1,5 +1,5 @@
 import type * as Y from "yjs"
-import { type EditRecord, type ParticipantRecord, TopLevel } from "./schema.js"
+import { type EditRecord, type ParticipantRecord, type ProfileRecord, TopLevel } from "./schema.js"
 
 /** The typed top-level types of a conversation document. */
 export interface ConversationTypes {
@@ -16,6 +16,8 @@ export interface ConversationTypes {
   readonly segments: Y.Array<unknown>
   /** Deletions of sealed messages (see `history.ts`). */
   readonly tombstones: Y.Map<unknown>
+  /** Each participant's own profile (see `profiles.ts`); values are untrusted until checked. */
+  readonly profiles: Y.Map<ProfileRecord>
 }
 
 const cache = new WeakMap<Y.Doc, ConversationTypes>()
@@ -35,6 +37,7 @@ export function typesOf(doc: Y.Doc): ConversationTypes {
       order: doc.getArray(TopLevel.order),
       segments: doc.getArray(TopLevel.segments),
       tombstones: doc.getMap(TopLevel.tombstones),
+      profiles: doc.getMap(TopLevel.profiles),
     }
     cache.set(doc, types)
   }

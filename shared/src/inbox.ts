@@ -30,6 +30,8 @@ export const PARTICIPANT_SUMMARY_SIZE = 5
 export interface MessagePreview {
   readonly id: string
   readonly author: UserId
+  /** The author's display name (their profile in the conversation); absent when they set none. */
+  readonly authorName?: string
   /** Body cut to {@link PREVIEW_LENGTH} characters; "" for a deleted message. */
   readonly text: string
   readonly deleted: boolean
@@ -79,6 +81,7 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
   const preview: MessagePreview | undefined = last && {
     id: last.id,
     author: last.author,
+    ...(last.authorName !== undefined ? { authorName: last.authorName } : {}),
     text: cut(last.body),
     deleted: last.deleted !== undefined,
     at: last.createdAt,

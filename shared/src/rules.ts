@@ -55,6 +55,11 @@ export const Rule = {
    * may be written to it again, except a participant leaving it.
    */
   conversationDeleted: "conversation-deleted",
+  /**
+   * A participant sets (or removes) only their own profile entry: nobody,
+   * owners included, names anyone else.
+   */
+  ownProfile: "own-profile",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]
@@ -220,4 +225,13 @@ export function canChangeRole(
 /** May this writer write sequence numbers? Only the relay. */
 export function canWriteSequence(isRelay: boolean): Decision {
   return isRelay ? ALLOW : deny(Rule.relayOnly, "sequence numbers are written only by the relay")
+}
+
+/**
+ * May `actor` set or remove the profile entry of `user`? Only their own, and
+ * only as a participant (a profile is shown to the people of the conversation).
+ */
+export function canSetProfile(actor: UserId, actorRole: Role | undefined, user: UserId): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return user === actor ? ALLOW : deny(Rule.ownProfile, "a profile is set only by its own user")
 }
