@@ -259,6 +259,16 @@ export const MessageSchema = z
     editedAt: z.number().optional(),
     deleted: z.object({ at: z.number(), by: UserIdSchema }).optional(),
     reactions: z.record(z.string(), z.array(UserIdSchema)),
+    authorName: z
+      .string()
+      .optional()
+      .openapi({
+        description: "The author's display name (their profile in the conversation), if they set one.",
+      }),
+    authorPicture: z
+      .string()
+      .optional()
+      .openapi({ description: "The author's picture (an https URL), if they set one." }),
   })
   .openapi("Message")
 
@@ -304,6 +314,7 @@ export const InboxPageSchema = z
           .object({
             id: z.string(),
             author: UserIdSchema,
+            authorName: z.string().optional(),
             text: z.string(),
             deleted: z.boolean(),
             at: z.number(),

@@ -10,6 +10,7 @@ import {
   canReact,
   canRemoveParticipant,
   canSendMessage,
+  canSetProfile,
   canUpdateConversation,
   canWrite,
   canWriteConversation,
@@ -18,6 +19,7 @@ import {
   checkMarker,
   checkMetadata,
   checkParticipantRecord,
+  checkProfileRecord,
   checkSequenceRecord,
   checkStoredRecord,
   type Decision,
@@ -210,6 +212,7 @@ class UpdateCheck {
     this.checkReactions(byRoot(TopLevel.reactions))
     this.checkMarkers(byRoot(TopLevel.read))
     this.checkMarkers(byRoot(TopLevel.delivered))
+    this.checkProfiles(byRoot(TopLevel.profiles))
     return { allowed: true, newBindings }
   }
 
@@ -665,6 +668,19 @@ class UpdateCheck {
         if (this.isRelay) continue
         const before = change.before === ABSENT ? undefined : (change.before as number)
         assert(canMoveMarker(this.actor!, this.role, change.key as UserId, before, after as number))
+      }
+    }
+  }
+
+  /** Profiles: each participant sets or removes only their own entry, well-formed and bounded. */
+  private checkProfiles(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      if (!isUserId(change.key)) refuse(Rule.schema, "profile key invalid")
+      for (const after of change.after) {
+        // The relay removes an erased user's entry (eraseAuthor).
+        if (this.isRelay) continue
+        if (after !== ABSENT) schema(checkProfileRecord(after))
+        assert(canSetProfile(this.actor!, this.role, change.key as UserId))
       }
     }
   }
