@@ -74,7 +74,8 @@ export function displayNameOf(doc: Y.Doc, user: UserId): string | undefined {
 
 /**
  * Which of two records of one user is the one to keep: an edited profile over
- * the default from token claims, then the later `updatedAt` (ties: `a`). What
+ * the default from token claims, then the later `updatedAt` (then by content,
+ * so that every device picks the same one; identical ones: `a`). What
  * a user's devices apply when they meet an entry written by another of them.
  */
 export function preferredProfile(
@@ -83,7 +84,9 @@ export function preferredProfile(
 ): ProfileRecord | undefined {
   if (!a || !b) return a ?? b
   if ((a.edited === true) !== (b.edited === true)) return a.edited ? a : b
-  return b.updatedAt > a.updatedAt ? b : a
+  if (a.updatedAt !== b.updatedAt) return b.updatedAt > a.updatedAt ? b : a
+  // Two devices may stamp different edits with one millisecond: a content order keeps them from taking turns.
+  return `${b.name}\u0000${b.picture}` > `${a.name}\u0000${a.picture}` ? b : a
 }
 
 /** Whether two records say the same (name, picture, kind), whatever their times. */
