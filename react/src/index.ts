@@ -13,7 +13,10 @@ export {
   useMessageStatus,
   useMessages,
   usePresence,
+  usePresenceOf,
+  useProfile,
   useStore,
   useTyping,
+  useTypingNames,
 } from "./hooks.js"
 export { ParleyProvider, type ParleyProviderProps, useChatClient } from "./provider.js"
