@@ -5,7 +5,8 @@ import { ConversationList } from "./conversation-list.js"
 import { ConversationView } from "./conversation-view.js"
 import { explain } from "./errors.js"
 import { NewConversation } from "./new-conversation.js"
-import { Avatar, displayName, pictureOf } from "./people.js"
+import { UserAvatar, UserName } from "./people.js"
+import { ProfileEditor } from "./profile-editor.js"
 
 /** `#c=<id>` names the open conversation, so a reload comes back to it. */
 const openFromHash = () => new URLSearchParams(location.hash.slice(1)).get("c") ?? undefined
@@ -35,6 +36,7 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
   const client = useChatClient()
   const openId = useSyncExternalStore(subscribeHash, openFromHash)
   const [composing, setComposing] = useState(false)
+  const [editingProfile, setEditingProfile] = useState(false)
   const [toast, setToast] = useState<string>()
   const timer = useRef<ReturnType<typeof setTimeout>>(undefined)
   const { totalUnreadUnmuted } = useInbox()
@@ -59,13 +61,21 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
       <header className="topbar">
         <span className="brand">Parley</span>
         <ConnectionPill />
-        <span className="user" data-testid="current-user">
-          <Avatar name={displayName(client.user)} picture={pictureOf(client.user)} />
-          {displayName(client.user)}
-        </span>
+        <button
+          type="button"
+          className="user"
+          data-testid="current-user"
+          title="Edit your profile"
+          aria-expanded={editingProfile}
+          onClick={() => setEditingProfile(!editingProfile)}
+        >
+          <UserAvatar user={client.user} />
+          <UserName user={client.user} />
+        </button>
         <button type="button" className="link" data-testid="sign-out" onClick={onSignOut}>
           Sign out
         </button>
+        {editingProfile && <ProfileEditor close={() => setEditingProfile(false)} />}
       </header>
       <main className="layout">
         <aside className="sidebar">

@@ -1,8 +1,9 @@
 import type { ChatMessage, MessageStatus, Role } from "@parley/client"
+import { useChatClient } from "@parley/react"
 import { memo, useState } from "react"
 import { detail, explain } from "./errors.js"
 import { formatTime } from "./format.js"
-import { displayName } from "./people.js"
+import { Avatar } from "./people.js"
 import { mayDelete, mayEdit } from "./permissions.js"
 
 /** The emoji offered for reactions. */
@@ -49,6 +50,7 @@ export const MessageItem = memo(function MessageItem({
   group,
   actions,
 }: MessageItemProps) {
+  const client = useChatClient()
   const [open, setOpen] = useState(false)
   const mine = message.author === me
   const deleted = message.deleted !== undefined
@@ -79,7 +81,14 @@ export const MessageItem = memo(function MessageItem({
           if (event.key === "Enter" && !deleted) setOpen(!open)
         }}
       >
-        {!mine && group && <span className="author">{displayName(message.author)}</span>}
+        {!mine && group && (
+          <span className="author-row">
+            <Avatar name={message.authorName ?? message.author} picture={message.authorPicture} />
+            <span className="author" data-testid="message-author">
+              {message.authorName ?? message.author}
+            </span>
+          </span>
+        )}
         {message.replyTo && !deleted && (
           <button
             type="button"
@@ -87,7 +96,7 @@ export const MessageItem = memo(function MessageItem({
             data-testid="message-quote"
             onClick={() => actions.jumpTo(message.replyTo!)}
           >
-            {quoted && <strong>{displayName(quoted.author)}</strong>}
+            {quoted && <strong>{quoted.authorName ?? quoted.author}</strong>}
             <span className="quote-text">
               {!quoted ? "Earlier message" : quoted.deleted ? "Message deleted" : quoted.body}
             </span>
@@ -131,7 +140,7 @@ export const MessageItem = memo(function MessageItem({
               className={`chip${users.includes(me as never) ? " own" : ""}`}
               data-testid="reaction"
               data-emoji={emoji}
-              title={users.map(displayName).join(", ")}
+              title={users.map((user) => client.profileOf(user).name).join(", ")}
               onClick={() => actions.toggleReaction(message, emoji)}
             >
               {emoji} {users.length}

@@ -12,6 +12,15 @@ export function displayTitle(
   return others.length > 0 ? others.join(", ") : "Just you"
 }
 
+/** The other user of a direct conversation (`dm~<user>~<user>`), from its id. */
+export function otherOf(conversationId: string, me: string): string | undefined {
+  if (!conversationId.startsWith("dm~")) return undefined
+  return conversationId
+    .split("~")
+    .slice(1)
+    .find((user) => user !== me)
+}
+
 /** One or two letters for an avatar. */
 export const initials = (name: string): string =>
   name
