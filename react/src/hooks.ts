@@ -122,8 +122,6 @@ export function useTyping(conversation: Conversation | undefined): readonly User
   return useStore(useMemo(() => (conversation ? typingStore(conversation) : NOBODY_STORE), [conversation]))
 }
 
-const NOBODY_AROUND: readonly UserPresence[] = []
-
 /**
  * Who is around, from the SDK's presence API: in `conversation` when given,
  * else the user's contacts (everyone in the open conversations, merged).
@@ -171,6 +169,6 @@ export function useTypingNames(conversation: Conversation | undefined): readonly
       }),
     [client, users],
   )
-  // biome-ignore lint/correctness/useExhaustiveDependencies: `version` stands for the profiles read here.
+  // `version` stands for the profiles read here: a new one re-reads them.
   return useMemo(() => users.map((u) => client.profileOf(u).name), [client, users, version])
 }

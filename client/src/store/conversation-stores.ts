@@ -1,11 +1,4 @@
-import {
-  type ConversationInfo,
-  type MessageId,
-  type Participant,
-  type Role,
-  stampedUser,
-  type UserId,
-} from "@parley/shared"
+import type { ConversationInfo, MessageId, Participant, Role, UserId } from "@parley/shared"
 import type { ChatMessage, Conversation, ConversationState } from "../conversation.js"
 import type { MessageStatus } from "../message-status.js"
 import type { UserPresence } from "../presence.js"

@@ -259,12 +259,9 @@ export const MessageSchema = z
     editedAt: z.number().optional(),
     deleted: z.object({ at: z.number(), by: UserIdSchema }).optional(),
     reactions: z.record(z.string(), z.array(UserIdSchema)),
-    authorName: z
-      .string()
-      .optional()
-      .openapi({
-        description: "The author's display name (their profile in the conversation), if they set one.",
-      }),
+    authorName: z.string().optional().openapi({
+      description: "The author's display name (their profile in the conversation), if they set one.",
+    }),
     authorPicture: z
       .string()
       .optional()
