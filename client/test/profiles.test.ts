@@ -45,13 +45,12 @@ describe("profiles in the SDK", () => {
     expect(bob.profileOf(a)).toMatchObject({ name: "Alice Liddell", named: true })
     // Bob's own entry reaches alice once bob opened the conversation.
     await eventually(() => expect(alice.profileOf(b).name).toBe("Bob"))
-    // The relay's inbox preview carries the author's name.
-    await eventually(() =>
-      expect(bob.inbox.items.find((i) => i.conversationId === chat.id)?.lastMessage).toMatchObject({
-        author: a,
-        authorName: "Alice Liddell",
-      }),
-    )
+    // The relay's inbox preview carries the author's name, and follows a later rename.
+    const preview = () => bob.inbox.items.find((i) => i.conversationId === chat.id)?.lastMessage
+    await eventually(() => expect(preview()).toMatchObject({ author: a, authorName: "Alice Liddell" }))
+    await alice.setProfile({ name: "Alice L." })
+    await eventually(() => expect(preview()).toMatchObject({ author: a, authorName: "Alice L." }))
+    await eventually(() => expect(bob.profileOf(a).name).toBe("Alice L."))
   }, 30_000)
 
   it("spreads an edit to the open conversations at once and to the others when they open", async () => {
