@@ -15,6 +15,7 @@ import {
   lastMessage,
   lastSequence,
   listParticipants,
+  listProfiles,
   type MessageId,
   type MessageRecord,
   type MessageView,
@@ -61,6 +62,7 @@ export function conversationView(doc: Y.Doc) {
     ...(info.deletedBy !== undefined ? { deletedBy: info.deletedBy } : {}),
     participants: listParticipants(doc),
     markers: allMarkers(doc),
+    profiles: listProfiles(doc),
     ...(last ? { lastMessage: last } : {}),
     lastSequence: lastSequence(doc),
   }

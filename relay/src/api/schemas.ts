@@ -244,6 +244,15 @@ export const ParticipantSchema = z
   .object({ user: UserIdSchema, role: RoleSchema, addedBy: UserIdSchema, addedAt: z.number() })
   .openapi("Participant")
 
+export const ProfileSchema = z
+  .object({
+    user: UserIdSchema,
+    name: z.string().openapi({ description: "Display name (the user id when they set none)." }),
+    picture: z.string().optional().openapi({ description: "An https URL." }),
+    named: z.boolean().openapi({ description: "Whether the user set a name." }),
+  })
+  .openapi("Profile")
+
 export const MessageSchema = z
   .object({
     id: MessageIdSchema,
@@ -281,6 +290,9 @@ export const ConversationSchema = z
     deletedBy: UserIdSchema.optional(),
     participants: z.array(ParticipantSchema),
     markers: z.record(z.string(), z.object({ read: z.number(), delivered: z.number() })),
+    profiles: z.array(ProfileSchema).openapi({
+      description: "The profiles participants set in this conversation (display name, picture), by user id.",
+    }),
     lastMessage: MessageSchema.optional(),
     lastSequence: z.number().int(),
   })
