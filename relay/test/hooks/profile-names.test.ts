@@ -15,7 +15,7 @@ const bob = "bob" as UserId
 const id = "g~hooks-profiles" as ConversationId
 
 describe("hook events and profiles", () => {
-  it("name the actor and the message's author by their display name once they set one", async () => {
+  it("name the actor (typing too) and the message's author by their display name once they set one", async () => {
     const { hooks, events } = recordingHooks()
     const { core, runtime } = await coreWithHooks({
       hooks: [{ name: "record.ts", path: "record.ts", hooks }],
@@ -45,6 +45,14 @@ describe("hook events and profiles", () => {
       actor: { kind: "user", user: alice, name: "Alice Liddell" },
     })
     expect(sent[0]!.subject).toMatchObject({ message: { author: alice, authorName: "Alice Liddell" } })
+    // Typing too ("Alice Liddell is typing"), though it never reaches the document.
+    events.length = 0
+    a.setPresence({ user: alice, typing: Date.now() })
+    await runtime.idle()
+    await new Promise((resolve) => setImmediate(resolve))
+    expect(events.map((e) => [e.event.type, e.event.actor])).toEqual([
+      ["typing.started", { kind: "user", user: alice, name: "Alice Liddell" }],
+    ])
     a.disconnect()
   })
 })
