@@ -1,5 +1,6 @@
 import type * as Y from "yjs"
 import type { ConversationId, UserId } from "./ids.js"
+import { displayNameOf } from "./profiles.js"
 import { getConversation, lastMessage, listParticipants, markersOf, roleOf, unreadCount } from "./reads.js"
 import type { ConversationKind } from "./schema.js"
 
@@ -44,8 +45,16 @@ export interface InboxEntry {
   readonly conversationId: ConversationId
   readonly kind: ConversationKind
   readonly title: string
-  /** The first few participants (by time added) and the total count. */
-  readonly participants: { readonly count: number; readonly first: readonly UserId[] }
+  /**
+   * The first few participants (by time added), the total count, and the
+   * display names those of them set (their profiles; absent when none did),
+   * so that a list can name an untitled conversation without opening it.
+   */
+  readonly participants: {
+    readonly count: number
+    readonly first: readonly UserId[]
+    readonly names?: Readonly<Record<string, string>>
+  }
   readonly lastMessage?: MessagePreview
   readonly unread: number
   /** The user's read marker (sequence number). */
@@ -77,6 +86,12 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
   const info = getConversation(doc)
   if (!info) return undefined
   const participants = listParticipants(doc)
+  const first = participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user)
+  const names: Record<string, string> = {}
+  for (const user of first) {
+    const name = displayNameOf(doc, user)
+    if (name !== undefined) names[user] = name
+  }
   const last = lastMessage(doc)
   const preview: MessagePreview | undefined = last && {
     id: last.id,
@@ -94,7 +109,8 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
       title: info.title,
       participants: {
         count: participants.length,
-        first: participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user),
+        first,
+        ...(Object.keys(names).length > 0 ? { names } : {}),
       },
       ...(preview ? { lastMessage: preview } : {}),
       lastActivityAt: Math.max(info.createdAt, preview?.at ?? 0),

@@ -75,6 +75,11 @@ describe("setProfile and reads", () => {
       picture: "https://example.com/b.png",
     })
     expect(conversationHead(doc)?.entry.lastMessage).toMatchObject({ author: bob, authorName: "Bob" })
+    expect(conversationHead(doc)?.entry.participants).toEqual({
+      count: 3,
+      first: [alice, bob, carol],
+      names: { [bob]: "Bob" },
+    })
     expect(listProfiles(doc).map((p) => p.name)).toEqual(["Bob"])
   })
 

@@ -37,8 +37,8 @@ const Row = memo(function Row({ item, me, active }: { item: InboxItem; me: strin
   const other = item.kind === "direct" ? otherOf(item.conversationId, me) : undefined
   const profile = useProfile(other ?? me)
   const last = item.lastMessage
-  // Until the conversation is opened here, the relay's preview may be where their name is.
-  const otherName = profile.named ? profile.name : last?.author === other ? last?.authorName : undefined
+  // Until the conversation is opened here, the relay's entry is where their name is.
+  const otherName = profile.named ? profile.name : other ? item.participants.names?.[other] : undefined
   const title = other && !item.title ? (otherName ?? other) : displayTitle(item, me)
   const picture = other ? profile.picture : undefined
   // The relay's preview carries the author's display name as it was when the message was shown.

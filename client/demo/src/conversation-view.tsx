@@ -162,9 +162,12 @@ export function ConversationView({
         {
           conversationId: info.id,
           title: info.title,
-          participants: { first: participants.map((p) => client.profileOf(p.user).name) },
+          participants: {
+            first: participants.map((p) => p.user),
+            names: Object.fromEntries(participants.map((p) => [p.user, client.profileOf(p.user).name])),
+          },
         },
-        client.profileOf(me).name,
+        me,
       )
     : displayTitle({ conversationId: id, title: "" }, me)
   const shownTitle = directOther && !info?.title ? otherProfile.name : title

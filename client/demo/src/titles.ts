@@ -1,6 +1,10 @@
 /** What the list and header call a conversation: its title, else the other people in it. */
 export function displayTitle(
-  conversation: { conversationId: string; title: string; participants?: { first: readonly string[] } },
+  conversation: {
+    conversationId: string
+    title: string
+    participants?: { first: readonly string[]; names?: Readonly<Record<string, string>> }
+  },
   me: string,
 ): string {
   if (conversation.title) return conversation.title
@@ -8,7 +12,8 @@ export function displayTitle(
   const users = conversation.conversationId.startsWith("dm~")
     ? conversation.conversationId.split("~").slice(1)
     : (conversation.participants?.first ?? [])
-  const others = users.filter((user) => user !== me)
+  const names = conversation.participants?.names ?? {}
+  const others = users.filter((user) => user !== me).map((user) => names[user] ?? user)
   return others.length > 0 ? others.join(", ") : "Just you"
 }
 

@@ -318,7 +318,14 @@ export const InboxPageSchema = z
         conversationId: ConversationIdSchema,
         kind: z.enum(["direct", "group"]),
         title: z.string(),
-        participants: z.object({ count: z.number().int(), first: z.array(UserIdSchema) }),
+        participants: z.object({
+          count: z.number().int(),
+          first: z.array(UserIdSchema),
+          names: z
+            .record(z.string(), z.string())
+            .optional()
+            .openapi({ description: "Display names the first participants set (user id → name)." }),
+        }),
         lastMessage: z
           .object({
             id: z.string(),
