@@ -221,6 +221,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         replica: persistDocument(this.storage, replicaName(user, PENDING_INBOX), this.pendingInboxDoc),
       },
     })
+    this.inbox.on("change", () => this.profiles.noteInbox(this.inbox.items))
     void this.inbox.loaded.then(() => {
       if (!this.destroyed && this.wanted && this.browserOnline) this.inbox.start()
     })
@@ -300,8 +301,9 @@ export class ChatClient extends Emitter<ChatClientEvents> {
 
   /**
    * How `user` is shown: their profile in the open conversations (the most
-   * recent one they set), or their id as name when they set none or share no
-   * open conversation with the user. The `profiles` event says when it changes.
+   * recent one they set), else the name the inbox carries for them (the first
+   * participants of each conversation), else their id as name. The `profiles`
+   * event says when it changes.
    */
   profileOf(user: string): Profile {
     return this.profiles.profileOf(parseUserId(user))

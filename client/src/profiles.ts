@@ -1,4 +1,5 @@
 import {
+  type InboxItem,
   Limits,
   mayWriteProfile,
   type Profile,
@@ -78,6 +79,8 @@ const CLAIMS = "claims"
  */
 export class Profiles extends Emitter<ProfilesEvents> {
   private readonly tracked = new Map<Conversation, () => void>()
+  /** Display names from the inbox entries (participants' names), for users of no open conversation. */
+  private inboxNames = new Map<UserId, string>()
   private destroyed = false
 
   constructor(
@@ -133,15 +136,34 @@ export class Profiles extends Emitter<ProfilesEvents> {
 
   /**
    * The profile of `user` as the open conversations show it: the preferred
-   * of their entries (edited over default, then the latest); their id as name
-   * when none has one. The user's own profile for the user.
+   * of their entries (edited over default, then the latest); else the name an
+   * inbox entry carries for them; else their id as name. The user's own
+   * profile for the user.
    */
   profileOf(user: UserId): Profile {
     if (user === this.user) return this.own
     let best: ProfileRecord | undefined
     for (const conversation of this.tracked.keys())
       best = preferredProfile(best, profileRecordOf(conversation.doc, user))
-    return profileFromRecord(user, best)
+    if (best) return profileFromRecord(user, best)
+    const name = this.inboxNames.get(user)
+    return name === undefined ? profileFromRecord(user, undefined) : { user, name, named: true }
+  }
+
+  /**
+   * The names the inbox entries carry (`participants.names`): how people of
+   * conversations not open on this device are named until one opens.
+   */
+  noteInbox(items: readonly InboxItem[]): void {
+    const next = new Map<UserId, string>()
+    for (const item of items)
+      for (const [user, name] of Object.entries(item.participants.names ?? {}))
+        if (user !== this.user) next.set(user as UserId, name)
+    const changed = [...new Set([...next.keys(), ...this.inboxNames.keys()])].filter(
+      (user) => next.get(user) !== this.inboxNames.get(user),
+    )
+    this.inboxNames = next
+    if (changed.length > 0) this.emit("changed", { users: changed })
   }
 
   /** Follows `conversation` while it is open: writes the own profile into it, learns from it. */

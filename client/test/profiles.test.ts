@@ -34,6 +34,8 @@ describe("profiles in the SDK", () => {
     const chat = await alice.directConversation(b)
     chat.send("hello bob")
     await eventually(() => expect(alice.profile.name).toBe("Alice Liddell"))
+    // Before bob opens it, his inbox entry already names alice.
+    await eventually(() => expect(bob.profileOf(a)).toMatchObject({ name: "Alice Liddell", named: true }))
     const bobsChat = await bob.conversation(chat.id).ready()
     await eventually(() =>
       expect(bobsChat.messages({ last: 1 })[0]).toMatchObject({

@@ -37,9 +37,7 @@ const Row = memo(function Row({ item, me, active }: { item: InboxItem; me: strin
   const other = item.kind === "direct" ? otherOf(item.conversationId, me) : undefined
   const profile = useProfile(other ?? me)
   const last = item.lastMessage
-  // Until the conversation is opened here, the relay's entry is where their name is.
-  const otherName = profile.named ? profile.name : other ? item.participants.names?.[other] : undefined
-  const title = other && !item.title ? (otherName ?? other) : displayTitle(item, me)
+  const title = other && !item.title ? profile.name : displayTitle(item, me)
   const picture = other ? profile.picture : undefined
   // The relay's preview carries the author's display name as it was when the message was shown.
   const author = last && (last.author === me ? "You" : (last.authorName ?? last.author))
