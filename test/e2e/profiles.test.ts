@@ -71,3 +71,25 @@ it("shows a user's display name wherever the other user sees them", { timeout: 1
   await ivy.close()
   await jack.close()
 })
+
+it("takes the display name given at sign-in (the token's name claim) as the default profile", {
+  timeout: 120_000,
+}, async () => {
+  const context = await demo.browser.newContext({ viewport: DESKTOP })
+  context.setDefaultTimeout(30_000)
+  const page = await context.newPage()
+  await page.goto(demo.relay.url)
+  await page.getByTestId("sign-in-user").fill("kim")
+  await page.getByTestId("sign-in-display-name").fill("Kim Lee")
+  await page.getByTestId("sign-in-submit").click()
+  await page.getByTestId("current-user").getByText("Kim Lee").waitFor()
+  const lena = await DemoUser.open(demo.browser, demo.relay.url, "lena", DESKTOP)
+  await lena.startDirect("kim")
+  await lena.send("Hi Kim")
+  // Kim's client writes her profile into the conversation once it opens there.
+  await page.getByTestId("conversation-item").first().click()
+  await page.getByTestId("message-body").getByText("Hi Kim", { exact: true }).waitFor()
+  await lena.page.getByTestId("conversation-title").getByText("Kim Lee", { exact: true }).waitFor()
+  await lena.close()
+  await context.close()
+})
