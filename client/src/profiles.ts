@@ -228,20 +228,19 @@ export class Profiles extends Emitter<ProfilesEvents> {
     const doc = conversation.doc
     const own = this.ownRecord
     const entry = profileRecordOf(doc, this.user)
-    if (entry && preferredProfile(own, entry) === entry && !(own && sameRecord(own, entry))) {
+    // Entries that say the same count as equal whatever their times: a new device's default must not
+    // rewrite every conversation of the user just because it stamped the same claims later.
+    if (entry && preferredProfile(own, entry) === entry && !(own && sameProfile(own, entry))) {
       this.local.set(OWN, entry)
       this.emit("changed", { users: [this.user] })
       for (const other of this.tracked.keys()) if (other !== conversation) this.reconcile(other)
       return
     }
-    if (!own || (entry && sameRecord(own, entry))) return
+    if (!own || (entry && sameProfile(own, entry))) return
     if (!mayWriteProfile(doc, this.user).allowed) return
     setProfile(doc, this.user, own, { origin: this.origin })
   }
 }
-
-const sameRecord = (a: ProfileRecord, b: ProfileRecord): boolean =>
-  sameProfile(a, b) && a.updatedAt === b.updatedAt
 
 /**
  * "Bob is typing", "Bob and Carol are typing", "Bob, Carol and 2 others are
