@@ -9,6 +9,8 @@ import {
   type Metadata,
   newConversationId,
   ParleyError,
+  type Profile,
+  type ProfileInput,
   parseConversationId,
   parseUserId,
   toParleyError,
@@ -27,6 +29,7 @@ import { Emitter } from "./emitter.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
 import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
+import { claimsOfToken, Profiles } from "./profiles.js"
 import { ownSockets, type SocketOpener } from "./provider/document-socket.js"
 import {
   type BrowserPushSubscription,
@@ -109,6 +112,8 @@ export interface ChatClientEvents {
   conversations: { conversations: readonly KnownConversation[] }
   /** Someone's presence changed in one of the open conversations (see {@link ChatClient.presence}). */
   presence: { presence: readonly UserPresence[] }
+  /** These users' profiles changed (in an open conversation, or the user's own; see {@link ChatClient.profileOf}). */
+  profiles: { users: readonly UserId[] }
 }
 
 const DIRECTORY = "directory"
@@ -145,6 +150,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly mux: SocketMux | undefined
   private readonly storage: StorageKind
   private readonly presenceSettings: PresenceSettings
+  private readonly profiles: Profiles
   private wanted: boolean
   private browserOnline = true
   private current: ClientStatus = "offline"
@@ -178,6 +184,14 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
     this.segments = openSegmentCache(this.storage, user)
     this.directory.observe(() => this.emit("conversations", { conversations: this.list() }))
+    this.profiles = new Profiles(
+      user,
+      this.directoryDoc.getMap("profile"),
+      this.directoryReplica.loaded,
+      LOCAL,
+      options.clock ?? Date.now,
+    )
+    this.profiles.on("changed", ({ users }) => this.emit("profiles", { users }))
     this.inboxAwareness = new Awareness(this.inboxDoc)
     // The inbox is read (and muted) here; nobody's presence lives in it.
     this.inboxAwareness.setLocalState(null)
@@ -207,6 +221,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         replica: persistDocument(this.storage, replicaName(user, PENDING_INBOX), this.pendingInboxDoc),
       },
     })
+    this.inbox.on("change", () => this.profiles.noteInbox(this.inbox.items))
     void this.inbox.loaded.then(() => {
       if (!this.destroyed && this.wanted && this.browserOnline) this.inbox.start()
     })
@@ -262,6 +277,38 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.presenceSettings.activity()
   }
 
+  /**
+   * The user's own profile (display name and picture): by default from the
+   * token's `name` and `picture` claims, then as set with {@link setProfile}.
+   * Others see it in the conversations they share with the user.
+   */
+  get profile(): Profile {
+    return this.profiles.own
+  }
+
+  /**
+   * Sets the user's display name and picture (an `https:` URL, or "" for
+   * none). Written at once into every open conversation the user takes part
+   * in, and into each other one when it next opens (on any of their
+   * devices); until then its people see the previous profile. Works offline.
+   * Rejects with INVALID_ARGUMENT for a name over 64 characters or with
+   * control characters, or a picture that is not an `https:` URL (≤ 512 characters).
+   */
+  setProfile(input: ProfileInput): Promise<Profile> {
+    this.assertAlive()
+    return this.profiles.set(input)
+  }
+
+  /**
+   * How `user` is shown: their profile in the open conversations (the most
+   * recent one they set), else the name the inbox carries for them (the first
+   * participants of each conversation), else their id as name. The `profiles`
+   * event says when it changes.
+   */
+  profileOf(user: string): Profile {
+    return this.profiles.profileOf(parseUserId(user))
+  }
+
   /** The connection status. */
   get status(): ClientStatus {
     return this.current
@@ -305,12 +352,14 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       onReady: (info) => this.remember(conversationId, info.kind, info.title),
       onClose: () => {
         this.open.delete(conversationId)
+        this.profiles.untrack(conversation)
         this.updateStatus()
       },
     })
     conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
     this.inbox.track(conversation)
     conversation.on("presence", () => this.emit("presence", { presence: this.presence }))
+    this.profiles.track(conversation)
     this.open.set(conversationId, conversation)
     return conversation
   }
@@ -457,6 +506,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     for (const cancel of [...this.cancels]) cancel()
     await Promise.all([...this.open.values()].map((conversation) => conversation.close()))
     await this.inbox.destroy()
+    this.profiles.destroy()
     this.inboxAwareness.destroy()
     this.inboxDoc.destroy()
     await this.directoryReplica.destroy()
@@ -478,6 +528,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         const subject = userOfToken(token)
         if (subject !== this.user)
           throw new ParleyError(ErrorCode.UNAUTHORIZED, `the token is for ${subject}, not ${this.user}`)
+        // The token's name and picture claims are the profile's default until the user edits it.
+        void this.profiles.noteClaims(claimsOfToken(token))
         return token
       })
       .finally(() => {

@@ -21,6 +21,8 @@ export type {
   Participant,
   PendingChange,
   Priority,
+  Profile,
+  ProfileInput,
   Role,
   UserId,
 } from "@parley/shared"
@@ -71,11 +73,13 @@ export type { Listener } from "./emitter.js"
 export type { Inbox, InboxEvents } from "./inbox.js"
 export type { MessageStatus } from "./message-status.js"
 export type { PresenceStatus, UserPresence } from "./presence.js"
+export { type ProfileClaims, typingText } from "./profiles.js"
 export type { BrowserPushSubscription, PushDevice, PushRegistrations, PushSubscriptionInput } from "./push.js"
 export type { StorageKind } from "./storage.js"
 export {
   type ConversationSnapshot,
   connectionStatusStore,
+  contactsPresenceStore,
   conversationStore,
   type InboxSnapshot,
   inboxStore,
@@ -85,6 +89,7 @@ export {
   messageWindowStore,
   pinnedStore,
   presenceStore,
+  profileStore,
   type SnapshotStore,
   typingStore,
 } from "./store/index.js"

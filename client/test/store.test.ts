@@ -89,23 +89,28 @@ describe("stores", () => {
       await relay?.stop()
     })
 
-    it("show who else has the conversation open, and who is typing", async () => {
+    it("show who is around (the SDK's presence), and who is typing", async () => {
       const alice = await connectClient(relay, "alice")
       const bob = await connectClient(relay, "bob")
       const chat = await alice.createConversation({ participants: ["bob"] })
       // Bob may open it once the relay has it.
       const hello = chat.send("hello")
       await eventually(() => expect(chat.status(hello.id)).toBe("sent"))
-      const presence = presenceStore(chat, alice.user)
+      const presence = presenceStore(chat)
       const typing = typingStore(chat)
       const stops = [presence.subscribe(() => {}), typing.subscribe(() => {})]
       expect(presence.getSnapshot()).toEqual([])
       const bobs = await bob.conversation(chat.id).ready()
-      await eventually(() => expect(presence.getSnapshot()).toEqual(["bob"]))
+      await eventually(() =>
+        expect(presence.getSnapshot()).toMatchObject([{ user: "bob", status: "online" }]),
+      )
       bobs.typing()
       await eventually(() => expect(typing.getSnapshot()).toEqual(["bob"]))
       await bobs.close()
-      await eventually(() => expect(presence.getSnapshot()).toEqual([]))
+      await eventually(() =>
+        expect(presence.getSnapshot()).toMatchObject([{ user: "bob", status: "offline" }]),
+      )
+      expect(presence.getSnapshot()[0]?.lastSeen).toEqual(expect.any(Number))
       for (const stop of stops) stop()
     })
   })

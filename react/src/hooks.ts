@@ -4,6 +4,7 @@ import {
   type Conversation,
   type ConversationSnapshot,
   connectionStatusStore,
+  contactsPresenceStore,
   conversationStore,
   type InboxSnapshot,
   inboxStore,
@@ -12,13 +13,16 @@ import {
   type MessageWindowSnapshot,
   messageStatusStore,
   messageWindowStore,
+  type Profile,
   pinnedStore,
   presenceStore,
+  profileStore,
   type SnapshotStore,
   typingStore,
   type UserId,
+  type UserPresence,
 } from "@parley/client"
-import { useMemo, useSyncExternalStore } from "react"
+import { useEffect, useMemo, useReducer, useSyncExternalStore } from "react"
 import { useChatClient } from "./provider.js"
 
 /** Reads a store; re-renders when (and only when) its snapshot is a new object. */
@@ -122,14 +126,16 @@ export function useTyping(conversation: Conversation | undefined): readonly User
 }
 
 /**
- * Other users who have `conversation` open now, sorted (by the relay's stamp on
- * their presence, never by what a client claims).
+ * Who is around, from the SDK's presence API: in `conversation` when given,
+ * else the user's contacts (everyone in the open conversations, merged).
+ * Each is `online`, `away` (connected, idle) or `offline` with `lastSeen`;
+ * users who hide their presence never appear. Sorted by user id.
  */
-export function usePresence(conversation: Conversation | undefined): readonly UserId[] {
+export function usePresence(conversation?: Conversation): readonly UserPresence[] {
   const client = useChatClient()
   return useStore(
     useMemo(
-      () => (conversation ? presenceStore(conversation, client.user) : NOBODY_STORE),
+      () => (conversation ? presenceStore(conversation) : contactsPresenceStore(client)),
       [conversation, client],
     ),
   )
@@ -145,4 +151,39 @@ const NO_PINS_STORE = emptyStore(NO_PINS)
  */
 export function usePinned(conversation: Conversation | undefined): readonly ChatMessage[] {
   return useStore(useMemo(() => (conversation ? pinnedStore(conversation) : NO_PINS_STORE), [conversation]))
+}
+
+/** One user's presence among the contacts (`offline` without `lastSeen` when never seen). */
+export function usePresenceOf(user: UserId | string): UserPresence {
+  const all = usePresence()
+  return useMemo(
+    () => all.find((p) => p.user === user) ?? { user: user as UserId, status: "offline" as const },
+    [all, user],
+  )
+}
+
+/**
+ * How `user` is shown: their display name (their id when they set none) and
+ * picture, from their profile in the open conversations; the signed-in
+ * user's own profile for them. Re-renders only when that profile changes.
+ */
+export function useProfile(user: UserId | string): Profile {
+  const client = useChatClient()
+  return useStore(useMemo(() => profileStore(client, user), [client, user]))
+}
+
+/** The display names of the users typing in `conversation` now (see {@link useTyping}). */
+export function useTypingNames(conversation: Conversation | undefined): readonly string[] {
+  const client = useChatClient()
+  const users = useTyping(conversation)
+  const [version, rerender] = useReducer((n: number) => n + 1, 0)
+  useEffect(
+    () =>
+      client.on("profiles", ({ users: changed }) => {
+        if (changed.some((u) => users.includes(u))) rerender()
+      }),
+    [client, users],
+  )
+  // `version` stands for the profiles read here: a new one re-reads them.
+  return useMemo(() => users.map((u) => client.profileOf(u).name), [client, users, version])
 }

@@ -14,7 +14,10 @@ export {
   useMessages,
   usePinned,
   usePresence,
+  usePresenceOf,
+  useProfile,
   useStore,
   useTyping,
+  useTypingNames,
 } from "./hooks.js"
 export { ParleyProvider, type ParleyProviderProps, useChatClient } from "./provider.js"

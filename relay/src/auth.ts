@@ -167,11 +167,20 @@ export class Authenticator {
 
   /**
    * Mints a dev token (dev mode only): signed with the dev secret, never with
-   * the app's key, and marked with `iss` {@link DEV_TOKEN_ISSUER}.
+   * the app's key, and marked with `iss` {@link DEV_TOKEN_ISSUER}. `name` and
+   * `picture` become the claims of the same names (the SDK's default profile).
    */
-  async mintDev(subject: string, options: { role?: string } = {}): Promise<string> {
+  async mintDev(
+    subject: string,
+    options: { role?: string; name?: string; picture?: string } = {},
+  ): Promise<string> {
     if (!this.devKey) throw new Error("minting tokens needs dev mode")
-    return new SignJWT(options.role ? { role: options.role } : {})
+    const claims = {
+      ...(options.role ? { role: options.role } : {}),
+      ...(options.name ? { name: options.name } : {}),
+      ...(options.picture ? { picture: options.picture } : {}),
+    }
+    return new SignJWT(claims)
       .setProtectedHeader({ alg: "HS256" })
       .setSubject(subject)
       .setIssuer(DEV_TOKEN_ISSUER)

@@ -3,6 +3,8 @@ import type { Duplex } from "node:stream"
 import {
   AddressLimit,
   CloseCode,
+  checkProfileName,
+  checkProfilePicture,
   ErrorCode,
   isUserId,
   MessageType,
@@ -208,7 +210,19 @@ export class WsTransport {
         { subject, ...(role ? { role } : {}), dev: true },
         "minted a dev token (insecure)",
       )
-      const token = await this.options.auth.mintDev(subject, role === SERVICE_ROLE ? { role } : {})
+      // Profile claims (`name`, `picture`) as an identity provider would put them in a token.
+      const claims: { name?: string; picture?: string } = {}
+      for (const claim of ["name", "picture"] as const) {
+        const value = url.searchParams.get(claim)
+        if (value === null || value === "") continue
+        const problem = claim === "name" ? checkProfileName(value) : checkProfilePicture(value)
+        if (problem) return json(res, 400, { error: `?${claim}=: ${problem}` })
+        claims[claim] = value
+      }
+      const token = await this.options.auth.mintDev(subject, {
+        ...(role === SERVICE_ROLE ? { role } : {}),
+        ...claims,
+      })
       return json(res, 200, { token })
     }
     if (this.options.staticDir && (await serveStatic(this.options.staticDir, req, res))) return

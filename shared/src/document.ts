@@ -1,5 +1,11 @@
 import type * as Y from "yjs"
-import { type EditRecord, type ParticipantRecord, TopLevel, type UnpinRecord } from "./schema.js"
+import {
+  type EditRecord,
+  type ParticipantRecord,
+  type ProfileRecord,
+  TopLevel,
+  type UnpinRecord,
+} from "./schema.js"
 
 /** The typed top-level types of a conversation document. */
 export interface ConversationTypes {
@@ -20,6 +26,8 @@ export interface ConversationTypes {
   readonly unpinned: Y.Map<UnpinRecord>
   /** Copies of sealed sticky messages, written by the relay (see `priorities.ts`). */
   readonly pins: Y.Map<unknown>
+  /** Each participant's own profile (see `profiles.ts`); values are untrusted until checked. */
+  readonly profiles: Y.Map<ProfileRecord>
 }
 
 const cache = new WeakMap<Y.Doc, ConversationTypes>()
@@ -41,6 +49,7 @@ export function typesOf(doc: Y.Doc): ConversationTypes {
       tombstones: doc.getMap(TopLevel.tombstones),
       unpinned: doc.getMap(TopLevel.unpinned),
       pins: doc.getMap(TopLevel.pins),
+      profiles: doc.getMap(TopLevel.profiles),
     }
     cache.set(doc, types)
   }

@@ -17,7 +17,7 @@ import {
  * request, GDPR art. 17), in one transaction: each live record becomes a
  * deletion placeholder and each sealed one this replica holds the segment of
  * gets a tombstone, both saying `user` deleted it; their edits and reactions
- * go with them. For the relay, which writes it as itself whoever may write to
+ * go with them, and so does their profile entry. For the relay, which writes it as itself whoever may write to
  * the conversation (no rule is consulted: the user may have left it, or it
  * may be closed). Already deleted messages are left as they are, so erasing
  * twice writes nothing. Returns how many messages it erased.
@@ -49,8 +49,11 @@ export function eraseAuthor(doc: Y.Doc, user: UserId, options: WriteOptions = {}
     for (const { seq, record } of segment.entries)
       if (record.author === user && !isDeletedRecord(record) && !t.tombstones.has(record.id))
         sealed.push({ id: record.id, seq, reactions: reactionsOf(record.id) })
-  if (live.length === 0 && sealed.length === 0) return 0
+  const profile = t.profiles.has(user)
+  if (live.length === 0 && sealed.length === 0 && !profile) return 0
   doc.transact(() => {
+    // Their display name and picture are personal data too.
+    if (profile) t.profiles.delete(user)
     // From the end, so that each position still names its record.
     for (const { position, placeholder, reactions } of live.reverse()) {
       t.messages.delete(position, 1)

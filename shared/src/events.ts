@@ -3,6 +3,7 @@ import type * as Y from "yjs"
 import { typesOf } from "./document.js"
 import { decodeTombstone } from "./history.js"
 import type { MessageId, UserId } from "./ids.js"
+import { type Profile, profileOf } from "./profiles.js"
 import { getConversation } from "./reads.js"
 import {
   type ConversationInfo,
@@ -68,6 +69,8 @@ export type ChangeEvent =
   | { readonly type: "messages.read"; readonly user: UserId; readonly upTo: number }
   | { readonly type: "messages.delivered"; readonly user: UserId; readonly upTo: number }
   | { readonly type: "messages.sequenced"; readonly from: number; readonly ids: readonly MessageId[] }
+  /** A user set (or removed) their profile in this conversation; `profile` is how it reads now. */
+  | { readonly type: "profile.updated"; readonly user: UserId; readonly profile: Profile }
 
 /** The `type` of a {@link ChangeEvent}. */
 export type ChangeEventType = ChangeEvent["type"]
@@ -77,7 +80,7 @@ type MapChanges = Map<string, { action: "add" | "update" | "delete"; oldValue: u
 /**
  * Calls `listener` after every transaction on `doc` that changed the
  * conversation, with the events in a stable order (conversation, participants,
- * messages, reactions, markers, sequencing). Returns the unsubscribe function.
+ * messages, reactions, markers, sequencing, profiles). Returns the unsubscribe function.
  */
 export function observeChanges(
   doc: Y.Doc,
@@ -104,7 +107,16 @@ export function observeChanges(
       addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
     )
   }
-  const mapNames = ["meta", "participants", "edits", "reactions", "read", "delivered", "tombstones"] as const
+  const mapNames = [
+    "meta",
+    "participants",
+    "edits",
+    "reactions",
+    "read",
+    "delivered",
+    "tombstones",
+    "profiles",
+  ] as const
   const mapHandlers = mapNames.map((name) => [t[name] as Y.Map<unknown>, onMap(name)] as const)
   for (const [type, handler] of mapHandlers) type.observe(handler)
   t.messages.observe(onMessages)
@@ -225,6 +237,10 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
   for (const value of (changes.order as string[] | undefined) ?? []) {
     const record = decodeSequenceRecord(value)
     if (record) events.push({ type: "messages.sequenced", from: record.from, ids: record.ids })
+  }
+  for (const key of ((changes.profiles as MapChanges | undefined) ?? new Map()).keys()) {
+    const user = key as UserId
+    events.push({ type: "profile.updated", user, profile: profileOf(doc, user) })
   }
   return events
 }

@@ -1,6 +1,7 @@
 import type * as Y from "yjs"
 import type { ConversationId, UserId } from "./ids.js"
 import { unreadEmergency } from "./priorities.js"
+import { displayNameOf } from "./profiles.js"
 import { getConversation, lastMessage, listParticipants, markersOf, roleOf, unreadCount } from "./reads.js"
 import type { ConversationKind } from "./schema.js"
 
@@ -31,6 +32,8 @@ export const PARTICIPANT_SUMMARY_SIZE = 5
 export interface MessagePreview {
   readonly id: string
   readonly author: UserId
+  /** The author's display name (their profile in the conversation); absent when they set none. */
+  readonly authorName?: string
   /** Body cut to {@link PREVIEW_LENGTH} characters; "" for a deleted message. */
   readonly text: string
   readonly deleted: boolean
@@ -43,8 +46,16 @@ export interface InboxEntry {
   readonly conversationId: ConversationId
   readonly kind: ConversationKind
   readonly title: string
-  /** The first few participants (by time added) and the total count. */
-  readonly participants: { readonly count: number; readonly first: readonly UserId[] }
+  /**
+   * The first few participants (by time added), the total count, and the
+   * display names those of them set (their profiles; absent when none did),
+   * so that a list can name an untitled conversation without opening it.
+   */
+  readonly participants: {
+    readonly count: number
+    readonly first: readonly UserId[]
+    readonly names?: Readonly<Record<string, string>>
+  }
   readonly lastMessage?: MessagePreview
   readonly unread: number
   /**
@@ -81,10 +92,17 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
   const info = getConversation(doc)
   if (!info) return undefined
   const participants = listParticipants(doc)
+  const first = participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user)
+  const names: Record<string, string> = {}
+  for (const user of first) {
+    const name = displayNameOf(doc, user)
+    if (name !== undefined) names[user] = name
+  }
   const last = lastMessage(doc)
   const preview: MessagePreview | undefined = last && {
     id: last.id,
     author: last.author,
+    ...(last.authorName !== undefined ? { authorName: last.authorName } : {}),
     text: cut(last.body),
     deleted: last.deleted !== undefined,
     at: last.createdAt,
@@ -97,7 +115,8 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
       title: info.title,
       participants: {
         count: participants.length,
-        first: participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user),
+        first,
+        ...(Object.keys(names).length > 0 ? { names } : {}),
       },
       ...(preview ? { lastMessage: preview } : {}),
       lastActivityAt: Math.max(info.createdAt, preview?.at ?? 0),

@@ -14,6 +14,21 @@ import {
   type Priority,
   type Role,
 } from "./schema.js"
+import { checkProfileRecord } from "./validate.js"
+
+/**
+ * The author's display name and picture from the conversation's `profiles`
+ * (see `profiles.ts`), as the optional fields of a {@link MessageView}.
+ */
+function authorProfile(doc: Y.Doc, author: UserId): { authorName?: string; authorPicture?: string } {
+  const record = typesOf(doc).profiles.get(author)
+  if (record === undefined || checkProfileRecord(record) !== undefined) return {}
+  const name = record.name.trim()
+  return {
+    ...(name !== "" ? { authorName: name } : {}),
+    ...(record.picture !== "" ? { authorPicture: record.picture } : {}),
+  }
+}
 
 /** The conversation's fields, or undefined when the document holds no conversation yet. */
 export function getConversation(doc: Y.Doc): ConversationInfo | undefined {
@@ -70,6 +85,10 @@ export interface MessageView {
   readonly deleted?: { readonly at: number; readonly by: UserId }
   /** Emoji → users who reacted with it. */
   readonly reactions: Readonly<Record<string, readonly UserId[]>>
+  /** The author's display name from their profile in this conversation; absent when they set none (show `author`). */
+  readonly authorName?: string
+  /** The author's picture URL (`https:`) from their profile; absent when none (show initials). */
+  readonly authorPicture?: string
 }
 
 /** One message with its edit, delete and reaction state. */
@@ -90,6 +109,7 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
       reactions: {},
       deleted: { at: placeholder.deletedAt, by: placeholder.deletedBy },
       ...(seq !== undefined ? { seq } : {}),
+      ...authorProfile(doc, placeholder.author),
     }
   }
   const record = index.records.get(id)
@@ -113,6 +133,7 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
     ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
     ...(seq !== undefined ? { seq } : {}),
     ...(edit ? { editedAt: edit.editedAt } : {}),
+    ...authorProfile(doc, record.author),
   }
 }
 
@@ -141,6 +162,7 @@ export function sealedMessageView(doc: Y.Doc, entry: SealedEntry): MessageView {
       reactions: {},
       deleted: deleted!,
       seq,
+      ...authorProfile(doc, record.author),
     }
   }
   const edit = typesOf(doc).edits.get(record.id)
@@ -160,6 +182,7 @@ export function sealedMessageView(doc: Y.Doc, entry: SealedEntry): MessageView {
     seq,
     ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
     ...(edit ? { editedAt: edit.editedAt } : {}),
+    ...authorProfile(doc, record.author),
   }
 }
 

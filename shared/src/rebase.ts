@@ -22,6 +22,7 @@ import {
   unreact,
 } from "./operations.js"
 import { setFleetingSeconds, unpinMessage } from "./priorities.js"
+import { mayWriteProfile, setProfile } from "./profiles.js"
 import { getConversation, roleOf } from "./reads.js"
 import { canMoveMarker, canReact, canSendMessage, canWriteSequence, Rule } from "./rules.js"
 import {
@@ -33,6 +34,7 @@ import {
   type Metadata,
   MetaKey,
   type ParticipantRecord,
+  type ProfileRecord,
   parseReactionKey,
   TopLevel,
 } from "./schema.js"
@@ -77,6 +79,7 @@ export type PendingChange =
       readonly user: string
       readonly to: number
     }
+  | { readonly kind: "profile"; readonly user: string }
   | { readonly kind: "sequence" }
   | { readonly kind: "unknown"; readonly where: string }
 
@@ -443,6 +446,15 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
         else markDelivered(fresh, user, to)
       })
     }
+  }
+
+  // 5. The user's own profile entry (the SDK writes it again anyway when it next differs).
+  for (const { key, value, removed } of changed(TopLevel.profiles)) {
+    attempt({ kind: "profile", user: key }, () => {
+      assertAllowed(mayWriteProfile(fresh, user, key as UserId))
+      if (removed) typesOf(fresh).profiles.delete(key)
+      else setProfile(fresh, user, value as ProfileRecord)
+    })
   }
 
   if (leaving) attempt({ kind: "participant.remove", user }, () => removeParticipants(fresh, user, [user]))

@@ -57,6 +57,11 @@ export const Rule = {
   conversationDeleted: "conversation-deleted",
   /** A sticky message is unpinned by its author or an owner / admin, as oneself, once. */
   unpinAuthorOrAdmin: "unpin-author-or-admin",
+  /**
+   * A participant sets (or removes) only their own profile entry: nobody,
+   * owners included, names anyone else.
+   */
+  ownProfile: "own-profile",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]
@@ -234,4 +239,13 @@ export function canUnpinMessage(actor: UserId, actorRole: Role | undefined, auth
   return author === actor || isManager(actorRole)
     ? ALLOW
     : deny(Rule.unpinAuthorOrAdmin, "only the author or an admin may unpin a message")
+}
+
+/**
+ * May `actor` set or remove the profile entry of `user`? Only their own, and
+ * only as a participant (a profile is shown to the people of the conversation).
+ */
+export function canSetProfile(actor: UserId, actorRole: Role | undefined, user: UserId): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return user === actor ? ALLOW : deny(Rule.ownProfile, "a profile is set only by its own user")
 }

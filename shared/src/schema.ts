@@ -57,6 +57,11 @@ export const TopLevel = {
    * deletion or its unpinning.
    */
   pins: "pins",
+  /**
+   * `Y.Map<UserId, ProfileRecord>`: each participant's display name and
+   * picture, as they set it (only their own entry: rule `own-profile`).
+   */
+  profiles: "profiles",
 } as const
 /** Name of a top-level type. */
 export type TopLevelName = (typeof TopLevel)[keyof typeof TopLevel]
@@ -71,6 +76,7 @@ export const TOP_LEVEL_MAPS: ReadonlySet<string> = new Set([
   "tombstones",
   "unpinned",
   "pins",
+  "profiles",
 ])
 /** Which top-level names are arrays. */
 export const TOP_LEVEL_ARRAYS: ReadonlySet<string> = new Set(["messages", "order", "segments"])
@@ -263,6 +269,24 @@ export interface EditRecord {
   readonly editedAt: number
 }
 
+/**
+ * Value in the `profiles` map: how a user wants to be shown. Written by that
+ * user only. `edited` marks a profile the user chose (as opposed to the default
+ * taken from their token's `name` / `picture` claims): an edited profile wins
+ * over a default one, and between two of a kind the later `updatedAt` wins
+ * (see `preferredProfile`), so a user's devices converge on their latest edit.
+ */
+export interface ProfileRecord {
+  /** Display name, ≤ {@link Limits.profileNameLength} characters; "" = show the user id. */
+  readonly name: string
+  /** An `https:` URL of a picture, ≤ {@link Limits.profilePictureLength} characters; "" = none. */
+  readonly picture: string
+  /** When the user set it (ms since the epoch). */
+  readonly updatedAt: number
+  /** Present (true) when the user chose it; absent for the default from token claims. */
+  readonly edited?: true
+}
+
 /** An element of the `order` array, decoded: messages `ids[i]` have sequence number `from + i`. */
 export interface SequenceRecord {
   readonly from: number
@@ -304,6 +328,10 @@ export const Limits = {
   sealedPins: 100,
   /** Longest `fleetingSeconds`: one year. */
   fleetingSeconds: 31_536_000,
+  /** Display name, in characters. */
+  profileNameLength: 64,
+  /** Profile picture URL (https), in characters. */
+  profilePictureLength: 512,
 } as const
 
 /** Separator inside reaction keys; not allowed in ids or emoji. */

@@ -212,6 +212,47 @@ export const checkParticipantRecord: Check = (v) => {
   return undefined
 }
 
+// C0 and C1 controls, and the bidirectional overrides and isolates that let a name display as another.
+const NAME_FORBIDDEN = /[\p{Cc}\u202a-\u202e\u2066-\u2069]/u
+
+/** Checks a display name: a string ≤ {@link Limits.profileNameLength} characters, no control characters. */
+export const checkProfileName: Check = (v) => {
+  if (typeof v !== "string") return "profile name must be a string"
+  if (v.length > Limits.profileNameLength)
+    return `profile name exceeds ${Limits.profileNameLength} characters`
+  if (NAME_FORBIDDEN.test(v)) return "profile name holds control characters"
+  return undefined
+}
+
+/** Checks a profile picture: "" or an `https:` URL ≤ {@link Limits.profilePictureLength} characters. */
+export const checkProfilePicture: Check = (v) => {
+  if (typeof v !== "string") return "profile picture must be a string"
+  if (v === "") return undefined
+  if (v.length > Limits.profilePictureLength)
+    return `profile picture exceeds ${Limits.profilePictureLength} characters`
+  let url: URL
+  try {
+    url = new URL(v)
+  } catch {
+    return "profile picture must be an https URL"
+  }
+  // Other schemes (javascript:, data:, http:) would run code, embed content or leak the viewer's address in the clear.
+  if (url.protocol !== "https:") return "profile picture must be an https URL"
+  return undefined
+}
+
+/** Checks a `profiles` value. */
+export const checkProfileRecord: Check = (v) => {
+  if (!isRecord(v)) return "profile must be an object"
+  const extra = onlyKeys(v, ["name", "picture", "updatedAt", "edited"])
+  if (extra) return extra
+  const bad = checkProfileName(v.name) ?? checkProfilePicture(v.picture)
+  if (bad) return bad
+  if (!isTime(v.updatedAt)) return "profile updatedAt invalid"
+  if (v.edited !== undefined && v.edited !== true) return "profile edited must be true when present"
+  return undefined
+}
+
 /** Checks an `order` element. */
 export const checkSequenceRecord: Check = (v) =>
   decodeSequenceRecord(v) === undefined ? "sequence record malformed" : undefined

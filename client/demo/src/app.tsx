@@ -6,7 +6,8 @@ import { ConversationView } from "./conversation-view.js"
 import { explain } from "./errors.js"
 import { NewConversation } from "./new-conversation.js"
 import { disableNotifications, enableNotifications, pushSupported } from "./notifications.js"
-import { Avatar, displayName, pictureOf } from "./people.js"
+import { UserAvatar, UserName } from "./people.js"
+import { ProfileEditor } from "./profile-editor.js"
 
 /** `#c=<id>` names the open conversation, so a reload comes back to it. */
 const openFromHash = () => new URLSearchParams(location.hash.slice(1)).get("c") ?? undefined
@@ -36,6 +37,7 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
   const client = useChatClient()
   const openId = useSyncExternalStore(subscribeHash, openFromHash)
   const [composing, setComposing] = useState(false)
+  const [editingProfile, setEditingProfile] = useState(false)
   const [toast, setToast] = useState<string>()
   const timer = useRef<ReturnType<typeof setTimeout>>(undefined)
   const { totalUnreadUnmuted, emergency } = useInbox()
@@ -60,10 +62,17 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
       <header className="topbar">
         <span className="brand">Parley</span>
         <ConnectionPill />
-        <span className="user" data-testid="current-user">
-          <Avatar name={displayName(client.user)} picture={pictureOf(client.user)} />
-          {displayName(client.user)}
-        </span>
+        <button
+          type="button"
+          className="user"
+          data-testid="current-user"
+          title="Edit your profile"
+          aria-expanded={editingProfile}
+          onClick={() => setEditingProfile(!editingProfile)}
+        >
+          <UserAvatar user={client.user} />
+          <UserName user={client.user} />
+        </button>
         {emergency > 0 && (
           <span
             className="sos-pill"
@@ -78,6 +87,7 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
         <button type="button" className="link" data-testid="sign-out" onClick={onSignOut}>
           Sign out
         </button>
+        {editingProfile && <ProfileEditor close={() => setEditingProfile(false)} />}
       </header>
       <main className="layout">
         <aside className="sidebar">

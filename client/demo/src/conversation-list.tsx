@@ -1,10 +1,10 @@
 import type { InboxItem } from "@parley/client"
-import { useChatClient, useInbox } from "@parley/react"
+import { useChatClient, useInbox, useProfile } from "@parley/react"
 import { memo } from "react"
 import { go } from "./app.js"
 import { formatTime } from "./format.js"
-import { Avatar, displayName } from "./people.js"
-import { displayTitle } from "./titles.js"
+import { Avatar } from "./people.js"
+import { displayTitle, otherOf } from "./titles.js"
 
 /**
  * The user's conversations from the SDK's inbox: relay-maintained (a
@@ -33,11 +33,15 @@ export function ConversationList({ openId }: { openId: string | undefined }) {
 
 /** One row; memoised on its inbox item, which keeps its identity while it does not change. */
 const Row = memo(function Row({ item, me, active }: { item: InboxItem; me: string; active: boolean }) {
-  const title = displayTitle(item, me)
+  // A direct conversation is called by the other person's display name, with their picture.
+  const other = item.kind === "direct" ? otherOf(item.conversationId, me) : undefined
+  const profile = useProfile(other ?? me)
   const last = item.lastMessage
-  const preview = last
-    ? `${last.author === me ? "You" : displayName(last.author)}: ${last.deleted ? "message deleted" : last.text}`
-    : ""
+  const title = other && !item.title ? profile.name : displayTitle(item, me)
+  const picture = other ? profile.picture : undefined
+  // The relay's preview carries the author's display name as it was when the message was shown.
+  const author = last && (last.author === me ? "You" : (last.authorName ?? last.author))
+  const preview = last ? `${author}: ${last.deleted ? "message deleted" : last.text}` : ""
   return (
     <li>
       <button
@@ -48,7 +52,7 @@ const Row = memo(function Row({ item, me, active }: { item: InboxItem; me: strin
         aria-current={active ? "true" : undefined}
         onClick={() => go(item.conversationId)}
       >
-        <Avatar name={title} />
+        <Avatar name={title} picture={picture} />
         <span className="summary">
           <span className="line">
             <span className="title" data-testid="conversation-item-title">

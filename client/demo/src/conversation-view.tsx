@@ -1,4 +1,10 @@
-import { type ChatMessage, DEFAULT_FLEETING_SECONDS, type Priority } from "@parley/client"
+import {
+  type ChatMessage,
+  DEFAULT_FLEETING_SECONDS,
+  type Priority,
+  typingText,
+  type UserPresence,
+} from "@parley/client"
 import {
   useChatClient,
   useConnectionStatus,
@@ -7,17 +13,19 @@ import {
   useMessages,
   usePinned,
   usePresence,
+  useProfile,
   useTyping,
+  useTypingNames,
 } from "@parley/react"
 import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react"
 import { go } from "./app.js"
 import { detail, explain } from "./errors.js"
 import { type MessageActions, MessageItem } from "./message-item.js"
 import { ParticipantsPanel } from "./participants-panel.js"
-import { Avatar, displayName } from "./people.js"
+import { Avatar, presenceText } from "./people.js"
 import { mayRename } from "./permissions.js"
 import { EmergencyBanner, FleetingSetting, PinnedBar, PriorityPicker } from "./priorities.js"
-import { displayTitle } from "./titles.js"
+import { displayTitle, otherOf } from "./titles.js"
 
 /** Messages per page: the latest page first, older ones as the user scrolls up. */
 const PAGE = 50
@@ -41,6 +49,10 @@ export function ConversationView({
   const typing = useTyping(conversation)
   const pinned = usePinned(conversation)
   const pinnedIds = useMemo(() => new Set<string>(pinned.map((m) => m.id)), [pinned])
+  const typingNames = useTypingNames(conversation)
+  // A direct conversation is known by the other person's profile (its id names them before it loads).
+  const directOther = otherOf(id, me)
+  const otherProfile = useProfile(directOther ?? me)
   const present = usePresence(conversation)
   const connection = useConnectionStatus()
   const muted = useInbox().items.some((item) => item.conversationId === id && item.muted)
@@ -56,11 +68,13 @@ export function ConversationView({
   const atBottom = useRef(true)
   useEffect(() => input.current?.focus(), [])
 
-  const online = useMemo(() => {
-    const users = new Set<string>(present)
-    if (connection === "online") users.add(me)
+  const presence = useMemo(() => {
+    const users = new Map<string, UserPresence>(present.map((p) => [p.user, p]))
+    // The SDK reports others; the user is online while connected and showing their presence.
+    if (connection === "online" && client.presenceVisible)
+      users.set(me, { user: me as never, status: "online" })
     return users
-  }, [present, connection, me])
+  }, [present, connection, me, client])
 
   useEffect(() => {
     if (!conversation) return
@@ -159,17 +173,22 @@ export function ConversationView({
         {
           conversationId: info.id,
           title: info.title,
-          participants: { first: participants.map((p) => p.user) },
+          participants: {
+            first: participants.map((p) => p.user),
+            names: Object.fromEntries(participants.map((p) => [p.user, client.profileOf(p.user).name])),
+          },
         },
         me,
       )
     : displayTitle({ conversationId: id, title: "" }, me)
+  const shownTitle = directOther && !info?.title ? otherProfile.name : title
   const other = !group && others.length === 1 ? others[0]!.user : undefined
+  const around = (user: string) => (presence.get(user)?.status ?? "offline") !== "offline"
   const subtitle = !info
     ? "Loading…"
     : other
-      ? `Direct conversation · ${online.has(other) ? "online" : "offline"}`
-      : `${participants.length} participants · ${others.filter((p) => online.has(p.user)).length} online`
+      ? `Direct conversation · ${presenceText(presence.get(other))}`
+      : `${participants.length} participants · ${others.filter((p) => around(p.user)).length} online`
   const unavailable = state.state === "unavailable" ? state.error : undefined
 
   const submit = () => {
@@ -206,7 +225,11 @@ export function ConversationView({
         >
           ‹
         </button>
-        <Avatar name={title} {...(other ? { online: online.has(other) } : {})} />
+        <Avatar
+          name={shownTitle}
+          picture={other ? otherProfile.picture : undefined}
+          presence={other ? (presence.get(other)?.status ?? "offline") : undefined}
+        />
         {renaming !== undefined ? (
           <form
             className="heading rename"
@@ -235,7 +258,7 @@ export function ConversationView({
           </form>
         ) : (
           <div className="heading">
-            <h2 data-testid="conversation-title">{title}</h2>
+            <h2 data-testid="conversation-title">{shownTitle}</h2>
             <p className="subtitle" data-testid="conversation-subtitle">
               {subtitle}
             </p>
@@ -339,17 +362,15 @@ export function ConversationView({
             </p>
           )}
           <div className="typing" data-testid="typing-indicator" data-users={typing.join(",")}>
-            {typing.length === 0
-              ? ""
-              : typing.length === 1
-                ? `${displayName(typing[0]!)} is typing…`
-                : `${typing.slice(0, -1).map(displayName).join(", ")} and ${displayName(typing.at(-1)!)} are typing…`}
+            {typingNames.length === 0 ? "" : `${typingText(typingNames)}…`}
           </div>
           <footer className="composer">
             {mode.kind !== "new" && (
               <div className="composer-context" data-testid="composer-context" data-mode={mode.kind}>
                 <span className="context-text">
-                  {mode.kind === "edit" ? "Editing" : `Replying to ${displayName(mode.message.author)}: `}
+                  {mode.kind === "edit"
+                    ? "Editing"
+                    : `Replying to ${mode.message.authorName ?? mode.message.author}: `}
                   {mode.kind === "reply" && <em>{mode.message.body.slice(0, 80)}</em>}
                 </span>
                 <button
@@ -418,7 +439,7 @@ export function ConversationView({
             participants={participants}
             role={role}
             me={me}
-            online={online}
+            presence={presence}
             failed={failed}
             left={left}
           />

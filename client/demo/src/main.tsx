@@ -13,10 +13,10 @@ function Root() {
   const [error, setError] = useState<string>()
   const [starting, setStarting] = useState(() => savedUser() !== undefined)
 
-  const start = async (user: string) => {
+  const start = async (user: string, displayName?: string) => {
     setStarting(true)
     try {
-      setClient(await signIn(user))
+      setClient(await signIn(user, displayName))
       setError(undefined)
     } catch (failure) {
       setError(failure instanceof Error ? failure.message : String(failure))
@@ -30,7 +30,10 @@ function Root() {
     if (user) void start(user)
   }, [])
 
-  if (!client) return starting ? null : <SignIn error={error} onSubmit={(user) => void start(user)} />
+  if (!client)
+    return starting ? null : (
+      <SignIn error={error} onSubmit={(user, displayName) => void start(user, displayName)} />
+    )
   return (
     <ParleyProvider client={client}>
       <App

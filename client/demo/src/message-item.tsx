@@ -1,8 +1,9 @@
 import type { ChatMessage, MessageStatus, Role } from "@parley/client"
+import { useChatClient } from "@parley/react"
 import { memo, useState } from "react"
 import { detail, explain } from "./errors.js"
 import { formatTime } from "./format.js"
-import { displayName } from "./people.js"
+import { Avatar } from "./people.js"
 import { mayDelete, mayEdit } from "./permissions.js"
 import { FleetingCountdown } from "./priorities.js"
 
@@ -56,6 +57,7 @@ export const MessageItem = memo(function MessageItem({
   fleetingSeconds,
   pinned,
 }: MessageItemProps) {
+  const client = useChatClient()
   const [open, setOpen] = useState(false)
   const mine = message.author === me
   const deleted = message.deleted !== undefined
@@ -87,7 +89,14 @@ export const MessageItem = memo(function MessageItem({
           if (event.key === "Enter" && !deleted) setOpen(!open)
         }}
       >
-        {!mine && group && <span className="author">{displayName(message.author)}</span>}
+        {!mine && group && (
+          <span className="author-row">
+            <Avatar name={message.authorName ?? message.author} picture={message.authorPicture} />
+            <span className="author" data-testid="message-author">
+              {message.authorName ?? message.author}
+            </span>
+          </span>
+        )}
         {!deleted && message.priority === "emergency" && <span className="priority-tag">🚨 Emergency</span>}
         {!deleted && pinned && <span className="priority-tag">📌 Pinned</span>}
         {message.replyTo && !deleted && (
@@ -97,7 +106,7 @@ export const MessageItem = memo(function MessageItem({
             data-testid="message-quote"
             onClick={() => actions.jumpTo(message.replyTo!)}
           >
-            {quoted && <strong>{displayName(quoted.author)}</strong>}
+            {quoted && <strong>{quoted.authorName ?? quoted.author}</strong>}
             <span className="quote-text">
               {!quoted ? "Earlier message" : quoted.deleted ? "Message deleted" : quoted.body}
             </span>
@@ -144,7 +153,7 @@ export const MessageItem = memo(function MessageItem({
               className={`chip${users.includes(me as never) ? " own" : ""}`}
               data-testid="reaction"
               data-emoji={emoji}
-              title={users.map(displayName).join(", ")}
+              title={users.map((user) => client.profileOf(user).name).join(", ")}
               onClick={() => actions.toggleReaction(message, emoji)}
             >
               {emoji} {users.length}

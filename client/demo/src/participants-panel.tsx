@@ -1,6 +1,6 @@
-import type { Conversation, ConversationInfo, Participant, Role } from "@parley/client"
+import type { Conversation, ConversationInfo, Participant, Role, UserPresence } from "@parley/client"
 import { useState } from "react"
-import { Avatar, displayName, pictureOf } from "./people.js"
+import { presenceText, UserAvatar, UserName } from "./people.js"
 import { mayAdd, mayChangeRole, mayRemove } from "./permissions.js"
 
 /**
@@ -14,11 +14,12 @@ export function ParticipantsPanel(props: {
   participants: readonly Participant[]
   role: Role | undefined
   me: string
-  online: ReadonlySet<string>
+  /** Each user's presence from the SDK (the user's own: shown while connected and visible). */
+  presence: ReadonlyMap<string, UserPresence>
   failed(error: unknown): void
   left(): void
 }) {
-  const { conversation, info, participants, role, me, online } = props
+  const { conversation, info, participants, role, me, presence } = props
   const [adding, setAdding] = useState("")
   const direct = info.kind === "direct"
   const attempt = (operation: () => void) => {
@@ -36,17 +37,21 @@ export function ParticipantsPanel(props: {
       <ul data-testid="participant-list">
         {participants.map((p) => {
           const isMe = p.user === me
-          const isOnline = online.has(p.user)
+          const seen = presence.get(p.user)
+          const status = seen?.status ?? "offline"
           return (
             <li key={p.user} data-testid="participant" data-user={p.user} data-role={p.role}>
-              <Avatar name={displayName(p.user)} picture={pictureOf(p.user)} />
+              <UserAvatar user={p.user} />
               <span
-                className={`presence ${isOnline ? "online" : "offline"}`}
-                title={isOnline ? "online" : "offline"}
+                className={`presence ${status}`}
+                title={presenceText(seen)}
                 data-testid="participant-presence"
-                data-online={String(isOnline)}
+                data-presence={status}
+                data-online={String(status !== "offline")}
               />
-              <span className="name">{isMe ? `${displayName(p.user)} (you)` : displayName(p.user)}</span>
+              <span className="name" data-testid="participant-name">
+                <UserName user={p.user} me={me} />
+              </span>
               {!direct && (
                 <span className="role" data-testid="participant-role">
                   {p.role}

@@ -1,17 +1,17 @@
+import type { PresenceStatus, UserPresence } from "@parley/client"
+import { useProfile } from "@parley/react"
+import { formatTime } from "./format.js"
 import { initials } from "./titles.js"
 
-/**
- * How the demo names a user. The SDK has no profiles yet (display names and
- * avatars from the token's `name` / `picture` claims are planned): until then
- * a user is shown by id, and this is the one place to change when they land.
- */
-export function displayName(user: string): string {
-  return user
+/** A user's display name from their profile (their id when they set none). */
+export function useName(user: string): string {
+  return useProfile(user).name
 }
 
-/** A user's picture URL, when their profile has one (none before the SDK has profiles). */
-export function pictureOf(_user: string): string | undefined {
-  return undefined
+/** A user's display name, kept current as their profile changes. */
+export function UserName({ user, me }: { user: string; me?: string }) {
+  const name = useName(user)
+  return <>{user === me ? `${name} (you)` : name}</>
 }
 
 /** A stable colour per name, so that people are told apart at a glance. */
@@ -21,14 +21,52 @@ function hue(name: string): number {
   return hash % 360
 }
 
-/** A round avatar: the picture when there is one, else initials on a colour of the name; a presence dot when known. */
-export function Avatar({ name, picture, online }: { name: string; picture?: string; online?: boolean }) {
+/**
+ * A round avatar: the picture when there is one (initials if it fails to
+ * load), else initials on a colour of the name; a presence dot when known.
+ */
+export function Avatar({
+  name,
+  picture,
+  presence,
+}: {
+  name: string
+  picture?: string | undefined
+  presence?: PresenceStatus | undefined
+}) {
   return (
     <span className="avatar" aria-hidden="true" style={{ background: `hsl(${hue(name)} 55% 45%)` }}>
-      {picture ? <img src={picture} alt="" /> : initials(name)}
-      {online !== undefined && (
-        <span className={`presence-dot ${online ? "online" : "offline"}`} data-online={String(online)} />
+      <span className="initials">{initials(name)}</span>
+      {picture && (
+        <img
+          src={picture}
+          alt=""
+          referrerPolicy="no-referrer"
+          onError={(event) => {
+            event.currentTarget.hidden = true
+          }}
+        />
+      )}
+      {presence !== undefined && (
+        <span
+          className={`presence-dot ${presence}`}
+          data-presence={presence}
+          data-online={String(presence !== "offline")}
+        />
       )}
     </span>
   )
+}
+
+/** A user's avatar from their profile. */
+export function UserAvatar({ user, presence }: { user: string; presence?: PresenceStatus | undefined }) {
+  const profile = useProfile(user)
+  return <Avatar name={profile.name} picture={profile.picture} presence={presence} />
+}
+
+/** "online", "away", "last seen 14:02", or "offline" (never seen). */
+export function presenceText(presence: UserPresence | undefined): string {
+  if (!presence || presence.status === "offline")
+    return presence?.lastSeen !== undefined ? `last seen ${formatTime(presence.lastSeen)}` : "offline"
+  return presence.status
 }

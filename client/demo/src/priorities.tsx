@@ -11,7 +11,6 @@ import {
 } from "@parley/client"
 import { usePinned } from "@parley/react"
 import { useEffect, useState } from "react"
-import { displayName } from "./people.js"
 
 // What message priorities look like in the demo: the pinned bar, the emergency
 // banner, the composer's priority picker, fleeting countdowns and the
@@ -75,7 +74,7 @@ export function PinnedBar({
       {pinned.map((message) => (
         <li key={message.id} data-testid="pinned" data-message-id={message.id}>
           <button type="button" className="link pinned-text" onClick={() => jumpTo(message.id)}>
-            📌 <strong>{displayName(message.author)}</strong>: {message.body}
+            📌 <strong>{message.authorName ?? message.author}</strong>: {message.body}
           </button>
           {canUnpinMessage(me as UserId, role, message.author).allowed && (
             <button

@@ -1,6 +1,7 @@
 import { type ChatClient, createChatClient } from "@parley/client"
 
 const USER_KEY = "parley-demo:user"
+const NAME_KEY = "parley-demo:display-name"
 
 /** The user signed in on this browser, if any (kept so that a reload, even offline, signs in again). */
 export function savedUser(): string | undefined {
@@ -11,8 +12,11 @@ export function savedUser(): string | undefined {
  * A dev token for `user` from the relay that serves this page (`--dev` mode).
  * A real app would ask its own backend, which signs tokens with the relay's key.
  */
-async function devToken(user: string): Promise<string> {
-  const response = await fetch(`/dev/token?user=${encodeURIComponent(user)}`, { cache: "no-store" })
+async function devToken(user: string, displayName: string | undefined): Promise<string> {
+  // The display name goes in the token's `name` claim, as an identity provider would put it:
+  // the SDK makes it the user's profile until they edit it.
+  const params = new URLSearchParams({ user, ...(displayName ? { name: displayName } : {}) })
+  const response = await fetch(`/dev/token?${params}`, { cache: "no-store" })
   const body = (await response.json().catch(() => ({}))) as { token?: string; error?: string }
   if (!response.ok || !body.token)
     throw new Error(body.error ?? `the relay gave no token (HTTP ${response.status})`)
@@ -26,20 +30,25 @@ const relayUrl = () => `${location.protocol === "https:" ? "wss" : "ws"}://${loc
  * Signs `user` in. Giving the SDK the user id lets it start from the local
  * replicas at once (a reload works offline); tokens are fetched when connecting.
  * Rejects with a `ParleyError` when the name is not a valid user id.
+ * `displayName` (optional) is the token's `name` claim: the default profile.
  */
-export async function signIn(user: string): Promise<ChatClient> {
+export async function signIn(user: string, displayName?: string): Promise<ChatClient> {
   const name = user.trim()
+  const shown = displayName?.trim() || (localStorage.getItem(NAME_KEY) ?? undefined)
   const client = await createChatClient({
     url: relayUrl(),
     user: name,
-    token: () => devToken(name),
+    token: () => devToken(name, shown),
   })
   localStorage.setItem(USER_KEY, name)
+  if (shown) localStorage.setItem(NAME_KEY, shown)
+  else localStorage.removeItem(NAME_KEY)
   return client
 }
 
 /** Signs out on this browser: local replicas stay (per user) for the next sign-in. */
 export async function signOut(client: ChatClient): Promise<void> {
   localStorage.removeItem(USER_KEY)
+  localStorage.removeItem(NAME_KEY)
   await client.destroy()
 }

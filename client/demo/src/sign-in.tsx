@@ -11,8 +11,15 @@ export function nameProblem(name: string): string | undefined {
 }
 
 /** The sign-in screen: a user name is all the relay's dev mode needs. */
-export function SignIn({ error, onSubmit }: { error: string | undefined; onSubmit: (user: string) => void }) {
+export function SignIn({
+  error,
+  onSubmit,
+}: {
+  error: string | undefined
+  onSubmit: (user: string, displayName: string) => void
+}) {
   const [name, setName] = useState("")
+  const [displayName, setDisplayName] = useState("")
   const [problem, setProblem] = useState<string>()
   const input = useRef<HTMLInputElement>(null)
   useEffect(() => input.current?.focus(), [])
@@ -27,7 +34,7 @@ export function SignIn({ error, onSubmit }: { error: string | undefined; onSubmi
         const user = name.trim()
         const why = nameProblem(user)
         setProblem(why)
-        if (!why) onSubmit(user)
+        if (!why) onSubmit(user, displayName.trim())
       }}
     >
       <h1>Parley</h1>
@@ -54,6 +61,19 @@ export function SignIn({ error, onSubmit }: { error: string | undefined; onSubmi
       <p className="hint" id="sign-in-help">
         Letters, digits and _ . @ - (up to 64).
       </p>
+      <label className="field">
+        Display name (optional)
+        <input
+          name="display-name"
+          autoComplete="name"
+          placeholder="Alice Liddell"
+          maxLength={64}
+          data-testid="sign-in-display-name"
+          aria-label="Display name"
+          value={displayName}
+          onChange={(event) => setDisplayName(event.target.value)}
+        />
+      </label>
       {shown && (
         <p className="error" role="alert" data-testid="sign-in-error">
           {shown}

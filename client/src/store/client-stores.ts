@@ -1,5 +1,6 @@
-import type { InboxItem } from "@parley/shared"
+import type { InboxItem, Profile, UserId } from "@parley/shared"
 import type { ChatClient, ClientStatus } from "../client.js"
+import type { UserPresence } from "../presence.js"
 import { sameValue } from "./same-value.js"
 import { BaseStore, type SnapshotStore, sameItems } from "./snapshot-store.js"
 
@@ -63,6 +64,40 @@ export function inboxStore(client: ChatClient): SnapshotStore<InboxSnapshot> {
         totalUnreadUnmuted,
         emergency,
       }
+    }
+  })()
+}
+
+/**
+ * How `user` is shown (display name, picture; see `ChatClient.profileOf`) as
+ * a store: a new snapshot only when their profile changed.
+ */
+export function profileStore(client: ChatClient, user: UserId | string): SnapshotStore<Profile> {
+  return new (class extends BaseStore<Profile> {
+    protected attach(changed: () => void) {
+      return client.on("profiles", ({ users }) => {
+        if (users.includes(user as UserId)) changed()
+      })
+    }
+    protected compute(previous: Profile | undefined) {
+      const next = client.profileOf(user)
+      return previous && sameValue(previous, next) ? previous : next
+    }
+  })()
+}
+
+/**
+ * The presence of the user's contacts (everyone seen in the open
+ * conversations, merged: see `ChatClient.presence`) as a store.
+ */
+export function contactsPresenceStore(client: ChatClient): SnapshotStore<readonly UserPresence[]> {
+  return new (class extends BaseStore<readonly UserPresence[]> {
+    protected attach(changed: () => void) {
+      return client.on("presence", changed)
+    }
+    protected compute(previous: readonly UserPresence[] | undefined) {
+      const next = client.presence
+      return previous && sameValue(previous, next) ? previous : next
     }
   })()
 }

@@ -1,13 +1,7 @@
-import {
-  type ConversationInfo,
-  type MessageId,
-  type Participant,
-  type Role,
-  stampedUser,
-  type UserId,
-} from "@parley/shared"
+import type { ConversationInfo, MessageId, Participant, Role, UserId } from "@parley/shared"
 import type { ChatMessage, Conversation, ConversationState } from "../conversation.js"
 import type { MessageStatus } from "../message-status.js"
+import type { UserPresence } from "../presence.js"
 import { sameValue } from "./same-value.js"
 import { BaseStore, type SnapshotStore, sameItems } from "./snapshot-store.js"
 
@@ -92,8 +86,11 @@ export interface MessageWindowStore extends SnapshotStore<MessageWindowSnapshot>
   loadOlder(): Promise<void>
 }
 
-/** Events that change which messages are in the window or their order (others touch one message each). */
-const RELIST = new Set(["message.sent", "messages.sequenced", "conversation.created"])
+/**
+ * Events that change which messages are in the window or their order, or (a
+ * profile) every message of one author; others touch one message each.
+ */
+const RELIST = new Set(["message.sent", "messages.sequenced", "conversation.created", "profile.updated"])
 
 /**
  * The latest `pageSize` messages of a conversation, growing by a page at each
@@ -244,38 +241,21 @@ export function typingStore(conversation: Conversation): SnapshotStore<readonly 
 }
 
 /**
- * Other users who have the conversation open now (on any device), sorted, as a
- * store: known by the relay's stamp on their awareness state, never by what a
- * state claims. A stand-in until the SDK's presence API (online / away / last
- * seen) lands; the React hook takes any store of this shape.
+ * Who is around in the conversation (the SDK's presence: `online`, `away`,
+ * `offline` with `lastSeen`; users who hide their presence never appear),
+ * sorted by user id, as a store.
  */
-export function presenceStore(
-  conversation: Conversation,
-  user: UserId | string,
-): SnapshotStore<readonly UserId[]> {
-  return new (class extends BaseStore<readonly UserId[]> {
+export function presenceStore(conversation: Conversation): SnapshotStore<readonly UserPresence[]> {
+  return new (class extends BaseStore<readonly UserPresence[]> {
     protected attach(changed: () => void) {
-      let awareness = conversation.awareness
-      awareness.on("change", changed)
-      const offResync = conversation.on("resynced", () => {
-        awareness.off("change", changed)
-        awareness = conversation.awareness
-        awareness.on("change", changed)
-        changed()
-      })
+      const offs = [conversation.on("presence", changed), conversation.on("resynced", changed)]
       return () => {
-        awareness.off("change", changed)
-        offResync()
+        for (const off of offs) off()
       }
     }
-    protected compute(previous: readonly UserId[] | undefined) {
-      const online = new Set<UserId>()
-      for (const state of conversation.awareness.getStates().values()) {
-        const who = stampedUser(state)
-        if (who !== undefined && who !== user) online.add(who)
-      }
-      const users = [...online].sort()
-      return previous && sameItems(previous, users) ? previous : users
+    protected compute(previous: readonly UserPresence[] | undefined) {
+      const next = conversation.presence
+      return previous && sameValue(previous, next) ? previous : next
     }
   })()
 }

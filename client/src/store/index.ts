@@ -1,4 +1,10 @@
-export { connectionStatusStore, type InboxSnapshot, inboxStore } from "./client-stores.js"
+export {
+  connectionStatusStore,
+  contactsPresenceStore,
+  type InboxSnapshot,
+  inboxStore,
+  profileStore,
+} from "./client-stores.js"
 export {
   type ConversationSnapshot,
   conversationStore,

@@ -15,6 +15,7 @@ import {
   lastMessage,
   lastSequence,
   listParticipants,
+  listProfiles,
   type MessageId,
   type MessageRecord,
   type MessageView,
@@ -65,6 +66,7 @@ export function conversationView(doc: Y.Doc) {
     ...(info.fleetingSeconds !== undefined ? { fleetingSeconds: info.fleetingSeconds } : {}),
     participants: listParticipants(doc),
     markers: allMarkers(doc),
+    profiles: listProfiles(doc),
     ...(last ? { lastMessage: last } : {}),
     lastSequence: lastSequence(doc),
   }

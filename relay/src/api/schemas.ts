@@ -252,6 +252,15 @@ export const ParticipantSchema = z
   .object({ user: UserIdSchema, role: RoleSchema, addedBy: UserIdSchema, addedAt: z.number() })
   .openapi("Participant")
 
+export const ProfileSchema = z
+  .object({
+    user: UserIdSchema,
+    name: z.string().openapi({ description: "Display name (the user id when they set none)." }),
+    picture: z.string().optional().openapi({ description: "An https URL." }),
+    named: z.boolean().openapi({ description: "Whether the user set a name." }),
+  })
+  .openapi("Profile")
+
 export const MessageSchema = z
   .object({
     id: MessageIdSchema,
@@ -267,6 +276,13 @@ export const MessageSchema = z
     editedAt: z.number().optional(),
     deleted: z.object({ at: z.number(), by: UserIdSchema }).optional(),
     reactions: z.record(z.string(), z.array(UserIdSchema)),
+    authorName: z.string().optional().openapi({
+      description: "The author's display name (their profile in the conversation), if they set one.",
+    }),
+    authorPicture: z
+      .string()
+      .optional()
+      .openapi({ description: "The author's picture (an https URL), if they set one." }),
   })
   .openapi("Message")
 
@@ -283,6 +299,9 @@ export const ConversationSchema = z
     fleetingSeconds: z.number().int().optional(),
     participants: z.array(ParticipantSchema),
     markers: z.record(z.string(), z.object({ read: z.number(), delivered: z.number() })),
+    profiles: z.array(ProfileSchema).openapi({
+      description: "The profiles participants set in this conversation (display name, picture), by user id.",
+    }),
     lastMessage: MessageSchema.optional(),
     lastSequence: z.number().int(),
   })
@@ -308,11 +327,19 @@ export const InboxPageSchema = z
         conversationId: ConversationIdSchema,
         kind: z.enum(["direct", "group"]),
         title: z.string(),
-        participants: z.object({ count: z.number().int(), first: z.array(UserIdSchema) }),
+        participants: z.object({
+          count: z.number().int(),
+          first: z.array(UserIdSchema),
+          names: z
+            .record(z.string(), z.string())
+            .optional()
+            .openapi({ description: "Display names the first participants set (user id → name)." }),
+        }),
         lastMessage: z
           .object({
             id: z.string(),
             author: UserIdSchema,
+            authorName: z.string().optional(),
             text: z.string(),
             deleted: z.boolean(),
             at: z.number(),

@@ -3,6 +3,7 @@ import {
   type ChangeEvent,
   type ConversationId,
   type ConversationKind,
+  displayNameOf,
   getConversation,
   getMessage,
   listParticipants,
@@ -20,13 +21,15 @@ import type * as Y from "yjs"
  * Who made a change. `bot` is a write a hook made through its context (as
  * `user`, from the hook module `hook`); `relay` is the relay's own bookkeeping;
  * `unknown` marks events re-derived after a crash for changes whose writer the
- * log does not record (see HOOKS.md, "Delivery guarantees").
+ * log does not record (see HOOKS.md, "Delivery guarantees"). `name` is the
+ * acting user's display name from their profile in the conversation, as it is
+ * right after the change (absent when they set none).
  */
 export type HookActor =
-  | { readonly kind: "user"; readonly user: UserId }
-  | { readonly kind: "bot"; readonly user: UserId; readonly hook: string }
+  | { readonly kind: "user"; readonly user: UserId; readonly name?: string }
+  | { readonly kind: "bot"; readonly user: UserId; readonly hook: string; readonly name?: string }
   /** An API key's service; `user` is the participant it wrote as (its own `service.<name>`, or a user it acts for). */
-  | { readonly kind: "service"; readonly subject: string; readonly user?: UserId }
+  | { readonly kind: "service"; readonly subject: string; readonly user?: UserId; readonly name?: string }
   | { readonly kind: "relay" }
   | { readonly kind: "unknown" }
 
@@ -168,7 +171,8 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
   if (!conversation) return []
   const newId = input.newId ?? newEventId
   const out: HookEvent[] = []
-  const push = <T extends HookEventType>(type: T, subject: HookSubjects[T], actor = input.actor) => {
+  const named = withName(input.actor, input.doc)
+  const push = <T extends HookEventType>(type: T, subject: HookSubjects[T], actor = named) => {
     const event: HookEventHeader<T> = {
       id: newId(input.now),
       type,
@@ -230,11 +234,19 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
         push(change.type, { user: change.user, upTo: change.upTo })
         break
       case "messages.sequenced":
+      case "profile.updated":
         break
     }
   }
   push("document.updated", { changes: toJson(input.changes), positions: input.positions })
   return out
+}
+
+/** `actor` with the display name its user has in `doc`, when there is a user and they set one. */
+export function withName(actor: HookActor, doc: Y.Doc): HookActor {
+  if (actor.kind === "relay" || actor.kind === "unknown" || actor.user === undefined) return actor
+  const name = displayNameOf(doc, actor.user)
+  return name === undefined ? actor : { ...actor, name }
 }
 
 /**

@@ -29,6 +29,7 @@ import {
   type HookEvent,
   type HookEventType,
   newEventId,
+  withName,
   writerNamedBy,
 } from "./events.js"
 import { hookConversations } from "./hook-conversations.js"
@@ -342,7 +343,7 @@ export class HookRuntime {
         type: "typing.started",
         time: now,
         conversationId: id,
-        actor: { kind: "user", user },
+        actor: withName({ kind: "user", user }, doc),
       },
       subject: { user },
       conversation,

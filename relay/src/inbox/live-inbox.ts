@@ -28,6 +28,8 @@ const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
   "message.deleted",
   "messages.read",
   "messages.sequenced",
+  // The last message's author's display name is in the preview.
+  "profile.updated",
 ])
 
 /**

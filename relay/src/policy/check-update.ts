@@ -10,6 +10,7 @@ import {
   canReact,
   canRemoveParticipant,
   canSendMessage,
+  canSetProfile,
   canUnpinMessage,
   canUpdateConversation,
   canWrite,
@@ -20,6 +21,7 @@ import {
   checkMarker,
   checkMetadata,
   checkParticipantRecord,
+  checkProfileRecord,
   checkSequenceRecord,
   checkStoredRecord,
   checkUnpinRecord,
@@ -217,6 +219,7 @@ class UpdateCheck {
     this.checkPins(byRoot(TopLevel.pins))
     this.checkMarkers(byRoot(TopLevel.read))
     this.checkMarkers(byRoot(TopLevel.delivered))
+    this.checkProfiles(byRoot(TopLevel.profiles))
     return { allowed: true, newBindings }
   }
 
@@ -744,6 +747,19 @@ class UpdateCheck {
         if (this.isRelay) continue
         const before = change.before === ABSENT ? undefined : (change.before as number)
         assert(canMoveMarker(this.actor!, this.role, change.key as UserId, before, after as number))
+      }
+    }
+  }
+
+  /** Profiles: each participant sets or removes only their own entry, well-formed and bounded. */
+  private checkProfiles(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      if (!isUserId(change.key)) refuse(Rule.schema, "profile key invalid")
+      for (const after of change.after) {
+        // The relay removes an erased user's entry (eraseAuthor).
+        if (this.isRelay) continue
+        if (after !== ABSENT) schema(checkProfileRecord(after))
+        assert(canSetProfile(this.actor!, this.role, change.key as UserId))
       }
     }
   }

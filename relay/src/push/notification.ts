@@ -36,8 +36,9 @@ function clip(text: string, max: number): string {
 /**
  * The notification of a `message.sent` event for one recipient with `badge`
  * unread messages; undefined for a message not worth a notification (deleted, or a system message).
- * The sender's name is their user id: the relay keeps no profiles (a hook
- * may rewrite it with a display name).
+ * The sender's name is their display name in the conversation (their
+ * profile entry, shared README "Profiles"), or their user id when they set
+ * none; a hook may still rewrite it.
  */
 export function notificationFor(
   event: HookEvent<"message.sent">,
@@ -46,7 +47,7 @@ export function notificationFor(
   const { message } = event.subject
   // System messages (joins, renames) are not worth waking a phone for.
   if (message.deleted || message.type === "system") return undefined
-  const sender = { id: message.author, name: message.author }
+  const sender = { id: message.author, name: message.authorName ?? message.author }
   return {
     title: clip(event.conversation.title || sender.name, TITLE_CHARS),
     body: clip(message.body, PUSH_PREVIEW_CHARS),

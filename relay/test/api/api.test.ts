@@ -1,5 +1,14 @@
 import { readFileSync } from "node:fs"
-import { getMessage, inboxDocumentName, listInbox, type MessageId } from "@parley/shared"
+import {
+  getMessage,
+  inboxDocumentName,
+  listInbox,
+  type MessageId,
+  profileRecord,
+  sendMessage,
+  setProfile,
+  type UserId,
+} from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { docUntil, stockProvider, synced } from "../helpers/clients.js"
@@ -234,6 +243,44 @@ describe("HTTP API against a relay process", () => {
       await synced(own)
       expect((await reader("GET", "/v1/users/alice/conversations")).body.total).toBe(listInbox(inbox).length)
       own.destroy()
+    } finally {
+      provider.destroy()
+    }
+  })
+
+  it("shows the display names participants set, on messages, the conversation and inbox previews", async () => {
+    await full("POST", "/v1/conversations", {
+      id: "g~api-profiles",
+      participants: [{ user: "alice" }, { user: "bob" }],
+    })
+    const doc = new Y.Doc()
+    const provider = stockProvider(relay.url, "g~api-profiles", await relay.token("alice"), doc)
+    try {
+      await synced(provider)
+      setProfile(
+        doc,
+        "alice" as UserId,
+        profileRecord({ name: "Alice", picture: "https://example.com/a.png" }),
+      )
+      sendMessage(doc, "alice" as UserId, { body: "named" })
+      await expect
+        .poll(async () => (await reader("GET", "/v1/conversations/g~api-profiles/messages")).body.messages, {
+          timeout: 10_000,
+        })
+        .toMatchObject([{ body: "named", authorName: "Alice", authorPicture: "https://example.com/a.png" }])
+      const conversation = await reader("GET", "/v1/conversations/g~api-profiles")
+      expect(conversation.body.profiles).toEqual([
+        { user: "alice", name: "Alice", picture: "https://example.com/a.png", named: true },
+      ])
+      await expect
+        .poll(
+          async () =>
+            (await reader("GET", "/v1/users/bob/conversations")).body.conversations.find(
+              (c: { conversationId: string }) => c.conversationId === "g~api-profiles",
+            )?.lastMessage,
+          { timeout: 10_000 },
+        )
+        .toMatchObject({ author: "alice", authorName: "Alice", text: "named" })
     } finally {
       provider.destroy()
     }

@@ -6,6 +6,7 @@ import {
   checkFleetingSeconds,
   checkMarker,
   checkParticipantRecord,
+  checkProfileRecord,
   checkSequenceRecord,
   checkStoredRecord,
   createConversation,
@@ -128,6 +129,10 @@ export function assertInvariants(doc: Y.Doc): void {
     if (problem) fail(`participant ${key}: ${problem}`)
   }
   for (const [key, edit] of t.edits) if (checkEditRecord(edit)) fail(`edit ${key}`)
+  for (const [key, profile] of t.profiles) {
+    const problem = checkProfileRecord(profile)
+    if (problem) fail(`profile ${key}: ${problem}`)
+  }
   for (const key of t.reactions.keys()) if (!parseReactionKey(key)) fail(`reaction key ${key}`)
   for (const value of t.order) if (checkSequenceRecord(value)) fail(`order ${value}`)
   const last = messageIndex(doc).lastSequence()

@@ -10,11 +10,13 @@ import {
   markRead,
   messageIndex,
   nextFromDocument,
+  profileRecord,
   react,
   reactionKey,
   removeParticipants,
   renameConversation,
   sendMessage,
+  setProfile,
   typesOf,
   type UserId,
 } from "@parley/shared"
@@ -53,7 +55,18 @@ function prng(seed: number) {
 }
 
 const USERS: readonly UserId[] = [alice, bob, carol, dave, erin]
-const ROOTS = ["meta", "participants", "messages", "edits", "reactions", "read", "delivered", "order", "evil"]
+const ROOTS = [
+  "meta",
+  "participants",
+  "messages",
+  "edits",
+  "reactions",
+  "read",
+  "delivered",
+  "order",
+  "profiles",
+  "evil",
+]
 
 type Rng = ReturnType<typeof prng>
 
@@ -75,11 +88,13 @@ function randomChange(rng: Rng, doc: Y.Doc, actor: UserId): void {
       { id: `fz${rng.int(1e9)}aaaaaa`, author: someone(), body: "y", createdAt: 4 },
       { id: id(), author: someone(), createdAt: 2, deletedAt: 5, deletedBy: someone() },
       "1:abcdefgh",
+      { name: "n", picture: "", updatedAt: 1 },
+      { name: "n", picture: "javascript:x", updatedAt: 1 },
       [1, 2],
       { nested: { deep: true } },
     ])
   try {
-    switch (rng.int(18)) {
+    switch (rng.int(19)) {
       case 0:
       case 1:
         sendMessage(doc, someone(), { body: "fuzz ".repeat(rng.int(5)) })
@@ -139,6 +154,9 @@ function randomChange(rng: Rng, doc: Y.Doc, actor: UserId): void {
         break
       case 16:
         t.order.push([`${rng.int(30) + 1}:${id()}`])
+        break
+      case 17:
+        setProfile(doc, someone(), profileRecord({ name: `name ${rng.int(100)}` }))
         break
       default:
         doc.clientID = rng.int(4) === 0 ? 1 + rng.int(3) : doc.clientID
@@ -209,7 +227,13 @@ describe("fuzzing the update checker", () => {
           if (result.allowed) {
             accepted++
             s.bindings.bind(result.newBindings ?? [])
+            const before = typesOf(s.relay).profiles.toJSON() as Record<string, unknown>
             Y.applyUpdate(s.relay, update)
+            // Rule own-profile: an accepted update changed no profile entry but its sender's.
+            const after = typesOf(s.relay).profiles.toJSON() as Record<string, unknown>
+            for (const key of new Set([...Object.keys(before), ...Object.keys(after)]))
+              if (JSON.stringify(before[key]) !== JSON.stringify(after[key]))
+                expect(key, "a profile entry changed by someone else").toBe(actor)
             assignSequenceNumbers(s.relay, nextFromDocument(s.relay))
             assertInvariants(s.relay)
           }
