@@ -2,6 +2,10 @@ import {
   type Attachment,
   addParticipants,
   allMarkers,
+  assertAllowed,
+  assertValid,
+  canSendMessage,
+  checkMessageRecord,
   type ChangeEvent,
   type ConversationId,
   type ConversationInfo,
@@ -30,6 +34,7 @@ import {
   markersOf,
   markRead,
   messageIndex,
+  newMessageId,
   observeChanges,
   ParleyError,
   type Participant,
@@ -61,6 +66,7 @@ import {
 } from "@parley/shared"
 import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
+import type { ConversationUploads, UploadEvent, UploadState } from "./attachments/conversation-uploads.js"
 import type { DocumentConnection } from "./connection.js"
 import { Emitter } from "./emitter.js"
 import type { SegmentCache } from "./history-cache.js"
@@ -81,6 +87,8 @@ export interface ChatMessage extends MessageView {
   readonly status?: MessageStatus
   /** Why the relay refused it, when `status` is `failed`. */
   readonly error?: ParleyError
+  /** Present while the message waits for its files to upload (or failed to): the local files and progress. */
+  readonly upload?: UploadState
 }
 
 /** Options of {@link Conversation.send}. */
@@ -93,6 +101,17 @@ export interface SendOptions {
   readonly type?: string
 }
 
+/** What {@link Conversation.send} takes: the body, and files to upload (File or Blob objects). */
+export interface SendInput extends SendOptions {
+  readonly body: string
+  /**
+   * Files to upload through the relay before the message is written (kept on
+   * this device meanwhile, so this works offline and across reloads). Links
+   * and object references go in `attachments`: they need no upload.
+   */
+  readonly files?: readonly Blob[]
+}
+
 /** Events of a {@link Conversation}, one payload object each. */
 export interface ConversationEvents {
   /** The conversation's state (or, when ready, its fields) changed. */
@@ -103,6 +122,8 @@ export interface ConversationEvents {
   status: { messageId: MessageId; status: MessageStatus; error?: ParleyError }
   /** The number of unread messages changed. */
   unread: { count: number }
+  /** The files of one of the user's messages moved: queued, uploading (bytes `loaded` of `total`), failed, written or discarded. */
+  upload: UploadEvent
   /** The set of other users typing changed. */
   typing: { users: readonly UserId[] }
   /** Someone's presence in this conversation changed (online, away, offline). */
@@ -140,6 +161,8 @@ export interface ConversationParts {
   readonly segments: SegmentCache
   /** The user's own presence settings (shared by all their conversations). */
   readonly presence: PresenceSettings
+  /** The user's messages of this conversation waiting for file uploads (absent: sending files is refused). */
+  readonly uploads?: ConversationUploads
 }
 
 const isMarker = (e: ChangeEvent): e is Extract<ChangeEvent, { user: UserId; upTo: number }> =>
@@ -229,6 +252,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.settle()
       if (parts.online()) this.connection.start()
     })
+    this.attachUploads()
   }
 
   /** The conversation's Yjs document, for those who want it; nothing ordinary requires it. A resync replaces it. */
@@ -303,9 +327,10 @@ export class Conversation extends Emitter<ConversationEvents> {
     }
     doc.on("afterTransactionCleanup", onCleanup)
     connection.on("diverged", ({ error }) => diverge(error))
-    connection.on("status", () => {
+    connection.on("status", ({ status }) => {
       this.settle()
       this.parts.onStatus()
+      if (status === "online") this.parts.uploads?.wake()
     })
     connection.on("saved", ({ stateVector }) => {
       if (diverged) return
@@ -424,13 +449,35 @@ export class Conversation extends Emitter<ConversationEvents> {
   /**
    * Sends a message. It is written to the local replica at once (status
    * `pending`) and returned with its id; it reaches the relay when online.
+   *
+   * With `files` (`send({ body, files })`), the files are kept on this device
+   * and uploaded when the relay is reachable (`upload` events report
+   * progress); the message, its id fixed now, is written once they all are,
+   * with the relay's attachment records. Meanwhile it is listed as `pending`
+   * with `upload` (its local files). A refused upload marks it `failed`;
+   * see {@link retry} and {@link discard}.
    */
-  send(body: string, options: SendOptions = {}): ChatMessage {
-    const view = this.write(() => sendMessage(this.doc, this.user, { body, ...options }, { origin: LOCAL }))
+  send(input: string | SendInput, options: SendOptions = {}): ChatMessage {
+    const { body, files, ...rest } = typeof input === "string" ? { ...options, body: input } : input
+    if (files && files.length > 0) return this.sendWithFiles(body, files, rest)
+    const view = this.write(() => sendMessage(this.doc, this.user, { body, ...rest }, { origin: LOCAL }))
     this.typingIndicator.stop()
     this.parts.presence.activity()
     this.track(view.id)
     return this.decorate(view)
+  }
+
+  /**
+   * Sends again a message whose upload failed: with the files the relay
+   * has; those it refused, or whose bytes were freed by the failure, are left out.
+   */
+  retry(id: MessageId | string): void {
+    this.uploadsOrThrow().retry(parseMessageId(id))
+  }
+
+  /** Drops a message that waits for its uploads (or failed to upload), with the files kept for it. */
+  discard(id: MessageId | string): void {
+    this.uploadsOrThrow().discard(parseMessageId(id))
   }
 
   /** Replaces the body of one of the user's messages. */
@@ -455,8 +502,9 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** One message, or undefined when this replica does not have it. */
   message(id: MessageId | string): ChatMessage | undefined {
-    const view = getMessage(this.doc, parseMessageId(id))
-    return view && this.decorate(view)
+    const messageId = parseMessageId(id)
+    const view = getMessage(this.doc, messageId)
+    return view ? this.decorate(view) : this.parts.uploads?.view(messageId)
   }
 
   // ---- sealed history ----
@@ -616,7 +664,11 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** A window of messages in canonical order: `{ last: n }`, or `before` / `after` / `around` an id. */
   messages(window: MessageWindow = { last: 50 }): ChatMessage[] {
-    return listMessages(this.doc, window).map((view) => this.decorate(view))
+    const listed: ChatMessage[] = listMessages(this.doc, window).map((view) => this.decorate(view))
+    if (!("last" in window)) return listed
+    // Messages waiting for uploads are the newest the user sees: at the end of a window that reaches the end.
+    const waiting = this.parts.uploads?.pending()
+    return waiting?.length ? [...listed, ...waiting].slice(-window.last) : listed
   }
 
   /**
@@ -645,7 +697,10 @@ export class Conversation extends Emitter<ConversationEvents> {
   /** The status of one of the user's messages (undefined for others' messages). */
   status(id: MessageId | string): MessageStatus | undefined {
     const messageId = parseMessageId(id)
-    return this.statuses.status(messageId) ?? (this.lost.has(messageId) ? "failed" : undefined)
+    return (
+      this.statuses.status(messageId) ??
+      (this.lost.has(messageId) ? "failed" : this.parts.uploads?.view(messageId)?.status)
+    )
   }
 
   /**
@@ -711,6 +766,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.closed = true
     this.closing.abort()
     clearTimeout(this.deliveredTimer)
+    this.parts.uploads?.close()
     const gen = this.gen
     // Closing never throws: whatever one part fails with, the others are still released.
     const release = async (step: () => unknown) => {
@@ -728,6 +784,79 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   // ---- internals ----
+
+  /** Sending with files: checked now (as a write would be), then queued for upload. */
+  private sendWithFiles(body: string, files: readonly Blob[], options: SendOptions): ChatMessage {
+    const uploads = this.uploadsOrThrow()
+    const view = this.write(() => {
+      assertAllowed(canSendMessage(this.user, this.role, this.user))
+      // Refuse now what the write after the uploads would refuse (body, metadata): not after uploading.
+      assertValid(checkMessageRecord, {
+        id: newMessageId(),
+        author: this.user,
+        body,
+        createdAt: this.parts.clock(),
+        ...(options.type !== undefined && options.type !== "text" ? { type: options.type } : {}),
+        ...(options.replyTo !== undefined ? { replyTo: options.replyTo } : {}),
+        ...(options.attachments?.length ? { attachments: options.attachments } : {}),
+        ...(options.metadata && Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {}),
+        ...(options.priority !== undefined && options.priority !== "normal" ? { priority: options.priority } : {}),
+      })
+      return uploads.add({ body, files, ...options })
+    })
+    this.typingIndicator.stop()
+    this.parts.presence.activity()
+    return view
+  }
+
+  private uploadsOrThrow(): ConversationUploads {
+    const uploads = this.parts.uploads
+    if (!uploads) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "this client cannot upload files")
+    return uploads
+  }
+
+  /** Lends the uploads this conversation's replica: they write the message once its files are up. */
+  private attachUploads(): void {
+    const uploads = this.parts.uploads
+    if (!uploads) return
+    uploads.attach({
+      ready: () => !this.closed && this.current.state === "ready",
+      online: () => !this.closed && this.connection.status === "online",
+      write: (entry, attachments) => {
+        this.write(() =>
+          sendMessage(
+            this.doc,
+            this.user,
+            {
+              id: entry.messageId,
+              body: entry.body,
+              attachments,
+              ...(entry.type !== undefined ? { type: entry.type } : {}),
+              ...(entry.replyTo !== undefined ? { replyTo: entry.replyTo } : {}),
+              ...(entry.metadata !== undefined ? { metadata: entry.metadata } : {}),
+              ...(entry.priority !== undefined ? { priority: entry.priority } : {}),
+            },
+            { origin: LOCAL },
+          ),
+        )
+        this.track(entry.messageId)
+      },
+      status: (id) => this.statuses.status(id) ?? (this.lost.has(id) ? "failed" : undefined),
+      changed: (event) => {
+        this.emit("upload", event)
+        if (event.phase === "failed")
+          this.emit("status", {
+            messageId: event.messageId,
+            status: "failed",
+            ...(event.error ? { error: event.error } : {}),
+          })
+      },
+    })
+    this.on("status", () => uploads.settleWritten())
+    this.on("state", ({ state }) => {
+      if (state.state === "ready") uploads.wake()
+    })
+  }
 
   private write<T>(operation: () => T): T {
     if (this.closed) throw new ParleyError(ErrorCode.UNAVAILABLE, "this conversation handle is closed")

@@ -41,6 +41,14 @@ export {
   ParleyError,
   Rule,
 } from "@parley/shared"
+export type { AttachmentVariant } from "./attachments/attachment-urls.js"
+export type {
+  LocalFile,
+  UploadEvent,
+  UploadPhase,
+  UploadRetryOptions,
+  UploadState,
+} from "./attachments/conversation-uploads.js"
 export {
   type ChatClient,
   type ChatClientEvents,
@@ -62,6 +70,7 @@ export type {
   Conversation,
   ConversationEvents,
   ConversationState,
+  SendInput,
   SendOptions,
 } from "./conversation.js"
 export type { Listener } from "./emitter.js"
