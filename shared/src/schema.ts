@@ -111,14 +111,77 @@ export interface ParticipantRecord {
   readonly addedAt: number
 }
 
-/** A reference to an attachment whose bytes live elsewhere (object store, CDN). */
-export interface Attachment {
+/** A thumbnail the relay made for an uploaded image, so a list can lay out before the image loads. */
+export interface AttachmentThumbnail {
+  readonly url: string
+  readonly width: number
+  readonly height: number
+}
+
+/**
+ * A file: either uploaded through the relay (`id` is the relay's attachment id,
+ * `url` is `/v1/attachments/{id}`) or hosted elsewhere (`url` absolute, no `id`).
+ * `kind` is optional so records written before attachment kinds existed stay valid.
+ */
+export interface FileAttachment {
+  readonly kind?: "file"
+  readonly id?: string
   readonly url: string
   readonly name?: string
   readonly mimeType?: string
   readonly size?: number
   readonly width?: number
   readonly height?: number
+  readonly thumbnail?: AttachmentThumbnail
+}
+
+/** A link; `title` and `description` come from the relay's link preview when it is enabled. */
+export interface LinkAttachment {
+  readonly kind: "link"
+  readonly url: string
+  readonly title?: string
+  readonly description?: string
+}
+
+/** A reference to a record of the app's own (an order, a ticket): its type and id, never fetched. */
+export interface ObjectAttachment {
+  readonly kind: "object"
+  readonly objectType: string
+  readonly objectId: string
+  readonly title?: string
+}
+
+/** What a message carries besides its body: a file, a link or an object reference. */
+export type Attachment = FileAttachment | LinkAttachment | ObjectAttachment
+
+/** Prefix of the relay's attachment ids (`att_` + 26 base32 characters). */
+export const ATTACHMENT_ID_PREFIX = "att_"
+
+const ATTACHMENT_ID = /^att_[0-9a-hjkmnp-tv-z]{26}$/
+
+/** True for an id the relay gives an uploaded attachment. */
+export const isAttachmentId = (value: unknown): value is string =>
+  typeof value === "string" && ATTACHMENT_ID.test(value)
+
+const BASE32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+/** A new attachment id: `att_` and 26 lowercase Crockford base32 characters (130 random bits). */
+export function newAttachmentId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(26))
+  let id = ATTACHMENT_ID_PREFIX
+  for (const byte of bytes) id += BASE32[byte & 31]
+  return id
+}
+
+/** Ids of the relay-uploaded attachments a message record references (to delete their blobs). */
+export function uploadedAttachmentIds(attachments: readonly unknown[] | undefined): string[] {
+  const ids: string[] = []
+  for (const a of attachments ?? []) {
+    if (typeof a !== "object" || a === null) continue
+    const { kind, id } = a as { kind?: unknown; id?: unknown }
+    if ((kind === undefined || kind === "file") && isAttachmentId(id)) ids.push(id)
+  }
+  return ids
 }
 
 /**
@@ -185,6 +248,9 @@ export const Limits = {
   attachments: 10,
   urlLength: 2_048,
   attachmentNameLength: 255,
+  attachmentTitleLength: 300,
+  attachmentDescriptionLength: 1_000,
+  objectReferenceLength: 128,
   emojiLength: 32,
   participants: 1_000,
 } as const

@@ -1,6 +1,6 @@
 import { ErrorCode, ParleyError } from "./errors.js"
 import { isMessageId, isUserId } from "./ids.js"
-import { decodeSequenceRecord, decodeStoredRecord, Limits, StoredKey } from "./schema.js"
+import { decodeSequenceRecord, decodeStoredRecord, isAttachmentId, Limits, StoredKey } from "./schema.js"
 
 /**
  * Validators for everything a writer puts into a conversation document. They
@@ -29,22 +29,74 @@ export const checkMetadata: Check = (v) => {
   return undefined
 }
 
-/** Checks an attachment reference. */
-export const checkAttachment: Check = (v) => {
-  if (!isRecord(v)) return "attachment must be an object"
-  const extra = onlyKeys(v, ["url", "name", "mimeType", "size", "width", "height"])
+const isSize = (v: unknown) => Number.isInteger(v) && (v as number) >= 0
+const isHttpUrl = (v: string) => /^https?:\/\/[^\s]+$/i.test(v)
+const optionalText = (v: unknown, max: number) =>
+  v === undefined || (typeof v === "string" && v.length <= max)
+
+function checkThumbnail(v: unknown): string | undefined {
+  if (!isRecord(v)) return "attachment thumbnail must be an object"
+  const extra = onlyKeys(v, ["url", "width", "height"])
+  if (extra) return `attachment thumbnail: ${extra}`
+  if (typeof v.url !== "string" || v.url.length === 0 || v.url.length > Limits.urlLength)
+    return "attachment thumbnail url invalid"
+  if (!isSize(v.width) || !isSize(v.height)) return "attachment thumbnail size invalid"
+  return undefined
+}
+
+function checkFileAttachment(v: Record<string, unknown>): string | undefined {
+  const extra = onlyKeys(v, ["kind", "id", "url", "name", "mimeType", "size", "width", "height", "thumbnail"])
   if (extra) return extra
   if (typeof v.url !== "string" || v.url.length === 0 || v.url.length > Limits.urlLength)
     return "attachment url invalid"
-  if (v.name !== undefined && (typeof v.name !== "string" || v.name.length > Limits.attachmentNameLength))
-    return "attachment name invalid"
-  if (v.mimeType !== undefined && (typeof v.mimeType !== "string" || v.mimeType.length > 255))
-    return "attachment mimeType invalid"
+  if (v.id !== undefined && !isAttachmentId(v.id)) return "attachment id invalid"
+  if (!optionalText(v.name, Limits.attachmentNameLength)) return "attachment name invalid"
+  if (!optionalText(v.mimeType, 255)) return "attachment mimeType invalid"
   for (const k of ["size", "width", "height"] as const) {
-    if (v[k] !== undefined && !(Number.isInteger(v[k]) && (v[k] as number) >= 0))
-      return `attachment ${k} invalid`
+    if (v[k] !== undefined && !isSize(v[k])) return `attachment ${k} invalid`
   }
+  return v.thumbnail === undefined ? undefined : checkThumbnail(v.thumbnail)
+}
+
+function checkLinkAttachment(v: Record<string, unknown>): string | undefined {
+  const extra = onlyKeys(v, ["kind", "url", "title", "description"])
+  if (extra) return extra
+  if (typeof v.url !== "string" || v.url.length > Limits.urlLength || !isHttpUrl(v.url))
+    return "link url must be an http(s) URL"
+  if (!optionalText(v.title, Limits.attachmentTitleLength)) return "link title invalid"
+  if (!optionalText(v.description, Limits.attachmentDescriptionLength)) return "link description invalid"
   return undefined
+}
+
+function checkObjectAttachment(v: Record<string, unknown>): string | undefined {
+  const extra = onlyKeys(v, ["kind", "objectType", "objectId", "title"])
+  if (extra) return extra
+  for (const k of ["objectType", "objectId"] as const) {
+    const value = v[k]
+    if (typeof value !== "string" || value.length === 0 || value.length > Limits.objectReferenceLength)
+      return `object ${k} invalid`
+  }
+  if (!optionalText(v.title, Limits.attachmentTitleLength)) return "object title invalid"
+  return undefined
+}
+
+/**
+ * Checks an attachment: a file (no `kind` or `"file"`, as records written before
+ * kinds existed), a link or an object reference, each with exactly its own keys.
+ */
+export const checkAttachment: Check = (v) => {
+  if (!isRecord(v)) return "attachment must be an object"
+  switch (v.kind) {
+    case undefined:
+    case "file":
+      return checkFileAttachment(v)
+    case "link":
+      return checkLinkAttachment(v)
+    case "object":
+      return checkObjectAttachment(v)
+    default:
+      return "attachment kind invalid"
+  }
 }
 
 const STORED_MESSAGE_KEYS: readonly string[] = [

@@ -13,7 +13,7 @@ import { SqliteBackend } from "./sqlite.js"
 import type { Backend } from "./types.js"
 
 export { MemoryBackend } from "./memory.js"
-export { CATALOG_FILE, LEGACY_FILES, SQLITE_FILE, SqliteBackend } from "./sqlite.js"
+export { BLOBS_DIR, CATALOG_FILE, LEGACY_FILES, SQLITE_FILE, SqliteBackend } from "./sqlite.js"
 export type { Backend } from "./types.js"
 
 /** Which backend to open, and where it keeps its data. */
@@ -78,6 +78,8 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
       options.timeoutMs,
       "push subscriptions",
     ),
+    // Not behind deadlines: a download streams for as long as the client reads.
+    blobs: backend.blobs,
     close: () => backend.close(),
   }
 }

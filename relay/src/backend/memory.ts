@@ -1,4 +1,5 @@
 import { MemoryApiKeyStore } from "../api/keys.js"
+import { MemoryBlobStore } from "../attachments/memory-blob-store.js"
 import { MemoryHistoryStore } from "../history/store.js"
 import { MemoryEventLog } from "../hooks/memory-event-log.js"
 import { MemoryOutbox } from "../hooks/outbox.js"
@@ -17,6 +18,7 @@ export class MemoryBackend implements Backend {
   readonly history = new MemoryHistoryStore()
   readonly keys = new MemoryApiKeyStore()
   readonly pushSubscriptions = new MemoryPushSubscriptionStore()
+  readonly blobs = new MemoryBlobStore()
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
   constructor(data: MemoryData = { documents: new Map(), catalog: new Map() }) {

@@ -1,5 +1,6 @@
 import type pg from "pg"
 import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
+import { BLOBS_SCHEMA, PostgresBlobStore } from "../attachments/postgres-blob-store.js"
 import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
 import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
@@ -36,6 +37,7 @@ export class PostgresBackend implements Backend {
   readonly keys: PostgresApiKeyStore
   readonly purge: PostgresContentPurge
   readonly pushSubscriptions: PostgresPushSubscriptionStore
+  readonly blobs: PostgresBlobStore
   private closed = false
 
   private constructor(private readonly pool: pg.Pool) {
@@ -47,6 +49,7 @@ export class PostgresBackend implements Backend {
     this.keys = new PostgresApiKeyStore(pool)
     this.purge = new PostgresContentPurge(pool)
     this.pushSubscriptions = new PostgresPushSubscriptionStore(pool)
+    this.blobs = new PostgresBlobStore(pool)
   }
 
   /** Connects to `url` and creates the tables if needed. */
@@ -63,6 +66,7 @@ export class PostgresBackend implements Backend {
         POSTGRES_HISTORY_SCHEMA,
         API_KEYS_SCHEMA,
         PUSH_SUBSCRIPTIONS_SCHEMA,
+        BLOBS_SCHEMA,
       ].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),

@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import Database from "better-sqlite3"
 import { SqliteApiKeyStore } from "../api/key-stores.js"
+import { FsBlobStore } from "../attachments/fs-blob-store.js"
 import { SqliteHistoryStore } from "../history/store.js"
 import { SqliteEventLog } from "../hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
@@ -15,6 +16,8 @@ import type { Backend } from "./types.js"
 export const SQLITE_FILE = "parley.sqlite"
 /** The document catalog inside the data directory, a file of its own (see {@link SqliteBackend}). */
 export const CATALOG_FILE = "catalog.sqlite"
+/** Attachment blobs inside the data directory (see {@link FsBlobStore}). */
+export const BLOBS_DIR = "blobs"
 
 /**
  * Files of earlier versions, each with the tables it held: a backend opening
@@ -47,6 +50,7 @@ export class SqliteBackend implements Backend {
   readonly keys: SqliteApiKeyStore
   readonly purge: SqliteContentPurge
   readonly pushSubscriptions: SqlitePushSubscriptionStore
+  readonly blobs: FsBlobStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
 
@@ -78,6 +82,7 @@ export class SqliteBackend implements Backend {
       this.keys = new SqliteApiKeyStore(this.db)
       this.purge = new SqliteContentPurge(this.db)
       this.pushSubscriptions = new SqlitePushSubscriptionStore(this.db)
+      this.blobs = new FsBlobStore(join(dataDir, BLOBS_DIR))
       this.adoptLegacyFiles()
     } catch (error) {
       this.db.close()

@@ -1,4 +1,5 @@
 import type { ApiKeyStore } from "../api/keys.js"
+import type { BlobStore } from "../attachments/blob-store.js"
 import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
@@ -38,6 +39,11 @@ export interface Backend {
   readonly keys: ApiKeyStore
   /** Devices' Web Push subscriptions, per user and device. */
   readonly pushSubscriptions: PushSubscriptionStore
+  /**
+   * Attachment bytes and upload sessions: files under `<data>/blobs` (sqlite),
+   * a table (postgres, shared by every relay of a cluster), memory (memory).
+   */
+  readonly blobs: BlobStore
   /**
    * Purges what deletions and erasures leave outside the documents (hook
    * events, segments, the files' free pages); absent in a backend that keeps

@@ -1,5 +1,6 @@
 import type pg from "pg"
 import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
+import { BLOBS_SCHEMA, PostgresBlobStore } from "../attachments/postgres-blob-store.js"
 import type { Backend } from "../backend/types.js"
 import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
 import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
@@ -43,6 +44,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
       POSTGRES_HISTORY_SCHEMA,
       API_KEYS_SCHEMA,
       PUSH_SUBSCRIPTIONS_SCHEMA,
+      BLOBS_SCHEMA,
       FENCES_SCHEMA,
     ].join("\n"),
     onIdleError: options.onIdleError ?? (() => {}),
@@ -71,6 +73,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
     // Purges of hook events and segments are the owner's, in its update path like the rest.
     purge: new PostgresContentPurge(pool),
     pushSubscriptions: new PostgresPushSubscriptionStore(pool),
+    blobs: new PostgresBlobStore(pool),
     close: async () => {
       if (closed) return
       closed = true
