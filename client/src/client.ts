@@ -17,7 +17,7 @@ import {
 } from "@parley/shared"
 import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
-import { type AttachmentVariant, AttachmentUrls } from "./attachments/attachment-urls.js"
+import { AttachmentUrls, type AttachmentVariant } from "./attachments/attachment-urls.js"
 import { ConversationUploads, type UploadRetryOptions } from "./attachments/conversation-uploads.js"
 import type { RelayHttp } from "./attachments/http.js"
 import { type OutboxStore, openOutboxStore } from "./attachments/outbox-store.js"
@@ -486,7 +486,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   }
 
   /** The URL {@link attachmentUrl} would give, when it has a fresh one cached (no request); else undefined. */
-  cachedAttachmentUrl(attachment: Attachment | string, variant: AttachmentVariant = "file"): string | undefined {
+  cachedAttachmentUrl(
+    attachment: Attachment | string,
+    variant: AttachmentVariant = "file",
+  ): string | undefined {
     return this.attachmentUrls.cached(attachment, variant)
   }
 

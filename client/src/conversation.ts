@@ -4,12 +4,12 @@ import {
   allMarkers,
   assertAllowed,
   assertValid,
-  canSendMessage,
-  checkMessageRecord,
   type ChangeEvent,
   type ConversationId,
   type ConversationInfo,
+  canSendMessage,
   changeRole,
+  checkMessageRecord,
   decodeSegment,
   deleteConversation,
   deleteMessage,
@@ -799,8 +799,12 @@ export class Conversation extends Emitter<ConversationEvents> {
         ...(options.type !== undefined && options.type !== "text" ? { type: options.type } : {}),
         ...(options.replyTo !== undefined ? { replyTo: options.replyTo } : {}),
         ...(options.attachments?.length ? { attachments: options.attachments } : {}),
-        ...(options.metadata && Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {}),
-        ...(options.priority !== undefined && options.priority !== "normal" ? { priority: options.priority } : {}),
+        ...(options.metadata && Object.keys(options.metadata).length > 0
+          ? { metadata: options.metadata }
+          : {}),
+        ...(options.priority !== undefined && options.priority !== "normal"
+          ? { priority: options.priority }
+          : {}),
       })
       return uploads.add({ body, files, ...options })
     })

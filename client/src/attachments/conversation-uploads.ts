@@ -154,7 +154,8 @@ export class ConversationUploads {
   constructor(private readonly deps: UploadDeps) {
     this.loaded = deps.store.list(deps.conversationId).then(
       async (entries) => {
-        for (const entry of entries) if (!this.entries.has(entry.messageId)) this.entries.set(entry.messageId, entry)
+        for (const entry of entries)
+          if (!this.entries.has(entry.messageId)) this.entries.set(entry.messageId, entry)
         await Promise.all(entries.map((entry) => this.loadPreviews(entry)))
       },
       (error: unknown) => console.error("parley: the outbox of unsent files could not be read", error),
@@ -255,7 +256,8 @@ export class ConversationUploads {
   /** Drops a waiting or failed message and its stored bytes. Throws when `id` is not one of them. */
   discard(id: MessageId): void {
     const entry = this.entries.get(id)
-    if (!entry || entry.written) throw new ParleyError(ErrorCode.NOT_FOUND, `message ${id} is not waiting for uploads`)
+    if (!entry || entry.written)
+      throw new ParleyError(ErrorCode.NOT_FOUND, `message ${id} is not waiting for uploads`)
     if (this.current?.id === id) this.current.abort.abort()
     this.entries.delete(id)
     this.forget(entry)
@@ -363,7 +365,8 @@ export class ConversationUploads {
             mimeType: file.mimeType,
             bytes,
             ...(file.uploadId !== undefined ? { uploadId: file.uploadId } : {}),
-            started: (uploadId) => this.updateFile(id, i, { uploadId }),
+            ...(file.chunkBytes !== undefined ? { chunkBytes: file.chunkBytes } : {}),
+            started: (session) => this.updateFile(id, i, session),
             progress: (loaded) => {
               this.partial.set(id, loaded)
               this.emitProgress(id, "uploading")

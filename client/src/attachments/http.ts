@@ -143,7 +143,11 @@ export const uploads = {
     if (response.status === 201 || response.status === 200) {
       const body = (await response.json()) as { attachment?: Attachment }
       if (!body.attachment)
-        throw new HttpRefusal(ErrorCode.UNAVAILABLE, "the relay finished the upload without an attachment", 502)
+        throw new HttpRefusal(
+          ErrorCode.UNAVAILABLE,
+          "the relay finished the upload without an attachment",
+          502,
+        )
       return { attachment: body.attachment }
     }
     if (!response.ok) throw await refusalOf(response)

@@ -16,6 +16,8 @@ export interface OutboxFile {
   readonly size: number
   /** The relay's upload session, once created: resumed after a reload with `HEAD`. */
   readonly uploadId?: string
+  /** The chunk size the relay gave that session. */
+  readonly chunkBytes?: number
   /** What the relay returned once the last chunk arrived. */
   readonly attachment?: Attachment
   /** The relay refused this file (413, 415): its bytes are gone, a retry sends the message without it. */
@@ -123,7 +125,9 @@ class IndexedDbOutboxStore implements OutboxStore {
   private readonly opening: Promise<IDBDatabase>
 
   constructor(name: string) {
-    this.opening = idb.openDB(name, (db) => idb.createStores(db, [[ENTRIES, { keyPath: "messageId" }], [BLOBS]]))
+    this.opening = idb.openDB(name, (db) =>
+      idb.createStores(db, [[ENTRIES, { keyPath: "messageId" }], [BLOBS]]),
+    )
     // Surfaced by each operation instead.
     this.opening.catch(() => {})
   }

@@ -12,8 +12,10 @@ export interface FileUpload {
   readonly bytes: Blob
   /** The session of an earlier attempt (after a reload), resumed from where the relay stands. */
   readonly uploadId?: string
-  /** Called with a new session id before any byte is sent to it: store it to resume after a reload. */
-  readonly started: (uploadId: string) => Promise<void> | void
+  /** The chunk size the relay gave that session (`HEAD` does not say it again). */
+  readonly chunkBytes?: number
+  /** Called with a new session before any byte is sent to it: store it to resume after a reload. */
+  readonly started: (session: { uploadId: string; chunkBytes: number }) => Promise<void> | void
   /** Bytes of this file the relay has, after each chunk. */
   readonly progress: (loaded: number) => void
   /** Stops between chunks (close, discard). */
@@ -30,7 +32,7 @@ export interface FileUpload {
 export async function uploadFile(http: RelayHttp, file: FileUpload): Promise<Attachment> {
   const size = file.bytes.size
   let uploadId = file.uploadId
-  let chunkBytes = DEFAULT_CHUNK_BYTES
+  let chunkBytes = file.chunkBytes && file.chunkBytes > 0 ? file.chunkBytes : DEFAULT_CHUNK_BYTES
   let offset = 0
   let restarted = false
   const start = async () => {
@@ -42,7 +44,7 @@ export async function uploadFile(http: RelayHttp, file: FileUpload): Promise<Att
     uploadId = session.uploadId
     chunkBytes = session.chunkBytes > 0 ? session.chunkBytes : DEFAULT_CHUNK_BYTES
     offset = session.offset
-    await file.started(session.uploadId)
+    await file.started({ uploadId: session.uploadId, chunkBytes })
   }
   const gone = (error: unknown) => error instanceof HttpRefusal && error.status === 404 && !restarted
   if (uploadId === undefined) await start()
