@@ -93,7 +93,9 @@ export class MemoryOutboxStore implements OutboxStore {
   }
   async add(entry: OutboxEntry, blobs: readonly Blob[]): Promise<void> {
     this.entries.set(entry.messageId, entry)
-    blobs.forEach((blob, i) => this.blobs.set(blobKey(entry.messageId, i), blob))
+    blobs.forEach((blob, i) => {
+      this.blobs.set(blobKey(entry.messageId, i), blob)
+    })
   }
   async update(entry: OutboxEntry): Promise<void> {
     if (this.entries.has(entry.messageId)) this.entries.set(entry.messageId, entry)
