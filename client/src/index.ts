@@ -80,6 +80,8 @@ export type { PresenceStatus, UserPresence } from "./presence.js"
 export type { BrowserPushSubscription, PushDevice, PushRegistrations, PushSubscriptionInput } from "./push.js"
 export type { StorageKind } from "./storage.js"
 export {
+  type AttachmentUrlSnapshot,
+  attachmentUrlStore,
   type ConversationSnapshot,
   connectionStatusStore,
   conversationStore,

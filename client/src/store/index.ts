@@ -1,3 +1,4 @@
+export { type AttachmentUrlSnapshot, attachmentUrlStore } from "./attachment-stores.js"
 export { connectionStatusStore, type InboxSnapshot, inboxStore } from "./client-stores.js"
 export {
   type ConversationSnapshot,
