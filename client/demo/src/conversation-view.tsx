@@ -10,6 +10,7 @@ import {
 } from "@parley/react"
 import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react"
 import { go } from "./app.js"
+import { ComposerFiles, type FileRecord, ImageViewer } from "./attachments.js"
 import { detail, explain } from "./errors.js"
 import { type MessageActions, MessageItem } from "./message-item.js"
 import { ParticipantsPanel } from "./participants-panel.js"
@@ -44,6 +45,15 @@ export function ConversationView({
   const [text, setText] = useState("")
   const [panel, setPanel] = useState(false)
   const [renaming, setRenaming] = useState<string>()
+  /** Files picked, pasted or dropped, sent with the next message. */
+  const [files, setFiles] = useState<readonly File[]>([])
+  const [viewing, setViewing] = useState<FileRecord>()
+  const [dragging, setDragging] = useState(false)
+  const picker = useRef<HTMLInputElement>(null)
+  const addFiles = useCallback((list: FileList | readonly File[] | null | undefined) => {
+    const added = [...(list ?? [])]
+    if (added.length > 0) setFiles((current) => [...current, ...added])
+  }, [])
   const scroller = useRef<HTMLDivElement>(null)
   const input = useRef<HTMLTextAreaElement>(null)
   /** Scroll height before older messages were added above: keeps what the user looks at in place. */
@@ -141,6 +151,9 @@ export function ConversationView({
           element?.classList.add("flash")
           setTimeout(() => element?.classList.remove("flash"), 1200)
         },
+        viewImage: (attachment) => setViewing(attachment),
+        retry: (message) => attempt(() => conversation.retry(message.id)),
+        discard: (message) => attempt(() => conversation.discard(message.id)),
       },
     [conversation, attempt, me],
   )
@@ -169,22 +182,46 @@ export function ConversationView({
 
   const submit = () => {
     const body = text.trim()
-    if (!body) return
+    const withFiles = mode.kind !== "edit" && files.length > 0
+    if (!body && !withFiles) return
     const ok = attempt(() => {
       if (mode.kind === "edit") conversation.edit(mode.message.id, body)
-      else conversation.send(body, mode.kind === "reply" ? { replyTo: mode.message.id } : {})
+      else
+        conversation.send({
+          body,
+          ...(withFiles ? { files } : {}),
+          ...(mode.kind === "reply" ? { replyTo: mode.message.id } : {}),
+        })
     })
     if (!ok) return
     atBottom.current = true
     setText("")
+    if (withFiles) setFiles([])
     setMode({ kind: "new" })
   }
 
   return (
+    // biome-ignore lint/a11y/noStaticElementInteractions: dropping files anywhere on the conversation attaches them; the attach button is the accessible way.
     <section
-      className={`conversation${panel ? " with-panel" : ""}`}
+      className={`conversation${panel ? " with-panel" : ""}${dragging ? " dragging" : ""}`}
       data-testid="conversation-view"
       data-conversation-id={id}
+      onDragOver={(event) => {
+        if (!event.dataTransfer.types.includes("Files") || unavailable) return
+        event.preventDefault()
+        event.dataTransfer.dropEffect = "copy"
+        setDragging(true)
+      }}
+      onDragLeave={(event) => {
+        if (!event.currentTarget.contains(event.relatedTarget as Node | null)) setDragging(false)
+      }}
+      onDrop={(event) => {
+        setDragging(false)
+        if (event.dataTransfer.files.length === 0 || unavailable) return
+        event.preventDefault()
+        addFiles(event.dataTransfer.files)
+        input.current?.focus()
+      }}
     >
       <header className="conversation-header">
         <button
@@ -338,6 +375,7 @@ export function ConversationView({
                 </button>
               </div>
             )}
+            <ComposerFiles files={files} remove={(index) => setFiles(files.filter((_, i) => i !== index))} />
             <form
               className="composer-form"
               onSubmit={(event) => {
@@ -345,8 +383,35 @@ export function ConversationView({
                 submit()
               }}
             >
+              <input
+                ref={picker}
+                type="file"
+                multiple
+                hidden
+                data-testid="composer-file-input"
+                onChange={(event) => {
+                  addFiles(event.target.files)
+                  event.target.value = ""
+                }}
+              />
+              <button
+                type="button"
+                className="icon attach"
+                data-testid="composer-attach"
+                aria-label="Attach files"
+                title="Attach files"
+                disabled={unavailable !== undefined || mode.kind === "edit"}
+                onClick={() => picker.current?.click()}
+              >
+                📎
+              </button>
               <textarea
                 ref={input}
+                onPaste={(event) => {
+                  if (event.clipboardData.files.length === 0 || mode.kind === "edit") return
+                  event.preventDefault()
+                  addFiles(event.clipboardData.files)
+                }}
                 rows={1}
                 placeholder="Message"
                 data-testid="composer-input"
@@ -377,6 +442,7 @@ export function ConversationView({
             </form>
           </footer>
         </div>
+        {viewing && <ImageViewer attachment={viewing} close={() => setViewing(undefined)} />}
         {panel && info && (
           <ParticipantsPanel
             conversation={conversation}

@@ -1,5 +1,6 @@
 import type { ChatMessage, MessageStatus, Role } from "@parley/client"
 import { memo, useState } from "react"
+import { type FileRecord, MessageAttachments } from "./attachments.js"
 import { detail, explain } from "./errors.js"
 import { formatTime } from "./format.js"
 import { displayName } from "./people.js"
@@ -24,6 +25,12 @@ export interface MessageActions {
   remove(message: ChatMessage): void
   toggleReaction(message: ChatMessage, emoji: string): void
   jumpTo(id: string): void
+  /** Shows an image attachment full size. */
+  viewImage(attachment: FileRecord): void
+  /** Sends again a message whose upload failed (without the refused files). */
+  retry(message: ChatMessage): void
+  /** Drops a message whose upload failed or has not finished. */
+  discard(message: ChatMessage): void
 }
 
 interface MessageItemProps {
@@ -73,7 +80,7 @@ export const MessageItem = memo(function MessageItem({
         tabIndex={0}
         aria-expanded={open}
         onClick={(event) => {
-          if (!(event.target as Element).closest("button") && !deleted) setOpen(!open)
+          if (!(event.target as Element).closest("button, a") && !deleted && !message.upload) setOpen(!open)
         }}
         onKeyDown={(event) => {
           if (event.key === "Enter" && !deleted) setOpen(!open)
@@ -96,6 +103,7 @@ export const MessageItem = memo(function MessageItem({
         <p className="body" data-testid="message-body">
           {deleted ? <em>Message deleted</em> : message.body}
         </p>
+        {!deleted && <MessageAttachments message={message} view={actions.viewImage} />}
         <span className="meta">
           {message.editedAt && !deleted && <span className="edited">edited</span>}
           <time dateTime={new Date(message.createdAt).toISOString()}>{formatTime(message.createdAt)}</time>
@@ -120,6 +128,27 @@ export const MessageItem = memo(function MessageItem({
           title={message.error ? detail(message.error) : undefined}
         >
           Not sent: {message.error ? explain(message.error) : "refused by the relay"}
+          {message.upload && (
+            <>
+              {" "}
+              <button
+                type="button"
+                className="link"
+                data-testid="upload-retry"
+                onClick={() => actions.retry(message)}
+              >
+                Retry
+              </button>{" "}
+              <button
+                type="button"
+                className="link"
+                data-testid="upload-discard"
+                onClick={() => actions.discard(message)}
+              >
+                Discard
+              </button>
+            </>
+          )}
         </p>
       )}
       {reactions.length > 0 && !deleted && (
