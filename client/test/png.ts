@@ -26,7 +26,7 @@ function chunk(type: string, data: Buffer): Buffer {
  * relay's sniffing and thumbnailing see an image. `noise` adds
  * incompressible bytes (a larger file for chunked uploads).
  */
-export function png(width: number, height: number, noise = false): Buffer {
+export function png(width: number, height: number, noise = false): Uint8Array<ArrayBuffer> {
   const header = Buffer.alloc(13)
   header.writeUInt32BE(width, 0)
   header.writeUInt32BE(height, 4)
@@ -51,10 +51,11 @@ export function png(width: number, height: number, noise = false): Buffer {
       }
     }
   }
-  return Buffer.concat([
+  const bytes = Buffer.concat([
     Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]),
     chunk("IHDR", header),
     chunk("IDAT", deflateSync(raw, { level: noise ? 0 : 6 })),
     chunk("IEND", Buffer.alloc(0)),
   ])
+  return new Uint8Array(bytes)
 }
