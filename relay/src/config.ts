@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs"
 import { HistoryDefaults } from "@parley/shared"
 import { Command, CommanderError, Option } from "commander"
 import { DEFAULT_API_LIMITS } from "./api/limits.js"
+import { DEFAULT_ATTACHMENT_OPTIONS as ATTACHMENTS } from "./attachments/extension.js"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
 import { exponentialBackoff } from "./hooks/dispatcher.js"
@@ -416,6 +417,40 @@ export const RELAY_FLAGS = {
     help: "delay before the first retry of failed push notifications (doubling, up to 5 min)",
     default: 5_000,
   }),
+  "attachment-max-bytes": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_MAX_BYTES",
+    help: "largest attachment upload (413 beyond)",
+    default: ATTACHMENTS.maxBytes,
+  }),
+  "attachment-types": flag({
+    value: "types",
+    kind: "list",
+    env: "PARLEY_ATTACHMENT_TYPES",
+    help: "content types accepted, as sniffed from the bytes (`image/png`, `audio/*`); repeatable; default: raster images, PDF, text, audio, video, zip, office documents",
+  }),
+  "attachment-uploads-per-user": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_UPLOADS_PER_USER",
+    help: "upload chunks one user may send at once (429 beyond)",
+    default: ATTACHMENTS.concurrentChunksPerUser,
+  }),
+  "attachment-bytes-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_BYTES_PER_MINUTE",
+    help: "bytes one user may upload a minute (429 beyond)",
+    default: ATTACHMENTS.bytesPerMinutePerUser,
+  }),
+  "link-previews": flag({
+    kind: "boolean",
+    env: "PARLEY_LINK_PREVIEWS",
+    help: "serve GET /v1/link-preview: the relay fetches public web pages' titles (off by default)",
+  }),
+  "link-previews-allow-private": flag({
+    kind: "boolean",
+    env: "PARLEY_LINK_PREVIEWS_ALLOW_PRIVATE",
+    help: "let link previews fetch loopback and private addresses (tests and local development only)",
+  }),
   "hook-timeout-ms": flag({
     kind: "integer",
     env: "PARLEY_HOOK_TIMEOUT_MS",
@@ -797,6 +832,14 @@ export function parseConfig(
       }),
     },
     hookAttempts: v["hook-attempts"],
+    attachments: {
+      maxBytes: Math.max(1, v["attachment-max-bytes"]),
+      ...(v["attachment-types"]?.length ? { allowedTypes: v["attachment-types"] } : {}),
+      concurrentChunksPerUser: Math.max(1, v["attachment-uploads-per-user"]),
+      bytesPerMinutePerUser: Math.max(1, v["attachment-bytes-per-minute"]),
+      linkPreviews: v["link-previews"] === true,
+      linkPreviewsAllowPrivate: v["link-previews-allow-private"] === true,
+    },
     eventRetention: {
       maxAgeMs: v["event-retention-hours"] * 3_600_000,
       maxEvents: v["event-retention-events"],

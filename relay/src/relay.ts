@@ -1,6 +1,7 @@
 import { ErrorCode, HistoryDefaults, ParleyError } from "@parley/shared"
 import { ApiExtension } from "./api/extension.js"
 import type { ApiLimits } from "./api/limits.js"
+import { type AttachmentOptions, AttachmentsExtension } from "./attachments/extension.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import type { RedisState } from "./cluster/cluster.js"
@@ -136,6 +137,11 @@ export interface RelayOptions {
    * or in dev mode (which makes throwaway ones); off otherwise.
    */
   readonly push?: PushOptions
+  /**
+   * File uploads and downloads under `/v1` (README "Attachments"), their
+   * bytes in the backend's blob store; default on, `false` turns them off.
+   */
+  readonly attachments?: AttachmentOptions | false
 }
 
 /** A relay's cluster settings (see {@link RelayOptions.cluster}). */
@@ -317,10 +323,19 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
         log: log.child({ component: "push" }),
       })
     : undefined
+  const attachments =
+    options.attachments === false
+      ? undefined
+      : new AttachmentsExtension({
+          ...options.attachments,
+          store: backend.blobs,
+          verify: (token) => auth.verify(token),
+          log: log.child({ component: "attachments" }),
+        })
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
   const hooks = new HooksExtension({
     hooks: hookModules,
-    targets: push ? [...inbox, push.target] : inbox,
+    targets: [...inbox, ...(push ? [push.target] : []), ...(attachments ? [attachments.target] : [])],
     webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
     outbox,
     log: log.child({ component: "hooks" }),
@@ -352,6 +367,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     metricsExtension(metrics),
     // Before the API, which answers every other `/v1/...` path.
     ...(push ? [push] : []),
+    ...(attachments ? [attachments] : []),
     ...(options.api === false
       ? []
       : [

@@ -1,0 +1,180 @@
+import type { IncomingMessage, ServerResponse } from "node:http"
+import { getRequestListener } from "@hono/node-server"
+import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
+import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
+import type { HookEventType } from "../hooks/events.js"
+import type { Logger } from "../log.js"
+import type { Principal } from "../principal.js"
+import type { BlobStore } from "./blob-store.js"
+import { DEFAULT_ATTACHMENT_TYPES } from "./content-type.js"
+import { DEFAULT_MAX_IMAGE_PIXELS } from "./images.js"
+import { LinkPreviewer } from "./link-preview.js"
+import { createAttachmentRoutes } from "./routes.js"
+import { AttachmentService } from "./service.js"
+import { urlSigningSecret } from "./signing.js"
+import { UploadQuota } from "./user-quota.js"
+
+/** Attachments as the relay is started with them (`RelayOptions.attachments`); every field has a default. */
+export interface AttachmentOptions {
+  /** Largest attachment, in bytes. Default 25 MiB (`--attachment-max-bytes`). */
+  readonly maxBytes?: number
+  /** Largest chunk of one PATCH, in bytes. Default 1 MiB. */
+  readonly chunkBytes?: number
+  /** Accepted sniffed types (`image/png`, `audio/*`). Default {@link DEFAULT_ATTACHMENT_TYPES} (`--attachment-types`). */
+  readonly allowedTypes?: readonly string[]
+  /** Chunks one user may send at once. Default 4 (`--attachment-uploads-per-user`). */
+  readonly concurrentChunksPerUser?: number
+  /** Bytes one user may upload a minute. Default 256 MiB (`--attachment-bytes-per-minute`). */
+  readonly bytesPerMinutePerUser?: number
+  /** Chunks the relay receives at once, all users together. Default 64 (each buffers up to a chunk). */
+  readonly maxChunksInFlight?: number
+  /** Most pixels decoded of one image. Default 40 million. */
+  readonly maxImagePixels?: number
+  /** Lifetime of signed download URLs, in seconds. Default 900 (15 min). */
+  readonly signedUrlSeconds?: number
+  /** Between two sweeps of unreferenced uploads, in ms. Default 10 min. */
+  readonly sweepIntervalMs?: number
+  /** Serve `GET /v1/link-preview` (the relay fetches pages). Default false (`--link-previews`). */
+  readonly linkPreviews?: boolean
+  /** Let link previews fetch http: and private addresses: tests only. Default false. */
+  readonly linkPreviewsAllowPrivate?: boolean
+}
+
+/** The defaults of {@link AttachmentOptions}. */
+export const DEFAULT_ATTACHMENT_OPTIONS = {
+  maxBytes: 25 * 1024 * 1024,
+  chunkBytes: 1024 * 1024,
+  allowedTypes: DEFAULT_ATTACHMENT_TYPES,
+  concurrentChunksPerUser: 4,
+  bytesPerMinutePerUser: 256 * 1024 * 1024,
+  maxChunksInFlight: 64,
+  maxImagePixels: DEFAULT_MAX_IMAGE_PIXELS,
+  signedUrlSeconds: 900,
+  sweepIntervalMs: 10 * 60_000,
+} as const
+
+/** What {@link AttachmentsExtension} is built on. */
+export interface AttachmentsExtensionOptions extends AttachmentOptions {
+  readonly store: BlobStore
+  readonly verify: (token: string) => Promise<Principal>
+  readonly log: Logger
+}
+
+/** Deletions that delete attachments, and the sends that link them to their message. */
+const HANDLED: ReadonlySet<HookEventType> = new Set<HookEventType>([
+  "message.sent",
+  "message.deleted",
+  "conversation.deleted",
+])
+
+const D = DEFAULT_ATTACHMENT_OPTIONS
+
+const PATHS =
+  /^\/v1\/(conversations\/[^/]+\/uploads|uploads\/[^/]+|attachments\/[^/]+(\/thumbnail|\/signed-url)?|link-preview)$/
+
+/**
+ * Attachments in the relay: the upload and download routes, the delivery
+ * target that links uploads to the messages carrying them and deletes them
+ * with their message or conversation (deletions and GDPR erasure alike, as
+ * the hook pipeline reports them, at least once), and the sweep of uploads no
+ * message referenced within 24 hours.
+ */
+export class AttachmentsExtension implements RelayExtension {
+  readonly name = "attachments"
+  readonly service: AttachmentService
+  private listener: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined
+  private sweeper: NodeJS.Timeout | undefined
+
+  constructor(private readonly options: AttachmentsExtensionOptions) {
+    this.service = new AttachmentService({
+      store: options.store,
+      log: options.log,
+      maxBytes: options.maxBytes ?? D.maxBytes,
+      chunkBytes: options.chunkBytes ?? D.chunkBytes,
+      allowedTypes: options.allowedTypes ?? D.allowedTypes,
+      maxImagePixels: options.maxImagePixels ?? D.maxImagePixels,
+    })
+  }
+
+  /** The delivery target, for the hook pipeline's built-in targets. */
+  readonly target = (_core: RunningCore): DeliveryTarget => ({
+    name: "attachments",
+    accepts: (type) => HANDLED.has(type),
+    deliver: async (event) => {
+      const conversation = event.event.conversationId
+      switch (event.event.type) {
+        case "message.sent": {
+          const { message } = event.subject as { message: { id: string; attachments?: readonly unknown[] } }
+          await this.service.messageSent(conversation, message.id as never, message.attachments)
+          return
+        }
+        case "message.deleted": {
+          const { messageId } = event.subject as { messageId: string }
+          const deleted = await this.service.messageDeleted(conversation, messageId as never)
+          if (deleted > 0) this.options.log.info({ conversation, deleted }, "deleted a message's attachments")
+          return
+        }
+        case "conversation.deleted": {
+          const deleted = await this.service.conversationDeleted(conversation)
+          if (deleted > 0)
+            this.options.log.info({ conversation, deleted }, "deleted a conversation's attachments")
+          return
+        }
+      }
+    },
+    retryDelay: exponentialBackoff({ baseMs: 1_000, maxMs: 60_000, attempts: 20 }),
+  })
+
+  async start(core: RunningCore): Promise<void> {
+    this.service.attach(core)
+    const secret = await urlSigningSecret(this.options.store)
+    const app = createAttachmentRoutes({
+      service: this.service,
+      store: this.options.store,
+      quota: new UploadQuota({
+        concurrent: this.options.concurrentChunksPerUser ?? D.concurrentChunksPerUser,
+        bytesPerMinute: this.options.bytesPerMinutePerUser ?? D.bytesPerMinutePerUser,
+      }),
+      verify: this.options.verify,
+      secret: () => secret,
+      signedUrlSeconds: this.options.signedUrlSeconds ?? D.signedUrlSeconds,
+      maxChunksInFlight: this.options.maxChunksInFlight ?? D.maxChunksInFlight,
+      ...(this.options.linkPreviews
+        ? {
+            linkPreviews: new LinkPreviewer(
+              this.options.linkPreviewsAllowPrivate
+                ? { endpoints: { allowHttp: true, allowPrivate: true } }
+                : {},
+            ),
+          }
+        : {}),
+      log: this.options.log,
+    })
+    this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
+  }
+
+  started(): void {
+    const sweep = () =>
+      void this.service.sweep().then(
+        (deleted) => {
+          if (deleted > 0) this.options.log.info({ deleted }, "deleted unreferenced uploads older than 24 h")
+        },
+        (error: unknown) => this.options.log.warn({ err: error }, "sweeping unreferenced uploads failed"),
+      )
+    sweep()
+    this.sweeper = setInterval(sweep, this.options.sweepIntervalMs ?? D.sweepIntervalMs)
+    this.sweeper.unref()
+  }
+
+  stop(): void {
+    clearInterval(this.sweeper)
+  }
+
+  async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
+    if (!this.listener) return false
+    const path = (req.url ?? "/").split("?")[0]!
+    if (!PATHS.test(path)) return false
+    await this.listener(req, res)
+    return true
+  }
+}

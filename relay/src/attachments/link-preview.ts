@@ -1,0 +1,141 @@
+import { ErrorCode, Limits, ParleyError } from "@parley/shared"
+import { checkEndpointBeforeSend, type EndpointPolicy } from "../push/endpoint.js"
+
+/** What a link preview says about a page. */
+export interface LinkPreview {
+  readonly url: string
+  readonly title?: string
+  readonly description?: string
+}
+
+/** How {@link LinkPreviewer} fetches. */
+export interface LinkPreviewOptions {
+  /** Private and loopback addresses, http: (tests only). Default: public https and http only. */
+  readonly endpoints?: EndpointPolicy
+  readonly timeoutMs?: number
+  readonly maxBytes?: number
+  readonly fetch?: typeof fetch
+}
+
+const MAX_REDIRECTS = 3
+
+const ENTITIES: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: " " }
+function decodeEntities(text: string): string {
+  return text.replace(/&(#x[0-9a-f]{1,6}|#\d{1,7}|[a-z]{2,8});/gi, (all, name: string) => {
+    if (name[0] === "#") {
+      const code =
+        name[1] === "x" || name[1] === "X" ? Number.parseInt(name.slice(2), 16) : Number(name.slice(1))
+      return code > 0 && code <= 0x10ffff ? String.fromCodePoint(code) : all
+    }
+    return ENTITIES[name.toLowerCase()] ?? all
+  })
+}
+const clean = (text: string | undefined, max: number) => {
+  if (text === undefined) return undefined
+  const value = decodeEntities(text).replace(/\s+/g, " ").trim().slice(0, max)
+  return value.length > 0 ? value : undefined
+}
+
+/** The `content` of the first `<meta>` whose `property` or `name` is one of `names`. */
+function metaContent(head: string, names: readonly string[]): string | undefined {
+  for (const tag of head.match(/<meta\b[^>]{0,2000}>/gi) ?? []) {
+    const key = /\b(?:property|name)\s*=\s*["']([^"']{1,100})["']/i.exec(tag)?.[1]?.toLowerCase()
+    if (!key || !names.includes(key)) continue
+    const content = /\bcontent\s*=\s*"([^"]{0,5000})"|\bcontent\s*=\s*'([^']{0,5000})'/i.exec(tag)
+    if (content) return content[1] ?? content[2]
+  }
+  return undefined
+}
+
+/**
+ * The title and description a page's `<head>` gives (`og:title`, `<title>`,
+ * `og:description`, `description`). Only the part before `</head>` (within
+ * the size cap) is read, with bounded patterns over three things: a
+ * `<title>` element and `<meta>` tags' two attributes. A full HTML parser
+ * would build the whole document to answer that; nothing here is rendered
+ * or re-served as HTML, only as two plain strings.
+ */
+export function parseLinkPreview(url: string, html: string): LinkPreview {
+  const end = html.search(/<\/head\s*>|<body[\s>]/i)
+  const head = end < 0 ? html : html.slice(0, end)
+  const title =
+    clean(metaContent(head, ["og:title", "twitter:title"]), Limits.attachmentTitleLength) ??
+    clean(/<title\b[^>]{0,200}>([^<]{0,2000})<\/title\s*>/i.exec(head)?.[1], Limits.attachmentTitleLength)
+  const description = clean(
+    metaContent(head, ["og:description", "description", "twitter:description"]),
+    Limits.attachmentDescriptionLength,
+  )
+  return { url, ...(title ? { title } : {}), ...(description ? { description } : {}) }
+}
+
+const badGateway = (why: string) => new ParleyError(ErrorCode.UNAVAILABLE, `cannot preview the link: ${why}`)
+
+/**
+ * Fetches pages for link previews with the push endpoints' SSRF checks
+ * (`checkEndpointBeforeSend`: http(s) only, no credentials, the host's
+ * addresses public), on every redirect too, within a timeout and a size cap,
+ * and only `text/html`.
+ */
+export class LinkPreviewer {
+  private readonly fetch: typeof fetch
+  private readonly endpoints: EndpointPolicy
+  private readonly timeoutMs: number
+  private readonly maxBytes: number
+
+  constructor(options: LinkPreviewOptions = {}) {
+    this.fetch = options.fetch ?? fetch
+    this.endpoints = { allowHttp: true, ...options.endpoints }
+    this.timeoutMs = options.timeoutMs ?? 5_000
+    this.maxBytes = options.maxBytes ?? 512 * 1024
+  }
+
+  async preview(url: string): Promise<LinkPreview> {
+    const signal = AbortSignal.timeout(this.timeoutMs)
+    let target = url
+    for (let hop = 0; ; hop++) {
+      await checkEndpointBeforeSend(target, this.endpoints)
+      let response: Response
+      try {
+        response = await this.fetch(target, {
+          redirect: "manual",
+          signal,
+          headers: { accept: "text/html", "user-agent": "ParleyRelay-LinkPreview/1" },
+        })
+      } catch (error) {
+        throw badGateway((error as Error).message)
+      }
+      const location = response.headers.get("location")
+      if (response.status >= 300 && response.status < 400 && location) {
+        await response.body?.cancel()
+        if (hop >= MAX_REDIRECTS) throw badGateway("too many redirects")
+        target = new URL(location, target).toString()
+        continue
+      }
+      if (!response.ok) {
+        await response.body?.cancel()
+        throw badGateway(`the page answered ${response.status}`)
+      }
+      const type = (response.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase()
+      if (type !== "text/html") {
+        await response.body?.cancel()
+        throw badGateway(`not an HTML page (${type || "no content type"})`)
+      }
+      return parseLinkPreview(url, await this.readCapped(response))
+    }
+  }
+
+  private async readCapped(response: Response): Promise<string> {
+    const reader = response.body?.getReader()
+    if (!reader) return ""
+    const parts: Uint8Array[] = []
+    let length = 0
+    while (length < this.maxBytes) {
+      const { done, value } = await reader.read()
+      if (done) break
+      parts.push(value)
+      length += value.length
+    }
+    await reader.cancel().catch(() => {})
+    return new TextDecoder().decode(Buffer.concat(parts).subarray(0, this.maxBytes))
+  }
+}

@@ -1,0 +1,537 @@
+import { Readable } from "node:stream"
+import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
+import { type ConversationId, ErrorCode, isAttachmentId, ParleyError, type UserId } from "@parley/shared"
+import type { Context, MiddlewareHandler } from "hono"
+import { problemApp, problemResponse } from "../api/problem.js"
+import { ProblemSchema } from "../api/schemas.js"
+import type { Logger } from "../log.js"
+import type { Principal } from "../principal.js"
+import type { BlobStore } from "./blob-store.js"
+import { INLINE_IMAGES } from "./content-type.js"
+import type { LinkPreviewer } from "./link-preview.js"
+import { type AttachmentRecord, attachmentOf, fileKey, thumbnailKey } from "./records.js"
+import { type AttachmentService, RefusedTypeError } from "./service.js"
+import { signUrl, verifyUrl } from "./signing.js"
+import type { UploadQuota } from "./user-quota.js"
+
+/** What the attachment routes are built on. */
+export interface AttachmentRoutesOptions {
+  readonly service: AttachmentService
+  readonly store: BlobStore
+  readonly quota: UploadQuota
+  /** Verifies a user's token (the relay's `Authenticator.verify`). */
+  verify(token: string): Promise<Principal>
+  /** The URL-signing secret (see signing.ts), resolved at start. */
+  secret(): Buffer
+  /** How long a signed URL holds, in seconds. */
+  readonly signedUrlSeconds: number
+  /** Chunks being received at once on this relay, all users together (each buffers up to a chunk). */
+  readonly maxChunksInFlight: number
+  readonly linkPreviews?: LinkPreviewer
+  readonly log: Logger
+  readonly now?: () => number
+}
+
+type Env = { Variables: { user: UserId } }
+
+const problems = (statuses: readonly (readonly [number, string])[]) =>
+  Object.fromEntries(
+    statuses.map(([status, description]) => [
+      status,
+      { description, content: { "application/problem+json": { schema: ProblemSchema } } },
+    ]),
+  )
+const AUTH = [
+  [401, "No user token, or an invalid one"],
+  [403, "The token is not a user's"],
+] as const
+const security = [{ userToken: [] }]
+
+const AttachmentSchema = z
+  .object({
+    kind: z.literal("file"),
+    id: z.string().openapi({ example: "att_0123456789abcdefghjkmnpqrs" }),
+    url: z.string().openapi({ example: "/v1/attachments/att_0123456789abcdefghjkmnpqrs" }),
+    name: z.string(),
+    mimeType: z
+      .string()
+      .optional()
+      .openapi({ description: "Sniffed from the bytes, never the client's claim." }),
+    size: z.number().int(),
+    width: z.number().int().optional(),
+    height: z.number().int().optional(),
+    thumbnail: z.object({ url: z.string(), width: z.number().int(), height: z.number().int() }).optional(),
+  })
+  .openapi("UploadedAttachment")
+
+const CreateUploadSchema = z
+  .object({
+    name: z.string().min(1).max(255),
+    size: z.number().int().min(1),
+    mimeType: z
+      .string()
+      .max(255)
+      .optional()
+      .openapi({ description: "The client's claim: logged, never trusted." }),
+  })
+  .strict()
+  .openapi("CreateUpload")
+
+const UploadSchema = z
+  .object({
+    uploadId: z.string(),
+    offset: z.number().int(),
+    size: z.number().int(),
+    chunkBytes: z.number().int().openapi({ description: "The largest chunk one PATCH may carry." }),
+    expiresAt: z.number().int().openapi({ description: "Unix ms: unreferenced uploads are deleted then." }),
+  })
+  .openapi("Upload")
+
+const UploadParam = z.object({ uploadId: z.string().max(64) })
+const AttachmentParam = z.object({ id: z.string().max(64) })
+const SignedQuery = z.object({ exp: z.string().max(16).optional(), sig: z.string().max(64).optional() })
+
+const createUploadRoute = createRoute({
+  method: "post",
+  path: "/v1/conversations/{conversationId}/uploads",
+  summary: "Start uploading an attachment",
+  description:
+    "Opens a resumable upload to a conversation the caller may send messages to. Send the bytes with PATCH /v1/uploads/{uploadId}, at most `chunkBytes` a request.",
+  security,
+  request: {
+    params: z.object({ conversationId: z.string().max(300) }),
+    body: { required: true, content: { "application/json": { schema: CreateUploadSchema } } },
+  },
+  responses: {
+    201: { description: "Upload opened", content: { "application/json": { schema: UploadSchema } } },
+    ...problems([
+      [400, "Malformed body"],
+      ...AUTH,
+      [404, "No such conversation, or the caller may not send to it"],
+      [413, "The declared size exceeds the relay's attachment limit"],
+    ]),
+  },
+})
+const headUploadRoute = createRoute({
+  method: "head",
+  path: "/v1/uploads/{uploadId}",
+  summary: "Where an upload stands (to resume it)",
+  security,
+  request: { params: UploadParam },
+  responses: {
+    204: {
+      description: "`Upload-Offset`: bytes stored; `Upload-Length`: the declared size",
+      headers: z.object({ "Upload-Offset": z.string(), "Upload-Length": z.string() }),
+    },
+    401: { description: "No user token, or an invalid one" },
+    404: { description: "No such upload of the caller's" },
+  },
+})
+const patchUploadRoute = createRoute({
+  method: "patch",
+  path: "/v1/uploads/{uploadId}",
+  summary: "Send the next chunk of an upload",
+  description:
+    "Header `Upload-Offset` must be the bytes already stored (HEAD tells); the body is the next chunk, at most `chunkBytes`. Each chunk is stored whole or not at all. The last one completes the upload: the type is sniffed from the bytes, images get dimensions and a thumbnail.",
+  security,
+  request: {
+    params: UploadParam,
+    headers: z.object({ "upload-offset": z.string().regex(/^\d{1,15}$/) }),
+    body: {
+      required: true,
+      content: { "application/offset+octet-stream": { schema: z.string().openapi({ format: "binary" }) } },
+    },
+  },
+  responses: {
+    201: {
+      description: "The last chunk: the attachment, for the message that carries it",
+      content: { "application/json": { schema: z.object({ attachment: AttachmentSchema }) } },
+    },
+    204: { description: "Stored; header `Upload-Offset` is the new offset" },
+    ...problems([
+      [400, "Malformed offset, or a chunk past the declared size"],
+      ...AUTH,
+      [404, "No such upload of the caller's"],
+      [409, "`Upload-Offset` is not the stored length (header `Upload-Offset` gives it): resume from there"],
+      [413, "The chunk exceeds `chunkBytes`"],
+      [
+        415,
+        "Not `application/offset+octet-stream`, or the sniffed type is not accepted (the upload is deleted)",
+      ],
+      [429, "The user is sending too many chunks at once or too many bytes a minute (`Retry-After`)"],
+      [503, "The relay is receiving too many chunks at once (`Retry-After`)"],
+    ]),
+  },
+})
+const bytesResponses = (what: string) => ({
+  200: {
+    description: `${what}; \`Content-Type\` as sniffed, \`Content-Disposition\` inline for raster images only`,
+    content: { "application/octet-stream": { schema: z.string().openapi({ format: "binary" }) } },
+  },
+  206: { description: "The requested range (`Range: bytes=a-b`)" },
+  304: { description: "Not modified (`If-None-Match`)" },
+  ...problems([
+    [401, "No token and no signature"],
+    [
+      404,
+      "No such attachment, or the caller is not a participant of its conversation, or a wrong or expired signature",
+    ],
+    [416, "Range not satisfiable"],
+  ]),
+})
+const downloadRoute = createRoute({
+  method: "get",
+  path: "/v1/attachments/{id}",
+  summary: "Download an attachment",
+  description:
+    "For participants of the attachment's conversation: a user token (`Authorization: Bearer`), or a signed URL (`?exp=&sig=`, from POST /v1/attachments/{id}/signed-url) for `<img src>`.",
+  security: [{ userToken: [] }, {}],
+  request: { params: AttachmentParam, query: SignedQuery },
+  responses: bytesResponses("The attachment"),
+})
+const thumbnailRoute = createRoute({
+  method: "get",
+  path: "/v1/attachments/{id}/thumbnail",
+  summary: "Download an image attachment's thumbnail (WebP, at most 320 px a side)",
+  security: [{ userToken: [] }, {}],
+  request: { params: AttachmentParam, query: SignedQuery },
+  responses: bytesResponses("The thumbnail"),
+})
+const signRoute = createRoute({
+  method: "post",
+  path: "/v1/attachments/{id}/signed-url",
+  summary: "A short-lived URL to an attachment, for `<img src>` and downloads without a header",
+  security,
+  request: { params: AttachmentParam },
+  responses: {
+    200: {
+      description: "Paths relative to the relay's origin, valid until `expiresAt` (unix ms)",
+      content: {
+        "application/json": {
+          schema: z
+            .object({ url: z.string(), thumbnailUrl: z.string().optional(), expiresAt: z.number().int() })
+            .openapi("SignedAttachmentUrl"),
+        },
+      },
+    },
+    ...problems([
+      ...AUTH,
+      [404, "No such attachment, or the caller is not a participant of its conversation"],
+    ]),
+  },
+})
+const linkPreviewRoute = createRoute({
+  method: "get",
+  path: "/v1/link-preview",
+  summary: "Title and description of a public web page (only with --link-previews)",
+  description:
+    "Fetched by the relay: http(s) only, public addresses only (the host's addresses are checked), a 5 s timeout, at most 512 KiB of `text/html`.",
+  security,
+  request: { query: z.object({ url: z.string().max(2048) }) },
+  responses: {
+    200: {
+      description: "What the page says about itself",
+      content: {
+        "application/json": {
+          schema: z
+            .object({ url: z.string(), title: z.string().optional(), description: z.string().optional() })
+            .openapi("LinkPreview"),
+        },
+      },
+    },
+    ...problems([
+      [400, "Not an http(s) URL, or a private address"],
+      ...AUTH,
+      [404, "Link previews are off on this relay"],
+      [502, "The page could not be fetched, or is not HTML"],
+    ]),
+  },
+})
+
+const CACHE_SECONDS = 3600
+
+function contentDisposition(record: AttachmentRecord, thumbnail: boolean): string {
+  const inline = thumbnail || INLINE_IMAGES.has(record.mimeType ?? "")
+  const name = thumbnail ? `${record.name}.thumbnail.webp` : record.name
+  const ascii = name.replace(/[^\x20-\x7e]|["\\]/g, "_")
+  return `${inline ? "inline" : "attachment"}; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(name)}`
+}
+
+/** `[start, end)` of a single `bytes=` range, "unsatisfiable", or undefined for no (or an ignored) range. */
+function parseRange(
+  header: string | undefined,
+  length: number,
+): { start: number; end: number } | "unsatisfiable" | undefined {
+  const match = header ? /^bytes=(\d*)-(\d*)$/.exec(header.trim()) : null
+  if (!match || (match[1] === "" && match[2] === "")) return undefined
+  let start: number
+  let end: number
+  if (match[1] === "") {
+    start = Math.max(0, length - Number(match[2]))
+    end = length
+  } else {
+    start = Number(match[1])
+    end = match[2] === "" ? length : Math.min(length, Number(match[2]) + 1)
+  }
+  if (start >= length || start >= end) return "unsatisfiable"
+  return { start, end }
+}
+
+/** Reads a request body of at most `max` bytes; undefined when it is longer (the rest is not read). */
+async function readChunk(
+  body: ReadableStream<Uint8Array> | null,
+  max: number,
+): Promise<Uint8Array | undefined> {
+  if (!body) return new Uint8Array(0)
+  const parts: Uint8Array[] = []
+  let length = 0
+  const reader = body.getReader()
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    length += value.length
+    if (length > max) {
+      await reader.cancel().catch(() => {})
+      return undefined
+    }
+    parts.push(value)
+  }
+  return Buffer.concat(parts, length)
+}
+
+/**
+ * The attachment routes (API.md "Attachments"): resumable uploads in the
+ * style of tus (create, HEAD, PATCH at an offset), downloads for the
+ * participants of the attachment's conversation (by token or signed URL),
+ * and link previews when enabled.
+ */
+export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAPIHono<Env> {
+  const { service, store, quota } = options
+  const now = options.now ?? Date.now
+  const chunkBytes = service.options.chunkBytes
+  let chunksInFlight = 0
+  const app = problemApp<Env>(options.log, "attachment route")
+  app.openAPIRegistry.registerComponent("securitySchemes", "userToken", {
+    type: "http",
+    scheme: "bearer",
+    bearerFormat: "JWT",
+    description: "The user's own token, the one their client syncs with.",
+  })
+
+  const userOf = async (c: Context): Promise<UserId | Response> => {
+    const token = /^Bearer (\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1]
+    let principal: Principal | undefined
+    try {
+      principal = token ? await options.verify(token) : undefined
+    } catch {
+      principal = undefined
+    }
+    if (!principal)
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.UNAUTHORIZED,
+          "a valid user token is required (Authorization: Bearer <JWT>)",
+        ),
+        401,
+        { "www-authenticate": 'Bearer realm="parley"' },
+      )
+    if (principal.kind !== "user")
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.FORBIDDEN, "attachments are uploaded by users"),
+        403,
+      )
+    return principal.user
+  }
+  const authenticate: MiddlewareHandler<Env> = async (c, next) => {
+    // Downloads with a signature need no token.
+    if (
+      c.req.method === "GET" &&
+      c.req.query("sig") !== undefined &&
+      c.req.path.startsWith("/v1/attachments/")
+    )
+      return next()
+    const user = await userOf(c)
+    if (user instanceof Response) return user
+    c.set("user", user)
+    await next()
+  }
+  app.use("/v1/conversations/*", authenticate)
+  app.use("/v1/uploads/*", authenticate)
+  app.use("/v1/attachments/*", authenticate)
+  app.use("/v1/link-preview", authenticate)
+
+  app.openapi(createUploadRoute, async (c) => {
+    const body = c.req.valid("json")
+    const record = await service.createUpload(
+      c.req.valid("param").conversationId as ConversationId,
+      c.get("user"),
+      body,
+    )
+    return c.json(
+      {
+        uploadId: record.id,
+        offset: 0,
+        size: record.size,
+        chunkBytes,
+        expiresAt: record.createdAt + 24 * 60 * 60 * 1000,
+      },
+      201,
+    )
+  })
+
+  app.openapi(headUploadRoute, async (c) => {
+    const { record, offset } = await service.session(c.req.valid("param").uploadId, c.get("user"))
+    return c.body(null, 204, {
+      "upload-offset": String(offset),
+      "upload-length": String(record.size),
+      "cache-control": "no-store",
+    })
+  })
+
+  app.openapi(patchUploadRoute, async (c) => {
+    const user = c.get("user")
+    if ((c.req.header("content-type") ?? "").split(";")[0]!.trim() !== "application/offset+octet-stream")
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.INVALID_ARGUMENT, "a chunk is sent as application/offset+octet-stream"),
+        415,
+      )
+    const offset = Number(c.req.valid("header")["upload-offset"])
+    const { record, offset: stored } = await service.session(c.req.valid("param").uploadId, user)
+    if (record.complete || offset !== stored)
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.CONFLICT, `the upload holds ${stored} bytes: send from there`),
+        409,
+        { "upload-offset": String(stored) },
+      )
+    const declared = Number(c.req.header("content-length") ?? Number.NaN)
+    if (declared > chunkBytes)
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.TOO_LARGE, `a chunk is at most ${chunkBytes} bytes`),
+        413,
+        { connection: "close" },
+      )
+    if (chunksInFlight >= options.maxChunksInFlight)
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.UNAVAILABLE, "too many uploads at once: retry"),
+        503,
+        {
+          "retry-after": "1",
+        },
+      )
+    const cost = Number.isFinite(declared) ? declared : chunkBytes
+    const taken = quota.take(user, cost)
+    if (taken === "concurrent" || taken === "rate")
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.RATE_LIMITED,
+          taken === "concurrent"
+            ? "too many chunks of yours at once: wait for one to finish"
+            : "too many bytes a minute: slow down",
+        ),
+        429,
+        { "retry-after": String(Math.max(1, Math.ceil(quota.retryAfterMs(user, cost) / 1000))) },
+      )
+    chunksInFlight++
+    try {
+      const chunk = await readChunk(c.req.raw.body, chunkBytes)
+      if (!chunk)
+        return problemResponse(
+          c,
+          new ParleyError(ErrorCode.TOO_LARGE, `a chunk is at most ${chunkBytes} bytes`),
+          413,
+          {
+            connection: "close",
+          },
+        )
+      const result = await service.appendChunk(record, offset, chunk)
+      if (!result.completed) return c.body(null, 204, { "upload-offset": String(result.offset) })
+      return c.json({ attachment: attachmentOf(result.completed) }, 201, {
+        "upload-offset": String(result.offset),
+      })
+    } catch (error) {
+      if (error instanceof RefusedTypeError) return problemResponse(c, error, 415)
+      if (error instanceof ParleyError && error.code === ErrorCode.CONFLICT)
+        return problemResponse(c, error, 409, {
+          "upload-offset": String((await store.size(fileKey(record))) ?? 0),
+        })
+      throw error
+    } finally {
+      chunksInFlight--
+      taken()
+    }
+  })
+
+  const serve = async (c: Context<Env>, thumbnail: boolean) => {
+    const id = c.req.param("id") ?? ""
+    const variant = thumbnail ? "thumbnail" : "file"
+    let record: AttachmentRecord
+    const sig = c.req.query("sig")
+    if (sig !== undefined) {
+      // A signed URL: the signature is checked before anything about the attachment is read.
+      if (!isAttachmentId(id) || !verifyUrl(options.secret(), id, variant, c.req.query("exp"), sig, now()))
+        throw new ParleyError(ErrorCode.NOT_FOUND, "no such attachment")
+      record = await service.readable(id, undefined)
+    } else record = await service.readable(id, c.get("user"))
+    if (thumbnail && !record.thumbnail)
+      throw new ParleyError(ErrorCode.NOT_FOUND, "this attachment has no thumbnail")
+    const key = thumbnail ? thumbnailKey(record) : fileKey(record)
+    const length = await store.size(key)
+    if (length === undefined) throw new ParleyError(ErrorCode.NOT_FOUND, "no such attachment")
+    const etag = `"${record.id}${thumbnail ? "-t" : ""}"`
+    const headers: Record<string, string> = {
+      "content-type": thumbnail ? "image/webp" : (record.mimeType ?? "application/octet-stream"),
+      etag,
+      "cache-control": `private, max-age=${CACHE_SECONDS}, immutable`,
+      "content-disposition": contentDisposition(record, thumbnail),
+      "x-content-type-options": "nosniff",
+      // Served bytes never run as a page of this origin, whatever a browser makes of them.
+      "content-security-policy": "default-src 'none'; sandbox",
+      "accept-ranges": "bytes",
+    }
+    if (c.req.header("if-none-match") === etag) return c.body(null, 304, headers)
+    const range = parseRange(c.req.header("range"), length)
+    if (range === "unsatisfiable")
+      return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, "range not satisfiable"), 416, {
+        "content-range": `bytes */${length}`,
+      })
+    const { start, end } = range ?? { start: 0, end: length }
+    const body = Readable.toWeb(Readable.from(store.read(key, start, end))) as ReadableStream<Uint8Array>
+    return c.body(body, range ? 206 : 200, {
+      ...headers,
+      "content-length": String(end - start),
+      ...(range ? { "content-range": `bytes ${start}-${end - 1}/${length}` } : {}),
+    })
+  }
+  app.openapi(downloadRoute, (c) => serve(c as unknown as Context<Env>, false) as never)
+  app.openapi(thumbnailRoute, (c) => serve(c as unknown as Context<Env>, true) as never)
+
+  app.openapi(signRoute, async (c) => {
+    const record = await service.readable(c.req.valid("param").id, c.get("user"))
+    const exp = Math.floor(now() / 1000) + options.signedUrlSeconds
+    const secret = options.secret()
+    const path = (variant: "file" | "thumbnail") =>
+      `/v1/attachments/${record.id}${variant === "thumbnail" ? "/thumbnail" : ""}?exp=${exp}&sig=${signUrl(secret, record.id, variant, exp)}`
+    return c.json(
+      {
+        url: path("file"),
+        ...(record.thumbnail ? { thumbnailUrl: path("thumbnail") } : {}),
+        expiresAt: exp * 1000,
+      },
+      200,
+    )
+  })
+
+  app.openapi(linkPreviewRoute, async (c) => {
+    if (!options.linkPreviews)
+      throw new ParleyError(ErrorCode.NOT_FOUND, "link previews are off on this relay")
+    return c.json(await options.linkPreviews.preview(c.req.valid("query").url), 200)
+  })
+  return app
+}
