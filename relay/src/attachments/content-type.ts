@@ -92,7 +92,11 @@ export function sniffText(head: Uint8Array): string {
   if (MARKUP.test(text))
     return /^\s*(<\?xml[^>]*>\s*)?(<!--[\s\S]*?-->\s*)*<svg/i.test(text) ? "image/svg+xml" : "text/html"
   // Control characters other than tab, newline, carriage return and form feed: binary.
-  if (/[\u0000-\u0008\u000b\u000e-\u001f\u007f]/.test(text)) return "application/octet-stream"
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i)
+    if ((code < 0x20 && code !== 0x09 && code !== 0x0a && code !== 0x0c && code !== 0x0d) || code === 0x7f)
+      return "application/octet-stream"
+  }
   return "text/plain"
 }
 
@@ -106,7 +110,14 @@ export async function sniffContentType(
   bytes: () => AsyncIterable<Uint8Array>,
   head: Uint8Array,
 ): Promise<string> {
-  const found = await fileTypeFromStream(Readable.from(bytes()))
+  const stream = Readable.from(bytes(), { objectMode: false })
+  let found: Awaited<ReturnType<typeof fileTypeFromStream>>
+  try {
+    found = await fileTypeFromStream(stream)
+  } finally {
+    // It reads only as far as the format needs: the rest of the blob is never fetched.
+    stream.destroy()
+  }
   if (found) return found.mime
   return sniffText(head)
 }

@@ -381,8 +381,10 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
     )
   })
 
-  app.openapi(headUploadRoute, async (c) => {
-    const { record, offset } = await service.session(c.req.valid("param").uploadId, c.get("user"))
+  // Hono answers HEAD with the GET handler (without the body): registered as GET, documented as HEAD.
+  app.openAPIRegistry.registerPath(headUploadRoute)
+  app.get("/v1/uploads/:uploadId", async (c) => {
+    const { record, offset } = await service.session(c.req.param("uploadId"), c.get("user"))
     return c.body(null, 204, {
       "upload-offset": String(offset),
       "upload-length": String(record.size),

@@ -1,0 +1,427 @@
+import { existsSync, readdirSync, readFileSync } from "node:fs"
+import { request } from "node:http"
+import { join } from "node:path"
+import {
+  type ConversationId,
+  createConversation,
+  deleteConversation,
+  deleteMessage,
+  type FileAttachment,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import sharp from "sharp"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { signUrl } from "../../src/attachments/signing.js"
+import { TestClient } from "../helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const carol = "carol" as UserId
+const MiB = 1024 * 1024
+
+async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, ms = 10_000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await probe()
+    if (ok(value)) return value
+    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/** An HTTP client of one relay's attachment routes. */
+export function attachmentClient(relay: () => RelayProcess) {
+  const url = (path: string) => `${relay().httpUrl}${path}`
+  const auth = async (user: string) => ({ authorization: `Bearer ${await relay().token(user)}` })
+  return {
+    async create(user: string, conversation: string, body: unknown) {
+      const response = await fetch(url(`/v1/conversations/${encodeURIComponent(conversation)}/uploads`), {
+        method: "POST",
+        headers: { ...(await auth(user)), "content-type": "application/json" },
+        body: JSON.stringify(body),
+      })
+      return { status: response.status, body: (await response.json()) as Record<string, unknown> }
+    },
+    async patch(user: string, uploadId: string, offset: number, chunk: Uint8Array) {
+      const response = await fetch(url(`/v1/uploads/${uploadId}`), {
+        method: "PATCH",
+        headers: {
+          ...(await auth(user)),
+          "content-type": "application/offset+octet-stream",
+          "upload-offset": String(offset),
+        },
+        body: new Blob([chunk as Uint8Array<ArrayBuffer>]),
+      })
+      const text = await response.text()
+      return {
+        status: response.status,
+        offset: response.headers.get("upload-offset"),
+        body: text ? (JSON.parse(text) as Record<string, unknown>) : undefined,
+      }
+    },
+    async head(user: string, uploadId: string) {
+      const response = await fetch(url(`/v1/uploads/${uploadId}`), {
+        method: "HEAD",
+        headers: await auth(user),
+      })
+      return {
+        status: response.status,
+        offset: response.headers.get("upload-offset"),
+        length: response.headers.get("upload-length"),
+      }
+    },
+    /** Uploads `bytes` whole, 1 MiB a chunk; the last response. */
+    async upload(user: string, conversation: string, name: string, bytes: Uint8Array) {
+      const created = await this.create(user, conversation, { name, size: bytes.length })
+      if (created.status !== 201) return { status: created.status, body: created.body, uploadId: undefined }
+      const uploadId = created.body.uploadId as string
+      const chunk = created.body.chunkBytes as number
+      let last: Awaited<ReturnType<typeof this.patch>> | undefined
+      for (let offset = 0; offset < bytes.length; offset += chunk) {
+        last = await this.patch(user, uploadId, offset, bytes.subarray(offset, offset + chunk))
+        if (last.status !== 204) break
+      }
+      return { ...last!, uploadId }
+    },
+    async download(path: string, user?: string, headers: Record<string, string> = {}) {
+      const response = await fetch(url(path), { headers: { ...(user ? await auth(user) : {}), ...headers } })
+      return {
+        status: response.status,
+        headers: response.headers,
+        bytes: new Uint8Array(await response.arrayBuffer()),
+      }
+    },
+    async sign(user: string, id: string) {
+      const response = await fetch(url(`/v1/attachments/${id}/signed-url`), {
+        method: "POST",
+        headers: await auth(user),
+      })
+      return { status: response.status, body: (await response.json()) as Record<string, unknown> }
+    },
+  }
+}
+
+const png = (width: number, height: number) =>
+  sharp({ create: { width, height, channels: 3, background: { r: 200, g: 30, b: 90 } } })
+    .png()
+    .toBuffer()
+    .then((b) => new Uint8Array(b))
+const text = (bytes: number) => new Uint8Array(Buffer.alloc(bytes, "parley attachments, line by line\n"))
+
+/** Everything stored under the relay's `<data>/blobs`, as paths. */
+function blobFiles(dataDir: string): string[] {
+  const root = join(dataDir, "blobs")
+  if (!existsSync(root)) return []
+  return readdirSync(root, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name).slice(root.length + 1))
+}
+
+describe("attachments on a relay process (file-system blob store)", () => {
+  let relay: RelayProcess
+  const api = attachmentClient(() => relay)
+
+  beforeAll(async () => {
+    relay = await startRelayProcess({ args: ["--attachment-bytes-per-minute", String(64 * MiB)] })
+  })
+  afterAll(async () => {
+    await stopRelayProcesses()
+  })
+
+  async function group(id: string, participants: UserId[] = [bob]): Promise<TestClient> {
+    const client = new TestClient(relay.url, id as ConversationId, await relay.token(alice))
+    await client.opened
+    await client.synced()
+    createConversation(client.doc, alice, {
+      kind: "group",
+      id: id as ConversationId,
+      title: "Files",
+      participants,
+    })
+    await client.allSaved()
+    return client
+  }
+
+  it("uploads an image, gives dimensions and a thumbnail, and serves it to participants only", async () => {
+    const client = await group("g~att-image-0001")
+    const image = await png(800, 600)
+    const done = await api.upload(alice, "g~att-image-0001", "holiday.png", image)
+    expect(done.status).toBe(201)
+    const attachment = done.body!.attachment as FileAttachment
+    expect(attachment).toMatchObject({
+      kind: "file",
+      name: "holiday.png",
+      mimeType: "image/png",
+      size: image.length,
+      width: 800,
+      height: 600,
+      thumbnail: { width: 320, height: 240 },
+    })
+    expect(attachment.url).toBe(`/v1/attachments/${attachment.id}`)
+    sendMessage(client.doc, alice, { body: "look", attachments: [attachment] })
+    await client.allSaved()
+
+    const got = await api.download(attachment.url, bob)
+    expect(got.status).toBe(200)
+    expect(Buffer.from(got.bytes).equals(Buffer.from(image))).toBe(true)
+    expect(got.headers.get("content-type")).toBe("image/png")
+    expect(got.headers.get("content-length")).toBe(String(image.length))
+    expect(got.headers.get("cache-control")).toMatch(/^private, max-age=\d+, immutable$/)
+    expect(got.headers.get("content-disposition")).toMatch(/^inline; filename="holiday.png"/)
+    expect(got.headers.get("x-content-type-options")).toBe("nosniff")
+    const etag = got.headers.get("etag")!
+    expect((await api.download(attachment.url, bob, { "if-none-match": etag })).status).toBe(304)
+
+    const thumb = await api.download(attachment.thumbnail!.url, bob)
+    expect(thumb.status).toBe(200)
+    expect(thumb.headers.get("content-type")).toBe("image/webp")
+    expect(await sharp(thumb.bytes).metadata()).toMatchObject({ format: "webp", width: 320, height: 240 })
+
+    const range = await api.download(attachment.url, bob, { range: "bytes=0-7" })
+    expect(range.status).toBe(206)
+    expect(range.headers.get("content-range")).toBe(`bytes 0-7/${image.length}`)
+    expect([...range.bytes]).toEqual([...image.subarray(0, 8)])
+
+    // A non-participant and an unknown id get the same answer; no token is a 401.
+    const outsider = await api.download(attachment.url, carol)
+    const unknown = await api.download("/v1/attachments/att_00000000000000000000000000", carol)
+    expect(outsider.status).toBe(404)
+    expect(unknown.status).toBe(404)
+    expect(Buffer.from(outsider.bytes).toString()).toBe(Buffer.from(unknown.bytes).toString())
+    expect((await api.download(attachment.url)).status).toBe(401)
+    expect((await api.sign(carol, attachment.id!)).status).toBe(404)
+    client.close()
+  })
+
+  it("serves signed URLs without a token, and 404s a wrong or expired signature", async () => {
+    const client = await group("g~att-signed-001")
+    const done = await api.upload(
+      alice,
+      "g~att-signed-001",
+      "doc.pdf",
+      new TextEncoder().encode("%PDF-1.4\n%\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"),
+    )
+    expect(done.status).toBe(201)
+    const attachment = done.body!.attachment as FileAttachment
+    expect(attachment.mimeType).toBe("application/pdf")
+    const signed = await api.sign(bob, attachment.id!)
+    expect(signed.status).toBe(200)
+    expect(signed.body.expiresAt as number).toBeGreaterThanOrEqual(Date.now() + 10 * 60_000)
+    const ok = await api.download(signed.body.url as string)
+    expect(ok.status).toBe(200)
+    expect(ok.headers.get("content-disposition")).toMatch(/^attachment;/)
+    const url = new URL(signed.body.url as string, relay.httpUrl)
+    const sig = url.searchParams.get("sig")!
+    url.searchParams.set("sig", `${sig.slice(0, -2)}${sig.endsWith("AA") ? "BB" : "AA"}`)
+    expect((await api.download(`${url.pathname}${url.search}`)).status).toBe(404)
+    // The thumbnail's signature does not open the file, and an expired signature (made with the relay's secret) fails.
+    const secret = readFileSync(join(relay.dataDir, "blobs", "keys", "url-signing", "#000000000000000"))
+    const past = Math.floor(Date.now() / 1000) - 1
+    expect(
+      (
+        await api.download(
+          `/v1/attachments/${attachment.id}?exp=${past}&sig=${signUrl(secret, attachment.id!, "file", past)}`,
+        )
+      ).status,
+    ).toBe(404)
+    const future = Math.floor(Date.now() / 1000) + 60
+    expect(
+      (
+        await api.download(
+          `/v1/attachments/${attachment.id}?exp=${future}&sig=${signUrl(secret, attachment.id!, "file", future)}`,
+        )
+      ).status,
+    ).toBe(200)
+    expect(
+      (
+        await api.download(
+          `/v1/attachments/${attachment.id}?exp=${future}&sig=${signUrl(secret, attachment.id!, "thumbnail", future)}`,
+        )
+      ).status,
+    ).toBe(404)
+    client.close()
+  })
+
+  it("refuses uploads over the size limit, oversized chunks and non-senders", async () => {
+    const client = await group("g~att-limits-01")
+    const big = await api.create(alice, "g~att-limits-01", { name: "big.bin", size: 25 * MiB + 1 })
+    expect(big.status).toBe(413)
+    expect(big.body.code).toBe("TOO_LARGE")
+    expect((await api.create(carol, "g~att-limits-01", { name: "x.txt", size: 10 })).status).toBe(404)
+    const created = await api.create(alice, "g~att-limits-01", { name: "x.txt", size: 3 * MiB })
+    const tooLong = await api.patch(alice, created.body.uploadId as string, 0, text(MiB + 1))
+    expect(tooLong.status).toBe(413)
+    expect((await api.head(carol, created.body.uploadId as string)).status).toBe(404)
+    client.close()
+  })
+
+  it("sniffs the bytes: a .png that is a program or a web page is refused and deleted", async () => {
+    const client = await group("g~att-sniff-001")
+    const exe = new Uint8Array(4096)
+    exe.set(Buffer.from("MZ"), 0)
+    exe.set(Buffer.from("This program cannot be run in DOS mode"), 0x4e)
+    const refused = await api.upload(alice, "g~att-sniff-001", "cat.png", exe)
+    expect(refused.status).toBe(415)
+    expect((await api.head(alice, refused.uploadId!)).status).toBe(404)
+    const html = await api.upload(
+      alice,
+      "g~att-sniff-001",
+      "cat.png",
+      new TextEncoder().encode("<!DOCTYPE html><script>alert(1)</script>"),
+    )
+    expect(html.status).toBe(415)
+    const svg = await api.upload(
+      alice,
+      "g~att-sniff-001",
+      "cat.png",
+      new TextEncoder().encode(
+        '<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+      ),
+    )
+    expect(svg.status).toBe(415)
+    // A PNG claimed as text is stored as what it is.
+    const real = await api.upload(alice, "g~att-sniff-001", "notes.txt", await png(10, 20))
+    expect(real.status).toBe(201)
+    expect(real.body!.attachment).toMatchObject({ mimeType: "image/png", width: 10, height: 20 })
+    client.close()
+  })
+
+  it("resumes after an interrupted chunk (HEAD, 409 on a wrong offset) and counts bytes per user", async () => {
+    const client = await group("g~att-resume-01")
+    const bytes = text(2 * MiB + 1000)
+    const created = await api.create(alice, "g~att-resume-01", { name: "log.txt", size: bytes.length })
+    const id = created.body.uploadId as string
+    expect((await api.patch(alice, id, 0, bytes.subarray(0, MiB))).status).toBe(204)
+    // The second chunk's connection dies halfway: nothing of it is kept.
+    await new Promise<void>((resolve) => {
+      const req = request(`${relay.httpUrl}/v1/uploads/${id}`, {
+        method: "PATCH",
+        headers: {
+          "content-type": "application/offset+octet-stream",
+          "upload-offset": String(MiB),
+          "content-length": String(MiB),
+        },
+      })
+      void relay.token(alice).then((token) => {
+        req.setHeader("authorization", `Bearer ${token}`)
+        req.write(bytes.subarray(MiB, MiB + 300_000))
+        setTimeout(() => {
+          req.destroy()
+          resolve()
+        }, 200)
+      })
+      req.on("error", () => {})
+    })
+    const head = await until(
+      () => api.head(alice, id),
+      (h) => h.status === 204,
+    )
+    expect(head).toMatchObject({ offset: String(MiB), length: String(bytes.length) })
+    const wrong = await api.patch(alice, id, 2 * MiB, bytes.subarray(2 * MiB))
+    expect(wrong.status).toBe(409)
+    expect(wrong.offset).toBe(String(MiB))
+    expect((await api.patch(alice, id, MiB, bytes.subarray(MiB, 2 * MiB))).status).toBe(204)
+    const last = await api.patch(alice, id, 2 * MiB, bytes.subarray(2 * MiB))
+    expect(last.status).toBe(201)
+    const attachment = last.body!.attachment as FileAttachment
+    expect(attachment).toMatchObject({ mimeType: "text/plain", size: bytes.length })
+    expect(attachment.thumbnail).toBeUndefined()
+    const got = await api.download(attachment.url, alice)
+    expect(Buffer.from(got.bytes).equals(Buffer.from(bytes))).toBe(true)
+    client.close()
+  })
+
+  it("deletes a message's blobs with the message, and a conversation's with the conversation", async () => {
+    const client = await group("g~att-delete-01")
+    const keep = await group("g~att-delete-02")
+    const first = (await api.upload(alice, "g~att-delete-01", "a.png", await png(64, 64))).body!
+      .attachment as FileAttachment
+    const second = (await api.upload(alice, "g~att-delete-01", "b.txt", text(100))).body!
+      .attachment as FileAttachment
+    const other = (await api.upload(alice, "g~att-delete-02", "c.txt", text(100))).body!
+      .attachment as FileAttachment
+    const m1 = sendMessage(client.doc, alice, { body: "one", attachments: [first] })
+    sendMessage(client.doc, alice, { body: "two", attachments: [second] })
+    sendMessage(keep.doc, alice, { body: "three", attachments: [other] })
+    await client.allSaved()
+    await keep.allSaved()
+    const stored = (id: string) => blobFiles(relay.dataDir).filter((f) => f.includes(id))
+    expect(stored(first.id!).length).toBe(3) // its record, the file and its thumbnail
+    // Linked to its message by the hook pipeline: wait until the reference is written.
+    await until(
+      () => blobFiles(relay.dataDir).filter((f) => f.includes("/msg/")).length,
+      (n) => n >= 3,
+    )
+    deleteMessage(client.doc, alice, m1.id)
+    await client.allSaved()
+    await until(
+      () => stored(first.id!),
+      (files) => files.length === 0,
+    )
+    expect((await api.download(first.url, alice)).status).toBe(404)
+    expect((await api.download(second.url, alice)).status).toBe(200)
+
+    deleteConversation(client.doc, alice)
+    await client.allSaved()
+    await until(
+      () => stored(second.id!),
+      (files) => files.length === 0,
+    )
+    // Only that conversation's: the other one keeps its blob.
+    expect(stored(other.id!).length).toBe(2)
+    expect((await api.download(other.url, bob)).status).toBe(200)
+    client.close()
+    keep.close()
+  })
+
+  it("keeps an upload session across a restart of the relay", async () => {
+    const client = await group("g~att-restart-1")
+    client.close()
+    const bytes = text(MiB + 5000)
+    const created = await api.create(alice, "g~att-restart-1", { name: "r.txt", size: bytes.length })
+    const id = created.body.uploadId as string
+    expect((await api.patch(alice, id, 0, bytes.subarray(0, MiB))).status).toBe(204)
+    await relay.kill()
+    relay = await startRelayProcess({ dataDir: relay.dataDir, secret: relay.secret })
+    expect(await api.head(alice, id)).toMatchObject({ status: 204, offset: String(MiB) })
+    const last = await api.patch(alice, id, MiB, bytes.subarray(MiB))
+    expect(last.status).toBe(201)
+    const got = await api.download((last.body!.attachment as FileAttachment).url, bob)
+    expect(Buffer.from(got.bytes).equals(Buffer.from(bytes))).toBe(true)
+  })
+})
+
+describe("per-user upload limits", () => {
+  let relay: RelayProcess
+  const api = attachmentClient(() => relay)
+  beforeAll(async () => {
+    relay = await startRelayProcess({ args: ["--attachment-bytes-per-minute", String(2 * MiB)] })
+  })
+  afterAll(async () => {
+    await stopRelayProcesses()
+  })
+
+  it("refuses a user's bytes beyond the minute's budget, whichever upload they belong to", async () => {
+    const client = new TestClient(relay.url, "g~att-quota-001" as ConversationId, await relay.token(alice))
+    await client.opened
+    await client.synced()
+    createConversation(client.doc, alice, {
+      kind: "group",
+      id: "g~att-quota-001" as ConversationId,
+      participants: [bob],
+    })
+    await client.allSaved()
+    const one = await api.create(alice, "g~att-quota-001", { name: "1.txt", size: 2 * MiB })
+    const two = await api.create(alice, "g~att-quota-001", { name: "2.txt", size: 2 * MiB })
+    expect((await api.patch(alice, one.body.uploadId as string, 0, text(MiB))).status).toBe(204)
+    expect((await api.patch(alice, two.body.uploadId as string, 0, text(MiB))).status).toBe(204)
+    const third = await api.patch(alice, one.body.uploadId as string, MiB, text(MiB))
+    expect(third.status).toBe(429)
+    // Another user's budget is their own.
+    const bobs = await api.create(bob, "g~att-quota-001", { name: "b.txt", size: MiB })
+    expect((await api.patch(bob, bobs.body.uploadId as string, 0, text(MiB))).status).toBe(201)
+    client.close()
+  })
+})
