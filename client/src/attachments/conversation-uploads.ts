@@ -505,6 +505,8 @@ export class ConversationUploads {
         if (blob && !this.closed) this.urls.set(key(entry.messageId, i), objectUrls.create(blob))
       }),
     )
+    // A view listed before the previews were read lacks them.
+    this.views.delete(entry.messageId)
   }
 
   private render(entry: OutboxEntry): PendingUploadView {
