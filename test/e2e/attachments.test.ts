@@ -55,7 +55,8 @@ it("an image attached offline survives a reload, arrives once with its thumbnail
   // Back online: uploaded, then written once; Bob sees the thumbnail in a box sized before it loaded.
   await alice.setOffline(false)
   await alice.connection("online")
-  await alice.messageStatus("The beach", "delivered")
+  // Bob has the conversation open: it goes straight to read.
+  await alice.messageStatus("The beach", "read")
   const image = bob.message("The beach").getByTestId("attachment-image")
   await bob.page.locator("[data-testid=attachment-image][data-loaded=true]").waitFor()
   const box = await image.boundingBox()
