@@ -57,7 +57,9 @@ describe("sending files offline", () => {
     const again = await offlineClient(user)
     const reopened = again.conversation(id)
     await reopened.ready()
-    await vi.waitFor(() => expect(reopened.messages({ last: 10 }).map((m) => m.body)).toEqual(["before", "look"]))
+    await vi.waitFor(() =>
+      expect(reopened.messages({ last: 10 }).map((m) => m.body)).toEqual(["before", "look"]),
+    )
     const restored = reopened.message(sent.id)!
     expect(restored.status).toBe("pending")
     expect(restored.upload?.files.map((f) => f.name)).toEqual(["cat.png", "file-2.plain"])
@@ -103,5 +105,51 @@ describe("sending files offline", () => {
       expect.objectContaining({ code: "FORBIDDEN" }),
     )
     expect(chat.messages()).toEqual([])
+  })
+})
+
+describe("a message whose files were uploaded", () => {
+  it("is written again, once, when a reload lost the replica's copy of it", async () => {
+    const user = `filer${++users}`
+    const alice = await offlineClient(user)
+    const chat = await alice.createConversation({ participants: ["bob"] })
+    const id = chat.id
+    await alice.destroy()
+    // The outbox says the message was written, but the replica never stored it (the page died first).
+    const { openOutboxStore } = await import("../src/attachments/outbox-store.js")
+    const { newMessageId } = await import("@parley/shared")
+    const store = openOutboxStore("indexeddb", user)
+    const messageId = newMessageId()
+    const attachment = {
+      kind: "file" as const,
+      id: "att_0123456789abcdefghjkmnpqrs",
+      url: "/v1/attachments/att_0123456789abcdefghjkmnpqrs",
+      name: "cat.png",
+      mimeType: "image/png",
+      size: 7,
+    }
+    await store.add(
+      {
+        messageId,
+        conversationId: id,
+        body: "written before the crash",
+        createdAt: Date.now(),
+        files: [{ name: "cat.png", mimeType: "image/png", size: 7, attachment }],
+        written: true,
+      },
+      [],
+    )
+    store.close()
+    const again = await offlineClient(user)
+    const reopened = again.conversation(id)
+    await reopened.ready()
+    await vi.waitFor(() => expect(reopened.message(messageId)?.attachments).toEqual([attachment]))
+    const listed = reopened.messages({ last: 10 })
+    expect(listed.filter((m) => m.id === messageId)).toHaveLength(1)
+    expect(listed.find((m) => m.id === messageId)).toMatchObject({
+      status: "pending",
+      body: "written before the crash",
+    })
+    expect(listed.find((m) => m.id === messageId)?.upload).toBeUndefined()
   })
 })

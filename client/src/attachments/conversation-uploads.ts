@@ -169,7 +169,6 @@ export class ConversationUploads {
       if (this.closed) return
       for (const entry of this.entries.values())
         if (!entry.written) host.changed(this.eventOf(entry, entry.failed ? "failed" : "queued"))
-      this.settleWritten()
       this.wake()
     })
   }
@@ -268,6 +267,7 @@ export class ConversationUploads {
   /** Tries now (the conversation came online, or the user asked): ends any backoff wait. */
   wake(): void {
     if (this.closed) return
+    this.settleWritten()
     clearTimeout(this.timer)
     this.timer = undefined
     this.attempt = 0
