@@ -1,6 +1,6 @@
 import "fake-indexeddb/auto"
 import { createHash } from "node:crypto"
-import type { Attachment } from "@parley/shared"
+import type { Attachment, FileAttachment } from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import type { ChatClient, Conversation, UploadEvent } from "../src/index.js"
 import { png } from "./png.js"
@@ -52,13 +52,8 @@ async function download(client: ChatClient, attachment: Attachment, variant: "fi
   return { type: response.headers.get("content-type"), bytes: await response.arrayBuffer() }
 }
 
-const fileOf = (attachment: Attachment | undefined) =>
-  attachment as Extract<Attachment, { url: string }> & {
-    id: string
-    width?: number
-    height?: number
-    thumbnail?: { url: string; width: number; height: number }
-  }
+/** An uploaded file's record (the relay gives every one an id). */
+const fileOf = (attachment: Attachment | undefined) => attachment as FileAttachment & { id: string }
 
 describe("sending files through the relay", () => {
   it("uploads an image sent offline after a reload, and writes the message once, with its thumbnail", async () => {
