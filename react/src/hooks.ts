@@ -160,7 +160,6 @@ export function useAttachmentUrl(
   const client = useChatClient()
   const key = attachmentKey(attachment)
   // Keyed by the attachment's identity, not the object: a re-rendered message gives a new object for the same file.
-  // biome-ignore lint/correctness/useExhaustiveDependencies: `attachment` is read through `key`.
   const store = useMemo(
     () => (attachment === undefined ? NO_URL_STORE : attachmentUrlStore(client, attachment, variant)),
     [client, key, variant],
