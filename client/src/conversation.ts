@@ -826,6 +826,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     uploads.attach({
       ready: () => !this.closed && this.current.state === "ready",
       online: () => !this.closed && this.connection.status === "online",
+      participant: () => this.role !== undefined,
       write: (entry, attachments) => {
         this.write(() =>
           sendMessage(
@@ -859,6 +860,14 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.on("status", () => uploads.settleWritten())
     this.on("state", ({ state }) => {
       if (state.state === "ready") uploads.wake()
+      // As for unsaved messages (see bind): a refused token or a damaged conversation may come back; the rest will not.
+      else if (
+        state.state === "unavailable" &&
+        state.reason !== ErrorCode.UNAUTHORIZED &&
+        state.reason !== ErrorCode.DAMAGED &&
+        state.reason !== ErrorCode.NOT_FOUND
+      )
+        uploads.failAll(state.error)
     })
   }
 

@@ -137,6 +137,31 @@ describe("sending files through the relay", () => {
     )
   })
 
+  it("fails a waiting message when the user was removed meanwhile, with the reason", async () => {
+    const [aliceName, bobName] = names("alice", "bob")
+    const alice = await connectClient(relay, aliceName!, { uploads: { minDelay: 50, maxDelay: 400 } })
+    const bob = await connectClient(relay, bobName!)
+    const bobsChat = await group(bob, [alice])
+    const chat = alice.conversation(bobsChat.id)
+    await chat.ready()
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    alice.disconnect()
+    const sent = chat.send({
+      body: "too late",
+      files: [new File([png(20, 20)], "late.png", { type: "image/png" })],
+    })
+    bobsChat.removeParticipants([alice.user])
+    await eventually(() => expect(bobsChat.participants.map((p) => p.user)).toEqual([bob.user]))
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    alice.connect()
+    await eventually(() => expect(chat.status(sent.id)).toBe("failed"))
+    expect(chat.message(sent.id)?.error?.code).toMatch(/FORBIDDEN|NOT_FOUND/)
+    expect(chat.message(sent.id)?.upload?.files[0]?.url).toBeUndefined()
+    expect(bobsChat.message(sent.id)).toBeUndefined()
+    chat.discard(sent.id)
+    expect(chat.message(sent.id)).toBeUndefined()
+  })
+
   it("resumes an upload the network interrupted, sending each byte once", async () => {
     const [aliceName, bobName] = names("alice", "bob")
     const requests: string[] = []

@@ -77,6 +77,8 @@ export interface UploadHost {
   ready(): boolean
   /** The conversation is synced with the relay now. */
   online(): boolean
+  /** The user is a participant, as far as the replica knows. */
+  participant(): boolean
   /** Writes the message with its attachments; idempotent by id. Throws a `ParleyError` when the rules refuse it. */
   write(entry: OutboxEntry, attachments: readonly Attachment[]): void
   /** The status of message `id` in the replica, or undefined when the replica does not hold it. */
@@ -104,8 +106,12 @@ export interface UploadDeps {
   readonly random?: () => number
 }
 
-/** Attempts to start an upload while the relay does not know the conversation yet (created offline, still syncing). */
-const NOT_FOUND_TRIES = 5
+/**
+ * Attempts to start an upload while the relay does not know the conversation
+ * yet (created offline, its creation still on the way to the relay's storage),
+ * with backoff: about a minute and a half with the default delays.
+ */
+const NOT_FOUND_TRIES = 8
 
 const failureOf = (error: ParleyError): StoredFailure => ({ code: error.code, message: error.message })
 const errorOf = (failure: StoredFailure): ParleyError =>
@@ -274,6 +280,16 @@ export class ConversationUploads {
     void this.run()
   }
 
+  /**
+   * Fails every waiting message with `error`: the conversation will not take
+   * them (the user was removed, it was deleted). Their bytes are freed.
+   */
+  failAll(error: ParleyError): void {
+    if (this.closed) return
+    this.current?.abort.abort()
+    for (const entry of this.ordered()) if (!entry.written && !entry.failed) void this.fail(entry, error)
+  }
+
   /** Forgets written messages the relay has saved (or refused); rewrites one a reload lost. */
   settleWritten(): void {
     const host = this.host
@@ -401,8 +417,9 @@ export class ConversationUploads {
 
   private transient(entry: OutboxEntry, error: unknown): boolean {
     if (isTransient(error)) return true
-    // A conversation created offline may not have reached the relay's storage when its first upload starts.
-    if (error instanceof HttpRefusal && error.status === 404) {
+    // A conversation created offline may not have reached the relay's storage when its first upload starts;
+    // but a user the synced replica no longer lists as a participant is refused for good.
+    if (error instanceof HttpRefusal && error.status === 404 && this.host?.participant() !== false) {
       const tries = (this.notFound.get(entry.messageId) ?? 0) + 1
       this.notFound.set(entry.messageId, tries)
       return tries < NOT_FOUND_TRIES
