@@ -137,6 +137,19 @@ describe("sending files through the relay", () => {
     )
   })
 
+  it("fails a message whose file's sniffed type the relay refuses (415), whatever type the browser claimed", async () => {
+    const [aliceName, bobName] = names("alice", "bob")
+    const alice = await connectClient(relay, aliceName!, { uploads: { minDelay: 50, maxDelay: 400 } })
+    const bob = await connectClient(relay, bobName!)
+    const chat = await group(alice, [bob])
+    const page = new File(["<html><script>alert(1)</script></html>"], "cute.png", { type: "image/png" })
+    const sent = chat.send({ body: "not a picture", files: [page] })
+    await eventually(() => expect(chat.status(sent.id)).toBe("failed"))
+    expect(chat.message(sent.id)?.error?.message).toMatch(/text\/html/)
+    expect(chat.message(sent.id)?.upload?.files[0]?.refused?.message).toMatch(/text\/html/)
+    expect(bob.conversation(chat.id).message(sent.id)).toBeUndefined()
+  })
+
   it("fails a waiting message when the user was removed meanwhile, with the reason", async () => {
     const [aliceName, bobName] = names("alice", "bob")
     const alice = await connectClient(relay, aliceName!, { uploads: { minDelay: 50, maxDelay: 400 } })
