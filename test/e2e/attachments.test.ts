@@ -107,6 +107,21 @@ it("an image attached offline survives a reload, arrives once with its thumbnail
   expect(text).toBe("agenda: swim, eat, sleep")
   await screenshot("file-link", alice)
 
+  // A file the relay refuses (HTML, whatever its name says): the message fails with the reason; retry sends the text.
+  await alice.page.getByTestId("composer-file-input").setInputFiles({
+    name: "cute.png",
+    mimeType: "image/png",
+    buffer: Buffer.from("<html><script>alert(1)</script></html>"),
+  })
+  await alice.send("Not really a picture")
+  await alice.messageStatus("Not really a picture", "failed")
+  const failure = alice.message("Not really a picture").getByTestId("message-error")
+  await failure.getByText(/text\/html/).waitFor()
+  await screenshot("refused-file", alice)
+  await failure.getByTestId("upload-retry").click()
+  await bob.message("Not really a picture").waitFor()
+  expect(await bob.message("Not really a picture").getByTestId("attachments").count()).toBe(0)
+
   // Carol is not in the conversation: the relay gives her no URL and no bytes for the image.
   const id = /\/v1\/attachments\/(att_[0-9a-z]{26})\//.exec(src)![1]!
   const carol = await DemoUser.open(demo.browser, demo.relay.url, "carol", DESKTOP)
