@@ -100,6 +100,9 @@ describe("sending files offline", () => {
     expect(() => chat.send({ body: "not a file", files: ["nope" as never] })).toThrow(
       expect.objectContaining({ code: "INVALID_ARGUMENT" }),
     )
+    expect(() => chat.send({ body: "empty", files: [photo(), new File([], "empty.txt")] })).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT", message: "empty.txt is empty" }),
+    )
     chat.leave()
     expect(() => chat.send({ body: "gone", files: [photo()] })).toThrow(
       expect.objectContaining({ code: "FORBIDDEN" }),

@@ -184,9 +184,12 @@ export class ConversationUploads {
    * The entry and its bytes are stored in the outbox in the background.
    */
   add(message: OutgoingMessage): PendingUploadView {
-    for (const file of message.files)
+    message.files.forEach((file, i) => {
       if (!(file instanceof Blob))
         throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "files must be File or Blob objects")
+      // The relay takes no empty upload: refused now rather than after the message waited for it.
+      if (file.size === 0) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, `${fileName(file, i)} is empty`)
+    })
     const files: OutboxFile[] = message.files.map((file, i) => ({
       name: fileName(file, i),
       mimeType: file.type,
@@ -348,7 +351,7 @@ export class ConversationUploads {
         } catch (error) {
           if (this.closed || !this.entries.has(next.messageId)) continue
           if (this.transient(next, error)) {
-            this.backoff()
+            this.backoff(error instanceof HttpRefusal ? error.retryAfterMs : undefined)
             return
           }
           await this.fail(next, toError(error))
@@ -427,12 +430,13 @@ export class ConversationUploads {
     return false
   }
 
-  private backoff(): void {
+  /** Waits before the next attempt: doubling delays with jitter, never shorter than the relay asked (`Retry-After`). */
+  private backoff(retryAfterMs = 0): void {
     const min = this.deps.retry?.minDelay ?? 1_000
     const max = this.deps.retry?.maxDelay ?? 30_000
     const base = Math.min(max, min * 2 ** this.attempt++)
     // Jitter: tabs and devices that failed together do not retry together.
-    const delay = base * (0.5 + (this.deps.random ?? Math.random)() / 2)
+    const delay = Math.max(retryAfterMs, base * (0.5 + (this.deps.random ?? Math.random)() / 2))
     clearTimeout(this.timer)
     this.timer = setTimeout(() => {
       this.timer = undefined

@@ -15,6 +15,8 @@ export class HttpRefusal extends ParleyError {
     readonly status: number,
     /** The relay's `Upload-Offset`, when it said where an upload stands (409). */
     readonly uploadOffset?: number,
+    /** How long the relay asked to wait (`Retry-After`, 429 and 503), in ms. */
+    readonly retryAfterMs?: number,
   ) {
     super(code, message)
   }
@@ -41,11 +43,13 @@ export async function refusalOf(response: Response): Promise<HttpRefusal> {
     ? (problem!.code as ErrorCode)
     : codeOf(response.status)
   const offset = Number(response.headers.get("upload-offset") ?? Number.NaN)
+  const retryAfter = Number(response.headers.get("retry-after") ?? Number.NaN)
   return new HttpRefusal(
     code,
     problem?.detail ?? problem?.title ?? `the relay answered ${response.status}`,
     response.status,
     Number.isSafeInteger(offset) && offset >= 0 ? offset : undefined,
+    Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter * 1000 : undefined,
   )
 }
 
