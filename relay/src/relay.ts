@@ -330,6 +330,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           ...options.attachments,
           store: backend.blobs,
           verify: (token) => auth.verify(token),
+          ...(options.api === false ? {} : { keys: backend.keys }),
           log: log.child({ component: "attachments" }),
         })
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.

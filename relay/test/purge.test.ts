@@ -60,8 +60,10 @@ async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<Te
 
 /** Every byte of the data directory's files (the databases, their -wal and -shm), as one latin1 string. */
 function rawFiles(dir: string): string {
-  return readdirSync(dir)
-    .map((f) => readFileSync(join(dir, f)).toString("latin1"))
+  // Every file, the attachment blobs under blobs/ included.
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((entry) => entry.isFile())
+    .map((entry) => readFileSync(join(entry.parentPath, entry.name)).toString("latin1"))
     .join("\n")
 }
 

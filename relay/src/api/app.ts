@@ -3,6 +3,7 @@ import { type ConversationId, ErrorCode, type MessageId, ParleyError, type UserI
 import type { Context, MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
+import { attachmentsOpenApiPart } from "../attachments/routes.js"
 import type { RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
@@ -550,13 +551,19 @@ export function openApiDocument(): Record<string, unknown> {
   }
   // The devices' push registration routes (relay/src/push/routes.ts) are served beside the API.
   const push = pushOpenApiPart()
+  // So are the attachment routes (relay/src/attachments/routes.ts).
+  const attachments = attachmentsOpenApiPart()
   return {
     ...doc,
-    paths: { ...doc.paths, ...push.paths },
+    paths: { ...doc.paths, ...push.paths, ...attachments.paths },
     components: {
       ...doc.components,
-      schemas: { ...doc.components.schemas, ...push.schemas },
-      securitySchemes: { ...doc.components.securitySchemes, ...push.securitySchemes },
+      schemas: { ...doc.components.schemas, ...push.schemas, ...attachments.schemas },
+      securitySchemes: {
+        ...doc.components.securitySchemes,
+        ...push.securitySchemes,
+        ...attachments.securitySchemes,
+      },
     },
   }
 }

@@ -79,14 +79,22 @@ const MARKUP =
 export function sniffText(head: Uint8Array): string {
   let bytes = head.subarray(0, TEXT_SNIFF_BYTES)
   if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) bytes = bytes.subarray(3)
-  let text: string | undefined
-  // The head may end inside a multi-byte character: try without up to three trailing bytes.
-  for (let cut = 0; cut <= 3 && text === undefined; cut++) {
-    try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, bytes.length - cut))
-    } catch {
-      text = undefined
+  // The head may end inside a multi-byte character: that incomplete last character is left out.
+  let end = bytes.length
+  for (let i = bytes.length - 1; i >= Math.max(0, bytes.length - 3); i--) {
+    const byte = bytes[i]!
+    if (byte < 0x80) break
+    if (byte >= 0xc0) {
+      const need = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : 2
+      if (bytes.length - i < need) end = i
+      break
     }
+  }
+  let text: string | undefined
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, end))
+  } catch {
+    text = undefined
   }
   if (text === undefined) return "application/octet-stream"
   if (MARKUP.test(text))

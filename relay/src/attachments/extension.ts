@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
+import type { ApiKeyStore } from "../api/keys.js"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEventType } from "../hooks/events.js"
@@ -57,6 +58,8 @@ export const DEFAULT_ATTACHMENT_OPTIONS = {
 export interface AttachmentsExtensionOptions extends AttachmentOptions {
   readonly store: BlobStore
   readonly verify: (token: string) => Promise<Principal>
+  /** The HTTP API's keys, which may upload and download as their service participant. */
+  readonly keys?: ApiKeyStore
   readonly log: Logger
 }
 
@@ -136,6 +139,7 @@ export class AttachmentsExtension implements RelayExtension {
         bytesPerMinute: this.options.bytesPerMinutePerUser ?? D.bytesPerMinutePerUser,
       }),
       verify: this.options.verify,
+      ...(this.options.keys ? { keys: this.options.keys } : {}),
       secret: () => secret,
       signedUrlSeconds: this.options.signedUrlSeconds ?? D.signedUrlSeconds,
       maxChunksInFlight: this.options.maxChunksInFlight ?? D.maxChunksInFlight,

@@ -2,10 +2,11 @@ import { Readable } from "node:stream"
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
 import { type ConversationId, ErrorCode, isAttachmentId, ParleyError, type UserId } from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
+import { type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "../api/keys.js"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
 import type { Logger } from "../log.js"
-import type { Principal } from "../principal.js"
+import { type Principal, serviceParticipant } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
 import { INLINE_IMAGES } from "./content-type.js"
 import type { LinkPreviewer } from "./link-preview.js"
@@ -21,6 +22,8 @@ export interface AttachmentRoutesOptions {
   readonly quota: UploadQuota
   /** Verifies a user's token (the relay's `Authenticator.verify`). */
   verify(token: string): Promise<Principal>
+  /** The API's keys: a backend may upload (`messages:write`) and download (`messages:read`) as its `service.<name>` participant. */
+  readonly keys?: ApiKeyStore
   /** The URL-signing secret (see signing.ts), resolved at start. */
   secret(): Buffer
   /** How long a signed URL holds, in seconds. */
@@ -45,7 +48,8 @@ const AUTH = [
   [401, "No user token, or an invalid one"],
   [403, "The token is not a user's"],
 ] as const
-const security = [{ userToken: [] }]
+const security: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:write"] }]
+const readSecurity: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:read"] }]
 
 const AttachmentSchema = z
   .object({
@@ -185,7 +189,7 @@ const downloadRoute = createRoute({
   summary: "Download an attachment",
   description:
     "For participants of the attachment's conversation: a user token (`Authorization: Bearer`), or a signed URL (`?exp=&sig=`, from POST /v1/attachments/{id}/signed-url) for `<img src>`.",
-  security: [{ userToken: [] }, {}],
+  security: [...readSecurity, {}],
   request: { params: AttachmentParam, query: SignedQuery },
   responses: bytesResponses("The attachment"),
 })
@@ -193,7 +197,7 @@ const thumbnailRoute = createRoute({
   method: "get",
   path: "/v1/attachments/{id}/thumbnail",
   summary: "Download an image attachment's thumbnail (WebP, at most 320 px a side)",
-  security: [{ userToken: [] }, {}],
+  security: [...readSecurity, {}],
   request: { params: AttachmentParam, query: SignedQuery },
   responses: bytesResponses("The thumbnail"),
 })
@@ -201,7 +205,7 @@ const signRoute = createRoute({
   method: "post",
   path: "/v1/attachments/{id}/signed-url",
   summary: "A short-lived URL to an attachment, for `<img src>` and downloads without a header",
-  security,
+  security: readSecurity,
   request: { params: AttachmentParam },
   responses: {
     200: {
@@ -226,7 +230,7 @@ const linkPreviewRoute = createRoute({
   summary: "Title and description of a public web page (only with --link-previews)",
   description:
     "Fetched by the relay: http(s) only, public addresses only (the host's addresses are checked), a 5 s timeout, at most 512 KiB of `text/html`.",
-  security,
+  security: readSecurity,
   request: { query: z.object({ url: z.string().max(2048) }) },
   responses: {
     200: {
@@ -243,7 +247,7 @@ const linkPreviewRoute = createRoute({
       [400, "Not an http(s) URL, or a private address"],
       ...AUTH,
       [404, "Link previews are off on this relay"],
-      [502, "The page could not be fetched, or is not HTML"],
+      [503, "The page could not be fetched, or is not HTML"],
     ]),
   },
 })
@@ -320,6 +324,29 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
 
   const userOf = async (c: Context): Promise<UserId | Response> => {
     const token = /^Bearer (\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1]
+    const key = token && options.keys ? splitApiKey(token) : undefined
+    if (key) {
+      // An API key: its own participant, with the scope the route needs.
+      const record = await options.keys!.get(key.id)
+      const scope: ApiScope =
+        c.req.method === "GET" || c.req.path.endsWith("/signed-url") ? "messages:read" : "messages:write"
+      if (!record || record.revokedAt !== undefined || !secretMatches(record, key.secret))
+        return problemResponse(
+          c,
+          new ParleyError(ErrorCode.UNAUTHORIZED, "a valid API key or user token is required"),
+          401,
+          {
+            "www-authenticate": 'Bearer realm="parley"',
+          },
+        )
+      if (!record.scopes.includes(scope))
+        return problemResponse(
+          c,
+          new ParleyError(ErrorCode.FORBIDDEN, `this API key lacks the scope ${scope}`),
+          403,
+        )
+      return serviceParticipant(record.name)
+    }
     let principal: Principal | undefined
     try {
       principal = token ? await options.verify(token) : undefined
@@ -402,6 +429,9 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
       )
     const offset = Number(c.req.valid("header")["upload-offset"])
     const { record, offset: stored } = await service.session(c.req.valid("param").uploadId, user)
+    // Removed from the conversation (or it was deleted) since the upload began: it ends here.
+    if (!(await service.maySend(record.conversation, user)))
+      throw new ParleyError(ErrorCode.NOT_FOUND, "no such upload")
     if (record.complete || offset !== stored)
       return problemResponse(
         c,
@@ -504,7 +534,10 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         "content-range": `bytes */${length}`,
       })
     const { start, end } = range ?? { start: 0, end: length }
-    const body = Readable.toWeb(Readable.from(store.read(key, start, end))) as ReadableStream<Uint8Array>
+    // One stored chunk read ahead at most: a slow reader holds a chunk, not the file.
+    const body = Readable.toWeb(
+      Readable.from(store.read(key, start, end), { highWaterMark: 1 }),
+    ) as ReadableStream<Uint8Array>
     return c.body(body, range ? 206 : 200, {
       ...headers,
       "content-length": String(end - start),
@@ -536,4 +569,37 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
     return c.json(await options.linkPreviews.preview(c.req.valid("query").url), 200)
   })
   return app
+}
+
+/**
+ * The attachment routes' part of the OpenAPI document, generated from the
+ * schemas that validate them; the API's `openApiDocument` merges it in.
+ */
+export function attachmentsOpenApiPart(): {
+  paths: Record<string, unknown>
+  securitySchemes: Record<string, unknown>
+  schemas: Record<string, unknown>
+} {
+  const unused = () => {
+    throw new Error("the document is generated without serving requests")
+  }
+  const app = createAttachmentRoutes({
+    service: { options: { chunkBytes: 0 } } as unknown as AttachmentService,
+    store: {} as BlobStore,
+    quota: {} as UploadQuota,
+    verify: unused,
+    secret: unused,
+    signedUrlSeconds: 0,
+    maxChunksInFlight: 0,
+    log: { error: unused } as unknown as Logger,
+  })
+  const doc = app.getOpenAPI31Document({ openapi: "3.1.0", info: { title: "", version: "1" } }) as {
+    paths?: Record<string, unknown>
+    components?: { securitySchemes?: Record<string, unknown>; schemas?: Record<string, unknown> }
+  }
+  return {
+    paths: doc.paths ?? {},
+    securitySchemes: doc.components?.securitySchemes ?? {},
+    schemas: doc.components?.schemas ?? {},
+  }
 }

@@ -2,6 +2,12 @@ import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
 import { openApiDocument } from "../../src/api/app.js"
 
+const isAttachmentPath = (path: string) =>
+  path.endsWith("/uploads") ||
+  path.startsWith("/v1/uploads/") ||
+  path.startsWith("/v1/attachments/") ||
+  path === "/v1/link-preview"
+
 describe("OpenAPI document", () => {
   it("is checked in as generated from the schemas (npm run openapi -w @parley/relay rewrites it)", () => {
     const checkedIn = JSON.parse(readFileSync(new URL("../../openapi.json", import.meta.url), "utf8"))
@@ -14,9 +20,11 @@ describe("OpenAPI document", () => {
       paths: Record<string, Record<string, { security?: { apiKey?: string[] }[]; responses: object }>>
     }
     expect(doc.openapi).toBe("3.1.0")
-    // The devices' push routes take the user's own token instead (next test).
+    // The devices' push routes and the attachment routes take the user's own token instead (next tests).
     const operations = Object.entries(doc.paths)
-      .filter(([path]) => !path.startsWith("/v1/me/") && !path.startsWith("/v1/push/"))
+      .filter(
+        ([path]) => !path.startsWith("/v1/me/") && !path.startsWith("/v1/push/") && !isAttachmentPath(path),
+      )
       .flatMap(([, path]) => Object.values(path))
     expect(operations.length).toBeGreaterThanOrEqual(17)
     for (const operation of operations) {
@@ -36,5 +44,24 @@ describe("OpenAPI document", () => {
     expect(doc.paths["/v1/me/push-subscriptions/{device}"]!.delete!.security).toEqual([{ userToken: [] }])
     expect(doc.paths["/v1/push/public-key"]!.get!.security).toBeUndefined()
     expect(doc.components.securitySchemes.userToken?.scheme).toBe("bearer")
+  })
+
+  it("documents the attachment routes as taken with a user's token or an API key, downloads by signed URL too", () => {
+    const doc = openApiDocument() as {
+      paths: Record<string, Record<string, { security?: Record<string, string[]>[]; responses: object }>>
+    }
+    expect(Object.keys(doc.paths["/v1/uploads/{uploadId}"]!).sort()).toEqual(["head", "patch"])
+    expect(doc.paths["/v1/conversations/{conversationId}/uploads"]!.post!.security).toEqual([
+      { userToken: [] },
+      { apiKey: ["messages:write"] },
+    ])
+    expect(Object.keys(doc.paths["/v1/uploads/{uploadId}"]!.patch!.responses)).toEqual(
+      expect.arrayContaining(["201", "204", "409", "413", "415", "429"]),
+    )
+    expect(doc.paths["/v1/attachments/{id}"]!.get!.security).toEqual([
+      { userToken: [] },
+      { apiKey: ["messages:read"] },
+      {},
+    ])
   })
 })

@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs"
-import { request } from "node:http"
+import { createServer, request } from "node:http"
+import type { AddressInfo } from "node:net"
 import { join } from "node:path"
 import {
   type ConversationId,
@@ -12,7 +13,10 @@ import {
 } from "@parley/shared"
 import sharp from "sharp"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { runKeysCli } from "../../src/api/keys-cli.js"
 import { signUrl } from "../../src/attachments/signing.js"
+import { freshDataDir } from "../api/helpers.js"
+import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
@@ -28,78 +32,6 @@ async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, 
     if (ok(value)) return value
     if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
     await new Promise((r) => setTimeout(r, 50))
-  }
-}
-
-/** An HTTP client of one relay's attachment routes. */
-export function attachmentClient(relay: () => RelayProcess) {
-  const url = (path: string) => `${relay().httpUrl}${path}`
-  const auth = async (user: string) => ({ authorization: `Bearer ${await relay().token(user)}` })
-  return {
-    async create(user: string, conversation: string, body: unknown) {
-      const response = await fetch(url(`/v1/conversations/${encodeURIComponent(conversation)}/uploads`), {
-        method: "POST",
-        headers: { ...(await auth(user)), "content-type": "application/json" },
-        body: JSON.stringify(body),
-      })
-      return { status: response.status, body: (await response.json()) as Record<string, unknown> }
-    },
-    async patch(user: string, uploadId: string, offset: number, chunk: Uint8Array) {
-      const response = await fetch(url(`/v1/uploads/${uploadId}`), {
-        method: "PATCH",
-        headers: {
-          ...(await auth(user)),
-          "content-type": "application/offset+octet-stream",
-          "upload-offset": String(offset),
-        },
-        body: new Blob([chunk as Uint8Array<ArrayBuffer>]),
-      })
-      const text = await response.text()
-      return {
-        status: response.status,
-        offset: response.headers.get("upload-offset"),
-        body: text ? (JSON.parse(text) as Record<string, unknown>) : undefined,
-      }
-    },
-    async head(user: string, uploadId: string) {
-      const response = await fetch(url(`/v1/uploads/${uploadId}`), {
-        method: "HEAD",
-        headers: await auth(user),
-      })
-      return {
-        status: response.status,
-        offset: response.headers.get("upload-offset"),
-        length: response.headers.get("upload-length"),
-      }
-    },
-    /** Uploads `bytes` whole, 1 MiB a chunk; the last response. */
-    async upload(user: string, conversation: string, name: string, bytes: Uint8Array) {
-      const created = await this.create(user, conversation, { name, size: bytes.length })
-      if (created.status !== 201) return { status: created.status, body: created.body, uploadId: undefined }
-      const uploadId = created.body.uploadId as string
-      const chunk = created.body.chunkBytes as number
-      let last: Awaited<ReturnType<typeof this.patch>> | undefined
-      for (let offset = 0; offset < bytes.length; offset += chunk) {
-        last = await this.patch(user, uploadId, offset, bytes.subarray(offset, offset + chunk))
-        if (last.status !== 204) break
-      }
-      return { ...last!, uploadId }
-    },
-    async download(path: string, user?: string, headers: Record<string, string> = {}) {
-      const response = await fetch(url(path), { headers: { ...(user ? await auth(user) : {}), ...headers } })
-      return {
-        status: response.status,
-        headers: response.headers,
-        bytes: new Uint8Array(await response.arrayBuffer()),
-      }
-    },
-    async sign(user: string, id: string) {
-      const response = await fetch(url(`/v1/attachments/${id}/signed-url`), {
-        method: "POST",
-        headers: await auth(user),
-      })
-      return { status: response.status, body: (await response.json()) as Record<string, unknown> }
-    },
   }
 }
 
@@ -192,6 +124,14 @@ describe("attachments on a relay process (file-system blob store)", () => {
     expect(Buffer.from(outsider.bytes).toString()).toBe(Buffer.from(unknown.bytes).toString())
     expect((await api.download(attachment.url)).status).toBe(401)
     expect((await api.sign(carol, attachment.id!)).status).toBe(404)
+    // Link previews are off unless the relay is started with --link-previews.
+    const preview = await fetch(
+      `${relay.httpUrl}/v1/link-preview?url=${encodeURIComponent("https://example.com")}`,
+      {
+        headers: { authorization: `Bearer ${await relay.token(alice)}` },
+      },
+    )
+    expect(preview.status).toBe(404)
     client.close()
   })
 
@@ -393,11 +333,29 @@ describe("attachments on a relay process (file-system blob store)", () => {
   })
 })
 
-describe("per-user upload limits", () => {
+describe("per-user upload limits, API keys, link previews", () => {
   let relay: RelayProcess
+  const keys: Record<string, string> = {}
   const api = attachmentClient(() => relay)
   beforeAll(async () => {
-    relay = await startRelayProcess({ args: ["--attachment-bytes-per-minute", String(2 * MiB)] })
+    const dataDir = freshDataDir()
+    for (const [name, scopes] of [
+      ["uploader", "messages:write,messages:read"],
+      ["reader", "conversations:read"],
+    ] as const) {
+      const lines: string[] = []
+      await runKeysCli(["create", name, "--scopes", scopes, "--data-dir", dataDir], (l) => lines.push(l), {})
+      keys[name] = (JSON.parse(lines[0]!) as { key: string }).key
+    }
+    relay = await startRelayProcess({
+      dataDir,
+      args: [
+        "--attachment-bytes-per-minute",
+        String(2 * MiB),
+        "--link-previews",
+        "--link-previews-allow-private",
+      ],
+    })
   })
   afterAll(async () => {
     await stopRelayProcesses()
@@ -422,6 +380,73 @@ describe("per-user upload limits", () => {
     // Another user's budget is their own.
     const bobs = await api.create(bob, "g~att-quota-001", { name: "b.txt", size: MiB })
     expect((await api.patch(bob, bobs.body.uploadId as string, 0, text(MiB))).status).toBe(201)
+    client.close()
+  })
+
+  it("previews a link when started with --link-previews", async () => {
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/html" })
+      res.end(
+        '<html><head><meta property="og:title" content="Launch notes"><meta name="description" content="What shipped"></head></html>',
+      )
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const page = `http://127.0.0.1:${(server.address() as AddressInfo).port}/notes`
+    const response = await fetch(`${relay.httpUrl}/v1/link-preview?url=${encodeURIComponent(page)}`, {
+      headers: { authorization: `Bearer ${await relay.token(alice)}` },
+    })
+    expect(response.status).toBe(200)
+    expect(await response.json()).toEqual({ url: page, title: "Launch notes", description: "What shipped" })
+    const anonymous = await fetch(`${relay.httpUrl}/v1/link-preview?url=${encodeURIComponent(page)}`)
+    expect(anonymous.status).toBe(401)
+    server.close()
+  })
+
+  it("lets an API key upload and download as its service participant, with the scopes it has", async () => {
+    const id = "g~att-apikey-01" as ConversationId
+    const client = new TestClient(relay.url, id, await relay.token(alice))
+    await client.opened
+    await client.synced()
+    createConversation(client.doc, alice, {
+      kind: "group",
+      id,
+      participants: [bob, "service.uploader" as UserId, "service.reader" as UserId],
+    })
+    await client.allSaved()
+    const asKey = (key: string) => ({ authorization: `Bearer ${key}` })
+    const created = await fetch(`${relay.httpUrl}/v1/conversations/${id}/uploads`, {
+      method: "POST",
+      headers: { ...asKey(keys.uploader!), "content-type": "application/json" },
+      body: JSON.stringify({ name: "report.txt", size: 11 }),
+    })
+    expect(created.status).toBe(201)
+    const { uploadId } = (await created.json()) as { uploadId: string }
+    const done = await fetch(`${relay.httpUrl}/v1/uploads/${uploadId}`, {
+      method: "PATCH",
+      headers: {
+        ...asKey(keys.uploader!),
+        "content-type": "application/offset+octet-stream",
+        "upload-offset": "0",
+      },
+      body: "hello world",
+    })
+    expect(done.status).toBe(201)
+    const { attachment } = (await done.json()) as { attachment: FileAttachment }
+    expect(
+      (await fetch(`${relay.httpUrl}${attachment.url}`, { headers: asKey(keys.uploader!) })).status,
+    ).toBe(200)
+    // A key without messages:read, and a key with a wrong secret.
+    expect((await fetch(`${relay.httpUrl}${attachment.url}`, { headers: asKey(keys.reader!) })).status).toBe(
+      403,
+    )
+    expect(
+      (
+        await fetch(`${relay.httpUrl}${attachment.url}`, {
+          headers: asKey(`${keys.uploader!.slice(0, -4)}xxxx`),
+        })
+      ).status,
+    ).toBe(401)
+    expect((await api.download(attachment.url, bob)).status).toBe(200)
     client.close()
   })
 })

@@ -1,0 +1,116 @@
+import {
+  type ConversationId,
+  createConversation,
+  type FileAttachment,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import pg from "pg"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { attachmentClient } from "../helpers/attachments.js"
+import { TestClient } from "../helpers/clients.js"
+import { postgresUnreachable, type ScratchSchema, scratchSchema } from "../helpers/postgres.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, ms = 10_000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await probe()
+    if (ok(value)) return value
+    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+const unreachable = await postgresUnreachable()
+
+describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
+  "attachments on relays sharing PostgreSQL",
+  () => {
+    let scratch: ScratchSchema
+    let db: pg.Client
+    let first: RelayProcess
+    let second: RelayProcess
+    const viaFirst = attachmentClient(() => first)
+    const viaSecond = attachmentClient(() => second)
+    const secret = `pg-attachments-${Math.random().toString(36).slice(2)}`
+
+    beforeAll(async () => {
+      scratch = await scratchSchema()
+      db = new pg.Client({ connectionString: scratch.url })
+      await db.connect()
+      const args = ["--storage", "postgres", "--database-url", scratch.url]
+      first = await startRelayProcess({ args, secret })
+      second = await startRelayProcess({ args, secret })
+    })
+    afterAll(async () => {
+      await stopRelayProcesses()
+      await db.end()
+      await scratch.drop()
+    })
+
+    const rowsOf = async (id: string) =>
+      Number(
+        (
+          await db.query<{ n: string }>(
+            "SELECT count(*) AS n FROM parley_blob_chunks WHERE position($1 in key) > 0",
+            [id],
+          )
+        ).rows[0]!.n,
+      )
+
+    it("stores chunks as rows, serves them from another relay (signed URLs too), and deletes them on erasure", async () => {
+      const id = "g~att-pg-000001" as ConversationId
+      const client = new TestClient(first.url, id, await first.token(alice))
+      await client.opened
+      await client.synced()
+      createConversation(client.doc, alice, { kind: "group", id, participants: [bob] })
+      await client.allSaved()
+
+      const bytes = new Uint8Array(Buffer.alloc(2 * 1024 * 1024 + 10, "rows of text\n"))
+      const done = await viaFirst.upload(alice, id, "big.txt", bytes)
+      expect(done.status).toBe(201)
+      const attachment = done.body!.attachment as FileAttachment
+      // Three chunks of the file, and the attachment's record.
+      expect(await rowsOf(attachment.id!)).toBe(4)
+      sendMessage(client.doc, alice, { body: "the log", attachments: [attachment] })
+      await client.allSaved()
+
+      const got = await viaSecond.download(attachment.url, bob)
+      expect(got.status).toBe(200)
+      expect(Buffer.from(got.bytes).equals(Buffer.from(bytes))).toBe(true)
+      expect((await viaSecond.download(attachment.url, "mallory")).status).toBe(404)
+      // A URL signed by one relay is good on the other: they share the secret through the database.
+      const signed = await viaFirst.sign(bob, attachment.id!)
+      expect((await viaSecond.download(signed.body.url as string)).status).toBe(200)
+
+      await until(
+        async () =>
+          Number(
+            (
+              await db.query<{ n: string }>(
+                "SELECT count(*) AS n FROM parley_blob_chunks WHERE key LIKE 'conv/%/msg/%'",
+              )
+            ).rows[0]!.n,
+          ),
+        (n) => n === 1,
+      )
+      // GDPR erasure of alice: her message goes, and with it the attachment's rows.
+      const service = await first.token("ops", { role: "service" })
+      const erased = await fetch(`${first.httpUrl}/admin/users/alice/content`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${service}` },
+      })
+      expect(erased.status).toBe(200)
+      await until(
+        () => rowsOf(attachment.id!),
+        (n) => n === 0,
+      )
+      expect((await viaSecond.download(attachment.url, bob)).status).toBe(404)
+      client.close()
+    })
+  },
+)

@@ -1,0 +1,166 @@
+import { createServer, type Server } from "node:http"
+import type { AddressInfo } from "node:net"
+import {
+  type ConversationId,
+  createConversation,
+  type MessageId,
+  ParleyError,
+  type UserId,
+} from "@parley/shared"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { sniffText } from "../../src/attachments/content-type.js"
+import { LinkPreviewer, parseLinkPreview } from "../../src/attachments/link-preview.js"
+import { MemoryBlobStore } from "../../src/attachments/memory-blob-store.js"
+import { AttachmentService, UNREFERENCED_TTL_MS } from "../../src/attachments/service.js"
+import { UploadQuota } from "../../src/attachments/user-quota.js"
+import type { RunningCore } from "../../src/extension.js"
+import { createLogger } from "../../src/log.js"
+
+const alice = "alice" as UserId
+const conversation = "g~unit-attach-01" as ConversationId
+
+describe("sniffing text", () => {
+  it("tells plain text from markup a browser would render and from binary", () => {
+    expect(sniffText(new TextEncoder().encode("hello\nworld\t!"))).toBe("text/plain")
+    expect(sniffText(new TextEncoder().encode("\ufeff  <!doctype HTML><p>x"))).toBe("text/html")
+    expect(sniffText(new TextEncoder().encode("<script>alert(1)</script>"))).toBe("text/html")
+    expect(sniffText(new TextEncoder().encode('<?xml version="1.0"?>\n<svg xmlns="x"/>'))).toBe(
+      "image/svg+xml",
+    )
+    expect(sniffText(new Uint8Array([0x68, 0x69, 0x00, 0x01]))).toBe("application/octet-stream")
+    expect(sniffText(new Uint8Array([0xff, 0xfe, 0xfd]))).toBe("application/octet-stream")
+    // A head cut inside a multi-byte character is still text.
+    expect(sniffText(new TextEncoder().encode("héllo").subarray(0, 2))).toBe("text/plain")
+  })
+})
+
+describe("the expiry sweep", () => {
+  it("deletes uploads no message referenced within 24 h, and keeps referenced ones", async () => {
+    let now = 1_000_000
+    const store = new MemoryBlobStore()
+    const service = new AttachmentService({
+      store,
+      log: createLogger("silent"),
+      maxBytes: 1000,
+      chunkBytes: 100,
+      allowedTypes: ["text/plain"],
+      maxImagePixels: 1000,
+      now: () => now,
+    })
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id: conversation, participants: [] })
+    service.attach({ read: async (_name, read) => read(doc) } as RunningCore)
+    const kept = await service.createUpload(conversation, alice, { name: "a.txt", size: 5 })
+    await service.appendChunk(kept, 0, new TextEncoder().encode("hello"))
+    const orphan = await service.createUpload(conversation, alice, { name: "b.txt", size: 5 })
+    await service.appendChunk(orphan, 0, new TextEncoder().encode("hello"))
+    const unfinished = await service.createUpload(conversation, alice, { name: "c.txt", size: 50 })
+    await service.appendChunk(unfinished, 0, new TextEncoder().encode("hel"))
+    await service.messageSent(conversation, "msg-00000001" as MessageId, [{ id: kept.id, url: "/x" }])
+    expect(await service.sweep()).toBe(0)
+    now += UNREFERENCED_TTL_MS + 1
+    expect(await service.sweep()).toBe(2)
+    expect(await service.record(kept.id)).toMatchObject({ complete: true, message: "msg-00000001" })
+    expect(await service.record(orphan.id)).toBeUndefined()
+    expect(await service.record(unfinished.id)).toBeUndefined()
+    expect((await store.list("conv/")).filter((k) => !k.includes(kept.id) && !k.includes("/msg/"))).toEqual(
+      [],
+    )
+  })
+
+  it("refuses an upload to a conversation the user is not in, as a missing one", async () => {
+    const service = new AttachmentService({
+      store: new MemoryBlobStore(),
+      log: createLogger("silent"),
+      maxBytes: 1000,
+      chunkBytes: 100,
+      allowedTypes: ["text/plain"],
+      maxImagePixels: 1000,
+    })
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id: conversation, participants: [] })
+    service.attach({ read: async (_name, read) => read(doc) } as RunningCore)
+    await expect(
+      service.createUpload(conversation, "eve" as UserId, { name: "x", size: 1 }),
+    ).rejects.toMatchObject({
+      code: "NOT_FOUND",
+    })
+    await expect(service.createUpload(conversation, alice, { name: "x", size: 1001 })).rejects.toBeInstanceOf(
+      ParleyError,
+    )
+  })
+})
+
+describe("per-user upload quota", () => {
+  it("counts a user's chunks in flight and bytes a minute across requests, apart from other users", () => {
+    let now = 0
+    const quota = new UploadQuota({ concurrent: 2, bytesPerMinute: 600, now: () => now })
+    const a = quota.take(alice, 100)
+    const b = quota.take(alice, 100)
+    expect(typeof a).toBe("function")
+    expect(quota.take(alice, 100)).toBe("concurrent")
+    expect(typeof quota.take("bob" as UserId, 100)).toBe("function")
+    ;(a as () => void)()
+    expect(quota.take(alice, 500)).toBe("rate")
+    now += 60_000
+    expect(typeof quota.take(alice, 500)).toBe("function")
+    ;(b as () => void)()
+  })
+})
+
+describe("link previews", () => {
+  it("reads the title and description from the head, with entities decoded", () => {
+    expect(
+      parseLinkPreview(
+        "https://e.com",
+        `<html><head><title>Plain &amp; simple</title><meta property="og:description" content="It&#39;s &quot;good&quot;"></head><body><title>no</title></body>`,
+      ),
+    ).toEqual({ url: "https://e.com", title: "Plain & simple", description: `It's "good"` })
+    expect(
+      parseLinkPreview("https://e.com", `<meta property="og:title" content="OG wins"><title>t</title>`),
+    ).toMatchObject({
+      title: "OG wins",
+    })
+    expect(parseLinkPreview("https://e.com", "<p>nothing</p>")).toEqual({ url: "https://e.com" })
+  })
+
+  let server: Server
+  let base: string
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      if (req.url === "/page") {
+        res.writeHead(200, { "content-type": "text/html; charset=utf-8" })
+        res.end(`<head><title>Local page</title></head>${"x".repeat(2_000_000)}`)
+      } else if (req.url === "/redirect") {
+        res.writeHead(302, { location: "/page" })
+        res.end()
+      } else if (req.url === "/json") {
+        res.writeHead(200, { "content-type": "application/json" })
+        res.end("{}")
+      } else {
+        res.writeHead(404)
+        res.end()
+      }
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  })
+  afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())))
+
+  it("refuses private addresses unless allowed, follows redirects, caps size and wants HTML", async () => {
+    await expect(new LinkPreviewer().preview(`${base}/page`)).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    })
+    await expect(new LinkPreviewer().preview("file:///etc/passwd")).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    })
+    const local = new LinkPreviewer({
+      endpoints: { allowHttp: true, allowPrivate: true },
+      maxBytes: 64 * 1024,
+    })
+    expect(await local.preview(`${base}/redirect`)).toEqual({ url: `${base}/redirect`, title: "Local page" })
+    await expect(local.preview(`${base}/json`)).rejects.toMatchObject({ code: "UNAVAILABLE" })
+    await expect(local.preview(`${base}/missing`)).rejects.toMatchObject({ code: "UNAVAILABLE" })
+  })
+})
