@@ -136,3 +136,56 @@ it("an image attached offline survives a reload, arrives once with its thumbnail
 
   await Promise.all([alice.close(), bob.close(), carol.close()])
 })
+
+it("two tabs of one user with the same waiting image upload it once and write the message once", {
+  timeout: 180_000,
+}, async () => {
+  const dana = await DemoUser.open(demo.browser, demo.relay.url, "dana", DESKTOP)
+  const erin = await DemoUser.open(demo.browser, demo.relay.url, "erin", DESKTOP)
+  await dana.createGroup("Two tabs", ["erin"])
+  await dana.send("First")
+  await dana.messageStatus("First", "sent")
+  await erin.openConversation("Two tabs")
+
+  await dana.setOffline(true)
+  await dana.connection("offline")
+  await dana.page.getByTestId("composer-file-input").setInputFiles({
+    name: "twice.png",
+    mimeType: "image/png",
+    buffer: Buffer.from(png(300, 200)),
+  })
+  await dana.send("Sent from tab one")
+  await dana.messageStatus("Sent from tab one", "pending")
+  // A second tab (same browser profile: same IndexedDB) opens the conversation while still offline.
+  const second = await dana.context.newPage()
+  await second.goto(demo.relay.url)
+  await second.getByTestId("current-user").filter({ hasText: "dana" }).waitFor()
+  await second.getByTestId("conversation-item").filter({ hasText: "Two tabs" }).click()
+  await second
+    .getByTestId("message")
+    .filter({ hasText: "Sent from tab one" })
+    .getByTestId("pending-files")
+    .waitFor()
+
+  // Both tabs come online at once: one uploads, the other waits and takes its record.
+  const uploads: string[] = []
+  for (const page of [dana.page, second])
+    page.on("request", (request) => {
+      if (request.method() === "POST" && /\/uploads$/.test(request.url())) uploads.push(request.url())
+    })
+  await dana.setOffline(false)
+  await erin.page.locator("[data-testid=attachment-image][data-loaded=true]").waitFor()
+  for (const page of [dana.page, second])
+    await page
+      .getByTestId("message")
+      .filter({ hasText: "Sent from tab one" })
+      .getByTestId("attachment-image")
+      .waitFor()
+  await erin.messagesAre(["First", "Sent from tab one"])
+  // Give the tab that waited its retry: it must not upload or write the message again.
+  await new Promise((resolve) => setTimeout(resolve, 3_000))
+  expect(uploads).toHaveLength(1)
+  await erin.messagesAre(["First", "Sent from tab one"])
+  expect(await second.getByTestId("message").filter({ hasText: "Sent from tab one" }).count()).toBe(1)
+  await Promise.all([dana.close(), erin.close()])
+})

@@ -148,6 +148,8 @@ export class ConversationUploads {
   /** Stores in flight by message: the upload waits for its entry to be stored. */
   private readonly storing = new Map<MessageId, Promise<void>>()
   private readonly notFound = new Map<MessageId, number>()
+  /** Entries known to be in the outbox (loaded from it, or stored by this page): their absence there means removed. */
+  private readonly stored = new Set<MessageId>()
   private current: { id: MessageId; abort: AbortController } | undefined
   private host: UploadHost | undefined
   private running = false
@@ -160,8 +162,10 @@ export class ConversationUploads {
   constructor(private readonly deps: UploadDeps) {
     this.loaded = deps.store.list(deps.conversationId).then(
       async (entries) => {
-        for (const entry of entries)
+        for (const entry of entries) {
+          this.stored.add(entry.messageId)
           if (!this.entries.has(entry.messageId)) this.entries.set(entry.messageId, entry)
+        }
         await Promise.all(entries.map((entry) => this.loadPreviews(entry)))
       },
       (error: unknown) => console.error("parley: the outbox of unsent files could not be read", error),
@@ -213,10 +217,15 @@ export class ConversationUploads {
       this.held.set(key(id, i), blob)
       if (objectUrls) this.urls.set(key(id, i), objectUrls.create(blob))
     })
-    const storing = this.deps.store.add(entry, message.files).catch((error: unknown) => {
-      // Still sent from memory while the page lives; only a reload would lose it.
-      console.error("parley: a message's files could not be stored on this device", error)
-    })
+    const storing = this.deps.store.add(entry, message.files).then(
+      () => {
+        this.stored.add(id)
+      },
+      (error: unknown) => {
+        // Still sent from memory while the page lives; only a reload would lose it.
+        console.error("parley: a message's files could not be stored on this device", error)
+      },
+    )
     this.storing.set(id, storing)
     void storing.finally(() => this.storing.delete(id))
     this.host?.changed(this.eventOf(entry, "queued"))
@@ -364,8 +373,80 @@ export class ConversationUploads {
 
   /** Uploads the entry's files that the relay lacks, then writes the message. */
   private async send(entry: OutboxEntry, host: UploadHost): Promise<void> {
+    await this.storing.get(entry.messageId)
+    // Another tab of this user may hold the same outbox (after a reload there): one uploads a
+    // conversation's messages at a time, the other waits (a transient refusal: backoff) and then
+    // picks up what it recorded.
+    const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks
+    if (!locks) return this.sendLocked(entry, host)
+    let ran = false
+    await locks.request(
+      `parley:${this.deps.user}:uploads:${this.deps.conversationId}`,
+      { ifAvailable: true },
+      async (lock) => {
+        if (!lock) return
+        ran = true
+        await this.sendLocked(entry, host)
+      },
+    )
+    if (!ran) throw new HttpRefusal(ErrorCode.UNAVAILABLE, "another tab is uploading these files", 0)
+  }
+
+  /**
+   * Takes in what the outbox says of the entry now (another tab may have
+   * uploaded files, written or discarded the message): false when there is
+   * nothing left to send.
+   */
+  private async refresh(entry: OutboxEntry, host: UploadHost): Promise<boolean> {
     const id = entry.messageId
-    await this.storing.get(id)
+    if (host.status(id) !== undefined) {
+      // The replica has the message (written by another tab): this one is done with it.
+      this.markWritten(entry, host)
+      return false
+    }
+    const list = await this.deps.store.list(this.deps.conversationId).catch(() => undefined)
+    if (this.entries.get(id) !== entry) return false
+    if (!list) return true
+    const outside = list.find((e) => e.messageId === id)
+    if (!outside) {
+      if (!this.stored.has(id)) return true // never stored (quota): sent from memory
+      this.entries.delete(id)
+      this.forget(entry)
+      host.changed({ messageId: id, phase: "discarded", loaded: 0, total: totalOf(entry) })
+      return false
+    }
+    if (outside.written || outside.failed) {
+      this.entries.set(id, outside)
+      this.forget(entry)
+      host.changed(
+        outside.failed
+          ? { ...this.eventOf(outside, "failed"), error: errorOf(outside.failed) }
+          : { messageId: id, phase: "written", loaded: totalOf(outside), total: totalOf(outside) },
+      )
+      this.settleWritten()
+      return false
+    }
+    const files = entry.files.map((file, i) => {
+      const there = outside.files[i]
+      return file.attachment || !there ? file : { ...file, ...there }
+    })
+    this.entries.set(id, { ...entry, files })
+    this.views.delete(id)
+    return true
+  }
+
+  private markWritten(entry: OutboxEntry, host: UploadHost): void {
+    const id = entry.messageId
+    const written: OutboxEntry = { ...entry, written: true }
+    this.entries.set(id, written)
+    this.forget(entry)
+    this.notFound.delete(id)
+    host.changed({ messageId: id, phase: "written", loaded: totalOf(entry), total: totalOf(entry) })
+  }
+
+  private async sendLocked(entry: OutboxEntry, host: UploadHost): Promise<void> {
+    const id = entry.messageId
+    if (!(await this.refresh(entry, host))) return
     const abort = new AbortController()
     this.current = { id, abort }
     try {
@@ -405,12 +486,8 @@ export class ConversationUploads {
       if (!done || abort.signal.aborted) return
       // Synchronous from the check to the write: a discard cannot fall in between.
       host.write(done, attachmentsOf(done))
-      const written: OutboxEntry = { ...done, written: true }
-      this.entries.set(id, written)
-      this.forget(done)
-      this.notFound.delete(id)
-      host.changed({ messageId: id, phase: "written", loaded: totalOf(done), total: totalOf(done) })
-      await this.deps.store.update(written).catch(() => {})
+      this.markWritten(done, host)
+      await this.deps.store.update(this.entries.get(id)!).catch(() => {})
       await this.deps.store.freeBlobs(id).catch(() => {})
       this.settleWritten()
     } finally {
