@@ -841,7 +841,8 @@ export class Conversation extends Emitter<ConversationEvents> {
               ...(entry.metadata !== undefined ? { metadata: entry.metadata } : {}),
               ...(entry.priority !== undefined ? { priority: entry.priority } : {}),
             },
-            { origin: LOCAL },
+            // The time the user sent it (as for any message written offline), not when its files were up.
+            { origin: LOCAL, now: entry.createdAt },
           ),
         )
         this.track(entry.messageId)
