@@ -27,6 +27,8 @@ export interface AttachmentOptions {
   readonly concurrentChunksPerUser?: number
   /** Bytes one user may upload a minute. Default 256 MiB (`--attachment-bytes-per-minute`). */
   readonly bytesPerMinutePerUser?: number
+  /** Uploads one user may open a minute. Default 60. */
+  readonly uploadsPerMinutePerUser?: number
   /** Chunks the relay receives at once, all users together. Default 64 (each buffers up to a chunk). */
   readonly maxChunksInFlight?: number
   /** Most pixels decoded of one image. Default 40 million. */
@@ -48,6 +50,7 @@ export const DEFAULT_ATTACHMENT_OPTIONS = {
   allowedTypes: DEFAULT_ATTACHMENT_TYPES,
   concurrentChunksPerUser: 4,
   bytesPerMinutePerUser: 256 * 1024 * 1024,
+  uploadsPerMinutePerUser: 60,
   maxChunksInFlight: 64,
   maxImagePixels: DEFAULT_MAX_IMAGE_PIXELS,
   signedUrlSeconds: 900,
@@ -137,6 +140,7 @@ export class AttachmentsExtension implements RelayExtension {
       quota: new UploadQuota({
         concurrent: this.options.concurrentChunksPerUser ?? D.concurrentChunksPerUser,
         bytesPerMinute: this.options.bytesPerMinutePerUser ?? D.bytesPerMinutePerUser,
+        uploadsPerMinute: this.options.uploadsPerMinutePerUser ?? D.uploadsPerMinutePerUser,
       }),
       verify: this.options.verify,
       ...(this.options.keys ? { keys: this.options.keys } : {}),

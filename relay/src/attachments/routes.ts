@@ -113,6 +113,7 @@ const createUploadRoute = createRoute({
       ...AUTH,
       [404, "No such conversation, or the caller may not send to it"],
       [413, "The declared size exceeds the relay's attachment limit"],
+      [429, "The user opened too many uploads this minute (60)"],
     ]),
   },
 })
@@ -391,6 +392,15 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
 
   app.openapi(createUploadRoute, async (c) => {
     const body = c.req.valid("json")
+    if (!quota.open(c.get("user")))
+      return problemResponse(
+        c,
+        new ParleyError(ErrorCode.RATE_LIMITED, "too many uploads opened this minute"),
+        429,
+        {
+          "retry-after": "1",
+        },
+      ) as never
     const record = await service.createUpload(
       c.req.valid("param").conversationId as ConversationId,
       c.get("user"),
@@ -472,7 +482,13 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
       )
     chunksInFlight++
     try {
-      const chunk = await readChunk(c.req.raw.body, chunkBytes)
+      let chunk: Uint8Array | undefined
+      try {
+        chunk = await readChunk(c.req.raw.body, chunkBytes)
+      } catch {
+        // The client went away mid-chunk: nothing of it is stored, and nobody is left to answer.
+        return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, "the chunk was cut off"), 400)
+      }
       if (!chunk)
         return problemResponse(
           c,

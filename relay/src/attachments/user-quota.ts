@@ -7,6 +7,8 @@ export interface UploadQuotaOptions {
   readonly concurrent: number
   /** Bytes one user may upload per minute (a token bucket: a minute's worth may come in one burst). */
   readonly bytesPerMinute: number
+  /** Uploads one user may open per minute (each is a stored session until it completes or expires). */
+  readonly uploadsPerMinute: number
   readonly now?: () => number
 }
 
@@ -18,12 +20,13 @@ export interface UploadQuotaOptions {
 export class UploadQuota {
   private readonly inFlight = new Map<UserId, number>()
   private readonly rates = new Map<UserId, RateLimiter>()
+  private readonly openings = new Map<UserId, RateLimiter>()
 
   constructor(private readonly options: UploadQuotaOptions) {}
 
   /**
-   * Takes a slot and `bytes` of the user's budget; undefined when the user is
-   * at either limit, else the release function (to call once the chunk is done).
+   * Takes a slot and `bytes` of the user's budget: the release function (to
+   * call once the chunk is done), or which limit the user is at, taking nothing.
    */
   take(user: UserId, bytes: number): (() => void) | "concurrent" | "rate" {
     const busy = this.inFlight.get(user) ?? 0
@@ -46,6 +49,22 @@ export class UploadQuota {
       // Full buckets hold no state worth keeping: the map stays as large as the active uploaders.
       if (left <= 0 && rate.msUntilFull() === 0) this.rates.delete(user)
     }
+  }
+
+  /** Takes one of the user's upload openings of this minute; false when they are used up. */
+  open(user: UserId): boolean {
+    let rate = this.openings.get(user)
+    if (!rate) {
+      rate = new RateLimiter(
+        this.options.uploadsPerMinute / 60,
+        this.options.uploadsPerMinute,
+        this.options.now,
+      )
+      this.openings.set(user, rate)
+    }
+    const taken = rate.take()
+    if (rate.msUntilFull() === 0) this.openings.delete(user)
+    return taken
   }
 
   /** Milliseconds until `bytes` fit in the user's budget (for Retry-After). */

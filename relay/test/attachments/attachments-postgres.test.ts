@@ -9,8 +9,8 @@ import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
-import { postgresUnreachable, type ScratchSchema, scratchSchema } from "../helpers/postgres.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
+import { postgresUnreachable } from "../helpers/postgres.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -25,31 +25,24 @@ async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, 
   }
 }
 
-const unreachable = await postgresUnreachable()
+const unreachable = (await postgresUnreachable()) ?? (await redisUnreachable())
 
 describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
-  "attachments on relays sharing PostgreSQL",
+  "attachments on a cluster of two relays (PostgreSQL blob store, Redis)",
   () => {
-    let scratch: ScratchSchema
+    let cluster: TestCluster
     let db: pg.Client
-    let first: RelayProcess
-    let second: RelayProcess
-    const viaFirst = attachmentClient(() => first)
-    const viaSecond = attachmentClient(() => second)
-    const secret = `pg-attachments-${Math.random().toString(36).slice(2)}`
+    const viaFirst = attachmentClient(() => cluster.relay(0))
+    const viaSecond = attachmentClient(() => cluster.relay(1))
 
     beforeAll(async () => {
-      scratch = await scratchSchema()
-      db = new pg.Client({ connectionString: scratch.url })
+      cluster = await startCluster(2)
+      db = new pg.Client({ connectionString: cluster.schema.url })
       await db.connect()
-      const args = ["--storage", "postgres", "--database-url", scratch.url]
-      first = await startRelayProcess({ args, secret })
-      second = await startRelayProcess({ args, secret })
     })
     afterAll(async () => {
-      await stopRelayProcesses()
       await db.end()
-      await scratch.drop()
+      await cluster.stop()
     })
 
     const rowsOf = async (id: string) =>
@@ -64,7 +57,7 @@ describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
 
     it("stores chunks as rows, serves them from another relay (signed URLs too), and deletes them on erasure", async () => {
       const id = "g~att-pg-000001" as ConversationId
-      const client = new TestClient(first.url, id, await first.token(alice))
+      const client = new TestClient(cluster.relay(0).url, id, await cluster.token(alice))
       await client.opened
       await client.synced()
       createConversation(client.doc, alice, { kind: "group", id, participants: [bob] })
@@ -99,8 +92,8 @@ describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
         (n) => n === 1,
       )
       // GDPR erasure of alice: her message goes, and with it the attachment's rows.
-      const service = await first.token("ops", { role: "service" })
-      const erased = await fetch(`${first.httpUrl}/admin/users/alice/content`, {
+      const service = await cluster.relay(0).token("ops", { role: "service" })
+      const erased = await fetch(`${cluster.relay(0).httpUrl}/admin/users/alice/content`, {
         method: "DELETE",
         headers: { authorization: `Bearer ${service}` },
       })

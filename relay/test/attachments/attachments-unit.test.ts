@@ -95,7 +95,9 @@ describe("the expiry sweep", () => {
 describe("per-user upload quota", () => {
   it("counts a user's chunks in flight and bytes a minute across requests, apart from other users", () => {
     let now = 0
-    const quota = new UploadQuota({ concurrent: 2, bytesPerMinute: 600, now: () => now })
+    const quota = new UploadQuota({ concurrent: 2, bytesPerMinute: 600, uploadsPerMinute: 2, now: () => now })
+    expect([quota.open(alice), quota.open(alice), quota.open(alice)]).toEqual([true, true, false])
+    expect(quota.open("bob" as UserId)).toBe(true)
     const a = quota.take(alice, 100)
     const b = quota.take(alice, 100)
     expect(typeof a).toBe("function")

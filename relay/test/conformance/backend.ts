@@ -5,6 +5,7 @@ import type { HookEvent } from "../../src/hooks/events.js"
 import type { RelayStorage } from "../../src/storage/types.js"
 import { runApiKeyStoreConformance } from "./api-keys.js"
 import { runBindingStoreConformance } from "./bindings.js"
+import { runBlobStoreConformance } from "./blob-store.js"
 import { runEventLogConformance } from "./event-log.js"
 import { runOutboxConformance, sampleEvent } from "./outbox.js"
 import { runPushSubscriptionStoreConformance } from "./push-subscriptions.js"
@@ -93,6 +94,17 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
     return {
       store: first.pushSubscriptions,
       reopen: async () => (persistent ? (await open()).pushSubscriptions : first.pushSubscriptions),
+      cleanup,
+    }
+  })
+
+  // The backend's own blob store: files in its data directory, rows in its database, or memory.
+  runBlobStoreConformance(name, async () => {
+    const { open, cleanup, persistent } = await opener(setup)
+    const first = await open()
+    return {
+      store: first.blobs,
+      reopen: async () => (persistent ? (await open()).blobs : first.blobs),
       cleanup,
     }
   })
