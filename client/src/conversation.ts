@@ -667,7 +667,9 @@ export class Conversation extends Emitter<ConversationEvents> {
     const listed: ChatMessage[] = listMessages(this.doc, window).map((view) => this.decorate(view))
     if (!("last" in window)) return listed
     // Messages waiting for uploads are the newest the user sees: at the end of a window that reaches the end.
-    const waiting = this.parts.uploads?.pending()
+    // One that another tab of this user has written meanwhile is listed once, as written.
+    const index = messageIndex(this.doc)
+    const waiting = this.parts.uploads?.pending().filter((m) => !index.records.has(m.id))
     return waiting?.length ? [...listed, ...waiting].slice(-window.last) : listed
   }
 

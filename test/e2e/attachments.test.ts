@@ -107,6 +107,28 @@ it("an image attached offline survives a reload, arrives once with its thumbnail
   expect(text).toBe("agenda: swim, eat, sleep")
   await screenshot("file-link", alice)
 
+  // Alice pastes an image into the composer (as from a screenshot tool): it is attached, not typed.
+  await alice.page.getByTestId("composer-input").focus()
+  await alice.page.evaluate(
+    (bytes) => {
+      const transfer = new DataTransfer()
+      transfer.items.add(new File([new Uint8Array(bytes)], "image.png", { type: "image/png" }))
+      document
+        .querySelector("[data-testid=composer-input]")!
+        .dispatchEvent(
+          new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }),
+        )
+    },
+    Array.from(png(120, 90)),
+  )
+  await alice.page.getByTestId("composer-file").getByText("image.png").waitFor()
+  await alice.send("Pasted")
+  await bob.message("Pasted").locator("[data-testid=attachment-image][data-loaded=true]").waitFor()
+  expect(await bob.message("Pasted").getByTestId("attachment-image").boundingBox()).toMatchObject({
+    width: 120,
+    height: 90,
+  })
+
   // A file the relay refuses (HTML, whatever its name says): the message fails with the reason; retry sends the text.
   await alice.page.getByTestId("composer-file-input").setInputFiles({
     name: "cute.png",
