@@ -1,5 +1,5 @@
 import { type Attachment, ErrorCode, ParleyError } from "@parley/shared"
-import { call, type RelayHttp, refusalOf } from "./http.js"
+import { call, isTransient, type RelayHttp, refusalOf } from "./http.js"
 
 /** Which bytes of an attachment: the file itself, or the relay's thumbnail of an image. */
 export type AttachmentVariant = "file" | "thumbnail"
@@ -13,6 +13,9 @@ interface Signed {
 
 /** Renew this long before expiry, so that a URL handed out still works when the browser uses it. */
 const RENEW_BEFORE_MS = 2 * 60_000
+
+/** Delays before asking again after a transient failure (5xx, 429, no answer): a view should not show an error for a blip. */
+const RETRY_DELAYS_MS = [250, 1_000]
 
 /** The relay's attachment id of an attachment it stores, or undefined for anything hosted elsewhere. */
 export function relayAttachmentId(attachment: Attachment | string): string | undefined {
@@ -82,10 +85,7 @@ export class AttachmentUrls {
     let pending = this.inFlight.get(id)
     if (!pending) {
       pending = (async () => {
-        const response = await call(this.http, `/v1/attachments/${encodeURIComponent(id)}/signed-url`, {
-          method: "POST",
-        })
-        if (!response.ok) throw await refusalOf(response)
+        const response = await signRequest(this.http, id)
         const body = (await response.json()) as { url: string; thumbnailUrl?: string; expiresAt: number }
         const signed: Signed = {
           url: new URL(body.url, this.http.origin).href,
@@ -99,6 +99,23 @@ export class AttachmentUrls {
       this.inFlight.set(id, pending)
     }
     return pending
+  }
+}
+
+/** Asks the relay to sign; tries again after a transient failure, a couple of times. */
+async function signRequest(http: RelayHttp, id: string): Promise<Response> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const response = await call(http, `/v1/attachments/${encodeURIComponent(id)}/signed-url`, {
+        method: "POST",
+      })
+      if (!response.ok) throw await refusalOf(response)
+      return response
+    } catch (error) {
+      const delay = RETRY_DELAYS_MS[attempt]
+      if (delay === undefined || !isTransient(error)) throw error
+      await new Promise((resolve) => setTimeout(resolve, delay))
+    }
   }
 }
 
