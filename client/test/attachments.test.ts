@@ -257,4 +257,39 @@ describe("sending files through the relay", () => {
     expect(direct.status).toBe(404)
     expect((await direct.arrayBuffer()).byteLength).toBeLessThan(400)
   })
+  it("signs a URL once per attachment until shortly before it expires, then asks again", async () => {
+    const [aliceName, bobName] = names("alice", "bob")
+    let now = Date.now()
+    let signs = 0
+    const counting: typeof fetch = (input, init) => {
+      if (String(input).endsWith("/signed-url")) signs++
+      return fetch(input, init)
+    }
+    const alice = await connectClient(relay, aliceName!, { fetch: counting, clock: () => now })
+    const bob = await connectClient(relay, bobName!)
+    const chat = await group(alice, [bob])
+    const sent = chat.send({
+      body: "cached",
+      files: [new File([png(64, 48)], "c.png", { type: "image/png" })],
+    })
+    await eventually(() => expect(chat.message(sent.id)?.attachments).toHaveLength(1))
+    const attachment = chat.message(sent.id)!.attachments[0]!
+    const [first, thumbnail, again] = await Promise.all([
+      alice.attachmentUrl(attachment),
+      alice.attachmentUrl(attachment, "thumbnail"),
+      alice.attachmentUrl(attachment),
+    ])
+    expect(signs).toBe(1)
+    expect(again).toBe(first)
+    expect(thumbnail).toMatch(/\/thumbnail\?/)
+    // The relay's URLs live 15 minutes; 12 minutes on, the cached one is still handed out.
+    now += 12 * 60_000
+    expect(await alice.attachmentUrl(attachment)).toBe(first)
+    expect(signs).toBe(1)
+    // Within 2 minutes of its expiry it is renewed.
+    now += 2 * 60_000
+    expect(alice.cachedAttachmentUrl(attachment)).toBeUndefined()
+    await alice.attachmentUrl(attachment)
+    expect(signs).toBe(2)
+  })
 })
