@@ -562,7 +562,8 @@ export class ConversationUploads {
     const next = { ...entry, files }
     this.entries.set(id, next)
     this.views.delete(id)
-    await this.deps.store.update(next)
+    // Bookkeeping only: without it a reload starts this file over, which is no reason to fail the upload.
+    await this.deps.store.update(next).catch(() => {})
   }
 
   private emitProgress(id: MessageId, phase: UploadPhase): void {
