@@ -4,8 +4,9 @@
 // dependencies): an app must have exactly one copy of each (two copies of Yjs break its
 // constructor checks as soon as the app touches `conversation.doc`), so the app's bundler
 // resolves them. `@parley/shared` stays external too (a dependency), so that `ParleyError`
-// is one class whether the app imports it from here or from there. The rest (y-websocket,
-// y-indexeddb, jose) is bundled.
+// is one class whether the app imports it from here or from there. The rest (jose's JWT
+// decoder) is bundled; the SDK has its own provider and IndexedDB code (no y-websocket,
+// no y-indexeddb).
 import { fileURLToPath } from "node:url"
 import * as esbuild from "esbuild"
 

@@ -29,10 +29,10 @@ import {
 } from "./connection.js"
 import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
-import { holdUpdatesUntilSynced } from "./held-updates.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
 import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
+import { ownSockets, type SocketOpener } from "./provider/document-socket.js"
 import {
   type BrowserPushSubscription,
   httpOriginOf,
@@ -148,8 +148,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly directoryReplica: LocalReplica
   /** The sealed history segments this device fetched, by hash (IndexedDB or memory). */
   private readonly segments: SegmentCache
-  /** The constructor of document sockets: channels of {@link mux}, or real sockets. */
-  private readonly WebSocket: WebSocketConstructor
+  /** Opens document sockets: channels of {@link mux}, or real sockets. */
+  private readonly sockets: SocketOpener
   /** The one socket of every document, unless `multiplex: false`. */
   private readonly mux: SocketMux | undefined
   private readonly storage: StorageKind
@@ -186,7 +186,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         "no global WebSocket: pass one (e.g. from `ws`) as options.WebSocket",
       )
     this.mux = options.multiplex === false ? undefined : new SocketMux(options.url, WebSocketCtor)
-    this.WebSocket = this.mux?.socketClass ?? holdUpdatesUntilSynced(WebSocketCtor)
+    this.sockets = this.mux?.open ?? ownSockets(options.url, WebSocketCtor)
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
@@ -210,7 +210,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       awareness: this.inboxAwareness,
       user,
       token: () => this.token(),
-      WebSocket: this.WebSocket,
+      sockets: this.sockets,
       ...(options.reconnect ? { reconnect: options.reconnect } : {}),
     })
     this.inboxConnection = inboxConnection
@@ -307,7 +307,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         user: this.user,
         shareWithTabs,
         token: () => this.token(),
-        WebSocket: this.WebSocket,
+        sockets: this.sockets,
         ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),
       })
     const conversation = new Conversation({

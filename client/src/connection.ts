@@ -5,31 +5,23 @@ import {
   encodeSyncUpdate,
   encodeTokenRefresh,
   type HistoryPage,
-  MessageType,
-  PARLEY_PARAM,
-  PARLEY_PROTOCOL_VERSION,
   ParleyError,
+  type ParleyFrame,
   Rule,
-  readAuthMessage,
-  readParleyFrame,
-  readSyncMessage,
-  TOKEN_PARAM,
   toParleyError,
 } from "@parley/shared"
-import * as decoding from "lib0/decoding"
-import type * as encoding from "lib0/encoding"
 import type { Awareness } from "y-protocols/awareness"
-import { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { Emitter } from "./emitter.js"
+import type { SocketOpener, WebSocketConstructor } from "./provider/document-socket.js"
+import { SyncSession } from "./provider/sync-session.js"
+import { TabChannel } from "./provider/tab-channel.js"
 import { expiryOfToken, refreshDelay } from "./token.js"
+
+export type { WebSocketConstructor }
 
 /** Connection status: `online` once synced with the relay, `connecting` while trying, `offline` when not trying. */
 export type ConnectionStatus = "connecting" | "online" | "offline"
-
-/** A WebSocket class with the browser's API: the browser's own, or `ws` in Node (passed as it is). */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown
-
 /** Reconnection timing: exponential backoff from `minDelay` up to `maxDelay`, with jitter. */
 export interface ReconnectOptions {
   /** Delay before the first retry, in ms (default 250). */
@@ -55,6 +47,7 @@ export interface ConnectionEvents {
 
 /** What a {@link DocumentConnection} needs. */
 export interface ConnectionOptions {
+  /** The relay's URL: with the user, it names the channel shared with the user's other tabs. */
   readonly url: string
   readonly name: string
   readonly doc: Y.Doc
@@ -65,7 +58,8 @@ export interface ConnectionOptions {
   readonly shareWithTabs?: boolean
   /** A fresh token: before every connect, and ahead of the open socket's token expiry (refreshed over it). */
   readonly token: () => Promise<string>
-  readonly WebSocket: WebSocketConstructor
+  /** Opens the document's socket: a channel of the client's multiplexed socket, or a socket of its own. */
+  readonly sockets: SocketOpener
   readonly reconnect?: ReconnectOptions
   /** Random source in [0, 1), for jitter. */
   readonly random?: () => number
@@ -87,13 +81,15 @@ const MAX_TIMER_MS = 2 ** 31 - 1
 const MAX_TOKEN_REFUSALS = 3
 
 /**
- * One conversation document's connection to the relay: a y-websocket
- * `WebsocketProvider` (so the wire is the standard protocol) extended with
- * Parley's frames, a fresh token on every connect, and its own reconnect
- * policy (backoff with jitter; terminal close codes end it).
+ * One document's connection to the relay, through the SDK's own provider:
+ * a {@link SyncSession} per socket (sync, awareness, Parley frames on the
+ * shared codec), a {@link TabChannel} with the user's other tabs, a fresh
+ * token on every connect and ahead of expiry, "saved" acknowledgements, and
+ * its own reconnect policy (backoff with jitter; terminal close codes end it).
  */
 export class DocumentConnection extends Emitter<ConnectionEvents> {
-  private readonly provider: WebsocketProvider
+  private session: SyncSession | undefined
+  private readonly tabs: TabChannel | undefined
   private readonly minDelay: number
   private readonly maxDelay: number
   private readonly random: () => number
@@ -117,100 +113,20 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private relayState = new Map<number, number>()
   private resendAttempts = 0
   private resendTimer: ReturnType<typeof setTimeout> | undefined
-  private readonly forwarding: () => boolean
-  private readonly forwardFromTab = (update: Uint8Array, origin: unknown) => {
-    const ws = this.provider.ws
-    if (origin !== this.provider || !this.forwarding() || !this.provider.wsconnected || !ws) return
-    ws.send(encodeSyncUpdate(update))
-  }
 
   constructor(private readonly options: ConnectionOptions) {
     super()
     this.minDelay = options.reconnect?.minDelay ?? 250
     this.maxDelay = options.reconnect?.maxDelay ?? 10_000
     this.random = options.random ?? Math.random
-    this.provider = new WebsocketProvider(options.url, options.name, options.doc, {
-      connect: false,
-      awareness: options.awareness,
-      WebSocketPolyfill: options.WebSocket as unknown as typeof WebSocket,
-      // y-websocket's own retry timer only fires after local closes; 0 leaves none pending at destroy.
-      maxBackoffTime: 0,
-      disableBc: options.shareWithTabs === false,
-      // Every server close comes back to us: we decide whether and when to retry.
-      shouldReconnect: (event) => {
-        queueMicrotask(() => this.closed(event.code))
-        return false
-      },
-    })
-    // In Node, y-websocket adds a process "exit" listener per provider (to clear awareness, which
-    // destroy() does anyway); a bot with more than ten conversations would get a leak warning.
-    const node = (globalThis as { process?: { off?: (event: string, listener: () => void) => unknown } })
-      .process
-    node?.off?.("exit", this.provider._exitHandler)
-    // Yjs can throw while integrating structs that do not fit the replica (another user wrote
-    // under its client id on the relay first). Thrown from the socket's message handler, that
-    // would be an uncaught error; instead the conversation rebuilds its replica.
-    const sync = this.provider.messageHandlers[MessageType.sync]!
-    this.provider.messageHandlers[MessageType.sync] = (encoder, decoder, provider, emitSynced, type) => {
-      try {
-        const message = readSyncMessage(decoding.clone(decoder))
-        if (message.type === "syncStep1") this.relayState = Y.decodeStateVector(message.stateVector)
-        sync(encoder, decoder, provider, emitSynced, type)
-      } catch (cause) {
-        const error = new ParleyError(ErrorCode.FORBIDDEN, "the relay's state does not fit this replica", {
-          rule: Rule.clientIdOwner,
-          cause,
-        })
-        queueMicrotask(() => {
-          if (!this.destroyed) this.emit("diverged", { error })
-        })
-      }
-    }
-    // y-websocket's own handler of auth messages logs the socket's URL, token and all; the
-    // relay's "permission denied" is followed by its close code (4403), which says the same.
-    this.provider.messageHandlers[MessageType.auth] = (
-      _encoder: encoding.Encoder,
-      decoder: decoding.Decoder,
-    ) => readAuthMessage(decoder)
-    this.provider.messageHandlers[MessageType.parley] = (
-      _encoder: encoding.Encoder,
-      decoder: decoding.Decoder,
-    ) => this.parleyFrame(decoder)
-    this.provider.on("status", ({ status }: { status: string }) => {
-      if (status === "connected") this.scheduleRefresh()
-      else {
-        this.cancelRefresh()
-        this.failHistoryRequests()
-      }
-      this.update()
-    })
-    this.provider.on("sync", (synced: boolean) => {
-      if (synced) {
-        // Reset the backoff only once a connection did useful work, not on open.
-        this.attempts = 0
-        this.tokenRefusals = 0
-      }
-      this.update()
-    })
     // Other tabs of the same user share updates, even while offline; another user's
     // tab on the same device must go through the relay (and its checks) instead.
-    this.provider.bcChannel = `${this.provider.bcChannel}#${options.user}`
-    // y-websocket assumes every tab has its own connection and never forwards what it
-    // hears from another tab; an offline tab's changes would then wait for that tab.
-    // So an online tab forwards them (the relay ignores what it already has).
-    const fromTab = this.provider._bcSubscriber
-    let forwarding = false
-    this.provider._bcSubscriber = (data, origin) => {
-      forwarding = true
-      try {
-        fromTab(data, origin)
-      } finally {
-        forwarding = false
-      }
-    }
-    options.doc.on("update", this.forwardFromTab)
-    this.forwarding = () => forwarding
-    this.provider.connectBc()
+    if (options.shareWithTabs !== false)
+      this.tabs = new TabChannel(
+        `${options.url.replace(/\/+$/, "")}/${options.name}#${options.user}`,
+        options.doc,
+        options.awareness,
+      )
   }
 
   /** The current status. */
@@ -220,7 +136,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
 
   /** True once the relay's state has been received on the current connection. */
   get synced(): boolean {
-    return this.provider.synced
+    return this.session?.synced ?? false
   }
 
   /** Starts connecting (and keeps reconnecting) until {@link stop}. */
@@ -253,11 +169,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   }
 
   private resend(): void {
-    const ws = this.provider.ws
+    const session = this.session
     // Without an open connection there is nothing to do: the next connect's sync sends the pending work.
-    if (!this.wanted || this.destroyed || !this.provider.wsconnected || !ws) return
+    if (!this.wanted || this.destroyed || !session?.open) return
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
-    ws.send(encodeSyncUpdate(pending))
+    session.send(encodeSyncUpdate(pending))
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */
@@ -269,9 +185,10 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.cancelRefresh()
     clearTimeout(this.resendTimer)
     this.resendTimer = undefined
-    // Going offline must not throw whatever state y-websocket is in (it assumes much of the document).
-    guard(() => this.provider.disconnect())
-    if (!this.destroyed) guard(() => this.provider.connectBc())
+    const session = this.session
+    this.session = undefined
+    session?.close()
+    this.failHistoryRequests()
     this.update()
   }
 
@@ -282,9 +199,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     clearTimeout(this.resendTimer)
     this.failHistoryRequests()
     this.destroyed = true
-    guard(() => this.provider.disconnectBc())
-    this.options.doc.off("update", this.forwardFromTab)
-    guard(() => this.provider.destroy())
+    this.tabs?.destroy()
     this.removeAllListeners()
   }
 
@@ -298,7 +213,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   }
 
   private async open(): Promise<void> {
-    if (!this.wanted || this.destroyed || this.connecting) return
+    if (!this.wanted || this.destroyed || this.connecting || this.session) return
     this.connecting = true
     let token: string
     try {
@@ -312,10 +227,54 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     }
     this.connecting = false
     if (!this.wanted || this.destroyed) return
-    // y-websocket builds the URL from `params` at every connect, so the fresh token is used.
-    this.provider.params = { [TOKEN_PARAM]: token, [PARLEY_PARAM]: PARLEY_PROTOCOL_VERSION }
     this.socketToken = token
-    this.provider.connect()
+    const session: SyncSession = new SyncSession(
+      this.options.sockets(this.options.name, token),
+      this.options.doc,
+      this.options.awareness,
+      {
+        opened: () => {
+          if (this.session !== session) return
+          this.scheduleRefresh()
+          this.update()
+        },
+        relayState: (stateVector) => {
+          if (this.session === session) this.relayState = Y.decodeStateVector(stateVector)
+        },
+        synced: () => {
+          if (this.session !== session) return
+          // Reset the backoff only once a connection did useful work, not on open.
+          this.attempts = 0
+          this.tokenRefusals = 0
+          this.update()
+        },
+        parley: (frame) => {
+          if (this.session === session) this.parleyFrame(frame)
+        },
+        diverged: (cause) => {
+          if (this.session !== session) return
+          // Yjs cannot integrate what the relay sent (another user wrote under this replica's
+          // client id first): the conversation rebuilds its replica.
+          const error = new ParleyError(ErrorCode.FORBIDDEN, "the relay's state does not fit this replica", {
+            rule: Rule.clientIdOwner,
+            cause,
+          })
+          queueMicrotask(() => {
+            if (!this.destroyed) this.emit("diverged", { error })
+          })
+        },
+        closed: (code, local) => {
+          if (this.session !== session) return
+          this.session = undefined
+          this.cancelRefresh()
+          this.failHistoryRequests()
+          this.update()
+          // Every close the relay (or the network, or the silence watchdog) made comes back here.
+          if (!local) queueMicrotask(() => this.closed(code))
+        },
+      },
+    )
+    this.session = session
     this.update()
   }
 
@@ -363,13 +322,13 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    * UNAVAILABLE when not connected or when the connection drops first.
    */
   requestHistory(segment: number): Promise<HistoryPage> {
-    const ws = this.provider.ws
-    if (!ws || !this.provider.wsconnected)
+    const session = this.session
+    if (!session?.open)
       return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
     const request = this.nextHistoryRequest++
     return new Promise<HistoryPage>((resolve, reject) => {
       this.historyRequests.set(request, { resolve, reject })
-      ws.send(encodeHistoryRequest(request, segment))
+      session.send(encodeHistoryRequest(request, segment))
     })
   }
 
@@ -379,26 +338,25 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.historyRequests.clear()
   }
 
-  private parleyFrame(decoder: decoding.Decoder): void {
-    const frame = readParleyFrame(decoder)
-    if (frame?.type === "historyPage") {
+  private parleyFrame(frame: ParleyFrame): void {
+    if (frame.type === "historyPage") {
       const waiting = this.historyRequests.get(frame.request)
       this.historyRequests.delete(frame.request)
       waiting?.resolve(frame)
       return
     }
-    if (frame?.type === "saved") {
+    if (frame.type === "saved") {
       const stateVector = Y.decodeStateVector(frame.stateVector)
       for (const [client, clock] of stateVector)
         if (clock > (this.relayState.get(client) ?? 0)) this.relayState.set(client, clock)
       this.resendAttempts = 0
       this.emit("saved", { stateVector })
-    } else if (frame?.type === "tokenAccepted") {
+    } else if (frame.type === "tokenAccepted") {
       if (this.sentToken === undefined) return
       this.socketToken = this.sentToken
       this.sentToken = undefined
       this.scheduleRefresh()
-    } else if (frame?.type === "error") {
+    } else if (frame.type === "error") {
       const { code, message, rule } = frame.error
       // About the token, not a frame: the relay closes with 4401 next, and a reconnect gets a fresh one.
       if (code === ErrorCode.UNAUTHORIZED) return
@@ -409,12 +367,12 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   /** Plans the open socket's next token refresh, ahead of its token's expiry (see `refreshDelay`). */
   private scheduleRefresh(): void {
     this.cancelRefresh()
-    const ws = this.provider.ws
+    const session = this.session
     const delay = this.socketToken === undefined ? undefined : refreshDelay(this.socketToken, Date.now())
-    if (!ws || delay === undefined) return
+    if (!session?.open || delay === undefined) return
     // Timers take at most ~24.8 days (a longer delay fires at once): far expiries are reached in steps.
     if (delay > MAX_TIMER_MS) this.refreshTimer = setTimeout(() => this.scheduleRefresh(), MAX_TIMER_MS)
-    else this.refreshTimer = setTimeout(() => void this.refresh(ws), delay)
+    else this.refreshTimer = setTimeout(() => void this.refresh(session), delay)
   }
 
   private cancelRefresh(): void {
@@ -424,14 +382,14 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   }
 
   /**
-   * Sends a fresh token over `ws` if it is still the open socket. A token
+   * Sends a fresh token over `session` if it is still the open socket. A token
    * source that fails (or hands back no newer token) is asked again halfway to
    * the expiry while there is time; after that the relay closes the socket at
    * expiry (4401) and the usual reconnect, with its backoff, takes over.
    */
-  private async refresh(ws: WebSocket): Promise<void> {
+  private async refresh(session: SyncSession): Promise<void> {
     this.refreshTimer = undefined
-    const current = () => !this.destroyed && this.provider.ws === ws && this.provider.wsconnected
+    const current = () => !this.destroyed && this.session === session && session.open
     if (!current()) return
     let token: string | undefined
     try {
@@ -444,31 +402,22 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const next = token === undefined ? undefined : (expiryOfToken(token) ?? Number.POSITIVE_INFINITY)
     if (token !== undefined && next !== undefined && next > expiresAt) {
       this.sentToken = token
-      ws.send(encodeTokenRefresh(token))
+      session.send(encodeTokenRefresh(token))
       return
     }
     const remaining = expiresAt - Date.now()
     const delay = Math.max(this.minDelay, remaining / 2)
-    if (delay < remaining) this.refreshTimer = setTimeout(() => void this.refresh(ws), delay)
+    if (delay < remaining) this.refreshTimer = setTimeout(() => void this.refresh(session), delay)
   }
 
   private update(): void {
     const status: ConnectionStatus = !this.wanted
       ? "offline"
-      : this.provider.wsconnected && this.provider.synced
+      : this.session?.open && this.session.synced
         ? "online"
         : "connecting"
     if (status === this.current) return
     this.current = status
     this.emit("status", { status })
-  }
-}
-
-/** Runs `step`, reporting instead of throwing what it throws. */
-function guard(step: () => void): void {
-  try {
-    step()
-  } catch (error) {
-    console.error("parley: the WebSocket provider failed", error)
   }
 }

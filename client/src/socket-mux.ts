@@ -7,10 +7,9 @@ import {
   MUX_PARAM,
   MUX_PROTOCOL_VERSION,
   readMuxFrame,
-  SyncMessage,
   TOKEN_PARAM,
 } from "@parley/shared"
-import type { WebSocketConstructor } from "./connection.js"
+import type { DocumentSocket, SocketOpener, WebSocketConstructor } from "./provider/document-socket.js"
 
 /** The part of the browser's WebSocket API the SDK uses of a real socket. */
 interface RealSocket {
@@ -35,29 +34,13 @@ const ABNORMAL = 1006
  * API so that a document connection opens, reads, writes and closes it as it
  * would its own socket. Opening it sends an open frame; closing it a close frame.
  */
-class ChannelSocket {
-  static readonly CONNECTING = CONNECTING
-  static readonly OPEN = OPEN
-  static readonly CLOSING = 2
-  static readonly CLOSED = CLOSED
-  readonly CONNECTING = CONNECTING
-  readonly OPEN = OPEN
-  readonly CLOSING = 2
-  readonly CLOSED = CLOSED
+class ChannelSocket implements DocumentSocket {
   binaryType = "arraybuffer"
   readyState: number = CONNECTING
   onopen: ((event: unknown) => void) | null = null
-  onmessage: ((event: { data: ArrayBuffer }) => void) | null = null
+  onmessage: ((event: { data: unknown }) => void) | null = null
   onclose: ((event: { code: number; reason: string }) => void) | null = null
   onerror: ((event: unknown) => void) | null = null
-  /**
-   * Live updates written before the relay's sync step 1 was answered. Sent
-   * at once, one could reach the relay before the state it builds on (what
-   * this replica wrote while the channel opened travels in the step 2 that
-   * answers the relay), and be refused as depending on changes the relay
-   * does not have; so they wait, and follow that step 2.
-   */
-  private held: Uint8Array[] | undefined = []
 
   constructor(
     private readonly mux: SocketMux,
@@ -66,14 +49,8 @@ class ChannelSocket {
     readonly token: string,
   ) {}
 
-  send(data: ArrayBuffer | Uint8Array): void {
-    if (this.readyState !== OPEN) return
-    const frame = data instanceof Uint8Array ? data : new Uint8Array(data)
-    if (this.held && frame[0] === MessageType.sync && frame[1] === SyncMessage.update) {
-      this.held.push(frame)
-      return
-    }
-    this.mux.sendOn(this.channel, frame)
+  send(frame: Uint8Array): void {
+    if (this.readyState === OPEN) this.mux.sendOn(this.channel, frame)
   }
 
   close(): void {
@@ -94,12 +71,6 @@ class ChannelSocket {
     if (this.readyState !== OPEN) return
     // A copy: the reader keeps what it is given, and the socket's buffer is shared by every channel.
     this.onmessage?.({ data: frame.slice().buffer })
-    // The reader answered the relay's step 1 (with a step 2) synchronously: held updates may follow.
-    if (this.held && frame[0] === MessageType.sync && frame[1] === SyncMessage.step1) {
-      const held = this.held
-      this.held = undefined
-      for (const update of held) if (this.readyState === OPEN) this.mux.sendOn(this.channel, update)
-    }
   }
 
   /** The channel (or the whole socket) closed, with this code and reason. */
@@ -115,10 +86,10 @@ class ChannelSocket {
 /**
  * One WebSocket to the relay carrying every document of a client, its inbox
  * included (see PROTOCOL.md, "Multiplexed sockets"). Each document connection
- * gets a {@link ChannelSocket} from {@link socketClass} in place of a socket of
- * its own: connecting sends an open frame (with the token it would have put in
- * its URL), so reconnect, token refresh and close codes work per document as
- * before. The socket opens with the first channel and closes with the last.
+ * gets a channel from {@link open} in place of a socket of its own: opening one
+ * sends an open frame (with the token it would have put in its URL), so
+ * reconnect, token refresh and close codes work per document as on a socket
+ * of its own. The socket opens with the first channel and closes with the last.
  */
 export class SocketMux {
   private readonly base: string
@@ -130,19 +101,14 @@ export class SocketMux {
   /** Real sockets opened so far (for tests and diagnostics). */
   socketsOpened = 0
 
-  /** A WebSocket class whose instances are channels of this mux, for y-websocket's provider. */
-  readonly socketClass: WebSocketConstructor
+  /** Opens a channel for document `name` on behalf of `token`'s user (a {@link SocketOpener}). */
+  readonly open: SocketOpener = (name, token) => this.attach(name, token)
 
   constructor(
     url: string,
     private readonly WebSocket: WebSocketConstructor,
   ) {
     this.base = url.replace(/\/+$/, "")
-    const mux = this
-    this.socketClass = function MuxChannel(channelUrl: string) {
-      return mux.attach(channelUrl)
-    } as unknown as WebSocketConstructor
-    Object.assign(this.socketClass, { CONNECTING, OPEN, CLOSING: 2, CLOSED })
   }
 
   /** Channels open or opening. */
@@ -161,23 +127,13 @@ export class SocketMux {
     this.socketClosed({ code: CloseCode.Normal.code, reason: CloseCode.Normal.reason })
   }
 
-  private attach(channelUrl: string): ChannelSocket {
-    // y-websocket's URL is `${base}/${name}?${params}`.
-    const query = channelUrl.indexOf("?")
-    const path = channelUrl.slice(this.base.length + 1, query < 0 ? undefined : query)
-    const params = new URLSearchParams(query < 0 ? "" : channelUrl.slice(query + 1))
-    let name: string
-    try {
-      name = decodeURIComponent(path)
-    } catch {
-      name = path
-    }
-    const channel = new ChannelSocket(this, this.nextChannel++, name, params.get(TOKEN_PARAM) ?? "")
+  private attach(name: string, token: string): ChannelSocket {
+    const channel = new ChannelSocket(this, this.nextChannel++, name, token)
     this.channels.set(channel.channel, channel)
     clearTimeout(this.idleTimer)
     this.idleTimer = undefined
     if (!this.socket) this.connect(channel.token)
-    else if (this.socket.readyState === OPEN) queueMicrotask(() => this.open(channel))
+    else if (this.socket.readyState === OPEN) queueMicrotask(() => this.openChannel(channel))
     return channel
   }
 
@@ -210,7 +166,7 @@ export class SocketMux {
     this.socketsOpened++
     socket.onopen = () => {
       if (this.socket !== socket) return
-      for (const channel of [...this.channels.values()]) this.open(channel)
+      for (const channel of [...this.channels.values()]) this.openChannel(channel)
     }
     socket.onmessage = (event) => {
       if (this.socket !== socket) return
@@ -223,7 +179,7 @@ export class SocketMux {
     socket.onerror = () => {}
   }
 
-  private open(channel: ChannelSocket): void {
+  private openChannel(channel: ChannelSocket): void {
     if (this.channels.get(channel.channel) !== channel || channel.readyState !== CONNECTING) return
     if (this.socket?.readyState !== OPEN) return
     // The socket's own token need not travel twice.

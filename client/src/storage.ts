@@ -1,6 +1,4 @@
-import * as idb from "lib0/indexeddb"
-import { IndexeddbPersistence } from "y-indexeddb"
-import type * as Y from "yjs"
+import * as Y from "yjs"
 
 /** Where a client keeps its replicas: IndexedDB (survives reloads; the default) or memory. */
 export type StorageKind = "indexeddb" | "memory"
@@ -20,43 +18,162 @@ export interface LocalReplica {
 }
 
 /**
+ * The one object store of a replica's database: Yjs updates under
+ * auto-increment keys, merged into one full state on every load and after
+ * {@link COMPACT_AFTER} writes. It is the layout y-indexeddb 9 writes, which
+ * SDK versions before 0.2 used, so the replicas they stored load unchanged.
+ */
+const UPDATES_STORE = "updates"
+
+/** Updates written one by one before they are merged into one (as y-indexeddb does, at 500). */
+const COMPACT_AFTER = 500
+
+/** How long after the {@link COMPACT_AFTER}th write the merge waits, so that a burst merges once. */
+const COMPACT_DELAY_MS = 1000
+
+/**
  * Keeps `doc` in local storage under `name`. With IndexedDB every update is
- * written as it happens (y-indexeddb), so closing the page mid-sync loses
- * nothing; several clients over the same database load each other's updates.
+ * written as it happens, so closing the page mid-sync loses nothing; several
+ * clients over the same database load each other's updates.
  */
 export function persistDocument(kind: StorageKind, name: string, doc: Y.Doc): LocalReplica {
   if (kind === "memory")
     return { loaded: Promise.resolve(), replaceWith: async () => {}, destroy: async () => {} }
-  const persistence = new IndexeddbPersistence(name, doc)
-  let destroyed: () => void = () => {}
-  // y-indexeddb never resolves whenSynced once destroyed; end the wait instead of leaving it hanging.
-  const closed = new Promise<void>((resolve) => {
-    destroyed = resolve
-  })
-  return {
-    loaded: Promise.race([persistence.whenSynced.then(() => undefined), closed]),
-    replaceWith: async (update) => {
-      await persistence.whenSynced
-      const db = persistence.db
-      if (!db) throw new Error("the local database is closed")
-      // y-indexeddb's store of updates; its next load merges what is there.
-      const updates = idb.transact(db, [UPDATES_STORE])[0]!
-      // Both requests are queued before either completes, so they run in the one transaction, in order.
-      await Promise.all([
-        idb.del(updates, idb.createIDBKeyRangeLowerBound(0, false)),
-        // y-indexeddb itself stores updates as Uint8Array (lib0 types the value narrowly).
-        idb.addAutoKey(updates, update as unknown as ArrayBuffer),
-      ])
-    },
-    destroy: () => {
-      destroyed()
-      return persistence.destroy()
-    },
-  }
+  return new IndexedDbReplica(name, doc)
 }
-
-/** y-indexeddb's object store of updates. */
-const UPDATES_STORE = "updates"
 
 /** Name of the local database of one user's conversation (users of one device never share). */
 export const replicaName = (user: string, document: string): string => `parley:${user}:${document}`
+
+/** A document's replica in an IndexedDB database of its own (see {@link UPDATES_STORE}). */
+class IndexedDbReplica implements LocalReplica {
+  readonly loaded: Promise<void>
+  /** Set once the stored state is loaded: from then on every update is written. */
+  private db: IDBDatabase | undefined
+  private readonly opening: Promise<IDBDatabase | undefined>
+  private destroyed = false
+  private written = 0
+  private compactTimer: ReturnType<typeof setTimeout> | undefined
+  private endWait: () => void = () => {}
+
+  private readonly onUpdate = (update: Uint8Array, origin: unknown) => {
+    const db = this.db
+    // Before the load, the load's merged state covers it; what the load applied is stored already.
+    if (origin === this || !db || this.destroyed) return
+    db.transaction(UPDATES_STORE, "readwrite").objectStore(UPDATES_STORE).add(update)
+    if (++this.written >= COMPACT_AFTER && this.compactTimer === undefined)
+      this.compactTimer = setTimeout(() => {
+        this.compactTimer = undefined
+        if (this.db && !this.destroyed) this.compact(this.db).catch(warn)
+      }, COMPACT_DELAY_MS)
+  }
+
+  constructor(
+    name: string,
+    private readonly doc: Y.Doc,
+  ) {
+    doc.on("update", this.onUpdate)
+    this.opening = openDatabase(name).catch((error: unknown) => {
+      // No IndexedDB (private mode, quota, blocked): the replica lives in memory this time.
+      warn(error)
+      return undefined
+    })
+    const load = this.opening.then(async (db) => {
+      if (!db) return
+      if (this.destroyed) return db.close()
+      await this.compact(db).catch(warn)
+    })
+    // A replica destroyed while loading ends the wait instead of leaving it hanging.
+    const ended = new Promise<void>((resolve) => {
+      this.endWait = resolve
+    })
+    this.loaded = Promise.race([load, ended])
+  }
+
+  async replaceWith(update: Uint8Array): Promise<void> {
+    await this.loaded
+    const db = this.db
+    if (!db || this.destroyed) throw new Error("the local database is closed")
+    const transaction = db.transaction(UPDATES_STORE, "readwrite")
+    const store = transaction.objectStore(UPDATES_STORE)
+    // Both requests in one transaction, in order: a reader sees the old state or the new one.
+    store.clear()
+    store.add(update)
+    this.written = 0
+    await completion(transaction)
+  }
+
+  async destroy(): Promise<void> {
+    if (this.destroyed) return
+    this.destroyed = true
+    this.doc.off("update", this.onUpdate)
+    clearTimeout(this.compactTimer)
+    this.endWait()
+    // Closing waits for the transactions under way: the last writes are kept.
+    const db = await this.opening
+    db?.close()
+    this.db = undefined
+  }
+
+  /**
+   * In one transaction: applies every stored update to the document (what
+   * this and other clients over the database wrote), then replaces them with
+   * the document's whole state, which also holds what was written in memory
+   * before the database opened. From then on each update is written.
+   */
+  private compact(db: IDBDatabase): Promise<void> {
+    const transaction = db.transaction(UPDATES_STORE, "readwrite")
+    const store = transaction.objectStore(UPDATES_STORE)
+    const keys = store.getAllKeys()
+    const values = store.getAll()
+    values.onsuccess = () => {
+      if (this.destroyed) return
+      const updates = values.result as Uint8Array[]
+      this.doc.transact(() => {
+        for (const update of updates) {
+          try {
+            Y.applyUpdate(this.doc, update, this)
+          } catch (error) {
+            // One damaged entry must not keep the rest (and the document) from loading.
+            warn(error)
+          }
+        }
+      }, this)
+      const last = keys.result.at(-1)
+      if (last !== undefined) store.delete(IDBKeyRange.upperBound(last))
+      store.add(Y.encodeStateAsUpdate(this.doc))
+      this.written = 0
+      this.db = db
+    }
+    return completion(transaction)
+  }
+}
+
+function openDatabase(name: string): Promise<IDBDatabase> {
+  return new Promise((resolve, reject) => {
+    const request = indexedDB.open(name)
+    request.onupgradeneeded = () => {
+      if (!request.result.objectStoreNames.contains(UPDATES_STORE))
+        request.result.createObjectStore(UPDATES_STORE, { autoIncrement: true })
+    }
+    request.onerror = () => reject(request.error)
+    request.onsuccess = () => {
+      const db = request.result
+      // Another tab deleting or upgrading the database must not wait on this one.
+      db.onversionchange = () => db.close()
+      resolve(db)
+    }
+  })
+}
+
+function completion(transaction: IDBTransaction): Promise<void> {
+  return new Promise((resolve, reject) => {
+    transaction.oncomplete = () => resolve()
+    transaction.onerror = () => reject(transaction.error)
+    transaction.onabort = () => reject(transaction.error ?? new Error("the local transaction was aborted"))
+  })
+}
+
+function warn(error: unknown): void {
+  console.warn("parley: local storage failed", error)
+}

@@ -4,6 +4,7 @@ import WebSocket, { WebSocketServer } from "ws"
 import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { DocumentConnection } from "../src/connection.js"
+import { ownSockets } from "../src/provider/document-socket.js"
 import { eventually } from "./support.js"
 
 /** A WebSocket server that closes every connection at once with `code`, recording the tokens it saw. */
@@ -34,7 +35,7 @@ function connectionTo(url: string, token: () => Promise<string>) {
     awareness,
     user: "tester",
     token,
-    WebSocket: WebSocket as never,
+    sockets: ownSockets(url, WebSocket as never),
     reconnect: { minDelay: 10, maxDelay: 40 },
   })
   cleanup.push(() => {

@@ -3,11 +3,12 @@ import {
   encodeChannelFrame,
   encodeKeepalive,
   encodeSyncStep1,
-  encodeSyncStep2,
-  encodeSyncUpdate,
   readMuxFrame,
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
+import { Awareness } from "y-protocols/awareness"
+import * as Y from "yjs"
+import { SyncSession } from "../src/provider/sync-session.js"
 import { SocketMux } from "../src/socket-mux.js"
 
 /** A hand-driven stand-in for the browser's WebSocket: records what is sent, opens and closes on demand. */
@@ -57,9 +58,7 @@ function setup() {
   FakeSocket.made = []
   const mux = new SocketMux("ws://relay/", FakeSocket as never)
   const channel = (name: string, token: string) => {
-    const ch = new (mux.socketClass as unknown as new (url: string) => Channel)(
-      `ws://relay/${encodeURIComponent(name)}?token=${token}&parley=1`,
-    )
+    const ch = mux.open(name, token) as unknown as Channel
     const events = { opened: 0, messages: [] as Uint8Array[], closes: [] as number[] }
     ch.onopen = () => events.opened++
     ch.onmessage = (event) => events.messages.push(new Uint8Array(event.data))
@@ -137,28 +136,37 @@ describe("SocketMux", () => {
     expect(mux.connected).toBe(false)
   })
 
-  it("holds a channel's live updates until it answered the relay's sync step 1, so none arrives before the state it builds on", () => {
-    const { channel } = setup()
-    const chat = channel("g~one", "t")
+  it("holds a document's live updates until it answered the relay's sync step 1, so none arrives before the state it builds on", () => {
+    const { mux } = setup()
+    const doc = new Y.Doc()
+    const awareness = new Awareness(doc)
+    awareness.setLocalState(null)
+    const session = new SyncSession(mux.open("g~one", "t"), doc, awareness, {
+      opened: () => {},
+      relayState: () => {},
+      synced: () => {},
+      parley: () => {},
+      diverged: () => {},
+      closed: () => {},
+    })
     const socket = FakeSocket.made[0]!
     socket.open()
-    const step2 = encodeSyncStep2(Uint8Array.of(0, 0))
-    const update = encodeSyncUpdate(Uint8Array.of(0, 0))
-    // The reader answers the relay's step 1 with its step 2, synchronously, as y-websocket does.
-    chat.ch.onmessage = (event) => {
-      if (new Uint8Array(event.data)[1] === 0) chat.ch.send(step2)
-    }
-    chat.ch.send(update)
+    doc.getMap("m").set("written", "while opening")
     const kinds = () =>
       socket.sent.slice(1).map((f) => [...(readMuxFrame(f) as { frame: Uint8Array }).frame.subarray(0, 2)])
-    expect(kinds()).toEqual([])
+    // Only the document's own step 1 went out; the live update waits.
+    expect(kinds()).toEqual([[0, 0]])
     socket.deliver(encodeChannelFrame(0, encodeSyncStep1(Uint8Array.of(0))))
     expect(kinds()).toEqual([
+      [0, 0],
       [0, 1],
       [0, 2],
     ])
     // After the handshake, updates go at once.
-    chat.ch.send(update)
-    expect(kinds()).toHaveLength(3)
+    doc.getMap("m").set("later", true)
+    expect(kinds()).toHaveLength(4)
+    session.close()
+    awareness.destroy()
+    doc.destroy()
   })
 })

@@ -6,7 +6,13 @@
  * have no inbox, one socket to the conversation. Memory per user is the
  * server's RSS growth over N; CPU is measured over a quiet window.
  */
-import { type ConversationId, createConversation, inboxDocumentName, type UserId } from "@parley/shared"
+import {
+  type ConversationId,
+  createConversation,
+  inboxDocumentName,
+  TOKEN_PARAM,
+  type UserId,
+} from "@parley/shared"
 import WebSocket from "ws"
 import { SocketMux } from "../../../client/src/socket-mux.js"
 import { type BenchClient, type ConnectOptions, connect } from "../drivers.js"
@@ -43,7 +49,7 @@ export async function idleUsers(
     if (!parley) return {}
     const mux = new SocketMux(server.wsUrl, WebSocket as never)
     muxes.push(mux)
-    return { acknowledgements: true, WebSocketPolyfill: mux.socketClass }
+    return { acknowledgements: true, WebSocketPolyfill: channelsOf(mux, server.wsUrl) }
   }
   const groups = Math.ceil(config.connections / config.perConversation)
   for (let g = 0; g < groups; g += 20) {
@@ -97,4 +103,22 @@ async function openGroup(
   const all = [creator, ...others, ...inboxes]
   await Promise.all(all.map((c) => c.synced))
   return all
+}
+
+/**
+ * A WebSocket class whose instances are channels of `mux`, for the bench's
+ * y-websocket providers (the SDK's own provider opens channels with
+ * `mux.open`): y-websocket's URL is `${base}/${name}?token=…`.
+ */
+function channelsOf(mux: SocketMux, url: string): unknown {
+  const base = url.replace(/\/+$/, "")
+  const states = { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 }
+  const Channel = function Channel(channelUrl: string) {
+    const query = channelUrl.indexOf("?")
+    const name = decodeURIComponent(channelUrl.slice(base.length + 1, query < 0 ? undefined : query))
+    const token = new URLSearchParams(query < 0 ? "" : channelUrl.slice(query + 1)).get(TOKEN_PARAM) ?? ""
+    // y-websocket compares readyState with the socket's own OPEN.
+    return Object.assign(mux.open(name, token), states)
+  }
+  return Object.assign(Channel, states)
 }

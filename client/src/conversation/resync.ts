@@ -1,0 +1,148 @@
+import {
+  type ParleyError,
+  Rule,
+  rebasePendingWork,
+  sealedHistory,
+  toParleyError,
+  type UserId,
+} from "@parley/shared"
+import * as Y from "yjs"
+import type { DocumentConnection } from "../connection.js"
+import type { Generation } from "./generation.js"
+import type { SealedHistory } from "./history.js"
+import type { StatusTracker } from "./statuses.js"
+import type { ConversationParts, EmitConversationEvent } from "./types.js"
+
+/** Resyncs in a row without the relay saving anything in between, before unsaved work counts as failed. */
+const MAX_RESYNCS_WITHOUT_SAVE = 3
+
+/** What {@link Resync} needs of its conversation. */
+export interface ResyncHost {
+  readonly user: UserId
+  readonly parts: ConversationParts
+  readonly statuses: StatusTracker
+  readonly history: SealedHistory
+  readonly emit: EmitConversationEvent
+  readonly closed: () => boolean
+  /** The current generation. */
+  current(): Generation
+  /** Binds `doc` as the new current generation (talking to the relay only, not to other tabs). */
+  replace(doc: Y.Doc, replica: Generation["replica"]): Generation
+  /** Settles the conversation's state from the rebuilt replica. */
+  settle(): void
+  /** Recounts the unread messages of the rebuilt replica. */
+  refreshUnread(): void
+}
+
+/**
+ * Recovery from the relay's refusals. The relay stores an update whole or
+ * not at all, and every later update of this replica builds on a refused
+ * one, so the replica cannot recover by itself: it is rebuilt from the
+ * relay's state plus the user's pending work the rules still allow (shared
+ * `rebasePendingWork`). A loop of refusals is bounded: after a few resyncs
+ * without the relay saving anything, unsaved work counts as failed.
+ */
+export class Resync {
+  private running = false
+  /** Resyncs since the relay last saved something: bounds a refuse → resync → refuse loop. */
+  private withoutSave = 0
+  /** Aborted when the conversation closes: ends a resync's fetch of the relay's state. */
+  private readonly closing = new AbortController()
+
+  constructor(private readonly host: ResyncHost) {}
+
+  /** The relay saved something: the loop bound starts over. */
+  saved(): void {
+    this.withoutSave = 0
+  }
+
+  /** The conversation closed. */
+  close(): void {
+    this.closing.abort()
+  }
+
+  /** The relay refused an update (not retryably): resync, or give up on unsaved work after too many. */
+  refused(error: ParleyError): void {
+    const { emit, statuses } = this.host
+    // The live document started a new epoch: rebuilding is the ordinary way onto it, not an error.
+    if (error.rule === Rule.epoch) {
+      void this.run().catch((failure: unknown) => emit("error", { error: toParleyError(failure) }))
+      return
+    }
+    emit("error", { error })
+    if (this.withoutSave >= MAX_RESYNCS_WITHOUT_SAVE) {
+      // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved.
+      statuses.refuseUnsaved(error)
+      statuses.refresh()
+      return
+    }
+    void this.run().catch((failure: unknown) => {
+      emit("error", { error: toParleyError(failure) })
+      // Try again on the next connect; meanwhile, show what is stuck as failed.
+      statuses.refuseUnsaved(error)
+      statuses.refresh()
+      if (this.host.parts.online()) this.host.current().connection.start()
+    })
+  }
+
+  /**
+   * Replaces the replica with the relay's state plus this user's pending work
+   * that the rules still allow. The refused work is reported: `error` events
+   * with the change, and `failed` statuses for messages. The new document gets
+   * a new Yjs client id; local storage is rewritten in one transaction, so a
+   * reload sees the old or the new replica, never a mix.
+   */
+  private async run(): Promise<void> {
+    const host = this.host
+    if (this.running || host.closed()) return
+    this.running = true
+    this.withoutSave++
+    const old = host.current()
+    old.connection.stop()
+    try {
+      const fresh = new Y.Doc()
+      try {
+        // Pending work on messages sealed meanwhile needs their segments: fetched over the same connection.
+        await host.parts.fetchRelayState(fresh, this.closing.signal, (connection: DocumentConnection) =>
+          host.history.fetchForPendingWork(old.doc, fresh, connection),
+        )
+      } catch (error) {
+        fresh.destroy()
+        throw error
+      }
+      if (host.closed() || host.current() !== old) {
+        fresh.destroy()
+        return
+      }
+      // Pending work on sealed messages is re-applied against the segments this replica holds.
+      for (const segment of host.history.segments) sealedHistory(fresh).add(segment)
+      // Synchronous from here to the swap: no write of the user can fall between the two documents.
+      const result = rebasePendingWork(old.doc, fresh, host.user)
+      old.dispose()
+      // Other tabs of this user still hold the refused changes and would hand them back over the
+      // cross-tab channel; the rebuilt replica talks to the relay only, until the next load.
+      const current = host.replace(fresh, old.replica)
+      const snapshot = Y.encodeStateAsUpdate(fresh)
+      for (const { what, error } of result.failed)
+        if (what.kind === "message.send") host.statuses.lost.set(what.id, error)
+      host.statuses.trackAll(fresh, host.user, true)
+      host.settle()
+      host.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
+      for (const { what, error } of result.failed) {
+        if (what.kind === "message.send") host.emit("status", { messageId: what.id, status: "failed", error })
+        host.emit("error", { error, change: what })
+      }
+      host.emit("change", { events: [], local: false })
+      host.refreshUnread()
+      await old.replica.replaceWith(snapshot)
+      await old.replica.destroy()
+      old.doc.destroy()
+      if (host.closed() || host.current() !== current) return
+      current.replica = host.parts.openReplica(fresh)
+      await current.replica.loaded
+      if (!host.closed() && host.current() === current && host.parts.online()) current.connection.start()
+    } finally {
+      this.running = false
+    }
+  }
+}

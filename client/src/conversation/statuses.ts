@@ -1,0 +1,87 @@
+import {
+  type MessageId,
+  type MessageView,
+  messageIndex,
+  type ParleyError,
+  parseMessageId,
+  type UserId,
+} from "@parley/shared"
+import type * as Y from "yjs"
+import type { MessageStatus, MessageStatuses } from "../message-status.js"
+import type { ChatMessage, EmitConversationEvent } from "./types.js"
+
+/**
+ * The statuses of the user's own messages as the app sees them: decorates
+ * message views, and emits a `status` event for each message whose status
+ * moved (pending → sent → delivered → read, or failed). Read messages are
+ * forgotten (nothing moves them any more). What a resync could not re-apply
+ * is remembered as failed, with why.
+ */
+export class StatusTracker {
+  /** The user's messages not read yet, with the status last reported. */
+  private readonly tracked = new Map<MessageId, MessageStatus>()
+  /** The user's messages that a resync could not re-apply (the relay refused them), with why. */
+  readonly lost = new Map<MessageId, ParleyError>()
+
+  constructor(
+    /** The current replica's statuses (a resync replaces them). */
+    private readonly statuses: () => MessageStatuses,
+    private readonly emit: EmitConversationEvent,
+  ) {}
+
+  /** The status of one of the user's messages (undefined for others' messages). */
+  status(id: MessageId | string): MessageStatus | undefined {
+    const messageId = parseMessageId(id)
+    return this.statuses().status(messageId) ?? (this.lost.has(messageId) ? "failed" : undefined)
+  }
+
+  /** `view` with its status (and, when failed, why), when it is one of the user's. */
+  decorate(view: MessageView): ChatMessage {
+    const statuses = this.statuses()
+    const status = statuses.status(view.id)
+    if (status === undefined) return view
+    const error = status === "failed" ? statuses.failure(view.id) : undefined
+    return { ...view, status, ...(error ? { error } : {}) }
+  }
+
+  /** Starts following message `id` (the user's) until it is read. */
+  track(id: MessageId): void {
+    const status = this.statuses().status(id)
+    if (status === undefined || status === "read") {
+      this.tracked.delete(id)
+      return
+    }
+    if (!this.tracked.has(id)) this.tracked.set(id, status)
+  }
+
+  /** Follows every message of `user` in `doc` (after a load, or a resync: `fresh`). */
+  trackAll(doc: Y.Doc, user: UserId, fresh = false): void {
+    if (fresh) this.tracked.clear()
+    for (const [id, record] of messageIndex(doc).records) if (record.author === user) this.track(id)
+  }
+
+  /** Marks as failed, with `error`, what the relay has not saved (it never will). */
+  refuseUnsaved(error: ParleyError): void {
+    for (const id of this.statuses().refuseUnsaved(error)) this.track(id)
+  }
+
+  /** Acknowledges what the relay saved (a state vector). */
+  acknowledge(stateVector: Map<number, number>): void {
+    this.statuses().acknowledge(stateVector)
+    this.refresh()
+  }
+
+  /** Emits a status event for each followed message whose status moved; forgets read ones. */
+  refresh(): void {
+    const statuses = this.statuses()
+    for (const [id, before] of this.tracked) {
+      const status = statuses.status(id)
+      if (status === before) continue
+      if (status === undefined || status === "read") this.tracked.delete(id)
+      else this.tracked.set(id, status)
+      if (status === undefined) continue
+      const error = status === "failed" ? statuses.failure(id) : undefined
+      this.emit("status", { messageId: id, status, ...(error ? { error } : {}) })
+    }
+  }
+}

@@ -1,0 +1,233 @@
+import {
+  encodeAwareness,
+  encodeSyncStep1,
+  encodeSyncStep2,
+  encodeSyncUpdate,
+  MessageType,
+  type ParleyFrame,
+  readFrame,
+  SyncMessage,
+} from "@parley/shared"
+import {
+  type Awareness,
+  applyAwarenessUpdate,
+  encodeAwarenessUpdate,
+  removeAwarenessStates,
+} from "y-protocols/awareness"
+import * as Y from "yjs"
+import { type DocumentSocket, SocketState } from "./document-socket.js"
+
+/** Transaction and awareness origin of what arrived from the relay (never sent back to it). */
+export const RELAY_ORIGIN: unique symbol = Symbol("parley-relay")
+
+/** A socket that heard nothing (not even the relay's keepalive) for this long is taken for dead. */
+export const SILENCE_TIMEOUT_MS = 30_000
+
+/** Close code of a socket that dropped without a close frame (the browser's 1006). */
+export const ABNORMAL_CLOSE = 1006
+
+/** What a {@link SyncSession} reports to its connection. */
+export interface SessionHandlers {
+  /** The socket opened; sync step 1 went out. */
+  opened(): void
+  /** The relay's sync step 1: the state it holds of this document. */
+  relayState(stateVector: Uint8Array): void
+  /** The relay's sync step 2 arrived: this replica holds everything the relay has. */
+  synced(): void
+  /** A Parley extension frame (saved, error, tokenAccepted, historyPage). */
+  parley(frame: ParleyFrame): void
+  /** The relay's sync frames do not fit this replica (someone else wrote under its client id). */
+  diverged(cause: unknown): void
+  /** The session ended: `local` when this side closed it, else with the relay's (or the network's) code. */
+  closed(code: number, local: boolean): void
+}
+
+/**
+ * One socket's worth of a document's sync with the relay: the y-protocols
+ * handshake (sync step 1 and 2 both ways), live updates, the user's own
+ * awareness, and Parley's extension frames, all on the shared codec. The
+ * connection makes a new session for every socket it opens.
+ *
+ * Live updates written before the relay's step 1 was answered are held: sent
+ * at once, one could reach the relay before the state it builds on (what the
+ * replica wrote while the socket opened travels in the step 2 answering the
+ * relay) and be refused as depending on changes the relay does not have.
+ */
+export class SyncSession {
+  private state: "connecting" | "open" | "ended" = "connecting"
+  private isSynced = false
+  private held: Uint8Array[] | undefined = []
+  private lastHeard = 0
+  private watchdog: ReturnType<typeof setInterval> | undefined
+
+  private readonly onUpdate = (update: Uint8Array, origin: unknown) => {
+    if (origin === RELAY_ORIGIN || this.state !== "open") return
+    // What the user wrote, and what another tab of theirs handed over (forwarded: that tab may be offline).
+    this.send(encodeSyncUpdate(update))
+  }
+
+  private readonly onAwareness = (
+    { added, updated, removed }: { added: number[]; updated: number[]; removed: number[] },
+    origin: unknown,
+  ) => {
+    if (origin === RELAY_ORIGIN || this.state !== "open") return
+    const own = this.awareness.clientID
+    // Only the user's own entry: the relay owns awareness, and nobody speaks for another.
+    if (added.includes(own) || updated.includes(own) || removed.includes(own)) this.sendOwnAwareness()
+  }
+
+  constructor(
+    private readonly socket: DocumentSocket,
+    private readonly doc: Y.Doc,
+    private readonly awareness: Awareness,
+    private readonly handlers: SessionHandlers,
+  ) {
+    socket.binaryType = "arraybuffer"
+    socket.onopen = () => this.opened()
+    socket.onmessage = (event) => this.received(event.data)
+    socket.onclose = (event) => this.end(event.code, false)
+    // A failed connect is followed by its close event, which says all there is to say.
+    socket.onerror = () => {}
+    doc.on("update", this.onUpdate)
+    awareness.on("update", this.onAwareness)
+  }
+
+  /** True while the socket is open. */
+  get open(): boolean {
+    return this.state === "open"
+  }
+
+  /** True once the relay's sync step 2 arrived on this socket. */
+  get synced(): boolean {
+    return this.isSynced
+  }
+
+  /** Sends a frame if the socket is open; live updates wait for the handshake (see the class comment). */
+  send(frame: Uint8Array): void {
+    if (this.state !== "open") return
+    if (this.held && isSyncUpdateFrame(frame)) this.held.push(frame)
+    else if (this.socket.readyState === SocketState.open) this.socket.send(frame)
+  }
+
+  /** Ends the session from this side: tells the relay the user left (awareness), then closes the socket. */
+  close(): void {
+    if (this.state === "ended") return
+    if (this.state === "open" && this.awareness.getLocalState() !== null)
+      this.sendRaw(
+        encodeAwareness(encodeAwarenessUpdate(this.awareness, [this.awareness.clientID], new Map())),
+      )
+    this.end(ABNORMAL_CLOSE, true)
+  }
+
+  private opened(): void {
+    if (this.state !== "connecting") return
+    this.state = "open"
+    this.lastHeard = Date.now()
+    // A relay's keepalive reaches every socket well within the timeout; silence means a dead link.
+    this.watchdog = setInterval(() => {
+      if (Date.now() - this.lastHeard > SILENCE_TIMEOUT_MS) this.end(ABNORMAL_CLOSE, false)
+    }, SILENCE_TIMEOUT_MS / 10)
+    this.sendRaw(encodeSyncStep1(Y.encodeStateVector(this.doc)))
+    if (this.awareness.getLocalState() !== null) this.sendOwnAwareness()
+    this.handlers.opened()
+  }
+
+  private received(data: unknown): void {
+    if (this.state !== "open") return
+    this.lastHeard = Date.now()
+    const bytes = new Uint8Array(data as ArrayBuffer)
+    let frame: ReturnType<typeof readFrame>
+    try {
+      frame = readFrame(bytes)
+    } catch (cause) {
+      // A sync frame this replica cannot even read cannot be applied either.
+      if (bytes[0] === MessageType.sync) this.handlers.diverged(cause)
+      return
+    }
+    switch (frame.type) {
+      case "sync": {
+        const message = frame.message
+        if (message.type === "syncStep1") {
+          this.handlers.relayState(message.stateVector)
+          try {
+            this.sendRaw(encodeSyncStep2(Y.encodeStateAsUpdate(this.doc, message.stateVector)))
+          } catch (cause) {
+            this.handlers.diverged(cause)
+            return
+          }
+          // The relay has what it lacked: held live updates may follow.
+          const held = this.held ?? []
+          this.held = undefined
+          for (const update of held) this.sendRaw(update)
+          return
+        }
+        this.apply(message.update)
+        if (message.type === "syncStep2" && !this.isSynced && this.state === "open") {
+          this.isSynced = true
+          this.handlers.synced()
+        }
+        return
+      }
+      case "awareness":
+        try {
+          applyAwarenessUpdate(this.awareness, frame.update, RELAY_ORIGIN)
+        } catch (error) {
+          console.error("parley: the relay's awareness update could not be applied", error)
+        }
+        return
+      case "queryAwareness":
+        if (this.awareness.getLocalState() !== null) this.sendOwnAwareness()
+        return
+      case "parley":
+        if (frame.message) this.handlers.parley(frame.message)
+        return
+      case "auth":
+        // The relay's close code follows and says the same (see PROTOCOL.md).
+        return
+    }
+  }
+
+  private apply(update: Uint8Array): void {
+    try {
+      Y.applyUpdate(this.doc, update, RELAY_ORIGIN)
+    } catch (error) {
+      // Thrown by an observer of the document (the update itself is integrated): report, keep syncing.
+      console.error("parley: handling the relay's update failed", error)
+    }
+  }
+
+  private sendOwnAwareness(): void {
+    this.sendRaw(encodeAwareness(encodeAwarenessUpdate(this.awareness, [this.awareness.clientID])))
+  }
+
+  private sendRaw(frame: Uint8Array): void {
+    if (this.state === "open" && this.socket.readyState === SocketState.open) this.socket.send(frame)
+  }
+
+  private end(code: number, local: boolean): void {
+    if (this.state === "ended") return
+    const wasOpen = this.state === "open"
+    this.state = "ended"
+    this.isSynced = false
+    this.held = undefined
+    clearInterval(this.watchdog)
+    this.doc.off("update", this.onUpdate)
+    this.awareness.off("update", this.onAwareness)
+    const socket = this.socket
+    socket.onopen = null
+    socket.onmessage = null
+    socket.onclose = null
+    if (socket.readyState === SocketState.open || socket.readyState === SocketState.connecting)
+      socket.close(1000)
+    if (wasOpen) {
+      // Whoever was seen over this socket is no longer known to be there.
+      const others = [...this.awareness.getStates().keys()].filter((id) => id !== this.awareness.clientID)
+      removeAwarenessStates(this.awareness, others, RELAY_ORIGIN)
+    }
+    this.handlers.closed(code, local)
+  }
+}
+
+/** True for a live update frame (not part of the handshake). */
+const isSyncUpdateFrame = (frame: Uint8Array): boolean =>
+  frame[0] === MessageType.sync && frame[1] === SyncMessage.update

@@ -1,0 +1,107 @@
+import "fake-indexeddb/auto"
+import { describe, expect, it } from "vitest"
+import { IndexeddbPersistence } from "y-indexeddb"
+import * as Y from "yjs"
+import { persistDocument } from "../src/storage.js"
+
+let next = 0
+const uniqueName = () => `parley:storage-test:${process.pid}:${next++}`
+
+/** Opens `name` in a fresh document, as a reload would, and returns what it holds. */
+async function reload(name: string): Promise<Record<string, unknown>> {
+  const doc = new Y.Doc()
+  const replica = persistDocument("indexeddb", name, doc)
+  await replica.loaded
+  const content = doc.getMap("m").toJSON()
+  await replica.destroy()
+  doc.destroy()
+  return content
+}
+
+describe("IndexedDB replicas", () => {
+  it("keeps every update written after the load, and what was written before it, across a reload", async () => {
+    const name = uniqueName()
+    const doc = new Y.Doc()
+    doc.getMap("m").set("before", "the database opened")
+    const replica = persistDocument("indexeddb", name, doc)
+    await replica.loaded
+    for (let i = 0; i < 20; i++) doc.getMap("m").set(`k${i}`, i)
+    await replica.destroy()
+    const content = await reload(name)
+    expect(content.before).toBe("the database opened")
+    expect(Object.keys(content)).toHaveLength(21)
+    expect(content.k19).toBe(19)
+  })
+
+  it("merges what two clients over the same database wrote", async () => {
+    const name = uniqueName()
+    const [a, b] = [new Y.Doc(), new Y.Doc()]
+    const [ra, rb] = [persistDocument("indexeddb", name, a), persistDocument("indexeddb", name, b)]
+    await Promise.all([ra.loaded, rb.loaded])
+    a.getMap("m").set("from", "a")
+    b.getMap("m").set("other", "b")
+    await Promise.all([ra.destroy(), rb.destroy()])
+    expect(await reload(name)).toMatchObject({ other: "b" })
+    expect(Object.keys(await reload(name)).sort()).toEqual(["from", "other"])
+  })
+
+  it("replaceWith leaves exactly the given state, and later writes build on it", async () => {
+    const name = uniqueName()
+    const doc = new Y.Doc()
+    const replica = persistDocument("indexeddb", name, doc)
+    await replica.loaded
+    doc.getMap("m").set("refused", "work")
+    const fresh = new Y.Doc()
+    fresh.getMap("m").set("rebuilt", true)
+    await replica.replaceWith(Y.encodeStateAsUpdate(fresh))
+    await replica.destroy()
+    expect(await reload(name)).toEqual({ rebuilt: true })
+  })
+
+  it("loads a replica that y-indexeddb stored (SDK versions before the SDK's own storage)", async () => {
+    const name = uniqueName()
+    const old = new Y.Doc()
+    const persistence = new IndexeddbPersistence(name, old)
+    await persistence.whenSynced
+    old.getMap("m").set("stored by", "y-indexeddb")
+    old.getText("t").insert(0, "pending offline work")
+    // y-indexeddb writes each update in a transaction of its own; its destroy waits for none.
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    await persistence.destroy()
+    const doc = new Y.Doc()
+    const replica = persistDocument("indexeddb", name, doc)
+    await replica.loaded
+    expect(doc.getMap("m").get("stored by")).toBe("y-indexeddb")
+    expect(doc.getText("t").toString()).toBe("pending offline work")
+    await replica.destroy()
+  })
+
+  it("merges stored updates into one after 500 writes, keeping them all", async () => {
+    const name = uniqueName()
+    const doc = new Y.Doc()
+    const replica = persistDocument("indexeddb", name, doc)
+    await replica.loaded
+    for (let i = 0; i < 600; i++) doc.getArray("a").push([i])
+    // The merge runs a second after the 500th write.
+    await new Promise((resolve) => setTimeout(resolve, 1300))
+    await replica.destroy()
+    const count = await new Promise<number>((resolve, reject) => {
+      const request = indexedDB.open(name)
+      request.onsuccess = () => {
+        const db = request.result
+        const counting = db.transaction("updates").objectStore("updates").count()
+        counting.onsuccess = () => {
+          db.close()
+          resolve(counting.result)
+        }
+        counting.onerror = () => reject(counting.error)
+      }
+    })
+    expect(count).toBeLessThan(100)
+    const reloaded = new Y.Doc()
+    const again = persistDocument("indexeddb", name, reloaded)
+    await again.loaded
+    expect(reloaded.getArray("a").toArray()).toEqual([...Array(600).keys()])
+    await again.destroy()
+  })
+})
