@@ -162,11 +162,12 @@ export class ConversationUploads {
   constructor(private readonly deps: UploadDeps) {
     this.loaded = deps.store.list(deps.conversationId).then(
       async (entries) => {
+        // Previews first: a waiting message is listed with them, never without and then with.
+        await Promise.all(entries.map((entry) => this.loadPreviews(entry)))
         for (const entry of entries) {
           this.stored.add(entry.messageId)
           if (!this.entries.has(entry.messageId)) this.entries.set(entry.messageId, entry)
         }
-        await Promise.all(entries.map((entry) => this.loadPreviews(entry)))
       },
       (error: unknown) => console.error("parley: the outbox of unsent files could not be read", error),
     )
@@ -604,8 +605,6 @@ export class ConversationUploads {
         if (blob && !this.closed) this.urls.set(key(entry.messageId, i), objectUrls.create(blob))
       }),
     )
-    // A view listed before the previews were read lacks them.
-    this.views.delete(entry.messageId)
   }
 
   private render(entry: OutboxEntry): PendingUploadView {
