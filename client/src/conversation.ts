@@ -27,8 +27,11 @@ import {
   type Role,
   roleOf,
   sendMessage,
+  setFleetingSeconds,
   type UserId,
+  unpinMessage,
   unreadCount,
+  unreadEmergency,
 } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -52,6 +55,7 @@ import type {
 import { Emitter } from "./emitter.js"
 import type { MessageStatus } from "./message-status.js"
 import type { UserPresence } from "./presence.js"
+import { PriorityView } from "./priorities.js"
 import type { LocalReplica } from "./storage.js"
 
 export type { ConversationState } from "./conversation/loading.js"
@@ -96,6 +100,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly delivered: DeliveredMarker
   private readonly history: SealedHistory
   private readonly resyncs: Resync
+  /** Pinned messages and fleeting expiry (client/src/priorities.ts). */
+  private readonly priorities: PriorityView
   private readonly readyPromise: Promise<this>
   private unread = -1
   private closed = false
@@ -108,6 +114,11 @@ export class Conversation extends Emitter<ConversationEvents> {
     super()
     this.id = parts.id
     this.user = parts.user
+    this.priorities = new PriorityView(
+      parts.clock,
+      () => this.emit("pinned", { messages: this.pinned() }),
+      (messageIds) => this.emit("expired", { messageIds }),
+    )
     const emit = this.emit.bind(this) as Conversation["emit"]
     this.loading = new LoadingState(
       parts.id,
@@ -309,7 +320,9 @@ export class Conversation extends Emitter<ConversationEvents> {
   message(id: MessageId | string): ChatMessage | undefined {
     const messageId = parseMessageId(id)
     const view = getMessage(this.doc, messageId)
-    return view ? this.statuses.decorate(view) : this.parts.uploads?.view(messageId)
+    if (!view) return this.parts.uploads?.view(messageId)
+    // An expired fleeting message is gone here too (a reply's quote shows "earlier message").
+    return this.priorities.visible(this.doc, [view]).length > 0 ? this.statuses.decorate(view) : undefined
   }
 
   // ---- sealed history ----
@@ -340,13 +353,38 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** A window of messages in canonical order: `{ last: n }`, or `before` / `after` / `around` an id. */
   messages(window: MessageWindow = { last: 50 }): ChatMessage[] {
-    const listed: ChatMessage[] = listMessages(this.doc, window).map((view) => this.statuses.decorate(view))
+    // Fleeting messages whose time is up are gone for the reader before the relay purges them.
+    const listed: ChatMessage[] = this.priorities
+      .visible(this.doc, listMessages(this.doc, window))
+      .map((view) => this.statuses.decorate(view))
     if (!("last" in window)) return listed
     // Messages waiting for uploads are the newest the user sees: at the end of a window that reaches the end.
     // One that another tab of this user has written meanwhile is listed once, as written.
     const index = messageIndex(this.doc)
     const waiting = this.parts.uploads?.pending().filter((m) => !index.records.has(m.id))
     return waiting?.length ? [...listed, ...waiting].slice(-window.last) : listed
+  }
+
+  // ---- priorities ----
+
+  /** The pinned messages (sent `sticky`, not unpinned, not deleted), oldest first; sealed ones included. */
+  pinned(): ChatMessage[] {
+    return this.priorities.pinned(this.doc).map((view) => this.statuses.decorate(view))
+  }
+
+  /** Unpins a sticky message: its author, owners and admins (rule `unpin-author-or-admin`). */
+  unpin(id: MessageId | string): void {
+    this.operations.write((doc, user, origin) => unpinMessage(doc, user, parseMessageId(id), { origin }))
+  }
+
+  /** Sets (owners and admins) how long fleeting messages live here, in seconds; undefined: the default (1 day). */
+  setFleetingSeconds(seconds: number | undefined): void {
+    this.operations.write((doc, user, origin) => setFleetingSeconds(doc, user, seconds, { origin }))
+  }
+
+  /** Unread emergency messages (ids, oldest first): flagged until the read marker passes them. */
+  get unreadEmergency(): MessageId[] {
+    return unreadEmergency(this.doc, this.user)
   }
 
   /**
@@ -366,9 +404,11 @@ export class Conversation extends Emitter<ConversationEvents> {
     push()
     const offChange = this.on("change", push)
     const offStatus = this.on("status", push)
+    const offExpired = this.on("expired", push)
     return () => {
       offChange()
       offStatus()
+      offExpired()
     }
   }
 
@@ -437,6 +477,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.resyncs.close()
     this.delivered.stop()
     this.parts.uploads?.close()
+    this.priorities.close()
     const gen = this.gen
     // Closing never throws: whatever one part fails with, the others are still released.
     const release = async (step: () => unknown) => {
@@ -492,6 +533,9 @@ export class Conversation extends Emitter<ConversationEvents> {
       },
       changed: (events, transaction) => this.changed(events, transaction),
       segmentsChanged: (changed) => this.history.dropStale(changed),
+    })
+    doc.on("afterTransaction", () => {
+      if (this.gen?.doc === doc) this.priorities.changed(doc)
     })
     return generation
   }

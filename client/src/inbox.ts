@@ -49,10 +49,14 @@ function overlay(relay: InboxItem | undefined, local: InboxEntry, muted: boolean
   if (!relay) return { ...local, muted }
   const newer = local.lastActivityAt > relay.lastActivityAt && local.lastMessage !== undefined
   const readAhead = local.readUpTo > relay.readUpTo
+  const { emergency, ...rest } = relay
+  // Read ahead on this device: the emergencies read here are no longer flagged, whatever the relay's entry says.
+  const flagged = readAhead ? local.emergency : emergency
   return {
-    ...relay,
+    ...rest,
     ...(newer ? { lastMessage: local.lastMessage, lastActivityAt: local.lastActivityAt } : {}),
     ...(readAhead ? { readUpTo: local.readUpTo, unread: local.unread } : {}),
+    ...(flagged ? { emergency: flagged } : {}),
   }
 }
 

@@ -35,10 +35,13 @@ export {
   canDeleteMessage,
   canEditMessage,
   canRemoveParticipant,
+  canUnpinMessage,
   canUpdateConversation,
+  DEFAULT_FLEETING_SECONDS,
   type Decision,
   ErrorCode,
   ParleyError,
+  PRIORITIES,
   Rule,
 } from "@parley/shared"
 export type { AttachmentVariant } from "./attachments/attachment-urls.js"
@@ -91,6 +94,7 @@ export {
   type MessageWindowStore,
   messageStatusStore,
   messageWindowStore,
+  pinnedStore,
   presenceStore,
   type SnapshotStore,
   typingStore,

@@ -3,6 +3,7 @@ import {
   type AttachmentUrlSnapshot,
   type AttachmentVariant,
   attachmentUrlStore,
+  type ChatMessage,
   type ClientStatus,
   type Conversation,
   type ConversationSnapshot,
@@ -15,6 +16,7 @@ import {
   type MessageWindowSnapshot,
   messageStatusStore,
   messageWindowStore,
+  pinnedStore,
   presenceStore,
   type SnapshotStore,
   typingStore,
@@ -52,6 +54,7 @@ const EMPTY_CONVERSATION: ConversationSnapshot = {
   participants: [],
   role: undefined,
   unreadCount: 0,
+  unreadEmergency: [],
 }
 const emptyStore = <T>(value: T): SnapshotStore<T> => ({
   subscribe: () => () => {},
@@ -165,4 +168,16 @@ export function useAttachmentUrl(
     [client, key, variant],
   )
   return useStore(store)
+}
+
+const NO_PINS: readonly ChatMessage[] = []
+const NO_PINS_STORE = emptyStore(NO_PINS)
+
+/**
+ * The pinned messages of `conversation` (sent `sticky`, not unpinned nor
+ * deleted), oldest first; re-renders when one is pinned, unpinned, edited or
+ * deleted. Unpin with `conversation.unpin(id)`.
+ */
+export function usePinned(conversation: Conversation | undefined): readonly ChatMessage[] {
+  return useStore(useMemo(() => (conversation ? pinnedStore(conversation) : NO_PINS_STORE), [conversation]))
 }

@@ -13,6 +13,7 @@ export {
   useInbox,
   useMessageStatus,
   useMessages,
+  usePinned,
   usePresence,
   useStore,
   useTyping,

@@ -1,5 +1,6 @@
 // @vitest-environment happy-dom
 import { type ChatClient, type ChatMessage, type Conversation, createChatClient } from "@parley/client"
+import { assignSequenceNumbers, nextFromDocument, sendMessage, type UserId } from "@parley/shared"
 import { act, cleanup, render, screen } from "@testing-library/react"
 import { memo } from "react"
 import { afterEach, describe, expect, it } from "vitest"
@@ -11,6 +12,7 @@ import {
   useInbox,
   useMessageStatus,
   useMessages,
+  usePinned,
 } from "../src/index.js"
 
 const clients: ChatClient[] = []
@@ -169,5 +171,41 @@ describe("@parley/react hooks", () => {
     expect(screen.getByText("status: pending")).toBeTruthy()
     expect(screen.getByText(/conversations, 0 unread/)).toBeTruthy()
     expect(() => render(<Badge />)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }))
+  })
+
+  it("shows pinned messages until unpinned, and an emergency from someone else until it is read", async () => {
+    const client = await offlineClient("alice")
+    const chat = await client.createConversation({ participants: ["bob"], title: "ops" })
+    const pin = chat.send("Runbook: wiki/ops", { priority: "sticky" })
+    function Pins({ conversation }: { conversation: Conversation }) {
+      const pinned = usePinned(conversation)
+      const { unreadEmergency } = useConversation(conversation.id)
+      return (
+        <div>
+          <p data-testid="pins">{pinned.map((m) => m.body).join("|") || "none"}</p>
+          <p data-testid="sos">{unreadEmergency.length}</p>
+        </div>
+      )
+    }
+    render(
+      <ParleyProvider client={client}>
+        <Pins conversation={chat} />
+      </ParleyProvider>,
+    )
+    expect(screen.getByTestId("pins").textContent).toBe("Runbook: wiki/ops")
+    expect(screen.getByTestId("sos").textContent).toBe("0")
+
+    // Bob's emergency, as it arrives from the relay (numbered), flags the conversation until read.
+    await act(async () => {
+      sendMessage(chat.doc, "bob" as UserId, { body: "Database down", priority: "emergency" })
+      assignSequenceNumbers(chat.doc, nextFromDocument(chat.doc))
+    })
+    expect(screen.getByTestId("sos").textContent).toBe("1")
+    await act(async () => {
+      chat.markRead()
+      chat.unpin(pin.id)
+    })
+    expect(screen.getByTestId("pins").textContent).toBe("none")
+    expect(screen.getByTestId("sos").textContent).toBe("0")
   })
 })

@@ -7,7 +7,12 @@ import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import type { RedisState } from "./cluster/cluster.js"
 import { ownedOutbox } from "./cluster/outbox.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
-import { type AfterSavedListener, extensionRoutes, type RelayExtension } from "./extension.js"
+import {
+  type AfterSavedListener,
+  extensionRoutes,
+  type RelayExtension,
+  type RunningCore,
+} from "./extension.js"
 import { HistoryKeeper } from "./history/keeper.js"
 import type { SealingOptions } from "./history/sealing.js"
 import { DEFAULT_EVENT_RETENTION, type EventLogReader, type EventRetention } from "./hooks/event-log.js"
@@ -22,6 +27,7 @@ import { metricsExtension, RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
 import { ErasureAdmin } from "./purge/erase-admin.js"
+import { fleetingTarget } from "./purge/fleeting-target.js"
 import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
 import { PushExtension, type PushOptions } from "./push/extension.js"
 import { checkVapidKeys, generateVapidKeys } from "./push/vapid.js"
@@ -306,6 +312,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const storage = backend.documents
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   const inbox = options.inbox === false ? [] : [inboxTarget, inboxPurgeTarget]
+  // Always on: fleeting messages disappear whether or not anything else is configured.
+  const builtIn = [...inbox, (core: RunningCore) => fleetingTarget(core, backend.history)]
   // In a cluster, a relay resumes at start only what it owes for documents it orders (none yet).
   const outbox = clustered
     ? ownedOutbox(backend.outbox, (document) => clustered.cluster.owns(document))
@@ -336,7 +344,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
   const hooks = new HooksExtension({
     hooks: hookModules,
-    targets: [...inbox, ...(push ? [push.target] : []), ...(attachments ? [attachments.target] : [])],
+    targets: [...builtIn, ...(push ? [push.target] : []), ...(attachments ? [attachments.target] : [])],
     webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
     outbox,
     log: log.child({ component: "hooks" }),

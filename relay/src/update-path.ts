@@ -510,6 +510,9 @@ async function purgeSealed(
           segments.delete(at, 1)
           segments.insert(at, [encodeSegmentSummary(summary)])
         }
+        // A pinned copy of a deleted message holds its text: gone with it, whichever client deleted it.
+        const pins = typesOf(host.doc).pins
+        for (const id of deletions.keys()) if (pins.has(id)) pins.delete(id)
       }, RELAY_ORIGIN),
     )
     return update ? { update, source: "relay" } : undefined

@@ -26,6 +26,7 @@ import type { Backend } from "../src/backend/types.js"
 import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { TestClient } from "./helpers/clients.js"
+import { rawFiles } from "./helpers/raw-files.js"
 import { signToken } from "./helpers/relay-process.js"
 
 const SECRET = "purge-test-secret"
@@ -56,15 +57,6 @@ async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<Te
   clients.push(client)
   await client.synced()
   return client
-}
-
-/** Every byte of the data directory's files (the databases, their -wal and -shm), as one latin1 string. */
-function rawFiles(dir: string): string {
-  // Every file, the attachment blobs under blobs/ included.
-  return readdirSync(dir, { recursive: true, withFileTypes: true })
-    .filter((entry) => entry.isFile())
-    .map((entry) => readFileSync(join(entry.parentPath, entry.name)).toString("latin1"))
-    .join("\n")
 }
 
 describe("deletion deletes (SQLite)", () => {

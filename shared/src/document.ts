@@ -1,5 +1,5 @@
 import type * as Y from "yjs"
-import { type EditRecord, type ParticipantRecord, TopLevel } from "./schema.js"
+import { type EditRecord, type ParticipantRecord, TopLevel, type UnpinRecord } from "./schema.js"
 
 /** The typed top-level types of a conversation document. */
 export interface ConversationTypes {
@@ -16,6 +16,10 @@ export interface ConversationTypes {
   readonly segments: Y.Array<unknown>
   /** Deletions of sealed messages (see `history.ts`). */
   readonly tombstones: Y.Map<unknown>
+  /** Sticky messages unpinned (see `priorities.ts`). */
+  readonly unpinned: Y.Map<UnpinRecord>
+  /** Copies of sealed sticky messages, written by the relay (see `priorities.ts`). */
+  readonly pins: Y.Map<unknown>
 }
 
 const cache = new WeakMap<Y.Doc, ConversationTypes>()
@@ -35,6 +39,8 @@ export function typesOf(doc: Y.Doc): ConversationTypes {
       order: doc.getArray(TopLevel.order),
       segments: doc.getArray(TopLevel.segments),
       tombstones: doc.getMap(TopLevel.tombstones),
+      unpinned: doc.getMap(TopLevel.unpinned),
+      pins: doc.getMap(TopLevel.pins),
     }
     cache.set(doc, types)
   }

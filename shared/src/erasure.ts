@@ -61,6 +61,7 @@ export function eraseAuthor(doc: Y.Doc, user: UserId, options: WriteOptions = {}
     for (const { id, seq, reactions } of sealed) {
       t.tombstones.set(id, encodeTombstone({ author: user, seq, deletedAt, deletedBy: user }))
       t.edits.delete(id)
+      if (t.pins.has(id)) t.pins.delete(id)
       for (const key of reactions) t.reactions.delete(key)
     }
   }, options.origin)

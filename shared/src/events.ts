@@ -30,7 +30,7 @@ export type ChangeEvent =
   | { readonly type: "conversation.created"; readonly conversation: ConversationInfo }
   | {
       readonly type: "conversation.updated"
-      readonly fields: readonly ("title" | "metadata")[]
+      readonly fields: readonly ("title" | "metadata" | "fleetingSeconds")[]
       readonly conversation: ConversationInfo
     }
   | { readonly type: "conversation.deleted"; readonly deletedBy: UserId }
@@ -135,7 +135,7 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
       events.push({ type: "conversation.created", conversation })
     } else if (conversation) {
       // Both users creating their direct conversation at once rewrite these with the same values.
-      const fields = (["title", "metadata"] as const).filter((k) => {
+      const fields = (["title", "metadata", "fleetingSeconds"] as const).filter((k) => {
         const change = meta.get(k)
         return (
           change !== undefined &&

@@ -1,5 +1,6 @@
 import type * as Y from "yjs"
 import type { ConversationId, UserId } from "./ids.js"
+import { unreadEmergency } from "./priorities.js"
 import { getConversation, lastMessage, listParticipants, markersOf, roleOf, unreadCount } from "./reads.js"
 import type { ConversationKind } from "./schema.js"
 
@@ -46,6 +47,11 @@ export interface InboxEntry {
   readonly participants: { readonly count: number; readonly first: readonly UserId[] }
   readonly lastMessage?: MessagePreview
   readonly unread: number
+  /**
+   * Unread `emergency` messages (ids, oldest first), absent when none: the
+   * entry stays flagged until the user's read marker passes them.
+   */
+  readonly emergency?: readonly string[]
   /** The user's read marker (sequence number). */
   readonly readUpTo: number
   /** Latest of: last message, creation. Inbox order is by this, newest first. */
@@ -108,11 +114,13 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
 export function entryFromHead(head: ConversationHead, doc: Y.Doc, user: UserId): InboxEntry | undefined {
   if (roleOf(doc, user) === undefined) return undefined
   const { lastMessage: preview, lastActivityAt, deleted, ...rest } = head.entry
+  const emergency = unreadEmergency(doc, user)
   // Same key order as always, so that an unchanged entry compares equal (see writeInboxEntry).
   return {
     ...rest,
     ...(preview ? { lastMessage: preview } : {}),
     unread: unreadCount(doc, user),
+    ...(emergency.length > 0 ? { emergency } : {}),
     readUpTo: markersOf(doc, user).read,
     lastActivityAt,
     ...(deleted ? { deleted } : {}),

@@ -52,6 +52,12 @@ export class MessageIndex {
    * which never changes while it is counted: `addSequence` takes it out first).
    */
   private readonly live = new Map<MessageId, UserId>()
+  /**
+   * Live records whose priority is not `normal` (sticky, emergency,
+   * fleeting): few in any conversation, so that pinned lists, emergency flags
+   * and fleeting expiry walk them rather than every message.
+   */
+  readonly prioritized = new Set<MessageId>()
   /** Ids with a record but no sequence number, in the order this replica saw them. */
   private readonly pending = new Set<MessageId>()
   /** Cache of {@link order}, dropped when the sequenced or pending ids change. */
@@ -231,6 +237,8 @@ export class MessageIndex {
   /** Keeps `pending` and the live sequence numbers in step after the records or number of `id` changed. */
   private updatePending(id: MessageId) {
     this.updateLive(id)
+    if (this.records.get(id)?.priority !== undefined && !this.deleted.has(id)) this.prioritized.add(id)
+    else this.prioritized.delete(id)
     const isPending = (this.records.has(id) || this.deleted.has(id)) && !this.seqOf.has(id)
     if (isPending !== this.pending.has(id)) {
       if (isPending) this.pending.add(id)

@@ -344,6 +344,8 @@ export function deleteMessage(doc: Y.Doc, actor: UserId, id: MessageId, options:
     doc.transact(() => {
       t.tombstones.set(id, tombstone)
       t.edits.delete(id)
+      // The relay's copy of a pinned sealed message holds its text: it goes with the message.
+      if (t.pins.has(id)) t.pins.delete(id)
       for (const [emoji, users] of index.reactions.get(id) ?? []) {
         for (const user of users) t.reactions.delete(reactionKey(id, user, emoji))
       }

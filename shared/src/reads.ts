@@ -32,10 +32,12 @@ export function getConversation(doc: Y.Doc): ConversationInfo | undefined {
   const distinctKey = meta.get(MetaKey.distinctKey)
   const deletedAt = meta.get(MetaKey.deletedAt)
   const deletedBy = meta.get(MetaKey.deletedBy)
+  const fleetingSeconds = meta.get(MetaKey.fleetingSeconds)
   return {
     ...info,
     ...(typeof distinctKey === "string" ? { distinctKey } : {}),
     ...(typeof deletedAt === "number" ? { deletedAt, deletedBy: deletedBy as UserId } : {}),
+    ...(typeof fleetingSeconds === "number" ? { fleetingSeconds } : {}),
   }
 }
 

@@ -21,6 +21,7 @@ import {
   setConversationMetadata,
   unreact,
 } from "./operations.js"
+import { setFleetingSeconds, unpinMessage } from "./priorities.js"
 import { getConversation, roleOf } from "./reads.js"
 import { canMoveMarker, canReact, canSendMessage, canWriteSequence, Rule } from "./rules.js"
 import {
@@ -60,7 +61,10 @@ export type PendingChange =
   | { readonly kind: "conversation.create" }
   | { readonly kind: "conversation.field"; readonly field: string }
   | { readonly kind: "participant.add" | "participant.remove" | "participant.role"; readonly user: string }
-  | { readonly kind: "message.send" | "message.edit" | "message.delete"; readonly id: MessageId }
+  | {
+      readonly kind: "message.send" | "message.edit" | "message.delete" | "message.unpin"
+      readonly id: MessageId
+    }
   | {
       readonly kind: "reaction.add" | "reaction.remove"
       readonly id: MessageId
@@ -280,7 +284,9 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
     let deleted = false
     for (const { key, value, removed } of changed(TopLevel.meta)) {
       const what: PendingChange = { kind: "conversation.field", field: key }
-      if (removed) failed.push({ what, error: forbidden(Rule.immutable, `"${key}" cannot be removed`) })
+      if (key === MetaKey.fleetingSeconds)
+        attempt(what, () => setFleetingSeconds(fresh, user, removed ? undefined : (value as number)))
+      else if (removed) failed.push({ what, error: forbidden(Rule.immutable, `"${key}" cannot be removed`) })
       else if (key === MetaKey.title) attempt(what, () => renameConversation(fresh, user, value as string))
       else if (key === MetaKey.metadata)
         attempt(what, () => setConversationMetadata(fresh, user, value as Metadata))
@@ -391,6 +397,12 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
       if (removed) unreact(fresh, user, parsed.message, parsed.emoji)
       else react(fresh, user, parsed.message, parsed.emoji, { now: value as number })
     })
+  }
+  for (const { key, removed } of changed(TopLevel.unpinned)) {
+    if (removed || deleting.has(key as MessageId)) continue
+    attempt({ kind: "message.unpin", id: key as MessageId }, () =>
+      unpinMessage(fresh, user, key as MessageId),
+    )
   }
   // Deletions of sealed messages (the fresh document must hold their segments: the SDK adds them).
   for (const { key, removed } of changed(TopLevel.tombstones)) {

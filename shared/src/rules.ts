@@ -55,6 +55,8 @@ export const Rule = {
    * may be written to it again, except a participant leaving it.
    */
   conversationDeleted: "conversation-deleted",
+  /** A sticky message is unpinned by its author or an owner / admin, as oneself, once. */
+  unpinAuthorOrAdmin: "unpin-author-or-admin",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]
@@ -220,4 +222,16 @@ export function canChangeRole(
 /** May this writer write sequence numbers? Only the relay. */
 export function canWriteSequence(isRelay: boolean): Decision {
   return isRelay ? ALLOW : deny(Rule.relayOnly, "sequence numbers are written only by the relay")
+}
+
+/**
+ * May `actor` unpin a sticky message written by `author`? Its author may
+ * (they pinned it by sending it sticky), and owners and admins may (they keep
+ * the conversation's pinned bar tidy); nobody else.
+ */
+export function canUnpinMessage(actor: UserId, actorRole: Role | undefined, author: UserId): Decision {
+  if (!actorRole) return canWrite(actorRole)
+  return author === actor || isManager(actorRole)
+    ? ALLOW
+    : deny(Rule.unpinAuthorOrAdmin, "only the author or an admin may unpin a message")
 }

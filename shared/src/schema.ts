@@ -44,6 +44,19 @@ export const TopLevel = {
    * records are in immutable segments, so the deletion is an overlay here).
    */
   tombstones: "tombstones",
+  /**
+   * `Y.Map<MessageId, UnpinRecord>`: sticky messages unpinned, and by whom.
+   * Written by the message's author or an owner / admin; never changed again
+   * (removed only with the message). See `priorities.ts`.
+   */
+  unpinned: "unpinned",
+  /**
+   * `Y.Map<MessageId, StoredPin>`: copies of the sticky messages the relay
+   * sealed out of the live document, so that pinned lists need no segment.
+   * Written only by the relay when it seals; removed with the message's
+   * deletion or its unpinning.
+   */
+  pins: "pins",
 } as const
 /** Name of a top-level type. */
 export type TopLevelName = (typeof TopLevel)[keyof typeof TopLevel]
@@ -56,6 +69,8 @@ export const TOP_LEVEL_MAPS: ReadonlySet<string> = new Set([
   "read",
   "delivered",
   "tombstones",
+  "unpinned",
+  "pins",
 ])
 /** Which top-level names are arrays. */
 export const TOP_LEVEL_ARRAYS: ReadonlySet<string> = new Set(["messages", "order", "segments"])
@@ -83,6 +98,12 @@ export const MetaKey = {
    * in the epoch's content; a replica's structs beyond it are its pending work.
    */
   epochFrom: "epochFrom",
+  /**
+   * Seconds after which `fleeting` messages disappear for everyone (integer,
+   * 1 ..= {@link Limits.fleetingSeconds}); absent: {@link DEFAULT_FLEETING_SECONDS}.
+   * Set by owners and admins.
+   */
+  fleetingSeconds: "fleetingSeconds",
 } as const
 /** A key of the `meta` map. */
 export type MetaKey = (typeof MetaKey)[keyof typeof MetaKey]
@@ -91,8 +112,30 @@ export type MetaKey = (typeof MetaKey)[keyof typeof MetaKey]
 export type ConversationKind = "direct" | "group"
 /** Owner and admins manage participants, roles, title and metadata. */
 export type Role = "owner" | "admin" | "member"
-/** Normal, sticky (pinned by the UI) or emergency (bypasses mute in push hooks). */
-export type Priority = "normal" | "sticky" | "emergency"
+/**
+ * What a message's priority means (see `priorities.ts`): `sticky` is pinned
+ * until its author or an admin unpins it; `emergency` bypasses mutes, is
+ * pushed at high urgency and stays flagged in the recipient's inbox until
+ * read; `fleeting` disappears for everyone after the conversation's
+ * `fleetingSeconds`, its content purged like a deletion's.
+ */
+export type Priority = "normal" | "sticky" | "emergency" | "fleeting"
+/** Every priority, for validation and pickers. */
+export const PRIORITIES: readonly Priority[] = ["normal", "sticky", "emergency", "fleeting"]
+/** Seconds a `fleeting` message lives in a conversation that sets no `fleetingSeconds`: one day. */
+export const DEFAULT_FLEETING_SECONDS = 86_400
+
+/** Value in the `unpinned` map: who unpinned the sticky message, and when. */
+export interface UnpinRecord {
+  readonly by: UserId
+  readonly at: number
+}
+
+/** Value in the `pins` map: a sealed sticky message's number and stored record (see {@link StoredMessage}). */
+export interface StoredPin {
+  readonly s: number
+  readonly r: StoredMessage
+}
 /** Free-form JSON an app attaches to a conversation or message. */
 export type Metadata = { readonly [key: string]: JsonValue }
 /** Any JSON value. */
@@ -253,6 +296,14 @@ export const Limits = {
   objectReferenceLength: 128,
   emojiLength: 32,
   participants: 1_000,
+  /**
+   * Sealed sticky messages the live document keeps a copy of (`pins`): past
+   * it, sealing copies no more, so that sending sticky messages cannot undo
+   * what sealing saves.
+   */
+  sealedPins: 100,
+  /** Longest `fleetingSeconds`: one year. */
+  fleetingSeconds: 31_536_000,
 } as const
 
 /** Separator inside reaction keys; not allowed in ids or emoji. */
@@ -375,6 +426,8 @@ export interface ConversationInfo {
   readonly metadata: Metadata
   readonly deletedAt?: number
   readonly deletedBy?: UserId
+  /** Seconds after which `fleeting` messages disappear, when set (see {@link MetaKey.fleetingSeconds}). */
+  readonly fleetingSeconds?: number
 }
 
 /** A participant with their role. */

@@ -14,10 +14,12 @@ import {
 } from "./history.js"
 import type { ConversationId, MessageId } from "./ids.js"
 import { messageIndex } from "./message-index.js"
+import { encodePin } from "./priorities.js"
 import {
   type DeletedMessageRecord,
   decodeSequenceRecord,
   isDeletedRecord,
+  Limits,
   type MessageRecord,
   storedRecordId,
 } from "./schema.js"
@@ -122,6 +124,15 @@ export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
     for (let i = positions.length - 1; i >= 0; i--) t.messages.delete(positions[i]!, 1)
     for (const position of [...plan.orderPositions].sort((a, b) => b - a)) t.order.delete(position, 1)
     t.segments.push([encodeSegmentSummary(plan.summary)])
+    // Pinned messages stay listed without their segment: the live document keeps a copy of each.
+    for (const { seq, record } of plan.segment.entries)
+      if (
+        !isDeletedRecord(record) &&
+        record.priority === "sticky" &&
+        !t.unpinned.has(record.id) &&
+        t.pins.size < Limits.sealedPins
+      )
+        t.pins.set(record.id, encodePin({ seq, record }))
   }, origin)
   sealedHistory(doc).add(plan.segment)
 }
@@ -156,6 +167,7 @@ export function placeholdersToTombstones(
             deletedBy: placeholder.deletedBy,
           }),
         )
+      if (t.pins.has(id)) t.pins.delete(id)
       const positions: number[] = []
       t.messages.forEach((value, position) => {
         if (storedRecordId(value) === id) positions.push(position)

@@ -159,7 +159,12 @@ export const checkMessageRecord: Check = (v) => {
   )
     return "message type invalid"
   if (v.replyTo !== undefined && !isMessageId(v.replyTo)) return "message replyTo invalid"
-  if (v.priority !== undefined && v.priority !== "sticky" && v.priority !== "emergency")
+  if (
+    v.priority !== undefined &&
+    v.priority !== "sticky" &&
+    v.priority !== "emergency" &&
+    v.priority !== "fleeting"
+  )
     return "message priority invalid"
   if (v.metadata !== undefined) {
     const bad = checkMetadata(v.metadata)
@@ -214,6 +219,22 @@ export const checkSequenceRecord: Check = (v) =>
 /** Checks a read or delivered marker value. */
 export const checkMarker: Check = (v) =>
   Number.isInteger(v) && (v as number) >= 0 ? undefined : "marker invalid"
+
+/** Checks an `unpinned` value: `{ by, at }`. */
+export const checkUnpinRecord: Check = (v) => {
+  if (!isRecord(v)) return "unpin must be an object"
+  const extra = onlyKeys(v, ["by", "at"])
+  if (extra) return extra
+  if (!isUserId(v.by)) return "unpin by invalid"
+  if (!isTime(v.at)) return "unpin time invalid"
+  return undefined
+}
+
+/** Checks a `fleetingSeconds` setting: a whole number of seconds, 1 ..= {@link Limits.fleetingSeconds}. */
+export const checkFleetingSeconds: Check = (v) =>
+  Number.isInteger(v) && (v as number) >= 1 && (v as number) <= Limits.fleetingSeconds
+    ? undefined
+    : `fleetingSeconds must be a whole number from 1 to ${Limits.fleetingSeconds}`
 
 /** Throws INVALID_ARGUMENT when `check` finds a problem. */
 export function assertValid<T>(check: Check, value: unknown): asserts value is T {

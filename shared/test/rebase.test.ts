@@ -9,17 +9,21 @@ import {
   ErrorCode,
   editMessage,
   encodeStoredRecord,
+  fleetingSecondsOf,
   getMessage,
   type MessageId,
   markRead,
   nextFromDocument,
+  pinnedMessages,
   Rule,
   react,
   rebasePendingWork,
   renameConversation,
   sendMessage,
+  setFleetingSeconds,
   typesOf,
   type UserId,
+  unpinMessage,
 } from "../src/index.js"
 
 const alice = "alice" as UserId
@@ -52,6 +56,38 @@ function freshFrom(relay: Y.Doc): Y.Doc {
 }
 
 describe("rebasing pending work after a refusal", () => {
+  it("re-applies a pending unpin and fleeting setting, and reports a forbidden unpin with its rule", () => {
+    const relay = new Y.Doc()
+    createConversation(relay, alice, {
+      kind: "group",
+      id: "g~rebase-pins" as ConversationId,
+      participants: [bob, carol],
+    })
+    changeRole(relay, alice, bob, "admin")
+    const alicesPin = sendMessage(relay, alice, { body: "alice's pin", priority: "sticky" }).id
+    const carolsPin = sendMessage(relay, carol, { body: "carol's pin", priority: "sticky" }).id
+    assignSequenceNumbers(relay, nextFromDocument(relay))
+    const stale = new Y.Doc()
+    Y.applyUpdate(stale, Y.encodeStateAsUpdate(relay))
+    unpinMessage(stale, carol, carolsPin)
+    // Forbidden: a member unpinning someone else's message, written past the operation's check.
+    typesOf(stale).unpinned.set(alicesPin, { by: carol, at: 5 })
+
+    const fresh = freshFrom(relay)
+    const { reapplied, failed } = rebasePendingWork(stale, fresh, carol)
+    expect(pinnedMessages(fresh).map((m) => m.id)).toEqual([alicesPin])
+    expect(reapplied).toContainEqual({ kind: "message.unpin", id: carolsPin })
+    expect(failed).toHaveLength(1)
+    expect(failed[0]!.error).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.unpinAuthorOrAdmin })
+
+    const bobs = new Y.Doc()
+    Y.applyUpdate(bobs, Y.encodeStateAsUpdate(relay))
+    setFleetingSeconds(bobs, bob, 90)
+    const again = freshFrom(relay)
+    expect(rebasePendingWork(bobs, again, bob).failed).toEqual([])
+    expect(fleetingSecondsOf(again)).toBe(90)
+  })
+
   it("keeps valid pending messages and reports the forbidden edit with its rule", () => {
     const { relay, stale, fromAlice, fromCarol } = setup()
     const one = sendMessage(stale, carol, { body: "pending one" }).id

@@ -5,6 +5,7 @@ import { ConversationList } from "./conversation-list.js"
 import { ConversationView } from "./conversation-view.js"
 import { explain } from "./errors.js"
 import { NewConversation } from "./new-conversation.js"
+import { disableNotifications, enableNotifications, pushSupported } from "./notifications.js"
 import { Avatar, displayName, pictureOf } from "./people.js"
 
 /** `#c=<id>` names the open conversation, so a reload comes back to it. */
@@ -37,7 +38,7 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
   const [composing, setComposing] = useState(false)
   const [toast, setToast] = useState<string>()
   const timer = useRef<ReturnType<typeof setTimeout>>(undefined)
-  const { totalUnreadUnmuted } = useInbox()
+  const { totalUnreadUnmuted, emergency } = useInbox()
 
   const notify = useCallback((text: string) => {
     setToast(text)
@@ -63,6 +64,17 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
           <Avatar name={displayName(client.user)} picture={pictureOf(client.user)} />
           {displayName(client.user)}
         </span>
+        {emergency > 0 && (
+          <span
+            className="sos-pill"
+            role="status"
+            data-testid="emergency-total"
+            title="Unread emergency messages"
+          >
+            🚨 {emergency}
+          </span>
+        )}
+        <NotificationsToggle failed={failed} notify={notify} />
         <button type="button" className="link" data-testid="sign-out" onClick={onSignOut}>
           Sign out
         </button>
@@ -137,5 +149,45 @@ function ConnectionPill() {
     >
       {shown === "online" ? "Online" : shown === "connecting" ? "Connecting…" : "Offline"}
     </span>
+  )
+}
+
+/** Opt in to (or out of) push notifications on this browser, shown when the browser can have them. */
+function NotificationsToggle({
+  failed,
+  notify,
+}: {
+  failed: (error: unknown) => void
+  notify: (text: string) => void
+}) {
+  const client = useChatClient()
+  const [on, setOn] = useState(() => pushSupported() && Notification.permission === "granted")
+  const [busy, setBusy] = useState(false)
+  if (!pushSupported()) return null
+  return (
+    <button
+      type="button"
+      className="link"
+      data-testid="notifications-toggle"
+      aria-label={on ? "Turn notifications off" : "Turn notifications on"}
+      aria-pressed={on}
+      disabled={busy}
+      onClick={() => {
+        setBusy(true)
+        const change = on ? disableNotifications(client) : enableNotifications(client)
+        change
+          .then(() => {
+            setOn(!on)
+            notify(
+              on ? "Notifications off on this browser." : "Notifications on: you hear of messages when away.",
+            )
+          })
+          .catch(failed)
+          .finally(() => setBusy(false))
+      }}
+    >
+      {on ? "🔔" : "🔕"}
+      <span className="notify-label">{on ? " Notifications on" : " Notify me"}</span>
+    </button>
   )
 }

@@ -42,7 +42,7 @@ const Row = memo(function Row({ item, me, active }: { item: InboxItem; me: strin
     <li>
       <button
         type="button"
-        className={`conversation-item${active ? " active" : ""}${item.unread > 0 ? " unread" : ""}`}
+        className={`conversation-item${active ? " active" : ""}${item.unread > 0 ? " unread" : ""}${item.emergency ? " emergency" : ""}`}
         data-testid="conversation-item"
         data-conversation-id={item.conversationId}
         aria-current={active ? "true" : undefined}
@@ -65,6 +65,15 @@ const Row = memo(function Row({ item, me, active }: { item: InboxItem; me: strin
             <span className="preview" data-testid="conversation-preview" title={preview}>
               {preview}
             </span>
+            {item.emergency && item.emergency.length > 0 && (
+              <span
+                className="badge emergency"
+                data-testid="emergency-badge"
+                title={`${item.emergency.length} unread emergency message(s)`}
+              >
+                🚨 {item.emergency.length}
+              </span>
+            )}
             {item.unread > 0 && (
               <span className="badge" data-testid="unread-badge" title={`${item.unread} unread`}>
                 {item.unread}

@@ -1,10 +1,11 @@
-import type { ChatMessage } from "@parley/client"
+import { type ChatMessage, DEFAULT_FLEETING_SECONDS, type Priority } from "@parley/client"
 import {
   useChatClient,
   useConnectionStatus,
   useConversation,
   useInbox,
   useMessages,
+  usePinned,
   usePresence,
   useTyping,
 } from "@parley/react"
@@ -16,6 +17,7 @@ import { type MessageActions, MessageItem } from "./message-item.js"
 import { ParticipantsPanel } from "./participants-panel.js"
 import { Avatar, displayName } from "./people.js"
 import { mayRename } from "./permissions.js"
+import { EmergencyBanner, FleetingSetting, PinnedBar, PriorityPicker } from "./priorities.js"
 import { displayTitle } from "./titles.js"
 
 /** Messages per page: the latest page first, older ones as the user scrolls up. */
@@ -35,14 +37,17 @@ export function ConversationView({
 }) {
   const client = useChatClient()
   const me = client.user
-  const { conversation, state, info, participants, role, unreadCount } = useConversation(id)
+  const { conversation, state, info, participants, role, unreadCount, unreadEmergency } = useConversation(id)
   const { messages, hasOlder, loadingOlder, loadOlder } = useMessages(conversation, PAGE)
   const typing = useTyping(conversation)
+  const pinned = usePinned(conversation)
+  const pinnedIds = useMemo(() => new Set<string>(pinned.map((m) => m.id)), [pinned])
   const present = usePresence(conversation)
   const connection = useConnectionStatus()
   const muted = useInbox().items.some((item) => item.conversationId === id && item.muted)
   const [mode, setMode] = useState<Mode>({ kind: "new" })
   const [text, setText] = useState("")
+  const [priority, setPriority] = useState<Priority>("normal")
   const [panel, setPanel] = useState(false)
   const [renaming, setRenaming] = useState<string>()
   /** Files picked, pasted or dropped, sent with the next message. */
@@ -191,12 +196,14 @@ export function ConversationView({
           body,
           ...(withFiles ? { files } : {}),
           ...(mode.kind === "reply" ? { replyTo: mode.message.id } : {}),
+          ...(priority !== "normal" ? { priority } : {}),
         })
     })
     if (!ok) return
     atBottom.current = true
     setText("")
     if (withFiles) setFiles([])
+    setPriority("normal")
     setMode({ kind: "new" })
   }
 
@@ -299,6 +306,21 @@ export function ConversationView({
       </header>
       <div className="conversation-body">
         <div className="chat-column">
+          {panel && info && (
+            <FleetingSetting conversation={conversation} info={info} role={role} failed={failed} />
+          )}
+          <PinnedBar
+            conversation={conversation}
+            me={me}
+            role={role}
+            jumpTo={actions.jumpTo}
+            failed={failed}
+          />
+          <EmergencyBanner
+            ids={unreadEmergency}
+            jumpTo={actions.jumpTo}
+            read={(upTo) => attempt(() => conversation.markRead(upTo))}
+          />
           <div
             className="scroller"
             ref={scroller}
@@ -338,6 +360,8 @@ export function ConversationView({
                     role={role}
                     group={group}
                     actions={actions}
+                    fleetingSeconds={info?.fleetingSeconds ?? DEFAULT_FLEETING_SECONDS}
+                    pinned={pinnedIds.has(message.id)}
                   />
                 ))
               )}
@@ -405,6 +429,13 @@ export function ConversationView({
               >
                 📎
               </button>
+              {mode.kind !== "edit" && (
+                <PriorityPicker
+                  value={priority}
+                  onChange={setPriority}
+                  disabled={unavailable !== undefined}
+                />
+              )}
               <textarea
                 ref={input}
                 onPaste={(event) => {

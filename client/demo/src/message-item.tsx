@@ -5,6 +5,7 @@ import { detail, explain } from "./errors.js"
 import { formatTime } from "./format.js"
 import { displayName } from "./people.js"
 import { mayDelete, mayEdit } from "./permissions.js"
+import { FleetingCountdown } from "./priorities.js"
 
 /** The emoji offered for reactions. */
 export const REACTIONS = ["👍", "❤️", "😂", "🎉"] as const
@@ -41,6 +42,10 @@ interface MessageItemProps {
   readonly role: Role | undefined
   readonly group: boolean
   readonly actions: MessageActions
+  /** The conversation's fleeting lifetime, for the countdown of fleeting messages. */
+  readonly fleetingSeconds: number
+  /** Whether the message is pinned now (sent sticky and not unpinned). */
+  readonly pinned: boolean
 }
 
 /**
@@ -55,6 +60,8 @@ export const MessageItem = memo(function MessageItem({
   role,
   group,
   actions,
+  fleetingSeconds,
+  pinned,
 }: MessageItemProps) {
   const [open, setOpen] = useState(false)
   const mine = message.author === me
@@ -67,8 +74,9 @@ export const MessageItem = memo(function MessageItem({
   const status = message.status && STATUS[message.status]
   return (
     <li
-      className={`message${mine ? " mine" : ""}${deleted ? " deleted" : ""}${open ? " open" : ""}`}
+      className={`message${mine ? " mine" : ""}${deleted ? " deleted" : ""}${open ? " open" : ""}${deleted ? "" : ` priority-${message.priority}`}${pinned ? " pinned" : ""}`}
       data-testid="message"
+      data-priority={message.priority}
       data-message-id={message.id}
       data-author={message.author}
       data-status={message.status}
@@ -87,6 +95,8 @@ export const MessageItem = memo(function MessageItem({
         }}
       >
         {!mine && group && <span className="author">{displayName(message.author)}</span>}
+        {!deleted && message.priority === "emergency" && <span className="priority-tag">🚨 Emergency</span>}
+        {!deleted && pinned && <span className="priority-tag">📌 Pinned</span>}
         {message.replyTo && !deleted && (
           <button
             type="button"
@@ -105,6 +115,9 @@ export const MessageItem = memo(function MessageItem({
         </p>
         {!deleted && <MessageAttachments message={message} view={actions.viewImage} />}
         <span className="meta">
+          {!deleted && message.priority === "fleeting" && (
+            <FleetingCountdown message={message} seconds={fleetingSeconds} />
+          )}
           {message.editedAt && !deleted && <span className="edited">edited</span>}
           <time dateTime={new Date(message.createdAt).toISOString()}>{formatTime(message.createdAt)}</time>
           {status && (

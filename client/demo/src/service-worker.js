@@ -41,3 +41,48 @@ self.addEventListener("fetch", (event) => {
   if (!PRECACHE.includes(url.pathname)) return
   event.respondWith(caches.match(request).then((cached) => cached ?? fetch(request)))
 })
+
+// Push notifications (relay/src/push/notification.ts is the payload: title, body, sender,
+// conversationId, messageId, badge, priority, urgency). One notification per conversation
+// (`tag`): a newer message replaces the older one; an emergency asks to stay until seen.
+self.addEventListener("push", (event) => {
+  let data
+  try {
+    data = event.data ? event.data.json() : undefined
+  } catch {
+    data = undefined
+  }
+  if (!data || typeof data.title !== "string") return
+  const emergency = data.priority === "emergency"
+  const shown = self.registration.showNotification(emergency ? `🚨 ${data.title}` : data.title, {
+    body: data.sender && data.title !== data.sender.name ? `${data.sender.name}: ${data.body}` : data.body,
+    tag: `conversation:${data.conversationId}`,
+    renotify: true,
+    requireInteraction: emergency,
+    data: { conversationId: data.conversationId, messageId: data.messageId },
+  })
+  // The app icon's badge: the user's unread total when the message went out.
+  const badge =
+    typeof data.badge === "number" && "setAppBadge" in self.navigator
+      ? self.navigator.setAppBadge(data.badge).catch(() => {})
+      : Promise.resolve()
+  event.waitUntil(Promise.all([shown, badge]))
+})
+
+// A tap opens the conversation: in a window of the app already open (focused), or a new one.
+self.addEventListener("notificationclick", (event) => {
+  event.notification.close()
+  const conversation = event.notification.data?.conversationId
+  const target = new URL(conversation ? `/#c=${encodeURIComponent(conversation)}` : "/", self.location.origin)
+  event.waitUntil(
+    self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((windows) => {
+      const open = windows.find((w) => new URL(w.url).origin === self.location.origin)
+      if (!open) return self.clients.openWindow(target.href)
+      // navigate() is for windows this worker controls; any other is told by opening a fresh one.
+      return open
+        .focus()
+        .then((focused) => (focused ?? open).navigate(target.href))
+        .catch(() => self.clients.openWindow(target.href))
+    }),
+  )
+})

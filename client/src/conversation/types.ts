@@ -65,6 +65,10 @@ export interface ConversationEvents {
   /** The files of one of the user's messages moved: queued, uploading (bytes `loaded` of `total`), failed, written or discarded. */
   upload: UploadEvent
   /** The set of other users typing changed. */
+  /** The pinned messages changed (a sticky message sent, unpinned, edited or deleted). */
+  pinned: { messages: readonly ChatMessage[] }
+  /** Fleeting messages whose time is up: hidden from {@link Conversation.messages} from now on. */
+  expired: { messageIds: readonly MessageId[] }
   typing: { users: readonly UserId[] }
   /** Someone's presence in this conversation changed (online, away, offline). */
   presence: { presence: readonly UserPresence[] }

@@ -23,6 +23,11 @@ export interface InboxSnapshot {
   readonly totalUnread: number
   /** Unread messages over conversations the user did not mute (for badges). */
   readonly totalUnreadUnmuted: number
+  /**
+   * Unread emergency messages over all conversations, muted ones included
+   * (an emergency bypasses mutes); each item's `emergency` lists its own.
+   */
+  readonly emergency: number
 }
 
 /**
@@ -43,17 +48,20 @@ export function inboxStore(client: ChatClient): SnapshotStore<InboxSnapshot> {
       })
       const totalUnread = client.inbox.totalUnread
       const totalUnreadUnmuted = items.reduce((n, item) => n + (item.muted ? 0 : item.unread), 0)
+      const emergency = items.reduce((n, item) => n + (item.emergency?.length ?? 0), 0)
       if (
         previous &&
         sameItems(previous.items, items) &&
         previous.totalUnread === totalUnread &&
-        previous.totalUnreadUnmuted === totalUnreadUnmuted
+        previous.totalUnreadUnmuted === totalUnreadUnmuted &&
+        previous.emergency === emergency
       )
         return previous
       return {
         items: previous && sameItems(previous.items, items) ? previous.items : items,
         totalUnread,
         totalUnreadUnmuted,
+        emergency,
       }
     }
   })()

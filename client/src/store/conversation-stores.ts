@@ -21,6 +21,8 @@ export interface ConversationSnapshot {
   readonly role: Role | undefined
   /** Messages others wrote that the user has not read. */
   readonly unreadCount: number
+  /** Unread emergency messages (ids, oldest first): flagged until the user reads past them. */
+  readonly unreadEmergency: readonly MessageId[]
 }
 
 /** A conversation's state, fields, participants and unread count as a store; messages are in {@link messageWindowStore}. */
@@ -44,6 +46,7 @@ export function conversationStore(conversation: Conversation): SnapshotStore<Con
       const state = conversation.state
       const info = conversation.info
       const participants = conversation.participants
+      const emergency = conversation.unreadEmergency
       const next: ConversationSnapshot = {
         state: previous && sameValue(previous.state, state) ? previous.state : state,
         info: previous && sameValue(previous.info, info) ? previous.info : info,
@@ -51,6 +54,8 @@ export function conversationStore(conversation: Conversation): SnapshotStore<Con
           previous && sameValue(previous.participants, participants) ? previous.participants : participants,
         role: conversation.role,
         unreadCount: conversation.unreadCount,
+        unreadEmergency:
+          previous && sameValue(previous.unreadEmergency, emergency) ? previous.unreadEmergency : emergency,
       }
       if (
         previous &&
@@ -58,7 +63,8 @@ export function conversationStore(conversation: Conversation): SnapshotStore<Con
         previous.info === next.info &&
         previous.participants === next.participants &&
         previous.role === next.role &&
-        previous.unreadCount === next.unreadCount
+        previous.unreadCount === next.unreadCount &&
+        previous.unreadEmergency === next.unreadEmergency
       )
         return previous
       return next
@@ -128,6 +134,11 @@ export function messageWindowStore(conversation: Conversation, pageSize = 50): M
           changed()
         }),
         conversation.on("resynced", () => {
+          dirty = "all"
+          changed()
+        }),
+        // A fleeting message's time is up: it leaves the window.
+        conversation.on("expired", () => {
           dirty = "all"
           changed()
         }),
@@ -271,6 +282,22 @@ export function presenceStore(
       }
       const users = [...online].sort()
       return previous && sameItems(previous, users) ? previous : users
+    }
+  })()
+}
+
+/** A conversation's pinned messages (oldest first) as a store, current with every pin, unpin, edit or deletion. */
+export function pinnedStore(conversation: Conversation): SnapshotStore<readonly ChatMessage[]> {
+  return new (class extends BaseStore<readonly ChatMessage[]> {
+    protected attach(changed: () => void) {
+      const offs = [conversation.on("pinned", changed), conversation.on("resynced", changed)]
+      return () => {
+        for (const off of offs) off()
+      }
+    }
+    protected compute(previous: readonly ChatMessage[] | undefined): readonly ChatMessage[] {
+      const pinned = conversation.pinned()
+      return previous && sameValue(previous, pinned) ? previous : pinned
     }
   })()
 }

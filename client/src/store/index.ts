@@ -7,6 +7,7 @@ export {
   type MessageWindowStore,
   messageStatusStore,
   messageWindowStore,
+  pinnedStore,
   presenceStore,
   typingStore,
 } from "./conversation-stores.js"

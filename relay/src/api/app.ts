@@ -406,6 +406,37 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   )
 
   app.openapi(
+    operation("conversations:read", {
+      method: "get",
+      path: "/v1/conversations/{id}/pins",
+      summary: "The pinned messages (sticky, not unpinned), oldest first",
+      request: { params: S.ConversationParams },
+      responses: { 200: json(S.MessageListSchema, "The pinned messages") },
+    }),
+    async (c) => {
+      need(c, "conversations:read")
+      return reply(c, await ops.pinned(conversationId(c.req.valid("param").id)))
+    },
+  )
+
+  app.openapi(
+    operation("messages:write", {
+      method: "delete",
+      path: "/v1/conversations/{id}/pins/{messageId}",
+      summary: "Unpin a sticky message (its author, owners and admins)",
+      description: "Refused with 403 and rule `unpin-author-or-admin` for anyone else.",
+      request: { params: S.MessageParams, query: S.AsUserQuery },
+      responses: { 204: { description: "Unpinned (or already unpinned)" } },
+    }),
+    async (c) => {
+      const actor = actorOf(c, "messages:write", c.req.valid("query").asUser)
+      const { id, messageId } = c.req.valid("param")
+      await ops.unpin(conversationId(id), actor, messageId as MessageId)
+      return c.body(null, 204) as never
+    },
+  )
+
+  app.openapi(
     operation("messages:write", {
       method: "post",
       path: "/v1/conversations/{id}/messages/{messageId}/reactions",

@@ -24,6 +24,7 @@ import {
   messageIndex,
   newConversationId,
   ParleyError,
+  pinnedMessages,
   type Role,
   react,
   removeParticipants,
@@ -31,7 +32,9 @@ import {
   type SendMessageInput,
   sendMessage,
   setConversationMetadata,
+  setFleetingSeconds,
   type UserId,
+  unpinMessage,
   unreact,
 } from "@parley/shared"
 import type * as Y from "yjs"
@@ -59,6 +62,7 @@ export function conversationView(doc: Y.Doc) {
     createdAt: info.createdAt,
     ...(info.deletedAt !== undefined ? { deletedAt: info.deletedAt } : {}),
     ...(info.deletedBy !== undefined ? { deletedBy: info.deletedBy } : {}),
+    ...(info.fleetingSeconds !== undefined ? { fleetingSeconds: info.fleetingSeconds } : {}),
     participants: listParticipants(doc),
     markers: allMarkers(doc),
     ...(last ? { lastMessage: last } : {}),
@@ -186,12 +190,18 @@ export class ApiOperations {
   async update(
     id: ConversationId,
     actor: Actor,
-    change: { readonly title?: string | undefined; readonly metadata?: Record<string, unknown> | undefined },
+    change: {
+      readonly title?: string | undefined
+      readonly metadata?: Record<string, unknown> | undefined
+      readonly fleetingSeconds?: number | null | undefined
+    },
   ): Promise<ConversationView> {
     await this.write(id, actor, (doc) => {
       if (!getConversation(doc)) throw notFound(id)
       if (change.title !== undefined) renameConversation(doc, actor.user, change.title)
       if (change.metadata !== undefined) setConversationMetadata(doc, actor.user, change.metadata as never)
+      if (change.fleetingSeconds !== undefined)
+        setFleetingSeconds(doc, actor.user, change.fleetingSeconds ?? undefined)
     })
     return this.view(id)
   }
@@ -270,6 +280,23 @@ export class ApiOperations {
       if (!getConversation(doc)) throw notFound(id)
       if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
       deleteMessage(doc, actor.user, messageId)
+    })
+  }
+
+  /** The pinned (sticky, not unpinned) messages, oldest first; NOT_FOUND for an unknown conversation. */
+  async pinned(id: ConversationId): Promise<{ messages: MessageView[]; lastSequence: number }> {
+    const result = await this.core.read(id, (doc) =>
+      getConversation(doc) ? { messages: pinnedMessages(doc), lastSequence: lastSequence(doc) } : undefined,
+    )
+    if (!result) throw notFound(id)
+    return result
+  }
+
+  /** Unpins a sticky message (its author, owners and admins); unpinning twice is a no-op. */
+  async unpin(id: ConversationId, actor: Actor, messageId: MessageId): Promise<void> {
+    await this.write(id, actor, (doc) => {
+      if (!getConversation(doc)) throw notFound(id)
+      unpinMessage(doc, actor.user, messageId)
     })
   }
 

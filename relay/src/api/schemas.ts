@@ -29,7 +29,10 @@ export const MessageIdSchema = z
   .openapi("MessageId", { example: "m_4f2c1b9a77" })
 
 export const RoleSchema = z.enum(["owner", "admin", "member"]).openapi("Role")
-export const PrioritySchema = z.enum(["normal", "sticky", "emergency"]).openapi("Priority")
+export const PrioritySchema = z.enum(["normal", "sticky", "emergency", "fleeting"]).openapi("Priority", {
+  description:
+    "`sticky`: pinned until its author or an admin unpins it. `emergency`: bypasses mutes, pushed at high urgency, flagged in the recipient's inbox until read. `fleeting`: deleted for everyone `fleetingSeconds` after it was written.",
+})
 
 export const MetadataSchema = z.record(z.string(), z.unknown()).openapi("Metadata", {
   description: `Free-form JSON object, at most ${Limits.metadataBytes} bytes encoded.`,
@@ -178,9 +181,14 @@ export const UpdateConversationBody = z
   .strictObject({
     title: z.string().max(Limits.titleLength).optional(),
     metadata: MetadataSchema.optional(),
+    fleetingSeconds: z.number().int().min(1).max(Limits.fleetingSeconds).nullable().optional().openapi({
+      description: "Seconds after which fleeting messages disappear; null restores the default (1 day).",
+    }),
     asUser,
   })
-  .refine((b) => b.title !== undefined || b.metadata !== undefined, { message: "give a title or metadata" })
+  .refine((b) => b.title !== undefined || b.metadata !== undefined || b.fleetingSeconds !== undefined, {
+    message: "give a title, metadata or fleetingSeconds",
+  })
   .openapi("UpdateConversation")
 
 export const AddParticipantsBody = z
@@ -272,6 +280,7 @@ export const ConversationSchema = z
     createdAt: z.number(),
     deletedAt: z.number().optional(),
     deletedBy: UserIdSchema.optional(),
+    fleetingSeconds: z.number().int().optional(),
     participants: z.array(ParticipantSchema),
     markers: z.record(z.string(), z.object({ read: z.number(), delivered: z.number() })),
     lastMessage: MessageSchema.optional(),
@@ -311,6 +320,10 @@ export const InboxPageSchema = z
           })
           .optional(),
         unread: z.number().int(),
+        emergency: z
+          .array(z.string())
+          .optional()
+          .openapi({ description: "Unread emergency messages (ids, oldest first); absent when none." }),
         readUpTo: z.number().int(),
         lastActivityAt: z.number(),
         deleted: z.boolean().optional(),

@@ -72,6 +72,8 @@ export interface HookConversations {
   send(id: ConversationId, asUser: UserId, input: SendMessageInput): Promise<MessageView>
   edit(id: ConversationId, asUser: UserId, messageId: MessageId, body: string): Promise<void>
   deleteMessage(id: ConversationId, asUser: UserId, messageId: MessageId): Promise<void>
+  /** Unpins a sticky message (`asUser` its author, an owner or an admin). */
+  unpin(id: ConversationId, asUser: UserId, messageId: MessageId): Promise<void>
   react(id: ConversationId, asUser: UserId, messageId: MessageId, emoji: string): Promise<void>
   unreact(id: ConversationId, asUser: UserId, messageId: MessageId, emoji: string): Promise<void>
   addParticipants(

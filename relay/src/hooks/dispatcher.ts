@@ -9,6 +9,11 @@ export interface DeliveryTarget {
   /** Unique and stable across restarts: deliveries in the outbox refer to it. */
   readonly name: string
   accepts(type: HookEventType): boolean
+  /**
+   * A finer filter on an accepted event, when the type is not enough (only
+   * fleeting messages): an event it declines costs the target no delivery.
+   */
+  wants?(event: HookEvent): boolean
   /** Resolves when the target took the event; throws to have it retried. */
   deliver(
     event: HookEvent,
@@ -21,6 +26,18 @@ export interface DeliveryTarget {
 /** Thrown by a target for a failure that retrying cannot fix (e.g. HTTP 400): dead-letters at once. */
 export class PermanentDeliveryError extends Error {
   override readonly name = "PermanentDeliveryError"
+}
+
+/**
+ * Thrown by a target for an event it must act on later, not now (a fleeting
+ * message not due yet): the delivery waits in the outbox until `until`
+ * (stored, so it survives a restart), without counting as a failed attempt.
+ */
+export class DeferDelivery extends Error {
+  override readonly name = "DeferDelivery"
+  constructor(readonly until: number) {
+    super(`deferred until ${new Date(until).toISOString()}`)
+  }
 }
 
 /** Default time allowed to one hook call or webhook attempt. */
@@ -229,6 +246,16 @@ export class Dispatcher {
     error: unknown,
   ): Promise<Delivery | undefined> {
     const message = error instanceof Error ? error.message : String(error)
+    if (error instanceof DeferDelivery) {
+      await this.options.outbox.retryLater(
+        delivery.seq,
+        delivery.target,
+        delivery.attempts,
+        error.until,
+        message,
+      )
+      return { ...delivery, nextAttemptAt: error.until, lastError: message }
+    }
     const delay = error instanceof PermanentDeliveryError ? undefined : target.retryDelay(attempt, error)
     const fields = {
       hook: target.name,

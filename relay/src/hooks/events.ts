@@ -45,7 +45,7 @@ export interface HookConversation {
 /** What each event type is about. */
 export interface HookSubjects {
   "conversation.created": { readonly createdBy: UserId; readonly participants: readonly Participant[] }
-  "conversation.updated": { readonly fields: readonly ("title" | "metadata")[] }
+  "conversation.updated": { readonly fields: readonly ("title" | "metadata" | "fleetingSeconds")[] }
   "conversation.deleted": { readonly deletedBy: UserId }
   "participants.added": { readonly participants: readonly Participant[] }
   "participants.removed": { readonly users: readonly UserId[] }

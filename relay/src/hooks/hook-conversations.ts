@@ -27,6 +27,7 @@ import {
   sendMessage,
   setConversationMetadata,
   type UserId,
+  unpinMessage,
   unreact,
   unreadCount,
 } from "@parley/shared"
@@ -135,6 +136,7 @@ export function hookConversations(options: HookConversationsOptions): HookConver
       }),
     deleteMessage: (id, asUser, messageId) =>
       wrote(id, asUser, (doc) => deleteMessage(doc, asUser, messageId)),
+    unpin: (id, asUser, messageId) => wrote(id, asUser, (doc) => unpinMessage(doc, asUser, messageId)),
     react: (id, asUser, messageId, emoji) => wrote(id, asUser, (doc) => react(doc, asUser, messageId, emoji)),
     unreact: (id, asUser, messageId, emoji) =>
       wrote(id, asUser, (doc) => unreact(doc, asUser, messageId, emoji)),

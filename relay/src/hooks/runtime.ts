@@ -377,7 +377,11 @@ export class HookRuntime {
     this.dispatcher.add((await this.options.outbox.pending()).filter((d) => d.document === document))
   }
 
-  /** Resolves when every recorded event has been delivered or dead-lettered (tests, benchmarks). */
+  /**
+   * Resolves when every recorded event has been delivered or dead-lettered
+   * (tests, benchmarks). A deferred delivery (a fleeting message not due yet)
+   * is still owed: it waits for it.
+   */
   async idle(): Promise<void> {
     await this.sweeping
     await this.chain
@@ -401,7 +405,9 @@ export class HookRuntime {
   ): Promise<void> {
     const batch = events.map((event) => ({
       event,
-      targets: this.targets.filter((t) => t.accepts(event.event.type)).map((t) => t.name),
+      targets: this.targets
+        .filter((t) => t.accepts(event.event.type) && (t.wants?.(event) ?? true))
+        .map((t) => t.name),
     }))
     const record = async () => {
       const deliveries = await this.options.outbox.enqueue({

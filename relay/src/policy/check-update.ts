@@ -10,18 +10,22 @@ import {
   canReact,
   canRemoveParticipant,
   canSendMessage,
+  canUnpinMessage,
   canUpdateConversation,
   canWrite,
   canWriteConversation,
   canWriteSequence,
   checkEditRecord,
+  checkFleetingSeconds,
   checkMarker,
   checkMetadata,
   checkParticipantRecord,
   checkSequenceRecord,
   checkStoredRecord,
+  checkUnpinRecord,
   type Decision,
   type DeletedMessageRecord,
+  decodePin,
   decodeStoredRecord,
   decodeTombstone,
   isDeletedRecord,
@@ -44,6 +48,7 @@ import {
   TOP_LEVEL_MAPS,
   TopLevel,
   typesOf,
+  type UnpinRecord,
   type UserId,
 } from "@parley/shared"
 import * as Y from "yjs"
@@ -208,6 +213,8 @@ class UpdateCheck {
     this.checkTombstones(byRoot(TopLevel.tombstones))
     this.checkEdits(byRoot(TopLevel.edits))
     this.checkReactions(byRoot(TopLevel.reactions))
+    this.checkUnpins(byRoot(TopLevel.unpinned))
+    this.checkPins(byRoot(TopLevel.pins))
     this.checkMarkers(byRoot(TopLevel.read))
     this.checkMarkers(byRoot(TopLevel.delivered))
     return { allowed: true, newBindings }
@@ -343,6 +350,7 @@ class UpdateCheck {
     if (typeof title !== "string" || title.length > Limits.titleLength) refuse(Rule.schema, "title invalid")
     schema(checkMetadata(fields.get(MetaKey.metadata)))
     if (!isTime(fields.get(MetaKey.createdAt))) refuse(Rule.schema, "createdAt invalid")
+    if (fields.has(MetaKey.fleetingSeconds)) schema(checkFleetingSeconds(fields.get(MetaKey.fleetingSeconds)))
 
     const roles = new Map<UserId, Role>()
     const addedBy = new Set<unknown>()
@@ -382,6 +390,12 @@ class UpdateCheck {
   private checkMeta(changes: readonly KeyChange[]): void {
     for (const change of changes) {
       for (const after of change.after) {
+        // The fleeting lifetime is a setting: cleared back to the default by a manager.
+        if (change.key === MetaKey.fleetingSeconds) {
+          if (after !== ABSENT) schema(checkFleetingSeconds(after))
+          if (!this.isRelay) assert(canUpdateConversation(this.role))
+          continue
+        }
         if (after === ABSENT) refuse(Rule.immutable, `conversation field "${change.key}" cannot be removed`)
         switch (change.key) {
           case MetaKey.title:
@@ -648,6 +662,71 @@ class UpdateCheck {
           refuse(Rule.immutable, `message ${message} does not exist or is deleted`)
       }
     }
+  }
+
+  /**
+   * Unpins: of a live sticky message, as oneself, by its author or a manager,
+   * once (never rewritten); removed only with the message.
+   */
+  private checkUnpins(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      if (!isMessageId(change.key)) refuse(Rule.schema, "unpin key invalid")
+      const id = change.key as MessageId
+      for (const after of change.after) {
+        if (this.isRelay) continue
+        if (after === ABSENT) {
+          const author = this.deletedAuthor(id)
+          if (author === undefined) refuse(Rule.immutable, "an unpin stays until its message is deleted")
+          assert(canDeleteMessage(this.actor!, this.role, author!))
+          continue
+        }
+        if (change.before !== ABSENT) refuse(Rule.immutable, "a message is unpinned once")
+        schema(checkUnpinRecord(after))
+        // Unpinned and deleted in one update (offline work sent at once) is as good as either alone.
+        const record =
+          this.liveMessage(id) ??
+          this.pinnedCopy(id) ??
+          this.deletedRecords.get(id) ??
+          (this.sealedDeletion(id)?.record as MessageRecord | undefined)
+        if (!record || isDeletedRecord(record))
+          refuse(Rule.immutable, `message ${id} does not exist or is deleted`)
+        if (record!.priority !== "sticky") refuse(Rule.schema, `message ${id} is not pinned`)
+        assert(canUnpinMessage(this.actor!, this.role, record!.author))
+        if ((after as UnpinRecord).by !== this.actor)
+          refuse(Rule.selfOnly, "a message is unpinned as oneself")
+      }
+    }
+  }
+
+  /** The relay's copy of a sealed sticky message, while the message is not deleted. */
+  private pinnedCopy(id: MessageId): MessageRecord | undefined {
+    if (this.sealedDeletion(id) || typesOf(this.doc).tombstones.has(id)) return undefined
+    return decodePin(typesOf(this.doc).pins.get(id))?.record as MessageRecord | undefined
+  }
+
+  /** Copies of sealed sticky messages: the relay's; others only remove one with its deletion or unpinning. */
+  private checkPins(changes: readonly KeyChange[]): void {
+    for (const change of changes) {
+      if (this.isRelay) continue
+      for (const after of change.after) {
+        if (after !== ABSENT) refuse(Rule.relayOnly, "pinned copies are written by the relay")
+        const id = change.key as MessageId
+        const copy = decodePin(change.before)?.record
+        const author = this.deletedAuthor(id) ?? copy?.author
+        if (author === undefined) refuse(Rule.schema, "pin invalid")
+        if (this.deletedAuthor(id) !== undefined) assert(canDeleteMessage(this.actor!, this.role, author!))
+        else if (this.unpinnedNow(id)) assert(canUnpinMessage(this.actor!, this.role, author!))
+        else refuse(Rule.immutable, "a pinned copy goes with its message's deletion or unpinning")
+      }
+    }
+  }
+
+  /** Whether `id` is unpinned before or by this update. */
+  private unpinnedNow(id: MessageId): boolean {
+    return (
+      typesOf(this.doc).unpinned.has(id) ||
+      this.read.items.some((n) => n.location.root === TopLevel.unpinned && n.location.key === id)
+    )
   }
 
   /** Own markers, forward only, never past the last sequence number. */

@@ -14,6 +14,7 @@ export function holdsPurgeableContent(doc: Y.Doc): boolean {
     t.edits.size > 0 ||
     t.reactions.size > 0 ||
     t.tombstones.size > 0 ||
+    t.pins.size > 0 ||
     t.segments.length > 0 ||
     (t.meta.get(MetaKey.title) ?? "") !== "" ||
     (typeof metadata === "object" && metadata !== null && Object.keys(metadata).length > 0)
@@ -37,7 +38,8 @@ export function purgeConversationContent(doc: Y.Doc, origin: unknown): void {
   doc.transact(() => {
     if (t.messages.length > 0) t.messages.delete(0, t.messages.length)
     if (t.segments.length > 0) t.segments.delete(0, t.segments.length)
-    for (const map of [t.edits, t.reactions, t.tombstones]) for (const key of [...map.keys()]) map.delete(key)
+    for (const map of [t.edits, t.reactions, t.tombstones, t.pins, t.unpinned])
+      for (const key of [...map.keys()]) map.delete(key)
     if ((t.meta.get(MetaKey.title) ?? "") !== "") t.meta.set(MetaKey.title, "")
     const metadata = t.meta.get(MetaKey.metadata)
     if (typeof metadata === "object" && metadata !== null && Object.keys(metadata).length > 0)

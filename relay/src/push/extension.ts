@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
 import type { UserId } from "@parley/shared"
-import type { ConnectionChange, HttpRequest, RelayExtension, RunningCore } from "../extension.js"
+import type { AfterSaved, ConnectionChange, HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { DeliveryTarget } from "../hooks/dispatcher.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
@@ -9,6 +9,7 @@ import type { EndpointPolicy } from "./endpoint.js"
 import { type PushRewriter, pushTarget, type VapidKeys } from "./push-target.js"
 import { createPushRoutes } from "./routes.js"
 import type { PushSubscriptionStore } from "./store.js"
+import { UnreadTotals } from "./unread-totals.js"
 
 /** Push notifications as the relay is started with them (`RelayOptions.push`). */
 export interface PushOptions {
@@ -49,6 +50,8 @@ export class PushExtension implements RelayExtension {
   private readonly connections = new Map<string, number>()
   private listener: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined
   private readonly endpoints: EndpointPolicy
+  /** Recipients' unread totals for badges, kept current from saved changes. */
+  readonly totals = new UnreadTotals()
 
   constructor(private readonly options: PushExtensionOptions) {
     this.endpoints = {
@@ -69,6 +72,7 @@ export class PushExtension implements RelayExtension {
       vapid: this.options.vapid,
       log: this.options.log,
       isActive: (name, user) => this.isActive(name, user),
+      summary: (user, conversation) => this.totals.summary(core, user, conversation),
       endpoints: this.endpoints,
       ...(this.options.rewriters ? { rewriters: this.options.rewriters } : {}),
       ...(this.options.ttlSeconds !== undefined ? { ttlSeconds: this.options.ttlSeconds } : {}),
@@ -85,6 +89,10 @@ export class PushExtension implements RelayExtension {
       ...(this.options.maxDevicesPerUser !== undefined ? { maxDevices: this.options.maxDevicesPerUser } : {}),
     })
     this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
+  }
+
+  afterSaved(change: AfterSaved): void {
+    this.totals.afterSaved(change)
   }
 
   connectionChanged({ name, principal, open }: ConnectionChange): void {

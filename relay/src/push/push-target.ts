@@ -1,8 +1,8 @@
 import { createHash } from "node:crypto"
-import { ParleyError, type UserId } from "@parley/shared"
+import { type ConversationId, ParleyError, type UserId } from "@parley/shared"
 import webpush from "web-push"
 import type { RunningCore } from "../extension.js"
-import type { PushNotificationHandler } from "../hooks/define.js"
+import type { InboxSummary, PushNotificationHandler } from "../hooks/define.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent } from "../hooks/events.js"
 import { inboxSummary } from "../inbox/summary.js"
@@ -42,6 +42,11 @@ export interface PushTargetOptions {
   /** Delay before the next attempt after `failures` failed ones; undefined to dead-letter. */
   readonly retryDelay?: (failures: number) => number | undefined
   readonly fetch?: typeof fetch
+  /**
+   * A recipient's unread counts and mutes for the badge (an `UnreadTotals`
+   * cache); default: derived from every conversation they are in, per push.
+   */
+  summary?(user: UserId, conversation: ConversationId): Promise<InboxSummary>
 }
 
 /** Default delays between attempts: 5 s doubling to 5 min, 8 attempts (about 12 min): later, a notification is stale. */
@@ -174,7 +179,9 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         byUser.set(sub.user, [...(byUser.get(sub.user) ?? []), sub])
       }
       for (const [user, devices] of byUser) {
-        const summary = await inboxSummary(core, user)
+        const summary = options.summary
+          ? await options.summary(user, conversation)
+          : await inboxSummary(core, user)
         if (event.subject.message.priority !== "emergency" && summary.muted.includes(conversation)) continue
         const built = notificationFor(event, summary.totalUnread)
         const notification = built && (await rewrite(built, user, event, signal))

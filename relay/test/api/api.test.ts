@@ -426,6 +426,49 @@ describe("HTTP API against a relay process", () => {
     expect((await reader("GET", "/v1/conversations/g~api-group")).status).toBe(200)
   })
 
+  it("lists and unpins sticky messages, flags unread emergencies in the inbox, sets the fleeting time", async () => {
+    const created = await full("POST", "/v1/conversations", {
+      id: "g~api-prio",
+      participants: [{ user: "alice" }, { user: "carol" }],
+    })
+    expect(created.status).toBe(201)
+    const sticky = await full("POST", "/v1/conversations/g~api-prio/messages", {
+      body: "Pinned rules",
+      priority: "sticky",
+      asUser: "alice",
+    })
+    const alarm = await full("POST", "/v1/conversations/g~api-prio/messages", {
+      body: "Server room flooding",
+      priority: "emergency",
+      asUser: "alice",
+    })
+    const pins = await reader("GET", "/v1/conversations/g~api-prio/pins")
+    expect(pins.body.messages.map((m: { id: string }) => m.id)).toEqual([sticky.body.id])
+    const refused = await full("DELETE", `/v1/conversations/g~api-prio/pins/${sticky.body.id}?asUser=carol`)
+    expect(refused.status).toBe(403)
+    expect(refused.body.rule).toBe("unpin-author-or-admin")
+    const unpinned = await full("DELETE", `/v1/conversations/g~api-prio/pins/${sticky.body.id}?asUser=alice`)
+    expect(unpinned.status).toBe(204)
+    expect((await reader("GET", "/v1/conversations/g~api-prio/pins")).body.messages).toEqual([])
+
+    const carolsEntry = async () =>
+      (await reader("GET", "/v1/users/carol/conversations")).body.conversations.find(
+        (c: { conversationId: string }) => c.conversationId === "g~api-prio",
+      )
+    await expect.poll(async () => (await carolsEntry())?.emergency).toEqual([alarm.body.id])
+    await full("POST", "/v1/conversations/g~api-prio/read", { asUser: "carol" })
+    await expect.poll(async () => (await carolsEntry())?.unread).toBe(0)
+    expect((await carolsEntry()).emergency).toBeUndefined()
+
+    const patched = await full("PATCH", "/v1/conversations/g~api-prio", { fleetingSeconds: 60 })
+    expect(patched.body.fleetingSeconds).toBe(60)
+    const member = await full("PATCH", "/v1/conversations/g~api-prio", {
+      fleetingSeconds: 5,
+      asUser: "carol",
+    })
+    expect(member.status).toBe(403)
+  })
+
   it("serves the checked-in OpenAPI document", async () => {
     const served = await apiClient(base, undefined)("GET", "/v1/openapi.json")
     expect(served.status).toBe(200)

@@ -1,7 +1,12 @@
 import pino from "pino"
 import { Registry } from "prom-client"
 import { describe, expect, it } from "vitest"
-import { type DeliveryTarget, Dispatcher, PermanentDeliveryError } from "../../src/hooks/dispatcher.js"
+import {
+  DeferDelivery,
+  type DeliveryTarget,
+  Dispatcher,
+  PermanentDeliveryError,
+} from "../../src/hooks/dispatcher.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
 import { MemoryOutbox } from "../../src/hooks/outbox.js"
@@ -33,6 +38,37 @@ function target(name: string, deliver: DeliveryTarget["deliver"], attempts = 3):
 }
 
 describe("hook dispatcher", () => {
+  it("waits for a deferred delivery's time, stored in the outbox, without counting it as a failed attempt", async () => {
+    const due = Date.now() + 300
+    const calls: { at: number; attempt: number }[] = []
+    // One attempt only: a deferral counted as a failure would dead-letter it.
+    const t = target(
+      "fleeting",
+      async (_event, { attempt }) => {
+        calls.push({ at: Date.now(), attempt })
+        if (Date.now() < due) throw new DeferDelivery(due)
+      },
+      1,
+    )
+    const { dispatcher, enqueue, outbox } = setup([t])
+    await enqueue("c1", ["later"])
+    // The deferral is recorded in the outbox (what a restart picks up), as not yet attempted.
+    for (;;) {
+      const [pending] = await outbox.pending()
+      if (pending?.nextAttemptAt === due) {
+        expect(pending.attempts).toBe(0)
+        break
+      }
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    await dispatcher.idle()
+    expect(calls).toHaveLength(2)
+    expect(calls[1]!.at).toBeGreaterThanOrEqual(due)
+    expect(calls.map((c) => c.attempt)).toEqual([1, 1])
+    expect(await outbox.deadLetters()).toEqual([])
+    expect(await outbox.pending()).toEqual([])
+  })
+
   it("delivers each conversation's events in order, even when an earlier one needs retries", async () => {
     const seen: string[] = []
     let failuresLeft = 2

@@ -19,8 +19,10 @@ import {
   renameConversation,
   SCHEMA_VERSION,
   sendMessage,
+  setFleetingSeconds,
   storedRecordId,
   typesOf,
+  unpinMessage,
   unreact,
   writeSequenceNumbers,
 } from "@parley/shared"
@@ -675,5 +677,63 @@ describe("two creations of one direct conversation", () => {
     const { relay, bindings } = empty()
     expect(check(relay, bindings, erin, group)).toMatchObject({ allowed: false, rule: Rule.creationById })
     expect(typesOf(relay).meta.size).toBe(0)
+  })
+})
+
+describe("priorities: pins and the fleeting setting", () => {
+  function withPin() {
+    const s = scene()
+    const replica = replicaOf(s.relay)
+    let id = "" as MessageId
+    const sent = updateOf(replica, (d) => {
+      id = sendMessage(d, dave, { body: "pinned by dave", priority: "sticky" }).id
+    })
+    expectAccepted(s, dave, sent)
+    return { s, id }
+  }
+
+  it("refuses a member unpinning another's message, accepts an admin, and never a second unpin", () => {
+    const { s, id } = withPin()
+    const byCarol = updateOf(replicaOf(s.relay), (d) => typesOf(d).unpinned.set(id, { by: carol, at: 1 }))
+    expectRefused(s, carol, byCarol, Rule.unpinAuthorOrAdmin)
+    const asSomeoneElse = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).unpinned.set(id, { by: dave, at: 1 }),
+    )
+    expectRefused(s, bob, asSomeoneElse, Rule.selfOnly)
+    expectAccepted(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => unpinMessage(d, bob, id)),
+    )
+    const again = updateOf(replicaOf(s.relay), (d) => typesOf(d).unpinned.set(id, { by: dave, at: 2 }))
+    expectRefused(s, dave, again, Rule.immutable)
+  })
+
+  it("refuses unpinning a message that is not sticky, and any client write to the relay's pinned copies", () => {
+    const { s, id } = withPin()
+    const plain = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).unpinned.set(s.messages.carol!, { by: carol, at: 1 }),
+    )
+    expectRefused(s, carol, plain, Rule.schema)
+    const copy = updateOf(replicaOf(s.relay), (d) => typesOf(d).pins.set(id, { s: 1, r: { i: id } }))
+    expectRefused(s, alice, copy, Rule.relayOnly)
+  })
+
+  it("lets owners and admins set or clear fleetingSeconds, within its bounds, and nobody else", () => {
+    const s = scene()
+    const byMember = updateOf(replicaOf(s.relay), (d) => typesOf(d).meta.set(MetaKey.fleetingSeconds, 60))
+    expectRefused(s, carol, byMember, Rule.adminOnly)
+    const zero = updateOf(replicaOf(s.relay), (d) => typesOf(d).meta.set(MetaKey.fleetingSeconds, 0))
+    expectRefused(s, bob, zero, Rule.schema)
+    expectAccepted(
+      s,
+      bob,
+      updateOf(replicaOf(s.relay), (d) => setFleetingSeconds(d, bob, 60)),
+    )
+    expectAccepted(
+      s,
+      alice,
+      updateOf(replicaOf(s.relay), (d) => setFleetingSeconds(d, alice, undefined)),
+    )
   })
 })

@@ -3,6 +3,7 @@ import {
   type ConversationId,
   changeRole,
   checkEditRecord,
+  checkFleetingSeconds,
   checkMarker,
   checkParticipantRecord,
   checkSequenceRecord,
@@ -149,9 +150,11 @@ export function assertInvariants(doc: Y.Doc): void {
         "metadata",
         "deletedAt",
         "deletedBy",
+        "fleetingSeconds",
       ].includes(key)
     )
       fail(`meta ${key}`)
+    if (key === "fleetingSeconds" && checkFleetingSeconds(value)) fail("fleetingSeconds")
     if (key === "title" && typeof value !== "string") fail("title")
   }
 }

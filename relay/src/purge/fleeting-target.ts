@@ -1,0 +1,99 @@
+import {
+  decodeSegment,
+  ErrorCode,
+  expireMessage,
+  fleetingExpiry,
+  fleetingSecondsOf,
+  getMessage,
+  type MessageId,
+  ParleyError,
+  sealedHistory,
+} from "@parley/shared"
+import type * as Y from "yjs"
+import type { RunningCore } from "../extension.js"
+import type { HistoryStore } from "../history/store.js"
+import { DeferDelivery, type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
+import type { HookEvent } from "../hooks/events.js"
+import { RELAY } from "../principal.js"
+
+/** What the target decided about one fleeting message, read from its conversation. */
+type Due = { readonly state: "gone" } | { readonly state: "due"; readonly at: number }
+
+/**
+ * Makes `fleeting` messages disappear: a delivery target of the hook
+ * pipeline that takes each `message.sent` of a fleeting message and, once
+ * its time is up (the conversation's `fleetingSeconds` after it was written;
+ * shared `fleetingExpiry`), has the relay replace it by a deletion
+ * placeholder, which the relay then purges from storage like any deletion
+ * (relay README, "Deletion and erasure").
+ *
+ * The schedule is the outbox itself: until the message is due, the delivery
+ * is deferred to its due time ({@link DeferDelivery}), which the outbox
+ * stores, so that it survives a restart and an overdue one runs at start.
+ * Due times are read again when the delivery runs, so a changed setting
+ * counts (a shortened one waits for the deferral in place, since a
+ * conversation's deliveries to a target run in order).
+ */
+export function fleetingTarget(core: RunningCore, history?: HistoryStore): DeliveryTarget {
+  return {
+    name: "fleeting",
+    accepts: (type) => type === "message.sent",
+    // Only fleeting messages are owed anything: the others cost no outbox row.
+    wants: (event) =>
+      event.event.type === "message.sent" &&
+      (event as HookEvent<"message.sent">).subject.message.priority === "fleeting",
+    async deliver(hookEvent) {
+      const event = hookEvent as HookEvent<"message.sent">
+      // A purged event (its conversation or message deleted since) has no message left to expire.
+      const message = event.subject.message as HookEvent<"message.sent">["subject"]["message"] | undefined
+      if (message?.priority !== "fleeting") return
+      const name = event.event.conversationId
+      const id = message.id as MessageId
+      const accepted = event.event.time
+      let due: Due
+      try {
+        due = await core.read(name, (doc) => dueOf(doc, id, accepted))
+      } catch (error) {
+        if (error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND) return
+        throw error
+      }
+      if (due.state === "gone") return
+      if (due.at > Date.now()) throw new DeferDelivery(due.at)
+      await expire(core, history, name, id)
+    },
+    retryDelay: exponentialBackoff({ baseMs: 1_000, maxMs: 60_000, attempts: 20 }),
+  }
+}
+
+function dueOf(doc: Y.Doc, id: MessageId, accepted: number): Due {
+  const view = getMessage(doc, id)
+  // Not here (sealed, and the directory not loaded) counts as due: `expire` loads it.
+  if (!view) return { state: "due", at: 0 }
+  if (view.deleted) return { state: "gone" }
+  const at = fleetingExpiry(view, fleetingSecondsOf(doc), accepted)
+  return at === undefined ? { state: "gone" } : { state: "due", at }
+}
+
+/** Writes the expiry as the relay; a sealed message needs the directory of sealed messages first. */
+async function expire(
+  core: RunningCore,
+  history: HistoryStore | undefined,
+  name: string,
+  id: MessageId,
+): Promise<void> {
+  for (;;) {
+    const doc = await core.read(name, (d) => d)
+    const live = getMessage(doc, id)
+    if (!live && history) {
+      const directory = sealedHistory(doc)
+      for (const stored of await history.all(name)) directory.add(decodeSegment(stored.bytes))
+    }
+    let same = false
+    await core.write(name, RELAY, (current) => {
+      same = current === doc
+      if (same) expireMessage(current, id)
+    })
+    // Unloaded in between: the directory went with it, so again on the fresh load.
+    if (same) return
+  }
+}
