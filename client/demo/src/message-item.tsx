@@ -148,6 +148,7 @@ export const MessageItem = memo(function MessageItem({
                 type="button"
                 className="link"
                 data-testid="upload-retry"
+                title="Send again, without the files the relay refused"
                 onClick={() => actions.retry(message)}
               >
                 Retry
