@@ -1,13 +1,8 @@
 import {
-  type Attachment,
   allMarkers,
-  assertAllowed,
-  assertValid,
   type ChangeEvent,
   type ConversationId,
   type ConversationInfo,
-  canSendMessage,
-  checkMessageRecord,
   ErrorCode,
   getConversation,
   getMessage,
@@ -19,14 +14,11 @@ import {
   type MessageId,
   type MessageWindow,
   type Metadata,
-  messageIndex,
-  newMessageId,
-  ParleyError,
+  type ParleyError,
   type Participant,
   parseMessageId,
   type Role,
   roleOf,
-  sendMessage,
   setFleetingSeconds,
   type UserId,
   unpinMessage,
@@ -35,8 +27,6 @@ import {
 } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
-import type { ConversationUploads } from "./attachments/conversation-uploads.js"
-import type { OutboxEntry } from "./attachments/outbox-store.js"
 import type { DocumentConnection } from "./connection.js"
 import { DeliveredMarker } from "./conversation/delivered.js"
 import { bindGeneration, type Generation } from "./conversation/generation.js"
@@ -52,6 +42,7 @@ import type {
   SendInput,
   SendOptions,
 } from "./conversation/types.js"
+import { MessageUploads } from "./conversation/uploads.js"
 import { Emitter } from "./emitter.js"
 import type { MessageStatus } from "./message-status.js"
 import type { UserPresence } from "./presence.js"
@@ -100,6 +91,7 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly delivered: DeliveredMarker
   private readonly history: SealedHistory
   private readonly resyncs: Resync
+  private readonly uploads: MessageUploads
   /** Pinned messages and fleeting expiry (client/src/priorities.ts). */
   private readonly priorities: PriorityView
   private readonly readyPromise: Promise<this>
@@ -169,6 +161,21 @@ export class Conversation extends Emitter<ConversationEvents> {
       settle: () => this.settle(),
       refreshUnread: () => this.refreshUnread(),
     })
+    // Before the first generation binds: its connection's status reaches the uploads.
+    this.uploads = new MessageUploads({
+      uploads: parts.uploads,
+      user: this.user,
+      clock: parts.clock,
+      doc: () => this.doc,
+      role: () => this.role,
+      state: () => this.state,
+      connectionStatus: () => this.connection.status,
+      closed: () => this.closed,
+      assertWritable: () => this.loading.assertWritable(),
+      statuses: this.statuses,
+      emit,
+      on: (name, listener) => this.on(name, listener),
+    })
     const doc = new Y.Doc()
     this.gen = this.bind(doc, parts.openReplica(doc))
     this.whenLoaded = this.gen.replica.loaded.then(() => {
@@ -177,7 +184,6 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.settle()
       if (parts.online()) this.connection.start()
     })
-    this.attachUploads()
   }
 
   /** The conversation's Yjs document, for those who want it; nothing ordinary requires it. A resync replaces it. */
@@ -275,10 +281,11 @@ export class Conversation extends Emitter<ConversationEvents> {
    */
   send(input: string | SendInput, options: SendOptions = {}): ChatMessage {
     const { body, files, ...rest } = typeof input === "string" ? { ...options, body: input } : input
-    if (files && files.length > 0) return this.sendWithFiles(body, files, rest)
-    const view = this.operations.send(body, rest)
+    const withFiles = files !== undefined && files.length > 0
+    const view = withFiles ? this.uploads.send(body, files, rest) : this.operations.send(body, rest)
     this.gen.typing.stop()
     this.parts.presence.activity()
+    if (withFiles) return view
     this.statuses.track(view.id)
     return this.statuses.decorate(view)
   }
@@ -288,12 +295,12 @@ export class Conversation extends Emitter<ConversationEvents> {
    * has; those it refused, or whose bytes were freed by the failure, are left out.
    */
   retry(id: MessageId | string): void {
-    this.uploadsOrThrow().retry(parseMessageId(id))
+    this.uploads.retry(parseMessageId(id))
   }
 
   /** Drops a message that waits for its uploads (or failed to upload), with the files kept for it. */
   discard(id: MessageId | string): void {
-    this.uploadsOrThrow().discard(parseMessageId(id))
+    this.uploads.discard(parseMessageId(id))
   }
 
   /** Replaces the body of one of the user's messages. */
@@ -320,7 +327,7 @@ export class Conversation extends Emitter<ConversationEvents> {
   message(id: MessageId | string): ChatMessage | undefined {
     const messageId = parseMessageId(id)
     const view = getMessage(this.doc, messageId)
-    if (!view) return this.parts.uploads?.view(messageId)
+    if (!view) return this.uploads.view(messageId)
     // An expired fleeting message is gone here too (a reply's quote shows "earlier message").
     return this.priorities.visible(this.doc, [view]).length > 0 ? this.statuses.decorate(view) : undefined
   }
@@ -359,10 +366,8 @@ export class Conversation extends Emitter<ConversationEvents> {
       .map((view) => this.statuses.decorate(view))
     if (!("last" in window)) return listed
     // Messages waiting for uploads are the newest the user sees: at the end of a window that reaches the end.
-    // One that another tab of this user has written meanwhile is listed once, as written.
-    const index = messageIndex(this.doc)
-    const waiting = this.parts.uploads?.pending().filter((m) => !index.records.has(m.id))
-    return waiting?.length ? [...listed, ...waiting].slice(-window.last) : listed
+    const waiting = this.uploads.waiting()
+    return waiting.length > 0 ? [...listed, ...waiting].slice(-window.last) : listed
   }
 
   // ---- priorities ----
@@ -414,7 +419,7 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** The status of one of the user's messages (undefined for others' messages). */
   status(id: MessageId | string): MessageStatus | undefined {
-    return this.statuses.status(id) ?? this.parts.uploads?.view(parseMessageId(id))?.status
+    return this.statuses.status(id) ?? this.uploads.view(parseMessageId(id))?.status
   }
 
   /**
@@ -476,7 +481,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.closed = true
     this.resyncs.close()
     this.delivered.stop()
-    this.parts.uploads?.close()
+    this.uploads.close()
     this.priorities.close()
     const gen = this.gen
     // Closing never throws: whatever one part fails with, the others are still released.
@@ -507,7 +512,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       status: () => {
         this.settle()
         this.parts.onStatus()
-        if (generation.connection.status === "online") this.parts.uploads?.wake()
+        if (generation.connection.status === "online") this.uploads.online()
       },
       saved: (stateVector) => {
         this.resyncs.saved()
@@ -538,92 +543,6 @@ export class Conversation extends Emitter<ConversationEvents> {
       if (this.gen?.doc === doc) this.priorities.changed(doc)
     })
     return generation
-  }
-
-  /** Sending with files: checked now (as a write would be), then queued for upload. */
-  private sendWithFiles(body: string, files: readonly Blob[], options: SendOptions): ChatMessage {
-    const uploads = this.uploadsOrThrow()
-    this.loading.assertWritable()
-    assertAllowed(canSendMessage(this.user, this.role, this.user))
-    // Refuse now what the write after the uploads would refuse (body, metadata...): not after uploading.
-    assertValid(checkMessageRecord, {
-      id: newMessageId(),
-      author: this.user,
-      body,
-      createdAt: this.parts.clock(),
-      ...(options.type !== undefined && options.type !== "text" ? { type: options.type } : {}),
-      ...(options.replyTo !== undefined ? { replyTo: options.replyTo } : {}),
-      ...(options.attachments?.length ? { attachments: options.attachments } : {}),
-      ...(options.metadata && Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {}),
-      ...(options.priority !== undefined && options.priority !== "normal"
-        ? { priority: options.priority }
-        : {}),
-    })
-    const view = uploads.add({ body, files, ...options })
-    this.gen.typing.stop()
-    this.parts.presence.activity()
-    return view
-  }
-
-  private uploadsOrThrow(): ConversationUploads {
-    const uploads = this.parts.uploads
-    if (!uploads) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "this client cannot upload files")
-    return uploads
-  }
-
-  /** Writes a message whose files are uploaded, under the id it got when sent (idempotent by that id). */
-  private writeUploaded(entry: OutboxEntry, attachments: readonly Attachment[]): void {
-    this.loading.assertWritable()
-    sendMessage(
-      this.doc,
-      this.user,
-      {
-        id: entry.messageId,
-        body: entry.body,
-        attachments,
-        ...(entry.type !== undefined ? { type: entry.type } : {}),
-        ...(entry.replyTo !== undefined ? { replyTo: entry.replyTo } : {}),
-        ...(entry.metadata !== undefined ? { metadata: entry.metadata } : {}),
-        ...(entry.priority !== undefined ? { priority: entry.priority } : {}),
-      },
-      // The time the user sent it (as for any message written offline), not when its files were up.
-      { origin: LOCAL, now: entry.createdAt },
-    )
-    this.statuses.track(entry.messageId)
-  }
-
-  /** Lends the uploads this conversation's replica: they write the message once its files are up. */
-  private attachUploads(): void {
-    const uploads = this.parts.uploads
-    if (!uploads) return
-    uploads.attach({
-      ready: () => !this.closed && this.state.state === "ready",
-      online: () => !this.closed && this.connection.status === "online",
-      participant: () => this.role !== undefined,
-      write: (entry, attachments) => this.writeUploaded(entry, attachments),
-      status: (id) => this.statuses.status(id),
-      changed: (event) => {
-        this.emit("upload", event)
-        if (event.phase === "failed")
-          this.emit("status", {
-            messageId: event.messageId,
-            status: "failed",
-            ...(event.error ? { error: event.error } : {}),
-          })
-      },
-    })
-    this.on("status", () => uploads.settleWritten())
-    this.on("state", ({ state }) => {
-      if (state.state === "ready") uploads.wake()
-      // As for unsaved messages (see bind): a refused token or a damaged conversation may come back; the rest will not.
-      else if (
-        state.state === "unavailable" &&
-        state.reason !== ErrorCode.UNAUTHORIZED &&
-        state.reason !== ErrorCode.DAMAGED &&
-        state.reason !== ErrorCode.NOT_FOUND
-      )
-        uploads.failAll(state.error)
-    })
   }
 
   /** The relay refused an update: resync (see `conversation/resync.ts`). */
