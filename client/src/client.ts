@@ -1,4 +1,5 @@
 import {
+  type Attachment,
   type ConversationId,
   type ConversationKind,
   createConversation,
@@ -18,6 +19,10 @@ import {
 } from "@parley/shared"
 import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
+import { AttachmentUrls, type AttachmentVariant } from "./attachments/attachment-urls.js"
+import { ConversationUploads, type UploadRetryOptions } from "./attachments/conversation-uploads.js"
+import type { RelayHttp } from "./attachments/http.js"
+import { type OutboxStore, openOutboxStore } from "./attachments/outbox-store.js"
 import {
   type ConnectionStatus,
   DocumentConnection,
@@ -74,6 +79,10 @@ export interface ChatClientOptions {
    * the stock y-websocket URL scheme (for relays older than the multiplexed protocol).
    */
   readonly multiplex?: boolean
+  /** Backoff of file uploads after a transient failure (default 1 s doubling up to 30 s). */
+  readonly uploads?: UploadRetryOptions
+  /** The `fetch` of HTTP requests to the relay (uploads, attachment URLs); defaults to the global one. */
+  readonly fetch?: typeof fetch
 }
 
 /**
@@ -156,6 +165,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private current: ClientStatus = "offline"
   private destroyed = false
   private pushRegistrations: PushRegistrations | undefined
+  /** The user's messages waiting for file uploads, on this device (IndexedDB or memory). */
+  private readonly outbox: OutboxStore
+  /** The relay's HTTP API with the user's token (uploads, attachment URLs). */
+  private readonly http: RelayHttp
+  private readonly attachmentUrls: AttachmentUrls
   private tokenInFlight: Promise<string> | undefined
   /** Waits in progress, ended by destroy() so that none of their timers outlive the client. */
   private readonly cancels = new Set<() => void>()
@@ -183,6 +197,13 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.directory = this.directoryDoc.getMap("conversations")
     this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
     this.segments = openSegmentCache(this.storage, user)
+    this.outbox = openOutboxStore(this.storage, user)
+    this.http = {
+      origin: httpOriginOf(options.url),
+      token: () => this.token(),
+      fetch: options.fetch ?? ((...args) => fetch(...args)),
+    }
+    this.attachmentUrls = new AttachmentUrls(this.http, options.clock ?? Date.now)
     this.directory.observe(() => this.emit("conversations", { conversations: this.list() }))
     this.profiles = new Profiles(
       user,
@@ -345,6 +366,14 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       fetchRelayState: (document, signal, prepare) => fetchRelayState(document, connect, signal, prepare),
       segments: this.segments,
       presence: this.presenceSettings,
+      uploads: new ConversationUploads({
+        conversationId,
+        user: this.user,
+        store: this.outbox,
+        http: this.http,
+        ...(this.options.uploads ? { retry: this.options.uploads } : {}),
+        ...(this.options.clock ? { clock: this.options.clock } : {}),
+      }),
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
       online: () => this.wanted && this.browserOnline,
@@ -493,6 +522,31 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     return this.push.unregister(device)
   }
 
+  /**
+   * A URL to show or download an attachment with (`<img src>`, `<a href>`):
+   * for a file stored by the relay, a short-lived signed URL that only works
+   * for participants of its conversation, cached until shortly before it
+   * expires; `variant: "thumbnail"` for an image's thumbnail. Anything hosted
+   * elsewhere is returned as it is. Rejects with NOT_FOUND when the user may
+   * not see the attachment (or it is gone), UNAVAILABLE when offline.
+   */
+  attachmentUrl(attachment: Attachment | string, variant: AttachmentVariant = "file"): Promise<string> {
+    return this.attachmentUrls.url(attachment, variant)
+  }
+
+  /** The URL {@link attachmentUrl} would give, when it has a fresh one cached (no request); else undefined. */
+  cachedAttachmentUrl(
+    attachment: Attachment | string,
+    variant: AttachmentVariant = "file",
+  ): string | undefined {
+    return this.attachmentUrls.cached(attachment, variant)
+  }
+
+  /** When the cached URL of `attachment` is renewed (ms since epoch), if one is cached: for views that keep one. */
+  attachmentUrlRenewsAt(attachment: Attachment | string): number | undefined {
+    return this.attachmentUrls.renewAt(attachment)
+  }
+
   /** Closes every conversation, socket, timer and database handle. Local data stays for the next client. */
   async destroy(): Promise<void> {
     if (this.destroyed) return
@@ -512,6 +566,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     await this.directoryReplica.destroy()
     this.directoryDoc.destroy()
     this.segments.close()
+    this.outbox.close()
     this.mux?.destroy()
     this.removeAllListeners()
   }

@@ -35,7 +35,14 @@ import { type ConversationState, LoadingState } from "./conversation/loading.js"
 import { ConversationOperations, LOCAL } from "./conversation/operations.js"
 import { Resync } from "./conversation/resync.js"
 import { StatusTracker } from "./conversation/statuses.js"
-import type { ChatMessage, ConversationEvents, ConversationParts, SendOptions } from "./conversation/types.js"
+import type {
+  ChatMessage,
+  ConversationEvents,
+  ConversationParts,
+  SendInput,
+  SendOptions,
+} from "./conversation/types.js"
+import { MessageUploads } from "./conversation/uploads.js"
 import { Emitter } from "./emitter.js"
 import type { MessageStatus } from "./message-status.js"
 import type { UserPresence } from "./presence.js"
@@ -44,7 +51,13 @@ import type { LocalReplica } from "./storage.js"
 
 export type { ConversationState } from "./conversation/loading.js"
 export { LOCAL } from "./conversation/operations.js"
-export type { ChatMessage, ConversationEvents, ConversationParts, SendOptions } from "./conversation/types.js"
+export type {
+  ChatMessage,
+  ConversationEvents,
+  ConversationParts,
+  SendInput,
+  SendOptions,
+} from "./conversation/types.js"
 
 const isMarker = (e: ChangeEvent): e is Extract<ChangeEvent, { user: UserId; upTo: number }> =>
   e.type === "messages.read" || e.type === "messages.delivered"
@@ -78,6 +91,7 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly delivered: DeliveredMarker
   private readonly history: SealedHistory
   private readonly resyncs: Resync
+  private readonly uploads: MessageUploads
   /** Pinned messages and fleeting expiry (client/src/priorities.ts). */
   private readonly priorities: PriorityView
   private readonly readyPromise: Promise<this>
@@ -146,6 +160,21 @@ export class Conversation extends Emitter<ConversationEvents> {
       },
       settle: () => this.settle(),
       refreshUnread: () => this.refreshUnread(),
+    })
+    // Before the first generation binds: its connection's status reaches the uploads.
+    this.uploads = new MessageUploads({
+      uploads: parts.uploads,
+      user: this.user,
+      clock: parts.clock,
+      doc: () => this.doc,
+      role: () => this.role,
+      state: () => this.state,
+      connectionStatus: () => this.connection.status,
+      closed: () => this.closed,
+      assertWritable: () => this.loading.assertWritable(),
+      statuses: this.statuses,
+      emit,
+      on: (name, listener) => this.on(name, listener),
     })
     const doc = new Y.Doc()
     this.gen = this.bind(doc, parts.openReplica(doc))
@@ -242,13 +271,36 @@ export class Conversation extends Emitter<ConversationEvents> {
   /**
    * Sends a message. It is written to the local replica at once (status
    * `pending`) and returned with its id; it reaches the relay when online.
+   *
+   * With `files` (`send({ body, files })`), the files are kept on this device
+   * and uploaded when the relay is reachable (`upload` events report
+   * progress); the message, its id fixed now, is written once they all are,
+   * with the relay's attachment records. Meanwhile it is listed as `pending`
+   * with `upload` (its local files). A refused upload marks it `failed`;
+   * see {@link retry} and {@link discard}.
    */
-  send(body: string, options: SendOptions = {}): ChatMessage {
-    const view = this.operations.send(body, options)
+  send(input: string | SendInput, options: SendOptions = {}): ChatMessage {
+    const { body, files, ...rest } = typeof input === "string" ? { ...options, body: input } : input
+    const withFiles = files !== undefined && files.length > 0
+    const view = withFiles ? this.uploads.send(body, files, rest) : this.operations.send(body, rest)
     this.gen.typing.stop()
     this.parts.presence.activity()
+    if (withFiles) return view
     this.statuses.track(view.id)
     return this.statuses.decorate(view)
+  }
+
+  /**
+   * Sends again a message whose upload failed: with the files the relay
+   * has; those it refused, or whose bytes were freed by the failure, are left out.
+   */
+  retry(id: MessageId | string): void {
+    this.uploads.retry(parseMessageId(id))
+  }
+
+  /** Drops a message that waits for its uploads (or failed to upload), with the files kept for it. */
+  discard(id: MessageId | string): void {
+    this.uploads.discard(parseMessageId(id))
   }
 
   /** Replaces the body of one of the user's messages. */
@@ -273,11 +325,11 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** One message, or undefined when this replica does not have it. */
   message(id: MessageId | string): ChatMessage | undefined {
-    const view = getMessage(this.doc, parseMessageId(id))
+    const messageId = parseMessageId(id)
+    const view = getMessage(this.doc, messageId)
+    if (!view) return this.uploads.view(messageId)
     // An expired fleeting message is gone here too (a reply's quote shows "earlier message").
-    return view && this.priorities.visible(this.doc, [view]).length > 0
-      ? this.statuses.decorate(view)
-      : undefined
+    return this.priorities.visible(this.doc, [view]).length > 0 ? this.statuses.decorate(view) : undefined
   }
 
   // ---- sealed history ----
@@ -309,9 +361,13 @@ export class Conversation extends Emitter<ConversationEvents> {
   /** A window of messages in canonical order: `{ last: n }`, or `before` / `after` / `around` an id. */
   messages(window: MessageWindow = { last: 50 }): ChatMessage[] {
     // Fleeting messages whose time is up are gone for the reader before the relay purges them.
-    return this.priorities
+    const listed: ChatMessage[] = this.priorities
       .visible(this.doc, listMessages(this.doc, window))
       .map((view) => this.statuses.decorate(view))
+    if (!("last" in window)) return listed
+    // Messages waiting for uploads are the newest the user sees: at the end of a window that reaches the end.
+    const waiting = this.uploads.waiting()
+    return waiting.length > 0 ? [...listed, ...waiting].slice(-window.last) : listed
   }
 
   // ---- priorities ----
@@ -363,7 +419,7 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /** The status of one of the user's messages (undefined for others' messages). */
   status(id: MessageId | string): MessageStatus | undefined {
-    return this.statuses.status(id)
+    return this.statuses.status(id) ?? this.uploads.view(parseMessageId(id))?.status
   }
 
   /**
@@ -425,6 +481,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.closed = true
     this.resyncs.close()
     this.delivered.stop()
+    this.uploads.close()
     this.priorities.close()
     const gen = this.gen
     // Closing never throws: whatever one part fails with, the others are still released.
@@ -455,6 +512,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       status: () => {
         this.settle()
         this.parts.onStatus()
+        if (generation.connection.status === "online") this.uploads.online()
       },
       saved: (stateVector) => {
         this.resyncs.saved()

@@ -46,6 +46,14 @@ export {
   PRIORITIES,
   Rule,
 } from "@parley/shared"
+export type { AttachmentVariant } from "./attachments/attachment-urls.js"
+export type {
+  LocalFile,
+  UploadEvent,
+  UploadPhase,
+  UploadRetryOptions,
+  UploadState,
+} from "./attachments/conversation-uploads.js"
 export {
   type ChatClient,
   type ChatClientEvents,
@@ -67,6 +75,7 @@ export type {
   Conversation,
   ConversationEvents,
   ConversationState,
+  SendInput,
   SendOptions,
 } from "./conversation.js"
 export type { Listener } from "./emitter.js"
@@ -77,6 +86,8 @@ export { type ProfileClaims, typingText } from "./profiles.js"
 export type { BrowserPushSubscription, PushDevice, PushRegistrations, PushSubscriptionInput } from "./push.js"
 export type { StorageKind } from "./storage.js"
 export {
+  type AttachmentUrlSnapshot,
+  attachmentUrlStore,
   type ConversationSnapshot,
   connectionStatusStore,
   contactsPresenceStore,

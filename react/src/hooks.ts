@@ -1,4 +1,8 @@
 import {
+  type Attachment,
+  type AttachmentUrlSnapshot,
+  type AttachmentVariant,
+  attachmentUrlStore,
   type ChatMessage,
   type ClientStatus,
   type Conversation,
@@ -139,6 +143,37 @@ export function usePresence(conversation?: Conversation): readonly UserPresence[
       [conversation, client],
     ),
   )
+}
+
+const NO_URL: AttachmentUrlSnapshot = { url: undefined, error: undefined }
+const NO_URL_STORE = emptyStore(NO_URL)
+
+/** What identifies an attachment's bytes: the relay's id, else its URL. */
+function attachmentKey(attachment: Attachment | string | undefined): string | undefined {
+  if (attachment === undefined || typeof attachment === "string") return attachment
+  if ("id" in attachment && attachment.id) return attachment.id
+  return "url" in attachment ? attachment.url : undefined
+}
+
+/**
+ * A URL to show `attachment` with (`<img src>`, a download link): a signed
+ * URL for files the relay stores (fetched, cached, renewed before it
+ * expires), the URL itself for anything hosted elsewhere. `url` is undefined
+ * until known; `error` says why not (NOT_FOUND: the user may not see it;
+ * UNAVAILABLE: offline, fetched again once online).
+ */
+export function useAttachmentUrl(
+  attachment: Attachment | string | undefined,
+  variant: AttachmentVariant = "file",
+): AttachmentUrlSnapshot {
+  const client = useChatClient()
+  const key = attachmentKey(attachment)
+  // Keyed by the attachment's identity, not the object: a re-rendered message gives a new object for the same file.
+  const store = useMemo(
+    () => (attachment === undefined ? NO_URL_STORE : attachmentUrlStore(client, attachment, variant)),
+    [client, key, variant],
+  )
+  return useStore(store)
 }
 
 const NO_PINS: readonly ChatMessage[] = []

@@ -7,6 +7,7 @@
 export {
   type UseConversation,
   type UseMessages,
+  useAttachmentUrl,
   useConnectionStatus,
   useConversation,
   useInbox,

@@ -19,6 +19,7 @@ import {
 } from "@parley/react"
 import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react"
 import { go } from "./app.js"
+import { ComposerFiles, type FileRecord, ImageViewer } from "./attachments.js"
 import { detail, explain } from "./errors.js"
 import { type MessageActions, MessageItem } from "./message-item.js"
 import { ParticipantsPanel } from "./participants-panel.js"
@@ -61,6 +62,15 @@ export function ConversationView({
   const [priority, setPriority] = useState<Priority>("normal")
   const [panel, setPanel] = useState(false)
   const [renaming, setRenaming] = useState<string>()
+  /** Files picked, pasted or dropped, sent with the next message. */
+  const [files, setFiles] = useState<readonly File[]>([])
+  const [viewing, setViewing] = useState<FileRecord>()
+  const [dragging, setDragging] = useState(false)
+  const picker = useRef<HTMLInputElement>(null)
+  const addFiles = useCallback((list: FileList | readonly File[] | null | undefined) => {
+    const added = [...(list ?? [])]
+    if (added.length > 0) setFiles((current) => [...current, ...added])
+  }, [])
   const scroller = useRef<HTMLDivElement>(null)
   const input = useRef<HTMLTextAreaElement>(null)
   /** Scroll height before older messages were added above: keeps what the user looks at in place. */
@@ -160,6 +170,9 @@ export function ConversationView({
           element?.classList.add("flash")
           setTimeout(() => element?.classList.remove("flash"), 1200)
         },
+        viewImage: (attachment) => setViewing(attachment),
+        retry: (message) => attempt(() => conversation.retry(message.id)),
+        discard: (message) => attempt(() => conversation.discard(message.id)),
       },
     [conversation, attempt, me],
   )
@@ -193,11 +206,14 @@ export function ConversationView({
 
   const submit = () => {
     const body = text.trim()
-    if (!body) return
+    const withFiles = mode.kind !== "edit" && files.length > 0
+    if (!body && !withFiles) return
     const ok = attempt(() => {
       if (mode.kind === "edit") conversation.edit(mode.message.id, body)
       else
-        conversation.send(body, {
+        conversation.send({
+          body,
+          ...(withFiles ? { files } : {}),
           ...(mode.kind === "reply" ? { replyTo: mode.message.id } : {}),
           ...(priority !== "normal" ? { priority } : {}),
         })
@@ -205,15 +221,33 @@ export function ConversationView({
     if (!ok) return
     atBottom.current = true
     setText("")
+    if (withFiles) setFiles([])
     setPriority("normal")
     setMode({ kind: "new" })
   }
 
   return (
+    // biome-ignore lint/a11y/noStaticElementInteractions: dropping files anywhere on the conversation attaches them; the attach button is the accessible way.
     <section
-      className={`conversation${panel ? " with-panel" : ""}`}
+      className={`conversation${panel ? " with-panel" : ""}${dragging ? " dragging" : ""}`}
       data-testid="conversation-view"
       data-conversation-id={id}
+      onDragOver={(event) => {
+        if (!event.dataTransfer.types.includes("Files") || unavailable) return
+        event.preventDefault()
+        event.dataTransfer.dropEffect = "copy"
+        setDragging(true)
+      }}
+      onDragLeave={(event) => {
+        if (!event.currentTarget.contains(event.relatedTarget as Node | null)) setDragging(false)
+      }}
+      onDrop={(event) => {
+        setDragging(false)
+        if (event.dataTransfer.files.length === 0 || unavailable) return
+        event.preventDefault()
+        addFiles(event.dataTransfer.files)
+        input.current?.focus()
+      }}
     >
       <header className="conversation-header">
         <button
@@ -386,6 +420,7 @@ export function ConversationView({
                 </button>
               </div>
             )}
+            <ComposerFiles files={files} remove={(index) => setFiles(files.filter((_, i) => i !== index))} />
             <form
               className="composer-form"
               onSubmit={(event) => {
@@ -393,6 +428,28 @@ export function ConversationView({
                 submit()
               }}
             >
+              <input
+                ref={picker}
+                type="file"
+                multiple
+                hidden
+                data-testid="composer-file-input"
+                onChange={(event) => {
+                  addFiles(event.target.files)
+                  event.target.value = ""
+                }}
+              />
+              <button
+                type="button"
+                className="icon attach"
+                data-testid="composer-attach"
+                aria-label="Attach files"
+                title="Attach files"
+                disabled={unavailable !== undefined || mode.kind === "edit"}
+                onClick={() => picker.current?.click()}
+              >
+                📎
+              </button>
               {mode.kind !== "edit" && (
                 <PriorityPicker
                   value={priority}
@@ -402,6 +459,11 @@ export function ConversationView({
               )}
               <textarea
                 ref={input}
+                onPaste={(event) => {
+                  if (event.clipboardData.files.length === 0 || mode.kind === "edit") return
+                  event.preventDefault()
+                  addFiles(event.clipboardData.files)
+                }}
                 rows={1}
                 placeholder="Message"
                 data-testid="composer-input"
@@ -432,6 +494,7 @@ export function ConversationView({
             </form>
           </footer>
         </div>
+        {viewing && <ImageViewer attachment={viewing} close={() => setViewing(undefined)} />}
         {panel && info && (
           <ParticipantsPanel
             conversation={conversation}

@@ -1,6 +1,7 @@
 import type { ChatMessage, MessageStatus, Role } from "@parley/client"
 import { useChatClient } from "@parley/react"
 import { memo, useState } from "react"
+import { type FileRecord, MessageAttachments } from "./attachments.js"
 import { detail, explain } from "./errors.js"
 import { formatTime } from "./format.js"
 import { Avatar } from "./people.js"
@@ -26,6 +27,12 @@ export interface MessageActions {
   remove(message: ChatMessage): void
   toggleReaction(message: ChatMessage, emoji: string): void
   jumpTo(id: string): void
+  /** Shows an image attachment full size. */
+  viewImage(attachment: FileRecord): void
+  /** Sends again a message whose upload failed (without the refused files). */
+  retry(message: ChatMessage): void
+  /** Drops a message whose upload failed or has not finished. */
+  discard(message: ChatMessage): void
 }
 
 interface MessageItemProps {
@@ -83,7 +90,7 @@ export const MessageItem = memo(function MessageItem({
         tabIndex={0}
         aria-expanded={open}
         onClick={(event) => {
-          if (!(event.target as Element).closest("button") && !deleted) setOpen(!open)
+          if (!(event.target as Element).closest("button, a") && !deleted && !message.upload) setOpen(!open)
         }}
         onKeyDown={(event) => {
           if (event.key === "Enter" && !deleted) setOpen(!open)
@@ -115,6 +122,7 @@ export const MessageItem = memo(function MessageItem({
         <p className="body" data-testid="message-body">
           {deleted ? <em>Message deleted</em> : message.body}
         </p>
+        {!deleted && <MessageAttachments message={message} view={actions.viewImage} />}
         <span className="meta">
           {!deleted && message.priority === "fleeting" && (
             <FleetingCountdown message={message} seconds={fleetingSeconds} />
@@ -142,6 +150,28 @@ export const MessageItem = memo(function MessageItem({
           title={message.error ? detail(message.error) : undefined}
         >
           Not sent: {message.error ? explain(message.error) : "refused by the relay"}
+          {message.upload && (
+            <>
+              {" "}
+              <button
+                type="button"
+                className="link"
+                data-testid="upload-retry"
+                title="Send again, without the files the relay refused"
+                onClick={() => actions.retry(message)}
+              >
+                Retry
+              </button>{" "}
+              <button
+                type="button"
+                className="link"
+                data-testid="upload-discard"
+                onClick={() => actions.discard(message)}
+              >
+                Discard
+              </button>
+            </>
+          )}
         </p>
       )}
       {reactions.length > 0 && !deleted && (

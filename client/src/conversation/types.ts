@@ -13,6 +13,7 @@ import type {
 } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
 import type * as Y from "yjs"
+import type { ConversationUploads, UploadEvent, UploadState } from "../attachments/conversation-uploads.js"
 import type { DocumentConnection } from "../connection.js"
 import type { SegmentCache } from "../history-cache.js"
 import type { MessageStatus } from "../message-status.js"
@@ -26,6 +27,8 @@ export interface ChatMessage extends MessageView {
   readonly status?: MessageStatus
   /** Why the relay refused it, when `status` is `failed`. */
   readonly error?: ParleyError
+  /** Present while the message waits for its files to upload (or failed to): the local files and progress. */
+  readonly upload?: UploadState
 }
 
 /** Options of `Conversation.send`. */
@@ -38,6 +41,17 @@ export interface SendOptions {
   readonly type?: string
 }
 
+/** What `Conversation.send` takes: the body, and files to upload (File or Blob objects). */
+export interface SendInput extends SendOptions {
+  readonly body: string
+  /**
+   * Files to upload through the relay before the message is written (kept on
+   * this device meanwhile, so this works offline and across reloads). Links
+   * and object references go in `attachments`: they need no upload.
+   */
+  readonly files?: readonly Blob[]
+}
+
 /** Events of a `Conversation`, one payload object each. */
 export interface ConversationEvents {
   /** The conversation's state (or, when ready, its fields) changed. */
@@ -48,6 +62,8 @@ export interface ConversationEvents {
   status: { messageId: MessageId; status: MessageStatus; error?: ParleyError }
   /** The number of unread messages changed. */
   unread: { count: number }
+  /** The files of one of the user's messages moved: queued, uploading (bytes `loaded` of `total`), failed, written or discarded. */
+  upload: UploadEvent
   /** The set of other users typing changed. */
   /** The pinned messages changed (a sticky message sent, unpinned, edited or deleted). */
   pinned: { messages: readonly ChatMessage[] }
@@ -95,4 +111,6 @@ export interface ConversationParts {
   readonly segments: SegmentCache
   /** The user's own presence settings (shared by all their conversations). */
   readonly presence: PresenceSettings
+  /** The user's messages of this conversation waiting for file uploads (absent: sending files is refused). */
+  readonly uploads?: ConversationUploads
 }

@@ -120,6 +120,12 @@ export function messageWindowStore(conversation: Conversation, pageSize = 50): M
           if (dirty !== "all") dirty.add(messageId)
           changed()
         }),
+        // A message waiting for its files: progress changes it; queued, written or discarded moves it in or out.
+        conversation.on("upload", ({ messageId, phase }) => {
+          if (phase !== "uploading" && phase !== "failed") dirty = "all"
+          else if (dirty !== "all") dirty.add(messageId)
+          changed()
+        }),
         conversation.on("state", () => {
           dirty = "all"
           changed()

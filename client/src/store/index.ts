@@ -1,3 +1,4 @@
+export { type AttachmentUrlSnapshot, attachmentUrlStore } from "./attachment-stores.js"
 export {
   connectionStatusStore,
   contactsPresenceStore,
