@@ -20,23 +20,37 @@ export class DerivedWrites {
 
   /** Runs `change` on a loaded document as the relay, broadcasts it; false when it wrote nothing or the document went away. */
   apply(host: DocumentHost, change: (doc: Y.Doc) => void): Promise<boolean> {
-    return host.enqueue(async () => {
-      if (host.destroyed || host.unloading) return false
-      if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
-      const updates: Uint8Array[] = []
-      const collect = (update: Uint8Array) => updates.push(update)
-      host.doc.on("update", collect)
+    // Nothing queued or running: running now is the queue's order, without a task's promises and
+    // closures (one derived write per connected member per message in a big room).
+    if (!host.busy) {
       try {
-        host.doc.transact(() => change(host.doc), DERIVED_ORIGIN)
-      } finally {
-        host.doc.off("update", collect)
+        return Promise.resolve(this.run(host, change))
+      } catch (error) {
+        return Promise.reject(error)
       }
-      if (updates.length === 0) return false
-      const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)
-      const frame = encodeSyncUpdate(update)
-      for (const connection of host.connections) connection.send(frame)
-      return true
-    })
+    }
+    return host.enqueue(async () => this.run(host, change))
+  }
+
+  private run(host: DocumentHost, change: (doc: Y.Doc) => void): boolean {
+    if (host.destroyed || host.unloading) return false
+    if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
+    let update: Uint8Array | undefined
+    let more: Uint8Array[] | undefined
+    const collect = (u: Uint8Array) => {
+      if (update === undefined) update = u
+      else (more ??= [update]).push(u)
+    }
+    host.doc.on("update", collect)
+    try {
+      host.doc.transact(() => change(host.doc), DERIVED_ORIGIN)
+    } finally {
+      host.doc.off("update", collect)
+    }
+    if (update === undefined) return false
+    const frame = encodeSyncUpdate(more ? Y.mergeUpdates(more) : update)
+    for (const connection of host.connections) connection.send(frame)
+    return true
   }
 
   /**

@@ -580,7 +580,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       { entries: stored.updates.length, bytes: stored.updates.reduce((sum, u) => sum + u.update.length, 0) },
       Math.max(stored.through, stored.updates.at(-1)?.position ?? 0),
     )
-    host.observe()
+    // An inbox holds none of a conversation's types (checkInboxUpdate), so it has no change events to derive.
+    if (host.name.kind === "conversation") host.observe()
     const gate = new AwarenessGate({
       host,
       owners:
