@@ -39,7 +39,10 @@ export class DerivedWrites {
     let more: Uint8Array[] | undefined
     const collect = (u: Uint8Array) => {
       if (update === undefined) update = u
-      else (more ??= [update]).push(u)
+      else {
+        more ??= [update]
+        more.push(u)
+      }
     }
     host.doc.on("update", collect)
     try {

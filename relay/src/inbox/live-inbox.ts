@@ -198,7 +198,10 @@ export class LiveInbox implements RelayExtension {
       last.readUpTo === now.readUpTo
     )
       return Promise.resolve(false)
-    if (!mine) this.shown.set(user, (mine = new Map()))
+    if (!mine) {
+      mine = new Map()
+      this.shown.set(user, mine)
+    }
     mine.set(id, now)
     return core
       .derive(inboxDocumentName(user), (inbox) => {
