@@ -7,6 +7,13 @@ import type { PathContext } from "./update-path.js"
 export const DERIVED_ORIGIN = Symbol("parley-derived")
 
 /**
+ * A derived write: runs inside a transaction and Yjs encodes what it wrote,
+ * or (applied with `encodes`) runs its own transaction with the origin it is
+ * given and returns that transaction's update, undefined when it wrote nothing.
+ */
+export type DerivedChange = (doc: Y.Doc, origin: unknown) => unknown
+
+/**
  * Writes of data the relay derives from other documents (inbox entries) and
  * can derive again at any time. They are applied in memory and broadcast at
  * once, in the document's queue, but stored only when the document unloads
@@ -19,22 +26,29 @@ export class DerivedWrites {
   private readonly since = new WeakMap<DocumentHost, Uint8Array>()
 
   /** Runs `change` on a loaded document as the relay, broadcasts it; false when it wrote nothing or the document went away. */
-  apply(host: DocumentHost, change: (doc: Y.Doc) => void): Promise<boolean> {
+  apply(host: DocumentHost, change: DerivedChange, encodes = false): Promise<boolean> {
     // Nothing queued or running: running now is the queue's order, without a task's promises and
     // closures (one derived write per connected member per message in a big room).
     if (!host.busy) {
       try {
-        return Promise.resolve(this.run(host, change))
+        return Promise.resolve(this.run(host, change, encodes))
       } catch (error) {
         return Promise.reject(error)
       }
     }
-    return host.enqueue(async () => this.run(host, change))
+    return host.enqueue(async () => this.run(host, change, encodes))
   }
 
-  private run(host: DocumentHost, change: (doc: Y.Doc) => void): boolean {
+  private run(host: DocumentHost, change: DerivedChange, encodes: boolean): boolean {
     if (host.destroyed || host.unloading) return false
     if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
+    if (encodes) {
+      const encoded = change(host.doc, DERIVED_ORIGIN)
+      if (!(encoded instanceof Uint8Array)) return false
+      const frame = encodeSyncUpdate(encoded)
+      for (const connection of host.connections) connection.send(frame)
+      return true
+    }
     let update: Uint8Array | undefined
     let more: Uint8Array[] | undefined
     const collect = (u: Uint8Array) => {
@@ -46,7 +60,7 @@ export class DerivedWrites {
     }
     host.doc.on("update", collect)
     try {
-      host.doc.transact(() => change(host.doc), DERIVED_ORIGIN)
+      host.doc.transact(() => change(host.doc, DERIVED_ORIGIN), DERIVED_ORIGIN)
     } finally {
       host.doc.off("update", collect)
     }

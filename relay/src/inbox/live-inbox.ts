@@ -9,12 +9,12 @@ import {
   inboxDocumentName,
   ParleyError,
   parseDocumentName,
-  replaceInboxEntry,
   typesOf,
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
 import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
+import { replaceEntryEncoded, SharedEntryValues } from "./entry-update.js"
 
 /** Changes that alter what an inbox entry shows (reactions and delivery markers do not). */
 const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
@@ -120,9 +120,11 @@ export class LiveInbox implements RelayExtension {
     if (!head) return
     const id = parsed.id
     const headJson = JSON.stringify(head.entry)
+    // Every member's entry shares the head's values: encoded once for all of them.
+    const values = new SharedEntryValues()
     for (const user of users) {
       const entry = entryFromHead(head, doc, user)
-      this.write(user, id, entry, headJson)
+      this.write(user, id, entry, headJson, values)
     }
   }
 
@@ -169,22 +171,24 @@ export class LiveInbox implements RelayExtension {
         if (!(error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
         entry = undefined
       }
-      await this.write(user, id as ConversationId, entry, headJson, true)
+      await this.write(user, id as ConversationId, entry, headJson)
     }
   }
 
   /**
-   * Writes `user`'s entry. From a change (`compare` false) an entry equal to
-   * the one last written for the user is skipped without reading the inbox;
-   * a refresh compares with the inbox itself (the user may have written it).
+   * Writes `user`'s entry. From a change (with the change's shared `values`)
+   * an entry equal to the one last written for the user is skipped without
+   * reading the inbox, and its update is encoded by the relay; a refresh
+   * compares with the inbox itself (the user may have written it).
    */
   private write(
     user: UserId,
     id: ConversationId,
     entry: InboxEntry | undefined,
     headJson: string,
-    compare = false,
+    values?: SharedEntryValues,
   ): Promise<boolean> {
+    const compare = values === undefined
     const core = this.core
     if (!core) return Promise.resolve(false)
     let mine = this.shown.get(user)
@@ -203,15 +207,19 @@ export class LiveInbox implements RelayExtension {
       this.shown.set(user, mine)
     }
     mine.set(id, now)
-    return core
-      .derive(inboxDocumentName(user), (inbox) => {
-        if (compare) writeInboxEntry(inbox, id, entry)
-        else replaceInboxEntry(inbox, id, entry)
-      })
-      .catch(() => {
-        this.shown.get(user)?.delete(id)
-        return false
-      })
+    const written = values
+      ? core.derive(
+          inboxDocumentName(user),
+          (inbox, origin) => replaceEntryEncoded(inbox, id, entry, values, origin),
+          { encodes: true },
+        )
+      : core.derive(inboxDocumentName(user), (inbox) => {
+          writeInboxEntry(inbox, id, entry)
+        })
+    return written.catch(() => {
+      this.shown.get(user)?.delete(id)
+      return false
+    })
   }
 }
 
