@@ -7,6 +7,13 @@ import type { PathContext } from "./update-path.js"
 export const DERIVED_ORIGIN = Symbol("parley-derived")
 
 /**
+ * A derived write: runs inside a transaction and Yjs encodes what it wrote,
+ * or (applied with `encodes`) runs its own transaction with the origin it is
+ * given and returns that transaction's update, undefined when it wrote nothing.
+ */
+export type DerivedChange = (doc: Y.Doc, origin: unknown) => unknown
+
+/**
  * Writes of data the relay derives from other documents (inbox entries) and
  * can derive again at any time. They are applied in memory and broadcast at
  * once, in the document's queue, but stored only when the document unloads
@@ -19,24 +26,48 @@ export class DerivedWrites {
   private readonly since = new WeakMap<DocumentHost, Uint8Array>()
 
   /** Runs `change` on a loaded document as the relay, broadcasts it; false when it wrote nothing or the document went away. */
-  apply(host: DocumentHost, change: (doc: Y.Doc) => void): Promise<boolean> {
-    return host.enqueue(async () => {
-      if (host.destroyed || host.unloading) return false
-      if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
-      const updates: Uint8Array[] = []
-      const collect = (update: Uint8Array) => updates.push(update)
-      host.doc.on("update", collect)
+  apply(host: DocumentHost, change: DerivedChange, encodes = false): Promise<boolean> {
+    // Nothing queued or running: running now is the queue's order, without a task's promises and
+    // closures (one derived write per connected member per message in a big room).
+    if (!host.busy) {
       try {
-        host.doc.transact(() => change(host.doc), DERIVED_ORIGIN)
-      } finally {
-        host.doc.off("update", collect)
+        return Promise.resolve(this.run(host, change, encodes))
+      } catch (error) {
+        return Promise.reject(error)
       }
-      if (updates.length === 0) return false
-      const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)
-      const frame = encodeSyncUpdate(update)
+    }
+    return host.enqueue(async () => this.run(host, change, encodes))
+  }
+
+  private run(host: DocumentHost, change: DerivedChange, encodes: boolean): boolean {
+    if (host.destroyed || host.unloading) return false
+    if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
+    if (encodes) {
+      const encoded = change(host.doc, DERIVED_ORIGIN)
+      if (!(encoded instanceof Uint8Array)) return false
+      const frame = encodeSyncUpdate(encoded)
       for (const connection of host.connections) connection.send(frame)
       return true
-    })
+    }
+    let update: Uint8Array | undefined
+    let more: Uint8Array[] | undefined
+    const collect = (u: Uint8Array) => {
+      if (update === undefined) update = u
+      else {
+        more ??= [update]
+        more.push(u)
+      }
+    }
+    host.doc.on("update", collect)
+    try {
+      host.doc.transact(() => change(host.doc, DERIVED_ORIGIN), DERIVED_ORIGIN)
+    } finally {
+      host.doc.off("update", collect)
+    }
+    if (update === undefined) return false
+    const frame = encodeSyncUpdate(more ? Y.mergeUpdates(more) : update)
+    for (const connection of host.connections) connection.send(frame)
+    return true
   }
 
   /**

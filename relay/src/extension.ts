@@ -54,8 +54,15 @@ export interface RunningCore {
    * Writes data the relay derives from other documents (and can derive again)
    * to a document someone is connected to: broadcast at once, stored only
    * when it unloads. Resolves false, writing nothing, when nobody is connected.
+   * With `encodes`, `change` runs its own transaction (with the `origin` it
+   * is given) and returns that transaction's update, or undefined when it
+   * wrote nothing, sparing Yjs's generic encoding of it.
    */
-  derive(name: string, change: (doc: Y.Doc) => void): Promise<boolean>
+  derive(
+    name: string,
+    change: (doc: Y.Doc, origin: unknown) => unknown,
+    options?: { readonly encodes?: boolean },
+  ): Promise<boolean>
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
   /**

@@ -297,10 +297,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
    * {@link DerivedWrites}). Resolves false, writing nothing, when nobody is
    * connected to it (the data is derived when they connect) or nothing changed.
    */
-  async derive(name: string, change: (doc: Y.Doc) => void): Promise<boolean> {
+  async derive(
+    name: string,
+    change: (doc: Y.Doc, origin: unknown) => unknown,
+    options: { readonly encodes?: boolean } = {},
+  ): Promise<boolean> {
     const host = this.loadedNow.get(name)
     if (!host || host.connections.size === 0) return false
-    return this.derived.apply(host, change)
+    return this.derived.apply(host, change, options.encodes === true)
   }
 
   /** Stores a loaded document's derived data and folds its log into a snapshot now (a purge). */
@@ -580,7 +584,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       { entries: stored.updates.length, bytes: stored.updates.reduce((sum, u) => sum + u.update.length, 0) },
       Math.max(stored.through, stored.updates.at(-1)?.position ?? 0),
     )
-    host.observe()
+    // An inbox holds none of a conversation's types (checkInboxUpdate), so it has no change events to derive.
+    if (host.name.kind === "conversation") host.observe()
     const gate = new AwarenessGate({
       host,
       owners:

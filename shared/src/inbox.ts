@@ -1,9 +1,10 @@
 import type * as Y from "yjs"
+import { typesOf } from "./document.js"
 import type { ConversationId, UserId } from "./ids.js"
 import { unreadEmergency } from "./priorities.js"
 import { displayNameOf } from "./profiles.js"
-import { getConversation, lastMessage, listParticipants, markersOf, roleOf, unreadCount } from "./reads.js"
-import type { ConversationKind } from "./schema.js"
+import { getConversation, lastMessage, markersOf, roleOf, unreadCount } from "./reads.js"
+import type { ConversationKind, ParticipantRecord } from "./schema.js"
 
 /**
  * A user's inbox: one entry per conversation they take part in, so that a
@@ -87,14 +88,37 @@ export interface ConversationHead {
   readonly entry: Omit<InboxEntry, "unread" | "readUpTo">
 }
 
+/**
+ * The participant count and the first {@link PARTICIPANT_SUMMARY_SIZE} by
+ * time added (then id), as `listParticipants` orders them, in one pass
+ * without sorting or copying every member: a head is computed per change, and
+ * a big room has thousands of members.
+ */
+function participantSummary(doc: Y.Doc): InboxEntry["participants"] {
+  const first: { user: string; addedAt: number }[] = []
+  let count = 0
+  const before = (a: { user: string; addedAt: number }, user: string, addedAt: number) =>
+    a.addedAt - addedAt || a.user.localeCompare(user)
+  typesOf(doc).participants.forEach((record: ParticipantRecord, user: string) => {
+    count++
+    const { addedAt } = record
+    if (first.length === PARTICIPANT_SUMMARY_SIZE && before(first[first.length - 1]!, user, addedAt) <= 0)
+      return
+    let i = first.length
+    while (i > 0 && before(first[i - 1]!, user, addedAt) > 0) i--
+    first.splice(i, 0, { user, addedAt })
+    if (first.length > PARTICIPANT_SUMMARY_SIZE) first.pop()
+  })
+  return { count, first: first.map((p) => p.user as UserId) }
+}
+
 /** The conversation's head (title, participants summary, last message), or undefined before it exists. */
 export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
   const info = getConversation(doc)
   if (!info) return undefined
-  const participants = listParticipants(doc)
-  const first = participants.slice(0, PARTICIPANT_SUMMARY_SIZE).map((p) => p.user)
+  const participants = participantSummary(doc)
   const names: Record<string, string> = {}
-  for (const user of first) {
+  for (const user of participants.first) {
     const name = displayNameOf(doc, user)
     if (name !== undefined) names[user] = name
   }
@@ -114,8 +138,7 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
       kind: info.kind,
       title: info.title,
       participants: {
-        count: participants.length,
-        first,
+        ...participants,
         ...(Object.keys(names).length > 0 ? { names } : {}),
       },
       ...(preview ? { lastMessage: preview } : {}),

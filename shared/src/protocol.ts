@@ -230,11 +230,21 @@ export type Frame =
   | { readonly type: "parley"; readonly message: ParleyFrame | undefined }
 
 function syncFrame(subtype: number, body: Uint8Array): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.sync)
-  encoding.writeVarUint(encoder, subtype)
-  encoding.writeVarUint8Array(encoder, body)
-  return encoding.toUint8Array(encoder)
+  // Written into one buffer of the exact size: the relay frames every update it broadcasts (and,
+  // in a big room, an inbox update per connected member per message); an encoder's growing
+  // buffers and final copy cost more than the few bytes of header. The same bytes as lib0's
+  // varUints (the type and subtype are below 128, one byte each).
+  let lengthBytes = 1
+  for (let n = body.length; n > 0x7f; n >>>= 7) lengthBytes++
+  const frame = new Uint8Array(2 + lengthBytes + body.length)
+  frame[0] = MessageType.sync
+  frame[1] = subtype
+  let at = 2
+  let n = body.length
+  for (; n > 0x7f; n >>>= 7) frame[at++] = 0x80 | (n & 0x7f)
+  frame[at++] = n
+  frame.set(body, at)
+  return frame
 }
 
 /** Encodes a sync step 1 carrying `stateVector` (y-protocols `writeSyncStep1`). */

@@ -189,6 +189,11 @@ describe("protocol", () => {
       type: "sync",
       message: { type: "syncUpdate", update },
     })
+    // Lengths of one to three varUint bytes, at their edges.
+    for (const size of [0, 127, 128, 300, 16_383, 16_384, 70_000]) {
+      const body = Uint8Array.from({ length: size }, (_, i) => i % 251)
+      expect(encodeSyncUpdate(body)).toEqual(stock((e) => syncProtocol.writeUpdate(e, body)))
+    }
     doc.destroy()
   })
 

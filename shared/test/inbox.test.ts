@@ -12,6 +12,7 @@ import {
   inboxEntryFor,
   isMuted,
   listInbox,
+  listParticipants,
   markRead,
   messageIndex,
   nextFromDocument,
@@ -50,6 +51,24 @@ describe("inbox entries", () => {
     expect(entry.lastMessage!.text).toHaveLength(PREVIEW_LENGTH)
     expect(inboxEntryFor(doc, alice)?.unread).toBe(1)
     expect(inboxEntryFor(doc, dave)).toBeUndefined()
+  })
+
+  it("lists the first participants by time added, then id, whatever order they were added in", () => {
+    const doc = groupDoc()
+    const rng = prng.create(7)
+    const base = Date.now()
+    // Several joins share a millisecond, so ties are decided by id, as in listParticipants.
+    for (let i = 0; i < 40; i++) {
+      const user = `user${prng.uint32(rng, 0, 1_000_000)}` as UserId
+      addParticipants(doc, alice, [user], "member", { now: base - prng.uint32(rng, 0, 5) * 1000 })
+    }
+    const all = listParticipants(doc)
+    expect(inboxEntryFor(doc, alice)?.participants).toEqual({
+      count: all.length,
+      first: all.slice(0, 5).map((p) => p.user),
+    })
+    // The summary starts with the joins set in the past, not with the conversation's creator.
+    expect(inboxEntryFor(doc, alice)?.participants.first[0]).not.toBe(alice)
   })
 
   it("shows a deleted last message as a placeholder without its text", () => {

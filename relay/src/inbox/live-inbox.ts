@@ -4,17 +4,17 @@ import {
   conversationHead,
   ErrorCode,
   entryFromHead,
+  type InboxEntry,
   InboxTopLevel,
   inboxDocumentName,
-  inboxEntryFor,
   ParleyError,
   parseDocumentName,
-  replaceInboxEntry,
   typesOf,
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
 import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
+import { replaceEntryEncoded, SharedEntryValues } from "./entry-update.js"
 
 /** Changes that alter what an inbox entry shows (reactions and delivery markers do not). */
 const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
@@ -54,8 +54,13 @@ export class LiveInbox implements RelayExtension {
   private core: RunningCore | undefined
   /** Users with an inbox connection open, and how many. */
   private readonly connected = new Map<UserId, number>()
-  /** What was last written for each connected user's entry, as JSON, by `user\u0000conversation`. */
-  private readonly shown = new Map<string, string>()
+  /**
+   * What was last written for each connected user's entries, by user then
+   * conversation: the head's JSON (one string shared by every member of a
+   * change) and the user's own figures, so that telling an unchanged entry
+   * costs no serialisation per member.
+   */
+  private readonly shown = new Map<UserId, Map<ConversationId, Shown>>()
   /** Refreshes running, and whether another was asked for meanwhile, by user. */
   private readonly refreshing = new Map<UserId, { again: boolean }>()
 
@@ -71,7 +76,7 @@ export class LiveInbox implements RelayExtension {
     if (count > 0) this.connected.set(user, count)
     else {
       this.connected.delete(user)
-      for (const key of this.shown.keys()) if (key.startsWith(`${user}\u0000`)) this.shown.delete(key)
+      this.shown.delete(user)
     }
     if (open) this.refresh(user)
   }
@@ -109,16 +114,19 @@ export class LiveInbox implements RelayExtension {
       // inboxTarget writes their entry behind this cache: forget what it remembers of them.
       const moved = e.type === "participants.added" ? e.participants.map((p) => p.user) : []
       if (e.type === "participants.removed") moved.push(...e.users)
-      for (const user of moved) this.shown.delete(`${user}\u0000${parsed.id}`)
+      for (const user of moved) this.shown.get(user)?.delete(parsed.id)
     }
     if (joining.size > 0) users = users.filter((user) => !joining.has(user))
     if (users.length === 0) return
     const head = conversationHead(doc)
     if (!head) return
     const id = parsed.id
+    const headJson = JSON.stringify(head.entry)
+    // Every member's entry shares the head's values: encoded once for all of them.
+    const values = new SharedEntryValues()
     for (const user of users) {
       const entry = entryFromHead(head, doc, user)
-      this.write(user, id, entry)
+      this.write(user, id, entry, headJson, values)
     }
   }
 
@@ -152,47 +160,90 @@ export class LiveInbox implements RelayExtension {
     ])
     for (const id of ids) {
       if (!this.connected.has(user)) return
-      let entry: ReturnType<typeof inboxEntryFor>
+      let entry: InboxEntry | undefined
+      let headJson = "null"
       try {
-        entry = await core.read(id, (doc) => inboxEntryFor(doc, user))
+        ;[entry, headJson] = await core.read(id, (doc) => {
+          const head = conversationHead(doc)
+          return [head && entryFromHead(head, doc, user), JSON.stringify(head?.entry ?? null)] as const
+        })
       } catch (error) {
         // A damaged conversation keeps its entry as it was until it is restored; a bad key goes.
         if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) continue
         if (!(error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
         entry = undefined
       }
-      await this.write(user, id as ConversationId, entry, true)
+      await this.write(user, id as ConversationId, entry, headJson)
     }
   }
 
   /**
-   * Writes `user`'s entry. From a change (`compare` false) an entry equal to
-   * the one last written for the user is skipped without reading the inbox;
-   * a refresh compares with the inbox itself (the user may have written it).
+   * Writes `user`'s entry. From a change (with the change's shared `values`)
+   * an entry equal to the one last written for the user is skipped without
+   * reading the inbox, and its update is encoded by the relay; a refresh
+   * compares with the inbox itself (the user may have written it).
    */
   private write(
     user: UserId,
     id: ConversationId,
-    entry: ReturnType<typeof inboxEntryFor>,
-    compare = false,
+    entry: InboxEntry | undefined,
+    headJson: string,
+    values?: SharedEntryValues,
   ): Promise<boolean> {
+    const compare = values === undefined
     const core = this.core
     if (!core) return Promise.resolve(false)
-    const key = `${user}\u0000${id}`
-    const json = JSON.stringify(entry ?? null)
-    if (!compare && this.shown.get(key) === json) return Promise.resolve(false)
-    this.shown.set(key, json)
-    return core
-      .derive(inboxDocumentName(user), (inbox) => {
-        if (compare) writeInboxEntry(inbox, id, entry)
-        else replaceInboxEntry(inbox, id, entry)
-      })
-      .catch(() => {
-        this.shown.delete(key)
-        return false
-      })
+    let mine = this.shown.get(user)
+    const last = mine?.get(id)
+    const now: Shown = entry
+      ? {
+          head: headJson,
+          unread: entry.unread,
+          readUpTo: entry.readUpTo,
+          emergency: entry.emergency?.join() ?? "",
+        }
+      : GONE
+    if (
+      !compare &&
+      last !== undefined &&
+      last.head === now.head &&
+      last.unread === now.unread &&
+      last.readUpTo === now.readUpTo &&
+      last.emergency === now.emergency
+    )
+      return Promise.resolve(false)
+    if (!mine) {
+      mine = new Map()
+      this.shown.set(user, mine)
+    }
+    mine.set(id, now)
+    const written = values
+      ? core.derive(
+          inboxDocumentName(user),
+          (inbox, origin) => replaceEntryEncoded(inbox, id, entry, values, origin),
+          { encodes: true },
+        )
+      : core.derive(inboxDocumentName(user), (inbox) => {
+          writeInboxEntry(inbox, id, entry)
+        })
+    return written.catch(() => {
+      this.shown.get(user)?.delete(id)
+      return false
+    })
   }
 }
+
+/** What an entry written for a connected user showed: its head's JSON and the user's own figures. */
+interface Shown {
+  readonly head: string
+  readonly unread: number
+  readonly readUpTo: number
+  /** The user's unread emergency ids, joined (they change with the read marker, not always with `unread`). */
+  readonly emergency: string
+}
+
+/** A removed entry (the user is no longer a participant). */
+const GONE: Shown = { head: "", unread: -1, readUpTo: -1, emergency: "" }
 
 function safeParse(name: string) {
   try {

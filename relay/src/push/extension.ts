@@ -46,8 +46,8 @@ export interface PushExtensionOptions extends PushOptions {
  */
 export class PushExtension implements RelayExtension {
   readonly name = "push"
-  /** `${document}\0${user}` → open connections. */
-  private readonly connections = new Map<string, number>()
+  /** Document → user → open connections (asked once per recipient of every message: no key built per ask). */
+  private readonly connections = new Map<string, Map<UserId, number>>()
   private listener: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined
   private readonly endpoints: EndpointPolicy
   /** Recipients' unread totals for badges, kept current from saved changes. */
@@ -62,7 +62,7 @@ export class PushExtension implements RelayExtension {
 
   /** Whether `user` has a connection open to the document `name` on this relay. */
   isActive(name: string, user: UserId): boolean {
-    return (this.connections.get(`${name}\u0000${user}`) ?? 0) > 0
+    return (this.connections.get(name)?.get(user) ?? 0) > 0
   }
 
   /** The delivery target, for the hook pipeline's built-in targets. */
@@ -97,10 +97,18 @@ export class PushExtension implements RelayExtension {
 
   connectionChanged({ name, principal, open }: ConnectionChange): void {
     if (principal.kind !== "user") return
-    const key = `${name}\u0000${principal.user}`
-    const count = (this.connections.get(key) ?? 0) + (open ? 1 : -1)
-    if (count > 0) this.connections.set(key, count)
-    else this.connections.delete(key)
+    let users = this.connections.get(name)
+    const count = (users?.get(principal.user) ?? 0) + (open ? 1 : -1)
+    if (count > 0) {
+      if (!users) {
+        users = new Map()
+        this.connections.set(name, users)
+      }
+      users.set(principal.user, count)
+    } else if (users) {
+      users.delete(principal.user)
+      if (users.size === 0) this.connections.delete(name)
+    }
   }
 
   async httpRequest({ req, res }: HttpRequest): Promise<boolean> {

@@ -111,14 +111,35 @@ const UPSERT = (p: (n: number) => string) =>
   `INSERT INTO parley_push_subscriptions (${COLUMNS}) VALUES (${[1, 2, 3, 4, 5, 6].map(p).join(", ")})
    ON CONFLICT (user_id, device) DO UPDATE SET endpoint = excluded.endpoint, p256dh = excluded.p256dh, auth = excluded.auth`
 
-/** Subscriptions in the relay's SQLite database. */
+/**
+ * Subscriptions in the relay's SQLite database. The relay is the database's
+ * only writer while it runs, so it also keeps the set of users with any
+ * subscription in memory (a superset: a removal may leave a user in it):
+ * a message in a big room asks the table only about those of its recipients
+ * who may have a device, most often none.
+ */
 export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
+  private subscribers = new Set<string>()
+  private readonly many: Database.Statement
+
   constructor(private readonly db: Database.Database) {
     db.exec(PUSH_SUBSCRIPTIONS_SCHEMA)
+    this.many = db.prepare(
+      `SELECT ${COLUMNS} FROM parley_push_subscriptions WHERE user_id IN (SELECT value FROM json_each(?)) ORDER BY user_id, created_at, device`,
+    )
+    this.reloadSubscribers()
+  }
+
+  private reloadSubscribers(): void {
+    const rows = this.db.prepare("SELECT DISTINCT user_id FROM parley_push_subscriptions").all() as {
+      user_id: string
+    }[]
+    this.subscribers = new Set(rows.map((row) => row.user_id))
   }
 
   async put(r: PushSubscriptionRecord): Promise<void> {
     this.db.prepare(UPSERT(() => "?")).run(r.user, r.device, r.endpoint, r.p256dh, r.auth, r.createdAt)
+    this.subscribers.add(r.user)
   }
 
   async list(user: UserId): Promise<PushSubscriptionRecord[]> {
@@ -131,13 +152,9 @@ export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
   }
 
   async listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]> {
-    if (users.length === 0) return []
-    const rows = this.db
-      .prepare(
-        `SELECT ${COLUMNS} FROM parley_push_subscriptions WHERE user_id IN (SELECT value FROM json_each(?)) ORDER BY user_id, created_at, device`,
-      )
-      .all(JSON.stringify(users)) as Row[]
-    return rows.map(recordOf)
+    const asked = users.filter((user) => this.subscribers.has(user))
+    if (asked.length === 0) return []
+    return (this.many.all(JSON.stringify(asked)) as Row[]).map(recordOf)
   }
 
   async remove(user: UserId, device: string): Promise<boolean> {
@@ -149,7 +166,11 @@ export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
   }
 
   async removeEndpoint(endpoint: string): Promise<number> {
-    return this.db.prepare("DELETE FROM parley_push_subscriptions WHERE endpoint = ?").run(endpoint).changes
+    const removed = this.db
+      .prepare("DELETE FROM parley_push_subscriptions WHERE endpoint = ?")
+      .run(endpoint).changes
+    if (removed > 0) this.reloadSubscribers()
+    return removed
   }
 }
 

@@ -77,6 +77,14 @@ export function runPushSubscriptionStoreConformance(
       expect(await backend.store.removeEndpoint("https://push.example/gone")).toBe(2)
       expect((await (await backend.reopen()).list(alice)).map((s) => s.device)).toEqual(["laptop"])
       expect(await backend.store.list(bob)).toEqual([])
+      // The same store, asked for many users at once, after those removals and a new registration.
+      expect((await backend.store.listMany([alice, bob])).map((s) => `${s.user}/${s.device}`)).toEqual([
+        "alice/laptop",
+      ])
+      await backend.store.put(sub(bob, "phone", "https://push.example/b2", 2000))
+      expect((await backend.store.listMany([bob, alice])).map((s) => `${s.user}/${s.device}`).sort()).toEqual(
+        ["alice/laptop", "bob/phone"],
+      )
     })
   })
 }

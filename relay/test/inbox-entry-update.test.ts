@@ -1,0 +1,80 @@
+import { type ConversationId, type InboxEntry, InboxTopLevel, listInbox, type UserId } from "@parley/shared"
+import { describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { replaceEntryEncoded, SharedEntryValues } from "../src/inbox/entry-update.js"
+
+const head = (title: string, seq: number) => ({
+  conversationId: "g~room" as ConversationId,
+  kind: "group" as const,
+  title,
+  participants: { count: 1000, first: ["a", "b", "c"] as UserId[] },
+  lastMessage: {
+    id: `m${seq}`,
+    author: "a" as UserId,
+    text: `héllo ${"x".repeat(seq)} 🎉`,
+    deleted: false,
+    at: 1_764_000_000_000 + seq,
+    seq,
+  },
+})
+
+const entryOf = (
+  key: ConversationId,
+  shared: ReturnType<typeof head>,
+  unread: number,
+  readUpTo: number,
+): InboxEntry => ({
+  ...shared,
+  conversationId: key,
+  unread,
+  readUpTo,
+  lastActivityAt: shared.lastMessage.at + 0.5,
+})
+
+/** Runs `replaceEntryEncoded` and returns its update next to the one Yjs itself emitted. */
+function both(inbox: Y.Doc, id: ConversationId, entry: InboxEntry | undefined, values: SharedEntryValues) {
+  const emitted: Uint8Array[] = []
+  const collect = (update: Uint8Array) => emitted.push(update)
+  inbox.on("update", collect)
+  const ours = replaceEntryEncoded(inbox, id, entry, values, "relay")
+  inbox.off("update", collect)
+  return { ours, yjs: emitted.length === 0 ? undefined : Y.mergeUpdates(emitted) }
+}
+
+describe("inbox entry updates encoded by the relay", () => {
+  it("are byte for byte the updates Yjs emits, and bring a device's copy to the relay's", () => {
+    const inbox = new Y.Doc()
+    const device = new Y.Doc()
+    const id = "g~room" as ConversationId
+    const other = "g~other" as ConversationId
+    const steps: [ConversationId, InboxEntry | undefined][] = []
+    for (let seq = 1; seq <= 30; seq++) {
+      const shared = head(seq % 7 === 0 ? `renamed ${seq}` : "Everyone", seq)
+      steps.push([id, entryOf(id, shared, seq, seq % 3)])
+      if (seq % 5 === 0) steps.push([other, entryOf(other, shared, 2 ** 33 + seq, 0)])
+      if (seq === 12) steps.push([id, undefined]) // removed, then written again
+      if (seq === 20) steps.push([other, undefined])
+    }
+    let values = new SharedEntryValues()
+    for (const [i, [key, entry]] of steps.entries()) {
+      if (i % 4 === 0) values = new SharedEntryValues()
+      if (i === 17) {
+        // The device hands an entry back (another client writes the key): the relay's next write replaces it.
+        device.getMap(InboxTopLevel.entries).set(id, entryOf(id, head("stale", 1), 99, 0))
+        Y.applyUpdate(inbox, Y.encodeStateAsUpdate(device, Y.encodeStateVector(inbox)))
+      }
+      const { ours, yjs } = both(inbox, key, entry, values)
+      expect(ours).toEqual(yjs)
+      if (ours) Y.applyUpdate(device, ours)
+      expect(listInbox(device)).toEqual(listInbox(inbox))
+    }
+    expect(listInbox(device).map((e) => [e.conversationId, e.unread])).toEqual([
+      [other, 2 ** 33 + 30],
+      [id, 30],
+    ])
+    const removal = both(inbox, other, undefined, values)
+    expect(removal.ours).toEqual(removal.yjs)
+    // Removing what is not there changes nothing and sends nothing.
+    expect(both(inbox, other, undefined, values)).toEqual({ ours: undefined, yjs: undefined })
+  })
+})
