@@ -217,7 +217,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     // died between storing a change and recording its events): a relay takes over each ownerless one.
     // `behind` reads one row per document the outbox knows: every 15th sweep (30 s by default), not every one.
     const lagging = this.sweeps++ % BEHIND_EVERY_SWEEPS === 0 ? ((await outbox?.behind()) ?? []) : []
-    const owed = new Set([...((await outbox?.pending())?.map((d) => d.document) ?? []), ...lagging])
+    const owed = new Set([...((await outbox?.pendingDocuments()) ?? []), ...lagging])
     for (const name of owed) {
       if (this.owns(name) || this.takingOver.has(name)) continue
       if ((await this.leases.holder(name)) === null) await this.takeOver(name)

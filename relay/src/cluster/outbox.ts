@@ -12,6 +12,8 @@ export function ownedOutbox(outbox: Outbox, owns: (document: string) => boolean)
     get(target, property, receiver) {
       if (property === "pending")
         return async (): Promise<Delivery[]> => (await target.pending()).filter((d) => owns(d.document))
+      if (property === "pendingDocuments")
+        return async (): Promise<string[]> => (await target.pendingDocuments()).filter((name) => owns(name))
       // The start-up recovery of owed events loads only documents this relay orders; the
       // cluster's sweep takes over the ownerless ones.
       if (property === "behind")

@@ -85,6 +85,12 @@ export interface Outbox {
   behind(): Promise<string[]>
   /** Deliveries still owed, in `seq` order. */
   pending(): Promise<Delivery[]>
+  /**
+   * The documents with at least one delivery still owed (dead letters do not
+   * count), sorted by name: what {@link pending} would list, without loading
+   * the deliveries and their events (a cluster asks every few seconds).
+   */
+  pendingDocuments(): Promise<string[]>
   /** Removes a delivery that succeeded. */
   delivered(seq: number, target: string): Promise<void>
   /** Records a failed attempt and when to try again. */
@@ -171,6 +177,12 @@ export class MemoryOutbox implements Outbox {
       .filter((r) => !r.dead)
       .sort(bySeq)
       .map(strip)
+  }
+
+  async pendingDocuments(): Promise<string[]> {
+    const documents = new Set<string>()
+    for (const row of this.rows.values()) if (!row.dead) documents.add(row.document)
+    return [...documents].sort()
   }
 
   async delivered(seq: number, target: string): Promise<void> {

@@ -181,6 +181,15 @@ export class PostgresOutbox implements Outbox {
     return rows.map(toDelivery)
   }
 
+  async pendingDocuments(): Promise<string[]> {
+    this.assertOpen()
+    const { rows } = await this.pool.query<{ document: string }>(
+      `SELECT e.document FROM parley_hook_deliveries d JOIN parley_hook_events e ON e.seq = d.seq
+        WHERE d.dead_at IS NULL GROUP BY e.document ORDER BY e.document COLLATE "C"`,
+    )
+    return rows.map((row) => row.document)
+  }
+
   async delivered(seq: number, target: string): Promise<void> {
     this.assertOpen()
     await inTransaction(this.pool, async (client) => {

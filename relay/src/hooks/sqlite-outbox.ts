@@ -247,6 +247,18 @@ export class SqliteOutbox implements Outbox {
     return this.statements.pending.all().map(toDelivery)
   }
 
+  /** Prepared on first use, like {@link behind}'s. */
+  private pendingDocumentsStatement: Database.Statement<[], { document: string }> | undefined
+
+  async pendingDocuments(): Promise<string[]> {
+    this.writeDeliveredMarks()
+    this.assertOpen()
+    this.pendingDocumentsStatement ??= this.db.prepare<[], { document: string }>(
+      "SELECT DISTINCT e.document FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq WHERE d.dead_at IS NULL ORDER BY e.document",
+    )
+    return this.pendingDocumentsStatement.all().map((row) => row.document)
+  }
+
   /**
    * Records a delivery as done. Deliveries finishing together (the lanes a
    * storage commit released, say) share one transaction: a commit costs far

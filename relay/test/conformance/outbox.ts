@@ -59,6 +59,28 @@ export function runOutboxConformance(
       expect(pending[0]!.event).toEqual(sampleEvent("e1"))
     })
 
+    it("lists the documents owed deliveries, once each, without dead letters or delivered ones", async () => {
+      expect(await outbox.pendingDocuments()).toEqual([])
+      const [b1] = await outbox.enqueue({
+        document: "b",
+        events: [{ event: sampleEvent("e1", "b"), targets: ["x", "y"] }],
+      })
+      await outbox.enqueue({ document: "a", events: [{ event: sampleEvent("e2", "a"), targets: ["x"] }] })
+      const [c1] = await outbox.enqueue({
+        document: "c",
+        events: [{ event: sampleEvent("e3", "c"), targets: ["x"] }],
+      })
+      await outbox.enqueue({ document: "d", events: [{ event: sampleEvent("e4", "d"), targets: [] }] })
+      expect(await outbox.pendingDocuments()).toEqual(["a", "b", "c"])
+      await outbox.delivered(b1!.seq, "x")
+      await outbox.deadLetter(c1!.seq, "x", 3, "gave up", 1)
+      expect(await outbox.pendingDocuments()).toEqual(["a", "b"])
+      await outbox.delivered(b1!.seq, "y")
+      expect(await outbox.pendingDocuments()).toEqual(["a"])
+      await outbox.replay({ document: "c" })
+      expect(await outbox.pendingDocuments()).toEqual(["a", "c"])
+    })
+
     it("records the watermark with the events and only moves it forward", async () => {
       expect(await outbox.watermark("c1")).toBeUndefined()
       await outbox.enqueue({ document: "c1", events: [], through: 0 })
