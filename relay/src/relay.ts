@@ -323,6 +323,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     targets: push ? [...inbox, push.target] : inbox,
     webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
     outbox,
+    ...(clustered ? { fence: clustered.deliveries } : {}),
     log: log.child({ component: "hooks" }),
     registry: metrics.registry,
     admin: auth,

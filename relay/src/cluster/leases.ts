@@ -75,6 +75,16 @@ export class Leases {
     return held.token
   }
 
+  /** `name`'s token and until when this relay may write under it (its clock); undefined when not held. */
+  heldOf(name: string): { readonly token: number; readonly validUntil: number } | undefined {
+    return this.held.get(name)
+  }
+
+  /** The leases' lifetime in ms. */
+  get ttlMs(): number {
+    return this.options.ttlMs
+  }
+
   /** Documents whose lease this relay holds. */
   get names(): string[] {
     return [...this.held.keys()]
