@@ -146,6 +146,8 @@ export interface RelayClusterOptions {
   readonly keyPrefix?: string
   /** Lifetime of a document's lease in ms (how long a dead relay keeps ordering it). Default 1500. */
   readonly leaseMs?: number
+  /** A relay whose event loop hangs longer than this (ms) stops renewing its leases. Default 5000. */
+  readonly leaseStallMs?: number
 }
 
 /** A started relay. */

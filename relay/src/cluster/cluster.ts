@@ -20,6 +20,7 @@ const BEHIND_EVERY_SWEEPS = 15
 export const DEFAULT_CLUSTER_OPTIONS = {
   keyPrefix: "parley:",
   leaseMs: 1500,
+  leaseStallMs: 5000,
   forwardTimeoutMs: 1000,
   writeDeadlineMs: 10_000,
 } as const
@@ -32,6 +33,12 @@ export interface ClusterOptions {
   readonly keyPrefix?: string
   /** Lifetime of a document's lease in ms: how long ordering stays with a relay that died. */
   readonly leaseMs?: number
+  /**
+   * Leases are renewed from a worker thread while this relay's event loop
+   * answers within this many ms (a busy relay keeps its documents); a relay
+   * whose event loop hangs longer loses them.
+   */
+  readonly leaseStallMs?: number
   /** How long a forwarded change waits for the owner's answer before the lease is looked at again. */
   readonly forwardTimeoutMs?: number
   /** Longest a change waits for an owner in all (then UNAVAILABLE, retryable). */
@@ -117,6 +124,8 @@ export class Cluster implements UpdateRouter, FenceSource {
     })
     this.leases = new Leases({
       redis: this.redis,
+      redisUrl: options.redisUrl,
+      maxStallMs: this.options.leaseStallMs,
       pool: options.pool,
       log: options.log,
       prefix: this.prefix,
@@ -409,6 +418,11 @@ export class Cluster implements UpdateRouter, FenceSource {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id)
+        // Retried after a look at the lease: frequent ones mean a slow (starved) owner or a lost one.
+        this.options.log.warn(
+          { doc: request.name, owner: holder, timeoutMs: this.options.forwardTimeoutMs },
+          "a forwarded change got no answer in time: retrying",
+        )
         resolve(undefined)
       }, this.options.forwardTimeoutMs)
       this.waiting.set(id, { resolve, timer })

@@ -4,7 +4,6 @@ import { Registry } from "prom-client"
 import { afterEach, describe, expect, it } from "vitest"
 import { openClusterBackend } from "../../src/cluster/backend.js"
 import { ClusterDeliveryFence } from "../../src/cluster/delivery-fence.js"
-import { Leases } from "../../src/cluster/leases.js"
 import { type DeliveryTarget, Dispatcher } from "../../src/hooks/dispatcher.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
@@ -14,6 +13,7 @@ import { createLogger } from "../../src/log.js"
 import { sampleEvent } from "../conformance/outbox.js"
 import { REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { partitionedLeases } from "./partitioned-leases.js"
 
 const cleanup: (() => unknown)[] = []
 afterEach(async () => {
@@ -132,20 +132,13 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await tables.backend.close()
       const pool = new pg.Pool({ connectionString: scratch.url })
       cleanup.push(() => pool.end())
-      const redis = new Redis(REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 0 })
-      redis.on("error", () => {})
-      cleanup.push(() => redis.disconnect())
-      await new Promise((r) => redis.once("ready", r))
-      const leases = new Leases({
-        redis,
+      const { leases, proxy, close } = await partitionedLeases({
         pool,
-        log,
         prefix: `parley-lapse-delivery-test:${process.pid}:${Date.now()}:`,
         relayId: "relay-a",
         ttlMs: 600,
-        lost: () => {},
       })
-      cleanup.push(() => leases.close())
+      cleanup.push(close)
       const outbox = new PostgresOutbox(pool, new PostgresEventLog(pool))
       const fence = new ClusterDeliveryFence(pool, outbox, leases)
       const doc = "g~lapsingHooks"
@@ -163,7 +156,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       run.dispatcher.add(queued)
       await until(() => target.calls.length === 1)
       // Renewals fail from now on: nothing tells the relay it lost the lease but its own clock.
-      redis.disconnect()
+      proxy.cut()
       await run.dispatcher.idle()
       expect(target.calls).toEqual(["e1"])
       expect(await fenced(run.registry)).toBe(1)

@@ -3,10 +3,11 @@ import { Redis } from "ioredis"
 import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
 import { type ClusterBackend, openClusterBackend } from "../../src/cluster/backend.js"
-import { FENCES_SCHEMA, Leases } from "../../src/cluster/leases.js"
+import { FENCES_SCHEMA } from "../../src/cluster/leases.js"
 import { createLogger } from "../../src/log.js"
 import { REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { partitionedLeases } from "./partitioned-leases.js"
 
 const cleanup: (() => unknown)[] = []
 afterEach(async () => {
@@ -101,25 +102,18 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const pool = new pg.Pool({ connectionString: scratch.url })
       cleanup.push(() => pool.end())
       await pool.query(FENCES_SCHEMA)
-      const redis = new Redis(REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 0 })
-      redis.on("error", () => {})
-      cleanup.push(() => redis.disconnect())
-      await new Promise((r) => redis.once("ready", r))
-      const leases = new Leases({
-        redis,
+      const { leases, proxy, close } = await partitionedLeases({
         pool,
-        log: createLogger("fatal"),
         prefix: `parley-lapse-test:${process.pid}:${Date.now()}:`,
         relayId: "relay-a",
         ttlMs: 300,
-        lost: () => {},
       })
-      cleanup.push(() => leases.close())
+      cleanup.push(close)
       const doc = "g~lapsingConversation"
       expect(await leases.acquire(doc)).toBe(1)
       expect(leases.tokenOf(doc)).toBe(1)
       // Redis becomes unreachable: renewals fail, nothing tells the relay it lost the lease.
-      redis.disconnect()
+      proxy.cut()
       await new Promise((r) => setTimeout(r, 350))
       expect(leases.tokenOf(doc)).toBeUndefined()
     })
