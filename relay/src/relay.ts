@@ -311,6 +311,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ? new PushExtension({
         ...options.push,
         vapid,
+        ...(clustered ? { presence: clustered.cluster.presence } : {}),
         store: backend.pushSubscriptions,
         verify: (token) => auth.verify(token),
         rewriters: hookModules.flatMap(({ name, hooks }) =>

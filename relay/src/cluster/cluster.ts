@@ -10,6 +10,7 @@ import type { Principal } from "../principal.js"
 import { inspectUpdate } from "../yjs-updates.js"
 import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
+import { ClusterPresence } from "./presence.js"
 import type { RoutedCore, UpdateRouter } from "./router.js"
 import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type WireEntry } from "./wire.js"
 
@@ -81,6 +82,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).u
 export class Cluster implements UpdateRouter, FenceSource {
   readonly relayId = randomUUID()
   readonly leases: Leases
+  /** Who is connected to which conversation through any relay (push skips them). */
+  readonly presence: ClusterPresence
   private readonly redis: Redis
   private readonly sub: Redis
   private readonly prefix: string
@@ -133,6 +136,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       ttlMs: this.options.leaseMs,
       lost: () => {},
     })
+    this.presence = new ClusterPresence(this.redis, this.prefix, this.relayId, options.log)
     this.sub.on("messageBuffer", (_channel: Buffer, message: Buffer) => this.received(message))
   }
 
@@ -557,6 +561,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     if (this.closed) return
     this.closed = true
     clearInterval(this.sweeper)
+    await this.presence.close()
     await this.leases.close().catch(() => undefined)
     for (const waiting of this.waiting.values()) clearTimeout(waiting.timer)
     this.redis.disconnect()

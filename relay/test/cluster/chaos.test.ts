@@ -75,6 +75,9 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       // Round-robin: the participants spread over the three relays.
       await Promise.all(writers.slice(1).map((w) => w.connect().synced()))
 
+      // Every relay's log, the killed ones' too: lease losses and forwarding retries are counted at the end.
+      const logs: string[] = []
+      const keepLog = (i: number) => logs.push(...(cluster.relays[i]?.lines ?? []))
       // The burst, with a relay SIGKILLed (and restarted a moment later) at random moments.
       let kills = 0
       const chaos = (async () => {
@@ -82,6 +85,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
           await sleep(300 + rand() * 700)
           const victim = Math.floor(rand() * 3)
           if (!cluster.relays[victim]) continue
+          keepLog(victim)
           await cluster.kill(victim)
           kills++
           await sleep(200 + rand() * 600)
@@ -95,6 +99,16 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await chaos
       await Promise.all(writers.map((w) => w.settled(60_000)))
       expect(kills).toBeGreaterThan(0)
+      for (let i = 0; i < 3; i++) keepLog(i)
+      const count = (msg: string) => logs.filter((line) => line.includes(`"msg":"${msg}`)).length
+      console.log(
+        `chaos relays: ${count("ordering the document")} takeovers, ${count("lost the document's lease")} lease losses, ` +
+          `${count("a forwarded change got no answer in time")} forwarded-change timeouts, ` +
+          `${count("the event loop did not answer in time")} renewal pauses, ` +
+          `${count("left the conversation's deliveries to its next owner")} deliveries left to a new owner, ` +
+          `${count("the lease renewal thread failed")} renewal thread failures`,
+      )
+      expect(count("the lease renewal thread failed")).toBe(0)
 
       const sent = writers.flatMap((w) => w.sent.map((s) => s.id)).sort()
       const acked = writers.flatMap((w) => [...w.acked.keys()])
