@@ -147,9 +147,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       await cluster.redis.connect()
       await cluster.sub.connect()
       await cluster.sub.subscribe(cluster.relayChannel(cluster.relayId))
+      await cluster.leases.ready()
     } catch (error) {
-      cluster.redis.disconnect()
-      cluster.sub.disconnect()
+      await cluster.close()
       throw error
     }
     return cluster

@@ -21,6 +21,7 @@ const WORKER_SOURCE = `(async () => {
     retryStrategy: (times) => Math.min(times * 100, 1000),
   })
   redis.on("error", () => {})
+  redis.once("ready", () => parentPort.postMessage({ type: "ready" }))
   const held = new Map()
   let stalled = false
   let renewing = false
@@ -114,9 +115,14 @@ export class LeaseRenewer {
   private readonly beating: NodeJS.Timeout
   private generations = 0
   private stallReported = 0
+  private readonly started: Promise<void>
+  private markStarted: (() => void) | undefined
 
   constructor(private readonly options: LeaseRenewerOptions) {
     Atomics.store(this.heartbeat, 0, BigInt(Date.now()))
+    this.started = new Promise((resolve) => {
+      this.markStarted = resolve
+    })
     const ioredis = pathToFileURL(createRequire(import.meta.url).resolve("ioredis")).href
     this.worker = new Worker(WORKER_SOURCE, {
       eval: true,
@@ -148,6 +154,23 @@ export class LeaseRenewer {
     this.beating.unref()
   }
 
+  /**
+   * Resolves once the renewing thread runs and reaches Redis; a lease taken
+   * before may lapse while the thread starts (a busy machine takes a while).
+   */
+  ready(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    return Promise.race([
+      this.started,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`the lease renewal thread did not reach Redis within ${timeoutMs} ms`)),
+          timeoutMs,
+        )
+      }),
+    ]).finally(() => clearTimeout(timer))
+  }
+
   /** Starts renewing `name` (whose lease is valid until `validUntil`); returns what the renewer shares. */
   hold(name: string, validUntil: number): SharedLease {
     const lease = { generation: ++this.generations, validUntil: new BigInt64Array(new SharedArrayBuffer(8)) }
@@ -168,6 +191,9 @@ export class LeaseRenewer {
 
   private heard(message: RenewerMessage): void {
     switch (message.type) {
+      case "ready":
+        this.markStarted?.()
+        return
       case "lost":
         this.options.lost(message.name, message.generation)
         return
@@ -194,6 +220,7 @@ export class LeaseRenewer {
 }
 
 type RenewerMessage =
+  | { readonly type: "ready" }
   | { readonly type: "lost"; readonly name: string; readonly generation: number }
   | { readonly type: "stalled"; readonly ms: number; readonly leases: number }
   | { readonly type: "failed"; readonly error: string }

@@ -99,6 +99,11 @@ export class Leases {
     return `${this.options.prefix}lease:${name}`
   }
 
+  /** Resolves once leases are renewed (the renewing thread reached Redis); rejects after `timeoutMs`. */
+  ready(timeoutMs = 10_000): Promise<void> {
+    return this.renewer.ready(timeoutMs)
+  }
+
   /** The fencing token while this relay holds `name`'s lease by its own clock; else undefined. */
   tokenOf(name: string): number | undefined {
     const held = this.held.get(name)

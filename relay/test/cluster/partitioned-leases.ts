@@ -39,6 +39,7 @@ export async function partitionedLeases(options: {
     ...(options.maxStallMs !== undefined ? { maxStallMs: options.maxStallMs } : {}),
     lost: () => {},
   })
+  await leases.ready()
   return {
     leases,
     proxy,
