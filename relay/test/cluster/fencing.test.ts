@@ -71,6 +71,34 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ])
     })
 
+    it("commits appends of one tick together, failing only the document whose fence moved", async () => {
+      const { a, b, prefix } = await twoRelays(60_000)
+      const kept = "g~keptConversation"
+      const moved = "g~movedConversation"
+      expect(await a.cluster.leases.acquire(kept)).toBe(1)
+      expect(await a.cluster.leases.acquire(moved)).toBe(1)
+      const redis = new Redis(REDIS_URL)
+      cleanup.push(() => redis.disconnect())
+      await redis.del(`${prefix}lease:${moved}`)
+      expect(await b.cluster.leases.acquire(moved)).toBe(2)
+      // Same tick: one transaction for the three appends.
+      const results = await Promise.allSettled([
+        a.backend.documents.append(kept, [bytes(1), bytes(2)]),
+        a.backend.documents.append(moved, [bytes(3)]),
+        a.backend.documents.append(kept, [bytes(4)]),
+      ])
+      expect(
+        results.map((r) => (r.status === "fulfilled" ? r.value : (r.reason as { code: string }).code)),
+      ).toEqual([[1, 2], ErrorCode.UNAVAILABLE, [3]])
+      expect((await b.backend.documents.load(kept)).updates.map((u) => [u.position, [...u.update]])).toEqual([
+        [1, [1]],
+        [2, [2]],
+        [3, [4]],
+      ])
+      expect((await b.backend.documents.load(moved)).updates).toEqual([])
+      expect(await b.backend.documents.append(moved, [bytes(5)])).toEqual([1])
+    })
+
     it("stores the bytes given, though the caller reuses its buffer, and finishes an append in flight on close", async () => {
       const { a, b } = await twoRelays(5_000)
       const doc = "g~bufferConversation"
