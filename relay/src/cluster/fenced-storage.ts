@@ -34,7 +34,7 @@ export interface FenceSource {
  * fence row: a new holder's claim waits for it to commit, and it for the
  * claim; two appends of one document never compute the same position).
  * Appends of one tick, of any documents, share one transaction (one commit,
- * one WAL flush) of five statements whatever their number: the fence rows of
+ * one WAL flush) of six statements whatever their number: the fence rows of
  * all their documents are locked in name order (two relays' batches cannot
  * deadlock), and a document whose token is not current fails alone (its
  * appends are left out, the others commit). Committed entries are published
