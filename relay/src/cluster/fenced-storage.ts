@@ -155,7 +155,7 @@ export class FencedStorage implements RelayStorage {
       positions.set(name, first + updates.length)
       results.push(given)
       const entries = stored.get(name) ?? []
-      updates.forEach((update, i) => entries.push({ position: given[i]!, update }))
+      for (const [i, update] of updates.entries()) entries.push({ position: given[i]!, update })
       stored.set(name, entries)
     }
     for (const [name, entries] of stored) this.fence.stored(name, entries)
