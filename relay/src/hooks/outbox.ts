@@ -83,8 +83,8 @@ export interface Outbox {
    * it (an operator's restore) holds no entries to derive them from.
    */
   behind(): Promise<string[]>
-  /** Deliveries still owed, in `seq` order. */
-  pending(): Promise<Delivery[]>
+  /** Deliveries still owed, in `seq` order; only `document`'s when given (a relay taking a document over). */
+  pending(document?: string): Promise<Delivery[]>
   /**
    * The documents with at least one delivery still owed (dead letters do not
    * count), sorted by name: what {@link pending} would list, without loading
@@ -172,9 +172,9 @@ export class MemoryOutbox implements Outbox {
       .sort()
   }
 
-  async pending(): Promise<Delivery[]> {
+  async pending(document?: string): Promise<Delivery[]> {
     return [...this.rows.values()]
-      .filter((r) => !r.dead)
+      .filter((r) => !r.dead && (document === undefined || r.document === document))
       .sort(bySeq)
       .map(strip)
   }

@@ -175,9 +175,15 @@ export class PostgresOutbox implements Outbox {
     return rows.map((row) => row.document)
   }
 
-  async pending(): Promise<Delivery[]> {
+  async pending(document?: string): Promise<Delivery[]> {
     this.assertOpen()
-    const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
+    const { rows } =
+      document === undefined
+        ? await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
+        : await this.pool.query<DeliveryRow>(
+            `${SELECT} WHERE d.dead_at IS NULL AND e.document = $1 ${ORDER}`,
+            [document],
+          )
     return rows.map(toDelivery)
   }
 

@@ -383,7 +383,7 @@ export class HookRuntime {
    */
   async resume(document: string): Promise<void> {
     await this.chain
-    this.dispatcher.adopt((await this.options.outbox.pending()).filter((d) => d.document === document))
+    this.dispatcher.adopt(await this.options.outbox.pending(document))
   }
 
   /** Resolves when every recorded event has been delivered or dead-lettered (tests, benchmarks). */

@@ -57,6 +57,10 @@ export function runOutboxConformance(
       ])
       expect(pending[0]!.seq).toBeLessThan(pending[2]!.seq)
       expect(pending[0]!.event).toEqual(sampleEvent("e1"))
+      // One document's only (a relay taking it over).
+      expect((await outbox.pending("c2")).map((d) => [d.event.event.id, d.target])).toEqual([["e2", "a"]])
+      expect((await outbox.pending("c1")).map((d) => d.target)).toEqual(["a", "b"])
+      expect(await outbox.pending("c3")).toEqual([])
     })
 
     it("lists the documents owed deliveries, once each, without dead letters or delivered ones", async () => {
