@@ -539,6 +539,12 @@ export const RELAY_FLAGS = {
     help: "lifetime of a document's lease in a cluster: how long ordering stays with a relay that died",
     default: 1500,
   }),
+  "lease-stall-ms": flag({
+    kind: "integer",
+    env: "PARLEY_LEASE_STALL_MS",
+    help: "a relay whose event loop hangs this long stops renewing its leases (a busy one keeps them)",
+    default: 5000,
+  }),
   help: flag({ kind: "boolean", help: "print this help" }),
 } as const
 
@@ -869,6 +875,7 @@ export function parseConfig(
             redisUrl: v["redis-url"],
             keyPrefix: v["redis-prefix"],
             leaseMs: Math.max(100, v["lease-ms"]),
+            leaseStallMs: Math.max(100, v["lease-stall-ms"]),
           },
         }
       : {}),

@@ -101,7 +101,12 @@ export type { PolicyInput, UpdatePolicy } from "./policy.js"
 export { membershipPolicy } from "./policy.js"
 export type { Principal } from "./principal.js"
 export { describePrincipal, RELAY } from "./principal.js"
-export { PushExtension, type PushExtensionOptions, type PushOptions } from "./push/extension.js"
+export {
+  type ConversationPresence,
+  PushExtension,
+  type PushExtensionOptions,
+  type PushOptions,
+} from "./push/extension.js"
 export type { PushNotification, PushUrgency } from "./push/notification.js"
 export {
   DEFAULT_PUSH_RETRY,

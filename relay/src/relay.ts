@@ -158,6 +158,8 @@ export interface RelayClusterOptions {
   readonly keyPrefix?: string
   /** Lifetime of a document's lease in ms (how long a dead relay keeps ordering it). Default 1500. */
   readonly leaseMs?: number
+  /** A relay whose event loop hangs longer than this (ms) stops renewing its leases. Default 5000. */
+  readonly leaseStallMs?: number
 }
 
 /** A started relay. */
@@ -323,6 +325,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ? new PushExtension({
         ...options.push,
         vapid,
+        ...(clustered ? { presence: clustered.cluster.presence } : {}),
         store: backend.pushSubscriptions,
         verify: (token) => auth.verify(token),
         rewriters: hookModules.flatMap(({ name, hooks }) =>
@@ -347,6 +350,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     targets: [...builtIn, ...(push ? [push.target] : []), ...(attachments ? [attachments.target] : [])],
     webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
     outbox,
+    ...(clustered ? { fence: clustered.deliveries } : {}),
     log: log.child({ component: "hooks" }),
     registry: metrics.registry,
     admin: auth,

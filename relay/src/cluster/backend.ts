@@ -11,6 +11,7 @@ import { PostgresContentPurge } from "../purge/content-purge.js"
 import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import { Cluster, type ClusterOptions } from "./cluster.js"
+import { ClusterDeliveryFence } from "./delivery-fence.js"
 import { FencedStorage } from "./fenced-storage.js"
 import { FENCES_SCHEMA } from "./leases.js"
 
@@ -25,6 +26,8 @@ export interface ClusterBackendOptions extends Omit<ClusterOptions, "pool"> {
 export interface ClusterBackend {
   readonly backend: Backend
   readonly cluster: Cluster
+  /** Who may deliver a document's hook events: its owner, under its token. */
+  readonly deliveries: ClusterDeliveryFence
 }
 
 /**
@@ -85,5 +88,5 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
       await pool.end()
     },
   }
-  return { backend, cluster }
+  return { backend, cluster, deliveries: new ClusterDeliveryFence(pool, outbox, cluster.leases) }
 }

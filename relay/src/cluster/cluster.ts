@@ -10,6 +10,7 @@ import type { Principal } from "../principal.js"
 import { inspectUpdate } from "../yjs-updates.js"
 import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
+import { ClusterPresence } from "./presence.js"
 import type { RoutedCore, UpdateRouter } from "./router.js"
 import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type WireEntry } from "./wire.js"
 
@@ -20,6 +21,7 @@ const BEHIND_EVERY_SWEEPS = 15
 export const DEFAULT_CLUSTER_OPTIONS = {
   keyPrefix: "parley:",
   leaseMs: 1500,
+  leaseStallMs: 5000,
   forwardTimeoutMs: 1000,
   writeDeadlineMs: 10_000,
 } as const
@@ -32,6 +34,12 @@ export interface ClusterOptions {
   readonly keyPrefix?: string
   /** Lifetime of a document's lease in ms: how long ordering stays with a relay that died. */
   readonly leaseMs?: number
+  /**
+   * Leases are renewed from a worker thread while this relay's event loop
+   * answers within this many ms (a busy relay keeps its documents); a relay
+   * whose event loop hangs longer loses them.
+   */
+  readonly leaseStallMs?: number
   /** How long a forwarded change waits for the owner's answer before the lease is looked at again. */
   readonly forwardTimeoutMs?: number
   /** Longest a change waits for an owner in all (then UNAVAILABLE, retryable). */
@@ -74,6 +82,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms).u
 export class Cluster implements UpdateRouter, FenceSource {
   readonly relayId = randomUUID()
   readonly leases: Leases
+  /** Who is connected to which conversation through any relay (push skips them). */
+  readonly presence: ClusterPresence
   private readonly redis: Redis
   private readonly sub: Redis
   private readonly prefix: string
@@ -117,6 +127,8 @@ export class Cluster implements UpdateRouter, FenceSource {
     })
     this.leases = new Leases({
       redis: this.redis,
+      redisUrl: options.redisUrl,
+      maxStallMs: this.options.leaseStallMs,
       pool: options.pool,
       log: options.log,
       prefix: this.prefix,
@@ -124,6 +136,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       ttlMs: this.options.leaseMs,
       lost: () => {},
     })
+    this.presence = new ClusterPresence(this.redis, this.prefix, this.relayId, options.log)
     this.sub.on("messageBuffer", (_channel: Buffer, message: Buffer) => this.received(message))
   }
 
@@ -134,9 +147,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       await cluster.redis.connect()
       await cluster.sub.connect()
       await cluster.sub.subscribe(cluster.relayChannel(cluster.relayId))
+      await cluster.leases.ready()
     } catch (error) {
-      cluster.redis.disconnect()
-      cluster.sub.disconnect()
+      await cluster.close()
       throw error
     }
     return cluster
@@ -217,7 +230,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     // died between storing a change and recording its events): a relay takes over each ownerless one.
     // `behind` reads one row per document the outbox knows: every 15th sweep (30 s by default), not every one.
     const lagging = this.sweeps++ % BEHIND_EVERY_SWEEPS === 0 ? ((await outbox?.behind()) ?? []) : []
-    const owed = new Set([...((await outbox?.pending())?.map((d) => d.document) ?? []), ...lagging])
+    const owed = new Set([...((await outbox?.pendingDocuments()) ?? []), ...lagging])
     for (const name of owed) {
       if (this.owns(name) || this.takingOver.has(name)) continue
       if ((await this.leases.holder(name)) === null) await this.takeOver(name)
@@ -409,6 +422,11 @@ export class Cluster implements UpdateRouter, FenceSource {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id)
+        // Retried after a look at the lease: frequent ones mean a slow (starved) owner or a lost one.
+        this.options.log.warn(
+          { doc: request.name, owner: holder, timeoutMs: this.options.forwardTimeoutMs },
+          "a forwarded change got no answer in time: retrying",
+        )
         resolve(undefined)
       }, this.options.forwardTimeoutMs)
       this.waiting.set(id, { resolve, timer })
@@ -543,6 +561,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     if (this.closed) return
     this.closed = true
     clearInterval(this.sweeper)
+    await this.presence.close()
     await this.leases.close().catch(() => undefined)
     for (const waiting of this.waiting.values()) clearTimeout(waiting.timer)
     this.redis.disconnect()

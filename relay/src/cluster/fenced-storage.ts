@@ -1,11 +1,14 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../postgres.js"
+import { type AppendBatch, GroupCommit } from "../storage/group-commit.js"
 import type { PostgresStorage } from "../storage/postgres.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "../storage/types.js"
 import type { WireEntry } from "./wire.js"
 
 const ADVANCE = `INSERT INTO parley_documents (doc, last_position) VALUES ($1, $2)
+  ON CONFLICT (doc) DO UPDATE SET last_position = GREATEST(parley_documents.last_position, EXCLUDED.last_position)`
+const ADVANCE_MANY = `INSERT INTO parley_documents (doc, last_position) SELECT * FROM unnest($1::text[], $2::bigint[])
   ON CONFLICT (doc) DO UPDATE SET last_position = GREATEST(parley_documents.last_position, EXCLUDED.last_position)`
 
 /** The refusal of a write by a relay that does not (or no longer) hold the document's lease. */
@@ -29,18 +32,27 @@ export interface FenceSource {
  * every append and compaction checks, in its own transaction, that this
  * relay's fencing token is the document's current one (`FOR UPDATE` on the
  * fence row: a new holder's claim waits for it to commit, and it for the
- * claim; two appends of one document never compute the same position). Appends are not grouped across documents: a refused fence then
- * fails only its own document. Committed entries are published to the other
- * relays.
+ * claim; two appends of one document never compute the same position).
+ * Appends of one tick, of any documents, share one transaction (one commit,
+ * one WAL flush) of six statements whatever their number: the fence rows of
+ * all their documents are locked in name order (two relays' batches cannot
+ * deadlock), and a document whose token is not current fails alone (its
+ * appends are left out, the others commit). Committed entries are published
+ * to the other relays.
  */
 export class FencedStorage implements RelayStorage {
+  private readonly group: GroupCommit
+
   constructor(
     private readonly pool: pg.Pool,
     private readonly reads: PostgresStorage,
     private readonly fence: FenceSource,
-  ) {}
+  ) {
+    this.group = new GroupCommit((batch) => this.commit(batch))
+  }
 
-  load(name: string): Promise<StoredDocument> {
+  async load(name: string): Promise<StoredDocument> {
+    await this.group.settled(name)
     return this.reads.load(name)
   }
 
@@ -65,9 +77,10 @@ export class FencedStorage implements RelayStorage {
   }
 
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
-    // Copied now: the caller may reuse its buffers before the transaction runs.
-    const copies = updates.map((u) => Buffer.from(u))
-    return this.track(this.appendCopies(name, copies))
+    // Refused at once when not the owner by this relay's clock; checked again when the batch commits.
+    if (this.fence.tokenOf(name) === undefined) return Promise.reject(notOwner(name))
+    // The group copies the updates: the caller may reuse its buffers before the transaction runs.
+    return this.track(this.group.append(name, updates))
   }
 
   /** Appends and compactions still running: `close` waits for them. */
@@ -82,32 +95,71 @@ export class FencedStorage implements RelayStorage {
     return promise
   }
 
-  private async appendCopies(name: string, updates: readonly Buffer[]): Promise<number[]> {
-    const token = this.fence.tokenOf(name)
-    if (token === undefined) throw notOwner(name)
-    const positions = await inTransaction(this.pool, async (client) => {
-      await this.checkFence(client, name, token)
-      const { rows } = await client.query<{ last: string | null }>(
-        `SELECT GREATEST(
-           (SELECT MAX(position) FROM parley_updates WHERE doc = $1),
-           (SELECT through FROM parley_snapshots WHERE doc = $1)) AS last`,
-        [name],
-      )
-      const first = Number(rows[0]?.last ?? 0) + 1
-      await client.query(
-        `INSERT INTO parley_updates (doc, position, data)
-         SELECT $1, $2 + t.i - 1, t.d FROM unnest($3::bytea[]) WITH ORDINALITY AS t(d, i)`,
-        [name, first, updates],
-      )
-      const last = first + updates.length - 1
-      await client.query(ADVANCE, [name, last])
-      return updates.map((_, i) => first + i)
-    })
-    this.fence.stored(
-      name,
-      positions.map((position, i) => ({ position, update: new Uint8Array(updates[i]!) })),
-    )
-    return positions
+  private async commit(batch: AppendBatch): Promise<(number[] | Error)[]> {
+    const tokens = new Map<string, number>()
+    for (const { name } of batch) {
+      const token = this.fence.tokenOf(name)
+      if (token !== undefined) tokens.set(name, token)
+    }
+    const names = [...tokens.keys()].sort()
+    const positions = new Map<string, number>()
+    if (names.length > 0)
+      await inTransaction(this.pool, async (client) => {
+        const { rows: fences } = await client.query<{ doc: string; token: string }>(
+          `SELECT doc, token FROM parley_cluster_fences WHERE doc = ANY($1::text[])
+           ORDER BY doc COLLATE "C" FOR UPDATE`,
+          [names],
+        )
+        const current = new Set(fences.filter((f) => Number(f.token) === tokens.get(f.doc)).map((f) => f.doc))
+        const owned = names.filter((name) => current.has(name))
+        if (owned.length === 0) return
+        const { rows } = await client.query<{ doc: string; last: string | null }>(
+          `SELECT d.doc, GREATEST(
+             (SELECT MAX(position) FROM parley_updates WHERE doc = d.doc),
+             (SELECT through FROM parley_snapshots WHERE doc = d.doc)) AS last
+           FROM unnest($1::text[]) AS d(doc)`,
+          [owned],
+        )
+        for (const row of rows) positions.set(row.doc, Number(row.last ?? 0) + 1)
+        const docs: string[] = []
+        const at: number[] = []
+        const data: Buffer[] = []
+        for (const { name, updates } of batch) {
+          let next = positions.get(name)
+          if (next === undefined) continue
+          for (const update of updates) {
+            docs.push(name)
+            at.push(next++)
+            data.push(Buffer.from(update.buffer, update.byteOffset, update.byteLength))
+          }
+          positions.set(name, next)
+        }
+        await client.query(
+          `INSERT INTO parley_updates (doc, position, data)
+           SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])`,
+          [docs, at, data],
+        )
+        await client.query(ADVANCE_MANY, [owned, owned.map((name) => positions.get(name)! - 1)])
+        // Back to each document's first position, for handing them out below.
+        for (const row of rows) positions.set(row.doc, Number(row.last ?? 0) + 1)
+      })
+    const results: (number[] | Error)[] = []
+    const stored = new Map<string, WireEntry[]>()
+    for (const { name, updates } of batch) {
+      const first = positions.get(name)
+      if (first === undefined) {
+        results.push(notOwner(name))
+        continue
+      }
+      const given = updates.map((_, i) => first + i)
+      positions.set(name, first + updates.length)
+      results.push(given)
+      const entries = stored.get(name) ?? []
+      for (const [i, update] of updates.entries()) entries.push({ position: given[i]!, update })
+      stored.set(name, entries)
+    }
+    for (const [name, entries] of stored) this.fence.stored(name, entries)
+    return results
   }
 
   compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
@@ -140,6 +192,7 @@ export class FencedStorage implements RelayStorage {
   }
 
   async close(): Promise<void> {
+    await this.group.drain()
     await Promise.allSettled([...this.running])
     await this.reads.close()
   }

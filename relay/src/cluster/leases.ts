@@ -1,6 +1,7 @@
 import type { Redis } from "ioredis"
 import type pg from "pg"
 import type { Logger } from "../log.js"
+import { LeaseRenewer, type SharedLease } from "./lease-renewer.js"
 
 /** The fencing tokens' table: PostgreSQL, not Redis, issues them, so they survive a Redis restart. */
 export const FENCES_SCHEMA = `
@@ -24,13 +25,25 @@ return 0`
 
 interface Held {
   readonly token: number
-  /** This relay may write until then: the lease's expiry as seen before the request that set it. */
-  validUntil: number
+  /** `validUntil[0]`: this relay may write until then, the lease's expiry as seen before the request that set it. */
+  readonly shared: SharedLease
 }
+
+/** Default of {@link LeaseOptions.maxStallMs}. */
+export const DEFAULT_MAX_STALL_MS = 5000
 
 /** How {@link Leases} behaves. */
 export interface LeaseOptions {
+  /** For taking, releasing and looking up leases (the main thread's connection). */
   readonly redis: Redis
+  /** Where the renewing thread connects (its own connection). */
+  readonly redisUrl: string
+  /**
+   * A relay whose event loop has not run for this long (ms) stops renewing
+   * its leases (default 5 s): a busy relay keeps its documents, a hung one
+   * loses them after this plus one lease lifetime.
+   */
+  readonly maxStallMs?: number
   readonly pool: pg.Pool
   readonly log: Logger
   /** Prefix of every Redis key. */
@@ -45,7 +58,8 @@ export interface LeaseOptions {
 
 /**
  * Per-document ownership across relays: a lease in Redis (`SET NX PX`,
- * renewed every third of its lifetime) says which relay orders a document;
+ * renewed every third of its lifetime from a worker thread, see
+ * {@link LeaseRenewer}) says which relay orders a document;
  * a fencing token from PostgreSQL (`parley_cluster_fences`, incremented by
  * every new holder before it reads the log) is checked by every append and
  * compaction in the same transaction. A relay that lost its lease (paused,
@@ -55,24 +69,58 @@ export interface LeaseOptions {
  */
 export class Leases {
   private readonly held = new Map<string, Held>()
-  private readonly timer: NodeJS.Timeout
+  private readonly renewer: LeaseRenewer
+  private readonly marginMs: number
   private closed = false
 
   constructor(private readonly options: LeaseOptions) {
-    this.timer = setInterval(() => void this.renewAll(), Math.max(50, Math.floor(options.ttlMs / 3)))
-    this.timer.unref()
+    // Writes stop a tenth of the lifetime early: clocks drift, and a renewal's answer can be late.
+    this.marginMs = Math.ceil(options.ttlMs / 10)
+    this.renewer = new LeaseRenewer({
+      redisUrl: options.redisUrl,
+      keyPrefix: `${options.prefix}lease:`,
+      relayId: options.relayId,
+      ttlMs: options.ttlMs,
+      marginMs: this.marginMs,
+      script: RENEW,
+      maxStallMs: options.maxStallMs ?? DEFAULT_MAX_STALL_MS,
+      log: options.log,
+      lost: (name, generation) => {
+        const held = this.held.get(name)
+        if (held?.shared.generation !== generation) return
+        this.held.delete(name)
+        options.log.warn({ doc: name, token: held.token }, "lost the document's lease")
+        options.lost(name)
+      },
+    })
   }
 
   private key(name: string): string {
     return `${this.options.prefix}lease:${name}`
   }
 
+  /** Resolves once leases are renewed (the renewing thread reached Redis); rejects after `timeoutMs`. */
+  ready(timeoutMs = 10_000): Promise<void> {
+    return this.renewer.ready(timeoutMs)
+  }
+
   /** The fencing token while this relay holds `name`'s lease by its own clock; else undefined. */
   tokenOf(name: string): number | undefined {
     const held = this.held.get(name)
     if (!held) return undefined
-    if (Date.now() >= held.validUntil) return undefined
+    if (Date.now() >= Number(Atomics.load(held.shared.validUntil, 0))) return undefined
     return held.token
+  }
+
+  /** `name`'s token and until when this relay may write under it (its clock); undefined when not held. */
+  heldOf(name: string): { readonly token: number; readonly validUntil: number } | undefined {
+    const held = this.held.get(name)
+    return held && { token: held.token, validUntil: Number(Atomics.load(held.shared.validUntil, 0)) }
+  }
+
+  /** The leases' lifetime in ms. */
+  get ttlMs(): number {
+    return this.options.ttlMs
   }
 
   /** Documents whose lease this relay holds. */
@@ -104,49 +152,26 @@ export class Leases {
       [name, relayId],
     )
     const token = Number(rows[0]!.token)
-    // Writes stop a tenth of the lifetime early: clocks drift, and a renewal's answer can be late.
-    this.held.set(name, { token, validUntil: sentAt + ttlMs - Math.ceil(ttlMs / 10) })
+    const previous = this.held.get(name)
+    if (previous) this.renewer.drop(name, previous.shared)
+    this.held.set(name, { token, shared: this.renewer.hold(name, sentAt + ttlMs - this.marginMs) })
     return token
   }
 
   /** Gives `name`'s lease up (if this relay still holds it). */
   async release(name: string): Promise<void> {
-    if (!this.held.delete(name)) return
+    const held = this.held.get(name)
+    if (!held) return
+    this.held.delete(name)
+    this.renewer.drop(name, held.shared)
     await this.options.redis.eval(RELEASE, 1, this.key(name), this.options.relayId).catch(() => undefined)
-  }
-
-  private async renewAll(): Promise<void> {
-    if (this.closed || this.held.size === 0) return
-    const names = [...this.held.keys()]
-    const sentAt = Date.now()
-    const pipeline = this.options.redis.pipeline()
-    for (const name of names)
-      pipeline.eval(RENEW, 1, this.key(name), this.options.relayId, this.options.ttlMs)
-    let results: [Error | null, unknown][] | null
-    try {
-      results = await pipeline.exec()
-    } catch (error) {
-      this.options.log.warn({ err: error }, "could not renew document leases")
-      return
-    }
-    names.forEach((name, i) => {
-      const held = this.held.get(name)
-      if (!held) return
-      const [error, renewed] = results?.[i] ?? [new Error("no answer"), 0]
-      if (error) return
-      if (renewed === 1) held.validUntil = sentAt + this.options.ttlMs - Math.ceil(this.options.ttlMs / 10)
-      else {
-        this.held.delete(name)
-        this.options.log.warn({ doc: name }, "lost the document's lease")
-        this.options.lost(name)
-      }
-    })
   }
 
   /** Stops renewing and gives every lease up. */
   async close(): Promise<void> {
+    if (this.closed) return
     this.closed = true
-    clearInterval(this.timer)
     await Promise.all(this.names.map((name) => this.release(name)))
+    await this.renewer.close()
   }
 }

@@ -11,7 +11,10 @@ export function ownedOutbox(outbox: Outbox, owns: (document: string) => boolean)
   return new Proxy(outbox, {
     get(target, property, receiver) {
       if (property === "pending")
-        return async (): Promise<Delivery[]> => (await target.pending()).filter((d) => owns(d.document))
+        return async (document?: string): Promise<Delivery[]> =>
+          (await target.pending(document)).filter((d) => owns(d.document))
+      if (property === "pendingDocuments")
+        return async (): Promise<string[]> => (await target.pendingDocuments()).filter((name) => owns(name))
       // The start-up recovery of owed events loads only documents this relay orders; the
       // cluster's sweep takes over the ownerless ones.
       if (property === "behind")

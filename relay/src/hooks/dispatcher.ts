@@ -40,6 +40,37 @@ export class DeferDelivery extends Error {
   }
 }
 
+/**
+ * Who may deliver a document's events: in a cluster, only the relay holding
+ * the document's lease, under its fencing token. Without a fence (one relay)
+ * every document's events are this relay's.
+ */
+export interface DeliveryFence {
+  /**
+   * The token under which this relay may start an attempt on `document`'s
+   * events now, or undefined: its lease is gone or could lapse before the
+   * attempt is sent (another relay may be delivering them).
+   */
+  tokenOf(document: string): number | undefined
+  /** How often running attempts are checked against their lease, in ms (aborted once it is gone). */
+  readonly checkEveryMs: number
+  /** {@link Outbox.delivered}, recorded only while `token` is still the document's; false when refused. */
+  delivered(delivery: Delivery, token: number): Promise<boolean>
+  /** {@link Outbox.retryLater}, fenced like {@link delivered}. */
+  retryLater(
+    delivery: Delivery,
+    token: number,
+    attempts: number,
+    nextAttemptAt: number,
+    error: string,
+  ): Promise<boolean>
+  /** {@link Outbox.deadLetter}, fenced like {@link delivered}. */
+  deadLetter(delivery: Delivery, token: number, attempts: number, error: string, at: number): Promise<boolean>
+}
+
+/** An attempt's outcome when this relay no longer orders the document: its lane is dropped, the outbox keeps it. */
+const FENCED = Symbol("fenced")
+
 /** Default time allowed to one hook call or webhook attempt. */
 export const DEFAULT_HOOK_TIMEOUT_MS = 10_000
 /** Default attempts per event and hook module before it is dead-lettered. */
@@ -64,6 +95,8 @@ export interface DispatcherOptions {
   /** Pause of a lane after the outbox failed to record an attempt's outcome (default 1 s). */
   readonly outboxRetryMs?: number
   readonly now?: () => number
+  /** Deliveries only under a document's lease (a cluster); see {@link DeliveryFence}. */
+  readonly fence?: DeliveryFence
 }
 
 interface Lane {
@@ -89,6 +122,9 @@ export class Dispatcher {
   private stopped = false
   private count = 0
   private readonly deadlines = new Deadlines()
+  /** Attempts running under a fencing token, checked every `fence.checkEveryMs` while there are any. */
+  private readonly fenced = new Map<RunningAttempt, { document: string; token: number; lapse: () => void }>()
+  private fenceTimer: NodeJS.Timeout | undefined
 
   constructor(private readonly options: DispatcherOptions) {
     this.targets = new Map(options.targets.map((t) => [t.name, t]))
@@ -100,6 +136,21 @@ export class Dispatcher {
   /** Picks up what the outbox still owes (after a restart). */
   async start(): Promise<void> {
     this.add(await this.options.outbox.pending())
+  }
+
+  /**
+   * Queues the deliveries of a document this relay has begun ordering (a
+   * cluster), less those still queued here from an earlier lease of it.
+   */
+  adopt(deliveries: readonly Delivery[]): void {
+    this.add(
+      deliveries.filter(
+        (d) =>
+          !this.lanes
+            .get(`${d.target}\u0000${d.document}`)
+            ?.queue.some((q) => q.seq === d.seq && q.target === d.target),
+      ),
+    )
   }
 
   /** Queues freshly enqueued (or replayed) deliveries. */
@@ -172,7 +223,12 @@ export class Dispatcher {
     let outboxFailed = false
     const run = this.attempt(lane.target, head)
       .then((next) => {
-        if (next) lane.queue[0] = next
+        if (next === FENCED) {
+          // Another relay orders the document (or may, by now): what is queued here is its to deliver.
+          this.count -= lane.queue.length
+          lane.queue.length = 0
+          this.options.metrics.pending.set(this.count)
+        } else if (next) lane.queue[0] = next
         else {
           lane.queue.shift()
           this.count--
@@ -201,19 +257,41 @@ export class Dispatcher {
     this.inFlight.add(run)
   }
 
-  /** One attempt; returns the delivery to retry later, or undefined when it is done (delivered or dead). */
-  private async attempt(target: DeliveryTarget, delivery: Delivery): Promise<Delivery | undefined> {
+  /**
+   * One attempt; returns the delivery to retry later, undefined when it is
+   * done (delivered or dead), or {@link FENCED} when this relay may no longer
+   * deliver the document's events (nothing recorded: the outbox still owes it).
+   */
+  private async attempt(
+    target: DeliveryTarget,
+    delivery: Delivery,
+  ): Promise<Delivery | undefined | typeof FENCED> {
+    const fence = this.options.fence
+    // Checked last thing before the call: the lease must outlast the request's sending by a margin.
+    const token = fence?.tokenOf(delivery.document)
+    if (fence && token === undefined) return FENCED
     const attempt = delivery.attempts + 1
     const started = performance.now()
     // No timer and no AbortController per call (they were a visible part of a busy relay's CPU): one
     // timer serves every running attempt, and the signal is made only for a handler that asks for it.
     const running = this.deadlines.start(Date.now() + this.timeoutMs)
+    let lapsed = false
     const timeout = new Promise<never>((_, reject) => {
       running.expire = () => {
         const error = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.timeoutMs} ms`)
         running.abort(error)
         reject(error)
       }
+      if (fence && token !== undefined)
+        this.watchLease(running, delivery.document, token, () => {
+          lapsed = true
+          const error = new ParleyError(
+            ErrorCode.UNAVAILABLE,
+            "this relay's lease on the conversation lapsed during the attempt: abandoned to its next owner",
+          )
+          running.abort(error)
+          reject(error)
+        })
     })
     try {
       await Promise.race([
@@ -229,14 +307,50 @@ export class Dispatcher {
         timeout,
       ])
     } catch (error) {
-      return this.failed(target, delivery, attempt, error)
+      if (lapsed) {
+        this.abandoned(target, delivery, "its lease lapsed during the attempt")
+        return FENCED
+      }
+      return this.failed(target, delivery, attempt, error, token)
     } finally {
       this.deadlines.finish(running)
+      this.fenced.delete(running)
       this.options.metrics.duration.observe({ target: target.name }, (performance.now() - started) / 1000)
     }
     this.options.metrics.attempts.inc({ target: target.name, outcome: "ok" })
-    await this.options.outbox.delivered(delivery.seq, delivery.target)
+    if (fence && token !== undefined) {
+      if (!(await fence.delivered(delivery, token))) {
+        this.abandoned(target, delivery, "its delivery mark was refused (another relay holds a newer token)")
+        return FENCED
+      }
+    } else await this.options.outbox.delivered(delivery.seq, delivery.target)
     return undefined
+  }
+
+  /** Aborts `running` through `lapse` once `document`'s lease no longer carries `token` by this relay's clock. */
+  private watchLease(running: RunningAttempt, document: string, token: number, lapse: () => void): void {
+    this.fenced.set(running, { document, token, lapse })
+    if (this.fenceTimer) return
+    this.fenceTimer = setInterval(() => {
+      for (const [attempt, watched] of this.fenced) {
+        if (this.options.fence!.tokenOf(watched.document) === watched.token) continue
+        this.fenced.delete(attempt)
+        watched.lapse()
+      }
+      if (this.fenced.size === 0) {
+        clearInterval(this.fenceTimer)
+        this.fenceTimer = undefined
+      }
+    }, this.options.fence!.checkEveryMs)
+    this.fenceTimer.unref?.()
+  }
+
+  private abandoned(target: DeliveryTarget, delivery: Delivery, why: string): void {
+    this.options.metrics.attempts.inc({ target: target.name, outcome: "fenced" })
+    this.options.log.warn(
+      { hook: target.name, eventId: delivery.event.event.id, conversationId: delivery.document },
+      `left the conversation's deliveries to its next owner: ${why}`,
+    )
   }
 
   private async failed(
@@ -244,16 +358,30 @@ export class Dispatcher {
     delivery: Delivery,
     attempt: number,
     error: unknown,
-  ): Promise<Delivery | undefined> {
+    token: number | undefined,
+  ): Promise<Delivery | undefined | typeof FENCED> {
     const message = error instanceof Error ? error.message : String(error)
     if (error instanceof DeferDelivery) {
-      await this.options.outbox.retryLater(
-        delivery.seq,
-        delivery.target,
-        delivery.attempts,
-        error.until,
-        message,
-      )
+      // A deferral is a retry mark that does not count as an attempt: fenced like one.
+      if (this.options.fence && token !== undefined) {
+        if (
+          !(await this.options.fence.retryLater(delivery, token, delivery.attempts, error.until, message))
+        ) {
+          this.abandoned(
+            target,
+            delivery,
+            "its deferral mark was refused (another relay holds a newer token)",
+          )
+          return FENCED
+        }
+      } else
+        await this.options.outbox.retryLater(
+          delivery.seq,
+          delivery.target,
+          delivery.attempts,
+          error.until,
+          message,
+        )
       return { ...delivery, nextAttemptAt: error.until, lastError: message }
     }
     const delay = error instanceof PermanentDeliveryError ? undefined : target.retryDelay(attempt, error)
@@ -270,19 +398,39 @@ export class Dispatcher {
         "hook delivery failed for good: moved to dead letters",
       )
       this.options.metrics.attempts.inc({ target: target.name, outcome: "dead" })
-      await this.bury(delivery, attempt, message)
+      if (!(await this.bury(delivery, attempt, message, token))) {
+        this.abandoned(
+          target,
+          delivery,
+          "its dead-letter mark was refused (another relay holds a newer token)",
+        )
+        return FENCED
+      }
       return undefined
     }
     this.options.log.warn({ ...fields, err: error, retryInMs: delay }, "hook delivery failed, will retry")
     this.options.metrics.attempts.inc({ target: target.name, outcome: "retry" })
     const nextAttemptAt = this.now() + delay
-    await this.options.outbox.retryLater(delivery.seq, delivery.target, attempt, nextAttemptAt, message)
+    if (this.options.fence && token !== undefined) {
+      if (!(await this.options.fence.retryLater(delivery, token, attempt, nextAttemptAt, message))) {
+        this.abandoned(target, delivery, "its retry mark was refused (another relay holds a newer token)")
+        return FENCED
+      }
+    } else
+      await this.options.outbox.retryLater(delivery.seq, delivery.target, attempt, nextAttemptAt, message)
     return { ...delivery, attempts: attempt, nextAttemptAt, lastError: message }
   }
 
-  private async bury(delivery: Delivery, attempts: number, error: string): Promise<void> {
+  /** Dead-letters `delivery`; false when its fence refused (the document's owner buries it, not this relay). */
+  private async bury(delivery: Delivery, attempts: number, error: string, token?: number): Promise<boolean> {
+    const fence = this.options.fence
+    if (fence) {
+      const current = token ?? fence.tokenOf(delivery.document)
+      if (current === undefined || !(await fence.deadLetter(delivery, current, attempts, error, this.now())))
+        return false
+    } else await this.options.outbox.deadLetter(delivery.seq, delivery.target, attempts, error, this.now())
     this.options.metrics.deadLetters.inc({ target: delivery.target })
-    await this.options.outbox.deadLetter(delivery.seq, delivery.target, attempts, error, this.now())
+    return true
   }
 }
 

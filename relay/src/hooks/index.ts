@@ -9,7 +9,13 @@ export {
   type Hooks,
   type InboxSummary,
 } from "./define.js"
-export { type DeliveryTarget, Dispatcher, exponentialBackoff, PermanentDeliveryError } from "./dispatcher.js"
+export {
+  type DeliveryFence,
+  type DeliveryTarget,
+  Dispatcher,
+  exponentialBackoff,
+  PermanentDeliveryError,
+} from "./dispatcher.js"
 export {
   DEFAULT_EVENT_RETENTION,
   type EventLog,

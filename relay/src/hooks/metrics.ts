@@ -2,7 +2,7 @@ import { Counter, Gauge, Histogram, type Registry } from "prom-client"
 
 /** Prometheus metrics of hook delivery, registered on the relay's registry. */
 export class HookMetrics {
-  /** Attempts by target and outcome: `ok`, `retry` or `dead`. */
+  /** Attempts by target and outcome: `ok`, `retry`, `dead`, or `fenced` (left to the document's next owner, cluster). */
   readonly attempts: Counter<"target" | "outcome">
   /** Deliveries moved to the dead letters, by target. */
   readonly deadLetters: Counter<"target">
@@ -14,7 +14,7 @@ export class HookMetrics {
   constructor(registry: Registry) {
     this.attempts = new Counter({
       name: "parley_hook_attempts_total",
-      help: "Hook and webhook delivery attempts by outcome (ok, retry, dead).",
+      help: "Hook and webhook delivery attempts by outcome (ok, retry, dead, fenced).",
       labelNames: ["target", "outcome"],
       registers: [registry],
     })

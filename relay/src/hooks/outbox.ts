@@ -83,8 +83,14 @@ export interface Outbox {
    * it (an operator's restore) holds no entries to derive them from.
    */
   behind(): Promise<string[]>
-  /** Deliveries still owed, in `seq` order. */
-  pending(): Promise<Delivery[]>
+  /** Deliveries still owed, in `seq` order; only `document`'s when given (a relay taking a document over). */
+  pending(document?: string): Promise<Delivery[]>
+  /**
+   * The documents with at least one delivery still owed (dead letters do not
+   * count), sorted by name: what {@link pending} would list, without loading
+   * the deliveries and their events (a cluster asks every few seconds).
+   */
+  pendingDocuments(): Promise<string[]>
   /** Removes a delivery that succeeded. */
   delivered(seq: number, target: string): Promise<void>
   /** Records a failed attempt and when to try again. */
@@ -166,11 +172,17 @@ export class MemoryOutbox implements Outbox {
       .sort()
   }
 
-  async pending(): Promise<Delivery[]> {
+  async pending(document?: string): Promise<Delivery[]> {
     return [...this.rows.values()]
-      .filter((r) => !r.dead)
+      .filter((r) => !r.dead && (document === undefined || r.document === document))
       .sort(bySeq)
       .map(strip)
+  }
+
+  async pendingDocuments(): Promise<string[]> {
+    const documents = new Set<string>()
+    for (const row of this.rows.values()) if (!row.dead) documents.add(row.document)
+    return [...documents].sort()
   }
 
   async delivered(seq: number, target: string): Promise<void> {

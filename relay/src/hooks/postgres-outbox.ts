@@ -175,37 +175,83 @@ export class PostgresOutbox implements Outbox {
     return rows.map((row) => row.document)
   }
 
-  async pending(): Promise<Delivery[]> {
+  async pending(document?: string): Promise<Delivery[]> {
     this.assertOpen()
-    const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
+    const { rows } =
+      document === undefined
+        ? await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
+        : await this.pool.query<DeliveryRow>(
+            `${SELECT} WHERE d.dead_at IS NULL AND e.document = $1 ${ORDER}`,
+            [document],
+          )
     return rows.map(toDelivery)
+  }
+
+  async pendingDocuments(): Promise<string[]> {
+    this.assertOpen()
+    const { rows } = await this.pool.query<{ document: string }>(
+      `SELECT e.document FROM parley_hook_deliveries d JOIN parley_hook_events e ON e.seq = d.seq
+        WHERE d.dead_at IS NULL GROUP BY e.document ORDER BY e.document COLLATE "C"`,
+    )
+    return rows.map((row) => row.document)
   }
 
   async delivered(seq: number, target: string): Promise<void> {
     this.assertOpen()
-    await inTransaction(this.pool, async (client) => {
-      // Locking the event first serialises the deliveries of one event: without it, two targets finishing
-      // together would each still see the other's row and neither would remove the event.
-      await client.query("SELECT 1 FROM parley_hook_events WHERE seq = $1 FOR UPDATE", [seq])
-      await client.query("DELETE FROM parley_hook_deliveries WHERE seq = $1 AND target = $2", [seq, target])
-      await client.query(
-        "DELETE FROM parley_hook_events WHERE seq = $1 AND NOT EXISTS (SELECT 1 FROM parley_hook_deliveries WHERE seq = $1)",
-        [seq],
-      )
-    })
+    await inTransaction(this.pool, (client) => this.deliveredIn(client, seq, target))
+  }
+
+  /**
+   * {@link delivered} inside the caller's transaction: a cluster records a
+   * delivery's outcome only while its fencing token holds (`cluster/delivery-fence.ts`).
+   */
+  async deliveredIn(client: pg.ClientBase, seq: number, target: string): Promise<void> {
+    this.assertOpen()
+    // Locking the event first serialises the deliveries of one event: without it, two targets finishing
+    // together would each still see the other's row and neither would remove the event.
+    await client.query("SELECT 1 FROM parley_hook_events WHERE seq = $1 FOR UPDATE", [seq])
+    await client.query("DELETE FROM parley_hook_deliveries WHERE seq = $1 AND target = $2", [seq, target])
+    await client.query(
+      "DELETE FROM parley_hook_events WHERE seq = $1 AND NOT EXISTS (SELECT 1 FROM parley_hook_deliveries WHERE seq = $1)",
+      [seq],
+    )
   }
 
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
+    await this.retryLaterIn(this.pool, seq, target, attempts, nextAttemptAt, error)
+  }
+
+  /** {@link retryLater} on the caller's connection (in its transaction). */
+  async retryLaterIn(
+    client: pg.ClientBase | pg.Pool,
+    seq: number,
+    target: string,
+    attempts: number,
+    nextAttemptAt: number,
+    error: string,
+  ): Promise<void> {
     this.assertOpen()
-    await this.pool.query(
+    await client.query(
       "UPDATE parley_hook_deliveries SET attempts = $1, next_at = $2, last_error = $3 WHERE seq = $4 AND target = $5",
       [attempts, nextAttemptAt, storable(error), seq, target],
     )
   }
 
   async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
+    await this.deadLetterIn(this.pool, seq, target, attempts, error, at)
+  }
+
+  /** {@link deadLetter} on the caller's connection (in its transaction). */
+  async deadLetterIn(
+    client: pg.ClientBase | pg.Pool,
+    seq: number,
+    target: string,
+    attempts: number,
+    error: string,
+    at: number,
+  ): Promise<void> {
     this.assertOpen()
-    await this.pool.query(
+    await client.query(
       "UPDATE parley_hook_deliveries SET attempts = $1, last_error = $2, dead_at = $3 WHERE seq = $4 AND target = $5",
       [attempts, storable(error), at, seq, target],
     )

@@ -21,7 +21,13 @@ import type { Principal } from "../principal.js"
 import { applyStored } from "../storage/integrity.js"
 import type { HookContext, HookConversations } from "./define.js"
 import { handlerFor } from "./define.js"
-import { DEFAULT_HOOK_TIMEOUT_MS, type DeliveryTarget, Dispatcher, exponentialBackoff } from "./dispatcher.js"
+import {
+  DEFAULT_HOOK_TIMEOUT_MS,
+  type DeliveryFence,
+  type DeliveryTarget,
+  Dispatcher,
+  exponentialBackoff,
+} from "./dispatcher.js"
 import {
   conversationOf,
   deriveHookEvents,
@@ -60,6 +66,8 @@ export interface HookRuntimeOptions {
   readonly fetch?: typeof fetch
   /** The sweep after a start that recovers events a crash left unrecorded (see {@link HookRuntime.recoverOwed}). */
   readonly recovery?: RecoveryOptions
+  /** In a cluster: deliveries run only under the document's lease, their outcomes recorded under its token. */
+  readonly fence?: DeliveryFence
 }
 
 /** How {@link HookRuntime.recoverOwed} sweeps the documents that owe events. */
@@ -131,6 +139,7 @@ export class HookRuntime {
       metrics: new HookMetrics(options.registry),
       now: this.now,
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+      ...(options.fence ? { fence: options.fence } : {}),
     })
   }
 
@@ -375,7 +384,7 @@ export class HookRuntime {
    */
   async resume(document: string): Promise<void> {
     await this.chain
-    this.dispatcher.add((await this.options.outbox.pending()).filter((d) => d.document === document))
+    this.dispatcher.adopt(await this.options.outbox.pending(document))
   }
 
   /**

@@ -119,6 +119,9 @@ export class SqliteOutbox implements Outbox {
         "SELECT through FROM hook_watermarks WHERE document = ?",
       ),
       pending: this.db.prepare<[], DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ORDER BY d.seq, d.target`),
+      pendingOf: this.db.prepare<[string], DeliveryRow>(
+        `${SELECT} WHERE d.dead_at IS NULL AND e.document = ? ORDER BY d.seq, d.target`,
+      ),
       dead: this.db.prepare<[], DeliveryRow>(
         `${SELECT} WHERE d.dead_at IS NOT NULL ORDER BY d.seq, d.target`,
       ),
@@ -241,10 +244,24 @@ export class SqliteOutbox implements Outbox {
     return this.behindStatement.all().map((row) => row.document)
   }
 
-  async pending(): Promise<Delivery[]> {
+  async pending(document?: string): Promise<Delivery[]> {
     this.writeDeliveredMarks()
     this.assertOpen()
-    return this.statements.pending.all().map(toDelivery)
+    const rows =
+      document === undefined ? this.statements.pending.all() : this.statements.pendingOf.all(document)
+    return rows.map(toDelivery)
+  }
+
+  /** Prepared on first use, like {@link behind}'s. */
+  private pendingDocumentsStatement: Database.Statement<[], { document: string }> | undefined
+
+  async pendingDocuments(): Promise<string[]> {
+    this.writeDeliveredMarks()
+    this.assertOpen()
+    this.pendingDocumentsStatement ??= this.db.prepare<[], { document: string }>(
+      "SELECT DISTINCT e.document FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq WHERE d.dead_at IS NULL ORDER BY e.document",
+    )
+    return this.pendingDocumentsStatement.all().map((row) => row.document)
   }
 
   /**

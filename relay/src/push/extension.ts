@@ -27,6 +27,17 @@ export interface PushOptions {
   readonly retryDelay?: (failures: number) => number | undefined
 }
 
+/**
+ * Who is connected to which conversation beyond this relay (a cluster): the
+ * relay reports its own users, and asks before pushing.
+ */
+export interface ConversationPresence {
+  /** `user`'s first connection to `document` on this relay opened (`present`), or their last one closed. */
+  changed(document: string, user: string, present: boolean): void
+  /** The users connected to `document` through any relay. Rejects when that cannot be known now. */
+  present(document: string): Promise<ReadonlySet<string>>
+}
+
 /** What {@link PushExtension} is built on. */
 export interface PushExtensionOptions extends PushOptions {
   readonly vapid: VapidKeys
@@ -34,6 +45,8 @@ export interface PushExtensionOptions extends PushOptions {
   readonly verify: (token: string) => Promise<Principal>
   readonly rewriters?: readonly PushRewriter[]
   readonly log: Logger
+  /** Connections through the other relays of a cluster; without it only this relay's count. */
+  readonly presence?: ConversationPresence
 }
 
 /**
@@ -41,8 +54,9 @@ export interface PushExtensionOptions extends PushOptions {
  * `/v1/me/push-subscriptions`), who is connected to which conversation (a
  * user with a connection open to it gets no push for it), and the delivery
  * target the hook pipeline sends notifications through ({@link target}).
- * Only connections to this relay count: in a cluster, a user connected to the
- * conversation through another relay is pushed to as well.
+ * In a cluster ({@link PushExtensionOptions.presence}) connections through
+ * every relay count; if that cannot be known (Redis down), only this relay's
+ * do, and a user connected elsewhere gets a push.
  */
 export class PushExtension implements RelayExtension {
   readonly name = "push"
@@ -60,9 +74,27 @@ export class PushExtension implements RelayExtension {
     }
   }
 
-  /** Whether `user` has a connection open to the document `name` on this relay. */
-  isActive(name: string, user: UserId): boolean {
-    return (this.connections.get(name)?.get(user) ?? 0) > 0
+  /** Per document, the cluster's answer being fetched: the recipients of one message share one query. */
+  private readonly asking = new Map<string, Promise<ReadonlySet<string> | undefined>>()
+
+  /** Whether `user` has a connection open to the document `name` on this relay (or, in a cluster, on any). */
+  isActive(name: string, user: UserId): boolean | Promise<boolean> {
+    if ((this.connections.get(name)?.get(user) ?? 0) > 0) return true
+    const presence = this.options.presence
+    if (!presence) return false
+    let asking = this.asking.get(name)
+    if (!asking) {
+      asking = presence.present(name).then(
+        (users) => users,
+        (error: unknown) => {
+          this.options.log.warn({ err: error, doc: name }, "could not ask who else is connected: pushing")
+          return undefined
+        },
+      )
+      this.asking.set(name, asking)
+      void asking.finally(() => this.asking.delete(name))
+    }
+    return asking.then((users) => users?.has(user) ?? false)
   }
 
   /** The delivery target, for the hook pipeline's built-in targets. */
@@ -98,7 +130,8 @@ export class PushExtension implements RelayExtension {
   connectionChanged({ name, principal, open }: ConnectionChange): void {
     if (principal.kind !== "user") return
     let users = this.connections.get(name)
-    const count = (users?.get(principal.user) ?? 0) + (open ? 1 : -1)
+    const before = users?.get(principal.user) ?? 0
+    const count = before + (open ? 1 : -1)
     if (count > 0) {
       if (!users) {
         users = new Map()
@@ -109,6 +142,7 @@ export class PushExtension implements RelayExtension {
       users.delete(principal.user)
       if (users.size === 0) this.connections.delete(name)
     }
+    if (before > 0 !== count > 0) this.options.presence?.changed(name, principal.user, count > 0)
   }
 
   async httpRequest({ req, res }: HttpRequest): Promise<boolean> {

@@ -33,7 +33,7 @@ export interface PushTargetOptions {
   readonly vapid: VapidKeys
   readonly log: Logger
   /** Whether `user` has a connection open to the conversation document `name` (then nothing is pushed to them). */
-  isActive(name: string, user: UserId): boolean
+  isActive(name: string, user: UserId): boolean | Promise<boolean>
   readonly endpoints?: EndpointPolicy
   /** Hook modules' `onPushNotification`, run in order for every notification. */
   readonly rewriters?: readonly PushRewriter[]
@@ -169,9 +169,9 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         reached = new Set()
         served.set(event.event.id, reached)
       }
-      const recipients = event.conversation.participants
-        .map((p) => p.user)
-        .filter((user) => user !== author && !options.isActive(conversation, user))
+      const others = event.conversation.participants.map((p) => p.user).filter((user) => user !== author)
+      const active = await Promise.all(others.map((user) => options.isActive(conversation, user)))
+      const recipients = others.filter((_, i) => !active[i])
       // One query for every recipient's devices: a large room costs no query per member.
       const byUser = new Map<UserId, PushSubscriptionRecord[]>()
       for (const sub of await options.store.listMany(recipients)) {

@@ -21,7 +21,14 @@ export class GroupCommit {
   /** Appends per document name not yet committed (or failed). */
   private readonly unsettled = new Map<string, number>()
 
-  constructor(private readonly commit: (batch: AppendBatch) => Promise<number[][]> | number[][]) {}
+  /**
+   * `commit` returns each entry's positions, or an error that fails that
+   * entry alone (a clustered relay's fence refused for one document); throwing
+   * fails the whole batch.
+   */
+  constructor(
+    private readonly commit: (batch: AppendBatch) => Promise<(number[] | Error)[]> | (number[] | Error)[],
+  ) {}
 
   /** True while appends wait for a commit that has not started yet (it runs later in this turn or the next). */
   get commitScheduled(): boolean {
@@ -70,7 +77,11 @@ export class GroupCommit {
     if (batch.length === 0) return
     try {
       const positions = await this.commit(batch)
-      for (const [i, p] of batch.entries()) p.resolve(positions[i]!)
+      for (const [i, p] of batch.entries()) {
+        const result = positions[i]!
+        if (result instanceof Error) p.reject(result)
+        else p.resolve(result)
+      }
     } catch (error) {
       for (const p of batch) p.reject(error)
     } finally {

@@ -26,6 +26,26 @@ afterEach(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/** `promise`, or a failure naming `what` (and the state `describe` gives) after `ms`: a stall says where it is. */
+async function within<T>(
+  ms: number,
+  what: string,
+  promise: Promise<T>,
+  describe: () => string = () => "",
+): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: not done after ${ms} ms ${describe()}`)), ms)
+      }),
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 /** A seeded generator, so that a failing run can be repeated (the seed is printed). */
 function random(seed: number): () => number {
   let s = seed >>> 0
@@ -68,13 +88,37 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         users.map(async (user) => new Writer(user, id, await cluster.token(user), () => lb.url)),
       )
       for (const w of writers) cleanup.push(() => w.stop())
-      const creator = writers[0]!.connect()
-      await creator.synced()
+      // Each wait follows the writer's reconnects: HAProxy may close a first connection (a relay it marked down).
+      writers[0]!.connect()
+      await writers[0]!.ready("synced")
       createConversation(writers[0]!.doc, users[0]!, { kind: "group", id, participants: users.slice(1) })
-      await creator.allSaved()
+      await writers[0]!.ready("saved")
       // Round-robin: the participants spread over the three relays.
-      await Promise.all(writers.slice(1).map((w) => w.connect().synced()))
+      for (const w of writers.slice(1)) w.connect()
+      await Promise.all(writers.slice(1).map((w) => w.ready("synced")))
 
+      // Every relay's log, the killed ones' too: lease losses and forwarding retries are counted at the end.
+      const logs: string[] = []
+      const keepLog = (i: number) => logs.push(...(cluster.relays[i]?.lines ?? []))
+      const count = (msg: string) => logs.filter((line) => line.includes(`"msg":"${msg}`)).length
+      let logsKept = false
+      const summary = () => {
+        if (!logsKept) for (let i = 0; i < 3; i++) keepLog(i)
+        logsKept = true
+        return (
+          `chaos relays: ${count("ordering the document")} takeovers, ${count("lost the document's lease")} lease losses, ` +
+          `${count("a forwarded change got no answer in time")} forwarded-change timeouts, ` +
+          `${count("the event loop did not answer in time")} renewal pauses, ` +
+          `${count("left the conversation's deliveries to its next owner")} deliveries left to a new owner, ` +
+          `${count("the lease renewal thread failed")} renewal thread failures`
+        )
+      }
+      // Printed whatever the outcome (before the cluster stops): what the relays went through.
+      cleanup.push(() => {
+        console.log(summary())
+        const errors = logs.filter((line) => line.includes('"level":50'))
+        if (errors.length > 0) console.log(`chaos relay errors:\n${errors.slice(0, 20).join("\n")}`)
+      })
       // The burst, with a relay SIGKILLed (and restarted a moment later) at random moments.
       let kills = 0
       const chaos = (async () => {
@@ -82,6 +126,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
           await sleep(300 + rand() * 700)
           const victim = Math.floor(rand() * 3)
           if (!cluster.relays[victim]) continue
+          keepLog(victim)
           await cluster.kill(victim)
           kills++
           await sleep(200 + rand() * 600)
@@ -92,20 +137,30 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         for (const w of writers) if (rand() < 0.7) w.send(`${w.user} ${round}`)
         await sleep(40 + rand() * 40)
       }
-      await chaos
+      await within(60_000, "the chaos schedule", chaos)
       await Promise.all(writers.map((w) => w.settled(60_000)))
       expect(kills).toBeGreaterThan(0)
+      summary()
+      expect(count("the lease renewal thread failed")).toBe(0)
 
       const sent = writers.flatMap((w) => w.sent.map((s) => s.id)).sort()
       const acked = writers.flatMap((w) => [...w.acked.keys()])
       for (let i = 0; i < 3; i++) {
         const reader = new TestClient(cluster.relay(i).url, id, await cluster.token("alice"))
         cleanup.push(() => reader.close())
-        await reader.synced()
-        await reader.until(() => {
-          const list = listMessages(reader.doc, { last: 10_000 })
-          return list.length === sent.length && list.every((m) => m.seq !== undefined)
-        })
+        await within(30_000, `reader on relay ${i}: first sync`, reader.synced())
+        await within(
+          60_000,
+          `reader on relay ${i}: every message, numbered`,
+          reader.until(() => {
+            const list = listMessages(reader.doc, { last: 10_000 })
+            return list.length === sent.length && list.every((m) => m.seq !== undefined)
+          }),
+          () => {
+            const list = listMessages(reader.doc, { last: 10_000 })
+            return `(${list.length} of ${sent.length} messages, ${list.filter((m) => m.seq === undefined).length} unnumbered)`
+          },
+        )
         const messages = listMessages(reader.doc, { last: 10_000 })
         expect(messages.map((m) => m.id).sort()).toEqual(sent)
         expect(new Set(messages.map((m) => m.id)).size).toBe(messages.length)
@@ -144,19 +199,24 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       // conversation gives.
       const conversation = new TestClient(cluster.relay(0).url, id, await cluster.token("alice"))
       cleanup.push(() => conversation.close())
-      await conversation.synced()
+      await within(30_000, "conversation: first sync", conversation.synced())
       for (const [n, user] of users.entries()) {
         const inbox = new TestClient(cluster.relay(n % 3).url, `inbox~${user}`, await cluster.token(user))
         cleanup.push(() => inbox.close())
-        await inbox.synced()
+        await within(30_000, `${user}'s inbox: first sync`, inbox.synced())
         const expected = inboxEntryFor(conversation.doc, user)
         expect(expected).toBeDefined()
-        await inbox.until(() => {
-          const entry = getInboxEntry(inbox.doc, id)
-          if (!entry) return false
-          const { muted: _, ...rest } = entry
-          return JSON.stringify(rest) === JSON.stringify(expected)
-        })
+        await within(
+          60_000,
+          `${user}'s inbox equal to a rebuild`,
+          inbox.until(() => {
+            const entry = getInboxEntry(inbox.doc, id)
+            if (!entry) return false
+            const { muted: _, ...rest } = entry
+            return JSON.stringify(rest) === JSON.stringify(expected)
+          }),
+          () => `(has ${JSON.stringify(getInboxEntry(inbox.doc, id))}, expected ${JSON.stringify(expected)})`,
+        )
       }
     }, 180_000)
   })

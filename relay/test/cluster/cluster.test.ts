@@ -49,6 +49,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   })
 } else {
   describe("three relays over PostgreSQL and Redis", () => {
+    // Three relay processes start in each test: on a loaded machine that alone can take most of the default 20 s.
     it("lets participants on different relays chat, every relay holding one order with contiguous numbers", async () => {
       const cluster = await startCluster(3)
       clusters.push(cluster)
@@ -83,7 +84,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         await late.until(sequenced(late.doc, 30))
         expect(order(late.doc)).toEqual(orders[0])
       }
-    })
+    }, 60_000)
 
     it("shows presence set on one relay to a participant on another", async () => {
       const cluster = await startCluster(2)
@@ -103,6 +104,6 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       b.close()
       // Gone on the other relay too once bob's connection closed.
       await a.until(() => a.awareness.getStates().size === 0)
-    })
+    }, 60_000)
   })
 }

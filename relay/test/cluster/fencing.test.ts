@@ -3,10 +3,11 @@ import { Redis } from "ioredis"
 import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
 import { type ClusterBackend, openClusterBackend } from "../../src/cluster/backend.js"
-import { FENCES_SCHEMA, Leases } from "../../src/cluster/leases.js"
+import { FENCES_SCHEMA } from "../../src/cluster/leases.js"
 import { createLogger } from "../../src/log.js"
 import { REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { partitionedLeases } from "./partitioned-leases.js"
 
 const cleanup: (() => unknown)[] = []
 afterEach(async () => {
@@ -70,6 +71,34 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ])
     })
 
+    it("commits appends of one tick together, failing only the document whose fence moved", async () => {
+      const { a, b, prefix } = await twoRelays(60_000)
+      const kept = "g~keptConversation"
+      const moved = "g~movedConversation"
+      expect(await a.cluster.leases.acquire(kept)).toBe(1)
+      expect(await a.cluster.leases.acquire(moved)).toBe(1)
+      const redis = new Redis(REDIS_URL)
+      cleanup.push(() => redis.disconnect())
+      await redis.del(`${prefix}lease:${moved}`)
+      expect(await b.cluster.leases.acquire(moved)).toBe(2)
+      // Same tick: one transaction for the three appends.
+      const results = await Promise.allSettled([
+        a.backend.documents.append(kept, [bytes(1), bytes(2)]),
+        a.backend.documents.append(moved, [bytes(3)]),
+        a.backend.documents.append(kept, [bytes(4)]),
+      ])
+      expect(
+        results.map((r) => (r.status === "fulfilled" ? r.value : (r.reason as { code: string }).code)),
+      ).toEqual([[1, 2], ErrorCode.UNAVAILABLE, [3]])
+      expect((await b.backend.documents.load(kept)).updates.map((u) => [u.position, [...u.update]])).toEqual([
+        [1, [1]],
+        [2, [2]],
+        [3, [4]],
+      ])
+      expect((await b.backend.documents.load(moved)).updates).toEqual([])
+      expect(await b.backend.documents.append(moved, [bytes(5)])).toEqual([1])
+    })
+
     it("stores the bytes given, though the caller reuses its buffer, and finishes an append in flight on close", async () => {
       const { a, b } = await twoRelays(5_000)
       const doc = "g~bufferConversation"
@@ -101,25 +130,18 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const pool = new pg.Pool({ connectionString: scratch.url })
       cleanup.push(() => pool.end())
       await pool.query(FENCES_SCHEMA)
-      const redis = new Redis(REDIS_URL, { enableOfflineQueue: false, maxRetriesPerRequest: 0 })
-      redis.on("error", () => {})
-      cleanup.push(() => redis.disconnect())
-      await new Promise((r) => redis.once("ready", r))
-      const leases = new Leases({
-        redis,
+      const { leases, proxy, close } = await partitionedLeases({
         pool,
-        log: createLogger("fatal"),
         prefix: `parley-lapse-test:${process.pid}:${Date.now()}:`,
         relayId: "relay-a",
         ttlMs: 300,
-        lost: () => {},
       })
-      cleanup.push(() => leases.close())
+      cleanup.push(close)
       const doc = "g~lapsingConversation"
       expect(await leases.acquire(doc)).toBe(1)
       expect(leases.tokenOf(doc)).toBe(1)
       // Redis becomes unreachable: renewals fail, nothing tells the relay it lost the lease.
-      redis.disconnect()
+      proxy.cut()
       await new Promise((r) => setTimeout(r, 350))
       expect(leases.tokenOf(doc)).toBeUndefined()
     })

@@ -59,6 +59,35 @@ export class Writer {
     }
   }
 
+  /**
+   * Resolves once a connection of this writer finished its first sync, or
+   * once it holds an acknowledgement of everything in the replica (`saved`),
+   * following reconnects: a load balancer may close the first connection
+   * (a relay marked down) before either happens, and the next one does it.
+   */
+  async ready(what: "synced" | "saved", timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const client = this.client
+      if (!client) throw new Error(`${this.user}: not connected`)
+      const left = deadline - Date.now()
+      if (left <= 0)
+        throw new Error(`${this.user}: not ${what} within ${timeoutMs} ms (${this.reconnects} reconnects)`)
+      let timer: NodeJS.Timeout | undefined
+      const outcome = await Promise.race([
+        (what === "synced" ? client.synced() : client.allSaved()).then(() => "done" as const),
+        client.closed.then(() => "closed" as const),
+        new Promise<"late">((resolve) => {
+          timer = setTimeout(() => resolve("late"), left)
+        }),
+      ])
+      clearTimeout(timer)
+      if (outcome === "done") return
+      // Closed: the writer reconnects in a moment; wait for its next connection.
+      while (this.client === client && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+
   /** Resolves once every message sent is acknowledged (reconnecting as needed). */
   async settled(timeoutMs = 30_000): Promise<void> {
     const deadline = Date.now() + timeoutMs

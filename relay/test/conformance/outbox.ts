@@ -57,6 +57,32 @@ export function runOutboxConformance(
       ])
       expect(pending[0]!.seq).toBeLessThan(pending[2]!.seq)
       expect(pending[0]!.event).toEqual(sampleEvent("e1"))
+      // One document's only (a relay taking it over).
+      expect((await outbox.pending("c2")).map((d) => [d.event.event.id, d.target])).toEqual([["e2", "a"]])
+      expect((await outbox.pending("c1")).map((d) => d.target)).toEqual(["a", "b"])
+      expect(await outbox.pending("c3")).toEqual([])
+    })
+
+    it("lists the documents owed deliveries, once each, without dead letters or delivered ones", async () => {
+      expect(await outbox.pendingDocuments()).toEqual([])
+      const [b1] = await outbox.enqueue({
+        document: "b",
+        events: [{ event: sampleEvent("e1", "b"), targets: ["x", "y"] }],
+      })
+      await outbox.enqueue({ document: "a", events: [{ event: sampleEvent("e2", "a"), targets: ["x"] }] })
+      const [c1] = await outbox.enqueue({
+        document: "c",
+        events: [{ event: sampleEvent("e3", "c"), targets: ["x"] }],
+      })
+      await outbox.enqueue({ document: "d", events: [{ event: sampleEvent("e4", "d"), targets: [] }] })
+      expect(await outbox.pendingDocuments()).toEqual(["a", "b", "c"])
+      await outbox.delivered(b1!.seq, "x")
+      await outbox.deadLetter(c1!.seq, "x", 3, "gave up", 1)
+      expect(await outbox.pendingDocuments()).toEqual(["a", "b"])
+      await outbox.delivered(b1!.seq, "y")
+      expect(await outbox.pendingDocuments()).toEqual(["a"])
+      await outbox.replay({ document: "c" })
+      expect(await outbox.pendingDocuments()).toEqual(["a", "c"])
     })
 
     it("records the watermark with the events and only moves it forward", async () => {

@@ -161,7 +161,7 @@ export interface LoadBalancer {
   stop(): Promise<void>
 }
 
-/** Starts HAProxy (`haproxy`) balancing round-robin over `ports`, health-checking `/readyz` every 200 ms. */
+/** Starts HAProxy (`haproxy`) balancing round-robin over `ports`, health-checking `/readyz` every 200 ms (down after two failures). */
 export async function startLoadBalancer(haproxy: string, ports: readonly number[]): Promise<LoadBalancer> {
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), "parley-haproxy-"))
@@ -216,7 +216,10 @@ export function haproxyConfig(port: number, relayPorts: readonly number[]): stri
     "  balance roundrobin",
     "  option httpchk GET /readyz",
     "  http-check expect status 200",
-    "  default-server inter 200ms fall 1 rise 1 on-marked-down shutdown-sessions",
+    // A relay answers /readyz late when the machine is loaded: one slow answer must not mark it down
+    // (and close every session on it); a dead relay refuses at once and is down after two checks.
+    "  timeout check 1s",
+    "  default-server inter 200ms fall 2 rise 1 on-marked-down shutdown-sessions",
     ...relayPorts.map((p, i) => `  server relay${i} 127.0.0.1:${p} check`),
     "",
   ].join("\n")
