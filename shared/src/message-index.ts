@@ -77,11 +77,9 @@ export class MessageIndex {
         this.addSequence(value)
       }
       // The relay removes the numbers of messages it sealed into history segments.
-      for (const value of contentOf<string>(
-        deletedItems(event.transaction, t.order as Y.AbstractType<unknown>),
-      )) {
-        this.removeSequence(value)
-      }
+      this.removeSequences(
+        contentOf<string>(deletedItems(event.transaction, t.order as Y.AbstractType<unknown>)),
+      )
       this.touch()
     })
     t.reactions.observe((event) => {
@@ -282,20 +280,61 @@ export class MessageIndex {
     })
   }
 
-  /** Forgets the numbers of a removed `order` record (its messages were sealed). */
-  private removeSequence(value: string) {
-    const record = decodeSequenceRecord(value)
-    if (!record) return
-    record.ids.forEach((id, i) => {
-      const seq = record.from + i
-      if (this.seqOf.get(id) !== seq) return
-      this.removeLive(id)
-      const at = this.sequencedIndexOf(seq)
-      if (this.sequenced[at] === id) this.sequenced.splice(at, 1)
+  /**
+   * Forgets the numbers of removed `order` records (their messages were
+   * sealed). A seal removes hundreds or thousands at once, the oldest: the
+   * sorted lists are then filtered once rather than spliced once per message
+   * (each splice near the front moves the whole rest).
+   */
+  private removeSequences(values: readonly string[]) {
+    const gone: MessageId[] = []
+    for (const value of values) {
+      const record = decodeSequenceRecord(value)
+      if (!record) continue
+      record.ids.forEach((id, i) => {
+        if (this.seqOf.get(id) === record.from + i) gone.push(id)
+      })
+    }
+    if (gone.length < BULK_REMOVAL) {
+      for (const id of gone) {
+        this.removeLive(id)
+        const at = this.sequencedIndexOf(this.seqOf.get(id)!)
+        if (this.sequenced[at] === id) this.sequenced.splice(at, 1)
+        this.seqOf.delete(id)
+        this.canonical = undefined
+        this.updatePending(id)
+      }
+      return
+    }
+    // The same outcome in bulk: one occurrence of each live number out of the sorted lists.
+    const liveGone = new Map<number, number>()
+    const liveGoneBy = new Map<UserId, Map<number, number>>()
+    const count = (m: Map<number, number>, seq: number) => m.set(seq, (m.get(seq) ?? 0) + 1)
+    const ids = new Set<MessageId>()
+    for (const id of gone) {
+      const seq = this.seqOf.get(id)!
+      const author = this.live.get(id)
+      if (author !== undefined) {
+        count(liveGone, seq)
+        count(
+          map.setIfUndefined(liveGoneBy, author, () => new Map<number, number>()),
+          seq,
+        )
+        this.live.delete(id)
+      }
+      // Only the id listed at its number leaves the sequenced list (as a splice at that number would).
+      if (this.sequenced[this.sequencedIndexOf(seq)] === id) ids.add(id)
+    }
+    removeCounted(this.liveSeqs, liveGone)
+    for (const [author, seqs] of liveGoneBy) removeCounted(this.liveSeqsBy.get(author)!, seqs)
+    let kept = 0
+    for (const id of this.sequenced) if (!ids.has(id)) this.sequenced[kept++] = id
+    this.sequenced.length = kept
+    for (const id of gone) {
       this.seqOf.delete(id)
-      this.canonical = undefined
       this.updatePending(id)
-    })
+    }
+    this.canonical = undefined
   }
 
   private addReaction(key: string) {
@@ -335,6 +374,20 @@ function insertSorted(values: number[], value: number): void {
   if (values.length === 0 || values[values.length - 1]! <= value) values.push(value)
   else values.splice(firstAbove(values, value), 0, value)
 }
+
+/** Removes from `values`, in place, as many occurrences of each number as `counts` says. */
+function removeCounted(values: number[], counts: Map<number, number>): void {
+  let kept = 0
+  for (const value of values) {
+    const left = counts.get(value)
+    if (left) counts.set(value, left - 1)
+    else values[kept++] = value
+  }
+  values.length = kept
+}
+
+/** Removals beyond which {@link MessageIndex} filters its sorted lists once instead of splicing. */
+const BULK_REMOVAL = 64
 
 /** Removes one occurrence of `value` from a sorted array. */
 function removeSorted(values: number[], value: number): void {
