@@ -47,7 +47,10 @@ export function summarizeProfile(file: string, top = 40, windows?: Windows): voi
   // Each sample's time: the delta to the next sample is the time its stack ran.
   const at: number[] = []
   let t = profile.startTime
-  for (const d of profile.timeDeltas) at.push((t += d))
+  for (const d of profile.timeDeltas) {
+    t += d
+    at.push(t)
+  }
   const spent = (i: number) => (at[i + 1] ?? profile.endTime) - at[i]!
 
   const report = (title: string, inside: (time: number) => boolean) => {
