@@ -57,31 +57,39 @@ export class MessageIndex {
   /** Cache of {@link order}, dropped when the sequenced or pending ids change. */
   private canonical: readonly MessageId[] | undefined
   private version = 0
+  /** Numbers to take out of the live lists at the end of the running observer (see {@link batched}). */
+  private liveRemovals:
+    | { count: number; all: Map<number, number>; by: Map<UserId, Map<number, number>> }
+    | undefined
 
   constructor(doc: Y.Doc) {
     const t = typesOf(doc)
     for (const value of t.messages.toArray()) this.addStored(value)
     for (const value of t.order) this.addSequence(value)
     for (const key of t.reactions.keys()) this.addReaction(key)
-    t.messages.observe((event) => {
-      const messages = t.messages as Y.AbstractType<unknown>
-      for (const value of contentOf(inListOrder(addedItems(event.transaction, messages))))
-        this.addStored(value)
-      for (const value of contentOf(deletedItems(event.transaction, messages))) this.removeStored(value)
-      this.touch()
-    })
-    t.order.observe((event) => {
-      for (const value of contentOf<string>(
-        addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
-      )) {
-        this.addSequence(value)
-      }
-      // The relay removes the numbers of messages it sealed into history segments.
-      this.removeSequences(
-        contentOf<string>(deletedItems(event.transaction, t.order as Y.AbstractType<unknown>)),
-      )
-      this.touch()
-    })
+    t.messages.observe((event) =>
+      this.batched(() => {
+        const messages = t.messages as Y.AbstractType<unknown>
+        for (const value of contentOf(inListOrder(addedItems(event.transaction, messages))))
+          this.addStored(value)
+        for (const value of contentOf(deletedItems(event.transaction, messages))) this.removeStored(value)
+        this.touch()
+      }),
+    )
+    t.order.observe((event) =>
+      this.batched(() => {
+        for (const value of contentOf<string>(
+          addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
+        )) {
+          this.addSequence(value)
+        }
+        // The relay removes the numbers of messages it sealed into history segments.
+        this.removeSequences(
+          contentOf<string>(deletedItems(event.transaction, t.order as Y.AbstractType<unknown>)),
+        )
+        this.touch()
+      }),
+    )
     t.reactions.observe((event) => {
       for (const [key, change] of event.changes.keys) {
         if (change.action === "add") this.addReaction(key)
@@ -257,9 +265,44 @@ export class MessageIndex {
     const author = this.live.get(id)
     const seq = this.seqOf.get(id)
     if (author === undefined || seq === undefined) return
+    this.live.delete(id)
+    const later = this.liveRemovals
+    if (later) {
+      later.count++
+      count(later.all, seq)
+      count(
+        map.setIfUndefined(later.by, author, () => new Map<number, number>()),
+        seq,
+      )
+      return
+    }
     removeSorted(this.liveSeqs, seq)
     removeSorted(this.liveSeqsBy.get(author)!, seq)
-    this.live.delete(id)
+  }
+
+  /**
+   * Runs an observer's work with the removals from the sorted live lists
+   * gathered and made at the end: a seal removes thousands of the oldest
+   * messages in one transaction, and one splice each near the front of the
+   * lists moved the whole rest every time. Nothing reads the lists meanwhile,
+   * and they are multisets in order, so the outcome is the same.
+   */
+  private batched(work: () => void) {
+    if (this.liveRemovals) return work()
+    const removals = { count: 0, all: new Map<number, number>(), by: new Map<UserId, Map<number, number>>() }
+    this.liveRemovals = removals
+    try {
+      work()
+    } finally {
+      this.liveRemovals = undefined
+      const apply = (values: number[], seqs: Map<number, number>) => {
+        if (removals.count < BULK_REMOVAL)
+          for (const [seq, times] of seqs) for (let i = 0; i < times; i++) removeSorted(values, seq)
+        else removeCounted(values, seqs)
+      }
+      apply(this.liveSeqs, removals.all)
+      for (const [author, seqs] of removals.by) apply(this.liveSeqsBy.get(author)!, seqs)
+    }
   }
 
   private addSequence(value: string) {
@@ -283,7 +326,7 @@ export class MessageIndex {
   /**
    * Forgets the numbers of removed `order` records (their messages were
    * sealed). A seal removes hundreds or thousands at once, the oldest: the
-   * sorted lists are then filtered once rather than spliced once per message
+   * sequenced list is then filtered once rather than spliced once per message
    * (each splice near the front moves the whole rest).
    */
   private removeSequences(values: readonly string[]) {
@@ -306,27 +349,13 @@ export class MessageIndex {
       }
       return
     }
-    // The same outcome in bulk: one occurrence of each live number out of the sorted lists.
-    const liveGone = new Map<number, number>()
-    const liveGoneBy = new Map<UserId, Map<number, number>>()
-    const count = (m: Map<number, number>, seq: number) => m.set(seq, (m.get(seq) ?? 0) + 1)
+    // The same outcome with one pass over the sequenced list.
     const ids = new Set<MessageId>()
     for (const id of gone) {
-      const seq = this.seqOf.get(id)!
-      const author = this.live.get(id)
-      if (author !== undefined) {
-        count(liveGone, seq)
-        count(
-          map.setIfUndefined(liveGoneBy, author, () => new Map<number, number>()),
-          seq,
-        )
-        this.live.delete(id)
-      }
+      this.removeLive(id)
       // Only the id listed at its number leaves the sequenced list (as a splice at that number would).
-      if (this.sequenced[this.sequencedIndexOf(seq)] === id) ids.add(id)
+      if (this.sequenced[this.sequencedIndexOf(this.seqOf.get(id)!)] === id) ids.add(id)
     }
-    removeCounted(this.liveSeqs, liveGone)
-    for (const [author, seqs] of liveGoneBy) removeCounted(this.liveSeqsBy.get(author)!, seqs)
     let kept = 0
     for (const id of this.sequenced) if (!ids.has(id)) this.sequenced[kept++] = id
     this.sequenced.length = kept
@@ -374,6 +403,8 @@ function insertSorted(values: number[], value: number): void {
   if (values.length === 0 || values[values.length - 1]! <= value) values.push(value)
   else values.splice(firstAbove(values, value), 0, value)
 }
+
+const count = (counts: Map<number, number>, value: number) => counts.set(value, (counts.get(value) ?? 0) + 1)
 
 /** Removes from `values`, in place, as many occurrences of each number as `counts` says. */
 function removeCounted(values: number[], counts: Map<number, number>): void {

@@ -52,3 +52,4 @@ summarizeProfile(profile, Number(flags.top), {
   "until the ack": results.map((r) => [r.clock.sent, r.clock.ack] as const),
   "after the ack": results.map((r) => [r.clock.ack, r.clock.quiet] as const),
 })
+process.exit(0)
