@@ -17,7 +17,7 @@ import { type ConversationId, newConversationId, sendMessage } from "@parley/sha
 import { SqliteBackend } from "../../relay/src/backend/sqlite.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
 import { updateFrame } from "../../relay/test/helpers/frame-probe.js"
-import type { Seed, Shape } from "../../relay/test/helpers/frame-shapes.js"
+import { alice, bob, type Seed, type Shape } from "../../relay/test/helpers/frame-shapes.js"
 import {
   type RelayProcess,
   startRelayProcess,
@@ -75,9 +75,10 @@ const monotonicUs = () => Number(process.hrtime.bigint() / 1000n)
 /**
  * Starts one relay process on a data directory seeded with `conversations`
  * copies of the seed conversation, and measures each `(shape, conversation)`
- * frame: the sender connects and syncs, writes one short message first (as
- * the in-process probe's warm relay does: the conversation's first change
- * loads what later ones reuse), then, once the relay is quiet, sends the shape.
+ * frame: another participant writes one short message first (as the
+ * in-process probe's warm relay does: the conversation's first change loads
+ * what later ones reuse), the sender connects and syncs, then, once the relay
+ * is quiet, sends the shape.
  */
 export async function probeProcess(
   plan: readonly Shape[],
@@ -109,11 +110,19 @@ export async function probeProcess(
     const results: ProcessProbeResult[] = []
     for (let i = 0; i < plan.length; i++) {
       const shape = plan[i]!
+      // Another participant writes the warming message, as in the in-process probe (where the relay
+      // writes it): the sender spends none of its client-id allowance in the document on it.
+      const warmer = shape.user === alice ? bob : alice
+      const warming = new TestClient(relay.url, ids[i]!, await relay.token(warmer))
+      await warming.opened
+      await warming.synced()
+      sendMessage(warming.doc, warmer, { body: "warming up" })
+      await warming.allSaved()
+      warming.close()
+      await warming.closed
       const client = new TestClient(relay.url, ids[i]!, await relay.token(shape.user))
       await client.opened
       await client.synced()
-      sendMessage(client.doc, shape.user, { body: "warming up" })
-      await client.allSaved()
       await cpuWhenQuiet(pid, giveUp)
       const update = shape.build(client.doc, seeds[i]!)
       const frame = updateFrame(update)
