@@ -63,33 +63,39 @@ export class MessageIndex {
   /** Cache of {@link order}, dropped when the sequenced or pending ids change. */
   private canonical: readonly MessageId[] | undefined
   private version = 0
+  /** Numbers to take out of the live lists at the end of the running observer (see {@link batched}). */
+  private liveRemovals:
+    | { count: number; all: Map<number, number>; by: Map<UserId, Map<number, number>> }
+    | undefined
 
   constructor(doc: Y.Doc) {
     const t = typesOf(doc)
     for (const value of t.messages.toArray()) this.addStored(value)
     for (const value of t.order) this.addSequence(value)
     for (const key of t.reactions.keys()) this.addReaction(key)
-    t.messages.observe((event) => {
-      const messages = t.messages as Y.AbstractType<unknown>
-      for (const value of contentOf(inListOrder(addedItems(event.transaction, messages))))
-        this.addStored(value)
-      for (const value of contentOf(deletedItems(event.transaction, messages))) this.removeStored(value)
-      this.touch()
-    })
-    t.order.observe((event) => {
-      for (const value of contentOf<string>(
-        addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
-      )) {
-        this.addSequence(value)
-      }
-      // The relay removes the numbers of messages it sealed into history segments.
-      for (const value of contentOf<string>(
-        deletedItems(event.transaction, t.order as Y.AbstractType<unknown>),
-      )) {
-        this.removeSequence(value)
-      }
-      this.touch()
-    })
+    t.messages.observe((event) =>
+      this.batched(() => {
+        const messages = t.messages as Y.AbstractType<unknown>
+        for (const value of contentOf(inListOrder(addedItems(event.transaction, messages))))
+          this.addStored(value)
+        for (const value of contentOf(deletedItems(event.transaction, messages))) this.removeStored(value)
+        this.touch()
+      }),
+    )
+    t.order.observe((event) =>
+      this.batched(() => {
+        for (const value of contentOf<string>(
+          addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
+        )) {
+          this.addSequence(value)
+        }
+        // The relay removes the numbers of messages it sealed into history segments.
+        this.removeSequences(
+          contentOf<string>(deletedItems(event.transaction, t.order as Y.AbstractType<unknown>)),
+        )
+        this.touch()
+      }),
+    )
     t.reactions.observe((event) => {
       for (const [key, change] of event.changes.keys) {
         if (change.action === "add") this.addReaction(key)
@@ -267,9 +273,44 @@ export class MessageIndex {
     const author = this.live.get(id)
     const seq = this.seqOf.get(id)
     if (author === undefined || seq === undefined) return
+    this.live.delete(id)
+    const later = this.liveRemovals
+    if (later) {
+      later.count++
+      count(later.all, seq)
+      count(
+        map.setIfUndefined(later.by, author, () => new Map<number, number>()),
+        seq,
+      )
+      return
+    }
     removeSorted(this.liveSeqs, seq)
     removeSorted(this.liveSeqsBy.get(author)!, seq)
-    this.live.delete(id)
+  }
+
+  /**
+   * Runs an observer's work with the removals from the sorted live lists
+   * gathered and made at the end: a seal removes thousands of the oldest
+   * messages in one transaction, and one splice each near the front of the
+   * lists moved the whole rest every time. Nothing reads the lists meanwhile,
+   * and they are multisets in order, so the outcome is the same.
+   */
+  private batched(work: () => void) {
+    if (this.liveRemovals) return work()
+    const removals = { count: 0, all: new Map<number, number>(), by: new Map<UserId, Map<number, number>>() }
+    this.liveRemovals = removals
+    try {
+      work()
+    } finally {
+      this.liveRemovals = undefined
+      const apply = (values: number[], seqs: Map<number, number>) => {
+        if (removals.count < BULK_REMOVAL)
+          for (const [seq, times] of seqs) for (let i = 0; i < times; i++) removeSorted(values, seq)
+        else removeCounted(values, seqs)
+      }
+      apply(this.liveSeqs, removals.all)
+      for (const [author, seqs] of removals.by) apply(this.liveSeqsBy.get(author)!, seqs)
+    }
   }
 
   private addSequence(value: string) {
@@ -290,20 +331,47 @@ export class MessageIndex {
     })
   }
 
-  /** Forgets the numbers of a removed `order` record (its messages were sealed). */
-  private removeSequence(value: string) {
-    const record = decodeSequenceRecord(value)
-    if (!record) return
-    record.ids.forEach((id, i) => {
-      const seq = record.from + i
-      if (this.seqOf.get(id) !== seq) return
+  /**
+   * Forgets the numbers of removed `order` records (their messages were
+   * sealed). A seal removes hundreds or thousands at once, the oldest: the
+   * sequenced list is then filtered once rather than spliced once per message
+   * (each splice near the front moves the whole rest).
+   */
+  private removeSequences(values: readonly string[]) {
+    const gone: MessageId[] = []
+    for (const value of values) {
+      const record = decodeSequenceRecord(value)
+      if (!record) continue
+      record.ids.forEach((id, i) => {
+        if (this.seqOf.get(id) === record.from + i) gone.push(id)
+      })
+    }
+    if (gone.length < BULK_REMOVAL) {
+      for (const id of gone) {
+        this.removeLive(id)
+        const at = this.sequencedIndexOf(this.seqOf.get(id)!)
+        if (this.sequenced[at] === id) this.sequenced.splice(at, 1)
+        this.seqOf.delete(id)
+        this.canonical = undefined
+        this.updatePending(id)
+      }
+      return
+    }
+    // The same outcome with one pass over the sequenced list.
+    const ids = new Set<MessageId>()
+    for (const id of gone) {
       this.removeLive(id)
-      const at = this.sequencedIndexOf(seq)
-      if (this.sequenced[at] === id) this.sequenced.splice(at, 1)
+      // Only the id listed at its number leaves the sequenced list (as a splice at that number would).
+      if (this.sequenced[this.sequencedIndexOf(this.seqOf.get(id)!)] === id) ids.add(id)
+    }
+    let kept = 0
+    for (const id of this.sequenced) if (!ids.has(id)) this.sequenced[kept++] = id
+    this.sequenced.length = kept
+    for (const id of gone) {
       this.seqOf.delete(id)
-      this.canonical = undefined
       this.updatePending(id)
-    })
+    }
+    this.canonical = undefined
   }
 
   private addReaction(key: string) {
@@ -343,6 +411,22 @@ function insertSorted(values: number[], value: number): void {
   if (values.length === 0 || values[values.length - 1]! <= value) values.push(value)
   else values.splice(firstAbove(values, value), 0, value)
 }
+
+const count = (counts: Map<number, number>, value: number) => counts.set(value, (counts.get(value) ?? 0) + 1)
+
+/** Removes from `values`, in place, as many occurrences of each number as `counts` says. */
+function removeCounted(values: number[], counts: Map<number, number>): void {
+  let kept = 0
+  for (const value of values) {
+    const left = counts.get(value)
+    if (left) counts.set(value, left - 1)
+    else values[kept++] = value
+  }
+  values.length = kept
+}
+
+/** Removals beyond which {@link MessageIndex} filters its sorted lists once instead of splicing. */
+const BULK_REMOVAL = 64
 
 /** Removes one occurrence of `value` from a sorted array. */
 function removeSorted(values: number[], value: number): void {

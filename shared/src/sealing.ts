@@ -115,14 +115,16 @@ export function planSeal(
 export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
   const t = typesOf(doc)
   doc.transact(() => {
-    // Right to left, so that positions still to visit do not move.
     const positions: number[] = []
     t.messages.forEach((value, position) => {
       const id = storedRecordId(value)
       if (id !== undefined && plan.ids.has(id)) positions.push(position)
     })
-    for (let i = positions.length - 1; i >= 0; i--) t.messages.delete(positions[i]!, 1)
-    for (const position of [...plan.orderPositions].sort((a, b) => b - a)) t.order.delete(position, 1)
+    deleteRuns(t.messages, positions)
+    deleteRuns(
+      t.order,
+      [...plan.orderPositions].sort((a, b) => a - b),
+    )
     t.segments.push([encodeSegmentSummary(plan.summary)])
     // Pinned messages stay listed without their segment: the live document keeps a copy of each.
     for (const { seq, record } of plan.segment.entries)
@@ -135,6 +137,22 @@ export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
         t.pins.set(record.id, encodePin({ seq, record }))
   }, origin)
   sealedHistory(doc).add(plan.segment)
+}
+
+/**
+ * Deletes the elements at `positions` (ascending, distinct) from `array`, one
+ * delete per run of adjacent positions, right to left so that positions still
+ * to visit do not move. What is sealed is the oldest messages, nearly all
+ * adjacent: a run is one walk to its start instead of one per element.
+ */
+function deleteRuns<T>(array: Y.Array<T>, positions: readonly number[]): void {
+  let end = positions.length - 1
+  while (end >= 0) {
+    let start = end
+    while (start > 0 && positions[start - 1] === positions[start]! - 1) start--
+    array.delete(positions[start]!, end - start + 1)
+    end = start - 1
+  }
 }
 
 /**

@@ -17,7 +17,7 @@ import { type ConversationId, newConversationId, sendMessage } from "@parley/sha
 import { SqliteBackend } from "../../relay/src/backend/sqlite.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
 import { updateFrame } from "../../relay/test/helpers/frame-probe.js"
-import type { Seed, Shape } from "../../relay/test/helpers/frame-shapes.js"
+import { alice, bob, type Seed, type Shape } from "../../relay/test/helpers/frame-shapes.js"
 import {
   type RelayProcess,
   startRelayProcess,
@@ -42,11 +42,11 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
  * runs on timers and promise chains after the answer, so an ack alone is not
  * the end of the frame's cost.
  */
-async function cpuWhenQuiet(pid: number, quietMs = 400): Promise<number> {
+async function cpuWhenQuiet(pid: number, giveUpMs: number, quietMs = 400): Promise<number> {
   let last = cpuMsOf(pid)
   let quietSince = performance.now()
-  // On a busy shared machine the relay may never look quiet for long: give up after 20 s.
-  const giveUpAt = performance.now() + 20_000
+  // On a busy shared machine the relay may never look quiet for long: give up after a while.
+  const giveUpAt = performance.now() + giveUpMs
   for (;;) {
     if (performance.now() > giveUpAt) return last
     await sleep(50)
@@ -66,20 +66,31 @@ export interface ProcessProbeResult {
   readonly cpuMs: number
   /** Of which: until the ack arrived (as the process's clock had it then). */
   readonly untilAckMs: number
+  /** Monotonic clock (µs, the clock of V8's CPU profiles) when the frame was sent, acknowledged, and the relay quiet after it. */
+  readonly clock: { readonly sent: number; readonly ack: number; readonly quiet: number }
 }
+
+const monotonicUs = () => Number(process.hrtime.bigint() / 1000n)
 
 /**
  * Starts one relay process on a data directory seeded with `conversations`
  * copies of the seed conversation, and measures each `(shape, conversation)`
- * frame: the sender connects and syncs, writes one short message first (as
- * the in-process probe's warm relay does: the conversation's first change
- * loads what later ones reuse), then, once the relay is quiet, sends the shape.
+ * frame: another participant writes one short message first (as the
+ * in-process probe's warm relay does: the conversation's first change loads
+ * what later ones reuse), the sender connects and syncs, then, once the relay
+ * is quiet, sends the shape.
  */
 export async function probeProcess(
   plan: readonly Shape[],
   seed: (id: ConversationId) => Seed,
-  /** Extra environment of the relay process (NODE_OPTIONS=--cpu-prof, say: it is stopped with SIGTERM). */
-  env: NodeJS.ProcessEnv = {},
+  options: {
+    /** Extra environment of the relay process. */
+    readonly env?: NodeJS.ProcessEnv
+    /** Flags for node running the relay (`--cpu-prof --cpu-prof-dir=DIR`, say: it is stopped with SIGTERM, which writes the profile). */
+    readonly nodeArgs?: readonly string[]
+    /** Longest wait for the relay to go quiet (default 20 s; a profiled relay never does: its sampler keeps it busy). */
+    readonly quietGiveUpMs?: number
+  } = {},
 ): Promise<ProcessProbeResult[]> {
   const ids = plan.map(() => newConversationId())
   const seeds = ids.map((id) => seed(id))
@@ -89,33 +100,49 @@ export async function probeProcess(
   await backend.close()
   let relay: RelayProcess | undefined
   try {
-    relay = await startRelayProcess({ dataDir, env })
+    relay = await startRelayProcess({
+      dataDir,
+      ...(options.env ? { env: options.env } : {}),
+      ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
+    })
+    const giveUp = options.quietGiveUpMs ?? 20_000
     const pid = relay.child.pid!
     const results: ProcessProbeResult[] = []
     for (let i = 0; i < plan.length; i++) {
       const shape = plan[i]!
+      // Another participant writes the warming message, as in the in-process probe (where the relay
+      // writes it): the sender spends none of its client-id allowance in the document on it.
+      const warmer = shape.user === alice ? bob : alice
+      const warming = new TestClient(relay.url, ids[i]!, await relay.token(warmer))
+      await warming.opened
+      await warming.synced()
+      sendMessage(warming.doc, warmer, { body: "warming up" })
+      await warming.allSaved()
+      warming.close()
+      await warming.closed
       const client = new TestClient(relay.url, ids[i]!, await relay.token(shape.user))
       await client.opened
       await client.synced()
-      sendMessage(client.doc, shape.user, { body: "warming up" })
-      await client.allSaved()
-      await cpuWhenQuiet(pid)
+      await cpuWhenQuiet(pid, giveUp)
       const update = shape.build(client.doc, seeds[i]!)
       const frame = updateFrame(update)
       const saves = client.saves.length
       const errors = client.errors.length
-      const before = await cpuWhenQuiet(pid)
+      const before = await cpuWhenQuiet(pid, giveUp)
+      const sent = monotonicUs()
       client.send(frame)
       await client.until(
         () => client.saves.length > saves || client.errors.length > errors || !!client.closeEvent,
       )
       const atAck = cpuMsOf(pid)
-      const after = await cpuWhenQuiet(pid)
+      const ack = monotonicUs()
+      const after = await cpuWhenQuiet(pid, giveUp)
       results.push({
         bytes: frame.length,
         accepted: client.saves.length > saves && client.errors.length === errors,
         cpuMs: after - before,
         untilAckMs: atAck - before,
+        clock: { sent, ack, quiet: monotonicUs() },
       })
       client.close()
       await client.closed

@@ -1,5 +1,5 @@
 import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
-import { HANDLER_NAMES, type HookEvent, type HookEventType } from "./events.js"
+import { HANDLER_NAMES, type HookEvent, type HookEventType, serializedSubjects } from "./events.js"
 
 /**
  * One recorded event. `id` is the log's position as a decimal string: it
@@ -220,7 +220,8 @@ export function eventSerializer(): (event: HookEvent) => string {
         shared = JSON.stringify(conversation)
         conversations.set(conversation, shared)
       }
-      json = `{"event":${JSON.stringify(event.event)},"subject":${JSON.stringify(event.subject)},"conversation":${shared}}`
+      const subject = serializedSubjects.get(event.subject) ?? JSON.stringify(event.subject)
+      json = `{"event":${JSON.stringify(event.event)},"subject":${subject},"conversation":${shared}}`
     }
     done.set(event, json)
     return json

@@ -238,7 +238,7 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
         break
     }
   }
-  push("document.updated", { changes: toJson(input.changes), positions: input.positions })
+  push("document.updated", documentUpdated(input.changes, input.positions))
   return out
 }
 
@@ -247,6 +247,45 @@ export function withName(actor: HookActor, doc: Y.Doc): HookActor {
   if (actor.kind === "relay" || actor.kind === "unknown" || actor.user === undefined) return actor
   const name = displayNameOf(doc, actor.user)
   return name === undefined ? actor : { ...actor, name }
+}
+
+/**
+ * JSON of event subjects serialized as they were made, for {@link eventSerializer}
+ * (which otherwise serializes each subject itself).
+ */
+export const serializedSubjects = new WeakMap<object, string>()
+
+/**
+ * The subject of `document.updated`: every change of the saved change, as
+ * plain JSON. Its changes are serialized once, here, for the event log (a
+ * 2,000-message frame's are hundreds of KB); the plain copy handlers see is
+ * parsed from that JSON only when something reads it (most relays have no
+ * handler for this event), and is then an ordinary data property.
+ */
+function documentUpdated(
+  changes: readonly ChangeEvent[],
+  positions: readonly number[],
+): HookSubjects["document.updated"] {
+  // Change events hold values read from Yjs; through JSON they are plain and storable.
+  const json = JSON.stringify(changes)
+  const subject = {} as { changes: readonly ChangeEvent[]; positions: readonly number[] }
+  Object.defineProperty(subject, "changes", {
+    enumerable: true,
+    configurable: true,
+    get() {
+      const value = JSON.parse(json) as ChangeEvent[]
+      Object.defineProperty(subject, "changes", {
+        value,
+        enumerable: true,
+        configurable: true,
+        writable: true,
+      })
+      return value
+    },
+  })
+  subject.positions = positions
+  serializedSubjects.set(subject, `{"changes":${json},"positions":${JSON.stringify(positions)}}`)
+  return subject
 }
 
 /**
@@ -290,6 +329,3 @@ function viewOf(record: Extract<ChangeEvent, { type: "message.sent" }>["message"
     ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
   }
 }
-
-// Change events hold values read from Yjs; a JSON round trip makes them plain and storable.
-const toJson = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T

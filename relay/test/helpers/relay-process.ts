@@ -39,6 +39,8 @@ export interface StartRelayProcessOptions {
   readonly dataDir?: string
   readonly secret?: string
   readonly env?: NodeJS.ProcessEnv
+  /** Flags for node itself, before the script (`--cpu-prof`, which NODE_OPTIONS refuses). */
+  readonly nodeArgs?: readonly string[]
 }
 
 const started = new Set<RelayProcess>()
@@ -68,7 +70,16 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
   const ownKey = args.some((a) => a === "--auth-public-key" || a === "--auth-jwks-url")
   const child = spawn(
     process.execPath,
-    [BIN, "--port", "0", "--data-dir", dataDir, ...(ownKey ? [] : ["--auth-secret", secret]), ...args],
+    [
+      ...(options.nodeArgs ?? []),
+      BIN,
+      "--port",
+      "0",
+      "--data-dir",
+      dataDir,
+      ...(ownKey ? [] : ["--auth-secret", secret]),
+      ...args,
+    ],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...options.env } },
   )
   const lines: string[] = []

@@ -1,13 +1,16 @@
 import {
   addParticipants,
+  type ChangeEvent,
   type ConversationId,
   changeRole,
   createConversation,
   deleteConversation,
   deleteMessage,
   editMessage,
+  getMessage,
   type MessageId,
   markRead,
+  observeChanges,
   react,
   removeParticipants,
   renameConversation,
@@ -16,7 +19,9 @@ import {
   unreact,
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
-import type { HookEvent } from "../../src/hooks/events.js"
+import * as Y from "yjs"
+import { eventSerializer } from "../../src/hooks/event-log.js"
+import { deriveHookEvents, type HookEvent } from "../../src/hooks/events.js"
 import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
 
 const alice = "alice" as UserId
@@ -168,5 +173,39 @@ describe("hook events from clients' changes", () => {
     await new Promise((resolve) => setImmediate(resolve))
     expect(summary(events)).toEqual(["typing.started", "typing.started"])
     expect(events[0]!.subject).toEqual({ user: "alice" })
+  })
+})
+
+describe("document.updated", () => {
+  it("stores the same JSON handlers read, and hands them a plain copy they may change", () => {
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id, participants: [bob], title: "t" })
+    const changes: ChangeEvent[] = []
+    const stop = observeChanges(doc, (c) => changes.push(...c))
+    const { id: messageId } = sendMessage(doc, alice, { body: "hi" })
+    stop()
+    const events = deriveHookEvents({
+      conversationId: id,
+      doc,
+      actor: { kind: "user", user: alice },
+      changes,
+      positions: [3, 4],
+      now: 1,
+    })
+    const updated = events.at(-1) as HookEvent<"document.updated">
+    expect(updated.event.type).toBe("document.updated")
+    // What the event log stores is what serializing the object a handler sees gives.
+    const stored = eventSerializer()(updated)
+    expect(JSON.parse(stored)).toEqual(JSON.parse(JSON.stringify(updated)))
+    expect(stored).toBe(JSON.stringify(updated))
+    const seen = updated.subject.changes as ChangeEvent[]
+    expect(seen).toEqual(JSON.parse(JSON.stringify(changes)))
+    expect(updated.subject.positions).toEqual([3, 4])
+    // A copy: changing it changes neither the document nor what was stored.
+    const sent = seen.find((c) => c.type === "message.sent") as Extract<ChangeEvent, { type: "message.sent" }>
+    ;(sent.message as { body: string }).body = "changed"
+    expect(updated.subject.changes).toBe(seen)
+    expect(getMessage(doc, messageId)?.body).toBe("hi")
+    expect(stored).toContain('"body":"hi"')
   })
 })

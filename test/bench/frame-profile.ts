@@ -1,0 +1,55 @@
+/**
+ * CPU profile of a real relay process serving one frame shape: starts the
+ * relay with `node --cpu-prof` (NODE_OPTIONS refuses it), sends it `--frames`
+ * frames of the shape (each to its own seeded conversation, as
+ * `npm run bench:frames` does end to end), stops it with SIGTERM so that node
+ * writes the profile, then prints self time by function and by file
+ * (see cpu-profile-summary.ts).
+ *
+ *   node --conditions=parley-source --import tsx test/bench/frame-profile.ts \
+ *     --shape "2,000 short messages in one update (the value cap)" --frames 10 --dir /tmp/prof
+ */
+import { mkdirSync, readdirSync, statSync } from "node:fs"
+import { join } from "node:path"
+import { parseArgs } from "node:util"
+import { honestShapes, hostileShapes, seedConversation } from "../../relay/test/helpers/frame-shapes.js"
+import { summarizeProfile } from "./cpu-profile-summary.js"
+import { probeProcess } from "./frame-cost-process.js"
+
+const { values: flags } = parseArgs({
+  options: {
+    shape: { type: "string", default: "2,000 short messages in one update (the value cap)" },
+    frames: { type: "string", default: "10" },
+    messages: { type: "string", default: "1000" },
+    dir: { type: "string", default: "bench-results/profiles" },
+    top: { type: "string", default: "40" },
+    // How long after the ack the frame's work is taken to last (the profiled relay never goes quiet).
+    settle: { type: "string", default: "2500" },
+  },
+})
+const shape = [...honestShapes, ...hostileShapes].find((s) => s.name === flags.shape)
+if (!shape) throw new Error(`no shape named ${flags.shape}`)
+mkdirSync(flags.dir, { recursive: true })
+const startedAt = Date.now()
+const plan = Array.from({ length: Number(flags.frames) }, () => shape)
+const results = await probeProcess(plan, (id) => seedConversation(id, Number(flags.messages)), {
+  nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${flags.dir}`],
+  quietGiveUpMs: Number(flags.settle),
+})
+console.log(
+  `frames: ${results.map((r) => `${r.cpuMs} (${r.untilAckMs} to ack)${r.accepted ? "" : " refused"}`).join(", ")}`,
+)
+// One profile per thread; the main thread's is the first (".0.").
+const profile = readdirSync(flags.dir)
+  .map((f) => join(flags.dir, f))
+  .filter((f) => f.endsWith(".cpuprofile") && statSync(f).mtimeMs >= startedAt)
+  .sort()
+  .find((f) => /\.0\.\d+\.cpuprofile$/.test(f))
+if (!profile) throw new Error("the relay wrote no profile")
+console.log(profile)
+// The frames' windows only (the profile also holds the start, the seeding syncs, the warming messages).
+summarizeProfile(profile, Number(flags.top), {
+  "until the ack": results.map((r) => [r.clock.sent, r.clock.ack] as const),
+  "after the ack": results.map((r) => [r.clock.ack, r.clock.quiet] as const),
+})
+process.exit(0)
