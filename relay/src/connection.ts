@@ -48,7 +48,10 @@ const INITIAL_SYNC = { initialSync: true } as const
  */
 export interface ConnectionHost {
   readonly doc: Y.Doc
+  /** The document's awareness (created when first read). */
   readonly awareness: awarenessProtocol.Awareness
+  /** The awareness if it exists yet: none means nobody is present. */
+  readonly awarenessIfAny: awarenessProtocol.Awareness | undefined
   /** Set once the document is dropped from memory. */
   readonly destroyed: boolean
   /** True while a change is applied in memory but not yet durable. */
@@ -142,8 +145,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     // catch-up (a merge deletes the entries of a concurrent creation it beat, which then looks like removal).
     this.sendSyncStep1()
     if (stateVector) this.sendSyncStep2(stateVector)
-    const states = this.host.awareness.getStates()
-    if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+    this.sendPresent()
     // y-websocket answers this with its awareness.
     this.send(QUERY_AWARENESS)
   }
@@ -170,8 +172,14 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     // The state vector too describes only what is durable (the client leaves out what it thinks we have).
     if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep1())
     else this.sendSyncStep1()
-    const states = this.host.awareness.getStates()
-    if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+    this.sendPresent()
+  }
+
+  /** The awareness states present, if any. */
+  private sendPresent(): void {
+    const awareness = this.host.awarenessIfAny
+    const states = awareness?.getStates()
+    if (awareness && states && states.size > 0) this.send(awarenessFrame(awareness, [...states.keys()]))
   }
 
   /**
@@ -242,8 +250,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         return
       case "queryAwareness": {
         if (this.pending) return
-        const states = this.host.awareness.getStates()
-        this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+        const awareness = this.host.awarenessIfAny
+        this.send(awareness ? awarenessFrame(awareness, [...awareness.getStates().keys()]) : NO_AWARENESS)
         return
       }
       case "parley": {
@@ -337,6 +345,9 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       })
   }
 }
+
+/** An awareness frame holding no state: the answer to a query where nobody is present. */
+const NO_AWARENESS = encodeAwareness(new Uint8Array([0]))
 
 /** A query-awareness frame: asks the client for its awareness states. */
 const QUERY_AWARENESS = encodeQueryAwareness()

@@ -11,6 +11,7 @@ import {
 import { type RawData, WebSocket } from "ws"
 import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
+import type { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
 import type { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
@@ -55,6 +56,8 @@ export interface MuxSocketOptions {
   readonly metrics: RelayMetrics
   readonly limits: MuxLimits
   readonly keepalive: Keepalive
+  /** Where the channels' token expiries wait (the transport's one timer). */
+  readonly deadlines: Deadlines
   /** The socket's own token (from its URL), verified. */
   readonly token: VerifiedToken
 }
@@ -242,8 +245,10 @@ export class MuxSocket {
       send: (frame) => session.send(frame),
       close: (code, reason) =>
         channel.connection ? channel.connection.close(code, reason) : session.close(code, reason),
-      log: log.child({ doc: name }),
+      log,
+      doc: name,
       metrics,
+      deadlines: this.options.deadlines,
     })
     let connection: Connection
     try {

@@ -440,7 +440,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /** @internal */
   awareness(connection: HostedConnection, update: Uint8Array): void {
-    this.gates.get(connection.host)?.receive(connection, update)
+    const host = connection.host
+    if (host.destroyed) return
+    // Reading it sets the document's awareness up (and its gate), the first time.
+    void host.awareness
+    this.gates.get(host)?.receive(connection, update)
   }
 
   /** @internal */
@@ -581,10 +585,24 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       Math.max(stored.through, stored.updates.at(-1)?.position ?? 0),
     )
     host.observe()
+    const owners = await this.extensions.clientIdOwners({ name: host.name, doc: host.doc })
+    // Presence is set up when someone first publishes or asks for it: most documents (an inbox, a
+    // conversation nobody has open with presence) never need an awareness, its gate or its fan-out.
+    host.whenAwareness(() => this.wireAwareness(host, owners))
+    this.loadedNow.set(name, host)
+    this.log.debug({ doc: name, entries: stored.updates.length }, "document loaded")
+    const router = this.options.router
+    if (router) await router.loaded(host)
+    if (!router || router.owns(name)) await sequenceLeftovers(this.ctx, host)
+    return host
+  }
+
+  /** Sets up `host`'s owned awareness: its gate, its fan-out and what follows each change. */
+  private wireAwareness(host: DocumentHost, owners: ClientIdOwners | undefined): void {
+    const name = host.key
     const gate = new AwarenessGate({
       host,
-      owners:
-        (await this.extensions.clientIdOwners({ name: host.name, doc: host.doc })) ?? memoryOwners(host.doc),
+      owners: owners ?? memoryOwners(host.doc),
       limits: this.limits,
       dropped: (connection, reason, count) => {
         this.options.metrics.awarenessDropped.inc({ reason }, count)
@@ -631,12 +649,6 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         changedNow.clear()
       },
     )
-    this.loadedNow.set(name, host)
-    this.log.debug({ doc: name, entries: stored.updates.length }, "document loaded")
-    const router = this.options.router
-    if (router) await router.loaded(host)
-    if (!router || router.owns(name)) await sequenceLeftovers(this.ctx, host)
-    return host
   }
 
   /** Records, logs and counts a document found damaged; returns the error to refuse it with. */

@@ -9,15 +9,13 @@ import {
   toParleyError,
 } from "@parley/shared"
 import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
+import type { Deadlines, Due } from "./deadlines.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { describePrincipal } from "./principal.js"
 
 /** Longest token a refresh may carry: about what fits in the URL a connection opens with. */
 export const MAX_REFRESH_TOKEN_BYTES = 16 * 1024
-
-/** Longest delay a Node timer takes (about 24.8 days); a later expiry is reached in steps. */
-const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** What a {@link TokenLease} needs from its socket. */
 export interface TokenLeaseOptions {
@@ -28,8 +26,13 @@ export interface TokenLeaseOptions {
   readonly wantsParley: boolean
   readonly send: (frame: Uint8Array) => void
   readonly close: (code: number, reason: string) => void
+  /** The transport's logger (the lease adds `doc` to what it logs, without a child logger per socket). */
   readonly log: Logger
+  /** The document the socket (or channel) is attached to, for the log. */
+  readonly doc: string
   readonly metrics: RelayMetrics
+  /** Where the expiry waits: one timer for every socket's lease. */
+  readonly deadlines: Deadlines
 }
 
 /**
@@ -40,9 +43,8 @@ export interface TokenLeaseOptions {
  * and name the same user (or service) with the same role; otherwise the
  * socket is closed with 4401 too.
  */
-export class TokenLease {
+export class TokenLease implements Due {
   private expiresAt: number | undefined
-  private timer: ReturnType<typeof setTimeout> | undefined
   private checking = false
   /** A refresh that arrived while another was being checked; only the latest waits. */
   private waiting: string | undefined
@@ -67,7 +69,7 @@ export class TokenLease {
       token = read.message.token
     } catch {
       this.ended = true
-      clearTimeout(this.timer)
+      this.options.deadlines.clear(this)
       this.options.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
       this.options.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
       return true
@@ -84,7 +86,7 @@ export class TokenLease {
   /** The socket closed: no more timer. */
   stop(): void {
     this.ended = true
-    clearTimeout(this.timer)
+    this.options.deadlines.clear(this)
   }
 
   /** Checks refreshes one at a time, in order, ending with the latest one that waited. */
@@ -120,6 +122,7 @@ export class TokenLease {
     this.options.metrics.tokens.inc({ event: "refreshed" })
     this.options.log.debug(
       {
+        doc: this.options.doc,
         principal: describePrincipal(token.principal),
         expiresAt: token.expiresAt,
         ...(token.dev ? { dev: true } : {}),
@@ -136,34 +139,37 @@ export class TokenLease {
     this.options.metrics.tokens.inc({ event: "refused" })
     this.options.metrics.errors.inc({ code: ErrorCode.UNAUTHORIZED })
     this.options.log.info(
-      { principal: describePrincipal(this.options.token.principal), reason: error.message },
+      {
+        doc: this.options.doc,
+        principal: describePrincipal(this.options.token.principal),
+        reason: error.message,
+      },
       "token refresh refused",
     )
     this.end(error, CloseCode.TokenRefused)
   }
 
   private arm(): void {
-    clearTimeout(this.timer)
-    this.timer = undefined
-    if (this.ended || this.expiresAt === undefined) return
-    const delay = Math.min(MAX_TIMER_MS, Math.max(0, this.expiresAt - Date.now()))
-    this.timer = setTimeout(() => {
-      if (this.expiresAt !== undefined && Date.now() < this.expiresAt) return this.arm()
-      this.options.metrics.tokens.inc({ event: "expired" })
-      this.options.log.info(
-        { principal: describePrincipal(this.options.token.principal) },
-        "closed: token expired",
-      )
-      this.end(new ParleyError(ErrorCode.UNAUTHORIZED, "the token expired"), CloseCode.TokenExpired)
-    }, delay)
-    // A lease must not keep a stopping process alive.
-    this.timer.unref?.()
+    if (this.ended || this.expiresAt === undefined) this.options.deadlines.clear(this)
+    else this.options.deadlines.set(this, this.expiresAt)
+  }
+
+  /** @internal The token's expiry passed (see {@link Deadlines}). */
+  due(): void {
+    if (this.ended) return
+    if (this.expiresAt !== undefined && Date.now() < this.expiresAt) return this.arm()
+    this.options.metrics.tokens.inc({ event: "expired" })
+    this.options.log.info(
+      { doc: this.options.doc, principal: describePrincipal(this.options.token.principal) },
+      "closed: token expired",
+    )
+    this.end(new ParleyError(ErrorCode.UNAUTHORIZED, "the token expired"), CloseCode.TokenExpired)
   }
 
   private end(error: ParleyError, close: { readonly code: number; readonly reason: string }): void {
     if (this.ended) return
     this.ended = true
-    clearTimeout(this.timer)
+    this.options.deadlines.clear(this)
     if (this.options.wantsParley) this.options.send(encodeError({ code: error.code, message: error.message }))
     this.options.close(close.code, close.reason)
   }

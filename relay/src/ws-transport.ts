@@ -18,9 +18,10 @@ import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { AddressLimiter } from "./address-limits.js"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
+import { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
 import { sendJson } from "./http-json.js"
-import { Keepalive } from "./keepalive.js"
+import { Keepalive, type Liveness } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { MuxSocket } from "./mux-socket.js"
@@ -125,6 +126,8 @@ export class WsTransport {
   private readonly sockets = new Set<WebSocket>()
   private readonly keepalive: Keepalive
   private readonly addresses: AddressLimiter
+  /** Every open socket's (and channel's) token expiry, on one timer. */
+  private readonly deadlines = new Deadlines()
 
   constructor(private readonly options: TransportOptions) {
     this.addresses = new AddressLimiter(options.limits.addressAuthFailuresPerMinute)
@@ -170,6 +173,7 @@ export class WsTransport {
   async close(): Promise<void> {
     this.stopAccepting()
     this.keepalive.stop()
+    this.deadlines.stop()
     for (const ws of this.sockets) ws.close(CloseCode.GoingAway.code, CloseCode.GoingAway.reason)
     await new Promise<void>((resolve) => this.wss.close(() => resolve()))
     this.server.closeAllConnections()
@@ -253,7 +257,7 @@ export class WsTransport {
   private async accept(ws: WebSocket, req: IncomingMessage): Promise<void> {
     const { log, metrics, limits } = this.options
     this.sockets.add(ws)
-    this.keepalive.watch(ws, () => {
+    const liveness = this.keepalive.watch(ws, () => {
       metrics.errors.inc({ code: "PING_TIMEOUT" })
       log.info({ doc: name }, "dropped: no answer to ping")
     })
@@ -276,7 +280,7 @@ export class WsTransport {
     // Read now: once the socket is gone, it is not.
     const address = this.addressOf(req)
     if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION) {
-      await this.acceptMux(ws, url, address)
+      await this.acceptMux(ws, url, address, liveness)
       return
     }
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
@@ -317,6 +321,7 @@ export class WsTransport {
 
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (socketClosed) return
+      if (liveness) liveness.heard = true
       // Awareness frames have a budget of their own (see socketAwarenessPerSecond); types are one byte.
       const awareness = isBinary && firstByte(data) === MessageType.awareness
       // An awareness frame may be the echo a stock client owes for one it was sent: free, up to those sent.
@@ -424,8 +429,10 @@ export class WsTransport {
       wantsParley,
       send: (frame) => session.send(frame),
       close: (code, reason) => (connection ? connection.close(code, reason) : closeWith({ code, reason })),
-      log: log.child({ doc: name }),
+      log,
+      doc: name,
       metrics,
+      deadlines: this.deadlines,
     })
     try {
       connection = await this.options.core.connect(name, session)
@@ -444,7 +451,12 @@ export class WsTransport {
    * A multiplexed socket (`?mux=1`): the socket's token names its user; each
    * channel is then attached to its document like a socket of its own (see {@link MuxSocket}).
    */
-  private async acceptMux(ws: WebSocket, url: URL, address: string): Promise<void> {
+  private async acceptMux(
+    ws: WebSocket,
+    url: URL,
+    address: string,
+    liveness: Liveness | undefined,
+  ): Promise<void> {
     const { log, metrics, limits } = this.options
     let mux: MuxSocket | undefined
     let socketClosed = false
@@ -456,6 +468,7 @@ export class WsTransport {
     }
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (socketClosed) return
+      if (liveness) liveness.heard = true
       if (mux) return mux.receive(data, isBinary)
       early.push({ data, isBinary })
       earlyBytes += toBytes(data).length
@@ -503,6 +516,7 @@ export class WsTransport {
       metrics,
       limits,
       keepalive: this.keepalive,
+      deadlines: this.deadlines,
       token,
     })
     mux.start()

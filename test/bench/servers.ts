@@ -45,8 +45,9 @@ export interface RunningServer {
   read(): ProcessReading
   /**
    * Runs a full garbage collection in the server (through its inspector, the
-   * same way for every server) and reads it then: memory figures after it hold
-   * what the server keeps, not what it has not collected yet.
+   * same way for every server) and reads it then, once its RSS stopped falling:
+   * memory figures after it hold what the server keeps, not what it has not
+   * collected or released yet.
    */
   collected(): Promise<CollectedReading>
   stop(): Promise<void>
@@ -204,13 +205,27 @@ function handle(
     read: () => readProcess(child.pid!),
     async collected() {
       const url = await inspector
-      // Twice: a first full collection can leave what finalizers freed for the next one.
-      const [, , usage] = await inspect(url, [
-        "HeapProfiler.collectGarbage",
-        "HeapProfiler.collectGarbage",
-        "Runtime.getHeapUsage",
-      ])
-      return { ...readProcess(child.pid!), heapUsed: (usage as { usedSize: number }).usedSize }
+      const once = async (): Promise<CollectedReading> => {
+        // Twice: a first full collection can leave what finalizers freed for the next one.
+        const [, , usage] = await inspect(url, [
+          "HeapProfiler.collectGarbage",
+          "HeapProfiler.collectGarbage",
+          "Runtime.getHeapUsage",
+        ])
+        return { ...readProcess(child.pid!), heapUsed: (usage as { usedSize: number }).usedSize }
+      }
+      // V8 gives freed pages back to the system over seconds after a collection, not at once: RSS
+      // is read once it stops falling (within 256 KB over 2 s, or after 20 s), so that a reading
+      // taken just after a busy phase does not count pages about to be released.
+      let reading = await once()
+      for (let i = 0; i < 10; i++) {
+        await new Promise((r) => setTimeout(r, 2000))
+        const next = await once()
+        const settled = reading.rss - next.rss < 256 * 1024
+        reading = next
+        if (settled) break
+      }
+      return reading
     },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
