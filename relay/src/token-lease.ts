@@ -157,7 +157,10 @@ export class TokenLease implements Due {
   /** @internal The token's expiry passed (see {@link Deadlines}). */
   due(): void {
     if (this.ended) return
-    if (this.expiresAt !== undefined && Date.now() < this.expiresAt) return this.arm()
+    if (this.expiresAt !== undefined && Date.now() < this.expiresAt) {
+      this.arm()
+      return
+    }
     this.options.metrics.tokens.inc({ event: "expired" })
     this.options.log.info(
       { doc: this.options.doc, principal: describePrincipal(this.options.token.principal) },
