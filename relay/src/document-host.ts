@@ -163,8 +163,14 @@ export class DocumentHost implements ConnectionHost {
     this.idleTimer = undefined
   }
 
-  /** Starts collecting change events (after the stored state is applied, so loading emits none). */
+  /**
+   * Starts collecting change events (after the stored state is applied, so
+   * loading emits none). Only a conversation has any: an inbox holds entries
+   * and mute flags, which the inbox policy keeps it to, and observing it would
+   * create the nine conversation types in it (about 9 KB per loaded inbox).
+   */
   observe(): void {
+    if (this.name.kind !== "conversation") return
     this.stopObserving ??= observeChanges(this.doc, (events) => this.events.push(...events))
   }
 

@@ -70,8 +70,8 @@ interface Channel {
   readonly name: string
   connection: Connection | undefined
   lease: TokenLease | undefined
-  /** Frames that arrived while the channel's token was checked and its document loaded. */
-  early: Uint8Array[]
+  /** Frames that arrived while the channel's token was checked and its document loaded (made when one does). */
+  early: Uint8Array[] | undefined
   earlyBytes: number
   readonly limiter: RateLimiter
   readonly awarenessLimiter: RateLimiter
@@ -196,7 +196,7 @@ export class MuxSocket {
       name,
       connection: undefined,
       lease: undefined,
-      early: [],
+      early: undefined,
       earlyBytes: 0,
       limiter: new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst),
       awarenessLimiter: new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst),
@@ -262,8 +262,10 @@ export class MuxSocket {
       return
     }
     channel.connection = connection
-    for (const frame of channel.early.splice(0)) this.deliver(channel, frame)
+    const early = channel.early
+    channel.early = undefined
     channel.earlyBytes = 0
+    if (early) for (const frame of early) this.deliver(channel, frame)
   }
 
   private channelFrame(number: number, channel: Channel, frame: Uint8Array): void {
@@ -282,6 +284,7 @@ export class MuxSocket {
       this.deliver(channel, frame)
       return
     }
+    channel.early ??= []
     channel.early.push(frame)
     channel.earlyBytes += frame.length
     // Frames wait here only while the token is checked and the document loaded.
@@ -320,7 +323,7 @@ export class MuxSocket {
     channel.closed = true
     this.channels.delete(number)
     channel.lease?.stop()
-    channel.early = []
+    channel.early = undefined
     channel.connection?.close(close.code, close.reason)
     if (tell) this.sendRaw(encodeChannelClose(number, close.code, close.reason), false)
   }
