@@ -1,5 +1,6 @@
 import {
   CloseCode,
+  type DocumentName,
   EMPTY_STATE_VECTOR,
   EMPTY_UPDATE,
   ErrorCode,
@@ -47,6 +48,7 @@ const INITIAL_SYNC = { initialSync: true } as const
  * so that this module does not depend on the host's).
  */
 export interface ConnectionHost {
+  readonly name: DocumentName
   readonly doc: Y.Doc
   /** The document's awareness (created when first read). */
   readonly awareness: awarenessProtocol.Awareness
@@ -305,7 +307,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       }
       // A replica of an older epoch of the live document (it lacks the epoch's own client id) cannot
       // merge into this one: it is told to rebuild (the SDK rebases its pending work), nothing more.
-      const epoch = epochOf(this.host.doc)
+      // Only conversations have epochs; reading one from an inbox would create the conversation types in it.
+      const epoch = this.host.name.kind === "conversation" ? epochOf(this.host.doc) : undefined
       if (epoch !== undefined) {
         const known = Y.decodeStateVector(stateVector)
         if (known.size > 0 && !known.has(epoch)) {

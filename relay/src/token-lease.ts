@@ -17,22 +17,27 @@ import { describePrincipal } from "./principal.js"
 /** Longest token a refresh may carry: about what fits in the URL a connection opens with. */
 export const MAX_REFRESH_TOKEN_BYTES = 16 * 1024
 
-/** What a {@link TokenLease} needs from its socket. */
-export interface TokenLeaseOptions {
+/** What every lease of a transport shares (one object, not one per socket). */
+export interface LeaseContext {
   readonly auth: Authenticator
-  /** The token the socket connected with. */
+  /** The transport's logger (a lease adds its `doc` to what it logs, without a child logger per socket). */
+  readonly log: Logger
+  readonly metrics: RelayMetrics
+  /** Where the expiries wait: one timer for every socket's lease. */
+  readonly deadlines: Deadlines
+}
+
+/** The socket (or multiplexed channel) a {@link TokenLease} belongs to. */
+export interface LeaseHolder {
+  /** The token it connected (or opened) with. */
   readonly token: VerifiedToken
   /** The client reads Parley's extension frames (typed errors, `tokenAccepted`). */
   readonly wantsParley: boolean
-  readonly send: (frame: Uint8Array) => void
-  readonly close: (code: number, reason: string) => void
-  /** The transport's logger (the lease adds `doc` to what it logs, without a child logger per socket). */
-  readonly log: Logger
-  /** The document the socket (or channel) is attached to, for the log. */
-  readonly doc: string
-  readonly metrics: RelayMetrics
-  /** Where the expiry waits: one timer for every socket's lease. */
-  readonly deadlines: Deadlines
+  /** The document it is attached to, for the log. */
+  readonly name: string
+  send(frame: Uint8Array): void
+  /** The lease ended (expired, or a refresh was refused): close with this code. */
+  leaseEnded(code: number, reason: string): void
 }
 
 /**
@@ -50,8 +55,11 @@ export class TokenLease implements Due {
   private waiting: string | undefined
   private ended = false
 
-  constructor(private readonly options: TokenLeaseOptions) {
-    this.expiresAt = options.token.expiresAt
+  constructor(
+    private readonly context: LeaseContext,
+    private readonly holder: LeaseHolder,
+  ) {
+    this.expiresAt = holder.token.expiresAt
     this.arm()
   }
 
@@ -69,9 +77,9 @@ export class TokenLease implements Due {
       token = read.message.token
     } catch {
       this.ended = true
-      this.options.deadlines.clear(this)
-      this.options.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
-      this.options.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
+      this.context.deadlines.clear(this)
+      this.context.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
+      this.holder.leaseEnded(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
       return true
     }
     if (Buffer.byteLength(token, "utf8") > MAX_REFRESH_TOKEN_BYTES) {
@@ -86,7 +94,7 @@ export class TokenLease implements Due {
   /** The socket closed: no more timer. */
   stop(): void {
     this.ended = true
-    this.options.deadlines.clear(this)
+    this.context.deadlines.clear(this)
   }
 
   /** Checks refreshes one at a time, in order, ending with the latest one that waited. */
@@ -99,12 +107,12 @@ export class TokenLease implements Due {
         this.waiting = undefined
         let verified: VerifiedToken
         try {
-          verified = await this.options.auth.verifyToken(token)
+          verified = await this.context.auth.verifyToken(token)
         } catch (error) {
           return this.refused(toParleyError(error, ErrorCode.UNAUTHORIZED))
         }
         if (this.ended) return
-        if (!samePrincipal(verified.principal, this.options.token.principal))
+        if (!samePrincipal(verified.principal, this.holder.token.principal))
           return this.refused(
             new ParleyError(ErrorCode.UNAUTHORIZED, "the refreshed token is for another user or role"),
           )
@@ -119,29 +127,29 @@ export class TokenLease implements Due {
   private accepted(token: VerifiedToken): void {
     this.expiresAt = token.expiresAt
     this.arm()
-    this.options.metrics.tokens.inc({ event: "refreshed" })
-    this.options.log.debug(
+    this.context.metrics.tokens.inc({ event: "refreshed" })
+    this.context.log.debug(
       {
-        doc: this.options.doc,
+        doc: this.holder.name,
         principal: describePrincipal(token.principal),
         expiresAt: token.expiresAt,
         ...(token.dev ? { dev: true } : {}),
       },
       "token refreshed",
     )
-    if (this.options.wantsParley)
-      this.options.send(
+    if (this.holder.wantsParley)
+      this.holder.send(
         encodeTokenAccepted(token.expiresAt === undefined ? 0 : Math.floor(token.expiresAt / 1000)),
       )
   }
 
   private refused(error: ParleyError): void {
-    this.options.metrics.tokens.inc({ event: "refused" })
-    this.options.metrics.errors.inc({ code: ErrorCode.UNAUTHORIZED })
-    this.options.log.info(
+    this.context.metrics.tokens.inc({ event: "refused" })
+    this.context.metrics.errors.inc({ code: ErrorCode.UNAUTHORIZED })
+    this.context.log.info(
       {
-        doc: this.options.doc,
-        principal: describePrincipal(this.options.token.principal),
+        doc: this.holder.name,
+        principal: describePrincipal(this.holder.token.principal),
         reason: error.message,
       },
       "token refresh refused",
@@ -150,8 +158,8 @@ export class TokenLease implements Due {
   }
 
   private arm(): void {
-    if (this.ended || this.expiresAt === undefined) this.options.deadlines.clear(this)
-    else this.options.deadlines.set(this, this.expiresAt)
+    if (this.ended || this.expiresAt === undefined) this.context.deadlines.clear(this)
+    else this.context.deadlines.set(this, this.expiresAt)
   }
 
   /** @internal The token's expiry passed (see {@link Deadlines}). */
@@ -161,9 +169,9 @@ export class TokenLease implements Due {
       this.arm()
       return
     }
-    this.options.metrics.tokens.inc({ event: "expired" })
-    this.options.log.info(
-      { doc: this.options.doc, principal: describePrincipal(this.options.token.principal) },
+    this.context.metrics.tokens.inc({ event: "expired" })
+    this.context.log.info(
+      { doc: this.holder.name, principal: describePrincipal(this.holder.token.principal) },
       "closed: token expired",
     )
     this.end(new ParleyError(ErrorCode.UNAUTHORIZED, "the token expired"), CloseCode.TokenExpired)
@@ -172,8 +180,8 @@ export class TokenLease implements Due {
   private end(error: ParleyError, close: { readonly code: number; readonly reason: string }): void {
     if (this.ended) return
     this.ended = true
-    this.options.deadlines.clear(this)
-    if (this.options.wantsParley) this.options.send(encodeError({ code: error.code, message: error.message }))
-    this.options.close(close.code, close.reason)
+    this.context.deadlines.clear(this)
+    if (this.holder.wantsParley) this.holder.send(encodeError({ code: error.code, message: error.message }))
+    this.holder.leaseEnded(close.code, close.reason)
   }
 }

@@ -31,7 +31,7 @@ import { firstByte, toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
 import { SendQueue } from "./send-queue.js"
 import { serveStatic } from "./static-files.js"
-import { TokenLease } from "./token-lease.js"
+import { type LeaseContext, TokenLease } from "./token-lease.js"
 
 /** Limits applied per WebSocket connection. */
 export interface TransportLimits {
@@ -128,9 +128,17 @@ export class WsTransport {
   private readonly addresses: AddressLimiter
   /** Every open socket's (and channel's) token expiry, on one timer. */
   private readonly deadlines = new Deadlines()
+  /** What every socket's token lease shares. */
+  private readonly leases: LeaseContext
 
   constructor(private readonly options: TransportOptions) {
     this.addresses = new AddressLimiter(options.limits.addressAuthFailuresPerMinute)
+    this.leases = {
+      auth: options.auth,
+      log: options.log,
+      metrics: options.metrics,
+      deadlines: this.deadlines,
+    }
     this.server = createServer((req, res) => {
       this.http(req, res).catch((error: unknown) => {
         options.log.error({ err: error, url: req.url }, "http request failed")
@@ -423,16 +431,13 @@ export class WsTransport {
       },
       close: (code, reason) => closeWith({ code, reason }),
     }
-    lease = new TokenLease({
-      auth: this.options.auth,
+    lease = new TokenLease(this.leases, {
       token,
       wantsParley,
+      name,
       send: (frame) => session.send(frame),
-      close: (code, reason) => (connection ? connection.close(code, reason) : closeWith({ code, reason })),
-      log,
-      doc: name,
-      metrics,
-      deadlines: this.deadlines,
+      leaseEnded: (code, reason) =>
+        connection ? connection.close(code, reason) : closeWith({ code, reason }),
     })
     try {
       connection = await this.options.core.connect(name, session)
@@ -516,7 +521,7 @@ export class WsTransport {
       metrics,
       limits,
       keepalive: this.keepalive,
-      deadlines: this.deadlines,
+      leases: this.leases,
       token,
     })
     mux.start()
