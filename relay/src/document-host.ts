@@ -264,11 +264,13 @@ export class DocumentHost implements ConnectionHost {
     return Y.encodeStateVector(entries)
   }
 
-  private readonly actorClientIds = new Map<string, number>()
+  /** Made on the first server-side write: most loaded documents get none. */
+  private actorClientIds: Map<string, number> | undefined
 
   /** The Yjs client id server-side writes of `actor` use in this document (one per actor and load). */
   clientIdFor(actor: Principal): number {
     const key = describePrincipal(actor)
+    this.actorClientIds ??= new Map()
     let id = this.actorClientIds.get(key)
     if (id === undefined) {
       id = crypto.getRandomValues(new Uint32Array(1))[0]!

@@ -263,7 +263,7 @@ export class WsTransport {
   }
 
   private async accept(ws: WebSocket, req: IncomingMessage): Promise<void> {
-    const { log, metrics, limits } = this.options
+    const { log, metrics } = this.options
     this.sockets.add(ws)
     const liveness = this.keepalive.watch(ws, () => {
       metrics.errors.inc({ code: "PING_TIMEOUT" })
@@ -287,10 +287,22 @@ export class WsTransport {
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     // Read now: once the socket is gone, it is not.
     const address = this.addressOf(req)
-    if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION) {
+    // Each kind of socket in a function of its own: what its closures keep per socket is only its own.
+    if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION)
       await this.acceptMux(ws, url, address, liveness)
-      return
-    }
+    else await this.acceptDocument(ws, url, name, wantsParley, address, liveness)
+  }
+
+  /** A socket to one document (`/<document>?token=...`), as stock y-websocket clients open it. */
+  private async acceptDocument(
+    ws: WebSocket,
+    url: URL,
+    name: string,
+    wantsParley: boolean,
+    address: string,
+    liveness: Liveness | undefined,
+  ): Promise<void> {
+    const { log, metrics, limits } = this.options
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
     /**
@@ -465,7 +477,7 @@ export class WsTransport {
     const { log, metrics, limits } = this.options
     let mux: MuxSocket | undefined
     let socketClosed = false
-    const early: { data: RawData; isBinary: boolean }[] = []
+    let early: { data: RawData; isBinary: boolean }[] | undefined
     let earlyBytes = 0
     const closeWith = (close: { code: number; reason: string }) => {
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)
@@ -475,12 +487,13 @@ export class WsTransport {
       if (socketClosed) return
       if (liveness) liveness.heard = true
       if (mux) return mux.receive(data, isBinary)
+      early ??= []
       early.push({ data, isBinary })
       earlyBytes += toBytes(data).length
       // Frames wait here only while the token is checked; a client may not park more than this.
       if (earlyBytes > 4 * limits.maxFrameBytes) {
         metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-        early.length = 0
+        early = undefined
         closeWith(CloseCode.RateLimited)
       }
     })
@@ -525,7 +538,9 @@ export class WsTransport {
       token,
     })
     mux.start()
-    for (const { data, isBinary } of early.splice(0)) mux.receive(data, isBinary)
+    const waiting = early
+    early = undefined
+    if (waiting) for (const { data, isBinary } of waiting) mux.receive(data, isBinary)
   }
 }
 
