@@ -10,7 +10,8 @@
  * collection both times (RSS, and the JS heap V8 reports), from a baseline
  * taken once a first group of users is connected (so that code loaded and
  * compiled on first use is not charged to the users measured). CPU is
- * measured over a quiet window after everything connected, by default 30 s:
+ * measured over a quiet window, once every client's first presence renewal
+ * is past (see FIRST_RENEWAL_MS), by default 30 s long:
  * at least one whole cycle of every periodic activity of the servers and
  * their clients (awareness renewals every 15 s, pings every 15 to 30 s); a
  * shorter window can miss them all.
@@ -22,7 +23,7 @@ import { type BenchClient, type ConnectOptions, connect } from "../drivers.js"
 import type { CollectedReading, RunningServer } from "../servers.js"
 import { quiesce, sleep } from "../stats.js"
 import { closeAll, confirmed } from "../workload.js"
-import type { IdleConfig } from "./idle.js"
+import { FIRST_RENEWAL_MS, type IdleConfig } from "./idle.js"
 
 /** Figures of one idle-users run. */
 export interface IdleUsersResult {
@@ -97,7 +98,10 @@ export async function idleUsers(
     Math.ceil(config.connections / config.perConversation),
     config.connections,
   )
-  await sleep(1000)
+  // Past the clients' first presence renewal: y-protocols ignores the state a client starts with
+  // (clock 0), so a server first hears of it 15 s after the connection; until then, and while the
+  // servers record it, they are still being joined, not idle.
+  await sleep(FIRST_RENEWAL_MS)
   // Bounded: a server whose idle connections keep it a little busy is what is measured.
   await quiesce(() => server.read().cpuMs, { timeoutMs: 10_000 })
   const start = server.read()
