@@ -27,7 +27,11 @@ export class Deadlines {
   /** The time the timer is armed for (it may fire earlier, for a deadline beyond a timer's range). */
   private armedFor = Number.POSITIVE_INFINITY
 
-  constructor(private readonly now: () => number = Date.now) {}
+  constructor(
+    /** An item's `due` threw: the others are still served; this says what happened. */
+    private readonly failed: (error: unknown) => void = () => {},
+    private readonly now: () => number = Date.now,
+  ) {}
 
   /** Entries waiting. */
   get size(): number {
@@ -37,6 +41,8 @@ export class Deadlines {
   /** Calls `item.due()` once `at` (ms since the epoch) has passed, unless cleared or set again first. */
   set(item: Due, at: number): void {
     this.clear(item)
+    // Not a time at all: due now (never due would keep whatever holds it open for ever).
+    if (Number.isNaN(at)) at = 0
     const slot = this.heap.length
     this.heap.push({ at, item })
     this.slots.set(item, slot)
@@ -74,8 +80,9 @@ export class Deadlines {
       this.clear(item)
       try {
         item.due()
-      } catch {
-        // One item's failure must not leave the others' deadlines unserved; the item logs its own.
+      } catch (error) {
+        // One item's failure must not leave the others' deadlines unserved.
+        this.failed(error)
       }
     }
     this.arm()

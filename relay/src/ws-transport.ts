@@ -127,12 +127,15 @@ export class WsTransport {
   private readonly keepalive: Keepalive
   private readonly addresses: AddressLimiter
   /** Every open socket's (and channel's) token expiry, on one timer. */
-  private readonly deadlines = new Deadlines()
+  private readonly deadlines: Deadlines
   /** What every socket's token lease shares. */
   private readonly leases: LeaseContext
 
   constructor(private readonly options: TransportOptions) {
     this.addresses = new AddressLimiter(options.limits.addressAuthFailuresPerMinute)
+    this.deadlines = new Deadlines((error) =>
+      options.log.error({ err: error }, "closing at token expiry failed"),
+    )
     this.leases = {
       auth: options.auth,
       log: options.log,

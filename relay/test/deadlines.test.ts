@@ -43,9 +43,10 @@ describe("Deadlines", () => {
     expect(deadlines.size).toBe(0)
   })
 
-  it("keeps serving the others when one item throws", () => {
+  it("keeps serving the others when one item throws, and says so", () => {
     vi.useFakeTimers({ now: 0 })
-    const deadlines = new Deadlines()
+    const failures: unknown[] = []
+    const deadlines = new Deadlines((error) => failures.push(error))
     const fired: string[] = []
     deadlines.set(
       {
@@ -58,6 +59,17 @@ describe("Deadlines", () => {
     deadlines.set({ due: () => fired.push("after") }, 10)
     vi.advanceTimersByTime(10)
     expect(fired).toEqual(["after"])
+    expect(failures).toEqual([new Error("boom")])
+  })
+
+  it("treats a time that is no number as due at once, never as never", () => {
+    vi.useFakeTimers({ now: 1_000 })
+    const deadlines = new Deadlines()
+    let fired = 0
+    deadlines.set({ due: () => fired++ }, Number.NaN)
+    vi.advanceTimersByTime(1)
+    expect(fired).toBe(1)
+    expect(vi.getTimerCount()).toBe(0)
   })
 
   it("reaches a deadline beyond a Node timer's range in steps, never early", () => {
