@@ -121,8 +121,13 @@ export class AwarenessGate {
     if (this.renew(connection, key, entries)) return
     const accepted = new Map<number, Accepted>()
     let count = (this.byUser.get(key)?.size ?? 0) + this.heldNew(key)
-    const drops = new Map<AwarenessDrop, number>()
-    const drop = (reason: AwarenessDrop) => drops.set(reason, (drops.get(reason) ?? 0) + 1)
+    // Most frames a room's members send are echoes of others' entries (stock clients send back every
+    // awareness update they get): dropped whole, they should cost little.
+    let drops: Map<AwarenessDrop, number> | undefined
+    const drop = (reason: AwarenessDrop) => {
+      drops ??= new Map()
+      drops.set(reason, (drops.get(reason) ?? 0) + 1)
+    }
     for (const { clientId, clock, state: json } of entries) {
       const owner = this.owners.owner(clientId)
       if (owner !== undefined && owner !== key) {
@@ -153,7 +158,7 @@ export class AwarenessGate {
       }
       accepted.set(clientId, { clientId, clock, state: stamp(state, principal.user), sentAs: json })
     }
-    for (const [reason, n] of drops) this.options.dropped(connection, reason, n)
+    if (drops) for (const [reason, n] of drops) this.options.dropped(connection, reason, n)
     if (accepted.size === 0) return
     let budget = this.budgets.get(key)
     if (!budget) {

@@ -13,6 +13,15 @@ export interface KeepaliveOptions {
 export interface Liveness {
   /** The client sent a frame since the last tick: it is alive, and needs no ping. */
   heard: boolean
+  /**
+   * When the relay last sent the client a message (`performance.now()`): one
+   * sent within the last half interval stands for the keepalive frame (the
+   * longest silence is then 1.5 intervals, under y-websocket's 30 s at the
+   * default 15 s). Set for a socket to one document only: every channel of a
+   * multiplexed socket needs to hear from the relay, and the bare frame is the
+   * one that reaches them all.
+   */
+  sentAt: number
 }
 
 interface Watched extends Liveness {
@@ -38,7 +47,9 @@ interface Watched extends Liveness {
  * for ever. A ping queues behind what is being sent, so a client still
  * reading a large initial sync is given more time for as long as it reads on.
  *
- * Cheap per socket when idle: one interval for all sockets, no timer per ping
+ * Cheap per socket when idle: no keepalive frame to a socket to one document
+ * that was sent something in the last half interval (any message counts for
+ * its provider), one interval for all sockets, no timer per ping
  * (an unanswered ping is found by a later tick, so a dead socket goes between
  * `timeoutMs` and `timeoutMs + intervalMs` after its ping), and no ping to a
  * socket whose client sent a frame since the last tick (it is alive; a
@@ -63,7 +74,13 @@ export class Keepalive {
    */
   watch(ws: WebSocket, onTimeout: () => void): Liveness | undefined {
     if (!this.timer) return undefined
-    const watched: Watched = { heard: false, pingedAt: undefined, buffered: 0, onTimeout }
+    const watched: Watched = {
+      heard: false,
+      sentAt: Number.NEGATIVE_INFINITY,
+      pingedAt: undefined,
+      buffered: 0,
+      onTimeout,
+    }
     this.sockets.set(ws, watched)
     ws.on("pong", () => {
       watched.pingedAt = undefined
@@ -90,7 +107,7 @@ export class Keepalive {
     const now = performance.now()
     for (const [ws, watched] of this.sockets) {
       if (ws.readyState !== WebSocket.OPEN) continue
-      watched.send?.(this.frame)
+      if (now - watched.sentAt >= this.options.intervalMs / 2) watched.send?.(this.frame)
       if (watched.heard) {
         // It spoke since the last tick: alive, whatever ping it has not answered yet.
         watched.heard = false

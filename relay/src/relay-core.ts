@@ -606,10 +606,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       limits: this.limits,
       dropped: (connection, reason, count) => {
         this.options.metrics.awarenessDropped.inc({ reason }, count)
-        this.log.debug(
-          { doc: name, principal: describePrincipal(connection.principal), reason, count },
-          "awareness entries dropped",
-        )
+        // Every stock client echoes every presence frame it gets: this runs for most frames of a room.
+        if (this.log.isLevelEnabled("debug"))
+          this.log.debug(
+            { doc: name, principal: describePrincipal(connection.principal), reason, count },
+            "awareness entries dropped",
+          )
       },
       claimFailed: (error) => this.log.error({ err: error, doc: name }, "could not store a client id claim"),
     })

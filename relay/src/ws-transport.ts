@@ -427,6 +427,7 @@ export class WsTransport {
       send: (frame, options) => {
         if (ws.readyState !== WebSocket.OPEN) return
         ws.send(frame)
+        if (liveness) liveness.sentAt = performance.now()
         if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
         queue.sent(frame.length, options?.initialSync === true)
         if (queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
