@@ -21,7 +21,7 @@ function connectionOf(host: DocumentHost, user: string): Connection<DocumentHost
     send: () => {},
     close: () => {},
   }
-  return new Connection(host, session, "member", owner)
+  return new Connection(host, session, "write", owner)
 }
 
 const frame = (clientId: number, clock: number, state: unknown) =>
