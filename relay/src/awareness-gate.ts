@@ -49,6 +49,8 @@ interface Accepted {
   readonly clientId: number
   readonly clock: number
   readonly state: unknown
+  /** The state's bytes as the client sent them (absent for a removal). */
+  readonly sentAs?: Uint8Array
 }
 
 const MINUTE = 60_000
@@ -79,6 +81,14 @@ export class AwarenessGate {
   private readonly now: () => number
   /** The connection that last set each present entry. */
   private readonly setBy = new Map<number, Connection>()
+  /**
+   * The state bytes (as the client sent them, before the stamp) each present
+   * entry was last set from: a frame that repeats them is a renewal, which
+   * needs no parsing, checking or re-stamping (see {@link renew}).
+   */
+  private readonly sentAs = new Map<number, Uint8Array>()
+  /** While {@link apply} runs: the bytes each entry it applies was sent as. */
+  private applying: Map<number, Uint8Array | undefined> | undefined
   /** Present entries, by user key. */
   private readonly byUser = new Map<string, Set<number>>()
   /** Frame budgets, by user key; gone when the user has no connection here. */
@@ -108,10 +118,16 @@ export class AwarenessGate {
     // Read whole before anything is applied: a malformed update is refused whole, not half-applied.
     // States stay bytes: only those the sender may set are parsed.
     const entries = readAwarenessEntries(update)
+    if (this.renew(connection, key, entries)) return
     const accepted = new Map<number, Accepted>()
     let count = (this.byUser.get(key)?.size ?? 0) + this.heldNew(key)
-    const drops = new Map<AwarenessDrop, number>()
-    const drop = (reason: AwarenessDrop) => drops.set(reason, (drops.get(reason) ?? 0) + 1)
+    // Most frames a room's members send are echoes of others' entries (stock clients send back every
+    // awareness update they get): dropped whole, they should cost little.
+    let drops: Map<AwarenessDrop, number> | undefined
+    const drop = (reason: AwarenessDrop) => {
+      drops ??= new Map()
+      drops.set(reason, (drops.get(reason) ?? 0) + 1)
+    }
     for (const { clientId, clock, state: json } of entries) {
       const owner = this.owners.owner(clientId)
       if (owner !== undefined && owner !== key) {
@@ -140,9 +156,9 @@ export class AwarenessGate {
         }
         count++
       }
-      accepted.set(clientId, { clientId, clock, state: stamp(state, principal.user) })
+      accepted.set(clientId, { clientId, clock, state: stamp(state, principal.user), sentAs: json })
     }
-    for (const [reason, n] of drops) this.options.dropped(connection, reason, n)
+    if (drops) for (const [reason, n] of drops) this.options.dropped(connection, reason, n)
     if (accepted.size === 0) return
     let budget = this.budgets.get(key)
     if (!budget) {
@@ -168,6 +184,12 @@ export class AwarenessGate {
       const key = describePrincipal(origin.principal)
       for (const clientId of [...added, ...updated]) {
         this.setBy.set(clientId, origin)
+        // Set through the gate: the bytes it was set from; a renewal (see `renew`) keeps them.
+        if (this.applying) {
+          const sentAs = this.applying.get(clientId)
+          if (sentAs) this.sentAs.set(clientId, sentAs.slice())
+          else this.sentAs.delete(clientId)
+        }
         let mine = this.byUser.get(key)
         if (!mine) {
           mine = new Set()
@@ -176,9 +198,12 @@ export class AwarenessGate {
         mine.add(clientId)
       }
     }
+    // Set by anything else (another relay): what it was sent as here no longer describes it.
+    else for (const clientId of [...added, ...updated]) this.sentAs.delete(clientId)
     for (const clientId of removed) {
       const connection = this.setBy.get(clientId)
       this.setBy.delete(clientId)
+      this.sentAs.delete(clientId)
       if (connection) {
         const key = describePrincipal(connection.principal)
         const mine = this.byUser.get(key)
@@ -285,15 +310,60 @@ export class AwarenessGate {
   }
 
   private apply(connection: Connection, entries: Iterable<Accepted>): void {
+    const list = [...entries]
     const update = encodeAwarenessEntries(
-      [...entries].map(({ clientId, clock, state }) => ({
+      list.map(({ clientId, clock, state }) => ({
         clientId,
         clock,
         state: utf8Encoder.encode(JSON.stringify(state)),
       })),
     )
-    awarenessProtocol.applyAwarenessUpdate(this.host.awareness, update, connection)
+    // What the awareness applies (not an entry whose clock it refused) is recorded by `changed`, from here.
+    this.applying = new Map(list.map((e) => [e.clientId, e.sentAs]))
+    try {
+      awarenessProtocol.applyAwarenessUpdate(this.host.awareness, update, connection)
+    } finally {
+      this.applying = undefined
+    }
   }
+
+  /**
+   * Applies `entries` at once if each only renews an entry `connection` set,
+   * with the very bytes it was set from and a newer clock (the client's
+   * 15-second renewal): the state was checked and stamped when it was set,
+   * so only its clock and time move, and the awareness announces the update
+   * as y-protocols would (a renewal: no 'change'). The frame budget is spent
+   * as for any applied frame. False, doing nothing, for any other frame.
+   */
+  private renew(
+    connection: Connection,
+    key: string,
+    entries: ReturnType<typeof readAwarenessEntries>,
+  ): boolean {
+    if (entries.length === 0 || this.held.has(connection)) return false
+    const awareness = this.host.awareness
+    for (const { clientId, clock, state } of entries) {
+      if (this.setBy.get(clientId) !== connection || !awareness.states.has(clientId)) return false
+      if ((awareness.meta.get(clientId)?.clock ?? 0) >= clock) return false
+      const before = this.sentAs.get(clientId)
+      if (!before || !sameBytes(before, state)) return false
+    }
+    if (!this.budgets.get(key)?.take()) return false
+    const now = Date.now()
+    const updated: number[] = []
+    for (const { clientId, clock } of entries) {
+      awareness.meta.set(clientId, { clock, lastUpdated: now })
+      updated.push(clientId)
+    }
+    awareness.emit("update", [{ added: [], updated, removed: [] }, connection])
+    return true
+  }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
 }
 
 /** The state with the relay's stamp: objects carry their user; other JSON values are left as they are. */

@@ -1,5 +1,6 @@
 import {
   CloseCode,
+  type DocumentName,
   EMPTY_STATE_VECTOR,
   EMPTY_UPDATE,
   ErrorCode,
@@ -47,8 +48,12 @@ const INITIAL_SYNC = { initialSync: true } as const
  * so that this module does not depend on the host's).
  */
 export interface ConnectionHost {
+  readonly name: DocumentName
   readonly doc: Y.Doc
+  /** The document's awareness (created when first read). */
   readonly awareness: awarenessProtocol.Awareness
+  /** The awareness if it exists yet: none means nobody is present. */
+  readonly awarenessIfAny: awarenessProtocol.Awareness | undefined
   /** Set once the document is dropped from memory. */
   readonly destroyed: boolean
   /** True while a change is applied in memory but not yet durable. */
@@ -142,8 +147,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     // catch-up (a merge deletes the entries of a concurrent creation it beat, which then looks like removal).
     this.sendSyncStep1()
     if (stateVector) this.sendSyncStep2(stateVector)
-    const states = this.host.awareness.getStates()
-    if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+    this.sendPresent()
     // y-websocket answers this with its awareness.
     this.send(QUERY_AWARENESS)
   }
@@ -170,8 +174,14 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     // The state vector too describes only what is durable (the client leaves out what it thinks we have).
     if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep1())
     else this.sendSyncStep1()
-    const states = this.host.awareness.getStates()
-    if (states.size > 0) this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+    this.sendPresent()
+  }
+
+  /** The awareness states present, if any. */
+  private sendPresent(): void {
+    const awareness = this.host.awarenessIfAny
+    const states = awareness?.getStates()
+    if (awareness && states && states.size > 0) this.send(awarenessFrame(awareness, [...states.keys()]))
   }
 
   /**
@@ -242,8 +252,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         return
       case "queryAwareness": {
         if (this.pending) return
-        const states = this.host.awareness.getStates()
-        this.send(awarenessFrame(this.host.awareness, [...states.keys()]))
+        const awareness = this.host.awarenessIfAny
+        this.send(awareness ? awarenessFrame(awareness, [...awareness.getStates().keys()]) : NO_AWARENESS)
         return
       }
       case "parley": {
@@ -297,7 +307,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       }
       // A replica of an older epoch of the live document (it lacks the epoch's own client id) cannot
       // merge into this one: it is told to rebuild (the SDK rebases its pending work), nothing more.
-      const epoch = epochOf(this.host.doc)
+      // Only conversations have epochs; reading one from an inbox would create the conversation types in it.
+      const epoch = this.host.name.kind === "conversation" ? epochOf(this.host.doc) : undefined
       if (epoch !== undefined) {
         const known = Y.decodeStateVector(stateVector)
         if (known.size > 0 && !known.has(epoch)) {
@@ -337,6 +348,9 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       })
   }
 }
+
+/** An awareness frame holding no state: the answer to a query where nobody is present. */
+const NO_AWARENESS = encodeAwareness(new Uint8Array([0]))
 
 /** A query-awareness frame: asks the client for its awareness states. */
 const QUERY_AWARENESS = encodeQueryAwareness()

@@ -24,7 +24,10 @@ export interface LogFigures {
  */
 export class DocumentHost implements ConnectionHost {
   readonly doc = new Y.Doc()
-  readonly awareness: awarenessProtocol.Awareness
+  /** Created on first use (see {@link awareness}). */
+  private presence: awarenessProtocol.Awareness | undefined
+  /** Sets up what follows the awareness once it exists (the core's gate and fan-out). */
+  private wirePresence: (() => void) | undefined
   private readonly attached = new Set<HostedConnection>()
   private log: LogFigures = { entries: 0, bytes: 0 }
   private position = 0
@@ -41,14 +44,43 @@ export class DocumentHost implements ConnectionHost {
     readonly key: string,
     readonly name: DocumentName,
   ) {
-    this.awareness = new awarenessProtocol.Awareness(this.doc)
-    // The relay itself has no presence.
-    this.awareness.setLocalState(null)
     // After every transaction, not on "update": an "update" listener makes Yjs encode every
     // transaction's update, which the relay never needs here (it costs as much as the apply).
     this.doc.on("afterTransaction", () => {
       this.coldJoin = undefined
     })
+  }
+
+  /**
+   * The document's awareness (presence, typing), created the first time it is
+   * read: an awareness is a few kilobytes and a 3-second timer, which most
+   * loaded documents (every connected user's inbox, conversations open without
+   * presence) never need. Read {@link awarenessIfAny} to look without creating it.
+   */
+  get awareness(): awarenessProtocol.Awareness {
+    if (this.presence) return this.presence
+    const awareness = new awarenessProtocol.Awareness(this.doc)
+    // The relay itself has no presence.
+    awareness.setLocalState(null)
+    if (this.dropped) {
+      // Asked for after the document was dropped: an empty one, with no timer left running.
+      awareness.destroy()
+      return awareness
+    }
+    this.presence = awareness
+    this.wirePresence?.()
+    return awareness
+  }
+
+  /** The awareness if it was created, without creating it (none: nobody is present). */
+  get awarenessIfAny(): awarenessProtocol.Awareness | undefined {
+    return this.presence
+  }
+
+  /** Calls `wire` when the awareness is created (now, if it already is). */
+  whenAwareness(wire: () => void): void {
+    this.wirePresence = wire
+    if (this.presence) wire()
   }
 
   /** The connections attached to this document. */
@@ -131,8 +163,14 @@ export class DocumentHost implements ConnectionHost {
     this.idleTimer = undefined
   }
 
-  /** Starts collecting change events (after the stored state is applied, so loading emits none). */
+  /**
+   * Starts collecting change events (after the stored state is applied, so
+   * loading emits none). Only a conversation has any: an inbox holds entries
+   * and mute flags, which the inbox policy keeps it to, and observing it would
+   * create the nine conversation types in it (about 9 KB per loaded inbox).
+   */
   observe(): void {
+    if (this.name.kind !== "conversation") return
     this.stopObserving ??= observeChanges(this.doc, (events) => this.events.push(...events))
   }
 
@@ -226,11 +264,13 @@ export class DocumentHost implements ConnectionHost {
     return Y.encodeStateVector(entries)
   }
 
-  private readonly actorClientIds = new Map<string, number>()
+  /** Made on the first server-side write: most loaded documents get none. */
+  private actorClientIds: Map<string, number> | undefined
 
   /** The Yjs client id server-side writes of `actor` use in this document (one per actor and load). */
   clientIdFor(actor: Principal): number {
     const key = describePrincipal(actor)
+    this.actorClientIds ??= new Map()
     let id = this.actorClientIds.get(key)
     if (id === undefined) {
       id = crypto.getRandomValues(new Uint32Array(1))[0]!
@@ -244,7 +284,8 @@ export class DocumentHost implements ConnectionHost {
     this.dropped = true
     this.cancelIdle()
     this.stopObserving?.()
-    this.awareness.destroy()
+    this.presence?.destroy()
+    this.wirePresence = undefined
     this.doc.destroy()
   }
 }

@@ -9,11 +9,26 @@ export interface KeepaliveOptions {
   readonly timeoutMs: number
 }
 
-interface Watched {
+/** What the keepalive knows of one socket; the transport marks {@link heard} as frames arrive. */
+export interface Liveness {
+  /** The client sent a frame since the last tick: it is alive, and needs no ping. */
+  heard: boolean
+  /**
+   * When the relay last sent the client a message (`performance.now()`): one
+   * sent within the last half interval stands for the keepalive frame (the
+   * longest silence is then 1.5 intervals, under y-websocket's 30 s at the
+   * default 15 s). Set for a socket to one document only: every channel of a
+   * multiplexed socket needs to hear from the relay, and the bare frame is the
+   * one that reaches them all.
+   */
+  sentAt: number
+}
+
+interface Watched extends Liveness {
   /** Sends a keepalive frame, once the connection has joined its document. */
   send?: (frame: Uint8Array) => void
-  /** Pending while a ping waits for its pong. */
-  deadline?: ReturnType<typeof setTimeout>
+  /** When the ping waiting for its pong was sent (or last re-armed), by `performance.now()`. */
+  pingedAt: number | undefined
   /** The socket's unsent bytes when the ping was sent or last re-armed. */
   buffered: number
   readonly onTimeout: () => void
@@ -31,6 +46,14 @@ interface Watched {
  * closing its TCP connection would otherwise hold its documents and memory
  * for ever. A ping queues behind what is being sent, so a client still
  * reading a large initial sync is given more time for as long as it reads on.
+ *
+ * Cheap per socket when idle: no keepalive frame to a socket to one document
+ * that was sent something in the last half interval (any message counts for
+ * its provider), one interval for all sockets, no timer per ping
+ * (an unanswered ping is found by a later tick, so a dead socket goes between
+ * `timeoutMs` and `timeoutMs + intervalMs` after its ping), and no ping to a
+ * socket whose client sent a frame since the last tick (it is alive; a
+ * client's own presence renewals, every 15 s, are such frames).
  */
 export class Keepalive {
   private readonly sockets = new Map<WebSocket, Watched>()
@@ -44,19 +67,28 @@ export class Keepalive {
     }
   }
 
-  /** Pings `ws` from now on; `onTimeout` runs just before it is dropped for not answering. */
-  watch(ws: WebSocket, onTimeout: () => void): void {
-    if (!this.timer) return
-    const watched: Watched = { buffered: 0, onTimeout }
+  /**
+   * Pings `ws` from now on; `onTimeout` runs just before it is dropped for not
+   * answering. The transport sets `heard` on the returned {@link Liveness} for
+   * every frame the client sends (undefined when keepalive is off).
+   */
+  watch(ws: WebSocket, onTimeout: () => void): Liveness | undefined {
+    if (!this.timer) return undefined
+    const watched: Watched = {
+      heard: false,
+      sentAt: Number.NEGATIVE_INFINITY,
+      pingedAt: undefined,
+      buffered: 0,
+      onTimeout,
+    }
     this.sockets.set(ws, watched)
     ws.on("pong", () => {
-      clearTimeout(watched.deadline)
-      watched.deadline = undefined
+      watched.pingedAt = undefined
     })
     ws.once("close", () => {
-      clearTimeout(watched.deadline)
       this.sockets.delete(ws)
     })
+    return watched
   }
 
   /** `ws` joined its document: it gets keepalive frames, through `send`, from now on. */
@@ -68,26 +100,31 @@ export class Keepalive {
   /** Stops pinging (the relay is closing). */
   stop(): void {
     clearInterval(this.timer)
-    for (const watched of this.sockets.values()) clearTimeout(watched.deadline)
     this.sockets.clear()
   }
 
   private tick(): void {
+    const now = performance.now()
     for (const [ws, watched] of this.sockets) {
       if (ws.readyState !== WebSocket.OPEN) continue
-      watched.send?.(this.frame)
-      if (watched.deadline) continue
-      watched.buffered = ws.bufferedAmount
-      ws.ping()
-      watched.deadline = setTimeout(() => this.expired(ws, watched), this.options.timeoutMs)
+      if (now - watched.sentAt >= this.options.intervalMs / 2) watched.send?.(this.frame)
+      if (watched.heard) {
+        // It spoke since the last tick: alive, whatever ping it has not answered yet.
+        watched.heard = false
+        watched.pingedAt = undefined
+      } else if (watched.pingedAt === undefined) {
+        watched.buffered = ws.bufferedAmount
+        ws.ping()
+        watched.pingedAt = now
+      } else if (now - watched.pingedAt >= this.options.timeoutMs) this.expired(ws, watched, now)
     }
   }
 
-  private expired(ws: WebSocket, watched: Watched): void {
+  private expired(ws: WebSocket, watched: Watched, now: number): void {
     if (ws.bufferedAmount > 0 && ws.bufferedAmount < watched.buffered) {
       // Still reading what was queued before the ping: alive, just slow.
       watched.buffered = ws.bufferedAmount
-      watched.deadline = setTimeout(() => this.expired(ws, watched), this.options.timeoutMs)
+      watched.pingedAt = now
       return
     }
     this.sockets.delete(ws)

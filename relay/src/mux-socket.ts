@@ -15,11 +15,13 @@ import { closeOf } from "./errors.js"
 import type { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
+import type { Principal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 import { toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
 import { SendQueue } from "./send-queue.js"
-import { TokenLease } from "./token-lease.js"
+import { type LeaseContext, type LeaseHolder, TokenLease } from "./token-lease.js"
+import type { UserSocket } from "./user-limits.js"
 
 /**
  * Most channels one multiplexed socket may have open at once. The documents a
@@ -55,26 +57,61 @@ export interface MuxSocketOptions {
   readonly metrics: RelayMetrics
   readonly limits: MuxLimits
   readonly keepalive: Keepalive
+  /** What the channels' token leases share (the transport's one expiry timer among it). */
+  readonly leases: LeaseContext
   /** The socket's own token (from its URL), verified. */
   readonly token: VerifiedToken
 }
 
 /**
  * One document attached over a multiplexed socket: everything a socket of its
- * own has (a token lease, frame budgets, a {@link Session}), without the socket.
+ * own has (a token lease, frame budgets, a {@link Session}), without the
+ * socket. It is its connection's session and its lease's holder itself, so
+ * that an idle channel is a few small objects and no closures.
  */
-interface Channel {
-  readonly name: string
+class MuxChannel implements Session, LeaseHolder {
+  readonly wantsParley = true
   connection: Connection | undefined
   lease: TokenLease | undefined
-  /** Frames that arrived while the channel's token was checked and its document loaded. */
-  early: Uint8Array[]
-  earlyBytes: number
+  /** Frames that arrived while the channel's token was checked and its document loaded (made when one does). */
+  early: Uint8Array[] | undefined
+  earlyBytes = 0
   readonly limiter: RateLimiter
   readonly awarenessLimiter: RateLimiter
   /** Awareness frames sent and not yet matched by one received (a stock-style echo does not count). */
-  echoCredit: number
-  closed: boolean
+  echoCredit = 0
+  closed = false
+
+  constructor(
+    private readonly socket: MuxSocket,
+    readonly number: number,
+    readonly name: string,
+    /** The socket's token until the channel's own (when it has one) is verified. */
+    public token: VerifiedToken,
+    limits: MuxLimits,
+  ) {
+    this.limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
+    this.awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
+  }
+
+  get principal(): Principal {
+    return this.token.principal
+  }
+
+  send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
+    if (this.closed) return
+    if (frame[0] === MessageType.awareness) this.echoCredit = Math.min(MAX_ECHO_CREDIT, this.echoCredit + 1)
+    this.socket.sendRaw(encodeChannelFrame(this.number, frame), options?.initialSync === true)
+  }
+
+  close(code: number, reason: string): void {
+    this.socket.closeChannel(this.number, { code, reason }, true)
+  }
+
+  leaseEnded(code: number, reason: string): void {
+    if (this.connection) this.connection.close(code, reason)
+    else this.close(code, reason)
+  }
 }
 
 /**
@@ -86,8 +123,8 @@ interface Channel {
  * Per-socket limits (send queue, the user's socket count) are the socket's;
  * frame budgets are per channel, as they were per socket.
  */
-export class MuxSocket {
-  private readonly channels = new Map<number, Channel>()
+export class MuxSocket implements UserSocket {
+  private readonly channels = new Map<number, MuxChannel>()
   /** Channel numbers seen; a number is never reused on one socket (late frames of a closed one are dropped). */
   private highest = -1
   private readonly queue = new SendQueue()
@@ -109,12 +146,7 @@ export class MuxSocket {
   start(): void {
     const { ws, core, token } = this.options
     try {
-      this.releaseSocket = core.users.addSocket(token.principal, {
-        buffered: () => ws.bufferedAmount,
-        initialSyncBytes: () => this.queue.initialBytes(ws.bufferedAmount),
-        closing: () => ws.readyState !== WebSocket.OPEN,
-        close: (code, reason) => this.closeUnread({ code, reason }),
-      })
+      this.releaseSocket = core.users.addSocket(token.principal, this)
     } catch (error) {
       const refusal = toParleyError(error)
       this.options.metrics.errors.inc({ code: refusal.code })
@@ -122,6 +154,26 @@ export class MuxSocket {
       return
     }
     this.options.keepalive.joined(ws, (frame) => this.sendRaw(frame, false))
+  }
+
+  /** @internal Bytes queued to the client and not yet read (see {@link UserSocket}). */
+  buffered(): number {
+    return this.options.ws.bufferedAmount
+  }
+
+  /** @internal Of those, the bytes of its unread initial sync. */
+  initialSyncBytes(): number {
+    return this.queue.initialBytes(this.options.ws.bufferedAmount)
+  }
+
+  /** @internal True once the socket is being closed. */
+  closing(): boolean {
+    return this.options.ws.readyState !== WebSocket.OPEN
+  }
+
+  /** @internal Closes the socket for the user's limits (its client may not be reading). */
+  close(code: number, reason: string): void {
+    this.closeUnread({ code, reason })
   }
 
   /** A frame from the client. */
@@ -188,21 +240,11 @@ export class MuxSocket {
   }
 
   private async open(number: number, name: string, rawToken: string): Promise<void> {
-    const { auth, core, log, metrics, limits } = this.options
-    const channel: Channel = {
-      name,
-      connection: undefined,
-      lease: undefined,
-      early: [],
-      earlyBytes: 0,
-      limiter: new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst),
-      awarenessLimiter: new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst),
-      echoCredit: 0,
-      closed: false,
-    }
+    const { auth, core, limits } = this.options
+    const channel = new MuxChannel(this, number, name, this.options.token, limits)
     this.channels.set(number, channel)
-    let token = this.options.token
     if (rawToken !== "") {
+      let token: VerifiedToken
       try {
         token = await auth.verifyToken(rawToken)
       } catch (error) {
@@ -215,39 +257,20 @@ export class MuxSocket {
           number,
           new ParleyError(ErrorCode.UNAUTHORIZED, "the channel's token is for another user"),
         )
+      channel.token = token
     }
     if (channel.closed) return
     try {
       // A reconnect loop over channels pays like one over sockets.
-      core.users.admitConnection(token.principal)
+      core.users.admitConnection(channel.principal)
     } catch (error) {
       this.refuse(number, toParleyError(error))
       return
     }
-    const session: Session = {
-      principal: token.principal,
-      wantsParley: true,
-      send: (frame, options) => {
-        if (channel.closed) return
-        if (frame[0] === MessageType.awareness)
-          channel.echoCredit = Math.min(MAX_ECHO_CREDIT, channel.echoCredit + 1)
-        this.sendRaw(encodeChannelFrame(number, frame), options?.initialSync === true)
-      },
-      close: (code, reason) => this.closeChannel(number, { code, reason }, true),
-    }
-    channel.lease = new TokenLease({
-      auth,
-      token,
-      wantsParley: true,
-      send: (frame) => session.send(frame),
-      close: (code, reason) =>
-        channel.connection ? channel.connection.close(code, reason) : session.close(code, reason),
-      log: log.child({ doc: name }),
-      metrics,
-    })
+    channel.lease = new TokenLease(this.options.leases, channel)
     let connection: Connection
     try {
-      connection = await core.connect(name, session)
+      connection = await core.connect(name, channel)
     } catch (error) {
       this.refuse(number, toParleyError(error))
       return
@@ -257,11 +280,13 @@ export class MuxSocket {
       return
     }
     channel.connection = connection
-    for (const frame of channel.early.splice(0)) this.deliver(channel, frame)
+    const early = channel.early
+    channel.early = undefined
     channel.earlyBytes = 0
+    if (early) for (const frame of early) this.deliver(channel, frame)
   }
 
-  private channelFrame(number: number, channel: Channel, frame: Uint8Array): void {
+  private channelFrame(number: number, channel: MuxChannel, frame: Uint8Array): void {
     const { metrics, log, limits } = this.options
     // Awareness frames have a budget of their own, and echoes of those sent are free (as per socket).
     const awareness = frame[0] === MessageType.awareness
@@ -277,6 +302,7 @@ export class MuxSocket {
       this.deliver(channel, frame)
       return
     }
+    channel.early ??= []
     channel.early.push(frame)
     channel.earlyBytes += frame.length
     // Frames wait here only while the token is checked and the document loaded.
@@ -287,7 +313,7 @@ export class MuxSocket {
   }
 
   /** Token refreshes are the channel's lease's; every other frame is the core's. */
-  private deliver(channel: Channel, frame: Uint8Array): void {
+  private deliver(channel: MuxChannel, frame: Uint8Array): void {
     if (!channel.lease?.receive(frame)) channel.connection?.receive(frame)
   }
 
@@ -302,10 +328,10 @@ export class MuxSocket {
   }
 
   /**
-   * Closes channel `number` (its connection detaches from its document); tells
-   * the client unless it closed it itself.
+   * @internal Closes channel `number` (its connection detaches from its
+   * document); tells the client unless it closed it itself.
    */
-  private closeChannel(
+  closeChannel(
     number: number,
     close: { readonly code: number; readonly reason: string },
     tell: boolean,
@@ -315,12 +341,13 @@ export class MuxSocket {
     channel.closed = true
     this.channels.delete(number)
     channel.lease?.stop()
-    channel.early = []
+    channel.early = undefined
     channel.connection?.close(close.code, close.reason)
     if (tell) this.sendRaw(encodeChannelClose(number, close.code, close.reason), false)
   }
 
-  private sendRaw(frame: Uint8Array, initialSync: boolean): void {
+  /** @internal Sends `frame` as it is on the socket, minding the send queue's limits. */
+  sendRaw(frame: Uint8Array, initialSync: boolean): void {
     const { ws, limits, metrics, log, core, token } = this.options
     if (ws.readyState !== WebSocket.OPEN) return
     ws.send(frame)

@@ -1,3 +1,6 @@
+/** The default clock, one function for every bucket (a default written inline is a closure per bucket). */
+const monotonicNow = (): number => performance.now()
+
 /**
  * A token bucket: `perSecond` tokens a second on average, bursts up to `burst`.
  * `now` is injectable so that tests control time.
@@ -9,7 +12,7 @@ export class RateLimiter {
   constructor(
     private readonly perSecond: number,
     private readonly burst: number,
-    private readonly now: () => number = () => performance.now(),
+    private readonly now: () => number = monotonicNow,
   ) {
     this.tokens = burst
     this.last = now()

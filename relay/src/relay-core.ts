@@ -444,7 +444,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /** @internal */
   awareness(connection: HostedConnection, update: Uint8Array): void {
-    this.gates.get(connection.host)?.receive(connection, update)
+    const host = connection.host
+    if (host.destroyed) return
+    // Reading it sets the document's awareness up (and its gate), the first time.
+    void host.awareness
+    this.gates.get(host)?.receive(connection, update)
   }
 
   /** @internal */
@@ -584,19 +588,34 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       { entries: stored.updates.length, bytes: stored.updates.reduce((sum, u) => sum + u.update.length, 0) },
       Math.max(stored.through, stored.updates.at(-1)?.position ?? 0),
     )
-    // An inbox holds none of a conversation's types (checkInboxUpdate), so it has no change events to derive.
-    if (host.name.kind === "conversation") host.observe()
+    host.observe()
+    const owners = await this.extensions.clientIdOwners({ name: host.name, doc: host.doc })
+    // Presence is set up when someone first publishes or asks for it: most documents (an inbox, a
+    // conversation nobody has open with presence) never need an awareness, its gate or its fan-out.
+    host.whenAwareness(() => this.wireAwareness(host, owners))
+    this.loadedNow.set(name, host)
+    this.log.debug({ doc: name, entries: stored.updates.length }, "document loaded")
+    const router = this.options.router
+    if (router) await router.loaded(host)
+    if (!router || router.owns(name)) await sequenceLeftovers(this.ctx, host)
+    return host
+  }
+
+  /** Sets up `host`'s owned awareness: its gate, its fan-out and what follows each change. */
+  private wireAwareness(host: DocumentHost, owners: ClientIdOwners | undefined): void {
+    const name = host.key
     const gate = new AwarenessGate({
       host,
-      owners:
-        (await this.extensions.clientIdOwners({ name: host.name, doc: host.doc })) ?? memoryOwners(host.doc),
+      owners: owners ?? memoryOwners(host.doc),
       limits: this.limits,
       dropped: (connection, reason, count) => {
         this.options.metrics.awarenessDropped.inc({ reason }, count)
-        this.log.debug(
-          { doc: name, principal: describePrincipal(connection.principal), reason, count },
-          "awareness entries dropped",
-        )
+        // Every stock client echoes every presence frame it gets: this runs for most frames of a room.
+        if (this.log.isLevelEnabled("debug"))
+          this.log.debug(
+            { doc: name, principal: describePrincipal(connection.principal), reason, count },
+            "awareness entries dropped",
+          )
       },
       claimFailed: (error) => this.log.error({ err: error, doc: name }, "could not store a client id claim"),
     })
@@ -636,12 +655,6 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         changedNow.clear()
       },
     )
-    this.loadedNow.set(name, host)
-    this.log.debug({ doc: name, entries: stored.updates.length }, "document loaded")
-    const router = this.options.router
-    if (router) await router.loaded(host)
-    if (!router || router.owns(name)) await sequenceLeftovers(this.ctx, host)
-    return host
   }
 
   /** Records, logs and counts a document found damaged; returns the error to refuse it with. */

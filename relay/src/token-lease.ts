@@ -9,6 +9,7 @@ import {
   toParleyError,
 } from "@parley/shared"
 import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
+import type { Deadlines, Due } from "./deadlines.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { describePrincipal } from "./principal.js"
@@ -16,20 +17,27 @@ import { describePrincipal } from "./principal.js"
 /** Longest token a refresh may carry: about what fits in the URL a connection opens with. */
 export const MAX_REFRESH_TOKEN_BYTES = 16 * 1024
 
-/** Longest delay a Node timer takes (about 24.8 days); a later expiry is reached in steps. */
-const MAX_TIMER_MS = 2 ** 31 - 1
-
-/** What a {@link TokenLease} needs from its socket. */
-export interface TokenLeaseOptions {
+/** What every lease of a transport shares (one object, not one per socket). */
+export interface LeaseContext {
   readonly auth: Authenticator
-  /** The token the socket connected with. */
+  /** The transport's logger (a lease adds its `doc` to what it logs, without a child logger per socket). */
+  readonly log: Logger
+  readonly metrics: RelayMetrics
+  /** Where the expiries wait: one timer for every socket's lease. */
+  readonly deadlines: Deadlines
+}
+
+/** The socket (or multiplexed channel) a {@link TokenLease} belongs to. */
+export interface LeaseHolder {
+  /** The token it connected (or opened) with. */
   readonly token: VerifiedToken
   /** The client reads Parley's extension frames (typed errors, `tokenAccepted`). */
   readonly wantsParley: boolean
-  readonly send: (frame: Uint8Array) => void
-  readonly close: (code: number, reason: string) => void
-  readonly log: Logger
-  readonly metrics: RelayMetrics
+  /** The document it is attached to, for the log. */
+  readonly name: string
+  send(frame: Uint8Array): void
+  /** The lease ended (expired, or a refresh was refused): close with this code. */
+  leaseEnded(code: number, reason: string): void
 }
 
 /**
@@ -40,16 +48,18 @@ export interface TokenLeaseOptions {
  * and name the same user (or service) with the same role; otherwise the
  * socket is closed with 4401 too.
  */
-export class TokenLease {
+export class TokenLease implements Due {
   private expiresAt: number | undefined
-  private timer: ReturnType<typeof setTimeout> | undefined
   private checking = false
   /** A refresh that arrived while another was being checked; only the latest waits. */
   private waiting: string | undefined
   private ended = false
 
-  constructor(private readonly options: TokenLeaseOptions) {
-    this.expiresAt = options.token.expiresAt
+  constructor(
+    private readonly context: LeaseContext,
+    private readonly holder: LeaseHolder,
+  ) {
+    this.expiresAt = holder.token.expiresAt
     this.arm()
   }
 
@@ -67,9 +77,9 @@ export class TokenLease {
       token = read.message.token
     } catch {
       this.ended = true
-      clearTimeout(this.timer)
-      this.options.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
-      this.options.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
+      this.context.deadlines.clear(this)
+      this.context.metrics.errors.inc({ code: ErrorCode.MALFORMED_FRAME })
+      this.holder.leaseEnded(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
       return true
     }
     if (Buffer.byteLength(token, "utf8") > MAX_REFRESH_TOKEN_BYTES) {
@@ -84,7 +94,7 @@ export class TokenLease {
   /** The socket closed: no more timer. */
   stop(): void {
     this.ended = true
-    clearTimeout(this.timer)
+    this.context.deadlines.clear(this)
   }
 
   /** Checks refreshes one at a time, in order, ending with the latest one that waited. */
@@ -97,12 +107,12 @@ export class TokenLease {
         this.waiting = undefined
         let verified: VerifiedToken
         try {
-          verified = await this.options.auth.verifyToken(token)
+          verified = await this.context.auth.verifyToken(token)
         } catch (error) {
           return this.refused(toParleyError(error, ErrorCode.UNAUTHORIZED))
         }
         if (this.ended) return
-        if (!samePrincipal(verified.principal, this.options.token.principal))
+        if (!samePrincipal(verified.principal, this.holder.token.principal))
           return this.refused(
             new ParleyError(ErrorCode.UNAUTHORIZED, "the refreshed token is for another user or role"),
           )
@@ -117,54 +127,61 @@ export class TokenLease {
   private accepted(token: VerifiedToken): void {
     this.expiresAt = token.expiresAt
     this.arm()
-    this.options.metrics.tokens.inc({ event: "refreshed" })
-    this.options.log.debug(
+    this.context.metrics.tokens.inc({ event: "refreshed" })
+    this.context.log.debug(
       {
+        doc: this.holder.name,
         principal: describePrincipal(token.principal),
         expiresAt: token.expiresAt,
         ...(token.dev ? { dev: true } : {}),
       },
       "token refreshed",
     )
-    if (this.options.wantsParley)
-      this.options.send(
+    if (this.holder.wantsParley)
+      this.holder.send(
         encodeTokenAccepted(token.expiresAt === undefined ? 0 : Math.floor(token.expiresAt / 1000)),
       )
   }
 
   private refused(error: ParleyError): void {
-    this.options.metrics.tokens.inc({ event: "refused" })
-    this.options.metrics.errors.inc({ code: ErrorCode.UNAUTHORIZED })
-    this.options.log.info(
-      { principal: describePrincipal(this.options.token.principal), reason: error.message },
+    this.context.metrics.tokens.inc({ event: "refused" })
+    this.context.metrics.errors.inc({ code: ErrorCode.UNAUTHORIZED })
+    this.context.log.info(
+      {
+        doc: this.holder.name,
+        principal: describePrincipal(this.holder.token.principal),
+        reason: error.message,
+      },
       "token refresh refused",
     )
     this.end(error, CloseCode.TokenRefused)
   }
 
   private arm(): void {
-    clearTimeout(this.timer)
-    this.timer = undefined
-    if (this.ended || this.expiresAt === undefined) return
-    const delay = Math.min(MAX_TIMER_MS, Math.max(0, this.expiresAt - Date.now()))
-    this.timer = setTimeout(() => {
-      if (this.expiresAt !== undefined && Date.now() < this.expiresAt) return this.arm()
-      this.options.metrics.tokens.inc({ event: "expired" })
-      this.options.log.info(
-        { principal: describePrincipal(this.options.token.principal) },
-        "closed: token expired",
-      )
-      this.end(new ParleyError(ErrorCode.UNAUTHORIZED, "the token expired"), CloseCode.TokenExpired)
-    }, delay)
-    // A lease must not keep a stopping process alive.
-    this.timer.unref?.()
+    if (this.ended || this.expiresAt === undefined) this.context.deadlines.clear(this)
+    else this.context.deadlines.set(this, this.expiresAt)
+  }
+
+  /** @internal The token's expiry passed (see {@link Deadlines}). */
+  due(): void {
+    if (this.ended) return
+    if (this.expiresAt !== undefined && Date.now() < this.expiresAt) {
+      this.arm()
+      return
+    }
+    this.context.metrics.tokens.inc({ event: "expired" })
+    this.context.log.info(
+      { doc: this.holder.name, principal: describePrincipal(this.holder.token.principal) },
+      "closed: token expired",
+    )
+    this.end(new ParleyError(ErrorCode.UNAUTHORIZED, "the token expired"), CloseCode.TokenExpired)
   }
 
   private end(error: ParleyError, close: { readonly code: number; readonly reason: string }): void {
     if (this.ended) return
     this.ended = true
-    clearTimeout(this.timer)
-    if (this.options.wantsParley) this.options.send(encodeError({ code: error.code, message: error.message }))
-    this.options.close(close.code, close.reason)
+    this.context.deadlines.clear(this)
+    if (this.holder.wantsParley) this.holder.send(encodeError({ code: error.code, message: error.message }))
+    this.holder.leaseEnded(close.code, close.reason)
   }
 }

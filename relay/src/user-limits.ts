@@ -94,20 +94,37 @@ class Usage {
   readonly documents = new Map<string, number>()
   pendingBytes = 0
   forgetTimer: NodeJS.Timeout | undefined
-  readonly updates: RateLimiter | undefined
-  readonly conversations: RateLimiter | undefined
-  readonly participants: RateLimiter | undefined
   readonly connectionAttempts: RateLimiter | undefined
+  // The other budgets are made when first spent: most connected users write nothing most of the time.
+  private updateBudget: RateLimiter | undefined
+  private conversationBudget: RateLimiter | undefined
+  private participantBudget: RateLimiter | undefined
 
-  constructor(limits: UserLimits, now: () => number) {
-    const perMinute = (n: number) => (n > 0 ? new RateLimiter(n / 60, n, now) : undefined)
-    this.updates =
-      limits.userUpdatesPerSecond > 0
-        ? new RateLimiter(limits.userUpdatesPerSecond, Math.max(1, limits.userUpdateBurst), now)
-        : undefined
-    this.conversations = perMinute(limits.userConversationsPerMinute)
-    this.participants = perMinute(limits.userParticipantsPerMinute)
-    this.connectionAttempts = perMinute(limits.userConnectionAttemptsPerMinute)
+  constructor(
+    private readonly limits: UserLimits,
+    private readonly now: () => number,
+  ) {
+    this.connectionAttempts = perMinute(limits.userConnectionAttemptsPerMinute, now)
+  }
+
+  get updates(): RateLimiter | undefined {
+    if (this.updateBudget || this.limits.userUpdatesPerSecond <= 0) return this.updateBudget
+    this.updateBudget = new RateLimiter(
+      this.limits.userUpdatesPerSecond,
+      Math.max(1, this.limits.userUpdateBurst),
+      this.now,
+    )
+    return this.updateBudget
+  }
+
+  get conversations(): RateLimiter | undefined {
+    this.conversationBudget ??= perMinute(this.limits.userConversationsPerMinute, this.now)
+    return this.conversationBudget
+  }
+
+  get participants(): RateLimiter | undefined {
+    this.participantBudget ??= perMinute(this.limits.userParticipantsPerMinute, this.now)
+    return this.participantBudget
   }
 
   get inUse(): boolean {
@@ -117,12 +134,17 @@ class Usage {
   /** How long until every budget is full again, i.e. until forgetting the user changes nothing. */
   msUntilRefilled(): number {
     return Math.max(
-      this.updates?.msUntilFull() ?? 0,
-      this.conversations?.msUntilFull() ?? 0,
-      this.participants?.msUntilFull() ?? 0,
+      this.updateBudget?.msUntilFull() ?? 0,
+      this.conversationBudget?.msUntilFull() ?? 0,
+      this.participantBudget?.msUntilFull() ?? 0,
       this.connectionAttempts?.msUntilFull() ?? 0,
     )
   }
+}
+
+/** A budget of `n` a minute (a bucket of `n`, refilled over a minute); none when `n` is 0. */
+function perMinute(n: number, now: () => number): RateLimiter | undefined {
+  return n > 0 ? new RateLimiter(n / 60, n, now) : undefined
 }
 
 /**

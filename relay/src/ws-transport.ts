@@ -20,9 +20,10 @@ import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { AddressLimiter } from "./address-limits.js"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
+import { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
 import { sendJson } from "./http-json.js"
-import { Keepalive } from "./keepalive.js"
+import { Keepalive, type Liveness } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { MuxSocket } from "./mux-socket.js"
@@ -32,7 +33,7 @@ import { firstByte, toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
 import { SendQueue } from "./send-queue.js"
 import { serveStatic } from "./static-files.js"
-import { TokenLease } from "./token-lease.js"
+import { type LeaseContext, TokenLease } from "./token-lease.js"
 
 /** Limits applied per WebSocket connection. */
 export interface TransportLimits {
@@ -127,9 +128,22 @@ export class WsTransport {
   private readonly sockets = new Set<WebSocket>()
   private readonly keepalive: Keepalive
   private readonly addresses: AddressLimiter
+  /** Every open socket's (and channel's) token expiry, on one timer. */
+  private readonly deadlines: Deadlines
+  /** What every socket's token lease shares. */
+  private readonly leases: LeaseContext
 
   constructor(private readonly options: TransportOptions) {
     this.addresses = new AddressLimiter(options.limits.addressAuthFailuresPerMinute)
+    this.deadlines = new Deadlines((error) =>
+      options.log.error({ err: error }, "closing at token expiry failed"),
+    )
+    this.leases = {
+      auth: options.auth,
+      log: options.log,
+      metrics: options.metrics,
+      deadlines: this.deadlines,
+    }
     this.server = createServer((req, res) => {
       this.http(req, res).catch((error: unknown) => {
         options.log.error({ err: error, url: req.url }, "http request failed")
@@ -172,6 +186,7 @@ export class WsTransport {
   async close(): Promise<void> {
     this.stopAccepting()
     this.keepalive.stop()
+    this.deadlines.stop()
     for (const ws of this.sockets) ws.close(CloseCode.GoingAway.code, CloseCode.GoingAway.reason)
     await new Promise<void>((resolve) => this.wss.close(() => resolve()))
     this.server.closeAllConnections()
@@ -265,9 +280,9 @@ export class WsTransport {
   }
 
   private async accept(ws: WebSocket, req: IncomingMessage): Promise<void> {
-    const { log, metrics, limits } = this.options
+    const { log, metrics } = this.options
     this.sockets.add(ws)
-    this.keepalive.watch(ws, () => {
+    const liveness = this.keepalive.watch(ws, () => {
       metrics.errors.inc({ code: "PING_TIMEOUT" })
       log.info({ doc: name }, "dropped: no answer to ping")
     })
@@ -289,10 +304,22 @@ export class WsTransport {
     const wantsParley = url.searchParams.get(PARLEY_PARAM) === PARLEY_PROTOCOL_VERSION
     // Read now: once the socket is gone, it is not.
     const address = this.addressOf(req)
-    if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION) {
-      await this.acceptMux(ws, url, address)
-      return
-    }
+    // Each kind of socket in a function of its own: what its closures keep per socket is only its own.
+    if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION)
+      await this.acceptMux(ws, url, address, liveness)
+    else await this.acceptDocument(ws, url, name, wantsParley, address, liveness)
+  }
+
+  /** A socket to one document (`/<document>?token=...`), as stock y-websocket clients open it. */
+  private async acceptDocument(
+    ws: WebSocket,
+    url: URL,
+    name: string,
+    wantsParley: boolean,
+    address: string,
+    liveness: Liveness | undefined,
+  ): Promise<void> {
+    const { log, metrics, limits } = this.options
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
     const awarenessLimiter = new RateLimiter(limits.socketAwarenessPerSecond, limits.socketAwarenessBurst)
     /**
@@ -331,6 +358,7 @@ export class WsTransport {
 
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (socketClosed) return
+      if (liveness) liveness.heard = true
       // Awareness frames have a budget of their own (see socketAwarenessPerSecond); types are one byte.
       const awareness = isBinary && firstByte(data) === MessageType.awareness
       // An awareness frame may be the echo a stock client owes for one it was sent: free, up to those sent.
@@ -413,6 +441,7 @@ export class WsTransport {
       send: (frame, options) => {
         if (ws.readyState !== WebSocket.OPEN) return
         ws.send(frame)
+        if (liveness) liveness.sentAt = performance.now()
         if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
         queue.sent(frame.length, options?.initialSync === true)
         if (queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
@@ -432,14 +461,13 @@ export class WsTransport {
       },
       close: (code, reason) => closeWith({ code, reason }),
     }
-    lease = new TokenLease({
-      auth: this.options.auth,
+    lease = new TokenLease(this.leases, {
       token,
       wantsParley,
+      name,
       send: (frame) => session.send(frame),
-      close: (code, reason) => (connection ? connection.close(code, reason) : closeWith({ code, reason })),
-      log: log.child({ doc: name }),
-      metrics,
+      leaseEnded: (code, reason) =>
+        connection ? connection.close(code, reason) : closeWith({ code, reason }),
     })
     try {
       connection = await this.options.core.connect(name, session)
@@ -458,11 +486,16 @@ export class WsTransport {
    * A multiplexed socket (`?mux=1`): the socket's token names its user; each
    * channel is then attached to its document like a socket of its own (see {@link MuxSocket}).
    */
-  private async acceptMux(ws: WebSocket, url: URL, address: string): Promise<void> {
+  private async acceptMux(
+    ws: WebSocket,
+    url: URL,
+    address: string,
+    liveness: Liveness | undefined,
+  ): Promise<void> {
     const { log, metrics, limits } = this.options
     let mux: MuxSocket | undefined
     let socketClosed = false
-    const early: { data: RawData; isBinary: boolean }[] = []
+    let early: { data: RawData; isBinary: boolean }[] | undefined
     let earlyBytes = 0
     const closeWith = (close: { code: number; reason: string }) => {
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)
@@ -470,13 +503,15 @@ export class WsTransport {
     }
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (socketClosed) return
+      if (liveness) liveness.heard = true
       if (mux) return mux.receive(data, isBinary)
+      early ??= []
       early.push({ data, isBinary })
       earlyBytes += toBytes(data).length
       // Frames wait here only while the token is checked; a client may not park more than this.
       if (earlyBytes > 4 * limits.maxFrameBytes) {
         metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-        early.length = 0
+        early = undefined
         closeWith(CloseCode.RateLimited)
       }
     })
@@ -517,10 +552,13 @@ export class WsTransport {
       metrics,
       limits,
       keepalive: this.keepalive,
+      leases: this.leases,
       token,
     })
     mux.start()
-    for (const { data, isBinary } of early.splice(0)) mux.receive(data, isBinary)
+    const waiting = early
+    early = undefined
+    if (waiting) for (const { data, isBinary } of waiting) mux.receive(data, isBinary)
   }
 }
 

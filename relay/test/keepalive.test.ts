@@ -75,6 +75,52 @@ describe("Keepalive", () => {
     keepalive.stop()
   })
 
+  it("pings no socket whose client spoke since the last tick, and still finds one that fell silent", () => {
+    vi.useFakeTimers()
+    const keepalive = new Keepalive({ intervalMs: 1_000, timeoutMs: 3_000 })
+    const socket = new FakeSocket()
+    let dropped = 0
+    const liveness = keepalive.watch(socket as unknown as WebSocket, () => dropped++)!
+    for (let i = 0; i < 30; i++) {
+      liveness.heard = true // a frame from the client (its presence renewals, say)
+      vi.advanceTimersByTime(1_000)
+    }
+    expect(socket.pings).toBe(0)
+    // Silent from now on, and not answering: pinged once, dropped once the timeout passed.
+    vi.advanceTimersByTime(1_000)
+    expect(socket.pings).toBe(1)
+    vi.advanceTimersByTime(3_000)
+    expect(socket.terminated).toBe(true)
+    expect(dropped).toBe(1)
+    keepalive.stop()
+  })
+
+  it("sends no keepalive frame to a socket sent something in the last half interval", () => {
+    vi.useFakeTimers()
+    const keepalive = new Keepalive({ intervalMs: 1_000, timeoutMs: 3_000 })
+    const socket = new FakeSocket()
+    const frames: Uint8Array[] = []
+    const liveness = keepalive.watch(socket as unknown as WebSocket, () => {})!
+    keepalive.joined(socket as unknown as WebSocket, (frame) => {
+      frames.push(frame)
+    })
+    // Something goes out 200 ms before each tick: no keepalive needed.
+    for (let i = 0; i < 10; i++) {
+      vi.advanceTimersByTime(800)
+      liveness.sentAt = performance.now()
+      vi.advanceTimersByTime(200)
+      socket.emit("pong")
+    }
+    expect(frames).toHaveLength(0)
+    // Quiet: a keepalive frame every tick again.
+    for (let i = 0; i < 5; i++) {
+      vi.advanceTimersByTime(1_000)
+      socket.emit("pong")
+    }
+    expect(frames).toHaveLength(5)
+    keepalive.stop()
+  })
+
   it("keeps a socket that answers every ping, and pings no more once stopped", () => {
     vi.useFakeTimers()
     const keepalive = new Keepalive({ intervalMs: 1_000, timeoutMs: 3_000 })

@@ -1,11 +1,13 @@
 import {
   type ConversationId,
   createConversation,
+  ErrorCode,
   encodeChannelClose,
   encodeChannelFrame,
   encodeChannelOpen,
   encodeSyncStep1,
   encodeSyncUpdate,
+  encodeTokenRefresh,
   inboxDocumentName,
   listMessages,
   MessageType,
@@ -219,6 +221,34 @@ describe("a multiplexed socket", () => {
     expect(mux.closes.get(4)!.code).toBe(4429)
     expect([1, 2, 3].filter((channel) => mux.closes.has(channel))).toEqual([])
     void bob
+  })
+
+  it("closes a channel at its own token's expiry, unless refreshed, and leaves the others open", async () => {
+    const { alice } = users()
+    const nowS = () => Math.floor(Date.now() / 1000)
+    const exp = nowS() + 2
+    // The socket's token expires first; channels opened with it ("" token) share its expiry.
+    const mux = new MuxProbe(relay.url, await relay.token(alice, { expiresIn: exp }))
+    await mux.opened
+    mux.open(0, inboxDocumentName(alice))
+    mux.open(1, newConversationId(), await relay.token(alice, { expiresIn: exp + 60 }))
+    mux.open(2, newConversationId())
+    await mux.until(() => [0, 1, 2].every((c) => (mux.frames.get(c)?.length ?? 0) > 0))
+    // Channel 2 refreshes before the expiry: it stays.
+    mux.ws.send(encodeChannelFrame(2, encodeTokenRefresh(await relay.token(alice, { expiresIn: exp + 60 }))))
+    await mux.until(() => mux.closes.has(0), 10_000)
+    expect(Date.now()).toBeGreaterThanOrEqual(exp * 1000)
+    expect(mux.closes.get(0)).toEqual({ code: 4401, reason: "Token expired" })
+    // The typed error first, on the channel.
+    const errors = (mux.frames.get(0) ?? []).flatMap((bytes) => {
+      const frame = readFrame(bytes)
+      return frame.type === "parley" && frame.message?.type === "error" ? [frame.message.error] : []
+    })
+    expect(errors).toEqual([{ code: ErrorCode.UNAUTHORIZED, message: "the token expired" }])
+    await new Promise((r) => setTimeout(r, 500))
+    expect(mux.closes.has(1)).toBe(false)
+    expect(mux.closes.has(2)).toBe(false)
+    expect(mux.ws.readyState).toBe(WebSocket.OPEN)
   })
 
   it("closes the socket with 4400 on a frame for a channel never opened, or a reused channel number", async () => {

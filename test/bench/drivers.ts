@@ -47,6 +47,11 @@ export interface ConnectOptions {
   readonly doc?: Y.Doc
   /** The socket class (y-websocket only): a channel class of the SDK's `SocketMux`, instead of `ws`. */
   readonly WebSocketPolyfill?: unknown
+  /**
+   * Publish an awareness state (y-websocket only; default true, as a stock
+   * provider does). The SDK publishes none on a user's inbox.
+   */
+  readonly presence?: boolean
 }
 
 /** Connects `user` to document `name` on `server`, with the driver its protocol needs. */
@@ -90,6 +95,8 @@ async function connectYWebsocket(
     // with each other behind the server's back.
     disableBc: true,
   })
+  // Before the socket opens: a provider sends its state when it connects, and renews it every 15 s.
+  if (options.presence === false) provider.awareness.setLocalState(null)
   const synced = deferred()
   provider.on("sync", (isSynced: boolean) => {
     if (isSynced) synced.resolve()

@@ -9,6 +9,7 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
 import { fileURLToPath } from "node:url"
+import WebSocket from "ws"
 import { type ProcessReading, readProcess } from "./proc.js"
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..")
@@ -42,7 +43,80 @@ export interface RunningServer {
   /** A token for `user`, for servers that authenticate (Parley); undefined otherwise. */
   token(user: string): Promise<string | undefined>
   read(): ProcessReading
+  /**
+   * Runs a full garbage collection in the server (through its inspector, the
+   * same way for every server) and reads it then, once its RSS stopped falling:
+   * memory figures after it hold what the server keeps, not what it has not
+   * collected or released yet.
+   */
+  collected(): Promise<CollectedReading>
   stop(): Promise<void>
+}
+
+/** A reading right after a full garbage collection. */
+export interface CollectedReading extends ProcessReading {
+  /** JS heap in use (V8's used size), bytes. */
+  readonly heapUsed: number
+}
+
+/**
+ * Node's inspector on a port of its own choosing, loopback only: the harness
+ * asks it for a garbage collection before reading memory.
+ */
+const INSPECT = "--inspect=127.0.0.1:0"
+
+/** The inspector's WebSocket URL, from the "Debugger listening on ws://..." line Node prints on stderr. */
+function inspectorUrl(child: ChildProcess): Promise<string> {
+  return new Promise((resolveUrl, reject) => {
+    let text = ""
+    const onData = (chunk: Buffer) => {
+      text = (text + chunk.toString()).slice(-4000)
+      const match = /Debugger listening on (ws:\/\/\S+)/.exec(text)
+      if (match) {
+        child.stderr?.off("data", onData)
+        resolveUrl(match[1]!)
+      }
+    }
+    child.stderr?.on("data", onData)
+    child.once("exit", () => reject(new Error("the server exited before its inspector listened")))
+  })
+}
+
+/** {@link inspectorUrl}, never an unhandled rejection when nobody asks (the server failed to start). */
+function watchInspector(child: ChildProcess): Promise<string> {
+  const url = inspectorUrl(child)
+  url.catch(() => {})
+  return url
+}
+
+/** One command to a Node inspector, over a connection of its own. */
+async function inspect(url: string, methods: readonly string[]): Promise<unknown[]> {
+  const ws = new WebSocket(url)
+  await new Promise((resolveOpen, reject) => {
+    ws.once("open", resolveOpen)
+    ws.once("error", reject)
+  })
+  try {
+    const results: unknown[] = []
+    for (const [id, method] of methods.entries()) {
+      results.push(
+        await new Promise((resolveResult, reject) => {
+          const onMessage = (data: Buffer) => {
+            const message = JSON.parse(data.toString()) as { id?: number; result?: unknown; error?: unknown }
+            if (message.id !== id) return
+            ws.off("message", onMessage)
+            if (message.error) reject(new Error(`${method}: ${JSON.stringify(message.error)}`))
+            else resolveResult(message.result)
+          }
+          ws.on("message", onMessage)
+          ws.send(JSON.stringify({ id, method }))
+        }),
+      )
+    }
+    return results
+  } finally {
+    ws.close()
+  }
 }
 
 /** What the relay's command line accepts, learned from its --help (flags may be added while we run). */
@@ -116,6 +190,7 @@ function handle(
   child: ChildProcess,
   port: number,
   token: (user: string) => Promise<string | undefined>,
+  inspector: Promise<string>,
   cleanup: () => void = () => {},
 ): RunningServer {
   // Keep draining output so a chatty server never blocks on a full pipe.
@@ -128,6 +203,30 @@ function handle(
     wsUrl: `ws://127.0.0.1:${port}`,
     token,
     read: () => readProcess(child.pid!),
+    async collected() {
+      const url = await inspector
+      const once = async (): Promise<CollectedReading> => {
+        // Twice: a first full collection can leave what finalizers freed for the next one.
+        const [, , usage] = await inspect(url, [
+          "HeapProfiler.collectGarbage",
+          "HeapProfiler.collectGarbage",
+          "Runtime.getHeapUsage",
+        ])
+        return { ...readProcess(child.pid!), heapUsed: (usage as { usedSize: number }).usedSize }
+      }
+      // V8 gives freed pages back to the system over seconds after a collection, not at once: RSS
+      // is read once it stops falling (within 256 KB over 2 s, or after 20 s), so that a reading
+      // taken just after a busy phase does not count pages about to be released.
+      let reading = await once()
+      for (let i = 0; i < 10; i++) {
+        await new Promise((r) => setTimeout(r, 2000))
+        const next = await once()
+        const settled = reading.rss - next.rss < 256 * 1024
+        reading = next
+        if (settled) break
+      }
+      return reading
+    },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((r) => child.once("exit", r))
@@ -146,23 +245,25 @@ async function startYWebsocket(): Promise<RunningServer> {
   const port = await freePort()
   // The peers are installed on demand in test/bench/node_modules (scripts/bench-deps.mjs).
   const bin = join(ROOT, "test/bench/node_modules/y-websocket-server-v2/bin/server.cjs")
-  const child = spawn(process.execPath, [bin], {
+  const child = spawn(process.execPath, [INSPECT, bin], {
     env: { ...process.env, HOST: "127.0.0.1", PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"],
   })
   running.add(child)
+  const inspector = watchInspector(child)
   await waitForPort(child, (line) => (line.includes("running at") ? port : undefined))
-  return handle("y-websocket", "y-websocket", child, port, async () => undefined)
+  return handle("y-websocket", "y-websocket", child, port, async () => undefined, inspector)
 }
 
 async function startHocuspocus(): Promise<RunningServer> {
-  const child = spawn(process.execPath, [join(ROOT, "test/bench/servers/hocuspocus.mjs")], {
+  const child = spawn(process.execPath, [INSPECT, join(ROOT, "test/bench/servers/hocuspocus.mjs")], {
     env: { ...process.env, PORT: "0" },
     stdio: ["ignore", "pipe", "pipe"],
   })
   running.add(child)
+  const inspector = watchInspector(child)
   const port = await waitForPort(child, jsonPort)
-  return handle("hocuspocus", "hocuspocus", child, port, async () => undefined)
+  return handle("hocuspocus", "hocuspocus", child, port, async () => undefined, inspector)
 }
 
 /** The relay's flags, read from its --help output once. */
@@ -203,8 +304,12 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
         ]
       : [join(ROOT, "relay/bin/parley-relay.js")]
   const profile = process.env.PARLEY_BENCH_PROFILE_DIR
+  // Further Node flags for the relay process only (e.g. "--heapsnapshot-signal=SIGUSR2"), for profiling.
+  const nodeArgs = process.env.PARLEY_BENCH_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? []
   const args = [
     ...(profile ? ["--cpu-prof", "--cpu-prof-dir", profile] : []),
+    ...nodeArgs,
+    INSPECT,
     ...launcher,
     "--port",
     "0",
@@ -221,6 +326,7 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
     stdio: ["ignore", "pipe", "pipe"],
   })
   running.add(child)
+  const inspector = watchInspector(child)
   const port = await waitForPort(child, jsonPort)
   const tokens = new Map<string, Promise<string>>()
   const token = (user: string) => {
@@ -246,7 +352,9 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   const authorization = variant.authorization
   const parts = [!hooks && "no hooks", !authorization && "no authorization", variant.note].filter(Boolean)
   const label = parts.length ? `parley (${parts.join(", ")})` : "parley"
-  return handle("parley", label, child, port, token, () => rmSync(dataDir, { recursive: true, force: true }))
+  return handle("parley", label, child, port, token, inspector, () =>
+    rmSync(dataDir, { recursive: true, force: true }),
+  )
 }
 
 /** Starts a fresh server process of `kind`. */

@@ -2,9 +2,19 @@
  * Idle users: N users (in conversations of `perConversation` participants),
  * each connected the way an app connects them, then idle. On Parley a user is
  * what the SDK opens: ONE multiplexed socket (the SDK's own `SocketMux`)
- * carrying their inbox and their conversation; on the other servers, which
- * have no inbox, one socket to the conversation. Memory per user is the
- * server's RSS growth over N; CPU is measured over a quiet window.
+ * carrying their inbox (with no presence of its own, as the SDK opens it) and
+ * their conversation; on the other servers, which have no inbox, one socket to
+ * the conversation.
+ *
+ * Memory per user is the server's growth over N, read after a full garbage
+ * collection both times (RSS, and the JS heap V8 reports), from a baseline
+ * taken once a first group of users is connected (so that code loaded and
+ * compiled on first use is not charged to the users measured). CPU is
+ * measured over a quiet window, once every client's first presence renewal
+ * is past (see FIRST_RENEWAL_MS), by default 30 s long:
+ * at least one whole cycle of every periodic activity of the servers and
+ * their clients (awareness renewals every 15 s, pings every 15 to 30 s); a
+ * shorter window can miss them all.
  */
 import {
   type ConversationId,
@@ -16,10 +26,10 @@ import {
 import WebSocket from "ws"
 import { SocketMux } from "../../../client/src/socket-mux.js"
 import { type BenchClient, type ConnectOptions, connect } from "../drivers.js"
-import type { RunningServer } from "../servers.js"
+import type { CollectedReading, RunningServer } from "../servers.js"
 import { quiesce, sleep } from "../stats.js"
 import { closeAll, confirmed } from "../workload.js"
-import type { IdleConfig } from "./idle.js"
+import { FIRST_RENEWAL_MS, type IdleConfig } from "./idle.js"
 
 /** Figures of one idle-users run. */
 export interface IdleUsersResult {
@@ -27,11 +37,24 @@ export interface IdleUsersResult {
   readonly users: number
   /** Real sockets the users hold (Parley: one per user, whatever they have open). */
   readonly sockets: number
+  /** After a full garbage collection, with the warm-up group connected. */
   readonly baselineRssMB: number
+  /** After a full garbage collection, at the end of the quiet window. */
   readonly rssMB: number
+  /** RSS growth per user (both readings after a full garbage collection). */
   readonly bytesPerUser: number
+  /** JS heap growth per user (both readings after a full garbage collection). */
+  readonly heapBytesPerUser: number
+  /** All the server's CPU over the quiet window, per second and per 1,000 users. */
   readonly serverCpuMsPerSecondPer1000: number
+  /** Server CPU per second with no connection at all: a fixed cost, not a per-user one. */
+  readonly emptyServerCpuMsPerSecond: number
+  /** {@link serverCpuMsPerSecondPer1000} less that fixed cost. */
+  readonly userCpuMsPerSecondPer1000: number
 }
+
+/** Users connected before the baseline is read, in conversations like the others. */
+const WARM_UP_GROUPS = 2
 
 /** Runs the scenario against a fresh `server`. */
 export async function idleUsers(
@@ -40,10 +63,15 @@ export async function idleUsers(
   options: { readonly inbox?: boolean } = {},
 ): Promise<IdleUsersResult> {
   await sleep(1000)
-  const baseline = server.read()
+  // What the server spends with no connection at all (timers, metrics).
+  const emptySeconds = Math.min(config.seconds, 10)
+  const empty = server.read()
+  const emptyStarted = performance.now()
+  await sleep(emptySeconds * 1000)
+  const emptyCpuMsPerSecond =
+    (server.read().cpuMs - empty.cpuMs) / ((performance.now() - emptyStarted) / 1000)
   const parley = server.kind === "parley"
   const withInbox = parley && options.inbox !== false
-  const clients: BenchClient[] = []
   const muxes: SocketMux[] = []
   const optionsOf = (): ConnectOptions => {
     if (!parley) return {}
@@ -51,39 +79,69 @@ export async function idleUsers(
     muxes.push(mux)
     return { acknowledgements: true, WebSocketPolyfill: channelsOf(mux, server.wsUrl) }
   }
-  const groups = Math.ceil(config.connections / config.perConversation)
-  for (let g = 0; g < groups; g += 20) {
-    const wave: Promise<BenchClient[]>[] = []
-    for (let i = g; i < Math.min(groups, g + 20); i++) {
-      const size = Math.min(config.perConversation, config.connections - i * config.perConversation)
-      const users = Array.from({ length: size }, (_, p) => `idleu${i}-u${p}` as UserId)
-      wave.push(openGroup(server, `g~idleu-${i}` as ConversationId, users, withInbox, optionsOf))
+  const openGroups = async (prefix: string, count: number, users: number): Promise<BenchClient[]> => {
+    const clients: BenchClient[] = []
+    // Opened in waves: the setup measures the servers' steady state, not a thousand simultaneous handshakes.
+    for (let g = 0; g < count; g += 20) {
+      const wave: Promise<BenchClient[]>[] = []
+      for (let i = g; i < Math.min(count, g + 20); i++) {
+        const size = Math.min(config.perConversation, users - i * config.perConversation)
+        const ids = Array.from({ length: size }, (_, p) => `${prefix}${i}-u${p}` as UserId)
+        wave.push(openGroup(server, `g~${prefix}-${i}` as ConversationId, ids, withInbox, optionsOf))
+      }
+      for (const group of await Promise.all(wave)) clients.push(...group)
     }
-    for (const group of await Promise.all(wave)) clients.push(...group)
+    return clients
   }
+  // Stay connected to the end: unloading them mid-window would be work of their leaving.
+  const warmUp = await openGroups("idlew", WARM_UP_GROUPS, WARM_UP_GROUPS * config.perConversation)
   await sleep(1000)
+  await quiesce(() => server.read().cpuMs, { timeoutMs: 10_000 })
+  const baseline: CollectedReading = await server.collected()
+  const warmUpMuxes = muxes.length
+  const clients = await openGroups(
+    "idleu",
+    Math.ceil(config.connections / config.perConversation),
+    config.connections,
+  )
+  // Past the clients' first presence renewal: y-protocols ignores the state a client starts with
+  // (clock 0), so a server first hears of it 15 s after the connection; until then, and while the
+  // servers record it, they are still being joined, not idle.
+  await sleep(FIRST_RENEWAL_MS)
+  // Bounded: a server whose idle connections keep it a little busy is what is measured.
   await quiesce(() => server.read().cpuMs, { timeoutMs: 10_000 })
   const start = server.read()
   const started = performance.now()
   await sleep(config.seconds * 1000)
   const end = server.read()
   const seconds = (performance.now() - started) / 1000
+  const collected = await server.collected()
   const users = config.connections
-  const sockets = parley ? muxes.filter((m) => m.connected).length : clients.length
-  closeAll(clients)
+  const sockets = parley
+    ? muxes.slice(warmUpMuxes).filter((m) => m.connected).length
+    : clients.length - clients.filter((c) => c.user.startsWith("idlew")).length
+  closeAll([...warmUp, ...clients])
   for (const mux of muxes) mux.destroy()
+  const cpuPer1000 = ((end.cpuMs - start.cpuMs) / seconds) * (1000 / users)
   return {
     server: server.label,
     users,
     sockets,
     baselineRssMB: baseline.rss / 2 ** 20,
-    rssMB: end.rss / 2 ** 20,
-    bytesPerUser: (end.rss - baseline.rss) / users,
-    serverCpuMsPerSecondPer1000: ((end.cpuMs - start.cpuMs) / seconds) * (1000 / users),
+    rssMB: collected.rss / 2 ** 20,
+    bytesPerUser: (collected.rss - baseline.rss) / users,
+    heapBytesPerUser: (collected.heapUsed - baseline.heapUsed) / users,
+    serverCpuMsPerSecondPer1000: cpuPer1000,
+    emptyServerCpuMsPerSecond: emptyCpuMsPerSecond,
+    userCpuMsPerSecondPer1000: cpuPer1000 - emptyCpuMsPerSecond * (1000 / users),
   }
 }
 
-/** Creates a group of `users` and connects each (with their inbox when `withInbox`), on the user's own socket options. */
+/**
+ * Creates a group of `users` and connects each (with their inbox when
+ * `withInbox`, without presence there, as the SDK opens it), on the user's
+ * own socket options.
+ */
 async function openGroup(
   server: RunningServer,
   id: ConversationId,
@@ -98,7 +156,11 @@ async function openGroup(
   await confirmed(creator, 30_000)
   const others = await Promise.all(users.slice(1).map((user, i) => connect(server, id, user, options[i + 1])))
   const inboxes = withInbox
-    ? await Promise.all(users.map((user, i) => connect(server, inboxDocumentName(user), user, options[i])))
+    ? await Promise.all(
+        users.map((user, i) =>
+          connect(server, inboxDocumentName(user), user, { ...options[i], presence: false }),
+        ),
+      )
     : []
   const all = [creator, ...others, ...inboxes]
   await Promise.all(all.map((c) => c.synced))
