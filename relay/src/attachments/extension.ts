@@ -1,9 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
+import { uploadedAttachmentIds } from "@parley/shared"
 import type { ApiKeyStore } from "../api/keys.js"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
-import type { HookEventType } from "../hooks/events.js"
+import type { HookEvent, HookEventType } from "../hooks/events.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
@@ -106,6 +107,12 @@ export class AttachmentsExtension implements RelayExtension {
   readonly target = (_core: RunningCore): DeliveryTarget => ({
     name: "attachments",
     accepts: (type) => HANDLED.has(type),
+    // A message without uploaded files owes nothing here: it costs no outbox row (a 2,000-message frame
+    // would otherwise store and then delete 2,000 events for this target alone). Deletions are all
+    // delivered: whether the deleted message brought files is known only from the store.
+    wants: (event) =>
+      event.event.type !== "message.sent" ||
+      uploadedAttachmentIds((event as HookEvent<"message.sent">).subject.message.attachments).length > 0,
     deliver: async (event) => {
       const conversation = event.event.conversationId
       switch (event.event.type) {
