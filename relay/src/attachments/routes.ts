@@ -5,6 +5,7 @@ import type { Context, MiddlewareHandler } from "hono"
 import { type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "../api/keys.js"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
+import { bearerToken, registerUserTokenScheme, userOfToken } from "../api/user-token.js"
 import type { Logger } from "../log.js"
 import { type Principal, serviceParticipant } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
@@ -316,15 +317,10 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   const chunkBytes = service.options.chunkBytes
   let chunksInFlight = 0
   const app = problemApp<Env>(options.log, "attachment route")
-  app.openAPIRegistry.registerComponent("securitySchemes", "userToken", {
-    type: "http",
-    scheme: "bearer",
-    bearerFormat: "JWT",
-    description: "The user's own token, the one their client syncs with.",
-  })
+  registerUserTokenScheme(app)
 
   const userOf = async (c: Context): Promise<UserId | Response> => {
-    const token = /^Bearer (\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1]
+    const token = bearerToken(c)
     const key = token && options.keys ? splitApiKey(token) : undefined
     if (key) {
       // An API key: its own participant, with the scope the route needs.
@@ -348,29 +344,7 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         )
       return serviceParticipant(record.name)
     }
-    let principal: Principal | undefined
-    try {
-      principal = token ? await options.verify(token) : undefined
-    } catch {
-      principal = undefined
-    }
-    if (!principal)
-      return problemResponse(
-        c,
-        new ParleyError(
-          ErrorCode.UNAUTHORIZED,
-          "a valid user token is required (Authorization: Bearer <JWT>)",
-        ),
-        401,
-        { "www-authenticate": 'Bearer realm="parley"' },
-      )
-    if (principal.kind !== "user")
-      return problemResponse(
-        c,
-        new ParleyError(ErrorCode.FORBIDDEN, "attachments are uploaded by users"),
-        403,
-      )
-    return principal.user
+    return userOfToken(c, token, options.verify, "attachments are uploaded by users")
   }
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
     // Downloads with a signature need no token.

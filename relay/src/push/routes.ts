@@ -4,6 +4,7 @@ import type { MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
+import { bearerToken, registerUserTokenScheme, userOfToken } from "../api/user-token.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { checkEndpointUrl, type EndpointPolicy, MAX_ENDPOINT_LENGTH } from "./endpoint.js"
@@ -157,38 +158,12 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   const maxDevices = options.maxDevices ?? DEFAULT_MAX_PUSH_DEVICES
   const endpoints = options.endpoints ?? {}
   const app = problemApp<Env>(options.log, "push route")
-  app.openAPIRegistry.registerComponent("securitySchemes", "userToken", {
-    type: "http",
-    scheme: "bearer",
-    bearerFormat: "JWT",
-    description: "The user's own token, the one their client syncs with.",
-  })
+  registerUserTokenScheme(app)
 
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
-    const token = /^Bearer (\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1]
-    let principal: Principal | undefined
-    try {
-      principal = token ? await options.verify(token) : undefined
-    } catch {
-      principal = undefined
-    }
-    if (!principal)
-      return problemResponse(
-        c,
-        new ParleyError(
-          ErrorCode.UNAUTHORIZED,
-          "a valid user token is required (Authorization: Bearer <JWT>)",
-        ),
-        401,
-        { "www-authenticate": 'Bearer realm="parley"' },
-      )
-    if (principal.kind !== "user")
-      return problemResponse(
-        c,
-        new ParleyError(ErrorCode.FORBIDDEN, "push subscriptions belong to users"),
-        403,
-      )
-    c.set("user", principal.user)
+    const user = await userOfToken(c, bearerToken(c), options.verify, "push subscriptions belong to users")
+    if (user instanceof Response) return user
+    c.set("user", user)
     await next()
   }
   app.use("/v1/me/*", authenticate)

@@ -1,0 +1,48 @@
+import type { OpenAPIHono } from "@hono/zod-openapi"
+import { ErrorCode, ParleyError, type UserId } from "@parley/shared"
+import type { Context, Env } from "hono"
+import type { Principal } from "../principal.js"
+import { problemResponse } from "./problem.js"
+
+/** The token of `Authorization: Bearer <token>`, if the request carries one. */
+export const bearerToken = (c: Context): string | undefined =>
+  /^Bearer (\S+)$/i.exec(c.req.header("authorization") ?? "")?.[1]
+
+/** Declares the `userToken` security scheme (a user's own JWT) in `app`'s OpenAPI document. */
+export function registerUserTokenScheme<E extends Env>(app: OpenAPIHono<E>): void {
+  app.openAPIRegistry.registerComponent("securitySchemes", "userToken", {
+    type: "http",
+    scheme: "bearer",
+    bearerFormat: "JWT",
+    description: "The user's own token, the one their client syncs with.",
+  })
+}
+
+/**
+ * The user a request's bearer `token` signs in, or the problem to answer
+ * with: 401 without a token that verifies (any verification failure is the
+ * same 401: a caller learns nothing about why), 403 for a principal that is
+ * not a user (`notUser` says what only users may do).
+ */
+export async function userOfToken(
+  c: Context,
+  token: string | undefined,
+  verify: (token: string) => Promise<Principal>,
+  notUser: string,
+): Promise<UserId | Response> {
+  let principal: Principal | undefined
+  try {
+    principal = token ? await verify(token) : undefined
+  } catch {
+    principal = undefined
+  }
+  if (!principal)
+    return problemResponse(
+      c,
+      new ParleyError(ErrorCode.UNAUTHORIZED, "a valid user token is required (Authorization: Bearer <JWT>)"),
+      401,
+      { "www-authenticate": 'Bearer realm="parley"' },
+    )
+  if (principal.kind !== "user") return problemResponse(c, new ParleyError(ErrorCode.FORBIDDEN, notUser), 403)
+  return principal.user
+}
