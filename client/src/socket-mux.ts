@@ -11,17 +11,8 @@ import {
 } from "@parley/shared"
 import type { DocumentSocket, SocketOpener, WebSocketConstructor } from "./provider/document-socket.js"
 
-/** The part of the browser's WebSocket API the SDK uses of a real socket. */
-interface RealSocket {
-  binaryType: string
-  readonly readyState: number
-  onopen: ((event: unknown) => void) | null
-  onmessage: ((event: { data: unknown }) => void) | null
-  onclose: ((event: { code: number; reason: string }) => void) | null
-  onerror: ((event: unknown) => void) | null
-  send(data: Uint8Array): void
-  close(code?: number, reason?: string): void
-}
+/** The part of the browser's WebSocket API the SDK uses of a real socket: a document socket's, with its binary type. */
+type RealSocket = DocumentSocket & { binaryType: string }
 
 const CONNECTING = 0
 const OPEN = 1
