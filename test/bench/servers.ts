@@ -289,6 +289,20 @@ export function detectRelayFlags(): Promise<RelayFlags> {
   return relayFlags
 }
 
+/** Polls the relay's `/readyz` until it answers 200 (at most 30 s). */
+async function untilReady(port: number): Promise<void> {
+  const deadline = performance.now() + 30_000
+  for (;;) {
+    const ok = await fetch(`http://127.0.0.1:${port}/readyz`).then(
+      (response) => response.ok,
+      () => false,
+    )
+    if (ok) return
+    if (performance.now() > deadline) throw new Error("the relay did not become ready within 30 s")
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
 async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   const flags = await detectRelayFlags()
   const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-"))
@@ -328,6 +342,9 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   running.add(child)
   const inspector = watchInspector(child)
   const port = await waitForPort(child, jsonPort)
+  // As a load balancer would: no traffic (and no "empty server" reading) before the relay says it
+  // is ready, i.e. before its start-up warm-up of the update path is done.
+  await untilReady(port)
   const tokens = new Map<string, Promise<string>>()
   const token = (user: string) => {
     let pending = tokens.get(user)
