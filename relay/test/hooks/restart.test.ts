@@ -128,6 +128,10 @@ describe("hook delivery across a crash", () => {
     )
     const owed = readLines(log).filter((l) => l.message === "msg-0002")
     expect(owed.map((l) => [l.pid, l.seq])).toEqual([[second.child.pid, 2]])
-    await second.waitForLog((l) => l.msg === "recovered hook events a crash left unrecorded")
+    // Not asserted: which path loaded the document. Usually the start-up sweep does ("recovered hook
+    // events a crash left unrecorded"), but when the first relay died before the inbox target's mark
+    // for the conversation's creation was durable, that event's re-delivery loads it first and the
+    // sweep then finds nothing owed (seen once under the full suite's load). Either way the
+    // message is numbered and delivered once, by the second relay, with no client opening it.
   }, 60_000)
 })
