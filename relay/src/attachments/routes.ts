@@ -3,6 +3,7 @@ import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
 import { type ConversationId, ErrorCode, isAttachmentId, ParleyError, type UserId } from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
 import { type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "../api/keys.js"
+import { describeOnly, type OpenApiPart, openApiPartOf } from "../api/openapi-part.js"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
 import { bearerToken, registerUserTokenScheme, userOfToken } from "../api/user-token.js"
@@ -565,14 +566,8 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
  * The attachment routes' part of the OpenAPI document, generated from the
  * schemas that validate them; the API's `openApiDocument` merges it in.
  */
-export function attachmentsOpenApiPart(): {
-  paths: Record<string, unknown>
-  securitySchemes: Record<string, unknown>
-  schemas: Record<string, unknown>
-} {
-  const unused = () => {
-    throw new Error("the document is generated without serving requests")
-  }
+export function attachmentsOpenApiPart(): OpenApiPart {
+  const unused = describeOnly
   const app = createAttachmentRoutes({
     service: { options: { chunkBytes: 0 } } as unknown as AttachmentService,
     store: {} as BlobStore,
@@ -583,13 +578,5 @@ export function attachmentsOpenApiPart(): {
     maxChunksInFlight: 0,
     log: { error: unused } as unknown as Logger,
   })
-  const doc = app.getOpenAPI31Document({ openapi: "3.1.0", info: { title: "", version: "1" } }) as {
-    paths?: Record<string, unknown>
-    components?: { securitySchemes?: Record<string, unknown>; schemas?: Record<string, unknown> }
-  }
-  return {
-    paths: doc.paths ?? {},
-    securitySchemes: doc.components?.securitySchemes ?? {},
-    schemas: doc.components?.schemas ?? {},
-  }
+  return openApiPartOf(app)
 }

@@ -2,6 +2,7 @@ import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
 import { ErrorCode, ParleyError, type UserId } from "@parley/shared"
 import type { MiddlewareHandler } from "hono"
 import { bodyLimit } from "hono/body-limit"
+import { describeOnly, type OpenApiPart, openApiPartOf } from "../api/openapi-part.js"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
 import { bearerToken, registerUserTokenScheme, userOfToken } from "../api/user-token.js"
@@ -233,27 +234,13 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
  * scheme), generated from the schemas that validate them; the API's
  * `openApiDocument` merges it in.
  */
-export function pushOpenApiPart(): {
-  paths: Record<string, unknown>
-  securitySchemes: Record<string, unknown>
-  schemas: Record<string, unknown>
-} {
-  const unused = () => {
-    throw new Error("the document is generated without serving requests")
-  }
+export function pushOpenApiPart(): OpenApiPart {
+  const unused = describeOnly
   const app = createPushRoutes({
     store: { put: unused, list: unused, listMany: unused, remove: unused, removeEndpoint: unused },
     publicKey: "",
     verify: unused,
     log: { error: unused } as unknown as Logger,
   })
-  const doc = app.getOpenAPI31Document({ openapi: "3.1.0", info: { title: "", version: "1" } }) as {
-    paths?: Record<string, unknown>
-    components?: { securitySchemes?: Record<string, unknown>; schemas?: Record<string, unknown> }
-  }
-  return {
-    paths: doc.paths ?? {},
-    securitySchemes: doc.components?.securitySchemes ?? {},
-    schemas: doc.components?.schemas ?? {},
-  }
+  return openApiPartOf(app)
 }
