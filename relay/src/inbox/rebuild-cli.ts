@@ -1,9 +1,8 @@
-import { type Backend, openBackend } from "../backend/index.js"
+import { openForCommand } from "../backend/open-for-command.js"
 import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
 import { createLogger } from "../log.js"
 import { RelayMetrics } from "../metrics.js"
 import { RelayCore } from "../relay-core.js"
-import { reasonOf, redactedUrl } from "../startup-error.js"
 import { rebuildInboxes } from "./rebuild.js"
 
 const CLI = subcommand("rebuild-inboxes", {
@@ -35,18 +34,8 @@ export async function runRebuildInboxesCli(
     out(`parley-relay rebuild-inboxes: ${error.message}\n\n${CLI.usage}`)
     return 2
   }
-  let backend: Backend
-  try {
-    backend = await openBackend({
-      kind: location.kind,
-      dataDir: parsed.values["data-dir"],
-      ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
-    })
-  } catch (error) {
-    const where = location.kind === "postgres" ? redactedUrl(location.databaseUrl) : parsed.values["data-dir"]
-    out(`parley-relay rebuild-inboxes: cannot open the documents in ${where}: ${reasonOf(error)}`)
-    return 1
-  }
+  const backend = await openForCommand("rebuild-inboxes", location, parsed.values["data-dir"], out)
+  if (!backend) return 1
   const core = new RelayCore({
     storage: backend.documents,
     log: createLogger("warn"),

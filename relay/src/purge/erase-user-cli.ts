@@ -1,12 +1,11 @@
 import { HistoryDefaults, isUserId } from "@parley/shared"
-import { type Backend, openBackend } from "../backend/index.js"
+import { openForCommand } from "../backend/open-for-command.js"
 import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
 import { HistoryKeeper } from "../history/keeper.js"
 import { rebuildInboxes } from "../inbox/rebuild.js"
 import { createLogger } from "../log.js"
 import { RelayMetrics } from "../metrics.js"
 import { RelayCore } from "../relay-core.js"
-import { reasonOf, redactedUrl } from "../startup-error.js"
 import { eraseUser } from "./erase-user.js"
 
 const CLI = subcommand("erase-user", {
@@ -43,18 +42,8 @@ export async function runEraseUserCli(
     return 2
   }
   const user = parsed.args[0]
-  let backend: Backend
-  try {
-    backend = await openBackend({
-      kind: location.kind,
-      dataDir: parsed.values["data-dir"],
-      ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
-    })
-  } catch (error) {
-    const where = location.kind === "postgres" ? redactedUrl(location.databaseUrl) : parsed.values["data-dir"]
-    out(`parley-relay erase-user: cannot open the documents in ${where}: ${reasonOf(error)}`)
-    return 1
-  }
+  const backend = await openForCommand("erase-user", location, parsed.values["data-dir"], out)
+  if (!backend) return 1
   const core = new RelayCore({
     storage: backend.documents,
     log: createLogger("warn"),
