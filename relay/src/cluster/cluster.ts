@@ -108,6 +108,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
       connectTimeout: 2000,
+      // A Redis that stops answering (a black-holed connection) fails a command after 2 s instead of
+      // leaving it, and whatever awaits it (a forward, a push's presence query), pending for good.
+      commandTimeout: 2000,
       retryStrategy: (times: number) => Math.min(times * 100, 1000),
       lazyConnect: true,
     }

@@ -18,6 +18,9 @@ const WORKER_SOURCE = `(async () => {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
     connectTimeout: 2000,
+    // A renewal answered after the lease could have lapsed is worth nothing, and one that never
+    // answers (a black-holed connection) would hold \`renewing\` and stop every later renewal.
+    commandTimeout: ttlMs,
     retryStrategy: (times) => Math.min(times * 100, 1000),
   })
   redis.on("error", () => {})
