@@ -1,5 +1,5 @@
 import { ErrorCode, Limits, ParleyError } from "@parley/shared"
-import { checkEndpointBeforeSend, type EndpointPolicy } from "../push/endpoint.js"
+import { checkEndpointBeforeSend, type EndpointPolicy, publicOnlyFetch } from "../push/endpoint.js"
 
 /** What a link preview says about a page. */
 export interface LinkPreview {
@@ -83,8 +83,8 @@ export class LinkPreviewer {
   private readonly maxBytes: number
 
   constructor(options: LinkPreviewOptions = {}) {
-    this.fetch = options.fetch ?? fetch
     this.endpoints = { allowHttp: true, ...options.endpoints }
+    this.fetch = options.fetch ?? publicOnlyFetch(this.endpoints)
     this.timeoutMs = options.timeoutMs ?? 5_000
     this.maxBytes = options.maxBytes ?? 512 * 1024
   }

@@ -7,7 +7,7 @@ import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent } from "../hooks/events.js"
 import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
-import { checkEndpointBeforeSend, type EndpointPolicy } from "./endpoint.js"
+import { checkEndpointBeforeSend, type EndpointPolicy, publicOnlyFetch } from "./endpoint.js"
 import { notificationFor, type PushNotification } from "./notification.js"
 import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
 
@@ -71,9 +71,9 @@ const retryable = (status: number) => status === 408 || status === 429 || status
  * (remembered in memory: after a restart, they may get it twice).
  */
 export function pushTarget(core: RunningCore, options: PushTargetOptions): DeliveryTarget {
-  const send = options.fetch ?? fetch
   const ttl = options.ttlSeconds ?? 86_400
   const endpoints = options.endpoints ?? {}
+  const send = options.fetch ?? publicOnlyFetch(endpoints)
   /** Event id → `${user}\0${device}` of the devices an unfinished event already reached. */
   const served = new Map<string, Set<string>>()
   const deviceKey = (sub: PushSubscriptionRecord) => `${sub.user}\u0000${sub.device}`

@@ -1,5 +1,12 @@
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "vitest"
-import { checkEndpointBeforeSend, checkEndpointUrl, isNonPublicAddress } from "../../src/push/endpoint.js"
+import {
+  checkEndpointBeforeSend,
+  checkEndpointUrl,
+  isNonPublicAddress,
+  publicOnlyFetch,
+} from "../../src/push/endpoint.js"
 
 const strict = {}
 const refused = (endpoint: string, policy = strict) => {
@@ -57,5 +64,40 @@ describe("push endpoints (URLs chosen by whoever registers)", () => {
     await expect(checkEndpointBeforeSend("https://127.0.0.1/push", strict)).rejects.toMatchObject({
       code: "INVALID_ARGUMENT",
     })
+  })
+
+  it("never connects to a private address a name resolves to at send time (DNS rebinding)", async () => {
+    // A name that passed the check and now answers 127.0.0.1: the connection's own lookup refuses it.
+    let connections = 0
+    const server = createServer((_req, res) => res.end("inside")).on("connection", () => connections++)
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const port = (server.address() as AddressInfo).port
+    const asked: string[] = []
+    const rebinding = async (host: string) => {
+      asked.push(host)
+      return [{ address: "127.0.0.1", family: 4 }]
+    }
+    try {
+      const send = publicOnlyFetch({ allowHttp: true }, rebinding)
+      const failure = await send(`http://rebind.example:${port}/push`, { method: "POST" }).then(
+        () => undefined,
+        (error: Error) => error,
+      )
+      expect(failure).toBeInstanceOf(Error)
+      expect(JSON.stringify(failure, Object.getOwnPropertyNames(failure)) + String(failure?.cause)).toMatch(
+        /loopback or private/,
+      )
+      expect(asked).toEqual(["rebind.example"])
+      expect(connections).toBe(0)
+      // The same server is reachable when the operator allows private addresses, so the refusal above
+      // is the guard's and not a dead port.
+      const allowed = await publicOnlyFetch({ allowHttp: true, allowPrivate: true })(
+        `http://127.0.0.1:${port}/`,
+      )
+      expect(await allowed.text()).toBe("inside")
+    } finally {
+      server.closeAllConnections()
+      await new Promise((resolve) => server.close(resolve))
+    }
   })
 })
