@@ -95,7 +95,11 @@ const UploadSchema = z
 
 const UploadParam = z.object({ uploadId: z.string().max(64) })
 const AttachmentParam = z.object({ id: z.string().max(64) })
-const SignedQuery = z.object({ exp: z.string().max(16).optional(), sig: z.string().max(64).optional() })
+const SignedQuery = z.object({
+  exp: z.string().max(16).optional(),
+  u: z.string().max(256).optional(),
+  sig: z.string().max(64).optional(),
+})
 
 const createUploadRoute = createRoute({
   method: "post",
@@ -498,9 +502,14 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
     const sig = c.req.query("sig")
     if (sig !== undefined) {
       // A signed URL: the signature is checked before anything about the attachment is read.
-      if (!isAttachmentId(id) || !verifyUrl(options.secret(), id, variant, c.req.query("exp"), sig, now()))
+      const user = c.req.query("u")
+      if (
+        !isAttachmentId(id) ||
+        !verifyUrl(options.secret(), id, variant, c.req.query("exp"), user, sig, now())
+      )
         throw new ParleyError(ErrorCode.NOT_FOUND, "no such attachment")
-      record = await service.readable(id, undefined)
+      // Still a participant now: leaving or being removed revokes the user's signed URLs.
+      record = await service.readable(id, user as UserId)
     } else record = await service.readable(id, c.get("user"))
     if (thumbnail && !record.thumbnail)
       throw new ParleyError(ErrorCode.NOT_FOUND, "this attachment has no thumbnail")
@@ -539,11 +548,12 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   app.openapi(thumbnailRoute, (c) => serve(c as unknown as Context<Env>, true) as never)
 
   app.openapi(signRoute, async (c) => {
-    const record = await service.readable(c.req.valid("param").id, c.get("user"))
+    const user = c.get("user")
+    const record = await service.readable(c.req.valid("param").id, user)
     const exp = Math.floor(now() / 1000) + options.signedUrlSeconds
     const secret = options.secret()
     const path = (variant: "file" | "thumbnail") =>
-      `/v1/attachments/${record.id}${variant === "thumbnail" ? "/thumbnail" : ""}?exp=${exp}&sig=${signUrl(secret, record.id, variant, exp)}`
+      `/v1/attachments/${record.id}${variant === "thumbnail" ? "/thumbnail" : ""}?exp=${exp}&u=${encodeURIComponent(user)}&sig=${signUrl(secret, record.id, variant, exp, user)}`
     return c.json(
       {
         url: path("file"),

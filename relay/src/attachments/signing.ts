@@ -22,28 +22,45 @@ export async function urlSigningSecret(store: BlobStore): Promise<Buffer> {
   return Buffer.concat(parts)
 }
 
-/** What a signature covers: the attachment, which of its blobs, and until when. */
-const payload = (id: string, variant: "file" | "thumbnail", exp: number) => `${id}\n${variant}\n${exp}`
+/**
+ * What a signature covers: the attachment, which of its blobs, until when,
+ * and for whom. The user is in it so that a download checks that user's
+ * membership again: a URL stops working when its user leaves or is removed,
+ * not only when it expires.
+ */
+const payload = (id: string, variant: "file" | "thumbnail", exp: number, user: string) =>
+  `${id}\n${variant}\n${exp}\n${user}`
 
-/** The signature of a download URL (`sig`), base64url HMAC-SHA256. */
-export const signUrl = (secret: Buffer, id: string, variant: "file" | "thumbnail", exp: number): string =>
+/** The signature of a download URL (`sig`) for `user`, base64url HMAC-SHA256. */
+export const signUrl = (
+  secret: Buffer,
+  id: string,
+  variant: "file" | "thumbnail",
+  exp: number,
+  user: string,
+): string =>
   createHmac("sha256", secret)
-    .update(payload(id, variant, exp))
+    .update(payload(id, variant, exp, user))
     .digest("base64url")
 
-/** Whether `sig` signs this download until `exp` (unix seconds), and `exp` is still ahead of `nowMs`. */
+/**
+ * Whether `sig` signs this download for `user` until `exp` (unix seconds),
+ * and `exp` is still ahead of `nowMs`. The caller still checks that `user`
+ * may read the attachment now.
+ */
 export function verifyUrl(
   secret: Buffer,
   id: string,
   variant: "file" | "thumbnail",
   exp: string | undefined,
+  user: string | undefined,
   sig: string | undefined,
   nowMs: number,
 ): boolean {
-  if (!exp || !sig || !/^\d{1,12}$/.test(exp)) return false
+  if (!exp || !sig || !user || !/^\d{1,12}$/.test(exp)) return false
   const expires = Number(exp)
   if (expires * 1000 <= nowMs) return false
-  const expected = Buffer.from(signUrl(secret, id, variant, expires))
+  const expected = Buffer.from(signUrl(secret, id, variant, expires, user))
   const given = Buffer.from(sig)
   return given.length === expected.length && timingSafeEqual(given, expected)
 }

@@ -8,6 +8,7 @@ import {
   deleteConversation,
   deleteMessage,
   type FileAttachment,
+  removeParticipants,
   sendMessage,
   type UserId,
 } from "@parley/shared"
@@ -162,7 +163,7 @@ describe("attachments on a relay process (file-system blob store)", () => {
     expect(
       (
         await api.download(
-          `/v1/attachments/${attachment.id}?exp=${past}&sig=${signUrl(secret, attachment.id!, "file", past)}`,
+          `/v1/attachments/${attachment.id}?exp=${past}&u=bob&sig=${signUrl(secret, attachment.id!, "file", past, bob)}`,
         )
       ).status,
     ).toBe(404)
@@ -170,17 +171,25 @@ describe("attachments on a relay process (file-system blob store)", () => {
     expect(
       (
         await api.download(
-          `/v1/attachments/${attachment.id}?exp=${future}&sig=${signUrl(secret, attachment.id!, "file", future)}`,
+          `/v1/attachments/${attachment.id}?exp=${future}&u=bob&sig=${signUrl(secret, attachment.id!, "file", future, bob)}`,
         )
       ).status,
     ).toBe(200)
     expect(
       (
         await api.download(
-          `/v1/attachments/${attachment.id}?exp=${future}&sig=${signUrl(secret, attachment.id!, "thumbnail", future)}`,
+          `/v1/attachments/${attachment.id}?exp=${future}&u=bob&sig=${signUrl(secret, attachment.id!, "thumbnail", future, bob)}`,
         )
       ).status,
     ).toBe(404)
+    // A signature is for one user: carol cannot reuse bob's by putting her name in it.
+    url.searchParams.set("sig", sig)
+    url.searchParams.set("u", "carol")
+    expect((await api.download(`${url.pathname}${url.search}`)).status).toBe(404)
+    // Bob's URL stops working as soon as he is removed, well before it expires.
+    removeParticipants(client.doc, alice, [bob])
+    await client.allSaved()
+    expect((await api.download(signed.body.url as string)).status).toBe(404)
     client.close()
   })
 
