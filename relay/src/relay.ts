@@ -362,6 +362,12 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     log: log.child({ component: "event-log" }),
     ...(options.eventPruneIntervalMs !== undefined ? { intervalMs: options.eventPruneIntervalMs } : {}),
   })
+  // Erasure (GDPR), for operators: `DELETE /admin/users/{user}/content` and the API's `/v1/users/{user}/content`.
+  const erasure = new ErasureAdmin({
+    verify: (token) => auth.verify(token),
+    list: () => storage.list(),
+    ...(options.history === false ? {} : { history: backend.history }),
+  })
   // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
   const extensions: RelayExtension[] = [
     // Every update is checked against the document rules, unless a policy is given.
@@ -372,11 +378,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.inbox === false ? [] : [new LiveInbox()]),
     hooks,
     events,
-    new ErasureAdmin({
-      verify: (token) => auth.verify(token),
-      list: () => storage.list(),
-      ...(options.history === false ? {} : { history: backend.history }),
-    }),
+    erasure,
     metricsExtension(metrics),
     // Before the API, which answers every other `/v1/...` path.
     ...(push ? [push] : []),
@@ -388,6 +390,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
             keys: backend.keys,
             log: log.child({ component: "api" }),
             ...(options.apiLimits ? { limits: options.apiLimits } : {}),
+            erase: (user) => erasure.erase(user),
           }),
         ]),
   ]

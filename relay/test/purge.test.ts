@@ -21,6 +21,7 @@ import {
 import Database from "better-sqlite3"
 import { afterEach, describe, expect, it, onTestFinished } from "vitest"
 import * as Y from "yjs"
+import { newApiKey } from "../src/api/keys.js"
 import { SqliteBackend } from "../src/backend/sqlite.js"
 import type { Backend } from "../src/backend/types.js"
 import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
@@ -190,6 +191,38 @@ describe("erasing a user (GDPR)", () => {
     await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
     // Idempotent: nothing left to erase.
     expect(await (await erase(service)).json()).toMatchObject({ user: "bob", messages: 0 })
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
+    expect(rawFiles(dir)).toContain("Alice-Stays-")
+  })
+
+  it("DELETE /v1/users/{user}/content, with an API key holding users:erase, erases the same", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const backend = new SqliteBackend(dir)
+    const relay = await relayOn(backend)
+    const eraser = newApiKey("gdpr", ["users:erase"])
+    const writer = newApiKey("bot", ["messages:write", "conversations:write", "act-as-user"])
+    await backend.keys.create(eraser.record)
+    await backend.keys.create(writer.record)
+    const { a2 } = await writeBoth(relay)
+    const erase = (key: string) =>
+      fetch(`${relay.httpUrl}/v1/users/bob/content`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${key}` },
+      })
+    // A key without the scope, even one that may act as bob, cannot erase.
+    const refused = await erase(writer.key)
+    expect(refused.status).toBe(403)
+    expect(await refused.json()).toMatchObject({ code: "FORBIDDEN" })
+    expect(rawFiles(dir)).toContain("Bob-Ibex-")
+    const first = await erase(eraser.key)
+    expect(first.status).toBe(200)
+    expect(await first.json()).toEqual({ user: "bob", conversations: 2, messages: 11 })
+    await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
+    await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
+    expect(await (await erase(eraser.key)).json()).toMatchObject({ user: "bob", messages: 0 })
     await relay.close()
     relays.length = 0
     expect(rawFiles(dir)).not.toContain("Bob-Ibex-")

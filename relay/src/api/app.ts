@@ -27,6 +27,8 @@ export interface ApiOptions {
   readonly limits?: Partial<ApiLimits>
   /** Aborted when the relay stops: open event streams end. */
   readonly signal?: AbortSignal
+  /** Erases everything `user` wrote (GDPR); without it the erasure route answers 503. */
+  erase?(user: UserId): Promise<{ readonly conversations: number; readonly messages: number }>
 }
 
 type Env = { Variables: { key: ApiKeyRecord } }
@@ -515,6 +517,29 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     async (c) => {
       need(c, "conversations:read")
       return reply(c, await ops.unread(c.req.valid("param").user as UserId))
+    },
+  )
+
+  app.openapi(
+    createRoute({
+      method: "delete",
+      path: "/v1/users/{user}/content",
+      summary: "Erase everything a user wrote (GDPR)",
+      description:
+        "Every message the user wrote, in every conversation and sealed history segment, becomes a deletion placeholder, written through the relay's update path (connected devices are told); the relay then purges the text from its logs, snapshots, hook events and inboxes. Answers once all of it is written; idempotent (run again, `messages` is 0). One erasure runs at a time. The user stays a participant: remove them separately if wanted.\n\nScope: `users:erase`.",
+      request: { params: S.UserParams, query: S.NoQuery },
+      security: [{ apiKey: ["users:erase"] }],
+      responses: {
+        200: json(S.ErasureSchema, "What was erased"),
+        503: { description: "Erasure is not available on this relay", content: problemContent },
+        ...PROBLEMS,
+      },
+    }),
+    async (c) => {
+      need(c, "users:erase")
+      const user = c.req.valid("param").user as UserId
+      if (!options.erase) throw refuse(ErrorCode.UNAVAILABLE, "erasure is not available on this relay")
+      return reply(c, { user, ...(await options.erase(user)) })
     },
   )
 

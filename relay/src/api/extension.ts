@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
-import { createApi } from "./app.js"
+import { type ApiOptions, createApi } from "./app.js"
 import type { ApiEventSource } from "./event-source.js"
 import type { ApiKeyStore } from "./keys.js"
 import type { ApiLimits } from "./limits.js"
@@ -14,6 +14,8 @@ export interface ApiExtensionOptions {
   /** The event log `/v1/events` streams from; default: the core's (`RunningCore.events`). */
   readonly events?: ApiEventSource
   readonly limits?: Partial<ApiLimits>
+  /** Erases everything a user wrote (`ErasureAdmin.erase`); without it `DELETE /v1/users/{user}/content` answers 503. */
+  readonly erase?: ApiOptions["erase"]
 }
 
 /**
@@ -38,6 +40,7 @@ export class ApiExtension implements RelayExtension {
       signal: this.stopping.signal,
       ...(events ? { events } : {}),
       ...(this.options.limits ? { limits: this.options.limits } : {}),
+      ...(this.options.erase ? { erase: this.options.erase } : {}),
     })
     // Node's own Request and Response stay global: the relay may share its process with an app
     // (and the SDK in tests) that must not get @hono/node-server's stand-ins.

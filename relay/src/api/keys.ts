@@ -4,7 +4,8 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 /**
  * What an API key may do. `act-as-user` lets a key write and read as one of the
  * app's users (the `asUser` field); without it a key acts as its own service
- * participant only.
+ * participant only. `users:erase` lets a key erase everything a user wrote
+ * (GDPR): give it only to the service that handles erasure requests.
  */
 export const API_SCOPES = [
   "conversations:read",
@@ -13,6 +14,7 @@ export const API_SCOPES = [
   "messages:write",
   "events:read",
   "act-as-user",
+  "users:erase",
 ] as const
 /** One of {@link API_SCOPES}. */
 export type ApiScope = (typeof API_SCOPES)[number]

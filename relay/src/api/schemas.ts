@@ -374,3 +374,15 @@ export const EventStreamSchema = z.string().openapi("EventStream", {
   description:
     "`text/event-stream`: per event `id: <log position>`, `event: <type>`, `data: <the hook event as JSON>`; `: ping` comments as heartbeats.",
 })
+
+/** What `DELETE /v1/users/{user}/content` erased. */
+export const ErasureSchema = z
+  .strictObject({
+    user: UserIdSchema,
+    conversations: z.number().int().openapi({ description: "Conversations looked in." }),
+    messages: z
+      .number()
+      .int()
+      .openapi({ description: "Messages replaced by placeholders (0 when run again)." }),
+  })
+  .openapi("Erasure")

@@ -1,8 +1,8 @@
-import { ErrorCode, isUserId, ParleyError } from "@parley/shared"
+import { ErrorCode, isUserId, ParleyError, type UserId } from "@parley/shared"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { HistoryStore } from "../history/store.js"
 import { sendJson } from "../http-json.js"
-import { eraseUser } from "./erase-user.js"
+import { type ErasureReport, eraseUser } from "./erase-user.js"
 
 /** What the erasure endpoint needs besides the running core. */
 export interface ErasureAdminOptions {
@@ -34,6 +34,21 @@ export class ErasureAdmin implements RelayExtension {
     this.core = core
   }
 
+  /**
+   * Erases everything `user` wrote (`eraseUser`), after any erasure already
+   * running: the admin route and the HTTP API's `DELETE /v1/users/{user}/content`
+   * share this one queue.
+   */
+  erase(user: UserId): Promise<ErasureReport> {
+    const core = this.core
+    if (!core) return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is not running"))
+    const run = this.running.then(async () =>
+      eraseUser(core, await this.options.list(), this.options.history, user),
+    )
+    this.running = run.catch(() => undefined)
+    return run
+  }
+
   async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
     const match = PATH.exec(new URL(req.url ?? "/", "http://relay").pathname)
     if (!match) return false
@@ -48,13 +63,7 @@ export class ErasureAdmin implements RelayExtension {
       }
       const user = decodeURIComponent(match[1]!)
       if (!isUserId(user)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "not a user id")
-      const core = this.core
-      if (!core) throw new ParleyError(ErrorCode.UNAVAILABLE, "the relay is not running")
-      const run = this.running.then(async () =>
-        eraseUser(core, await this.options.list(), this.options.history, user),
-      )
-      this.running = run.catch(() => undefined)
-      sendJson(res, 200, { user, ...(await run) })
+      sendJson(res, 200, { user, ...(await this.erase(user)) })
     } catch (error) {
       const code = error instanceof ParleyError ? error.code : ErrorCode.INTERNAL
       const status =
