@@ -24,6 +24,11 @@ export interface AttachmentRecord {
   readonly thumbnail?: { readonly width: number; readonly height: number }
   /** The first message that referenced it: deleting that message deletes the attachment. */
   readonly message?: MessageId
+  /**
+   * The image was stored again without its metadata ({@link cleanKey}; `size`
+   * is then that file's): what is served. The upload's own bytes are deleted.
+   */
+  readonly clean?: boolean
 }
 
 /** Keys of the store: one record per attachment, its bytes under its conversation, and message references. */
@@ -38,6 +43,12 @@ export const conversationPrefix = (conversation: string) => `conv/${conversation
 /** The bytes of an attachment. */
 export const fileKey = (record: Pick<AttachmentRecord, "conversation" | "id">) =>
   `${conversationPrefix(record.conversation)}${record.id}/file`
+/** An image's bytes without their metadata (EXIF, XMP, IPTC, comments), when it had any. */
+export const cleanKey = (record: Pick<AttachmentRecord, "conversation" | "id">) =>
+  `${conversationPrefix(record.conversation)}${record.id}/clean`
+/** The bytes a download serves: the clean copy when there is one. */
+export const servedKey = (record: Pick<AttachmentRecord, "conversation" | "id" | "clean">) =>
+  record.clean ? cleanKey(record) : fileKey(record)
 /** The thumbnail of an image attachment. */
 export const thumbnailKey = (record: Pick<AttachmentRecord, "conversation" | "id">) =>
   `${conversationPrefix(record.conversation)}${record.id}/thumb`

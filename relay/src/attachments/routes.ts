@@ -12,7 +12,7 @@ import { type Principal, serviceParticipant } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
 import { INLINE_IMAGES } from "./content-type.js"
 import type { LinkPreviewer } from "./link-preview.js"
-import { type AttachmentRecord, attachmentOf, fileKey, thumbnailKey } from "./records.js"
+import { type AttachmentRecord, attachmentOf, fileKey, servedKey, thumbnailKey } from "./records.js"
 import { type AttachmentService, RefusedTypeError } from "./service.js"
 import { signUrl, verifyUrl } from "./signing.js"
 import type { UploadQuota } from "./user-quota.js"
@@ -513,7 +513,7 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
     } else record = await service.readable(id, c.get("user"))
     if (thumbnail && !record.thumbnail)
       throw new ParleyError(ErrorCode.NOT_FOUND, "this attachment has no thumbnail")
-    const key = thumbnail ? thumbnailKey(record) : fileKey(record)
+    const key = thumbnail ? thumbnailKey(record) : servedKey(record)
     const length = await store.size(key)
     if (length === undefined) throw new ParleyError(ErrorCode.NOT_FOUND, "no such attachment")
     const etag = `"${record.id}${thumbnail ? "-t" : ""}"`

@@ -25,6 +25,7 @@ import {
 import { describeImage } from "./images.js"
 import {
   type AttachmentRecord,
+  cleanKey,
   conversationPrefix,
   fileKey,
   RECORD_PREFIX,
@@ -212,7 +213,7 @@ export class AttachmentService {
     if (INLINE_IMAGES.has(type)) {
       let facts: Awaited<ReturnType<typeof describeImage>>
       try {
-        facts = await describeImage(() => this.store.read(key), this.options.maxImagePixels)
+        facts = await describeImage(() => this.store.read(key), type, this.options.maxImagePixels)
       } catch (error) {
         this.options.log.info({ err: error, attachment: record.id }, "an upload's image does not decode")
         await this.discard(record)
@@ -225,14 +226,23 @@ export class AttachmentService {
         height: facts.height,
         thumbnail: { width: facts.thumbnail.width, height: facts.thumbnail.height },
       }
+      if (facts.clean) {
+        // Stored under its own key before the record says so: a crash in between leaves the upload's
+        // bytes and an unused copy, never a record pointing at nothing.
+        await this.store.put(cleanKey(record), facts.clean)
+        completed = { ...completed, clean: true, size: facts.clean.length }
+      }
     }
     await this.save(completed)
+    // The upload's bytes held the metadata: once the record serves the clean copy, they go.
+    if (completed.clean) await this.store.delete(key)
     return completed
   }
 
   /** Deletes an attachment: its bytes, thumbnail and record. */
   async discard(record: Pick<AttachmentRecord, "conversation" | "id">): Promise<void> {
     await this.store.delete(fileKey(record))
+    await this.store.delete(cleanKey(record))
     await this.store.delete(thumbnailKey(record))
     await this.store.delete(recordKey(record.id))
   }

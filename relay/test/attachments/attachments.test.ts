@@ -136,6 +136,41 @@ describe("attachments on a relay process (file-system blob store)", () => {
     client.close()
   })
 
+  it("stores a photo again without its EXIF and XMP (where it was taken), upright, and serves only that", async () => {
+    const client = await group("g~att-exif-0001")
+    // A phone's photo: taken sideways (orientation 6), with a position and a serial in its metadata.
+    const photo = new Uint8Array(
+      await sharp({ create: { width: 600, height: 400, channels: 3, background: { r: 10, g: 120, b: 200 } } })
+        .jpeg()
+        .withExif({ IFD0: { Make: "Phone-Maker-Marker", Copyright: "Hidden-Geo-Marker 52.52N 13.40E" } })
+        .withXmp('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/><!-- Hidden-Xmp-Marker --></x:xmpmeta>')
+        .withMetadata({ orientation: 6 })
+        .toBuffer(),
+    )
+    expect(Buffer.from(photo).includes("Hidden-Geo-Marker")).toBe(true)
+    const done = await api.upload(alice, "g~att-exif-0001", "IMG_0001.jpg", photo)
+    expect(done.status).toBe(201)
+    const attachment = done.body!.attachment as FileAttachment
+    // As shown: upright, so the sideways 600 × 400 is 400 wide.
+    expect(attachment).toMatchObject({ mimeType: "image/jpeg", width: 400, height: 600 })
+    sendMessage(client.doc, alice, { body: "where?", attachments: [attachment] })
+    await client.allSaved()
+    const got = await api.download(attachment.url, bob)
+    expect(got.status).toBe(200)
+    const served = Buffer.from(got.bytes)
+    expect(served.length).toBe(attachment.size)
+    for (const marker of ["Hidden-Geo-Marker", "Phone-Maker-Marker", "Hidden-Xmp-Marker"])
+      expect(served.includes(marker)).toBe(false)
+    const meta = await sharp(served).metadata()
+    expect(meta).toMatchObject({ format: "jpeg", width: 400, height: 600 })
+    expect(meta.exif).toBeUndefined()
+    expect(meta.xmp).toBeUndefined()
+    // Nothing the relay stored holds it either: the upload's own bytes are gone.
+    const stored = blobFiles(relay.dataDir).map((f) => readFileSync(join(relay.dataDir, "blobs", f)))
+    expect(stored.some((bytes) => bytes.includes("Hidden-Geo-Marker"))).toBe(false)
+    client.close()
+  })
+
   it("serves signed URLs without a token, and 404s a wrong or expired signature", async () => {
     const client = await group("g~att-signed-001")
     const done = await api.upload(
@@ -339,7 +374,8 @@ describe("attachments on a relay process (file-system blob store)", () => {
     expect(last.status).toBe(201)
     const got = await api.download((last.body!.attachment as FileAttachment).url, bob)
     expect(Buffer.from(got.bytes).equals(Buffer.from(bytes))).toBe(true)
-  })
+    // A relay process's start (compiling, warming up) takes seconds on a busy machine.
+  }, 60_000)
 })
 
 describe("per-user upload limits, API keys, link previews", () => {
