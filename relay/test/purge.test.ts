@@ -22,6 +22,7 @@ import Database from "better-sqlite3"
 import { afterEach, describe, expect, it, onTestFinished } from "vitest"
 import * as Y from "yjs"
 import { newApiKey } from "../src/api/keys.js"
+import { MemoryBackend } from "../src/backend/memory.js"
 import { SqliteBackend } from "../src/backend/sqlite.js"
 import type { Backend } from "../src/backend/types.js"
 import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
@@ -142,6 +143,39 @@ describe("deletion deletes (SQLite)", () => {
   })
 })
 
+describe("deletion deletes (memory, --storage memory)", () => {
+  it("redacts the event log, the outbox and drops the segments in memory too", async () => {
+    const backend = new MemoryBackend()
+    const relay = await relayOn(backend)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob], title: "Title-Memory-Purge" })
+    await a.allSaved()
+    for (let i = 0; i < 20; i++) {
+      sendMessage(a.doc, alice, { body: `Memory-Marmot-${i}` })
+      await a.allSaved()
+    }
+    await a.until(() => sealedSegments(a.doc).length >= 1)
+    const gone = sendMessage(a.doc, alice, { body: "Memory-Gone-Message" })
+    await a.allSaved()
+    const logged = async () => JSON.stringify(await backend.events.read({ conversation: id, limit: 1000 }))
+    const held = async () =>
+      JSON.stringify([await backend.outbox.pending(), await backend.outbox.deadLetters()])
+    expect(await logged()).toContain("Memory-Gone-Message")
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    await until(async () => !(await logged()).includes("Memory-Gone-Message"))
+    expect(await logged()).toContain("Memory-Marmot-19")
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    await until(async () => !(await logged()).includes("Memory-Marmot-"))
+    await until(async () => (await backend.history.all(id)).length === 0)
+    expect(await logged()).not.toContain("Title-Memory-Purge")
+    expect(await logged()).toContain("conversation.deleted")
+    expect(await held()).not.toContain("Memory-Marmot-")
+  })
+})
+
 describe("erasing a user (GDPR)", () => {
   /** Alice and bob write in a sealed conversation and a short one; returns them. */
   async function writeBoth(relay: RunningRelay) {
@@ -250,8 +284,8 @@ describe("erasing a user (GDPR)", () => {
 })
 
 /** Resolves once `check()` holds; fails the test after 10 s. */
-async function until(check: () => boolean): Promise<void> {
-  for (const deadline = Date.now() + 10_000; !check(); ) {
+async function until(check: () => boolean | Promise<boolean>): Promise<void> {
+  for (const deadline = Date.now() + 10_000; !(await check()); ) {
     if (Date.now() > deadline) throw new Error("timed out")
     await new Promise((resolve) => setTimeout(resolve, 50))
   }

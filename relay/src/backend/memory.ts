@@ -4,6 +4,7 @@ import { MemoryHistoryStore } from "../history/store.js"
 import { MemoryEventLog } from "../hooks/memory-event-log.js"
 import { MemoryOutbox } from "../hooks/outbox.js"
 import { MemoryClientBindingStore } from "../policy/client-bindings.js"
+import { MemoryContentPurge } from "../purge/content-purge.js"
 import { MemoryPushSubscriptionStore } from "../push/store.js"
 import { type MemoryData, MemoryStorage } from "../storage/memory.js"
 import type { Backend } from "./types.js"
@@ -19,11 +20,13 @@ export class MemoryBackend implements Backend {
   readonly keys = new MemoryApiKeyStore()
   readonly pushSubscriptions = new MemoryPushSubscriptionStore()
   readonly blobs = new MemoryBlobStore()
+  readonly purge: MemoryContentPurge
 
   /** `data`: the documents' data and catalog, for tests that damage them behind the backend's back. */
   constructor(data: MemoryData = { documents: new Map(), catalog: new Map() }) {
     this.documents = new MemoryStorage(data)
     this.outbox = new MemoryOutbox(this.events, (name) => data.documents.get(name)?.updates.at(-1)?.position)
+    this.purge = new MemoryContentPurge(this.outbox, this.events, this.history)
   }
 
   async close(): Promise<void> {

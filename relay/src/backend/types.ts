@@ -46,8 +46,8 @@ export interface Backend {
   readonly blobs: BlobStore
   /**
    * Purges what deletions and erasures leave outside the documents (hook
-   * events, segments, the files' free pages); absent in a backend that keeps
-   * nothing on disk (memory), whose purge then covers the documents only.
+   * events, segments, the files' free pages); absent, a purge covers the
+   * documents only.
    */
   readonly purge?: ContentPurge
   /**

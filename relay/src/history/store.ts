@@ -53,6 +53,11 @@ export class MemoryHistoryStore implements HistoryStore {
     return [...(this.docs.get(doc)?.values() ?? [])].sort((a, b) => a.index - b.index).map(copy)
   }
 
+  /** Forgets every segment of `doc` (a purge of a deleted conversation). */
+  drop(doc: string): void {
+    this.docs.delete(doc)
+  }
+
   async close(): Promise<void> {}
 }
 

@@ -40,6 +40,13 @@ export class MemoryEventLog implements EventLog {
     return entries
   }
 
+  /** Rewrites the logged events of conversation `conversationId` with `rewrite` (a purge's redaction). */
+  rewriteEvents(conversationId: string, rewrite: (event: HookEvent) => HookEvent): void {
+    this.rows = this.rows.map((row) =>
+      row.event.event.conversationId === conversationId ? { ...row, event: rewrite(row.event) } : row,
+    )
+  }
+
   /** Tells the listeners of entries `record` returned, once their enqueue is complete. */
   published(entries: readonly EventLogEntry[]): void {
     this.listeners.emit(entries)

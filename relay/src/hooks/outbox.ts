@@ -189,6 +189,12 @@ export class MemoryOutbox implements Outbox {
     this.rows.delete(key(seq, target))
   }
 
+  /** Rewrites the events of `document` still held (pending or dead) with `rewrite` (a purge's redaction). */
+  rewriteEvents(document: string, rewrite: (event: HookEvent) => HookEvent): void {
+    for (const [k, row] of this.rows)
+      if (row.document === document) this.rows.set(k, { ...row, event: rewrite(row.event) })
+  }
+
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
     const row = this.rows.get(key(seq, target))
     if (row) this.rows.set(key(seq, target), { ...row, attempts, nextAttemptAt, lastError: error })

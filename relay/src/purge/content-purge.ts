@@ -1,6 +1,10 @@
 import type Database from "better-sqlite3"
 import type pg from "pg"
-import { type RedactionScope, redactPayload } from "./redact.js"
+import type { MemoryHistoryStore } from "../history/store.js"
+import type { HookEvent } from "../hooks/events.js"
+import type { MemoryEventLog } from "../hooks/memory-event-log.js"
+import type { MemoryOutbox } from "../hooks/outbox.js"
+import { type RedactionScope, redactEvent, redactPayload } from "./redact.js"
 
 /**
  * The backend's part of a purge (relay README, "Deletion and erasure"): what
@@ -142,4 +146,30 @@ export class PostgresContentPurge implements ContentPurge {
     ])
       await this.pool.query(`VACUUM ${table}`)
   }
+}
+
+/**
+ * Memory (`--storage memory`, tests): the outbox's events (pending and dead
+ * letters), the event log and the segments live in the process; a purge
+ * rewrites or drops them there, so that the API's event stream and the
+ * dead-letter listing no longer show deleted text. Nothing is on disk.
+ */
+export class MemoryContentPurge implements ContentPurge {
+  constructor(
+    private readonly outbox: MemoryOutbox,
+    private readonly events: MemoryEventLog,
+    private readonly history: MemoryHistoryStore,
+  ) {}
+
+  async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
+    const rewrite = (event: HookEvent) => redactEvent(event, scope)
+    this.outbox.rewriteEvents(document, rewrite)
+    this.events.rewriteEvents(conversationId, rewrite)
+  }
+
+  async dropSegments(document: string): Promise<void> {
+    this.history.drop(document)
+  }
+
+  async scrub(): Promise<void> {}
 }

@@ -27,7 +27,8 @@ export function redactPayload(payload: string, scope: RedactionScope): string | 
   return redacted === event ? undefined : JSON.stringify(redacted)
 }
 
-function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent {
+/** `event` without the content `scope` purges; the same object when it holds none. */
+export function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent {
   if (scope.kind === "conversation") {
     const conversation = event.conversation as unknown as Record<string, unknown>
     // What messages said goes; who was in the conversation, and who deleted it when, stays.
