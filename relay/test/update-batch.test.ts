@@ -215,6 +215,70 @@ describe("a document's queued updates, stored as one batch", () => {
     await core.close()
   })
 
+  it("keeps the order of a batch of several writers, tells each observer run its own actor, and sends each writer what the others wrote", async () => {
+    const storage = new GatedStorage()
+    const saved: AfterSaved[] = []
+    const core = new RelayCore({
+      storage,
+      log: createLogger("silent"),
+      metrics: new RelayMetrics(),
+      extensions: [{ afterSaved: (change: AfterSaved) => saved.push(change) }],
+    })
+    const id = "g~batchmix"
+    const { a, b, ca, w } = await started(core, storage, id)
+    // Bob writes from his own replica, over his own connection.
+    const bobSession = new FakeSession({ kind: "user", user: bob })
+    const bobConnection = await core.connect(id, bobSession)
+    const bobDoc = new Y.Doc()
+    Y.applyUpdate(bobDoc, Y.encodeStateAsUpdate(w.doc))
+    const bobMessage = (body: string) => {
+      const before = Y.encodeStateVector(bobDoc)
+      sendMessage(bobDoc, bob, { body })
+      return Y.encodeStateAsUpdate(bobDoc, before)
+    }
+    saved.length = 0
+    ca.receive(updateFrame(w.message("a0")))
+    await until(() => storage.waiting === 1)
+    ca.receive(updateFrame(w.message("a1")))
+    bobConnection.receive(updateFrame(bobMessage("b1")))
+    ca.receive(updateFrame(w.message("a2")))
+    const bobFrames = bobSession.frames.length
+    storage.release()
+    await until(() => storage.waiting === 1)
+    storage.release()
+    await until(() => bobSession.parley().some((f) => f.type === "saved"))
+    await until(() => a.parley().filter((f) => f.type === "saved").length === 3)
+    const order = [
+      ["a0", 1],
+      ["a1", 2],
+      ["b1", 3],
+      ["a2", 4],
+    ]
+    expect(bodies(b.replica())).toEqual(order)
+    // Bob's own connection got what alice wrote and the numbers (in frames sent after his update).
+    const bobView = new Y.Doc()
+    Y.applyUpdate(bobView, Y.encodeStateAsUpdate(bobDoc))
+    for (const f of bobSession.frames.slice(bobFrames)) {
+      const d = decoding.createDecoder(f)
+      if (decoding.readVarUint(d) !== MessageType.sync) continue
+      syncProtocol.readSyncMessage(d, encoding.createEncoder(), bobView, "relay")
+    }
+    expect(bodies(bobView).filter(([body]) => body !== "a0")).toEqual(order.slice(1))
+    // One observer call per run of one writer: alice (a0), then alice, bob, alice; each message once.
+    const runs = saved.map((c) => [
+      c.actor.kind === "user" ? c.actor.user : c.actor.kind,
+      c.events.flatMap((e) => (e.type === "message.sent" ? [e.message.body] : [])),
+    ])
+    expect(runs).toEqual([
+      [alice, ["a0"]],
+      [alice, ["a1"]],
+      [bob, ["b1"]],
+      [alice, ["a2"]],
+    ])
+    expect(saved.flatMap((c) => c.positions)).toEqual([2, 3, 4, 5, 6, 7])
+    await core.close()
+  })
+
   it("acknowledges nothing and shows nothing of a batch whose commit fails, and stores it once when storage is back", async () => {
     const storage = new GatedStorage()
     const guard = new StorageGuard(storage, { timeoutMs: 5000, probeIntervalMs: 5, maxProbeIntervalMs: 20 })
