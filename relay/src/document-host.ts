@@ -36,6 +36,7 @@ export class DocumentHost implements ConnectionHost {
   private idleTimer: NodeJS.Timeout | undefined
   private queue: Promise<unknown> = Promise.resolve()
   private pendingTasks = 0
+  private enqueuedTasks = 0
   private coldJoin: Uint8Array | undefined
   private events: ChangeEvent[] = []
   private stopObserving: (() => void) | undefined
@@ -187,11 +188,21 @@ export class DocumentHost implements ConnectionHost {
    */
   enqueue<T>(task: () => Promise<T>): Promise<T> {
     this.pendingTasks++
+    this.enqueuedTasks++
     const run = this.queue.then(task).finally(() => {
       this.pendingTasks--
     })
     this.queue = run.catch(() => {})
     return run
+  }
+
+  /**
+   * How many tasks were ever queued: unchanged between two reads means no
+   * task was queued in between (an update batch may still take updates
+   * without passing anything queued after it; see `update-batch.ts`).
+   */
+  get queuedSoFar(): number {
+    return this.enqueuedTasks
   }
 
   /** True while a change is queued or running. */

@@ -1,5 +1,6 @@
 import {
   type ChangeEvent,
+  type Decision,
   decodeSegmentSummary,
   ErrorCode,
   encodeSegmentSummary,
@@ -36,6 +37,7 @@ import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-c
 import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
+import { joinBatch, type QueuedUpdate } from "./update-batch.js"
 import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
 import type { UserLedger } from "./user-limits.js"
 import { inspectUpdate } from "./yjs-updates.js"
@@ -262,7 +264,7 @@ async function applyAndStore(
       positions = await persist(ctx, host, entries)
     } catch (error) {
       if (!ctx.storageHealth || !isStorageFailure(error)) throw error
-      positions = await storeWhenBack(ctx, ctx.storageHealth, host, entries, error, options.from)
+      positions = await storeWhenBack(ctx, ctx.storageHealth, host, entries, error, senders(options.from))
     }
     // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
     const caughtUp = ctx.settleAccess(host, {
@@ -285,6 +287,10 @@ async function applyAndStore(
   } finally {
     release()
   }
+}
+
+function senders(from: Connection | undefined): Connection[] {
+  return from ? [from] : []
 }
 
 /** Documents holding a change that is applied in memory but waits for storage to come back. */
@@ -314,14 +320,14 @@ async function storeWhenBack(
   host: DocumentHost,
   entries: readonly Entry[],
   failure: ParleyError,
-  from: Connection | undefined,
+  from: Iterable<Connection>,
 ): Promise<number[]> {
   ctx.log.warn(
     { err: failure, doc: host.key },
     "storage failed: the change waits in memory, unseen, until storage is back",
   )
   ctx.metrics.errors.inc({ code: failure.code })
-  from?.refuse(failure)
+  for (const connection of from) connection.refuse(failure)
   waitingForStorage.add(host)
   try {
     for (;;) {
@@ -380,10 +386,26 @@ async function finish(
   positions: number[],
   events: ChangeEvent[],
 ): Promise<void> {
+  notifySaved(ctx, host, actor, positions, events)
+  await upkeep(ctx, host, events)
+}
+
+/** The extensions' observers of a stored change (never awaited). */
+function notifySaved(
+  ctx: PathContext,
+  host: DocumentHost,
+  actor: Principal,
+  positions: readonly number[],
+  events: readonly ChangeEvent[],
+): void {
   if (events.length > 0 || positions.length > 0) {
     const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
     ctx.extensions.afterSaved(change)
   }
+}
+
+/** The document's upkeep after a stored change with `events`: purges, sealing, a fresh epoch, compaction. */
+async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly ChangeEvent[]): Promise<void> {
   if (host.name.kind === "conversation" && holdsPurgeableContent(host.doc)) {
     await purgeConversation(ctx, host, host.name.id)
     return
@@ -605,8 +627,9 @@ export async function compact(ctx: PathContext, host: DocumentHost): Promise<voi
  * THE update path for an update from a connection (sync step 2 or update):
  * size and decodability → policy → apply in memory and sequence, shown to
  * nobody → one durable append of both → broadcast → "saved" to the sender →
- * the extensions' observers. Serial per document. Throws a ParleyError (nothing stored) when
- * the update is refused.
+ * the extensions' observers. Serial per document; updates waiting behind one
+ * another go through it together (see {@link storeBatch}). Rejects with a
+ * ParleyError (nothing of the update stored) when the update is refused.
  */
 export function submitUpdate(
   ctx: PathContext,
@@ -623,92 +646,374 @@ export function submitUpdate(
       return Promise.reject(error)
     }
   }
-  return host.enqueue(async () => {
-    if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
-    if (update.length > ctx.limits.maxUpdateBytes)
-      throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
-    // What Yjs would spend on it is bounded before anything decodes it into objects.
-    const cost = checkUpdateCost(host.doc, update, ctx.limits)
-    const inspected = inspectUpdate(host.doc, update)
-    let clientIds = inspected.clientIds
-    if (inspected.noop) {
-      // Typically a reconnecting client's sync step 2: it learns everything that is durable,
-      // unless its access is not known yet: then only what its own update holds.
-      if (from?.pending) from.savedOwn(inspected.ends)
-      else from?.saved()
-      return []
+  return joinBatch(host, { principal, update, from }, (items) => storeBatch(ctx, host, items))
+}
+
+/** A client update the checks let through. */
+type Admitted =
+  /** The document holds all of it already: nothing to store, only "saved" to send. */
+  | { readonly noop: true; readonly ends: ReadonlyMap<number, number> }
+  | {
+      readonly noop: false
+      /** What to apply and store (without structs the document holds already). */
+      readonly update: Uint8Array
+      readonly clientIds: ReadonlySet<number>
+      /** Its clients and the clock after their last struct (a pending sender's "saved"). */
+      readonly ends: ReadonlyMap<number, number>
+      readonly decision: Decision
     }
-    refuseWhileStorageFails(ctx, host)
-    // Checked before the policy binds the new ids to the user, taken once it accepted them.
-    const user = principal.kind === "user" ? principal.user : undefined
-    const newIds = cost.newClientIds.length
-    if (user && ctx.clientIds && !ctx.clientIds.allows(host.key, user, newIds))
-      throw new ParleyError(
-        ErrorCode.RATE_LIMITED,
-        "too many new client ids from this user in this document",
-        {
-          rule: CostRule.clientIdGrowth,
-        },
-      )
-    // A client re-sending pending work may include some the document has by now: store only the rest.
-    const fresh = withoutKnownStructs(update, inspected.known)
-    if (fresh !== update) {
-      update = fresh
-      clientIds = clientIdsOf(update)
-    }
-    const input = { name: host.name, doc: host.doc, update, principal, clientIds }
-    // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
-    let decision = await membershipPolicy.checkUpdate(input)
+
+/**
+ * Checks a client update against the document as it is now (in a batch: with
+ * the batch's earlier updates applied): the document is loaded, the update's
+ * size, cost and decodability, storage, the user's client-id and growth
+ * budgets, the policy. Changes nothing but the budgets it charges once every
+ * check passed. Throws a ParleyError when the update is refused.
+ */
+async function admitUpdate(
+  ctx: PathContext,
+  host: DocumentHost,
+  principal: Principal,
+  update: Uint8Array,
+): Promise<Admitted> {
+  if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
+  if (update.length > ctx.limits.maxUpdateBytes)
+    throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
+  // What Yjs would spend on it is bounded before anything decodes it into objects.
+  const cost = checkUpdateCost(host.doc, update, ctx.limits)
+  const inspected = inspectUpdate(host.doc, update)
+  let clientIds = inspected.clientIds
+  // Typically a reconnecting client's sync step 2: it learns everything that is durable,
+  // unless its access is not known yet: then only what its own update holds.
+  if (inspected.noop) return { noop: true, ends: inspected.ends }
+  refuseWhileStorageFails(ctx, host)
+  // Checked before the policy binds the new ids to the user, taken once it accepted them.
+  const user = principal.kind === "user" ? principal.user : undefined
+  const newIds = cost.newClientIds.length
+  if (user && ctx.clientIds && !ctx.clientIds.allows(host.key, user, newIds))
+    throw new ParleyError(ErrorCode.RATE_LIMITED, "too many new client ids from this user in this document", {
+      rule: CostRule.clientIdGrowth,
+    })
+  // A client re-sending pending work may include some the document has by now: store only the rest.
+  const fresh = withoutKnownStructs(update, inspected.known)
+  if (fresh !== update) {
+    update = fresh
+    clientIds = clientIdsOf(update)
+  }
+  const input = { name: host.name, doc: host.doc, update, principal, clientIds }
+  // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
+  let decision = await membershipPolicy.checkUpdate(input)
+  if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+  // An edit, reaction or deletion of a sealed message: the rules need the directory of sealed
+  // messages, loaded only now (most conversations never touch their old messages).
+  if (!decision.allowed && ctx.history && !ctx.history.hasDirectory(host.doc)) {
+    await ctx.history.loadDirectory(host)
+    decision = await membershipPolicy.checkUpdate(input)
     if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
-    // An edit, reaction or deletion of a sealed message: the rules need the directory of sealed
-    // messages, loaded only now (most conversations never touch their old messages).
-    if (!decision.allowed && ctx.history && !ctx.history.hasDirectory(host.doc)) {
-      await ctx.history.loadDirectory(host)
-      decision = await membershipPolicy.checkUpdate(input)
-      if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
-    }
-    if (!decision.allowed)
-      throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
-    if (user) ctx.clientIds?.take(host.key, user, newIds)
-    // After the rules (a refused update costs no budget), before anything changes: refused whole.
-    if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
-      ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
-    const source = principal.kind === "relay" ? "relay" : "client"
-    const { entries, positions, events, caughtUp } = await applyAndStore(
-      ctx,
-      host,
-      () => {
-        Y.applyUpdate(host.doc, update, from ?? principal)
-        return { update, source }
-      },
-      from ? { from, clientIds } : {},
-    )
-    await ctx.extensions.updateStored({ name: host.name, doc: host.doc, principal, clientIds, decision })
-    const sequencing = entries[1]?.update
-    // The sender has its own update: it gets only the numbers; everyone else both, in one frame
-    // when the update is small (a chat message: one frame per message to fan out). Merging
-    // re-encodes every struct, so a large update (an offline device's backlog) goes as it came,
-    // followed by its numbers.
-    if (sequencing) {
-      const frame = encodeSyncUpdate(sequencing)
-      const both =
-        update.length <= MERGE_FOR_BROADCAST_BYTES
-          ? [encodeSyncUpdate(Y.mergeUpdates([update, sequencing]))]
-          : [encodeSyncUpdate(update), frame]
-      for (const connection of host.connections) {
-        if (caughtUp.has(connection)) continue
-        if (connection === from) connection.send(frame)
-        else for (const f of both) connection.send(f)
+  }
+  if (!decision.allowed) throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+  if (user) ctx.clientIds?.take(host.key, user, newIds)
+  // After the rules (a refused update costs no budget), before anything changes: refused whole.
+  if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
+    ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
+  return { noop: false, update, clientIds, ends: inspected.ends, decision }
+}
+
+/** A batch's update, checked and applied in memory. */
+interface Applied {
+  readonly item: QueuedUpdate
+  readonly admitted: Extract<Admitted, { noop: false }>
+  /** The change events its apply produced. */
+  readonly events: ChangeEvent[]
+}
+
+/**
+ * Changes after which access is decided before anything else is applied:
+ * they end a batch (see {@link storeBatch}). Rare next to messages.
+ */
+const ENDS_A_BATCH: ReadonlySet<ChangeEvent["type"]> = new Set<ChangeEvent["type"]>([
+  "conversation.created",
+  "conversation.deleted",
+  "participants.added",
+  "participants.removed",
+  "participants.roleChanged",
+])
+
+/**
+ * Stores a batch of client updates that waited in the document's queue (see
+ * `update-batch.ts`): each is checked on its own against the document as the
+ * ones before it left it and applied in memory, shown to nobody; one refused
+ * is refused alone, with its own error, and leaves the others be. Then what
+ * they brought is sequenced and everything is stored in ONE append (one
+ * commit, one sequencing, one set of hook events per writer's run), and only
+ * after that commit is it broadcast and its senders sent "saved". A crash
+ * before the commit loses only updates nobody was told are saved; a failed
+ * commit stores none of them (see {@link storeSomeOfBatch}).
+ *
+ * A change of who may read the document (creation, deletion, participants)
+ * ends a batch: access is decided right after it, and the updates after it
+ * go as the next batch.
+ */
+async function storeBatch(
+  ctx: PathContext,
+  host: DocumentHost,
+  items: readonly QueuedUpdate[],
+): Promise<void> {
+  let rest = items
+  while (rest.length > 0) rest = await storeSomeOfBatch(ctx, host, rest)
+}
+
+/** Applies and stores `items` up to one that ends a batch; returns those after it. */
+async function storeSomeOfBatch(
+  ctx: PathContext,
+  host: DocumentHost,
+  items: readonly QueuedUpdate[],
+): Promise<readonly QueuedUpdate[]> {
+  const applied: Applied[] = []
+  // Updates the document held already: "saved" only after the commit (the batch may be what holds them).
+  const held: { readonly item: QueuedUpdate; readonly ends: ReadonlyMap<number, number> }[] = []
+  let next = items.length
+  let release: (() => void) | undefined
+  let applying: QueuedUpdate | undefined
+  let stored: { positions: number[]; sequencing: Entry | undefined; caughtUp: ReadonlySet<Connection> }
+  let relayEvents: ChangeEvent[] = []
+  try {
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!
+      let admitted: Admitted
+      try {
+        admitted = await admitUpdate(ctx, host, item.principal, item.update)
+      } catch (error) {
+        item.reject(error)
+        continue
       }
-    } else {
-      broadcast(host, encodeSyncUpdate(update), from, caughtUp)
+      if (admitted.noop) {
+        held.push({ item, ends: admitted.ends })
+        continue
+      }
+      release ??= host.holdUnsaved()
+      applying = item
+      Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal)
+      applying = undefined
+      const events = host.takeEvents()
+      applied.push({ item, admitted, events })
+      if (events.some((e) => ENDS_A_BATCH.has(e.type))) {
+        next = i + 1
+        break
+      }
     }
-    // Still pending (a plugged-in policy let it write without creating the conversation): its own part only.
-    if (from?.pending) from.savedOwn(inspected.ends)
-    else from?.saved(clientIds)
-    await finish(ctx, host, principal, positions, events)
-    return positions
-  })
+    if (applied.length === 0) {
+      ackBatch(applied, held)
+      for (const { item } of held) item.resolve([])
+      return items.slice(next)
+    }
+    const events = applied.flatMap((a) => a.events)
+    const sequencing = await sequence(ctx, host, messageIdsIn(events))
+    relayEvents = sequencingEvents(host, sequencing)
+    const entries: Entry[] = applied.map(({ item, admitted }) => ({
+      update: admitted.update,
+      source: item.principal.kind === "relay" ? "relay" : "client",
+    }))
+    if (sequencing) entries.push(sequencing)
+    let positions: number[]
+    try {
+      positions = await persist(ctx, host, entries)
+    } catch (error) {
+      if (!ctx.storageHealth || !isStorageFailure(error)) throw error
+      positions = await storeWhenBack(ctx, ctx.storageHealth, host, entries, error, sendersOf(applied))
+    }
+    // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
+    // Only the last update may change access (it ends the batch): its sender is the one who may have left.
+    const last = applied.at(-1)!
+    const caughtUp = ctx.settleAccess(host, {
+      events: [...events, ...relayEvents],
+      update: last.admitted.update,
+      ...(last.item.from ? { from: last.item.from } : {}),
+      clientIds: last.admitted.clientIds,
+    })
+    stored = { positions, sequencing, caughtUp }
+  } catch (cause) {
+    // A retryable refusal (the relay shutting down while a change waited for storage) stays retryable.
+    const error =
+      cause instanceof ParleyError && isRetryable(cause.code)
+        ? cause
+        : new ParleyError(ErrorCode.INTERNAL, "the relay failed to store a change", { cause })
+    // The senders learn why before eviction closes their connections.
+    for (const connection of sendersOf(applied)) connection.refuse(error)
+    ctx.evict(host, cause)
+    applying?.reject(error)
+    for (const { item } of applied) item.reject(error)
+    for (const { item } of held) item.reject(error)
+    // Those not reached find the document unloaded.
+    return items.slice(next)
+  } finally {
+    release?.()
+  }
+  const { positions, sequencing, caughtUp } = stored
+  for (const { item, admitted } of applied)
+    await ctx.extensions.updateStored({
+      name: host.name,
+      doc: host.doc,
+      principal: item.principal,
+      clientIds: admitted.clientIds,
+      decision: admitted.decision,
+    })
+  broadcastBatch(host, applied, sequencing?.update, caughtUp)
+  ackBatch(applied, held)
+  await afterBatch(ctx, host, applied, relayEvents, positions, sequencing !== undefined)
+  const sequenced = sequencing ? [positions.at(-1)!] : []
+  for (const [k, { item }] of applied.entries()) item.resolve([positions[k]!, ...sequenced])
+  for (const { item } of held) item.resolve([])
+  return items.slice(next)
+}
+
+/**
+ * The events of the relay's sequencing, taken from the document after it.
+ * The placeholder's arrival already said "deleted" of a sealed message it
+ * turned into a tombstone: the tombstone does not say it again.
+ */
+function sequencingEvents(host: DocumentHost, sequencing: Entry | undefined): ChangeEvent[] {
+  const converted = new Set(sequencing?.sealedDeletions ?? [])
+  return host
+    .takeEvents()
+    .filter(
+      (event) =>
+        !(
+          event.type === "message.deleted" &&
+          converted.has(event.messageId) &&
+          converted.delete(event.messageId)
+        ),
+    )
+}
+
+/** The connections that sent `applied`, each once. */
+function sendersOf(applied: readonly Applied[]): Set<Connection> {
+  const senders = new Set<Connection>()
+  for (const { item } of applied) if (item.from) senders.add(item.from)
+  return senders
+}
+
+/** Largest run of small updates merged into one broadcast frame. */
+const MERGE_BATCH_FOR_BROADCAST_BYTES = 256 * 1024
+
+/**
+ * Sends a stored batch to every connection not caught up already: its
+ * sequencing, and the updates it does not hold (all but its own), merged
+ * into one frame while they are small (a backlog of chat messages: one frame
+ * per batch to fan out). Merging re-encodes every struct, so a large update
+ * (an offline device's backlog) goes as it came.
+ */
+function broadcastBatch(
+  host: DocumentHost,
+  applied: readonly Applied[],
+  sequencing: Uint8Array | undefined,
+  caughtUp: ReadonlySet<Connection>,
+): void {
+  const writers = sendersOf(applied)
+  const framesFor = new Map<Connection | undefined, Uint8Array[]>()
+  const frames = (connection: Connection | undefined): Uint8Array[] => {
+    let built = framesFor.get(connection)
+    if (!built) {
+      const parts = applied
+        .filter((a) => a.item.from !== connection || !connection)
+        .map((a) => a.admitted.update)
+      if (sequencing) parts.push(sequencing)
+      built = mergedFrames(parts)
+      framesFor.set(connection, built)
+    }
+    return built
+  }
+  for (const connection of host.connections) {
+    if (caughtUp.has(connection)) continue
+    for (const frame of frames(writers.has(connection) ? connection : undefined)) connection.send(frame)
+  }
+}
+
+/** Sync-update frames of `parts` in order: consecutive small ones merged, large ones alone. */
+function mergedFrames(parts: readonly Uint8Array[]): Uint8Array[] {
+  const frames: Uint8Array[] = []
+  let run: Uint8Array[] = []
+  let bytes = 0
+  const flush = () => {
+    if (run.length > 0) frames.push(encodeSyncUpdate(run.length === 1 ? run[0]! : Y.mergeUpdates(run)))
+    run = []
+    bytes = 0
+  }
+  for (const part of parts) {
+    if (part.length > MERGE_FOR_BROADCAST_BYTES) {
+      flush()
+      frames.push(encodeSyncUpdate(part))
+      continue
+    }
+    if (bytes + part.length > MERGE_BATCH_FOR_BROADCAST_BYTES) flush()
+    run.push(part)
+    bytes += part.length
+  }
+  flush()
+  return frames
+}
+
+/**
+ * "saved" to each sender of a stored batch, once: the durable state of the
+ * client ids it wrote for (everything durable when it re-sent what the
+ * document held); a connection whose access is still pending learns only
+ * what its own updates hold.
+ */
+function ackBatch(
+  applied: readonly Applied[],
+  held: readonly { readonly item: QueuedUpdate; readonly ends: ReadonlyMap<number, number> }[],
+): void {
+  const acks = new Map<Connection, Set<number> | "all">()
+  for (const { item, admitted } of applied) {
+    const connection = item.from
+    if (!connection) continue
+    if (connection.pending) {
+      connection.savedOwn(admitted.ends)
+      continue
+    }
+    const ids = acks.get(connection) ?? new Set<number>()
+    if (ids === "all") continue
+    for (const id of admitted.clientIds) ids.add(id)
+    acks.set(connection, ids)
+  }
+  for (const { item, ends } of held) {
+    const connection = item.from
+    if (!connection) continue
+    if (connection.pending) connection.savedOwn(ends)
+    else acks.set(connection, "all")
+  }
+  for (const [connection, ids] of acks) connection.saved(ids === "all" ? undefined : ids)
+}
+
+/**
+ * The extensions' observers of a stored batch, then the document's upkeep
+ * (purges, sealing, compaction) once. Observers hear one change per run of
+ * updates by the same writer (hook events name one actor), each event once;
+ * the relay's sequencing goes with the last run.
+ */
+async function afterBatch(
+  ctx: PathContext,
+  host: DocumentHost,
+  applied: readonly Applied[],
+  relayEvents: readonly ChangeEvent[],
+  positions: readonly number[],
+  sequenced: boolean,
+): Promise<void> {
+  let start = 0
+  for (let k = 0; k < applied.length; k++) {
+    const actor = applied[k]!.item.principal
+    if (k + 1 < applied.length && applied[k + 1]!.item.principal === actor) continue
+    const run = applied.slice(start, k + 1)
+    const runPositions = positions.slice(start, k + 1)
+    const runEvents = run.flatMap((a) => a.events)
+    if (k + 1 === applied.length) {
+      if (sequenced) runPositions.push(positions.at(-1)!)
+      runEvents.push(...relayEvents)
+    }
+    notifySaved(ctx, host, actor, runPositions, runEvents)
+    start = k + 1
+  }
+  await upkeep(ctx, host, [...applied.flatMap((a) => a.events), ...relayEvents])
 }
 
 /**

@@ -104,7 +104,18 @@ interface Lane {
   readonly queue: Delivery[]
   running: boolean
   timer?: NodeJS.Timeout
+  /** Set while the lane waits out an outbox failure (see {@link Dispatcher.markDelivered}). */
+  paused?: boolean
+  /** Its deliveries whose delivered marks are not written yet. */
+  unmarked?: number
 }
+
+/**
+ * Most deliveries of one lane whose marks may wait to be written: the lane
+ * waits beyond that, so that a slow outbox holds a lane back rather than
+ * piling up marks in memory.
+ */
+const MAX_UNMARKED_PER_LANE = 256
 
 /**
  * Delivers the outbox: one lane per target and document, so that events reach
@@ -119,6 +130,8 @@ export class Dispatcher {
   private readonly now: () => number
   private readonly waiters = new Set<() => void>()
   private readonly inFlight = new Set<Promise<void>>()
+  /** Delivered marks not yet written (see {@link markDelivered}). */
+  private readonly marking = new Set<Promise<void>>()
   private stopped = false
   private count = 0
   private readonly deadlines = new Deadlines()
@@ -185,8 +198,14 @@ export class Dispatcher {
 
   /** Resolves once nothing is queued or running (tests and shutdown). */
   idle(): Promise<void> {
-    if (this.count === 0) return Promise.resolve()
+    if (this.count === 0 && this.marking.size === 0) return Promise.resolve()
     return new Promise((resolve) => this.waiters.add(resolve))
+  }
+
+  private wakeIfIdle(): void {
+    if (this.count !== 0 || this.marking.size !== 0) return
+    for (const resolve of this.waiters) resolve()
+    this.waiters.clear()
   }
 
   /**
@@ -201,12 +220,12 @@ export class Dispatcher {
     const grace = new Promise<void>((resolve) => {
       timer = setTimeout(resolve, Math.min(this.timeoutMs, 5_000))
     })
-    await Promise.race([Promise.allSettled([...this.inFlight]), grace])
+    await Promise.race([Promise.allSettled([...this.inFlight, ...this.marking]), grace])
     clearTimeout(timer)
   }
 
   private pump(lane: Lane, id: string): void {
-    if (lane.running || this.stopped) return
+    if (lane.running || lane.paused || this.stopped || (lane.unmarked ?? 0) >= MAX_UNMARKED_PER_LANE) return
     const head = lane.queue[0]
     if (!head) {
       this.lanes.delete(id)
@@ -221,16 +240,20 @@ export class Dispatcher {
     }
     lane.running = true
     let outboxFailed = false
-    const run = this.attempt(lane.target, head)
+    const run = this.attempt(lane.target, head, lane, id)
       .then((next) => {
+        // Found by identity: a delivery whose mark failed meanwhile may have been put back before it.
+        const at = lane.queue.indexOf(head)
         if (next === FENCED) {
           // Another relay orders the document (or may, by now): what is queued here is its to deliver.
           this.count -= lane.queue.length
           lane.queue.length = 0
           this.options.metrics.pending.set(this.count)
-        } else if (next) lane.queue[0] = next
+        } else if (at < 0) {
+          // Dropped meanwhile (fenced): nothing to update.
+        } else if (next) lane.queue[at] = next
         else {
-          lane.queue.shift()
+          lane.queue.splice(at, 1)
           this.count--
           this.options.metrics.pending.set(this.count)
         }
@@ -249,12 +272,54 @@ export class Dispatcher {
           lane.timer = setTimeout(() => this.pump(lane, id), this.outboxRetryMs)
           lane.timer.unref?.()
         } else this.pump(lane, id)
-        if (this.count === 0) {
-          for (const resolve of this.waiters) resolve()
-          this.waiters.clear()
-        }
+        this.wakeIfIdle()
       })
     this.inFlight.add(run)
+  }
+
+  /**
+   * Records `delivery` as delivered without holding up its lane: the lane
+   * goes on to its next delivery while the mark is written, so that marks of
+   * deliveries finishing in one turn share one outbox write (a backlog's
+   * deliveries would otherwise cost one commit each). A mark the outbox fails
+   * to write puts the delivery back first in its lane, delivered again
+   * (at least once) after a pause, as when the outbox fails to record any
+   * outcome; a crash before the mark is written delivers it again too.
+   */
+  private markDelivered(delivery: Delivery, lane: Lane, id: string): void {
+    const mark = this.options.outbox.delivered(delivery.seq, delivery.target)
+    this.marking.add(mark)
+    lane.unmarked = (lane.unmarked ?? 0) + 1
+    mark
+      .catch((error: unknown) => {
+        this.options.log.error({ err: error }, "hook outbox failed")
+        let current = this.lanes.get(id)
+        if (!current) {
+          current = { target: lane.target, queue: [], running: false }
+          this.lanes.set(id, current)
+        }
+        current.queue.unshift(delivery)
+        this.count++
+        this.options.metrics.pending.set(this.count)
+        // Redelivered in a tight loop while the outbox is down otherwise.
+        if (!current.paused) {
+          const paused = current
+          paused.paused = true
+          clearTimeout(paused.timer)
+          paused.timer = setTimeout(() => {
+            paused.paused = false
+            this.pump(paused, id)
+          }, this.outboxRetryMs)
+          paused.timer.unref?.()
+        }
+      })
+      .finally(() => {
+        this.marking.delete(mark)
+        lane.unmarked = (lane.unmarked ?? 1) - 1
+        // A lane held back by its unwritten marks goes on (unless it was dropped meanwhile).
+        if (this.lanes.get(id) === lane) this.pump(lane, id)
+        this.wakeIfIdle()
+      })
   }
 
   /**
@@ -265,6 +330,8 @@ export class Dispatcher {
   private async attempt(
     target: DeliveryTarget,
     delivery: Delivery,
+    lane: Lane,
+    id: string,
   ): Promise<Delivery | undefined | typeof FENCED> {
     const fence = this.options.fence
     // Checked last thing before the call: the lease must outlast the request's sending by a margin.
@@ -323,7 +390,7 @@ export class Dispatcher {
         this.abandoned(target, delivery, "its delivery mark was refused (another relay holds a newer token)")
         return FENCED
       }
-    } else await this.options.outbox.delivered(delivery.seq, delivery.target)
+    } else this.markDelivered(delivery, lane, id)
     return undefined
   }
 

@@ -265,23 +265,18 @@ export class SqliteOutbox implements Outbox {
   }
 
   /**
-   * Records a delivery as done. Deliveries finishing together (the lanes a
-   * storage commit released, say) share one transaction: a commit costs far
-   * more than the two statements, and a mark lost to a crash only means one
-   * more delivery, which at-least-once allows. The marks are written in a
-   * microtask, not a later tick: a lane waits for its mark before its next
-   * delivery, so waiting a tick each would bound a busy lane (one
-   * conversation's backlog) to one delivery per turn of the event loop.
+   * Records a delivery as done. Deliveries finishing in one turn of the event
+   * loop share one transaction, written at the end of the turn (or inside a
+   * documents' commit due then): a commit costs far more than the two
+   * statements, and a mark lost to a crash only means one more delivery,
+   * which at-least-once allows. The dispatcher's lanes do not wait for their
+   * marks before their next delivery (up to a bound), so a busy lane (one
+   * conversation's backlog) writes one transaction per turn, not per delivery.
    */
   delivered(seq: number, target: string): Promise<void> {
     return new Promise((resolve, reject) => {
       this.deliveredMarks.push({ seq, target, resolve, reject })
-      if (this.deliveredMarks.length === 1) {
-        // Riding in a commit already due costs one turn at most; otherwise written now, so that a busy
-        // lane (one conversation's backlog) is not held to one delivery per turn of the event loop.
-        if (this.commitDue()) this.scheduleFlush()
-        else queueMicrotask(() => this.writeDeliveredMarks())
-      }
+      this.scheduleFlush()
     })
   }
 

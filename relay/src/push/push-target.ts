@@ -157,7 +157,9 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
   return {
     name: "push",
     accepts: (type) => type === "message.sent",
-    async deliver(hookEvent, { signal }) {
+    // The attempt's signal is read only where a notification goes out: reading it makes an
+    // AbortController, and most events (every recipient connected, or none with a device) send nothing.
+    async deliver(hookEvent, attempt) {
       const event = hookEvent as HookEvent<"message.sent">
       const author = event.subject.message.author
       const conversation = event.event.conversationId
@@ -184,12 +186,12 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
           : await inboxSummary(core, user)
         if (event.subject.message.priority !== "emergency" && summary.muted.includes(conversation)) continue
         const built = notificationFor(event, summary.totalUnread)
-        const notification = built && (await rewrite(built, user, event, signal))
+        const notification = built && (await rewrite(built, user, event, attempt.signal))
         if (!notification) continue
         const payload = JSON.stringify(notification)
         await Promise.all(
           devices.map(async (sub) => {
-            const failure = await deliverTo(sub, payload, notification, signal)
+            const failure = await deliverTo(sub, payload, notification, attempt.signal)
             if (failure) failures.push(failure)
             else reached.add(deviceKey(sub))
           }),
