@@ -179,7 +179,8 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         devices.set(sub.user, [...(devices.get(sub.user) ?? []), sub])
       }
       const byUser = new Map<UserId, PushSubscriptionRecord[]>()
-      for (const [user, subs] of devices) if (!(await options.isActive(conversation, user))) byUser.set(user, subs)
+      for (const [user, subs] of devices)
+        if (!(await options.isActive(conversation, user))) byUser.set(user, subs)
       for (const [user, devices] of byUser) {
         const summary = options.summary
           ? await options.summary(user, conversation)

@@ -74,8 +74,16 @@ describe("the participants list of hook payloads", () => {
     const doc = group()
     const open = new Map<string, Set<UserId>>()
     let next = 1
-    const record = () => membershipChanges(open, derive(doc).map((event) => ({ id: next++, event })))
-    expect(record().opened.map((o) => o.user).sort()).toEqual([alice, bob])
+    const record = () =>
+      membershipChanges(
+        open,
+        derive(doc).map((event) => ({ id: next++, event })),
+      )
+    expect(
+      record()
+        .opened.map((o) => o.user)
+        .sort(),
+    ).toEqual([alice, bob])
     sendMessage(doc, alice, { body: "hello" })
     expect(record()).toEqual({ opened: [], closed: [] })
     addParticipants(doc, alice, [carol])
