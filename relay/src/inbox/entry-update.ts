@@ -202,7 +202,10 @@ function writeDeleteSet(
   const byClient = new Map<number, { clock: number; length: number }[]>()
   for (const { client, clock, length } of ranges) {
     let list = byClient.get(client)
-    if (!list) byClient.set(client, (list = []))
+    if (!list) {
+      list = []
+      byClient.set(client, list)
+    }
     list.push({ clock, length })
   }
   encoding.writeVarUint(encoder, byClient.size)
