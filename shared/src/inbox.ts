@@ -155,32 +155,18 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
  */
 export function entryFromHead(head: ConversationHead, doc: Y.Doc, user: UserId): InboxEntry | undefined {
   if (roleOf(doc, user) === undefined) return undefined
-  const shared = head.entry
+  const { lastMessage: preview, lastActivityAt, deleted, ...rest } = head.entry
   const emergency = unreadEmergency(doc, user)
-  // Same key order as always, so that an unchanged entry compares equal (see writeInboxEntry). Built
-  // key by key from the head's shared part, copied once per head: an object rest and conditional
-  // spreads per member cost a big room's message more than the unread count itself.
-  const entry: Record<string, unknown> = { ...sharedPartOf(head) }
-  if (shared.lastMessage) entry.lastMessage = shared.lastMessage
-  entry.unread = unreadCount(doc, user)
-  if (emergency.length > 0) entry.emergency = emergency
-  entry.readUpTo = markersOf(doc, user).read
-  entry.lastActivityAt = shared.lastActivityAt
-  if (shared.deleted) entry.deleted = shared.deleted
-  return entry as unknown as InboxEntry
-}
-
-/** Each head's entry without its last message, activity time and deletion flag (which follow a member's own figures). */
-const sharedParts = new WeakMap<ConversationHead, Readonly<Record<string, unknown>>>()
-
-function sharedPartOf(head: ConversationHead): Readonly<Record<string, unknown>> {
-  let part = sharedParts.get(head)
-  if (part === undefined) {
-    const { lastMessage: _preview, lastActivityAt: _at, deleted: _deleted, ...rest } = head.entry
-    part = rest
-    sharedParts.set(head, part)
+  // Same key order as always, so that an unchanged entry compares equal (see writeInboxEntry).
+  return {
+    ...rest,
+    ...(preview ? { lastMessage: preview } : {}),
+    unread: unreadCount(doc, user),
+    ...(emergency.length > 0 ? { emergency } : {}),
+    readUpTo: markersOf(doc, user).read,
+    lastActivityAt,
+    ...(deleted ? { deleted } : {}),
   }
-  return part
 }
 
 /**
