@@ -11,6 +11,7 @@ import type { DeferredWrites } from "../document-host.js"
  * the others' only in its unread count and read marker.
  */
 export class SharedEntryValues {
+  /** Each key's bytes with its value's, by key: reused while the value is the same object. */
   private readonly encoded = new Map<string, { readonly value: unknown; readonly bytes: Uint8Array }>()
 
   /** Writes `entry` as lib0's `writeAny` would, reusing the bytes of values seen before under the same key. */
@@ -19,22 +20,38 @@ export class SharedEntryValues {
     encoding.write(encoder, 118) // lib0's tag of an object
     encoding.writeVarUint(encoder, keys.length)
     for (const key of keys) {
-      encoding.writeVarString(encoder, key)
       const value = (entry as unknown as Record<string, unknown>)[key]
       if (typeof value === "number" || typeof value === "boolean") {
+        encoding.writeUint8Array(encoder, keyBytes(key))
         encoding.writeAny(encoder, value)
         continue
       }
       let known = this.encoded.get(key)
       // The same value, by identity: an entry derived from the same head shares its objects.
       if (known === undefined || known.value !== value) {
-        const bytes = encoding.encode((e) => encoding.writeAny(e, value as encoding.AnyEncodable))
+        const bytes = encoding.encode((e) => {
+          encoding.writeVarString(e, key)
+          encoding.writeAny(e, value as encoding.AnyEncodable)
+        })
         known = { value, bytes }
         this.encoded.set(key, known)
       }
       encoding.writeUint8Array(encoder, known.bytes)
     }
   }
+}
+
+/** The few keys an entry has, encoded once (as lib0's `writeVarString`). */
+const keyCache = new Map<string, Uint8Array>()
+
+function keyBytes(key: string): Uint8Array {
+  let bytes = keyCache.get(key)
+  if (bytes === undefined) {
+    bytes = encoding.encode((e) => encoding.writeVarString(e, key))
+    // Entry keys are a fixed handful; anything beyond is encoded each time rather than kept.
+    if (keyCache.size < 64) keyCache.set(key, bytes)
+  }
+  return bytes
 }
 
 interface MapInternals {
@@ -199,6 +216,17 @@ function writeDeleteSet(
   encoder: encoding.Encoder,
   ranges: readonly { readonly client: number; readonly clock: number; readonly length: number }[],
 ): void {
+  if (ranges.length <= 1) {
+    // A single replacement (every update sent per member): no grouping.
+    encoding.writeVarUint(encoder, ranges.length)
+    for (const { client, clock, length } of ranges) {
+      encoding.writeVarUint(encoder, client)
+      encoding.writeVarUint(encoder, 1)
+      encoding.writeVarUint(encoder, clock)
+      encoding.writeVarUint(encoder, length)
+    }
+    return
+  }
   const byClient = new Map<number, { clock: number; length: number }[]>()
   for (const { client, clock, length } of ranges) {
     let list = byClient.get(client)
