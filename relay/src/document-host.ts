@@ -106,7 +106,13 @@ export class DocumentHost implements ConnectionHost {
   private applyDeferred(): void {
     const writes = this.pendingWrites
     this.pendingWrites = undefined
-    writes?.apply(this.ydoc)
+    try {
+      writes?.apply(this.ydoc)
+    } catch {
+      // Derived data that no longer fits the document (nothing writes it behind the writer's back, so
+      // this is not expected): dropped rather than failing whoever reads the document; it is derived
+      // again when its user next connects.
+    }
   }
 
   /**
