@@ -1,6 +1,6 @@
 import { encodeSyncUpdate } from "@parley/shared"
 import * as Y from "yjs"
-import type { DocumentHost } from "./document-host.js"
+import type { DeferredWrites, DocumentHost } from "./document-host.js"
 import type { PathContext } from "./update-path.js"
 
 /** Transaction origin of derived writes. */
@@ -12,6 +12,28 @@ export const DERIVED_ORIGIN = Symbol("parley-derived")
  * given and returns that transaction's update, undefined when it wrote nothing.
  */
 export type DerivedChange = (doc: Y.Doc, origin: unknown) => unknown
+
+/**
+ * What a deferring derived write is given: the document as it is (its
+ * deferred writes not applied), the document with them applied (reading it
+ * applies them), and the slot its deferred writes are kept in.
+ */
+export interface DeferTarget {
+  readonly doc: Y.Doc
+  readonly docAsIs: Y.Doc
+  deferred: DeferredWrites | undefined
+}
+
+/**
+ * A derived write that the relay encodes without a transaction: it returns the
+ * update to broadcast (undefined when it wrote nothing) and leaves in
+ * `target.deferred` what applies it to the document later, in one
+ * transaction with the others (see {@link DocumentHost.deferred}).
+ */
+export type DeferringChange = (target: DeferTarget, origin: unknown) => Uint8Array | undefined
+
+/** How a derived write is applied: by Yjs, in its own transaction returning its update, or deferred. */
+type DeriveMode = "yjs" | "encodes" | "defers"
 
 /**
  * Writes of data the relay derives from other documents (inbox entries) and
@@ -26,24 +48,38 @@ export class DerivedWrites {
   private readonly since = new WeakMap<DocumentHost, Uint8Array>()
 
   /** Runs `change` on a loaded document as the relay, broadcasts it; false when it wrote nothing or the document went away. */
-  apply(host: DocumentHost, change: DerivedChange, encodes = false): Promise<boolean> {
+  apply(host: DocumentHost, change: DerivedChange, encodes?: boolean): Promise<boolean>
+  apply(host: DocumentHost, change: DeferringChange, mode: "defers"): Promise<boolean>
+  apply(
+    host: DocumentHost,
+    change: DerivedChange | DeferringChange,
+    how?: boolean | "defers",
+  ): Promise<boolean> {
+    const mode: DeriveMode = how === "defers" ? "defers" : how === true ? "encodes" : "yjs"
     // Nothing queued or running: running now is the queue's order, without a task's promises and
     // closures (one derived write per connected member per message in a big room).
     if (!host.busy) {
       try {
-        return Promise.resolve(this.run(host, change, encodes))
+        return Promise.resolve(this.run(host, change, mode))
       } catch (error) {
         return Promise.reject(error)
       }
     }
-    return host.enqueue(async () => this.run(host, change, encodes))
+    return host.enqueue(async () => this.run(host, change, mode))
   }
 
-  private run(host: DocumentHost, change: DerivedChange, encodes: boolean): boolean {
+  private run(host: DocumentHost, change: DerivedChange | DeferringChange, mode: DeriveMode): boolean {
     if (host.destroyed || host.unloading) return false
     if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
-    if (encodes) {
-      const encoded = change(host.doc, DERIVED_ORIGIN)
+    if (mode === "defers") {
+      const encoded = (change as DeferringChange)(host, DERIVED_ORIGIN)
+      if (encoded === undefined) return false
+      const frame = encodeSyncUpdate(encoded)
+      for (const connection of host.connections) connection.send(frame)
+      return true
+    }
+    if (mode === "encodes") {
+      const encoded = (change as DerivedChange)(host.doc, DERIVED_ORIGIN)
       if (!(encoded instanceof Uint8Array)) return false
       const frame = encodeSyncUpdate(encoded)
       for (const connection of host.connections) connection.send(frame)
@@ -60,7 +96,7 @@ export class DerivedWrites {
     }
     host.doc.on("update", collect)
     try {
-      host.doc.transact(() => change(host.doc, DERIVED_ORIGIN), DERIVED_ORIGIN)
+      host.doc.transact(() => (change as DerivedChange)(host.doc, DERIVED_ORIGIN), DERIVED_ORIGIN)
     } finally {
       host.doc.off("update", collect)
     }

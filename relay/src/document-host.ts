@@ -22,8 +22,23 @@ export interface LogFigures {
  * it consistent (the log figures move together; an unloading or destroyed
  * host holds no idle timer).
  */
+/**
+ * Writes the relay made to a document and sent to its connections without
+ * applying them to the document yet (see {@link DocumentHost.deferred}).
+ */
+export interface DeferredWrites {
+  /** Bytes held, for the bound on what waits. */
+  readonly bytes: number
+  /** Applies the writes to `doc` (the document as it is), in one transaction. */
+  apply(doc: Y.Doc): void
+}
+
+/** Bytes of deferred writes one document holds before they are applied (about twenty inbox entries). */
+const MAX_DEFERRED_BYTES = 8 * 1024
+
 export class DocumentHost implements ConnectionHost {
-  readonly doc = new Y.Doc()
+  private readonly ydoc = new Y.Doc()
+  private pendingWrites: DeferredWrites | undefined
   /** Created on first use (see {@link awareness}). */
   private presence: awarenessProtocol.Awareness | undefined
   /** Sets up what follows the awareness once it exists (the core's gate and fan-out). */
@@ -47,9 +62,58 @@ export class DocumentHost implements ConnectionHost {
   ) {
     // After every transaction, not on "update": an "update" listener makes Yjs encode every
     // transaction's update, which the relay never needs here (it costs as much as the apply).
-    this.doc.on("afterTransaction", () => {
+    this.ydoc.on("afterTransaction", () => {
       this.coldJoin = undefined
     })
+  }
+
+  /**
+   * The document, with every deferred write applied first: whoever reads or
+   * changes it sees the state its connections were sent.
+   */
+  get doc(): Y.Doc {
+    if (this.pendingWrites !== undefined) this.applyDeferred()
+    return this.ydoc
+  }
+
+  /**
+   * The document without the {@link deferred} writes applied: only for the
+   * writer that defers them, to encode its next write on top of them.
+   */
+  get docAsIs(): Y.Doc {
+    return this.ydoc
+  }
+
+  /**
+   * Writes sent to the connections and not yet applied: a message in a big
+   * room changes each connected member's inbox entry, and a Yjs transaction
+   * per member and message cost more than encoding the entry, so the entries
+   * of successive messages wait here and are applied in one transaction when
+   * anything next reads the document ({@link doc}), or once they hold
+   * {@link MAX_DEFERRED_BYTES}. Setting it replaces what was deferred (the
+   * writer's new state includes it).
+   */
+  get deferred(): DeferredWrites | undefined {
+    return this.pendingWrites
+  }
+
+  set deferred(writes: DeferredWrites | undefined) {
+    this.pendingWrites = writes
+    // The document the cached frame holds is no longer what its connections were sent.
+    this.coldJoin = undefined
+    if (writes !== undefined && writes.bytes >= MAX_DEFERRED_BYTES) this.applyDeferred()
+  }
+
+  private applyDeferred(): void {
+    const writes = this.pendingWrites
+    this.pendingWrites = undefined
+    try {
+      writes?.apply(this.ydoc)
+    } catch {
+      // Derived data that no longer fits the document (nothing writes it behind the writer's back, so
+      // this is not expected): dropped rather than failing whoever reads the document; it is derived
+      // again when its user next connects.
+    }
   }
 
   /**
@@ -297,6 +361,8 @@ export class DocumentHost implements ConnectionHost {
     this.stopObserving?.()
     this.presence?.destroy()
     this.wirePresence = undefined
-    this.doc.destroy()
+    // What was deferred is derived data: derived again when its user next connects.
+    this.pendingWrites = undefined
+    this.ydoc.destroy()
   }
 }

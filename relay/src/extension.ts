@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
 import type * as Y from "yjs"
+import type { DeferringChange } from "./derived-write.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
@@ -63,6 +64,12 @@ export interface RunningCore {
     change: (doc: Y.Doc, origin: unknown) => unknown,
     options?: { readonly encodes?: boolean },
   ): Promise<boolean>
+  /**
+   * Like {@link derive}, for a write that encodes its update itself without
+   * a transaction and leaves applying it to the document for later, together
+   * with the writes after it (a big room's inbox entries; see `DeferringChange`).
+   */
+  deriveDeferred(name: string, change: DeferringChange): Promise<boolean>
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
   /**

@@ -19,7 +19,7 @@ import { ClientIdAllowance } from "./client-id-allowance.js"
 import type { RoutedCore, UpdateRouter } from "./cluster/router.js"
 import type { WireEntry } from "./cluster/wire.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
-import { DerivedWrites } from "./derived-write.js"
+import { type DeferringChange, DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
@@ -305,6 +305,16 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const host = this.loadedNow.get(name)
     if (!host || host.connections.size === 0) return false
     return this.derived.apply(host, change, options.encodes === true)
+  }
+
+  /**
+   * Like {@link derive}, but `change` encodes its update without a
+   * transaction and defers applying it (see {@link DeferringChange}).
+   */
+  async deriveDeferred(name: string, change: DeferringChange): Promise<boolean> {
+    const host = this.loadedNow.get(name)
+    if (!host || host.connections.size === 0) return false
+    return this.derived.apply(host, change, "defers")
   }
 
   /** Stores a loaded document's derived data and folds its log into a snapshot now (a purge). */

@@ -1,7 +1,16 @@
-import { type ConversationId, type InboxEntry, InboxTopLevel, listInbox, type UserId } from "@parley/shared"
+import {
+  type ConversationId,
+  type InboxEntry,
+  InboxTopLevel,
+  inboxDocumentName,
+  listInbox,
+  parseDocumentName,
+  type UserId,
+} from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
-import { replaceEntryEncoded, SharedEntryValues } from "../src/inbox/entry-update.js"
+import { DocumentHost } from "../src/document-host.js"
+import { deferEntryReplacement, replaceEntryEncoded, SharedEntryValues } from "../src/inbox/entry-update.js"
 
 const head = (title: string, seq: number) => ({
   conversationId: "g~room" as ConversationId,
@@ -76,5 +85,67 @@ describe("inbox entry updates encoded by the relay", () => {
     expect(removal.ours).toEqual(removal.yjs)
     // Removing what is not there changes nothing and sends nothing.
     expect(both(inbox, other, undefined, values)).toEqual({ ours: undefined, yjs: undefined })
+  })
+})
+
+describe("inbox entry updates deferred by the relay", () => {
+  it("are the updates Yjs emits, and once applied leave the relay's copy equal to one written by transactions", () => {
+    const user = "deferred-user" as UserId
+    const name = inboxDocumentName(user)
+    const host = new DocumentHost(name, parseDocumentName(name))
+    const reference = new Y.Doc()
+    reference.clientID = host.docAsIs.clientID
+    const device = new Y.Doc()
+    const id = "g~room" as ConversationId
+    const other = "g~other" as ConversationId
+    const yjsUpdate = (key: ConversationId, entry: InboxEntry | undefined) => {
+      const emitted: Uint8Array[] = []
+      const collect = (update: Uint8Array) => emitted.push(update)
+      reference.on("update", collect)
+      reference.transact(() => {
+        const entries = reference.getMap(InboxTopLevel.entries)
+        if (entry) entries.set(key, entry)
+        else if (entries.has(key)) entries.delete(key)
+      })
+      reference.off("update", collect)
+      return emitted.length === 0 ? undefined : Y.mergeUpdates(emitted)
+    }
+    let values = new SharedEntryValues()
+    let applied = 0
+    for (let seq = 1; seq <= 150; seq++) {
+      const shared = head(seq % 7 === 0 ? `renamed ${seq}` : "Everyone", seq % 40)
+      const steps: [ConversationId, InboxEntry | undefined][] = [[id, entryOf(id, shared, seq, seq % 3)]]
+      if (seq % 5 === 0) steps.push([other, entryOf(other, shared, 2 ** 33 + seq, 0)])
+      if (seq === 12) steps.push([id, undefined]) // removed (through a transaction), then written again
+      if (seq === 20) steps.push([other, undefined])
+      if (seq % 4 === 0) values = new SharedEntryValues()
+      if (seq === 17 || seq === 90) {
+        // The device hands an entry back (another client writes the key): the relay's next write replaces it.
+        device.getMap(InboxTopLevel.entries).set(id, entryOf(id, head("stale", 1), 99, 0))
+        const back = Y.encodeStateAsUpdate(device, Y.encodeStateVector(reference))
+        Y.applyUpdate(host.doc, back)
+        Y.applyUpdate(reference, back)
+      }
+      for (const [key, entry] of steps) {
+        const ours = deferEntryReplacement(host, key, entry, values, "relay")
+        expect(ours).toEqual(yjsUpdate(key, entry))
+        if (ours) Y.applyUpdate(device, ours)
+        expect(listInbox(device)).toEqual(listInbox(reference))
+      }
+      if (host.deferred === undefined) applied++
+      if (seq % 9 === 0) {
+        // Reading the document applies what waits.
+        expect(Y.encodeStateVector(host.doc)).toEqual(Y.encodeStateVector(reference))
+        expect(host.deferred).toBeUndefined()
+        expect(listInbox(host.doc)).toEqual(listInbox(reference))
+      }
+    }
+    // The bound on what waits applied some on its own, between two reads.
+    expect(applied).toBeGreaterThan(0)
+    expect(Y.encodeStateAsUpdate(host.doc)).toEqual(Y.encodeStateAsUpdate(reference))
+    const fresh = new Y.Doc()
+    Y.applyUpdate(fresh, Y.encodeStateAsUpdate(host.doc))
+    expect(listInbox(fresh)).toEqual(listInbox(reference))
+    host.destroy()
   })
 })

@@ -261,5 +261,7 @@ export function unreadEmergency(doc: Y.Doc, user: UserId): MessageId[] {
     const seq = index.seqOf.get(id)
     if (seq === undefined || seq > marker) out.push({ id, order: seq ?? Number.MAX_SAFE_INTEGER })
   }
+  // Almost always none: no sort and copy per member of a big room.
+  if (out.length === 0) return []
   return out.sort((a, b) => a.order - b.order).map((e) => e.id)
 }

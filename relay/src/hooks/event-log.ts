@@ -1,5 +1,11 @@
 import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
-import { HANDLER_NAMES, type HookEvent, type HookEventType, serializedSubjects } from "./events.js"
+import {
+  HANDLER_NAMES,
+  type HookEvent,
+  type HookEventType,
+  participantsJson,
+  serializedSubjects,
+} from "./events.js"
 
 /**
  * One recorded event. `id` is the log's position as a decimal string: it
@@ -161,6 +167,14 @@ export interface MembershipChanges {
 }
 
 /**
+ * The participants list (by identity: `participantsOf` keeps one per
+ * conversation until its participants change) each open-members set was last
+ * made equal to: a message in a big room then costs no pass over its members.
+ * Keyed by the set, so a set read again from storage starts afresh.
+ */
+const appliedAudience = new WeakMap<Set<UserId>, readonly unknown[]>()
+
+/**
  * The membership intervals a batch of newly recorded events opens and
  * closes. Each event's audience is its conversation's participants right
  * after it; storing the intervals instead of one row per event and
@@ -182,6 +196,9 @@ export function membershipChanges(
     applied.set(conversation, event.conversation)
     const members = open.get(conversation) ?? new Set<UserId>()
     open.set(conversation, members)
+    // The same participants list as last applied to this set (unchanged since): nothing opens or closes.
+    if (appliedAudience.get(members) === event.conversation.participants) continue
+    appliedAudience.set(members, event.conversation.participants)
     const now = new Set(audienceOf(event))
     for (const user of members)
       if (!now.has(user)) {
@@ -217,7 +234,7 @@ export function eventSerializer(): (event: HookEvent) => string {
     } else {
       let shared = conversations.get(conversation)
       if (shared === undefined) {
-        shared = JSON.stringify(conversation)
+        shared = conversationJson(conversation as HookEvent["conversation"])
         conversations.set(conversation, shared)
       }
       const subject = serializedSubjects.get(event.subject) ?? JSON.stringify(event.subject)
@@ -226,6 +243,20 @@ export function eventSerializer(): (event: HookEvent) => string {
     done.set(event, json)
     return json
   }
+}
+
+/**
+ * `JSON.stringify(conversation)`, with its participants' JSON made once per
+ * list (the same list until the participants change, see `participantsOf`):
+ * the same text, key for key.
+ */
+function conversationJson(conversation: HookEvent["conversation"]): string {
+  const keys = Object.keys(conversation)
+  if (keys[keys.length - 1] !== "participants" || !Array.isArray(conversation.participants))
+    return JSON.stringify(conversation)
+  const { participants, ...rest } = conversation
+  const head = JSON.stringify(rest)
+  return `${head.length > 2 ? `${head.slice(0, -1)},` : "{"}"participants":${participantsJson(participants)}}`
 }
 
 /** True for events the log records (all but the ephemeral `typing.started`). */

@@ -13,6 +13,7 @@ import {
   type Participant,
   type Role,
   randomId,
+  typesOf,
   type UserId,
 } from "@parley/shared"
 import type * as Y from "yjs"
@@ -145,8 +146,48 @@ export function conversationOf(doc: Y.Doc): HookConversation | undefined {
     createdBy: info.createdBy,
     createdAt: info.createdAt,
     ...(info.deletedAt !== undefined ? { deletedAt: info.deletedAt } : {}),
-    participants: listParticipants(doc),
+    participants: participantsOf(doc),
   }
+}
+
+/** Each conversation's participants as payloads list them, until they next change (by its participants map). */
+const participantLists = new WeakMap<object, readonly Participant[]>()
+/** The JSON of each cached list, made once: a big room's message would serialize every member per event. */
+const participantListJson = new WeakMap<readonly Participant[], string>()
+/** Participants maps whose changes drop their cached list. */
+const watched = new WeakSet<object>()
+
+/**
+ * `doc`'s participants, sorted as `listParticipants` sorts them, frozen and
+ * the same array until the participants change: every event of a 1,000-member
+ * room lists them, and copying and sorting them per message was most of what
+ * a message cost beyond its storage.
+ */
+export function participantsOf(doc: Y.Doc): readonly Participant[] {
+  const map = typesOf(doc).participants
+  // Inside a transaction the map may have changed without its observers having run yet.
+  if ((doc as unknown as { _transaction: unknown })._transaction !== null)
+    return Object.freeze(listParticipants(doc).map((p) => Object.freeze(p)))
+  let list = participantLists.get(map)
+  if (list === undefined) {
+    if (!watched.has(map)) {
+      watched.add(map)
+      map.observe(() => participantLists.delete(map))
+    }
+    list = Object.freeze(listParticipants(doc).map((p) => Object.freeze(p)))
+    participantLists.set(map, list)
+  }
+  return list
+}
+
+/** `list` as JSON, made once per list {@link participantsOf} returned (others each time). */
+export function participantsJson(list: readonly Participant[]): string {
+  let json = participantListJson.get(list)
+  if (json === undefined) {
+    json = JSON.stringify(list)
+    if (Object.isFrozen(list)) participantListJson.set(list, json)
+  }
+  return json
 }
 
 /** Inputs of {@link deriveHookEvents}. */

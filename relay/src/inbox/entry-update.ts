@@ -1,6 +1,8 @@
 import { type ConversationId, type InboxEntry, InboxTopLevel } from "@parley/shared"
 import * as encoding from "lib0/encoding"
 import * as Y from "yjs"
+import { DERIVED_ORIGIN, type DeferTarget } from "../derived-write.js"
+import type { DeferredWrites } from "../document-host.js"
 
 /**
  * Values that the entries of one change share (its head: id, title,
@@ -9,6 +11,7 @@ import * as Y from "yjs"
  * the others' only in its unread count and read marker.
  */
 export class SharedEntryValues {
+  /** Each key's bytes with its value's, by key: reused while the value is the same object. */
   private readonly encoded = new Map<string, { readonly value: unknown; readonly bytes: Uint8Array }>()
 
   /** Writes `entry` as lib0's `writeAny` would, reusing the bytes of values seen before under the same key. */
@@ -17,22 +20,38 @@ export class SharedEntryValues {
     encoding.write(encoder, 118) // lib0's tag of an object
     encoding.writeVarUint(encoder, keys.length)
     for (const key of keys) {
-      encoding.writeVarString(encoder, key)
       const value = (entry as unknown as Record<string, unknown>)[key]
       if (typeof value === "number" || typeof value === "boolean") {
+        encoding.writeUint8Array(encoder, keyBytes(key))
         encoding.writeAny(encoder, value)
         continue
       }
       let known = this.encoded.get(key)
       // The same value, by identity: an entry derived from the same head shares its objects.
       if (known === undefined || known.value !== value) {
-        const bytes = encoding.encode((e) => encoding.writeAny(e, value as encoding.AnyEncodable))
+        const bytes = encoding.encode((e) => {
+          encoding.writeVarString(e, key)
+          encoding.writeAny(e, value as encoding.AnyEncodable)
+        })
         known = { value, bytes }
         this.encoded.set(key, known)
       }
       encoding.writeUint8Array(encoder, known.bytes)
     }
   }
+}
+
+/** The few keys an entry has, encoded once (as lib0's `writeVarString`). */
+const keyCache = new Map<string, Uint8Array>()
+
+function keyBytes(key: string): Uint8Array {
+  let bytes = keyCache.get(key)
+  if (bytes === undefined) {
+    bytes = encoding.encode((e) => encoding.writeVarString(e, key))
+    // Entry keys are a fixed handful; anything beyond is encoded each time rather than kept.
+    if (keyCache.size < 64) keyCache.set(key, bytes)
+  }
+  return bytes
 }
 
 interface MapInternals {
@@ -111,4 +130,180 @@ export function replaceEntryEncoded(
     encoding.writeVarUint(encoder, 0)
   }
   return encoding.toUint8Array(encoder)
+}
+
+/** An entry written and not yet applied: an item of the relay's client, at the pending list's base plus its index. */
+interface PendingItem {
+  readonly key: string
+  /** The item it replaces (its last id), or null for a key's first item ever. */
+  readonly origin: { readonly client: number; readonly clock: number } | null
+  /** Its value; undefined once a later item of the same key replaced it (then it applies as deleted). */
+  entry: InboxEntry | undefined
+}
+
+/**
+ * Inbox entries sent to an inbox's connections and not yet applied to the
+ * relay's copy of it (a {@link DeferredWrites}): successive messages of a big
+ * room each replace a connected member's entry, and one Yjs transaction per
+ * member and message was most of the inbox upkeep. They are applied as one
+ * update: the items of the relay's client in clock order, each replaced one
+ * as deleted content (so nothing of it is decoded), the newest of each key
+ * with its entry.
+ */
+class PendingEntries implements DeferredWrites {
+  bytes = 0
+  readonly items: PendingItem[] = []
+  /** Index in {@link items} of each key's newest item. */
+  readonly newest = new Map<string, number>()
+  /** Items that existed before (not pending) and that pending items replaced. */
+  readonly replaced: { readonly client: number; readonly clock: number; readonly length: number }[] = []
+
+  constructor(
+    /** The relay's client id in the document. */
+    readonly client: number,
+    /** Its clock when the first of these was encoded. */
+    readonly base: number,
+  ) {}
+
+  apply(doc: Y.Doc): void {
+    // Written for the state the first was encoded on; anything else would leave them pending in Yjs.
+    if (doc.clientID !== this.client || Y.getState(doc.store, this.client) !== this.base)
+      throw new Error("deferred inbox entries no longer fit the document")
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, 1)
+    encoding.writeVarUint(encoder, this.items.length)
+    encoding.writeVarUint(encoder, this.client)
+    encoding.writeVarUint(encoder, this.base)
+    for (const item of this.items) {
+      const content = item.entry === undefined ? 1 : 8 // ContentDeleted's ref, ContentAny's
+      writeItemHead(encoder, content, item.origin, item.key)
+      encoding.writeVarUint(encoder, 1) // a deleted length, or one value
+      if (item.entry !== undefined) encoding.writeAny(encoder, item.entry as unknown as encoding.AnyEncodable)
+    }
+    writeDeleteSet(encoder, this.replaced)
+    const update = encoding.toUint8Array(encoder)
+    // As a local transaction: the items are the document's own client's, which a remote one must not
+    // write (Yjs would take it for another client using the id and give the document a new one), and
+    // applying an update marks its transaction remote.
+    doc.transact((transaction) => {
+      Y.applyUpdate(doc, update, DERIVED_ORIGIN)
+      transaction.local = true
+    }, DERIVED_ORIGIN)
+  }
+}
+
+/** An item's info byte and where it goes: after `origin`, or first under the entries map's key. */
+function writeItemHead(
+  encoder: encoding.Encoder,
+  contentRef: number,
+  origin: { readonly client: number; readonly clock: number } | null,
+  key: string,
+): void {
+  // The content's ref, an origin (bit 8), a parentSub (bit 6).
+  encoding.write(encoder, contentRef | (origin ? 0x80 : 0) | 0x20)
+  if (origin) {
+    encoding.writeVarUint(encoder, origin.client)
+    encoding.writeVarUint(encoder, origin.clock)
+  } else {
+    encoding.writeVarUint(encoder, 1) // the parent is a root type, named
+    encoding.writeVarString(encoder, InboxTopLevel.entries)
+    encoding.writeVarString(encoder, key)
+  }
+}
+
+/** A delete set of `ranges` (update format v1), grouped by client. */
+function writeDeleteSet(
+  encoder: encoding.Encoder,
+  ranges: readonly { readonly client: number; readonly clock: number; readonly length: number }[],
+): void {
+  if (ranges.length <= 1) {
+    // A single replacement (every update sent per member): no grouping.
+    encoding.writeVarUint(encoder, ranges.length)
+    for (const { client, clock, length } of ranges) {
+      encoding.writeVarUint(encoder, client)
+      encoding.writeVarUint(encoder, 1)
+      encoding.writeVarUint(encoder, clock)
+      encoding.writeVarUint(encoder, length)
+    }
+    return
+  }
+  const byClient = new Map<number, { clock: number; length: number }[]>()
+  for (const { client, clock, length } of ranges) {
+    let list = byClient.get(client)
+    if (!list) {
+      list = []
+      byClient.set(client, list)
+    }
+    list.push({ clock, length })
+  }
+  encoding.writeVarUint(encoder, byClient.size)
+  for (const [client, list] of byClient) {
+    encoding.writeVarUint(encoder, client)
+    encoding.writeVarUint(encoder, list.length)
+    for (const { clock, length } of list) {
+      encoding.writeVarUint(encoder, clock)
+      encoding.writeVarUint(encoder, length)
+    }
+  }
+}
+
+/**
+ * Sets `id`'s entry in the inbox `target` holds, without a transaction: returns
+ * the Yjs update that setting it in a transaction of the relay's client would
+ * give (byte for byte), and leaves the item in `target.deferred`, applied with
+ * the others when the document is next read (see `DocumentHost.deferred`).
+ * Undefined when nothing changed. A removal is rare (a member leaving) and
+ * goes through a transaction, after the deferred entries.
+ */
+export function deferEntryReplacement(
+  target: DeferTarget,
+  id: ConversationId,
+  entry: InboxEntry | undefined,
+  values: SharedEntryValues,
+  origin: unknown,
+): Uint8Array | undefined {
+  if (!entry) return replaceEntryEncoded(target.doc, id, entry, values, origin)
+  const inbox = target.docAsIs
+  let pending = target.deferred instanceof PendingEntries ? target.deferred : undefined
+  if (target.deferred !== undefined && pending === undefined) {
+    // Someone else's deferred writes: applied first (reading the document does).
+    void target.doc
+  }
+  if (pending !== undefined && pending.client !== inbox.clientID) {
+    void target.doc
+    pending = undefined
+  }
+  pending ??= new PendingEntries(inbox.clientID, Y.getState(inbox.store, inbox.clientID))
+  const clock = pending.base + pending.items.length
+  let left: { readonly client: number; readonly clock: number } | null
+  let replaced: { readonly client: number; readonly clock: number; readonly length: number } | undefined
+  const previous = pending.newest.get(id)
+  if (previous !== undefined) {
+    left = { client: pending.client, clock: pending.base + previous }
+    replaced = { ...left, length: 1 }
+  } else {
+    const old = (inbox.getMap<InboxEntry>(InboxTopLevel.entries) as unknown as MapInternals)._map.get(id)
+    left = old ? { client: old.id.client, clock: old.id.clock + old.length - 1 } : null
+    replaced =
+      old && !old.deleted ? { client: old.id.client, clock: old.id.clock, length: old.length } : undefined
+  }
+  const encoder = encoding.createEncoder()
+  // Structs: one client, one item (Yjs's writeClientsStructs / Item.write, update format v1).
+  encoding.writeVarUint(encoder, 1)
+  encoding.writeVarUint(encoder, 1)
+  encoding.writeVarUint(encoder, pending.client)
+  encoding.writeVarUint(encoder, clock)
+  writeItemHead(encoder, 8, left, id)
+  encoding.writeVarUint(encoder, 1) // one value
+  values.write(encoder, entry)
+  writeDeleteSet(encoder, replaced ? [replaced] : [])
+  const update = encoding.toUint8Array(encoder)
+  if (previous !== undefined) pending.items[previous]!.entry = undefined
+  else if (replaced) pending.replaced.push(replaced)
+  pending.items.push({ key: id, origin: left, entry })
+  pending.newest.set(id, pending.items.length - 1)
+  pending.bytes += update.length
+  // Set again: the host bounds what waits (and applies it once it holds enough).
+  target.deferred = pending
+  return update
 }

@@ -14,7 +14,7 @@ import {
   writeInboxEntry,
 } from "@parley/shared"
 import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
-import { replaceEntryEncoded, SharedEntryValues } from "./entry-update.js"
+import { deferEntryReplacement, SharedEntryValues } from "./entry-update.js"
 
 /** Changes that alter what an inbox entry shows (reactions and delivery markers do not). */
 const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
@@ -218,10 +218,8 @@ export class LiveInbox implements RelayExtension {
     }
     mine.set(id, now)
     const written = values
-      ? core.derive(
-          inboxDocumentName(user),
-          (inbox, origin) => replaceEntryEncoded(inbox, id, entry, values, origin),
-          { encodes: true },
+      ? core.deriveDeferred(inboxDocumentName(user), (inbox, origin) =>
+          deferEntryReplacement(inbox, id, entry, values, origin),
         )
       : core.derive(inboxDocumentName(user), (inbox) => {
           writeInboxEntry(inbox, id, entry)

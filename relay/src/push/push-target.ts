@@ -171,15 +171,18 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         reached = new Set()
         served.set(event.event.id, reached)
       }
-      const others = event.conversation.participants.map((p) => p.user).filter((user) => user !== author)
-      const active = await Promise.all(others.map((user) => options.isActive(conversation, user)))
-      const recipients = others.filter((_, i) => !active[i])
-      // One query for every recipient's devices: a large room costs no query per member.
-      const byUser = new Map<UserId, PushSubscriptionRecord[]>()
-      for (const sub of await options.store.listMany(recipients)) {
+      const others: UserId[] = []
+      for (const p of event.conversation.participants) if (p.user !== author) others.push(p.user)
+      // One query for every member's devices (a large room costs no query per member), then who is
+      // active is asked only of members with a device: most members of a big room have none here.
+      const devices = new Map<UserId, PushSubscriptionRecord[]>()
+      for (const sub of await options.store.listMany(others)) {
         if (reached.has(deviceKey(sub))) continue
-        byUser.set(sub.user, [...(byUser.get(sub.user) ?? []), sub])
+        devices.set(sub.user, [...(devices.get(sub.user) ?? []), sub])
       }
+      const byUser = new Map<UserId, PushSubscriptionRecord[]>()
+      for (const [user, subs] of devices)
+        if (!(await options.isActive(conversation, user))) byUser.set(user, subs)
       for (const [user, devices] of byUser) {
         const summary = options.summary
           ? await options.summary(user, conversation)

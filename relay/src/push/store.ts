@@ -53,7 +53,16 @@ export class MemoryPushSubscriptionStore implements PushSubscriptionStore {
   }
 
   async listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]> {
-    return [...new Set(users)].flatMap((user) => [...(this.byUser.get(user)?.values() ?? [])].sort(byAge))
+    // Only users with a device cost more than a lookup: most members of a big room have none.
+    const out: PushSubscriptionRecord[] = []
+    const seen = new Set<UserId>()
+    for (const user of users) {
+      const devices = this.byUser.get(user)
+      if (!devices || devices.size === 0 || seen.has(user)) continue
+      seen.add(user)
+      out.push(...[...devices.values()].sort(byAge))
+    }
+    return out
   }
 
   async remove(user: UserId, device: string): Promise<boolean> {

@@ -1,0 +1,97 @@
+import {
+  addParticipants,
+  type ConversationId,
+  changeRole,
+  createConversation,
+  listParticipants,
+  removeParticipants,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import { describe, expect, it } from "vitest"
+import * as Y from "yjs"
+import { eventSerializer, membershipChanges } from "../../src/hooks/event-log.js"
+import { deriveHookEvents, type HookEvent, participantsOf } from "../../src/hooks/events.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const carol = "carol" as UserId
+const id = "g~participants-list" as ConversationId
+
+function group(): Y.Doc {
+  const doc = new Y.Doc()
+  createConversation(doc, alice, { kind: "group", id, participants: [bob], title: "Room" })
+  return doc
+}
+
+const derive = (doc: Y.Doc): HookEvent[] =>
+  deriveHookEvents({
+    conversationId: id,
+    doc,
+    actor: { kind: "user", user: alice },
+    changes: [],
+    positions: [1],
+    now: 1,
+  })
+
+describe("the participants list of hook payloads", () => {
+  it("is one frozen list until the participants change, and always what listParticipants gives", () => {
+    const doc = group()
+    const first = participantsOf(doc)
+    expect(first).toEqual(listParticipants(doc))
+    expect(Object.isFrozen(first) && first.every((p) => Object.isFrozen(p))).toBe(true)
+    sendMessage(doc, alice, { body: "hello" })
+    expect(participantsOf(doc)).toBe(first)
+    addParticipants(doc, alice, [carol])
+    const added = participantsOf(doc)
+    expect(added).not.toBe(first)
+    expect(added).toEqual(listParticipants(doc))
+    changeRole(doc, alice, carol, "admin")
+    expect(participantsOf(doc)).toEqual(listParticipants(doc))
+    expect(participantsOf(doc).find((p) => p.user === carol)?.role).toBe("admin")
+    removeParticipants(doc, alice, [carol])
+    expect(participantsOf(doc)).toEqual(listParticipants(doc))
+  })
+
+  it("is read afresh inside a transaction, where the change is not yet observed", () => {
+    const doc = group()
+    participantsOf(doc)
+    doc.transact(() => {
+      addParticipants(doc, alice, [carol])
+      expect(participantsOf(doc).map((p) => p.user)).toContain(carol)
+    })
+  })
+
+  it("serializes each event to what JSON.stringify gives", () => {
+    const doc = group()
+    for (const event of [...derive(doc), ...derive(doc)])
+      expect(JSON.parse(eventSerializer()(event))).toEqual(JSON.parse(JSON.stringify(event)))
+    const [event] = derive(doc)
+    expect(eventSerializer()(event!)).toBe(JSON.stringify(event))
+  })
+
+  it("opens and closes memberships in the event log as the participants change, applying an unchanged list once", () => {
+    const doc = group()
+    const open = new Map<string, Set<UserId>>()
+    let next = 1
+    const record = () =>
+      membershipChanges(
+        open,
+        derive(doc).map((event) => ({ id: next++, event })),
+      )
+    expect(
+      record()
+        .opened.map((o) => o.user)
+        .sort(),
+    ).toEqual([alice, bob])
+    sendMessage(doc, alice, { body: "hello" })
+    expect(record()).toEqual({ opened: [], closed: [] })
+    addParticipants(doc, alice, [carol])
+    expect(record().opened.map((o) => o.user)).toEqual([carol])
+    removeParticipants(doc, alice, [bob])
+    expect(record().closed.map((c) => c.user)).toEqual([bob])
+    // A set read again from storage (a cache dropped after a rollback) is compared in full.
+    open.set(id, new Set([alice]))
+    expect(record().opened.map((o) => o.user)).toEqual([carol])
+  })
+})
