@@ -272,7 +272,13 @@ describe("folded history: old summaries in a chain of directory pages", () => {
     const c = await connect(relay, id, bob)
     expect(sealedSegments(c.doc).map((s) => s.index)).toEqual([6, 7, 8])
     const fold = foldedHistory(c.doc)!
-    expect(fold).toMatchObject({ segments: 6, through: 60, count: 60, pages: 2, liveBy: { alice: 30, bob: 30 } })
+    expect(fold).toMatchObject({
+      segments: 6,
+      through: 60,
+      count: 60,
+      pages: 2,
+      liveBy: { alice: 30, bob: 30 },
+    })
     expect(sealedThrough(c.doc)).toBe(90)
 
     // Newest page first, named by the folded record; the previous one by the page's own link.
