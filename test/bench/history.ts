@@ -101,8 +101,8 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
   return { doc: relay, segments, buildMs: performance.now() - started }
 }
 
-/** Median µs to apply one of 1,000 single-message updates (four devices in turn) to a loaded replica with its index. */
-function applyCost(snapshot: Uint8Array): number {
+/** 1,000 single-message updates written by four devices in turn on top of `snapshot` (each device sees the others'). */
+function applyUpdates(snapshot: Uint8Array): Uint8Array[] {
   const devices = Array.from({ length: 4 }, () => {
     const d = new Y.Doc()
     Y.applyUpdate(d, snapshot)
@@ -118,18 +118,33 @@ function applyCost(snapshot: Uint8Array): number {
     for (const other of devices) if (other !== device) Y.applyUpdate(other, update)
   }
   for (const d of devices) d.destroy()
-  const rounds: number[] = []
-  for (let round = 0; round < 5; round++) {
-    const target = new Y.Doc()
-    Y.applyUpdate(target, snapshot)
-    messageIndex(target)
-    gc?.()
-    const t = performance.now()
-    for (const u of updates) Y.applyUpdate(target, u)
-    rounds.push(((performance.now() - t) * 1000) / updates.length)
-    target.destroy()
-  }
-  return rounds.sort((a, b) => a - b)[2]!
+  return updates
+}
+
+/** µs per update to apply `updates` to a replica loaded from `snapshot`, with its message index. */
+function applyRound(snapshot: Uint8Array, updates: readonly Uint8Array[]): number {
+  const target = new Y.Doc()
+  Y.applyUpdate(target, snapshot)
+  messageIndex(target)
+  gc?.()
+  const t = performance.now()
+  for (const u of updates) Y.applyUpdate(target, u)
+  const us = ((performance.now() - t) * 1000) / updates.length
+  target.destroy()
+  return us
+}
+
+/**
+ * Median µs per applied message for every snapshot, rounds interleaved
+ * (size A, B, C, A, B, C, …) so that load on a shared machine falls on all
+ * sizes alike rather than on whichever was measured during a busy minute.
+ */
+function applyCosts(snapshots: readonly Uint8Array[], rounds = 9): number[] {
+  const updates = snapshots.map(applyUpdates)
+  const samples: number[][] = snapshots.map(() => [])
+  for (let round = 0; round < rounds; round++)
+    snapshots.forEach((snapshot, i) => samples[i]!.push(applyRound(snapshot, updates[i]!)))
+  return samples.map((s) => s.sort((a, b) => a - b)[Math.floor(s.length / 2)]!)
 }
 
 const SECRET = "bench-history"
@@ -242,6 +257,7 @@ row(
   "back 1,000",
   "bytes",
 )
+const measured: { row: string[]; snapshot: Uint8Array }[] = []
 for (const n of SIZES) {
   for (const design of ["sealed", "current"] as const) {
     if (design === "current" && n > CURRENT_MAX) {
@@ -253,26 +269,32 @@ for (const n of SIZES) {
     const snapshot = Y.encodeStateAsUpdate(built.doc)
     const clientIds = built.doc.store.clients.size
     built.doc.destroy()
-    const apply = applyCost(snapshot)
     const rebuilt = { ...built, doc: new Y.Doc() }
     Y.applyUpdate(rebuilt.doc, snapshot)
     const { cold, warm } = await joins(rebuilt, id)
     rebuilt.doc.destroy()
-    row(
+    const cells = [
       n.toLocaleString("en"),
       design,
       (built.buildMs / 1000).toFixed(1),
       kb(snapshot.length),
       String(clientIds),
-      apply.toFixed(1),
+      "",
       `${ms(cold.latestMs)} / ${ms(warm.latestMs)}`,
       kb(warm.latestBytes),
       ms(warm.olderMs),
       kb(warm.olderBytes),
-    )
+    ]
+    rows.push(cells)
+    measured.push({ row: cells, snapshot })
     gc?.()
   }
 }
+// Apply cost last, every size in each round.
+const costs = applyCosts(measured.map((m) => m.snapshot))
+measured.forEach((m, i) => {
+  m.row[5] = costs[i]!.toFixed(1)
+})
 const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)))
 for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  "))
 console.log(
