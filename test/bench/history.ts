@@ -159,6 +159,8 @@ const token = (user: string) =>
 interface Join {
   /** Socket open → the latest 50 messages readable. */
   readonly latestMs: number
+  /** CPU time (user + system) this process spent meanwhile: relay and device alike, insensitive to other load. */
+  readonly latestCpuMs: number
   readonly latestBytes: number
   /** Then: 1,000 older messages readable (segments fetched and decoded); undefined when none are sealed. */
   readonly olderMs?: number
@@ -191,12 +193,15 @@ async function join(url: string, id: string): Promise<Join> {
   })
   await new Promise((resolve) => ws.once("open", resolve))
   const opened = performance.now()
+  const cpu = process.cpuUsage()
   const readable = new Promise<void>((resolve) => {
     latest = resolve
   })
   ws.send(encodeSyncStep1(EMPTY_STATE_VECTOR))
   await readable
-  const result: Join = { latestMs: performance.now() - opened, latestBytes: bytes }
+  const latestMs = performance.now() - opened
+  const used = process.cpuUsage(cpu)
+  const result: Join = { latestMs, latestCpuMs: (used.user + used.system) / 1000, latestBytes: bytes }
   const summaries = [...sealedSegments(doc)].reverse()
   if (summaries.length === 0) {
     ws.close()
@@ -253,6 +258,7 @@ row(
   "client ids",
   "apply µs",
   "latest 50: cold / warm",
+  "CPU: cold / warm",
   "bytes",
   "back 1,000",
   "bytes",
@@ -261,7 +267,7 @@ const measured: { row: string[]; snapshot: Uint8Array }[] = []
 for (const n of SIZES) {
   for (const design of ["sealed", "current"] as const) {
     if (design === "current" && n > CURRENT_MAX) {
-      row(n.toLocaleString("en"), design, "not built (--current-max)", "", "", "", "", "", "", "")
+      row(n.toLocaleString("en"), design, "not built (--current-max)", "", "", "", "", "", "", "", "")
       continue
     }
     const id = `g~bench${design}${n}` as ConversationId
@@ -281,6 +287,7 @@ for (const n of SIZES) {
       String(clientIds),
       "",
       `${ms(cold.latestMs)} / ${ms(warm.latestMs)}`,
+      `${ms(cold.latestCpuMs)} / ${ms(warm.latestCpuMs)}`,
       kb(warm.latestBytes),
       ms(warm.olderMs),
       kb(warm.olderBytes),
