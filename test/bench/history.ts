@@ -143,7 +143,9 @@ function applyCosts(snapshots: readonly Uint8Array[], rounds = 9): number[] {
   const updates = snapshots.map(applyUpdates)
   const samples: number[][] = snapshots.map(() => [])
   for (let round = 0; round < rounds; round++)
-    snapshots.forEach((snapshot, i) => samples[i]!.push(applyRound(snapshot, updates[i]!)))
+    snapshots.forEach((snapshot, i) => {
+      samples[i]!.push(applyRound(snapshot, updates[i]!))
+    })
   return samples.map((s) => s.sort((a, b) => a - b)[Math.floor(s.length / 2)]!)
 }
 
