@@ -224,7 +224,10 @@ async function join(url: string, id: string): Promise<Join> {
   return { ...result, olderMs: performance.now() - started, olderBytes: bytes - before }
 }
 
-/** Joins `built` through a relay on a memory backend seeded with it: the first join (relay loads it) and a warm one. */
+/**
+ * Joins `built` through a relay on a memory backend seeded with it, once the relay is ready: the first join
+ * (the relay loads the document) and a warm one.
+ */
 async function joins(built: Built, id: ConversationId): Promise<{ cold: Join; warm: Join }> {
   const backend = new MemoryBackend()
   await backend.documents.append(id, [Y.encodeStateAsUpdate(built.doc)])
@@ -236,6 +239,17 @@ async function joins(built: Built, id: ConversationId): Promise<{ cold: Join; wa
     auth: { kind: "secret", secret: SECRET },
   })
   try {
+    // As a load balancer would: no traffic before /readyz (the update path warms up after a start).
+    const ready = `${relay.url.replace(/^ws/, "http")}/readyz`
+    const deadline = performance.now() + 30_000
+    while (
+      !(await fetch(ready).then(
+        (r) => r.ok,
+        () => false,
+      )) &&
+      performance.now() < deadline
+    )
+      await new Promise((resolve) => setTimeout(resolve, 20))
     const cold = await join(relay.url, id)
     const warm = await join(relay.url, id)
     return { cold, warm }
