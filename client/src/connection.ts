@@ -1,6 +1,7 @@
 import {
   CloseCode,
   ErrorCode,
+  encodeDirectoryRequest,
   encodeHistoryRequest,
   encodeSyncUpdate,
   encodeTokenRefresh,
@@ -332,6 +333,22 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     })
   }
 
+  /**
+   * Asks the relay for directory page `page` of this conversation's folded
+   * history (see PROTOCOL.md, "History pages"); answered like
+   * {@link requestHistory}, `segment` holding the page's number.
+   */
+  requestDirectory(page: number): Promise<HistoryPage> {
+    const session = this.session
+    if (!session?.open)
+      return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
+    const request = this.nextHistoryRequest++
+    return new Promise<HistoryPage>((resolve, reject) => {
+      this.historyRequests.set(request, { resolve, reject })
+      session.send(encodeDirectoryRequest(request, page))
+    })
+  }
+
   private failHistoryRequests(): void {
     const error = new ParleyError(ErrorCode.UNAVAILABLE, "the connection to the relay closed")
     for (const { reject } of this.historyRequests.values()) reject(error)
@@ -339,7 +356,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   }
 
   private parleyFrame(frame: ParleyFrame): void {
-    if (frame.type === "historyPage") {
+    if (frame.type === "historyPage" || frame.type === "directoryPage") {
       const waiting = this.historyRequests.get(frame.request)
       this.historyRequests.delete(frame.request)
       waiting?.resolve(frame)

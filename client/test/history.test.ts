@@ -1,5 +1,5 @@
 import "fake-indexeddb/auto"
-import { ErrorCode, sealedSegments, typesOf } from "@parley/shared"
+import { ErrorCode, foldedHistory, sealedSegments, typesOf } from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import type { Conversation } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
@@ -204,4 +204,94 @@ describe("purged sealed history in the SDK", () => {
     expect(older.find((m) => m.id === ids[3])?.deleted).toBeDefined()
     expect(older.filter((m) => m.body.startsWith("kept"))).not.toHaveLength(0)
   })
+})
+
+describe("folded sealed history in the SDK", () => {
+  // Segments of 10, 5 kept live; 2 summaries kept in the live document, folded 3 at a time.
+  let folding: RelayProcess
+  beforeAll(async () => {
+    folding = await startRelay({
+      args: [
+        "--dev",
+        "--history-segment-size",
+        "10",
+        "--history-keep-live",
+        "5",
+        "--history-keep-summaries",
+        "2",
+        "--history-fold-size",
+        "3",
+      ],
+    })
+  })
+  afterAll(async () => {
+    await folding?.stop()
+  })
+
+  it("pages back with loadOlder across the folded directory, with exact unread counts", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "folded" })
+    // Ten at a time: the relay seals whole numbered runs, so a run of 100 would be one segment.
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    expect(sealedSegments(theirs.doc).length).toBeLessThanOrEqual(4)
+    // Bob read nothing: all 100 unread, exactly, without a page fetched.
+    expect(theirs.unreadCount).toBe(100)
+    expect(theirs.hasOlder).toBe(true)
+    expect(bodies(await theirs.loadOlder(30))).toEqual(Array.from({ length: 30 }, (_, i) => `m${60 + i}`))
+    expect(bodies(await theirs.loadOlder(45))).toEqual(Array.from({ length: 45 }, (_, i) => `m${15 + i}`))
+    expect(bodies(await theirs.loadOlder(45))).toEqual(Array.from({ length: 15 }, (_, i) => `m${i}`))
+    expect(theirs.hasOlder).toBe(false)
+    // Another device of bob's, holding nothing sealed, moves the marker into the folded range (message 25):
+    // the count becomes exact once it fetched that marker's directory page and segment by itself.
+    await bob.destroy()
+    const other = await connectClient(folding, b)
+    const again = await other.conversation(chat.id).ready()
+    await eventually(() => expect(again.messages({ last: 50 }).length).toBe(10))
+    again.markRead(25)
+    await eventually(() => expect(again.unreadCount).toBe(75))
+  }, 60_000)
+
+  it("a device offline across a fold syncs its pending edit, reaction and message exactly once", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "offline across a fold" })
+    const first = chat.send("first")
+    await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+    const errors: string[] = []
+    chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
+    alice.disconnect()
+    const offline = chat.send("written offline")
+    chat.edit(first.id, "first, edited offline")
+    chat.react(first.id, "🎉")
+    // Meanwhile bob writes enough to seal "first" and fold its segment into a directory page.
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    const last = Array.from({ length: 70 }, (_, i) => theirs.send(`bob ${i}`)).at(-1)!
+    await eventually(() => expect(theirs.message(last.id)?.status).toBe("sent"))
+    await eventually(() => expect(foldedHistory(theirs.doc)?.segments).toBeGreaterThan(0))
+    alice.connect()
+    await eventually(() => expect(chat.message(offline.id)?.status).toBe("sent"))
+    await eventually(() =>
+      expect(theirs.messages({ last: 100 }).filter((m) => m.body === "written offline")).toHaveLength(1),
+    )
+    while (theirs.hasOlder) await theirs.loadOlder(100)
+    await eventually(() =>
+      expect(theirs.message(first.id)).toMatchObject({
+        body: "first, edited offline",
+        reactions: { "🎉": [a] },
+      }),
+    )
+    const everything = [...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+    expect(everything.filter((m) => m.body === "written offline")).toHaveLength(1)
+    expect(everything.filter((m) => m.body === "first, edited offline")).toHaveLength(1)
+    expect(errors).toEqual([])
+  }, 60_000)
 })

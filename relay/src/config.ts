@@ -310,6 +310,18 @@ export const RELAY_FLAGS = {
     help: "client ids in a live document beyond which sealing also starts a fresh epoch of it",
     default: HistoryDefaults.epochClientIds,
   }),
+  "history-keep-summaries": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_KEEP_SUMMARIES",
+    help: "sealed segment summaries a live document keeps when it folds older ones into a directory page",
+    default: HistoryDefaults.keepSummaries,
+  }),
+  "history-fold-size": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_FOLD_SIZE",
+    help: "segment summaries folded into one history directory page at once; 0 = never fold",
+    default: HistoryDefaults.foldSize,
+  }),
   "max-update-structs": flag({
     kind: "integer",
     env: "PARLEY_MAX_UPDATE_STRUCTS",
@@ -858,6 +870,8 @@ export function parseConfig(
             segmentSize: v["history-segment-size"],
             keepLive: Math.max(1, v["history-keep-live"]),
             epochClientIds: Math.max(2, v["history-epoch-client-ids"]),
+            keepSummaries: Math.max(1, v["history-keep-summaries"]),
+            foldSize: Math.max(0, v["history-fold-size"]),
           }
         : false,
     warmUp: v["skip-warm-up"] !== true,

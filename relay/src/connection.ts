@@ -5,6 +5,7 @@ import {
   EMPTY_UPDATE,
   ErrorCode,
   encodeAwareness,
+  encodeDirectoryPageFrame,
   encodeError,
   encodeHistoryPage,
   encodeQueryAwareness,
@@ -77,6 +78,8 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   refused(connection: Connection<H>, error: ParleyError): void
   /** A request for sealed history segment `segment`, from a connection known to be allowed in. */
   history(connection: Connection<H>, request: number, segment: number): void
+  /** A request for directory page `page` of the folded history, from a connection known to be allowed in. */
+  directory(connection: Connection<H>, request: number, page: number): void
 }
 
 /**
@@ -269,6 +272,18 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
               }),
             )
           else this.owner.history(this, message.request, message.segment)
+          return
+        }
+        if (message?.type === "directoryRequest") {
+          if (this.pending)
+            this.sendAnyway(
+              encodeDirectoryPageFrame({
+                request: message.request,
+                segment: message.page,
+                error: ErrorCode.FORBIDDEN,
+              }),
+            )
+          else this.owner.directory(this, message.request, message.page)
           return
         }
         // The transport takes token refreshes; clients send no other subtype.

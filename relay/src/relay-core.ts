@@ -2,11 +2,15 @@ import {
   CloseCode,
   type ConversationId,
   ErrorCode,
+  encodeDirectoryPageFrame,
   encodeHistoryPage,
   encodeSyncUpdate,
+  foldedHistory,
+  type HistoryPage,
   lastSequence,
   ParleyError,
   parseDocumentName,
+  sealedHistory,
   toParleyError,
   typesOf,
 } from "@parley/shared"
@@ -25,6 +29,7 @@ import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { summaryOf } from "./history/sealing.js"
+import type { StoredSegment } from "./history/store.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -481,10 +486,56 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
    */
   history(connection: HostedConnection, request: number, segment: number): void {
     const host = connection.host
-    const answer = (page: Parameters<typeof encodeHistoryPage>[0]) => connection.send(encodeHistoryPage(page))
     const keeper = this.options.history
-    const summary = keeper && summaryOf(host.doc, segment)
-    if (!keeper || !summary) {
+    const fold = foldedHistory(host.doc)
+    // A folded segment's hash is on a directory page: checked here when the relay holds that page, by the client always.
+    const expected =
+      keeper &&
+      (summaryOf(host.doc, segment)?.hash ??
+        (fold && segment < fold.segments ? (sealedHistory(host.doc).folded(segment)?.hash ?? "") : undefined))
+    this.servePage(connection, request, segment, encodeHistoryPage, expected, () =>
+      keeper!.page(host, segment),
+    )
+  }
+
+  /**
+   * @internal Serves directory page `page` of the conversation's folded
+   * history, as {@link history} serves segments: only a page the live
+   * document's chain has (numbered below its folded record's `pages`); the
+   * newest checked against the hash the record names.
+   */
+  directory(connection: HostedConnection, request: number, page: number): void {
+    const host = connection.host
+    const keeper = this.options.history
+    const fold = foldedHistory(host.doc)
+    const expected =
+      keeper && fold && page < fold.pages
+        ? page === fold.pages - 1
+          ? fold.hash
+          : (sealedHistory(host.doc).page(page + 1)?.previous?.hash ?? "")
+        : undefined
+    this.servePage(connection, request, page, encodeDirectoryPageFrame, expected, () =>
+      keeper!.directoryPage(host, page),
+    )
+  }
+
+  /**
+   * Answers a history or directory request with the stored bytes, when
+   * `expected` (the hash that names them; "" when the relay does not know it:
+   * the client checks) says the document names them. A few requests in
+   * flight per connection; more are refused (RATE_LIMITED), not queued.
+   */
+  private servePage(
+    connection: HostedConnection,
+    request: number,
+    segment: number,
+    encode: (page: HistoryPage) => Uint8Array,
+    expected: string | undefined,
+    read: () => Promise<StoredSegment | null>,
+  ): void {
+    const host = connection.host
+    const answer = (page: HistoryPage) => connection.send(encode(page))
+    if (expected === undefined) {
       answer({ request, segment, error: ErrorCode.NOT_FOUND })
       return
     }
@@ -494,16 +545,15 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       return
     }
     this.historyInFlight.set(connection, inFlight + 1)
-    keeper
-      .page(host, segment)
+    read()
       .then((stored) => {
-        if (!stored || stored.hash !== summary.hash) {
-          this.log.error({ doc: host.key, segment }, "a sealed segment the document names is missing")
+        if (!stored || (expected !== "" && stored.hash !== expected)) {
+          this.log.error({ doc: host.key, segment }, "a sealed page the document names is missing")
           answer({ request, segment, error: ErrorCode.NOT_FOUND })
         } else answer({ request, segment, hash: stored.hash, bytes: stored.bytes })
       })
       .catch((error: unknown) => {
-        this.log.error({ err: error, doc: host.key, segment }, "could not read a sealed segment")
+        this.log.error({ err: error, doc: host.key, segment }, "could not read a sealed page")
         answer({ request, segment, error: ErrorCode.STORAGE_UNAVAILABLE })
       })
       .finally(() => this.historyInFlight.set(connection, (this.historyInFlight.get(connection) ?? 1) - 1))

@@ -1,18 +1,14 @@
 import {
   type ChangeEvent,
   type Decision,
-  decodeSegmentSummary,
   ErrorCode,
-  encodeSegmentSummary,
   encodeSyncUpdate,
   isRetryable,
   type MessageId,
   messageIndex,
   ParleyError,
-  purgeFromSegment,
   type SealedDeletion,
   sealedHistory,
-  sealedSegments,
   sealedThrough,
   tombstoneOf,
   typesOf,
@@ -27,6 +23,7 @@ import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import { startEpoch } from "./history/epoch.js"
 import type { HistoryKeeper } from "./history/keeper.js"
+import { applyPurge, holdPurged, planPurge, storePurge } from "./history/purge-plan.js"
 import { applySeal, placeholdersToTombstones, planSeal } from "./history/sealing.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -504,34 +501,13 @@ async function purgeSealed(
   }
   if (deletions.size === 0) return
   await history.loadDirectory(host)
-  const directory = sealedHistory(host.doc)
-  const seqs = [...deletions.values()].map((d) => d.seq)
-  const plans: NonNullable<ReturnType<typeof purgeFromSegment>>[] = []
-  for (const summary of sealedSegments(host.doc)) {
-    if (!seqs.some((seq) => seq >= summary.from && seq <= summary.to)) continue
-    const segment = directory.segment(summary.index)
-    const purged = segment && purgeFromSegment(segment, summary, deletions)
-    if (purged) plans.push(purged)
-  }
-  if (plans.length === 0) return
-  for (const { segment, summary, bytes } of plans)
-    await history.store.put(host.key, {
-      index: segment.index,
-      from: segment.from,
-      to: segment.to,
-      hash: summary.hash,
-      bytes,
-    })
+  const plan = await planPurge(history, host, deletions)
+  if (!plan) return
+  await storePurge(history, host.key, plan)
   const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
     const update = captureUpdate(host.doc, () =>
       host.doc.transact(() => {
-        const segments = typesOf(host.doc).segments
-        for (const { summary } of plans) {
-          const at = segments.toArray().findIndex((v) => decodeSegmentSummary(v)?.index === summary.index)
-          if (at < 0) continue
-          segments.delete(at, 1)
-          segments.insert(at, [encodeSegmentSummary(summary)])
-        }
+        applyPurge(host.doc, plan)
         // A pinned copy of a deleted message holds its text: gone with it, whichever client deleted it.
         const pins = typesOf(host.doc).pins
         for (const id of deletions.keys()) if (pins.has(id)) pins.delete(id)
@@ -539,7 +515,7 @@ async function purgeSealed(
     )
     return update ? { update, source: "relay" } : undefined
   })
-  for (const { segment } of plans) directory.replace(segment)
+  holdPurged(host.doc, plan)
   if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
   // A summary's new hash is no hook event; the positions move the hooks' watermark past it.
   if (positions.length > 0)
@@ -566,6 +542,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       hash: plan.summary.hash,
       bytes: plan.bytes,
     })
+    if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
   } catch (error) {
     ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
     return

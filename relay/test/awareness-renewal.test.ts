@@ -12,6 +12,7 @@ const owner: ConnectionOwner<DocumentHost> = {
   awareness: () => {},
   refused: () => {},
   history: () => {},
+  directory: () => {},
 }
 
 function connectionOf(host: DocumentHost, user: string): Connection<DocumentHost> {

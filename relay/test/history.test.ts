@@ -1,11 +1,14 @@
 import {
   type ConversationId,
   createConversation,
+  decodeDirectoryPage,
   decodeSegment,
   deleteMessage,
   ErrorCode,
   editMessage,
+  encodeDirectoryRequest,
   encodeHistoryRequest,
+  foldedHistory,
   getMessage,
   type HistoryPage,
   listMessages,
@@ -19,6 +22,8 @@ import {
   sealedHistory,
   sealedSegments,
   sealedThrough,
+  sealedUnread,
+  segmentHash,
   sendMessage,
   typesOf,
   type UserId,
@@ -49,13 +54,14 @@ async function relayWith(
   segmentSize = 10,
   keepLive = 5,
   epochClientIds = 1000,
+  fold: { keepSummaries: number; foldSize: number } = { keepSummaries: 4, foldSize: 16 },
 ) {
   const relay = await startRelay({
     backend,
     port: 0,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
-    history: { segmentSize, keepLive, epochClientIds },
+    history: { segmentSize, keepLive, epochClientIds, ...fold },
   })
   relays.push(relay)
   return relay
@@ -87,6 +93,23 @@ async function conversationWith(relay: RunningRelay, count: number): Promise<Con
 function segmentOf(page: HistoryPage) {
   if (page.error !== undefined) throw new Error(`page refused: ${page.error}`)
   return decodeSegment(page.bytes)
+}
+
+/** Sends a directory request and waits for its answer. */
+async function requestDirectory(c: TestClient, page: number, request = 1000 + page): Promise<HistoryPage> {
+  c.send(encodeDirectoryRequest(request, page))
+  let answer: HistoryPage | undefined
+  await c.until(() => {
+    for (const frame of c.frames) {
+      if (frame[0] !== MessageType.parley) continue
+      const decoder = decoding.createDecoder(frame)
+      decoding.readVarUint(decoder)
+      const parley: ParleyFrame | undefined = readParleyFrame(decoder)
+      if (parley?.type === "directoryPage" && parley.request === request) answer = parley
+    }
+    return answer !== undefined
+  })
+  return answer!
 }
 
 /** Sends a history request and waits for its answer. */
@@ -235,6 +258,111 @@ describe("sealed history", () => {
     expect(bodies.filter((b) => b.startsWith("offline"))).toEqual(["offline 1", "offline 2"])
     // The deletion left no placeholder to be numbered as a new message.
     expect(listMessages(check.doc, { last: 100 }).every((m) => m.id !== other.id)).toBe(true)
+  })
+})
+
+describe("folded history: old summaries in a chain of directory pages", () => {
+  // Segments of 10, 5 kept live; the live document keeps 2 summaries and folds 3 at a time. 100 messages
+  // seal segments 0..8 (1..90): 0–2 fold into page 0, 3–5 into page 1, 6–8 stay listed.
+  const folding = () => relayWith(new MemoryBackend(), 10, 5, 1000, { keepSummaries: 2, foldSize: 3 })
+
+  it("keeps a bounded list of summaries in the live document and pages back through the directory", async () => {
+    const relay = await folding()
+    const id = await conversationWith(relay, 100)
+    const c = await connect(relay, id, bob)
+    expect(sealedSegments(c.doc).map((s) => s.index)).toEqual([6, 7, 8])
+    const fold = foldedHistory(c.doc)!
+    expect(fold).toMatchObject({
+      segments: 6,
+      through: 60,
+      count: 60,
+      pages: 2,
+      liveBy: { alice: 30, bob: 30 },
+    })
+    expect(sealedThrough(c.doc)).toBe(90)
+
+    // Newest page first, named by the folded record; the previous one by the page's own link.
+    const newest = await requestDirectory(c, 1)
+    if (newest.error !== undefined) throw new Error(newest.error)
+    expect(segmentHash(newest.bytes)).toBe(fold.hash)
+    const page1 = decodeDirectoryPage(newest.bytes)
+    expect(page1.summaries.map((s) => [s.index, s.from, s.to])).toEqual([
+      [3, 31, 40],
+      [4, 41, 50],
+      [5, 51, 60],
+    ])
+    expect(page1.before).toEqual({ alice: 15, bob: 15 })
+    const older = await requestDirectory(c, 0)
+    if (older.error !== undefined) throw new Error(older.error)
+    expect(segmentHash(older.bytes)).toBe(page1.previous?.hash)
+    const page0 = decodeDirectoryPage(older.bytes)
+    expect(page0.previous).toBeUndefined()
+    // A folded segment is served, and matches the hash its page names.
+    const first = await requestPage(c, 0)
+    if (first.error !== undefined) throw new Error(first.error)
+    expect(segmentHash(first.bytes)).toBe(page0.summaries[0]!.hash)
+    expect(segmentOf(first).entries.map((e) => e.seq)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1))
+    // Pages past the chain do not exist.
+    expect(await requestDirectory(c, 2)).toMatchObject({ error: ErrorCode.NOT_FOUND })
+    // Sealing goes on after folding, with the next index.
+    for (let i = 0; i < 20; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `more ${i}` }),
+      )
+    const later = await connect(relay, id, bob)
+    expect(sealedSegments(later.doc).map((s) => s.index)).toEqual([9, 10])
+    expect(foldedHistory(later.doc)).toMatchObject({ segments: 9, through: 90, pages: 3 })
+  })
+
+  it("keeps unread counts exact across folded summaries, tombstones subtracted", async () => {
+    const relay = await folding()
+    const id = await conversationWith(relay, 100)
+    const a = await connect(relay, id, alice)
+    const c = await connect(relay, id, bob)
+    // Bob read nothing: alice wrote 50, exactly, from the folded record and the live summaries.
+    expect(unreadCount(c.doc, bob)).toBe(50)
+    // A marker in the folded range, in segment 3 (page 1): exact once that page and segment are held.
+    markRead(c.doc, bob, 34)
+    await c.allSaved()
+    const page = await requestDirectory(c, 1)
+    if (page.error !== undefined) throw new Error(page.error)
+    sealedHistory(c.doc).addPage(decodeDirectoryPage(page.bytes), page.hash)
+    sealedHistory(c.doc).add(segmentOf(await requestPage(c, 3)))
+    // Alice wrote the odd numbers: 35, 37, …, 99.
+    expect(unreadCount(c.doc, bob)).toBe(33)
+    // A marker exactly at a page's edge, and one in the other page, from that page's counts.
+    markRead(c.doc, bob, 60)
+    expect(unreadCount(c.doc, bob)).toBe(20)
+    markRead(c.doc, bob, 70)
+    expect(unreadCount(c.doc, bob)).toBe(15)
+
+    // Alice deletes a folded message of hers (seq 41): a tombstone; the relay re-seals its segment and
+    // re-writes the chain from its page on; the count drops by one wherever the marker is.
+    const directory = await requestDirectory(a, 1)
+    if (directory.error !== undefined) throw new Error(directory.error)
+    sealedHistory(a.doc).add(segmentOf(await requestPage(a, 4)))
+    const target = sealedHistory(a.doc).segment(4)!.entries[0]!.record
+    expect(target.author).toBe(alice)
+    const before = foldedHistory(a.doc)!.hash
+    deleteMessage(a.doc, alice, target.id)
+    await a.allSaved()
+    await c.until(() => foldedHistory(c.doc)?.hash !== before)
+    // Sealed and unread above 0 (alice's odd numbers up to 89) and above 34, one fewer each.
+    expect(sealedUnread(c.doc, bob, 0)).toEqual({ count: 44, exact: true })
+    expect(sealedUnread(c.doc, bob, 34)).toEqual({ count: 27, exact: true })
+    expect(unreadCount(c.doc, bob)).toBe(15)
+    const rewritten = await requestDirectory(c, 1, 2001)
+    if (rewritten.error !== undefined) throw new Error(rewritten.error)
+    expect(segmentHash(rewritten.bytes)).toBe(foldedHistory(c.doc)!.hash)
+    const purged = decodeDirectoryPage(rewritten.bytes).summaries.find((s) => s.index === 4)!
+    const segment = await requestPage(c, 4)
+    if (segment.error !== undefined) throw new Error(segment.error)
+    expect(segmentHash(segment.bytes)).toBe(purged.hash)
+    expect(new TextDecoder().decode(segment.bytes)).not.toContain("message 40")
+    // The older page did not change: its hash is still the one the new page names.
+    const old = await requestDirectory(c, 0)
+    if (old.error !== undefined) throw new Error(old.error)
+    expect(segmentHash(old.bytes)).toBe(decodeDirectoryPage(rewritten.bytes).previous?.hash)
   })
 })
 

@@ -28,6 +28,8 @@ import {
 
 /** Version of the segment encoding (first field of every segment). */
 export const SEGMENT_FORMAT = 1
+/** Version of the directory page encoding (first field of every directory page). */
+export const DIRECTORY_FORMAT = 1
 
 /** How the relay cuts history: see `shared/README.md`, "Sealed history". */
 export const HistoryDefaults = {
@@ -37,6 +39,10 @@ export const HistoryDefaults = {
   keepLive: 250,
   /** Client ids in the live document beyond which the relay starts a fresh epoch when it seals. */
   epochClientIds: 32,
+  /** Segment summaries the live document keeps after folding older ones into a directory page. */
+  keepSummaries: 4,
+  /** Segment summaries per directory page (folded at once, the oldest first). */
+  foldSize: 16,
 } as const
 
 /** One sealed message: its record as it was when sealed (a placeholder if it was deleted) and its number. */
@@ -183,25 +189,279 @@ export function decodeSegmentSummary(value: unknown): SegmentSummary | undefined
 }
 
 /**
+ * The folded part of the sealed history, as the live document holds it (one
+ * element of `segments`): the oldest segments, whose summaries moved into an
+ * immutable chain of directory pages so that the live document stays the
+ * same size however long the history. What it keeps of them is what an
+ * unread count above them needs (live messages per author, summed) and where
+ * the chain begins (the newest page's hash).
+ */
+export interface FoldedHistory {
+  /** Segments folded: indexes 0 to `segments - 1`. */
+  readonly segments: number
+  /** Highest sequence number they hold (they hold 1 ..= `through`). */
+  readonly through: number
+  /** Entries in them (placeholders included). */
+  readonly count: number
+  /** Messages not deleted when sealed, per author, summed over every folded segment. */
+  readonly liveBy: Readonly<Record<string, number>>
+  /** Directory pages: numbered 0 to `pages - 1`, each naming the previous one by hash. */
+  readonly pages: number
+  /** SHA-256 (hex) and size of the newest directory page. */
+  readonly hash: string
+  readonly bytes: number
+}
+
+/** Stored form of a {@link FoldedHistory} (`d` tells it from a summary, which has `i`). */
+interface StoredFold {
+  readonly d: number
+  readonly s: number
+  readonly l: number
+  readonly n: number
+  readonly c: Record<string, number>
+  readonly h: string
+  readonly z: number
+}
+
+/** The element of `segments` for `fold`. */
+export const encodeFoldedHistory = (fold: FoldedHistory): StoredFold => ({
+  d: fold.pages,
+  s: fold.segments,
+  l: fold.through,
+  n: fold.count,
+  c: { ...fold.liveBy },
+  h: fold.hash,
+  z: fold.bytes,
+})
+
+/** Decodes an element of `segments`; undefined when it is not the folded history's record. */
+export function decodeFoldedHistory(value: unknown): FoldedHistory | undefined {
+  if (typeof value !== "object" || value === null) return undefined
+  const v = value as Partial<StoredFold> & { i?: unknown }
+  if (
+    v.i !== undefined ||
+    typeof v.d !== "number" ||
+    typeof v.s !== "number" ||
+    typeof v.l !== "number" ||
+    typeof v.n !== "number" ||
+    typeof v.h !== "string" ||
+    typeof v.z !== "number" ||
+    typeof v.c !== "object" ||
+    v.c === null
+  )
+    return undefined
+  return { pages: v.d, segments: v.s, through: v.l, count: v.n, liveBy: v.c, hash: v.h, bytes: v.z }
+}
+
+/**
+ * A directory page, decoded: the summaries of the segments one fold moved out
+ * of the live document, with what a reader needs to count and page across
+ * them without the other pages — the live messages per author in every
+ * earlier page (`before`) and the previous page's name.
+ */
+export interface DirectoryPage {
+  readonly conversation: ConversationId
+  /** Position in the chain, from 0 (the oldest segments). */
+  readonly page: number
+  /** Live messages per author in the segments of pages 0 ..= `page - 1`. */
+  readonly before: Readonly<Record<string, number>>
+  /** Hash and size of page `page - 1` (undefined for page 0). */
+  readonly previous?: { readonly hash: string; readonly bytes: number }
+  /** Consecutive segments, by index. */
+  readonly summaries: readonly SegmentSummary[]
+}
+
+/** Encodes a directory page: lib0 var-uints and strings, `writeAny` of each stored summary. */
+export function encodeDirectoryPage(page: DirectoryPage): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, DIRECTORY_FORMAT)
+  encoding.writeVarString(encoder, page.conversation)
+  encoding.writeVarUint(encoder, page.page)
+  encoding.writeAny(encoder, { ...page.before })
+  encoding.writeVarString(encoder, page.previous?.hash ?? "")
+  encoding.writeVarUint(encoder, page.previous?.bytes ?? 0)
+  encoding.writeVarUint(encoder, page.summaries.length)
+  for (const summary of page.summaries)
+    encoding.writeAny(encoder, encodeSegmentSummary(summary) as unknown as encoding.AnyEncodable)
+  return encoding.toUint8Array(encoder)
+}
+
+/** Decodes a directory page; a typed MALFORMED_FRAME error when the bytes are not one. */
+export function decodeDirectoryPage(bytes: Uint8Array): DirectoryPage {
+  try {
+    const decoder = decoding.createDecoder(bytes)
+    const format = decoding.readVarUint(decoder)
+    if (format !== DIRECTORY_FORMAT) throw new Error(`directory page format ${format}`)
+    const conversation = decoding.readVarString(decoder) as ConversationId
+    const page = decoding.readVarUint(decoder)
+    const before = decoding.readAny(decoder) as Record<string, number>
+    if (typeof before !== "object" || before === null) throw new Error("no counts before the page")
+    const previousHash = decoding.readVarString(decoder)
+    const previousBytes = decoding.readVarUint(decoder)
+    const count = decoding.readVarUint(decoder)
+    const summaries: SegmentSummary[] = []
+    for (let i = 0; i < count; i++) {
+      const summary = decodeSegmentSummary(decoding.readAny(decoder))
+      if (!summary) throw new Error("a directory entry is not a segment summary")
+      summaries.push(summary)
+    }
+    return {
+      conversation,
+      page,
+      before,
+      ...(previousHash ? { previous: { hash: previousHash, bytes: previousBytes } } : {}),
+      summaries,
+    }
+  } catch (cause) {
+    if (cause instanceof ParleyError) throw cause
+    throw new ParleyError(ErrorCode.MALFORMED_FRAME, "not a history directory page", { cause })
+  }
+}
+
+/** Live messages per author of `a` and `b` added up. */
+export function addCounts(
+  a: Readonly<Record<string, number>>,
+  b: Readonly<Record<string, number>>,
+): Record<string, number> {
+  const sum: Record<string, number> = { ...a }
+  for (const [author, n] of Object.entries(b)) sum[author] = (sum[author] ?? 0) + n
+  return sum
+}
+
+/** Messages in `counts` (live messages per author) not written by `user`. */
+const othersIn = (counts: Readonly<Record<string, number>>, user: UserId): number => {
+  let n = 0
+  for (const author in counts) if (author !== user) n += counts[author]!
+  return n
+}
+
+/** A fold of the oldest live summaries into the next directory page (see {@link planFold}). */
+export interface FoldPlan {
+  readonly page: DirectoryPage
+  readonly bytes: Uint8Array
+  /** The live document's new record of the folded history. */
+  readonly fold: FoldedHistory
+  /** Indexes of the summaries it moves out of the live document. */
+  readonly folded: ReadonlySet<number>
+}
+
+/**
+ * The next fold of `doc`'s segment summaries once the live document holds
+ * `keepSummaries + foldSize` or more of them (counting `adding`, a summary
+ * about to be added): the oldest `foldSize` go into directory page
+ * `fold.pages`, which names the previous page; the folded record adds their
+ * counts. Undefined when not due.
+ */
+export function planFold(
+  doc: Y.Doc,
+  conversation: ConversationId,
+  options: { readonly keepSummaries: number; readonly foldSize: number },
+  adding?: SegmentSummary,
+): FoldPlan | undefined {
+  if (options.foldSize < 1) return undefined
+  const live = adding ? [...sealedSegments(doc), adding] : [...sealedSegments(doc)]
+  if (live.length < options.keepSummaries + options.foldSize) return undefined
+  const previous = foldedHistory(doc)
+  const summaries = live.slice(0, options.foldSize)
+  const page: DirectoryPage = {
+    conversation,
+    page: previous?.pages ?? 0,
+    before: previous?.liveBy ?? {},
+    ...(previous ? { previous: { hash: previous.hash, bytes: previous.bytes } } : {}),
+    summaries,
+  }
+  const bytes = encodeDirectoryPage(page)
+  let liveBy = previous?.liveBy ?? {}
+  for (const summary of summaries) liveBy = addCounts(liveBy, summary.liveBy)
+  const fold: FoldedHistory = {
+    segments: summaries.at(-1)!.index + 1,
+    through: summaries.at(-1)!.to,
+    count: (previous?.count ?? 0) + summaries.reduce((n, s) => n + s.count, 0),
+    liveBy,
+    pages: page.page + 1,
+    hash: segmentHash(bytes),
+    bytes: bytes.length,
+  }
+  return { page, bytes, fold, folded: new Set(summaries.map((s) => s.index)) }
+}
+
+/**
+ * Applies `plan` to the live document (inside the caller's transaction):
+ * drops the folded summaries and the old folded record, adds the new one.
+ * Call once the directory page is durable.
+ */
+export function applyFold(doc: Y.Doc, plan: FoldPlan): void {
+  const segments = typesOf(doc).segments
+  const positions: number[] = []
+  segments.forEach((value, position) => {
+    const summary = decodeSegmentSummary(value)
+    if ((summary && plan.folded.has(summary.index)) || decodeFoldedHistory(value)) positions.push(position)
+  })
+  for (let i = positions.length - 1; i >= 0; i--) segments.delete(positions[i]!, 1)
+  segments.insert(0, [encodeFoldedHistory(plan.fold)])
+  sealedHistory(doc).addPage(plan.page, plan.fold.hash)
+}
+
+/**
+ * The chain of directory pages `pages` (every page of a conversation, oldest
+ * first) with `replaced` summaries put in (a purge re-sealed those segments
+ * under new hashes): the page holding one and every later page (each names
+ * the one before it by hash) re-encoded. Returns the pages that changed and
+ * the folded record naming the new newest page; undefined when none holds a
+ * replaced summary.
+ */
+export function refoldPages(
+  fold: FoldedHistory,
+  pages: readonly DirectoryPage[],
+  replaced: ReadonlyMap<number, SegmentSummary>,
+): { pages: { page: DirectoryPage; bytes: Uint8Array }[]; fold: FoldedHistory } | undefined {
+  const first = pages.findIndex((p) => p.summaries.some((s) => replaced.has(s.index)))
+  if (first < 0) return undefined
+  const changed: { page: DirectoryPage; bytes: Uint8Array }[] = []
+  let previous = pages[first]!.previous
+  for (const old of pages.slice(first)) {
+    const page: DirectoryPage = {
+      ...old,
+      ...(previous ? { previous } : {}),
+      summaries: old.summaries.map((s) => replaced.get(s.index) ?? s),
+    }
+    const bytes = encodeDirectoryPage(page)
+    changed.push({ page, bytes })
+    previous = { hash: segmentHash(bytes), bytes: bytes.length }
+  }
+  return { pages: changed, fold: { ...fold, hash: previous!.hash, bytes: previous!.bytes } }
+}
+
+/**
  * Decoded summaries per `segments` array, kept until the array changes (the
  * relay appends when it seals, replaces a summary when it purges a segment).
  */
 const summaryCache = new WeakMap<
   Y.Array<unknown>,
-  { length: number; list: readonly SegmentSummary[]; through: number }
+  { length: number; list: readonly SegmentSummary[]; through: number; fold: FoldedHistory | undefined }
 >()
 const observedSegments = new WeakSet<Y.Array<unknown>>()
 
 /**
- * The summaries of every sealed segment of `doc`, oldest first. Decoded once
- * per change of the list (the relay only ever appends), not on every call:
- * unread counts and the sequencer ask on every message.
+ * The summaries of the sealed segments the live document lists (every one
+ * not folded into a directory page), oldest first. Decoded once per change of
+ * the list, not on every call: unread counts and the sequencer ask on every
+ * message.
  */
 export function sealedSegments(doc: Y.Doc): readonly SegmentSummary[] {
   return summariesOf(doc).list
 }
 
-function summariesOf(doc: Y.Doc): { list: readonly SegmentSummary[]; through: number } {
+/** The folded part of `doc`'s sealed history, if any (see {@link FoldedHistory}). */
+export function foldedHistory(doc: Y.Doc): FoldedHistory | undefined {
+  return summariesOf(doc).fold
+}
+
+function summariesOf(doc: Y.Doc): {
+  list: readonly SegmentSummary[]
+  through: number
+  fold: FoldedHistory | undefined
+} {
   const segments = typesOf(doc).segments
   const cached = summaryCache.get(segments)
   if (cached && cached.length === segments.length) return cached
@@ -211,14 +471,22 @@ function summariesOf(doc: Y.Doc): { list: readonly SegmentSummary[]; through: nu
   }
   const list: SegmentSummary[] = []
   let through = 0
+  let fold: FoldedHistory | undefined
   for (const value of segments) {
     const summary = decodeSegmentSummary(value)
-    if (!summary) continue
+    if (!summary) {
+      const folded = decodeFoldedHistory(value)
+      // Two records can meet only in a replica merging the relay's own writes; the furthest is current.
+      if (folded && (!fold || folded.segments > fold.segments)) fold = folded
+      continue
+    }
     list.push(summary)
     through = Math.max(through, summary.to)
   }
-  list.sort((a, b) => a.index - b.index)
-  const entry = { length: segments.length, list, through }
+  if (fold) through = Math.max(through, fold.through)
+  const folded = fold?.segments ?? 0
+  const live = list.filter((s) => s.index >= folded).sort((a, b) => a.index - b.index)
+  const entry = { length: segments.length, list: live, through, fold }
   summaryCache.set(segments, entry)
   return entry
 }
@@ -226,6 +494,67 @@ function summariesOf(doc: Y.Doc): { list: readonly SegmentSummary[]; through: nu
 /** Highest sequence number sealed (0 when nothing is). */
 export function sealedThrough(doc: Y.Doc): number {
   return typesOf(doc).segments.length === 0 ? 0 : summariesOf(doc).through
+}
+
+/**
+ * The summary of segment `index`: from the live document, or from a
+ * directory page this replica holds; undefined when neither has it.
+ */
+export function segmentSummary(doc: Y.Doc, index: number): SegmentSummary | undefined {
+  const live = sealedSegments(doc).find((s) => s.index === index)
+  if (live) return live
+  const fold = foldedHistory(doc)
+  if (!fold || index >= fold.segments) return undefined
+  return sealedHistory(doc).folded(index)
+}
+
+/**
+ * Every summary this replica knows, oldest first: the folded ones of the
+ * directory pages it holds, then the live document's.
+ */
+export function knownSegments(doc: Y.Doc): SegmentSummary[] {
+  const fold = foldedHistory(doc)
+  const history = sealedHistory(doc)
+  const folded: SegmentSummary[] = []
+  if (fold)
+    for (const n of history.pagesHeld())
+      for (const s of history.page(n)!.summaries) if (s.index < fold.segments) folded.push(s)
+  return [...folded, ...sealedSegments(doc)]
+}
+
+/**
+ * The directory page to fetch next when paging back (or counting) below
+ * what the held pages cover: the newest one when none is held, else the one
+ * before the oldest held. Its expected hash is the folded record's or the
+ * next page's `previous`. Undefined when every page is held, or none exists.
+ */
+export function nextDirectoryPage(doc: Y.Doc): { page: number; hash: string } | undefined {
+  const fold = foldedHistory(doc)
+  const history = sealedHistory(doc)
+  let expected = fold && fold.pages > 0 ? { page: fold.pages - 1, hash: fold.hash } : undefined
+  while (expected) {
+    if (history.pageHash(expected.page) !== expected.hash) return expected
+    const previous = history.page(expected.page)!.previous
+    expected = previous && expected.page > 0 ? { page: expected.page - 1, hash: previous.hash } : undefined
+  }
+  return undefined
+}
+
+/**
+ * The held directory page whose segments hold sequence number `seq`, if the
+ * replica holds it (and every later page: each is found from the next).
+ */
+export function directoryPageOf(doc: Y.Doc, seq: number): DirectoryPage | undefined {
+  const fold = foldedHistory(doc)
+  if (!fold || seq > fold.through) return undefined
+  const history = sealedHistory(doc)
+  for (const n of history.pagesHeld().reverse()) {
+    const page = history.page(n)!
+    const first = page.summaries[0]
+    const last = page.summaries.at(-1)
+    if (first && last && first.from <= seq && seq <= last.to) return page
+  }
+  return undefined
 }
 
 /** The deletion of a sealed message, as the live document holds it. */
@@ -279,6 +608,10 @@ export function tombstoneOf(doc: Y.Doc, id: MessageId): SealedDeletion | undefin
 export class SealedHistory {
   private readonly segments = new Map<number, Segment>()
   private readonly byId = new Map<MessageId, SealedEntry>()
+  /** Directory pages held, by number, with the hash they were fetched (or written) under. */
+  private readonly pages = new Map<number, { page: DirectoryPage; hash: string }>()
+  /** Summaries of the folded segments in the held directory pages, by segment index. */
+  private readonly foldedSummaries = new Map<number, SegmentSummary>()
   /** Increases whenever a segment is added. */
   version = 0
 
@@ -330,6 +663,44 @@ export class SealedHistory {
   held(): number[] {
     return [...this.segments.keys()].sort((a, b) => a - b)
   }
+
+  /** Holds directory page `page` (encoded, its SHA-256 is `hash`), in place of any held under its number. */
+  addPage(page: DirectoryPage, hash: string): void {
+    this.removePage(page.page)
+    this.pages.set(page.page, { page, hash })
+    for (const summary of page.summaries) this.foldedSummaries.set(summary.index, summary)
+    this.version++
+  }
+
+  /** Stops holding directory page `n` (re-written by a purge). */
+  removePage(n: number): void {
+    const held = this.pages.get(n)
+    if (!held) return
+    this.pages.delete(n)
+    for (const summary of held.page.summaries)
+      if (this.foldedSummaries.get(summary.index) === summary) this.foldedSummaries.delete(summary.index)
+    this.version++
+  }
+
+  /** Directory page `n`, if held. */
+  page(n: number): DirectoryPage | undefined {
+    return this.pages.get(n)?.page
+  }
+
+  /** The hash directory page `n` was held under, if held. */
+  pageHash(n: number): string | undefined {
+    return this.pages.get(n)?.hash
+  }
+
+  /** Numbers of the held directory pages, ascending. */
+  pagesHeld(): number[] {
+    return [...this.pages.keys()].sort((a, b) => a - b)
+  }
+
+  /** The summary of folded segment `index`, if a held directory page lists it. */
+  folded(index: number): SegmentSummary | undefined {
+    return this.foldedSummaries.get(index)
+  }
 }
 
 const histories = new WeakMap<Y.Doc, SealedHistory>()
@@ -348,36 +719,54 @@ export function sealedHistory(doc: Y.Doc): SealedHistory {
  * Unread messages of `user` among the sealed ones above `after`: from the
  * summaries for whole segments, from the segment itself for the one the
  * marker falls in (its whole count when this replica does not hold it: see
- * `exact`), minus sealed messages by others deleted since.
+ * `exact`), minus sealed messages by others deleted since. Below the live
+ * summaries, the folded record's counts minus what the directory page of the
+ * marker says lies at or below it (everything folded counts when that page
+ * is not held: not exact either).
  */
 export function sealedUnread(doc: Y.Doc, user: UserId, after: number): { count: number; exact: boolean } {
   const history = sealedHistory(doc)
   const tombstones = typesOf(doc).tombstones
   let count = 0
   let exact = true
+  /** Unread in one segment that ends above the marker. */
+  const inSegment = (summary: SegmentSummary): number => {
+    const others = othersIn(summary.liveBy, user)
+    if (summary.from > after) return others
+    const segment = history.segment(summary.index)
+    if (!segment) {
+      exact = false
+      return others
+    }
+    // A message purged from its segment after a deletion is a placeholder there and a tombstone here: counted
+    // here like the live record it replaced, since the tombstones below subtract it.
+    let n = 0
+    for (const { seq, record } of segment.entries)
+      if (seq > after && record.author !== user && (!isDeletedRecord(record) || tombstones.has(record.id)))
+        n++
+    return n
+  }
   const summaries = sealedSegments(doc)
   // Newest first: a reader's marker is usually near the end, so this stops after a segment or two.
   for (let i = summaries.length - 1; i >= 0; i--) {
     const summary = summaries[i]!
     if (summary.to <= after) break
-    const others = Object.entries(summary.liveBy).reduce((n, [a, c]) => (a === user ? n : n + c), 0)
-    if (summary.from > after) {
-      count += others
-      continue
-    }
-    const segment = history.segment(summary.index)
-    if (!segment) {
-      count += others
-      exact = false
-      continue
-    }
-    // A message purged from its segment after a deletion is a placeholder there and a tombstone here: counted
-    // here like the live record it replaced, since the tombstones below subtract it.
-    for (const { seq, record } of segment.entries)
-      if (seq > after && record.author !== user && (!isDeletedRecord(record) || tombstones.has(record.id)))
-        count++
+    count += inSegment(summary)
   }
-  for (const value of typesOf(doc).tombstones.values()) {
+  const fold = foldedHistory(doc)
+  if (fold && after < fold.through) {
+    count += othersIn(fold.liveBy, user)
+    const page = after === 0 ? undefined : directoryPageOf(doc, after + 1)
+    if (page) {
+      // What lies at or below the marker: every earlier page, and this page's segments up to it.
+      count -= othersIn(page.before, user)
+      for (const summary of page.summaries) {
+        if (summary.to <= after) count -= othersIn(summary.liveBy, user)
+        else if (summary.from <= after) count += inSegment(summary) - othersIn(summary.liveBy, user)
+      }
+    } else if (after > 0) exact = false
+  }
+  for (const value of tombstones.values()) {
     const t = decodeTombstone(value)
     if (t && t.seq > after && t.author !== user) count--
   }

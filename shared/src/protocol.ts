@@ -33,6 +33,10 @@ export const ParleyMessage = {
   historyRequest: 4,
   /** Relay → client: the answer to a {@link ParleyMessage.historyRequest}: the segment, or why not. */
   historyPage: 5,
+  /** Client → relay: send me directory page N of this conversation's folded history. */
+  directoryRequest: 6,
+  /** Relay → client: the answer to a {@link ParleyMessage.directoryRequest}: the page, or why not. */
+  directoryPage: 7,
 } as const
 
 /** Subtypes of a {@link MessageType.sync} message (y-protocols' `messageYjsSyncStep1` …). */
@@ -79,6 +83,10 @@ export type ParleyFrame =
   | { readonly type: "tokenAccepted"; readonly expiresAt: number }
   | { readonly type: "historyRequest"; readonly request: number; readonly segment: number }
   | ({ readonly type: "historyPage" } & HistoryPage)
+  /** `page` is the directory page's number. */
+  | { readonly type: "directoryRequest"; readonly request: number; readonly page: number }
+  /** Laid out as a history page; `segment` is the directory page's number. */
+  | ({ readonly type: "directoryPage" } & HistoryPage)
 
 /**
  * A relay's answer to a history request: the segment's bytes and hash, or
@@ -104,11 +112,33 @@ export function encodeHistoryRequest(request: number, segment: number): Uint8Arr
   return encoding.toUint8Array(encoder)
 }
 
-/** Encodes the relay's answer to a history request. */
-export function encodeHistoryPage(page: HistoryPage): Uint8Array {
+/** Encodes a request for directory page `page` of the folded history (client → relay). */
+export function encodeDirectoryRequest(request: number, page: number): Uint8Array {
   const encoder = encoding.createEncoder()
   encoding.writeVarUint(encoder, MessageType.parley)
-  encoding.writeVarUint(encoder, ParleyMessage.historyPage)
+  encoding.writeVarUint(encoder, ParleyMessage.directoryRequest)
+  encoding.writeVarUint(encoder, request)
+  encoding.writeVarUint(encoder, page)
+  return encoding.toUint8Array(encoder)
+}
+
+/**
+ * Encodes the relay's answer to a directory request: the same layout as a
+ * history page, its `segment` field holding the directory page's number.
+ */
+export function encodeDirectoryPageFrame(page: HistoryPage): Uint8Array {
+  return encodePage(ParleyMessage.directoryPage, page)
+}
+
+/** Encodes the relay's answer to a history request. */
+export function encodeHistoryPage(page: HistoryPage): Uint8Array {
+  return encodePage(ParleyMessage.historyPage, page)
+}
+
+function encodePage(subtype: number, page: HistoryPage): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.parley)
+  encoding.writeVarUint(encoder, subtype)
   encoding.writeVarUint(encoder, page.request)
   encoding.writeVarUint(encoder, page.segment)
   encoding.writeVarString(encoder, page.error ?? "")
@@ -180,15 +210,23 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
     const request = decoding.readVarUint(decoder)
     return { type: "historyRequest", request, segment: decoding.readVarUint(decoder) }
   }
-  if (subtype === ParleyMessage.historyPage) {
+  if (subtype === ParleyMessage.directoryRequest) {
+    const request = decoding.readVarUint(decoder)
+    return { type: "directoryRequest", request, page: decoding.readVarUint(decoder) }
+  }
+  if (subtype === ParleyMessage.historyPage || subtype === ParleyMessage.directoryPage) {
     const request = decoding.readVarUint(decoder)
     const segment = decoding.readVarUint(decoder)
     const code = decoding.readVarString(decoder)
     const hash = decoding.readVarString(decoder)
     const bytes = decoding.readVarUint8Array(decoder)
-    if (code !== "")
-      return { type: "historyPage", request, segment, error: isErrorCode(code) ? code : ErrorCode.INTERNAL }
-    return { type: "historyPage", request, segment, hash, bytes }
+    const page: HistoryPage =
+      code !== ""
+        ? { request, segment, error: isErrorCode(code) ? code : ErrorCode.INTERNAL }
+        : { request, segment, hash, bytes }
+    return subtype === ParleyMessage.historyPage
+      ? { type: "historyPage", ...page }
+      : { type: "directoryPage", ...page }
   }
   return undefined
 }

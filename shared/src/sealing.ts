@@ -1,9 +1,14 @@
 import type * as Y from "yjs"
 import { typesOf } from "./document.js"
 import {
+  applyFold,
   encodeSegment,
   encodeSegmentSummary,
   encodeTombstone,
+  type FoldPlan,
+  foldedHistory,
+  HistoryDefaults,
+  planFold,
   type SealedEntry,
   type Segment,
   type SegmentSummary,
@@ -32,6 +37,10 @@ export interface SealingOptions {
   readonly keepLive: number
   /** Client ids in the live document beyond which sealing also starts a fresh epoch (see `startEpoch`). */
   readonly epochClientIds: number
+  /** Segment summaries the live document keeps after a fold (default `HistoryDefaults.keepSummaries`). */
+  readonly keepSummaries?: number
+  /** Summaries folded into one directory page at once; 0 = never fold (default `HistoryDefaults.foldSize`). */
+  readonly foldSize?: number
 }
 
 /** A segment ready to store, and what sealing it removes from the live document. */
@@ -42,6 +51,12 @@ export interface SealPlan {
   /** Positions in `order` of the sequence records it seals. */
   readonly orderPositions: readonly number[]
   readonly ids: ReadonlySet<MessageId>
+  /**
+   * The fold due with this seal, if one is: a directory page to store
+   * (before the live document changes, like the segment) and what it moves
+   * out of the live document.
+   */
+  readonly fold?: FoldPlan
 }
 
 /**
@@ -97,20 +112,31 @@ export function planSeal(
   const previous = sealedSegments(doc).at(-1)
   const segment: Segment = {
     conversation,
-    index: previous ? previous.index + 1 : 0,
+    index: previous ? previous.index + 1 : (foldedHistory(doc)?.segments ?? 0),
     from: through + 1,
     to,
     entries,
   }
   const bytes = encodeSegment(segment)
-  return { segment, bytes, summary: summarizeSegment(segment, bytes), orderPositions, ids }
+  const summary = summarizeSegment(segment, bytes)
+  const fold = planFold(
+    doc,
+    conversation,
+    {
+      keepSummaries: options.keepSummaries ?? HistoryDefaults.keepSummaries,
+      foldSize: options.foldSize ?? HistoryDefaults.foldSize,
+    },
+    summary,
+  )
+  return { segment, bytes, summary, orderPositions, ids, ...(fold ? { fold } : {}) }
 }
 
 /**
  * Removes what `plan` sealed from the live document and adds its summary, in
  * one transaction: the records (and placeholders) of its messages, their
- * sequence records. Edits and reactions stay: they are the sealed messages'
- * overlays. Call once the segment is durable.
+ * sequence records; and the fold, if one is due (the oldest summaries move
+ * into a directory page). Edits and reactions stay: they are the sealed
+ * messages' overlays. Call once the segment (and directory page) is durable.
  */
 export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
   const t = typesOf(doc)
@@ -126,6 +152,7 @@ export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
       [...plan.orderPositions].sort((a, b) => a - b),
     )
     t.segments.push([encodeSegmentSummary(plan.summary)])
+    if (plan.fold) applyFold(doc, plan.fold)
     // Pinned messages stay listed without their segment: the live document keeps a copy of each.
     for (const { seq, record } of plan.segment.entries)
       if (

@@ -63,8 +63,11 @@ interface Replica {
   readonly deleted: Set<MessageId>
 }
 
-/** Sealing as the relay does it (small segments, so that a run seals several), or none. */
-const SEALING = { segmentSize: 8, keepLive: 6, epochClientIds: 1000 }
+/**
+ * Sealing as the relay does it (small segments, so that a run seals several, and folds their
+ * summaries into a directory page each), or none.
+ */
+const SEALING = { segmentSize: 8, keepLive: 6, epochClientIds: 1000, keepSummaries: 1, foldSize: 1 }
 
 function simulate(seed: number, steps = 300, seal = false) {
   const gen = prng.create(seed)
@@ -125,6 +128,10 @@ function simulate(seed: number, steps = 300, seal = false) {
  * is sealed; every replica then holds the new segment, as a device that
  * fetched it would.
  */
+/** Folds done in this run, and runs that folded (some must, for the test to cover folding). */
+let folds = 0
+let foldedRuns = 0
+
 function relaySequences(relay: Replica, all: readonly Replica[], seal: boolean) {
   const history = sealedHistory(relay.doc)
   const index = messageIndex(relay.doc)
@@ -135,6 +142,9 @@ function relaySequences(relay: Replica, all: readonly Replica[], seal: boolean) 
   for (let plan = planSeal(relay.doc, "g~sim" as ConversationId, SEALING); plan; ) {
     applySeal(relay.doc, plan, null)
     for (const r of all) sealedHistory(r.doc).add(plan.segment)
+    // And the directory page of a fold, as a device that pages back (or counts unread there) fetches it.
+    if (plan.fold) for (const r of all) sealedHistory(r.doc).addPage(plan.fold.page, plan.fold.fold.hash)
+    folds += plan.fold ? 1 : 0
     plan = planSeal(relay.doc, "g~sim" as ConversationId, SEALING)
   }
 }
@@ -233,7 +243,9 @@ describe("convergence under a random network", () => {
     ]),
   )("converges, keeps every invariant and agrees on events (seed %i, sealing %s)", (seed, seal) => {
     try {
+      folds = 0
       const replicas = simulate(seed, 300, seal)
+      if (folds > 0) foldedRuns++
       const [relay, ...devices] = replicas
       const expected = visibleState(relay!.doc)
       expect(expected.messages.length).toBeGreaterThan(10)
@@ -270,4 +282,11 @@ describe("convergence under a random network", () => {
       throw error
     }
   })
+
+  it.skipIf(process.env.PARLEY_SEED)(
+    "folded segment summaries into directory pages in some sealing runs",
+    () => {
+      expect(foldedRuns).toBeGreaterThan(0)
+    },
+  )
 })

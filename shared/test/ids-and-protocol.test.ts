@@ -6,6 +6,8 @@ import { Awareness, applyAwarenessUpdate, encodeAwarenessUpdate } from "y-protoc
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
 import {
+  type ConversationId,
+  decodeDirectoryPage,
   decodeSequenceRecord,
   directConversationId,
   EMPTY_STATE_VECTOR,
@@ -13,6 +15,9 @@ import {
   ErrorCode,
   encodeAwareness,
   encodeAwarenessEntries,
+  encodeDirectoryPage,
+  encodeDirectoryPageFrame,
+  encodeDirectoryRequest,
   encodeError,
   encodeHistoryPage,
   encodeHistoryRequest,
@@ -150,6 +155,50 @@ describe("protocol", () => {
       expect(decoding.readVarUint(decoder)).toBe(MessageType.parley)
       expect(readParleyFrame(decoder)).toEqual(frame)
     }
+  })
+
+  it("encodes a directory request as [100, 6, request, page] and its answer as a history page under subtype 7", () => {
+    const request = encodeDirectoryRequest(7, 300)
+    expect([...request]).toEqual([100, 6, 7, 0xac, 0x02])
+    const page = encodeDirectoryPageFrame({
+      request: 7,
+      segment: 2,
+      hash: "ab",
+      bytes: Uint8Array.of(1, 2, 3),
+    })
+    expect([...page]).toEqual([100, 7, 7, 2, 0, 2, 0x61, 0x62, 3, 1, 2, 3])
+    const refused = encodeDirectoryPageFrame({ request: 8, segment: 5, error: ErrorCode.NOT_FOUND })
+    expect([...refused]).toEqual([100, 7, 8, 5, 9, ...Buffer.from("NOT_FOUND"), 0, 0])
+    for (const [bytes, frame] of [
+      [request, { type: "directoryRequest", request: 7, page: 300 }],
+      [page, { type: "directoryPage", request: 7, segment: 2, hash: "ab", bytes: Uint8Array.of(1, 2, 3) }],
+      [refused, { type: "directoryPage", request: 8, segment: 5, error: "NOT_FOUND" }],
+    ] as const) {
+      const decoder = decoding.createDecoder(bytes)
+      expect(decoding.readVarUint(decoder)).toBe(MessageType.parley)
+      expect(readParleyFrame(decoder)).toEqual(frame)
+    }
+  })
+
+  it("encodes a directory page as format, conversation, number, counts before it, previous page, summaries", () => {
+    const summary = { index: 3, from: 31, to: 40, count: 10, liveBy: { ann: 10 }, hash: "cd", bytes: 9 }
+    const page = {
+      conversation: "g~x" as ConversationId,
+      page: 1,
+      before: { ann: 4 },
+      previous: { hash: "ab", bytes: 5 },
+      summaries: [summary],
+    }
+    const bytes = encodeDirectoryPage(page)
+    // 01, "g~x", 01, writeAny({ ann: 4 }), "ab", 05, 01, writeAny(stored summary)
+    expect([...bytes.slice(0, 6)]).toEqual([1, 3, 0x67, 0x7e, 0x78, 1])
+    expect([...bytes.slice(6, 14)]).toEqual([118, 1, 3, 0x61, 0x6e, 0x6e, 125, 4])
+    expect([...bytes.slice(14, 19)]).toEqual([2, 0x61, 0x62, 5, 1])
+    expect(decodeDirectoryPage(bytes)).toEqual(page)
+    const first = { ...page, page: 0, before: {}, summaries: [summary] }
+    delete (first as { previous?: unknown }).previous
+    expect(decodeDirectoryPage(encodeDirectoryPage(first))).toEqual(first)
+    expect(() => decodeDirectoryPage(Uint8Array.of(9, 0))).toThrow(ParleyError)
   })
 
   it("ignores subtypes it does not know, so relays can add some", () => {

@@ -101,8 +101,8 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
   return { doc: relay, segments, buildMs: performance.now() - started }
 }
 
-/** Median µs to apply one of 1,000 single-message updates (four devices in turn) to a loaded replica with its index. */
-function applyCost(snapshot: Uint8Array): number {
+/** 1,000 single-message updates written by four devices in turn on top of `snapshot` (each device sees the others'). */
+function applyUpdates(snapshot: Uint8Array): Uint8Array[] {
   const devices = Array.from({ length: 4 }, () => {
     const d = new Y.Doc()
     Y.applyUpdate(d, snapshot)
@@ -118,18 +118,35 @@ function applyCost(snapshot: Uint8Array): number {
     for (const other of devices) if (other !== device) Y.applyUpdate(other, update)
   }
   for (const d of devices) d.destroy()
-  const rounds: number[] = []
-  for (let round = 0; round < 5; round++) {
-    const target = new Y.Doc()
-    Y.applyUpdate(target, snapshot)
-    messageIndex(target)
-    gc?.()
-    const t = performance.now()
-    for (const u of updates) Y.applyUpdate(target, u)
-    rounds.push(((performance.now() - t) * 1000) / updates.length)
-    target.destroy()
-  }
-  return rounds.sort((a, b) => a - b)[2]!
+  return updates
+}
+
+/** µs per update to apply `updates` to a replica loaded from `snapshot`, with its message index. */
+function applyRound(snapshot: Uint8Array, updates: readonly Uint8Array[]): number {
+  const target = new Y.Doc()
+  Y.applyUpdate(target, snapshot)
+  messageIndex(target)
+  gc?.()
+  const t = performance.now()
+  for (const u of updates) Y.applyUpdate(target, u)
+  const us = ((performance.now() - t) * 1000) / updates.length
+  target.destroy()
+  return us
+}
+
+/**
+ * Median µs per applied message for every snapshot, rounds interleaved
+ * (size A, B, C, A, B, C, …) so that load on a shared machine falls on all
+ * sizes alike rather than on whichever was measured during a busy minute.
+ */
+function applyCosts(snapshots: readonly Uint8Array[], rounds = 9): number[] {
+  const updates = snapshots.map(applyUpdates)
+  const samples: number[][] = snapshots.map(() => [])
+  for (let round = 0; round < rounds; round++)
+    snapshots.forEach((snapshot, i) => {
+      samples[i]!.push(applyRound(snapshot, updates[i]!))
+    })
+  return samples.map((s) => s.sort((a, b) => a - b)[Math.floor(s.length / 2)]!)
 }
 
 const SECRET = "bench-history"
@@ -144,6 +161,8 @@ const token = (user: string) =>
 interface Join {
   /** Socket open → the latest 50 messages readable. */
   readonly latestMs: number
+  /** CPU time (user + system) this process spent meanwhile: relay and device alike, insensitive to other load. */
+  readonly latestCpuMs: number
   readonly latestBytes: number
   /** Then: 1,000 older messages readable (segments fetched and decoded); undefined when none are sealed. */
   readonly olderMs?: number
@@ -176,12 +195,15 @@ async function join(url: string, id: string): Promise<Join> {
   })
   await new Promise((resolve) => ws.once("open", resolve))
   const opened = performance.now()
+  const cpu = process.cpuUsage()
   const readable = new Promise<void>((resolve) => {
     latest = resolve
   })
   ws.send(encodeSyncStep1(EMPTY_STATE_VECTOR))
   await readable
-  const result: Join = { latestMs: performance.now() - opened, latestBytes: bytes }
+  const latestMs = performance.now() - opened
+  const used = process.cpuUsage(cpu)
+  const result: Join = { latestMs, latestCpuMs: (used.user + used.system) / 1000, latestBytes: bytes }
   const summaries = [...sealedSegments(doc)].reverse()
   if (summaries.length === 0) {
     ws.close()
@@ -202,7 +224,10 @@ async function join(url: string, id: string): Promise<Join> {
   return { ...result, olderMs: performance.now() - started, olderBytes: bytes - before }
 }
 
-/** Joins `built` through a relay on a memory backend seeded with it: the first join (relay loads it) and a warm one. */
+/**
+ * Joins `built` through a relay on a memory backend seeded with it, once the relay is ready: the first join
+ * (the relay loads the document) and a warm one.
+ */
 async function joins(built: Built, id: ConversationId): Promise<{ cold: Join; warm: Join }> {
   const backend = new MemoryBackend()
   await backend.documents.append(id, [Y.encodeStateAsUpdate(built.doc)])
@@ -214,6 +239,17 @@ async function joins(built: Built, id: ConversationId): Promise<{ cold: Join; wa
     auth: { kind: "secret", secret: SECRET },
   })
   try {
+    // As a load balancer would: no traffic before /readyz (the update path warms up after a start).
+    const ready = `${relay.url.replace(/^ws/, "http")}/readyz`
+    const deadline = performance.now() + 30_000
+    while (
+      !(await fetch(ready).then(
+        (r) => r.ok,
+        () => false,
+      )) &&
+      performance.now() < deadline
+    )
+      await new Promise((resolve) => setTimeout(resolve, 20))
     const cold = await join(relay.url, id)
     const warm = await join(relay.url, id)
     return { cold, warm }
@@ -238,14 +274,16 @@ row(
   "client ids",
   "apply µs",
   "latest 50: cold / warm",
+  "CPU: cold / warm",
   "bytes",
   "back 1,000",
   "bytes",
 )
+const measured: { row: string[]; snapshot: Uint8Array }[] = []
 for (const n of SIZES) {
   for (const design of ["sealed", "current"] as const) {
     if (design === "current" && n > CURRENT_MAX) {
-      row(n.toLocaleString("en"), design, "not built (--current-max)", "", "", "", "", "", "", "")
+      row(n.toLocaleString("en"), design, "not built (--current-max)", "", "", "", "", "", "", "", "")
       continue
     }
     const id = `g~bench${design}${n}` as ConversationId
@@ -253,26 +291,33 @@ for (const n of SIZES) {
     const snapshot = Y.encodeStateAsUpdate(built.doc)
     const clientIds = built.doc.store.clients.size
     built.doc.destroy()
-    const apply = applyCost(snapshot)
     const rebuilt = { ...built, doc: new Y.Doc() }
     Y.applyUpdate(rebuilt.doc, snapshot)
     const { cold, warm } = await joins(rebuilt, id)
     rebuilt.doc.destroy()
-    row(
+    const cells = [
       n.toLocaleString("en"),
       design,
       (built.buildMs / 1000).toFixed(1),
       kb(snapshot.length),
       String(clientIds),
-      apply.toFixed(1),
+      "",
       `${ms(cold.latestMs)} / ${ms(warm.latestMs)}`,
+      `${ms(cold.latestCpuMs)} / ${ms(warm.latestCpuMs)}`,
       kb(warm.latestBytes),
       ms(warm.olderMs),
       kb(warm.olderBytes),
-    )
+    ]
+    rows.push(cells)
+    measured.push({ row: cells, snapshot })
     gc?.()
   }
 }
+// Apply cost last, every size in each round.
+const costs = applyCosts(measured.map((m) => m.snapshot))
+measured.forEach((m, i) => {
+  m.row[5] = costs[i]!.toFixed(1)
+})
 const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)))
 for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  "))
 console.log(

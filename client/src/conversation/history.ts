@@ -1,19 +1,24 @@
 import {
+  type DirectoryPage,
+  decodeDirectoryPage,
   decodeSegment,
+  directoryPageOf,
   ErrorCode,
   epochBaseline,
+  foldedHistory,
+  knownSegments,
   lastSequence,
   listSealedMessages,
   type MessageId,
   type MessageView,
   markersOf,
   messageIndex,
+  nextDirectoryPage,
   ParleyError,
   parseReactionKey,
   type Segment,
   type SegmentSummary,
   sealedHistory,
-  sealedSegments,
   sealedThrough,
   segmentHash,
   type UserId,
@@ -48,6 +53,10 @@ export class SealedHistory {
   private readonly heldHashes = new Map<number, string>()
   /** Segments being fetched, by index: one fetch each however many callers wait. */
   private readonly fetching = new Map<number, Promise<Segment>>()
+  /** Directory pages of the folded history held (fetched or cached), by number, with their hash. */
+  private readonly heldPages = new Map<number, { page: DirectoryPage; hash: string }>()
+  /** Directory pages being fetched, by hash. */
+  private readonly fetchingPages = new Map<string, Promise<void>>()
   /** Sequence number below which {@link loadOlder} continues (undefined: below the live messages). */
   private olderFrom: number | undefined
 
@@ -58,17 +67,29 @@ export class SealedHistory {
     return this.heldSegments.values()
   }
 
+  /** Holds what this device fetched (segments, directory pages) in `doc`'s sealed history: a rebuilt replica. */
+  holdIn(doc: Y.Doc): void {
+    for (const { page, hash } of this.heldPages.values()) sealedHistory(doc).addPage(page, hash)
+    for (const segment of this.heldSegments.values()) sealedHistory(doc).add(segment)
+  }
+
   /** The `limit` messages before the oldest loaded so far, oldest first (see `Conversation.loadOlder`). */
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
     const before = this.olderFrom ?? this.firstLiveSeq()
     for (;;) {
       if (listSealedMessages(doc(), before, limit).length >= limit) break
-      const next = sealedSegments(doc())
+      const next = knownSegments(doc())
         .filter((s) => s.to < before && !this.heldSegments.has(s.index))
         .at(-1)
-      if (!next) break
-      await this.fetchSegment(next)
+      if (next) {
+        await this.fetchSegment(next)
+        continue
+      }
+      // Older segments are listed on directory pages not fetched yet: the next one back.
+      const page = nextDirectoryPage(doc())
+      if (!page) break
+      await this.fetchPage(page)
     }
     const page = listSealedMessages(doc(), before, limit)
     if (page.length > 0) this.olderFrom = page[0]!.seq
@@ -87,22 +108,44 @@ export class SealedHistory {
   /** Whether messages older than those loaded exist (sealed, not loaded yet). */
   get hasOlder(): boolean {
     const from = this.olderFrom ?? this.firstLiveSeq()
-    return sealedSegments(this.host.doc()).some((s) => s.from < from)
+    const doc = this.host.doc()
+    return knownSegments(doc).some((s) => s.from < from) || nextDirectoryPage(doc) !== undefined
   }
 
   /**
    * Fetches the segment the user's read marker falls in, when it is sealed:
-   * without it the unread count takes that whole segment as unread.
+   * without it the unread count takes that whole segment as unread. In the
+   * folded range, the directory pages down to the marker's first.
    */
   fetchMarkerSegment(): void {
     const doc = this.host.doc()
     const marker = markersOf(doc, this.host.user).read
     if (marker === 0 || marker >= sealedThrough(doc)) return
-    const summary = sealedSegments(doc).find((s) => s.from <= marker && marker <= s.to)
-    if (!summary || this.heldSegments.has(summary.index)) return
-    this.fetchSegment(summary).catch(() => {
-      // Offline or refused: counted as unread until a later attempt.
-    })
+    const fold = foldedHistory(doc)
+    const missingPage = fold !== undefined && marker < fold.through && !directoryPageOf(doc, marker + 1)
+    const summary = knownSegments(doc).find((s) => s.from <= marker && marker <= s.to)
+    if (!missingPage && summary && this.heldSegments.has(summary.index)) return
+    this.fetchCovering(doc, marker)
+      .then(() => {
+        const found = knownSegments(doc).find((s) => s.from <= marker && marker <= s.to)
+        return found && this.fetchSegment(found)
+      })
+      .catch(() => {
+        // Offline or refused: counted as unread until a later attempt.
+      })
+  }
+
+  /** Fetches directory pages, newest first, until `doc` knows the summaries of `seq` and of `seq + 1`. */
+  private async fetchCovering(doc: Y.Doc, seq: number, connection?: DocumentConnection): Promise<void> {
+    const fold = foldedHistory(doc)
+    if (!fold) return
+    for (;;) {
+      const covered = (n: number) => n > fold.through || directoryPageOf(doc, n) !== undefined
+      if (covered(seq) && covered(seq + 1)) return
+      const next = nextDirectoryPage(doc)
+      if (!next) return
+      await this.fetchPage(next, connection, doc)
+    }
   }
 
   /**
@@ -113,9 +156,32 @@ export class SealedHistory {
    */
   dropStale(doc: Y.Doc): void {
     if (this.host.doc() !== doc) return
-    const named = new Map(sealedSegments(doc).map((s) => [s.index, s]))
+    // Directory pages the chain no longer names (a purge re-wrote them): dropped, fetched again when asked for.
+    const fold = foldedHistory(doc)
+    let expected = fold && fold.pages > 0 ? { page: fold.pages - 1, hash: fold.hash } : undefined
+    const current = new Set<number>()
+    while (expected && this.heldPages.get(expected.page)?.hash === expected.hash) {
+      current.add(expected.page)
+      const previous = this.heldPages.get(expected.page)!.page.previous
+      expected = previous ? { page: expected.page - 1, hash: previous.hash } : undefined
+    }
+    for (const [n, { hash }] of this.heldPages) {
+      if (current.has(n)) continue
+      this.heldPages.delete(n)
+      sealedHistory(doc).removePage(n)
+      void this.host.segments.delete(hash)
+    }
+    this.dropStaleSegments(doc)
+  }
+
+  /** Forgets held segments whose summary (live, or on a held directory page) names another hash. */
+  private dropStaleSegments(doc: Y.Doc): void {
+    const named = new Map(knownSegments(doc).map((s) => [s.index, s]))
+    const folded = foldedHistory(doc)?.segments ?? 0
     for (const [index, hash] of this.heldHashes) {
       const summary = named.get(index)
+      // A folded segment whose page is not held is checked when the page is.
+      if (!summary && index < folded) continue
       if (summary?.hash === hash) continue
       this.heldSegments.delete(index)
       this.heldHashes.delete(index)
@@ -147,12 +213,19 @@ export class SealedHistory {
     for (const id of messageIndex(stale).deleted.keys()) ids.add(id)
     const staleIndex = messageIndex(stale)
     const freshIndex = messageIndex(fresh)
-    const summaries = sealedSegments(fresh)
-    const wanted = new Set<SegmentSummary>()
+    const seqs: number[] = []
     for (const id of ids) {
       if (freshIndex.records.has(id) || freshIndex.deleted.has(id)) continue
       const seq = staleIndex.seqOf.get(id) ?? sealedHistory(stale).entry(id)?.seq
-      const summary = seq === undefined ? undefined : summaries.find((s) => s.from <= seq && seq <= s.to)
+      if (seq !== undefined) seqs.push(seq)
+    }
+    // Folded meanwhile: the directory pages that list their segments first.
+    this.holdIn(fresh)
+    for (const seq of seqs) await this.fetchCovering(fresh, seq, connection)
+    const summaries = knownSegments(fresh)
+    const wanted = new Set<SegmentSummary>()
+    for (const seq of seqs) {
+      const summary = summaries.find((s) => s.from <= seq && seq <= s.to)
       if (summary && !this.heldSegments.has(summary.index)) wanted.add(summary)
     }
     for (const summary of wanted) await this.fetchSegment(summary, connection)
@@ -192,6 +265,52 @@ export class SealedHistory {
       this.fetching.set(summary.index, fetching)
     }
     return fetching
+  }
+
+  /**
+   * Directory page `next.page` (named `next.hash`) from the cache or the
+   * relay, checked against its hash, held from now on (in `also` too: a
+   * replica being rebuilt). Held segments its summaries name differently are
+   * dropped (a purge re-sealed them).
+   */
+  private fetchPage(
+    next: { page: number; hash: string },
+    connection = this.host.connection(),
+    also?: Y.Doc,
+  ): Promise<void> {
+    let fetching = this.fetchingPages.get(next.hash)
+    if (!fetching) {
+      fetching = (async () => {
+        let bytes = await this.host.segments.get(next.hash)
+        if (!bytes) {
+          const answer = await connection.requestDirectory(next.page)
+          if (answer.error !== undefined)
+            throw new ParleyError(answer.error, `the relay did not serve history directory page ${next.page}`)
+          if (segmentHash(answer.bytes) !== next.hash)
+            throw new ParleyError(
+              ErrorCode.MALFORMED_FRAME,
+              "a history directory page does not match its hash",
+            )
+          bytes = answer.bytes
+          await this.host.segments.put(next.hash, bytes)
+        }
+        const page = decodeDirectoryPage(bytes)
+        if (page.page !== next.page)
+          throw new ParleyError(
+            ErrorCode.MALFORMED_FRAME,
+            "a history directory page is not the one asked for",
+          )
+        this.heldPages.set(page.page, { page, hash: next.hash })
+        sealedHistory(this.host.doc()).addPage(page, next.hash)
+        this.dropStaleSegments(this.host.doc())
+        this.host.held()
+      })().finally(() => this.fetchingPages.delete(next.hash))
+      this.fetchingPages.set(next.hash, fetching)
+    }
+    return fetching.then(() => {
+      const held = this.heldPages.get(next.page)
+      if (also && held) sealedHistory(also).addPage(held.page, held.hash)
+    })
   }
 
   /** Adds a segment to the replica's sealed history. */

@@ -1,11 +1,4 @@
-import {
-  type ParleyError,
-  Rule,
-  rebasePendingWork,
-  sealedHistory,
-  toParleyError,
-  type UserId,
-} from "@parley/shared"
+import { type ParleyError, Rule, rebasePendingWork, toParleyError, type UserId } from "@parley/shared"
 import * as Y from "yjs"
 import type { DocumentConnection } from "../connection.js"
 import type { Generation } from "./generation.js"
@@ -115,7 +108,7 @@ export class Resync {
         return
       }
       // Pending work on sealed messages is re-applied against the segments this replica holds.
-      for (const segment of host.history.segments) sealedHistory(fresh).add(segment)
+      host.history.holdIn(fresh)
       // Synchronous from here to the swap: no write of the user can fall between the two documents.
       const result = rebasePendingWork(old.doc, fresh, host.user)
       old.dispose()

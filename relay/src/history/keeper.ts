@@ -1,7 +1,16 @@
-import { decodeSegment, sealedHistory, sealedThrough } from "@parley/shared"
+import {
+  type DirectoryPage,
+  decodeDirectoryPage,
+  decodeSegment,
+  foldedHistory,
+  nextDirectoryPage,
+  sealedHistory,
+  sealedThrough,
+  segmentHash,
+} from "@parley/shared"
 import type * as Y from "yjs"
 import type { SealingOptions } from "./sealing.js"
-import type { HistoryStore, StoredSegment } from "./store.js"
+import { directoryPageIndex, type HistoryStore, type StoredSegment } from "./store.js"
 
 /** What the keeper needs of a loaded document. */
 export interface HistoryHost {
@@ -52,5 +61,39 @@ export class HistoryKeeper {
   /** Segment `index` of `host` as stored, or null. */
   page(host: HistoryHost, index: number): Promise<StoredSegment | null> {
     return this.store.get(host.key, index)
+  }
+
+  /** Stores directory page `page` of `doc`'s folded history (encoded as `bytes`) durably. */
+  storePage(doc: string, page: DirectoryPage, bytes: Uint8Array): Promise<void> {
+    return this.store.put(doc, {
+      index: directoryPageIndex(page.page),
+      from: page.summaries[0]?.from ?? 0,
+      to: page.summaries.at(-1)?.to ?? 0,
+      hash: segmentHash(bytes),
+      bytes,
+    })
+  }
+
+  /** Directory page `page` of `host`'s folded history as stored, or null. */
+  directoryPage(host: HistoryHost, page: number): Promise<StoredSegment | null> {
+    return this.store.get(host.key, directoryPageIndex(page))
+  }
+
+  /**
+   * Every directory page of `host`'s folded history, oldest first, each
+   * checked against the hash that names it (the folded record's for the
+   * newest, the next page's `previous` for the others) and held in the
+   * document's sealed history. Reads only the pages not held yet.
+   */
+  async loadPages(host: HistoryHost): Promise<DirectoryPage[]> {
+    const history = sealedHistory(host.doc)
+    for (let next = nextDirectoryPage(host.doc); next; next = nextDirectoryPage(host.doc)) {
+      const stored = await this.directoryPage(host, next.page)
+      if (!stored || stored.hash !== next.hash || segmentHash(stored.bytes) !== next.hash)
+        throw new Error(`directory page ${next.page} of ${host.key} is missing or does not match its name`)
+      history.addPage(decodeDirectoryPage(stored.bytes), next.hash)
+    }
+    const pages = foldedHistory(host.doc)?.pages ?? 0
+    return Array.from({ length: pages }, (_, n) => history.page(n)!)
   }
 }

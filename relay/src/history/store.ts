@@ -13,9 +13,17 @@ export interface StoredSegment {
 }
 
 /**
+ * The index under which directory page `page` of a conversation's folded
+ * history is stored (shared `DirectoryPage`): beside its segments, below 0, so
+ * that one table (and one purge of a conversation's rows) holds both.
+ */
+export const directoryPageIndex = (page: number): number => -1 - page
+
+/**
  * Where the relay keeps conversations' sealed history segments (see shared
  * `history.ts`): written once when sealed, read on demand. A part of every
- * backend; all pass `relay/test/conformance/history.ts`.
+ * backend; all pass `relay/test/conformance/history.ts`. Directory pages are
+ * stored with them under negative indexes ({@link directoryPageIndex}).
  */
 export interface HistoryStore {
   /**
@@ -27,7 +35,7 @@ export interface HistoryStore {
   put(doc: string, segment: StoredSegment): Promise<void>
   /** The segment at `index`, or null. */
   get(doc: string, index: number): Promise<StoredSegment | null>
-  /** Every segment of `doc`, by index (for the relay's directory of sealed messages). */
+  /** Every segment of `doc`, by index (for the relay's directory of sealed messages); no directory page. */
   all(doc: string): Promise<StoredSegment[]>
   close(): Promise<void>
 }
@@ -50,7 +58,10 @@ export class MemoryHistoryStore implements HistoryStore {
   }
 
   async all(doc: string): Promise<StoredSegment[]> {
-    return [...(this.docs.get(doc)?.values() ?? [])].sort((a, b) => a.index - b.index).map(copy)
+    return [...(this.docs.get(doc)?.values() ?? [])]
+      .filter((s) => s.index >= 0)
+      .sort((a, b) => a.index - b.index)
+      .map(copy)
   }
 
   /** Forgets every segment of `doc` (a purge of a deleted conversation). */
@@ -104,7 +115,7 @@ export class SqliteHistoryStore implements HistoryStore {
         "SELECT idx, from_seq, to_seq, hash, data FROM history_segments WHERE doc = ? AND idx = ?",
       ),
       all: db.prepare<[string], SegmentRow>(
-        "SELECT idx, from_seq, to_seq, hash, data FROM history_segments WHERE doc = ? ORDER BY idx",
+        "SELECT idx, from_seq, to_seq, hash, data FROM history_segments WHERE doc = ? AND idx >= 0 ORDER BY idx",
       ),
     }
   }
@@ -158,7 +169,7 @@ export class PostgresHistoryStore implements HistoryStore {
 
   async all(doc: string): Promise<StoredSegment[]> {
     const { rows } = await this.pool.query<SegmentRow>(
-      "SELECT idx, from_seq, to_seq, hash, data FROM parley_history_segments WHERE doc = $1 ORDER BY idx",
+      "SELECT idx, from_seq, to_seq, hash, data FROM parley_history_segments WHERE doc = $1 AND idx >= 0 ORDER BY idx",
       [doc],
     )
     return rows.map(fromRow)

@@ -217,6 +217,8 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
         events: [{ event: sent("e3", "g~other", "m1", "Conf-Other"), targets: ["t"] }],
       })
       await backend.history.put("g~gone", { index: 0, from: 1, to: 10, hash: "h", bytes: new Uint8Array(8) })
+      // A directory page of folded history (index −1) goes with the conversation's segments.
+      await backend.history.put("g~gone", { index: -1, from: 1, to: 10, hash: "d", bytes: new Uint8Array(8) })
       await backend.history.put("g~other", { index: 0, from: 1, to: 10, hash: "h", bytes: new Uint8Array(8) })
       const stored = async () =>
         JSON.stringify([
@@ -235,6 +237,7 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       expect(await stored()).toContain("Conf-Other")
       expect((await backend.outbox.pending()).map((d) => d.event.event.id).sort()).toEqual(["e1", "e2", "e3"])
       expect(await backend.history.all("g~gone")).toEqual([])
+      expect(await backend.history.get("g~gone", -1)).toBeNull()
       expect(await backend.history.all("g~other")).toHaveLength(1)
     })
 
@@ -263,6 +266,10 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       await backend.history.put("g~hist", segment(0, 3))
       expect(await backend.history.get("g~hist", 0)).toEqual(segment(0, 3))
       expect(await backend.history.get("g~other", 0)).toEqual(segment(0, 9))
+      // Directory pages live beside the segments under negative indexes: read one by one, never listed by all().
+      await backend.history.put("g~hist", segment(-1, 4))
+      expect(await backend.history.get("g~hist", -1)).toEqual(segment(-1, 4))
+      expect((await backend.history.all("g~hist")).map((s) => s.index)).toEqual([0, 1])
       if (!harness.persistent) return
       await backend.close()
       backend = await harness.open()

@@ -1,0 +1,107 @@
+import {
+  type DirectoryPage,
+  decodeFoldedHistory,
+  decodeSegmentSummary,
+  encodeFoldedHistory,
+  encodeSegmentSummary,
+  type FoldedHistory,
+  foldedHistory,
+  type MessageId,
+  purgeFromSegment,
+  refoldPages,
+  type SealedDeletion,
+  type Segment,
+  type SegmentSummary,
+  sealedHistory,
+  sealedSegments,
+  typesOf,
+} from "@parley/shared"
+import type * as Y from "yjs"
+import type { HistoryHost, HistoryKeeper } from "./keeper.js"
+
+/**
+ * What purging deleted messages from sealed history rewrites: the segments
+ * holding them (re-sealed with placeholders), and, when some of those are
+ * folded, the directory pages from the one listing the first of them to the
+ * newest (each names the previous one by hash) with the folded record naming
+ * the new newest page.
+ */
+export interface PurgePlan {
+  readonly segments: readonly { segment: Segment; bytes: Uint8Array; summary: SegmentSummary }[]
+  readonly pages: readonly { page: DirectoryPage; bytes: Uint8Array }[]
+  readonly fold?: FoldedHistory
+}
+
+/**
+ * Plans the purge of `deletions` (tombstoned sealed messages) from `host`'s
+ * sealed history, live summaries and folded ones alike. Needs the relay's
+ * directory of sealed messages loaded (`HistoryKeeper.loadDirectory`); reads
+ * the directory pages when a deleted number lies in the folded range.
+ * Undefined when no segment holds one of them with content.
+ */
+export async function planPurge(
+  keeper: HistoryKeeper,
+  host: HistoryHost,
+  deletions: ReadonlyMap<MessageId, SealedDeletion>,
+): Promise<PurgePlan | undefined> {
+  const seqs = [...deletions.values()].map((d) => d.seq)
+  const fold = foldedHistory(host.doc)
+  const pages = fold && seqs.some((seq) => seq <= fold.through) ? await keeper.loadPages(host) : []
+  const summaries = [...pages.flatMap((p) => p.summaries), ...sealedSegments(host.doc)]
+  const directory = sealedHistory(host.doc)
+  const segments: PurgePlan["segments"][number][] = []
+  for (const summary of summaries) {
+    if (!seqs.some((seq) => seq >= summary.from && seq <= summary.to)) continue
+    const segment = directory.segment(summary.index)
+    const purged = segment && purgeFromSegment(segment, summary, deletions)
+    if (purged) segments.push(purged)
+  }
+  if (segments.length === 0) return undefined
+  const refold =
+    fold && refoldPages(fold, pages, new Map(segments.map(({ summary }) => [summary.index, summary])))
+  return { segments, pages: refold?.pages ?? [], ...(refold ? { fold: refold.fold } : {}) }
+}
+
+/** Stores what `plan` rewrites, segments first, then directory pages oldest first; before the live document names them. */
+export async function storePurge(keeper: HistoryKeeper, doc: string, plan: PurgePlan): Promise<void> {
+  for (const { segment, summary, bytes } of plan.segments)
+    await keeper.store.put(doc, {
+      index: segment.index,
+      from: segment.from,
+      to: segment.to,
+      hash: summary.hash,
+      bytes,
+    })
+  for (const { page, bytes } of plan.pages) await keeper.storePage(doc, page, bytes)
+}
+
+/**
+ * Names `plan`'s new hashes in the live document (inside the caller's
+ * transaction): the live summaries of re-sealed segments, and the folded
+ * record when directory pages were rewritten.
+ */
+export function applyPurge(doc: Y.Doc, plan: PurgePlan): void {
+  const segments = typesOf(doc).segments
+  for (const { summary } of plan.segments) {
+    const at = segments.toArray().findIndex((v) => decodeSegmentSummary(v)?.index === summary.index)
+    if (at < 0) continue
+    segments.delete(at, 1)
+    segments.insert(at, [encodeSegmentSummary(summary)])
+  }
+  if (plan.fold) {
+    const at = segments.toArray().findIndex((v) => decodeFoldedHistory(v) !== undefined)
+    if (at >= 0) segments.delete(at, 1)
+    segments.insert(0, [encodeFoldedHistory(plan.fold)])
+  }
+}
+
+/** Holds `plan`'s re-sealed segments and rewritten pages in the relay's sealed history of `doc`, in place of the old. */
+export function holdPurged(doc: Y.Doc, plan: PurgePlan): void {
+  const history = sealedHistory(doc)
+  for (const { segment } of plan.segments) history.replace(segment)
+  if (!plan.fold) return
+  for (const [i, { page }] of plan.pages.entries()) {
+    const hash = i + 1 < plan.pages.length ? plan.pages[i + 1]!.page.previous!.hash : plan.fold.hash
+    history.addPage(page, hash)
+  }
+}
