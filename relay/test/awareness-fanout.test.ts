@@ -111,3 +111,84 @@ describe("a small room's presence fan-out", () => {
     expect(frames).toEqual([])
   })
 })
+
+describe("renewals forwarded late", () => {
+  beforeEach(() => {
+    vi.useFakeTimers()
+  })
+  afterEach(() => {
+    vi.useRealTimers()
+  })
+
+  it("reach stock y-protocols peers well within the 30 s after which they drop an entry not renewed", () => {
+    // y-protocols reads the time from a Date.now taken before the fake clock, so its own 3-second
+    // checks are played here, on the fake clock: the client renews at the first check 15 s after its
+    // last renewal; the peer drops an entry at the first check 30 s after it last heard of it.
+    const relay = new awarenessProtocol.Awareness(new Y.Doc())
+    relay.setLocalState(null)
+    const peer = new awarenessProtocol.Awareness(new Y.Doc())
+    peer.setLocalState(null)
+    const client = new awarenessProtocol.Awareness(new Y.Doc())
+    let peerHeard = Date.now()
+    const toPeer = {
+      send(frame: Uint8Array) {
+        const read = readFrame(frame)
+        if (read.type !== "awareness") return
+        const before = peer.meta.get(client.clientID)?.clock ?? -1
+        awarenessProtocol.applyAwarenessUpdate(peer, read.update, "relay")
+        if ((peer.meta.get(client.clientID)?.clock ?? -1) > before) peerHeard = Date.now()
+      },
+    }
+    const host = {
+      connections: new Set([toPeer]),
+      awareness: relay,
+      destroyed: false,
+    } as unknown as DocumentHost
+    const fanout = new AwarenessFanout(host, () => {})
+    // Wired as the core wires it: what changed goes at once, renewals through the fan-out's wait.
+    const changedNow = new Set<number>()
+    relay.on("change", ({ updated }: { updated: number[] }) => {
+      for (const id of updated) changedNow.add(id)
+    })
+    relay.on("update", ({ added, updated, removed }: Record<string, number[]>) => {
+      const changed = [...added!, ...updated!.filter((id) => changedNow.has(id))]
+      fanout.updated(
+        [...changed, ...removed!],
+        updated!.filter((id) => !changedNow.has(id)),
+        removed!,
+      )
+      changedNow.clear()
+    })
+    client.on("update", ({ added, updated, removed }: Record<string, number[]>) => {
+      const update = awarenessProtocol.encodeAwarenessUpdate(client, [...added!, ...updated!, ...removed!])
+      awarenessProtocol.applyAwarenessUpdate(relay, update, "client")
+    })
+    client.setLocalState({ name: "alice" })
+    let renewedAt = Date.now()
+    let renewals = 0
+    let longestSilence = 0
+    for (let second = 1; second <= 300; second++) {
+      vi.advanceTimersByTime(1000)
+      const now = Date.now()
+      // The client's checks and the peer's, at phases of their own.
+      if (second % 3 === 1 && now - renewedAt >= 15_000) {
+        client.setLocalState(client.getLocalState())
+        renewedAt = now
+        renewals++
+      }
+      if (second % 3 === 2) {
+        longestSilence = Math.max(longestSilence, now - peerHeard)
+        expect(now - peerHeard).toBeLessThan(30_000)
+      }
+    }
+    expect(renewals).toBeGreaterThanOrEqual(15)
+    expect(peer.getStates().get(client.clientID)).toEqual({ name: "alice" })
+    // A renewal 15–18 s after the one before, forwarded up to RENEWAL_FORWARD_MS late.
+    expect(longestSilence).toBeLessThanOrEqual(18_000 + RENEWAL_FORWARD_MS)
+    // Gone from the client: the removal reaches the peer at once.
+    client.setLocalState(null)
+    expect(peer.getStates().has(client.clientID)).toBe(false)
+    for (const a of [relay, peer, client]) a.destroy()
+    fanout.destroy()
+  })
+})
