@@ -109,7 +109,8 @@ export class AwarenessGate {
   /**
    * Applies what `connection` may change of an awareness update (y-protocols
    * encoding) and drops the rest. Throws on a malformed update, before
-   * applying any of it.
+   * applying any of it (one that holds nothing newer than the entries here is
+   * ignored unread: its states would not be applied whatever they are).
    */
   receive(connection: Connection, update: Uint8Array): void {
     const principal = connection.principal
