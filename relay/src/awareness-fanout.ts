@@ -12,12 +12,14 @@ export function awarenessTickMs(connections: number): number {
 
 /**
  * Longest time a small room's presence renewal waits to go out with others
- * (see {@link AwarenessFanout}). A y-protocols client renews its state every
- * 15 s (at the first of its 3-second checks past 15 s, so 15–18 s apart) and
- * drops a remote entry not renewed for 30 s: forwarded up to 5 s late, a
- * renewal reaches the others at most 23 s after the one before it.
+ * (see {@link AwarenessFanout}): half a renewal period. A y-protocols client
+ * renews its state every 15 s (at the first of its 3-second checks past 15 s,
+ * so 15–18 s apart) and drops a remote entry not renewed for 30 s: forwarded
+ * up to 7.5 s late, a renewal reaches the others at most 25.5 s after the one
+ * before it. Members' renewals spread over the period go out in about two
+ * frames per period rather than one each.
  */
-export const RENEWAL_FORWARD_MS = 5_000
+export const RENEWAL_FORWARD_MS = 7_500
 
 /**
  * Sends a document's awareness changes to its connections. In a small room
