@@ -1,4 +1,5 @@
 import { encodeAwarenessEntries, PRESENCE_STAMP, readAwarenessEntries } from "@parley/shared"
+import * as decoding from "lib0/decoding"
 import * as awarenessProtocol from "y-protocols/awareness"
 import { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
@@ -108,12 +109,16 @@ export class AwarenessGate {
   /**
    * Applies what `connection` may change of an awareness update (y-protocols
    * encoding) and drops the rest. Throws on a malformed update, before
-   * applying any of it.
+   * applying any of it (one that holds nothing newer than the entries here is
+   * ignored unread: its states would not be applied whatever they are).
    */
   receive(connection: Connection, update: Uint8Array): void {
     const principal = connection.principal
     // Services watch; they have no presence of their own.
     if (principal.kind !== "user") return
+    // Most frames of a room are stock clients' echoes of what the relay sent them: nothing in them
+    // is newer than what the awareness holds, and they are dropped before anything is allocated.
+    if (changesNothing(this.host.awareness, update)) return
     const key = describePrincipal(principal)
     // Read whole before anything is applied: a malformed update is refused whole, not half-applied.
     // States stay bytes: only those the sender may set are parsed.
@@ -358,6 +363,45 @@ export class AwarenessGate {
     awareness.emit("update", [{ added: [], updated, removed: [] }, connection])
     return true
   }
+}
+
+/**
+ * True if y-protocols would apply none of `update`'s entries to `awareness`:
+ * each is older than the entry held, or as old and not a removal of a present
+ * one (a removal at the same clock applies). Reads the update in place; false
+ * for one it cannot read (the full read refuses it).
+ */
+function changesNothing(awareness: awarenessProtocol.Awareness, update: Uint8Array): boolean {
+  const decoder = decoding.createDecoder(update)
+  try {
+    const count = decoding.readVarUint(decoder)
+    if (count === 0) return false
+    for (let i = 0; i < count; i++) {
+      const clientId = decoding.readVarUint(decoder)
+      const clock = decoding.readVarUint(decoder)
+      const length = decoding.readVarUint(decoder)
+      const start = decoder.pos
+      if (start + length > update.length) return false
+      decoder.pos = start + length
+      const held = awareness.meta.get(clientId)?.clock
+      if (held === undefined || clock > held) return false
+      if (clock === held && isNull(update, start, length) && awareness.states.has(clientId)) return false
+    }
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Whether `update[start, start + length)` is the JSON `null`. */
+function isNull(update: Uint8Array, start: number, length: number): boolean {
+  return (
+    length === 4 &&
+    update[start] === 0x6e &&
+    update[start + 1] === 0x75 &&
+    update[start + 2] === 0x6c &&
+    update[start + 3] === 0x6c
+  )
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -693,10 +693,15 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         origin: unknown,
       ) => {
         gate.changed(added, updated, removed, origin)
+        // 'change' (emitted just before) named the ids whose state changed; the rest only renewed.
+        const changed = [...added, ...updated.filter((id) => changedNow.has(id))]
+        const renewed = changedNow.size === updated.length ? [] : updated.filter((id) => !changedNow.has(id))
+        changedNow.clear()
         if (origin instanceof Connection) {
           const principal = origin.principal
+          // A renewal (the same state, re-announced every 15 s) changes nothing an extension could see.
           if (principal.kind === "user") {
-            for (const id of [...added, ...updated]) {
+            for (const id of changed) {
               const state = host.awareness.getStates().get(id)
               this.extensions.awarenessChanged({ name, doc: host.doc, user: principal.user, state })
             }
@@ -706,13 +711,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         const router = this.options.router
         if (router && (origin instanceof Connection || origin === "relay"))
           router.awareness(host, encodeAwarenessUpdate(host.awareness, [...added, ...updated, ...removed]))
-        // 'change' (emitted just before) named the ids whose state changed; the rest only renewed.
-        fanout.updated(
-          [...added, ...updated.filter((id) => changedNow.has(id)), ...removed],
-          updated.filter((id) => !changedNow.has(id)),
-          removed,
-        )
-        changedNow.clear()
+        fanout.updated([...changed, ...removed], renewed, removed)
       },
     )
   }

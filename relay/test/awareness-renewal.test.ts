@@ -29,17 +29,18 @@ const frame = (clientId: number, clock: number, state: unknown) =>
   encodeAwarenessEntries([{ clientId, clock, state: new TextEncoder().encode(JSON.stringify(state)) }])
 
 /** A document's gate, with what its awareness announces recorded as the core's listener sees it. */
-function setUp() {
+function setUp(limits = DEFAULT_AWARENESS_LIMITS) {
   const host = new DocumentHost("g~renewals", parseDocumentName("g~renewals"))
   const bindings = new ClientBindings([])
+  const dropped: string[] = []
   const gate = new AwarenessGate({
     host,
     owners: {
       owner: (clientId) => bindings.get(clientId),
       claim: async (clientId, key) => bindings.bind([[clientId, key]]),
     },
-    limits: DEFAULT_AWARENESS_LIMITS,
-    dropped: () => {},
+    limits,
+    dropped: (_connection, reason, count) => dropped.push(`${reason} ${count}`),
     claimFailed: () => {},
   })
   const changes: number[][] = []
@@ -57,7 +58,7 @@ function setUp() {
       updates.push([...added, ...updated])
     },
   )
-  return { host, gate, changes, updates }
+  return { host, gate, changes, updates, dropped }
 }
 
 describe("awareness renewals", () => {
@@ -106,6 +107,34 @@ describe("awareness renewals", () => {
     gate.receive(alice, frame(7, 6, { name: "Alicia" }))
     expect(host.awareness.getStates().get(7)).toEqual({ name: "Alicia", [PRESENCE_STAMP]: "alice" })
     expect(changes).toEqual([[7], [7]])
+    host.destroy()
+  })
+
+  it("drops echoes of what it holds before reading them: no drop counted, no budget spent, a removal at the same clock still checked", () => {
+    const { host, gate, changes, dropped } = setUp({
+      ...DEFAULT_AWARENESS_LIMITS,
+      awarenessFramesPerSecond: 0.001,
+      awarenessBurst: 2,
+    })
+    const alice = connectionOf(host, "alice")
+    const bob = connectionOf(host, "bob")
+    gate.receive(alice, frame(7, 3, { name: "Alice" }))
+    gate.receive(bob, frame(8, 1, { name: "Bob" }))
+    // Bob echoes alice's entry as he got it, and his own: nothing is newer, nothing is counted.
+    const echo = encodeAwarenessEntries([
+      { clientId: 7, clock: 3, state: new TextEncoder().encode(JSON.stringify({ name: "Alice" })) },
+      { clientId: 8, clock: 1, state: new TextEncoder().encode(JSON.stringify({ name: "Bob" })) },
+    ])
+    for (let i = 0; i < 5; i++) gate.receive(bob, echo)
+    expect(dropped).toEqual([])
+    // Bob's budget (a burst of 2, hardly refilled) was not spent by the echoes: his change applies at once.
+    gate.receive(bob, frame(8, 2, { name: "Robert" }))
+    expect(host.awareness.getStates().get(8)).toMatchObject({ name: "Robert" })
+    // A removal of alice's entry at its own clock would apply: it is read, and dropped as foreign.
+    gate.receive(bob, frame(7, 3, null))
+    expect(dropped).toEqual(["foreign 1"])
+    expect(host.awareness.getStates().has(7)).toBe(true)
+    expect(changes).toEqual([[7], [8], [8]])
     host.destroy()
   })
 })

@@ -29,7 +29,7 @@ import { type BenchClient, type ConnectOptions, connect } from "../drivers.js"
 import type { CollectedReading, RunningServer } from "../servers.js"
 import { quiesce, sleep } from "../stats.js"
 import { closeAll, confirmed } from "../workload.js"
-import { FIRST_RENEWAL_MS, type IdleConfig } from "./idle.js"
+import { FIRST_RENEWAL_MS, type IdleConfig, spreadRenewals } from "./idle.js"
 
 /** Figures of one idle-users run. */
 export interface IdleUsersResult {
@@ -105,9 +105,9 @@ export async function idleUsers(
     config.connections,
   )
   // Past the clients' first presence renewal: y-protocols ignores the state a client starts with
-  // (clock 0), so a server first hears of it 15 s after the connection; until then, and while the
-  // servers record it, they are still being joined, not idle.
-  await sleep(FIRST_RENEWAL_MS)
+  // (clock 0), so a server first hears of it 15 s after the connection (or when it is spread);
+  // until then, and while the servers record it, they are still being joined, not idle.
+  await Promise.all([spreadRenewals(clients), sleep(FIRST_RENEWAL_MS)])
   // Bounded: a server whose idle connections keep it a little busy is what is measured.
   await quiesce(() => server.read().cpuMs, { timeoutMs: 10_000 })
   const start = server.read()

@@ -7,6 +7,7 @@
  * everything connected (see idle-users.ts for why 30 s by default).
  */
 import type { ConversationId, UserId } from "@parley/shared"
+import type { BenchClient } from "../drivers.js"
 import type { CollectedReading, RunningServer } from "../servers.js"
 import { quiesce, sleep } from "../stats.js"
 import { type Chat, closeAll, openChat } from "../workload.js"
@@ -34,6 +35,42 @@ export interface IdleResult {
 
 /** A client's first presence renewal (15 s after it connected), and a second for it to arrive. */
 export const FIRST_RENEWAL_MS = 16_000
+
+/** Time between two presence renewals of a y-protocols client. */
+const RENEWAL_PERIOD_MS = 15_000
+
+/**
+ * Spreads the clients' presence renewals over their 15-second period, as
+ * users who did not all connect in the same second have them: each client
+ * announces its state again at a time of its own within the period (from a
+ * seeded random source, the same in every run), so that its provider's
+ * renewals follow at that phase. Without it the members of a conversation,
+ * connected together, renew in the same second, which a server that forwards
+ * renewals together would find easier than real users make it. Resolves once
+ * every client has announced again.
+ */
+export async function spreadRenewals(clients: readonly BenchClient[], seed = 1): Promise<void> {
+  let state = seed >>> 0
+  const next = () => {
+    // mulberry32
+    state = (state + 0x6d2b79f5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  await Promise.all(
+    clients.map(
+      (client) =>
+        new Promise<void>((resolve) =>
+          setTimeout(() => {
+            client.renewPresence()
+            resolve()
+          }, next() * RENEWAL_PERIOD_MS),
+        ),
+    ),
+  )
+}
 
 /** Runs the scenario against a fresh `server`. */
 export async function idle(server: RunningServer, config: IdleConfig): Promise<IdleResult> {
@@ -68,9 +105,9 @@ export async function idle(server: RunningServer, config: IdleConfig): Promise<I
   }
   const clients = chats.flatMap((c) => c.clients)
   // Past the clients' first presence renewal: y-protocols ignores the state a client starts with
-  // (clock 0), so a server first hears of it 15 s after the connection; until then, and while the
-  // servers record it, they are still being joined, not idle.
-  await sleep(FIRST_RENEWAL_MS)
+  // (clock 0), so a server first hears of it 15 s after the connection (or when it is spread);
+  // until then, and while the servers record it, they are still being joined, not idle.
+  await Promise.all([spreadRenewals(clients), sleep(FIRST_RENEWAL_MS)])
   // Bounded: a server whose idle connections keep it a little busy is what is measured.
   await quiesce(() => server.read().cpuMs, { timeoutMs: 10_000 })
   const start = server.read()
