@@ -34,24 +34,46 @@ export class SqliteContentPurge implements ContentPurge {
   constructor(private readonly db: Database.Database) {}
 
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
-    const outbox = this.db.prepare<[string], { seq: number; payload: string }>(
-      "SELECT seq, payload FROM hook_events WHERE document = ?",
-    )
-    const log = this.db.prepare<[string], { id: number; payload: string }>(
-      "SELECT id, payload FROM event_log WHERE conversation = ?",
-    )
     const setOutbox = this.db.prepare("UPDATE hook_events SET payload = ? WHERE seq = ?")
     const setLog = this.db.prepare("UPDATE event_log SET payload = ? WHERE id = ?")
     this.db.transaction(() => {
-      for (const row of outbox.all(document)) {
+      for (const row of this.rowsOf("hook_events", "seq", "document", document, scope)) {
         const payload = redactPayload(row.payload, scope)
-        if (payload !== undefined) setOutbox.run(payload, row.seq)
+        if (payload !== undefined) setOutbox.run(payload, row.key)
       }
-      for (const row of log.all(conversationId)) {
+      for (const row of this.rowsOf("event_log", "id", "conversation", conversationId, scope)) {
         const payload = redactPayload(row.payload, scope)
-        if (payload !== undefined) setLog.run(payload, row.id)
+        if (payload !== undefined) setLog.run(payload, row.key)
       }
     })()
+  }
+
+  /**
+   * The rows of `table` whose `column` is `value` that may hold content
+   * `scope` purges: for some messages, only those whose payload names one of
+   * them (SQLite's `instr`, see {@link payloadNeedles}), so that a deletion
+   * does not parse every event the conversation ever had.
+   */
+  private rowsOf(
+    table: "hook_events" | "event_log",
+    key: "seq" | "id",
+    column: "document" | "conversation",
+    value: string,
+    scope: RedactionScope,
+  ): { key: number; payload: string }[] {
+    const select = `SELECT ${key} AS key, payload FROM ${table} WHERE ${column} = ?`
+    if (scope.kind === "conversation")
+      return this.db.prepare<[string], { key: number; payload: string }>(select).all(value)
+    const rows = new Map<number, string>()
+    const needles = payloadNeedles(scope.ids)
+    for (let start = 0; start < needles.length; start += NEEDLES_PER_STATEMENT) {
+      const chunk = needles.slice(start, start + NEEDLES_PER_STATEMENT)
+      const statement = this.db.prepare<unknown[], { key: number; payload: string }>(
+        `${select} AND (${chunk.map(() => "instr(payload, ?) > 0").join(" OR ")})`,
+      )
+      for (const row of statement.all(value, ...chunk)) rows.set(row.key, row.payload)
+    }
+    return [...rows].map(([key, payload]) => ({ key, payload }))
   }
 
   async dropSegments(document: string): Promise<void> {
@@ -63,6 +85,18 @@ export class SqliteContentPurge implements ContentPurge {
     this.db.pragma("wal_checkpoint(TRUNCATE)")
   }
 }
+
+/** Message ids one SQLite statement looks for in payloads (two parameters each, far under the limit). */
+const NEEDLES_PER_STATEMENT = 100
+
+/**
+ * What a stored payload holding message `id` contains: the id as a JSON
+ * string. Payloads are `JSON.stringify`'s output (so is every redacted one),
+ * and a message is named in them only as such a string (`id`, `messageId`),
+ * so a payload without any of these holds nothing {@link redactPayload} would
+ * change for these messages.
+ */
+export const payloadNeedles = (ids: ReadonlySet<string>): string[] => [...ids].map((id) => JSON.stringify(id))
 
 /** Least time between two VACUUMs of a {@link PostgresContentPurge}, in ms. */
 export const POSTGRES_VACUUM_INTERVAL_MS = 60_000
@@ -88,9 +122,14 @@ export class PostgresContentPurge implements ContentPurge {
     const client = await this.pool.connect()
     try {
       await client.query("BEGIN")
+      // For some messages, only the rows whose payload names one of them (see payloadNeedles).
+      const needles = scope.kind === "messages" ? payloadNeedles(scope.ids) : undefined
+      const naming = needles
+        ? " AND EXISTS (SELECT 1 FROM unnest($2::text[]) n WHERE strpos(payload, n) > 0)"
+        : ""
       const outbox = await client.query<{ seq: string; payload: string }>(
-        "SELECT seq, payload FROM parley_hook_events WHERE document = $1 FOR UPDATE",
-        [document],
+        `SELECT seq, payload FROM parley_hook_events WHERE document = $1${naming} FOR UPDATE`,
+        needles ? [document, needles] : [document],
       )
       for (const row of outbox.rows) {
         const payload = redactPayload(row.payload, scope)
@@ -98,8 +137,8 @@ export class PostgresContentPurge implements ContentPurge {
           await client.query("UPDATE parley_hook_events SET payload = $1 WHERE seq = $2", [payload, row.seq])
       }
       const log = await client.query<{ id: string; payload: string }>(
-        "SELECT id, payload FROM parley_event_log WHERE conversation = $1 FOR UPDATE",
-        [conversationId],
+        `SELECT id, payload FROM parley_event_log WHERE conversation = $1${naming} FOR UPDATE`,
+        needles ? [conversationId, needles] : [conversationId],
       )
       for (const row of log.rows) {
         const payload = redactPayload(row.payload, scope)
