@@ -1,6 +1,6 @@
 import type Database from "better-sqlite3"
 import type pg from "pg"
-import { type RedactionScope, redactPayload } from "./redact.js"
+import { namesAnyMessage, type RedactionScope, redactPayload } from "./redact.js"
 
 /**
  * The backend's part of a purge (relay README, "Deletion and erasure"): what
@@ -34,46 +34,27 @@ export class SqliteContentPurge implements ContentPurge {
   constructor(private readonly db: Database.Database) {}
 
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
+    const outbox = this.db.prepare<[string], { seq: number; payload: string }>(
+      "SELECT seq, payload FROM hook_events WHERE document = ?",
+    )
+    const log = this.db.prepare<[string], { id: number; payload: string }>(
+      "SELECT id, payload FROM event_log WHERE conversation = ?",
+    )
     const setOutbox = this.db.prepare("UPDATE hook_events SET payload = ? WHERE seq = ?")
     const setLog = this.db.prepare("UPDATE event_log SET payload = ? WHERE id = ?")
+    // For some messages, only the payloads that name one of them are parsed (see namesAnyMessage).
+    const concerned = (payload: string) =>
+      scope.kind === "conversation" || namesAnyMessage(payload, scope.ids)
     this.db.transaction(() => {
-      for (const row of this.rowsOf("hook_events", "seq", "document", document, scope)) {
-        const payload = redactPayload(row.payload, scope)
-        if (payload !== undefined) setOutbox.run(payload, row.key)
+      for (const row of outbox.all(document)) {
+        const payload = concerned(row.payload) ? redactPayload(row.payload, scope) : undefined
+        if (payload !== undefined) setOutbox.run(payload, row.seq)
       }
-      for (const row of this.rowsOf("event_log", "id", "conversation", conversationId, scope)) {
-        const payload = redactPayload(row.payload, scope)
-        if (payload !== undefined) setLog.run(payload, row.key)
+      for (const row of log.all(conversationId)) {
+        const payload = concerned(row.payload) ? redactPayload(row.payload, scope) : undefined
+        if (payload !== undefined) setLog.run(payload, row.id)
       }
     })()
-  }
-
-  /**
-   * The rows of `table` whose `column` is `value` that may hold content
-   * `scope` purges: for some messages, only those whose payload names one of
-   * them (SQLite's `instr`, see {@link payloadNeedles}), so that a deletion
-   * does not parse every event the conversation ever had.
-   */
-  private rowsOf(
-    table: "hook_events" | "event_log",
-    key: "seq" | "id",
-    column: "document" | "conversation",
-    value: string,
-    scope: RedactionScope,
-  ): { key: number; payload: string }[] {
-    const select = `SELECT ${key} AS key, payload FROM ${table} WHERE ${column} = ?`
-    if (scope.kind === "conversation")
-      return this.db.prepare<[string], { key: number; payload: string }>(select).all(value)
-    const rows = new Map<number, string>()
-    const needles = payloadNeedles(scope.ids)
-    for (let start = 0; start < needles.length; start += NEEDLES_PER_STATEMENT) {
-      const chunk = needles.slice(start, start + NEEDLES_PER_STATEMENT)
-      const statement = this.db.prepare<unknown[], { key: number; payload: string }>(
-        `${select} AND (${chunk.map(() => "instr(payload, ?) > 0").join(" OR ")})`,
-      )
-      for (const row of statement.all(value, ...chunk)) rows.set(row.key, row.payload)
-    }
-    return [...rows].map(([key, payload]) => ({ key, payload }))
   }
 
   async dropSegments(document: string): Promise<void> {
@@ -85,9 +66,6 @@ export class SqliteContentPurge implements ContentPurge {
     this.db.pragma("wal_checkpoint(TRUNCATE)")
   }
 }
-
-/** Message ids one SQLite statement looks for in payloads (two parameters each, far under the limit). */
-const NEEDLES_PER_STATEMENT = 100
 
 /**
  * What a stored payload holding message `id` contains: the id as a JSON
