@@ -342,7 +342,10 @@ export class MessageIndex {
     const again = new Map<MessageId, number>()
     for (const value of added) {
       const record = decodeSequenceRecord(value)
-      if (record) record.ids.forEach((id, i) => again.set(id, record.from + i))
+      if (!record) continue
+      record.ids.forEach((id, i) => {
+        again.set(id, record.from + i)
+      })
     }
     const gone: MessageId[] = []
     for (const value of values) {

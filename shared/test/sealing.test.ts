@@ -74,7 +74,9 @@ describe("sealing a large run of messages", () => {
     }
     // Contiguous segments from 1, each as full as allowed, and what is left live is at most one segment more than kept.
     expect(segments.map((s) => s.entries)).toEqual([500, 500, 500])
-    segments.forEach((s, i) => expect(s.from).toBe(i === 0 ? 1 : segments[i - 1]!.to + 1))
+    segments.forEach((s, i) => {
+      expect(s.from).toBe(i === 0 ? 1 : segments[i - 1]!.to + 1)
+    })
     const index = messageIndex(doc)
     const live = index.sequencedAfter(segments.at(-1)!.to).length
     expect(live).toBeGreaterThanOrEqual(SEALING.keepLive)
