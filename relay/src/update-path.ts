@@ -557,8 +557,11 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
     "sealed history",
   )
   broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
-  if (events.length > 0)
-    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
+  // A seal numbers nothing: a `messages.sequenced` here is the rest of a record it cut (the same
+  // numbers again), no news for the hooks.
+  const news = events.filter((e) => e.type !== "messages.sequenced")
+  if (news.length > 0)
+    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: news })
 }
 
 /**

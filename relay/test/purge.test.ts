@@ -8,6 +8,8 @@ import {
   deleteMessage,
   ErrorCode,
   getConversation,
+  InboxTopLevel,
+  inboxDocumentName,
   listMessages,
   newConversationId,
   Rule,
@@ -140,6 +142,37 @@ describe("deletion deletes (SQLite)", () => {
     expect(rowsHolding(dir, "Gone-Axolotl-Text")).toEqual([])
     expect(files).not.toContain("Gone-Axolotl-Text")
     expect(files).toContain("Keep-Pangolin-Text")
+  })
+
+  it("deleting several messages in one change leaves the text of none of them in any file or table, inboxes included", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Narwhal-Text" })
+    await a.allSaved()
+    // Bob's inbox, open: it previews the latest message, the text to purge from it.
+    const inbox = await joinAs(relay, bob, inboxDocumentName(bob))
+    const preview = () => JSON.stringify(inbox.doc.getMap(InboxTopLevel.entries).toJSON())
+    const gone = [0, 1, 2].map((i) => sendMessage(a.doc, alice, { body: `Gone-Okapi-${i}` }).id)
+    await a.allSaved()
+    await inbox.until(() => preview().includes("Gone-Okapi-2"))
+    // One change, three `message.deleted` events: one inbox pass purges them all.
+    a.doc.transact(() => {
+      for (const message of gone) deleteMessage(a.doc, alice, message)
+    })
+    await a.allSaved()
+    // The preview shows the latest message deleted (no text), then the purge compacts the inbox.
+    await inbox.until(() => !preview().includes("Gone-Okapi-"))
+    await until(() => rowsHolding(dir, "Gone-Okapi-").length === 0)
+    await relay.close()
+    relays.length = 0
+    expect(rowsHolding(dir, "Gone-Okapi-")).toEqual([])
+    const files = rawFiles(dir)
+    expect(files).not.toContain("Gone-Okapi-")
+    expect(files).toContain("Keep-Narwhal-Text")
   })
 })
 

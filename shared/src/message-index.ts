@@ -84,15 +84,14 @@ export class MessageIndex {
     )
     t.order.observe((event) =>
       this.batched(() => {
-        for (const value of contentOf<string>(
-          addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
-        )) {
-          this.addSequence(value)
-        }
-        // The relay removes the numbers of messages it sealed into history segments.
+        const added = contentOf<string>(addedItems(event.transaction, t.order as Y.AbstractType<unknown>))
+        // The relay removes the numbers of messages it sealed into history segments; a seal that ends
+        // inside a record replaces it with the rest of its numbers: those stay (removed, then added).
         this.removeSequences(
           contentOf<string>(deletedItems(event.transaction, t.order as Y.AbstractType<unknown>)),
+          added,
         )
+        for (const value of added) this.addSequence(value)
         this.touch()
       }),
     )
@@ -337,13 +336,24 @@ export class MessageIndex {
    * sequenced list is then filtered once rather than spliced once per message
    * (each splice near the front moves the whole rest).
    */
-  private removeSequences(values: readonly string[]) {
+  private removeSequences(values: readonly string[], added: readonly string[] = []) {
+    if (values.length === 0) return
+    // Numbers the same transaction gives again (a record replaced by its rest): kept as they are.
+    const again = new Map<MessageId, number>()
+    for (const value of added) {
+      const record = decodeSequenceRecord(value)
+      if (!record) continue
+      record.ids.forEach((id, i) => {
+        again.set(id, record.from + i)
+      })
+    }
     const gone: MessageId[] = []
     for (const value of values) {
       const record = decodeSequenceRecord(value)
       if (!record) continue
       record.ids.forEach((id, i) => {
-        if (this.seqOf.get(id) === record.from + i) gone.push(id)
+        const seq = record.from + i
+        if (this.seqOf.get(id) === seq && again.get(id) !== seq) gone.push(id)
       })
     }
     if (gone.length < BULK_REMOVAL) {

@@ -23,6 +23,7 @@ import { encodePin } from "./priorities.js"
 import {
   type DeletedMessageRecord,
   decodeSequenceRecord,
+  encodeSequenceRecord,
   isDeletedRecord,
   Limits,
   type MessageRecord,
@@ -48,8 +49,13 @@ export interface SealPlan {
   readonly segment: Segment
   readonly bytes: Uint8Array
   readonly summary: SegmentSummary
-  /** Positions in `order` of the sequence records it seals. */
+  /** Positions in `order` of the sequence records it seals (the last one perhaps only in part). */
   readonly orderPositions: readonly number[]
+  /**
+   * When the segment ends inside a sequence record: that record's numbers
+   * after the segment, as a new `order` element (encoded) that replaces it.
+   */
+  readonly rest?: string
   readonly ids: ReadonlySet<MessageId>
   /**
    * The fold due with this seal, if one is: a directory page to store
@@ -61,9 +67,15 @@ export interface SealPlan {
 
 /**
  * The next segment to seal from `doc`, or undefined when the live document
- * holds fewer than `keepLive + segmentSize` sequenced messages. Cut at whole
- * `order` records (each a run the relay numbered at once), oldest first, so
- * that no record is rewritten and no `messages.sequenced` event repeats.
+ * holds fewer than `keepLive + segmentSize` sequenced messages. Oldest
+ * messages first, at most `segmentSize` of them: a segment that ends inside
+ * an `order` record (one device's backlog of thousands, numbered at once)
+ * takes that record's first numbers, and the record is replaced by one of
+ * the rest ({@link SealPlan.rest}: the same numbers for the same messages, so
+ * every replica's index keeps them; a `messages.sequenced` for them repeats).
+ * What one seal costs is thus bounded by `segmentSize`, not by the largest
+ * change ever numbered; a longer backlog is sealed over later changes, one
+ * segment each.
  */
 export function planSeal(
   doc: Y.Doc,
@@ -84,6 +96,7 @@ export function planSeal(
   const entries: SealedEntry[] = []
   const ids = new Set<MessageId>()
   let to = through
+  let rest: string | undefined
   for (const record of records) {
     if (entries.length >= options.segmentSize) break
     // A message whose record (or placeholder) this replica does not hold right now — a deletion
@@ -91,20 +104,34 @@ export function planSeal(
     // must not be dropped with its sequence record.
     const taken: SealedEntry[] = []
     let complete = true
-    record.ids.forEach((id, i) => {
+    // How many of the record's numbers the segment takes: all, or up to the segment's size.
+    let cut = record.ids.length
+    for (let i = 0; i < record.ids.length; i++) {
+      if (entries.length + taken.length >= options.segmentSize) {
+        cut = i
+        break
+      }
+      const id = record.ids[i]!
       const seq = record.from + i
       // A message numbered twice counts under its lowest number only.
-      if (index.seqOf.get(id) !== seq || ids.has(id)) return
+      if (index.seqOf.get(id) !== seq || ids.has(id)) continue
       const entry = index.deleted.get(id) ?? index.records.get(id)
       if (entry) taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
-      else complete = false
-    })
+      else {
+        complete = false
+        break
+      }
+    }
     if (!complete) break
     orderPositions.push(record.position)
-    to = Math.max(to, record.from + record.ids.length - 1)
+    to = Math.max(to, record.from + cut - 1)
     for (const entry of taken) {
       ids.add(entry.record.id)
       entries.push(entry)
+    }
+    if (cut < record.ids.length) {
+      rest = encodeSequenceRecord({ from: record.from + cut, ids: record.ids.slice(cut) })
+      break
     }
   }
   if (entries.length === 0) return undefined
@@ -128,15 +155,25 @@ export function planSeal(
     },
     summary,
   )
-  return { segment, bytes, summary, orderPositions, ids, ...(fold ? { fold } : {}) }
+  return {
+    segment,
+    bytes,
+    summary,
+    orderPositions,
+    ...(rest !== undefined ? { rest } : {}),
+    ids,
+    ...(fold ? { fold } : {}),
+  }
 }
 
 /**
  * Removes what `plan` sealed from the live document and adds its summary, in
  * one transaction: the records (and placeholders) of its messages, their
- * sequence records; and the fold, if one is due (the oldest summaries move
- * into a directory page). Edits and reactions stay: they are the sealed
- * messages' overlays. Call once the segment (and directory page) is durable.
+ * sequence records (the last one replaced by the rest of its numbers when
+ * the segment ends inside it); and the fold, if one is due (the oldest
+ * summaries move into a directory page). Edits and reactions stay: they are
+ * the sealed messages' overlays. Call once the segment (and directory page)
+ * is durable.
  */
 export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
   const t = typesOf(doc)
@@ -151,6 +188,7 @@ export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
       t.order,
       [...plan.orderPositions].sort((a, b) => a - b),
     )
+    if (plan.rest !== undefined) t.order.push([plan.rest])
     t.segments.push([encodeSegmentSummary(plan.summary)])
     if (plan.fold) applyFold(doc, plan.fold)
     // Pinned messages stay listed without their segment: the live document keeps a copy of each.

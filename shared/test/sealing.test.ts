@@ -51,4 +51,37 @@ describe("sealing a large run of messages", () => {
     // The sealed messages leave the live index's counts.
     expect(messageIndex(doc).unreadFor(bob, 0)).toBeLessThan(before)
   })
+
+  it("seals a record longer than a segment one segment at a time, every number kept", () => {
+    const doc = groupDoc()
+    const users = [alice, bob, carol]
+    for (let i = 0; i < 100; i++) sendMessage(doc, users[i % 3]!, { body: `old ${i}` })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    // 2,000 messages numbered at once: one record, four segments long.
+    for (let i = 0; i < 2_000; i++) sendMessage(doc, users[i % 3]!, { body: `backlog ${i}` })
+    const ids = listMessages(doc, { last: 2_000 }).map((m) => m.id)
+    for (let i = 0; i < 2_000; i += 11) deleteMessage(doc, alice, ids[i]!)
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    const seqs = new Map(ids.map((id) => [id, messageIndex(doc).seqOf.get(id)]))
+    const segments: { from: number; to: number; entries: number }[] = []
+    for (let plan = planSeal(doc, "g~test" as ConversationId, SEALING); plan; ) {
+      expect(plan.segment.entries.length).toBeLessThanOrEqual(SEALING.segmentSize)
+      applySeal(doc, plan, null)
+      segments.push({ from: plan.segment.from, to: plan.segment.to, entries: plan.segment.entries.length })
+      // After every seal, kept current by the observers as a fresh index would be built.
+      expect(answers(doc)).toEqual(answers(doc, new MessageIndex(doc)))
+      plan = planSeal(doc, "g~test" as ConversationId, SEALING)
+    }
+    // Contiguous segments from 1, each as full as allowed, and what is left live is at most one segment more than kept.
+    expect(segments.map((s) => s.entries)).toEqual([500, 500, 500])
+    segments.forEach((s, i) => {
+      expect(s.from).toBe(i === 0 ? 1 : segments[i - 1]!.to + 1)
+    })
+    const index = messageIndex(doc)
+    const live = index.sequencedAfter(segments.at(-1)!.to).length
+    expect(live).toBeGreaterThanOrEqual(SEALING.keepLive)
+    expect(live).toBeLessThan(SEALING.keepLive + SEALING.segmentSize)
+    // The messages still live keep the numbers they were given.
+    for (const id of index.sequencedAfter(segments.at(-1)!.to)) expect(index.seqOf.get(id)).toBe(seqs.get(id))
+  })
 })

@@ -66,6 +66,12 @@ export interface ProcessProbeResult {
   readonly cpuMs: number
   /** Of which: until the ack arrived (as the process's clock had it then). */
   readonly untilAckMs: number
+  /**
+   * Apart from the frame: relay process CPU from the sender closing its
+   * connection to the relay being quiet after unloading the document (its
+   * last connection gone), which stores what the log holds as a snapshot.
+   */
+  readonly unloadMs: number
   /** Monotonic clock (µs, the clock of V8's CPU profiles) when the frame was sent, acknowledged, and the relay quiet after it. */
   readonly clock: { readonly sent: number; readonly ack: number; readonly quiet: number }
 }
@@ -78,7 +84,10 @@ const monotonicUs = () => Number(process.hrtime.bigint() / 1000n)
  * frame: another participant writes one short message first (as the
  * in-process probe's warm relay does: the conversation's first change loads
  * what later ones reuse), the sender connects and syncs, then, once the relay
- * is quiet, sends the shape.
+ * is quiet, sends the shape. Then the sender leaves, and the unload of the
+ * document (its last connection gone) is measured apart: the relay runs with
+ * a short idle delay before unloading (100 ms instead of 30 s), so that no
+ * earlier frame's document unloads in a later frame's window.
  */
 export async function probeProcess(
   plan: readonly Shape[],
@@ -102,7 +111,7 @@ export async function probeProcess(
   try {
     relay = await startRelayProcess({
       dataDir,
-      ...(options.env ? { env: options.env } : {}),
+      env: { PARLEY_IDLE_UNLOAD_MS: "100", ...options.env },
       ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
     })
     const giveUp = options.quietGiveUpMs ?? 20_000
@@ -118,11 +127,12 @@ export async function probeProcess(
       await warming.synced()
       sendMessage(warming.doc, warmer, { body: "warming up" })
       await warming.allSaved()
-      warming.close()
-      await warming.closed
       const client = new TestClient(relay.url, ids[i]!, await relay.token(shape.user))
       await client.opened
       await client.synced()
+      // Left once the sender is in: the document stays loaded (it unloads when its last connection goes).
+      warming.close()
+      await warming.closed
       await cpuWhenQuiet(pid, giveUp)
       const update = shape.build(client.doc, seeds[i]!)
       const frame = updateFrame(update)
@@ -137,15 +147,18 @@ export async function probeProcess(
       const atAck = cpuMsOf(pid)
       const ack = monotonicUs()
       const after = await cpuWhenQuiet(pid, giveUp)
+      const quiet = monotonicUs()
+      client.close()
+      await client.closed
+      const unloaded = await cpuWhenQuiet(pid, giveUp)
       results.push({
         bytes: frame.length,
         accepted: client.saves.length > saves && client.errors.length === errors,
         cpuMs: after - before,
         untilAckMs: atAck - before,
-        clock: { sent, ack, quiet: monotonicUs() },
+        unloadMs: unloaded - after,
+        clock: { sent, ack, quiet },
       })
-      client.close()
-      await client.closed
     }
     relay.child.kill("SIGTERM")
     await relay.exited

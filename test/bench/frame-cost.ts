@@ -40,7 +40,8 @@ const { values: flags } = parseArgs({
     // The real relay process table (on by default; --no-process skips it, --process-only runs only it).
     "no-process": { type: "boolean", default: false },
     "process-only": { type: "boolean", default: false },
-    // Which shapes the process table sends: all (default) or only the large accepted ones.
+    // Which shapes the process table sends: all (default), only the large accepted ones, or names
+    // (parts of names) separated by "|".
     "process-shapes": { type: "string", default: "all" },
     // Internal: the child process of the cold measurement, and whether it warms up as a relay does.
     "cold-shape": { type: "string" },
@@ -219,26 +220,36 @@ const endToEnd: {
   cpuMs: number
   worstCpuMs: number
   untilAckMs: number
+  unloadMs: number
   runsCpuMs: number[]
 }[] = []
 if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
   const all = [...honestShapes, ...hostileShapes]
+  const which = flags["process-shapes"]
+  // "all", "large", or names (or parts of names) separated by "|".
   const picked =
-    flags["process-shapes"] === "large" ? LARGE_SHAPES.map((name) => all.find((s) => s.name === name)!) : all
+    which === "large"
+      ? LARGE_SHAPES.map((name) => all.find((s) => s.name === name)!)
+      : which === "all"
+        ? all
+        : all.filter((s) => which.split("|").some((part) => s.name.includes(part)))
   // One process for all: a first, unmeasured frame of each shape warms its JIT, then `runs` measured ones.
   const plan = picked.flatMap((shape) => Array.from({ length: runs + 1 }, () => shape))
   const results = await probeProcess(plan, seed)
   console.log(
-    `\nEvery frame, end to end and in process. "process": a relay process (default configuration: SQLite, hooks with event log and inbox upkeep, sealed history), its CPU (all threads, /proc, 10 ms ticks) from before the frame until quiet after the answer, median (worst) of ${runs} runs; "until ack": of which before the sender had its answer. "in-process": the table above (relay core, memory storage, no hooks).`,
+    `\nEvery frame, end to end and in process. "process": a relay process (default configuration: SQLite, hooks with event log and inbox upkeep, sealed history), its CPU (all threads, /proc, 10 ms ticks) from before the frame until quiet after the answer, median (worst) of ${runs} runs; "until ack": of which before the sender had its answer; "unload": apart from the frame, median CPU of unloading the document once the sender left (the relay runs with a 100 ms idle delay, so that no unload lands in a later frame's window). "in-process": the table above (relay core, memory storage, no hooks).`,
   )
-  const columns = [58, 9, 40, 8, 8, 9, 10, 10]
+  const columns = [58, 9, 40, 8, 8, 9, 10, 10, 8]
   const row = (cells: string[]) =>
     cells.map((c, i) => (i === 0 || i === 2 ? c.padEnd(columns[i]!) : c.padStart(columns[i]!))).join("  ")
-  console.log(row(["frame", "bytes", "outcome", "process", "worst", "until ack", "in-process", "worst"]))
+  console.log(
+    row(["frame", "bytes", "outcome", "process", "worst", "until ack", "in-process", "worst", "unload"]),
+  )
   picked.forEach((shape, k) => {
     const measured = results.slice(k * (runs + 1) + 1, (k + 1) * (runs + 1))
     const times = measured.map((r) => r.cpuMs).sort((a, b) => a - b)
     const acks = measured.map((r) => r.untilAckMs).sort((a, b) => a - b)
+    const unloads = measured.map((r) => r.unloadMs).sort((a, b) => a - b)
     const inProcess = rows.find((r) => r.shape === shape.name)
     const accepted = measured.filter((r) => r.accepted).length
     const entry = {
@@ -255,6 +266,7 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
       cpuMs: times[Math.floor(times.length / 2)]!,
       worstCpuMs: times.at(-1)!,
       untilAckMs: acks[Math.floor(acks.length / 2)]!,
+      unloadMs: unloads[Math.floor(unloads.length / 2)]!,
       runsCpuMs: measured.map((r) => r.cpuMs),
     }
     endToEnd.push(entry)
@@ -268,6 +280,7 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
         entry.untilAckMs.toFixed(0),
         inProcess ? inProcess.cpuMs.toFixed(1) : "-",
         inProcess ? inProcess.worstCpuMs.toFixed(1) : "-",
+        entry.unloadMs.toFixed(0),
       ]),
     )
   })

@@ -4,7 +4,7 @@ import type { MemoryHistoryStore } from "../history/store.js"
 import type { HookEvent } from "../hooks/events.js"
 import type { MemoryEventLog } from "../hooks/memory-event-log.js"
 import type { MemoryOutbox } from "../hooks/outbox.js"
-import { type RedactionScope, redactEvent, redactPayload } from "./redact.js"
+import { namesAnyMessage, type RedactionScope, redactEvent, redactPayload } from "./redact.js"
 
 /**
  * The backend's part of a purge (relay README, "Deletion and erasure"): what
@@ -46,13 +46,16 @@ export class SqliteContentPurge implements ContentPurge {
     )
     const setOutbox = this.db.prepare("UPDATE hook_events SET payload = ? WHERE seq = ?")
     const setLog = this.db.prepare("UPDATE event_log SET payload = ? WHERE id = ?")
+    // For some messages, only the payloads that name one of them are parsed (see namesAnyMessage).
+    const concerned = (payload: string) =>
+      scope.kind === "conversation" || namesAnyMessage(payload, scope.ids)
     this.db.transaction(() => {
       for (const row of outbox.all(document)) {
-        const payload = redactPayload(row.payload, scope)
+        const payload = concerned(row.payload) ? redactPayload(row.payload, scope) : undefined
         if (payload !== undefined) setOutbox.run(payload, row.seq)
       }
       for (const row of log.all(conversationId)) {
-        const payload = redactPayload(row.payload, scope)
+        const payload = concerned(row.payload) ? redactPayload(row.payload, scope) : undefined
         if (payload !== undefined) setLog.run(payload, row.id)
       }
     })()
@@ -67,6 +70,15 @@ export class SqliteContentPurge implements ContentPurge {
     this.db.pragma("wal_checkpoint(TRUNCATE)")
   }
 }
+
+/**
+ * What a stored payload holding message `id` contains: the id as a JSON
+ * string. Payloads are `JSON.stringify`'s output (so is every redacted one),
+ * and a message is named in them only as such a string (`id`, `messageId`),
+ * so a payload without any of these holds nothing {@link redactPayload} would
+ * change for these messages.
+ */
+export const payloadNeedles = (ids: ReadonlySet<string>): string[] => [...ids].map((id) => JSON.stringify(id))
 
 /** Least time between two VACUUMs of a {@link PostgresContentPurge}, in ms. */
 export const POSTGRES_VACUUM_INTERVAL_MS = 60_000
@@ -92,9 +104,14 @@ export class PostgresContentPurge implements ContentPurge {
     const client = await this.pool.connect()
     try {
       await client.query("BEGIN")
+      // For some messages, only the rows whose payload names one of them (see payloadNeedles).
+      const needles = scope.kind === "messages" ? payloadNeedles(scope.ids) : undefined
+      const naming = needles
+        ? " AND EXISTS (SELECT 1 FROM unnest($2::text[]) n WHERE strpos(payload, n) > 0)"
+        : ""
       const outbox = await client.query<{ seq: string; payload: string }>(
-        "SELECT seq, payload FROM parley_hook_events WHERE document = $1 FOR UPDATE",
-        [document],
+        `SELECT seq, payload FROM parley_hook_events WHERE document = $1${naming} FOR UPDATE`,
+        needles ? [document, needles] : [document],
       )
       for (const row of outbox.rows) {
         const payload = redactPayload(row.payload, scope)
@@ -102,8 +119,8 @@ export class PostgresContentPurge implements ContentPurge {
           await client.query("UPDATE parley_hook_events SET payload = $1 WHERE seq = $2", [payload, row.seq])
       }
       const log = await client.query<{ id: string; payload: string }>(
-        "SELECT id, payload FROM parley_event_log WHERE conversation = $1 FOR UPDATE",
-        [conversationId],
+        `SELECT id, payload FROM parley_event_log WHERE conversation = $1${naming} FOR UPDATE`,
+        needles ? [conversationId, needles] : [conversationId],
       )
       for (const row of log.rows) {
         const payload = redactPayload(row.payload, scope)

@@ -3,6 +3,8 @@ import {
   InboxTopLevel,
   inboxDocumentName,
   inboxEntryFor,
+  type MessageId,
+  messageIndex,
   typesOf,
   type UserId,
   writeInboxEntry,
@@ -30,18 +32,37 @@ const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
  * least once across restarts. It costs one inbox load per participant per
  * deletion, and a write and a compaction where the entry changed (deletions
  * are rare; messages cost nothing here).
+ *
+ * Deletions arrive in batches (a device's offline sync deletes several
+ * messages in one frame: one `message.deleted` each), and one pass purges
+ * every deletion the conversation already held when it read it: a pass
+ * remembers which messages were deleted in the document it read, and a later
+ * `message.deleted` of one of them, in the same loaded document, is done
+ * already (its entries were derived from a document without the text, then
+ * written and compacted). Anything else (another load of the document, a
+ * deletion the pass did not see, a failed pass) purges again.
  */
 export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
+  // The loaded document a pass read → the messages deleted in it then (dropped with the document).
+  const purged = new WeakMap<Y.Doc, ReadonlySet<MessageId>>()
   return {
     name: "inbox-purge",
     accepts: (type) => PURGING.has(type),
     async deliver(event) {
       const conversation = event.event.conversationId
-      const entries = await relay.read(conversation, (doc) =>
-        [...typesOf(doc).participants.keys()].map(
+      const deleted =
+        event.event.type === "message.deleted"
+          ? (event.subject as { readonly messageId: MessageId }).messageId
+          : undefined
+      const read = await relay.read(conversation, (doc) => {
+        if (deleted !== undefined && purged.get(doc)?.has(deleted)) return undefined
+        const entries = [...typesOf(doc).participants.keys()].map(
           (user) => [user as UserId, inboxEntryFor(doc, user as UserId)] as const,
-        ),
-      )
+        )
+        return { doc, entries, deletions: new Set(messageIndex(doc).deleted.keys()) }
+      })
+      if (!read) return
+      const { entries } = read
       for (const [user, entry] of entries) {
         const inbox = inboxDocumentName(user)
         let changed = false
@@ -55,6 +76,7 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
         // its log holds only what it gained while loaded (compacted here when connected).
         if (changed || relay.isConnected(inbox)) await relay.compact?.(inbox)
       }
+      purged.set(read.doc, read.deletions)
     },
     retryDelay: exponentialBackoff({ baseMs: 500, maxMs: 30_000, attempts: 20 }),
   }

@@ -73,3 +73,28 @@ function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
   }
   return out ?? value
 }
+
+/** The keys under which a stored payload names a message (see `redactMessages`), as JSON writes them. */
+const MESSAGE_KEYS = ['"id":"', '"messageId":"']
+
+/**
+ * Whether the stored payload `payload` (`JSON.stringify`'s output, as every
+ * stored and redacted payload is) names one of the messages `ids` under a key
+ * {@link redactPayload} goes by (`id`, `messageId`): a scan with no parsing,
+ * so that a message deletion parses only the conversation's events that
+ * concern it. False means redactPayload would change nothing for these
+ * messages (JSON writes keys unescaped and with no space; a message id holds
+ * no quote).
+ */
+export function namesAnyMessage(payload: string, ids: ReadonlySet<string>): boolean {
+  for (const key of MESSAGE_KEYS) {
+    for (let at = payload.indexOf(key); at >= 0; ) {
+      const start = at + key.length
+      const end = payload.indexOf('"', start)
+      if (end < 0) break
+      if (ids.has(payload.slice(start, end))) return true
+      at = payload.indexOf(key, end + 1)
+    }
+  }
+  return false
+}
