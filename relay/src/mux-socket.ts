@@ -11,7 +11,6 @@ import {
 import { type RawData, WebSocket } from "ws"
 import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
-import { corkForThisTick } from "./corked-writes.js"
 import { closeOf } from "./errors.js"
 import type { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
@@ -351,7 +350,6 @@ export class MuxSocket implements UserSocket {
   sendRaw(frame: Uint8Array, initialSync: boolean): void {
     const { ws, limits, metrics, log, core, token } = this.options
     if (ws.readyState !== WebSocket.OPEN) return
-    corkForThisTick(ws)
     ws.send(frame)
     this.queue.sent(frame.length, initialSync)
     if (this.queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {

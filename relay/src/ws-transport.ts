@@ -20,7 +20,6 @@ import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { AddressLimiter } from "./address-limits.js"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
-import { corkForThisTick } from "./corked-writes.js"
 import { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
 import { sendJson } from "./http-json.js"
@@ -441,7 +440,6 @@ export class WsTransport {
       wantsParley,
       send: (frame, options) => {
         if (ws.readyState !== WebSocket.OPEN) return
-        corkForThisTick(ws)
         ws.send(frame)
         if (liveness) liveness.sentAt = performance.now()
         if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
