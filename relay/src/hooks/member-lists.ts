@@ -217,19 +217,33 @@ export class SqliteMemberLists {
   }
 }
 
+/**
+ * Adds `members` to `table` in a database of an earlier version (its rows keep
+ * whole payloads). Looked up first: `ADD COLUMN IF NOT EXISTS` would take the
+ * table's exclusive lock at every start, queueing behind other relays' work.
+ */
+function addPostgresColumn(table: string): string {
+  return `DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                  WHERE table_schema = current_schema() AND table_name = '${table}' AND column_name = 'members') THEN
+    ALTER TABLE ${table} ADD COLUMN members TEXT;
+  END IF;
+END $$;`
+}
+
 /** The PostgreSQL member lists' table, and the event log's `members` column (see `EVENT_LOG_SCHEMA`). */
 export const POSTGRES_MEMBER_LISTS_SCHEMA = `
 CREATE TABLE IF NOT EXISTS parley_member_lists (
   ref TEXT PRIMARY KEY,
   json TEXT NOT NULL
 );
-ALTER TABLE parley_event_log ADD COLUMN IF NOT EXISTS members TEXT;
+${addPostgresColumn("parley_event_log")}
 CREATE INDEX IF NOT EXISTS parley_event_log_by_members ON parley_event_log (members) WHERE members IS NOT NULL;
 `
 
 /** The outbox's `members` column (see `OUTBOX_SCHEMA`). */
 export const POSTGRES_OUTBOX_MEMBERS_SCHEMA = `
-ALTER TABLE parley_hook_events ADD COLUMN IF NOT EXISTS members TEXT;
+${addPostgresColumn("parley_hook_events")}
 CREATE INDEX IF NOT EXISTS parley_hook_events_by_members ON parley_hook_events (members) WHERE members IS NOT NULL;
 `
 
