@@ -1,6 +1,8 @@
-import { describe, it } from "vitest"
+import pg from "pg"
+import { describe, expect, it } from "vitest"
 import { PostgresBackend } from "../src/backend/postgres.js"
 import { runBackendConformance } from "./conformance/backend.js"
+import { sampleEvent } from "./conformance/outbox.js"
 import { postgresTamper } from "./helpers/damage.js"
 import { postgresUnreachable, scratchSchema, DATABASE_URL as url } from "./helpers/postgres.js"
 
@@ -20,6 +22,28 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       open: () => PostgresBackend.open(scratch.url),
       persistent: true,
       tamper,
+      footprint: async () => {
+        const client = new pg.Client({ connectionString: scratch.url })
+        await client.connect()
+        try {
+          const { rows: events } = await client.query<{ rows: string; bytes: string; max: string }>(
+            `SELECT COUNT(*) AS rows, COALESCE(SUM(LENGTH(payload)), 0) AS bytes, COALESCE(MAX(LENGTH(payload)), 0) AS max
+               FROM (SELECT payload FROM parley_event_log UNION ALL SELECT payload FROM parley_hook_events) AS p`,
+          )
+          const { rows: lists } = await client.query<{ rows: string; bytes: string }>(
+            "SELECT COUNT(*) AS rows, COALESCE(SUM(LENGTH(json)), 0) AS bytes FROM parley_member_lists",
+          )
+          return {
+            rows: Number(events[0]!.rows),
+            payloadBytes: Number(events[0]!.bytes),
+            maxPayload: Number(events[0]!.max),
+            lists: Number(lists[0]!.rows),
+            listBytes: Number(lists[0]!.bytes),
+          }
+        } finally {
+          await client.end()
+        }
+      },
       cleanup: async () => {
         await tamper.end()
         await scratch.drop()
@@ -27,3 +51,53 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }
   })
 }
+
+describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
+  "postgres stored member lists",
+  () => {
+    it("reads the whole payloads an older database stored, and stores new events' member lists apart", async () => {
+      const scratch = await scratchSchema()
+      const client = new pg.Client({ connectionString: scratch.url })
+      await client.connect()
+      try {
+        // The tables as they were before stored events referenced member lists.
+        await client.query(`
+        CREATE TABLE parley_hook_events (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+          document TEXT NOT NULL, payload TEXT NOT NULL);
+        CREATE TABLE parley_event_log (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+          conversation TEXT NOT NULL, type TEXT NOT NULL, at BIGINT NOT NULL, payload TEXT NOT NULL);
+      `)
+        const legacy = sampleEvent("old")
+        await client.query(
+          "INSERT INTO parley_event_log (conversation, type, at, payload) VALUES ($1, $2, $3, $4)",
+          [legacy.event.conversationId, legacy.event.type, legacy.event.time, JSON.stringify(legacy)],
+        )
+        const backend = await PostgresBackend.open(scratch.url)
+        try {
+          const fresh = sampleEvent("new")
+          await backend.outbox.enqueue({ document: "g~c1", events: [{ event: fresh, targets: ["hook:a"] }] })
+          expect((await backend.events.read({ limit: 10 })).map((e) => JSON.stringify(e.event))).toEqual(
+            [legacy, fresh].map((e) => JSON.stringify(e)),
+          )
+          expect((await backend.outbox.pending()).map((d) => JSON.stringify(d.event))).toEqual([
+            JSON.stringify(fresh),
+          ])
+          const { rows } = await client.query<{ members: string | null }>(
+            "SELECT members FROM parley_event_log ORDER BY id",
+          )
+          expect(rows[0]!.members).toBeNull()
+          expect(typeof rows[1]!.members).toBe("string")
+          const { rows: lists } = await client.query<{ n: string }>(
+            "SELECT COUNT(*) AS n FROM parley_member_lists",
+          )
+          expect(Number(lists[0]!.n)).toBe(1)
+        } finally {
+          await backend.close()
+        }
+      } finally {
+        await client.end()
+        await scratch.drop()
+      }
+    })
+  },
+)

@@ -27,6 +27,29 @@ runBackendConformance("sqlite", async () => {
     cleanup: async () => rmSync(dir, { recursive: true, force: true }),
     persistent: true,
     tamper: sqliteTamper(dir),
+    footprint: async () => {
+      const db = new Database(join(dir, SQLITE_FILE), { readonly: true })
+      try {
+        const events = db
+          .prepare(
+            `SELECT COUNT(*) AS rows, COALESCE(SUM(LENGTH(payload)), 0) AS bytes, COALESCE(MAX(LENGTH(payload)), 0) AS max
+               FROM (SELECT payload FROM event_log UNION ALL SELECT payload FROM hook_events)`,
+          )
+          .get() as { rows: number; bytes: number; max: number }
+        const lists = db
+          .prepare("SELECT COUNT(*) AS rows, COALESCE(SUM(LENGTH(json)), 0) AS bytes FROM member_lists")
+          .get() as { rows: number; bytes: number }
+        return {
+          rows: events.rows,
+          payloadBytes: events.bytes,
+          maxPayload: events.max,
+          lists: lists.rows,
+          listBytes: lists.bytes,
+        }
+      } finally {
+        db.close()
+      }
+    },
   }
 })
 
@@ -185,6 +208,58 @@ describe("sqlite backend files", () => {
       expect((await again.outbox.pending()).map((d) => d.event.event.id)).toEqual(["e2", "e3"])
     } finally {
       await again.close()
+    }
+  })
+})
+
+describe("sqlite stored member lists", () => {
+  it("reads the whole payloads an older database stored, and stores new events' member lists apart", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-members-"))
+    try {
+      // The tables as they were before stored events referenced member lists.
+      const old = new Database(join(dir, SQLITE_FILE))
+      old.exec(`
+        CREATE TABLE hook_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, document TEXT NOT NULL, payload TEXT NOT NULL);
+        CREATE TABLE hook_deliveries (seq INTEGER NOT NULL REFERENCES hook_events(seq), target TEXT NOT NULL,
+          attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0, last_error TEXT, dead_at INTEGER,
+          PRIMARY KEY (seq, target)) WITHOUT ROWID;
+        CREATE TABLE event_log (id INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT NOT NULL, type TEXT NOT NULL,
+          at INTEGER NOT NULL, payload TEXT NOT NULL);
+      `)
+      const legacy = sampleEvent("old")
+      old
+        .prepare("INSERT INTO hook_events (document, payload) VALUES ('g~c1', ?)")
+        .run(JSON.stringify(legacy))
+      old.prepare("INSERT INTO hook_deliveries (seq, target) VALUES (1, 'hook:a')").run()
+      old
+        .prepare("INSERT INTO event_log (conversation, type, at, payload) VALUES (?, ?, ?, ?)")
+        .run(legacy.event.conversationId, legacy.event.type, legacy.event.time, JSON.stringify(legacy))
+      old.close()
+      const backend = new SqliteBackend(dir)
+      try {
+        expect((await backend.outbox.pending()).map((d) => d.event)).toEqual([legacy])
+        expect((await backend.events.read({ limit: 10 })).map((e) => e.event)).toEqual([legacy])
+        const fresh = sampleEvent("new")
+        await backend.outbox.enqueue({ document: "g~c1", events: [{ event: fresh, targets: ["hook:a"] }] })
+        expect((await backend.outbox.pending()).map((d) => JSON.stringify(d.event))).toEqual(
+          [legacy, fresh].map((e) => JSON.stringify(e)),
+        )
+        expect((await backend.events.read({ limit: 10 })).map((e) => JSON.stringify(e.event))).toEqual(
+          [legacy, fresh].map((e) => JSON.stringify(e)),
+        )
+        await backend.events.prune({ maxAgeMs: Number.MAX_SAFE_INTEGER, maxEvents: Number.MAX_SAFE_INTEGER })
+        const db = new Database(join(dir, SQLITE_FILE), { readonly: true })
+        const stored = db.prepare("SELECT members FROM event_log ORDER BY id").pluck().all()
+        const lists = db.prepare("SELECT COUNT(*) FROM member_lists").pluck().get()
+        db.close()
+        expect(stored[0]).toBeNull()
+        expect(typeof stored[1]).toBe("string")
+        expect(lists).toBe(1)
+      } finally {
+        await backend.close()
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
     }
   })
 })

@@ -19,7 +19,7 @@
  *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300]
  */
 import { type ChildProcess, fork, type Serializable } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -36,6 +36,7 @@ import {
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
+import Database from "better-sqlite3"
 import { WebSocket } from "ws"
 import { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
@@ -102,6 +103,32 @@ function perMemberInboxes(): RelayExtension {
       })
     },
   }
+}
+
+/**
+ * What the SQLite database holds of hook events now: the event log's and the
+ * outbox's payloads and the member lists they reference (when stored apart),
+ * in bytes of JSON text.
+ */
+function storedEventBytes(dataDir: string): number {
+  const db = new Database(join(dataDir, "parley.sqlite"), { readonly: true })
+  try {
+    const sum = (sql: string) => Number(db.prepare(sql).pluck().get() ?? 0)
+    const hasLists = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'member_lists'").get() !== undefined
+    return (
+      sum("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM event_log") +
+      sum("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM hook_events") +
+      (hasLists ? sum("SELECT COALESCE(SUM(LENGTH(json)), 0) FROM member_lists") : 0)
+    )
+  } finally {
+    db.close()
+  }
+}
+
+/** Bytes this process wrote through `write` calls (files and sockets), from /proc/self/io. */
+function writtenChars(): number {
+  const match = /wchar: (\d+)/.exec(readFileSync("/proc/self/io", "utf8"))
+  return match ? Number(match[1]) : Number.NaN
 }
 
 async function storedUpdates(relay: RunningRelay): Promise<number> {
@@ -188,6 +215,8 @@ async function inboxRun(mode: Mode, messages: number) {
   await sleep(500)
   await relay.hooks?.idle()
   const updatesBefore = await storedUpdates(relay)
+  const bytesBefore = storedEventBytes(dataDir)
+  const wcharBefore = writtenChars()
   const current: number[] = []
   let late = 0
   const profile = PROFILE ? await startProfile() : undefined
@@ -208,6 +237,8 @@ async function inboxRun(mode: Mode, messages: number) {
   const cpu = process.cpuUsage(cpuStart)
   await profile?.(`groups-${mode.replace(" ", "-")}`)
   const updates = (await storedUpdates(relay)) - updatesBefore
+  const wchar = writtenChars() - wcharBefore
+  const eventBytes = storedEventBytes(dataDir) - bytesBefore
   sockets.close()
   await relay.close()
   rmSync(dataDir, { recursive: true, force: true })
@@ -219,6 +250,8 @@ async function inboxRun(mode: Mode, messages: number) {
     messages,
     cpuMsPerMessage: round((cpu.user + cpu.system) / 1000 / messages, 3),
     durableWritesPerMessage: round(updates / messages, 1),
+    hookEventKBStoredPerMessage: round(eventBytes / 1024 / messages, 2),
+    KBWrittenPerMessage: round(wchar / 1024 / messages, 1),
     inboxCurrentP50Ms: round(percentile(current, 0.5)),
     inboxCurrentP95Ms: round(percentile(current, 0.95)),
     inboxesLate: late,

@@ -110,7 +110,16 @@ export class SqliteBackend implements Backend {
             const found = this.db
               .prepare("SELECT 1 FROM legacy.sqlite_master WHERE type = 'table' AND name = ?")
               .get(table)
-            if (found) this.db.exec(`INSERT OR IGNORE INTO main.${table} SELECT * FROM legacy.${table}`)
+            if (!found) continue
+            // By name: the main table may have columns the legacy file's lacks (`hook_events.members`).
+            const columns = (
+              this.db.prepare(`PRAGMA legacy.table_info(${table})`).all() as { name: string }[]
+            )
+              .map((c) => `"${c.name}"`)
+              .join(", ")
+            this.db.exec(
+              `INSERT OR IGNORE INTO main.${table} (${columns}) SELECT ${columns} FROM legacy.${table}`,
+            )
           }
         })()
       } finally {

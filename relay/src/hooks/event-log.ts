@@ -1,11 +1,5 @@
 import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
-import {
-  HANDLER_NAMES,
-  type HookEvent,
-  type HookEventType,
-  participantsJson,
-  serializedSubjects,
-} from "./events.js"
+import { HANDLER_NAMES, type HookEvent, type HookEventType } from "./events.js"
 
 /**
  * One recorded event. `id` is the log's position as a decimal string: it
@@ -212,51 +206,6 @@ export function membershipChanges(
       }
   }
   return { opened, closed }
-}
-
-/**
- * A serializer of events to the JSON stored as their payloads, for one batch:
- * the events derived from one change share one conversation object (its
- * participants list can be long), which it serializes once, not once per
- * event; the result parses to what `JSON.stringify(event)` does. It also
- * remembers each event's JSON, so that the outbox and the log, writing the
- * same event in one transaction, serialize it once.
- */
-export function eventSerializer(): (event: HookEvent) => string {
-  const conversations = new Map<object, string>()
-  const done = new Map<HookEvent, string>()
-  return (event) => {
-    let json = done.get(event)
-    if (json !== undefined) return json
-    const conversation = event.conversation as object | undefined
-    if (Object.keys(event).length !== 3 || typeof conversation !== "object" || conversation === null) {
-      json = JSON.stringify(event)
-    } else {
-      let shared = conversations.get(conversation)
-      if (shared === undefined) {
-        shared = conversationJson(conversation as HookEvent["conversation"])
-        conversations.set(conversation, shared)
-      }
-      const subject = serializedSubjects.get(event.subject) ?? JSON.stringify(event.subject)
-      json = `{"event":${JSON.stringify(event.event)},"subject":${subject},"conversation":${shared}}`
-    }
-    done.set(event, json)
-    return json
-  }
-}
-
-/**
- * `JSON.stringify(conversation)`, with its participants' JSON made once per
- * list (the same list until the participants change, see `participantsOf`):
- * the same text, key for key.
- */
-function conversationJson(conversation: HookEvent["conversation"]): string {
-  const keys = Object.keys(conversation)
-  if (keys[keys.length - 1] !== "participants" || !Array.isArray(conversation.participants))
-    return JSON.stringify(conversation)
-  const { participants, ...rest } = conversation
-  const head = JSON.stringify(rest)
-  return `${head.length > 2 ? `${head.slice(0, -1)},` : "{"}"participants":${participantsJson(participants)}}`
 }
 
 /** True for events the log records (all but the ephemeral `typing.started`). */

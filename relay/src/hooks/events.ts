@@ -291,7 +291,7 @@ export function withName(actor: HookActor, doc: Y.Doc): HookActor {
 }
 
 /**
- * JSON of event subjects serialized as they were made, for {@link eventSerializer}
+ * JSON of event subjects serialized as they were made, for `storedEventSerializer`
  * (which otherwise serializes each subject itself).
  */
 export const serializedSubjects = new WeakMap<object, string>()

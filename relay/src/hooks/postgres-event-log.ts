@@ -11,13 +11,22 @@ import {
   EventLogListeners,
   type EventLogQuery,
   type EventRetention,
-  eventSerializer,
   isLogged,
   membershipChanges,
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
 import type { HookEvent } from "./events.js"
+import {
+  ensurePostgresLists,
+  loadPostgresLists,
+  MEMBER_LIST_LOCK,
+  POSTGRES_MEMBER_LISTS_SCHEMA,
+  rehydrate,
+  type StoredEvent,
+  storedEventSerializer,
+  sweepPostgresLists,
+} from "./member-lists.js"
 
 // The payload is the event's JSON as text, as in the outbox (JSONB would reorder keys and refuse `\u0000`).
 /** The event log's tables (see {@link PostgresEventLog}), created by the backend. */
@@ -42,12 +51,12 @@ CREATE TABLE IF NOT EXISTS parley_event_log_state (
   name TEXT PRIMARY KEY,
   value BIGINT NOT NULL
 );
-`
+${POSTGRES_MEMBER_LISTS_SCHEMA}`
 
 // Taken by every transaction that records events, until it commits: ids are drawn from the identity
 // inside it, so without the lock a relay sharing the database could commit id 7 before another's 6,
 // and a reader past 7 would never see 6. Two-key (LOG_LOCK, the schema): apart from the storage's one-key locks.
-const LOG_LOCK = 0x50726c65
+const LOG_LOCK = MEMBER_LIST_LOCK
 
 /** Events one INSERT statement records. */
 const RECORD_CHUNK = 500
@@ -82,26 +91,29 @@ export class PostgresEventLog implements EventLog {
   async record(
     client: pg.PoolClient,
     events: readonly HookEvent[],
-    json: (event: HookEvent) => string = eventSerializer(),
+    json: (event: HookEvent) => StoredEvent = storedEventSerializer(),
   ): Promise<EventLogEntry[]> {
     const kept = events.filter(isLogged)
     if (kept.length === 0) return []
     await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
+    await ensurePostgresLists(client, kept.map(json))
     // A statement per chunk of the batch: identities are drawn in the ORDER BY's order, so sorted ids match
     // the events. Chunks keep one statement's parameters to a few MB however large the frame was.
     const rows: { id: string }[] = []
     for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
       const chunk = kept.slice(start, start + RECORD_CHUNK)
       const inserted = await client.query<{ id: string }>(
-        `INSERT INTO parley_event_log (conversation, type, at, payload)
-         SELECT c, t, a, p FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) WITH ORDINALITY AS x(c, t, a, p, n)
+        `INSERT INTO parley_event_log (conversation, type, at, payload, members)
+         SELECT c, t, a, p, m FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
+           WITH ORDINALITY AS x(c, t, a, p, m, n)
          ORDER BY n
          RETURNING id`,
         [
           chunk.map((e) => e.event.conversationId),
           chunk.map((e) => e.event.type),
           chunk.map((e) => e.event.time),
-          chunk.map(json),
+          chunk.map((e) => json(e).payload),
+          chunk.map((e) => json(e).members?.ref ?? null),
         ],
       )
       rows.push(...inserted.rows)
@@ -147,10 +159,10 @@ export class PostgresEventLog implements EventLog {
     if (query.user !== undefined) {
       args.push(query.user)
       // In id order, each event checked against the user's membership (see the SQLite log).
-      sql = `SELECT e.id, e.payload FROM parley_event_log e WHERE e.id > $1 AND EXISTS (
+      sql = `SELECT e.id, e.payload, e.members FROM parley_event_log e WHERE e.id > $1 AND EXISTS (
         SELECT 1 FROM parley_event_log_members m WHERE m.conversation = e.conversation AND m.user_id = $2
           AND m.from_id <= e.id AND (m.to_id IS NULL OR m.to_id >= e.id))`
-    } else sql = "SELECT e.id, e.payload FROM parley_event_log e WHERE e.id > $1"
+    } else sql = "SELECT e.id, e.payload, e.members FROM parley_event_log e WHERE e.id > $1"
     if (query.conversation !== undefined) {
       args.push(query.conversation)
       sql += ` AND e.conversation = $${args.length}`
@@ -171,11 +183,22 @@ export class PostgresEventLog implements EventLog {
         ])
         if (query.after !== undefined)
           checkAfter(after, Number(pruned.rows[0]?.value ?? 0), Number(latest.rows[0]?.latest ?? 0))
-        return (await client.query<{ id: string; payload: string }>(sql, args)).rows
+        const { rows } = await client.query<{ id: string; payload: string; members: string | null }>(
+          sql,
+          args,
+        )
+        // In the same snapshot: a list its rows reference cannot have been swept from it.
+        return {
+          rows,
+          lists: await loadPostgresLists(
+            client,
+            rows.map((row) => row.members),
+          ),
+        }
       },
       "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     )
-    return rows.map((row) => ({ id: row.id, event: JSON.parse(row.payload) as HookEvent }))
+    return rows.rows.map((row) => ({ id: row.id, event: rehydrate(row.payload, row.members, rows.lists) }))
   }
 
   async latest(): Promise<string> {
@@ -188,8 +211,17 @@ export class PostgresEventLog implements EventLog {
     return this.listeners.subscribe(listener)
   }
 
-  /** Deletes in batches of {@link PRUNE_BATCH} events, one transaction each. */
+  /**
+   * Deletes in batches of {@link PRUNE_BATCH} events, one transaction each;
+   * then the member lists no stored event (of the log or the outbox) references.
+   */
   async prune(retention: EventRetention, now: number = Date.now(), signal?: AbortSignal): Promise<number> {
+    const pruned = await this.pruneEvents(retention, now, signal)
+    if (!this.closed && !signal?.aborted) await inTransaction(this.pool, sweepPostgresLists)
+    return pruned
+  }
+
+  private async pruneEvents(retention: EventRetention, now: number, signal?: AbortSignal): Promise<number> {
     this.assertOpen()
     const [{ rows: latest }, { rows: before }, { rows: pruned }] = await Promise.all([
       this.pool.query<{ latest: string }>(LATEST),

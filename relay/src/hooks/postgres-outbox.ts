@@ -1,7 +1,13 @@
+import type { Participant } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../postgres.js"
-import { eventSerializer } from "./event-log.js"
-import type { HookEvent } from "./events.js"
+import {
+  ensurePostgresLists,
+  loadPostgresLists,
+  POSTGRES_OUTBOX_MEMBERS_SCHEMA,
+  rehydrate,
+  storedEventSerializer,
+} from "./member-lists.js"
 import {
   type DeadLetter,
   type DeadLetterFilter,
@@ -34,7 +40,7 @@ CREATE TABLE IF NOT EXISTS parley_hook_watermarks (
   document TEXT PRIMARY KEY,
   through BIGINT NOT NULL
 );
-`
+${POSTGRES_OUTBOX_MEMBERS_SCHEMA}`
 
 // An enqueue takes the two-key advisory lock (DOCUMENT_LOCK, hashtext(document)): a key space apart from
 // the one-key locks `PostgresStorage` takes per document, so outbox and storage never wait on each
@@ -48,6 +54,7 @@ interface DeliveryRow {
   seq: string
   document: string
   payload: string
+  members: string | null
   target: string
   attempts: number
   next_at: string
@@ -55,7 +62,7 @@ interface DeliveryRow {
   dead_at: string | null
 }
 
-const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.next_at, d.last_error, d.dead_at
+const SELECT = `SELECT d.seq, e.document, e.payload, e.members, d.target, d.attempts, d.next_at, d.last_error, d.dead_at
   FROM parley_hook_deliveries d JOIN parley_hook_events e ON e.seq = d.seq`
 // `COLLATE "C"`: targets in code point order like the SQLite and memory outboxes, whatever the locale.
 const ORDER = `ORDER BY d.seq, d.target COLLATE "C"`
@@ -107,7 +114,7 @@ export class PostgresOutbox implements Outbox {
       await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [DOCUMENT_LOCK, batch.document])
       const out: Delivery[] = []
       // Each event serialized once for the log and the outbox, its conversation once per change.
-      const json = eventSerializer()
+      const json = storedEventSerializer()
       const logged = await this.events.record(
         client,
         batch.events.map((e) => e.event),
@@ -117,12 +124,21 @@ export class PostgresOutbox implements Outbox {
       // round trip each would cost a large frame's events seconds. Identities are drawn in the ORDER BY's
       // order (under the document's lock), so the sorted seqs match the events.
       const targeted = batch.events.filter((e) => e.targets.length > 0)
+      // Member lists (stored once per membership change) before the events that reference them.
+      await ensurePostgresLists(
+        client,
+        targeted.map((e) => json(e.event)),
+      )
       for (let start = 0; start < targeted.length; start += RECORD_CHUNK) {
         const chunk = targeted.slice(start, start + RECORD_CHUNK)
         const { rows } = await client.query<{ seq: string }>(
-          `INSERT INTO parley_hook_events (document, payload)
-           SELECT $1, p FROM unnest($2::text[]) WITH ORDINALITY AS x(p, n) ORDER BY n RETURNING seq`,
-          [batch.document, chunk.map((e) => json(e.event))],
+          `INSERT INTO parley_hook_events (document, payload, members)
+           SELECT $1, p, m FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(p, m, n) ORDER BY n RETURNING seq`,
+          [
+            batch.document,
+            chunk.map((e) => json(e.event).payload),
+            chunk.map((e) => json(e.event).members?.ref ?? null),
+          ],
         )
         const seqs = rows.map((r) => Number(r.seq)).sort((a, b) => a - b)
         const pairs = chunk.flatMap(({ targets }, i) => targets.map((target) => [seqs[i]!, target] as const))
@@ -177,14 +193,25 @@ export class PostgresOutbox implements Outbox {
 
   async pending(document?: string): Promise<Delivery[]> {
     this.assertOpen()
-    const { rows } =
-      document === undefined
-        ? await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
-        : await this.pool.query<DeliveryRow>(
-            `${SELECT} WHERE d.dead_at IS NULL AND e.document = $1 ${ORDER}`,
-            [document],
-          )
-    return rows.map(toDelivery)
+    // One snapshot for the rows and their member lists: a list is swept only once no row references it.
+    return inTransaction(
+      this.pool,
+      async (client) => {
+        const { rows } =
+          document === undefined
+            ? await client.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NULL ${ORDER}`)
+            : await client.query<DeliveryRow>(
+                `${SELECT} WHERE d.dead_at IS NULL AND e.document = $1 ${ORDER}`,
+                [document],
+              )
+        const lists = await loadPostgresLists(
+          client,
+          rows.map((row) => row.members),
+        )
+        return rows.map((row) => toDelivery(row, lists))
+      },
+      SNAPSHOT,
+    )
   }
 
   async pendingDocuments(): Promise<string[]> {
@@ -259,9 +286,22 @@ export class PostgresOutbox implements Outbox {
 
   async deadLetters(): Promise<DeadLetter[]> {
     this.assertOpen()
-    const { rows } = await this.pool.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER}`)
+    const { rows, lists } = await inTransaction(
+      this.pool,
+      async (client) => {
+        const { rows } = await client.query<DeliveryRow>(`${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER}`)
+        return {
+          rows,
+          lists: await loadPostgresLists(
+            client,
+            rows.map((row) => row.members),
+          ),
+        }
+      },
+      SNAPSHOT,
+    )
     return rows.map((row) => ({
-      ...toDelivery(row),
+      ...toDelivery(row, lists),
       lastError: row.last_error ?? "",
       deadAt: row.dead_at === null ? 0 : Number(row.dead_at),
     }))
@@ -274,7 +314,12 @@ export class PostgresOutbox implements Outbox {
       const { rows } = await client.query<DeliveryRow>(
         `${SELECT} WHERE d.dead_at IS NOT NULL ${ORDER} FOR UPDATE OF d`,
       )
-      const chosen = rows.map(toDelivery).filter((d) => matchesFilter(d, filter))
+      // The events of locked dead deliveries stay, and so do the lists they reference.
+      const lists = await loadPostgresLists(
+        client,
+        rows.map((row) => row.members),
+      )
+      const chosen = rows.map((row) => toDelivery(row, lists)).filter((d) => matchesFilter(d, filter))
       if (chosen.length > 0)
         await client.query(
           `UPDATE parley_hook_deliveries d SET attempts = 0, next_at = 0, dead_at = NULL
@@ -292,12 +337,15 @@ export class PostgresOutbox implements Outbox {
   }
 }
 
-function toDelivery(row: DeliveryRow): Delivery {
+/** Reads rows and the member lists they reference in one snapshot. */
+const SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+function toDelivery(row: DeliveryRow, lists: ReadonlyMap<string, readonly Participant[]>): Delivery {
   return {
     seq: Number(row.seq),
     document: row.document,
     target: row.target,
-    event: JSON.parse(row.payload) as HookEvent,
+    event: rehydrate(row.payload, row.members, lists),
     attempts: row.attempts,
     nextAttemptAt: Number(row.next_at),
     ...(row.last_error !== null ? { lastError: row.last_error } : {}),

@@ -10,17 +10,17 @@ import {
   EventLogListeners,
   type EventLogQuery,
   type EventRetention,
-  eventSerializer,
   isLogged,
   membershipChanges,
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
 import type { HookEvent } from "./events.js"
+import { rehydrate, SqliteMemberLists, type StoredEvent, storedEventSerializer } from "./member-lists.js"
 
 /** Conversations whose open memberships the log keeps in memory. */
 const MEMBER_CACHE_SIZE = 10_000
-/** Events one INSERT statement records (4 parameters each, far under SQLite's limit of 32,766). */
+/** Events one INSERT statement records (5 parameters each, far under SQLite's limit of 32,766). */
 const RECORD_CHUNK = 100
 
 const SCHEMA = `
@@ -57,7 +57,10 @@ CREATE TABLE IF NOT EXISTS event_log_state (
 export class SqliteEventLog implements EventLog {
   private readonly listeners = new EventLogListeners()
   private readonly statements
-  private readonly queries = new Map<string, Database.Statement<unknown[], { id: number; payload: string }>>()
+  private readonly queries = new Map<
+    string,
+    Database.Statement<unknown[], { id: number; payload: string; members: string | null }>
+  >()
   /** INSERT statements of `n` rows, by `n`: a large batch is one statement run per chunk, not per event. */
   private readonly inserts = new Map<number, Database.Statement<unknown[], unknown>>()
   private closed = false
@@ -68,9 +71,18 @@ export class SqliteEventLog implements EventLog {
    */
   private readonly members = new Map<string, Set<UserId>>()
 
+  /**
+   * The conversations' member lists, stored once per membership change and
+   * referenced by the events (`event_log.members`) in place of their
+   * `conversation.participants`; shared with the outbox.
+   */
+  readonly memberLists: SqliteMemberLists
+
   /** `db` is the backend's connection; the log creates its tables in it. */
   constructor(private readonly db: Database.Database) {
     this.db.exec(SCHEMA)
+    this.memberLists = new SqliteMemberLists(db)
+    this.memberLists.adopt("event_log")
     this.statements = {
       openMembers: this.db.prepare<[string], { user_id: string }>(
         "SELECT user_id FROM event_log_members WHERE conversation = ? AND to_id IS NULL",
@@ -115,15 +127,24 @@ export class SqliteEventLog implements EventLog {
    */
   record(
     events: readonly HookEvent[],
-    json: (event: HookEvent) => string = eventSerializer(),
+    json: (event: HookEvent) => StoredEvent = storedEventSerializer(),
   ): EventLogEntry[] {
     const recorded: { id: number; event: HookEvent }[] = []
     const kept = events.filter(isLogged)
+    this.memberLists.ensure(kept.map(json))
     for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
       const chunk = kept.slice(start, start + RECORD_CHUNK)
       const args: unknown[] = []
-      for (const event of chunk)
-        args.push(event.event.conversationId, event.event.type, event.event.time, json(event))
+      for (const event of chunk) {
+        const stored = json(event)
+        args.push(
+          event.event.conversationId,
+          event.event.type,
+          event.event.time,
+          stored.payload,
+          stored.members?.ref ?? null,
+        )
+      }
       const { lastInsertRowid } = this.insertStatement(chunk.length).run(...args)
       // One statement on the only writer: AUTOINCREMENT gives its rows consecutive ids, in order.
       const first = Number(lastInsertRowid) - chunk.length + 1
@@ -158,7 +179,7 @@ export class SqliteEventLog implements EventLog {
     let statement = this.inserts.get(rows)
     if (!statement) {
       statement = this.db.prepare<unknown[], unknown>(
-        `INSERT INTO event_log (conversation, type, at, payload) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?)").join(", ")}`,
+        `INSERT INTO event_log (conversation, type, at, payload, members) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?)").join(", ")}`,
       )
       this.inserts.set(rows, statement)
     }
@@ -187,12 +208,12 @@ export class SqliteEventLog implements EventLog {
       if (query.user !== undefined) {
         // In id order, each event checked against the user's membership (a primary-key lookup): a page
         // stops after `limit` matches, so catching up costs one pass over the log, not one sort per page.
-        sql = `SELECT e.id, e.payload FROM event_log e WHERE e.id > ? AND EXISTS (
+        sql = `SELECT e.id, e.payload, e.members FROM event_log e WHERE e.id > ? AND EXISTS (
           SELECT 1 FROM event_log_members m WHERE m.conversation = e.conversation AND m.user_id = ?
             AND m.from_id <= e.id AND (m.to_id IS NULL OR m.to_id >= e.id))`
         args.push(after, query.user)
       } else {
-        sql = "SELECT e.id, e.payload FROM event_log e WHERE e.id > ?"
+        sql = "SELECT e.id, e.payload, e.members FROM event_log e WHERE e.id > ?"
         args.push(after)
       }
       if (query.conversation !== undefined) {
@@ -207,12 +228,14 @@ export class SqliteEventLog implements EventLog {
       args.push(limit)
       let statement = this.queries.get(sql)
       if (!statement) {
-        statement = this.db.prepare<unknown[], { id: number; payload: string }>(sql)
+        statement = this.db.prepare<unknown[], { id: number; payload: string; members: string | null }>(sql)
         this.queries.set(sql, statement)
       }
-      return statement.all(...args)
+      const rows = statement.all(...args)
+      return { rows, lists: this.memberLists.load(rows.map((row) => row.members)) }
     })
-    return snapshot().map((row) => ({ id: String(row.id), event: JSON.parse(row.payload) as HookEvent }))
+    const { rows, lists } = snapshot()
+    return rows.map((row) => ({ id: String(row.id), event: rehydrate(row.payload, row.members, lists) }))
   }
 
   async latest(): Promise<string> {
@@ -227,9 +250,16 @@ export class SqliteEventLog implements EventLog {
   /**
    * Deletes in batches of {@link PRUNE_BATCH} events, one transaction each
    * and a turn of the event loop between them: a large backlog never blocks
-   * the relay for long.
+   * the relay for long. Then deletes the member lists no stored event (of the
+   * log or the outbox) references any more.
    */
   async prune(retention: EventRetention, now: number = Date.now(), signal?: AbortSignal): Promise<number> {
+    const pruned = await this.pruneEvents(retention, now, signal)
+    if (!this.closed && this.db.open && !signal?.aborted) this.memberLists.sweep()
+    return pruned
+  }
+
+  private async pruneEvents(retention: EventRetention, now: number, signal?: AbortSignal): Promise<number> {
     this.assertOpen()
     const latest = this.statements.latest.get()?.latest ?? 0
     const through = Math.max(

@@ -1,6 +1,7 @@
+import type { Participant } from "@parley/shared"
 import type Database from "better-sqlite3"
-import { type EventLogEntry, eventSerializer } from "./event-log.js"
-import type { HookEvent } from "./events.js"
+import type { EventLogEntry } from "./event-log.js"
+import { rehydrate, storedEventSerializer } from "./member-lists.js"
 import {
   type DeadLetter,
   type DeadLetterFilter,
@@ -48,6 +49,7 @@ interface DeliveryRow {
   seq: number
   document: string
   payload: string
+  members: string | null
   target: string
   attempts: number
   next_at: number
@@ -55,7 +57,7 @@ interface DeliveryRow {
   dead_at: number | null
 }
 
-const SELECT = `SELECT d.seq, e.document, e.payload, d.target, d.attempts, d.next_at, d.last_error, d.dead_at
+const SELECT = `SELECT d.seq, e.document, e.payload, e.members, d.target, d.attempts, d.next_at, d.last_error, d.dead_at
   FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq`
 
 /**
@@ -105,9 +107,10 @@ export class SqliteOutbox implements Outbox {
     private readonly events: SqliteEventLog = new SqliteEventLog(db),
   ) {
     this.db.exec(SCHEMA)
+    this.events.memberLists.adopt("hook_events")
     this.statements = {
-      insertEvent: this.db.prepare<[string, string], unknown>(
-        "INSERT INTO hook_events (document, payload) VALUES (?, ?)",
+      insertEvent: this.db.prepare<[string, string, string | null], unknown>(
+        "INSERT INTO hook_events (document, payload, members) VALUES (?, ?, ?)",
       ),
       insertDelivery: this.db.prepare<[number | bigint, string], unknown>(
         "INSERT INTO hook_deliveries (seq, target) VALUES (?, ?)",
@@ -156,9 +159,13 @@ export class SqliteOutbox implements Outbox {
         const deliveries: Delivery[][] = []
         const logged: EventLogEntry[] = []
         // Each event serialized once for the log and the outbox, its conversation once per change.
-        const json = eventSerializer()
+        const json = storedEventSerializer()
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
+          // Member lists (stored once per membership change) before the events that reference them.
+          this.events.memberLists.ensure(
+            batch.events.filter((e) => e.targets.length > 0).map((e) => json(e.event)),
+          )
           logged.push(
             ...this.events.record(
               batch.events.map((e) => e.event),
@@ -167,7 +174,11 @@ export class SqliteOutbox implements Outbox {
           )
           for (const { event, targets } of batch.events) {
             if (targets.length === 0) continue
-            const seq = Number(this.statements.insertEvent.run(batch.document, json(event)).lastInsertRowid)
+            const stored = json(event)
+            const seq = Number(
+              this.statements.insertEvent.run(batch.document, stored.payload, stored.members?.ref ?? null)
+                .lastInsertRowid,
+            )
             for (const target of targets) {
               this.statements.insertDelivery.run(seq, target)
               out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
@@ -249,7 +260,7 @@ export class SqliteOutbox implements Outbox {
     this.assertOpen()
     const rows =
       document === undefined ? this.statements.pending.all() : this.statements.pendingOf.all(document)
-    return rows.map(toDelivery)
+    return this.deliveriesOf(rows)
   }
 
   /** Prepared on first use, like {@link behind}'s. */
@@ -381,8 +392,10 @@ export class SqliteOutbox implements Outbox {
   async deadLetters(): Promise<DeadLetter[]> {
     this.writeDeliveredMarks()
     this.assertOpen()
-    return this.statements.dead.all().map((row) => ({
-      ...toDelivery(row),
+    const rows = this.statements.dead.all()
+    const lists = this.listsOf(rows)
+    return rows.map((row) => ({
+      ...toDelivery(row, lists),
       lastError: row.last_error ?? "",
       deadAt: row.dead_at ?? 0,
     }))
@@ -392,10 +405,7 @@ export class SqliteOutbox implements Outbox {
     this.writeDeliveredMarks()
     this.assertOpen()
     return this.relaxedTransaction(() => {
-      const chosen = this.statements.dead
-        .all()
-        .map(toDelivery)
-        .filter((d) => matchesFilter(d, filter))
+      const chosen = this.deliveriesOf(this.statements.dead.all()).filter((d) => matchesFilter(d, filter))
       for (const d of chosen) this.statements.revive.run(d.seq, d.target)
       return chosen.map((d) => ({ ...d, attempts: 0, nextAttemptAt: 0 }))
     })()
@@ -407,17 +417,27 @@ export class SqliteOutbox implements Outbox {
     this.closed = true
   }
 
+  /** The stored member lists `rows` reference. */
+  private listsOf(rows: readonly DeliveryRow[]): Map<string, readonly Participant[]> {
+    return this.events.memberLists.load(rows.map((row) => row.members))
+  }
+
+  private deliveriesOf(rows: readonly DeliveryRow[]): Delivery[] {
+    const lists = this.listsOf(rows)
+    return rows.map((row) => toDelivery(row, lists))
+  }
+
   private relaxedTransaction<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
     return this.relaxed(this.db.transaction(write) as unknown as (...args: A) => T)
   }
 }
 
-function toDelivery(row: DeliveryRow): Delivery {
+function toDelivery(row: DeliveryRow, lists: ReadonlyMap<string, readonly Participant[]>): Delivery {
   return {
     seq: row.seq,
     document: row.document,
     target: row.target,
-    event: JSON.parse(row.payload) as HookEvent,
+    event: rehydrate(row.payload, row.members, lists),
     attempts: row.attempts,
     nextAttemptAt: row.next_at,
     ...(row.last_error !== null ? { lastError: row.last_error } : {}),

@@ -6,7 +6,7 @@ import type { RelayStorage } from "../../src/storage/types.js"
 import { runApiKeyStoreConformance } from "./api-keys.js"
 import { runBindingStoreConformance } from "./bindings.js"
 import { runBlobStoreConformance } from "./blob-store.js"
-import { runEventLogConformance } from "./event-log.js"
+import { runEventLogConformance, type StoredFootprint } from "./event-log.js"
 import { runOutboxConformance, sampleEvent } from "./outbox.js"
 import { runPushSubscriptionStoreConformance } from "./push-subscriptions.js"
 import { runStorageConformance, type StorageTamper } from "./storage.js"
@@ -23,6 +23,8 @@ export interface BackendHarness {
   readonly persistent: boolean
   /** Damages the documents behind the backend's back. */
   readonly tamper: StorageTamper
+  /** What the tables hold of stored hook events and member lists (durable backends). */
+  footprint?(): Promise<StoredFootprint>
 }
 
 /**
@@ -52,7 +54,7 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
   })
 
   runEventLogConformance(name, async () => {
-    const { open, cleanup, persistent } = await opener(setup)
+    const { open, cleanup, persistent, footprint } = await opener(setup)
     const first = await open()
     return {
       parts: { outbox: first.outbox, events: first.events },
@@ -64,6 +66,7 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
             },
           }
         : {}),
+      ...(footprint ? { footprint } : {}),
       cleanup,
     }
   })
@@ -295,6 +298,7 @@ async function opener(setup: () => Promise<BackendHarness>) {
   const opened: Backend[] = []
   return {
     persistent: harness.persistent,
+    ...(harness.footprint ? { footprint: () => harness.footprint!() } : {}),
     open: async () => {
       const backend = await harness.open()
       opened.push(backend)

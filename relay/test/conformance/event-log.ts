@@ -10,6 +10,22 @@ export interface EventLogParts {
   readonly events: EventLog
 }
 
+/**
+ * What a durable backend's tables hold of stored hook events (the outbox's
+ * and the event log's payloads) and of the member lists they reference.
+ */
+export interface StoredFootprint {
+  /** Rows of stored events (outbox and log). */
+  readonly rows: number
+  /** Their payloads' total length. */
+  readonly payloadBytes: number
+  /** The longest payload. */
+  readonly maxPayload: number
+  /** Member list rows, and their total length. */
+  readonly lists: number
+  readonly listBytes: number
+}
+
 /** A hook event of `type` in `conversation` whose participants (right after it) are `participants`. */
 export function loggedEvent(
   id: string,
@@ -69,6 +85,8 @@ export function runEventLogConformance(
     parts: EventLogParts
     reopen?: () => Promise<EventLogParts>
     cleanup?: () => Promise<void>
+    /** What the backend's tables hold (durable backends). */
+    footprint?: () => Promise<StoredFootprint>
   }>,
 ) {
   describe(`event log conformance: ${name}`, () => {
@@ -76,11 +94,13 @@ export function runEventLogConformance(
     let events: EventLog
     let reopen: (() => Promise<EventLogParts>) | undefined
     let cleanup: (() => Promise<void>) | undefined
+    let footprint: (() => Promise<StoredFootprint>) | undefined
     beforeEach(async () => {
       const made = await setup()
       ;({ outbox, events } = made.parts)
       reopen = made.reopen
       cleanup = made.cleanup
+      footprint = made.footprint
     })
     afterEach(async () => {
       await outbox.close()
@@ -327,5 +347,90 @@ export function runEventLogConformance(
       expect(fourth?.event.event.id).toBe("e4")
       expect(Number(fourth!.id)).toBeGreaterThan(Number(first[2]!.id))
     })
+
+    it("stores a 1,000-member room's member list once for its 100 messages, and reads back every event as it was, across a reopen", async () => {
+      // As `participantsOf` gives it: one frozen list until the membership changes, a new conversation object per change.
+      const members = bigRoom(1000)
+      const sent: HookEvent[] = []
+      for (let m = 0; m < 100; m++) {
+        const conversation = { ...loggedEvent("x").conversation, participants: members }
+        const change = [`m${m}a`, `m${m}b`].map(
+          (id) => ({ ...loggedEvent(id, { time: m }), conversation }) as HookEvent,
+        )
+        sent.push(...change)
+        await outbox.enqueue({
+          document: "g~c1",
+          events: change.map((event) => ({ event, targets: ["hook:a"] })),
+        })
+      }
+      const json = sent.map((e) => JSON.stringify(e))
+      const check = async () => {
+        const read = await events.read({ limit: 1000 })
+        expect(read.map((e) => JSON.stringify(e.event))).toEqual(json)
+        expect((await outbox.pending()).map((d) => JSON.stringify(d.event))).toEqual(json)
+        expect((await events.read({ user: "u0999" as UserId, limit: 1000 })).length).toBe(200)
+      }
+      await check()
+      if (footprint) {
+        const listJson = JSON.stringify(members).length
+        const stored = await footprint()
+        // 200 events in the log and 200 in the outbox: none carries the ~60 KB list, which is stored once.
+        expect(stored.rows).toBe(400)
+        expect(stored.lists).toBe(1)
+        expect(stored.listBytes).toBe(listJson)
+        expect(stored.maxPayload).toBeLessThan(1000)
+        // Inline, every row would hold the list: 400 × ~60 KB. Now it is a few hundred bytes per row and the list once.
+        expect(stored.payloadBytes + stored.listBytes).toBeLessThan((stored.rows * listJson) / 50)
+      }
+      if (!reopen) return
+      await outbox.close()
+      await events.close()
+      ;({ outbox, events } = await reopen())
+      await check()
+      // Dead letters and their replay give the same events too.
+      for (const d of await outbox.pending()) await outbox.deadLetter(d.seq, d.target, 1, "no", 5)
+      expect((await outbox.deadLetters()).map((d) => JSON.stringify(d.event))).toEqual(json)
+      expect((await outbox.replay()).map((d) => JSON.stringify(d.event))).toEqual(json)
+    })
+
+    it("keeps a member list while a stored event references it, and prunes it once none does", async () => {
+      const before = { ...loggedEvent("x").conversation, participants: bigRoom(3) }
+      const after = { ...loggedEvent("x").conversation, participants: bigRoom(4) }
+      const a = { ...loggedEvent("a"), conversation: before } as HookEvent
+      const b = { ...loggedEvent("b"), conversation: after } as HookEvent
+      await outbox.enqueue({ document: "g~c1", events: [{ event: a, targets: ["hook:a"] }] })
+      await outbox.enqueue({ document: "g~c1", events: [{ event: b, targets: [] }] })
+      expect((await footprint?.())?.lists ?? 2).toBe(2)
+      // The log forgets both; the outbox still owes `a`, so its list stays.
+      expect(await events.prune({ maxAgeMs: FOREVER.maxAgeMs, maxEvents: 0 })).toBe(2)
+      expect((await footprint?.())?.lists ?? 1).toBe(1)
+      const [owed] = await outbox.pending()
+      expect(JSON.stringify(owed!.event)).toBe(JSON.stringify(a))
+      await outbox.delivered(owed!.seq, owed!.target)
+      expect(await outbox.pending()).toEqual([])
+      await events.prune({ maxAgeMs: FOREVER.maxAgeMs, maxEvents: 0 })
+      expect((await footprint?.())?.lists ?? 0).toBe(0)
+      // A list swept is written again by the next event that needs it.
+      const c = { ...loggedEvent("c"), conversation: before } as HookEvent
+      await outbox.enqueue({ document: "g~c1", events: [{ event: c, targets: ["hook:a"] }] })
+      expect((await events.read({ limit: 10 })).map((e) => JSON.stringify(e.event))).toEqual([
+        JSON.stringify(c),
+      ])
+      expect((await outbox.pending()).map((d) => JSON.stringify(d.event))).toEqual([JSON.stringify(c)])
+    })
   })
+}
+
+/** `n` members as `participantsOf` lists them: frozen, sorted, one array shared by every event until they change. */
+function bigRoom(n: number): HookEvent["conversation"]["participants"] {
+  return Object.freeze(
+    Array.from({ length: n }, (_, i) =>
+      Object.freeze({
+        user: `u${String(i).padStart(4, "0")}` as UserId,
+        role: i === 0 ? ("owner" as const) : ("member" as const),
+        addedBy: "u0000" as UserId,
+        addedAt: 1_700_000_000_000 + i,
+      }),
+    ),
+  )
 }

@@ -20,8 +20,8 @@ import {
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
-import { eventSerializer } from "../../src/hooks/event-log.js"
 import { deriveHookEvents, type HookEvent } from "../../src/hooks/events.js"
+import { rehydrate, storedEventSerializer } from "../../src/hooks/member-lists.js"
 import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
 
 const alice = "alice" as UserId
@@ -195,7 +195,7 @@ describe("document.updated", () => {
     const updated = events.at(-1) as HookEvent<"document.updated">
     expect(updated.event.type).toBe("document.updated")
     // What the event log stores is what serializing the object a handler sees gives.
-    const stored = eventSerializer()(updated)
+    const stored = storedJson(updated)
     expect(JSON.parse(stored)).toEqual(JSON.parse(JSON.stringify(updated)))
     expect(stored).toBe(JSON.stringify(updated))
     const seen = updated.subject.changes as ChangeEvent[]
@@ -209,3 +209,15 @@ describe("document.updated", () => {
     expect(stored).toContain('"body":"hi"')
   })
 })
+
+/** The JSON of `event` as stored (payload, member list apart) and put back together: what readers get. */
+function storedJson(event: HookEvent): string {
+  const stored = storedEventSerializer()(event)
+  if (!stored.members) return stored.payload
+  // The list is the conversation's last key: the stored payload is the event's JSON without it.
+  expect(stored.payload.endsWith("}}")).toBe(true)
+  const spliced = `${stored.payload.slice(0, -2)},"participants":${stored.members.json}}}`
+  const lists = new Map([[stored.members.ref, JSON.parse(stored.members.json)]])
+  expect(JSON.stringify(rehydrate(stored.payload, stored.members.ref, lists))).toBe(spliced)
+  return spliced
+}
