@@ -1,6 +1,7 @@
 import { encodeSyncUpdate } from "@parley/shared"
 import * as Y from "yjs"
-import type { DeferredWrites, DocumentHost } from "./document-host.js"
+import type { DeferringChange } from "./deferred-change.js"
+import type { DocumentHost } from "./document-host.js"
 import type { PathContext } from "./update-path.js"
 
 /** Transaction origin of derived writes. */
@@ -12,25 +13,6 @@ export const DERIVED_ORIGIN = Symbol("parley-derived")
  * given and returns that transaction's update, undefined when it wrote nothing.
  */
 export type DerivedChange = (doc: Y.Doc, origin: unknown) => unknown
-
-/**
- * What a deferring derived write is given: the document as it is (its
- * deferred writes not applied), the document with them applied (reading it
- * applies them), and the slot its deferred writes are kept in.
- */
-export interface DeferTarget {
-  readonly doc: Y.Doc
-  readonly docAsIs: Y.Doc
-  deferred: DeferredWrites | undefined
-}
-
-/**
- * A derived write that the relay encodes without a transaction: it returns the
- * update to broadcast (undefined when it wrote nothing) and leaves in
- * `target.deferred` what applies it to the document later, in one
- * transaction with the others (see {@link DocumentHost.deferred}).
- */
-export type DeferringChange = (target: DeferTarget, origin: unknown) => Uint8Array | undefined
 
 /** How a derived write is applied: by Yjs, in its own transaction returning its update, or deferred. */
 type DeriveMode = "yjs" | "encodes" | "defers"

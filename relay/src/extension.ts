@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
 import type * as Y from "yjs"
-import type { DeferringChange } from "./derived-write.js"
+import type { DeferringChange } from "./deferred-change.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"

@@ -41,7 +41,7 @@ export { PostgresBackend } from "./backend/postgres.js"
 export type { RoutedCore, UpdateRouter } from "./cluster/router.js"
 export type { Connection, Session } from "./connection.js"
 export { DEFAULT_RELAY_OPTIONS } from "./defaults.js"
-export type { DeferringChange, DeferTarget } from "./derived-write.js"
+export type { DeferringChange, DeferTarget } from "./deferred-change.js"
 export type { DeferredWrites } from "./document-host.js"
 export { closeFor } from "./errors.js"
 export type {

@@ -1,7 +1,8 @@
 import { type ConversationId, type InboxEntry, InboxTopLevel } from "@parley/shared"
 import * as encoding from "lib0/encoding"
 import * as Y from "yjs"
-import { DERIVED_ORIGIN, type DeferTarget } from "../derived-write.js"
+import type { DeferTarget } from "../deferred-change.js"
+import { DERIVED_ORIGIN } from "../derived-write.js"
 import type { DeferredWrites } from "../document-host.js"
 
 /**
