@@ -91,12 +91,21 @@ it("pins, emergencies, fleeting countdowns and push notifications in a group", {
     registrationId: await registration,
     data: JSON.stringify(payload),
   })
-  const shown = await erin.page.waitForFunction(async () => {
-    const worker = await navigator.serviceWorker.ready
-    const [notification] = await worker.getNotifications()
-    return notification && { title: notification.title, body: notification.body, tag: notification.tag }
-  })
-  expect(await shown.jsonValue()).toEqual({
+  // Polled from here: waitForFunction takes the promise an async predicate returns as truthy at once.
+  const notificationShown = () =>
+    erin.page.evaluate(async () => {
+      const worker = await navigator.serviceWorker.ready
+      const [notification] = await worker.getNotifications()
+      return notification && { title: notification.title, body: notification.body, tag: notification.tag }
+    })
+  let shown = await notificationShown()
+  for (
+    const deadline = Date.now() + 10_000;
+    !shown && Date.now() < deadline;
+    shown = await notificationShown()
+  )
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  expect(shown).toEqual({
     title: "🚨 Ops",
     body: "dana: Database down",
     tag: "conversation:g~ops",
