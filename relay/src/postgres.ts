@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto"
 import pg from "pg"
 import { DEFAULT_STORAGE_TIMEOUT_MS } from "./storage/guard.js"
 
@@ -78,6 +79,13 @@ export interface PoolOptions {
  * created. Creation holds an advisory lock, so relays starting together do not
  * race on `CREATE TABLE IF NOT EXISTS` (which can then fail on a duplicate
  * catalog entry). If setup fails the pool is closed again.
+ *
+ * A schema that is already in place (its digest recorded) is not run again:
+ * `CREATE INDEX IF NOT EXISTS` locks its table before it looks for the index,
+ * so a relay restarting next to running ones would take share locks on
+ * several busy tables in one transaction and could deadlock with their writes
+ * (seen: a chaos-test restart failing with 40P01). A setup that does run and
+ * loses a deadlock is retried.
  */
 export async function openPool(options: PoolOptions): Promise<pg.Pool> {
   const timeout = options.timeoutMs ?? DEFAULT_STORAGE_TIMEOUT_MS
@@ -95,13 +103,55 @@ export async function openPool(options: PoolOptions): Promise<pg.Pool> {
   // An idle connection dropped by the server would otherwise crash the process ("error" unhandled).
   pool.on("error", (error) => options.onIdleError(error))
   try {
-    await inTransaction(pool, async (client) => {
-      await client.query("SELECT pg_advisory_xact_lock($1, 0)", [SETUP_LOCK])
-      await client.query(options.schema)
-    })
+    await setUpSchema(pool, options.schema)
   } catch (error) {
     await pool.end()
     throw error
   }
   return pool
+}
+
+/** Where the digests of the schemas already set up in this (search-path) schema are kept. */
+const SETUPS_TABLE = "parley_schema_setups"
+
+/** Lock and serialization failures that leave nothing behind and succeed when tried again. */
+const TRANSIENT_SETUP_FAILURES = new Set(["40P01", "40001", "55P03"])
+
+/** How often a setup that lost a deadlock is tried before the error is given to the caller. */
+const SETUP_ATTEMPTS = 5
+
+async function setUpSchema(pool: pg.Pool, schema: string): Promise<void> {
+  const digest = createHash("sha256").update(schema).digest("hex")
+  if (await schemaRecorded(pool, digest)) return
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await inTransaction(pool, async (client) => {
+        await client.query("SELECT pg_advisory_xact_lock($1, 0)", [SETUP_LOCK])
+        // Another relay may have finished the same setup while this one waited for the lock.
+        if (await schemaRecorded(client, digest)) return
+        await client.query(schema)
+        await client.query(
+          `CREATE TABLE IF NOT EXISTS ${SETUPS_TABLE} (digest TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now())`,
+        )
+        await client.query(`INSERT INTO ${SETUPS_TABLE} (digest) VALUES ($1) ON CONFLICT DO NOTHING`, [
+          digest,
+        ])
+      })
+      return
+    } catch (error) {
+      const code = (error as { code?: unknown }).code
+      if (attempt >= SETUP_ATTEMPTS || typeof code !== "string" || !TRANSIENT_SETUP_FAILURES.has(code))
+        throw error
+      await new Promise((resolve) => setTimeout(resolve, 50 * attempt + Math.random() * 100))
+    }
+  }
+}
+
+async function schemaRecorded(db: pg.Pool | pg.ClientBase, digest: string): Promise<boolean> {
+  const { rows } = await db.query<{ present: boolean }>("SELECT to_regclass($1) IS NOT NULL AS present", [
+    SETUPS_TABLE,
+  ])
+  if (!rows[0]?.present) return false
+  const found = await db.query(`SELECT 1 FROM ${SETUPS_TABLE} WHERE digest = $1`, [digest])
+  return (found.rowCount ?? 0) > 0
 }

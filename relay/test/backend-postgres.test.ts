@@ -101,3 +101,30 @@ describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
     })
   },
 )
+
+describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
+  "postgres setup next to running relays",
+  () => {
+    it("opens on a schema already in place while another relay holds write locks on its tables, and sets up a new one once", async () => {
+      const scratch = await scratchSchema()
+      const running = await PostgresBackend.open(scratch.url)
+      const writer = new pg.Client({ connectionString: scratch.url })
+      await writer.connect()
+      try {
+        // A running relay's write transactions, open on the tables setup would otherwise index.
+        await writer.query("BEGIN")
+        await writer.query("LOCK TABLE parley_event_log, parley_hook_events IN ROW EXCLUSIVE MODE")
+        // Setup statements that lock those tables would wait for the transaction and time out.
+        const restarted = await PostgresBackend.open(scratch.url, { timeoutMs: 1500 })
+        await restarted.close()
+        await writer.query("COMMIT")
+        const { rows } = await writer.query<{ n: string }>("SELECT COUNT(*) AS n FROM parley_schema_setups")
+        expect(Number(rows[0]!.n)).toBe(1)
+      } finally {
+        await writer.end()
+        await running.close()
+        await scratch.drop()
+      }
+    })
+  },
+)
