@@ -19,7 +19,7 @@
  *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300]
  */
 import { type ChildProcess, fork, type Serializable } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -62,13 +62,13 @@ const PROFILE = (() => {
 /** Starts the V8 profiler; the returned function stops it and writes `<name>.cpuprofile`. */
 async function startProfile(): Promise<(name: string) => Promise<void>> {
   const { Session } = await import("node:inspector/promises")
-  const { writeFileSync } = await import("node:fs")
   const session = new Session()
   session.connect()
   await session.post("Profiler.enable")
   await session.post("Profiler.start")
   return async (name) => {
     const { profile } = await session.post("Profiler.stop")
+    mkdirSync(PROFILE!, { recursive: true })
     writeFileSync(join(PROFILE!, `${name}.cpuprofile`), JSON.stringify(profile))
     session.disconnect()
   }
