@@ -437,7 +437,12 @@ export class Conversation extends Emitter<ConversationEvents> {
     return unreadCount(this.doc, this.user)
   }
 
-  /** Moves the user's read marker to `target`: a message id, a sequence number, or "latest" (default). */
+  /**
+   * Moves the user's read marker to `target`: a message id, a sequence
+   * number, or "latest" (default). A sealed message's id works once its
+   * segment is loaded ({@link loadOlder}); an id this replica does not know
+   * throws `NOT_FOUND` rather than marking everything read.
+   */
   markRead(target: MarkerTarget | string = "latest"): boolean {
     return this.operations.markRead(target)
   }

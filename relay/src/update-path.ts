@@ -1011,23 +1011,41 @@ export function writeOnServer(
   return host.enqueue(async () => {
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
     refuseWhileStorageFails(ctx, host)
-    let failure: unknown
     const relayClientId = host.doc.clientID
-    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
-      // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
-      if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
-      const update = captureUpdate(host.doc, () => {
-        try {
-          host.doc.transact(() => change(host.doc), actor)
-        } catch (error) {
-          // What was written before the throw is in memory, so it is stored too.
-          failure = error
-        } finally {
-          if (actor.kind !== "relay") host.doc.clientID = relayClientId
-        }
+    const attempt = async () => {
+      let failure: unknown
+      const stored = await applyAndStore(ctx, host, () => {
+        // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
+        if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
+        const update = captureUpdate(host.doc, () => {
+          try {
+            host.doc.transact(() => change(host.doc), actor)
+          } catch (error) {
+            // What was written before the throw is in memory, so it is stored too.
+            failure = error
+          } finally {
+            if (actor.kind !== "relay") host.doc.clientID = relayClientId
+          }
+        })
+        return update ? { update, source: "server" } : undefined
       })
-      return update ? { update, source: "server" } : undefined
-    })
+      return { ...stored, failure }
+    }
+    let run = await attempt()
+    // A change naming a sealed message (an edit, reaction or read marker from the HTTP API or a hook)
+    // finds it only in the directory of sealed messages, loaded only now as for clients' updates.
+    // Tried again only when the refusal wrote nothing.
+    if (
+      run.entries.length === 0 &&
+      run.failure instanceof ParleyError &&
+      run.failure.code === ErrorCode.NOT_FOUND &&
+      ctx.history &&
+      !ctx.history.hasDirectory(host.doc)
+    ) {
+      await ctx.history.loadDirectory(host)
+      run = await attempt()
+    }
+    const { entries, positions, events, caughtUp, failure } = run
     if (entries.length > 0) {
       await ctx.extensions.updateStored({
         name: host.name,

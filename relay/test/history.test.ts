@@ -15,6 +15,7 @@ import {
   MessageType,
   markRead,
   newConversationId,
+  newMessageId,
   type ParleyFrame,
   Rule,
   react,
@@ -191,6 +192,43 @@ describe("sealed history", () => {
     await a.allSaved()
     await b.until(() => getMessage(b.doc, first.id)?.deleted !== undefined)
     expect(getMessage(b.doc, first.id)).toMatchObject({ body: "", deleted: { by: alice } })
+  })
+
+  it("edits a sealed message and marks read up to one from the server side (HTTP API, hooks), loading the sealed directory on demand", async () => {
+    const relay = await startRelay({
+      backend: new MemoryBackend(),
+      port: 0,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      history: { segmentSize: 10, keepLive: 5, epochClientIds: 1000, keepSummaries: 4, foldSize: 16 },
+      limits: { idleUnloadMs: 50 },
+    })
+    relays.push(relay)
+    const id = await conversationWith(relay, 40)
+    const c = await connect(relay, id, bob)
+    const sealed = segmentOf(await requestPage(c, 0)).entries
+    const first = sealed[0]!.record // alice's
+    const target = sealed[3]!
+    c.close()
+    // Unloaded, then loaded again by the change: nothing sealed is in memory until a change names it.
+    while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      editMessage(doc, alice, first.id, "edited from the API"),
+    )
+    await relay.core.write(id, { kind: "user", user: bob }, (doc) => {
+      markRead(doc, bob, target.record.id)
+    })
+    const markers = await relay.core.read(id, (doc) => typesOf(doc).read.get(bob))
+    // Exactly up to that message, not everything (the live messages stay unread).
+    expect(markers).toBe(target.seq)
+    const again = await connect(relay, id, bob)
+    sealedHistory(again.doc).add(segmentOf(await requestPage(again, 0)))
+    expect(getMessage(again.doc, first.id)?.body).toBe("edited from the API")
+    await expect(
+      relay.core.write(id, { kind: "user", user: bob }, (doc) => {
+        markRead(doc, bob, newMessageId())
+      }),
+    ).rejects.toMatchObject({ code: ErrorCode.NOT_FOUND })
   })
 
   it("serves nothing of a segment to a connection whose access is not known, nor to a non-member", async () => {

@@ -428,8 +428,16 @@ function markerValue(doc: Y.Doc, target: MarkerTarget): number {
   const index = messageIndex(doc)
   if (typeof target === "number") return target
   if (target === "latest" || !isMessageId(target)) return index.lastSequence()
+  const seq = index.seqOf.get(target) ?? sealedHistory(doc).entry(target)?.seq
+  if (seq !== undefined) return seq
   // A message not sequenced yet (still pending somewhere) marks everything the relay has ordered.
-  return index.seqOf.get(target) ?? index.lastSequence()
+  if (index.records.has(target)) return index.lastSequence()
+  // Unknown here: most likely sealed in a segment this replica has not loaded. Guessing would mark
+  // every later message read (the "latest" fallback did), so the caller must load it or give a number.
+  throw new ParleyError(
+    ErrorCode.NOT_FOUND,
+    `no message ${target} here: a sealed message must be loaded (loadOlder) before it can be marked`,
+  )
 }
 
 function moveMarker(

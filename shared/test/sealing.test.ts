@@ -1,11 +1,13 @@
 import { describe, expect, it } from "vitest"
-import type * as Y from "yjs"
+import * as Y from "yjs"
 import {
   applySeal,
   assignSequenceNumbers,
   type ConversationId,
   deleteMessage,
   listMessages,
+  markersOf,
+  markRead,
   messageIndex,
   nextFromDocument,
   planSeal,
@@ -83,5 +85,27 @@ describe("sealing a large run of messages", () => {
     expect(live).toBeLessThan(SEALING.keepLive + SEALING.segmentSize)
     // The messages still live keep the numbers they were given.
     for (const id of index.sequencedAfter(segments.at(-1)!.to)) expect(index.seqOf.get(id)).toBe(seqs.get(id))
+  })
+
+  it("marks read up to a sealed message it holds, and refuses one it does not hold instead of marking everything", () => {
+    const doc = groupDoc()
+    const users = [alice, bob, carol]
+    for (let i = 0; i < 900; i++) sendMessage(doc, users[i % 3]!, { body: `m${i}` })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    const ids = listMessages(doc, { last: 900 }).map((m) => m.id)
+    const target = ids[100]!
+    const seq = messageIndex(doc).seqOf.get(target)!
+    // A replica that never loaded the segment: the live document only, as a device joining now gets it.
+    const plan = planSeal(doc, "g~test" as ConversationId, SEALING)!
+    expect(plan.ids.has(target)).toBe(true)
+    applySeal(doc, plan, null)
+    const fresh = new Y.Doc()
+    Y.applyUpdate(fresh, Y.encodeStateAsUpdate(doc))
+    expect(() => markRead(fresh, bob, target)).toThrow(/sealed message must be loaded/)
+    expect(markersOf(fresh, bob).read).toBe(0)
+    // The replica that holds the segment marks exactly up to the message's number.
+    expect(markRead(doc, bob, target)).toBe(true)
+    expect(markersOf(doc, bob).read).toBe(seq)
+    expect(seq).toBeLessThan(messageIndex(doc).lastSequence())
   })
 })
