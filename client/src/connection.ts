@@ -323,14 +323,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    * UNAVAILABLE when not connected or when the connection drops first.
    */
   requestHistory(segment: number): Promise<HistoryPage> {
-    const session = this.session
-    if (!session?.open)
-      return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
-    const request = this.nextHistoryRequest++
-    return new Promise<HistoryPage>((resolve, reject) => {
-      this.historyRequests.set(request, { resolve, reject })
-      session.send(encodeHistoryRequest(request, segment))
-    })
+    return this.requestPage((request) => encodeHistoryRequest(request, segment))
   }
 
   /**
@@ -339,13 +332,18 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    * {@link requestHistory}, `segment` holding the page's number.
    */
   requestDirectory(page: number): Promise<HistoryPage> {
+    return this.requestPage((request) => encodeDirectoryRequest(request, page))
+  }
+
+  /** Sends the frame `encode` makes for a new request number, and waits for the page that answers it. */
+  private requestPage(encode: (request: number) => Uint8Array): Promise<HistoryPage> {
     const session = this.session
     if (!session?.open)
       return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
     const request = this.nextHistoryRequest++
     return new Promise<HistoryPage>((resolve, reject) => {
       this.historyRequests.set(request, { resolve, reject })
-      session.send(encodeDirectoryRequest(request, page))
+      session.send(encode(request))
     })
   }
 

@@ -24,7 +24,7 @@ import { growthOf } from "./growth.js"
 import { startEpoch } from "./history/epoch.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { applyPurge, holdPurged, planPurge, storePurge } from "./history/purge-plan.js"
-import { applySeal, placeholdersToTombstones, planSeal } from "./history/sealing.js"
+import { applySeal, placeholdersToTombstones, planSeal, sealDue } from "./history/sealing.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy } from "./policy.js"
@@ -562,6 +562,31 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   const news = events.filter((e) => e.type !== "messages.sequenced")
   if (news.length > 0)
     ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: news })
+  if (sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
+}
+
+/** Documents with a follow-up seal queued. */
+const sealsQueued = new WeakSet<DocumentHost>()
+
+/**
+ * Queues another seal behind what the document's queue holds now: a batch of
+ * hundreds of messages (an offline backlog, a burst) adds more than one
+ * segment, and waiting for the next change would leave the live document
+ * that much larger for as long as the conversation stays quiet. One segment
+ * per turn keeps each turn, and so each frame's wait, bounded.
+ */
+function sealAgainLater(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): void {
+  if (sealsQueued.has(host)) return
+  sealsQueued.add(host)
+  host
+    .enqueue(async () => {
+      sealsQueued.delete(host)
+      if (!host.destroyed) await seal(ctx, history, host)
+    })
+    .catch((error: unknown) => {
+      sealsQueued.delete(host)
+      ctx.log.warn({ err: error, doc: host.key }, "a follow-up seal failed; the next change seals again")
+    })
 }
 
 /**

@@ -154,6 +154,21 @@ describe("sealed history", () => {
     expect(getMessage(c.doc, segment.entries[0]!.record.id)?.body).toBe("message 10")
   })
 
+  it("seals a burst larger than a segment down to the kept size without waiting for another change", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 0)
+    // One change of 70 messages (an offline backlog arriving at once): seven segments' worth.
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) => {
+      for (let i = 0; i < 70; i++) sendMessage(doc, alice, { body: `burst ${i}` })
+    })
+    const live = () => relay.core.read(id, (doc) => listMessages(doc, { last: 1_000 }).length)
+    const deadline = Date.now() + 10_000
+    while ((await live()) >= 15 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    // keepLive 5 + segmentSize 10: fewer than 15 left live, the rest sealed in segments of 10.
+    expect(await live()).toBeLessThan(15)
+    expect(await relay.core.read(id, (doc) => sealedThrough(doc))).toBeGreaterThanOrEqual(60)
+  })
+
   it("keeps unread counts exact across segments", async () => {
     const relay = await relayWith()
     const id = await conversationWith(relay, 40)

@@ -66,6 +66,15 @@ export interface SealPlan {
 }
 
 /**
+ * Whether `doc`'s live document holds enough sequenced messages for a seal
+ * ({@link planSeal} would plan one, unless a missing placeholder holds it
+ * back): cheap, without building the segment.
+ */
+export function sealDue(doc: Y.Doc, options: SealingOptions): boolean {
+  return messageIndex(doc).sequencedAfter(sealedThrough(doc)).length >= options.keepLive + options.segmentSize
+}
+
+/**
  * The next segment to seal from `doc`, or undefined when the live document
  * holds fewer than `keepLive + segmentSize` sequenced messages. Oldest
  * messages first, at most `segmentSize` of them: a segment that ends inside
@@ -74,18 +83,18 @@ export interface SealPlan {
  * the rest ({@link SealPlan.rest}: the same numbers for the same messages, so
  * every replica's index keeps them; a `messages.sequenced` for them repeats).
  * What one seal costs is thus bounded by `segmentSize`, not by the largest
- * change ever numbered; a longer backlog is sealed over later changes, one
- * segment each.
+ * change ever numbered; a longer backlog is sealed one segment at a time
+ * (the relay seals again in a later turn of the document's queue while
+ * {@link sealDue}, so a frame pays for one segment at most).
  */
 export function planSeal(
   doc: Y.Doc,
   conversation: ConversationId,
   options: SealingOptions,
 ): SealPlan | undefined {
+  if (!sealDue(doc, options)) return undefined
   const index = messageIndex(doc)
   const through = sealedThrough(doc)
-  const live = index.sequencedAfter(through).length
-  if (live < options.keepLive + options.segmentSize) return undefined
   const records: { position: number; from: number; ids: readonly MessageId[] }[] = []
   typesOf(doc).order.forEach((value, position) => {
     const record = decodeSequenceRecord(value)

@@ -7,6 +7,7 @@ export {
   planSeal,
   type SealingOptions,
   type SealPlan,
+  sealDue,
 } from "@parley/shared"
 
 /** The summary of segment `index` in `doc`, if sealed. */
