@@ -18,5 +18,9 @@ export default defineConfig({
     testTimeout: 20_000,
     hookTimeout: 30_000,
     pool: "forks",
+    // Vitest's default (available cores − 1) is one worker on a 2-core machine: files ran one after
+    // another, 810 s in CI. Most files wait on relay processes, PostgreSQL or a browser, so two share
+    // two cores well.
+    maxWorkers: 2,
   },
 })
