@@ -24,6 +24,12 @@ interface PendingEnqueue {
   readonly reject: (error: unknown) => void
 }
 
+/** Longest delivered marks alone wait for a documents' commit to ride in (see `SqliteOutbox.scheduleFlush`). */
+const MARKS_WAIT_MS = 200
+
+/** Delivered marks written at the end of the turn whatever rides are due (a dispatcher lane waits for 256). */
+const MARKS_AT_ONCE = 128
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,6 +98,8 @@ export class SqliteOutbox implements Outbox {
   }[] = []
   private enqueues: PendingEnqueue[] = []
   private flushScheduled = false
+  /** Set while delivered marks alone wait for a ride (see {@link scheduleFlush}). */
+  private marksTimer: NodeJS.Timeout | undefined
 
   /** Enqueues not awaited one by one are recorded in call order (see {@link Outbox.ordersEnqueues}). */
   readonly ordersEnqueues = true
@@ -152,10 +160,13 @@ export class SqliteOutbox implements Outbox {
     }
     this.writeRows = this.db.transaction(
       (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
+        // An event with several targets (hooks, push) is looked at once, after all its marks.
+        const seqs = new Set<number>()
         for (const { seq, target } of marks) {
           this.statements.remove.run(seq, target)
-          this.statements.removeEventIfDone.run(seq, seq)
+          seqs.add(seq)
         }
+        for (const seq of seqs) this.statements.removeEventIfDone.run(seq, seq)
         const deliveries: Delivery[][] = []
         const logged: EventLogEntry[] = []
         // Each event serialized once for the log and the outbox, its conversation once per change.
@@ -332,15 +343,33 @@ export class SqliteOutbox implements Outbox {
     }
   }
 
+  /**
+   * Enqueues are written at the end of the turn (their deliveries wait for
+   * the commit). Delivered marks alone wait up to {@link MARKS_WAIT_MS} for
+   * a documents' commit to ride in (on a busy relay one comes every few
+   * milliseconds), or for the next enqueue: a mark only spares a delivery
+   * after a crash, so it need not commit soon, and a transaction of its own
+   * per turn cost more than the marks' rows.
+   */
   private scheduleFlush(): void {
-    if (this.flushScheduled) return
-    this.flushScheduled = true
-    setImmediate(() => {
-      this.flushScheduled = false
-      // A commit of the documents due later in this turn takes the rows along.
+    if (this.enqueues.length > 0 || this.deliveredMarks.length >= MARKS_AT_ONCE) {
+      if (this.flushScheduled) return
+      this.flushScheduled = true
+      setImmediate(() => {
+        this.flushScheduled = false
+        // A commit of the documents due later in this turn takes the rows along.
+        if (this.commitDue()) this.scheduleFlush()
+        else this.writeDeliveredMarks()
+      })
+      return
+    }
+    if (this.marksTimer || this.deliveredMarks.length === 0) return
+    this.marksTimer = setTimeout(() => {
+      this.marksTimer = undefined
       if (this.commitDue()) this.scheduleFlush()
       else this.writeDeliveredMarks()
-    })
+    }, MARKS_WAIT_MS)
+    this.marksTimer.unref?.()
   }
 
   private settle(
@@ -414,6 +443,8 @@ export class SqliteOutbox implements Outbox {
   /** Writes the waiting delivered marks; the backend closes the database. */
   async close(): Promise<void> {
     this.writeDeliveredMarks()
+    clearTimeout(this.marksTimer)
+    this.marksTimer = undefined
     this.closed = true
   }
 
