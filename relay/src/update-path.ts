@@ -900,7 +900,7 @@ function broadcastBatch(
 ): void {
   const writers = sendersOf(applied)
   const framesFor = new Map<Connection | undefined, Uint8Array[]>()
-  let sequencingFrame: Uint8Array | undefined
+  const sequencingFrame = sequencing ? encodeSyncUpdate(sequencing) : undefined
   const frames = (connection: Connection | undefined): Uint8Array[] => {
     let built = framesFor.get(connection)
     if (!built) {
@@ -908,7 +908,7 @@ function broadcastBatch(
         .filter((a) => a.item.from !== connection || !connection)
         .map((a) => a.admitted.update)
       built = mergedFrames(parts)
-      if (sequencing) built.push((sequencingFrame ??= encodeSyncUpdate(sequencing)))
+      if (sequencingFrame) built.push(sequencingFrame)
       framesFor.set(connection, built)
     }
     return built
