@@ -24,11 +24,14 @@ interface PendingEnqueue {
   readonly reject: (error: unknown) => void
 }
 
-/** Longest delivered marks alone wait for a documents' commit to ride in (see `SqliteOutbox.scheduleFlush`). */
+/** Longest enqueues wait for a documents' commit to ride in (see `SqliteOutbox.scheduleFlush`). */
+const ENQUEUE_WAIT_MS = 10
+
+/** Longest delivered marks alone wait for a documents' commit to ride in. */
 const MARKS_WAIT_MS = 200
 
-/** Delivered marks written at the end of the turn whatever rides are due (a dispatcher lane waits for 256). */
-const MARKS_AT_ONCE = 128
+/** Enqueues or marks written at the end of the turn without waiting longer (a dispatcher lane stops at 256 unwritten marks). */
+const ROWS_AT_ONCE = 128
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
@@ -98,8 +101,9 @@ export class SqliteOutbox implements Outbox {
   }[] = []
   private enqueues: PendingEnqueue[] = []
   private flushScheduled = false
-  /** Set while delivered marks alone wait for a ride (see {@link scheduleFlush}). */
-  private marksTimer: NodeJS.Timeout | undefined
+  /** Set while pending rows wait for a ride (see {@link scheduleFlush}), and when it fires. */
+  private waitTimer: NodeJS.Timeout | undefined
+  private waitDue = 0
 
   /** Enqueues not awaited one by one are recorded in call order (see {@link Outbox.ordersEnqueues}). */
   readonly ordersEnqueues = true
@@ -344,32 +348,44 @@ export class SqliteOutbox implements Outbox {
   }
 
   /**
-   * Enqueues are written at the end of the turn (their deliveries wait for
-   * the commit). Delivered marks alone wait up to {@link MARKS_WAIT_MS} for
-   * a documents' commit to ride in (on a busy relay one comes every few
-   * milliseconds), or for the next enqueue: a mark only spares a delivery
-   * after a crash, so it need not commit soon, and a transaction of its own
-   * per turn cost more than the marks' rows.
+   * Pending rows wait for a documents' commit to ride in (on a busy relay one
+   * comes every few milliseconds; a transaction of their own cost more than
+   * their rows): enqueues up to {@link ENQUEUE_WAIT_MS} (their deliveries
+   * wait for the commit; a relay that crashes before it re-derives the events
+   * from the documents' log, see the class's comment), delivered marks alone
+   * up to {@link MARKS_WAIT_MS} (a mark only spares a delivery after a crash).
+   * Past that, or with many rows waiting, they commit on their own at the end
+   * of the turn, unless a documents' commit is due in it.
    */
   private scheduleFlush(): void {
-    if (this.enqueues.length > 0 || this.deliveredMarks.length >= MARKS_AT_ONCE) {
-      if (this.flushScheduled) return
-      this.flushScheduled = true
-      setImmediate(() => {
-        this.flushScheduled = false
-        // A commit of the documents due later in this turn takes the rows along.
-        if (this.commitDue()) this.scheduleFlush()
-        else this.writeDeliveredMarks()
-      })
+    if (this.enqueues.length >= ROWS_AT_ONCE || this.deliveredMarks.length >= ROWS_AT_ONCE) {
+      this.flushThisTurn()
       return
     }
-    if (this.marksTimer || this.deliveredMarks.length === 0) return
-    this.marksTimer = setTimeout(() => {
-      this.marksTimer = undefined
-      if (this.commitDue()) this.scheduleFlush()
+    const wait =
+      this.enqueues.length > 0 ? ENQUEUE_WAIT_MS : this.deliveredMarks.length > 0 ? MARKS_WAIT_MS : undefined
+    if (wait === undefined || this.flushScheduled) return
+    const due = performance.now() + wait
+    if (this.waitTimer && this.waitDue <= due) return
+    clearTimeout(this.waitTimer)
+    this.waitDue = due
+    this.waitTimer = setTimeout(() => {
+      this.waitTimer = undefined
+      this.flushThisTurn()
+    }, wait)
+    this.waitTimer.unref?.()
+  }
+
+  /** Writes the pending rows at the end of this turn: in a documents' commit due then, or on their own. */
+  private flushThisTurn(): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => {
+      this.flushScheduled = false
+      // A commit of the documents due later in this turn takes the rows along.
+      if (this.commitDue()) this.flushThisTurn()
       else this.writeDeliveredMarks()
-    }, MARKS_WAIT_MS)
-    this.marksTimer.unref?.()
+    })
   }
 
   private settle(
@@ -443,8 +459,8 @@ export class SqliteOutbox implements Outbox {
   /** Writes the waiting delivered marks; the backend closes the database. */
   async close(): Promise<void> {
     this.writeDeliveredMarks()
-    clearTimeout(this.marksTimer)
-    this.marksTimer = undefined
+    clearTimeout(this.waitTimer)
+    this.waitTimer = undefined
     this.closed = true
   }
 
