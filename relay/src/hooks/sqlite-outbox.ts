@@ -328,6 +328,8 @@ export class SqliteOutbox implements Outbox {
     if ((marks.length === 0 && enqueues.length === 0) || this.closed) return undefined
     this.deliveredMarks = []
     this.enqueues = []
+    // Rows pending after this wait their own time from their arrival, not from these rows'.
+    this.stopWaiting()
     let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
       written = this.writeRows(enqueues, marks)
@@ -376,6 +378,11 @@ export class SqliteOutbox implements Outbox {
     this.waitTimer.unref?.()
   }
 
+  private stopWaiting(): void {
+    clearTimeout(this.waitTimer)
+    this.waitTimer = undefined
+  }
+
   /** Writes the pending rows at the end of this turn: in a documents' commit due then, or on their own. */
   private flushThisTurn(): void {
     if (this.flushScheduled) return
@@ -408,6 +415,7 @@ export class SqliteOutbox implements Outbox {
     if (marks.length === 0 && enqueues.length === 0) return
     this.deliveredMarks = []
     this.enqueues = []
+    this.stopWaiting()
     let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
       this.assertOpen()
@@ -459,8 +467,7 @@ export class SqliteOutbox implements Outbox {
   /** Writes the waiting delivered marks; the backend closes the database. */
   async close(): Promise<void> {
     this.writeDeliveredMarks()
-    clearTimeout(this.waitTimer)
-    this.waitTimer = undefined
+    this.stopWaiting()
     this.closed = true
   }
 
