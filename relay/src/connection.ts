@@ -39,10 +39,19 @@ export interface Session {
    * bounding its send queue should not count against the client.
    */
   send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void
+  /**
+   * Holds what is sent until the returned function is called, then writes it
+   * in one system call (each frame still its own message); the send queue's
+   * limits are checked then. Called and released in one synchronous stretch.
+   * Without it, every frame is written as it is sent.
+   */
+  hold?(): () => void
   close(code: number, reason: string): void
 }
 
 const INITIAL_SYNC = { initialSync: true } as const
+
+const NOTHING_HELD = (): void => {}
 
 /**
  * What a connection reads of its document (a `DocumentHost`; declared here
@@ -123,6 +132,14 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   /** Queues `frame`, unless the connection is {@link pending}: anything derived from the document goes here. */
   send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
     if (!this.pending) this.sendAnyway(frame, options)
+  }
+
+  /**
+   * Holds what this connection is sent until the returned function is called
+   * (see {@link Session.hold}): the frames of one stored change go out in one write.
+   */
+  hold(): () => void {
+    return this.closed ? NOTHING_HELD : (this.session.hold?.() ?? NOTHING_HELD)
   }
 
   /** Queues a frame that holds nothing of the document (empty sync answers, typed errors, own acks). */

@@ -12,6 +12,7 @@ import { type RawData, WebSocket } from "ws"
 import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { closeOf } from "./errors.js"
+import { holdWrites } from "./held-writes.js"
 import type { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -102,6 +103,10 @@ class MuxChannel implements Session, LeaseHolder {
     if (this.closed) return
     if (frame[0] === MessageType.awareness) this.echoCredit = Math.min(MAX_ECHO_CREDIT, this.echoCredit + 1)
     this.socket.sendRaw(encodeChannelFrame(this.number, frame), options?.initialSync === true)
+  }
+
+  hold(): () => void {
+    return this.socket.holdRaw()
   }
 
   close(code: number, reason: string): void {
@@ -346,12 +351,36 @@ export class MuxSocket implements UserSocket {
     if (tell) this.sendRaw(encodeChannelClose(number, close.code, close.reason), false)
   }
 
+  /** Writes held on the socket (see `Session.hold`), and whether frames were sent meanwhile. */
+  private holds = 0
+  private sentWhileHeld = false
+
+  /** @internal Holds the socket's writes until the returned function is called (see `Session.hold`). */
+  holdRaw(): () => void {
+    const release = holdWrites(this.options.ws)
+    this.holds++
+    return () => {
+      this.holds--
+      release()
+      if (this.holds === 0 && this.sentWhileHeld) {
+        this.sentWhileHeld = false
+        if (this.options.ws.readyState === WebSocket.OPEN) this.checkQueue()
+      }
+    }
+  }
+
   /** @internal Sends `frame` as it is on the socket, minding the send queue's limits. */
   sendRaw(frame: Uint8Array, initialSync: boolean): void {
-    const { ws, limits, metrics, log, core, token } = this.options
+    const { ws } = this.options
     if (ws.readyState !== WebSocket.OPEN) return
     ws.send(frame)
     this.queue.sent(frame.length, initialSync)
+    if (this.holds > 0) this.sentWhileHeld = true
+    else this.checkQueue()
+  }
+
+  private checkQueue(): void {
+    const { ws, limits, metrics, log, core, token } = this.options
     if (this.queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
       metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
       log.info({ buffered: ws.bufferedAmount }, "closed: client reads too slowly")

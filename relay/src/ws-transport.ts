@@ -22,6 +22,7 @@ import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
+import { holdWrites } from "./held-writes.js"
 import { sendJson } from "./http-json.js"
 import { Keepalive, type Liveness } from "./keepalive.js"
 import type { Logger } from "./log.js"
@@ -435,6 +436,22 @@ export class WsTransport {
     } catch (error) {
       return refuse(toParleyError(error))
     }
+    // While writes are held (see `Session.hold`), the send queue is checked once they are written.
+    let holds = 0
+    let sentWhileHeld = false
+    const checkQueue = () => {
+      if (queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
+        metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+        log.info({ doc: name, buffered: ws.bufferedAmount }, "closed: client reads too slowly")
+        closeUnread({ code: CloseCode.RateLimited.code, reason: "Send queue full" })
+      } else if (
+        ws.bufferedAmount > USER_QUEUE_CHECK_BYTES &&
+        this.options.core.users.checkQueued(principal)
+      ) {
+        metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+        log.info({ doc: name, buffered: ws.bufferedAmount }, "closed: the user's connections read too slowly")
+      }
+    }
     const session: Session = {
       principal,
       wantsParley,
@@ -444,19 +461,19 @@ export class WsTransport {
         if (liveness) liveness.sentAt = performance.now()
         if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
         queue.sent(frame.length, options?.initialSync === true)
-        if (queue.countedBytes(ws.bufferedAmount) > limits.maxBufferedBytes) {
-          metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-          log.info({ doc: name, buffered: ws.bufferedAmount }, "closed: client reads too slowly")
-          closeUnread({ code: CloseCode.RateLimited.code, reason: "Send queue full" })
-        } else if (
-          ws.bufferedAmount > USER_QUEUE_CHECK_BYTES &&
-          this.options.core.users.checkQueued(principal)
-        ) {
-          metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-          log.info(
-            { doc: name, buffered: ws.bufferedAmount },
-            "closed: the user's connections read too slowly",
-          )
+        if (holds > 0) sentWhileHeld = true
+        else checkQueue()
+      },
+      hold: () => {
+        const release = holdWrites(ws)
+        holds++
+        return () => {
+          holds--
+          release()
+          if (holds === 0 && sentWhileHeld) {
+            sentWhileHeld = false
+            if (ws.readyState === WebSocket.OPEN) checkQueue()
+          }
         }
       },
       close: (code, reason) => closeWith({ code, reason }),

@@ -60,6 +60,25 @@ class FakeSession implements Session {
   }
 }
 
+/** A session that records which frames it was sent while its writes were held (see `Session.hold`). */
+class HoldingSession extends FakeSession {
+  /** The frames of each hold, from its start to its release. */
+  readonly held: Uint8Array[][] = []
+  private current: Uint8Array[] | undefined
+  override send(frame: Uint8Array) {
+    super.send(frame)
+    this.current?.push(frame)
+  }
+  hold() {
+    const frames: Uint8Array[] = []
+    this.current = frames
+    return () => {
+      this.current = undefined
+      if (frames.length > 0) this.held.push(frames)
+    }
+  }
+}
+
 const updateFrame = (update: Uint8Array) => {
   const e = encoding.createEncoder()
   encoding.writeVarUint(e, MessageType.sync)
@@ -154,6 +173,29 @@ describe("relay core (no sockets)", () => {
       expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
     }
     expect((await storage.load(id)).updates).toHaveLength(2)
+  })
+
+  it("sends each connection a stored message's frames while its writes are held, in one write", async () => {
+    const core = makeCore()
+    const id = newConversationId()
+    const a = new HoldingSession({ kind: "user", user: alice })
+    const b = new HoldingSession({ kind: "user", user: bob })
+    const ca = await core.connect(id, a)
+    await core.connect(id, b)
+    const { doc, update } = conversationUpdate(id)
+    ca.receive(updateFrame(update))
+    await until(() => a.parley().length === 1)
+    const before = Y.encodeStateVector(doc)
+    sendMessage(doc, alice, { body: "hello" })
+    ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+    await until(() => a.parley().length === 2)
+    const kinds = (frames: Uint8Array[]) => frames.map((f) => decoding.readVarUint(decoding.createDecoder(f)))
+    // The sender: the message's sequence numbers, then "saved"; the other: the message, then its numbers.
+    expect(kinds(a.held.at(-1)!)).toEqual([MessageType.sync, MessageType.parley])
+    expect(kinds(b.held.at(-1)!)).toEqual([MessageType.sync, MessageType.sync])
+    const replica = new Y.Doc()
+    b.replay(replica)
+    expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
   })
 
   it("closes a connection with 4429 when its updates waiting for storage pass the byte limit", async () => {

@@ -511,6 +511,32 @@ interface RunningAttempt {
   abort(reason: unknown): void
 }
 
+/** A {@link RunningAttempt}: an object with methods, not closures made for every attempt (one per delivery). */
+class Attempt implements RunningAttempt {
+  expire: () => void = NOTHING
+  private controller: AbortController | undefined
+  private aborted = false
+  private reason: unknown
+
+  constructor(readonly deadline: number) {}
+
+  signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController()
+      if (this.aborted) this.controller.abort(this.reason)
+    }
+    return this.controller.signal
+  }
+
+  abort(why: unknown): void {
+    this.aborted = true
+    this.reason = why
+    this.controller?.abort(why)
+  }
+}
+
+const NOTHING = (): void => {}
+
 /**
  * The deadlines of running attempts, served by one timer: attempts all get
  * the same allowance, so they expire in the order they started, and the
@@ -521,25 +547,7 @@ class Deadlines {
   private timer: NodeJS.Timeout | undefined
 
   start(deadline: number): RunningAttempt {
-    let controller: AbortController | undefined
-    let reason: unknown
-    let aborted = false
-    const running: RunningAttempt = {
-      deadline,
-      expire: () => undefined,
-      signal: () => {
-        if (!controller) {
-          controller = new AbortController()
-          if (aborted) controller.abort(reason)
-        }
-        return controller.signal
-      },
-      abort: (why) => {
-        aborted = true
-        reason = why
-        controller?.abort(why)
-      },
-    }
+    const running = new Attempt(deadline)
     this.running.add(running)
     if (!this.timer) this.schedule()
     return running

@@ -24,6 +24,15 @@ interface PendingEnqueue {
   readonly reject: (error: unknown) => void
 }
 
+/** Longest enqueues wait for a documents' commit to ride in (see `SqliteOutbox.scheduleFlush`). */
+const ENQUEUE_WAIT_MS = 10
+
+/** Longest delivered marks alone wait for a documents' commit to ride in. */
+const MARKS_WAIT_MS = 200
+
+/** Enqueues or marks written at the end of the turn without waiting longer (a dispatcher lane stops at 256 unwritten marks). */
+const ROWS_AT_ONCE = 128
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,6 +101,9 @@ export class SqliteOutbox implements Outbox {
   }[] = []
   private enqueues: PendingEnqueue[] = []
   private flushScheduled = false
+  /** Set while pending rows wait for a ride (see {@link scheduleFlush}), and when it fires. */
+  private waitTimer: NodeJS.Timeout | undefined
+  private waitDue = 0
 
   /** Enqueues not awaited one by one are recorded in call order (see {@link Outbox.ordersEnqueues}). */
   readonly ordersEnqueues = true
@@ -152,10 +164,13 @@ export class SqliteOutbox implements Outbox {
     }
     this.writeRows = this.db.transaction(
       (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
+        // An event with several targets (hooks, push) is looked at once, after all its marks.
+        const seqs = new Set<number>()
         for (const { seq, target } of marks) {
           this.statements.remove.run(seq, target)
-          this.statements.removeEventIfDone.run(seq, seq)
+          seqs.add(seq)
         }
+        for (const seq of seqs) this.statements.removeEventIfDone.run(seq, seq)
         const deliveries: Delivery[][] = []
         const logged: EventLogEntry[] = []
         // Each event serialized once for the log and the outbox, its conversation once per change.
@@ -313,6 +328,8 @@ export class SqliteOutbox implements Outbox {
     if ((marks.length === 0 && enqueues.length === 0) || this.closed) return undefined
     this.deliveredMarks = []
     this.enqueues = []
+    // Rows pending after this wait their own time from their arrival, not from these rows'.
+    this.stopWaiting()
     let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
       written = this.writeRows(enqueues, marks)
@@ -332,13 +349,48 @@ export class SqliteOutbox implements Outbox {
     }
   }
 
+  /**
+   * Pending rows wait for a documents' commit to ride in (on a busy relay one
+   * comes every few milliseconds; a transaction of their own cost more than
+   * their rows): enqueues up to {@link ENQUEUE_WAIT_MS} (their deliveries
+   * wait for the commit; a relay that crashes before it re-derives the events
+   * from the documents' log, see the class's comment), delivered marks alone
+   * up to {@link MARKS_WAIT_MS} (a mark only spares a delivery after a crash).
+   * Past that, or with many rows waiting, they commit on their own at the end
+   * of the turn, unless a documents' commit is due in it.
+   */
   private scheduleFlush(): void {
+    if (this.enqueues.length >= ROWS_AT_ONCE || this.deliveredMarks.length >= ROWS_AT_ONCE) {
+      this.flushThisTurn()
+      return
+    }
+    const wait =
+      this.enqueues.length > 0 ? ENQUEUE_WAIT_MS : this.deliveredMarks.length > 0 ? MARKS_WAIT_MS : undefined
+    if (wait === undefined || this.flushScheduled) return
+    const due = performance.now() + wait
+    if (this.waitTimer && this.waitDue <= due) return
+    clearTimeout(this.waitTimer)
+    this.waitDue = due
+    this.waitTimer = setTimeout(() => {
+      this.waitTimer = undefined
+      this.flushThisTurn()
+    }, wait)
+    this.waitTimer.unref?.()
+  }
+
+  private stopWaiting(): void {
+    clearTimeout(this.waitTimer)
+    this.waitTimer = undefined
+  }
+
+  /** Writes the pending rows at the end of this turn: in a documents' commit due then, or on their own. */
+  private flushThisTurn(): void {
     if (this.flushScheduled) return
     this.flushScheduled = true
     setImmediate(() => {
       this.flushScheduled = false
       // A commit of the documents due later in this turn takes the rows along.
-      if (this.commitDue()) this.scheduleFlush()
+      if (this.commitDue()) this.flushThisTurn()
       else this.writeDeliveredMarks()
     })
   }
@@ -363,6 +415,7 @@ export class SqliteOutbox implements Outbox {
     if (marks.length === 0 && enqueues.length === 0) return
     this.deliveredMarks = []
     this.enqueues = []
+    this.stopWaiting()
     let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
       this.assertOpen()
@@ -414,6 +467,7 @@ export class SqliteOutbox implements Outbox {
   /** Writes the waiting delivered marks; the backend closes the database. */
   async close(): Promise<void> {
     this.writeDeliveredMarks()
+    this.stopWaiting()
     this.closed = true
   }
 

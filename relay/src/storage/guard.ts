@@ -33,11 +33,21 @@ export function isStorageFailure(error: unknown): error is ParleyError {
 
 /** Rejects with a STORAGE_UNAVAILABLE error when `promise` has not settled within `ms`. */
 export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(storageUnavailable(`storage did not ${what} within ${ms} ms`)), ms)
+  // One promise and one timer per call (it wraps every storage call: several per chat message),
+  // rather than a race of two promises and a `finally`.
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(storageUnavailable(`storage did not ${what} within ${ms} ms`)), ms)
+    promise.then(
+      (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      },
+      (error: unknown) => {
+        clearTimeout(timer)
+        reject(error)
+      },
+    )
   })
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer))
 }
 
 /**

@@ -42,6 +42,69 @@ describe("sqlite outbox riding in the documents' commits", () => {
     }
   })
 
+  it("keeps events enqueued with no append due for the next append's commit, a moment later", async () => {
+    const backend = open()
+    try {
+      let enqueueDone = false
+      const enqueued = backend.outbox
+        .enqueue({ document: "g~doc", events: [{ event: sampleEvent("e1"), targets: ["hook"] }], through: 1 })
+        .then((deliveries) => {
+          enqueueDone = true
+          return deliveries
+        })
+      expect(backend.documents.commitScheduled).toBe(false)
+      // A later turn: a transaction of the outbox's own would have committed by now.
+      await new Promise((resolve) => setTimeout(resolve, 1))
+      expect(enqueueDone).toBe(false)
+      const appended = backend.documents.append("g~doc", [new Uint8Array([0, 0])])
+      const [[delivery], positions] = await Promise.all([enqueued, appended])
+      expect(positions).toEqual([1])
+      expect(delivery!.event.event.id).toBe("e1")
+      expect(await backend.outbox.watermark("g~doc")).toBe(1)
+    } finally {
+      await backend.close()
+    }
+  })
+
+  it("commits waiting events on their own when no append comes", async () => {
+    const backend = open()
+    try {
+      const [delivery] = await backend.outbox.enqueue({
+        document: "g~doc",
+        events: [{ event: sampleEvent("e1"), targets: ["hook"] }],
+        through: 1,
+      })
+      expect(delivery!.event.event.id).toBe("e1")
+      expect(backend.documents.commitScheduled).toBe(false)
+    } finally {
+      await backend.close()
+    }
+  })
+
+  it("writes delivered marks with the next append's commit, and the event goes once its last target has it", async () => {
+    const backend = open()
+    try {
+      const [a, b] = await backend.outbox.enqueue({
+        document: "g~doc",
+        events: [{ event: sampleEvent("e1"), targets: ["hook", "push"] }],
+        through: 1,
+      })
+      let marked = false
+      const marks = Promise.all([
+        backend.outbox.delivered(a!.seq, a!.target),
+        backend.outbox.delivered(b!.seq, b!.target),
+      ]).then(() => {
+        marked = true
+      })
+      await new Promise((resolve) => setTimeout(resolve, 1))
+      expect(marked).toBe(false)
+      await Promise.all([marks, backend.documents.append("g~doc", [new Uint8Array([0, 0])])])
+      expect(await backend.outbox.pending()).toEqual([])
+    } finally {
+      await backend.close()
+    }
+  })
+
   it("loses none of the events enqueued while a document append that fails was due", async () => {
     const backend = open()
     try {
