@@ -89,6 +89,7 @@ export {
   HooksExtension,
   type HooksExtensionOptions,
   type InboxSummary,
+  type LoggedChange,
   MAX_EVENT_LOG_READ,
   MemoryEventLog,
   verifyWebhook,

@@ -1,16 +1,22 @@
+import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import {
   applySeal,
   assignSequenceNumbers,
   type ConversationId,
+  decodeSegment,
   deleteMessage,
+  encodeSegment,
+  encodeStoredRecord,
   listMessages,
+  type MessageId,
   markersOf,
   markRead,
   messageIndex,
   nextFromDocument,
   planSeal,
+  SEGMENT_FORMAT,
   sendMessage,
   typesOf,
 } from "../src/index.js"
@@ -107,5 +113,64 @@ describe("sealing a large run of messages", () => {
     expect(markRead(doc, bob, target)).toBe(true)
     expect(markersOf(doc, bob).read).toBe(seq)
     expect(seq).toBeLessThan(messageIndex(doc).lastSequence())
+  })
+})
+
+describe("segment encoding", () => {
+  it("writes every record as lib0's writeAny does, long and short strings alike, and reads back what it wrote", () => {
+    const long = (n: number, unit: string) => unit.repeat(Math.ceil(n / unit.length)).slice(0, n)
+    const bodies = [
+      "",
+      "hi",
+      long(63, "a"),
+      long(64, "b"),
+      long(9_999, "c"),
+      long(10_001, "d"),
+      long(30_000, "é"),
+      `${long(200, "x")}\u{1F600}${long(100, "漢")}`,
+      // A lone surrogate: both encoders write U+FFFD.
+      `${long(80, "y")}\uD800${long(10, "z")}`,
+    ]
+    const entries = bodies.map((body, i) => ({
+      seq: 10 + i,
+      record: {
+        id: `m-${String(i).padStart(6, "0")}` as MessageId,
+        author: alice,
+        body,
+        createdAt: 1_700_000_000_000 + i,
+        ...(i % 2 === 0
+          ? {
+              metadata: { note: long(100, "n"), nested: [1, 2.5, true, null, { deep: long(70, "q") }] },
+              attachments: [{ kind: "link" as const, url: `https://example.com/${long(90, "p")}` }],
+            }
+          : {}),
+      },
+    }))
+    const segment = {
+      conversation: "g~enc" as ConversationId,
+      index: 3,
+      from: 10,
+      to: 10 + bodies.length - 1,
+      entries,
+    }
+    // The format as lib0 writes it, entry by entry.
+    const reference = encoding.createEncoder()
+    encoding.writeVarUint(reference, SEGMENT_FORMAT)
+    encoding.writeVarString(reference, segment.conversation)
+    for (const n of [segment.index, segment.from, segment.to, entries.length])
+      encoding.writeVarUint(reference, n)
+    let previous = segment.from
+    for (const entry of entries) {
+      encoding.writeVarUint(reference, entry.seq - previous)
+      previous = entry.seq
+      encoding.writeAny(reference, encodeStoredRecord(entry.record) as unknown as encoding.AnyEncodable)
+    }
+    const bytes = encodeSegment(segment)
+    expect(Buffer.from(bytes).equals(Buffer.from(encoding.toUint8Array(reference)))).toBe(true)
+    const decoded = decodeSegment(bytes)
+    expect(decoded.entries.map((e) => e.record.id)).toEqual(entries.map((e) => e.record.id))
+    expect(decoded.entries.map((e) => (e.record as { body: string }).body)).toEqual(
+      bodies.map((b) => b.replace("\uD800", "\uFFFD")),
+    )
   })
 })

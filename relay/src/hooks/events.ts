@@ -291,30 +291,45 @@ export function withName(actor: HookActor, doc: Y.Doc): HookActor {
 }
 
 /**
- * JSON of event subjects serialized as they were made, for `storedEventSerializer`
- * (which otherwise serializes each subject itself).
+ * JSON of event subjects, made once for `storedEventSerializer` (which
+ * otherwise serializes each subject itself); a function, so that JSON no
+ * store asks for is never made.
  */
-export const serializedSubjects = new WeakMap<object, string>()
+export const serializedSubjects = new WeakMap<object, () => string>()
+
+/**
+ * The form of each `document.updated` subject the event log keeps (see
+ * {@link loggedForm}), by the subject handlers receive.
+ */
+const loggedSubjects = new WeakMap<object, LoggedSubject>()
+
+/** A logged `document.updated` subject. */
+type LoggedSubject = { readonly changes: readonly LoggedChange[]; readonly positions: readonly number[] }
 
 /**
  * The subject of `document.updated`: every change of the saved change, as
- * plain JSON. Its changes are serialized once, here, for the event log (a
- * 2,000-message frame's are hundreds of KB); the plain copy handlers see is
- * parsed from that JSON only when something reads it (most relays have no
- * handler for this event), and is then an ordinary data property.
+ * plain JSON. The plain copy handlers see is made (through JSON: change
+ * events hold values read from Yjs) only when something reads it (most
+ * relays have no handler for this event), and is then an ordinary data
+ * property; its JSON for the outbox only when a target wants the event. The
+ * event log's lean form (a 2,000-message frame's changes are hundreds of KB,
+ * a frame of long bodies a MB) is made and serialized here, once.
  */
 function documentUpdated(
   changes: readonly ChangeEvent[],
   positions: readonly number[],
 ): HookSubjects["document.updated"] {
-  // Change events hold values read from Yjs; through JSON they are plain and storable.
-  const json = JSON.stringify(changes)
+  let json: string | undefined
+  const full = () => {
+    json ??= `{"changes":${JSON.stringify(changes)},"positions":${JSON.stringify(positions)}}`
+    return json
+  }
   const subject = {} as { changes: readonly ChangeEvent[]; positions: readonly number[] }
   Object.defineProperty(subject, "changes", {
     enumerable: true,
     configurable: true,
     get() {
-      const value = JSON.parse(json) as ChangeEvent[]
+      const value = (JSON.parse(full()) as { changes: ChangeEvent[] }).changes
       Object.defineProperty(subject, "changes", {
         value,
         enumerable: true,
@@ -325,8 +340,57 @@ function documentUpdated(
     },
   })
   subject.positions = positions
-  serializedSubjects.set(subject, `{"changes":${json},"positions":${JSON.stringify(positions)}}`)
+  serializedSubjects.set(subject, full)
+  const lean = { changes: changes.map(leanChange), positions }
+  const leanJson = JSON.stringify(lean)
+  // Parsed back: the log's readers and listeners see plain JSON, as the stored row reads.
+  const logged = JSON.parse(leanJson) as LoggedSubject
+  serializedSubjects.set(logged, () => leanJson)
+  loggedSubjects.set(subject, logged)
   return subject
+}
+
+/**
+ * A change as the event log's `document.updated` keeps it: a message's
+ * content is not repeated, its own event of the same change (`message.sent`,
+ * `message.edited`) carries it; the change names the message.
+ */
+function leanChange(change: ChangeEvent): LoggedChange {
+  switch (change.type) {
+    case "message.sent":
+      return { type: change.type, message: { id: change.message.id } }
+    case "message.edited":
+      return { type: change.type, messageId: change.messageId, editedAt: change.editedAt }
+    default:
+      return change
+  }
+}
+
+/** A change of a logged `document.updated` (see {@link loggedForm}). */
+export type LoggedChange =
+  | Exclude<ChangeEvent, { type: "message.sent" | "message.edited" }>
+  | { readonly type: "message.sent"; readonly message: { readonly id: MessageId } }
+  | { readonly type: "message.edited"; readonly messageId: MessageId; readonly editedAt: number }
+
+/**
+ * `event` as the event log records it (relay README, "Event log"): the same,
+ * except `document.updated`, whose `message.sent` changes hold the message's
+ * `id` only and whose `message.edited` changes hold no `body` — the
+ * `message.sent` / `message.edited` events of the same change, recorded just
+ * before it, carry the content. Hook handlers and the outbox get every change
+ * whole.
+ */
+export function loggedForm(event: HookEvent): HookEvent {
+  if (event.event.type !== "document.updated") return event
+  let logged = loggedSubjects.get(event.subject)
+  if (logged === undefined) {
+    // An event not derived here (a test's, one recovered): made lean the same way, when it has changes.
+    const subject = event.subject as Partial<HookSubjects["document.updated"]>
+    if (!Array.isArray(subject.changes)) return event
+    logged = { ...subject, changes: subject.changes.map(leanChange) } as LoggedSubject
+  }
+  // The log's type is the handlers' (HookEvent): a logged `document.updated` holds LoggedChange entries.
+  return { event: event.event, subject: logged, conversation: event.conversation } as unknown as HookEvent
 }
 
 /**

@@ -35,6 +35,7 @@ export {
   type HookEventHeader,
   type HookEventType,
   type HookSubjects,
+  type LoggedChange,
 } from "./events.js"
 export { HooksExtension, type HooksExtensionOptions } from "./extension.js"
 export { type LoadedHooks, loadHooks } from "./loader.js"

@@ -64,7 +64,7 @@ export function storedEventSerializer(): (event: HookEvent) => StoredEvent {
     }
     if (shared === null) stored = { payload: JSON.stringify(event) }
     else {
-      const subject = serializedSubjects.get(event.subject) ?? JSON.stringify(event.subject)
+      const subject = serializedSubjects.get(event.subject)?.() ?? JSON.stringify(event.subject)
       stored = {
         payload: `{"event":${JSON.stringify(event.event)},"subject":${subject},"conversation":${shared.payload}}`,
         ...(shared.members ? { members: shared.members } : {}),

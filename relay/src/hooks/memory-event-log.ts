@@ -13,7 +13,7 @@ import {
   isLogged,
   parseEventId,
 } from "./event-log.js"
-import type { HookEvent } from "./events.js"
+import { type HookEvent, loggedForm } from "./events.js"
 
 interface Row {
   readonly id: number
@@ -31,8 +31,9 @@ export class MemoryEventLog implements EventLog {
   /** Records `events` (those the log keeps) and tells the listeners; the outbox calls it inside its enqueue. */
   record(events: readonly HookEvent[]): EventLogEntry[] {
     const entries: EventLogEntry[] = []
-    for (const event of events) {
-      if (!isLogged(event)) continue
+    for (const original of events) {
+      if (!isLogged(original)) continue
+      const event = loggedForm(original)
       const id = ++this.last
       this.rows.push({ id, event, audience: new Set(audienceOf(event)) })
       entries.push({ id: String(id), event })

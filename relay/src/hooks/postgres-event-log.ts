@@ -16,7 +16,7 @@ import {
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
-import type { HookEvent } from "./events.js"
+import { type HookEvent, loggedForm } from "./events.js"
 import {
   ensurePostgresLists,
   loadPostgresLists,
@@ -93,7 +93,7 @@ export class PostgresEventLog implements EventLog {
     events: readonly HookEvent[],
     json: (event: HookEvent) => StoredEvent = storedEventSerializer(),
   ): Promise<EventLogEntry[]> {
-    const kept = events.filter(isLogged)
+    const kept = events.filter(isLogged).map(loggedForm)
     if (kept.length === 0) return []
     await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
     await ensurePostgresLists(client, kept.map(json))

@@ -15,7 +15,7 @@ import {
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
-import type { HookEvent } from "./events.js"
+import { type HookEvent, loggedForm } from "./events.js"
 import { rehydrate, SqliteMemberLists, type StoredEvent, storedEventSerializer } from "./member-lists.js"
 
 /** Conversations whose open memberships the log keeps in memory. */
@@ -130,7 +130,7 @@ export class SqliteEventLog implements EventLog {
     json: (event: HookEvent) => StoredEvent = storedEventSerializer(),
   ): EventLogEntry[] {
     const recorded: { id: number; event: HookEvent }[] = []
-    const kept = events.filter(isLogged)
+    const kept = events.filter(isLogged).map(loggedForm)
     this.memberLists.ensure(kept.map(json))
     for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
       const chunk = kept.slice(start, start + RECORD_CHUNK)

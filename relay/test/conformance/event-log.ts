@@ -1,7 +1,18 @@
-import { type ConversationId, ErrorCode, type ParleyError, type UserId } from "@parley/shared"
+import {
+  type ChangeEvent,
+  type ConversationId,
+  createConversation,
+  ErrorCode,
+  editMessage,
+  observeChanges,
+  type ParleyError,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
 import type { EventLog, EventLogEntry } from "../../src/hooks/event-log.js"
-import type { HookEvent, HookEventType } from "../../src/hooks/events.js"
+import { deriveHookEvents, type HookEvent, type HookEventType } from "../../src/hooks/events.js"
 import type { Outbox } from "../../src/hooks/outbox.js"
 
 /** An outbox and the event log its enqueue writes (one backend's). */
@@ -261,6 +272,86 @@ export function runEventLogConformance(
       expect(ids(heard)).toEqual(expected)
       await enqueue("g~c1", [loggedEvent("next")])
       expect(ids(await events.read({ limit: 10 }))).toEqual([...expected, "next"])
+    })
+
+    it("records document.updated without the message content its change's own events carry; deliveries get it whole", async () => {
+      const doc = new Y.Doc()
+      const alice = "alice" as UserId
+      createConversation(doc, alice, {
+        kind: "group",
+        id: "g~lean" as ConversationId,
+        participants: ["bob" as UserId],
+      })
+      const changes: ChangeEvent[] = []
+      const stop = observeChanges(doc, (c) => changes.push(...c))
+      const first = sendMessage(doc, alice, { body: "first secret body" })
+      doc.transact(() => {
+        sendMessage(doc, alice, { body: "second secret body" })
+        editMessage(doc, alice, first.id, "edited secret body")
+      })
+      stop()
+      const derived = deriveHookEvents({
+        conversationId: "g~lean" as ConversationId,
+        doc,
+        actor: { kind: "user", user: alice },
+        changes,
+        positions: [1, 2],
+        now: 5,
+      })
+      expect(derived.map((e) => e.event.type).filter((t) => t === "document.updated")).toEqual([
+        "document.updated",
+      ])
+      const updated = derived.at(-1)!
+      // The same change made by hand (not derived: an event recovered or built elsewhere) is logged the same way.
+      const byHand = JSON.parse(
+        JSON.stringify({ ...updated, event: { ...updated.event, id: "by-hand" } }),
+      ) as HookEvent
+      const heard: EventLogEntry[] = []
+      events.subscribe((entries) => heard.push(...entries))
+      await outbox.enqueue({
+        document: "g~lean",
+        events: [...derived, byHand].map((event) => ({
+          event,
+          targets: event.event.type === "document.updated" ? ["hook:a"] : [],
+        })),
+      })
+      const read = await events.read({ limit: 100 })
+      expect(heard).toEqual(read)
+      expect(read.map((e) => e.event.event.type)).toEqual([
+        ...derived.map((e) => e.event.type),
+        "document.updated",
+      ])
+      const sentIds = read.flatMap((e) =>
+        e.event.event.type === "message.sent"
+          ? [(e.event.subject as { message: { id: string } }).message.id]
+          : [],
+      )
+      expect(sentIds).toHaveLength(2)
+      for (const entry of read.filter((e) => e.event.event.type === "document.updated")) {
+        const subject = entry.event.subject as { changes: unknown[]; positions: number[] }
+        expect(subject.positions).toEqual([1, 2])
+        expect(subject.changes.filter((c) => (c as { type: string }).type === "message.sent")).toEqual(
+          sentIds.map((id) => ({ type: "message.sent", message: { id } })),
+        )
+        expect(subject.changes).toContainEqual({
+          type: "message.edited",
+          messageId: first.id,
+          editedAt: expect.any(Number),
+        })
+        expect(JSON.stringify(entry.event)).not.toContain("secret body")
+        expect(entry.event.event).toEqual(entry.event.event.id === "by-hand" ? byHand.event : updated.event)
+      }
+      // The content is in the log, in the events that carry it.
+      expect(JSON.stringify(read.filter((e) => e.event.event.type === "message.edited"))).toContain(
+        "edited secret body",
+      )
+      // A hook that wants document.updated gets every change whole, as its handler would.
+      const pending = await outbox.pending()
+      expect(pending.map((d) => d.event.event.id)).toEqual([updated.event.id, "by-hand"])
+      for (const delivery of pending)
+        expect(JSON.parse(JSON.stringify(delivery.event.subject))).toEqual(
+          JSON.parse(JSON.stringify(updated.subject)),
+        )
     })
 
     it("does not record typing.started, which is not durable", async () => {
