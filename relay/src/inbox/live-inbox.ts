@@ -7,6 +7,8 @@ import {
   type InboxEntry,
   InboxTopLevel,
   inboxDocumentName,
+  type MemberReadState,
+  memberReadState,
   ParleyError,
   parseDocumentName,
   typesOf,
@@ -14,7 +16,7 @@ import {
   writeInboxEntry,
 } from "@parley/shared"
 import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
-import { deferEntryReplacement, SharedEntryValues } from "./entry-update.js"
+import { deferEntryReplacement, EntryValues } from "./entry-update.js"
 
 /** Changes that alter what an inbox entry shows (reactions and delivery markers do not). */
 const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
@@ -122,12 +124,10 @@ export class LiveInbox implements RelayExtension {
     if (!head) return
     const id = parsed.id
     const headJson = JSON.stringify(head.entry)
-    // Every member's entry shares the head's values: encoded once for all of them.
-    const values = new SharedEntryValues()
-    for (const user of users) {
-      const entry = entryFromHead(head, doc, user)
-      this.write(user, id, entry, headJson, values)
-    }
+    // Every member's entry shares the head's values: encoded once for all of them, then each member's
+    // read state written into its own frame (no entry object per member).
+    const values = new EntryValues(head)
+    for (const user of users) this.writeState(user, id, memberReadState(doc, user), headJson, values)
   }
 
   /** Derives every entry of `user`'s inbox from the conversations and writes what differs. */
@@ -178,56 +178,87 @@ export class LiveInbox implements RelayExtension {
   }
 
   /**
-   * Writes `user`'s entry. From a change (with the change's shared `values`)
-   * an entry equal to the one last written for the user is skipped without
-   * reading the inbox, and its update is encoded by the relay; a refresh
-   * compares with the inbox itself (the user may have written it).
+   * Writes `user`'s entry from a change: their read state (undefined: not a
+   * participant, the entry goes) on the change's head, whose `values` are
+   * encoded once. An entry equal to the one last written for the user is
+   * skipped without reading the inbox; its update is encoded by the relay and
+   * applied to the relay's copy later (`deferEntryReplacement`).
+   */
+  private writeState(
+    user: UserId,
+    id: ConversationId,
+    state: MemberReadState | undefined,
+    headJson: string,
+    values: EntryValues,
+  ): void {
+    const core = this.core
+    if (!core || !this.remember(user, id, state, headJson, false)) return
+    core
+      .deriveDeferred(inboxDocumentName(user), (inbox, origin) =>
+        deferEntryReplacement(inbox, id, state && values.encode(state), origin),
+      )
+      .catch(() => this.shown.get(user)?.delete(id))
+  }
+
+  /**
+   * Writes `user`'s entry from a refresh: compared with the inbox itself (the
+   * user may have written it), in a transaction.
    */
   private write(
     user: UserId,
     id: ConversationId,
     entry: InboxEntry | undefined,
     headJson: string,
-    values?: SharedEntryValues,
   ): Promise<boolean> {
-    const compare = values === undefined
     const core = this.core
     if (!core) return Promise.resolve(false)
+    const state = entry && {
+      unread: entry.unread,
+      readUpTo: entry.readUpTo,
+      emergency: entry.emergency ?? [],
+    }
+    this.remember(user, id, state, headJson, true)
+    return core
+      .derive(inboxDocumentName(user), (inbox) => {
+        writeInboxEntry(inbox, id, entry)
+      })
+      .catch(() => {
+        this.shown.get(user)?.delete(id)
+        return false
+      })
+  }
+
+  /**
+   * Records what `user`'s entry shows now; false when it shows what was last
+   * written for them (and `always` is not set), so nothing needs writing.
+   */
+  private remember(
+    user: UserId,
+    id: ConversationId,
+    state: MemberReadState | undefined,
+    headJson: string,
+    always: boolean,
+  ): boolean {
     let mine = this.shown.get(user)
     const last = mine?.get(id)
-    const now: Shown = entry
-      ? {
-          head: headJson,
-          unread: entry.unread,
-          readUpTo: entry.readUpTo,
-          emergency: entry.emergency?.join() ?? "",
-        }
-      : GONE
+    const emergency = state === undefined || state.emergency.length === 0 ? "" : state.emergency.join()
     if (
-      !compare &&
+      !always &&
       last !== undefined &&
-      last.head === now.head &&
-      last.unread === now.unread &&
-      last.readUpTo === now.readUpTo &&
-      last.emergency === now.emergency
+      (state === undefined
+        ? last === GONE
+        : last.head === headJson &&
+          last.unread === state.unread &&
+          last.readUpTo === state.readUpTo &&
+          last.emergency === emergency)
     )
-      return Promise.resolve(false)
+      return false
     if (!mine) {
       mine = new Map()
       this.shown.set(user, mine)
     }
-    mine.set(id, now)
-    const written = values
-      ? core.deriveDeferred(inboxDocumentName(user), (inbox, origin) =>
-          deferEntryReplacement(inbox, id, entry, values, origin),
-        )
-      : core.derive(inboxDocumentName(user), (inbox) => {
-          writeInboxEntry(inbox, id, entry)
-        })
-    return written.catch(() => {
-      this.shown.get(user)?.delete(id)
-      return false
-    })
+    mine.set(id, state ? { head: headJson, unread: state.unread, readUpTo: state.readUpTo, emergency } : GONE)
+    return true
   }
 }
 
