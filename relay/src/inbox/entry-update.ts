@@ -313,17 +313,38 @@ class PendingEntries implements DeferredWrites {
     // Written for the state the first was encoded on; anything else would leave them pending in Yjs.
     if (doc.clientID !== this.client || Y.getState(doc.store, this.client) !== this.base)
       throw new Error("deferred inbox entries no longer fit the document")
+    const structs = encoding.createEncoder()
+    let count = 0
+    const { items } = this
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!
+      count++
+      if (item.value !== undefined) {
+        writeItemHead(structs, 8, item.origin, item.key) // ContentAny's ref
+        encoding.writeVarUint(structs, 1) // one value
+        encoding.writeUint8Array(structs, item.value)
+        continue
+      }
+      // A run of replaced entries of one key, each after the one before: one deleted struct of the
+      // run's length, as Yjs merges them once integrated (so a busy room's entry, replaced on every
+      // message, costs one struct per application, not one per message).
+      let length = 1
+      for (let next = items[i + 1]; next !== undefined; next = items[i + 1]) {
+        const after = next.origin
+        if (next.value !== undefined || next.key !== item.key) break
+        if (after === null || after.client !== this.client || after.clock !== this.base + i) break
+        i++
+        length++
+      }
+      writeItemHead(structs, 1, item.origin, item.key) // ContentDeleted's ref
+      encoding.writeVarUint(structs, length)
+    }
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, 1)
-    encoding.writeVarUint(encoder, this.items.length)
+    encoding.writeVarUint(encoder, count)
     encoding.writeVarUint(encoder, this.client)
     encoding.writeVarUint(encoder, this.base)
-    for (const item of this.items) {
-      const content = item.value === undefined ? 1 : 8 // ContentDeleted's ref, ContentAny's
-      writeItemHead(encoder, content, item.origin, item.key)
-      encoding.writeVarUint(encoder, 1) // a deleted length, or one value
-      if (item.value !== undefined) encoding.writeUint8Array(encoder, item.value)
-    }
+    encoding.writeUint8Array(encoder, encoding.toUint8Array(structs))
     writeDeleteSet(encoder, this.replaced)
     const update = encoding.toUint8Array(encoder)
     // As a local transaction: the items are the document's own client's, which a remote one must not
