@@ -273,6 +273,9 @@ export function replaceEntryEncoded(
   return encoding.toUint8Array(encoder)
 }
 
+/** What a pending item's record counts towards the host's bound on deferred writes, beside its value. */
+const PENDING_ITEM_BYTES = 32
+
 /** An entry written and not yet applied: an item of the relay's client, at the pending list's base plus its index. */
 interface PendingItem {
   readonly key: string
@@ -504,11 +507,17 @@ export function deferEntryReplacement(
   } else {
     frame[at++] = 0
   }
-  if (previous !== undefined) pending.items[previous]!.value = undefined
-  else if (replaced) pending.replaced.push(replaced)
+  if (previous !== undefined) {
+    const before = pending.items[previous]!
+    pending.bytes -= before.value?.length ?? 0
+    before.value = undefined
+  } else if (replaced) pending.replaced.push(replaced)
   pending.items.push({ key: id, origin: left, value: frame.subarray(valueAt, valueAt + value.length) })
   pending.newest.set(id, pending.items.length - 1)
-  pending.bytes += frame.length
+  // What waits is the newest value of each key and a record per item (a replaced one applies as a
+  // deleted struct, merged with its run): a room's entry replaced on every message is applied about
+  // every 256 messages, not every twenty.
+  pending.bytes += value.length + PENDING_ITEM_BYTES
   // Set again: the host bounds what waits (and applies it once it holds enough).
   target.deferred = pending
   return frame
