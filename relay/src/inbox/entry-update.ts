@@ -111,6 +111,17 @@ export class EntryValues {
 
   /** A member's entry value, as `writeAny(entryFromParts(head, state))` encodes it. */
   encode(state: MemberReadState): Uint8Array {
+    const value = this.member(state)
+    const out = Buffer.allocUnsafe(value.size)
+    value.write(out, 0)
+    return out
+  }
+
+  /**
+   * A member's entry value, written where its frame holds it: its size, then
+   * writing it (no buffer of its own and no copy per member).
+   */
+  member(state: MemberReadState): EntryValue {
     const emergency = state.emergency.length > 0 ? propertyBytes("emergency", state.emergency) : undefined
     const keys = this.headKeys + 2 + (emergency ? 1 : 0)
     const size =
@@ -123,23 +134,31 @@ export class EntryValues {
       READ_UP_TO_KEY.length +
       anySize(state.readUpTo) +
       this.after.length
-    const out = Buffer.allocUnsafe(size)
-    let at = 0
-    out[at++] = ANY_OBJECT
-    at = putVarUint(out, at, keys)
-    out.set(this.before, at)
-    at += this.before.length
-    out.set(UNREAD_KEY, at)
-    at = putAny(out, at + UNREAD_KEY.length, state.unread)
-    if (emergency) {
-      out.set(emergency, at)
-      at += emergency.length
+    return {
+      size,
+      write: (out, at) => {
+        out[at++] = ANY_OBJECT
+        at = putVarUint(out, at, keys)
+        out.set(this.before, at)
+        at += this.before.length
+        out.set(UNREAD_KEY, at)
+        at = putAny(out, at + UNREAD_KEY.length, state.unread)
+        if (emergency) {
+          out.set(emergency, at)
+          at += emergency.length
+        }
+        out.set(READ_UP_TO_KEY, at)
+        at = putAny(out, at + READ_UP_TO_KEY.length, state.readUpTo)
+        out.set(this.after, at)
+      },
     }
-    out.set(READ_UP_TO_KEY, at)
-    at = putAny(out, at + READ_UP_TO_KEY.length, state.readUpTo)
-    out.set(this.after, at)
-    return out
   }
+}
+
+/** An entry value to write: its size in bytes, and writing it into `out` at `at`. */
+export interface EntryValue {
+  readonly size: number
+  write(out: Uint8Array, at: number): void
 }
 
 const UNREAD_KEY = encoding.encode((e) => encoding.writeVarString(e, "unread"))
@@ -424,7 +443,7 @@ const NO_VALUES = new SharedEntryValues()
  * setting it in a transaction of the relay's client would give (byte for
  * byte), and leaves the item in `target.deferred`, applied with the others
  * when the document is next read (see `DocumentHost.deferred`). `value` is
- * the entry as lib0's `writeAny` encodes it ({@link EntryValues.encode}), or
+ * the entry as lib0's `writeAny` encodes it ({@link EntryValues.member}), or
  * undefined to remove it. Undefined when nothing changed. A removal is rare
  * (a member leaving) and goes through a transaction, after the deferred
  * entries.
@@ -432,7 +451,7 @@ const NO_VALUES = new SharedEntryValues()
 export function deferEntryReplacement(
   target: DeferTarget,
   id: ConversationId,
-  value: Uint8Array | undefined,
+  value: EntryValue | undefined,
   origin: unknown,
 ): Uint8Array | undefined {
   if (!value) {
@@ -476,7 +495,7 @@ export function deferEntryReplacement(
   const deletes = replaced
     ? 2 + varUintSize(replaced.client) + varUintSize(replaced.clock) + varUintSize(replaced.length)
     : 1
-  const updateLength = structs + value.length + deletes
+  const updateLength = structs + value.size + deletes
   const frame = Buffer.allocUnsafe(2 + varUintSize(updateLength) + updateLength)
   frame[0] = 0 // y-protocols' sync message
   frame[1] = 2 // its update subtype
@@ -496,8 +515,8 @@ export function deferEntryReplacement(
   }
   frame[at++] = 1 // one value
   const valueAt = at
-  frame.set(value, at)
-  at += value.length
+  value.write(frame, at)
+  at += value.size
   if (replaced) {
     frame[at++] = 1 // one client
     at = putVarUint(frame, at, replaced.client)
@@ -512,12 +531,12 @@ export function deferEntryReplacement(
     pending.bytes -= before.value?.length ?? 0
     before.value = undefined
   } else if (replaced) pending.replaced.push(replaced)
-  pending.items.push({ key: id, origin: left, value: frame.subarray(valueAt, valueAt + value.length) })
+  pending.items.push({ key: id, origin: left, value: frame.subarray(valueAt, valueAt + value.size) })
   pending.newest.set(id, pending.items.length - 1)
   // What waits is the newest value of each key and a record per item (a replaced one applies as a
   // deleted struct, merged with its run): a room's entry replaced on every message is applied about
   // every 256 messages, not every twenty.
-  pending.bytes += value.length + PENDING_ITEM_BYTES
+  pending.bytes += value.size + PENDING_ITEM_BYTES
   // Set again: the host bounds what waits (and applies it once it holds enough).
   target.deferred = pending
   return frame

@@ -195,7 +195,7 @@ export class LiveInbox implements RelayExtension {
     if (!core || !this.remember(user, id, state, headJson, false)) return
     core
       .deriveDeferred(inboxDocumentName(user), (inbox, origin) =>
-        deferEntryReplacement(inbox, id, state && values.encode(state), origin),
+        deferEntryReplacement(inbox, id, state && values.member(state), origin),
       )
       .catch(() => this.shown.get(user)?.delete(id))
   }
