@@ -256,6 +256,7 @@ async function inboxRun(mode: Mode, messages: number) {
     connected: CONNECTED,
     messages,
     cpuMsPerMessage: round((cpu.user + cpu.system) / 1000 / messages, 3),
+    systemMsPerMessage: round(cpu.system / 1000 / messages, 3),
     durableWritesPerMessage: round(updates / messages, 1),
     hookEventKBStoredPerMessage: round(eventBytes / 1024 / messages, 2),
     KBWrittenPerMessage: round(wchar / 1024 / messages, 1),
@@ -341,6 +342,7 @@ async function socketFloorRun(kind: "ws" | "y-websocket", messages: number) {
     messages,
     frameBytes,
     cpuMsPerMessage: round(ms, 3),
+    systemMsPerMessage: round(cpu.system / 1000 / messages, 3),
     usPerRecipient: round((ms * 1000) / CONNECTED, 1),
   }
 }
