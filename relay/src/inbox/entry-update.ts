@@ -122,36 +122,50 @@ export class EntryValues {
    * writing it (no buffer of its own and no copy per member).
    */
   member(state: MemberReadState): EntryValue {
-    const emergency = state.emergency.length > 0 ? propertyBytes("emergency", state.emergency) : undefined
-    const keys = this.headKeys + 2 + (emergency ? 1 : 0)
-    const size =
+    return new MemberEntryValue(this.before, this.after, this.headKeys, state)
+  }
+}
+
+/** One member's entry value: the change's shared bytes around the member's read state. */
+class MemberEntryValue implements EntryValue {
+  readonly size: number
+  private readonly emergency: Uint8Array | undefined
+  private readonly keys: number
+
+  constructor(
+    private readonly before: Uint8Array,
+    private readonly after: Uint8Array,
+    headKeys: number,
+    private readonly state: MemberReadState,
+  ) {
+    this.emergency = state.emergency.length > 0 ? propertyBytes("emergency", state.emergency) : undefined
+    this.keys = headKeys + 2 + (this.emergency ? 1 : 0)
+    this.size =
       1 +
-      varUintSize(keys) +
-      this.before.length +
+      varUintSize(this.keys) +
+      before.length +
       UNREAD_KEY.length +
       anySize(state.unread) +
-      (emergency?.length ?? 0) +
+      (this.emergency?.length ?? 0) +
       READ_UP_TO_KEY.length +
       anySize(state.readUpTo) +
-      this.after.length
-    return {
-      size,
-      write: (out, at) => {
-        out[at++] = ANY_OBJECT
-        at = putVarUint(out, at, keys)
-        out.set(this.before, at)
-        at += this.before.length
-        out.set(UNREAD_KEY, at)
-        at = putAny(out, at + UNREAD_KEY.length, state.unread)
-        if (emergency) {
-          out.set(emergency, at)
-          at += emergency.length
-        }
-        out.set(READ_UP_TO_KEY, at)
-        at = putAny(out, at + READ_UP_TO_KEY.length, state.readUpTo)
-        out.set(this.after, at)
-      },
+      after.length
+  }
+
+  write(out: Uint8Array, at: number): void {
+    out[at++] = ANY_OBJECT
+    at = putVarUint(out, at, this.keys)
+    out.set(this.before, at)
+    at += this.before.length
+    out.set(UNREAD_KEY, at)
+    at = putAny(out, at + UNREAD_KEY.length, this.state.unread)
+    if (this.emergency) {
+      out.set(this.emergency, at)
+      at += this.emergency.length
     }
+    out.set(READ_UP_TO_KEY, at)
+    at = putAny(out, at + READ_UP_TO_KEY.length, this.state.readUpTo)
+    out.set(this.after, at)
   }
 }
 
