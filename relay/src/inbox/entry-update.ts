@@ -510,7 +510,9 @@ export function deferEntryReplacement(
     ? 2 + varUintSize(replaced.client) + varUintSize(replaced.clock) + varUintSize(replaced.length)
     : 1
   const updateLength = structs + value.size + deletes
-  const frame = Buffer.allocUnsafe(2 + varUintSize(updateLength) + updateLength)
+  // A buffer of its own, not a slice of Node's shared pool: the relay's copy keeps a view of the value
+  // until it applies it, which would keep a whole 8 KB pool slab alive per member.
+  const frame = new Uint8Array(2 + varUintSize(updateLength) + updateLength)
   frame[0] = 0 // y-protocols' sync message
   frame[1] = 2 // its update subtype
   let at = putVarUint(frame, 2, updateLength)
