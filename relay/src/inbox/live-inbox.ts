@@ -65,6 +65,12 @@ export class LiveInbox implements RelayExtension {
   private readonly shown = new Map<UserId, Map<ConversationId, Shown>>()
   /** Refreshes running, and whether another was asked for meanwhile, by user. */
   private readonly refreshing = new Map<UserId, { again: boolean }>()
+  /**
+   * Each connected user's inbox document name, made once: the relay looks the
+   * inbox up by it once per member and message, and a name built afresh each
+   * time is hashed afresh.
+   */
+  private readonly inboxNames = new Map<UserId, string>()
 
   start(core: RunningCore): void {
     this.core = core
@@ -75,10 +81,13 @@ export class LiveInbox implements RelayExtension {
     if (parsed?.kind !== "inbox" || principal.kind !== "user" || principal.user !== parsed.user) return
     const user = parsed.user
     const count = (this.connected.get(user) ?? 0) + (open ? 1 : -1)
-    if (count > 0) this.connected.set(user, count)
-    else {
+    if (count > 0) {
+      this.connected.set(user, count)
+      if (!this.inboxNames.has(user)) this.inboxNames.set(user, inboxDocumentName(user))
+    } else {
       this.connected.delete(user)
       this.shown.delete(user)
+      this.inboxNames.delete(user)
     }
     if (open) this.refresh(user)
   }
@@ -199,7 +208,7 @@ export class LiveInbox implements RelayExtension {
     const core = this.core
     if (!core || !this.remember(user, id, state, headJson, false)) return
     core
-      .deriveDeferred(inboxDocumentName(user), (inbox, origin) =>
+      .deriveDeferred(this.inboxNames.get(user) ?? inboxDocumentName(user), (inbox, origin) =>
         deferEntryReplacement(inbox, id, state && values.member(state), origin),
       )
       .catch(() => this.shown.get(user)?.delete(id))
