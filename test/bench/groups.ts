@@ -299,7 +299,10 @@ async function socketFloorRun(kind: "ws" | "y-websocket", messages: number) {
     const require = createRequire(utilsPath)
     const utils = require("./utils.cjs") as {
       setupWSConnection: (conn: WebSocket, req: unknown, options: { docName: string; gc: boolean }) => void
-      getYDoc: (name: string) => { getArray: (name: string) => { push: (items: unknown[]) => void } }
+      getYDoc: (name: string) => {
+        getArray: (name: string) => { push: (items: unknown[]) => void }
+        on: (event: "update", listener: (update: Uint8Array) => void) => void
+      }
       docs: Map<string, { destroy: () => void; awareness: { destroy: () => void } }>
     }
     wss.on("connection", (conn, req) => utils.setupWSConnection(conn, req, { docName: "room", gc: true }))
@@ -309,7 +312,10 @@ async function socketFloorRun(kind: "ws" | "y-websocket", messages: number) {
       messagesArray.push([
         { id: `m${i}`, author: "member0", body: `message ${i} to everyone`, at: Date.now() },
       ])
-    frameBytes = Number.NaN
+    // The room's frame: y-protocols' sync header (type, subtype, a one- or two-byte length) and the update.
+    doc.on("update", (update) => {
+      frameBytes = 2 + (update.length > 127 ? 2 : 1) + update.length
+    })
     // The room's awareness timer would keep the process alive.
     closeRoom = () => {
       const room = utils.docs.get("room")
