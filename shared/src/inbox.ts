@@ -95,6 +95,31 @@ export interface ConversationHead {
  * a big room has thousands of members.
  */
 function participantSummary(doc: Y.Doc): InboxEntry["participants"] {
+  const map = typesOf(doc).participants
+  // Inside a transaction the map may have changed without its observers having run yet.
+  if ((doc as unknown as { _transaction: unknown })._transaction !== null) return summarize(doc)
+  let summary = summaries.get(map)
+  if (summary === undefined) {
+    if (!watchedForSummary.has(map)) {
+      watchedForSummary.add(map)
+      map.observe(() => summaries.delete(map))
+    }
+    summary = summarize(doc)
+    summaries.set(map, summary)
+  }
+  return summary
+}
+
+/**
+ * Each conversation's participant summary, until its participants next
+ * change (by its participants map): taken per change, it walked every member
+ * of a big room on every message.
+ */
+const summaries = new WeakMap<object, InboxEntry["participants"]>()
+/** Participants maps whose changes drop their cached summary. */
+const watchedForSummary = new WeakSet<object>()
+
+function summarize(doc: Y.Doc): InboxEntry["participants"] {
   const first: { user: string; addedAt: number }[] = []
   let count = 0
   const before = (a: { user: string; addedAt: number }, user: string, addedAt: number) =>
@@ -109,7 +134,8 @@ function participantSummary(doc: Y.Doc): InboxEntry["participants"] {
     first.splice(i, 0, { user, addedAt })
     if (first.length > PARTICIPANT_SUMMARY_SIZE) first.pop()
   })
-  return { count, first: first.map((p) => p.user as UserId) }
+  // Frozen: one summary is shared by the heads (and entries) of every change until the members change.
+  return Object.freeze({ count, first: Object.freeze(first.map((p) => p.user as UserId)) })
 }
 
 /** The conversation's head (title, participants summary, last message), or undefined before it exists. */
