@@ -16,7 +16,8 @@ export interface DeferTarget {
 
 /**
  * A derived write that the relay encodes without a transaction: it returns the
- * update to broadcast (undefined when it wrote nothing) and leaves in
+ * sync update frame to broadcast (`encodeSyncUpdate` of its update; undefined
+ * when it wrote nothing) and leaves in
  * `target.deferred` what applies it to the document later, in one
  * transaction with the others (see {@link DocumentHost.deferred}).
  */

@@ -54,9 +54,9 @@ export class DerivedWrites {
     if (host.destroyed || host.unloading) return false
     if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
     if (mode === "defers") {
-      const encoded = (change as DeferringChange)(host, DERIVED_ORIGIN)
-      if (encoded === undefined) return false
-      const frame = encodeSyncUpdate(encoded)
+      // Framed by the change itself (in the buffer it encodes into: no copy per member).
+      const frame = (change as DeferringChange)(host, DERIVED_ORIGIN)
+      if (frame === undefined) return false
       for (const connection of host.connections) connection.send(frame)
       return true
     }

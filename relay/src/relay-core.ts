@@ -317,9 +317,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
    * Like {@link derive}, but `change` encodes its update without a
    * transaction and defers applying it (see {@link DeferringChange}).
    */
-  async deriveDeferred(name: string, change: DeferringChange): Promise<boolean> {
+  deriveDeferred(name: string, change: DeferringChange): Promise<boolean> {
+    // Not async: called once per connected member per message of a big room, and an async
+    // function's promise and resumption are a noticeable part of that.
     const host = this.loadedNow.get(name)
-    if (!host || host.connections.size === 0) return false
+    if (!host || host.connections.size === 0) return Promise.resolve(false)
     return this.derived.apply(host, change, "defers")
   }
 

@@ -1,16 +1,26 @@
 import {
+  type ConversationHead,
   type ConversationId,
+  encodeSyncUpdate,
+  entryFromParts,
   type InboxEntry,
   InboxTopLevel,
   inboxDocumentName,
   listInbox,
+  type MemberReadState,
   parseDocumentName,
   type UserId,
 } from "@parley/shared"
+import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { DocumentHost } from "../src/document-host.js"
-import { deferEntryReplacement, replaceEntryEncoded, SharedEntryValues } from "../src/inbox/entry-update.js"
+import {
+  deferEntryReplacement,
+  EntryValues,
+  replaceEntryEncoded,
+  SharedEntryValues,
+} from "../src/inbox/entry-update.js"
 
 const head = (title: string, seq: number) => ({
   conversationId: "g~room" as ConversationId,
@@ -39,6 +49,9 @@ const entryOf = (
   readUpTo,
   lastActivityAt: shared.lastMessage.at + 0.5,
 })
+
+/** The bytes, whatever holds them (the relay frames into Node buffers). */
+const bytes = (u: Uint8Array | undefined) => u && [...u]
 
 /** Runs `replaceEntryEncoded` and returns its update next to the one Yjs itself emitted. */
 function both(inbox: Y.Doc, id: ConversationId, entry: InboxEntry | undefined, values: SharedEntryValues) {
@@ -110,15 +123,29 @@ describe("inbox entry updates deferred by the relay", () => {
       reference.off("update", collect)
       return emitted.length === 0 ? undefined : Y.mergeUpdates(emitted)
     }
-    let values = new SharedEntryValues()
     let applied = 0
-    for (let seq = 1; seq <= 150; seq++) {
+    for (let seq = 1; seq <= 700; seq++) {
       const shared = head(seq % 7 === 0 ? `renamed ${seq}` : "Everyone", seq % 40)
-      const steps: [ConversationId, InboxEntry | undefined][] = [[id, entryOf(id, shared, seq, seq % 3)]]
-      if (seq % 5 === 0) steps.push([other, entryOf(other, shared, 2 ** 33 + seq, 0)])
-      if (seq === 12) steps.push([id, undefined]) // removed (through a transaction), then written again
-      if (seq === 20) steps.push([other, undefined])
-      if (seq % 4 === 0) values = new SharedEntryValues()
+      // A change's head for `key`, deleted now and then; each member's part on top of it.
+      const headOf = (key: ConversationId): ConversationHead => ({
+        entry: {
+          ...shared,
+          conversationId: key,
+          lastActivityAt: shared.lastMessage.at + 0.5,
+          ...(seq % 11 === 0 ? { deleted: true } : {}),
+        },
+      })
+      const state = (unread: number, readUpTo: number): MemberReadState => ({
+        unread,
+        readUpTo,
+        emergency: seq % 6 === 0 ? [`m${seq}`, "m-older"] : [],
+      })
+      const steps: [ConversationId, ConversationHead | undefined, MemberReadState | undefined][] = [
+        [id, headOf(id), state(seq, seq % 3)],
+      ]
+      if (seq % 5 === 0) steps.push([other, headOf(other), state(2 ** 33 + seq, 0)])
+      if (seq === 12) steps.push([id, undefined, undefined]) // removed (through a transaction), then written again
+      if (seq === 20) steps.push([other, undefined, undefined])
       if (seq === 17 || seq === 90) {
         // The device hands an entry back (another client writes the key): the relay's next write replaces it.
         device.getMap(InboxTopLevel.entries).set(id, entryOf(id, head("stale", 1), 99, 0))
@@ -126,14 +153,23 @@ describe("inbox entry updates deferred by the relay", () => {
         Y.applyUpdate(host.doc, back)
         Y.applyUpdate(reference, back)
       }
-      for (const [key, entry] of steps) {
-        const ours = deferEntryReplacement(host, key, entry, values, "relay")
-        expect(ours).toEqual(yjsUpdate(key, entry))
-        if (ours) Y.applyUpdate(device, ours)
+      for (const [key, conversation, member] of steps) {
+        const entry = conversation && member && entryFromParts(conversation, member)
+        const values = conversation && new EntryValues(conversation)
+        // The member's value is the entry object's own encoding.
+        if (entry)
+          expect(bytes(values!.encode(member!))).toEqual(
+            bytes(encoding.encode((e) => encoding.writeAny(e, entry as never))),
+          )
+        const ours = deferEntryReplacement(host, key, member && values?.member(member), "relay")
+        const yjs = yjsUpdate(key, entry)
+        expect(bytes(ours)).toEqual(bytes(yjs && encodeSyncUpdate(yjs)))
+        if (yjs) Y.applyUpdate(device, yjs)
         expect(listInbox(device)).toEqual(listInbox(reference))
       }
       if (host.deferred === undefined) applied++
-      if (seq % 9 === 0) {
+      // Read now and then for a while, then not at all: what waits then reaches the host's bound.
+      if (seq % 9 === 0 && seq < 150) {
         // Reading the document applies what waits.
         expect(Y.encodeStateVector(host.doc)).toEqual(Y.encodeStateVector(reference))
         expect(host.deferred).toBeUndefined()

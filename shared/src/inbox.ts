@@ -95,6 +95,31 @@ export interface ConversationHead {
  * a big room has thousands of members.
  */
 function participantSummary(doc: Y.Doc): InboxEntry["participants"] {
+  const map = typesOf(doc).participants
+  // Inside a transaction the map may have changed without its observers having run yet.
+  if ((doc as unknown as { _transaction: unknown })._transaction !== null) return summarize(doc)
+  let summary = summaries.get(map)
+  if (summary === undefined) {
+    if (!watchedForSummary.has(map)) {
+      watchedForSummary.add(map)
+      map.observe(() => summaries.delete(map))
+    }
+    summary = summarize(doc)
+    summaries.set(map, summary)
+  }
+  return summary
+}
+
+/**
+ * Each conversation's participant summary, until its participants next
+ * change (by its participants map): taken per change, it walked every member
+ * of a big room on every message.
+ */
+const summaries = new WeakMap<object, InboxEntry["participants"]>()
+/** Participants maps whose changes drop their cached summary. */
+const watchedForSummary = new WeakSet<object>()
+
+function summarize(doc: Y.Doc): InboxEntry["participants"] {
   const first: { user: string; addedAt: number }[] = []
   let count = 0
   const before = (a: { user: string; addedAt: number }, user: string, addedAt: number) =>
@@ -109,7 +134,8 @@ function participantSummary(doc: Y.Doc): InboxEntry["participants"] {
     first.splice(i, 0, { user, addedAt })
     if (first.length > PARTICIPANT_SUMMARY_SIZE) first.pop()
   })
-  return { count, first: first.map((p) => p.user as UserId) }
+  // Frozen: one summary is shared by the heads (and entries) of every change until the members change.
+  return Object.freeze({ count, first: Object.freeze(first.map((p) => p.user as UserId)) })
 }
 
 /** The conversation's head (title, participants summary, last message), or undefined before it exists. */
@@ -148,25 +174,62 @@ export function conversationHead(doc: Y.Doc): ConversationHead | undefined {
   }
 }
 
+/** What differs between the members' entries of one change: a member's own read state. */
+export interface MemberReadState {
+  readonly unread: number
+  /** Unread emergency message ids, oldest first; empty when none (the entry then has no `emergency`). */
+  readonly emergency: readonly string[]
+  readonly readUpTo: number
+}
+
+/**
+ * `user`'s read state in the conversation `doc`, or undefined when `user` is
+ * not a participant: with a {@link ConversationHead}, all an entry needs
+ * ({@link entryFromParts}).
+ */
+export function memberReadState(doc: Y.Doc, user: UserId): MemberReadState | undefined {
+  if (roleOf(doc, user) === undefined) return undefined
+  return {
+    unread: unreadCount(doc, user),
+    emergency: unreadEmergency(doc, user),
+    readUpTo: markersOf(doc, user).read,
+  }
+}
+
+/**
+ * The entry of a member whose read state is `state`, from the change's head.
+ * Keys in the same order as always (an unchanged entry then compares equal,
+ * see {@link writeInboxEntry}, and the relay's encoding of an entry from its
+ * parts matches this object's): the head's keys up to the last message, then
+ * `unread`, `emergency` (when any), `readUpTo`, `lastActivityAt`, `deleted`.
+ * Built property by property, not by spreading, since the relay builds one per
+ * connected member of a change.
+ */
+export function entryFromParts(head: ConversationHead, state: MemberReadState): InboxEntry {
+  const h = head.entry
+  const entry: { -readonly [K in keyof InboxEntry]?: InboxEntry[K] } = {
+    conversationId: h.conversationId,
+    kind: h.kind,
+    title: h.title,
+    participants: h.participants,
+  }
+  if (h.lastMessage) entry.lastMessage = h.lastMessage
+  entry.unread = state.unread
+  if (state.emergency.length > 0) entry.emergency = state.emergency
+  entry.readUpTo = state.readUpTo
+  entry.lastActivityAt = h.lastActivityAt
+  if (h.deleted) entry.deleted = h.deleted
+  return entry as InboxEntry
+}
+
 /**
  * `user`'s entry from the conversation's head and their own read state in
  * `doc` (the same document the head was taken from), or undefined when
  * `user` is not a participant.
  */
 export function entryFromHead(head: ConversationHead, doc: Y.Doc, user: UserId): InboxEntry | undefined {
-  if (roleOf(doc, user) === undefined) return undefined
-  const { lastMessage: preview, lastActivityAt, deleted, ...rest } = head.entry
-  const emergency = unreadEmergency(doc, user)
-  // Same key order as always, so that an unchanged entry compares equal (see writeInboxEntry).
-  return {
-    ...rest,
-    ...(preview ? { lastMessage: preview } : {}),
-    unread: unreadCount(doc, user),
-    ...(emergency.length > 0 ? { emergency } : {}),
-    readUpTo: markersOf(doc, user).read,
-    lastActivityAt,
-    ...(deleted ? { deleted } : {}),
-  }
+  const state = memberReadState(doc, user)
+  return state && entryFromParts(head, state)
 }
 
 /**

@@ -71,6 +71,31 @@ describe("inbox entries", () => {
     expect(inboxEntryFor(doc, alice)?.participants.first[0]).not.toBe(alice)
   })
 
+  it("keeps the participants summary current as members join and leave, inside a transaction too", () => {
+    const doc = groupDoc()
+    const summary = () => inboxEntryFor(doc, alice)?.participants
+    const expected = () => {
+      const all = listParticipants(doc)
+      return { count: all.length, first: all.slice(0, 5).map((p) => p.user) }
+    }
+    const before = summary()
+    // Asked again with no change: the same figures (the summary is kept until the members change).
+    expect(summary()).toEqual(before)
+    const past = Date.now() - 60_000
+    addParticipants(doc, alice, ["early" as UserId], "member", { now: past })
+    expect(summary()).toEqual(expected())
+    expect(summary()?.first[0]).toBe("early")
+    removeParticipants(doc, alice, ["early" as UserId])
+    expect(summary()).toEqual(expected())
+    expect(summary()).toEqual(before)
+    // Read inside the transaction that changes the members: what the transaction wrote so far.
+    doc.transact(() => {
+      addParticipants(doc, alice, ["earlier" as UserId], "member", { now: past - 1000 })
+      expect(summary()).toEqual(expected())
+    })
+    expect(summary()).toEqual(expected())
+  })
+
   it("shows a deleted last message as a placeholder without its text", () => {
     const doc = groupDoc()
     const m = sendMessage(doc, bob, { body: "oops" })

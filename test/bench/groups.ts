@@ -19,7 +19,10 @@
  *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300]
  */
 import { type ChildProcess, fork, type Serializable } from "node:child_process"
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:http"
+import { createRequire } from "node:module"
+import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -37,7 +40,7 @@ import {
   writeInboxEntry,
 } from "@parley/shared"
 import Database from "better-sqlite3"
-import { WebSocket } from "ws"
+import { WebSocket, WebSocketServer } from "ws"
 import { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 
@@ -168,6 +171,10 @@ class InboxSockets {
           `${relay.url}/${inboxDocumentName(user)}?${TOKEN_PARAM}=${await relay.auth.mintDev(user, {})}`,
       ),
     )
+    await this.openUrls(urls)
+  }
+
+  async openUrls(urls: readonly string[]): Promise<void> {
     await this.ask({ type: "open", urls })
   }
 
@@ -249,12 +256,100 @@ async function inboxRun(mode: Mode, messages: number) {
     connected: CONNECTED,
     messages,
     cpuMsPerMessage: round((cpu.user + cpu.system) / 1000 / messages, 3),
+    systemMsPerMessage: round(cpu.system / 1000 / messages, 3),
     durableWritesPerMessage: round(updates / messages, 1),
     hookEventKBStoredPerMessage: round(eventBytes / 1024 / messages, 2),
     KBWrittenPerMessage: round(wchar / 1024 / messages, 1),
     inboxCurrentP50Ms: round(percentile(current, 0.5)),
     inboxCurrentP95Ms: round(percentile(current, 0.95)),
     inboxesLate: late,
+  }
+}
+
+/** Bytes of the frame the socket-floor runs send: about one inbox update (entry with preview) and its sync header. */
+const FLOOR_FRAME_BYTES = 400
+
+/**
+ * The cost of the socket writes alone, in the same harness as {@link inboxRun}
+ * (the same receiving child process, one message at a time, each awaited by
+ * every socket): a server holding nothing but C sockets sends each one frame
+ * per message. `ws`: a bare `ws` server calling `send` on each socket (what
+ * any Node relay on `ws` does at least per recipient). `y-websocket`: the
+ * y-websocket 2 server (`setupWSConnection`) with C connections to one room,
+ * one message applied to the room's document per round (its broadcast:
+ * encoding the update once, one `send` per connection). Undefined when the
+ * y-websocket 2 server is not installed (`npm run bench` installs it).
+ */
+async function socketFloorRun(kind: "ws" | "y-websocket", messages: number) {
+  const server = createServer()
+  const wss = new WebSocketServer({ server, perMessageDeflate: false })
+  let broadcast: (i: number) => void
+  let frameBytes = FLOOR_FRAME_BYTES
+  let closeRoom = () => {}
+  if (kind === "ws") {
+    const frame = new Uint8Array(FLOOR_FRAME_BYTES).fill(7)
+    broadcast = () => {
+      for (const client of wss.clients) client.send(frame)
+    }
+  } else {
+    const utilsPath = fileURLToPath(
+      new URL("./node_modules/y-websocket-server-v2/bin/utils.cjs", import.meta.url),
+    )
+    if (!existsSync(utilsPath)) return undefined
+    const require = createRequire(utilsPath)
+    const utils = require("./utils.cjs") as {
+      setupWSConnection: (conn: WebSocket, req: unknown, options: { docName: string; gc: boolean }) => void
+      getYDoc: (name: string) => {
+        getArray: (name: string) => { push: (items: unknown[]) => void }
+        on: (event: "update", listener: (update: Uint8Array) => void) => void
+      }
+      docs: Map<string, { destroy: () => void; awareness: { destroy: () => void } }>
+    }
+    wss.on("connection", (conn, req) => utils.setupWSConnection(conn, req, { docName: "room", gc: true }))
+    const doc = utils.getYDoc("room")
+    const messagesArray = doc.getArray("messages")
+    broadcast = (i) =>
+      messagesArray.push([
+        { id: `m${i}`, author: "member0", body: `message ${i} to everyone`, at: Date.now() },
+      ])
+    // The room's frame: y-protocols' sync header (type, subtype, a one- or two-byte length) and the update.
+    doc.on("update", (update) => {
+      frameBytes = 2 + (update.length > 127 ? 2 : 1) + update.length
+    })
+    // The room's awareness timer would keep the process alive.
+    closeRoom = () => {
+      const room = utils.docs.get("room")
+      room?.awareness.destroy()
+      room?.destroy()
+      utils.docs.delete("room")
+    }
+  }
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const { port } = server.address() as AddressInfo
+  const sockets = new InboxSockets()
+  await sockets.openUrls(Array.from({ length: CONNECTED }, () => `ws://127.0.0.1:${port}/room`))
+  await sleep(300)
+  const cpuStart = process.cpuUsage()
+  for (let i = 0; i < messages; i++) {
+    const armed = await sockets.arm()
+    broadcast(i)
+    await armed.current
+  }
+  const cpu = process.cpuUsage(cpuStart)
+  sockets.close()
+  for (const client of wss.clients) client.terminate()
+  wss.close()
+  server.close()
+  closeRoom()
+  const ms = (cpu.user + cpu.system) / 1000 / messages
+  return {
+    server: kind === "ws" ? "bare ws, send per socket" : "y-websocket 2 server, one room",
+    recipients: CONNECTED,
+    messages,
+    frameBytes,
+    cpuMsPerMessage: round(ms, 3),
+    systemMsPerMessage: round(cpu.system / 1000 / messages, 3),
+    usPerRecipient: round((ms * 1000) / CONNECTED, 1),
   }
 }
 
@@ -336,6 +431,14 @@ if (!only)
       `per-member ${round(rows[2]!.cpuMsPerMessage - floor, 3)} ms; whole message, derived: ` +
       `${rows[1]!.cpuMsPerMessage} ms against the goal of 1 ms + 20 µs × ${CONNECTED} = ${budget} ms`,
   )
+if (!process.argv.includes("--no-socket-floor")) {
+  // The same receiving harness as the inbox runs, with a server that does nothing but write the frames.
+  const floors = [await socketFloorRun("ws", MESSAGES), await socketFloorRun("y-websocket", MESSAGES)]
+  console.log(
+    `Socket floor: one frame per message to each of ${CONNECTED} sockets, nothing else (relay CPU of this process)`,
+  )
+  console.table(floors.filter((f) => f !== undefined))
+}
 if (PRESENCE > 0) {
   console.log(`Presence: ${PRESENCE} stock y-websocket providers in one room, all in this process`)
   console.table([await presenceRun(PRESENCE)])

@@ -1,4 +1,11 @@
-import { type ConversationId, type InboxEntry, InboxTopLevel } from "@parley/shared"
+import {
+  type ConversationHead,
+  type ConversationId,
+  encodeSyncUpdate,
+  type InboxEntry,
+  InboxTopLevel,
+  type MemberReadState,
+} from "@parley/shared"
 import * as encoding from "lib0/encoding"
 import * as Y from "yjs"
 import type { DeferTarget } from "../deferred-change.js"
@@ -53,6 +60,172 @@ function keyBytes(key: string): Uint8Array {
     if (keyCache.size < 64) keyCache.set(key, bytes)
   }
   return bytes
+}
+
+/** The bytes of `value` as lib0's `writeAny` writes it. */
+const anyBytes = (value: unknown) =>
+  encoding.encode((e) => encoding.writeAny(e, value as encoding.AnyEncodable))
+
+/** The bytes of `key` and `value`, as lib0 writes an object's property. */
+const propertyBytes = (key: string, value: unknown) =>
+  encoding.encode((e) => {
+    encoding.writeVarString(e, key)
+    encoding.writeAny(e, value as encoding.AnyEncodable)
+  })
+
+/** lib0's tag of an object, of an integer (`writeVarInt` follows). */
+const ANY_OBJECT = 118
+const ANY_INTEGER = 125
+
+/**
+ * The entries of one change, encoded for every member from its parts: the
+ * head's properties (id, title, participants summary, last message; then
+ * last activity, deletion) encoded once as bytes, and per member only its
+ * read state (`unread`, `emergency`, `readUpTo`), written straight into the
+ * member's buffer. The bytes are what lib0's `writeAny` gives for
+ * `entryFromParts(head, state)` (same keys, same order): a message in a big
+ * room encodes one entry per connected member, and building each entry as an
+ * object and encoding it value by value was most of the work per member.
+ */
+export class EntryValues {
+  /** The head's properties before `unread` (everything up to the last message). */
+  private readonly before: Uint8Array
+  /** The head's properties after `readUpTo` (`lastActivityAt`, `deleted`). */
+  private readonly after: Uint8Array
+  /** The head's property count. */
+  private readonly headKeys: number
+
+  constructor(readonly head: ConversationHead) {
+    const before: Uint8Array[] = []
+    const after: Uint8Array[] = []
+    let keys = 0
+    for (const [key, value] of Object.entries(head.entry)) {
+      if (value === undefined) continue
+      keys++
+      ;(key === "lastActivityAt" || key === "deleted" ? after : before).push(propertyBytes(key, value))
+    }
+    this.before = concat(before)
+    this.after = concat(after)
+    this.headKeys = keys
+  }
+
+  /** A member's entry value, as `writeAny(entryFromParts(head, state))` encodes it. */
+  encode(state: MemberReadState): Uint8Array {
+    const value = this.member(state)
+    const out = Buffer.allocUnsafe(value.size)
+    value.write(out, 0)
+    return out
+  }
+
+  /**
+   * A member's entry value, written where its frame holds it: its size, then
+   * writing it (no buffer of its own and no copy per member).
+   */
+  member(state: MemberReadState): EntryValue {
+    return new MemberEntryValue(this.before, this.after, this.headKeys, state)
+  }
+}
+
+/** One member's entry value: the change's shared bytes around the member's read state. */
+class MemberEntryValue implements EntryValue {
+  readonly size: number
+  private readonly emergency: Uint8Array | undefined
+  private readonly keys: number
+
+  constructor(
+    private readonly before: Uint8Array,
+    private readonly after: Uint8Array,
+    headKeys: number,
+    private readonly state: MemberReadState,
+  ) {
+    this.emergency = state.emergency.length > 0 ? propertyBytes("emergency", state.emergency) : undefined
+    this.keys = headKeys + 2 + (this.emergency ? 1 : 0)
+    this.size =
+      1 +
+      varUintSize(this.keys) +
+      before.length +
+      UNREAD_KEY.length +
+      anySize(state.unread) +
+      (this.emergency?.length ?? 0) +
+      READ_UP_TO_KEY.length +
+      anySize(state.readUpTo) +
+      after.length
+  }
+
+  write(out: Uint8Array, at: number): void {
+    out[at++] = ANY_OBJECT
+    at = putVarUint(out, at, this.keys)
+    out.set(this.before, at)
+    at += this.before.length
+    out.set(UNREAD_KEY, at)
+    at = putAny(out, at + UNREAD_KEY.length, this.state.unread)
+    if (this.emergency) {
+      out.set(this.emergency, at)
+      at += this.emergency.length
+    }
+    out.set(READ_UP_TO_KEY, at)
+    at = putAny(out, at + READ_UP_TO_KEY.length, this.state.readUpTo)
+    out.set(this.after, at)
+  }
+}
+
+/** An entry value to write: its size in bytes, and writing it into `out` at `at`. */
+export interface EntryValue {
+  readonly size: number
+  write(out: Uint8Array, at: number): void
+}
+
+const UNREAD_KEY = encoding.encode((e) => encoding.writeVarString(e, "unread"))
+const READ_UP_TO_KEY = encoding.encode((e) => encoding.writeVarString(e, "readUpTo"))
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+  let at = 0
+  for (const part of parts) {
+    out.set(part, at)
+    at += part.length
+  }
+  return out
+}
+
+/** Bytes of `n` as lib0's `writeVarUint`. */
+function varUintSize(n: number): number {
+  let size = 1
+  for (; n > 0x7f; n = Math.floor(n / 128)) size++
+  return size
+}
+
+/** Writes `n` as lib0's `writeVarUint` at `at`; returns the position after it. */
+function putVarUint(out: Uint8Array, at: number, n: number): number {
+  for (; n > 0x7f; n = Math.floor(n / 128)) out[at++] = 0x80 | (n % 128)
+  out[at++] = n
+  return at
+}
+
+/** Whether lib0 writes `n` as a small integer (tag and `writeVarInt`); read counts and markers are. */
+const smallCount = (n: number) => Number.isInteger(n) && n <= 0x7fffffff && (n > 0 || Object.is(n, 0))
+
+/** Bytes of a number as `writeAny` writes it. */
+function anySize(n: number): number {
+  if (!smallCount(n)) return anyBytes(n).length
+  // writeVarInt: 6 bits (and the sign) in the first byte, 7 in each after.
+  let size = 2
+  for (let rest = n >>> 6; rest > 0; rest >>>= 7) size++
+  return size
+}
+
+/** Writes a number as `writeAny` at `at`; returns the position after it. */
+function putAny(out: Uint8Array, at: number, n: number): number {
+  if (!smallCount(n)) {
+    const bytes = anyBytes(n)
+    out.set(bytes, at)
+    return at + bytes.length
+  }
+  out[at++] = ANY_INTEGER
+  let rest = n >>> 6
+  out[at++] = (rest > 0 ? 0x80 : 0) | (n & 0x3f)
+  for (; rest > 0; rest >>>= 7) out[at++] = (rest > 0x7f ? 0x80 : 0) | (rest & 0x7f)
+  return at
 }
 
 interface MapInternals {
@@ -133,13 +306,19 @@ export function replaceEntryEncoded(
   return encoding.toUint8Array(encoder)
 }
 
+/** What a pending item's record counts towards the host's bound on deferred writes, beside its value. */
+const PENDING_ITEM_BYTES = 32
+
 /** An entry written and not yet applied: an item of the relay's client, at the pending list's base plus its index. */
 interface PendingItem {
   readonly key: string
   /** The item it replaces (its last id), or null for a key's first item ever. */
   readonly origin: { readonly client: number; readonly clock: number } | null
-  /** Its value; undefined once a later item of the same key replaced it (then it applies as deleted). */
-  entry: InboxEntry | undefined
+  /**
+   * Its value as encoded (`writeAny` of the entry; a view into the frame sent), or undefined once a
+   * later item of the same key replaced it (then it applies as deleted).
+   */
+  value: Uint8Array | undefined
 }
 
 /**
@@ -170,17 +349,38 @@ class PendingEntries implements DeferredWrites {
     // Written for the state the first was encoded on; anything else would leave them pending in Yjs.
     if (doc.clientID !== this.client || Y.getState(doc.store, this.client) !== this.base)
       throw new Error("deferred inbox entries no longer fit the document")
+    const structs = encoding.createEncoder()
+    let count = 0
+    const { items } = this
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!
+      count++
+      if (item.value !== undefined) {
+        writeItemHead(structs, 8, item.origin, item.key) // ContentAny's ref
+        encoding.writeVarUint(structs, 1) // one value
+        encoding.writeUint8Array(structs, item.value)
+        continue
+      }
+      // A run of replaced entries of one key, each after the one before: one deleted struct of the
+      // run's length, as Yjs merges them once integrated (so a busy room's entry, replaced on every
+      // message, costs one struct per application, not one per message).
+      let length = 1
+      for (let next = items[i + 1]; next !== undefined; next = items[i + 1]) {
+        const after = next.origin
+        if (next.value !== undefined || next.key !== item.key) break
+        if (after === null || after.client !== this.client || after.clock !== this.base + i) break
+        i++
+        length++
+      }
+      writeItemHead(structs, 1, item.origin, item.key) // ContentDeleted's ref
+      encoding.writeVarUint(structs, length)
+    }
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, 1)
-    encoding.writeVarUint(encoder, this.items.length)
+    encoding.writeVarUint(encoder, count)
     encoding.writeVarUint(encoder, this.client)
     encoding.writeVarUint(encoder, this.base)
-    for (const item of this.items) {
-      const content = item.entry === undefined ? 1 : 8 // ContentDeleted's ref, ContentAny's
-      writeItemHead(encoder, content, item.origin, item.key)
-      encoding.writeVarUint(encoder, 1) // a deleted length, or one value
-      if (item.entry !== undefined) encoding.writeAny(encoder, item.entry as unknown as encoding.AnyEncodable)
-    }
+    encoding.writeUint8Array(encoder, encoding.toUint8Array(structs))
     writeDeleteSet(encoder, this.replaced)
     const update = encoding.toUint8Array(encoder)
     // As a local transaction: the items are the document's own client's, which a remote one must not
@@ -248,22 +448,30 @@ function writeDeleteSet(
   }
 }
 
+/** The values of a removal (`replaceEntryEncoded` encodes none). */
+const NO_VALUES = new SharedEntryValues()
+
 /**
- * Sets `id`'s entry in the inbox `target` holds, without a transaction: returns
- * the Yjs update that setting it in a transaction of the relay's client would
- * give (byte for byte), and leaves the item in `target.deferred`, applied with
- * the others when the document is next read (see `DocumentHost.deferred`).
- * Undefined when nothing changed. A removal is rare (a member leaving) and
- * goes through a transaction, after the deferred entries.
+ * Sets `id`'s entry in the inbox `target` holds, without a transaction:
+ * returns the sync update frame (`encodeSyncUpdate`) of the update that
+ * setting it in a transaction of the relay's client would give (byte for
+ * byte), and leaves the item in `target.deferred`, applied with the others
+ * when the document is next read (see `DocumentHost.deferred`). `value` is
+ * the entry as lib0's `writeAny` encodes it ({@link EntryValues.member}), or
+ * undefined to remove it. Undefined when nothing changed. A removal is rare
+ * (a member leaving) and goes through a transaction, after the deferred
+ * entries.
  */
 export function deferEntryReplacement(
   target: DeferTarget,
   id: ConversationId,
-  entry: InboxEntry | undefined,
-  values: SharedEntryValues,
+  value: EntryValue | undefined,
   origin: unknown,
 ): Uint8Array | undefined {
-  if (!entry) return replaceEntryEncoded(target.doc, id, entry, values, origin)
+  if (!value) {
+    const update = replaceEntryEncoded(target.doc, id, undefined, NO_VALUES, origin)
+    return update && encodeSyncUpdate(update)
+  }
   const inbox = target.docAsIs
   let pending = target.deferred instanceof PendingEntries ? target.deferred : undefined
   if (target.deferred !== undefined && pending === undefined) {
@@ -281,30 +489,80 @@ export function deferEntryReplacement(
   const previous = pending.newest.get(id)
   if (previous !== undefined) {
     left = { client: pending.client, clock: pending.base + previous }
-    replaced = { ...left, length: 1 }
+    replaced = { client: left.client, clock: left.clock, length: 1 }
   } else {
     const old = (inbox.getMap<InboxEntry>(InboxTopLevel.entries) as unknown as MapInternals)._map.get(id)
     left = old ? { client: old.id.client, clock: old.id.clock + old.length - 1 } : null
     replaced =
       old && !old.deleted ? { client: old.id.client, clock: old.id.clock, length: old.length } : undefined
   }
-  const encoder = encoding.createEncoder()
-  // Structs: one client, one item (Yjs's writeClientsStructs / Item.write, update format v1).
-  encoding.writeVarUint(encoder, 1)
-  encoding.writeVarUint(encoder, 1)
-  encoding.writeVarUint(encoder, pending.client)
-  encoding.writeVarUint(encoder, clock)
-  writeItemHead(encoder, 8, left, id)
-  encoding.writeVarUint(encoder, 1) // one value
-  values.write(encoder, entry)
-  writeDeleteSet(encoder, replaced ? [replaced] : [])
-  const update = encoding.toUint8Array(encoder)
-  if (previous !== undefined) pending.items[previous]!.entry = undefined
-  else if (replaced) pending.replaced.push(replaced)
-  pending.items.push({ key: id, origin: left, entry })
+  // The frame, written into one buffer of its exact size: the sync header, then the update (one
+  // client, one item: Yjs's writeClientsStructs / Item.write, format v1), then its delete set.
+  const head = left === null ? keyedHead(id) : undefined
+  const structs =
+    2 +
+    varUintSize(pending.client) +
+    varUintSize(clock) +
+    1 +
+    (left === null ? head!.length : varUintSize(left.client) + varUintSize(left.clock)) +
+    1
+  const deletes = replaced
+    ? 2 + varUintSize(replaced.client) + varUintSize(replaced.clock) + varUintSize(replaced.length)
+    : 1
+  const updateLength = structs + value.size + deletes
+  // A buffer of its own, not a slice of Node's shared pool: the relay's copy keeps a view of the value
+  // until it applies it, which would keep a whole 8 KB pool slab alive per member.
+  const frame = new Uint8Array(2 + varUintSize(updateLength) + updateLength)
+  frame[0] = 0 // y-protocols' sync message
+  frame[1] = 2 // its update subtype
+  let at = putVarUint(frame, 2, updateLength)
+  frame[at++] = 1 // one client
+  frame[at++] = 1 // one struct
+  at = putVarUint(frame, at, pending.client)
+  at = putVarUint(frame, at, clock)
+  // ContentAny's ref (8), an origin (bit 8), a parentSub (bit 6).
+  frame[at++] = 8 | (left ? 0x80 : 0) | 0x20
+  if (left) {
+    at = putVarUint(frame, at, left.client)
+    at = putVarUint(frame, at, left.clock)
+  } else {
+    frame.set(head!, at)
+    at += head!.length
+  }
+  frame[at++] = 1 // one value
+  const valueAt = at
+  value.write(frame, at)
+  at += value.size
+  if (replaced) {
+    frame[at++] = 1 // one client
+    at = putVarUint(frame, at, replaced.client)
+    frame[at++] = 1 // one range
+    at = putVarUint(frame, at, replaced.clock)
+    at = putVarUint(frame, at, replaced.length)
+  } else {
+    frame[at++] = 0
+  }
+  if (previous !== undefined) {
+    const before = pending.items[previous]!
+    pending.bytes -= before.value?.length ?? 0
+    before.value = undefined
+  } else if (replaced) pending.replaced.push(replaced)
+  pending.items.push({ key: id, origin: left, value: frame.subarray(valueAt, valueAt + value.size) })
   pending.newest.set(id, pending.items.length - 1)
-  pending.bytes += update.length
+  // What waits is the newest value of each key and a record per item (a replaced one applies as a
+  // deleted struct, merged with its run): a room's entry replaced on every message is applied about
+  // every 256 messages, not every twenty.
+  pending.bytes += value.size + PENDING_ITEM_BYTES
   // Set again: the host bounds what waits (and applies it once it holds enough).
   target.deferred = pending
-  return update
+  return frame
+}
+
+/** A first item's parent and key (the entries map, named; the key), as {@link writeItemHead} writes them. */
+function keyedHead(key: string): Uint8Array {
+  return encoding.encode((e) => {
+    encoding.writeVarUint(e, 1) // the parent is a root type, named
+    encoding.writeVarString(e, InboxTopLevel.entries)
+    encoding.writeVarString(e, key)
+  })
 }

@@ -7,6 +7,8 @@ import {
   type InboxEntry,
   InboxTopLevel,
   inboxDocumentName,
+  type MemberReadState,
+  memberReadState,
   ParleyError,
   parseDocumentName,
   typesOf,
@@ -14,7 +16,7 @@ import {
   writeInboxEntry,
 } from "@parley/shared"
 import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
-import { deferEntryReplacement, SharedEntryValues } from "./entry-update.js"
+import { deferEntryReplacement, EntryValues } from "./entry-update.js"
 
 /** Changes that alter what an inbox entry shows (reactions and delivery markers do not). */
 const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
@@ -63,6 +65,12 @@ export class LiveInbox implements RelayExtension {
   private readonly shown = new Map<UserId, Map<ConversationId, Shown>>()
   /** Refreshes running, and whether another was asked for meanwhile, by user. */
   private readonly refreshing = new Map<UserId, { again: boolean }>()
+  /**
+   * Each connected user's inbox document name, made once: the relay looks the
+   * inbox up by it once per member and message, and a name built afresh each
+   * time is hashed afresh.
+   */
+  private readonly inboxNames = new Map<UserId, string>()
 
   start(core: RunningCore): void {
     this.core = core
@@ -73,10 +81,13 @@ export class LiveInbox implements RelayExtension {
     if (parsed?.kind !== "inbox" || principal.kind !== "user" || principal.user !== parsed.user) return
     const user = parsed.user
     const count = (this.connected.get(user) ?? 0) + (open ? 1 : -1)
-    if (count > 0) this.connected.set(user, count)
-    else {
+    if (count > 0) {
+      this.connected.set(user, count)
+      if (!this.inboxNames.has(user)) this.inboxNames.set(user, inboxDocumentName(user))
+    } else {
       this.connected.delete(user)
       this.shown.delete(user)
+      this.inboxNames.delete(user)
     }
     if (open) this.refresh(user)
   }
@@ -98,7 +109,12 @@ export class LiveInbox implements RelayExtension {
     } else {
       const participants = typesOf(doc).participants
       // Whichever is smaller is walked: a big room with few connected, or a busy relay and a small room.
-      if (this.connected.size < participants.size) {
+      // Sized by Yjs's own map (removed members included: only which side to walk depends on it), not
+      // `Y.Map.size`, which walks every entry through iterators (a 1,000-member room: 1,000 of them
+      // and their results allocated per message, a fifth of this extension's garbage).
+      if (
+        this.connected.size < (participants as unknown as { readonly _map: Map<string, unknown> })._map.size
+      ) {
         for (const user of this.connected.keys()) if (participants.has(user)) users.push(user)
       } else {
         for (const user of participants.keys())
@@ -122,12 +138,10 @@ export class LiveInbox implements RelayExtension {
     if (!head) return
     const id = parsed.id
     const headJson = JSON.stringify(head.entry)
-    // Every member's entry shares the head's values: encoded once for all of them.
-    const values = new SharedEntryValues()
-    for (const user of users) {
-      const entry = entryFromHead(head, doc, user)
-      this.write(user, id, entry, headJson, values)
-    }
+    // Every member's entry shares the head's values: encoded once for all of them, then each member's
+    // read state written into its own frame (no entry object per member).
+    const values = new EntryValues(head)
+    for (const user of users) this.writeState(user, id, memberReadState(doc, user), headJson, values)
   }
 
   /** Derives every entry of `user`'s inbox from the conversations and writes what differs. */
@@ -178,56 +192,87 @@ export class LiveInbox implements RelayExtension {
   }
 
   /**
-   * Writes `user`'s entry. From a change (with the change's shared `values`)
-   * an entry equal to the one last written for the user is skipped without
-   * reading the inbox, and its update is encoded by the relay; a refresh
-   * compares with the inbox itself (the user may have written it).
+   * Writes `user`'s entry from a change: their read state (undefined: not a
+   * participant, the entry goes) on the change's head, whose `values` are
+   * encoded once. An entry equal to the one last written for the user is
+   * skipped without reading the inbox; its update is encoded by the relay and
+   * applied to the relay's copy later (`deferEntryReplacement`).
+   */
+  private writeState(
+    user: UserId,
+    id: ConversationId,
+    state: MemberReadState | undefined,
+    headJson: string,
+    values: EntryValues,
+  ): void {
+    const core = this.core
+    if (!core || !this.remember(user, id, state, headJson, false)) return
+    core
+      .deriveDeferred(this.inboxNames.get(user) ?? inboxDocumentName(user), (inbox, origin) =>
+        deferEntryReplacement(inbox, id, state && values.member(state), origin),
+      )
+      .catch(() => this.shown.get(user)?.delete(id))
+  }
+
+  /**
+   * Writes `user`'s entry from a refresh: compared with the inbox itself (the
+   * user may have written it), in a transaction.
    */
   private write(
     user: UserId,
     id: ConversationId,
     entry: InboxEntry | undefined,
     headJson: string,
-    values?: SharedEntryValues,
   ): Promise<boolean> {
-    const compare = values === undefined
     const core = this.core
     if (!core) return Promise.resolve(false)
+    const state = entry && {
+      unread: entry.unread,
+      readUpTo: entry.readUpTo,
+      emergency: entry.emergency ?? [],
+    }
+    this.remember(user, id, state, headJson, true)
+    return core
+      .derive(inboxDocumentName(user), (inbox) => {
+        writeInboxEntry(inbox, id, entry)
+      })
+      .catch(() => {
+        this.shown.get(user)?.delete(id)
+        return false
+      })
+  }
+
+  /**
+   * Records what `user`'s entry shows now; false when it shows what was last
+   * written for them (and `always` is not set), so nothing needs writing.
+   */
+  private remember(
+    user: UserId,
+    id: ConversationId,
+    state: MemberReadState | undefined,
+    headJson: string,
+    always: boolean,
+  ): boolean {
     let mine = this.shown.get(user)
     const last = mine?.get(id)
-    const now: Shown = entry
-      ? {
-          head: headJson,
-          unread: entry.unread,
-          readUpTo: entry.readUpTo,
-          emergency: entry.emergency?.join() ?? "",
-        }
-      : GONE
+    const emergency = state === undefined || state.emergency.length === 0 ? "" : state.emergency.join()
     if (
-      !compare &&
+      !always &&
       last !== undefined &&
-      last.head === now.head &&
-      last.unread === now.unread &&
-      last.readUpTo === now.readUpTo &&
-      last.emergency === now.emergency
+      (state === undefined
+        ? last === GONE
+        : last.head === headJson &&
+          last.unread === state.unread &&
+          last.readUpTo === state.readUpTo &&
+          last.emergency === emergency)
     )
-      return Promise.resolve(false)
+      return false
     if (!mine) {
       mine = new Map()
       this.shown.set(user, mine)
     }
-    mine.set(id, now)
-    const written = values
-      ? core.deriveDeferred(inboxDocumentName(user), (inbox, origin) =>
-          deferEntryReplacement(inbox, id, entry, values, origin),
-        )
-      : core.derive(inboxDocumentName(user), (inbox) => {
-          writeInboxEntry(inbox, id, entry)
-        })
-    return written.catch(() => {
-      this.shown.get(user)?.delete(id)
-      return false
-    })
+    mine.set(id, state ? { head: headJson, unread: state.unread, readUpTo: state.readUpTo, emergency } : GONE)
+    return true
   }
 }
 
