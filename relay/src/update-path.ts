@@ -908,14 +908,14 @@ function sendersOf(applied: readonly Applied[]): Set<Connection> {
 const MERGE_BATCH_FOR_BROADCAST_BYTES = 256 * 1024
 
 /**
- * Sends a stored batch to every connection not caught up already: the
- * updates it does not hold (all but its own), merged into one frame while
- * they are small (a backlog of chat messages: one frame per batch to fan
- * out), then the sequencing as a frame of its own. Merging re-encodes every
- * struct, so a large update (an offline device's backlog) goes as it came,
- * and a batch of one update (the usual chat message) is not merged with its
- * sequencing either: the caller holds the connection's writes, so the two
- * frames cost one write as one frame would, without the merge.
+ * Sends a stored batch to every connection not caught up already: its
+ * sequencing, and the updates it does not hold (all but its own), merged
+ * into one frame while they are small (a backlog of chat messages: one frame
+ * per batch to fan out). A message and its number arrive in one frame, so a
+ * replica never shows a small message unnumbered (sent apart, the demo's
+ * reader marked read before the number came and never after: its sender
+ * never saw "read"). Merging re-encodes every struct, so a large update (an
+ * offline device's backlog) goes as it came.
  */
 function broadcastBatch(
   host: DocumentHost,
@@ -925,15 +925,14 @@ function broadcastBatch(
 ): void {
   const writers = sendersOf(applied)
   const framesFor = new Map<Connection | undefined, Uint8Array[]>()
-  const sequencingFrame = sequencing ? encodeSyncUpdate(sequencing) : undefined
   const frames = (connection: Connection | undefined): Uint8Array[] => {
     let built = framesFor.get(connection)
     if (!built) {
       const parts = applied
         .filter((a) => a.item.from !== connection || !connection)
         .map((a) => a.admitted.update)
+      if (sequencing) parts.push(sequencing)
       built = mergedFrames(parts)
-      if (sequencingFrame) built.push(sequencingFrame)
       framesFor.set(connection, built)
     }
     return built
