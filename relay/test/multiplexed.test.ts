@@ -147,15 +147,17 @@ describe("a multiplexed socket", () => {
     mux.open(0, inboxDocumentName(bob))
     mux.open(1, one)
     mux.open(2, two)
+    // The inbox channel is answered too (its sync step 1 at least; it derives the user's entries
+    // first, so it may come after the conversations').
     await mux.until(
       () =>
         listMessages(mux.replica(1), { last: 10 }).length === 1 &&
-        listMessages(mux.replica(2), { last: 10 }).length === 1,
+        listMessages(mux.replica(2), { last: 10 }).length === 1 &&
+        (mux.frames.get(0)?.length ?? 0) > 0,
     )
     expect(listMessages(mux.replica(1), { last: 10 })[0]!.body).toBe(secretsOne[1])
     expect(listMessages(mux.replica(2), { last: 10 })[0]!.body).toBe(secretsTwo[1])
-    // The inbox channel is answered too (its sync step 1 at least), and nothing was closed.
-    expect(mux.frames.get(0)?.length).toBeGreaterThan(0)
+    // Nothing was closed.
     expect(mux.closes.size).toBe(0)
 
     // A write on one channel is stored, acknowledged on that channel, and reaches a member elsewhere.
