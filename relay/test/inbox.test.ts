@@ -144,9 +144,14 @@ describe("relay-maintained inboxes", () => {
     for (const p of providers.splice(0)) p.destroy()
     relay.child.kill("SIGTERM")
     await relay.exited
-    // What connected users were shown is stored when their inbox unloads; alice's own was never derived.
+    // What connected users were shown is stored when their inbox unloads, so bob's and carol's entries
+    // need no rewrite. Alice's own was stored by the inbox target when it recorded the creation, as the
+    // conversation was when the delivery read it: stale (rewritten) if that was before her messages,
+    // current if the delivery came after them (a loaded machine).
     const { stdout } = await run(process.execPath, [BIN, "rebuild-inboxes", "--data-dir", relay.dataDir])
-    expect(JSON.parse(stdout.trim())).toEqual({ conversations: 1, written: 1, removed: 0, damaged: 0 })
+    const report = JSON.parse(stdout.trim())
+    expect(report).toMatchObject({ conversations: 1, removed: 0, damaged: 0 })
+    expect(report.written).toBeLessThanOrEqual(1)
     const restarted = await startRelayProcess({ dataDir: relay.dataDir, secret: relay.secret })
     expect(listInbox(await open(restarted, "bob", "inbox~bob"))).toEqual(before.bob)
     expect(listInbox(await open(restarted, "carol", "inbox~carol"))).toEqual(before.carol)
