@@ -15,12 +15,7 @@ import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { DocumentHost } from "../src/document-host.js"
-import {
-  deferEntryReplacement,
-  EntryValues,
-  replaceEntryEncoded,
-  SharedEntryValues,
-} from "../src/inbox/entry-update.js"
+import { deferEntryReplacement, EntryValues } from "../src/inbox/entry-update.js"
 
 const head = (title: string, seq: number) => ({
   conversationId: "g~room" as ConversationId,
@@ -52,54 +47,6 @@ const entryOf = (
 
 /** The bytes, whatever holds them (the relay frames into Node buffers). */
 const bytes = (u: Uint8Array | undefined) => u && [...u]
-
-/** Runs `replaceEntryEncoded` and returns its update next to the one Yjs itself emitted. */
-function both(inbox: Y.Doc, id: ConversationId, entry: InboxEntry | undefined, values: SharedEntryValues) {
-  const emitted: Uint8Array[] = []
-  const collect = (update: Uint8Array) => emitted.push(update)
-  inbox.on("update", collect)
-  const ours = replaceEntryEncoded(inbox, id, entry, values, "relay")
-  inbox.off("update", collect)
-  return { ours, yjs: emitted.length === 0 ? undefined : Y.mergeUpdates(emitted) }
-}
-
-describe("inbox entry updates encoded by the relay", () => {
-  it("are byte for byte the updates Yjs emits, and bring a device's copy to the relay's", () => {
-    const inbox = new Y.Doc()
-    const device = new Y.Doc()
-    const id = "g~room" as ConversationId
-    const other = "g~other" as ConversationId
-    const steps: [ConversationId, InboxEntry | undefined][] = []
-    for (let seq = 1; seq <= 30; seq++) {
-      const shared = head(seq % 7 === 0 ? `renamed ${seq}` : "Everyone", seq)
-      steps.push([id, entryOf(id, shared, seq, seq % 3)])
-      if (seq % 5 === 0) steps.push([other, entryOf(other, shared, 2 ** 33 + seq, 0)])
-      if (seq === 12) steps.push([id, undefined]) // removed, then written again
-      if (seq === 20) steps.push([other, undefined])
-    }
-    let values = new SharedEntryValues()
-    for (const [i, [key, entry]] of steps.entries()) {
-      if (i % 4 === 0) values = new SharedEntryValues()
-      if (i === 17) {
-        // The device hands an entry back (another client writes the key): the relay's next write replaces it.
-        device.getMap(InboxTopLevel.entries).set(id, entryOf(id, head("stale", 1), 99, 0))
-        Y.applyUpdate(inbox, Y.encodeStateAsUpdate(device, Y.encodeStateVector(inbox)))
-      }
-      const { ours, yjs } = both(inbox, key, entry, values)
-      expect(ours).toEqual(yjs)
-      if (ours) Y.applyUpdate(device, ours)
-      expect(listInbox(device)).toEqual(listInbox(inbox))
-    }
-    expect(listInbox(device).map((e) => [e.conversationId, e.unread])).toEqual([
-      [other, 2 ** 33 + 30],
-      [id, 30],
-    ])
-    const removal = both(inbox, other, undefined, values)
-    expect(removal.ours).toEqual(removal.yjs)
-    // Removing what is not there changes nothing and sends nothing.
-    expect(both(inbox, other, undefined, values)).toEqual({ ours: undefined, yjs: undefined })
-  })
-})
 
 describe("inbox entry updates deferred by the relay", () => {
   it("are the updates Yjs emits, and once applied leave the relay's copy equal to one written by transactions", () => {
@@ -182,6 +129,8 @@ describe("inbox entry updates deferred by the relay", () => {
     const fresh = new Y.Doc()
     Y.applyUpdate(fresh, Y.encodeStateAsUpdate(host.doc))
     expect(listInbox(fresh)).toEqual(listInbox(reference))
+    // Removing what is not there changes nothing and sends nothing.
+    expect(deferEntryReplacement(host, "g~absent" as ConversationId, undefined, "relay")).toBeUndefined()
     host.destroy()
   })
 })
