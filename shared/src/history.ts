@@ -204,21 +204,22 @@ export const encodeSegmentSummary = (summary: SegmentSummary): StoredSummary => 
   z: summary.bytes,
 })
 
+/**
+ * `value` as a stored summary-like record (a summary or the folded record):
+ * the numbers named `numbers`, a hash `h` and per-author counts `c`; else undefined.
+ */
+function storedCounts<T>(value: unknown, numbers: readonly string[]): T | undefined {
+  if (typeof value !== "object" || value === null) return undefined
+  const v = value as Record<string, unknown>
+  for (const key of numbers) if (typeof v[key] !== "number") return undefined
+  if (typeof v.h !== "string" || typeof v.c !== "object" || v.c === null) return undefined
+  return value as T
+}
+
 /** Decodes an element of `segments`; undefined when it is not a summary. */
 export function decodeSegmentSummary(value: unknown): SegmentSummary | undefined {
-  if (typeof value !== "object" || value === null) return undefined
-  const v = value as Partial<StoredSummary>
-  if (
-    typeof v.i !== "number" ||
-    typeof v.f !== "number" ||
-    typeof v.l !== "number" ||
-    typeof v.n !== "number" ||
-    typeof v.h !== "string" ||
-    typeof v.z !== "number" ||
-    typeof v.c !== "object" ||
-    v.c === null
-  )
-    return undefined
+  const v = storedCounts<StoredSummary>(value, ["i", "f", "l", "n", "z"])
+  if (!v) return undefined
   return { index: v.i, from: v.f, to: v.l, count: v.n, liveBy: v.c, hash: v.h, bytes: v.z }
 }
 
@@ -270,20 +271,8 @@ export const encodeFoldedHistory = (fold: FoldedHistory): StoredFold => ({
 
 /** Decodes an element of `segments`; undefined when it is not the folded history's record. */
 export function decodeFoldedHistory(value: unknown): FoldedHistory | undefined {
-  if (typeof value !== "object" || value === null) return undefined
-  const v = value as Partial<StoredFold> & { i?: unknown }
-  if (
-    v.i !== undefined ||
-    typeof v.d !== "number" ||
-    typeof v.s !== "number" ||
-    typeof v.l !== "number" ||
-    typeof v.n !== "number" ||
-    typeof v.h !== "string" ||
-    typeof v.z !== "number" ||
-    typeof v.c !== "object" ||
-    v.c === null
-  )
-    return undefined
+  const v = storedCounts<StoredFold>(value, ["d", "s", "l", "n", "z"])
+  if (!v || (v as { i?: unknown }).i !== undefined) return undefined
   return { pages: v.d, segments: v.s, through: v.l, count: v.n, liveBy: v.c, hash: v.h, bytes: v.z }
 }
 
