@@ -7,9 +7,7 @@ import {
   listMessages,
   MessageType,
   newConversationId,
-  type ParleyFrame,
   Rule,
-  readParleyFrame,
   sendMessage,
   type UserId,
 } from "@parley/shared"
@@ -18,47 +16,16 @@ import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
-import type { Session } from "../src/connection.js"
 import type { AfterSaved, RunningCore } from "../src/extension.js"
 import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
-import type { Principal } from "../src/principal.js"
 import { RelayCore } from "../src/relay-core.js"
 import { MemoryStorage } from "../src/storage/memory.js"
 import type { RelayStorage } from "../src/storage/types.js"
+import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
-
-/** A socket-free session that keeps every frame it is sent. */
-class FakeSession implements Session {
-  readonly frames: Uint8Array[] = []
-  closed: { code: number; reason: string } | undefined
-  constructor(
-    readonly principal: Principal,
-    readonly wantsParley = true,
-  ) {}
-  send(frame: Uint8Array) {
-    this.frames.push(frame)
-  }
-  close(code: number, reason: string) {
-    this.closed = { code, reason }
-  }
-  parley(): ParleyFrame[] {
-    return this.frames.flatMap((f) => {
-      const d = decoding.createDecoder(f)
-      return decoding.readVarUint(d) === MessageType.parley ? [readParleyFrame(d)!] : []
-    })
-  }
-  /** Applies every sync frame received to `doc`. */
-  replay(doc: Y.Doc) {
-    for (const f of this.frames) {
-      const d = decoding.createDecoder(f)
-      if (decoding.readVarUint(d) !== MessageType.sync) continue
-      syncProtocol.readSyncMessage(d, encoding.createEncoder(), doc, "relay")
-    }
-  }
-}
 
 /** A session that records which frames it was sent while its writes were held (see `Session.hold`). */
 class HoldingSession extends FakeSession {
@@ -79,23 +46,11 @@ class HoldingSession extends FakeSession {
   }
 }
 
-const updateFrame = (update: Uint8Array) => {
-  const e = encoding.createEncoder()
-  encoding.writeVarUint(e, MessageType.sync)
-  syncProtocol.writeUpdate(e, update)
-  return encoding.toUint8Array(e)
-}
-
 const syncStep1Frame = (doc: Y.Doc) => {
   const e = encoding.createEncoder()
   encoding.writeVarUint(e, MessageType.sync)
   syncProtocol.writeSyncStep1(e, doc)
   return encoding.toUint8Array(e)
-}
-
-/** Waits until `check()` holds, yielding to the event loop between checks. */
-async function until(check: () => boolean) {
-  while (!check()) await new Promise((r) => setImmediate(r))
 }
 
 function makeCore(

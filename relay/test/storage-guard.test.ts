@@ -1,25 +1,13 @@
-import {
-  createConversation,
-  ErrorCode,
-  listMessages,
-  MessageType,
-  type ParleyFrame,
-  readParleyFrame,
-  sendMessage,
-  type UserId,
-} from "@parley/shared"
-import * as decoding from "lib0/decoding"
-import * as encoding from "lib0/encoding"
+import { createConversation, ErrorCode, listMessages, sendMessage, type UserId } from "@parley/shared"
 import { describe, expect, it } from "vitest"
-import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
-import type { Session } from "../src/connection.js"
 import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
 import type { Principal } from "../src/principal.js"
 import { RelayCore } from "../src/relay-core.js"
 import { StorageGuard } from "../src/storage/guard.js"
 import { MemoryStorage } from "../src/storage/memory.js"
+import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
 import { storedTwice } from "./helpers/stored-log.js"
 
 const alice = "alice" as UserId
@@ -53,38 +41,6 @@ class FlakyStorage extends MemoryStorage {
   async ping() {
     this.check()
   }
-}
-
-class FakeSession implements Session {
-  readonly frames: Uint8Array[] = []
-  closed: { code: number; reason: string } | undefined
-  constructor(
-    readonly principal: Principal,
-    readonly wantsParley = true,
-  ) {}
-  send(frame: Uint8Array) {
-    this.frames.push(frame)
-  }
-  close(code: number, reason: string) {
-    this.closed = { code, reason }
-  }
-  parley(): ParleyFrame[] {
-    return this.frames.flatMap((f) => {
-      const d = decoding.createDecoder(f)
-      return decoding.readVarUint(d) === MessageType.parley ? [readParleyFrame(d)!] : []
-    })
-  }
-}
-
-const updateFrame = (update: Uint8Array) => {
-  const e = encoding.createEncoder()
-  encoding.writeVarUint(e, MessageType.sync)
-  syncProtocol.writeUpdate(e, update)
-  return encoding.toUint8Array(e)
-}
-
-async function until(check: () => boolean) {
-  while (!check()) await new Promise((r) => setTimeout(r, 2))
 }
 
 function guarded(storage: FlakyStorage, timeoutMs = 1000) {

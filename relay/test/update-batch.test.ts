@@ -3,9 +3,7 @@ import {
   ErrorCode,
   listMessages,
   MessageType,
-  type ParleyFrame,
   Rule,
-  readParleyFrame,
   sendMessage,
   type UserId,
 } from "@parley/shared"
@@ -14,63 +12,19 @@ import * as encoding from "lib0/encoding"
 import { afterEach, describe, expect, it } from "vitest"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
-import type { Session } from "../src/connection.js"
 import type { AfterSaved } from "../src/extension.js"
 import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
-import type { Principal } from "../src/principal.js"
 import { RelayCore } from "../src/relay-core.js"
 import { StorageGuard } from "../src/storage/guard.js"
 import { MemoryStorage } from "../src/storage/memory.js"
 import { TestClient } from "./helpers/clients.js"
+import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 import { storedTwice } from "./helpers/stored-log.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
-
-/** A socket-free session that keeps every frame it is sent. */
-class FakeSession implements Session {
-  readonly frames: Uint8Array[] = []
-  closed: { code: number; reason: string } | undefined
-  constructor(
-    readonly principal: Principal,
-    readonly wantsParley = true,
-  ) {}
-  send(frame: Uint8Array) {
-    this.frames.push(frame)
-  }
-  close(code: number, reason: string) {
-    this.closed = { code, reason }
-  }
-  parley(): ParleyFrame[] {
-    return this.frames.flatMap((f) => {
-      const d = decoding.createDecoder(f)
-      return decoding.readVarUint(d) === MessageType.parley ? [readParleyFrame(d)!] : []
-    })
-  }
-  /** A replica built from every sync frame received. */
-  replica(): Y.Doc {
-    const doc = new Y.Doc()
-    for (const f of this.frames) {
-      const d = decoding.createDecoder(f)
-      if (decoding.readVarUint(d) !== MessageType.sync) continue
-      syncProtocol.readSyncMessage(d, encoding.createEncoder(), doc, "relay")
-    }
-    return doc
-  }
-}
-
-const updateFrame = (update: Uint8Array) => {
-  const e = encoding.createEncoder()
-  encoding.writeVarUint(e, MessageType.sync)
-  syncProtocol.writeUpdate(e, update)
-  return encoding.toUint8Array(e)
-}
-
-async function until(check: () => boolean) {
-  while (!check()) await new Promise((r) => setTimeout(r, 1))
-}
 
 /** What SQLite reports on a full disk, as better-sqlite3 throws it. */
 const diskFull = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" })
