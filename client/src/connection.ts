@@ -9,6 +9,7 @@ import {
   ParleyError,
   type ParleyFrame,
   Rule,
+  splitUpdate,
   toParleyError,
 } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
@@ -174,7 +175,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     // Without an open connection there is nothing to do: the next connect's sync sends the pending work.
     if (!this.wanted || this.destroyed || !session?.open) return
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
-    session.send(encodeSyncUpdate(pending))
+    for (const part of splitUpdate(pending)) session.send(encodeSyncUpdate(part))
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */

@@ -56,6 +56,31 @@ describe("sealed history in the SDK", () => {
     expect(bodies(await again.loadOlder(30))).toEqual(Array.from({ length: 30 }, (_, i) => `m${i}`))
   })
 
+  it("keeps the window paged back whole when messages that were live in it are sealed afterwards", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 40)
+    const bob = await connectClient(relay, b)
+    const chat = await bob.conversation(id).ready()
+    await eventually(() => expect(chat.messages({ last: 50 }).length).toBe(10))
+    // Bob scrolls back one page: m20..m29 sealed, m30..m39 live.
+    expect(bodies(await chat.loadOlder(10))).toEqual(Array.from({ length: 10 }, (_, i) => `m${20 + i}`))
+
+    // Alice writes on: the relay seals m30.. which bob was shown live.
+    const alice = await connectClient(relay, a)
+    const theirs = await alice.conversation(id).ready()
+    for (let i = 40; i < 70; i++) theirs.send(`m${i}`)
+    await eventually(() => expect(chat.messages({ last: 50 }).at(-1)?.body).toBe("m69"))
+    await eventually(() => expect(chat.messages({ last: 50 })[0]!.body).not.toBe("m30"))
+    // What bob has in view stays whole, from where he scrolled to the latest: no hole where m30.. were.
+    await eventually(() =>
+      expect(bodies([...chat.olderMessages(), ...chat.messages({ last: 50 })])).toEqual(
+        Array.from({ length: 50 }, (_, i) => `m${20 + i}`),
+      ),
+    )
+    expect(bodies(await chat.loadOlder(20))).toEqual(Array.from({ length: 20 }, (_, i) => `m${i}`))
+    expect(chat.hasOlder).toBe(false)
+  })
+
   it("refuses to page offline what this device never fetched, with a retryable error", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const id = await longConversation(a, b, 20)

@@ -76,6 +76,8 @@ export class SealedHistory {
   /** The `limit` messages before the oldest loaded so far, oldest first (see `Conversation.loadOlder`). */
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
+    // What was sealed inside the window shown so far first (it was live when the window was loaded).
+    for (const summary of this.gapSegments(doc())) await this.fetchSegment(summary)
     const before = this.olderFrom ?? this.firstLiveSeq()
     for (;;) {
       if (listSealedMessages(doc(), before, limit).length >= limit) break
@@ -109,7 +111,24 @@ export class SealedHistory {
   get hasOlder(): boolean {
     const from = this.olderFrom ?? this.firstLiveSeq()
     const doc = this.host.doc()
-    return knownSegments(doc).some((s) => s.from < from) || nextDirectoryPage(doc) !== undefined
+    return (
+      knownSegments(doc).some((s) => s.from < from) ||
+      nextDirectoryPage(doc) !== undefined ||
+      this.gapSegments(doc).length > 0
+    )
+  }
+
+  /**
+   * Segments sealed inside the window {@link loadOlder} has shown (from its
+   * oldest message to the live ones) that are not held: messages that were
+   * live when the window was loaded and were sealed since. Without them the
+   * window would have a hole that paging back never fills.
+   */
+  private gapSegments(doc: Y.Doc): SegmentSummary[] {
+    const from = this.olderFrom
+    if (from === undefined) return []
+    // Every sealed message is older than the live ones: the window's other end needs no bound.
+    return knownSegments(doc).filter((s) => s.to >= from && !this.heldSegments.has(s.index))
   }
 
   /**
@@ -172,6 +191,8 @@ export class SealedHistory {
       void this.host.segments.delete(hash)
     }
     this.dropStaleSegments(doc)
+    // Sealed meanwhile inside the window shown: fetched at once, so that it stays whole (offline: on the next loadOlder).
+    for (const summary of this.gapSegments(doc)) this.fetchSegment(summary).catch(() => {})
   }
 
   /** Forgets held segments whose summary (live, or on a held directory page) names another hash. */

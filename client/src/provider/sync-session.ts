@@ -7,6 +7,7 @@ import {
   type ParleyFrame,
   readFrame,
   SyncMessage,
+  splitUpdate,
 } from "@parley/shared"
 import {
   type Awareness,
@@ -63,7 +64,8 @@ export class SyncSession {
   private readonly onUpdate = (update: Uint8Array, origin: unknown) => {
     if (origin === RELAY_ORIGIN || this.state !== "open") return
     // What the user wrote, and what another tab of theirs handed over (forwarded: that tab may be offline).
-    this.send(encodeSyncUpdate(update))
+    // One transaction may write more than the relay takes in one update (an import, a large paste): in parts.
+    for (const part of splitUpdate(update)) this.send(encodeSyncUpdate(part))
   }
 
   private readonly onAwareness = (
@@ -150,7 +152,10 @@ export class SyncSession {
         if (message.type === "syncStep1") {
           this.handlers.relayState(message.stateVector)
           try {
-            this.sendRaw(encodeSyncStep2(Y.encodeStateAsUpdate(this.doc, message.stateVector)))
+            // A long offline period leaves more than the relay takes in one update: the rest follows in parts.
+            const [first, ...rest] = splitUpdate(Y.encodeStateAsUpdate(this.doc, message.stateVector))
+            this.sendRaw(encodeSyncStep2(first!))
+            for (const part of rest) this.sendRaw(encodeSyncUpdate(part))
           } catch (cause) {
             this.handlers.diverged(cause)
             return
