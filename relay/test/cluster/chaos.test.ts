@@ -80,7 +80,8 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
       })
       cleanup.push(() => cluster.stop())
-      const lb = await startLoadBalancer(haproxy!, cluster.ports)
+      // Round-robin, not the shipped by-user hash: the participants' sockets spread over the three relays.
+      const lb = await startLoadBalancer(haproxy!, cluster.ports, "roundrobin")
       cleanup.push(() => lb.stop())
 
       const id = newConversationId()

@@ -161,12 +161,24 @@ export interface LoadBalancer {
   stop(): Promise<void>
 }
 
-/** Starts HAProxy (`haproxy`) balancing round-robin over `ports`, health-checking `/readyz` every 200 ms (down after two failures). */
-export async function startLoadBalancer(haproxy: string, ports: readonly number[]): Promise<LoadBalancer> {
+/**
+ * How the load balancer picks a relay: `user` (the shipped configuration) by a
+ * consistent hash of the token's subject, so that one user's sockets meet on
+ * one relay and per-user limits count all of them; `roundrobin` spreads every
+ * connection (tests that want one user's sockets on several relays).
+ */
+export type Balance = "user" | "roundrobin"
+
+/** Starts HAProxy (`haproxy`) balancing over `ports`, health-checking `/readyz` every 200 ms (down after two failures). */
+export async function startLoadBalancer(
+  haproxy: string,
+  ports: readonly number[],
+  balance: Balance = "user",
+): Promise<LoadBalancer> {
   const port = await freePort()
   const dir = mkdtempSync(join(tmpdir(), "parley-haproxy-"))
   const config = join(dir, "haproxy.cfg")
-  writeFileSync(config, haproxyConfig(port, ports))
+  writeFileSync(config, haproxyConfig(port, ports, balance))
   const child: ChildProcess = spawn(haproxy, ["-db", "-f", config], { stdio: ["ignore", "ignore", "pipe"] })
   let stderr = ""
   child.stderr!.on("data", (chunk: Buffer) => {
@@ -196,7 +208,11 @@ export async function startLoadBalancer(haproxy: string, ports: readonly number[
 }
 
 /** The configuration the compose file's load balancer uses too, with this test's ports. */
-export function haproxyConfig(port: number, relayPorts: readonly number[]): string {
+export function haproxyConfig(
+  port: number,
+  relayPorts: readonly number[],
+  balance: Balance = "user",
+): string {
   return [
     "global",
     "  maxconn 4000",
@@ -213,7 +229,11 @@ export function haproxyConfig(port: number, relayPorts: readonly number[]): stri
     `  bind 127.0.0.1:${port}`,
     "  default_backend relays",
     "backend relays",
-    "  balance roundrobin",
+    ...(balance === "user"
+      ? // The token's subject, read without verifying it (the relay verifies): a forged one only routes its
+        // own refused connection. Without a token (dev mode's ?user=) HAProxy falls back to round-robin.
+        ["  balance hash url_param(token),jwt_payload_query('$.sub')", "  hash-type consistent"]
+      : ["  balance roundrobin"]),
     "  option httpchk GET /readyz",
     "  http-check expect status 200",
     // A relay answers /readyz late when the machine is loaded: one slow answer must not mark it down
