@@ -230,9 +230,14 @@ export function haproxyConfig(
     "  default_backend relays",
     "backend relays",
     ...(balance === "user"
-      ? // The token's subject, read without verifying it (the relay verifies): a forged one only routes its
-        // own refused connection. Without a token (dev mode's ?user=) HAProxy falls back to round-robin.
-        ["  balance hash url_param(token),jwt_payload_query('$.sub')", "  hash-type consistent"]
+      ? // The token's subject (query for sockets, bearer for HTTP), read without verifying it (the relay
+        // verifies): a forged one only routes its own refused request. Without a token, round-robin.
+        [
+          "  http-request set-var(txn.token) url_param(token)",
+          "  http-request set-var(txn.token) req.hdr(authorization),word(2,' ') if !{ var(txn.token) -m found }",
+          "  balance hash var(txn.token),jwt_payload_query('$.sub')",
+          "  hash-type consistent",
+        ]
       : ["  balance roundrobin"]),
     "  option httpchk GET /readyz",
     "  http-check expect status 200",
