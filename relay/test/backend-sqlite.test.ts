@@ -115,6 +115,28 @@ describe("sqlite catalog", () => {
       await reopened.close()
     }
   })
+
+  it("adds checksums to tables made before them: old rows load unchecked, new rows are checked", async () => {
+    const dir = tempDir()
+    const storage = sqliteDocuments(dir)
+    await storage.append("g~pre", updates())
+    await storage.close()
+    // The tables as an earlier version made them, without the checksum column.
+    const db = new Database(join(dir, SQLITE_FILE))
+    for (const table of ["updates", "snapshots"]) db.exec(`ALTER TABLE ${table} DROP COLUMN crc`)
+    db.close()
+    const reopened = sqliteDocuments(dir)
+    try {
+      const old = await reopened.load("g~pre")
+      expect(old.updates.map((u) => u.checksum)).toEqual([null, null, null])
+      expect(findDamage(old)).toBeUndefined()
+      await reopened.append("g~pre", [updates()[0]!])
+      await sqliteTamper(dir).overwriteUpdate("g~pre", 4, updates()[1]!)
+      expect(findDamage(await reopened.load("g~pre"))).toMatch(/position 4 does not match its checksum/)
+    } finally {
+      await reopened.close()
+    }
+  })
 })
 
 describe("sqlite backend files", () => {

@@ -14,6 +14,7 @@ import {
 } from "@parley/shared"
 import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
 import { SQLITE_FILE } from "../src/backend/sqlite.js"
 import { runDamagedCli } from "../src/storage/damaged-cli.js"
 import { stockProvider, TestClient } from "./helpers/clients.js"
@@ -113,6 +114,8 @@ describe("damaged documents", () => {
       gap: newConversationId(),
       tail: newConversationId(),
       garbage: newConversationId(),
+      // An entry replaced by another valid update: Yjs would apply it, only its checksum tells.
+      swapped: newConversationId(),
       gone: newConversationId(),
       healthy: newConversationId(),
     }
@@ -150,8 +153,15 @@ describe("damaged documents", () => {
     await tamper.deleteUpdates(names.tail, tail.slice(-2))
     const garbage = positions(dataDir, names.garbage)
     await tamper.overwriteUpdate(names.garbage, garbage[3]!, new Uint8Array([0x01, 0x99, 0xff, 0xff, 0x02]))
+    const forged = new Y.Doc()
+    forged.getMap("forged").set("by", mallory)
+    await tamper.overwriteUpdate(
+      names.swapped,
+      positions(dataDir, names.swapped)[3]!,
+      Y.encodeStateAsUpdate(forged),
+    )
     await tamper.deleteData(names.gone)
-    const damaged = [names.snapshot, names.gap, names.tail, names.garbage, names.gone]
+    const damaged = [names.snapshot, names.gap, names.tail, names.garbage, names.swapped, names.gone]
 
     const again = await startRelayProcess({ dataDir, secret: relay.secret })
     for (const name of damaged) await expectRefusedToEveryone(again, name)
@@ -188,6 +198,7 @@ describe("damaged documents", () => {
     expect(lines.find((l) => l.document === names.gone).reason).toMatch(/none of its data/)
     expect(lines.find((l) => l.document === names.snapshot).reason).toMatch(/snapshot/)
     expect(lines.find((l) => l.document === names.garbage).reason).toMatch(/position/)
+    expect(lines.find((l) => l.document === names.swapped).reason).toMatch(/does not match its checksum/)
 
     // Restarted while still damaged: refused from the start, nobody re-creates it.
     await again.kill()

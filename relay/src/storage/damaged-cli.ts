@@ -143,20 +143,32 @@ async function isDamaged(storage: RelayStorage, name: string): Promise<boolean> 
 function readSqliteBackup(file: string, name: string): StoredDocument {
   const db = new Database(file, { readonly: true, fileMustExist: true })
   try {
+    // A backup made before checksums has no such column: its rows are checked by loading them only.
+    const crc = db
+      .prepare<[], { name: string }>("PRAGMA table_info(updates)")
+      .all()
+      .some((c) => c.name === "crc")
+      ? "crc"
+      : "NULL AS crc"
     const snapshot = db
-      .prepare<[string], { data: Buffer; through: number }>(
-        "SELECT data, through FROM snapshots WHERE doc = ?",
+      .prepare<[string], { data: Buffer; through: number; crc: number | null }>(
+        `SELECT data, through, ${crc} FROM snapshots WHERE doc = ?`,
       )
       .get(name)
     const updates = db
-      .prepare<[string], { position: number; data: Buffer }>(
-        "SELECT position, data FROM updates WHERE doc = ? ORDER BY position",
+      .prepare<[string], { position: number; data: Buffer; crc: number | null }>(
+        `SELECT position, data, ${crc} FROM updates WHERE doc = ? ORDER BY position`,
       )
       .all(name)
     return {
       snapshot: snapshot ? new Uint8Array(snapshot.data) : null,
       through: snapshot?.through ?? 0,
-      updates: updates.map((row) => ({ position: row.position, update: new Uint8Array(row.data) })),
+      snapshotChecksum: snapshot?.crc ?? null,
+      updates: updates.map((row) => ({
+        position: row.position,
+        update: new Uint8Array(row.data),
+        checksum: row.crc,
+      })),
       // A backup's own catalog is not consulted: what it holds is checked by loading it.
       record: null,
     }
@@ -171,19 +183,29 @@ async function readPostgresBackup(url: string, name: string): Promise<StoredDocu
   const client = new pg.Client({ connectionString: url })
   await client.connect()
   try {
-    const snapshot = await client.query<{ data: Buffer; through: string }>(
-      "SELECT data, through FROM parley_snapshots WHERE doc = $1",
+    const columns = await client.query(
+      "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('parley_updates') AND attname = 'crc'",
+    )
+    // A backup made before checksums has no such column: its rows are checked by loading them only.
+    const crc = columns.rows.length > 0 ? "crc" : "NULL::integer AS crc"
+    const snapshot = await client.query<{ data: Buffer; through: string; crc: number | null }>(
+      `SELECT data, through, ${crc} FROM parley_snapshots WHERE doc = $1`,
       [name],
     )
-    const updates = await client.query<{ position: string; data: Buffer }>(
-      "SELECT position, data FROM parley_updates WHERE doc = $1 ORDER BY position",
+    const updates = await client.query<{ position: string; data: Buffer; crc: number | null }>(
+      `SELECT position, data, ${crc} FROM parley_updates WHERE doc = $1 ORDER BY position`,
       [name],
     )
     const row = snapshot.rows[0]
     return {
       snapshot: row ? new Uint8Array(row.data) : null,
       through: Number(row?.through ?? 0),
-      updates: updates.rows.map((r) => ({ position: Number(r.position), update: new Uint8Array(r.data) })),
+      snapshotChecksum: row?.crc ?? null,
+      updates: updates.rows.map((r) => ({
+        position: Number(r.position),
+        update: new Uint8Array(r.data),
+        checksum: r.crc,
+      })),
       record: null,
     }
   } finally {

@@ -1,5 +1,6 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import * as Y from "yjs"
+import { checksumOf } from "./checksum.js"
 import type { StoredDocument } from "./types.js"
 
 /**
@@ -10,7 +11,9 @@ import type { StoredDocument } from "./types.js"
  * - the catalog already recorded it as damaged;
  * - the catalog records it but storage holds none of its data;
  * - the log does not continue the snapshot position by position (a gap);
- * - the log ends before the last position the catalog recorded (a lost tail).
+ * - the log ends before the last position the catalog recorded (a lost tail);
+ * - the snapshot or a log entry does not match the checksum stored with it
+ *   (bytes changed after they were written, even into a valid update).
  */
 export function findDamage(stored: StoredDocument): string | undefined {
   const { record, snapshot, updates } = stored
@@ -28,6 +31,12 @@ export function findDamage(stored: StoredDocument): string | undefined {
   const last = expected - 1
   if (record && last < record.lastPosition)
     return `the log ends at position ${last}, before position ${record.lastPosition} the catalog records`
+  const { snapshotChecksum } = stored
+  if (snapshot !== null && snapshotChecksum != null && checksumOf(snapshot) !== snapshotChecksum)
+    return "the snapshot does not match its checksum"
+  for (const { position, update, checksum } of updates)
+    if (checksum != null && checksumOf(update) !== checksum)
+      return `the stored update at log position ${position} does not match its checksum`
   return undefined
 }
 

@@ -1,10 +1,12 @@
+import { checksumOf } from "./checksum.js"
 import type { DamagedDocument, DocumentRecord, RelayStorage, StoredDocument } from "./types.js"
 
 /** One document's data in {@link MemoryData}. */
 export interface MemoryDocument {
   snapshot: Uint8Array | null
+  snapshotChecksum?: number
   through: number
-  updates: { position: number; update: Uint8Array }[]
+  updates: { position: number; update: Uint8Array; checksum?: number }[]
   next: number
 }
 
@@ -59,7 +61,12 @@ export class MemoryStorage implements RelayStorage {
     return {
       snapshot: doc.snapshot?.slice() ?? null,
       through: doc.snapshot ? doc.through : 0,
-      updates: doc.updates.map((e) => ({ position: e.position, update: e.update.slice() })),
+      snapshotChecksum: doc.snapshotChecksum ?? null,
+      updates: doc.updates.map((e) => ({
+        position: e.position,
+        update: e.update.slice(),
+        checksum: e.checksum ?? null,
+      })),
       record,
     }
   }
@@ -70,7 +77,7 @@ export class MemoryStorage implements RelayStorage {
     const positions = updates.map((update) => {
       const position = doc.next++
       // Copied so that a caller reusing its buffer cannot change what was stored.
-      doc.updates.push({ position, update: update.slice() })
+      doc.updates.push({ position, update: update.slice(), checksum: checksumOf(update) })
       return position
     })
     if (positions.length > 0) this.advance(name, positions.at(-1)!)
@@ -81,6 +88,7 @@ export class MemoryStorage implements RelayStorage {
     this.assertOpen()
     const doc = this.document(name)
     doc.snapshot = snapshot.slice()
+    doc.snapshotChecksum = checksumOf(snapshot)
     doc.through = Math.max(doc.through, through)
     doc.updates = doc.updates.filter((e) => e.position > through)
     if (doc.next <= through) doc.next = through + 1
@@ -117,7 +125,13 @@ export class MemoryStorage implements RelayStorage {
       doc?.next ? doc.next - 1 : 0,
       ...(doc?.updates.map((e) => e.position) ?? []),
     )
-    this.data.documents.set(name, { snapshot: snapshot.slice(), through, updates: [], next: through + 1 })
+    this.data.documents.set(name, {
+      snapshot: snapshot.slice(),
+      snapshotChecksum: checksumOf(snapshot),
+      through,
+      updates: [],
+      next: through + 1,
+    })
     this.data.catalog.set(name, { lastPosition: through, damaged: null })
     return through
   }

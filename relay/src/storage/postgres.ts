@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../postgres.js"
+import { checksumOf } from "./checksum.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
@@ -17,6 +18,17 @@ CREATE TABLE IF NOT EXISTS parley_snapshots (
   data BYTEA NOT NULL,
   through BIGINT NOT NULL
 );
+-- Checksums (CRC-32 of data): rows written before them keep NULL, which is not checked. Looked up
+-- first: ALTER TABLE locks the table even when the column is there.
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'parley_updates'::regclass AND attname = 'crc') THEN
+    ALTER TABLE parley_updates ADD COLUMN crc INTEGER;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'parley_snapshots'::regclass AND attname = 'crc') THEN
+    ALTER TABLE parley_snapshots ADD COLUMN crc INTEGER;
+  END IF;
+END $$;
 DO $$
 BEGIN
   IF to_regclass('parley_documents') IS NULL THEN
@@ -85,11 +97,15 @@ export class PostgresStorage implements RelayStorage {
         }
         const positions: number[] = []
         for (const update of updates) {
-          await client.query("INSERT INTO parley_updates (doc, position, data) VALUES ($1, $2, $3)", [
-            name,
-            position,
-            Buffer.from(update.buffer, update.byteOffset, update.byteLength),
-          ])
+          await client.query(
+            "INSERT INTO parley_updates (doc, position, data, crc) VALUES ($1, $2, $3, $4)",
+            [
+              name,
+              position,
+              Buffer.from(update.buffer, update.byteOffset, update.byteLength),
+              checksumOf(update),
+            ],
+          )
           positions.push(position++)
         }
         next.set(name, position)
@@ -116,19 +132,24 @@ export class PostgresStorage implements RelayStorage {
             "SELECT last_position, damaged FROM parley_documents WHERE doc = $1",
             [name],
           )
-          const snapshot = await client.query<{ data: Buffer; through: string }>(
-            "SELECT data, through FROM parley_snapshots WHERE doc = $1",
+          const snapshot = await client.query<{ data: Buffer; through: string; crc: number | null }>(
+            "SELECT data, through, crc FROM parley_snapshots WHERE doc = $1",
             [name],
           )
-          const updates = await client.query<{ position: string; data: Buffer }>(
-            "SELECT position, data FROM parley_updates WHERE doc = $1 ORDER BY position",
+          const updates = await client.query<{ position: string; data: Buffer; crc: number | null }>(
+            "SELECT position, data, crc FROM parley_updates WHERE doc = $1 ORDER BY position",
             [name],
           )
           const found = record.rows[0]
           return {
             snapshot: snapshot.rows[0] ? bytes(snapshot.rows[0].data) : null,
             through: Number(snapshot.rows[0]?.through ?? 0),
-            updates: updates.rows.map((row) => ({ position: Number(row.position), update: bytes(row.data) })),
+            snapshotChecksum: snapshot.rows[0]?.crc ?? null,
+            updates: updates.rows.map((row) => ({
+              position: Number(row.position),
+              update: bytes(row.data),
+              checksum: row.crc,
+            })),
             record: found ? { lastPosition: Number(found.last_position), damaged: found.damaged } : null,
           }
         },
@@ -164,10 +185,15 @@ export class PostgresStorage implements RelayStorage {
     await this.group.settled(name)
     await inTransaction(this.pool, async (client) => {
       await client.query(
-        `INSERT INTO parley_snapshots (doc, data, through) VALUES ($1, $2, $3)
-         ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data,
+        `INSERT INTO parley_snapshots (doc, data, through, crc) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, crc = EXCLUDED.crc,
            through = GREATEST(parley_snapshots.through, EXCLUDED.through)`,
-        [name, Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength), through],
+        [
+          name,
+          Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength),
+          through,
+          checksumOf(snapshot),
+        ],
       )
       await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
       await client.query(ADVANCE, [name, through])
@@ -217,9 +243,14 @@ export class PostgresStorage implements RelayStorage {
       const through = Number(rows[0]?.last ?? 0)
       await client.query("DELETE FROM parley_updates WHERE doc = $1", [name])
       await client.query(
-        `INSERT INTO parley_snapshots (doc, data, through) VALUES ($1, $2, $3)
-         ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, through = EXCLUDED.through`,
-        [name, Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength), through],
+        `INSERT INTO parley_snapshots (doc, data, through, crc) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, crc = EXCLUDED.crc, through = EXCLUDED.through`,
+        [
+          name,
+          Buffer.from(snapshot.buffer, snapshot.byteOffset, snapshot.byteLength),
+          through,
+          checksumOf(snapshot),
+        ],
       )
       await client.query(
         `INSERT INTO parley_documents (doc, last_position) VALUES ($1, $2)

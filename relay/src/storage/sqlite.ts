@@ -1,5 +1,6 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type Database from "better-sqlite3"
+import { checksumOf } from "./checksum.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
@@ -18,12 +19,14 @@ CREATE TABLE IF NOT EXISTS updates (
   doc TEXT NOT NULL,
   position INTEGER NOT NULL,
   data BLOB NOT NULL,
+  crc INTEGER,
   PRIMARY KEY (doc, position)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
   doc TEXT PRIMARY KEY,
   data BLOB NOT NULL,
-  through INTEGER NOT NULL
+  through INTEGER NOT NULL,
+  crc INTEGER
 ) WITHOUT ROWID;
 `
 
@@ -70,25 +73,30 @@ export class SqliteStorage implements RelayStorage {
     private readonly catalog: Database.Database,
   ) {
     this.db.exec(SCHEMA)
+    // Tables made before checksums gain the column; their rows keep NULL (not checked).
+    for (const table of ["updates", "snapshots"]) {
+      const columns = this.db.prepare<[], { name: string }>(`PRAGMA table_info(${table})`).all()
+      if (!columns.some((c) => c.name === "crc")) this.db.exec(`ALTER TABLE ${table} ADD COLUMN crc INTEGER`)
+    }
     // A one-row table the health probe rewrites: only a committed write shows that the disk has room again.
     this.db.exec("CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)")
     this.catalog.exec(CATALOG_SCHEMA)
     this.statements = {
-      snapshot: this.db.prepare<[string], { data: Buffer; through: number }>(
-        "SELECT data, through FROM snapshots WHERE doc = ?",
+      snapshot: this.db.prepare<[string], { data: Buffer; through: number; crc: number | null }>(
+        "SELECT data, through, crc FROM snapshots WHERE doc = ?",
       ),
-      updates: this.db.prepare<[string], { position: number; data: Buffer }>(
-        "SELECT position, data FROM updates WHERE doc = ? ORDER BY position",
+      updates: this.db.prepare<[string], { position: number; data: Buffer; crc: number | null }>(
+        "SELECT position, data, crc FROM updates WHERE doc = ? ORDER BY position",
       ),
       lastPosition: this.db.prepare<[string, string], { last: number | null }>(
         "SELECT MAX(p) AS last FROM (SELECT MAX(position) AS p FROM updates WHERE doc = ? UNION ALL SELECT through AS p FROM snapshots WHERE doc = ?)",
       ),
-      insert: this.db.prepare("INSERT INTO updates (doc, position, data) VALUES (?, ?, ?)"),
+      insert: this.db.prepare("INSERT INTO updates (doc, position, data, crc) VALUES (?, ?, ?, ?)"),
       upsertSnapshot: this.db.prepare(
-        "INSERT INTO snapshots (doc, data, through) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, through = MAX(snapshots.through, excluded.through)",
+        "INSERT INTO snapshots (doc, data, through, crc) VALUES (?, ?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, crc = excluded.crc, through = MAX(snapshots.through, excluded.through)",
       ),
       replaceSnapshot: this.db.prepare(
-        "INSERT INTO snapshots (doc, data, through) VALUES (?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, through = excluded.through",
+        "INSERT INTO snapshots (doc, data, through, crc) VALUES (?, ?, ?, ?) ON CONFLICT(doc) DO UPDATE SET data = excluded.data, crc = excluded.crc, through = excluded.through",
       ),
       trim: this.db.prepare("DELETE FROM updates WHERE doc = ? AND position <= ?"),
       probe: this.db.prepare("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)"),
@@ -132,7 +140,7 @@ export class SqliteStorage implements RelayStorage {
       const positions = batch.map(({ name, updates }) =>
         updates.map((update) => {
           const position = this.nextPosition(name)
-          this.statements.insert.run(name, position, update)
+          this.statements.insert.run(name, position, update, checksumOf(update))
           this.next.set(name, position + 1)
           return position
         }),
@@ -237,7 +245,8 @@ export class SqliteStorage implements RelayStorage {
     return {
       snapshot: snapshot ? bytes(snapshot.data) : null,
       through: snapshot?.through ?? 0,
-      updates: updates.map((row) => ({ position: row.position, update: bytes(row.data) })),
+      snapshotChecksum: snapshot?.crc ?? null,
+      updates: updates.map((row) => ({ position: row.position, update: bytes(row.data), checksum: row.crc })),
       record: record ? { lastPosition: record.last_position, damaged: record.damaged } : null,
     }
   }
@@ -251,7 +260,7 @@ export class SqliteStorage implements RelayStorage {
     this.assertOpen()
     await this.group.settled(name)
     this.db.transaction(() => {
-      this.statements.upsertSnapshot.run(name, snapshot, through)
+      this.statements.upsertSnapshot.run(name, snapshot, through, checksumOf(snapshot))
       this.statements.trim.run(name, through)
     })()
     if ((this.next.get(name) ?? 0) <= through) this.next.set(name, through + 1)
@@ -282,7 +291,7 @@ export class SqliteStorage implements RelayStorage {
       const stored = this.statements.lastPosition.get(name, name)?.last ?? 0
       const through = Math.max(recorded, stored, (this.next.get(name) ?? 1) - 1)
       this.statements.dropUpdates.run(name)
-      this.statements.replaceSnapshot.run(name, snapshot, through)
+      this.statements.replaceSnapshot.run(name, snapshot, through, checksumOf(snapshot))
       return through
     })()
     this.next.set(name, through + 1)

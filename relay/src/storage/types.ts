@@ -3,7 +3,14 @@ export interface StoredDocument {
   readonly snapshot: Uint8Array | null
   /** Highest log position the snapshot covers (0 without a snapshot). */
   readonly through: number
-  readonly updates: readonly { readonly position: number; readonly update: Uint8Array }[]
+  /** The checksum stored with the snapshot (`checksumOf`); null or absent for one stored before checksums. */
+  readonly snapshotChecksum?: number | null
+  readonly updates: readonly {
+    readonly position: number
+    readonly update: Uint8Array
+    /** The checksum stored with the entry; null or absent for one stored before checksums. */
+    readonly checksum?: number | null
+  }[]
   /**
    * What the catalog knows of the document, kept apart from its data so that
    * lost data shows as damage rather than as a document never created; null

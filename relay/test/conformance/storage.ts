@@ -66,7 +66,7 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
 
     it("loads an unknown document as empty, with no record: not created yet, not damaged", async () => {
       const stored = await storage.load(doc("none"))
-      expect(stored).toEqual({ snapshot: null, through: 0, updates: [], record: null })
+      expect(stored).toMatchObject({ snapshot: null, through: 0, updates: [], record: null })
       expect(findDamage(stored)).toBeUndefined()
     })
 
@@ -238,7 +238,7 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
         await harness.tamper.overwriteUpdate(doc("garbage"), positions[2]!, garbage)
         const loaded = await storage.load(doc("garbage"))
         expect([...loaded.updates[0]!.update]).toEqual([...garbage])
-        expect(findDamage(loaded)).toBeUndefined()
+        expect(findDamage(loaded)).toMatch(/update at log position 3 does not match its checksum/)
         expect(() => loadVerified(loaded)).toThrow(
           expect.objectContaining({ code: ErrorCode.DAMAGED, message: expect.stringMatching(/position 3/) }),
         )
@@ -251,6 +251,22 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
         expect(() => loadVerified(loaded)).toThrow(
           expect.objectContaining({ code: ErrorCode.DAMAGED, message: expect.stringMatching(/snapshot/) }),
         )
+      })
+
+      it("finds an entry and a snapshot whose bytes were replaced by other valid updates (that would apply cleanly)", async () => {
+        const { positions } = await stored(doc("swapped"), { compacted: true })
+        const other = new Y.Doc()
+        other.getArray<string>("a").push(["forged"])
+        const valid = Y.encodeStateAsUpdate(other)
+        await harness.tamper.overwriteUpdate(doc("swapped"), positions[2]!, valid)
+        const loaded = await storage.load(doc("swapped"))
+        // Yjs takes it without complaint: only the checksum tells.
+        Y.applyUpdate(new Y.Doc(), loaded.updates[0]!.update)
+        expect(findDamage(loaded)).toMatch(/update at log position 3 does not match its checksum/)
+
+        await stored(doc("swapped2"), { compacted: true })
+        await harness.tamper.overwriteSnapshot(doc("swapped2"), valid)
+        expect(await damageOf(doc("swapped2"))).toMatch(/snapshot does not match its checksum/)
       })
 
       it("records damage with its first reason, lists it, and keeps it across a reopen", async () => {
