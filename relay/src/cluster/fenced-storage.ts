@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../postgres.js"
+import { checksumOf } from "../storage/checksum.js"
 import { type AppendBatch, GroupCommit } from "../storage/group-commit.js"
 import type { PostgresStorage } from "../storage/postgres.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "../storage/types.js"
@@ -124,6 +125,7 @@ export class FencedStorage implements RelayStorage {
         const docs: string[] = []
         const at: number[] = []
         const data: Buffer[] = []
+        const crcs: number[] = []
         for (const { name, updates } of batch) {
           let next = positions.get(name)
           if (next === undefined) continue
@@ -131,13 +133,14 @@ export class FencedStorage implements RelayStorage {
             docs.push(name)
             at.push(next++)
             data.push(Buffer.from(update.buffer, update.byteOffset, update.byteLength))
+            crcs.push(checksumOf(update))
           }
           positions.set(name, next)
         }
         await client.query(
-          `INSERT INTO parley_updates (doc, position, data)
-           SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])`,
-          [docs, at, data],
+          `INSERT INTO parley_updates (doc, position, data, crc)
+           SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::integer[])`,
+          [docs, at, data, crcs],
         )
         await client.query(ADVANCE_MANY, [owned, owned.map((name) => positions.get(name)! - 1)])
         // Back to each document's first position, for handing them out below.
@@ -173,10 +176,10 @@ export class FencedStorage implements RelayStorage {
     await inTransaction(this.pool, async (client) => {
       await this.checkFence(client, name, token)
       await client.query(
-        `INSERT INTO parley_snapshots (doc, data, through) VALUES ($1, $2, $3)
-         ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data,
+        `INSERT INTO parley_snapshots (doc, data, through, crc) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, crc = EXCLUDED.crc,
            through = GREATEST(parley_snapshots.through, EXCLUDED.through)`,
-        [name, snapshot, through],
+        [name, snapshot, through, checksumOf(snapshot)],
       )
       await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
       await client.query(ADVANCE, [name, through])
