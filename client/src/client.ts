@@ -3,6 +3,7 @@ import {
   type ConversationId,
   type ConversationKind,
   createConversation,
+  DEFAULT_UPDATE_PART_LIMITS,
   directConversationId,
   ErrorCode,
   getConversation,
@@ -27,6 +28,7 @@ import {
   type ConnectionStatus,
   DocumentConnection,
   type ReconnectOptions,
+  type UpdateParts,
   type WebSocketConstructor,
 } from "./connection.js"
 import { Conversation, LOCAL } from "./conversation.js"
@@ -155,6 +157,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly segments: SegmentCache
   /** Opens document sockets: channels of {@link mux}, or real sockets. */
   private readonly sockets: SocketOpener
+  /** How large each part of an update sent to the relay may be: narrowed for all conversations once a relay refuses one. */
+  private readonly updateParts: UpdateParts = { limits: DEFAULT_UPDATE_PART_LIMITS }
   /** The one socket of every document, unless `multiplex: false`. */
   private readonly mux: SocketMux | undefined
   private readonly storage: StorageKind
@@ -225,6 +229,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       user,
       token: () => this.token(),
       sockets: this.sockets,
+      parts: this.updateParts,
       ...(options.reconnect ? { reconnect: options.reconnect } : {}),
     })
     this.inboxConnection = inboxConnection
@@ -355,6 +360,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         shareWithTabs,
         token: () => this.token(),
         sockets: this.sockets,
+        parts: this.updateParts,
         ...(this.options.reconnect ? { reconnect: this.options.reconnect } : {}),
       })
     const conversation = new Conversation({

@@ -1,5 +1,6 @@
 import {
   CloseCode,
+  DEFAULT_UPDATE_PART_LIMITS,
   ErrorCode,
   encodeDirectoryRequest,
   encodeHistoryRequest,
@@ -11,6 +12,7 @@ import {
   Rule,
   splitUpdate,
   toParleyError,
+  type UpdatePartLimits,
 } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -65,7 +67,34 @@ export interface ConnectionOptions {
   readonly reconnect?: ReconnectOptions
   /** Random source in [0, 1), for jitter. */
   readonly random?: () => number
+  /**
+   * How large each part of an update sent to the relay may be (shared by the
+   * client's connections, narrowed when a relay refuses a part as too large:
+   * it may be configured below the defaults).
+   */
+  readonly parts?: UpdateParts
 }
+
+/** The part limits a client's connections split their updates by (see {@link ConnectionOptions.parts}). */
+export interface UpdateParts {
+  limits: UpdatePartLimits
+}
+
+/** Rules of the relay's per-update caps (relay `CostRule`): the part was too large for this relay. */
+const SIZE_RULES: ReadonlySet<string> = new Set([
+  "update-structs",
+  "update-values",
+  "struct-density",
+  "deleted-on-arrival",
+  "integration-cost",
+])
+
+/** Half of `limits`, down to a floor every relay configuration worth running takes. */
+const narrower = (limits: UpdatePartLimits): UpdatePartLimits => ({
+  maxStructs: Math.max(16, Math.floor(limits.maxStructs / 2)),
+  maxValues: Math.max(16, Math.floor(limits.maxValues / 2)),
+  maxBytes: Math.max(16 * 1024, Math.floor(limits.maxBytes / 2)),
+})
 
 /** Close codes after which trying again cannot help, and the error they mean. */
 const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
@@ -95,6 +124,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private readonly minDelay: number
   private readonly maxDelay: number
   private readonly random: () => number
+  private readonly parts: UpdateParts
   private wanted = false
   private destroyed = false
   private attempts = 0
@@ -121,6 +151,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.minDelay = options.reconnect?.minDelay ?? 250
     this.maxDelay = options.reconnect?.maxDelay ?? 10_000
     this.random = options.random ?? Math.random
+    this.parts = options.parts ?? { limits: DEFAULT_UPDATE_PART_LIMITS }
     // Other tabs of the same user share updates, even while offline; another user's
     // tab on the same device must go through the relay (and its checks) instead.
     if (options.shareWithTabs !== false)
@@ -175,7 +206,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     // Without an open connection there is nothing to do: the next connect's sync sends the pending work.
     if (!this.wanted || this.destroyed || !session?.open) return
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
-    for (const part of splitUpdate(pending)) session.send(encodeSyncUpdate(part))
+    for (const part of splitUpdate(pending, this.parts.limits)) session.send(encodeSyncUpdate(part))
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */
@@ -234,6 +265,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
       this.options.sockets(this.options.name, token),
       this.options.doc,
       this.options.awareness,
+      () => this.parts.limits,
       {
         opened: () => {
           if (this.session !== session) return
@@ -376,6 +408,9 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
       const { code, message, rule } = frame.error
       // About the token, not a frame: the relay closes with 4401 next, and a reconnect gets a fresh one.
       if (code === ErrorCode.UNAUTHORIZED) return
+      // A relay configured below the default caps: what is sent again (the resync) goes in smaller parts.
+      if (code === ErrorCode.TOO_LARGE || SIZE_RULES.has(rule ?? ""))
+        this.parts.limits = narrower(this.parts.limits)
       this.emit("refused", { error: new ParleyError(code, message, rule ? { rule } : undefined) })
     }
   }

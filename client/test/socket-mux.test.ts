@@ -1,4 +1,5 @@
 import {
+  DEFAULT_UPDATE_PART_LIMITS,
   encodeChannelClose,
   encodeChannelFrame,
   encodeKeepalive,
@@ -141,14 +142,20 @@ describe("SocketMux", () => {
     const doc = new Y.Doc()
     const awareness = new Awareness(doc)
     awareness.setLocalState(null)
-    const session = new SyncSession(mux.open("g~one", "t"), doc, awareness, {
-      opened: () => {},
-      relayState: () => {},
-      synced: () => {},
-      parley: () => {},
-      diverged: () => {},
-      closed: () => {},
-    })
+    const session = new SyncSession(
+      mux.open("g~one", "t"),
+      doc,
+      awareness,
+      () => DEFAULT_UPDATE_PART_LIMITS,
+      {
+        opened: () => {},
+        relayState: () => {},
+        synced: () => {},
+        parley: () => {},
+        diverged: () => {},
+        closed: () => {},
+      },
+    )
     const socket = FakeSocket.made[0]!
     socket.open()
     doc.getMap("m").set("written", "while opening")

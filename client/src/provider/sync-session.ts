@@ -8,6 +8,7 @@ import {
   readFrame,
   SyncMessage,
   splitUpdate,
+  type UpdatePartLimits,
 } from "@parley/shared"
 import {
   type Awareness,
@@ -65,7 +66,7 @@ export class SyncSession {
     if (origin === RELAY_ORIGIN || this.state !== "open") return
     // What the user wrote, and what another tab of theirs handed over (forwarded: that tab may be offline).
     // One transaction may write more than the relay takes in one update (an import, a large paste): in parts.
-    for (const part of splitUpdate(update)) this.send(encodeSyncUpdate(part))
+    for (const part of splitUpdate(update, this.parts())) this.send(encodeSyncUpdate(part))
   }
 
   private readonly onAwareness = (
@@ -82,6 +83,8 @@ export class SyncSession {
     private readonly socket: DocumentSocket,
     private readonly doc: Y.Doc,
     private readonly awareness: Awareness,
+    /** How large each part of an update sent to the relay may be. */
+    private readonly parts: () => UpdatePartLimits,
     private readonly handlers: SessionHandlers,
   ) {
     socket.binaryType = "arraybuffer"
@@ -153,7 +156,10 @@ export class SyncSession {
           this.handlers.relayState(message.stateVector)
           try {
             // A long offline period leaves more than the relay takes in one update: the rest follows in parts.
-            const [first, ...rest] = splitUpdate(Y.encodeStateAsUpdate(this.doc, message.stateVector))
+            const [first, ...rest] = splitUpdate(
+              Y.encodeStateAsUpdate(this.doc, message.stateVector),
+              this.parts(),
+            )
             this.sendRaw(encodeSyncStep2(first!))
             for (const part of rest) this.sendRaw(encodeSyncUpdate(part))
           } catch (cause) {

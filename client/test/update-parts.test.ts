@@ -1,0 +1,46 @@
+import "fake-indexeddb/auto"
+import type { MessageId } from "@parley/shared"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
+
+let relay: RelayProcess
+beforeAll(async () => {
+  // Caps well below the defaults, and below the SDK's default parts (1,000 values, 700 structs).
+  relay = await startRelay({ args: ["--dev", "--max-update-values", "300", "--max-update-structs", "250"] })
+})
+afterAll(async () => {
+  await relay?.stop()
+})
+afterEach(destroyClients)
+
+describe("update parts against a relay configured below the default caps", () => {
+  it("narrows its parts after the relay refuses one as too large, and delivers everything once", async () => {
+    const alice = await connectClient(relay, "alice")
+    const chat = await alice.createConversation({ participants: ["bob"], title: "small caps" })
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    alice.disconnect()
+    const sent: MessageId[] = []
+    for (let i = 0; i < 600; i++) {
+      sent.push(chat.send(`offline ${i}`).id)
+      chat.markRead()
+    }
+    const refusals: string[] = []
+    chat.on("error", ({ error }) => refusals.push(error.rule ?? error.code))
+    alice.connect()
+    await eventually(
+      () => expect(chat.messages({ last: 600 }).every((m) => m.status === "sent")).toBe(true),
+      60_000,
+    )
+    // Refused at first (parts of the default size), then sent in smaller ones.
+    expect(refusals.length).toBeGreaterThan(0)
+    expect(refusals.every((r) => r === "update-structs" || r === "update-values")).toBe(true)
+
+    const bob = await connectClient(relay, "bob")
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bobChat.messages().at(-1)?.id).toBe(sent.at(-1)), 60_000)
+    while (bobChat.hasOlder) await bobChat.loadOlder(500)
+    const seen = [...bobChat.olderMessages(), ...bobChat.messages({ last: 600 })]
+    expect(seen.map((m) => m.id)).toEqual(sent)
+    expect(seen.map((m) => m.seq)).toEqual(sent.map((_, i) => i + 1))
+  }, 120_000)
+})
