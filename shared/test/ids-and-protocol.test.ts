@@ -77,6 +77,18 @@ describe("ids", () => {
     }
   })
 
+  it("shares the decoding of a long sequence record, frozen, and still refuses a malformed one", () => {
+    const ids = Array.from({ length: 300 }, (_, i) => `message-${String(i).padStart(6, "0")}`) as never[]
+    const text = encodeSequenceRecord({ from: 7, ids })
+    const first = decodeSequenceRecord(text)
+    expect(first).toEqual({ from: 7, ids })
+    // An equal string made apart (as another replica's update would decode it) finds the same record.
+    expect(decodeSequenceRecord(`7:${ids.join(",")}`)).toBe(first)
+    expect(Object.isFrozen(first) && Object.isFrozen(first?.ids)).toBe(true)
+    expect(decodeSequenceRecord(`${text},x`)).toBeUndefined()
+    expect(decodeSequenceRecord(`${text},x`)).toBeUndefined()
+  })
+
   it("wraps any thrown value in a ParleyError", () => {
     const wrapped = toParleyError(new TypeError("boom"))
     expect(wrapped).toMatchObject({ code: "INTERNAL", message: "boom" })
