@@ -89,6 +89,52 @@ describe("ids", () => {
     expect(decodeSequenceRecord(`${text},x`)).toBeUndefined()
   })
 
+  it("accepts exactly the sequence records the record grammar does", () => {
+    const grammar = /^([1-9][0-9]{0,15}):([A-Za-z0-9_-]{8,64}(?:,[A-Za-z0-9_-]{8,64})*)$/
+    const pieces = [
+      "0",
+      "1",
+      "9",
+      "12",
+      ":",
+      ",",
+      "a",
+      "Z",
+      "_",
+      "-",
+      "é",
+      " ",
+      "abcdefgh",
+      "x".repeat(57),
+      "%",
+    ]
+    let seed = 7
+    const next = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31
+      return seed
+    }
+    const chars = "aZ09_-x:, é%"
+    const id = () =>
+      Array.from({ length: 6 + (next() % 61) }, () =>
+        next() % 40 === 0 ? chars[next() % chars.length] : "a",
+      ).join("")
+    const numbers = ["0", "1", "12", "012", "1234567890123456", "12345678901234567", ""]
+    for (let n = 0; n < 20_000; n++) {
+      let text = ""
+      if (n % 2 === 0) for (let k = next() % 12; k >= 0; k--) text += pieces[next() % pieces.length]
+      else
+        text = `${numbers[next() % numbers.length]}:${Array.from({ length: 1 + (next() % 4) }, id).join(",")}${next() % 10 === 0 ? "," : ""}`
+      const record = decodeSequenceRecord(text)
+      const match = grammar.exec(text)
+      expect(record === undefined ? null : record).toEqual(
+        match ? { from: Number(match[1]), ids: match[2]!.split(",") } : null,
+      )
+    }
+    expect(decodeSequenceRecord(`1234567890123456:${"a".repeat(64)}`)).toBeDefined()
+    expect(decodeSequenceRecord(`12345678901234567:${"a".repeat(8)}`)).toBeUndefined()
+    expect(decodeSequenceRecord(`1:${"a".repeat(65)}`)).toBeUndefined()
+  })
+
   it("wraps any thrown value in a ParleyError", () => {
     const wrapped = toParleyError(new TypeError("boom"))
     expect(wrapped).toMatchObject({ code: "INTERNAL", message: "boom" })
