@@ -256,6 +256,11 @@ describe("sqlite stored member lists", () => {
       old
         .prepare("INSERT INTO event_log (conversation, type, at, payload) VALUES (?, ?, ?, ?)")
         .run(legacy.event.conversationId, legacy.event.type, legacy.event.time, JSON.stringify(legacy))
+      // Ids AUTOINCREMENT gave to events since pruned: never given again.
+      old
+        .prepare("INSERT INTO event_log (id, conversation, type, at, payload) VALUES (41, 'x', 'x', 0, '{}')")
+        .run()
+      old.prepare("DELETE FROM event_log WHERE id = 41").run()
       old.close()
       const backend = new SqliteBackend(dir)
       try {
@@ -269,6 +274,7 @@ describe("sqlite stored member lists", () => {
         expect((await backend.events.read({ limit: 10 })).map((e) => JSON.stringify(e.event))).toEqual(
           [legacy, fresh].map((e) => JSON.stringify(e)),
         )
+        expect((await backend.events.read({ limit: 10 })).map((e) => e.id)).toEqual(["1", "42"])
         await backend.events.prune({ maxAgeMs: Number.MAX_SAFE_INTEGER, maxEvents: Number.MAX_SAFE_INTEGER })
         const db = new Database(join(dir, SQLITE_FILE), { readonly: true })
         const stored = db.prepare("SELECT members FROM event_log ORDER BY id").pluck().all()

@@ -236,7 +236,8 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
   }
   for (const value of (changes.order as string[] | undefined) ?? []) {
     const record = decodeSequenceRecord(value)
-    if (record) events.push({ type: "messages.sequenced", from: record.from, ids: record.ids })
+    // A copy: the decoded record is shared (frozen), the event is the listener's to keep.
+    if (record) events.push({ type: "messages.sequenced", from: record.from, ids: [...record.ids] })
   }
   for (const key of ((changes.profiles as MapChanges | undefined) ?? new Map()).keys()) {
     const user = key as UserId

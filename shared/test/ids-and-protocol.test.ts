@@ -77,6 +77,64 @@ describe("ids", () => {
     }
   })
 
+  it("shares the decoding of a long sequence record, frozen, and still refuses a malformed one", () => {
+    const ids = Array.from({ length: 300 }, (_, i) => `message-${String(i).padStart(6, "0")}`) as never[]
+    const text = encodeSequenceRecord({ from: 7, ids })
+    const first = decodeSequenceRecord(text)
+    expect(first).toEqual({ from: 7, ids })
+    // An equal string made apart (as another replica's update would decode it) finds the same record.
+    expect(decodeSequenceRecord(`7:${ids.join(",")}`)).toBe(first)
+    expect(Object.isFrozen(first) && Object.isFrozen(first?.ids)).toBe(true)
+    expect(decodeSequenceRecord(`${text},x`)).toBeUndefined()
+    expect(decodeSequenceRecord(`${text},x`)).toBeUndefined()
+  })
+
+  it("accepts exactly the sequence records the record grammar does", () => {
+    const grammar = /^([1-9][0-9]{0,15}):([A-Za-z0-9_-]{8,64}(?:,[A-Za-z0-9_-]{8,64})*)$/
+    const pieces = [
+      "0",
+      "1",
+      "9",
+      "12",
+      ":",
+      ",",
+      "a",
+      "Z",
+      "_",
+      "-",
+      "é",
+      " ",
+      "abcdefgh",
+      "x".repeat(57),
+      "%",
+    ]
+    let seed = 7
+    const next = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31
+      return seed
+    }
+    const chars = "aZ09_-x:, é%"
+    const id = () =>
+      Array.from({ length: 6 + (next() % 61) }, () =>
+        next() % 40 === 0 ? chars[next() % chars.length] : "a",
+      ).join("")
+    const numbers = ["0", "1", "12", "012", "1234567890123456", "12345678901234567", ""]
+    for (let n = 0; n < 20_000; n++) {
+      let text = ""
+      if (n % 2 === 0) for (let k = next() % 12; k >= 0; k--) text += pieces[next() % pieces.length]
+      else
+        text = `${numbers[next() % numbers.length]}:${Array.from({ length: 1 + (next() % 4) }, id).join(",")}${next() % 10 === 0 ? "," : ""}`
+      const record = decodeSequenceRecord(text)
+      const match = grammar.exec(text)
+      expect(record === undefined ? null : record).toEqual(
+        match ? { from: Number(match[1]), ids: match[2]!.split(",") } : null,
+      )
+    }
+    expect(decodeSequenceRecord(`1234567890123456:${"a".repeat(64)}`)).toBeDefined()
+    expect(decodeSequenceRecord(`12345678901234567:${"a".repeat(8)}`)).toBeUndefined()
+    expect(decodeSequenceRecord(`1:${"a".repeat(65)}`)).toBeUndefined()
+  })
+
   it("wraps any thrown value in a ParleyError", () => {
     const wrapped = toParleyError(new TypeError("boom"))
     expect(wrapped).toMatchObject({ code: "INTERNAL", message: "boom" })

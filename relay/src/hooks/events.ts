@@ -12,7 +12,6 @@ import {
   type Metadata,
   type Participant,
   type Role,
-  randomId,
   typesOf,
   type UserId,
 } from "@parley/shared"
@@ -120,19 +119,50 @@ export const HANDLER_NAMES = {
 /** Random bytes drawn from the system in blocks: one `getRandomValues` per id was a visible cost per event. */
 const randomPool = { bytes: new Uint8Array(4096), used: 4096 }
 
-function pooledRandom(into: Uint8Array): Uint8Array {
-  if (randomPool.used + into.length > randomPool.bytes.length) {
+/** The characters of an event id's random part (those of `randomId`), by the low 6 bits of a byte. */
+const ID_CODES = Array.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", (c) =>
+  c.charCodeAt(0),
+)
+
+/** The time prefix of the last event id made, and its time: the events of one change share it. */
+const lastPrefix = { at: -1, prefix: "" }
+
+/**
+ * A new event id: time-ordered prefix, 12 random characters (72 bits). Made
+ * from the pool's bytes in place (a frame of 2,000 messages makes 2,001 ids:
+ * an array, a view and 16 one-character strings each cost 2–3 ms per frame).
+ */
+export function newEventId(now: number = Date.now()): string {
+  if (randomPool.used + 12 > randomPool.bytes.length) {
     randomFillSync(randomPool.bytes)
     randomPool.used = 0
   }
-  into.set(randomPool.bytes.subarray(randomPool.used, randomPool.used + into.length))
-  randomPool.used += into.length
-  return into
+  const b = randomPool.bytes
+  const i = randomPool.used
+  randomPool.used = i + 12
+  if (lastPrefix.at !== now) {
+    lastPrefix.at = now
+    lastPrefix.prefix = `evt_${now.toString(36).padStart(9, "0")}`
+  }
+  const c = ID_CODES
+  return (
+    lastPrefix.prefix +
+    String.fromCharCode(
+      c[b[i]! & 63]!,
+      c[b[i + 1]! & 63]!,
+      c[b[i + 2]! & 63]!,
+      c[b[i + 3]! & 63]!,
+      c[b[i + 4]! & 63]!,
+      c[b[i + 5]! & 63]!,
+      c[b[i + 6]! & 63]!,
+      c[b[i + 7]! & 63]!,
+      c[b[i + 8]! & 63]!,
+      c[b[i + 9]! & 63]!,
+      c[b[i + 10]! & 63]!,
+      c[b[i + 11]! & 63]!,
+    )
+  )
 }
-
-/** A new event id: time-ordered prefix, random suffix. */
-export const newEventId = (now: number = Date.now()): string =>
-  `evt_${now.toString(36).padStart(9, "0")}${randomId(pooledRandom).slice(0, 12)}`
 
 /** The conversation part of a payload, read from the document now; undefined before it is created. */
 export function conversationOf(doc: Y.Doc): HookConversation | undefined {

@@ -165,6 +165,52 @@ export function runEventLogConformance(
       expect(new Set(pending.map((d) => d.seq)).size).toBe(pending.length / 2)
     })
 
+    it("reads a large change's events from any id inside it, by type and by user, and prunes them to a newest suffix", async () => {
+      // One change: 600 events of two types sharing one conversation object; then bob is removed (10 events).
+      const both = loggedEvent("x", { participants: ["alice", "bob"] }).conversation
+      const first = Array.from({ length: 600 }, (_, i) =>
+        Object.assign(loggedEvent(`f${i}`, { type: i % 3 === 0 ? "messages.read" : "message.sent" }), {
+          conversation: both,
+        }),
+      )
+      const alone = loggedEvent("y", { participants: ["alice"] }).conversation
+      const second = Array.from({ length: 10 }, (_, i) =>
+        Object.assign(loggedEvent(`s${i}`), { conversation: alone }),
+      )
+      await enqueue("g~c1", first)
+      await enqueue("g~c1", second)
+      const all = await events.read({ limit: 1000 })
+      expect(ids(all)).toEqual([...first, ...second].map((e) => e.event.id))
+      for (const at of [0, 1, 62, 63, 64, 65, 248, 249, 250, 251, 500, 598, 599, 605]) {
+        const page = await events.read({ after: all[at]!.id, limit: 3 })
+        expect(page).toEqual(all.slice(at + 1, at + 4))
+      }
+      const reads = all.filter((e) => e.event.event.type === "messages.read")
+      const paged: EventLogEntry[] = []
+      for (let after: string | undefined; ; ) {
+        const page = await events.read({ ...(after ? { after } : {}), types: ["messages.read"], limit: 7 })
+        if (page.length === 0) break
+        paged.push(...page)
+        after = page.at(-1)!.id
+      }
+      expect(paged).toEqual(reads)
+      expect(await events.read({ types: ["message.sent"], after: all[599]!.id, limit: 10 })).toEqual([])
+      expect(ids(await events.read({ user: "bob" as UserId, limit: 1000 }))).toEqual(
+        first.map((e) => e.event.id),
+      )
+      expect(ids(await events.read({ user: "bob" as UserId, after: all[400]!.id, limit: 1000 }))).toEqual(
+        first.slice(401).map((e) => e.event.id),
+      )
+      expect((await events.read({ user: "alice" as UserId, limit: 1000 })).length).toBe(610)
+      await events.prune({ maxAgeMs: Number.MAX_SAFE_INTEGER, maxEvents: 5 })
+      // At most the newest 5 stay (a backend storing a change's events together may drop them together).
+      const kept = await events.read({ limit: 1000 })
+      expect(kept.length).toBeLessThanOrEqual(5)
+      expect(kept).toEqual(all.slice(all.length - kept.length))
+      expect(await codeOf(events.read({ after: all[300]!.id, limit: 1 }))).toBe("EVENTS_EXPIRED")
+      expect(await events.latest()).toBe(all.at(-1)!.id)
+    })
+
     it("reads strictly after an id, in pages of at most `limit`", async () => {
       await enqueue(
         "g~c1",

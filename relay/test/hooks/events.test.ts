@@ -20,7 +20,7 @@ import {
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
-import { deriveHookEvents, type HookEvent } from "../../src/hooks/events.js"
+import { deriveHookEvents, type HookEvent, newEventId } from "../../src/hooks/events.js"
 import { rehydrate, storedEventSerializer } from "../../src/hooks/member-lists.js"
 import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
 
@@ -221,3 +221,15 @@ function storedJson(event: HookEvent): string {
   expect(JSON.stringify(rehydrate(stored.payload, stored.members.ref, lists))).toBe(spliced)
   return spliced
 }
+
+describe("event ids", () => {
+  it("start with the time in base 36, end with 12 random id characters, and do not repeat", () => {
+    const ids = Array.from({ length: 5000 }, (_, i) => newEventId(1_700_000_000_000 + (i >> 8)))
+    for (const id of ids) expect(id).toMatch(/^evt_[0-9a-z]{9}[A-Za-z0-9_-]{12}$/)
+    expect(new Set(ids).size).toBe(ids.length)
+    expect(ids[0]!.slice(0, 13)).toBe(`evt_${(1_700_000_000_000).toString(36).padStart(9, "0")}`)
+    expect(ids[4999]! > ids[0]!).toBe(true)
+    // Every character of the alphabet appears: the random part is not biased to a few.
+    expect(new Set(ids.flatMap((id) => [...id.slice(13)])).size).toBe(64)
+  })
+})
