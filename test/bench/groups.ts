@@ -280,7 +280,7 @@ const FLOOR_FRAME_BYTES = 400
  * encoding the update once, one `send` per connection). Undefined when the
  * y-websocket 2 server is not installed (`npm run bench` installs it).
  */
-async function socketFloorRun(kind: "ws" | "y-websocket", messages: number) {
+async function socketFloorRun(kind: "ws" | "ws-raw" | "y-websocket", messages: number) {
   const server = createServer()
   const wss = new WebSocketServer({ server, perMessageDeflate: false })
   let broadcast: (i: number) => void
@@ -290,6 +290,16 @@ async function socketFloorRun(kind: "ws" | "y-websocket", messages: number) {
     const frame = new Uint8Array(FLOOR_FRAME_BYTES).fill(7)
     broadcast = () => {
       for (const client of wss.clients) client.send(frame)
+    }
+  } else if (kind === "ws-raw") {
+    // The WebSocket frame (binary, final, unmasked, 16-bit length) built once, one write per socket.
+    const frame = Buffer.alloc(4 + FLOOR_FRAME_BYTES, 7)
+    frame[0] = 0x82
+    frame[1] = 126
+    frame.writeUInt16BE(FLOOR_FRAME_BYTES, 2)
+    broadcast = () => {
+      for (const client of wss.clients)
+        (client as unknown as { _socket: { write(b: Uint8Array): void } })._socket.write(frame)
     }
   } else {
     const utilsPath = fileURLToPath(
@@ -343,7 +353,12 @@ async function socketFloorRun(kind: "ws" | "y-websocket", messages: number) {
   closeRoom()
   const ms = (cpu.user + cpu.system) / 1000 / messages
   return {
-    server: kind === "ws" ? "bare ws, send per socket" : "y-websocket 2 server, one room",
+    server:
+      kind === "ws"
+        ? "bare ws, send per socket"
+        : kind === "ws-raw"
+          ? "bare ws, pre-framed write per socket"
+          : "y-websocket 2 server, one room",
     recipients: CONNECTED,
     messages,
     frameBytes,
@@ -415,17 +430,20 @@ console.log(
   `Large groups: ${MEMBERS} members, ${CONNECTED} with their inbox open, SQLite (node ${process.version})`,
 )
 const only = process.argv.includes("--derived-only")
-const rows = only
-  ? [await inboxRun("derived", MESSAGES)]
-  : [
-      await inboxRun("no inbox", MESSAGES),
-      await inboxRun("derived", MESSAGES),
-      await inboxRun("per-member", PER_MEMBER_MESSAGES),
-    ]
-console.table(rows)
-const floor = rows[0]!.cpuMsPerMessage
+const floorOnly = process.argv.includes("--socket-floor-only")
+const rows = floorOnly
+  ? []
+  : only
+    ? [await inboxRun("derived", MESSAGES)]
+    : [
+        await inboxRun("no inbox", MESSAGES),
+        await inboxRun("derived", MESSAGES),
+        await inboxRun("per-member", PER_MEMBER_MESSAGES),
+      ]
+if (rows.length > 0) console.table(rows)
+const floor = rows[0]?.cpuMsPerMessage ?? 0
 const budget = 1 + 0.02 * CONNECTED
-if (!only)
+if (!only && !floorOnly)
   console.log(
     `inbox upkeep per message: derived ${round(rows[1]!.cpuMsPerMessage - floor, 3)} ms, ` +
       `per-member ${round(rows[2]!.cpuMsPerMessage - floor, 3)} ms; whole message, derived: ` +
@@ -433,7 +451,11 @@ if (!only)
   )
 if (!process.argv.includes("--no-socket-floor")) {
   // The same receiving harness as the inbox runs, with a server that does nothing but write the frames.
-  const floors = [await socketFloorRun("ws", MESSAGES), await socketFloorRun("y-websocket", MESSAGES)]
+  const floors = [
+    await socketFloorRun("ws", MESSAGES),
+    await socketFloorRun("ws-raw", MESSAGES),
+    await socketFloorRun("y-websocket", MESSAGES),
+  ]
   console.log(
     `Socket floor: one frame per message to each of ${CONNECTED} sockets, nothing else (relay CPU of this process)`,
   )
