@@ -11,6 +11,7 @@ import * as Y from "yjs"
 import type { DeferTarget } from "../deferred-change.js"
 import { DERIVED_ORIGIN } from "../derived-write.js"
 import type { DeferredWrites } from "../document-host.js"
+import { allocateFramed } from "../ws-frame.js"
 
 /** The bytes of `value` as lib0's `writeAny` writes it. */
 const anyBytes = (value: unknown) =>
@@ -381,8 +382,9 @@ export function deferEntryReplacement(
     : 1
   const updateLength = structs + value.size + deletes
   // A buffer of its own, not a slice of Node's shared pool: the relay's copy keeps a view of the value
-  // until it applies it, which would keep a whole 8 KB pool slab alive per member.
-  const frame = new Uint8Array(2 + varUintSize(updateLength) + updateLength)
+  // until it applies it, which would keep a whole 8 KB pool slab alive per member. Its WebSocket header
+  // is written in front of it, so that a plain socket sends it as one chunk (`sendFramed`).
+  const frame = allocateFramed(2 + varUintSize(updateLength) + updateLength)
   frame[0] = 0 // y-protocols' sync message
   frame[1] = 2 // its update subtype
   let at = putVarUint(frame, 2, updateLength)
