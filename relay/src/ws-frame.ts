@@ -21,23 +21,24 @@ export const headerSize = (length: number): number => (length < 126 ? 2 : length
 const FINAL_BINARY = 0x82
 
 /**
- * A frame of `length` bytes, zero-filled, in a buffer of its own with its
- * WebSocket header written in front of it (see {@link framedBytes}; frames of
- * 64 KB and more, never built per member, get no header). The buffer holds
- * nothing else, so a view kept of part of the frame keeps only the frame alive.
+ * A frame of `length` bytes (not zero-filled: the caller writes every byte),
+ * with its WebSocket header written in front of it (see {@link framedBytes};
+ * frames of 64 KB and more, never built per member, get no header). Small
+ * frames are slices of Node's shared buffer pool, as `ws`'s own headers are:
+ * a frame nothing keeps once it is sent costs no buffer of its own.
  */
 export function allocateFramed(length: number): Uint8Array {
   const header = headerSize(length)
-  if (header === 10) return new Uint8Array(length)
-  const buffer = new Uint8Array(header + length)
-  buffer[0] = FINAL_BINARY
-  if (header === 2) buffer[1] = length
+  if (header === 10) return Buffer.allocUnsafe(length)
+  const whole = Buffer.allocUnsafe(header + length)
+  whole[0] = FINAL_BINARY
+  if (header === 2) whole[1] = length
   else {
-    buffer[1] = 126
-    buffer[2] = length >>> 8
-    buffer[3] = length & 0xff
+    whole[1] = 126
+    whole[2] = length >>> 8
+    whole[3] = length & 0xff
   }
-  return buffer.subarray(header)
+  return whole.subarray(header)
 }
 
 /**

@@ -1,8 +1,14 @@
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "vitest"
-import { Sender, WebSocket, WebSocketServer } from "ws"
+import * as wsModule from "ws"
+import { WebSocket, WebSocketServer } from "ws"
 import { allocateFramed, framedBytes, sendFramed } from "../src/ws-frame.js"
+
+/** `ws`'s own framing (exported, not in its type definitions). */
+const { Sender } = wsModule as unknown as {
+  Sender: { frame(data: Buffer, options: Record<string, unknown>): Buffer[] }
+}
 
 /** The bytes `ws` itself puts on the wire for a server's binary message. */
 const wsFrame = (data: Uint8Array) =>
@@ -28,6 +34,7 @@ describe("frames written with their WebSocket header", () => {
     expect(framedBytes(new Uint8Array(300))).toBeUndefined()
     expect(framedBytes(allocateFramed(70_000))).toBeUndefined()
     expect(framedBytes(new Uint8Array(310).subarray(4))).toBeUndefined()
+    expect(framedBytes(Buffer.alloc(310).subarray(4))).toBeUndefined()
     expect(framedBytes(filled(300).subarray(1))).toBeUndefined()
     expect(framedBytes(filled(300).subarray(0, 299))).toBeUndefined()
     const shorter = allocateFramed(20)
