@@ -16,7 +16,7 @@
  * y-websocket providers (default 300) in one room announce themselves;
  * prints closes, frames per socket and relay CPU. Asserts nothing.
  *
- *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300]
+ *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300 --warm-up 0]
  */
 import { type ChildProcess, fork, type Serializable } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -55,6 +55,13 @@ const CONNECTED = arg("connected", 100)
 const MESSAGES = arg("messages", 200)
 const PER_MEMBER_MESSAGES = arg("per-member-messages", 20)
 const PRESENCE = arg("presence", 300)
+/**
+ * `--warm-up N`: messages sent (each awaited like the measured ones) before
+ * the measured loop of each inbox run, so that its figure is the relay's
+ * steady state: in a 200-message run V8 is still compiling the per-message
+ * path on its helper threads, which the process's CPU counts.
+ */
+const WARM_UP = arg("warm-up", 0)
 
 /** `--profile DIR`: a CPU profile of each run's message loop (not its set-up) is written there. */
 const PROFILE = (() => {
@@ -220,6 +227,14 @@ async function inboxRun(mode: Mode, messages: number) {
   const sockets = new InboxSockets()
   await sockets.open(relay, users.slice(1, CONNECTED + 1))
   await sleep(500)
+  await relay.hooks?.idle()
+  for (let i = 0; i < (mode === "per-member" ? 0 : WARM_UP); i++) {
+    const armed = mode === "no inbox" ? undefined : await sockets.arm()
+    await relay.core.write(id, { kind: "user", user: users[0]! }, (doc) => {
+      sendMessage(doc, users[0]!, { body: `warm-up message ${i} to everyone` })
+    })
+    await armed?.current
+  }
   await relay.hooks?.idle()
   const updatesBefore = await storedUpdates(relay)
   const bytesBefore = storedEventBytes(dataDir)
