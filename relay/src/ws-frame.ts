@@ -59,6 +59,18 @@ export function framedBytes(frame: Uint8Array): Buffer | undefined {
   return framed ? Buffer.from(frame.buffer, at, header + length) : undefined
 }
 
+/**
+ * `prefix` (a few bytes) then `frame`, copied once into a frame made by
+ * {@link allocateFramed}: a channel's frame on a multiplexed socket, sent as
+ * one chunk like a member's inbox frame.
+ */
+export function framedWithPrefix(prefix: Uint8Array, frame: Uint8Array): Uint8Array {
+  const out = allocateFramed(prefix.length + frame.length)
+  out.set(prefix, 0)
+  out.set(frame, prefix.length)
+  return out
+}
+
 /** What {@link sendFramed} needs of the socket under a `ws` WebSocket. */
 interface WritableSocket {
   write(chunk: Uint8Array): boolean

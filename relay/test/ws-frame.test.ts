@@ -1,9 +1,10 @@
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
+import { encodeChannelFrame } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as wsModule from "ws"
 import { WebSocket, WebSocketServer } from "ws"
-import { allocateFramed, framedBytes, sendFramed } from "../src/ws-frame.js"
+import { allocateFramed, framedBytes, framedWithPrefix, sendFramed } from "../src/ws-frame.js"
 
 /** `ws`'s own framing (exported, not in its type definitions). */
 const { Sender } = wsModule as unknown as {
@@ -26,6 +27,22 @@ describe("frames written with their WebSocket header", () => {
       const frame = filled(length)
       expect(frame.length).toBe(length)
       expect(framedBytes(frame)).toEqual(wsFrame(frame))
+    }
+  })
+
+  it("hold a multiplexed channel's frame as encodeChannelFrame writes it", () => {
+    for (const [channel, length] of [
+      [1, 0],
+      [300, 122],
+      [70_000, 5_000],
+      [2, 70_000],
+    ] as const) {
+      const frame = filled(length)
+      const prefix = encodeChannelFrame(channel, new Uint8Array(0))
+      const framed = framedWithPrefix(prefix, frame)
+      expect(new Uint8Array(framed)).toEqual(encodeChannelFrame(channel, frame))
+      if (framed.length < 65_536) expect(framedBytes(framed)).toEqual(wsFrame(framed))
+      else expect(framedBytes(framed)).toBeUndefined()
     }
   })
 
