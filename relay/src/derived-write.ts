@@ -50,6 +50,49 @@ export class DerivedWrites {
     return host.enqueue(async () => this.run(host, change, mode))
   }
 
+  /**
+   * Runs a deferring `change` on each of `hosts` (loaded, someone connected),
+   * then sends every frame it gave, one socket after another: a message in a
+   * big room changes one inbox per connected member, and sending each frame as
+   * it is made interleaves a socket write with the next member's work. What a
+   * host runs at once is in the queue's order as {@link apply}'s is; a host
+   * with something queued or running takes its change as a task, as there.
+   * `failed(index)` is called for a change that threw (or whose task did).
+   */
+  applyEach(
+    hosts: readonly DocumentHost[],
+    change: (index: number, target: DocumentHost, origin: unknown) => Uint8Array | undefined,
+    failed: (index: number) => void,
+  ): void {
+    const ready: DocumentHost[] = []
+    const frames: Uint8Array[] = []
+    for (let i = 0; i < hosts.length; i++) {
+      const host = hosts[i]!
+      if (host.busy) {
+        const one: DeferringChange = (target, origin) => change(i, target as DocumentHost, origin)
+        host.enqueue(async () => this.run(host, one, "defers")).catch(() => failed(i))
+        continue
+      }
+      if (host.destroyed || host.unloading) continue
+      let frame: Uint8Array | undefined
+      try {
+        if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))
+        frame = change(i, host, DERIVED_ORIGIN)
+      } catch {
+        failed(i)
+        continue
+      }
+      if (frame === undefined) continue
+      ready.push(host)
+      frames.push(frame)
+    }
+    // Sent after every frame is made, back to back (no document work in between).
+    for (let i = 0; i < ready.length; i++) {
+      const frame = frames[i]!
+      for (const connection of ready[i]!.connections) connection.send(frame)
+    }
+  }
+
   private run(host: DocumentHost, change: DerivedChange | DeferringChange, mode: DeriveMode): boolean {
     if (host.destroyed || host.unloading) return false
     if (!this.since.has(host)) this.since.set(host, Y.encodeStateVector(host.doc))

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
 import type * as Y from "yjs"
-import type { DeferringChange } from "./deferred-change.js"
+import type { DeferTarget } from "./deferred-change.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
@@ -65,11 +65,20 @@ export interface RunningCore {
     options?: { readonly encodes?: boolean },
   ): Promise<boolean>
   /**
-   * Like {@link derive}, for a write that encodes its update itself without
-   * a transaction and leaves applying it to the document for later, together
-   * with the writes after it (a big room's inbox entries; see `DeferringChange`).
+   * Like {@link derive}, for writes to many documents at once (a change's
+   * connected members' inboxes) that each encode their update without a
+   * transaction and leave applying it to the document for later, together
+   * with the writes after it (see `DeferringChange`): `change(index, target,
+   * origin)` runs for each of `names` that is loaded with someone connected
+   * (the others are skipped: derived when they connect) and returns its
+   * frame, then every frame is sent, back to back. No promise per document:
+   * `failed(index)` is told of a change that threw.
    */
-  deriveDeferred(name: string, change: DeferringChange): Promise<boolean>
+  deriveDeferredEach(
+    names: readonly string[],
+    change: (index: number, target: DeferTarget, origin: unknown) => Uint8Array | undefined,
+    failed: (index: number) => void,
+  ): void
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
   /**

@@ -23,6 +23,7 @@ import type { RelayCore } from "./relay-core.js"
 import { SendQueue } from "./send-queue.js"
 import { type LeaseContext, type LeaseHolder, TokenLease } from "./token-lease.js"
 import type { UserSocket } from "./user-limits.js"
+import { framedWithPrefix, sendFramed } from "./ws-frame.js"
 
 /**
  * Most channels one multiplexed socket may have open at once. The documents a
@@ -82,6 +83,8 @@ class MuxChannel implements Session, LeaseHolder {
   /** Awareness frames sent and not yet matched by one received (a stock-style echo does not count). */
   echoCredit = 0
   closed = false
+  /** The channel's prefix to each frame (`encodeChannelFrame`'s bytes before the frame), made on the first send. */
+  private prefix: Uint8Array | undefined
 
   constructor(
     private readonly socket: MuxSocket,
@@ -102,7 +105,9 @@ class MuxChannel implements Session, LeaseHolder {
   send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
     if (this.closed) return
     if (frame[0] === MessageType.awareness) this.echoCredit = Math.min(MAX_ECHO_CREDIT, this.echoCredit + 1)
-    this.socket.sendRaw(encodeChannelFrame(this.number, frame), options?.initialSync === true)
+    this.prefix ??= encodeChannelFrame(this.number, new Uint8Array(0))
+    // `encodeChannelFrame`'s bytes, copied once into a buffer with the WebSocket header in front.
+    this.socket.sendRaw(framedWithPrefix(this.prefix, frame), options?.initialSync === true)
   }
 
   hold(): () => void {
@@ -373,7 +378,7 @@ export class MuxSocket implements UserSocket {
   sendRaw(frame: Uint8Array, initialSync: boolean): void {
     const { ws } = this.options
     if (ws.readyState !== WebSocket.OPEN) return
-    ws.send(frame)
+    sendFramed(ws, frame)
     this.queue.sent(frame.length, initialSync)
     if (this.holds > 0) this.sentWhileHeld = true
     else this.checkQueue()

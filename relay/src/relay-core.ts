@@ -23,7 +23,7 @@ import { ClientIdAllowance } from "./client-id-allowance.js"
 import type { RoutedCore, UpdateRouter } from "./cluster/router.js"
 import type { WireEntry } from "./cluster/wire.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
-import type { DeferringChange } from "./deferred-change.js"
+import type { DeferTarget } from "./deferred-change.js"
 import { DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
@@ -313,16 +313,26 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     return this.derived.apply(host, change, options.encodes === true)
   }
 
-  /**
-   * Like {@link derive}, but `change` encodes its update without a
-   * transaction and defers applying it (see {@link DeferringChange}).
-   */
-  deriveDeferred(name: string, change: DeferringChange): Promise<boolean> {
-    // Not async: called once per connected member per message of a big room, and an async
-    // function's promise and resumption are a noticeable part of that.
-    const host = this.loadedNow.get(name)
-    if (!host || host.connections.size === 0) return Promise.resolve(false)
-    return this.derived.apply(host, change, "defers")
+  /** Deferred derived writes to many documents in one call (see {@link RunningCore.deriveDeferredEach}). */
+  deriveDeferredEach(
+    names: readonly string[],
+    change: (index: number, target: DeferTarget, origin: unknown) => Uint8Array | undefined,
+    failed: (index: number) => void,
+  ): void {
+    const hosts: DocumentHost[] = []
+    const indexes: number[] = []
+    for (let i = 0; i < names.length; i++) {
+      const host = this.loadedNow.get(names[i]!)
+      if (!host || host.connections.size === 0) continue
+      hosts.push(host)
+      indexes.push(i)
+    }
+    if (hosts.length === 0) return
+    this.derived.applyEach(
+      hosts,
+      (i, target, origin) => change(indexes[i]!, target, origin),
+      (i) => failed(indexes[i]!),
+    )
   }
 
   /** Stores a loaded document's derived data and folds its log into a snapshot now (a purge). */

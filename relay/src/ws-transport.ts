@@ -35,6 +35,7 @@ import type { RelayCore } from "./relay-core.js"
 import { SendQueue } from "./send-queue.js"
 import { serveStatic } from "./static-files.js"
 import { type LeaseContext, TokenLease } from "./token-lease.js"
+import { sendFramed } from "./ws-frame.js"
 
 /** Limits applied per WebSocket connection. */
 export interface TransportLimits {
@@ -457,7 +458,7 @@ export class WsTransport {
       wantsParley,
       send: (frame, options) => {
         if (ws.readyState !== WebSocket.OPEN) return
-        ws.send(frame)
+        sendFramed(ws, frame)
         if (liveness) liveness.sentAt = performance.now()
         if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
         queue.sent(frame.length, options?.initialSync === true)

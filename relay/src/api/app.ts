@@ -597,7 +597,7 @@ export function openApiDocument(): Record<string, unknown> {
     throw new Error("the document is generated without serving requests")
   }
   const app = createApi({
-    core: { read: unused, write: unused, derive: unused, deriveDeferred: unused, isConnected: unused },
+    core: { read: unused, write: unused, derive: unused, deriveDeferredEach: unused, isConnected: unused },
     keys: { create: unused, get: unused, list: unused, revoke: unused },
     log: { error: unused, warn: unused } as unknown as Logger,
   })

@@ -11,6 +11,7 @@ import * as Y from "yjs"
 import type { DeferTarget } from "../deferred-change.js"
 import { DERIVED_ORIGIN } from "../derived-write.js"
 import type { DeferredWrites } from "../document-host.js"
+import { allocateFramed } from "../ws-frame.js"
 
 /** The bytes of `value` as lib0's `writeAny` writes it. */
 const anyBytes = (value: unknown) =>
@@ -191,10 +192,11 @@ interface PendingItem {
   /** The item it replaces (its last id), or null for a key's first item ever. */
   readonly origin: { readonly client: number; readonly clock: number } | null
   /**
-   * Its value as encoded (`writeAny` of the entry; a view into the frame sent), or undefined once a
-   * later item of the same key replaced it (then it applies as deleted).
+   * Its value (`writeAny` of the entry, from the change's shared bytes and the member's read state:
+   * written again when applied, so nothing keeps the frame sent alive), or undefined once a later item
+   * of the same key replaced it (then it applies as deleted).
    */
-  value: Uint8Array | undefined
+  value: EntryValue | undefined
 }
 
 /**
@@ -234,7 +236,9 @@ class PendingEntries implements DeferredWrites {
       if (item.value !== undefined) {
         writeItemHead(structs, 8, item.origin, item.key) // ContentAny's ref
         encoding.writeVarUint(structs, 1) // one value
-        encoding.writeUint8Array(structs, item.value)
+        const value = new Uint8Array(item.value.size)
+        item.value.write(value, 0)
+        encoding.writeUint8Array(structs, value)
         continue
       }
       // A run of replaced entries of one key, each after the one before: one deleted struct of the
@@ -380,9 +384,10 @@ export function deferEntryReplacement(
     ? 2 + varUintSize(replaced.client) + varUintSize(replaced.clock) + varUintSize(replaced.length)
     : 1
   const updateLength = structs + value.size + deletes
-  // A buffer of its own, not a slice of Node's shared pool: the relay's copy keeps a view of the value
-  // until it applies it, which would keep a whole 8 KB pool slab alive per member.
-  const frame = new Uint8Array(2 + varUintSize(updateLength) + updateLength)
+  // Its WebSocket header is written in front of it, so that a plain socket sends it as one chunk
+  // (`sendFramed`). Nothing keeps it once sent (the relay's copy keeps the value's parts, not its bytes),
+  // so it may be a slice of Node's shared pool: no buffer of its own allocated per member.
+  const frame = allocateFramed(2 + varUintSize(updateLength) + updateLength)
   frame[0] = 0 // y-protocols' sync message
   frame[1] = 2 // its update subtype
   let at = putVarUint(frame, 2, updateLength)
@@ -400,7 +405,6 @@ export function deferEntryReplacement(
     at += head!.length
   }
   frame[at++] = 1 // one value
-  const valueAt = at
   value.write(frame, at)
   at += value.size
   if (replaced) {
@@ -414,10 +418,10 @@ export function deferEntryReplacement(
   }
   if (previous !== undefined) {
     const before = pending.items[previous]!
-    pending.bytes -= before.value?.length ?? 0
+    pending.bytes -= before.value?.size ?? 0
     before.value = undefined
   } else if (replaced) pending.replaced.push(replaced)
-  pending.items.push({ key: id, origin: left, value: frame.subarray(valueAt, valueAt + value.size) })
+  pending.items.push({ key: id, origin: left, value })
   pending.newest.set(id, pending.items.length - 1)
   // What waits is the newest value of each key and a record per item (a replaced one applies as a
   // deleted struct, merged with its run): a room's entry replaced on every message is applied about

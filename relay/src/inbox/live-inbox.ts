@@ -15,6 +15,7 @@ import {
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
+import type * as Y from "yjs"
 import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
 import { deferEntryReplacement, EntryValues } from "./entry-update.js"
 
@@ -141,7 +142,7 @@ export class LiveInbox implements RelayExtension {
     // Every member's entry shares the head's values: encoded once for all of them, then each member's
     // read state written into its own frame (no entry object per member).
     const values = new EntryValues(head)
-    for (const user of users) this.writeState(user, id, memberReadState(doc, user), headJson, values)
+    this.writeStates(users, id, doc, headJson, values)
   }
 
   /** Derives every entry of `user`'s inbox from the conversations and writes what differs. */
@@ -192,26 +193,41 @@ export class LiveInbox implements RelayExtension {
   }
 
   /**
-   * Writes `user`'s entry from a change: their read state (undefined: not a
-   * participant, the entry goes) on the change's head, whose `values` are
-   * encoded once. An entry equal to the one last written for the user is
-   * skipped without reading the inbox; its update is encoded by the relay and
-   * applied to the relay's copy later (`deferEntryReplacement`).
+   * Writes the entries of `users` from a change: each one's read state in
+   * `doc` (undefined: not a participant, the entry goes) on the change's head,
+   * whose `values` are encoded once. An entry equal to the one last written
+   * for its user is skipped without reading the inbox; the others' updates
+   * are encoded by the relay, sent back to back, and applied to the relay's
+   * copies later (`deferEntryReplacement`), in one call for all of them.
    */
-  private writeState(
-    user: UserId,
+  private writeStates(
+    users: readonly UserId[],
     id: ConversationId,
-    state: MemberReadState | undefined,
+    doc: Y.Doc,
     headJson: string,
     values: EntryValues,
   ): void {
     const core = this.core
-    if (!core || !this.remember(user, id, state, headJson, false)) return
-    core
-      .deriveDeferred(this.inboxNames.get(user) ?? inboxDocumentName(user), (inbox, origin) =>
-        deferEntryReplacement(inbox, id, state && values.member(state), origin),
-      )
-      .catch(() => this.shown.get(user)?.delete(id))
+    if (!core) return
+    const names: string[] = []
+    const states: (MemberReadState | undefined)[] = []
+    const writing: UserId[] = []
+    for (const user of users) {
+      const state = memberReadState(doc, user)
+      if (!this.remember(user, id, state, headJson, false)) continue
+      names.push(this.inboxNames.get(user) ?? inboxDocumentName(user))
+      states.push(state)
+      writing.push(user)
+    }
+    if (names.length === 0) return
+    core.deriveDeferredEach(
+      names,
+      (i, inbox, origin) => {
+        const state = states[i]
+        return deferEntryReplacement(inbox, id, state && values.member(state), origin)
+      },
+      (i) => this.shown.get(writing[i]!)?.delete(id),
+    )
   }
 
   /**

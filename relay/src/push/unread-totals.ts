@@ -128,7 +128,10 @@ export class UnreadTotals implements RelayExtension {
       const totals = this.users.get(user)
       if (totals && participants.has(user)) this.set(totals, parsed.id, unreadCount(doc, user))
     }
-    if (this.users.size < participants.size) for (const user of this.users.keys()) update(user)
+    // Sized by Yjs's own map (removed members included: only which side is walked depends on it), not
+    // `Y.Map.size`, which walks every member through iterators on every message of a big room.
+    const members = (participants as unknown as { readonly _map: ReadonlyMap<string, unknown> })._map.size
+    if (this.users.size < members) for (const user of this.users.keys()) update(user)
     else for (const user of participants.keys()) update(user as UserId)
   }
 
