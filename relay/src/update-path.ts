@@ -10,6 +10,7 @@ import {
   type SealedDeletion,
   sealedHistory,
   sealedThrough,
+  sequenceAddedMessages,
   tombstoneOf,
   typesOf,
   unsequencedMessages,
@@ -730,6 +731,63 @@ interface Applied {
   readonly admitted: Extract<Admitted, { noop: false }>
   /** The change events its apply produced. */
   readonly events: ChangeEvent[]
+  /**
+   * What is stored and sent in its place when the relay numbered its messages
+   * in the same transaction (see {@link applyNumbered}): the update with the
+   * numbers, which its sender is sent too.
+   */
+  readonly numbered?: Uint8Array
+}
+
+/**
+ * Applies a client's `admitted` update and numbers the messages it brought in
+ * ONE Yjs transaction, and returns that transaction's update (the client's
+ * structs and the relay's sequence record): one update stored, one frame per
+ * connection, one round of observers, where applying then sequencing cost two
+ * transactions, two stored updates and a merge for the broadcast. Only with a
+ * sequencer that answers at once, and for an update small enough to be
+ * echoed to its sender with its numbers (a large one goes as it came, see
+ * {@link broadcastBatch}). Returns nothing when nothing was numbered (the
+ * client's bytes are stored as they came; so too when some of the update
+ * waits for missing structs, which the transaction's update would leave out):
+ * what is left unnumbered then (a deletion placeholder) is sequenced as before.
+ */
+function applyNumbered(
+  ctx: PathContext,
+  host: DocumentHost,
+  admitted: Extract<Admitted, { noop: false }>,
+  origin: unknown,
+): Uint8Array | undefined {
+  const sequencer = ctx.sequencer
+  const name = host.name
+  if (name.kind !== "conversation" || !sequencer.reserveNow || admitted.update.length > MERGE_FOR_BROADCAST_BYTES) {
+    Y.applyUpdate(host.doc, admitted.update, origin)
+    return undefined
+  }
+  const doc = host.doc
+  let update: Uint8Array | undefined
+  const capture = (bytes: Uint8Array) => {
+    update = bytes
+  }
+  let numbered = false
+  doc.on("update", capture)
+  try {
+    doc.transact((transaction) => {
+      Y.applyUpdate(doc, admitted.update)
+      if (doc.store.pendingStructs !== null || doc.store.pendingDs !== null) return
+      const ids = sequenceAddedMessages(
+        doc,
+        transaction,
+        admitted.clientIds,
+        (count) => sequencer.reserveNow!(name.id, count),
+        RELAY_ORIGIN,
+      )
+      numbered = ids.length > 0
+    }, origin)
+  } finally {
+    doc.off("update", capture)
+  }
+  return numbered ? update : undefined
 }
 
 /**
@@ -798,10 +856,14 @@ async function storeSomeOfBatch(
       }
       release ??= host.holdUnsaved()
       applying = item
-      Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal)
+      // A batch of one (a live chat: nearly always) is applied and numbered in one Yjs transaction.
+      const numbered =
+        items.length === 1
+          ? applyNumbered(ctx, host, admitted, item.from ?? item.principal)
+          : (Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal), undefined)
       applying = undefined
       const events = host.takeEvents()
-      applied.push({ item, admitted, events })
+      applied.push({ item, admitted, events, ...(numbered ? { numbered } : {}) })
       if (events.some((e) => ENDS_A_BATCH.has(e.type))) {
         next = i + 1
         break
@@ -815,8 +877,8 @@ async function storeSomeOfBatch(
     const events = applied.flatMap((a) => a.events)
     const sequencing = await sequence(ctx, host, messageIdsIn(events))
     relayEvents = sequencingEvents(host, sequencing)
-    const entries: Entry[] = applied.map(({ item, admitted }) => ({
-      update: admitted.update,
+    const entries: Entry[] = applied.map(({ item, admitted, numbered }) => ({
+      update: numbered ?? admitted.update,
       source: item.principal.kind === "relay" ? "relay" : "client",
     }))
     if (sequencing) entries.push(sequencing)
@@ -928,9 +990,10 @@ function broadcastBatch(
   const frames = (connection: Connection | undefined): Uint8Array[] => {
     let built = framesFor.get(connection)
     if (!built) {
+      // A sender is sent its own update back only when it carries the relay's numbers.
       const parts = applied
-        .filter((a) => a.item.from !== connection || !connection)
-        .map((a) => a.admitted.update)
+        .filter((a) => a.item.from !== connection || !connection || a.numbered)
+        .map((a) => a.numbered ?? a.admitted.update)
       if (sequencing) parts.push(sequencing)
       built = mergedFrames(parts)
       framesFor.set(connection, built)

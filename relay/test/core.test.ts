@@ -117,7 +117,7 @@ describe("relay core (no sockets)", () => {
     expect(joiner.frames.length).toBe(joinerBefore)
     expect(a.parley()).toEqual([])
     expect(b.frames.length).toBe(before)
-    // The update and the relay's sequencing of it go to storage in one append.
+    // The update and the relay's sequencing of it go to storage as one update (one transaction).
     storage.release()
     await until(() => a.parley().length === 1)
     expect(storage.waiting).toBe(0)
@@ -127,7 +127,7 @@ describe("relay core (no sockets)", () => {
       session.replay(replica)
       expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
     }
-    expect((await storage.load(id)).updates).toHaveLength(2)
+    expect((await storage.load(id)).updates).toHaveLength(1)
   })
 
   it("sends each connection a stored message's frames while its writes are held, in one write", async () => {
@@ -145,13 +145,21 @@ describe("relay core (no sockets)", () => {
     ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
     await until(() => a.parley().length === 2)
     const kinds = (frames: Uint8Array[]) => frames.map((f) => decoding.readVarUint(decoding.createDecoder(f)))
-    // The sender: the message's sequence numbers, then "saved"; the other: the message with its
-    // number in one frame (never shown unnumbered).
+    // The sender: its message back with its sequence number (one update, applied and numbered in one
+    // transaction), then "saved"; the other: the same frame (never shown unnumbered).
     expect(kinds(a.held.at(-1)!)).toEqual([MessageType.sync, MessageType.parley])
     expect(kinds(b.held.at(-1)!)).toEqual([MessageType.sync])
+    expect(a.held.at(-1)![0]).toEqual(b.held.at(-1)![0])
     const replica = new Y.Doc()
     b.replay(replica)
     expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
+    const numbered = (frame: Uint8Array) => {
+      const d = decoding.createDecoder(frame)
+      decoding.readVarUint(d)
+      syncProtocol.readSyncMessage(d, encoding.createEncoder(), doc, "relay")
+    }
+    numbered(a.held.at(-1)![0]!)
+    expect(listMessages(doc, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
   })
 
   it("closes a connection with 4429 when its updates waiting for storage pass the byte limit", async () => {
@@ -315,7 +323,8 @@ describe("relay core (no sockets)", () => {
       "messages.sequenced",
     ])
     expect(seen[0]!.actor).toEqual({ kind: "user", user: alice })
-    expect(seen[0]!.positions).toHaveLength(2)
+    // The message and its number: one stored update.
+    expect(seen[0]!.positions).toHaveLength(1)
   })
 
   it("sequences messages left unsequenced by a crash when the document loads", async () => {
