@@ -11,6 +11,7 @@ import {
   sealedHistory,
   sealedThrough,
   sequenceAddedMessages,
+  sequenceWriterIds,
   tombstoneOf,
   typesOf,
   unsequencedMessages,
@@ -760,7 +761,11 @@ function applyNumbered(
 ): Uint8Array | undefined {
   const sequencer = ctx.sequencer
   const name = host.name
-  if (name.kind !== "conversation" || !sequencer.reserveNow || admitted.update.length > MERGE_FOR_BROADCAST_BYTES) {
+  if (
+    name.kind !== "conversation" ||
+    !sequencer.reserveNow ||
+    admitted.update.length > MERGE_FOR_BROADCAST_BYTES
+  ) {
     Y.applyUpdate(host.doc, admitted.update, origin)
     return undefined
   }
@@ -769,7 +774,7 @@ function applyNumbered(
   const capture = (bytes: Uint8Array) => {
     update = bytes
   }
-  let numbered = false
+  let writer: number | undefined
   doc.on("update", capture)
   try {
     doc.transact((transaction) => {
@@ -782,12 +787,19 @@ function applyNumbered(
         (count) => sequencer.reserveNow!(name.id, count),
         RELAY_ORIGIN,
       )
-      numbered = ids.length > 0
+      if (ids.length === 0) return
+      // Applying an update marks the transaction remote, and Yjs gives a document a new client id when
+      // a remote transaction wrote under its own (it takes it for another client using the id): the
+      // numbers were written under it. Until the transaction ends the document stands under the
+      // relay's other sequence writer id (bound to the relay as well, and not written now).
+      writer = doc.clientID
+      doc.clientID = sequenceWriterIds(doc).find((id) => id !== writer) ?? writer
     }, origin)
   } finally {
     doc.off("update", capture)
+    if (writer !== undefined) doc.clientID = writer
   }
-  return numbered ? update : undefined
+  return writer !== undefined ? update : undefined
 }
 
 /**

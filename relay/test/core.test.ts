@@ -9,6 +9,7 @@ import {
   newConversationId,
   Rule,
   sendMessage,
+  sequenceWriterIds,
   type UserId,
 } from "@parley/shared"
 import * as decoding from "lib0/decoding"
@@ -160,6 +161,20 @@ describe("relay core (no sockets)", () => {
     }
     numbered(a.held.at(-1)![0]!)
     expect(listMessages(doc, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
+    // Yjs takes a remote transaction writing under the document's own client id for another client
+    // using it, and moves the document to a new id: the relay's stays one of its two sequence writers'.
+    const relayIds = () => core.read(id, (d) => ({ own: d.clientID, writers: sequenceWriterIds(d) }))
+    const first = await relayIds()
+    for (const body of ["two", "three"]) {
+      const before = Y.encodeStateVector(doc)
+      sendMessage(doc, alice, { body })
+      const acks = a.parley().length
+      ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+      await until(() => a.parley().length === acks + 1)
+    }
+    const last = await relayIds()
+    expect(last).toEqual(first)
+    expect(first.writers).toContain(first.own)
   })
 
   it("closes a connection with 4429 when its updates waiting for storage pass the byte limit", async () => {

@@ -95,7 +95,12 @@ export function sequenceAddedMessages(
     if (!structs || Y.getState(doc.store, client) <= before) continue
     for (let i = Y.findIndexSS(structs, before); i < structs.length; i++) {
       const struct = structs[i]!
-      if (struct instanceof Y.Item && struct.parent === messages && !struct.deleted && struct.id.clock >= before)
+      if (
+        struct instanceof Y.Item &&
+        struct.parent === messages &&
+        !struct.deleted &&
+        struct.id.clock >= before
+      )
         added.push(struct)
     }
   }
