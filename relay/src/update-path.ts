@@ -869,10 +869,9 @@ async function storeSomeOfBatch(
       release ??= host.holdUnsaved()
       applying = item
       // A batch of one (a live chat: nearly always) is applied and numbered in one Yjs transaction.
-      const numbered =
-        items.length === 1
-          ? applyNumbered(ctx, host, admitted, item.from ?? item.principal)
-          : (Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal), undefined)
+      let numbered: Uint8Array | undefined
+      if (items.length === 1) numbered = applyNumbered(ctx, host, admitted, item.from ?? item.principal)
+      else Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal)
       applying = undefined
       const events = host.takeEvents()
       applied.push({ item, admitted, events, ...(numbered ? { numbered } : {}) })
