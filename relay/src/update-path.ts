@@ -741,11 +741,13 @@ interface Applied {
 }
 
 /**
- * Applies a client's `admitted` update and numbers the messages it brought in
- * ONE Yjs transaction, and returns that transaction's update (the client's
- * structs and the relay's sequence record): one update stored, one frame per
- * connection, one round of observers, where applying then sequencing cost two
- * transactions, two stored updates and a merge for the broadcast. Only with a
+ * Applies a client's `admitted` update (the last of its batch; `before`: the
+ * batch's updates applied before it) and numbers the messages the batch
+ * brought in ONE Yjs transaction, and returns that transaction's update (the
+ * client's structs and the relay's sequence record): one update stored, one
+ * frame per connection, one round of observers, where applying then
+ * sequencing cost two transactions, two stored updates and, for the
+ * broadcast, a merge (still made for a batch of several). Only with a
  * sequencer that answers at once, and for an update small enough to be
  * echoed to its sender with its numbers (a large one goes as it came, see
  * {@link broadcastBatch}). Returns nothing when nothing was numbered (the
@@ -758,18 +760,25 @@ function applyNumbered(
   host: DocumentHost,
   admitted: Extract<Admitted, { noop: false }>,
   origin: unknown,
+  before: readonly Applied[],
 ): Uint8Array | undefined {
   const sequencer = ctx.sequencer
   const name = host.name
+  const doc = host.doc
+  // The batch's earlier messages still without a number: numbered first, in the same record.
+  const earlier =
+    before.length > 0 ? unsequencedMessages(doc, messageIdsIn(before.flatMap((a) => a.events))) : []
+  const index = earlier.length > 0 ? messageIndex(doc) : undefined
   if (
     name.kind !== "conversation" ||
     !sequencer.reserveNow ||
-    admitted.update.length > MERGE_FOR_BROADCAST_BYTES
+    admitted.update.length > MERGE_FOR_BROADCAST_BYTES ||
+    // A placeholder may stand for a sealed message: numbered as before (see `sequence`).
+    earlier.some((id) => !index!.records.has(id))
   ) {
-    Y.applyUpdate(host.doc, admitted.update, origin)
+    Y.applyUpdate(doc, admitted.update, origin)
     return undefined
   }
-  const doc = host.doc
   let update: Uint8Array | undefined
   const capture = (bytes: Uint8Array) => {
     update = bytes
@@ -786,6 +795,7 @@ function applyNumbered(
         admitted.clientIds,
         (count) => sequencer.reserveNow!(name.id, count),
         RELAY_ORIGIN,
+        earlier,
       )
       if (ids.length === 0) return
       // Applying an update marks the transaction remote, and Yjs gives a document a new client id when
@@ -868,9 +878,11 @@ async function storeSomeOfBatch(
       }
       release ??= host.holdUnsaved()
       applying = item
-      // A batch of one (a live chat: nearly always) is applied and numbered in one Yjs transaction.
+      // The batch's last update is applied in one Yjs transaction with the numbers of every message the
+      // batch brought (a live chat's batch is nearly always one update).
       let numbered: Uint8Array | undefined
-      if (items.length === 1) numbered = applyNumbered(ctx, host, admitted, item.from ?? item.principal)
+      if (i === items.length - 1)
+        numbered = applyNumbered(ctx, host, admitted, item.from ?? item.principal, applied)
       else Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal)
       applying = undefined
       const events = host.takeEvents()

@@ -2,10 +2,12 @@ import {
   type ChangeEvent,
   createConversation,
   type Decision,
+  deleteMessage,
   ErrorCode,
   getMessage,
   listMessages,
   MessageType,
+  messageIndex,
   newConversationId,
   Rule,
   sendMessage,
@@ -175,6 +177,33 @@ describe("relay core (no sockets)", () => {
     const last = await relayIds()
     expect(last).toEqual(first)
     expect(first.writers).toContain(first.own)
+  })
+
+  it("numbers an offline burst holding a deletion in the order it was written, the deleted message first", async () => {
+    const storage = new MemoryStorage()
+    const core = makeCore(storage)
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    const { doc, update } = conversationUpdate(id)
+    ca.receive(updateFrame(update))
+    await until(() => a.parley().length === 1)
+    const before = Y.encodeStateVector(doc)
+    const gone = sendMessage(doc, alice, { body: "gone" }).id
+    const kept = sendMessage(doc, alice, { body: "kept" }).id
+    deleteMessage(doc, alice, gone)
+    ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+    await until(() => a.parley().length === 2)
+    const numbers = await core.read(id, (d) => [gone, kept].map((m) => messageIndex(d).seqOf.get(m)))
+    expect(numbers).toEqual([1, 2])
+    // A message alone: numbered in the same stored update (the burst's placeholder took two).
+    const next = Y.encodeStateVector(doc)
+    const third = sendMessage(doc, alice, { body: "third" }).id
+    const stored = (await storage.load(id)).updates.length
+    ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, next)))
+    await until(() => a.parley().length === 3)
+    expect(await core.read(id, (d) => messageIndex(d).seqOf.get(third))).toBe(3)
+    expect((await storage.load(id)).updates.length).toBe(stored + 1)
   })
 
   it("closes a connection with 4429 when its updates waiting for storage pass the byte limit", async () => {

@@ -76,9 +76,13 @@ export function writeSequenceNumbers(
  * update and sequences what it brought in ONE Yjs transaction, so that one
  * update is stored and broadcast for both. Works before the transaction ends
  * (the message index, kept current by observers, has not seen the new records
- * yet, and no number can have been given to them). Deletion placeholders are
- * left to {@link unsequencedMessages}' caller (one may stand for a sealed
- * message). Returns the ids numbered.
+ * yet, and no number can have been given to them). `earlier`: messages of
+ * the same batch applied before the transaction, still without a number, in
+ * canonical order (see {@link unsequencedMessages}), numbered first in the
+ * same record. A deletion placeholder without a number among the new records
+ * (one may stand for a sealed message, and it takes its place in the order)
+ * leaves everything to {@link unsequencedMessages}' caller: nothing is
+ * numbered. Returns the ids numbered.
  */
 export function sequenceAddedMessages(
   doc: Y.Doc,
@@ -86,6 +90,7 @@ export function sequenceAddedMessages(
   clients: Iterable<number>,
   reserve: (count: number) => number,
   origin?: unknown,
+  earlier: readonly MessageId[] = [],
 ): MessageId[] {
   const messages = typesOf(doc).messages as Y.AbstractType<unknown>
   const added: Y.Item[] = []
@@ -104,14 +109,18 @@ export function sequenceAddedMessages(
         added.push(struct)
     }
   }
-  if (added.length === 0) return []
+  if (added.length === 0 && earlier.length === 0) return []
   const index = messageIndex(doc)
   const sealed = sealedHistory(doc)
-  const ids = new Set<MessageId>()
+  const ids = new Set<MessageId>(earlier)
   for (const value of contentOf(inListOrder(added))) {
     const record = decodeStoredRecord(value)
-    if (!record || typeof record.id !== "string" || isDeletedRecord(record)) continue
-    if (!index.seqOf.has(record.id) && !sealed.entry(record.id)) ids.add(record.id)
+    if (!record || typeof record.id !== "string" || index.seqOf.has(record.id)) continue
+    if (isDeletedRecord(record)) {
+      if (!index.records.has(record.id) && !ids.has(record.id)) return []
+      continue
+    }
+    if (!sealed.entry(record.id)) ids.add(record.id)
   }
   if (ids.size > 0) writeSequenceNumbers(doc, reserve(ids.size), [...ids], origin)
   return [...ids]
