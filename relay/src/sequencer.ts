@@ -8,6 +8,14 @@ import type { ConversationId } from "@parley/shared"
 export interface Sequencer {
   /** Reserves `count` consecutive numbers and returns the first. */
   reserve(conversation: ConversationId, count: number): Promise<number>
+  /**
+   * The same, answered at once, for a sequencer that needs no round trip (a
+   * single relay's): the relay then numbers a client's messages inside the
+   * Yjs transaction that applies them (one stored update and one frame for
+   * both). Without it, the numbers are written in a transaction of their own
+   * after the reservation.
+   */
+  reserveNow?(conversation: ConversationId, count: number): number
 }
 
 /**
@@ -20,6 +28,10 @@ export class LocalSequencer implements Sequencer {
   constructor(private readonly lastSequenceOf: (conversation: ConversationId) => number) {}
 
   async reserve(conversation: ConversationId, count: number): Promise<number> {
+    return this.reserveNow(conversation, count)
+  }
+
+  reserveNow(conversation: ConversationId, count: number): number {
     const first = Math.max(this.next.get(conversation) ?? 1, this.lastSequenceOf(conversation) + 1)
     this.next.set(conversation, first + count)
     return first

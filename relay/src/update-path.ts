@@ -10,6 +10,8 @@ import {
   type SealedDeletion,
   sealedHistory,
   sealedThrough,
+  sequenceAddedMessages,
+  sequenceWriterIds,
   tombstoneOf,
   typesOf,
   unsequencedMessages,
@@ -730,6 +732,84 @@ interface Applied {
   readonly admitted: Extract<Admitted, { noop: false }>
   /** The change events its apply produced. */
   readonly events: ChangeEvent[]
+  /**
+   * What is stored and sent in its place when the relay numbered its messages
+   * in the same transaction (see {@link applyNumbered}): the update with the
+   * numbers, which its sender is sent too.
+   */
+  readonly numbered?: Uint8Array
+}
+
+/**
+ * Applies a client's `admitted` update (the last of its batch; `before`: the
+ * batch's updates applied before it) and numbers the messages the batch
+ * brought in ONE Yjs transaction, and returns that transaction's update (the
+ * client's structs and the relay's sequence record): one update stored, one
+ * frame per connection, one round of observers, where applying then
+ * sequencing cost two transactions, two stored updates and, for the
+ * broadcast, a merge (still made for a batch of several). Only with a
+ * sequencer that answers at once, and for an update small enough to be
+ * echoed to its sender with its numbers (a large one goes as it came, see
+ * {@link broadcastBatch}). Returns nothing when nothing was numbered (the
+ * client's bytes are stored as they came; so too when some of the update
+ * waits for missing structs, which the transaction's update would leave out):
+ * what is left unnumbered then (a deletion placeholder) is sequenced as before.
+ */
+function applyNumbered(
+  ctx: PathContext,
+  host: DocumentHost,
+  admitted: Extract<Admitted, { noop: false }>,
+  origin: unknown,
+  before: readonly Applied[],
+): Uint8Array | undefined {
+  const sequencer = ctx.sequencer
+  const name = host.name
+  const doc = host.doc
+  // The batch's earlier messages still without a number: numbered first, in the same record.
+  const earlier =
+    before.length > 0 ? unsequencedMessages(doc, messageIdsIn(before.flatMap((a) => a.events))) : []
+  const index = earlier.length > 0 ? messageIndex(doc) : undefined
+  if (
+    name.kind !== "conversation" ||
+    !sequencer.reserveNow ||
+    admitted.update.length > MERGE_FOR_BROADCAST_BYTES ||
+    // A placeholder may stand for a sealed message: numbered as before (see `sequence`).
+    earlier.some((id) => !index!.records.has(id))
+  ) {
+    Y.applyUpdate(doc, admitted.update, origin)
+    return undefined
+  }
+  let update: Uint8Array | undefined
+  const capture = (bytes: Uint8Array) => {
+    update = bytes
+  }
+  let writer: number | undefined
+  doc.on("update", capture)
+  try {
+    doc.transact((transaction) => {
+      Y.applyUpdate(doc, admitted.update)
+      if (doc.store.pendingStructs !== null || doc.store.pendingDs !== null) return
+      const ids = sequenceAddedMessages(
+        doc,
+        transaction,
+        admitted.clientIds,
+        (count) => sequencer.reserveNow!(name.id, count),
+        RELAY_ORIGIN,
+        earlier,
+      )
+      if (ids.length === 0) return
+      // Applying an update marks the transaction remote, and Yjs gives a document a new client id when
+      // a remote transaction wrote under its own (it takes it for another client using the id): the
+      // numbers were written under it. Until the transaction ends the document stands under the
+      // relay's other sequence writer id (bound to the relay as well, and not written now).
+      writer = doc.clientID
+      doc.clientID = sequenceWriterIds(doc).find((id) => id !== writer) ?? writer
+    }, origin)
+  } finally {
+    doc.off("update", capture)
+    if (writer !== undefined) doc.clientID = writer
+  }
+  return writer !== undefined ? update : undefined
 }
 
 /**
@@ -798,10 +878,15 @@ async function storeSomeOfBatch(
       }
       release ??= host.holdUnsaved()
       applying = item
-      Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal)
+      // The batch's last update is applied in one Yjs transaction with the numbers of every message the
+      // batch brought (a live chat's batch is nearly always one update).
+      let numbered: Uint8Array | undefined
+      if (i === items.length - 1)
+        numbered = applyNumbered(ctx, host, admitted, item.from ?? item.principal, applied)
+      else Y.applyUpdate(host.doc, admitted.update, item.from ?? item.principal)
       applying = undefined
       const events = host.takeEvents()
-      applied.push({ item, admitted, events })
+      applied.push({ item, admitted, events, ...(numbered ? { numbered } : {}) })
       if (events.some((e) => ENDS_A_BATCH.has(e.type))) {
         next = i + 1
         break
@@ -815,8 +900,8 @@ async function storeSomeOfBatch(
     const events = applied.flatMap((a) => a.events)
     const sequencing = await sequence(ctx, host, messageIdsIn(events))
     relayEvents = sequencingEvents(host, sequencing)
-    const entries: Entry[] = applied.map(({ item, admitted }) => ({
-      update: admitted.update,
+    const entries: Entry[] = applied.map(({ item, admitted, numbered }) => ({
+      update: numbered ?? admitted.update,
       source: item.principal.kind === "relay" ? "relay" : "client",
     }))
     if (sequencing) entries.push(sequencing)
@@ -928,9 +1013,10 @@ function broadcastBatch(
   const frames = (connection: Connection | undefined): Uint8Array[] => {
     let built = framesFor.get(connection)
     if (!built) {
+      // A sender is sent its own update back only when it carries the relay's numbers.
       const parts = applied
-        .filter((a) => a.item.from !== connection || !connection)
-        .map((a) => a.admitted.update)
+        .filter((a) => a.item.from !== connection || !connection || a.numbered)
+        .map((a) => a.numbered ?? a.admitted.update)
       if (sequencing) parts.push(sequencing)
       built = mergedFrames(parts)
       framesFor.set(connection, built)

@@ -2,13 +2,16 @@ import {
   type ChangeEvent,
   createConversation,
   type Decision,
+  deleteMessage,
   ErrorCode,
   getMessage,
   listMessages,
   MessageType,
+  messageIndex,
   newConversationId,
   Rule,
   sendMessage,
+  sequenceWriterIds,
   type UserId,
 } from "@parley/shared"
 import * as decoding from "lib0/decoding"
@@ -117,7 +120,7 @@ describe("relay core (no sockets)", () => {
     expect(joiner.frames.length).toBe(joinerBefore)
     expect(a.parley()).toEqual([])
     expect(b.frames.length).toBe(before)
-    // The update and the relay's sequencing of it go to storage in one append.
+    // The update and the relay's sequencing of it go to storage as one update (one transaction).
     storage.release()
     await until(() => a.parley().length === 1)
     expect(storage.waiting).toBe(0)
@@ -127,7 +130,7 @@ describe("relay core (no sockets)", () => {
       session.replay(replica)
       expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
     }
-    expect((await storage.load(id)).updates).toHaveLength(2)
+    expect((await storage.load(id)).updates).toHaveLength(1)
   })
 
   it("sends each connection a stored message's frames while its writes are held, in one write", async () => {
@@ -145,13 +148,62 @@ describe("relay core (no sockets)", () => {
     ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
     await until(() => a.parley().length === 2)
     const kinds = (frames: Uint8Array[]) => frames.map((f) => decoding.readVarUint(decoding.createDecoder(f)))
-    // The sender: the message's sequence numbers, then "saved"; the other: the message with its
-    // number in one frame (never shown unnumbered).
+    // The sender: its message back with its sequence number (one update, applied and numbered in one
+    // transaction), then "saved"; the other: the same frame (never shown unnumbered).
     expect(kinds(a.held.at(-1)!)).toEqual([MessageType.sync, MessageType.parley])
     expect(kinds(b.held.at(-1)!)).toEqual([MessageType.sync])
+    expect(a.held.at(-1)![0]).toEqual(b.held.at(-1)![0])
     const replica = new Y.Doc()
     b.replay(replica)
     expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
+    const numbered = (frame: Uint8Array) => {
+      const d = decoding.createDecoder(frame)
+      decoding.readVarUint(d)
+      syncProtocol.readSyncMessage(d, encoding.createEncoder(), doc, "relay")
+    }
+    numbered(a.held.at(-1)![0]!)
+    expect(listMessages(doc, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
+    // Yjs takes a remote transaction writing under the document's own client id for another client
+    // using it, and moves the document to a new id: the relay's stays one of its two sequence writers'.
+    const relayIds = () => core.read(id, (d) => ({ own: d.clientID, writers: sequenceWriterIds(d) }))
+    const first = await relayIds()
+    for (const body of ["two", "three"]) {
+      const before = Y.encodeStateVector(doc)
+      sendMessage(doc, alice, { body })
+      const acks = a.parley().length
+      ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+      await until(() => a.parley().length === acks + 1)
+    }
+    const last = await relayIds()
+    expect(last).toEqual(first)
+    expect(first.writers).toContain(first.own)
+  })
+
+  it("numbers an offline burst holding a deletion in the order it was written, the deleted message first", async () => {
+    const storage = new MemoryStorage()
+    const core = makeCore(storage)
+    const id = newConversationId()
+    const a = new FakeSession({ kind: "user", user: alice })
+    const ca = await core.connect(id, a)
+    const { doc, update } = conversationUpdate(id)
+    ca.receive(updateFrame(update))
+    await until(() => a.parley().length === 1)
+    const before = Y.encodeStateVector(doc)
+    const gone = sendMessage(doc, alice, { body: "gone" }).id
+    const kept = sendMessage(doc, alice, { body: "kept" }).id
+    deleteMessage(doc, alice, gone)
+    ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+    await until(() => a.parley().length === 2)
+    const numbers = await core.read(id, (d) => [gone, kept].map((m) => messageIndex(d).seqOf.get(m)))
+    expect(numbers).toEqual([1, 2])
+    // A message alone: numbered in the same stored update (the burst's placeholder took two).
+    const next = Y.encodeStateVector(doc)
+    const third = sendMessage(doc, alice, { body: "third" }).id
+    const stored = (await storage.load(id)).updates.length
+    ca.receive(updateFrame(Y.encodeStateAsUpdate(doc, next)))
+    await until(() => a.parley().length === 3)
+    expect(await core.read(id, (d) => messageIndex(d).seqOf.get(third))).toBe(3)
+    expect((await storage.load(id)).updates.length).toBe(stored + 1)
   })
 
   it("closes a connection with 4429 when its updates waiting for storage pass the byte limit", async () => {
@@ -315,7 +367,8 @@ describe("relay core (no sockets)", () => {
       "messages.sequenced",
     ])
     expect(seen[0]!.actor).toEqual({ kind: "user", user: alice })
-    expect(seen[0]!.positions).toHaveLength(2)
+    // The message and its number: one stored update.
+    expect(seen[0]!.positions).toHaveLength(1)
   })
 
   it("sequences messages left unsequenced by a crash when the document loads", async () => {

@@ -146,8 +146,9 @@ describe("a document's queued updates, stored as one batch", () => {
     storage.release()
     await until(() => a.parley().length === 4)
     expect(a.parley().at(-1)!.type).toBe("saved")
-    // m1, m3 and their sequencing: one append of three entries.
-    expect(storage.appends.slice(appendsBefore)).toEqual([2, 3])
+    // m0 alone, numbered in its own transaction: one entry; then m1, and m3 applied with the numbers of
+    // both: one append of two entries.
+    expect(storage.appends.slice(appendsBefore)).toEqual([1, 2])
     expect(bodies(b.replica())).toEqual([
       ["m0", 1],
       ["m1", 2],
@@ -164,7 +165,7 @@ describe("a document's queued updates, stored as one batch", () => {
       c.events.flatMap((e) => (e.type === "message.sent" ? [e.message.body] : [])),
     )
     expect(sent).toEqual(["m0", "m1", "m3"])
-    expect(saved.flatMap((c) => c.positions)).toEqual([2, 3, 4, 5, 6])
+    expect(saved.flatMap((c) => c.positions)).toEqual([2, 3, 4])
     expect(saved).toHaveLength(2)
     await core.close()
   })
@@ -229,7 +230,8 @@ describe("a document's queued updates, stored as one batch", () => {
       [bob, ["b1"]],
       [alice, ["a2"]],
     ])
-    expect(saved.flatMap((c) => c.positions)).toEqual([2, 3, 4, 5, 6, 7])
+    // a0 alone (numbered in its own update), then a1, b1, and a2 with the batch's numbers.
+    expect(saved.flatMap((c) => c.positions)).toEqual([2, 3, 4, 5])
     await core.close()
   })
 

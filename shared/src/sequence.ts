@@ -1,9 +1,10 @@
-import type * as Y from "yjs"
+import * as Y from "yjs"
 import { typesOf } from "./document.js"
 import { sealedHistory, sealedThrough } from "./history.js"
 import type { MessageId } from "./ids.js"
 import { messageIndex } from "./message-index.js"
-import { encodeSequenceRecord } from "./schema.js"
+import { decodeStoredRecord, encodeSequenceRecord, isDeletedRecord } from "./schema.js"
+import { contentOf, inListOrder } from "./transaction-changes.js"
 
 /**
  * Ids among `candidates` (default: the whole document) that are in the
@@ -66,6 +67,63 @@ export function writeSequenceNumbers(
   writer.written++
   doc.clientID = writer.ids[writer.current]!
   doc.transact(() => typesOf(doc).order.push([encodeSequenceRecord({ from, ids })]), origin)
+}
+
+/**
+ * Numbers, inside the running `transaction`, the messages it added so far
+ * under `clients` (live records without a number, in list order), as
+ * {@link writeSequenceNumbers} would after it: the relay applies a client's
+ * update and sequences what it brought in ONE Yjs transaction, so that one
+ * update is stored and broadcast for both. Works before the transaction ends
+ * (the message index, kept current by observers, has not seen the new records
+ * yet, and no number can have been given to them). `earlier`: messages of
+ * the same batch applied before the transaction, still without a number, in
+ * canonical order (see {@link unsequencedMessages}), numbered first in the
+ * same record. A deletion placeholder without a number among the new records
+ * (one may stand for a sealed message, and it takes its place in the order)
+ * leaves everything to {@link unsequencedMessages}' caller: nothing is
+ * numbered. Returns the ids numbered.
+ */
+export function sequenceAddedMessages(
+  doc: Y.Doc,
+  transaction: Y.Transaction,
+  clients: Iterable<number>,
+  reserve: (count: number) => number,
+  origin?: unknown,
+  earlier: readonly MessageId[] = [],
+): MessageId[] {
+  const messages = typesOf(doc).messages as Y.AbstractType<unknown>
+  const added: Y.Item[] = []
+  for (const client of clients) {
+    const before = transaction.beforeState.get(client) ?? 0
+    const structs = doc.store.clients.get(client)
+    if (!structs || Y.getState(doc.store, client) <= before) continue
+    for (let i = Y.findIndexSS(structs, before); i < structs.length; i++) {
+      const struct = structs[i]!
+      if (
+        struct instanceof Y.Item &&
+        struct.parent === messages &&
+        !struct.deleted &&
+        struct.id.clock >= before
+      )
+        added.push(struct)
+    }
+  }
+  if (added.length === 0 && earlier.length === 0) return []
+  const index = messageIndex(doc)
+  const sealed = sealedHistory(doc)
+  const ids = new Set<MessageId>(earlier)
+  for (const value of contentOf(inListOrder(added))) {
+    const record = decodeStoredRecord(value)
+    if (!record || typeof record.id !== "string" || index.seqOf.has(record.id)) continue
+    if (isDeletedRecord(record)) {
+      if (!index.records.has(record.id) && !ids.has(record.id)) return []
+      continue
+    }
+    if (!sealed.entry(record.id)) ids.add(record.id)
+  }
+  if (ids.size > 0) writeSequenceNumbers(doc, reserve(ids.size), [...ids], origin)
+  return [...ids]
 }
 
 const freshClientId = (): number => crypto.getRandomValues(new Uint32Array(1))[0]!
