@@ -8,7 +8,9 @@ import {
   destroyClients,
   devToken,
   eventually,
+  everyMessage,
   type RelayProcess,
+  sendEachRead,
   startRelay,
 } from "./support.js"
 
@@ -114,22 +116,14 @@ describe("ChatClient against a relay", () => {
     alice.disconnect()
     // 2,400 messages, each read (2,400 marker moves): over the relay's default caps of 2,000 values and
     // 1,500 structs per update, so sent whole the sync would be refused on every reconnect.
-    const sent: MessageId[] = []
-    for (let i = 0; i < 2_400; i++) {
-      sent.push(chat.send(`offline ${i}`).id)
-      chat.markRead()
-    }
+    const sent = sendEachRead(chat, 2_400)
     const errors: string[] = []
     chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
     alice.connect()
     await eventually(() => expect(chat.messages().every((m) => m.status === "sent")).toBe(true), 60_000)
 
     // Bob sees every one of them once, in order, numbered 1 to 2,400 (older ones paged from the sealed history).
-    const bob = await connectClient(relay, b)
-    const bobChat = await bob.conversation(chat.id).ready()
-    await eventually(() => expect(bobChat.messages().at(-1)?.id).toBe(sent.at(-1)), 60_000)
-    while (bobChat.hasOlder) await bobChat.loadOlder(500)
-    const seen = [...bobChat.olderMessages(), ...bobChat.messages({ last: 2_400 })]
+    const seen = await everyMessage(relay, b, chat.id, sent.at(-1)!)
     expect(seen.map((m) => m.id)).toEqual(sent)
     expect(seen.map((m) => m.seq)).toEqual(sent.map((_, i) => i + 1))
     expect(errors).toEqual([])

@@ -3,9 +3,16 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { vi } from "vitest"
+import type { MessageId } from "@parley/shared"
+import { expect, vi } from "vitest"
 import WebSocket from "ws"
-import { type ChatClient, type ChatClientOptions, createChatClient } from "../src/index.js"
+import {
+  type ChatClient,
+  type ChatClientOptions,
+  type ChatMessage,
+  type Conversation,
+  createChatClient,
+} from "../src/index.js"
 
 const root = fileURLToPath(new URL("../..", import.meta.url))
 
@@ -112,3 +119,31 @@ export async function destroyClients(): Promise<void> {
 /** Polls `assertion` until it passes (or the test times out on its own). */
 export const eventually = (assertion: () => void, timeout = 15_000) =>
   vi.waitFor(assertion, { timeout, interval: 20 })
+
+/** Sends `count` messages on `chat` (offline: they stay pending), each marked read: their ids in order. */
+export function sendEachRead(chat: Conversation, count: number): MessageId[] {
+  const sent: MessageId[] = []
+  for (let i = 0; i < count; i++) {
+    sent.push(chat.send(`offline ${i}`).id)
+    chat.markRead()
+  }
+  return sent
+}
+
+/**
+ * Every message of conversation `id` as `user` sees it on a new device once
+ * `last` has arrived, the older ones paged back from the sealed history,
+ * oldest first.
+ */
+export async function everyMessage(
+  relay: RelayProcess,
+  user: string,
+  id: string,
+  last: MessageId,
+): Promise<ChatMessage[]> {
+  const client = await connectClient(relay, user)
+  const chat = await client.conversation(id).ready()
+  await eventually(() => expect(chat.messages().at(-1)?.id).toBe(last), 60_000)
+  while (chat.hasOlder) await chat.loadOlder(500)
+  return [...chat.olderMessages(), ...chat.messages({ last: Number.MAX_SAFE_INTEGER })]
+}

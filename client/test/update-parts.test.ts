@@ -1,7 +1,14 @@
 import "fake-indexeddb/auto"
-import type { MessageId } from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
+import {
+  connectClient,
+  destroyClients,
+  eventually,
+  everyMessage,
+  type RelayProcess,
+  sendEachRead,
+  startRelay,
+} from "./support.js"
 
 let relay: RelayProcess
 beforeAll(async () => {
@@ -19,11 +26,7 @@ describe("update parts against a relay configured below the default caps", () =>
     const chat = await alice.createConversation({ participants: ["bob"], title: "small caps" })
     await eventually(() => expect(chat.connection.status).toBe("online"))
     alice.disconnect()
-    const sent: MessageId[] = []
-    for (let i = 0; i < 600; i++) {
-      sent.push(chat.send(`offline ${i}`).id)
-      chat.markRead()
-    }
+    const sent = sendEachRead(chat, 600)
     const refusals: string[] = []
     chat.on("error", ({ error }) => refusals.push(error.rule ?? error.code))
     alice.connect()
@@ -35,11 +38,7 @@ describe("update parts against a relay configured below the default caps", () =>
     expect(refusals.length).toBeGreaterThan(0)
     expect(refusals.every((r) => r === "update-structs" || r === "update-values")).toBe(true)
 
-    const bob = await connectClient(relay, "bob")
-    const bobChat = await bob.conversation(chat.id).ready()
-    await eventually(() => expect(bobChat.messages().at(-1)?.id).toBe(sent.at(-1)), 60_000)
-    while (bobChat.hasOlder) await bobChat.loadOlder(500)
-    const seen = [...bobChat.olderMessages(), ...bobChat.messages({ last: 600 })]
+    const seen = await everyMessage(relay, "bob", chat.id, sent.at(-1)!)
     expect(seen.map((m) => m.id)).toEqual(sent)
     expect(seen.map((m) => m.seq)).toEqual(sent.map((_, i) => i + 1))
   }, 120_000)
