@@ -48,7 +48,8 @@ function blobFiles(dataDir: string): string[] {
   const root = join(dataDir, "blobs")
   if (!existsSync(root)) return []
   return readdirSync(root, { recursive: true, withFileTypes: true })
-    .filter((e) => e.isFile())
+    // A "#tmp-" file is one being written (then renamed into place): not a stored blob yet.
+    .filter((e) => e.isFile() && !e.name.startsWith("#tmp-"))
     .map((e) => join(e.parentPath, e.name).slice(root.length + 1))
 }
 
