@@ -47,10 +47,12 @@ const text = (bytes: number) => new Uint8Array(Buffer.alloc(bytes, "parley attac
 function blobFiles(dataDir: string): string[] {
   const root = join(dataDir, "blobs")
   if (!existsSync(root)) return []
-  return readdirSync(root, { recursive: true, withFileTypes: true })
-    // A "#tmp-" file is one being written (then renamed into place): not a stored blob yet.
-    .filter((e) => e.isFile() && !e.name.startsWith("#tmp-"))
-    .map((e) => join(e.parentPath, e.name).slice(root.length + 1))
+  return (
+    readdirSync(root, { recursive: true, withFileTypes: true })
+      // A "#tmp-" file is one being written (then renamed into place): not a stored blob yet.
+      .filter((e) => e.isFile() && !e.name.startsWith("#tmp-"))
+      .map((e) => join(e.parentPath, e.name).slice(root.length + 1))
+  )
 }
 
 describe("attachments on a relay process (file-system blob store)", () => {
