@@ -1,4 +1,4 @@
-import { expect, it } from "vitest"
+import { expect, it, onTestFailed } from "vitest"
 import { png } from "../../client/test/png.js"
 import { DemoUser, screenshots } from "./demo-page.js"
 import { useDemo } from "./demo-server.js"
@@ -191,10 +191,35 @@ it("two tabs of one user with the same waiting image upload it once and write th
 
   // Both tabs come online at once: one uploads, the other waits and takes its record.
   const uploads: string[] = []
-  for (const page of [dana.page, second])
+  const trace: string[] = []
+  const started = Date.now()
+  for (const [tab, page] of [
+    ["one", dana.page],
+    ["two", second],
+  ] as const) {
     page.on("request", (request) => {
       if (request.method() === "POST" && /\/uploads$/.test(request.url())) uploads.push(request.url())
     })
+    page.on("console", (m) =>
+      trace.push(`${Date.now() - started}ms [${tab}] console.${m.type()}: ${m.text()}`),
+    )
+    page.on("response", (r) => {
+      if (/\/v1\//.test(r.url()))
+        trace.push(
+          `${Date.now() - started}ms [${tab}] ${r.request().method()} ${r.url().replace(/\?.*/, "")} ${r.status()}`,
+        )
+    })
+    page.on("requestfailed", (r) =>
+      trace.push(`${Date.now() - started}ms [${tab}] failed ${r.url()} ${r.failure()?.errorText}`),
+    )
+  }
+  erin.page.on("response", (r) => {
+    if (/\/v1\//.test(r.url()))
+      trace.push(
+        `${Date.now() - started}ms [erin] ${r.request().method()} ${r.url().replace(/\?.*/, "")} ${r.status()}`,
+      )
+  })
+  onTestFailed(() => console.error(`two tabs, what the tabs did:\n${trace.join("\n")}`))
   await dana.setOffline(false)
   // The tab that found the other uploading backs off (up to 30 s with the default delays), as may the
   // uploading one after a transient failure on a loaded machine: what counts is once, not how soon.
