@@ -18,8 +18,18 @@ export interface BlobStore {
    * stores nothing. Durable when it resolves.
    */
   append(key: string, offset: number, bytes: Uint8Array): Promise<void>
-  /** Replaces blob `key` whole, atomically (a reader sees the old bytes or the new, never a mix). */
+  /**
+   * Replaces blob `key` whole, atomically: {@link BlobStore.get} returns the
+   * old bytes or the new, never a mix. (A {@link BlobStore.read} stream is
+   * for blobs that only grow, like uploads: one running across a put may mix.)
+   */
   put(key: string, bytes: Uint8Array): Promise<void>
+  /**
+   * Blob `key` whole, as one version of it, or undefined when there is none:
+   * for small blobs rewritten by {@link BlobStore.put} (records, references)
+   * that other requests read meanwhile. Holds the blob in memory.
+   */
+  get(key: string): Promise<Uint8Array | undefined>
   /** The blob's length, or undefined when there is none. */
   size(key: string): Promise<number | undefined>
   /**

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto"
 import { createReadStream } from "node:fs"
 import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from "node:fs/promises"
 import { dirname, join, relative, sep } from "node:path"
+import { ErrorCode, ParleyError } from "@parley/shared"
 import { type BlobStore, checkBlobKey, missingBlob, offsetConflict, rangeOf } from "./blob-store.js"
 
 /** Chunk files are named `#` + the offset, zero-padded: `#` is not allowed in key segments. */
@@ -46,7 +47,15 @@ export class FsBlobStore implements BlobStore {
       const match = CHUNK.exec(name)
       if (!match) continue
       const path = join(dir, name)
-      chunks.push({ offset: Number(match[1]), size: (await stat(path)).size, path })
+      let size: number
+      try {
+        size = (await stat(path)).size
+      } catch (error) {
+        // Removed since the listing (a put replacing an appended blob): its bytes are no longer the blob's.
+        if ((error as NodeJS.ErrnoException).code === "ENOENT") continue
+        throw error
+      }
+      chunks.push({ offset: Number(match[1]), size, path })
     }
     if (chunks.length === 0) return undefined
     return chunks.sort((a, b) => a.offset - b.offset)
@@ -98,6 +107,32 @@ export class FsBlobStore implements BlobStore {
     await rename(temporary, join(dir, chunkName(0)))
     for (const chunk of (await this.chunks(key)) ?? []) if (chunk.offset !== 0) await unlink(chunk.path)
     await this.syncDir(dir)
+  }
+
+  async get(key: string): Promise<Uint8Array | undefined> {
+    // Read through the files opened, never by a size taken earlier: a put renames a whole new file
+    // over chunk 0, and an open file is one version of it. A chunk gone between listing and opening
+    // (a put over an appended blob removing the rest) means the listing is stale: list again.
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const chunks = await this.chunks(key)
+      if (!chunks) return undefined
+      const parts: Buffer[] = []
+      try {
+        for (const chunk of chunks) {
+          const file = await open(chunk.path, "r")
+          try {
+            parts.push(await file.readFile())
+          } finally {
+            await file.close()
+          }
+        }
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === "ENOENT") continue
+        throw error
+      }
+      return new Uint8Array(Buffer.concat(parts))
+    }
+    throw new ParleyError(ErrorCode.UNAVAILABLE, `blob ${key} kept changing while it was read`)
   }
 
   async size(key: string): Promise<number | undefined> {

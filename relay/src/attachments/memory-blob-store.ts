@@ -18,6 +18,11 @@ export class MemoryBlobStore implements BlobStore {
     this.blobs.set(checkBlobKey(key), [bytes.slice()])
   }
 
+  async get(key: string): Promise<Uint8Array | undefined> {
+    const chunks = this.blobs.get(key)
+    return chunks && new Uint8Array(Buffer.concat(chunks))
+  }
+
   async size(key: string): Promise<number | undefined> {
     const chunks = this.blobs.get(key)
     return chunks ? lengthOf(chunks) : undefined

@@ -54,6 +54,17 @@ export class PostgresBlobStore implements BlobStore {
     })
   }
 
+  async get(key: string): Promise<Uint8Array | undefined> {
+    checkBlobKey(key)
+    // One statement: one snapshot, so a put (delete and insert in a transaction) is seen whole or not at all.
+    const { rows } = await this.pool.query<{ bytes: Buffer }>(
+      "SELECT bytes FROM parley_blob_chunks WHERE key = $1 ORDER BY start",
+      [key],
+    )
+    if (rows.length === 0) return undefined
+    return new Uint8Array(Buffer.concat(rows.map((row) => row.bytes)))
+  }
+
   async size(key: string): Promise<number | undefined> {
     const { rows } = await this.pool.query<{ length: string | null }>(
       "SELECT max(start + octet_length(bytes)) AS length FROM parley_blob_chunks WHERE key = $1",

@@ -81,15 +81,9 @@ export class AttachmentService {
   /** The record of `id`, or undefined. */
   async record(id: string): Promise<AttachmentRecord | undefined> {
     if (!isAttachmentId(id)) return undefined
-    if ((await this.store.size(recordKey(id))) === undefined) return undefined
-    const parts: Uint8Array[] = []
-    try {
-      for await (const part of this.store.read(recordKey(id))) parts.push(part)
-    } catch (error) {
-      if (error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND) return undefined
-      throw error
-    }
-    return JSON.parse(Buffer.concat(parts).toString("utf8")) as AttachmentRecord
+    // Whole, as one version: the record is rewritten (linked to its message) while participants read it.
+    const bytes = await this.store.get(recordKey(id))
+    return bytes && (JSON.parse(Buffer.from(bytes).toString("utf8")) as AttachmentRecord)
   }
 
   private async save(record: AttachmentRecord): Promise<void> {
@@ -281,10 +275,9 @@ export class AttachmentService {
   /** Deletes the attachments message `message` brought (its blobs and records). */
   async messageDeleted(conversation: ConversationId, message: MessageId): Promise<number> {
     const key = referenceKey(conversation, message)
-    if ((await this.store.size(key)) === undefined) return 0
-    const parts: Uint8Array[] = []
-    for await (const part of this.store.read(key)) parts.push(part)
-    const ids = JSON.parse(Buffer.concat(parts).toString("utf8")) as string[]
+    const reference = await this.store.get(key)
+    if (!reference) return 0
+    const ids = JSON.parse(Buffer.from(reference).toString("utf8")) as string[]
     let deleted = 0
     for (const id of ids) {
       const record = await this.record(id)

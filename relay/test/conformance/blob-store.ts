@@ -86,6 +86,27 @@ export function runBlobStoreConformance(name: string, setup: () => Promise<BlobS
       expect(await store.size("meta/att_1")).toBe(8)
     })
 
+    it("gets a small blob whole, the old bytes or the new, while puts replace it", async () => {
+      const { store } = backend
+      // A record rewritten while another request reads it (an attachment linked to its message as a
+      // participant asks for its URL): each read must parse, whatever the interleaving.
+      const version = (n: number) => new TextEncoder().encode(JSON.stringify({ n, pad: "x".repeat(n * 7) }))
+      await store.put("meta/att_2", version(0))
+      const seen = new Set<number>()
+      for (let n = 1; n <= 60; n++) {
+        const [, read] = await Promise.all([store.put("meta/att_2", version(n)), store.get("meta/att_2")])
+        const text = new TextDecoder().decode(read)
+        const parsed = JSON.parse(text) as { n: number }
+        expect([n - 1, n]).toContain(parsed.n)
+        expect(text).toBe(new TextDecoder().decode(version(parsed.n)))
+        seen.add(parsed.n)
+      }
+      expect(await store.get("meta/none")).toBeUndefined()
+      await store.append("grown/a", 0, bytes(5))
+      await store.append("grown/a", 5, bytes(3, 7))
+      expect(await store.get("grown/a")).toEqual(concat(bytes(5), bytes(3, 7)))
+    })
+
     it("lists keys by prefix, sorted, and deletes one blob without touching its neighbours", async () => {
       const { store } = backend
       for (const key of ["conv/a/att_2/file", "conv/a/att_1/file", "conv/a/att_1/thumb", "conv/b/att_3/file"])
