@@ -6,6 +6,9 @@ import { detail, explain } from "./errors.js"
 /** The box a thumbnail is fitted into, in CSS pixels. */
 const THUMB_BOX = 240
 
+/** How many times a thumbnail that failed to load is tried again. */
+const THUMB_RETRIES = 3
+
 /** "1.2 MB", "340 KB", "12 B". */
 export function formatBytes(size: number): string {
   if (size < 1024) return `${size} B`
@@ -74,6 +77,11 @@ function ImageThumbnail({ attachment, open }: { attachment: FileRecord; open: ()
   const thumbnail = useAttachmentUrl(attachment, attachment.thumbnail ? "thumbnail" : "file")
   const size = fit(attachment.width ?? THUMB_BOX, attachment.height ?? THUMB_BOX)
   const [loaded, setLoaded] = useState(false)
+  // A thumbnail that failed to load (the relay busy, a blip) is asked for again a few times, later each time.
+  const [attempt, setAttempt] = useState(0)
+  const retry = () => {
+    if (attempt < THUMB_RETRIES) setTimeout(() => setAttempt((n) => n + 1), 1_000 * 2 ** attempt)
+  }
   return (
     <button
       type="button"
@@ -87,11 +95,13 @@ function ImageThumbnail({ attachment, open }: { attachment: FileRecord; open: ()
     >
       {thumbnail.url && (
         <img
+          key={attempt}
           src={thumbnail.url}
           alt={attachment.name ?? "image"}
           width={size.width}
           height={size.height}
           onLoad={() => setLoaded(true)}
+          onError={retry}
         />
       )}
       {thumbnail.error && <span className="thumbnail-error">{explain(thumbnail.error)}</span>}
