@@ -41,6 +41,16 @@ export class RateLimiter {
     this.tokens = Math.min(this.burst, this.tokens + cost)
   }
 
+  /**
+   * Spends `cost` tokens that were taken elsewhere (another relay of a
+   * cluster, for the same user): the bucket may fall to minus its burst, so
+   * that what the user spends everywhere together is held to the rate.
+   */
+  spend(cost: number): void {
+    this.refill()
+    this.tokens = Math.max(-this.burst, this.tokens - cost)
+  }
+
   /** Tokens available now. */
   available(): number {
     this.refill()

@@ -418,6 +418,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   }
   if (hooks.runtime) log.info({ hooks: hooks.runtime.targetNames }, "hooks loaded")
   clustered?.cluster.startSweeping(backend.outbox)
+  // Per-user limits count the user's connections and spending on every relay, whatever the load balancer does.
+  await clustered?.cluster.shareUsage(core.users)
   let warm = options.warmUp === false
   const startedAt = Date.now()
   const transport = new WsTransport({

@@ -87,12 +87,55 @@ export interface Growth {
 const limited = (limit: UserLimit, message: string) =>
   new ParleyError(ErrorCode.RATE_LIMITED, message, { rule: limit })
 
+/** What one user spent of the per-user budgets since it was last reported to the other relays. */
+export interface Spent {
+  updates: number
+  conversations: number
+  participants: number
+  connectionAttempts: number
+}
+
+/** One user's usage on this relay, as reported to the other relays of a cluster ({@link UserLedger.takeReport}). */
+export interface UsageReport extends Readonly<Spent> {
+  readonly user: UserId
+  /** Connections the user has open here (0 when under an eighth of the limit: see {@link HELD_SHARE}). */
+  readonly sockets: number
+  /** Documents the user has open here (likewise). */
+  readonly documents: number
+}
+
+/** Sockets and documents a user holds on the other relays of a cluster, as they last reported. */
+export interface HeldElsewhere {
+  readonly sockets: number
+  readonly documents: number
+}
+
+/** What the ledger learns of the other relays of a cluster (`relay/src/cluster/usage.ts`). */
+export interface OtherRelays {
+  /** What `user` holds open on the other relays, or undefined when none reported anything. */
+  held(user: UserId): HeldElsewhere | undefined
+  /** Called when a user's connections or documents here cross a reporting threshold: report soon. */
+  changed(): void
+}
+
+/**
+ * A user's connections and documents on one relay are reported to the others
+ * once they reach this fraction of the limit: an honest user's few sockets
+ * cost the cluster nothing, and a user spread over N relays below it holds at
+ * most the limit plus N times an eighth of it.
+ */
+export const HELD_SHARE = 1 / 8
+
+const noneSpent = (): Spent => ({ updates: 0, conversations: 0, participants: 0, connectionAttempts: 0 })
+
 /** One user's usage; dropped once the user has nothing open and every budget has refilled. */
 class Usage {
   readonly sockets = new Set<UserSocket>()
   /** Open documents → connections to each. */
   readonly documents = new Map<string, number>()
   pendingBytes = 0
+  /** Spent since the last report, when this relay is in a cluster. */
+  spent: Spent | undefined
   forgetTimer: NodeJS.Timeout | undefined
   readonly connectionAttempts: RateLimiter | undefined
   // The other budgets are made when first spent: most connected users write nothing most of the time.
@@ -161,6 +204,11 @@ function perMinute(n: number, now: () => number): RateLimiter | undefined {
  */
 export class UserLedger {
   private readonly users = new Map<UserId, Usage>()
+  /** In a cluster: what the other relays hold, and the users with something to report. */
+  private others: OtherRelays | undefined
+  private readonly toReport = new Set<UserId>()
+  /** Users whose last report said they hold many sockets or documents here. */
+  private readonly held = new Set<UserId>()
 
   constructor(
     readonly limits: UserLimits,
@@ -191,10 +239,109 @@ export class UserLedger {
     throw limited(limit, message)
   }
 
+  /**
+   * Counts what the user spent toward the next report to the other relays of
+   * a cluster (nothing outside a cluster).
+   */
+  private spend(user: UserId, usage: Usage, kind: keyof Spent, amount: number): void {
+    if (!this.others || amount === 0) return
+    usage.spent ??= noneSpent()
+    usage.spent[kind] += amount
+    this.toReport.add(user)
+  }
+
+  /** Whether `count` of a limit `max` is worth telling the other relays (see {@link HELD_SHARE}). */
+  private static heavy(count: number, max: number): boolean {
+    return max > 0 && count >= Math.max(1, Math.ceil(max * HELD_SHARE))
+  }
+
+  /** After a user's sockets or documents here changed: report them soon when they matter to the other relays. */
+  private heldChanged(user: UserId, usage: Usage): void {
+    if (!this.others) return
+    const heavy =
+      UserLedger.heavy(usage.sockets.size, this.limits.maxSocketsPerUser) ||
+      UserLedger.heavy(usage.documents.size, this.limits.maxDocumentsPerUser)
+    if (!heavy && !this.held.has(user)) return
+    this.toReport.add(user)
+    this.others.changed()
+  }
+
+  /**
+   * Joins a cluster: from now on the connections and documents other relays
+   * report count against this relay's limits, and what users spend here is
+   * gathered for {@link takeReport}.
+   */
+  shareWith(others: OtherRelays): void {
+    this.others = others
+  }
+
+  /**
+   * What to tell the other relays since the last report: each user who spent
+   * any budget, or whose connections or documents here are (or were, at the
+   * last report) at least {@link HELD_SHARE} of the limit. Resets what was spent.
+   */
+  takeReport(): UsageReport[] {
+    // Users held heavy are reported every time, so that the other relays' view of them does not expire.
+    for (const user of this.held) this.toReport.add(user)
+    const reports: UsageReport[] = []
+    for (const user of this.toReport) {
+      const usage = this.users.get(user)
+      const sockets = usage?.sockets.size ?? 0
+      const documents = usage?.documents.size ?? 0
+      const heavy =
+        UserLedger.heavy(sockets, this.limits.maxSocketsPerUser) ||
+        UserLedger.heavy(documents, this.limits.maxDocumentsPerUser)
+      const spent = usage?.spent ?? noneSpent()
+      if (usage) usage.spent = undefined
+      const wasHeld = this.held.has(user)
+      if (heavy) this.held.add(user)
+      else this.held.delete(user)
+      const spentAny = spent.updates + spent.conversations + spent.participants + spent.connectionAttempts > 0
+      // A user no longer heavy is reported once with nothing held, which clears the others' view.
+      if (heavy || wasHeld || spentAny)
+        reports.push({ user, sockets: heavy ? sockets : 0, documents: heavy ? documents : 0, ...spent })
+      if (usage) this.release(user)
+    }
+    this.toReport.clear()
+    return reports
+  }
+
+  /**
+   * What `user` spent on another relay of the cluster: taken from the user's
+   * budgets here too (they may go into debt), so that the user's rate across
+   * the cluster is held to the limits, not multiplied by the relays.
+   */
+  spentElsewhere(user: UserId, spent: Readonly<Spent>): void {
+    if (spent.updates + spent.conversations + spent.participants + spent.connectionAttempts === 0) return
+    const usage = this.usage({ kind: "user", user })
+    if (!usage) return
+    if (spent.updates > 0) usage.updates?.spend(spent.updates)
+    if (spent.conversations > 0) usage.conversations?.spend(spent.conversations)
+    if (spent.participants > 0) usage.participants?.spend(spent.participants)
+    if (spent.connectionAttempts > 0) usage.connectionAttempts?.spend(spent.connectionAttempts)
+    this.release(user)
+  }
+
+  /**
+   * Closes the newest of `user`'s connections here beyond `allowed` (4429
+   * `sockets-per-user`): the other relays reported that the user holds more
+   * than the limit leaves this one (connections opened on several relays at
+   * once, before any report arrived).
+   */
+  trimSockets(user: UserId, allowed: number): void {
+    const usage = this.users.get(user)
+    if (!usage) return
+    const open = [...usage.sockets].filter((socket) => !socket.closing())
+    if (open.length <= allowed) return
+    this.onLimit(UserLimit.sockets, user)
+    for (const socket of open.slice(Math.max(0, allowed)))
+      socket.close(CloseCode.TooManySockets.code, CloseCode.TooManySockets.reason)
+  }
+
   /** Deletes the user's entry once nothing of it matters any more. */
   private release(user: UserId): void {
     const usage = this.users.get(user)
-    if (!usage || usage.inUse || usage.forgetTimer) return
+    if (!usage || usage.inUse || usage.forgetTimer || usage.spent) return
     const wait = usage.msUntilRefilled()
     if (wait === 0) {
       this.users.delete(user)
@@ -226,6 +373,7 @@ export class UserLedger {
           UserLimit.connectionAttempts,
           `a user may open ${this.limits.userConnectionAttemptsPerMinute} connections per minute`,
         )
+      this.spend(user, usage, "connectionAttempts", 1)
     } finally {
       this.release(user)
     }
@@ -240,13 +388,16 @@ export class UserLedger {
     if (!usage || principal.kind !== "user") return () => {}
     const { user } = principal
     const max = this.limits.maxSocketsPerUser
-    if (max > 0 && usage.sockets.size >= max) {
+    if (max > 0 && usage.sockets.size + (this.others?.held(user)?.sockets ?? 0) >= max) {
       this.release(user)
       this.refuse(user, UserLimit.sockets, `a user may have ${max} connections open`)
     }
     usage.sockets.add(socket)
+    this.heldChanged(user, usage)
     return () => {
-      if (usage.sockets.delete(socket)) this.release(user)
+      if (!usage.sockets.delete(socket)) return
+      this.heldChanged(user, usage)
+      this.release(user)
     }
   }
 
@@ -262,18 +413,22 @@ export class UserLedger {
     const { user } = principal
     const max = this.limits.maxDocumentsPerUser
     const count = usage.documents.get(name) ?? 0
-    if (count === 0 && max > 0 && usage.documents.size >= max) {
+    if (count === 0 && max > 0 && usage.documents.size + (this.others?.held(user)?.documents ?? 0) >= max) {
       this.release(user)
       this.refuse(user, UserLimit.documents, `a user may have ${max} documents open`)
     }
     usage.documents.set(name, count + 1)
+    if (count === 0) this.heldChanged(user, usage)
     let released = false
     return () => {
       if (released) return
       released = true
       const left = (usage.documents.get(name) ?? 1) - 1
       if (left > 0) usage.documents.set(name, left)
-      else usage.documents.delete(name)
+      else {
+        usage.documents.delete(name)
+        this.heldChanged(user, usage)
+      }
       this.release(user)
     }
   }
@@ -293,7 +448,8 @@ export class UserLedger {
       this.release(user)
       this.refuse(user, UserLimit.pendingBytes, `a user may have ${max} update bytes waiting`)
     }
-    if (usage.updates && !usage.updates.take(updateCost(bytes))) {
+    const cost = updateCost(bytes)
+    if (usage.updates && !usage.updates.take(cost)) {
       this.release(user)
       this.refuse(
         user,
@@ -301,6 +457,7 @@ export class UserLedger {
         `a user may send ${this.limits.userUpdatesPerSecond} updates per second (bursts of ${this.limits.userUpdateBurst})`,
       )
     }
+    this.spend(user, usage, "updates", cost)
     usage.pendingBytes += bytes
     let released = false
     return () => {
@@ -337,6 +494,8 @@ export class UserLedger {
           `a user may add ${this.limits.userParticipantsPerMinute} participants per minute`,
         )
       }
+      this.spend(user, usage, "conversations", growth.creates ? 1 : 0)
+      this.spend(user, usage, "participants", growth.participantsAdded)
     } finally {
       this.release(user)
     }

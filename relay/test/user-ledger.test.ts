@@ -1,7 +1,13 @@
 import { ErrorCode, ParleyError, type UserId, UserLimit } from "@parley/shared"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import type { Principal } from "../src/principal.js"
-import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits, type UserSocket } from "../src/user-limits.js"
+import {
+  DEFAULT_USER_LIMITS,
+  type HeldElsewhere,
+  UserLedger,
+  type UserLimits,
+  type UserSocket,
+} from "../src/user-limits.js"
 
 const user = (name: string): Principal => ({ kind: "user", user: name as UserId })
 const mallory = user("mallory")
@@ -146,5 +152,70 @@ describe("UserLedger", () => {
     l.addSocket(service, socket())
     l.addSocket({ kind: "relay" }, socket())
     expect(l.size).toBe(0)
+  })
+
+  describe("in a cluster", () => {
+    /** Two relays' ledgers over one clock, and what each last heard of the other's held sockets and documents. */
+    function pair(limits: Partial<UserLimits>) {
+      let now = 0
+      const relays = [0, 1].map(() => {
+        const heard = new Map<UserId, HeldElsewhere>()
+        const l = new UserLedger({ ...DEFAULT_USER_LIMITS, ...limits }, () => now)
+        l.shareWith({ held: (u) => heard.get(u), changed: () => {} })
+        return { l, heard }
+      })
+      /** One round of reports: each relay's report reaches the other (what ClusterUsage does over Redis). */
+      const exchange = () => {
+        for (const [from, to] of [
+          [relays[0]!, relays[1]!],
+          [relays[1]!, relays[0]!],
+        ] as const)
+          for (const r of from.l.takeReport()) {
+            to.heard.set(r.user, { sockets: r.sockets, documents: r.documents })
+            to.l.spentElsewhere(r.user, r)
+          }
+      }
+      return { a: relays[0]!.l, b: relays[1]!.l, exchange, advance: (ms: number) => (now += ms) }
+    }
+
+    it("holds a user's update rate across relays to the limit, not the limit times the relays", () => {
+      const { a, b, exchange, advance } = pair({ userUpdatesPerSecond: 10, userUpdateBurst: 20 })
+      for (let i = 0; i < 15; i++) a.admitUpdate(mallory, 10)()
+      for (let i = 0; i < 5; i++) b.admitUpdate(mallory, 10)()
+      exchange()
+      // Twenty spent across both: each relay knows, and refuses the next.
+      expect(refusal(() => a.admitUpdate(mallory, 10)).rule).toBe(UserLimit.updates)
+      expect(refusal(() => b.admitUpdate(mallory, 10)).rule).toBe(UserLimit.updates)
+      // The budget refills at the user's rate once, not once per relay.
+      advance(500)
+      for (let i = 0; i < 5; i++) a.admitUpdate(mallory, 10)()
+      exchange()
+      expect(refusal(() => b.admitUpdate(mallory, 10)).rule).toBe(UserLimit.updates)
+      // Alice spends nothing of mallory's budget.
+      b.admitUpdate(user("alice"), 10)()
+    })
+
+    it("counts the connections and documents a user holds on the other relays, and reports one no longer held", () => {
+      const { a, b, exchange } = pair({ maxSocketsPerUser: 3, maxDocumentsPerUser: 2 })
+      a.addSocket(mallory, socket())
+      const second = a.addSocket(mallory, socket())
+      a.openDocument(mallory, "g~a")
+      exchange()
+      b.addSocket(mallory, socket())
+      expect(refusal(() => b.addSocket(mallory, socket())).rule).toBe(UserLimit.sockets)
+      b.openDocument(mallory, "g~b")
+      expect(refusal(() => b.openDocument(mallory, "g~c")).rule).toBe(UserLimit.documents)
+      second()
+      exchange()
+      b.addSocket(mallory, socket())
+    })
+
+    it("closes the newest connections beyond the share it is left", () => {
+      const { a } = pair({ maxSocketsPerUser: 4 })
+      const sockets = [socket(), socket(), socket()]
+      for (const s of sockets) a.addSocket(mallory, s)
+      a.trimSockets("mallory" as UserId, 1)
+      expect(sockets.map((s) => s.closedWith)).toEqual([undefined, UserLimit.sockets, UserLimit.sockets])
+    })
   })
 })

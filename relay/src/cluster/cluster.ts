@@ -7,11 +7,13 @@ import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
+import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
 import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
 import { ClusterPresence } from "./presence.js"
 import type { RoutedCore, UpdateRouter } from "./router.js"
+import { ClusterUsage } from "./usage.js"
 import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type WireEntry } from "./wire.js"
 
 /** How often the sweep also looks for documents whose log runs past their events (a crash's leftovers, rare). */
@@ -97,6 +99,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly chains = new Map<string, Promise<unknown>>()
   private state: RedisState = { ready: false, since: Date.now() }
   private sweeper: NodeJS.Timeout | undefined
+  private usage: ClusterUsage | undefined
   private sweeping = false
   private closed = false
 
@@ -140,7 +143,10 @@ export class Cluster implements UpdateRouter, FenceSource {
       lost: () => {},
     })
     this.presence = new ClusterPresence(this.redis, this.prefix, this.relayId, options.log)
-    this.sub.on("messageBuffer", (_channel: Buffer, message: Buffer) => this.received(message))
+    this.sub.on("messageBuffer", (channel: Buffer, message: Buffer) => {
+      if (this.usage && channel.toString() === this.usage.channel) this.usage.received(message)
+      else this.received(message)
+    })
   }
 
   /** Connects to Redis and listens on this relay's channel. */
@@ -559,11 +565,22 @@ export class Cluster implements UpdateRouter, FenceSource {
       .catch((error: unknown) => this.options.log.warn({ err: error }, "could not answer a forwarded change"))
   }
 
+  /**
+   * Counts each user's per-user limits across the cluster: `ledger` (the
+   * core's) learns what the user holds and spends on the other relays.
+   */
+  async shareUsage(ledger: UserLedger, intervalMs?: number): Promise<void> {
+    const channel = `${this.prefix}usage`
+    this.usage = new ClusterUsage(this.redis, channel, this.relayId, ledger, this.options.log, intervalMs)
+    await this.sub.subscribe(channel)
+  }
+
   /** Gives up every lease and leaves Redis. */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
     clearInterval(this.sweeper)
+    this.usage?.close()
     await this.presence.close()
     await this.leases.close().catch(() => undefined)
     for (const waiting of this.waiting.values()) clearTimeout(waiting.timer)

@@ -35,7 +35,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   })
 } else {
   describe("per-user limits behind the load balancer", () => {
-    it("counts all of a user's sockets on three relays with the shipped by-user balancing, not only one relay's", async () => {
+    it("counts all of a user's sockets on three relays, routed by user or spread round-robin", async () => {
       const cluster = await startCluster(3, { args: ["--max-sockets-per-user", "2"] })
       cleanup.push(() => cluster.stop())
       const [mallory, alice] = [await cluster.token("mallory"), await cluster.token("alice")]
@@ -55,9 +55,43 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         mallory: [refused, refused, refused, "open", "open"],
         alice: "open",
       })
-      // Round-robin, for contrast: each relay counts only the sockets it holds (two each at most), so all five open.
       await new Promise((r) => setTimeout(r, 500))
-      expect((await open("roundrobin")).mallory).toEqual(["open", "open", "open", "open", "open"])
+      // Round-robin: the five land on three relays at once, before any of them has heard of the others;
+      // the relays then share what each holds (Redis) and close the newest beyond the limit.
+      const lb = await startLoadBalancer(haproxy!, cluster.ports, "roundrobin")
+      cleanup.push(() => lb.stop())
+      const spread = Array.from({ length: 5 }, () => new TestClient(lb.url, newConversationId(), mallory))
+      const honest = new TestClient(lb.url, newConversationId(), alice)
+      await Promise.all([...spread, honest].map(outcome))
+      const settled = async () => {
+        const deadline = Date.now() + 5_000
+        for (;;) {
+          const open = spread.filter((s) => s.ws.readyState === s.ws.OPEN).length
+          if (open <= 2 || Date.now() > deadline) return open
+          await new Promise((r) => setTimeout(r, 100))
+        }
+      }
+      expect(await settled()).toBe(2)
+      // Stays two: no relay closes more than its share.
+      await new Promise((r) => setTimeout(r, 1_000))
+      expect(spread.filter((s) => s.ws.readyState === s.ws.OPEN)).toHaveLength(2)
+      const closes = await Promise.all(
+        spread.filter((s) => s.ws.readyState !== s.ws.OPEN).map((s) => s.closed),
+      )
+      expect(closes.map(({ code, reason }) => `closed ${code} ${reason}`)).toEqual([
+        refused,
+        refused,
+        refused,
+      ])
+      expect(honest.ws.readyState).toBe(honest.ws.OPEN)
+      // One socket of mallory's closes: another may open, on whichever relay.
+      const survivor = spread.find((s) => s.ws.readyState === s.ws.OPEN)!
+      survivor.ws.close()
+      await survivor.closed
+      await new Promise((r) => setTimeout(r, 500))
+      const again = new TestClient(lb.url, newConversationId(), mallory)
+      expect(await outcome(again)).toBe("open")
+      for (const s of [...spread, honest, again]) s.ws.close()
     }, 60_000)
   })
 }
