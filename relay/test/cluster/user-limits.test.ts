@@ -58,6 +58,12 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await new Promise((r) => setTimeout(r, 500))
       // Round-robin: the five land on three relays at once, before any of them has heard of the others;
       // the relays then share what each holds (Redis) and close the newest beyond the limit.
+      // Every relay warmed up (ready), so that round-robin spreads the sockets over all three.
+      for (const port of cluster.ports)
+        for (let tries = 0; !(await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.ok)); tries++) {
+          if (tries > 100) throw new Error(`relay on port ${port} never became ready`)
+          await new Promise((r) => setTimeout(r, 100))
+        }
       const lb = await startLoadBalancer(haproxy!, cluster.ports, "roundrobin")
       cleanup.push(() => lb.stop())
       const spread = Array.from({ length: 5 }, () => new TestClient(lb.url, newConversationId(), mallory))
@@ -92,6 +98,6 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const again = new TestClient(lb.url, newConversationId(), mallory)
       expect(await outcome(again)).toBe("open")
       for (const s of [...spread, honest, again]) s.ws.close()
-    }, 60_000)
+    }, 120_000)
   })
 }
