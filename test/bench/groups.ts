@@ -16,7 +16,7 @@
  * y-websocket providers (default 300) in one room announce themselves;
  * prints closes, frames per socket and relay CPU. Asserts nothing.
  *
- *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300 --warm-up 0]
+ *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300 --warm-up 0 --mux]
  */
 import { type ChildProcess, fork, type Serializable } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -34,6 +34,8 @@ import {
   inboxDocumentName,
   inboxEntryFor,
   listParticipants,
+  MUX_PARAM,
+  MUX_PROTOCOL_VERSION,
   sendMessage,
   TOKEN_PARAM,
   type UserId,
@@ -62,6 +64,14 @@ const PRESENCE = arg("presence", 300)
  * path on its helper threads, which the process's CPU counts.
  */
 const WARM_UP = arg("warm-up", 0)
+
+/**
+ * `--mux`: each connected member opens one multiplexed socket with two
+ * channels, their inbox and the conversation (the SDK's default), instead of
+ * a socket to their inbox alone; a message then sends every connected member
+ * the conversation's update and their inbox's entry.
+ */
+const MUX = process.argv.includes("--mux")
 
 /** `--profile DIR`: a CPU profile of each run's message loop (not its set-up) is written there. */
 const PROFILE = (() => {
@@ -141,6 +151,12 @@ function writtenChars(): number {
   return match ? Number(match[1]) : Number.NaN
 }
 
+/** System calls that wrote (`write`, `writev`, `pwrite`...: files and sockets), from /proc/self/io. */
+function writeCalls(): number {
+  const match = /syscw: (\d+)/.exec(readFileSync("/proc/self/io", "utf8"))
+  return match ? Number(match[1]) : Number.NaN
+}
+
 /**
  * The main thread's CPU time (ns, from the scheduler: every thread of the
  * process is counted by `process.cpuUsage`, V8's compiler and GC helpers
@@ -200,18 +216,27 @@ class InboxSockets {
     })
   }
 
-  async open(relay: RunningRelay, users: readonly UserId[]): Promise<void> {
-    const urls = await Promise.all(
-      users.map(
-        async (user) =>
-          `${relay.url}/${inboxDocumentName(user)}?${TOKEN_PARAM}=${await relay.auth.mintDev(user, {})}`,
-      ),
+  /**
+   * Each of `users` opens their inbox: on a socket of its own, or with
+   * `conversation`, on a multiplexed socket with that conversation as a
+   * second channel (as the SDK opens what a user looks at).
+   */
+  async open(relay: RunningRelay, users: readonly UserId[], conversation?: ConversationId): Promise<void> {
+    const tokens = await Promise.all(users.map((user) => relay.auth.mintDev(user, {})))
+    if (!conversation) {
+      await this.openUrls(
+        users.map((user, i) => `${relay.url}/${inboxDocumentName(user)}?${TOKEN_PARAM}=${tokens[i]}`),
+      )
+      return
+    }
+    await this.openUrls(
+      tokens.map((token) => `${relay.url}/?${MUX_PARAM}=${MUX_PROTOCOL_VERSION}&${TOKEN_PARAM}=${token}`),
+      users.map((user) => [inboxDocumentName(user), conversation]),
     )
-    await this.openUrls(urls)
   }
 
-  async openUrls(urls: readonly string[]): Promise<void> {
-    await this.ask({ type: "open", urls })
+  async openUrls(urls: readonly string[], channels?: readonly string[][]): Promise<void> {
+    await this.ask({ type: "open", urls, ...(channels ? { channels } : {}) })
   }
 
   /** Resolves once the child has noted every socket's frame count; `current` then resolves with each one's next frame time. */
@@ -254,7 +279,7 @@ async function inboxRun(mode: Mode, messages: number) {
   await relay.hooks?.idle()
   // Members 1..C have their inbox open; member 0 writes (an author's own inbox is not what is measured).
   const sockets = new InboxSockets()
-  await sockets.open(relay, users.slice(1, CONNECTED + 1))
+  await sockets.open(relay, users.slice(1, CONNECTED + 1), MUX ? id : undefined)
   await sleep(500)
   await relay.hooks?.idle()
   for (let i = 0; i < (mode === "per-member" ? 0 : WARM_UP); i++) {
@@ -268,6 +293,7 @@ async function inboxRun(mode: Mode, messages: number) {
   const updatesBefore = await storedUpdates(relay)
   const bytesBefore = storedEventBytes(dataDir)
   const wcharBefore = writtenChars()
+  const syscwBefore = writeCalls()
   const current: number[] = []
   let late = 0
   const profile = PROFILE ? await startProfile() : undefined
@@ -291,6 +317,7 @@ async function inboxRun(mode: Mode, messages: number) {
   await profile?.(`groups-${mode.replace(" ", "-")}`)
   const updates = (await storedUpdates(relay)) - updatesBefore
   const wchar = writtenChars() - wcharBefore
+  const syscw = writeCalls() - syscwBefore
   const eventBytes = storedEventBytes(dataDir) - bytesBefore
   sockets.close()
   await relay.close()
@@ -308,6 +335,7 @@ async function inboxRun(mode: Mode, messages: number) {
     durableWritesPerMessage: round(updates / messages, 1),
     hookEventKBStoredPerMessage: round(eventBytes / 1024 / messages, 2),
     KBWrittenPerMessage: round(wchar / 1024 / messages, 1),
+    writeCallsPerMessage: round(syscw / messages, 1),
     inboxCurrentP50Ms: round(percentile(current, 0.5)),
     inboxCurrentP95Ms: round(percentile(current, 0.95)),
     inboxesLate: late,
