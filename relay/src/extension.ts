@@ -190,7 +190,14 @@ export interface RelayExtension {
    * lease, caught up, recovered its events): resume the work owed for it.
    */
   tookOver?(document: { readonly name: string }): Promise<void>
-  /** A change was saved; called in order per document, never awaited. */
+  /**
+   * A change was saved; called in order per document, never awaited. For a
+   * device's update or a {@link RunningCore.write}, called while the
+   * document's connections are held (their frames of the change written in
+   * one go once every observer returned), so what an observer sends at once
+   * to a socket one of them is on leaves in the same write; long synchronous
+   * work here delays the change's frames.
+   */
   afterSaved?(change: AfterSaved): void
   /** A user's connection set or changed an awareness state. */
   awarenessChanged?(change: AwarenessChange): void

@@ -948,15 +948,18 @@ async function storeSomeOfBatch(
       clientIds: admitted.clientIds,
       decision: admitted.decision,
     })
-  // Each connection's frames of this change (its update, the sequencing, a sender's "saved") in one write.
-  const releases = [...host.connections].map((connection) => connection.hold())
+  // Each connection's frames of this change (its update, the sequencing, a sender's "saved") in one
+  // write, with what the observers send at once: a member whose inbox is a channel of the same
+  // multiplexed socket gets the conversation's update and the inbox's new entry in that one write.
+  const releaseHeld = holdConnections(host)
   try {
     broadcastBatch(host, applied, sequencing?.update, caughtUp)
     ackBatch(applied, held)
+    notifyBatch(ctx, host, applied, relayEvents, positions, sequencing !== undefined)
   } finally {
-    for (const release of releases) release()
+    releaseHeld()
   }
-  await afterBatch(ctx, host, applied, relayEvents, positions, sequencing !== undefined)
+  await upkeep(ctx, host, [...applied.flatMap((a) => a.events), ...relayEvents])
   const sequenced = sequencing ? [positions.at(-1)!] : []
   for (const [k, { item }] of applied.entries()) item.resolve([positions[k]!, ...sequenced])
   for (const { item } of held) item.resolve([])
@@ -1086,19 +1089,19 @@ function ackBatch(
 }
 
 /**
- * The extensions' observers of a stored batch, then the document's upkeep
- * (purges, sealing, compaction) once. Observers hear one change per run of
- * updates by the same writer (hook events name one actor), each event once;
- * the relay's sequencing goes with the last run.
+ * The extensions' observers of a stored batch (the document's upkeep comes
+ * after, once). Observers hear one change per run of updates by the same
+ * writer (hook events name one actor), each event once; the relay's
+ * sequencing goes with the last run.
  */
-async function afterBatch(
+function notifyBatch(
   ctx: PathContext,
   host: DocumentHost,
   applied: readonly Applied[],
   relayEvents: readonly ChangeEvent[],
   positions: readonly number[],
   sequenced: boolean,
-): Promise<void> {
+): void {
   let start = 0
   for (let k = 0; k < applied.length; k++) {
     const actor = applied[k]!.item.principal
@@ -1113,7 +1116,18 @@ async function afterBatch(
     notifySaved(ctx, host, actor, runPositions, runEvents)
     start = k + 1
   }
-  await upkeep(ctx, host, [...applied.flatMap((a) => a.events), ...relayEvents])
+}
+
+/**
+ * Holds what each of `host`'s connections is sent (see `Connection.hold`)
+ * until the returned function is called, in the same synchronous stretch.
+ * Held on a multiplexed socket, it holds the socket's other channels too.
+ */
+function holdConnections(host: DocumentHost): () => void {
+  const releases = [...host.connections].map((connection) => connection.hold())
+  return () => {
+    for (const release of releases) release()
+  }
 }
 
 /**
@@ -1174,8 +1188,15 @@ export function writeOnServer(
         clientIds: clientIdsOf(entries[0]!.update),
       })
       const merged = entries.length === 1 ? entries[0]!.update : Y.mergeUpdates(entries.map((e) => e.update))
-      broadcast(host, encodeSyncUpdate(merged), undefined, caughtUp)
-      await finish(ctx, host, actor, positions, events)
+      // The update and what the observers send at once in one write per socket (see storeSomeOfBatch).
+      const release = holdConnections(host)
+      try {
+        broadcast(host, encodeSyncUpdate(merged), undefined, caughtUp)
+        notifySaved(ctx, host, actor, positions, events)
+      } finally {
+        release()
+      }
+      await upkeep(ctx, host, events)
     }
     if (failure !== undefined) throw failure
     return positions

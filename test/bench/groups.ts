@@ -16,7 +16,7 @@
  * y-websocket providers (default 300) in one room announce themselves;
  * prints closes, frames per socket and relay CPU. Asserts nothing.
  *
- *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300 --warm-up 0]
+ *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300 --warm-up 0 --mux]
  */
 import { type ChildProcess, fork, type Serializable } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -34,6 +34,8 @@ import {
   inboxDocumentName,
   inboxEntryFor,
   listParticipants,
+  MUX_PARAM,
+  MUX_PROTOCOL_VERSION,
   sendMessage,
   TOKEN_PARAM,
   type UserId,
@@ -62,6 +64,14 @@ const PRESENCE = arg("presence", 300)
  * path on its helper threads, which the process's CPU counts.
  */
 const WARM_UP = arg("warm-up", 0)
+
+/**
+ * `--mux`: each connected member opens one multiplexed socket with two
+ * channels, their inbox and the conversation (the SDK's default), instead of
+ * a socket to their inbox alone; a message then sends every connected member
+ * the conversation's update and their inbox's entry.
+ */
+const MUX = process.argv.includes("--mux")
 
 /** `--profile DIR`: a CPU profile of each run's message loop (not its set-up) is written there. */
 const PROFILE = (() => {
@@ -141,6 +151,41 @@ function writtenChars(): number {
   return match ? Number(match[1]) : Number.NaN
 }
 
+/** System calls that wrote (`write`, `writev`, `pwrite`...: files and sockets), from /proc/self/io. */
+function writeCalls(): number {
+  const match = /syscw: (\d+)/.exec(readFileSync("/proc/self/io", "utf8"))
+  return match ? Number(match[1]) : Number.NaN
+}
+
+/**
+ * The main thread's CPU time (ns, from the scheduler: every thread of the
+ * process is counted by `process.cpuUsage`, V8's compiler and GC helpers
+ * included) and how often it was preempted (involuntary context switches),
+ * from /proc; undefined where there is none (not Linux).
+ */
+function mainThread(): { cpuNs: number; preempted: number } | undefined {
+  try {
+    const task = `/proc/self/task/${process.pid}`
+    const cpuNs = Number(readFileSync(`${task}/schedstat`, "utf8").split(" ")[0])
+    const preempted = Number(
+      /nonvoluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`${task}/status`, "utf8"))?.[1],
+    )
+    return Number.isFinite(cpuNs) && Number.isFinite(preempted) ? { cpuNs, preempted } : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** What {@link mainThread} counted since `start`: CPU in ms and preemptions, per `per`. */
+function mainThreadSince(start: ReturnType<typeof mainThread>, per: number) {
+  const end = mainThread()
+  if (!start || !end) return { mainThreadMs: Number.NaN, preempted: Number.NaN }
+  return {
+    mainThreadMs: round((end.cpuNs - start.cpuNs) / 1e6 / per, 3),
+    preempted: round((end.preempted - start.preempted) / per, 1),
+  }
+}
+
 async function storedUpdates(relay: RunningRelay): Promise<number> {
   const metric = (await relay.metrics.registry.getMetricsAsJSON()).find(
     (m) => m.name === "parley_updates_total",
@@ -171,18 +216,27 @@ class InboxSockets {
     })
   }
 
-  async open(relay: RunningRelay, users: readonly UserId[]): Promise<void> {
-    const urls = await Promise.all(
-      users.map(
-        async (user) =>
-          `${relay.url}/${inboxDocumentName(user)}?${TOKEN_PARAM}=${await relay.auth.mintDev(user, {})}`,
-      ),
+  /**
+   * Each of `users` opens their inbox: on a socket of its own, or with
+   * `conversation`, on a multiplexed socket with that conversation as a
+   * second channel (as the SDK opens what a user looks at).
+   */
+  async open(relay: RunningRelay, users: readonly UserId[], conversation?: ConversationId): Promise<void> {
+    const tokens = await Promise.all(users.map((user) => relay.auth.mintDev(user, {})))
+    if (!conversation) {
+      await this.openUrls(
+        users.map((user, i) => `${relay.url}/${inboxDocumentName(user)}?${TOKEN_PARAM}=${tokens[i]}`),
+      )
+      return
+    }
+    await this.openUrls(
+      tokens.map((token) => `${relay.url}/?${MUX_PARAM}=${MUX_PROTOCOL_VERSION}&${TOKEN_PARAM}=${token}`),
+      users.map((user) => [inboxDocumentName(user), conversation]),
     )
-    await this.openUrls(urls)
   }
 
-  async openUrls(urls: readonly string[]): Promise<void> {
-    await this.ask({ type: "open", urls })
+  async openUrls(urls: readonly string[], channels?: readonly string[][]): Promise<void> {
+    await this.ask({ type: "open", urls, ...(channels ? { channels } : {}) })
   }
 
   /** Resolves once the child has noted every socket's frame count; `current` then resolves with each one's next frame time. */
@@ -225,7 +279,7 @@ async function inboxRun(mode: Mode, messages: number) {
   await relay.hooks?.idle()
   // Members 1..C have their inbox open; member 0 writes (an author's own inbox is not what is measured).
   const sockets = new InboxSockets()
-  await sockets.open(relay, users.slice(1, CONNECTED + 1))
+  await sockets.open(relay, users.slice(1, CONNECTED + 1), MUX ? id : undefined)
   await sleep(500)
   await relay.hooks?.idle()
   for (let i = 0; i < (mode === "per-member" ? 0 : WARM_UP); i++) {
@@ -239,10 +293,12 @@ async function inboxRun(mode: Mode, messages: number) {
   const updatesBefore = await storedUpdates(relay)
   const bytesBefore = storedEventBytes(dataDir)
   const wcharBefore = writtenChars()
+  const syscwBefore = writeCalls()
   const current: number[] = []
   let late = 0
   const profile = PROFILE ? await startProfile() : undefined
   const cpuStart = process.cpuUsage()
+  const mainStart = mainThread()
   for (let i = 0; i < messages; i++) {
     const armed = mode === "no inbox" ? undefined : await sockets.arm()
     const t0 = performance.timeOrigin + performance.now()
@@ -257,9 +313,11 @@ async function inboxRun(mode: Mode, messages: number) {
   }
   await relay.hooks?.idle()
   const cpu = process.cpuUsage(cpuStart)
+  const main = mainThreadSince(mainStart, messages)
   await profile?.(`groups-${mode.replace(" ", "-")}`)
   const updates = (await storedUpdates(relay)) - updatesBefore
   const wchar = writtenChars() - wcharBefore
+  const syscw = writeCalls() - syscwBefore
   const eventBytes = storedEventBytes(dataDir) - bytesBefore
   sockets.close()
   await relay.close()
@@ -272,9 +330,12 @@ async function inboxRun(mode: Mode, messages: number) {
     messages,
     cpuMsPerMessage: round((cpu.user + cpu.system) / 1000 / messages, 3),
     systemMsPerMessage: round(cpu.system / 1000 / messages, 3),
+    mainThreadMsPerMessage: main.mainThreadMs,
+    preemptedPerMessage: main.preempted,
     durableWritesPerMessage: round(updates / messages, 1),
     hookEventKBStoredPerMessage: round(eventBytes / 1024 / messages, 2),
     KBWrittenPerMessage: round(wchar / 1024 / messages, 1),
+    writeCallsPerMessage: round(syscw / messages, 1),
     inboxCurrentP50Ms: round(percentile(current, 0.5)),
     inboxCurrentP95Ms: round(percentile(current, 0.95)),
     inboxesLate: late,
@@ -295,7 +356,7 @@ const FLOOR_FRAME_BYTES = 400
  * encoding the update once, one `send` per connection). Undefined when the
  * y-websocket 2 server is not installed (`npm run bench` installs it).
  */
-async function socketFloorRun(kind: "ws" | "ws-raw" | "y-websocket", messages: number) {
+async function socketFloorRun(kind: "ws" | "ws-raw" | "ws-raw-busy" | "y-websocket", messages: number) {
   const server = createServer()
   const wss = new WebSocketServer({ server, perMessageDeflate: false })
   let broadcast: (i: number) => void
@@ -306,7 +367,7 @@ async function socketFloorRun(kind: "ws" | "ws-raw" | "y-websocket", messages: n
     broadcast = () => {
       for (const client of wss.clients) client.send(frame)
     }
-  } else if (kind === "ws-raw") {
+  } else if (kind === "ws-raw" || kind === "ws-raw-busy") {
     // The WebSocket frame (binary, final, unmasked, 16-bit length) built once, one write per socket.
     const frame = Buffer.alloc(4 + FLOOR_FRAME_BYTES, 7)
     frame[0] = 0x82
@@ -355,9 +416,20 @@ async function socketFloorRun(kind: "ws" | "ws-raw" | "y-websocket", messages: n
   await sockets.openUrls(Array.from({ length: CONNECTED }, () => `ws://127.0.0.1:${port}/room`))
   await sleep(300)
   const cpuStart = process.cpuUsage()
+  let busyMicros = 0
+  // The writes alone: the main thread's CPU and preemptions from just before to just after them.
+  let writesNs = 0
+  let writesPreempted = 0
   for (let i = 0; i < messages; i++) {
     const armed = await sockets.arm()
+    if (kind === "ws-raw-busy") busyMicros += runFor(FLOOR_BUSY_MS)
+    const before = mainThread()
     broadcast(i)
+    const after = mainThread()
+    if (before && after) {
+      writesNs += after.cpuNs - before.cpuNs
+      writesPreempted += after.preempted - before.preempted
+    }
     await armed.current
   }
   const cpu = process.cpuUsage(cpuStart)
@@ -366,21 +438,49 @@ async function socketFloorRun(kind: "ws" | "ws-raw" | "y-websocket", messages: n
   wss.close()
   server.close()
   closeRoom()
-  const ms = (cpu.user + cpu.system) / 1000 / messages
+  // The busy stretch before each round is not the writes' cost.
+  const ms = (cpu.user + cpu.system - busyMicros) / 1000 / messages
   return {
     server:
       kind === "ws"
         ? "bare ws, send per socket"
         : kind === "ws-raw"
           ? "bare ws, pre-framed write per socket"
-          : "y-websocket 2 server, one room",
+          : kind === "ws-raw-busy"
+            ? `the same, after ${FLOOR_BUSY_MS} ms busy`
+            : "y-websocket 2 server, one room",
     recipients: CONNECTED,
     messages,
     frameBytes,
     cpuMsPerMessage: round(ms, 3),
     systemMsPerMessage: round(cpu.system / 1000 / messages, 3),
     usPerRecipient: round((ms * 1000) / CONNECTED, 1),
+    writesMainThreadUsPerSend: round(writesNs / 1000 / messages / CONNECTED, 1),
+    preemptedPer100Sends: round((writesPreempted * 100) / messages / CONNECTED, 1),
   }
+}
+
+/**
+ * `--floor-busy-ms N` (default 2, about a message's work in the relay before
+ * it sends): the "after N ms busy" socket-floor row runs the main thread for
+ * that long (a loop that allocates nothing) before each round's writes, and
+ * leaves it out of its figures. On a loaded machine a thread that has run for
+ * its time slice is preempted during its burst of writes far more often than
+ * one that slept just before (the plain rows: each round starts from the
+ * event loop's wait), and each preemption costs the writes after it their
+ * warm caches: this row measures the same writes as the relay makes them.
+ */
+const FLOOR_BUSY_MS = arg("floor-busy-ms", 2)
+
+/** Keeps the main thread running for `ms` without allocating; returns the process CPU it took, in µs. */
+function runFor(ms: number): number {
+  const start = process.cpuUsage()
+  const until = performance.now() + ms
+  while (performance.now() < until) {
+    // Busy on purpose: the thread's time slice is what is being used up.
+  }
+  const used = process.cpuUsage(start)
+  return used.user + used.system
 }
 
 async function presenceRun(members: number) {
@@ -469,6 +569,7 @@ if (!process.argv.includes("--no-socket-floor")) {
   const floors = [
     await socketFloorRun("ws", MESSAGES),
     await socketFloorRun("ws-raw", MESSAGES),
+    await socketFloorRun("ws-raw-busy", MESSAGES),
     await socketFloorRun("y-websocket", MESSAGES),
   ]
   console.log(

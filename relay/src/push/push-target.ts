@@ -77,6 +77,20 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
   /** Event id → `${user}\0${device}` of the devices an unfinished event already reached. */
   const served = new Map<string, Set<string>>()
   const deviceKey = (sub: PushSubscriptionRecord) => `${sub.user}\u0000${sub.device}`
+  /**
+   * The user ids of a participants list, made once per list: an event's list is
+   * the conversation's cached one (the same array until its members change), so
+   * a message in a 1,000-member room walks no member list here.
+   */
+  const usersOf = new WeakMap<readonly { readonly user: UserId }[], readonly UserId[]>()
+  const usersIn = (participants: readonly { readonly user: UserId }[]): readonly UserId[] => {
+    let users = usersOf.get(participants)
+    if (!users) {
+      users = participants.map((p) => p.user)
+      usersOf.set(participants, users)
+    }
+    return users
+  }
 
   async function rewrite(
     notification: PushNotification,
@@ -171,13 +185,12 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         reached = new Set()
         served.set(event.event.id, reached)
       }
-      const others: UserId[] = []
-      for (const p of event.conversation.participants) if (p.user !== author) others.push(p.user)
       // One query for every member's devices (a large room costs no query per member), then who is
       // active is asked only of members with a device: most members of a big room have none here.
+      // The author is asked about with the others and skipped in the answer.
       const devices = new Map<UserId, PushSubscriptionRecord[]>()
-      for (const sub of await options.store.listMany(others)) {
-        if (reached.has(deviceKey(sub))) continue
+      for (const sub of await options.store.listMany(usersIn(event.conversation.participants))) {
+        if (sub.user === author || reached.has(deviceKey(sub))) continue
         devices.set(sub.user, [...(devices.get(sub.user) ?? []), sub])
       }
       const byUser = new Map<UserId, PushSubscriptionRecord[]>()

@@ -54,6 +54,7 @@ export class MemoryPushSubscriptionStore implements PushSubscriptionStore {
 
   async listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]> {
     // Only users with a device cost more than a lookup: most members of a big room have none.
+    if (this.byUser.size === 0) return []
     const out: PushSubscriptionRecord[] = []
     const seen = new Set<UserId>()
     for (const user of users) {
@@ -161,6 +162,8 @@ export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
   }
 
   async listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]> {
+    // Nobody on this relay has a device: no member list walked per message.
+    if (this.subscribers.size === 0) return []
     const asked = users.filter((user) => this.subscribers.has(user))
     if (asked.length === 0) return []
     return (this.many.all(JSON.stringify(asked)) as Row[]).map(recordOf)
