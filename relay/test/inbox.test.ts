@@ -155,7 +155,8 @@ describe("relay-maintained inboxes", () => {
     const restarted = await startRelayProcess({ dataDir: relay.dataDir, secret: relay.secret })
     expect(listInbox(await open(restarted, "bob", "inbox~bob"))).toEqual(before.bob)
     expect(listInbox(await open(restarted, "carol", "inbox~carol"))).toEqual(before.carol)
-  })
+    // Two relay starts and the rebuild command: 5–16 s alone, more on a loaded machine.
+  }, 60_000)
 
   it("takes back, from a device, entries a killed relay showed but never stored, and derives them again", async () => {
     const relay = await startRelayProcess()
