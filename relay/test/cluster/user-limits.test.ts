@@ -1,4 +1,11 @@
-import { CloseCode, newConversationId } from "@parley/shared"
+import {
+  CloseCode,
+  createConversation,
+  listMessages,
+  newConversationId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import {
@@ -27,6 +34,15 @@ async function outcome(client: TestClient): Promise<string> {
     client.closed.then(({ code, reason }) => `closed ${code} ${reason}`),
     client.synced().then(() => "open"),
   ])
+}
+
+/** Waits until every relay has warmed up (ready), so that round-robin spreads sockets over all of them. */
+async function allReady(ports: readonly number[]): Promise<void> {
+  for (const port of ports)
+    for (let tries = 0; !(await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.ok)); tries++) {
+      if (tries > 100) throw new Error(`relay on port ${port} never became ready`)
+      await new Promise((r) => setTimeout(r, 100))
+    }
 }
 
 if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
@@ -58,12 +74,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await new Promise((r) => setTimeout(r, 500))
       // Round-robin: the five land on three relays at once, before any of them has heard of the others;
       // the relays then share what each holds (Redis) and close the newest beyond the limit.
-      // Every relay warmed up (ready), so that round-robin spreads the sockets over all three.
-      for (const port of cluster.ports)
-        for (let tries = 0; !(await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.ok)); tries++) {
-          if (tries > 100) throw new Error(`relay on port ${port} never became ready`)
-          await new Promise((r) => setTimeout(r, 100))
-        }
+      await allReady(cluster.ports)
       const lb = await startLoadBalancer(haproxy!, cluster.ports, "roundrobin")
       cleanup.push(() => lb.stop())
       const spread = Array.from({ length: 5 }, () => new TestClient(lb.url, newConversationId(), mallory))
@@ -98,6 +109,56 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const again = new TestClient(lb.url, newConversationId(), mallory)
       expect(await outcome(again)).toBe("open")
       for (const s of [...spread, honest, again]) s.ws.close()
+    }, 120_000)
+
+    it("holds one user's update rate across three relays to one budget, not one per relay", async () => {
+      const cluster = await startCluster(3, {
+        args: ["--user-updates-per-second", "5", "--user-update-burst", "10"],
+      })
+      cleanup.push(() => cluster.stop())
+      await allReady(cluster.ports)
+      const lb = await startLoadBalancer(haproxy!, cluster.ports, "roundrobin")
+      cleanup.push(() => lb.stop())
+      const mallory = await cluster.token("mallory")
+      const me = "mallory" as UserId
+      // One socket on each relay (round-robin), each in its own conversation.
+      const ids = [0, 1, 2].map(() => newConversationId())
+      const sockets = ids.map((id) => new TestClient(lb.url, id, mallory))
+      expect(await Promise.all(sockets.map(outcome))).toEqual(["open", "open", "open"])
+      // Each socket sends a message every 100 ms until its relay closes it for overdrawing the budget
+      // (4429 updates-per-user). Alone, each relay would take 10 + 5 a second: about 20 from each, 60 in all.
+      const closed = sockets.map(() => false)
+      sockets.forEach((s, i) => {
+        void s.closed.then(() => {
+          closed[i] = true
+        })
+      })
+      for (const [i, s] of sockets.entries())
+        createConversation(s.doc, me, { kind: "group", id: ids[i]!, participants: [] })
+      for (let tick = 0; tick < 60 && closed.includes(false); tick++) {
+        for (const [i, s] of sockets.entries())
+          if (!closed[i]) sendMessage(s.doc, me, { body: `tick ${tick}` })
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      const reasons = await Promise.all(
+        sockets.map((s) => s.closed.then(({ code, reason }) => `${code} ${reason}`)),
+      )
+      expect(reasons).toEqual(
+        Array(3).fill(`${CloseCode.TooManyUpdates.code} ${CloseCode.TooManyUpdates.reason}`),
+      )
+      // What the relays stored, read back after the budget refilled.
+      await new Promise((r) => setTimeout(r, 2_500))
+      let stored = 0
+      for (const id of ids) {
+        const reader = new TestClient(lb.url, id, mallory)
+        await reader.synced()
+        stored += listMessages(reader.doc, { last: 1_000 }).length
+        reader.ws.close()
+      }
+      // Shared: one budget of 10 + 5 a second for ~1 s, plus what each relay took before it heard (250 ms).
+      // (Counted once: 7 shared, 42 with each relay counting alone.)
+      expect(stored).toBeGreaterThanOrEqual(3)
+      expect(stored).toBeLessThanOrEqual(25)
     }, 120_000)
   })
 }
