@@ -54,6 +54,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     it("counts all of a user's sockets on three relays, routed by user or spread round-robin", async () => {
       const cluster = await startCluster(3, { args: ["--max-sockets-per-user", "2"] })
       cleanup.push(() => cluster.stop())
+      await allReady(cluster.ports)
       const [mallory, alice] = [await cluster.token("mallory"), await cluster.token("alice")]
       const open = async (balance: Balance) => {
         const lb = await startLoadBalancer(haproxy!, cluster.ports, balance)
