@@ -221,16 +221,20 @@ export class SqliteOutbox implements Outbox {
         const logged: EventLogEntry[] = []
         // Each event serialized once for the log and the outbox, its conversation once per change.
         const json = storedEventSerializer()
+        // Member lists written (or found) in this transaction: looked up once each.
+        const ensured = new Set<string>()
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
           // Member lists (stored once per membership change) before the events that reference them.
           this.events.memberLists.ensure(
             batch.events.filter((e) => e.targets.length > 0).map((e) => json(e.event)),
+            ensured,
           )
           logged.push(
             ...this.events.record(
               batch.events.map((e) => e.event),
               json,
+              ensured,
             ),
           )
           for (const { event, targets } of batch.events) {
