@@ -223,6 +223,7 @@ export class SqliteOutbox implements Outbox {
         const json = storedEventSerializer()
         // Member lists written (or found) in this transaction: looked up once each.
         const ensured = new Set<string>()
+        const watermarks = new Map<string, number>()
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
           // Member lists (stored once per membership change) before the events that reference them.
@@ -253,9 +254,12 @@ export class SqliteOutbox implements Outbox {
             for (const target of targets)
               out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
           }
-          if (batch.through !== undefined) this.statements.setWatermark.run(batch.document, batch.through)
+          if (batch.through !== undefined)
+            watermarks.set(batch.document, Math.max(batch.through, watermarks.get(batch.document) ?? 0))
           deliveries.push(out)
         }
+        // One upsert per document, of its highest position (the column only moves forward anyway).
+        for (const [document, through] of watermarks) this.statements.setWatermark.run(document, through)
         return { deliveries, logged }
       },
     )
