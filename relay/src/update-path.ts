@@ -997,7 +997,7 @@ const MERGE_BATCH_FOR_BROADCAST_BYTES = 256 * 1024
 
 /**
  * Sends a stored batch to every connection not caught up already: its
- * sequencing, and the updates it does not hold (all but its own), merged
+ * sequencing, and its updates (a writer's own large ones left out), merged
  * into one frame while they are small (a backlog of chat messages: one frame
  * per batch to fan out). A message and its number arrive in one frame, so a
  * replica never shows a small message unnumbered (sent apart, the demo's
@@ -1011,7 +1011,11 @@ function broadcastBatch(
   sequencing: Uint8Array | undefined,
   caughtUp: ReadonlySet<Connection>,
 ): void {
-  const writers = sendersOf(applied)
+  // Only small updates (the usual): everyone gets the same frames, its own updates merged in too (Yjs
+  // skips what it holds; y-websocket's server echoes every update too), so the batch is merged once,
+  // not once per writer and once for the others (a backlog of four writers: five merges before).
+  const small = applied.every((a) => (a.numbered ?? a.admitted.update).length <= MERGE_FOR_BROADCAST_BYTES)
+  const writers = small ? new Set<Connection>() : sendersOf(applied)
   const framesFor = new Map<Connection | undefined, Uint8Array[]>()
   const frames = (connection: Connection | undefined): Uint8Array[] => {
     let built = framesFor.get(connection)

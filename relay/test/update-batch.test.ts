@@ -219,6 +219,11 @@ describe("a document's queued updates, stored as one batch", () => {
       syncProtocol.readSyncMessage(d, encoding.createEncoder(), bobView, "relay")
     }
     expect(bodies(bobView).filter(([body]) => body !== "a0")).toEqual(order.slice(1))
+    // Small updates: the batch is merged once, and its writers get the frame the readers get
+    // (their own updates in it too, which their Yjs skips).
+    const lastSync = (frames: readonly Uint8Array[]) =>
+      frames.filter((f) => decoding.readVarUint(decoding.createDecoder(f)) === MessageType.sync).at(-1)
+    expect(lastSync(bobSession.frames)).toEqual(lastSync(b.frames))
     // One observer call per run of one writer: alice (a0), then alice, bob, alice; each message once.
     const runs = saved.map((c) => [
       c.actor.kind === "user" ? c.actor.user : c.actor.kind,

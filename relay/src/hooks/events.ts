@@ -373,8 +373,25 @@ function documentUpdated(
   serializedSubjects.set(subject, full)
   const lean = { changes: changes.map(leanChange), positions }
   const leanJson = JSON.stringify(lean)
-  // Parsed back: the log's readers and listeners see plain JSON, as the stored row reads.
-  const logged = JSON.parse(leanJson) as LoggedSubject
+  // Parsed back, when first read: the log's readers and listeners see plain JSON, as the stored row
+  // reads; the log itself only stores `leanJson` (a relay whose log has no listener never parses it).
+  const logged = {} as { changes: readonly LoggedChange[]; positions: readonly number[] }
+  Object.defineProperty(logged, "changes", {
+    enumerable: true,
+    configurable: true,
+    get() {
+      const value = (JSON.parse(leanJson) as LoggedSubject).changes
+      Object.defineProperty(logged, "changes", {
+        value,
+        enumerable: true,
+        configurable: true,
+        writable: true,
+      })
+      return value
+    },
+  })
+  // After `changes`: the keys in the order of the stored JSON.
+  logged.positions = [...positions]
   serializedSubjects.set(logged, () => leanJson)
   loggedSubjects.set(subject, logged)
   return subject

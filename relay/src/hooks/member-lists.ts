@@ -175,11 +175,19 @@ export class SqliteMemberLists {
     this.sweepStatement = undefined
   }
 
-  /** Writes the lists of `stored` not yet written (inside the caller's transaction). */
-  ensure(stored: Iterable<StoredEvent>): void {
+  /**
+   * Writes the lists of `stored` not yet written (inside the caller's
+   * transaction). `ensured`: refs already ensured in this transaction, skipped
+   * and added to (the outbox and the event log store the same events' lists:
+   * one lookup per list and transaction instead of one per store and change).
+   */
+  ensure(stored: Iterable<StoredEvent>, ensured?: Set<string>): void {
     // The lookup first: binding an 80 KB list per message only to have it ignored costs a copy.
-    for (const list of listsOf(stored))
+    for (const list of listsOf(stored)) {
+      if (ensured?.has(list.ref)) continue
       if (this.statements.has.get(list.ref) === undefined) this.statements.insert.run(list.ref, list.json)
+      ensured?.add(list.ref)
+    }
   }
 
   /** The parsed lists of `refs` (nulls skipped). */

@@ -124,14 +124,16 @@ export class SqliteEventLog implements EventLog {
   /**
    * Records `events` (those the log keeps): call inside the outbox's
    * transaction, then {@link published} with the result once it committed.
+   * `ensured`: member lists already written in this transaction (see `SqliteMemberLists.ensure`).
    */
   record(
     events: readonly HookEvent[],
     json: (event: HookEvent) => StoredEvent = storedEventSerializer(),
+    ensured?: Set<string>,
   ): EventLogEntry[] {
     const recorded: { id: number; event: HookEvent }[] = []
     const kept = events.filter(isLogged).map(loggedForm)
-    this.memberLists.ensure(kept.map(json))
+    this.memberLists.ensure(kept.map(json), ensured)
     for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
       const chunk = kept.slice(start, start + RECORD_CHUNK)
       const args: unknown[] = []

@@ -37,7 +37,8 @@ const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   document TEXT NOT NULL,
-  payload TEXT NOT NULL
+  payload TEXT NOT NULL,
+  owed TEXT
 );
 CREATE TABLE IF NOT EXISTS hook_deliveries (
   seq INTEGER NOT NULL REFERENCES hook_events(seq),
@@ -69,9 +70,33 @@ interface DeliveryRow {
 const SELECT = `SELECT d.seq, e.document, e.payload, e.members, d.target, d.attempts, d.next_at, d.last_error, d.dead_at
   FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq`
 
+/** An event still owed to targets never tried (its `owed` column). */
+interface OwedRow {
+  seq: number
+  document: string
+  payload: string
+  members: string | null
+  owed: string
+}
+
+const SELECT_OWED = "SELECT seq, document, payload, members, owed FROM hook_events WHERE owed IS NOT NULL"
+
+/** The targets an `owed` column holds (NULL: none). */
+const parseOwed = (owed: string | null | undefined): readonly string[] =>
+  owed == null ? [] : (JSON.parse(owed) as string[])
+
+/** The `owed` column for `targets` (none: NULL, so that `owed IS NOT NULL` lists exactly the events owed). */
+const owedColumn = (targets: readonly string[]): string | null =>
+  targets.length === 0 ? null : JSON.stringify(targets)
+
 /**
  * The durable outbox of the SQLite backend: tables `hook_*` in the relay's
- * database (WAL mode). Its commits run with `synchronous=NORMAL`: every
+ * database (WAL mode). An event's row holds the targets still owed it that
+ * were never tried (`owed`, a JSON array): one row written and one deleted
+ * per event when its deliveries succeed at the first attempt, the common
+ * case. A delivery that failed (retried, dead) moves to a row of its own in
+ * `hook_deliveries`, which keeps its attempts and error; rows of earlier
+ * versions (every target a delivery row, `owed` NULL) read the same way. Its commits run with `synchronous=NORMAL`: every
  * commit survives a crash of the relay process, and costs no fsync on the
  * event loop (the next fsync'd commit of the documents carries it to disk
  * too). A power loss may lose the newest commits, but events and the
@@ -105,6 +130,15 @@ export class SqliteOutbox implements Outbox {
   private waitTimer: NodeJS.Timeout | undefined
   private waitDue = 0
 
+  /**
+   * The `owed` column of events this outbox wrote (or updated) since the last
+   * rollback, by seq: spares reading it back for each delivered mark. Only
+   * this outbox writes `owed` (the dead-letter CLI and the purge touch
+   * delivery rows and payloads); a missing entry is read from the table.
+   * Cleared whenever a write rolls back, since it may then be ahead of the table.
+   */
+  private readonly owed = new Map<number, readonly string[]>()
+
   /** Enqueues not awaited one by one are recorded in call order (see {@link Outbox.ordersEnqueues}). */
   readonly ordersEnqueues = true
 
@@ -119,14 +153,23 @@ export class SqliteOutbox implements Outbox {
     private readonly events: SqliteEventLog = new SqliteEventLog(db),
   ) {
     this.db.exec(SCHEMA)
+    // A database of an earlier version: its events' targets are all delivery rows (`owed` NULL).
+    const columns = this.db.prepare("PRAGMA table_info(hook_events)").all() as { name: string }[]
+    if (!columns.some((c) => c.name === "owed")) this.db.exec("ALTER TABLE hook_events ADD COLUMN owed TEXT")
     this.events.memberLists.adopt("hook_events")
     this.statements = {
-      insertEvent: this.db.prepare<[string, string, string | null], unknown>(
-        "INSERT INTO hook_events (document, payload, members) VALUES (?, ?, ?)",
+      insertEvent: this.db.prepare<[string, string, string | null, string | null], unknown>(
+        "INSERT INTO hook_events (document, payload, members, owed) VALUES (?, ?, ?, ?)",
       ),
       insertDelivery: this.db.prepare<[number | bigint, string], unknown>(
-        "INSERT INTO hook_deliveries (seq, target) VALUES (?, ?)",
+        "INSERT OR IGNORE INTO hook_deliveries (seq, target) VALUES (?, ?)",
       ),
+      owedOf: this.db.prepare<[number], string | null>("SELECT owed FROM hook_events WHERE seq = ?").pluck(),
+      setOwed: this.db.prepare<[string | null, number], unknown>(
+        "UPDATE hook_events SET owed = ? WHERE seq = ?",
+      ),
+      owed: this.db.prepare<[], OwedRow>(SELECT_OWED),
+      owedOfDocument: this.db.prepare<[string], OwedRow>(`${SELECT_OWED} AND document = ?`),
       setWatermark: this.db.prepare<[string, number], unknown>(
         "INSERT INTO hook_watermarks (document, through) VALUES (?, ?) ON CONFLICT(document) DO UPDATE SET through = MAX(through, excluded.through)",
       ),
@@ -143,6 +186,7 @@ export class SqliteOutbox implements Outbox {
       remove: this.db.prepare<[number, string], unknown>(
         "DELETE FROM hook_deliveries WHERE seq = ? AND target = ?",
       ),
+      /** Run only once the event owes no never-tried target (`owed` empty or about to be): it does not look at `owed`. */
       removeEventIfDone: this.db.prepare<[number, number], unknown>(
         "DELETE FROM hook_events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM hook_deliveries WHERE seq = ?)",
       ),
@@ -164,44 +208,58 @@ export class SqliteOutbox implements Outbox {
     }
     this.writeRows = this.db.transaction(
       (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
-        // An event with several targets (hooks, push) is looked at once, after all its marks.
-        const seqs = new Set<number>()
+        // An event with several targets (hooks, push) is looked at once, with all its marks:
+        // the common case (every target owed on the event's row has it) is one DELETE.
+        const marked = new Map<number, string[]>()
         for (const { seq, target } of marks) {
-          this.statements.remove.run(seq, target)
-          seqs.add(seq)
+          const targets = marked.get(seq)
+          if (targets) targets.push(target)
+          else marked.set(seq, [target])
         }
-        for (const seq of seqs) this.statements.removeEventIfDone.run(seq, seq)
+        for (const [seq, targets] of marked) this.markDelivered(seq, targets)
         const deliveries: Delivery[][] = []
         const logged: EventLogEntry[] = []
         // Each event serialized once for the log and the outbox, its conversation once per change.
         const json = storedEventSerializer()
+        // Member lists written (or found) in this transaction: looked up once each.
+        const ensured = new Set<string>()
+        const watermarks = new Map<string, number>()
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
           // Member lists (stored once per membership change) before the events that reference them.
           this.events.memberLists.ensure(
             batch.events.filter((e) => e.targets.length > 0).map((e) => json(e.event)),
+            ensured,
           )
           logged.push(
             ...this.events.record(
               batch.events.map((e) => e.event),
               json,
+              ensured,
             ),
           )
           for (const { event, targets } of batch.events) {
             if (targets.length === 0) continue
             const stored = json(event)
+            // The targets are owed on the event's row: no row per delivery unless one fails.
             const seq = Number(
-              this.statements.insertEvent.run(batch.document, stored.payload, stored.members?.ref ?? null)
-                .lastInsertRowid,
+              this.statements.insertEvent.run(
+                batch.document,
+                stored.payload,
+                stored.members?.ref ?? null,
+                owedColumn(targets),
+              ).lastInsertRowid,
             )
-            for (const target of targets) {
-              this.statements.insertDelivery.run(seq, target)
+            this.owed.set(seq, targets)
+            for (const target of targets)
               out.push({ seq, document: batch.document, target, event, attempts: 0, nextAttemptAt: 0 })
-            }
           }
-          if (batch.through !== undefined) this.statements.setWatermark.run(batch.document, batch.through)
+          if (batch.through !== undefined)
+            watermarks.set(batch.document, Math.max(batch.through, watermarks.get(batch.document) ?? 0))
           deliveries.push(out)
         }
+        // One upsert per document, of its highest position (the column only moves forward anyway).
+        for (const [document, through] of watermarks) this.statements.setWatermark.run(document, through)
         return { deliveries, logged }
       },
     )
@@ -228,6 +286,54 @@ export class SqliteOutbox implements Outbox {
         restore.run()
       }
     }
+  }
+
+  /** After a rollback: the in-memory views (open memberships, owed targets) may be ahead of the tables. */
+  private forget(): void {
+    this.events.forgetMembers()
+    this.owed.clear()
+  }
+
+  /** The never-tried targets `seq` owes (none when the event is gone). */
+  private owedTargets(seq: number): readonly string[] {
+    const known = this.owed.get(seq)
+    if (known) return known
+    return parseOwed(this.statements.owedOf.get(seq))
+  }
+
+  /**
+   * Records that `targets` have event `seq` (inside a transaction): each is
+   * taken off the event's owed targets, or its delivery row (a retried one)
+   * is deleted; the event goes once it owes nothing.
+   */
+  private markDelivered(seq: number, targets: readonly string[]): void {
+    const owed = this.owedTargets(seq)
+    const left = owed.filter((target) => !targets.includes(target))
+    for (const target of targets) if (!owed.includes(target)) this.statements.remove.run(seq, target)
+    if (left.length === 0) {
+      this.owed.delete(seq)
+      // Still there (a retried target's row is left): keep it, owing no never-tried target.
+      if (this.statements.removeEventIfDone.run(seq, seq).changes === 0 && owed.length > 0)
+        this.statements.setOwed.run(null, seq)
+    } else if (left.length < owed.length) {
+      this.statements.setOwed.run(owedColumn(left), seq)
+      this.owed.set(seq, left)
+    }
+  }
+
+  /**
+   * Gives `target` of event `seq` a delivery row of its own when it is still
+   * owed on the event's row (its first failure), so that its attempts and
+   * error can be kept (inside a transaction).
+   */
+  private ownRow(seq: number, target: string): void {
+    const owed = this.owedTargets(seq)
+    if (!owed.includes(target)) return
+    const left = owed.filter((t) => t !== target)
+    this.statements.setOwed.run(owedColumn(left), seq)
+    if (left.length > 0) this.owed.set(seq, left)
+    else this.owed.delete(seq)
+    this.statements.insertDelivery.run(seq, target)
   }
 
   private assertOpen(): void {
@@ -275,6 +381,20 @@ export class SqliteOutbox implements Outbox {
     this.assertOpen()
     const rows =
       document === undefined ? this.statements.pending.all() : this.statements.pendingOf.all(document)
+    const owed =
+      document === undefined ? this.statements.owed.all() : this.statements.owedOfDocument.all(document)
+    // Never-tried targets owed on the events' rows, as delivery rows of no attempt.
+    for (const event of owed)
+      for (const target of parseOwed(event.owed))
+        rows.push({
+          ...event,
+          target,
+          attempts: 0,
+          next_at: 0,
+          last_error: null,
+          dead_at: null,
+        })
+    rows.sort((a, b) => a.seq - b.seq || (a.target < b.target ? -1 : a.target > b.target ? 1 : 0))
     return this.deliveriesOf(rows)
   }
 
@@ -285,7 +405,7 @@ export class SqliteOutbox implements Outbox {
     this.writeDeliveredMarks()
     this.assertOpen()
     this.pendingDocumentsStatement ??= this.db.prepare<[], { document: string }>(
-      "SELECT DISTINCT e.document FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq WHERE d.dead_at IS NULL ORDER BY e.document",
+      "SELECT e.document FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq WHERE d.dead_at IS NULL UNION SELECT document FROM hook_events WHERE owed IS NOT NULL ORDER BY 1",
     )
     return this.pendingDocumentsStatement.all().map((row) => row.document)
   }
@@ -334,7 +454,7 @@ export class SqliteOutbox implements Outbox {
     try {
       written = this.writeRows(enqueues, marks)
     } catch (error) {
-      this.events.forgetMembers()
+      this.forget()
       for (const mark of marks) mark.reject(error)
       for (const enqueue of enqueues) enqueue.reject(error)
       return undefined
@@ -342,7 +462,7 @@ export class SqliteOutbox implements Outbox {
     return (committed) => {
       if (committed) return this.settle(marks, enqueues, written)
       // Rolled back with the appends: pending again, in their order, before anything newer.
-      this.events.forgetMembers()
+      this.forget()
       this.deliveredMarks = [...marks, ...this.deliveredMarks]
       this.enqueues = [...enqueues, ...this.enqueues]
       this.scheduleFlush()
@@ -424,7 +544,7 @@ export class SqliteOutbox implements Outbox {
       for (const mark of marks) mark.reject(error)
       for (const enqueue of enqueues) enqueue.reject(error)
       // The event log's in-memory view of open memberships may be ahead of what was rolled back.
-      this.events.forgetMembers()
+      this.forget()
       return
     }
     this.settle(marks, enqueues, written)
@@ -433,13 +553,19 @@ export class SqliteOutbox implements Outbox {
   async retryLater(seq: number, target: string, attempts: number, nextAttemptAt: number, error: string) {
     this.writeDeliveredMarks()
     this.assertOpen()
-    this.relaxed(() => this.statements.retry.run(attempts, nextAttemptAt, error, seq, target))()
+    this.relaxedTransaction(() => {
+      this.ownRow(seq, target)
+      this.statements.retry.run(attempts, nextAttemptAt, error, seq, target)
+    })()
   }
 
   async deadLetter(seq: number, target: string, attempts: number, error: string, at: number) {
     this.writeDeliveredMarks()
     this.assertOpen()
-    this.relaxed(() => this.statements.kill.run(attempts, error, at, seq, target))()
+    this.relaxedTransaction(() => {
+      this.ownRow(seq, target)
+      this.statements.kill.run(attempts, error, at, seq, target)
+    })()
   }
 
   async deadLetters(): Promise<DeadLetter[]> {
@@ -481,8 +607,18 @@ export class SqliteOutbox implements Outbox {
     return rows.map((row) => toDelivery(row, lists))
   }
 
+  /** `write` in a transaction of its own, committed without an fsync (see {@link relaxed}). */
   private relaxedTransaction<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
-    return this.relaxed(this.db.transaction(write) as unknown as (...args: A) => T)
+    const run = this.relaxed(this.db.transaction(write) as unknown as (...args: A) => T)
+    return (...args) => {
+      try {
+        return run(...args)
+      } catch (error) {
+        // Rolled back: the owed targets kept in memory may be ahead of the table.
+        this.owed.clear()
+        throw error
+      }
+    }
   }
 }
 

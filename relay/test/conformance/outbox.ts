@@ -108,6 +108,30 @@ export function runOutboxConformance(
       expect((await outbox.pending()).map((d) => d.target)).toEqual(["b"])
     })
 
+    it("forgets an event once every target has it, a retried one among them, across a reopen", async () => {
+      const [d] = await outbox.enqueue({
+        document: "c1",
+        events: [{ event: sampleEvent("e1"), targets: ["a", "b", "c"] }],
+      })
+      await outbox.retryLater(d!.seq, "b", 1, 77, "boom")
+      await outbox.delivered(d!.seq, "a")
+      if (reopen) {
+        await outbox.close()
+        outbox = await reopen()
+      }
+      expect((await outbox.pending()).map((x) => [x.target, x.attempts, x.nextAttemptAt])).toEqual([
+        ["b", 1, 77],
+        ["c", 0, 0],
+      ])
+      await outbox.delivered(d!.seq, "c")
+      expect((await outbox.pending()).map((x) => x.target)).toEqual(["b"])
+      expect(await outbox.pendingDocuments()).toEqual(["c1"])
+      await outbox.delivered(d!.seq, "b")
+      expect(await outbox.pending()).toEqual([])
+      expect(await outbox.pendingDocuments()).toEqual([])
+      expect(await outbox.deadLetters()).toEqual([])
+    })
+
     it("keeps attempts and the next attempt time of a retried delivery", async () => {
       const [d] = await outbox.enqueue({
         document: "c1",

@@ -1,8 +1,9 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
-import { SqliteBackend } from "../../src/backend/sqlite.js"
+import { SQLITE_FILE, SqliteBackend } from "../../src/backend/sqlite.js"
 import { sampleEvent } from "../conformance/outbox.js"
 
 const dirs: string[] = []
@@ -14,6 +15,18 @@ function open(): SqliteBackend {
   const dir = mkdtempSync(join(tmpdir(), "parley-outbox-rides-"))
   dirs.push(dir)
   return new SqliteBackend(dir)
+}
+
+/** Row counts of the outbox's tables, read through a connection of its own. */
+function rows(): { events: number; deliveries: number } {
+  const db = new Database(join(dirs.at(-1)!, SQLITE_FILE), { readonly: true })
+  try {
+    const count = (table: string) =>
+      (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n
+    return { events: count("hook_events"), deliveries: count("hook_deliveries") }
+  } finally {
+    db.close()
+  }
 }
 
 describe("sqlite outbox riding in the documents' commits", () => {
@@ -100,6 +113,39 @@ describe("sqlite outbox riding in the documents' commits", () => {
       expect(marked).toBe(false)
       await Promise.all([marks, backend.documents.append("g~doc", [new Uint8Array([0, 0])])])
       expect(await backend.outbox.pending()).toEqual([])
+    } finally {
+      await backend.close()
+    }
+  })
+
+  it("keeps the targets owed on the event's row, and a row of its own only for a failed delivery", async () => {
+    const backend = open()
+    try {
+      const [a, b] = await backend.outbox.enqueue({
+        document: "g~doc",
+        events: [
+          { event: sampleEvent("e1"), targets: ["hook", "push"] },
+          { event: sampleEvent("e2"), targets: ["hook", "push"] },
+        ],
+        through: 1,
+      })
+      expect(rows()).toEqual({ events: 2, deliveries: 0 })
+      // Both targets of e1 at once: the event's row goes.
+      await Promise.all([
+        backend.outbox.delivered(a!.seq, a!.target),
+        backend.outbox.delivered(b!.seq, b!.target),
+      ])
+      await backend.outbox.pending()
+      expect(rows()).toEqual({ events: 1, deliveries: 0 })
+      // e2: one target fails (a row of its own), the other succeeds, then the failed one.
+      const e2 = (await backend.outbox.pending())[0]!.seq
+      await backend.outbox.retryLater(e2, "push", 1, 5, "down")
+      await backend.outbox.delivered(e2, "hook")
+      await backend.outbox.pending()
+      expect(rows()).toEqual({ events: 1, deliveries: 1 })
+      await backend.outbox.delivered(e2, "push")
+      expect(await backend.outbox.pending()).toEqual([])
+      expect(rows()).toEqual({ events: 0, deliveries: 0 })
     } finally {
       await backend.close()
     }
