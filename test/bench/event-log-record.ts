@@ -61,7 +61,15 @@ const timed = <T>(work: () => T): [T, number] => {
   return [result, (used.user + used.system) / 1000]
 }
 const cpu = (work: () => void) => timed(work)[1]
-const times: Record<string, number[]> = { derive: [], loggedForm: [], json: [], inserts: [], record: [] }
+const times: Record<string, number[]> = {
+  derive: [],
+  loggedForm: [],
+  json: [],
+  inserts: [],
+  "inserts, no members index": [],
+  "inserts, no index": [],
+  record: [],
+}
 for (let run = 0; run < Number(flags.runs); run++) {
   derive()
   const [events, deriving] = timed(derive)
@@ -80,15 +88,25 @@ for (let run = 0; run < Number(flags.runs); run++) {
       }
     }),
   )
-  const dir = mkdtempSync(join(tmpdir(), "parley-record-"))
-  const db = new Database(join(dir, "log.db"))
-  db.pragma("journal_mode = WAL")
-  const log = new SqliteEventLog(db)
-  const insert = db.prepare(
-    `INSERT INTO event_log (conversation, type, at, payload, members) VALUES ${Array.from({ length: 100 }, () => "(?, ?, ?, ?, ?)").join(", ")}`,
-  )
-  times.inserts!.push(
-    cpu(() =>
+  // Each on a fresh database (the table's size changes what an insert costs).
+  const fresh = (work: (db: Database.Database, log: SqliteEventLog) => number) => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-record-"))
+    const db = new Database(join(dir, "log.db"))
+    db.pragma("journal_mode = WAL")
+    try {
+      return work(db, new SqliteEventLog(db))
+    } finally {
+      db.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+  // A bare multi-row INSERT of the same rows, after dropping `indexes`.
+  const inserts = (db: Database.Database, drop: string[]) => {
+    for (const index of drop) db.exec(`DROP INDEX ${index}`)
+    const insert = db.prepare(
+      `INSERT INTO event_log (conversation, type, at, payload, members) VALUES ${Array.from({ length: 100 }, () => "(?, ?, ?, ?, ?)").join(", ")}`,
+    )
+    return cpu(() =>
       db.transaction(() => {
         for (let start = 0; start + 100 <= kept.length; start += 100) {
           const args: unknown[] = []
@@ -99,11 +117,14 @@ for (let run = 0; run < Number(flags.runs); run++) {
           insert.run(...args)
         }
       })(),
-    ),
+    )
+  }
+  times.inserts!.push(fresh((db) => inserts(db, [])))
+  times["inserts, no members index"]!.push(fresh((db) => inserts(db, ["event_log_by_members"])))
+  times["inserts, no index"]!.push(
+    fresh((db) => inserts(db, ["event_log_by_members", "event_log_by_conversation", "event_log_by_time"])),
   )
-  times.record!.push(cpu(() => db.transaction(() => log.record(events))()))
-  db.close()
-  rmSync(dir, { recursive: true, force: true })
+  times.record!.push(fresh((db, log) => cpu(() => db.transaction(() => log.record(events))())))
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 console.log(
