@@ -551,8 +551,9 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   const conversation = host.name.id
   const updates: Uint8Array[] = []
   let failed = false
-  // Held from the first seal applied in memory until the change holding all of them is durable.
-  const release = host.holdUnsaved()
+  // Held from the first seal applied in memory until the change holding all of them is durable
+  // (not while the first segment is written: nothing is applied yet).
+  let release: (() => void) | undefined
   try {
     for (let n = 0; n < SEALS_PER_TURN && !host.destroyed; n++) {
       const plan = planSeal(host.doc, conversation, history.sealing)
@@ -572,6 +573,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
         break
       }
       if (host.destroyed) break
+      release ??= host.holdUnsaved()
       const update = captureUpdate(host.doc, () => applySeal(host.doc, plan, RELAY_ORIGIN))
       if (update) updates.push(update)
       ctx.log.debug(
@@ -593,7 +595,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
     if (news.length > 0)
       ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: news })
   } finally {
-    release()
+    release?.()
   }
   // After a failed segment write the next change seals again (no retry loop of follow-ups).
   if (!failed && sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
