@@ -525,57 +525,91 @@ async function purgeSealed(
 }
 
 /**
- * Seals the oldest messages of a conversation into a history segment once its
- * live document holds enough (see `planSeal`): the segment is stored first,
- * then the live document drops what it sealed and names the segment, through
- * the same store-then-broadcast as every change. A crash in between leaves an
- * unreferenced segment that the next sealing rewrites. Call inside the
- * document's queue. A failure leaves the live document as it was.
+ * Segments one turn of the document's queue seals at most: as many as one
+ * frame at the default caps makes due (2,000 messages on a live document just
+ * under the threshold: four of 500). A longer backlog is sealed in later turns.
+ */
+const SEALS_PER_TURN = 4
+
+/**
+ * Seals the oldest messages of a conversation into history segments once its
+ * live document holds enough (see `planSeal`): each segment is stored first,
+ * then the live document drops what it sealed and names the segment. A large
+ * batch makes several segments due; they are sealed one after the other in
+ * memory (each planned on the document the one before left, and stored
+ * before it is applied) and the live document's change is stored, broadcast
+ * and told to the hooks once, as one change: one storage commit instead of
+ * one per segment. Nothing applied is shown to anyone before it is durable
+ * (the document is held unsaved throughout). A crash in between leaves
+ * unreferenced segments that the next sealing rewrites. Call inside the
+ * document's queue. A failed segment write leaves the live document with the
+ * messages of that segment and later ones.
  */
 async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
   if (host.name.kind !== "conversation" || host.destroyed) return
-  const plan = planSeal(host.doc, host.name.id, history.sealing)
-  if (!plan) return
+  if (!sealDue(host.doc, history.sealing)) return
+  const conversation = host.name.id
+  const updates: Uint8Array[] = []
+  let failed = false
+  // Held from the first seal applied in memory until the change holding all of them is durable
+  // (not while the first segment is written: nothing is applied yet).
+  let release: (() => void) | undefined
   try {
-    await history.store.put(host.key, {
-      index: plan.segment.index,
-      from: plan.segment.from,
-      to: plan.segment.to,
-      hash: plan.summary.hash,
-      bytes: plan.bytes,
-    })
-    if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
-  } catch (error) {
-    ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
-    return
+    for (let n = 0; n < SEALS_PER_TURN && !host.destroyed; n++) {
+      const plan = planSeal(host.doc, conversation, history.sealing)
+      if (!plan) break
+      try {
+        await history.store.put(host.key, {
+          index: plan.segment.index,
+          from: plan.segment.from,
+          to: plan.segment.to,
+          hash: plan.summary.hash,
+          bytes: plan.bytes,
+        })
+        if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
+      } catch (error) {
+        ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
+        failed = true
+        break
+      }
+      if (host.destroyed) break
+      release ??= host.holdUnsaved()
+      const update = captureUpdate(host.doc, () => applySeal(host.doc, plan, RELAY_ORIGIN))
+      if (update) updates.push(update)
+      ctx.log.debug(
+        { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
+        "sealed history",
+      )
+    }
+    if (updates.length === 0 || host.destroyed) return
+    const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)
+    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => ({
+      update,
+      source: "relay",
+    }))
+    if (entries.length === 0) return
+    broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+    // A seal numbers nothing: a `messages.sequenced` here is the rest of a record it cut (the same
+    // numbers again), no news for the hooks.
+    const news = events.filter((e) => e.type !== "messages.sequenced")
+    if (news.length > 0)
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: news })
+  } finally {
+    release?.()
   }
-  const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
-    const update = captureUpdate(host.doc, () => applySeal(host.doc, plan, RELAY_ORIGIN))
-    return update ? { update, source: "relay" } : undefined
-  })
-  if (entries.length === 0) return
-  ctx.log.debug(
-    { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
-    "sealed history",
-  )
-  broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
-  // A seal numbers nothing: a `messages.sequenced` here is the rest of a record it cut (the same
-  // numbers again), no news for the hooks.
-  const news = events.filter((e) => e.type !== "messages.sequenced")
-  if (news.length > 0)
-    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: news })
-  if (sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
+  // After a failed segment write the next change seals again (no retry loop of follow-ups).
+  if (!failed && sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
 }
 
 /** Documents with a follow-up seal queued. */
 const sealsQueued = new WeakSet<DocumentHost>()
 
 /**
- * Queues another seal behind what the document's queue holds now: a batch of
- * hundreds of messages (an offline backlog, a burst) adds more than one
- * segment, and waiting for the next change would leave the live document
- * that much larger for as long as the conversation stays quiet. One segment
- * per turn keeps each turn, and so each frame's wait, bounded.
+ * Queues another seal behind what the document's queue holds now: a backlog
+ * larger than one turn seals ({@link SEALS_PER_TURN} segments) would
+ * otherwise wait for the next change, leaving the live document that much
+ * larger for as long as the conversation stays quiet. A bounded number of
+ * segments per turn keeps each turn, and so each frame's wait, bounded.
  */
 function sealAgainLater(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): void {
   if (sealsQueued.has(host)) return

@@ -169,6 +169,43 @@ describe("sealed history", () => {
     expect(await relay.core.read(id, (doc) => sealedThrough(doc))).toBeGreaterThanOrEqual(60)
   })
 
+  it("stores the seals one change makes due as one change, each message sealed once and only once", async () => {
+    const backend = new MemoryBackend()
+    let id = "" as ConversationId
+    // The order of durable writes: segments (history) and live-document changes (the log).
+    const writes: string[] = []
+    const append = backend.documents.append.bind(backend.documents)
+    backend.documents.append = (name, updates) => {
+      // Only the conversation's own log (its participants' inbox documents are written too).
+      if (name.includes(id)) writes.push("change")
+      return append(name, updates)
+    }
+    const put = backend.history.put.bind(backend.history)
+    backend.history.put = (doc, segment) => {
+      writes.push(`segment ${segment.index}`)
+      return put(doc, segment)
+    }
+    const relay = await relayWith(backend)
+    id = await conversationWith(relay, 0)
+    // 45 messages at once: keepLive 5 + segmentSize 10, so four segments are due (45 → 35 → 25 → 15 → 5).
+    const sent = Array.from({ length: 45 }, () => newMessageId())
+    writes.length = 0
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) => {
+      for (const [i, message] of sent.entries()) sendMessage(doc, alice, { id: message, body: `burst ${i}` })
+    })
+    const deadline = Date.now() + 10_000
+    while ((await relay.core.read(id, (doc) => sealedThrough(doc))) < 40 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20))
+    await relay.core.read(id, () => undefined)
+    // The burst, then every segment stored before the one change that names them all.
+    expect(writes).toEqual(["change", "segment 0", "segment 1", "segment 2", "segment 3", "change"])
+    const key = [...(await backend.documents.list())].find((name) => name.includes(id))!
+    const sealed = (await backend.history.all(key)).flatMap((s) => decodeSegment(s.bytes).entries)
+    expect(sealed.map((e) => e.seq)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1))
+    const live = await relay.core.read(id, (doc) => listMessages(doc, { last: 1_000 }).map((m) => m.id))
+    expect([...sealed.map((e) => e.record.id), ...live]).toEqual(sent)
+  })
+
   it("keeps unread counts exact across segments", async () => {
     const relay = await relayWith()
     const id = await conversationWith(relay, 40)

@@ -95,6 +95,8 @@ export async function probeProcess(
   options: {
     /** Extra environment of the relay process. */
     readonly env?: NodeJS.ProcessEnv
+    /** Extra command-line flags of the relay (`--max-update-values 1000`, say). */
+    readonly args?: readonly string[]
     /** Flags for node running the relay (`--cpu-prof --cpu-prof-dir=DIR`, say: it is stopped with SIGTERM, which writes the profile). */
     readonly nodeArgs?: readonly string[]
     /** Longest wait for the relay to go quiet (default 20 s; a profiled relay never does: its sampler keeps it busy). */
@@ -113,6 +115,7 @@ export async function probeProcess(
       dataDir,
       env: { PARLEY_IDLE_UNLOAD_MS: "100", ...options.env },
       ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
+      ...(options.args ? { args: [...options.args] } : {}),
     })
     const giveUp = options.quietGiveUpMs ?? 20_000
     const pid = relay.child.pid!

@@ -25,7 +25,14 @@ import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import { warmUpUpdatePath } from "../../relay/src/warm-up.js"
 import { type ProbeResult, probe } from "../../relay/test/helpers/frame-probe.js"
-import { honestShapes, hostileShapes, seedConversation } from "../../relay/test/helpers/frame-shapes.js"
+import {
+  atCapShapes,
+  DEFAULT_CAPS,
+  honestShapes as defaultHonestShapes,
+  hostileShapes as defaultHostileShapes,
+  type Shape,
+  seedConversation,
+} from "../../relay/test/helpers/frame-shapes.js"
 import { probeProcess } from "./frame-cost-process.js"
 
 const { values: flags } = parseArgs({
@@ -49,9 +56,31 @@ const { values: flags } = parseArgs({
     // The warm-up's size (default: the relay's own defaults).
     "warm-up-rounds": { type: "string" },
     "warm-up-messages": { type: "string" },
+    // The relay's per-update caps, "VALUES,STRUCTS" (default: its defaults, 2000,1500): the relay runs
+    // with them (--max-update-values, --max-update-structs), the at-cap shapes fill them, and the
+    // default at-cap shapes are sent too, as frames the lower caps refuse.
+    caps: { type: "string" },
   },
 })
 const runs = Math.max(1, Number(flags.runs))
+const [capValues, capStructs] = (flags.caps ?? `${DEFAULT_CAPS.values},${DEFAULT_CAPS.structs}`)
+  .split(",")
+  .map(Number)
+const caps = { values: capValues!, structs: capStructs! }
+const lowered = caps.values !== DEFAULT_CAPS.values || caps.structs !== DEFAULT_CAPS.structs
+const defaultAtCap = atCapShapes(DEFAULT_CAPS)
+const limits = { maxUpdateValues: caps.values, maxUpdateStructs: caps.structs }
+const relayArgs = ["--max-update-values", String(caps.values), "--max-update-structs", String(caps.structs)]
+// Under other caps: the at-cap shapes fill those, and the default ones are sent as frames they may refuse.
+const honestShapes: readonly Shape[] = lowered
+  ? [...defaultHonestShapes.filter((s) => !defaultAtCap.some((d) => d.name === s.name)), ...atCapShapes(caps)]
+  : defaultHonestShapes
+const hostileShapes: readonly Shape[] = lowered
+  ? [
+      ...defaultHostileShapes,
+      ...defaultAtCap.map((s) => ({ ...s, name: `${s.name} [default caps]`, honest: false })),
+    ]
+  : defaultHostileShapes
 const messages = Number(flags.messages)
 
 // The seeded conversation is the same for every frame: build it once per shape from a cache.
@@ -67,7 +96,7 @@ if (flags["cold-shape"] !== undefined) {
       })
     : undefined
   const shape = [...honestShapes, ...hostileShapes].find((s) => s.name === flags["cold-shape"])!
-  const result = await probe(shape, seed, {}, { warm: true })
+  const result = await probe(shape, seed, limits, { warm: true })
   process.stdout.write(JSON.stringify({ cpuMs: result.cpuMs, accepted: result.accepted, warmUp }))
   process.exit(0)
 }
@@ -93,14 +122,14 @@ const shapes = flags["cold-only"] || flags["process-only"] ? [] : [...honestShap
 const WARM = { warm: true } as const
 // Warm the JIT on one honest and one crafted frame, so that the first shape measured is not penalised.
 if (shapes.length > 0) {
-  await probe(honestShapes[0]!, seed, {}, WARM)
-  await probe(hostileShapes[1]!, seed, {}, WARM)
+  await probe(honestShapes[0]!, seed, limits, WARM)
+  await probe(hostileShapes[1]!, seed, limits, WARM)
 }
 
 const rows: Row[] = []
 for (const shape of shapes) {
   const results: ProbeResult[] = []
-  for (let r = 0; r < runs; r++) results.push(await probe(shape, seed, {}, WARM))
+  for (let r = 0; r < runs; r++) results.push(await probe(shape, seed, limits, WARM))
   const times = results.map((x) => x.cpuMs).sort((a, b) => a - b)
   const first = results[0]!
   rows.push({
@@ -172,6 +201,7 @@ if (flags.cold && !flags["no-cold"] && !flags["process-only"]) {
           String(messages),
           "--cold-shape",
           shape,
+          ...(flags.caps ? ["--caps", flags.caps] : []),
           ...(warmUp ? ["--warm-up"] : []),
           ...(flags["warm-up-rounds"] ? ["--warm-up-rounds", flags["warm-up-rounds"]] : []),
           ...(flags["warm-up-messages"] ? ["--warm-up-messages", flags["warm-up-messages"]] : []),
@@ -204,11 +234,10 @@ if (flags.cold && !flags["no-cold"] && !flags["process-only"]) {
 // storage commit, sealing, the inbox upkeep), which an outside observer of its CPU sees all the same.
 // Every shape, accepted or refused; --process-shapes large limits it to the large accepted ones.
 const LARGE_SHAPES = [
-  "2,000 short messages in one update (the value cap)",
-  "700 messages, each followed by a read-marker move (1,400 structs)",
-  "1,500 reactions, each its own map key (the struct cap)",
+  ...atCapShapes(caps).map((s) => s.name),
   "SDK sync step 2 after a long offline period",
   "messages with long bodies up to the frame limit",
+  ...(lowered ? defaultAtCap.map((s) => `${s.name} [default caps]`) : []),
 ]
 const endToEnd: {
   shape: string
@@ -235,7 +264,7 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
         : all.filter((s) => which.split("|").some((part) => s.name.includes(part)))
   // One process for all: a first, unmeasured frame of each shape warms its JIT, then `runs` measured ones.
   const plan = picked.flatMap((shape) => Array.from({ length: runs + 1 }, () => shape))
-  const results = await probeProcess(plan, seed)
+  const results = await probeProcess(plan, seed, { args: relayArgs })
   console.log(
     `\nEvery frame, end to end and in process. "process": a relay process (default configuration: SQLite, hooks with event log and inbox upkeep, sealed history), its CPU (all threads, /proc, 10 ms ticks) from before the frame until quiet after the answer, median (worst) of ${runs} runs; "until ack": of which before the sender had its answer; "unload": apart from the frame, median CPU of unloading the document once the sender left (the relay runs with a 100 ms idle delay, so that no unload lands in a later frame's window). "in-process": the table above (relay core, memory storage, no hooks).`,
   )

@@ -12,7 +12,12 @@
 import { mkdirSync, readdirSync, statSync } from "node:fs"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
-import { honestShapes, hostileShapes, seedConversation } from "../../relay/test/helpers/frame-shapes.js"
+import {
+  atCapShapes,
+  honestShapes,
+  hostileShapes,
+  seedConversation,
+} from "../../relay/test/helpers/frame-shapes.js"
 import { summarizeProfile } from "./cpu-profile-summary.js"
 import { probeProcess } from "./frame-cost-process.js"
 
@@ -25,15 +30,26 @@ const { values: flags } = parseArgs({
     top: { type: "string", default: "40" },
     // How long after the ack the frame's work is taken to last (the profiled relay never goes quiet).
     settle: { type: "string", default: "2500" },
+    // The relay's per-update caps, "VALUES,STRUCTS" (as bench:frames --caps): the at-cap shapes fill them.
+    caps: { type: "string" },
   },
 })
-const shape = [...honestShapes, ...hostileShapes].find((s) => s.name === flags.shape)
+const [values, structs] = (flags.caps ?? "2000,1500").split(",").map(Number)
+const capArgs = flags.caps
+  ? ["--max-update-values", String(values), "--max-update-structs", String(structs)]
+  : []
+const shape = [
+  ...honestShapes,
+  ...hostileShapes,
+  ...atCapShapes({ values: values!, structs: structs! }),
+].find((s) => s.name === flags.shape)
 if (!shape) throw new Error(`no shape named ${flags.shape}`)
 mkdirSync(flags.dir, { recursive: true })
 const startedAt = Date.now()
 const plan = Array.from({ length: Number(flags.frames) }, () => shape)
 const results = await probeProcess(plan, (id) => seedConversation(id, Number(flags.messages)), {
   nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${flags.dir}`],
+  args: capArgs,
   quietGiveUpMs: Number(flags.settle),
 })
 console.log(

@@ -405,6 +405,85 @@ function device(before: Uint8Array, session: number): Y.Doc {
   return doc
 }
 
+/** The relay's per-update caps that the at-cap shapes fill (`--max-update-values`, `--max-update-structs`). */
+export interface UpdateCaps {
+  readonly values: number
+  readonly structs: number
+}
+
+/** The relay's defaults (relay `CORE.maxUpdateValues`, `CORE.maxUpdateStructs`). */
+export const DEFAULT_CAPS: UpdateCaps = { values: 2_000, structs: 1_500 }
+
+const count = (n: number) => n.toLocaleString("en-US")
+
+/**
+ * The largest valid frames within the caps `caps`: as many short messages as
+ * values, as many reactions (each its own key) as structs, and messages each
+ * followed by a marker move (two structs each) up to the struct cap, less
+ * some room. Named by their counts, so that the defaults give the names the
+ * tests and benchmark tables have always used.
+ */
+export function atCapShapes(caps: UpdateCaps): Shape[] {
+  const messages = caps.values
+  const withMarkers = Math.floor(caps.structs / 2) - 50
+  const reactions = caps.structs
+  return [
+    {
+      name: `${count(messages)} short messages in one update (the value cap)`,
+      honest: true,
+      user: alice,
+      build: (relay) => {
+        const doc = new Y.Doc()
+        Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
+        doc.clientID = 0x30000001
+        const sv = Y.encodeStateVector(doc)
+        for (let i = 0; i < messages; i++)
+          sendMessage(doc, alice, { body: `quick ${i}: a typical short chat line` })
+        return Y.encodeStateAsUpdate(doc, sv)
+      },
+    },
+    {
+      name: `${count(withMarkers)} messages, each followed by a read-marker move (${count(2 * withMarkers)} structs)`,
+      honest: true,
+      user: alice,
+      build: (relay) => {
+        // Nothing merges: one struct per message and per marker move (overwritten ones deleted on arrival).
+        const doc = new Y.Doc()
+        Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
+        doc.clientID = 0x30000002
+        const sv = Y.encodeStateVector(doc)
+        // Marker moves spread over the sequenced messages, forward only, as the SDK writes them.
+        const last = messageIndex(doc).lastSequence()
+        let marker = 0
+        for (let i = 0; i < withMarkers; i++) {
+          sendMessage(doc, alice, { body: `quick ${i}` })
+          const to = Math.max(1, Math.round(((i + 1) * last) / withMarkers))
+          if (to > marker) {
+            marker = to
+            typesOf(doc).read.set(alice, to)
+          }
+        }
+        return Y.encodeStateAsUpdate(doc, sv)
+      },
+    },
+    {
+      name: `${count(reactions)} reactions, each its own map key (the struct cap)`,
+      honest: true,
+      user: mallory,
+      build: (relay) => {
+        const doc = new Y.Doc()
+        Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
+        doc.clientID = 0x30000003
+        const sv = Y.encodeStateVector(doc)
+        const targets = listMessages(doc, { last: 1_000 })
+        for (let i = 0; i < reactions; i++)
+          react(doc, mallory, targets[i % targets.length]!.id, i < 1_000 ? "👍" : "🎉")
+        return Y.encodeStateAsUpdate(doc, sv)
+      },
+    },
+  ]
+}
+
 /**
  * Frames the relay accepts: what honest clients send, and the largest valid
  * frames within every cap (the most an attacker can make the relay accept).
@@ -461,59 +540,7 @@ export const honestShapes: readonly Shape[] = [
       }, 200)
     },
   },
-  {
-    name: "2,000 short messages in one update (the value cap)",
-    honest: true,
-    user: alice,
-    build: (relay) => {
-      const doc = new Y.Doc()
-      Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
-      doc.clientID = 0x30000001
-      const sv = Y.encodeStateVector(doc)
-      for (let i = 0; i < 2_000; i++)
-        sendMessage(doc, alice, { body: `quick ${i}: a typical short chat line` })
-      return Y.encodeStateAsUpdate(doc, sv)
-    },
-  },
-  {
-    name: "700 messages, each followed by a read-marker move (1,400 structs)",
-    honest: true,
-    user: alice,
-    build: (relay) => {
-      // Nothing merges: one struct per message and per marker move (overwritten ones deleted on arrival).
-      const doc = new Y.Doc()
-      Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
-      doc.clientID = 0x30000002
-      const sv = Y.encodeStateVector(doc)
-      // Marker moves spread over the sequenced messages, forward only, as the SDK writes them.
-      const last = messageIndex(doc).lastSequence()
-      let marker = 0
-      for (let i = 0; i < 700; i++) {
-        sendMessage(doc, alice, { body: `quick ${i}` })
-        const to = Math.max(1, Math.round(((i + 1) * last) / 700))
-        if (to > marker) {
-          marker = to
-          typesOf(doc).read.set(alice, to)
-        }
-      }
-      return Y.encodeStateAsUpdate(doc, sv)
-    },
-  },
-  {
-    name: "1,500 reactions, each its own map key (the struct cap)",
-    honest: true,
-    user: mallory,
-    build: (relay) => {
-      const doc = new Y.Doc()
-      Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
-      doc.clientID = 0x30000003
-      const sv = Y.encodeStateVector(doc)
-      const targets = listMessages(doc, { last: 1_000 })
-      for (let i = 0; i < 1_500; i++)
-        react(doc, mallory, targets[i % targets.length]!.id, i < 1_000 ? "👍" : "🎉")
-      return Y.encodeStateAsUpdate(doc, sv)
-    },
-  },
+  ...atCapShapes(DEFAULT_CAPS),
   {
     name: "256 fresh client ids at distinct positions",
     honest: true,

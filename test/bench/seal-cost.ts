@@ -1,0 +1,69 @@
+/**
+ * In-process CPU of the seals one frame of 2,000 short messages makes due on
+ * the bench conversation (1,000 + 200 seeded messages, sealed down to the
+ * live size first): per seal, `planSeal` (segment built, encoded, hashed)
+ * and `applySeal` (the live document's deletions with the message index's
+ * observers), as the relay runs them. Prints medians; asserts nothing.
+ *
+ *   node --conditions=parley-source --import tsx test/bench/seal-cost.ts [--runs 9 --messages 2000]
+ */
+import { parseArgs } from "node:util"
+import {
+  applySeal,
+  assignSequenceNumbers,
+  HistoryDefaults,
+  messageIndex,
+  newConversationId,
+  nextFromDocument,
+  planSeal,
+  sendMessage,
+} from "@parley/shared"
+import * as Y from "yjs"
+import { alice, seedConversation } from "../../relay/test/helpers/frame-shapes.js"
+
+const { values: flags } = parseArgs({
+  options: { runs: { type: "string", default: "9" }, messages: { type: "string", default: "2000" } },
+})
+const options = { ...HistoryDefaults }
+const id = newConversationId()
+const seed = seedConversation(id, 1_000)
+/** `work`'s result and the CPU ms it took. */
+const timed = <T>(work: () => T): [T, number] => {
+  const start = process.cpuUsage()
+  const result = work()
+  const used = process.cpuUsage(start)
+  return [result, (used.user + used.system) / 1000]
+}
+const cpu = (work: () => void) => timed(work)[1]
+const plans: number[] = []
+const applies: number[] = []
+const counts: number[] = []
+for (let run = 0; run < Number(flags.runs); run++) {
+  const doc = new Y.Doc()
+  Y.applyUpdate(doc, seed.stored)
+  messageIndex(doc)
+  for (let plan = planSeal(doc, id, options); plan; plan = planSeal(doc, id, options))
+    applySeal(doc, plan, null)
+  doc.transact(() => {
+    for (let i = 0; i < Number(flags.messages); i++)
+      sendMessage(doc, alice, { body: `quick ${i}: a typical short chat line` })
+  })
+  assignSequenceNumbers(doc, nextFromDocument(doc))
+  let plan = 0
+  let apply = 0
+  let n = 0
+  for (;;) {
+    const [sealPlan, planning] = timed(() => planSeal(doc, id, options))
+    plan += planning
+    if (!sealPlan) break
+    apply += cpu(() => applySeal(doc, sealPlan, null))
+    n++
+  }
+  plans.push(plan)
+  applies.push(apply)
+  counts.push(n)
+}
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+console.log(
+  `${counts[0]} seals per frame, median CPU ms of ${flags.runs} runs: planSeal ${median(plans).toFixed(1)}, applySeal ${median(applies).toFixed(1)} (runs: ${plans.map((p, i) => `${p.toFixed(0)}+${applies[i]!.toFixed(0)}`).join(" ")})`,
+)
