@@ -8,7 +8,61 @@ export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "
 /** One of {@link LOG_LEVELS}. */
 export type LogLevel = (typeof LOG_LEVELS)[number]
 
-/** A logger writing JSON lines to stdout. */
+/**
+ * Log bytes held for a stdout that does not keep up (a log reader that
+ * stalled): beyond, lines are dropped rather than held without bound.
+ */
+export const LOG_BUFFER_BYTES = 8 * 1024 * 1024
+
+/** Each logger's stdout stream, to flush before the process exits ({@link flushLog}). */
+const streams = new WeakMap<Logger, ReturnType<typeof pino.destination>>()
+
+/**
+ * A logger writing JSON lines to stdout, asynchronously. pino's stream
+ * flushes synchronously when the process exits, and that loops for ever when
+ * nothing reads stdout any more (a log shipper that died: every write fails
+ * with EPIPE) or nothing drains it (one that stalled): a relay told to stop
+ * never exited. Here a write error stops the logging (the relay keeps
+ * serving), a stalled reader costs at most {@link LOG_BUFFER_BYTES}, and
+ * {@link flushLog} waits a bounded time, then leaves nothing for the exit.
+ */
 export function createLogger(level: LogLevel = "info"): Logger {
-  return pino({ level, base: { service: "parley-relay" } })
+  const stream = pino.destination({ dest: 1, sync: false, maxLength: LOG_BUFFER_BYTES })
+  let broken = false
+  stream.on("error", () => {
+    if (broken) return
+    broken = true
+    // Nothing more is written: the reader is gone (EPIPE) or stdout is failing.
+    stream.write = () => true
+    stream.flush = (cb?: (err?: Error) => void) => cb?.()
+  })
+  const log = pino({ level, base: { service: "parley-relay" } }, stream)
+  streams.set(log, stream)
+  return log
+}
+
+/**
+ * Before the process exits: waits until what `log` wrote has reached stdout,
+ * for at most `ms` (a reader that does not read loses the rest), then leaves
+ * nothing for pino's synchronous flush at exit. Resolves at once for a
+ * logger {@link createLogger} did not make.
+ */
+export async function flushLog(log: Logger, ms = 2_000): Promise<void> {
+  const stream = streams.get(log)
+  if (!stream) return
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms)
+    timer.unref()
+    try {
+      stream.flush(() => {
+        clearTimeout(timer)
+        resolve()
+      })
+    } catch {
+      // Not ready yet, or already closed: nothing to wait for.
+      clearTimeout(timer)
+      resolve()
+    }
+  })
+  stream.flushSync = () => {}
 }

@@ -1,5 +1,6 @@
 import { ParleyError } from "@parley/shared"
 import { ConfigError, parseConfig, usage } from "./config.js"
+import { flushLog } from "./log.js"
 import { startRelay } from "./relay.js"
 import { ExitCode, exitCodeOf } from "./startup-error.js"
 
@@ -46,11 +47,12 @@ async function main(): Promise<void> {
     }
     stopping = true
     relay.log.info({ signal }, "shutting down")
+    // The last log lines are flushed for a bounded time: a log reader that is gone or stalled cannot keep the relay up.
     relay.close().then(
-      () => process.exit(ExitCode.OK),
+      () => flushLog(relay.log).then(() => process.exit(ExitCode.OK)),
       (error: unknown) => {
         relay.log.fatal({ err: error }, "shutdown failed")
-        process.exit(ExitCode.FAILURE)
+        void flushLog(relay.log).then(() => process.exit(ExitCode.FAILURE))
       },
     )
   }

@@ -1,0 +1,78 @@
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import { afterEach, describe, expect, it } from "vitest"
+import { WebSocket } from "ws"
+
+const BIN = fileURLToPath(new URL("../bin/parley-relay.js", import.meta.url))
+const dirs: string[] = []
+afterEach(() => {
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
+})
+
+/** Starts a relay whose stdout is a pipe this test reads until the relay listens. */
+async function relayOnPipe(args: string[] = []) {
+  const dir = mkdtempSync(join(tmpdir(), "parley-log-pipe-"))
+  dirs.push(dir)
+  const child = spawn(
+    process.execPath,
+    [BIN, "--port", "0", "--data-dir", dir, "--auth-secret", "s".repeat(32), ...args],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  )
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+  const port = await new Promise<number>((resolve, reject) => {
+    let seen = ""
+    const read = (chunk: Buffer) => {
+      seen += chunk.toString()
+      const listening = /"port":(\d+)[^\n]*"msg":"listening"/.exec(seen)
+      if (listening) {
+        child.stdout!.off("data", read)
+        resolve(Number(listening[1]))
+      }
+    }
+    child.stdout!.on("data", read)
+    void exited.then((code) => reject(new Error(`the relay exited (${code}) before listening`)))
+  })
+  return { child, exited, port }
+}
+
+/** Resolves with the exit code, or "still running" after `ms`. */
+const within = (exited: Promise<number | null>, ms: number) =>
+  Promise.race([exited, new Promise<string>((r) => setTimeout(() => r("still running"), ms))])
+
+describe("a relay whose log reader goes away", () => {
+  it("still stops on SIGTERM and exits 0 when nothing reads its stdout any more", async () => {
+    const { child, exited } = await relayOnPipe()
+    // The log shipper died: the pipe has no reader, every write fails with EPIPE.
+    child.stdout!.destroy()
+    child.kill("SIGTERM")
+    const code = await within(exited, 10_000)
+    if (code === "still running") child.kill("SIGKILL")
+    expect(code).toBe(0)
+  }, 30_000)
+
+  it("keeps serving, and stops on SIGTERM, while nothing drains its stdout (a stalled log reader)", async () => {
+    const { child, exited, port } = await relayOnPipe(["--address-auth-failures-per-minute", "0"])
+    child.stdout!.pause()
+    // Each refused connection logs a line (~150 bytes): 1,000 of them are more than a pipe holds (64 KiB).
+    const refuse = () =>
+      new Promise<void>((resolve) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${port}/c~x?token=bad`)
+        ws.on("error", () => {})
+        ws.on("close", () => resolve())
+      })
+    for (let i = 0; i < 1_000; i += 20) await Promise.all(Array.from({ length: 20 }, refuse))
+    // The log lines wait (or are dropped), never the relay.
+    const started = performance.now()
+    expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200)
+    expect(performance.now() - started).toBeLessThan(2_000)
+    child.kill("SIGTERM")
+    const code = await within(exited, 10_000)
+    if (code === "still running") child.kill("SIGKILL")
+    expect(code).toBe(0)
+  }, 60_000)
+})
