@@ -86,21 +86,25 @@ export class ClusterUsage implements OtherRelays {
   }
 
   held(user: UserId): HeldElsewhere | undefined {
-    const relays = this.heldBy.get(user)
+    const relays = this.reportsOf(user)
     if (!relays) return undefined
-    const now = Date.now()
     let sockets = 0
     let documents = 0
-    for (const [relay, held] of relays) {
-      if (held.until < now) {
-        relays.delete(relay)
-        continue
-      }
+    for (const held of relays.values()) {
       sockets += held.sockets
       documents += held.documents
     }
-    if (relays.size === 0) this.heldBy.delete(user)
     return { sockets, documents }
+  }
+
+  /** The other relays' current reports of what `user` holds (stale ones dropped), if any. */
+  private reportsOf(user: UserId, now = Date.now()): Map<string, HeldElsewhere> | undefined {
+    const relays = this.heldBy.get(user)
+    if (!relays) return undefined
+    for (const [relay, held] of relays) if (held.until < now) relays.delete(relay)
+    if (relays.size > 0) return relays
+    this.heldBy.delete(user)
+    return undefined
   }
 
   changed(): void {
@@ -151,11 +155,10 @@ export class ClusterUsage implements OtherRelays {
    */
   private enforce(user: UserId): void {
     const max = this.ledger.limits.maxSocketsPerUser
-    const relays = this.heldBy.get(user)
+    const relays = this.reportsOf(user)
     if (max <= 0 || !relays) return
     let before = 0
-    const now = Date.now()
-    for (const [relay, held] of relays) if (relay < this.relayId && held.until >= now) before += held.sockets
+    for (const [relay, held] of relays) if (relay < this.relayId) before += held.sockets
     this.ledger.trimSockets(user, max - before)
   }
 
@@ -188,10 +191,7 @@ export class ClusterUsage implements OtherRelays {
   /** Drops reports of relays that stopped reporting (died, lost Redis), and users nobody reports. */
   private prune(): void {
     const now = Date.now()
-    for (const [user, relays] of this.heldBy) {
-      for (const [relay, held] of relays) if (held.until < now) relays.delete(relay)
-      if (relays.size === 0) this.heldBy.delete(user)
-    }
+    for (const user of this.heldBy.keys()) this.reportsOf(user, now)
   }
 
   close(): void {
