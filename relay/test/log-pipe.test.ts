@@ -66,10 +66,10 @@ describe("a relay whose log reader goes away", () => {
         ws.on("close", () => resolve())
       })
     for (let i = 0; i < 1_000; i += 20) await Promise.all(Array.from({ length: 20 }, refuse))
-    // The log lines wait (or are dropped), never the relay.
-    const started = performance.now()
-    expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200)
-    expect(performance.now() - started).toBeLessThan(2_000)
+    // The log lines wait (or are dropped), never the relay: it still answers (a relay blocked on its
+    // stdout would not answer at all).
+    const health = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(10_000) })
+    expect(health.status).toBe(200)
     child.kill("SIGTERM")
     const code = await within(exited, 10_000)
     if (code === "still running") child.kill("SIGKILL")
