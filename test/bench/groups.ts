@@ -528,7 +528,11 @@ async function presenceRun(members: number) {
   const cpu = process.cpuUsage(cpuStart)
   const everyone = providers.filter((p) => p.awareness.getStates().size >= members).length
   const closedByRelay = closes
-  for (const p of providers) p.destroy()
+  // A provider leaves its awareness (a 3 s interval) to its document: destroy both, or the process stays up.
+  for (const p of providers) {
+    p.destroy()
+    p.doc.destroy()
+  }
   await relay.close()
   rmSync(dataDir, { recursive: true, force: true })
   return {
