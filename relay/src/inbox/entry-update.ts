@@ -159,10 +159,10 @@ const smallCount = (n: number) => Number.isInteger(n) && n <= 0x7fffffff && (n >
 /** Bytes of a number as `writeAny` writes it. */
 function anySize(n: number): number {
   if (!smallCount(n)) return anyBytes(n).length
-  // writeVarInt: 6 bits (and the sign) in the first byte, 7 in each after.
-  let size = 2
-  for (let rest = n >>> 6; rest > 0; rest >>>= 7) size++
-  return size
+  // writeVarInt: 6 bits (and the sign) in the first byte, 7 in each after. Every comparison runs
+  // whatever `n` is: a loop's body first run when a count passes 63 sent the optimized callers (the
+  // whole per-member path) back to the interpreter, to be compiled again.
+  return 2 + (n > 0x3f ? 1 : 0) + (n > 0x1fff ? 1 : 0) + (n > 0xfffff ? 1 : 0) + (n > 0x7ffffff ? 1 : 0)
 }
 
 /** Writes a number as `writeAny` at `at`; returns the position after it. */
@@ -263,7 +263,9 @@ class PendingEntries implements DeferredWrites {
         deleted > 0 ? { client: this.client, clock: this.base + run.start + deleted - 1 } : run.origin
       writeItemHead(structs, 8, origin, run.key) // ContentAny's ref
       encoding.writeVarUint(structs, 1) // one value
-      const value = new Uint8Array(run.value.size)
+      // A Buffer, as the frames the values are otherwise written into are: one kind of array for the
+      // writers (an optimized writer meeting another kind is compiled again).
+      const value = Buffer.allocUnsafe(run.value.size)
       run.value.write(value, 0)
       encoding.writeUint8Array(structs, value)
     }
