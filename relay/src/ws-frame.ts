@@ -52,11 +52,12 @@ export function framedBytes(frame: Uint8Array): Buffer | undefined {
   const at = frame.byteOffset - header
   // Most frames start their buffer (nothing in front); frames this large are never built with a header.
   if (at < 0 || header === 10) return undefined
-  const bytes = new Uint8Array(frame.buffer, at, header)
-  if (bytes[0] !== FINAL_BINARY) return undefined
+  // One view, the whole frame's, checked and returned (a frame is sent once per member and message).
+  const whole = Buffer.from(frame.buffer, at, header + length)
+  if (whole[0] !== FINAL_BINARY) return undefined
   const framed =
-    header === 2 ? bytes[1] === length : bytes[1] === 126 && ((bytes[2]! << 8) | bytes[3]!) === length
-  return framed ? Buffer.from(frame.buffer, at, header + length) : undefined
+    header === 2 ? whole[1] === length : whole[1] === 126 && ((whole[2]! << 8) | whole[3]!) === length
+  return framed ? whole : undefined
 }
 
 /**

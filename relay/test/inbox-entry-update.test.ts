@@ -49,6 +49,34 @@ const entryOf = (
 const bytes = (u: Uint8Array | undefined) => u && [...u]
 
 describe("inbox entry updates deferred by the relay", () => {
+  it("encode read counts and markers of every size as lib0 writes them", () => {
+    const values = new EntryValues({ entry: { ...head("Everyone", 3), lastActivityAt: 1_764_000_000_004 } })
+    // Each size of lib0's writeVarInt, either side of its bounds, then beyond what it writes as an integer.
+    const counts = [
+      0,
+      1,
+      63,
+      64,
+      8191,
+      8192,
+      2 ** 20 - 1,
+      2 ** 20,
+      2 ** 27 - 1,
+      2 ** 27,
+      2 ** 31 - 1,
+      2 ** 31,
+      2 ** 40,
+    ]
+    for (const unread of counts)
+      for (const readUpTo of [0, 64, 2 ** 27]) {
+        const state: MemberReadState = { unread, readUpTo, emergency: [] }
+        const entry = entryFromParts(values.head, state)
+        expect(bytes(values.encode(state))).toEqual(
+          bytes(encoding.encode((e) => encoding.writeAny(e, entry as never))),
+        )
+      }
+  })
+
   it("are the updates Yjs emits, and once applied leave the relay's copy equal to one written by transactions", () => {
     const user = "deferred-user" as UserId
     const name = inboxDocumentName(user)

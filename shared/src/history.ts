@@ -747,7 +747,72 @@ export function sealedHistory(doc: Y.Doc): SealedHistory {
  * marker says lies at or below it (everything folded counts when that page
  * is not held: not exact either).
  */
-export function sealedUnread(doc: Y.Doc, user: UserId, after: number): { count: number; exact: boolean } {
+export function sealedUnread(doc: Y.Doc, user: UserId, after: number): SealedUnread {
+  // Inside a transaction, or while its observers run (the one that tells a tombstone's change may
+  // not have yet), counted afresh.
+  if (doc._transaction !== null || doc._transactionCleanups.length > 0)
+    return countSealedUnread(doc, user, after)
+  const summaries = summariesOf(doc)
+  const history = sealedHistory(doc).version
+  const tombstones = tombstoneVersion(typesOf(doc).tombstones)
+  let cache = sealedUnreadCache.get(doc)
+  if (
+    !cache ||
+    cache.summaries !== summaries ||
+    cache.history !== history ||
+    cache.tombstones !== tombstones
+  ) {
+    cache = { summaries, history, tombstones, byUser: new Map() }
+    sealedUnreadCache.set(doc, cache)
+  }
+  const known = cache.byUser.get(user)
+  if (known !== undefined && known.after === after) return known.result
+  const result = countSealedUnread(doc, user, after)
+  cache.byUser.set(user, { after, result })
+  return result
+}
+
+/** What {@link sealedUnread} answers (shared by its callers: not to be changed). */
+export interface SealedUnread {
+  readonly count: number
+  readonly exact: boolean
+}
+
+/**
+ * Each document's sealed unread counts by user and marker, while what they are
+ * counted from stays as it was: the live summaries (their cached list), the
+ * held segments and directory pages (`SealedHistory.version`) and the
+ * tombstones. A connected member of a big room is counted on every message, and
+ * a member who rarely reads (a marker below the sealed history) walked every
+ * live summary and decoded every tombstone each time.
+ */
+const sealedUnreadCache = new WeakMap<
+  Y.Doc,
+  {
+    readonly summaries: object
+    readonly history: number
+    readonly tombstones: number
+    readonly byUser: Map<UserId, { readonly after: number; readonly result: SealedUnread }>
+  }
+>()
+
+/** Changes seen of each document's tombstones map (observed from the first count). */
+const tombstoneVersions = new WeakMap<Y.Map<unknown>, { version: number }>()
+
+function tombstoneVersion(tombstones: Y.Map<unknown>): number {
+  let state = tombstoneVersions.get(tombstones)
+  if (!state) {
+    const created = { version: 0 }
+    tombstones.observe(() => {
+      created.version++
+    })
+    tombstoneVersions.set(tombstones, created)
+    state = created
+  }
+  return state.version
+}
+
+function countSealedUnread(doc: Y.Doc, user: UserId, after: number): SealedUnread {
   const history = sealedHistory(doc)
   const tombstones = typesOf(doc).tombstones
   let count = 0

@@ -3,7 +3,7 @@ import { typesOf } from "./document.js"
 import type { ConversationId, UserId } from "./ids.js"
 import { unreadEmergency } from "./priorities.js"
 import { displayNameOf } from "./profiles.js"
-import { getConversation, lastMessage, markersOf, roleOf, unreadCount } from "./reads.js"
+import { getConversation, lastMessage, unreadCount } from "./reads.js"
 import type { ConversationKind, ParticipantRecord } from "./schema.js"
 
 /**
@@ -188,11 +188,14 @@ export interface MemberReadState {
  * ({@link entryFromParts}).
  */
 export function memberReadState(doc: Y.Doc, user: UserId): MemberReadState | undefined {
-  if (roleOf(doc, user) === undefined) return undefined
+  const types = typesOf(doc)
+  if (types.participants.get(user)?.role === undefined) return undefined
+  // The read marker read once for the three figures (once per connected member of a big room and message).
+  const marker = types.read.get(user) ?? 0
   return {
-    unread: unreadCount(doc, user),
-    emergency: unreadEmergency(doc, user),
-    readUpTo: markersOf(doc, user).read,
+    unread: unreadCount(doc, user, marker),
+    emergency: unreadEmergency(doc, user, marker),
+    readUpTo: marker,
   }
 }
 

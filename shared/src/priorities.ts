@@ -251,9 +251,15 @@ export function expireMessage(doc: Y.Doc, id: MessageId, options: WriteOptions =
  * yet. Live messages only: the relay seals only messages far behind the
  * latest (250 kept live by default), and an emergency that old is a stale one.
  */
-export function unreadEmergency(doc: Y.Doc, user: UserId): MessageId[] {
+export function unreadEmergency(
+  doc: Y.Doc,
+  user: UserId,
+  /** The user's read marker, when the caller has read it already (see `memberReadState`). */
+  marker: number = typesOf(doc).read.get(user) ?? 0,
+): MessageId[] {
   const index = messageIndex(doc)
-  const marker = typesOf(doc).read.get(user) ?? 0
+  // Almost always none: nothing to walk (once per connected member of a big room and message).
+  if (index.prioritized.size === 0) return []
   const out: { id: MessageId; order: number }[] = []
   for (const id of index.prioritized) {
     const record = index.records.get(id)

@@ -279,8 +279,12 @@ export function markersOf(doc: Y.Doc, user: UserId): Markers {
  * sequence rather than position is what keeps an offline device's messages,
  * merged in late, from hiding behind a marker or being counted twice.
  */
-export function unreadCount(doc: Y.Doc, user: UserId): number {
-  const marker = typesOf(doc).read.get(user) ?? 0
+export function unreadCount(
+  doc: Y.Doc,
+  user: UserId,
+  /** The user's read marker, when the caller has read it already (see `memberReadState`). */
+  marker: number = typesOf(doc).read.get(user) ?? 0,
+): number {
   const live = messageIndex(doc).unreadFor(user, marker)
   // Sealed messages count from the segments' summaries (and the held segment the marker falls in).
   return marker < sealedThrough(doc) ? live + sealedUnread(doc, user, marker).count : live

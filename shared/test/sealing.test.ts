@@ -20,8 +20,11 @@ import {
   planSeals,
   SEGMENT_FORMAT,
   type SealingOptions,
+  sealedHistory,
+  sealedThrough,
   sendMessage,
   typesOf,
+  unreadCount,
 } from "../src/index.js"
 import { MessageIndex } from "../src/message-index.js"
 import { alice, bob, carol, groupDoc } from "./helpers.js"
@@ -42,6 +45,31 @@ function answers(doc: Y.Doc, index = messageIndex(doc)) {
 }
 
 describe("sealing a large run of messages", () => {
+  it("counts a member's sealed unread messages again once a sealed one is deleted or the marker moves", () => {
+    const doc = groupDoc()
+    const users = [alice, bob, carol]
+    for (let i = 0; i < 900; i++) sendMessage(doc, users[i % 3]!, { body: `m${i}` })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    const sealedIds = listMessages(doc, { last: 900 }).map((m) => m.id)
+    const plan = planSeal(doc, "g~test" as ConversationId, SEALING)
+    applySeal(doc, plan!, null)
+    expect(sealedThrough(doc)).toBeGreaterThan(0)
+    // Alice and carol wrote 600 of the 900, all unread by bob; asked twice (the second from the cache).
+    expect(unreadCount(doc, bob)).toBe(600)
+    expect(unreadCount(doc, bob)).toBe(600)
+    // A sealed message of alice's deleted: a tombstone, nothing else of what is counted from changes.
+    const sealed = sealedIds.find(
+      (id) => plan!.ids.has(id) && sealedHistory(doc).entry(id)?.record.author === alice,
+    )!
+    deleteMessage(doc, alice, sealed)
+    expect(typesOf(doc).tombstones.has(sealed)).toBe(true)
+    expect(unreadCount(doc, bob)).toBe(599)
+    // Read up to 3: alice's first (the deleted one, no longer counted), bob's own, carol's.
+    expect(sealedHistory(doc).entry(sealed)?.seq).toBe(1)
+    markRead(doc, bob, 3)
+    expect(unreadCount(doc, bob)).toBe(598)
+  })
+
   it("leaves the live document's message index as a fresh index of it would be", () => {
     const doc = groupDoc()
     const users = [alice, bob, carol]

@@ -31,6 +31,8 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..")
 const SCENARIOS = ["fanout", "fanout-stock", "coldjoin", "append", "idle", "durable", "costs"] as const
 type Scenario = (typeof SCENARIOS)[number]
 const SERVERS: readonly ServerKind[] = ["y-websocket", "hocuspocus", "parley"]
+/** Servers that run only when named in --servers. */
+const OPTIONAL_SERVERS: readonly ServerKind[] = ["y-websocket-leveldb"]
 
 const { values: flags } = parseArgs({
   options: {
@@ -100,7 +102,8 @@ const durableConfig: DurableConfig = {
 }
 
 const servers = flags.servers.split(",").map((s) => s.trim()) as ServerKind[]
-for (const s of servers) if (!SERVERS.includes(s)) throw new Error(`unknown server ${s}`)
+for (const s of servers)
+  if (!SERVERS.includes(s) && !OPTIONAL_SERVERS.includes(s)) throw new Error(`unknown server ${s}`)
 const scenarios = flags.scenarios.split(",").map((s) => s.trim()) as Scenario[]
 for (const s of scenarios) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}`)
 

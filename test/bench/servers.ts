@@ -14,8 +14,13 @@ import { type ProcessReading, readProcess } from "./proc.js"
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..")
 
-/** Which server implementation. */
-export type ServerKind = "y-websocket" | "hocuspocus" | "parley"
+/**
+ * Which server implementation. `y-websocket-leveldb` is the y-websocket 2 server with its own
+ * persistence switched on (`YPERSISTENCE`: y-leveldb stores every update as it arrives, without
+ * fsync): what a persisting reference server costs, next to the in-memory one. It is not one of
+ * "the peers" the goals compare with.
+ */
+export type ServerKind = "y-websocket" | "y-websocket-leveldb" | "hocuspocus" | "parley"
 
 /** How the Parley relay is configured (ignored for the other servers). */
 export interface ParleyVariant {
@@ -241,18 +246,35 @@ function handle(
   }
 }
 
-async function startYWebsocket(): Promise<RunningServer> {
+async function startYWebsocket(persisting: boolean): Promise<RunningServer> {
   const port = await freePort()
   // The peers are installed on demand in test/bench/node_modules (scripts/bench-deps.mjs).
   const bin = join(ROOT, "test/bench/node_modules/y-websocket-server-v2/bin/server.cjs")
+  const dataDir = persisting ? mkdtempSync(join(tmpdir(), "y-leveldb-bench-")) : undefined
   const child = spawn(process.execPath, [INSPECT, bin], {
-    env: { ...process.env, HOST: "127.0.0.1", PORT: String(port) },
+    env: {
+      ...process.env,
+      HOST: "127.0.0.1",
+      PORT: String(port),
+      ...(dataDir ? { YPERSISTENCE: dataDir } : {}),
+    },
     stdio: ["ignore", "pipe", "pipe"],
   })
   running.add(child)
   const inspector = watchInspector(child)
   await waitForPort(child, (line) => (line.includes("running at") ? port : undefined))
-  return handle("y-websocket", "y-websocket", child, port, async () => undefined, inspector)
+  const kind = persisting ? "y-websocket-leveldb" : "y-websocket"
+  return handle(
+    kind,
+    kind,
+    child,
+    port,
+    async () => undefined,
+    inspector,
+    () => {
+      if (dataDir) rmSync(dataDir, { recursive: true, force: true })
+    },
+  )
 }
 
 async function startHocuspocus(): Promise<RunningServer> {
@@ -376,7 +398,8 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
 
 /** Starts a fresh server process of `kind`. */
 export function startServer(kind: ServerKind, variant: ParleyVariant = DEPLOYED): Promise<RunningServer> {
-  if (kind === "y-websocket") return startYWebsocket()
+  if (kind === "y-websocket") return startYWebsocket(false)
+  if (kind === "y-websocket-leveldb") return startYWebsocket(true)
   if (kind === "hocuspocus") return startHocuspocus()
   return startParley(variant)
 }

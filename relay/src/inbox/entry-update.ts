@@ -159,10 +159,10 @@ const smallCount = (n: number) => Number.isInteger(n) && n <= 0x7fffffff && (n >
 /** Bytes of a number as `writeAny` writes it. */
 function anySize(n: number): number {
   if (!smallCount(n)) return anyBytes(n).length
-  // writeVarInt: 6 bits (and the sign) in the first byte, 7 in each after.
-  let size = 2
-  for (let rest = n >>> 6; rest > 0; rest >>>= 7) size++
-  return size
+  // writeVarInt: 6 bits (and the sign) in the first byte, 7 in each after. Every comparison runs
+  // whatever `n` is: a loop's body first run when a count passes 63 sent the optimized callers (the
+  // whole per-member path) back to the interpreter, to be compiled again.
+  return 2 + (n > 0x3f ? 1 : 0) + (n > 0x1fff ? 1 : 0) + (n > 0xfffff ? 1 : 0) + (n > 0x7ffffff ? 1 : 0)
 }
 
 /** Writes a number as `writeAny` at `at`; returns the position after it. */
@@ -186,15 +186,31 @@ interface MapInternals {
 /** What a pending item's record counts towards the host's bound on deferred writes, beside its value. */
 const PENDING_ITEM_BYTES = 32
 
-/** An entry written and not yet applied: an item of the relay's client, at the pending list's base plus its index. */
-interface PendingItem {
+/** An item's id: its client and clock. */
+interface ItemId {
+  readonly client: number
+  readonly clock: number
+}
+
+/**
+ * Entries written and not yet applied, as runs: items of the relay's client
+ * at consecutive clocks, all of one key, each replacing the one before it (a
+ * busy room's entry replaced on every message is one run, however many
+ * messages wait). Only the run's newest item can still hold a value; the
+ * others apply as one deleted struct, as Yjs merges them once integrated.
+ */
+interface PendingRun {
   readonly key: string
-  /** The item it replaces (its last id), or null for a key's first item ever. */
-  readonly origin: { readonly client: number; readonly clock: number } | null
+  /** Its first item's index among the pending items (its clock is the pending list's base plus it). */
+  readonly start: number
+  /** The item its first item replaces (its last id), or null for a key's first item ever. */
+  readonly origin: ItemId | null
+  /** Items in the run. */
+  length: number
   /**
-   * Its value (`writeAny` of the entry, from the change's shared bytes and the member's read state:
-   * written again when applied, so nothing keeps the frame sent alive), or undefined once a later item
-   * of the same key replaced it (then it applies as deleted).
+   * Its newest item's value (`writeAny` of the entry, from the change's shared bytes and the member's
+   * read state: written again when applied, so nothing keeps the frame sent alive), or undefined once
+   * an item of a later run replaced it (then the whole run applies as deleted).
    */
   value: EntryValue | undefined
 }
@@ -206,12 +222,16 @@ interface PendingItem {
  * member and message was most of the inbox upkeep. They are applied as one
  * update: the items of the relay's client in clock order, each replaced one
  * as deleted content (so nothing of it is decoded), the newest of each key
- * with its entry.
+ * with its entry. Kept as runs ({@link PendingRun}): an entry that replaces
+ * the newest pending item lengthens its run and keeps no record of its own,
+ * so what waits is no garbage the collector copies from message to message.
  */
 class PendingEntries implements DeferredWrites {
   bytes = 0
-  readonly items: PendingItem[] = []
-  /** Index in {@link items} of each key's newest item. */
+  /** Items pending, over all runs. */
+  count = 0
+  readonly runs: PendingRun[] = []
+  /** Index in {@link runs} of the run holding each key's newest item. */
   readonly newest = new Map<string, number>()
   /** Items that existed before (not pending) and that pending items replaced. */
   readonly replaced: { readonly client: number; readonly clock: number; readonly length: number }[] = []
@@ -229,31 +249,25 @@ class PendingEntries implements DeferredWrites {
       throw new Error("deferred inbox entries no longer fit the document")
     const structs = encoding.createEncoder()
     let count = 0
-    const { items } = this
-    for (let i = 0; i < items.length; i++) {
-      const item = items[i]!
+    for (const run of this.runs) {
+      // The replaced items of the run: one deleted struct of their length, after the run's origin.
+      const deleted = run.value === undefined ? run.length : run.length - 1
+      if (deleted > 0) {
+        count++
+        writeItemHead(structs, 1, run.origin, run.key) // ContentDeleted's ref
+        encoding.writeVarUint(structs, deleted)
+      }
+      if (run.value === undefined) continue
       count++
-      if (item.value !== undefined) {
-        writeItemHead(structs, 8, item.origin, item.key) // ContentAny's ref
-        encoding.writeVarUint(structs, 1) // one value
-        const value = new Uint8Array(item.value.size)
-        item.value.write(value, 0)
-        encoding.writeUint8Array(structs, value)
-        continue
-      }
-      // A run of replaced entries of one key, each after the one before: one deleted struct of the
-      // run's length, as Yjs merges them once integrated (so a busy room's entry, replaced on every
-      // message, costs one struct per application, not one per message).
-      let length = 1
-      for (let next = items[i + 1]; next !== undefined; next = items[i + 1]) {
-        const after = next.origin
-        if (next.value !== undefined || next.key !== item.key) break
-        if (after === null || after.client !== this.client || after.clock !== this.base + i) break
-        i++
-        length++
-      }
-      writeItemHead(structs, 1, item.origin, item.key) // ContentDeleted's ref
-      encoding.writeVarUint(structs, length)
+      const origin =
+        deleted > 0 ? { client: this.client, clock: this.base + run.start + deleted - 1 } : run.origin
+      writeItemHead(structs, 8, origin, run.key) // ContentAny's ref
+      encoding.writeVarUint(structs, 1) // one value
+      // A Buffer, as the frames the values are otherwise written into are: one kind of array for the
+      // writers (an optimized writer meeting another kind is compiled again).
+      const value = Buffer.allocUnsafe(run.value.size)
+      run.value.write(value, 0)
+      encoding.writeUint8Array(structs, value)
     }
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, 1)
@@ -357,32 +371,48 @@ export function deferEntryReplacement(
     pending = undefined
   }
   pending ??= new PendingEntries(inbox.clientID, Y.getState(inbox.store, inbox.clientID))
-  const clock = pending.base + pending.items.length
-  let left: { readonly client: number; readonly clock: number } | null
-  let replaced: { readonly client: number; readonly clock: number; readonly length: number } | undefined
+  const clock = pending.base + pending.count
+  // The item this one replaces, its last id (leftClock < 0: none, the key's first item ever), and
+  // what the update deletes (replacedLength 0: nothing), as numbers: no objects per member.
+  let leftClient = 0
+  let leftClock = -1
+  let replacedClient = 0
+  let replacedClock = 0
+  let replacedLength = 0
   const previous = pending.newest.get(id)
   if (previous !== undefined) {
-    left = { client: pending.client, clock: pending.base + previous }
-    replaced = { client: left.client, clock: left.clock, length: 1 }
+    const run = pending.runs[previous]!
+    leftClient = pending.client
+    leftClock = pending.base + run.start + run.length - 1
+    replacedClient = leftClient
+    replacedClock = leftClock
+    replacedLength = 1
   } else {
     const old = (inbox.getMap<InboxEntry>(InboxTopLevel.entries) as unknown as MapInternals)._map.get(id)
-    left = old ? { client: old.id.client, clock: old.id.clock + old.length - 1 } : null
-    replaced =
-      old && !old.deleted ? { client: old.id.client, clock: old.id.clock, length: old.length } : undefined
+    if (old) {
+      leftClient = old.id.client
+      leftClock = old.id.clock + old.length - 1
+      if (!old.deleted) {
+        replacedClient = old.id.client
+        replacedClock = old.id.clock
+        replacedLength = old.length
+      }
+    }
   }
   // The frame, written into one buffer of its exact size: the sync header, then the update (one
   // client, one item: Yjs's writeClientsStructs / Item.write, format v1), then its delete set.
-  const head = left === null ? keyedHead(id) : undefined
+  const head = leftClock < 0 ? keyedHead(id) : undefined
   const structs =
     2 +
     varUintSize(pending.client) +
     varUintSize(clock) +
     1 +
-    (left === null ? head!.length : varUintSize(left.client) + varUintSize(left.clock)) +
+    (head !== undefined ? head.length : varUintSize(leftClient) + varUintSize(leftClock)) +
     1
-  const deletes = replaced
-    ? 2 + varUintSize(replaced.client) + varUintSize(replaced.clock) + varUintSize(replaced.length)
-    : 1
+  const deletes =
+    replacedLength > 0
+      ? 2 + varUintSize(replacedClient) + varUintSize(replacedClock) + varUintSize(replacedLength)
+      : 1
   const updateLength = structs + value.size + deletes
   // Its WebSocket header is written in front of it, so that a plain socket sends it as one chunk
   // (`sendFramed`). Nothing keeps it once sent (the relay's copy keeps the value's parts, not its bytes),
@@ -396,33 +426,59 @@ export function deferEntryReplacement(
   at = putVarUint(frame, at, pending.client)
   at = putVarUint(frame, at, clock)
   // ContentAny's ref (8), an origin (bit 8), a parentSub (bit 6).
-  frame[at++] = 8 | (left ? 0x80 : 0) | 0x20
-  if (left) {
-    at = putVarUint(frame, at, left.client)
-    at = putVarUint(frame, at, left.clock)
+  frame[at++] = 8 | (head === undefined ? 0x80 : 0) | 0x20
+  if (head === undefined) {
+    at = putVarUint(frame, at, leftClient)
+    at = putVarUint(frame, at, leftClock)
   } else {
-    frame.set(head!, at)
-    at += head!.length
+    frame.set(head, at)
+    at += head.length
   }
   frame[at++] = 1 // one value
   value.write(frame, at)
   at += value.size
-  if (replaced) {
+  if (replacedLength > 0) {
     frame[at++] = 1 // one client
-    at = putVarUint(frame, at, replaced.client)
+    at = putVarUint(frame, at, replacedClient)
     frame[at++] = 1 // one range
-    at = putVarUint(frame, at, replaced.clock)
-    at = putVarUint(frame, at, replaced.length)
+    at = putVarUint(frame, at, replacedClock)
+    at = putVarUint(frame, at, replacedLength)
   } else {
     frame[at++] = 0
   }
+  const { runs } = pending
   if (previous !== undefined) {
-    const before = pending.items[previous]!
-    pending.bytes -= before.value?.size ?? 0
-    before.value = undefined
-  } else if (replaced) pending.replaced.push(replaced)
-  pending.items.push({ key: id, origin: left, value })
-  pending.newest.set(id, pending.items.length - 1)
+    const run = runs[previous]!
+    pending.bytes -= run.value?.size ?? 0
+    if (previous === runs.length - 1) {
+      // It replaces the newest pending item (the common case: the room's entry replaced on each of
+      // its messages): its run grows by one.
+      run.length++
+      run.value = value
+    } else {
+      run.value = undefined
+      pending.newest.set(id, runs.length)
+      runs.push({
+        key: id,
+        start: pending.count,
+        origin: { client: leftClient, clock: leftClock },
+        length: 1,
+        value,
+      })
+    }
+  } else {
+    if (replacedLength > 0)
+      pending.replaced.push({ client: replacedClient, clock: replacedClock, length: replacedLength })
+    pending.newest.set(id, runs.length)
+    runs.push({
+      key: id,
+      start: pending.count,
+      origin: leftClock < 0 ? null : { client: leftClient, clock: leftClock },
+      length: 1,
+      value,
+    })
+  }
+  pending.count++
   // What waits is the newest value of each key and a record per item (a replaced one applies as a
   // deleted struct, merged with its run): a room's entry replaced on every message is applied about
   // every 256 messages, not every twenty.

@@ -283,6 +283,14 @@ export class LiveInbox implements RelayExtension {
           last.emergency === emergency)
     )
       return false
+    if (state !== undefined && last !== undefined && last !== GONE) {
+      // Updated in place: no record per connected member and message.
+      last.head = headJson
+      last.unread = state.unread
+      last.readUpTo = state.readUpTo
+      last.emergency = emergency
+      return true
+    }
     if (!mine) {
       mine = new Map()
       this.shown.set(user, mine)
@@ -294,15 +302,15 @@ export class LiveInbox implements RelayExtension {
 
 /** What an entry written for a connected user showed: its head's JSON and the user's own figures. */
 interface Shown {
-  readonly head: string
-  readonly unread: number
-  readonly readUpTo: number
+  head: string
+  unread: number
+  readUpTo: number
   /** The user's unread emergency ids, joined (they change with the read marker, not always with `unread`). */
-  readonly emergency: string
+  emergency: string
 }
 
 /** A removed entry (the user is no longer a participant). */
-const GONE: Shown = { head: "", unread: -1, readUpTo: -1, emergency: "" }
+const GONE: Readonly<Shown> = { head: "", unread: -1, readUpTo: -1, emergency: "" }
 
 function safeParse(name: string) {
   try {
