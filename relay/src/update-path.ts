@@ -26,7 +26,7 @@ import { growthOf } from "./growth.js"
 import { startEpoch } from "./history/epoch.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { applyPurge, holdPurged, planPurge, storePurge } from "./history/purge-plan.js"
-import { applySeal, placeholdersToTombstones, planSeal, sealDue } from "./history/sealing.js"
+import { applySeals, placeholdersToTombstones, planSeals, type SealPlan, sealDue } from "./history/sealing.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { membershipPolicy } from "./policy.js"
@@ -535,11 +535,12 @@ const SEALS_PER_TURN = 4
  * Seals the oldest messages of a conversation into history segments once its
  * live document holds enough (see `planSeal`): each segment is stored first,
  * then the live document drops what it sealed and names the segment. A large
- * batch makes several segments due; they are sealed one after the other in
- * memory (each planned on the document the one before left, and stored
- * before it is applied) and the live document's change is stored, broadcast
- * and told to the hooks once, as one change: one storage commit instead of
- * one per segment. Nothing applied is shown to anyone before it is durable
+ * batch makes several segments due; they are planned together (each as on
+ * the document the one before leaves, see `planSeals`), stored one after the
+ * other, then applied in one transaction (one pass of the deletions and of
+ * the message index's observers, and no intermediate rest records), and the
+ * live document's change is stored, broadcast and told to the hooks once, as
+ * one change: one storage commit instead of one per segment. Nothing applied is shown to anyone before it is durable
  * (the document is held unsaved throughout). A crash in between leaves
  * unreferenced segments that the next sealing rewrites. Call inside the
  * document's queue. A failed segment write leaves the live document with the
@@ -555,31 +556,41 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   // (not while the first segment is written: nothing is applied yet).
   let release: (() => void) | undefined
   try {
-    for (let n = 0; n < SEALS_PER_TURN && !host.destroyed; n++) {
-      const plan = planSeal(host.doc, conversation, history.sealing)
-      if (!plan) break
-      try {
-        await history.store.put(host.key, {
-          index: plan.segment.index,
-          from: plan.segment.from,
-          to: plan.segment.to,
-          hash: plan.summary.hash,
-          bytes: plan.bytes,
-        })
-        if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
-      } catch (error) {
-        ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
-        failed = true
-        break
+    for (let n = 0; n < SEALS_PER_TURN && !host.destroyed; ) {
+      // The segments due, planned together and applied in one transaction (see `planSeals`).
+      const plans = planSeals(host.doc, conversation, history.sealing, SEALS_PER_TURN - n)
+      if (plans.length === 0) break
+      n += plans.length
+      const stored: SealPlan[] = []
+      for (const plan of plans) {
+        try {
+          await history.store.put(host.key, {
+            index: plan.segment.index,
+            from: plan.segment.from,
+            to: plan.segment.to,
+            hash: plan.summary.hash,
+            bytes: plan.bytes,
+          })
+          if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
+        } catch (error) {
+          ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
+          failed = true
+          break
+        }
+        if (host.destroyed) break
+        stored.push(plan)
       }
-      if (host.destroyed) break
+      if (host.destroyed || stored.length === 0) break
       release ??= host.holdUnsaved()
-      const update = captureUpdate(host.doc, () => applySeal(host.doc, plan, RELAY_ORIGIN))
+      // Those stored, each as if applied alone after the ones before it: the first of a failed write's.
+      const update = captureUpdate(host.doc, () => applySeals(host.doc, stored, RELAY_ORIGIN))
       if (update) updates.push(update)
-      ctx.log.debug(
-        { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
-        "sealed history",
-      )
+      for (const plan of stored)
+        ctx.log.debug(
+          { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
+          "sealed history",
+        )
+      if (failed) break
     }
     if (updates.length === 0 || host.destroyed) return
     const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)

@@ -56,6 +56,8 @@ export interface SealPlan {
    * after the segment, as a new `order` element (encoded) that replaces it.
    */
   readonly rest?: string
+  /** Position in `order` of the record {@link rest} replaces (as the document was when planning began). */
+  readonly restOf?: number
   readonly ids: ReadonlySet<MessageId>
   /**
    * The fold due with this seal, if one is: a directory page to store
@@ -92,87 +94,132 @@ export function planSeal(
   conversation: ConversationId,
   options: SealingOptions,
 ): SealPlan | undefined {
-  if (!sealDue(doc, options)) return undefined
+  return planSeals(doc, conversation, options, 1)[0]
+}
+
+/** A sequence record as planning sees it: where it is in `order`, its first number and ids. */
+interface PlannedRecord {
+  readonly position: number
+  readonly from: number
+  readonly ids: readonly MessageId[]
+}
+
+/**
+ * Up to `max` consecutive segments to seal from `doc`: each the segment
+ * {@link planSeal} would plan on the document the ones before it leave once
+ * applied (same entries, bytes and summary), planned without applying them,
+ * so that {@link applySeals} removes all of them in one transaction. A
+ * backlog of several segments (one frame of 2,000 messages makes four due)
+ * then costs one pass of the live document's deletions and of the message
+ * index's observers, and the records a seal cuts are never written to the
+ * document only to be cut again by the next one. Stops early at a plan that
+ * folds summaries into a directory page, and before one that would (a fold
+ * is planned on the live document's summaries: the next call plans it).
+ */
+export function planSeals(
+  doc: Y.Doc,
+  conversation: ConversationId,
+  options: SealingOptions,
+  max: number,
+): SealPlan[] {
+  const plans: SealPlan[] = []
+  if (max < 1 || !sealDue(doc, options)) return plans
   const index = messageIndex(doc)
-  const through = sealedThrough(doc)
-  const records: { position: number; from: number; ids: readonly MessageId[] }[] = []
+  let records: PlannedRecord[] = []
   typesOf(doc).order.forEach((value, position) => {
     const record = decodeSequenceRecord(value)
     if (record) records.push({ position, from: record.from, ids: record.ids })
   })
   records.sort((a, b) => a.from - b.from)
-  const orderPositions: number[] = []
-  const entries: SealedEntry[] = []
-  const ids = new Set<MessageId>()
-  let to = through
-  let rest: string | undefined
-  for (const record of records) {
-    if (entries.length >= options.segmentSize) break
-    // A message whose record (or placeholder) this replica does not hold right now — a deletion
-    // whose placeholder has not arrived — is not sealed yet, nor anything after it: its number
-    // must not be dropped with its sequence record.
-    const taken: SealedEntry[] = []
-    let complete = true
-    // How many of the record's numbers the segment takes: all, or up to the segment's size.
-    let cut = record.ids.length
-    for (let i = 0; i < record.ids.length; i++) {
-      if (entries.length + taken.length >= options.segmentSize) {
-        cut = i
-        break
-      }
-      const id = record.ids[i]!
-      const seq = record.from + i
-      // A message numbered twice counts under its lowest number only.
-      if (index.seqOf.get(id) !== seq || ids.has(id)) continue
-      const entry = index.deleted.get(id) ?? index.records.get(id)
-      if (entry) taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
-      else {
-        complete = false
-        break
-      }
-    }
-    if (!complete) break
-    orderPositions.push(record.position)
-    to = Math.max(to, record.from + cut - 1)
-    for (const entry of taken) {
-      ids.add(entry.record.id)
-      entries.push(entry)
-    }
-    if (cut < record.ids.length) {
-      rest = encodeSequenceRecord({ from: record.from + cut, ids: record.ids.slice(cut) })
-      break
-    }
-  }
-  if (entries.length === 0) return undefined
-  entries.sort((a, b) => a.seq - b.seq)
+  let through = sealedThrough(doc)
   const previous = sealedSegments(doc).at(-1)
-  const segment: Segment = {
-    conversation,
-    index: previous ? previous.index + 1 : (foldedHistory(doc)?.segments ?? 0),
-    from: through + 1,
-    to,
-    entries,
+  let nextIndex = previous ? previous.index + 1 : (foldedHistory(doc)?.segments ?? 0)
+  const liveSummaries = sealedSegments(doc).length
+  const foldSize = options.foldSize ?? HistoryDefaults.foldSize
+  const keepSummaries = options.keepSummaries ?? HistoryDefaults.keepSummaries
+  // Ids the plans before this one seal: once applied, the index no longer numbers them.
+  const sealed = new Set<MessageId>()
+  while (plans.length < max) {
+    // What `sealDue` says of the document the plans so far leave: they remove numbers up to `through` only.
+    if (plans.length > 0) {
+      if (index.sequencedAfter(through).length < options.keepLive + options.segmentSize) break
+      // A fold is planned on the live document's summaries: left to the next call.
+      if (foldSize >= 1 && liveSummaries + plans.length + 1 >= keepSummaries + foldSize) break
+    }
+    const orderPositions: number[] = []
+    const entries: SealedEntry[] = []
+    const ids = new Set<MessageId>()
+    let to = through
+    let rest: PlannedRecord | undefined
+    for (const record of records) {
+      if (entries.length >= options.segmentSize) break
+      // A message whose record (or placeholder) this replica does not hold right now — a deletion
+      // whose placeholder has not arrived — is not sealed yet, nor anything after it: its number
+      // must not be dropped with its sequence record.
+      const taken: SealedEntry[] = []
+      let complete = true
+      // How many of the record's numbers the segment takes: all, or up to the segment's size.
+      let cut = record.ids.length
+      for (let i = 0; i < record.ids.length; i++) {
+        if (entries.length + taken.length >= options.segmentSize) {
+          cut = i
+          break
+        }
+        const id = record.ids[i]!
+        const seq = record.from + i
+        // A message numbered twice counts under its lowest number only.
+        if (index.seqOf.get(id) !== seq || ids.has(id) || sealed.has(id)) continue
+        const entry = index.deleted.get(id) ?? index.records.get(id)
+        if (entry) taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
+        else {
+          complete = false
+          break
+        }
+      }
+      if (!complete) break
+      orderPositions.push(record.position)
+      to = Math.max(to, record.from + cut - 1)
+      for (const entry of taken) {
+        ids.add(entry.record.id)
+        entries.push(entry)
+      }
+      if (cut < record.ids.length) {
+        rest = { position: record.position, from: record.from + cut, ids: record.ids.slice(cut) }
+        break
+      }
+    }
+    if (entries.length === 0) break
+    entries.sort((a, b) => a.seq - b.seq)
+    const segment: Segment = { conversation, index: nextIndex, from: through + 1, to, entries }
+    const bytes = encodeSegment(segment)
+    const summary = summarizeSegment(segment, bytes)
+    const fold =
+      plans.length === 0 ? planFold(doc, conversation, { keepSummaries, foldSize }, summary) : undefined
+    plans.push({
+      segment,
+      bytes,
+      summary,
+      orderPositions,
+      ...(rest !== undefined
+        ? { rest: encodeSequenceRecord({ from: rest.from, ids: rest.ids }), restOf: rest.position }
+        : {}),
+      ids,
+      ...(fold ? { fold } : {}),
+    })
+    if (fold) break
+    // The document this plan leaves: its records gone, the one it cut replaced by the rest (added
+    // last, as `applySeal` pushes it, then ordered by first number as above).
+    const removed = new Set(orderPositions)
+    records = records.filter((r) => !removed.has(r.position))
+    if (rest) {
+      records.push(rest)
+      records.sort((a, b) => a.from - b.from)
+    }
+    for (const id of ids) sealed.add(id)
+    through = to
+    nextIndex++
   }
-  const bytes = encodeSegment(segment)
-  const summary = summarizeSegment(segment, bytes)
-  const fold = planFold(
-    doc,
-    conversation,
-    {
-      keepSummaries: options.keepSummaries ?? HistoryDefaults.keepSummaries,
-      foldSize: options.foldSize ?? HistoryDefaults.foldSize,
-    },
-    summary,
-  )
-  return {
-    segment,
-    bytes,
-    summary,
-    orderPositions,
-    ...(rest !== undefined ? { rest } : {}),
-    ids,
-    ...(fold ? { fold } : {}),
-  }
+  return plans
 }
 
 /**
@@ -185,32 +232,60 @@ export function planSeal(
  * is durable.
  */
 export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
+  applySeals(doc, [plan], origin)
+}
+
+/**
+ * Applies consecutive plans of {@link planSeals} (all of them, or the first
+ * ones: each leaves the document as applying it alone after the ones before
+ * would) in one transaction, with the outcome of {@link applySeal} on each in
+ * turn: the records a plan cut and the next one cut again are replaced by
+ * their last rest only. Call once every plan's segment (and directory page)
+ * is durable.
+ */
+export function applySeals(doc: Y.Doc, plans: readonly SealPlan[], origin: unknown): void {
+  if (plans.length === 0) return
   const t = typesOf(doc)
   doc.transact(() => {
+    const ids = new Set<MessageId>()
+    const orderPositions = new Set<number>()
+    // The rests left standing, by the position of the record they replace (a plan that takes a rest
+    // cut by the plan before lists that record's position, and replaces or consumes the rest).
+    const rests = new Map<number, string>()
+    for (const plan of plans) {
+      for (const id of plan.ids) ids.add(id)
+      for (const position of plan.orderPositions) {
+        orderPositions.add(position)
+        rests.delete(position)
+      }
+      if (plan.rest !== undefined) rests.set(plan.restOf ?? -1, plan.rest)
+    }
     const positions: number[] = []
     t.messages.forEach((value, position) => {
       const id = storedRecordId(value)
-      if (id !== undefined && plan.ids.has(id)) positions.push(position)
+      if (id !== undefined && ids.has(id)) positions.push(position)
     })
     deleteRuns(t.messages, positions)
     deleteRuns(
       t.order,
-      [...plan.orderPositions].sort((a, b) => a - b),
+      [...orderPositions].sort((a, b) => a - b),
     )
-    if (plan.rest !== undefined) t.order.push([plan.rest])
-    t.segments.push([encodeSegmentSummary(plan.summary)])
-    if (plan.fold) applyFold(doc, plan.fold)
-    // Pinned messages stay listed without their segment: the live document keeps a copy of each.
-    for (const { seq, record } of plan.segment.entries)
-      if (
-        !isDeletedRecord(record) &&
-        record.priority === "sticky" &&
-        !t.unpinned.has(record.id) &&
-        t.pins.size < Limits.sealedPins
-      )
-        t.pins.set(record.id, encodePin({ seq, record }))
+    for (const rest of rests.values()) t.order.push([rest])
+    for (const plan of plans) {
+      t.segments.push([encodeSegmentSummary(plan.summary)])
+      if (plan.fold) applyFold(doc, plan.fold)
+      // Pinned messages stay listed without their segment: the live document keeps a copy of each.
+      for (const { seq, record } of plan.segment.entries)
+        if (
+          !isDeletedRecord(record) &&
+          record.priority === "sticky" &&
+          !t.unpinned.has(record.id) &&
+          t.pins.size < Limits.sealedPins
+        )
+          t.pins.set(record.id, encodePin({ seq, record }))
+    }
   }, origin)
-  sealedHistory(doc).add(plan.segment)
+  for (const plan of plans) sealedHistory(doc).add(plan.segment)
 }
 
 /**

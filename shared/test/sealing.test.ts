@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import {
   applySeal,
+  applySeals,
   assignSequenceNumbers,
   type ConversationId,
   decodeSegment,
@@ -16,7 +17,9 @@ import {
   messageIndex,
   nextFromDocument,
   planSeal,
+  planSeals,
   SEGMENT_FORMAT,
+  type SealingOptions,
   sealedHistory,
   sealedThrough,
   sendMessage,
@@ -119,6 +122,79 @@ describe("sealing a large run of messages", () => {
     expect(live).toBeLessThan(SEALING.keepLive + SEALING.segmentSize)
     // The messages still live keep the numbers they were given.
     for (const id of index.sequencedAfter(segments.at(-1)!.to)) expect(index.seqOf.get(id)).toBe(seqs.get(id))
+  })
+
+  it("seals several segments planned together in one transaction as one seal after another would", () => {
+    /** A conversation with three backlogs numbered at once (longer than a segment), deletions and pins. */
+    const build = () => {
+      const doc = groupDoc()
+      const users = [alice, bob, carol]
+      for (const [n, label] of [
+        [120, "old"],
+        [1_700, "backlog"],
+        [900, "later"],
+        [400, "last"],
+      ] as const) {
+        for (let i = 0; i < n; i++)
+          sendMessage(doc, users[i % 3]!, {
+            body: `${label} ${i}`,
+            ...(i % 97 === 5 ? { priority: "sticky" } : {}),
+          })
+        const ids = listMessages(doc, { last: n }).map((m) => m.id)
+        for (let i = 3; i < n; i += 13) deleteMessage(doc, alice, ids[i]!)
+        assignSequenceNumbers(doc, nextFromDocument(doc))
+      }
+      return doc
+    }
+    // Small folds, so that a fold falls inside the backlog.
+    const sealing: SealingOptions = {
+      ...SEALING,
+      segmentSize: 300,
+      keepLive: 100,
+      keepSummaries: 2,
+      foldSize: 3,
+    }
+    const id = "g~test" as ConversationId
+    const one = build()
+    const many = new Y.Doc()
+    Y.applyUpdate(many, Y.encodeStateAsUpdate(one))
+    messageIndex(one)
+    messageIndex(many)
+    const sequential: Uint8Array[] = []
+    for (let plan = planSeal(one, id, sealing); plan; plan = planSeal(one, id, sealing)) {
+      sequential.push(plan.bytes, ...(plan.fold ? [plan.fold.bytes] : []))
+      applySeal(one, plan, null)
+    }
+    const batched: Uint8Array[] = []
+    let batches = 0
+    for (
+      let plans = planSeals(many, id, sealing, 4);
+      plans.length > 0;
+      plans = planSeals(many, id, sealing, 4)
+    ) {
+      for (const plan of plans) batched.push(plan.bytes, ...(plan.fold ? [plan.fold.bytes] : []))
+      // The first plans only, as after a failed segment write, then the rest: the same outcome.
+      const cut = plans.length > 2 ? 1 : plans.length
+      applySeals(many, plans.slice(0, cut), null)
+      applySeals(many, planSeals(many, id, sealing, plans.length - cut), null)
+      batches++
+    }
+    expect(sequential.length).toBeGreaterThan(8)
+    expect(batches).toBeLessThan(sequential.length)
+    // The same segments and directory pages, byte for byte, and the same live document.
+    expect(batched).toEqual(sequential)
+    const live = (doc: Y.Doc) => {
+      const t = typesOf(doc)
+      return {
+        messages: t.messages.toJSON(),
+        order: t.order.toJSON(),
+        segments: t.segments.toJSON(),
+        pins: t.pins.toJSON(),
+      }
+    }
+    expect(live(many)).toEqual(live(one))
+    expect(answers(many)).toEqual(answers(one))
+    expect(answers(many)).toEqual(answers(many, new MessageIndex(many)))
   })
 
   it("marks read up to a sealed message it holds, and refuses one it does not hold instead of marking everything", () => {

@@ -3,8 +3,10 @@ import type * as Y from "yjs"
 
 export {
   applySeal,
+  applySeals,
   placeholdersToTombstones,
   planSeal,
+  planSeals,
   type SealingOptions,
   type SealPlan,
   sealDue,
