@@ -1,4 +1,4 @@
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import Database from "better-sqlite3"
@@ -175,6 +175,25 @@ describe("sqlite backend files", () => {
       expect([count("updates"), count("hook_events"), count("parley_client_bindings")]).toEqual([1, 1, 1])
     } finally {
       db.close()
+    }
+  })
+
+  it("checkpoints its WAL into the database file from a thread of its own while it stays open", async () => {
+    const dir = tempDir()
+    const backend = new SqliteBackend(dir)
+    try {
+      // About 1 MB of appends: below any threshold at which the relay's own connection would checkpoint.
+      for (let i = 0; i < 64; i++) {
+        const doc = new Y.Doc()
+        doc.getText("t").insert(0, `${i}`.padEnd(16_000, "x"))
+        await backend.documents.append(`g~${i}`, [Y.encodeStateAsUpdate(doc)])
+      }
+      const file = join(dir, SQLITE_FILE)
+      // In WAL mode pages reach the database file only through a checkpoint.
+      while (statSync(file).size < 512 * 1024) await new Promise((resolve) => setTimeout(resolve, 20))
+      expect(statSync(file).size).toBeGreaterThanOrEqual(512 * 1024)
+    } finally {
+      await backend.close()
     }
   })
 

@@ -4,7 +4,7 @@
  * (VmHWM) belongs to that scenario alone.
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
@@ -325,6 +325,21 @@ async function untilReady(port: number): Promise<void> {
   }
 }
 
+/**
+ * True when `PARLEY_BENCH_RELAY=dist`: the relay is started from its compiled
+ * JavaScript (`relay/dist`, built by `npx tsc -b`), as an installed relay runs,
+ * instead of its TypeScript sources through tsx (whose loader thread, source
+ * maps and keep-names helper on every closure the installed relay does not pay).
+ */
+function compiledRelay(): boolean {
+  const choice = process.env.PARLEY_BENCH_RELAY
+  if (choice === undefined || choice === "" || choice === "source") return false
+  if (choice !== "dist") throw new Error(`PARLEY_BENCH_RELAY: "dist" or "source", not "${choice}"`)
+  if (!existsSync(join(ROOT, "relay/dist/main.js")))
+    throw new Error("PARLEY_BENCH_RELAY=dist: run `npx tsc -b` first")
+  return true
+}
+
 async function startParley(variant: ParleyVariant): Promise<RunningServer> {
   const flags = await detectRelayFlags()
   const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-"))
@@ -338,7 +353,7 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
           "tsx",
           join(ROOT, "test/bench/servers/parley-without-authorization.ts"),
         ]
-      : [join(ROOT, "relay/bin/parley-relay.js")]
+      : [join(ROOT, compiledRelay() ? "relay/dist/main.js" : "relay/bin/parley-relay.js")]
   const profile = process.env.PARLEY_BENCH_PROFILE_DIR
   // Further Node flags for the relay process only (e.g. "--heapsnapshot-signal=SIGUSR2"), for profiling.
   const nodeArgs = process.env.PARLEY_BENCH_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? []

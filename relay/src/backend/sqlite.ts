@@ -10,6 +10,7 @@ import { SqliteClientBindingStore } from "../policy/client-bindings.js"
 import { SqliteContentPurge } from "../purge/content-purge.js"
 import { SqlitePushSubscriptionStore } from "../push/store.js"
 import { SqliteStorage } from "../storage/sqlite.js"
+import { BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer } from "../storage/wal-checkpointer.js"
 import type { Backend } from "./types.js"
 
 /** The relay's database inside the data directory: documents, hook outbox, client-id bindings. */
@@ -53,6 +54,8 @@ export class SqliteBackend implements Backend {
   readonly blobs: FsBlobStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
+  /** Checkpoints the main database's WAL off the event loop (see {@link WalCheckpointer}). */
+  private readonly checkpointer: WalCheckpointer
 
   /** Opens (creating if needed) the data directory's databases; merges the files of earlier versions. */
   constructor(readonly dataDir: string) {
@@ -63,6 +66,8 @@ export class SqliteBackend implements Backend {
       this.db.pragma("synchronous = FULL")
       // Deleted content is overwritten with zeros, not left in free pages: purges rely on it.
       this.db.pragma("secure_delete = ON")
+      // Checkpoints are the checkpointer thread's (started below); this connection's own only a backstop.
+      this.db.pragma(`wal_autocheckpoint = ${BACKSTOP_AUTOCHECKPOINT_PAGES}`)
       this.catalog = new Database(join(dataDir, CATALOG_FILE))
     } catch (error) {
       this.db.close()
@@ -89,6 +94,9 @@ export class SqliteBackend implements Backend {
       this.catalog.close()
       throw error
     }
+    this.checkpointer = new WalCheckpointer(join(dataDir, SQLITE_FILE), (message) =>
+      process.emitWarning(`checkpointing ${SQLITE_FILE}'s WAL failed: ${message}`),
+    )
   }
 
   /**
@@ -135,6 +143,7 @@ export class SqliteBackend implements Backend {
     await this.documents.close()
     await this.outbox.close()
     await this.events.close()
+    await this.checkpointer.stop()
     this.db.close()
     this.catalog.close()
   }

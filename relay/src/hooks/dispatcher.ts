@@ -337,48 +337,31 @@ export class Dispatcher {
     // Checked last thing before the call: the lease must outlast the request's sending by a margin.
     const token = fence?.tokenOf(delivery.document)
     if (fence && token === undefined) return FENCED
-    const attempt = delivery.attempts + 1
     const started = performance.now()
-    // No timer and no AbortController per call (they were a visible part of a busy relay's CPU): one
-    // timer serves every running attempt, and the signal is made only for a handler that asks for it.
-    const running = this.deadlines.start(Date.now() + this.timeoutMs)
+    // No timer, AbortController or deadline promise per call (they were a visible part of a busy
+    // relay's CPU and garbage): one timer serves every running attempt, the signal is made only for
+    // a handler that asks for it, and the attempt is one promise that the call, the deadline or a
+    // lapsed lease settles, whichever comes first.
+    const running = this.deadlines.start(Date.now() + this.timeoutMs, delivery.attempts + 1, this.timeoutMs)
     let lapsed = false
-    const timeout = new Promise<never>((_, reject) => {
-      running.expire = () => {
-        const error = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.timeoutMs} ms`)
-        running.abort(error)
-        reject(error)
-      }
-      if (fence && token !== undefined)
-        this.watchLease(running, delivery.document, token, () => {
-          lapsed = true
-          const error = new ParleyError(
+    if (fence && token !== undefined)
+      this.watchLease(running, delivery.document, token, () => {
+        lapsed = true
+        running.fail(
+          new ParleyError(
             ErrorCode.UNAVAILABLE,
             "this relay's lease on the conversation lapsed during the attempt: abandoned to its next owner",
-          )
-          running.abort(error)
-          reject(error)
-        })
-    })
+          ),
+        )
+      })
     try {
-      await Promise.race([
-        // A handler that throws synchronously must not escape: wrap the call itself.
-        Promise.resolve().then(() =>
-          target.deliver(delivery.event, {
-            attempt,
-            get signal() {
-              return running.signal()
-            },
-          }),
-        ),
-        timeout,
-      ])
+      await running.run(target, delivery.event)
     } catch (error) {
       if (lapsed) {
         this.abandoned(target, delivery, "its lease lapsed during the attempt")
         return FENCED
       }
-      return this.failed(target, delivery, attempt, error, token)
+      return this.failed(target, delivery, running.attempt, error, token)
     } finally {
       this.deadlines.finish(running)
       this.fenced.delete(running)
@@ -501,26 +484,26 @@ export class Dispatcher {
   }
 }
 
-/** A running attempt's deadline, as {@link Deadlines} tracks it. */
-interface RunningAttempt {
-  readonly deadline: number
-  /** Called once when the deadline passed before the attempt finished. */
-  expire: () => void
-  /** The attempt's signal, made on first use (aborted already if the attempt expired). */
-  signal(): AbortSignal
-  abort(reason: unknown): void
-}
-
-/** A {@link RunningAttempt}: an object with methods, not closures made for every attempt (one per delivery). */
-class Attempt implements RunningAttempt {
-  expire: () => void = NOTHING
+/**
+ * A running attempt, as {@link Deadlines} tracks it; also what the target is
+ * given (`attempt`, `signal`). An object with methods, not closures and
+ * promises made for every attempt (one per delivery).
+ */
+class RunningAttempt {
   private controller: AbortController | undefined
   private aborted = false
   private reason: unknown
+  private settle: { resolve: () => void; reject: (error: unknown) => void } | undefined
 
-  constructor(readonly deadline: number) {}
+  constructor(
+    readonly deadline: number,
+    /** The attempt's number (1 for the first), as the target is told. */
+    readonly attempt: number,
+    private readonly timeoutMs: number,
+  ) {}
 
-  signal(): AbortSignal {
+  /** The attempt's signal, made on first use (aborted already if the attempt expired or was abandoned). */
+  get signal(): AbortSignal {
     if (!this.controller) {
       this.controller = new AbortController()
       if (this.aborted) this.controller.abort(this.reason)
@@ -528,14 +511,43 @@ class Attempt implements RunningAttempt {
     return this.controller.signal
   }
 
-  abort(why: unknown): void {
+  /**
+   * Calls `target.deliver`; settles as the call does, or rejects at the
+   * deadline ({@link expire}) or when abandoned ({@link fail}), whichever
+   * comes first. A target that throws synchronously rejects it too.
+   */
+  run(target: DeliveryTarget, event: HookEvent): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.settle = { resolve, reject }
+      // Called in a later microtask, as before (the dispatcher's caller finishes its bookkeeping first).
+      queueMicrotask(() => {
+        if (this.aborted) return
+        try {
+          const result: unknown = target.deliver(event, this)
+          if (typeof (result as PromiseLike<void> | undefined)?.then === "function")
+            (result as PromiseLike<void>).then(resolve, reject)
+          else resolve()
+        } catch (error) {
+          reject(error)
+        }
+      })
+    })
+  }
+
+  /** The deadline passed before the attempt finished: aborts it and fails it with TIMEOUT. */
+  expire(): void {
+    this.fail(new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.timeoutMs} ms`))
+  }
+
+  /** Aborts the attempt's signal with `error` and fails the attempt with it (if still running). */
+  fail(error: unknown): void {
+    if (this.aborted) return
     this.aborted = true
-    this.reason = why
-    this.controller?.abort(why)
+    this.reason = error
+    this.controller?.abort(error)
+    this.settle?.reject(error)
   }
 }
-
-const NOTHING = (): void => {}
 
 /**
  * The deadlines of running attempts, served by one timer: attempts all get
@@ -546,8 +558,8 @@ class Deadlines {
   private readonly running = new Set<RunningAttempt>()
   private timer: NodeJS.Timeout | undefined
 
-  start(deadline: number): RunningAttempt {
-    const running = new Attempt(deadline)
+  start(deadline: number, attempt: number, timeoutMs: number): RunningAttempt {
+    const running = new RunningAttempt(deadline, attempt, timeoutMs)
     this.running.add(running)
     if (!this.timer) this.schedule()
     return running

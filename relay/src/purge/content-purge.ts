@@ -66,7 +66,8 @@ export class SqliteContentPurge implements ContentPurge {
   }
 
   async scrub(): Promise<void> {
-    // Fails (busy) only while a reader holds an old snapshot; the relay's one connection has none.
+    // Fails (busy) only while a reader holds an old snapshot; the relay's connections hold none (the
+    // checkpointer thread's, see storage/wal-checkpointer.ts, only checkpoints: this waits for it).
     this.db.pragma("wal_checkpoint(TRUNCATE)")
   }
 }
