@@ -19,11 +19,16 @@ const { parentPort, workerData } = require("node:worker_threads")
 const Database = require(workerData.module)
 const db = new Database(workerData.file, { fileMustExist: true })
 db.pragma("synchronous = FULL")
+// A failure is reported when it starts or changes, not every period (a full disk fails each one).
+let failing = ""
 const checkpoint = () => {
   try {
     db.pragma("wal_checkpoint(PASSIVE)")
+    failing = ""
   } catch (error) {
-    parentPort.postMessage({ error: String(error && error.message || error) })
+    const message = String((error && error.message) || error)
+    if (message !== failing) parentPort.postMessage({ error: message })
+    failing = message
   }
 }
 const timer = setInterval(checkpoint, workerData.everyMs)
@@ -53,8 +58,9 @@ export class WalCheckpointer {
 
   /**
    * Starts checkpointing `file` (a database in WAL mode, already open by the
-   * caller) every `everyMs`. `onError` hears a checkpoint that failed (the next
-   * one is tried as usual; the backstop still applies).
+   * caller) every `everyMs`. `onError` hears a checkpoint that failed, once per
+   * run of the same failure (the next one is tried as usual; the backstop
+   * still applies).
    */
   constructor(file: string, onError: (message: string) => void, everyMs = DEFAULT_EVERY_MS) {
     const module = createRequire(import.meta.url).resolve("better-sqlite3")
