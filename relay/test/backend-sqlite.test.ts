@@ -1,4 +1,5 @@
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
+import { spawnSync } from "node:child_process"
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import Database from "better-sqlite3"
@@ -195,6 +196,25 @@ describe("sqlite backend files", () => {
     } finally {
       await backend.close()
     }
+  })
+
+  it("lets a process with nothing else to do finish closing it and exit 0", () => {
+    const dir = tempDir()
+    const script = join(dir, "open-close.mts")
+    // Its checkpointing thread never keeps a process up, yet must not let one exit in the middle of close().
+    writeFileSync(
+      script,
+      `import { SqliteBackend } from ${JSON.stringify(new URL("../src/backend/sqlite.ts", import.meta.url).pathname)}
+const backend = new SqliteBackend(${JSON.stringify(dir)})
+await backend.close()
+console.log("closed")
+`,
+    )
+    const run = spawnSync(process.execPath, ["--conditions=parley-source", "--import", "tsx", script], {
+      encoding: "utf8",
+      timeout: 30_000,
+    })
+    expect({ status: run.status, stdout: run.stdout.trim() }).toEqual({ status: 0, stdout: "closed" })
   })
 
   it("takes over the outbox and bindings files of a data directory from an earlier version", async () => {

@@ -76,6 +76,8 @@ export class WalCheckpointer {
 
   /** Stops the thread (a checkpoint under way finishes first) and closes its connection. */
   async stop(): Promise<void> {
+    // Held while it stops: otherwise a process with nothing else left to do exits (code 13) mid-close.
+    this.worker.ref()
     this.worker.postMessage("stop")
     await this.exited
   }
