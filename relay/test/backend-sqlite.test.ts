@@ -9,6 +9,7 @@ import { CATALOG_FILE, LEGACY_FILES, SQLITE_FILE, SqliteBackend } from "../src/b
 import { SqliteOutbox } from "../src/hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../src/policy/client-bindings.js"
 import { findDamage } from "../src/storage/integrity.js"
+import { WalCheckpointer } from "../src/storage/wal-checkpointer.js"
 import { runBackendConformance } from "./conformance/backend.js"
 import { sampleEvent } from "./conformance/outbox.js"
 import { sqliteTamper } from "./helpers/damage.js"
@@ -194,6 +195,28 @@ describe("sqlite backend files", () => {
       while (statSync(file).size < 512 * 1024) await new Promise((resolve) => setTimeout(resolve, 20))
       expect(statSync(file).size).toBeGreaterThanOrEqual(512 * 1024)
     } finally {
+      await backend.close()
+    }
+  })
+
+  it("truncates the write-ahead log at every scrub, though another connection is checkpointing it", async () => {
+    const dir = tempDir()
+    const backend = new SqliteBackend(dir)
+    // A second checkpointing thread, as often as it can: scrubs meet its checkpoints (SQLite answers
+    // "busy" at once to a checkpoint while another runs, and truncates nothing).
+    const rival = new WalCheckpointer(join(dir, SQLITE_FILE), () => {}, 1)
+    try {
+      const wal = join(dir, `${SQLITE_FILE}-wal`)
+      for (let i = 0; i < 60; i++) {
+        const doc = new Y.Doc()
+        doc.getText("t").insert(0, `${i}`.padEnd(40_000, "x"))
+        await backend.documents.append(`g~${i}`, [Y.encodeStateAsUpdate(doc)])
+        await backend.purge.scrub()
+        // What a purge deleted lives on in the log's old pages until it is truncated.
+        expect(statSync(wal).size).toBe(0)
+      }
+    } finally {
+      await rival.stop()
       await backend.close()
     }
   })

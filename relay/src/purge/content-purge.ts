@@ -1,3 +1,4 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
 import type Database from "better-sqlite3"
 import type pg from "pg"
 import type { MemoryHistoryStore } from "../history/store.js"
@@ -27,6 +28,11 @@ export interface ContentPurge {
    */
   scrub(): Promise<void>
 }
+
+/** Longest a scrub tries to truncate the write-ahead log before it fails. */
+const SCRUB_WAIT_MS = 10_000
+/** Pause between a scrub's attempts (a checkpoint of the thread's takes a few ms). */
+const SCRUB_RETRY_MS = 5
 
 /**
  * SQLite: the database runs with `secure_delete=ON` (set by the backend), so
@@ -66,9 +72,19 @@ export class SqliteContentPurge implements ContentPurge {
   }
 
   async scrub(): Promise<void> {
-    // Fails (busy) only while a reader holds an old snapshot; the relay's connections hold none (the
-    // checkpointer thread's, see storage/wal-checkpointer.ts, only checkpoints: this waits for it).
-    this.db.pragma("wal_checkpoint(TRUNCATE)")
+    // Busy while another connection checkpoints (the checkpointer thread, storage/wal-checkpointer.ts):
+    // SQLite then returns at once, calling no busy handler, and truncates nothing. So: again until done.
+    const deadline = Date.now() + SCRUB_WAIT_MS
+    for (;;) {
+      const [result] = this.db.pragma("wal_checkpoint(TRUNCATE)") as { busy: number }[]
+      if (result?.busy === 0) return
+      if (Date.now() >= deadline)
+        throw new ParleyError(
+          ErrorCode.STORAGE_UNAVAILABLE,
+          `the write-ahead log could not be checkpointed and truncated within ${SCRUB_WAIT_MS} ms`,
+        )
+      await new Promise((resolve) => setTimeout(resolve, SCRUB_RETRY_MS))
+    }
   }
 }
 
