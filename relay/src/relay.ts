@@ -299,6 +299,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       timeoutMs: storageTimeoutMs,
       onIdleError: (error: Error) =>
         log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
+      onCheckpointError: (message: string) =>
+        log.warn({ error: message }, "checkpointing the SQLite write-ahead log failed; it is tried again"),
     }).catch((error: unknown) => {
       throw storageFailure(error, where)
     }))

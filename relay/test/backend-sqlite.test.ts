@@ -221,6 +221,16 @@ describe("sqlite backend files", () => {
     }
   })
 
+  it("tells the relay when its checkpointing thread fails, and still stops", async () => {
+    const heard: string[] = []
+    const checkpointer = new WalCheckpointer(join(tempDir(), "missing.sqlite"), (message) =>
+      heard.push(message),
+    )
+    await expect.poll(() => heard.length, { timeout: 10_000 }).toBeGreaterThan(0)
+    expect(heard[0]).toMatch(/directory does not exist|unable to open|no such file/i)
+    await checkpointer.stop()
+  })
+
   it("lets a process with nothing else to do finish closing it and exit 0", () => {
     const dir = tempDir()
     const script = join(dir, "open-close.mts")

@@ -27,6 +27,8 @@ export interface BackendOptions {
   readonly timeoutMs?: number
   /** Hears of idle PostgreSQL connections the server dropped (postgres). */
   readonly onIdleError?: (error: Error) => void
+  /** Hears of a failed WAL checkpoint, once per run of the same failure (sqlite; default: a process warning). */
+  readonly onCheckpointError?: (message: string) => void
 }
 
 /** Opens the configured backend: the one store of a relay (or of an operator's command). */
@@ -35,7 +37,10 @@ export async function openBackend(options: BackendOptions): Promise<Backend> {
     case "memory":
       return new MemoryBackend()
     case "sqlite":
-      return new SqliteBackend(options.dataDir)
+      return new SqliteBackend(
+        options.dataDir,
+        options.onCheckpointError ? { onCheckpointError: options.onCheckpointError } : {},
+      )
     case "postgres": {
       if (!options.databaseUrl)
         throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a postgres backend needs a database URL")

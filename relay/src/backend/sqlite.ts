@@ -57,8 +57,14 @@ export class SqliteBackend implements Backend {
   /** Checkpoints the main database's WAL off the event loop (see {@link WalCheckpointer}). */
   private readonly checkpointer: WalCheckpointer
 
-  /** Opens (creating if needed) the data directory's databases; merges the files of earlier versions. */
-  constructor(readonly dataDir: string) {
+  /**
+   * Opens (creating if needed) the data directory's databases; merges the files of earlier versions.
+   * `onCheckpointError` hears of a failed WAL checkpoint (default: a process warning).
+   */
+  constructor(
+    readonly dataDir: string,
+    options: { readonly onCheckpointError?: (message: string) => void } = {},
+  ) {
     mkdirSync(dataDir, { recursive: true })
     this.db = new Database(join(dataDir, SQLITE_FILE))
     try {
@@ -94,8 +100,10 @@ export class SqliteBackend implements Backend {
       this.catalog.close()
       throw error
     }
-    this.checkpointer = new WalCheckpointer(join(dataDir, SQLITE_FILE), (message) =>
-      process.emitWarning(`checkpointing ${SQLITE_FILE}'s WAL failed: ${message}`),
+    this.checkpointer = new WalCheckpointer(
+      join(dataDir, SQLITE_FILE),
+      options.onCheckpointError ??
+        ((message) => process.emitWarning(`checkpointing ${SQLITE_FILE}'s WAL failed: ${message}`)),
     )
   }
 

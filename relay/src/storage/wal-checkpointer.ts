@@ -17,27 +17,37 @@ const DEFAULT_EVERY_MS = 200
 const PROGRAM = `
 const { parentPort, workerData } = require("node:worker_threads")
 const Database = require(workerData.module)
-const db = new Database(workerData.file, { fileMustExist: true })
-db.pragma("synchronous = FULL")
-// A failure is reported when it starts or changes, not every period (a full disk fails each one).
-let failing = ""
-const checkpoint = () => {
-  try {
-    db.pragma("wal_checkpoint(PASSIVE)")
-    failing = ""
-  } catch (error) {
-    const message = String((error && error.message) || error)
-    if (message !== failing) parentPort.postMessage({ error: message })
-    failing = message
-  }
-}
-const timer = setInterval(checkpoint, workerData.everyMs)
-parentPort.on("message", (message) => {
-  if (message !== "stop") return
-  clearInterval(timer)
-  db.close()
+let db
+try {
+  db = new Database(workerData.file, { fileMustExist: true })
+  db.pragma("synchronous = FULL")
+} catch (error) {
+  // Said here, as text (an error thrown out of the thread does not always arrive whole); the thread
+  // then ends by itself: nothing keeps it.
+  parentPort.postMessage({ error: String((error && error.message) || error) })
   parentPort.close()
-})
+}
+if (db) {
+  // A failure is reported when it starts or changes, not every period (a full disk fails each one).
+  let failing = ""
+  const checkpoint = () => {
+    try {
+      db.pragma("wal_checkpoint(PASSIVE)")
+      failing = ""
+    } catch (error) {
+      const message = String((error && error.message) || error)
+      if (message !== failing) parentPort.postMessage({ error: message })
+      failing = message
+    }
+  }
+  const timer = setInterval(checkpoint, workerData.everyMs)
+  parentPort.on("message", (message) => {
+    if (message !== "stop") return
+    clearInterval(timer)
+    db.close()
+    parentPort.close()
+  })
+}
 `
 
 /**
@@ -68,7 +78,13 @@ export class WalCheckpointer {
     this.worker.on("message", (message: { error?: string }) => {
       if (message.error) onError(message.error)
     })
-    this.worker.on("error", (error) => onError(String(error.message)))
+    // A fallback (the thread reports its own failures as text): what it threw arrives cloned, not
+    // always as an Error of this realm, nor with its message.
+    this.worker.on("error", (error: unknown) =>
+      onError(
+        error instanceof Error ? error.message : String((error as { message?: unknown })?.message ?? error),
+      ),
+    )
     this.exited = new Promise((resolve) => this.worker.once("exit", () => resolve()))
     // Never what keeps the process up.
     this.worker.unref()
