@@ -29,6 +29,7 @@ import { deriveHookEvents, loggedForm } from "../../relay/src/hooks/events.js"
 import { storedEventSerializer } from "../../relay/src/hooks/member-lists.js"
 import { SqliteEventLog } from "../../relay/src/hooks/sqlite-event-log.js"
 import { alice, seedConversation } from "../../relay/test/helpers/frame-shapes.js"
+import { cpuMs as cpu, median, timed } from "./stats.js"
 
 const { values: flags } = parseArgs({
   options: { runs: { type: "string", default: "15" }, messages: { type: "string", default: "2000" } },
@@ -53,14 +54,6 @@ const derive = () =>
     positions: [1],
     now: Date.now(),
   })
-/** `work`'s result and the CPU ms it took. */
-const timed = <T>(work: () => T): [T, number] => {
-  const start = process.cpuUsage()
-  const result = work()
-  const used = process.cpuUsage(start)
-  return [result, (used.user + used.system) / 1000]
-}
-const cpu = (work: () => void) => timed(work)[1]
 const times: Record<string, number[]> = {
   derive: [],
   loggedForm: [],
@@ -126,7 +119,6 @@ for (let run = 0; run < Number(flags.runs); run++) {
   )
   times.record!.push(fresh((db, log) => cpu(() => db.transaction(() => log.record(events))())))
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 console.log(
   `${Number(flags.messages)} messages, ${derive().length} events, median CPU ms of ${flags.runs} runs: ` +
     Object.entries(times)

@@ -24,6 +24,7 @@ import {
 } from "@parley/shared"
 import * as Y from "yjs"
 import { alice, seedConversation } from "../../relay/test/helpers/frame-shapes.js"
+import { cpuMs as cpu, median, timed } from "./stats.js"
 
 const { values: flags } = parseArgs({
   options: { runs: { type: "string", default: "9" }, messages: { type: "string", default: "2000" } },
@@ -31,14 +32,6 @@ const { values: flags } = parseArgs({
 const options = { ...HistoryDefaults }
 const id = newConversationId()
 const seed = seedConversation(id, 1_000)
-/** `work`'s result and the CPU ms it took. */
-const timed = <T>(work: () => T): [T, number] => {
-  const start = process.cpuUsage()
-  const result = work()
-  const used = process.cpuUsage(start)
-  return [result, (used.user + used.system) / 1000]
-}
-const cpu = (work: () => void) => timed(work)[1]
 type Way = "one by one" | "together"
 const plans: Record<Way, number[]> = { "one by one": [], together: [] }
 const applies: Record<Way, number[]> = { "one by one": [], together: [] }
@@ -80,7 +73,6 @@ for (let run = 0; run < Number(flags.runs); run++) {
     counts.push(n)
   }
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
 console.log(`${counts[0]} seals per frame, median CPU ms of ${flags.runs} runs each way:`)
 for (const way of ["one by one", "together"] as Way[])
   console.log(

@@ -32,6 +32,17 @@ export function distribution(samples: readonly number[]): Distribution {
 /** The median of `values`. */
 export const median = (values: readonly number[]): number => distribution(values).p50
 
+/** `work`'s result and the CPU ms (user and system, this process) it took. */
+export function timed<T>(work: () => T): [T, number] {
+  const start = process.cpuUsage()
+  const result = work()
+  const used = process.cpuUsage(start)
+  return [result, (used.user + used.system) / 1000]
+}
+
+/** The CPU ms `work` took. */
+export const cpuMs = (work: () => void): number => timed(work)[1]
+
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** Waits until `done()` holds, checking every `every` ms; false if `timeoutMs` passed first. */

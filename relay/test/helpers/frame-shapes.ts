@@ -416,6 +416,16 @@ export const DEFAULT_CAPS: UpdateCaps = { values: 2_000, structs: 1_500 }
 
 const count = (n: number) => n.toLocaleString("en-US")
 
+/** What `write` adds to a replica of the relay's document, under `clientID` (else the replica's own). */
+function writtenOn(relay: Y.Doc, write: (doc: Y.Doc) => void, clientID?: number): Uint8Array {
+  const doc = new Y.Doc()
+  Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
+  if (clientID !== undefined) doc.clientID = clientID
+  const sv = Y.encodeStateVector(doc)
+  write(doc)
+  return Y.encodeStateAsUpdate(doc, sv)
+}
+
 /**
  * The largest valid frames within the caps `caps`: as many short messages as
  * values, as many reactions (each its own key) as structs, and messages each
@@ -432,54 +442,54 @@ export function atCapShapes(caps: UpdateCaps): Shape[] {
       name: `${count(messages)} short messages in one update (the value cap)`,
       honest: true,
       user: alice,
-      build: (relay) => {
-        const doc = new Y.Doc()
-        Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
-        doc.clientID = 0x30000001
-        const sv = Y.encodeStateVector(doc)
-        for (let i = 0; i < messages; i++)
-          sendMessage(doc, alice, { body: `quick ${i}: a typical short chat line` })
-        return Y.encodeStateAsUpdate(doc, sv)
-      },
+      build: (relay) =>
+        writtenOn(
+          relay,
+          (doc) => {
+            for (let i = 0; i < messages; i++)
+              sendMessage(doc, alice, { body: `quick ${i}: a typical short chat line` })
+          },
+          0x30000001,
+        ),
     },
     {
       name: `${count(withMarkers)} messages, each followed by a read-marker move (${count(2 * withMarkers)} structs)`,
       honest: true,
       user: alice,
-      build: (relay) => {
-        // Nothing merges: one struct per message and per marker move (overwritten ones deleted on arrival).
-        const doc = new Y.Doc()
-        Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
-        doc.clientID = 0x30000002
-        const sv = Y.encodeStateVector(doc)
-        // Marker moves spread over the sequenced messages, forward only, as the SDK writes them.
-        const last = messageIndex(doc).lastSequence()
-        let marker = 0
-        for (let i = 0; i < withMarkers; i++) {
-          sendMessage(doc, alice, { body: `quick ${i}` })
-          const to = Math.max(1, Math.round(((i + 1) * last) / withMarkers))
-          if (to > marker) {
-            marker = to
-            typesOf(doc).read.set(alice, to)
-          }
-        }
-        return Y.encodeStateAsUpdate(doc, sv)
-      },
+      // Nothing merges: one struct per message and per marker move (overwritten ones deleted on arrival).
+      build: (relay) =>
+        writtenOn(
+          relay,
+          (doc) => {
+            // Marker moves spread over the sequenced messages, forward only, as the SDK writes them.
+            const last = messageIndex(doc).lastSequence()
+            let marker = 0
+            for (let i = 0; i < withMarkers; i++) {
+              sendMessage(doc, alice, { body: `quick ${i}` })
+              const to = Math.max(1, Math.round(((i + 1) * last) / withMarkers))
+              if (to > marker) {
+                marker = to
+                typesOf(doc).read.set(alice, to)
+              }
+            }
+          },
+          0x30000002,
+        ),
     },
     {
       name: `${count(reactions)} reactions, each its own map key (the struct cap)`,
       honest: true,
       user: mallory,
-      build: (relay) => {
-        const doc = new Y.Doc()
-        Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
-        doc.clientID = 0x30000003
-        const sv = Y.encodeStateVector(doc)
-        const targets = listMessages(doc, { last: 1_000 })
-        for (let i = 0; i < reactions; i++)
-          react(doc, mallory, targets[i % targets.length]!.id, i < 1_000 ? "👍" : "🎉")
-        return Y.encodeStateAsUpdate(doc, sv)
-      },
+      build: (relay) =>
+        writtenOn(
+          relay,
+          (doc) => {
+            const targets = listMessages(doc, { last: 1_000 })
+            for (let i = 0; i < reactions; i++)
+              react(doc, mallory, targets[i % targets.length]!.id, i < 1_000 ? "👍" : "🎉")
+          },
+          0x30000003,
+        ),
     },
   ]
 }
@@ -516,13 +526,8 @@ export const honestShapes: readonly Shape[] = [
     name: "stock y-websocket client: one message",
     honest: true,
     user: alice,
-    build: (relay) => {
-      const doc = new Y.Doc()
-      Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
-      const sv = Y.encodeStateVector(doc)
-      sendMessage(doc, alice, { body: "hello from a stock client" })
-      return Y.encodeStateAsUpdate(doc, sv)
-    },
+    build: (relay) =>
+      writtenOn(relay, (doc) => sendMessage(doc, alice, { body: "hello from a stock client" })),
   },
   {
     name: "messages with long bodies up to the frame limit",
