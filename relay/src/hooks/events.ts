@@ -355,20 +355,7 @@ function documentUpdated(
     return json
   }
   const subject = {} as { changes: readonly ChangeEvent[]; positions: readonly number[] }
-  Object.defineProperty(subject, "changes", {
-    enumerable: true,
-    configurable: true,
-    get() {
-      const value = (JSON.parse(full()) as { changes: ChangeEvent[] }).changes
-      Object.defineProperty(subject, "changes", {
-        value,
-        enumerable: true,
-        configurable: true,
-        writable: true,
-      })
-      return value
-    },
-  })
+  parsedOnFirstRead(subject, () => (JSON.parse(full()) as { changes: ChangeEvent[] }).changes)
   subject.positions = positions
   serializedSubjects.set(subject, full)
   const lean = { changes: changes.map(leanChange), positions }
@@ -376,20 +363,7 @@ function documentUpdated(
   // Parsed back, when first read: the log's readers and listeners see plain JSON, as the stored row
   // reads; the log itself only stores `leanJson` (a relay whose log has no listener never parses it).
   const logged = {} as { changes: readonly LoggedChange[]; positions: readonly number[] }
-  Object.defineProperty(logged, "changes", {
-    enumerable: true,
-    configurable: true,
-    get() {
-      const value = (JSON.parse(leanJson) as LoggedSubject).changes
-      Object.defineProperty(logged, "changes", {
-        value,
-        enumerable: true,
-        configurable: true,
-        writable: true,
-      })
-      return value
-    },
-  })
+  parsedOnFirstRead(logged, () => (JSON.parse(leanJson) as LoggedSubject).changes)
   // After `changes`: the keys in the order of the stored JSON.
   logged.positions = [...positions]
   serializedSubjects.set(logged, () => leanJson)
@@ -480,4 +454,25 @@ function viewOf(record: Extract<ChangeEvent, { type: "message.sent" }>["message"
     reactions: {},
     ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
   }
+}
+
+/**
+ * Gives `target` an enumerable `changes` that `parse` makes on first read and
+ * that is then a plain property (as if it had been assigned).
+ */
+function parsedOnFirstRead<T>(target: { changes: T }, parse: () => T): void {
+  Object.defineProperty(target, "changes", {
+    enumerable: true,
+    configurable: true,
+    get() {
+      const value = parse()
+      Object.defineProperty(target, "changes", {
+        value,
+        enumerable: true,
+        configurable: true,
+        writable: true,
+      })
+      return value
+    },
+  })
 }
