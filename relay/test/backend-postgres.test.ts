@@ -103,6 +103,58 @@ describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
 )
 
 describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
+  "postgres event log: a message's rows",
+  () => {
+    it("finds a deleted message's logged content through an index, in a log an older relay wrote too", async () => {
+      const scratch = await scratchSchema()
+      const client = new pg.Client({ connectionString: scratch.url })
+      await client.connect()
+      const event = (id: string, type: string, subject: unknown) => {
+        const base = sampleEvent(id, "g~c1")
+        return { ...base, event: { ...base.event, type }, subject }
+      }
+      const message = (id: string, body: string) => ({ id, author: "alice", body, createdAt: 1 })
+      try {
+        await client.query(`CREATE TABLE parley_event_log (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+          conversation TEXT NOT NULL, type TEXT NOT NULL, at BIGINT NOT NULL, payload TEXT NOT NULL)`)
+        for (const row of [
+          event("o1", "message.sent", { message: message("m1", "Old-Secret-Sent") }),
+          event("o2", "message.edited", { messageId: "m1", body: "Old-Secret-Edit", editedAt: 2 }),
+          event("o3", "document.updated", {
+            changes: [{ type: "message.sent", message: message("m1", "Old-Secret-Whole") }],
+            positions: [1],
+          }),
+          event("o4", "message.sent", { message: message("m2", "Old-Kept") }),
+        ])
+          await client.query(
+            "INSERT INTO parley_event_log (conversation, type, at, payload) VALUES ('g~c1', $1, 1, $2)",
+            [row.event.type, JSON.stringify(row)],
+          )
+        const backend = await PostgresBackend.open(scratch.url)
+        try {
+          const { rows } = await client.query<{ message: string | null }>(
+            "SELECT message FROM parley_event_log ORDER BY id",
+          )
+          expect(rows.map((r) => r.message)).toEqual(["m1", "m1", null, "m2"])
+          await backend.purge!.redactEvents("g~c1", "g~c1", { kind: "messages", ids: new Set(["m1"]) })
+          const logged = JSON.stringify((await backend.events.read({ limit: 100 })).map((e) => e.event))
+          expect(logged).not.toContain("Old-Secret")
+          expect(logged).toContain("Old-Kept")
+        } finally {
+          await backend.close()
+        }
+        // Opened again: nothing left to adopt, nothing rewritten twice.
+        const again = await PostgresBackend.open(scratch.url)
+        await again.close()
+      } finally {
+        await client.end()
+        await scratch.drop()
+      }
+    })
+  },
+)
+
+describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
   "postgres setup next to running relays",
   () => {
     it("opens on a schema already in place while another relay holds write locks on its tables, and sets up a new one once", async () => {

@@ -250,6 +250,27 @@ console.log("closed")
     expect({ status: run.status, stdout: run.stdout.trim() }).toEqual({ status: 0, stdout: "closed" })
   })
 
+  it("lets a process with nothing else to do wait for its outbox's enqueue", () => {
+    const dir = tempDir()
+    const script = join(dir, "enqueue.mts")
+    // The enqueue waits a few ms for a documents' commit to ride in: that wait must keep the process up.
+    writeFileSync(
+      script,
+      `import { SqliteBackend } from ${JSON.stringify(new URL("../src/backend/sqlite.ts", import.meta.url).pathname)}
+import { sampleEvent } from ${JSON.stringify(new URL("./conformance/outbox.ts", import.meta.url).pathname)}
+const backend = new SqliteBackend(${JSON.stringify(dir)})
+const deliveries = await backend.outbox.enqueue({ document: "g~c1", events: [{ event: sampleEvent("e1", "g~c1"), targets: ["hook:a"] }] })
+console.log(deliveries.length, (await backend.events.read({ limit: 10 })).length)
+await backend.close()
+`,
+    )
+    const run = spawnSync(process.execPath, ["--conditions=parley-source", "--import", "tsx", script], {
+      encoding: "utf8",
+      timeout: 30_000,
+    })
+    expect({ status: run.status, stdout: run.stdout.trim() }).toEqual({ status: 0, stdout: "1 1" })
+  })
+
   it("takes over the outbox and bindings files of a data directory from an earlier version", async () => {
     const dir = tempDir()
     // The earlier layout: each store in a file of its own, its last commits still in the file's WAL.
@@ -356,6 +377,93 @@ describe("sqlite stored member lists", () => {
         expect(stored[0]).toBeNull()
         expect(typeof stored[1]).toBe("string")
         expect(lists).toBe(1)
+      } finally {
+        await backend.close()
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe("sqlite event log: a message's rows", () => {
+  const event = (id: string, type: string, subject: unknown) => {
+    const base = sampleEvent(id, "g~c1")
+    return { ...base, event: { ...base.event, type }, subject }
+  }
+  const message = (id: string, body: string) => ({
+    id,
+    author: "alice",
+    body,
+    type: "text",
+    createdAt: 1,
+    attachments: [],
+    metadata: {},
+  })
+
+  it("finds a deleted message's logged content through an index, in a log an older relay wrote too", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-log-message-"))
+    try {
+      // The table as it was before rows named their message, with a document.updated logged whole.
+      const old = new Database(join(dir, SQLITE_FILE))
+      old.exec(`CREATE TABLE event_log (id INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT NOT NULL,
+        type TEXT NOT NULL, at INTEGER NOT NULL, payload TEXT NOT NULL)`)
+      const insert = old.prepare(
+        "INSERT INTO event_log (conversation, type, at, payload) VALUES ('g~c1', ?, 1, ?)",
+      )
+      const rows = [
+        event("o1", "message.sent", { message: message("m1", "Old-Secret-Sent") }),
+        event("o2", "message.edited", { messageId: "m1", body: "Old-Secret-Edit", editedAt: 2 }),
+        event("o3", "reaction.added", { messageId: "m1", user: "bob", emoji: "👍" }),
+        event("o4", "document.updated", {
+          changes: [{ type: "message.sent", message: message("m1", "Old-Secret-Whole") }],
+          positions: [1],
+        }),
+        event("o5", "message.sent", { message: message("m2", "Old-Kept") }),
+      ]
+      for (const row of rows) insert.run(row.event.type, JSON.stringify(row))
+      old.close()
+
+      const backend = new SqliteBackend(dir)
+      try {
+        await backend.outbox.enqueue({
+          document: "g~c1",
+          events: [
+            {
+              event: event("n1", "message.edited", { messageId: "m1", body: "New-Secret-Edit", editedAt: 3 }),
+              targets: [],
+            } as never,
+          ],
+        })
+        const db = new Database(join(dir, SQLITE_FILE), { readonly: true })
+        try {
+          expect(db.prepare("SELECT message FROM event_log ORDER BY id").pluck().all()).toEqual([
+            "m1",
+            "m1",
+            null,
+            null,
+            "m2",
+            "m1",
+          ])
+          // The whole document.updated of the older relay was made lean: its message content is gone.
+          expect(db.prepare("SELECT payload FROM event_log WHERE id = 4").pluck().get()).not.toContain(
+            "Old-Secret",
+          )
+          // A deletion reads the message's rows by index, not the conversation's whole log.
+          const plan = db
+            .prepare(
+              "EXPLAIN QUERY PLAN SELECT id, payload FROM event_log WHERE conversation = ? AND message = ?",
+            )
+            .all("g~c1", "m1") as { detail: string }[]
+          expect(plan.map((p) => p.detail).join(" ")).toContain("event_log_by_message")
+        } finally {
+          db.close()
+        }
+        await backend.purge!.redactEvents("g~c1", "g~c1", { kind: "messages", ids: new Set(["m1"]) })
+        const logged = JSON.stringify((await backend.events.read({ limit: 100 })).map((e) => e.event))
+        expect(logged).not.toMatch(/(Old|New)-Secret/)
+        expect(logged).toContain("Old-Kept")
+        expect(logged).toContain("👍")
       } finally {
         await backend.close()
       }

@@ -2,7 +2,8 @@
  * Cost of the durable event log behind `GET /v1/events`: outbox enqueues (which
  * record every event in the log, with one audience row per participant) of
  * a message's two events (message.sent, document.updated) in a conversation
- * of P participants, one 2,000-message batch, reads by user, and a prune. On
+ * of P participants, one 2,000-message batch, reads by user, one deleted
+ * message's events redacted (a purge), and a prune. On
  * SQLite in a temp directory, and on PostgreSQL when DATABASE_URL (or the
  * local default) answers. Prints figures; asserts nothing.
  *
@@ -93,6 +94,19 @@ async function measure(name: string, backend: Backend): Promise<void> {
   t0 = performance.now()
   for (let i = 0; i < 100; i++) await backend.events.read({ after, user: users[1]!, limit: 100 })
   const caughtUp = (performance.now() - t0) / 100
+  // One deleted message's events redacted (what a deletion costs the log), median of 20, each a different message.
+  const redactions: number[] = []
+  for (let i = 0; i < 20 && backend.purge; i++) {
+    const id = `msg${String(i * 97).padStart(8, "0")}`
+    t0 = performance.now()
+    await backend.purge.redactEvents(conversation.id, conversation.id, {
+      kind: "messages",
+      ids: new Set([id]),
+    })
+    redactions.push(performance.now() - t0)
+  }
+  redactions.sort((a, b) => a - b)
+  const redact = redactions.length > 0 ? `${redactions[redactions.length >> 1]!.toFixed(2)} ms` : "-"
   t0 = performance.now()
   const pruned = await backend.events.prune({ maxAgeMs: Number.MAX_SAFE_INTEGER, maxEvents: 0 })
   const prune = performance.now() - t0
@@ -101,7 +115,7 @@ async function measure(name: string, backend: Backend): Promise<void> {
     `${name}: ${PARTICIPANTS} participants; enqueue of one message's 2 events p50 ${p(0.5)} ms, p99 ${p(0.99)} ms; ` +
       `one batch of ${MESSAGES} message.sent ${bigBatch.toFixed(0)} ms; ` +
       `read all ${read} by user in pages of 1000 ${readAll.toFixed(0)} ms; caught-up read ${caughtUp.toFixed(2)} ms; ` +
-      `prune of ${pruned} ${prune.toFixed(0)} ms`,
+      `one deleted message's events redacted (of ${3 * MESSAGES} logged) ${redact}; prune of ${pruned} ${prune.toFixed(0)} ms`,
   )
 }
 

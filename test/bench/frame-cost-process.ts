@@ -4,15 +4,15 @@
  * durable event log and the inbox upkeep, the live inbox): everything the
  * process does for the frame, the ack and the post-ack work (hook events
  * derived and recorded, storage group commit, compaction) included. The
- * process's CPU time (all threads, user + system, from /proc/<pid>/stat) is
+ * process's CPU time (all threads, from /proc/<pid>/task/<tid>/schedstat) is
  * read before the frame is sent and again once the relay has answered and
  * gone quiet, so nothing it does for the frame afterwards escapes the figure.
  * Used by `npm run bench:frames`; Linux only (it reads /proc).
  */
-import { execFileSync } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { type ConversationId, newConversationId, sendMessage } from "@parley/shared"
 import { SqliteBackend } from "../../relay/src/backend/sqlite.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
@@ -23,27 +23,59 @@ import {
   startRelayProcess,
   stopRelayProcesses,
 } from "../../relay/test/helpers/relay-process.js"
+import { compiledRelay } from "./servers.js"
 
-const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100
-
-/** User + system CPU time of a process and all its threads so far, in ms (resolution: one clock tick). */
+/**
+ * CPU time of a process's threads so far, in ms with nanosecond resolution:
+ * the sum of the first field of each thread's `/proc/<pid>/task/<tid>/schedstat`
+ * (time on a CPU). `/proc/<pid>/stat` counts in 10 ms clock ticks, too coarse
+ * for frames that cost tens of milliseconds. A thread that ends takes its time
+ * with it; the relay's threads (libuv's pool, V8's, the WAL checkpointer)
+ * live as long as the process.
+ */
 function cpuMsOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-  // Fields after the parenthesised command name, which may itself contain spaces.
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+  let ns = 0
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0])
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return ns / 1e6
+}
+
+/** CPU ms so far of the main thread and of all other threads (V8's GC helpers and compilers, libuv's pool, the checkpointer). */
+function cpuMsByThread(pid: number): Map<string, number> {
+  const byName = new Map<string, number>()
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      // Node names its threads after the process: tell the main thread (tid = pid) from the rest.
+      const name = task === String(pid) ? "main" : "other"
+      const ns = Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0])
+      byName.set(name, (byName.get(name) ?? 0) + ns / 1e6)
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return byName
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** CPU a relay with nothing to do may use per 50 ms sample (timers, the checkpointing thread's wake-ups). */
+const IDLE_MS_PER_SAMPLE = 0.5
+
 /**
- * Resolves with the process's CPU time once it has used none for `quietMs`
- * (sampled every 50 ms): the post-ack work (hook events, commits, compaction)
- * runs on timers and promise chains after the answer, so an ack alone is not
- * the end of the frame's cost.
+ * Resolves with the process's CPU time when it went quiet: the reading after
+ * which it used (almost) nothing for `quietMs` (sampled every 50 ms). The
+ * post-ack work (hook events, commits, compaction) runs on timers and promise
+ * chains after the answer, so an ack alone is not the end of the frame's cost;
+ * the idle CPU of the quiet stretch itself is not counted.
  */
 async function cpuWhenQuiet(pid: number, giveUpMs: number, quietMs = 400): Promise<number> {
-  let last = cpuMsOf(pid)
+  let quietFrom = cpuMsOf(pid)
+  let last = quietFrom
   let quietSince = performance.now()
   // On a busy shared machine the relay may never look quiet for long: give up after a while.
   const giveUpAt = performance.now() + giveUpMs
@@ -51,10 +83,11 @@ async function cpuWhenQuiet(pid: number, giveUpMs: number, quietMs = 400): Promi
     if (performance.now() > giveUpAt) return last
     await sleep(50)
     const now = cpuMsOf(pid)
-    if (now !== last) {
-      last = now
+    if (now - last > IDLE_MS_PER_SAMPLE) {
+      quietFrom = now
       quietSince = performance.now()
-    } else if (performance.now() - quietSince >= quietMs) return now
+    } else if (performance.now() - quietSince >= quietMs) return quietFrom
+    last = now
   }
 }
 
@@ -74,6 +107,8 @@ export interface ProcessProbeResult {
   readonly unloadMs: number
   /** Monotonic clock (µs, the clock of V8's CPU profiles) when the frame was sent, acknowledged, and the relay quiet after it. */
   readonly clock: { readonly sent: number; readonly ack: number; readonly quiet: number }
+  /** CPU ms per thread name from the frame to the end of the quiet stretch after it (the main thread and the others: GC helpers, compilers, libuv's pool). */
+  readonly threads: Readonly<Record<string, number>>
 }
 
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n)
@@ -114,6 +149,10 @@ export async function probeProcess(
     relay = await startRelayProcess({
       dataDir,
       env: { PARLEY_IDLE_UNLOAD_MS: "100", ...options.env },
+      // PARLEY_BENCH_RELAY=dist: the compiled relay, as an installed one runs (see servers.ts).
+      ...(compiledRelay()
+        ? { script: fileURLToPath(new URL("../../relay/dist/main.js", import.meta.url)) }
+        : {}),
       ...(options.nodeArgs ? { nodeArgs: options.nodeArgs } : {}),
       ...(options.args ? { args: [...options.args] } : {}),
     })
@@ -142,6 +181,7 @@ export async function probeProcess(
       const saves = client.saves.length
       const errors = client.errors.length
       const before = await cpuWhenQuiet(pid, giveUp)
+      const threadsBefore = cpuMsByThread(pid)
       const sent = monotonicUs()
       client.send(frame)
       await client.until(
@@ -151,6 +191,8 @@ export async function probeProcess(
       const ack = monotonicUs()
       const after = await cpuWhenQuiet(pid, giveUp)
       const quiet = monotonicUs()
+      const threads: Record<string, number> = {}
+      for (const [name, ms] of cpuMsByThread(pid)) threads[name] = ms - (threadsBefore.get(name) ?? 0)
       client.close()
       await client.closed
       const unloaded = await cpuWhenQuiet(pid, giveUp)
@@ -161,6 +203,7 @@ export async function probeProcess(
         untilAckMs: atAck - before,
         unloadMs: unloaded - after,
         clock: { sent, ack, quiet },
+        threads,
       })
     }
     relay.child.kill("SIGTERM")

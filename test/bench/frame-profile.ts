@@ -32,28 +32,41 @@ const { values: flags } = parseArgs({
     settle: { type: "string", default: "2500" },
     // The relay's per-update caps, "VALUES,STRUCTS" (as bench:frames --caps): the at-cap shapes fill them.
     caps: { type: "string" },
+    // Shapes sent once before the profiled frames, outside their windows ("|" between names): a relay
+    // that has served other large frames is not the same as a fresh one.
+    after: { type: "string", default: "" },
   },
 })
 const [values, structs] = (flags.caps ?? "2000,1500").split(",").map(Number)
 const capArgs = flags.caps
   ? ["--max-update-values", String(values), "--max-update-structs", String(structs)]
   : []
-const shape = [
-  ...honestShapes,
-  ...hostileShapes,
-  ...atCapShapes({ values: values!, structs: structs! }),
-].find((s) => s.name === flags.shape)
-if (!shape) throw new Error(`no shape named ${flags.shape}`)
+const shapes = [...honestShapes, ...hostileShapes, ...atCapShapes({ values: values!, structs: structs! })]
+const named = (name: string) => {
+  const found = shapes.find((s) => s.name === name)
+  if (!found) throw new Error(`no shape named ${name}`)
+  return found
+}
+const shape = named(flags.shape)
+const before = flags.after ? flags.after.split("|").map(named) : []
 mkdirSync(flags.dir, { recursive: true })
 const startedAt = Date.now()
-const plan = Array.from({ length: Number(flags.frames) }, () => shape)
-const results = await probeProcess(plan, (id) => seedConversation(id, Number(flags.messages)), {
+const plan = [...before, ...Array.from({ length: Number(flags.frames) }, () => shape)]
+const all = await probeProcess(plan, (id) => seedConversation(id, Number(flags.messages)), {
   nodeArgs: ["--cpu-prof", `--cpu-prof-dir=${flags.dir}`],
   args: capArgs,
   quietGiveUpMs: Number(flags.settle),
 })
+const results = all.slice(before.length)
+for (const r of results)
+  console.log(
+    Object.entries(r.threads)
+      .filter(([, ms]) => ms >= 0.5)
+      .map(([name, ms]) => `${name} ${ms.toFixed(1)}`)
+      .join(", "),
+  )
 console.log(
-  `frames: ${results.map((r) => `${r.cpuMs} (${r.untilAckMs} to ack)${r.accepted ? "" : " refused"}`).join(", ")}`,
+  `frames: ${results.map((r) => `${r.cpuMs.toFixed(1)} (${r.untilAckMs.toFixed(1)} to ack)${r.accepted ? "" : " refused"}`).join(", ")}`,
 )
 // One profile per thread; the main thread's is the first (".0.").
 const profile = readdirSync(flags.dir)

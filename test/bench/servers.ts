@@ -331,7 +331,7 @@ async function untilReady(port: number): Promise<void> {
  * instead of its TypeScript sources through tsx (whose loader thread, source
  * maps and keep-names helper on every closure the installed relay does not pay).
  */
-function compiledRelay(): boolean {
+export function compiledRelay(): boolean {
   const choice = process.env.PARLEY_BENCH_RELAY
   if (choice === undefined || choice === "" || choice === "source") return false
   if (choice !== "dist") throw new Error(`PARLEY_BENCH_RELAY: "dist" or "source", not "${choice}"`)

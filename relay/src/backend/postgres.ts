@@ -2,7 +2,7 @@ import type pg from "pg"
 import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
 import { BLOBS_SCHEMA, PostgresBlobStore } from "../attachments/postgres-blob-store.js"
 import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
-import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
+import { adoptMessageColumn, EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
@@ -71,6 +71,12 @@ export class PostgresBackend implements Backend {
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     })
+    try {
+      await adoptMessageColumn(pool)
+    } catch (error) {
+      await pool.end()
+      throw error
+    }
     return new PostgresBackend(pool)
   }
 

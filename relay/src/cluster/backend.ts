@@ -3,7 +3,7 @@ import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
 import { BLOBS_SCHEMA, PostgresBlobStore } from "../attachments/postgres-blob-store.js"
 import type { Backend } from "../backend/types.js"
 import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
-import { EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
+import { adoptMessageColumn, EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
@@ -55,6 +55,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
   })
   let cluster: Cluster
   try {
+    await adoptMessageColumn(pool)
     cluster = await Cluster.open({ ...options, pool })
   } catch (error) {
     await pool.end()

@@ -211,6 +211,21 @@ export function membershipChanges(
 /** True for events the log records (all but the ephemeral `typing.started`). */
 export const isLogged = (event: HookEvent): boolean => event.event.type !== "typing.started"
 
+/**
+ * The message whose content a logged event holds (`message.sent`,
+ * `message.edited`), or null: the logs' `message` column, indexed with the
+ * conversation. A message's content is logged in its own events only (the
+ * log's `document.updated` names messages without their content, see
+ * `loggedForm`), so purging a deleted message reads only its rows, however
+ * long the conversation's log is.
+ */
+export function messageOf(event: HookEvent): string | null {
+  if (event.event.type !== "message.sent" && event.event.type !== "message.edited") return null
+  const subject = event.subject as { message?: { id?: unknown }; messageId?: unknown }
+  const id = subject.message?.id ?? subject.messageId
+  return typeof id === "string" ? id : null
+}
+
 /** The listeners of one log, each called in turn; one that throws does not stop the others. */
 export class EventLogListeners {
   private readonly listeners = new Set<EventLogListener>()

@@ -226,15 +226,16 @@ export class SqliteMemberLists {
 }
 
 /**
- * Adds `members` to `table` in a database of an earlier version (its rows keep
- * whole payloads). Looked up first: `ADD COLUMN IF NOT EXISTS` would take the
- * table's exclusive lock at every start, queueing behind other relays' work.
+ * Adds the text column `column` (default `members`) to `table` in a database
+ * of an earlier version (its rows keep whole payloads). Looked up first:
+ * `ADD COLUMN IF NOT EXISTS` would take the table's exclusive lock at every
+ * start, queueing behind other relays' work.
  */
-function addPostgresColumn(table: string): string {
+export function addPostgresColumn(table: string, column = "members"): string {
   return `DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                  WHERE table_schema = current_schema() AND table_name = '${table}' AND column_name = 'members') THEN
-    ALTER TABLE ${table} ADD COLUMN members TEXT;
+                  WHERE table_schema = current_schema() AND table_name = '${table}' AND column_name = '${column}') THEN
+    ALTER TABLE ${table} ADD COLUMN ${column} TEXT;
   END IF;
 END $$;`
 }

@@ -11,6 +11,7 @@ import {
   type EventLogQuery,
   type EventRetention,
   isLogged,
+  messageOf,
   parseEventId,
 } from "./event-log.js"
 import { type HookEvent, loggedForm } from "./events.js"
@@ -41,11 +42,22 @@ export class MemoryEventLog implements EventLog {
     return entries
   }
 
-  /** Rewrites the logged events of conversation `conversationId` with `rewrite` (a purge's redaction). */
-  rewriteEvents(conversationId: string, rewrite: (event: HookEvent) => HookEvent): void {
-    this.rows = this.rows.map((row) =>
-      row.event.event.conversationId === conversationId ? { ...row, event: rewrite(row.event) } : row,
-    )
+  /**
+   * Rewrites the logged events of conversation `conversationId` with `rewrite`
+   * (a purge's redaction); only the events about one of `messages` when given
+   * (a message's content is logged in its own events only, see `messageOf`).
+   */
+  rewriteEvents(
+    conversationId: string,
+    rewrite: (event: HookEvent) => HookEvent,
+    messages?: ReadonlySet<string>,
+  ): void {
+    for (let i = 0; i < this.rows.length; i++) {
+      const row = this.rows[i]!
+      if (row.event.event.conversationId !== conversationId) continue
+      if (messages && !messages.has(messageOf(row.event) ?? "")) continue
+      this.rows[i] = { ...row, event: rewrite(row.event) }
+    }
   }
 
   /** Tells the listeners of entries `record` returned, once their enqueue is complete. */

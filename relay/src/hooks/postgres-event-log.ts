@@ -13,11 +13,13 @@ import {
   type EventRetention,
   isLogged,
   membershipChanges,
+  messageOf,
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
 import { type HookEvent, loggedForm } from "./events.js"
 import {
+  addPostgresColumn,
   ensurePostgresLists,
   loadPostgresLists,
   MEMBER_LIST_LOCK,
@@ -51,7 +53,9 @@ CREATE TABLE IF NOT EXISTS parley_event_log_state (
   name TEXT PRIMARY KEY,
   value BIGINT NOT NULL
 );
-${POSTGRES_MEMBER_LISTS_SCHEMA}`
+${POSTGRES_MEMBER_LISTS_SCHEMA}
+${addPostgresColumn("parley_event_log", "message")}
+CREATE INDEX IF NOT EXISTS parley_event_log_by_message ON parley_event_log (conversation, message) WHERE message IS NOT NULL;`
 
 // Taken by every transaction that records events, until it commits: ids are drawn from the identity
 // inside it, so without the lock a relay sharing the database could commit id 7 before another's 6,
@@ -64,6 +68,47 @@ const RECORD_CHUNK = 500
 const LATEST = `SELECT GREATEST(COALESCE((SELECT MAX(id) FROM parley_event_log), 0),
   COALESCE((SELECT value FROM parley_event_log_state WHERE name = 'pruned_through'), 0)) AS latest`
 const PRUNED = "SELECT value FROM parley_event_log_state WHERE name = 'pruned_through'"
+
+/**
+ * Fills the `message` column (see `messageOf`) of the rows an older relay
+ * wrote, and rewrites the `document.updated` rows it logged whole into the
+ * lean form, so that no row outside a message's own events holds its content.
+ * Once per database (marked in `parley_event_log_state`), under the log's
+ * lock; call after {@link EVENT_LOG_SCHEMA} is created.
+ */
+export async function adoptMessageColumn(pool: pg.Pool): Promise<void> {
+  await inTransaction(pool, async (client) => {
+    await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
+    const done = await client.query("SELECT 1 FROM parley_event_log_state WHERE name = 'message_column'")
+    if (done.rowCount) return
+    const rows = await client.query<{ id: string; type: string; payload: string }>(
+      `SELECT id, type, payload FROM parley_event_log
+       WHERE (message IS NULL AND type IN ('message.sent', 'message.edited'))
+          OR (type = 'document.updated' AND strpos(payload, '"body"') > 0)`,
+    )
+    for (const row of rows.rows) {
+      let event: HookEvent
+      try {
+        event = JSON.parse(row.payload) as HookEvent
+      } catch {
+        continue
+      }
+      if (row.type === "document.updated")
+        await client.query("UPDATE parley_event_log SET payload = $1 WHERE id = $2", [
+          JSON.stringify(loggedForm(event)),
+          row.id,
+        ])
+      else
+        await client.query("UPDATE parley_event_log SET message = $1 WHERE id = $2", [
+          messageOf(event),
+          row.id,
+        ])
+    }
+    await client.query(
+      "INSERT INTO parley_event_log_state (name, value) VALUES ('message_column', 1) ON CONFLICT (name) DO NOTHING",
+    )
+  })
+}
 
 /**
  * The event log of a relay on PostgreSQL: tables `parley_event_log*` in the
@@ -103,9 +148,9 @@ export class PostgresEventLog implements EventLog {
     for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
       const chunk = kept.slice(start, start + RECORD_CHUNK)
       const inserted = await client.query<{ id: string }>(
-        `INSERT INTO parley_event_log (conversation, type, at, payload, members)
-         SELECT c, t, a, p, m FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])
-           WITH ORDINALITY AS x(c, t, a, p, m, n)
+        `INSERT INTO parley_event_log (conversation, type, at, payload, members, message)
+         SELECT c, t, a, p, m, g FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+           WITH ORDINALITY AS x(c, t, a, p, m, g, n)
          ORDER BY n
          RETURNING id`,
         [
@@ -114,6 +159,7 @@ export class PostgresEventLog implements EventLog {
           chunk.map((e) => e.event.time),
           chunk.map((e) => json(e).payload),
           chunk.map((e) => json(e).members?.ref ?? null),
+          chunk.map(messageOf),
         ],
       )
       rows.push(...inserted.rows)

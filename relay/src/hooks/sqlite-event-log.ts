@@ -12,6 +12,7 @@ import {
   type EventRetention,
   isLogged,
   membershipChanges,
+  messageOf,
   PRUNE_BATCH,
   parseEventId,
 } from "./event-log.js"
@@ -20,7 +21,7 @@ import { rehydrate, SqliteMemberLists, type StoredEvent, storedEventSerializer }
 
 /** Conversations whose open memberships the log keeps in memory. */
 const MEMBER_CACHE_SIZE = 10_000
-/** Events one INSERT statement records (5 parameters each, far under SQLite's limit of 32,766). */
+/** Events one INSERT statement records (6 parameters each, far under SQLite's limit of 32,766). */
 const RECORD_CHUNK = 100
 
 const SCHEMA = `
@@ -29,7 +30,8 @@ CREATE TABLE IF NOT EXISTS event_log (
   conversation TEXT NOT NULL,
   type TEXT NOT NULL,
   at INTEGER NOT NULL,
-  payload TEXT NOT NULL
+  payload TEXT NOT NULL,
+  message TEXT
 );
 CREATE INDEX IF NOT EXISTS event_log_by_conversation ON event_log (conversation, id);
 CREATE INDEX IF NOT EXISTS event_log_by_time ON event_log (at);
@@ -45,6 +47,42 @@ CREATE TABLE IF NOT EXISTS event_log_state (
   value INTEGER NOT NULL
 ) WITHOUT ROWID;
 `
+
+/**
+ * Gives an older database's `event_log` its `message` column (see
+ * `messageOf`) and fills it, and rewrites the `document.updated` rows it holds
+ * whole into the lean form, so that no row outside a message's own events
+ * holds its content; then indexes the column. Once: a new table has the
+ * column from the start.
+ */
+function adoptMessageColumn(db: Database.Database): void {
+  const columns = db.prepare("PRAGMA table_info(event_log)").all() as { name: string }[]
+  if (!columns.some((c) => c.name === "message"))
+    db.transaction(() => {
+      db.exec("ALTER TABLE event_log ADD COLUMN message TEXT")
+      const rows = db
+        .prepare<[], { id: number; type: string; payload: string }>(
+          `SELECT id, type, payload FROM event_log
+           WHERE type IN ('message.sent', 'message.edited') OR (type = 'document.updated' AND instr(payload, '"body"') > 0)`,
+        )
+        .all()
+      const setMessage = db.prepare("UPDATE event_log SET message = ? WHERE id = ?")
+      const setPayload = db.prepare("UPDATE event_log SET payload = ? WHERE id = ?")
+      for (const row of rows) {
+        let event: HookEvent
+        try {
+          event = JSON.parse(row.payload) as HookEvent
+        } catch {
+          continue
+        }
+        if (row.type === "document.updated") setPayload.run(JSON.stringify(loggedForm(event)), row.id)
+        else setMessage.run(messageOf(event), row.id)
+      }
+    })()
+  db.exec(
+    "CREATE INDEX IF NOT EXISTS event_log_by_message ON event_log (conversation, message) WHERE message IS NOT NULL",
+  )
+}
 
 /**
  * The event log of the SQLite backend: tables `event_log*` in the relay's
@@ -81,6 +119,7 @@ export class SqliteEventLog implements EventLog {
   /** `db` is the backend's connection; the log creates its tables in it. */
   constructor(private readonly db: Database.Database) {
     this.db.exec(SCHEMA)
+    adoptMessageColumn(this.db)
     this.memberLists = new SqliteMemberLists(db)
     this.memberLists.adopt("event_log")
     this.statements = {
@@ -145,6 +184,7 @@ export class SqliteEventLog implements EventLog {
           event.event.time,
           stored.payload,
           stored.members?.ref ?? null,
+          messageOf(event),
         )
       }
       const { lastInsertRowid } = this.insertStatement(chunk.length).run(...args)
@@ -181,7 +221,7 @@ export class SqliteEventLog implements EventLog {
     let statement = this.inserts.get(rows)
     if (!statement) {
       statement = this.db.prepare<unknown[], unknown>(
-        `INSERT INTO event_log (conversation, type, at, payload, members) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?)").join(", ")}`,
+        `INSERT INTO event_log (conversation, type, at, payload, members, message) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, ?)").join(", ")}`,
       )
       this.inserts.set(rows, statement)
     }

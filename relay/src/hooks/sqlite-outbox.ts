@@ -491,11 +491,12 @@ export class SqliteOutbox implements Outbox {
     if (this.waitTimer && this.waitDue <= due) return
     clearTimeout(this.waitTimer)
     this.waitDue = due
+    // Not unref'd: callers await these rows' commit, and a process with nothing else to do (a script
+    // using the backend, a CLI) would otherwise exit in the middle of the await, with code 13.
     this.waitTimer = setTimeout(() => {
       this.waitTimer = undefined
       this.flushThisTurn()
     }, wait)
-    this.waitTimer.unref?.()
   }
 
   private stopWaiting(): void {

@@ -29,6 +29,11 @@ export interface ContentPurge {
   scrub(): Promise<void>
 }
 
+/** Most message ids a purge looks for in the outbox's payloads with SQLite's `instr` (one pass per id). */
+const SQL_NEEDLES = 8
+/** Message ids per query of the event log's index (one bound parameter each). */
+const LOG_IDS_PER_QUERY = 500
+
 /** Longest a scrub tries to truncate the write-ahead log before it fails. */
 const SCRUB_WAIT_MS = 10_000
 /** Pause between a scrub's attempts (a checkpoint of the thread's takes a few ms). */
@@ -41,30 +46,71 @@ const SCRUB_RETRY_MS = 5
  * the old pages until a checkpoint copies them back and the file is reset.
  */
 export class SqliteContentPurge implements ContentPurge {
+  private readonly statements = new Map<string, Database.Statement<unknown[], unknown>>()
+
   constructor(private readonly db: Database.Database) {}
 
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
-    const outbox = this.db.prepare<[string], { seq: number; payload: string }>(
-      "SELECT seq, payload FROM hook_events WHERE document = ?",
-    )
-    const log = this.db.prepare<[string], { id: number; payload: string }>(
-      "SELECT id, payload FROM event_log WHERE conversation = ?",
-    )
+    // The outbox holds what targets are still owed (a backlog while one fails, its dead letters): for some
+    // messages, SQLite itself picks the rows naming one of them (see payloadNeedles), no row read into
+    // JavaScript for nothing. The log is the conversation's whole history: a message's own rows only,
+    // through the indexed column `message` (see messageOf), so a deletion costs what it names.
+    const ids = scope.kind === "messages" ? [...scope.ids] : []
+    const outbox = (): { seq: number; payload: string }[] => {
+      const rows = (sql: string, ...args: string[]) =>
+        this.statement(sql).all(document, ...args) as { seq: number; payload: string }[]
+      if (scope.kind === "conversation")
+        return rows("SELECT seq, payload FROM hook_events WHERE document = ?")
+      // instr costs a pass over each payload per id: past a few ids, one pass in JavaScript for them all.
+      if (ids.length > SQL_NEEDLES)
+        return rows("SELECT seq, payload FROM hook_events WHERE document = ?").filter((row) =>
+          namesAnyMessage(row.payload, scope.ids),
+        )
+      const naming = ids.map(() => "instr(payload, ?) > 0").join(" OR ")
+      return rows(
+        `SELECT seq, payload FROM hook_events WHERE document = ? AND (${naming})`,
+        ...payloadNeedles(scope.ids),
+      )
+    }
+    const log = (): { id: number; payload: string }[] => {
+      if (scope.kind === "conversation")
+        return this.statement("SELECT id, payload FROM event_log WHERE conversation = ?").all(
+          conversationId,
+        ) as { id: number; payload: string }[]
+      const found: { id: number; payload: string }[] = []
+      for (let start = 0; start < ids.length; start += LOG_IDS_PER_QUERY) {
+        const chunk = ids.slice(start, start + LOG_IDS_PER_QUERY)
+        const sql = `SELECT id, payload FROM event_log WHERE conversation = ? AND message IN (${chunk.map(() => "?").join(", ")})`
+        found.push(
+          ...(this.statement(sql).all(conversationId, ...chunk) as { id: number; payload: string }[]),
+        )
+      }
+      return found
+    }
     const setOutbox = this.db.prepare("UPDATE hook_events SET payload = ? WHERE seq = ?")
     const setLog = this.db.prepare("UPDATE event_log SET payload = ? WHERE id = ?")
-    // For some messages, only the payloads that name one of them are parsed (see namesAnyMessage).
-    const concerned = (payload: string) =>
-      scope.kind === "conversation" || namesAnyMessage(payload, scope.ids)
     this.db.transaction(() => {
-      for (const row of outbox.all(document)) {
-        const payload = concerned(row.payload) ? redactPayload(row.payload, scope) : undefined
+      for (const row of outbox()) {
+        const payload = redactPayload(row.payload, scope)
         if (payload !== undefined) setOutbox.run(payload, row.seq)
       }
-      for (const row of log.all(conversationId)) {
-        const payload = concerned(row.payload) ? redactPayload(row.payload, scope) : undefined
+      for (const row of log()) {
+        const payload = redactPayload(row.payload, scope)
         if (payload !== undefined) setLog.run(payload, row.id)
       }
     })()
+  }
+
+  /** A statement prepared once per text (a deletion's statements differ only in how many ids they name). */
+  private statement(sql: string): Database.Statement<unknown[], unknown> {
+    let prepared = this.statements.get(sql)
+    if (!prepared) {
+      // Bounded: one per count of ids in a deletion, which a change's deletions bound.
+      if (this.statements.size >= 64) this.statements.clear()
+      prepared = this.db.prepare<unknown[], unknown>(sql)
+      this.statements.set(sql, prepared)
+    }
+    return prepared
   }
 
   async dropSegments(document: string): Promise<void> {
@@ -135,10 +181,17 @@ export class PostgresContentPurge implements ContentPurge {
         if (payload !== undefined)
           await client.query("UPDATE parley_hook_events SET payload = $1 WHERE seq = $2", [payload, row.seq])
       }
-      const log = await client.query<{ id: string; payload: string }>(
-        `SELECT id, payload FROM parley_event_log WHERE conversation = $1${naming} FOR UPDATE`,
-        needles ? [conversationId, needles] : [conversationId],
-      )
+      // A message's own rows only (the indexed column `message`): see SqliteContentPurge.redactEvents.
+      const log =
+        scope.kind === "messages"
+          ? await client.query<{ id: string; payload: string }>(
+              "SELECT id, payload FROM parley_event_log WHERE conversation = $1 AND message = ANY($2::text[]) FOR UPDATE",
+              [conversationId, [...scope.ids]],
+            )
+          : await client.query<{ id: string; payload: string }>(
+              "SELECT id, payload FROM parley_event_log WHERE conversation = $1 FOR UPDATE",
+              [conversationId],
+            )
       for (const row of log.rows) {
         const payload = redactPayload(row.payload, scope)
         if (payload !== undefined)
@@ -198,7 +251,7 @@ export class MemoryContentPurge implements ContentPurge {
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
     const rewrite = (event: HookEvent) => redactEvent(event, scope)
     this.outbox.rewriteEvents(document, rewrite)
-    this.events.rewriteEvents(conversationId, rewrite)
+    this.events.rewriteEvents(conversationId, rewrite, scope.kind === "messages" ? scope.ids : undefined)
   }
 
   async dropSegments(document: string): Promise<void> {

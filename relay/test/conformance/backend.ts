@@ -208,11 +208,19 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
             },
           },
         }) as unknown as HookEvent
+      const edited = (id: string, conversation: string, messageId: string, body: string): HookEvent =>
+        ({
+          ...sampleEvent(id, conversation),
+          event: { ...sampleEvent(id, conversation).event, type: "message.edited" },
+          subject: { messageId, body, editedAt: 2 },
+        }) as unknown as HookEvent
       await backend.outbox.enqueue({
         document: "g~gone",
         events: [
           { event: sent("e1", "g~gone", "m1", "Conf-Secret-One"), targets: ["t"] },
           { event: sent("e2", "g~gone", "m2", "Conf-Kept-Two"), targets: ["t"] },
+          // Logged only: the edit of m1 is in the event log, not owed to any target.
+          { event: edited("e4", "g~gone", "m1", "Conf-Secret-Edit"), targets: [] },
         ],
       })
       await backend.outbox.enqueue({
@@ -231,6 +239,7 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
 
       await purge.redactEvents("g~gone", "g~gone", { kind: "messages", ids: new Set(["m1"]) })
       expect(await stored()).not.toContain("Conf-Secret-One")
+      expect(await stored()).not.toContain("Conf-Secret-Edit")
       expect(await stored()).toContain("Conf-Kept-Two")
       await purge.redactEvents("g~gone", "g~gone", { kind: "conversation" })
       await purge.dropSegments("g~gone")

@@ -41,6 +41,8 @@ export interface StartRelayProcessOptions {
   readonly env?: NodeJS.ProcessEnv
   /** Flags for node itself, before the script (`--cpu-prof`, which NODE_OPTIONS refuses). */
   readonly nodeArgs?: readonly string[]
+  /** The relay's entry point (default `relay/bin/parley-relay.js`, which runs the sources; `relay/dist/main.js` runs the compiled relay). */
+  readonly script?: string
 }
 
 const started = new Set<RelayProcess>()
@@ -72,7 +74,7 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
     process.execPath,
     [
       ...(options.nodeArgs ?? []),
-      BIN,
+      options.script ?? BIN,
       "--port",
       "0",
       "--data-dir",
