@@ -347,6 +347,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     })
   }
 
+  async storedIncludes(name: string, needle: Uint8Array): Promise<boolean> {
+    parseName(name)
+    const stored = await this.options.storage.load(name)
+    const holds = (bytes: Uint8Array) =>
+      Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf(needle) >= 0
+    return (stored.snapshot !== null && holds(stored.snapshot)) || stored.updates.some((u) => holds(u.update))
+  }
+
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean {
     return (this.loadedNow.get(name)?.connections.size ?? 0) > 0

@@ -176,6 +176,55 @@ describe("deletion deletes (SQLite)", () => {
   })
 })
 
+describe("deletion in a big room", () => {
+  it("purges a deleted message from the inboxes that stored it, and leaves the other members' inboxes unread", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await startRelay({
+      backend: new SqliteBackend(dir),
+      port: 0,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      // An inbox nobody has open is stored and dropped at once: bob's keeps the preview it showed.
+      limits: { idleUnloadMs: 50 },
+    })
+    relays.push(relay)
+    const members = Array.from({ length: 60 }, (_, i) => `member${i}` as UserId)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob, ...members] })
+    sendMessage(a.doc, alice, { body: "Keep-Tapir-Text" })
+    await a.allSaved()
+    await relay.hooks?.idle()
+    const inbox = await joinAs(relay, bob, inboxDocumentName(bob))
+    const preview = () => JSON.stringify(inbox.doc.getMap(InboxTopLevel.entries).toJSON())
+    const gone = sendMessage(a.doc, alice, { body: "Gone-Quokka-Text" })
+    await a.allSaved()
+    await inbox.until(() => preview().includes("Gone-Quokka-Text"))
+    inbox.close()
+    // Bob's inbox, unloaded, is stored with the preview; no other member's inbox ever showed it.
+    await until(() =>
+      rowsHolding(dir, "Gone-Quokka-Text").some((row) => row.includes(inboxDocumentName(bob))),
+    )
+    await relay.hooks?.idle()
+    const compactions = async () => {
+      const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+      return Number(/^parley_compactions_total (\d+)/m.exec(text)?.[1] ?? Number.NaN)
+    }
+    const before = await compactions()
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    await until(() => rowsHolding(dir, "Gone-Quokka-Text").length === 0)
+    await relay.hooks?.idle()
+    // The conversation's and bob's inbox's, and maybe the author's: not one per member (61 before).
+    expect((await compactions()) - before).toBeLessThanOrEqual(4)
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Gone-Quokka-Text")
+    expect(rawFiles(dir)).toContain("Keep-Tapir-Text")
+  })
+})
+
 describe("deletion deletes (memory, --storage memory)", () => {
   it("redacts the event log, the outbox and drops the segments in memory too", async () => {
     const backend = new MemoryBackend()

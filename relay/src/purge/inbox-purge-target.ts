@@ -29,9 +29,10 @@ const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
  * written, and the inbox's log is folded into a snapshot of its
  * garbage-collected document, so that no stored inbox keeps the old entry.
  * A delivery target of the hook pipeline: after the deletion is saved, at
- * least once across restarts. It costs one inbox load per participant per
- * deletion, and a write and a compaction where the entry changed (deletions
- * are rare; messages cost nothing here).
+ * least once across restarts. A conversation's deletion costs one inbox load
+ * per participant; a message's deletion a byte search of each participant's
+ * stored inbox for its id, and a load, a write and a compaction only of the
+ * inboxes that stored it or are open (messages cost nothing here).
  *
  * Deletions arrive in batches (a device's offline sync deletes several
  * messages in one frame: one `message.deleted` each), and one pass purges
@@ -63,8 +64,19 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       })
       if (!read) return
       const { entries } = read
+      // A message's text is in a stored inbox only where an entry showing it (its preview, which names
+      // its id) was stored: the others are passed over unread, a byte search of their stored form each,
+      // so that deleting a message in a big room costs what the affected inboxes cost, not a load, a
+      // write and a compaction of every member's inbox. A connected member's inbox is written in any
+      // case (its entry in memory may show the message) and compacted where the entry changed.
+      const needle = deleted === undefined ? undefined : new TextEncoder().encode(deleted)
+      const mayHold = async (inbox: string) =>
+        needle === undefined || !relay.storedIncludes || (await relay.storedIncludes(inbox, needle))
       for (const [user, entry] of entries) {
         const inbox = inboxDocumentName(user)
+        const connected = relay.isConnected(inbox)
+        const stored = await mayHold(inbox)
+        if (!connected && !stored) continue
         let changed = false
         await relay.write(inbox, { kind: "relay" }, (doc) => {
           // A later message may have reached the inbox since the read (LiveInbox): it shows no deleted text.
@@ -73,8 +85,8 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
           changed = writeInboxEntry(doc, conversation, entry)
         })
         // An unchanged entry never showed the text; a stored inbox is compacted whenever it unloads, so
-        // its log holds only what it gained while loaded (compacted here when connected).
-        if (changed || relay.isConnected(inbox)) await relay.compact?.(inbox)
+        // its log holds only what it gained while loaded.
+        if (changed || stored) await relay.compact?.(inbox)
       }
       purged.set(read.doc, read.deletions)
     },

@@ -523,6 +523,17 @@ export const honestShapes: readonly Shape[] = [
     },
   },
   {
+    // Small, and the most work per byte an honest client can ask for: the relay purges the message's
+    // content from its stored log (a compaction), its logged events and the SQLite WAL.
+    name: "one of my messages deleted (its content purged)",
+    honest: true,
+    user: alice,
+    build: (relay) => {
+      const mine = listMessages(relay, { last: 1_000 }).filter((m) => m.author === alice && !m.deleted)
+      return writtenOn(relay, (doc) => deleteMessage(doc, alice, mine.at(-1)!.id))
+    },
+  },
+  {
     name: "stock y-websocket client: one message",
     honest: true,
     user: alice,

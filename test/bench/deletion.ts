@@ -1,0 +1,70 @@
+/**
+ * What deleting one message costs the relay in a room of M members (default
+ * 10 and 1,000), none of them connected: the relay's CPU (this process) from
+ * the deletion's write until the hooks are idle, the purge included (log
+ * compaction, stored hook events redacted, WAL truncated, the inboxes that
+ * stored the message's preview rewritten). SQLite in a temp directory, the
+ * relay in process. Prints figures; asserts nothing.
+ *
+ *   npm run bench:deletion [-- --members 10,1000 --deletions 5]
+ */
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { parseArgs } from "node:util"
+import { startRelay } from "@parley/relay"
+import {
+  addParticipants,
+  type ConversationId,
+  createConversation,
+  deleteMessage,
+  listMessages,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import { median } from "./stats.js"
+
+const { values: flags } = parseArgs({
+  options: { members: { type: "string", default: "10,1000" }, deletions: { type: "string", default: "5" } },
+})
+
+for (const members of flags.members.split(",").map(Number)) {
+  const dataDir = mkdtempSync(join(tmpdir(), "parley-bench-deletion-"))
+  const relay = await startRelay({
+    port: 0,
+    dataDir,
+    inbox: true,
+    log: "silent",
+    dev: true,
+    limits: { userParticipantsPerMinute: 0 },
+  })
+  try {
+    const users = Array.from({ length: members }, (_, i) => `member${i}` as UserId)
+    const author = { kind: "user", user: users[0]! } as const
+    const id = "g~deletion" as ConversationId
+    await relay.core.write(id, author, (doc) => {
+      createConversation(doc, users[0]!, { kind: "group", id, participants: [], title: "Everyone" })
+      addParticipants(doc, users[0]!, users.slice(1))
+    })
+    const deletions = Number(flags.deletions)
+    for (let i = 0; i < deletions + 10; i++)
+      await relay.core.write(id, author, (doc) => void sendMessage(doc, users[0]!, { body: `message ${i}` }))
+    await relay.hooks?.idle()
+    const ids = await relay.core.read(id, (doc) => listMessages(doc, { last: deletions }).map((m) => m.id))
+    const cpu: number[] = []
+    for (const message of ids) {
+      const start = process.cpuUsage()
+      await relay.core.write(id, author, (doc) => deleteMessage(doc, users[0]!, message))
+      await relay.hooks?.idle()
+      const used = process.cpuUsage(start)
+      cpu.push((used.user + used.system) / 1000)
+    }
+    console.log(
+      `${members} members: one message deleted, relay CPU median ${median(cpu).toFixed(1)} ms (${cpu.map((c) => c.toFixed(1)).join(", ")})`,
+    )
+  } finally {
+    await relay.close()
+    rmSync(dataDir, { recursive: true, force: true })
+  }
+}
+process.exit(0)
