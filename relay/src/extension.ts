@@ -90,12 +90,12 @@ export interface RunningCore {
   compact?(name: string): Promise<void>
   /**
    * Whether the document's stored form (its snapshot and log, not what is
-   * only in memory) holds the bytes `needle` anywhere: read from storage
-   * without decoding or loading the document, so that a purge can pass over
-   * the documents that never stored a deleted message's id (a big room's
-   * inboxes) at the cost of a byte search each.
+   * only in memory) holds one of `needles` (bytes) anywhere: read from
+   * storage without decoding or loading the document, so that a purge can
+   * pass over the documents that never stored a deleted message's id (a big
+   * room's inboxes) at the cost of a byte search each.
    */
-  storedIncludes?(name: string, needle: Uint8Array): Promise<boolean>
+  storedIncludes?(name: string, needles: readonly Uint8Array[]): Promise<boolean>
   /**
    * The durable log of hook events (what `GET /v1/events` streams), when the
    * relay keeps one (`startRelay` always does; a bare core without it does not).

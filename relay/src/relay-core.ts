@@ -47,6 +47,7 @@ import {
   compact,
   type PathContext,
   type PathLimits,
+  purgeDue,
   type StorageHealth,
   sequenceLeftovers,
   submitUpdate,
@@ -73,6 +74,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   maxUpdateBytes: 1024 * 1024,
   compactAfterUpdates: 500,
   compactAfterBytes: 8 * 1024 * 1024,
+  purgeDelayMs: 100,
   ...DEFAULT_AWARENESS_LIMITS,
   ...DEFAULT_UPDATE_COST_LIMITS,
   ...DEFAULT_USER_LIMITS,
@@ -347,11 +349,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     })
   }
 
-  async storedIncludes(name: string, needle: Uint8Array): Promise<boolean> {
+  async storedIncludes(name: string, needles: readonly Uint8Array[]): Promise<boolean> {
     parseName(name)
+    if (needles.length === 0) return false
     const stored = await this.options.storage.load(name)
-    const holds = (bytes: Uint8Array) =>
-      Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf(needle) >= 0
+    const holds = (bytes: Uint8Array) => {
+      const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+      return needles.some((needle) => buffer.indexOf(needle) >= 0)
+    }
     return (stored.snapshot !== null && holds(stored.snapshot)) || stored.updates.some((u) => holds(u.update))
   }
 
@@ -769,6 +774,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     host.beginUnload()
     const done = host
       .enqueue(async () => {
+        await purgeDue(this.ctx, host)
         await this.derived.store(this.ctx, host)
         await compact(this.ctx, host)
       })
@@ -901,6 +907,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         }
         host.beginUnload()
         await host.enqueue(async () => {
+          await purgeDue(this.ctx, host)
           await this.derived.store(this.ctx, host)
           await compact(this.ctx, host)
         })

@@ -49,6 +49,8 @@ export interface PathLimits extends UpdateCostLimits {
   readonly compactAfterUpdates: number
   /** ...or once they hold this many bytes. */
   readonly compactAfterBytes: number
+  /** How long a message deletion's purge waits for the document's next deletions to share it (see {@link schedulePurge}). */
+  readonly purgeDelayMs: number
 }
 
 /** What the update path works with. */
@@ -411,7 +413,7 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   }
   const deletedMessages = events.flatMap((e) => (e.type === "message.deleted" ? [e.messageId] : []))
   if (host.name.kind === "conversation" && deletedMessages.length > 0)
-    await purgeMessages(ctx, host, host.name.id, deletedMessages)
+    schedulePurge(ctx, host, deletedMessages)
   if (ctx.history && host.name.kind === "conversation") {
     await seal(ctx, ctx.history, host)
     if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds) await startNewEpoch(ctx, host)
@@ -420,6 +422,50 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
   }
+}
+
+/** Deleted messages not purged yet, per document, and the timer that will purge them. */
+const purgesDue = new WeakMap<DocumentHost, { readonly ids: Set<MessageId>; timer?: NodeJS.Timeout }>()
+
+/**
+ * Has `ids` purged within `purgeDelayMs` (default 100), together with the
+ * document's other deletions by then: a purge (a compaction of the document,
+ * its stored events redacted, the WAL truncated, the inboxes searched) costs
+ * the same for one message as for many, and a user may send a hundred
+ * deletions a second, each a frame of a hundred bytes.
+ */
+function schedulePurge(ctx: PathContext, host: DocumentHost, ids: readonly MessageId[]): void {
+  let due = purgesDue.get(host)
+  if (!due) {
+    due = { ids: new Set() }
+    purgesDue.set(host, due)
+  }
+  for (const id of ids) due.ids.add(id)
+  if (due.timer) return
+  due.timer = setTimeout(() => {
+    host
+      .enqueue(async () => {
+        if (!host.destroyed) await purgeDue(ctx, host)
+      })
+      .catch((error: unknown) =>
+        ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages"),
+      )
+  }, ctx.limits.purgeDelayMs)
+  // The relay's own lifetime is its server's: a pending purge runs at the latest when the document unloads.
+  due.timer.unref()
+}
+
+/**
+ * Purges the document's deleted messages still waiting for their purge (see
+ * {@link schedulePurge}) now. Call inside the document's queue; the relay
+ * calls it before a document unloads and before it stops.
+ */
+export async function purgeDue(ctx: PathContext, host: DocumentHost): Promise<void> {
+  const due = purgesDue.get(host)
+  if (!due || due.ids.size === 0 || host.name.kind !== "conversation") return
+  clearTimeout(due.timer)
+  purgesDue.delete(host)
+  await purgeMessages(ctx, host, host.name.id, [...due.ids])
 }
 
 /**

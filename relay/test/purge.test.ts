@@ -225,6 +225,51 @@ describe("deletion in a big room", () => {
   })
 })
 
+describe("deletions one after another", () => {
+  it("share their purges: a stream of single deletions costs a few compactions, and leaves none of the text", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    // The default history: the twenty stay in the live document. Purges wait longer than the default
+    // 100 ms, so that the test does not depend on how fast this machine saves the twenty changes.
+    const relay = await startRelay({
+      backend: new SqliteBackend(dir),
+      port: 0,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      limits: { purgeDelayMs: 2_000 },
+    })
+    relays.push(relay)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Dugong-Text" })
+    const gone = Array.from(
+      { length: 20 },
+      (_, i) => sendMessage(a.doc, alice, { body: `Gone-Margay-${i}` }).id,
+    )
+    await a.allSaved()
+    await relay.hooks?.idle()
+    const compactions = async () => {
+      const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+      return Number(/^parley_compactions_total (\d+)/m.exec(text)?.[1] ?? Number.NaN)
+    }
+    const before = await compactions()
+    // Twenty changes, one deletion each, each saved before the next is sent.
+    for (const message of gone) {
+      deleteMessage(a.doc, alice, message)
+      await a.allSaved()
+    }
+    await until(() => rowsHolding(dir, "Gone-Margay-").length === 0)
+    await relay.hooks?.idle()
+    // One purge (a compaction) per deletion before they were shared.
+    expect((await compactions()) - before).toBeLessThanOrEqual(5)
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Gone-Margay-")
+    expect(rawFiles(dir)).toContain("Keep-Dugong-Text")
+  })
+})
+
 describe("deletion deletes (memory, --storage memory)", () => {
   it("redacts the event log, the outbox and drops the segments in memory too", async () => {
     const backend = new MemoryBackend()

@@ -4,7 +4,10 @@
  * the deletion's write until the hooks are idle, the purge included (log
  * compaction, stored hook events redacted, WAL truncated, the inboxes that
  * stored the message's preview rewritten). SQLite in a temp directory, the
- * relay in process. Prints figures; asserts nothing.
+ * relay in process. Then a stream: `--stream` deletions (default 50) one
+ * after another, each written once the one before is saved (a user deleting
+ * as fast as the relay answers), and the CPU per deletion of the whole stream
+ * until the hooks are idle. Prints figures; asserts nothing.
  *
  *   npm run bench:deletion [-- --members 10,1000 --deletions 5]
  */
@@ -25,7 +28,11 @@ import {
 import { median } from "./stats.js"
 
 const { values: flags } = parseArgs({
-  options: { members: { type: "string", default: "10,1000" }, deletions: { type: "string", default: "5" } },
+  options: {
+    members: { type: "string", default: "10,1000" },
+    deletions: { type: "string", default: "5" },
+    stream: { type: "string", default: "50" },
+  },
 })
 
 for (const members of flags.members.split(",").map(Number)) {
@@ -46,21 +53,37 @@ for (const members of flags.members.split(",").map(Number)) {
       createConversation(doc, users[0]!, { kind: "group", id, participants: [], title: "Everyone" })
       addParticipants(doc, users[0]!, users.slice(1))
     })
+    // A deletion's purge runs 100 ms after it (shared with the deletions meanwhile), its hooks after that.
+    const settled = async () => {
+      await relay.hooks?.idle()
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      await relay.hooks?.idle()
+    }
     const deletions = Number(flags.deletions)
-    for (let i = 0; i < deletions + 10; i++)
+    const stream = Number(flags.stream)
+    for (let i = 0; i < deletions + stream + 10; i++)
       await relay.core.write(id, author, (doc) => void sendMessage(doc, users[0]!, { body: `message ${i}` }))
     await relay.hooks?.idle()
-    const ids = await relay.core.read(id, (doc) => listMessages(doc, { last: deletions }).map((m) => m.id))
+    const all = await relay.core.read(id, (doc) =>
+      listMessages(doc, { last: deletions + stream }).map((m) => m.id),
+    )
+    const ids = all.slice(stream)
     const cpu: number[] = []
     for (const message of ids) {
       const start = process.cpuUsage()
       await relay.core.write(id, author, (doc) => deleteMessage(doc, users[0]!, message))
-      await relay.hooks?.idle()
+      await settled()
       const used = process.cpuUsage(start)
       cpu.push((used.user + used.system) / 1000)
     }
+    const start = process.cpuUsage()
+    for (const message of all.slice(0, stream))
+      await relay.core.write(id, author, (doc) => deleteMessage(doc, users[0]!, message))
+    await settled()
+    const used = process.cpuUsage(start)
     console.log(
-      `${members} members: one message deleted, relay CPU median ${median(cpu).toFixed(1)} ms (${cpu.map((c) => c.toFixed(1)).join(", ")})`,
+      `${members} members: one message deleted, relay CPU median ${median(cpu).toFixed(1)} ms (${cpu.map((c) => c.toFixed(1)).join(", ")}); ` +
+        `${stream} deleted one after another: ${((used.user + used.system) / 1000 / stream).toFixed(1)} ms each`,
     )
   } finally {
     await relay.close()

@@ -16,6 +16,9 @@ import type { HookEventType } from "../hooks/events.js"
 
 const inboxEntries = (inbox: Y.Doc) => inbox.getMap<InboxEntry>(InboxTopLevel.entries)
 
+/** How long a message deletion's pass waits, so that the deletions of the next moment share it. */
+const SHARED_PASS_WAIT_MS = 100
+
 /** Deletions whose text an inbox entry may show (as the title or the last message's preview). */
 const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
   "conversation.deleted",
@@ -35,17 +38,21 @@ const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
  * inboxes that stored it or are open (messages cost nothing here).
  *
  * Deletions arrive in batches (a device's offline sync deletes several
- * messages in one frame: one `message.deleted` each), and one pass purges
- * every deletion the conversation already held when it read it: a pass
- * remembers which messages were deleted in the document it read, and a later
- * `message.deleted` of one of them, in the same loaded document, is done
- * already (its entries were derived from a document without the text, then
+ * messages in one frame: one `message.deleted` each; a user deleting one
+ * message after another), and one pass purges its event's message and every
+ * deletion the loaded document gained since the last pass: a later
+ * `message.deleted` of one of those is done already (the inboxes that stored
+ * it were found, their entries derived from a document without the text,
  * written and compacted). Anything else (another load of the document, a
- * deletion the pass did not see, a failed pass) purges again.
+ * deletion the pass did not cover, a failed pass) purges again.
  */
 export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
-  // The loaded document a pass read → the messages deleted in it then (dropped with the document).
-  const purged = new WeakMap<Y.Doc, ReadonlySet<MessageId>>()
+  // Per loaded document (dropped with it): the messages deleted in it at the last pass, and those whose
+  // deletion a pass purged (searched for in the inboxes, and purged where stored).
+  const passes = new WeakMap<Y.Doc, { seen: ReadonlySet<MessageId>; purged: Set<MessageId> }>()
+  const encoder = new TextEncoder()
+  const purgedAlready = (conversation: string, deleted: MessageId) =>
+    relay.read(conversation, (doc) => passes.get(doc)?.purged.has(deleted) === true)
   return {
     name: "inbox-purge",
     accepts: (type) => PURGING.has(type),
@@ -55,23 +62,34 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
         event.event.type === "message.deleted"
           ? (event.subject as { readonly messageId: MessageId }).messageId
           : undefined
+      if (deleted !== undefined) {
+        if (await purgedAlready(conversation, deleted)) return
+        // A user deleting one message after another: the deletions of the next moment share this pass.
+        await new Promise((resolve) => setTimeout(resolve, SHARED_PASS_WAIT_MS))
+      }
       const read = await relay.read(conversation, (doc) => {
-        if (deleted !== undefined && purged.get(doc)?.has(deleted)) return undefined
+        const pass = passes.get(doc)
+        if (deleted !== undefined && pass?.purged.has(deleted)) return undefined
         const entries = [...typesOf(doc).participants.keys()].map(
           (user) => [user as UserId, inboxEntryFor(doc, user as UserId)] as const,
         )
-        return { doc, entries, deletions: new Set(messageIndex(doc).deleted.keys()) }
+        const deletions = new Set(messageIndex(doc).deleted.keys())
+        // This event's message, and those deleted since the last pass on this document (their events
+        // follow: they find their work done). Not every deletion a document ever had, on a first pass.
+        const covered = new Set<MessageId>(deleted === undefined ? [] : [deleted])
+        if (pass) for (const id of deletions) if (!pass.seen.has(id)) covered.add(id)
+        return { doc, entries, deletions, covered }
       })
       if (!read) return
-      const { entries } = read
+      const { entries, covered } = read
       // A message's text is in a stored inbox only where an entry showing it (its preview, which names
       // its id) was stored: the others are passed over unread, a byte search of their stored form each,
       // so that deleting a message in a big room costs what the affected inboxes cost, not a load, a
       // write and a compaction of every member's inbox. A connected member's inbox is written in any
       // case (its entry in memory may show the message) and compacted where the entry changed.
-      const needle = deleted === undefined ? undefined : new TextEncoder().encode(deleted)
+      const needles = deleted === undefined ? undefined : [...covered].map((id) => encoder.encode(id))
       const mayHold = async (inbox: string) =>
-        needle === undefined || !relay.storedIncludes || (await relay.storedIncludes(inbox, needle))
+        needles === undefined || !relay.storedIncludes || (await relay.storedIncludes(inbox, needles))
       for (const [user, entry] of entries) {
         const inbox = inboxDocumentName(user)
         const connected = relay.isConnected(inbox)
@@ -88,7 +106,10 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
         // its log holds only what it gained while loaded.
         if (changed || stored) await relay.compact?.(inbox)
       }
-      purged.set(read.doc, read.deletions)
+      const pass = passes.get(read.doc)
+      const purged = pass?.purged ?? new Set<MessageId>()
+      for (const id of covered) purged.add(id)
+      passes.set(read.doc, { seen: read.deletions, purged })
     },
     retryDelay: exponentialBackoff({ baseMs: 500, maxMs: 30_000, attempts: 20 }),
   }
