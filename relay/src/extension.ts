@@ -89,13 +89,12 @@ export interface RunningCore {
    */
   compact?(name: string): Promise<void>
   /**
-   * Whether the document's stored form (its snapshot and log, not what is
-   * only in memory) holds one of `needles` (bytes) anywhere: read from
-   * storage without decoding or loading the document, so that a purge can
-   * pass over the documents that never stored a deleted message's id (a big
-   * room's inboxes) at the cost of a byte search each.
+   * Which of the documents `names` hold one of `needles` (bytes) anywhere in
+   * their stored form (snapshot and log, not what is only in memory), searched
+   * without decoding or loading them: a purge passes over the documents that
+   * never stored a deleted message's id (a big room's inboxes).
    */
-  storedIncludes?(name: string, needles: readonly Uint8Array[]): Promise<boolean>
+  storedHolding?(names: readonly string[], needles: readonly Uint8Array[]): Promise<ReadonlySet<string>>
   /**
    * The durable log of hook events (what `GET /v1/events` streams), when the
    * relay keeps one (`startRelay` always does; a bare core without it does not).

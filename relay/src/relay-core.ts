@@ -349,15 +349,25 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     })
   }
 
-  async storedIncludes(name: string, needles: readonly Uint8Array[]): Promise<boolean> {
-    parseName(name)
-    if (needles.length === 0) return false
-    const stored = await this.options.storage.load(name)
+  async storedHolding(
+    names: readonly string[],
+    needles: readonly Uint8Array[],
+  ): Promise<ReadonlySet<string>> {
+    for (const name of names) parseName(name)
+    if (needles.length === 0) return new Set()
+    const storage = this.options.storage
+    if (storage.holding) return storage.holding(names, needles)
     const holds = (bytes: Uint8Array) => {
       const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
       return needles.some((needle) => buffer.indexOf(needle) >= 0)
     }
-    return (stored.snapshot !== null && holds(stored.snapshot)) || stored.updates.some((u) => holds(u.update))
+    const found = new Set<string>()
+    for (const name of names) {
+      const stored = await storage.load(name)
+      if ((stored.snapshot !== null && holds(stored.snapshot)) || stored.updates.some((u) => holds(u.update)))
+        found.add(name)
+    }
+    return found
   }
 
   /** Whether someone is connected to the document now. */

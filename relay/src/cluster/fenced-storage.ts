@@ -52,6 +52,10 @@ export class FencedStorage implements RelayStorage {
     this.group = new GroupCommit((batch) => this.commit(batch))
   }
 
+  holding(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>> {
+    return this.reads.holding(names, needles)
+  }
+
   async load(name: string): Promise<StoredDocument> {
     await this.group.settled(name)
     return this.reads.load(name)

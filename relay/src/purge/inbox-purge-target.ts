@@ -70,31 +70,37 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       const read = await relay.read(conversation, (doc) => {
         const pass = passes.get(doc)
         if (deleted !== undefined && pass?.purged.has(deleted)) return undefined
-        const entries = [...typesOf(doc).participants.keys()].map(
-          (user) => [user as UserId, inboxEntryFor(doc, user as UserId)] as const,
-        )
+        const users = [...typesOf(doc).participants.keys()] as UserId[]
         const deletions = new Set(messageIndex(doc).deleted.keys())
         // This event's message, and those deleted since the last pass on this document (their events
         // follow: they find their work done). Not every deletion a document ever had, on a first pass.
         const covered = new Set<MessageId>(deleted === undefined ? [] : [deleted])
         if (pass) for (const id of deletions) if (!pass.seen.has(id)) covered.add(id)
-        return { doc, entries, deletions, covered }
+        return { doc, users, deletions, covered }
       })
       if (!read) return
-      const { entries, covered } = read
+      const { users, covered } = read
       // A message's text is in a stored inbox only where an entry showing it (its preview, which names
       // its id) was stored: the others are passed over unread, a byte search of their stored form each,
       // so that deleting a message in a big room costs what the affected inboxes cost, not a load, a
       // write and a compaction of every member's inbox. A connected member's inbox is written in any
       // case (its entry in memory may show the message) and compacted where the entry changed.
       const needles = deleted === undefined ? undefined : [...covered].map((id) => encoder.encode(id))
-      const mayHold = async (inbox: string) =>
-        needles === undefined || !relay.storedIncludes || (await relay.storedIncludes(inbox, needles))
+      const inboxes = users.map((user) => inboxDocumentName(user))
+      const holding =
+        needles === undefined || !relay.storedHolding
+          ? undefined
+          : await relay.storedHolding(inboxes, needles)
+      // The entries of the inboxes to purge only (deriving one costs the member's unread count).
+      const purging = users.filter(
+        (_, i) => holding === undefined || holding.has(inboxes[i]!) || relay.isConnected(inboxes[i]!),
+      )
+      const entries = await relay.read(conversation, (doc) =>
+        purging.map((user) => [user, inboxEntryFor(doc, user)] as const),
+      )
       for (const [user, entry] of entries) {
         const inbox = inboxDocumentName(user)
-        const connected = relay.isConnected(inbox)
-        const stored = await mayHold(inbox)
-        if (!connected && !stored) continue
+        const stored = holding === undefined || holding.has(inbox)
         let changed = false
         await relay.write(inbox, { kind: "relay" }, (doc) => {
           // A later message may have reached the inbox since the read (LiveInbox): it shows no deleted text.

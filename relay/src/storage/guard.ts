@@ -123,6 +123,13 @@ export class StorageGuard implements RelayStorage {
     return this.call("store an update", () => this.inner.append(name, updates))
   }
 
+  /** The inner storage's search, when it has one (see {@link RelayStorage.holding}). */
+  get holding(): RelayStorage["holding"] {
+    const inner = this.inner
+    if (!inner.holding) return undefined
+    return (names, needles) => this.call("search stored documents", () => inner.holding!(names, needles))
+  }
+
   compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
     return this.call("store a snapshot", () => this.inner.compact(name, snapshot, through))
   }

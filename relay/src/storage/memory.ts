@@ -50,6 +50,21 @@ export class MemoryStorage implements RelayStorage {
     if (this.closed) throw new Error("storage is closed")
   }
 
+  async holding(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>> {
+    this.assertOpen()
+    const holds = (bytes: Uint8Array) => {
+      const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+      return needles.some((needle) => buffer.indexOf(needle) >= 0)
+    }
+    const found = new Set<string>()
+    for (const name of names) {
+      const doc = this.data.documents.get(name)
+      if (doc && ((doc.snapshot !== null && holds(doc.snapshot)) || doc.updates.some((u) => holds(u.update))))
+        found.add(name)
+    }
+    return found
+  }
+
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
     const doc = this.data.documents.get(name)

@@ -120,6 +120,23 @@ export class PostgresStorage implements RelayStorage {
     if (this.closed) throw new Error("storage is closed")
   }
 
+  async holding(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>> {
+    this.assertOpen()
+    const found = new Set<string>()
+    if (names.length === 0 || needles.length === 0) return found
+    await this.group.drain()
+    // position() on bytea compares bytes, in the database: no stored byte comes to the relay.
+    const { rows } = await this.pool.query<{ doc: string }>(
+      `SELECT doc FROM parley_snapshots WHERE doc = ANY($1::text[])
+         AND EXISTS (SELECT 1 FROM unnest($2::bytea[]) n WHERE position(n IN data) > 0)
+       UNION SELECT doc FROM parley_updates WHERE doc = ANY($1::text[])
+         AND EXISTS (SELECT 1 FROM unnest($2::bytea[]) n WHERE position(n IN data) > 0)`,
+      [names, needles.map((n) => Buffer.from(n.buffer, n.byteOffset, n.byteLength))],
+    )
+    for (const row of rows) found.add(row.doc)
+    return found
+  }
+
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
     await this.group.settled(name)

@@ -218,6 +218,29 @@ export class SqliteStorage implements RelayStorage {
     if (this.closed) throw new Error("storage is closed")
   }
 
+  async holding(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>> {
+    this.assertOpen()
+    const found = new Set<string>()
+    if (names.length === 0 || needles.length === 0) return found
+    // What is still being appended is searched once committed.
+    await this.group.drain()
+    // instr on a BLOB compares bytes. Chunks keep a statement's parameters far under SQLite's limit.
+    const match = needles.map(() => "instr(data, ?) > 0").join(" OR ")
+    const chunk = Math.max(1, 500 - needles.length)
+    for (let start = 0; start < names.length; start += chunk) {
+      const part = names.slice(start, start + chunk)
+      const list = part.map(() => "?").join(", ")
+      const rows = this.db
+        .prepare<unknown[], { doc: string }>(
+          `SELECT doc FROM snapshots WHERE doc IN (${list}) AND (${match})
+           UNION SELECT doc FROM updates WHERE doc IN (${list}) AND (${match})`,
+        )
+        .all(...part, ...needles, ...part, ...needles)
+      for (const row of rows) found.add(row.doc)
+    }
+    return found
+  }
+
   async load(name: string): Promise<StoredDocument> {
     this.assertOpen()
     await this.group.settled(name)

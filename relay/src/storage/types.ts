@@ -64,6 +64,14 @@ export interface RelayStorage {
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]>
   /** Atomically replaces the snapshot with `snapshot` and drops the log entries with position <= `through`. */
   compact(name: string, snapshot: Uint8Array, through: number): Promise<void>
+  /**
+   * Which of the documents `names` hold one of `needles` (bytes) anywhere in
+   * their stored snapshot or log, searched where they are stored (a purge
+   * looks for a deleted message's id in a big room's inboxes), after the
+   * appends in flight are committed. Optional for a storage of your own:
+   * without it the relay loads each document's stored bytes and searches them.
+   */
+  holding?(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>>
   /** Names of every stored document (for rebuilding derived data such as inboxes), sorted. */
   list(): Promise<string[]>
   /**

@@ -95,6 +95,27 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
       expect(names.filter((n) => n === doc("a") || n === doc("b"))).toEqual([doc("a"), doc("b")])
     })
 
+    it("finds the documents whose stored snapshot or log holds some bytes", async () => {
+      // Optional for a storage of your own (the relay then loads and searches each document); ours have it.
+      if (!storage.holding) throw new Error("no holding()")
+      const needle = new TextEncoder().encode("needle-7Qz")
+      const holding = new Uint8Array([1, 2, ...needle, 3])
+      await storage.append(doc("in-log"), [bytes(1), holding])
+      await storage.append(doc("in-snapshot"), [bytes(1)])
+      await storage.compact(doc("in-snapshot"), holding, 1)
+      await storage.append(doc("compacted-away"), [holding])
+      await storage.compact(doc("compacted-away"), bytes(5), 1)
+      await storage.append(doc("without"), [bytes(1, 2, 3)])
+      const names = ["in-log", "in-snapshot", "compacted-away", "without", "never-stored"].map(doc)
+      expect([...(await storage.holding(names, [needle]))].sort()).toEqual(
+        [doc("in-log"), doc("in-snapshot")].sort(),
+      )
+      expect([...(await storage.holding(names, [bytes(200, 201), needle.slice(0, 4)]))].sort()).toEqual(
+        [doc("in-log"), doc("in-snapshot")].sort(),
+      )
+      expect(await storage.holding(names, [bytes(250, 251, 252)])).toEqual(new Set())
+    })
+
     it("keeps documents apart", async () => {
       await storage.append(doc("one"), [bytes(1)])
       await storage.append(doc("two"), [bytes(2)])
