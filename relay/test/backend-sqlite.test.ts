@@ -180,6 +180,17 @@ describe("sqlite backend files", () => {
     }
   })
 
+  it("keeps statement journals in memory: the hook rows' savepoint in each commit writes no temporary file", async () => {
+    const backend = new SqliteBackend(tempDir())
+    try {
+      // The connection is the backend's own; 2 is MEMORY (0, the default, puts them in files).
+      const db = (backend as unknown as { db: Database.Database }).db
+      expect(db.pragma("temp_store", { simple: true })).toBe(2)
+    } finally {
+      await backend.close()
+    }
+  })
+
   it("checkpoints its WAL into the database file from a thread of its own while it stays open", async () => {
     const dir = tempDir()
     const backend = new SqliteBackend(dir)
