@@ -985,14 +985,16 @@ async function storeSomeOfBatch(
     release?.()
   }
   const { positions, sequencing, caughtUp } = stored
-  for (const { item, admitted } of applied)
-    await ctx.extensions.updateStored({
-      name: host.name,
-      doc: host.doc,
-      principal: item.principal,
-      clientIds: admitted.clientIds,
-      decision: admitted.decision,
-    })
+  // Skipped whole when no extension observes stored changes (the usual): no await per change.
+  if (ctx.extensions.observeStored)
+    for (const { item, admitted } of applied)
+      await ctx.extensions.updateStored({
+        name: host.name,
+        doc: host.doc,
+        principal: item.principal,
+        clientIds: admitted.clientIds,
+        decision: admitted.decision,
+      })
   // Each connection's frames of this change (its update, the sequencing, a sender's "saved") in one
   // write, with what the observers send at once: a member whose inbox is a channel of the same
   // multiplexed socket gets the conversation's update and the inbox's new entry in that one write.
