@@ -40,6 +40,9 @@ export function memberListOf(list: readonly Participant[]): MemberList {
   return stored
 }
 
+/** {@link conversationHead} of frozen conversations, made once per conversation object. */
+const frozenHeads = new WeakMap<object, StoredEvent | null>()
+
 /**
  * A serializer of events to what the stores write, for one batch: the events
  * of one change share one conversation object, whose JSON (without its
@@ -56,10 +59,13 @@ export function storedEventSerializer(): (event: HookEvent) => StoredEvent {
     const conversation = event.conversation as object | undefined
     let shared: StoredEvent | null | undefined = null
     if (Object.keys(event).length === 3 && typeof conversation === "object" && conversation !== null) {
-      shared = conversations.get(conversation)
+      // A frozen conversation (`conversationOf`'s, the same object until the conversation changes) is
+      // serialized once for all the changes that carry it; any other once per batch.
+      const cache = Object.isFrozen(conversation) ? frozenHeads : conversations
+      shared = cache.get(conversation)
       if (shared === undefined) {
         shared = conversationHead(conversation as HookEvent["conversation"])
-        conversations.set(conversation, shared)
+        cache.set(conversation, shared)
       }
     }
     if (shared === null) stored = { payload: JSON.stringify(event) }
