@@ -374,9 +374,12 @@ export class Dispatcher {
     } finally {
       this.deadlines.finish(running)
       this.fenced.delete(running)
-      this.options.metrics.duration.observe({ target: target.name }, (performance.now() - started) / 1000)
+      this.options.metrics.duration.observe(
+        this.labelsOf(target).target,
+        (performance.now() - started) / 1000,
+      )
     }
-    this.options.metrics.attempts.inc({ target: target.name, outcome: "ok" })
+    this.options.metrics.attempts.inc(this.labelsOf(target).ok)
     if (fence && token !== undefined) {
       if (!(await fence.delivered(delivery, token))) {
         this.abandoned(target, delivery, "its delivery mark was refused (another relay holds a newer token)")
@@ -384,6 +387,21 @@ export class Dispatcher {
       }
     } else this.markDelivered(delivery, lane, id)
     return undefined
+  }
+
+  /** The metric labels of each target's every attempt, made once (not two objects per delivery). */
+  private readonly labels = new Map<
+    DeliveryTarget,
+    { readonly target: { target: string }; readonly ok: { target: string; outcome: string } }
+  >()
+
+  private labelsOf(target: DeliveryTarget) {
+    let labels = this.labels.get(target)
+    if (!labels) {
+      labels = { target: { target: target.name }, ok: { target: target.name, outcome: "ok" } }
+      this.labels.set(target, labels)
+    }
+    return labels
   }
 
   /** Aborts `running` through `lapse` once `document`'s lease no longer carries `token` by this relay's clock. */
