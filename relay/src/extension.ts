@@ -234,6 +234,8 @@ const ALLOW: Decision = { allowed: true }
 export class Extensions {
   private readonly list: readonly RelayExtension[]
   private readonly loader: RelayExtension | undefined
+  /** Those with {@link RelayExtension.updateStored}: most relays have none, and a change then awaits nothing. */
+  private readonly storedObservers: readonly RelayExtension[]
 
   constructor(
     extensions: readonly RelayExtension[],
@@ -246,6 +248,12 @@ export class Extensions {
         `only one extension may apply stored logs: ${loaders.map((e) => e.name ?? "unnamed").join(", ")}`,
       )
     this.loader = loaders[0]
+    this.storedObservers = this.list.filter((e) => e.updateStored)
+  }
+
+  /** True when an extension has {@link RelayExtension.updateStored} (else the update path skips the call). */
+  get observeStored(): boolean {
+    return this.storedObservers.length > 0
   }
 
   /** Starts every extension in order, each awaited, then tells each that all have started. */
@@ -283,7 +291,7 @@ export class Extensions {
   }
 
   async updateStored(change: StoredChange): Promise<void> {
-    for (const extension of this.list) await extension.updateStored?.(change)
+    for (const extension of this.storedObservers) await extension.updateStored?.(change)
   }
 
   async clientIdOwners(document: LoadedDocument): Promise<ClientIdOwners | undefined> {

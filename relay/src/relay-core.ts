@@ -486,11 +486,16 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       connection.close(close.code, close.reason)
       return Promise.reject(error)
     }
-    const local = () => submitUpdate(this.ctx, connection.host, connection.principal, update, connection)
     const router = this.options.router
-    return (
-      router ? router.submit(connection.host, connection.principal, update, connection, local) : local()
-    ).finally(done)
+    const submitted = router
+      ? router.submit(connection.host, connection.principal, update, connection, () =>
+          submitUpdate(this.ctx, connection.host, connection.principal, update, connection),
+        )
+      : submitUpdate(this.ctx, connection.host, connection.principal, update, connection)
+    // One reaction, not a `finally` (two closures and a promise more per message); the caller gets
+    // the update's own outcome, after the user's budget is released.
+    submitted.then(done, done)
+    return submitted
   }
 
   /** @internal */

@@ -953,6 +953,8 @@ async function storeSomeOfBatch(
   let applying: QueuedUpdate | undefined
   let stored: { positions: number[]; sequencing: Entry | undefined; caughtUp: ReadonlySet<Connection> }
   let relayEvents: ChangeEvent[] = []
+  /** The batch's change events, then the sequencing's: for access and the upkeep (one array for both). */
+  let allEvents: readonly ChangeEvent[] = []
   try {
     for (let i = 0; i < items.length; i++) {
       const item = items[i]!
@@ -1006,8 +1008,9 @@ async function storeSomeOfBatch(
     // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
     // Only the last update may change access (it ends the batch): its sender is the one who may have left.
     const last = applied.at(-1)!
+    allEvents = relayEvents.length > 0 ? [...events, ...relayEvents] : events
     const caughtUp = ctx.settleAccess(host, {
-      events: [...events, ...relayEvents],
+      events: allEvents,
       update: last.admitted.update,
       ...(last.item.from ? { from: last.item.from } : {}),
       clientIds: last.admitted.clientIds,
@@ -1031,14 +1034,16 @@ async function storeSomeOfBatch(
     release?.()
   }
   const { positions, sequencing, caughtUp } = stored
-  for (const { item, admitted } of applied)
-    await ctx.extensions.updateStored({
-      name: host.name,
-      doc: host.doc,
-      principal: item.principal,
-      clientIds: admitted.clientIds,
-      decision: admitted.decision,
-    })
+  // Skipped whole when no extension observes stored changes (the usual): no await per change.
+  if (ctx.extensions.observeStored)
+    for (const { item, admitted } of applied)
+      await ctx.extensions.updateStored({
+        name: host.name,
+        doc: host.doc,
+        principal: item.principal,
+        clientIds: admitted.clientIds,
+        decision: admitted.decision,
+      })
   // Each connection's frames of this change (its update, the sequencing, a sender's "saved") in one
   // write, with what the observers send at once: a member whose inbox is a channel of the same
   // multiplexed socket gets the conversation's update and the inbox's new entry in that one write.
@@ -1050,7 +1055,7 @@ async function storeSomeOfBatch(
   } finally {
     releaseHeld()
   }
-  await upkeep(ctx, host, [...applied.flatMap((a) => a.events), ...relayEvents])
+  await upkeep(ctx, host, allEvents)
   const sequenced = sequencing ? [positions.at(-1)!] : []
   for (const [k, { item }] of applied.entries()) item.resolve([positions[k]!, ...sequenced])
   for (const { item } of held) item.resolve([])

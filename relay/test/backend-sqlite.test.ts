@@ -2,6 +2,7 @@ import { spawnSync } from "node:child_process"
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import type { UserId } from "@parley/shared"
 import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
@@ -180,6 +181,17 @@ describe("sqlite backend files", () => {
     }
   })
 
+  it("keeps statement journals in memory: the hook rows' savepoint in each commit writes no temporary file", async () => {
+    const backend = new SqliteBackend(tempDir())
+    try {
+      // The connection is the backend's own; 2 is MEMORY (0, the default, puts them in files).
+      const db = (backend as unknown as { db: Database.Database }).db
+      expect(db.pragma("temp_store", { simple: true })).toBe(2)
+    } finally {
+      await backend.close()
+    }
+  })
+
   it("checkpoints its WAL into the database file from a thread of its own while it stays open", async () => {
     const dir = tempDir()
     const backend = new SqliteBackend(dir)
@@ -329,6 +341,74 @@ await backend.close()
 })
 
 describe("sqlite stored member lists", () => {
+  it("takes each list's newest event from an older database's index, drops the index, and sweeps as before", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-members-"))
+    const withMembers = (id: string, users: string[]) => {
+      const event = sampleEvent(id)
+      const participants = users.map((user, i) => ({
+        user: user as UserId,
+        role: "member" as const,
+        addedBy: "alice" as UserId,
+        addedAt: i,
+      }))
+      return { ...event, conversation: { ...event.conversation, participants } }
+    }
+    const lists = () => {
+      const db = new Database(join(dir, SQLITE_FILE), { readonly: true })
+      try {
+        return {
+          lists: db.prepare("SELECT COUNT(*) FROM member_lists").pluck().get(),
+          indexes: db
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%by_members'")
+            .pluck()
+            .all(),
+        }
+      } finally {
+        db.close()
+      }
+    }
+    try {
+      const first = new SqliteBackend(dir)
+      try {
+        // Ids 1 and 3 reference one list, 2 another.
+        for (const [id, users] of [
+          ["a", ["alice", "bob"]],
+          ["b", ["alice", "carol"]],
+          ["c", ["alice", "bob"]],
+        ] as const)
+          await first.outbox.enqueue({
+            document: "g~c1",
+            events: [{ event: withMembers(id, [...users]), targets: [] }],
+          })
+      } finally {
+        await first.close()
+      }
+      expect(lists()).toEqual({ lists: 2, indexes: [] })
+      // As an earlier version left it: the index, and no record of the lists' newest events.
+      const old = new Database(join(dir, SQLITE_FILE))
+      old.exec(`CREATE INDEX event_log_by_members ON event_log (members) WHERE members IS NOT NULL;
+        CREATE INDEX hook_events_by_members ON hook_events (members) WHERE members IS NOT NULL;
+        DELETE FROM member_list_uses;`)
+      old.close()
+      const backend = new SqliteBackend(dir)
+      try {
+        expect(lists()).toEqual({ lists: 2, indexes: [] })
+        // Event 2 pruned: its list goes; the other is still referenced by event 3.
+        expect(await backend.events.prune({ maxAgeMs: Number.MAX_SAFE_INTEGER, maxEvents: 1 })).toBe(2)
+        expect(lists().lists).toBe(1)
+        expect((await backend.events.read({ limit: 10 })).map((e) => JSON.stringify(e.event))).toEqual([
+          JSON.stringify(withMembers("c", ["alice", "bob"])),
+        ])
+        await backend.events.prune({ maxAgeMs: Number.MAX_SAFE_INTEGER, maxEvents: 0 })
+        expect(lists().lists).toBe(0)
+      } finally {
+        await backend.close()
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
   it("reads the whole payloads an older database stored, and stores new events' member lists apart", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-members-"))
     try {

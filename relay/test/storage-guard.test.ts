@@ -5,7 +5,7 @@ import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
 import type { Principal } from "../src/principal.js"
 import { RelayCore } from "../src/relay-core.js"
-import { StorageGuard } from "../src/storage/guard.js"
+import { StorageGuard, withDeadline, withDeadlines } from "../src/storage/guard.js"
 import { MemoryStorage } from "../src/storage/memory.js"
 import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
 import { storedTwice } from "./helpers/stored-log.js"
@@ -103,6 +103,54 @@ describe("the storage guard", () => {
     finish()
     await until(() => recovered)
     expect((await storage.load("d")).updates).toHaveLength(1)
+  })
+})
+
+describe("storage deadlines", () => {
+  it("fail only the calls that outlive them, whatever order the calls settle in", async () => {
+    const hung = new Promise<number>(() => {})
+    let finish!: (value: number) => void
+    const later = new Promise<number>((resolve) => {
+      finish = resolve
+    })
+    const outlives = withDeadline(hung, 40, "answer")
+    const settlesLate = withDeadline(later, 40, "answer later")
+    const settlesAtOnce = withDeadline(Promise.resolve(1), 40, "answer at once")
+    await expect(settlesAtOnce).resolves.toBe(1)
+    finish(2)
+    await expect(settlesLate).resolves.toBe(2)
+    await expect(outlives).rejects.toMatchObject({
+      code: ErrorCode.STORAGE_UNAVAILABLE,
+      message: "storage did not answer within 40 ms",
+    })
+    // Still served after expiring one.
+    await expect(withDeadline(hung, 40, "answer again")).rejects.toThrow(
+      "storage did not answer again within 40 ms",
+    )
+    await expect(withDeadline(Promise.reject(new Error("disk")), 40, "fail")).rejects.toThrow("disk")
+  })
+
+  it("bound every method of a store that returns a promise, typing its failures", async () => {
+    const store = {
+      answers: async (n: number) => n + 1,
+      fails: async () => {
+        throw new Error("disk")
+      },
+      hangs: () => new Promise<void>(() => {}),
+      now: () => 5,
+    }
+    const bounded = withDeadlines(store, 40, "outbox")
+    expect(await bounded.answers(1)).toBe(2)
+    expect(await bounded.answers(2)).toBe(3)
+    await expect(bounded.fails()).rejects.toMatchObject({
+      code: ErrorCode.STORAGE_UNAVAILABLE,
+      message: "outbox: fails failed: disk",
+    })
+    await expect(bounded.hangs()).rejects.toMatchObject({
+      code: ErrorCode.STORAGE_UNAVAILABLE,
+      message: "storage did not finish outbox: hangs within 40 ms",
+    })
+    expect(bounded.now()).toBe(5)
   })
 })
 

@@ -239,9 +239,25 @@ export class Dispatcher {
       return
     }
     lane.running = true
-    let outboxFailed = false
-    const run = this.attempt(lane.target, head, lane, id)
-      .then((next) => {
+    // One reaction for either outcome (not a then, a catch and a finally: three promises per delivery).
+    const after = (outboxFailed: boolean) => {
+      lane.running = false
+      this.inFlight.delete(run)
+      if (outboxFailed) {
+        // The outcome is not recorded (e.g. the outbox's database is unreachable), so the head is
+        // attempted again; at once, an outage would replay it to the target in a tight loop.
+        clearTimeout(lane.timer)
+        lane.timer = setTimeout(() => this.pump(lane, id), this.outboxRetryMs)
+        lane.timer.unref?.()
+      } else this.pump(lane, id)
+      this.wakeIfIdle()
+    }
+    const failed = (error: unknown) => {
+      this.options.log.error({ err: error }, "hook outbox failed")
+      after(true)
+    }
+    const run: Promise<void> = this.attempt(lane.target, head, lane, id).then((next) => {
+      try {
         // Found by identity: a delivery whose mark failed meanwhile may have been put back before it.
         const at = lane.queue.indexOf(head)
         if (next === FENCED) {
@@ -257,23 +273,12 @@ export class Dispatcher {
           this.count--
           this.options.metrics.pending.set(this.count)
         }
-      })
-      .catch((error) => {
-        outboxFailed = true
-        this.options.log.error({ err: error }, "hook outbox failed")
-      })
-      .finally(() => {
-        lane.running = false
-        this.inFlight.delete(run)
-        if (outboxFailed) {
-          // The outcome is not recorded (e.g. the outbox's database is unreachable), so the head is
-          // attempted again; at once, an outage would replay it to the target in a tight loop.
-          clearTimeout(lane.timer)
-          lane.timer = setTimeout(() => this.pump(lane, id), this.outboxRetryMs)
-          lane.timer.unref?.()
-        } else this.pump(lane, id)
-        this.wakeIfIdle()
-      })
+      } catch (error) {
+        failed(error)
+        return
+      }
+      after(false)
+    }, failed)
     this.inFlight.add(run)
   }
 
@@ -290,8 +295,16 @@ export class Dispatcher {
     const mark = this.options.outbox.delivered(delivery.seq, delivery.target)
     this.marking.add(mark)
     lane.unmarked = (lane.unmarked ?? 0) + 1
-    mark
-      .catch((error: unknown) => {
+    const done = () => {
+      this.marking.delete(mark)
+      lane.unmarked = (lane.unmarked ?? 1) - 1
+      // A lane held back by its unwritten marks goes on (unless it was dropped meanwhile).
+      if (this.lanes.get(id) === lane) this.pump(lane, id)
+      this.wakeIfIdle()
+    }
+    // One reaction for either outcome (not a catch and a finally).
+    mark.then(done, (error: unknown) => {
+      try {
         this.options.log.error({ err: error }, "hook outbox failed")
         let current = this.lanes.get(id)
         if (!current) {
@@ -312,14 +325,10 @@ export class Dispatcher {
           }, this.outboxRetryMs)
           paused.timer.unref?.()
         }
-      })
-      .finally(() => {
-        this.marking.delete(mark)
-        lane.unmarked = (lane.unmarked ?? 1) - 1
-        // A lane held back by its unwritten marks goes on (unless it was dropped meanwhile).
-        if (this.lanes.get(id) === lane) this.pump(lane, id)
-        this.wakeIfIdle()
-      })
+      } finally {
+        done()
+      }
+    })
   }
 
   /**
@@ -365,9 +374,12 @@ export class Dispatcher {
     } finally {
       this.deadlines.finish(running)
       this.fenced.delete(running)
-      this.options.metrics.duration.observe({ target: target.name }, (performance.now() - started) / 1000)
+      this.options.metrics.duration.observe(
+        this.labelsOf(target).target,
+        (performance.now() - started) / 1000,
+      )
     }
-    this.options.metrics.attempts.inc({ target: target.name, outcome: "ok" })
+    this.options.metrics.attempts.inc(this.labelsOf(target).ok)
     if (fence && token !== undefined) {
       if (!(await fence.delivered(delivery, token))) {
         this.abandoned(target, delivery, "its delivery mark was refused (another relay holds a newer token)")
@@ -375,6 +387,21 @@ export class Dispatcher {
       }
     } else this.markDelivered(delivery, lane, id)
     return undefined
+  }
+
+  /** The metric labels of each target's every attempt, made once (not two objects per delivery). */
+  private readonly labels = new Map<
+    DeliveryTarget,
+    { readonly target: { target: string }; readonly ok: { target: string; outcome: string } }
+  >()
+
+  private labelsOf(target: DeliveryTarget) {
+    let labels = this.labels.get(target)
+    if (!labels) {
+      labels = { target: { target: target.name }, ok: { target: target.name, outcome: "ok" } }
+      this.labels.set(target, labels)
+    }
+    return labels
   }
 
   /** Aborts `running` through `lapse` once `document`'s lease no longer carries `token` by this relay's clock. */

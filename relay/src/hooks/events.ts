@@ -164,11 +164,30 @@ export function newEventId(now: number = Date.now()): string {
   )
 }
 
-/** The conversation part of a payload, read from the document now; undefined before it is created. */
+/** Each conversation's payload part, by its meta map, until the meta map or the participants change. */
+const conversationParts = new WeakMap<object, HookConversation>()
+/** Meta maps whose changes drop their cached conversation. */
+const watchedMeta = new WeakSet<object>()
+
+/**
+ * The conversation part of a payload, read from the document now; undefined
+ * before it is created. Frozen, and the same object until the conversation's
+ * fields or participants change: every event of every message carries it, and
+ * reading it anew per change (and serializing it for the stores, see
+ * `storedEventSerializer`) was a visible part of a message's cost.
+ */
 export function conversationOf(doc: Y.Doc): HookConversation | undefined {
+  const meta = typesOf(doc).meta
+  // Inside a transaction the maps may have changed without their observers having run yet.
+  const cacheable = (doc as unknown as { _transaction: unknown })._transaction === null
+  const participants = participantsOf(doc)
+  if (cacheable) {
+    const cached = conversationParts.get(meta)
+    if (cached !== undefined && cached.participants === participants) return cached
+  }
   const info = getConversation(doc)
   if (!info) return undefined
-  return {
+  const conversation: HookConversation = Object.freeze({
     id: info.id,
     kind: info.kind,
     title: info.title,
@@ -176,8 +195,16 @@ export function conversationOf(doc: Y.Doc): HookConversation | undefined {
     createdBy: info.createdBy,
     createdAt: info.createdAt,
     ...(info.deletedAt !== undefined ? { deletedAt: info.deletedAt } : {}),
-    participants: participantsOf(doc),
+    participants,
+  })
+  if (cacheable) {
+    if (!watchedMeta.has(meta)) {
+      watchedMeta.add(meta)
+      meta.observe(() => conversationParts.delete(meta))
+    }
+    conversationParts.set(meta, conversation)
   }
+  return conversation
 }
 
 /** Each conversation's participants as payloads list them, until they next change (by its participants map). */

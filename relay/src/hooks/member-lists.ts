@@ -40,6 +40,9 @@ export function memberListOf(list: readonly Participant[]): MemberList {
   return stored
 }
 
+/** {@link conversationHead} of frozen conversations, made once per conversation object. */
+const frozenHeads = new WeakMap<object, StoredEvent | null>()
+
 /**
  * A serializer of events to what the stores write, for one batch: the events
  * of one change share one conversation object, whose JSON (without its
@@ -56,10 +59,13 @@ export function storedEventSerializer(): (event: HookEvent) => StoredEvent {
     const conversation = event.conversation as object | undefined
     let shared: StoredEvent | null | undefined = null
     if (Object.keys(event).length === 3 && typeof conversation === "object" && conversation !== null) {
-      shared = conversations.get(conversation)
+      // A frozen conversation (`conversationOf`'s, the same object until the conversation changes) is
+      // serialized once for all the changes that carry it; any other once per batch.
+      const cache = Object.isFrozen(conversation) ? frozenHeads : conversations
+      shared = cache.get(conversation)
       if (shared === undefined) {
         shared = conversationHead(conversation as HookEvent["conversation"])
-        conversations.set(conversation, shared)
+        cache.set(conversation, shared)
       }
     }
     if (shared === null) stored = { payload: JSON.stringify(event) }
@@ -136,6 +142,10 @@ CREATE TABLE IF NOT EXISTS member_lists (
   ref TEXT PRIMARY KEY,
   json TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS member_list_uses (
+  ref TEXT PRIMARY KEY,
+  last_id INTEGER NOT NULL
+) WITHOUT ROWID;
 `
 
 /**
@@ -143,6 +153,14 @@ CREATE TABLE IF NOT EXISTS member_lists (
  * the outbox (`hook_events.members`) and the event log (`event_log.members`).
  * A list is written when the first event referencing it is; {@link sweep}
  * removes those no stored event references.
+ *
+ * Which lists the event log references is kept as each list's newest event
+ * id (`member_list_uses`, written with the events): the log is pruned from
+ * its oldest id, so a list whose newest event is pruned is referenced by none.
+ * An index of `event_log.members` (as before) cost a leaf page per
+ * conversation and commit (the lists' refs are random), a third of the pages
+ * a busy relay's commits wrote. The outbox's rows live until delivered (few),
+ * so the sweep reads them whole, once, and they need no index either.
  */
 export class SqliteMemberLists {
   private readonly statements
@@ -158,21 +176,43 @@ export class SqliteMemberLists {
         "INSERT OR IGNORE INTO member_lists (ref, json) VALUES (?, ?)",
       ),
       get: this.db.prepare<[string], string>("SELECT json FROM member_lists WHERE ref = ?").pluck(),
+      used: this.db.prepare<[string, number], unknown>(
+        "INSERT INTO member_list_uses (ref, last_id) VALUES (?, ?) ON CONFLICT(ref) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
+      ),
     }
   }
 
   /**
    * Gives `table` (`event_log`, `hook_events`) its `members` column (added to
-   * an older database, whose rows keep their whole payloads) and its index.
+   * an older database, whose rows keep their whole payloads). A database of
+   * an earlier version had an index on it: for the event log, its lists'
+   * newest ids are read from it into `member_list_uses` before it goes.
    */
   adopt(table: "event_log" | "hook_events"): void {
     const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]
     if (!columns.some((c) => c.name === "members"))
       this.db.exec(`ALTER TABLE ${table} ADD COLUMN members TEXT`)
-    this.db.exec(
-      `CREATE INDEX IF NOT EXISTS ${table}_by_members ON ${table} (members) WHERE members IS NOT NULL`,
-    )
+    const index = `${table}_by_members`
+    const indexed = this.db
+      .prepare("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?")
+      .pluck()
+      .get(index)
+    if (indexed !== undefined)
+      this.db.transaction(() => {
+        if (table === "event_log")
+          this.db.exec(
+            `INSERT INTO member_list_uses (ref, last_id)
+               SELECT members, MAX(id) FROM event_log WHERE members IS NOT NULL GROUP BY members
+               ON CONFLICT(ref) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)`,
+          )
+        this.db.exec(`DROP INDEX ${index}`)
+      })()
     this.sweepStatement = undefined
+  }
+
+  /** Records (inside the event log's transaction) that event `id` references list `ref`. */
+  used(ref: string, id: number): void {
+    this.statements.used.run(ref, id)
   }
 
   /**
@@ -209,20 +249,44 @@ export class SqliteMemberLists {
   /** Deletes the lists no stored event references (in any table that stores events with lists); returns how many. */
   sweep(): number {
     if (!this.sweepStatement) {
-      const tables = (["event_log", "hook_events"] as const).filter((table) =>
+      const has = (table: string) =>
         (this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).some(
           (c) => c.name === "members",
-        ),
-      )
-      const unreferenced = tables.map(
-        (table) => `NOT EXISTS (SELECT 1 FROM ${table} t WHERE t.members = member_lists.ref)`,
-      )
-      this.sweepStatement = this.db.prepare(
+        )
+      const kept: string[] = []
+      // The log's events above `pruned_through` are all there, those at or below it all gone.
+      if (has("event_log"))
+        kept.push(`ref IN (SELECT ref FROM member_list_uses WHERE last_id > COALESCE(
+          (SELECT value FROM event_log_state WHERE name = 'pruned_through'), 0))`)
+      // NOT IN: the outbox's rows read once (a set), not once per list.
+      const unreferenced = [
+        ...(kept.length > 0 ? [`NOT (${kept.join(" OR ")})`] : []),
+        ...(has("hook_events")
+          ? ["ref NOT IN (SELECT members FROM hook_events WHERE members IS NOT NULL)"]
+          : []),
+      ]
+      const uses = has("event_log")
+        ? this.db.prepare(
+            `DELETE FROM member_list_uses WHERE last_id <= COALESCE(
+               (SELECT value FROM event_log_state WHERE name = 'pruned_through'), 0)`,
+          )
+        : undefined
+      const lists = this.db.prepare(
         `DELETE FROM member_lists${unreferenced.length > 0 ? ` WHERE ${unreferenced.join(" AND ")}` : ""}`,
       )
+      this.sweepStatement = lists
+      this.sweepUses = uses
     }
-    return this.sweepStatement.run().changes
+    const sweep = this.db.transaction(() => {
+      const changes = this.sweepStatement!.run().changes
+      this.sweepUses?.run()
+      return changes
+    })
+    return sweep()
   }
+
+  /** Forgets the uses of pruned events (with {@link sweepStatement}). */
+  private sweepUses: Database.Statement | undefined
 }
 
 /**

@@ -465,11 +465,26 @@ export class HookRuntime {
         conversations ??= runtime.conversationsFor(hook, event)
         return conversations
       },
-      inboxes: {
-        summary: (user) => inboxSummary(this.core, user),
-      },
-      isOwnWrite: (e) => e.event.actor.kind === "bot" && e.event.actor.hook === hook,
+      inboxes: this.inboxes,
+      isOwnWrite: this.ownWriteTest(hook),
     }
+  }
+
+  /** The context's `inboxes`: the same for every delivery (made once, not per delivery). */
+  private readonly inboxes: HookContext["inboxes"] = Object.freeze({
+    summary: (user: UserId) => inboxSummary(this.core, user),
+  })
+
+  /** Each hook's `isOwnWrite`, made once per hook (not per delivery). */
+  private readonly ownWriteTests = new Map<string, HookContext["isOwnWrite"]>()
+
+  private ownWriteTest(hook: string): HookContext["isOwnWrite"] {
+    let test = this.ownWriteTests.get(hook)
+    if (!test) {
+      test = (e) => e.event.actor.kind === "bot" && e.event.actor.hook === hook
+      this.ownWriteTests.set(hook, test)
+    }
+    return test
   }
 
   private conversationsFor(hook: string, event: HookEvent): HookConversations {

@@ -192,6 +192,13 @@ export class SqliteEventLog implements EventLog {
       const first = Number(lastInsertRowid) - chunk.length + 1
       for (const [i, event] of chunk.entries()) recorded.push({ id: first + i, event })
     }
+    // Each list's newest event, for the sweep (ids ascend: the last one seen); a change's events share one.
+    const newest = new Map<string, number>()
+    for (const { id, event } of recorded) {
+      const ref = json(event).members?.ref
+      if (ref !== undefined) newest.set(ref, id)
+    }
+    for (const [ref, id] of newest) this.memberLists.used(ref, id)
     const open = new Map<string, Set<UserId>>()
     for (const { event } of recorded) {
       const conversation = event.event.conversationId

@@ -31,20 +31,106 @@ export function isStorageFailure(error: unknown): error is ParleyError {
   return error instanceof ParleyError && error.code === ErrorCode.STORAGE_UNAVAILABLE
 }
 
+/** A call waiting for its deadline in a {@link DeadlineQueue}. */
+interface Waiting {
+  /** When it falls due (`performance.now()`). */
+  readonly due: number
+  readonly expire: () => void
+}
+
+/**
+ * The deadlines of calls that share one timeout, on one timer (as the hook
+ * dispatcher's attempts): with the same timeout for all they fall due in the
+ * order the calls began, so the timer only ever waits for the oldest still
+ * running, and it is left running (never keeping the process alive) rather
+ * than set and cleared per call: a timer per call was a visible part of a
+ * busy relay's CPU and garbage (several storage and outbox calls per chat
+ * message).
+ */
+class DeadlineQueue {
+  /** In the order the calls began (a Set keeps insertion order), so oldest first. */
+  private readonly running = new Set<Waiting>()
+  private timer: NodeJS.Timeout | undefined
+
+  constructor(private readonly ms: number) {}
+
+  /** Calls `expire` once `ms` have passed, unless {@link settle}d first. */
+  add(expire: () => void): Waiting {
+    const entry: Waiting = { due: performance.now() + this.ms, expire }
+    this.running.add(entry)
+    if (!this.timer) this.arm(this.ms)
+    return entry
+  }
+
+  settle(entry: Waiting): void {
+    this.running.delete(entry)
+  }
+
+  private arm(delay: number): void {
+    this.timer = setTimeout(() => this.fire(), delay)
+    this.timer.unref?.()
+  }
+
+  private fire(): void {
+    this.timer = undefined
+    const now = performance.now()
+    for (const entry of this.running) {
+      if (entry.due > now) {
+        this.arm(Math.max(1, Math.ceil(entry.due - now)))
+        return
+      }
+      this.running.delete(entry)
+      entry.expire()
+    }
+  }
+}
+
+/** One queue per timeout (a relay uses one or two). */
+const deadlineQueues = new Map<number, DeadlineQueue>()
+
+function deadlineQueue(ms: number): DeadlineQueue {
+  let queue = deadlineQueues.get(ms)
+  if (!queue) {
+    queue = new DeadlineQueue(ms)
+    deadlineQueues.set(ms, queue)
+  }
+  return queue
+}
+
 /** Rejects with a STORAGE_UNAVAILABLE error when `promise` has not settled within `ms`. */
 export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  // One promise and one timer per call (it wraps every storage call: several per chat message),
-  // rather than a race of two promises and a `finally`.
+  return settledWithin(promise, ms, () => `storage did not ${what} within ${ms} ms`)
+}
+
+/**
+ * `promise`, or a STORAGE_UNAVAILABLE error saying `late()` when it has not
+ * settled within `ms`. Either rejection goes through `failed` when given;
+ * `settled` is called once `promise` settles (after its deadline too). One
+ * promise and no timer of its own per call (see {@link DeadlineQueue}).
+ */
+function settledWithin<T>(
+  promise: Promise<T>,
+  ms: number,
+  late: () => string,
+  failed?: (error: unknown) => unknown,
+  settled?: () => void,
+): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(storageUnavailable(`storage did not ${what} within ${ms} ms`)), ms)
+    const queue = deadlineQueue(ms)
+    const entry = queue.add(() => {
+      const error = storageUnavailable(late())
+      reject(failed ? failed(error) : error)
+    })
     promise.then(
       (value) => {
-        clearTimeout(timer)
+        settled?.()
+        queue.settle(entry)
         resolve(value)
       },
       (error: unknown) => {
-        clearTimeout(timer)
-        reject(error)
+        settled?.()
+        queue.settle(entry)
+        reject(failed ? failed(error) : error)
       },
     )
   })
@@ -168,9 +254,11 @@ export class StorageGuard implements RelayStorage {
     return this.inner.ping ? this.inner.ping() : this.inner.list().then(() => {})
   }
 
-  private async call<T>(what: string, run: () => Promise<T>): Promise<T> {
+  private call<T>(what: string, run: () => Promise<T>): Promise<T> {
     if (this.current.state === "failing" && !this.closed) {
-      throw storageUnavailable(`storage is failing: ${this.current.error.message}`, this.current.error)
+      return Promise.reject(
+        storageUnavailable(`storage is failing: ${this.current.error.message}`, this.current.error),
+      )
     }
     let inner: Promise<T>
     try {
@@ -178,18 +266,27 @@ export class StorageGuard implements RelayStorage {
     } catch (error) {
       inner = Promise.reject(error)
     }
-    this.track(inner)
-    try {
-      return await withDeadline(inner, this.options.timeoutMs, what)
-    } catch (error) {
-      // A typed refusal of the backend (a damaged document, say) says nothing about its availability.
-      if ((error instanceof ParleyError && !isStorageFailure(error)) || this.closed) throw error
-      const failure = isStorageFailure(error)
-        ? error
-        : storageUnavailable(`storage failed to ${what}: ${messageOf(error)}`, error)
-      this.fail(failure)
-      throw failure
-    }
+    // Tracked until it settles in the backend, past its deadline too (see the class comment).
+    this.running.add(inner)
+    const ms = this.options.timeoutMs
+    return settledWithin(
+      inner,
+      ms,
+      () => `storage did not ${what} within ${ms} ms`,
+      (error) => this.failure(error, what),
+      () => this.running.delete(inner),
+    )
+  }
+
+  /** What a call that failed with `error` rejects with; a storage failure marks the storage failing. */
+  private failure(error: unknown, what: string): unknown {
+    // A typed refusal of the backend (a damaged document, say) says nothing about its availability.
+    if ((error instanceof ParleyError && !isStorageFailure(error)) || this.closed) return error
+    const failure = isStorageFailure(error)
+      ? error
+      : storageUnavailable(`storage failed to ${what}: ${messageOf(error)}`, error)
+    this.fail(failure)
+    return failure
   }
 
   private track(promise: Promise<unknown>): void {
@@ -261,19 +358,27 @@ function messageOf(error: unknown): string {
  * them can hang a caller or surface an untyped backend error.
  */
 export function withDeadlines<T extends object>(target: T, timeoutMs: number, label: string): T {
+  // One wrapper per method, made on first use: a call makes no closure or message string of its own.
+  const wrappers = new Map<PropertyKey, { method: unknown; wrapper: (...args: unknown[]) => unknown }>()
   return new Proxy(target, {
     get(object, property, receiver) {
       const value = Reflect.get(object, property, receiver)
       if (typeof value !== "function" || property === "close" || property === "constructor") return value
-      return (...args: unknown[]) => {
+      const known = wrappers.get(property)
+      if (known?.method === value) return known.wrapper
+      const what = `${label}: ${String(property)}`
+      const late = () => `storage did not finish ${what} within ${timeoutMs} ms`
+      const failed = (error: unknown) =>
+        error instanceof ParleyError
+          ? error
+          : storageUnavailable(`${what} failed: ${messageOf(error)}`, error)
+      const wrapper = (...args: unknown[]) => {
         const result = Reflect.apply(value, object, args)
         if (!(result instanceof Promise)) return result
-        const what = `${label}: ${String(property)}`
-        return withDeadline(result, timeoutMs, `finish ${what}`).catch((error: unknown) => {
-          if (error instanceof ParleyError) throw error
-          throw storageUnavailable(`${what} failed: ${messageOf(error)}`, error)
-        })
+        return settledWithin(result, timeoutMs, late, failed)
       }
+      wrappers.set(property, { method: value, wrapper })
+      return wrapper
     },
   })
 }

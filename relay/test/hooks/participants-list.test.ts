@@ -3,15 +3,19 @@ import {
   type ConversationId,
   changeRole,
   createConversation,
+  deleteConversation,
+  getConversation,
   listParticipants,
   removeParticipants,
+  renameConversation,
   sendMessage,
+  setConversationMetadata,
   type UserId,
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { membershipChanges } from "../../src/hooks/event-log.js"
-import { deriveHookEvents, type HookEvent, participantsOf } from "../../src/hooks/events.js"
+import { conversationOf, deriveHookEvents, type HookEvent, participantsOf } from "../../src/hooks/events.js"
 import { rehydrate, storedEventSerializer } from "../../src/hooks/member-lists.js"
 
 const alice = "alice" as UserId
@@ -61,6 +65,54 @@ describe("the participants list of hook payloads", () => {
       addParticipants(doc, alice, [carol])
       expect(participantsOf(doc).map((p) => p.user)).toContain(carol)
     })
+  })
+
+  it("gives every event one frozen conversation until its fields or participants change, always as the document has it", () => {
+    const doc = group()
+    const expected = () => {
+      const info = getConversation(doc)!
+      return {
+        id: info.id,
+        kind: info.kind,
+        title: info.title,
+        metadata: info.metadata,
+        createdBy: info.createdBy,
+        createdAt: info.createdAt,
+        ...(info.deletedAt !== undefined ? { deletedAt: info.deletedAt } : {}),
+        participants: listParticipants(doc),
+      }
+    }
+    const first = conversationOf(doc)!
+    expect(Object.isFrozen(first)).toBe(true)
+    expect(first).toEqual(expected())
+    sendMessage(doc, alice, { body: "hello" })
+    const [sent] = derive(doc)
+    expect(sent!.conversation).toBe(first)
+    // Each change is seen at once: a membership change, the fields, a deletion.
+    addParticipants(doc, alice, [carol])
+    const added = conversationOf(doc)!
+    expect(added).not.toBe(first)
+    expect(added.participants.map((p) => p.user)).toContain(carol)
+    expect(added).toEqual(expected())
+    removeParticipants(doc, alice, [carol])
+    expect(conversationOf(doc)!.participants.map((p) => p.user)).not.toContain(carol)
+    renameConversation(doc, alice, "Renamed")
+    expect(conversationOf(doc)!.title).toBe("Renamed")
+    setConversationMetadata(doc, alice, { topic: "x" })
+    expect(conversationOf(doc)!.metadata).toEqual({ topic: "x" })
+    expect(conversationOf(doc)).toEqual(expected())
+    // Inside a transaction, read afresh: the change is not observed yet.
+    doc.transact(() => {
+      renameConversation(doc, alice, "Inside")
+      expect(conversationOf(doc)!.title).toBe("Inside")
+    })
+    deleteConversation(doc, alice)
+    expect(conversationOf(doc)!.deletedAt).toBeTypeOf("number")
+    expect(conversationOf(doc)).toEqual(expected())
+    // Its stored JSON follows it too.
+    const [renamed] = derive(doc)
+    expect(JSON.parse(storedJson(renamed!))).toEqual(JSON.parse(JSON.stringify(renamed)))
+    expect(JSON.parse(storedJson(renamed!)).conversation.title).toBe("Inside")
   })
 
   it("serializes each event to what JSON.stringify gives", () => {
