@@ -81,6 +81,8 @@ export interface RunningCore {
   ): void
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
+  /** Whether the document is in this relay's memory now (loaded, or unloading). */
+  isLoaded?(name: string): boolean
   /**
    * Stores what was derived for a loaded document and folds its log into a
    * snapshot now, whatever the log's size: a purge (the relay's documents

@@ -44,6 +44,7 @@ import type { RelayStorage } from "./storage/types.js"
 import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
 import {
   type AccessChange,
+  adoptDuePurge,
   compact,
   type PathContext,
   type PathLimits,
@@ -370,6 +371,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     return found
   }
 
+  isLoaded(name: string): boolean {
+    return this.loadedNow.has(name) || this.unloads.has(name)
+  }
+
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean {
     return (this.loadedNow.get(name)?.connections.size ?? 0) > 0
@@ -690,6 +695,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       Math.max(stored.through, stored.updates.at(-1)?.position ?? 0),
     )
     host.observe()
+    adoptDuePurge(this.ctx, host)
     const owners = await this.extensions.clientIdOwners({ name: host.name, doc: host.doc })
     // Presence is set up when someone first publishes or asks for it: most documents (an inbox, a
     // conversation nobody has open with presence) never need an awareness, its gate or its fan-out.

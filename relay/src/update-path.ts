@@ -424,8 +424,25 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   }
 }
 
-/** Deleted messages not purged yet, per document, and the timer that will purge them. */
-const purgesDue = new WeakMap<DocumentHost, { readonly ids: Set<MessageId>; timer?: NodeJS.Timeout }>()
+/**
+ * Deleted messages not purged yet, per relay (its context) and document name,
+ * and the timer that will purge them: by name, so that a document dropped
+ * and loaded again (a fresh epoch, an eviction, a lease moved) is purged by
+ * its next host.
+ */
+const purgesDue = new WeakMap<
+  PathContext,
+  Map<string, { readonly ids: Set<MessageId>; timer?: NodeJS.Timeout }>
+>()
+
+function duePurges(ctx: PathContext): Map<string, { readonly ids: Set<MessageId>; timer?: NodeJS.Timeout }> {
+  let due = purgesDue.get(ctx)
+  if (!due) {
+    due = new Map()
+    purgesDue.set(ctx, due)
+  }
+  return due
+}
 
 /**
  * Has `ids` purged within `purgeDelayMs` (default 100), together with the
@@ -435,14 +452,19 @@ const purgesDue = new WeakMap<DocumentHost, { readonly ids: Set<MessageId>; time
  * deletions a second, each a frame of a hundred bytes.
  */
 function schedulePurge(ctx: PathContext, host: DocumentHost, ids: readonly MessageId[]): void {
-  let due = purgesDue.get(host)
+  const all = duePurges(ctx)
+  let due = all.get(host.key)
   if (!due) {
     due = { ids: new Set() }
-    purgesDue.set(host, due)
+    all.set(host.key, due)
   }
   for (const id of ids) due.ids.add(id)
   if (due.timer) return
-  due.timer = setTimeout(() => {
+  const timed = due
+  timed.timer = setTimeout(() => {
+    timed.timer = undefined
+    // A host dropped meanwhile leaves the ids to the document's next host (see adoptDuePurge).
+    if (host.destroyed) return
     host
       .enqueue(async () => {
         if (!host.destroyed) await purgeDue(ctx, host)
@@ -452,19 +474,26 @@ function schedulePurge(ctx: PathContext, host: DocumentHost, ids: readonly Messa
       )
   }, ctx.limits.purgeDelayMs)
   // The relay's own lifetime is its server's: a pending purge runs at the latest when the document unloads.
-  due.timer.unref()
+  timed.timer.unref()
+}
+
+/** Schedules the purge a dropped host of the same document left pending, for the document's new `host`. */
+export function adoptDuePurge(ctx: PathContext, host: DocumentHost): void {
+  const due = purgesDue.get(ctx)?.get(host.key)
+  if (due && due.ids.size > 0 && !due.timer) schedulePurge(ctx, host, [])
 }
 
 /**
  * Purges the document's deleted messages still waiting for their purge (see
  * {@link schedulePurge}) now. Call inside the document's queue; the relay
- * calls it before a document unloads and before it stops.
+ * calls it before a document unloads, before a fresh epoch and before it stops.
  */
 export async function purgeDue(ctx: PathContext, host: DocumentHost): Promise<void> {
-  const due = purgesDue.get(host)
+  const all = purgesDue.get(ctx)
+  const due = all?.get(host.key)
   if (!due || due.ids.size === 0 || host.name.kind !== "conversation") return
   clearTimeout(due.timer)
-  purgesDue.delete(host)
+  all!.delete(host.key)
   await purgeMessages(ctx, host, host.name.id, [...due.ids])
 }
 
@@ -517,13 +546,18 @@ async function purgeMessages(
   try {
     if (ctx.history) await purgeSealed(ctx, ctx.history, host, ids)
     await compact(ctx, host)
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages")
+  }
+  // Apart: the stored events are redacted even when re-sealing failed (a fenced write, say).
+  try {
     if (ctx.purge) {
       await ctx.extensions.compactionLimit(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "messages", ids: new Set(ids) })
       await ctx.purge.scrub()
     }
   } catch (error) {
-    ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages")
+    ctx.log.error({ err: error, doc: host.key }, "could not redact the deleted messages' stored events")
   }
 }
 
@@ -693,6 +727,8 @@ function sealAgainLater(ctx: PathContext, history: HistoryKeeper, host: Document
  */
 async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void> {
   if (!ctx.restart || host.destroyed || host.hasUnsaved || sealedThrough(host.doc) === 0) return
+  // The deletions waiting for their purge are purged by this host, which knows their segments.
+  await purgeDue(ctx, host)
   try {
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
     const fresh = startEpoch(host.doc)

@@ -225,6 +225,46 @@ describe("deletion in a big room", () => {
   })
 })
 
+describe("deletion and an inbox still in memory", () => {
+  it("purges the preview of an inbox its member just left, loaded but not stored yet", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    // The default idle delay: bob's inbox stays loaded, with the preview in memory only, after he leaves.
+    const relay = await startRelay({
+      backend: new SqliteBackend(dir),
+      port: 0,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+    })
+    relays.push(relay)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Serval-Text" })
+    await a.allSaved()
+    await relay.hooks?.idle()
+    const inbox = await joinAs(relay, bob, inboxDocumentName(bob))
+    const preview = () => JSON.stringify(inbox.doc.getMap(InboxTopLevel.entries).toJSON())
+    const gone = sendMessage(a.doc, alice, { body: "Gone-Caracal-Text" })
+    await a.allSaved()
+    await inbox.until(() => preview().includes("Gone-Caracal-Text"))
+    inbox.close()
+    await inbox.closed
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    await until(() => rowsHolding(dir, "Gone-Caracal-Text").length === 0)
+    await relay.hooks?.idle()
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    await relay.hooks?.idle()
+    // Stopping stores every loaded inbox: none may show the deleted text.
+    await relay.close()
+    relays.length = 0
+    expect(rowsHolding(dir, "Gone-Caracal-Text")).toEqual([])
+    expect(rawFiles(dir)).not.toContain("Gone-Caracal-Text")
+    expect(rawFiles(dir)).toContain("Keep-Serval-Text")
+  })
+})
+
 describe("deletions one after another", () => {
   it("share their purges: a stream of single deletions costs a few compactions, and leaves none of the text", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))

@@ -52,7 +52,9 @@ export class FencedStorage implements RelayStorage {
     this.group = new GroupCommit((batch) => this.commit(batch))
   }
 
-  holding(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>> {
+  async holding(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>> {
+    // Its own appends in flight first (the reads' storage commits none of them).
+    await this.group.drain()
     return this.reads.holding(names, needles)
   }
 

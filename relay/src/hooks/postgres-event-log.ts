@@ -54,8 +54,7 @@ CREATE TABLE IF NOT EXISTS parley_event_log_state (
   value BIGINT NOT NULL
 );
 ${POSTGRES_MEMBER_LISTS_SCHEMA}
-${addPostgresColumn("parley_event_log", "message")}
-CREATE INDEX IF NOT EXISTS parley_event_log_by_message ON parley_event_log (conversation, message) WHERE message IS NOT NULL;`
+${addPostgresColumn("parley_event_log", "message")}`
 
 // Taken by every transaction that records events, until it commits: ids are drawn from the identity
 // inside it, so without the lock a relay sharing the database could commit id 7 before another's 6,
@@ -81,29 +80,40 @@ export async function adoptMessageColumn(pool: pg.Pool): Promise<void> {
     await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
     const done = await client.query("SELECT 1 FROM parley_event_log_state WHERE name = 'message_column'")
     if (done.rowCount) return
-    const rows = await client.query<{ id: string; type: string; payload: string }>(
-      `SELECT id, type, payload FROM parley_event_log
-       WHERE (message IS NULL AND type IN ('message.sent', 'message.edited'))
-          OR (type = 'document.updated' AND strpos(payload, '"body"') > 0)`,
-    )
-    for (const row of rows.rows) {
-      let event: HookEvent
-      try {
-        event = JSON.parse(row.payload) as HookEvent
-      } catch {
-        continue
+    // Once, however long the log: the pool's statement timeout is for the relay's own statements.
+    await client.query("SET LOCAL statement_timeout = 0")
+    for (let after = "0"; ; ) {
+      const rows = await client.query<{ id: string; type: string; payload: string }>(
+        `SELECT id, type, payload FROM parley_event_log
+         WHERE id > $1 AND ((message IS NULL AND type IN ('message.sent', 'message.edited'))
+                            OR (type = 'document.updated' AND strpos(payload, '"body"') > 0))
+         ORDER BY id LIMIT 1000`,
+        [after],
+      )
+      if (rows.rows.length === 0) break
+      for (const row of rows.rows) {
+        let event: HookEvent
+        try {
+          event = JSON.parse(row.payload) as HookEvent
+        } catch {
+          continue
+        }
+        if (row.type === "document.updated")
+          await client.query("UPDATE parley_event_log SET payload = $1 WHERE id = $2", [
+            JSON.stringify(loggedForm(event)),
+            row.id,
+          ])
+        else
+          await client.query("UPDATE parley_event_log SET message = $1 WHERE id = $2", [
+            messageOf(event),
+            row.id,
+          ])
       }
-      if (row.type === "document.updated")
-        await client.query("UPDATE parley_event_log SET payload = $1 WHERE id = $2", [
-          JSON.stringify(loggedForm(event)),
-          row.id,
-        ])
-      else
-        await client.query("UPDATE parley_event_log SET message = $1 WHERE id = $2", [
-          messageOf(event),
-          row.id,
-        ])
+      after = rows.rows.at(-1)!.id
     }
+    await client.query(
+      "CREATE INDEX IF NOT EXISTS parley_event_log_by_message ON parley_event_log (conversation, message) WHERE message IS NOT NULL",
+    )
     await client.query(
       "INSERT INTO parley_event_log_state (name, value) VALUES ('message_column', 1) ON CONFLICT (name) DO NOTHING",
     )

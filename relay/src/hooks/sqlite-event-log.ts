@@ -60,23 +60,29 @@ function adoptMessageColumn(db: Database.Database): void {
   if (!columns.some((c) => c.name === "message"))
     db.transaction(() => {
       db.exec("ALTER TABLE event_log ADD COLUMN message TEXT")
-      const rows = db
-        .prepare<[], { id: number; type: string; payload: string }>(
-          `SELECT id, type, payload FROM event_log
-           WHERE type IN ('message.sent', 'message.edited') OR (type = 'document.updated' AND instr(payload, '"body"') > 0)`,
-        )
-        .all()
+      // In batches of ids: a log of millions of rows is never in memory at once.
+      const batch = db.prepare<[number], { id: number; type: string; payload: string }>(
+        `SELECT id, type, payload FROM event_log
+         WHERE id > ? AND (type IN ('message.sent', 'message.edited')
+                           OR (type = 'document.updated' AND instr(payload, '"body"') > 0))
+         ORDER BY id LIMIT 1000`,
+      )
       const setMessage = db.prepare("UPDATE event_log SET message = ? WHERE id = ?")
       const setPayload = db.prepare("UPDATE event_log SET payload = ? WHERE id = ?")
-      for (const row of rows) {
-        let event: HookEvent
-        try {
-          event = JSON.parse(row.payload) as HookEvent
-        } catch {
-          continue
+      for (let after = 0; ; ) {
+        const rows = batch.all(after)
+        if (rows.length === 0) break
+        for (const row of rows) {
+          let event: HookEvent
+          try {
+            event = JSON.parse(row.payload) as HookEvent
+          } catch {
+            continue
+          }
+          if (row.type === "document.updated") setPayload.run(JSON.stringify(loggedForm(event)), row.id)
+          else setMessage.run(messageOf(event), row.id)
         }
-        if (row.type === "document.updated") setPayload.run(JSON.stringify(loggedForm(event)), row.id)
-        else setMessage.run(messageOf(event), row.id)
+        after = rows.at(-1)!.id
       }
     })()
   db.exec(

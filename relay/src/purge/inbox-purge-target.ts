@@ -18,6 +18,10 @@ const inboxEntries = (inbox: Y.Doc) => inbox.getMap<InboxEntry>(InboxTopLevel.en
 
 /** How long a message deletion's pass waits, so that the deletions of the next moment share it. */
 const SHARED_PASS_WAIT_MS = 100
+/** A first pass on a loaded document also covers the deletions made this close in time to its own... */
+const FIRST_PASS_WINDOW_MS = 60_000
+/** ...up to this many ids. */
+const FIRST_PASS_MOST = 2_000
 
 /** Deletions whose text an inbox entry may show (as the title or the last message's preview). */
 const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
@@ -71,11 +75,22 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
         const pass = passes.get(doc)
         if (deleted !== undefined && pass?.purged.has(deleted)) return undefined
         const users = [...typesOf(doc).participants.keys()] as UserId[]
-        const deletions = new Set(messageIndex(doc).deleted.keys())
+        const index = messageIndex(doc).deleted
+        const deletions = new Set(index.keys())
         // This event's message, and those deleted since the last pass on this document (their events
-        // follow: they find their work done). Not every deletion a document ever had, on a first pass.
+        // follow: they find their work done). A first pass on a document (just loaded) covers those
+        // deleted about when this one was (a batch, a stream), not every deletion it ever had.
         const covered = new Set<MessageId>(deleted === undefined ? [] : [deleted])
-        if (pass) for (const id of deletions) if (!pass.seen.has(id)) covered.add(id)
+        if (pass) {
+          for (const id of deletions) if (!pass.seen.has(id)) covered.add(id)
+        } else if (deleted !== undefined) {
+          const at = index.get(deleted)?.deletedAt
+          if (at !== undefined)
+            for (const [id, record] of index) {
+              if (covered.size >= FIRST_PASS_MOST) break
+              if (Math.abs(record.deletedAt - at) <= FIRST_PASS_WINDOW_MS) covered.add(id)
+            }
+        }
         return { doc, users, deletions, covered }
       })
       if (!read) return
@@ -83,17 +98,20 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       // A message's text is in a stored inbox only where an entry showing it (its preview, which names
       // its id) was stored: the others are passed over unread, a byte search of their stored form each,
       // so that deleting a message in a big room costs what the affected inboxes cost, not a load, a
-      // write and a compaction of every member's inbox. A connected member's inbox is written in any
-      // case (its entry in memory may show the message) and compacted where the entry changed.
+      // write and a compaction of every member's inbox. A loaded inbox is written in any case (its entry
+      // in memory may show the message) and compacted where the entry changed.
       const needles = deleted === undefined ? undefined : [...covered].map((id) => encoder.encode(id))
       const inboxes = users.map((user) => inboxDocumentName(user))
       const holding =
         needles === undefined || !relay.storedHolding
           ? undefined
           : await relay.storedHolding(inboxes, needles)
-      // The entries of the inboxes to purge only (deriving one costs the member's unread count).
+      // The entries of the inboxes to purge only (deriving one costs the member's unread count): those
+      // that stored the text, and every loaded one, whose entry in memory (derived for a member who is or
+      // was connected, stored when it unloads) may show it.
+      const inMemory = (inbox: string) => relay.isConnected(inbox) || relay.isLoaded?.(inbox) === true
       const purging = users.filter(
-        (_, i) => holding === undefined || holding.has(inboxes[i]!) || relay.isConnected(inboxes[i]!),
+        (_, i) => holding === undefined || holding.has(inboxes[i]!) || inMemory(inboxes[i]!),
       )
       const entries = await relay.read(conversation, (doc) =>
         purging.map((user) => [user, inboxEntryFor(doc, user)] as const),

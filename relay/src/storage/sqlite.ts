@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
 ) WITHOUT ROWID;
 `
 
+/** Needles per query of {@link SqliteStorage.holding} (one `instr` each in an OR chain). */
+const NEEDLES_PER_QUERY = 100
+/** Document names per query of {@link SqliteStorage.holding}. */
+const NAMES_PER_QUERY = 400
+
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
 /** Calls what a rider of an append transaction asked to be called with its outcome (see `carry`). */
@@ -224,19 +229,23 @@ export class SqliteStorage implements RelayStorage {
     if (names.length === 0 || needles.length === 0) return found
     // What is still being appended is searched once committed.
     await this.group.drain()
-    // instr on a BLOB compares bytes. Chunks keep a statement's parameters far under SQLite's limit.
-    const match = needles.map(() => "instr(data, ?) > 0").join(" OR ")
-    const chunk = Math.max(1, 500 - needles.length)
-    for (let start = 0; start < names.length; start += chunk) {
-      const part = names.slice(start, start + chunk)
-      const list = part.map(() => "?").join(", ")
-      const rows = this.db
-        .prepare<unknown[], { doc: string }>(
-          `SELECT doc FROM snapshots WHERE doc IN (${list}) AND (${match})
-           UNION SELECT doc FROM updates WHERE doc IN (${list}) AND (${match})`,
-        )
-        .all(...part, ...needles, ...part, ...needles)
-      for (const row of rows) found.add(row.doc)
+    // instr on a BLOB compares bytes. Chunks keep a statement's parameters far under SQLite's limit, and its
+    // OR chain of needles under its expression depth (1,000).
+    for (let n = 0; n < needles.length; n += NEEDLES_PER_QUERY) {
+      const some = needles.slice(n, n + NEEDLES_PER_QUERY)
+      const match = some.map(() => "instr(data, ?) > 0").join(" OR ")
+      for (let start = 0; start < names.length; start += NAMES_PER_QUERY) {
+        const part = names.slice(start, start + NAMES_PER_QUERY).filter((name) => !found.has(name))
+        if (part.length === 0) continue
+        const list = part.map(() => "?").join(", ")
+        const rows = this.db
+          .prepare<unknown[], { doc: string }>(
+            `SELECT doc FROM snapshots WHERE doc IN (${list}) AND (${match})
+             UNION SELECT doc FROM updates WHERE doc IN (${list}) AND (${match})`,
+          )
+          .all(...part, ...some, ...part, ...some)
+        for (const row of rows) found.add(row.doc)
+      }
     }
     return found
   }

@@ -114,6 +114,11 @@ export function runStorageConformance(name: string, setup: () => Promise<Storage
         [doc("in-log"), doc("in-snapshot")].sort(),
       )
       expect(await storage.holding(names, [bytes(250, 251, 252)])).toEqual(new Set())
+      // A purge of a frame's thousands of deletions: as many needles, the one that matches last.
+      const many = Array.from({ length: 1_500 }, (_, i) => new TextEncoder().encode(`absent-${i}-xyz`))
+      expect([...(await storage.holding(names, [...many, needle]))].sort()).toEqual(
+        [doc("in-log"), doc("in-snapshot")].sort(),
+      )
     })
 
     it("keeps documents apart", async () => {
