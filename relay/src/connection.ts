@@ -51,9 +51,6 @@ export interface Session {
 
 const INITIAL_SYNC = { initialSync: true } as const
 
-/** Least time between two answers to one connection's sync requests (see `Connection.answerSyncRequest`). */
-export const SYNC_ANSWER_INTERVAL_MS = 1_000
-
 const NOTHING_HELD = (): void => {}
 
 /**
@@ -103,11 +100,6 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   private pendingBytes = 0
   /** The client's replica is of an older epoch of the live document (see `receiveSync`). */
   private staleEpoch = false
-  /** When this connection's last sync request was answered (see `answerSyncRequest`). */
-  private lastSyncAnswer = Number.NEGATIVE_INFINITY
-  /** The state vector of a sync request waiting for its answer, and the timer that will answer it. */
-  private syncRequest: Uint8Array | undefined
-  private syncAnswerTimer: NodeJS.Timeout | undefined
 
   constructor(
     readonly host: H,
@@ -183,7 +175,6 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   close(code: number, reason: string): void {
     if (this.closed) return
     this.closed = true
-    clearTimeout(this.syncAnswerTimer)
     this.owner.detach(this)
     this.session.close(code, reason)
   }
@@ -323,40 +314,6 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     this.send(encodeSyncStep1(Y.encodeStateVector(this.host.doc)))
   }
 
-  /**
-   * Answers a sync request (sync step 1) with what the client lacks: at once
-   * for the first, and then at most once per {@link SYNC_ANSWER_INTERVAL_MS}
-   * with the last state vector asked meanwhile. An answer to a state vector
-   * that names the document's epoch and little else is an encoding of the
-   * whole live document (milliseconds, up to a megabyte), for a frame of a
-   * few bytes: a client asking again and again gets one answer a second.
-   * Honest clients ask once per connection (stock y-websocket's optional
-   * resync, every few seconds, is answered as ever).
-   */
-  private answerSyncRequest(stateVector: Uint8Array): void {
-    this.syncRequest = stateVector
-    if (this.syncAnswerTimer) return
-    const wait = this.lastSyncAnswer + SYNC_ANSWER_INTERVAL_MS - performance.now()
-    if (wait <= 0) {
-      this.answerLastSyncRequest()
-      return
-    }
-    this.syncAnswerTimer = setTimeout(() => {
-      this.syncAnswerTimer = undefined
-      if (!this.closed) this.answerLastSyncRequest()
-    }, wait)
-  }
-
-  private answerLastSyncRequest(): void {
-    const stateVector = this.syncRequest
-    if (!stateVector) return
-    this.syncRequest = undefined
-    this.lastSyncAnswer = performance.now()
-    // Never answer from a change that is applied but not yet durable.
-    if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep2(stateVector))
-    else this.sendSyncStep2(stateVector)
-  }
-
   private sendSyncStep2(stateVector: Uint8Array): void {
     if (this.host.destroyed) return
     if (Y.decodeStateVector(stateVector).size === 0) {
@@ -396,7 +353,9 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
           return
         }
       }
-      this.answerSyncRequest(stateVector)
+      // Never answer from a change that is applied but not yet durable.
+      if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep2(stateVector))
+      else this.sendSyncStep2(stateVector)
       return
     }
     const { update } = message
