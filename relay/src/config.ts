@@ -292,6 +292,12 @@ export const RELAY_FLAGS = {
     help: "...or this many log bytes",
     default: CORE.compactAfterBytes,
   }),
+  "purge-delay-ms": flag({
+    kind: "integer",
+    env: "PARLEY_PURGE_DELAY_MS",
+    help: "a deleted message's content is purged from storage this long after its deletion, with the document's other deletions by then",
+    default: CORE.purgeDelayMs,
+  }),
   "history-segment-size": flag({
     kind: "integer",
     env: "PARLEY_HISTORY_SEGMENT_SIZE",
@@ -922,6 +928,7 @@ export function parseConfig(
       addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],
+      purgeDelayMs: v["purge-delay-ms"],
       maxUpdateStructs: v["max-update-structs"],
       maxUpdateValues: v["max-update-values"],
       maxUpdateClientIds: v["max-update-client-ids"],
