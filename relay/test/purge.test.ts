@@ -29,6 +29,7 @@ import { SqliteBackend } from "../src/backend/sqlite.js"
 import type { Backend } from "../src/backend/types.js"
 import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
+import type { CoreLimits } from "../src/relay-core.js"
 import { TestClient } from "./helpers/clients.js"
 import { rawFiles } from "./helpers/raw-files.js"
 import { signToken } from "./helpers/relay-process.js"
@@ -54,6 +55,25 @@ async function relayOn(backend: Backend): Promise<RunningRelay> {
   })
   relays.push(relay)
   return relay
+}
+
+/** A relay on SQLite in `dir` with the default history (no sealing in these tests' sizes). */
+async function sqliteRelay(dir: string, limits?: Partial<CoreLimits>): Promise<RunningRelay> {
+  const relay = await startRelay({
+    backend: new SqliteBackend(dir),
+    port: 0,
+    log: "silent",
+    auth: { kind: "secret", secret: SECRET },
+    ...(limits ? { limits } : {}),
+  })
+  relays.push(relay)
+  return relay
+}
+
+/** Snapshots the relay has written so far (`parley_compactions_total`). */
+async function compactions(relay: RunningRelay): Promise<number> {
+  const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+  return Number(/^parley_compactions_total (\d+)/m.exec(text)?.[1] ?? Number.NaN)
 }
 
 async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<TestClient> {
@@ -180,15 +200,8 @@ describe("deletion in a big room", () => {
   it("purges a deleted message from the inboxes that stored it, and leaves the other members' inboxes unread", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
-    const relay = await startRelay({
-      backend: new SqliteBackend(dir),
-      port: 0,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      // An inbox nobody has open is stored and dropped at once: bob's keeps the preview it showed.
-      limits: { idleUnloadMs: 50 },
-    })
-    relays.push(relay)
+    // An inbox nobody has open is stored and dropped at once: bob's keeps the preview it showed.
+    const relay = await sqliteRelay(dir, { idleUnloadMs: 50 })
     const members = Array.from({ length: 60 }, (_, i) => `member${i}` as UserId)
     const id = newConversationId()
     const a = await joinAs(relay, alice, id)
@@ -207,17 +220,13 @@ describe("deletion in a big room", () => {
       rowsHolding(dir, "Gone-Quokka-Text").some((row) => row.includes(inboxDocumentName(bob))),
     )
     await relay.hooks?.idle()
-    const compactions = async () => {
-      const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
-      return Number(/^parley_compactions_total (\d+)/m.exec(text)?.[1] ?? Number.NaN)
-    }
-    const before = await compactions()
+    const before = await compactions(relay)
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
     await until(() => rowsHolding(dir, "Gone-Quokka-Text").length === 0)
     await relay.hooks?.idle()
     // The conversation's and bob's inbox's, and maybe the author's: not one per member (61 before).
-    expect((await compactions()) - before).toBeLessThanOrEqual(4)
+    expect((await compactions(relay)) - before).toBeLessThanOrEqual(4)
     await relay.close()
     relays.length = 0
     expect(rawFiles(dir)).not.toContain("Gone-Quokka-Text")
@@ -230,13 +239,7 @@ describe("deletion and an inbox still in memory", () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
     // The default idle delay: bob's inbox stays loaded, with the preview in memory only, after he leaves.
-    const relay = await startRelay({
-      backend: new SqliteBackend(dir),
-      port: 0,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-    })
-    relays.push(relay)
+    const relay = await sqliteRelay(dir)
     const id = newConversationId()
     const a = await joinAs(relay, alice, id)
     createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
@@ -271,14 +274,7 @@ describe("deletions one after another", () => {
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
     // The default history: the twenty stay in the live document. Purges wait longer than the default
     // 100 ms, so that the test does not depend on how fast this machine saves the twenty changes.
-    const relay = await startRelay({
-      backend: new SqliteBackend(dir),
-      port: 0,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      limits: { purgeDelayMs: 2_000 },
-    })
-    relays.push(relay)
+    const relay = await sqliteRelay(dir, { purgeDelayMs: 2_000 })
     const id = newConversationId()
     const a = await joinAs(relay, alice, id)
     createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
@@ -289,11 +285,7 @@ describe("deletions one after another", () => {
     )
     await a.allSaved()
     await relay.hooks?.idle()
-    const compactions = async () => {
-      const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
-      return Number(/^parley_compactions_total (\d+)/m.exec(text)?.[1] ?? Number.NaN)
-    }
-    const before = await compactions()
+    const before = await compactions(relay)
     // Twenty changes, one deletion each, each saved before the next is sent.
     for (const message of gone) {
       deleteMessage(a.doc, alice, message)
@@ -302,7 +294,7 @@ describe("deletions one after another", () => {
     await until(() => rowsHolding(dir, "Gone-Margay-").length === 0)
     await relay.hooks?.idle()
     // One purge (a compaction) per deletion before they were shared.
-    expect((await compactions()) - before).toBeLessThanOrEqual(5)
+    expect((await compactions(relay)) - before).toBeLessThanOrEqual(5)
     await relay.close()
     relays.length = 0
     expect(rawFiles(dir)).not.toContain("Gone-Margay-")
