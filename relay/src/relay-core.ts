@@ -39,6 +39,7 @@ import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
+import { storedHolds } from "./storage/holding.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
 import type { RelayStorage } from "./storage/types.js"
 import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
@@ -358,16 +359,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     if (needles.length === 0) return new Set()
     const storage = this.options.storage
     if (storage.holding) return storage.holding(names, needles)
-    const holds = (bytes: Uint8Array) => {
-      const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-      return needles.some((needle) => buffer.indexOf(needle) >= 0)
-    }
     const found = new Set<string>()
-    for (const name of names) {
-      const stored = await storage.load(name)
-      if ((stored.snapshot !== null && holds(stored.snapshot)) || stored.updates.some((u) => holds(u.update)))
-        found.add(name)
-    }
+    for (const name of names) if (storedHolds(await storage.load(name), needles)) found.add(name)
     return found
   }
 

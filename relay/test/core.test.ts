@@ -510,3 +510,22 @@ describe("the core's extensions", () => {
     )
   })
 })
+
+describe("stored bytes", () => {
+  it("finds which documents' stored form holds some bytes, also over a storage that cannot search itself", async () => {
+    const memory = new MemoryStorage()
+    // A storage of one's own without `holding`: the core loads each document and searches it.
+    const plain: RelayStorage = Object.assign(Object.create(memory) as RelayStorage, { holding: undefined })
+    const text = (s: string) => new TextEncoder().encode(s)
+    await memory.append("g~one", [text("xx needle-Qa yy")])
+    await memory.append("g~two", [text("nothing here")])
+    await memory.compact("g~three", text("in the snapshot: needle-Qa"), 0)
+    for (const storage of [memory, plain]) {
+      const c = makeCore(storage)
+      expect(
+        [...(await c.storedHolding(["g~one", "g~two", "g~three", "g~four"], [text("needle-Qa")]))].sort(),
+      ).toEqual(["g~one", "g~three"])
+      expect(await c.storedHolding(["g~one"], [])).toEqual(new Set())
+    }
+  })
+})

@@ -1,5 +1,5 @@
 import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
-import { HANDLER_NAMES, type HookEvent, type HookEventType } from "./events.js"
+import { HANDLER_NAMES, type HookEvent, type HookEventType, loggedForm } from "./events.js"
 
 /**
  * One recorded event. `id` is the log's position as a decimal string: it
@@ -224,6 +224,26 @@ export function messageOf(event: HookEvent): string | null {
   const subject = event.subject as { message?: { id?: unknown }; messageId?: unknown }
   const id = subject.message?.id ?? subject.messageId
   return typeof id === "string" ? id : null
+}
+
+/**
+ * What an older log's row needs for the `message` column (see `messageOf`):
+ * its message, or, for a `document.updated` an earlier relay logged whole,
+ * its lean payload; undefined for a payload that is not JSON (left alone).
+ */
+export function messageColumnUpgrade(
+  type: string,
+  payload: string,
+): { readonly payload: string } | { readonly message: string | null } | undefined {
+  let event: HookEvent
+  try {
+    event = JSON.parse(payload) as HookEvent
+  } catch {
+    return undefined
+  }
+  return type === "document.updated"
+    ? { payload: JSON.stringify(loggedForm(event)) }
+    : { message: messageOf(event) }
 }
 
 /** The listeners of one log, each called in turn; one that throws does not stop the others. */

@@ -13,6 +13,7 @@ import {
   type EventRetention,
   isLogged,
   membershipChanges,
+  messageColumnUpgrade,
   messageOf,
   PRUNE_BATCH,
   parseEventId,
@@ -92,20 +93,15 @@ export async function adoptMessageColumn(pool: pg.Pool): Promise<void> {
       )
       if (rows.rows.length === 0) break
       for (const row of rows.rows) {
-        let event: HookEvent
-        try {
-          event = JSON.parse(row.payload) as HookEvent
-        } catch {
-          continue
-        }
-        if (row.type === "document.updated")
+        const upgrade = messageColumnUpgrade(row.type, row.payload)
+        if (upgrade && "payload" in upgrade)
           await client.query("UPDATE parley_event_log SET payload = $1 WHERE id = $2", [
-            JSON.stringify(loggedForm(event)),
+            upgrade.payload,
             row.id,
           ])
-        else
+        else if (upgrade)
           await client.query("UPDATE parley_event_log SET message = $1 WHERE id = $2", [
-            messageOf(event),
+            upgrade.message,
             row.id,
           ])
       }

@@ -12,6 +12,7 @@ import {
   type EventRetention,
   isLogged,
   membershipChanges,
+  messageColumnUpgrade,
   messageOf,
   PRUNE_BATCH,
   parseEventId,
@@ -73,14 +74,9 @@ function adoptMessageColumn(db: Database.Database): void {
         const rows = batch.all(after)
         if (rows.length === 0) break
         for (const row of rows) {
-          let event: HookEvent
-          try {
-            event = JSON.parse(row.payload) as HookEvent
-          } catch {
-            continue
-          }
-          if (row.type === "document.updated") setPayload.run(JSON.stringify(loggedForm(event)), row.id)
-          else setMessage.run(messageOf(event), row.id)
+          const upgrade = messageColumnUpgrade(row.type, row.payload)
+          if (upgrade && "payload" in upgrade) setPayload.run(upgrade.payload, row.id)
+          else if (upgrade) setMessage.run(upgrade.message, row.id)
         }
         after = rows.at(-1)!.id
       }

@@ -1,4 +1,5 @@
 import { checksumOf } from "./checksum.js"
+import { storedHolds } from "./holding.js"
 import type { DamagedDocument, DocumentRecord, RelayStorage, StoredDocument } from "./types.js"
 
 /** One document's data in {@link MemoryData}. */
@@ -52,15 +53,10 @@ export class MemoryStorage implements RelayStorage {
 
   async holding(names: readonly string[], needles: readonly Uint8Array[]): Promise<Set<string>> {
     this.assertOpen()
-    const holds = (bytes: Uint8Array) => {
-      const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-      return needles.some((needle) => buffer.indexOf(needle) >= 0)
-    }
     const found = new Set<string>()
     for (const name of names) {
       const doc = this.data.documents.get(name)
-      if (doc && ((doc.snapshot !== null && holds(doc.snapshot)) || doc.updates.some((u) => holds(u.update))))
-        found.add(name)
+      if (doc && storedHolds(doc, needles)) found.add(name)
     }
     return found
   }
