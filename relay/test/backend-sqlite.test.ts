@@ -243,44 +243,38 @@ describe("sqlite backend files", () => {
     await checkpointer.stop()
   })
 
-  it("lets a process with nothing else to do finish closing it and exit 0", () => {
-    const dir = tempDir()
-    const script = join(dir, "open-close.mts")
-    // Its checkpointing thread never keeps a process up, yet must not let one exit in the middle of close().
-    writeFileSync(
-      script,
-      `import { SqliteBackend } from ${JSON.stringify(new URL("../src/backend/sqlite.ts", import.meta.url).pathname)}
-const backend = new SqliteBackend(${JSON.stringify(dir)})
-await backend.close()
-console.log("closed")
-`,
-    )
-    const run = spawnSync(process.execPath, ["--conditions=parley-source", "--import", "tsx", script], {
-      encoding: "utf8",
-      timeout: 30_000,
-    })
-    expect({ status: run.status, stdout: run.stdout.trim() }).toEqual({ status: 0, stdout: "closed" })
-  })
-
-  it("lets a process with nothing else to do wait for its outbox's enqueue", () => {
-    const dir = tempDir()
-    const script = join(dir, "enqueue.mts")
-    // The enqueue waits a few ms for a documents' commit to ride in: that wait must keep the process up.
+  /** Runs `body` as a script of its own, with `backend` a SqliteBackend on `dir`: its exit status and output. */
+  const runScript = (dir: string, body: string) => {
+    const script = join(dir, "script.mts")
     writeFileSync(
       script,
       `import { SqliteBackend } from ${JSON.stringify(new URL("../src/backend/sqlite.ts", import.meta.url).pathname)}
 import { sampleEvent } from ${JSON.stringify(new URL("./conformance/outbox.ts", import.meta.url).pathname)}
 const backend = new SqliteBackend(${JSON.stringify(dir)})
-const deliveries = await backend.outbox.enqueue({ document: "g~c1", events: [{ event: sampleEvent("e1", "g~c1"), targets: ["hook:a"] }] })
-console.log(deliveries.length, (await backend.events.read({ limit: 10 })).length)
-await backend.close()
+${body}
 `,
     )
     const run = spawnSync(process.execPath, ["--conditions=parley-source", "--import", "tsx", script], {
       encoding: "utf8",
       timeout: 30_000,
     })
-    expect({ status: run.status, stdout: run.stdout.trim() }).toEqual({ status: 0, stdout: "1 1" })
+    return { status: run.status, stdout: run.stdout.trim() }
+  }
+
+  it("lets a process with nothing else to do finish closing it and exit 0", () => {
+    // Its checkpointing thread never keeps a process up, yet must not let one exit in the middle of close().
+    expect(runScript(tempDir(), `await backend.close()\nconsole.log("closed")`)).toEqual({
+      status: 0,
+      stdout: "closed",
+    })
+  })
+
+  it("lets a process with nothing else to do wait for its outbox's enqueue", () => {
+    // The enqueue waits a few ms for a documents' commit to ride in: that wait must keep the process up.
+    const body = `const deliveries = await backend.outbox.enqueue({ document: "g~c1", events: [{ event: sampleEvent("e1", "g~c1"), targets: ["hook:a"] }] })
+console.log(deliveries.length, (await backend.events.read({ limit: 10 })).length)
+await backend.close()`
+    expect(runScript(tempDir(), body)).toEqual({ status: 0, stdout: "1 1" })
   })
 
   it("takes over the outbox and bindings files of a data directory from an earlier version", async () => {
