@@ -22,6 +22,8 @@ const SHARED_PASS_WAIT_MS = 100
 const FIRST_PASS_WINDOW_MS = 60_000
 /** ...up to this many ids. */
 const FIRST_PASS_MOST = 2_000
+/** Most deleted ids a pass searches the stored inboxes for; beyond, it purges every member's inbox. */
+const SEARCHED_IDS_MOST = 32
 
 /** Deletions whose text an inbox entry may show (as the title or the last message's preview). */
 const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
@@ -102,8 +104,11 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       // in memory may show the message) and compacted where the entry changed.
       const needles = deleted === undefined ? undefined : [...covered].map((id) => encoder.encode(id))
       const inboxes = users.map((user) => inboxDocumentName(user))
+      // A search costs a pass over the members' stored inboxes per id: for a batch of many deletions,
+      // every member's inbox is purged instead (what a conversation's deletion does), a cost bounded by
+      // the room, not by the room times the batch.
       const holding =
-        needles === undefined || !relay.storedHolding
+        needles === undefined || needles.length > SEARCHED_IDS_MOST || !relay.storedHolding
           ? undefined
           : await relay.storedHolding(inboxes, needles)
       // The entries of the inboxes to purge only (deriving one costs the member's unread count): those
