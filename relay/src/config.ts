@@ -274,6 +274,18 @@ export const RELAY_FLAGS = {
     help: "connections one user may open per minute across devices (then 4429 connection-attempts-per-user); 0 = no limit",
     default: USER.userConnectionAttemptsPerMinute,
   }),
+  "user-answer-bytes-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_USER_ANSWER_BYTES_PER_SECOND",
+    help: "bytes of answers to one user's sync requests, presence queries and history requests per second across connections (then answers wait); 0 = no limit",
+    default: USER.userAnswerBytesPerSecond,
+  }),
+  "user-answer-burst-bytes": flag({
+    kind: "integer",
+    env: "PARLEY_USER_ANSWER_BURST_BYTES",
+    help: "answer bytes one user may be sent in a burst",
+    default: USER.userAnswerBurstBytes,
+  }),
   "address-auth-failures-per-minute": flag({
     kind: "integer",
     env: "PARLEY_ADDRESS_AUTH_FAILURES_PER_MINUTE",
@@ -925,6 +937,8 @@ export function parseConfig(
       userConversationsPerMinute: v["user-conversations-per-minute"],
       userParticipantsPerMinute: v["user-participants-per-minute"],
       userConnectionAttemptsPerMinute: v["user-connection-attempts-per-minute"],
+      userAnswerBytesPerSecond: v["user-answer-bytes-per-second"],
+      userAnswerBurstBytes: Math.max(1, v["user-answer-burst-bytes"]),
       addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],

@@ -89,6 +89,10 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   history(connection: Connection<H>, request: number, segment: number): void
   /** A request for directory page `page` of the folded history, from a connection known to be allowed in. */
   directory(connection: Connection<H>, request: number, page: number): void
+  /** Milliseconds until `connection`'s user may be sent another answer to a request (0: now; see `UserLedger.answerDelay`). */
+  answerDelay(connection: Connection<H>): number
+  /** Counts `bytes` answered to `connection`'s user. */
+  answered(connection: Connection<H>, bytes: number): void
 }
 
 /**
@@ -100,6 +104,12 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   private pendingBytes = 0
   /** The client's replica is of an older epoch of the live document (see `receiveSync`). */
   private staleEpoch = false
+  /** The state vector of the last sync request not answered yet (see {@link answerRequests}). */
+  private syncRequest: Uint8Array | undefined
+  /** A query of the awareness not answered yet. */
+  private awarenessQuery = false
+  /** Set while the answers wait for the user's answer budget. */
+  private answerTimer: NodeJS.Timeout | undefined
 
   constructor(
     readonly host: H,
@@ -175,6 +185,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   close(code: number, reason: string): void {
     if (this.closed) return
     this.closed = true
+    clearTimeout(this.answerTimer)
     this.owner.detach(this)
     this.session.close(code, reason)
   }
@@ -272,8 +283,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         return
       case "queryAwareness": {
         if (this.pending) return
-        const awareness = this.host.awarenessIfAny
-        this.send(awareness ? awarenessFrame(awareness, [...awareness.getStates().keys()]) : NO_AWARENESS)
+        this.awarenessQuery = true
+        this.answerRequests()
         return
       }
       case "parley": {
@@ -314,13 +325,48 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     this.send(encodeSyncStep1(Y.encodeStateVector(this.host.doc)))
   }
 
-  private sendSyncStep2(stateVector: Uint8Array): void {
-    if (this.host.destroyed) return
-    if (Y.decodeStateVector(stateVector).size === 0) {
-      this.send(this.host.coldJoinFrame(), INITIAL_SYNC)
+  /**
+   * Answers the requests waiting (the last sync request's state vector, a
+   * query of the awareness) now, or once the user's answer budget allows: an
+   * answer may cost the relay an encoding of the whole live document (up to a
+   * megabyte) for a request of a few bytes, so what a user is answered is
+   * held to a rate across their connections. Requests arriving meanwhile fold
+   * into the waiting ones; honest clients ask once per connection.
+   */
+  private answerRequests(): void {
+    if (this.answerTimer || this.closed) return
+    const wait = this.owner.answerDelay(this)
+    if (wait > 0) {
+      this.answerTimer = setTimeout(() => {
+        this.answerTimer = undefined
+        this.answerRequests()
+      }, wait)
+      this.answerTimer.unref()
       return
     }
-    this.send(encodeSyncStep2(Y.encodeStateAsUpdate(this.host.doc, stateVector)), INITIAL_SYNC)
+    const stateVector = this.syncRequest
+    this.syncRequest = undefined
+    // Never answer from a change that is applied but not yet durable.
+    if (stateVector && this.host.hasUnsaved)
+      void this.host.settled().then(() => this.sendSyncStep2(stateVector))
+    else if (stateVector) this.sendSyncStep2(stateVector)
+    if (this.awarenessQuery) {
+      this.awarenessQuery = false
+      const awareness = this.host.awarenessIfAny
+      const frame = awareness ? awarenessFrame(awareness, [...awareness.getStates().keys()]) : NO_AWARENESS
+      this.send(frame)
+      this.owner.answered(this, frame.length)
+    }
+  }
+
+  private sendSyncStep2(stateVector: Uint8Array): void {
+    if (this.host.destroyed || this.closed) return
+    const frame =
+      Y.decodeStateVector(stateVector).size === 0
+        ? this.host.coldJoinFrame()
+        : encodeSyncStep2(Y.encodeStateAsUpdate(this.host.doc, stateVector))
+    this.send(frame, INITIAL_SYNC)
+    this.owner.answered(this, frame.length)
   }
 
   private receiveSync(message: SyncFrame): void {
@@ -353,9 +399,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
           return
         }
       }
-      // Never answer from a change that is applied but not yet durable.
-      if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep2(stateVector))
-      else this.sendSyncStep2(stateVector)
+      this.syncRequest = stateVector
+      this.answerRequests()
       return
     }
     const { update } = message

@@ -514,6 +514,16 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     )
   }
 
+  /** @internal */
+  answerDelay(connection: HostedConnection): number {
+    return this.users.answerDelay(connection.principal)
+  }
+
+  /** @internal */
+  answered(connection: HostedConnection, bytes: number): void {
+    this.users.answered(connection.principal, bytes)
+  }
+
   /** History requests each connection has waiting (at most {@link HISTORY_REQUESTS_IN_FLIGHT}). */
   private readonly historyInFlight = new WeakMap<HostedConnection, number>()
 
@@ -584,12 +594,21 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       return
     }
     this.historyInFlight.set(connection, inFlight + 1)
-    read()
+    // A page is read and sent for a request of a few bytes: it waits for the user's answer budget.
+    const wait = this.users.answerDelay(connection.principal)
+    const readable =
+      wait > 0 ? new Promise<void>((resolve) => setTimeout(resolve, wait).unref()) : Promise.resolve()
+    readable
+      .then(() => (connection.closed ? null : read()))
       .then((stored) => {
+        if (connection.closed) return
         if (!stored || (expected !== "" && stored.hash !== expected)) {
           this.log.error({ doc: host.key, segment }, "a sealed page the document names is missing")
           answer({ request, segment, error: ErrorCode.NOT_FOUND })
-        } else answer({ request, segment, hash: stored.hash, bytes: stored.bytes })
+        } else {
+          answer({ request, segment, hash: stored.hash, bytes: stored.bytes })
+          this.users.answered(connection.principal, stored.bytes.length)
+        }
       })
       .catch((error: unknown) => {
         this.log.error({ err: error, doc: host.key, segment }, "could not read a sealed page")

@@ -37,6 +37,16 @@ export interface UserLimits {
    * document load and a sync; beyond, 4429 `connection-attempts-per-user`.
    */
   readonly userConnectionAttemptsPerMinute: number
+  /**
+   * Bytes of answers to a user's requests the relay may send per second on
+   * average, across connections: sync step 2 answers (an encoding of what the
+   * client's state vector lacks: up to the whole live document for a request
+   * of a few bytes), presence listings, history pages. Beyond, answers wait
+   * until the budget refills (a connection's requests meanwhile fold into one).
+   */
+  readonly userAnswerBytesPerSecond: number
+  /** Answer bytes one user may be sent in a burst (a new device opening every conversation at once). */
+  readonly userAnswerBurstBytes: number
 }
 
 /** Defaults of {@link UserLimits}. */
@@ -52,6 +62,10 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
   // Every socket of a user at --max-sockets-per-user reconnecting after a network blip, twice in a
   // minute, fits; a reconnect loop is held to 10 a second.
   userConnectionAttemptsPerMinute: 600,
+  // Encoding 4 MiB of a live document costs the relay about 25 ms: a user asking without end costs
+  // a fortieth of a core, like one at the update budget. A new device's first sync of 64 MiB fits.
+  userAnswerBytesPerSecond: 4 * 1024 * 1024,
+  userAnswerBurstBytes: 64 * 1024 * 1024,
 }
 
 /** Update bytes that cost one more token of the update budget. */
@@ -93,6 +107,7 @@ export interface Spent {
   conversations: number
   participants: number
   connectionAttempts: number
+  answerBytes: number
 }
 
 /** One user's usage on this relay, as reported to the other relays of a cluster ({@link UserLedger.takeReport}). */
@@ -126,7 +141,16 @@ export interface OtherRelays {
  */
 export const HELD_SHARE = 1 / 8
 
-const noneSpent = (): Spent => ({ updates: 0, conversations: 0, participants: 0, connectionAttempts: 0 })
+const noneSpent = (): Spent => ({
+  updates: 0,
+  conversations: 0,
+  participants: 0,
+  connectionAttempts: 0,
+  answerBytes: 0,
+})
+
+const spentAny = (spent: Readonly<Spent>): boolean =>
+  spent.updates + spent.conversations + spent.participants + spent.connectionAttempts + spent.answerBytes > 0
 
 /** One user's usage; dropped once the user has nothing open and every budget has refilled. */
 class Usage {
@@ -142,6 +166,7 @@ class Usage {
   private updateBudget: RateLimiter | undefined
   private conversationBudget: RateLimiter | undefined
   private participantBudget: RateLimiter | undefined
+  private answerBudget: RateLimiter | undefined
 
   constructor(
     private readonly limits: UserLimits,
@@ -170,6 +195,21 @@ class Usage {
     return this.participantBudget
   }
 
+  get answers(): RateLimiter | undefined {
+    if (this.answerBudget || this.limits.userAnswerBytesPerSecond <= 0) return this.answerBudget
+    this.answerBudget = new RateLimiter(
+      this.limits.userAnswerBytesPerSecond,
+      Math.max(1, this.limits.userAnswerBurstBytes),
+      this.now,
+    )
+    return this.answerBudget
+  }
+
+  /** The answer budget if anything was answered yet (a user never answered waits for nothing). */
+  get answersIfAny(): RateLimiter | undefined {
+    return this.answerBudget
+  }
+
   get inUse(): boolean {
     return this.sockets.size > 0 || this.documents.size > 0 || this.pendingBytes > 0
   }
@@ -181,6 +221,7 @@ class Usage {
       this.conversationBudget?.msUntilFull() ?? 0,
       this.participantBudget?.msUntilFull() ?? 0,
       this.connectionAttempts?.msUntilFull() ?? 0,
+      this.answerBudget?.msUntilFull() ?? 0,
     )
   }
 }
@@ -296,9 +337,8 @@ export class UserLedger {
       const wasHeld = this.held.has(user)
       if (heavy) this.held.add(user)
       else this.held.delete(user)
-      const spentAny = spent.updates + spent.conversations + spent.participants + spent.connectionAttempts > 0
       // A user no longer heavy is reported once with nothing held, which clears the others' view.
-      if (heavy || wasHeld || spentAny)
+      if (heavy || wasHeld || spentAny(spent))
         reports.push({ user, sockets: heavy ? sockets : 0, documents: heavy ? documents : 0, ...spent })
       if (usage) this.release(user)
     }
@@ -312,13 +352,14 @@ export class UserLedger {
    * the cluster is held to the limits, not multiplied by the relays.
    */
   spentElsewhere(user: UserId, spent: Readonly<Spent>): void {
-    if (spent.updates + spent.conversations + spent.participants + spent.connectionAttempts === 0) return
+    if (!spentAny(spent)) return
     const usage = this.usage({ kind: "user", user })
     if (!usage) return
     if (spent.updates > 0) usage.updates?.spend(spent.updates)
     if (spent.conversations > 0) usage.conversations?.spend(spent.conversations)
     if (spent.participants > 0) usage.participants?.spend(spent.participants)
     if (spent.connectionAttempts > 0) usage.connectionAttempts?.spend(spent.connectionAttempts)
+    if (spent.answerBytes > 0) usage.answers?.spend(spent.answerBytes)
     this.release(user)
   }
 
@@ -499,6 +540,32 @@ export class UserLedger {
     } finally {
       this.release(user)
     }
+  }
+
+  /**
+   * Milliseconds until `principal` may be sent another answer to a request (0:
+   * now): while their answer budget is overdrawn, answers wait. Counted as a
+   * meeting of `answer-bytes-per-user` when they must wait.
+   */
+  answerDelay(principal: Principal): number {
+    if (principal.kind !== "user") return 0
+    const wait = this.users.get(principal.user)?.answersIfAny?.msUntil(0) ?? 0
+    if (wait > 0) this.onLimit(UserLimit.answers, principal.user)
+    return wait
+  }
+
+  /**
+   * Counts `bytes` answered to `principal` against their answer budget, which
+   * may go into debt (an answer's size is known once it is made): the next
+   * answers wait for the debt to be paid off.
+   */
+  answered(principal: Principal, bytes: number): void {
+    if (bytes <= 0) return
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return
+    usage.answers?.spend(bytes)
+    this.spend(principal.user, usage, "answerBytes", bytes)
+    this.release(principal.user)
   }
 
   /**

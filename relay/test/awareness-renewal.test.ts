@@ -13,6 +13,8 @@ const owner: ConnectionOwner<DocumentHost> = {
   refused: () => {},
   history: () => {},
   directory: () => {},
+  answerDelay: () => 0,
+  answered: () => {},
 }
 
 function connectionOf(host: DocumentHost, user: string): Connection<DocumentHost> {

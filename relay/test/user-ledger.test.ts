@@ -57,6 +57,30 @@ afterEach(() => {
 })
 
 describe("UserLedger", () => {
+  it("makes a user's answers wait while the bytes answered overdraw the budget, and counts each wait", () => {
+    const { l, refused, advance } = ledger({ userAnswerBytesPerSecond: 1000, userAnswerBurstBytes: 2000 })
+    vi.useFakeTimers()
+    // A user never answered waits for nothing; an answer larger than what is left overdraws the budget.
+    expect(l.answerDelay(mallory)).toBe(0)
+    l.answered(mallory, 1500)
+    expect(l.answerDelay(mallory)).toBe(0)
+    l.answered(mallory, 1500)
+    expect(l.answerDelay(mallory)).toBe(1000)
+    expect(refused).toEqual([UserLimit.answers])
+    advance(600)
+    expect(l.answerDelay(mallory)).toBe(400)
+    advance(400)
+    expect(l.answerDelay(mallory)).toBe(0)
+    // Another user's budget is their own; services are not limited per user.
+    l.answered(user("alice"), 100)
+    expect(l.answerDelay(user("alice"))).toBe(0)
+    l.answered({ kind: "service", subject: "audit" }, 1_000_000)
+    expect(l.answerDelay({ kind: "service", subject: "audit" })).toBe(0)
+    // Once refilled, the user's entry is forgotten.
+    advance(3000)
+    expect(l.size).toBe(0)
+  })
+
   it("refuses a user's connection beyond the limit, and takes one again once another closed", () => {
     const { l } = ledger({ maxSocketsPerUser: 2 })
     const first = l.addSocket(mallory, socket())
@@ -193,6 +217,20 @@ describe("UserLedger", () => {
       expect(refusal(() => b.admitUpdate(mallory, 10)).rule).toBe(UserLimit.updates)
       // Alice spends nothing of mallory's budget.
       b.admitUpdate(user("alice"), 10)()
+    })
+
+    it("holds the bytes a user is answered across relays to one budget", () => {
+      const { a, b, exchange, advance } = pair({ userAnswerBytesPerSecond: 1000, userAnswerBurstBytes: 4000 })
+      a.answered(mallory, 3000)
+      b.answered(mallory, 1500)
+      // Each relay alone is within the burst; together they are not, once they have heard of each other.
+      expect(a.answerDelay(mallory)).toBe(0)
+      exchange()
+      expect(a.answerDelay(mallory)).toBe(500)
+      expect(b.answerDelay(mallory)).toBe(500)
+      advance(500)
+      expect(a.answerDelay(mallory)).toBe(0)
+      expect(b.answerDelay(user("alice"))).toBe(0)
     })
 
     it("counts the connections and documents a user holds on the other relays, and reports one no longer held", () => {

@@ -129,6 +129,9 @@ describe("per-user limits", () => {
         "2",
         "--user-participants-per-minute",
         "50",
+        // Two copies of the large conversation and a half: the unread connections' asks overdraw it.
+        "--user-answer-burst-bytes",
+        String(30 * 1024 * 1024),
         // The whole history in the live document: its initial sync is what pins the relay here.
         "--history-segment-size",
         "0",
@@ -146,6 +149,10 @@ describe("per-user limits", () => {
       })
       await builder.allSaved()
     }
+
+    // Mallory holds the large conversation open through a connection that reads it too: whatever the
+    // relay does with her unread ones below, it stays one of her documents.
+    const holder = await step("holder", opened(relay, big, mallory))
 
     const pair = await honestPair(relay)
     const started = performance.now()
@@ -231,6 +238,8 @@ describe("per-user limits", () => {
     expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.queuedBytes}"}`)).toBeGreaterThan(
       0,
     )
+    // She asked for more than her answer budget (each of her connections asks for 12 MB): later answers waited.
+    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.answers}"}`)).toBeGreaterThan(0)
     for (const c of unread) c.ws.resume()
     // One download at a time is allowed whatever its size: one may complete.
     // (A close frame follows the data it was queued behind: a round trip after the download shows it.)
@@ -255,6 +264,7 @@ describe("per-user limits", () => {
     )
     await step("honest pair stops", pair.stop())
     expect(pair.closes).toEqual([])
+    expect(holder.closeEvent).toBeUndefined()
     const health = await (await fetch(`${relay.httpUrl}/healthz`)).json()
     expect(health.status).toBe("ok")
   }, 90_000)

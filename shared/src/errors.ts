@@ -144,6 +144,7 @@ export const UserLimit = {
   conversations: "conversations-per-minute",
   participants: "participants-per-minute",
   connectionAttempts: "connection-attempts-per-user",
+  answers: "answer-bytes-per-user",
 } as const
 /** One of {@link UserLimit}'s values. */
 export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]

@@ -15,8 +15,11 @@ const EARLY_REPORT_MS = 10
 /** What travels on the usage channel: one relay's reports since its last message. */
 interface UsageMessage {
   readonly from: string
-  /** `[user, sockets, documents, updates, conversations, participants, connectionAttempts]` per user. */
-  readonly users: readonly (readonly [string, number, number, number, number, number, number])[]
+  /**
+   * `[user, sockets, documents, updates, conversations, participants, connectionAttempts, answerBytes]`
+   * per user (a relay of an earlier version sends no `answerBytes`: read as 0).
+   */
+  readonly users: readonly (readonly [string, number, number, number, number, number, number, number])[]
 }
 
 const count = (value: unknown): number =>
@@ -32,7 +35,7 @@ function decode(bytes: Buffer): UsageMessage | undefined {
   }
   const message = value as { from?: unknown; users?: unknown }
   if (typeof message?.from !== "string" || !Array.isArray(message.users)) return undefined
-  const users: [string, number, number, number, number, number, number][] = []
+  const users: [string, number, number, number, number, number, number, number][] = []
   for (const entry of message.users) {
     if (!Array.isArray(entry) || typeof entry[0] !== "string") continue
     users.push([
@@ -43,6 +46,7 @@ function decode(bytes: Buffer): UsageMessage | undefined {
       count(entry[4]),
       count(entry[5]),
       count(entry[6]),
+      count(entry[7]),
     ])
   }
   return { from: message.from, users }
@@ -52,7 +56,7 @@ function decode(bytes: Buffer): UsageMessage | undefined {
  * Per-user limits across the relays of a cluster. Each relay publishes on one
  * Redis channel, every {@link DEFAULT_USAGE_INTERVAL_MS}, what its users spent
  * of their update, creation and connection budgets (every relay takes it from
- * its own buckets too, into debt if need be), and how many connections and
+ * its own buckets too, into debt if need be) and of the bytes answered to their requests, and how many connections and
  * documents its heavy users hold (a user holding an eighth of a limit or
  * more; a change is reported within ~10 ms). So a user's budgets are the
  * user's across the cluster, whatever the load balancer does, to within what
@@ -129,6 +133,7 @@ export class ClusterUsage implements OtherRelays {
       conversations,
       participants,
       connectionAttempts,
+      answerBytes,
     ] of message.users) {
       const user = name as UserId
       let relays = this.heldBy.get(user)
@@ -142,7 +147,13 @@ export class ClusterUsage implements OtherRelays {
         relays.delete(message.from)
         if (relays.size === 0) this.heldBy.delete(user)
       }
-      this.ledger.spentElsewhere(user, { updates, conversations, participants, connectionAttempts })
+      this.ledger.spentElsewhere(user, {
+        updates,
+        conversations,
+        participants,
+        connectionAttempts,
+        answerBytes,
+      })
       if (sockets > 0) this.enforce(user)
     }
   }
@@ -202,4 +213,13 @@ export class ClusterUsage implements OtherRelays {
 }
 
 const row = (r: UsageReport) =>
-  [r.user, r.sockets, r.documents, r.updates, r.conversations, r.participants, r.connectionAttempts] as const
+  [
+    r.user,
+    r.sockets,
+    r.documents,
+    r.updates,
+    r.conversations,
+    r.participants,
+    r.connectionAttempts,
+    r.answerBytes,
+  ] as const
