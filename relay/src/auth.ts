@@ -57,6 +57,17 @@ const DEV_TOKEN_LIFETIME = "1h"
 /** Clock skew forgiven when a token's `exp` is checked against the lifetime cap. */
 const LIFETIME_SKEW_MS = 60_000
 
+/**
+ * How long a verified token is taken on trust before it is verified again
+ * (never past its `exp`): short, so that a key removed from a JWKS stops
+ * tokens it signed within a minute.
+ */
+const VERIFIED_TOKEN_TTL_MS = 60_000
+
+/** Verified tokens kept at once, and the longest kept (at most ~16 MiB of token text). */
+const VERIFIED_TOKENS_KEPT = 4096
+const VERIFIED_TOKEN_MAX_CHARS = 4096
+
 /** The token claim value that marks a read-only service token. */
 export const SERVICE_ROLE = "service"
 
@@ -85,6 +96,8 @@ export class Authenticator {
   private readonly verifyKey: Uint8Array | KeyObject | JWTVerifyGetKey | undefined
   private readonly algorithms: string[] | undefined
   private readonly devKey: Uint8Array | undefined
+  /** Tokens verified lately, by their text, with when to verify them again (see {@link verifyToken}). */
+  private readonly verified = new Map<string, { readonly token: VerifiedToken; readonly until: number }>()
 
   constructor(private readonly options: AuthOptions) {
     const { key } = options
@@ -120,6 +133,27 @@ export class Authenticator {
    */
   async verifyToken(token: string | null | undefined): Promise<VerifiedToken> {
     if (!token) throw new ParleyError(ErrorCode.UNAUTHORIZED, "a token is required")
+    // A signature check costs 0.1-0.3 ms, far more than the frame or request carrying the token: the
+    // same token presented again (every channel of a socket, every refresh, every API call of a
+    // device) is verified once, for a short while and never past its expiry.
+    const now = Date.now()
+    const known = this.verified.get(token)
+    if (known && known.until > now) return known.token
+    if (known) this.verified.delete(token)
+    const fresh = await this.verifyFresh(token)
+    if (token.length <= VERIFIED_TOKEN_MAX_CHARS) {
+      if (this.verified.size >= VERIFIED_TOKENS_KEPT) {
+        // The oldest entry goes (a Map keeps insertion order).
+        const oldest = this.verified.keys().next()
+        if (!oldest.done) this.verified.delete(oldest.value)
+      }
+      const until = Math.min(fresh.expiresAt ?? Number.POSITIVE_INFINITY, now + VERIFIED_TOKEN_TTL_MS)
+      this.verified.set(token, { token: fresh, until })
+    }
+    return fresh
+  }
+
+  private async verifyFresh(token: string): Promise<VerifiedToken> {
     // Routed by its unverified issuer, then verified with that key only: a dev token can never
     // pass as an app token (or the reverse), whatever it claims.
     const dev = this.devKey !== undefined && claimedIssuer(token) === DEV_TOKEN_ISSUER

@@ -235,7 +235,7 @@ export const RELAY_FLAGS = {
   "user-updates-per-second": flag({
     kind: "integer",
     env: "PARLEY_USER_UPDATES_PER_SECOND",
-    help: "updates per second per user across connections, one more per 16 KiB (then close 4429 updates-per-user); 0 = no limit",
+    help: "updates per second per user across connections, one more per 16 KiB, per 100 recipients and per 16 values (then close 4429 updates-per-user); 0 = no limit",
     default: USER.userUpdatesPerSecond,
   }),
   "user-update-burst": flag({

@@ -253,6 +253,15 @@ export class MuxSocket implements UserSocket {
     const { auth, core, limits } = this.options
     const channel = new MuxChannel(this, number, name, this.options.token, limits)
     this.channels.set(number, channel)
+    try {
+      // A reconnect loop over channels pays like one over sockets, and pays before its token is
+      // verified (a verification costs more than the frame that asks for it): the channel can only
+      // be the socket's user's.
+      core.users.admitConnection(this.options.token.principal)
+    } catch (error) {
+      this.refuse(number, toParleyError(error))
+      return
+    }
     if (rawToken !== "") {
       let token: VerifiedToken
       try {
@@ -270,13 +279,6 @@ export class MuxSocket implements UserSocket {
       channel.token = token
     }
     if (channel.closed) return
-    try {
-      // A reconnect loop over channels pays like one over sockets.
-      core.users.admitConnection(channel.principal)
-    } catch (error) {
-      this.refuse(number, toParleyError(error))
-      return
-    }
     channel.lease = new TokenLease(this.options.leases, channel)
     let connection: Connection
     try {

@@ -477,7 +477,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   submit(connection: HostedConnection, update: Uint8Array): Promise<unknown> {
     let done: () => void
     try {
-      done = this.users.admitUpdate(connection.principal, update.length)
+      done = this.users.admitUpdate(connection.principal, update.length, connection.host.connections.size)
     } catch (error) {
       // A flood across the user's connections: this one is closed, as a per-connection flood is.
       const close = closeOf(toParleyError(error))

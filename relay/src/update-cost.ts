@@ -70,6 +70,8 @@ export interface UpdateCost {
   readonly newClientIds: readonly number[]
   /** Structs in the update. */
   readonly structs: number
+  /** Values it writes (array elements, map values, characters): what its messages, reactions and markers number. */
+  readonly values: number
   /** The estimate of integration steps that was checked against the limit. */
   readonly integrationSteps: number
 }
@@ -211,7 +213,11 @@ function skipContent(decoder: decoding.Decoder, ref: number): number {
  * the update and each client's struct count precedes its structs, so an
  * oversized update is refused after reading a few bytes, never all of them.
  */
-function scanStructs(decoder: decoding.Decoder, bytes: number, limits: UpdateCostLimits): Scanned[] {
+function scanStructs(
+  decoder: decoding.Decoder,
+  bytes: number,
+  limits: UpdateCostLimits,
+): { structs: Scanned[]; values: number } {
   const clients = decoding.readVarUint(decoder)
   if (clients > limits.maxUpdateClientIds)
     refuse(CostRule.clientIds, `an update writes under at most ${limits.maxUpdateClientIds} client ids`)
@@ -299,7 +305,7 @@ function scanStructs(decoder: decoding.Decoder, bytes: number, limits: UpdateCos
       clock += length
     }
   }
-  return structs
+  return { structs, values }
 }
 
 /** Reads the delete set, merged per client and sorted, refusing past `maxDeleteRanges`. */
@@ -358,10 +364,11 @@ const covers = (list: readonly [number, number][] | undefined, clock: number, en
  */
 export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCostLimits): UpdateCost {
   let structs: Scanned[]
+  let values: number
   let deletes: Map<number, [number, number][]>
   const decoder = decoding.createDecoder(update)
   try {
-    structs = scanStructs(decoder, update.length, limits)
+    ;({ structs, values } = scanStructs(decoder, update.length, limits))
     deletes = scanDeleteSet(decoder, limits)
   } catch (error) {
     if (error instanceof ParleyError) throw error
@@ -503,7 +510,7 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
       if (clock + len < end) split(client, clock + len)
     }
   }
-  return { newClientIds, structs: structs.length, integrationSteps: steps }
+  return { newClientIds, structs: structs.length, values, integrationSteps: steps }
 
   /**
    * Replays Yjs's conflict resolution (`Item.integrate`) over the document's

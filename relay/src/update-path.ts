@@ -850,6 +850,8 @@ async function admitUpdate(
   // After the rules (a refused update costs no budget), before anything changes: refused whole.
   if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
     ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
+  // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes.
+  ctx.users?.chargeValues(principal, cost.values, update.length)
   return { noop: false, update, clientIds, ends: inspected.ends, decision }
 }
 

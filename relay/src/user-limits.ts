@@ -71,12 +71,21 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
 /** Update bytes that cost one more token of the update budget. */
 export const UPDATE_COST_BYTES = 16 * 1024
 
+/** Values (messages, reactions, markers...) that cost one more token, counted once the update is checked. */
+export const UPDATE_COST_VALUES = 16
+
+/** Connections to a document that cost one more token for each update to it: each is sent the change. */
+export const UPDATE_COST_RECIPIENTS = 100
+
 /**
- * What one update costs of its user's update budget: one, plus one per
- * {@link UPDATE_COST_BYTES}, because what an update costs the relay to check
- * and store grows with its size.
+ * What one update costs of its user's update budget when it arrives: one,
+ * plus one per {@link UPDATE_COST_BYTES}, because what an update costs the
+ * relay to check and store grows with its size, plus one per
+ * {@link UPDATE_COST_RECIPIENTS} connections it will be sent to. Once checked,
+ * its values may cost more ({@link UserLedger.chargeValues}).
  */
-export const updateCost = (bytes: number): number => 1 + Math.floor(bytes / UPDATE_COST_BYTES)
+export const updateCost = (bytes: number, recipients = 0): number =>
+  1 + Math.floor(bytes / UPDATE_COST_BYTES) + Math.floor(recipients / UPDATE_COST_RECIPIENTS)
 
 /** A connection as the ledger sees it (the transport's socket). */
 export interface UserSocket {
@@ -480,7 +489,7 @@ export class UserLedger {
    * path is done with it). Throws `updates-per-user` when the budget is spent,
    * `pending-bytes-per-user` when too many of the user's bytes wait already.
    */
-  admitUpdate(principal: Principal, bytes: number): () => void {
+  admitUpdate(principal: Principal, bytes: number, recipients = 0): () => void {
     const usage = this.usage(principal)
     if (!usage || principal.kind !== "user") return () => {}
     const { user } = principal
@@ -489,7 +498,7 @@ export class UserLedger {
       this.release(user)
       this.refuse(user, UserLimit.pendingBytes, `a user may have ${max} update bytes waiting`)
     }
-    const cost = updateCost(bytes)
+    const cost = updateCost(bytes, recipients)
     if (usage.updates && !usage.updates.take(cost)) {
       this.release(user)
       this.refuse(
@@ -507,6 +516,24 @@ export class UserLedger {
       usage.pendingBytes -= bytes
       this.release(user)
     }
+  }
+
+  /**
+   * Takes from the user's update budget what an update's `values` cost
+   * beyond its bytes (one token per {@link UPDATE_COST_VALUES}): a frame of a
+   * thousand short messages is small, and its hook events, stored rows and
+   * pushes are a thousand messages' worth. Called once the update is checked;
+   * the budget may go into debt (the next update waits for it: refused with
+   * `updates-per-user` until it is paid off).
+   */
+  chargeValues(principal: Principal, values: number, bytes: number): void {
+    const extra = Math.ceil(values / UPDATE_COST_VALUES) - 1 - Math.floor(bytes / UPDATE_COST_BYTES)
+    if (extra <= 0) return
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return
+    usage.updates?.spend(extra)
+    this.spend(principal.user, usage, "updates", extra)
+    this.release(principal.user)
   }
 
   /**

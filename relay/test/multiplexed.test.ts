@@ -225,6 +225,24 @@ describe("a multiplexed socket", () => {
     void bob
   })
 
+  it("charges a channel's open to the socket's user before verifying its token, so a loop of bad tokens is held to the budget", async () => {
+    const limited = await startRelayProcess({ args: ["--user-connection-attempts-per-minute", "20"] })
+    const { alice, mallory } = users()
+    const mux = new MuxProbe(limited.url, await limited.token(mallory))
+    await mux.opened
+    // Bad signatures: each costs a verification, paid for like an open.
+    const good = await limited.token(mallory)
+    const forged = `${good.slice(0, -4)}AAAA`
+    for (let channel = 0; channel < 40; channel++) mux.open(channel, inboxDocumentName(alice), forged)
+    await mux.until(() => mux.closes.size === 40)
+    const codes = [...mux.closes.values()].map((close) => close.code)
+    // The socket's own open spent one of 20: 19 verified and refused, the rest refused unverified.
+    expect(codes.filter((code) => code === 4401).length).toBeLessThanOrEqual(20)
+    expect(
+      [...mux.closes.values()].filter((close) => close.reason === "connection-attempts-per-user").length,
+    ).toBeGreaterThanOrEqual(20)
+  })
+
   it("closes a channel at its own token's expiry, unless refreshed, and leaves the others open", async () => {
     const { alice } = users()
     const nowS = () => Math.floor(Date.now() / 1000)

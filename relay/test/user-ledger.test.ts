@@ -117,6 +117,28 @@ describe("UserLedger", () => {
     expect(refusal(() => l.admitUpdate(mallory, 1)).rule).toBe(UserLimit.updates)
   })
 
+  it("charges an update for the connections it is sent to, and for its values once checked", () => {
+    vi.useFakeTimers()
+    const { l, advance } = ledger({ userUpdatesPerSecond: 10, userUpdateBurst: 20 })
+    // A room with 1,000 connections: each update costs 11.
+    l.admitUpdate(mallory, 100, 1000)()
+    expect(refusal(() => l.admitUpdate(mallory, 100, 1000)).rule).toBe(UserLimit.updates)
+    // Back to a full budget; a small frame of 320 values (messages, reactions) costs 20,
+    // the first of which it paid on arrival.
+    advance(2000)
+    l.admitUpdate(mallory, 500)()
+    l.chargeValues(mallory, 320, 500)
+    expect(refusal(() => l.admitUpdate(mallory, 100)).rule).toBe(UserLimit.updates)
+    // A message's few values cost nothing more; another user's budget is their own.
+    advance(2000)
+    l.admitUpdate(mallory, 100)()
+    l.chargeValues(mallory, 5, 100)
+    for (let i = 0; i < 19; i++) l.admitUpdate(mallory, 100)()
+    expect(refusal(() => l.admitUpdate(mallory, 100)).rule).toBe(UserLimit.updates)
+    l.chargeValues(user("alice"), 320, 500)
+    l.admitUpdate(user("alice"), 100)()
+  })
+
   it("bounds the bytes a user has waiting, and frees them when the update is done", () => {
     const { l } = ledger({ maxPendingBytesPerUser: 1000 })
     const done = l.admitUpdate(mallory, 800)

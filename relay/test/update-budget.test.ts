@@ -1,0 +1,53 @@
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { CloseCode, type ConversationId, createConversation, sendMessage, type UserId } from "@parley/shared"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { type RunningRelay, startRelay } from "../src/index.js"
+import { TestClient } from "./helpers/clients.js"
+
+const alice = "alice" as UserId
+const mallory = "mallory" as UserId
+const id = "g~updatebudget" as ConversationId
+
+let relay: RunningRelay
+let dataDir: string
+beforeAll(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), "parley-update-budget-"))
+  // A budget of 200 updates at once, refilled slowly: what a frame costs is what this test sees.
+  relay = await startRelay({
+    port: 0,
+    dataDir,
+    log: "silent",
+    dev: true,
+    limits: { userUpdatesPerSecond: 1, userUpdateBurst: 200 },
+  })
+  await relay.core.write(id, { kind: "user", user: alice }, (doc) => {
+    createConversation(doc, alice, { kind: "group", id, participants: [mallory], title: "Budget" })
+  })
+})
+afterAll(async () => {
+  await relay.close()
+  rmSync(dataDir, { recursive: true, force: true })
+})
+
+describe("the update budget", () => {
+  it("charges a frame of many messages like many messages, not like one small frame", async () => {
+    const c = new TestClient(relay.url, id, await relay.auth.mintDev(mallory, {}))
+    await c.synced()
+    // Each frame is a few kilobytes (one token by its bytes) and holds 150 messages (150 values).
+    let frames = 0
+    while (!c.closeEvent && frames < 50) {
+      c.doc.transact(() => {
+        for (let i = 0; i < 150; i++) sendMessage(c.doc, mallory, { body: `m${frames}.${i}` })
+      })
+      frames++
+      await Promise.race([c.allSaved(), c.closed])
+    }
+    // Charged by bytes alone, all 50 frames (7,500 messages) would fit in 200 updates.
+    expect(c.closeEvent).toEqual(CloseCode.TooManyUpdates)
+    // 150 values cost 10 tokens: 20 frames spend the budget, the next overdraws it and is refused.
+    expect(frames).toBeLessThanOrEqual(22)
+    expect(c.errors).toEqual([])
+  })
+})
