@@ -65,7 +65,7 @@ const refusedFor = (relay: RelayProcess, reason: RegExp) =>
 describe("token expiry on open sockets", () => {
   it("closes a parley=1 socket when its token expires, with a typed UNAUTHORIZED error first", async () => {
     const relay = shared
-    const exp = nowS() + 2
+    const exp = nowS() + 4
     const c = client(relay, await conversation(relay), await relay.token(alice, { expiresIn: exp }))
     // On a loaded machine the token may expire before the first sync completes: the close is what counts.
     await Promise.race([c.synced(), c.closed])
@@ -77,7 +77,7 @@ describe("token expiry on open sockets", () => {
 
   it("closes a stock client's socket at its token's expiry with 4401 and no extension frame", async () => {
     const relay = shared
-    const exp = nowS() + 2
+    const exp = nowS() + 4
     const c = client(relay, await conversation(relay), await relay.token(bob, { expiresIn: exp }), false)
     await Promise.race([c.synced(), c.closed])
     expect(await c.closed).toEqual({ code: 4401, reason: "Token expired" })
