@@ -6,12 +6,18 @@ import { type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "../
 import { describeOnly, type OpenApiPart, openApiPartOf } from "../api/openapi-part.js"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
-import { bearerToken, registerUserTokenScheme, userOfToken } from "../api/user-token.js"
+import {
+  bearerToken,
+  overRequestBudget,
+  type RequestBudget,
+  registerUserTokenScheme,
+  userOfToken,
+} from "../api/user-token.js"
 import type { Logger } from "../log.js"
 import { type Principal, serviceParticipant } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
 import { INLINE_IMAGES } from "./content-type.js"
-import type { LinkPreviewer } from "./link-preview.js"
+import type { LinkPreviewGate } from "./link-preview-gate.js"
 import { type AttachmentRecord, attachmentOf, fileKey, servedKey, thumbnailKey } from "./records.js"
 import { type AttachmentService, RefusedTypeError } from "./service.js"
 import { signUrl, verifyUrl } from "./signing.js"
@@ -32,7 +38,10 @@ export interface AttachmentRoutesOptions {
   readonly signedUrlSeconds: number
   /** Chunks being received at once on this relay, all users together (each buffers up to a chunk). */
   readonly maxChunksInFlight: number
-  readonly linkPreviews?: LinkPreviewer
+  /** Link previews, within their limits (only with `--link-previews`). */
+  readonly linkPreviews?: LinkPreviewGate
+  /** The per-user request budget users' own tokens and signed URLs are held to (API keys are not). */
+  readonly requests?: RequestBudget
   readonly log: Logger
   readonly now?: () => number
 }
@@ -254,7 +263,11 @@ const linkPreviewRoute = createRoute({
       [400, "Not an http(s) URL, or a private address"],
       ...AUTH,
       [404, "Link previews are off on this relay"],
-      [503, "The page could not be fetched, or is not HTML"],
+      [
+        429,
+        "The user has too many previews being fetched at once, or fetched too many this minute (`Retry-After`)",
+      ],
+      [503, "The page could not be fetched, or is not HTML, or the relay fetches too many at once"],
     ]),
   },
 })
@@ -349,7 +362,9 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         )
       return serviceParticipant(record.name)
     }
-    return userOfToken(c, token, options.verify, "attachments are uploaded by users")
+    const user = await userOfToken(c, token, options.verify, "attachments are uploaded by users")
+    if (user instanceof Response) return user
+    return overRequestBudget(c, options.requests, user) ?? user
   }
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
     // Downloads with a signature need no token.
@@ -508,6 +523,9 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         !verifyUrl(options.secret(), id, variant, c.req.query("exp"), user, sig, now())
       )
         throw new ParleyError(ErrorCode.NOT_FOUND, "no such attachment")
+      // A valid signature is the user's: their requests by signed URL spend their budget too.
+      const refused = overRequestBudget(c, options.requests, user as UserId)
+      if (refused) return refused
       // Still a participant now: leaving or being removed revokes the user's signed URLs.
       record = await service.readable(id, user as UserId)
     } else record = await service.readable(id, c.get("user"))
@@ -567,7 +585,30 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   app.openapi(linkPreviewRoute, async (c) => {
     if (!options.linkPreviews)
       throw new ParleyError(ErrorCode.NOT_FOUND, "link previews are off on this relay")
-    return c.json(await options.linkPreviews.preview(c.req.valid("query").url), 200)
+    const answer = await options.linkPreviews.preview(c.get("user"), c.req.valid("query").url)
+    if ("refused" in answer) {
+      const retryAfter = { "retry-after": String(Math.max(1, Math.ceil(answer.retryAfterMs / 1000))) }
+      if (answer.refused === "busy")
+        return problemResponse(
+          c,
+          new ParleyError(ErrorCode.UNAVAILABLE, "the relay is fetching too many previews: retry"),
+          503,
+          retryAfter,
+        ) as never
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.RATE_LIMITED,
+          answer.refused === "link-previews-per-user"
+            ? `a user may have ${options.linkPreviews.limits.perUserPerMinute} links previewed per minute`
+            : `a user may have ${options.linkPreviews.limits.perUserAtOnce} links previewed at once`,
+          { rule: answer.refused },
+        ),
+        429,
+        retryAfter,
+      ) as never
+    }
+    return c.json(answer, 200)
   })
   return app
 }
