@@ -59,6 +59,10 @@ const AUTH = [
   [401, "No user token, or an invalid one"],
   [403, "The token is not a user's"],
 ] as const
+const BUDGET = [
+  429,
+  "The user's HTTP request budget is spent (`http-requests-per-user`, `Retry-After`)",
+] as const
 const security: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:write"] }]
 const readSecurity: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:read"] }]
 
@@ -128,7 +132,10 @@ const createUploadRoute = createRoute({
       ...AUTH,
       [404, "No such conversation, or the caller may not send to it"],
       [413, "The declared size exceeds the relay's attachment limit"],
-      [429, "The user opened too many uploads this minute (60)"],
+      [
+        429,
+        "The user opened too many uploads this minute (60), or spent their HTTP request budget (`Retry-After`)",
+      ],
     ]),
   },
 })
@@ -145,6 +152,7 @@ const headUploadRoute = createRoute({
     },
     401: { description: "No user token, or an invalid one" },
     404: { description: "No such upload of the caller's" },
+    429: { description: "The user's HTTP request budget is spent (`Retry-After`)" },
   },
 })
 const patchUploadRoute = createRoute({
@@ -178,7 +186,10 @@ const patchUploadRoute = createRoute({
         415,
         "Not `application/offset+octet-stream`, or the sniffed type is not accepted (the upload is deleted)",
       ],
-      [429, "The user is sending too many chunks at once or too many bytes a minute (`Retry-After`)"],
+      [
+        429,
+        "The user is sending too many chunks at once or too many bytes a minute, or spent their HTTP request budget (`Retry-After`)",
+      ],
       [503, "The relay is receiving too many chunks at once (`Retry-After`)"],
     ]),
   },
@@ -197,6 +208,7 @@ const bytesResponses = (what: string) => ({
       "No such attachment, or the caller is not a participant of its conversation, or a wrong or expired signature",
     ],
     [416, "Range not satisfiable"],
+    BUDGET,
   ]),
 })
 const downloadRoute = createRoute({
@@ -237,6 +249,7 @@ const signRoute = createRoute({
     ...problems([
       ...AUTH,
       [404, "No such attachment, or the caller is not a participant of its conversation"],
+      BUDGET,
     ]),
   },
 })
@@ -265,7 +278,7 @@ const linkPreviewRoute = createRoute({
       [404, "Link previews are off on this relay"],
       [
         429,
-        "The user has too many previews being fetched at once, or fetched too many this minute (`Retry-After`)",
+        "The user has too many previews being fetched at once, fetched too many this minute, or spent their HTTP request budget (`Retry-After`)",
       ],
       [503, "The page could not be fetched, or is not HTML, or the relay fetches too many at once"],
     ]),

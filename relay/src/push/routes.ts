@@ -88,6 +88,7 @@ const problems = (statuses: readonly (readonly [number, string])[]) =>
 const AUTH_PROBLEMS = [
   [401, "No user token, or an invalid one"],
   [403, "The token is not a user's (a service's)"],
+  [429, "The user's HTTP request budget is spent (`http-requests-per-user`, `Retry-After`)"],
 ] as const
 const security = [{ userToken: [] }]
 const DeviceParam = z.object({ device: z.string().regex(/^[A-Za-z0-9._~-]{1,128}$/) })

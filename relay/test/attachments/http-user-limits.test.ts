@@ -121,7 +121,9 @@ describe("the per-user HTTP request budget", () => {
       headers: { authorization: `Bearer ${await relay.token(bob)}` },
     })
     expect(bobsDevices.status).toBe(200)
-    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.httpRequests}"}`)).toBeGreaterThan(0)
+    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.httpRequests}"}`)).toBeGreaterThan(
+      0,
+    )
     client.close()
   })
 
