@@ -270,3 +270,33 @@ describe("link previews' limits and cache", () => {
     expect(pages.count("/missing")).toBe(1)
   })
 })
+
+describe("bad credentials over HTTP, per client address", () => {
+  let relay: RelayProcess
+  beforeAll(async () => {
+    relay = await startRelayProcess({ args: ["--address-auth-failures-per-minute", "3"] })
+  })
+
+  it("answers 429 auth-failures-per-address before verifying, once an address spent its failures", async () => {
+    const download = (token: string) =>
+      fetch(`${relay.httpUrl}/v1/attachments/att_00000000000000000000000000`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
+    // A valid token takes nothing from the address: its 404 is not a failure.
+    for (let i = 0; i < 5; i++) expect((await download(await relay.token(alice))).status).toBe(404)
+    const forged = await relay.token(alice, { secret: "not-the-relay-secret" })
+    for (let i = 0; i < 3; i++) expect((await download(forged)).status).toBe(401)
+    const refused = await download(forged)
+    expect(refused.status).toBe(429)
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1)
+    expect(await refused.text()).toBe("auth-failures-per-address\n")
+    // Anything with credentials from that address now waits, the API's routes included.
+    expect((await download(await relay.token(alice))).status).toBe(429)
+    const api = await fetch(`${relay.httpUrl}/v1/conversations`, {
+      headers: { authorization: "Bearer pk_x_y" },
+    })
+    expect(api.status).toBe(429)
+    // Requests without credentials are not refused by it.
+    expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
+  })
+})
