@@ -286,6 +286,18 @@ export const RELAY_FLAGS = {
     help: "answer bytes one user may be sent in a burst",
     default: USER.userAnswerBurstBytes,
   }),
+  "user-http-requests-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_USER_HTTP_REQUESTS_PER_SECOND",
+    help: "HTTP requests per second per user with their own token or signed URLs, across devices: attachments, uploads, push registrations, link previews (then 429 http-requests-per-user); 0 = no limit",
+    default: USER.userHttpRequestsPerSecond,
+  }),
+  "user-http-request-burst": flag({
+    kind: "integer",
+    env: "PARLEY_USER_HTTP_REQUEST_BURST",
+    help: "HTTP requests per user in a burst",
+    default: USER.userHttpRequestBurst,
+  }),
   "address-auth-failures-per-minute": flag({
     kind: "integer",
     env: "PARLEY_ADDRESS_AUTH_FAILURES_PER_MINUTE",
@@ -475,6 +487,18 @@ export const RELAY_FLAGS = {
     kind: "boolean",
     env: "PARLEY_LINK_PREVIEWS",
     help: "serve GET /v1/link-preview: the relay fetches public web pages' titles (off by default)",
+  }),
+  "link-previews-per-user-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_LINK_PREVIEWS_PER_USER_PER_MINUTE",
+    help: "pages the relay fetches for one user's link previews per minute, cached answers free (then 429 link-previews-per-user); 0 = no limit",
+    default: ATTACHMENTS.linkPreviewsPerUserPerMinute,
+  }),
+  "link-previews-per-user-at-once": flag({
+    kind: "integer",
+    env: "PARLEY_LINK_PREVIEWS_PER_USER_AT_ONCE",
+    help: "pages the relay fetches for one user's link previews at once (then 429 link-previews-at-once-per-user)",
+    default: ATTACHMENTS.linkPreviewsPerUserAtOnce,
   }),
   "link-previews-allow-private": flag({
     kind: "boolean",
@@ -875,6 +899,8 @@ export function parseConfig(
       bytesPerMinutePerUser: Math.max(1, v["attachment-bytes-per-minute"]),
       linkPreviews: v["link-previews"] === true,
       linkPreviewsAllowPrivate: v["link-previews-allow-private"] === true,
+      linkPreviewsPerUserPerMinute: v["link-previews-per-user-per-minute"],
+      linkPreviewsPerUserAtOnce: Math.max(1, v["link-previews-per-user-at-once"]),
     },
     eventRetention: {
       maxAgeMs: v["event-retention-hours"] * 3_600_000,
@@ -939,6 +965,8 @@ export function parseConfig(
       userConnectionAttemptsPerMinute: v["user-connection-attempts-per-minute"],
       userAnswerBytesPerSecond: v["user-answer-bytes-per-second"],
       userAnswerBurstBytes: Math.max(1, v["user-answer-burst-bytes"]),
+      userHttpRequestsPerSecond: v["user-http-requests-per-second"],
+      userHttpRequestBurst: Math.max(1, v["user-http-request-burst"]),
       addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],

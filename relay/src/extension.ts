@@ -5,6 +5,7 @@ import type { DeferTarget } from "./deferred-change.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
+import type { UserLedger } from "./user-limits.js"
 
 /** What the update path asks a policy about, before anything is stored. */
 export interface PolicyInput {
@@ -102,6 +103,12 @@ export interface RunningCore {
    * relay keeps one (`startRelay` always does; a bare core without it does not).
    */
   readonly events?: EventLogReader
+  /**
+   * The per-user limits across connections (the relay core's ledger), when
+   * the core keeps them: HTTP routes that take users' own tokens spend their
+   * request budget here ({@link UserLedger.admitRequest}).
+   */
+  readonly users?: UserLedger
 }
 
 /** A connection opened or closed, as {@link RelayExtension.connectionChanged} receives it. */

@@ -344,6 +344,10 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           store: backend.blobs,
           verify: (token) => auth.verify(token),
           ...(options.api === false ? {} : { keys: backend.keys }),
+          onUserLimit: (limit, user) => {
+            metrics.userLimits.inc({ limit })
+            log.info({ user, limit }, "refused: per-user limit")
+          },
           log: log.child({ component: "attachments" }),
         })
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.

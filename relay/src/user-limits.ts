@@ -47,6 +47,17 @@ export interface UserLimits {
   readonly userAnswerBytesPerSecond: number
   /** Answer bytes one user may be sent in a burst (a new device opening every conversation at once). */
   readonly userAnswerBurstBytes: number
+  /**
+   * HTTP requests one user may make per second on average with their own
+   * token (or a signed URL of theirs), across tokens and devices: attachment
+   * downloads, signed URLs, uploads, push registrations, link previews. Each
+   * costs a token verification, a record read and an access check that may
+   * load the conversation, whatever it returns (a `Range: bytes=0-0` sends one
+   * byte). Beyond, 429 `http-requests-per-user` with `Retry-After`.
+   */
+  readonly userHttpRequestsPerSecond: number
+  /** HTTP requests one user may make in a burst (a conversation of images opening). */
+  readonly userHttpRequestBurst: number
 }
 
 /** Defaults of {@link UserLimits}. */
@@ -66,6 +77,11 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
   // a fortieth of a core, like one at the update budget. A new device's first sync of 64 MiB fits.
   userAnswerBytesPerSecond: 4 * 1024 * 1024,
   userAnswerBurstBytes: 64 * 1024 * 1024,
+  // One request costs the relay up to about a millisecond (a token verification, a record read, an
+  // access check): a user asking without end costs a fiftieth of a core. A conversation of 100 images
+  // opening (a signed URL and a thumbnail each) fits in the burst.
+  userHttpRequestsPerSecond: 20,
+  userHttpRequestBurst: 200,
 }
 
 /** Update bytes that cost one more token of the update budget. */
@@ -176,6 +192,7 @@ class Usage {
   private conversationBudget: RateLimiter | undefined
   private participantBudget: RateLimiter | undefined
   private answerBudget: RateLimiter | undefined
+  private requestBudget: RateLimiter | undefined
 
   constructor(
     private readonly limits: UserLimits,
@@ -214,6 +231,16 @@ class Usage {
     return this.answerBudget
   }
 
+  get requests(): RateLimiter | undefined {
+    if (this.requestBudget || this.limits.userHttpRequestsPerSecond <= 0) return this.requestBudget
+    this.requestBudget = new RateLimiter(
+      this.limits.userHttpRequestsPerSecond,
+      Math.max(1, this.limits.userHttpRequestBurst),
+      this.now,
+    )
+    return this.requestBudget
+  }
+
   /** The answer budget if anything was answered yet (a user never answered waits for nothing). */
   get answersIfAny(): RateLimiter | undefined {
     return this.answerBudget
@@ -231,6 +258,7 @@ class Usage {
       this.participantBudget?.msUntilFull() ?? 0,
       this.connectionAttempts?.msUntilFull() ?? 0,
       this.answerBudget?.msUntilFull() ?? 0,
+      this.requestBudget?.msUntilFull() ?? 0,
     )
   }
 }
@@ -426,6 +454,26 @@ export class UserLedger {
       this.spend(user, usage, "connectionAttempts", 1)
     } finally {
       this.release(user)
+    }
+  }
+
+  /**
+   * Takes one HTTP request of `principal` from their request budget (call
+   * once the token or signature is verified, before anything is read).
+   * Returns 0 when it is admitted, else the milliseconds until one more fits
+   * (for `Retry-After`), counting a refusal by `http-requests-per-user`.
+   * Per relay: not reported to the other relays of a cluster.
+   */
+  admitRequest(principal: Principal): number {
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return 0
+    try {
+      const budget = usage.requests
+      if (!budget || budget.take(1)) return 0
+      this.onLimit(UserLimit.httpRequests, principal.user)
+      return Math.max(1, budget.msUntil(1))
+    } finally {
+      this.release(principal.user)
     }
   }
 

@@ -196,6 +196,7 @@ export class WsTransport {
 
   private async http(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://relay")
+    if (req.headers.authorization !== undefined && !this.credentialsAllowed(req, res)) return
     if (this.options.routes && (await this.options.routes(req, res))) return
     if (req.method !== "GET" && req.method !== "HEAD") return json(res, 405, { error: "method not allowed" })
     if (url.pathname === "/healthz") {
@@ -253,6 +254,32 @@ export class WsTransport {
     const forwarded = req.headers["x-forwarded-for"]
     const list = Array.isArray(forwarded) ? forwarded.join(",") : forwarded
     return list?.split(",").at(-1)?.trim() || peer
+  }
+
+  /**
+   * An HTTP request with credentials (a user's token, an API key, a service
+   * token) from an address that spent its failed verifications is answered
+   * 429 before anything is verified, as a WebSocket upgrade is; one answered
+   * 401 takes one of the address's failures. Otherwise a stream of bad tokens
+   * to the extensions' routes (attachments, push, the API, admin) would buy a
+   * verification each without end.
+   */
+  private credentialsAllowed(req: IncomingMessage, res: ServerResponse): boolean {
+    const address = this.addressOf(req)
+    if (!this.addresses.allows(address)) {
+      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      res.writeHead(429, {
+        "retry-after": String(this.addresses.retryAfterSeconds(address)),
+        "content-type": "text/plain",
+        connection: "close",
+      })
+      res.end(`${AddressLimit.authFailures}\n`)
+      return false
+    }
+    res.once("finish", () => {
+      if (res.statusCode === 401) this.addresses.failed(address)
+    })
+    return true
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {

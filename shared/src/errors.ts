@@ -145,6 +145,12 @@ export const UserLimit = {
   participants: "participants-per-minute",
   connectionAttempts: "connection-attempts-per-user",
   answers: "answer-bytes-per-user",
+  /** HTTP requests with the user's token or signed URLs (`--user-http-requests-per-second`): 429. */
+  httpRequests: "http-requests-per-user",
+  /** Link previews the relay fetches for the user per minute (`--link-previews-per-user-per-minute`): 429. */
+  linkPreviews: "link-previews-per-user",
+  /** Link previews fetched for the user at once (`--link-previews-per-user-at-once`): 429. */
+  linkPreviewsAtOnce: "link-previews-at-once-per-user",
 } as const
 /** One of {@link UserLimit}'s values. */
 export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]

@@ -1,5 +1,5 @@
 import type { OpenAPIHono } from "@hono/zod-openapi"
-import { ErrorCode, ParleyError, type UserId } from "@parley/shared"
+import { ErrorCode, ParleyError, type UserId, UserLimit } from "@parley/shared"
 import type { Context, Env } from "hono"
 import type { Principal } from "../principal.js"
 import { problemResponse } from "./problem.js"
@@ -45,4 +45,33 @@ export async function userOfToken(
     )
   if (principal.kind !== "user") return problemResponse(c, new ParleyError(ErrorCode.FORBIDDEN, notUser), 403)
   return principal.user
+}
+
+/** The per-user budget of HTTP requests made with users' own tokens (the core's `UserLedger`). */
+export interface RequestBudget {
+  /** 0 when `principal` may make one more request now, else the milliseconds until they may. */
+  admitRequest(principal: Principal): number
+}
+
+/**
+ * Takes one request of `user` from `budget`: undefined when it is admitted,
+ * else the answer, a 429 problem with rule `http-requests-per-user` and
+ * `Retry-After`. Call once the caller is verified, before anything is read
+ * for them.
+ */
+export function overRequestBudget(
+  c: Context,
+  budget: RequestBudget | undefined,
+  user: UserId,
+): Response | undefined {
+  const wait = budget?.admitRequest({ kind: "user", user }) ?? 0
+  if (wait === 0) return undefined
+  return problemResponse(
+    c,
+    new ParleyError(ErrorCode.RATE_LIMITED, "too many requests for this user: slow down", {
+      rule: UserLimit.httpRequests,
+    }),
+    429,
+    { "retry-after": String(Math.max(1, Math.ceil(wait / 1000))) },
+  )
 }

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
-import { uploadedAttachmentIds } from "@parley/shared"
+import { type UserId, type UserLimit, uploadedAttachmentIds } from "@parley/shared"
 import type { ApiKeyStore } from "../api/keys.js"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
@@ -11,6 +11,7 @@ import type { BlobStore } from "./blob-store.js"
 import { DEFAULT_ATTACHMENT_TYPES } from "./content-type.js"
 import { DEFAULT_MAX_IMAGE_PIXELS } from "./images.js"
 import { LinkPreviewer } from "./link-preview.js"
+import { DEFAULT_LINK_PREVIEW_LIMITS, LinkPreviewGate } from "./link-preview-gate.js"
 import { createAttachmentRoutes } from "./routes.js"
 import { AttachmentService } from "./service.js"
 import { urlSigningSecret } from "./signing.js"
@@ -42,6 +43,10 @@ export interface AttachmentOptions {
   readonly linkPreviews?: boolean
   /** Let link previews fetch http: and private addresses: tests only. Default false. */
   readonly linkPreviewsAllowPrivate?: boolean
+  /** Pages the relay fetches for one user's link previews per minute (cached answers are free). Default 30. */
+  readonly linkPreviewsPerUserPerMinute?: number
+  /** Pages the relay fetches for one user's link previews at once. Default 2. */
+  readonly linkPreviewsPerUserAtOnce?: number
 }
 
 /** The defaults of {@link AttachmentOptions}. */
@@ -56,6 +61,8 @@ export const DEFAULT_ATTACHMENT_OPTIONS = {
   maxImagePixels: DEFAULT_MAX_IMAGE_PIXELS,
   signedUrlSeconds: 900,
   sweepIntervalMs: 10 * 60_000,
+  linkPreviewsPerUserPerMinute: DEFAULT_LINK_PREVIEW_LIMITS.perUserPerMinute,
+  linkPreviewsPerUserAtOnce: DEFAULT_LINK_PREVIEW_LIMITS.perUserAtOnce,
 } as const
 
 /** What {@link AttachmentsExtension} is built on. */
@@ -64,6 +71,8 @@ export interface AttachmentsExtensionOptions extends AttachmentOptions {
   readonly verify: (token: string) => Promise<Principal>
   /** The HTTP API's keys, which may upload and download as their service participant. */
   readonly keys?: ApiKeyStore
+  /** Told of every refusal by a per-user limit of link previews (metrics, logs). */
+  readonly onUserLimit?: (limit: UserLimit, user: UserId) => void
   readonly log: Logger
 }
 
@@ -154,18 +163,27 @@ export class AttachmentsExtension implements RelayExtension {
       secret: () => secret,
       signedUrlSeconds: this.options.signedUrlSeconds ?? D.signedUrlSeconds,
       maxChunksInFlight: this.options.maxChunksInFlight ?? D.maxChunksInFlight,
-      ...(this.options.linkPreviews
-        ? {
-            linkPreviews: new LinkPreviewer(
-              this.options.linkPreviewsAllowPrivate
-                ? { endpoints: { allowHttp: true, allowPrivate: true } }
-                : {},
-            ),
-          }
-        : {}),
+      ...(this.options.linkPreviews ? { linkPreviews: this.linkPreviewGate() } : {}),
+      // Users' requests spend the per-user request budget of the core's ledger.
+      ...(core.users ? { requests: core.users } : {}),
       log: this.options.log,
     })
     this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
+  }
+
+  private linkPreviewGate(): LinkPreviewGate {
+    const previewer = new LinkPreviewer(
+      this.options.linkPreviewsAllowPrivate ? { endpoints: { allowHttp: true, allowPrivate: true } } : {},
+    )
+    return new LinkPreviewGate(
+      (url) => previewer.preview(url),
+      {
+        ...DEFAULT_LINK_PREVIEW_LIMITS,
+        perUserPerMinute: this.options.linkPreviewsPerUserPerMinute ?? D.linkPreviewsPerUserPerMinute,
+        perUserAtOnce: this.options.linkPreviewsPerUserAtOnce ?? D.linkPreviewsPerUserAtOnce,
+      },
+      this.options.onUserLimit,
+    )
   }
 
   started(): void {

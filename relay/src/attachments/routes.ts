@@ -6,12 +6,18 @@ import { type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "../
 import { describeOnly, type OpenApiPart, openApiPartOf } from "../api/openapi-part.js"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
-import { bearerToken, registerUserTokenScheme, userOfToken } from "../api/user-token.js"
+import {
+  bearerToken,
+  overRequestBudget,
+  type RequestBudget,
+  registerUserTokenScheme,
+  userOfToken,
+} from "../api/user-token.js"
 import type { Logger } from "../log.js"
 import { type Principal, serviceParticipant } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
 import { INLINE_IMAGES } from "./content-type.js"
-import type { LinkPreviewer } from "./link-preview.js"
+import type { LinkPreviewGate } from "./link-preview-gate.js"
 import { type AttachmentRecord, attachmentOf, fileKey, servedKey, thumbnailKey } from "./records.js"
 import { type AttachmentService, RefusedTypeError } from "./service.js"
 import { signUrl, verifyUrl } from "./signing.js"
@@ -32,7 +38,10 @@ export interface AttachmentRoutesOptions {
   readonly signedUrlSeconds: number
   /** Chunks being received at once on this relay, all users together (each buffers up to a chunk). */
   readonly maxChunksInFlight: number
-  readonly linkPreviews?: LinkPreviewer
+  /** Link previews, within their limits (only with `--link-previews`). */
+  readonly linkPreviews?: LinkPreviewGate
+  /** The per-user request budget users' own tokens and signed URLs are held to (API keys are not). */
+  readonly requests?: RequestBudget
   readonly log: Logger
   readonly now?: () => number
 }
@@ -49,6 +58,10 @@ const problems = (statuses: readonly (readonly [number, string])[]) =>
 const AUTH = [
   [401, "No user token, or an invalid one"],
   [403, "The token is not a user's"],
+] as const
+const BUDGET = [
+  429,
+  "The user's HTTP request budget is spent (`http-requests-per-user`, `Retry-After`)",
 ] as const
 const security: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:write"] }]
 const readSecurity: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:read"] }]
@@ -119,7 +132,10 @@ const createUploadRoute = createRoute({
       ...AUTH,
       [404, "No such conversation, or the caller may not send to it"],
       [413, "The declared size exceeds the relay's attachment limit"],
-      [429, "The user opened too many uploads this minute (60)"],
+      [
+        429,
+        "The user opened too many uploads this minute (60), or spent their HTTP request budget (`Retry-After`)",
+      ],
     ]),
   },
 })
@@ -136,6 +152,7 @@ const headUploadRoute = createRoute({
     },
     401: { description: "No user token, or an invalid one" },
     404: { description: "No such upload of the caller's" },
+    429: { description: "The user's HTTP request budget is spent (`Retry-After`)" },
   },
 })
 const patchUploadRoute = createRoute({
@@ -169,7 +186,10 @@ const patchUploadRoute = createRoute({
         415,
         "Not `application/offset+octet-stream`, or the sniffed type is not accepted (the upload is deleted)",
       ],
-      [429, "The user is sending too many chunks at once or too many bytes a minute (`Retry-After`)"],
+      [
+        429,
+        "The user is sending too many chunks at once or too many bytes a minute, or spent their HTTP request budget (`Retry-After`)",
+      ],
       [503, "The relay is receiving too many chunks at once (`Retry-After`)"],
     ]),
   },
@@ -188,6 +208,7 @@ const bytesResponses = (what: string) => ({
       "No such attachment, or the caller is not a participant of its conversation, or a wrong or expired signature",
     ],
     [416, "Range not satisfiable"],
+    BUDGET,
   ]),
 })
 const downloadRoute = createRoute({
@@ -228,6 +249,7 @@ const signRoute = createRoute({
     ...problems([
       ...AUTH,
       [404, "No such attachment, or the caller is not a participant of its conversation"],
+      BUDGET,
     ]),
   },
 })
@@ -254,7 +276,11 @@ const linkPreviewRoute = createRoute({
       [400, "Not an http(s) URL, or a private address"],
       ...AUTH,
       [404, "Link previews are off on this relay"],
-      [503, "The page could not be fetched, or is not HTML"],
+      [
+        429,
+        "The user has too many previews being fetched at once, fetched too many this minute, or spent their HTTP request budget (`Retry-After`)",
+      ],
+      [503, "The page could not be fetched, or is not HTML, or the relay fetches too many at once"],
     ]),
   },
 })
@@ -349,7 +375,9 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         )
       return serviceParticipant(record.name)
     }
-    return userOfToken(c, token, options.verify, "attachments are uploaded by users")
+    const user = await userOfToken(c, token, options.verify, "attachments are uploaded by users")
+    if (user instanceof Response) return user
+    return overRequestBudget(c, options.requests, user) ?? user
   }
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
     // Downloads with a signature need no token.
@@ -508,6 +536,9 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         !verifyUrl(options.secret(), id, variant, c.req.query("exp"), user, sig, now())
       )
         throw new ParleyError(ErrorCode.NOT_FOUND, "no such attachment")
+      // A valid signature is the user's: their requests by signed URL spend their budget too.
+      const refused = overRequestBudget(c, options.requests, user as UserId)
+      if (refused) return refused
       // Still a participant now: leaving or being removed revokes the user's signed URLs.
       record = await service.readable(id, user as UserId)
     } else record = await service.readable(id, c.get("user"))
@@ -567,7 +598,30 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   app.openapi(linkPreviewRoute, async (c) => {
     if (!options.linkPreviews)
       throw new ParleyError(ErrorCode.NOT_FOUND, "link previews are off on this relay")
-    return c.json(await options.linkPreviews.preview(c.req.valid("query").url), 200)
+    const answer = await options.linkPreviews.preview(c.get("user"), c.req.valid("query").url)
+    if ("refused" in answer) {
+      const retryAfter = { "retry-after": String(Math.max(1, Math.ceil(answer.retryAfterMs / 1000))) }
+      if (answer.refused === "busy")
+        return problemResponse(
+          c,
+          new ParleyError(ErrorCode.UNAVAILABLE, "the relay is fetching too many previews: retry"),
+          503,
+          retryAfter,
+        ) as never
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.RATE_LIMITED,
+          answer.refused === "link-previews-per-user"
+            ? `a user may have ${options.linkPreviews.limits.perUserPerMinute} links previewed per minute`
+            : `a user may have ${options.linkPreviews.limits.perUserAtOnce} links previewed at once`,
+          { rule: answer.refused },
+        ),
+        429,
+        retryAfter,
+      ) as never
+    }
+    return c.json(answer, 200)
   })
   return app
 }

@@ -15,12 +15,16 @@ export interface UploadQuotaOptions {
 /**
  * Counts what each user is uploading: chunks in flight and bytes per minute,
  * per user (not per socket or request: a user opening more connections gets
- * no more). Per relay: in a cluster each relay counts its own share.
+ * no more). Per relay: in a cluster each relay counts its own share. A
+ * user's buckets are dropped once they are full again and nothing of theirs
+ * is in flight: what a user who uploaded once holds is freed when they leave.
  */
 export class UploadQuota {
   private readonly inFlight = new Map<UserId, number>()
   private readonly rates = new Map<UserId, RateLimiter>()
   private readonly openings = new Map<UserId, RateLimiter>()
+  /** Users whose buckets are refilling, each with the timer that drops them once full. */
+  private readonly forgetting = new Map<UserId, NodeJS.Timeout>()
 
   constructor(private readonly options: UploadQuotaOptions) {}
 
@@ -37,7 +41,10 @@ export class UploadQuota {
       rate = new RateLimiter(perSecond, this.options.bytesPerMinute, this.options.now)
       this.rates.set(user, rate)
     }
-    if (!rate.take(bytes)) return "rate"
+    if (!rate.take(bytes)) {
+      this.forgetLater(user)
+      return "rate"
+    }
     this.inFlight.set(user, busy + 1)
     let released = false
     return () => {
@@ -46,8 +53,7 @@ export class UploadQuota {
       const left = (this.inFlight.get(user) ?? 1) - 1
       if (left > 0) this.inFlight.set(user, left)
       else this.inFlight.delete(user)
-      // Full buckets hold no state worth keeping: the map stays as large as the active uploaders.
-      if (left <= 0 && rate.msUntilFull() === 0) this.rates.delete(user)
+      this.forgetLater(user)
     }
   }
 
@@ -63,8 +69,37 @@ export class UploadQuota {
       this.openings.set(user, rate)
     }
     const taken = rate.take()
-    if (rate.msUntilFull() === 0) this.openings.delete(user)
+    this.forgetLater(user)
     return taken
+  }
+
+  /** Users with buckets or chunks in flight (what the quota holds in memory). */
+  get trackedUsers(): number {
+    return new Set([...this.rates.keys(), ...this.openings.keys(), ...this.inFlight.keys()]).size
+  }
+
+  /**
+   * Drops the user's buckets once they are full again (forgetting them then
+   * changes nothing) and no chunk of theirs is in flight (its release calls
+   * here again).
+   */
+  private forgetLater(user: UserId): void {
+    if (this.forgetting.has(user) || this.inFlight.has(user)) return
+    const wait = Math.max(
+      this.rates.get(user)?.msUntilFull() ?? 0,
+      this.openings.get(user)?.msUntilFull() ?? 0,
+    )
+    if (wait === 0) {
+      this.rates.delete(user)
+      this.openings.delete(user)
+      return
+    }
+    const timer = setTimeout(() => {
+      this.forgetting.delete(user)
+      this.forgetLater(user)
+    }, wait)
+    timer.unref()
+    this.forgetting.set(user, timer)
   }
 
   /** Milliseconds until `bytes` fit in the user's budget (for Retry-After). */

@@ -111,9 +111,11 @@ export class PushExtension implements RelayExtension {
       ...(this.options.retryDelay ? { retryDelay: this.options.retryDelay } : {}),
     })
 
-  start(): void {
+  start(core: RunningCore): void {
     const app = createPushRoutes({
       store: this.options.store,
+      // Users' requests spend the per-user request budget of the core's ledger.
+      ...(core.users ? { requests: core.users } : {}),
       publicKey: this.options.vapid.publicKey,
       verify: this.options.verify,
       endpoints: this.endpoints,

@@ -5,7 +5,13 @@ import { bodyLimit } from "hono/body-limit"
 import { describeOnly, type OpenApiPart, openApiPartOf } from "../api/openapi-part.js"
 import { problemApp, problemResponse } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
-import { bearerToken, registerUserTokenScheme, userOfToken } from "../api/user-token.js"
+import {
+  bearerToken,
+  overRequestBudget,
+  type RequestBudget,
+  registerUserTokenScheme,
+  userOfToken,
+} from "../api/user-token.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { checkEndpointUrl, type EndpointPolicy, MAX_ENDPOINT_LENGTH } from "./endpoint.js"
@@ -23,6 +29,8 @@ export interface PushRoutesOptions {
   verify(token: string): Promise<Principal>
   readonly endpoints?: EndpointPolicy
   readonly maxDevices?: number
+  /** The per-user request budget the routes are held to. */
+  readonly requests?: RequestBudget
   readonly log: Logger
   readonly now?: () => number
 }
@@ -80,6 +88,7 @@ const problems = (statuses: readonly (readonly [number, string])[]) =>
 const AUTH_PROBLEMS = [
   [401, "No user token, or an invalid one"],
   [403, "The token is not a user's (a service's)"],
+  [429, "The user's HTTP request budget is spent (`http-requests-per-user`, `Retry-After`)"],
 ] as const
 const security = [{ userToken: [] }]
 const DeviceParam = z.object({ device: z.string().regex(/^[A-Za-z0-9._~-]{1,128}$/) })
@@ -164,6 +173,8 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
     const user = await userOfToken(c, bearerToken(c), options.verify, "push subscriptions belong to users")
     if (user instanceof Response) return user
+    const refused = overRequestBudget(c, options.requests, user)
+    if (refused) return refused
     c.set("user", user)
     await next()
   }

@@ -7,7 +7,7 @@ import {
   ParleyError,
   type UserId,
 } from "@parley/shared"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
 import { sniffText } from "../../src/attachments/content-type.js"
 import { LinkPreviewer, parseLinkPreview } from "../../src/attachments/link-preview.js"
@@ -108,6 +108,37 @@ describe("per-user upload quota", () => {
     now += 60_000
     expect(typeof quota.take(alice, 500)).toBe("function")
     ;(b as () => void)()
+  })
+  it("drops a user's buckets once they are full again and nothing of theirs is in flight", () => {
+    vi.useFakeTimers()
+    try {
+      let now = 0
+      const quota = new UploadQuota({
+        concurrent: 2,
+        bytesPerMinute: 600,
+        uploadsPerMinute: 2,
+        now: () => now,
+      })
+      const advance = (ms: number) => {
+        now += ms
+        vi.advanceTimersByTime(ms)
+      }
+      for (let i = 0; i < 100; i++) {
+        const user = `user-${i}` as UserId
+        quota.open(user)
+        ;(quota.take(user, 100) as () => void)()
+      }
+      const busy = quota.take(alice, 600) as () => void
+      expect(quota.trackedUsers).toBe(101)
+      advance(60_000)
+      // Everyone who left is forgotten; a user with a chunk in flight keeps theirs until it ends.
+      expect(quota.trackedUsers).toBe(1)
+      busy()
+      advance(60_000)
+      expect(quota.trackedUsers).toBe(0)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 })
 
