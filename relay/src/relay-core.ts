@@ -13,6 +13,7 @@ import {
   sealedHistory,
   toParleyError,
   typesOf,
+  type UserId,
 } from "@parley/shared"
 import { applyAwarenessUpdate, encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -263,7 +264,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         ? "pending"
         : accessOf(session.principal, parsed, host.doc)
     if (access === "none") {
-      closeDocument()
+      // Counted against the refused user until the document unloads, not released at once: otherwise a
+      // loop of refused connects (direct ids are guessable) keeps hundreds of documents resident per user,
+      // loaded for nobody and counted against no one, evicting others' idle ones.
+      this.holdUntilUnloaded(host, session.principal, closeDocument)
       this.scheduleIdle(host)
       throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
     }
@@ -801,6 +805,27 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     })
   }
 
+  /**
+   * Keeps `release` (a refused user's count of `host`) until the document
+   * unloads; one per user and document, however often they are refused.
+   */
+  private holdUntilUnloaded(host: DocumentHost, principal: Principal, release: () => void): void {
+    if (principal.kind !== "user" || host.destroyed) {
+      release()
+      return
+    }
+    let held = this.refusedHolds.get(host)
+    if (!held) {
+      held = new Map()
+      this.refusedHolds.set(host, held)
+    }
+    if (held.has(principal.user)) release()
+    else held.set(principal.user, release)
+  }
+
+  /** Refused users' counts of loaded documents, released when each unloads (see `connect`). */
+  private readonly refusedHolds = new Map<DocumentHost, Map<UserId, () => void>>()
+
   /** Unloads an idle document after a final compaction. */
   private unload(host: DocumentHost): Promise<void> {
     if (host.connections.size > 0 || host.unloading || host.destroyed) return Promise.resolve()
@@ -834,6 +859,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     this.fanouts.get(host)?.destroy()
     this.fanouts.delete(host)
     this.options.router?.unloaded(host)
+    for (const release of this.refusedHolds.get(host)?.values() ?? []) release()
+    this.refusedHolds.delete(host)
     host.destroy()
     this.options.metrics.documents.set(this.hosts.size)
   }

@@ -381,7 +381,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.listeners ?? []),
     ...(options.extensions ?? []),
     // Connected users' inboxes follow every change, derived in memory (LiveInbox); membership is the hooks'.
-    ...(options.inbox === false ? [] : [new LiveInbox()]),
+    // In a cluster this relay sees only the changes it orders: a quick reconnect cannot rely on what it saw.
+    ...(options.inbox === false ? [] : [new LiveInbox({ seesEveryChange: !options.cluster })]),
     hooks,
     events,
     erasure,

@@ -16,8 +16,48 @@ import {
   writeInboxEntry,
 } from "@parley/shared"
 import type * as Y from "yjs"
-import type { AfterSaved, ConnectionChange, RelayExtension, RunningCore } from "../extension.js"
+import type { AfterSaved, ConnectionChange, PolicyInput, RelayExtension, RunningCore } from "../extension.js"
+import { entriesWritten } from "./check-inbox-update.js"
 import { deferEntryReplacement, EntryValues } from "./entry-update.js"
+
+/**
+ * How often a user's whole inbox may be derived again (each entry loads its
+ * conversation): opening an inbox connection costs one frame, and a loop of
+ * them must not buy a pass over every conversation each time.
+ */
+export const FULL_REFRESH_MS = 30_000
+
+/** Options of {@link LiveInbox} (tests shorten the window or move the clock). */
+export interface LiveInboxOptions {
+  /** At most one whole-inbox derivation per user per this many ms (default {@link FULL_REFRESH_MS}). */
+  readonly fullRefreshMs?: number
+  readonly now?: () => number
+  /**
+   * Whether every change to a conversation is stored through this relay
+   * (default true). In a cluster it sees only those it orders, so a user
+   * reconnecting within the window is derived what it saw change at once and
+   * the whole inbox when the window ends.
+   */
+  readonly seesEveryChange?: boolean
+}
+
+/** The last whole-inbox derivation of a user, and what they missed since they left. */
+interface LastFull {
+  /** When it began. */
+  readonly at: number
+  /** Whether it went through every entry (cut short when the user left, or failed). */
+  complete: boolean
+  /** While no inbox connection of theirs is open: conversations whose change they were not shown. */
+  missed: Set<ConversationId> | undefined
+  /** Forgets this record when the window is over (set while they are away). */
+  timer: ReturnType<typeof setTimeout> | undefined
+}
+
+/** A refresh asked for: the whole inbox, or some entries. */
+interface Wanted {
+  full: boolean
+  readonly keys: Set<ConversationId>
+}
 
 /** Changes that alter what an inbox entry shows (reactions and delivery markers do not). */
 const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
@@ -50,7 +90,15 @@ const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
  *
  * An entry the user's device hands back that the relay no longer has (one
  * derived before a crash, never stored) or writes itself is derived again
- * right after it is stored, so the list converges on the conversations.
+ * right after it is stored, so the list converges on the conversations: only
+ * the entries that write touched (under keys the relay wrote, see
+ * `checkInboxUpdate`), each loading one conversation.
+ *
+ * What one frame can buy is bounded: the whole inbox is derived when a user
+ * connects, at most once per {@link FULL_REFRESH_MS}; a user who reconnects
+ * sooner is derived only the conversations that changed while they were away
+ * (remembered meanwhile), so an honest device coming back from a network blip
+ * still sees everything at once.
  */
 export class LiveInbox implements RelayExtension {
   readonly name = "live-inbox"
@@ -65,16 +113,63 @@ export class LiveInbox implements RelayExtension {
    */
   private readonly shown = new Map<UserId, Map<ConversationId, Shown>>()
   /** Refreshes running, and whether another was asked for meanwhile, by user. */
-  private readonly refreshing = new Map<UserId, { again: boolean }>()
+  private readonly refreshing = new Set<UserId>()
   /**
    * Each connected user's inbox document name, made once: the relay looks the
    * inbox up by it once per member and message, and a name built afresh each
    * time is hashed afresh.
    */
   private readonly inboxNames = new Map<UserId, string>()
+  /** Each recent user's last whole-inbox derivation (while connected, or away within the window). */
+  private readonly lastFull = new Map<UserId, LastFull>()
+  /** Users away within the window: the conversations they missed (the same sets as in `lastFull`). */
+  private readonly away = new Map<UserId, Set<ConversationId>>()
+  /** Refreshes asked for and not begun, by user. */
+  private readonly wanted = new Map<UserId, Wanted>()
+  /** Entries each user's accepted, not yet stored writes touch (from `checkUpdate`). */
+  private readonly touched = new Map<UserId, Set<ConversationId>>()
+  /** Full refreshes waiting for the window of an incomplete one to end, by user. */
+  private readonly deferredFull = new Map<UserId, ReturnType<typeof setTimeout>>()
+  private readonly fullRefreshMs: number
+  private readonly now: () => number
+  private readonly seesEveryChange: boolean
+
+  constructor(options: LiveInboxOptions = {}) {
+    this.fullRefreshMs = options.fullRefreshMs ?? FULL_REFRESH_MS
+    this.now = options.now ?? Date.now
+    this.seesEveryChange = options.seesEveryChange ?? true
+  }
 
   start(core: RunningCore): void {
     this.core = core
+  }
+
+  stop(): void {
+    for (const last of this.lastFull.values()) clearTimeout(last.timer)
+    for (const timer of this.deferredFull.values()) clearTimeout(timer)
+    this.lastFull.clear()
+    this.away.clear()
+    this.deferredFull.clear()
+  }
+
+  /**
+   * Notes which entries a user's own write to their inbox touches (the
+   * membership policy, run first, allowed it): those are derived again once
+   * it is stored. Decides nothing.
+   */
+  checkUpdate({ name, doc, update, principal }: PolicyInput): { allowed: true } {
+    if (name.kind === "inbox" && principal.kind === "user" && principal.user === name.user) {
+      const keys = entriesWritten(doc, update)
+      if (keys.length > 0) {
+        let mine = this.touched.get(name.user)
+        if (!mine) {
+          mine = new Set()
+          this.touched.set(name.user, mine)
+        }
+        for (const key of keys) mine.add(key)
+      }
+    }
+    return { allowed: true }
   }
 
   connectionChanged({ name, principal, open }: ConnectionChange): void {
@@ -85,23 +180,85 @@ export class LiveInbox implements RelayExtension {
     if (count > 0) {
       this.connected.set(user, count)
       if (!this.inboxNames.has(user)) this.inboxNames.set(user, inboxDocumentName(user))
+      // A second connection finds the inbox current: it is kept so while one is open.
+      if (open && count === 1) this.arrived(user)
     } else {
       this.connected.delete(user)
       this.shown.delete(user)
       this.inboxNames.delete(user)
+      this.touched.delete(user)
+      this.left(user)
     }
-    if (open) this.refresh(user)
+  }
+
+  /** The user's first inbox connection opened: derive the whole inbox, or what they missed. */
+  private arrived(user: UserId): void {
+    const last = this.lastFull.get(user)
+    const now = this.now()
+    if (!last || now - last.at >= this.fullRefreshMs) {
+      this.refresh(user, "all")
+      return
+    }
+    clearTimeout(last.timer)
+    last.timer = undefined
+    const missed = last.missed ?? new Set<ConversationId>()
+    last.missed = undefined
+    this.away.delete(user)
+    if (missed.size > 0) this.refresh(user, missed)
+    if ((!last.complete || !this.seesEveryChange) && !this.deferredFull.has(user)) {
+      // The last one was cut short (or changes elsewhere were not seen): the rest waits for the window
+      // (a connect loop buys one per window).
+      const timer = setTimeout(
+        () => {
+          this.deferredFull.delete(user)
+          if (this.connected.has(user)) this.refresh(user, "all")
+        },
+        last.at + this.fullRefreshMs - now,
+      )
+      timer.unref()
+      this.deferredFull.set(user, timer)
+    }
+  }
+
+  /** The user's last inbox connection closed: remember what they miss until the window ends. */
+  private left(user: UserId): void {
+    const wanted = this.wanted.get(user)
+    this.wanted.delete(user)
+    clearTimeout(this.deferredFull.get(user))
+    this.deferredFull.delete(user)
+    const last = this.lastFull.get(user)
+    if (!last) return
+    const remaining = last.at + this.fullRefreshMs - this.now()
+    if (remaining <= 0) {
+      this.lastFull.delete(user)
+      return
+    }
+    if (wanted?.full) last.complete = false
+    last.missed = new Set(wanted?.keys)
+    this.away.set(user, last.missed)
+    last.timer = setTimeout(() => {
+      if (this.lastFull.get(user) !== last) return
+      this.lastFull.delete(user)
+      this.away.delete(user)
+    }, remaining)
+    last.timer.unref()
   }
 
   afterSaved({ name, doc, actor, events }: AfterSaved): void {
     const parsed = safeParse(name)
     if (parsed?.kind === "inbox") {
-      // The user wrote entries (or muted): derive what they may have changed.
-      if (actor.kind === "user" && actor.user === parsed.user) this.refresh(parsed.user)
+      // The user wrote (or handed back) entries: derive those again. A mute flag changes no entry.
+      if (actor.kind === "user" && actor.user === parsed.user) {
+        const keys = this.touched.get(parsed.user)
+        this.touched.delete(parsed.user)
+        if (keys && keys.size > 0) this.refresh(parsed.user, keys)
+      }
       return
     }
-    if (parsed?.kind !== "conversation" || this.connected.size === 0) return
+    if (parsed?.kind !== "conversation" || (this.connected.size === 0 && this.away.size === 0)) return
     if (!events.some((e) => SHOWN.has(e.type))) return
+    if (this.away.size > 0) this.noteMissed(parsed.id, doc, events)
+    if (this.connected.size === 0) return
     const readOnly = events.every((e) => e.type === "messages.read")
     let users: UserId[] = []
     if (readOnly) {
@@ -145,36 +302,81 @@ export class LiveInbox implements RelayExtension {
     this.writeStates(users, id, doc, headJson, values)
   }
 
-  /** Derives every entry of `user`'s inbox from the conversations and writes what differs. */
-  private refresh(user: UserId): void {
-    const running = this.refreshing.get(user)
-    if (running) {
-      running.again = true
-      return
+  /** Records `id` as missed by the away users it concerns (its members, the change's readers). */
+  private noteMissed(id: ConversationId, doc: Y.Doc, events: AfterSaved["events"]): void {
+    for (const e of events) {
+      if (e.type === "messages.read") this.away.get(e.user)?.add(id)
+      if (e.type === "participants.added") for (const p of e.participants) this.away.get(p.user)?.add(id)
     }
-    const state = { again: false }
-    this.refreshing.set(user, state)
+    if (events.every((e) => e.type === "messages.read")) return
+    const participants = typesOf(doc).participants
+    if (this.away.size < (participants as unknown as { readonly _map: Map<string, unknown> })._map.size) {
+      for (const [user, missed] of this.away) if (participants.has(user)) missed.add(id)
+    } else {
+      for (const user of participants.keys()) this.away.get(user as UserId)?.add(id)
+    }
+  }
+
+  /**
+   * Derives `user`'s entries from the conversations and writes what differs:
+   * every entry (`"all"`) or those of `keys`. One refresh runs per user; what
+   * is asked for meanwhile is merged and runs next.
+   */
+  private refresh(user: UserId, keys: "all" | Iterable<ConversationId>): void {
+    let wanted = this.wanted.get(user)
+    if (!wanted) {
+      wanted = { full: false, keys: new Set() }
+      this.wanted.set(user, wanted)
+    }
+    if (keys === "all") wanted.full = true
+    else for (const key of keys) wanted.keys.add(key)
+    if (this.refreshing.has(user)) return
+    this.refreshing.add(user)
     const run = async (): Promise<void> => {
-      do {
-        state.again = false
-        await this.refreshOnce(user)
-      } while (state.again && this.connected.has(user))
+      for (;;) {
+        const next = this.wanted.get(user)
+        this.wanted.delete(user)
+        if (!next || !this.connected.has(user)) return
+        await this.refreshOnce(user, next)
+      }
     }
     run()
       .catch(() => {
         // Derived data: the next connection or change derives it again.
+        const last = this.lastFull.get(user)
+        if (last) last.complete = false
       })
       .finally(() => this.refreshing.delete(user))
   }
 
-  private async refreshOnce(user: UserId): Promise<void> {
+  private async refreshOnce(user: UserId, wanted: Wanted): Promise<void> {
     const core = this.core
     if (!core || !this.connected.has(user)) return
-    const ids = await core.read(inboxDocumentName(user), (inbox) => [
-      ...inbox.getMap(InboxTopLevel.entries).keys(),
-    ])
-    for (const id of ids) {
-      if (!this.connected.has(user)) return
+    let ids: readonly string[] = [...wanted.keys]
+    let last: LastFull | undefined
+    if (wanted.full) {
+      last = { at: this.now(), complete: false, missed: undefined, timer: undefined }
+      const before = this.lastFull.get(user)
+      if (before) clearTimeout(before.timer)
+      this.lastFull.set(user, last)
+      this.away.delete(user)
+      const all = await core.read(inboxDocumentName(user), (inbox) => [
+        ...inbox.getMap(InboxTopLevel.entries).keys(),
+      ])
+      ids = [...new Set([...all, ...wanted.keys])]
+    }
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!
+      if (!this.connected.has(user)) {
+        // They left meanwhile: what was not derived yet is derived when they come back.
+        const missed = this.away.get(user)
+        if (missed) {
+          for (const rest of ids.slice(i)) missed.add(rest as ConversationId)
+          // What this pass did not reach is in their missed set: derived when they come back.
+          if (last) last.complete = true
+        }
+        return
+      }
       let entry: InboxEntry | undefined
       let headJson = "null"
       try {
@@ -190,6 +392,7 @@ export class LiveInbox implements RelayExtension {
       }
       await this.write(user, id as ConversationId, entry, headJson)
     }
+    if (last) last.complete = true
   }
 
   /**

@@ -1,0 +1,131 @@
+import {
+  type ConversationId,
+  createConversation,
+  ErrorCode,
+  getInboxEntry,
+  InboxTopLevel,
+  inboxDocumentName,
+  Rule,
+  sendMessage,
+  setMuted,
+  type UserId,
+} from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import { MemoryBackend } from "../src/backend/memory.js"
+import { type RunningRelay, startRelay } from "../src/relay.js"
+import { TestClient } from "./helpers/clients.js"
+import { signToken } from "./helpers/relay-process.js"
+
+// What one cheap frame to a user's own inbox can make the relay load (issue #13, "how much work can one
+// frame buy"): deriving an entry loads its conversation from storage.
+
+const SECRET = "inbox-load-test-secret"
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+const mallory = "mallory" as UserId
+const IDLE_MS = 1000
+
+const relays: RunningRelay[] = []
+const clients: TestClient[] = []
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close()
+  for (const r of relays.splice(0)) await r.close()
+})
+
+async function relayWith(): Promise<RunningRelay> {
+  const relay = await startRelay({
+    backend: new MemoryBackend(),
+    port: 0,
+    log: "silent",
+    auth: { kind: "secret", secret: SECRET },
+    limits: { idleUnloadMs: IDLE_MS },
+  })
+  relays.push(relay)
+  return relay
+}
+
+async function inboxOf(relay: RunningRelay, user: UserId): Promise<TestClient> {
+  const c = new TestClient(relay.url, inboxDocumentName(user), await signToken(SECRET, user))
+  clients.push(c)
+  await c.synced()
+  return c
+}
+
+/** A group `owner` creates with `members`, written server-side as the HTTP API would. */
+async function group(
+  relay: RunningRelay,
+  id: string,
+  owner: UserId,
+  members: UserId[],
+): Promise<ConversationId> {
+  await relay.core.write(id, { kind: "user", user: owner }, (doc) => {
+    createConversation(doc, owner, {
+      kind: "group",
+      id: id as ConversationId,
+      participants: members,
+      title: id,
+    })
+  })
+  return id as ConversationId
+}
+
+/** Waits until only `names` are loaded (the others unloaded after their idle delay). */
+async function untilOnlyLoaded(relay: RunningRelay, names: readonly string[]): Promise<void> {
+  while (relay.core.loadedDocuments > names.length || names.some((n) => !relay.core.isLoaded(n)))
+    await new Promise((r) => setTimeout(r, 20))
+}
+
+describe("inbox writes and connects buy bounded work", () => {
+  it("refuses an entry a user writes under a conversation the relay never put in their inbox, loading nothing", async () => {
+    const relay = await relayWith()
+    const secret = await group(relay, "g~secret", bob, [])
+    const m = await inboxOf(relay, mallory)
+    await untilOnlyLoaded(relay, [inboxDocumentName(mallory)])
+
+    // Before: stored, then derived again, which loaded the conversation with no access check and nothing
+    // counted against mallory (up to 2,000 keys an update, any conversation of the relay).
+    m.doc.getMap(InboxTopLevel.entries).set(secret, { title: "mine now" } as never)
+    await Promise.race([m.allSaved(), m.until(() => m.errors.length > 0 || m.closeEvent !== undefined)])
+    expect(m.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.relayOnly })
+    expect(relay.core.isLoaded(secret)).toBe(false)
+  })
+
+  it("derives again only the entries a user's write touched, and on a reconnect only what changed meanwhile", async () => {
+    const relay = await relayWith()
+    // Alice is in five groups; `last` is the last her inbox lists, so a pass over her whole inbox
+    // derives it after loading the four others.
+    const others = []
+    for (let i = 0; i < 4; i++) others.push(await group(relay, `g~other${i}`, bob, [alice]))
+    const last = await group(relay, "g~last", bob, [alice])
+    const inbox = inboxDocumentName(alice)
+    const a = await inboxOf(relay, alice)
+    // Connecting derives her whole inbox (once).
+    await a.until(() => getInboxEntry(a.doc, last)?.title === "g~last")
+    for (const id of others) expect(getInboxEntry(a.doc, id)?.title).toBe(id)
+    await untilOnlyLoaded(relay, [inbox])
+
+    // A mute changes no entry; then a forged entry of `last` is derived again, and nothing else is loaded.
+    setMuted(a.doc, others[0]!, true)
+    await a.allSaved()
+    const entries = a.doc.getMap(InboxTopLevel.entries)
+    entries.set(last, { ...getInboxEntry(a.doc, last)!, title: "forged", unread: 99 } as never)
+    await a.until(() => getInboxEntry(a.doc, last)?.title === "g~last")
+    expect(a.errors).toEqual([])
+    for (const id of others) expect(relay.core.isLoaded(id)).toBe(false)
+    await untilOnlyLoaded(relay, [inbox])
+
+    // She goes away, bob writes in `last`, she comes back at once: her entry is current, and only that
+    // conversation was derived (before: her whole inbox again, on every connect).
+    a.close()
+    await a.closed
+    await relay.core.write(last, { kind: "user", user: bob }, (doc) => {
+      sendMessage(doc, bob, { body: "while you were away" })
+    })
+    await untilOnlyLoaded(relay, [])
+    const again = await inboxOf(relay, alice)
+    await again.until(() => getInboxEntry(again.doc, last)?.lastMessage?.text === "while you were away")
+    expect(getInboxEntry(again.doc, last)?.unread).toBe(1)
+    expect(getInboxEntry(again.doc, others[0]!)?.muted).toBe(true)
+    for (const id of others) expect(relay.core.isLoaded(id)).toBe(false)
+  }, 30_000)
+})
