@@ -38,7 +38,7 @@ const seed = (id: ConversationId): Seed => {
 const named = (name: string): Shape => [...honestShapes, ...hostileShapes].find((s) => s.name === name)!
 
 describe("the cost of one frame", () => {
-  it.each(hostileShapes.map((s) => [s.name, s] as const))(
+  it.each(hostileShapes.filter((s) => s.refused).map((s) => [s.name, s] as const))(
     "refuses a crafted update before applying it: %s",
     async (_, shape) => {
       const result = await probe(shape, seed)
@@ -47,6 +47,16 @@ describe("the cost of one frame", () => {
       expect(result.error?.rule).toBe(shape.refused!.rule)
       // Nothing of it entered the document (its five seeded client ids only), and the sender stays connected.
       expect(result.clientIds).toBe(5)
+      expect(result.closed).toBe(false)
+    },
+  )
+
+  it.each(hostileShapes.filter((s) => !s.refused).map((s) => [s.name, s] as const))(
+    "accepts a crafted update that every cap bounds, keeping the sender connected: %s",
+    async (_, shape) => {
+      const result = await probe(shape, seed)
+      expect(result.error).toBeUndefined()
+      expect(result.accepted).toBe(true)
       expect(result.closed).toBe(false)
     },
   )
@@ -87,7 +97,7 @@ describe("the cost of one frame", () => {
   })
 
   it("reads each limit from the relay's limits", async () => {
-    const offline = named("SDK sync step 2 after a long offline period")
+    const offline = named("the same offline work in one update (a stock client's sync step 2)")
     const result = await probe(offline, seed, { maxUpdateStructs: 100 })
     expect(result.error).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: "update-structs" })
   })
