@@ -1,6 +1,7 @@
 import {
   type ConversationId,
   createConversation,
+  DEFAULT_UPDATE_PART_LIMITS,
   deleteMessage,
   ErrorCode,
   listMessages,
@@ -8,6 +9,7 @@ import {
   Rule,
   react,
   sendMessage,
+  splitUpdate,
   type UserId,
 } from "@parley/shared"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
@@ -94,6 +96,41 @@ describe("the cost of one frame", () => {
     expect(next!.error).toMatchObject({ code: ErrorCode.RATE_LIMITED, rule: "client-id-growth" })
     expect(next!.closed).toBe(false)
     expect(other!.accepted).toBe(true)
+  })
+
+  it("refuses at its defaults one update of 1,001 short messages, and takes the SDK's parts of it", async () => {
+    // What a stock client sends after writing that much offline; the SDK splits it (DEFAULT_UPDATE_PART_LIMITS).
+    const backlog = new WeakMap<Seed, Uint8Array>()
+    const offline = (seed: Seed) => {
+      let update = backlog.get(seed)
+      if (!update) {
+        const doc = new Y.Doc()
+        Y.applyUpdate(doc, seed.stored)
+        doc.clientID = 0x7100_0001
+        const sv = Y.encodeStateVector(doc)
+        for (let i = 0; i < 1_001; i++) sendMessage(doc, alice, { body: `offline ${i}` })
+        update = Y.encodeStateAsUpdate(doc, sv)
+        backlog.set(seed, update)
+      }
+      return update
+    }
+    const whole = await probe({ name: "whole", honest: true, user: alice, build: (_, s) => offline(s) }, seed)
+    expect(whole.error).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: "update-values" })
+    expect(whole.closed).toBe(false)
+    const parts = (s: Seed) => splitUpdate(offline(s), DEFAULT_UPDATE_PART_LIMITS)
+    const last = await probe(
+      {
+        name: "parts",
+        honest: true,
+        user: alice,
+        // Each earlier part must be saved too, or the probe throws.
+        earlier: (_, s) => parts(s).slice(0, -1),
+        build: (_, s) => parts(s).at(-1)!,
+      },
+      seed,
+    )
+    expect(last.error).toBeUndefined()
+    expect(last.accepted).toBe(true)
   })
 
   it("reads each limit from the relay's limits", async () => {

@@ -449,26 +449,59 @@ const offlineWork = new WeakMap<Seed, { whole: Uint8Array; parts: Uint8Array[] }
 export function offlineSync(seed: Seed): { whole: Uint8Array; parts: Uint8Array[] } {
   const cached = offlineWork.get(seed)
   if (cached) return cached
+  const whole = offlineUpdate(seed, 150)
+  const work = { whole, parts: splitUpdate(whole, DEFAULT_UPDATE_PART_LIMITS) }
+  offlineWork.set(seed, work)
+  return work
+}
+
+/** Alice's offline work as one update: three sessions of `perSession` messages each, with the rest (see {@link offlineSync}). */
+function offlineUpdate(seed: Seed, perSession: number): Uint8Array {
   // Three sessions (a new client id each, as the SDK opens one per session) of offline work.
   const doc = device(seed.before, 1)
   const others = listMessages(doc, { last: 1_000 }).filter((m) => m.author !== alice)
   const mine: MessageId[] = []
   for (let session = 0; session < 3; session++) {
     doc.clientID = 0x20000000 + session
-    for (let i = 0; i < 150; i++) {
+    for (let i = 0; i < perSession; i++) {
       mine.push(sendMessage(doc, alice, { body: `offline ${session}.${i}: on my way, see you soon` }).id)
-      if (i % 3 === 0) react(doc, alice, others[(session * 150 + i) % others.length]!.id, "👍")
-      if (i % 9 === 0) unreact(doc, alice, others[(session * 150 + i) % others.length]!.id, "👍")
+      if (i % 3 === 0) react(doc, alice, others[(session * perSession + i) % others.length]!.id, "👍")
+      if (i % 9 === 0) unreact(doc, alice, others[(session * perSession + i) % others.length]!.id, "👍")
       if (i % 5 === 0) editMessage(doc, alice, mine[mine.length - 1]!, `edited ${session}.${i}`)
       if (i % 25 === 0) deleteMessage(doc, alice, mine[mine.length - 2] ?? mine[0]!)
       markRead(doc, alice)
     }
   }
   // Only the device's own work: everything else it has, the relay has too.
-  const whole = Y.encodeStateAsUpdate(doc, Y.encodeStateVectorFromUpdate(seed.stored))
-  const work = { whole, parts: splitUpdate(whole, DEFAULT_UPDATE_PART_LIMITS) }
-  offlineWork.set(seed, work)
-  return work
+  return Y.encodeStateAsUpdate(doc, Y.encodeStateVectorFromUpdate(seed.stored))
+}
+
+/** Structs and values of an update, as the relay's caps count them (values outside deleted content). */
+function countsOf(update: Uint8Array): { structs: number; values: number } {
+  const { structs } = Y.decodeUpdate(update)
+  let values = 0
+  for (const s of structs)
+    if (s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted)) values += s.length
+  return { structs: structs.length, values }
+}
+
+/**
+ * The largest offline work of {@link offlineSync}'s mix that fits the caps
+ * as one update: what a stock client (which cannot split) may send at most,
+ * and the costliest honest frame per struct.
+ */
+function offlineAtCaps(seed: Seed, caps: UpdateCaps): Uint8Array {
+  // About 1.1 structs and 1.4 values per message: start from that, then step down until it fits.
+  let perSession = Math.floor(Math.min(caps.structs / 1.1, caps.values / 1.42) / 3)
+  for (;;) {
+    const update = offlineUpdate(seed, perSession)
+    const { structs, values } = countsOf(update)
+    if ((structs <= caps.structs && values <= caps.values) || perSession <= 1) return update
+    perSession = Math.max(
+      1,
+      Math.floor(perSession * Math.min(caps.structs / structs, caps.values / values)) - 1,
+    )
+  }
 }
 
 /** The relay's per-update caps that the at-cap shapes fill (`--max-update-values`, `--max-update-structs`). */
@@ -506,6 +539,7 @@ export function atCapShapes(caps: UpdateCaps): Shape[] {
   const messages = caps.values
   const withMarkers = Math.floor(caps.structs / 2) - 50
   const reactions = caps.structs
+  const mixed = new WeakMap<Seed, Uint8Array>()
   return [
     {
       name: `${count(messages)} short messages in one update (the value cap)`,
@@ -559,6 +593,19 @@ export function atCapShapes(caps: UpdateCaps): Shape[] {
           },
           0x30000003,
         ),
+    },
+    {
+      name: `an offline period's mixed work in one update, up to the caps (a stock client's sync step 2)`,
+      honest: true,
+      user: alice,
+      build: (_, seed) => {
+        let update = mixed.get(seed)
+        if (!update) {
+          update = offlineAtCaps(seed, caps)
+          mixed.set(seed, update)
+        }
+        return update
+      },
     },
   ]
 }
