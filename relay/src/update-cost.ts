@@ -36,8 +36,10 @@ export interface UpdateCostLimits {
 
 /** Defaults of {@link UpdateCostLimits} (see relay/README.md, "Update cost limits"). */
 export const DEFAULT_UPDATE_COST_LIMITS: UpdateCostLimits = {
-  maxUpdateStructs: 1_500,
-  maxUpdateValues: 2_000,
+  // Halved from 1,500 / 2,000 (session 12): at those a frame at the caps cost the relay 60–100 ms of
+  // CPU end to end; the SDK sends parts of half these (DEFAULT_UPDATE_PART_LIMITS).
+  maxUpdateStructs: 700,
+  maxUpdateValues: 1_000,
   minBytesPerStruct: 4,
   maxUpdateClientIds: 256,
   clientIdsPerUserPerDay: 200,

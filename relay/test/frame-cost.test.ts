@@ -1,6 +1,7 @@
 import {
   type ConversationId,
   createConversation,
+  DEFAULT_UPDATE_PART_LIMITS,
   deleteMessage,
   ErrorCode,
   listMessages,
@@ -8,6 +9,7 @@ import {
   Rule,
   react,
   sendMessage,
+  splitUpdate,
   type UserId,
 } from "@parley/shared"
 import { afterAll, afterEach, describe, expect, it } from "vitest"
@@ -38,7 +40,7 @@ const seed = (id: ConversationId): Seed => {
 const named = (name: string): Shape => [...honestShapes, ...hostileShapes].find((s) => s.name === name)!
 
 describe("the cost of one frame", () => {
-  it.each(hostileShapes.map((s) => [s.name, s] as const))(
+  it.each(hostileShapes.filter((s) => s.refused).map((s) => [s.name, s] as const))(
     "refuses a crafted update before applying it: %s",
     async (_, shape) => {
       const result = await probe(shape, seed)
@@ -47,6 +49,16 @@ describe("the cost of one frame", () => {
       expect(result.error?.rule).toBe(shape.refused!.rule)
       // Nothing of it entered the document (its five seeded client ids only), and the sender stays connected.
       expect(result.clientIds).toBe(5)
+      expect(result.closed).toBe(false)
+    },
+  )
+
+  it.each(hostileShapes.filter((s) => !s.refused).map((s) => [s.name, s] as const))(
+    "accepts a crafted update that every cap bounds, keeping the sender connected: %s",
+    async (_, shape) => {
+      const result = await probe(shape, seed)
+      expect(result.error).toBeUndefined()
+      expect(result.accepted).toBe(true)
       expect(result.closed).toBe(false)
     },
   )
@@ -86,8 +98,43 @@ describe("the cost of one frame", () => {
     expect(other!.accepted).toBe(true)
   })
 
+  it("refuses at its defaults one update of 1,001 short messages, and takes the SDK's parts of it", async () => {
+    // What a stock client sends after writing that much offline; the SDK splits it (DEFAULT_UPDATE_PART_LIMITS).
+    const backlog = new WeakMap<Seed, Uint8Array>()
+    const offline = (seed: Seed) => {
+      let update = backlog.get(seed)
+      if (!update) {
+        const doc = new Y.Doc()
+        Y.applyUpdate(doc, seed.stored)
+        doc.clientID = 0x7100_0001
+        const sv = Y.encodeStateVector(doc)
+        for (let i = 0; i < 1_001; i++) sendMessage(doc, alice, { body: `offline ${i}` })
+        update = Y.encodeStateAsUpdate(doc, sv)
+        backlog.set(seed, update)
+      }
+      return update
+    }
+    const whole = await probe({ name: "whole", honest: true, user: alice, build: (_, s) => offline(s) }, seed)
+    expect(whole.error).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: "update-values" })
+    expect(whole.closed).toBe(false)
+    const parts = (s: Seed) => splitUpdate(offline(s), DEFAULT_UPDATE_PART_LIMITS)
+    const last = await probe(
+      {
+        name: "parts",
+        honest: true,
+        user: alice,
+        // Each earlier part must be saved too, or the probe throws.
+        earlier: (_, s) => parts(s).slice(0, -1),
+        build: (_, s) => parts(s).at(-1)!,
+      },
+      seed,
+    )
+    expect(last.error).toBeUndefined()
+    expect(last.accepted).toBe(true)
+  })
+
   it("reads each limit from the relay's limits", async () => {
-    const offline = named("SDK sync step 2 after a long offline period")
+    const offline = named("the same offline work in one update (a stock client's sync step 2)")
     const result = await probe(offline, seed, { maxUpdateStructs: 100 })
     expect(result.error).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: "update-structs" })
   })

@@ -78,14 +78,14 @@ describe("splitting a long offline period's update into parts the relay accepts"
     expect(mine.filter((id) => !held.has(id))).toEqual([])
   })
 
-  it("cuts one merged item of 2,500 values into parts of at most 1,000", () => {
+  it("cuts one merged item of two and a half parts' values into parts within the value limit", () => {
     const seed = seedConversation(newConversationId(), 30)
     const device = relayDoc(seed.stored)
     device.clientID = 0x21000000
-    const records = Array.from({ length: 2_500 }, (_, i) =>
+    const records = Array.from({ length: DEFAULT_UPDATE_PART_LIMITS.maxValues * 2.5 }, (_, i) =>
       encodeStoredRecord({ id: newMessageId(), author: alice, body: `burst ${i}`, createdAt: 1 }),
     )
-    // One insert in one transaction: Yjs keeps it as a single item of 2,500 values.
+    // One insert in one transaction: Yjs keeps it as a single item of all those values.
     typesOf(device).messages.push(records)
     const relay = relayDoc(seed.stored)
     const whole = Y.encodeStateAsUpdate(device, Y.encodeStateVector(relay))

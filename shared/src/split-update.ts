@@ -17,13 +17,15 @@ export interface UpdatePartLimits {
 }
 
 /**
- * Half the relay's default caps (1,500 structs, 2,000 values, 1 MiB frames),
+ * Half the relay's default caps (700 structs, 1,000 values, 1 MiB frames),
  * so that a relay configured somewhat below its defaults still takes every
  * part, and no part costs the relay more than half of what its caps allow.
+ * (A mixed offline backlog, with deletions, edits, reactions and marker moves,
+ * costs the relay more per struct than the plain frames the caps are sized by.)
  */
 export const DEFAULT_UPDATE_PART_LIMITS: UpdatePartLimits = {
-  maxStructs: 700,
-  maxValues: 1_000,
+  maxStructs: 350,
+  maxValues: 500,
   maxBytes: 512 * 1024,
 }
 

@@ -175,6 +175,17 @@ export async function probeProcess(
       // Left once the sender is in: the document stays loaded (it unloads when its last connection goes).
       warming.close()
       await warming.closed
+      // The parts of a split update before the measured one, each saved (not measured).
+      for (const part of shape.earlier?.(client.doc, seeds[i]!) ?? []) {
+        const saved = client.saves.length
+        const refused = client.errors.length
+        client.send(updateFrame(part))
+        await client.until(
+          () => client.saves.length > saved || client.errors.length > refused || !!client.closeEvent,
+        )
+        if (client.saves.length === saved)
+          throw new Error(`${shape.name}: a part before the measured one was refused`)
+      }
       await cpuWhenQuiet(pid, giveUp)
       const update = shape.build(client.doc, seeds[i]!)
       const frame = updateFrame(update)

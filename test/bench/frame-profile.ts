@@ -7,13 +7,14 @@
  * (see cpu-profile-summary.ts).
  *
  *   node --conditions=parley-source --import tsx test/bench/frame-profile.ts \
- *     --shape "2,000 short messages in one update (the value cap)" --frames 10 --dir /tmp/prof
+ *     --shape "1,000 short messages in one update (the value cap)" --frames 10 --dir /tmp/prof
  */
 import { mkdirSync, readdirSync, statSync } from "node:fs"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
 import {
   atCapShapes,
+  DEFAULT_CAPS,
   honestShapes,
   hostileShapes,
   seedConversation,
@@ -23,7 +24,10 @@ import { probeProcess } from "./frame-cost-process.js"
 
 const { values: flags } = parseArgs({
   options: {
-    shape: { type: "string", default: "2,000 short messages in one update (the value cap)" },
+    shape: {
+      type: "string",
+      default: `${DEFAULT_CAPS.values.toLocaleString("en-US")} short messages in one update (the value cap)`,
+    },
     frames: { type: "string", default: "10" },
     messages: { type: "string", default: "1000" },
     dir: { type: "string", default: "bench-results/profiles" },
@@ -37,7 +41,9 @@ const { values: flags } = parseArgs({
     after: { type: "string", default: "" },
   },
 })
-const [values, structs] = (flags.caps ?? "2000,1500").split(",").map(Number)
+const [values, structs] = (flags.caps ?? `${DEFAULT_CAPS.values},${DEFAULT_CAPS.structs}`)
+  .split(",")
+  .map(Number)
 const capArgs = flags.caps
   ? ["--max-update-values", String(values), "--max-update-structs", String(structs)]
   : []

@@ -135,6 +135,14 @@ export async function probeAll(
           )
       }
       const { session, connection } = open
+      const earlier = shape.earlier ? await core.read(id, (doc: Y.Doc) => shape.earlier!(doc, seeded)) : []
+      for (const part of earlier) {
+        const saved = session.reply()
+        connection.receive(updateFrame(part))
+        const answer = await saved
+        if (answer.type !== "saved")
+          throw new Error(`${shape.name}: a part before the measured one was refused`)
+      }
       const update = await core.read(id, (doc: Y.Doc) => shape.build(doc, seeded))
       const frame = updateFrame(update)
       const reply = session.reply()

@@ -9,6 +9,7 @@ import {
   assignSequenceNumbers,
   type ConversationId,
   createConversation,
+  DEFAULT_UPDATE_PART_LIMITS,
   deleteMessage,
   editMessage,
   encodeStoredRecord,
@@ -20,12 +21,14 @@ import {
   nextFromDocument,
   react,
   sendMessage,
+  splitUpdate,
   TopLevel,
   typesOf,
   type UserId,
   unreact,
 } from "@parley/shared"
 import * as Y from "yjs"
+import { DEFAULT_UPDATE_COST_LIMITS } from "../../src/update-cost.js"
 import {
   type CraftedClient,
   type CraftedContent,
@@ -81,9 +84,17 @@ export function seedConversation(id: ConversationId, messages = 1_000): Seed {
 export interface Shape {
   readonly name: string
   readonly honest: boolean
-  /** For a refused shape: the error code and rule it is refused with. */
+  /**
+   * For a refused shape: the error code and rule it is refused with. A
+   * crafted shape without one is accepted: one that every cap bounds.
+   */
   readonly refused?: { readonly code: string; readonly rule?: string }
   readonly user: UserId
+  /**
+   * Updates the sender sends (each saved) before the measured one, not
+   * measured: the earlier parts of a split update, say.
+   */
+  earlier?(relay: Y.Doc, seed: Seed): readonly Uint8Array[]
   /** The update, built against the relay's current document. */
   build(relay: Y.Doc, seed: Seed): Uint8Array
 }
@@ -98,6 +109,15 @@ const deleted = (length = 1): CraftedContent => ({ kind: "deleted", length })
 /** A message record as mallory would write one. */
 const record = (i: number) =>
   encodeStoredRecord({ id: newMessageId(), author: mallory, body: `spam ${i}`, createdAt: 1 })
+
+/**
+ * Structs a crafted shape meant for a rule other than the struct cap holds at
+ * most: the relay's default cap less some room, so that the shape reaches the
+ * rule it is about (and follows the cap when the default changes).
+ */
+const UNDER_CAP = DEFAULT_UPDATE_COST_LIMITS.maxUpdateStructs - 20
+/** Half of {@link UNDER_CAP}: for shapes of two runs of structs. */
+const HALF = Math.floor(UNDER_CAP / 2)
 
 /** Client ids far from the relay's, the seed's and each other's. */
 const clientId = (i: number) => 0x10000000 + i
@@ -123,7 +143,7 @@ const chain = (origin: Id, client: number, n: number, content: (i: number) => Cr
     (_, i): CraftedStruct => ({ origin: i === 0 ? origin : { client, clock: i - 1 }, content: content(i) }),
   )
 
-/** Crafted shapes, each refused by the relay. */
+/** Crafted shapes, each refused by the relay but those without `refused` (within every cap, bounded by them). */
 export const hostileShapes: readonly Shape[] = [
   {
     name: "fresh client id per item, deleted on arrival",
@@ -158,7 +178,7 @@ export const hostileShapes: readonly Shape[] = [
     },
   },
   {
-    name: "2,001 messages in one update",
+    name: `${(DEFAULT_UPDATE_COST_LIMITS.maxUpdateValues + 1).toLocaleString("en-US")} messages in one update`,
     honest: false,
     refused: { code: "INVALID_UPDATE", rule: "update-values" },
     user: mallory,
@@ -172,7 +192,12 @@ export const hostileShapes: readonly Shape[] = [
           structs: [
             {
               origin: after,
-              content: { kind: "any", values: Array.from({ length: 2_001 }, (_, i) => record(i)) },
+              content: {
+                kind: "any",
+                values: Array.from({ length: DEFAULT_UPDATE_COST_LIMITS.maxUpdateValues + 1 }, (_, i) =>
+                  record(i),
+                ),
+              },
             },
           ],
         },
@@ -203,8 +228,8 @@ export const hostileShapes: readonly Shape[] = [
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
       const c = clientId(2)
-      const structs = chain(x, c, 700, () => deleted())
-      for (let j = 0; j < 700; j++)
+      const structs = chain(x, c, HALF, () => deleted())
+      for (let j = 0; j < HALF; j++)
         structs.push({ origin: x, rightOrigin: { client: c, clock: j }, content: deleted() })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
@@ -219,8 +244,8 @@ export const hostileShapes: readonly Shape[] = [
       // Every right origin points before the origin: Yjs scans the whole chain for each item.
       const far = lastId((relay.getArray(TopLevel.messages) as unknown as { _start: Y.Item })._start)
       const c = clientId(3)
-      const structs = chain(x, c, 700, () => deleted())
-      for (let j = 0; j < 700; j++)
+      const structs = chain(x, c, HALF, () => deleted())
+      for (let j = 0; j < HALF; j++)
         structs.push({ origin: { client: c, clock: j }, rightOrigin: far, content: deleted() })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
@@ -234,7 +259,7 @@ export const hostileShapes: readonly Shape[] = [
       const last = lastItem(relay, TopLevel.messages)
       const first = (relay.getArray(TopLevel.messages) as unknown as { _start: Y.Item })._start
       const c = clientId(13)
-      const structs = chain(lastId(last), c, 1_000, () => deleted())
+      const structs = chain(lastId(last), c, UNDER_CAP - 300, () => deleted())
       // One item after each of the last 300 messages, its right origin far before it.
       let item: Y.Item | null = last.left
       for (let i = 0; i < 300 && item; i++, item = item.left)
@@ -272,22 +297,23 @@ export const hostileShapes: readonly Shape[] = [
     build: () => {
       const c = clientId(5)
       const structs = Array.from(
-        { length: 1_400 },
+        { length: UNDER_CAP },
         (): CraftedStruct => ({ parent: TopLevel.read, key: mallory, content: deleted() }),
       )
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
   },
   {
-    name: "one map key overwritten along a chain",
+    // At the struct cap of 1,500 (1,400 structs of history) the walks cost more than the integration
+    // limit allows; at 700, 32 writes (the sibling limit) over the rest cost at most ~21,000 steps.
+    name: "one map key overwritten along a chain (within every cap)",
     honest: false,
-    refused: { code: "INVALID_UPDATE", rule: "integration-cost" },
     user: mallory,
     build: () => {
       // A long history on one key, then writes without origin that each walk all of it.
       const c = clientId(6)
       const structs: CraftedStruct[] = [{ parent: TopLevel.reactions, key: "k", content: deleted() }]
-      for (let i = 1; i < 1_400; i++)
+      for (let i = 1; i < UNDER_CAP - 30; i++)
         structs.push({ origin: { client: c, clock: i - 1 }, content: deleted() })
       for (let i = 0; i < 30; i++) structs.push({ parent: TopLevel.reactions, key: "k", content: deleted() })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
@@ -315,7 +341,7 @@ export const hostileShapes: readonly Shape[] = [
       const x = lastId(lastItem(relay, TopLevel.messages))
       const c = clientId(8)
       return encodeCraftedUpdate([
-        { client: c, clock: 0, structs: chain(x, c, 1_400, () => ({ kind: "string", text: "x" })) },
+        { client: c, clock: 0, structs: chain(x, c, UNDER_CAP, () => ({ kind: "string", text: "x" })) },
       ])
     },
   },
@@ -327,8 +353,8 @@ export const hostileShapes: readonly Shape[] = [
     build: (relay) => {
       const x = lastId(lastItem(relay, TopLevel.messages))
       const c = clientId(9)
-      const structs = chain(x, c, 700, () => ({ kind: "type", typeRef: 1 }))
-      for (let i = 0; i < 700; i++)
+      const structs = chain(x, c, HALF, () => ({ kind: "type", typeRef: 1 }))
+      for (let i = 0; i < HALF; i++)
         structs.push({ parentId: { client: c, clock: i }, key: "k", content: { kind: "any", values: [i] } })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
@@ -383,7 +409,11 @@ export const hostileShapes: readonly Shape[] = [
       const forged = (i: number) =>
         encodeStoredRecord({ id: newMessageId(), author: alice, body: `forged ${i}`, createdAt: 1 })
       const clients = [
-        { client: c, clock: 0, structs: chain(x, c, 1_000, (i) => ({ kind: "any", values: [forged(i)] })) },
+        {
+          client: c,
+          clock: 0,
+          structs: chain(x, c, UNDER_CAP, (i) => ({ kind: "any", values: [forged(i)] })),
+        },
       ]
       return encodeCraftedUpdate(clients, rangesOf(clients))
     },
@@ -405,14 +435,86 @@ function device(before: Uint8Array, session: number): Y.Doc {
   return doc
 }
 
+/** What alice's device did offline (see {@link offlineSync}), once per seed. */
+const offlineWork = new WeakMap<Seed, { whole: Uint8Array; parts: Uint8Array[] }>()
+
+/**
+ * Three sessions of alice's offline work on the conversation as she last
+ * synced it (450 messages, 90 edits, 18 deletions, 200 reaction changes and a
+ * read marker move per message): the sync step 2 her device sends on
+ * reconnecting, whole and in the parts the SDK sends it in
+ * (`splitUpdate`, `DEFAULT_UPDATE_PART_LIMITS`). Built once per seed, so that
+ * a shape's earlier parts and its measured one are of the same work.
+ */
+export function offlineSync(seed: Seed): { whole: Uint8Array; parts: Uint8Array[] } {
+  const cached = offlineWork.get(seed)
+  if (cached) return cached
+  const whole = offlineUpdate(seed, 150)
+  const work = { whole, parts: splitUpdate(whole, DEFAULT_UPDATE_PART_LIMITS) }
+  offlineWork.set(seed, work)
+  return work
+}
+
+/** Alice's offline work as one update: three sessions of `perSession` messages each, with the rest (see {@link offlineSync}). */
+function offlineUpdate(seed: Seed, perSession: number): Uint8Array {
+  // Three sessions (a new client id each, as the SDK opens one per session) of offline work.
+  const doc = device(seed.before, 1)
+  const others = listMessages(doc, { last: 1_000 }).filter((m) => m.author !== alice)
+  const mine: MessageId[] = []
+  for (let session = 0; session < 3; session++) {
+    doc.clientID = 0x20000000 + session
+    for (let i = 0; i < perSession; i++) {
+      mine.push(sendMessage(doc, alice, { body: `offline ${session}.${i}: on my way, see you soon` }).id)
+      if (i % 3 === 0) react(doc, alice, others[(session * perSession + i) % others.length]!.id, "👍")
+      if (i % 9 === 0) unreact(doc, alice, others[(session * perSession + i) % others.length]!.id, "👍")
+      if (i % 5 === 0) editMessage(doc, alice, mine[mine.length - 1]!, `edited ${session}.${i}`)
+      if (i % 25 === 0) deleteMessage(doc, alice, mine[mine.length - 2] ?? mine[0]!)
+      markRead(doc, alice)
+    }
+  }
+  // Only the device's own work: everything else it has, the relay has too.
+  return Y.encodeStateAsUpdate(doc, Y.encodeStateVectorFromUpdate(seed.stored))
+}
+
+/** Structs and values of an update, as the relay's caps count them (values outside deleted content). */
+function countsOf(update: Uint8Array): { structs: number; values: number } {
+  const { structs } = Y.decodeUpdate(update)
+  let values = 0
+  for (const s of structs)
+    if (s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted)) values += s.length
+  return { structs: structs.length, values }
+}
+
+/**
+ * The largest offline work of {@link offlineSync}'s mix that fits the caps
+ * as one update: what a stock client (which cannot split) may send at most,
+ * and the costliest honest frame per struct.
+ */
+function offlineAtCaps(seed: Seed, caps: UpdateCaps): Uint8Array {
+  // About 1.1 structs and 1.4 values per message: start from that, then step down until it fits.
+  let perSession = Math.floor(Math.min(caps.structs / 1.1, caps.values / 1.42) / 3)
+  for (;;) {
+    const update = offlineUpdate(seed, perSession)
+    const { structs, values } = countsOf(update)
+    if ((structs <= caps.structs && values <= caps.values) || perSession <= 1) return update
+    perSession = Math.max(
+      1,
+      Math.floor(perSession * Math.min(caps.structs / structs, caps.values / values)) - 1,
+    )
+  }
+}
+
 /** The relay's per-update caps that the at-cap shapes fill (`--max-update-values`, `--max-update-structs`). */
 export interface UpdateCaps {
   readonly values: number
   readonly structs: number
 }
 
-/** The relay's defaults (relay `CORE.maxUpdateValues`, `CORE.maxUpdateStructs`). */
-export const DEFAULT_CAPS: UpdateCaps = { values: 2_000, structs: 1_500 }
+/** The relay's defaults (`DEFAULT_UPDATE_COST_LIMITS`): the at-cap shapes follow them. */
+export const DEFAULT_CAPS: UpdateCaps = {
+  values: DEFAULT_UPDATE_COST_LIMITS.maxUpdateValues,
+  structs: DEFAULT_UPDATE_COST_LIMITS.maxUpdateStructs,
+}
 
 const count = (n: number) => n.toLocaleString("en-US")
 
@@ -437,6 +539,7 @@ export function atCapShapes(caps: UpdateCaps): Shape[] {
   const messages = caps.values
   const withMarkers = Math.floor(caps.structs / 2) - 50
   const reactions = caps.structs
+  const mixed = new WeakMap<Seed, Uint8Array>()
   return [
     {
       name: `${count(messages)} short messages in one update (the value cap)`,
@@ -491,6 +594,19 @@ export function atCapShapes(caps: UpdateCaps): Shape[] {
           0x30000003,
         ),
     },
+    {
+      name: `an offline period's mixed work in one update, up to the caps (a stock client's sync step 2)`,
+      honest: true,
+      user: alice,
+      build: (_, seed) => {
+        let update = mixed.get(seed)
+        if (!update) {
+          update = offlineAtCaps(seed, caps)
+          mixed.set(seed, update)
+        }
+        return update
+      },
+    },
   ]
 }
 
@@ -500,27 +616,25 @@ export function atCapShapes(caps: UpdateCaps): Shape[] {
  */
 export const honestShapes: readonly Shape[] = [
   {
-    name: "SDK sync step 2 after a long offline period",
+    name: "SDK sync step 2 after a long offline period, first part (as the SDK sends it)",
     honest: true,
     user: alice,
-    build: (relay, seed) => {
-      // Three sessions (a new client id each, as the SDK opens one per session) of offline work.
-      const doc = device(seed.before, 1)
-      const others = listMessages(doc, { last: 1_000 }).filter((m) => m.author !== alice)
-      const mine: MessageId[] = []
-      for (let session = 0; session < 3; session++) {
-        doc.clientID = 0x20000000 + session
-        for (let i = 0; i < 150; i++) {
-          mine.push(sendMessage(doc, alice, { body: `offline ${session}.${i}: on my way, see you soon` }).id)
-          if (i % 3 === 0) react(doc, alice, others[(session * 150 + i) % others.length]!.id, "👍")
-          if (i % 9 === 0) unreact(doc, alice, others[(session * 150 + i) % others.length]!.id, "👍")
-          if (i % 5 === 0) editMessage(doc, alice, mine[mine.length - 1]!, `edited ${session}.${i}`)
-          if (i % 25 === 0) deleteMessage(doc, alice, mine[mine.length - 2] ?? mine[0]!)
-          markRead(doc, alice)
-        }
-      }
-      return Y.encodeStateAsUpdate(doc, Y.encodeStateVector(relay))
-    },
+    build: (_, seed) => offlineSync(seed).parts[0]!,
+  },
+  {
+    name: "SDK sync step 2 after a long offline period, last part (the parts before it saved)",
+    honest: true,
+    user: alice,
+    earlier: (_, seed) => offlineSync(seed).parts.slice(0, -1),
+    build: (_, seed) => offlineSync(seed).parts.at(-1)!,
+  },
+  {
+    // What a stock y-websocket client sends after the same offline period (it cannot split), and what
+    // the SDK sent before its parts were halved.
+    name: "the same offline work in one update (a stock client's sync step 2)",
+    honest: true,
+    user: alice,
+    build: (_, seed) => offlineSync(seed).whole,
   },
   {
     // Small, and the most work per byte an honest client can ask for: the relay purges the message's
