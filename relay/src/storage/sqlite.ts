@@ -37,19 +37,6 @@ const NAMES_PER_QUERY = 400
 
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
-/** Options of {@link SqliteStorage}. */
-export interface SqliteStorageOptions {
-  /**
-   * Makes the main database's write-ahead log durable (the backend's: an
-   * `fdatasync` of `-wal` on the thread pool, see `WalSync`). Given, an
-   * append's commit is written without a sync of its own and its positions
-   * resolve once this resolves, the catalog written after it: the event loop
-   * goes on while the disk works, and appends made meanwhile share the next
-   * commit. Absent, the commit syncs itself (`synchronous=FULL`), on the event loop.
-   */
-  readonly syncLog?: () => Promise<void>
-}
-
 /** Calls what a rider of an append transaction asked to be called with its outcome (see `carry`). */
 function settleRide(ride: { settle?: ((committed: boolean) => void) | undefined }, committed: boolean): void {
   const settle = ride.settle
@@ -67,9 +54,7 @@ function isCorruption(error: unknown): boolean {
  * The documents of the SQLite backend (`SqliteBackend`, which opens both
  * databases): tables `updates` and `snapshots` in the main database, which
  * runs with WAL and `synchronous=FULL`, so that a commit is on disk before an
- * append resolves (or, with `syncLog`, the appends' commit is synced by it off
- * the event loop before they resolve). One row per update; appends of one
- * tick, or made while the previous commit was being synced, share a transaction.
+ * append resolves. One row per update; appends of one tick share a transaction.
  *
  * The catalog (which documents exist, their last log position, their damage)
  * lives in a second database file, written after each commit of the first:
@@ -87,21 +72,10 @@ export class SqliteStorage implements RelayStorage {
   private readonly statements
   private rider: (() => ((committed: boolean) => void) | undefined) | undefined
 
-  /** `PRAGMA synchronous` statements for an append's commit when {@link SqliteStorageOptions.syncLog} is given. */
-  private readonly synchronous: {
-    readonly get: Database.Statement<[], number>
-    readonly normal: Database.Statement
-    readonly set: Map<number, Database.Statement>
-  }
-
-  /**
-   * `db` and `catalog` are two files, opened in WAL mode (the backend's); the storage creates its tables.
-   * With `options.syncLog`, an append's commit is made durable by it, off the event loop (see there).
-   */
+  /** `db` and `catalog` are two files, opened in WAL mode (the backend's); the storage creates its tables. */
   constructor(
     private readonly db: Database.Database,
     private readonly catalog: Database.Database,
-    options: SqliteStorageOptions = {},
   ) {
     this.db.exec(SCHEMA)
     // Tables made before checksums gain the column; their rows keep NULL (not checked).
@@ -179,57 +153,22 @@ export class SqliteStorage implements RelayStorage {
       ride.settle = this.rider?.()
       return positions
     })
-    this.synchronous = {
-      get: this.db.prepare<[], number>("PRAGMA synchronous").pluck(),
-      normal: this.db.prepare("PRAGMA synchronous = NORMAL"),
-      set: new Map(),
-    }
-    const syncLog = options.syncLog
     this.group = new GroupCommit((batch) => {
       let positions: number[][]
       delete ride.settle
       try {
-        positions = syncLog ? this.unsynced(() => commit(batch)) : commit(batch)
+        positions = commit(batch)
       } catch (error) {
         // Positions handed out inside the rolled-back transaction are free again.
         this.next.clear()
         settleRide(ride, false)
         throw error
       }
-      // The riding rows are the outbox's: events of changes already durable (acknowledged after their own
-      // commit's sync), which its commits of their own never sync either (see `SqliteOutbox`).
       settleRide(ride, true)
-      if (!syncLog) {
-        // After the data's commit, never before: the catalog may lag behind the data, never run ahead.
-        advance(batch, positions)
-        return positions
-      }
-      // Acknowledged once on disk; the catalog, after the data's sync, never before it.
-      return syncLog().then(() => {
-        advance(batch, positions)
-        return positions
-      })
+      // After the data's commit, never before: the catalog may lag behind the data, never run ahead.
+      advance(batch, positions)
+      return positions
     })
-  }
-
-  /**
-   * Runs `write` (a transaction) committed without a sync of its own, on the
-   * connection the other stores share with `synchronous=FULL` (set back right
-   * after: SQLite calls are synchronous, nothing else runs in between).
-   */
-  private unsynced<T>(write: () => T): T {
-    const before = this.synchronous.get.get() as number
-    this.synchronous.normal.run()
-    try {
-      return write()
-    } finally {
-      let restore = this.synchronous.set.get(before)
-      if (!restore) {
-        restore = this.db.prepare(`PRAGMA synchronous = ${Number(before)}`)
-        this.synchronous.set.set(before, restore)
-      }
-      restore.run()
-    }
   }
 
   /**
