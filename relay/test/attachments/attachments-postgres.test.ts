@@ -11,19 +11,10 @@ import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
 import { postgresUnreachable } from "../helpers/postgres.js"
+import { until } from "../helpers/until.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
-
-async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await probe()
-    if (ok(value)) return value
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 const unreachable = (await postgresUnreachable()) ?? (await redisUnreachable())
 

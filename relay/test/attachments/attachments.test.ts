@@ -20,21 +20,12 @@ import { freshDataDir } from "../api/helpers.js"
 import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { until } from "../helpers/until.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 const carol = "carol" as UserId
 const MiB = 1024 * 1024
-
-async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await probe()
-    if (ok(value)) return value
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
 
 const png = (width: number, height: number) =>
   sharp({ create: { width, height, channels: 3, background: { r: 200, g: 30, b: 90 } } })

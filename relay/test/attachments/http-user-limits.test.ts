@@ -13,6 +13,7 @@ import webpush from "web-push"
 import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { until } from "../helpers/until.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -22,16 +23,6 @@ async function metric(relay: RelayProcess, line: string): Promise<number> {
   const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
   const found = text.split("\n").find((l) => l.startsWith(line))
   return found ? Number(found.split(" ").at(-1)) : 0
-}
-
-async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await probe()
-    if (ok(value)) return value
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
-    await new Promise((r) => setTimeout(r, 20))
-  }
 }
 
 /** A refusal's status, `Retry-After` and problem body. */

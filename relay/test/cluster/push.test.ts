@@ -5,6 +5,7 @@ import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster } from "../helpers/cluster.js"
 import { postgresUnreachable } from "../helpers/postgres.js"
 import { type ReceivedPush, startPushReceiver } from "../helpers/push-receiver.js"
+import { until } from "../helpers/until.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -14,16 +15,6 @@ const cleanup: (() => unknown)[] = []
 afterEach(async () => {
   for (const step of cleanup.splice(0).reverse()) await step()
 })
-
-async function until<T>(probe: () => T, ok: (value: T) => boolean, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = probe()
-    if (ok(value)) return value
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
-    await new Promise((r) => setTimeout(r, 25))
-  }
-}
 
 const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
 

@@ -16,6 +16,7 @@ import webpush from "web-push"
 import { TestClient } from "../helpers/clients.js"
 import { type ReceivedPush, startPushReceiver, type TestSubscription } from "../helpers/push-receiver.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { until } from "../helpers/until.js"
 
 const hooksApi = pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href
 const alice = "alice" as UserId
@@ -31,16 +32,6 @@ export default defineHooks({
   },
 })
 `
-
-async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await probe()
-    if (ok(value)) return value
-    if (Date.now() > deadline) throw new Error(`condition not met in ${ms} ms: ${JSON.stringify(value)}`)
-    await new Promise((r) => setTimeout(r, 25))
-  }
-}
 
 describe("Web Push notifications from a relay process", () => {
   let relay: RelayProcess
