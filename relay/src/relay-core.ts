@@ -86,6 +86,9 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
 /** History requests one connection may have waiting at once. */
 const HISTORY_REQUESTS_IN_FLIGHT = 4
 
+/** Longest a refused connect keeps its document counted against the user (see `holdUntilUnloaded`). */
+const REFUSED_HOLD_MS = 60_000
+
 /** What the core is made of. */
 export interface RelayCoreOptions {
   readonly storage: RelayStorage
@@ -807,7 +810,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /**
    * Keeps `release` (a refused user's count of `host`) until the document
-   * unloads; one per user and document, however often they are refused.
+   * unloads, or at most {@link REFUSED_HOLD_MS} (a busy room may never go idle:
+   * a user removed from many would be locked out of opening their own); one
+   * per user and document, however often they are refused.
    */
   private holdUntilUnloaded(host: DocumentHost, principal: Principal, release: () => void): void {
     if (principal.kind !== "user" || host.destroyed) {
@@ -819,8 +824,24 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       held = new Map()
       this.refusedHolds.set(host, held)
     }
-    if (held.has(principal.user)) release()
-    else held.set(principal.user, release)
+    if (held.has(principal.user)) {
+      release()
+      return
+    }
+    const user = principal.user
+    const timer = setTimeout(() => {
+      const holds = this.refusedHolds.get(host)
+      if (holds?.get(user) !== releaseOnce) return
+      holds.delete(user)
+      if (holds.size === 0) this.refusedHolds.delete(host)
+      releaseOnce()
+    }, REFUSED_HOLD_MS)
+    timer.unref()
+    const releaseOnce = () => {
+      clearTimeout(timer)
+      release()
+    }
+    held.set(user, releaseOnce)
   }
 
   /** Refused users' counts of loaded documents, released when each unloads (see `connect`). */

@@ -276,9 +276,15 @@ export class WsTransport {
       res.end(`${AddressLimit.authFailures}\n`)
       return false
     }
-    res.once("finish", () => {
-      if (res.statusCode === 401) this.addresses.failed(address)
-    })
+    // "close" too: a client that aborts before the 401 is flushed had its token verified all the same.
+    let counted = false
+    const count = () => {
+      if (counted || res.statusCode !== 401) return
+      counted = true
+      this.addresses.failed(address)
+    }
+    res.once("finish", count)
+    res.once("close", count)
     return true
   }
 

@@ -14,7 +14,7 @@ import {
   userOfToken,
 } from "../api/user-token.js"
 import type { Logger } from "../log.js"
-import { type Principal, serviceParticipant } from "../principal.js"
+import { type Principal, SERVICE_PARTICIPANT_PREFIX, serviceParticipant } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
 import { INLINE_IMAGES } from "./content-type.js"
 import type { LinkPreviewGate } from "./link-preview-gate.js"
@@ -536,9 +536,12 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         !verifyUrl(options.secret(), id, variant, c.req.query("exp"), user, sig, now())
       )
         throw new ParleyError(ErrorCode.NOT_FOUND, "no such attachment")
-      // A valid signature is the user's: their requests by signed URL spend their budget too.
-      const refused = overRequestBudget(c, options.requests, user as UserId)
-      if (refused) return refused
+      // A valid signature is the user's: their requests by signed URL spend their budget too. A URL an
+      // API key made names its service participant: API keys are the operator's, not held to it.
+      if (!user?.startsWith(SERVICE_PARTICIPANT_PREFIX)) {
+        const refused = overRequestBudget(c, options.requests, user as UserId)
+        if (refused) return refused
+      }
       // Still a participant now: leaving or being removed revokes the user's signed URLs.
       record = await service.readable(id, user as UserId)
     } else record = await service.readable(id, c.get("user"))
