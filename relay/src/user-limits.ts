@@ -202,12 +202,7 @@ class Usage {
   }
 
   get updates(): RateLimiter | undefined {
-    if (this.updateBudget || this.limits.userUpdatesPerSecond <= 0) return this.updateBudget
-    this.updateBudget = new RateLimiter(
-      this.limits.userUpdatesPerSecond,
-      Math.max(1, this.limits.userUpdateBurst),
-      this.now,
-    )
+    this.updateBudget ??= perSecond(this.limits.userUpdatesPerSecond, this.limits.userUpdateBurst, this.now)
     return this.updateBudget
   }
 
@@ -222,20 +217,18 @@ class Usage {
   }
 
   get answers(): RateLimiter | undefined {
-    if (this.answerBudget || this.limits.userAnswerBytesPerSecond <= 0) return this.answerBudget
-    this.answerBudget = new RateLimiter(
+    this.answerBudget ??= perSecond(
       this.limits.userAnswerBytesPerSecond,
-      Math.max(1, this.limits.userAnswerBurstBytes),
+      this.limits.userAnswerBurstBytes,
       this.now,
     )
     return this.answerBudget
   }
 
   get requests(): RateLimiter | undefined {
-    if (this.requestBudget || this.limits.userHttpRequestsPerSecond <= 0) return this.requestBudget
-    this.requestBudget = new RateLimiter(
+    this.requestBudget ??= perSecond(
       this.limits.userHttpRequestsPerSecond,
-      Math.max(1, this.limits.userHttpRequestBurst),
+      this.limits.userHttpRequestBurst,
       this.now,
     )
     return this.requestBudget
@@ -261,6 +254,11 @@ class Usage {
       this.requestBudget?.msUntilFull() ?? 0,
     )
   }
+}
+
+/** A budget of `n` a second, in bursts of up to `burst` (at least 1); none when `n` is 0. */
+function perSecond(n: number, burst: number, now: () => number): RateLimiter | undefined {
+  return n > 0 ? new RateLimiter(n, Math.max(1, burst), now) : undefined
 }
 
 /** A budget of `n` a minute (a bucket of `n`, refilled over a minute); none when `n` is 0. */
