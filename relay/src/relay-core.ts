@@ -57,6 +57,7 @@ import {
   writeOnServer,
 } from "./update-path.js"
 import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits } from "./user-limits.js"
+import { UserTurns } from "./user-turns.js"
 
 const EVICTED = Symbol("evicted")
 /** Limits of the core. */
@@ -157,6 +158,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   /** Each loaded document's awareness broadcast (coalesced in large rooms). */
   private readonly fanouts = new Map<DocumentHost, AwarenessFanout>()
   private readonly derived = new DerivedWrites()
+  /** One update of each user in flight at a time (see `user-turns.ts`). */
+  private readonly turns = new UserTurns()
 
   /** The durable event log, when the core was given one. */
   get events(): EventLogReader | undefined {
@@ -492,11 +495,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       return Promise.reject(error)
     }
     const router = this.options.router
-    const submitted = router
-      ? router.submit(connection.host, connection.principal, update, connection, () =>
-          submitUpdate(this.ctx, connection.host, connection.principal, update, connection),
-        )
-      : submitUpdate(this.ctx, connection.host, connection.principal, update, connection)
+    const { host, principal } = connection
+    const work = () =>
+      router
+        ? router.submit(host, principal, update, connection, () =>
+            submitUpdate(this.ctx, host, principal, update, connection),
+          )
+        : submitUpdate(this.ctx, host, principal, update, connection)
+    const submitted = principal.kind === "user" ? this.turns.run(principal.user, work) : work()
     // One reaction, not a `finally` (two closures and a promise more per message); the caller gets
     // the update's own outcome, after the user's budget is released.
     submitted.then(done, done)
