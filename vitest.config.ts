@@ -15,6 +15,8 @@ export default defineConfig({
       "react/test/**/*.test.{ts,tsx}",
       "test/**/*.test.ts",
     ],
+    // Compiles the relay once per run for the relay processes tests start (see the file).
+    globalSetup: ["test/relay-bundle.ts"],
     testTimeout: 20_000,
     hookTimeout: 30_000,
     pool: "forks",
