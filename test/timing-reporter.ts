@@ -5,7 +5,8 @@ import type { Reporter, TestModule } from "vitest/node"
 /**
  * Records, per test file, when it was queued and finished (wall clock) and vitest's diagnostic split
  * (import, setup, tests and hooks), so a slow suite can be read as a timeline rather than a sum.
- * Output path: TIMING_OUT (default vitest-timing.json).
+ * Output path: TIMING_OUT (default vitest-timing.json); with PARLEY_DURATIONS_OUT, also the
+ * seconds per file that test/sequencer.ts orders by.
  */
 export default class TimingReporter implements Reporter {
   private readonly started = new Map<string, number>()
@@ -43,5 +44,13 @@ export default class TimingReporter implements Reporter {
   onTestRunEnd(): void {
     const out = process.env.TIMING_OUT ?? "vitest-timing.json"
     writeFileSync(out, JSON.stringify({ wall: Date.now() - this.t0, files: this.rows }, null, 1))
+    // The record test/sequencer.ts orders files by: seconds per file (tests and hooks), longest first.
+    const durations = process.env.PARLEY_DURATIONS_OUT
+    if (durations) {
+      const rows = this.rows as { file: string; duration: number }[]
+      const sorted = [...rows].sort((a, b) => b.duration - a.duration)
+      const record = Object.fromEntries(sorted.map((r) => [r.file, Math.round(r.duration / 100) / 10]))
+      writeFileSync(durations, `${JSON.stringify(record, null, 2)}\n`)
+    }
   }
 }
