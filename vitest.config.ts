@@ -1,5 +1,6 @@
 import { defaultClientConditions, defaultServerConditions } from "vite"
 import { defineConfig } from "vitest/config"
+import LongestFirst from "./test/sequencer.js"
 
 /** Inside the repository the workspace packages resolve to their TypeScript sources, never to a stale dist/. */
 const SOURCE = "parley-source"
@@ -15,6 +16,8 @@ export default defineConfig({
       "react/test/**/*.test.{ts,tsx}",
       "test/**/*.test.ts",
     ],
+    // Compiles the relay once per run for the relay processes tests start (see the file).
+    globalSetup: ["test/relay-bundle.ts"],
     testTimeout: 20_000,
     hookTimeout: 30_000,
     pool: "forks",
@@ -22,5 +25,7 @@ export default defineConfig({
     // another, 810 s in CI. Most files wait on relay processes, PostgreSQL or a browser, so two share
     // two cores well.
     maxWorkers: 2,
+    // Longest files first, also on a fresh clone (see the file).
+    sequence: { sequencer: LongestFirst },
   },
 })

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url"
 import type { MessageId } from "@parley/shared"
 import { expect, vi } from "vitest"
 import WebSocket from "ws"
+import { relayEntry } from "../../relay/test/helpers/relay-process.js"
 import {
   type ChatClient,
   type ChatClientOptions,
@@ -27,22 +28,24 @@ export interface RelayProcess {
 }
 
 /**
- * Starts `relay/bin/parley-relay.js` and waits for its "listening" log line.
+ * Starts a relay process (`relay/bin/parley-relay.js`, or the relay compiled for the test run: see
+ * `relayEntry`) and waits for its "listening" log line.
  * `--port 0` unless a port is given (a restart reuses the first port).
  */
 export async function startRelay(
   options: { port?: number; dataDir?: string; args?: readonly string[] } = {},
 ): Promise<RelayProcess> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "parley-client-test-"))
+  const flags = options.args ?? ["--dev"]
   const args = [
-    join(root, "relay/bin/parley-relay.js"),
+    relayEntry(flags),
     "--port",
     String(options.port ?? 0),
     "--storage",
     "sqlite",
     "--data-dir",
     dataDir,
-    ...(options.args ?? ["--dev"]),
+    ...flags,
   ]
   const child = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
   let stderr = ""

@@ -1,7 +1,7 @@
 import "fake-indexeddb/auto"
 import { ErrorCode, type ParleyError } from "@parley/shared"
 import { SignJWT } from "jose"
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import WebSocket from "ws"
 import { expiryOfToken, refreshDelay } from "../src/token.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
@@ -17,7 +17,9 @@ beforeAll(async () => {
 afterAll(async () => {
   await relay?.stop()
 })
-afterEach(destroyClients)
+// Clients are destroyed when the file ends, not after each test: the two expiry runs below go
+// concurrently, and destroying after one would destroy the other's. Each test has users of its own.
+afterAll(destroyClients)
 
 let unique = 0
 const name = (base: string) => `${base}${++unique}`
@@ -67,7 +69,8 @@ describe("token refresh", () => {
     expect(refreshDelay("not a token", now)).toBeUndefined()
   })
 
-  it.each([
+  // Each run waits out several token lifetimes (15 s): the two run concurrently, on users of their own.
+  it.concurrent.each([
     ["its one multiplexed socket", true],
     ["one socket per document", false],
   ])(

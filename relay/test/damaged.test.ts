@@ -1,8 +1,7 @@
 import { execFile } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { dirname, join, resolve } from "node:path"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
 import { promisify } from "node:util"
 import {
   CloseCode,
@@ -19,9 +18,13 @@ import { SQLITE_FILE } from "../src/backend/sqlite.js"
 import { runDamagedCli } from "../src/storage/damaged-cli.js"
 import { stockProvider, TestClient } from "./helpers/clients.js"
 import { sqliteTamper } from "./helpers/damage.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import {
+  type RelayProcess,
+  relayEntry,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "./helpers/relay-process.js"
 
-const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../bin/parley-relay.js")
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 const mallory = "mallory" as UserId
@@ -71,7 +74,7 @@ function positions(dataDir: string, name: string): number[] {
 /** Runs `parley-relay damaged ...` as an operator would. */
 async function damagedCli(...args: string[]): Promise<{ code: number; stdout: string }> {
   try {
-    const { stdout } = await promisify(execFile)(process.execPath, [BIN, "damaged", ...args])
+    const { stdout } = await promisify(execFile)(process.execPath, [relayEntry(), "damaged", ...args])
     return { code: 0, stdout }
   } catch (error) {
     const failed = error as { code: number; stdout: string }

@@ -1,5 +1,4 @@
 import { execFile } from "node:child_process"
-import { join } from "node:path"
 import { promisify } from "node:util"
 import {
   addParticipants,
@@ -22,10 +21,14 @@ import { afterAll, afterEach, describe, expect, it } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { docUntil, stockProvider, synced } from "./helpers/clients.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import {
+  type RelayProcess,
+  relayEntry,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "./helpers/relay-process.js"
 
 const run = promisify(execFile)
-const BIN = join(import.meta.dirname, "../bin/parley-relay.js")
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 const carol = "carol" as UserId
@@ -154,7 +157,12 @@ describe("relay-maintained inboxes", () => {
     // need no rewrite. Alice's own was stored by the inbox target when it recorded the creation, as the
     // conversation was when the delivery read it: stale (rewritten) if that was before her messages,
     // current if the delivery came after them (a loaded machine).
-    const { stdout } = await run(process.execPath, [BIN, "rebuild-inboxes", "--data-dir", relay.dataDir])
+    const { stdout } = await run(process.execPath, [
+      relayEntry(),
+      "rebuild-inboxes",
+      "--data-dir",
+      relay.dataDir,
+    ])
     const report = JSON.parse(stdout.trim())
     expect(report).toMatchObject({ conversations: 1, removed: 0, damaged: 0 })
     expect(report.written).toBeLessThanOrEqual(1)

@@ -1,16 +1,13 @@
 import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { dirname, join, resolve } from "node:path"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
 import { createConversation, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { afterEach, describe, expect, it, onTestFinished } from "vitest"
 import { ConfigError, parseConfig } from "../src/config.js"
 import { type RelayOptions, startRelay } from "../src/relay.js"
 import { TestClient } from "./helpers/clients.js"
-import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
-
-const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../bin/parley-relay.js")
+import { relayEntry, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 const clients: TestClient[] = []
 afterEach(async () => {
@@ -21,7 +18,7 @@ afterEach(async () => {
 /** Runs the CLI to completion and returns its exit code and output. */
 function runCli(args: string[], env: NodeJS.ProcessEnv = {}) {
   return new Promise<{ code: number | null; stdout: string; stderr: string }>((done) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
+    const child = spawn(process.execPath, [relayEntry(args), ...args], {
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"],
     })

@@ -1,7 +1,7 @@
 import { request } from "node:http"
 import { createConversation, ErrorCode, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { decodeJwt, jwtVerify, SignJWT } from "jose"
-import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest"
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest"
 import { parseConfig } from "../src/config.js"
 import { TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
@@ -14,9 +14,12 @@ let shared: RelayProcess
 beforeAll(async () => {
   shared = await startRelayProcess()
 })
-afterAll(() => stopRelayProcesses())
-afterEach(() => {
+// Clients close when the file ends, not after each test: the expiry tests below run concurrently (each
+// waits seconds for a token to run out), and closing after one of them would close the others' too.
+// Every test opens its own conversations, so a client left open meanwhile meets no other test.
+afterAll(async () => {
   for (const c of clients.splice(0)) c.close()
+  await stopRelayProcesses()
 })
 
 function client(relay: RelayProcess, name: string, token: string, parley = true) {
@@ -63,7 +66,8 @@ const refusedFor = (relay: RelayProcess, reason: RegExp) =>
   relay.waitForLog((line) => line.msg === "connection refused" && reason.test(String(line.reason)))
 
 describe("token expiry on open sockets", () => {
-  it("closes a parley=1 socket when its token expires, with a typed UNAUTHORIZED error first", async () => {
+  // The first three only wait for expiries on the shared relay: concurrently they take the longest one's time.
+  it.concurrent("closes a parley=1 socket when its token expires, with a typed UNAUTHORIZED error first", async () => {
     const relay = shared
     const exp = nowS() + 4
     const c = client(relay, await conversation(relay), await relay.token(alice, { expiresIn: exp }))
@@ -75,7 +79,7 @@ describe("token expiry on open sockets", () => {
     expect(c.errors).toEqual([{ code: ErrorCode.UNAUTHORIZED, message: "the token expired" }])
   })
 
-  it("closes a stock client's socket at its token's expiry with 4401 and no extension frame", async () => {
+  it.concurrent("closes a stock client's socket at its token's expiry with 4401 and no extension frame", async () => {
     const relay = shared
     const exp = nowS() + 4
     const c = client(relay, await conversation(relay), await relay.token(bob, { expiresIn: exp }), false)
@@ -84,7 +88,7 @@ describe("token expiry on open sockets", () => {
     expect(c.frames.filter((frame) => frame[0] === 100)).toEqual([])
   })
 
-  it("keeps a socket open across several expiries while the client refreshes its token, and it keeps writing", async () => {
+  it.concurrent("keeps a socket open across several expiries while the client refreshes its token, and it keeps writing", async () => {
     const relay = shared
     const id = await conversation(relay)
     let exp = nowS() + 3

@@ -9,7 +9,7 @@
  */
 import { spawn } from "node:child_process"
 import { once } from "node:events"
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { type AddressInfo, createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -140,11 +140,24 @@ async function runHookModule(block: DocBlock): Promise<void> {
   }
 }
 
+/** A stopped relay's data directory, made by the first shell block that needs one. */
+let stoppedData: Promise<string> | undefined
+function stoppedRelayData(): Promise<string> {
+  stoppedData ??= (async () => {
+    const dataDir = join(work, "stopped-data")
+    const stopped = await startRelayProcess({ dataDir })
+    await stopped.kill()
+    return dataDir
+  })()
+  return stoppedData
+}
+
 async function runShell(block: DocBlock): Promise<void> {
-  // A folder with a stopped relay's data directory in ./data, for the commands that read one.
+  // A folder with a stopped relay's data directory in ./data, for the commands that read one:
+  // a copy of one relay's, made once (a relay start per block cost about two seconds each), so
+  // that no block sees what another wrote.
   const cwd = join(work, `sh-${blockName(block)}`)
-  const stopped = await startRelayProcess({ dataDir: join(cwd, "data") })
-  await stopped.kill()
+  cpSync(await stoppedRelayData(), join(cwd, "data"), { recursive: true })
   const { code, output } = await run("bash", ["-euo", "pipefail", "-c", localize(block.code)], {
     cwd,
     env: { SERVICE_TOKEN: await relay.token("doc-ops", { role: "service" }), PARLEY_API_KEY: apiKey },

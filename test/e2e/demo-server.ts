@@ -62,9 +62,17 @@ export class DemoRelay {
 export function useDemo(): { readonly browser: Browser; readonly relay: DemoRelay } {
   const state = {} as { browser: Browser; relay: DemoRelay; staticDir?: string }
   beforeAll(async () => {
-    state.browser = await launchChromium()
-    state.staticDir = await buildDemo()
-    state.relay = await DemoRelay.start(state.staticDir)
+    // Chromium starts while the demo builds and its relay starts: neither waits for the other.
+    // (Both settle before a failure is thrown, so that afterAll closes whatever did start.)
+    const [browser, demo] = await Promise.allSettled([
+      launchChromium(),
+      (async () => {
+        state.staticDir = await buildDemo()
+        state.relay = await DemoRelay.start(state.staticDir)
+      })(),
+    ])
+    if (browser.status === "fulfilled") state.browser = browser.value
+    for (const result of [browser, demo]) if (result.status === "rejected") throw result.reason
   }, 120_000)
   afterAll(async () => {
     await state.browser?.close()

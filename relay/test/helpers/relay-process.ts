@@ -41,8 +41,19 @@ export interface StartRelayProcessOptions {
   readonly env?: NodeJS.ProcessEnv
   /** Flags for node itself, before the script (`--cpu-prof`, which NODE_OPTIONS refuses). */
   readonly nodeArgs?: readonly string[]
-  /** The relay's entry point (default `relay/bin/parley-relay.js`, which runs the sources; `relay/dist/main.js` runs the compiled relay). */
+  /** The relay's entry point (default {@link relayEntry}: the sources, compiled for the test run or through the bin; `relay/dist/main.js` runs the built relay). */
   readonly script?: string
+}
+
+/**
+ * What to run for a relay process with these flags: the relay compiled for this test run
+ * (`PARLEY_TEST_RELAY_SCRIPT`, see test/relay-bundle.ts) when there is one, else the bin.
+ * A relay given `--hooks` always runs from the bin: hook modules import `@parley/relay` and
+ * `@parley/shared`, and must get the very modules the relay runs (its sources), not copies.
+ */
+export function relayEntry(args: readonly string[] = []): string {
+  const compiled = process.env.PARLEY_TEST_RELAY_SCRIPT
+  return compiled && !args.includes("--hooks") ? compiled : BIN
 }
 
 const started = new Set<RelayProcess>()
@@ -74,7 +85,7 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
     process.execPath,
     [
       ...(options.nodeArgs ?? []),
-      options.script ?? BIN,
+      options.script ?? relayEntry(args),
       "--port",
       "0",
       "--data-dir",
