@@ -8,16 +8,22 @@
  * the compiler) do not. Also usable on its own:
  *
  *   node --import tsx test/bench/cpu-profile-summary.ts FILE.cpuprofile [top]
+ *   node --import tsx test/bench/cpu-profile-summary.ts FILE.cpuprofile --under NAME [depth] [min-ms]
+ *
+ * `--under` prints the call tree beneath the function NAME instead (every
+ * outermost frame of it merged: what one part of the relay, e.g. the group
+ * commit's `flush` or the hook rows' `ride`, spends and where), `depth` levels
+ * deep (default 4), branches under `min-ms` (default 20) left out.
  */
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 
-interface ProfileNode {
+export interface ProfileNode {
   id: number
   callFrame: { functionName: string; url: string; lineNumber: number }
   children?: number[]
 }
-interface Profile {
+export interface Profile {
   nodes: ProfileNode[]
   samples: number[]
   timeDeltas: number[]
@@ -95,5 +101,88 @@ export function summarizeProfile(file: string, top = 40, windows?: Windows): voi
       )
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1])
-  summarizeProfile(process.argv[2]!, Number(process.argv[3] ?? 40))
+/** A merged call tree: a function's time (total, self, µs) and its callees' by frame. */
+export interface Branch {
+  total: number
+  self: number
+  readonly children: Map<string, Branch>
+}
+
+/**
+ * The call tree beneath `name` in `profile`: every frame of it not itself
+ * beneath another merged into one tree, `depth` levels of callees deep (each
+ * callee named by function, file and line). Times are µs, a sample's time
+ * being the delta to the next sample (as in {@link summarizeProfile}).
+ */
+export function subtreeOf(profile: Profile, name: string, depth = 4): Branch {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]))
+  const self = new Map<number, number>()
+  let t = profile.startTime
+  const at = profile.timeDeltas.map((d) => {
+    t += d
+    return t
+  })
+  profile.samples.forEach((id, i) => {
+    self.set(id, (self.get(id) ?? 0) + (at[i + 1] ?? profile.endTime) - at[i]!)
+  })
+  const totals = new Map<number, number>()
+  const totalOf = (node: ProfileNode): number => {
+    const known = totals.get(node.id)
+    if (known !== undefined) return known
+    let sum = self.get(node.id) ?? 0
+    for (const c of node.children ?? []) sum += totalOf(byId.get(c)!)
+    totals.set(node.id, sum)
+    return sum
+  }
+  const label = (n: ProfileNode) =>
+    `${n.callFrame.functionName || "(anonymous)"} ${shortUrl(n.callFrame.url)}:${n.callFrame.lineNumber + 1}`
+  const root: Branch = { total: 0, self: 0, children: new Map() }
+  const merge = (into: Branch, node: ProfileNode, levels: number) => {
+    into.total += totalOf(node)
+    into.self += self.get(node.id) ?? 0
+    if (levels === 0) return
+    for (const c of node.children ?? []) {
+      const child = byId.get(c)!
+      let branch = into.children.get(label(child))
+      if (!branch) {
+        branch = { total: 0, self: 0, children: new Map() }
+        into.children.set(label(child), branch)
+      }
+      merge(branch, child, levels - 1)
+    }
+  }
+  // Iterative: a deep stack (a long promise chain) would overflow a recursive walk.
+  const stack: { node: ProfileNode; inside: boolean }[] = [{ node: profile.nodes[0]!, inside: false }]
+  while (stack.length > 0) {
+    const { node, inside } = stack.pop()!
+    const hit = node.callFrame.functionName === name
+    if (hit && !inside) merge(root, node, depth)
+    for (const c of node.children ?? []) stack.push({ node: byId.get(c)!, inside: inside || hit })
+  }
+  return root
+}
+
+/** Prints {@link subtreeOf} the profile in `file`, branches of less than `minMs` left out. */
+export function printSubtree(file: string, name: string, depth = 4, minMs = 20): void {
+  const root = subtreeOf(JSON.parse(readFileSync(file, "utf8")) as Profile, name, depth)
+  const ms = (us: number) => (us / 1000).toFixed(0).padStart(7)
+  const print = (title: string, branch: Branch, indent: number) => {
+    console.log(
+      `${ms(branch.total)} ms (self ${(branch.self / 1000).toFixed(0)})${" ".repeat(indent + 1)}${title}`,
+    )
+    for (const [k, b] of [...branch.children].sort((x, y) => y[1].total - x[1].total))
+      if (b.total >= minMs * 1000) print(k, b, indent + 2)
+  }
+  print(name, root, 0)
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  if (process.argv[3] === "--under")
+    printSubtree(
+      process.argv[2]!,
+      process.argv[4]!,
+      Number(process.argv[5] ?? 4),
+      Number(process.argv[6] ?? 20),
+    )
+  else summarizeProfile(process.argv[2]!, Number(process.argv[3] ?? 40))
+}
