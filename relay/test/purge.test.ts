@@ -11,6 +11,7 @@ import {
   InboxTopLevel,
   inboxDocumentName,
   listMessages,
+  type MessageId,
   newConversationId,
   Rule,
   sealedHistory,
@@ -193,6 +194,57 @@ describe("deletion deletes (SQLite)", () => {
     const files = rawFiles(dir)
     expect(files).not.toContain("Gone-Okapi-")
     expect(files).toContain("Keep-Narwhal-Text")
+  })
+})
+
+describe("deletions sealed in the change that made them", () => {
+  it("share one inbox pass: a stock client's offline sync whose deleted messages are sealed at once searches the inboxes once", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const backend = new SqliteBackend(dir)
+    // Each search of the stored inboxes, with the ids it looked for.
+    const searches: string[][] = []
+    const storage = backend.documents
+    const holding = storage.holding!.bind(storage)
+    storage.holding = (names, needles) => {
+      searches.push(needles.map((needle) => new TextDecoder().decode(needle)))
+      return holding(names, needles)
+    }
+    // Segments of 10, 5 kept live: the change below seals most of what it writes, placeholders included.
+    const relay = await relayOn(backend)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Civet-Text" })
+    await a.allSaved()
+    await relay.hooks?.idle()
+    // One update, as a stock client sends its offline work: 40 messages, every fourth one deleted.
+    const offline = new Y.Doc()
+    Y.applyUpdate(offline, Y.encodeStateAsUpdate(a.doc))
+    const known = Y.encodeStateVector(offline)
+    const gone: MessageId[] = []
+    for (let i = 0; i < 40; i++) {
+      const deleting = i % 4 === 1
+      const message = sendMessage(offline, alice, { body: `${deleting ? "Gone" : "Kept"}-Genet-${i}` }).id
+      if (deleting) gone.push(message)
+    }
+    for (const message of gone) deleteMessage(offline, alice, message)
+    Y.applyUpdate(a.doc, Y.encodeStateAsUpdate(offline, known))
+    await a.allSaved()
+    await until(async () => {
+      await relay.hooks?.idle()
+      return sealedSegments(a.doc).length >= 3 && searches.length > 0
+    })
+    await relay.hooks?.idle()
+    // Before, each deletion sealed before its event arrived took a pass (a search, a wait) of its own.
+    expect(searches).toHaveLength(1)
+    expect([...searches[0]!].sort()).toEqual([...gone].sort())
+    await relay.close()
+    relays.length = 0
+    expect(rowsHolding(dir, "Gone-Genet-")).toEqual([])
+    const files = rawFiles(dir)
+    expect(files).not.toContain("Gone-Genet-")
+    expect(files).toContain("Kept-Genet-")
   })
 })
 

@@ -1,10 +1,14 @@
 import {
+  type DeletedMessageRecord,
   type InboxEntry,
   InboxTopLevel,
   inboxDocumentName,
   inboxEntryFor,
+  isDeletedRecord,
   type MessageId,
   messageIndex,
+  type Segment,
+  sealedHistory,
   typesOf,
   type UserId,
   writeInboxEntry,
@@ -30,6 +34,32 @@ const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
   "conversation.deleted",
   "message.deleted",
 ])
+
+/** The deleted messages of a held segment (their placeholders), found once per segment object. */
+const sealedDeletions = new WeakMap<Segment, readonly DeletedMessageRecord[]>()
+
+/**
+ * When each deleted message a loaded conversation holds was deleted, by id:
+ * those of the live document's index, and those sealed as placeholders in the
+ * segments it holds (a change that deletes messages may seal them in the same
+ * turn, as a stock client's offline sync does, before their events arrive).
+ */
+function deletionsOf(doc: Y.Doc): Map<MessageId, number> {
+  const deletions = new Map<MessageId, number>()
+  const history = sealedHistory(doc)
+  for (const index of history.held()) {
+    const segment = history.segment(index)!
+    let deleted = sealedDeletions.get(segment)
+    if (!deleted) {
+      deleted = segment.entries.flatMap((entry) => (isDeletedRecord(entry.record) ? [entry.record] : []))
+      sealedDeletions.set(segment, deleted)
+    }
+    for (const record of deleted) deletions.set(record.id, record.deletedAt)
+  }
+  // The live index last: where both name a message, its record is the later.
+  for (const [id, record] of messageIndex(doc).deleted) deletions.set(id, record.deletedAt)
+  return deletions
+}
 
 /**
  * Purges deleted text from the participants' inbox documents, which hold it
@@ -77,7 +107,9 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
         const pass = passes.get(doc)
         if (deleted !== undefined && pass?.purged.has(deleted)) return undefined
         const users = [...typesOf(doc).participants.keys()] as UserId[]
-        const index = messageIndex(doc).deleted
+        // Live and sealed alike: a batch's deletions sealed before their events arrive are covered by its
+        // first pass too, not one pass (a search, a 100 ms wait) each.
+        const index = deletionsOf(doc)
         const deletions = new Set(index.keys())
         // This event's message, and those deleted since the last pass on this document (their events
         // follow: they find their work done). A first pass on a document (just loaded) covers those
@@ -86,11 +118,11 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
         if (pass) {
           for (const id of deletions) if (!pass.seen.has(id)) covered.add(id)
         } else if (deleted !== undefined) {
-          const at = index.get(deleted)?.deletedAt
+          const at = index.get(deleted)
           if (at !== undefined)
-            for (const [id, record] of index) {
+            for (const [id, deletedAt] of index) {
               if (covered.size >= FIRST_PASS_MOST) break
-              if (Math.abs(record.deletedAt - at) <= FIRST_PASS_WINDOW_MS) covered.add(id)
+              if (Math.abs(deletedAt - at) <= FIRST_PASS_WINDOW_MS) covered.add(id)
             }
         }
         return { doc, users, deletions, covered }
