@@ -9,14 +9,27 @@ import type { UserId } from "@parley/shared"
  */
 export const MAX_TURN_WAIT_MS = 500
 
+/** A user's update in the turns: when it started its work, and when it was done (neither rejects). */
+interface Turn {
+  readonly started: Promise<void>
+  readonly done: Promise<void>
+}
+
 /**
- * Resolves once `before` is done, in a later turn of the event loop (after the
- * I/O that waits: other users' frames), or after {@link MAX_TURN_WAIT_MS}.
+ * Resolves once the update `before` is done, in a later turn of the event
+ * loop (after the I/O that waits: other users' frames), or
+ * {@link MAX_TURN_WAIT_MS} after it started: counted from its start, not from
+ * now, so that a user's updates queued at once still go one at a time.
  */
-const after = (before: Promise<void>): Promise<void> =>
+const after = (before: Turn): Promise<void> =>
   new Promise((resolve) => {
-    const timer = setTimeout(resolve, MAX_TURN_WAIT_MS)
-    void before.then(() => {
+    let timer: NodeJS.Timeout | undefined
+    let finished = false
+    void before.started.then(() => {
+      if (!finished) timer = setTimeout(resolve, MAX_TURN_WAIT_MS)
+    })
+    void before.done.then(() => {
+      finished = true
       clearTimeout(timer)
       setImmediate(resolve)
     })
@@ -41,21 +54,30 @@ const ignore = () => {}
  * behind it in one document's queue.
  */
 export class UserTurns {
-  /** Per user with an update in flight: when the last one queued is done (never rejects). */
-  private readonly last = new Map<UserId, Promise<void>>()
+  /** Per user with an update in flight: the last one queued. */
+  private readonly last = new Map<UserId, Turn>()
 
   /**
-   * Runs `work` once the user's earlier updates are done (or waited
-   * {@link MAX_TURN_WAIT_MS}), in a later turn of the event loop; at once when
-   * none is in flight. Resolves or rejects as `work` does.
+   * Runs `work` once the user's earlier updates are done (or the one before
+   * started {@link MAX_TURN_WAIT_MS} ago), in a later turn of the event loop;
+   * at once when none is in flight. Resolves or rejects as `work` does.
    */
   run<T>(user: UserId, work: () => Promise<T>): Promise<T> {
     const before = this.last.get(user)
-    const result = before ? after(before).then(work) : work()
+    let start!: () => void
+    const started = new Promise<void>((resolve) => {
+      start = resolve
+    })
+    const begin = () => {
+      start()
+      return work()
+    }
+    const result = before ? after(before).then(begin) : begin()
     const done = result.then(ignore, ignore)
-    this.last.set(user, done)
+    const turn: Turn = { started, done }
+    this.last.set(user, turn)
     void done.then(() => {
-      if (this.last.get(user) === done) this.last.delete(user)
+      if (this.last.get(user) === turn) this.last.delete(user)
     })
     return result
   }

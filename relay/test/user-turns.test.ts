@@ -56,16 +56,25 @@ describe("UserTurns", () => {
     expect(turns.size).toBe(0)
   })
 
-  it("does not hold a user's next update behind one that waits on I/O longer than a frame's work", async () => {
+  it("does not hold a user's next update behind one that waits on I/O longer than a frame's work, and still starts queued ones one at a time", async () => {
     const turns = new UserTurns()
     const a = "a" as UserId
-    let release!: () => void
-    const stalled = turns.run(a, () => new Promise<string>((resolve) => (release = () => resolve("stalled"))))
-    const started = performance.now()
-    await turns.run(a, async () => "next")
-    expect(performance.now() - started).toBeGreaterThanOrEqual(MAX_TURN_WAIT_MS - 5)
-    release()
-    await expect(stalled).resolves.toBe("stalled")
+    const startedAt: number[] = []
+    const releases: (() => void)[] = []
+    // Three updates queued at once, each stalling (storage that does not answer).
+    const stalled = [0, 1, 2].map((i) =>
+      turns.run(a, () => {
+        startedAt[i] = performance.now()
+        return new Promise<number>((resolve) => releases.push(() => resolve(i)))
+      }),
+    )
+    await new Promise((resolve) => setTimeout(resolve, 2.5 * MAX_TURN_WAIT_MS))
+    expect(startedAt).toHaveLength(3)
+    // Each waited for the one before it to have started MAX_TURN_WAIT_MS ago, not all of them at once.
+    expect(startedAt[1]! - startedAt[0]!).toBeGreaterThanOrEqual(MAX_TURN_WAIT_MS - 5)
+    expect(startedAt[2]! - startedAt[1]!).toBeGreaterThanOrEqual(MAX_TURN_WAIT_MS - 5)
+    for (const release of releases) release()
+    await expect(Promise.all(stalled)).resolves.toEqual([0, 1, 2])
   })
 })
 
