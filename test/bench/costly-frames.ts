@@ -13,6 +13,7 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { parseArgs } from "node:util"
 import { SqliteBackend } from "../../relay/src/backend/sqlite.js"
 import { docUntil, stockProvider, synced, TestClient } from "../../relay/test/helpers/clients.js"
 import { updateFrame } from "../../relay/test/helpers/frame-probe.js"
@@ -33,18 +34,18 @@ import {
 } from "../../shared/src/index.js"
 import { distribution, sleep } from "./stats.js"
 
-const arg = (name: string, fallback: number) => {
-  const i = process.argv.indexOf(`--${name}`)
-  return i > 0 ? Number(process.argv[i + 1]) : fallback
-}
-const sockets = arg("sockets", 16)
-const rounds = arg("rounds", 3)
-// --shape value-cap: the value-cap frame (1,000 short messages) instead: no deletions, so no purges after it.
-const shapeArg = process.argv.includes("--shape")
-  ? process.argv[process.argv.indexOf("--shape") + 1]
-  : "mixed"
+const { values: flags } = parseArgs({
+  options: {
+    sockets: { type: "string", default: "16" },
+    rounds: { type: "string", default: "3" },
+    // value-cap: the value-cap frame (1,000 short messages) instead: no deletions, so no purges after it.
+    shape: { type: "string", default: "mixed" },
+  },
+})
+const sockets = Number(flags.sockets)
+const rounds = Number(flags.rounds)
 const shape = atCapShapes(DEFAULT_CAPS).find((s) =>
-  shapeArg === "value-cap" ? s.name.includes("the value cap") : s.name.startsWith("an offline period"),
+  flags.shape === "value-cap" ? s.name.includes("the value cap") : s.name.startsWith("an offline period"),
 )!
 const carol = "carol" as UserId
 const dave = "dave" as UserId
