@@ -502,7 +502,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
             submitUpdate(this.ctx, host, principal, update, connection),
           )
         : submitUpdate(this.ctx, host, principal, update, connection)
-    const submitted = principal.kind === "user" ? this.turns.run(principal.user, work) : work()
+    const submitted = principal.kind === "user" ? this.turns.run(principal.user, host.key, work) : work()
     // One reaction, not a `finally` (two closures and a promise more per message); the caller gets
     // the update's own outcome, after the user's budget is released.
     submitted.then(done, done)

@@ -11,6 +11,7 @@ export const MAX_TURN_WAIT_MS = 500
 
 /** A user's update in the turns: when it started its work, and when it was done (neither rejects). */
 interface Turn {
+  readonly document: string
   readonly started: Promise<void>
   readonly done: Promise<void>
 }
@@ -58,11 +59,14 @@ export class UserTurns {
   private readonly last = new Map<UserId, Turn>()
 
   /**
-   * Runs `work` once the user's earlier updates are done (or the one before
-   * started {@link MAX_TURN_WAIT_MS} ago), in a later turn of the event loop;
-   * at once when none is in flight. Resolves or rejects as `work` does.
+   * Runs `work`, an update of the user to `document`, once the user's earlier
+   * updates are done (or the one before started {@link MAX_TURN_WAIT_MS}
+   * ago), in a later turn of the event loop; at once when none is in flight,
+   * or when the one before is to the same document: that document's queue
+   * orders them already, and stores those queued behind a commit together
+   * (see `update-batch.ts`). Resolves or rejects as `work` does.
    */
-  run<T>(user: UserId, work: () => Promise<T>): Promise<T> {
+  run<T>(user: UserId, document: string, work: () => Promise<T>): Promise<T> {
     const before = this.last.get(user)
     let start!: () => void
     const started = new Promise<void>((resolve) => {
@@ -72,9 +76,12 @@ export class UserTurns {
       start()
       return work()
     }
-    const result = before ? after(before).then(begin) : begin()
-    const done = result.then(ignore, ignore)
-    const turn: Turn = { started, done }
+    const together = before !== undefined && before.document === document
+    const result = before && !together ? after(before).then(begin) : begin()
+    const own = result.then(ignore, ignore)
+    // Beside one to the same document, the turn lasts until both are done.
+    const done = together ? Promise.all([before.done, own]).then(ignore) : own
+    const turn: Turn = { document, started: together ? before.started : started, done }
     this.last.set(user, turn)
     void done.then(() => {
       if (this.last.get(user) === turn) this.last.delete(user)

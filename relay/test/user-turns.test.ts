@@ -40,10 +40,10 @@ describe("UserTurns", () => {
     const a = "a" as UserId
     const b = "b" as UserId
     const results = [
-      turns.run(a, job("a1")),
-      turns.run(a, job("a2", true)),
-      turns.run(a, job("a3")),
-      turns.run(b, job("b1")),
+      turns.run(a, "d1", job("a1")),
+      turns.run(a, "d2", job("a2", true)),
+      turns.run(a, "d3", job("a3")),
+      turns.run(b, "d1", job("b1")),
     ]
     expect(turns.size).toBe(2)
     const settled = await Promise.allSettled(results)
@@ -63,7 +63,7 @@ describe("UserTurns", () => {
     const releases: (() => void)[] = []
     // Three updates queued at once, each stalling (storage that does not answer).
     const stalled = [0, 1, 2].map((i) =>
-      turns.run(a, () => {
+      turns.run(a, `d${i}`, () => {
         startedAt[i] = performance.now()
         return new Promise<number>((resolve) => releases.push(() => resolve(i)))
       }),
