@@ -51,8 +51,8 @@ const ignore = () => {}
  * another with everyone else's in between: what one user can make others wait
  * is one frame's work, whatever their socket count. Honest users rarely have
  * two updates in flight at once (a typed message is saved in milliseconds);
- * when they do, the second waits for the first to be saved, as it would
- * behind it in one document's queue.
+ * when they do, to two documents, the second waits for the first to be
+ * saved (to one document, they queue there as before).
  */
 export class UserTurns {
   /** Per user with an update in flight: the last one queued. */
