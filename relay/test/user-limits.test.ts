@@ -14,7 +14,12 @@ import { afterEach, describe, expect, it } from "vitest"
 import * as awarenessProtocol from "y-protocols/awareness"
 import type { WebsocketProvider } from "y-websocket"
 import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import {
+  metricLine,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "./helpers/relay-process.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -53,12 +58,6 @@ async function opened(relay: RelayProcess, name: string, user: UserId) {
   const c = client(relay, name, await relay.token(user))
   await c.synced()
   return c
-}
-
-async function metric(relay: RelayProcess, line: string): Promise<number> {
-  const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
-  const found = text.split("\n").find((l) => l.startsWith(line))
-  return found ? Number(found.split(" ").at(-1)) : 0
 }
 
 const closedWith = (c: TestClient, close: { code: number; reason: string }) =>
@@ -218,7 +217,9 @@ describe("per-user limits", () => {
       await sleep(1)
     }
     expect(flooders.some((c) => closedWith(c, CloseCode.TooManyUpdates))).toBe(true)
-    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.updates}"}`)).toBeGreaterThan(0)
+    expect(await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.updates}"}`)).toBeGreaterThan(
+      0,
+    )
     // What was stored of the flood is what her budget allows, not what she sent (2,400+ updates).
     const watcher = client(relay, a, await relay.token("audit", { role: "service" }))
     await step("watcher", watcher.synced())
@@ -235,11 +236,13 @@ describe("per-user limits", () => {
       "queued log",
       relay.waitForLog((line) => String(line.msg).includes("the user's connections read too slowly")),
     )
-    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.queuedBytes}"}`)).toBeGreaterThan(
+    expect(
+      await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.queuedBytes}"}`),
+    ).toBeGreaterThan(0)
+    // She asked for more than her answer budget (each of her connections asks for 12 MB): later answers waited.
+    expect(await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.answers}"}`)).toBeGreaterThan(
       0,
     )
-    // She asked for more than her answer budget (each of her connections asks for 12 MB): later answers waited.
-    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.answers}"}`)).toBeGreaterThan(0)
     for (const c of unread) c.ws.resume()
     // One download at a time is allowed whatever its size: one may complete.
     // (A close frame follows the data it was queued behind: a round trip after the download shows it.)

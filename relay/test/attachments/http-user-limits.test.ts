@@ -12,18 +12,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import webpush from "web-push"
 import { attachmentClient } from "../helpers/attachments.js"
 import { TestClient } from "../helpers/clients.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import {
+  metricLine,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../helpers/relay-process.js"
 import { until } from "../helpers/until.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 const mallory = "mallory" as UserId
-
-async function metric(relay: RelayProcess, line: string): Promise<number> {
-  const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
-  const found = text.split("\n").find((l) => l.startsWith(line))
-  return found ? Number(found.split(" ").at(-1)) : 0
-}
 
 /** A refusal's status, `Retry-After` and problem body. */
 async function answer(response: Response) {
@@ -112,9 +111,9 @@ describe("the per-user HTTP request budget", () => {
       headers: { authorization: `Bearer ${await relay.token(bob)}` },
     })
     expect(bobsDevices.status).toBe(200)
-    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.httpRequests}"}`)).toBeGreaterThan(
-      0,
-    )
+    expect(
+      await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.httpRequests}"}`),
+    ).toBeGreaterThan(0)
     client.close()
   })
 
@@ -234,8 +233,10 @@ describe("link previews' limits and cache", () => {
     expect(pages.count("/m4")).toBe(0)
     // A page already previewed costs nothing: still served to her.
     expect((await preview(mallory, "/m2")).status).toBe(200)
-    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.linkPreviews}"}`)).toBe(1)
-    expect(await metric(relay, `parley_user_limit_total{limit="${UserLimit.linkPreviewsAtOnce}"}`)).toBe(1)
+    expect(await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.linkPreviews}"}`)).toBe(1)
+    expect(await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.linkPreviewsAtOnce}"}`)).toBe(
+      1,
+    )
   })
 
   it("fetches a page once for every user asking within the cache's lifetime, failures included", async () => {

@@ -174,3 +174,13 @@ export async function stopRelayProcesses(): Promise<void> {
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true })
   tempDirs.clear()
 }
+
+/**
+ * The value of the first line of the relay's `/metrics` that starts with
+ * `line` (a metric name with its labels, say); 0 when there is none yet.
+ */
+export async function metricLine(relay: RelayProcess, line: string): Promise<number> {
+  const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+  const found = text.split("\n").find((l) => l.startsWith(line))
+  return found ? Number(found.split(" ").at(-1)) : 0
+}
