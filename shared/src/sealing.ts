@@ -73,7 +73,7 @@ export interface SealPlan {
  * back): cheap, without building the segment.
  */
 export function sealDue(doc: Y.Doc, options: SealingOptions): boolean {
-  return messageIndex(doc).sequencedAfter(sealedThrough(doc)).length >= options.keepLive + options.segmentSize
+  return messageIndex(doc).countSequencedAfter(sealedThrough(doc)) >= options.keepLive + options.segmentSize
 }
 
 /**
@@ -142,7 +142,7 @@ export function planSeals(
   while (plans.length < max) {
     // What `sealDue` says of the document the plans so far leave: they remove numbers up to `through` only.
     if (plans.length > 0) {
-      if (index.sequencedAfter(through).length < options.keepLive + options.segmentSize) break
+      if (index.countSequencedAfter(through) < options.keepLive + options.segmentSize) break
       // A fold is planned on the live document's summaries: left to the next call.
       if (foldSize >= 1 && liveSummaries + plans.length + 1 >= keepSummaries + foldSize) break
     }

@@ -118,6 +118,8 @@ describe("sealing a large run of messages", () => {
     })
     const index = messageIndex(doc)
     const live = index.sequencedAfter(segments.at(-1)!.to).length
+    for (const seq of [0, 1, segments[0]!.to, segments.at(-1)!.to, segments.at(-1)!.to + live, 1e9])
+      expect(index.countSequencedAfter(seq)).toBe(index.sequencedAfter(seq).length)
     expect(live).toBeGreaterThanOrEqual(SEALING.keepLive)
     expect(live).toBeLessThan(SEALING.keepLive + SEALING.segmentSize)
     // The messages still live keep the numbers they were given.
