@@ -391,12 +391,14 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         else answer()
         return
       }
+      // Decoded now, while a bad one is this frame's error (4400): its answer may be sent later, from a
+      // timer or once an unsaved change is durable, where a decoding error would escape every handler.
+      const known = Y.decodeStateVector(stateVector)
       // A replica of an older epoch of the live document (it lacks the epoch's own client id) cannot
       // merge into this one: it is told to rebuild (the SDK rebases its pending work), nothing more.
       // Only conversations have epochs; reading one from an inbox would create the conversation types in it.
       const epoch = this.host.name.kind === "conversation" ? epochOf(this.host.doc) : undefined
       if (epoch !== undefined) {
-        const known = Y.decodeStateVector(stateVector)
         if (known.size > 0 && !known.has(epoch)) {
           this.staleEpoch = true
           this.refuse(
