@@ -279,6 +279,15 @@ export class MuxSocket implements UserSocket {
       channel.token = token
     }
     if (channel.closed) return
+    // The socket's token ("") may have expired since the socket opened (the socket itself stays for
+    // channels with tokens of their own): an expired token attaches nothing, not even until its
+    // lease's deadline fires.
+    const expiresAt = channel.token.expiresAt
+    if (expiresAt !== undefined && expiresAt <= Date.now()) {
+      this.options.metrics.errors.inc({ code: ErrorCode.UNAUTHORIZED })
+      this.closeChannel(number, CloseCode.TokenExpired, true)
+      return
+    }
     channel.lease = new TokenLease(this.options.leases, channel)
     let connection: Connection
     try {

@@ -271,6 +271,23 @@ describe("a multiplexed socket", () => {
     expect(mux.ws.readyState).toBe(WebSocket.OPEN)
   })
 
+  it("refuses a channel opened with the socket's token once that token expired, sending no byte of the document", async () => {
+    const { alice, bob } = users()
+    const id = newConversationId()
+    const secrets = await createWithSecrets(bob, alice, id)
+    const exp = Math.floor(Date.now() / 1000) + 2
+    const mux = new MuxProbe(relay.url, await relay.token(alice, { expiresIn: exp }))
+    await mux.opened
+    await new Promise((r) => setTimeout(r, exp * 1000 - Date.now() + 200))
+    // A stolen token's socket stays open (channels of their own tokens may live on), but "" names the expired token.
+    mux.open(1, id)
+    await mux.until(() => mux.closes.has(1))
+    expect(mux.closes.get(1)).toEqual({ code: 4401, reason: "Token expired" })
+    const received = Buffer.concat(mux.frames.get(1) ?? []).toString("latin1")
+    for (const secret of secrets) expect(received).not.toContain(secret)
+    expect(mux.frames.get(1)?.some((f) => f[0] === MessageType.sync) ?? false).toBe(false)
+  })
+
   it("closes the socket with 4400 on a frame for a channel never opened, or a reused channel number", async () => {
     const { alice } = users()
     const ahead = new MuxProbe(relay.url, await relay.token(alice))
