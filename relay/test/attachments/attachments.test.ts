@@ -247,6 +247,50 @@ describe("attachments on a relay process (file-system blob store)", () => {
     client.close()
   })
 
+  it("stops reading an upload's creation with an endless body after a few KiB (413, connection closed)", async () => {
+    const token = await relay.token(carol)
+    const outcome = await new Promise<{ status?: number; code?: string; sent: number }>((resolve) => {
+      // Chunked, no content-length: "{" then spaces for ever (up to 64 MiB), to a conversation that need not exist.
+      const req = request(`${relay.httpUrl}/v1/conversations/g~att-endless-1/uploads`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      })
+      const chunk = Buffer.alloc(64 * 1024, 0x20)
+      chunk[0] = 0x7b
+      let sent = 0
+      let ended = false
+      const pump = () => {
+        while (!ended && sent < 64 * MiB) {
+          sent += chunk.length
+          if (!req.write(chunk)) return void req.once("drain", pump)
+        }
+        if (!ended) req.end("}")
+      }
+      req.on("response", (res) => {
+        ended = true
+        let body = ""
+        res.on("data", (d) => {
+          body += d
+        })
+        res.on("end", () => resolve({ status: res.statusCode, code: JSON.parse(body).code, sent }))
+        res.on("error", () => resolve({ status: res.statusCode, sent }))
+      })
+      // The relay closes the connection after its 413: writing on may fail (EPIPE, reset) before the
+      // answer is read. Either way it stopped reading.
+      req.on("error", () => {
+        ended = true
+        setTimeout(() => resolve({ sent }), 500)
+      })
+      pump()
+    })
+    // Before: the relay read all 64 MiB into memory, then answered 400.
+    expect(outcome.sent).toBeLessThan(16 * MiB)
+    if (outcome.status !== undefined) {
+      expect(outcome.status).toBe(413)
+      expect(outcome.code).toBe("TOO_LARGE")
+    }
+  })
+
   it("sniffs the bytes: a .png that is a program or a web page is refused and deleted", async () => {
     const client = await group("g~att-sniff-001")
     const exe = new Uint8Array(4096)
