@@ -190,6 +190,28 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     this.session.close(code, reason)
   }
 
+  /**
+   * Runs `work`, which answers this connection outside the handling of its
+   * frame (from a timer, or once a change is durable): an error there would
+   * escape every handler and end the relay's process, so it ends this
+   * connection instead (logged as a refusal; 4500 or the error's own code).
+   */
+  private guarded(work: () => void): void {
+    try {
+      work()
+    } catch (error) {
+      const failure = toParleyError(error)
+      this.owner.refused(this, failure)
+      const close = closeOf(failure)
+      this.close(close.code, close.reason)
+    }
+  }
+
+  /** {@link guarded} `work` once every change applied so far is durable. */
+  private afterSaved(work: () => void): void {
+    void this.host.settled().then(() => this.guarded(work))
+  }
+
   /** Sends the opening messages: the relay's sync step 1 and the current awareness. */
   start(): void {
     if (this.pending) {
@@ -198,12 +220,12 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       const begin = () => {
         if (this.pending) this.sendAnyway(encodeSyncStep1(EMPTY_STATE_VECTOR))
       }
-      if (this.host.hasUnsaved) void this.host.settled().then(begin)
+      if (this.host.hasUnsaved) this.afterSaved(begin)
       else begin()
       return
     }
     // The state vector too describes only what is durable (the client leaves out what it thinks we have).
-    if (this.host.hasUnsaved) void this.host.settled().then(() => this.sendSyncStep1())
+    if (this.host.hasUnsaved) this.afterSaved(() => this.sendSyncStep1())
     else this.sendSyncStep1()
     this.sendPresent()
   }
@@ -342,7 +364,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     if (wait > 0) {
       this.answerTimer = setTimeout(() => {
         this.answerTimer = undefined
-        this.answerRequests()
+        this.guarded(() => this.answerRequests())
       }, wait)
       this.answerTimer.unref()
       return
@@ -350,8 +372,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     const stateVector = this.syncRequest
     this.syncRequest = undefined
     // Never answer from a change that is applied but not yet durable.
-    if (stateVector && this.host.hasUnsaved)
-      void this.host.settled().then(() => this.sendSyncStep2(stateVector))
+    if (stateVector && this.host.hasUnsaved) this.afterSaved(() => this.sendSyncStep2(stateVector))
     else if (stateVector) this.sendSyncStep2(stateVector)
     if (this.awarenessQuery) {
       this.awarenessQuery = false
@@ -387,7 +408,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         const answer = () => {
           if (this.pending) this.sendAnyway(encodeSyncStep2(EMPTY_UPDATE), INITIAL_SYNC)
         }
-        if (this.host.hasUnsaved) void this.host.settled().then(answer)
+        if (this.host.hasUnsaved) this.afterSaved(answer)
         else answer()
         return
       }

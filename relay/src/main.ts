@@ -38,6 +38,15 @@ async function main(): Promise<void> {
     return
   }
   const relay = await startRelay(config)
+  // A promise rejected with nobody handling it is one task's failure (a hook module's fire-and-forget
+  // request, say): Node would end the process for it, and every user with it. It is logged instead,
+  // and the relay keeps serving; what it acknowledged is durable either way.
+  process.on("unhandledRejection", (reason: unknown) => {
+    relay.log.error(
+      { err: reason },
+      "a promise was rejected and nothing handled it (kept serving; a hook module's unawaited promise, or a relay bug to report)",
+    )
+  })
   let stopping = false
   const stop = (signal: string) => {
     if (stopping) {
