@@ -2,7 +2,13 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { pathToFileURL } from "node:url"
-import { type ConversationId, createConversation, listMessages, sendMessage, type UserId } from "@parley/shared"
+import {
+  type ConversationId,
+  createConversation,
+  listMessages,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
 import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "./helpers/clients.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
