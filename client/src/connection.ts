@@ -206,7 +206,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     // Without an open connection there is nothing to do: the next connect's sync sends the pending work.
     if (!this.wanted || this.destroyed || !session?.open) return
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
-    for (const part of splitUpdate(pending, this.parts.limits)) session.send(encodeSyncUpdate(part))
+    for (const part of splitUpdate(pending, this.parts.limits, this.options.doc))
+      session.send(encodeSyncUpdate(part))
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */

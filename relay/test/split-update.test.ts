@@ -14,7 +14,14 @@ import {
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
+import { createLogger } from "../src/log.js"
+import { RelayMetrics } from "../src/metrics.js"
+import { AuthorizationPolicy } from "../src/policy/authorization-policy.js"
+import { MemoryClientBindingStore } from "../src/policy/client-bindings.js"
+import { RelayCore } from "../src/relay-core.js"
+import { MemoryStorage } from "../src/storage/memory.js"
 import { checkUpdateCost, DEFAULT_UPDATE_COST_LIMITS } from "../src/update-cost.js"
+import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
 import { alice, seedConversation } from "./helpers/frame-shapes.js"
 
 type Pending = { store: { pendingStructs: unknown; pendingDs: unknown } }
@@ -123,5 +130,66 @@ describe("splitting a long offline period's update into parts the relay accepts"
     const parts = splitUpdate(whole)
     expect(parts).toEqual([whole])
     expect(parts[0]).toBe(whole)
+  })
+
+  it("sends a marker's move and a message's deletion in the part that holds its new value or placeholder: the relay's rules accept every part", async () => {
+    const id = newConversationId()
+    const seed = seedConversation(id, 300)
+    const storage = new MemoryStorage()
+    await storage.append(id, [seed.stored])
+    const core = new RelayCore({
+      storage,
+      log: createLogger("silent"),
+      metrics: new RelayMetrics({ defaultMetrics: false }),
+      extensions: [new AuthorizationPolicy(new MemoryClientBindingStore())],
+      limits: { userUpdatesPerSecond: 0 },
+    })
+    try {
+      const session = new FakeSession({ kind: "user", user: alice })
+      const connection = await core.connect(id, session)
+      const device = relayDoc(seed.stored)
+      const t = typesOf(device)
+      // The relay holds alice's markers (and a message of hers) from before she went offline.
+      const mine: MessageId[] = []
+      let before = Y.encodeStateVector(device)
+      mine.push(sendMessage(device, alice, { body: "online" }).id)
+      t.read.set(alice, 10)
+      t.delivered.set(alice, 10)
+      connection.receive(updateFrame(Y.encodeStateAsUpdate(device, before)))
+      await until(() => session.parley().length > 0)
+      expect(session.parley()[0]).toMatchObject({ type: "saved" })
+      // An offline period: 600 messages, some deleted, the markers moved now and then and once more at the end.
+      before = Y.encodeStateVector(device)
+      for (let i = 0; i < 600; i++) {
+        mine.push(sendMessage(device, alice, { body: `offline ${i}` }).id)
+        if (i % 40 === 39) deleteMessage(device, alice, mine[i - 20]!)
+        if (i % 100 === 99) t.read.set(alice, 10 + i / 10)
+      }
+      t.read.set(alice, 290)
+      t.delivered.set(alice, 300)
+      const parts = splitUpdate(Y.encodeStateAsUpdate(device, before), undefined, device)
+      expect(parts.length).toBeGreaterThanOrEqual(2)
+      for (const [n, part] of parts.entries()) {
+        connection.receive(updateFrame(part))
+        await until(() => session.parley().length > n + 1)
+        expect(
+          session.parley()[n + 1],
+          `part ${n + 1} of ${parts.length}: ${JSON.stringify(session.parley()[n + 1])}`,
+        ).toMatchObject({ type: "saved" })
+      }
+      const relay = await core.read(id, (doc: Y.Doc) => relayDoc(Y.encodeStateAsUpdate(doc)))
+      expect(typesOf(relay).read.get(alice)).toBe(typesOf(device).read.get(alice))
+      expect(typesOf(relay).delivered.get(alice)).toBe(typesOf(device).delivered.get(alice))
+      // Every message there, the deleted ones as placeholders (the relay numbered them: compare as sets).
+      const state = (doc: Y.Doc) =>
+        listMessages(doc, { last: 2_000 })
+          .filter((m) => mine.includes(m.id))
+          .map((m) => `${m.id} ${m.deleted ? "deleted" : m.body}`)
+          .sort()
+      expect(state(relay)).toEqual(state(device))
+      expect(state(relay).filter((m) => m.endsWith("deleted"))).toHaveLength(15)
+    } finally {
+      await core.close()
+    }
   })
 })

@@ -56,6 +56,175 @@ function dependencies(s: Struct): Y.ID[] {
   return ids
 }
 
+/** A struct of the update that stands in for a deleted clock (see {@link standInsOf}). */
+interface StandIn {
+  readonly clock: number
+  readonly by: Y.Item
+}
+
+/**
+ * The update's structs that stand in for something its delete set removes,
+ * per client of the removed clock, sorted by that clock. The receiver checks
+ * a deletion together with what replaces it (a read marker is moved, never
+ * removed; a deleted message leaves its placeholder), so a part must not
+ * carry the deletion without its stand-in. Yjs says which struct that is: a
+ * map value names the value it overwrites as its origin; the SDK inserts a
+ * deleted message's placeholder just before the message, which it names as
+ * its right origin. (An element appended after a deleted one names it as its
+ * origin without standing in for it.)
+ */
+function standInsOf(structs: readonly Struct[], replica: Y.Doc | undefined): Map<number, StandIn[]> {
+  const isMapValue = mapValues(structs, replica)
+  const byClient = new Map<number, StandIn[]>()
+  for (const s of structs) {
+    if (!(s instanceof Y.Item)) continue
+    const map = isMapValue(s)
+    if (map === undefined) continue
+    const target = map ? s.origin : s.rightOrigin
+    if (!target) continue
+    const list = byClient.get(target.client)
+    if (list) list.push({ clock: target.clock, by: s })
+    else byClient.set(target.client, [{ clock: target.clock, by: s }])
+  }
+  for (const list of byClient.values()) list.sort((a, b) => a.clock - b.clock)
+  return byClient
+}
+
+/**
+ * Whether an item of the update is a map value (true) or a list element
+ * (false), undefined when neither the update nor `replica` tells. Yjs writes
+ * an item's parent and key only when it has no origin (the receiver takes
+ * them from the origin), so an item with one is told by what its origin is:
+ * in the update, or in the replica the update was encoded from.
+ */
+function mapValues(
+  structs: readonly Struct[],
+  replica: Y.Doc | undefined,
+): (item: Y.Item) => boolean | undefined {
+  const items = new Map<number, Y.Item[]>()
+  for (const s of structs)
+    if (s instanceof Y.Item) {
+      const list = items.get(s.id.client)
+      if (list) list.push(s)
+      else items.set(s.id.client, [s])
+    }
+  const known = new Map<Y.Item, boolean | undefined>()
+  const find = (id: Y.ID): Y.Item | undefined => {
+    const list = items.get(id.client)
+    const own = list && findByClock(list, id.clock)
+    if (own) return own
+    const stored = replica?.store.clients.get(id.client)
+    if (!stored || id.clock >= Y.getState(replica!.store, id.client)) return undefined
+    const struct = stored[Y.findIndexSS(stored, id.clock)]
+    return struct instanceof Y.Item ? struct : undefined
+  }
+  const isMapValue = (item: Y.Item): boolean | undefined => {
+    if (known.has(item)) return known.get(item)
+    let answer: boolean | undefined
+    // Along the chain of origins to an item that names its parent (iteratively: a long chain of map values).
+    const chain: Y.Item[] = []
+    for (let at: Y.Item | undefined = item; at; ) {
+      if (known.has(at)) {
+        answer = known.get(at)
+        break
+      }
+      chain.push(at)
+      if (!at.origin && !at.rightOrigin) {
+        answer = at.parentSub !== null
+        break
+      }
+      // A replica's item knows its key; a decoded one only when it has no origin.
+      if (!(at.parent instanceof Y.ID) && at.parent !== null && typeof at.parent !== "string") {
+        answer = at.parentSub !== null
+        break
+      }
+      at = find(at.origin ?? at.rightOrigin!)
+    }
+    for (const at of chain) known.set(at, answer)
+    return answer
+  }
+  return isMapValue
+}
+
+/** The item of `list` (one client's, sorted by clock) that holds `clock`. */
+function findByClock(list: readonly Y.Item[], clock: number): Y.Item | undefined {
+  let lo = 0
+  let hi = list.length - 1
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1
+    const item = list[mid]!
+    if (clock < item.id.clock) hi = mid - 1
+    else if (clock >= item.id.clock + item.length) lo = mid + 1
+    else return item
+  }
+  return undefined
+}
+
+/**
+ * `part` with each map value that a later value of the update overwrote, and
+ * that this part would leave as its key's newest, written with the value its
+ * key ends with. Such a value arrives deleted (its content is gone from the
+ * replica), so applying the part would leave the key without a value until
+ * the part holding the live one: a read marker removed, which the relay
+ * refuses. Written live, it holds the key's final value meanwhile; the part
+ * that overwrites it deletes it, and the receiver ends as the replica did.
+ */
+function withLiveValues(
+  part: Map<number, Struct[]>,
+  standIns: ReadonlyMap<number, readonly StandIn[]>,
+  has: (id: Y.ID) => boolean,
+): Map<number, Struct[]> {
+  /** The map value that overwrote `item` (its stand-in that is a map value), if the update holds one. */
+  const overwrittenBy = (item: Y.Item): Y.Item | undefined => {
+    const list = standIns.get(item.id.client)
+    if (!list) return undefined
+    const last = item.id.clock + item.length - 1
+    for (let i = firstAtOrAfter(list, last); i < list.length && list[i]!.clock === last; i++)
+      if (list[i]!.by.origin?.clock === last && list[i]!.by.origin?.client === item.id.client)
+        return list[i]!.by
+    return undefined
+  }
+  let out: Map<number, Struct[]> | undefined
+  for (const [client, structs] of part) {
+    structs.forEach((s, i) => {
+      if (!(s instanceof Y.Item) || !(s.content instanceof Y.ContentDeleted) || s.length !== 1) return
+      let next = overwrittenBy(s)
+      if (!next || has(next.id)) return
+      // The key's final value: along the overwrites to one that is not deleted (none: the key ends deleted).
+      while (next.content instanceof Y.ContentDeleted) {
+        const after = overwrittenBy(next)
+        if (!after) return
+        next = after
+      }
+      if (next.length !== 1) return
+      out ??= new Map([...part].map(([c, list]) => [c, [...list]]))
+      out.get(client)![i] = new Y.Item(
+        s.id,
+        null,
+        s.origin,
+        null,
+        s.rightOrigin,
+        s.parent,
+        s.parentSub,
+        next.content.copy(),
+      )
+    })
+  }
+  return out ?? part
+}
+
+/** Index of the first stand-in of `list` (sorted by clock) at or after `clock`. */
+function firstAtOrAfter(list: readonly StandIn[], clock: number): number {
+  let lo = 0
+  let hi = list.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (list[mid]!.clock < clock) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
 /**
  * Splits a countable item after its first `k` values (as Yjs's own split
  * does, without a document): the item keeps the first part, the returned
@@ -114,7 +283,12 @@ function encodePart(part: Map<number, Struct[]>, deletes: Map<number, DeleteRang
  * leaves the receiver holding structs or deletions it cannot integrate yet
  * (the relay refuses such an update). Deletions travel with the first part
  * whose receiver has what they delete, so a part deletes on arrival at most
- * what it carries.
+ * what it carries, but never ahead of the struct that stands in for them (a
+ * marker's new value, a deleted message's placeholder), which the receiver
+ * checks them with. `replica`, the document the update was encoded from,
+ * tells map values from list elements where the update does not (without
+ * it, a value that overwrites one the receiver already has is not told, and
+ * its old value's deletion may go one part ahead of it).
  *
  * An update within the limits comes back as the only part, unchanged. If the
  * update's own structs depend on each other in a way no order of parts can
@@ -125,6 +299,7 @@ function encodePart(part: Map<number, Struct[]>, deletes: Map<number, DeleteRang
 export function splitUpdate(
   update: Uint8Array,
   limits: UpdatePartLimits = DEFAULT_UPDATE_PART_LIMITS,
+  replica?: Y.Doc,
 ): Uint8Array[] {
   if (update.length <= SMALL_UPDATE_BYTES) return [update]
   const { structs, ds } = Y.decodeUpdate(update) as { structs: (Struct | Y.Skip)[]; ds: DecodedDeleteSet }
@@ -148,6 +323,16 @@ export function splitUpdate(
   // A client the update does not write under: the receiver is assumed to have it (or refuses either way).
   const has = (id: Y.ID) => id.clock < (frontier.get(id.client) ?? Number.POSITIVE_INFINITY)
   const pendingDeletes = new Map(ds.clients)
+  const standIns = standInsOf(structs as Struct[], replica)
+  // Of a delete range the receiver has, the clocks a stand-in not yet sent still holds back.
+  const heldBack = (client: number, r: DeleteRange): number[] => {
+    const list = standIns.get(client)
+    if (!list) return []
+    const held: number[] = []
+    for (let i = firstAtOrAfter(list, r.clock); i < list.length && list[i]!.clock < r.clock + r.len; i++)
+      if (!has(list[i]!.by.id)) held.push(list[i]!.clock)
+    return held
+  }
 
   const parts: Uint8Array[] = []
   let remaining = structs.length
@@ -222,18 +407,31 @@ export function splitUpdate(
       }
       remaining = 0
     }
-    // Deletions whose targets the receiver has once this part is applied travel with it.
+    // Deletions whose targets the receiver has once this part is applied travel with it, but never
+    // ahead of what stands in for them (see `standInsOf`): those clocks wait for their stand-in's part.
     const deletes = new Map<number, DeleteRange[]>()
     for (const [client, ranges] of pendingDeletes) {
-      const ready =
-        remaining === 0 ? ranges : ranges.filter((r) => has(Y.createID(client, r.clock + r.len - 1)))
-      if (ready.length === 0) continue
-      deletes.set(client, ready)
-      const left = ranges.filter((r) => !ready.includes(r))
+      const ready: DeleteRange[] = []
+      const left: DeleteRange[] = []
+      for (const r of ranges) {
+        if (remaining !== 0 && !has(Y.createID(client, r.clock + r.len - 1))) {
+          left.push(r)
+          continue
+        }
+        const held = remaining === 0 ? [] : heldBack(client, r)
+        let from = r.clock
+        for (const clock of held) {
+          if (clock > from) ready.push({ clock: from, len: clock - from })
+          left.push({ clock, len: 1 })
+          from = clock + 1
+        }
+        if (from < r.clock + r.len) ready.push({ clock: from, len: r.clock + r.len - from })
+      }
+      if (ready.length > 0) deletes.set(client, ready)
       if (left.length > 0) pendingDeletes.set(client, left)
       else pendingDeletes.delete(client)
     }
-    parts.push(encodePart(part, deletes))
+    parts.push(encodePart(withLiveValues(part, standIns, has), deletes))
   }
   return parts
 }

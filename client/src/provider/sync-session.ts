@@ -66,7 +66,7 @@ export class SyncSession {
     if (origin === RELAY_ORIGIN || this.state !== "open") return
     // What the user wrote, and what another tab of theirs handed over (forwarded: that tab may be offline).
     // One transaction may write more than the relay takes in one update (an import, a large paste): in parts.
-    for (const part of splitUpdate(update, this.parts())) this.send(encodeSyncUpdate(part))
+    for (const part of splitUpdate(update, this.parts(), this.doc)) this.send(encodeSyncUpdate(part))
   }
 
   private readonly onAwareness = (
@@ -159,6 +159,7 @@ export class SyncSession {
             const [first, ...rest] = splitUpdate(
               Y.encodeStateAsUpdate(this.doc, message.stateVector),
               this.parts(),
+              this.doc,
             )
             this.sendRaw(encodeSyncStep2(first!))
             for (const part of rest) this.sendRaw(encodeSyncUpdate(part))
