@@ -4,6 +4,9 @@ import { flushLog } from "./log.js"
 import { startRelay } from "./relay.js"
 import { ExitCode, exitCodeOf } from "./startup-error.js"
 
+/** A signal this soon after the first that started the shutdown is taken as the same one delivered twice. */
+const SAME_INTERRUPT_MS = 1_000
+
 /** Runs the relay from the command line until SIGTERM / SIGINT, then stops gracefully and exits 0. */
 async function main(): Promise<void> {
   if (process.argv[2] === "dead-letters") {
@@ -47,14 +50,17 @@ async function main(): Promise<void> {
       "a promise was rejected and nothing handled it (kept serving; a hook module's unawaited promise, or a relay bug to report)",
     )
   })
-  let stopping = false
+  let stoppingSince: number | undefined
   const stop = (signal: string) => {
-    if (stopping) {
+    if (stoppingSince !== undefined) {
+      // One Ctrl+C reaches a terminal's whole process group: the relay and a launcher that forwards it
+      // (`npm start`) deliver it twice within milliseconds. Only a later one is a second request.
+      if (performance.now() - stoppingSince < SAME_INTERRUPT_MS) return
       // A second signal means "now": everything acknowledged is already durable.
       relay.log.warn({ signal }, "second signal: exiting without finishing the shutdown")
       process.exit(ExitCode.FAILURE)
     }
-    stopping = true
+    stoppingSince = performance.now()
     relay.log.info({ signal }, "shutting down")
     // The last log lines are flushed for a bounded time: a log reader that is gone or stalled cannot keep the relay up.
     relay.close().then(

@@ -62,6 +62,21 @@ describe("durability", () => {
   })
 })
 
+describe("shutting down on a terminal's interrupt", () => {
+  it("takes a SIGINT delivered twice at once (the terminal's and a launcher's forward) as one: a graceful shutdown, exit 0", async () => {
+    const relay = await startRelayProcess()
+    const id = newConversationId()
+    const a = await open(relay, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [] })
+    sendMessage(a.doc, alice, { body: "before Ctrl+C" })
+    await a.allSaved()
+    relay.child.kill("SIGINT")
+    relay.child.kill("SIGINT")
+    expect((await a.closed).code).toBe(1001)
+    expect((await relay.exited).code).toBe(0)
+  })
+})
+
 describe("document lifecycle", () => {
   it("unloads an idle document after a final compaction and reloads it on the next connection", async () => {
     const relay = await startRelayProcess({ args: ["--idle-unload-ms", "50"] })
