@@ -7,6 +7,7 @@ import {
   type MessageId,
   messageIndex,
   ParleyError,
+  Rule,
   type SealedDeletion,
   sealedHistory,
   sealedThrough,
@@ -821,6 +822,15 @@ async function admitUpdate(
   // unless its access is not known yet: then only what its own update holds.
   if (inspected.noop) return { noop: true, ends: inspected.ends }
   refuseWhileStorageFails(ctx, host)
+  // Built on earlier changes of its own client that never got here (refused while storage failed, or
+  // lost with a relay that had not acknowledged them): the sender has them, so sending its pending work
+  // again whole fixes it — a retryable refusal, not a reason to rebuild the replica.
+  if (inspected.gaps.size > 0)
+    throw new ParleyError(
+      ErrorCode.UNAVAILABLE,
+      "the update follows changes of its client that the relay does not have: send the pending work again",
+      { rule: Rule.missingChanges },
+    )
   // Checked before the policy binds the new ids to the user, taken once it accepted them.
   const user = principal.kind === "user" ? principal.user : undefined
   const newIds = cost.newClientIds.length

@@ -15,6 +15,13 @@ export interface InspectedUpdate {
    * in the usual case.
    */
   readonly known: ReadonlyMap<number, number>
+  /**
+   * Clients whose structs in the update begin past what the document has of
+   * them, with the document's clock for each: the update follows changes of
+   * that client the relay never stored (refused while storage failed, or lost
+   * with a relay that had not acknowledged them). Empty in the usual case.
+   */
+  readonly gaps: ReadonlyMap<number, number>
 }
 
 type Decoded = ReturnType<typeof Y.decodeUpdate>
@@ -51,17 +58,20 @@ export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
   // encoding the document's whole state vector would cost one step per client it ever had).
   let news = false
   const known = new Map<number, number>()
+  const gaps = new Map<number, number>()
   for (const struct of decoded.structs) {
     const client = struct.id.client
     clientIds.add(client)
+    const state = Y.getState(doc.store, client)
+    // A client's structs come in clock order: its first one says whether earlier ones are missing.
+    if (!ends.has(client) && struct.id.clock > state) gaps.set(client, state)
     const end = struct.id.clock + struct.length
     if (end > (ends.get(client) ?? 0)) ends.set(client, end)
-    const state = Y.getState(doc.store, client)
     if (end > state) news = true
     if (struct.id.clock < state) known.set(client, state)
   }
   const noop = !news && deletesAlreadyApplied(doc, decoded.ds)
-  return { clientIds, ends, noop, known }
+  return { clientIds, ends, noop, known, gaps }
 }
 
 // Every reconnecting client re-sends its whole delete set in sync step 2; storing

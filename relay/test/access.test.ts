@@ -378,9 +378,11 @@ describe("nobody reads before access is known", () => {
     expect((await stranger.closed).code).toBe(4403)
     expectNothingOfTheDocument(stranger, secrets, [
       Rule.creationById,
-      // What it piled on its refused squat refers to it: refused as malformed, or as a stranger's.
+      // What it piled on its refused squat refers to it: refused as malformed, or as a stranger's, or
+      // as following changes the relay does not have.
       Rule.schema,
       Rule.participantOnly,
+      Rule.missingChanges,
     ])
     expect(listMessages(owner.doc, { last: 10 }).map((m) => m.body)).toEqual([secrets[1]])
   })

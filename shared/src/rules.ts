@@ -62,6 +62,13 @@ export const Rule = {
    * owners included, names anyone else.
    */
   ownProfile: "own-profile",
+  /**
+   * An update that follows changes of its client the relay never stored
+   * (refused while its storage failed, or lost with a relay that had not
+   * acknowledged them) is refused as retryable (`UNAVAILABLE`): the sender
+   * still has them and sends its pending work again whole.
+   */
+  missingChanges: "missing-changes",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]
