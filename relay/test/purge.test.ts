@@ -345,8 +345,10 @@ describe("deletions one after another", () => {
     }
     await until(() => rowsHolding(dir, "Gone-Margay-").length === 0)
     await relay.hooks?.idle()
-    // One purge (a compaction) per deletion before they were shared.
-    expect((await compactions(relay)) - before).toBeLessThanOrEqual(5)
+    // One purge (a compaction) per deletion before they were shared: 20 or more. Shared, a purge window
+    // (2 s) covers every deletion made in it, so a loaded machine that needs longer for the twenty pays
+    // one compaction more per window (a clean-clone CI run counted 6).
+    expect((await compactions(relay)) - before).toBeLessThanOrEqual(8)
     await relay.close()
     relays.length = 0
     expect(rawFiles(dir)).not.toContain("Gone-Margay-")
