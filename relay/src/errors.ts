@@ -34,11 +34,19 @@ const USER_LIMITS = new Set<string>(Object.values(UserLimit))
 
 /**
  * The close code for `error`: that of its code, except that a per-user limit
- * keeps 4429 and gives its name as the reason (`sockets-per-user`, ...), so a
- * client or an operator reading the close can tell which limit it met.
+ * keeps 4429 and gives its name as the reason (`sockets-per-user`, ...), and
+ * a refused update (4400, 4403) gives its rule, so a client or an operator
+ * reading the close can tell which limit or rule it met.
  */
 export function closeOf(error: ParleyError): { code: number; reason: string } {
   if (error.code === ErrorCode.RATE_LIMITED && error.rule !== undefined && USER_LIMITS.has(error.rule))
     return { code: CloseCode.RateLimited.code, reason: error.rule }
+  // A refused update's rule says why (`update-values`, `epoch`, `participant-only`, ...): a stock
+  // client, which gets no typed error, sees it as the close reason rather than "Malformed frame".
+  if (
+    (error.code === ErrorCode.INVALID_UPDATE || error.code === ErrorCode.FORBIDDEN) &&
+    error.rule !== undefined
+  )
+    return { code: closeFor(error.code).code, reason: error.rule }
   return closeFor(error.code)
 }

@@ -127,6 +127,36 @@ describe("bad input", () => {
     await expectStillServing(s, bad)
   })
 
+  it("closes a stock client whose update the rules or caps refuse with 4400 / 4403 and the rule as the reason", async () => {
+    // A low value cap stands for the default 1,000: a long offline period of a stock client.
+    const target = await startRelayProcess({ args: ["--max-update-values", "50"] })
+    const s = await scene(target)
+    const offline = await open(s.id, "mallory", { parley: false }, target)
+    await offline.synced()
+    // Written on a copy: the test client would send each change as it is made.
+    const copy = (doc: Y.Doc) => {
+      const replica = new Y.Doc()
+      Y.applyUpdate(replica, Y.encodeStateAsUpdate(doc))
+      return replica
+    }
+    const device = copy(offline.doc)
+    const before = Y.encodeStateVector(device)
+    for (let i = 0; i < 51; i++) sendMessage(device, "mallory" as UserId, { body: `offline ${i}` })
+    offline.send(syncUpdateFrame(Y.encodeStateAsUpdate(device, before)))
+    expect(await offline.closed).toEqual({ code: 4400, reason: "update-values" })
+    // A message written as someone else.
+    const forger = await open(s.id, "mallory", { parley: false }, target)
+    await forger.synced()
+    const forged = copy(forger.doc)
+    const mark = Y.encodeStateVector(forged)
+    sendMessage(forged, alice, { body: "not mallory's to write" })
+    forger.send(syncUpdateFrame(Y.encodeStateAsUpdate(forged, mark)))
+    const closed = await forger.closed
+    expect(closed.code).toBe(4403)
+    expect(closed.reason).toMatch(/^[a-z-]+$/)
+    await expectStillServing(s, undefined, target)
+  })
+
   it("closes a connection that sends a frame above --max-frame-bytes with 4413", async () => {
     const s = await scene()
     const bad = await open(s.id, "mallory")

@@ -388,8 +388,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       } else {
         const reply = await this.forward(holder, { name, kind, principal, update })
         if (reply?.error) {
-          // UNAVAILABLE: that relay no longer orders it (or is stopping); anything else is the answer.
-          if (reply.error.code !== ErrorCode.UNAVAILABLE)
+          // UNAVAILABLE: that relay no longer orders it (or is stopping); anything else is the answer,
+          // and so is an UNAVAILABLE the owner's rules gave (`missing-changes`: the sender is to resend).
+          if (reply.error.code !== ErrorCode.UNAVAILABLE || reply.error.rule !== undefined)
             throw new ParleyError(reply.error.code, reply.error.message, {
               ...(reply.error.rule ? { rule: reply.error.rule as never } : {}),
             })

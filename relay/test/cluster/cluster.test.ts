@@ -1,6 +1,7 @@
 import {
   createConversation,
   encodeAwareness,
+  encodeSyncUpdate,
   listMessages,
   newConversationId,
   newMessageId,
@@ -9,7 +10,7 @@ import {
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import { encodeAwarenessUpdate } from "y-protocols/awareness"
-import type * as Y from "yjs"
+import * as Y from "yjs"
 import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
 import { postgresUnreachable } from "../helpers/postgres.js"
@@ -84,6 +85,32 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         await late.until(sequenced(late.doc, 30))
         expect(order(late.doc)).toEqual(orders[0])
       }
+    }, 60_000)
+
+    it("tells a writer on a relay that does not order the document that it must resend its pending work", async () => {
+      const cluster = await startCluster(2)
+      clusters.push(cluster)
+      const id = newConversationId()
+      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
+      await a.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await a.allSaved()
+      // Bob writes through the other relay, which forwards to the owner; his first change never arrives.
+      const b = client(cluster.relay(1).url, id, await cluster.token(bob))
+      await b.synced()
+      const device = new Y.Doc()
+      Y.applyUpdate(device, Y.encodeStateAsUpdate(b.doc))
+      const stored = Y.encodeStateVector(device)
+      sendMessage(device, bob, { body: "lost on the way" })
+      const between = Y.encodeStateVector(device)
+      sendMessage(device, bob, { body: "sent next" })
+      b.send(encodeSyncUpdate(Y.encodeStateAsUpdate(device, between)))
+      await b.until(() => b.errors.length > 0)
+      // The owner's answer, passed on (a retryable UNAVAILABLE the owner's rules gave, not "no relay could order").
+      expect(b.errors[0]).toMatchObject({ code: "UNAVAILABLE", rule: "missing-changes" })
+      b.send(encodeSyncUpdate(Y.encodeStateAsUpdate(device, stored)))
+      await a.until(() => listMessages(a.doc, { last: 10 }).length === 2)
+      expect(listMessages(a.doc, { last: 10 }).map((m) => m.body)).toEqual(["lost on the way", "sent next"])
     }, 60_000)
 
     it("shows presence set on one relay to a participant on another", async () => {
