@@ -1,7 +1,6 @@
 import { createRoute, type OpenAPIHono, type z } from "@hono/zod-openapi"
 import { type ConversationId, ErrorCode, type MessageId, ParleyError, type UserId } from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
-import { bodyLimit } from "hono/body-limit"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
 import { attachmentsOpenApiPart } from "../attachments/routes.js"
 import type { RunningCore } from "../extension.js"
@@ -9,6 +8,7 @@ import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
 import { pushOpenApiPart } from "../push/routes.js"
 import { RateLimiter } from "../rate-limit.js"
+import { limitBody } from "./body-limit.js"
 import type { ApiEventSource } from "./event-source.js"
 import { EventStreams } from "./event-stream.js"
 import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
@@ -145,34 +145,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     if (c.req.path === "/v1/openapi.json") return next()
     return authenticate(c, next)
   })
-  app.use("/v1/*", async (c, next) => {
-    // @hono/node-server's light request (the relay leaves Node's globals alone) cannot be copied by
-    // the global Request constructor, which bodyLimit uses: give it a standard one over the same stream.
-    const raw = c.req.raw
-    if (raw.body)
-      c.req.raw = new Request(raw.url, {
-        method: raw.method,
-        headers: raw.headers,
-        body: raw.body,
-        signal: raw.signal,
-        duplex: "half",
-      } as RequestInit)
-    await next()
-  })
-  app.use(
-    "/v1/*",
-    bodyLimit({
-      maxSize: limits.maxBodyBytes,
-      onError: (c) =>
-        problemResponse(
-          c,
-          new ParleyError(ErrorCode.TOO_LARGE, `request body exceeds ${limits.maxBodyBytes} bytes`),
-          413,
-          // The rest of the body is not read: the connection cannot carry another request.
-          { connection: "close" },
-        ),
-    }),
-  )
+  app.use("/v1/*", ...limitBody(limits.maxBodyBytes))
 
   const need = (c: Context<Env>, scope: ApiScope) => {
     const key = c.get("key")

@@ -2,7 +2,7 @@ import { Readable } from "node:stream"
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
 import { type ConversationId, ErrorCode, isAttachmentId, ParleyError, type UserId } from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
-import { bodyLimit } from "hono/body-limit"
+import { limitBody } from "../api/body-limit.js"
 import { type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "../api/keys.js"
 import { describeOnly, type OpenApiPart, openApiPartOf } from "../api/openapi-part.js"
 import { problemApp, problemResponse } from "../api/problem.js"
@@ -402,32 +402,7 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   app.use("/v1/link-preview", authenticate)
   // An upload's creation is a small JSON body (a name, a size, a type): read no more than that of it,
   // as the API and the push routes do (chunks are read by `readChunk`, bounded by the chunk size).
-  app.use("/v1/conversations/:conversationId/uploads", async (c, next) => {
-    // As in the API: @hono/node-server's light request cannot be copied by bodyLimit; give it a standard one.
-    const raw = c.req.raw
-    if (raw.body)
-      c.req.raw = new Request(raw.url, {
-        method: raw.method,
-        headers: raw.headers,
-        body: raw.body,
-        signal: raw.signal,
-        duplex: "half",
-      } as RequestInit)
-    await next()
-  })
-  app.use(
-    "/v1/conversations/:conversationId/uploads",
-    bodyLimit({
-      maxSize: CREATE_UPLOAD_MAX_BODY_BYTES,
-      onError: (c) =>
-        problemResponse(
-          c,
-          new ParleyError(ErrorCode.TOO_LARGE, `request body exceeds ${CREATE_UPLOAD_MAX_BODY_BYTES} bytes`),
-          413,
-          { connection: "close" },
-        ),
-    }),
-  )
+  app.use("/v1/conversations/:conversationId/uploads", ...limitBody(CREATE_UPLOAD_MAX_BODY_BYTES))
 
   app.openapi(createUploadRoute, async (c) => {
     const body = c.req.valid("json")

@@ -1,9 +1,9 @@
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
 import { ErrorCode, ParleyError, type UserId } from "@parley/shared"
 import type { MiddlewareHandler } from "hono"
-import { bodyLimit } from "hono/body-limit"
+import { limitBody } from "../api/body-limit.js"
 import { describeOnly, type OpenApiPart, openApiPartOf } from "../api/openapi-part.js"
-import { problemApp, problemResponse } from "../api/problem.js"
+import { problemApp } from "../api/problem.js"
 import { ProblemSchema } from "../api/schemas.js"
 import {
   bearerToken,
@@ -179,29 +179,7 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
     await next()
   }
   app.use("/v1/me/*", authenticate)
-  app.use("/v1/me/*", async (c, next) => {
-    // As in the API: @hono/node-server's light request cannot be copied by bodyLimit; give it a standard one.
-    const raw = c.req.raw
-    if (raw.body)
-      c.req.raw = new Request(raw.url, {
-        method: raw.method,
-        headers: raw.headers,
-        body: raw.body,
-        signal: raw.signal,
-        duplex: "half",
-      } as RequestInit)
-    await next()
-  })
-  app.use(
-    "/v1/me/*",
-    bodyLimit({
-      maxSize: 8 * 1024,
-      onError: (c) =>
-        problemResponse(c, new ParleyError(ErrorCode.TOO_LARGE, "request body exceeds 8192 bytes"), 413, {
-          connection: "close",
-        }),
-    }),
-  )
+  app.use("/v1/me/*", ...limitBody(8 * 1024))
 
   app.openapi(publicKeyRoute, (c) => c.json({ publicKey: options.publicKey }, 200))
 
