@@ -25,6 +25,9 @@ export interface InspectedUpdate {
 }
 
 type Decoded = ReturnType<typeof Y.decodeUpdate>
+
+/** The usual case: no client's structs begin past what the document has. */
+const NO_GAPS: ReadonlyMap<number, number> = new Map()
 const decodedUpdates = new WeakMap<Uint8Array, Decoded>()
 
 /**
@@ -58,20 +61,23 @@ export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
   // encoding the document's whole state vector would cost one step per client it ever had).
   let news = false
   const known = new Map<number, number>()
-  const gaps = new Map<number, number>()
+  let gaps: Map<number, number> | undefined
   for (const struct of decoded.structs) {
     const client = struct.id.client
     clientIds.add(client)
     const state = Y.getState(doc.store, client)
     // A client's structs come in clock order: its first one says whether earlier ones are missing.
-    if (!ends.has(client) && struct.id.clock > state) gaps.set(client, state)
+    if (!ends.has(client) && struct.id.clock > state) {
+      gaps ??= new Map()
+      gaps.set(client, state)
+    }
     const end = struct.id.clock + struct.length
     if (end > (ends.get(client) ?? 0)) ends.set(client, end)
     if (end > state) news = true
     if (struct.id.clock < state) known.set(client, state)
   }
   const noop = !news && deletesAlreadyApplied(doc, decoded.ds)
-  return { clientIds, ends, noop, known, gaps }
+  return { clientIds, ends, noop, known, gaps: gaps ?? NO_GAPS }
 }
 
 // Every reconnecting client re-sends its whole delete set in sync step 2; storing

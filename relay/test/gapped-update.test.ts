@@ -1,4 +1,4 @@
-import { createConversation, listMessages, sendMessage, type UserId } from "@parley/shared"
+import { createConversation, listMessages, type UserId } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { createLogger } from "../src/log.js"
@@ -8,6 +8,7 @@ import { MemoryClientBindingStore } from "../src/policy/client-bindings.js"
 import { RelayCore } from "../src/relay-core.js"
 import { MemoryStorage } from "../src/storage/memory.js"
 import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
+import { gappedWrites } from "./helpers/gapped-writes.js"
 
 const alice = "alice" as UserId
 
@@ -34,12 +35,9 @@ describe("an update that follows changes of its client the relay does not have",
       createConversation(device, alice, { kind: "group", id: id as never, participants: [] })
       connection.receive(updateFrame(Y.encodeStateAsUpdate(device)))
       await until(() => session.parley().length === 1)
-      const stored = Y.encodeStateVector(device)
-      // The relay never got this one.
-      sendMessage(device, alice, { body: "lost on the way" })
-      const between = Y.encodeStateVector(device)
-      sendMessage(device, alice, { body: "sent next" })
-      connection.receive(updateFrame(Y.encodeStateAsUpdate(device, between)))
+      // The relay never got the first of these.
+      const { gapped, whole } = gappedWrites(device, alice)
+      connection.receive(updateFrame(gapped))
       await until(() => session.parley().length === 2)
       expect(session.parley()[1]).toMatchObject({
         type: "error",
@@ -47,7 +45,7 @@ describe("an update that follows changes of its client the relay does not have",
       })
       expect(session.closed).toBeUndefined()
       // The SDK's resend: everything the relay has not acknowledged.
-      connection.receive(updateFrame(Y.encodeStateAsUpdate(device, stored)))
+      connection.receive(updateFrame(whole))
       await until(() => session.parley().length === 3)
       expect(session.parley()[2]).toMatchObject({ type: "saved" })
       const bodies = await core.read(id, (doc: Y.Doc) => listMessages(doc, { last: 10 }).map((m) => m.body))

@@ -10,9 +10,10 @@ import {
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import { encodeAwarenessUpdate } from "y-protocols/awareness"
-import * as Y from "yjs"
+import type * as Y from "yjs"
 import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
+import { gappedWrites } from "../helpers/gapped-writes.js"
 import { postgresUnreachable } from "../helpers/postgres.js"
 
 const alice = "alice" as UserId
@@ -40,6 +41,20 @@ function order(doc: Y.Doc): string[] {
 const sequenced = (doc: Y.Doc, count: number) => () => {
   const list = listMessages(doc, { last: 1_000_000 })
   return list.length === count && list.every((m) => m.seq !== undefined)
+}
+
+/** Two relays; alice on the first creates a group with bob, who joins on the second. */
+async function pairOnTwoRelays(): Promise<{ a: TestClient; b: TestClient }> {
+  const cluster = await startCluster(2)
+  clusters.push(cluster)
+  const id = newConversationId()
+  const a = client(cluster.relay(0).url, id, await cluster.token(alice))
+  await a.synced()
+  createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+  await a.allSaved()
+  const b = client(cluster.relay(1).url, id, await cluster.token(bob))
+  await b.synced()
+  return { a, b }
 }
 
 const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
@@ -88,41 +103,20 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }, 60_000)
 
     it("tells a writer on a relay that does not order the document that it must resend its pending work", async () => {
-      const cluster = await startCluster(2)
-      clusters.push(cluster)
-      const id = newConversationId()
-      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
-      await a.synced()
-      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-      await a.allSaved()
       // Bob writes through the other relay, which forwards to the owner; his first change never arrives.
-      const b = client(cluster.relay(1).url, id, await cluster.token(bob))
-      await b.synced()
-      const device = new Y.Doc()
-      Y.applyUpdate(device, Y.encodeStateAsUpdate(b.doc))
-      const stored = Y.encodeStateVector(device)
-      sendMessage(device, bob, { body: "lost on the way" })
-      const between = Y.encodeStateVector(device)
-      sendMessage(device, bob, { body: "sent next" })
-      b.send(encodeSyncUpdate(Y.encodeStateAsUpdate(device, between)))
+      const { a, b } = await pairOnTwoRelays()
+      const { gapped, whole } = gappedWrites(b.doc, bob)
+      b.send(encodeSyncUpdate(gapped))
       await b.until(() => b.errors.length > 0)
       // The owner's answer, passed on (a retryable UNAVAILABLE the owner's rules gave, not "no relay could order").
       expect(b.errors[0]).toMatchObject({ code: "UNAVAILABLE", rule: "missing-changes" })
-      b.send(encodeSyncUpdate(Y.encodeStateAsUpdate(device, stored)))
+      b.send(encodeSyncUpdate(whole))
       await a.until(() => listMessages(a.doc, { last: 10 }).length === 2)
       expect(listMessages(a.doc, { last: 10 }).map((m) => m.body)).toEqual(["lost on the way", "sent next"])
     }, 60_000)
 
     it("shows presence set on one relay to a participant on another", async () => {
-      const cluster = await startCluster(2)
-      clusters.push(cluster)
-      const id = newConversationId()
-      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
-      await a.synced()
-      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-      await a.allSaved()
-      const b = client(cluster.relay(1).url, id, await cluster.token(bob))
-      await b.synced()
+      const { a, b } = await pairOnTwoRelays()
       b.awareness.setLocalState({ user: bob, typing: true })
       b.send(encodeAwareness(encodeAwarenessUpdate(b.awareness, [b.doc.clientID])))
       await a.until(() =>
