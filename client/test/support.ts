@@ -123,6 +123,9 @@ export async function destroyClients(): Promise<void> {
 export const eventually = (assertion: () => void, timeout = 15_000) =>
   vi.waitFor(assertion, { timeout, interval: 20 })
 
+/** The statuses of a message the relay stored: a recipient's device online may move it past "sent" at once. */
+export const SAVED = ["sent", "delivered", "read"]
+
 /** Sends `count` messages on `chat` (offline: they stay pending), each marked read: their ids in order. */
 export function sendEachRead(chat: Conversation, count: number): MessageId[] {
   const sent: MessageId[] = []
