@@ -374,6 +374,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     list: () => storage.list(),
     ...(options.history === false ? {} : { history: backend.history }),
   })
+  // One keeper of sealed history: the core seals and serves it, the API lists messages through it.
+  const history =
+    options.history === false
+      ? undefined
+      : new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history })
   // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
   const extensions: RelayExtension[] = [
     // Every update is checked against the document rules, unless a policy is given.
@@ -398,6 +403,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
             log: log.child({ component: "api" }),
             ...(options.apiLimits ? { limits: options.apiLimits } : {}),
             erase: (user) => erasure.erase(user),
+            ...(history ? { history } : {}),
           }),
         ]),
   ]
@@ -411,9 +417,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     storageHealth: storage,
     ...(backend.purge ? { purge: backend.purge } : {}),
-    ...(options.history === false
-      ? {}
-      : { history: new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history }) }),
+    ...(history ? { history } : {}),
     ...(clustered ? { router: clustered.cluster } : {}),
   })
   try {

@@ -4,6 +4,7 @@ import type { Context, MiddlewareHandler } from "hono"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
 import { attachmentsOpenApiPart } from "../attachments/routes.js"
 import type { RunningCore } from "../extension.js"
+import type { HistoryKeeper } from "../history/keeper.js"
 import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
 import { pushOpenApiPart } from "../push/routes.js"
@@ -27,6 +28,8 @@ export interface ApiOptions {
   readonly limits?: Partial<ApiLimits>
   /** Aborted when the relay stops: open event streams end. */
   readonly signal?: AbortSignal
+  /** Where the relay keeps sealed history: message listings page through it (without it they answer 503 there). */
+  readonly history?: HistoryKeeper
   /** Erases everything `user` wrote (GDPR); without it the erasure route answers 503. */
   erase?(user: UserId): Promise<{ readonly conversations: number; readonly messages: number }>
 }
@@ -83,7 +86,7 @@ function operation<
  */
 export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
-  const ops = new ApiOperations(options.core)
+  const ops = new ApiOperations(options.core, options.history)
   const buckets = new Map<string, RateLimiter>()
   const streams = new EventStreams({
     limits,
@@ -339,8 +342,10 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "get",
       path: "/v1/conversations/{id}/messages",
       summary: "List messages by sequence number",
+      description:
+        'Pages through the whole conversation, sealed history included: without `after` or `before` the latest `limit` messages; `next` gives the cursor of the next page (older ones for `before` and the latest, newer ones for `after`), absent at the end. Messages are in sequence order within a page, deleted ones as placeholders (`type: "deleted"`, empty body). Cursors are sequence numbers, so pages stay put while messages arrive. A page looks at no more than 1,000 sealed messages: with `type` it may hold fewer than `limit`, even none, and still have a `next`.',
       request: { params: S.ConversationParams, query: S.MessagesQuery },
-      responses: { 200: json(S.MessageListSchema, "Messages in sequence order") },
+      responses: { 200: json(S.MessageListSchema, "Messages in sequence order, and the next page's cursor") },
     }),
     async (c) => {
       need(c, "messages:read")

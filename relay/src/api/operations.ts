@@ -40,8 +40,10 @@ import {
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
+import type { HistoryKeeper } from "../history/keeper.js"
 import { derivedInbox, inboxSummary } from "../inbox/summary.js"
 import type { Principal } from "../principal.js"
+import { type MessagePage, type MessagePageQuery, MessagePages } from "./message-pages.js"
 
 /** Who a request acts as: the principal events name, and the participant the document rules check. */
 export interface Actor {
@@ -121,7 +123,15 @@ function sameSend(record: MessageRecord, author: UserId, request: SendRequest): 
  * client's update; every read is `core.read`.
  */
 export class ApiOperations {
-  constructor(private readonly core: RunningCore) {}
+  private readonly pages: MessagePages
+
+  /** `history`: where the relay keeps sealed history, for listings that reach into it. */
+  constructor(
+    private readonly core: RunningCore,
+    history?: HistoryKeeper,
+  ) {
+    this.pages = new MessagePages(core, history)
+  }
 
   /** Runs `change` through the update path; a document's refusal of a well-formed request is a 422. */
   private async write<T>(name: string, actor: Actor, change: (doc: Y.Doc) => T): Promise<T> {
@@ -344,48 +354,14 @@ export class ApiOperations {
   }
 
   /**
-   * Sequenced messages in sequence order: after `after` (the first `limit`),
-   * else before `before` (the last `limit`), else the latest `limit`; only
-   * those of `type` when given.
+   * A page of the conversation's messages by sequence number, through its
+   * sealed history as well as its live document (see {@link MessagePages}):
+   * after `after` (the first `limit`), else before `before` (the last
+   * `limit`), else the latest `limit`; only those of `type` when given. In
+   * sequence order, with the cursor of the next page when there is one.
    */
-  async messages(
-    id: ConversationId,
-    query: {
-      after?: number | undefined
-      before?: number | undefined
-      limit: number
-      type?: string | undefined
-    },
-  ): Promise<{ messages: MessageView[]; lastSequence: number }> {
-    const result = await this.core.read(id, (doc) => {
-      if (!getConversation(doc)) return undefined
-      const index = messageIndex(doc)
-      const picked: MessageView[] = []
-      const matches = (m: MessageId) => {
-        const seq = index.seqOf.get(m)
-        if (seq === undefined) return undefined
-        if (query.after !== undefined && seq <= query.after) return undefined
-        if (query.before !== undefined && seq >= query.before) return undefined
-        const view = getMessage(doc, m)
-        return view && (query.type === undefined || view.type === query.type) ? view : undefined
-      }
-      const order = index.order()
-      if (query.after !== undefined) {
-        for (let i = 0; i < order.length && picked.length < query.limit; i++) {
-          const view = matches(order[i]!)
-          if (view) picked.push(view)
-        }
-      } else {
-        for (let i = order.length - 1; i >= 0 && picked.length < query.limit; i--) {
-          const view = matches(order[i]!)
-          if (view) picked.push(view)
-        }
-        picked.reverse()
-      }
-      return { messages: picked, lastSequence: index.lastSequence() }
-    })
-    if (!result) throw notFound(id)
-    return result
+  messages(id: ConversationId, query: MessagePageQuery): Promise<MessagePage> {
+    return this.pages.list(id, query)
   }
 
   /**

@@ -86,12 +86,13 @@ export const AsUserQuery = z.strictObject({ asUser })
 
 const seq = z.coerce.number().int().nonnegative()
 export const MessagesQuery = z.strictObject({
-  after: seq
-    .optional()
-    .openapi({ description: "Only messages with a greater sequence number, oldest first." }),
-  before: seq
-    .optional()
-    .openapi({ description: "Only messages with a smaller sequence number (the latest `limit` of them)." }),
+  after: seq.optional().openapi({
+    description: "Only messages with a greater sequence number: the first `limit` of them (pages forward).",
+  }),
+  before: seq.optional().openapi({
+    description:
+      "Only messages with a smaller sequence number: the last `limit` of them (pages back towards the oldest).",
+  }),
   limit: z.coerce.number().int().min(1).max(200).default(50),
   type: z
     .string()
@@ -307,8 +308,20 @@ export const ConversationSchema = z
   })
   .openapi("Conversation")
 
+/** Where the next page of a listing starts: the parameter to send in place of the one given. */
+export const MessageCursorSchema = z
+  .union([z.strictObject({ before: z.number().int() }), z.strictObject({ after: z.number().int() })])
+  .openapi("MessageCursor", {
+    description:
+      "Send this `before` (or `after`) in place of the one given, with the same `limit` and `type`, for the next page. Absent when there is nothing further in that direction.",
+  })
+
 export const MessageListSchema = z
-  .object({ messages: z.array(MessageSchema), lastSequence: z.number().int() })
+  .object({
+    messages: z.array(MessageSchema),
+    lastSequence: z.number().int(),
+    next: MessageCursorSchema.optional(),
+  })
   .openapi("MessageList")
 
 export const MarkReadResultSchema = z

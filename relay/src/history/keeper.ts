@@ -4,6 +4,7 @@ import {
   decodeSegment,
   foldedHistory,
   nextDirectoryPage,
+  type Segment,
   sealedHistory,
   sealedThrough,
   segmentHash,
@@ -61,6 +62,34 @@ export class HistoryKeeper {
   /** Segment `index` of `host` as stored, or null. */
   page(host: HistoryHost, index: number): Promise<StoredSegment | null> {
     return this.store.get(host.key, index)
+  }
+
+  /**
+   * Segment `summary.index` of conversation `doc`, decoded, when the store
+   * holds the version `summary` names (by hash); undefined when it holds
+   * another (re-sealed by a purge since the summary was read) or none.
+   */
+  async segmentNamed(
+    doc: string,
+    summary: { readonly index: number; readonly hash: string },
+  ): Promise<Segment | undefined> {
+    const stored = await this.store.get(doc, summary.index)
+    return stored && stored.hash === summary.hash ? decodeSegment(stored.bytes) : undefined
+  }
+
+  /**
+   * Directory page `next.page` of conversation `doc`, decoded, when the store
+   * holds the version named `next.hash` (checked against its bytes, as
+   * {@link loadPages} does); undefined otherwise.
+   */
+  async directoryPageNamed(
+    doc: string,
+    next: { readonly page: number; readonly hash: string },
+  ): Promise<DirectoryPage | undefined> {
+    const stored = await this.store.get(doc, directoryPageIndex(next.page))
+    if (!stored || stored.hash !== next.hash || segmentHash(stored.bytes) !== next.hash) return undefined
+    const page = decodeDirectoryPage(stored.bytes)
+    return page.page === next.page ? page : undefined
   }
 
   /** Stores directory page `page` of `doc`'s folded history (encoded as `bytes`) durably. */

@@ -1,0 +1,223 @@
+import {
+  type DirectoryPage,
+  ErrorCode,
+  foldedHistory,
+  getConversation,
+  getMessage,
+  knownSegments,
+  lastSequence,
+  type MessageView,
+  messageIndex,
+  nextDirectoryPage,
+  ParleyError,
+  type Segment,
+  type SegmentSummary,
+  sealedHistory,
+  sealedMessageView,
+} from "@parley/shared"
+import type * as Y from "yjs"
+import type { RunningCore } from "../extension.js"
+import type { HistoryKeeper } from "../history/keeper.js"
+
+/** Which messages a page lists (`GET /v1/conversations/{id}/messages`). */
+export interface MessagePageQuery {
+  /** Only messages numbered above it, oldest first (the first `limit`). */
+  readonly after?: number | undefined
+  /** Only messages numbered below it (the last `limit`). */
+  readonly before?: number | undefined
+  readonly limit: number
+  /** Only messages of this type. */
+  readonly type?: string | undefined
+}
+
+/** Where the next page starts: the query parameter to send in place of the one given. */
+export type MessageCursor = { readonly before: number } | { readonly after: number }
+
+/** A page of messages, in sequence order, and where the next one starts (absent: nothing further). */
+export interface MessagePage {
+  readonly messages: MessageView[]
+  readonly lastSequence: number
+  readonly next?: MessageCursor
+}
+
+/**
+ * Sealed messages one page looks at, at most: with a `type` filter a page may
+ * end short of `limit` (or empty) with a `next` cursor rather than read the
+ * whole history in one request.
+ */
+export const SEALED_SCAN_LIMIT = 1000
+
+/** What the walk over a conversation needs before it can answer, or the page. */
+type Step =
+  | { readonly kind: "page"; readonly page: MessagePage }
+  | { readonly kind: "segment"; readonly summary: SegmentSummary }
+  | { readonly kind: "directory"; readonly page: number; readonly hash: string }
+
+/** A message the walk passes: its number and, on demand, its view. */
+interface Candidate {
+  readonly seq: number
+  readonly sealed: boolean
+  view(): MessageView | undefined
+}
+
+/**
+ * Pages of a conversation's messages across its live document and its sealed
+ * history. A page is planned inside the document's queue (a read), on the
+ * live document and the segment summaries it names (with the directory pages
+ * of the folded ones); a segment the page reaches that the relay does not
+ * hold is read from the history store outside the queue, by itself, and the
+ * page planned again with it. Sealed messages are shown as readers see them
+ * (shared `sealedMessageView`: the live document's edits, reactions and
+ * tombstones over the sealed record).
+ */
+export class MessagePages {
+  constructor(
+    private readonly core: RunningCore,
+    private readonly history: HistoryKeeper | undefined,
+  ) {}
+
+  /** The page `query` asks for; NOT_FOUND for an unknown conversation. */
+  async list(id: string, query: MessagePageQuery): Promise<MessagePage> {
+    // Read for this request only, by hash (the name a summary gives): the relay's memory holds what it held.
+    const segments = new Map<string, Segment>()
+    const pages = new Map<string, DirectoryPage>()
+    const stale = new Set<string>()
+    for (;;) {
+      const step = await this.core.read(id, (doc) => {
+        if (!getConversation(doc)) return undefined
+        holdPages(doc, pages)
+        return walk(doc, query, segments)
+      })
+      if (!step) throw new ParleyError(ErrorCode.NOT_FOUND, `no conversation ${JSON.stringify(id)}`)
+      if (step.kind === "page") return step.page
+      const history = this.history
+      if (!history) throw new ParleyError(ErrorCode.UNAVAILABLE, "this relay does not serve sealed history")
+      const hash = step.kind === "segment" ? step.summary.hash : step.hash
+      // Asked for again after the store held other bytes: not a purge racing this read, but missing.
+      if (stale.has(hash))
+        throw new ParleyError(
+          ErrorCode.INTERNAL,
+          `the sealed history ${step.kind === "segment" ? `segment ${step.summary.index}` : `directory page ${step.page}`} of ${id} is missing from storage`,
+        )
+      if (step.kind === "segment") {
+        const segment = await history.segmentNamed(id, step.summary)
+        if (segment) segments.set(hash, segment)
+        else stale.add(hash)
+      } else {
+        const page = await history.directoryPageNamed(id, step)
+        if (page) pages.set(hash, page)
+        else stale.add(hash)
+      }
+    }
+  }
+}
+
+/**
+ * Holds the directory pages read for a request in the relay's sealed history
+ * of `doc` while each is still the next one its chain names (a purge may have
+ * re-written it since): later pages of any request then start from them.
+ */
+function holdPages(doc: Y.Doc, pages: ReadonlyMap<string, DirectoryPage>): void {
+  for (let next = nextDirectoryPage(doc); next; next = nextDirectoryPage(doc)) {
+    const page = pages.get(next.hash)
+    if (!page || page.page !== next.page) return
+    sealedHistory(doc).addPage(page, next.hash)
+  }
+}
+
+/**
+ * Plans the page `query` asks for on `doc`: the page, or the segment or
+ * directory page it needs first. Live messages come from the live document;
+ * sealed ones from the segments the relay holds or `fetched` (by hash).
+ */
+function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, Segment>): Step {
+  const ascending = query.after !== undefined
+  const low = query.after ?? 0
+  const high = query.before ?? Number.POSITIVE_INFINITY
+  const index = messageIndex(doc)
+  const held = sealedHistory(doc)
+  const known = knownSegments(doc)
+  const inRange = (seq: number) => seq > low && seq < high
+  // Folded segments below those the held directory pages list, which the range reaches into.
+  const oldest = known[0]
+  const unlisted =
+    (foldedHistory(doc)?.segments ?? 0) > 0 &&
+    oldest !== undefined &&
+    oldest.index > 0 &&
+    low + 1 < oldest.from
+  if (ascending && unlisted) {
+    const next = nextDirectoryPage(doc)
+    if (next) return { kind: "directory", ...next }
+  }
+
+  /** The live candidates in walking order. */
+  function* live(): Generator<Candidate> {
+    const order = index.order()
+    const start = index.sequencedIndexOf(low + 1)
+    const end = Math.min(index.sequencedIndexOf(high), index.sequencedIndexOf(Number.POSITIVE_INFINITY))
+    for (let n = 0; n < end - start; n++) {
+      const id = order[ascending ? start + n : end - 1 - n]!
+      const seq = index.seqOf.get(id)!
+      yield { seq, sealed: false, view: () => getMessage(doc, id) }
+    }
+  }
+
+  /** The sealed segments overlapping the range, in walking order (summaries). */
+  const sealed = known.filter((s) => s.to > low && s.from < high)
+  if (!ascending) sealed.reverse()
+
+  const messages: MessageView[] = []
+  const matches = (view: MessageView) => query.type === undefined || view.type === query.type
+  let scanned = 0
+  let last: number | undefined
+  const page = (more: boolean): Step => {
+    const next: MessageCursor | undefined =
+      !more || last === undefined ? undefined : ascending ? { after: last } : { before: last }
+    return {
+      kind: "page",
+      page: {
+        messages: ascending ? messages : messages.reverse(),
+        lastSequence: lastSequence(doc),
+        ...(next ? { next } : {}),
+      },
+    }
+  }
+  /** Takes `candidate`: false once the page is complete (there is at least this one more). */
+  const take = (candidate: Candidate): boolean => {
+    if (messages.length >= query.limit) return false
+    if (candidate.sealed && scanned >= SEALED_SCAN_LIMIT) return false
+    if (candidate.sealed) scanned++
+    last = candidate.seq
+    const view = candidate.view()
+    if (view && matches(view)) messages.push(view)
+    return true
+  }
+
+  const sources: ("live" | SegmentSummary)[] = ascending ? [...sealed, "live"] : ["live", ...sealed]
+  for (const source of sources) {
+    if (source === "live") {
+      for (const candidate of live()) if (!take(candidate)) return page(true)
+      continue
+    }
+    const segment = held.segment(source.index) ?? fetched.get(source.hash)
+    if (!segment) {
+      // Complete already, or out of budget: the segment's summary says there is more, unread.
+      if (messages.length >= query.limit || scanned >= SEALED_SCAN_LIMIT) return page(true)
+      return { kind: "segment", summary: source }
+    }
+    const entries = segment.entries
+    for (let n = 0; n < entries.length; n++) {
+      const entry = entries[ascending ? n : entries.length - 1 - n]!
+      if (!inRange(entry.seq)) continue
+      if (!take({ seq: entry.seq, sealed: true, view: () => sealedMessageView(doc, entry) }))
+        return page(true)
+    }
+  }
+  // Below every segment the held directory pages list: the next page of the chain back.
+  if (!ascending && unlisted) {
+    if (messages.length >= query.limit || scanned >= SEALED_SCAN_LIMIT) return page(true)
+    const next = nextDirectoryPage(doc)
+    if (next) return { kind: "directory", ...next }
+  }
+  return page(false)
+}
