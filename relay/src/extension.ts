@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
 import type * as Y from "yjs"
 import type { DeferTarget } from "./deferred-change.js"
+import type { HistoryKeeper } from "./history/keeper.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
@@ -103,6 +104,11 @@ export interface RunningCore {
    * relay keeps one (`startRelay` always does; a bare core without it does not).
    */
   readonly events?: EventLogReader
+  /**
+   * Where the core keeps sealed history, when it seals: extensions read
+   * sealed segments through it (the HTTP API's message listings).
+   */
+  readonly historyKeeper?: HistoryKeeper
   /**
    * The per-user limits across connections (the relay core's ledger), when
    * the core keeps them: HTTP routes that take users' own tokens spend their

@@ -166,6 +166,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     return this.options.events
   }
 
+  /** Sealed history, when the core seals. */
+  get historyKeeper(): HistoryKeeper | undefined {
+    return this.options.history
+  }
+
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
     this.extensions = new Extensions(options.extensions ?? [], options.log)

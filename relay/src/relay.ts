@@ -374,11 +374,6 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     list: () => storage.list(),
     ...(options.history === false ? {} : { history: backend.history }),
   })
-  // One keeper of sealed history: the core seals and serves it, the API lists messages through it.
-  const history =
-    options.history === false
-      ? undefined
-      : new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history })
   // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
   const extensions: RelayExtension[] = [
     // Every update is checked against the document rules, unless a policy is given.
@@ -403,7 +398,6 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
             log: log.child({ component: "api" }),
             ...(options.apiLimits ? { limits: options.apiLimits } : {}),
             erase: (user) => erasure.erase(user),
-            ...(history ? { history } : {}),
           }),
         ]),
   ]
@@ -417,7 +411,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.sequencer ? { sequencer: options.sequencer } : {}),
     storageHealth: storage,
     ...(backend.purge ? { purge: backend.purge } : {}),
-    ...(history ? { history } : {}),
+    ...(options.history === false
+      ? {}
+      : { history: new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history }) }),
     ...(clustered ? { router: clustered.cluster } : {}),
   })
   try {

@@ -4,7 +4,6 @@ import type { Context, MiddlewareHandler } from "hono"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
 import { attachmentsOpenApiPart } from "../attachments/routes.js"
 import type { RunningCore } from "../extension.js"
-import type { HistoryKeeper } from "../history/keeper.js"
 import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
 import { pushOpenApiPart } from "../push/routes.js"
@@ -14,6 +13,7 @@ import type { ApiEventSource } from "./event-source.js"
 import { EventStreams } from "./event-stream.js"
 import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
 import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
+import { SEALED_SCAN_LIMIT } from "./message-pages.js"
 import { type Actor, ApiOperations, idempotentMessageId } from "./operations.js"
 import { problemApp, problemResponse, refuse } from "./problem.js"
 import * as S from "./schemas.js"
@@ -28,8 +28,6 @@ export interface ApiOptions {
   readonly limits?: Partial<ApiLimits>
   /** Aborted when the relay stops: open event streams end. */
   readonly signal?: AbortSignal
-  /** Where the relay keeps sealed history: message listings page through it (without it they answer 503 there). */
-  readonly history?: HistoryKeeper
   /** Erases everything `user` wrote (GDPR); without it the erasure route answers 503. */
   erase?(user: UserId): Promise<{ readonly conversations: number; readonly messages: number }>
 }
@@ -86,7 +84,7 @@ function operation<
  */
 export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
-  const ops = new ApiOperations(options.core, options.history)
+  const ops = new ApiOperations(options.core)
   const buckets = new Map<string, RateLimiter>()
   const streams = new EventStreams({
     limits,
@@ -342,8 +340,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "get",
       path: "/v1/conversations/{id}/messages",
       summary: "List messages by sequence number",
-      description:
-        'Pages through the whole conversation, sealed history included: without `after` or `before` the latest `limit` messages; `next` gives the cursor of the next page (older ones for `before` and the latest, newer ones for `after`), absent at the end. Messages are in sequence order within a page, deleted ones as placeholders (`type: "deleted"`, empty body). Cursors are sequence numbers, so pages stay put while messages arrive. A page looks at no more than 1,000 sealed messages: with `type` it may hold fewer than `limit`, even none, and still have a `next`.',
+      description: `Pages through the whole conversation, sealed history included: without \`after\` or \`before\` the latest \`limit\` messages; \`next\` gives the cursor of the next page (older ones for \`before\` and the latest, newer ones for \`after\`), absent at the end. Messages are in sequence order within a page, deleted ones as placeholders (\`type: "deleted"\`, empty body). Cursors are sequence numbers, so pages stay put while messages arrive. A page looks at no more than ${SEALED_SCAN_LIMIT.toLocaleString("en")} sealed messages: with \`type\` it may hold fewer than \`limit\`, even none, and still have a \`next\`.`,
       request: { params: S.ConversationParams, query: S.MessagesQuery },
       responses: { 200: json(S.MessageListSchema, "Messages in sequence order, and the next page's cursor") },
     }),

@@ -14,8 +14,6 @@ export interface ApiExtensionOptions {
   /** The event log `/v1/events` streams from; default: the core's (`RunningCore.events`). */
   readonly events?: ApiEventSource
   readonly limits?: Partial<ApiLimits>
-  /** Where the relay keeps sealed history (the core's keeper): message listings page through it. */
-  readonly history?: ApiOptions["history"]
   /** Erases everything a user wrote (`ErasureAdmin.erase`); without it `DELETE /v1/users/{user}/content` answers 503. */
   readonly erase?: ApiOptions["erase"]
 }
@@ -43,7 +41,6 @@ export class ApiExtension implements RelayExtension {
       ...(events ? { events } : {}),
       ...(this.options.limits ? { limits: this.options.limits } : {}),
       ...(this.options.erase ? { erase: this.options.erase } : {}),
-      ...(this.options.history ? { history: this.options.history } : {}),
     })
     // Node's own Request and Response stay global: the relay may share its process with an app
     // (and the SDK in tests) that must not get @hono/node-server's stand-ins.

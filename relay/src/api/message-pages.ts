@@ -17,7 +17,6 @@ import {
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
-import type { HistoryKeeper } from "../history/keeper.js"
 
 /** Which messages a page lists (`GET /v1/conversations/{id}/messages`). */
 export interface MessagePageQuery {
@@ -71,10 +70,8 @@ interface Candidate {
  * tombstones over the sealed record).
  */
 export class MessagePages {
-  constructor(
-    private readonly core: RunningCore,
-    private readonly history: HistoryKeeper | undefined,
-  ) {}
+  /** Reads sealed segments through `core.historyKeeper`, the keeper the core seals with. */
+  constructor(private readonly core: RunningCore) {}
 
   /** The page `query` asks for; NOT_FOUND for an unknown conversation. */
   async list(id: string, query: MessagePageQuery): Promise<MessagePage> {
@@ -90,7 +87,7 @@ export class MessagePages {
       })
       if (!step) throw new ParleyError(ErrorCode.NOT_FOUND, `no conversation ${JSON.stringify(id)}`)
       if (step.kind === "page") return step.page
-      const history = this.history
+      const history = this.core.historyKeeper
       if (!history) throw new ParleyError(ErrorCode.UNAVAILABLE, "this relay does not serve sealed history")
       const hash = step.kind === "segment" ? step.summary.hash : step.hash
       // Asked for again after the store held other bytes: not a purge racing this read, but missing.
@@ -154,7 +151,7 @@ function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, 
   function* live(): Generator<Candidate> {
     const order = index.order()
     const start = index.sequencedIndexOf(low + 1)
-    const end = Math.min(index.sequencedIndexOf(high), index.sequencedIndexOf(Number.POSITIVE_INFINITY))
+    const end = index.sequencedIndexOf(high)
     for (let n = 0; n < end - start; n++) {
       const id = order[ascending ? start + n : end - 1 - n]!
       const seq = index.seqOf.get(id)!

@@ -40,7 +40,6 @@ import {
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
-import type { HistoryKeeper } from "../history/keeper.js"
 import { derivedInbox, inboxSummary } from "../inbox/summary.js"
 import type { Principal } from "../principal.js"
 import { type MessagePage, type MessagePageQuery, MessagePages } from "./message-pages.js"
@@ -125,12 +124,8 @@ function sameSend(record: MessageRecord, author: UserId, request: SendRequest): 
 export class ApiOperations {
   private readonly pages: MessagePages
 
-  /** `history`: where the relay keeps sealed history, for listings that reach into it. */
-  constructor(
-    private readonly core: RunningCore,
-    history?: HistoryKeeper,
-  ) {
-    this.pages = new MessagePages(core, history)
+  constructor(private readonly core: RunningCore) {
+    this.pages = new MessagePages(core)
   }
 
   /** Runs `change` through the update path; a document's refusal of a well-formed request is a 422. */

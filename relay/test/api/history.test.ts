@@ -1,8 +1,8 @@
-import { messageIndex, sealedThrough } from "@parley/shared"
+import { messageIndex, sealedThrough, sendMessage, type UserId } from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { newApiKey } from "../../src/api/keys.js"
-import { SqliteBackend } from "../../src/backend/index.js"
+import { type Backend, MemoryBackend, SqliteBackend } from "../../src/backend/index.js"
 import { type RunningRelay, startRelay } from "../../src/relay.js"
 import { stockProvider, synced } from "../helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
@@ -262,14 +262,11 @@ describe("a listing's reads of sealed history", () => {
     for (const relay of relays) await relay.close()
   })
 
-  const start = async (backend: SqliteBackend) => {
-    const relay = await startRelay({
-      port: 0,
-      backend,
-      dev: true,
-      log: "silent",
-      history: { segmentSize: 10, keepLive: 5, keepSummaries: 1, foldSize: 2 },
-    })
+  const start = async (
+    backend: Backend,
+    history = { segmentSize: 10, keepLive: 5, keepSummaries: 1, foldSize: 2 },
+  ) => {
+    const relay = await startRelay({ port: 0, backend, dev: true, log: "silent", history })
     relays.push(relay)
     return relay
   }
@@ -314,5 +311,30 @@ describe("a listing's reads of sealed history", () => {
     const oldest = await api("GET", "/v1/conversations/g~hist-reads/messages?after=0&limit=3")
     expect(seqs(oldest.body.messages)).toEqual([1, 2, 3])
     expect(reads).toEqual([0])
+  })
+
+  it("ends a filtered page short, with a cursor, rather than read the whole history at once", async () => {
+    const backend = new MemoryBackend()
+    const made = newApiKey("backend", ["conversations:write", "messages:read"])
+    await backend.keys.create(made.record)
+    const relay = await start(backend, { segmentSize: 100, keepLive: 50, keepSummaries: 4, foldSize: 16 })
+    const api = apiClient(() => relay.httpUrl, made.key)
+    await api("POST", "/v1/conversations", { id: "g~hist-rare", participants: [] })
+    const service = "service.backend" as UserId
+    const writer = { kind: "service", subject: "backend", user: service } as const
+    // 1,300 messages, two of them (5 and 1,300) of type "rare": more than a page looks at between them.
+    for (let from = 1; from <= 1300; from += 100)
+      await relay.core.write("g~hist-rare", writer, (doc) => {
+        for (let i = from; i < from + 100; i++)
+          sendMessage(doc, service, {
+            body: `m${i}`,
+            ...(i === 5 || i === 1300 ? { type: "rare" } : {}),
+          })
+      })
+    const first = await api("GET", "/v1/conversations/g~hist-rare/messages?type=rare&limit=5")
+    expect(first.body.messages.map((m: Listed) => m.body)).toEqual(["m1300"])
+    expect(first.body.next.before).toBeGreaterThan(5)
+    const pages = await pageThrough(api, "g~hist-rare", "type=rare&limit=5")
+    expect(pages.flat().map((m) => m.body)).toEqual(["m1300", "m5"])
   })
 })
