@@ -75,7 +75,8 @@ export class MessagePages {
 
   /** The page `query` asks for; NOT_FOUND for an unknown conversation. */
   async list(id: string, query: MessagePageQuery): Promise<MessagePage> {
-    // Read for this request only, by hash (the name a summary gives): the relay's memory holds what it held.
+    // Segments read are this request's only (by hash, their name in the summaries): a backend paging a
+    // whole history must not leave it decoded in the relay's memory. Directory pages are kept (small).
     const segments = new Map<string, Segment>()
     const pages = new Map<string, DirectoryPage>()
     const stale = new Set<string>()
