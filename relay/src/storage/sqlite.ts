@@ -3,8 +3,8 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import type Database from "better-sqlite3"
 import { checksumOf } from "./checksum.js"
 import { type DiskSpace, diskSpaceOf, formatBytes, writeReserve } from "./disk-space.js"
-import { storageUnavailable } from "./guard.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
+import { storageUnavailable } from "./guard.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
 const CATALOG_SCHEMA = `
