@@ -490,7 +490,8 @@ export class WsTransport {
       principal,
       wantsParley,
       send: (frame, options) => {
-        if (ws.readyState !== WebSocket.OPEN) return
+        // The token is checked here too, not only by its timer (see `TokenLease.expired`).
+        if (ws.readyState !== WebSocket.OPEN || lease?.expired()) return
         sendFramed(ws, frame)
         if (liveness) liveness.sentAt = performance.now()
         if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
