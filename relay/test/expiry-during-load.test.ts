@@ -78,6 +78,8 @@ async function storedConversation(relay: RunningRelay): Promise<{ id: Conversati
     createConversation(doc, alice, { kind: "group", id, participants: [bob] })
     sendMessage(doc, alice, { body: secret })
   })
+  // The hooks (inboxes) read it too: once they are done, it unloads and stays unloaded.
+  await relay.hooks?.idle()
   await until(
     () => relay.core.isLoaded(id),
     (loaded) => !loaded,
