@@ -133,6 +133,7 @@ export { LocalSequencer } from "./sequencer.js"
 export { ExitCode, StartupError } from "./startup-error.js"
 export type {
   DamagedDocument,
+  DiskSpace,
   DocumentRecord,
   MemoryData,
   RelayStorage,

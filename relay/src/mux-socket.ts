@@ -103,7 +103,8 @@ class MuxChannel implements Session, LeaseHolder {
   }
 
   send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
-    if (this.closed) return
+    // The token is checked here too, not only by its timer (see `TokenLease.expired`).
+    if (this.closed || this.lease?.expired()) return
     if (frame[0] === MessageType.awareness) this.echoCredit = Math.min(MAX_ECHO_CREDIT, this.echoCredit + 1)
     this.prefix ??= encodeChannelFrame(this.number, new Uint8Array(0))
     // `encodeChannelFrame`'s bytes, copied once into a buffer with the WebSocket header in front.

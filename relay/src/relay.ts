@@ -314,6 +314,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     },
   })
   const storage = backend.documents
+  // Probed once before serving: a relay started on a full disk says so on /readyz and refuses writes
+  // (retryably) from the first one, while it serves what is stored; the probe then watches for room.
+  await storage.check()
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   const inbox = options.inbox === false ? [] : [inboxTarget, inboxPurgeTarget]
   // Always on: fleeting messages disappear whether or not anything else is configured.

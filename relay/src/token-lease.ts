@@ -91,6 +91,19 @@ export class TokenLease implements Due {
     return true
   }
 
+  /**
+   * True once the token has expired, ending the lease at once (the typed
+   * error, then 4401) if its timer has not yet: that timer runs only when the
+   * event loop gets to it, and a document whose load finished meanwhile (a
+   * large synchronous read, a busy relay) was sent before it did. The socket
+   * asks before every frame it sends, so nothing is read after the expiry.
+   */
+  expired(): boolean {
+    if (this.ended || this.expiresAt === undefined || Date.now() < this.expiresAt) return false
+    this.due()
+    return true
+  }
+
   /** The socket closed: no more timer. */
   stop(): void {
     this.ended = true

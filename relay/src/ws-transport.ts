@@ -220,9 +220,14 @@ export class WsTransport {
       const refusal = devTokenRefusal(req, this.options.devAnyHost ?? false)
       if (refusal) return json(res, 403, { error: refusal })
       const user = url.searchParams.get("user")
-      const role = url.searchParams.get("role")
+      const role = url.searchParams.get("role") || null
+      // Any other role would be minted as a plain user token, which its caller would take for what it asked.
+      if (role !== null && role !== SERVICE_ROLE)
+        return json(res, 400, {
+          error: `?role=${JSON.stringify(role)} is not a role dev tokens have: ${DEV_TOKEN_PARAMETERS}`,
+        })
       if (role !== SERVICE_ROLE && !isUserId(user))
-        return json(res, 400, { error: "?user= must be a valid user id" })
+        return json(res, 400, { error: `?user= must be a valid user id: ${DEV_TOKEN_PARAMETERS}` })
       const subject = role === SERVICE_ROLE ? user || "dev-service" : user!
       this.options.log.info(
         { subject, ...(role ? { role } : {}), dev: true },
@@ -490,7 +495,8 @@ export class WsTransport {
       principal,
       wantsParley,
       send: (frame, options) => {
-        if (ws.readyState !== WebSocket.OPEN) return
+        // The token is checked here too, not only by its timer (see `TokenLease.expired`).
+        if (ws.readyState !== WebSocket.OPEN || lease?.expired()) return
         sendFramed(ws, frame)
         if (liveness) liveness.sentAt = performance.now()
         if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
@@ -612,6 +618,9 @@ export class WsTransport {
     if (waiting) for (const { data, isBinary } of waiting) mux.receive(data, isBinary)
   }
 }
+
+/** What `/dev/token` takes, for its refusals. */
+const DEV_TOKEN_PARAMETERS = `/dev/token takes ?user=NAME (a user's token) or ?role=${SERVICE_ROLE} (a service's, ?user= optional), and ?name= and ?picture= (profile claims)`
 
 /**
  * Why `/dev/token` must not answer this request, if it must not: it answers

@@ -15,22 +15,26 @@ const alice = "alice" as UserId
 /** What SQLite reports on a full disk, as better-sqlite3 throws it. */
 const diskFull = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" })
 
-/** Memory storage that fails every call while `broken`, and counts the calls that reached it. */
+/**
+ * Memory storage that fails every call while `broken`, and only its writes
+ * (appends, probes) while `full`; counts the calls that reached it.
+ */
 class FlakyStorage extends MemoryStorage {
   broken = false
+  full = false
   calls = 0
   /** Appends that store, then report a failure (a commit whose answer was lost). */
   landButFail = 0
-  private check() {
+  private check(write = false) {
     this.calls++
-    if (this.broken) throw diskFull()
+    if (this.broken || (write && this.full)) throw diskFull()
   }
   override async load(name: string) {
     this.check()
     return super.load(name)
   }
   override async append(name: string, updates: readonly Uint8Array[]) {
-    this.check()
+    this.check(true)
     const positions = await super.append(name, updates)
     if (this.landButFail > 0) {
       this.landButFail--
@@ -39,7 +43,7 @@ class FlakyStorage extends MemoryStorage {
     return positions
   }
   async ping() {
-    this.check()
+    this.check(true)
   }
 }
 
@@ -76,6 +80,33 @@ describe("the storage guard", () => {
     await guard.whenAvailable()
     expect(guard.available).toBe(true)
     expect(await guard.append("d", [new Uint8Array([3])])).toEqual([1])
+  })
+
+  it("still serves reads while only writes fail, and refuses them at once too once a read failed", async () => {
+    const storage = new FlakyStorage()
+    await storage.append("d", [new Uint8Array([1])])
+    const guard = guarded(storage)
+    storage.full = true
+    await expect(guard.append("d", [new Uint8Array([2])])).rejects.toMatchObject({
+      code: ErrorCode.STORAGE_UNAVAILABLE,
+    })
+    // A member opening a conversation on a full disk still gets it.
+    expect((await guard.load("d")).updates).toHaveLength(1)
+    expect(await guard.list()).toEqual(["d"])
+    expect(guard.state).toMatchObject({ state: "failing", reads: true })
+
+    storage.broken = true
+    await expect(guard.load("d")).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+    expect(guard.state).toMatchObject({ state: "failing", reads: false })
+    const calls = storage.calls
+    const refused = guard.load("d")
+    expect(storage.calls).toBe(calls)
+    await expect(refused).rejects.toThrow(/^storage is failing/)
+
+    storage.broken = false
+    storage.full = false
+    await guard.whenAvailable()
+    expect((await guard.load("d")).updates).toHaveLength(1)
   })
 
   it("fails a call that outlives its deadline, and reports recovery only after that call settled", async () => {

@@ -219,6 +219,27 @@ describe("--dev", () => {
     expect(dev.closeEvent).toBeUndefined()
   })
 
+  it("refuses a role it does not mint with 400 naming what it takes, instead of minting a user token", async () => {
+    const relay = await startRelayProcess({ args: ["--dev"] })
+    onTestFinished(() => relay.kill())
+    const admin = await get(`${relay.httpUrl}/dev/token?user=alice&role=admin`)
+    expect(admin.status).toBe(400)
+    expect(JSON.parse(admin.body)).toEqual({
+      error:
+        "?role=\"admin\" is not a role dev tokens have: /dev/token takes ?user=NAME (a user's token) or ?role=service (a service's, ?user= optional), and ?name= and ?picture= (profile claims)",
+    })
+    const service = await get(`${relay.httpUrl}/dev/token?user=audit&role=service`)
+    expect(service.status).toBe(200)
+    expect(decodeJwt((JSON.parse(service.body) as { token: string }).token)).toMatchObject({
+      sub: "audit",
+      role: "service",
+    })
+    // An empty role is no role: a user's token.
+    const user = await get(`${relay.httpUrl}/dev/token?user=alice&role=`)
+    expect(user.status).toBe(200)
+    expect(decodeJwt((JSON.parse(user.body) as { token: string }).token).role).toBeUndefined()
+  })
+
   it("answers /dev/token to its own origin only: no CORS header, other origins and hosts refused", async () => {
     const relay = await startRelayProcess({ args: ["--dev"] })
     onTestFinished(() => relay.kill())

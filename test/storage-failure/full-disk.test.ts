@@ -4,13 +4,21 @@ import { closeSync, mkdtempSync, openSync, rmdirSync, rmSync, writeSync } from "
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createChatClient } from "@parley/client"
-import { listMessages } from "@parley/shared"
+import {
+  type ConversationId,
+  createConversation,
+  ErrorCode,
+  listMessages,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
 import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import * as Y from "yjs"
+import { TestClient } from "../../relay/test/helpers/clients.js"
 import { startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
-import { eventually, healthz, readyz, storedTwice } from "./helpers.js"
+import { eventually, expectNotReady, healthz, readyz, storedTwice } from "./helpers.js"
 
 const cleanups: (() => unknown)[] = []
 afterEach(async () => {
@@ -90,7 +98,7 @@ if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       chat.connection.on("refused", ({ error }) => refusals.push(error.code))
 
       const filler = join(disk.dir, "filler")
-      // Readiness, polled throughout: storage may come and go while the disk is full (below).
+      // Readiness, polled throughout: once storage failed it stays failing until space is freed.
       const readiness: number[] = []
       let polling = true
       const poller = (async () => {
@@ -113,14 +121,21 @@ if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(refusals[0]).toBe("STORAGE_UNAVAILABLE")
       sent.push(chat.send("while full 1"), chat.send("while full 2"))
       await eventually(() => expect(readiness).toContain(503))
+      // Full for a while: the probe runs several times meanwhile (after 100 ms, then doubling).
+      await eventually(() => expect(readiness.length - readiness.indexOf(503)).toBeGreaterThan(60))
       expect(await healthz(relay.httpUrl)).toBe(200)
       // A refused message waits (pending), it is never marked failed.
       expect(sent.map((m) => chat.status(m.id))).not.toContain("failed")
 
+      // Answers of requests made while the disk was full (later ones may find room again).
+      const whileFull = readiness.length
       rmSync(filler)
       await eventually(() => expect(sent.map((m) => chat.status(m.id))).toEqual(sent.map(() => "sent")))
       polling = false
       await poller
+      // A one-row write still fits in pages SQLite had allocated: it used to say "storage is back" for
+      // a few hundred milliseconds at a time, and a load balancer sent traffic to a relay that could not store.
+      expect(readiness.slice(readiness.indexOf(503), whileFull)).not.toContain(200)
       await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
       expect(statuses).not.toContain("failed")
       expect(reconnects).toEqual([])
@@ -139,6 +154,55 @@ if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         "before",
         ...sent.map((m) => m.body),
       ])
+    })
+
+    it("restarted on a full disk, starts not ready, serves what is stored, refuses writes retryably, and stores them once space is freed", async () => {
+      const disk = smallDisk(8 * 1024 * 1024)
+      if (!("dir" in disk)) throw new Error(`cannot mount a tmpfs: ${disk.unavailable}`)
+      const args = ["--storage-timeout-ms", "1000"]
+      const first = await startRelayProcess({ dataDir: disk.dir, args })
+      const id = "g~restarted-full" as ConversationId
+      const [alice, bob] = ["alice", "bob"] as UserId[]
+      const writer = new TestClient(first.url, id, await first.token(alice!))
+      cleanups.push(() => writer.close())
+      await writer.synced()
+      createConversation(writer.doc, alice!, { kind: "group", id, participants: [bob!] })
+      sendMessage(writer.doc, alice!, { body: "stored before" })
+      await writer.allSaved()
+      fill(join(disk.dir, "filler"))
+      // Written until the relay refuses one (SQLite may still fit a few into pages it holds).
+      for (let i = 0; !writer.errors.some((e) => e.code === ErrorCode.STORAGE_UNAVAILABLE); i++) {
+        if (i >= 100) throw new Error("the full disk never refused a write")
+        const saved = writer.saves.length
+        sendMessage(writer.doc, alice!, { body: `while full ${i}` })
+        await writer.until(() => writer.saves.length > saved || writer.errors.length > 0)
+      }
+      // Killed while the disk is full (a crash, a supervisor that gave up waiting), then started again.
+      await first.kill()
+
+      const relay = await startRelayProcess({ dataDir: disk.dir, args })
+      await expectNotReady(relay.httpUrl)
+      expect((await readyz(relay.httpUrl)).body).toMatchObject({
+        failing: expect.arrayContaining([
+          expect.objectContaining({ error: expect.stringMatching(/is full/) }),
+        ]),
+      })
+      expect(await healthz(relay.httpUrl)).toBe(200)
+      const reader = new TestClient(relay.url, id, await relay.token(bob!))
+      cleanups.push(() => reader.close())
+      await reader.synced()
+      expect(listMessages(reader.doc, { last: 200 }).map((m) => m.body)).toContain("stored before")
+      sendMessage(reader.doc, bob!, { body: "bob while full" })
+      await reader.until(() => reader.errors.length > 0)
+      expect(reader.errors.map((e) => e.code)).toEqual([ErrorCode.STORAGE_UNAVAILABLE])
+      expect(reader.closeEvent).toBeUndefined()
+
+      rmSync(join(disk.dir, "filler"))
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      // Refused at once, never stored: sent again, as the SDK does with its pending work.
+      reader.sendUpdate(Y.encodeStateAsUpdate(reader.doc))
+      await reader.allSaved()
+      expect(relay.child.exitCode).toBeNull()
     })
   })
 }

@@ -9,6 +9,7 @@ import { SqliteOutbox } from "../hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../policy/client-bindings.js"
 import { SqliteContentPurge } from "../purge/content-purge.js"
 import { SqlitePushSubscriptionStore } from "../push/store.js"
+import type { DiskSpace } from "../storage/disk-space.js"
 import { SqliteStorage } from "../storage/sqlite.js"
 import { BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer } from "../storage/wal-checkpointer.js"
 import type { Backend } from "./types.js"
@@ -59,11 +60,15 @@ export class SqliteBackend implements Backend {
 
   /**
    * Opens (creating if needed) the data directory's databases; merges the files of earlier versions.
-   * `onCheckpointError` hears of a failed WAL checkpoint (default: a process warning).
+   * `onCheckpointError` hears of a failed WAL checkpoint (default: a process warning); `diskSpace`
+   * replaces the file system's figures of the room left (see `SqliteStorage.ping`).
    */
   constructor(
     readonly dataDir: string,
-    options: { readonly onCheckpointError?: (message: string) => void } = {},
+    options: {
+      readonly onCheckpointError?: (message: string) => void
+      readonly diskSpace?: () => DiskSpace
+    } = {},
   ) {
     mkdirSync(dataDir, { recursive: true })
     this.db = new Database(join(dataDir, SQLITE_FILE))
@@ -86,7 +91,11 @@ export class SqliteBackend implements Backend {
     try {
       this.catalog.pragma("journal_mode = WAL")
       this.catalog.pragma("synchronous = NORMAL")
-      this.documents = new SqliteStorage(this.db, this.catalog)
+      this.documents = new SqliteStorage(
+        this.db,
+        this.catalog,
+        options.diskSpace ? { diskSpace: options.diskSpace } : {},
+      )
       this.events = new SqliteEventLog(this.db)
       this.outbox = new SqliteOutbox(this.db, this.events)
       // The outbox's rows ride in the documents' next commit when one is due: one commit, not two.

@@ -7,7 +7,16 @@ export const DEFAULT_STORAGE_TIMEOUT_MS = 5000
 /** Whether the storage answers, as {@link StorageGuard} last found it. */
 export type StorageState =
   | { readonly state: "ok" }
-  | { readonly state: "failing"; readonly error: ParleyError; readonly since: number }
+  | {
+      readonly state: "failing"
+      readonly error: ParleyError
+      readonly since: number
+      /**
+       * Whether reads are still served: true while only writes failed (a full
+       * disk), false once a read failed too (a database that does not answer).
+       */
+      readonly reads: boolean
+    }
 
 /** How a {@link StorageGuard} bounds and watches its storage. */
 export interface StorageGuardOptions {
@@ -140,9 +149,12 @@ function settledWithin<T>(
  * A circuit breaker around the relay's storage. Every call gets a deadline;
  * any failure (an error of the backend, a reset connection, a full disk, a
  * call that outlived its deadline) becomes a STORAGE_UNAVAILABLE error and
- * marks the storage failing. While failing, calls fail at once with that
+ * marks the storage failing. While failing, writes fail at once with that
  * error instead of each waiting for its own deadline, and a probe (the
  * backend's `ping`, with backoff) runs until the storage answers again.
+ * Reads are still served while only writes have failed (a full disk still
+ * reads: members keep getting their conversations); once a read fails too,
+ * reads fail at once as well, until the probe succeeds.
  *
  * The guard reports recovery only once every call that failed by its deadline
  * has also settled in the backend: a write the relay gave up on can then no
@@ -169,7 +181,7 @@ export class StorageGuard implements RelayStorage {
     return this.current
   }
 
-  /** True unless the storage is failing. */
+  /** True unless the storage is failing (writes are then refused). */
   get available(): boolean {
     return this.current.state === "ok"
   }
@@ -201,8 +213,17 @@ export class StorageGuard implements RelayStorage {
     })
   }
 
+  /**
+   * Probes the storage once, as while it fails (a start on a full disk): a
+   * failure marks it failing, and the probe then runs until it succeeds.
+   * Resolves either way; see {@link state}.
+   */
+  async check(): Promise<void> {
+    await this.ping().catch(() => {})
+  }
+
   load(name: string): Promise<StoredDocument> {
-    return this.call("load a document", () => this.inner.load(name))
+    return this.read("load a document", () => this.inner.load(name))
   }
 
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {
@@ -213,7 +234,7 @@ export class StorageGuard implements RelayStorage {
   get holding(): RelayStorage["holding"] {
     const inner = this.inner
     if (!inner.holding) return undefined
-    return (names, needles) => this.call("search stored documents", () => inner.holding!(names, needles))
+    return (names, needles) => this.read("search stored documents", () => inner.holding!(names, needles))
   }
 
   compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
@@ -221,7 +242,7 @@ export class StorageGuard implements RelayStorage {
   }
 
   list(): Promise<string[]> {
-    return this.call("list documents", () => this.inner.list())
+    return this.read("list documents", () => this.inner.list())
   }
 
   ping(): Promise<void> {
@@ -233,7 +254,7 @@ export class StorageGuard implements RelayStorage {
   }
 
   damaged(): Promise<DamagedDocument[]> {
-    return this.call("list damaged documents", () => this.inner.damaged())
+    return this.read("list damaged documents", () => this.inner.damaged())
   }
 
   restore(name: string, snapshot: Uint8Array): Promise<number> {
@@ -254,8 +275,13 @@ export class StorageGuard implements RelayStorage {
     return this.inner.ping ? this.inner.ping() : this.inner.list().then(() => {})
   }
 
-  private call<T>(what: string, run: () => Promise<T>): Promise<T> {
-    if (this.current.state === "failing" && !this.closed) {
+  /** A call that only reads: still made while writes fail, unless reads failed too. */
+  private read<T>(what: string, run: () => Promise<T>): Promise<T> {
+    return this.call(what, run, true)
+  }
+
+  private call<T>(what: string, run: () => Promise<T>, reads = false): Promise<T> {
+    if (this.current.state === "failing" && !this.closed && !(reads && this.current.reads)) {
       return Promise.reject(
         storageUnavailable(`storage is failing: ${this.current.error.message}`, this.current.error),
       )
@@ -273,19 +299,22 @@ export class StorageGuard implements RelayStorage {
       inner,
       ms,
       () => `storage did not ${what} within ${ms} ms`,
-      (error) => this.failure(error, what),
+      (error) => this.failure(error, what, reads),
       () => this.running.delete(inner),
     )
   }
 
-  /** What a call that failed with `error` rejects with; a storage failure marks the storage failing. */
-  private failure(error: unknown, what: string): unknown {
+  /**
+   * What a call that failed with `error` rejects with; a storage failure marks
+   * the storage failing (and reads too when the call only read).
+   */
+  private failure(error: unknown, what: string, read: boolean): unknown {
     // A typed refusal of the backend (a damaged document, say) says nothing about its availability.
     if ((error instanceof ParleyError && !isStorageFailure(error)) || this.closed) return error
     const failure = isStorageFailure(error)
       ? error
       : storageUnavailable(`storage failed to ${what}: ${messageOf(error)}`, error)
-    this.fail(failure)
+    this.fail(failure, read)
     return failure
   }
 
@@ -295,9 +324,10 @@ export class StorageGuard implements RelayStorage {
     promise.then(settled, settled)
   }
 
-  private fail(error: ParleyError): void {
+  private fail(error: ParleyError, read: boolean): void {
     const wasOk = this.current.state === "ok"
-    this.current = { state: "failing", error, since: wasOk ? Date.now() : this.since() }
+    const reads = !read && (wasOk || this.readsServed())
+    this.current = { state: "failing", error, since: wasOk ? Date.now() : this.since(), reads }
     if (wasOk) {
       this.probeDelay = this.options.probeIntervalMs ?? 100
       this.options.onChange?.(this.current)
@@ -307,6 +337,10 @@ export class StorageGuard implements RelayStorage {
 
   private since(): number {
     return this.current.state === "failing" ? this.current.since : Date.now()
+  }
+
+  private readsServed(): boolean {
+    return this.current.state !== "failing" || this.current.reads
   }
 
   private scheduleProbe(): void {
@@ -334,6 +368,7 @@ export class StorageGuard implements RelayStorage {
           ? error
           : storageUnavailable(`storage probe failed: ${messageOf(error)}`, error),
         since: this.since(),
+        reads: this.readsServed(),
       }
       this.scheduleProbe()
       return

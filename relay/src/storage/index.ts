@@ -1,3 +1,4 @@
+export type { DiskSpace } from "./disk-space.js"
 export {
   DEFAULT_STORAGE_TIMEOUT_MS,
   isStorageFailure,

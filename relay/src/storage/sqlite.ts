@@ -1,7 +1,10 @@
+import { dirname, resolve } from "node:path"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type Database from "better-sqlite3"
 import { checksumOf } from "./checksum.js"
+import { type DiskSpace, diskSpaceOf, formatBytes, writeReserve } from "./disk-space.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
+import { storageUnavailable } from "./guard.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
 const CATALOG_SCHEMA = `
@@ -37,6 +40,15 @@ const NAMES_PER_QUERY = 400
 
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
+/** How a {@link SqliteStorage} is opened beyond its two databases. */
+export interface SqliteStorageOptions {
+  /**
+   * The room on the disk holding the database, asked by each probe (see
+   * {@link SqliteStorage.ping}); by default the file system's own figures.
+   */
+  readonly diskSpace?: () => DiskSpace
+}
+
 /** Calls what a rider of an append transaction asked to be called with its outcome (see `carry`). */
 function settleRide(ride: { settle?: ((committed: boolean) => void) | undefined }, committed: boolean): void {
   const settle = ride.settle
@@ -71,12 +83,17 @@ export class SqliteStorage implements RelayStorage {
   private closed = false
   private readonly statements
   private rider: (() => ((committed: boolean) => void) | undefined) | undefined
+  /** The directory of the database file (none in memory), and the room on its disk. */
+  private readonly disk: { readonly dir: string; readonly space: () => DiskSpace } | undefined
 
   /** `db` and `catalog` are two files, opened in WAL mode (the backend's); the storage creates its tables. */
   constructor(
     private readonly db: Database.Database,
     private readonly catalog: Database.Database,
+    options: SqliteStorageOptions = {},
   ) {
+    const dir = resolve(dirname(db.name))
+    this.disk = db.memory ? undefined : { dir, space: options.diskSpace ?? (() => diskSpaceOf(dir)) }
     this.db.exec(SCHEMA)
     // Tables made before checksums gain the column; their rows keep NULL (not checked).
     for (const table of ["updates", "snapshots"]) {
@@ -337,9 +354,22 @@ export class SqliteStorage implements RelayStorage {
     return this.statements.names.all().map((row) => row.doc)
   }
 
-  /** Commits a one-row write (fsync'd like an append): fails while the disk is full. */
+  /**
+   * Fails while the disk holding the database has less room than
+   * {@link writeReserve} asks, else commits a one-row write (fsync'd like an
+   * append). The write alone is not enough: on a disk that just filled up it
+   * still fits in pages SQLite had allocated while appends no longer do.
+   */
   async ping(): Promise<void> {
     this.assertOpen()
+    if (this.disk) {
+      const { free, size } = this.disk.space()
+      const reserve = writeReserve(size)
+      if (free < reserve)
+        throw storageUnavailable(
+          `the disk holding ${this.disk.dir} is full (${formatBytes(free)} free): writes resume once ${formatBytes(reserve)} is free`,
+        )
+    }
     this.statements.probe.run(Date.now())
   }
 
