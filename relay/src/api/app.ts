@@ -314,7 +314,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}/messages",
       summary: "Send a message (idempotent)",
       description:
-        "With a message `id` or an `Idempotency-Key` header, a retry (also racing, or after a relay restart) returns the first message with 200 instead of sending another; 409 when the id or key was used for a different message.",
+        "With a message `id` or an `Idempotency-Key` header, a replay returns the message with 200 instead of sending another, however old the first send (also once the message is sealed into history), racing it, or after a relay restart; 409 when the id or key was used for a different message (another body, author or field).",
       request: { params: S.ConversationParams, headers: S.IdempotencyHeaders, ...body(S.SendMessageBody) },
       responses: {
         201: json(S.MessageSchema, "Sent"),

@@ -309,14 +309,14 @@ export class ApiOperations {
         { after: record.since },
         (e) => e.record.id === request.id,
       )
-      if (search.found) return this.replayed(id, actor, request, search.found)
+      if (search.found) return this.replayed(id, actor, request, search.found, false)
       searched = search.sealedThrough
     }
     let outcome = await this.sendOnce(id, actor, request, searched)
     while (outcome === "sealed") {
       // Sealed since the search: what was sealed meanwhile is searched too, before writing.
       const search = await this.pages.findSealed(id, { after: searched }, (e) => e.record.id === request.id)
-      if (search.found) return this.replayed(id, actor, request, search.found)
+      if (search.found) return this.replayed(id, actor, request, search.found, false)
       searched = search.sealedThrough
       outcome = await this.sendOnce(id, actor, request, searched)
     }
@@ -359,6 +359,7 @@ export class ApiOperations {
         return "created"
       })
     } catch (error) {
+      // Not moved (storage failing too), the record keeps an older `since`: a retry searches more, as correctly.
       if (request.idempotent && absentThrough !== undefined)
         await this.records.advance(id, request.id, absentThrough).catch(() => {})
       throw error
@@ -392,18 +393,19 @@ export class ApiOperations {
       { after: seq - 1, through: seq },
       (e) => e.record.id === request.id,
     )
-    return search.found && this.replayed(id, actor, request, search.found)
+    return search.found && this.replayed(id, actor, request, search.found, true)
   }
 
-  /** The answer to a replay whose message was found sealed; records its number. */
+  /** The answer to a replay whose message was found sealed; records its number unless `numbered` already. */
   private async replayed(
     id: ConversationId,
     actor: Actor,
     request: SendRequest,
     found: FoundSealed,
+    numbered: boolean,
   ): Promise<SendResult> {
     if (!sameAsFound(found.entry.record, actor.user, request)) throw reused()
-    await this.records.complete(id, request.id, found.entry.seq)
+    if (!numbered) await this.records.complete(id, request.id, found.entry.seq)
     return { message: found.view, created: false }
   }
 
@@ -413,6 +415,7 @@ export class ApiOperations {
     if (!message) throw new ParleyError(ErrorCode.INTERNAL, "the message sent is not in the conversation")
     return message
   }
+
   async edit(id: ConversationId, actor: Actor, messageId: MessageId, body: string): Promise<MessageView> {
     await this.write(id, actor, (doc) => {
       if (!getConversation(doc)) throw notFound(id)
