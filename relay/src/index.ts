@@ -19,6 +19,7 @@ export { accessOf } from "./access.js"
 export { openApiDocument } from "./api/app.js"
 export type { ApiEventEntry, ApiEventQuery, ApiEventSource } from "./api/event-source.js"
 export { ApiExtension, type ApiExtensionOptions } from "./api/extension.js"
+export { type IdempotencyRecord, type IdempotencyStore, MemoryIdempotencyStore } from "./api/idempotency.js"
 export {
   API_SCOPES,
   type ApiKeyRecord,

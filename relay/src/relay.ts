@@ -398,6 +398,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       : [
           new ApiExtension({
             keys: backend.keys,
+            idempotency: backend.idempotency,
             log: log.child({ component: "api" }),
             ...(options.apiLimits ? { limits: options.apiLimits } : {}),
             erase: (user) => erasure.erase(user),

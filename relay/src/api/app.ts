@@ -11,6 +11,7 @@ import { RateLimiter } from "../rate-limit.js"
 import { limitBody } from "./body-limit.js"
 import type { ApiEventSource } from "./event-source.js"
 import { EventStreams } from "./event-stream.js"
+import type { IdempotencyStore } from "./idempotency.js"
 import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
 import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
 import { SEALED_SCAN_LIMIT } from "./message-pages.js"
@@ -22,6 +23,8 @@ import * as S from "./schemas.js"
 export interface ApiOptions {
   readonly core: RunningCore
   readonly keys: ApiKeyStore
+  /** Where idempotent sends are recorded (the backend's `idempotency`). */
+  readonly idempotency: IdempotencyStore
   readonly log: Logger
   /** The durable event log behind `/v1/events`; without it the stream answers 503. */
   readonly events?: ApiEventSource
@@ -84,7 +87,7 @@ function operation<
  */
 export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
-  const ops = new ApiOperations(options.core)
+  const ops = new ApiOperations(options.core, options.idempotency)
   const buckets = new Map<string, RateLimiter>()
   const streams = new EventStreams({
     limits,
@@ -311,7 +314,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}/messages",
       summary: "Send a message (idempotent)",
       description:
-        "With a message `id` or an `Idempotency-Key` header, a retry (also racing, or after a relay restart) returns the first message with 200 instead of sending another; 409 when the id or key was used for a different message.",
+        "With a message `id` or an `Idempotency-Key` header, a replay returns the message with 200 instead of sending another, however old the first send (also once the message is sealed into history), racing it, or after a relay restart; 409 when the id or key was used for a different message (another body, author or field).",
       request: { params: S.ConversationParams, headers: S.IdempotencyHeaders, ...body(S.SendMessageBody) },
       responses: {
         201: json(S.MessageSchema, "Sent"),
@@ -330,6 +333,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       const { message: sent, created } = await ops.send(conversationId(c.req.valid("param").id), actor, {
         ...(message as Omit<typeof message, "id">),
         id: (derived ?? input.id ?? newId()) as MessageId,
+        idempotent: derived !== undefined || input.id !== undefined,
       } as never)
       return reply(c, sent, created ? 201 : 200)
     },
@@ -574,6 +578,7 @@ export function openApiDocument(): Record<string, unknown> {
   const app = createApi({
     core: { read: unused, write: unused, derive: unused, deriveDeferredEach: unused, isConnected: unused },
     keys: { create: unused, get: unused, list: unused, revoke: unused },
+    idempotency: { begin: unused, complete: unused, advance: unused },
     log: { error: unused, warn: unused } as unknown as Logger,
   })
   const doc = app.getOpenAPI31Document(openApiInfo) as unknown as {

@@ -4,12 +4,15 @@ import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
 import { type ApiOptions, createApi } from "./app.js"
 import type { ApiEventSource } from "./event-source.js"
+import type { IdempotencyStore } from "./idempotency.js"
 import type { ApiKeyStore } from "./keys.js"
 import type { ApiLimits } from "./limits.js"
 
 /** What the HTTP API extension is given. */
 export interface ApiExtensionOptions {
   readonly keys: ApiKeyStore
+  /** Where idempotent sends are recorded (the backend's `idempotency`). */
+  readonly idempotency: IdempotencyStore
   readonly log: Logger
   /** The event log `/v1/events` streams from; default: the core's (`RunningCore.events`). */
   readonly events?: ApiEventSource
@@ -36,6 +39,7 @@ export class ApiExtension implements RelayExtension {
     const app = createApi({
       core,
       keys: this.options.keys,
+      idempotency: this.options.idempotency,
       log: this.options.log,
       signal: this.stopping.signal,
       ...(events ? { events } : {}),

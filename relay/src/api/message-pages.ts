@@ -10,10 +10,12 @@ import {
   messageIndex,
   nextDirectoryPage,
   ParleyError,
+  type SealedEntry,
   type Segment,
   type SegmentSummary,
   sealedHistory,
   sealedMessageView,
+  sealedThrough,
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
@@ -46,11 +48,25 @@ export interface MessagePage {
  */
 export const SEALED_SCAN_LIMIT = 1000
 
-/** What the walk over a conversation needs before it can answer, or the page. */
-type Step =
-  | { readonly kind: "page"; readonly page: MessagePage }
+/** What {@link MessagePages.findSealed} found, and how far the conversation was sealed when it ended. */
+export interface SealedSearch {
+  readonly found?: FoundSealed
+  readonly sealedThrough: number
+}
+
+/** What a plan over a conversation needs read from the history store before it can go on. */
+type Need =
   | { readonly kind: "segment"; readonly summary: SegmentSummary }
   | { readonly kind: "directory"; readonly page: number; readonly hash: string }
+
+/** A plan's answer (`done`), or what it needs first. */
+type Step<T> = { readonly kind: "done"; readonly value: T } | Need
+
+/** A sealed message found by {@link MessagePages.findSealed}: as stored, and as readers see it. */
+export interface FoundSealed {
+  readonly entry: SealedEntry
+  readonly view: MessageView
+}
 
 /** A message the walk passes: its number and, on demand, its view. */
 interface Candidate {
@@ -74,7 +90,61 @@ export class MessagePages {
   constructor(private readonly core: RunningCore) {}
 
   /** The page `query` asks for; NOT_FOUND for an unknown conversation. */
-  async list(id: string, query: MessagePageQuery): Promise<MessagePage> {
+  list(id: string, query: MessagePageQuery): Promise<MessagePage> {
+    return this.planned(id, (doc, segments) => walk(doc, query, segments))
+  }
+
+  /**
+   * The first sealed message numbered above `after` (and at most `through`)
+   * that `match` accepts, searched segment by segment in sequence order (each
+   * read from the store only if the relay does not hold it, and not kept);
+   * with how far the conversation was sealed when the search ended, so that a
+   * caller can tell whether more was sealed since. NOT_FOUND for an unknown
+   * conversation.
+   */
+  async findSealed(
+    id: string,
+    range: { readonly after: number; readonly through?: number },
+    match: (entry: SealedEntry) => boolean,
+  ): Promise<SealedSearch> {
+    const through = range.through ?? Number.POSITIVE_INFINITY
+    // Below it, every sealed message was searched: a segment read is searched once, then let go.
+    let searched = range.after
+    return this.planned<SealedSearch>(id, (doc, segments) => {
+      const sealed = sealedThrough(doc)
+      const known = knownSegments(doc)
+      if (unlistedAbove(doc, known, searched)) {
+        const next = nextDirectoryPage(doc)
+        if (next) return { kind: "directory", ...next }
+      }
+      for (const summary of known) {
+        if (summary.to <= searched) continue
+        if (summary.from > through) break
+        const segment = sealedHistory(doc).segment(summary.index) ?? segments.get(summary.hash)
+        if (!segment) return { kind: "segment", summary }
+        segments.delete(summary.hash)
+        for (const entry of segment.entries)
+          if (entry.seq > searched && entry.seq <= through && match(entry))
+            return {
+              kind: "done",
+              value: { found: { entry, view: sealedMessageView(doc, entry) }, sealedThrough: sealed },
+            }
+        searched = Math.max(searched, summary.to)
+      }
+      return { kind: "done", value: { sealedThrough: sealed } }
+    })
+  }
+
+  /**
+   * Runs `plan` on the conversation's document (in its queue, as a read) until
+   * it is done, reading what it needs from the history store between runs:
+   * segments into `segments` (by hash, this request's only), directory pages
+   * into the relay's sealed history.
+   */
+  private async planned<T>(
+    id: string,
+    plan: (doc: Y.Doc, segments: Map<string, Segment>) => Step<T>,
+  ): Promise<T> {
     // Segments read are this request's only (by hash, their name in the summaries): a backend paging a
     // whole history must not leave it decoded in the relay's memory. Directory pages are kept (small).
     const segments = new Map<string, Segment>()
@@ -84,10 +154,10 @@ export class MessagePages {
       const step = await this.core.read(id, (doc) => {
         if (!getConversation(doc)) return undefined
         holdPages(doc, pages)
-        return walk(doc, query, segments)
+        return plan(doc, segments)
       })
       if (!step) throw new ParleyError(ErrorCode.NOT_FOUND, `no conversation ${JSON.stringify(id)}`)
-      if (step.kind === "page") return step.page
+      if (step.kind === "done") return step.value
       const history = this.core.historyKeeper
       if (!history) throw new ParleyError(ErrorCode.UNAVAILABLE, "this relay does not serve sealed history")
       const hash = step.kind === "segment" ? step.summary.hash : step.hash
@@ -128,7 +198,7 @@ function holdPages(doc: Y.Doc, pages: ReadonlyMap<string, DirectoryPage>): void 
  * directory page it needs first. Live messages come from the live document;
  * sealed ones from the segments the relay holds or `fetched` (by hash).
  */
-function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, Segment>): Step {
+function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, Segment>): Step<MessagePage> {
   const ascending = query.after !== undefined
   const low = query.after ?? 0
   const high = query.before ?? Number.POSITIVE_INFINITY
@@ -136,13 +206,7 @@ function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, 
   const held = sealedHistory(doc)
   const known = knownSegments(doc)
   const inRange = (seq: number) => seq > low && seq < high
-  // Folded segments below those the held directory pages list, which the range reaches into.
-  const oldest = known[0]
-  const unlisted =
-    (foldedHistory(doc)?.segments ?? 0) > 0 &&
-    oldest !== undefined &&
-    oldest.index > 0 &&
-    low + 1 < oldest.from
+  const unlisted = unlistedAbove(doc, known, low)
   if (ascending && unlisted) {
     const next = nextDirectoryPage(doc)
     if (next) return { kind: "directory", ...next }
@@ -168,12 +232,12 @@ function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, 
   const matches = (view: MessageView) => query.type === undefined || view.type === query.type
   let scanned = 0
   let last: number | undefined
-  const page = (more: boolean): Step => {
+  const page = (more: boolean): Step<MessagePage> => {
     const next: MessageCursor | undefined =
       !more || last === undefined ? undefined : ascending ? { after: last } : { before: last }
     return {
-      kind: "page",
-      page: {
+      kind: "done",
+      value: {
         messages: ascending ? messages : messages.reverse(),
         lastSequence: lastSequence(doc),
         ...(next ? { next } : {}),
@@ -218,4 +282,19 @@ function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, 
     if (next) return { kind: "directory", ...next }
   }
   return page(false)
+}
+
+/**
+ * Whether messages above `low` are in folded segments below those `known`
+ * (the summaries the held directory pages and the live document list): the
+ * next directory page of the chain back lists more of them.
+ */
+function unlistedAbove(doc: Y.Doc, known: readonly SegmentSummary[], low: number): boolean {
+  const oldest = known[0]
+  return (
+    (foldedHistory(doc)?.segments ?? 0) > 0 &&
+    oldest !== undefined &&
+    oldest.index > 0 &&
+    low + 1 < oldest.from
+  )
 }

@@ -5,6 +5,7 @@ import {
   type ConversationId,
   changeRole,
   createConversation,
+  type DeletedMessageRecord,
   deleteConversation,
   deleteMessage,
   directConversationId,
@@ -12,6 +13,7 @@ import {
   editMessage,
   getConversation,
   getMessage,
+  isDeletedRecord,
   lastMessage,
   lastSequence,
   listParticipants,
@@ -31,6 +33,8 @@ import {
   removeParticipants,
   renameConversation,
   type SendMessageInput,
+  sealedHistory,
+  sealedThrough,
   sendMessage,
   setConversationMetadata,
   setFleetingSeconds,
@@ -42,7 +46,8 @@ import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
 import { derivedInbox, inboxSummary } from "../inbox/summary.js"
 import type { Principal } from "../principal.js"
-import { type MessagePage, type MessagePageQuery, MessagePages } from "./message-pages.js"
+import type { IdempotencyStore } from "./idempotency.js"
+import { type FoundSealed, type MessagePage, type MessagePageQuery, MessagePages } from "./message-pages.js"
 
 /** Who a request acts as: the principal events name, and the participant the document rules check. */
 export interface Actor {
@@ -79,9 +84,9 @@ export type ConversationView = NonNullable<ReturnType<typeof conversationView>>
 const notFound = (id: string) => new ParleyError(ErrorCode.NOT_FOUND, `no conversation ${JSON.stringify(id)}`)
 
 /**
- * A message id derived from the API key and an `Idempotency-Key`: the message
- * itself is the idempotency record, so a retry — racing, or after a restart —
- * finds it in the document instead of in a table that could disagree with it.
+ * A message id derived from the API key and an `Idempotency-Key`: a key names
+ * one message per conversation, whose idempotency record (see
+ * {@link IdempotencyStore}) is kept under this id.
  */
 export function idempotentMessageId(keyId: string, idempotencyKey: string): MessageId {
   const digest = createHash("sha256").update(`${keyId}\u0000${idempotencyKey}`).digest("base64url")
@@ -91,7 +96,21 @@ export function idempotentMessageId(keyId: string, idempotencyKey: string): Mess
 /** A send, as the API received it. */
 export interface SendRequest extends SendMessageInput {
   readonly id: MessageId
+  /** Whether the id was the client's (`id` or `Idempotency-Key`): a retry may follow, so it is recorded. */
+  readonly idempotent: boolean
 }
+
+/** A send's answer: the message, and whether this request sent it (201) or found it sent (200). */
+export interface SendResult {
+  readonly message: MessageView
+  readonly created: boolean
+}
+
+const reused = () =>
+  new ParleyError(
+    ErrorCode.CONFLICT,
+    "this Idempotency-Key (or message id) was used for a different message: another body, author or field",
+  )
 
 /** True when the stored `record` is what `request` by `author` would have written. */
 function sameSend(record: MessageRecord, author: UserId, request: SendRequest): boolean {
@@ -116,6 +135,19 @@ function sameSend(record: MessageRecord, author: UserId, request: SendRequest): 
 }
 
 /**
+ * Whether a message found under the request's id is what `request` by
+ * `author` would have written: compared field by field while its content is
+ * there, by author once deleted (its content is gone).
+ */
+function sameAsFound(
+  found: MessageRecord | DeletedMessageRecord,
+  author: UserId,
+  request: SendRequest,
+): boolean {
+  return isDeletedRecord(found) ? found.author === author : sameSend(found, author, request)
+}
+
+/**
  * The HTTP API's operations over the running core: every write is one
  * `core.write` (the one update path, as hooks use) running the shared document
  * operations as the actor's participant, so the same rules decide as for a
@@ -124,7 +156,12 @@ function sameSend(record: MessageRecord, author: UserId, request: SendRequest): 
 export class ApiOperations {
   private readonly pages: MessagePages
 
-  constructor(private readonly core: RunningCore) {
+  /** Idempotent sends are recorded in `records` (the backend's), `now` dates them. */
+  constructor(
+    private readonly core: RunningCore,
+    private readonly records: IdempotencyStore,
+    private readonly now: () => number = Date.now,
+  ) {
     this.pages = new MessagePages(core)
   }
 
@@ -243,35 +280,140 @@ export class ApiOperations {
   }
 
   /**
-   * Sends idempotently by `request.id`: when the message is there already (a
-   * retry, even one racing the first attempt: both run in the document's one
-   * queue), returns it with `created: false`, or CONFLICT when the id was used
-   * for a different message.
+   * Sends a message. With a client's id (`request.idempotent`: a message `id`
+   * or an `Idempotency-Key`) the send is recorded, and a replay — racing the
+   * first attempt, on another relay, after a restart, or once the message was
+   * sealed into history — answers the message with `created: false`, or
+   * CONFLICT when the id was used for a different message; it never writes a
+   * second one. A first attempt costs a record and its completion; a replay
+   * reads the message where its record says it is (one segment at most).
    */
-  async send(
+  async send(id: ConversationId, actor: Actor, request: SendRequest): Promise<SendResult> {
+    if (!request.idempotent) {
+      const outcome = await this.sendOnce(id, actor, request, Number.POSITIVE_INFINITY)
+      return { message: await this.sent(id, request.id), created: outcome === "created" }
+    }
+    const since = await this.core.read(id, (doc) => (getConversation(doc) ? lastSequence(doc) : undefined))
+    if (since === undefined) throw notFound(id)
+    const record = await this.records.begin(id, request.id, since, this.now())
+    // Sealed history is searched only for an attempt that began before this one (it may have stored the
+    // message, then failed, crashed or is still running, here or on another relay): above its `since`.
+    let searched = Number.POSITIVE_INFINITY
+    if (record?.seq !== undefined) {
+      const replay = await this.replay(id, actor, request, record.seq)
+      if (replay) return replay
+      // Not at its number any more: gone with its deleted conversation's content. The write decides.
+    } else if (record) {
+      const search = await this.pages.findSealed(
+        id,
+        { after: record.since },
+        (e) => e.record.id === request.id,
+      )
+      if (search.found) return this.replayed(id, actor, request, search.found, false)
+      searched = search.sealedThrough
+    }
+    let outcome = await this.sendOnce(id, actor, request, searched)
+    while (outcome === "sealed") {
+      // Sealed since the search: what was sealed meanwhile is searched too, before writing.
+      const search = await this.pages.findSealed(id, { after: searched }, (e) => e.record.id === request.id)
+      if (search.found) return this.replayed(id, actor, request, search.found, false)
+      searched = search.sealedThrough
+      outcome = await this.sendOnce(id, actor, request, searched)
+    }
+    const message = await this.sent(id, request.id)
+    if (message.seq !== undefined) await this.records.complete(id, request.id, message.seq)
+    return { message, created: outcome === "created" }
+  }
+
+  /**
+   * One write of a send: `created` when it wrote the message; `found` when
+   * the conversation has it already (live, or in a segment the relay holds),
+   * or CONFLICT when that one differs; `sealed`, writing nothing, when the
+   * conversation was sealed beyond `searched` (the caller searched its sealed
+   * history that far). A write that fails after it saw the message absent
+   * moves the record's `since` up to where it was seen absent, so that a
+   * retry searches only what was sealed after that.
+   */
+  private async sendOnce(
     id: ConversationId,
     actor: Actor,
     request: SendRequest,
-  ): Promise<{ message: MessageView; created: boolean }> {
-    const created = await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+    searched: number,
+  ): Promise<"created" | "found" | "sealed"> {
+    let absentThrough: number | undefined
+    try {
+      return await this.write(id, actor, (doc) => {
+        if (!getConversation(doc)) throw notFound(id)
+        if (sealedThrough(doc) > searched) return "sealed"
+        const index = messageIndex(doc)
+        const found =
+          index.records.get(request.id) ??
+          index.deleted.get(request.id) ??
+          sealedHistory(doc).entry(request.id)?.record
+        if (found) {
+          if (!sameAsFound(found, actor.user, request)) throw reused()
+          return "found"
+        }
+        absentThrough = lastSequence(doc)
+        sendMessage(doc, actor.user, request)
+        return "created"
+      })
+    } catch (error) {
+      // Not moved (storage failing too), the record keeps an older `since`: a retry searches more, as correctly.
+      if (request.idempotent && absentThrough !== undefined)
+        await this.records.advance(id, request.id, absentThrough).catch(() => {})
+      throw error
+    }
+  }
+
+  /**
+   * The replay of a send whose message was numbered `seq`: the message read
+   * there (live, or from the one segment that holds it), or undefined when
+   * the conversation no longer has it (its content was purged).
+   */
+  private async replay(
+    id: ConversationId,
+    actor: Actor,
+    request: SendRequest,
+    seq: number,
+  ): Promise<SendResult | undefined> {
+    const live = await this.core.read(id, (doc) => {
+      if (!getConversation(doc)) return undefined
       const index = messageIndex(doc)
-      const record = index.records.get(request.id)
-      if (record || index.deleted.has(request.id)) {
-        const author = record?.author ?? index.deleted.get(request.id)?.author
-        if (record ? !sameSend(record, actor.user, request) : author !== actor.user)
-          throw new ParleyError(
-            ErrorCode.CONFLICT,
-            "this message id (or Idempotency-Key) was used for a different message",
-          )
-        return false
-      }
-      sendMessage(doc, actor.user, request)
-      return true
+      const found = index.records.get(request.id) ?? index.deleted.get(request.id)
+      return found ? { found, view: getMessage(doc, request.id) } : "sealed"
     })
-    const message = await this.core.read(id, (doc) => getMessage(doc, request.id))
+    if (!live) throw notFound(id)
+    if (live !== "sealed") {
+      if (!sameAsFound(live.found, actor.user, request)) throw reused()
+      return live.view && { message: live.view, created: false }
+    }
+    const search = await this.pages.findSealed(
+      id,
+      { after: seq - 1, through: seq },
+      (e) => e.record.id === request.id,
+    )
+    return search.found && this.replayed(id, actor, request, search.found, true)
+  }
+
+  /** The answer to a replay whose message was found sealed; records its number unless `numbered` already. */
+  private async replayed(
+    id: ConversationId,
+    actor: Actor,
+    request: SendRequest,
+    found: FoundSealed,
+    numbered: boolean,
+  ): Promise<SendResult> {
+    if (!sameAsFound(found.entry.record, actor.user, request)) throw reused()
+    if (!numbered) await this.records.complete(id, request.id, found.entry.seq)
+    return { message: found.view, created: false }
+  }
+
+  /** The message `messageId` just sent (or found sent). */
+  private async sent(id: ConversationId, messageId: MessageId): Promise<MessageView> {
+    const message = await this.core.read(id, (doc) => getMessage(doc, messageId))
     if (!message) throw new ParleyError(ErrorCode.INTERNAL, "the message sent is not in the conversation")
-    return { message, created }
+    return message
   }
 
   async edit(id: ConversationId, actor: Actor, messageId: MessageId, body: string): Promise<MessageView> {

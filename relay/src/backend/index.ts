@@ -1,4 +1,5 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
+import type { IdempotencyStore } from "../api/idempotency.js"
 import type { ApiKeyStore } from "../api/keys.js"
 import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
@@ -75,6 +76,11 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
     bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
     history: withDeadlines<HistoryStore>(backend.history, options.timeoutMs, "history segments"),
     keys: withDeadlines<ApiKeyStore>(backend.keys, options.timeoutMs, "API keys"),
+    idempotency: withDeadlines<IdempotencyStore>(
+      backend.idempotency,
+      options.timeoutMs,
+      "API idempotency records",
+    ),
     ...(backend.purge
       ? { purge: withDeadlines<ContentPurge>(backend.purge, options.timeoutMs, "content purge") }
       : {}),

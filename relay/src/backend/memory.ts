@@ -1,3 +1,4 @@
+import { MemoryIdempotencyStore } from "../api/idempotency.js"
 import { MemoryApiKeyStore } from "../api/keys.js"
 import { MemoryBlobStore } from "../attachments/memory-blob-store.js"
 import { MemoryHistoryStore } from "../history/store.js"
@@ -18,6 +19,7 @@ export class MemoryBackend implements Backend {
   readonly bindings = new MemoryClientBindingStore()
   readonly history = new MemoryHistoryStore()
   readonly keys = new MemoryApiKeyStore()
+  readonly idempotency = new MemoryIdempotencyStore()
   readonly pushSubscriptions = new MemoryPushSubscriptionStore()
   readonly blobs = new MemoryBlobStore()
   readonly purge: MemoryContentPurge

@@ -1,4 +1,5 @@
 import type pg from "pg"
+import { IDEMPOTENCY_SCHEMA, PostgresIdempotencyStore } from "../api/idempotency.js"
 import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
 import { BLOBS_SCHEMA, PostgresBlobStore } from "../attachments/postgres-blob-store.js"
 import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
@@ -35,6 +36,7 @@ export class PostgresBackend implements Backend {
   readonly bindings: PostgresClientBindingStore
   readonly history: PostgresHistoryStore
   readonly keys: PostgresApiKeyStore
+  readonly idempotency: PostgresIdempotencyStore
   readonly purge: PostgresContentPurge
   readonly pushSubscriptions: PostgresPushSubscriptionStore
   readonly blobs: PostgresBlobStore
@@ -47,6 +49,7 @@ export class PostgresBackend implements Backend {
     this.bindings = new PostgresClientBindingStore(pool)
     this.history = new PostgresHistoryStore(pool)
     this.keys = new PostgresApiKeyStore(pool)
+    this.idempotency = new PostgresIdempotencyStore(pool)
     this.purge = new PostgresContentPurge(pool)
     this.pushSubscriptions = new PostgresPushSubscriptionStore(pool)
     this.blobs = new PostgresBlobStore(pool)
@@ -65,6 +68,7 @@ export class PostgresBackend implements Backend {
         BINDINGS_SCHEMA,
         POSTGRES_HISTORY_SCHEMA,
         API_KEYS_SCHEMA,
+        IDEMPOTENCY_SCHEMA,
         PUSH_SUBSCRIPTIONS_SCHEMA,
         BLOBS_SCHEMA,
       ].join("\n"),

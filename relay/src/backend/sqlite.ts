@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import Database from "better-sqlite3"
+import { SqliteIdempotencyStore } from "../api/idempotency.js"
 import { SqliteApiKeyStore } from "../api/key-stores.js"
 import { FsBlobStore } from "../attachments/fs-blob-store.js"
 import { SqliteHistoryStore } from "../history/store.js"
@@ -50,6 +51,7 @@ export class SqliteBackend implements Backend {
   readonly bindings: SqliteClientBindingStore
   readonly history: SqliteHistoryStore
   readonly keys: SqliteApiKeyStore
+  readonly idempotency: SqliteIdempotencyStore
   readonly purge: SqliteContentPurge
   readonly pushSubscriptions: SqlitePushSubscriptionStore
   readonly blobs: FsBlobStore
@@ -104,6 +106,7 @@ export class SqliteBackend implements Backend {
       this.bindings = new SqliteClientBindingStore(this.db)
       this.history = new SqliteHistoryStore(this.db)
       this.keys = new SqliteApiKeyStore(this.db)
+      this.idempotency = new SqliteIdempotencyStore(this.db)
       this.purge = new SqliteContentPurge(this.db)
       this.pushSubscriptions = new SqlitePushSubscriptionStore(this.db)
       this.blobs = new FsBlobStore(join(dataDir, BLOBS_DIR))

@@ -1,3 +1,4 @@
+import type { IdempotencyStore } from "../api/idempotency.js"
 import type { ApiKeyStore } from "../api/keys.js"
 import type { BlobStore } from "../attachments/blob-store.js"
 import type { HistoryStore } from "../history/store.js"
@@ -37,6 +38,8 @@ export interface Backend {
   readonly history: HistoryStore
   /** The HTTP API's service keys (hashed). */
   readonly keys: ApiKeyStore
+  /** The HTTP API's idempotent sends: where each message sent with a key or id is (no content). */
+  readonly idempotency: IdempotencyStore
   /** Devices' Web Push subscriptions, per user and device. */
   readonly pushSubscriptions: PushSubscriptionStore
   /**

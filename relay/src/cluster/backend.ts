@@ -1,4 +1,5 @@
 import type pg from "pg"
+import { IDEMPOTENCY_SCHEMA, PostgresIdempotencyStore } from "../api/idempotency.js"
 import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
 import { BLOBS_SCHEMA, PostgresBlobStore } from "../attachments/postgres-blob-store.js"
 import type { Backend } from "../backend/types.js"
@@ -46,6 +47,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
       BINDINGS_SCHEMA,
       POSTGRES_HISTORY_SCHEMA,
       API_KEYS_SCHEMA,
+      IDEMPOTENCY_SCHEMA,
       PUSH_SUBSCRIPTIONS_SCHEMA,
       BLOBS_SCHEMA,
       FENCES_SCHEMA,
@@ -74,6 +76,7 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
     bindings,
     history: new PostgresHistoryStore(pool),
     keys: new PostgresApiKeyStore(pool),
+    idempotency: new PostgresIdempotencyStore(pool),
     // Purges of hook events and segments are the owner's, in its update path like the rest.
     purge: new PostgresContentPurge(pool),
     pushSubscriptions: new PostgresPushSubscriptionStore(pool),

@@ -104,6 +104,7 @@ describe("GET /v1/events", () => {
       extensions: [
         new ApiExtension({
           keys: backend.keys,
+          idempotency: backend.idempotency,
           log: (await import("../../src/log.js")).createLogger("silent"),
           events: log,
           limits: { heartbeatMs: 100, streamsPerKey: 2, retryMs: 1500 },

@@ -7,6 +7,7 @@ import { runApiKeyStoreConformance } from "./api-keys.js"
 import { runBindingStoreConformance } from "./bindings.js"
 import { runBlobStoreConformance } from "./blob-store.js"
 import { runEventLogConformance, type StoredFootprint } from "./event-log.js"
+import { runIdempotencyStoreConformance } from "./idempotency.js"
 import { runOutboxConformance, sampleEvent } from "./outbox.js"
 import { runPushSubscriptionStoreConformance } from "./push-subscriptions.js"
 import { runStorageConformance, type StorageTamper } from "./storage.js"
@@ -87,6 +88,16 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
     return {
       store: first.keys,
       reopen: async () => (persistent ? (await open()).keys : first.keys),
+      cleanup,
+    }
+  })
+
+  runIdempotencyStoreConformance(name, async () => {
+    const { open, cleanup, persistent } = await opener(setup)
+    const first = await open()
+    return {
+      store: first.idempotency,
+      reopen: async () => (persistent ? (await open()).idempotency : first.idempotency),
       cleanup,
     }
   })
