@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
-import type { ChangeEvent, Decision, DocumentName, UserId } from "@parley/shared"
+import type { ChangeEvent, Decision, DocumentName, MessageId, UserId } from "@parley/shared"
 import type * as Y from "yjs"
 import type { DeferTarget } from "./deferred-change.js"
 import type { HistoryKeeper } from "./history/keeper.js"
@@ -81,6 +81,14 @@ export interface RunningCore {
     change: (index: number, target: DeferTarget, origin: unknown) => Uint8Array | undefined,
     failed: (index: number) => void,
   ): void
+  /**
+   * Makes the document's sealed history tell for certain whether it holds
+   * `ids` (reading a segment only when its id filter says it may): before a
+   * server-side write of messages with given ids, so that `getMessage` and
+   * `sendMessage` find a sealed one rather than write a second message
+   * under its id. Does nothing when the core does not seal.
+   */
+  settleSealedIds?(name: string, ids: readonly MessageId[]): Promise<void>
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
   /** Whether the document is in this relay's memory now (loaded, or unloading). */

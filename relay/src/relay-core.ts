@@ -8,6 +8,7 @@ import {
   foldedHistory,
   type HistoryPage,
   lastSequence,
+  type MessageId,
   ParleyError,
   parseDocumentName,
   sealedHistory,
@@ -401,6 +402,19 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       } finally {
         this.scheduleIdle(host)
       }
+    }
+  }
+
+  async settleSealedIds(name: string, ids: readonly MessageId[]): Promise<void> {
+    const keeper = this.options.history
+    if (!keeper || parseName(name).kind !== "conversation") return
+    const host = await this.activeHost(name)
+    try {
+      await host.enqueue(async () => {
+        if (!host.destroyed) await keeper.settleSealedIds(host, ids)
+      })
+    } finally {
+      this.scheduleIdle(host)
     }
   }
 

@@ -25,6 +25,7 @@ import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import { startEpoch } from "./history/epoch.js"
+import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { applyPurge, holdPurged, planPurge, storePurge } from "./history/purge-plan.js"
 import { applySeals, placeholdersToTombstones, planSeals, type SealPlan, sealDue } from "./history/sealing.js"
@@ -40,7 +41,7 @@ import type { RelayStorage } from "./storage/types.js"
 import { joinBatch, type QueuedUpdate } from "./update-batch.js"
 import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
 import type { UserLedger } from "./user-limits.js"
-import { inspectUpdate } from "./yjs-updates.js"
+import { inspectUpdate, recordIdsIn } from "./yjs-updates.js"
 
 /** Limits the update path enforces. */
 export interface PathLimits extends UpdateCostLimits {
@@ -214,7 +215,7 @@ async function sequence(
   if (ids.length === 0 && sealed.length === 0) return undefined
   const from = ids.length > 0 ? await ctx.sequencer.reserve(host.name.id, ids.length) : 0
   const update = captureUpdate(host.doc, () => {
-    if (sealed.length > 0) placeholdersToTombstones(host.doc, sealed, RELAY_ORIGIN)
+    if (sealed.length > 0) sealed = placeholdersToTombstones(host.doc, sealed, RELAY_ORIGIN)
     if (ids.length > 0) writeSequenceNumbers(host.doc, from, ids, RELAY_ORIGIN)
   })
   return update ? { update, source: "relay", sealedDeletions: sealed } : undefined
@@ -643,6 +644,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       if (plans.length === 0) break
       n += plans.length
       const stored: SealPlan[] = []
+      const filters: IdFilter[] = []
       for (const plan of plans) {
         try {
           await history.store.put(host.key, {
@@ -652,6 +654,8 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
             hash: plan.summary.hash,
             bytes: plan.bytes,
           })
+          // Durable before the live document names the segment, as the segment is: the rules trust it.
+          filters.push(await history.storeIdFilter(host.key, plan.segment))
           if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
         } catch (error) {
           ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
@@ -666,6 +670,8 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       // Those stored, each as if applied alone after the ones before it: the first of a failed write's.
       const update = captureUpdate(host.doc, () => applySeals(host.doc, stored, RELAY_ORIGIN))
       if (update) updates.push(update)
+      // Named now (in memory; a failure to store the change evicts the document, and these with it).
+      stored.forEach((plan, i) => history.holdIdFilter(host.doc, plan.segment.index, filters[i]!))
       for (const plan of stored)
         ctx.log.debug(
           { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
@@ -845,6 +851,12 @@ async function admitUpdate(
     clientIds = clientIdsOf(update)
   }
   const input = { name: host.name, doc: host.doc, update, principal, clientIds }
+  // A new message's id must be no sealed message's: the rules ask the filters of sealed ids, and a
+  // segment that may hold one is read first (rarely: see HistoryKeeper.settleSealedIds).
+  if (ctx.history && host.name.kind === "conversation") {
+    const settling = ctx.history.settleSealedIds(host, recordIdsIn(update))
+    if (settling) await settling
+  }
   // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
   let decision = await membershipPolicy.checkUpdate(input)
   if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)

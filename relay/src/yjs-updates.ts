@@ -1,4 +1,4 @@
-import { ErrorCode, ParleyError } from "@parley/shared"
+import { ErrorCode, isMessageId, type MessageId, ParleyError, storedRecordId } from "@parley/shared"
 import * as Y from "yjs"
 
 /** What the update path needs to know about an incoming update, learnt without applying it. */
@@ -42,6 +42,25 @@ export function decodeOnce(update: Uint8Array): Decoded {
     decodedUpdates.set(update, decoded)
   }
   return decoded
+}
+
+/**
+ * The message ids of every stored record (message or placeholder) `update`
+ * may write, wherever it writes it: values of its items that have a record's
+ * id field. More than the records it writes (a superset is what is wanted:
+ * the ids to look up in sealed history before the rules judge the update),
+ * from the decoding the rules read again. Throws what Yjs throws.
+ */
+export function recordIdsIn(update: Uint8Array): MessageId[] {
+  const ids: MessageId[] = []
+  for (const struct of decodeOnce(update).structs) {
+    if (!(struct instanceof Y.Item) || !(struct.content instanceof Y.ContentAny)) continue
+    for (const value of struct.content.arr) {
+      const id = storedRecordId(value)
+      if (id !== undefined && isMessageId(id)) ids.push(id)
+    }
+  }
+  return ids
 }
 
 /**

@@ -69,6 +69,14 @@ export const Rule = {
    * still has them and sends its pending work again whole.
    */
   missingChanges: "missing-changes",
+  /**
+   * A new message's id is not one the conversation's sealed history holds:
+   * ids are chosen by the writing client, and every reader, overlay (edit,
+   * reactions, deletion) and hook names a message by its id, so a second
+   * message under a sealed one's id would take over how that one is shown.
+   * (An id the live document holds is refused as `immutable`.)
+   */
+  messageIdTaken: "message-id-taken",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]

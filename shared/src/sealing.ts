@@ -307,8 +307,10 @@ function deleteRuns<T>(array: Y.Array<T>, positions: readonly number[]): void {
 /**
  * Placeholders sent for sealed messages (a device deleted one it still held
  * live) become tombstones: the record is in an immutable segment, and a
- * placeholder in the live array would be numbered as a new message. Returns
- * the ids converted.
+ * placeholder in the live array would be numbered as a new message. Only a
+ * placeholder of the sealed message itself (its author and time): one of
+ * another message under its id (written before the relay refused sealed
+ * ids) deletes that one, not the sealed one. Returns the ids converted.
  */
 export function placeholdersToTombstones(
   doc: Y.Doc,
@@ -324,6 +326,8 @@ export function placeholdersToTombstones(
       const entry = history.entry(id)
       const placeholder = index.deleted.get(id)
       if (!entry || !placeholder) continue
+      if (placeholder.author !== entry.record.author || placeholder.createdAt !== entry.record.createdAt)
+        continue
       if (!isDeletedRecord(entry.record) && !t.tombstones.has(id))
         t.tombstones.set(
           id,

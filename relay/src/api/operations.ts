@@ -289,6 +289,8 @@ export class ApiOperations {
    * reads the message where its record says it is (one segment at most).
    */
   async send(id: ConversationId, actor: Actor, request: SendRequest): Promise<SendResult> {
+    // A sealed message under this id is found (a replay, or CONFLICT), never written over a second time.
+    await this.core.settleSealedIds?.(id, [request.id])
     if (!request.idempotent) {
       const outcome = await this.sendOnce(id, actor, request, Number.POSITIVE_INFINITY)
       return { message: await this.sent(id, request.id), created: outcome === "created" }

@@ -3,6 +3,7 @@ import {
   decodeDirectoryPage,
   decodeSegment,
   foldedHistory,
+  type MessageId,
   nextDirectoryPage,
   type Segment,
   sealedHistory,
@@ -10,6 +11,8 @@ import {
   segmentHash,
 } from "@parley/shared"
 import type * as Y from "yjs"
+import { IdFilter } from "./id-filter.js"
+import { attachSealedIdFilters, namedSegments, type SealedIdFilters, sealedIdFilters } from "./sealed-ids.js"
 import type { SealingOptions } from "./sealing.js"
 import { directoryPageIndex, type HistoryStore, type StoredSegment } from "./store.js"
 
@@ -28,6 +31,8 @@ export interface HistoryHost {
  */
 export class HistoryKeeper {
   private readonly directories = new WeakMap<Y.Doc, Promise<void>>()
+  /** Loads of a document's id filters under way: one at a time per document. */
+  private readonly filterLoads = new WeakMap<Y.Doc, Promise<void>>()
 
   constructor(
     readonly store: HistoryStore,
@@ -57,6 +62,95 @@ export class HistoryKeeper {
     }
     await loading
     return true
+  }
+
+  /**
+   * Makes what the rules know of `ids` in `host`'s sealed history exact (see
+   * `sealedIdStatus`): attaches the id filters of every segment the live
+   * document names (read once per loaded document, then as more are named;
+   * one missing, of a segment sealed by an older version, is built from the
+   * segment once and stored), then holds each segment whose filter may hold
+   * one of `ids`. Undefined when there is nothing to read: the usual new
+   * message costs its filter probes, no storage read.
+   */
+  settleSealedIds(host: HistoryHost, ids: readonly MessageId[]): Promise<void> | undefined {
+    if (ids.length === 0 || sealedThrough(host.doc) === 0) return undefined
+    const filters = sealedIdFilters(host.doc)
+    if (!filters || filters.covered < namedSegments(host.doc))
+      return this.loadIdFilters(host).then(() => this.holdCandidates(host, ids))
+    return this.holdCandidates(host, ids)
+  }
+
+  /**
+   * Stores the id filter of `segment`, sealed for `doc` (before the live
+   * document names it, like the segment). Returns it for
+   * {@link holdIdFilter} once the live document names the segment.
+   */
+  async storeIdFilter(doc: string, segment: Segment): Promise<IdFilter> {
+    const filter = IdFilter.of(segment.entries.map((e) => e.record.id))
+    await this.store.putIdFilter(doc, segment.index, filter.encode())
+    return filter
+  }
+
+  /** Holds the filter of segment `index`, which `doc` now names, when its filters are attached. */
+  holdIdFilter(doc: Y.Doc, index: number, filter: IdFilter): void {
+    sealedIdFilters(doc)?.set(index, filter)
+  }
+
+  /** Holds the segments whose filter may hold one of `ids` and are not held; undefined when none. */
+  private holdCandidates(host: HistoryHost, ids: readonly MessageId[]): Promise<void> | undefined {
+    const filters = sealedIdFilters(host.doc)!
+    const history = sealedHistory(host.doc)
+    let wanted: Set<number> | undefined
+    for (const id of ids) {
+      if (history.entry(id)) continue
+      for (const index of filters.candidates(id)) if (!history.has(index)) (wanted ??= new Set()).add(index)
+    }
+    return wanted && this.holdSegments(host, [...wanted])
+  }
+
+  /** Reads segments `indexes` of `host` into its directory of sealed messages. */
+  private async holdSegments(host: HistoryHost, indexes: readonly number[]): Promise<void> {
+    const history = sealedHistory(host.doc)
+    for (const index of indexes) {
+      const stored = await this.store.get(host.key, index)
+      if (stored) history.add(decodeSegment(stored.bytes))
+    }
+  }
+
+  /** Attaches the id filters of every segment `host`'s live document names (one load at a time). */
+  private loadIdFilters(host: HistoryHost): Promise<void> {
+    const running = this.filterLoads.get(host.doc)
+    if (running) return running.then(() => this.loadIdFilters(host))
+    const filters = attachSealedIdFilters(host.doc)
+    if (filters.covered >= namedSegments(host.doc)) return Promise.resolve()
+    const loading = this.readIdFilters(host, filters).finally(() => this.filterLoads.delete(host.doc))
+    this.filterLoads.set(host.doc, loading)
+    return loading
+  }
+
+  private async readIdFilters(host: HistoryHost, filters: SealedIdFilters): Promise<void> {
+    const named = namedSegments(host.doc)
+    const stored = new Map<number, Uint8Array>()
+    for (const { index, bytes } of await this.store.idFilters(host.key, filters.covered))
+      stored.set(index, bytes)
+    for (let index = filters.covered; index < named; index++) {
+      const bytes = stored.get(index)
+      const filter = (bytes && IdFilter.decode(bytes)) ?? (await this.buildIdFilter(host.key, index))
+      filters.set(index, filter)
+    }
+  }
+
+  /**
+   * The id filter of stored segment `index`, built from it and stored: a
+   * segment sealed before filters existed (once per conversation). A segment
+   * missing from the store holds nothing a new id could meet (not stored: a
+   * restored segment gets its own).
+   */
+  private async buildIdFilter(doc: string, index: number): Promise<IdFilter> {
+    const stored = await this.store.get(doc, index)
+    if (!stored) return IdFilter.of([])
+    return this.storeIdFilter(doc, decodeSegment(stored.bytes))
   }
 
   /** Segment `index` of `host` as stored, or null. */

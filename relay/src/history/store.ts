@@ -12,6 +12,12 @@ export interface StoredSegment {
   readonly bytes: Uint8Array
 }
 
+/** A sealed segment's filter of its message ids (`IdFilter`, encoded), by the segment's index. */
+export interface StoredIdFilter {
+  readonly index: number
+  readonly bytes: Uint8Array
+}
+
 /**
  * The index under which directory page `page` of a conversation's folded
  * history is stored (shared `DirectoryPage`): beside its segments, below 0, so
@@ -37,6 +43,14 @@ export interface HistoryStore {
   get(doc: string, index: number): Promise<StoredSegment | null>
   /** Every segment of `doc`, by index (for the relay's directory of sealed messages); no directory page. */
   all(doc: string): Promise<StoredSegment[]>
+  /**
+   * Stores the filter of segment `index`'s message ids durably (replacing
+   * any): written before the live document names the segment, like the
+   * segment itself; derived from it, so a missing one is built again.
+   */
+  putIdFilter(doc: string, index: number, bytes: Uint8Array): Promise<void>
+  /** The id filters of `doc`'s segments from index `from` on, by index (without reading the segments). */
+  idFilters(doc: string, from: number): Promise<StoredIdFilter[]>
   close(): Promise<void>
 }
 
@@ -45,6 +59,7 @@ const copy = (s: StoredSegment): StoredSegment => ({ ...s, bytes: s.bytes.slice(
 /** Segments in process memory. */
 export class MemoryHistoryStore implements HistoryStore {
   private readonly docs = new Map<string, Map<number, StoredSegment>>()
+  private readonly filters = new Map<string, Map<number, Uint8Array>>()
 
   async put(doc: string, segment: StoredSegment): Promise<void> {
     const segments = this.docs.get(doc) ?? new Map<number, StoredSegment>()
@@ -64,9 +79,23 @@ export class MemoryHistoryStore implements HistoryStore {
       .map(copy)
   }
 
-  /** Forgets every segment of `doc` (a purge of a deleted conversation). */
+  async putIdFilter(doc: string, index: number, bytes: Uint8Array): Promise<void> {
+    const filters = this.filters.get(doc) ?? new Map<number, Uint8Array>()
+    this.filters.set(doc, filters)
+    filters.set(index, bytes.slice())
+  }
+
+  async idFilters(doc: string, from: number): Promise<StoredIdFilter[]> {
+    return [...(this.filters.get(doc) ?? [])]
+      .filter(([index]) => index >= from)
+      .sort(([a], [b]) => a - b)
+      .map(([index, bytes]) => ({ index, bytes: bytes.slice() }))
+  }
+
+  /** Forgets every segment of `doc` and their id filters (a purge of a deleted conversation). */
   drop(doc: string): void {
     this.docs.delete(doc)
+    this.filters.delete(doc)
   }
 
   async close(): Promise<void> {}
@@ -83,6 +112,12 @@ CREATE TABLE IF NOT EXISTS history_segments (
   data BLOB NOT NULL,
   PRIMARY KEY (doc, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history_id_filters (
+  doc TEXT NOT NULL,
+  idx INTEGER NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (doc, idx)
+) WITHOUT ROWID;
 `
 
 interface SegmentRow {
@@ -92,6 +127,16 @@ interface SegmentRow {
   hash: string
   data: Buffer | Uint8Array
 }
+
+interface FilterRow {
+  idx: number
+  data: Buffer | Uint8Array
+}
+
+const fromFilterRow = (row: FilterRow): StoredIdFilter => ({
+  index: Number(row.idx),
+  bytes: new Uint8Array(row.data),
+})
 
 const fromRow = (row: SegmentRow): StoredSegment => ({
   index: Number(row.idx),
@@ -117,6 +162,10 @@ export class SqliteHistoryStore implements HistoryStore {
       all: db.prepare<[string], SegmentRow>(
         "SELECT idx, from_seq, to_seq, hash, data FROM history_segments WHERE doc = ? AND idx >= 0 ORDER BY idx",
       ),
+      putIdFilter: db.prepare("INSERT OR REPLACE INTO history_id_filters (doc, idx, data) VALUES (?, ?, ?)"),
+      idFilters: db.prepare<[string, number], FilterRow>(
+        "SELECT idx, data FROM history_id_filters WHERE doc = ? AND idx >= ? ORDER BY idx",
+      ),
     }
   }
 
@@ -133,6 +182,14 @@ export class SqliteHistoryStore implements HistoryStore {
     return this.statements.all.all(doc).map(fromRow)
   }
 
+  async putIdFilter(doc: string, index: number, bytes: Uint8Array): Promise<void> {
+    this.statements.putIdFilter.run(doc, index, Buffer.from(bytes))
+  }
+
+  async idFilters(doc: string, from: number): Promise<StoredIdFilter[]> {
+    return this.statements.idFilters.all(doc, from).map(fromFilterRow)
+  }
+
   async close(): Promise<void> {}
 }
 
@@ -143,6 +200,12 @@ export const POSTGRES_HISTORY_SCHEMA = `CREATE TABLE IF NOT EXISTS parley_histor
   from_seq BIGINT NOT NULL,
   to_seq BIGINT NOT NULL,
   hash TEXT NOT NULL,
+  data BYTEA NOT NULL,
+  PRIMARY KEY (doc, idx)
+);
+CREATE TABLE IF NOT EXISTS parley_history_id_filters (
+  doc TEXT NOT NULL,
+  idx INTEGER NOT NULL,
   data BYTEA NOT NULL,
   PRIMARY KEY (doc, idx)
 );`
@@ -173,6 +236,22 @@ export class PostgresHistoryStore implements HistoryStore {
       [doc],
     )
     return rows.map(fromRow)
+  }
+
+  async putIdFilter(doc: string, index: number, bytes: Uint8Array): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO parley_history_id_filters (doc, idx, data) VALUES ($1, $2, $3)
+       ON CONFLICT (doc, idx) DO UPDATE SET data = $3`,
+      [doc, index, Buffer.from(bytes)],
+    )
+  }
+
+  async idFilters(doc: string, from: number): Promise<StoredIdFilter[]> {
+    const { rows } = await this.pool.query<FilterRow>(
+      "SELECT idx, data FROM parley_history_id_filters WHERE doc = $1 AND idx >= $2 ORDER BY idx",
+      [doc, from],
+    )
+    return rows.map(fromFilterRow)
   }
 
   async close(): Promise<void> {}

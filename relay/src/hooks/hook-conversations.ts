@@ -121,6 +121,8 @@ export function hookConversations(options: HookConversationsOptions): HookConver
     send: async (id, asUser, input) => {
       const key = nextKey()
       const messageId = input.id ?? (key as MessageId)
+      // A sealed message under this id is the one sent (as a live one is), never written over.
+      await core.settleSealedIds?.(id, [messageId])
       await write(id, asUser, (doc) => {
         sendMessage(doc, asUser, { ...input, id: messageId })
       })

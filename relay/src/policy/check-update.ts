@@ -54,6 +54,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import * as Y from "yjs"
+import { sealedIdStatus } from "../history/sealed-ids.js"
 import { describePrincipal, type Principal } from "../principal.js"
 import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
 import { isPlainJson, sameJson } from "./plain-json.js"
@@ -507,12 +508,14 @@ class UpdateCheck {
       if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
       if (index.records.has(record.id) || index.deleted.has(record.id) || this.deletedRecords.has(record.id))
         refuse(Rule.immutable, `message ${record.id} already exists`)
+      this.refuseSealedId(record.id)
     }
     // Written and deleted at once: a message sent, then deleted by someone allowed to, with its placeholder.
     for (const [id, record] of this.transientRecords) {
       if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
       if (index.records.has(id) || index.deleted.has(id) || this.deletedRecords.has(id))
         refuse(Rule.immutable, `message ${id} already exists`)
+      this.refuseSealedId(id)
       if (!this.isRelay) assert(canDeleteMessage(this.actor!, this.role, record.author))
       if (!this.newPlaceholders.has(id)) refuse(Rule.immutable, "a deleted message leaves a placeholder")
     }
@@ -522,6 +525,10 @@ class UpdateCheck {
         this.transientRecords.get(id) ??
         index.deleted.get(id) ??
         this.sealed(id)?.record
+      // A placeholder for a message not found may be for a sealed one whose segment is not held: the
+      // author it claims is checked against the sealed record once it is.
+      if (!original && sealedIdStatus(this.doc, id) === "unchecked")
+        refuse(Rule.immutable, `message ${id} could not be checked against the sealed history`)
       if (original) {
         if (placeholder.author !== original.author || placeholder.createdAt !== original.createdAt)
           refuse(Rule.immutable, "a placeholder keeps the message's author and time")
@@ -535,6 +542,18 @@ class UpdateCheck {
       assert(canDeleteMessage(this.actor!, this.role, placeholder.author))
       if (placeholder.deletedBy !== this.actor) refuse(Rule.selfOnly, "a message is deleted as oneself")
     }
+  }
+
+  /**
+   * A new message's id is no sealed message's: refused when a held segment
+   * has it, or when the sealed history could not be checked for it (the
+   * update path settles that first: see `HistoryKeeper.settleSealedIds`).
+   */
+  private refuseSealedId(id: MessageId): void {
+    const status = sealedIdStatus(this.doc, id)
+    if (status === "sealed") refuse(Rule.messageIdTaken, `message ${id} already exists in the sealed history`)
+    if (status === "unchecked")
+      refuse(Rule.messageIdTaken, `message ${id} could not be checked against the sealed history`)
   }
 
   /** Sequence numbers and the sealed history's summaries: the relay's alone. */

@@ -20,7 +20,7 @@ export interface ContentPurge {
    * alike) and the durable event log, without the content `scope` names.
    */
   redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void>
-  /** Deletes every sealed history segment of `document`. */
+  /** Deletes every sealed history segment of `document` (and their id filters). */
   dropSegments(document: string): Promise<void>
   /**
    * Makes what was deleted or rewritten unreadable in the database's files
@@ -115,6 +115,7 @@ export class SqliteContentPurge implements ContentPurge {
 
   async dropSegments(document: string): Promise<void> {
     this.db.prepare("DELETE FROM history_segments WHERE doc = ?").run(document)
+    this.db.prepare("DELETE FROM history_id_filters WHERE doc = ?").run(document)
   }
 
   async scrub(): Promise<void> {
@@ -208,6 +209,7 @@ export class PostgresContentPurge implements ContentPurge {
 
   async dropSegments(document: string): Promise<void> {
     await this.pool.query("DELETE FROM parley_history_segments WHERE doc = $1", [document])
+    await this.pool.query("DELETE FROM parley_history_id_filters WHERE doc = $1", [document])
   }
 
   async scrub(): Promise<void> {
