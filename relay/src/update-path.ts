@@ -671,7 +671,8 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       const update = captureUpdate(host.doc, () => applySeals(host.doc, stored, RELAY_ORIGIN))
       if (update) updates.push(update)
       // Named now (in memory; a failure to store the change evicts the document, and these with it).
-      stored.forEach((plan, i) => history.holdIdFilter(host.doc, plan.segment.index, filters[i]!))
+      for (const [i, plan] of stored.entries())
+        history.holdIdFilter(host.doc, plan.segment.index, filters[i]!)
       for (const plan of stored)
         ctx.log.debug(
           { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },

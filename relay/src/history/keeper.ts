@@ -101,12 +101,12 @@ export class HistoryKeeper {
   private holdCandidates(host: HistoryHost, ids: readonly MessageId[]): Promise<void> | undefined {
     const filters = sealedIdFilters(host.doc)!
     const history = sealedHistory(host.doc)
-    let wanted: Set<number> | undefined
+    const wanted = new Set<number>()
     for (const id of ids) {
       if (history.entry(id)) continue
-      for (const index of filters.candidates(id)) if (!history.has(index)) (wanted ??= new Set()).add(index)
+      for (const index of filters.candidates(id)) if (!history.has(index)) wanted.add(index)
     }
-    return wanted && this.holdSegments(host, [...wanted])
+    return wanted.size > 0 ? this.holdSegments(host, [...wanted]) : undefined
   }
 
   /** Reads segments `indexes` of `host` into its directory of sealed messages. */
