@@ -12,8 +12,12 @@ export const ID_FILTER_FORMAT = 1
  */
 const BITS_PER_ID = 24
 const PROBES = 16
-/** Smallest filter, in bits (a segment of a few messages). */
-const MIN_BITS = 64
+/**
+ * Smallest filter, in bits (a segment of a few messages): double hashing
+ * gives `size²` probe sequences, so a small filter answers yes to about
+ * `ids / size²` others whatever its fill.
+ */
+const MIN_BITS = 512
 
 /**
  * The two 32-bit hashes of `id` the probes are derived from (cyrb53's
@@ -39,8 +43,11 @@ export function idHashes(id: string): readonly [number, number] {
  * A Bloom filter of one sealed segment's message ids: says for certain that
  * an id is not in the segment, or that it may be (then the segment itself
  * says). Never a false negative: every id it was built from answers true.
- * Probe `i` of an id is bit `(h1 + i·h2) mod size` (double hashing of
- * {@link idHashes}).
+ * Probes by enhanced double hashing of {@link idHashes} (Dillinger and
+ * Manolios): the first is bit `x = h1 mod size`; with `y = h2 mod size`,
+ * each next one adds `y` to `x` and then the probe's number to `y` (mod
+ * size). Plain `h1 + i·h2` repeats bits when `h2` shares factors with the
+ * size (one filter in ten answered yes to 1 id in 100).
  */
 export class IdFilter {
   private constructor(
@@ -66,9 +73,13 @@ export class IdFilter {
 
   /** {@link mayHold} of an id whose {@link idHashes} are `h1`, `h2` (hashed once for many filters). */
   mayHoldHashed(h1: number, h2: number): boolean {
+    const size = this.size
+    let bit = h1 % size
+    let step = h2 % size
     for (let i = 0; i < this.probes; i++) {
-      const bit = ((h1 + Math.imul(i, h2)) >>> 0) % this.size
       if ((this.bits[bit >>> 3]! & (1 << (bit & 7))) === 0) return false
+      bit = (bit + step) % size
+      step = (step + i) % size
     }
     return true
   }
@@ -100,9 +111,13 @@ export class IdFilter {
 
   private add(id: string): void {
     const [h1, h2] = idHashes(id)
+    const size = this.size
+    let bit = h1 % size
+    let step = h2 % size
     for (let i = 0; i < this.probes; i++) {
-      const bit = ((h1 + Math.imul(i, h2)) >>> 0) % this.size
       this.bits[bit >>> 3]! |= 1 << (bit & 7)
+      bit = (bit + step) % size
+      step = (step + i) % size
     }
   }
 }
