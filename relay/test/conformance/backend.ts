@@ -242,6 +242,8 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       // A directory page of folded history (index −1) goes with the conversation's segments.
       await backend.history.put("g~gone", { index: -1, from: 1, to: 10, hash: "d", bytes: new Uint8Array(8) })
       await backend.history.put("g~other", { index: 0, from: 1, to: 10, hash: "h", bytes: new Uint8Array(8) })
+      await backend.history.putIdFilter("g~gone", 0, new Uint8Array(8).fill(1))
+      await backend.history.putIdFilter("g~other", 0, new Uint8Array(8).fill(2))
       const stored = async () =>
         JSON.stringify([
           (await backend.outbox.pending()).map((d) => d.event),
@@ -262,6 +264,9 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       expect(await backend.history.all("g~gone")).toEqual([])
       expect(await backend.history.get("g~gone", -1)).toBeNull()
       expect(await backend.history.all("g~other")).toHaveLength(1)
+      // The segments' id filters go with them.
+      expect(await backend.history.idFilters("g~gone", 0)).toEqual([])
+      expect(await backend.history.idFilters("g~other", 0)).toHaveLength(1)
     })
 
     it("stores sealed history segments once, returns them byte for byte per document, and replaces an unreferenced one", async () => {
@@ -297,6 +302,30 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       await backend.close()
       backend = await harness.open()
       expect(await backend.history.get("g~hist", 1)).toEqual(segment(1, 2))
+    })
+
+    it("stores each segment's id filter, replaces it, and lists a document's from an index on, without the segments", async () => {
+      const filter = (fill: number) => new Uint8Array(40).fill(fill)
+      expect(await backend.history.idFilters("g~ids", 0)).toEqual([])
+      await backend.history.putIdFilter("g~ids", 2, filter(3))
+      await backend.history.putIdFilter("g~ids", 0, filter(1))
+      await backend.history.putIdFilter("g~ids", 1, filter(2))
+      await backend.history.putIdFilter("g~ids-other", 0, filter(9))
+      expect(await backend.history.idFilters("g~ids", 0)).toEqual([
+        { index: 0, bytes: filter(1) },
+        { index: 1, bytes: filter(2) },
+        { index: 2, bytes: filter(3) },
+      ])
+      expect((await backend.history.idFilters("g~ids", 1)).map((f) => f.index)).toEqual([1, 2])
+      // Written again (a seal that crashed before its segment was named, then sealed again): replaced.
+      await backend.history.putIdFilter("g~ids", 2, filter(4))
+      ;(await backend.history.idFilters("g~ids", 2))[0]!.bytes.fill(7)
+      expect(await backend.history.idFilters("g~ids", 2)).toEqual([{ index: 2, bytes: filter(4) }])
+      expect(await backend.history.idFilters("g~ids-other", 0)).toEqual([{ index: 0, bytes: filter(9) }])
+      if (!harness.persistent) return
+      await backend.close()
+      backend = await harness.open()
+      expect((await backend.history.idFilters("g~ids", 0)).map((f) => f.index)).toEqual([0, 1, 2])
     })
 
     it("closes once, however often it is asked to", async () => {
