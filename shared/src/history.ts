@@ -631,6 +631,8 @@ export function tombstoneOf(doc: Y.Doc, id: MessageId): SealedDeletion | undefin
 export class SealedHistory {
   private readonly segments = new Map<number, Segment>()
   private readonly byId = new Map<MessageId, SealedEntry>()
+  /** Ids held in two segments (written again before the relay refused sealed ids): rare. */
+  private readonly sealedTwice = new Set<MessageId>()
   /** Directory pages held, by number, with the hash they were fetched (or written) under. */
   private readonly pages = new Map<number, { page: DirectoryPage; hash: string }>()
   /** Summaries of the folded segments in the held directory pages, by segment index. */
@@ -642,8 +644,19 @@ export class SealedHistory {
   add(segment: Segment): void {
     if (this.segments.has(segment.index)) return
     this.segments.set(segment.index, segment)
-    for (const entry of segment.entries) this.byId.set(entry.record.id, entry)
+    for (const entry of segment.entries) this.index(entry)
     this.version++
+  }
+
+  /**
+   * Finds `entry` by its id, unless an earlier-numbered entry holds that id:
+   * an id sealed twice (written again before the relay refused sealed ids)
+   * is its first message's.
+   */
+  private index(entry: SealedEntry): void {
+    const held = this.byId.get(entry.record.id)
+    if (held && held.seq !== entry.seq) this.sealedTwice.add(entry.record.id)
+    if (!held || entry.seq <= held.seq) this.byId.set(entry.record.id, entry)
   }
 
   /**
@@ -653,7 +666,7 @@ export class SealedHistory {
    */
   replace(segment: Segment): void {
     this.segments.set(segment.index, segment)
-    for (const entry of segment.entries) this.byId.set(entry.record.id, entry)
+    for (const entry of segment.entries) this.index(entry)
     this.version++
   }
 
@@ -662,8 +675,16 @@ export class SealedHistory {
     const segment = this.segments.get(index)
     if (!segment) return
     this.segments.delete(index)
+    const dropped = new Set<MessageId>()
     for (const entry of segment.entries)
-      if (this.byId.get(entry.record.id) === entry) this.byId.delete(entry.record.id)
+      if (this.byId.get(entry.record.id) === entry) {
+        this.byId.delete(entry.record.id)
+        if (this.sealedTwice.has(entry.record.id)) dropped.add(entry.record.id)
+      }
+    // An id sealed twice is found in its other segment again.
+    if (dropped.size > 0)
+      for (const other of this.segments.values())
+        for (const entry of other.entries) if (dropped.has(entry.record.id)) this.index(entry)
     this.version++
   }
 

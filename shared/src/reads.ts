@@ -96,6 +96,8 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
   const index = messageIndex(doc)
   const seq = index.seqOf.get(id)
   const placeholder = index.deleted.get(id)
+  const shadowing = sealedOver(doc, id, placeholder ?? index.records.get(id))
+  if (shadowing) return sealedMessageView(doc, shadowing)
   if (placeholder) {
     return {
       id,
@@ -135,6 +137,25 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
     ...(edit ? { editedAt: edit.editedAt } : {}),
     ...authorProfile(doc, record.author),
   }
+}
+
+/**
+ * The sealed entry of `id` this replica holds when the live document's
+ * record (or placeholder) `live` under that id is another message: one
+ * written under a sealed message's id before the relay refused such ids
+ * (rule `message-id-taken`). The sealed, older one is the message; the other
+ * is not shown (until the segment is held, this replica cannot tell).
+ */
+function sealedOver(
+  doc: Y.Doc,
+  id: MessageId,
+  live: { readonly author: UserId; readonly createdAt: number } | undefined,
+): SealedEntry | undefined {
+  if (!live) return undefined
+  const sealed = sealedHistory(doc).entry(id)
+  return sealed && (sealed.record.author !== live.author || sealed.record.createdAt !== live.createdAt)
+    ? sealed
+    : undefined
 }
 
 /**
@@ -189,6 +210,8 @@ export function sealedMessageView(doc: Y.Doc, entry: SealedEntry): MessageView {
 /**
  * Sealed messages this replica holds (see `SealedHistory`) numbered below
  * `before`, the latest `limit` of them, oldest first, as readers see them.
+ * An id sealed twice (a message written under a sealed one's id before the
+ * relay refused that) is listed once, as its first.
  */
 export function listSealedMessages(doc: Y.Doc, before: number, limit: number): MessageView[] {
   const history = sealedHistory(doc)
@@ -198,7 +221,8 @@ export function listSealedMessages(doc: Y.Doc, before: number, limit: number): M
     const segment = history.segment(held[h]!)!
     for (let i = segment.entries.length - 1; i >= 0 && views.length < limit; i--) {
       const entry = segment.entries[i]!
-      if (entry.seq < before) views.push(sealedMessageView(doc, entry))
+      if (entry.seq < before && history.entry(entry.record.id) === entry)
+        views.push(sealedMessageView(doc, entry))
     }
   }
   return views.reverse()
@@ -242,7 +266,10 @@ export function listMessages(doc: Y.Doc, window: MessageWindow): MessageView[] {
   }
   const views: MessageView[] = []
   for (let i = start; i < end; i++) {
-    const view = getMessage(doc, order[i]!)
+    const id = order[i]!
+    // Another message under a sealed one's id: the sealed one is listed where it was sealed.
+    if (sealedOver(doc, id, index.deleted.get(id) ?? index.records.get(id))) continue
+    const view = getMessage(doc, id)
     if (view) views.push(view)
   }
   return views

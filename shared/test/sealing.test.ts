@@ -10,7 +10,9 @@ import {
   deleteMessage,
   encodeSegment,
   encodeStoredRecord,
+  getMessage,
   listMessages,
+  listSealedMessages,
   type MessageId,
   markersOf,
   markRead,
@@ -25,6 +27,7 @@ import {
   sendMessage,
   typesOf,
   unreadCount,
+  writeSequenceNumbers,
 } from "../src/index.js"
 import { MessageIndex } from "../src/message-index.js"
 import { alice, bob, carol, groupDoc } from "./helpers.js"
@@ -278,5 +281,48 @@ describe("segment encoding", () => {
     expect(decoded.entries.map((e) => (e.record as { body: string }).body)).toEqual(
       bodies.map((b) => b.replace("\uD800", "\uFFFD")),
     )
+  })
+})
+
+describe("one message per id across live and sealed history", () => {
+  const id = "g~test" as ConversationId
+  const x = "dup-id-000000001" as MessageId
+  const alices = { id: x, author: alice, body: "alice's", createdAt: 1 }
+  const carols = { id: x, author: carol, body: "carol's, under alice's id", createdAt: 2 }
+
+  it("shows the sealed, older message, not a live one written under its id (before the relay refused that)", () => {
+    const doc = groupDoc()
+    sendMessage(doc, carol, { id: x, body: carols.body })
+    writeSequenceNumbers(doc, 41, [x])
+    // Without the segment the replica cannot tell: the live one is the message.
+    expect(getMessage(doc, x)).toMatchObject({ author: carol })
+    sealedHistory(doc).add({
+      conversation: id,
+      index: 0,
+      from: 1,
+      to: 1,
+      entries: [{ seq: 1, record: alices }],
+    })
+    expect(getMessage(doc, x)).toMatchObject({ author: alice, body: "alice's", seq: 1 })
+    expect(listMessages(doc, { last: 10 })).toEqual([])
+    expect(listSealedMessages(doc, 100, 100).map((m) => m.author)).toEqual([alice])
+    // A placeholder of the other one (carol deleting hers) does not delete alice's.
+    deleteMessage(doc, carol, x)
+    expect(getMessage(doc, x)).toMatchObject({ author: alice, body: "alice's" })
+  })
+
+  it("lists an id sealed twice once, as its first message, also after that segment is dropped and held again", () => {
+    const doc = groupDoc()
+    const history = sealedHistory(doc)
+    const first = { conversation: id, index: 0, from: 1, to: 1, entries: [{ seq: 1, record: alices }] }
+    const later = { conversation: id, index: 4, from: 41, to: 41, entries: [{ seq: 41, record: carols }] }
+    history.add(later)
+    history.add(first)
+    expect(getMessage(doc, x)).toMatchObject({ author: alice, seq: 1 })
+    expect(listSealedMessages(doc, 100, 100).map((m) => [m.author, m.seq])).toEqual([[alice, 1]])
+    history.remove(0)
+    expect(getMessage(doc, x)).toMatchObject({ author: carol, seq: 41 })
+    history.add(first)
+    expect(listSealedMessages(doc, 100, 100).map((m) => [m.author, m.seq])).toEqual([[alice, 1]])
   })
 })
