@@ -15,7 +15,7 @@ import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
 import { SQLITE_FILE, SqliteBackend } from "../src/backend/index.js"
 import { IdFilter } from "../src/history/id-filter.js"
-import { namedSegments, sealedIdFilters } from "../src/history/sealed-ids.js"
+import { namedSegments, SealedIdFilters, sealedIdFilters } from "../src/history/sealed-ids.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { freshDataDir } from "./api/helpers.js"
 
@@ -71,6 +71,39 @@ describe("id filters", () => {
     expect(IdFilter.decode(new Uint8Array([2, ...bytes.subarray(1)]))).toBeUndefined()
     expect(IdFilter.decode(bytes.subarray(0, bytes.length - 1))).toBeUndefined()
   })
+})
+
+describe("a conversation's id filters, held bit-sliced", () => {
+  for (const seed of [5, 6]) {
+    it(`answer as each segment's filter does, over many groups of segments and mixed sizes (seed ${seed})`, () => {
+      const next = random(seed)
+      const held = new SealedIdFilters()
+      const filters: IdFilter[] = []
+      const segments: MessageId[][] = []
+      for (let index = 0; index < 100; index++) {
+        // Mostly full segments; now and then a short one (a backlog's last, another segment size).
+        const size = next() < 0.85 ? 50 : 1 + Math.floor(next() * 60)
+        const ids = Array.from({ length: size }, () => idFrom(next))
+        const filter = IdFilter.of(ids)
+        segments.push(ids)
+        filters.push(filter)
+        held.set(index, filter)
+        // Only the next segment's filter is taken: one past a gap is read from the store later.
+        held.set(index + 2, IdFilter.of([]))
+      }
+      expect(held.covered).toBe(100)
+      const expected = (id: MessageId) => filters.flatMap((f, i) => (f.mayHold(id) ? [i] : []))
+      for (const [index, ids] of segments.entries())
+        for (const id of ids) {
+          expect(held.candidates(id)).toContain(index)
+          expect(held.candidates(id)).toEqual(expected(id))
+        }
+      for (let i = 0; i < 2_000; i++) {
+        const id = idFrom(next)
+        expect(held.candidates(id)).toEqual(expected(id))
+      }
+    })
+  }
 })
 
 describe("the relay's sealed id filters", () => {

@@ -73,15 +73,39 @@ export class IdFilter {
 
   /** {@link mayHold} of an id whose {@link idHashes} are `h1`, `h2` (hashed once for many filters). */
   mayHoldHashed(h1: number, h2: number): boolean {
+    return this.mayHoldFrom(h1 % this.size, h2 % this.size)
+  }
+
+  /**
+   * {@link mayHoldHashed} from `h1 mod size` and `h2 mod size`: computed once
+   * for many filters of one size (a conversation's full segments), since a
+   * remainder of a 32-bit hash is the costly part of a probe that stops at
+   * its first or second bit.
+   */
+  mayHoldFrom(first: number, second: number): boolean {
     const size = this.size
-    let bit = h1 % size
-    let step = h2 % size
+    let bit = first
+    let step = second
     for (let i = 0; i < this.probes; i++) {
       if ((this.bits[bit >>> 3]! & (1 << (bit & 7))) === 0) return false
       bit = (bit + step) % size
       step = (step + i) % size
     }
     return true
+  }
+
+  /**
+   * Sets `mask` in `words[p · stride + slot]` for every bit `p` set here: the
+   * bit-sliced layout of `SealedIdFilters` (one word per bit and group of 32
+   * segments, the groups' words for one bit side by side).
+   */
+  sliceInto(words: Int32Array, slot: number, stride: number, mask: number): void {
+    const bits = this.bits
+    for (let byte = 0; byte < bits.length; byte++) {
+      let value = bits[byte]!
+      for (let bit = byte * 8; value !== 0; bit++, value >>>= 1)
+        if (value & 1) words[bit * stride + slot]! |= mask
+    }
   }
 
   /** Format, probes, size in bits (var-uints), then the bits. */

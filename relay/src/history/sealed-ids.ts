@@ -3,36 +3,129 @@ import type * as Y from "yjs"
 import { type IdFilter, idHashes } from "./id-filter.js"
 
 /**
+ * The filters of one size (and number of probes), bit-sliced: for each bit
+ * `p` of the filters and each group of 32 consecutive segments (a slot), one
+ * word whose bit `i` is bit `p` of segment `32 · group + i`'s filter, the
+ * slots' words for one bit side by side (`words[p · stride + slot]`). A
+ * probe then tests every segment at once, reading adjacent words: an id no
+ * segment holds is told in a dozen passes over a few cache lines, where
+ * probing each filter (or each group's words apart) cost a cache miss per
+ * filter.
+ */
+interface Slices {
+  readonly size: number
+  readonly probes: number
+  /** Group number of each slot. */
+  readonly groups: number[]
+  readonly slotOf: Map<number, number>
+  /** Slots the words have room for. */
+  stride: number
+  words: Int32Array
+  /** Per slot, while a check runs: the segments still possible. */
+  maybe: Int32Array
+}
+
+/**
  * The relay's filters of a loaded conversation's sealed message ids, one per
  * segment by index (see `IdFilter`), so that the rules can tell a new
  * message's id from every sealed one without reading sealed history: a
- * segment is read only when its filter says it may hold the id.
+ * segment is read only when its filter says it may hold the id. Held
+ * bit-sliced ({@link Slices}): the same memory as the filters.
  */
 export class SealedIdFilters {
-  private readonly filters: IdFilter[] = []
+  private count = 0
+  /** By size and probes (nearly always one: full segments). */
+  private readonly slices = new Map<string, Slices>()
+  /** The last id asked about and its answer: the update path asks twice per message (settling, then the rules). */
+  private last: { readonly id: MessageId; readonly candidates: readonly number[] } | undefined
 
   /** Segments `0 ..= covered - 1` have their filter here. */
   get covered(): number {
-    return this.filters.length
+    return this.count
   }
 
   /**
-   * Holds segment `index`'s filter: the next one (or one held already, as
-   * the same ids: a purge keeps them); one past a gap is left for a later
-   * load from the store.
+   * Holds the filter of segment `index` when it is the next one; any other is
+   * left (one held already keeps its ids: a purge keeps them; one past a gap
+   * is read from the store later).
    */
   set(index: number, filter: IdFilter): void {
-    if (index <= this.filters.length) this.filters[index] = filter
+    if (index !== this.count) return
+    const key = `${filter.size}:${filter.probes}`
+    let slices = this.slices.get(key)
+    if (!slices) {
+      slices = {
+        size: filter.size,
+        probes: filter.probes,
+        groups: [],
+        slotOf: new Map(),
+        stride: 0,
+        words: new Int32Array(0),
+        maybe: new Int32Array(0),
+      }
+      this.slices.set(key, slices)
+    }
+    const group = index >>> 5
+    let slot = slices.slotOf.get(group)
+    if (slot === undefined) slot = addSlot(slices, group)
+    filter.sliceInto(slices.words, slot, slices.stride, 1 << (index & 31))
+    this.count++
+    this.last = undefined
   }
 
   /** Segments whose filter says they may hold `id`, ascending. */
-  candidates(id: MessageId): number[] {
+  candidates(id: MessageId): readonly number[] {
+    if (this.last?.id === id) return this.last.candidates
     const [h1, h2] = idHashes(id)
-    const found: number[] = []
-    for (let i = 0; i < this.filters.length; i++) if (this.filters[i]!.mayHoldHashed(h1, h2)) found.push(i)
-    return found
+    let found: number[] | undefined
+    for (const { size, probes, groups, stride, words, maybe } of this.slices.values()) {
+      const slots = groups.length
+      maybe.fill(-1, 0, slots)
+      let possible = slots
+      let bit = h1 % size
+      let step = h2 % size
+      for (let i = 0; i < probes && possible > 0; i++) {
+        const base = bit * stride
+        for (let slot = 0; slot < slots; slot++) {
+          const was = maybe[slot]!
+          if (was === 0) continue
+          const now = was & words[base + slot]!
+          maybe[slot] = now
+          if (now === 0) possible--
+        }
+        bit = (bit + step) % size
+        step = (step + i) % size
+      }
+      if (possible === 0) continue
+      found ??= []
+      for (let slot = 0; slot < slots; slot++)
+        for (let left = maybe[slot]!; left !== 0; left &= left - 1)
+          found.push(groups[slot]! * 32 + 31 - Math.clz32(left & -left))
+    }
+    const candidates = found ? found.sort((a, b) => a - b) : NONE
+    this.last = { id, candidates }
+    return candidates
   }
 }
+
+/** Gives `group` a slot in `slices`, doubling the room (words copied to the new stride) when full. */
+function addSlot(slices: Slices, group: number): number {
+  const slot = slices.groups.length
+  if (slot >= slices.stride) {
+    const stride = Math.max(4, slices.stride * 2)
+    const words = new Int32Array(slices.size * stride)
+    for (let bit = 0; bit < slices.size; bit++)
+      words.set(slices.words.subarray(bit * slices.stride, bit * slices.stride + slot), bit * stride)
+    slices.words = words
+    slices.stride = stride
+    slices.maybe = new Int32Array(stride)
+  }
+  slices.groups.push(group)
+  slices.slotOf.set(group, slot)
+  return slot
+}
+
+const NONE: readonly number[] = []
 
 const registry = new WeakMap<Y.Doc, SealedIdFilters>()
 
