@@ -856,7 +856,13 @@ async function admitUpdate(
   // segment that may hold one is read first (rarely: see HistoryKeeper.settleSealedIds).
   if (ctx.history && host.name.kind === "conversation") {
     const settling = ctx.history.settleSealedIds(host, recordIdsIn(update))
-    if (settling) await settling
+    if (settling)
+      await settling.catch((error: unknown) => {
+        // The store failing to answer: the update may go through later, unchanged (retryable).
+        throw error instanceof ParleyError
+          ? error
+          : storageUnavailable(`the sealed history could not be read: ${(error as Error).message}`, error)
+      })
   }
   // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
   let decision = await membershipPolicy.checkUpdate(input)

@@ -153,10 +153,11 @@ export function namedSegments(doc: Y.Doc): number {
  * - `sealed`: a segment the relay holds has it;
  * - `absent`: no segment has it (each whose filter may hold it is held, and
  *   does not), or nothing is sealed;
- * - `unchecked`: the filters attached do not cover every segment, or one
- *   that may hold it is not held: the update path settles this first
+ * - `unchecked`: a segment that may hold it is not held (its filter says
+ *   so, or it has none here): the update path settles this first
  *   (`HistoryKeeper.settleSealedIds`), so the rules see it only when that
- *   failed, and refuse.
+ *   could not be done, and refuse (the update path then loads the whole
+ *   directory and asks again).
  *
  * Without filters attached (a relay that does not seal), what the held
  * segments say, as before filters existed.
@@ -167,7 +168,9 @@ export function sealedIdStatus(doc: Y.Doc, id: MessageId): "sealed" | "absent" |
   if (sealedThrough(doc) === 0) return "absent"
   const filters = registry.get(doc)
   if (!filters) return "absent"
-  if (filters.covered < namedSegments(doc)) return "unchecked"
+  // A segment without its filter here is known only when held (the whole directory, loaded after a refusal).
+  for (let index = filters.covered, named = namedSegments(doc); index < named; index++)
+    if (!history.has(index)) return "unchecked"
   for (const index of filters.candidates(id)) if (!history.has(index)) return "unchecked"
   return "absent"
 }
