@@ -226,6 +226,48 @@ describe("a new message under a sealed message's id", () => {
     expect(listMessages(b.doc, { last: 100 }).filter((v) => v.id === x.id)).toEqual([])
   })
 
+  it("leaves a sealed message alone when a message written under its id before the rule is deleted, and lists it once", async () => {
+    const dataDir = freshDataDir()
+    const made = newApiKey("backend", ["conversations:read", "messages:read"])
+    let backend = new SqliteBackend(dataDir)
+    await backend.keys.create(made.record)
+    let relay = await relayOn(backend)
+    const id = await conversationWith(relay, 40)
+    const reader = await connect(relay, id, bob)
+    const [x, y] = (await segment(reader, 0)).entries.map((e) => e.record)
+    await relay.close()
+    backend = new SqliteBackend(dataDir)
+    relay = await relayOn(backend)
+    // What the relay accepted before it refused sealed ids, as trusted writes that are not checked:
+    // one numbered message under y's id (the relay held no segment), then one never numbered under
+    // x's (the relay holds the segment by then), which its writer deletes.
+    const asMallory = { kind: "user", user: mallory } as const
+    await relay.core.write(id, asMallory, (doc) => sendMessage(doc, mallory, { id: y!.id, body: "numbered" }))
+    await relay.core.settleSealedIds(id, [x!.id])
+    await relay.core.write(id, asMallory, (doc) =>
+      typesOf(doc).messages.push([
+        encodeStoredRecord({ id: x!.id, author: mallory, body: "never numbered", createdAt: Date.now() }),
+      ]),
+    )
+    await relay.core.write(id, asMallory, (doc) => deleteMessage(doc, mallory, x!.id))
+    // The deletion was mallory's message's: alice's sealed one is neither deleted nor purged.
+    expect(await relay.core.read(id, (doc) => tombstoneOf(doc, x!.id))).toBeUndefined()
+    const check = await connect(relay, id, bob)
+    sealedHistory(check.doc).add(await segment(check, 0, 700))
+    expect(getMessage(check.doc, x!.id)).toMatchObject({ author: alice, body: "message 0" })
+    expect(getMessage(check.doc, y!.id)).toMatchObject({ author: bob, body: "message 1", seq: 2 })
+    expect(listMessages(check.doc, { last: 100 }).filter((m) => m.author === mallory)).toEqual([])
+    // The API, reading through the relay that holds the segment, lists each id once: the sealed message.
+    const api = apiClient(() => relay.httpUrl, made.key)
+    const listed = await api("GET", `/v1/conversations/${id}/messages?after=0&limit=100`)
+    const under = (messageId: string) =>
+      listed.body.messages
+        .filter((m: { id: string }) => m.id === messageId)
+        .map((m: { seq: number; author: string }) => [m.seq, m.author])
+    expect(under(x!.id)).toEqual([[1, "alice"]])
+    expect(under(y!.id)).toEqual([[2, "bob"]])
+  })
+
   it("is found by the HTTP API (a replay, or CONFLICT), never written a second time, after a restart too", async () => {
     const dataDir = freshDataDir()
     const made = newApiKey("backend", [

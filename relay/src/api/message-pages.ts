@@ -6,6 +6,7 @@ import {
   getMessage,
   knownSegments,
   lastSequence,
+  type MessageId,
   type MessageView,
   messageIndex,
   nextDirectoryPage,
@@ -220,7 +221,9 @@ function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, 
     for (let n = 0; n < end - start; n++) {
       const id = order[ascending ? start + n : end - 1 - n]!
       const seq = index.seqOf.get(id)!
-      yield { seq, sealed: false, view: () => getMessage(doc, id) }
+      // A message written under a held sealed one's id (before the relay refused that) reads as the
+      // sealed one (shared `getMessage`): listed at its own number, not again here.
+      yield { seq, sealed: false, view: () => liveView(doc, id, seq) }
     }
   }
 
@@ -282,6 +285,12 @@ function walk(doc: Y.Doc, query: MessagePageQuery, fetched: ReadonlyMap<string, 
     if (next) return { kind: "directory", ...next }
   }
   return page(false)
+}
+
+/** The live message `id` numbered `seq`, unless another message (a sealed one) is shown under its id. */
+function liveView(doc: Y.Doc, id: MessageId, seq: number): MessageView | undefined {
+  const view = getMessage(doc, id)
+  return view?.seq === seq ? view : undefined
 }
 
 /**
