@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto"
 import { ErrorCode, ParleyError, toParleyError } from "@parley/shared"
 import { Redis } from "ioredis"
 import type pg from "pg"
+import client from "prom-client"
 import * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { Outbox } from "../hooks/outbox.js"
@@ -11,6 +12,7 @@ import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
 import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
+import { ClusterMetrics } from "./metrics.js"
 import { ClusterPresence } from "./presence.js"
 import type { RoutedCore, UpdateRouter } from "./router.js"
 import { ClusterUsage } from "./usage.js"
@@ -49,6 +51,8 @@ export interface ClusterOptions {
   readonly log: Logger
   /** The backend's pool (fencing tokens). */
   readonly pool: pg.Pool
+  /** Where the cluster's metrics are registered (the relay's registry); default a registry of their own. */
+  readonly registry?: client.Registry
 }
 
 /** What Redis is doing, for `/readyz`. */
@@ -89,7 +93,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly redis: Redis
   private readonly sub: Redis
   private readonly prefix: string
-  private readonly options: Required<Omit<ClusterOptions, "log" | "pool">> & ClusterOptions
+  private readonly options: Required<Omit<ClusterOptions, "log" | "pool" | "registry">> & ClusterOptions
+  readonly metrics: ClusterMetrics
   private core: RoutedCore | undefined
   private readonly hosts = new Map<string, DocumentHost>()
   private readonly waiting = new Map<string, Waiting>()
@@ -106,6 +111,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private constructor(options: ClusterOptions) {
     this.options = { ...DEFAULT_CLUSTER_OPTIONS, ...options }
     this.prefix = this.options.keyPrefix
+    this.metrics = new ClusterMetrics(options.registry ?? new client.Registry())
     const redisOptions = {
       // Commands fail at once while Redis is away: a write must fail fast, not queue.
       enableOfflineQueue: false,
@@ -140,8 +146,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       prefix: this.prefix,
       relayId: this.relayId,
       ttlMs: this.options.leaseMs,
-      lost: () => {},
+      lost: () => this.metrics.leasesLost.inc(),
     })
+    this.metrics.countOwnedWith(() => this.leases.names.filter((name) => this.owns(name)).length)
     this.presence = new ClusterPresence(this.redis, this.prefix, this.relayId, options.log)
     this.sub.on("messageBuffer", (channel: Buffer, message: Buffer) => {
       if (this.usage && channel.toString() === this.usage.channel) this.usage.received(message)
@@ -280,11 +287,13 @@ export class Cluster implements UpdateRouter, FenceSource {
   ): Promise<unknown> {
     // A reconnecting client's sync step 2 usually brings nothing new: answered here, nothing to order.
     if (inspectUpdate(host.doc, update).noop) return local()
+    const queued = performance.now()
     return this.inOrder(host.key, async () => {
       const through = await this.route(host, "client", principal, update, local)
       if (through === undefined) return
       await this.reach(host, through)
       connection.saved()
+      this.metrics.routeSeconds.observe((performance.now() - queued) / 1000)
     })
   }
 
@@ -390,11 +399,17 @@ export class Cluster implements UpdateRouter, FenceSource {
         if (reply?.error) {
           // UNAVAILABLE: that relay no longer orders it (or is stopping); anything else is the answer,
           // and so is an UNAVAILABLE the owner's rules gave (`missing-changes`: the sender is to resend).
-          if (reply.error.code !== ErrorCode.UNAVAILABLE || reply.error.rule !== undefined)
+          if (reply.error.code !== ErrorCode.UNAVAILABLE || reply.error.rule !== undefined) {
+            this.metrics.forwarded.inc({ outcome: "refused" })
             throw new ParleyError(reply.error.code, reply.error.message, {
               ...(reply.error.rule ? { rule: reply.error.rule as never } : {}),
             })
-        } else if (reply?.through !== undefined) return reply.through
+          }
+          this.metrics.forwarded.inc({ outcome: "not-owner" })
+        } else if (reply?.through !== undefined) {
+          this.metrics.forwarded.inc({ outcome: "stored" })
+          return reply.through
+        }
       }
       if (Date.now() >= deadline) break
       await sleep(Math.min(100, this.options.leaseMs / 10))
@@ -415,6 +430,7 @@ export class Cluster implements UpdateRouter, FenceSource {
         const host = this.hosts.get(name)
         if (host) await this.core!.applyRemote(host, "fetch")
         await this.core!.tookOver(name)
+        this.metrics.tookOver.inc()
         this.options.log.info({ doc: name, token }, "ordering the document")
         return true
       })().finally(() => this.takingOver.delete(name))
@@ -437,6 +453,7 @@ export class Cluster implements UpdateRouter, FenceSource {
           { doc: request.name, owner: holder, timeoutMs: this.options.forwardTimeoutMs },
           "a forwarded change got no answer in time: retrying",
         )
+        this.metrics.forwarded.inc({ outcome: "unanswered" })
         resolve(undefined)
       }, this.options.forwardTimeoutMs)
       this.waiting.set(id, { resolve, timer })
@@ -445,12 +462,14 @@ export class Cluster implements UpdateRouter, FenceSource {
           // Nobody listens on a dead relay's channel: look at the lease again at once.
           if (receivers === 0 && this.waiting.delete(id)) {
             clearTimeout(timer)
+            this.metrics.forwarded.inc({ outcome: "no-receiver" })
             resolve(undefined)
           }
         },
         () => {
           if (this.waiting.delete(id)) {
             clearTimeout(timer)
+            this.metrics.forwarded.inc({ outcome: "unpublished" })
             resolve(undefined)
           }
         },
@@ -540,6 +559,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private async answer(request: Extract<ClusterMessage, { type: "request" }>): Promise<void> {
     let reply: ClusterMessage
     if (!this.owns(request.name)) {
+      this.metrics.answered.inc({ outcome: "not-owner" })
       reply = {
         type: "reply",
         id: request.id,
@@ -552,7 +572,9 @@ export class Cluster implements UpdateRouter, FenceSource {
             ? await this.core!.submitForwarded(request.name, request.principal, request.update)
             : await this.core!.writeForwarded(request.name, request.principal, request.update)
         reply = { type: "reply", id: request.id, through }
+        this.metrics.answered.inc({ outcome: "stored" })
       } catch (cause) {
+        this.metrics.answered.inc({ outcome: "refused" })
         const error = toParleyError(cause)
         reply = {
           type: "reply",
