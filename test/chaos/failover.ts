@@ -274,6 +274,8 @@ async function run(): Promise<number> {
     acked: number
     failed: number
     errors: Map<string, number>
+    /** Refusals the relay sent this writer's connections, by code/rule. */
+    refused: Map<string, number>
     resyncs: number
     /** Acknowledgement latencies (ms) of messages sent, by send time. */
     readonly sentAt: Map<string, number>
@@ -306,6 +308,7 @@ async function run(): Promise<number> {
       acked: 0,
       failed: 0,
       errors: new Map(),
+      refused: new Map(),
       resyncs: 0,
       sentAt: new Map(),
       latencies: [],
@@ -332,6 +335,11 @@ async function run(): Promise<number> {
     })
     chat.on("resynced", () => {
       writer.resyncs++
+    })
+    // Retryable refusals (kept pending, sent again later) reach no conversation event: counted here.
+    chat.connection.on("refused", ({ error }) => {
+      const key = `${error.code}${error.rule ? `/${error.rule}` : ""}`
+      writer.refused.set(key, (writer.refused.get(key) ?? 0) + 1)
     })
   }
 
@@ -499,7 +507,8 @@ async function run(): Promise<number> {
   const cpuShare = (key: string, ticks: number, seconds: number) => {
     const before = lastTicks.get(key) ?? ticks
     lastTicks.set(key, ticks)
-    return ((ticks - before) * TICK_MS) / 10 / seconds
+    // A process set that lost members (PostgreSQL backends ending) can count backwards.
+    return Math.max(0, ((ticks - before) * TICK_MS) / 10 / seconds)
   }
   let lastSampleAt = t()
   let lastAcked = 0
@@ -539,7 +548,8 @@ async function run(): Promise<number> {
           `out ${w.tally.framesOut} frames ${(w.tally.bytesOut / 1024).toFixed(0)} KiB` +
           (w.failed ? ` FAILED ${w.failed}` : "") +
           (w.resyncs ? ` resyncs ${w.resyncs}` : "") +
-          (w.errors.size ? ` errors ${[...w.errors].map(([k, v]) => `${k}×${v}`).join(",")}` : ""),
+          (w.errors.size ? ` errors ${[...w.errors].map(([k, v]) => `${k}×${v}`).join(",")}` : "") +
+          (w.refused.size ? ` refused ${[...w.refused].map(([k, v]) => `${k}×${v}`).join(",")}` : ""),
       )
     }
     for (let i = 0; i < RELAYS; i++) {
@@ -617,6 +627,14 @@ async function run(): Promise<number> {
         `${countLog(i, "refused: ")} refusals logged`,
     )
 
+  for (let i = 0; i < RELAYS; i++) {
+    const reasons = new Map<string, number>()
+    for (const line of relayLines[i]!) {
+      const found = /"code":"([A-Z_]+)".*"msg":"refused: ([^"]*)"/.exec(line)
+      if (found) reasons.set(`${found[1]} ${found[2]}`, (reasons.get(`${found[1]} ${found[2]}`) ?? 0) + 1)
+    }
+    for (const [reason, n] of reasons) console.log(`  relay${i} refused ×${n}: ${reason}`)
+  }
   // The result: every message acknowledged once, numbered without gap, per conversation.
   let problems = 0
   const failed = writers.reduce((n, w) => n + w.failed, 0)
