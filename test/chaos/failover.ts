@@ -5,11 +5,12 @@
  * fake-indexeddb storage, the SDK's default reconnect policy) each send
  * `--rate` messages a second, spread over `--conversations` shared
  * conversations, for `seconds`; at `--kill-at` the relay ordering the first
- * conversation is SIGKILLed (`--kill none` runs the same load without). Then
+ * conversation is SIGKILLed (`--kill other`: a relay with writers that orders
+ * none of them; `--kill none` runs the same load without). Then
  * the writers stop and the backlog is given `--drain` seconds to empty.
  *
  *   node --conditions=parley-source --import tsx test/chaos/failover.ts [seed] [writers] [seconds]
- *        [--rate 12] [--conversations 2] [--kill owner|none|0|1|2] [--kill-at s] [--drain 60]
+ *        [--rate 12] [--conversations 2] [--kill owner|other|none|0|1|2] [--kill-at s] [--drain 60]
  *        [--sample 1000] [--lease-ms 1500] [--quiet]
  *
  * Prints per writer over time: messages sent, acknowledged (status sent or
@@ -490,13 +491,20 @@ async function run(): Promise<number> {
   })
 
   let killed: number | undefined
+  const onRelay = (i: number) => writers.filter((w) => w.tally.relay === `relay${i}`).length
   const killer = (async () => {
     if (KILL === "none") return
     await sleep(KILL_AT * 1000)
-    const victim = KILL === "owner" ? (ownerOf(ids[0]!) ?? 0) : Number(KILL)
+    const owners = new Set(ids.map((id) => ownerOf(id)))
+    // `other`: a relay with writers on it that orders none of the conversations (ordering stays put).
+    const busiest = [0, 1, 2].filter((i) => !owners.has(i)).sort((a, b) => onRelay(b) - onRelay(a))[0]
+    const victim = KILL === "owner" ? (ownerOf(ids[0]!) ?? 0) : KILL === "other" ? busiest! : Number(KILL)
     killed = victim
     mark("after-kill")
-    console.log(`t=${t().toFixed(1)}s SIGKILL relay${victim} (it orders ${ids[0]})`)
+    console.log(
+      `t=${t().toFixed(1)}s SIGKILL relay${victim} (${owners.has(victim) ? "it orders" : "it orders none of"} ` +
+        `${ids.join(", ")}; ${onRelay(victim)} writers on it)`,
+    )
     await relays[victim]!.kill()
     relays[victim] = undefined
   })()
@@ -509,6 +517,14 @@ async function run(): Promise<number> {
     lastTicks.set(key, ticks)
     // A process set that lost members (PostgreSQL backends ending) can count backwards.
     return Math.max(0, ((ticks - before) * TICK_MS) / 10 / seconds)
+  }
+  /** The forwarded changes acknowledged since the last sample, and their mean time from queue to ack. */
+  const lastRoute = new Map<number, { count: number; sum: number }>()
+  const routeNow = (i: number, m: RelaySample) => {
+    const before = lastRoute.get(i) ?? { count: 0, sum: 0 }
+    lastRoute.set(i, { count: m.routeCount, sum: m.routeSum })
+    const count = m.routeCount - before.count
+    return count > 0 ? `${count} in ${((1000 * (m.routeSum - before.sum)) / count).toFixed(0)} ms` : "0"
   }
   let lastSampleAt = t()
   let lastAcked = 0
@@ -563,7 +579,7 @@ async function run(): Promise<number> {
         `   relay${i}   owns ${m.owned} conns ${m.connections} fwd stored ${m.forwarded.stored ?? 0} refused ${m.forwarded.refused ?? 0} ` +
           `retried ${retried.reduce((a, b) => a + b, 0)} (${RETRIES.map((k, j) => `${k} ${retried[j]}`).join(", ")}) ` +
           `answered ${m.answered.stored ?? 0}/${m.answered.refused ?? 0}/${m.answered["not-owner"] ?? 0} ` +
-          `route avg ${m.routeCount ? ((1000 * m.routeSum) / m.routeCount).toFixed(0) : "-"} ms ` +
+          `forwarded acks ${routeNow(i, m)} ` +
           `takeovers ${m.takeovers} lost ${m.leasesLost} refusals logged ${countLog(i, "refused: ")} CPU ${relayCpu[i]!.toFixed(0)}%`,
       )
     }
@@ -609,7 +625,15 @@ async function run(): Promise<number> {
     if (inPhase.length > 0)
       console.log(
         `  ack latency ${p.phase.padEnd(10)} p50 ${pct(inPhase, 0.5).toFixed(0)} ms p90 ${pct(inPhase, 0.9).toFixed(0)} ms ` +
-          `max ${Math.max(...inPhase).toFixed(0)} ms (${inPhase.length} acks)`,
+          `max ${Math.max(...inPhase).toFixed(0)} ms (${inPhase.length} acks); by writer p50/p90 ` +
+          writers
+            .map((w) => {
+              const own = w.latencies
+                .filter((l) => l.at >= p.at + runStart && l.at < next.at + runStart)
+                .map((l) => l.ms)
+              return `${pct(own, 0.5).toFixed(0)}/${pct(own, 0.9).toFixed(0)}`
+            })
+            .join(" "),
       )
   }
   const busy = (from: number, to: number) => {
