@@ -1,5 +1,6 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Webhook, WebhookVerificationError } from "standardwebhooks"
+import { discardBody } from "../discard-body.js"
 import { type DeliveryTarget, PermanentDeliveryError } from "./dispatcher.js"
 import type { HookEvent, HookEventType } from "./events.js"
 
@@ -29,35 +30,6 @@ export interface WebhookTargetOptions {
 
 /** Statuses worth retrying: the receiver may accept the same request later. */
 const retryable = (status: number) => status === 408 || status === 429 || status >= 500
-
-/** Most bytes of a receiver's answer body read (and dropped) so that its connection can be reused. */
-export const MAX_DRAINED_BYTES = 64 * 1024
-/** Longest the relay reads a receiver's answer body once the status is known. */
-export const DRAIN_MS = 1000
-
-/**
- * Reads and drops at most {@link MAX_DRAINED_BYTES} of an answer's body within
- * {@link DRAIN_MS}, then cancels the rest. The status is the answer: a
- * receiver whose body is endless or trickles in a byte at a time costs the
- * relay neither memory nor a timed-out attempt.
- */
-async function drain(body: ReadableStream<Uint8Array> | null): Promise<void> {
-  if (!body) return
-  const reader = body.getReader()
-  const timer = setTimeout(() => void reader.cancel().catch(() => undefined), DRAIN_MS)
-  try {
-    for (let read = 0; read <= MAX_DRAINED_BYTES; ) {
-      const { done, value } = await reader.read()
-      if (done) return
-      read += value.byteLength
-    }
-    await reader.cancel()
-  } catch {
-    // Cancelled, aborted or reset: the body is not needed.
-  } finally {
-    clearTimeout(timer)
-  }
-}
 
 /**
  * A webhook URL as a delivery target: every event except the raw
@@ -92,7 +64,8 @@ export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
         // to an address of the relay's network that the operator never configured.
         redirect: "manual",
       })
-      await drain(response.body)
+      // The status is the answer; the body (at most a little of it) is read only to reuse the connection.
+      await discardBody(response.body)
       if (response.ok) return
       if (response.status >= 300 && response.status < 400)
         throw new PermanentDeliveryError(
