@@ -79,7 +79,9 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 } else {
   describe("a relay whose Redis stalls or drops", () => {
     it("is not ready while Redis answers nothing (no error, only silence), and ready again once it answers", async () => {
-      const [{ relay, proxy }] = (await relays([true])) as [{ relay: { httpUrl: string }; proxy: TcpProxy }]
+      const [started] = await relays([true])
+      const { relay } = started!
+      const proxy = started!.proxy!
       await until(
         () => readiness(relay.httpUrl),
         (r) => r.status === 200,
