@@ -77,7 +77,7 @@ run(async () => {
   await writing$
 
   // During the chaos: what /readyz said.
-  const during = readiness.filter((r) => r.t > chaosStart + 2500 && r.t < chaosEnd - 500)
+  const during = readiness.filter((r) => r.t > chaosStart + 3500 && r.t < chaosEnd - 500)
   const after = readiness.filter((r) => r.t > chaosEnd + 3000)
   probing = false
   await probing$
