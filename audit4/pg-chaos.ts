@@ -54,7 +54,17 @@ export default defineHooks({
   )
   const relay = await startRelayProcess({
     script: RELAY_DIST,
-    args: ["--storage", "postgres", "--database-url", url.toString(), "--hooks", hooks],
+    // --history-segment-size 0: every message stays in the live document, where the checks read them.
+    args: [
+      "--storage",
+      "postgres",
+      "--database-url",
+      url.toString(),
+      "--hooks",
+      hooks,
+      "--history-segment-size",
+      "0",
+    ],
   })
   atExit(() => relay.kill())
   // The helpers take a cluster; a one-relay "cluster" is enough for them.

@@ -1,11 +1,13 @@
-// Redis in cluster mode under a stall (CLIENT PAUSE) or repeated connection resets (CLIENT KILL).
+// Three relays in a cluster under a Redis stall (CLIENT PAUSE) or repeated Redis connection resets
+// (CLIENT KILL), or their PostgreSQL sessions terminated or a table held locked.
 //
-//   node --conditions=parley-source --import tsx audit4/redis-chaos.ts pause|pause-write|kill
+//   node --conditions=parley-source --import tsx audit4/redis-chaos.ts pause|pause-write|kill|pg-terminate|pg-lock:<table>
 //
 // Three relays over PostgreSQL (a scratch schema of test) and a Redis server of the script's own,
 // six writers spread over the relays writing throughout. Checks: no relay ends, /readyz says
 // what Redis does, writes are answered (saved or a typed error) within a bound instead of hanging,
 // and afterwards every acknowledged message is there once with contiguous numbers, on every relay.
+import pg from "pg"
 import { startCluster, type TestCluster } from "../relay/test/helpers/cluster.js"
 import {
   allAlive,
@@ -25,7 +27,17 @@ const users = ["alice", "bob", "carol", "dave", "erin", "frank"]
 
 run(async () => {
   const redis = await privateRedis()
-  const cluster: TestCluster = await startCluster(3, { redisUrl: redis.url })
+  const cluster: TestCluster = await startCluster(3, {
+    redisUrl: redis.url,
+    // Every message stays in the live document, where the checks read them (no sealed history).
+    args: ["--history-segment-size", "0"],
+    // Tagged, so that pg-* modes terminate (or stall) the relays' sessions and nobody else's.
+    databaseUrl: (url) => {
+      const tagged = new URL(url)
+      tagged.searchParams.set("application_name", "audit4-cluster")
+      return tagged.toString()
+    },
+  })
   atExit(() => cluster.stop())
   const { id, writers } = await conversationOnRelays(cluster, users)
   console.log(`conversation ${id}, relays on ${cluster.ports.join(", ")}, redis ${redis.url}`)
@@ -61,6 +73,28 @@ run(async () => {
     await redis.cli.call("CLIENT", "PAUSE", "10000", kind)
     await sleep(10_500)
     await redis.cli.call("CLIENT", "UNPAUSE")
+  } else if (mode === "pg-terminate") {
+    const admin = new pg.Client({ connectionString: cluster.schema.url })
+    await admin.connect()
+    let terminated = 0
+    for (let k = 0; k < 40; k++) {
+      const { rows } = await admin.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'audit4-cluster'",
+      )
+      terminated += rows.length
+      await sleep(300)
+    }
+    await admin.end()
+    console.log(`terminated ${terminated} PostgreSQL sessions`)
+  } else if (mode.startsWith("pg-lock:")) {
+    const locker = new pg.Client({ connectionString: cluster.schema.url })
+    await locker.connect()
+    atExit(() => locker.end().catch(() => undefined))
+    await locker.query("BEGIN")
+    await locker.query(`LOCK TABLE ${mode.slice(8)} IN ACCESS EXCLUSIVE MODE`)
+    console.log(`holding ACCESS EXCLUSIVE on ${mode.slice(8)} for 20 s`)
+    await sleep(20_000)
+    await locker.query("COMMIT")
   } else {
     // Every 700 ms for 12 s: every normal connection (commands, lease renewal) is reset.
     for (let k = 0; k < 17; k++) {
