@@ -218,7 +218,8 @@ export class Cluster implements UpdateRouter, FenceSource {
       } catch {
         return // Down again: the next reconnect catches up.
       }
-      const queue = [...this.hosts.values()]
+      // A document this relay orders holds everything stored of it already.
+      const queue = [...this.hosts.values()].filter((host) => !this.owns(host.key))
       const work = async () => {
         for (let host = queue.shift(); host && !this.closed; host = queue.shift())
           await this.core!.applyRemote(host, "fetch").catch((error: unknown) =>
