@@ -29,7 +29,8 @@ export async function cleanup(): Promise<void> {
     }
   }
 }
-process.on("SIGINT", () => void cleanup().then(() => process.exit(130)))
+for (const signal of ["SIGINT", "SIGTERM"] as const)
+  process.on(signal, () => void cleanup().then(() => process.exit(130)))
 
 /** Runs `main`, cleans up, exits 0 when every check held, 1 otherwise (the checks print FAIL lines). */
 export function run(main: () => Promise<void>): void {
