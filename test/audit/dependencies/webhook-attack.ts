@@ -1,7 +1,7 @@
 // Hostile webhook receivers: one that redirects (307) to an internal address, one that answers
 // 2xx with an endless body, one that never answers, one that answers one byte a second.
 //
-//   node --conditions=parley-source --import tsx audit4/webhook-attack.ts redirect|huge|never|slow
+//   node --conditions=parley-source --import tsx test/audit/dependencies/webhook-attack.ts redirect|huge|never|slow
 //
 // One relay (SQLite) with `--webhook` pointing at the receiver. Alice sends messages; the script
 // watches what the receiver and an "internal" server (a canary on another port, standing in for
@@ -12,8 +12,8 @@ import { readFileSync } from "node:fs"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
 import { createConversation, newConversationId, newMessageId, sendMessage, type UserId } from "@parley/shared"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { startRelayProcess } from "../relay/test/helpers/relay-process.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
 import { atExit, check, logSummary, RELAY_DIST, run, sleep } from "./lib.js"
 
 const mode = process.argv[2] ?? "redirect"

@@ -1,6 +1,6 @@
 // PostgreSQL as the backend, under connection terminations or a table held locked.
 //
-//   node --conditions=parley-source --import tsx audit4/pg-chaos.ts terminate|lock:<table>[,<table>...]
+//   node --conditions=parley-source --import tsx test/audit/dependencies/pg-chaos.ts terminate|lock:<table>[,<table>...]
 //
 // One relay on PostgreSQL (a scratch schema of test; its connections carry application_name
 // audit4-relay, so only they are terminated), with a hook module that records every
@@ -13,10 +13,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import pg from "pg"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import type { TestCluster } from "../relay/test/helpers/cluster.js"
-import { scratchSchema } from "../relay/test/helpers/postgres.js"
-import { startRelayProcess } from "../relay/test/helpers/relay-process.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import type { TestCluster } from "../../../relay/test/helpers/cluster.js"
+import { scratchSchema } from "../../../relay/test/helpers/postgres.js"
+import { startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
 import {
   atExit,
   check,
@@ -31,7 +31,7 @@ import {
 
 const mode = process.argv[2] ?? "terminate"
 const users = ["alice", "bob", "carol", "dave"]
-const DIST_INDEX = new URL("../relay/dist/index.js", import.meta.url).href
+const DIST_INDEX = new URL("../../../relay/dist/index.js", import.meta.url).href
 
 run(async () => {
   const schema = await scratchSchema()

@@ -1,6 +1,6 @@
 // The HTTP API (API.md) against hostile and careless requests.
 //
-//   node --conditions=parley-source --import tsx audit4/api-attack.ts
+//   node --conditions=parley-source --import tsx test/audit/dependencies/api-attack.ts
 //
 // One relay (SQLite); keys made with `parley-relay keys create` on its data directory: `full` (every
 // scope), `reader` (conversations:read, messages:read), `writer` (messages:write only), `events`
@@ -9,8 +9,8 @@
 // serving a chat client throughout.
 import { execFileSync } from "node:child_process"
 import { createConversation, newConversationId, newMessageId, sendMessage, type UserId } from "@parley/shared"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { startRelayProcess } from "../relay/test/helpers/relay-process.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
 import { atExit, check, logSummary, RELAY_DIST, run } from "./lib.js"
 
 run(async () => {

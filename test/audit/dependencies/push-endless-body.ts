@@ -1,7 +1,7 @@
 // A user registers push "devices" whose endpoint (a server of theirs) answers 201 with an endless
 // body; every message sent to them then has the relay read that body.
 //
-//   node --conditions=parley-source --import tsx audit4/push-endless-body.ts
+//   node --conditions=parley-source --import tsx test/audit/dependencies/push-endless-body.ts
 //
 // One relay (--dev: throwaway VAPID keys; --push-allow-insecure-endpoints so that the attacker's
 // server may be on 127.0.0.1, standing in for a public address). Bob registers 4 devices, Alice
@@ -13,8 +13,8 @@ import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { createConversation, newConversationId, newMessageId, sendMessage, type UserId } from "@parley/shared"
 import webpush from "web-push"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { startRelayProcess } from "../relay/test/helpers/relay-process.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
 import { atExit, check, RELAY_DIST, run, sleep } from "./lib.js"
 
 /** Each answer stops after this many bytes (the attacker's could go on). */

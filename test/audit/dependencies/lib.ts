@@ -3,13 +3,13 @@
 import { type ChildProcess, spawn } from "node:child_process"
 import { createConversation, listMessages, newConversationId, type UserId } from "@parley/shared"
 import { Redis } from "ioredis"
-import { Writer } from "../relay/test/cluster/writer.js"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { freePort, type TestCluster } from "../relay/test/helpers/cluster.js"
+import { Writer } from "../../../relay/test/cluster/writer.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { freePort, type TestCluster } from "../../../relay/test/helpers/cluster.js"
 
 /** The relay the scripts attack: this worktree's build, or `AUDIT4_RELAY_DIST` (another build, to compare). */
 export const RELAY_DIST =
-  process.env.AUDIT4_RELAY_DIST ?? new URL("../relay/dist/main.js", import.meta.url).pathname
+  process.env.AUDIT4_RELAY_DIST ?? new URL("../../../relay/dist/main.js", import.meta.url).pathname
 // Relays run the compiled relay (`npx tsc -b` first), as an operator runs it.
 process.env.PARLEY_TEST_RELAY_SCRIPT ??= RELAY_DIST
 

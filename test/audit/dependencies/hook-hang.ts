@@ -1,6 +1,6 @@
 // A hook handler that never settles (awaits forever), one that throws, one that returns garbage.
 //
-//   node --conditions=parley-source --import tsx audit4/hook-hang.ts
+//   node --conditions=parley-source --import tsx test/audit/dependencies/hook-hang.ts
 //
 // One relay (SQLite) with --hook-timeout-ms 500 --hook-attempts 3. Module `hang.mjs` never settles
 // for a message whose body starts with "hang"; `throw.mjs` throws for "throw"; `garbage.mjs`
@@ -12,11 +12,11 @@ import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createConversation, newConversationId, newMessageId, sendMessage, type UserId } from "@parley/shared"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { startRelayProcess } from "../relay/test/helpers/relay-process.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
 import { atExit, check, logSummary, RELAY_DIST, run, sleep } from "./lib.js"
 
-const DIST_INDEX = new URL("../relay/dist/index.js", import.meta.url).href
+const DIST_INDEX = new URL("../../../relay/dist/index.js", import.meta.url).href
 
 run(async () => {
   const hooks = mkdtempSync(join(tmpdir(), "audit4-hang-hooks-"))

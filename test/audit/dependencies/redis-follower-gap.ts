@@ -1,7 +1,7 @@
 // A relay that follows a document over Redis misses what was stored while its subscriber
 // connection was down, and its clients never see it while the conversation stays quiet.
 //
-//   node --conditions=parley-source --import tsx audit4/redis-follower-gap.ts
+//   node --conditions=parley-source --import tsx test/audit/dependencies/redis-follower-gap.ts
 //
 // Two relays over one PostgreSQL schema and a Redis server of the script's own; relay B reaches
 // Redis through a TCP proxy the script cuts for 1.5 s. Alice (on A, the document's owner) sends a
@@ -15,10 +15,10 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { scratchSchema } from "../relay/test/helpers/postgres.js"
-import { startRelayProcess } from "../relay/test/helpers/relay-process.js"
-import { startTcpProxy } from "../relay/test/helpers/tcp-proxy.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { scratchSchema } from "../../../relay/test/helpers/postgres.js"
+import { startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
+import { startTcpProxy } from "../../../relay/test/helpers/tcp-proxy.js"
 import { atExit, check, privateRedis, readyz, run, sleep } from "./lib.js"
 
 run(async () => {

@@ -1,14 +1,14 @@
 // Three relays in a cluster under a Redis stall (CLIENT PAUSE) or repeated Redis connection resets
 // (CLIENT KILL), or their PostgreSQL sessions terminated or a table held locked.
 //
-//   node --conditions=parley-source --import tsx audit4/redis-chaos.ts pause|pause-write|kill|pg-terminate|pg-lock:<table>
+//   node --conditions=parley-source --import tsx test/audit/dependencies/redis-chaos.ts pause|pause-write|kill|pg-terminate|pg-lock:<table>
 //
 // Three relays over PostgreSQL (a scratch schema of test) and a Redis server of the script's own,
 // six writers spread over the relays writing throughout. Checks: no relay ends, /readyz says
 // what Redis does, writes are answered (saved or a typed error) within a bound instead of hanging,
 // and afterwards every acknowledged message is there once with contiguous numbers, on every relay.
 import pg from "pg"
-import { startCluster, type TestCluster } from "../relay/test/helpers/cluster.js"
+import { startCluster, type TestCluster } from "../../../relay/test/helpers/cluster.js"
 import {
   allAlive,
   atExit,

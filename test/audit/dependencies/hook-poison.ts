@@ -1,6 +1,6 @@
 // A hook module that takes the process down on one message, and what a supervisor's restarts do.
 //
-//   node --conditions=parley-source --import tsx audit4/hook-poison.ts timer-throw|oom|loop
+//   node --conditions=parley-source --import tsx test/audit/dependencies/hook-poison.ts timer-throw|oom|loop
 //
 // One relay (SQLite) with a hook module that, for a message whose body contains "poison":
 // timer-throw: throws from a timer (documented to end the process); oom: allocates without bound
@@ -15,12 +15,12 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createConversation, newConversationId, newMessageId, sendMessage, type UserId } from "@parley/shared"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { type RelayProcess, startRelayProcess } from "../relay/test/helpers/relay-process.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { type RelayProcess, startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
 import { atExit, check, RELAY_DIST, run, sleep } from "./lib.js"
 
 const mode = process.argv[2] ?? "timer-throw"
-const DIST_INDEX = new URL("../relay/dist/index.js", import.meta.url).href
+const DIST_INDEX = new URL("../../../relay/dist/index.js", import.meta.url).href
 
 const bodies: Record<string, string> = {
   // Thrown before the handler resolves (a callback API wrapped in a promise, say).

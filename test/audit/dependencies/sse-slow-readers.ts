@@ -1,6 +1,6 @@
 // `/v1/events` held open by readers that never read, while the conversation is busy.
 //
-//   node --conditions=parley-source --import tsx audit4/sse-slow-readers.ts
+//   node --conditions=parley-source --import tsx test/audit/dependencies/sse-slow-readers.ts
 //
 // One relay (SQLite). Four API keys with events:read each open their four streams (the per-key
 // limit) from raw sockets that never read; a fifth stream per key is refused. A writer then sends
@@ -12,8 +12,8 @@ import { execFileSync } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { connect, type Socket } from "node:net"
 import { createConversation, newConversationId, newMessageId, sendMessage, type UserId } from "@parley/shared"
-import { TestClient } from "../relay/test/helpers/clients.js"
-import { startRelayProcess } from "../relay/test/helpers/relay-process.js"
+import { TestClient } from "../../../relay/test/helpers/clients.js"
+import { startRelayProcess } from "../../../relay/test/helpers/relay-process.js"
 import { atExit, check, logSummary, RELAY_DIST, run, sleep } from "./lib.js"
 
 const rssOf = (pid: number) =>
