@@ -392,7 +392,7 @@ export class HookRuntime {
    */
   async resume(document: string): Promise<void> {
     await this.chain
-    this.dispatcher.adopt(await this.options.outbox.pending(document))
+    await this.dispatcher.adopt(await this.options.outbox.pending(document))
   }
 
   /**
