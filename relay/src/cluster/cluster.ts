@@ -21,6 +21,16 @@ import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type W
 /** How often the sweep also looks for documents whose log runs past their events (a crash's leftovers, rare). */
 const BEHIND_EVERY_SWEEPS = 15
 
+/**
+ * How often both Redis connections are pinged for `/readyz`: a Redis that
+ * stalls (paused, overloaded, a black-holed connection) raises no error, its
+ * commands only time out.
+ */
+const REDIS_PING_MS = 1000
+
+/** Documents read back from PostgreSQL at once after the subscriber connection came back. */
+const CATCH_UP_CONCURRENCY = 4
+
 /** Defaults of {@link ClusterOptions}. */
 export const DEFAULT_CLUSTER_OPTIONS = {
   keyPrefix: "parley:",
@@ -104,6 +114,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly chains = new Map<string, Promise<unknown>>()
   private state: RedisState = { ready: false, since: Date.now() }
   private sweeper: NodeJS.Timeout | undefined
+  private pinger: NodeJS.Timeout | undefined
+  private pinging = false
   private usage: ClusterUsage | undefined
   private sweeping = false
   private closed = false
@@ -132,10 +144,16 @@ export class Cluster implements UpdateRouter, FenceSource {
     })
     for (const connection of [this.redis, this.sub]) {
       connection.on("error", (error: Error) => this.redisFailed(error))
+      // Not before `open` connected both (a command would connect a lazy connection itself).
+      connection.on("ready", () => {
+        if (this.pinger) void this.ping()
+      })
     }
-    this.redis.on("ready", () => {
-      if (!this.state.ready) options.log.info("Redis is back: cluster writes are accepted")
-      this.state = { ready: true, since: Date.now() }
+    // Every connection after the first: what was published while it was down is lost to this relay.
+    let subscribed = false
+    this.sub.on("ready", () => {
+      if (subscribed) this.catchUp()
+      subscribed = true
     })
     this.leases = new Leases({
       redis: this.redis,
@@ -168,7 +186,55 @@ export class Cluster implements UpdateRouter, FenceSource {
       await cluster.close()
       throw error
     }
+    await cluster.ping()
+    cluster.pinger = setInterval(() => void cluster.ping(), REDIS_PING_MS)
+    cluster.pinger.unref()
     return cluster
+  }
+
+  /** Pings both connections: ready when both answer, failing (with the reason) when either does not in time. */
+  private async ping(): Promise<void> {
+    if (this.pinging || this.closed) return
+    this.pinging = true
+    try {
+      await Promise.all([this.redis.ping(), this.sub.ping()])
+      if (!this.state.ready) {
+        this.options.log.info("Redis is back: cluster writes are accepted")
+        this.state = { ready: true, since: Date.now() }
+      }
+    } catch (error) {
+      if (!this.closed) this.redisFailed(error instanceof Error ? error : new Error(String(error)))
+    } finally {
+      this.pinging = false
+    }
+  }
+
+  /**
+   * The subscriber connection is back (ioredis subscribes again to every
+   * channel on its own): reads what was stored while it was down from
+   * PostgreSQL, for every document this relay follows. Without it, a change
+   * published meanwhile reached none of this relay's clients until the next
+   * change of that document showed the gap, however long that took.
+   */
+  private catchUp(): void {
+    // After ioredis' own `ready` work (the SUBSCRIBEs, sent right after this event): this PING is
+    // answered once they are in effect, so a change is either published after them or stored before the read.
+    setImmediate(async () => {
+      try {
+        await this.sub.ping()
+      } catch {
+        return // Down again: the next reconnect catches up.
+      }
+      // A document this relay orders holds everything stored of it already.
+      const queue = [...this.hosts.values()].filter((host) => !this.owns(host.key))
+      const work = async () => {
+        for (let host = queue.shift(); host && !this.closed; host = queue.shift())
+          await this.core!.applyRemote(host, "fetch").catch((error: unknown) =>
+            this.options.log.warn({ err: error, doc: host!.key }, "could not catch up with a document"),
+          )
+      }
+      await Promise.all(Array.from({ length: CATCH_UP_CONCURRENCY }, work))
+    })
   }
 
   /** Whether Redis answers, for `/readyz`. */
@@ -603,6 +669,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     if (this.closed) return
     this.closed = true
     clearInterval(this.sweeper)
+    clearInterval(this.pinger)
     this.usage?.close()
     await this.presence.close()
     await this.leases.close().catch(() => undefined)
