@@ -281,6 +281,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
             databaseUrl,
             timeoutMs: storageTimeoutMs,
             log: log.child({ component: "cluster" }),
+            registry: metrics.registry,
             onIdleError: (error: Error) =>
               log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
           }),

@@ -12,7 +12,11 @@ export const MAX_TURN_WAIT_MS = 500
 /** A user's update in the turns: when it started its work, and when it was done (neither rejects). */
 interface Turn {
   readonly document: string
+  /** When the work of its group started (updates to one document in a row are a group). */
   readonly started: Promise<void>
+  /** When this update's own work began, and whether it has. */
+  readonly begun: Promise<void>
+  hasBegun(): boolean
   readonly done: Promise<void>
 }
 
@@ -64,24 +68,42 @@ export class UserTurns {
    * ago), in a later turn of the event loop; at once when none is in flight,
    * or when the one before is to the same document: that document's queue
    * orders them already, and stores those queued behind a commit together
-   * (see `update-batch.ts`). Resolves or rejects as `work` does.
+   * (see `update-batch.ts`) — once that one began, so that it reaches the
+   * queue first. Resolves or rejects as `work` does.
    */
   run<T>(user: UserId, document: string, work: () => Promise<T>): Promise<T> {
     const before = this.last.get(user)
     let start!: () => void
-    const started = new Promise<void>((resolve) => {
+    const begun = new Promise<void>((resolve) => {
       start = resolve
     })
+    let begunNow = false
     const begin = () => {
+      begunNow = true
       start()
       return work()
     }
     const together = before !== undefined && before.document === document
-    const result = before && !together ? after(before).then(begin) : begin()
+    // An update to the document of one still waiting for its turn (behind one to another document)
+    // waits for that one to begin: it builds on it, and its document's queue would refuse it first
+    // as following changes it does not have (`missing-changes`), which the client then sends again.
+    const result = !before
+      ? begin()
+      : !together
+        ? after(before).then(begin)
+        : before.hasBegun()
+          ? begin()
+          : before.begun.then(begin)
     const own = result.then(ignore, ignore)
     // Beside one to the same document, the turn lasts until both are done.
     const done = together ? Promise.all([before.done, own]).then(ignore) : own
-    const turn: Turn = { document, started: together ? before.started : started, done }
+    const turn: Turn = {
+      document,
+      started: together ? before.started : begun,
+      begun,
+      hasBegun: () => begunNow,
+      done,
+    }
     this.last.set(user, turn)
     void done.then(() => {
       if (this.last.get(user) === turn) this.last.delete(user)

@@ -4,12 +4,35 @@ import { join } from "node:path"
 import { createConversation, listMessages, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
+import * as Y from "yjs"
 import { SqliteBackend } from "../src/backend/sqlite.js"
+import type { HostedConnection } from "../src/document-host.js"
+import { createLogger } from "../src/log.js"
+import { RelayMetrics } from "../src/metrics.js"
+import { RelayCore } from "../src/relay-core.js"
+import { MemoryStorage } from "../src/storage/memory.js"
 import { MAX_TURN_WAIT_MS, UserTurns } from "../src/user-turns.js"
 import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
+import { FakeSession, until } from "./helpers/core-session.js"
 import { updateFrame } from "./helpers/frame-probe.js"
 import { atCapShapes, DEFAULT_CAPS, seedConversation } from "./helpers/frame-shapes.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+/** Memory storage whose appends wait until the test releases them. */
+class GatedStorage extends MemoryStorage {
+  private gates: (() => void)[] = []
+  override async append(name: string, updates: readonly Uint8Array[]) {
+    await new Promise<void>((open) => this.gates.push(open))
+    return super.append(name, updates)
+  }
+  async ping() {}
+  get waiting() {
+    return this.gates.length
+  }
+  release() {
+    for (const open of this.gates.splice(0)) open()
+  }
+}
 
 const carol = "carol" as UserId
 const dave = "dave" as UserId
@@ -54,6 +77,96 @@ describe("UserTurns", () => {
     expect(log.indexOf("start a3")).toBeGreaterThan(log.indexOf("end a2"))
     await new Promise((resolve) => setImmediate(resolve))
     expect(turns.size).toBe(0)
+  })
+
+  it("starts a user's updates to one document in the order they came while one to another document waits", async () => {
+    const turns = new UserTurns()
+    const a = "a" as UserId
+    const begun: string[] = []
+    let release!: () => void
+    const first = turns.run(a, "d1", () => {
+      begun.push("d1 #1")
+      return new Promise<void>((resolve) => {
+        release = resolve
+      })
+    })
+    const other = turns.run(a, "d2", async () => {
+      begun.push("d2")
+    })
+    // The second waits for the update to d2; the third is to the same document as the second and
+    // builds on it: begun first, it reached the document's queue first and was refused.
+    const second = turns.run(a, "d1", async () => {
+      begun.push("d1 #2")
+    })
+    const third = turns.run(a, "d1", async () => {
+      begun.push("d1 #3")
+    })
+    release()
+    await Promise.all([first, other, second, third])
+    expect(begun).toEqual(["d1 #1", "d2", "d1 #2", "d1 #3"])
+  })
+
+  it("stores every message a user sends to one conversation while their update to another waits: none is refused as missing changes", async () => {
+    const storage = new GatedStorage()
+    const core = new RelayCore({ storage, log: createLogger("silent"), metrics: new RelayMetrics() })
+    const [one, two] = [newConversationId(), newConversationId()]
+    const sessions = new Map<string, FakeSession>()
+    const connections = new Map<string, HostedConnection>()
+    const writers = new Map<string, { doc: Y.Doc; send: (body: string) => Uint8Array }>()
+    for (const id of [one, two]) {
+      const session = new FakeSession({ kind: "user", user: carol })
+      sessions.set(id, session)
+      const connection = await core.connect(id, session)
+      connections.set(id, connection)
+      const doc = new Y.Doc()
+      createConversation(doc, carol, { kind: "group", id, participants: [dave] })
+      const send = (body: string) => {
+        const before = Y.encodeStateVector(doc)
+        sendMessage(doc, carol, { body })
+        return Y.encodeStateAsUpdate(doc, before)
+      }
+      writers.set(id, { doc, send })
+      connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+      await until(() => storage.waiting === 1)
+      storage.release()
+      await until(() => session.parley().length === 1)
+    }
+    const to = (id: string, body: string) =>
+      connections.get(id)!.receive(updateFrame(writers.get(id)!.send(body)))
+    // The first message's append waits for the disk, the update to the other conversation waits for it,
+    // and two more messages to the first conversation follow.
+    to(one, "first")
+    await until(() => storage.waiting === 1)
+    to(two, "elsewhere")
+    to(one, "second")
+    to(one, "third")
+    // Released until the first conversation's writer holds an answer for everything it sent (updates
+    // queued behind one commit are stored, and acknowledged, together).
+    const writerOne = writers.get(one)!.doc
+    const answered = () => {
+      const frames = sessions.get(one)!.parley()
+      const last = frames.at(-1)
+      if (frames.some((f) => f.type === "error")) return true
+      return (
+        last?.type === "saved" &&
+        (Y.decodeStateVector(last.stateVector).get(writerOne.clientID) ?? 0) ===
+          Y.getState(writerOne.store, writerOne.clientID)
+      )
+    }
+    while (!answered() || sessions.get(two)!.parley().length < 2) {
+      storage.release()
+      await new Promise((resolve) => setTimeout(resolve, 1))
+    }
+    expect(
+      sessions
+        .get(one)!
+        .parley()
+        .filter((f) => f.type === "error"),
+    ).toEqual([])
+    const stored = new Y.Doc()
+    for (const { update } of (await storage.load(one)).updates) Y.applyUpdate(stored, update)
+    expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["first", "second", "third"])
+    await core.close()
   })
 
   it("does not hold a user's next update behind one that waits on I/O longer than a frame's work, and still starts queued ones one at a time", async () => {

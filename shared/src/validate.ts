@@ -25,7 +25,15 @@ export const jsonBytes = (value: unknown): number => new TextEncoder().encode(JS
 /** Checks free-form metadata: a JSON object within {@link Limits.metadataBytes}. */
 export const checkMetadata: Check = (v) => {
   if (!isRecord(v)) return "metadata must be an object"
-  if (jsonBytes(v) > Limits.metadataBytes) return `metadata exceeds ${Limits.metadataBytes} bytes`
+  let bytes: number
+  try {
+    bytes = jsonBytes(v)
+  } catch {
+    // JSON.stringify throws RangeError on a value nested beyond the stack (a body of `[[[[...`
+    // within the request size limit): too large by any measure, and a refusal, not a crash.
+    return `metadata exceeds ${Limits.metadataBytes} bytes`
+  }
+  if (bytes > Limits.metadataBytes) return `metadata exceeds ${Limits.metadataBytes} bytes`
   return undefined
 }
 

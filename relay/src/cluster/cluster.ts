@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto"
 import { ErrorCode, ParleyError, toParleyError } from "@parley/shared"
 import { Redis } from "ioredis"
 import type pg from "pg"
+import client from "prom-client"
 import * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { Outbox } from "../hooks/outbox.js"
@@ -11,6 +12,7 @@ import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
 import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
+import { ClusterMetrics } from "./metrics.js"
 import { ClusterPresence } from "./presence.js"
 import type { RoutedCore, UpdateRouter } from "./router.js"
 import { ClusterUsage } from "./usage.js"
@@ -18,6 +20,16 @@ import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type W
 
 /** How often the sweep also looks for documents whose log runs past their events (a crash's leftovers, rare). */
 const BEHIND_EVERY_SWEEPS = 15
+
+/**
+ * How often both Redis connections are pinged for `/readyz`: a Redis that
+ * stalls (paused, overloaded, a black-holed connection) raises no error, its
+ * commands only time out.
+ */
+const REDIS_PING_MS = 1000
+
+/** Documents read back from PostgreSQL at once after the subscriber connection came back. */
+const CATCH_UP_CONCURRENCY = 4
 
 /** Defaults of {@link ClusterOptions}. */
 export const DEFAULT_CLUSTER_OPTIONS = {
@@ -49,6 +61,8 @@ export interface ClusterOptions {
   readonly log: Logger
   /** The backend's pool (fencing tokens). */
   readonly pool: pg.Pool
+  /** Where the cluster's metrics are registered (the relay's registry); default a registry of their own. */
+  readonly registry?: client.Registry
 }
 
 /** What Redis is doing, for `/readyz`. */
@@ -89,7 +103,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly redis: Redis
   private readonly sub: Redis
   private readonly prefix: string
-  private readonly options: Required<Omit<ClusterOptions, "log" | "pool">> & ClusterOptions
+  private readonly options: Required<Omit<ClusterOptions, "log" | "pool" | "registry">> & ClusterOptions
+  readonly metrics: ClusterMetrics
   private core: RoutedCore | undefined
   private readonly hosts = new Map<string, DocumentHost>()
   private readonly waiting = new Map<string, Waiting>()
@@ -99,6 +114,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly chains = new Map<string, Promise<unknown>>()
   private state: RedisState = { ready: false, since: Date.now() }
   private sweeper: NodeJS.Timeout | undefined
+  private pinger: NodeJS.Timeout | undefined
+  private pinging = false
   private usage: ClusterUsage | undefined
   private sweeping = false
   private closed = false
@@ -106,6 +123,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private constructor(options: ClusterOptions) {
     this.options = { ...DEFAULT_CLUSTER_OPTIONS, ...options }
     this.prefix = this.options.keyPrefix
+    this.metrics = new ClusterMetrics(options.registry ?? new client.Registry())
     const redisOptions = {
       // Commands fail at once while Redis is away: a write must fail fast, not queue.
       enableOfflineQueue: false,
@@ -126,10 +144,16 @@ export class Cluster implements UpdateRouter, FenceSource {
     })
     for (const connection of [this.redis, this.sub]) {
       connection.on("error", (error: Error) => this.redisFailed(error))
+      // Not before `open` connected both (a command would connect a lazy connection itself).
+      connection.on("ready", () => {
+        if (this.pinger) void this.ping()
+      })
     }
-    this.redis.on("ready", () => {
-      if (!this.state.ready) options.log.info("Redis is back: cluster writes are accepted")
-      this.state = { ready: true, since: Date.now() }
+    // Every connection after the first: what was published while it was down is lost to this relay.
+    let subscribed = false
+    this.sub.on("ready", () => {
+      if (subscribed) this.catchUp()
+      subscribed = true
     })
     this.leases = new Leases({
       redis: this.redis,
@@ -140,8 +164,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       prefix: this.prefix,
       relayId: this.relayId,
       ttlMs: this.options.leaseMs,
-      lost: () => {},
+      lost: () => this.metrics.leasesLost.inc(),
     })
+    this.metrics.countOwnedWith(() => this.leases.names.filter((name) => this.owns(name)).length)
     this.presence = new ClusterPresence(this.redis, this.prefix, this.relayId, options.log)
     this.sub.on("messageBuffer", (channel: Buffer, message: Buffer) => {
       if (this.usage && channel.toString() === this.usage.channel) this.usage.received(message)
@@ -161,7 +186,55 @@ export class Cluster implements UpdateRouter, FenceSource {
       await cluster.close()
       throw error
     }
+    await cluster.ping()
+    cluster.pinger = setInterval(() => void cluster.ping(), REDIS_PING_MS)
+    cluster.pinger.unref()
     return cluster
+  }
+
+  /** Pings both connections: ready when both answer, failing (with the reason) when either does not in time. */
+  private async ping(): Promise<void> {
+    if (this.pinging || this.closed) return
+    this.pinging = true
+    try {
+      await Promise.all([this.redis.ping(), this.sub.ping()])
+      if (!this.state.ready) {
+        this.options.log.info("Redis is back: cluster writes are accepted")
+        this.state = { ready: true, since: Date.now() }
+      }
+    } catch (error) {
+      if (!this.closed) this.redisFailed(error instanceof Error ? error : new Error(String(error)))
+    } finally {
+      this.pinging = false
+    }
+  }
+
+  /**
+   * The subscriber connection is back (ioredis subscribes again to every
+   * channel on its own): reads what was stored while it was down from
+   * PostgreSQL, for every document this relay follows. Without it, a change
+   * published meanwhile reached none of this relay's clients until the next
+   * change of that document showed the gap, however long that took.
+   */
+  private catchUp(): void {
+    // After ioredis' own `ready` work (the SUBSCRIBEs, sent right after this event): this PING is
+    // answered once they are in effect, so a change is either published after them or stored before the read.
+    setImmediate(async () => {
+      try {
+        await this.sub.ping()
+      } catch {
+        return // Down again: the next reconnect catches up.
+      }
+      // A document this relay orders holds everything stored of it already.
+      const queue = [...this.hosts.values()].filter((host) => !this.owns(host.key))
+      const work = async () => {
+        for (let host = queue.shift(); host && !this.closed; host = queue.shift())
+          await this.core!.applyRemote(host, "fetch").catch((error: unknown) =>
+            this.options.log.warn({ err: error, doc: host!.key }, "could not catch up with a document"),
+          )
+      }
+      await Promise.all(Array.from({ length: CATCH_UP_CONCURRENCY }, work))
+    })
   }
 
   /** Whether Redis answers, for `/readyz`. */
@@ -280,11 +353,13 @@ export class Cluster implements UpdateRouter, FenceSource {
   ): Promise<unknown> {
     // A reconnecting client's sync step 2 usually brings nothing new: answered here, nothing to order.
     if (inspectUpdate(host.doc, update).noop) return local()
+    const queued = performance.now()
     return this.inOrder(host.key, async () => {
       const through = await this.route(host, "client", principal, update, local)
       if (through === undefined) return
       await this.reach(host, through)
       connection.saved()
+      this.metrics.routeSeconds.observe((performance.now() - queued) / 1000)
     })
   }
 
@@ -390,11 +465,17 @@ export class Cluster implements UpdateRouter, FenceSource {
         if (reply?.error) {
           // UNAVAILABLE: that relay no longer orders it (or is stopping); anything else is the answer,
           // and so is an UNAVAILABLE the owner's rules gave (`missing-changes`: the sender is to resend).
-          if (reply.error.code !== ErrorCode.UNAVAILABLE || reply.error.rule !== undefined)
+          if (reply.error.code !== ErrorCode.UNAVAILABLE || reply.error.rule !== undefined) {
+            this.metrics.forwarded.inc({ outcome: "refused" })
             throw new ParleyError(reply.error.code, reply.error.message, {
               ...(reply.error.rule ? { rule: reply.error.rule as never } : {}),
             })
-        } else if (reply?.through !== undefined) return reply.through
+          }
+          this.metrics.forwarded.inc({ outcome: "not-owner" })
+        } else if (reply?.through !== undefined) {
+          this.metrics.forwarded.inc({ outcome: "stored" })
+          return reply.through
+        }
       }
       if (Date.now() >= deadline) break
       await sleep(Math.min(100, this.options.leaseMs / 10))
@@ -415,6 +496,7 @@ export class Cluster implements UpdateRouter, FenceSource {
         const host = this.hosts.get(name)
         if (host) await this.core!.applyRemote(host, "fetch")
         await this.core!.tookOver(name)
+        this.metrics.tookOver.inc()
         this.options.log.info({ doc: name, token }, "ordering the document")
         return true
       })().finally(() => this.takingOver.delete(name))
@@ -437,6 +519,7 @@ export class Cluster implements UpdateRouter, FenceSource {
           { doc: request.name, owner: holder, timeoutMs: this.options.forwardTimeoutMs },
           "a forwarded change got no answer in time: retrying",
         )
+        this.metrics.forwarded.inc({ outcome: "unanswered" })
         resolve(undefined)
       }, this.options.forwardTimeoutMs)
       this.waiting.set(id, { resolve, timer })
@@ -445,12 +528,14 @@ export class Cluster implements UpdateRouter, FenceSource {
           // Nobody listens on a dead relay's channel: look at the lease again at once.
           if (receivers === 0 && this.waiting.delete(id)) {
             clearTimeout(timer)
+            this.metrics.forwarded.inc({ outcome: "no-receiver" })
             resolve(undefined)
           }
         },
         () => {
           if (this.waiting.delete(id)) {
             clearTimeout(timer)
+            this.metrics.forwarded.inc({ outcome: "unpublished" })
             resolve(undefined)
           }
         },
@@ -540,6 +625,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private async answer(request: Extract<ClusterMessage, { type: "request" }>): Promise<void> {
     let reply: ClusterMessage
     if (!this.owns(request.name)) {
+      this.metrics.answered.inc({ outcome: "not-owner" })
       reply = {
         type: "reply",
         id: request.id,
@@ -552,7 +638,9 @@ export class Cluster implements UpdateRouter, FenceSource {
             ? await this.core!.submitForwarded(request.name, request.principal, request.update)
             : await this.core!.writeForwarded(request.name, request.principal, request.update)
         reply = { type: "reply", id: request.id, through }
+        this.metrics.answered.inc({ outcome: "stored" })
       } catch (cause) {
+        this.metrics.answered.inc({ outcome: "refused" })
         const error = toParleyError(cause)
         reply = {
           type: "reply",
@@ -581,6 +669,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     if (this.closed) return
     this.closed = true
     clearInterval(this.sweeper)
+    clearInterval(this.pinger)
     this.usage?.close()
     await this.presence.close()
     await this.leases.close().catch(() => undefined)

@@ -71,6 +71,9 @@ export interface DeliveryFence {
 /** An attempt's outcome when this relay no longer orders the document: its lane is dropped, the outbox keeps it. */
 const FENCED = Symbol("fenced")
 
+/** The error an attempt counted at a start is recorded with (see `Dispatcher.interrupted`). */
+const INTERRUPTED = "the relay ended (or lost the document) while this delivery may have been running"
+
 /** Default time allowed to one hook call or webhook attempt. */
 export const DEFAULT_HOOK_TIMEOUT_MS = 10_000
 /** Default attempts per event and hook module before it is dead-lettered. */
@@ -148,22 +151,92 @@ export class Dispatcher {
 
   /** Picks up what the outbox still owes (after a restart). */
   async start(): Promise<void> {
-    this.add(await this.options.outbox.pending())
+    this.add(await this.interrupted(await this.options.outbox.pending()))
   }
 
   /**
    * Queues the deliveries of a document this relay has begun ordering (a
    * cluster), less those still queued here from an earlier lease of it.
    */
-  adopt(deliveries: readonly Delivery[]): void {
-    this.add(
-      deliveries.filter(
-        (d) =>
-          !this.lanes
-            .get(`${d.target}\u0000${d.document}`)
-            ?.queue.some((q) => q.seq === d.seq && q.target === d.target),
-      ),
+  async adopt(deliveries: readonly Delivery[]): Promise<void> {
+    const fresh = deliveries.filter(
+      (d) =>
+        !this.lanes
+          .get(`${d.target}\u0000${d.document}`)
+          ?.queue.some((q) => q.seq === d.seq && q.target === d.target),
     )
+    this.add(await this.interrupted(fresh))
+  }
+
+  /**
+   * Counts an attempt for the delivery at the head of each lane of `owed`
+   * (what the outbox still owes when this relay starts, or takes a document
+   * over), if it was due: lanes deliver one at a time, so that head is the one
+   * attempt that may have been running when the process that owed it ended.
+   * A hook that ends the process on one event (a throw from a timer, memory
+   * without bound, an endless loop) would otherwise be given the same event
+   * after every restart, never counted, before the relay even listens: a crash
+   * loop that `--hook-attempts` never ends. Counted, the event waits its retry
+   * delay (the relay serves meanwhile) and is dead-lettered once its attempts
+   * are spent. The cost: one write per lane at a start, and a delivery a clean
+   * restart interrupted comes one attempt closer to its dead letter.
+   */
+  private async interrupted(owed: readonly Delivery[]): Promise<Delivery[]> {
+    const heads = new Set<string>()
+    const now = this.now()
+    const kept: Delivery[] = []
+    for (const delivery of owed) {
+      const lane = `${delivery.target}\u0000${delivery.document}`
+      const target = this.targets.get(delivery.target)
+      if (!target || heads.has(lane) || this.lanes.has(lane) || delivery.nextAttemptAt > now) {
+        heads.add(lane)
+        kept.push(delivery)
+        continue
+      }
+      heads.add(lane)
+      const attempts = delivery.attempts + 1
+      const delay = target.retryDelay(attempts, new Error(INTERRUPTED))
+      const token = this.options.fence?.tokenOf(delivery.document)
+      // Another relay orders the document now: it counts, and delivers, what it owes.
+      if (this.options.fence && token === undefined) continue
+      try {
+        if (delay === undefined) {
+          this.options.log.error(
+            {
+              hook: target.name,
+              eventId: delivery.event.event.id,
+              conversationId: delivery.document,
+              attempt: attempts,
+            },
+            "hook delivery interrupted by the end of the process on every attempt: moved to dead letters",
+          )
+          this.options.metrics.attempts.inc({ target: target.name, outcome: "dead" })
+          await this.bury(delivery, attempts, INTERRUPTED, token)
+          continue
+        }
+        const nextAttemptAt = now + delay
+        if (this.options.fence && token !== undefined) {
+          if (!(await this.options.fence.retryLater(delivery, token, attempts, nextAttemptAt, INTERRUPTED)))
+            continue
+        } else
+          await this.options.outbox.retryLater(
+            delivery.seq,
+            delivery.target,
+            attempts,
+            nextAttemptAt,
+            INTERRUPTED,
+          )
+        kept.push({ ...delivery, attempts, nextAttemptAt, lastError: INTERRUPTED })
+      } catch (error) {
+        // Not counted (the outbox is failing): delivered as before rather than not at all.
+        this.options.log.error(
+          { err: error, hook: target.name },
+          "hook outbox failed to count an interrupted attempt",
+        )
+        kept.push(delivery)
+      }
+    }
+    return kept
   }
 
   /** Queues freshly enqueued (or replayed) deliveries. */

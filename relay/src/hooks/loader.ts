@@ -12,6 +12,9 @@ export interface LoadedHooks {
   readonly hooks: DefinedHooks
 }
 
+/** Longest a hook module may take to load, its top-level `await`s included, before the relay refuses to start. */
+export const HOOK_LOAD_TIMEOUT_MS = 30_000
+
 const MODULE = /\.(?:m?js|m?ts)$/
 const TYPESCRIPT = /\.m?ts$/
 
@@ -38,7 +41,11 @@ function loadTypeScript(): Promise<void> {
  * that throws on import, a default export not made by `defineHooks`) throws a
  * ParleyError naming the file, so the relay refuses to start.
  */
-export async function loadHooks(dir: string): Promise<LoadedHooks[]> {
+export async function loadHooks(
+  dir: string,
+  options: { readonly timeoutMs?: number } = {},
+): Promise<LoadedHooks[]> {
+  const timeoutMs = options.timeoutMs ?? HOOK_LOAD_TIMEOUT_MS
   const root = resolve(dir)
   let files: string[]
   try {
@@ -61,7 +68,7 @@ export async function loadHooks(dir: string): Promise<LoadedHooks[]> {
     const path = join(root, name)
     let module: { default?: unknown }
     try {
-      module = (await import(pathToFileURL(path).href)) as { default?: unknown }
+      module = await importWithin(path, timeoutMs)
     } catch (error) {
       throw new ParleyError(
         ErrorCode.INVALID_ARGUMENT,
@@ -78,6 +85,33 @@ export async function loadHooks(dir: string): Promise<LoadedHooks[]> {
     loaded.push({ name, path, hooks: module.default })
   }
   return loaded
+}
+
+/**
+ * Imports `path`, failing after `ms`. A module whose top-level `await` never
+ * settles (a connection to a service that is down) otherwise left the relay
+ * waiting for good before it listened, without a word, or, with nothing else
+ * keeping Node's event loop alive, ended the process with exit code 0, which
+ * a supervisor takes for a clean stop. The timer keeps the loop alive.
+ */
+async function importWithin(path: string, ms: number): Promise<{ default?: unknown }> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([
+      import(pathToFileURL(path).href) as Promise<{ default?: unknown }>,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(
+              new Error(`it did not finish loading within ${ms} ms (a top-level await that never settles?)`),
+            ),
+          ms,
+        )
+      }),
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 const describe = (value: unknown) =>

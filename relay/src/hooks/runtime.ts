@@ -78,6 +78,10 @@ export interface RecoveryOptions {
   readonly retryMs?: number
 }
 
+/** Wait before a failed record of hook events is tried again (doubling, up to {@link RECORD_RETRY_MAX_MS}). */
+const RECORD_RETRY_MS = 250
+const RECORD_RETRY_MAX_MS = 5_000
+
 /** Documents the recovery sweep loads at once: a few, so that it never crowds out the clients' loads. */
 export const DEFAULT_RECOVERY_CONCURRENCY = 4
 /** Wait before the recovery sweep tries again after a failure. */
@@ -101,6 +105,10 @@ export class HookRuntime {
   private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
   private readonly core: RunningCore
   private chain: Promise<unknown> = Promise.resolve()
+  /** Records in {@link chain} not done yet (a failed one waiting to be tried again, or behind one). */
+  private waiting = 0
+  /** Aborted by {@link stop}: ends the waits between attempts of a failed record. */
+  private readonly stopping = new AbortController()
   private sweeping: Promise<void> | undefined
   private sweepAgain: NodeJS.Timeout | undefined
   private stopped = false
@@ -384,7 +392,7 @@ export class HookRuntime {
    */
   async resume(document: string): Promise<void> {
     await this.chain
-    this.dispatcher.adopt(await this.options.outbox.pending(document))
+    await this.dispatcher.adopt(await this.options.outbox.pending(document))
   }
 
   /**
@@ -401,6 +409,7 @@ export class HookRuntime {
   /** Stops the recovery sweep and delivering (running attempts finish), and closes the outbox. */
   async stop(): Promise<void> {
     this.stopped = true
+    this.stopping.abort()
     clearTimeout(this.sweepAgain)
     await this.sweeping
     await this.chain
@@ -428,12 +437,78 @@ export class HookRuntime {
       })
       this.dispatcher.add(deliveries)
     }
-    // An outbox that keeps call order needs no wait for the last commit: changes of one tick share one.
-    const run = this.options.outbox.ordersEnqueues ? record() : this.chain.then(record)
-    this.chain = run.catch((error) =>
-      this.log.error({ err: error, document }, "could not record hook events"),
-    )
+    // A failed record is tried again until it succeeds, and every later one waits behind it: recorded
+    // first, a later change's watermark would pass the failed change's log entries, and their events
+    // would never be recorded, delivered or logged (nor derived again at the next load).
+    // An outbox that keeps call order needs no wait for the last commit while nothing waits in line:
+    // changes of one tick share one.
+    if (this.options.outbox.ordersEnqueues && this.waiting === 0) {
+      const run = record()
+      run.catch((error: unknown) => this.recordInLine(document, record, error))
+      return run
+    }
+    const run = this.chain.then(record)
+    this.waiting++
+    this.chain = run
+      .catch((error: unknown) => this.recordUntilDone(document, record, error))
+      .finally(() => this.waiting--)
     return run
+  }
+
+  /** Records after everything already in line, trying again until it succeeds (see {@link enqueue}). */
+  private recordInLine(document: string, record: () => Promise<void>, error: unknown): void {
+    this.waiting++
+    this.chain = this.chain
+      .then(() => this.recordUntilDone(document, record, error))
+      .finally(() => this.waiting--)
+  }
+
+  /**
+   * Tries a failed record again, with backoff, until the outbox takes it. It
+   * gives up only when the runtime stops: the watermark has not moved past the
+   * change, so the document's next load derives its events again from the
+   * stored log. (In a cluster, a relay that lost the document meanwhile may
+   * record events its next owner derived too: a repeat, as after any retry.)
+   */
+  private async recordUntilDone(
+    document: string,
+    record: () => Promise<void>,
+    error: unknown,
+  ): Promise<void> {
+    this.log.error({ err: error, document }, "could not record hook events: trying again")
+    for (
+      let attempt = 1, delay = RECORD_RETRY_MS;
+      ;
+      attempt++, delay = Math.min(delay * 2, RECORD_RETRY_MAX_MS)
+    ) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer)
+          this.stopping.signal.removeEventListener("abort", done)
+          resolve()
+        }
+        const timer = setTimeout(done, delay)
+        timer.unref()
+        this.stopping.signal.addEventListener("abort", done)
+      })
+      if (this.stopped) {
+        this.log.warn(
+          { document },
+          "hook events left unrecorded: derived again from the stored log when the document next loads",
+        )
+        return
+      }
+      try {
+        await record()
+        this.log.info({ document, attempts: attempt + 1 }, "recorded hook events after the outbox failed")
+        return
+      } catch (next) {
+        this.log.warn(
+          { err: next, document, attempts: attempt + 1 },
+          "could not record hook events: trying again",
+        )
+      }
+    }
   }
 
   private contextFor(

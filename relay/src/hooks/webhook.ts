@@ -1,5 +1,6 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Webhook, WebhookVerificationError } from "standardwebhooks"
+import { discardBody } from "../discard-body.js"
 import { type DeliveryTarget, PermanentDeliveryError } from "./dispatcher.js"
 import type { HookEvent, HookEventType } from "./events.js"
 
@@ -59,10 +60,17 @@ export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
           "webhook-signature": signer.sign(id, timestamp, body),
         },
         body,
+        // A redirect is not followed: the receiver could send the signed event (a POST, with 307/308)
+        // to an address of the relay's network that the operator never configured.
+        redirect: "manual",
       })
-      // Drain the body so the connection can be reused.
-      await response.arrayBuffer().catch(() => undefined)
+      // The status is the answer; the body (at most a little of it) is read only to reuse the connection.
+      await discardBody(response.body)
       if (response.ok) return
+      if (response.status >= 300 && response.status < 400)
+        throw new PermanentDeliveryError(
+          `webhook ${options.url} answered ${response.status}: redirects are not followed, configure the URL it redirects to`,
+        )
       const message = `webhook ${options.url} answered ${response.status}`
       if (retryable(response.status)) throw new Error(message)
       throw new PermanentDeliveryError(message)

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto"
 import { type ConversationId, ParleyError, type UserId } from "@parley/shared"
 import webpush from "web-push"
+import { discardBody } from "../discard-body.js"
 import type { RunningCore } from "../extension.js"
 import type { InboxSummary, PushNotificationHandler } from "../hooks/define.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
@@ -155,7 +156,8 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     } catch (error) {
       return error instanceof Error ? error : new Error(String(error))
     }
-    await response.arrayBuffer().catch(() => undefined)
+    // The endpoint is any user's choice: its body is never read whole (see discardBody).
+    await discardBody(response.body)
     if (response.ok) return undefined
     if (response.status === 404 || response.status === 410) {
       options.log.info({ ...where, status: response.status }, "push subscription expired: dropped")

@@ -461,6 +461,13 @@ describe("HTTP API against a relay process", () => {
       metadata: { blob: "y".repeat(5000) },
     })
     expect([metadata.status, metadata.body.code]).toEqual([422, "INVALID_UPDATE"])
+    // Nested deeper than JSON.stringify can walk (within the body limit): refused the same way, not a 500.
+    const deep = await full(
+      "POST",
+      "/v1/conversations/g~api-group/messages",
+      `{"body":"x","metadata":{"a":${"[".repeat(100_000)}${"]".repeat(100_000)}}}`,
+    )
+    expect([deep.status, deep.body.code]).toEqual([422, "INVALID_UPDATE"])
     const huge = await full("POST", "/v1/conversations/g~api-group/messages", { body: "x".repeat(300_000) })
     expect([huge.status, huge.body.code]).toEqual([413, "TOO_LARGE"])
     const notJson = await full("POST", "/v1/conversations/g~api-group/messages", undefined, {

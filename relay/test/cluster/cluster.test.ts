@@ -15,6 +15,7 @@ import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
 import { gappedWrites } from "../helpers/gapped-writes.js"
 import { postgresUnreachable } from "../helpers/postgres.js"
+import { metricLine } from "../helpers/relay-process.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -100,6 +101,21 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         await late.until(sequenced(late.doc, 30))
         expect(order(late.doc)).toEqual(orders[0])
       }
+      // What an operator sees on /metrics: the first relay orders the conversation, the others forwarded
+      // their writers' changes to it and had them stored, none refused.
+      const metric = (i: number, line: string) => metricLine(cluster.relay(i), line)
+      expect(await metric(0, "parley_cluster_documents_owned ")).toBeGreaterThanOrEqual(1)
+      for (const i of [1, 2]) {
+        expect(await metric(i, 'parley_cluster_forwarded_total{outcome="stored"}')).toBeGreaterThan(0)
+        expect(await metric(i, 'parley_cluster_forwarded_total{outcome="refused"}')).toBe(0)
+      }
+      // (At least: a forward answered late is sent again, and answered twice.)
+      expect(
+        await metric(0, 'parley_cluster_forwards_answered_total{outcome="stored"}'),
+      ).toBeGreaterThanOrEqual(
+        (await metric(1, 'parley_cluster_forwarded_total{outcome="stored"}')) +
+          (await metric(2, 'parley_cluster_forwarded_total{outcome="stored"}')),
+      )
     }, 60_000)
 
     it("tells a writer on a relay that does not order the document that it must resend its pending work", async () => {

@@ -1,7 +1,8 @@
 import { connect, createServer, type Socket } from "node:net"
 
 /**
- * A TCP proxy in front of a server that a test can cut (a network partition).
+ * A TCP proxy in front of a server that a test can cut (a network partition)
+ * or stall (a server that stops answering, as a paused Redis does).
  * It runs on the test's event loop: while the test blocks that loop, nothing passes.
  */
 export interface TcpProxy {
@@ -10,6 +11,10 @@ export interface TcpProxy {
   /** Drops every connection and refuses new ones until {@link heal}. */
   cut(): void
   heal(): void
+  /** Holds every byte either way, connections open, until {@link resume}: nothing is answered, nothing fails. */
+  stall(): void
+  /** Passes on what {@link stall} held, in order, and everything after it. */
+  resume(): void
   close(): Promise<void>
 }
 
@@ -17,6 +22,13 @@ export interface TcpProxy {
 export async function startTcpProxy(host: string, port: number): Promise<TcpProxy> {
   const sockets = new Set<Socket>()
   let open = true
+  let stalled = false
+  const held: { to: Socket; data: Buffer }[] = []
+  const forward = (from: Socket, to: Socket) =>
+    from.on("data", (data: Buffer) => {
+      if (stalled) held.push({ to, data })
+      else to.write(data)
+    })
   const server = createServer((client) => {
     if (!open) {
       client.destroy()
@@ -31,13 +43,16 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
         upstream.destroy()
       })
     }
-    client.pipe(upstream)
-    upstream.pipe(client)
+    forward(client, upstream)
+    forward(upstream, client)
+    client.on("end", () => upstream.end())
+    upstream.on("end", () => client.end())
   })
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
   const address = server.address()
   const cut = () => {
     open = false
+    held.length = 0
     for (const socket of sockets) socket.destroy()
   }
   return {
@@ -45,6 +60,13 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
     cut,
     heal() {
       open = true
+    },
+    stall() {
+      stalled = true
+    },
+    resume() {
+      stalled = false
+      for (const { to, data } of held.splice(0)) if (!to.destroyed) to.write(data)
     },
     close() {
       cut()

@@ -1,6 +1,6 @@
 import pino from "pino"
 import { Registry } from "prom-client"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import {
   DeferDelivery,
   type DeliveryTarget,
@@ -246,5 +246,70 @@ describe("hook dispatcher", () => {
     await running
     await dispatcher.stop()
     expect((await outbox.pending()).map((d) => d.event.event.id)).toEqual(["e1"])
+  })
+
+  it("counts the attempt a process ended during, so that a hook ending the process on one event is dead-lettered, not given it after every restart", async () => {
+    const outbox = new MemoryOutbox()
+    // Each "life" of the relay: a new dispatcher over the same outbox. The poison event's attempt never
+    // finishes (the process ends during it: a throw from a timer, memory without bound, an endless loop).
+    const attempts: number[] = []
+    const delivered: string[] = []
+    const life = async () => {
+      const dispatcher = new Dispatcher({
+        outbox,
+        targets: [
+          target("hook:a", async (event, { attempt }) => {
+            if (event.event.id !== "poison") return void delivered.push(event.event.id)
+            attempts.push(attempt)
+            await new Promise(() => {})
+          }),
+        ],
+        log,
+        metrics: new HookMetrics(new Registry()),
+      })
+      return dispatcher
+    }
+    // The first life enqueues the events, as the relay does once a change is stored.
+    ;(await life()).add(
+      await outbox.enqueue({
+        document: "c1",
+        events: ["poison", "after"].map((id) => ({ event: sampleEvent(id, "c1"), targets: ["hook:a"] })),
+      }),
+    )
+    await vi.waitFor(() => expect(attempts).toHaveLength(1))
+    for (let restart = 1; restart < 3; restart++) {
+      await (await life()).start()
+      await vi.waitFor(() => expect(attempts).toHaveLength(restart + 1))
+    }
+    // Three attempts (the target's limit), each counted before it ran: the fourth start buries the event.
+    expect(attempts).toEqual([1, 2, 3])
+    const last = await life()
+    await last.start()
+    await last.idle()
+    expect(delivered).toEqual(["after"])
+    const dead = await outbox.deadLetters()
+    expect(dead.map((d) => [d.event.event.id, d.attempts])).toEqual([["poison", 3]])
+    expect(dead[0]!.lastError).toMatch(/relay ended/)
+  })
+
+  it("does not count an attempt for a delivery that was waiting for its retry when the process ended", async () => {
+    const outbox = new MemoryOutbox()
+    const [owed] = await outbox.enqueue({
+      document: "c1",
+      events: [{ event: sampleEvent("later", "c1"), targets: ["hook:a"] }],
+    })
+    const due = Date.now() + 200
+    await outbox.retryLater(owed!.seq, "hook:a", 1, due, "failed once")
+    const calls: number[] = []
+    const dispatcher = new Dispatcher({
+      outbox,
+      targets: [target("hook:a", async (_event, { attempt }) => void calls.push(attempt))],
+      log,
+      metrics: new HookMetrics(new Registry()),
+    })
+    await dispatcher.start()
+    await dispatcher.idle()
+    expect(calls).toEqual([2])
+    expect(await outbox.pending()).toEqual([])
   })
 })

@@ -52,6 +52,17 @@ describe("hook loader", () => {
     expect(error.message).toContain(join(dir, "broken.ts"))
   })
 
+  it("refuses a script whose top-level await never settles, naming the file, instead of waiting for good", async () => {
+    const dir = hooksDir({ "stuck.mjs": "await new Promise(() => {})\nexport default 1\n" })
+    const error = await loadHooks(dir, { timeoutMs: 200 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(ParleyError)
+    expect((error as ParleyError).message).toContain(join(dir, "stuck.mjs"))
+    expect((error as ParleyError).message).toContain("did not finish loading")
+  })
+
   it("refuses a script that throws on import, naming the file and the error", async () => {
     const dir = hooksDir({ "throws.mjs": 'throw new Error("no API key configured")\n' })
     const error = await loadError(dir)

@@ -126,6 +126,68 @@ describe("webhooks", () => {
     expect(await outbox.deadLetters()).toHaveLength(1)
   })
 
+  it("does not follow a redirect to another address: the delivery is dead-lettered, the other address gets nothing", async () => {
+    const elsewhere: string[] = []
+    const internal = createServer((req, res) => {
+      elsewhere.push(`${req.method} ${req.url}`)
+      res.end()
+    })
+    await new Promise<void>((resolve) => internal.listen(0, "127.0.0.1", resolve))
+    try {
+      const target = `http://127.0.0.1:${(internal.address() as AddressInfo).port}/admin`
+      let received = 0
+      server = createServer((req, res) => {
+        received++
+        req.resume()
+        res.writeHead(307, { location: target })
+        res.end()
+      })
+      await new Promise<void>((resolve) => server!.listen(0, "127.0.0.1", resolve))
+      const url = `http://127.0.0.1:${(server!.address() as AddressInfo).port}/hooks`
+      const { run, outbox } = deliverOne(url, SECRET)
+      await run()
+      expect(received).toBe(1)
+      expect(elsewhere).toEqual([])
+      const dead = await outbox.deadLetters()
+      expect(dead).toHaveLength(1)
+      expect(dead[0]!.lastError).toContain("answered 307")
+    } finally {
+      await new Promise((resolve) => internal.close(resolve))
+    }
+  })
+
+  it("takes a 2xx whose body never ends as delivered, reading only a little of that body", async () => {
+    let written = 0
+    let hungUp: () => void
+    const closed = new Promise<void>((resolve) => {
+      hungUp = resolve
+    })
+    server = createServer((req, res) => {
+      req.resume()
+      res.writeHead(200, { "content-type": "application/octet-stream" })
+      const chunk = Buffer.alloc(64 * 1024, 97)
+      // Endless, as fast as the relay reads it, until the relay hangs up.
+      const pump = () => {
+        while (!res.destroyed) {
+          written += chunk.length
+          if (!res.write(chunk)) return void res.once("drain", pump)
+        }
+      }
+      res.on("close", () => hungUp())
+      pump()
+    })
+    await new Promise<void>((resolve) => server!.listen(0, "127.0.0.1", resolve))
+    const url = `http://127.0.0.1:${(server!.address() as AddressInfo).port}/hooks`
+    const { run, outbox } = deliverOne(url, SECRET)
+    await run()
+    await closed
+    server!.closeAllConnections()
+    expect(await outbox.pending()).toEqual([])
+    expect(await outbox.deadLetters()).toEqual([])
+    // Socket buffers hold a few MiB at most; reading the whole answer went on for as long as the attempt ran.
+    expect(written).toBeLessThan(32 * 1024 * 1024)
+  })
+
   it("retries when the receiver cannot be reached", async () => {
     const { url, received } = await receiver([200])
     await new Promise((resolve) => server!.close(resolve))

@@ -81,3 +81,41 @@ describe("the push target's endpoint checks at send time", () => {
     expect((await store.list(bob)).length).toBe(1)
   })
 })
+
+describe("the push target's answer from a push service", () => {
+  it("reads only a little of an endless body (the endpoint is any user's choice), and counts the push as sent", async () => {
+    const store = new MemoryPushSubscriptionStore()
+    await store.put({
+      user: bob,
+      device: "d",
+      endpoint: "https://93.184.215.14/push/x",
+      ...keys(),
+      createdAt: 1,
+    })
+    let pulled = 0
+    let cancelled = false
+    // Endless as far as the relay can tell: it stops at 64 MiB only so that a relay reading it whole ends.
+    const chunk = new Uint8Array(64 * 1024)
+    const endless = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (pulled >= 64 * 1024 * 1024) return controller.close()
+        pulled += chunk.byteLength
+        controller.enqueue(chunk)
+      },
+      cancel() {
+        cancelled = true
+      },
+    })
+    const target = pushTarget(core, {
+      store,
+      vapid: { ...webpush.generateVAPIDKeys(), subject: "mailto:ops@example.com" },
+      log: pino({ level: "silent" }),
+      isActive: () => false,
+      fetch: (async () => new Response(endless, { status: 201 })) as unknown as typeof fetch,
+    })
+    await target.deliver(event, attempt)
+    expect(cancelled).toBe(true)
+    expect(pulled).toBeLessThan(1024 * 1024)
+    expect((await store.list(bob)).length).toBe(1)
+  })
+})

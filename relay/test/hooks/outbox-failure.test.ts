@@ -1,0 +1,97 @@
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import {
+  type ConversationId,
+  createConversation,
+  type MessageId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import { MemoryBackend } from "../../src/backend/memory.js"
+import { SqliteBackend } from "../../src/backend/sqlite.js"
+import type { HookEvent } from "../../src/hooks/events.js"
+import type { Outbox } from "../../src/hooks/outbox.js"
+import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+const cleanup: (() => unknown)[] = []
+afterEach(async () => {
+  for (const step of cleanup.splice(0).reverse()) await step()
+})
+
+/**
+ * `outbox`, whose first `times` enqueues holding the events of message `id` fail (a storage
+ * outage, a locked table); the others go through.
+ */
+function failingFor(outbox: Outbox, id: string, times: number): Outbox {
+  let left = times
+  return new Proxy(outbox, {
+    get(target, property) {
+      const value = Reflect.get(target, property, target)
+      if (property === "enqueue")
+        return (batch: Parameters<Outbox["enqueue"]>[0]) => {
+          if (left > 0 && sentIds(batch.events.map((e) => e.event)).includes(id)) {
+            left--
+            return Promise.reject(new Error("the outbox table is locked"))
+          }
+          return target.enqueue(batch)
+        }
+      return typeof value === "function" ? value.bind(target) : value
+    },
+  })
+}
+
+const sentIds = (events: HookEvent[]) =>
+  events
+    .filter((e) => e.event.type === "message.sent")
+    .map((e) => (e.subject as { message: { id: string } }).message.id)
+
+const backends = {
+  // Enqueues wait for one another (the PostgreSQL outbox does the same).
+  memory: () => new MemoryBackend(),
+  // Enqueues are not waited for one by one (`ordersEnqueues`): a later one could be recorded first.
+  sqlite: () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-outbox-failure-"))
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }))
+    return new SqliteBackend(dir)
+  },
+}
+
+describe.each(Object.keys(backends) as (keyof typeof backends)[])(
+  "hook events of a change the %s outbox failed to record",
+  (kind) => {
+    it("are delivered and logged once it works again, before those of the changes after it", async () => {
+      const backend = backends[kind]()
+      cleanup.push(() => backend.close())
+      const { hooks, events } = recordingHooks()
+      const relay = await coreWithHooks({
+        storage: backend.documents,
+        outbox: failingFor(backend.outbox, "while-failing-01", 2),
+        hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      })
+      cleanup.push(() => relay.core.close())
+      const id = "g~outbox-failure" as ConversationId
+      const a = new InProcessClient(relay.core, id, alice)
+      await a.connect()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await a.settled()
+      await relay.runtime.idle()
+
+      // Saved and acknowledged; the outbox fails to record its events (twice).
+      sendMessage(a.doc, alice, { id: "while-failing-01" as MessageId, body: "one" })
+      await a.settled()
+      // The next change's events go through at once, with a watermark past the first change's entries.
+      sendMessage(a.doc, alice, { id: "after-change-01" as MessageId, body: "two" })
+      await a.settled()
+      await relay.runtime.idle()
+
+      expect(sentIds(events)).toEqual(["while-failing-01", "after-change-01"])
+      const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
+      expect(sentIds(logged.map((e) => e.event))).toEqual(["while-failing-01", "after-change-01"])
+    })
+  },
+)
