@@ -6,7 +6,6 @@ import {
   deleteMessage,
   ErrorCode,
   editMessage,
-  encodeDirectoryRequest,
   encodeHistoryRequest,
   foldedHistory,
   getMessage,
@@ -16,10 +15,8 @@ import {
   markRead,
   newConversationId,
   newMessageId,
-  type ParleyFrame,
   Rule,
   react,
-  readParleyFrame,
   sealedHistory,
   sealedSegments,
   sealedThrough,
@@ -30,12 +27,12 @@ import {
   type UserId,
   unreadCount,
 } from "@parley/shared"
-import * as decoding from "lib0/decoding"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { MemoryBackend } from "../src/backend/memory.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
+import { requestDirectory, requestSegment } from "./helpers/history-requests.js"
 import { signToken } from "./helpers/relay-process.js"
 
 const SECRET = "history-test-secret"
@@ -96,40 +93,6 @@ function segmentOf(page: HistoryPage) {
   return decodeSegment(page.bytes)
 }
 
-/** Sends a directory request and waits for its answer. */
-async function requestDirectory(c: TestClient, page: number, request = 1000 + page): Promise<HistoryPage> {
-  c.send(encodeDirectoryRequest(request, page))
-  let answer: HistoryPage | undefined
-  await c.until(() => {
-    for (const frame of c.frames) {
-      if (frame[0] !== MessageType.parley) continue
-      const decoder = decoding.createDecoder(frame)
-      decoding.readVarUint(decoder)
-      const parley: ParleyFrame | undefined = readParleyFrame(decoder)
-      if (parley?.type === "directoryPage" && parley.request === request) answer = parley
-    }
-    return answer !== undefined
-  })
-  return answer!
-}
-
-/** Sends a history request and waits for its answer. */
-async function requestPage(c: TestClient, segment: number, request = segment + 1): Promise<HistoryPage> {
-  c.send(encodeHistoryRequest(request, segment))
-  let page: HistoryPage | undefined
-  await c.until(() => {
-    for (const frame of c.frames) {
-      if (frame[0] !== MessageType.parley) continue
-      const decoder = decoding.createDecoder(frame)
-      decoding.readVarUint(decoder)
-      const parley: ParleyFrame | undefined = readParleyFrame(decoder)
-      if (parley?.type === "historyPage" && parley.request === request) page = parley
-    }
-    return page !== undefined
-  })
-  return page!
-}
-
 describe("sealed history", () => {
   it("moves old messages into segments: the live document keeps the latest, a joiner sees them and can page back", async () => {
     const relay = await relayWith()
@@ -145,7 +108,7 @@ describe("sealed history", () => {
     expect(live.map((m) => m.body)).toEqual(Array.from({ length: 10 }, (_, i) => `message ${30 + i}`))
     expect(typesOf(c.doc).messages.length).toBe(10)
 
-    const page = await requestPage(c, 1)
+    const page = await requestSegment(c, 1)
     expect(page.error).toBeUndefined()
     const segment = segmentOf(page)
     expect(segment.entries.map((e) => e.record.id)).toHaveLength(10)
@@ -216,7 +179,7 @@ describe("sealed history", () => {
     markRead(c.doc, bob, 14)
     await c.allSaved()
     // ...and exactly once it is held: alice wrote 16, 18, 20 in 15..20, then 10 more above 20.
-    sealedHistory(c.doc).add(segmentOf(await requestPage(c, 1)))
+    sealedHistory(c.doc).add(segmentOf(await requestSegment(c, 1)))
     expect(unreadCount(c.doc, bob)).toBe(3 + 5 + 5)
   })
 
@@ -225,8 +188,8 @@ describe("sealed history", () => {
     const id = await conversationWith(relay, 40)
     const a = await connect(relay, id, alice)
     const b = await connect(relay, id, bob)
-    for (const c of [a, b]) sealedHistory(c.doc).add(segmentOf(await requestPage(c, 0)))
-    const first = segmentOf(await requestPage(a, 0, 99)).entries[0]!.record // alice's
+    for (const c of [a, b]) sealedHistory(c.doc).add(segmentOf(await requestSegment(c, 0)))
+    const first = segmentOf(await requestSegment(a, 0, 99)).entries[0]!.record // alice's
     editMessage(a.doc, alice, first.id, "edited long after")
     react(b.doc, bob, first.id, "👍")
     sendMessage(b.doc, bob, { body: "replying to an old one", replyTo: first.id })
@@ -258,7 +221,7 @@ describe("sealed history", () => {
     relays.push(relay)
     const id = await conversationWith(relay, 40)
     const c = await connect(relay, id, bob)
-    const sealed = segmentOf(await requestPage(c, 0)).entries
+    const sealed = segmentOf(await requestSegment(c, 0)).entries
     const first = sealed[0]!.record // alice's
     const target = sealed[3]!
     c.close()
@@ -274,7 +237,7 @@ describe("sealed history", () => {
     // Exactly up to that message, not everything (the live messages stay unread).
     expect(markers).toBe(target.seq)
     const again = await connect(relay, id, bob)
-    sealedHistory(again.doc).add(segmentOf(await requestPage(again, 0)))
+    sealedHistory(again.doc).add(segmentOf(await requestSegment(again, 0)))
     expect(getMessage(again.doc, first.id)?.body).toBe("edited from the API")
     await expect(
       relay.core.write(id, { kind: "user", user: bob }, (doc) => {
@@ -299,12 +262,12 @@ describe("sealed history", () => {
     const p = new TestClient(relay.url, newConversationId(), await signToken(SECRET, mallory))
     clients.push(p)
     await p.opened
-    const page = await requestPage(p, 0)
+    const page = await requestSegment(p, 0)
     expect(page).toMatchObject({ error: ErrorCode.FORBIDDEN })
 
     // A segment the document does not name is not found.
     const b = await connect(relay, id, bob)
-    expect(await requestPage(b, 7)).toMatchObject({ error: ErrorCode.NOT_FOUND })
+    expect(await requestSegment(b, 7)).toMatchObject({ error: ErrorCode.NOT_FOUND })
   })
 
   it("a device offline across a sealing syncs its pending edit, reaction, deletion and messages exactly once", async () => {
@@ -338,7 +301,7 @@ describe("sealed history", () => {
     await check.until(() => listMessages(check.doc, { last: 100 }).some((m) => m.body === "offline 2"))
     await check.until(() => typesOf(check.doc).tombstones.has(other.id))
     expect(back.errors).toEqual([])
-    sealedHistory(check.doc).add(segmentOf(await requestPage(check, 0)))
+    sealedHistory(check.doc).add(segmentOf(await requestSegment(check, 0)))
     expect(getMessage(check.doc, target.id)).toMatchObject({
       body: "edited offline",
       reactions: { "🎉": [alice] },
@@ -388,7 +351,7 @@ describe("folded history: old summaries in a chain of directory pages", () => {
     const page0 = decodeDirectoryPage(older.bytes)
     expect(page0.previous).toBeUndefined()
     // A folded segment is served, and matches the hash its page names.
-    const first = await requestPage(c, 0)
+    const first = await requestSegment(c, 0)
     if (first.error !== undefined) throw new Error(first.error)
     expect(segmentHash(first.bytes)).toBe(page0.summaries[0]!.hash)
     expect(segmentOf(first).entries.map((e) => e.seq)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1))
@@ -417,7 +380,7 @@ describe("folded history: old summaries in a chain of directory pages", () => {
     const page = await requestDirectory(c, 1)
     if (page.error !== undefined) throw new Error(page.error)
     sealedHistory(c.doc).addPage(decodeDirectoryPage(page.bytes), page.hash)
-    sealedHistory(c.doc).add(segmentOf(await requestPage(c, 3)))
+    sealedHistory(c.doc).add(segmentOf(await requestSegment(c, 3)))
     // Alice wrote the odd numbers: 35, 37, …, 99.
     expect(unreadCount(c.doc, bob)).toBe(33)
     // A marker exactly at a page's edge, and one in the other page, from that page's counts.
@@ -430,7 +393,7 @@ describe("folded history: old summaries in a chain of directory pages", () => {
     // re-writes the chain from its page on; the count drops by one wherever the marker is.
     const directory = await requestDirectory(a, 1)
     if (directory.error !== undefined) throw new Error(directory.error)
-    sealedHistory(a.doc).add(segmentOf(await requestPage(a, 4)))
+    sealedHistory(a.doc).add(segmentOf(await requestSegment(a, 4)))
     const target = sealedHistory(a.doc).segment(4)!.entries[0]!.record
     expect(target.author).toBe(alice)
     const before = foldedHistory(a.doc)!.hash
@@ -445,7 +408,7 @@ describe("folded history: old summaries in a chain of directory pages", () => {
     if (rewritten.error !== undefined) throw new Error(rewritten.error)
     expect(segmentHash(rewritten.bytes)).toBe(foldedHistory(c.doc)!.hash)
     const purged = decodeDirectoryPage(rewritten.bytes).summaries.find((s) => s.index === 4)!
-    const segment = await requestPage(c, 4)
+    const segment = await requestSegment(c, 4)
     if (segment.error !== undefined) throw new Error(segment.error)
     expect(segmentHash(segment.bytes)).toBe(purged.hash)
     expect(new TextDecoder().decode(segment.bytes)).not.toContain("message 40")

@@ -5,26 +5,20 @@ import {
   deleteMessage,
   ErrorCode,
   editMessage,
-  encodeHistoryRequest,
   encodeStoredRecord,
   getMessage,
-  type HistoryPage,
   listMessages,
   listSealedMessages,
   type MessageId,
-  MessageType,
   newConversationId,
-  type ParleyFrame,
   Rule,
   react,
-  readParleyFrame,
   sealedHistory,
   sendMessage,
   tombstoneOf,
   typesOf,
   type UserId,
 } from "@parley/shared"
-import * as decoding from "lib0/decoding"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { newApiKey } from "../src/api/keys.js"
@@ -32,6 +26,7 @@ import { type Backend, MemoryBackend, SqliteBackend } from "../src/backend/index
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { apiClient, freshDataDir } from "./api/helpers.js"
 import { stockProvider, synced, TestClient } from "./helpers/clients.js"
+import { requestSegment } from "./helpers/history-requests.js"
 import { signToken } from "./helpers/relay-process.js"
 
 const SECRET = "sealed-ids-test-secret"
@@ -84,20 +79,9 @@ async function conversationWith(relay: RunningRelay, count: number): Promise<Con
 
 /** Segment `index` as the relay serves it to `c`. */
 async function segment(c: TestClient, index: number, request = 500 + index) {
-  c.send(encodeHistoryRequest(request, index))
-  let page: HistoryPage | undefined
-  await c.until(() => {
-    for (const frame of c.frames) {
-      if (frame[0] !== MessageType.parley) continue
-      const decoder = decoding.createDecoder(frame)
-      decoding.readVarUint(decoder)
-      const parley: ParleyFrame | undefined = readParleyFrame(decoder)
-      if (parley?.type === "historyPage" && parley.request === request) page = parley
-    }
-    return page !== undefined
-  })
-  if (page!.error !== undefined) throw new Error(`segment ${index} refused: ${page!.error}`)
-  return decodeSegment(page!.bytes)
+  const page = await requestSegment(c, index, request)
+  if (page.error !== undefined) throw new Error(`segment ${index} refused: ${page.error}`)
+  return decodeSegment(page.bytes)
 }
 
 /** Writes on a copy of `c`'s replica and sends the change as one update (as an offline device would). */
