@@ -1,5 +1,6 @@
 import { resolve } from "node:path"
 import { ErrorCode, ParleyError } from "@parley/shared"
+import { type DiskSpace, diskSpaceOf, formatBytes, writeReserve } from "./storage/disk-space.js"
 
 /**
  * Exit codes of `parley-relay` (the table in relay/README.md, "Exit codes"),
@@ -81,10 +82,13 @@ export type StorageLocation =
 /** Why storage (documents, client-id bindings or hook outbox) could not be opened at start. */
 export function storageFailure(error: unknown, where: StorageLocation): StartupError {
   if (where.kind === "sqlite") {
+    const full = fullDisk(where.dataDir)
     return new StartupError(
       ExitCode.STORAGE,
       `cannot open the data directory ${resolve(where.dataDir)} (--data-dir): ${reasonOf(error)}: ` +
-        "make it a directory this user can write, or give another --data-dir",
+        (full
+          ? `the disk holding it is full (${formatBytes(full.free)} free): free space and start again`
+          : "make it a directory this user can write, or give another --data-dir"),
       { cause: error },
     )
   }
@@ -94,6 +98,22 @@ export function storageFailure(error: unknown, where: StorageLocation): StartupE
       "check that the server runs and the URL, user, password and database are right",
     { cause: error },
   )
+}
+
+/**
+ * The room left on the disk holding `dir` when it is too little for SQLite to
+ * open a database there (it creates the `-wal` and `-shm` files), else
+ * undefined: told apart from a directory this user may not write, whose fix is
+ * another.
+ */
+function fullDisk(dir: string): DiskSpace | undefined {
+  try {
+    const space = diskSpaceOf(dir)
+    return space.free < writeReserve(space.size) ? space : undefined
+  } catch {
+    // The directory is missing or unreadable: not a full disk.
+    return undefined
+  }
 }
 
 /** A connection string fit for a log line: its password replaced by `***`. */

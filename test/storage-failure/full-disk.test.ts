@@ -1,5 +1,5 @@
 import "fake-indexeddb/auto"
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawn } from "node:child_process"
 import { closeSync, mkdtempSync, openSync, rmdirSync, rmSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -17,7 +17,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import * as Y from "yjs"
 import { TestClient } from "../../relay/test/helpers/clients.js"
-import { startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
+import { relayEntry, startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
 import { eventually, expectNotReady, healthz, readyz, storedTwice } from "./helpers.js"
 
 const cleanups: (() => unknown)[] = []
@@ -203,6 +203,31 @@ if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       reader.sendUpdate(Y.encodeStateAsUpdate(reader.doc))
       await reader.allSaved()
       expect(relay.child.exitCode).toBeNull()
+    })
+
+    it("stopped cleanly, then the disk filled: will not start, and says the disk is full (exit 4)", async () => {
+      const disk = smallDisk(8 * 1024 * 1024)
+      if (!("dir" in disk)) throw new Error(`cannot mount a tmpfs: ${disk.unavailable}`)
+      const first = await startRelayProcess({ dataDir: disk.dir })
+      first.child.kill("SIGTERM")
+      expect((await first.exited).code).toBe(0)
+      // SQLite cannot create the database's -wal and -shm files again: nothing to serve even reads from.
+      fill(join(disk.dir, "filler"))
+      const child = spawn(
+        process.execPath,
+        [relayEntry(), "--port", "0", "--data-dir", disk.dir, "--auth-secret", "s"],
+        {
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      )
+      let stderr = ""
+      child.stderr.on("data", (d: Buffer) => {
+        stderr += d
+      })
+      const code = await new Promise<number | null>((done) => child.on("exit", done))
+      expect(code).toBe(4)
+      expect(stderr).toContain("the disk holding it is full")
+      expect(stderr).not.toContain("make it a directory this user can write")
     })
   })
 }
