@@ -643,9 +643,10 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       const plans = planSeals(host.doc, conversation, history.sealing, SEALS_PER_TURN - n)
       if (plans.length === 0) break
       n += plans.length
-      const stored: SealPlan[] = []
-      const filters: IdFilter[] = []
+      // Each stored plan with its segment's id filter (held once the live document names the segment).
+      const stored: { plan: SealPlan; filter: IdFilter }[] = []
       for (const plan of plans) {
+        let filter: IdFilter
         try {
           await history.store.put(host.key, {
             index: plan.segment.index,
@@ -655,7 +656,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
             bytes: plan.bytes,
           })
           // Durable before the live document names the segment, as the segment is: the rules trust it.
-          filters.push(await history.storeIdFilter(host.key, plan.segment))
+          filter = await history.storeIdFilter(host.key, plan.segment)
           if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
         } catch (error) {
           ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
@@ -663,17 +664,22 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
           break
         }
         if (host.destroyed) break
-        stored.push(plan)
+        stored.push({ plan, filter })
       }
       if (host.destroyed || stored.length === 0) break
       release ??= host.holdUnsaved()
       // Those stored, each as if applied alone after the ones before it: the first of a failed write's.
-      const update = captureUpdate(host.doc, () => applySeals(host.doc, stored, RELAY_ORIGIN))
+      const update = captureUpdate(host.doc, () =>
+        applySeals(
+          host.doc,
+          stored.map((s) => s.plan),
+          RELAY_ORIGIN,
+        ),
+      )
       if (update) updates.push(update)
       // Named now (in memory; a failure to store the change evicts the document, and these with it).
-      for (const [i, plan] of stored.entries())
-        history.holdIdFilter(host.doc, plan.segment.index, filters[i]!)
-      for (const plan of stored)
+      for (const { plan, filter } of stored) history.holdIdFilter(host.doc, plan.segment.index, filter)
+      for (const { plan } of stored)
         ctx.log.debug(
           { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
           "sealed history",
