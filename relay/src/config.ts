@@ -5,6 +5,7 @@ import { DEFAULT_API_LIMITS } from "./api/limits.js"
 import { DEFAULT_ATTACHMENT_OPTIONS as ATTACHMENTS } from "./attachments/extension.js"
 import { Authenticator, type AuthKey } from "./auth.js"
 import { DEFAULT_RELAY_OPTIONS as RELAY, DEFAULT_TRANSPORT_LIMITS as TRANSPORT } from "./defaults.js"
+import { SealedReadDefaults } from "./history/sealed-reads.js"
 import { exponentialBackoff } from "./hooks/dispatcher.js"
 import { DEFAULT_EVENT_RETENTION } from "./hooks/event-log.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
@@ -298,6 +299,12 @@ export const RELAY_FLAGS = {
     help: "HTTP requests per user in a burst",
     default: USER.userHttpRequestBurst,
   }),
+  "user-sealed-reads-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_USER_SEALED_READS_PER_MINUTE",
+    help: "sealed history segments the relay may read for one user's changes per minute (edits, reactions, deletions of sealed messages; then RATE_LIMITED sealed-reads-per-user); 0 = no limit",
+    default: USER.userSealedReadsPerMinute,
+  }),
   "address-auth-failures-per-minute": flag({
     kind: "integer",
     env: "PARLEY_ADDRESS_AUTH_FAILURES_PER_MINUTE",
@@ -351,6 +358,12 @@ export const RELAY_FLAGS = {
     env: "PARLEY_HISTORY_FOLD_SIZE",
     help: "segment summaries folded into one history directory page at once; 0 = never fold",
     default: HistoryDefaults.foldSize,
+  }),
+  "max-sealed-reads-per-update": flag({
+    kind: "integer",
+    env: "PARLEY_MAX_SEALED_READS_PER_UPDATE",
+    help: "sealed history segments one change may make the relay read (then RATE_LIMITED sealed-reads-per-update, retryable)",
+    default: SealedReadDefaults.maxSealedReadsPerUpdate,
   }),
   "max-update-structs": flag({
     kind: "integer",
@@ -916,6 +929,7 @@ export function parseConfig(
             epochClientIds: Math.max(2, v["history-epoch-client-ids"]),
             keepSummaries: Math.max(1, v["history-keep-summaries"]),
             foldSize: Math.max(0, v["history-fold-size"]),
+            maxSealedReadsPerUpdate: Math.max(1, v["max-sealed-reads-per-update"]),
           }
         : false,
     warmUp: v["skip-warm-up"] !== true,
@@ -967,6 +981,7 @@ export function parseConfig(
       userAnswerBurstBytes: Math.max(1, v["user-answer-burst-bytes"]),
       userHttpRequestsPerSecond: v["user-http-requests-per-second"],
       userHttpRequestBurst: Math.max(1, v["user-http-request-burst"]),
+      userSealedReadsPerMinute: v["user-sealed-reads-per-minute"],
       addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],

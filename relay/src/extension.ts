@@ -86,9 +86,11 @@ export interface RunningCore {
    * `ids` (reading a segment only when its id filter says it may): before a
    * server-side write of messages with given ids, so that `getMessage` and
    * `sendMessage` find a sealed one rather than write a second message
-   * under its id. Does nothing when the core does not seal.
+   * under its id. Does nothing when the core does not seal. What it reads
+   * is bounded like a change's (RATE_LIMITED beyond) and paid for by
+   * `principal` when that is a user.
    */
-  settleSealedIds?(name: string, ids: readonly MessageId[]): Promise<void>
+  settleSealedIds?(name: string, ids: readonly MessageId[], principal?: Principal): Promise<void>
   /** Whether someone is connected to the document now. */
   isConnected(name: string): boolean
   /** Whether the document is in this relay's memory now (loaded, or unloading). */

@@ -405,13 +405,17 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     }
   }
 
-  async settleSealedIds(name: string, ids: readonly MessageId[]): Promise<void> {
+  async settleSealedIds(name: string, ids: readonly MessageId[], principal?: Principal): Promise<void> {
     const keeper = this.options.history
     if (!keeper || parseName(name).kind !== "conversation") return
     const host = await this.activeHost(name)
+    const users = this.users
+    const reads = keeper.readsFor(
+      principal?.kind === "user" ? (wanted) => users.takeSealedReads(principal, wanted) : undefined,
+    )
     try {
       await host.enqueue(async () => {
-        if (!host.destroyed) await keeper.settleSealedIds(host, ids)
+        if (!host.destroyed) await keeper.settleSealedIds(host, ids, reads)
       })
     } finally {
       this.scheduleIdle(host)

@@ -13,7 +13,7 @@ import {
   type RelayExtension,
   type RunningCore,
 } from "./extension.js"
-import { HistoryKeeper } from "./history/keeper.js"
+import { HistoryKeeper, type SealedReadLimits } from "./history/keeper.js"
 import type { SealingOptions } from "./history/sealing.js"
 import { DEFAULT_EVENT_RETENTION, type EventLogReader, type EventRetention } from "./hooks/event-log.js"
 import { EventLogPruner } from "./hooks/event-log-pruner.js"
@@ -82,10 +82,12 @@ export interface RelayOptions {
   readonly sequencer?: Sequencer
   /**
    * Sealed history: how many sequenced messages a segment holds and how many
-   * the live document keeps (defaults: shared `HistoryDefaults`); `false`
-   * keeps every message in the live document.
+   * the live document keeps (defaults: shared `HistoryDefaults`), how many
+   * segments one change may make the relay read and how many it keeps
+   * decoded per document (defaults: `SealedReadDefaults`); `false` keeps
+   * every message in the live document.
    */
-  readonly history?: Partial<SealingOptions> | false
+  readonly history?: Partial<SealingOptions & SealedReadLimits> | false
   /** Observers of saved changes: extensions with only `afterSaved`, run after the policy. */
   readonly listeners?: readonly AfterSavedListener[]
   /** More extensions, run after `listeners` and before the hooks (see the README's "Architecture"). */
@@ -321,7 +323,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // Always on: besides hooks and webhooks, the pipeline keeps every user's inbox current.
   const inbox = options.inbox === false ? [] : [inboxTarget, inboxPurgeTarget]
   // Always on: fleeting messages disappear whether or not anything else is configured.
-  const builtIn = [...inbox, (core: RunningCore) => fleetingTarget(core, backend.history)]
+  const builtIn = [...inbox, (core: RunningCore) => fleetingTarget(core)]
   // In a cluster, a relay resumes at start only what it owes for documents it orders (none yet).
   const outbox = clustered
     ? ownedOutbox(backend.outbox, (document) => clustered.cluster.owns(document))
@@ -418,7 +420,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(backend.purge ? { purge: backend.purge } : {}),
     ...(options.history === false
       ? {}
-      : { history: new HistoryKeeper(backend.history, { ...HistoryDefaults, ...options.history }) }),
+      : {
+          history: new HistoryKeeper(
+            backend.history,
+            { ...HistoryDefaults, ...options.history },
+            options.history ?? {},
+          ),
+        }),
     ...(clustered ? { router: clustered.cluster } : {}),
   })
   try {

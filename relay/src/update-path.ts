@@ -28,9 +28,11 @@ import { startEpoch } from "./history/epoch.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { applyPurge, holdPurged, planPurge, storePurge } from "./history/purge-plan.js"
+import { SealedReads } from "./history/sealed-reads.js"
 import { applySeals, placeholdersToTombstones, planSeals, type SealPlan, sealDue } from "./history/sealing.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
+import { sealedIdsNamed } from "./policy/check-update.js"
 import { membershipPolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
@@ -198,7 +200,7 @@ async function sequence(
   if (host.name.kind !== "conversation") return undefined
   if (candidates && candidates.length === 0) return undefined
   // A placeholder with no number may be a deletion of a message sealed meanwhile (sent by a device
-  // that still held it live): the directory of sealed messages says, loaded only for such a case.
+  // that still held it live): the segment holding it says, read only for such a case.
   let sealed: MessageId[] = []
   if (ctx.history && sealedThrough(host.doc) > 0) {
     const index = messageIndex(host.doc)
@@ -206,7 +208,9 @@ async function sequence(
       (id) => index.deleted.has(id) && !index.seqOf.has(id) && !index.records.has(id),
     )
     if (orphans.length > 0) {
-      await ctx.history.loadDirectory(host)
+      // Held already when a client's update brought them (its placeholders' ids are settled before
+      // the rules); read here only after a crash left some unnumbered. The relay's own reads.
+      await ctx.history.holdNamed(host, orphans, SealedReads.relay())
       const history = sealedHistory(host.doc)
       sealed = orphans.filter((id) => history.entry(id) !== undefined)
     }
@@ -584,7 +588,7 @@ async function purgeSealed(
     if (tombstone) deletions.set(id, tombstone)
   }
   if (deletions.size === 0) return
-  await history.loadDirectory(host)
+  // Reads the segments holding the deleted messages' numbers, not held already (see planPurge).
   const plan = await planPurge(history, host, deletions)
   if (!plan) return
   await storePurge(history, host.key, plan)
@@ -858,27 +862,30 @@ async function admitUpdate(
     clientIds = clientIdsOf(update)
   }
   const input = { name: host.name, doc: host.doc, update, principal, clientIds }
+  // What the update may make the relay read of sealed history: a bounded number of segments, each
+  // paid for by its sender (see HistoryKeeper, SealedReads).
+  const history = ctx.history && host.name.kind === "conversation" ? ctx.history : undefined
+  const reads = history?.readsFor(sealedReadsPaidBy(ctx, principal))
   // A new message's id must be no sealed message's: the rules ask the filters of sealed ids, and a
   // segment that may hold one is read first (rarely: see HistoryKeeper.settleSealedIds).
-  if (ctx.history && host.name.kind === "conversation") {
-    const settling = ctx.history.settleSealedIds(host, recordIdsIn(update))
-    if (settling)
-      await settling.catch((error: unknown) => {
-        // The store failing to answer: the update may go through later, unchanged (retryable).
-        throw error instanceof ParleyError
-          ? error
-          : storageUnavailable(`the sealed history could not be read: ${(error as Error).message}`, error)
-      })
+  if (history) {
+    const settling = history.settleSealedIds(host, recordIdsIn(update), reads)
+    if (settling) await settling.catch(sealedReadFailed)
   }
   // Read-only access holds whatever policy is plugged in; the extensions' policy adds the document rules.
   let decision = await membershipPolicy.checkUpdate(input)
   if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
-  // An edit, reaction or deletion of a sealed message: the rules need the directory of sealed
-  // messages, loaded only now (most conversations never touch their old messages).
-  if (!decision.allowed && ctx.history && !ctx.history.hasDirectory(host.doc)) {
-    await ctx.history.loadDirectory(host)
-    decision = await membershipPolicy.checkUpdate(input)
-    if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+  // An edit, reaction or deletion of a sealed message: the rules need the segment holding it, read
+  // only now (most conversations never touch their old messages), and only the segments that may
+  // hold a sealed message the update names (not the conversation's whole history).
+  if (!decision.allowed && history && reads) {
+    const held = await history
+      .holdNamed(host, sealedIdsNamed(host.doc, update), reads)
+      .catch(sealedReadFailed)
+    if (held) {
+      decision = await membershipPolicy.checkUpdate(input)
+      if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+    }
   }
   if (!decision.allowed) throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
   if (user) ctx.clientIds?.take(host.key, user, newIds)
@@ -888,6 +895,19 @@ async function admitUpdate(
   // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes.
   ctx.users?.chargeValues(principal, cost.values, update.length)
   return { noop: false, update, clientIds, ends: inspected.ends, decision }
+}
+
+/** Who pays for the sealed segments a change of `principal` makes the relay read: a user, from their budget. */
+function sealedReadsPaidBy(ctx: PathContext, principal: Principal): ((wanted: number) => number) | undefined {
+  const users = ctx.users
+  return users && principal.kind === "user" ? (wanted) => users.takeSealedReads(principal, wanted) : undefined
+}
+
+/** A failed read of sealed history: a typed refusal as it is; the store failing to answer is retryable. */
+function sealedReadFailed(error: unknown): never {
+  throw error instanceof ParleyError
+    ? error
+    : storageUnavailable(`the sealed history could not be read: ${(error as Error).message}`, error)
 }
 
 /** A batch's update, checked and applied in memory. */
@@ -1319,11 +1339,15 @@ export function writeOnServer(
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
     refuseWhileStorageFails(ctx, host)
     const relayClientId = host.doc.clientID
+    const history = ctx.history && host.name.kind === "conversation" ? ctx.history : undefined
+    /** The sealed messages the change looked for and the relay does not hold (see `recordMisses`). */
+    let missed: MessageId[] = []
     const attempt = async () => {
       let failure: unknown
       const stored = await applyAndStore(ctx, host, () => {
         // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
         if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
+        const recording = history ? sealedHistory(host.doc).recordMisses() : undefined
         const update = captureUpdate(host.doc, () => {
           try {
             host.doc.transact(() => change(host.doc), actor)
@@ -1332,6 +1356,7 @@ export function writeOnServer(
             failure = error
           } finally {
             if (actor.kind !== "relay") host.doc.clientID = relayClientId
+            missed = recording?.() ?? []
           }
         })
         return update ? { update, source: "server" } : undefined
@@ -1340,17 +1365,18 @@ export function writeOnServer(
     }
     let run = await attempt()
     // A change naming a sealed message (an edit, reaction or read marker from the HTTP API or a hook)
-    // finds it only in the directory of sealed messages, loaded only now as for clients' updates.
-    // Tried again only when the refusal wrote nothing.
+    // finds it only in the segment holding it, read only now as for clients' updates: only the
+    // segments that may hold the messages it looked for, within what one change may read, paid for
+    // by the user it acts for. Tried again only when the refusal wrote nothing.
     if (
+      history &&
+      missed.length > 0 &&
       run.entries.length === 0 &&
       run.failure instanceof ParleyError &&
-      run.failure.code === ErrorCode.NOT_FOUND &&
-      ctx.history &&
-      !ctx.history.hasDirectory(host.doc)
+      run.failure.code === ErrorCode.NOT_FOUND
     ) {
-      await ctx.history.loadDirectory(host)
-      run = await attempt()
+      const reads = history.readsFor(sealedReadsPaidBy(ctx, actor))
+      if (await history.holdNamed(host, missed, reads).catch(sealedReadFailed)) run = await attempt()
     }
     const { entries, positions, events, caughtUp, failure } = run
     if (entries.length > 0) {

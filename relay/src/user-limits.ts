@@ -58,6 +58,16 @@ export interface UserLimits {
   readonly userHttpRequestsPerSecond: number
   /** HTTP requests one user may make in a burst (a conversation of images opening). */
   readonly userHttpRequestBurst: number
+  /**
+   * Sealed history segments the relay may read and decode for one user's
+   * changes per minute, across connections and conversations (a bucket of
+   * this many, refilled over a minute): an edit, reaction, deletion or pin
+   * of a sealed message needs the segment holding it (a few milliseconds
+   * each), and a change of a few bytes may name messages in many. Beyond,
+   * such a change is refused with the retryable `RATE_LIMITED`
+   * (`sealed-reads-per-user`) and nothing is read.
+   */
+  readonly userSealedReadsPerMinute: number
 }
 
 /** Defaults of {@link UserLimits}. */
@@ -82,6 +92,10 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
   // opening (a signed URL and a thumbnail each) fits in the burst.
   userHttpRequestsPerSecond: 20,
   userHttpRequestBurst: 200,
+  // A segment read and decoded costs about a millisecond or two: a user spending the bucket without
+  // end costs a few thousandths of a core. An offline device's few dozen operations on sealed messages
+  // (each segment read once, then held) fit several times over.
+  userSealedReadsPerMinute: 256,
 }
 
 /** Update bytes that cost one more token of the update budget. */
@@ -193,6 +207,7 @@ class Usage {
   private participantBudget: RateLimiter | undefined
   private answerBudget: RateLimiter | undefined
   private requestBudget: RateLimiter | undefined
+  private sealedReadBudget: RateLimiter | undefined
 
   constructor(
     private readonly limits: UserLimits,
@@ -234,6 +249,11 @@ class Usage {
     return this.requestBudget
   }
 
+  get sealedReads(): RateLimiter | undefined {
+    this.sealedReadBudget ??= perMinute(this.limits.userSealedReadsPerMinute, this.now)
+    return this.sealedReadBudget
+  }
+
   /** The answer budget if anything was answered yet (a user never answered waits for nothing). */
   get answersIfAny(): RateLimiter | undefined {
     return this.answerBudget
@@ -252,6 +272,7 @@ class Usage {
       this.connectionAttempts?.msUntilFull() ?? 0,
       this.answerBudget?.msUntilFull() ?? 0,
       this.requestBudget?.msUntilFull() ?? 0,
+      this.sealedReadBudget?.msUntilFull() ?? 0,
     )
   }
 }
@@ -470,6 +491,29 @@ export class UserLedger {
       if (!budget || budget.take(1)) return 0
       this.onLimit(UserLimit.httpRequests, principal.user)
       return Math.max(1, budget.msUntil(1))
+    } finally {
+      this.release(principal.user)
+    }
+  }
+
+  /**
+   * Takes up to `wanted` sealed segment reads from `principal`'s per-minute
+   * budget and returns how many (all of them for anyone but a user, or when
+   * the limit is off). Fewer are counted as a meeting of
+   * `sealed-reads-per-user`. Per relay, like the HTTP request budget: a
+   * document is read on the relay that holds it.
+   */
+  takeSealedReads(principal: Principal, wanted: number): number {
+    if (wanted <= 0) return 0
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return wanted
+    try {
+      const budget = usage.sealedReads
+      if (!budget) return wanted
+      const granted = Math.min(wanted, Math.max(0, Math.floor(budget.available())))
+      if (granted > 0) budget.take(granted)
+      if (granted < wanted) this.onLimit(UserLimit.sealedReads, principal.user)
+      return granted
     } finally {
       this.release(principal.user)
     }

@@ -147,6 +147,12 @@ export const UserLimit = {
   answers: "answer-bytes-per-user",
   /** HTTP requests with the user's token or signed URLs (`--user-http-requests-per-second`): 429. */
   httpRequests: "http-requests-per-user",
+  /**
+   * Sealed history segments the relay reads for the user's changes per minute
+   * (`--user-sealed-reads-per-minute`): an edit, reaction or deletion of a
+   * sealed message, or a new id a sealed segment may hold, needs the segment.
+   */
+  sealedReads: "sealed-reads-per-user",
   /** Link previews the relay fetches for the user per minute (`--link-previews-per-user-per-minute`): 429. */
   linkPreviews: "link-previews-per-user",
   /** Link previews fetched for the user at once (`--link-previews-per-user-at-once`): 429. */

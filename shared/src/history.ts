@@ -639,6 +639,8 @@ export class SealedHistory {
   private readonly foldedSummaries = new Map<number, SegmentSummary>()
   /** Increases whenever a segment is added. */
   version = 0
+  /** Ids {@link entry} did not find, while {@link recordMisses} records. */
+  private misses: Set<MessageId> | undefined
 
   /** Adds a decoded segment (again: no change). */
   add(segment: Segment): void {
@@ -700,7 +702,25 @@ export class SealedHistory {
 
   /** The sealed entry of `id`, if a held segment has it. */
   entry(id: MessageId): SealedEntry | undefined {
-    return this.byId.get(id)
+    const found = this.byId.get(id)
+    if (!found) this.misses?.add(id)
+    return found
+  }
+
+  /**
+   * Notes every id {@link entry} is asked about and does not find, until the
+   * returned function is called; it returns them. The relay learns this way
+   * which sealed messages a trusted change looked for (an edit of one whose
+   * segment it does not hold), to read only their segments before trying
+   * again. One recording at a time.
+   */
+  recordMisses(): () => MessageId[] {
+    const misses = new Set<MessageId>()
+    this.misses = misses
+    return () => {
+      if (this.misses === misses) this.misses = undefined
+      return [...misses]
+    }
   }
 
   /** Indexes of the held segments, ascending. */

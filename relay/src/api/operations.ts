@@ -290,7 +290,7 @@ export class ApiOperations {
    */
   async send(id: ConversationId, actor: Actor, request: SendRequest): Promise<SendResult> {
     // A sealed message under this id is found (a replay, or CONFLICT), never written over a second time.
-    await this.core.settleSealedIds?.(id, [request.id])
+    await this.core.settleSealedIds?.(id, [request.id], actor.principal)
     if (!request.idempotent) {
       const outcome = await this.sendOnce(id, actor, request, Number.POSITIVE_INFINITY)
       return { message: await this.sent(id, request.id), created: outcome === "created" }

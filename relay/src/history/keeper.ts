@@ -13,6 +13,7 @@ import {
 import type * as Y from "yjs"
 import { IdFilter } from "./id-filter.js"
 import { attachSealedIdFilters, namedSegments, type SealedIdFilters, sealedIdFilters } from "./sealed-ids.js"
+import { SealedReadDefaults, SealedReads } from "./sealed-reads.js"
 import type { SealingOptions } from "./sealing.js"
 import { directoryPageIndex, type HistoryStore, type StoredSegment } from "./store.js"
 
@@ -22,46 +23,52 @@ export interface HistoryHost {
   readonly doc: Y.Doc
 }
 
+/** What the keeper may read of sealed history for one change, and keeps (see `SealedReadDefaults`). */
+export interface SealedReadLimits {
+  /** Segments one change may make the relay read. */
+  readonly maxSealedReadsPerUpdate: number
+  /** Segments read for the checks kept decoded per loaded document (at least the per-change bound). */
+  readonly heldSegmentsPerDocument: number
+}
+
 /**
  * The relay's side of sealed history: where segments are stored, when to
  * seal, and the directory of sealed messages that the rules consult for
- * operations on them (edit, delete, react). The directory is loaded only
- * when a change concerns a message the live document does not hold, so a
- * conversation whose old messages nobody touches never reads its segments.
+ * operations on them (edit, delete, react). A change makes the relay read
+ * only the segments that may hold a sealed message it names (found through
+ * the segments' id filters, see `sealed-ids.ts`), at most
+ * `maxSealedReadsPerUpdate` of them and each paid for by its sender (see
+ * {@link SealedReads}), so a conversation whose old messages nobody touches
+ * never reads its segments, and one frame never reads its whole history.
+ * Segments read for the checks stay decoded while needed, up to
+ * `heldSegmentsPerDocument` per document (the least recently needed go
+ * first), and all of them go with the document.
  */
 export class HistoryKeeper {
-  private readonly directories = new WeakMap<Y.Doc, Promise<void>>()
   /** Loads of a document's id filters under way: one at a time per document. */
   private readonly filterLoads = new WeakMap<Y.Doc, Promise<void>>()
+  /** Per document, the segments read for the checks, least recently needed first. */
+  private readonly readForChecks = new WeakMap<Y.Doc, Set<number>>()
+  readonly reads: SealedReadLimits
 
   constructor(
     readonly store: HistoryStore,
     readonly sealing: SealingOptions,
-  ) {}
-
-  /** Whether `doc`'s every segment is in its directory (`sealedHistory`). */
-  hasDirectory(doc: Y.Doc): boolean {
-    return sealedThrough(doc) === 0 || this.directories.has(doc)
+    reads: Partial<SealedReadLimits> = {},
+  ) {
+    const max = reads.maxSealedReadsPerUpdate ?? SealedReadDefaults.maxSealedReadsPerUpdate
+    this.reads = {
+      maxSealedReadsPerUpdate: max,
+      heldSegmentsPerDocument: Math.max(
+        max,
+        reads.heldSegmentsPerDocument ?? SealedReadDefaults.heldSegmentsPerDocument,
+      ),
+    }
   }
 
-  /**
-   * Loads every segment of `host` into its directory (once per loaded
-   * document). Resolves false when there is nothing sealed.
-   */
-  async loadDirectory(host: HistoryHost): Promise<boolean> {
-    if (sealedThrough(host.doc) === 0) return false
-    let loading = this.directories.get(host.doc)
-    if (!loading) {
-      loading = this.store.all(host.key).then((segments) => {
-        const history = sealedHistory(host.doc)
-        for (const stored of segments) history.add(decodeSegment(stored.bytes))
-      })
-      // A failed load is retried by the next caller.
-      loading.catch(() => this.directories.delete(host.doc))
-      this.directories.set(host.doc, loading)
-    }
-    await loading
-    return true
+  /** What one change may read, each read paid for by `pay` (the sender's budget; none: the relay's own). */
+  readsFor(pay?: (wanted: number) => number): SealedReads {
+    return new SealedReads(this.reads.maxSealedReadsPerUpdate, pay)
   }
 
   /**
@@ -70,15 +77,45 @@ export class HistoryKeeper {
    * document names (read once per loaded document, then as more are named;
    * one missing, of a segment sealed by an older version, is built from the
    * segment once and stored), then holds each segment whose filter may hold
-   * one of `ids`. Undefined when there is nothing to read: the usual new
+   * one of `ids`, within `reads` (else throws its refusal, having read what
+   * it granted). Undefined when there is nothing to read: the usual new
    * message costs its filter probes, no storage read.
    */
-  settleSealedIds(host: HistoryHost, ids: readonly MessageId[]): Promise<void> | undefined {
+  settleSealedIds(
+    host: HistoryHost,
+    ids: readonly MessageId[],
+    reads: SealedReads = SealedReads.relay(),
+  ): Promise<void> | undefined {
     if (ids.length === 0 || sealedThrough(host.doc) === 0) return undefined
     const filters = sealedIdFilters(host.doc)
     if (!filters || filters.covered < namedSegments(host.doc))
-      return this.loadIdFilters(host).then(() => this.holdCandidates(host, ids))
-    return this.holdCandidates(host, ids)
+      return this.loadIdFilters(host).then(async () => {
+        await this.holdCandidates(host, ids, reads)
+      })
+    return this.holdCandidates(host, ids, reads)?.then(() => {})
+  }
+
+  /**
+   * Holds the segments that may hold the sealed messages `ids` (an update's
+   * edits, reactions, deletions, pins of messages the live document does not
+   * hold), within `reads` (else throws its refusal, having read what it
+   * granted). Resolves true when it held a segment it did not hold before:
+   * then the rules may see more than they did.
+   */
+  async holdNamed(host: HistoryHost, ids: readonly MessageId[], reads: SealedReads): Promise<boolean> {
+    if (ids.length === 0 || sealedThrough(host.doc) === 0) return false
+    const filters = sealedIdFilters(host.doc)
+    if (!filters || filters.covered < namedSegments(host.doc)) await this.loadIdFilters(host)
+    return (await this.holdCandidates(host, ids, reads)) ?? false
+  }
+
+  /**
+   * Holds segments `indexes` of `host` (the relay's own reads: a purge
+   * re-sealing the segments of deleted messages), kept as long as segments
+   * read for a change are.
+   */
+  async holdIndexes(host: HistoryHost, indexes: readonly number[]): Promise<void> {
+    await this.holdSegments(host, indexes, SealedReads.relay())
   }
 
   /**
@@ -97,24 +134,99 @@ export class HistoryKeeper {
     sealedIdFilters(doc)?.set(index, filter)
   }
 
-  /** Holds the segments whose filter may hold one of `ids` and are not held; undefined when none. */
-  private holdCandidates(host: HistoryHost, ids: readonly MessageId[]): Promise<void> | undefined {
+  /**
+   * Holds the segments whose filter may hold one of `ids` (not found in a
+   * held segment); undefined when every one is held (nothing to read).
+   * Resolves true when it read one.
+   */
+  private holdCandidates(
+    host: HistoryHost,
+    ids: readonly MessageId[],
+    reads: SealedReads,
+  ): Promise<boolean> | undefined {
     const filters = sealedIdFilters(host.doc)!
     const history = sealedHistory(host.doc)
     const wanted = new Set<number>()
     for (const id of ids) {
       if (history.entry(id)) continue
-      for (const index of filters.candidates(id)) if (!history.has(index)) wanted.add(index)
+      for (const index of filters.candidates(id)) wanted.add(index)
     }
-    return wanted.size > 0 ? this.holdSegments(host, [...wanted]) : undefined
+    if (wanted.size === 0) return undefined
+    const needed = [...wanted]
+    this.touch(host.doc, needed)
+    return needed.some((index) => !history.has(index)) ? this.holdSegments(host, needed, reads) : undefined
   }
 
-  /** Reads segments `indexes` of `host` into its directory of sealed messages. */
-  private async holdSegments(host: HistoryHost, indexes: readonly number[]): Promise<void> {
+  /**
+   * Reads the segments among `indexes` not held yet into `host`'s directory
+   * of sealed messages, as many as `reads` grants (then throws its refusal),
+   * and lets go of the least recently needed ones beyond the document's
+   * bound. Resolves true when it read one.
+   */
+  private async holdSegments(
+    host: HistoryHost,
+    indexes: readonly number[],
+    reads: SealedReads,
+  ): Promise<boolean> {
     const history = sealedHistory(host.doc)
-    for (const index of indexes) {
-      const stored = await this.store.get(host.key, index)
-      if (stored) history.add(decodeSegment(stored.bytes))
+    const missing = indexes.filter((index) => !history.has(index))
+    if (missing.length === 0) return false
+    const granted = reads.grant(missing.length)
+    let read = false
+    try {
+      for (const index of missing.slice(0, granted)) {
+        const stored = await this.store.get(host.key, index)
+        if (!stored) continue
+        history.add(decodeSegment(stored.bytes))
+        this.noteRead(host.doc, index)
+        read = true
+      }
+    } finally {
+      this.trim(host.doc, new Set(indexes))
+    }
+    if (granted < missing.length) throw reads.refusal()
+    return read
+  }
+
+  /** Segments read for the checks of `doc`, least recently needed first. */
+  private readOf(doc: Y.Doc): Set<number> {
+    let read = this.readForChecks.get(doc)
+    if (!read) {
+      read = new Set()
+      this.readForChecks.set(doc, read)
+    }
+    return read
+  }
+
+  private noteRead(doc: Y.Doc, index: number): void {
+    const read = this.readOf(doc)
+    read.delete(index)
+    read.add(index)
+  }
+
+  /** Marks the segments among `indexes` read for the checks as needed now. */
+  private touch(doc: Y.Doc, indexes: readonly number[]): void {
+    const read = this.readForChecks.get(doc)
+    if (!read) return
+    for (const index of indexes) if (read.delete(index)) read.add(index)
+  }
+
+  /**
+   * Lets go of the least recently needed segments read for the checks beyond
+   * the document's bound, except those `needed` now (a change needs all of
+   * its own at once). Segments the relay sealed itself are not counted.
+   */
+  private trim(doc: Y.Doc, needed: ReadonlySet<number>): void {
+    const read = this.readOf(doc)
+    let over = read.size - this.reads.heldSegmentsPerDocument
+    if (over <= 0) return
+    const history = sealedHistory(doc)
+    for (const index of read) {
+      if (over <= 0) break
+      if (needed.has(index)) continue
+      read.delete(index)
+      history.remove(index)
+      over--
     }
   }
 

@@ -34,9 +34,11 @@ export interface PurgePlan {
 
 /**
  * Plans the purge of `deletions` (tombstoned sealed messages) from `host`'s
- * sealed history, live summaries and folded ones alike. Needs the relay's
- * directory of sealed messages loaded (`HistoryKeeper.loadDirectory`); reads
- * the directory pages when a deleted number lies in the folded range.
+ * sealed history, live summaries and folded ones alike. Reads the segments
+ * whose numbers hold a deleted one and are not held (the relay's own reads:
+ * each deletion was admitted with its segment held, so these are at most the
+ * admitted deletions' segments, read again after the document let them go),
+ * and the directory pages when a deleted number lies in the folded range.
  * Undefined when no segment holds one of them with content.
  */
 export async function planPurge(
@@ -48,10 +50,14 @@ export async function planPurge(
   const fold = foldedHistory(host.doc)
   const pages = fold && seqs.some((seq) => seq <= fold.through) ? await keeper.loadPages(host) : []
   const summaries = [...pages.flatMap((p) => p.summaries), ...sealedSegments(host.doc)]
+  const holding = summaries.filter((summary) => seqs.some((seq) => seq >= summary.from && seq <= summary.to))
+  await keeper.holdIndexes(
+    host,
+    holding.map((summary) => summary.index),
+  )
   const directory = sealedHistory(host.doc)
   const segments: PurgePlan["segments"][number][] = []
-  for (const summary of summaries) {
-    if (!seqs.some((seq) => seq >= summary.from && seq <= summary.to)) continue
+  for (const summary of holding) {
     const segment = directory.segment(summary.index)
     const purged = segment && purgeFromSegment(segment, summary, deletions)
     if (purged) segments.push(purged)

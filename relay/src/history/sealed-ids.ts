@@ -156,8 +156,8 @@ export function namedSegments(doc: Y.Doc): number {
  * - `unchecked`: a segment that may hold it is not held (its filter says
  *   so, or it has none here): the update path settles this first
  *   (`HistoryKeeper.settleSealedIds`), so the rules see it only when that
- *   could not be done, and refuse (the update path then loads the whole
- *   directory and asks again).
+ *   could not be done (the change needed more segments than it may read: a
+ *   retryable refusal comes first), and refuse.
  *
  * Without filters attached (a relay that does not seal), what the held
  * segments say, as before filters existed.
@@ -168,7 +168,7 @@ export function sealedIdStatus(doc: Y.Doc, id: MessageId): "sealed" | "absent" |
   if (sealedThrough(doc) === 0) return "absent"
   const filters = registry.get(doc)
   if (!filters) return "absent"
-  // A segment without its filter here is known only when held (the whole directory, loaded after a refusal).
+  // A segment without its filter here is known only when held.
   for (let index = filters.covered, named = namedSegments(doc); index < named; index++)
     if (!history.has(index)) return "unchecked"
   for (const index of filters.candidates(id)) if (!history.has(index)) return "unchecked"

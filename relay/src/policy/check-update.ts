@@ -803,3 +803,50 @@ function outranks(items: readonly NewItem[], current: Y.Item, stateOf: (item: Y.
 }
 
 const sameValue = (a: Value, b: Value): boolean => (a === ABSENT || b === ABSENT ? a === b : sameJson(a, b))
+
+/** Maps whose keys are message ids (reactions' keys hold one): the rules look them up in sealed history. */
+const KEYED_BY_MESSAGE: ReadonlySet<string> = new Set([
+  TopLevel.edits,
+  TopLevel.tombstones,
+  TopLevel.unpinned,
+  TopLevel.pins,
+  TopLevel.reactions,
+])
+
+/**
+ * The message ids `update` names that the rules may look for in sealed
+ * history because the live document does not hold them: the messages it
+ * edits, reacts to, deletes (tombstones, placeholders), unpins, or whose
+ * pinned copy it removes, written or removed. A superset of what the rules
+ * ask `SealedHistory.entry` about, from the same reading of the update, so
+ * that the update path reads only the segments that may hold these (and not
+ * the conversation's whole history) before it asks the rules again. Empty
+ * for an update the rules could not read.
+ */
+export function sealedIdsNamed(doc: Y.Doc, update: Uint8Array): MessageId[] {
+  let read: ReadUpdate
+  try {
+    read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
+  } catch {
+    return []
+  }
+  const index = messageIndex(doc)
+  const ids = new Set<MessageId>()
+  const name = (id: string | undefined) => {
+    if (id !== undefined && isMessageId(id) && !index.records.has(id) && !index.deleted.has(id)) ids.add(id)
+  }
+  const keyed = (root: string, key: string | null) => {
+    if (key === null || !KEYED_BY_MESSAGE.has(root)) return
+    name(root === TopLevel.reactions ? parseReactionKey(key)?.message : key)
+  }
+  for (const n of read.items) {
+    keyed(n.location.root, n.location.key)
+    if (n.location.root !== TopLevel.messages || !(n.item.content instanceof Y.ContentAny)) continue
+    for (const value of n.item.content.getContent()) {
+      const record = decodeStoredRecord(value)
+      if (record && isDeletedRecord(record)) name(record.id)
+    }
+  }
+  for (const d of read.deleted) keyed(d.location.root, d.location.key)
+  return [...ids]
+}

@@ -1,5 +1,4 @@
 import {
-  decodeSegment,
   ErrorCode,
   expireMessage,
   fleetingExpiry,
@@ -7,11 +6,9 @@ import {
   getMessage,
   type MessageId,
   ParleyError,
-  sealedHistory,
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
-import type { HistoryStore } from "../history/store.js"
 import { DeferDelivery, type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent } from "../hooks/events.js"
 import { RELAY } from "../principal.js"
@@ -34,7 +31,7 @@ type Due = { readonly state: "gone" } | { readonly state: "due"; readonly at: nu
  * counts (a shortened one waits for the deferral in place, since a
  * conversation's deliveries to a target run in order).
  */
-export function fleetingTarget(core: RunningCore, history?: HistoryStore): DeliveryTarget {
+export function fleetingTarget(core: RunningCore): DeliveryTarget {
   return {
     name: "fleeting",
     accepts: (type) => type === "message.sent",
@@ -59,7 +56,7 @@ export function fleetingTarget(core: RunningCore, history?: HistoryStore): Deliv
       }
       if (due.state === "gone") return
       if (due.at > Date.now()) throw new DeferDelivery(due.at)
-      await expire(core, history, name, id)
+      await expire(core, name, id)
     },
     retryDelay: exponentialBackoff({ baseMs: 1_000, maxMs: 60_000, attempts: 20 }),
   }
@@ -74,26 +71,22 @@ function dueOf(doc: Y.Doc, id: MessageId, accepted: number): Due {
   return at === undefined ? { state: "gone" } : { state: "due", at }
 }
 
-/** Writes the expiry as the relay; a sealed message needs the directory of sealed messages first. */
-async function expire(
-  core: RunningCore,
-  history: HistoryStore | undefined,
-  name: string,
-  id: MessageId,
-): Promise<void> {
+/**
+ * Writes the expiry as the relay; a sealed message needs its segment held
+ * first: only the segments its id filter names are read (not the
+ * conversation's whole history, once per expiring message).
+ */
+async function expire(core: RunningCore, name: string, id: MessageId): Promise<void> {
   for (;;) {
     const doc = await core.read(name, (d) => d)
     const live = getMessage(doc, id)
-    if (!live && history) {
-      const directory = sealedHistory(doc)
-      for (const stored of await history.all(name)) directory.add(decodeSegment(stored.bytes))
-    }
+    if (!live) await core.settleSealedIds?.(name, [id])
     let same = false
     await core.write(name, RELAY, (current) => {
       same = current === doc
       if (same) expireMessage(current, id)
     })
-    // Unloaded in between: the directory went with it, so again on the fresh load.
+    // Unloaded in between: the segment went with it, so again on the fresh load.
     if (same) return
   }
 }
