@@ -683,6 +683,10 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       if (update) updates.push(update)
       // Named now (in memory; a failure to store the change evicts the document, and these with it).
       for (const { plan, filter } of stored) history.holdIdFilter(host.doc, plan.segment.index, filter)
+      history.sealedNow(
+        host.doc,
+        stored.map((s) => s.plan.segment.index),
+      )
       for (const { plan } of stored)
         ctx.log.debug(
           { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },

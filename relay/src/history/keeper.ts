@@ -40,8 +40,8 @@ export interface SealedReadLimits {
  * `maxSealedReadsPerUpdate` of them and each paid for by its sender (see
  * {@link SealedReads}), so a conversation whose old messages nobody touches
  * never reads its segments, and one frame never reads its whole history.
- * Segments read for the checks stay decoded while needed, up to
- * `heldSegmentsPerDocument` per document (the least recently needed go
+ * Segments read for the checks or sealed here stay decoded while needed, up
+ * to `heldSegmentsPerDocument` per document (the least recently needed go
  * first), and all of them go with the document.
  */
 export class HistoryKeeper {
@@ -129,6 +129,16 @@ export class HistoryKeeper {
     return filter
   }
 
+  /**
+   * Counts segments the relay just sealed into `doc` (sealing holds them) as
+   * held for the checks, so that a document loaded while it seals for days
+   * keeps the newest of them, not all.
+   */
+  sealedNow(doc: Y.Doc, indexes: readonly number[]): void {
+    for (const index of indexes) this.noteRead(doc, index)
+    this.trim(doc, new Set(indexes))
+  }
+
   /** Holds the filter of segment `index`, which `doc` now names, when its filters are attached. */
   holdIdFilter(doc: Y.Doc, index: number, filter: IdFilter): void {
     sealedIdFilters(doc)?.set(index, filter)
@@ -214,7 +224,7 @@ export class HistoryKeeper {
   /**
    * Lets go of the least recently needed segments read for the checks beyond
    * the document's bound, except those `needed` now (a change needs all of
-   * its own at once). Segments the relay sealed itself are not counted.
+   * its own at once).
    */
   private trim(doc: Y.Doc, needed: ReadonlySet<number>): void {
     const read = this.readOf(doc)
