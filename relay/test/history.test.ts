@@ -209,7 +209,7 @@ describe("sealed history", () => {
     expect(getMessage(b.doc, first.id)).toMatchObject({ body: "", deleted: { by: alice } })
   })
 
-  it("edits a sealed message and marks read up to one from the server side (HTTP API, hooks), loading the sealed directory on demand", async () => {
+  it("edits a sealed message and marks read up to one from the server side (HTTP API, hooks), reading the segment on demand", async () => {
     const relay = await startRelay({
       backend: new MemoryBackend(),
       port: 0,

@@ -57,6 +57,28 @@ afterEach(() => {
 })
 
 describe("UserLedger", () => {
+  it("grants a user's sealed segment reads from a per-minute budget of their own, fewer once it is spent", () => {
+    const { l, refused, advance } = ledger({ userSealedReadsPerMinute: 60 })
+    vi.useFakeTimers()
+    expect(l.takeSealedReads(mallory, 50)).toBe(50)
+    expect(refused).toEqual([])
+    // What is left, and the meeting of the limit counted.
+    expect(l.takeSealedReads(mallory, 20)).toBe(10)
+    expect(refused).toEqual([UserLimit.sealedReads])
+    expect(l.takeSealedReads(mallory, 1)).toBe(0)
+    // A second's refill is one read.
+    advance(1000)
+    expect(l.takeSealedReads(mallory, 5)).toBe(1)
+    // Another user's budget is untouched; services and the relay are not limited per user.
+    expect(l.takeSealedReads(user("alice"), 60)).toBe(60)
+    expect(l.takeSealedReads({ kind: "service", subject: "audit" }, 1000)).toBe(1000)
+    // Off: every read granted.
+    expect(ledger({ userSealedReadsPerMinute: 0 }).l.takeSealedReads(mallory, 1000)).toBe(1000)
+    // Once refilled, the user's entry is forgotten.
+    advance(61_000)
+    expect(l.size).toBe(0)
+  })
+
   it("makes a user's answers wait while the bytes answered overdraw the budget, and counts each wait", () => {
     const { l, refused, advance } = ledger({ userAnswerBytesPerSecond: 1000, userAnswerBurstBytes: 2000 })
     vi.useFakeTimers()
