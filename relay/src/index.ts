@@ -137,6 +137,7 @@ export type {
   DiskSpace,
   DocumentRecord,
   MemoryData,
+  PingOptions,
   RelayStorage,
   StorageGuardOptions,
   StorageKind,

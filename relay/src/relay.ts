@@ -34,6 +34,7 @@ import { checkVapidKeys, generateVapidKeys } from "./push/vapid.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
+import { DEFAULT_WATCH_INTERVAL_MS } from "./storage/guard.js"
 import type { StorageKind, StorageState } from "./storage/index.js"
 import { warmUpUpdatePath } from "./warm-up.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
@@ -308,6 +309,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // Every backend call has a deadline; while the documents fail, writes are refused at once (retryably).
   const backend = guardBackend(opened, {
     timeoutMs: storageTimeoutMs,
+    // Readiness follows whether writes would be stored, not only whether the backend answers.
+    watchIntervalMs: DEFAULT_WATCH_INTERVAL_MS,
     onChange: (state) => {
       metrics.storageAvailable.set(state.state === "ok" ? 1 : 0)
       if (state.state === "failing") log.error({ err: state.error }, "storage is failing: writes are refused")
