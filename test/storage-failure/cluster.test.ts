@@ -98,7 +98,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
     }, 90_000)
 
-    it("while PostgreSQL fails: writes refused retryably on every relay, the owner not ready, pending messages stored once after", async () => {
+    it("while PostgreSQL fails: writes refused retryably on every relay, every relay not ready, pending messages stored once after", async () => {
       const target = new URL(DATABASE_URL)
       const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })
       cleanups.push(() => proxy.close())
@@ -135,14 +135,18 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         expect(isRetryable(w.client!.errors[0]!.code as ErrorCode)).toBe(true)
         expect(w.acked.size).toBe(1)
       }
-      await eventually(async () => {
-        const { status, body } = await readyz(cluster.relay(0).httpUrl)
-        expect(status).toBe(503)
-        expect(JSON.stringify(body)).toContain("storage")
-      })
+      // The relay that does not order the conversation too: its probe writes to the same database.
+      for (const relay of [cluster.relay(0), cluster.relay(1)])
+        await eventually(async () => {
+          const { status, body } = await readyz(relay.httpUrl)
+          expect(status).toBe(503)
+          expect(JSON.stringify(body)).toContain("storage")
+        })
 
       proxy.restore()
-      await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200))
+      // Both: a relay still failing refuses the changes sent to it again.
+      for (const relay of [cluster.relay(0), cluster.relay(1)])
+        await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
       // Like the SDK after a retryable refusal: the pending work goes again on a fresh connection.
       a.client!.close()
       b.client!.close()
