@@ -114,6 +114,12 @@ export interface RelayOptions {
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
   /**
+   * Bearer token `GET /metrics` requires (`Authorization: Bearer TOKEN`,
+   * else 401); without one, `/metrics` is served to anyone who reaches the
+   * port (keep it private: see SECURITY.md).
+   */
+  readonly metricsToken?: string
+  /**
    * Longest a storage call (documents, hook outbox, client-id bindings; and
    * each PostgreSQL connect, query and statement) may take before it counts
    * as failed. Default 5000 ms.
@@ -393,7 +399,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     hooks,
     events,
     erasure,
-    metricsExtension(metrics),
+    metricsExtension(metrics, options.metricsToken ? { token: options.metricsToken } : {}),
     // Before the API, which answers every other `/v1/...` path.
     ...(push ? [push] : []),
     ...(attachments ? [attachments] : []),
