@@ -34,6 +34,16 @@ describe("--metrics-token", () => {
     expect((await fetch(`${relay.httpUrl}/readyz`)).status).not.toBe(401)
   })
 
+  it("counts a wrong token as one of the address's failed verifications: guessing ends in 429", async () => {
+    const relay = await startRelayProcess({
+      args: ["--address-auth-failures-per-minute", "3"],
+      env: { PARLEY_METRICS_TOKEN: TOKEN },
+    })
+    for (let i = 0; i < 3; i++)
+      expect((await scrape(relay.httpUrl, `Bearer guess-${i}-0123456789abcdef`)).status).toBe(401)
+    expect((await scrape(relay.httpUrl, `Bearer ${TOKEN}`)).status).toBe(429)
+  })
+
   it("serves /metrics to anyone without a token, as before", async () => {
     const relay = await startRelayProcess()
     const served = await scrape(relay.httpUrl)
