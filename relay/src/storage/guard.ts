@@ -210,7 +210,10 @@ export class StorageGuard implements RelayStorage {
   private probeTimer: NodeJS.Timeout | undefined
   private probeDelay: number
   private watchTimer: NodeJS.Timeout | undefined
-  /** A probe is running in the backend (the watch's or the recovery's): no other starts. */
+  /**
+   * The watch's probe has not settled in the backend: the next watch does not start (a recovery
+   * probe waits for it, as for any call still running, before it starts its own).
+   */
   private probing = false
   private closed = false
 
