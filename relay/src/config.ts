@@ -15,6 +15,9 @@ import { ExitCode, StartupError } from "./startup-error.js"
 import type { StorageKind } from "./storage/index.js"
 import { DEFAULT_USER_LIMITS as USER } from "./user-limits.js"
 
+/** Shortest `--metrics-token` taken: a guessable one would protect nothing. */
+const MIN_METRICS_TOKEN_LENGTH = 16
+
 /** How a flag's value is read: a number, a word, a switch, or a list (repeatable; comma-separated in its variable). */
 type Kind = "integer" | "string" | "boolean" | "list"
 
@@ -130,6 +133,12 @@ export const RELAY_FLAGS = {
     kind: "string",
     env: "PARLEY_STATIC",
     help: "serve a built web app from DIR at /",
+  }),
+  "metrics-token": flag({
+    value: "token",
+    kind: "string",
+    env: "PARLEY_METRICS_TOKEN",
+    help: `GET /metrics requires "Authorization: Bearer TOKEN" (at least ${MIN_METRICS_TOKEN_LENGTH} characters); unset = served to anyone who reaches the port`,
   }),
   "idle-unload-ms": flag({
     kind: "integer",
@@ -848,6 +857,12 @@ export function parseConfig(
     }
   }
 
+  const metricsToken = v["metrics-token"]
+  if (metricsToken !== undefined && metricsToken.length < MIN_METRICS_TOKEN_LENGTH)
+    throw new ConfigError(
+      `--metrics-token must be at least ${MIN_METRICS_TOKEN_LENGTH} characters (a random one: openssl rand -hex 32)`,
+    )
+
   const webhooks = v.webhook ?? []
   for (const url of webhooks) {
     if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol))
@@ -889,6 +904,7 @@ export function parseConfig(
     forceDev: v["force-dev"] === true,
     log: v["log-level"] as LogLevel,
     ...(staticDir ? { staticDir } : {}),
+    ...(metricsToken ? { metricsToken } : {}),
     ...(hooksDir ? { hooksDir } : {}),
     ...(webhooks.length > 0 ? { webhooks, webhookSecret: webhookSecret! } : {}),
     hookTimeoutMs: Math.max(1, v["hook-timeout-ms"]),

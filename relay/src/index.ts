@@ -97,7 +97,7 @@ export {
 } from "./hooks/index.js"
 export { type RebuildReport, rebuildInboxes } from "./inbox/rebuild.js"
 export type { Logger, LogLevel } from "./log.js"
-export { metricsExtension, RelayMetrics } from "./metrics.js"
+export { type MetricsExtensionOptions, metricsExtension, RelayMetrics } from "./metrics.js"
 export { AuthorizationPolicy } from "./policy/authorization-policy.js"
 export { type CheckResult, type CheckUpdateInput, checkUpdate } from "./policy/check-update.js"
 export { type ClientBindingStore, MemoryClientBindingStore } from "./policy/client-bindings.js"
@@ -137,6 +137,7 @@ export type {
   DiskSpace,
   DocumentRecord,
   MemoryData,
+  PingOptions,
   RelayStorage,
   StorageGuardOptions,
   StorageKind,

@@ -1,3 +1,4 @@
+import { createHash, timingSafeEqual } from "node:crypto"
 import client from "prom-client"
 import type { HttpRequest, RelayExtension } from "./extension.js"
 
@@ -102,13 +103,48 @@ export class RelayMetrics {
   }
 }
 
-/** Serves the registry's metrics at `GET /metrics` (Prometheus text format), as a relay extension. */
-export function metricsExtension(metrics: RelayMetrics): RelayExtension {
+/** How {@link metricsExtension} serves `/metrics`. */
+export interface MetricsExtensionOptions {
+  /**
+   * Bearer token a request must carry (`Authorization: Bearer TOKEN`);
+   * without one, `/metrics` is served to anyone who reaches the port.
+   */
+  readonly token?: string
+}
+
+/** The digest a bearer token is compared by: equal lengths, so the comparison takes the same time whatever is sent. */
+const digestOf = (value: string): Buffer => createHash("sha256").update(value).digest()
+
+/**
+ * Serves the registry's metrics at `GET /metrics` (Prometheus text format), as
+ * a relay extension; with `token`, only to requests that carry it (else 401).
+ */
+export function metricsExtension(
+  metrics: RelayMetrics,
+  options: MetricsExtensionOptions = {},
+): RelayExtension {
+  const expected = options.token === undefined ? undefined : digestOf(options.token)
   return {
     name: "metrics",
     async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
       if (req.method !== "GET" && req.method !== "HEAD") return false
       if (new URL(req.url ?? "/", "http://relay").pathname !== "/metrics") return false
+      if (expected) {
+        const given = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? "")?.[1]
+        // A 401 with credentials counts as one of the address's failed verifications (see WsTransport).
+        if (given === undefined || !timingSafeEqual(digestOf(given), expected)) {
+          res.writeHead(401, {
+            "content-type": "application/json",
+            "www-authenticate": 'Bearer realm="metrics"',
+          })
+          res.end(
+            JSON.stringify({
+              error: "GET /metrics needs the relay's metrics token: Authorization: Bearer TOKEN",
+            }),
+          )
+          return true
+        }
+      }
       res.writeHead(200, { "content-type": metrics.registry.contentType })
       res.end(await metrics.registry.metrics())
       return true

@@ -34,6 +34,7 @@ import { checkVapidKeys, generateVapidKeys } from "./push/vapid.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
+import { DEFAULT_WATCH_INTERVAL_MS } from "./storage/guard.js"
 import type { StorageKind, StorageState } from "./storage/index.js"
 import { warmUpUpdatePath } from "./warm-up.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
@@ -114,6 +115,12 @@ export interface RelayOptions {
   readonly apiLimits?: Partial<ApiLimits>
   /** Register Node's default process metrics too (the CLI does). */
   readonly defaultMetrics?: boolean
+  /**
+   * Bearer token `GET /metrics` requires (`Authorization: Bearer TOKEN`,
+   * else 401); without one, `/metrics` is served to anyone who reaches the
+   * port (keep it private: see SECURITY.md).
+   */
+  readonly metricsToken?: string
   /**
    * Longest a storage call (documents, hook outbox, client-id bindings; and
    * each PostgreSQL connect, query and statement) may take before it counts
@@ -310,6 +317,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // Every backend call has a deadline; while the documents fail, writes are refused at once (retryably).
   const backend = guardBackend(opened, {
     timeoutMs: storageTimeoutMs,
+    // Readiness follows whether writes would be stored, not only whether the backend answers.
+    watchIntervalMs: DEFAULT_WATCH_INTERVAL_MS,
     onChange: (state) => {
       metrics.storageAvailable.set(state.state === "ok" ? 1 : 0)
       if (state.state === "failing") log.error({ err: state.error }, "storage is failing: writes are refused")
@@ -392,7 +401,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     hooks,
     events,
     erasure,
-    metricsExtension(metrics),
+    metricsExtension(metrics, options.metricsToken ? { token: options.metricsToken } : {}),
     // Before the API, which answers every other `/v1/...` path.
     ...(push ? [push] : []),
     ...(attachments ? [attachments] : []),

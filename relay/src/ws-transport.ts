@@ -219,6 +219,18 @@ export class WsTransport {
     if (url.pathname === "/dev/token" && this.options.dev) {
       const refusal = devTokenRefusal(req, this.options.devAnyHost ?? false)
       if (refusal) return json(res, 403, { error: refusal })
+      // A misspelt parameter (`?usr=`, `?roles=`) would otherwise be dropped, and the token minted
+      // without what its caller asked for.
+      const unknown = [...new Set(url.searchParams.keys())].filter((key) => !DEV_TOKEN_KEYS.has(key))
+      if (unknown.length > 0)
+        return json(res, 400, {
+          error: `unknown parameter${unknown.length > 1 ? "s" : ""} ${unknown.map((key) => `?${JSON.stringify(key).slice(1, -1)}=`).join(", ")}: ${DEV_TOKEN_PARAMETERS}`,
+        })
+      const repeated = [...DEV_TOKEN_KEYS].filter((key) => url.searchParams.getAll(key).length > 1)
+      if (repeated.length > 0)
+        return json(res, 400, {
+          error: `${repeated.map((key) => `?${key}=`).join(", ")} given more than once: ${DEV_TOKEN_PARAMETERS}`,
+        })
       const user = url.searchParams.get("user")
       const role = url.searchParams.get("role") || null
       // Any other role would be minted as a plain user token, which its caller would take for what it asked.
@@ -620,6 +632,9 @@ export class WsTransport {
 }
 
 /** What `/dev/token` takes, for its refusals. */
+/** The query parameters `/dev/token` takes (see {@link DEV_TOKEN_PARAMETERS}); any other is refused. */
+const DEV_TOKEN_KEYS: ReadonlySet<string> = new Set(["user", "role", "name", "picture"])
+
 const DEV_TOKEN_PARAMETERS = `/dev/token takes ?user=NAME (a user's token) or ?role=${SERVICE_ROLE} (a service's, ?user= optional), and ?name= and ?picture= (profile claims)`
 
 /**

@@ -180,3 +180,63 @@ describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
     })
   },
 )
+
+describe.skipIf(unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
+  "the postgres storage probe",
+  () => {
+    it("fails, naming the table, while another session locks a table appends write, and answers once it is released", async () => {
+      const scratch = await scratchSchema()
+      const backend = await PostgresBackend.open(scratch.url)
+      const other = new pg.Client({ connectionString: scratch.url })
+      await other.connect()
+      try {
+        await backend.documents.ping()
+        await other.query("BEGIN")
+        await other.query("LOCK TABLE parley_updates IN ACCESS EXCLUSIVE MODE")
+        // `SELECT 1` answered here: the server is up, only its writes wait.
+        await expect(backend.documents.ping()).rejects.toMatchObject({
+          code: "STORAGE_UNAVAILABLE",
+          message: expect.stringMatching(/^PostgreSQL table parley_updates is locked/),
+        })
+        await other.query("ROLLBACK")
+        // A lock that still lets reads through but not writes: the catalog.
+        await other.query("BEGIN")
+        await other.query("LOCK TABLE parley_documents IN EXCLUSIVE MODE")
+        await expect(backend.documents.ping()).rejects.toThrow(/^PostgreSQL table parley_documents is locked/)
+        await other.query("ROLLBACK")
+        await backend.documents.ping()
+        // Nothing of the probes is kept.
+        const { rows } = await other.query<{ n: string }>(
+          "SELECT (SELECT COUNT(*) FROM parley_updates) + (SELECT COUNT(*) FROM parley_documents) AS n",
+        )
+        expect(Number(rows[0]!.n)).toBe(0)
+      } finally {
+        await other.end()
+        await backend.close()
+        await scratch.drop()
+      }
+    })
+
+    it("fails on a server that takes no writes (read-only transactions), while reads still work", async () => {
+      const scratch = await scratchSchema()
+      await (await PostgresBackend.open(scratch.url)).close()
+      // What a relay's pool sees on a standby after a failover, or with default_transaction_read_only on.
+      const readOnly = new URL(scratch.url)
+      readOnly.searchParams.set(
+        "options",
+        `${readOnly.searchParams.get("options")} -c default_transaction_read_only=on`,
+      )
+      const backend = await PostgresBackend.open(readOnly.toString())
+      try {
+        await expect(backend.documents.ping()).rejects.toMatchObject({
+          code: "STORAGE_UNAVAILABLE",
+          message: expect.stringMatching(/^PostgreSQL refuses writes: transactions are read-only/),
+        })
+        expect(await backend.documents.list()).toEqual([])
+      } finally {
+        await backend.close()
+        await scratch.drop()
+      }
+    })
+  },
+)

@@ -33,7 +33,10 @@ const MIB = 1024 * 1024
 class Disk {
   readonly dir = mkdtempSync(join(tmpdir(), "parley-disk-full-"))
   full = false
-  /** Each probe of the relay's storage, in order: whether it said storage could be written again. */
+  /**
+   * Each probe of the relay's storage that decides whether writes are let through (at the start and
+   * while failing; not the watch's while it answers), in order: whether it said they could be.
+   */
   readonly probes: boolean[] = []
 
   space(): DiskSpace {
@@ -50,8 +53,10 @@ class Disk {
         ? Promise.reject(Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" }))
         : append(name, updates)
     const ping = documents.ping.bind(documents)
-    documents.ping = () =>
-      ping().then(
+    documents.ping = (options) => {
+      const probe = ping(options)
+      if (!options?.recovering) return probe
+      return probe.then(
         () => {
           this.probes.push(true)
         },
@@ -60,6 +65,7 @@ class Disk {
           throw error
         },
       )
+    }
     return backend
   }
 }

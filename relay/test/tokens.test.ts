@@ -240,6 +240,26 @@ describe("--dev", () => {
     expect(decodeJwt((JSON.parse(user.body) as { token: string }).token).role).toBeUndefined()
   })
 
+  it("refuses unknown or repeated query parameters with 400 naming what it takes, instead of ignoring them", async () => {
+    const relay = await startRelayProcess({ args: ["--dev"] })
+    onTestFinished(() => relay.kill())
+    const takes =
+      "/dev/token takes ?user=NAME (a user's token) or ?role=service (a service's, ?user= optional), and ?name= and ?picture= (profile claims)"
+    // A misspelt ?user= would otherwise mint nothing useful; a misspelt ?role= a user's token.
+    const misspelt = await get(`${relay.httpUrl}/dev/token?user=alice&roles=service`)
+    expect(misspelt.status).toBe(400)
+    expect(JSON.parse(misspelt.body)).toEqual({ error: `unknown parameter ?roles=: ${takes}` })
+    const two = await get(`${relay.httpUrl}/dev/token?usr=alice&Name=Alice&usr=bob`)
+    expect(two.status).toBe(400)
+    expect(JSON.parse(two.body)).toEqual({ error: `unknown parameters ?usr=, ?Name=: ${takes}` })
+    const repeated = await get(`${relay.httpUrl}/dev/token?user=alice&user=bob`)
+    expect(repeated.status).toBe(400)
+    expect(JSON.parse(repeated.body)).toEqual({ error: `?user= given more than once: ${takes}` })
+    // Every parameter it takes, once each: a token.
+    const all = await get(`${relay.httpUrl}/dev/token?user=audit&role=service&name=Audit&picture=`)
+    expect(all.status).toBe(200)
+  })
+
   it("answers /dev/token to its own origin only: no CORS header, other origins and hosts refused", async () => {
     const relay = await startRelayProcess({ args: ["--dev"] })
     onTestFinished(() => relay.kill())

@@ -12,6 +12,7 @@ import { TestClient } from "../../relay/test/helpers/clients.js"
 import { REDIS_URL, redisUnreachable, startCluster } from "../../relay/test/helpers/cluster.js"
 import { DATABASE_URL, postgresUnreachable } from "../../relay/test/helpers/postgres.js"
 import { eventually, readyz } from "./helpers.js"
+import { redisServerMissing, startPrivateRedis } from "./redis-server.js"
 import { TcpProxy } from "./tcp-proxy.js"
 
 const alice = "alice" as UserId
@@ -97,7 +98,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
     }, 90_000)
 
-    it("while PostgreSQL fails: writes refused retryably on every relay, the owner not ready, pending messages stored once after", async () => {
+    it("while PostgreSQL fails: writes refused retryably on every relay, every relay not ready, pending messages stored once after", async () => {
       const target = new URL(DATABASE_URL)
       const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })
       cleanups.push(() => proxy.close())
@@ -134,14 +135,18 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         expect(isRetryable(w.client!.errors[0]!.code as ErrorCode)).toBe(true)
         expect(w.acked.size).toBe(1)
       }
-      await eventually(async () => {
-        const { status, body } = await readyz(cluster.relay(0).httpUrl)
-        expect(status).toBe(503)
-        expect(JSON.stringify(body)).toContain("storage")
-      })
+      // The relay that does not order the conversation too: its probe writes to the same database.
+      for (const relay of [cluster.relay(0), cluster.relay(1)])
+        await eventually(async () => {
+          const { status, body } = await readyz(relay.httpUrl)
+          expect(status).toBe(503)
+          expect(JSON.stringify(body)).toContain("storage")
+        })
 
       proxy.restore()
-      await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200))
+      // Both: a relay still failing refuses the changes sent to it again.
+      for (const relay of [cluster.relay(0), cluster.relay(1)])
+        await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
       // Like the SDK after a retryable refusal: the pending work goes again on a fresh connection.
       a.client!.close()
       b.client!.close()
@@ -157,5 +162,83 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(messages.map((m) => m.body).sort()).toEqual(["before", "before", "during", "during"])
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
     }, 90_000)
+
+    it.skipIf(redisServerMissing() !== undefined && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
+      "while Redis holds writes (CLIENT PAUSE WRITE; PING still answers): every relay not ready, then ready, and a message sent meanwhile stored once",
+      async () => {
+        // A Redis of this test's own: a pause reaches every client of the server.
+        const redis = await startPrivateRedis()
+        cleanups.push(() => redis.stop())
+        const cluster = await startCluster(2, { redisUrl: redis.url })
+        cleanups.push(() => cluster.stop())
+        const relays = [cluster.relay(0), cluster.relay(1)]
+        const id = newConversationId()
+        const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
+        const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
+        cleanups.push(() => a.stop())
+        cleanups.push(() => b.stop())
+        const first = a.connect()
+        await first.synced()
+        createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+        await first.allSaved()
+        await b.connect().synced()
+        a.send("before")
+        b.send("before")
+        await Promise.all([a.settled(), b.settled()])
+        for (const relay of relays)
+          await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+
+        // What each relay's /readyz said, in order, from the pause on.
+        const seen: { status: number; body: string }[][] = relays.map(() => [])
+        let polling = true
+        const polls = relays.map(async (relay, i) => {
+          while (polling) {
+            const { status, body } = await readyz(relay.httpUrl)
+            seen[i]!.push({ status, body: JSON.stringify(body) })
+            await new Promise((r) => setTimeout(r, 50))
+          }
+        })
+        cleanups.push(async () => {
+          polling = false
+          await Promise.all(polls)
+        })
+        await redis.admin.call("CLIENT", "PAUSE", "3000", "WRITE")
+        expect(await redis.admin.ping()).toBe("PONG")
+        // Relay 1 does not order the conversation: its change goes to relay 0 over Redis.
+        b.send("during the pause")
+        const notReady = (i: number) => seen[i]!.findIndex((s) => s.status === 503)
+        await eventually(() => {
+          for (const i of [0, 1]) expect(notReady(i)).toBeGreaterThanOrEqual(0)
+        }, 10_000)
+        for (const i of [0, 1]) {
+          expect(seen[i]![notReady(i)]!.body).toContain("redis")
+          expect(seen[i]![notReady(i)]!.body).toContain("did not take a write")
+        }
+        // Ready again once the pause is over.
+        await eventually(() => {
+          for (const i of [0, 1]) expect(seen[i]!.slice(notReady(i)).at(-1)?.status).toBe(200)
+        }, 10_000)
+        polling = false
+        await Promise.all(polls)
+
+        await b.settled()
+        expect(b.reconnects).toBe(0)
+        const during = b.sent.at(-1)!
+        console.log(
+          `[redis pause] change sent through the relay that does not order it: acknowledged ${b.acked.get(during.id)! - during.at} ms after it was sent (pause 3000 ms), refusals ${JSON.stringify(b.client!.errors.map((e) => e.code))}`,
+        )
+        const reader = new TestClient(cluster.relay(1).url, id, await cluster.token(alice))
+        cleanups.push(() => reader.close())
+        await reader.synced()
+        await reader.until(() => {
+          const listed = listMessages(reader.doc, { last: 100 })
+          return listed.length >= 3 && listed.every((m) => m.seq !== undefined)
+        })
+        const messages = listMessages(reader.doc, { last: 100 })
+        expect(messages.map((m) => m.body).sort()).toEqual(["before", "before", "during the pause"])
+        expect(messages.map((m) => m.seq)).toEqual([1, 2, 3])
+      },
+      30_000,
+    )
   })
 }

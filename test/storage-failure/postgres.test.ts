@@ -271,6 +271,108 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       for (const update of log) Y.applyUpdate(stored, update)
       expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "one", "two", "three"])
     })
+
+    it("is not ready while a table appends write is locked, naming it; refuses writes at once; stores the SDK's message once when it is released", async () => {
+      const { scratch, url } = await database()
+      const relay = await startRelayProcess({ args: relayArgs(url, 4000) })
+      const client = await sdkClient(relay, alice)
+      const chat = await client.createConversation({ participants: [], title: "locked" })
+      const before = chat.send("before")
+      await eventually(() => expect(chat.status(before.id)).toBe("sent"))
+      await eventually(async () =>
+        expect(await readyz(relay.httpUrl)).toMatchObject({ status: 200, body: { status: "ready" } }),
+      )
+      const reconnects: string[] = []
+      chat.connection.on("status", ({ status }) => reconnects.push(status))
+      const refusals: ErrorCode[] = []
+      chat.connection.on("refused", ({ error }) => refusals.push(error.code))
+
+      // As an operator's migration or a stray `LOCK TABLE` would: `SELECT 1` still answers.
+      const locker = await admin()
+      await locker.query("BEGIN")
+      await locker.query(`LOCK TABLE ${scratch.schema}.parley_updates IN ACCESS EXCLUSIVE MODE`)
+      let locked = true
+      cleanups.push(() => (locked ? locker.query("ROLLBACK") : undefined))
+      // Found by the probe, with nothing written meanwhile.
+      await eventually(async () => {
+        await expectNotReady(relay.httpUrl)
+        expect(JSON.stringify((await readyz(relay.httpUrl)).body)).toContain("parley_updates is locked")
+      }, 10_000)
+      expect(await healthz(relay.httpUrl)).toBe(200)
+
+      const during = chat.send("during the lock")
+      await eventually(() => expect(refusals).toContain(ErrorCode.STORAGE_UNAVAILABLE))
+      expect(chat.status(during.id)).toBe("pending")
+      // Another write is refused at once by the breaker, not left to wait on the lock for its deadline.
+      const raw = testClient(relay.url, chat.id, await relay.token(alice))
+      await raw.opened
+      raw.doc.getMap("scratch").set("k", 1)
+      await raw.until(() => raw.errors.length > 0)
+      expect(raw.errors[0]).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      expect(raw.errors[0]!.message).toMatch(/^storage is failing/)
+      raw.close()
+
+      await locker.query("ROLLBACK")
+      locked = false
+      await eventually(() => expect(chat.status(during.id)).toBe("sent"), 15_000)
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      // No reconnect: the SDK re-sent its pending work on the connection it had.
+      expect(reconnects).toEqual([])
+      const log = await storedLog(scratch, chat.id)
+      expect(storedTwice(log)).toEqual([])
+      const stored = new Y.Doc()
+      for (const update of log) Y.applyUpdate(stored, update)
+      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "during the lock"])
+    }, 30_000)
+
+    it("is not ready while the server takes no writes (read-only after a failover), and stores the SDK's message once when it does again", async () => {
+      const { scratch, url, app } = await database()
+      // A role of this test's own: `ALTER ROLE ... SET` reaches only its sessions, not other tests'.
+      const role = `parley_ro_${process.pid}_${count++}`
+      const db = await admin()
+      await db.query(`CREATE ROLE ${role} LOGIN`)
+      await db.query(`GRANT ALL ON SCHEMA ${scratch.schema} TO ${role}`)
+      cleanups.push(async () => {
+        await stopRelayProcesses()
+        await db.query(`ALTER ROLE ${role} RESET default_transaction_read_only`)
+        await db.query(`DROP SCHEMA ${scratch.schema} CASCADE`)
+        await db.query(`DROP ROLE ${role}`)
+      })
+      const asRole = new URL(url)
+      asRole.username = role
+      const relay = await startRelayProcess({ args: relayArgs(asRole.toString(), 4000) })
+      const client = await sdkClient(relay, alice)
+      const chat = await client.createConversation({ participants: [], title: "read-only" })
+      const before = chat.send("before")
+      await eventually(() => expect(chat.status(before.id)).toBe("sent"))
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      const reconnects: string[] = []
+      chat.connection.on("status", ({ status }) => reconnects.push(status))
+
+      // Like a failover onto a standby: the connections drop, and the new ones take no writes.
+      const reconnectPool = () =>
+        db.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", [app])
+      await db.query(`ALTER ROLE ${role} SET default_transaction_read_only = on`)
+      await reconnectPool()
+      await eventually(async () => {
+        await expectNotReady(relay.httpUrl)
+        expect(JSON.stringify((await readyz(relay.httpUrl)).body)).toContain("read-only")
+      }, 10_000)
+      const during = chat.send("while read-only")
+      await new Promise((r) => setTimeout(r, 500))
+      expect(chat.status(during.id)).toBe("pending")
+
+      await db.query(`ALTER ROLE ${role} RESET default_transaction_read_only`)
+      await reconnectPool()
+      await eventually(() => expect(chat.status(during.id)).toBe("sent"), 15_000)
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      expect(reconnects).toEqual([])
+      const log = await storedLog(scratch, chat.id)
+      expect(storedTwice(log)).toEqual([])
+      const stored = new Y.Doc()
+      for (const update of log) Y.applyUpdate(stored, update)
+      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "while read-only"])
+    }, 30_000)
   })
 }
 

@@ -22,11 +22,14 @@ import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type W
 const BEHIND_EVERY_SWEEPS = 15
 
 /**
- * How often both Redis connections are pinged for `/readyz`: a Redis that
- * stalls (paused, overloaded, a black-holed connection) raises no error, its
- * commands only time out.
+ * How often Redis is probed for `/readyz`, and how long a probe may take: a
+ * Redis that stalls (paused, overloaded, a black-holed connection) raises no
+ * error, its commands only time out.
  */
 const REDIS_PING_MS = 1000
+
+/** Lifetime of the probe's key, in ms: long enough to outlive a probe, short enough to leave nothing behind. */
+const PROBE_KEY_MS = 10_000
 
 /** Documents read back from PostgreSQL at once after the subscriber connection came back. */
 const CATCH_UP_CONCURRENCY = 4
@@ -192,12 +195,42 @@ export class Cluster implements UpdateRouter, FenceSource {
     return cluster
   }
 
-  /** Pings both connections: ready when both answer, failing (with the reason) when either does not in time. */
+  /**
+   * Probes both connections: ready when both answer within
+   * {@link REDIS_PING_MS}, failing (with the reason) when either does not.
+   * The command connection writes (`SET` with `PX` on a key of this relay's
+   * own), as its publishes and leases do: a Redis that still answers `PING`
+   * may refuse or hold writes (`CLIENT PAUSE … WRITE`, a replica after a
+   * failover, out of memory). The subscriber connection can only `PING`.
+   * One probe at a time: the next waits until this one is answered.
+   */
   private async ping(): Promise<void> {
     if (this.pinging || this.closed) return
     this.pinging = true
+    const probe = Promise.all([
+      this.redis.set(`${this.prefix}probe:${this.relayId}`, "1", "PX", PROBE_KEY_MS),
+      this.sub.ping(),
+    ])
+    // The next probe starts once this one is answered or failed (the connections' command timeout
+    // bounds that), not at its deadline: probes held by a paused Redis do not pile up.
+    probe.then(
+      () => {
+        this.pinging = false
+      },
+      () => {
+        this.pinging = false
+      },
+    )
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        // Decided after the event loop's next poll: a reply that arrived while this relay was busy
+        // (a stall longer than the deadline) is read first, and is not taken for Redis being late.
+        setImmediate(() => reject(new Error(`Redis did not take a write within ${REDIS_PING_MS} ms`)))
+      }, REDIS_PING_MS)
+    })
     try {
-      await Promise.all([this.redis.ping(), this.sub.ping()])
+      await Promise.race([probe, late])
       if (!this.state.ready) {
         this.options.log.info("Redis is back: cluster writes are accepted")
         this.state = { ready: true, since: Date.now() }
@@ -205,7 +238,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     } catch (error) {
       if (!this.closed) this.redisFailed(error instanceof Error ? error : new Error(String(error)))
     } finally {
-      this.pinging = false
+      clearTimeout(timer)
     }
   }
 

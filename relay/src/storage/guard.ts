@@ -1,8 +1,11 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
-import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
+import type { DamagedDocument, PingOptions, RelayStorage, StoredDocument } from "./types.js"
 
 /** Default of every storage timeout, relay-side and PostgreSQL's, in ms (`--storage-timeout-ms`). */
 export const DEFAULT_STORAGE_TIMEOUT_MS = 5000
+
+/** How often a relay probes its storage while it answers (see {@link StorageGuardOptions.watchIntervalMs}), in ms. */
+export const DEFAULT_WATCH_INTERVAL_MS = 2000
 
 /** Whether the storage answers, as {@link StorageGuard} last found it. */
 export type StorageState =
@@ -26,6 +29,14 @@ export interface StorageGuardOptions {
   readonly probeIntervalMs?: number
   /** Longest wait between probes, in ms. Default 2000. */
   readonly maxProbeIntervalMs?: number
+  /**
+   * While storage answers, probe it every this many ms too (the backend's
+   * `ping`: a write it would store), so that a storage that stopped taking
+   * writes (a locked table, a read-only or standby server) is found failing
+   * without waiting for an append to time out, and writes are refused at
+   * once. Off when absent; the relay sets {@link DEFAULT_WATCH_INTERVAL_MS}.
+   */
+  readonly watchIntervalMs?: number
   /** Hears every change of state (for logs and metrics). */
   readonly onChange?: (state: StorageState) => void
 }
@@ -83,14 +94,21 @@ class DeadlineQueue {
   private fire(): void {
     this.timer = undefined
     const now = performance.now()
+    const due: Waiting[] = []
     for (const entry of this.running) {
       if (entry.due > now) {
         this.arm(Math.max(1, Math.ceil(entry.due - now)))
-        return
+        break
       }
-      this.running.delete(entry)
-      entry.expire()
+      due.push(entry)
     }
+    if (due.length === 0) return
+    // Decided after the event loop's next poll: an answer that arrived while the relay itself was
+    // busy longer than the deadline (a large load, a stall) is read first, and its call is not failed.
+    // With the storage probed every few seconds, such stalls would otherwise trip the breaker.
+    setImmediate(() => {
+      for (const entry of due) if (this.running.delete(entry)) entry.expire()
+    })
   }
 }
 
@@ -111,11 +129,17 @@ export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): 
   return settledWithin(promise, ms, () => `storage did not ${what} within ${ms} ms`)
 }
 
+/** Rejects a call before its deadline (see `settledWithin`'s `refusals`). */
+type Refusal = (error: ParleyError) => void
+
 /**
  * `promise`, or a STORAGE_UNAVAILABLE error saying `late()` when it has not
  * settled within `ms`. Either rejection goes through `failed` when given;
- * `settled` is called once `promise` settles (after its deadline too). One
- * promise and no timer of its own per call (see {@link DeadlineQueue}).
+ * `settled` is called once `promise` settles (after its deadline too). With
+ * `refusals`, the call is in that set until it is answered, as a function
+ * that rejects it at once with the error given (the guard refuses writes in
+ * flight so when it finds storage failing). One promise and no timer of its
+ * own per call (see {@link DeadlineQueue}).
  */
 function settledWithin<T>(
   promise: Promise<T>,
@@ -123,22 +147,33 @@ function settledWithin<T>(
   late: () => string,
   failed?: (error: unknown) => unknown,
   settled?: () => void,
+  refusals?: Set<Refusal>,
 ): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const queue = deadlineQueue(ms)
+    // Out of the set before `failed` runs: the guard's failure handling refuses what is in it.
+    const refuse: Refusal = (error) => {
+      refusals!.delete(refuse)
+      queue.settle(entry)
+      reject(error)
+    }
     const entry = queue.add(() => {
+      refusals?.delete(refuse)
       const error = storageUnavailable(late())
       reject(failed ? failed(error) : error)
     })
+    refusals?.add(refuse)
     promise.then(
       (value) => {
         settled?.()
         queue.settle(entry)
+        refusals?.delete(refuse)
         resolve(value)
       },
       (error: unknown) => {
         settled?.()
         queue.settle(entry)
+        refusals?.delete(refuse)
         reject(failed ? failed(error) : error)
       },
     )
@@ -149,9 +184,14 @@ function settledWithin<T>(
  * A circuit breaker around the relay's storage. Every call gets a deadline;
  * any failure (an error of the backend, a reset connection, a full disk, a
  * call that outlived its deadline) becomes a STORAGE_UNAVAILABLE error and
- * marks the storage failing. While failing, writes fail at once with that
- * error instead of each waiting for its own deadline, and a probe (the
- * backend's `ping`, with backoff) runs until the storage answers again.
+ * marks the storage failing; so does a failed probe while it answers (with
+ * {@link StorageGuardOptions.watchIntervalMs}: the backend's `ping`, a write
+ * it would store, every few seconds). While failing, writes fail at once with
+ * that error instead of each waiting for its own deadline (those in flight
+ * too: they are refused when the failure is found, and still tracked until
+ * they settle in the backend), and a probe (the backend's `ping`, with
+ * backoff) runs until the storage answers again. One probe runs at a time:
+ * none starts while another has not settled in the backend.
  * Reads are still served while only writes have failed (a full disk still
  * reads: members keep getting their conversations); once a read fails too,
  * reads fail at once as well, until the probe succeeds.
@@ -165,8 +205,16 @@ export class StorageGuard implements RelayStorage {
   /** Backend calls not settled yet (running, or abandoned at their deadline). */
   private readonly running = new Set<Promise<unknown>>()
   private readonly waiters = new Set<{ resolve: () => void; reject: (error: unknown) => void }>()
+  /** The writes not answered yet, each as a function that refuses it at once (see {@link fail}). */
+  private readonly writes = new Set<Refusal>()
   private probeTimer: NodeJS.Timeout | undefined
   private probeDelay: number
+  private watchTimer: NodeJS.Timeout | undefined
+  /**
+   * The watch's probe has not settled in the backend: the next watch does not start (a recovery
+   * probe waits for it, as for any call still running, before it starts its own).
+   */
+  private probing = false
   private closed = false
 
   constructor(
@@ -174,6 +222,10 @@ export class StorageGuard implements RelayStorage {
     private readonly options: StorageGuardOptions,
   ) {
     this.probeDelay = options.probeIntervalMs ?? 100
+    if (options.watchIntervalMs !== undefined) {
+      this.watchTimer = setInterval(() => void this.watch(), options.watchIntervalMs)
+      this.watchTimer.unref()
+    }
   }
 
   /** The storage's state: `ok`, or `failing` with the last error and since when. */
@@ -219,7 +271,8 @@ export class StorageGuard implements RelayStorage {
    * Resolves either way; see {@link state}.
    */
   async check(): Promise<void> {
-    await this.ping().catch(() => {})
+    // As strict as the probe that lets writes through again: a start on a nearly full disk is one.
+    await this.call("answer a probe", () => this.probeInner({ recovering: true })).catch(() => {})
   }
 
   load(name: string): Promise<StoredDocument> {
@@ -245,6 +298,7 @@ export class StorageGuard implements RelayStorage {
     return this.read("list documents", () => this.inner.list())
   }
 
+  /** Probes the backend as the watch does (a write it would store); a failure marks storage failing. */
   ping(): Promise<void> {
     return this.call("answer a probe", () => this.probeInner())
   }
@@ -265,14 +319,49 @@ export class StorageGuard implements RelayStorage {
     this.closed = true
     clearTimeout(this.probeTimer)
     this.probeTimer = undefined
+    clearInterval(this.watchTimer)
+    this.watchTimer = undefined
     const error = new ParleyError(ErrorCode.UNAVAILABLE, "the relay is shutting down")
     for (const waiter of this.waiters) waiter.reject(error)
     this.waiters.clear()
     await this.inner.close()
   }
 
-  private probeInner(): Promise<void> {
-    return this.inner.ping ? this.inner.ping() : this.inner.list().then(() => {})
+  private probeInner(options?: PingOptions): Promise<void> {
+    if (!this.inner.ping) return this.inner.list().then(() => {})
+    return options ? this.inner.ping(options) : this.inner.ping()
+  }
+
+  /**
+   * The watch's probe while storage answers: a failure (or no answer within
+   * the storage timeout) marks it failing as a failed write would. Skipped
+   * while a probe still runs, so that a probe stuck on a lock cannot pile up.
+   */
+  private async watch(): Promise<void> {
+    if (this.closed || this.probing || this.current.state !== "ok") return
+    this.probing = true
+    let probe: Promise<void>
+    try {
+      probe = this.probeInner()
+    } catch (error) {
+      probe = Promise.reject(error)
+    }
+    this.track(probe)
+    const done = () => {
+      this.probing = false
+    }
+    probe.then(done, done)
+    try {
+      await withDeadline(probe, this.options.timeoutMs, "answer a probe")
+    } catch (error) {
+      if (this.closed || this.current.state !== "ok") return
+      this.fail(
+        isStorageFailure(error)
+          ? error
+          : storageUnavailable(`storage probe failed: ${messageOf(error)}`, error),
+        false,
+      )
+    }
   }
 
   /** A call that only reads: still made while writes fail, unless reads failed too. */
@@ -301,6 +390,7 @@ export class StorageGuard implements RelayStorage {
       () => `storage did not ${what} within ${ms} ms`,
       (error) => this.failure(error, what, reads),
       () => this.running.delete(inner),
+      reads ? undefined : this.writes,
     )
   }
 
@@ -331,6 +421,12 @@ export class StorageGuard implements RelayStorage {
     if (wasOk) {
       this.probeDelay = this.options.probeIntervalMs ?? 100
       this.options.onChange?.(this.current)
+      // Writes in flight wait on what failed (a lock, a dead connection): refused now, as later ones
+      // are, rather than each at its own deadline. They stay tracked until they settle in the backend.
+      if (this.writes.size > 0) {
+        const refusal = storageUnavailable(`storage is failing: ${error.message}`, error)
+        for (const refuse of [...this.writes]) refuse(refusal)
+      }
     }
     this.scheduleProbe()
   }
@@ -353,10 +449,10 @@ export class StorageGuard implements RelayStorage {
 
   private async probe(): Promise<void> {
     try {
-      // Calls abandoned at their deadline must settle first (see the class comment).
+      // Calls abandoned at their deadline (and a probe of the watch) must settle first (see the class comment).
       if (this.running.size > 0)
         await withDeadline(Promise.allSettled([...this.running]), this.options.timeoutMs, "settle")
-      const probe = this.probeInner()
+      const probe = this.probeInner({ recovering: true })
       this.track(probe)
       await withDeadline(probe, this.options.timeoutMs, "answer a probe")
     } catch (error) {

@@ -12,7 +12,7 @@ export {
 export { findDamage } from "./integrity.js"
 export { type MemoryData, MemoryStorage } from "./memory.js"
 export { SqliteStorage } from "./sqlite.js"
-export type { DamagedDocument, DocumentRecord, RelayStorage, StoredDocument } from "./types.js"
+export type { DamagedDocument, DocumentRecord, PingOptions, RelayStorage, StoredDocument } from "./types.js"
 
 /** The backends the relay can run on (see `../backend/`). */
 export type StorageKind = "memory" | "sqlite" | "postgres"

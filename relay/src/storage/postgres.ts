@@ -1,8 +1,10 @@
+import { randomUUID } from "node:crypto"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../postgres.js"
 import { checksumOf } from "./checksum.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
+import { storageUnavailable } from "./guard.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
 /** The documents' tables (see {@link PostgresStorage}), created by the backend. */
@@ -52,6 +54,52 @@ END $$;
 const ADVANCE = `INSERT INTO parley_documents (doc, last_position) VALUES ($1, $2)
   ON CONFLICT (doc) DO UPDATE SET last_position = GREATEST(parley_documents.last_position, EXCLUDED.last_position)`
 
+/** Longest the storage probe waits for a lock on a table appends write, in ms: it must not queue behind one. */
+export const PROBE_LOCK_TIMEOUT_MS = 1000
+
+/**
+ * The probe's writes: what an append writes, into the same tables (position
+ * 0, which no append uses, under the probe's own document name).
+ */
+const PROBE_WRITES: readonly (readonly [table: string, statement: string])[] = [
+  ["parley_updates", "INSERT INTO parley_updates (doc, position, data, crc) VALUES ($1, 0, '', 0)"],
+  ["parley_documents", "INSERT INTO parley_documents (doc, last_position) VALUES ($1, 0)"],
+]
+
+/**
+ * The probe's failure on `table`, said as an operator needs it: which table is
+ * locked, or why the server refuses writes. Anything else is passed on.
+ */
+async function probeFailure(client: pg.PoolClient, table: string, error: unknown): Promise<unknown> {
+  const code = (error as { code?: unknown } | null)?.code
+  const message = error instanceof Error ? error.message : String(error)
+  if (code === "55P03")
+    return storageUnavailable(
+      `PostgreSQL table ${table} is locked: a write to it waited ${PROBE_LOCK_TIMEOUT_MS} ms for a lock another session holds`,
+      error,
+    )
+  if (code === "25006") {
+    // Which of the two: a standby is not fixed by a setting, and the operator looks in different places.
+    await client.query("ROLLBACK").catch(() => undefined)
+    const recovery = await client.query<{ recovery: boolean }>("SELECT pg_is_in_recovery() AS recovery").then(
+      (result) => result.rows[0]?.recovery,
+      () => undefined,
+    )
+    return storageUnavailable(
+      recovery
+        ? `PostgreSQL refuses writes: the server is a standby (in recovery): ${message}`
+        : `PostgreSQL refuses writes: transactions are read-only (default_transaction_read_only or transaction_read_only is on): ${message}`,
+      error,
+    )
+  }
+  if (typeof code === "string" && code.startsWith("53"))
+    return storageUnavailable(
+      `PostgreSQL cannot write ${table} (out of resources, ${code}): ${message}`,
+      error,
+    )
+  return error
+}
+
 /** PostgreSQL's verdict on damaged pages (`data_corrupted`, `index_corrupted`). */
 function isCorruption(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code
@@ -72,6 +120,8 @@ const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buff
 export class PostgresStorage implements RelayStorage {
   private readonly group: GroupCommit
   private closed = false
+  /** The document name of this storage's probe rows: its own, so that probes of several relays never wait on each other's rows. */
+  private readonly probeName = `parley-probe:${randomUUID()}`
 
   /** `pool` is the backend's, with {@link DOCUMENTS_SCHEMA} created. */
   constructor(private readonly pool: pg.Pool) {
@@ -278,10 +328,42 @@ export class PostgresStorage implements RelayStorage {
     })
   }
 
-  /** One round trip on a pooled connection (a server out of disk space still answers it). */
+  /**
+   * The write an append makes, rolled back: a row into `parley_updates` and
+   * one into `parley_documents` (under a document name of this probe's own,
+   * which no document has), in a transaction that waits at most
+   * {@link PROBE_LOCK_TIMEOUT_MS} for a lock. It fails, naming the cause, on
+   * a table locked by another session, a read-only server (a standby after a
+   * failover, `default_transaction_read_only`), one out of disk space or not
+   * answering; `SELECT 1`, the probe before it, answered through all of
+   * those. Costs one connection for four short statements; nothing is kept
+   * (the rolled-back rows are dead tuples, vacuumed with the rest).
+   */
   async ping(): Promise<void> {
     this.assertOpen()
-    await this.pool.query("SELECT 1")
+    const client = await this.pool.connect()
+    const onError = () => {}
+    client.on("error", onError)
+    let failure: Error | undefined
+    try {
+      // The pool's statement_timeout (the storage timeout) still bounds each statement.
+      await client.query(`BEGIN; SET LOCAL lock_timeout = ${PROBE_LOCK_TIMEOUT_MS}`)
+      for (const [table, statement] of PROBE_WRITES) {
+        try {
+          await client.query(statement, [this.probeName])
+        } catch (error) {
+          throw await probeFailure(client, table, error)
+        }
+      }
+      await client.query("ROLLBACK")
+    } catch (error) {
+      failure = error instanceof Error ? error : new Error(String(error))
+      throw error
+    } finally {
+      client.off("error", onError)
+      // A connection whose probe failed is not reused: its transaction may still be open.
+      client.release(failure)
+    }
   }
 
   /** Finishes pending appends; the backend ends the pool. */

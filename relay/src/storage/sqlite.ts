@@ -5,7 +5,7 @@ import { checksumOf } from "./checksum.js"
 import { type DiskSpace, diskSpaceOf, formatBytes, writeReserve } from "./disk-space.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import { storageUnavailable } from "./guard.js"
-import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
+import type { DamagedDocument, PingOptions, RelayStorage, StoredDocument } from "./types.js"
 
 const CATALOG_SCHEMA = `
 CREATE TABLE IF NOT EXISTS documents (
@@ -355,14 +355,17 @@ export class SqliteStorage implements RelayStorage {
   }
 
   /**
-   * Fails while the disk holding the database has less room than
-   * {@link writeReserve} asks, else commits a one-row write (fsync'd like an
-   * append). The write alone is not enough: on a disk that just filled up it
-   * still fits in pages SQLite had allocated while appends no longer do.
+   * Commits a one-row write (fsync'd like an append); while `recovering`,
+   * first fails while the disk holding the database has less room than
+   * {@link writeReserve} asks. The write alone is not enough then: on a disk
+   * that just filled up it still fits in pages SQLite had allocated while
+   * appends no longer do. The reserve is not asked while storage answers: a
+   * disk with less free space than that still stores appends, and refusing
+   * them would be a failure of the relay's own making.
    */
-  async ping(): Promise<void> {
+  async ping(options: PingOptions = {}): Promise<void> {
     this.assertOpen()
-    if (this.disk) {
+    if (this.disk && options.recovering) {
       const { free, size } = this.disk.space()
       const reserve = writeReserve(size)
       if (free < reserve)

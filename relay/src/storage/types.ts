@@ -75,11 +75,16 @@ export interface RelayStorage {
   /** Names of every stored document (for rebuilding derived data such as inboxes), sorted. */
   list(): Promise<string[]>
   /**
-   * Resolves when the backend answers, and can write where it can tell (a
-   * probe of the relay's storage health while it is failing). Optional: the
-   * relay falls back to {@link list}.
+   * Resolves when a write to the tables (or files) appends use would be
+   * stored now, and rejects, saying why, when it would not: locked, read-only,
+   * out of room. The relay's probe of its storage: every few seconds while it
+   * answers (readiness), and with backoff while it fails, with
+   * `recovering` set (a backend may then ask for a margin, such as free disk
+   * space, before it says "back"). It must not wait on a lock longer than
+   * about a second: one probe runs at a time. Optional: the relay falls back
+   * to {@link list}, which only shows that the backend reads.
    */
-  ping?(): Promise<void>
+  ping?(options?: PingOptions): Promise<void>
   /** Records that `name` is damaged (creating its record if needed); the first reason is kept. */
   markDamaged(name: string, reason: string): Promise<void>
   /** Every document recorded as damaged, by name. */
@@ -93,4 +98,14 @@ export interface RelayStorage {
   restore(name: string, snapshot: Uint8Array): Promise<number>
   /** Finishes pending appends and releases the backend. */
   close(): Promise<void>
+}
+
+/** What a {@link RelayStorage.ping} is for. */
+export interface PingOptions {
+  /**
+   * True when the probe decides whether writes are let through (while
+   * storage is failing, and once at the start): the backend may ask for a
+   * margin so that they do not fail again at once (SQLite: free disk space).
+   */
+  readonly recovering?: boolean
 }
