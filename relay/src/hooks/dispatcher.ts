@@ -15,10 +15,7 @@ export interface DeliveryTarget {
    */
   wants?(event: HookEvent): boolean
   /** Resolves when the target took the event; throws to have it retried. */
-  deliver(
-    event: HookEvent,
-    attempt: { readonly attempt: number; readonly signal: AbortSignal },
-  ): Promise<void>
+  deliver(event: HookEvent, attempt: DeliveryAttempt): Promise<void>
   /** Delay before the next attempt after `failures` failed ones; undefined to give up. */
   retryDelay(failures: number, error: unknown): number | undefined
   /**
@@ -26,6 +23,20 @@ export interface DeliveryTarget {
    * its attempts' time itself (the hook worker) gets a little more, as a net.
    */
   readonly timeoutMs?: number
+}
+
+/** What a target is told of the attempt it makes. */
+export interface DeliveryAttempt {
+  /** 1 for the first. */
+  readonly attempt: number
+  /** Aborted when the attempt's time is up or it is abandoned (made on first use). */
+  readonly signal: AbortSignal
+  /**
+   * Calls `listener` when the attempt is aborted, without making its signal
+   * (an AbortController per delivery shows in a busy relay's CPU). One
+   * listener; a later call replaces it. Absent outside the dispatcher.
+   */
+  onAbort?(listener: (reason: unknown) => void): void
 }
 
 /** Thrown by a target for a failure that retrying cannot fix (e.g. HTTP 400): dead-letters at once. */
@@ -605,8 +616,9 @@ export class Dispatcher {
  * given (`attempt`, `signal`). An object with methods, not closures and
  * promises made for every attempt (one per delivery).
  */
-class RunningAttempt {
+class RunningAttempt implements DeliveryAttempt {
   private controller: AbortController | undefined
+  private listener: ((reason: unknown) => void) | undefined
   private aborted = false
   private reason: unknown
   private settle: { resolve: () => void; reject: (error: unknown) => void } | undefined
@@ -655,12 +667,17 @@ class RunningAttempt {
     this.fail(new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.timeoutMs} ms`))
   }
 
+  onAbort(listener: (reason: unknown) => void): void {
+    this.listener = listener
+  }
+
   /** Aborts the attempt's signal with `error` and fails the attempt with it (if still running). */
   fail(error: unknown): void {
     if (this.aborted) return
     this.aborted = true
     this.reason = error
     this.controller?.abort(error)
+    this.listener?.(error)
     this.settle?.reject(error)
   }
 }

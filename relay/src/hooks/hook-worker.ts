@@ -55,6 +55,8 @@ interface Call {
   aborted?: string
   readonly ops: Map<number, { resolve(value: unknown): void; reject(error: unknown): void }>
   nextOp: number
+  /** The handler returned: kept only until the operations it started (unawaited) are answered. */
+  ended?: boolean
 }
 
 const calls = new Map<number, Call>()
@@ -85,7 +87,7 @@ function signalOf(call: Call): AbortSignal {
 
 function operation(id: number, name: string, args: readonly unknown[]): Promise<unknown> {
   const call = calls.get(id)
-  if (!call)
+  if (!call || call.ended)
     return Promise.reject(
       new ParleyError(
         ErrorCode.INVALID_ARGUMENT,
@@ -146,13 +148,15 @@ function run(id: number, invoke: (call: Call) => unknown): void {
   const call: Call = { ops: new Map(), nextOp: 0 }
   calls.set(id, call)
   const finish = (message: FromWorker) => {
-    calls.delete(id)
-    for (const pending of call.ops.values())
-      pending.reject(new ParleyError(ErrorCode.INVALID_ARGUMENT, "the handler call has ended"))
+    // An operation the handler started without awaiting it still runs on the main thread (it was sent
+    // before this answer): its promise settles when its answer comes.
+    call.ended = true
+    if (call.ops.size === 0) calls.delete(id)
     out.send(message)
   }
   try {
     current[0] = id
+    current[1] = id
     const result = invoke(call)
     current[0] = 0
     Promise.resolve(result).then(
@@ -215,9 +219,11 @@ function handle(message: ToWorker): void {
     }
     case "result":
     case "failure": {
-      const pending = calls.get(message.id)?.ops.get(message.op)
-      if (!pending) return
-      calls.get(message.id)?.ops.delete(message.op)
+      const call = calls.get(message.id)
+      const pending = call?.ops.get(message.op)
+      if (!call || !pending) return
+      call.ops.delete(message.op)
+      if (call.ended && call.ops.size === 0) calls.delete(message.id)
       if (message.t === "result") pending.resolve(message.value)
       else pending.reject(fromWire(message.error))
       return

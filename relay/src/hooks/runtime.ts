@@ -23,6 +23,7 @@ import type { HookContext, HookConversations } from "./define.js"
 import { handlerFor, isOwnWriteOf } from "./define.js"
 import {
   DEFAULT_HOOK_TIMEOUT_MS,
+  type DeliveryAttempt,
   type DeliveryFence,
   type DeliveryTarget,
   Dispatcher,
@@ -541,11 +542,7 @@ export class HookRuntime {
     }
   }
 
-  private contextFor(
-    hook: string,
-    event: HookEvent,
-    attempt: { readonly attempt: number; readonly signal: AbortSignal },
-  ): HookContext {
+  private contextFor(hook: string, event: HookEvent, attempt: DeliveryAttempt): HookContext {
     // The logger child and the conversations handle are made on first use: most handlers need neither,
     // and making both for every delivery was a visible part of a busy relay's CPU.
     let log: HookContext["log"] | undefined

@@ -4,7 +4,7 @@ import pino from "pino"
 import type { Logger } from "../log.js"
 import type { PushNotification } from "../push/notification.js"
 import type { HookContext, PushNotificationContext, PushNotificationResult } from "./define.js"
-import { DeferDelivery, PermanentDeliveryError } from "./dispatcher.js"
+import { DeferDelivery, type DeliveryAttempt, PermanentDeliveryError } from "./dispatcher.js"
 import type { HookEvent } from "./events.js"
 import { HOOK_LOAD_TIMEOUT_MS } from "./loader.js"
 import {
@@ -143,7 +143,7 @@ export class HookWorker {
     module: number,
     handler: string,
     event: HookEvent,
-    attempt: { readonly attempt: number; readonly signal: AbortSignal },
+    attempt: DeliveryAttempt,
     context: HookContext,
   ): Promise<void> {
     const id = this.nextId++
@@ -153,7 +153,8 @@ export class HookWorker {
       message: { t: "call", id, module, handler, event, attempt: attempt.attempt },
       context,
       log: () => context.log,
-      signal: attempt.signal,
+      // The dispatcher abandons an attempt whose lease lapsed: the handler's signal in the worker says so.
+      ...(attempt.onAbort ? { watch: attempt.onAbort.bind(attempt) } : { signal: attempt.signal }),
     }) as Promise<void>
   }
 
@@ -195,7 +196,11 @@ export class HookWorker {
   }
 
   private post(
-    call: Omit<Pending, "deadline" | "resolve" | "reject" | "onAbort"> & { signal?: AbortSignal },
+    call: Omit<Pending, "deadline" | "resolve" | "reject" | "onAbort"> & {
+      readonly signal?: AbortSignal
+      /** Registers a listener for the attempt's abort (the dispatcher's, cheaper than its signal). */
+      readonly watch?: (listener: (reason: unknown) => void) => void
+    },
   ): Promise<unknown> {
     if (this.stopped)
       return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is stopping: no hook call"))
@@ -218,6 +223,10 @@ export class HookWorker {
           : {}),
       }
       if (signal && pending.onAbort) signal.addEventListener("abort", pending.onAbort, { once: true })
+      call.watch?.((reason) => {
+        if (this.pending.get(pending.id) === pending)
+          this.abort(pending, String((reason as Error | undefined)?.message ?? reason), false)
+      })
       this.pending.set(pending.id, pending)
       if (!this.deadlineTimer) this.scheduleDeadline()
       const running = this.running
@@ -294,8 +303,9 @@ export class HookWorker {
    * and starts a fresh worker. The call that blocked or crashed it fails
    * with an error saying so, an attempt counted: the one whose handler was
    * running synchronously then, when one was (a loop or an allocation before
-   * the handler's first `await`); otherwise, when blocked, every call past
-   * its time, and after a crash, every call. The others are only
+   * the handler's first `await`); otherwise, of the calls the worker had
+   * started, every one past its time when blocked, every one after a crash.
+   * The others are only
    * interrupted: retried without counting an attempt ({@link DeferDelivery}),
    * so that one module's endless loop does not dead-letter another's events.
    */
@@ -315,7 +325,9 @@ export class HookWorker {
     for (const pending of [...this.pending.values()]) {
       if (pending.generation !== running.generation) continue
       if (!this.settle(pending)) continue
-      const guilty = culprit ? pending === culprit : blocked ? pending.grace !== undefined : true
+      // Calls the worker never started (queued behind the block or crash) are innocent in any case.
+      const started = pending.id <= running.current[1]!
+      const guilty = culprit ? pending === culprit : started && (!blocked || pending.grace !== undefined)
       pending.reject(
         !guilty
           ? new DeferDelivery(
@@ -363,7 +375,7 @@ export class HookWorker {
   /** Starts a worker and resolves once it has loaded every module (rejects naming the module that failed). */
   private spawn(): Promise<readonly ModuleInfo[]> {
     const generation = ++this.generation
-    const current = new SharedArrayBuffer(Float64Array.BYTES_PER_ELEMENT)
+    const current = new SharedArrayBuffer(2 * Float64Array.BYTES_PER_ELEMENT)
     const data: HookWorkerData = {
       current,
       dir: this.options.dir,
@@ -502,6 +514,7 @@ export class HookWorker {
     const fail = (error: unknown) => {
       if (this.running === running) running.out.send({ t: "failure", id, op, error: toWire(error) })
     }
+    // Known while the call runs: an operation a handler started, awaited or not, arrives before its answer.
     const context = this.pending.get(id)?.context
     if (!context) {
       fail(new ParleyError(ErrorCode.INVALID_ARGUMENT, `${message.name}: the handler call has ended`))

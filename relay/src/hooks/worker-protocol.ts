@@ -17,10 +17,12 @@ export interface HookWorkerData {
   /** The relay logger's level: lines below it are not even sent. */
   readonly logLevel: string
   /**
-   * One float: the id of the call whose handler runs synchronously now, 0
-   * between calls. Shared memory, so that it can be read when the worker is
-   * blocked or dead: it names the call that blocked or crashed it, when that
-   * happened before the handler's first `await`.
+   * Two floats: the id of the call whose handler runs synchronously now (0
+   * between calls), and the id of the last call started (ids increase).
+   * Shared memory, so that they can be read when the worker is blocked or
+   * dead: the first names the call that blocked or crashed it, when that
+   * happened before the handler's first `await`; calls after the second
+   * never started, so did not.
    */
   readonly current: SharedArrayBuffer
 }
