@@ -181,14 +181,19 @@ export class HookWorker {
     }) as Promise<PushNotificationResult>
   }
 
-  /** Ends the worker; calls still running fail. */
+  /**
+   * Ends the worker. Calls still running are abandoned, not failed: the
+   * dispatcher has stopped (its outbox closes next), and the outbox keeps
+   * their deliveries for the next start.
+   */
   async stop(): Promise<void> {
     this.stopped = true
     clearTimeout(this.reloadTimer)
     clearTimeout(this.deadlineTimer)
     const running = this.running
     this.running = undefined
-    this.failAll(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is stopping: hook call abandoned"))
+    for (const pending of [...this.pending.values()]) this.settle(pending)
+    this.backlog = []
     if (running) {
       running.ending = "stopped"
       await running.worker.terminate()
@@ -564,11 +569,6 @@ export class HookWorker {
       const pending = this.pending.get(message.id)
       if (pending && this.settle(pending)) pending.reject(error)
     }
-  }
-
-  private failAll(error: Error): void {
-    for (const pending of [...this.pending.values()]) if (this.settle(pending)) pending.reject(error)
-    this.backlog = []
   }
 }
 
