@@ -196,6 +196,7 @@ export class HookWorker {
     this.backlog = []
     if (running) {
       running.ending = "stopped"
+      clearTimeout(running.loadTimer)
       await running.worker.terminate()
     }
   }
@@ -357,6 +358,7 @@ export class HookWorker {
       this.reloadDelay = RELOAD_DELAY_MS
       this.options.log.info({ modules: this.modules.length }, "hook worker restarted: modules loaded again")
     } catch (error) {
+      if (this.stopped) return
       // The modules changed on disk since the start, say: calls fail (and are retried) until a load succeeds.
       this.broken = (error as Error).message
       this.options.log.error(
@@ -428,6 +430,13 @@ export class HookWorker {
           void worker.terminate()
           if (this.running === running) this.running = undefined
           reject(error)
+          return
+        }
+        if (this.stopped) {
+          // Stopped while this worker loaded (a restart's): it serves nobody.
+          running.ending = "stopped"
+          void worker.terminate()
+          reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is stopping"))
           return
         }
         running.loaded = true
