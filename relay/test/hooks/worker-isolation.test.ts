@@ -213,10 +213,12 @@ export default defineHooks({
     const hooks = hooksDir({
       "echo.mjs": `import { defineHooks } from ${api}
 export default defineHooks({
-  async onMessageSent(event, { conversations, attempt, log, isOwnWrite }) {
+  async onMessageSent(event, { conversations, inboxes, attempt, log, isOwnWrite }) {
     if (isOwnWrite(event)) return
     const sent = await conversations.send(event.event.conversationId, "bot", { body: "echo: " + event.subject.message.body })
-    log.info({ sent: sent.id, attempt }, "echoed")
+    const { participants } = await conversations.get(event.event.conversationId)
+    const { totalUnread } = await inboxes.summary("alice")
+    log.info({ sent: sent.id, attempt, members: participants.length, totalUnread }, "echoed")
     // The first attempt wrote, then blocks its worker: the retry writes again, under the same id.
     if (attempt === 1) while (true) {}
   },
@@ -233,6 +235,8 @@ export default defineHooks({
     const first = await relay.waitForLog((l) => l.msg === "echoed" && l.attempt === 1)
     expect(second.sent).toBe(first.sent)
     expect(second).toMatchObject({
+      members: 2,
+      totalUnread: expect.any(Number),
       component: "hooks",
       hook: "echo.mjs",
       eventType: "message.sent",
