@@ -280,9 +280,16 @@ export class HookWorker {
       if (pending.deadline > now) break
       const timedOut = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.options.timeoutMs} ms`)
       if (pending.generation === undefined) {
-        // Still waiting for a worker to load the modules: never sent, nothing to stop.
+        // Still waiting for a restarted worker to load the modules (slow on a busy machine): never sent,
+        // so not the handler's failure. Handed back before the dispatcher's own deadline counts it.
         this.backlog = this.backlog.filter((p) => p !== pending)
-        if (this.settle(pending)) pending.reject(timedOut)
+        if (this.settle(pending))
+          pending.reject(
+            new DeferDelivery(
+              now + RELOAD_DELAY_MS,
+              "the hook worker was restarting (loading the modules); retried without counting an attempt",
+            ),
+          )
         continue
       }
       this.abort(pending, timedOut.message, true)
