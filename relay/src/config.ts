@@ -539,6 +539,12 @@ export const RELAY_FLAGS = {
     help: "attempts per event and hook module before it is dead-lettered",
     default: RELAY.hookAttempts,
   }),
+  "hook-memory-mb": flag({
+    kind: "integer",
+    env: "PARLEY_HOOK_MEMORY_MB",
+    help: "heap limit of the worker thread hook modules run in, in MB (beyond it the worker is restarted)",
+    default: RELAY.hookMemoryMb,
+  }),
   "event-retention-hours": flag({
     kind: "integer",
     env: "PARLEY_EVENT_RETENTION_HOURS",
@@ -872,6 +878,7 @@ export function parseConfig(
   if (webhooks.length > 0 && !webhookSecret)
     throw new ConfigError("--webhook needs --webhook-secret (or PARLEY_WEBHOOK_SECRET)")
   if (v["hook-attempts"] < 1) throw new ConfigError("--hook-attempts must be at least 1")
+  if (v["hook-memory-mb"] < 16) throw new ConfigError("--hook-memory-mb must be at least 16")
   const vapidPublic = v["vapid-public-key"]
   const vapidPrivate = v["vapid-private-key"]
   const vapidSubject = v["vapid-subject"]
@@ -921,6 +928,7 @@ export function parseConfig(
       }),
     },
     hookAttempts: v["hook-attempts"],
+    hookMemoryMb: v["hook-memory-mb"],
     attachments: {
       maxBytes: Math.max(1, v["attachment-max-bytes"]),
       ...(v["attachment-types"]?.length ? { allowedTypes: v["attachment-types"] } : {}),

@@ -1,4 +1,5 @@
 import { DEFAULT_HOOK_ATTEMPTS, DEFAULT_HOOK_TIMEOUT_MS } from "./hooks/dispatcher.js"
+import { DEFAULT_HOOK_MEMORY_MB } from "./hooks/worker-host.js"
 import { DEFAULT_STORAGE_TIMEOUT_MS } from "./storage/guard.js"
 import type { TransportLimits } from "./ws-transport.js"
 
@@ -37,4 +38,5 @@ export const DEFAULT_RELAY_OPTIONS = {
   storageTimeoutMs: DEFAULT_STORAGE_TIMEOUT_MS,
   hookTimeoutMs: DEFAULT_HOOK_TIMEOUT_MS,
   hookAttempts: DEFAULT_HOOK_ATTEMPTS,
+  hookMemoryMb: DEFAULT_HOOK_MEMORY_MB,
 } as const

@@ -18,8 +18,8 @@ import type { SealingOptions } from "./history/sealing.js"
 import { DEFAULT_EVENT_RETENTION, type EventLogReader, type EventRetention } from "./hooks/event-log.js"
 import { EventLogPruner } from "./hooks/event-log-pruner.js"
 import { HooksExtension } from "./hooks/extension.js"
-import { loadHooks } from "./hooks/loader.js"
 import type { HookRuntime } from "./hooks/runtime.js"
+import { HookWorker } from "./hooks/worker-host.js"
 import { inboxTarget } from "./inbox/inbox-target.js"
 import { LiveInbox } from "./inbox/live-inbox.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
@@ -105,6 +105,8 @@ export interface RelayOptions {
   readonly hookTimeoutMs?: number
   /** Attempts per event and hook module before it is dead-lettered. Default 8. */
   readonly hookAttempts?: number
+  /** Heap limit of the worker thread the hook modules run in, in MB (default 512): beyond, the worker is restarted. */
+  readonly hookMemoryMb?: number
   /** How long the event log keeps events (default {@link DEFAULT_EVENT_RETENTION}: 7 days, 1,000,000 events). */
   readonly eventRetention?: Partial<EventRetention>
   /** Between two background prunes of the event log. Default 60 s. */
@@ -255,8 +257,17 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     )
   }
   const metrics = new RelayMetrics({ defaultMetrics: options.defaultMetrics ?? false })
-  // Hook scripts load before anything opens: a broken one stops the start naming its file.
-  const hookModules = options.hooksDir ? await loadHooks(options.hooksDir) : []
+  // Hook scripts load before anything opens: a broken one stops the start naming its file. They run in a
+  // worker thread: a handler that never returns, or eats memory, costs a restart of the worker, not the relay.
+  const hookLog = log.child({ component: "hooks" })
+  const hookWorker = options.hooksDir
+    ? await HookWorker.start({
+        dir: options.hooksDir,
+        log: hookLog,
+        timeoutMs: options.hookTimeoutMs ?? DEFAULTS.hookTimeoutMs,
+        ...(options.hookMemoryMb !== undefined ? { memoryMb: options.hookMemoryMb } : {}),
+      })
+    : undefined
   const webhooks = options.webhooks ?? []
   if (webhooks.length > 0 && !options.webhookSecret)
     throw new ParleyError(
@@ -345,8 +356,15 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
         ...(clustered ? { presence: clustered.cluster.presence } : {}),
         store: backend.pushSubscriptions,
         verify: (token) => auth.verify(token),
-        rewriters: hookModules.flatMap(({ name, hooks }) =>
-          hooks.onPushNotification ? [{ hook: name, handler: hooks.onPushNotification }] : [],
+        rewriters: (hookWorker?.modules ?? []).flatMap(({ name, handlers }, index) =>
+          handlers.includes("onPushNotification")
+            ? [
+                {
+                  hook: name,
+                  handler: (notification, context) => hookWorker!.push(index, notification, context),
+                },
+              ]
+            : [],
         ),
         log: log.child({ component: "push" }),
       })
@@ -367,12 +385,12 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
         })
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
   const hooks = new HooksExtension({
-    hooks: hookModules,
+    ...(hookWorker ? { worker: hookWorker } : {}),
     targets: [...builtIn, ...(push ? [push.target] : []), ...(attachments ? [attachments.target] : [])],
     webhooks: webhooks.map((url) => ({ url, secret: options.webhookSecret! })),
     outbox,
     ...(clustered ? { fence: clustered.deliveries } : {}),
-    log: log.child({ component: "hooks" }),
+    log: hookLog,
     registry: metrics.registry,
     admin: auth,
     ...(options.hookTimeoutMs !== undefined ? { timeoutMs: options.hookTimeoutMs } : {}),

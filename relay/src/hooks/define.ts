@@ -195,3 +195,9 @@ export function handlerFor(
     | ((event: HookEvent, context: HookContext) => void | Promise<void>)
     | undefined
 }
+
+/** `HookContext.isOwnWrite` of hook module `hook`: the event's actor is that module's bot write. */
+export const isOwnWriteOf =
+  (hook: string) =>
+  (event: HookEvent): boolean =>
+    event.event.actor.kind === "bot" && event.event.actor.hook === hook

@@ -15,12 +15,28 @@ export interface DeliveryTarget {
    */
   wants?(event: HookEvent): boolean
   /** Resolves when the target took the event; throws to have it retried. */
-  deliver(
-    event: HookEvent,
-    attempt: { readonly attempt: number; readonly signal: AbortSignal },
-  ): Promise<void>
+  deliver(event: HookEvent, attempt: DeliveryAttempt): Promise<void>
   /** Delay before the next attempt after `failures` failed ones; undefined to give up. */
   retryDelay(failures: number, error: unknown): number | undefined
+  /**
+   * Time allowed to one attempt when not the dispatcher's: a target that keeps
+   * its attempts' time itself (the hook worker) gets a little more, as a net.
+   */
+  readonly timeoutMs?: number
+}
+
+/** What a target is told of the attempt it makes. */
+export interface DeliveryAttempt {
+  /** 1 for the first. */
+  readonly attempt: number
+  /** Aborted when the attempt's time is up or it is abandoned (made on first use). */
+  readonly signal: AbortSignal
+  /**
+   * Calls `listener` when the attempt is aborted, without making its signal
+   * (an AbortController per delivery shows in a busy relay's CPU). One
+   * listener; a later call replaces it. Absent outside the dispatcher.
+   */
+  onAbort?(listener: (reason: unknown) => void): void
 }
 
 /** Thrown by a target for a failure that retrying cannot fix (e.g. HTTP 400): dead-letters at once. */
@@ -35,8 +51,12 @@ export class PermanentDeliveryError extends Error {
  */
 export class DeferDelivery extends Error {
   override readonly name = "DeferDelivery"
-  constructor(readonly until: number) {
-    super(`deferred until ${new Date(until).toISOString()}`)
+  /** `reason`, when given, is what the outbox records as the delivery's last error. */
+  constructor(
+    readonly until: number,
+    reason?: string,
+  ) {
+    super(reason ?? `deferred until ${new Date(until).toISOString()}`)
   }
 }
 
@@ -137,7 +157,8 @@ export class Dispatcher {
   private readonly marking = new Set<Promise<void>>()
   private stopped = false
   private count = 0
-  private readonly deadlines = new Deadlines()
+  /** The deadlines of running attempts, one set per allowance (targets may have their own: {@link DeliveryTarget.timeoutMs}). */
+  private readonly deadlines = new Map<number, Deadlines>()
   /** Attempts running under a fencing token, checked every `fence.checkEveryMs` while there are any. */
   private readonly fenced = new Map<RunningAttempt, { document: string; token: number; lapse: () => void }>()
   private fenceTimer: NodeJS.Timeout | undefined
@@ -424,7 +445,13 @@ export class Dispatcher {
     // relay's CPU and garbage): one timer serves every running attempt, the signal is made only for
     // a handler that asks for it, and the attempt is one promise that the call, the deadline or a
     // lapsed lease settles, whichever comes first.
-    const running = this.deadlines.start(Date.now() + this.timeoutMs, delivery.attempts + 1, this.timeoutMs)
+    const allowance = target.timeoutMs ?? this.timeoutMs
+    let deadlines = this.deadlines.get(allowance)
+    if (!deadlines) {
+      deadlines = new Deadlines()
+      this.deadlines.set(allowance, deadlines)
+    }
+    const running = deadlines.start(Date.now() + allowance, delivery.attempts + 1, allowance)
     let lapsed = false
     if (fence && token !== undefined)
       this.watchLease(running, delivery.document, token, () => {
@@ -445,7 +472,7 @@ export class Dispatcher {
       }
       return this.failed(target, delivery, running.attempt, error, token)
     } finally {
-      this.deadlines.finish(running)
+      deadlines.finish(running)
       this.fenced.delete(running)
       this.options.metrics.duration.observe(
         this.labelsOf(target).target,
@@ -589,8 +616,9 @@ export class Dispatcher {
  * given (`attempt`, `signal`). An object with methods, not closures and
  * promises made for every attempt (one per delivery).
  */
-class RunningAttempt {
+class RunningAttempt implements DeliveryAttempt {
   private controller: AbortController | undefined
+  private listener: ((reason: unknown) => void) | undefined
   private aborted = false
   private reason: unknown
   private settle: { resolve: () => void; reject: (error: unknown) => void } | undefined
@@ -639,12 +667,17 @@ class RunningAttempt {
     this.fail(new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.timeoutMs} ms`))
   }
 
+  onAbort(listener: (reason: unknown) => void): void {
+    this.listener = listener
+  }
+
   /** Aborts the attempt's signal with `error` and fails the attempt with it (if still running). */
   fail(error: unknown): void {
     if (this.aborted) return
     this.aborted = true
     this.reason = error
     this.controller?.abort(error)
+    this.listener?.(error)
     this.settle?.reject(error)
   }
 }

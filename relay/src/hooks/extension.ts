@@ -90,6 +90,9 @@ export class HooksExtension implements RelayExtension {
   /** Stops delivering (running attempts finish) and closes the outbox, started or not. */
   async stop(): Promise<void> {
     if (this.running) await this.running.stop()
-    else await this.options.outbox.close()
+    else {
+      await this.options.worker?.stop()
+      await this.options.outbox.close()
+    }
   }
 }

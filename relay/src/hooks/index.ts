@@ -10,6 +10,7 @@ export {
   type InboxSummary,
 } from "./define.js"
 export {
+  type DeliveryAttempt,
   type DeliveryFence,
   type DeliveryTarget,
   Dispatcher,

@@ -43,7 +43,11 @@ function loadTypeScript(): Promise<void> {
  */
 export async function loadHooks(
   dir: string,
-  options: { readonly timeoutMs?: number } = {},
+  options: {
+    readonly timeoutMs?: number
+    /** Told each module's path before it is imported (the hook worker reports it: see `HookWorker`). */
+    readonly onLoading?: (path: string) => void
+  } = {},
 ): Promise<LoadedHooks[]> {
   const timeoutMs = options.timeoutMs ?? HOOK_LOAD_TIMEOUT_MS
   const root = resolve(dir)
@@ -67,6 +71,7 @@ export async function loadHooks(
   for (const name of files) {
     const path = join(root, name)
     let module: { default?: unknown }
+    options.onLoading?.(path)
     try {
       module = await importWithin(path, timeoutMs)
     } catch (error) {

@@ -20,9 +20,10 @@ import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { applyStored } from "../storage/integrity.js"
 import type { HookContext, HookConversations } from "./define.js"
-import { handlerFor } from "./define.js"
+import { handlerFor, isOwnWriteOf } from "./define.js"
 import {
   DEFAULT_HOOK_TIMEOUT_MS,
+  type DeliveryAttempt,
   type DeliveryFence,
   type DeliveryTarget,
   Dispatcher,
@@ -31,6 +32,7 @@ import {
 import {
   conversationOf,
   deriveHookEvents,
+  HANDLER_NAMES,
   type HookActor,
   type HookEvent,
   type HookEventType,
@@ -43,12 +45,20 @@ import type { LoadedHooks } from "./loader.js"
 import { HookMetrics } from "./metrics.js"
 import type { DeadLetter, DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
 import { webhookTarget } from "./webhook.js"
+import { HOOK_WORKER_GRACE_MS, type HookWorker } from "./worker-host.js"
 
 /** Options of {@link HookRuntime}. */
 export interface HookRuntimeOptions {
   /** The running core: hooks read documents and write through its update path. */
   readonly core: RunningCore
-  readonly hooks: readonly LoadedHooks[]
+  /**
+   * Hook modules run on the relay's own thread, without isolation: for tests
+   * and embedders that pass handlers in. The relay's `--hooks` directory runs
+   * in {@link worker}.
+   */
+  readonly hooks?: readonly LoadedHooks[]
+  /** The hooks directory's modules, run in a worker thread (see {@link HookWorker}). */
+  readonly worker?: HookWorker
   readonly webhooks?: readonly { readonly url: string; readonly secret: string }[]
   readonly outbox: Outbox
   readonly log: Logger
@@ -118,8 +128,28 @@ export class HookRuntime {
     this.core = options.core
     this.now = options.now ?? Date.now
     const backoff = exponentialBackoff(options.backoff)
+    const timeoutMs = options.timeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS
+    const worker = options.worker
     this.targets = [
-      ...options.hooks.map(
+      ...(worker?.modules ?? []).map((module, index): DeliveryTarget => {
+        const handlers = new Set(module.handlers)
+        return {
+          name: `hook:${module.name}`,
+          accepts: (type) => handlers.has(HANDLER_NAMES[type]),
+          deliver: (event, attempt) =>
+            worker!.call(
+              index,
+              HANDLER_NAMES[event.event.type],
+              event,
+              attempt,
+              this.contextFor(module.name, event, attempt),
+            ),
+          retryDelay: backoff,
+          // The worker keeps the call's time (and restarts itself past its grace); the dispatcher's is a net.
+          timeoutMs: timeoutMs + 2 * HOOK_WORKER_GRACE_MS,
+        }
+      }),
+      ...(options.hooks ?? []).map(
         (loaded): DeliveryTarget => ({
           name: `hook:${loaded.name}`,
           accepts: (type) => handlerFor(loaded.hooks, type) !== undefined,
@@ -414,6 +444,7 @@ export class HookRuntime {
     await this.sweeping
     await this.chain
     await this.dispatcher.stop()
+    await this.options.worker?.stop()
     await this.options.outbox.close()
   }
 
@@ -511,11 +542,7 @@ export class HookRuntime {
     }
   }
 
-  private contextFor(
-    hook: string,
-    event: HookEvent,
-    attempt: { readonly attempt: number; readonly signal: AbortSignal },
-  ): HookContext {
+  private contextFor(hook: string, event: HookEvent, attempt: DeliveryAttempt): HookContext {
     // The logger child and the conversations handle are made on first use: most handlers need neither,
     // and making both for every delivery was a visible part of a busy relay's CPU.
     let log: HookContext["log"] | undefined
@@ -556,7 +583,7 @@ export class HookRuntime {
   private ownWriteTest(hook: string): HookContext["isOwnWrite"] {
     let test = this.ownWriteTests.get(hook)
     if (!test) {
-      test = (e) => e.event.actor.kind === "bot" && e.event.actor.hook === hook
+      test = isOwnWriteOf(hook)
       this.ownWriteTests.set(hook, test)
     }
     return test

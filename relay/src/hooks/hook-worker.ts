@@ -1,0 +1,269 @@
+/**
+ * The hook worker's entry: runs in a worker thread that `HookWorker` starts.
+ * Loads every module of the hooks directory, then runs handler calls the main
+ * thread sends, giving each a context whose operations (conversations,
+ * inboxes, logging) are messages back to the main thread, which runs them
+ * with the relay's own implementations. Not imported by anything else.
+ */
+import { parentPort, workerData } from "node:worker_threads"
+import { ErrorCode, isErrorCode, ParleyError, type UserId } from "@parley/shared"
+import pino from "pino"
+import type { Logger } from "../log.js"
+import type { PushNotification } from "../push/notification.js"
+import {
+  type HookContext,
+  type HookConversations,
+  isOwnWriteOf,
+  type PushNotificationContext,
+} from "./define.js"
+import type { HookEvent } from "./events.js"
+import { type LoadedHooks, loadHooks } from "./loader.js"
+import {
+  Batcher,
+  CONTEXT_OPERATIONS,
+  type FromWorker,
+  type HookWorkerData,
+  type ToWorker,
+  toWire,
+  type WireError,
+} from "./worker-protocol.js"
+
+const port = parentPort
+if (!port) throw new Error("hook-worker.ts runs only as a worker thread (see HookWorker)")
+const data = workerData as HookWorkerData
+const current = new Float64Array(data.current)
+
+/** What is sent and cannot be cloned (a function among an operation's arguments) fails alone, not its batch. */
+const out = new Batcher<FromWorker>(
+  (batch) => port.postMessage(batch),
+  (message, error) => {
+    if (message.t === "op") calls.get(message.id)?.ops.get(message.op)?.reject(error)
+    else if (message.t === "done")
+      port.postMessage([
+        {
+          t: "threw",
+          id: message.id,
+          error: toWire(new TypeError(`the handler returned what cannot reach the relay: ${error.message}`)),
+        },
+      ])
+  },
+)
+
+interface Call {
+  controller?: AbortController
+  /** Why the main thread aborted the call, once it did. */
+  aborted?: string
+  readonly ops: Map<number, { resolve(value: unknown): void; reject(error: unknown): void }>
+  nextOp: number
+  /** The handler returned: kept only until the operations it started (unawaited) are answered. */
+  ended?: boolean
+}
+
+const calls = new Map<number, Call>()
+let modules: readonly LoadedHooks[] = []
+
+/** A pino logger whose lines go to the main thread, which logs them with the call's bindings. */
+function logger(id: number | undefined): Logger {
+  return pino(
+    { level: data.logLevel, base: null, timestamp: false },
+    {
+      write: (line: string) => {
+        // Posted at once (with what was sent before it): a line logged just before a handler blocks the
+        // worker is the one that tells what it was doing.
+        out.send({ t: "log", ...(id === undefined ? {} : { id }), line })
+        out.flush()
+      },
+    },
+  )
+}
+
+function signalOf(call: Call): AbortSignal {
+  if (!call.controller) {
+    call.controller = new AbortController()
+    if (call.aborted !== undefined) call.controller.abort(new ParleyError(ErrorCode.TIMEOUT, call.aborted))
+  }
+  return call.controller.signal
+}
+
+function operation(id: number, name: string, args: readonly unknown[]): Promise<unknown> {
+  const call = calls.get(id)
+  if (!call || call.ended)
+    return Promise.reject(
+      new ParleyError(
+        ErrorCode.INVALID_ARGUMENT,
+        `${name}: the handler call this context belongs to has ended`,
+      ),
+    )
+  const op = call.nextOp++
+  return new Promise((resolve, reject) => {
+    call.ops.set(op, { resolve, reject })
+    out.send({ t: "op", id, op, name, args })
+  })
+}
+
+function conversationsOf(id: number): HookConversations {
+  const conversations: Record<string, (...args: unknown[]) => Promise<unknown>> = {}
+  for (const name of CONTEXT_OPERATIONS) {
+    if (!name.startsWith("conversations.")) continue
+    conversations[name.slice("conversations.".length)] = (...args) => operation(id, name, args)
+  }
+  return conversations as unknown as HookConversations
+}
+
+function contextOf(id: number, call: Call, hook: string, attempt: number): HookContext {
+  let log: Logger | undefined
+  let conversations: HookConversations | undefined
+  return {
+    hook,
+    get log() {
+      log ??= logger(id)
+      return log
+    },
+    get signal() {
+      return signalOf(call)
+    },
+    attempt,
+    get conversations() {
+      conversations ??= conversationsOf(id)
+      return conversations
+    },
+    inboxes: {
+      summary: (user: UserId) => operation(id, "inboxes.summary", [user]) as never,
+    },
+    isOwnWrite: isOwnWriteOf(hook),
+  }
+}
+
+/** Rebuilds an error the main thread sent: a `ParleyError` keeps its code (a hook may test it). */
+function fromWire(error: WireError): Error {
+  const rebuilt =
+    error.name === "ParleyError" && isErrorCode(error.code)
+      ? new ParleyError(error.code, error.message)
+      : Object.assign(new Error(error.message), { name: error.name })
+  if (error.stack) rebuilt.stack = error.stack
+  return rebuilt
+}
+
+function run(id: number, invoke: (call: Call) => unknown): void {
+  const call: Call = { ops: new Map(), nextOp: 0 }
+  calls.set(id, call)
+  const finish = (message: FromWorker) => {
+    // An operation the handler started without awaiting it still runs on the main thread (it was sent
+    // before this answer): its promise settles when its answer comes.
+    call.ended = true
+    if (call.ops.size === 0) calls.delete(id)
+    out.send(message)
+  }
+  try {
+    current[0] = id
+    current[1] = id
+    const result = invoke(call)
+    current[0] = 0
+    Promise.resolve(result).then(
+      (value) => finish(value === undefined ? { t: "done", id } : { t: "done", id, value }),
+      (error: unknown) => finish({ t: "threw", id, error: toWire(error) }),
+    )
+  } catch (error) {
+    current[0] = 0
+    finish({ t: "threw", id, error: toWire(error) })
+  }
+}
+
+function handle(message: ToWorker): void {
+  switch (message.t) {
+    case "call": {
+      const loaded = modules[message.module]
+      const handler = (loaded?.hooks as Record<string, unknown> | undefined)?.[message.handler]
+      if (!loaded || typeof handler !== "function") {
+        out.send({ t: "done", id: message.id })
+        return
+      }
+      run(message.id, (call) =>
+        handler.call(loaded.hooks, message.event, contextOf(message.id, call, loaded.name, message.attempt)),
+      )
+      return
+    }
+    case "push": {
+      const loaded = modules[message.module]
+      const handler = loaded?.hooks.onPushNotification
+      if (!loaded || !handler) {
+        out.send({ t: "done", id: message.id })
+        return
+      }
+      run(message.id, (call) => {
+        let log: Logger | undefined
+        const context: PushNotificationContext = {
+          hook: loaded.name,
+          recipient: message.recipient as UserId,
+          event: message.event as HookEvent<"message.sent">,
+          get log() {
+            log ??= logger(message.id)
+            return log
+          },
+          get signal() {
+            return signalOf(call)
+          },
+        }
+        return handler.call(loaded.hooks, message.notification as PushNotification, context)
+      })
+      return
+    }
+    case "abort": {
+      const call = calls.get(message.id)
+      if (call && call.aborted === undefined) {
+        call.aborted = message.reason
+        call.controller?.abort(new ParleyError(ErrorCode.TIMEOUT, message.reason))
+      }
+      if (message.ack) out.send({ t: "expired", id: message.id })
+      return
+    }
+    case "result":
+    case "failure": {
+      const call = calls.get(message.id)
+      const pending = call?.ops.get(message.op)
+      if (!call || !pending) return
+      call.ops.delete(message.op)
+      if (call.ended && call.ops.size === 0) calls.delete(message.id)
+      if (message.t === "result") pending.resolve(message.value)
+      else pending.reject(fromWire(message.error))
+      return
+    }
+  }
+}
+
+// A promise of a module's rejected with nobody handling it is logged, as the relay's own process does:
+// Node would otherwise end the worker (and fail every call running in it) for one fire-and-forget task.
+const unattached = logger(undefined)
+process.on("unhandledRejection", (reason: unknown) => {
+  unattached.error(
+    { err: reason },
+    "a promise of a hook module was rejected and nothing handled it (the hook worker keeps running)",
+  )
+})
+
+port.on("message", (batch: readonly ToWorker[]) => {
+  for (const message of batch) handle(message)
+})
+
+try {
+  modules = await loadHooks(data.dir, {
+    timeoutMs: data.loadTimeoutMs,
+    onLoading: (path) => {
+      // Sent now: a module whose top-level code never returns blocks this thread before the batch would go.
+      out.send({ t: "loading", path })
+      out.flush()
+    },
+  })
+  out.send({
+    t: "loaded",
+    modules: modules.map(({ name, path, hooks }) => ({
+      name,
+      path,
+      handlers: Object.keys(hooks).filter(
+        (key) => typeof (hooks as Record<string, unknown>)[key] === "function",
+      ),
+    })),
+  })
+} catch (error) {
+  out.send({ t: "load-failed", message: (error as Error)?.message ?? String(error) })
+}

@@ -1,0 +1,611 @@
+import { Worker } from "node:worker_threads"
+import { ErrorCode, isErrorCode, ParleyError } from "@parley/shared"
+import pino from "pino"
+import type { Logger } from "../log.js"
+import type { PushNotification } from "../push/notification.js"
+import type { HookContext, PushNotificationContext, PushNotificationResult } from "./define.js"
+import { DeferDelivery, type DeliveryAttempt, PermanentDeliveryError } from "./dispatcher.js"
+import type { HookEvent } from "./events.js"
+import { HOOK_LOAD_TIMEOUT_MS } from "./loader.js"
+import {
+  Batcher,
+  CONTEXT_OPERATIONS,
+  type FromWorker,
+  type HookWorkerData,
+  type ModuleInfo,
+  type ToWorker,
+  toWire,
+  type WireError,
+} from "./worker-protocol.js"
+
+/** Default heap limit of the hook worker, in MB (`--hook-memory-mb`). */
+export const DEFAULT_HOOK_MEMORY_MB = 512
+/** How long past a call's time the worker has to show that its event loop still runs before it is restarted. */
+export const HOOK_WORKER_GRACE_MS = 1_000
+/** First wait before loading the modules again after a restart's load failed (doubling, at most a minute). */
+const RELOAD_DELAY_MS = 1_000
+const RELOAD_DELAY_MAX_MS = 60_000
+
+/** Options of {@link HookWorker.start}. */
+export interface HookWorkerOptions {
+  /** The hooks directory (`--hooks`). */
+  readonly dir: string
+  readonly log: Logger
+  /** Time allowed to one handler call (the hook timeout). */
+  readonly timeoutMs: number
+  /** The worker's heap limit in MB (default {@link DEFAULT_HOOK_MEMORY_MB}). */
+  readonly memoryMb?: number
+  /** Longest one module may take to load (default {@link HOOK_LOAD_TIMEOUT_MS}). */
+  readonly loadTimeoutMs?: number
+  /** Past a call's time, how long the worker has to answer before it is restarted (default {@link HOOK_WORKER_GRACE_MS}). */
+  readonly graceMs?: number
+}
+
+/** A call the worker owes an answer to. */
+interface Pending {
+  readonly id: number
+  /** `hook:<file>`'s `onMessageSent`, for errors and logs. */
+  readonly what: string
+  readonly message: ToWorker
+  readonly deadline: number
+  /** The worker generation it was posted to; undefined while it waits for a worker that is loading. */
+  generation?: number
+  /** Set when its time is up and the worker was asked to abort it. */
+  grace?: NodeJS.Timeout
+  readonly context?: HookContext
+  readonly log: () => Logger
+  readonly signal?: AbortSignal
+  readonly onAbort?: () => void
+  resolve(value: unknown): void
+  reject(error: unknown): void
+}
+
+interface Running {
+  readonly worker: Worker
+  /** The call whose handler the worker runs synchronously now (see {@link HookWorkerData.current}). */
+  readonly current: Float64Array
+  readonly generation: number
+  readonly out: Batcher<ToWorker>
+  loaded: boolean
+  /** Set when the main thread ended it: its exit is expected. */
+  ending?: string
+  /** The module it is importing now (named in a load failure). */
+  loading?: string
+  loadTimer?: NodeJS.Timeout
+  settleLoad?: (error?: ParleyError) => void
+}
+
+/**
+ * The hook modules of the hooks directory, run in one worker thread, so that
+ * a handler that never returns, loops for ever or allocates without bound
+ * stops the worker, not the relay. Each handler call (and each
+ * `onPushNotification`) is a message to the worker; the context's operations
+ * (`conversations.*`, `inboxes.summary`) and log lines come back as messages
+ * and run here, with the relay's own implementations, on the main-thread
+ * context of the call (so that the write-id derivation sees the writes in
+ * the handler's order).
+ *
+ * At a call's time (the hook timeout) the worker is asked to abort it: a
+ * worker whose event loop runs answers at once and the call fails with
+ * TIMEOUT, as an in-process handler's would; one that does not answer
+ * within the grace is blocked (a `while (true)`), and is terminated. Every
+ * call it was running then fails with an error saying so (retried, and
+ * finally dead-lettered, by the dispatcher as usual), and a fresh worker
+ * loads the modules again. The same holds when the worker exceeds its heap
+ * limit or crashes (an exception thrown from a module's timer).
+ *
+ * One worker holds every module: modules keep sharing one realm, as they did
+ * on the main thread, each worker costs its own heap and module loading, and
+ * the calls of one dispatcher turn cross to one thread in one message.
+ */
+export class HookWorker {
+  private running: Running | undefined
+  private generation = 0
+  private nextId = 1
+  private readonly pending = new Map<number, Pending>()
+  /** Calls posted while no worker has loaded: posted when one has. */
+  private backlog: Pending[] = []
+  private deadlineTimer: NodeJS.Timeout | undefined
+  private reloadTimer: NodeJS.Timeout | undefined
+  private reloadDelay = RELOAD_DELAY_MS
+  /** Why no worker runs, when its last load failed (calls fail with it until a load succeeds). */
+  private broken: string | undefined
+  private stopped = false
+  private readonly graceMs: number
+  private readonly loadTimeoutMs: number
+
+  /** The modules, in file-name order, as the first load found them. */
+  private loaded: readonly ModuleInfo[] = []
+
+  private constructor(private readonly options: HookWorkerOptions) {
+    this.graceMs = options.graceMs ?? HOOK_WORKER_GRACE_MS
+    this.loadTimeoutMs = options.loadTimeoutMs ?? HOOK_LOAD_TIMEOUT_MS
+  }
+
+  /**
+   * Starts the worker and loads every module of `options.dir`. A module that
+   * fails to load (or takes longer than the load limit, blocked or not)
+   * rejects with a ParleyError naming its file: the relay refuses to start.
+   */
+  static async start(options: HookWorkerOptions): Promise<HookWorker> {
+    const host = new HookWorker(options)
+    await host.spawn()
+    return host
+  }
+
+  /** The modules, in file-name order, with the handlers each defines. */
+  get modules(): readonly ModuleInfo[] {
+    return this.loaded
+  }
+
+  /** Runs `handler` of module `module` (its index in {@link modules}) on `event`; `context` serves its operations. */
+  call(
+    module: number,
+    handler: string,
+    event: HookEvent,
+    attempt: DeliveryAttempt,
+    context: HookContext,
+  ): Promise<void> {
+    const id = this.nextId++
+    return this.post({
+      id,
+      what: `hook:${this.modules[module]?.name}'s ${handler}`,
+      message: { t: "call", id, module, handler, event, attempt: attempt.attempt },
+      context,
+      log: () => context.log,
+      // The dispatcher abandons an attempt whose lease lapsed: the handler's signal in the worker says so.
+      ...(attempt.onAbort ? { watch: attempt.onAbort.bind(attempt) } : { signal: attempt.signal }),
+    }) as Promise<void>
+  }
+
+  /** Runs `onPushNotification` of module `module`. */
+  push(
+    module: number,
+    notification: PushNotification,
+    context: PushNotificationContext,
+  ): Promise<PushNotificationResult> {
+    const id = this.nextId++
+    return this.post({
+      id,
+      what: `hook:${this.modules[module]?.name}'s onPushNotification`,
+      message: {
+        t: "push",
+        id,
+        module,
+        notification,
+        recipient: context.recipient,
+        event: context.event,
+      },
+      log: () => context.log,
+      signal: context.signal,
+    }) as Promise<PushNotificationResult>
+  }
+
+  /**
+   * Ends the worker. Calls still running are abandoned, not failed: the
+   * dispatcher has stopped (its outbox closes next), and the outbox keeps
+   * their deliveries for the next start.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true
+    clearTimeout(this.reloadTimer)
+    clearTimeout(this.deadlineTimer)
+    const running = this.running
+    this.running = undefined
+    for (const pending of [...this.pending.values()]) this.settle(pending)
+    this.backlog = []
+    if (running) {
+      running.ending = "stopped"
+      clearTimeout(running.loadTimer)
+      await running.worker.terminate()
+    }
+  }
+
+  private post(
+    call: Omit<Pending, "deadline" | "resolve" | "reject" | "onAbort"> & {
+      readonly signal?: AbortSignal
+      /** Registers a listener for the attempt's abort (the dispatcher's, cheaper than its signal). */
+      readonly watch?: (listener: (reason: unknown) => void) => void
+    },
+  ): Promise<unknown> {
+    if (this.stopped)
+      return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is stopping: no hook call"))
+    if (this.broken !== undefined && !this.running)
+      return Promise.reject(
+        new ParleyError(ErrorCode.UNAVAILABLE, `the hook worker is not running: ${this.broken}`),
+      )
+    return new Promise((resolve, reject) => {
+      const signal = call.signal
+      const pending: Pending = {
+        ...call,
+        deadline: Date.now() + this.options.timeoutMs,
+        resolve,
+        reject,
+        ...(signal
+          ? {
+              // The dispatcher abandoned the attempt (its lease lapsed): the handler's signal says so.
+              onAbort: () => this.abort(pending, String(signal.reason?.message ?? signal.reason), false),
+            }
+          : {}),
+      }
+      if (signal && pending.onAbort) signal.addEventListener("abort", pending.onAbort, { once: true })
+      call.watch?.((reason) => {
+        if (this.pending.get(pending.id) === pending)
+          this.abort(pending, String((reason as Error | undefined)?.message ?? reason), false)
+      })
+      this.pending.set(pending.id, pending)
+      if (!this.deadlineTimer) this.scheduleDeadline()
+      const running = this.running
+      if (running?.loaded) {
+        pending.generation = running.generation
+        running.out.send(pending.message)
+      } else this.backlog.push(pending)
+    })
+  }
+
+  private settle(pending: Pending): boolean {
+    if (this.pending.get(pending.id) !== pending) return false
+    this.pending.delete(pending.id)
+    clearTimeout(pending.grace)
+    if (pending.signal && pending.onAbort) pending.signal.removeEventListener("abort", pending.onAbort)
+    return true
+  }
+
+  private abort(pending: Pending, reason: string, ack: boolean): void {
+    const running = this.running
+    if (pending.generation === undefined || running?.generation !== pending.generation) return
+    running.out.send({ t: "abort", id: pending.id, reason, ack })
+  }
+
+  /** One timer for the oldest call: every call gets the same time, so they expire in the order posted. */
+  private scheduleDeadline(): void {
+    let oldest: Pending | undefined
+    for (const pending of this.pending.values()) {
+      if (pending.grace) continue
+      oldest = pending
+      break
+    }
+    if (!oldest) {
+      this.deadlineTimer = undefined
+      return
+    }
+    this.deadlineTimer = setTimeout(() => this.expire(), Math.max(0, oldest.deadline - Date.now()))
+    this.deadlineTimer.unref()
+  }
+
+  private expire(): void {
+    const now = Date.now()
+    for (const pending of this.pending.values()) {
+      if (pending.grace) continue
+      if (pending.deadline > now) break
+      const timedOut = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.options.timeoutMs} ms`)
+      if (pending.generation === undefined) {
+        // Still waiting for a restarted worker to load the modules (slow on a busy machine): never sent,
+        // so not the handler's failure. Handed back before the dispatcher's own deadline counts it.
+        this.backlog = this.backlog.filter((p) => p !== pending)
+        if (this.settle(pending))
+          pending.reject(
+            new DeferDelivery(
+              now + RELOAD_DELAY_MS,
+              "the hook worker was restarting (loading the modules); retried without counting an attempt",
+            ),
+          )
+        continue
+      }
+      this.abort(pending, timedOut.message, true)
+      pending.grace = setTimeout(() => this.hung(pending), this.graceMs)
+      pending.grace.unref()
+    }
+    this.scheduleDeadline()
+  }
+
+  /** The worker did not answer a call past its time and grace: its event loop is blocked. */
+  private hung(pending: Pending): void {
+    const running = this.running
+    if (!running || this.pending.get(pending.id) !== pending || running.generation !== pending.generation)
+      return
+    this.options.log.error(
+      { hook: pending.what, timeoutMs: this.options.timeoutMs },
+      "a hook call blocked the hook worker: restarting it",
+    )
+    this.restart(running, { blockedBy: pending.what })
+  }
+
+  /**
+   * Ends `running` (if not ended already), fails every call it was running,
+   * and starts a fresh worker. The call that blocked or crashed it fails
+   * with an error saying so, an attempt counted: the one whose handler was
+   * running synchronously then, when one was (a loop or an allocation before
+   * the handler's first `await`); otherwise, of the calls the worker had
+   * started, every one past its time when blocked, every one after a crash.
+   * The others are only
+   * interrupted: retried without counting an attempt ({@link DeferDelivery}),
+   * so that one module's endless loop does not dead-letter another's events.
+   */
+  private restart(
+    running: Running,
+    cause: { readonly blockedBy: string } | { readonly crashed: string },
+  ): void {
+    if (this.running !== running || running.ending !== undefined) return
+    const culprit = this.pending.get(running.current[0]!)
+    const blocked = "blockedBy" in cause
+    const why = blocked
+      ? `${(culprit ?? { what: cause.blockedBy }).what} did not return within ${this.options.timeoutMs} ms`
+      : cause.crashed
+    running.ending = why
+    this.running = undefined
+    void running.worker.terminate()
+    for (const pending of [...this.pending.values()]) {
+      if (pending.generation !== running.generation) continue
+      if (!this.settle(pending)) continue
+      // Calls the worker never started (queued behind the block or crash) are innocent in any case.
+      const started = pending.id <= running.current[1]!
+      const guilty = culprit ? pending === culprit : started && (!blocked || pending.grace !== undefined)
+      pending.reject(
+        !guilty
+          ? new DeferDelivery(
+              Date.now(),
+              `interrupted: the hook worker was restarted (${why}); retried without counting an attempt`,
+            )
+          : blocked
+            ? new ParleyError(
+                ErrorCode.TIMEOUT,
+                `hook did not return within ${this.options.timeoutMs} ms; its worker was restarted`,
+              )
+            : new ParleyError(ErrorCode.UNAVAILABLE, `${why}; its worker was restarted`),
+      )
+    }
+    this.scheduleDeadline()
+    if (!this.stopped) void this.respawn()
+  }
+
+  private async respawn(): Promise<void> {
+    try {
+      await this.spawn()
+      this.reloadDelay = RELOAD_DELAY_MS
+      this.options.log.info({ modules: this.modules.length }, "hook worker restarted: modules loaded again")
+    } catch (error) {
+      if (this.stopped) return
+      // The modules changed on disk since the start, say: calls fail (and are retried) until a load succeeds.
+      this.broken = (error as Error).message
+      this.options.log.error(
+        { err: error, retryInMs: this.reloadDelay },
+        "the hook worker could not load the modules again: hook calls fail until it can",
+      )
+      for (const pending of this.backlog.splice(0))
+        if (this.settle(pending))
+          pending.reject(
+            new ParleyError(ErrorCode.UNAVAILABLE, `the hook worker is not running: ${this.broken}`),
+          )
+      this.reloadTimer = setTimeout(() => {
+        this.reloadTimer = undefined
+        if (!this.stopped && !this.running) void this.respawn()
+      }, this.reloadDelay)
+      this.reloadTimer.unref()
+      this.reloadDelay = Math.min(this.reloadDelay * 2, RELOAD_DELAY_MAX_MS)
+    }
+  }
+
+  /** Starts a worker and resolves once it has loaded every module (rejects naming the module that failed). */
+  private spawn(): Promise<readonly ModuleInfo[]> {
+    const generation = ++this.generation
+    const current = new SharedArrayBuffer(2 * Float64Array.BYTES_PER_ELEMENT)
+    const data: HookWorkerData = {
+      current,
+      dir: this.options.dir,
+      loadTimeoutMs: this.loadTimeoutMs,
+      logLevel: this.options.log.level,
+    }
+    const memoryMb = this.options.memoryMb ?? DEFAULT_HOOK_MEMORY_MB
+    const entry = workerEntry()
+    const worker = new Worker(entry, {
+      workerData: data,
+      resourceLimits: { maxOldGenerationSizeMb: memoryMb },
+      name: "parley-hooks",
+    })
+    const running: Running = {
+      worker,
+      current: new Float64Array(current),
+      generation,
+      loaded: false,
+      out: new Batcher<ToWorker>(
+        (batch) => worker.postMessage(batch),
+        (message, error) => this.unclonable(message, error),
+      ),
+    }
+    this.running = running
+    return new Promise<readonly ModuleInfo[]>((resolve, reject) => {
+      const loadLimit = () => {
+        clearTimeout(running.loadTimer)
+        // The worker's own limit names a module whose top-level await never settles; this one, one that blocks.
+        // Before its first module, the worker boots (and, from the sources, compiles the relay's): the full limit.
+        const limit = running.loading === undefined ? HOOK_LOAD_TIMEOUT_MS : this.loadTimeoutMs
+        running.loadTimer = setTimeout(() => {
+          const error = this.loadFailure(
+            running,
+            `it did not finish loading within ${limit} ms (a top-level await that never settles, or code that never returns?)`,
+          )
+          running.settleLoad?.(error)
+        }, limit + this.graceMs)
+      }
+      loadLimit()
+      running.settleLoad = (error) => {
+        running.settleLoad = undefined
+        clearTimeout(running.loadTimer)
+        if (error) {
+          running.ending ??= error.message
+          void worker.terminate()
+          if (this.running === running) this.running = undefined
+          reject(error)
+          return
+        }
+        if (this.stopped) {
+          // Stopped while this worker loaded (a restart's): it serves nobody.
+          running.ending = "stopped"
+          void worker.terminate()
+          reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is stopping"))
+          return
+        }
+        running.loaded = true
+        this.broken = undefined
+        worker.unref()
+        for (const pending of this.backlog.splice(0)) {
+          if (this.pending.get(pending.id) !== pending) continue
+          pending.generation = generation
+          running.out.send(pending.message)
+        }
+        resolve(this.modules)
+      }
+      worker.on("message", (batch: readonly FromWorker[]) => {
+        for (const message of batch) {
+          if (message.t === "loading") {
+            running.loading = message.path
+            loadLimit()
+          } else if (message.t === "loaded") {
+            if (generation === 1) this.loaded = message.modules
+            running.settleLoad?.()
+          } else if (message.t === "load-failed")
+            running.settleLoad?.(new ParleyError(ErrorCode.INVALID_ARGUMENT, message.message))
+          else this.received(running, message)
+        }
+      })
+      this.listenForEnd(running)
+    })
+  }
+
+  private listenForEnd(running: Running): void {
+    let failure: Error | undefined
+    running.worker.on("error", (error) => {
+      failure = error
+    })
+    running.worker.on("exit", (code) => {
+      if (running.ending !== undefined) return
+      const why =
+        (failure as { code?: string } | undefined)?.code === "ERR_WORKER_OUT_OF_MEMORY"
+          ? `the hook worker ran out of memory (its heap limit is ${this.options.memoryMb ?? DEFAULT_HOOK_MEMORY_MB} MB, --hook-memory-mb)`
+          : failure
+            ? `the hook worker crashed: ${failure.message}`
+            : `the hook worker exited (code ${code})`
+      if (running.settleLoad) {
+        running.settleLoad(this.loadFailure(running, why))
+        return
+      }
+      this.options.log.error({ err: failure, exitCode: code }, `${why}: restarting it`)
+      this.restart(running, { crashed: why })
+    })
+  }
+
+  private loadFailure(running: Running, why: string): ParleyError {
+    return new ParleyError(
+      ErrorCode.INVALID_ARGUMENT,
+      running.loading
+        ? `hook script ${running.loading} failed to load: ${why}`
+        : `the hook worker failed to start: ${why}`,
+    )
+  }
+
+  private received(running: Running, message: FromWorker): void {
+    if (this.running !== running) return
+    switch (message.t) {
+      case "done":
+      case "threw":
+      case "expired": {
+        const pending = this.pending.get(message.id)
+        if (!pending || pending.generation !== running.generation || !this.settle(pending)) return
+        if (message.t === "done") pending.resolve(message.value)
+        else if (message.t === "threw") pending.reject(fromWire(message.error))
+        else
+          pending.reject(new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.options.timeoutMs} ms`))
+        return
+      }
+      case "op":
+        this.operate(running, message)
+        return
+      case "log":
+        this.logLine(message.id === undefined ? undefined : this.pending.get(message.id), message.line)
+        return
+      default:
+        return
+    }
+  }
+
+  /** Runs a context operation on the call's main-thread context, at once (write ids follow call order). */
+  private operate(running: Running, message: Extract<FromWorker, { t: "op" }>): void {
+    const { id, op } = message
+    const fail = (error: unknown) => {
+      if (this.running === running) running.out.send({ t: "failure", id, op, error: toWire(error) })
+    }
+    // Known while the call runs: an operation a handler started, awaited or not, arrives before its answer.
+    const context = this.pending.get(id)?.context
+    if (!context) {
+      fail(new ParleyError(ErrorCode.INVALID_ARGUMENT, `${message.name}: the handler call has ended`))
+      return
+    }
+    if (!(CONTEXT_OPERATIONS as readonly string[]).includes(message.name)) {
+      fail(new ParleyError(ErrorCode.INVALID_ARGUMENT, `no context operation ${message.name}`))
+      return
+    }
+    const [group, name] = message.name.split(".") as [string, string]
+    const owner = (group === "inboxes" ? context.inboxes : context.conversations) as unknown as Record<
+      string,
+      (...args: unknown[]) => Promise<unknown>
+    >
+    let result: Promise<unknown>
+    try {
+      result = owner[name]!(...message.args)
+    } catch (error) {
+      fail(error)
+      return
+    }
+    result.then((value) => {
+      if (this.running === running) running.out.send({ t: "result", id, op, value })
+    }, fail)
+  }
+
+  private logLine(pending: Pending | undefined, line: string): void {
+    let parsed: Record<string, unknown>
+    try {
+      parsed = JSON.parse(line) as Record<string, unknown>
+    } catch {
+      return
+    }
+    const { level, msg, ...fields } = parsed
+    const log = pending?.log() ?? this.options.log
+    const label = pino.levels.labels[level as number] as pino.Level | undefined
+    if (!label) return
+    if (typeof msg === "string") log[label](fields, msg)
+    else log[label](fields)
+  }
+
+  /** A message that cannot be cloned (an operation's result holding a function): that one fails, alone. */
+  private unclonable(message: ToWorker, error: Error): void {
+    if (message.t === "result")
+      this.running?.out.send({ t: "failure", id: message.id, op: message.op, error: toWire(error) })
+    else if (message.t === "call" || message.t === "push") {
+      const pending = this.pending.get(message.id)
+      if (pending && this.settle(pending)) pending.reject(error)
+    }
+  }
+}
+
+/** Rebuilds a handler's error: a `PermanentDeliveryError` dead-letters at once, a `ParleyError` keeps its code. */
+function fromWire(error: WireError): Error {
+  const rebuilt =
+    error.name === "PermanentDeliveryError"
+      ? new PermanentDeliveryError(error.message)
+      : error.name === "ParleyError" && isErrorCode(error.code)
+        ? new ParleyError(error.code, error.message)
+        : Object.assign(new Error(error.message), { name: error.name })
+  if (error.stack) rebuilt.stack = error.stack
+  return rebuilt
+}
+
+/**
+ * The worker's entry: `hook-worker.js` beside this file when the relay is
+ * compiled (the package, the test relay); from the TypeScript sources (the
+ * repository), `hook-worker-source.mjs`, which registers tsx in the worker first.
+ */
+function workerEntry(): URL {
+  const here = import.meta.url
+  return new URL(here.endsWith(".ts") ? "./hook-worker-source.mjs" : "./hook-worker.js", here)
+}

@@ -1,0 +1,168 @@
+import type { PushNotification } from "../push/notification.js"
+import type { HookEvent } from "./events.js"
+
+/**
+ * The messages between the relay's main thread and its hook worker (see
+ * `HookWorker` and `hook-worker.ts`). Every message is structured-cloned;
+ * messages posted in one turn of the event loop travel as one array (one
+ * `postMessage`, one wake-up of the other side), which is what keeps a hook
+ * call on every event cheap.
+ */
+
+/** What the worker is started with (`workerData`). */
+export interface HookWorkerData {
+  readonly dir: string
+  /** Longest one module may take to load (`HOOK_LOAD_TIMEOUT_MS`). */
+  readonly loadTimeoutMs: number
+  /** The relay logger's level: lines below it are not even sent. */
+  readonly logLevel: string
+  /**
+   * Two floats: the id of the call whose handler runs synchronously now (0
+   * between calls), and the id of the last call started (ids increase).
+   * Shared memory, so that they can be read when the worker is blocked or
+   * dead: the first names the call that blocked or crashed it, when that
+   * happened before the handler's first `await`; calls after the second
+   * never started, so did not.
+   */
+  readonly current: SharedArrayBuffer
+}
+
+/** A loaded module as the main thread sees it: its name, path and the handlers it defines. */
+export interface ModuleInfo {
+  readonly name: string
+  readonly path: string
+  readonly handlers: readonly string[]
+}
+
+/** An error as it crosses threads: enough to rebuild a `ParleyError` or a `PermanentDeliveryError`. */
+export interface WireError {
+  readonly name: string
+  readonly message: string
+  readonly stack?: string
+  readonly code?: string
+}
+
+/** Main thread → worker. */
+export type ToWorker =
+  /** Run `handler` of `module` (index in the loaded list) on `event`, as delivery attempt `attempt`. */
+  | {
+      readonly t: "call"
+      readonly id: number
+      readonly module: number
+      readonly handler: string
+      readonly event: HookEvent
+      readonly attempt: number
+    }
+  /** Run `onPushNotification` of `module`. */
+  | {
+      readonly t: "push"
+      readonly id: number
+      readonly module: number
+      readonly notification: PushNotification
+      readonly recipient: string
+      readonly event: HookEvent
+    }
+  /** Abort call `id`'s signal; with `ack`, answer `expired` (the attempt's time is up: is the worker alive?). */
+  | { readonly t: "abort"; readonly id: number; readonly reason: string; readonly ack: boolean }
+  /** The answer to operation `op` of call `id`. */
+  | { readonly t: "result"; readonly id: number; readonly op: number; readonly value: unknown }
+  | { readonly t: "failure"; readonly id: number; readonly op: number; readonly error: WireError }
+
+/** Worker → main thread. */
+export type FromWorker =
+  /** About to import `path` (the main thread times each module's load). */
+  | { readonly t: "loading"; readonly path: string }
+  | { readonly t: "loaded"; readonly modules: readonly ModuleInfo[] }
+  | { readonly t: "load-failed"; readonly message: string }
+  /** Call `id` returned (`value`: what `onPushNotification` returned, structured-cloned). */
+  | { readonly t: "done"; readonly id: number; readonly value?: unknown }
+  | { readonly t: "threw"; readonly id: number; readonly error: WireError }
+  /** Call `id`'s signal was aborted at the main thread's request: the worker's event loop is alive. */
+  | { readonly t: "expired"; readonly id: number }
+  /** A context operation of call `id` (`conversations.send`, `inboxes.summary`...), numbered per call. */
+  | {
+      readonly t: "op"
+      readonly id: number
+      readonly op: number
+      readonly name: string
+      readonly args: readonly unknown[]
+    }
+  /** One log line of call `id` (pino's JSON, the hook's own child bindings included). */
+  | { readonly t: "log"; readonly id: number; readonly line: string }
+  /** A log line outside any call (a timer of a module). */
+  | { readonly t: "log"; readonly id?: undefined; readonly line: string }
+
+/** The context operations a handler may call, by name, as the worker sends them. */
+export const CONTEXT_OPERATIONS = [
+  "conversations.get",
+  "conversations.create",
+  "conversations.send",
+  "conversations.edit",
+  "conversations.deleteMessage",
+  "conversations.unpin",
+  "conversations.react",
+  "conversations.unreact",
+  "conversations.addParticipants",
+  "conversations.removeParticipants",
+  "conversations.leave",
+  "conversations.changeRole",
+  "conversations.rename",
+  "conversations.setMetadata",
+  "conversations.deleteConversation",
+  "conversations.markRead",
+  "conversations.markDelivered",
+  "inboxes.summary",
+] as const
+
+/** Turns a thrown value into its {@link WireError}. */
+export function toWire(error: unknown): WireError {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code
+    return {
+      name: error.name,
+      message: error.message,
+      ...(error.stack ? { stack: error.stack } : {}),
+      ...(typeof code === "string" ? { code } : {}),
+    }
+  }
+  return { name: "Error", message: String(error) }
+}
+
+/**
+ * Posts messages batched per turn of the event loop: the first `send` schedules
+ * (`setImmediate`) one `postMessage` of everything sent until then, so that the
+ * calls of every lane the dispatcher starts in one turn cross in one message.
+ */
+export class Batcher<T> {
+  private queue: T[] = []
+
+  constructor(
+    private readonly post: (batch: T[]) => void,
+    /** Told of a message that could not be cloned (the rest of its batch is posted). */
+    private readonly rejected?: (message: T, error: Error) => void,
+  ) {}
+
+  send(message: T): void {
+    if (this.queue.push(message) === 1) setImmediate(() => this.flush())
+  }
+
+  /** Posts what is queued now (also before the thread may block or end). */
+  flush(): void {
+    if (this.queue.length === 0) return
+    const batch = this.queue
+    this.queue = []
+    try {
+      this.post(batch)
+    } catch (error) {
+      // Nothing of a batch is posted when one message cannot be cloned: the others go one by one.
+      if (!this.rejected || batch.length === 0) throw error
+      for (const message of batch) {
+        try {
+          this.post([message])
+        } catch (one) {
+          this.rejected(message, one as Error)
+        }
+      }
+    }
+  }
+}

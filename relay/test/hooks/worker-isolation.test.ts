@@ -1,0 +1,280 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join, resolve } from "node:path"
+import { pathToFileURL } from "node:url"
+import {
+  type ConversationId,
+  createConversation,
+  listMessages,
+  type MessageId,
+  ParleyError,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import pino from "pino"
+import { afterEach, describe, expect, it } from "vitest"
+import { HookWorker } from "../../src/hooks/worker-host.js"
+import { TestClient } from "../helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+
+const api = JSON.stringify(pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href)
+const dirs: string[] = []
+afterEach(async () => {
+  await stopRelayProcesses()
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
+})
+
+function hooksDir(files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), "parley-hook-worker-"))
+  dirs.push(dir)
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text)
+  return dir
+}
+
+/** A module that appends `{ hook, message, attempt }` to `$HOOK_LOG` for each message it gets. */
+const RECORDING = `import { appendFileSync } from "node:fs"
+import { defineHooks } from ${api}
+export default defineHooks({
+  onMessageSent({ subject }, { hook, attempt }) {
+    appendFileSync(process.env.HOOK_LOG, JSON.stringify({ hook, message: subject.message.id, attempt }) + "\\n")
+  },
+})
+`
+
+const linesOf = (file: string): Record<string, unknown>[] =>
+  existsSync(file)
+    ? readFileSync(file, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+    : []
+
+async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, what: string): Promise<T> {
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    const value = await probe()
+    if (ok(value)) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+async function deadLetters(relay: RelayProcess): Promise<Record<string, unknown>[]> {
+  const response = await fetch(`${relay.httpUrl}/admin/dead-letters`, {
+    headers: { authorization: `Bearer ${await relay.token("ops", { role: "service" })}` },
+  })
+  return ((await response.json()) as { deadLetters: Record<string, unknown>[] }).deadLetters
+}
+
+async function open(relay: RelayProcess, id: ConversationId, user: string): Promise<TestClient> {
+  const client = new TestClient(relay.url, id, await relay.token(user))
+  await client.opened
+  await client.synced()
+  return client
+}
+
+describe("hook modules in a worker thread", () => {
+  it("a handler that never returns stalls neither the relay nor the other modules: its event is dead-lettered, the worker restarted", async () => {
+    const log = join(mkdtempSync(join(tmpdir(), "parley-hook-log-")), "deliveries.jsonl")
+    dirs.push(resolve(log, ".."))
+    const hooks = hooksDir({
+      "a-loop.mjs": `import { appendFileSync } from "node:fs"
+import { defineHooks } from ${api}
+export default defineHooks({
+  onMessageSent({ subject }) {
+    if (subject.message.body !== "loop") return
+    appendFileSync(process.env.HOOK_LOG, JSON.stringify({ hook: "loop", message: subject.message.id }) + "\\n")
+    while (true) {}
+  },
+})
+`,
+      "b-good.mjs": RECORDING,
+    })
+    const relay = await startRelayProcess({
+      args: ["--hooks", hooks, "--hook-timeout-ms", "3000", "--hook-attempts", "2"],
+      env: { HOOK_LOG: log },
+    })
+    const stuck = "g~stuck" as ConversationId
+    const alice = await open(relay, stuck, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id: stuck, participants: [] })
+    sendMessage(alice.doc, "alice" as UserId, { id: "loop-0001" as MessageId, body: "loop" })
+    await alice.allSaved()
+    await until(
+      () => linesOf(log).filter((l) => l.hook === "loop").length,
+      (n) => n >= 1,
+      "the looping handler to start",
+    )
+
+    // While the worker spins: two users chat, each sees the other's messages, and /healthz answers.
+    const chat = "g~chat" as ConversationId
+    const a = await open(relay, chat, "alice")
+    createConversation(a.doc, "alice" as UserId, { kind: "group", id: chat, participants: ["bob" as UserId] })
+    await a.allSaved()
+    const b = await open(relay, chat, "bob")
+    for (let n = 1; n <= 3; n++) {
+      sendMessage(a.doc, "alice" as UserId, { id: `chat-a-${n}` as MessageId, body: `from alice ${n}` })
+      await b.until(() => listMessages(b.doc, { last: 10 }).some((m) => m.id === `chat-a-${n}`))
+      sendMessage(b.doc, "bob" as UserId, { id: `chat-b-${n}` as MessageId, body: `from bob ${n}` })
+      await a.until(() => listMessages(a.doc, { last: 10 }).some((m) => m.id === `chat-b-${n}`))
+    }
+    const health = await fetch(`${relay.httpUrl}/healthz`)
+    expect(health.status).toBe(200)
+
+    // Both attempts looped: the event is dead-lettered with an error that says what happened.
+    const dead = await until(
+      () => deadLetters(relay),
+      (letters) => letters.length > 0,
+      "the looping event's dead letter",
+    )
+    expect(dead.map((d) => [d.type, d.target, d.lastError])).toEqual([
+      ["message.sent", "hook:a-loop.mjs", "hook did not return within 3000 ms; its worker was restarted"],
+    ])
+    await relay.waitForLog((l) => l.msg === "hook worker restarted: modules loaded again")
+    // The well-behaved module got every message, its calls cut short by a restart retried.
+    const expected = ["loop-0001", "chat-a-1", "chat-a-2", "chat-a-3", "chat-b-1", "chat-b-2", "chat-b-3"]
+    const good = await until(
+      () =>
+        new Set(
+          linesOf(log)
+            .filter((l) => l.hook === "b-good.mjs")
+            .map((l) => l.message),
+        ),
+      (seen) => expected.every((m) => seen.has(m)),
+      "every message at the well-behaved module",
+    )
+    expect([...good].sort()).toEqual([...expected].sort())
+    // And after the restart, a new message reaches it at once (the new worker serves).
+    sendMessage(a.doc, "alice" as UserId, { id: "chat-after" as MessageId, body: "after the restart" })
+    await until(
+      () => linesOf(log).some((l) => l.hook === "b-good.mjs" && l.message === "chat-after"),
+      Boolean,
+      "a message after the restart",
+    )
+    a.close()
+    b.close()
+    alice.close()
+  }, 90_000)
+
+  it("a handler that loops after an await, and one that allocates without bound, cost a worker, not the relay", async () => {
+    const log = join(mkdtempSync(join(tmpdir(), "parley-hook-log-")), "deliveries.jsonl")
+    dirs.push(resolve(log, ".."))
+    const hooks = hooksDir({
+      "a-bad.mjs": `import { defineHooks } from ${api}
+export default defineHooks({
+  async onMessageSent({ subject }) {
+    if (subject.message.body === "spin") {
+      await new Promise((r) => setTimeout(r, 5))
+      while (true) {}
+    }
+    if (subject.message.body === "hog") {
+      const hoard = []
+      for (;;) hoard.push(new Array(100_000).fill(hoard.length))
+    }
+  },
+})
+`,
+      "b-good.mjs": RECORDING,
+    })
+    const relay = await startRelayProcess({
+      args: ["--hooks", hooks, "--hook-timeout-ms", "1500", "--hook-attempts", "2", "--hook-memory-mb", "64"],
+      env: { HOOK_LOG: log },
+    })
+    const id = "g~bad" as ConversationId
+    const alice = await open(relay, id, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    sendMessage(alice.doc, "alice" as UserId, { id: "spin-0001" as MessageId, body: "spin" })
+    sendMessage(alice.doc, "alice" as UserId, { id: "hog-0001" as MessageId, body: "hog" })
+    sendMessage(alice.doc, "alice" as UserId, { id: "fine-0001" as MessageId, body: "fine" })
+    await alice.allSaved()
+    const dead = await until(
+      () => deadLetters(relay),
+      (letters) => letters.length >= 2,
+      "both bad events' dead letters",
+    )
+    expect(dead.map((d) => [d.target, d.lastError])).toEqual([
+      ["hook:a-bad.mjs", "hook did not return within 1500 ms; its worker was restarted"],
+      [
+        "hook:a-bad.mjs",
+        "the hook worker ran out of memory (its heap limit is 64 MB, --hook-memory-mb); its worker was restarted",
+      ],
+    ])
+    expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
+    await until(
+      () => new Set(linesOf(log).map((l) => l.message)),
+      (seen) => ["spin-0001", "hog-0001", "fine-0001"].every((m) => seen.has(m)),
+      "every message at the well-behaved module",
+    )
+    // The relay process itself never restarted.
+    expect(relay.child.exitCode).toBeNull()
+    alice.close()
+  }, 90_000)
+
+  it("a handler's writes through its context work, logged with the relay's bindings, and are not repeated by a retry after a restart", async () => {
+    const hooks = hooksDir({
+      "echo.mjs": `import { defineHooks } from ${api}
+export default defineHooks({
+  async onMessageSent(event, { conversations, inboxes, attempt, log, isOwnWrite }) {
+    if (isOwnWrite(event)) return
+    const sent = await conversations.send(event.event.conversationId, "bot", { body: "echo: " + event.subject.message.body })
+    const { participants } = await conversations.get(event.event.conversationId)
+    const { totalUnread } = await inboxes.summary("alice")
+    log.info({ sent: sent.id, attempt, members: participants.length, totalUnread }, "echoed")
+    // The first attempt wrote, then blocks its worker: the retry writes again, under the same id.
+    if (attempt === 1) while (true) {}
+  },
+})
+`,
+    })
+    const relay = await startRelayProcess({ args: ["--hooks", hooks, "--hook-timeout-ms", "1500"] })
+    const id = "g~echo" as ConversationId
+    const alice = await open(relay, id, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: ["bot" as UserId] })
+    sendMessage(alice.doc, "alice" as UserId, { id: "echo-0001" as MessageId, body: "hello" })
+    await alice.allSaved()
+    const second = await relay.waitForLog((l) => l.msg === "echoed" && l.attempt === 2)
+    const first = await relay.waitForLog((l) => l.msg === "echoed" && l.attempt === 1)
+    expect(second.sent).toBe(first.sent)
+    expect(second).toMatchObject({
+      members: 2,
+      totalUnread: expect.any(Number),
+      component: "hooks",
+      hook: "echo.mjs",
+      eventType: "message.sent",
+      conversationId: id,
+    })
+    await alice.until(() => listMessages(alice.doc, { last: 10 }).some((m) => m.author === "bot"))
+    const echoes = listMessages(alice.doc, { last: 10 }).filter((m) => m.author === "bot")
+    expect(echoes.map((m) => [m.id, m.body])).toEqual([[first.sent, "echo: hello"]])
+    expect(await deadLetters(relay)).toEqual([])
+    alice.close()
+  }, 90_000)
+
+  it("a module that fails to load in the worker refuses the start with exit code 2, naming its file", async () => {
+    const hooks = hooksDir({
+      "ok.mjs": RECORDING,
+      "broken.mjs": "export default defineHooks({ onMessageSent( }\n",
+    })
+    const relay = startRelayProcess({ args: ["--hooks", hooks] })
+    await expect(relay).rejects.toThrow(/exited \(code 2[\s\S]*broken\.mjs failed to load/)
+  }, 60_000)
+})
+
+describe("HookWorker", () => {
+  it("refuses a module whose top-level code never returns, naming it, once the load limit has passed", async () => {
+    const dir = hooksDir({ "spin.mjs": "while (true) {}\n" })
+    const error = await HookWorker.start({
+      dir,
+      log: pino({ level: "silent" }),
+      timeoutMs: 1_000,
+      loadTimeoutMs: 300,
+      graceMs: 100,
+    }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(ParleyError)
+    expect((error as ParleyError).message).toBe(
+      `hook script ${join(dir, "spin.mjs")} failed to load: it did not finish loading within 300 ms (a top-level await that never settles, or code that never returns?)`,
+    )
+  })
+})
