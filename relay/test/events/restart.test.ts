@@ -7,7 +7,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import pg from "pg"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { TestClient } from "../helpers/clients.js"
 import { type StoredEvent, storedEventLog } from "../helpers/event-log.js"
@@ -16,7 +16,9 @@ import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../hel
 
 const dirs: string[] = []
 const schemas: ScratchSchema[] = []
-afterEach(async () => {
+// After the file, not after each test: the SQLite and the PostgreSQL run go at once (relays, data
+// directories and schemas of their own).
+afterAll(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
   for (const schema of schemas.splice(0)) await schema.drop()
@@ -78,7 +80,7 @@ async function postgres(): Promise<Store> {
 }
 
 function restartSuite(name: string, open: () => Promise<Store>) {
-  describe(`the event log across relay crashes: ${name}`, () => {
+  describe.concurrent(`the event log across relay crashes: ${name}`, () => {
     it("keeps every event exactly once, with ids that keep increasing, through SIGKILLs and restarts", async () => {
       const store = await open()
       const first = await startRelayProcess({ args: store.args })

@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import {
   type ConversationId,
   createConversation,
@@ -13,10 +12,16 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import { storedEventLog } from "../helpers/event-log.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import {
+  hooksApi,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../helpers/relay-process.js"
 import { readLines } from "./recorder.js"
 
-const api = pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href
+// The relay processes here load it with `hooksUseHooksApi`: the relay compiled for the test run.
+const api = hooksApi()
 
 /**
  * Answers every message it did not write itself as `helper-bot`, without a
@@ -90,6 +95,7 @@ async function relayWithBot(
   const log = join(hooks, "outcomes.jsonl")
   const relay = await startRelayProcess({
     args: ["--hooks", hooks, "--hook-attempts", "4", "--hook-timeout-ms", "600000"],
+    hooksUseHooksApi: true,
     env: { HOOK_LOG: log, ...env },
     ...(on ? { dataDir: on.dataDir, secret: on.secret } : {}),
   })

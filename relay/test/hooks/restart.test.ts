@@ -8,7 +8,7 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { SqliteBackend } from "../../src/backend/sqlite.js"
 import { TestClient } from "../helpers/clients.js"
@@ -16,7 +16,8 @@ import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.
 import { RECORDER, readLines } from "./recorder.js"
 
 const dirs: string[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once (relays and hook folders of their own).
+afterAll(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
@@ -50,14 +51,18 @@ async function savedBeforeCrash(dataDir: string, name: string, user: UserId, mes
 }
 
 // Each test starts two relay processes, one after the other: on a loaded machine that alone takes seconds.
-describe("hook delivery across a crash", () => {
+describe.concurrent("hook delivery across a crash", () => {
   it("delivers every event at least once, with the same ids, after a SIGKILL in the middle of delivery", async () => {
     const hooks = mkdtempSync(join(tmpdir(), "parley-hooks-restart-"))
     dirs.push(hooks)
     writeFileSync(join(hooks, "recorder.mjs"), RECORDER)
     const log = join(hooks, "deliveries.jsonl")
     const args = ["--hooks", hooks, "--hook-timeout-ms", "600000"]
-    const first = await startRelayProcess({ args, env: { HOOK_LOG: log, HOOK_BLOCK: "1" } })
+    const first = await startRelayProcess({
+      args,
+      hooksUseHooksApi: true,
+      env: { HOOK_LOG: log, HOOK_BLOCK: "1" },
+    })
     const id = "g~restart" as ConversationId
     const alice = new TestClient(first.url, id, await first.token("alice"))
     await alice.opened
@@ -74,6 +79,7 @@ describe("hook delivery across a crash", () => {
 
     const second = await startRelayProcess({
       args,
+      hooksUseHooksApi: true,
       dataDir: first.dataDir,
       secret: first.secret,
       env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
@@ -101,7 +107,11 @@ describe("hook delivery across a crash", () => {
     writeFileSync(join(hooks, "recorder.mjs"), RECORDER)
     const log = join(hooks, "deliveries.jsonl")
     const args = ["--hooks", hooks]
-    const first = await startRelayProcess({ args, env: { HOOK_LOG: log, HOOK_BLOCK: "0" } })
+    const first = await startRelayProcess({
+      args,
+      hooksUseHooksApi: true,
+      env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
+    })
     const id = "g~owed" as ConversationId
     const alice = new TestClient(first.url, id, await first.token("alice"))
     await alice.opened
@@ -118,6 +128,7 @@ describe("hook delivery across a crash", () => {
 
     const second = await startRelayProcess({
       args,
+      hooksUseHooksApi: true,
       dataDir: first.dataDir,
       secret: first.secret,
       env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
