@@ -9,7 +9,7 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import { storedEventLog } from "../helpers/event-log.js"
 import {
@@ -69,7 +69,8 @@ interface Outcome {
 }
 
 const dirs: string[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once (relays and hook folders of their own).
+afterAll(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
@@ -120,7 +121,7 @@ const settledFor = (outcomes: Outcome[], messages: readonly string[], attempts: 
     return mine.some((o) => o.ok) || mine.length >= attempts
   })
 
-describe("hook writes across retries", () => {
+describe.concurrent("hook writes across retries", () => {
   it("posts one reply per message when a handler sends without a message id", async () => {
     const { relay, outcomes } = await relayWithBot()
     const client = await aliceAsks(relay, ["hello", "are you there?"])
