@@ -28,6 +28,10 @@ import {
   stopRelayProcesses,
 } from "./helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const run = promisify(execFile)
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -54,7 +58,7 @@ async function open(relay: RelayProcess, user: string, name: string): Promise<Y.
   return provider.doc
 }
 
-describe.concurrent("relay-maintained inboxes", () => {
+describe.concurrent("relay-maintained inboxes", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("lists a conversation a user was added to, live, on a device that never opened it, and follows its messages", async () => {
     const relay = await startRelayProcess()
     const bobInbox = await open(relay, "bob", "inbox~bob")

@@ -4,6 +4,10 @@ import { TestClient } from "./helpers/clients.js"
 import { DATABASE_URL, postgresUnreachable } from "./helpers/postgres.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const alice = "alice" as UserId
 
 const clients: TestClient[] = []
@@ -34,7 +38,7 @@ async function metric(relay: RelayProcess, name: string): Promise<number> {
   return line ? Number(line.split(" ").at(-1)) : 0
 }
 
-describe.concurrent("durability", () => {
+describe.concurrent("durability", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("keeps every acknowledged update after SIGKILL; on SIGTERM closes with 1001, exits 0 and keeps the data", async () => {
     const relay = await startRelayProcess({ args: ["--compact-after-updates", "7"] })
     const id = newConversationId()
@@ -64,7 +68,7 @@ describe.concurrent("durability", () => {
   })
 })
 
-describe.concurrent("shutting down on a terminal's interrupt", () => {
+describe.concurrent("shutting down on a terminal's interrupt", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("takes a SIGINT delivered twice at once (the terminal's and a launcher's forward) as one: a graceful shutdown, exit 0", async () => {
     const relay = await startRelayProcess()
     const id = newConversationId()
@@ -79,7 +83,7 @@ describe.concurrent("shutting down on a terminal's interrupt", () => {
   })
 })
 
-describe.concurrent("document lifecycle", () => {
+describe.concurrent("document lifecycle", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("unloads an idle document after a final compaction and reloads it on the next connection", async () => {
     const relay = await startRelayProcess({ args: ["--idle-unload-ms", "50"] })
     const id = newConversationId()
@@ -112,7 +116,7 @@ describe.concurrent("document lifecycle", () => {
   })
 })
 
-describe.concurrent("postgres backend", () => {
+describe.concurrent("postgres backend", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("keeps acknowledged updates across SIGKILL when running on PostgreSQL", async (context) => {
     const url = DATABASE_URL
     const unreachable = await postgresUnreachable()

@@ -19,6 +19,10 @@ import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.j
 import { RECORDER, readLines } from "./hooks/recorder.js"
 import { updateOf } from "./policy/fixtures.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const alice = "alice" as UserId
 const mallory = "mallory" as UserId
 
@@ -54,7 +58,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   })
 } else {
   // With PARLEY_REQUIRE_SERVICES=1 an unreachable database fails every test here instead of skipping.
-  describe.concurrent("a relay on PostgreSQL across a restart", () => {
+  describe.concurrent("a relay on PostgreSQL across a restart", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
     it("delivers an event whose delivery a SIGKILL interrupted, with its id, after the restart", async () => {
       const hooks = mkdtempSync(join(tmpdir(), "parley-pg-hooks-"))
       dirs.push(hooks)

@@ -6,6 +6,10 @@ import { parseConfig } from "../src/config.js"
 import { TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 
@@ -67,7 +71,7 @@ const refusedFor = (relay: RelayProcess, reason: RegExp) =>
 
 // Every test here runs at once (the three describes too): each opens conversations of its own, on the
 // shared relay or on one it starts, and the longest (waiting out token expiries) sets the file's time.
-describe.concurrent("token expiry on open sockets", () => {
+describe.concurrent("token expiry on open sockets", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   // The first three only wait for expiries on the shared relay: concurrently they take the longest one's time.
   it.concurrent("closes a parley=1 socket when its token expires, with a typed UNAUTHORIZED error first", async () => {
     const relay = shared
@@ -151,7 +155,7 @@ describe.concurrent("token expiry on open sockets", () => {
   })
 })
 
-describe.concurrent("token claims", () => {
+describe.concurrent("token claims", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("reads the exp rules from flags and environment variables, refusing tokens without exp by default", () => {
     expect(parseConfig(["--auth-secret", "s"], {})).toMatchObject({
       allowTokensWithoutExp: false,
@@ -202,7 +206,7 @@ describe.concurrent("token claims", () => {
   })
 })
 
-describe.concurrent("--dev", () => {
+describe.concurrent("--dev", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("signs dev tokens with a secret of its own, marked as dev, and still verifies --auth-secret tokens", async ({
     onTestFinished,
   }) => {

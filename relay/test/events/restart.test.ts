@@ -14,6 +14,10 @@ import { type StoredEvent, storedEventLog } from "../helpers/event-log.js"
 import { DATABASE_URL, postgresUnreachable, type ScratchSchema, scratchSchema } from "../helpers/postgres.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const dirs: string[] = []
 const schemas: ScratchSchema[] = []
 // After the file, not after each test: the SQLite and the PostgreSQL run go at once (relays, data
@@ -80,7 +84,9 @@ async function postgres(): Promise<Store> {
 }
 
 function restartSuite(name: string, open: () => Promise<Store>) {
-  describe.concurrent(`the event log across relay crashes: ${name}`, () => {
+  describe.concurrent(`the event log across relay crashes: ${name}`, {
+    timeout: CONCURRENT_TIMEOUT_MS,
+  }, () => {
     it("keeps every event exactly once, with ids that keep increasing, through SIGKILLs and restarts", async () => {
       const store = await open()
       const first = await startRelayProcess({ args: store.args })

@@ -68,6 +68,10 @@ interface Outcome {
   error?: string
 }
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const dirs: string[] = []
 // After the file, not after each test: the tests run at once (relays and hook folders of their own).
 afterAll(async () => {
@@ -121,7 +125,7 @@ const settledFor = (outcomes: Outcome[], messages: readonly string[], attempts: 
     return mine.some((o) => o.ok) || mine.length >= attempts
   })
 
-describe.concurrent("hook writes across retries", () => {
+describe.concurrent("hook writes across retries", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("posts one reply per message when a handler sends without a message id", async () => {
     const { relay, outcomes } = await relayWithBot()
     const client = await aliceAsks(relay, ["hello", "are you there?"])

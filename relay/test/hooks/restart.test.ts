@@ -15,6 +15,10 @@ import { TestClient } from "../helpers/clients.js"
 import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { RECORDER, readLines } from "./recorder.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const dirs: string[] = []
 // After the file, not after each test: the tests run at once (relays and hook folders of their own).
 afterAll(async () => {
@@ -51,7 +55,7 @@ async function savedBeforeCrash(dataDir: string, name: string, user: UserId, mes
 }
 
 // Each test starts two relay processes, one after the other: on a loaded machine that alone takes seconds.
-describe.concurrent("hook delivery across a crash", () => {
+describe.concurrent("hook delivery across a crash", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("delivers every event at least once, with the same ids, after a SIGKILL in the middle of delivery", async () => {
     const hooks = mkdtempSync(join(tmpdir(), "parley-hooks-restart-"))
     dirs.push(hooks)

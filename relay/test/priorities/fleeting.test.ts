@@ -13,6 +13,10 @@ import { TestClient } from "../helpers/clients.js"
 import { rawFiles } from "../helpers/raw-files.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 
@@ -64,7 +68,7 @@ async function stop(relay: RelayProcess): Promise<void> {
   await relay.exited
 }
 
-describe.concurrent("fleeting messages (relay process, SQLite)", () => {
+describe.concurrent("fleeting messages (relay process, SQLite)", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("disappear for everyone after the conversation's time, and their text leaves every file", async () => {
     const relay = await startRelayProcess()
     const id = newConversationId()
