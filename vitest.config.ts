@@ -17,7 +17,8 @@ export default defineConfig({
       "test/**/*.test.ts",
     ],
     // Compiles the relay once per run for the relay processes tests start (see the file).
-    globalSetup: ["test/relay-bundle.ts"],
+    // Names the folder the end-to-end files build the demo app into, once per run (see the file).
+    globalSetup: ["test/relay-bundle.ts", "test/e2e/demo-build.ts"],
     testTimeout: 20_000,
     hookTimeout: 30_000,
     pool: "forks",

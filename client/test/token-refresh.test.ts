@@ -17,7 +17,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await relay?.stop()
 })
-// Clients are destroyed when the file ends, not after each test: the two expiry runs below go
+// Clients are destroyed when the file ends, not after each test: the tests below that connect go
 // concurrently, and destroying after one would destroy the other's. Each test has users of its own.
 afterAll(destroyClients)
 
@@ -113,7 +113,8 @@ describe("token refresh", () => {
     60_000,
   )
 
-  it("survives a token source that fails at refresh time: an error event, backoff, and back online once it works", async () => {
+  // Users of its own too: it waits out a token's expiry beside the two runs above.
+  it.concurrent("survives a token source that fails at refresh time: an error event, backoff, and back online once it works", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const tokens = shortLived(a)
     let failing = false
@@ -152,7 +153,7 @@ describe("token refresh", () => {
     )
   }, 60_000)
 
-  it("does not send a refresh naming another user: the client reports it and refreshes with its own token once it can", async () => {
+  it.concurrent("does not send a refresh naming another user: the client reports it and refreshes with its own token once it can", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const own = shortLived(a)
     const other = shortLived(b)

@@ -17,7 +17,7 @@ import {
   totalUnread,
   type UserId,
 } from "@parley/shared"
-import { afterAll, afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { docUntil, stockProvider, synced } from "./helpers/clients.js"
@@ -28,6 +28,10 @@ import {
   stopRelayProcesses,
 } from "./helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const run = promisify(execFile)
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -35,10 +39,17 @@ const carol = "carol" as UserId
 const id = "g~inboxtest" as ConversationId
 
 const providers: WebsocketProvider[] = []
-afterEach(() => {
+// After the file, not after each test: the tests run at once, each on relay processes of its own.
+afterAll(() => {
   for (const p of providers.splice(0)) p.destroy()
+  return stopRelayProcesses()
 })
-afterAll(() => stopRelayProcesses())
+
+/** Destroys the providers connected to `relay`, and only those: other tests run meanwhile. */
+function disconnectAll(relay: RelayProcess): void {
+  for (let i = providers.length - 1; i >= 0; i--)
+    if (providers[i]!.serverUrl === relay.url) providers.splice(i, 1)[0]!.destroy()
+}
 
 async function open(relay: RelayProcess, user: string, name: string): Promise<Y.Doc> {
   const provider = stockProvider(relay.url, name, await relay.token(user))
@@ -47,7 +58,7 @@ async function open(relay: RelayProcess, user: string, name: string): Promise<Y.
   return provider.doc
 }
 
-describe("relay-maintained inboxes", () => {
+describe.concurrent("relay-maintained inboxes", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("lists a conversation a user was added to, live, on a device that never opened it, and follows its messages", async () => {
     const relay = await startRelayProcess()
     const bobInbox = await open(relay, "bob", "inbox~bob")
@@ -150,7 +161,7 @@ describe("relay-maintained inboxes", () => {
       lastMessage: { text: "m4", seq: 5 },
     })
     const before = { bob: listInbox(bobInbox), carol: listInbox(carolInbox) }
-    for (const p of providers.splice(0)) p.destroy()
+    disconnectAll(relay)
     relay.child.kill("SIGTERM")
     await relay.exited
     // What connected users were shown is stored when their inbox unloads, so bob's and carol's entries

@@ -1,13 +1,19 @@
 import { createConversation, listMessages, newConversationId, sendMessage, type UserId } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "./helpers/clients.js"
 import { DATABASE_URL, postgresUnreachable } from "./helpers/postgres.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const alice = "alice" as UserId
 
 const clients: TestClient[] = []
-afterEach(async () => {
+// After the file, not after each test: every test runs at once (the describes too), each on relay
+// processes and conversations of its own.
+afterAll(async () => {
   for (const c of clients.splice(0)) c.close()
   await stopRelayProcesses()
 })
@@ -32,7 +38,7 @@ async function metric(relay: RelayProcess, name: string): Promise<number> {
   return line ? Number(line.split(" ").at(-1)) : 0
 }
 
-describe("durability", () => {
+describe.concurrent("durability", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("keeps every acknowledged update after SIGKILL; on SIGTERM closes with 1001, exits 0 and keeps the data", async () => {
     const relay = await startRelayProcess({ args: ["--compact-after-updates", "7"] })
     const id = newConversationId()
@@ -62,7 +68,7 @@ describe("durability", () => {
   })
 })
 
-describe("shutting down on a terminal's interrupt", () => {
+describe.concurrent("shutting down on a terminal's interrupt", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("takes a SIGINT delivered twice at once (the terminal's and a launcher's forward) as one: a graceful shutdown, exit 0", async () => {
     const relay = await startRelayProcess()
     const id = newConversationId()
@@ -77,7 +83,7 @@ describe("shutting down on a terminal's interrupt", () => {
   })
 })
 
-describe("document lifecycle", () => {
+describe.concurrent("document lifecycle", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("unloads an idle document after a final compaction and reloads it on the next connection", async () => {
     const relay = await startRelayProcess({ args: ["--idle-unload-ms", "50"] })
     const id = newConversationId()
@@ -110,7 +116,7 @@ describe("document lifecycle", () => {
   })
 })
 
-describe("postgres backend", () => {
+describe.concurrent("postgres backend", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("keeps acknowledged updates across SIGKILL when running on PostgreSQL", async (context) => {
     const url = DATABASE_URL
     const unreachable = await postgresUnreachable()

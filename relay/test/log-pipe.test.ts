@@ -2,13 +2,13 @@ import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { fileURLToPath } from "node:url"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
+import { relayEntry } from "./helpers/relay-process.js"
 
-const BIN = fileURLToPath(new URL("../bin/parley-relay.js", import.meta.url))
 const dirs: string[] = []
-afterEach(() => {
+// After the file, not after each test: the tests run at once.
+afterAll(() => {
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
 
@@ -18,7 +18,7 @@ async function relayOnPipe(args: string[] = []) {
   dirs.push(dir)
   const child = spawn(
     process.execPath,
-    [BIN, "--port", "0", "--data-dir", dir, "--auth-secret", "s".repeat(32), ...args],
+    [relayEntry(args), "--port", "0", "--data-dir", dir, "--auth-secret", "s".repeat(32), ...args],
     {
       stdio: ["ignore", "pipe", "inherit"],
     },
@@ -44,7 +44,8 @@ async function relayOnPipe(args: string[] = []) {
 const within = (exited: Promise<number | null>, ms: number) =>
   Promise.race([exited, new Promise<string>((r) => setTimeout(() => r("still running"), ms))])
 
-describe("a relay whose log reader goes away", () => {
+// Each test has a relay process (the relay compiled for the test run) of its own: they run at once.
+describe.concurrent("a relay whose log reader goes away", () => {
   it("still stops on SIGTERM and exits 0 when nothing reads its stdout any more", async () => {
     const { child, exited } = await relayOnPipe()
     // The log shipper died: the pipe has no reader, every write fails with EPIPE.

@@ -11,13 +11,17 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { TestClient } from "./helpers/clients.js"
 import { DATABASE_URL, postgresUnreachable, type ScratchSchema, scratchSchema } from "./helpers/postgres.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 import { RECORDER, readLines } from "./hooks/recorder.js"
 import { updateOf } from "./policy/fixtures.js"
+
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
 
 const alice = "alice" as UserId
 const mallory = "mallory" as UserId
@@ -31,7 +35,8 @@ async function until(check: () => boolean): Promise<void> {
 const clients: TestClient[] = []
 const dirs: string[] = []
 const schemas: ScratchSchema[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once (relays, folders and schemas of their own).
+afterAll(async () => {
   for (const c of clients.splice(0)) c.close()
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
@@ -53,14 +58,18 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   })
 } else {
   // With PARLEY_REQUIRE_SERVICES=1 an unreachable database fails every test here instead of skipping.
-  describe("a relay on PostgreSQL across a restart", () => {
+  describe.concurrent("a relay on PostgreSQL across a restart", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
     it("delivers an event whose delivery a SIGKILL interrupted, with its id, after the restart", async () => {
       const hooks = mkdtempSync(join(tmpdir(), "parley-pg-hooks-"))
       dirs.push(hooks)
       writeFileSync(join(hooks, "recorder.mjs"), RECORDER)
       const log = join(hooks, "deliveries.jsonl")
       const args = [...(await postgresArgs()), "--hooks", hooks, "--hook-timeout-ms", "600000"]
-      const first = await startRelayProcess({ args, env: { HOOK_LOG: log, HOOK_BLOCK: "1" } })
+      const first = await startRelayProcess({
+        args,
+        hooksUseHooksApi: true,
+        env: { HOOK_LOG: log, HOOK_BLOCK: "1" },
+      })
       const id = newConversationId()
       const a = new TestClient(first.url, id, await first.token(alice))
       clients.push(a)
@@ -75,6 +84,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       // Only the outbox remembers these events: the documents were all recorded (watermark at their end).
       const second = await startRelayProcess({
         args,
+        hooksUseHooksApi: true,
         secret: first.secret,
         env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
       })

@@ -2,19 +2,22 @@ import { spawn } from "node:child_process"
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, type Server } from "node:net"
 import { tmpdir } from "node:os"
-import { dirname, join, resolve } from "node:path"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { ExitCode } from "../src/startup-error.js"
+import { relayEntry } from "./helpers/relay-process.js"
 
-const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../bin/parley-relay.js")
 const dir = mkdtempSync(join(tmpdir(), "parley-startup-"))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
-/** Runs the real relay binary to its exit (a start that fails exits by itself). */
+/**
+ * Runs the relay's command line to its exit (a start that fails exits by itself): the relay
+ * compiled for the test run (see `relayEntry`), as the bin's tsx start-up cost each of these
+ * a few seconds; the bin itself is run by configuration.test.ts and the packages' test.
+ */
 function runRelay(args: readonly string[], env: NodeJS.ProcessEnv = {}) {
   return new Promise<{ code: number | null; stderr: string; stdout: string }>((done) => {
-    const child = spawn(process.execPath, [BIN, "--log-level", "warn", ...args], {
+    const child = spawn(process.execPath, [relayEntry(args), "--log-level", "warn", ...args], {
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"],
     })
@@ -33,7 +36,8 @@ function runRelay(args: readonly string[], env: NodeJS.ProcessEnv = {}) {
 /** The failure's lines on stderr: a start-up failure is exactly one, with no stack trace. */
 const linesOf = (stderr: string) => stderr.trimEnd().split("\n")
 
-describe("a relay that cannot start says why in one line", () => {
+// Each test runs a relay process of its own, on its own paths: they run at once.
+describe.concurrent("a relay that cannot start says why in one line", () => {
   it("names the address and the flags when the port is in use, and exits 3", async () => {
     const taken: Server = createServer()
     await new Promise<void>((ready) => taken.listen(0, "127.0.0.1", ready))

@@ -1,10 +1,14 @@
 import { request } from "node:http"
 import { createConversation, ErrorCode, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { decodeJwt, jwtVerify, SignJWT } from "jose"
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { parseConfig } from "../src/config.js"
 import { TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -65,7 +69,9 @@ function get(url: string, headers: Record<string, string> = {}) {
 const refusedFor = (relay: RelayProcess, reason: RegExp) =>
   relay.waitForLog((line) => line.msg === "connection refused" && reason.test(String(line.reason)))
 
-describe("token expiry on open sockets", () => {
+// Every test here runs at once (the three describes too): each opens conversations of its own, on the
+// shared relay or on one it starts, and the longest (waiting out token expiries) sets the file's time.
+describe.concurrent("token expiry on open sockets", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   // The first three only wait for expiries on the shared relay: concurrently they take the longest one's time.
   it.concurrent("closes a parley=1 socket when its token expires, with a typed UNAUTHORIZED error first", async () => {
     const relay = shared
@@ -149,7 +155,7 @@ describe("token expiry on open sockets", () => {
   })
 })
 
-describe("token claims", () => {
+describe.concurrent("token claims", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("reads the exp rules from flags and environment variables, refusing tokens without exp by default", () => {
     expect(parseConfig(["--auth-secret", "s"], {})).toMatchObject({
       allowTokensWithoutExp: false,
@@ -180,7 +186,9 @@ describe("token claims", () => {
     await refusedFor(relay, /expires too far ahead/)
   })
 
-  it("accepts tokens without exp with PARLEY_ALLOW_TOKENS_WITHOUT_EXP, and caps lifetimes by --max-token-lifetime-ms", async () => {
+  it("accepts tokens without exp with PARLEY_ALLOW_TOKENS_WITHOUT_EXP, and caps lifetimes by --max-token-lifetime-ms", async ({
+    onTestFinished,
+  }) => {
     const relay = await startRelayProcess({
       args: ["--max-token-lifetime-ms", "600000"],
       env: { PARLEY_ALLOW_TOKENS_WITHOUT_EXP: "1" },
@@ -198,8 +206,10 @@ describe("token claims", () => {
   })
 })
 
-describe("--dev", () => {
-  it("signs dev tokens with a secret of its own, marked as dev, and still verifies --auth-secret tokens", async () => {
+describe.concurrent("--dev", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
+  it("signs dev tokens with a secret of its own, marked as dev, and still verifies --auth-secret tokens", async ({
+    onTestFinished,
+  }) => {
     const relay = await startRelayProcess({ args: ["--dev"] })
     onTestFinished(() => relay.kill())
     const response = await get(`${relay.httpUrl}/dev/token?user=alice`)
@@ -219,7 +229,9 @@ describe("--dev", () => {
     expect(dev.closeEvent).toBeUndefined()
   })
 
-  it("refuses a role it does not mint with 400 naming what it takes, instead of minting a user token", async () => {
+  it("refuses a role it does not mint with 400 naming what it takes, instead of minting a user token", async ({
+    onTestFinished,
+  }) => {
     const relay = await startRelayProcess({ args: ["--dev"] })
     onTestFinished(() => relay.kill())
     const admin = await get(`${relay.httpUrl}/dev/token?user=alice&role=admin`)
@@ -240,7 +252,9 @@ describe("--dev", () => {
     expect(decodeJwt((JSON.parse(user.body) as { token: string }).token).role).toBeUndefined()
   })
 
-  it("refuses unknown or repeated query parameters with 400 naming what it takes, instead of ignoring them", async () => {
+  it("refuses unknown or repeated query parameters with 400 naming what it takes, instead of ignoring them", async ({
+    onTestFinished,
+  }) => {
     const relay = await startRelayProcess({ args: ["--dev"] })
     onTestFinished(() => relay.kill())
     const takes =
@@ -260,7 +274,9 @@ describe("--dev", () => {
     expect(all.status).toBe(200)
   })
 
-  it("answers /dev/token to its own origin only: no CORS header, other origins and hosts refused", async () => {
+  it("answers /dev/token to its own origin only: no CORS header, other origins and hosts refused", async ({
+    onTestFinished,
+  }) => {
     const relay = await startRelayProcess({ args: ["--dev"] })
     onTestFinished(() => relay.kill())
     const sameOrigin = await get(`${relay.httpUrl}/dev/token?user=alice`, { origin: relay.httpUrl })

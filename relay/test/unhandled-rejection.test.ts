@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import {
   type ConversationId,
   createConversation,
@@ -11,9 +10,9 @@ import {
 } from "@parley/shared"
 import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "./helpers/clients.js"
-import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import { hooksApi, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
-const api = pathToFileURL(resolve(import.meta.dirname, "../src/hooks/index.ts")).href
+const api = hooksApi()
 
 // A careless hook module: it starts a request it never awaits, which fails with nobody handling it.
 const CARELESS = `import { defineHooks } from ${JSON.stringify(api)}
@@ -35,7 +34,7 @@ describe("a promise rejected with nobody handling it", () => {
     const hooks = mkdtempSync(join(tmpdir(), "parley-careless-hooks-"))
     dirs.push(hooks)
     writeFileSync(join(hooks, "careless.mjs"), CARELESS)
-    const relay = await startRelayProcess({ args: ["--hooks", hooks] })
+    const relay = await startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
     const id = "g~careless" as ConversationId
     const alice = new TestClient(relay.url, id, await relay.token("alice"))
     await alice.synced()

@@ -177,7 +177,9 @@ describe("documentation code blocks", () => {
     }
   })
 
-  it("type-check, every TypeScript block (run or not)", async () => {
+  // The type-check (tsc over the blocks and the workspace sources they import: the longest test
+  // here) runs while the blocks run, one after another, below: the two share nothing.
+  it.concurrent("type-check, every TypeScript block (run or not)", async () => {
     const dir = join(work, "check")
     mkdirSync(dir, { recursive: true })
     for (const block of blocks.filter((b) => b.lang === "ts"))
@@ -199,15 +201,19 @@ describe("documentation code blocks", () => {
     expect(code).toBe(0)
   }, 150_000)
 
-  for (const block of runnable) {
-    it(`${where(block)} (${block.lang}) runs`, async () => {
-      if (block.lang === "sh") await runShell(block)
-      else if (isHookModule(block)) await runHookModule(block)
-      else await runTypeScript(block)
-    }, 90_000)
-    if (block.lang === "ts" && usesClient(block))
-      it(`${where(block)} (${block.lang}) runs offline, with no relay to reach`, async () => {
-        await runTypeScript(block, offlineAddress)
+  // A suite marked concurrent, so that it runs beside the type-check; its blocks run in order,
+  // one at a time (it.sequential), since later blocks use what earlier ones made (API.md's).
+  describe("run as a user would", { concurrent: true }, () => {
+    for (const block of runnable) {
+      it.sequential(`${where(block)} (${block.lang}) runs`, async () => {
+        if (block.lang === "sh") await runShell(block)
+        else if (isHookModule(block)) await runHookModule(block)
+        else await runTypeScript(block)
       }, 90_000)
-  }
+      if (block.lang === "ts" && usesClient(block))
+        it.sequential(`${where(block)} (${block.lang}) runs offline, with no relay to reach`, async () => {
+          await runTypeScript(block, offlineAddress)
+        }, 90_000)
+    }
+  })
 })

@@ -1,6 +1,6 @@
-import { mkdtempSync, rmSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { Browser } from "playwright-core"
 import { build } from "vite"
@@ -23,6 +23,49 @@ export async function buildDemo(): Promise<string> {
     build: { outDir, emptyOutDir: true, sourcemap: false },
   })
   return outDir
+}
+
+/**
+ * The demo built once for the whole test run, in `PARLEY_TEST_DEMO_DIR` (see demo-build.ts): the
+ * first file to ask builds it (making the folder is the claim: only one process can), the others
+ * wait until it is built, or fail with its error. Without the variable, a build of its own in a
+ * temporary directory (`own`: the caller removes it).
+ */
+export async function demoStaticDir(): Promise<{ dir: string; own: boolean }> {
+  const shared = process.env.PARLEY_TEST_DEMO_DIR
+  if (!shared) return { dir: await buildDemo(), own: true }
+  const out = join(shared, "out")
+  const built = join(shared, "built")
+  const failed = join(shared, "failed")
+  mkdirSync(dirname(shared), { recursive: true })
+  try {
+    mkdirSync(shared)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error
+    await new Promise<void>((resolve, reject) => {
+      const settle = () => {
+        if (!existsSync(built) && !existsSync(failed)) return
+        watcher.close()
+        if (existsSync(built)) resolve()
+        else reject(new Error(`the demo build of another test file failed: ${readFileSync(failed, "utf8")}`))
+      }
+      const watcher = watch(shared, settle)
+      settle()
+    })
+    return { dir: out, own: false }
+  }
+  try {
+    await build({
+      configFile: join(root, "client/demo/vite.config.ts"),
+      logLevel: "warn",
+      build: { outDir: out, emptyOutDir: true, sourcemap: false },
+    })
+  } catch (error) {
+    writeFileSync(failed, error instanceof Error ? (error.stack ?? error.message) : String(error))
+    throw error
+  }
+  writeFileSync(built, "")
+  return { dir: out, own: false }
 }
 
 /** A relay process in dev mode serving the built demo, restartable on the same port and data. */
@@ -58,17 +101,18 @@ export class DemoRelay {
   }
 }
 
-/** Builds the demo, starts a relay serving it and launches Chromium for the tests of one file; cleans up after. */
+/** Builds the demo (or waits for the run's build), starts a relay serving it and launches Chromium for the tests of one file; cleans up after. */
 export function useDemo(): { readonly browser: Browser; readonly relay: DemoRelay } {
-  const state = {} as { browser: Browser; relay: DemoRelay; staticDir?: string }
+  const state = {} as { browser: Browser; relay: DemoRelay; ownStaticDir?: string }
   beforeAll(async () => {
     // Chromium starts while the demo builds and its relay starts: neither waits for the other.
     // (Both settle before a failure is thrown, so that afterAll closes whatever did start.)
     const [browser, demo] = await Promise.allSettled([
       launchChromium(),
       (async () => {
-        state.staticDir = await buildDemo()
-        state.relay = await DemoRelay.start(state.staticDir)
+        const demo = await demoStaticDir()
+        if (demo.own) state.ownStaticDir = demo.dir
+        state.relay = await DemoRelay.start(demo.dir)
       })(),
     ])
     if (browser.status === "fulfilled") state.browser = browser.value
@@ -77,7 +121,7 @@ export function useDemo(): { readonly browser: Browser; readonly relay: DemoRela
   afterAll(async () => {
     await state.browser?.close()
     await stopRelayProcesses()
-    if (state.staticDir) rmSync(state.staticDir, { recursive: true, force: true })
+    if (state.ownStaticDir) rmSync(state.ownStaticDir, { recursive: true, force: true })
   })
   return state
 }

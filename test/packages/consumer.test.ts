@@ -161,7 +161,9 @@ function startInstalledRelay(args: readonly string[]): Promise<string> {
   })
 }
 
-describe("the packages, installed from their tarballs in a new project", () => {
+// The tests only read the installed project (the type-check emits nothing, the Vite build writes
+// dist/, the relay runs in memory): they run at once, the type-check being the longest.
+describe.concurrent("the packages, installed from their tarballs in a new project", () => {
   it("ship built JavaScript, declarations, licence and changelog, and no sources or tests", () => {
     for (const pkg of packed) {
       const files = pkg.files.map((f) => f.path)

@@ -1,15 +1,12 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { hooksApi, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { apiClient, createKey, freshDataDir } from "./helpers.js"
-
-const hooksApi = pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href
 
 /** A hook module that appends each event's type and actor to `HOOK_LOG`. */
 const ACTOR_RECORDER = `import { appendFileSync } from "node:fs"
-import { defineHooks } from ${JSON.stringify(hooksApi)}
+import { defineHooks } from ${JSON.stringify(hooksApi())}
 const record = ({ event }) => appendFileSync(process.env.HOOK_LOG, JSON.stringify({ type: event.type, actor: event.actor }) + "\\n")
 export default defineHooks({ onConversationCreated: record, onMessageSent: record, onMessagesRead: record })
 `
@@ -26,7 +23,12 @@ describe("API writes in hooks", () => {
     writeFileSync(join(hooks, "record.mjs"), ACTOR_RECORDER)
     const log = join(dataDir, "hook.log")
     const key = await createKey(dataDir, "crm", ["conversations:write", "messages:write", "act-as-user"])
-    const relay = await startRelayProcess({ dataDir, args: ["--hooks", hooks], env: { HOOK_LOG: log } })
+    const relay = await startRelayProcess({
+      dataDir,
+      args: ["--hooks", hooks],
+      env: { HOOK_LOG: log },
+      hooksUseHooksApi: true,
+    })
     const api = apiClient(() => relay.httpUrl, key)
     await api("POST", "/v1/conversations", { id: "g~crm", participants: [{ user: "alice" }] })
     await api("POST", "/v1/conversations/g~crm/messages", { body: "from the CRM" })

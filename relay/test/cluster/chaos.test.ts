@@ -78,6 +78,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const cluster = await startCluster(3, {
         args: ["--hooks", hooks, "--hook-timeout-ms", "5000"],
         env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
+        hooksUseHooksApi: true,
       })
       cleanup.push(() => cluster.stop())
       // Round-robin, not the shipped by-user hash: the participants' sockets spread over the three relays.

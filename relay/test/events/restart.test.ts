@@ -7,16 +7,22 @@ import {
   type UserId,
 } from "@parley/shared"
 import pg from "pg"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { TestClient } from "../helpers/clients.js"
 import { type StoredEvent, storedEventLog } from "../helpers/event-log.js"
 import { DATABASE_URL, postgresUnreachable, type ScratchSchema, scratchSchema } from "../helpers/postgres.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const dirs: string[] = []
 const schemas: ScratchSchema[] = []
-afterEach(async () => {
+// After the file, not after each test: the SQLite and the PostgreSQL run go at once (relays, data
+// directories and schemas of their own).
+afterAll(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
   for (const schema of schemas.splice(0)) await schema.drop()
@@ -78,7 +84,9 @@ async function postgres(): Promise<Store> {
 }
 
 function restartSuite(name: string, open: () => Promise<Store>) {
-  describe(`the event log across relay crashes: ${name}`, () => {
+  describe.concurrent(`the event log across relay crashes: ${name}`, {
+    timeout: CONCURRENT_TIMEOUT_MS,
+  }, () => {
     it("keeps every event exactly once, with ids that keep increasing, through SIGKILLs and restarts", async () => {
       const store = await open()
       const first = await startRelayProcess({ args: store.args })

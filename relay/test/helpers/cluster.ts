@@ -79,6 +79,8 @@ export async function startCluster(
     redisUrl?: string
     /** The relays' connection string made from the scratch schema's (through a proxy, say). */
     databaseUrl?: (url: string) => string
+    /** As {@link startRelayProcess}'s: the `--hooks` modules import the hook API from `hooksApi()`. */
+    hooksUseHooksApi?: boolean
   } = {},
 ): Promise<TestCluster> {
   const schema = await scratchSchema()
@@ -115,6 +117,7 @@ export async function startCluster(
         args: argsOf(i),
         secret,
         ...(options.env ? { env: options.env } : {}),
+        ...(options.hooksUseHooksApi ? { hooksUseHooksApi: true } : {}),
       })
       relays[i] = relay
       return relay

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
-import { fileURLToPath } from "node:url"
+import { fileURLToPath, pathToFileURL } from "node:url"
 import { SignJWT } from "jose"
 
 const BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../bin/parley-relay.js")
@@ -43,17 +43,40 @@ export interface StartRelayProcessOptions {
   readonly nodeArgs?: readonly string[]
   /** The relay's entry point (default {@link relayEntry}: the sources, compiled for the test run or through the bin; `relay/dist/main.js` runs the built relay). */
   readonly script?: string
+  /**
+   * The modules in the `--hooks` folder import Parley's hook API only from {@link hooksApi} (or
+   * nothing of Parley's): the relay compiled for the test run can load them (see {@link relayEntry}).
+   */
+  readonly hooksUseHooksApi?: boolean
 }
 
 /**
  * What to run for a relay process with these flags: the relay compiled for this test run
  * (`PARLEY_TEST_RELAY_SCRIPT`, see test/relay-bundle.ts) when there is one, else the bin.
- * A relay given `--hooks` always runs from the bin: hook modules import `@parley/relay` and
- * `@parley/shared`, and must get the very modules the relay runs (its sources), not copies.
+ * A relay given `--hooks` runs from the bin: hook modules import `@parley/relay` and
+ * `@parley/shared`, and must get the very modules the relay runs (its sources), not copies;
+ * unless `hooksUseHooksApi` says that they import the hook API from {@link hooksApi}, which
+ * names the module the relay process runs, compiled or not.
  */
-export function relayEntry(args: readonly string[] = []): string {
+export function relayEntry(
+  args: readonly string[] = [],
+  options: { hooksUseHooksApi?: boolean } = {},
+): string {
   const compiled = process.env.PARLEY_TEST_RELAY_SCRIPT
-  return compiled && !args.includes("--hooks") ? compiled : BIN
+  return compiled && (options.hooksUseHooksApi || !args.includes("--hooks")) ? compiled : BIN
+}
+
+/**
+ * The URL a hook module written by a test imports `defineHooks` and the rest of the hook API
+ * from, for a relay process started with `hooksUseHooksApi`: the relay's hooks/index of the relay
+ * compiled for this test run when there is one (the module that relay runs), else its source
+ * (which the bin's tsx loader runs). Not for hooks loaded in the test's own process.
+ */
+export function hooksApi(): string {
+  const compiled = process.env.PARLEY_TEST_RELAY_SCRIPT
+  return compiled
+    ? pathToFileURL(join(dirname(compiled), "hooks/index.js")).href
+    : pathToFileURL(resolve(dirname(fileURLToPath(import.meta.url)), "../../src/hooks/index.ts")).href
 }
 
 const started = new Set<RelayProcess>()
@@ -85,7 +108,7 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
     process.execPath,
     [
       ...(options.nodeArgs ?? []),
-      options.script ?? relayEntry(args),
+      options.script ?? relayEntry(args, { hooksUseHooksApi: options.hooksUseHooksApi ?? false }),
       "--port",
       "0",
       "--data-dir",

@@ -2,8 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, type IncomingHttpHeaders, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import {
   type ConversationId,
   createConversation,
@@ -14,9 +13,9 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import { verifyWebhook } from "../../src/hooks/webhook.js"
 import { TestClient } from "../helpers/clients.js"
-import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { hooksApi, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
-const api = pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href
+const api = hooksApi()
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 const cleanup: (() => void)[] = []
 afterEach(async () => {
@@ -61,6 +60,7 @@ describe("dead letters of a running relay", () => {
     )
     const hook = await receiver()
     const relay = await startRelayProcess({
+      hooksUseHooksApi: true,
       args: ["--hooks", hooks, "--hook-attempts", "1", "--webhook", hook.url],
       env: { PARLEY_WEBHOOK_SECRET: SECRET },
     })

@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import {
   type ConversationId,
   createConversation,
@@ -10,13 +9,19 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import { storedEventLog } from "../helpers/event-log.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import {
+  hooksApi,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../helpers/relay-process.js"
 import { readLines } from "./recorder.js"
 
-const api = pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href
+// The relay processes here load it with `hooksUseHooksApi`: the relay compiled for the test run.
+const api = hooksApi()
 
 /**
  * Answers every message it did not write itself as `helper-bot`, without a
@@ -63,8 +68,13 @@ interface Outcome {
   error?: string
 }
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const dirs: string[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once (relays and hook folders of their own).
+afterAll(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
@@ -90,6 +100,7 @@ async function relayWithBot(
   const log = join(hooks, "outcomes.jsonl")
   const relay = await startRelayProcess({
     args: ["--hooks", hooks, "--hook-attempts", "4", "--hook-timeout-ms", "600000"],
+    hooksUseHooksApi: true,
     env: { HOOK_LOG: log, ...env },
     ...(on ? { dataDir: on.dataDir, secret: on.secret } : {}),
   })
@@ -114,7 +125,7 @@ const settledFor = (outcomes: Outcome[], messages: readonly string[], attempts: 
     return mine.some((o) => o.ok) || mine.length >= attempts
   })
 
-describe("hook writes across retries", () => {
+describe.concurrent("hook writes across retries", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("posts one reply per message when a handler sends without a message id", async () => {
     const { relay, outcomes } = await relayWithBot()
     const client = await aliceAsks(relay, ["hello", "are you there?"])

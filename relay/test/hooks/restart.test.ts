@@ -8,15 +8,20 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { SqliteBackend } from "../../src/backend/sqlite.js"
 import { TestClient } from "../helpers/clients.js"
 import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { RECORDER, readLines } from "./recorder.js"
 
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
+
 const dirs: string[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once (relays and hook folders of their own).
+afterAll(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
@@ -50,14 +55,18 @@ async function savedBeforeCrash(dataDir: string, name: string, user: UserId, mes
 }
 
 // Each test starts two relay processes, one after the other: on a loaded machine that alone takes seconds.
-describe("hook delivery across a crash", () => {
+describe.concurrent("hook delivery across a crash", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("delivers every event at least once, with the same ids, after a SIGKILL in the middle of delivery", async () => {
     const hooks = mkdtempSync(join(tmpdir(), "parley-hooks-restart-"))
     dirs.push(hooks)
     writeFileSync(join(hooks, "recorder.mjs"), RECORDER)
     const log = join(hooks, "deliveries.jsonl")
     const args = ["--hooks", hooks, "--hook-timeout-ms", "600000"]
-    const first = await startRelayProcess({ args, env: { HOOK_LOG: log, HOOK_BLOCK: "1" } })
+    const first = await startRelayProcess({
+      args,
+      hooksUseHooksApi: true,
+      env: { HOOK_LOG: log, HOOK_BLOCK: "1" },
+    })
     const id = "g~restart" as ConversationId
     const alice = new TestClient(first.url, id, await first.token("alice"))
     await alice.opened
@@ -74,6 +83,7 @@ describe("hook delivery across a crash", () => {
 
     const second = await startRelayProcess({
       args,
+      hooksUseHooksApi: true,
       dataDir: first.dataDir,
       secret: first.secret,
       env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
@@ -101,7 +111,11 @@ describe("hook delivery across a crash", () => {
     writeFileSync(join(hooks, "recorder.mjs"), RECORDER)
     const log = join(hooks, "deliveries.jsonl")
     const args = ["--hooks", hooks]
-    const first = await startRelayProcess({ args, env: { HOOK_LOG: log, HOOK_BLOCK: "0" } })
+    const first = await startRelayProcess({
+      args,
+      hooksUseHooksApi: true,
+      env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
+    })
     const id = "g~owed" as ConversationId
     const alice = new TestClient(first.url, id, await first.token("alice"))
     await alice.opened
@@ -118,6 +132,7 @@ describe("hook delivery across a crash", () => {
 
     const second = await startRelayProcess({
       args,
+      hooksUseHooksApi: true,
       dataDir: first.dataDir,
       secret: first.secret,
       env: { HOOK_LOG: log, HOOK_BLOCK: "0" },

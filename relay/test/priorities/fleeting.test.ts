@@ -8,16 +8,21 @@ import {
   type UserId,
 } from "@parley/shared"
 import Database from "better-sqlite3"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import { rawFiles } from "../helpers/raw-files.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+
+// Tests here run at once and share the machine with another test file: each takes longer than
+// alone (up to 20 s on a loaded 2-core machine), so each gets more than the default 20 s.
+const CONCURRENT_TIMEOUT_MS = 60_000
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 
 const clients: TestClient[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once, each on a relay process of its own.
+afterAll(async () => {
   for (const c of clients.splice(0)) c.close()
   await stopRelayProcesses()
 })
@@ -63,7 +68,7 @@ async function stop(relay: RelayProcess): Promise<void> {
   await relay.exited
 }
 
-describe("fleeting messages (relay process, SQLite)", () => {
+describe.concurrent("fleeting messages (relay process, SQLite)", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("disappear for everyone after the conversation's time, and their text leaves every file", async () => {
     const relay = await startRelayProcess()
     const id = newConversationId()

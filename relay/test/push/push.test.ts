@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
+import { join } from "node:path"
 import {
   type ConversationId,
   createConversation,
@@ -15,16 +14,20 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import webpush from "web-push"
 import { TestClient } from "../helpers/clients.js"
 import { type ReceivedPush, startPushReceiver, type TestSubscription } from "../helpers/push-receiver.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import {
+  hooksApi,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../helpers/relay-process.js"
 import { until } from "../helpers/until.js"
 
-const hooksApi = pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 const carol = "carol" as UserId
 
 // A hook that vetoes notifications of messages containing "secret" and brands the others' titles.
-const REWRITER = `import { defineHooks } from ${JSON.stringify(hooksApi)}
+const REWRITER = `import { defineHooks } from ${JSON.stringify(hooksApi())}
 export default defineHooks({
   onPushNotification(notification, { recipient }) {
     if (notification.body.includes("secret")) return false
@@ -44,6 +47,7 @@ describe("Web Push notifications from a relay process", () => {
     hooks = mkdtempSync(join(tmpdir(), "parley-push-hooks-"))
     writeFileSync(join(hooks, "brand.mjs"), REWRITER)
     relay = await startRelayProcess({
+      hooksUseHooksApi: true,
       args: [
         "--hooks",
         hooks,
