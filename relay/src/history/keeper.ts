@@ -5,6 +5,7 @@ import {
   foldedHistory,
   type MessageId,
   nextDirectoryPage,
+  type SealPlan,
   type Segment,
   sealedHistory,
   sealedThrough,
@@ -15,6 +16,15 @@ import { IdFilter } from "./id-filter.js"
 import { attachSealedIdFilters, namedSegments, type SealedIdFilters, sealedIdFilters } from "./sealed-ids.js"
 import type { SealingOptions } from "./sealing.js"
 import { directoryPageIndex, type HistoryStore, type StoredSegment } from "./store.js"
+
+/** The row of directory page `page` (encoded as `bytes`), beside the segments. */
+const pageRow = (page: DirectoryPage, bytes: Uint8Array): StoredSegment => ({
+  index: directoryPageIndex(page.page),
+  from: page.summaries[0]?.from ?? 0,
+  to: page.summaries.at(-1)?.to ?? 0,
+  hash: segmentHash(bytes),
+  bytes,
+})
 
 /** What the keeper needs of a loaded document. */
 export interface HistoryHost {
@@ -90,6 +100,32 @@ export class HistoryKeeper {
     const filter = IdFilter.of(segment.entries.map((e) => e.record.id))
     await this.store.putIdFilter(doc, segment.index, filter.encode())
     return filter
+  }
+
+  /**
+   * Stores what sealing `plans` needs durable before the live document names
+   * their segments — each segment, its id filter, and the directory page of a
+   * fold — in one commit (all or none). Returns each plan's filter for
+   * {@link holdIdFilter}.
+   */
+  async storeSeals(doc: string, plans: readonly SealPlan[]): Promise<IdFilter[]> {
+    const filters = plans.map((plan) => IdFilter.of(plan.segment.entries.map((e) => e.record.id)))
+    const segments: StoredSegment[] = []
+    for (const plan of plans) {
+      segments.push({
+        index: plan.segment.index,
+        from: plan.segment.from,
+        to: plan.segment.to,
+        hash: plan.summary.hash,
+        bytes: plan.bytes,
+      })
+      if (plan.fold) segments.push(pageRow(plan.fold.page, plan.fold.bytes))
+    }
+    await this.store.putSealed(doc, {
+      segments,
+      idFilters: plans.map((plan, i) => ({ index: plan.segment.index, bytes: filters[i]!.encode() })),
+    })
+    return filters
   }
 
   /** Holds the filter of segment `index`, which `doc` now names, when its filters are attached. */
@@ -188,13 +224,7 @@ export class HistoryKeeper {
 
   /** Stores directory page `page` of `doc`'s folded history (encoded as `bytes`) durably. */
   storePage(doc: string, page: DirectoryPage, bytes: Uint8Array): Promise<void> {
-    return this.store.put(doc, {
-      index: directoryPageIndex(page.page),
-      from: page.summaries[0]?.from ?? 0,
-      to: page.summaries.at(-1)?.to ?? 0,
-      hash: segmentHash(bytes),
-      bytes,
-    })
+    return this.store.put(doc, pageRow(page, bytes))
   }
 
   /** Directory page `page` of `host`'s folded history as stored, or null. */
