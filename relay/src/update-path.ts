@@ -622,15 +622,16 @@ const SEALS_PER_TURN = 4
  * live document holds enough (see `planSeal`): each segment is stored first,
  * then the live document drops what it sealed and names the segment. A large
  * batch makes several segments due; they are planned together (each as on
- * the document the one before leaves, see `planSeals`), stored one after the
- * other, then applied in one transaction (one pass of the deletions and of
- * the message index's observers, and no intermediate rest records), and the
- * live document's change is stored, broadcast and told to the hooks once, as
- * one change: one storage commit instead of one per segment. Nothing applied is shown to anyone before it is durable
- * (the document is held unsaved throughout). A crash in between leaves
- * unreferenced segments that the next sealing rewrites. Call inside the
- * document's queue. A failed segment write leaves the live document with the
- * messages of that segment and later ones.
+ * the document the one before leaves, see `planSeals`), stored together
+ * with their id filters in one commit, then applied in one transaction (one
+ * pass of the deletions and of the message index's observers, and no
+ * intermediate rest records), and the live document's change is stored,
+ * broadcast and told to the hooks once, as one change: one storage commit
+ * instead of one per segment. Nothing applied is shown to anyone before it is
+ * durable (the document is held unsaved throughout). A crash in between
+ * leaves unreferenced segments that the next sealing rewrites. Call inside
+ * the document's queue. A failed write of the segments leaves the live
+ * document with all of their messages (the commit stores all or none).
  */
 async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
   if (host.name.kind !== "conversation" || host.destroyed) return
@@ -648,31 +649,20 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       if (plans.length === 0) break
       n += plans.length
       // Each stored plan with its segment's id filter (held once the live document names the segment).
-      const stored: { plan: SealPlan; filter: IdFilter }[] = []
-      for (const plan of plans) {
-        let filter: IdFilter
-        try {
-          await history.store.put(host.key, {
-            index: plan.segment.index,
-            from: plan.segment.from,
-            to: plan.segment.to,
-            hash: plan.summary.hash,
-            bytes: plan.bytes,
-          })
-          // Durable before the live document names the segment, as the segment is: the rules trust it.
-          filter = await history.storeIdFilter(host.key, plan.segment)
-          if (plan.fold) await history.storePage(host.key, plan.fold.page, plan.fold.bytes)
-        } catch (error) {
-          ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
-          failed = true
-          break
-        }
-        if (host.destroyed) break
-        stored.push({ plan, filter })
+      let stored: { plan: SealPlan; filter: IdFilter }[]
+      try {
+        // The segments, their id filters and a fold's page in one commit, durable before the live
+        // document names them: the rules trust them.
+        const filters = await history.storeSeals(host.key, plans)
+        stored = plans.map((plan, i) => ({ plan, filter: filters[i]! }))
+      } catch (error) {
+        ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
+        failed = true
+        break
       }
       if (host.destroyed || stored.length === 0) break
       release ??= host.holdUnsaved()
-      // Those stored, each as if applied alone after the ones before it: the first of a failed write's.
+      // Those stored, each as if applied alone after the ones before it.
       const update = captureUpdate(host.doc, () =>
         applySeals(
           host.doc,
@@ -692,7 +682,6 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
           { doc: host.key, segment: plan.segment.index, from: plan.segment.from, to: plan.segment.to },
           "sealed history",
         )
-      if (failed) break
     }
     if (updates.length === 0 || host.destroyed) return
     const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)

@@ -143,10 +143,12 @@ describe("sealed history", () => {
       if (name.includes(id)) writes.push("change")
       return append(name, updates)
     }
-    const put = backend.history.put.bind(backend.history)
-    backend.history.put = (doc, segment) => {
-      writes.push(`segment ${segment.index}`)
-      return put(doc, segment)
+    const putSealed = backend.history.putSealed.bind(backend.history)
+    backend.history.putSealed = (doc, sealed) => {
+      writes.push(
+        `segments ${sealed.segments.map((s) => s.index).join(",")}, filters ${sealed.idFilters.map((f) => f.index).join(",")}`,
+      )
+      return putSealed(doc, sealed)
     }
     const relay = await relayWith(backend)
     id = await conversationWith(relay, 0)
@@ -160,8 +162,9 @@ describe("sealed history", () => {
     while ((await relay.core.read(id, (doc) => sealedThrough(doc))) < 40 && Date.now() < deadline)
       await new Promise((r) => setTimeout(r, 20))
     await relay.core.read(id, () => undefined)
-    // The burst, then every segment stored before the one change that names them all.
-    expect(writes).toEqual(["change", "segment 0", "segment 1", "segment 2", "segment 3", "change"])
+    // The burst, then every segment stored with its id filter in one write before the one change
+    // that names them all.
+    expect(writes).toEqual(["change", "segments 0,1,2,3, filters 0,1,2,3", "change"])
     const key = [...(await backend.documents.list())].find((name) => name.includes(id))!
     const sealed = (await backend.history.all(key)).flatMap((s) => decodeSegment(s.bytes).entries)
     expect(sealed.map((e) => e.seq)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1))

@@ -26,7 +26,12 @@ import { newApiKey } from "../src/api/keys.js"
 import { MemoryBackend } from "../src/backend/index.js"
 import type { SealedReadLimits } from "../src/history/keeper.js"
 import { SEALED_READS_PER_UPDATE } from "../src/history/sealed-reads.js"
-import { type HistoryStore, MemoryHistoryStore, type StoredSegment } from "../src/history/store.js"
+import {
+  type HistoryStore,
+  MemoryHistoryStore,
+  type SealedRows,
+  type StoredSegment,
+} from "../src/history/store.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { apiClient } from "./api/helpers.js"
 import { TestClient } from "./helpers/clients.js"
@@ -61,6 +66,9 @@ class CountingStore implements HistoryStore {
   }
   putIdFilter(doc: string, index: number, bytes: Uint8Array): Promise<void> {
     return this.inner.putIdFilter(doc, index, bytes)
+  }
+  putSealed(doc: string, sealed: SealedRows): Promise<void> {
+    return this.inner.putSealed(doc, sealed)
   }
   idFilters(doc: string, from: number) {
     return this.inner.idFilters(doc, from)

@@ -5,6 +5,7 @@ import {
   foldedHistory,
   type MessageId,
   nextDirectoryPage,
+  type SealPlan,
   type Segment,
   sealedHistory,
   sealedThrough,
@@ -16,6 +17,15 @@ import { attachSealedIdFilters, namedSegments, type SealedIdFilters, sealedIdFil
 import { SealedReadDefaults, SealedReads } from "./sealed-reads.js"
 import type { SealingOptions } from "./sealing.js"
 import { directoryPageIndex, type HistoryStore, type StoredSegment } from "./store.js"
+
+/** The row of directory page `page` (encoded as `bytes`), beside the segments. */
+const pageRow = (page: DirectoryPage, bytes: Uint8Array): StoredSegment => ({
+  index: directoryPageIndex(page.page),
+  from: page.summaries[0]?.from ?? 0,
+  to: page.summaries.at(-1)?.to ?? 0,
+  hash: segmentHash(bytes),
+  bytes,
+})
 
 /** What the keeper needs of a loaded document. */
 export interface HistoryHost {
@@ -137,6 +147,32 @@ export class HistoryKeeper {
   sealedNow(doc: Y.Doc, indexes: readonly number[]): void {
     for (const index of indexes) this.noteRead(doc, index)
     this.trim(doc, new Set(indexes))
+  }
+
+  /**
+   * Stores what sealing `plans` needs durable before the live document names
+   * their segments — each segment, its id filter, and the directory page of a
+   * fold — in one commit (all or none). Returns each plan's filter for
+   * {@link holdIdFilter}.
+   */
+  async storeSeals(doc: string, plans: readonly SealPlan[]): Promise<IdFilter[]> {
+    const filters = plans.map((plan) => IdFilter.of(plan.segment.entries.map((e) => e.record.id)))
+    const segments: StoredSegment[] = []
+    for (const plan of plans) {
+      segments.push({
+        index: plan.segment.index,
+        from: plan.segment.from,
+        to: plan.segment.to,
+        hash: plan.summary.hash,
+        bytes: plan.bytes,
+      })
+      if (plan.fold) segments.push(pageRow(plan.fold.page, plan.fold.bytes))
+    }
+    await this.store.putSealed(doc, {
+      segments,
+      idFilters: plans.map((plan, i) => ({ index: plan.segment.index, bytes: filters[i]!.encode() })),
+    })
+    return filters
   }
 
   /** Holds the filter of segment `index`, which `doc` now names, when its filters are attached. */
@@ -310,13 +346,7 @@ export class HistoryKeeper {
 
   /** Stores directory page `page` of `doc`'s folded history (encoded as `bytes`) durably. */
   storePage(doc: string, page: DirectoryPage, bytes: Uint8Array): Promise<void> {
-    return this.store.put(doc, {
-      index: directoryPageIndex(page.page),
-      from: page.summaries[0]?.from ?? 0,
-      to: page.summaries.at(-1)?.to ?? 0,
-      hash: segmentHash(bytes),
-      bytes,
-    })
+    return this.store.put(doc, pageRow(page, bytes))
   }
 
   /** Directory page `page` of `host`'s folded history as stored, or null. */

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import type { Backend } from "../../src/backend/types.js"
+import { directoryPageIndex } from "../../src/history/store.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import type { RelayStorage } from "../../src/storage/types.js"
 import { runApiKeyStoreConformance } from "./api-keys.js"
@@ -326,6 +327,40 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       await backend.close()
       backend = await harness.open()
       expect((await backend.history.idFilters("g~ids", 0)).map((f) => f.index)).toEqual([0, 1, 2])
+    })
+
+    it("stores one turn of sealing (segments, a directory page, their id filters) in one write, readable as if put one by one", async () => {
+      const row = (index: number, fill: number) => ({
+        index,
+        from: Math.max(0, index) * 10 + 1,
+        to: Math.max(0, index) * 10 + 10,
+        hash: `s${index}-${fill}`,
+        bytes: new Uint8Array(48).fill(fill),
+      })
+      const filter = (fill: number) => new Uint8Array(40).fill(fill)
+      // Written before (a seal that crashed before the live document named it): replaced.
+      await backend.history.put("g~sealed", row(1, 9))
+      await backend.history.putIdFilter("g~sealed", 1, filter(9))
+      await backend.history.putSealed("g~sealed", {
+        segments: [row(0, 1), row(1, 2), row(directoryPageIndex(0), 3)],
+        idFilters: [
+          { index: 0, bytes: filter(1) },
+          { index: 1, bytes: filter(2) },
+        ],
+      })
+      expect(await backend.history.all("g~sealed")).toEqual([row(0, 1), row(1, 2)])
+      expect(await backend.history.get("g~sealed", directoryPageIndex(0))).toEqual(
+        row(directoryPageIndex(0), 3),
+      )
+      expect(await backend.history.idFilters("g~sealed", 0)).toEqual([
+        { index: 0, bytes: filter(1) },
+        { index: 1, bytes: filter(2) },
+      ])
+      if (!harness.persistent) return
+      await backend.close()
+      backend = await harness.open()
+      expect((await backend.history.all("g~sealed")).map((s) => s.hash)).toEqual(["s0-1", "s1-2"])
+      expect((await backend.history.idFilters("g~sealed", 0)).map((f) => f.index)).toEqual([0, 1])
     })
 
     it("closes once, however often it is asked to", async () => {
