@@ -1,5 +1,6 @@
 import type Database from "better-sqlite3"
 import type pg from "pg"
+import { inTransaction } from "../postgres.js"
 
 /** A sealed segment as stored: its immutable bytes under its document and index. */
 export interface StoredSegment {
@@ -274,20 +275,13 @@ export class PostgresHistoryStore implements HistoryStore {
   }
 
   async putSealed(doc: string, sealed: SealedRows): Promise<void> {
-    const client = await this.pool.connect()
-    try {
-      await client.query("BEGIN")
+    // `inTransaction`: a connection the server terminates mid-transaction must not crash the process.
+    await inTransaction(this.pool, async (client) => {
       for (const s of sealed.segments)
         await client.query(PG_PUT_SEGMENT, [doc, s.index, s.from, s.to, s.hash, Buffer.from(s.bytes)])
       for (const f of sealed.idFilters)
         await client.query(PG_PUT_ID_FILTER, [doc, f.index, Buffer.from(f.bytes)])
-      await client.query("COMMIT")
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => undefined)
-      throw error
-    } finally {
-      client.release()
-    }
+    })
   }
 
   async idFilters(doc: string, from: number): Promise<StoredIdFilter[]> {

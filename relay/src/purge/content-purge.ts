@@ -5,6 +5,7 @@ import type { MemoryHistoryStore } from "../history/store.js"
 import type { HookEvent } from "../hooks/events.js"
 import type { MemoryEventLog } from "../hooks/memory-event-log.js"
 import type { MemoryOutbox } from "../hooks/outbox.js"
+import { inTransaction } from "../postgres.js"
 import { namesAnyMessage, type RedactionScope, redactEvent, redactPayload } from "./redact.js"
 
 /**
@@ -165,9 +166,8 @@ export class PostgresContentPurge implements ContentPurge {
   constructor(private readonly pool: pg.Pool) {}
 
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
-    const client = await this.pool.connect()
-    try {
-      await client.query("BEGIN")
+    // `inTransaction`: a connection the server terminates mid-transaction must not crash the process.
+    await inTransaction(this.pool, async (client) => {
       // For some messages, only the rows whose payload names one of them (see payloadNeedles).
       const needles = scope.kind === "messages" ? payloadNeedles(scope.ids) : undefined
       const naming = needles
@@ -198,13 +198,7 @@ export class PostgresContentPurge implements ContentPurge {
         if (payload !== undefined)
           await client.query("UPDATE parley_event_log SET payload = $1 WHERE id = $2", [payload, row.id])
       }
-      await client.query("COMMIT")
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => undefined)
-      throw error
-    } finally {
-      client.release()
-    }
+    })
   }
 
   async dropSegments(document: string): Promise<void> {
