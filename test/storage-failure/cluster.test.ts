@@ -40,19 +40,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       proxied.port = String(proxy.port)
       const cluster = await startCluster(2, { redisUrl: proxied.toString() })
       cleanups.push(() => cluster.stop())
-      const id = newConversationId()
-      const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
-      const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
-      cleanups.push(() => a.stop())
-      cleanups.push(() => b.stop())
-      const first = a.connect()
-      await first.synced()
-      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-      await first.allSaved()
-      await b.connect().synced()
-      a.send("before")
-      b.send("before")
-      await Promise.all([a.settled(), b.settled()])
+      const { id, a, b } = await chatting(cluster)
 
       proxy.blackhole()
       proxy.cut()
@@ -112,19 +100,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         args: ["--storage-timeout-ms", "1000"],
       })
       cleanups.push(() => cluster.stop())
-      const id = newConversationId()
-      const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
-      const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
-      cleanups.push(() => a.stop())
-      cleanups.push(() => b.stop())
-      const first = a.connect()
-      await first.synced()
-      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-      await first.allSaved()
-      await b.connect().synced()
-      a.send("before")
-      b.send("before")
-      await Promise.all([a.settled(), b.settled()])
+      const { id, a, b } = await chatting(cluster)
 
       proxy.blackhole()
       proxy.cut()
@@ -172,19 +148,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         const cluster = await startCluster(2, { redisUrl: redis.url })
         cleanups.push(() => cluster.stop())
         const relays = [cluster.relay(0), cluster.relay(1)]
-        const id = newConversationId()
-        const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
-        const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
-        cleanups.push(() => a.stop())
-        cleanups.push(() => b.stop())
-        const first = a.connect()
-        await first.synced()
-        createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-        await first.allSaved()
-        await b.connect().synced()
-        a.send("before")
-        b.send("before")
-        await Promise.all([a.settled(), b.settled()])
+        const { id, b } = await chatting(cluster)
         for (const relay of relays)
           await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
 
@@ -241,4 +205,26 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       30_000,
     )
   })
+}
+
+/**
+ * A group of alice (writing through relay 0, which creates it) and bob
+ * (through relay 1), each with one message stored: the starting point of
+ * every test here. The writers stop when the test ends.
+ */
+async function chatting(cluster: Awaited<ReturnType<typeof startCluster>>) {
+  const id = newConversationId()
+  const a = new Writer(alice, id, await cluster.token(alice), () => cluster.relay(0).url)
+  const b = new Writer(bob, id, await cluster.token(bob), () => cluster.relay(1).url)
+  cleanups.push(() => a.stop())
+  cleanups.push(() => b.stop())
+  const first = a.connect()
+  await first.synced()
+  createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+  await first.allSaved()
+  await b.connect().synced()
+  a.send("before")
+  b.send("before")
+  await Promise.all([a.settled(), b.settled()])
+  return { id, a, b }
 }

@@ -5,6 +5,7 @@ import {
   ErrorCode,
   listMessages,
   type MessageId,
+  type MessageView,
   newConversationId,
   sendMessage,
   type UserId,
@@ -153,11 +154,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(await healthz(relay.httpUrl)).toBe(200)
       expect(a.closeEvent).toBeUndefined()
 
-      const log = await storedLog(scratch, id)
-      expect(storedTwice(log)).toEqual([])
-      const stored = new Y.Doc()
-      for (const update of log) Y.applyUpdate(stored, update)
-      expect(listMessages(stored, { last: 10 }).map((m) => [m.body, m.seq])).toEqual([
+      expect((await storedOnce(scratch, id)).map((m) => [m.body, m.seq])).toEqual([
         ["in flight", 1],
         ["after", 2],
       ])
@@ -191,11 +188,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(relay.child.exitCode).toBeNull()
       expect(a.closeEvent).toBeUndefined()
 
-      const log = await storedLog(scratch, id)
-      expect(storedTwice(log)).toEqual([])
-      const stored = new Y.Doc()
-      for (const update of log) Y.applyUpdate(stored, update)
-      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["mid-write", "after the reset"])
+      expect((await storedOnce(scratch, id)).map((m) => m.body)).toEqual(["mid-write", "after the reset"])
     })
 
     it("refuses writes at once while the database is black-holed, is not ready, and stores the SDK's messages once when it answers", async () => {
@@ -265,11 +258,12 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
           `a write during the outage refused in ${rawRefusedMs} ms`,
       )
 
-      const log = await storedLog(scratch, chat.id)
-      expect(storedTwice(log)).toEqual([])
-      const stored = new Y.Doc()
-      for (const update of log) Y.applyUpdate(stored, update)
-      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "one", "two", "three"])
+      expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual([
+        "before",
+        "one",
+        "two",
+        "three",
+      ])
     })
 
     it("is not ready while a table appends write is locked, naming it; refuses writes at once; stores the SDK's message once when it is released", async () => {
@@ -318,11 +312,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
       // No reconnect: the SDK re-sent its pending work on the connection it had.
       expect(reconnects).toEqual([])
-      const log = await storedLog(scratch, chat.id)
-      expect(storedTwice(log)).toEqual([])
-      const stored = new Y.Doc()
-      for (const update of log) Y.applyUpdate(stored, update)
-      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "during the lock"])
+      expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual(["before", "during the lock"])
     }, 30_000)
 
     it("is not ready while the server takes no writes (read-only after a failover), and stores the SDK's message once when it does again", async () => {
@@ -367,11 +357,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await eventually(() => expect(chat.status(during.id)).toBe("sent"), 15_000)
       await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
       expect(reconnects).toEqual([])
-      const log = await storedLog(scratch, chat.id)
-      expect(storedTwice(log)).toEqual([])
-      const stored = new Y.Doc()
-      for (const update of log) Y.applyUpdate(stored, update)
-      expect(listMessages(stored, { last: 10 }).map((m) => m.body)).toEqual(["before", "while read-only"])
+      expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual(["before", "while read-only"])
     }, 30_000)
   })
 }
@@ -379,4 +365,13 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 function postgresTarget(): { host: string; port: number } {
   const url = new URL(DATABASE_URL)
   return { host: url.hostname || "127.0.0.1", port: Number(url.port || 5432) }
+}
+
+/** The messages `id`'s stored log holds (the last 10), after checking that no update in it was stored twice. */
+async function storedOnce(scratch: ScratchSchema, id: string): Promise<MessageView[]> {
+  const log = await storedLog(scratch, id)
+  expect(storedTwice(log)).toEqual([])
+  const stored = new Y.Doc()
+  for (const update of log) Y.applyUpdate(stored, update)
+  return listMessages(stored, { last: 10 })
 }
