@@ -9,7 +9,7 @@
  * gone quiet, so nothing it does for the frame afterwards escapes the figure.
  * Used by `npm run bench:frames`; Linux only (it reads /proc).
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -109,6 +109,13 @@ export interface ProcessProbeResult {
   readonly clock: { readonly sent: number; readonly ack: number; readonly quiet: number }
   /** CPU ms per thread name from the frame to the end of the quiet stretch after it (the main thread and the others: GC helpers, compilers, libuv's pool). */
   readonly threads: Readonly<Record<string, number>>
+  /**
+   * With `--trace-gc` among the relay's node flags: V8's collections whose
+   * start fell between the frame being sent and the relay being quiet after
+   * it (times as the trace prints them, ms since the relay's start, placed by
+   * the start of the process: within a few tens of ms).
+   */
+  readonly gcs?: { readonly scavenges: number; readonly markCompacts: number }
 }
 
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n)
@@ -146,6 +153,7 @@ export async function probeProcess(
   await backend.close()
   let relay: RelayProcess | undefined
   try {
+    const startedUs = monotonicUs()
     relay = await startRelayProcess({
       dataDir,
       env: { PARLEY_IDLE_UNLOAD_MS: "100", ...options.env },
@@ -219,7 +227,24 @@ export async function probeProcess(
     }
     relay.child.kill("SIGTERM")
     await relay.exited
-    return results
+    // What the relay printed that is not a log line (V8's --trace-gc, say), for whoever asked for it.
+    const printed = relay.lines.filter((l) => !l.startsWith("{"))
+    const out = process.env.PARLEY_BENCH_RELAY_OUTPUT
+    if (out) writeFileSync(out, printed.join("\n"))
+    if (!options.nodeArgs?.includes("--trace-gc")) return results
+    // The main isolate's lines only ("[pid:0x…] 1234 ms: Scavenge …"): the hook worker's are its own heap.
+    const gcLines = printed
+      .map((l) => /^\[\d+:(0x[0-9a-f]+)\]\s+(\d+) ms: (Scavenge|Mark-Compact)/.exec(l))
+      .filter((m) => m !== null)
+    const main = gcLines[0]?.[1]
+    const gcs = gcLines
+      .filter((m) => m[1] === main)
+      .map((m) => ({ at: startedUs + Number(m[2]) * 1000, major: m[3] === "Mark-Compact" }))
+    return results.map((r) => {
+      const inWindow = gcs.filter((g) => g.at >= r.clock.sent && g.at <= r.clock.quiet)
+      const markCompacts = inWindow.filter((g) => g.major).length
+      return { ...r, gcs: { scavenges: inWindow.length - markCompacts, markCompacts } }
+    })
   } finally {
     await stopRelayProcesses()
     rmSync(dataDir, { recursive: true, force: true })

@@ -276,7 +276,9 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
         : all.filter((s) => which.split("|").some((part) => s.name.includes(part)))
   // One process for all: a first, unmeasured frame of each shape warms its JIT, then `runs` measured ones.
   const plan = picked.flatMap((shape) => Array.from({ length: runs + 1 }, () => shape))
-  const results = await probeProcess(plan, seed, { args: relayArgs })
+  // PARLEY_BENCH_NODE_ARGS: Node flags for the relay process (as for `npm run bench`), e.g. "--trace-gc".
+  const nodeArgs = process.env.PARLEY_BENCH_NODE_ARGS?.split(/\s+/).filter(Boolean)
+  const results = await probeProcess(plan, seed, { args: relayArgs, ...(nodeArgs ? { nodeArgs } : {}) })
   console.log(
     `\nEvery frame, end to end and in process. "process": a relay process (default configuration: SQLite, hooks with event log and inbox upkeep, sealed history), its CPU (all threads, /proc/<pid>/task/<tid>/schedstat, ns) from before the frame until quiet after the answer, median (worst) of ${runs} runs; "until ack": of which before the sender had its answer; "main thread": of which on the event loop's thread (the rest is V8's garbage collection and compiler threads, libuv's pool, the WAL checkpointer), median; "unload": apart from the frame, median CPU of unloading the document once the sender left (the relay runs with a 100 ms idle delay, so that no unload lands in a later frame's window). "in-process": the table above (relay core, memory storage, no hooks).`,
   )
@@ -337,6 +339,14 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
         inProcess ? inProcess.worstCpuMs.toFixed(1) : "-",
         entry.unloadMs.toFixed(1),
       ]),
+    )
+    // Every run in order: the spread is mostly the collector's (a major GC lands in some frames' windows).
+    const gcNote = (r: (typeof measured)[number]) =>
+      r.gcs
+        ? ` (${r.gcs.scavenges} scavenges${r.gcs.markCompacts ? `, ${r.gcs.markCompacts} mark-compact` : ""})`
+        : ""
+    console.log(
+      `    runs in order, ms: ${measured.map((r) => `${r.cpuMs.toFixed(0)}${gcNote(r)}`).join(", ")}`,
     )
   })
   const worstOf = (list: typeof endToEnd) => Math.max(0, ...list.map((r) => r.worstCpuMs))
