@@ -24,9 +24,9 @@ export default defineConfig({
     pool: "forks",
     // Vitest's default (available cores − 1) is one worker on a 2-core machine: files ran one after
     // another, 810 s in CI. Most files wait on relay processes, PostgreSQL or a browser, so more
-    // workers than cores keep the cores busy: on a quiet 2-core machine, two workers left them idle
-    // part of the time (443 s), three keep them 97 % busy (367 s, measured 2026-12-02). More would
-    // only add contention, and stretch the tests that wait on timers.
+    // workers than cores keep the cores busy: on a quiet 2-core machine three keep them 97 % busy
+    // (measured 2026-12-02; the run took 367 s, against 443 s with two before that day's changes to
+    // the slowest files). More would only add contention, and stretch the tests that wait on timers.
     maxWorkers: 3,
     // Longest files first, also on a fresh clone (see the file).
     sequence: { sequencer: LongestFirst },
