@@ -23,11 +23,11 @@ export default defineConfig({
     hookTimeout: 30_000,
     pool: "forks",
     // Vitest's default (available cores − 1) is one worker on a 2-core machine: files ran one after
-    // another, 810 s in CI. Most files wait on relay processes, PostgreSQL or a browser, so more
-    // workers than cores keep the cores busy: on a quiet 2-core machine three keep them 97 % busy
-    // (measured 2026-12-02; the run took 367 s, against 443 s with two before that day's changes to
-    // the slowest files). More would only add contention, and stretch the tests that wait on timers.
-    maxWorkers: 3,
+    // another, 810 s in CI. Most files wait on relay processes, PostgreSQL or a browser, so two share
+    // two cores well. Three gained nothing measurable (2026-12-02, the 31 longest files on a quiet
+    // 2-core machine: 254 s with three, 261 s with two; the cores were 97 % busy with three) and
+    // put more load beside the tests that wait on timers.
+    maxWorkers: 2,
     // Longest files first, also on a fresh clone (see the file).
     sequence: { sequencer: LongestFirst },
   },
