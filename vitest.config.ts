@@ -24,7 +24,9 @@ export default defineConfig({
     pool: "forks",
     // Vitest's default (available cores − 1) is one worker on a 2-core machine: files ran one after
     // another, 810 s in CI. Most files wait on relay processes, PostgreSQL or a browser, so two share
-    // two cores well.
+    // two cores well. Three gained nothing measurable (2026-12-02, the 31 longest files on a quiet
+    // 2-core machine: 254 s with three, 261 s with two; the cores were 97 % busy with three) and
+    // put more load beside the tests that wait on timers.
     maxWorkers: 2,
     // Longest files first, also on a fresh clone (see the file).
     sequence: { sequencer: LongestFirst },

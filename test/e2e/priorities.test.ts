@@ -44,20 +44,21 @@ it("pins, emergencies, fleeting countdowns and push notifications in a group", {
   await erin.listItem("Ops").getByTestId("emergency-badge").waitFor({ state: "detached" })
   expect(await erin.page.getByTestId("emergency-total").count()).toBe(0)
 
-  // A fleeting message counts down its time (one day unless the conversation sets another).
+  // A fleeting message counts down its time (one day unless the conversation sets another). Erin
+  // looks at the conversation already: the message lives 10 s from here on.
+  await erin.openConversation("Ops")
   await dana.page.getByTestId("priority-picker").selectOption("fleeting")
   await dana.send("Door code 4711")
   await dana.message("Door code 4711").getByTestId("fleeting-countdown").getByText("1d").waitFor()
-  // An owner shortens it to 30 s (the People panel): the countdown follows, and the message
+  // An owner shortens it to 10 s (the People panel): the countdown follows, and the message
   // leaves both screens when its time is up.
   await dana.page.getByTestId("participants-toggle").click()
-  await dana.page.getByTestId("fleeting-setting").selectOption("30")
+  await dana.page.getByTestId("fleeting-setting").selectOption("10")
   await dana
     .message("Door code 4711")
     .getByTestId("fleeting-countdown")
     .getByText(/^⏳ \d+s$/)
     .waitFor()
-  await erin.openConversation("Ops")
   await erin.message("Door code 4711").waitFor()
   await screenshot("fleeting", dana, erin)
   await erin.message("Door code 4711").waitFor({ state: "detached", timeout: 60_000 })

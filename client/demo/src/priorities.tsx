@@ -151,7 +151,9 @@ export function formatDuration(seconds: number): string {
   return `${Math.floor(seconds / 86_400)}d`
 }
 
-const LIFETIMES = [30, 300, 3600, DEFAULT_FLEETING_SECONDS]
+// 10 s: long enough to read a short note, short enough to watch one vanish (the end-to-end test
+// waits for that, a 30 s shortest kept it waiting 25 s).
+const LIFETIMES = [10, 30, 300, 3600, DEFAULT_FLEETING_SECONDS]
 
 /** The conversation's fleeting lifetime: shown to everyone, changed by owners and admins. */
 export function FleetingSetting({

@@ -6,7 +6,7 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import {
   type Balance,
@@ -18,7 +18,8 @@ import {
 import { postgresUnreachable } from "../helpers/postgres.js"
 
 const cleanup: (() => unknown)[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once (a cluster and balancers of their own).
+afterAll(async () => {
   for (const step of cleanup.splice(0).reverse()) await step()
 })
 
@@ -50,7 +51,9 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     it.skip(`skipped: ${missing}`, () => {})
   })
 } else {
-  describe("per-user limits behind the load balancer", () => {
+  // Each test waits on its own three relays (a scratch schema and Redis prefix of their own) and
+  // HAProxy: they run at once.
+  describe.concurrent("per-user limits behind the load balancer", () => {
     it("counts all of a user's sockets on three relays, routed by user or spread round-robin", async () => {
       const cluster = await startCluster(3, { args: ["--max-sockets-per-user", "2"] })
       cleanup.push(() => cluster.stop())

@@ -1,7 +1,6 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
-import { pathToFileURL } from "node:url"
 import {
   type ConversationId,
   createConversation,
@@ -12,14 +11,22 @@ import {
   type UserId,
 } from "@parley/shared"
 import pino from "pino"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { HookWorker } from "../../src/hooks/worker-host.js"
 import { TestClient } from "../helpers/clients.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import {
+  hooksApi,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "../helpers/relay-process.js"
 
-const api = JSON.stringify(pathToFileURL(resolve(import.meta.dirname, "../../src/hooks/index.ts")).href)
+// The relay processes here load the modules with `hooksUseHooksApi`: the relay compiled for the
+// test run, which starts in about half the time of the bin's tsx loader.
+const api = JSON.stringify(hooksApi())
 const dirs: string[] = []
-afterEach(async () => {
+// After the file, not after each test: the tests run at once (relays and hook folders of their own).
+afterAll(async () => {
   await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
@@ -73,7 +80,10 @@ async function open(relay: RelayProcess, id: ConversationId, user: string): Prom
   return client
 }
 
-describe("hook modules in a worker thread", () => {
+// Each test waits for hook timeouts (seconds) and worker restarts, on a relay of its own: they run
+// at once. Sharing the machine with one another and with another test file, each takes longer
+// than alone, within the 90 s each has.
+describe.concurrent("hook modules in a worker thread", () => {
   it("a handler that never returns stalls neither the relay nor the other modules: its event is dead-lettered, the worker restarted", async () => {
     const log = join(mkdtempSync(join(tmpdir(), "parley-hook-log-")), "deliveries.jsonl")
     dirs.push(resolve(log, ".."))
@@ -93,6 +103,7 @@ export default defineHooks({
     const relay = await startRelayProcess({
       args: ["--hooks", hooks, "--hook-timeout-ms", "3000", "--hook-attempts", "2"],
       env: { HOOK_LOG: log },
+      hooksUseHooksApi: true,
     })
     const stuck = "g~stuck" as ConversationId
     const alice = await open(relay, stuck, "alice")
@@ -178,6 +189,7 @@ export default defineHooks({
     const relay = await startRelayProcess({
       args: ["--hooks", hooks, "--hook-timeout-ms", "1500", "--hook-attempts", "2", "--hook-memory-mb", "64"],
       env: { HOOK_LOG: log },
+      hooksUseHooksApi: true,
     })
     const id = "g~bad" as ConversationId
     const alice = await open(relay, id, "alice")
@@ -225,7 +237,10 @@ export default defineHooks({
 })
 `,
     })
-    const relay = await startRelayProcess({ args: ["--hooks", hooks, "--hook-timeout-ms", "1500"] })
+    const relay = await startRelayProcess({
+      args: ["--hooks", hooks, "--hook-timeout-ms", "1500"],
+      hooksUseHooksApi: true,
+    })
     const id = "g~echo" as ConversationId
     const alice = await open(relay, id, "alice")
     createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: ["bot" as UserId] })
@@ -254,7 +269,7 @@ export default defineHooks({
       "ok.mjs": RECORDING,
       "broken.mjs": "export default defineHooks({ onMessageSent( }\n",
     })
-    const relay = startRelayProcess({ args: ["--hooks", hooks] })
+    const relay = startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
     await expect(relay).rejects.toThrow(/exited \(code 2[\s\S]*broken\.mjs failed to load/)
   }, 60_000)
 })
