@@ -232,11 +232,14 @@ export async function probeProcess(
     const out = process.env.PARLEY_BENCH_RELAY_OUTPUT
     if (out) writeFileSync(out, printed.join("\n"))
     if (!options.nodeArgs?.includes("--trace-gc")) return results
-    // The main isolate's lines only ("[pid:0x…] 1234 ms: Scavenge …"): the hook worker's are its own heap.
+    // The main isolate's lines only ("[pid:0x…] 1234 ms: Scavenge …"): worker threads (the WAL
+    // checkpointer, a hook worker) have heaps of their own and collect far less often.
     const gcLines = printed
       .map((l) => /^\[\d+:(0x[0-9a-f]+)\]\s+(\d+) ms: (Scavenge|Mark-Compact)/.exec(l))
       .filter((m) => m !== null)
-    const main = gcLines[0]?.[1]
+    const perIsolate = new Map<string, number>()
+    for (const m of gcLines) perIsolate.set(m[1]!, (perIsolate.get(m[1]!) ?? 0) + 1)
+    const main = [...perIsolate].sort((a, b) => b[1] - a[1])[0]?.[0]
     const gcs = gcLines
       .filter((m) => m[1] === main)
       .map((m) => ({ at: startedUs + Number(m[2]) * 1000, major: m[3] === "Mark-Compact" }))
