@@ -343,7 +343,7 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
     // Every run in order: the spread is mostly the collector's (a major GC lands in some frames' windows).
     const gcNote = (r: (typeof measured)[number]) =>
       r.gcs
-        ? ` (${r.gcs.scavenges} scavenges${r.gcs.markCompacts ? `, ${r.gcs.markCompacts} mark-compact` : ""})`
+        ? ` (${r.gcs.scavenges} scavenge${r.gcs.scavenges === 1 ? "" : "s"}${r.gcs.markCompacts ? `, ${r.gcs.markCompacts} mark-compact` : ""})`
         : ""
     console.log(
       `    runs in order, ms: ${measured.map((r) => `${r.cpuMs.toFixed(0)}${gcNote(r)}`).join(", ")}`,
