@@ -130,6 +130,15 @@ export class LiveInbox implements RelayExtension {
   private readonly touched = new Map<UserId, Set<ConversationId>>()
   /** Full refreshes waiting for the window of an incomplete one to end, by user. */
   private readonly deferredFull = new Map<UserId, ReturnType<typeof setTimeout>>()
+  /**
+   * When each conversation's membership last changed (a stored change adding
+   * or removing someone), on a clock of this extension's own: a refresh reads
+   * a conversation and writes the entry after an `await`, and a removal (with
+   * `inboxTarget`'s removal of the entry) landing in between must not be
+   * undone by that stale write. Kept while refreshes run; cleared between.
+   */
+  private readonly membershipChanged = new Map<ConversationId, number>()
+  private membershipClock = 0
   private readonly fullRefreshMs: number
   private readonly now: () => number
   private readonly seesEveryChange: boolean
@@ -255,6 +264,10 @@ export class LiveInbox implements RelayExtension {
       }
       return
     }
+    if (parsed?.kind === "conversation" && this.refreshing.size > 0)
+      for (const e of events)
+        if (e.type === "participants.removed" || e.type === "participants.added")
+          this.membershipChanged.set(parsed.id, ++this.membershipClock)
     if (parsed?.kind !== "conversation" || (this.connected.size === 0 && this.away.size === 0)) return
     if (!events.some((e) => SHOWN.has(e.type))) return
     if (this.away.size > 0) this.noteMissed(parsed.id, doc, events)
@@ -346,7 +359,10 @@ export class LiveInbox implements RelayExtension {
         const last = this.lastFull.get(user)
         if (last) last.complete = false
       })
-      .finally(() => this.refreshing.delete(user))
+      .finally(() => {
+        this.refreshing.delete(user)
+        if (this.refreshing.size === 0) this.membershipChanged.clear()
+      })
   }
 
   private async refreshOnce(user: UserId, wanted: Wanted): Promise<void> {
@@ -379,6 +395,7 @@ export class LiveInbox implements RelayExtension {
       }
       let entry: InboxEntry | undefined
       let headJson = "null"
+      const epoch = this.membershipChanged.get(id as ConversationId) ?? 0
       try {
         ;[entry, headJson] = await core.read(id, (doc) => {
           const head = conversationHead(doc)
@@ -390,7 +407,9 @@ export class LiveInbox implements RelayExtension {
         if (!(error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
         entry = undefined
       }
-      await this.write(user, id as ConversationId, entry, headJson)
+      const written = await this.write(user, id as ConversationId, entry, headJson, epoch)
+      // Its membership changed between the read and the write: derived again from what it is now.
+      if (written === "stale") this.refresh(user, [id as ConversationId])
     }
     if (last) last.complete = true
   }
@@ -435,14 +454,17 @@ export class LiveInbox implements RelayExtension {
 
   /**
    * Writes `user`'s entry from a refresh: compared with the inbox itself (the
-   * user may have written it), in a transaction.
+   * user may have written it), in a transaction. "stale" (nothing written)
+   * when the conversation's membership changed since `epoch`, the
+   * {@link LiveInbox.membershipChanged} value read before the entry was.
    */
   private write(
     user: UserId,
     id: ConversationId,
     entry: InboxEntry | undefined,
     headJson: string,
-  ): Promise<boolean> {
+    epoch: number,
+  ): Promise<boolean | "stale"> {
     const core = this.core
     if (!core) return Promise.resolve(false)
     const state = entry && {
@@ -451,9 +473,20 @@ export class LiveInbox implements RelayExtension {
       emergency: entry.emergency ?? [],
     }
     this.remember(user, id, state, headJson, true)
+    let stale = false
     return core
       .derive(inboxDocumentName(user), (inbox) => {
+        // Checked as the write is applied, not before the wait for it.
+        if ((this.membershipChanged.get(id) ?? 0) !== epoch) {
+          stale = true
+          return
+        }
         writeInboxEntry(inbox, id, entry)
+      })
+      .then((written) => {
+        if (!stale) return written
+        this.shown.get(user)?.delete(id)
+        return "stale" as const
       })
       .catch(() => {
         this.shown.get(user)?.delete(id)
