@@ -131,14 +131,14 @@ export class LiveInbox implements RelayExtension {
   /** Full refreshes waiting for the window of an incomplete one to end, by user. */
   private readonly deferredFull = new Map<UserId, ReturnType<typeof setTimeout>>()
   /**
-   * When each conversation's membership last changed (a stored change adding
-   * or removing someone), on a clock of this extension's own: a refresh reads
-   * a conversation and writes the entry after an `await`, and a removal (with
-   * `inboxTarget`'s removal of the entry) landing in between must not be
-   * undone by that stale write. Kept while refreshes run; cleared between.
+   * Conversations a refresh is reading and writing an entry of now: how many
+   * such refreshes, and how often their membership changed meanwhile. A
+   * refresh reads a conversation and writes the entry after an `await`; a
+   * removal (with `inboxTarget`'s removal of the entry) landing in between
+   * must not be undone by that stale write. Only conversations in flight are
+   * kept, so it holds no more than the refreshes running.
    */
-  private readonly membershipChanged = new Map<ConversationId, number>()
-  private membershipClock = 0
+  private readonly inFlight = new Map<ConversationId, { readers: number; membershipChanges: number }>()
   private readonly fullRefreshMs: number
   private readonly now: () => number
   private readonly seesEveryChange: boolean
@@ -264,10 +264,11 @@ export class LiveInbox implements RelayExtension {
       }
       return
     }
-    if (parsed?.kind === "conversation" && this.refreshing.size > 0)
-      for (const e of events)
-        if (e.type === "participants.removed" || e.type === "participants.added")
-          this.membershipChanged.set(parsed.id, ++this.membershipClock)
+    if (parsed?.kind === "conversation" && this.inFlight.size > 0) {
+      const flight = this.inFlight.get(parsed.id)
+      if (flight && events.some((e) => e.type === "participants.removed" || e.type === "participants.added"))
+        flight.membershipChanges++
+    }
     if (parsed?.kind !== "conversation" || (this.connected.size === 0 && this.away.size === 0)) return
     if (!events.some((e) => SHOWN.has(e.type))) return
     if (this.away.size > 0) this.noteMissed(parsed.id, doc, events)
@@ -359,10 +360,7 @@ export class LiveInbox implements RelayExtension {
         const last = this.lastFull.get(user)
         if (last) last.complete = false
       })
-      .finally(() => {
-        this.refreshing.delete(user)
-        if (this.refreshing.size === 0) this.membershipChanged.clear()
-      })
+      .finally(() => this.refreshing.delete(user))
   }
 
   private async refreshOnce(user: UserId, wanted: Wanted): Promise<void> {
@@ -393,23 +391,41 @@ export class LiveInbox implements RelayExtension {
         }
         return
       }
-      let entry: InboxEntry | undefined
-      let headJson = "null"
-      const epoch = this.membershipChanged.get(id as ConversationId) ?? 0
-      try {
-        ;[entry, headJson] = await core.read(id, (doc) => {
-          const head = conversationHead(doc)
-          return [head && entryFromHead(head, doc, user), JSON.stringify(head?.entry ?? null)] as const
-        })
-      } catch (error) {
-        // A damaged conversation keeps its entry as it was until it is restored; a bad key goes.
-        if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) continue
-        if (!(error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
-        entry = undefined
+      const conversation = id as ConversationId
+      let flight = this.inFlight.get(conversation)
+      if (!flight) {
+        flight = { readers: 0, membershipChanges: 0 }
+        this.inFlight.set(conversation, flight)
       }
-      const written = await this.write(user, id as ConversationId, entry, headJson, epoch)
-      // Its membership changed between the read and the write: derived again from what it is now.
-      if (written === "stale") this.refresh(user, [id as ConversationId])
+      flight.readers++
+      try {
+        let entry: InboxEntry | undefined
+        let headJson = "null"
+        const seen = flight.membershipChanges
+        try {
+          ;[entry, headJson] = await core.read(id, (doc) => {
+            const head = conversationHead(doc)
+            return [head && entryFromHead(head, doc, user), JSON.stringify(head?.entry ?? null)] as const
+          })
+        } catch (error) {
+          // A damaged conversation keeps its entry as it was until it is restored; a bad key goes.
+          if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) continue
+          if (!(error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
+          entry = undefined
+        }
+        const current = flight
+        const written = await this.write(
+          user,
+          conversation,
+          entry,
+          headJson,
+          () => current.membershipChanges === seen,
+        )
+        // Its membership changed between the read and the write: derived again from what it is now.
+        if (written === "stale") this.refresh(user, [conversation])
+      } finally {
+        if (--flight.readers === 0) this.inFlight.delete(conversation)
+      }
     }
     if (last) last.complete = true
   }
@@ -455,15 +471,15 @@ export class LiveInbox implements RelayExtension {
   /**
    * Writes `user`'s entry from a refresh: compared with the inbox itself (the
    * user may have written it), in a transaction. "stale" (nothing written)
-   * when the conversation's membership changed since `epoch`, the
-   * {@link LiveInbox.membershipChanged} value read before the entry was.
+   * when `current()` says, as the write is applied, that the conversation's
+   * membership changed since `entry` was read.
    */
   private write(
     user: UserId,
     id: ConversationId,
     entry: InboxEntry | undefined,
     headJson: string,
-    epoch: number,
+    current: () => boolean,
   ): Promise<boolean | "stale"> {
     const core = this.core
     if (!core) return Promise.resolve(false)
@@ -477,7 +493,7 @@ export class LiveInbox implements RelayExtension {
     return core
       .derive(inboxDocumentName(user), (inbox) => {
         // Checked as the write is applied, not before the wait for it.
-        if ((this.membershipChanged.get(id) ?? 0) !== epoch) {
+        if (!current()) {
           stale = true
           return
         }
