@@ -348,6 +348,13 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
     console.log(
       `    runs in order, ms: ${measured.map((r) => `${r.cpuMs.toFixed(0)}${gcNote(r)}`).join(", ")}`,
     )
+    // Where each run's CPU was, by thread name: the collector's helpers and the compilers are not the relay's code.
+    const names = [...new Set(measured.flatMap((r) => Object.keys(r.threads)))]
+      .filter((n) => measured.some((r) => (r.threads[n] ?? 0) >= 0.5))
+      .sort()
+    console.log(
+      `    by thread, ms: ${names.map((n) => `${n} ${measured.map((r) => (r.threads[n] ?? 0).toFixed(0)).join("/")}`).join("; ")}`,
+    )
   })
   const worstOf = (list: typeof endToEnd) => Math.max(0, ...list.map((r) => r.worstCpuMs))
   console.log(
