@@ -27,8 +27,11 @@ import { HistoryKeeper, type SealedReadLimits } from "./history/keeper.js"
 import { namedSegments } from "./history/sealed-ids.js"
 import type { SealingOptions } from "./history/sealing.js"
 import { MemoryHistoryStore } from "./history/store.js"
+import type { EventLog } from "./hooks/event-log.js"
 import { HooksExtension } from "./hooks/extension.js"
+import { MemoryEventLog } from "./hooks/memory-event-log.js"
 import { MemoryOutbox, type Outbox } from "./hooks/outbox.js"
+import { SqliteEventLog } from "./hooks/sqlite-event-log.js"
 import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { createLogger } from "./log.js"
 import { RelayMetrics } from "./metrics.js"
@@ -83,6 +86,8 @@ export interface WarmUpReport {
    * scratch history store (see `sealPiece`): a few per round; 0 without sealing.
    */
   readonly seals: number
+  /** Hook events its scratch cores recorded in their scratch event logs (every frame's, the seals' included). */
+  readonly events: number
 }
 
 const DEFAULT_ROUNDS = 4
@@ -154,6 +159,7 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
   const recorded: Recorded[] = []
   const sealing: Partial<SealFrames> = {}
   let seals = 0
+  let events = 0
   let frames = 0
   let refused = 0
   let early = false
@@ -168,6 +174,7 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
     })
     frames += done.sent
     refused += done.refused
+    events += done.events
     early = done.stopped
   }
   const used = process.cpuUsage(cpu)
@@ -178,6 +185,7 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
     cpuMs: Math.round((used.user + used.system) / 1000),
     stopped: early,
     seals,
+    events,
   }
 }
 
@@ -345,7 +353,7 @@ async function scratchRound(
   scratch: ScratchSettings,
   stopped: () => boolean,
   body: (round: Round & { join(): Promise<void> }) => Promise<boolean>,
-): Promise<{ sent: number; refused: number; stopped: boolean }> {
+): Promise<{ sent: number; refused: number; events: number; stopped: boolean }> {
   const storage = new MemoryStorage()
   const metrics = new RelayMetrics({ defaultMetrics: false })
   const log = createLogger("silent")
@@ -381,6 +389,8 @@ async function scratchRound(
   })
   let sent = 0
   let refused = 0
+  let finished = false
+  let recorded = 0
   try {
     await core.start()
     const id = CONVERSATION
@@ -415,12 +425,17 @@ async function scratchRound(
       connect,
       sendOn,
     }
-    const finished = await body(round)
-    return { sent, refused, stopped: !finished }
+    finished = await body(round)
   } finally {
-    await core.close()
-    events.close()
+    try {
+      await core.close()
+      // After the core: its last changes' events are recorded once it has stopped the hooks.
+      recorded = Number(await events.log.latest())
+    } finally {
+      events.close()
+    }
   }
+  return { sent, refused, events: recorded, stopped: !finished }
 }
 
 /**
@@ -430,11 +445,19 @@ async function scratchRound(
  * reads them; the scratch documents are in memory). `close` closes that
  * database, after the core (as the backend closes its own after the core).
  */
-function scratchOutbox(kind: "sqlite" | "memory"): { readonly outbox: Outbox; close(): void } {
-  if (kind === "memory") return { outbox: new MemoryOutbox(), close: () => {} }
+function scratchOutbox(kind: "sqlite" | "memory"): {
+  readonly outbox: Outbox
+  readonly log: EventLog
+  close(): void
+} {
+  if (kind === "memory") {
+    const log = new MemoryEventLog()
+    return { outbox: new MemoryOutbox(log), log, close: () => {} }
+  }
   const db = new Database(":memory:")
   db.exec(SQLITE_DOCUMENTS_SCHEMA)
-  return { outbox: new SqliteOutbox(db), close: () => db.close() }
+  const log = new SqliteEventLog(db)
+  return { outbox: new SqliteOutbox(db, log), log, close: () => db.close() }
 }
 
 /** Replays the first round's frames in order (the creation first, then the others join). */
