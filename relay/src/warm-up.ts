@@ -259,6 +259,7 @@ async function sealPiece(
 ): Promise<number | undefined> {
   const { segmentSize, keepLive } = scratch.history!.sealing
   if (built.seed === undefined || built.frames === undefined) {
+    let mixed: Uint8Array
     const users = [alice, bob, carol]
     const device = new Y.Doc()
     try {
@@ -279,6 +280,30 @@ async function sealPiece(
       device.clientID = freshClientId()
       assignSequenceNumbers(device, nextFromDocument(device))
       built.seed = Y.encodeStateAsUpdate(device)
+      // Bob's device, offline since the stored state: its work (sent last) reacts to messages sealed
+      // meanwhile and writes beside the bulk frames' messages, as a device back from a long offline period.
+      const offline = new Y.Doc()
+      try {
+        Y.applyUpdate(offline, built.seed)
+        offline.clientID = freshClientId()
+        const others = listMessages(offline, { last: keepLive + segmentSize })
+          .filter((m) => m.author !== bob)
+          .map((m) => m.id)
+        // A third of the caps: the costliest honest frame per struct, at a piece's size.
+        const perSession = Math.max(
+          1,
+          Math.floor(
+            Math.min(scratch.limits.maxUpdateStructs / 1.1, scratch.limits.maxUpdateValues / 1.42) / 9,
+          ),
+        )
+        const before = Y.encodeStateVector(offline)
+        offlineWork(offline, bob, others, perSession, 3)
+        mixed = encodeSyncStep2(Y.encodeStateAsUpdate(offline, before))
+      } finally {
+        offline.destroy()
+      }
+      await yieldToLoop()
+      if (stopped()) return undefined
       // The frames: one device of alice's, sending without waiting for the relay's numbers.
       device.clientID = freshClientId()
       const perFrame = Math.max(1, Math.min(segmentSize, Math.floor(scratch.limits.maxUpdateValues * 0.9)))
@@ -299,6 +324,7 @@ async function sealPiece(
           await yieldToLoop()
           if (stopped()) return undefined
         }
+      frames.push(mixed)
       built.frames = frames
     } finally {
       device.destroy()
@@ -306,7 +332,9 @@ async function sealPiece(
   }
   await round.storage.append(SEAL_CONVERSATION, [built.seed])
   const open = await round.connect(SEAL_CONVERSATION, alice)
-  for (const frame of built.frames) if (!(await round.sendOn(open, frame))) return undefined
+  const offline = await round.connect(SEAL_CONVERSATION, bob)
+  for (const [i, frame] of built.frames.entries())
+    if (!(await round.sendOn(i === built.frames.length - 1 ? offline : open, frame))) return undefined
   // Behind the last frame's seal in the document's queue.
   return round.core.read(SEAL_CONVERSATION, (doc) => namedSegments(doc))
 }
@@ -526,15 +554,13 @@ async function buildFrames(
       (d) => {
         const before = Y.encodeStateVector(d)
         const others = listMessages(d, { last: n }).filter((m) => m.author !== bob)
-        const mine: MessageId[] = []
-        for (let i = 0; i < n; i++) {
-          mine.push(sendMessage(d, bob, { body: `offline ${i}: on my way, see you soon` }).id)
-          if (i % 3 === 0 && others.length > 0) react(d, bob, others[i % others.length]!.id, "👍")
-          if (i % 9 === 0 && others.length > 0) unreact(d, bob, others[i % others.length]!.id, "👍")
-          if (i % 5 === 0) editMessage(d, bob, mine[mine.length - 1]!, `edited ${i}`)
-          if (i % 25 === 0 && mine.length > 1) deleteMessage(d, bob, mine[mine.length - 2]!)
-          markRead(d, bob)
-        }
+        offlineWork(
+          d,
+          bob,
+          others.map((m) => m.id),
+          n,
+          1,
+        )
         return encodeSyncStep2(Y.encodeStateAsUpdate(d, before))
       },
     ],
@@ -573,6 +599,36 @@ async function buildFrames(
     if (!(await send(user, build(device)))) return false
   }
   return true
+}
+
+/**
+ * An offline period's work of `user` on device `d`, in `sessions` sessions
+ * (the first under the device's client id, each next one under a fresh one,
+ * as the SDK opens one per session) of `perSession` messages each: every
+ * third message a reaction to one of `others`, every ninth one taken back,
+ * every fifth an edit of the message, every 25th a deletion of the one
+ * before, and a read-marker move after each.
+ */
+function offlineWork(
+  d: Y.Doc,
+  user: UserId,
+  others: readonly MessageId[],
+  perSession: number,
+  sessions: number,
+): void {
+  const mine: MessageId[] = []
+  for (let session = 0; session < sessions; session++) {
+    if (session > 0) d.clientID = freshClientId()
+    for (let i = 0; i < perSession; i++) {
+      const k = session * perSession + i
+      mine.push(sendMessage(d, user, { body: `offline ${k}: on my way, see you soon` }).id)
+      if (i % 3 === 0 && others.length > 0) react(d, user, others[k % others.length]!, "👍")
+      if (i % 9 === 0 && others.length > 0) unreact(d, user, others[k % others.length]!, "👍")
+      if (i % 5 === 0) editMessage(d, user, mine[mine.length - 1]!, `edited ${k}`)
+      if (i % 25 === 0 && mine.length > 1) deleteMessage(d, user, mine[mine.length - 2]!)
+      markRead(d, user)
+    }
+  }
 }
 
 /** The update `change` makes on `doc`, merged. */
