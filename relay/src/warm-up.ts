@@ -151,7 +151,7 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
   const rounds = Math.max(1, options.rounds ?? DEFAULT_ROUNDS)
   const n = options.frameMessages ?? DEFAULT_FRAME_MESSAGES
   const stopped = options.stopped ?? (() => false)
-  const scratch = scratchSettings(options)
+  const scratch = scratchSettings(options, n)
   const started = performance.now()
   const cpu = process.cpuUsage()
   // The first round builds its frames on devices as clients would; later rounds send the same bytes
@@ -202,9 +202,14 @@ interface ScratchSettings {
  * The relay's settings as the scratch cores use them. A segment size or a
  * live document beyond {@link SEAL_PIECE_BOUND} messages is sealed at that
  * bound (the same code, looping over fewer messages), so that a relay
- * configured for huge segments does not build as large a scratch conversation.
+ * configured for huge segments does not build as large a scratch
+ * conversation. One so small that the round's own conversation (about `2n`
+ * messages, `n` per bulk frame) would seal is sealed at a larger segment
+ * size: that conversation's frames are replayed to every round's fresh core
+ * and build on the first round's relay writes, which a seal makes differ
+ * between rounds (then refused).
  */
-function scratchSettings(options: WarmUpOptions): ScratchSettings {
+function scratchSettings(options: WarmUpOptions, n: number): ScratchSettings {
   const limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
   const history =
     options.history === false
@@ -212,11 +217,14 @@ function scratchSettings(options: WarmUpOptions): ScratchSettings {
       : (() => {
           const { maxSealedReadsPerUpdate, heldSegmentsPerDocument, ...given } = options.history ?? {}
           const sealing: SealingOptions = { ...HistoryDefaults, ...given }
+          const keepLive = Math.max(0, Math.min(sealing.keepLive, SEAL_PIECE_BOUND))
+          // Beyond the round's conversation, with room: the creation, 2n messages and about 25 more.
+          const unsealed = 3 * n + 50
           return {
             sealing: {
               ...sealing,
-              segmentSize: Math.max(1, Math.min(sealing.segmentSize, SEAL_PIECE_BOUND)),
-              keepLive: Math.max(0, Math.min(sealing.keepLive, SEAL_PIECE_BOUND)),
+              segmentSize: Math.max(1, unsealed - keepLive, Math.min(sealing.segmentSize, SEAL_PIECE_BOUND)),
+              keepLive,
             },
             reads: {
               ...(maxSealedReadsPerUpdate !== undefined ? { maxSealedReadsPerUpdate } : {}),
