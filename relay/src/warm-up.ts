@@ -255,8 +255,11 @@ interface SealFrames {
  * `MemoryHistoryStore`), applied (the message index's bulk removals), the
  * filters held (`SealedIdFilters`), the seal's change stored and its events
  * recorded — and every frame after the first has its new ids checked against
- * the sealed ones' filters. The updates are built once, in pieces (the first
- * round), then sent as bytes. Resolves to the segments sealed, undefined
+ * the sealed ones' filters. Last, bob's device, offline since the stored
+ * state, sends its mixed work (three sessions, a third of the caps): edits,
+ * deletions, reactions to messages sealed meanwhile, written beside the bulk
+ * frames' messages. The updates are built once, in pieces (the first round),
+ * then sent as bytes. Resolves to the segments sealed, undefined
  * when the relay is shutting down.
  */
 async function sealPiece(
