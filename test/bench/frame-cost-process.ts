@@ -212,6 +212,12 @@ export async function probeProcess(
       const ack = monotonicUs()
       const after = await cpuWhenQuiet(pid, giveUp)
       const quiet = monotonicUs()
+      // PARLEY_BENCH_FRAME_WINDOWS=1: each frame's window on stderr, in ms since the relay was spawned,
+      // to place V8's code log (--log-code) or trace lines in frames (the isolate's clock starts ~40 ms later).
+      if (process.env.PARLEY_BENCH_FRAME_WINDOWS)
+        console.error(
+          `FRAME ${i} ${((sent - startedUs) / 1000).toFixed(0)} ${((quiet - startedUs) / 1000).toFixed(0)}`,
+        )
       const threads: Record<string, number> = {}
       for (const [name, ms] of cpuMsByThread(pid)) threads[name] = ms - (threadsBefore.get(name) ?? 0)
       client.close()
