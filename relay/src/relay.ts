@@ -29,8 +29,7 @@ import type { UpdatePolicy } from "./policy.js"
 import { ErasureAdmin } from "./purge/erase-admin.js"
 import { fleetingTarget } from "./purge/fleeting-target.js"
 import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
-import { PushExtension, type PushOptions } from "./push/extension.js"
-import { checkVapidKeys, generateVapidKeys } from "./push/vapid.js"
+import type { PushOptions } from "./push/extension.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
@@ -222,11 +221,19 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ExitCode.CONFIG,
       "no way to verify tokens: give --auth-secret, --auth-public-key or --auth-jwks-url (or --dev)",
     )
+  // Web push (web-push and its crypto dependencies, about 1 MB of heap that every full collection
+  // marks) is loaded only by a relay that sends notifications: here, at start, so that a broken
+  // install is reported now and not at the first notification.
+  const pushing = options.push?.vapid !== undefined || dev
+  const pushModules = pushing
+    ? { ...(await import("./push/vapid.js")), ...(await import("./push/extension.js")) }
+    : undefined
   // Checked before anything is opened: unusable keys would otherwise fail only at the first message.
-  const vapid = options.push?.vapid ?? (dev ? generateVapidKeys("mailto:dev@localhost") : undefined)
-  if (vapid)
+  const vapid =
+    options.push?.vapid ?? (dev ? pushModules?.generateVapidKeys("mailto:dev@localhost") : undefined)
+  if (vapid && pushModules)
     try {
-      checkVapidKeys(vapid)
+      pushModules.checkVapidKeys(vapid)
     } catch (error) {
       throw new StartupError(ExitCode.CONFIG, (error as Error).message, { cause: error })
     }
@@ -349,26 +356,27 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ? ownedOutbox(backend.outbox, (document) => clustered.cluster.owns(document))
     : backend.outbox
   const limits = { ...DEFAULT_CORE_LIMITS, ...DEFAULT_TRANSPORT_LIMITS, ...options.limits }
-  const push = vapid
-    ? new PushExtension({
-        ...options.push,
-        vapid,
-        ...(clustered ? { presence: clustered.cluster.presence } : {}),
-        store: backend.pushSubscriptions,
-        verify: (token) => auth.verify(token),
-        rewriters: (hookWorker?.modules ?? []).flatMap(({ name, handlers }, index) =>
-          handlers.includes("onPushNotification")
-            ? [
-                {
-                  hook: name,
-                  handler: (notification, context) => hookWorker!.push(index, notification, context),
-                },
-              ]
-            : [],
-        ),
-        log: log.child({ component: "push" }),
-      })
-    : undefined
+  const push =
+    vapid && pushModules
+      ? new pushModules.PushExtension({
+          ...options.push,
+          vapid,
+          ...(clustered ? { presence: clustered.cluster.presence } : {}),
+          store: backend.pushSubscriptions,
+          verify: (token) => auth.verify(token),
+          rewriters: (hookWorker?.modules ?? []).flatMap(({ name, handlers }, index) =>
+            handlers.includes("onPushNotification")
+              ? [
+                  {
+                    hook: name,
+                    handler: (notification, context) => hookWorker!.push(index, notification, context),
+                  },
+                ]
+              : [],
+          ),
+          log: log.child({ component: "push" }),
+        })
+      : undefined
   const attachments =
     options.attachments === false
       ? undefined

@@ -45,7 +45,10 @@ function cpuMsOf(pid: number): number {
   return ns / 1e6
 }
 
-/** CPU ms so far of the main thread and of all other threads (V8's GC helpers and compilers, libuv's pool, the checkpointer). */
+/**
+ * CPU ms so far of the main thread and of each other thread by name and id ("node#N": Node names
+ * all its threads "node"; ids follow creation order: V8's platform threads, libuv's pool, workers).
+ */
 function cpuMsByThread(pid: number): Map<string, number> {
   const byName = new Map<string, number>()
   for (const task of readdirSync(`/proc/${pid}/task`)) {
@@ -118,6 +121,12 @@ export interface ProcessProbeResult {
    * the start of the process: within a few tens of ms).
    */
   readonly gcs?: { readonly scavenges: number; readonly markCompacts: number }
+  /**
+   * With `--trace-gc`: the main isolate's trace lines of the mark-compacts whose marking overlapped
+   * the frame's window (the line is printed when the collection ends; its marking started "walltime
+   * since start of marking" earlier, on V8's helper threads when marking is concurrent).
+   */
+  readonly markCompactLines?: readonly string[]
 }
 
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n)
@@ -243,18 +252,26 @@ export async function probeProcess(
     // The main isolate's lines only ("[pid:0x…] 1234 ms: Scavenge …"): worker threads (the WAL
     // checkpointer, a hook worker) have heaps of their own and collect far less often.
     const gcLines = printed
-      .map((l) => /^\[\d+:(0x[0-9a-f]+)\]\s+(\d+) ms: (Scavenge|Mark-Compact)/.exec(l))
+      .map((l) => /^\[\d+:(0x[0-9a-f]+)\]\s+(\d+) ms: (Scavenge|Mark-Compact|Mark-sweep)/.exec(l))
       .filter((m) => m !== null)
     const perIsolate = new Map<string, number>()
     for (const m of gcLines) perIsolate.set(m[1]!, (perIsolate.get(m[1]!) ?? 0) + 1)
     const main = [...perIsolate].sort((a, b) => b[1] - a[1])[0]?.[0]
     const gcs = gcLines
       .filter((m) => m[1] === main)
-      .map((m) => ({ at: startedUs + Number(m[2]) * 1000, major: m[3] === "Mark-Compact" }))
+      .map((m) => {
+        const at = startedUs + Number(m[2]) * 1000
+        const marking = /walltime since start of marking ([\d.]+) ms/.exec(m.input)
+        const major = m[3] !== "Scavenge"
+        return { at, from: at - (marking ? Number(marking[1]) * 1000 : 0), major, line: m.input }
+      })
     return results.map((r) => {
       const inWindow = gcs.filter((g) => g.at >= r.clock.sent && g.at <= r.clock.quiet)
       const markCompacts = inWindow.filter((g) => g.major).length
-      return { ...r, gcs: { scavenges: inWindow.length - markCompacts, markCompacts } }
+      const markCompactLines = gcs
+        .filter((g) => g.major && g.from <= r.clock.quiet && g.at >= r.clock.sent)
+        .map((g) => g.line)
+      return { ...r, gcs: { scavenges: inWindow.length - markCompacts, markCompacts }, markCompactLines }
     })
   } finally {
     await stopRelayProcesses()

@@ -10,7 +10,6 @@ import type { Principal } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
 import { DEFAULT_ATTACHMENT_TYPES } from "./content-type.js"
 import { DEFAULT_MAX_IMAGE_PIXELS } from "./images.js"
-import { LinkPreviewer } from "./link-preview.js"
 import { DEFAULT_LINK_PREVIEW_LIMITS, LinkPreviewGate } from "./link-preview-gate.js"
 import { createAttachmentRoutes } from "./routes.js"
 import { AttachmentService } from "./service.js"
@@ -163,7 +162,7 @@ export class AttachmentsExtension implements RelayExtension {
       secret: () => secret,
       signedUrlSeconds: this.options.signedUrlSeconds ?? D.signedUrlSeconds,
       maxChunksInFlight: this.options.maxChunksInFlight ?? D.maxChunksInFlight,
-      ...(this.options.linkPreviews ? { linkPreviews: this.linkPreviewGate() } : {}),
+      ...(this.options.linkPreviews ? { linkPreviews: await this.linkPreviewGate() } : {}),
       // Users' requests spend the per-user request budget of the core's ledger.
       ...(core.users ? { requests: core.users } : {}),
       log: this.options.log,
@@ -171,7 +170,11 @@ export class AttachmentsExtension implements RelayExtension {
     this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
   }
 
-  private linkPreviewGate(): LinkPreviewGate {
+  private async linkPreviewGate(): Promise<LinkPreviewGate> {
+    // Loaded only when link previews are on (they are opt-in): the previewer's fetch is undici's,
+    // about 3 MB of heap once loaded, which every full collection marks. Loaded here, while the relay
+    // starts, so that a broken install is reported at start and not at the first preview.
+    const { LinkPreviewer } = await import("./link-preview.js")
     const previewer = new LinkPreviewer(
       this.options.linkPreviewsAllowPrivate ? { endpoints: { allowHttp: true, allowPrivate: true } } : {},
     )

@@ -1,5 +1,6 @@
 import { ErrorCode, Limits, ParleyError } from "@parley/shared"
-import { checkEndpointBeforeSend, type EndpointPolicy, publicOnlyFetch } from "../push/endpoint.js"
+import { checkEndpointBeforeSend, type EndpointPolicy } from "../push/endpoint.js"
+import { publicOnlyFetch } from "../push/public-fetch.js"
 
 /** What a link preview says about a page. */
 export interface LinkPreview {

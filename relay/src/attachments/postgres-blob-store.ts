@@ -1,5 +1,5 @@
 import type pg from "pg"
-import { inTransaction } from "../postgres.js"
+import { inTransaction } from "../pg-transaction.js"
 import { type BlobStore, checkBlobKey, missingBlob, offsetConflict, rangeOf } from "./blob-store.js"
 
 /** The table of {@link PostgresBlobStore}: one row per chunk. */

@@ -2,7 +2,7 @@ import type pg from "pg"
 import type { DeliveryFence } from "../hooks/dispatcher.js"
 import type { Delivery } from "../hooks/outbox.js"
 import type { PostgresOutbox } from "../hooks/postgres-outbox.js"
-import { inTransaction } from "../postgres.js"
+import { inTransaction } from "../pg-transaction.js"
 
 /** What {@link ClusterDeliveryFence} asks of the leases. */
 export interface LeaseView {

@@ -1,6 +1,6 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
-import { inTransaction } from "../postgres.js"
+import { inTransaction } from "../pg-transaction.js"
 import { checksumOf } from "../storage/checksum.js"
 import { type AppendBatch, GroupCommit } from "../storage/group-commit.js"
 import type { PostgresStorage } from "../storage/postgres.js"

@@ -1,6 +1,6 @@
 import type Database from "better-sqlite3"
 import type pg from "pg"
-import { inTransaction } from "../postgres.js"
+import { inTransaction } from "../pg-transaction.js"
 
 /** A sealed segment as stored: its immutable bytes under its document and index. */
 export interface StoredSegment {

@@ -1,6 +1,6 @@
 import type { UserId } from "@parley/shared"
 import type pg from "pg"
-import { inTransaction } from "../postgres.js"
+import { inTransaction } from "../pg-transaction.js"
 import {
   checkAfter,
   checkLimit,

@@ -5,7 +5,7 @@ import type { MemoryHistoryStore } from "../history/store.js"
 import type { HookEvent } from "../hooks/events.js"
 import type { MemoryEventLog } from "../hooks/memory-event-log.js"
 import type { MemoryOutbox } from "../hooks/outbox.js"
-import { inTransaction } from "../postgres.js"
+import { inTransaction } from "../pg-transaction.js"
 import { namesAnyMessage, type RedactionScope, redactEvent, redactPayload } from "./redact.js"
 
 /**

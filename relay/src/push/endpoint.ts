@@ -1,8 +1,6 @@
-import type { LookupAddress } from "node:dns"
 import { lookup } from "node:dns/promises"
 import { BlockList, isIP } from "node:net"
 import { ErrorCode, ParleyError } from "@parley/shared"
-import { Agent, fetch as undiciFetch } from "undici"
 
 /** Which push endpoints the relay will send to (they are URLs chosen by whoever registers). */
 export interface EndpointPolicy {
@@ -54,7 +52,9 @@ export function isNonPublicAddress(address: string): boolean {
   return NON_PUBLIC.check(address, family === 4 ? "ipv4" : "ipv6")
 }
 
-const refuse = (why: string) => new ParleyError(ErrorCode.INVALID_ARGUMENT, `push endpoint refused: ${why}`)
+/** The error of an endpoint (or a URL to preview) that the policy refuses. */
+export const refuse = (why: string) =>
+  new ParleyError(ErrorCode.INVALID_ARGUMENT, `push endpoint refused: ${why}`)
 
 /**
  * Checks an endpoint's form: an absolute `https:` URL (or `http:` when
@@ -96,53 +96,4 @@ export async function checkEndpointBeforeSend(endpoint: string, policy: Endpoint
   if (addresses.some(({ address }) => isNonPublicAddress(address)))
     throw refuse(`${host} resolves to a loopback or private address`)
   return url
-}
-
-/** Resolves a host name to its addresses (`dns.lookup` with `all: true`); replaceable in tests. */
-export type ResolveHost = (host: string) => Promise<readonly { address: string; family: number }[]>
-
-const resolveWithDns: ResolveHost = (host) => lookup(host, { all: true })
-
-/**
- * A `fetch` for URLs chosen by users (push endpoints, link previews) that
- * connects only to public addresses. `checkEndpointBeforeSend` resolves the
- * name once to refuse it early with a clear error, but the request resolves
- * it again: a name whose DNS answer changes between the two (DNS rebinding)
- * would pass the check and then connect inward. Here the address the socket
- * connects to is the one checked, because the check runs inside the
- * connection's own lookup. With `allowPrivate` this is plain `fetch`.
- */
-export function publicOnlyFetch(policy: EndpointPolicy, resolve: ResolveHost = resolveWithDns): typeof fetch {
-  if (policy.allowPrivate) return fetch
-  const agent = new Agent({
-    connect: {
-      lookup(host, options, callback) {
-        const done = callback as (
-          error: Error | null,
-          address: string | LookupAddress[],
-          family?: number,
-        ) => void
-        resolve(host).then(
-          (addresses) => {
-            const inward = addresses.find(({ address }) => isNonPublicAddress(address))
-            if (inward) return done(refuse(`${host} resolves to a loopback or private address`), "")
-            if (addresses.length === 0)
-              return done(Object.assign(new Error(`${host} has no address`), { code: "ENOTFOUND" }), "")
-            if ((options as { all?: boolean }).all)
-              return done(
-                null,
-                addresses.map((a) => ({ ...a })),
-              )
-            const first = addresses[0]!
-            done(null, first.address, first.family)
-          },
-          (error: Error) => done(error, ""),
-        )
-      },
-    },
-  })
-  // undici's own fetch with its own agent: Node 20's built-in fetch is an older undici that does not
-  // take this one's dispatcher. Its Request/Response are the same WHATWG shapes.
-  return ((input: string | URL, init?: RequestInit) =>
-    undiciFetch(input, { ...(init as object), dispatcher: agent } as never)) as unknown as typeof fetch
 }

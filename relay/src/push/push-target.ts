@@ -8,8 +8,9 @@ import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent } from "../hooks/events.js"
 import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
-import { checkEndpointBeforeSend, type EndpointPolicy, publicOnlyFetch } from "./endpoint.js"
+import { checkEndpointBeforeSend, type EndpointPolicy } from "./endpoint.js"
 import { notificationFor, type PushNotification } from "./notification.js"
+import { publicOnlyFetch } from "./public-fetch.js"
 import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
 
 /** The relay's VAPID identity (RFC 8292): push services check it on every request. */

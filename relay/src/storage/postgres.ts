@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
-import { inTransaction } from "../postgres.js"
+import { inTransaction } from "../pg-transaction.js"
 import { checksumOf } from "./checksum.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import { storageUnavailable } from "./guard.js"

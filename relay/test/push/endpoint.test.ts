@@ -1,12 +1,8 @@
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
 import { describe, expect, it } from "vitest"
-import {
-  checkEndpointBeforeSend,
-  checkEndpointUrl,
-  isNonPublicAddress,
-  publicOnlyFetch,
-} from "../../src/push/endpoint.js"
+import { checkEndpointBeforeSend, checkEndpointUrl, isNonPublicAddress } from "../../src/push/endpoint.js"
+import { publicOnlyFetch } from "../../src/push/public-fetch.js"
 
 const strict = {}
 const refused = (endpoint: string, policy = strict) => {
