@@ -56,7 +56,9 @@ function cpuMsByThread(pid: number): Map<string, number> {
       // The main thread is tid = pid; the others by name and thread id (on Node 20 they are all
       // "node": V8's platform threads, which collect and compile, libuv's pool, worker threads).
       const name =
-        task === String(pid) ? "main" : `${readFileSync(`/proc/${pid}/task/${task}/comm`, "utf8").trim()}#${task}`
+        task === String(pid)
+          ? "main"
+          : `${readFileSync(`/proc/${pid}/task/${task}/comm`, "utf8").trim()}#${task}`
       const ns = Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0])
       byName.set(name, (byName.get(name) ?? 0) + ns / 1e6)
     } catch {
