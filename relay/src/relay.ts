@@ -510,7 +510,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   const warmedUp =
     options.warmUp === false
       ? Promise.resolve(log.info("warm-up skipped (--skip-warm-up)"))
-      : warmUpUpdatePath({ limits, stopped: () => closing !== undefined }).then(
+      : warmUpUpdatePath({
+          limits,
+          // Sealing as this relay seals, hook events recorded in a scratch log of its backend's kind.
+          history: options.history ?? {},
+          eventLog: backend.kind === "sqlite" ? "sqlite" : "memory",
+          stopped: () => closing !== undefined,
+        }).then(
           (report) => log.info(report, "warmed up the update path"),
           (error: unknown) => log.warn({ err: error }, "warming up the update path failed"),
         )

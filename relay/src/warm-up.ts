@@ -1,40 +1,45 @@
 import {
-  applySeals,
   assignSequenceNumbers,
-  type ChangeEvent,
   type ConversationId,
   createConversation,
   deleteMessage,
   editMessage,
   encodeSyncStep2,
   encodeSyncUpdate,
+  HistoryDefaults,
   listMessages,
   type MessageId,
   MessageType,
   markRead,
-  messageIndex,
   newConversationId,
   nextFromDocument,
-  observeChanges,
-  planSeals,
   react,
   readParleyFrame,
   sendMessage,
   type UserId,
   unreact,
 } from "@parley/shared"
+import Database from "better-sqlite3"
 import * as decoding from "lib0/decoding"
 import * as Y from "yjs"
 import type { Connection, Session } from "./connection.js"
-import { isLogged } from "./hooks/event-log.js"
-import { deriveHookEvents, loggedForm } from "./hooks/events.js"
-import { storedEventSerializer } from "./hooks/member-lists.js"
+import { HistoryKeeper, type SealedReadLimits } from "./history/keeper.js"
+import { namedSegments } from "./history/sealed-ids.js"
+import type { SealingOptions } from "./history/sealing.js"
+import { MemoryHistoryStore } from "./history/store.js"
+import type { EventLog } from "./hooks/event-log.js"
+import { HooksExtension } from "./hooks/extension.js"
+import { MemoryEventLog } from "./hooks/memory-event-log.js"
+import { MemoryOutbox, type Outbox } from "./hooks/outbox.js"
+import { SqliteEventLog } from "./hooks/sqlite-event-log.js"
+import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { createLogger } from "./log.js"
 import { RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import { MemoryClientBindingStore } from "./policy/client-bindings.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import { MemoryStorage } from "./storage/memory.js"
+import { SQLITE_DOCUMENTS_SCHEMA } from "./storage/sqlite.js"
 
 /**
  * How much warming up the relay does after it starts (see {@link warmUpUpdatePath}).
@@ -48,6 +53,19 @@ export interface WarmUpOptions {
   readonly frameMessages?: number
   /** The relay's update cost limits, so that the scratch document is checked as real ones are. */
   readonly limits?: Partial<CoreLimits>
+  /**
+   * The relay's sealed history settings (default: shared `HistoryDefaults`),
+   * so that the scratch conversations seal as the relay's do; `false` (a
+   * relay that does not seal): no sealing, and no seal pieces.
+   */
+  readonly history?: Partial<SealingOptions & SealedReadLimits> | false
+  /**
+   * Which event log the scratch hooks record every event in: `"sqlite"`, the
+   * SQLite backend's tables (`SqliteOutbox`, `SqliteEventLog`) in a scratch
+   * in-memory database, for a relay on SQLite; `"memory"` (default), the
+   * in-memory log.
+   */
+  readonly eventLog?: "sqlite" | "memory"
   /** Stops between pieces when it returns true (the relay is shutting down). */
   readonly stopped?: () => boolean
 }
@@ -63,8 +81,13 @@ export interface WarmUpReport {
   readonly cpuMs: number
   /** True when it stopped early (the relay is shutting down). */
   readonly stopped: boolean
-  /** Segments its upkeep pieces sealed in memory (see `warmUpUpkeep`): at least one per round. */
+  /**
+   * Segments its seal pieces sealed through the relay's history code into a
+   * scratch history store (see `sealPiece`): a few per round; 0 without sealing.
+   */
   readonly seals: number
+  /** Hook events its scratch cores recorded in their scratch event logs (every frame's, the seals' included). */
+  readonly events: number
 }
 
 const DEFAULT_ROUNDS = 4
@@ -72,6 +95,8 @@ const DEFAULT_FRAME_MESSAGES = 120
 
 /** One id for every round's scratch conversation: each round has a core of its own. */
 const CONVERSATION = newConversationId()
+/** The seal pieces' conversation (seeded anew in each round's scratch storage). */
+const SEAL_CONVERSATION = newConversationId()
 const alice = "warm-up-alice" as UserId
 const bob = "warm-up-bob" as UserId
 const carol = "warm-up-carol" as UserId
@@ -104,12 +129,15 @@ const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve))
 
 /**
  * Runs the relay's update path (frame decoding, the cost scan, inspection, the
- * document rules, apply, sequencing, storing in memory, broadcast, "saved") on
- * synthetic frames shaped like the largest honest ones — an SDK's sync step 2
- * after an offline period, bulk messages each followed by a read-marker move,
- * reactions each on its own key, long bodies, merged work of many devices, a
- * stock client's one-message update — against a scratch in-memory relay core
- * holding a scratch conversation, until V8 has compiled the hot functions.
+ * document rules, apply, sequencing, storing in memory, broadcast, "saved")
+ * and what a stored frame costs after its answer (its hook events derived
+ * and recorded in an event log, sealing) on synthetic frames shaped like the
+ * largest honest ones — an SDK's sync step 2 after an offline period, bulk
+ * messages each followed by a read-marker move, reactions each on its own
+ * key, long bodies, merged work of many devices, a stock client's
+ * one-message update, and bulk messages into a conversation that seals at the
+ * relay's segment size — against a scratch relay core (in-memory documents,
+ * history store and event log), until V8 has compiled the hot functions.
  *
  * Why: a freshly started process runs that path in V8's interpreter and
  * compiles it on V8's threads while the first large frames arrive, which made
@@ -123,27 +151,31 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
   const rounds = Math.max(1, options.rounds ?? DEFAULT_ROUNDS)
   const n = options.frameMessages ?? DEFAULT_FRAME_MESSAGES
   const stopped = options.stopped ?? (() => false)
+  const scratch = scratchSettings(options, n)
   const started = performance.now()
   const cpu = process.cpuUsage()
   // The first round builds its frames on devices as clients would; later rounds send the same bytes
   // to a fresh scratch core each, so that they cost the update path only, not building frames.
   const recorded: Recorded[] = []
-  const upkeep: Partial<UpkeepFrames> = {}
+  const sealing: Partial<SealFrames> = {}
   let seals = 0
+  let events = 0
   let frames = 0
   let refused = 0
   let early = false
   for (let round = 0; round < rounds && !early; round++) {
-    const done = await scratchRound(options.limits, stopped, (open) =>
-      round === 0 ? buildFrames(open, n, recorded) : replayFrames(open, recorded),
-    )
+    const done = await scratchRound(scratch, stopped, async (open) => {
+      const sent = round === 0 ? await buildFrames(open, n, recorded) : await replayFrames(open, recorded)
+      if (!sent || !scratch.history) return sent
+      const sealed = await sealPiece(open, scratch, stopped, sealing)
+      if (sealed === undefined) return false
+      seals += sealed
+      return true
+    })
     frames += done.sent
     refused += done.refused
+    events += done.events
     early = done.stopped
-    if (early) break
-    const sealed = await warmUpUpkeep(n, stopped, upkeep)
-    if (sealed === undefined) early = true
-    else seals += sealed
   }
   const used = process.cpuUsage(cpu)
   return {
@@ -153,85 +185,173 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
     cpuMs: Math.round((used.user + used.system) / 1000),
     stopped: early,
     seals,
+    events,
   }
+}
+
+/** What the scratch cores are made with: the relay's limits, sealing and kind of event log. */
+interface ScratchSettings {
+  readonly limits: CoreLimits
+  readonly history:
+    | { readonly sealing: SealingOptions; readonly reads: Partial<SealedReadLimits> }
+    | undefined
+  readonly eventLog: "sqlite" | "memory"
 }
 
 /**
- * The work a stored bulk frame costs after its answer, which the scratch core
- * (no hooks, no sealing) does not do: its hook events derived and serialized
- * as the event log and outbox store them, and the seals it makes due,
- * planned together and applied in one transaction (the message index's bulk
- * removals included). An update of `4n` messages (built once, in a piece of
- * its own) is applied to a scratch document and numbered at once; then, in
- * pieces, its events and its seals. Nothing of it is stored. Without it the
- * first large frames of a process paid V8's compiling of these paths (end to
- * end, the first frames of 2,000 messages cost about twice the later ones).
- * Resolves to the segments it sealed, undefined when the relay is shutting down.
+ * The relay's settings as the scratch cores use them. A segment size or a
+ * live document beyond {@link SEAL_PIECE_BOUND} messages is sealed at that
+ * bound (the same code, looping over fewer messages), so that a relay
+ * configured for huge segments does not build as large a scratch
+ * conversation. One so small that the round's own conversation (about `2n`
+ * messages, `n` per bulk frame) would seal is sealed at a larger segment
+ * size: that conversation's frames are replayed to every round's fresh core
+ * and build on the first round's relay writes, which a seal makes differ
+ * between rounds (then refused).
  */
-async function warmUpUpkeep(
-  n: number,
+function scratchSettings(options: WarmUpOptions, n: number): ScratchSettings {
+  const limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
+  const history =
+    options.history === false
+      ? undefined
+      : (() => {
+          const { maxSealedReadsPerUpdate, heldSegmentsPerDocument, ...given } = options.history ?? {}
+          const sealing: SealingOptions = { ...HistoryDefaults, ...given }
+          const keepLive = Math.max(0, Math.min(sealing.keepLive, SEAL_PIECE_BOUND))
+          // Beyond the round's conversation, with room: the creation, 2n messages and about 25 more.
+          const unsealed = 3 * n + 50
+          return {
+            sealing: {
+              ...sealing,
+              segmentSize: Math.max(1, unsealed - keepLive, Math.min(sealing.segmentSize, SEAL_PIECE_BOUND)),
+              keepLive,
+            },
+            reads: {
+              ...(maxSealedReadsPerUpdate !== undefined ? { maxSealedReadsPerUpdate } : {}),
+              ...(heldSegmentsPerDocument !== undefined ? { heldSegmentsPerDocument } : {}),
+            },
+          }
+        })()
+  return { limits, history, eventLog: options.eventLog ?? "memory" }
+}
+
+/** Largest segment, and live document kept, that the seal pieces build (twice the defaults of 500 and 250). */
+const SEAL_PIECE_BOUND = 1_000
+
+/** The seal piece's updates: the stored conversation, then the frames sent into it, in order. */
+interface SealFrames {
+  seed: Uint8Array
+  frames: Uint8Array[]
+}
+
+/**
+ * The path the first large frames into a long conversation take, which the
+ * round's own conversation (a few hundred messages) never reaches: a
+ * conversation of `keepLive + segmentSize` sequenced messages (due to seal)
+ * is stored in the round's scratch storage and loaded, then one user sends
+ * three times `segmentSize` messages in bulk frames (within the value cap).
+ * Each frame then takes the relay's real sealing after its answer — segments
+ * planned, stored with their id filters (`HistoryKeeper`, a scratch
+ * `MemoryHistoryStore`), applied (the message index's bulk removals), the
+ * filters held (`SealedIdFilters`), the seal's change stored and its events
+ * recorded — and every frame after the first has its new ids checked against
+ * the sealed ones' filters. Last, bob's device, offline since the stored
+ * state, sends its mixed work (three sessions, a third of the caps): edits,
+ * deletions, reactions to messages sealed meanwhile, written beside the bulk
+ * frames' messages. The updates are built once, in pieces (the first round),
+ * then sent as bytes. Resolves to the segments sealed, undefined
+ * when the relay is shutting down.
+ */
+async function sealPiece(
+  round: Round,
+  scratch: ScratchSettings,
   stopped: () => boolean,
-  built: Partial<UpkeepFrames>,
+  built: Partial<SealFrames>,
 ): Promise<number | undefined> {
-  const id = UPKEEP_CONVERSATION
-  if (built.base === undefined || built.bulk === undefined) {
-    const device = new Y.Doc()
-    createConversation(device, alice, { kind: "group", id, participants: [bob, carol], title: "warm-up" }, {})
-    built.base = Y.encodeStateAsUpdate(device)
+  const { segmentSize, keepLive } = scratch.history!.sealing
+  if (built.seed === undefined || built.frames === undefined) {
+    let mixed: Uint8Array
     const users = [alice, bob, carol]
-    built.bulk = capture(device, () => {
-      for (let i = 0; i < 4 * n; i++)
-        sendMessage(device, users[i % 3]!, { body: `warm-up ${i}: a typical short chat line` })
-    })
-    device.destroy()
-    await yieldToLoop()
-    if (stopped()) return undefined
+    const device = new Y.Doc()
+    try {
+      createConversation(
+        device,
+        alice,
+        { kind: "group", id: SEAL_CONVERSATION, participants: [bob, carol], title: "warm-up" },
+        {},
+      )
+      // In pieces of a few hundred messages: building one costs about what sending it does.
+      for (let written = 0; written < keepLive + segmentSize; written += SEED_PIECE) {
+        for (let i = written; i < Math.min(keepLive + segmentSize, written + SEED_PIECE); i++)
+          sendMessage(device, users[i % 3]!, { body: `sealed ${i}: a typical short chat line` })
+        await yieldToLoop()
+        if (stopped()) return undefined
+      }
+      // Numbered as the relay numbers what it stores.
+      device.clientID = freshClientId()
+      assignSequenceNumbers(device, nextFromDocument(device))
+      built.seed = Y.encodeStateAsUpdate(device)
+      // Bob's device, offline since the stored state: its work (sent last) reacts to messages sealed
+      // meanwhile and writes beside the bulk frames' messages, as a device back from a long offline period.
+      const offline = new Y.Doc()
+      try {
+        Y.applyUpdate(offline, built.seed)
+        offline.clientID = freshClientId()
+        const others = listMessages(offline, { last: keepLive + segmentSize })
+          .filter((m) => m.author !== bob)
+          .map((m) => m.id)
+        // A third of the caps: the costliest honest frame per struct, at a piece's size.
+        const perSession = Math.max(
+          1,
+          Math.floor(
+            Math.min(scratch.limits.maxUpdateStructs / 1.1, scratch.limits.maxUpdateValues / 1.42) / 9,
+          ),
+        )
+        const before = Y.encodeStateVector(offline)
+        offlineWork(offline, bob, others, perSession, 3)
+        mixed = encodeSyncStep2(Y.encodeStateAsUpdate(offline, before))
+      } finally {
+        offline.destroy()
+      }
+      await yieldToLoop()
+      if (stopped()) return undefined
+      // The frames: one device of alice's, sending without waiting for the relay's numbers.
+      device.clientID = freshClientId()
+      const perFrame = Math.max(1, Math.min(segmentSize, Math.floor(scratch.limits.maxUpdateValues * 0.9)))
+      const frames: Uint8Array[] = []
+      for (let segment = 0; segment < 3; segment++)
+        for (let sent = 0; sent < segmentSize; sent += perFrame) {
+          const count = Math.min(perFrame, segmentSize - sent)
+          frames.push(
+            encodeSyncUpdate(
+              capture(device, () => {
+                for (let i = 0; i < count; i++)
+                  sendMessage(device, alice, {
+                    body: `quick ${segment}.${sent + i}: a typical short chat line`,
+                  })
+              }),
+            ),
+          )
+          await yieldToLoop()
+          if (stopped()) return undefined
+        }
+      frames.push(mixed)
+      built.frames = frames
+    } finally {
+      device.destroy()
+    }
   }
-  const doc = new Y.Doc()
-  try {
-    Y.applyUpdate(doc, built.base)
-    assignSequenceNumbers(doc, nextFromDocument(doc))
-    // Kept by its observers through the bulk update, as the relay's is.
-    messageIndex(doc)
-    const changes: ChangeEvent[] = []
-    const stop = observeChanges(doc, (events) => changes.push(...events))
-    Y.applyUpdate(doc, built.bulk)
-    assignSequenceNumbers(doc, nextFromDocument(doc))
-    stop()
-    const events = deriveHookEvents({
-      conversationId: id,
-      doc,
-      actor: { kind: "user", user: alice },
-      changes,
-      positions: [1],
-      now: Date.now(),
-    })
-    const json = storedEventSerializer()
-    for (const event of events) if (isLogged(event)) json(loggedForm(event))
-    await yieldToLoop()
-    if (stopped()) return undefined
-    const plans = planSeals(doc, id, UPKEEP_SEALING, 4)
-    // As the relay captures the seals' update.
-    const collect = () => {}
-    doc.on("update", collect)
-    applySeals(doc, plans, null)
-    doc.off("update", collect)
-    return plans.length
-  } finally {
-    doc.destroy()
-  }
+  await round.storage.append(SEAL_CONVERSATION, [built.seed])
+  const open = await round.connect(SEAL_CONVERSATION, alice)
+  const offline = await round.connect(SEAL_CONVERSATION, bob)
+  for (const [i, frame] of built.frames.entries())
+    if (!(await round.sendOn(i === built.frames.length - 1 ? offline : open, frame))) return undefined
+  // Behind the last frame's seal in the document's queue.
+  return round.core.read(SEAL_CONVERSATION, (doc) => namedSegments(doc))
 }
 
-/** The upkeep pieces' update: the conversation's creation, then `4n` messages of three users. */
-interface UpkeepFrames {
-  base: Uint8Array
-  bulk: Uint8Array
-}
-
-/** The upkeep piece's conversation (a document of its own, never stored). */
-const UPKEEP_CONVERSATION = newConversationId()
-/** Sealing of the upkeep piece: a few segments due, each more than the message index removes one by one. */
-const UPKEEP_SEALING = { segmentSize: 100, keepLive: 20, epochClientIds: Number.MAX_SAFE_INTEGER }
+/** Messages written per piece of the seal piece's stored conversation. */
+const SEED_PIECE = 250
 
 /** A frame the first round sent, and who sent it. */
 interface Recorded {
@@ -249,30 +369,54 @@ interface Open {
 /** What a round's body is given: the conversation, its users' connections, and a way to send. */
 interface Round {
   readonly core: RelayCore
+  /** The scratch core's document storage (in memory). */
+  readonly storage: MemoryStorage
   readonly id: ConversationId
   readonly users: Map<UserId, Open>
   /** Sends one frame as `user` after serving the event loop; false when the warm-up is to stop. */
   send(user: UserId, frame: Uint8Array): Promise<boolean>
+  /** Connects `user` to conversation `id` (another than the round's), loading it. */
+  connect(id: ConversationId, user: UserId): Promise<Open>
+  /** Sends one frame on `open` after serving the event loop; false when the warm-up is to stop. */
+  sendOn(open: Open, frame: Uint8Array): Promise<boolean>
 }
 
 /**
  * One round against a fresh scratch core: the creator connects (pending),
- * `body` sends the creation, the others join once it is stored.
+ * `body` sends the creation, the others join once it is stored. The core has
+ * the relay's history keeper (its sealing, over a scratch in-memory history
+ * store) and hooks extension (no targets; its outbox records every event in
+ * a scratch event log of the relay's kind), as the relay's has.
  */
 async function scratchRound(
-  limits: Partial<CoreLimits> | undefined,
+  scratch: ScratchSettings,
   stopped: () => boolean,
   body: (round: Round & { join(): Promise<void> }) => Promise<boolean>,
-): Promise<{ sent: number; refused: number; stopped: boolean }> {
+): Promise<{ sent: number; refused: number; events: number; stopped: boolean }> {
+  const storage = new MemoryStorage()
+  const metrics = new RelayMetrics({ defaultMetrics: false })
+  const log = createLogger("silent")
+  const events = scratchOutbox(scratch.eventLog)
   const core = new RelayCore({
-    storage: new MemoryStorage(),
-    log: createLogger("silent"),
-    metrics: new RelayMetrics({ defaultMetrics: false }),
-    extensions: [new AuthorizationPolicy(new MemoryClientBindingStore())],
+    storage,
+    log,
+    metrics,
+    extensions: [
+      new AuthorizationPolicy(new MemoryClientBindingStore()),
+      new HooksExtension({ outbox: events.outbox, log, registry: metrics.registry }),
+    ],
+    ...(scratch.history
+      ? {
+          history: new HistoryKeeper(
+            new MemoryHistoryStore(),
+            scratch.history.sealing,
+            scratch.history.reads,
+          ),
+        }
+      : {}),
     // The same cost limits as the relay's; no per-user budgets (the scratch users send in a burst).
     limits: {
-      ...DEFAULT_CORE_LIMITS,
-      ...limits,
+      ...scratch.limits,
       userUpdatesPerSecond: 0,
       maxPendingBytesPerUser: 0,
       maxQueuedBytesPerUser: 0,
@@ -284,38 +428,75 @@ async function scratchRound(
   })
   let sent = 0
   let refused = 0
+  let finished = false
+  let recorded = 0
   try {
+    await core.start()
     const id = CONVERSATION
     const users = new Map<UserId, Open>()
-    const connect = async (user: UserId) => {
+    const connect = async (conversation: ConversationId, user: UserId): Promise<Open> => {
       const session = new ScratchSession({ kind: "user", user })
-      users.set(user, { session, connection: await core.connect(id, session), device: new Y.Doc() })
+      return { session, connection: await core.connect(conversation, session), device: new Y.Doc() }
     }
-    await connect(alice)
+    const join = async (user: UserId) => {
+      users.set(user, await connect(id, user))
+    }
+    await join(alice)
+    const sendOn = async (open: Open, frame: Uint8Array) => {
+      await yieldToLoop()
+      if (stopped()) return false
+      const answered = open.session.answer()
+      open.connection.receive(frame)
+      if (!(await answered)) refused++
+      sent++
+      return true
+    }
     const round = {
       core,
+      storage,
       id,
       users,
       join: async () => {
-        await connect(bob)
-        await connect(carol)
+        await join(bob)
+        await join(carol)
       },
-      send: async (user: UserId, frame: Uint8Array) => {
-        await yieldToLoop()
-        if (stopped()) return false
-        const open = users.get(user)!
-        const answered = open.session.answer()
-        open.connection.receive(frame)
-        if (!(await answered)) refused++
-        sent++
-        return true
-      },
+      send: (user: UserId, frame: Uint8Array) => sendOn(users.get(user)!, frame),
+      connect,
+      sendOn,
     }
-    const finished = await body(round)
-    return { sent, refused, stopped: !finished }
+    finished = await body(round)
   } finally {
-    await core.close()
+    try {
+      await core.close()
+      // After the core: its last changes' events are recorded once it has stopped the hooks.
+      recorded = Number(await events.log.latest())
+    } finally {
+      events.close()
+    }
   }
+  return { sent, refused, events: recorded, stopped: !finished }
+}
+
+/**
+ * The scratch core's outbox and event log: for `"sqlite"` the SQLite
+ * backend's (`SqliteOutbox` over `SqliteEventLog`) in an in-memory database,
+ * which also holds the documents' tables, empty (the outbox's recovery sweep
+ * reads them; the scratch documents are in memory). `close` closes that
+ * database, after the core (as the backend closes its own after the core).
+ */
+function scratchOutbox(kind: "sqlite" | "memory"): {
+  readonly outbox: Outbox
+  readonly log: EventLog
+  close(): void
+} {
+  if (kind === "memory") {
+    const log = new MemoryEventLog()
+    return { outbox: new MemoryOutbox(log), log, close: () => {} }
+  }
+  const db = new Database(":memory:")
+  db.exec(SQLITE_DOCUMENTS_SCHEMA)
+  const log = new SqliteEventLog(db)
+  return { outbox: new SqliteOutbox(db, log), log, close: () => db.close() }
 }
 
 /** Replays the first round's frames in order (the creation first, then the others join). */
@@ -384,15 +565,13 @@ async function buildFrames(
       (d) => {
         const before = Y.encodeStateVector(d)
         const others = listMessages(d, { last: n }).filter((m) => m.author !== bob)
-        const mine: MessageId[] = []
-        for (let i = 0; i < n; i++) {
-          mine.push(sendMessage(d, bob, { body: `offline ${i}: on my way, see you soon` }).id)
-          if (i % 3 === 0 && others.length > 0) react(d, bob, others[i % others.length]!.id, "👍")
-          if (i % 9 === 0 && others.length > 0) unreact(d, bob, others[i % others.length]!.id, "👍")
-          if (i % 5 === 0) editMessage(d, bob, mine[mine.length - 1]!, `edited ${i}`)
-          if (i % 25 === 0 && mine.length > 1) deleteMessage(d, bob, mine[mine.length - 2]!)
-          markRead(d, bob)
-        }
+        offlineWork(
+          d,
+          bob,
+          others.map((m) => m.id),
+          n,
+          1,
+        )
         return encodeSyncStep2(Y.encodeStateAsUpdate(d, before))
       },
     ],
@@ -431,6 +610,36 @@ async function buildFrames(
     if (!(await send(user, build(device)))) return false
   }
   return true
+}
+
+/**
+ * An offline period's work of `user` on device `d`, in `sessions` sessions
+ * (the first under the device's client id, each next one under a fresh one,
+ * as the SDK opens one per session) of `perSession` messages each: every
+ * third message a reaction to one of `others`, every ninth one taken back,
+ * every fifth an edit of the message, every 25th a deletion of the one
+ * before, and a read-marker move after each.
+ */
+function offlineWork(
+  d: Y.Doc,
+  user: UserId,
+  others: readonly MessageId[],
+  perSession: number,
+  sessions: number,
+): void {
+  const mine: MessageId[] = []
+  for (let session = 0; session < sessions; session++) {
+    if (session > 0) d.clientID = freshClientId()
+    for (let i = 0; i < perSession; i++) {
+      const k = session * perSession + i
+      mine.push(sendMessage(d, user, { body: `offline ${k}: on my way, see you soon` }).id)
+      if (i % 3 === 0 && others.length > 0) react(d, user, others[k % others.length]!, "👍")
+      if (i % 9 === 0 && others.length > 0) unreact(d, user, others[k % others.length]!, "👍")
+      if (i % 5 === 0) editMessage(d, user, mine[mine.length - 1]!, `edited ${k}`)
+      if (i % 25 === 0 && mine.length > 1) deleteMessage(d, user, mine[mine.length - 2]!)
+      markRead(d, user)
+    }
+  }
 }
 
 /** The update `change` makes on `doc`, merged. */

@@ -1,5 +1,10 @@
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { createConversation, listMessages, newConversationId, sendMessage, type UserId } from "@parley/shared"
+import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
+import { SQLITE_FILE } from "../src/backend/sqlite.js"
 import { warmUpUpdatePath } from "../src/warm-up.js"
 import { TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
@@ -35,10 +40,43 @@ describe("warm-up of the update path", () => {
     const report = await warmUpUpdatePath({ rounds: 2, frameMessages: 30 })
     expect(report.stopped).toBe(false)
     expect(report.refused).toBe(0)
-    // The creation plus six frames per round.
-    expect(report.frames).toBe(14)
-    // And each round's upkeep piece sealed what its bulk update made due (the path a large frame takes after its answer).
-    expect(report.seals).toBeGreaterThanOrEqual(2)
+    // The creation plus six frames per round, and the seal piece's three bulk frames of 500 messages
+    // and its offline device's frame.
+    expect(report.frames).toBe(22)
+    // Each round's seal piece sealed through the relay's history code at the default segment size:
+    // the stored conversation (due) and the first frame make two segments, each later frame one.
+    expect(report.seals).toBe(8)
+    // And the scratch hooks recorded the frames' events (the seals' too) in their event log.
+    expect(report.events).toBeGreaterThan(2 * 3 * 500)
+  })
+
+  it("seals at the relay's segment size, within the value cap, and records in an in-memory SQLite log when told", async () => {
+    const base = { rounds: 1, frameMessages: 30, history: { segmentSize: 100, keepLive: 50 } } as const
+    const sqlite = await warmUpUpdatePath({ ...base, eventLog: "sqlite" })
+    expect(sqlite.refused).toBe(0)
+    expect(sqlite.frames).toBe(7 + 4)
+    // Two for the stored conversation and the first frame, one per later bulk frame, two for the
+    // offline device's 210 messages.
+    expect(sqlite.seals).toBe(6)
+    // The same frames and events in either log.
+    expect(sqlite.events).toBe((await warmUpUpdatePath(base)).events)
+    // Frames of at most nine tenths of the value cap: a segment of 100 takes two frames, of 90 and 10.
+    const capped = await warmUpUpdatePath({ ...base, limits: { maxUpdateValues: 100 } })
+    expect(capped.refused).toBe(0)
+    expect(capped.frames).toBe(7 + 7)
+    expect(capped.seals).toBe(4)
+    // A relay that does not seal: no seal piece.
+    const unsealed = await warmUpUpdatePath({ ...base, history: false })
+    expect(unsealed.frames).toBe(7)
+    expect(unsealed.seals).toBe(0)
+  })
+
+  it("seals tiny segments at a size the rounds' own conversation never reaches (its replayed frames pass)", async () => {
+    // Sealed, the round's conversation holds relay writes that differ between rounds: replayed frames
+    // built on the first round's were refused.
+    const report = await warmUpUpdatePath({ rounds: 3, history: { segmentSize: 40, keepLive: 20 } })
+    expect(report.refused).toBe(0)
+    expect(report.seals).toBe(3 * 4)
   })
 
   it("stops at its next piece once the relay is shutting down", async () => {
@@ -60,13 +98,48 @@ describe("warm-up of the update path", () => {
     await b.until(() => listMessages(b.doc, { last: 10 }).some((m) => m.body === "hello during the warm-up"))
     const done = await relay.waitForLog((line) => line.msg === "warmed up the update path")
     expect(done.refused).toBe(0)
-    expect(done.frames).toBe(28)
+    expect(done.frames).toBe(44)
     // Only the two clients' updates (and the relay's sequencing) count: none of the warm-up's frames.
     // The conversation and the two users' inboxes; the warm-up's scratch document lives in a core of its own.
     const health = (await (await fetch(`${relay.httpUrl}/healthz`)).json()) as { documents: number }
     expect(health.documents).toBe(3)
-    // The clients' updates, the relay's numbers and the inbox writes; the warm-up sent 28 frames.
+    // The clients' updates, the relay's numbers and the inbox writes; the warm-up sent 44 frames.
     expect(await metric(relay, "parley_updates_total")).toBeLessThan(12)
+  })
+
+  it("on SQLite, leaves no event, segment or document of its own in the relay's database", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "parley-warm-up-"))
+    try {
+      const relay = await startRelayProcess({ dataDir })
+      const id = newConversationId()
+      const a = await open(relay, id, alice)
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      sendMessage(a.doc, alice, { body: "hello during the warm-up" })
+      await a.allSaved()
+      const done = await relay.waitForLog((line) => line.msg === "warmed up the update path")
+      // It sealed and recorded events (in its scratch in-memory database)...
+      expect(done.seals).toBeGreaterThan(0)
+      expect(done.events).toBeGreaterThan(1_000)
+      a.close()
+      relay.child.kill("SIGTERM")
+      expect((await relay.exited).code).toBe(0)
+      // ...none of which is in the relay's: only the client's conversation (and its users' inboxes).
+      const db = new Database(join(dataDir, SQLITE_FILE), { readonly: true })
+      try {
+        const conversations = db.prepare("SELECT DISTINCT conversation FROM event_log").pluck().all()
+        expect(conversations).toEqual([id])
+        expect(db.prepare("SELECT COUNT(*) FROM history_segments").pluck().get()).toBe(0)
+        const docs = db
+          .prepare("SELECT doc FROM updates UNION SELECT doc FROM snapshots")
+          .pluck()
+          .all() as string[]
+        expect(docs.sort()).toEqual([id, "inbox~alice", "inbox~bob"].sort())
+      } finally {
+        db.close()
+      }
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true })
+    }
   })
 
   it("reports not ready on /readyz until the warm-up is done, then ready", async () => {
