@@ -512,11 +512,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ? Promise.resolve(log.info("warm-up skipped (--skip-warm-up)"))
       : warmUpUpdatePath({
           limits,
-          // Sealing as this relay seals; hook events recorded in a scratch in-memory log. Not the SQLite
-          // log in a scratch database: with it, a relay restarted on a full disk never finished its own
-          // hook recovery (test/storage-failure/full-disk.test.ts); why is not found yet.
+          // Sealing as this relay seals (hook events go to a scratch in-memory log: see scratchOutbox).
           history: options.history ?? {},
-          eventLog: "memory",
           stopped: () => closing !== undefined,
         }).then(
           (report) => log.info(report, "warmed up the update path"),

@@ -19,7 +19,6 @@ import {
   type UserId,
   unreact,
 } from "@parley/shared"
-import Database from "better-sqlite3"
 import * as decoding from "lib0/decoding"
 import * as Y from "yjs"
 import type { Connection, Session } from "./connection.js"
@@ -31,15 +30,12 @@ import type { EventLog } from "./hooks/event-log.js"
 import { HooksExtension } from "./hooks/extension.js"
 import { MemoryEventLog } from "./hooks/memory-event-log.js"
 import { MemoryOutbox, type Outbox } from "./hooks/outbox.js"
-import { SqliteEventLog } from "./hooks/sqlite-event-log.js"
-import { SqliteOutbox } from "./hooks/sqlite-outbox.js"
 import { createLogger } from "./log.js"
 import { RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import { MemoryClientBindingStore } from "./policy/client-bindings.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import { MemoryStorage } from "./storage/memory.js"
-import { SQLITE_DOCUMENTS_SCHEMA } from "./storage/sqlite.js"
 
 /**
  * How much warming up the relay does after it starts (see {@link warmUpUpdatePath}).
@@ -59,13 +55,6 @@ export interface WarmUpOptions {
    * relay that does not seal): no sealing, and no seal pieces.
    */
   readonly history?: Partial<SealingOptions & SealedReadLimits> | false
-  /**
-   * Which event log the scratch hooks record every event in: `"sqlite"`, the
-   * SQLite backend's tables (`SqliteOutbox`, `SqliteEventLog`) in a scratch
-   * in-memory database, for a relay on SQLite; `"memory"` (default), the
-   * in-memory log.
-   */
-  readonly eventLog?: "sqlite" | "memory"
   /** Stops between pieces when it returns true (the relay is shutting down). */
   readonly stopped?: () => boolean
 }
@@ -189,13 +178,12 @@ export async function warmUpUpdatePath(options: WarmUpOptions = {}): Promise<War
   }
 }
 
-/** What the scratch cores are made with: the relay's limits, sealing and kind of event log. */
+/** What the scratch cores are made with: the relay's limits and sealing. */
 interface ScratchSettings {
   readonly limits: CoreLimits
   readonly history:
     | { readonly sealing: SealingOptions; readonly reads: Partial<SealedReadLimits> }
     | undefined
-  readonly eventLog: "sqlite" | "memory"
 }
 
 /**
@@ -232,7 +220,7 @@ function scratchSettings(options: WarmUpOptions, n: number): ScratchSettings {
             },
           }
         })()
-  return { limits, history, eventLog: options.eventLog ?? "memory" }
+  return { limits, history }
 }
 
 /** Largest segment, and live document kept, that the seal pieces build (twice the defaults of 500 and 250). */
@@ -386,7 +374,7 @@ interface Round {
  * `body` sends the creation, the others join once it is stored. The core has
  * the relay's history keeper (its sealing, over a scratch in-memory history
  * store) and hooks extension (no targets; its outbox records every event in
- * a scratch event log of the relay's kind), as the relay's has.
+ * a scratch in-memory event log), as the relay's has.
  */
 async function scratchRound(
   scratch: ScratchSettings,
@@ -396,7 +384,7 @@ async function scratchRound(
   const storage = new MemoryStorage()
   const metrics = new RelayMetrics({ defaultMetrics: false })
   const log = createLogger("silent")
-  const events = scratchOutbox(scratch.eventLog)
+  const events = scratchOutbox()
   const core = new RelayCore({
     storage,
     log,
@@ -478,25 +466,14 @@ async function scratchRound(
 }
 
 /**
- * The scratch core's outbox and event log: for `"sqlite"` the SQLite
- * backend's (`SqliteOutbox` over `SqliteEventLog`) in an in-memory database,
- * which also holds the documents' tables, empty (the outbox's recovery sweep
- * reads them; the scratch documents are in memory). `close` closes that
- * database, after the core (as the backend closes its own after the core).
+ * The scratch core's outbox and event log, in memory. Not the SQLite ones in a
+ * scratch database: with them, a relay restarted on a full disk never finished
+ * its own hook recovery (test/storage-failure/full-disk.test.ts; why is not
+ * found yet).
  */
-function scratchOutbox(kind: "sqlite" | "memory"): {
-  readonly outbox: Outbox
-  readonly log: EventLog
-  close(): void
-} {
-  if (kind === "memory") {
-    const log = new MemoryEventLog()
-    return { outbox: new MemoryOutbox(log), log, close: () => {} }
-  }
-  const db = new Database(":memory:")
-  db.exec(SQLITE_DOCUMENTS_SCHEMA)
-  const log = new SqliteEventLog(db)
-  return { outbox: new SqliteOutbox(db, log), log, close: () => db.close() }
+function scratchOutbox(): { readonly outbox: Outbox; readonly log: EventLog; close(): void } {
+  const log = new MemoryEventLog()
+  return { outbox: new MemoryOutbox(log), log, close: () => {} }
 }
 
 /** Replays the first round's frames in order (the creation first, then the others join). */

@@ -50,16 +50,15 @@ describe("warm-up of the update path", () => {
     expect(report.events).toBeGreaterThan(2 * 3 * 500)
   })
 
-  it("seals at the relay's segment size, within the value cap, and records in an in-memory SQLite log when told", async () => {
+  it("seals at the relay's segment size and within the value cap", async () => {
     const base = { rounds: 1, frameMessages: 30, history: { segmentSize: 100, keepLive: 50 } } as const
-    const sqlite = await warmUpUpdatePath({ ...base, eventLog: "sqlite" })
-    expect(sqlite.refused).toBe(0)
-    expect(sqlite.frames).toBe(7 + 4)
+    const sized = await warmUpUpdatePath(base)
+    expect(sized.refused).toBe(0)
+    expect(sized.frames).toBe(7 + 4)
     // Two for the stored conversation and the first frame, one per later bulk frame, two for the
     // offline device's 210 messages.
-    expect(sqlite.seals).toBe(6)
-    // The same frames and events in either log.
-    expect(sqlite.events).toBe((await warmUpUpdatePath(base)).events)
+    expect(sized.seals).toBe(6)
+    expect(sized.events).toBeGreaterThan(300)
     // Frames of at most nine tenths of the value cap: a segment of 100 takes two frames, of 90 and 10.
     const capped = await warmUpUpdatePath({ ...base, limits: { maxUpdateValues: 100 } })
     expect(capped.refused).toBe(0)

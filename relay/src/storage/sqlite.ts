@@ -17,8 +17,7 @@ CREATE TABLE IF NOT EXISTS documents (
 ) WITHOUT ROWID;
 `
 
-/** The documents' tables in the relay's database (the catalog is a database of its own). */
-export const SQLITE_DOCUMENTS_SCHEMA = `
+const SCHEMA = `
 CREATE TABLE IF NOT EXISTS updates (
   doc TEXT NOT NULL,
   position INTEGER NOT NULL,
@@ -95,7 +94,7 @@ export class SqliteStorage implements RelayStorage {
   ) {
     const dir = resolve(dirname(db.name))
     this.disk = db.memory ? undefined : { dir, space: options.diskSpace ?? (() => diskSpaceOf(dir)) }
-    this.db.exec(SQLITE_DOCUMENTS_SCHEMA)
+    this.db.exec(SCHEMA)
     // Tables made before checksums gain the column; their rows keep NULL (not checked).
     for (const table of ["updates", "snapshots"]) {
       const columns = this.db.prepare<[], { name: string }>(`PRAGMA table_info(${table})`).all()
