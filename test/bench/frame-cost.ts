@@ -263,6 +263,8 @@ const endToEnd: {
   mainThreadMs: number
   unloadMs: number
   runsCpuMs: number[]
+  /** The shape's first frame in the process (left out of the figures above: its JIT is cold for the shape). */
+  firstCpuMs: number
 }[] = []
 if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
   const all = [...honestShapes, ...hostileShapes]
@@ -300,6 +302,7 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
     ]),
   )
   picked.forEach((shape, k) => {
+    const first = results[k * (runs + 1)]!
     const measured = results.slice(k * (runs + 1) + 1, (k + 1) * (runs + 1))
     const times = measured.map((r) => r.cpuMs).sort((a, b) => a - b)
     const acks = measured.map((r) => r.untilAckMs).sort((a, b) => a - b)
@@ -324,6 +327,7 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
       mainThreadMs: mains[Math.floor(mains.length / 2)]!,
       unloadMs: unloads[Math.floor(unloads.length / 2)]!,
       runsCpuMs: measured.map((r) => r.cpuMs),
+      firstCpuMs: first.cpuMs,
     }
     endToEnd.push(entry)
     console.log(
@@ -346,7 +350,7 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
         ? ` (${r.gcs.scavenges} scavenge${r.gcs.scavenges === 1 ? "" : "s"}${r.gcs.markCompacts ? `, ${r.gcs.markCompacts} mark-compact` : ""})`
         : ""
     console.log(
-      `    runs in order, ms: ${measured.map((r) => `${r.cpuMs.toFixed(0)}${gcNote(r)}`).join(", ")}`,
+      `    runs in order, ms (the shape's first, unmeasured frame in brackets): [${first.cpuMs.toFixed(0)}${gcNote(first)}] ${measured.map((r) => `${r.cpuMs.toFixed(0)}${gcNote(r)}`).join(", ")}`,
     )
     // Where each run's CPU was, by thread name: the collector's helpers and the compilers are not the relay's code.
     const names = [...new Set(measured.flatMap((r) => Object.keys(r.threads)))]
@@ -359,6 +363,11 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
   const worstOf = (list: typeof endToEnd) => Math.max(0, ...list.map((r) => r.worstCpuMs))
   console.log(
     `worst frame end to end: ${worstOf(endToEnd).toFixed(1)} ms; accepted: ${worstOf(endToEnd.filter((r) => r.outcome === "accepted")).toFixed(1)} ms (goal ≤ 50 ms); refused: ${worstOf(endToEnd.filter((r) => r.outcome !== "accepted")).toFixed(1)} ms`,
+  )
+  // The goal is for any frame: a shape's first one after the start (its code paths only as warm as the
+  // relay's start-up warm-up made them) counts too, though the figures above leave it out.
+  console.log(
+    `worst first frame of a shape (accepted): ${Math.max(0, ...endToEnd.filter((r) => r.outcome === "accepted").map((r) => r.firstCpuMs)).toFixed(1)} ms`,
   )
   for (const r of endToEnd)
     if ((r.outcome === "accepted") === expectRefusal(r.shape))
