@@ -244,8 +244,9 @@ interface SealFrames {
  * conversation of `keepLive + segmentSize` sequenced messages (due to seal)
  * is stored in the round's scratch storage as a relay stores one — each
  * author's messages under a client id of their own, numbered in records of
- * a few hundred ids, the last sixth of them bob's, which alice's offline
- * device has not seen — and loaded (its stored records decoded). Then, as
+ * a few hundred ids; its last sixth, which alice's offline device has not
+ * seen, written by bob and carol on two devices at once — and loaded (its
+ * stored records decoded). Then, as
  * frames arrive after a start: bob's one-message frame (a one-id sequence
  * record; the first seal, planned over records long and short); alice's
  * offline device, last synced before bob's latest messages, sends its mixed
@@ -253,7 +254,8 @@ interface SealFrames {
  * sessions: messages written beside bob's unseen ones, edits and deletions
  * of its own live messages, reactions to others' messages, sealed by then or
  * live); last, carol sends three times `segmentSize` messages in bulk frames
- * (within the value cap). Each frame takes the relay's real sealing after its
+ * (frames of nine tenths of the value cap: one may make two segments due at
+ * once). Each frame takes the relay's real sealing after its
  * answer — segments planned, stored with their id filters (`HistoryKeeper`, a
  * scratch `MemoryHistoryStore`), applied (the message index's bulk
  * removals), the filters held (`SealedIdFilters`), the seal's change stored
@@ -266,8 +268,10 @@ interface SealFrames {
  * relay meets after a start (`npm run bench:frames`' mixed shape). With only
  * bulk frames and a seed written under one client id, the first real mixed
  * frame met object shapes the warm-up had not (short sequence records beside
- * long ones, concurrent insertions, reactions to live messages) and
- * deoptimized the sealing and message-index code compiled for the others.
+ * long ones, insertions concurrent with others' at the same place, two
+ * segments due at once, a sealing options object of the relay's shape) and
+ * deoptimized the sealing, message-index and Yjs integration code compiled
+ * for the others (BENCHMARKS.md, "Frame cost", session 19).
  */
 async function sealPiece(
   round: Round,
