@@ -203,17 +203,23 @@ function scratchSettings(options: WarmUpOptions, n: number): ScratchSettings {
     options.history === false
       ? undefined
       : (() => {
-          const { maxSealedReadsPerUpdate, heldSegmentsPerDocument, ...given } = options.history ?? {}
-          const sealing: SealingOptions = { ...HistoryDefaults, ...given }
+          const { maxSealedReadsPerUpdate, heldSegmentsPerDocument } = options.history ?? {}
+          // Built as the relay builds its own (relay.ts), read limits included: an options object of
+          // another shape made the relay's first seal deoptimize the sealing code compiled for this one.
+          const sealing: SealingOptions = { ...HistoryDefaults, ...options.history }
           const keepLive = Math.max(0, Math.min(sealing.keepLive, SEAL_PIECE_BOUND))
           // Beyond the round's conversation, with room: the creation, 2n messages and about 25 more.
           const unsealed = 3 * n + 50
+          const segmentSize = Math.max(
+            1,
+            unsealed - keepLive,
+            Math.min(sealing.segmentSize, SEAL_PIECE_BOUND),
+          )
           return {
-            sealing: {
-              ...sealing,
-              segmentSize: Math.max(1, unsealed - keepLive, Math.min(sealing.segmentSize, SEAL_PIECE_BOUND)),
-              keepLive,
-            },
+            sealing:
+              segmentSize === sealing.segmentSize && keepLive === sealing.keepLive
+                ? sealing
+                : { ...sealing, segmentSize, keepLive },
             reads: {
               ...(maxSealedReadsPerUpdate !== undefined ? { maxSealedReadsPerUpdate } : {}),
               ...(heldSegmentsPerDocument !== undefined ? { heldSegmentsPerDocument } : {}),
@@ -226,29 +232,46 @@ function scratchSettings(options: WarmUpOptions, n: number): ScratchSettings {
 /** Largest segment, and live document kept, that the seal pieces build (twice the defaults of 500 and 250). */
 const SEAL_PIECE_BOUND = 1_000
 
-/** The seal piece's updates: the stored conversation, then the frames sent into it, in order. */
+/** The seal piece's updates: the stored conversation, then the frames sent into it, in order, and by whom. */
 interface SealFrames {
   seed: Uint8Array
-  frames: Uint8Array[]
+  frames: Recorded[]
 }
 
 /**
  * The path the first large frames into a long conversation take, which the
- * round's own conversation (a few hundred messages) never reaches: a
+ * round's own conversation (a few hundred messages) never reaches. A
  * conversation of `keepLive + segmentSize` sequenced messages (due to seal)
- * is stored in the round's scratch storage and loaded, then one user sends
- * three times `segmentSize` messages in bulk frames (within the value cap).
- * Each frame then takes the relay's real sealing after its answer — segments
- * planned, stored with their id filters (`HistoryKeeper`, a scratch
- * `MemoryHistoryStore`), applied (the message index's bulk removals), the
- * filters held (`SealedIdFilters`), the seal's change stored and its events
- * recorded — and every frame after the first has its new ids checked against
- * the sealed ones' filters. Last, bob's device, offline since the stored
- * state, sends its mixed work (three sessions, a third of the caps): edits,
- * deletions, reactions to messages sealed meanwhile, written beside the bulk
- * frames' messages. The updates are built once, in pieces (the first round),
- * then sent as bytes. Resolves to the segments sealed, undefined
- * when the relay is shutting down.
+ * is stored in the round's scratch storage as a relay stores one — each
+ * author's messages under a client id of their own, numbered in records of
+ * a few hundred ids; its last sixth, which alice's offline device has not
+ * seen, written by bob and carol on two devices at once — and loaded (its
+ * stored records decoded). Then, as
+ * frames arrive after a start: bob's one-message frame (a one-id sequence
+ * record; the first seal, planned over records long and short); alice's
+ * offline device, last synced before bob's latest messages, sends its mixed
+ * work up to the caps as a stock client sends it in one sync step 2 (three
+ * sessions: messages written beside bob's unseen ones, edits and deletions
+ * of its own live messages, reactions to others' messages, sealed by then or
+ * live); last, carol sends three times `segmentSize` messages in bulk frames
+ * (frames of nine tenths of the value cap: one may make two segments due at
+ * once). Each frame takes the relay's real sealing after its
+ * answer — segments planned, stored with their id filters (`HistoryKeeper`, a
+ * scratch `MemoryHistoryStore`), applied (the message index's bulk
+ * removals), the filters held (`SealedIdFilters`), the seal's change stored
+ * and its events recorded — and every frame after the first has its new ids
+ * checked against the sealed ones' filters. The updates are built once, in
+ * pieces (the first round), then sent as bytes. Resolves to the segments
+ * sealed, undefined when the relay is shutting down.
+ *
+ * Why this order and these shapes: they are those of the first frames a
+ * relay meets after a start (`npm run bench:frames`' mixed shape). With only
+ * bulk frames and a seed written under one client id, the first real mixed
+ * frame met object shapes the warm-up had not (short sequence records beside
+ * long ones, insertions concurrent with others' at the same place, two
+ * segments due at once, a sealing options object of the relay's shape) and
+ * deoptimized the sealing, message-index and Yjs integration code compiled
+ * for the others (BENCHMARKS.md, "Frame cost", session 19).
  */
 async function sealPiece(
   round: Round,
@@ -258,8 +281,8 @@ async function sealPiece(
 ): Promise<number | undefined> {
   const { segmentSize, keepLive } = scratch.history!.sealing
   if (built.seed === undefined || built.frames === undefined) {
-    let mixed: Uint8Array
-    const users = [alice, bob, carol]
+    const total = keepLive + segmentSize
+    const unseen = Math.max(1, Math.ceil(total / 6))
     const device = new Y.Doc()
     try {
       createConversation(
@@ -268,74 +291,146 @@ async function sealPiece(
         { kind: "group", id: SEAL_CONVERSATION, participants: [bob, carol], title: "warm-up" },
         {},
       )
+      // Bob's client ids below alice's offline device's, carol's above (see offlineAtCaps).
+      const authors = [alice, bob, carol].map((user, i) => ({ user, client: clientIdIn([1, 0, 2][i]!) }))
+      const numbering = freshClientId()
       // In pieces of a few hundred messages: building one costs about what sending it does.
-      for (let written = 0; written < keepLive + segmentSize; written += SEED_PIECE) {
-        for (let i = written; i < Math.min(keepLive + segmentSize, written + SEED_PIECE); i++)
-          sendMessage(device, users[i % 3]!, { body: `sealed ${i}: a typical short chat line` })
+      const write = async (
+        from: number,
+        to: number,
+        author: (i: number) => { user: UserId; client: number },
+      ) => {
+        for (let written = from; written < to; written += SEED_PIECE) {
+          for (let i = written; i < Math.min(to, written + SEED_PIECE); i++) {
+            const { user, client } = author(i)
+            device.clientID = client
+            sendMessage(device, user, { body: `sealed ${i}: a typical short chat line` })
+          }
+          // Numbered as the relay numbers what it stores, under a client id of its own.
+          device.clientID = numbering
+          assignSequenceNumbers(device, nextFromDocument(device))
+          await yieldToLoop()
+          if (stopped()) return false
+        }
+        return true
+      }
+      if (!(await write(0, total - unseen, (i) => authors[i % 3]!))) return undefined
+      const before = Y.encodeStateAsUpdate(device)
+      // The messages alice's device has not seen, carol's and bob's, written at the same place by two
+      // devices (carol's since `before`), as two users writing at once do.
+      const carols = new Y.Doc()
+      try {
+        Y.applyUpdate(carols, before)
+        // Another device of carol's: above alice's offline device too.
+        carols.clientID = clientIdIn(2)
+        for (let i = 0; i < Math.floor(unseen / 2); i++)
+          sendMessage(carols, carol, { body: `unseen ${i}: a typical short chat line` })
+        // Bob's first (below alice's offline device: it goes after it), then carol's and bob's in turn
+        // (the ones Yjs's conflict scan passes because their origin is before them).
+        const from = total - unseen + Math.floor(unseen / 2)
+        if (!(await write(from, total, (i) => authors[1 + ((i - from) % 2)]!))) return undefined
+        Y.applyUpdate(device, Y.encodeStateAsUpdate(carols, Y.encodeStateVector(device)))
+        device.clientID = numbering
+        assignSequenceNumbers(device, nextFromDocument(device))
+      } finally {
+        carols.destroy()
+      }
+      built.seed = Y.encodeStateAsUpdate(device)
+      const frames: Recorded[] = []
+      device.clientID = authors[1]!.client
+      frames.push({
+        user: bob,
+        frame: encodeSyncUpdate(capture(device, () => sendMessage(device, bob, { body: "back again" }))),
+      })
+      frames.push({ user: alice, frame: offlineAtCaps(before, built.seed, total, scratch.limits) })
+      await yieldToLoop()
+      if (stopped()) return undefined
+      // Carol's device, sending without waiting for the relay's numbers.
+      device.clientID = freshClientId()
+      // Frames as large as the value cap allows (with room), so that one may make two segments due at once.
+      const perFrame = Math.max(1, Math.floor(scratch.limits.maxUpdateValues * 0.9))
+      for (let sent = 0; sent < 3 * segmentSize; sent += perFrame) {
+        const count = Math.min(perFrame, 3 * segmentSize - sent)
+        frames.push({
+          user: carol,
+          frame: encodeSyncUpdate(
+            capture(device, () => {
+              for (let i = 0; i < count; i++)
+                sendMessage(device, carol, { body: `quick ${sent + i}: a typical short chat line` })
+            }),
+          ),
+        })
         await yieldToLoop()
         if (stopped()) return undefined
       }
-      // Numbered as the relay numbers what it stores.
-      device.clientID = freshClientId()
-      assignSequenceNumbers(device, nextFromDocument(device))
-      built.seed = Y.encodeStateAsUpdate(device)
-      // Bob's device, offline since the stored state: its work (sent last) reacts to messages sealed
-      // meanwhile and writes beside the bulk frames' messages, as a device back from a long offline period.
-      const offline = new Y.Doc()
-      try {
-        Y.applyUpdate(offline, built.seed)
-        offline.clientID = freshClientId()
-        const others = listMessages(offline, { last: keepLive + segmentSize })
-          .filter((m) => m.author !== bob)
-          .map((m) => m.id)
-        // A third of the caps: the costliest honest frame per struct, at a piece's size.
-        const perSession = Math.max(
-          1,
-          Math.floor(
-            Math.min(scratch.limits.maxUpdateStructs / 1.1, scratch.limits.maxUpdateValues / 1.42) / 9,
-          ),
-        )
-        const before = Y.encodeStateVector(offline)
-        offlineWork(offline, bob, others, perSession, 3)
-        mixed = encodeSyncStep2(Y.encodeStateAsUpdate(offline, before))
-      } finally {
-        offline.destroy()
-      }
-      await yieldToLoop()
-      if (stopped()) return undefined
-      // The frames: one device of alice's, sending without waiting for the relay's numbers.
-      device.clientID = freshClientId()
-      const perFrame = Math.max(1, Math.min(segmentSize, Math.floor(scratch.limits.maxUpdateValues * 0.9)))
-      const frames: Uint8Array[] = []
-      for (let segment = 0; segment < 3; segment++)
-        for (let sent = 0; sent < segmentSize; sent += perFrame) {
-          const count = Math.min(perFrame, segmentSize - sent)
-          frames.push(
-            encodeSyncUpdate(
-              capture(device, () => {
-                for (let i = 0; i < count; i++)
-                  sendMessage(device, alice, {
-                    body: `quick ${segment}.${sent + i}: a typical short chat line`,
-                  })
-              }),
-            ),
-          )
-          await yieldToLoop()
-          if (stopped()) return undefined
-        }
-      frames.push(mixed)
       built.frames = frames
     } finally {
       device.destroy()
     }
   }
   await round.storage.append(SEAL_CONVERSATION, [built.seed])
-  const open = await round.connect(SEAL_CONVERSATION, alice)
-  const offline = await round.connect(SEAL_CONVERSATION, bob)
-  for (const [i, frame] of built.frames.entries())
-    if (!(await round.sendOn(i === built.frames.length - 1 ? offline : open, frame))) return undefined
+  const open = new Map<UserId, Open>()
+  for (const user of [alice, bob, carol]) open.set(user, await round.connect(SEAL_CONVERSATION, user))
+  for (const { user, frame } of built.frames)
+    if (!(await round.sendOn(open.get(user)!, frame))) return undefined
   // Behind the last frame's seal in the document's queue.
   return round.core.read(SEAL_CONVERSATION, (doc) => namedSegments(doc))
+}
+
+/**
+ * Alice's offline work since `before` (a stored conversation's older state),
+ * as one sync step 2 of a stock client, reacting to others' messages among
+ * the last `messages`: as many messages, with their
+ * reactions, edits, deletions and read-marker moves, as fit the relay's
+ * struct and value caps (`limits`), in three sessions. Only the device's own
+ * work: everything else it has, the relay's `stored` conversation has too.
+ */
+function offlineAtCaps(
+  before: Uint8Array,
+  stored: Uint8Array,
+  messages: number,
+  limits: CoreLimits,
+): Uint8Array {
+  const known = Y.encodeStateVectorFromUpdate(stored)
+  // About 1.1 structs and 1.4 values per message: start from that, then step down until it fits.
+  let perSession = Math.max(
+    1,
+    Math.floor(Math.min(limits.maxUpdateStructs / 1.1, limits.maxUpdateValues / 1.42) / 3),
+  )
+  for (;;) {
+    const offline = new Y.Doc()
+    try {
+      Y.applyUpdate(offline, before)
+      // Between the client ids of the messages it has not seen (bob's below, carol's above): its first
+      // message is placed after bob's and before carol's, which takes both ways of Yjs's conflict rule.
+      offline.clientID = clientIdIn(1)
+      const others = listMessages(offline, { last: messages })
+        .filter((m) => m.author !== alice)
+        .map((m) => m.id)
+      offlineWork(offline, alice, others, perSession, 3, () => clientIdIn(1))
+      const update = Y.encodeStateAsUpdate(offline, known)
+      const { structs, values } = countsOf(update)
+      if ((structs <= limits.maxUpdateStructs && values <= limits.maxUpdateValues) || perSession <= 1)
+        return encodeSyncStep2(update)
+      perSession = Math.max(
+        1,
+        Math.floor(
+          perSession * Math.min(limits.maxUpdateStructs / structs, limits.maxUpdateValues / values),
+        ) - 1,
+      )
+    } finally {
+      offline.destroy()
+    }
+  }
+}
+
+/** Structs and values of an update as the relay's caps count them (values outside deleted content). */
+function countsOf(update: Uint8Array): { structs: number; values: number } {
+  const { structs } = Y.decodeUpdate(update)
+  let values = 0
+  for (const s of structs)
+    if (s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted)) values += s.length
+  return { structs: structs.length, values }
 }
 
 /** Messages written per piece of the seal piece's stored conversation. */
@@ -603,10 +698,11 @@ function offlineWork(
   others: readonly MessageId[],
   perSession: number,
   sessions: number,
+  newClientId: () => number = freshClientId,
 ): void {
   const mine: MessageId[] = []
   for (let session = 0; session < sessions; session++) {
-    if (session > 0) d.clientID = freshClientId()
+    if (session > 0) d.clientID = newClientId()
     for (let i = 0; i < perSession; i++) {
       const k = session * perSession + i
       mine.push(sendMessage(d, user, { body: `offline ${k}: on my way, see you soon` }).id)
@@ -629,4 +725,9 @@ function capture(doc: Y.Doc, change: () => void): Uint8Array {
 /** A client id no other scratch device uses (random, as Yjs picks them). */
 function freshClientId(): number {
   return Math.floor(Math.random() * 0x7fffffff) + 1
+}
+
+/** A random client id in the `third`-th third (0, 1, 2) of Yjs's range, to order concurrent writes. */
+function clientIdIn(third: number): number {
+  return Math.floor(((third + Math.random()) * 0x7fffffff) / 3) + 1
 }

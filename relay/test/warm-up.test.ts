@@ -40,12 +40,13 @@ describe("warm-up of the update path", () => {
     const report = await warmUpUpdatePath({ rounds: 2, frameMessages: 30 })
     expect(report.stopped).toBe(false)
     expect(report.refused).toBe(0)
-    // The creation plus six frames per round, and the seal piece's three bulk frames of 500 messages
-    // and its offline device's frame.
+    // The creation plus six frames per round, and the seal piece's one-message frame, its offline
+    // device's mixed work and two bulk frames (1,500 messages in frames of 900).
     expect(report.frames).toBe(22)
     // Each round's seal piece sealed through the relay's history code at the default segment size:
-    // the stored conversation (due) and the first frame make two segments, each later frame one.
-    expect(report.seals).toBe(8)
+    // one segment after the one-message frame (the stored conversation was due), one after the
+    // offline work, two at once after the first bulk frame, one after the second.
+    expect(report.seals).toBe(10)
     // And the scratch hooks recorded the frames' events (the seals' too) in their event log.
     expect(report.events).toBeGreaterThan(2 * 3 * 500)
   })
@@ -54,15 +55,14 @@ describe("warm-up of the update path", () => {
     const base = { rounds: 1, frameMessages: 30, history: { segmentSize: 100, keepLive: 50 } } as const
     const sized = await warmUpUpdatePath(base)
     expect(sized.refused).toBe(0)
-    expect(sized.frames).toBe(7 + 4)
-    // Two for the stored conversation and the first frame, one per later bulk frame, two for the
-    // offline device's 210 messages.
-    expect(sized.seals).toBe(6)
+    expect(sized.frames).toBe(7 + 3)
+    expect(sized.seals).toBe(10)
     expect(sized.events).toBeGreaterThan(300)
-    // Frames of at most nine tenths of the value cap: a segment of 100 takes two frames, of 90 and 10.
+    // Bulk frames of at most nine tenths of the value cap: three segments of 100 take four frames; the
+    // offline work fits the cap too.
     const capped = await warmUpUpdatePath({ ...base, limits: { maxUpdateValues: 100 } })
     expect(capped.refused).toBe(0)
-    expect(capped.frames).toBe(7 + 7)
+    expect(capped.frames).toBe(7 + 6)
     expect(capped.seals).toBe(4)
     // A relay that does not seal: no seal piece.
     const unsealed = await warmUpUpdatePath({ ...base, history: false })
@@ -75,7 +75,7 @@ describe("warm-up of the update path", () => {
     // built on the first round's were refused.
     const report = await warmUpUpdatePath({ rounds: 3, history: { segmentSize: 40, keepLive: 20 } })
     expect(report.refused).toBe(0)
-    expect(report.seals).toBe(3 * 4)
+    expect(report.seals).toBe(3 * 5)
   })
 
   it("stops at its next piece once the relay is shutting down", async () => {

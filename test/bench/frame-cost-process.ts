@@ -179,6 +179,15 @@ export async function probeProcess(
     })
     const giveUp = options.quietGiveUpMs ?? 20_000
     const pid = relay.child.pid!
+    // The relay warms its update path after "listening" (about a second, not ready meanwhile): the
+    // frames come after it, as a load balancer's traffic does, and its cost is printed apart.
+    const warmed = await relay.waitForLog(
+      (line) => line.msg === "warmed up the update path" || line.msg === "warm-up skipped (--skip-warm-up)",
+    )
+    if (warmed.wallMs !== undefined)
+      console.error(
+        `WARM-UP ${warmed.wallMs} ms wall, ${warmed.cpuMs} ms CPU, ${warmed.frames} frames, done ${((monotonicUs() - startedUs) / 1000).toFixed(0)} ms after the spawn`,
+      )
     const results: ProcessProbeResult[] = []
     for (let i = 0; i < plan.length; i++) {
       const shape = plan[i]!
