@@ -1,13 +1,22 @@
 /**
  * The relay's V8 garbage-collector settings, applied by `parley-relay` itself: `main.ts`
- * imports this module first, so that its body runs before any other module's (ESM evaluates a
- * module's imports in order), and the settings hold for everything the relay loads and does.
+ * imports this module first, so that its body runs before any other module's body (ESM
+ * evaluates a module's imports in order; the whole module graph is parsed before any body runs,
+ * so a collection during that parsing still runs with V8's defaults).
  *
- * Why (BENCHMARKS.md, "Frame cost", sessions 18 and 19): V8's memory reducer runs
- * memory-reducing mark-compacts while the relay looks idle between frames; each throws away
- * about 100 functions' optimized code, which the next frames compile again, and a mark-compact
- * landing in a frame's window adds 40–100 ms to it. Without the reducer, and with the old
- * generation allowed to grow further before a mark-compact, those come three times rarer.
+ * Why (BENCHMARKS.md, "Frame cost", sessions 18 and 19): under a steady load of large frames
+ * the relay's old generation grows by about 3 MB a frame, and a mark-compact of the whole heap
+ * landing in a frame's window adds 40–100 ms to it; and after each one V8's memory reducer runs
+ * up to three memory-reducing mark-compacts while the relay looks idle, each of which throws
+ * away the optimized code of about 100 functions that the next frames compile again. Set here:
+ * `--heap-growing-percent=200` (the old generation may grow to three times what survived the
+ * last mark-compact before the next: about half as many) and `--memory-reducer-single-gc` (one
+ * memory-reducing collection after each instead of up to three).
+ *
+ * Not set here, measured: `--no-memory-reducer` does nothing once the process runs (V8 creates
+ * the memory reducer when it sets up the heap; it works on node's command line only), and
+ * `--no-incremental-marking`, which does keep the reducer from running (it only ever starts
+ * incremental marking), cost the fan-out 15–20 % more CPU per delivery and a worse p99.
  *
  * Operators override them with `PARLEY_V8_FLAGS` (empty: none), and a flag given to node on its
  * command line (`node --heap-growing-percent=150 parley-relay.js`) wins over the same flag here.
@@ -16,7 +25,7 @@
 import { setFlagsFromString } from "node:v8"
 
 /** The flags the relay sets when `PARLEY_V8_FLAGS` is not set (measured: BENCHMARKS.md, "Frame cost", session 19). */
-export const DEFAULT_V8_FLAGS = "--no-memory-reducer --heap-growing-percent=200"
+export const DEFAULT_V8_FLAGS = "--heap-growing-percent=200 --memory-reducer-single-gc"
 
 /** The environment variable that replaces {@link DEFAULT_V8_FLAGS} (empty: set none). */
 export const V8_FLAGS_VARIABLE = "PARLEY_V8_FLAGS"
