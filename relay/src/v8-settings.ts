@@ -10,7 +10,7 @@
  * up to three memory-reducing mark-compacts while the relay looks idle, each of which throws
  * away the optimized code of about 100 functions that the next frames compile again. Set here:
  * `--heap-growing-percent=200` (the old generation may grow to three times what survived the
- * last mark-compact before the next: about half as many) and `--memory-reducer-single-gc` (one
+ * last mark-compact before the next: a third to half as many) and `--memory-reducer-single-gc` (one
  * memory-reducing collection after each instead of up to three).
  *
  * Not set here, measured: `--no-memory-reducer` does nothing once the process runs (V8 creates
