@@ -1,7 +1,10 @@
 import { readFileSync } from "node:fs"
-import { describe, expect, it } from "vitest"
+import { afterAll, describe, expect, it } from "vitest"
 import { DEFAULT_V8_FLAGS, v8FlagName, v8FlagsToSet } from "../src/v8-settings.js"
-import { startRelayProcess } from "./helpers/relay-process.js"
+import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+// A failed test leaves its relay running: stop every one at the end.
+afterAll(() => stopRelayProcesses())
 
 const defaults = DEFAULT_V8_FLAGS.split(" ")
 
