@@ -1,8 +1,12 @@
+// First, and a bare import (which import sorting leaves in place): V8's settings must hold for
+// every other module's body and everything after (see v8-settings.ts).
+import "./v8-settings.js"
 import { ParleyError } from "@parley/shared"
 import { ConfigError, parseConfig, usage } from "./config.js"
 import { flushLog } from "./log.js"
 import { startRelay } from "./relay.js"
-import { ExitCode, exitCodeOf } from "./startup-error.js"
+import { ExitCode, exitCodeOf, StartupError } from "./startup-error.js"
+import { v8Settings } from "./v8-settings.js"
 
 /** A signal this soon after the first that started the shutdown is taken as the same one delivered twice. */
 const SAME_INTERRUPT_MS = 1_000
@@ -35,12 +39,18 @@ async function main(): Promise<void> {
     const { runEraseUserCli } = await import("./purge/erase-user-cli.js")
     process.exit(await runEraseUserCli(process.argv.slice(3)))
   }
+  // Not a ConfigError: its hint points at --help, which does not list node's settings.
+  if (!v8Settings.ok) throw new StartupError(ExitCode.CONFIG, v8Settings.message)
   const config = parseConfig(process.argv.slice(2))
   if ("help" in config && config.help) {
     process.stdout.write(`${usage()}\n`)
     return
   }
   const relay = await startRelay(config)
+  relay.log.info(
+    { v8Flags: v8Settings.flags, overriddenByNode: v8Settings.overridden },
+    "V8 flags set by the relay (PARLEY_V8_FLAGS; node's own command line wins)",
+  )
   // A promise rejected with nobody handling it is one task's failure (a hook module's fire-and-forget
   // request, say): Node would end the process for it, and every user with it. It is logged instead,
   // and the relay keeps serving; what it acknowledged is durable either way.

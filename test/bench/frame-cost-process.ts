@@ -23,6 +23,7 @@ import {
   startRelayProcess,
   stopRelayProcesses,
 } from "../../relay/test/helpers/relay-process.js"
+import { readProcess } from "./proc.js"
 import { compiledRelay } from "./servers.js"
 
 /**
@@ -131,6 +132,17 @@ export interface ProcessProbeResult {
   readonly markCompactLines?: readonly string[]
 }
 
+/** The relay process over the whole run of {@link probeProcess}. */
+export interface ProcessRunSummary {
+  /** Peak resident memory (VmHWM) of the relay process, MB, read just before it is stopped. */
+  readonly peakRssMB: number
+  /**
+   * With `--trace-gc`: the main isolate's mark-compacts over the whole run (start-up included), and
+   * of which memory-reducing ones (`Mark-Compact (reduce)`: V8's memory reducer, run while idle).
+   */
+  readonly markCompacts?: { readonly all: number; readonly reducing: number }
+}
+
 const monotonicUs = () => Number(process.hrtime.bigint() / 1000n)
 
 /**
@@ -154,6 +166,8 @@ export async function probeProcess(
     readonly args?: readonly string[]
     /** Flags for node running the relay (`--cpu-prof --cpu-prof-dir=DIR`, say: it is stopped with SIGTERM, which writes the profile). */
     readonly nodeArgs?: readonly string[]
+    /** Called once with the whole run's readings of the relay process (peak memory, collections). */
+    readonly onSummary?: (summary: ProcessRunSummary) => void
     /** Longest wait for the relay to go quiet (default 20 s; a profiled relay never does: its sampler keeps it busy). */
     readonly quietGiveUpMs?: number
   } = {},
@@ -253,13 +267,17 @@ export async function probeProcess(
         threads,
       })
     }
+    const peakRssMB = readProcess(pid).peakRss / 2 ** 20
     relay.child.kill("SIGTERM")
     await relay.exited
     // What the relay printed that is not a log line (V8's --trace-gc, say), for whoever asked for it.
     const printed = relay.lines.filter((l) => !l.startsWith("{"))
     const out = process.env.PARLEY_BENCH_RELAY_OUTPUT
     if (out) writeFileSync(out, printed.join("\n"))
-    if (!options.nodeArgs?.includes("--trace-gc")) return results
+    if (!options.nodeArgs?.includes("--trace-gc")) {
+      options.onSummary?.({ peakRssMB })
+      return results
+    }
     // The main isolate's lines only ("[pid:0x…] 1234 ms: Scavenge …"): worker threads (the WAL
     // checkpointer, a hook worker) have heaps of their own and collect far less often.
     const gcLines = printed
@@ -268,6 +286,14 @@ export async function probeProcess(
     const perIsolate = new Map<string, number>()
     for (const m of gcLines) perIsolate.set(m[1]!, (perIsolate.get(m[1]!) ?? 0) + 1)
     const main = [...perIsolate].sort((a, b) => b[1] - a[1])[0]?.[0]
+    const mainMarkCompacts = gcLines.filter((m) => m[1] === main && m[3] !== "Scavenge")
+    options.onSummary?.({
+      peakRssMB,
+      markCompacts: {
+        all: mainMarkCompacts.length,
+        reducing: mainMarkCompacts.filter((m) => /\(reduce\)/.test(m.input)).length,
+      },
+    })
     const gcs = gcLines
       .filter((m) => m[1] === main)
       .map((m) => {

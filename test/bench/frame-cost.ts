@@ -33,7 +33,7 @@ import {
   type Shape,
   seedConversation,
 } from "../../relay/test/helpers/frame-shapes.js"
-import { probeProcess } from "./frame-cost-process.js"
+import { type ProcessRunSummary, probeProcess } from "./frame-cost-process.js"
 
 const { values: flags } = parseArgs({
   options: {
@@ -280,7 +280,14 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
   const plan = picked.flatMap((shape) => Array.from({ length: runs + 1 }, () => shape))
   // PARLEY_BENCH_NODE_ARGS: Node flags for the relay process (as for `npm run bench`), e.g. "--trace-gc".
   const nodeArgs = process.env.PARLEY_BENCH_NODE_ARGS?.split(/\s+/).filter(Boolean)
-  const results = await probeProcess(plan, seed, { args: relayArgs, ...(nodeArgs ? { nodeArgs } : {}) })
+  let summary: ProcessRunSummary | undefined
+  const results = await probeProcess(plan, seed, {
+    args: relayArgs,
+    ...(nodeArgs ? { nodeArgs } : {}),
+    onSummary: (s) => {
+      summary = s
+    },
+  })
   console.log(
     `\nEvery frame, end to end and in process. "process": a relay process (default configuration: SQLite, hooks with event log and inbox upkeep, sealed history), its CPU (all threads, /proc/<pid>/task/<tid>/schedstat, ns) from before the frame until quiet after the answer, median (worst) of ${runs} runs; "until ack": of which before the sender had its answer; "main thread": of which on the event loop's thread (the rest is V8's garbage collection and compiler threads, libuv's pool, the WAL checkpointer), median; "unload": apart from the frame, median CPU of unloading the document once the sender left (the relay runs with a 100 ms idle delay, so that no unload lands in a later frame's window). "in-process": the table above (relay core, memory storage, no hooks).`,
   )
@@ -360,6 +367,11 @@ if (!flags["no-process"] && (!flags["cold-only"] || flags["process-only"])) {
       `    by thread, ms: ${names.map((n) => `${n} ${measured.map((r) => (r.threads[n] ?? 0).toFixed(0)).join("/")}`).join("; ")}`,
     )
   })
+  // The process's whole run: how much memory the heap settings cost, and how often V8 collected the whole heap.
+  if (summary)
+    console.log(
+      `relay process: peak RSS ${summary.peakRssMB.toFixed(1)} MB${summary.markCompacts ? `; mark-compacts over the run (start-up included) ${summary.markCompacts.all}, of which memory-reducing ${summary.markCompacts.reducing}` : " (mark-compacts: run with PARLEY_BENCH_NODE_ARGS=--trace-gc)"}; PARLEY_V8_FLAGS ${process.env.PARLEY_V8_FLAGS === undefined ? "unset (the relay's defaults)" : `"${process.env.PARLEY_V8_FLAGS}"`}`,
+    )
   const worstOf = (list: typeof endToEnd) => Math.max(0, ...list.map((r) => r.worstCpuMs))
   console.log(
     `worst frame end to end: ${worstOf(endToEnd).toFixed(1)} ms; accepted: ${worstOf(endToEnd.filter((r) => r.outcome === "accepted")).toFixed(1)} ms (goal ≤ 50 ms); refused: ${worstOf(endToEnd.filter((r) => r.outcome !== "accepted")).toFixed(1)} ms`,

@@ -4,7 +4,7 @@
  * (VmHWM) belongs to that scenario alone.
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { appendFileSync, existsSync, mkdtempSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { dirname, join, resolve } from "node:path"
@@ -377,6 +377,9 @@ async function startParley(variant: ParleyVariant): Promise<RunningServer> {
     stdio: ["ignore", "pipe", "pipe"],
   })
   running.add(child)
+  // PARLEY_BENCH_RELAY_OUTPUT=FILE: everything the relay prints (V8's --trace-gc lines, say), appended to FILE.
+  const output = process.env.PARLEY_BENCH_RELAY_OUTPUT
+  if (output) child.stdout?.on("data", (chunk: Buffer) => appendFileSync(output, chunk))
   const inspector = watchInspector(child)
   const port = await waitForPort(child, jsonPort)
   // As a load balancer would: no traffic (and no "empty server" reading) before the relay says it
