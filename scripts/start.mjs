@@ -12,7 +12,15 @@ await build({ configFile: `${root}client/demo/vite.config.ts`, logLevel: "warn" 
 
 const relay = spawn(
   process.execPath,
-  [`${root}relay/bin/parley-relay.js`, "--dev", "--static", demoDist, ...process.argv.slice(2)],
+  // --no-memory-reducer: only node's command line can give it (relay/README.md, "V8 settings").
+  [
+    "--no-memory-reducer",
+    `${root}relay/bin/parley-relay.js`,
+    "--dev",
+    "--static",
+    demoDist,
+    ...process.argv.slice(2),
+  ],
   { cwd: root, stdio: ["inherit", "pipe", "inherit"] },
 )
 
