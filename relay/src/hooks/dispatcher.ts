@@ -145,6 +145,8 @@ interface Lane {
   more: boolean
   /** Counts the times {@link more} was noted: a page read meanwhile may not hold those deliveries. */
   noted: number
+  /** Deliveries this process knows the outbox holds for the lane beyond its queue (for the gauge only). */
+  outside?: number
   /**
    * The outbox may owe deliveries at or before {@link after} that were never
    * held (replayed dead letters, a takeover's): once the pages after the
@@ -193,6 +195,8 @@ export class Dispatcher {
   private reserved = 0
   /** Lanes whose deliveries the outbox holds beyond their queue ({@link Lane.more}). */
   private owing = 0
+  /** Deliveries of lanes' {@link Lane.outside}, summed. */
+  private outside = 0
   private readonly laneWindow: number
   private readonly maxHeld: number
   /** The deadlines of running attempts, one set per allowance (targets may have their own: {@link DeliveryTarget.timeoutMs}). */
@@ -281,18 +285,33 @@ export class Dispatcher {
     }
   }
 
-  private owe(lane: Lane): void {
+  /** Notes that the outbox holds deliveries of `lane` beyond its queue (`known` of them counted, for the gauge). */
+  private owe(lane: Lane, known = 0): void {
     if (!lane.more) {
       lane.more = true
       this.owing++
     }
     lane.noted++
+    lane.outside = (lane.outside ?? 0) + known
+    this.outside += known
   }
 
+  /** Notes that the outbox holds nothing of `lane` beyond its queue (or that it is not this relay's to deliver). */
   private paid(lane: Lane): void {
+    this.outside -= lane.outside ?? 0
+    lane.outside = 0
     if (!lane.more) return
     lane.more = false
     this.owing--
+  }
+
+  /**
+   * `parley_hook_outbox_pending`: the deliveries held plus those this process
+   * left in the outbox (noted, set aside by a waiting lane, replayed); a
+   * backlog found at a start or takeover counts as its pages are read.
+   */
+  private gauge(): void {
+    this.options.metrics.pending.set(this.count + this.outside)
   }
 
   /**
@@ -388,7 +407,7 @@ export class Dispatcher {
       // Read already, in a page that ran after its enqueue committed (and before this call).
       if (delivery.seq <= lane.after) continue
       if (lane.more || lane.queue.length >= this.laneWindow || this.count + this.reserved >= this.maxHeld)
-        this.owe(lane)
+        this.owe(lane, 1)
       else {
         lane.queue.push(delivery)
         lane.after = delivery.seq
@@ -396,7 +415,7 @@ export class Dispatcher {
       }
       this.pump(lane, id)
     }
-    this.options.metrics.pending.set(this.count)
+    this.gauge()
   }
 
   /**
@@ -426,9 +445,10 @@ export class Dispatcher {
         }
         this.lanes.set(id, lane)
       }
-      this.owe(lane)
+      this.owe(lane, 1)
       this.pump(lane, id)
     }
+    this.gauge()
     return revived
   }
 
@@ -473,11 +493,12 @@ export class Dispatcher {
       // A lane waiting out a retry (a stalled target) keeps only its head: the rest is read again
       // from the outbox when it goes on, so that the window is held by lanes that deliver.
       if (lane.queue.length > 1) {
-        this.count -= lane.queue.length - 1
+        const trimmed = lane.queue.length - 1
+        this.count -= trimmed
         lane.queue.length = 1
         lane.after = head.seq
-        this.owe(lane)
-        this.options.metrics.pending.set(this.count)
+        this.owe(lane, trimmed)
+        this.gauge()
       }
       clearTimeout(lane.timer)
       lane.timer = setTimeout(() => this.pump(lane, id), wait)
@@ -512,14 +533,14 @@ export class Dispatcher {
           lane.queue.length = 0
           lane.rescan = false
           this.paid(lane)
-          this.options.metrics.pending.set(this.count)
+          this.gauge()
         } else if (at < 0) {
           // Dropped meanwhile (fenced): nothing to update.
         } else if (next) lane.queue[at] = next
         else {
           lane.queue.splice(at, 1)
           this.count--
-          this.options.metrics.pending.set(this.count)
+          this.gauge()
         }
       } catch (error) {
         failed(error)
@@ -564,7 +585,10 @@ export class Dispatcher {
         if (last) lane.after = last.seq
         for (const delivery of page) lane.queue.push(delivery)
         this.count += page.length
-        this.options.metrics.pending.set(this.count)
+        const known = Math.min(lane.outside ?? 0, read)
+        lane.outside = (lane.outside ?? 0) - known
+        this.outside -= known
+        this.gauge()
         if (read < room && lane.noted === noted) {
           // Nothing after the cursor is owed but what this page held.
           if (!lane.rescan) this.paid(lane)
@@ -630,7 +654,7 @@ export class Dispatcher {
         }
         current.queue.unshift(delivery)
         this.count++
-        this.options.metrics.pending.set(this.count)
+        this.gauge()
         // Redelivered in a tight loop while the outbox is down otherwise.
         if (!current.paused) {
           const paused = current
