@@ -1,6 +1,10 @@
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import pino from "pino"
 import { Registry } from "prom-client"
 import { describe, expect, it, vi } from "vitest"
+import { SqliteBackend } from "../../src/backend/sqlite.js"
 import {
   DeferDelivery,
   type DeliveryTarget,
@@ -439,5 +443,52 @@ describe("hook dispatcher", () => {
     expect(peak).toBeLessThanOrEqual(50)
     for (const document of documents) expect(seen[document]).toEqual(ids(document))
     expect(await outbox.pending()).toEqual([])
+  })
+
+  it("restarts on a SQLite outbox with a large backlog, some of it retried, and delivers it in order a page at a time", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-dispatcher-backlog-"))
+    try {
+      const documents = ["c1", "c2"]
+      const ids = (document: string) => Array.from({ length: 1_500 }, (_, i) => `${document}-${i}`)
+      const before = new SqliteBackend(dir)
+      for (const document of documents) {
+        const queued = await before.outbox.enqueue({
+          document,
+          events: ids(document).map((id) => ({ event: sampleEvent(id, document), targets: ["hook:a"] })),
+        })
+        // A few failed once before the restart: their rows are delivery rows, the rest owed on the events.
+        for (const delivery of queued.filter((_, i) => i % 97 === 5))
+          await before.outbox.retryLater(delivery.seq, delivery.target, 1, 0, "503")
+      }
+      await before.close()
+      const after = new SqliteBackend(dir)
+      const outbox = after.outbox
+      const seen: Record<string, string[]> = {}
+      let peak = 0
+      const dispatcher = new Dispatcher({
+        outbox,
+        targets: [
+          target("hook:a", async (event) => {
+            peak = Math.max(peak, dispatcher.held())
+            append(seen, event)
+          }),
+        ],
+        log,
+        metrics: new HookMetrics(new Registry()),
+        laneWindow: 64,
+        maxHeld: 100,
+      })
+      const whole = vi.spyOn(outbox, "pending")
+      await dispatcher.start()
+      await dispatcher.idle()
+      expect(whole).not.toHaveBeenCalled()
+      expect(peak).toBeLessThanOrEqual(100)
+      for (const document of documents) expect(seen[document]).toEqual(ids(document))
+      expect(await outbox.pending()).toEqual([])
+      await dispatcher.stop()
+      await after.close()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
