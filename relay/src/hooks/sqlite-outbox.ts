@@ -158,6 +158,11 @@ export class SqliteOutbox implements Outbox {
     // A database of an earlier version: its events' targets are all delivery rows (`owed` NULL).
     const columns = this.db.prepare("PRAGMA table_info(hook_events)").all() as { name: string }[]
     if (!columns.some((c) => c.name === "owed")) this.db.exec("ALTER TABLE hook_events ADD COLUMN owed TEXT")
+    // A lane's next page (`pendingPage`) seeks its document's owed events from its cursor, instead of
+    // reading every document's events after it. Partial: an event leaves it once every target has it.
+    this.db.exec(
+      "CREATE INDEX IF NOT EXISTS hook_events_owed_by_document ON hook_events (document, seq) WHERE owed IS NOT NULL",
+    )
     this.events.memberLists.adopt("hook_events")
     this.statements = {
       insertEvent: this.db.prepare<[string, string, string | null, string | null], unknown>(
