@@ -1,4 +1,4 @@
-import type { Delivery, Outbox } from "../hooks/outbox.js"
+import type { Delivery, Outbox, OutboxLane } from "../hooks/outbox.js"
 
 /**
  * The shared outbox as one relay of a cluster sees it at start: only the
@@ -13,6 +13,9 @@ export function ownedOutbox(outbox: Outbox, owns: (document: string) => boolean)
       if (property === "pending")
         return async (document?: string): Promise<Delivery[]> =>
           (await target.pending(document)).filter((d) => owns(d.document))
+      if (property === "pendingLanes")
+        return async (document?: string): Promise<OutboxLane[]> =>
+          (await target.pendingLanes(document)).filter((lane) => owns(lane.document))
       if (property === "pendingDocuments")
         return async (): Promise<string[]> => (await target.pendingDocuments()).filter((name) => owns(name))
       // The start-up recovery of owed events loads only documents this relay orders; the

@@ -2,7 +2,7 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import type { Logger } from "../log.js"
 import type { HookEvent, HookEventType } from "./events.js"
 import type { HookMetrics } from "./metrics.js"
-import type { DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
+import type { DeadLetterFilter, Delivery, Outbox, OutboxLane } from "./outbox.js"
 
 /** Where events go: one hook module, or one webhook URL. */
 export interface DeliveryTarget {
@@ -120,11 +120,44 @@ export interface DispatcherOptions {
   readonly now?: () => number
   /** Deliveries only under a document's lease (a cluster); see {@link DeliveryFence}. */
   readonly fence?: DeliveryFence
+  /** Most deliveries one lane holds in memory (default {@link DEFAULT_LANE_WINDOW}); the rest wait in the outbox. */
+  readonly laneWindow?: number
+  /** Most deliveries all lanes hold in memory together (default {@link DEFAULT_MAX_HELD}), beyond one per lane. */
+  readonly maxHeld?: number
 }
+
+/** Default most deliveries one lane holds in memory. */
+export const DEFAULT_LANE_WINDOW = 128
+/** Default most deliveries the dispatcher holds in memory across its lanes (each may still hold its head). */
+export const DEFAULT_MAX_HELD = 8_192
+
+/** Lanes a start or takeover reads the first page of at once. */
+const LANES_AT_ONCE = 64
 
 interface Lane {
   readonly target: DeliveryTarget
+  readonly document: string
+  /** The deliveries held in memory, in `seq` order: a window of what the outbox owes the lane. */
   readonly queue: Delivery[]
+  /** Highest `seq` the lane has held: its next page is read after it. */
+  after: number
+  /** The outbox owes the lane deliveries its queue does not hold: a page is read once the queue drains. */
+  more: boolean
+  /** Counts the times {@link more} was noted: a page read meanwhile may not hold those deliveries. */
+  noted: number
+  /** Deliveries this process knows the outbox holds for the lane beyond its queue (for the gauge only). */
+  outside?: number
+  /**
+   * The outbox may owe deliveries at or before {@link after} that were never
+   * held (replayed dead letters, a takeover's): once the pages after the
+   * cursor are exhausted, the lane reads from the start again.
+   */
+  rescan?: boolean
+  /** Its first page is not read yet (a start or takeover): its head's interrupted attempt is counted then. */
+  fresh?: boolean
+  /** The page being read, while one is. */
+  reading?: Promise<void>
+  /** Set while an attempt runs or a page is read. */
   running: boolean
   timer?: NodeJS.Timeout
   /** Set while the lane waits out an outbox failure (see {@link Dispatcher.markDelivered}). */
@@ -156,7 +189,16 @@ export class Dispatcher {
   /** Delivered marks not yet written (see {@link markDelivered}). */
   private readonly marking = new Set<Promise<void>>()
   private stopped = false
+  /** Deliveries held in memory, across lanes. */
   private count = 0
+  /** Room taken by pages being read (their deliveries are not counted yet). */
+  private reserved = 0
+  /** Lanes whose deliveries the outbox holds beyond their queue ({@link Lane.more}). */
+  private owing = 0
+  /** Deliveries of lanes' {@link Lane.outside}, summed. */
+  private outside = 0
+  private readonly laneWindow: number
+  private readonly maxHeld: number
   /** The deadlines of running attempts, one set per allowance (targets may have their own: {@link DeliveryTarget.timeoutMs}). */
   private readonly deadlines = new Map<number, Deadlines>()
   /** Attempts running under a fencing token, checked every `fence.checkEveryMs` while there are any. */
@@ -168,99 +210,177 @@ export class Dispatcher {
     this.timeoutMs = options.timeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS
     this.outboxRetryMs = options.outboxRetryMs ?? 1_000
     this.now = options.now ?? Date.now
+    this.laneWindow = Math.max(1, options.laneWindow ?? DEFAULT_LANE_WINDOW)
+    this.maxHeld = Math.max(1, options.maxHeld ?? DEFAULT_MAX_HELD)
   }
 
-  /** Picks up what the outbox still owes (after a restart). */
+  /**
+   * Picks up what the outbox still owes (after a restart): lane by lane, a
+   * page at a time, never the whole backlog at once (a webhook down for hours
+   * leaves more than memory holds).
+   */
   async start(): Promise<void> {
-    this.add(await this.interrupted(await this.options.outbox.pending()))
+    await this.resumeLanes(await this.options.outbox.pendingLanes())
   }
 
   /**
-   * Queues the deliveries of a document this relay has begun ordering (a
-   * cluster), less those still queued here from an earlier lease of it.
+   * Delivers what the outbox owes for `document`, which this relay has begun
+   * ordering (a cluster), paged like {@link start}. A lane still held here
+   * from an earlier lease of it reads the outbox from its start again once
+   * its cursor's pages are exhausted, so nothing is held twice.
    */
-  async adopt(deliveries: readonly Delivery[]): Promise<void> {
-    const fresh = deliveries.filter(
-      (d) =>
-        !this.lanes
-          .get(`${d.target}\u0000${d.document}`)
-          ?.queue.some((q) => q.seq === d.seq && q.target === d.target),
-    )
-    this.add(await this.interrupted(fresh))
+  async adopt(document: string): Promise<void> {
+    await this.resumeLanes(await this.options.outbox.pendingLanes(document))
   }
 
-  /**
-   * Counts an attempt for the delivery at the head of each lane of `owed`
-   * (what the outbox still owes when this relay starts, or takes a document
-   * over), if it was due: lanes deliver one at a time, so that head is the one
-   * attempt that may have been running when the process that owed it ended.
-   * A hook that ends the process on one event (a throw from a timer, memory
-   * without bound, an endless loop) would otherwise be given the same event
-   * after every restart, never counted, before the relay even listens: a crash
-   * loop that `--hook-attempts` never ends. Counted, the event waits its retry
-   * delay (the relay serves meanwhile) and is dead-lettered once its attempts
-   * are spent. The cost: one write per lane at a start, and a delivery a clean
-   * restart interrupted comes one attempt closer to its dead letter.
-   */
-  private async interrupted(owed: readonly Delivery[]): Promise<Delivery[]> {
-    const heads = new Set<string>()
-    const now = this.now()
-    const kept: Delivery[] = []
-    for (const delivery of owed) {
-      const lane = `${delivery.target}\u0000${delivery.document}`
-      const target = this.targets.get(delivery.target)
-      if (!target || heads.has(lane) || this.lanes.has(lane) || delivery.nextAttemptAt > now) {
-        heads.add(lane)
-        kept.push(delivery)
-        continue
-      }
-      heads.add(lane)
-      const attempts = delivery.attempts + 1
-      const delay = target.retryDelay(attempts, new Error(INTERRUPTED))
-      const token = this.options.fence?.tokenOf(delivery.document)
-      // Another relay orders the document now: it counts, and delivers, what it owes.
-      if (this.options.fence && token === undefined) continue
-      try {
-        if (delay === undefined) {
-          this.options.log.error(
-            {
-              hook: target.name,
-              eventId: delivery.event.event.id,
-              conversationId: delivery.document,
-              attempt: attempts,
-            },
-            "hook delivery interrupted by the end of the process on every attempt: moved to dead letters",
-          )
-          this.options.metrics.attempts.inc({ target: target.name, outcome: "dead" })
-          await this.bury(delivery, attempts, INTERRUPTED, token)
+  /** Deliveries held in memory, across lanes (at most `maxHeld`, beyond one per lane). */
+  held(): number {
+    return this.count
+  }
+
+  private async resumeLanes(owed: readonly OutboxLane[]): Promise<void> {
+    for (let i = 0; i < owed.length; i += LANES_AT_ONCE) {
+      const reads: Promise<void>[] = []
+      for (const { document, target: name } of owed.slice(i, i + LANES_AT_ONCE)) {
+        const target = this.targets.get(name)
+        if (!target) {
+          reads.push(this.buryLane(document, name))
           continue
         }
-        const nextAttemptAt = now + delay
-        if (this.options.fence && token !== undefined) {
-          if (!(await this.options.fence.retryLater(delivery, token, attempts, nextAttemptAt, INTERRUPTED)))
-            continue
-        } else
-          await this.options.outbox.retryLater(
-            delivery.seq,
-            delivery.target,
-            attempts,
-            nextAttemptAt,
-            INTERRUPTED,
-          )
-        kept.push({ ...delivery, attempts, nextAttemptAt, lastError: INTERRUPTED })
-      } catch (error) {
-        // Not counted (the outbox is failing): delivered as before rather than not at all.
-        this.options.log.error(
-          { err: error, hook: target.name },
-          "hook outbox failed to count an interrupted attempt",
-        )
-        kept.push(delivery)
+        const id = `${name}\u0000${document}`
+        let lane = this.lanes.get(id)
+        if (lane) lane.rescan = true
+        else {
+          lane = { target, document, queue: [], after: 0, more: false, noted: 0, running: false, fresh: true }
+          this.lanes.set(id, lane)
+        }
+        this.owe(lane)
+        this.pump(lane, id)
+        if (lane.reading) reads.push(lane.reading)
       }
+      // A start counts the interrupted heads before it returns (as it did when it loaded everything).
+      await Promise.all(reads)
     }
-    return kept
   }
 
-  /** Queues freshly enqueued (or replayed) deliveries. */
+  /** Dead-letters, a page at a time, what the outbox owes a target no longer configured. */
+  private async buryLane(document: string, name: string): Promise<void> {
+    const error = `no hook or webhook named ${name} is configured`
+    let after = 0
+    try {
+      for (;;) {
+        const page = await this.options.outbox.pendingPage(document, name, after, this.laneWindow)
+        for (const delivery of page) {
+          this.options.log.error({ eventId: delivery.event.event.id, hook: name }, error)
+          await this.bury(delivery, delivery.attempts, error)
+        }
+        if (page.length < this.laneWindow) return
+        after = page[page.length - 1]!.seq
+      }
+    } catch (err) {
+      this.options.log.error(
+        { err, hook: name },
+        "hook outbox failed to dead-letter deliveries to an unknown target",
+      )
+    }
+  }
+
+  /** Notes that the outbox holds deliveries of `lane` beyond its queue (`known` of them counted, for the gauge). */
+  private owe(lane: Lane, known = 0): void {
+    if (!lane.more) {
+      lane.more = true
+      this.owing++
+    }
+    lane.noted++
+    lane.outside = (lane.outside ?? 0) + known
+    this.outside += known
+  }
+
+  /** Notes that the outbox holds nothing of `lane` beyond its queue (or that it is not this relay's to deliver). */
+  private paid(lane: Lane): void {
+    this.outside -= lane.outside ?? 0
+    lane.outside = 0
+    if (!lane.more) return
+    lane.more = false
+    this.owing--
+  }
+
+  /**
+   * `parley_hook_outbox_pending`: the deliveries held plus those this process
+   * left in the outbox (noted, set aside by a waiting lane, replayed); a
+   * backlog found at a start or takeover counts as its pages are read.
+   */
+  private gauge(): void {
+    this.options.metrics.pending.set(this.count + this.outside)
+  }
+
+  /**
+   * Counts an attempt for `delivery`, the head of a lane's first page after a
+   * start or a takeover, if it was due: lanes deliver one at a time, so that
+   * head is the one attempt that may have been running when the process that
+   * owed it ended. A hook that ends the process on one event (a throw from a
+   * timer, memory without bound, an endless loop) would otherwise be given the
+   * same event after every restart, never counted, before the relay even
+   * listens: a crash loop that `--hook-attempts` never ends. Counted, the event
+   * waits its retry delay (the relay serves meanwhile) and is dead-lettered
+   * once its attempts are spent. The cost: one write per lane at a start, and
+   * a delivery a clean restart interrupted comes one attempt closer to its
+   * dead letter. Returns the delivery to hold, or undefined when it is not
+   * this relay's to deliver now (dead-lettered, or another relay orders it).
+   */
+  private async interrupted(target: DeliveryTarget, delivery: Delivery): Promise<Delivery | undefined> {
+    const now = this.now()
+    if (delivery.nextAttemptAt > now) return delivery
+    const attempts = delivery.attempts + 1
+    const delay = target.retryDelay(attempts, new Error(INTERRUPTED))
+    const token = this.options.fence?.tokenOf(delivery.document)
+    // Another relay orders the document now: it counts, and delivers, what it owes.
+    if (this.options.fence && token === undefined) return undefined
+    try {
+      if (delay === undefined) {
+        this.options.log.error(
+          {
+            hook: target.name,
+            eventId: delivery.event.event.id,
+            conversationId: delivery.document,
+            attempt: attempts,
+          },
+          "hook delivery interrupted by the end of the process on every attempt: moved to dead letters",
+        )
+        this.options.metrics.attempts.inc({ target: target.name, outcome: "dead" })
+        await this.bury(delivery, attempts, INTERRUPTED, token)
+        return undefined
+      }
+      const nextAttemptAt = now + delay
+      if (this.options.fence && token !== undefined) {
+        if (!(await this.options.fence.retryLater(delivery, token, attempts, nextAttemptAt, INTERRUPTED)))
+          return undefined
+      } else
+        await this.options.outbox.retryLater(
+          delivery.seq,
+          delivery.target,
+          attempts,
+          nextAttemptAt,
+          INTERRUPTED,
+        )
+      return { ...delivery, attempts, nextAttemptAt, lastError: INTERRUPTED }
+    } catch (error) {
+      // Not counted (the outbox is failing): delivered as before rather than not at all.
+      this.options.log.error(
+        { err: error, hook: target.name },
+        "hook outbox failed to count an interrupted attempt",
+      )
+      return delivery
+    }
+  }
+
+  /**
+   * Queues freshly enqueued deliveries (recorded in the outbox already). A
+   * lane holds at most its window, and all lanes together at most `maxHeld`:
+   * beyond that, or while the lane has older deliveries waiting in the
+   * outbox, a delivery is only noted (the lane reads it in a later page), so
+   * that a stalled target costs no memory per message.
+   */
   add(deliveries: readonly Delivery[]): void {
     for (const delivery of deliveries) {
       const target = this.targets.get(delivery.target)
@@ -273,31 +393,73 @@ export class Dispatcher {
       const id = `${delivery.target}\u0000${delivery.document}`
       let lane = this.lanes.get(id)
       if (!lane) {
-        lane = { target, queue: [], running: false }
+        lane = {
+          target,
+          document: delivery.document,
+          queue: [],
+          after: 0,
+          more: false,
+          noted: 0,
+          running: false,
+        }
         this.lanes.set(id, lane)
       }
-      lane.queue.push(delivery)
-      this.count++
+      // Read already, in a page that ran after its enqueue committed (and before this call).
+      if (delivery.seq <= lane.after) continue
+      if (lane.more || lane.queue.length >= this.laneWindow || this.count + this.reserved >= this.maxHeld)
+        this.owe(lane, 1)
+      else {
+        lane.queue.push(delivery)
+        lane.after = delivery.seq
+        this.count++
+      }
       this.pump(lane, id)
     }
-    this.options.metrics.pending.set(this.count)
+    this.gauge()
   }
 
-  /** Moves matching dead letters back to pending and delivers them again. */
+  /**
+   * Moves matching dead letters back to pending and delivers them again: each
+   * lane reads them from the outbox, after what it holds (paged like the rest).
+   */
   async replay(filter?: DeadLetterFilter): Promise<Delivery[]> {
     const revived = await this.options.outbox.replay(filter)
-    this.add(revived)
+    for (const delivery of revived) {
+      const target = this.targets.get(delivery.target)
+      if (!target) {
+        this.add([delivery])
+        continue
+      }
+      const id = `${delivery.target}\u0000${delivery.document}`
+      let lane = this.lanes.get(id)
+      if (lane) lane.rescan = true
+      else {
+        lane = {
+          target,
+          document: delivery.document,
+          queue: [],
+          after: 0,
+          more: false,
+          noted: 0,
+          running: false,
+        }
+        this.lanes.set(id, lane)
+      }
+      this.owe(lane, 1)
+      this.pump(lane, id)
+    }
+    this.gauge()
     return revived
   }
 
   /** Resolves once nothing is queued or running (tests and shutdown). */
   idle(): Promise<void> {
-    if (this.count === 0 && this.marking.size === 0) return Promise.resolve()
+    if (this.count === 0 && this.owing === 0 && this.marking.size === 0) return Promise.resolve()
     return new Promise((resolve) => this.waiters.add(resolve))
   }
 
   private wakeIfIdle(): void {
-    if (this.count !== 0 || this.marking.size !== 0) return
+    if (this.count !== 0 || this.owing !== 0 || this.marking.size !== 0) return
     for (const resolve of this.waiters) resolve()
     this.waiters.clear()
   }
@@ -322,11 +484,22 @@ export class Dispatcher {
     if (lane.running || lane.paused || this.stopped || (lane.unmarked ?? 0) >= MAX_UNMARKED_PER_LANE) return
     const head = lane.queue[0]
     if (!head) {
-      this.lanes.delete(id)
+      if (lane.more) this.read(lane, id)
+      else this.lanes.delete(id)
       return
     }
     const wait = head.nextAttemptAt - this.now()
     if (wait > 0) {
+      // A lane waiting out a retry (a stalled target) keeps only its head: the rest is read again
+      // from the outbox when it goes on, so that the window is held by lanes that deliver.
+      if (lane.queue.length > 1) {
+        const trimmed = lane.queue.length - 1
+        this.count -= trimmed
+        lane.queue.length = 1
+        lane.after = head.seq
+        this.owe(lane, trimmed)
+        this.gauge()
+      }
       clearTimeout(lane.timer)
       lane.timer = setTimeout(() => this.pump(lane, id), wait)
       lane.timer.unref?.()
@@ -358,14 +531,16 @@ export class Dispatcher {
           // Another relay orders the document (or may, by now): what is queued here is its to deliver.
           this.count -= lane.queue.length
           lane.queue.length = 0
-          this.options.metrics.pending.set(this.count)
+          lane.rescan = false
+          this.paid(lane)
+          this.gauge()
         } else if (at < 0) {
           // Dropped meanwhile (fenced): nothing to update.
         } else if (next) lane.queue[at] = next
         else {
           lane.queue.splice(at, 1)
           this.count--
-          this.options.metrics.pending.set(this.count)
+          this.gauge()
         }
       } catch (error) {
         failed(error)
@@ -373,6 +548,70 @@ export class Dispatcher {
       }
       after(false)
     }, failed)
+    this.inFlight.add(run)
+  }
+
+  /**
+   * Reads the lane's next page from the outbox (its queue is empty): up to
+   * its window, within what all lanes may hold, but always one (so that every
+   * lane goes on, however full the others are).
+   */
+  private read(lane: Lane, id: string): void {
+    const room = Math.max(1, Math.min(this.laneWindow, this.maxHeld - this.count - this.reserved))
+    const noted = lane.noted
+    lane.running = true
+    this.reserved += room
+    const fresh = lane.fresh
+    lane.fresh = false
+    const done = () => {
+      lane.running = false
+      this.reserved -= room
+      this.inFlight.delete(run)
+      lane.reading = undefined
+    }
+    const run: Promise<void> = (async () => {
+      const page = await this.options.outbox.pendingPage(lane.document, lane.target.name, lane.after, room)
+      const read = page.length
+      const last = page[page.length - 1]
+      if (fresh && page[0]) {
+        const head = await this.interrupted(lane.target, page[0])
+        if (head) page[0] = head
+        else page.shift()
+      }
+      return { page, read, last }
+    })().then(
+      ({ page, read, last }) => {
+        done()
+        if (last) lane.after = last.seq
+        for (const delivery of page) lane.queue.push(delivery)
+        this.count += page.length
+        const known = Math.min(lane.outside ?? 0, read)
+        lane.outside = (lane.outside ?? 0) - known
+        this.outside -= known
+        this.gauge()
+        if (read < room && lane.noted === noted) {
+          // Nothing after the cursor is owed but what this page held.
+          if (!lane.rescan) this.paid(lane)
+          else if (read === 0) {
+            // Read from the start only once the marks of what it delivered are written (not read back as owed).
+            if ((lane.unmarked ?? 0) > 0) return this.wakeIfIdle()
+            lane.rescan = false
+            lane.after = 0
+          }
+        }
+        this.pump(lane, id)
+        this.wakeIfIdle()
+      },
+      (error: unknown) => {
+        done()
+        if (fresh) lane.fresh = true
+        this.options.log.error({ err: error }, "hook outbox failed to read a lane's deliveries")
+        clearTimeout(lane.timer)
+        lane.timer = setTimeout(() => this.pump(lane, id), this.outboxRetryMs)
+        lane.timer.unref?.()
+      },
+    )
+    lane.reading = run
     this.inFlight.add(run)
   }
 
@@ -402,12 +641,20 @@ export class Dispatcher {
         this.options.log.error({ err: error }, "hook outbox failed")
         let current = this.lanes.get(id)
         if (!current) {
-          current = { target: lane.target, queue: [], running: false }
+          current = {
+            target: lane.target,
+            document: lane.document,
+            queue: [],
+            after: delivery.seq,
+            more: false,
+            noted: 0,
+            running: false,
+          }
           this.lanes.set(id, current)
         }
         current.queue.unshift(delivery)
         this.count++
-        this.options.metrics.pending.set(this.count)
+        this.gauge()
         // Redelivered in a tight loop while the outbox is down otherwise.
         if (!current.paused) {
           const paused = current

@@ -6,7 +6,7 @@ export class HookMetrics {
   readonly attempts: Counter<"target" | "outcome">
   /** Deliveries moved to the dead letters, by target. */
   readonly deadLetters: Counter<"target">
-  /** Deliveries waiting in the outbox (pending, not dead). */
+  /** Deliveries waiting in the outbox (pending, not dead): those the dispatcher holds or left there itself; a backlog found at a start counts as it is read. */
   readonly pending: Gauge
   /** Handler / webhook duration per attempt. */
   readonly duration: Histogram<"target">
@@ -26,7 +26,7 @@ export class HookMetrics {
     })
     this.pending = new Gauge({
       name: "parley_hook_outbox_pending",
-      help: "Hook deliveries waiting in the outbox.",
+      help: "Hook deliveries waiting in the outbox (held in memory, or left in the outbox by this process; a backlog found at a start counts as it is read).",
       registers: [registry],
     })
     this.duration = new Histogram({

@@ -41,6 +41,12 @@ export interface DeadLetterFilter {
   readonly document?: string
 }
 
+/** The deliveries of one target for one document: delivered in order, one at a time. */
+export interface OutboxLane {
+  readonly document: string
+  readonly target: string
+}
+
 /**
  * Events to record for one document, each with the targets that must receive
  * it (none: the event goes to the event log only).
@@ -91,6 +97,18 @@ export interface Outbox {
    * the deliveries and their events (a cluster asks every few seconds).
    */
   pendingDocuments(): Promise<string[]>
+  /**
+   * The lanes (document and target) with at least one delivery still owed,
+   * sorted by document then target; only `document`'s when given. What a
+   * dispatcher pages its backlog by, without loading the deliveries.
+   */
+  pendingLanes(document?: string): Promise<OutboxLane[]>
+  /**
+   * Deliveries still owed to `target` for `document` whose `seq` is greater
+   * than `after`, in `seq` order, at most `limit`: one page of a lane's
+   * backlog (a dispatcher holds only a bounded window of it in memory).
+   */
+  pendingPage(document: string, target: string, after: number, limit: number): Promise<Delivery[]>
   /** Removes a delivery that succeeded. */
   delivered(seq: number, target: string): Promise<void>
   /** Records a failed attempt and when to try again. */
@@ -185,6 +203,22 @@ export class MemoryOutbox implements Outbox {
     return [...documents].sort()
   }
 
+  async pendingLanes(document?: string): Promise<OutboxLane[]> {
+    const lanes = new Map<string, OutboxLane>()
+    for (const row of this.rows.values())
+      if (!row.dead && (document === undefined || row.document === document))
+        lanes.set(`${row.document}\u0000${row.target}`, { document: row.document, target: row.target })
+    return [...lanes.values()].sort(byLane)
+  }
+
+  async pendingPage(document: string, target: string, after: number, limit: number): Promise<Delivery[]> {
+    return [...this.rows.values()]
+      .filter((r) => !r.dead && r.document === document && r.target === target && r.seq > after)
+      .sort(bySeq)
+      .slice(0, limit)
+      .map(strip)
+  }
+
   async delivered(seq: number, target: string): Promise<void> {
     this.rows.delete(key(seq, target))
   }
@@ -225,6 +259,18 @@ export class MemoryOutbox implements Outbox {
 
   async close(): Promise<void> {}
 }
+
+/** Document, then target, by code unit (as SQLite and PostgreSQL's `COLLATE "C"` sort). */
+export const byLane = (a: OutboxLane, b: OutboxLane): number =>
+  a.document < b.document
+    ? -1
+    : a.document > b.document
+      ? 1
+      : a.target < b.target
+        ? -1
+        : a.target > b.target
+          ? 1
+          : 0
 
 const bySeq = (a: Delivery, b: Delivery) => a.seq - b.seq || (a.target < b.target ? -1 : 1)
 

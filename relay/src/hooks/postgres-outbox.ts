@@ -15,6 +15,7 @@ import {
   matchesFilter,
   type Outbox,
   type OutboxBatch,
+  type OutboxLane,
 } from "./outbox.js"
 import { PostgresEventLog } from "./postgres-event-log.js"
 
@@ -221,6 +222,37 @@ export class PostgresOutbox implements Outbox {
         WHERE d.dead_at IS NULL GROUP BY e.document ORDER BY e.document COLLATE "C"`,
     )
     return rows.map((row) => row.document)
+  }
+
+  async pendingLanes(document?: string): Promise<OutboxLane[]> {
+    this.assertOpen()
+    const { rows } = await this.pool.query<OutboxLane>(
+      `SELECT e.document, d.target FROM parley_hook_deliveries d JOIN parley_hook_events e ON e.seq = d.seq
+        WHERE d.dead_at IS NULL ${document === undefined ? "" : "AND e.document = $1"}
+        GROUP BY e.document, d.target ORDER BY e.document COLLATE "C", d.target COLLATE "C"`,
+      document === undefined ? [] : [document],
+    )
+    return rows.map((row) => ({ document: row.document, target: row.target }))
+  }
+
+  async pendingPage(document: string, target: string, after: number, limit: number): Promise<Delivery[]> {
+    this.assertOpen()
+    // One snapshot for the rows and their member lists, as in {@link pending}.
+    return inTransaction(
+      this.pool,
+      async (client) => {
+        const { rows } = await client.query<DeliveryRow>(
+          `${SELECT} WHERE d.dead_at IS NULL AND e.document = $1 AND d.target = $2 AND d.seq > $3 ORDER BY d.seq LIMIT $4`,
+          [document, target, after, limit],
+        )
+        const lists = await loadPostgresLists(
+          client,
+          rows.map((row) => row.members),
+        )
+        return rows.map((row) => toDelivery(row, lists))
+      },
+      SNAPSHOT,
+    )
   }
 
   async delivered(seq: number, target: string): Promise<void> {

@@ -422,7 +422,7 @@ export class HookRuntime {
    */
   async resume(document: string): Promise<void> {
     await this.chain
-    await this.dispatcher.adopt(await this.options.outbox.pending(document))
+    await this.dispatcher.adopt(document)
   }
 
   /**

@@ -3,12 +3,14 @@ import type Database from "better-sqlite3"
 import type { EventLogEntry } from "./event-log.js"
 import { rehydrate, storedEventSerializer } from "./member-lists.js"
 import {
+  byLane,
   type DeadLetter,
   type DeadLetterFilter,
   type Delivery,
   matchesFilter,
   type Outbox,
   type OutboxBatch,
+  type OutboxLane,
 } from "./outbox.js"
 import { SqliteEventLog } from "./sqlite-event-log.js"
 
@@ -156,6 +158,11 @@ export class SqliteOutbox implements Outbox {
     // A database of an earlier version: its events' targets are all delivery rows (`owed` NULL).
     const columns = this.db.prepare("PRAGMA table_info(hook_events)").all() as { name: string }[]
     if (!columns.some((c) => c.name === "owed")) this.db.exec("ALTER TABLE hook_events ADD COLUMN owed TEXT")
+    // A lane's next page (`pendingPage`) seeks its document's owed events from its cursor, instead of
+    // reading every document's events after it. Partial: an event leaves it once every target has it.
+    this.db.exec(
+      "CREATE INDEX IF NOT EXISTS hook_events_owed_by_document ON hook_events (document, seq) WHERE owed IS NOT NULL",
+    )
     this.events.memberLists.adopt("hook_events")
     this.statements = {
       insertEvent: this.db.prepare<[string, string, string | null, string | null], unknown>(
@@ -408,6 +415,73 @@ export class SqliteOutbox implements Outbox {
       "SELECT e.document FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq WHERE d.dead_at IS NULL UNION SELECT document FROM hook_events WHERE owed IS NOT NULL ORDER BY 1",
     )
     return this.pendingDocumentsStatement.all().map((row) => row.document)
+  }
+
+  /** Prepared on first use, like {@link behind}'s. */
+  private laneStatements:
+    | {
+        rows: Database.Statement<[], OutboxLane>
+        rowsOf: Database.Statement<[string], OutboxLane>
+        owed: Database.Statement<[], { document: string; owed: string }>
+        owedOf: Database.Statement<[string], { document: string; owed: string }>
+        page: Database.Statement<[string, string, number, number], DeliveryRow>
+        owedPage: Database.Statement<[string, number], OwedRow>
+      }
+    | undefined
+
+  private lanes() {
+    this.laneStatements ??= {
+      rows: this.db.prepare<[], OutboxLane>(
+        "SELECT DISTINCT e.document, d.target FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq WHERE d.dead_at IS NULL",
+      ),
+      rowsOf: this.db.prepare<[string], OutboxLane>(
+        "SELECT DISTINCT e.document, d.target FROM hook_deliveries d JOIN hook_events e ON e.seq = d.seq WHERE d.dead_at IS NULL AND e.document = ?",
+      ),
+      owed: this.db.prepare<[], { document: string; owed: string }>(
+        "SELECT DISTINCT document, owed FROM hook_events WHERE owed IS NOT NULL",
+      ),
+      owedOf: this.db.prepare<[string], { document: string; owed: string }>(
+        "SELECT DISTINCT document, owed FROM hook_events WHERE owed IS NOT NULL AND document = ?",
+      ),
+      page: this.db.prepare<[string, string, number, number], DeliveryRow>(
+        `${SELECT} WHERE d.dead_at IS NULL AND e.document = ? AND d.target = ? AND d.seq > ? ORDER BY d.seq LIMIT ?`,
+      ),
+      owedPage: this.db.prepare<[string, number], OwedRow>(
+        `${SELECT_OWED} AND document = ? AND seq > ? ORDER BY seq`,
+      ),
+    }
+    return this.laneStatements
+  }
+
+  async pendingLanes(document?: string): Promise<OutboxLane[]> {
+    this.writeDeliveredMarks()
+    this.assertOpen()
+    const statements = this.lanes()
+    const lanes = new Map<string, OutboxLane>()
+    const rows = document === undefined ? statements.rows.all() : statements.rowsOf.all(document)
+    for (const lane of rows) lanes.set(`${lane.document}\u0000${lane.target}`, lane)
+    // Distinct `owed` columns are few (one per set of targets an event was enqueued for).
+    const owed = document === undefined ? statements.owed.all() : statements.owedOf.all(document)
+    for (const row of owed)
+      for (const target of parseOwed(row.owed))
+        lanes.set(`${row.document}\u0000${target}`, { document: row.document, target })
+    return [...lanes.values()].sort(byLane)
+  }
+
+  async pendingPage(document: string, target: string, after: number, limit: number): Promise<Delivery[]> {
+    this.writeDeliveredMarks()
+    this.assertOpen()
+    const statements = this.lanes()
+    const rows = statements.page.all(document, target, after, limit)
+    // Never-tried deliveries are owed on their events' rows: read in order until `limit` owe `target`.
+    let found = 0
+    for (const event of statements.owedPage.iterate(document, after)) {
+      if (!parseOwed(event.owed).includes(target)) continue
+      rows.push({ ...event, target, attempts: 0, next_at: 0, last_error: null, dead_at: null })
+      if (++found >= limit) break
+    }
+    rows.sort((a, b) => a.seq - b.seq)
+    return this.deliveriesOf(rows.slice(0, limit))
   }
 
   /**

@@ -112,7 +112,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const runB = dispatcher(b.backend.outbox as PostgresOutbox, onB.target, b.deliveries)
       cleanup.push(() => runB.dispatcher.stop())
       // A's attempt may have been running when A lost the document: B counts it before its own.
-      await runB.dispatcher.adopt(owed)
+      await runB.dispatcher.adopt(doc)
       expect((await b.backend.outbox.pending()).map((d) => d.attempts)).toEqual([1])
       await until(() => onB.calls.length === 1)
       onB.release()

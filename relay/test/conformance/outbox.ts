@@ -132,6 +132,41 @@ export function runOutboxConformance(
       expect(await outbox.deadLetters()).toEqual([])
     })
 
+    it("pages one lane's owed deliveries after a seq, in order, without other lanes, delivered or dead ones", async () => {
+      const ids = Array.from({ length: 7 }, (_, i) => `e${i}`)
+      const deliveries = await outbox.enqueue({
+        document: "c1",
+        events: ids.map((id) => ({ event: sampleEvent(id), targets: ["a", "b"] })),
+      })
+      await outbox.enqueue({ document: "c2", events: [{ event: sampleEvent("x", "c2"), targets: ["a"] }] })
+      const seqs = [...new Set(deliveries.map((d) => d.seq))]
+      await outbox.delivered(seqs[0]!, "a")
+      await outbox.retryLater(seqs[2]!, "a", 2, 55, "boom")
+      await outbox.deadLetter(seqs[3]!, "a", 8, "gave up", 1)
+      const page = (after: number, limit: number) => outbox.pendingPage("c1", "a", after, limit)
+      const first = await page(0, 3)
+      expect(first.map((d) => [d.event.event.id, d.target, d.attempts])).toEqual([
+        ["e1", "a", 0],
+        ["e2", "a", 2],
+        ["e4", "a", 0],
+      ])
+      expect(first[1]).toMatchObject({ nextAttemptAt: 55, lastError: "boom", document: "c1" })
+      expect(first[0]!.event).toEqual(sampleEvent("e1"))
+      const rest = await page(first[2]!.seq, 3)
+      expect(rest.map((d) => d.event.event.id)).toEqual(["e5", "e6"])
+      expect(await page(rest[1]!.seq, 3)).toEqual([])
+      expect((await outbox.pendingPage("c1", "b", 0, 100)).map((d) => d.event.event.id)).toEqual(ids)
+      expect(await outbox.pendingPage("c3", "a", 0, 100)).toEqual([])
+      expect(await outbox.pendingLanes()).toEqual([
+        { document: "c1", target: "a" },
+        { document: "c1", target: "b" },
+        { document: "c2", target: "a" },
+      ])
+      expect(await outbox.pendingLanes("c2")).toEqual([{ document: "c2", target: "a" }])
+      for (const seq of seqs) await outbox.delivered(seq, "b")
+      expect(await outbox.pendingLanes("c1")).toEqual([{ document: "c1", target: "a" }])
+    })
+
     it("keeps attempts and the next attempt time of a retried delivery", async () => {
       const [d] = await outbox.enqueue({
         document: "c1",

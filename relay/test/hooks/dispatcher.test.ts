@@ -1,6 +1,10 @@
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import pino from "pino"
 import { Registry } from "prom-client"
 import { describe, expect, it, vi } from "vitest"
+import { SqliteBackend } from "../../src/backend/sqlite.js"
 import {
   DeferDelivery,
   type DeliveryTarget,
@@ -14,10 +18,21 @@ import { sampleEvent } from "../conformance/outbox.js"
 
 const log = pino({ level: "silent" })
 
-function setup(targets: DeliveryTarget[], timeoutMs = 10_000) {
+function setup(
+  targets: DeliveryTarget[],
+  timeoutMs = 10_000,
+  bounds: { laneWindow?: number; maxHeld?: number } = {},
+) {
   const outbox = new MemoryOutbox()
   const registry = new Registry()
-  const dispatcher = new Dispatcher({ outbox, targets, log, metrics: new HookMetrics(registry), timeoutMs })
+  const dispatcher = new Dispatcher({
+    outbox,
+    targets,
+    log,
+    metrics: new HookMetrics(registry),
+    timeoutMs,
+    ...bounds,
+  })
   const enqueue = async (document: string, ids: string[], to = targets.map((t) => t.name)) =>
     dispatcher.add(
       await outbox.enqueue({
@@ -26,6 +41,13 @@ function setup(targets: DeliveryTarget[], timeoutMs = 10_000) {
       }),
     )
   return { outbox, dispatcher, registry, enqueue }
+}
+
+/** Adds `event`'s id to its conversation's list in `into`. */
+function append(into: Record<string, string[]>, event: HookEvent): void {
+  const list = into[event.event.conversationId] ?? []
+  list.push(event.event.id)
+  into[event.event.conversationId] = list
 }
 
 function target(name: string, deliver: DeliveryTarget["deliver"], attempts = 3): DeliveryTarget {
@@ -311,5 +333,162 @@ describe("hook dispatcher", () => {
     await dispatcher.idle()
     expect(calls).toEqual([2])
     expect(await outbox.pending()).toEqual([])
+  })
+
+  it("holds a bounded window of a stalled target's backlog, and delivers all of it in order once the target recovers", async () => {
+    const bounds = { laneWindow: 16, maxHeld: 40 }
+    let recover!: () => void
+    const recovered = new Promise<void>((resolve) => {
+      recover = resolve
+    })
+    const stalled: Record<string, string[]> = {}
+    const fast: Record<string, string[]> = {}
+    let peak = 0
+    const record = (into: Record<string, string[]>, event: HookEvent) => {
+      append(into, event)
+      peak = Math.max(peak, dispatcher.held())
+    }
+    // A webhook that black-holes (its attempts never finish until it recovers) and a healthy hook.
+    const slow = target("webhook:slow", async (event) => {
+      await recovered
+      record(stalled, event)
+    })
+    const healthy = target("hook:fast", async (event) => record(fast, event))
+    const { dispatcher, enqueue, registry } = setup([slow, healthy], 60_000, bounds)
+    const documents = ["c1", "c2", "c3"]
+    const ids = (document: string) => Array.from({ length: 1_000 }, (_, i) => `${document}-${i}`)
+    for (let batch = 0; batch < 100; batch++)
+      for (const document of documents) {
+        await enqueue(document, ids(document).slice(batch * 10, batch * 10 + 10))
+        peak = Math.max(peak, dispatcher.held())
+      }
+    // The healthy hook is not held up by the stalled one's backlog.
+    await new Promise<void>((resolve) => {
+      const poll = () => (documents.every((d) => fast[d]?.length === 1_000) ? resolve() : setImmediate(poll))
+      poll()
+    })
+    expect(dispatcher.held()).toBeLessThanOrEqual(bounds.maxHeld)
+    const gauge = async () =>
+      (await registry.getSingleMetric("parley_hook_outbox_pending")!.get()).values[0]!.value
+    // The gauge still counts the whole backlog: what is held and what waits in the outbox only.
+    expect(await gauge()).toBe(3_000)
+    recover()
+    await dispatcher.idle()
+    expect(await gauge()).toBe(0)
+    expect(peak).toBeLessThanOrEqual(bounds.maxHeld)
+    for (const document of documents) {
+      expect(stalled[document]).toEqual(ids(document))
+      expect(fast[document]).toEqual(ids(document))
+    }
+    expect(dispatcher.held()).toBe(0)
+  })
+
+  it("keeps a failing target's lanes to their head while it retries, and loses nothing", async () => {
+    let failing = true
+    const seen: string[] = []
+    let peak = 0
+    const t = target(
+      "webhook:down",
+      async (event) => {
+        peak = Math.max(peak, dispatcher.held())
+        if (failing) throw new Error("503")
+        seen.push(event.event.id)
+      },
+      1_000,
+    )
+    const { dispatcher, enqueue, outbox } = setup([t], 10_000, { laneWindow: 8, maxHeld: 1_000 })
+    const ids = Array.from({ length: 500 }, (_, i) => `e${i}`)
+    for (let i = 0; i < ids.length; i += 50) await enqueue("c1", ids.slice(i, i + 50))
+    // Waiting out its retries, the lane holds its head only (the rest is in the outbox).
+    await new Promise<void>((resolve) => {
+      const poll = () => (dispatcher.held() === 1 ? resolve() : setImmediate(poll))
+      poll()
+    })
+    failing = false
+    await dispatcher.idle()
+    expect(peak).toBeLessThanOrEqual(8)
+    expect(seen).toEqual(ids)
+    expect(await outbox.pending()).toEqual([])
+  })
+
+  it("starts with a backlog larger than it holds, reading it a page at a time, and delivers it in order", async () => {
+    const outbox = new MemoryOutbox()
+    const documents = ["c1", "c2"]
+    const ids = (document: string) => Array.from({ length: 2_000 }, (_, i) => `${document}-${i}`)
+    for (const document of documents)
+      await outbox.enqueue({
+        document,
+        events: ids(document).map((id) => ({ event: sampleEvent(id, document), targets: ["hook:a"] })),
+      })
+    const seen: Record<string, string[]> = {}
+    let peak = 0
+    const dispatcher = new Dispatcher({
+      outbox,
+      targets: [
+        target("hook:a", async (event) => {
+          peak = Math.max(peak, dispatcher.held())
+          append(seen, event)
+        }),
+      ],
+      log,
+      metrics: new HookMetrics(new Registry()),
+      laneWindow: 32,
+      maxHeld: 50,
+    })
+    const whole = vi.spyOn(outbox, "pending")
+    await dispatcher.start()
+    expect(dispatcher.held()).toBeLessThanOrEqual(50)
+    await dispatcher.idle()
+    expect(whole).not.toHaveBeenCalled()
+    expect(peak).toBeLessThanOrEqual(50)
+    for (const document of documents) expect(seen[document]).toEqual(ids(document))
+    expect(await outbox.pending()).toEqual([])
+  })
+
+  it("restarts on a SQLite outbox with a large backlog, some of it retried, and delivers it in order a page at a time", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-dispatcher-backlog-"))
+    try {
+      const documents = ["c1", "c2"]
+      const ids = (document: string) => Array.from({ length: 1_500 }, (_, i) => `${document}-${i}`)
+      const before = new SqliteBackend(dir)
+      for (const document of documents) {
+        const queued = await before.outbox.enqueue({
+          document,
+          events: ids(document).map((id) => ({ event: sampleEvent(id, document), targets: ["hook:a"] })),
+        })
+        // A few failed once before the restart: their rows are delivery rows, the rest owed on the events.
+        for (const delivery of queued.filter((_, i) => i % 97 === 5))
+          await before.outbox.retryLater(delivery.seq, delivery.target, 1, 0, "503")
+      }
+      await before.close()
+      const after = new SqliteBackend(dir)
+      const outbox = after.outbox
+      const seen: Record<string, string[]> = {}
+      let peak = 0
+      const dispatcher = new Dispatcher({
+        outbox,
+        targets: [
+          target("hook:a", async (event) => {
+            peak = Math.max(peak, dispatcher.held())
+            append(seen, event)
+          }),
+        ],
+        log,
+        metrics: new HookMetrics(new Registry()),
+        laneWindow: 64,
+        maxHeld: 100,
+      })
+      const whole = vi.spyOn(outbox, "pending")
+      await dispatcher.start()
+      await dispatcher.idle()
+      expect(whole).not.toHaveBeenCalled()
+      expect(peak).toBeLessThanOrEqual(100)
+      for (const document of documents) expect(seen[document]).toEqual(ids(document))
+      expect(await outbox.pending()).toEqual([])
+      await dispatcher.stop()
+      await after.close()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
