@@ -131,6 +131,11 @@ export const DEFAULT_LANE_WINDOW = 128
 /** Default most deliveries the dispatcher holds in memory across its lanes (each may still hold its head). */
 export const DEFAULT_MAX_HELD = 8_192
 
+/** A lane of `target` for `document` holding nothing yet. */
+function emptyLane(target: DeliveryTarget, document: string): Lane {
+  return { target, document, queue: [], after: 0, more: false, noted: 0, running: false }
+}
+
 /** Lanes a start or takeover reads the first page of at once. */
 const LANES_AT_ONCE = 64
 
@@ -251,7 +256,7 @@ export class Dispatcher {
         let lane = this.lanes.get(id)
         if (lane) lane.rescan = true
         else {
-          lane = { target, document, queue: [], after: 0, more: false, noted: 0, running: false, fresh: true }
+          lane = { ...emptyLane(target, document), fresh: true }
           this.lanes.set(id, lane)
         }
         this.owe(lane)
@@ -393,15 +398,7 @@ export class Dispatcher {
       const id = `${delivery.target}\u0000${delivery.document}`
       let lane = this.lanes.get(id)
       if (!lane) {
-        lane = {
-          target,
-          document: delivery.document,
-          queue: [],
-          after: 0,
-          more: false,
-          noted: 0,
-          running: false,
-        }
+        lane = emptyLane(target, delivery.document)
         this.lanes.set(id, lane)
       }
       // Read already, in a page that ran after its enqueue committed (and before this call).
@@ -434,15 +431,7 @@ export class Dispatcher {
       let lane = this.lanes.get(id)
       if (lane) lane.rescan = true
       else {
-        lane = {
-          target,
-          document: delivery.document,
-          queue: [],
-          after: 0,
-          more: false,
-          noted: 0,
-          running: false,
-        }
+        lane = emptyLane(target, delivery.document)
         this.lanes.set(id, lane)
       }
       this.owe(lane, 1)
