@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS parley_hook_deliveries (
   dead_at BIGINT,
   PRIMARY KEY (seq, target)
 );
+-- A lane's next page (\`pendingPage\`) seeks its document's events from its cursor instead of walking
+-- every document's deliveries after it.
+CREATE INDEX IF NOT EXISTS parley_hook_events_by_document ON parley_hook_events (document, seq);
 CREATE TABLE IF NOT EXISTS parley_hook_watermarks (
   document TEXT PRIMARY KEY,
   through BIGINT NOT NULL
