@@ -615,3 +615,17 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
     return n
   }
 }
+
+/**
+ * Structs and values of `update` as the caps count them (values outside
+ * deleted content), by decoding it whole: for building updates that fit the
+ * caps (the warm-up, the frame-cost shapes), not for checking one on arrival
+ * ({@link checkUpdateCost} does that without decoding content).
+ */
+export function capCounts(update: Uint8Array): { structs: number; values: number } {
+  const { structs } = Y.decodeUpdate(update)
+  let values = 0
+  for (const s of structs)
+    if (s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted)) values += s.length
+  return { structs: structs.length, values }
+}

@@ -36,6 +36,7 @@ import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import { MemoryClientBindingStore } from "./policy/client-bindings.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import { MemoryStorage } from "./storage/memory.js"
+import { capCounts } from "./update-cost.js"
 
 /**
  * How much warming up the relay does after it starts (see {@link warmUpUpdatePath}).
@@ -409,7 +410,7 @@ function offlineAtCaps(
         .map((m) => m.id)
       offlineWork(offline, alice, others, perSession, 3, () => clientIdIn(1))
       const update = Y.encodeStateAsUpdate(offline, known)
-      const { structs, values } = countsOf(update)
+      const { structs, values } = capCounts(update)
       if ((structs <= limits.maxUpdateStructs && values <= limits.maxUpdateValues) || perSession <= 1)
         return encodeSyncStep2(update)
       perSession = Math.max(
@@ -422,15 +423,6 @@ function offlineAtCaps(
       offline.destroy()
     }
   }
-}
-
-/** Structs and values of an update as the relay's caps count them (values outside deleted content). */
-function countsOf(update: Uint8Array): { structs: number; values: number } {
-  const { structs } = Y.decodeUpdate(update)
-  let values = 0
-  for (const s of structs)
-    if (s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted)) values += s.length
-  return { structs: structs.length, values }
 }
 
 /** Messages written per piece of the seal piece's stored conversation. */

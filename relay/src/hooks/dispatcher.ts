@@ -630,15 +630,7 @@ export class Dispatcher {
         this.options.log.error({ err: error }, "hook outbox failed")
         let current = this.lanes.get(id)
         if (!current) {
-          current = {
-            target: lane.target,
-            document: lane.document,
-            queue: [],
-            after: delivery.seq,
-            more: false,
-            noted: 0,
-            running: false,
-          }
+          current = { ...emptyLane(lane.target, lane.document), after: delivery.seq }
           this.lanes.set(id, current)
         }
         current.queue.unshift(delivery)

@@ -28,7 +28,7 @@ import {
   unreact,
 } from "@parley/shared"
 import * as Y from "yjs"
-import { DEFAULT_UPDATE_COST_LIMITS } from "../../src/update-cost.js"
+import { capCounts, DEFAULT_UPDATE_COST_LIMITS } from "../../src/update-cost.js"
 import {
   type CraftedClient,
   type CraftedContent,
@@ -476,15 +476,6 @@ function offlineUpdate(seed: Seed, perSession: number): Uint8Array {
   return Y.encodeStateAsUpdate(doc, Y.encodeStateVectorFromUpdate(seed.stored))
 }
 
-/** Structs and values of an update, as the relay's caps count them (values outside deleted content). */
-function countsOf(update: Uint8Array): { structs: number; values: number } {
-  const { structs } = Y.decodeUpdate(update)
-  let values = 0
-  for (const s of structs)
-    if (s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted)) values += s.length
-  return { structs: structs.length, values }
-}
-
 /**
  * The largest offline work of {@link offlineSync}'s mix that fits the caps
  * as one update: what a stock client (which cannot split) may send at most,
@@ -495,7 +486,7 @@ function offlineAtCaps(seed: Seed, caps: UpdateCaps): Uint8Array {
   let perSession = Math.floor(Math.min(caps.structs / 1.1, caps.values / 1.42) / 3)
   for (;;) {
     const update = offlineUpdate(seed, perSession)
-    const { structs, values } = countsOf(update)
+    const { structs, values } = capCounts(update)
     if ((structs <= caps.structs && values <= caps.values) || perSession <= 1) return update
     perSession = Math.max(
       1,
