@@ -12,6 +12,7 @@ let relay: RelayProcess
 beforeAll(async () => {
   running = await startRelay({
     port: 0,
+    warmUp: false,
     dev: true,
     storage: "memory",
     policy: new AuthorizationPolicy(new MemoryClientBindingStore()),

@@ -17,6 +17,7 @@ afterEach(async () => {
 async function relayOn(dataDir: string): Promise<{ relay: RelayProcess; core: RunningRelay["core"] }> {
   const started = await startRelay({
     port: 0,
+    warmUp: false,
     dev: true,
     storage: "sqlite",
     dataDir,

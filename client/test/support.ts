@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url"
 import type { MessageId } from "@parley/shared"
 import { expect, vi } from "vitest"
 import WebSocket from "ws"
-import { relayEntry } from "../../relay/test/helpers/relay-process.js"
+import { relayEntry, TEST_RELAY_ENV } from "../../relay/test/helpers/relay-process.js"
 import {
   type ChatClient,
   type ChatClientOptions,
@@ -29,7 +29,7 @@ export interface RelayProcess {
 
 /**
  * Starts a relay process (`relay/bin/parley-relay.js`, or the relay compiled for the test run: see
- * `relayEntry`) and waits for its "listening" log line.
+ * `relayEntry`), without its start-up warm-up, and waits for its "listening" log line.
  * `--port 0` unless a port is given (a restart reuses the first port).
  */
 export async function startRelay(
@@ -47,7 +47,12 @@ export async function startRelay(
     dataDir,
     ...flags,
   ]
-  const child = spawn(process.execPath, args, { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+  // Without the start-up warm-up, as every test's relay (see TEST_RELAY_ENV).
+  const child = spawn(process.execPath, args, {
+    cwd: root,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, ...TEST_RELAY_ENV },
+  })
   let stderr = ""
   child.stderr.on("data", (chunk) => {
     stderr += chunk

@@ -41,7 +41,9 @@ async function startRelay(): Promise<{ url: string; httpUrl: string; stop: () =>
       "--auth-secret",
       SECRET,
     ],
-    { stdio: ["ignore", "pipe", "inherit"] },
+    // Without the start-up warm-up, as every test's relay (see TEST_RELAY_ENV in
+    // relay/test/helpers/relay-process.ts, which cannot be imported here: see above).
+    { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, PARLEY_SKIP_WARM_UP: "1" } },
   )
   const port = await new Promise<number>((done, fail) => {
     let buffered = ""

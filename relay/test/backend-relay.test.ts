@@ -18,7 +18,7 @@ describe("a relay on the backend it is given", () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-given-backend-"))
     dirs.push(dir)
     const backend = new SqliteBackend(dir)
-    const relay = await startRelay({ backend, dev: true, port: 0, log: "silent" })
+    const relay = await startRelay({ backend, dev: true, port: 0, warmUp: false, log: "silent" })
     const id = newConversationId()
     await relay.core.write(id, { kind: "user", user: alice }, (doc) => {
       createConversation(doc, alice, { kind: "group", id, participants: [] })

@@ -57,6 +57,7 @@ async function relayWith(
   const relay = await startRelay({
     backend,
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     history: { segmentSize, keepLive, epochClientIds, ...fold },
@@ -216,6 +217,7 @@ describe("sealed history", () => {
     const relay = await startRelay({
       backend: new MemoryBackend(),
       port: 0,
+      warmUp: false,
       log: "silent",
       auth: { kind: "secret", secret: SECRET },
       history: { segmentSize: 10, keepLive: 5, epochClientIds: 1000, keepSummaries: 4, foldSize: 16 },

@@ -36,6 +36,7 @@ async function relayWith(): Promise<RunningRelay> {
   const relay = await startRelay({
     backend: new MemoryBackend(),
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     limits: { idleUnloadMs: IDLE_MS },

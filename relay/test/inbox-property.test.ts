@@ -78,7 +78,7 @@ describe("inboxes under random changes", () => {
       const next = random(seed)
       const pick = <T>(list: readonly T[]): T => list[Math.floor(next() * list.length)]!
       const dataDir = mkdtempSync(join(tmpdir(), "parley-inbox-prop-"))
-      const relay = await startRelay({ port: 0, dataDir, log: "silent", dev: true })
+      const relay = await startRelay({ port: 0, warmUp: false, dataDir, log: "silent", dev: true })
       cleanups.push(async () => {
         await relay.close()
         rmSync(dataDir, { recursive: true, force: true })

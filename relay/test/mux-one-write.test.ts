@@ -34,7 +34,7 @@ let relay: RunningRelay
 let dataDir: string
 beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "parley-mux-one-write-"))
-  relay = await startRelay({ port: 0, dataDir, log: "silent", dev: true })
+  relay = await startRelay({ port: 0, warmUp: false, dataDir, log: "silent", dev: true })
   await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
     createConversation(doc, alice, { kind: "group", id, participants: [bob], title: "Two" }),
   )

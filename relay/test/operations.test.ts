@@ -120,13 +120,14 @@ describe("configuration", () => {
 
   it("refuses --dev on a non-loopback host unless forced", async () => {
     await expect(
-      startRelay({ dev: true, host: "0.0.0.0", port: 0, storage: "memory", log: "silent" }),
+      startRelay({ dev: true, host: "0.0.0.0", port: 0, warmUp: false, storage: "memory", log: "silent" }),
     ).rejects.toThrow(/--force-dev/)
     const forced = await startRelay({
       dev: true,
       forceDev: true,
       host: "0.0.0.0",
       port: 0,
+      warmUp: false,
       storage: "memory",
       log: "silent",
     })

@@ -41,6 +41,7 @@ async function relayOnPostgres(): Promise<{ relay: RunningRelay; backend: Postgr
   const relay = await startRelay({
     backend,
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     history: { segmentSize: 10, keepLive: 5 },

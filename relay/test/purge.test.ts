@@ -50,6 +50,7 @@ async function relayOn(backend: Backend): Promise<RunningRelay> {
   const relay = await startRelay({
     backend,
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     history: { segmentSize: 10, keepLive: 5 },
@@ -63,6 +64,7 @@ async function sqliteRelay(dir: string, limits?: Partial<CoreLimits>): Promise<R
   const relay = await startRelay({
     backend: new SqliteBackend(dir),
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     ...(limits ? { limits } : {}),

@@ -26,6 +26,7 @@ async function relayWith(idleUnloadMs: number): Promise<RunningRelay> {
   const relay = await startRelay({
     backend: new MemoryBackend(),
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     limits: { idleUnloadMs, maxDocumentsPerUser: PER_USER },

@@ -122,6 +122,7 @@ describe("the relay's sealed id filters", () => {
         const relay = await startRelay({
           backend,
           port: 0,
+          warmUp: false,
           log: "silent",
           auth: { kind: "secret", secret: "filters-test-secret" },
           history: { segmentSize: 7, keepLive: 4, epochClientIds: 1000, keepSummaries: 1, foldSize: 2 },

@@ -47,6 +47,7 @@ async function relayOn(backend: Backend): Promise<RunningRelay> {
   const relay = await startRelay({
     backend,
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     history: HISTORY,

@@ -101,6 +101,7 @@ async function relayWith(
   const relay = await startRelay({
     backend,
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     history: { ...HISTORY, ...reads },

@@ -32,6 +32,7 @@ beforeAll(async () => {
   dataDir = mkdtempSync(join(tmpdir(), "parley-sync-requests-"))
   relay = await startRelay({
     port: 0,
+    warmUp: false,
     dataDir,
     log: "silent",
     dev: true,

@@ -17,6 +17,7 @@ beforeAll(async () => {
   // A budget of 200 updates at once, refilled slowly: what a frame costs is what this test sees.
   relay = await startRelay({
     port: 0,
+    warmUp: false,
     dataDir,
     log: "silent",
     dev: true,

@@ -58,6 +58,8 @@ describe("the V8 flags the relay sets", () => {
     const relay = await startRelayProcess({
       args: ["--storage", "memory"],
       env: { PARLEY_V8_FLAGS: `${DEFAULT_V8_FLAGS} --trace-gc` },
+      // Its allocations are what make V8 collect (below).
+      warmUp: true,
     })
     const line = await relay.waitForLog((l) => "v8Flags" in l)
     expect(line.v8Flags).toEqual([...defaults, "--trace-gc"])

@@ -86,7 +86,7 @@ describe("warm-up of the update path", () => {
   })
 
   it("serves clients while it warms up and leaves nothing of its own in the relay", async () => {
-    const relay = await startRelayProcess({ args: ["--storage", "memory"] })
+    const relay = await startRelayProcess({ args: ["--storage", "memory"], warmUp: true })
     // Connected right after "listening", while the warm-up runs between serving.
     const id = newConversationId()
     const a = await open(relay, id, alice)
@@ -109,7 +109,7 @@ describe("warm-up of the update path", () => {
   it("on SQLite, leaves no event, segment or document of its own in the relay's database", async () => {
     const dataDir = mkdtempSync(join(tmpdir(), "parley-warm-up-"))
     try {
-      const relay = await startRelayProcess({ dataDir })
+      const relay = await startRelayProcess({ dataDir, warmUp: true })
       const id = newConversationId()
       const a = await open(relay, id, alice)
       createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
@@ -142,7 +142,7 @@ describe("warm-up of the update path", () => {
   })
 
   it("reports not ready on /readyz until the warm-up is done, then ready", async () => {
-    const relay = await startRelayProcess({ args: ["--storage", "memory"] })
+    const relay = await startRelayProcess({ args: ["--storage", "memory"], warmUp: true })
     const early = await fetch(`${relay.httpUrl}/readyz`)
     const body = (await early.json()) as { failing?: { dependency: string }[] }
     // The warm-up takes about a second; the answer right after "listening" comes before its end.

@@ -97,6 +97,7 @@ describe("GET /v1/events", () => {
     backend = new MemoryBackend()
     relay = await startRelay({
       port: 0,
+      warmUp: false,
       backend,
       dev: true,
       log: "silent",

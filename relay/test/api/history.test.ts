@@ -266,7 +266,7 @@ describe("a listing's reads of sealed history", () => {
     backend: Backend,
     history = { segmentSize: 10, keepLive: 5, keepSummaries: 1, foldSize: 2 },
   ) => {
-    const relay = await startRelay({ port: 0, backend, dev: true, log: "silent", history })
+    const relay = await startRelay({ port: 0, warmUp: false, backend, dev: true, log: "silent", history })
     relays.push(relay)
     return relay
   }

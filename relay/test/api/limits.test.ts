@@ -13,7 +13,7 @@ describe("HTTP API limits", () => {
 
   async function start(limits: Partial<ApiLimits>) {
     const backend = new MemoryBackend()
-    relay = await startRelay({ port: 0, backend, dev: true, log: "silent", apiLimits: limits })
+    relay = await startRelay({ port: 0, warmUp: false, backend, dev: true, log: "silent", apiLimits: limits })
     const key = async (name: string) => {
       const made = newApiKey(name, ["conversations:read", "conversations:write"])
       await backend.keys.create(made.record)
@@ -48,6 +48,7 @@ describe("HTTP API limits", () => {
     const backend = new MemoryBackend()
     relay = await startRelay({
       port: 0,
+      warmUp: false,
       backend,
       dev: true,
       log: "silent",

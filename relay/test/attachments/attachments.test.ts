@@ -37,13 +37,21 @@ const text = (bytes: number) => new Uint8Array(Buffer.alloc(bytes, "parley attac
 /** Everything stored under the relay's `<data>/blobs`, as paths. */
 function blobFiles(dataDir: string): string[] {
   const root = join(dataDir, "blobs")
-  if (!existsSync(root)) return []
-  return (
-    readdirSync(root, { recursive: true, withFileTypes: true })
-      // A "#tmp-" file is one being written (then renamed into place): not a stored blob yet.
-      .filter((e) => e.isFile() && !e.name.startsWith("#tmp-"))
-      .map((e) => join(e.parentPath, e.name).slice(root.length + 1))
-  )
+  // Read again when the relay removed a folder while it was being read (ENOENT from the recursive
+  // read): tests poll this while the relay deletes blobs.
+  for (let attempt = 0; ; attempt++) {
+    if (!existsSync(root)) return []
+    try {
+      return (
+        readdirSync(root, { recursive: true, withFileTypes: true })
+          // A "#tmp-" file is one being written (then renamed into place): not a stored blob yet.
+          .filter((e) => e.isFile() && !e.name.startsWith("#tmp-"))
+          .map((e) => join(e.parentPath, e.name).slice(root.length + 1))
+      )
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT" || attempt >= 10) throw error
+    }
+  }
 }
 
 describe("attachments on a relay process (file-system blob store)", () => {

@@ -24,6 +24,7 @@ async function relayWith(options: Parameters<typeof startRelay>[0] = {}): Promis
     backend: new MemoryBackend(),
     dev: true,
     port: 0,
+    warmUp: false,
     log: "silent",
     ...options,
   })

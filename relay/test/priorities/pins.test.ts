@@ -37,6 +37,7 @@ async function relay(): Promise<RunningRelay> {
   const r = await startRelay({
     backend: new MemoryBackend(),
     port: 0,
+    warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     history: { segmentSize: 10, keepLive: 5 },

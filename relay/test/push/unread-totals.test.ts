@@ -41,6 +41,7 @@ describe("recipients' unread totals for push badges", () => {
     const relay = await startRelay({
       backend: new MemoryBackend(),
       port: 0,
+      warmUp: false,
       log: "silent",
       auth: { kind: "secret", secret: "totals-secret" },
       extensions: [totals],
