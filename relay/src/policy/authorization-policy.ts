@@ -2,6 +2,7 @@ import { type Decision, sequenceWriterIds } from "@parley/shared"
 import type * as Y from "yjs"
 import type { LoadedDocument } from "../extension.js"
 import type { ClientIdOwners, PolicyInput, UpdatePolicy } from "../policy.js"
+import { isStorageFailure } from "../storage/guard.js"
 import { checkUpdate } from "./check-update.js"
 import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bindings.js"
 
@@ -21,10 +22,19 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  * The same bindings are the owners awareness consults ({@link clientIdOwners}):
  * an id announced in awareness is bound to its user like an id written under,
  * so that no one else can write under it afterwards.
+ *
+ * Loading a document binds the relay's ids too, and while storage fails (a
+ * full disk) that write cannot be stored: they are then bound in memory only,
+ * which is what keeps them from being claimed while the document stays
+ * loaded (a later load makes a new id, and finds the sequence writer's again
+ * in the document), and stored with the next update's check, before anything
+ * is stored under them. Reading a stored conversation thus needs no write.
  */
 export class AuthorizationPolicy implements UpdatePolicy {
   readonly name = "policy"
   private readonly loaded = new WeakMap<Y.Doc, Promise<ClientBindings>>()
+  /** The relay's ids a load bound in memory only, storage failing (see the class comment): stored next. */
+  private readonly unstored = new WeakMap<Y.Doc, [number, string][]>()
 
   /** `close` releases the bindings' database when the relay stops. */
   constructor(
@@ -53,8 +63,9 @@ export class AuthorizationPolicy implements UpdatePolicy {
     if (name.kind === "inbox") return undefined
     const key = name.id
     const bindings = await this.bindingsOf(key, doc)
-    // Before any awareness frame: the relay's own ids are never anyone's to claim.
-    await this.bindRelayIds(key, doc, bindings)
+    // Before any awareness frame: the relay's own ids are never anyone's to claim. In memory at least:
+    // a reader of a stored conversation is served while storage refuses writes.
+    await this.bindRelayIds(key, doc, bindings, { storedLater: true })
     return {
       owner: (clientId) => bindings.get(clientId),
       claim: async (clientId, principal) => {
@@ -69,13 +80,29 @@ export class AuthorizationPolicy implements UpdatePolicy {
     await this.close?.()
   }
 
-  private async bindRelayIds(key: string, doc: Y.Doc, bindings: ClientBindings): Promise<void> {
+  /**
+   * Binds the relay's ids of `doc` not bound yet, with those an earlier load could not store. A
+   * storage failure rejects, unless `storedLater`: then they stay bound in memory and are stored
+   * by the next call (any other failure rejects either way).
+   */
+  private async bindRelayIds(
+    key: string,
+    doc: Y.Doc,
+    bindings: ClientBindings,
+    options: { readonly storedLater?: boolean } = {},
+  ): Promise<void> {
     const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
     const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
-    if (unbound.length > 0) {
-      const entries = unbound.map((id): [number, string] => [id, RELAY_KEY])
-      bindings.bind(entries)
+    const fresh = unbound.map((id): [number, string] => [id, RELAY_KEY])
+    const entries = [...(this.unstored.get(doc) ?? []), ...fresh]
+    if (entries.length === 0) return
+    bindings.bind(fresh)
+    try {
       await this.store.bind(key, entries)
+      this.unstored.delete(doc)
+    } catch (error) {
+      this.unstored.set(doc, entries)
+      if (!(options.storedLater && isStorageFailure(error))) throw error
     }
   }
 

@@ -1,8 +1,8 @@
-import { parseDocumentName, Rule, sendMessage } from "@parley/shared"
+import { ErrorCode, ParleyError, parseDocumentName, Rule, sendMessage } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { AuthorizationPolicy } from "../../src/policy/authorization-policy.js"
-import { MemoryClientBindingStore } from "../../src/policy/client-bindings.js"
+import { type ClientBinding, MemoryClientBindingStore } from "../../src/policy/client-bindings.js"
 import { alice, CONVERSATION, carol, replicaOf, scene, updateOf, user } from "./fixtures.js"
 
 const name = parseDocumentName(CONVERSATION)
@@ -53,5 +53,57 @@ describe("the authorization policy of the update path", () => {
     })
     expect(decision).toMatchObject({ allowed: false, rule: Rule.schema })
     expect((await store.load(CONVERSATION)).has(replica.clientID)).toBe(false)
+  })
+
+  it("serves a load while storage refuses writes: the relay's ids bound in memory, stored before the next update", async () => {
+    // A disk that fills up: every write fails, as the storage guard reports it, until space is freed.
+    class FullDisk extends MemoryClientBindingStore {
+      full = true
+      readonly tried: ClientBinding[][] = []
+      override async bind(name: string, entries: readonly ClientBinding[]): Promise<void> {
+        this.tried.push([...entries])
+        if (this.full)
+          throw new ParleyError(ErrorCode.STORAGE_UNAVAILABLE, "client-id bindings: bind failed: disk is full")
+        await super.bind(name, entries)
+      }
+    }
+    const store = new FullDisk()
+    const s = scene()
+    const policy = new AuthorizationPolicy(store)
+
+    // Loading the document (a reader connecting) does not fail; nobody can claim the relay's id.
+    const owners = await policy.clientIdOwners({ name, doc: s.relay })
+    expect(owners?.owner(s.relay.clientID)).toBe("relay")
+    expect((await store.load(CONVERSATION)).has(s.relay.clientID)).toBe(false)
+
+    // A write while the disk is full is refused retryably, as every write then is.
+    const alices = replicaOf(s.relay)
+    const update = updateOf(alices, (d) => sendMessage(d, alice, { body: "mine" }))
+    const input = {
+      name,
+      doc: s.relay,
+      update,
+      principal: user(alice),
+      clientIds: new Set([alices.clientID]),
+    }
+    await expect(policy.checkUpdate(input)).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+
+    // Space freed: the next update's check stores the relay's id before anything is stored under it.
+    store.full = false
+    expect(await policy.checkUpdate(input)).toEqual({ allowed: true })
+    const stored = await store.load(CONVERSATION)
+    expect(stored.get(s.relay.clientID)).toBe("relay")
+    expect(stored.get(alices.clientID)).toBe("user:alice")
+  })
+
+  it("still fails a load on a failure that is not storage refusing writes", async () => {
+    const store = new MemoryClientBindingStore()
+    store.bind = async () => {
+      throw new Error("a bug in the store")
+    }
+    const s = scene()
+    await expect(new AuthorizationPolicy(store).clientIdOwners({ name, doc: s.relay })).rejects.toThrow(
+      "a bug in the store",
+    )
   })
 })
