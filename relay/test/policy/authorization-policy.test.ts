@@ -59,11 +59,12 @@ describe("the authorization policy of the update path", () => {
     // A disk that fills up: every write fails, as the storage guard reports it, until space is freed.
     class FullDisk extends MemoryClientBindingStore {
       full = true
-      readonly tried: ClientBinding[][] = []
       override async bind(name: string, entries: readonly ClientBinding[]): Promise<void> {
-        this.tried.push([...entries])
         if (this.full)
-          throw new ParleyError(ErrorCode.STORAGE_UNAVAILABLE, "client-id bindings: bind failed: disk is full")
+          throw new ParleyError(
+            ErrorCode.STORAGE_UNAVAILABLE,
+            "client-id bindings: bind failed: disk is full",
+          )
         await super.bind(name, entries)
       }
     }
