@@ -29,14 +29,10 @@ async function relayWith(open: () => Promise<Backend>) {
   let backend = await open()
   const made = newApiKey("backend", ["conversations:write", "messages:read", "messages:write", "act-as-user"])
   await backend.keys.create(made.record)
-  let relay = await startRelay({
-    port: 0,
-    warmUp: false,
-    backend,
-    dev: true,
-    log: "silent",
-    history: HISTORY,
-  })
+  // The same relay options at the start and after each restart, on the backend of the moment.
+  const start = () =>
+    startRelay({ port: 0, warmUp: false, backend, dev: true, log: "silent", history: HISTORY })
+  let relay = await start()
   relays.push(relay)
   const api = apiClient(() => relay.httpUrl, made.key)
   const reads: number[] = []
@@ -61,14 +57,7 @@ async function relayWith(open: () => Promise<Backend>) {
         return all.call(backend.history, doc)
       }
       reads.length = 0
-      relay = await startRelay({
-        port: 0,
-        warmUp: false,
-        backend,
-        dev: true,
-        log: "silent",
-        history: HISTORY,
-      })
+      relay = await start()
       relays.push(relay)
     },
     /** A group of alice and bob. */
