@@ -13,7 +13,7 @@ import {
 } from "../../src/hooks/dispatcher.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
-import { MemoryOutbox } from "../../src/hooks/outbox.js"
+import { MemoryOutbox, type Outbox } from "../../src/hooks/outbox.js"
 import { sampleEvent } from "../conformance/outbox.js"
 
 const log = pino({ level: "silent" })
@@ -48,6 +48,28 @@ function append(into: Record<string, string[]>, event: HookEvent): void {
   const list = into[event.event.conversationId] ?? []
   list.push(event.event.id)
   into[event.event.conversationId] = list
+}
+
+/**
+ * A dispatcher on `outbox` whose one hook ("hook:a") records each conversation's delivered ids in
+ * `seen`, and `peak()`: the most deliveries it held while any was delivered.
+ */
+function recordingDispatcher(outbox: Outbox, bounds: { laneWindow: number; maxHeld: number }) {
+  const seen: Record<string, string[]> = {}
+  let peak = 0
+  const dispatcher: Dispatcher = new Dispatcher({
+    outbox,
+    targets: [
+      target("hook:a", async (event) => {
+        peak = Math.max(peak, dispatcher.held())
+        append(seen, event)
+      }),
+    ],
+    log,
+    metrics: new HookMetrics(new Registry()),
+    ...bounds,
+  })
+  return { dispatcher, seen, peak: () => peak }
 }
 
 function target(name: string, deliver: DeliveryTarget["deliver"], attempts = 3): DeliveryTarget {
@@ -420,27 +442,13 @@ describe("hook dispatcher", () => {
         document,
         events: ids(document).map((id) => ({ event: sampleEvent(id, document), targets: ["hook:a"] })),
       })
-    const seen: Record<string, string[]> = {}
-    let peak = 0
-    const dispatcher = new Dispatcher({
-      outbox,
-      targets: [
-        target("hook:a", async (event) => {
-          peak = Math.max(peak, dispatcher.held())
-          append(seen, event)
-        }),
-      ],
-      log,
-      metrics: new HookMetrics(new Registry()),
-      laneWindow: 32,
-      maxHeld: 50,
-    })
+    const { dispatcher, seen, peak } = recordingDispatcher(outbox, { laneWindow: 32, maxHeld: 50 })
     const whole = vi.spyOn(outbox, "pending")
     await dispatcher.start()
     expect(dispatcher.held()).toBeLessThanOrEqual(50)
     await dispatcher.idle()
     expect(whole).not.toHaveBeenCalled()
-    expect(peak).toBeLessThanOrEqual(50)
+    expect(peak()).toBeLessThanOrEqual(50)
     for (const document of documents) expect(seen[document]).toEqual(ids(document))
     expect(await outbox.pending()).toEqual([])
   })
@@ -463,26 +471,12 @@ describe("hook dispatcher", () => {
       await before.close()
       const after = new SqliteBackend(dir)
       const outbox = after.outbox
-      const seen: Record<string, string[]> = {}
-      let peak = 0
-      const dispatcher = new Dispatcher({
-        outbox,
-        targets: [
-          target("hook:a", async (event) => {
-            peak = Math.max(peak, dispatcher.held())
-            append(seen, event)
-          }),
-        ],
-        log,
-        metrics: new HookMetrics(new Registry()),
-        laneWindow: 64,
-        maxHeld: 100,
-      })
+      const { dispatcher, seen, peak } = recordingDispatcher(outbox, { laneWindow: 64, maxHeld: 100 })
       const whole = vi.spyOn(outbox, "pending")
       await dispatcher.start()
       await dispatcher.idle()
       expect(whole).not.toHaveBeenCalled()
-      expect(peak).toBeLessThanOrEqual(100)
+      expect(peak()).toBeLessThanOrEqual(100)
       for (const document of documents) expect(seen[document]).toEqual(ids(document))
       expect(await outbox.pending()).toEqual([])
       await dispatcher.stop()
