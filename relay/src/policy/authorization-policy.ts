@@ -93,9 +93,11 @@ export class AuthorizationPolicy implements UpdatePolicy {
   ): Promise<void> {
     const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
     const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
+    const unstored = this.unstored.get(doc)
+    // Every update's check comes here: nothing is allocated when nothing is to be bound.
+    if (unbound.length === 0 && unstored === undefined) return
     const fresh = unbound.map((id): [number, string] => [id, RELAY_KEY])
-    const entries = [...(this.unstored.get(doc) ?? []), ...fresh]
-    if (entries.length === 0) return
+    const entries = unstored ? [...unstored, ...fresh] : fresh
     bindings.bind(fresh)
     try {
       await this.store.bind(key, entries)
