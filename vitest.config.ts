@@ -18,7 +18,8 @@ export default defineConfig({
     ],
     // Compiles the relay once per run for the relay processes tests start (see the file).
     // Names the folder the end-to-end files build the demo app into, once per run (see the file).
-    globalSetup: ["test/relay-bundle.ts", "test/e2e/demo-build.ts"],
+    // Names the folder that the packages are built for, once per run, by the first file that needs them (see the file).
+    globalSetup: ["test/relay-bundle.ts", "test/e2e/demo-build.ts", "test/packages-build.ts"],
     testTimeout: 20_000,
     hookTimeout: 30_000,
     pool: "forks",

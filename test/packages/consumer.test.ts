@@ -6,11 +6,21 @@
  * type-check and build a Vite app that imports the SDK and its React bindings.
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs"
 import { tmpdir } from "node:os"
 import { join, relative } from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { buildPackages } from "../packages-build.js"
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url))
 const PACKAGES = ["shared", "relay", "client", "react"] as const
@@ -86,9 +96,15 @@ beforeAll(async () => {
   expect(relative(ROOT, work).startsWith("..")).toBe(true)
   const tarballs = join(work, "tarballs")
   mkdirSync(tarballs)
-  // What each package's `prepack` runs (tsc, and the SDK's bundle), run once here so that
-  // `npm pack --json` prints only its JSON.
-  await run("npm", ["run", "build"], { cwd: ROOT, timeoutMs: 300_000 })
+  const prebuilds = join(work, "prebuilds")
+  mkdirSync(prebuilds)
+  // The prebuilt binary is packed while the packages build.
+  const installEnv = localPrebuilds(prebuilds)
+  // Awaited below; a failure there is not also an unhandled rejection should the build fail first.
+  installEnv.catch(() => {})
+  // What each package's `prepack` runs (tsc, and the SDK's bundle), run once for the test run
+  // (see test/packages-build.ts) so that `npm pack --json` prints only its JSON.
+  await buildPackages()
   packed = JSON.parse(
     await run(
       "npm",
@@ -105,10 +121,12 @@ beforeAll(async () => {
   )
   project = join(work, "app")
   cpSync(join(ROOT, "test/packages/consumer"), project, { recursive: true })
-  await run("npm", ["init", "-y"], { cwd: project })
-  await run("npm", ["pkg", "set", "type=module", "private=true"], { cwd: project })
-  const prebuilds = join(work, "prebuilds")
-  mkdirSync(prebuilds)
+  // What `npm init -y` and `npm pkg set type=module private=true` wrote (two npm starts, about a
+  // second), less the fields an app does not need.
+  writeFileSync(
+    join(project, "package.json"),
+    `${JSON.stringify({ name: "app", version: "1.0.0", type: "module", private: true }, null, 2)}\n`,
+  )
   await run(
     "npm",
     [
@@ -127,7 +145,7 @@ beforeAll(async () => {
       `@types/react@${installedVersion("@types/react")}`,
       `@types/react-dom@${installedVersion("@types/react-dom")}`,
     ],
-    { cwd: project, env: await localPrebuilds(prebuilds), timeoutMs: INSTALL_TIMEOUT_MS },
+    { cwd: project, env: await installEnv, timeoutMs: INSTALL_TIMEOUT_MS },
   )
 }, INSTALL_TIMEOUT_MS + 360_000)
 
