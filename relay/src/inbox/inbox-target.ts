@@ -2,7 +2,6 @@ import {
   type ConversationId,
   type InboxEntry,
   inboxDocumentName,
-  inboxEntryFor,
   replaceInboxEntry,
   type UserId,
   writeInboxEntry,
@@ -10,6 +9,7 @@ import {
 import type { RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent, HookEventType } from "../hooks/events.js"
+import { writeDerivedEntries } from "./derived-entries.js"
 
 /**
  * Event types that change who has an entry. Everything else an entry shows is
@@ -66,11 +66,21 @@ export function inboxTarget(relay: RunningCore): DeliveryTarget {
       )
       if (users.length === 0) return
       const started = Date.now()
-      const entries = await relay.read(conversation, (doc) =>
-        users.map((user) => [user, inboxEntryFor(doc, user)] as const),
-      )
       // Written even when memory already shows it (LiveInbox may have derived it first): stored either way.
-      await writeEntries(relay, conversation, entries, { force: true })
+      // Each only if the user's membership is still what the read saw (else derived again).
+      await writeDerivedEntries(
+        relay,
+        conversation,
+        users,
+        (inbox, _user, entry) => {
+          if (entry) {
+            replaceInboxEntry(inbox, conversation, entry)
+            return true
+          }
+          return writeInboxEntry(inbox, conversation, undefined)
+        },
+        { concurrent: true },
+      )
       // Only an optimisation: forgetting it costs a recomputation, never a wrong entry.
       if (computedAt.size > 100_000) computedAt.clear()
       for (const user of users) computedAt.set(key(conversation, user), started)

@@ -3,7 +3,6 @@ import {
   type InboxEntry,
   InboxTopLevel,
   inboxDocumentName,
-  inboxEntryFor,
   isDeletedRecord,
   type MessageId,
   messageIndex,
@@ -17,6 +16,7 @@ import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEventType } from "../hooks/events.js"
+import { writeDerivedEntries } from "../inbox/derived-entries.js"
 
 const inboxEntries = (inbox: Y.Doc) => inbox.getMap<InboxEntry>(InboxTopLevel.entries)
 
@@ -150,23 +150,30 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       const purging = users.filter(
         (_, i) => holding === undefined || holding.has(inboxes[i]!) || inMemory(inboxes[i]!),
       )
-      const entries = await relay.read(conversation, (doc) =>
-        purging.map((user) => [user, inboxEntryFor(doc, user)] as const),
-      )
-      for (const [user, entry] of entries) {
-        const inbox = inboxDocumentName(user)
-        const stored = holding === undefined || holding.has(inbox)
-        let changed = false
-        await relay.write(inbox, { kind: "relay" }, (doc) => {
+      // Derived and written one inbox after another, each only while the member's membership is what the
+      // read saw: a removal landing between the read and the write (the writes wait for one another and
+      // for compactions) would otherwise get the removed member's entry back after the inbox target
+      // removed it, for good.
+      await writeDerivedEntries(
+        relay,
+        conversation,
+        purging,
+        (doc, _user, entry) => {
           // A later message may have reached the inbox since the read (LiveInbox): it shows no deleted text.
           const current = inboxEntries(doc).get(conversation)
-          if (!entry?.deleted && (current?.lastMessage?.at ?? -1) > (entry?.lastMessage?.at ?? -1)) return
-          changed = writeInboxEntry(doc, conversation, entry)
-        })
-        // An unchanged entry never showed the text; a stored inbox is compacted whenever it unloads, so
-        // its log holds only what it gained while loaded.
-        if (changed || stored) await relay.compact?.(inbox)
-      }
+          if (!entry?.deleted && (current?.lastMessage?.at ?? -1) > (entry?.lastMessage?.at ?? -1))
+            return false
+          return writeInboxEntry(doc, conversation, entry)
+        },
+        {
+          after: async (user, changed) => {
+            const inbox = inboxDocumentName(user)
+            // An unchanged entry never showed the text; a stored inbox is compacted whenever it unloads, so
+            // its log holds only what it gained while loaded.
+            if (changed || holding === undefined || holding.has(inbox)) await relay.compact?.(inbox)
+          },
+        },
+      )
       const pass = passes.get(read.doc)
       const purged = pass?.purged ?? new Set<MessageId>()
       for (const id of covered) purged.add(id)
