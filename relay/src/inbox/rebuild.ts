@@ -1,17 +1,19 @@
 import {
   type ConversationId,
   ErrorCode,
+  type InboxEntry,
   InboxTopLevel,
-  inboxEntryFor,
   listParticipants,
   ParleyError,
   parseDocumentName,
   type UserId,
+  writeInboxEntry,
 } from "@parley/shared"
 import * as map from "lib0/map"
+import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
 import type { RelayStorage } from "../storage/types.js"
-import { writeEntries } from "./inbox-target.js"
+import { writeDerivedEntries } from "./derived-entries.js"
 
 /** What a rebuild changed. */
 export interface RebuildReport {
@@ -29,7 +31,10 @@ export interface RebuildReport {
  * data, so this is the repair for anything (a bug, a restored backup) that left
  * them behind. Writes go through `host` (the core's one update path), so
  * connected devices receive the corrections live. Entries that are already
- * right are not rewritten.
+ * right are not rewritten. Each entry is derived again as it is written
+ * (`writeDerivedEntries`): on a live relay a member added or removed between
+ * this pass's read and its write must not get a stale entry back, nor lose
+ * a current one as an "orphan".
  */
 export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): Promise<RebuildReport> {
   const names = await storage.list()
@@ -42,20 +47,15 @@ export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): 
     const parsed = safeParse(name)
     if (parsed?.kind !== "conversation") continue
     conversations++
-    const entries = await skipDamaged(() =>
-      host.read(name, (doc) =>
-        listParticipants(doc).map((p) => [p.user, inboxEntryFor(doc, p.user)] as const),
-      ),
-    )
-    if (entries === undefined) {
+    const users = await skipDamaged(() => host.read(name, (doc) => listParticipants(doc).map((p) => p.user)))
+    if (users === undefined) {
       // Who takes part is unknown: its entries are neither rewritten nor removed as orphans.
       damaged++
       damagedConversations.add(parsed.id)
       continue
     }
-    for (const [user] of entries)
-      map.setIfUndefined(member, user, () => new Set<ConversationId>()).add(parsed.id)
-    written += await writeEntries(host, parsed.id, entries)
+    for (const user of users) map.setIfUndefined(member, user, () => new Set<ConversationId>()).add(parsed.id)
+    written += await writeDerivedEntries(host, parsed.id, users, writeEntry(parsed.id), { concurrent: true })
   }
   let removed = 0
   for (const name of names) {
@@ -72,11 +72,22 @@ export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): 
       damaged++
       continue
     }
-    removed += orphans.length
-    for (const id of orphans) await writeEntries(host, id as ConversationId, [[parsed.user, undefined]])
+    for (const id of orphans)
+      removed += await writeDerivedEntries(
+        host,
+        id as ConversationId,
+        [parsed.user],
+        writeEntry(id as ConversationId),
+      )
   }
   return { conversations, written, removed, damaged }
 }
+
+/** Writes the derived entry (none: removes it); true when the inbox changed. */
+const writeEntry =
+  (conversation: ConversationId) =>
+  (inbox: Y.Doc, _user: UserId, entry: InboxEntry | undefined): boolean =>
+    writeInboxEntry(inbox, conversation, entry)
 
 /** `read`'s result, or undefined when the document is damaged (the core refuses it and logs why). */
 async function skipDamaged<T>(read: () => Promise<T>): Promise<T | undefined> {
