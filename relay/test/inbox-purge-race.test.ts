@@ -83,7 +83,10 @@ function heldCore() {
 describe("a removal landing while the inbox purge waits to write", () => {
   it("is not undone: the removed member's entry stays gone", async () => {
     const { id, conversation, carolsInbox, core, event, firstWrite, release } = heldCore()
-    const delivered = inboxPurgeTarget(core).deliver(event)
+    const delivered = inboxPurgeTarget(core).deliver(event, {
+      attempt: 1,
+      signal: new AbortController().signal,
+    })
     // The purge derived carol's entry (she is a member) and waits to write it.
     await firstWrite
     // Meanwhile alice removes her; the change is stored, and the inbox target removes the entry.
