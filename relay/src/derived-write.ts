@@ -131,6 +131,11 @@ export class DerivedWrites {
     return true
   }
 
+  /** The state vector of `host` before its first derived write not stored yet; undefined when none. */
+  unstoredSince(host: DocumentHost): Uint8Array | undefined {
+    return this.since.get(host)
+  }
+
   /**
    * Stores what was derived since the last call, as one log entry (what the
    * document gained since then: stored updates among it are stored again,

@@ -194,6 +194,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       users: this.users,
       evict: (host, error) => this.evict(host, error),
       restart: (host, reason) => this.restart(host, reason),
+      unstoredSince: (host) => this.derived.unstoredSince(host),
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
       ...(options.history ? { history: options.history } : {}),
       ...(options.purge ? { purge: options.purge } : {}),
@@ -481,6 +482,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     } finally {
       this.scheduleIdle(host)
     }
+  }
+
+  /** @internal */
+  unstoredSince(host: DocumentHost): Uint8Array | undefined {
+    return this.derived.unstoredSince(host)
   }
 
   /** @internal */

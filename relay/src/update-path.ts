@@ -83,6 +83,11 @@ export interface PathContext {
    */
   restart?(host: DocumentHost, reason: string): void
   /**
+   * The document's state vector before the data the relay derived into it in
+   * memory and has not stored (see `DerivedWrites`); undefined when none.
+   */
+  unstoredSince?(host: DocumentHost): Uint8Array | undefined
+  /**
    * Whether storage answers (a {@link StorageGuard}). With it, writes are
    * refused with the retryable STORAGE_UNAVAILABLE while storage fails, and a
    * change whose append failed stays applied but unsaved until storage is back
@@ -1352,7 +1357,12 @@ export function writeOnServer(
             missed = recording?.() ?? []
           }
         })
-        return update ? { update, source: "server" } : undefined
+        if (!update) return undefined
+        // The change may build on derived data held in memory only (an entry it replaces or removes;
+        // the relay's items after them in its clock): stored with it, or the stored change would hang
+        // on items no other replica gets (another relay's copy, this one's after a crash) and be lost.
+        const unstored = ctx.unstoredSince?.(host)
+        return { update: unstored ? Y.encodeStateAsUpdate(host.doc, unstored) : update, source: "server" }
       })
       return { ...stored, failure }
     }

@@ -435,13 +435,23 @@ export class Cluster implements UpdateRouter, FenceSource {
       await local()
       return
     }
-    // Written on a copy of this relay's replica, under the writer's own client id, and ordered by the owner.
+    // Written on a copy of this relay's replica and ordered by the owner, under a client id of the
+    // writer's for this load: for the relay too, never the replica's own. This relay writes under that
+    // one in memory (derived data, `DerivedWrites`) while the copy is on its way, from the replica's
+    // clock, which does not hold the copy's items: the same ids for other items, and the owner's change
+    // skipped here as known when it comes back. (Its items coming back would also make Yjs give the
+    // replica a new client id, one more per forwarded write.)
+    const replica = host.doc
+    // Derived data in memory only (never stored by a relay that does not order the document): the
+    // change may build on it (an entry it replaces or removes), so it goes along, else the owner holds
+    // the change pending on items it never gets and stores nothing.
+    const unstored = this.core!.unstoredSince(host)
     const copy = new Y.Doc()
     let failure: unknown
     let update: Uint8Array | undefined
     try {
-      Y.applyUpdate(copy, Y.encodeStateAsUpdate(host.doc))
-      copy.clientID = actor.kind === "relay" ? host.doc.clientID : host.clientIdFor(actor)
+      Y.applyUpdate(copy, Y.encodeStateAsUpdate(replica))
+      copy.clientID = host.clientIdFor(actor)
       const updates: Uint8Array[] = []
       copy.on("update", (u: Uint8Array) => updates.push(u))
       try {
@@ -449,7 +459,12 @@ export class Cluster implements UpdateRouter, FenceSource {
       } catch (error) {
         failure = error
       }
-      if (updates.length > 0) update = updates.length === 1 ? updates[0] : Y.mergeUpdates(updates)
+      if (updates.length > 0)
+        update = unstored
+          ? Y.encodeStateAsUpdate(copy, unstored)
+          : updates.length === 1
+            ? updates[0]
+            : Y.mergeUpdates(updates)
     } finally {
       copy.destroy()
     }

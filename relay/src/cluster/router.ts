@@ -23,6 +23,12 @@ export interface RoutedCore {
   applyAwareness(host: DocumentHost, update: Uint8Array): void
   /** Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering. */
   tookOver(name: string): Promise<void>
+  /**
+   * The state vector of `host` before the data this relay derived into it
+   * and has not stored (in memory only, under the document's own client id),
+   * or undefined when there is none.
+   */
+  unstoredSince(host: DocumentHost): Uint8Array | undefined
 }
 
 /**
