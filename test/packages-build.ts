@@ -16,10 +16,11 @@
  * built dist/, and `npm run build` finds it up to date.
  */
 import { spawn } from "node:child_process"
-import { existsSync, mkdirSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs"
-import { dirname, join } from "node:path"
+import { rmSync } from "node:fs"
+import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { TestProject } from "vitest/node"
+import { oncePerRun } from "./once-per-run.js"
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url))
 const DIR = join(ROOT, ".tsbuild/test-packages-build")
@@ -61,32 +62,5 @@ function npmRunBuild(): Promise<void> {
 export async function buildPackages(): Promise<void> {
   const shared = process.env.PARLEY_TEST_BUILD_DIR
   if (!shared) return npmRunBuild()
-  const built = join(shared, "built")
-  const failed = join(shared, "failed")
-  mkdirSync(dirname(shared), { recursive: true })
-  try {
-    mkdirSync(shared)
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error
-    return new Promise<void>((resolve, reject) => {
-      const settle = () => {
-        if (!existsSync(built) && !existsSync(failed)) return
-        watcher.close()
-        if (existsSync(built)) resolve()
-        else
-          reject(
-            new Error(`the packages' build of another test file failed: ${readFileSync(failed, "utf8")}`),
-          )
-      }
-      const watcher = watch(shared, settle)
-      settle()
-    })
-  }
-  try {
-    await npmRunBuild()
-  } catch (error) {
-    writeFileSync(failed, error instanceof Error ? error.message : String(error))
-    throw error
-  }
-  writeFileSync(built, "")
+  return oncePerRun(shared, "the packages' build", npmRunBuild)
 }

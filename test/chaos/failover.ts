@@ -31,11 +31,16 @@ import type { IncomingMessage } from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { listMessages } from "@parley/shared"
-import { Redis } from "ioredis"
 import WebSocket from "ws"
 import * as Y from "yjs"
 import { type ChatClient, type Conversation, createChatClient } from "../../client/src/index.js"
-import { haproxyConfig, haproxyPath, REDIS_URL, redisUnreachable } from "../../relay/test/helpers/cluster.js"
+import {
+  deleteRedisKeys,
+  haproxyConfig,
+  haproxyPath,
+  REDIS_URL,
+  redisUnreachable,
+} from "../../relay/test/helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../../relay/test/helpers/postgres.js"
 import {
   type RelayProcess,
@@ -163,15 +168,7 @@ async function run(): Promise<number> {
     }
   })
   const prefix = `parley-chaos:${SEED}:${Date.now().toString(36)}:`
-  cleanup.push(async () => {
-    const redis = new Redis(REDIS_URL)
-    try {
-      const keys = await redis.keys(`${prefix}*`)
-      if (keys.length > 0) await redis.del(...keys)
-    } finally {
-      redis.disconnect()
-    }
-  })
+  cleanup.push(() => deleteRedisKeys(prefix))
   const secret = `chaos-${SEED}-${Math.random().toString(36).slice(2)}`
   const relayPorts = Array.from({ length: RELAYS }, (_, i) => PORT_BASE + 1 + i)
   const relays: (RelayProcess | undefined)[] = []

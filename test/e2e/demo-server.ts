@@ -1,6 +1,6 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { dirname, join } from "node:path"
+import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import type { Browser } from "playwright-core"
 import { afterAll, beforeAll } from "vitest"
@@ -9,6 +9,7 @@ import {
   startRelayProcess,
   stopRelayProcesses,
 } from "../../relay/test/helpers/relay-process.js"
+import { oncePerRun } from "../once-per-run.js"
 import { launchChromium } from "./chromium.js"
 
 const root = fileURLToPath(new URL("../..", import.meta.url))
@@ -43,36 +44,13 @@ export async function demoStaticDir(): Promise<{ dir: string; own: boolean }> {
   const shared = process.env.PARLEY_TEST_DEMO_DIR
   if (!shared) return { dir: await buildDemo(), own: true }
   const out = join(shared, "out")
-  const built = join(shared, "built")
-  const failed = join(shared, "failed")
-  mkdirSync(dirname(shared), { recursive: true })
-  try {
-    mkdirSync(shared)
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error
-    await new Promise<void>((resolve, reject) => {
-      const settle = () => {
-        if (!existsSync(built) && !existsSync(failed)) return
-        watcher.close()
-        if (existsSync(built)) resolve()
-        else reject(new Error(`the demo build of another test file failed: ${readFileSync(failed, "utf8")}`))
-      }
-      const watcher = watch(shared, settle)
-      settle()
-    })
-    return { dir: out, own: false }
-  }
-  try {
-    await build({
+  await oncePerRun(shared, "the demo build", () =>
+    build({
       configFile: join(root, "client/demo/vite.config.ts"),
       logLevel: "warn",
       build: { outDir: out, emptyOutDir: true, sourcemap: false },
-    })
-  } catch (error) {
-    writeFileSync(failed, error instanceof Error ? (error.stack ?? error.message) : String(error))
-    throw error
-  }
-  writeFileSync(built, "")
+    }),
+  )
   return { dir: out, own: false }
 }
 

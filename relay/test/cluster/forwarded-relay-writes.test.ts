@@ -7,7 +7,6 @@ import {
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
-import { Redis } from "ioredis"
 import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
@@ -15,7 +14,7 @@ import * as Y from "yjs"
 import { type RunningRelay, startRelay } from "../../src/relay.js"
 import { PostgresStorage } from "../../src/storage/postgres.js"
 import { docUntil, stockProvider, synced } from "../helpers/clients.js"
-import { REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
+import { deleteRedisKeys, REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
 
 const RELAY = { kind: "relay" } as const
@@ -44,15 +43,7 @@ async function twoRelays(): Promise<[RunningRelay, RunningRelay]> {
     return doc
   }
   const prefix = `parley-forwarded-test:${process.pid}:${Date.now().toString(36)}:`
-  cleanup.push(async () => {
-    const redis = new Redis(REDIS_URL)
-    try {
-      const keys = await redis.keys(`${prefix}*`)
-      if (keys.length > 0) await redis.del(...keys)
-    } finally {
-      redis.disconnect()
-    }
-  })
+  cleanup.push(() => deleteRedisKeys(prefix))
   const start = async () => {
     const relay = await startRelay({
       port: 0,

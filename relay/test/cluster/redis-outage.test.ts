@@ -6,10 +6,9 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { Redis } from "ioredis"
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
-import { REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
+import { deleteRedisKeys, REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
 import { startRelayProcess } from "../helpers/relay-process.js"
 import { startTcpProxy, type TcpProxy } from "../helpers/tcp-proxy.js"
@@ -33,15 +32,7 @@ async function relays(throughProxy: readonly boolean[]) {
   const schema = await scratchSchema()
   cleanup.push(() => schema.drop())
   const prefix = `parley-redis-outage-test:${process.pid}:${Date.now().toString(36)}:`
-  cleanup.push(async () => {
-    const redis = new Redis(REDIS_URL)
-    try {
-      const keys = await redis.keys(`${prefix}*`)
-      if (keys.length > 0) await redis.del(...keys)
-    } finally {
-      redis.disconnect()
-    }
-  })
+  cleanup.push(() => deleteRedisKeys(prefix))
   const target = new URL(REDIS_URL)
   const secret = `redis-outage-${Math.random().toString(36).slice(2)}`
   const started: { relay: Awaited<ReturnType<typeof startRelayProcess>>; proxy?: TcpProxy }[] = []

@@ -25,6 +25,17 @@ export async function redisUnreachable(url: string = REDIS_URL): Promise<string 
   }
 }
 
+/** Deletes the Redis keys under `prefix` (a test's relays' keys: each test names its own prefix). */
+export async function deleteRedisKeys(prefix: string, url: string = REDIS_URL): Promise<void> {
+  const redis = new Redis(url)
+  try {
+    const keys = await redis.keys(`${prefix}*`)
+    if (keys.length > 0) await redis.del(...keys)
+  } finally {
+    redis.disconnect()
+  }
+}
+
 /** The path of HAProxy (Debian's package), or undefined when it is not installed. */
 export function haproxyPath(): string | undefined {
   for (const path of ["/usr/sbin/haproxy", "/usr/bin/haproxy"]) {
@@ -143,13 +154,7 @@ export async function startCluster(
           await new Promise((r) => setTimeout(r, 200))
         }
       }
-      const redis = new Redis(REDIS_URL)
-      try {
-        const keys = await redis.keys(`${prefix}*`)
-        if (keys.length > 0) await redis.del(...keys)
-      } finally {
-        redis.disconnect()
-      }
+      await deleteRedisKeys(prefix)
     },
   }
   // The first alone, which creates the tables (the others would wait on its lock anyway); then the
