@@ -56,9 +56,14 @@ export class DocumentHost implements ConnectionHost {
   private events: ChangeEvent[] = []
   private stopObserving: (() => void) | undefined
 
+  /**
+   * @param onDeferredFailure told when {@link deferred} writes no longer fit the
+   *   document and are dropped (not expected: a log line for the operator).
+   */
   constructor(
     readonly key: string,
     readonly name: DocumentName,
+    private readonly onDeferredFailure?: (error: unknown) => void,
   ) {
     // After every transaction, not on "update": an "update" listener makes Yjs encode every
     // transaction's update, which the relay never needs here (it costs as much as the apply).
@@ -109,10 +114,11 @@ export class DocumentHost implements ConnectionHost {
     this.pendingWrites = undefined
     try {
       writes?.apply(this.ydoc)
-    } catch {
+    } catch (error) {
       // Derived data that no longer fits the document (nothing writes it behind the writer's back, so
       // this is not expected): dropped rather than failing whoever reads the document; it is derived
       // again when its user next connects.
+      this.onDeferredFailure?.(error)
     }
   }
 

@@ -724,7 +724,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   private async load(name: string): Promise<DocumentHost> {
-    const host = new DocumentHost(name, parseName(name))
+    const host = new DocumentHost(name, parseName(name), (error) =>
+      this.log.error(
+        { err: error, doc: name },
+        "derived writes sent to the connections did not apply to the relay's copy: dropped (derived again when the user next connects)",
+      ),
+    )
     // Damage is never "not created yet": a document that cannot be loaded whole is refused to
     // everyone (an empty stand-in would let a stranger re-create it as its owner).
     let stored: Awaited<ReturnType<RelayStorage["load"]>>

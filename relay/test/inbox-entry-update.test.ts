@@ -161,4 +161,23 @@ describe("inbox entry updates deferred by the relay", () => {
     expect(deferEntryReplacement(host, "g~absent" as ConversationId, undefined, "relay")).toBeUndefined()
     host.destroy()
   })
+
+  it("that no longer apply are dropped, told to the relay, and never fail whoever reads the document", () => {
+    const name = inboxDocumentName("deferred-user" as UserId)
+    const failures: unknown[] = []
+    const host = new DocumentHost(name, parseDocumentName(name), (error) => failures.push(error))
+    host.deferred = {
+      bytes: 10,
+      apply: () => {
+        throw new Error("no longer fits")
+      },
+    }
+    // The read sees the document as it is, the writes dropped, the failure reported once.
+    expect(listInbox(host.doc)).toEqual([])
+    expect(host.deferred).toBeUndefined()
+    expect(failures).toEqual([new Error("no longer fits")])
+    listInbox(host.doc)
+    expect(failures).toHaveLength(1)
+    host.destroy()
+  })
 })
