@@ -36,8 +36,12 @@ export class SealedIdFilters {
   private count = 0
   /** By size and probes (nearly always one: full segments). */
   private readonly slices = new Map<string, Slices>()
-  /** The last id asked about and its answer: the update path asks twice per message (settling, then the rules). */
-  private last: { readonly id: MessageId; readonly candidates: readonly number[] } | undefined
+  /**
+   * Answers given since the filters last changed: the update path asks about
+   * every id of a change twice (settling, then the rules), all of the first
+   * pass before any of the second. Bounded; cleared when a filter is added.
+   */
+  private readonly answers = new Map<MessageId, readonly number[]>()
 
   /** Segments `0 ..= covered - 1` have their filter here. */
   get covered(): number {
@@ -70,12 +74,13 @@ export class SealedIdFilters {
     if (slot === undefined) slot = addSlot(slices, group)
     filter.sliceInto(slices.words, slot, slices.stride, 1 << (index & 31))
     this.count++
-    this.last = undefined
+    this.answers.clear()
   }
 
   /** Segments whose filter says they may hold `id`, ascending. */
   candidates(id: MessageId): readonly number[] {
-    if (this.last?.id === id) return this.last.candidates
+    const known = this.answers.get(id)
+    if (known !== undefined) return known
     const [h1, h2] = idHashes(id)
     let found: number[] | undefined
     for (const { size, probes, groups, stride, words, maybe } of this.slices.values()) {
@@ -103,7 +108,8 @@ export class SealedIdFilters {
           found.push(groups[slot]! * 32 + 31 - Math.clz32(left & -left))
     }
     const candidates = found ? found.sort((a, b) => a - b) : NONE
-    this.last = { id, candidates }
+    if (this.answers.size >= MAX_ANSWERS) this.answers.clear()
+    this.answers.set(id, candidates)
     return candidates
   }
 }
@@ -130,6 +136,9 @@ function addSlot(slices: Slices, group: number): number {
 }
 
 const NONE: readonly number[] = []
+
+/** Answers {@link SealedIdFilters} keeps: the ids of two changes at the caps. */
+const MAX_ANSWERS = 2_048
 
 const registry = new WeakMap<Y.Doc, SealedIdFilters>()
 
