@@ -360,6 +360,16 @@ export class DocumentHost implements ConnectionHost {
     return id
   }
 
+  /**
+   * Makes {@link clientIdFor} draw a new id for `actor`: after a write under
+   * the old one that the owner may have stored without this replica holding
+   * it, a next write from this replica would reuse its items' ids (and the
+   * owner would skip them as already known).
+   */
+  retireClientIdFor(actor: Principal): void {
+    this.actorClientIds?.delete(describePrincipal(actor))
+  }
+
   /** Drops the document from memory. */
   destroy(): void {
     this.dropped = true

@@ -469,8 +469,16 @@ export class Cluster implements UpdateRouter, FenceSource {
       copy.destroy()
     }
     if (update) {
-      const through = await this.route(host, "server", actor, update, local)
-      if (through !== undefined) await this.reach(host, through)
+      try {
+        const through = await this.route(host, "server", actor, update, local)
+        if (through !== undefined) await this.reach(host, through)
+      } catch (error) {
+        // The owner may have stored the copy all the same (a reply lost, its change not read back
+        // here): this replica does not hold those items, and the next copy made from it would give
+        // new items their ids, which the owner would skip as known — a write lost without a word.
+        host.retireClientIdFor(actor)
+        throw error
+      }
     }
     if (failure !== undefined) throw failure
   }

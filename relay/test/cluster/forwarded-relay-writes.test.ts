@@ -194,5 +194,34 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(titleIn(onOther.doc, written)).toBe("written")
       expect(titleIn(onOther.doc, derived)).toBe("derived")
     }, 30_000)
+
+    it("is not lost when the write before it was stored by the owner but never read back here", async () => {
+      const [owner, other] = await twoRelays()
+      const user = "yusuf" as UserId
+      const { name, onOwner } = await inboxOnBoth(owner, other, user)
+      const first = newConversationId()
+      const second = newConversationId()
+      // This relay hears nothing back from the owner for a while (a lost publish, PostgreSQL slow to answer).
+      const applyRemote = other.core.applyRemote.bind(other.core)
+      other.core.applyRemote = async () => {}
+      await expect(
+        other.core.write(name, RELAY, (doc) => writeInboxEntry(doc, first, entry(first, user, "first"))),
+      ).rejects.toMatchObject({ code: "UNAVAILABLE" })
+      other.core.applyRemote = applyRemote
+      // The owner stored it; the next write, made on this relay's replica that lacks it, is stored too.
+      await other.core.write(name, RELAY, (doc) => writeInboxEntry(doc, second, entry(second, user, "second")))
+      await eventually(onOwner.doc, () => titleIn(onOwner.doc, second) !== undefined)
+      expect(await owner.core.read(name, (doc) => [titleIn(doc, first), titleIn(doc, second)])).toEqual([
+        "first",
+        "second",
+      ])
+      const fresh = await storedDoc(name)
+      expect(fresh.store.pendingStructs).toBeNull()
+      expect([titleIn(fresh, first), titleIn(fresh, second)]).toEqual(["first", "second"])
+      expect(await other.core.read(name, (doc) => [titleIn(doc, first), titleIn(doc, second)])).toEqual([
+        "first",
+        "second",
+      ])
+    }, 30_000)
   })
 }
