@@ -1405,8 +1405,36 @@ export function writeOnServer(
   })
 }
 
-/** Sequences every message left unsequenced (after a crash between storing an update and sequencing it). */
+/** Documents whose leftovers wait for storage to be back (see {@link sequenceLeftovers}). */
+const leftoversWaiting = new WeakSet<DocumentHost>()
+
+/**
+ * Sequences every message left unsequenced (after a crash between storing an
+ * update and sequencing it). While storage refuses writes, the messages stay
+ * as stored (unnumbered) and are numbered once it is back: numbering them now
+ * would hold the document unsaved, and every reader's sync with it, until
+ * then. Content a purge left behind is never served meanwhile: its purge is
+ * run (and fails) here.
+ */
 export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise<number[]> {
+  const health = ctx.storageHealth
+  if (health && !health.available && !(host.name.kind === "conversation" && holdsPurgeableContent(host.doc))) {
+    if (!leftoversWaiting.has(host)) {
+      leftoversWaiting.add(host)
+      health.whenAvailable().then(
+        () => {
+          leftoversWaiting.delete(host)
+          if (host.destroyed) return
+          sequenceLeftovers(ctx, host).catch((error: unknown) =>
+            ctx.log.error({ err: error, doc: host.key }, "could not sequence messages left unsequenced"),
+          )
+        },
+        // The relay shuts down: whoever loads the document next numbers them.
+        () => leftoversWaiting.delete(host),
+      )
+    }
+    return Promise.resolve([])
+  }
   return host.enqueue(async () => {
     const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => undefined, {
       sequenceLeftovers: true,

@@ -203,4 +203,30 @@ describe("a relay whose disk is full", () => {
     await reader.until(() => bodies(reader).length === 2)
     expect(bodies(reader)).toEqual(["stored in the first", "written while full"])
   })
+
+  it("serves a conversation whose stored messages were never numbered, and numbers them once space is freed", async () => {
+    const d = disk()
+    // A crash between storing a change and numbering its message: the stored log holds it unnumbered.
+    const id = newConversationId()
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(doc, alice, { body: "stored, never numbered" })
+    const seeding = d.backend()
+    await seeding.documents.append(id, [Y.encodeStateAsUpdate(doc)])
+    await seeding.close()
+
+    d.full = true
+    const relay = await relayOn(d)
+    const b = await client(relay, id, bob)
+    await b.synced()
+    expect(bodies(b)).toEqual(["stored, never numbered"])
+    expect(listMessages(b.doc, { last: 10 })[0]!.seq).toBeUndefined()
+    expect(b.closeEvent).toBeUndefined()
+
+    d.full = false
+    // Numbered without anyone writing or reconnecting.
+    await b.until(() => listMessages(b.doc, { last: 10 })[0]?.seq !== undefined)
+    expect(listMessages(b.doc, { last: 10 })[0]!.seq).toBe(1)
+    expect(b.closeEvent).toBeUndefined()
+  }, 30_000)
 })
