@@ -52,6 +52,13 @@ class Disk {
       this.full
         ? Promise.reject(Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" }))
         : append(name, updates)
+    // The hook outbox lives in the same database: on a full disk its writes fail too.
+    const outbox = backend.outbox
+    const enqueue = outbox.enqueue.bind(outbox)
+    outbox.enqueue = (batch) =>
+      this.full
+        ? Promise.reject(Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" }))
+        : enqueue(batch)
     const ping = documents.ping.bind(documents)
     documents.ping = (options) => {
       const probe = ping(options)

@@ -305,7 +305,15 @@ export class HookRuntime {
     const mark = id ? await this.options.outbox.watermark(name) : undefined
     if (!id || mark === undefined) {
       for (const { position, update } of updates) applyStored(doc, update, position)
-      if (id) await this.options.outbox.enqueue({ document: name, events: [], through: last ?? 0 })
+      // A first watermark, so that a crash from now on is recovered from here. Not a condition of
+      // serving the document: while storage refuses writes (a full disk) readers are served, and the
+      // next change's events set it.
+      if (id)
+        await this.options.outbox
+          .enqueue({ document: name, events: [], through: last ?? 0 })
+          .catch((error: unknown) =>
+            this.log.warn({ err: error, document: name }, "could not record the document's first hook watermark"),
+          )
       return
     }
     const events: HookEvent[] = []
