@@ -5,6 +5,8 @@ import {
   type ConversationId,
   createConversation,
   ErrorCode,
+  inboxDocumentName,
+  listInbox,
   listMessages,
   newConversationId,
   sendMessage,
@@ -175,6 +177,11 @@ describe("a relay whose disk is full", () => {
     const before = await relayOn(d)
     const first = await conversation(before, "stored in the first")
     const second = await conversation(before, "stored in the second")
+    // Bob's inbox holds both (written by the relay's inbox upkeep, after the conversations).
+    await until(
+      () => before.core.read(inboxDocumentName(bob), (doc) => listInbox(doc).length),
+      (entries) => entries === 2,
+    )
     await before.close()
     relays.splice(0)
 
@@ -195,6 +202,16 @@ describe("a relay whose disk is full", () => {
     const b = await client(relay, second, bob)
     await b.synced()
     expect(bodies(b)).toEqual(["stored in the second"])
+    // And his inbox.
+    const inbox = await client(relay, inboxDocumentName(bob), bob)
+    await inbox.synced()
+    const previews = () => new Map(listInbox(inbox.doc).map((e) => [e.conversationId, e.lastMessage?.text]))
+    expect(previews()).toEqual(
+      new Map([
+        [first, "stored in the first"],
+        [second, "stored in the second"],
+      ]),
+    )
     expect(a.closeEvent).toBeUndefined()
     expect(b.closeEvent).toBeUndefined()
 
@@ -209,6 +226,8 @@ describe("a relay whose disk is full", () => {
     const reader = await client(relay, first, bob)
     await reader.until(() => bodies(reader).length === 2)
     expect(bodies(reader)).toEqual(["stored in the first", "written while full"])
+    await inbox.until(() => previews().get(first) === "written while full")
+    expect(inbox.closeEvent).toBeUndefined()
   })
 
   it("serves a conversation whose stored messages were never numbered, and numbers them once space is freed", async () => {
