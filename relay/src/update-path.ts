@@ -1418,7 +1418,11 @@ const leftoversWaiting = new WeakSet<DocumentHost>()
  */
 export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise<number[]> {
   const health = ctx.storageHealth
-  if (health && !health.available && !(host.name.kind === "conversation" && holdsPurgeableContent(host.doc))) {
+  if (
+    health &&
+    !health.available &&
+    !(host.name.kind === "conversation" && holdsPurgeableContent(host.doc))
+  ) {
     if (!leftoversWaiting.has(host)) {
       leftoversWaiting.add(host)
       health.whenAvailable().then(

@@ -312,7 +312,10 @@ export class HookRuntime {
         await this.options.outbox
           .enqueue({ document: name, events: [], through: last ?? 0 })
           .catch((error: unknown) =>
-            this.log.warn({ err: error, document: name }, "could not record the document's first hook watermark"),
+            this.log.warn(
+              { err: error, document: name },
+              "could not record the document's first hook watermark",
+            ),
           )
       return
     }

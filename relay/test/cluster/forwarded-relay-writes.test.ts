@@ -209,7 +209,9 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ).rejects.toMatchObject({ code: "UNAVAILABLE" })
       other.core.applyRemote = applyRemote
       // The owner stored it; the next write, made on this relay's replica that lacks it, is stored too.
-      await other.core.write(name, RELAY, (doc) => writeInboxEntry(doc, second, entry(second, user, "second")))
+      await other.core.write(name, RELAY, (doc) =>
+        writeInboxEntry(doc, second, entry(second, user, "second")),
+      )
       await eventually(onOwner.doc, () => titleIn(onOwner.doc, second) !== undefined)
       expect(await owner.core.read(name, (doc) => [titleIn(doc, first), titleIn(doc, second)])).toEqual([
         "first",
