@@ -36,12 +36,8 @@ export class SealedIdFilters {
   private count = 0
   /** By size and probes (nearly always one: full segments). */
   private readonly slices = new Map<string, Slices>()
-  /**
-   * Answers given since the filters last changed: the update path asks about
-   * every id of a change twice (settling, then the rules), all of the first
-   * pass before any of the second. Bounded; cleared when a filter is added.
-   */
-  private readonly answers = new Map<MessageId, readonly number[]>()
+  /** Names these filters in {@link answers} (a number: an answer must not keep the filters alive). */
+  private readonly serial = nextSerial++
 
   /** Segments `0 ..= covered - 1` have their filter here. */
   get covered(): number {
@@ -74,13 +70,13 @@ export class SealedIdFilters {
     if (slot === undefined) slot = addSlot(slices, group)
     filter.sliceInto(slices.words, slot, slices.stride, 1 << (index & 31))
     this.count++
-    this.answers.clear()
   }
 
   /** Segments whose filter says they may hold `id`, ascending. */
   candidates(id: MessageId): readonly number[] {
-    const known = this.answers.get(id)
-    if (known !== undefined) return known
+    const known = answers.get(id)
+    if (known !== undefined && known.serial === this.serial && known.count === this.count)
+      return known.candidates
     const [h1, h2] = idHashes(id)
     let found: number[] | undefined
     for (const { size, probes, groups, stride, words, maybe } of this.slices.values()) {
@@ -108,8 +104,8 @@ export class SealedIdFilters {
           found.push(groups[slot]! * 32 + 31 - Math.clz32(left & -left))
     }
     const candidates = found ? found.sort((a, b) => a - b) : NONE
-    if (this.answers.size >= MAX_ANSWERS) this.answers.clear()
-    this.answers.set(id, candidates)
+    if (answers.size >= MAX_ANSWERS) answers.clear()
+    answers.set(id, { serial: this.serial, count: this.count, candidates })
     return candidates
   }
 }
@@ -137,8 +133,22 @@ function addSlot(slices: Slices, group: number): number {
 
 const NONE: readonly number[] = []
 
-/** Answers {@link SealedIdFilters} keeps: the ids of two changes at the caps. */
-const MAX_ANSWERS = 2_048
+let nextSerial = 0
+
+/**
+ * Answers the filters gave lately, of every loaded conversation (bounded per
+ * relay, not per conversation): the update path asks about every id of a
+ * change twice (settling which segments to read, then the rules), all of the
+ * first pass before any of the second. An answer holds for the filters that
+ * gave it while they hold the same segments (`count`).
+ */
+const answers = new Map<
+  MessageId,
+  { readonly serial: number; readonly count: number; readonly candidates: readonly number[] }
+>()
+
+/** Answers kept at most: the ids of a few changes at the caps. */
+const MAX_ANSWERS = 4_096
 
 const registry = new WeakMap<Y.Doc, SealedIdFilters>()
 
