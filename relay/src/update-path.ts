@@ -462,14 +462,13 @@ function duePurges(ctx: PathContext): Map<string, { readonly ids: Set<MessageId>
  * the same for one message as for many, and a user may send a hundred
  * deletions a second, each a frame of a hundred bytes.
  */
-function schedulePurge(ctx: PathContext, host: DocumentHost, ids: readonly MessageId[]): void {
-  const all = duePurges(ctx)
-  let due = all.get(host.key)
-  if (!due) {
-    due = { ids: new Set() }
-    all.set(host.key, due)
-  }
-  for (const id of ids) due.ids.add(id)
+function schedulePurge(
+  ctx: PathContext,
+  host: DocumentHost,
+  ids: readonly MessageId[],
+  delayMs = ctx.limits.purgeDelayMs,
+): void {
+  const due = addDuePurge(ctx, host.key, ids)
   if (due.timer) return
   const timed = due
   timed.timer = setTimeout(() => {
@@ -483,9 +482,61 @@ function schedulePurge(ctx: PathContext, host: DocumentHost, ids: readonly Messa
       .catch((error: unknown) =>
         ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages"),
       )
-  }, ctx.limits.purgeDelayMs)
+  }, delayMs)
   // The relay's own lifetime is its server's: a pending purge runs at the latest when the document unloads.
   timed.timer.unref()
+}
+
+/** `ids` among the deleted messages of document `key` waiting for their purge; returns what waits. */
+function addDuePurge(
+  ctx: PathContext,
+  key: string,
+  ids: readonly MessageId[],
+): { readonly ids: Set<MessageId>; timer?: NodeJS.Timeout } {
+  const all = duePurges(ctx)
+  let due = all.get(key)
+  if (!due) {
+    due = { ids: new Set() }
+    all.set(key, due)
+  }
+  for (const id of ids) due.ids.add(id)
+  return due
+}
+
+/** Message purges that failed in a row, per relay and document name (see {@link purgeAgainLater}). */
+const purgeFailures = new WeakMap<PathContext, Map<string, number>>()
+
+/** Longest wait before a failed message purge is tried again. */
+const MAX_PURGE_RETRY_MS = 60_000
+
+/**
+ * After a message purge of which a part failed (storage failing, a write
+ * refused): its ids wait with the document's due purges again — by name, so
+ * that the document's unload, its next host and the relay's stop purge them
+ * too — and are tried again once storage answers, after a wait that doubles
+ * with each failure in a row (at most {@link MAX_PURGE_RETRY_MS}). Deleted
+ * text must not stay stored (the log, a segment, its hook events) because
+ * one attempt failed; before, the ids were dropped.
+ */
+function purgeAgainLater(ctx: PathContext, host: DocumentHost, ids: readonly MessageId[]): void {
+  let failures = purgeFailures.get(ctx)
+  if (!failures) {
+    failures = new Map()
+    purgeFailures.set(ctx, failures)
+  }
+  const inRow = (failures.get(host.key) ?? 0) + 1
+  failures.set(host.key, inRow)
+  addDuePurge(ctx, host.key, ids)
+  const delayMs = Math.min(ctx.limits.purgeDelayMs * 2 ** inRow, MAX_PURGE_RETRY_MS)
+  const retry = () => {
+    if (!host.destroyed) schedulePurge(ctx, host, [], delayMs)
+  }
+  const health = ctx.storageHealth
+  if (health && !health.available)
+    health.whenAvailable().then(retry, () => {
+      // The relay stops: its stop purges what is due.
+    })
+  else retry()
 }
 
 /** Schedules the purge a dropped host of the same document left pending, for the document's new `host`. */
@@ -554,11 +605,14 @@ async function purgeMessages(
   conversation: string,
   ids: readonly MessageId[],
 ): Promise<void> {
+  let failed = false
   try {
     if (ctx.history) await purgeSealed(ctx, ctx.history, host, ids)
-    await compact(ctx, host)
+    // The log still holding the deleted text is a failed purge too.
+    if (!(await compact(ctx, host))) failed = true
   } catch (error) {
-    ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages")
+    failed = true
+    ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages: tried again later")
   }
   // Apart: the stored events are redacted even when re-sealing failed (a fenced write, say).
   try {
@@ -568,8 +622,14 @@ async function purgeMessages(
       await ctx.purge.scrub()
     }
   } catch (error) {
-    ctx.log.error({ err: error, doc: host.key }, "could not redact the deleted messages' stored events")
+    failed = true
+    ctx.log.error(
+      { err: error, doc: host.key },
+      "could not redact the deleted messages' stored events: tried again later",
+    )
   }
+  if (failed) purgeAgainLater(ctx, host, ids)
+  else purgeFailures.get(ctx)?.delete(host.key)
 }
 
 /**
@@ -758,18 +818,24 @@ async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void
   }
 }
 
-/** Folds the document's log into a snapshot. Call inside the document's queue. */
-export async function compact(ctx: PathContext, host: DocumentHost): Promise<void> {
-  if (host.logSinceSnapshot.entries === 0) return
+/**
+ * Folds the document's log into a snapshot. Call inside the document's queue.
+ * Resolves false when the log is still there (the compaction failed, or a
+ * change's events are not recorded yet).
+ */
+export async function compact(ctx: PathContext, host: DocumentHost): Promise<boolean> {
+  if (host.logSinceSnapshot.entries === 0) return true
   try {
     // The snapshot holds everything applied, so compact only once nothing newer waits for its events.
-    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
+    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return false
     await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(host.doc), host.lastPosition)
     host.compacted()
     ctx.metrics.compactions.inc()
+    return true
   } catch (error) {
     // The log still holds everything; compaction is retried after the next change.
     ctx.log.error({ err: error, doc: host.key }, "compaction failed")
+    return false
   }
 }
 

@@ -167,6 +167,42 @@ describe("deletion deletes (SQLite)", () => {
     expect(files).toContain("Keep-Pangolin-Text")
   })
 
+  it("a deleted message's purge that failed (storage failing for a moment) is done once storage answers again", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const backend = new SqliteBackend(dir)
+    // The purge's writes fail for a while: the log's compaction and the hook events' redaction.
+    let failing = false
+    const failure = () => Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR" })
+    const documents = backend.documents
+    const compactLog = documents.compact.bind(documents)
+    documents.compact = (name, snapshot, through) =>
+      failing ? Promise.reject(failure()) : compactLog(name, snapshot, through)
+    const purge = backend.purge!
+    const redact = purge.redactEvents.bind(purge)
+    purge.redactEvents = (...args) => (failing ? Promise.reject(failure()) : redact(...args))
+    const relay = await relayOn(backend)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Okapi-Text" })
+    const gone = sendMessage(a.doc, alice, { body: "Gone-Quokka-Text" })
+    await a.allSaved()
+    failing = true
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    // The purge ran and failed (its delay is 100 ms): the text is still stored.
+    await new Promise((resolve) => setTimeout(resolve, 400))
+    expect(rowsHolding(dir, "Gone-Quokka-Text")).not.toEqual([])
+    failing = false
+    // Tried again without anyone writing: the text leaves every table.
+    await until(() => rowsHolding(dir, "Gone-Quokka-Text").length === 0)
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Gone-Quokka-Text")
+    expect(rawFiles(dir)).toContain("Keep-Okapi-Text")
+  })
+
   it("deleting several messages in one change leaves the text of none of them in any file or table, inboxes included", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
