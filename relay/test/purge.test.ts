@@ -86,6 +86,17 @@ async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<Te
   return client
 }
 
+/** A conversation of alice and bob holding alice's messages `kept` and `gone`, stored; alice's client. */
+async function keptAndGone(relay: RunningRelay, kept: string, gone: string) {
+  const id = newConversationId()
+  const a = await joinAs(relay, alice, id)
+  createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+  sendMessage(a.doc, alice, { body: kept })
+  const message = sendMessage(a.doc, alice, { body: gone })
+  await a.allSaved()
+  return { a, gone: message }
+}
+
 describe("deletion deletes (SQLite)", () => {
   it("a deleted conversation refuses writes, and its text is in no file, table, segment or hook event afterwards", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
@@ -149,12 +160,7 @@ describe("deletion deletes (SQLite)", () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
     const relay = await relayOn(new SqliteBackend(dir))
-    const id = newConversationId()
-    const a = await joinAs(relay, alice, id)
-    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-    sendMessage(a.doc, alice, { body: "Keep-Pangolin-Text" })
-    const gone = sendMessage(a.doc, alice, { body: "Gone-Axolotl-Text" })
-    await a.allSaved()
+    const { a, gone } = await keptAndGone(relay, "Keep-Pangolin-Text", "Gone-Axolotl-Text")
     expect(rawFiles(dir)).toContain("Gone-Axolotl-Text")
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
@@ -182,12 +188,7 @@ describe("deletion deletes (SQLite)", () => {
     const redact = purge.redactEvents.bind(purge)
     purge.redactEvents = (...args) => (failing ? Promise.reject(failure()) : redact(...args))
     const relay = await relayOn(backend)
-    const id = newConversationId()
-    const a = await joinAs(relay, alice, id)
-    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-    sendMessage(a.doc, alice, { body: "Keep-Okapi-Text" })
-    const gone = sendMessage(a.doc, alice, { body: "Gone-Quokka-Text" })
-    await a.allSaved()
+    const { a, gone } = await keptAndGone(relay, "Keep-Okapi-Text", "Gone-Quokka-Text")
     failing = true
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
