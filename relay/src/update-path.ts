@@ -519,6 +519,16 @@ const MAX_PURGE_RETRY_MS = 60_000
  * one attempt failed; before, the ids were dropped.
  */
 function purgeAgainLater(ctx: PathContext, host: DocumentHost, ids: readonly MessageId[]): void {
+  addDuePurge(ctx, host.key, ids)
+  retryLater(ctx, host, (delayMs) => schedulePurge(ctx, host, [], delayMs))
+}
+
+/**
+ * Runs `retry` for a purge of `host` that failed, with the wait before it
+ * (doubling with each failure in a row, at most {@link MAX_PURGE_RETRY_MS}),
+ * once storage answers; not once the host is dropped or the relay stops.
+ */
+function retryLater(ctx: PathContext, host: DocumentHost, retry: (delayMs: number) => void): void {
   let failures = purgeFailures.get(ctx)
   if (!failures) {
     failures = new Map()
@@ -526,17 +536,16 @@ function purgeAgainLater(ctx: PathContext, host: DocumentHost, ids: readonly Mes
   }
   const inRow = (failures.get(host.key) ?? 0) + 1
   failures.set(host.key, inRow)
-  addDuePurge(ctx, host.key, ids)
   const delayMs = Math.min(ctx.limits.purgeDelayMs * 2 ** inRow, MAX_PURGE_RETRY_MS)
-  const retry = () => {
-    if (!host.destroyed) schedulePurge(ctx, host, [], delayMs)
+  const run = () => {
+    if (!host.destroyed) retry(delayMs)
   }
   const health = ctx.storageHealth
   if (health && !health.available)
-    health.whenAvailable().then(retry, () => {
-      // The relay stops: its stop purges what is due.
+    health.whenAvailable().then(run, () => {
+      // The relay stops.
     })
-  else retry()
+  else run()
 }
 
 /** Schedules the purge a dropped host of the same document left pending, for the document's new `host`. */
@@ -580,6 +589,8 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     if (positions.length > 0)
       ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
     await compact(ctx, host)
+    // The log still holding the text is a failed purge too.
+    if (!(await compact(ctx, host))) throw new Error("the log could not be folded into a snapshot")
     if (ctx.purge) {
       // After the hooks recorded the deletion's own events (they carry the title): compaction waited for them.
       await ctx.extensions.compactionLimit(host.key)
@@ -587,9 +598,22 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
     }
     await ctx.purge?.scrub()
+    purgeFailures.get(ctx)?.delete(host.key)
     ctx.log.info({ doc: host.key }, "purged a deleted conversation")
   } catch (error) {
-    ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation")
+    ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation: tried again later")
+    // Once the live document is purged, a later load no longer sees content to purge: the log, the
+    // segments and the stored events are purged by this host, again once storage answers.
+    retryLater(ctx, host, (delayMs) => {
+      setTimeout(() => {
+        if (host.destroyed) return
+        host
+          .enqueue(() => purgeConversation(ctx, host, conversation))
+          .catch((failure: unknown) =>
+            ctx.log.error({ err: failure, doc: host.key }, "could not purge a deleted conversation"),
+          )
+      }, delayMs).unref()
+    })
   }
 }
 

@@ -86,6 +86,21 @@ async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<Te
   return client
 }
 
+/** A SQLite backend in `dir` whose purge writes (the log's compaction, the hook events' redaction) fail while told to. */
+function purgeFailingBackend(dir: string): { backend: SqliteBackend; fail: (on: boolean) => void } {
+  const backend = new SqliteBackend(dir)
+  let failing = false
+  const failure = () => Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR" })
+  const documents = backend.documents
+  const compactLog = documents.compact.bind(documents)
+  documents.compact = (name, snapshot, through) =>
+    failing ? Promise.reject(failure()) : compactLog(name, snapshot, through)
+  const purge = backend.purge!
+  const redact = purge.redactEvents.bind(purge)
+  purge.redactEvents = (...args) => (failing ? Promise.reject(failure()) : redact(...args))
+  return { backend, fail: (on) => (failing = on) }
+}
+
 /** A conversation of alice and bob holding alice's messages `kept` and `gone`, stored; alice's client. */
 async function keptAndGone(relay: RunningRelay, kept: string, gone: string) {
   const id = newConversationId()
@@ -176,32 +191,43 @@ describe("deletion deletes (SQLite)", () => {
   it("a deleted message's purge that failed (storage failing for a moment) is done once storage answers again", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
-    const backend = new SqliteBackend(dir)
-    // The purge's writes fail for a while: the log's compaction and the hook events' redaction.
-    let failing = false
-    const failure = () => Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR" })
-    const documents = backend.documents
-    const compactLog = documents.compact.bind(documents)
-    documents.compact = (name, snapshot, through) =>
-      failing ? Promise.reject(failure()) : compactLog(name, snapshot, through)
-    const purge = backend.purge!
-    const redact = purge.redactEvents.bind(purge)
-    purge.redactEvents = (...args) => (failing ? Promise.reject(failure()) : redact(...args))
+    const { backend, fail } = purgeFailingBackend(dir)
     const relay = await relayOn(backend)
     const { a, gone } = await keptAndGone(relay, "Keep-Okapi-Text", "Gone-Quokka-Text")
-    failing = true
+    fail(true)
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
     // The purge ran and failed (its delay is 100 ms): the text is still stored.
     await new Promise((resolve) => setTimeout(resolve, 400))
     expect(rowsHolding(dir, "Gone-Quokka-Text")).not.toEqual([])
-    failing = false
+    fail(false)
     // Tried again without anyone writing: the text leaves every table.
     await until(() => rowsHolding(dir, "Gone-Quokka-Text").length === 0)
     await relay.close()
     relays.length = 0
     expect(rawFiles(dir)).not.toContain("Gone-Quokka-Text")
     expect(rawFiles(dir)).toContain("Keep-Okapi-Text")
+  })
+
+  it("a deleted conversation's purge that failed after the live document was purged is done once storage answers again", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const { backend, fail } = purgeFailingBackend(dir)
+    const relay = await relayOn(backend)
+    const { a } = await keptAndGone(relay, "Gone-Tapir-Text", "Gone-Numbat-Text")
+    fail(true)
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    // The live document is purged (stored, broadcast); the log and the hook events still hold the text.
+    await a.until(() => typesOf(a.doc).messages.length === 0)
+    await new Promise((resolve) => setTimeout(resolve, 400))
+    expect(rowsHolding(dir, "Gone-Numbat-Text")).not.toEqual([])
+    fail(false)
+    await until(() => rowsHolding(dir, "Gone-Numbat-Text").length === 0)
+    await relay.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Gone-Numbat-Text")
+    expect(rawFiles(dir)).not.toContain("Gone-Tapir-Text")
   })
 
   it("deleting several messages in one change leaves the text of none of them in any file or table, inboxes included", async () => {
