@@ -503,10 +503,10 @@ function addDuePurge(
   return due
 }
 
-/** Message purges that failed in a row, per relay and document name (see {@link purgeAgainLater}). */
+/** Purges (of messages or a conversation) that failed in a row, per relay and document name (see {@link retryLater}). */
 const purgeFailures = new WeakMap<PathContext, Map<string, number>>()
 
-/** Longest wait before a failed message purge is tried again. */
+/** Longest wait before a failed purge is tried again. */
 const MAX_PURGE_RETRY_MS = 60_000
 
 /**
@@ -588,9 +588,7 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     // inboxes follow it through the `inbox-purge` target. The positions move the hooks' watermark past it.
     if (positions.length > 0)
       ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
-    await compact(ctx, host)
-    // The log still holding the text is a failed purge too.
-    if (!(await compact(ctx, host))) throw new Error("the log could not be folded into a snapshot")
+    const folded = await compact(ctx, host)
     if (ctx.purge) {
       // After the hooks recorded the deletion's own events (they carry the title): compaction waited for them.
       await ctx.extensions.compactionLimit(host.key)
@@ -598,6 +596,8 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
     }
     await ctx.purge?.scrub()
+    // The log still holding the text is a failed purge too (the rest above is done all the same).
+    if (!folded) throw new Error("the log could not be folded into a snapshot")
     purgeFailures.get(ctx)?.delete(host.key)
     ctx.log.info({ doc: host.key }, "purged a deleted conversation")
   } catch (error) {
