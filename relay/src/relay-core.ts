@@ -40,6 +40,7 @@ import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
 import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
+import { deletedInSnapshot, purgesOwed } from "./purge/owed-purges.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { storedHolds } from "./storage/holding.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
@@ -49,6 +50,7 @@ import {
   type AccessChange,
   adoptDuePurge,
   compact,
+  notePurgesOwed,
   type PathContext,
   type PathLimits,
   purgeDue,
@@ -501,7 +503,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const doc = new Y.Doc()
     try {
       if (stored.snapshot) applyStored(doc, stored.snapshot, 0)
+      // Purges the dead owner did not finish, as a load after a crash finds them.
+      const snapshot = parseName(name).kind === "conversation" ? deletedInSnapshot(doc) : undefined
       await this.extensions.loadStoredLog({ name, doc, updates: stored.updates })
+      if (snapshot) notePurgesOwed(this.ctx, name, purgesOwed(doc, snapshot))
     } finally {
       doc.destroy()
     }
@@ -739,10 +744,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       if (damage !== undefined) throw new ParleyError(ErrorCode.DAMAGED, damage)
       if (stored.snapshot) applyStored(host.doc, stored.snapshot, 0)
       const updates = stored.updates
-      // With several relays, only the one ordering the document recovers its events (see tookOver).
+      // With several relays, only the one ordering the document recovers its events (see tookOver)
+      // and its unfinished purges.
       const recovers = !this.options.router || this.options.router.owns(name)
+      const snapshot = recovers && host.name.kind === "conversation" ? deletedInSnapshot(host.doc) : undefined
       if (!(recovers && (await this.extensions.loadStoredLog({ name, doc: host.doc, updates }))))
         for (const { position, update } of updates) applyStored(host.doc, update, position)
+      if (snapshot) notePurgesOwed(this.ctx, name, purgesOwed(host.doc, snapshot))
     } catch (error) {
       host.destroy()
       if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED)

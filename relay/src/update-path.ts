@@ -36,6 +36,7 @@ import { sealedIdsNamed } from "./policy/check-update.js"
 import { membershipPolicy } from "./policy.js"
 import { type Principal, RELAY } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
+import type { OwedPurges } from "./purge/owed-purges.js"
 import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-conversation.js"
 import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
@@ -418,7 +419,7 @@ function notifySaved(
 
 /** The document's upkeep after a stored change with `events`: purges, sealing, a fresh epoch, compaction. */
 async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly ChangeEvent[]): Promise<void> {
-  if (host.name.kind === "conversation" && holdsPurgeableContent(host.doc)) {
+  if (host.name.kind === "conversation" && owesConversationPurge(ctx, host)) {
     await purgeConversation(ctx, host, host.name.id)
     return
   }
@@ -506,6 +507,57 @@ function addDuePurge(
 /** Purges (of messages or a conversation) that failed in a row, per relay and document name (see {@link retryLater}). */
 const purgeFailures = new WeakMap<PathContext, Map<string, number>>()
 
+/**
+ * Deleted conversations whose purge did not finish, per relay and document
+ * name: it failed (tried again while the document stays loaded), or a load
+ * found it owed (see `purgesOwed`). Their next host purges them.
+ */
+const conversationPurgesOwed = new WeakMap<PathContext, Set<string>>()
+
+function conversationsOwed(ctx: PathContext): Set<string> {
+  let owed = conversationPurgesOwed.get(ctx)
+  if (!owed) {
+    owed = new Set()
+    conversationPurgesOwed.set(ctx, owed)
+  }
+  return owed
+}
+
+/** True when `host` is a deleted conversation whose content or purge is still to be purged. */
+function owesConversationPurge(ctx: PathContext, host: DocumentHost): boolean {
+  return (
+    host.name.kind === "conversation" &&
+    (holdsPurgeableContent(host.doc) || (conversationPurgesOwed.get(ctx)?.has(host.key) ?? false))
+  )
+}
+
+/**
+ * True while a purge of document `key` is owed (deleted messages waiting for
+ * theirs, or the conversation's). Its log is then not folded into a snapshot
+ * but by the purge itself, last: a load tells an unfinished purge by a
+ * deletion its log holds and its snapshot does not (see `purgesOwed`).
+ */
+function owesPurge(ctx: PathContext, key: string): boolean {
+  return (
+    (purgesDue.get(ctx)?.get(key)?.ids.size ?? 0) > 0 || (conversationPurgesOwed.get(ctx)?.has(key) ?? false)
+  )
+}
+
+/**
+ * Records the purges a load found owed (see `purgesOwed`): the deleted
+ * messages' purge is scheduled as if just deleted, the conversation's is run
+ * by {@link sequenceLeftovers}. Only for the relay that orders the document.
+ */
+export function notePurgesOwed(ctx: PathContext, key: string, owed: OwedPurges): void {
+  if (owed.messages.length > 0) addDuePurge(ctx, key, owed.messages)
+  if (owed.conversation) conversationsOwed(ctx).add(key)
+  if (owed.messages.length > 0 || owed.conversation)
+    ctx.log.warn(
+      { doc: key, messages: owed.messages.length, conversation: owed.conversation },
+      "found deletions whose purge did not finish (the relay stopped or storage failed first): purging them",
+    )
+}
+
 /** Longest wait before a failed purge is tried again. */
 const MAX_PURGE_RETRY_MS = 60_000
 
@@ -572,12 +624,15 @@ export async function purgeDue(ctx: PathContext, host: DocumentHost): Promise<vo
  * Purges a deleted conversation (relay README, "Deletion and erasure"), once
  * its deletion is stored: a relay write removes its content from the live
  * document (stored, then broadcast: every replica deletes it too), the
- * backend drops its segments and redacts its stored hook events, and the log
- * is folded into a snapshot of the garbage-collected document, so that no
- * log entry or snapshot holds the text. Call inside the document's queue.
- * A failure is logged; the next change or load of the document purges again.
+ * backend drops its segments and redacts its stored hook events, and last the
+ * log is folded into a snapshot of the garbage-collected document, so that no
+ * log entry or snapshot holds the text. Folding last is what tells a later
+ * load whether the purge finished (see `purgesOwed`). Call inside the
+ * document's queue. A failure is logged and the purge tried again.
  */
 async function purgeConversation(ctx: PathContext, host: DocumentHost, conversation: string): Promise<void> {
+  // Owed until it finishes: no other compaction folds the log meanwhile (see owesPurge).
+  conversationsOwed(ctx).add(host.key)
   try {
     const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
       const update = captureUpdate(host.doc, () => purgeConversationContent(host.doc, RELAY_ORIGIN))
@@ -588,22 +643,21 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     // inboxes follow it through the `inbox-purge` target. The positions move the hooks' watermark past it.
     if (positions.length > 0)
       ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
-    const folded = await compact(ctx, host)
     if (ctx.purge) {
-      // After the hooks recorded the deletion's own events (they carry the title): compaction waited for them.
+      // After the hooks recorded the deletion's own events (they carry the title).
       await ctx.extensions.compactionLimit(host.key)
       await ctx.purge.dropSegments(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
     }
+    if (!(await foldLog(ctx, host))) throw new Error("the log could not be folded into a snapshot")
     await ctx.purge?.scrub()
-    // The log still holding the text is a failed purge too (the rest above is done all the same).
-    if (!folded) throw new Error("the log could not be folded into a snapshot")
+    conversationPurgesOwed.get(ctx)?.delete(host.key)
     purgeFailures.get(ctx)?.delete(host.key)
     ctx.log.info({ doc: host.key }, "purged a deleted conversation")
   } catch (error) {
     ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation: tried again later")
-    // Once the live document is purged, a later load no longer sees content to purge: the log, the
-    // segments and the stored events are purged by this host, again once storage answers.
+    // Once the live document is purged, only the owed mark says the log, the segments and the stored
+    // events are still to be purged: by this host, again once storage answers, or by the next one.
     retryLater(ctx, host, (delayMs) => {
       setTimeout(() => {
         if (host.destroyed) return
@@ -619,9 +673,11 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
 
 /**
  * Purges deleted messages' text from storage once their deletion is stored:
- * the log is folded into a snapshot of the garbage-collected live document
- * (which no longer holds the text), and their stored hook events are
- * redacted. Call inside the document's queue.
+ * their sealed segments are re-sealed without it, their stored hook events
+ * redacted, and last the log is folded into a snapshot of the
+ * garbage-collected live document (which no longer holds the text) — only
+ * when the rest succeeded, which is what tells a later load whether the purge
+ * finished (see `purgesOwed`). Call inside the document's queue.
  */
 async function purgeMessages(
   ctx: PathContext,
@@ -632,8 +688,6 @@ async function purgeMessages(
   let failed = false
   try {
     if (ctx.history) await purgeSealed(ctx, ctx.history, host, ids)
-    // The log still holding the deleted text is a failed purge too.
-    if (!(await compact(ctx, host))) failed = true
   } catch (error) {
     failed = true
     ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages: tried again later")
@@ -643,7 +697,6 @@ async function purgeMessages(
     if (ctx.purge) {
       await ctx.extensions.compactionLimit(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "messages", ids: new Set(ids) })
-      await ctx.purge.scrub()
     }
   } catch (error) {
     failed = true
@@ -651,6 +704,14 @@ async function purgeMessages(
       { err: error, doc: host.key },
       "could not redact the deleted messages' stored events: tried again later",
     )
+  }
+  try {
+    // The log still holding the deleted text is a failed purge too.
+    if (!failed && !(await foldLog(ctx, host))) failed = true
+    if (!failed) await ctx.purge?.scrub()
+  } catch (error) {
+    failed = true
+    ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages: tried again later")
   }
   if (failed) purgeAgainLater(ctx, host, ids)
   else purgeFailures.get(ctx)?.delete(host.key)
@@ -829,6 +890,8 @@ async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void
   if (!ctx.restart || host.destroyed || host.hasUnsaved || sealedThrough(host.doc) === 0) return
   // The deletions waiting for their purge are purged by this host, which knows their segments.
   await purgeDue(ctx, host)
+  // A fresh epoch folds the log: not before an owed purge is done (see owesPurge).
+  if (owesPurge(ctx, host.key)) return
   try {
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
     const fresh = startEpoch(host.doc)
@@ -844,10 +907,18 @@ async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void
 
 /**
  * Folds the document's log into a snapshot. Call inside the document's queue.
- * Resolves false when the log is still there (the compaction failed, or a
- * change's events are not recorded yet).
+ * Resolves false when the log is still there (the compaction failed, a
+ * change's events are not recorded yet, or a purge of the document is owed:
+ * the purge folds it, last).
  */
 export async function compact(ctx: PathContext, host: DocumentHost): Promise<boolean> {
+  if (host.logSinceSnapshot.entries === 0) return true
+  if (owesPurge(ctx, host.key)) return false
+  return foldLog(ctx, host)
+}
+
+/** {@link compact}, also while a purge is owed: the purges' own last step. */
+async function foldLog(ctx: PathContext, host: DocumentHost): Promise<boolean> {
   if (host.logSinceSnapshot.entries === 0) return true
   try {
     // The snapshot holds everything applied, so compact only once nothing newer waits for its events.
@@ -1504,7 +1575,8 @@ const leftoversWaiting = new WeakSet<DocumentHost>()
  * as stored (unnumbered) and are numbered once it is back: numbering them now
  * would hold the document unsaved, and every reader's sync with it, until
  * then. Content a purge left behind is never served meanwhile: its purge is
- * run (and fails) here.
+ * run (and fails) here. A conversation purge a load found owed runs here too
+ * (once storage answers).
  */
 export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise<number[]> {
   const health = ctx.storageHealth
@@ -1537,7 +1609,7 @@ export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise
       ctx.log.info({ doc: host.key, positions }, "sequenced messages left unsequenced")
       broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
       await finish(ctx, host, RELAY, positions, events)
-    } else if (host.name.kind === "conversation" && holdsPurgeableContent(host.doc)) {
+    } else if (host.name.kind === "conversation" && owesConversationPurge(ctx, host)) {
       // A purge that a crash or a failure interrupted: done now, before anyone reads the content.
       await purgeConversation(ctx, host, host.name.id)
     }

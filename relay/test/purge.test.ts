@@ -33,7 +33,7 @@ import { type RunningRelay, startRelay } from "../src/relay.js"
 import type { CoreLimits } from "../src/relay-core.js"
 import { TestClient } from "./helpers/clients.js"
 import { rawFiles } from "./helpers/raw-files.js"
-import { signToken } from "./helpers/relay-process.js"
+import { signToken, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 const SECRET = "purge-test-secret"
 const alice = "alice" as UserId
@@ -86,15 +86,21 @@ async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<Te
   return client
 }
 
-/** A SQLite backend in `dir` whose purge writes (the log's compaction, the hook events' redaction) fail while told to. */
-function purgeFailingBackend(dir: string): { backend: SqliteBackend; fail: (on: boolean) => void } {
+/**
+ * A SQLite backend in `dir` whose purge writes (the log's compaction, the hook events' redaction) fail
+ * while told to; with `redactionOnly`, only the redaction.
+ */
+function purgeFailingBackend(
+  dir: string,
+  redactionOnly = false,
+): { backend: SqliteBackend; fail: (on: boolean) => void } {
   const backend = new SqliteBackend(dir)
   let failing = false
   const failure = () => Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR" })
   const documents = backend.documents
   const compactLog = documents.compact.bind(documents)
   documents.compact = (name, snapshot, through) =>
-    failing ? Promise.reject(failure()) : compactLog(name, snapshot, through)
+    failing && !redactionOnly ? Promise.reject(failure()) : compactLog(name, snapshot, through)
   const purge = backend.purge!
   const redact = purge.redactEvents.bind(purge)
   purge.redactEvents = (...args) => (failing ? Promise.reject(failure()) : redact(...args))
@@ -230,6 +236,61 @@ describe("deletion deletes (SQLite)", () => {
     expect(rawFiles(dir)).not.toContain("Gone-Tapir-Text")
   })
 
+  it("a deleted message's purge that could not finish before the relay stopped is done by the next relay that loads the conversation", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    // Only the hook events' redaction fails: the log could be folded, and must not be before the
+    // purge is done (a snapshot would hide from the next load that it is owed).
+    const { backend, fail } = purgeFailingBackend(dir, true)
+    const relay = await relayOn(backend)
+    const { a, gone } = await keptAndGone(relay, "Keep-Gecko-Text", "Gone-Dugong-Text")
+    const id = getConversation(a.doc)!.id
+    fail(true)
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    a.close()
+    await relay.close()
+    relays.length = 0
+    expect(rowsHolding(dir, "Gone-Dugong-Text")).not.toEqual([])
+
+    const next = await relayOn(new SqliteBackend(dir))
+    const b = await joinAs(next, bob, id)
+    const bodies = listMessages(b.doc, { last: 10 }).map((m) => m.body)
+    expect(bodies).toContain("Keep-Gecko-Text")
+    expect(bodies).not.toContain("Gone-Dugong-Text")
+    await until(() => rowsHolding(dir, "Gone-Dugong-Text").length === 0)
+    await next.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Gone-Dugong-Text")
+    expect(rawFiles(dir)).toContain("Keep-Gecko-Text")
+  })
+
+  it("a deleted conversation's purge that could not finish before the relay stopped is done by the next relay that loads it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const { backend, fail } = purgeFailingBackend(dir)
+    const relay = await relayOn(backend)
+    const { a } = await keptAndGone(relay, "Gone-Serval-Text", "Gone-Kiwi-Text")
+    const id = getConversation(a.doc)!.id
+    fail(true)
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    // The live document is purged (stored, broadcast): from then on only the log shows the purge is owed.
+    await a.until(() => typesOf(a.doc).messages.length === 0)
+    a.close()
+    await relay.close()
+    relays.length = 0
+    expect(rowsHolding(dir, "Gone-Kiwi-Text")).not.toEqual([])
+
+    const next = await relayOn(new SqliteBackend(dir))
+    await joinAs(next, bob, id)
+    await until(() => rowsHolding(dir, "Gone-Kiwi-Text").length === 0)
+    await next.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Gone-Kiwi-Text")
+    expect(rawFiles(dir)).not.toContain("Gone-Serval-Text")
+  })
+
   it("deleting several messages in one change leaves the text of none of them in any file or table, inboxes included", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
@@ -259,6 +320,35 @@ describe("deletion deletes (SQLite)", () => {
     const files = rawFiles(dir)
     expect(files).not.toContain("Gone-Okapi-")
     expect(files).toContain("Keep-Narwhal-Text")
+  })
+})
+
+describe("a relay killed before a deletion's purge", () => {
+  afterEach(stopRelayProcesses)
+
+  it("leaves the purge to its next start: the text is gone from every table once the conversation is loaded again", async () => {
+    // The purge waits a minute: the kill lands between the deletion (stored, acknowledged) and its purge.
+    const first = await startRelayProcess({ args: ["--purge-delay-ms", "60000"] })
+    const id = newConversationId()
+    const a = new TestClient(first.url, id, await first.token(alice))
+    clients.push(a)
+    await a.synced()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { body: "Keep-Caracal-Text" })
+    const gone = sendMessage(a.doc, alice, { body: "Gone-Ocelot-Text" })
+    await a.allSaved()
+    deleteMessage(a.doc, alice, gone.id)
+    await a.allSaved()
+    await first.kill()
+    a.close()
+    expect(rowsHolding(first.dataDir, "Gone-Ocelot-Text")).not.toEqual([])
+
+    const next = await startRelayProcess({ dataDir: first.dataDir, secret: first.secret })
+    const b = new TestClient(next.url, id, await next.token(bob))
+    clients.push(b)
+    await b.synced()
+    await until(() => rowsHolding(first.dataDir, "Gone-Ocelot-Text").length === 0)
+    expect(rowsHolding(first.dataDir, "Keep-Caracal-Text")).not.toEqual([])
   })
 })
 

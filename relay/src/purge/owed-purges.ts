@@ -1,0 +1,52 @@
+import { type MessageId, MetaKey, messageIndex, typesOf } from "@parley/shared"
+import type * as Y from "yjs"
+
+/**
+ * What a conversation's snapshot says was deleted, taken after the snapshot
+ * is applied and before its log: see {@link purgesOwed}.
+ */
+export interface DeletedInSnapshot {
+  /** Deleted messages: live ones' placeholders and sealed ones' tombstones. */
+  readonly messages: ReadonlySet<string>
+  readonly conversationDeleted: boolean
+}
+
+/** What a stored log's purges still owe, as {@link purgesOwed} finds them. */
+export interface OwedPurges {
+  /** Deleted messages whose purge did not finish. */
+  readonly messages: readonly MessageId[]
+  /** True when the conversation's own deletion was not purged to the end. */
+  readonly conversation: boolean
+}
+
+/** Call on a conversation's document holding its snapshot alone (see {@link purgesOwed}). */
+export function deletedInSnapshot(doc: Y.Doc): DeletedInSnapshot {
+  return {
+    messages: new Set(deletedMessages(doc)),
+    conversationDeleted: typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number",
+  }
+}
+
+function* deletedMessages(doc: Y.Doc): Iterable<MessageId> {
+  yield* messageIndex(doc).deleted.keys()
+  for (const id of typesOf(doc).tombstones.keys()) yield id as MessageId
+}
+
+/**
+ * The purges a stored conversation still owes, from its snapshot and its log
+ * alone: every purge ends by folding the log into a snapshot, and nothing
+ * folds the log of a document while a purge of it is owed (`compact` in
+ * update-path.ts), so a deletion that the log holds and the snapshot does not
+ * is one whose purge did not finish — the relay was killed, or stopped or
+ * unloaded the document while storage failed. Nothing else needs to be
+ * stored for it: the load of the document after a crash finds it.
+ *
+ * Call on the same document after its log is applied.
+ */
+export function purgesOwed(doc: Y.Doc, snapshot: DeletedInSnapshot): OwedPurges {
+  const messages: MessageId[] = []
+  for (const id of deletedMessages(doc)) if (!snapshot.messages.has(id)) messages.push(id)
+  const conversation =
+    !snapshot.conversationDeleted && typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"
+  return { messages, conversation }
+}
