@@ -49,6 +49,7 @@ import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
 import {
   type AccessChange,
   adoptDuePurge,
+  clearPurgesNotOwed,
   compact,
   notePurgesOwed,
   type PathContext,
@@ -239,6 +240,57 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       this.log.error({ err: error }, "could not read the damaged documents from storage"),
     )
     await this.extensions.start(this)
+    void this.sweepOwedPurges()
+  }
+
+  /**
+   * Loads, a few at a time and in the background, the documents storage
+   * records as possibly owing a purge (`ContentPurge.owe`): a relay killed
+   * between storing a deletion and finishing its purge left the deleted text
+   * stored, and nobody may open the conversation again. The load finds what
+   * is owed (see `notePurgesOwed`) and the purge runs as usual; a document
+   * that owes nothing has its record cleared. A failure is logged and the
+   * sweep runs again later. With several relays, the relay that orders a
+   * document finds its owed purges when it loads it or takes it over.
+   */
+  private async sweepOwedPurges(): Promise<void> {
+    const purge = this.ctx.purge
+    if (!purge || this.options.router || this.closing) return
+    let names: string[]
+    try {
+      names = await purge.owed()
+    } catch (error) {
+      this.log.error({ err: error }, "could not list the documents owing a purge: trying again later")
+      this.sweepOwedPurgesLater()
+      return
+    }
+    if (names.length === 0) return
+    this.log.info({ documents: names.length }, "loading the documents whose purge may not have finished")
+    let failed = 0
+    const work = async () => {
+      for (let name = names.shift(); name !== undefined && !this.closing; name = names.shift()) {
+        try {
+          const host = await this.activeHost(name)
+          try {
+            await clearPurgesNotOwed(this.ctx, host)
+          } finally {
+            this.scheduleIdle(host)
+          }
+        } catch (error) {
+          // A damaged document is refused until an operator restores it; loading it again cannot help.
+          if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) continue
+          failed++
+          this.log.warn({ err: error, doc: name }, "could not load a document that may owe a purge")
+        }
+      }
+    }
+    await Promise.all([work(), work()])
+    if (failed > 0) this.sweepOwedPurgesLater()
+  }
+
+  private sweepOwedPurgesLater(): void {
+    if (this.closing) return
+    setTimeout(() => void this.sweepOwedPurges(), OWED_PURGES_RETRY_MS).unref()
   }
 
   /** Number of documents loaded (or loading). */
@@ -1048,6 +1100,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     await this.options.storage.close()
   }
 }
+
+/** Wait before the sweep of documents owing a purge runs again after a failure (see `sweepOwedPurges`). */
+const OWED_PURGES_RETRY_MS = 30_000
 
 /** Awareness owners of a document whose policy binds no client ids: in memory, the relay's own id kept off. */
 function memoryOwners(doc: Y.Doc): ClientIdOwners {

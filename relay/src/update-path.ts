@@ -272,6 +272,7 @@ async function applyAndStore(
     // Connections that joined while an earlier change was being stored wait for a decision too.
     if (entries.length === 0)
       return { entries, positions: [], events, caughtUp: ctx.settleAccess(host, { events }) }
+    if (ctx.purge && events.some(deletes)) await recordPurgeOwed(ctx, ctx.purge, host)
     let positions: number[]
     try {
       positions = await persist(ctx, host, entries)
@@ -299,6 +300,36 @@ async function applyAndStore(
     throw error
   } finally {
     release()
+  }
+}
+
+/** Whether `event` deletes content that a purge then removes from storage. */
+const deletes = (event: ChangeEvent): boolean =>
+  event.type === "message.deleted" || event.type === "conversation.deleted"
+
+/**
+ * Records, before a change that deletes is stored, that the document may owe
+ * a purge: a relay killed before the purge finishes finds it at its next start
+ * (`RelayCore.sweepOwedPurges`), whoever opens the conversation. A failure is
+ * logged, not the change's: the next load of the document still finds the
+ * purge owed (see `purgesOwed`).
+ */
+async function recordPurgeOwed(ctx: PathContext, purge: ContentPurge, host: DocumentHost): Promise<void> {
+  try {
+    await purge.owe(host.key)
+  } catch (error) {
+    ctx.log.warn({ err: error, doc: host.key }, "could not record that the document owes a purge")
+  }
+}
+
+/** Clears the durable record of `host`'s owed purges once none is owed (see {@link recordPurgeOwed}). */
+async function purgesPaid(ctx: PathContext, host: DocumentHost): Promise<void> {
+  if (!ctx.purge || owesPurge(ctx, host.key)) return
+  try {
+    await ctx.purge.paid(host.key)
+  } catch (error) {
+    // The record stays: the next start loads the document, finds nothing owed and clears it.
+    ctx.log.warn({ err: error, doc: host.key }, "could not clear the record of a purge done")
   }
 }
 
@@ -544,6 +575,15 @@ function owesPurge(ctx: PathContext, key: string): boolean {
 }
 
 /**
+ * After a load of `host` by the relay that orders it: clears the durable
+ * record of owed purges when the load found none (a record written before a
+ * change that was never stored, or whose purge's clearing failed).
+ */
+export async function clearPurgesNotOwed(ctx: PathContext, host: DocumentHost): Promise<void> {
+  await host.enqueue(() => purgesPaid(ctx, host))
+}
+
+/**
  * Records the purges a load found owed (see `purgesOwed`): the deleted
  * messages' purge is scheduled as if just deleted, the conversation's is run
  * by {@link sequenceLeftovers}. Only for the relay that orders the document.
@@ -653,6 +693,7 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     await ctx.purge?.scrub()
     conversationPurgesOwed.get(ctx)?.delete(host.key)
     purgeFailures.get(ctx)?.delete(host.key)
+    await purgesPaid(ctx, host)
     ctx.log.info({ doc: host.key }, "purged a deleted conversation")
   } catch (error) {
     ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation: tried again later")
@@ -714,7 +755,10 @@ async function purgeMessages(
     ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages: tried again later")
   }
   if (failed) purgeAgainLater(ctx, host, ids)
-  else purgeFailures.get(ctx)?.delete(host.key)
+  else {
+    purgeFailures.get(ctx)?.delete(host.key)
+    await purgesPaid(ctx, host)
+  }
 }
 
 /**
@@ -1250,6 +1294,8 @@ async function storeSomeOfBatch(
       source: item.principal.kind === "relay" ? "relay" : "client",
     }))
     if (sequencing) entries.push(sequencing)
+    if (ctx.purge && (events.some(deletes) || relayEvents.some(deletes)))
+      await recordPurgeOwed(ctx, ctx.purge, host)
     let positions: number[]
     try {
       positions = await persist(ctx, host, entries)

@@ -7,7 +7,7 @@ import { adoptMessageColumn, EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks
 import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
 import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
-import { PostgresContentPurge } from "../purge/content-purge.js"
+import { PostgresContentPurge, PURGES_OWED_SCHEMA } from "../purge/content-purge.js"
 import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import type { Backend } from "./types.js"
@@ -71,6 +71,7 @@ export class PostgresBackend implements Backend {
         IDEMPOTENCY_SCHEMA,
         PUSH_SUBSCRIPTIONS_SCHEMA,
         BLOBS_SCHEMA,
+        PURGES_OWED_SCHEMA,
       ].join("\n"),
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),

@@ -28,7 +28,27 @@ export interface ContentPurge {
    * too, not only in its tables (see the implementations).
    */
   scrub(): Promise<void>
+  /**
+   * Records, durably, that `document` may owe a purge: the relay calls it
+   * before it stores a change that deletes, so that a relay killed before the
+   * purge finds the document at its next start ({@link owed}) even if nobody
+   * opens it. A record without a purge owed is harmless (the relay loads the
+   * document, finds nothing owed and clears it).
+   */
+  owe(document: string): Promise<void>
+  /** The documents recorded by {@link owe} and not cleared since. */
+  owed(): Promise<string[]>
+  /** Clears {@link owe}'s record of `document`: its purges are done. */
+  paid(document: string): Promise<void>
 }
+
+/** The table of documents that may owe a purge (see {@link ContentPurge.owe}). */
+const SQLITE_PURGES_OWED_SCHEMA =
+  "CREATE TABLE IF NOT EXISTS purges_owed (doc TEXT PRIMARY KEY, since INTEGER NOT NULL)"
+
+/** PostgreSQL's (created with the backend's other tables: `PostgresBackend.open`). */
+export const PURGES_OWED_SCHEMA =
+  "CREATE TABLE IF NOT EXISTS parley_purges_owed (doc TEXT PRIMARY KEY, since BIGINT NOT NULL);"
 
 /** Most message ids a purge looks for in the outbox's payloads with SQLite's `instr` (one pass per id). */
 const SQL_NEEDLES = 8
@@ -49,7 +69,22 @@ const SCRUB_RETRY_MS = 5
 export class SqliteContentPurge implements ContentPurge {
   private readonly statements = new Map<string, Database.Statement<unknown[], unknown>>()
 
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Database.Database) {
+    db.exec(SQLITE_PURGES_OWED_SCHEMA)
+  }
+
+  async owe(document: string): Promise<void> {
+    this.statement("INSERT OR IGNORE INTO purges_owed (doc, since) VALUES (?, ?)").run(document, Date.now())
+  }
+
+  async owed(): Promise<string[]> {
+    const rows = this.statement("SELECT doc FROM purges_owed ORDER BY since").all() as { doc: string }[]
+    return rows.map((row) => row.doc)
+  }
+
+  async paid(document: string): Promise<void> {
+    this.statement("DELETE FROM purges_owed WHERE doc = ?").run(document)
+  }
 
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
     // The outbox holds what targets are still owed (a backlog while one fails, its dead letters): for some
@@ -165,6 +200,24 @@ export class PostgresContentPurge implements ContentPurge {
 
   constructor(private readonly pool: pg.Pool) {}
 
+  async owe(document: string): Promise<void> {
+    await this.pool.query(
+      "INSERT INTO parley_purges_owed (doc, since) VALUES ($1, $2) ON CONFLICT (doc) DO NOTHING",
+      [document, Date.now()],
+    )
+  }
+
+  async owed(): Promise<string[]> {
+    const { rows } = await this.pool.query<{ doc: string }>(
+      "SELECT doc FROM parley_purges_owed ORDER BY since",
+    )
+    return rows.map((row) => row.doc)
+  }
+
+  async paid(document: string): Promise<void> {
+    await this.pool.query("DELETE FROM parley_purges_owed WHERE doc = $1", [document])
+  }
+
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
     // `inTransaction`: a connection the server terminates mid-transaction must not crash the process.
     await inTransaction(this.pool, async (client) => {
@@ -255,4 +308,19 @@ export class MemoryContentPurge implements ContentPurge {
   }
 
   async scrub(): Promise<void> {}
+
+  /** In memory: the documents do not outlive the process either. */
+  private readonly owing = new Set<string>()
+
+  async owe(document: string): Promise<void> {
+    this.owing.add(document)
+  }
+
+  async owed(): Promise<string[]> {
+    return [...this.owing]
+  }
+
+  async paid(document: string): Promise<void> {
+    this.owing.delete(document)
+  }
 }

@@ -270,6 +270,25 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       expect(await backend.history.idFilters("g~other", 0)).toHaveLength(1)
     })
 
+    it("records the documents that may owe a purge until each is paid, across a restart", async () => {
+      const purge = backend.purge
+      if (!purge) return
+      expect(await purge.owed()).toEqual([])
+      await purge.owe("g~first")
+      await purge.owe("g~second")
+      // Owed twice, recorded once.
+      await purge.owe("g~first")
+      expect((await purge.owed()).sort()).toEqual(["g~first", "g~second"])
+      await purge.paid("g~first")
+      // Paying what is not owed is no error.
+      await purge.paid("g~never")
+      expect(await purge.owed()).toEqual(["g~second"])
+      if (!harness.persistent) return
+      await backend.close()
+      backend = await harness.open()
+      expect(await backend.purge!.owed()).toEqual(["g~second"])
+    })
+
     it("stores sealed history segments once, returns them byte for byte per document, and replaces an unreferenced one", async () => {
       const segment = (index: number, fill: number) => ({
         index,
