@@ -311,10 +311,14 @@ const deletes = (event: ChangeEvent): boolean =>
  * Records, before a change that deletes is stored, that the document may owe
  * a purge: a relay killed before the purge finishes finds it at its next start
  * (`RelayCore.sweepOwedPurges`), whoever opens the conversation. A failure is
- * logged, not the change's: the next load of the document still finds the
- * purge owed (see `purgesOwed`).
+ * logged, not the change's (nor is anything recorded while storage is known
+ * to fail): the next load of the document still finds the purge owed (see
+ * `purgesOwed`).
  */
 async function recordPurgeOwed(ctx: PathContext, purge: ContentPurge, host: DocumentHost): Promise<void> {
+  // Storage failing: the change is refused or waits for storage anyway, and a write now would only
+  // wait for its timeout first. The next load finds the purge owed all the same.
+  if (ctx.storageHealth && !ctx.storageHealth.available) return
   try {
     await purge.owe(host.key)
   } catch (error) {
