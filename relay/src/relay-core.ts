@@ -563,7 +563,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       doc.destroy()
     }
     const host = this.loadedNow.get(name)
-    if (host) await sequenceLeftovers(this.ctx, host)
+    if (host) {
+      // The owed purges of deleted messages are scheduled; a deleted conversation's runs just below.
+      adoptDuePurge(this.ctx, host)
+      await sequenceLeftovers(this.ctx, host)
+    }
     await this.extensions.tookOver(name)
   }
 

@@ -12,13 +12,18 @@ import {
   typesOf,
   type UserId,
 } from "@parley/shared"
-import pg from "pg"
 import { afterEach, describe, expect, it, onTestFinished } from "vitest"
 import * as Y from "yjs"
 import { PostgresBackend } from "../src/backend/postgres.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { TestClient } from "./helpers/clients.js"
-import { postgresUnreachable, scratchSchema, DATABASE_URL as url } from "./helpers/postgres.js"
+import {
+  postgresUnreachable,
+  purgedEverywhere,
+  rowsHolding,
+  scratchSchema,
+  DATABASE_URL as url,
+} from "./helpers/postgres.js"
 import { signToken } from "./helpers/relay-process.js"
 
 const SECRET = "purge-postgres-secret"
@@ -55,39 +60,6 @@ async function joinAs(relay: RunningRelay, user: UserId, id: string): Promise<Te
   clients.push(client)
   await client.synced()
   return client
-}
-
-/** Where `text` is in the schema's tables (every column, bytes as latin1), as "table document". */
-async function rowsHolding(schemaUrl: string, text: string): Promise<string[]> {
-  const client = new pg.Client({ connectionString: schemaUrl })
-  await client.connect()
-  try {
-    const { rows: tables } = await client.query<{ name: string }>(
-      "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema()",
-    )
-    const found: string[] = []
-    for (const { name } of tables) {
-      const { rows } = await client.query<Record<string, unknown>>(`SELECT * FROM "${name}"`)
-      for (const row of rows)
-        for (const value of Object.values(row))
-          if (
-            (typeof value === "string" && value.includes(text)) ||
-            (value instanceof Uint8Array && Buffer.from(value).toString("latin1").includes(text))
-          )
-            found.push(`${name} ${String(row.doc ?? row.document ?? row.conversation ?? "")}`)
-    }
-    return found
-  } finally {
-    await client.end()
-  }
-}
-
-/** Waits until no table holds `text` (10 s at most), then asserts it, naming where it still is. */
-async function purgedEverywhere(schemaUrl: string, text: string): Promise<void> {
-  const deadline = Date.now() + 10_000
-  while ((await rowsHolding(schemaUrl, text)).length > 0 && Date.now() < deadline)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  expect(await rowsHolding(schemaUrl, text)).toEqual([])
 }
 
 if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {

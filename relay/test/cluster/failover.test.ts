@@ -1,8 +1,15 @@
-import { createConversation, listMessages, newConversationId, type UserId } from "@parley/shared"
+import {
+  createConversation,
+  deleteMessage,
+  listMessages,
+  newConversationId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
-import { postgresUnreachable } from "../helpers/postgres.js"
+import { postgresUnreachable, purgedEverywhere, rowsHolding } from "../helpers/postgres.js"
 import { Writer } from "./writer.js"
 
 const users = ["alice", "bob", "carol"] as UserId[]
@@ -83,5 +90,30 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         expect(messages.map((m) => m.seq)).toEqual(messages.map((_, n) => n + 1))
       }
     }, 60_000)
+
+    it("finishes a deletion's purge the killed relay ordering the conversation owed, once another takes it over", async () => {
+      // A purge delay longer than the kill takes: the kill lands between the stored deletion and its purge.
+      const cluster: TestCluster = await startCluster(2, { args: ["--purge-delay-ms", "2000"] })
+      cleanup.push(() => cluster.stop())
+      const id = newConversationId()
+      const alice = new TestClient(cluster.relay(0).url, id, await cluster.token("alice"))
+      cleanup.push(() => alice.close())
+      await alice.synced()
+      createConversation(alice.doc, users[0]!, { kind: "group", id, participants: [users[1]!] })
+      sendMessage(alice.doc, users[0]!, { body: "Kept-Cluster-Heron" })
+      const gone = sendMessage(alice.doc, users[0]!, { body: "Gone-Cluster-Egret" })
+      await alice.allSaved()
+      deleteMessage(alice.doc, users[0]!, gone.id)
+      await alice.allSaved()
+      await cluster.kill(0)
+      expect(await rowsHolding(cluster.schema.url, "Gone-Cluster-Egret")).not.toEqual([])
+
+      // bob opens it on the other relay, which takes the conversation over.
+      const bob = new TestClient(cluster.relay(1).url, id, await cluster.token("bob"))
+      cleanup.push(() => bob.close())
+      await bob.synced()
+      await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Egret")
+      expect(await rowsHolding(cluster.schema.url, "Kept-Cluster-Heron")).not.toEqual([])
+    }, 30_000)
   })
 }

@@ -1,4 +1,5 @@
 import pg from "pg"
+import { expect } from "vitest"
 
 /** The database tests use: `DATABASE_URL`, else the local default. */
 export const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
@@ -55,4 +56,37 @@ export async function scratchSchema(url: string = DATABASE_URL): Promise<Scratch
       }
     },
   }
+}
+
+/** Where `text` is in the schema's tables (every column, bytes as latin1), as "table document". */
+export async function rowsHolding(schemaUrl: string, text: string): Promise<string[]> {
+  const client = new pg.Client({ connectionString: schemaUrl })
+  await client.connect()
+  try {
+    const { rows: tables } = await client.query<{ name: string }>(
+      "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    const found: string[] = []
+    for (const { name } of tables) {
+      const { rows } = await client.query<Record<string, unknown>>(`SELECT * FROM "${name}"`)
+      for (const row of rows)
+        for (const value of Object.values(row))
+          if (
+            (typeof value === "string" && value.includes(text)) ||
+            (value instanceof Uint8Array && Buffer.from(value).toString("latin1").includes(text))
+          )
+            found.push(`${name} ${String(row.doc ?? row.document ?? row.conversation ?? "")}`)
+    }
+    return found
+  } finally {
+    await client.end()
+  }
+}
+
+/** Waits until no table holds `text` (10 s at most), then asserts it, naming where it still is. */
+export async function purgedEverywhere(schemaUrl: string, text: string): Promise<void> {
+  const deadline = Date.now() + 10_000
+  while ((await rowsHolding(schemaUrl, text)).length > 0 && Date.now() < deadline)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  expect(await rowsHolding(schemaUrl, text)).toEqual([])
 }
