@@ -762,6 +762,8 @@ async function purgeMessages(
   else {
     purgeFailures.get(ctx)?.delete(host.key)
     await purgesPaid(ctx, host)
+    // A seal that waited for this purge (see `seal`).
+    if (ctx.history && sealDue(host.doc, ctx.history.sealing)) sealAgainLater(ctx, ctx.history, host)
   }
 }
 
@@ -840,11 +842,27 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   // Held from the first seal applied in memory until the change holding all of them is durable
   // (not while the first segment is written: nothing is applied yet).
   let release: (() => void) | undefined
+  let purgedFirst = false
+  let waitsForPurge = false
   try {
     for (let n = 0; n < SEALS_PER_TURN && !host.destroyed; ) {
       // The segments due, planned together and applied in one transaction (see `planSeals`).
       const plans = planSeals(host.doc, conversation, history.sealing, SEALS_PER_TURN - n)
       if (plans.length === 0) break
+      if (sealsOwedPurge(ctx, host, plans)) {
+        // Deleted messages whose purge is due would leave the live document with this seal, and a
+        // load after a crash could no longer tell that their purge is owed (see `purgesOwed`): purged
+        // first, now; if that fails, the seal waits for the purge's retry (see `purgeMessages`).
+        // Segments applied already: the rest in a follow-up seal, which purges first.
+        if (updates.length > 0) break
+        if (!purgedFirst) {
+          purgedFirst = true
+          await purgeDue(ctx, host)
+          if (!owesPurge(ctx, host.key)) continue
+        }
+        waitsForPurge = true
+        break
+      }
       n += plans.length
       // Each stored plan with its segment's id filter (held once the live document names the segment).
       let stored: { plan: SealPlan; filter: IdFilter }[]
@@ -897,8 +915,17 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   } finally {
     release?.()
   }
-  // After a failed segment write the next change seals again (no retry loop of follow-ups).
-  if (!failed && sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
+  // After a failed segment write the next change seals again (no retry loop of follow-ups); a seal
+  // waiting for a purge, after the purge (see `purgeMessages`).
+  if (!failed && !waitsForPurge && sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
+}
+
+/** Whether `plans` seal a deleted message whose purge is still due. */
+function sealsOwedPurge(ctx: PathContext, host: DocumentHost, plans: readonly SealPlan[]): boolean {
+  const due = purgesDue.get(ctx)?.get(host.key)?.ids
+  if (!due || due.size === 0) return false
+  for (const id of due) if (plans.some((plan) => plan.ids.has(id))) return true
+  return false
 }
 
 /** Documents with a follow-up seal queued. */

@@ -291,6 +291,69 @@ describe("deletion deletes (SQLite)", () => {
     expect(rawFiles(dir)).not.toContain("Gone-Serval-Text")
   })
 
+  it("a deleted message its change also made due for sealing keeps its purge owed until done, across a stop", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const { backend, fail } = purgeFailingBackend(dir, true)
+    const relay = await relayOn(backend)
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    // 14 messages: one more makes a segment of 10 due (5 kept live).
+    const sent: ReturnType<typeof sendMessage>[] = []
+    for (let i = 0; i < 14; i++) {
+      sent.push(sendMessage(a.doc, alice, { body: i === 2 ? "Gone-Sealed-Margay" : `Keep-Sealed-${i}` }))
+      await a.allSaved()
+    }
+    expect(sealedSegments(a.doc)).toHaveLength(0)
+    fail(true)
+    // One change deletes the third message and brings the fifteenth: a segment holding the deletion is
+    // due. Sealing it before its purge would hide from a later load that the purge is owed.
+    a.doc.transact(() => {
+      deleteMessage(a.doc, alice, sent[2]!.id)
+      sendMessage(a.doc, alice, { body: "Keep-Sealed-14" })
+    })
+    await a.allSaved()
+    await new Promise((resolve) => setTimeout(resolve, 400))
+    expect(sealedSegments(a.doc)).toHaveLength(0)
+    a.close()
+    await relay.close()
+    relays.length = 0
+    expect(rowsHolding(dir, "Gone-Sealed-Margay")).not.toEqual([])
+
+    // Nobody opens it: the next relay finds the purge owed and does it, then seals.
+    const next = await relayOn(new SqliteBackend(dir))
+    await until(() => rowsHolding(dir, "Gone-Sealed-Margay").length === 0)
+    const b = await joinAs(next, bob, id)
+    await b.until(() => sealedSegments(b.doc).length === 1)
+    await next.close()
+    relays.length = 0
+    expect(rawFiles(dir)).not.toContain("Gone-Sealed-Margay")
+    expect(rawFiles(dir)).toContain("Keep-Sealed-0")
+  })
+
+  it("a deleted message sealed by its own change is purged before the seal: a segment never holds a deletion still owed", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const relay = await relayOn(new SqliteBackend(dir))
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    const sent: ReturnType<typeof sendMessage>[] = []
+    for (let i = 0; i < 14; i++) {
+      sent.push(sendMessage(a.doc, alice, { body: i === 2 ? "Gone-Sealed-Caracal" : `Keep-Sealed-${i}` }))
+      await a.allSaved()
+    }
+    a.doc.transact(() => {
+      deleteMessage(a.doc, alice, sent[2]!.id)
+      sendMessage(a.doc, alice, { body: "Keep-Sealed-14" })
+    })
+    await a.allSaved()
+    // Sealed in the same turn as before, right after the purge (no wait for the purge's delay).
+    await a.until(() => sealedSegments(a.doc).length === 1)
+    expect(rowsHolding(dir, "Gone-Sealed-Caracal")).toEqual([])
+  })
+
   it("deleting several messages in one change leaves the text of none of them in any file or table, inboxes included", async () => {
     const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
     onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
