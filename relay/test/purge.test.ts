@@ -43,8 +43,20 @@ const relays: RunningRelay[] = []
 const clients: TestClient[] = []
 afterEach(async () => {
   for (const c of clients.splice(0)) c.close()
-  for (const r of relays.splice(0)) await r.close()
+  await stopRelays()
 })
+
+/** A temporary folder, removed when the test ends. */
+function scratchDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
+  onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** Stops the test's relays now (their files are read afterwards). */
+async function stopRelays(): Promise<void> {
+  for (const r of relays.splice(0)) await r.close()
+}
 
 async function relayOn(backend: Backend): Promise<RunningRelay> {
   const relay = await startRelay({
@@ -120,8 +132,7 @@ async function keptAndGone(relay: RunningRelay, kept: string, gone: string) {
 
 describe("deletion deletes (SQLite)", () => {
   it("a deleted conversation refuses writes, and its text is in no file, table, segment or hook event afterwards", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const relay = await relayOn(new SqliteBackend(dir))
     const id = newConversationId()
     const a = await joinAs(relay, alice, id)
@@ -159,8 +170,7 @@ describe("deletion deletes (SQLite)", () => {
     // The inboxes are purged after the deletion, by the hook pipeline.
     await until(() => rowsHolding(dir, "Title-Zanzibar-Purge").length === 0)
 
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     const files = rawFiles(dir)
     for (const text of ["Secret-Quokka-", "Title-Zanzibar-Purge", "Late-Wombat-Message"]) {
       expect(rowsHolding(dir, text)).toEqual([])
@@ -178,16 +188,14 @@ describe("deletion deletes (SQLite)", () => {
   })
 
   it("a deleted message's text leaves the log, the snapshot and its hook events; the rest stays", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const relay = await relayOn(new SqliteBackend(dir))
     const { a, gone } = await keptAndGone(relay, "Keep-Pangolin-Text", "Gone-Axolotl-Text")
     expect(rawFiles(dir)).toContain("Gone-Axolotl-Text")
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
     await until(() => rowsHolding(dir, "Gone-Axolotl-Text").length === 0)
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     const files = rawFiles(dir)
     expect(rowsHolding(dir, "Gone-Axolotl-Text")).toEqual([])
     expect(files).not.toContain("Gone-Axolotl-Text")
@@ -195,8 +203,7 @@ describe("deletion deletes (SQLite)", () => {
   })
 
   it("a deleted message's purge that failed (storage failing for a moment) is done once storage answers again", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const { backend, fail } = purgeFailingBackend(dir)
     const relay = await relayOn(backend)
     const { a, gone } = await keptAndGone(relay, "Keep-Okapi-Text", "Gone-Quokka-Text")
@@ -209,15 +216,13 @@ describe("deletion deletes (SQLite)", () => {
     fail(false)
     // Tried again without anyone writing: the text leaves every table.
     await until(() => rowsHolding(dir, "Gone-Quokka-Text").length === 0)
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Quokka-Text")
     expect(rawFiles(dir)).toContain("Keep-Okapi-Text")
   })
 
   it("a deleted conversation's purge that failed after the live document was purged is done once storage answers again", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const { backend, fail } = purgeFailingBackend(dir)
     const relay = await relayOn(backend)
     const { a } = await keptAndGone(relay, "Gone-Tapir-Text", "Gone-Numbat-Text")
@@ -230,15 +235,13 @@ describe("deletion deletes (SQLite)", () => {
     expect(rowsHolding(dir, "Gone-Numbat-Text")).not.toEqual([])
     fail(false)
     await until(() => rowsHolding(dir, "Gone-Numbat-Text").length === 0)
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Numbat-Text")
     expect(rawFiles(dir)).not.toContain("Gone-Tapir-Text")
   })
 
   it("a deleted message's purge that could not finish before the relay stopped is done by the next relay that loads the conversation", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     // Only the hook events' redaction fails: the log could be folded, and must not be before the
     // purge is done (a snapshot would hide from the next load that it is owed).
     const { backend, fail } = purgeFailingBackend(dir, true)
@@ -249,8 +252,7 @@ describe("deletion deletes (SQLite)", () => {
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
     a.close()
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rowsHolding(dir, "Gone-Dugong-Text")).not.toEqual([])
 
     const next = await relayOn(new SqliteBackend(dir))
@@ -259,15 +261,13 @@ describe("deletion deletes (SQLite)", () => {
     expect(bodies).toContain("Keep-Gecko-Text")
     expect(bodies).not.toContain("Gone-Dugong-Text")
     await until(() => rowsHolding(dir, "Gone-Dugong-Text").length === 0)
-    await next.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Dugong-Text")
     expect(rawFiles(dir)).toContain("Keep-Gecko-Text")
   })
 
   it("a deleted conversation's purge that could not finish before the relay stopped is done by the next relay that loads it", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const { backend, fail } = purgeFailingBackend(dir)
     const relay = await relayOn(backend)
     const { a } = await keptAndGone(relay, "Gone-Serval-Text", "Gone-Kiwi-Text")
@@ -278,22 +278,19 @@ describe("deletion deletes (SQLite)", () => {
     // The live document is purged (stored, broadcast): from then on only the log shows the purge is owed.
     await a.until(() => typesOf(a.doc).messages.length === 0)
     a.close()
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rowsHolding(dir, "Gone-Kiwi-Text")).not.toEqual([])
 
     const next = await relayOn(new SqliteBackend(dir))
     await joinAs(next, bob, id)
     await until(() => rowsHolding(dir, "Gone-Kiwi-Text").length === 0)
-    await next.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Kiwi-Text")
     expect(rawFiles(dir)).not.toContain("Gone-Serval-Text")
   })
 
   it("a deleted message its change also made due for sealing keeps its purge owed until done, across a stop", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const { backend, fail } = purgeFailingBackend(dir, true)
     const relay = await relayOn(backend)
     const id = newConversationId()
@@ -317,8 +314,7 @@ describe("deletion deletes (SQLite)", () => {
     await new Promise((resolve) => setTimeout(resolve, 400))
     expect(sealedSegments(a.doc)).toHaveLength(0)
     a.close()
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rowsHolding(dir, "Gone-Sealed-Margay")).not.toEqual([])
 
     // Nobody opens it: the next relay finds the purge owed and does it, then seals.
@@ -326,15 +322,13 @@ describe("deletion deletes (SQLite)", () => {
     await until(() => rowsHolding(dir, "Gone-Sealed-Margay").length === 0)
     const b = await joinAs(next, bob, id)
     await b.until(() => sealedSegments(b.doc).length === 1)
-    await next.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Sealed-Margay")
     expect(rawFiles(dir)).toContain("Keep-Sealed-0")
   })
 
   it("a deleted message sealed by its own change is purged before the seal: a segment never holds a deletion still owed", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const relay = await relayOn(new SqliteBackend(dir))
     const id = newConversationId()
     const a = await joinAs(relay, alice, id)
@@ -355,8 +349,7 @@ describe("deletion deletes (SQLite)", () => {
   })
 
   it("deleting several messages in one change leaves the text of none of them in any file or table, inboxes included", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const relay = await relayOn(new SqliteBackend(dir))
     const id = newConversationId()
     const a = await joinAs(relay, alice, id)
@@ -377,8 +370,7 @@ describe("deletion deletes (SQLite)", () => {
     // The preview shows the latest message deleted (no text), then the purge compacts the inbox.
     await inbox.until(() => !preview().includes("Gone-Okapi-"))
     await until(() => rowsHolding(dir, "Gone-Okapi-").length === 0)
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rowsHolding(dir, "Gone-Okapi-")).toEqual([])
     const files = rawFiles(dir)
     expect(files).not.toContain("Gone-Okapi-")
@@ -440,8 +432,7 @@ function deletionsLogged(dir: string): number {
 
 describe("deletions sealed in the change that made them", () => {
   it("share one inbox pass: a stock client's offline sync whose deleted messages are sealed at once searches the inboxes once", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const backend = new SqliteBackend(dir)
     // Each search of the stored inboxes, with the ids it looked for.
     const searches: string[][] = []
@@ -480,8 +471,7 @@ describe("deletions sealed in the change that made them", () => {
     // Before, each deletion sealed before its event arrived took a pass (a search, a wait) of its own.
     expect(searches).toHaveLength(1)
     expect([...searches[0]!].sort()).toEqual([...gone].sort())
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rowsHolding(dir, "Gone-Genet-")).toEqual([])
     const files = rawFiles(dir)
     expect(files).not.toContain("Gone-Genet-")
@@ -491,8 +481,7 @@ describe("deletions sealed in the change that made them", () => {
 
 describe("deletion in a big room", () => {
   it("purges a deleted message from the inboxes that stored it, and leaves the other members' inboxes unread", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     // An inbox nobody has open is stored and dropped at once: bob's keeps the preview it showed.
     const relay = await sqliteRelay(dir, { idleUnloadMs: 50 })
     const members = Array.from({ length: 60 }, (_, i) => `member${i}` as UserId)
@@ -520,8 +509,7 @@ describe("deletion in a big room", () => {
     await relay.hooks?.idle()
     // The conversation's and bob's inbox's, and maybe the author's: not one per member (61 before).
     expect((await compactions(relay)) - before).toBeLessThanOrEqual(4)
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Quokka-Text")
     expect(rawFiles(dir)).toContain("Keep-Tapir-Text")
   })
@@ -529,8 +517,7 @@ describe("deletion in a big room", () => {
 
 describe("deletion and an inbox still in memory", () => {
   it("purges the preview of an inbox its member just left, loaded but not stored yet", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     // The default idle delay: bob's inbox stays loaded, with the preview in memory only, after he leaves.
     const relay = await sqliteRelay(dir)
     const id = newConversationId()
@@ -553,8 +540,7 @@ describe("deletion and an inbox still in memory", () => {
     await new Promise((resolve) => setTimeout(resolve, 300))
     await relay.hooks?.idle()
     // Stopping stores every loaded inbox: none may show the deleted text.
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rowsHolding(dir, "Gone-Caracal-Text")).toEqual([])
     expect(rawFiles(dir)).not.toContain("Gone-Caracal-Text")
     expect(rawFiles(dir)).toContain("Keep-Serval-Text")
@@ -563,8 +549,7 @@ describe("deletion and an inbox still in memory", () => {
 
 describe("deletions one after another", () => {
   it("share their purges: a stream of single deletions costs a few compactions, and leaves none of the text", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     // The default history: the twenty stay in the live document. Purges wait longer than the default
     // 100 ms, so that the test does not depend on how fast this machine saves the twenty changes.
     const relay = await sqliteRelay(dir, { purgeDelayMs: 2_000 })
@@ -590,8 +575,7 @@ describe("deletions one after another", () => {
     // (2 s) covers every deletion made in it, so a loaded machine that needs longer for the twenty pays
     // one compaction more per window (a clean-clone CI run counted 6).
     expect((await compactions(relay)) - before).toBeLessThanOrEqual(8)
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Margay-")
     expect(rawFiles(dir)).toContain("Keep-Dugong-Text")
   })
@@ -655,8 +639,7 @@ describe("erasing a user (GDPR)", () => {
   }
 
   it("DELETE /admin/users/{user}/content, with the relay running, leaves placeholders and no text of theirs anywhere", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const relay = await relayOn(new SqliteBackend(dir))
     const { a, a2 } = await writeBoth(relay)
     expect(rawFiles(dir)).toContain("Bob-Ibex-")
@@ -679,15 +662,13 @@ describe("erasing a user (GDPR)", () => {
     await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
     // Idempotent: nothing left to erase.
     expect(await (await erase(service)).json()).toMatchObject({ user: "bob", messages: 0 })
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
     expect(rawFiles(dir)).toContain("Alice-Stays-")
   })
 
   it("DELETE /v1/users/{user}/content, with an API key holding users:erase, erases the same", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const backend = new SqliteBackend(dir)
     const relay = await relayOn(backend)
     const eraser = newApiKey("gdpr", ["users:erase"])
@@ -711,19 +692,16 @@ describe("erasing a user (GDPR)", () => {
     await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
     await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
     expect(await (await erase(eraser.key)).json()).toMatchObject({ user: "bob", messages: 0 })
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
     expect(rawFiles(dir)).toContain("Alice-Stays-")
   })
 
   it("parley-relay erase-user, with the relay stopped, erases the same", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const relay = await relayOn(new SqliteBackend(dir))
     await writeBoth(relay)
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).toContain("Bob-Ibex-")
     const lines: string[] = []
     expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(0)
@@ -771,8 +749,7 @@ function rowsHolding(dir: string, text: string): string[] {
 
 describe("deletion deletes sealed messages (SQLite)", () => {
   it("deleting a sealed message re-seals its segment without the text, and nothing else changes", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "parley-purge-"))
-    onTestFinished(() => rmSync(dir, { recursive: true, force: true }))
+    const dir = scratchDir()
     const backend = new SqliteBackend(dir)
     const relay = await relayOn(backend)
     const id = newConversationId()
@@ -807,8 +784,7 @@ describe("deletion deletes sealed messages (SQLite)", () => {
     expect(segment.entries.filter((e) => "body" in e.record)).toHaveLength(before.count - 1)
     expect(unreadCount(b.doc, bob)).toBe(unreadBefore - 1)
 
-    await relay.close()
-    relays.length = 0
+    await stopRelays()
     expect(rawFiles(dir)).not.toContain("Sealed-Narwhal-Gone")
     expect(rawFiles(dir)).toContain("Sealed-Keep-2")
   })
