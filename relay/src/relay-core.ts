@@ -250,8 +250,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
    * stored, and nobody may open the conversation again. The load finds what
    * is owed (see `notePurgesOwed`) and the purge runs as usual; a document
    * that owes nothing has its record cleared. A failure is logged and the
-   * sweep runs again later. With several relays, the relay that orders a
-   * document finds its owed purges when it loads it or takes it over.
+   * sweep runs again later. With several relays, the cluster's sweep does
+   * this for the documents no running relay orders (`Cluster.sweep`).
    */
   private async sweepOwedPurges(): Promise<void> {
     const purge = this.ctx.purge
@@ -270,12 +270,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const work = async () => {
       for (let name = names.shift(); name !== undefined && !this.closing; name = names.shift()) {
         try {
-          const host = await this.activeHost(name)
-          try {
-            await clearPurgesNotOwed(this.ctx, host)
-          } finally {
-            this.scheduleIdle(host)
-          }
+          await this.finishOwedPurges(name)
         } catch (error) {
           // A damaged document is refused until an operator restores it; loading it again cannot help.
           if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) continue
@@ -286,6 +281,21 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     }
     await Promise.all([work(), work()])
     if (failed > 0) this.sweepOwedPurgesLater()
+  }
+
+  /** @internal */
+  async finishOwedPurges(name: string): Promise<void> {
+    const host = await this.activeHost(name)
+    try {
+      await clearPurgesNotOwed(this.ctx, host)
+    } finally {
+      this.scheduleIdle(host)
+    }
+  }
+
+  /** @internal */
+  async owedPurges(): Promise<readonly string[]> {
+    return (await this.ctx.purge?.owed()) ?? []
   }
 
   private sweepOwedPurgesLater(): void {

@@ -350,6 +350,20 @@ export class Cluster implements UpdateRouter, FenceSource {
       if (this.owns(name) || this.takingOver.has(name)) continue
       if ((await this.leases.holder(name)) === null) await this.takeOver(name)
     }
+    // Conversations a purge may be owed for (a relay killed between a deletion and its purge, or
+    // stopped while storage failed): the relay that orders one, or takes it over when no relay does,
+    // loads it, and the load finds and runs the purge (relay README, "A purge cut short").
+    for (const name of await this.core!.owedPurges()) {
+      owed.add(name)
+      if (this.hosts.has(name) || this.takingOver.has(name)) continue
+      if (!this.owns(name) && !((await this.leases.holder(name)) === null && (await this.takeOver(name))))
+        continue
+      await this.core!.finishOwedPurges(name).catch((error: unknown) => {
+        // A damaged document is refused until an operator restores it: not worth a line every sweep.
+        if (!(error instanceof ParleyError && error.code === ErrorCode.DAMAGED))
+          this.options.log.warn({ err: error, doc: name }, "could not load a document that may owe a purge")
+      })
+    }
     for (const name of this.leases.names)
       if (!this.hosts.has(name) && !owed.has(name) && !this.takingOver.has(name) && !this.chains.has(name))
         await this.leases.release(name)

@@ -23,6 +23,13 @@ export interface RoutedCore {
   applyAwareness(host: DocumentHost, update: Uint8Array): void
   /** Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering. */
   tookOver(name: string): Promise<void>
+  /** Documents storage records as possibly owing a purge (`ContentPurge.owe`); none without a purge backend. */
+  owedPurges(): Promise<readonly string[]>
+  /**
+   * Loads document `name`, which this relay orders, so that the purges it
+   * owes run (or its record of them is cleared when it owes none).
+   */
+  finishOwedPurges(name: string): Promise<void>
   /**
    * The state vector of `host` before the data this relay derived into it
    * and has not stored (in memory only, under the document's own client id),

@@ -115,5 +115,27 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Egret")
       expect(await rowsHolding(cluster.schema.url, "Kept-Cluster-Heron")).not.toEqual([])
     }, 30_000)
+
+    it("finishes the purge a killed relay owed even if nobody opens the conversation again", async () => {
+      const cluster: TestCluster = await startCluster(2, { args: ["--purge-delay-ms", "2000"] })
+      cleanup.push(() => cluster.stop())
+      const id = newConversationId()
+      const alice = new TestClient(cluster.relay(0).url, id, await cluster.token("alice"))
+      cleanup.push(() => alice.close())
+      await alice.synced()
+      createConversation(alice.doc, users[0]!, { kind: "group", id, participants: [users[1]!] })
+      sendMessage(alice.doc, users[0]!, { body: "Kept-Cluster-Plover" })
+      const gone = sendMessage(alice.doc, users[0]!, { body: "Gone-Cluster-Avocet" })
+      await alice.allSaved()
+      deleteMessage(alice.doc, users[0]!, gone.id)
+      await alice.allSaved()
+      await cluster.kill(0)
+      alice.close()
+      expect(await rowsHolding(cluster.schema.url, "Gone-Cluster-Avocet")).not.toEqual([])
+      // The surviving relay's sweep finds the record, takes the conversation over once the dead
+      // owner's lease lapses, and loads it: the purge runs with nobody connected.
+      await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Avocet", 25_000)
+      expect(await rowsHolding(cluster.schema.url, "Kept-Cluster-Plover")).not.toEqual([])
+    }, 45_000)
   })
 }

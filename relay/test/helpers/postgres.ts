@@ -83,9 +83,9 @@ export async function rowsHolding(schemaUrl: string, text: string): Promise<stri
   }
 }
 
-/** Waits until no table holds `text` (10 s at most), then asserts it, naming where it still is. */
-export async function purgedEverywhere(schemaUrl: string, text: string): Promise<void> {
-  const deadline = Date.now() + 10_000
+/** Waits until no table holds `text` (`withinMs`, 10 s by default), then asserts it, naming where it still is. */
+export async function purgedEverywhere(schemaUrl: string, text: string, withinMs = 10_000): Promise<void> {
+  const deadline = Date.now() + withinMs
   while ((await rowsHolding(schemaUrl, text)).length > 0 && Date.now() < deadline)
     await new Promise((resolve) => setTimeout(resolve, 100))
   expect(await rowsHolding(schemaUrl, text)).toEqual([])
