@@ -26,6 +26,29 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
   })
 } else {
+  /**
+   * Two relays; alice on relay 0 (which orders the conversation) writes `kept` and `gone` and deletes
+   * `gone`, and relay 0 is SIGKILLed before the purge (its delay is longer than the kill takes).
+   */
+  const deletedThenKilled = async (kept: string, gone: string) => {
+    const cluster: TestCluster = await startCluster(2, { args: ["--purge-delay-ms", "2000"] })
+    cleanup.push(() => cluster.stop())
+    const id = newConversationId()
+    const alice = new TestClient(cluster.relay(0).url, id, await cluster.token("alice"))
+    cleanup.push(() => alice.close())
+    await alice.synced()
+    createConversation(alice.doc, users[0]!, { kind: "group", id, participants: [users[1]!] })
+    sendMessage(alice.doc, users[0]!, { body: kept })
+    const message = sendMessage(alice.doc, users[0]!, { body: gone })
+    await alice.allSaved()
+    deleteMessage(alice.doc, users[0]!, message.id)
+    await alice.allSaved()
+    await cluster.kill(0)
+    alice.close()
+    expect(await rowsHolding(cluster.schema.url, gone)).not.toEqual([])
+    return { cluster, id }
+  }
+
   describe("a relay of three dies", () => {
     it("loses no acknowledged message when the relay ordering a busy conversation is SIGKILLed, and another takes over", async () => {
       const cluster: TestCluster = await startCluster(3)
@@ -92,22 +115,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }, 60_000)
 
     it("finishes a deletion's purge the killed relay ordering the conversation owed, once another takes it over", async () => {
-      // A purge delay longer than the kill takes: the kill lands between the stored deletion and its purge.
-      const cluster: TestCluster = await startCluster(2, { args: ["--purge-delay-ms", "2000"] })
-      cleanup.push(() => cluster.stop())
-      const id = newConversationId()
-      const alice = new TestClient(cluster.relay(0).url, id, await cluster.token("alice"))
-      cleanup.push(() => alice.close())
-      await alice.synced()
-      createConversation(alice.doc, users[0]!, { kind: "group", id, participants: [users[1]!] })
-      sendMessage(alice.doc, users[0]!, { body: "Kept-Cluster-Heron" })
-      const gone = sendMessage(alice.doc, users[0]!, { body: "Gone-Cluster-Egret" })
-      await alice.allSaved()
-      deleteMessage(alice.doc, users[0]!, gone.id)
-      await alice.allSaved()
-      await cluster.kill(0)
-      expect(await rowsHolding(cluster.schema.url, "Gone-Cluster-Egret")).not.toEqual([])
-
+      const { cluster, id } = await deletedThenKilled("Kept-Cluster-Heron", "Gone-Cluster-Egret")
       // bob opens it on the other relay, which takes the conversation over.
       const bob = new TestClient(cluster.relay(1).url, id, await cluster.token("bob"))
       cleanup.push(() => bob.close())
@@ -117,23 +125,9 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }, 30_000)
 
     it("finishes the purge a killed relay owed even if nobody opens the conversation again", async () => {
-      const cluster: TestCluster = await startCluster(2, { args: ["--purge-delay-ms", "2000"] })
-      cleanup.push(() => cluster.stop())
-      const id = newConversationId()
-      const alice = new TestClient(cluster.relay(0).url, id, await cluster.token("alice"))
-      cleanup.push(() => alice.close())
-      await alice.synced()
-      createConversation(alice.doc, users[0]!, { kind: "group", id, participants: [users[1]!] })
-      sendMessage(alice.doc, users[0]!, { body: "Kept-Cluster-Plover" })
-      const gone = sendMessage(alice.doc, users[0]!, { body: "Gone-Cluster-Avocet" })
-      await alice.allSaved()
-      deleteMessage(alice.doc, users[0]!, gone.id)
-      await alice.allSaved()
-      await cluster.kill(0)
-      alice.close()
-      expect(await rowsHolding(cluster.schema.url, "Gone-Cluster-Avocet")).not.toEqual([])
-      // The surviving relay's sweep finds the record, takes the conversation over once the dead
-      // owner's lease lapses, and loads it: the purge runs with nobody connected.
+      const { cluster } = await deletedThenKilled("Kept-Cluster-Plover", "Gone-Cluster-Avocet")
+      // The surviving relay takes the conversation over once the dead owner's lease lapses, and loads
+      // it: the purge runs with nobody connected.
       await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Avocet", 25_000)
       expect(await rowsHolding(cluster.schema.url, "Kept-Cluster-Plover")).not.toEqual([])
     }, 45_000)
