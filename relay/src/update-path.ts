@@ -272,7 +272,7 @@ async function applyAndStore(
     // Connections that joined while an earlier change was being stored wait for a decision too.
     if (entries.length === 0)
       return { entries, positions: [], events, caughtUp: ctx.settleAccess(host, { events }) }
-    if (ctx.purge && events.some(deletes)) await recordPurgeOwed(ctx, ctx.purge, host)
+    await recordPurgeOwed(ctx, host, events)
     let positions: number[]
     try {
       positions = await persist(ctx, host, entries)
@@ -308,14 +308,20 @@ const deletes = (event: ChangeEvent): boolean =>
   event.type === "message.deleted" || event.type === "conversation.deleted"
 
 /**
- * Records, before a change that deletes is stored, that the document may owe
+ * Records, before a change with `events` is stored, when one of them deletes, that the document may owe
  * a purge: a relay killed before the purge finishes finds it at its next start
  * (`RelayCore.sweepOwedPurges`), whoever opens the conversation. A failure is
  * logged, not the change's (nor is anything recorded while storage is known
  * to fail): the next load of the document still finds the purge owed (see
  * `purgesOwed`).
  */
-async function recordPurgeOwed(ctx: PathContext, purge: ContentPurge, host: DocumentHost): Promise<void> {
+async function recordPurgeOwed(
+  ctx: PathContext,
+  host: DocumentHost,
+  events: readonly ChangeEvent[],
+): Promise<void> {
+  const purge = ctx.purge
+  if (!purge || !events.some(deletes)) return
   // Storage failing: the change is refused or waits for storage anyway, and a write now would only
   // wait for its timeout first. The next load finds the purge owed all the same.
   if (ctx.storageHealth && !ctx.storageHealth.available) return
@@ -1325,8 +1331,8 @@ async function storeSomeOfBatch(
       source: item.principal.kind === "relay" ? "relay" : "client",
     }))
     if (sequencing) entries.push(sequencing)
-    if (ctx.purge && (events.some(deletes) || relayEvents.some(deletes)))
-      await recordPurgeOwed(ctx, ctx.purge, host)
+    allEvents = relayEvents.length > 0 ? [...events, ...relayEvents] : events
+    await recordPurgeOwed(ctx, host, allEvents)
     let positions: number[]
     try {
       positions = await persist(ctx, host, entries)
@@ -1337,7 +1343,6 @@ async function storeSomeOfBatch(
     // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
     // Only the last update may change access (it ends the batch): its sender is the one who may have left.
     const last = applied.at(-1)!
-    allEvents = relayEvents.length > 0 ? [...events, ...relayEvents] : events
     const caughtUp = ctx.settleAccess(host, {
       events: allEvents,
       update: last.admitted.update,
