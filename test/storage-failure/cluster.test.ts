@@ -7,7 +7,6 @@ import {
   type UserId,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
-import * as Y from "yjs"
 import { Writer } from "../../relay/test/cluster/writer.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
 import { REDIS_URL, redisUnreachable, startCluster } from "../../relay/test/helpers/cluster.js"
@@ -186,12 +185,6 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         polling = false
         await Promise.all(polls)
 
-        // Sent after its relay noticed the pause, the change is refused at once and retryably (writes
-        // fail fast while Redis fails); sent before, it waits out the pause. After a refusal a client
-        // sends its pending work again, as the SDK does; without one it must be acknowledged as is.
-        const refusals = b.client!.errors
-        expect(refusals.every((e) => isRetryable(e.code as ErrorCode))).toBe(true)
-        if (refusals.length > 0) b.client!.sendUpdate(Y.encodeStateAsUpdate(b.doc))
         await b.settled().catch((error: unknown) => {
           // Seen twice in CI under load (2026-12-02), never alone: what the relays warned about, to read
           // next to the failure.
