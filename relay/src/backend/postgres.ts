@@ -12,6 +12,23 @@ import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../pus
 import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import type { Backend } from "./types.js"
 
+/**
+ * Every table of the PostgreSQL backend, for {@link PostgresBackend.open} and for a clustered relay's
+ * backend (which adds its fencing tokens): one list, so a store added later gets its table in both.
+ */
+export const POSTGRES_BACKEND_SCHEMA = [
+  DOCUMENTS_SCHEMA,
+  OUTBOX_SCHEMA,
+  EVENT_LOG_SCHEMA,
+  BINDINGS_SCHEMA,
+  POSTGRES_HISTORY_SCHEMA,
+  API_KEYS_SCHEMA,
+  IDEMPOTENCY_SCHEMA,
+  PUSH_SUBSCRIPTIONS_SCHEMA,
+  BLOBS_SCHEMA,
+  PURGES_OWED_SCHEMA,
+].join("\n")
+
 /** How {@link PostgresBackend.open} connects. */
 export interface PostgresBackendOptions {
   /** Hears of idle connections the server dropped (the pool replaces them). */
@@ -61,18 +78,7 @@ export class PostgresBackend implements Backend {
       url,
       // Appends of one tick share a connection; delivery lanes, loads and binds take the rest.
       max: 8,
-      schema: [
-        DOCUMENTS_SCHEMA,
-        OUTBOX_SCHEMA,
-        EVENT_LOG_SCHEMA,
-        BINDINGS_SCHEMA,
-        POSTGRES_HISTORY_SCHEMA,
-        API_KEYS_SCHEMA,
-        IDEMPOTENCY_SCHEMA,
-        PUSH_SUBSCRIPTIONS_SCHEMA,
-        BLOBS_SCHEMA,
-        PURGES_OWED_SCHEMA,
-      ].join("\n"),
+      schema: POSTGRES_BACKEND_SCHEMA,
       onIdleError: options.onIdleError ?? (() => {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     })

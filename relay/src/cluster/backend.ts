@@ -1,16 +1,17 @@
 import type pg from "pg"
-import { IDEMPOTENCY_SCHEMA, PostgresIdempotencyStore } from "../api/idempotency.js"
-import { API_KEYS_SCHEMA, PostgresApiKeyStore } from "../api/key-stores.js"
-import { BLOBS_SCHEMA, PostgresBlobStore } from "../attachments/postgres-blob-store.js"
+import { PostgresIdempotencyStore } from "../api/idempotency.js"
+import { PostgresApiKeyStore } from "../api/key-stores.js"
+import { PostgresBlobStore } from "../attachments/postgres-blob-store.js"
+import { POSTGRES_BACKEND_SCHEMA } from "../backend/postgres.js"
 import type { Backend } from "../backend/types.js"
-import { POSTGRES_HISTORY_SCHEMA, PostgresHistoryStore } from "../history/store.js"
-import { adoptMessageColumn, EVENT_LOG_SCHEMA, PostgresEventLog } from "../hooks/postgres-event-log.js"
-import { OUTBOX_SCHEMA, PostgresOutbox } from "../hooks/postgres-outbox.js"
-import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
+import { PostgresHistoryStore } from "../history/store.js"
+import { adoptMessageColumn, PostgresEventLog } from "../hooks/postgres-event-log.js"
+import { PostgresOutbox } from "../hooks/postgres-outbox.js"
+import { PostgresClientBindingStore } from "../policy/postgres-client-bindings.js"
 import { openPool } from "../postgres.js"
 import { PostgresContentPurge } from "../purge/content-purge.js"
-import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
-import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
+import { PostgresPushSubscriptionStore } from "../push/store.js"
+import { PostgresStorage } from "../storage/postgres.js"
 import { Cluster, type ClusterOptions } from "./cluster.js"
 import { ClusterDeliveryFence } from "./delivery-fence.js"
 import { FencedStorage } from "./fenced-storage.js"
@@ -40,18 +41,8 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
   const pool: pg.Pool = await openPool({
     url: options.databaseUrl,
     max: 12,
-    schema: [
-      DOCUMENTS_SCHEMA,
-      OUTBOX_SCHEMA,
-      EVENT_LOG_SCHEMA,
-      BINDINGS_SCHEMA,
-      POSTGRES_HISTORY_SCHEMA,
-      API_KEYS_SCHEMA,
-      IDEMPOTENCY_SCHEMA,
-      PUSH_SUBSCRIPTIONS_SCHEMA,
-      BLOBS_SCHEMA,
-      FENCES_SCHEMA,
-    ].join("\n"),
+    // The PostgreSQL backend's tables, then the fencing tokens.
+    schema: `${POSTGRES_BACKEND_SCHEMA}\n${FENCES_SCHEMA}`,
     onIdleError: options.onIdleError ?? (() => {}),
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
   })

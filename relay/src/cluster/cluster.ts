@@ -353,7 +353,13 @@ export class Cluster implements UpdateRouter, FenceSource {
     // Conversations a purge may be owed for (a relay killed between a deletion and its purge, or
     // stopped while storage failed): the relay that orders one, or takes it over when no relay does,
     // loads it, and the load finds and runs the purge (relay README, "A purge cut short").
-    for (const name of await this.core!.owedPurges()) {
+    // Unreadable (storage failing): the records stay for a later sweep, and the leases below are
+    // still let go; a released conversation that owes a purge is found again from its record.
+    const purgesOwed = await this.core!.owedPurges().catch((error: unknown) => {
+      this.options.log.warn({ err: error }, "could not read which conversations owe a purge")
+      return []
+    })
+    for (const name of purgesOwed) {
       owed.add(name)
       if (this.hosts.has(name) || this.takingOver.has(name)) continue
       if (!this.owns(name) && !((await this.leases.holder(name)) === null && (await this.takeOver(name))))

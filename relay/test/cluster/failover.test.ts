@@ -28,9 +28,10 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 } else {
   /**
    * Two relays; alice on relay 0 (which orders the conversation) writes `kept` and `gone` and deletes
-   * `gone`, and relay 0 is SIGKILLed before the purge (its delay is longer than the kill takes).
+   * `gone`, and relay 0 is SIGKILLed before the purge (its delay is longer than the kill takes), at
+   * once or `waitMs` after the deletion was saved (its hook events recorded by then).
    */
-  const deletedThenKilled = async (kept: string, gone: string) => {
+  const deletedThenKilled = async (kept: string, gone: string, waitMs = 0) => {
     const cluster: TestCluster = await startCluster(2, { args: ["--purge-delay-ms", "2000"] })
     cleanup.push(() => cluster.stop())
     const id = newConversationId()
@@ -43,6 +44,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     await alice.allSaved()
     deleteMessage(alice.doc, users[0]!, message.id)
     await alice.allSaved()
+    if (waitMs > 0) await new Promise((r) => setTimeout(r, waitMs))
     await cluster.kill(0)
     alice.close()
     expect(await rowsHolding(cluster.schema.url, gone)).not.toEqual([])
@@ -131,5 +133,17 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Avocet", 25_000)
       expect(await rowsHolding(cluster.schema.url, "Kept-Cluster-Plover")).not.toEqual([])
     }, 45_000)
+
+    it("finishes the purge owed when every relay was killed, once one starts again, with nobody opening the conversation", async () => {
+      // Killed once the deletion's hook events are recorded: no delivery or event is owed for it.
+      const { cluster } = await deletedThenKilled("Kept-Cluster-Curlew", "Gone-Cluster-Dunlin", 800)
+      await cluster.kill(1)
+      // Nothing of the conversation is held in Redis any more (its lease lapsed with its owner), and
+      // nothing is owed of its events: only what the deletion recorded says that a purge is owed.
+      await new Promise((r) => setTimeout(r, 1_500))
+      await cluster.start(1)
+      await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Dunlin", 20_000)
+      expect(await rowsHolding(cluster.schema.url, "Kept-Cluster-Curlew")).not.toEqual([])
+    }, 60_000)
   })
 }

@@ -2,6 +2,7 @@ import { ErrorCode } from "@parley/shared"
 import { Redis } from "ioredis"
 import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
+import { PostgresBackend } from "../../src/backend/postgres.js"
 import { type ClusterBackend, openClusterBackend } from "../../src/cluster/backend.js"
 import { FENCES_SCHEMA } from "../../src/cluster/leases.js"
 import { createLogger } from "../../src/log.js"
@@ -18,7 +19,9 @@ const bytes = (n: number) => new Uint8Array([n])
 const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
 
 /** Two relays' backends in this process, over one scratch schema and one key prefix. */
-async function twoRelays(leaseMs: number): Promise<{ a: ClusterBackend; b: ClusterBackend; prefix: string }> {
+async function twoRelays(
+  leaseMs: number,
+): Promise<{ a: ClusterBackend; b: ClusterBackend; prefix: string; schemaUrl: string }> {
   const scratch = await scratchSchema()
   cleanup.push(() => scratch.drop())
   const prefix = `parley-fence-test:${process.pid}:${Date.now()}:`
@@ -34,7 +37,7 @@ async function twoRelays(leaseMs: number): Promise<{ a: ClusterBackend; b: Clust
   cleanup.push(() => a.backend.close())
   const b = await open()
   cleanup.push(() => b.backend.close())
-  return { a, b, prefix }
+  return { a, b, prefix, schemaUrl: scratch.url }
 }
 
 if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
@@ -43,6 +46,32 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   })
 } else {
   describe("fencing", () => {
+    it("has every table of the single-relay PostgreSQL backend, so each of its stores works in a cluster", async () => {
+      // A clustered relay builds its backend apart; a store whose table it lacked failed at every
+      // call (the purges owed, found in session 24: a killed cluster kept deleted text for good).
+      const single = await scratchSchema()
+      cleanup.push(() => single.drop())
+      const backend = await PostgresBackend.open(single.url)
+      cleanup.push(() => backend.close())
+      const { a, schemaUrl } = await twoRelays(60_000)
+      const tablesOf = async (url: string) => {
+        const client = new pg.Client({ connectionString: url })
+        await client.connect()
+        try {
+          const { rows } = await client.query<{ name: string }>(
+            "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1",
+          )
+          return rows.map((r) => r.name)
+        } finally {
+          await client.end()
+        }
+      }
+      const clustered = await tablesOf(schemaUrl)
+      expect(clustered).toEqual(expect.arrayContaining(await tablesOf(single.url)))
+      await a.backend.purge!.owe("g~owedInACluster")
+      expect(await a.backend.purge!.owed()).toEqual(["g~owedInACluster"])
+    })
+
     it("refuses the appends and compactions of a relay whose lease was taken while it was cut off", async () => {
       // A long lease: by its own clock, relay A still holds it throughout; only PostgreSQL can stop it.
       const { a, b, prefix } = await twoRelays(60_000)
