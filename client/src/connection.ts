@@ -108,7 +108,10 @@ const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
 /** Longest delay `setTimeout` takes. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
-/** Consecutive 4401 closes, each after a fresh token, before the token counts as refused for good. */
+/**
+ * Consecutive 4401 closes, each after a fresh token, before the token counts as refused for good
+ * (counted from each start(): see there).
+ */
 const MAX_TOKEN_REFUSALS = 3
 
 /**
@@ -177,6 +180,12 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     if (this.destroyed || this.wanted) return
     this.wanted = true
     this.attempts = 0
+    // A new start (the app's connect(), the browser back online) gets the whole budget of refused
+    // tokens again. After a give-up on 4401 the count stands at the limit, so a single refusal would
+    // end it at once, and one can come even when the source now hands out working tokens: a client's
+    // connections share a token request in flight (ChatClient), and one started before this start (a
+    // refresh over the socket the relay was about to refuse, say) answers with the source's old token.
+    this.tokenRefusals = 0
     this.openSoon(0)
   }
 

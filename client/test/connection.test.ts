@@ -7,14 +7,19 @@ import { DocumentConnection } from "../src/connection.js"
 import { ownSockets } from "../src/provider/document-socket.js"
 import { eventually } from "./support.js"
 
-/** A WebSocket server that closes every connection at once with `code`, recording the tokens it saw. */
-async function closingServer(code: number) {
+/**
+ * A WebSocket server that closes every connection at once with `code`, recording the tokens it saw.
+ * `code` may depend on the token: a connection it gives no code for is left open.
+ */
+async function closingServer(code: number | ((token: string) => number | undefined)) {
   const tokens: string[] = []
   const server = new WebSocketServer({ port: 0, host: "127.0.0.1" })
   await new Promise((resolve) => server.once("listening", resolve))
   server.on("connection", (socket, request) => {
-    tokens.push(new URL(request.url ?? "/", "http://x").searchParams.get("token") ?? "")
-    socket.close(code, "test")
+    const token = new URL(request.url ?? "/", "http://x").searchParams.get("token") ?? ""
+    tokens.push(token)
+    const closeWith = typeof code === "number" ? code : code(token)
+    if (closeWith !== undefined) socket.close(closeWith, "test")
   })
   const { port } = server.address() as { port: number }
   return { url: `ws://127.0.0.1:${port}`, tokens, close: () => new Promise((r) => server.close(r)) }
@@ -59,6 +64,30 @@ describe("DocumentConnection", () => {
     expect((await unavailable).code).toBe(ErrorCode.UNAUTHORIZED)
     expect(server.tokens).toEqual(["token-1", "token-2", "token-3"])
     expect(connection.status).toBe("offline")
+  })
+
+  it("starts counting refused tokens afresh on start() after giving up", async () => {
+    // The relay refuses every "stale-" token and keeps a "good" one open.
+    const server = await closingServer((token) => (token.startsWith("stale-") ? 4401 : undefined))
+    cleanup.push(server.close)
+    // The token source's answers, in order.
+    const answers = ["stale-1", "stale-2", "stale-3"]
+    const connection = connectionTo(server.url, async () => answers.shift() ?? "none left")
+    const unavailable: ParleyError[] = []
+    connection.on("unavailable", ({ error }) => unavailable.push(error))
+    connection.start()
+    await eventually(() => expect(unavailable.map((e) => e.code)).toEqual([ErrorCode.UNAUTHORIZED]))
+    expect(server.tokens).toEqual(["stale-1", "stale-2", "stale-3"])
+    // The app gets a working token and connects again; the first token it is handed is still a
+    // refused one (a request that was on its way before, as a token refresh of the refused socket
+    // can be on a slow device). That one refusal must not count as the fourth in a row.
+    answers.push("stale-4", "good")
+    connection.start()
+    await eventually(() =>
+      expect(server.tokens).toEqual(["stale-1", "stale-2", "stale-3", "stale-4", "good"]),
+    )
+    expect(unavailable).toHaveLength(1)
+    expect(connection.status).toBe("connecting")
   })
 
   it("stops for good on 4403 with FORBIDDEN", async () => {
