@@ -181,6 +181,29 @@ describe("sqlite backend files", () => {
     }
   })
 
+  it("syncs the documents' commits (synchronous=FULL) after opening and after the outbox's own unsynced commits", async () => {
+    const backend = new SqliteBackend(tempDir())
+    try {
+      // The connection is the backend's own; 2 is FULL, 1 NORMAL (a commit without an fsync).
+      const db = (backend as unknown as { db: Database.Database }).db
+      const level = () => db.pragma("synchronous", { simple: true })
+      expect(level()).toBe(2)
+      // With no append due, the outbox commits on its own at NORMAL, then must put FULL back.
+      const [delivery] = await backend.outbox.enqueue({
+        document: "g~one",
+        events: [{ event: sampleEvent("e1"), targets: ["t"] }],
+      })
+      expect(level()).toBe(2)
+      await backend.documents.append("g~one", [new Uint8Array([1])])
+      await backend.outbox.delivered(delivery!.seq, "t")
+      expect(level()).toBe(2)
+      await backend.documents.append("g~one", [new Uint8Array([2])])
+      expect(level()).toBe(2)
+    } finally {
+      await backend.close()
+    }
+  })
+
   it("keeps statement journals in memory: the hook rows' savepoint in each commit writes no temporary file", async () => {
     const backend = new SqliteBackend(tempDir())
     try {

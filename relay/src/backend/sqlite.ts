@@ -32,6 +32,9 @@ export const LEGACY_FILES: readonly { readonly file: string; readonly tables: re
   { file: "client-bindings.sqlite", tables: ["parley_client_bindings"] },
 ]
 
+/** `PRAGMA synchronous` reads 2 for FULL. */
+const SYNCHRONOUS_FULL = 2
+
 /**
  * The embedded default backend: one database, `<dataDir>/parley.sqlite`
  * (WAL, `synchronous=FULL`), holds the documents' logs and snapshots, the
@@ -111,6 +114,12 @@ export class SqliteBackend implements Backend {
       this.pushSubscriptions = new SqlitePushSubscriptionStore(this.db)
       this.blobs = new FsBlobStore(join(dataDir, BLOBS_DIR))
       this.adoptLegacyFiles()
+      // Every acknowledgement rests on the documents' commits being synced. The level is the
+      // connection's, and a store that left it lower (a pragma statement prepared once sets it when
+      // prepared: the outbox once did, and no commit was synced) would make them unsynced silently.
+      const level = this.db.pragma("synchronous", { simple: true })
+      if (level !== SYNCHRONOUS_FULL)
+        throw new Error(`${SQLITE_FILE}: synchronous is ${String(level)} after opening, not FULL (2)`)
     } catch (error) {
       this.db.close()
       this.catalog.close()

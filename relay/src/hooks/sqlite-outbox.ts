@@ -119,7 +119,6 @@ export class SqliteOutbox implements Outbox {
   /** The same, without a commit of its own: a savepoint inside the documents' append transaction. */
   private readonly writeRows: WriteRows
   private commitDue: () => boolean = () => false
-  private readonly pragmas
   private deliveredMarks: {
     seq: number
     target: string
@@ -207,12 +206,6 @@ export class SqliteOutbox implements Outbox {
         "UPDATE hook_deliveries SET attempts = 0, next_at = 0, dead_at = NULL WHERE seq = ? AND target = ?",
       ),
     }
-    // Prepared once: `db.pragma()` prepares a statement on every call, twice per outbox write.
-    this.pragmas = {
-      get: this.db.prepare<[], number>("PRAGMA synchronous").pluck(),
-      normal: this.db.prepare("PRAGMA synchronous = NORMAL"),
-      set: new Map<number, Database.Statement>(),
-    }
     this.writeRows = this.db.transaction(
       (enqueues: readonly PendingEnqueue[], marks: readonly { seq: number; target: string }[]) => {
         // An event with several targets (hooks, push) is looked at once, with all its marks:
@@ -280,17 +273,17 @@ export class SqliteOutbox implements Outbox {
    */
   private relaxed<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
     return (...args) => {
-      const before = this.pragmas.get.get() as number
-      this.pragmas.normal.run()
+      // Each switch is prepared anew (`db.pragma`): SQLite applies `PRAGMA synchronous = …` when the
+      // statement is prepared, not when it runs. A version that prepared them once set NORMAL for good
+      // while constructing the outbox (running them later changed nothing), so the documents' commits,
+      // and with them every acknowledgement, went without an fsync (a power loss could lose
+      // acknowledged messages; a killed process could not show it). Three prepares cost microseconds.
+      const before = Number(this.db.pragma("synchronous", { simple: true }))
+      this.db.pragma("synchronous = NORMAL")
       try {
         return write(...args)
       } finally {
-        let restore = this.pragmas.set.get(before)
-        if (!restore) {
-          restore = this.db.prepare(`PRAGMA synchronous = ${Number(before)}`)
-          this.pragmas.set.set(before, restore)
-        }
-        restore.run()
+        this.db.pragma(`synchronous = ${before}`)
       }
     }
   }
