@@ -10,6 +10,7 @@ import { CATALOG_FILE, LEGACY_FILES, SQLITE_FILE, SqliteBackend } from "../src/b
 import { SqliteOutbox } from "../src/hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../src/policy/client-bindings.js"
 import { findDamage } from "../src/storage/integrity.js"
+import { SqliteStorage } from "../src/storage/sqlite.js"
 import { WalCheckpointer } from "../src/storage/wal-checkpointer.js"
 import { runBackendConformance } from "./conformance/backend.js"
 import { sampleEvent } from "./conformance/outbox.js"
@@ -188,6 +189,8 @@ describe("sqlite backend files", () => {
       const db = (backend as unknown as { db: Database.Database }).db
       const level = () => db.pragma("synchronous", { simple: true })
       expect(level()).toBe(2)
+      // The appends' own commits are synced by an fdatasync of the log off the event loop (WalSync).
+      expect((backend as unknown as { walSync: unknown }).walSync).toBeDefined()
       // With no append due, the outbox commits on its own at NORMAL, then must put FULL back.
       const [delivery] = await backend.outbox.enqueue({
         document: "g~one",
@@ -201,6 +204,57 @@ describe("sqlite backend files", () => {
       expect(level()).toBe(2)
     } finally {
       await backend.close()
+    }
+  })
+
+  it("acknowledges appends once their commit is synced off the event loop, and commits those made meanwhile together", async () => {
+    const dir = tempDir()
+    const file = join(dir, "documents.sqlite")
+    const db = new Database(file)
+    db.pragma("journal_mode = WAL")
+    db.pragma("synchronous = FULL")
+    const catalog = new Database(join(dir, "catalog.sqlite"))
+    catalog.pragma("journal_mode = WAL")
+    // The disk's syncs, finished by the test: a sync under way is what the relay waits for.
+    const syncs: (() => void)[] = []
+    const storage = new SqliteStorage(db, catalog, {
+      syncLog: () => new Promise<void>((resolve) => syncs.push(resolve)),
+    })
+    const reader = new Database(file, { readonly: true })
+    const stored = () => (reader.prepare("SELECT count(*) AS n FROM updates").get() as { n: number }).n
+    const recorded = (name: string) =>
+      catalog.prepare("SELECT last_position FROM documents WHERE doc = ?").get(name)
+    const update = Y.encodeStateAsUpdate(new Y.Doc())
+    try {
+      let acknowledged = false
+      const first = storage.append("g~a", [update]).then((positions) => {
+        acknowledged = true
+        return positions
+      })
+      await expect.poll(() => syncs.length).toBe(1)
+      // Committed (another connection sees it), not acknowledged, nor in the catalog, before the sync ends.
+      expect(stored()).toBe(1)
+      expect(acknowledged).toBe(false)
+      expect(recorded("g~a")).toBeUndefined()
+      // The event loop goes on meanwhile; appends made now wait for the next commit, all in one.
+      const second = storage.append("g~b", [update])
+      const third = storage.append("g~a", [update])
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      expect([syncs.length, stored(), acknowledged]).toEqual([1, 1, false])
+      syncs[0]!()
+      await expect(first).resolves.toEqual([1])
+      expect(recorded("g~a")).toEqual({ last_position: 1 })
+      await expect.poll(() => syncs.length).toBe(2)
+      expect(stored()).toBe(3)
+      syncs[1]!()
+      await expect(Promise.all([second, third])).resolves.toEqual([[1], [2]])
+      // Only the appends' commit went without SQLite's own sync: the connection is back to FULL (2).
+      expect(db.pragma("synchronous", { simple: true })).toBe(2)
+    } finally {
+      reader.close()
+      await storage.close()
+      db.close()
+      catalog.close()
     }
   })
 

@@ -13,6 +13,7 @@ import { SqlitePushSubscriptionStore } from "../push/store.js"
 import type { DiskSpace } from "../storage/disk-space.js"
 import { SqliteStorage } from "../storage/sqlite.js"
 import { BACKSTOP_AUTOCHECKPOINT_PAGES, WalCheckpointer } from "../storage/wal-checkpointer.js"
+import { WalSync } from "../storage/wal-sync.js"
 import type { Backend } from "./types.js"
 
 /** The relay's database inside the data directory: documents, hook outbox, client-id bindings. */
@@ -37,7 +38,8 @@ const SYNCHRONOUS_FULL = 2
 
 /**
  * The embedded default backend: one database, `<dataDir>/parley.sqlite`
- * (WAL, `synchronous=FULL`), holds the documents' logs and snapshots, the
+ * (WAL, `synchronous=FULL`; the documents' appends synced by {@link WalSync}
+ * off the event loop), holds the documents' logs and snapshots, the
  * hook outbox and the client-id bindings, on one connection.
  *
  * The catalog stays a second file, `<dataDir>/catalog.sqlite`, on purpose: it
@@ -60,6 +62,8 @@ export class SqliteBackend implements Backend {
   readonly blobs: FsBlobStore
   private readonly db: Database.Database
   private readonly catalog: Database.Database
+  /** Syncs the main database's WAL for the documents' commits, off the event loop (see {@link WalSync}). */
+  private readonly walSync: WalSync | undefined
   /** Checkpoints the main database's WAL off the event loop (see {@link WalCheckpointer}). */
   private readonly checkpointer: WalCheckpointer
 
@@ -88,19 +92,24 @@ export class SqliteBackend implements Backend {
       this.db.pragma("temp_store = MEMORY")
       // Checkpoints are the checkpointer thread's (started below); this connection's own only a backstop.
       this.db.pragma(`wal_autocheckpoint = ${BACKSTOP_AUTOCHECKPOINT_PAGES}`)
+      // A read opens the write-ahead log (created if need be), whose file the documents' commits sync.
+      this.db.prepare("SELECT 1 FROM sqlite_master").get()
+      this.walSync = WalSync.open(join(dataDir, SQLITE_FILE))
       this.catalog = new Database(join(dataDir, CATALOG_FILE))
     } catch (error) {
+      this.walSync?.close()
       this.db.close()
       throw error
     }
     try {
       this.catalog.pragma("journal_mode = WAL")
       this.catalog.pragma("synchronous = NORMAL")
-      this.documents = new SqliteStorage(
-        this.db,
-        this.catalog,
-        options.diskSpace ? { diskSpace: options.diskSpace } : {},
-      )
+      // The documents' commits are synced off the event loop (WalSync); without the log's file, by SQLite.
+      const walSync = this.walSync
+      this.documents = new SqliteStorage(this.db, this.catalog, {
+        ...(options.diskSpace ? { diskSpace: options.diskSpace } : {}),
+        ...(walSync ? { syncLog: () => walSync.sync() } : {}),
+      })
       this.events = new SqliteEventLog(this.db)
       this.outbox = new SqliteOutbox(this.db, this.events)
       // The outbox's rows ride in the documents' next commit when one is due: one commit, not two.
@@ -121,6 +130,7 @@ export class SqliteBackend implements Backend {
       if (level !== SYNCHRONOUS_FULL)
         throw new Error(`${SQLITE_FILE}: synchronous is ${String(level)} after opening, not FULL (2)`)
     } catch (error) {
+      this.walSync?.close()
       this.db.close()
       this.catalog.close()
       throw error
@@ -178,6 +188,7 @@ export class SqliteBackend implements Backend {
     await this.events.close()
     await this.checkpointer.stop()
     this.db.close()
+    this.walSync?.close()
     this.catalog.close()
   }
 }

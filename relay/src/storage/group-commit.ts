@@ -12,7 +12,9 @@ export type AppendBatch = readonly { readonly name: string; readonly updates: re
 /**
  * Gathers the appends made in one tick and commits them with one call to
  * `commit`, which returns each entry's positions. Every waiting caller resolves
- * after that single commit: one fsync serves many acknowledgements.
+ * after that single commit: one fsync serves many acknowledgements. Commits
+ * run one at a time: appends made while one is under way (an asynchronous
+ * commit, waiting for its sync) all go into the next.
  */
 export class GroupCommit {
   private queue: Pending[] = []
@@ -30,9 +32,12 @@ export class GroupCommit {
     private readonly commit: (batch: AppendBatch) => Promise<(number[] | Error)[]> | (number[] | Error)[],
   ) {}
 
-  /** True while appends wait for a commit that has not started yet (it runs later in this turn or the next). */
+  /**
+   * True while appends wait for a commit that has not started yet (it runs
+   * later in this turn or the next, or once the commit under way is done).
+   */
   get commitScheduled(): boolean {
-    return this.scheduled
+    return this.scheduled || this.queue.length > 0
   }
 
   append(name: string, updates: readonly Uint8Array[]): Promise<number[]> {

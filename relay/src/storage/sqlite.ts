@@ -47,6 +47,15 @@ export interface SqliteStorageOptions {
    * {@link SqliteStorage.ping}); by default the file system's own figures.
    */
   readonly diskSpace?: () => DiskSpace
+  /**
+   * Makes the main database's write-ahead log durable (the backend's: an
+   * `fdatasync` of `-wal` on the thread pool, see `WalSync`). Given, an
+   * append's commit is written without a sync of its own and its positions
+   * resolve once this resolves, the catalog written after it: the event loop
+   * goes on while the disk works, and appends made meanwhile share the next
+   * commit. Absent, the commit syncs itself (`synchronous=FULL`), on the event loop.
+   */
+  readonly syncLog?: () => Promise<void>
 }
 
 /** Calls what a rider of an append transaction asked to be called with its outcome (see `carry`). */
@@ -66,7 +75,9 @@ function isCorruption(error: unknown): boolean {
  * The documents of the SQLite backend (`SqliteBackend`, which opens both
  * databases): tables `updates` and `snapshots` in the main database, which
  * runs with WAL and `synchronous=FULL`, so that a commit is on disk before an
- * append resolves. One row per update; appends of one tick share a transaction.
+ * append resolves (or, with `syncLog`, the appends' commit is synced by it off
+ * the event loop before they resolve). One row per update; appends of one
+ * tick, or made while the previous commit was being synced, share a transaction.
  *
  * The catalog (which documents exist, their last log position, their damage)
  * lives in a second database file, written after each commit of the first:
@@ -170,22 +181,51 @@ export class SqliteStorage implements RelayStorage {
       ride.settle = this.rider?.()
       return positions
     })
+    const syncLog = options.syncLog
     this.group = new GroupCommit((batch) => {
       let positions: number[][]
       delete ride.settle
       try {
-        positions = commit(batch)
+        positions = syncLog ? this.unsynced(() => commit(batch)) : commit(batch)
       } catch (error) {
         // Positions handed out inside the rolled-back transaction are free again.
         this.next.clear()
         settleRide(ride, false)
         throw error
       }
+      // The riding rows are the outbox's: events of changes stored before (acknowledged after their
+      // own commit's sync), which its commits of their own never sync either (see `SqliteOutbox`).
       settleRide(ride, true)
-      // After the data's commit, never before: the catalog may lag behind the data, never run ahead.
-      advance(batch, positions)
-      return positions
+      if (!syncLog) {
+        // After the data's commit, never before: the catalog may lag behind the data, never run ahead.
+        advance(batch, positions)
+        return positions
+      }
+      // Acknowledged once on disk; the catalog after the data's sync, never before it. A failed sync
+      // fails the batch (its rows may or may not be on disk: the update path reads back whether a
+      // failed append was stored before it stores it again).
+      return syncLog().then(() => {
+        advance(batch, positions)
+        return positions
+      })
     })
+  }
+
+  /**
+   * Runs `write` (a transaction) committed without a sync of its own, on the
+   * connection the other stores share with `synchronous=FULL` (set back right
+   * after: SQLite calls are synchronous, nothing else runs in between). Each
+   * switch is prepared anew: SQLite applies this pragma when the statement is
+   * prepared, not when it runs (see `SqliteOutbox`).
+   */
+  private unsynced<T>(write: () => T): T {
+    const before = Number(this.db.pragma("synchronous", { simple: true }))
+    this.db.pragma("synchronous = NORMAL")
+    try {
+      return write()
+    } finally {
+      this.db.pragma(`synchronous = ${before}`)
+    }
   }
 
   /**
