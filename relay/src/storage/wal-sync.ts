@@ -31,7 +31,8 @@ export class WalSync {
    */
   static open(databaseFile: string): WalSync | undefined {
     try {
-      return new WalSync(openSync(`${databaseFile}-wal`, "r"))
+      // Read-write, though nothing is written through it: Windows flushes only a handle open for writing.
+      return new WalSync(openSync(`${databaseFile}-wal`, "r+"))
     } catch {
       return undefined
     }
