@@ -189,7 +189,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         // Sent after its relay noticed the pause (it asks Redis who orders the conversation, and that
         // read waits behind the paused writes), the change is refused at once and retryably: writes fail
         // fast while Redis fails. Sent before, it waits out the pause. After a refusal a client sends
-        // its pending work again, as the SDK does (\`resendLater\`); without one it must be acknowledged
+        // its pending work again, as the SDK does (`resendLater`); without one it must be acknowledged
         // as sent. Seen under load (2026-12-03, 1 run of 6 with two busy loops beside it): refused
         // with UNAVAILABLE "Redis is not answering", never resent, never acknowledged.
         const refusals = b.client!.errors

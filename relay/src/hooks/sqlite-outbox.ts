@@ -1,5 +1,6 @@
 import type { Participant } from "@parley/shared"
 import type Database from "better-sqlite3"
+import { withoutSync } from "../storage/wal-sync.js"
 import type { EventLogEntry } from "./event-log.js"
 import { rehydrate, storedEventSerializer } from "./member-lists.js"
 import {
@@ -272,20 +273,7 @@ export class SqliteOutbox implements Outbox {
    * and nothing else runs between the two switches: SQLite calls are synchronous).
    */
   private relaxed<A extends unknown[], T>(write: (...args: A) => T): (...args: A) => T {
-    return (...args) => {
-      // Each switch is prepared anew (`db.pragma`): SQLite applies `PRAGMA synchronous = …` when the
-      // statement is prepared, not when it runs. A version that prepared them once set NORMAL for good
-      // while constructing the outbox (running them later changed nothing), so the documents' commits,
-      // and with them every acknowledgement, went without an fsync (a power loss could lose
-      // acknowledged messages; a killed process could not show it). Three prepares cost microseconds.
-      const before = Number(this.db.pragma("synchronous", { simple: true }))
-      this.db.pragma("synchronous = NORMAL")
-      try {
-        return write(...args)
-      } finally {
-        this.db.pragma(`synchronous = ${before}`)
-      }
-    }
+    return (...args) => withoutSync(this.db, () => write(...args))
   }
 
   /** After a rollback: the in-memory views (open memberships, owed targets) may be ahead of the tables. */

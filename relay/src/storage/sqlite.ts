@@ -6,6 +6,7 @@ import { type DiskSpace, diskSpaceOf, formatBytes, writeReserve } from "./disk-s
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import { storageUnavailable } from "./guard.js"
 import type { DamagedDocument, PingOptions, RelayStorage, StoredDocument } from "./types.js"
+import { withoutSync } from "./wal-sync.js"
 
 const CATALOG_SCHEMA = `
 CREATE TABLE IF NOT EXISTS documents (
@@ -186,7 +187,7 @@ export class SqliteStorage implements RelayStorage {
       let positions: number[][]
       delete ride.settle
       try {
-        positions = syncLog ? this.unsynced(() => commit(batch)) : commit(batch)
+        positions = syncLog ? withoutSync(this.db, () => commit(batch)) : commit(batch)
       } catch (error) {
         // Positions handed out inside the rolled-back transaction are free again.
         this.next.clear()
@@ -209,23 +210,6 @@ export class SqliteStorage implements RelayStorage {
         return positions
       })
     })
-  }
-
-  /**
-   * Runs `write` (a transaction) committed without a sync of its own, on the
-   * connection the other stores share with `synchronous=FULL` (set back right
-   * after: SQLite calls are synchronous, nothing else runs in between). Each
-   * switch is prepared anew: SQLite applies this pragma when the statement is
-   * prepared, not when it runs (see `SqliteOutbox`).
-   */
-  private unsynced<T>(write: () => T): T {
-    const before = Number(this.db.pragma("synchronous", { simple: true }))
-    this.db.pragma("synchronous = NORMAL")
-    try {
-      return write()
-    } finally {
-      this.db.pragma(`synchronous = ${before}`)
-    }
   }
 
   /**
