@@ -7,7 +7,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import * as Y from "yjs"
-import { currentMapItem, mapItemValue, Refusal, readUpdate } from "../policy/update-structs.js"
+import { mapItemValue, Refusal, readUpdate } from "../policy/update-structs.js"
 import type { Principal } from "../principal.js"
 
 const rootKind = (name: string): "map" | "array" | undefined =>
@@ -18,20 +18,15 @@ const rootKind = (name: string): "map" | "array" | undefined =>
  * own user writes their `muted` preferences (a conversation id → `true`, or
  * removing one) and may hand entries back (keyed by conversation id). Entries
  * are derived data the relay does not always store at once (`LiveInbox`): a
- * device that synced one the relay then lost (it crashed before the inbox was
- * stored) sends it back on reconnecting, and refusing that would lock the
- * device out of its own inbox. Whatever the user writes there is derived
- * again from the conversations right after it is stored, so a forged entry
+ * device that synced one the relay then lost (it crashed before the inbox, or
+ * even the entry's key, was stored; or an operator restored a backup) sends
+ * it back on reconnecting, and refusing that would lock the device out of its
+ * own inbox for good (every later sync sends it again). So any entry is
+ * accepted, and `LiveInbox` then settles it: one under a key the inbox shows
+ * now is derived again from its conversation; any other is removed again
+ * without loading anything (see {@link entriesHandedBack}), so a forged entry
  * misleads nobody but its writer, and only until then. Anyone else may not
  * write at all.
- *
- * An entry may be handed back only under a key the relay wrote into this
- * inbox (a conversation the user is or was in: `inboxTarget` writes the key
- * durably when they join, so whatever a device holds from the relay is under
- * such a key, even when the relay lost the entry itself). Deriving an entry
- * again loads its conversation: under keys of the user's choosing, one cheap
- * write would make the relay load any conversation from storage, with no
- * access check and nothing counted against the user.
  */
 export function checkInboxUpdate(input: {
   readonly doc: Y.Doc
@@ -56,9 +51,6 @@ export function checkInboxUpdate(input: {
       if (location.root === InboxTopLevel.entries) {
         if (typeof value !== "object" || value === null)
           throw new Refusal(Rule.schema, "an inbox entry is an object")
-        // Kept (deleted) under its key once written: a key the relay never wrote here is the user's invention.
-        if (currentMapItem(doc, InboxTopLevel.entries, location.key) === undefined)
-          throw new Refusal(Rule.relayOnly, "only the relay adds a conversation to an inbox")
       }
     }
     return { allowed: true }
@@ -68,21 +60,58 @@ export function checkInboxUpdate(input: {
   }
 }
 
+/** What the relay does with the entries a user's own write to their inbox touched. */
+export interface HandedBack {
+  /** Keys whose entry the inbox shows now (the user is in the conversation): derived again. */
+  readonly derive: readonly ConversationId[]
+  /**
+   * Keys the inbox shows no entry under (never written, or removed): the
+   * items the write puts there, by `client:clock`, which the relay removes
+   * again once it is stored (those items only: an entry the relay writes
+   * meanwhile, recovering a membership a crash lost, stays).
+   */
+  readonly remove: ReadonlyMap<ConversationId, ReadonlySet<string>>
+}
+
+/** An item's id as {@link HandedBack.remove} lists it. */
+export const itemKey = (item: Y.Item): string => `${item.id.client}:${item.id.clock}`
+
 /**
- * The conversations whose entries `update` (already allowed by
- * {@link checkInboxUpdate}) writes or removes in `doc`, the inbox before it:
- * those the relay derives again once it is stored. Empty for what it cannot
- * read (it was refused then).
+ * Sorts the entries `update` (already allowed by {@link checkInboxUpdate})
+ * writes or removes in `doc`, the inbox before it. Deriving an entry loads
+ * its conversation, so only keys the inbox shows an entry under now are
+ * derived (conversations the relay holds the user to be in): under keys of
+ * the user's choosing, one cheap write would make the relay load any
+ * conversation from storage. An entry under any other key is either the
+ * device's copy of one the relay lost (its membership is written again when
+ * the relay recovers the change that made it, `inboxTarget`) or a forgery:
+ * removed either way. Empty for what it cannot read (it was refused then).
  */
-export function entriesWritten(doc: Y.Doc, update: Uint8Array): ConversationId[] {
+export function entriesHandedBack(doc: Y.Doc, update: Uint8Array): HandedBack {
+  const derive = new Set<ConversationId>()
+  const remove = new Map<ConversationId, Set<string>>()
   try {
     const read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
-    const keys = new Set<ConversationId>()
-    for (const { location } of [...read.items, ...read.deleted])
+    const entries = doc.getMap(InboxTopLevel.entries)
+    for (const { item, location } of read.items) {
+      if (location.root !== InboxTopLevel.entries || location.key === null || !isConversationId(location.key))
+        continue
+      if (entries.has(location.key)) derive.add(location.key)
+      else {
+        let items = remove.get(location.key)
+        if (!items) {
+          items = new Set()
+          remove.set(location.key, items)
+        }
+        items.add(itemKey(item))
+      }
+    }
+    // A removal touches only keys with an entry now.
+    for (const { location } of read.deleted)
       if (location.root === InboxTopLevel.entries && location.key !== null && isConversationId(location.key))
-        keys.add(location.key)
-    return [...keys]
+        derive.add(location.key)
   } catch {
-    return []
+    return { derive: [], remove: new Map() }
   }
+  return { derive: [...derive], remove }
 }

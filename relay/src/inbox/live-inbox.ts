@@ -17,7 +17,7 @@ import {
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { AfterSaved, ConnectionChange, PolicyInput, RelayExtension, RunningCore } from "../extension.js"
-import { entriesWritten } from "./check-inbox-update.js"
+import { entriesHandedBack, itemKey } from "./check-inbox-update.js"
 import { deferEntryReplacement, EntryValues } from "./entry-update.js"
 
 /**
@@ -26,6 +26,9 @@ import { deferEntryReplacement, EntryValues } from "./entry-update.js"
  * them must not buy a pass over every conversation each time.
  */
 export const FULL_REFRESH_MS = 30_000
+
+/** Users whose handed-back entries wait for their write to be stored, at most (then forgotten). */
+const MAX_HANDED_BACK_USERS = 10_000
 
 /** Options of {@link LiveInbox} (tests shorten the window or move the clock). */
 export interface LiveInboxOptions {
@@ -89,10 +92,13 @@ const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
  * the Discord/Slack model of read states (design notes, "Large rooms").
  *
  * An entry the user's device hands back that the relay no longer has (one
- * derived before a crash, never stored) or writes itself is derived again
- * right after it is stored, so the list converges on the conversations: only
- * the entries that write touched (under keys the relay wrote, see
- * `checkInboxUpdate`), each loading one conversation.
+ * derived before a crash, never stored) or writes itself is settled right
+ * after it is stored, so the list converges on the conversations: under a key
+ * the inbox shows an entry under, derived again (loading that one
+ * conversation); under any other (the key itself was lost, or forged),
+ * removed again without loading anything, until the relay writes the
+ * membership again (`inboxTarget` recovering the change that made it). See
+ * `entriesHandedBack`.
  *
  * What one frame can buy is bounded: the whole inbox is derived when a user
  * connects, at most once per {@link FULL_REFRESH_MS}; a user who reconnects
@@ -128,6 +134,8 @@ export class LiveInbox implements RelayExtension {
   private readonly wanted = new Map<UserId, Wanted>()
   /** Entries each user's accepted, not yet stored writes touch (from `checkUpdate`). */
   private readonly touched = new Map<UserId, Set<ConversationId>>()
+  /** Entries each user's accepted, not yet stored writes put under keys without one, by item id. */
+  private readonly handedBack = new Map<UserId, Map<ConversationId, Set<string>>>()
   /** Full refreshes waiting for the window of an incomplete one to end, by user. */
   private readonly deferredFull = new Map<UserId, ReturnType<typeof setTimeout>>()
   /**
@@ -163,19 +171,35 @@ export class LiveInbox implements RelayExtension {
 
   /**
    * Notes which entries a user's own write to their inbox touches (the
-   * membership policy, run first, allowed it): those are derived again once
-   * it is stored. Decides nothing.
+   * membership policy, run first, allowed it): once it is stored, those the
+   * inbox showed are derived again and the others removed (see
+   * `entriesHandedBack`). Decides nothing.
    */
   checkUpdate({ name, doc, update, principal }: PolicyInput): { allowed: true } {
     if (name.kind === "inbox" && principal.kind === "user" && principal.user === name.user) {
-      const keys = entriesWritten(doc, update)
-      if (keys.length > 0) {
+      const { derive, remove } = entriesHandedBack(doc, update)
+      if (derive.length > 0) {
         let mine = this.touched.get(name.user)
         if (!mine) {
           mine = new Set()
           this.touched.set(name.user, mine)
         }
-        for (const key of keys) mine.add(key)
+        for (const key of derive) mine.add(key)
+      }
+      if (remove.size > 0) {
+        let mine = this.handedBack.get(name.user)
+        if (!mine) {
+          // Kept past a disconnect (the write may still be stored); one refused after this check stays
+          // until the user's next stored write. Only ever a safety net (removals check item ids): bounded.
+          if (this.handedBack.size >= MAX_HANDED_BACK_USERS) this.handedBack.clear()
+          mine = new Map()
+          this.handedBack.set(name.user, mine)
+        }
+        for (const [key, items] of remove) {
+          const known = mine.get(key)
+          if (known) for (const item of items) known.add(item)
+          else mine.set(key, new Set(items))
+        }
       }
     }
     return { allowed: true }
@@ -261,6 +285,9 @@ export class LiveInbox implements RelayExtension {
         const keys = this.touched.get(parsed.user)
         this.touched.delete(parsed.user)
         if (keys && keys.size > 0) this.refresh(parsed.user, keys)
+        const handedBack = this.handedBack.get(parsed.user)
+        this.handedBack.delete(parsed.user)
+        if (handedBack) this.removeHandedBack(name, handedBack)
       }
       return
     }
@@ -314,6 +341,27 @@ export class LiveInbox implements RelayExtension {
     // read state written into its own frame (no entry object per member).
     const values = new EntryValues(head)
     this.writeStates(users, id, doc, headJson, values)
+  }
+
+  /**
+   * Removes entries a user's write put under keys their inbox showed none
+   * under, loading no conversation: stored (not only derived), so that even
+   * if the user left at once no forged key stays for the next full refresh
+   * to load. Only the items that write put there go: an entry the relay
+   * wrote under the key since (`inboxTarget` recovering a membership a crash
+   * lost) stays. Derived data: a failure leaves the entry to the next full
+   * refresh, which derives it from the conversation.
+   */
+  private removeHandedBack(name: string, handedBack: ReadonlyMap<ConversationId, ReadonlySet<string>>): void {
+    this.core
+      ?.write(name, { kind: "relay" }, (inbox) => {
+        const entries = inbox.getMap(InboxTopLevel.entries)
+        for (const [key, items] of handedBack) {
+          const current = (entries as unknown as { readonly _map: Map<string, Y.Item> })._map.get(key)
+          if (current && !current.deleted && items.has(itemKey(current))) entries.delete(key)
+        }
+      })
+      .catch(() => {})
   }
 
   /** Records `id` as missed by the away users it concerns (its members, the change's readers). */
