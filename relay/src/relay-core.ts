@@ -55,6 +55,7 @@ import {
   type PathContext,
   type PathLimits,
   purgeDue,
+  refuseWhileStorageFails,
   type StorageHealth,
   sequenceLeftovers,
   submitUpdate,
@@ -474,6 +475,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const keeper = this.options.history
     if (!keeper || parseName(name).kind !== "conversation") return
     const host = await this.activeHost(name)
+    // The prelude of a write: refused as the write would be, not queued behind a change held for storage.
+    refuseWhileStorageFails(this.ctx, host)
     const users = this.users
     const reads = keeper.readsFor(
       principal?.kind === "user" ? (wanted) => users.takeSealedReads(principal, wanted) : undefined,

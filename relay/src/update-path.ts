@@ -243,7 +243,13 @@ async function applyAndStore(
   ctx: PathContext,
   host: DocumentHost,
   change: () => Entry | undefined,
-  options: { sequenceLeftovers?: boolean; from?: Connection; clientIds?: Iterable<number> } = {},
+  options: {
+    sequenceLeftovers?: boolean
+    from?: Connection
+    clientIds?: Iterable<number>
+    /** Told when the change's append failed and the change waits in memory for storage (see {@link storeWhenBack}). */
+    held?: (failure: ParleyError) => void
+  } = {},
 ): Promise<{
   entries: Entry[]
   positions: number[]
@@ -278,7 +284,15 @@ async function applyAndStore(
       positions = await persist(ctx, host, entries)
     } catch (error) {
       if (!ctx.storageHealth || !isStorageFailure(error)) throw error
-      positions = await storeWhenBack(ctx, ctx.storageHealth, host, entries, error, senders(options.from))
+      positions = await storeWhenBack(
+        ctx,
+        ctx.storageHealth,
+        host,
+        entries,
+        error,
+        senders(options.from),
+        options.held,
+      )
     }
     // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
     const caughtUp = ctx.settleAccess(host, {
@@ -375,6 +389,7 @@ async function storeWhenBack(
   entries: readonly Entry[],
   failure: ParleyError,
   from: Iterable<Connection>,
+  held?: (failure: ParleyError) => void,
 ): Promise<number[]> {
   ctx.log.warn(
     { err: failure, doc: host.key },
@@ -382,6 +397,7 @@ async function storeWhenBack(
   )
   ctx.metrics.errors.inc({ code: failure.code })
   for (const connection of from) connection.refuse(failure)
+  held?.(failure)
   waitingForStorage.add(host)
   try {
     for (;;) {
@@ -426,7 +442,7 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /** Refuses a write at once while the document or the storage cannot take it (retryable). */
-function refuseWhileStorageFails(ctx: PathContext, host: DocumentHost): void {
+export function refuseWhileStorageFails(ctx: PathContext, host: DocumentHost): void {
   if (waitingForStorage.has(host))
     throw storageUnavailable("storage is failing: an earlier change to this document waits for it")
   if (ctx.storageHealth && !ctx.storageHealth.available) throw storageUnavailable("storage is failing")
@@ -1569,12 +1585,46 @@ function holdConnections(host: DocumentHost): () => void {
  * runs against the live document (the shared operations check the rules for
  * the actor before writing), then what it wrote is stored, sequenced,
  * broadcast and given to the extensions' observers. Resolves with the log positions once durable.
+ *
+ * While storage fails it rejects at once with the retryable STORAGE_UNAVAILABLE,
+ * also when an earlier change to the document waits for storage: such a write
+ * is not queued behind that one (an HTTP request would get no answer until
+ * storage is back). A change whose own append fails waits in memory and is
+ * stored once storage is back, as a client's does; its caller is told at once,
+ * with STORAGE_UNAVAILABLE whose message says the change is held, and a retry
+ * under the same ids finds it.
  */
 export function writeOnServer(
   ctx: PathContext,
   host: DocumentHost,
   actor: Principal,
   change: (doc: Y.Doc) => void,
+): Promise<number[]> {
+  try {
+    refuseWhileStorageFails(ctx, host)
+  } catch (error) {
+    return Promise.reject(error)
+  }
+  return new Promise<number[]>((resolve, reject) => {
+    const held = (failure: ParleyError) =>
+      reject(
+        new ParleyError(
+          ErrorCode.STORAGE_UNAVAILABLE,
+          "storage is failing: the change is held in memory and is stored once storage answers again (a retry under the same ids finds it)",
+          { cause: failure },
+        ),
+      )
+    // Settling an already rejected promise does nothing: a held change's later outcome is the log's.
+    writeInQueue(ctx, host, actor, change, held).then(resolve, reject)
+  })
+}
+
+function writeInQueue(
+  ctx: PathContext,
+  host: DocumentHost,
+  actor: Principal,
+  change: (doc: Y.Doc) => void,
+  held: (failure: ParleyError) => void,
 ): Promise<number[]> {
   return host.enqueue(async () => {
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
@@ -1585,28 +1635,33 @@ export function writeOnServer(
     let missed: MessageId[] = []
     const attempt = async () => {
       let failure: unknown
-      const stored = await applyAndStore(ctx, host, () => {
-        // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
-        if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
-        const recording = history ? sealedHistory(host.doc).recordMisses() : undefined
-        const update = captureUpdate(host.doc, () => {
-          try {
-            host.doc.transact(() => change(host.doc), actor)
-          } catch (error) {
-            // What was written before the throw is in memory, so it is stored too.
-            failure = error
-          } finally {
-            if (actor.kind !== "relay") host.doc.clientID = relayClientId
-            missed = recording?.() ?? []
-          }
-        })
-        if (!update) return undefined
-        // The change may build on derived data held in memory only (an entry it replaces or removes;
-        // the relay's items after them in its clock): stored with it, or the stored change would hang
-        // on items no other replica gets (another relay's copy, this one's after a crash) and be lost.
-        const unstored = ctx.unstoredSince?.(host)
-        return { update: unstored ? Y.encodeStateAsUpdate(host.doc, unstored) : update, source: "server" }
-      })
+      const stored = await applyAndStore(
+        ctx,
+        host,
+        () => {
+          // Each actor writes under client ids of its own, never the relay's (a policy binds ids to writers).
+          if (actor.kind !== "relay") host.doc.clientID = host.clientIdFor(actor)
+          const recording = history ? sealedHistory(host.doc).recordMisses() : undefined
+          const update = captureUpdate(host.doc, () => {
+            try {
+              host.doc.transact(() => change(host.doc), actor)
+            } catch (error) {
+              // What was written before the throw is in memory, so it is stored too.
+              failure = error
+            } finally {
+              if (actor.kind !== "relay") host.doc.clientID = relayClientId
+              missed = recording?.() ?? []
+            }
+          })
+          if (!update) return undefined
+          // The change may build on derived data held in memory only (an entry it replaces or removes;
+          // the relay's items after them in its clock): stored with it, or the stored change would hang
+          // on items no other replica gets (another relay's copy, this one's after a crash) and be lost.
+          const unstored = ctx.unstoredSince?.(host)
+          return { update: unstored ? Y.encodeStateAsUpdate(host.doc, unstored) : update, source: "server" }
+        },
+        { held },
+      )
       return { ...stored, failure }
     }
     let run = await attempt()

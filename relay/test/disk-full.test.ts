@@ -17,6 +17,7 @@ import * as Y from "yjs"
 import { SqliteBackend } from "../src/backend/sqlite.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import type { DiskSpace } from "../src/storage/disk-space.js"
+import { apiClient, createKey } from "./api/helpers.js"
 import { TestClient } from "./helpers/clients.js"
 import { signToken } from "./helpers/relay-process.js"
 import { until } from "./helpers/until.js"
@@ -35,6 +36,8 @@ const MIB = 1024 * 1024
 class Disk {
   readonly dir = mkdtempSync(join(tmpdir(), "parley-disk-full-"))
   full = false
+  /** The file system's figures still show room while the disk is full: it filled since they were last read. */
+  figuresLag = false
   /**
    * Each probe of the relay's storage that decides whether writes are let through (at the start and
    * while failing; not the watch's while it answers), in order: whether it said they could be.
@@ -42,7 +45,7 @@ class Disk {
   readonly probes: boolean[] = []
 
   space(): DiskSpace {
-    return this.full ? { free: 0, size: 8 * MIB } : { free: 4096 * MIB, size: 8192 * MIB }
+    return this.full && !this.figuresLag ? { free: 0, size: 8 * MIB } : { free: 4096 * MIB, size: 8192 * MIB }
   }
 
   /** The data directory's backend, its appends failing while the disk is full. */
@@ -254,5 +257,50 @@ describe("a relay whose disk is full", () => {
     await b.until(() => listMessages(b.doc, { last: 10 })[0]?.seq !== undefined)
     expect(listMessages(b.doc, { last: 10 })[0]!.seq).toBe(1)
     expect(b.closeEvent).toBeUndefined()
+  }, 30_000)
+  it("answers the HTTP API's sends at once while the disk is full, none queued behind a held one, and a retry under the held one's id sends it once", async () => {
+    const d = disk()
+    const key = await createKey(d.dir, "backend", ["conversations:write", "messages:read", "messages:write"])
+    const relay = await relayOn(d)
+    const api = apiClient(() => relay.httpUrl, key)
+    expect(
+      (await api("POST", "/v1/conversations", { id: "g~full", participants: [{ user: "bob" }] })).status,
+    ).toBe(201)
+    const b = await client(relay, "g~full", bob)
+    await b.synced()
+
+    // Full before the storage probe knows: the first send's append fails and its message waits in memory.
+    d.figuresLag = true
+    d.full = true
+    const started = performance.now()
+    const first = await api("POST", "/v1/conversations/g~full/messages", { body: "first" })
+    expect(first.status).toBe(503)
+    expect(first.body.code).toBe(ErrorCode.STORAGE_UNAVAILABLE)
+    const heldId = /retry with "id": "([^"]+)"/.exec(first.body.detail)?.[1]
+    expect(heldId).toBeDefined()
+    d.figuresLag = false
+    // The next one is refused at once too, not queued behind the held one until space is freed.
+    const second = await api("POST", "/v1/conversations/g~full/messages", { body: "second" })
+    expect(second.status).toBe(503)
+    expect(second.body.code).toBe(ErrorCode.STORAGE_UNAVAILABLE)
+    expect(performance.now() - started).toBeLessThan(5_000)
+    expect(bodies(b)).toEqual([])
+
+    d.full = false
+    await until(
+      () => readyz(relay).then((r) => r.status),
+      (status) => status === 200,
+    )
+    // The held message was stored without anyone asking again; a retry under its id finds it.
+    await b.until(() => bodies(b).length === 1)
+    const retried = await api("POST", "/v1/conversations/g~full/messages", { id: heldId, body: "first" })
+    expect(retried.status).toBe(200)
+    expect(
+      (await api("POST", "/v1/conversations/g~full/messages", { id: "m-second", body: "second" })).status,
+    ).toBe(201)
+    const listed = await api("GET", "/v1/conversations/g~full/messages")
+    expect(listed.body.messages.map((m: { body: string }) => m.body)).toEqual(["first", "second"])
+    await b.until(() => bodies(b).length === 2)
+    expect(bodies(b)).toEqual(["first", "second"])
   }, 30_000)
 })

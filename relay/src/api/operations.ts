@@ -364,6 +364,18 @@ export class ApiOperations {
       // Not moved (storage failing too), the record keeps an older `since`: a retry searches more, as correctly.
       if (request.idempotent && absentThrough !== undefined)
         await this.records.advance(id, request.id, absentThrough).catch(() => {})
+      // Written in memory, then storage failed: the change may be held and stored once storage is back
+      // (see `writeOnServer`). A retry under the same id finds it instead of sending it twice.
+      if (
+        absentThrough !== undefined &&
+        error instanceof ParleyError &&
+        error.code === ErrorCode.STORAGE_UNAVAILABLE
+      )
+        throw new ParleyError(
+          ErrorCode.STORAGE_UNAVAILABLE,
+          `storage is failing: message ${JSON.stringify(request.id)} may be held and stored once storage answers again; to send it exactly once, retry with "id": ${JSON.stringify(request.id)}${request.idempotent ? " (or the same Idempotency-Key)" : ""}`,
+          { cause: error },
+        )
       throw error
     }
   }
