@@ -49,8 +49,14 @@ export interface StoredChange {
  * read a document, and write through the one update path.
  */
 export interface RunningCore {
-  /** Reads a document's current state (loading it if needed); `read` must not write. */
-  read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T>
+  /**
+   * Reads a document's current state (loading it if needed); `read` must not write.
+   * A read waits behind the document's queued changes; while one of them waits in
+   * memory for storage that is failing, that can be until storage is back, unless
+   * `failFast` is set: then it rejects at once with the retryable STORAGE_UNAVAILABLE
+   * (what an HTTP request wants, rather than no answer).
+   */
+  read<T>(name: string, read: (doc: Y.Doc) => T, options?: { readonly failFast?: boolean }): Promise<T>
   /** Runs `change` on the document as `actor`, then checks, saves, sequences and broadcasts what it wrote. */
   write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void>
   /**

@@ -59,6 +59,7 @@ import {
   type StorageHealth,
   sequenceLeftovers,
   submitUpdate,
+  unlessHeld,
   writeOnServer,
 } from "./update-path.js"
 import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits } from "./user-limits.js"
@@ -456,14 +457,19 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** Reads a document's current state (loading it if needed); `read` must not write. */
-  async read<T>(name: string, read: (doc: Y.Doc) => T): Promise<T> {
+  async read<T>(
+    name: string,
+    read: (doc: Y.Doc) => T,
+    options?: { readonly failFast?: boolean },
+  ): Promise<T> {
     parseName(name)
     for (;;) {
       const host = await this.activeHost(name)
       try {
         // A change queued before this read may have failed to store and evicted the document;
         // its memory then holds what storage does not, so the read goes to a fresh load.
-        const result = await host.enqueue(async () => (host.destroyed ? EVICTED : { value: read(host.doc) }))
+        const queued = () => host.enqueue(async () => (host.destroyed ? EVICTED : { value: read(host.doc) }))
+        const result = await (options?.failFast ? unlessHeld(host, queued) : queued())
         if (result !== EVICTED) return result.value
       } finally {
         this.scheduleIdle(host)

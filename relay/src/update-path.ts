@@ -363,6 +363,33 @@ function senders(from: Connection | undefined): Connection[] {
 
 /** Documents holding a change that is applied in memory but waits for storage to come back. */
 const waitingForStorage = new WeakSet<DocumentHost>()
+/** Told when their document starts holding such a change: reads queued behind it that must not wait. */
+const heldListeners = new WeakMap<DocumentHost, Set<() => void>>()
+
+function heldRefusal(): ParleyError {
+  return storageUnavailable(
+    "storage is failing: a change to this document waits in memory for it, and what is read here would include it; retry once storage answers again",
+  )
+}
+
+/**
+ * Runs `queued` (work queued on the document) unless a change to the document
+ * waits for storage, now or before the work's turn comes: then rejects at once
+ * with the retryable STORAGE_UNAVAILABLE instead of waiting until storage is
+ * back (the queued work still runs in its turn; its result is dropped).
+ */
+export function unlessHeld<T>(host: DocumentHost, queued: () => Promise<T>): Promise<T> {
+  if (waitingForStorage.has(host)) return Promise.reject(heldRefusal())
+  return new Promise<T>((resolve, reject) => {
+    const listeners = heldListeners.get(host) ?? new Set()
+    heldListeners.set(host, listeners)
+    const onHeld = () => reject(heldRefusal())
+    listeners.add(onHeld)
+    queued()
+      .then(resolve, reject)
+      .finally(() => listeners.delete(onHeld))
+  })
+}
 
 /**
  * A change is applied in memory (shown to nobody) and its append failed
@@ -399,6 +426,7 @@ async function storeWhenBack(
   for (const connection of from) connection.refuse(failure)
   held?.(failure)
   waitingForStorage.add(host)
+  for (const onHeld of heldListeners.get(host) ?? []) onHeld()
   try {
     for (;;) {
       await health.whenAvailable()

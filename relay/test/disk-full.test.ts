@@ -258,9 +258,9 @@ describe("a relay whose disk is full", () => {
     expect(listMessages(b.doc, { last: 10 })[0]!.seq).toBe(1)
     expect(b.closeEvent).toBeUndefined()
   }, 30_000)
-  it("answers the HTTP API's sends at once while the disk is full, none queued behind a held one, and a retry under the held one's id sends it once", async () => {
+  it("answers the HTTP API's sends and reads at once while the disk is full, none queued behind a held send, and a retry under the held one's id sends it once", async () => {
     const d = disk()
-    const key = await createKey(d.dir, "backend", ["conversations:write", "messages:read", "messages:write"])
+    const key = await createKey(d.dir, "backend", ["conversations:read", "conversations:write", "messages:read", "messages:write"])
     const relay = await relayOn(d)
     const api = apiClient(() => relay.httpUrl, key)
     expect(
@@ -283,6 +283,12 @@ describe("a relay whose disk is full", () => {
     const second = await api("POST", "/v1/conversations/g~full/messages", { body: "second" })
     expect(second.status).toBe(503)
     expect(second.body.code).toBe(ErrorCode.STORAGE_UNAVAILABLE)
+    // Reads would show the held message, not yet stored: refused at once as well, not left unanswered.
+    for (const path of ["/v1/conversations/g~full/messages", "/v1/conversations/g~full"]) {
+      const read = await api("GET", path)
+      expect(read.status).toBe(503)
+      expect(read.body.code).toBe(ErrorCode.STORAGE_UNAVAILABLE)
+    }
     expect(performance.now() - started).toBeLessThan(5_000)
     expect(bodies(b)).toEqual([])
 

@@ -49,10 +49,14 @@ const PROBLEMS = Object.fromEntries(
       [413, "Request body too large"],
       [422, "Well-formed, but the conversation refuses it (e.g. metadata too large)"],
       [429, "Too many requests (or event streams) for this key"],
+      [
+        503,
+        "Storage is failing (`STORAGE_UNAVAILABLE`, retryable: retry later; a send's `detail` names the message id to retry with, so that it is sent once), the conversation's stored state is damaged (`DAMAGED`), or the relay is stopping (`UNAVAILABLE`)",
+      ],
     ] as const
   ).map(([status, description]) => [status, { description, content: problemContent }]),
 ) as Record<
-  400 | 401 | 403 | 404 | 409 | 413 | 422 | 429,
+  400 | 401 | 403 | 404 | 409 | 413 | 422 | 429 | 503,
   { description: string; content: typeof problemContent }
 >
 
@@ -77,7 +81,8 @@ function operation<
     description:
       `${config.description ?? ""}\n\nScope: \`${scope}\` (and \`act-as-user\` with \`asUser\`).`.trim(),
     security: [{ apiKey: [scope] }],
-    responses: { ...config.responses, ...PROBLEMS } as R["responses"] & typeof PROBLEMS,
+    // A route's own description of a status (its 503, say) says more than the shared one.
+    responses: { ...PROBLEMS, ...config.responses } as R["responses"] & typeof PROBLEMS,
   } as never) as unknown as R & { method: R["method"]; path: R["path"] }
 }
 
@@ -510,8 +515,11 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       security: [{ apiKey: ["users:erase"] }],
       responses: {
         200: json(S.ErasureSchema, "What was erased"),
-        503: { description: "Erasure is not available on this relay", content: problemContent },
         ...PROBLEMS,
+        503: {
+          description: "Erasure is not available on this relay, or storage is failing (retryable)",
+          content: problemContent,
+        },
       },
     }),
     async (c) => {

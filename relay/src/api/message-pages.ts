@@ -152,11 +152,15 @@ export class MessagePages {
     const pages = new Map<string, DirectoryPage>()
     const stale = new Set<string>()
     for (;;) {
-      const step = await this.core.read(id, (doc) => {
-        if (!getConversation(doc)) return undefined
-        holdPages(doc, pages)
-        return plan(doc, segments)
-      })
+      const step = await this.core.read(
+        id,
+        (doc) => {
+          if (!getConversation(doc)) return undefined
+          holdPages(doc, pages)
+          return plan(doc, segments)
+        },
+        { failFast: true },
+      )
       if (!step) throw new ParleyError(ErrorCode.NOT_FOUND, `no conversation ${JSON.stringify(id)}`)
       if (step.kind === "done") return step.value
       const history = this.core.historyKeeper

@@ -181,7 +181,7 @@ export class ApiOperations {
   }
 
   private async view(id: string): Promise<ConversationView> {
-    const view = await this.core.read(id, conversationView)
+    const view = await this.core.read(id, conversationView, { failFast: true })
     if (!view) throw notFound(id)
     return view
   }
@@ -295,7 +295,9 @@ export class ApiOperations {
       const outcome = await this.sendOnce(id, actor, request, Number.POSITIVE_INFINITY)
       return { message: await this.sent(id, request.id), created: outcome === "created" }
     }
-    const since = await this.core.read(id, (doc) => (getConversation(doc) ? lastSequence(doc) : undefined))
+    const since = await this.core.read(id, (doc) => (getConversation(doc) ? lastSequence(doc) : undefined), {
+      failFast: true,
+    })
     if (since === undefined) throw notFound(id)
     const record = await this.records.begin(id, request.id, since, this.now())
     // Sealed history is searched only for an attempt that began before this one (it may have stored the
@@ -391,12 +393,16 @@ export class ApiOperations {
     request: SendRequest,
     seq: number,
   ): Promise<SendResult | undefined> {
-    const live = await this.core.read(id, (doc) => {
-      if (!getConversation(doc)) return undefined
-      const index = messageIndex(doc)
-      const found = index.records.get(request.id) ?? index.deleted.get(request.id)
-      return found ? { found, view: getMessage(doc, request.id) } : "sealed"
-    })
+    const live = await this.core.read(
+      id,
+      (doc) => {
+        if (!getConversation(doc)) return undefined
+        const index = messageIndex(doc)
+        const found = index.records.get(request.id) ?? index.deleted.get(request.id)
+        return found ? { found, view: getMessage(doc, request.id) } : "sealed"
+      },
+      { failFast: true },
+    )
     if (!live) throw notFound(id)
     if (live !== "sealed") {
       if (!sameAsFound(live.found, actor.user, request)) throw reused()
@@ -425,7 +431,7 @@ export class ApiOperations {
 
   /** The message `messageId` just sent (or found sent). */
   private async sent(id: ConversationId, messageId: MessageId): Promise<MessageView> {
-    const message = await this.core.read(id, (doc) => getMessage(doc, messageId))
+    const message = await this.core.read(id, (doc) => getMessage(doc, messageId), { failFast: true })
     if (!message) throw new ParleyError(ErrorCode.INTERNAL, "the message sent is not in the conversation")
     return message
   }
@@ -448,8 +454,11 @@ export class ApiOperations {
 
   /** The pinned (sticky, not unpinned) messages, oldest first; NOT_FOUND for an unknown conversation. */
   async pinned(id: ConversationId): Promise<{ messages: MessageView[]; lastSequence: number }> {
-    const result = await this.core.read(id, (doc) =>
-      getConversation(doc) ? { messages: pinnedMessages(doc), lastSequence: lastSequence(doc) } : undefined,
+    const result = await this.core.read(
+      id,
+      (doc) =>
+        getConversation(doc) ? { messages: pinnedMessages(doc), lastSequence: lastSequence(doc) } : undefined,
+      { failFast: true },
     )
     if (!result) throw notFound(id)
     return result
@@ -480,7 +489,7 @@ export class ApiOperations {
   }
 
   async message(id: ConversationId, messageId: MessageId): Promise<MessageView> {
-    const message = await this.core.read(id, (doc) => getMessage(doc, messageId))
+    const message = await this.core.read(id, (doc) => getMessage(doc, messageId), { failFast: true })
     if (!message) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
     return message
   }
@@ -500,7 +509,7 @@ export class ApiOperations {
       const target = (upTo ?? "latest") as number | MessageId | "latest"
       return which === "read" ? markRead(doc, actor.user, target) : markDelivered(doc, actor.user, target)
     })
-    const markers = await this.core.read(id, (doc) => markersOf(doc, actor.user))
+    const markers = await this.core.read(id, (doc) => markersOf(doc, actor.user), { failFast: true })
     return { user: actor.user, readUpTo: markers.read, deliveredUpTo: markers.delivered, moved }
   }
 

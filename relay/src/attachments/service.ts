@@ -119,7 +119,7 @@ export class AttachmentService {
       return false
     }
     if (name.kind !== "conversation" || !this.core) return false
-    return this.core.read(conversation, check)
+    return this.core.read(conversation, check, { failFast: true })
   }
 
   /** Opens an upload session; 404 (as for a missing conversation) when `user` may not send to it. */
