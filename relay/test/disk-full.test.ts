@@ -260,7 +260,12 @@ describe("a relay whose disk is full", () => {
   }, 30_000)
   it("answers the HTTP API's sends and reads at once while the disk is full, none queued behind a held send, and a retry under the held one's id sends it once", async () => {
     const d = disk()
-    const key = await createKey(d.dir, "backend", ["conversations:read", "conversations:write", "messages:read", "messages:write"])
+    const key = await createKey(d.dir, "backend", [
+      "conversations:read",
+      "conversations:write",
+      "messages:read",
+      "messages:write",
+    ])
     const relay = await relayOn(d)
     const api = apiClient(() => relay.httpUrl, key)
     expect(
@@ -268,6 +273,11 @@ describe("a relay whose disk is full", () => {
     ).toBe(201)
     const b = await client(relay, "g~full", bob)
     await b.synced()
+
+    await until(
+      () => api("GET", "/v1/users/bob/conversations").then((r) => r.body.total),
+      (total) => total === 1,
+    )
 
     // Full before the storage probe knows: the first send's append fails and its message waits in memory.
     d.figuresLag = true
@@ -284,7 +294,12 @@ describe("a relay whose disk is full", () => {
     expect(second.status).toBe(503)
     expect(second.body.code).toBe(ErrorCode.STORAGE_UNAVAILABLE)
     // Reads would show the held message, not yet stored: refused at once as well, not left unanswered.
-    for (const path of ["/v1/conversations/g~full/messages", "/v1/conversations/g~full"]) {
+    for (const path of [
+      "/v1/conversations/g~full/messages",
+      "/v1/conversations/g~full",
+      "/v1/users/bob/conversations",
+      "/v1/users/bob/unread",
+    ]) {
       const read = await api("GET", path)
       expect(read.status).toBe(503)
       expect(read.body.code).toBe(ErrorCode.STORAGE_UNAVAILABLE)

@@ -530,7 +530,7 @@ export class ApiOperations {
    * only for connected users), so exact at any time.
    */
   async inbox(user: UserId, offset: number, limit: number) {
-    const items = await derivedInbox(this.core, user)
+    const items = await derivedInbox(this.core, user, { failFast: true })
     return {
       conversations: items.slice(offset, offset + limit),
       total: items.length,
@@ -540,7 +540,7 @@ export class ApiOperations {
 
   /** `user`'s unread messages: in all and per conversation (derived, like {@link inbox}). */
   async unread(user: UserId) {
-    const summary = await inboxSummary(this.core, user)
+    const summary = await inboxSummary(this.core, user, { failFast: true })
     return { total: summary.totalUnread, conversations: summary.unread }
   }
 }

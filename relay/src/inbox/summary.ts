@@ -20,23 +20,35 @@ import type { InboxSummary } from "../hooks/define.js"
  * newest activity first. Exact whether or not anyone keeps the user's inbox
  * current, at one read per conversation they are in, done only when asked.
  */
-export async function derivedInbox(core: RunningCore, user: UserId): Promise<InboxItem[]> {
-  return (await derive(core, user)).items
+export async function derivedInbox(
+  core: RunningCore,
+  user: UserId,
+  options?: ReadOptions,
+): Promise<InboxItem[]> {
+  return (await derive(core, user, options)).items
 }
+
+/** How the documents are read (see {@link RunningCore.read}). */
+type ReadOptions = Parameters<RunningCore["read"]>[2]
 
 async function derive(
   core: RunningCore,
   user: UserId,
+  options: ReadOptions,
 ): Promise<{ items: InboxItem[]; muted: Set<ConversationId> }> {
-  const { ids, muted } = await core.read(inboxDocumentName(user), (inbox) => ({
-    ids: [...inbox.getMap(InboxTopLevel.entries).keys()] as ConversationId[],
-    muted: new Set(mutedConversations(inbox)),
-  }))
+  const { ids, muted } = await core.read(
+    inboxDocumentName(user),
+    (inbox) => ({
+      ids: [...inbox.getMap(InboxTopLevel.entries).keys()] as ConversationId[],
+      muted: new Set(mutedConversations(inbox)),
+    }),
+    options,
+  )
   const items: InboxItem[] = []
   for (const id of ids) {
     let entry: InboxEntry | undefined
     try {
-      entry = await core.read(id, (doc) => inboxEntryFor(doc, user))
+      entry = await core.read(id, (doc) => inboxEntryFor(doc, user), options)
     } catch (error) {
       // A damaged or unknown conversation is left out until it is restored.
       if (
@@ -61,8 +73,12 @@ async function derive(
  * at one read per conversation they are in, done only when asked (a push
  * hook asking for a badge), never per message for every member.
  */
-export async function inboxSummary(core: RunningCore, user: UserId): Promise<InboxSummary> {
-  const { items, muted } = await derive(core, user)
+export async function inboxSummary(
+  core: RunningCore,
+  user: UserId,
+  options?: ReadOptions,
+): Promise<InboxSummary> {
+  const { items, muted } = await derive(core, user, options)
   const unread: Record<ConversationId, number> = {}
   let totalUnread = 0
   for (const item of items) {
