@@ -14,7 +14,7 @@ interface Session {
   bytes: Buffer
 }
 
-type Fault = "reset" | number | undefined
+type Fault = "reset" | number | undefined | "slow"
 
 class UploadServer {
   readonly sessions = new Map<string, Session>()
@@ -73,6 +73,16 @@ class UploadServer {
       return
     }
     const offset = session.bytes.length
+    if (fault === "slow") {
+      // As the relay does with a chunk that came too slowly: keeps what arrived (here half), answers 408.
+      session.bytes = Buffer.concat([session.bytes, body.subarray(0, Math.floor(body.length / 2))])
+      res.writeHead(408, {
+        "upload-offset": String(session.bytes.length),
+        "content-type": "application/problem+json",
+      })
+      res.end(JSON.stringify({ title: "too slow", code: "TIMEOUT" }))
+      return
+    }
     if (method === "HEAD") {
       res.writeHead(204, { "upload-offset": String(offset), "upload-length": String(session.size) }).end()
       return
@@ -165,6 +175,16 @@ describe("uploadFile", () => {
     expect(server.sessions.get("up1")!.bytes.toString()).toBe("0123456789abcdefghij")
     expect(server.log).toContain("PATCH /v1/uploads/up1 0")
     expect(server.log).toContain("PATCH /v1/uploads/up1 8")
+  })
+
+  it("resumes from the relay's offset after a 408 (a chunk that came too slowly), every time it happens", async () => {
+    const { promise } = upload()
+    // Three slow chunks in a row, each half stored: 0 → 2 → 4 → 6, then the link is fast again.
+    server.fault = (method, nth) => (method === "PATCH" && nth <= 3 ? "slow" : undefined)
+    await promise
+    expect(server.sessions.get("up1")!.bytes.toString()).toBe("0123456789abcdefghij")
+    expect(server.log).toContain("PATCH /v1/uploads/up1 2")
+    expect(server.log).toContain("PATCH /v1/uploads/up1 6")
   })
 
   it("starts over once when the relay no longer knows the session (expired)", async () => {

@@ -505,6 +505,18 @@ export const RELAY_FLAGS = {
     help: "bytes one user may upload a minute (429 beyond)",
     default: ATTACHMENTS.bytesPerMinutePerUser,
   }),
+  "attachment-chunk-idle-ms": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_CHUNK_IDLE_MS",
+    help: "an upload chunk that sends no byte for this long, or too slowly after it, is cut off (408; what arrived is kept)",
+    default: ATTACHMENTS.chunkIdleMs,
+  }),
+  "attachment-chunk-min-bytes-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_CHUNK_MIN_BYTES_PER_SECOND",
+    help: "least average rate of an upload chunk once --attachment-chunk-idle-ms has passed (408 below)",
+    default: ATTACHMENTS.chunkMinBytesPerSecond,
+  }),
   "link-previews": flag({
     kind: "boolean",
     env: "PARLEY_LINK_PREVIEWS",
@@ -934,6 +946,8 @@ export function parseConfig(
       ...(v["attachment-types"]?.length ? { allowedTypes: v["attachment-types"] } : {}),
       concurrentChunksPerUser: Math.max(1, v["attachment-uploads-per-user"]),
       bytesPerMinutePerUser: Math.max(1, v["attachment-bytes-per-minute"]),
+      chunkIdleMs: Math.max(100, v["attachment-chunk-idle-ms"]),
+      chunkMinBytesPerSecond: Math.max(0, v["attachment-chunk-min-bytes-per-second"]),
       linkPreviews: v["link-previews"] === true,
       linkPreviewsAllowPrivate: v["link-previews-allow-private"] === true,
       linkPreviewsPerUserPerMinute: v["link-previews-per-user-per-minute"],

@@ -27,6 +27,7 @@ function codeOf(status: number): ErrorCode {
   if (status === 401) return ErrorCode.UNAUTHORIZED
   if (status === 403) return ErrorCode.FORBIDDEN
   if (status === 404) return ErrorCode.NOT_FOUND
+  if (status === 408) return ErrorCode.TIMEOUT
   if (status === 409) return ErrorCode.CONFLICT
   if (status === 413) return ErrorCode.TOO_LARGE
   if (status === 400 || status === 415 || status === 422) return ErrorCode.INVALID_ARGUMENT

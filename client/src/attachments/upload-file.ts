@@ -74,7 +74,12 @@ export async function uploadFile(http: RelayHttp, file: FileUpload): Promise<Att
       offset = result.offset
       conflicts = 0
     } catch (error) {
-      if (error instanceof HttpRefusal && error.status === 409 && error.uploadOffset !== undefined) {
+      if (error instanceof HttpRefusal && error.status === 408 && error.uploadOffset !== undefined) {
+        // The chunk came too slowly (a slow link): the relay kept what arrived. Resume from there,
+        // as long as that moves the upload on.
+        if (error.uploadOffset <= offset && ++conflicts > 3) throw error
+        offset = error.uploadOffset
+      } else if (error instanceof HttpRefusal && error.status === 409 && error.uploadOffset !== undefined) {
         // Another tab may be sending the same file: follow it a few times, then leave it to a later retry.
         if (++conflicts > 3) throw new HttpRefusal(ErrorCode.UNAVAILABLE, "the upload keeps moving", 503)
         offset = error.uploadOffset

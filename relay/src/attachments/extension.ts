@@ -32,6 +32,10 @@ export interface AttachmentOptions {
   readonly uploadsPerMinutePerUser?: number
   /** Chunks the relay receives at once, all users together. Default 64 (each buffers up to a chunk). */
   readonly maxChunksInFlight?: number
+  /** A chunk that sends nothing for this long (ms), or too slowly after it, is cut off (408). Default 10,000 (`--attachment-chunk-idle-ms`). */
+  readonly chunkIdleMs?: number
+  /** Least average rate of a chunk once `chunkIdleMs` has passed, bytes a second. Default 4,096 (`--attachment-chunk-min-bytes-per-second`). */
+  readonly chunkMinBytesPerSecond?: number
   /** Most pixels decoded of one image. Default 40 million. */
   readonly maxImagePixels?: number
   /** Lifetime of signed download URLs, in seconds. Default 900 (15 min). */
@@ -57,6 +61,8 @@ export const DEFAULT_ATTACHMENT_OPTIONS = {
   bytesPerMinutePerUser: 256 * 1024 * 1024,
   uploadsPerMinutePerUser: 60,
   maxChunksInFlight: 64,
+  chunkIdleMs: 10_000,
+  chunkMinBytesPerSecond: 4096,
   maxImagePixels: DEFAULT_MAX_IMAGE_PIXELS,
   signedUrlSeconds: 900,
   sweepIntervalMs: 10 * 60_000,
@@ -162,6 +168,10 @@ export class AttachmentsExtension implements RelayExtension {
       secret: () => secret,
       signedUrlSeconds: this.options.signedUrlSeconds ?? D.signedUrlSeconds,
       maxChunksInFlight: this.options.maxChunksInFlight ?? D.maxChunksInFlight,
+      chunkPace: {
+        idleMs: this.options.chunkIdleMs ?? D.chunkIdleMs,
+        minBytesPerSecond: this.options.chunkMinBytesPerSecond ?? D.chunkMinBytesPerSecond,
+      },
       ...(this.options.linkPreviews ? { linkPreviews: await this.linkPreviewGate() } : {}),
       // Users' requests spend the per-user request budget of the core's ledger.
       ...(core.users ? { requests: core.users } : {}),

@@ -39,6 +39,8 @@ export interface AttachmentRoutesOptions {
   readonly signedUrlSeconds: number
   /** Chunks being received at once on this relay, all users together (each buffers up to a chunk). */
   readonly maxChunksInFlight: number
+  /** How slowly a chunk may arrive before it is cut off with 408 (what arrived is kept). */
+  readonly chunkPace: { readonly idleMs: number; readonly minBytesPerSecond: number }
   /** Link previews, within their limits (only with `--link-previews`). */
   readonly linkPreviews?: LinkPreviewGate
   /** The per-user request budget users' own tokens and signed URLs are held to (API keys are not). */
@@ -181,6 +183,10 @@ const patchUploadRoute = createRoute({
       [400, "Malformed offset, or a chunk past the declared size"],
       ...AUTH,
       [404, "No such upload of the caller's"],
+      [
+        408,
+        "The chunk came too slowly (no byte for `--attachment-chunk-idle-ms`, or under `--attachment-chunk-min-bytes-per-second` after it): what arrived is stored, header `Upload-Offset` says where to resume",
+      ],
       [409, "`Upload-Offset` is not the stored length (header `Upload-Offset` gives it): resume from there"],
       [413, "The chunk exceeds `chunkBytes`"],
       [
@@ -319,23 +325,65 @@ function parseRange(
 }
 
 /** Reads a request body of at most `max` bytes; undefined when it is longer (the rest is not read). */
+/** A chunk's sender stalled or trickled below the relay's floor; `received` is what arrived. */
+class SlowChunk extends Error {
+  constructor(readonly received: Uint8Array) {
+    super("slow chunk")
+  }
+}
+
+/**
+ * Reads a chunk's body, at most `max` bytes (undefined beyond). A sender that
+ * sends nothing for `idleMs`, or less than `minBytesPerSecond` on average once
+ * `idleMs` has passed, is cut off with {@link SlowChunk}: a slot of the chunks
+ * in flight (and of its user's) is not held for minutes by a trickle.
+ */
 async function readChunk(
   body: ReadableStream<Uint8Array> | null,
   max: number,
+  pace: { readonly idleMs: number; readonly minBytesPerSecond: number },
 ): Promise<Uint8Array | undefined> {
   if (!body) return new Uint8Array(0)
   const parts: Uint8Array[] = []
   let length = 0
   const reader = body.getReader()
+  const started = performance.now()
+  let lastByte = started
+  const tooSlow = () => {
+    const now = performance.now()
+    if (now - lastByte >= pace.idleMs) return true
+    const elapsed = now - started
+    return elapsed >= pace.idleMs && (length * 1000) / elapsed < pace.minBytesPerSecond
+  }
+  const TICK = Symbol("tick")
+  let pending: Promise<ReadableStreamReadResult<Uint8Array>> | undefined
   for (;;) {
-    const { done, value } = await reader.read()
-    if (done) break
-    length += value.length
+    pending ??= reader.read()
+    let timer: NodeJS.Timeout | undefined
+    const next = await Promise.race([
+      pending,
+      new Promise<typeof TICK>((resolve) => {
+        timer = setTimeout(() => resolve(TICK), Math.min(1000, pace.idleMs))
+      }),
+    ]).finally(() => clearTimeout(timer))
+    if (next === TICK) {
+      if (!tooSlow()) continue
+      await reader.cancel().catch(() => {})
+      throw new SlowChunk(Buffer.concat(parts, length))
+    }
+    pending = undefined
+    if (next.done) break
+    length += next.value.length
     if (length > max) {
       await reader.cancel().catch(() => {})
       return undefined
     }
-    parts.push(value)
+    if (next.value.length > 0) lastByte = performance.now()
+    parts.push(next.value)
+    if (tooSlow()) {
+      await reader.cancel().catch(() => {})
+      throw new SlowChunk(Buffer.concat(parts, length))
+    }
   }
   return Buffer.concat(parts, length)
 }
@@ -498,10 +546,25 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
     try {
       let chunk: Uint8Array | undefined
       try {
-        chunk = await readChunk(c.req.raw.body, chunkBytes)
-      } catch {
-        // The client went away mid-chunk: nothing of it is stored, and nobody is left to answer.
-        return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, "the chunk was cut off"), 400)
+        chunk = await readChunk(c.req.raw.body, chunkBytes, options.chunkPace)
+      } catch (error) {
+        if (!(error instanceof SlowChunk))
+          // The client went away mid-chunk: nothing of it is stored, and nobody is left to answer.
+          return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, "the chunk was cut off"), 400)
+        // What did arrive is kept: the client resumes from the offset it is told.
+        const kept =
+          error.received.length > 0
+            ? (await service.appendChunk(record, offset, error.received)).offset
+            : offset
+        return problemResponse(
+          c,
+          new ParleyError(
+            ErrorCode.TIMEOUT,
+            `the chunk came too slowly (nothing for ${options.chunkPace.idleMs} ms, or under ${options.chunkPace.minBytesPerSecond} bytes a second): ${kept} bytes are stored, send the rest from there`,
+          ),
+          408,
+          { "upload-offset": String(kept), connection: "close" },
+        )
       }
       if (!chunk)
         return problemResponse(
@@ -650,6 +713,7 @@ export function attachmentsOpenApiPart(): OpenApiPart {
     secret: unused,
     signedUrlSeconds: 0,
     maxChunksInFlight: 0,
+    chunkPace: { idleMs: 0, minBytesPerSecond: 0 },
     log: { error: unused } as unknown as Logger,
   })
   return openApiPartOf(app)

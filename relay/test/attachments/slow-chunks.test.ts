@@ -1,0 +1,142 @@
+import { request } from "node:http"
+import { type ConversationId, createConversation, type UserId } from "@parley/shared"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { attachmentClient } from "../helpers/attachments.js"
+import { TestClient } from "../helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+
+const alice = "alice" as UserId
+const IDLE_MS = 600
+
+/**
+ * Sends a PATCH chunk declaring `declared` bytes, writing `pieces` with `gapMs`
+ * between them and then nothing more; resolves with the relay's answer.
+ */
+function slowPatch(
+  relay: RelayProcess,
+  token: string,
+  uploadId: string,
+  declared: number,
+  pieces: Uint8Array[],
+  gapMs: number,
+): Promise<{ status: number; offset: string | undefined; body: Record<string, unknown>; ms: number }> {
+  const started = performance.now()
+  return new Promise((resolve, reject) => {
+    const req = request(
+      `${relay.httpUrl}/v1/uploads/${uploadId}`,
+      {
+        method: "PATCH",
+        headers: {
+          authorization: `Bearer ${token}`,
+          "content-type": "application/offset+octet-stream",
+          "upload-offset": "0",
+          "content-length": String(declared),
+        },
+      },
+      (res) => {
+        let text = ""
+        res.on("data", (d) => {
+          text += d
+        })
+        res.on("end", () => {
+          clearTimeout(writer)
+          req.destroy()
+          resolve({
+            status: res.statusCode ?? 0,
+            offset: res.headers["upload-offset"] as string | undefined,
+            body: text ? (JSON.parse(text) as Record<string, unknown>) : {},
+            ms: performance.now() - started,
+          })
+        })
+      },
+    )
+    req.on("error", reject)
+    let next = 0
+    let writer: NodeJS.Timeout | undefined
+    const write = () => {
+      if (next >= pieces.length) return
+      req.write(pieces[next++])
+      writer = setTimeout(write, gapMs)
+    }
+    write()
+  })
+}
+
+describe("upload chunks that come too slowly", () => {
+  let relay: RelayProcess
+  const api = attachmentClient(() => relay)
+
+  beforeAll(async () => {
+    relay = await startRelayProcess({
+      args: [
+        "--attachment-chunk-idle-ms",
+        String(IDLE_MS),
+        "--attachment-chunk-min-bytes-per-second",
+        "2000",
+      ],
+    })
+  })
+  afterAll(async () => {
+    await stopRelayProcesses()
+  })
+
+  async function upload(id: string, size: number): Promise<string> {
+    const client = new TestClient(relay.url, id as ConversationId, await relay.token(alice))
+    await client.opened
+    await client.synced()
+    createConversation(client.doc, alice, {
+      kind: "group",
+      id: id as ConversationId,
+      title: "Files",
+      participants: [],
+    })
+    await client.allSaved()
+    client.close()
+    const created = await api.create(alice, id, { name: "notes.txt", size })
+    expect(created.status).toBe(201)
+    return created.body.uploadId as string
+  }
+
+  const bytes = (n: number) => new Uint8Array(Buffer.alloc(n, "slow and steady\n"))
+
+  it("cuts off a chunk that stops sending with 408, keeps what arrived, and the upload resumes from there", async () => {
+    const whole = bytes(4096)
+    const uploadId = await upload("g~slow-chunk-stall", whole.length)
+    const stalled = await slowPatch(
+      relay,
+      await relay.token(alice),
+      uploadId,
+      whole.length,
+      [whole.subarray(0, 1000)],
+      0,
+    )
+    expect(stalled.status).toBe(408)
+    expect(stalled.body.code).toBe("TIMEOUT")
+    expect(stalled.offset).toBe("1000")
+    // Cut off near the idle limit, not left hanging.
+    expect(stalled.ms).toBeGreaterThanOrEqual(IDLE_MS - 50)
+    expect(stalled.ms).toBeLessThan(IDLE_MS + 3000)
+    expect((await api.head(alice, uploadId)).offset).toBe("1000")
+
+    const rest = await api.patch(alice, uploadId, 1000, whole.subarray(1000))
+    expect(rest.status).toBe(201)
+    const attachment = rest.body!.attachment as { url: string; size: number }
+    expect(attachment.size).toBe(whole.length)
+    const got = await api.download(attachment.url, alice)
+    expect(Buffer.from(got.bytes).equals(Buffer.from(whole))).toBe(true)
+  }, 20_000)
+
+  it("cuts off a chunk that trickles below the least rate, though bytes keep coming", async () => {
+    const uploadId = await upload("g~slow-chunk-trickle", 4096)
+    // 20 bytes every 100 ms: 200 bytes a second, never idle for the idle limit, ten times under the floor.
+    const pieces = Array.from({ length: 100 }, () => bytes(20))
+    const trickled = await slowPatch(relay, await relay.token(alice), uploadId, 2000, pieces, 100)
+    expect(trickled.status).toBe(408)
+    expect(trickled.body.code).toBe("TIMEOUT")
+    const kept = Number(trickled.offset)
+    expect(kept).toBeGreaterThan(0)
+    expect(kept).toBeLessThan(2000)
+    expect(trickled.ms).toBeLessThan(IDLE_MS + 3000)
+    expect((await api.head(alice, uploadId)).offset).toBe(String(kept))
+  }, 20_000)
+})
