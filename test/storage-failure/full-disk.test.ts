@@ -1,6 +1,6 @@
 import "fake-indexeddb/auto"
 import { execFileSync, spawn } from "node:child_process"
-import { closeSync, mkdtempSync, openSync, rmdirSync, rmSync, writeSync } from "node:fs"
+import { closeSync, mkdtempSync, openSync, readdirSync, rmdirSync, rmSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createChatClient } from "@parley/client"
@@ -16,6 +16,7 @@ import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import * as Y from "yjs"
+import { FsBlobStore } from "../../relay/src/attachments/fs-blob-store.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
 import { relayEntry, startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
 import { eventually, expectNotReady, healthz, readyz, storedTwice } from "./helpers.js"
@@ -203,6 +204,29 @@ if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       reader.sendUpdate(Y.encodeStateAsUpdate(reader.doc))
       await reader.allSaved()
       expect(relay.child.exitCode).toBeNull()
+    })
+
+    it("refuses an upload's chunk retryably while the disk is full, leaving no partial file, and takes it once space is freed", async () => {
+      const disk = smallDisk(1024 * 1024)
+      if (!("dir" in disk)) throw new Error(`cannot mount a tmpfs: ${disk.unavailable}`)
+      const store = new FsBlobStore(join(disk.dir, "blobs"))
+      const chunk = new Uint8Array(Buffer.alloc(256 * 1024, 7))
+      await store.append("uploads/u1", 0, chunk)
+      fill(join(disk.dir, "filler"))
+
+      const refused = await store.append("uploads/u1", chunk.length, chunk).then(
+        () => undefined,
+        (error: unknown) => error,
+      )
+      expect(refused).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      expect((refused as Error).message).toContain("ENOSPC")
+      // The partial temporary file was removed: it would hold space on the full disk.
+      const files = readdirSync(join(disk.dir, "blobs"), { recursive: true }) as string[]
+      expect(files.filter((f) => f.includes("#tmp-"))).toEqual([])
+
+      rmSync(join(disk.dir, "filler"))
+      await store.append("uploads/u1", chunk.length, chunk)
+      expect((await store.get("uploads/u1"))?.length).toBe(2 * chunk.length)
     })
 
     it("stopped cleanly, then the disk filled: will not start, and says the disk is full (exit 4)", async () => {

@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto"
 import { createReadStream, statSync } from "node:fs"
-import { link, mkdir, open, readdir, rename, rmdir, stat, unlink } from "node:fs/promises"
+import { type FileHandle, link, mkdir, open, readdir, rename, rmdir, stat, unlink } from "node:fs/promises"
 import { dirname, join, relative, sep } from "node:path"
 import { ErrorCode, ParleyError } from "@parley/shared"
+import { storageUnavailable } from "../storage/guard.js"
 import { type BlobStore, checkBlobKey, missingBlob, offsetConflict, rangeOf } from "./blob-store.js"
 
 /** Chunk files are named `#` + the offset, zero-padded: `#` is not allowed in key segments. */
@@ -65,18 +66,27 @@ export class FsBlobStore implements BlobStore {
     return chunks.sort((a, b) => a.offset - b.offset)
   }
 
-  /** Writes `bytes` to a fsynced temporary file in `dir` and returns its path. */
+  /**
+   * Writes `bytes` to a fsynced temporary file in `dir` and returns its path.
+   * A disk that cannot take them (full, over quota, read-only, failing) is the
+   * retryable STORAGE_UNAVAILABLE, and the partial file is removed: it would
+   * hold space on a full disk until the next start's sweep.
+   */
   private async temporary(dir: string, bytes: Uint8Array): Promise<string> {
-    await mkdir(dir, { recursive: true })
     const path = join(dir, `#tmp-${randomBytes(8).toString("hex")}`)
-    const file = await open(path, "wx")
+    let file: FileHandle | undefined
     try {
+      await mkdir(dir, { recursive: true })
+      file = await open(path, "wx")
       await file.writeFile(bytes)
       await file.sync()
-    } finally {
       await file.close()
+      return path
+    } catch (error) {
+      await file?.close().catch(() => {})
+      if (file) await unlink(path).catch(() => {})
+      throw diskFailure(error)
     }
-    return path
   }
 
   private async syncDir(dir: string): Promise<void> {
@@ -209,4 +219,14 @@ export class FsBlobStore implements BlobStore {
 const lengthOf = (chunks: readonly Chunk[] | undefined) => {
   const last = chunks?.at(-1)
   return last ? last.offset + last.size : 0
+}
+
+/** Errors that say the disk cannot take writes, not that the request was wrong. */
+const DISK_FAILURES = new Set(["ENOSPC", "EDQUOT", "EROFS", "EIO"])
+
+function diskFailure(error: unknown): unknown {
+  const code = (error as NodeJS.ErrnoException).code
+  return code && DISK_FAILURES.has(code)
+    ? storageUnavailable(`the blob store's disk cannot take the bytes (${code})`, error)
+    : error
 }
