@@ -552,10 +552,14 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
           // The client went away mid-chunk: nothing of it is stored, and nobody is left to answer.
           return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, "the chunk was cut off"), 400)
         // What did arrive is kept: the client resumes from the offset it is told.
-        const kept =
-          error.received.length > 0
-            ? (await service.appendChunk(record, offset, error.received)).offset
-            : offset
+        const taken =
+          error.received.length > 0 ? await service.appendChunk(record, offset, error.received) : undefined
+        // What arrived may be all the upload lacked (a chunk that declared more than the rest): then it is done.
+        if (taken?.completed)
+          return c.json({ attachment: attachmentOf(taken.completed) }, 201, {
+            "upload-offset": String(taken.offset),
+          })
+        const kept = taken?.offset ?? offset
         return problemResponse(
           c,
           new ParleyError(

@@ -139,4 +139,16 @@ describe("upload chunks that come too slowly", () => {
     expect(trickled.ms).toBeLessThan(IDLE_MS + 3000)
     expect((await api.head(alice, uploadId)).offset).toBe(String(kept))
   }, 20_000)
+  it("completes the upload when what arrived before a stall was all it lacked", async () => {
+    const whole = bytes(1000)
+    const uploadId = await upload("g~slow-chunk-done", whole.length)
+    // Declares more than the upload lacks, sends exactly what it lacks, then stalls.
+    const stalled = await slowPatch(relay, await relay.token(alice), uploadId, 2000, [whole], 0)
+    expect(stalled.status).toBe(201)
+    expect(stalled.offset).toBe("1000")
+    const attachment = stalled.body.attachment as { url: string; size: number }
+    expect(attachment.size).toBe(1000)
+    const got = await api.download(attachment.url, alice)
+    expect(Buffer.from(got.bytes).equals(Buffer.from(whole))).toBe(true)
+  }, 20_000)
 })
