@@ -15,7 +15,9 @@ export interface BlobStore {
   /**
    * Appends `bytes` to blob `key` at byte `offset`, which must be the blob's
    * current length (0 for a new blob); otherwise rejects with CONFLICT and
-   * stores nothing. Durable when it resolves.
+   * stores nothing. Durable when it resolves. An empty `bytes` stores nothing
+   * either (a blob is not created by it): stored, an empty chunk would hold
+   * its offset against the chunk that follows, and the blob could never grow.
    */
   append(key: string, offset: number, bytes: Uint8Array): Promise<void>
   /**

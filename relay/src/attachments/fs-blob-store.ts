@@ -102,6 +102,8 @@ export class FsBlobStore implements BlobStore {
     const dir = this.dir(key)
     const length = lengthOf(await this.chunks(key))
     if (offset !== length) throw offsetConflict(key, offset, length)
+    // An empty chunk file would take the offset's name from the chunk that follows it.
+    if (bytes.length === 0) return
     const temporary = await this.temporary(dir, bytes)
     try {
       await link(temporary, join(dir, chunkName(offset)))

@@ -10,6 +10,8 @@ export class MemoryBlobStore implements BlobStore {
     const chunks = this.blobs.get(key) ?? []
     const length = lengthOf(chunks)
     if (offset !== length) throw offsetConflict(key, offset, length)
+    // An empty chunk stores nothing (see BlobStore.append).
+    if (bytes.length === 0) return
     chunks.push(bytes.slice())
     this.blobs.set(key, chunks)
   }

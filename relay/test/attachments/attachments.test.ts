@@ -364,6 +364,9 @@ describe("attachments on a relay process (file-system blob store)", () => {
     const wrong = await api.patch(alice, id, 2 * MiB, bytes.subarray(2 * MiB))
     expect(wrong.status).toBe(409)
     expect(wrong.offset).toBe(String(MiB))
+    // An empty chunk stores nothing and changes nothing (stored, it once held its offset against the next).
+    const empty = await api.patch(alice, id, MiB, new Uint8Array(0))
+    expect(empty).toMatchObject({ status: 204, offset: String(MiB) })
     expect((await api.patch(alice, id, MiB, bytes.subarray(MiB, 2 * MiB))).status).toBe(204)
     const last = await api.patch(alice, id, 2 * MiB, bytes.subarray(2 * MiB))
     expect(last.status).toBe(201)

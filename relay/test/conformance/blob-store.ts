@@ -67,6 +67,21 @@ export function runBlobStoreConformance(name: string, setup: () => Promise<BlobS
       expect(await store.size("k/new")).toBeUndefined()
     })
 
+    it("takes an empty append as nothing: the blob stays appendable at its length", async () => {
+      const { store } = backend
+      await store.append("empty/a", 0, bytes(5))
+      await store.append("empty/a", 5, new Uint8Array(0))
+      await expect(store.append("empty/a", 4, new Uint8Array(0))).rejects.toMatchObject({
+        code: ErrorCode.CONFLICT,
+      })
+      // An empty first append creates nothing: the blob is still missing.
+      await store.append("empty/b", 0, new Uint8Array(0))
+      expect(await store.size("empty/b")).toBeUndefined()
+      await store.append("empty/a", 5, bytes(3, 4))
+      expect(await store.size("empty/a")).toBe(8)
+      expect(await readAll(store, "empty/a")).toEqual(concat(bytes(5), bytes(3, 4)))
+    })
+
     it("lets only one of two concurrent appends at the same offset win", async () => {
       const { store } = backend
       await store.append("race/a", 0, bytes(4))
