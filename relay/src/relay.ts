@@ -2,6 +2,7 @@ import { ErrorCode, HistoryDefaults, ParleyError } from "@parley/shared"
 import { ApiExtension } from "./api/extension.js"
 import type { ApiLimits } from "./api/limits.js"
 import { type AttachmentOptions, AttachmentsExtension } from "./attachments/extension.js"
+import { GuardedBlobStore } from "./attachments/guarded-blob-store.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import type { RedisState } from "./cluster/cluster.js"
@@ -382,7 +383,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ? undefined
       : new AttachmentsExtension({
           ...options.attachments,
-          store: backend.blobs,
+          store: new GuardedBlobStore(backend.blobs, {
+            timeoutMs: storageTimeoutMs,
+            onFailure: (error) => {
+              metrics.errors.inc({ code: error.code })
+              log.warn({ err: error }, "the blob store failed")
+            },
+          }),
           verify: (token) => auth.verify(token),
           ...(options.api === false ? {} : { keys: backend.keys }),
           onUserLimit: (limit, user) => {

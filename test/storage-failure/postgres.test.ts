@@ -14,6 +14,7 @@ import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import * as Y from "yjs"
+import { attachmentClient } from "../../relay/test/helpers/attachments.js"
 import { stockProvider, TestClient } from "../../relay/test/helpers/clients.js"
 import {
   DATABASE_URL,
@@ -359,6 +360,68 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(reconnects).toEqual([])
       expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual(["before", "while read-only"])
     }, 30_000)
+
+    it("answers an upload's chunks and downloads with the retryable 503 at once while the database is black-holed or reset, and the upload resumes once it answers", async () => {
+      const { url } = await database()
+      const proxy = await TcpProxy.start(postgresTarget())
+      cleanups.push(() => proxy.close())
+      const timeoutMs = 1000
+      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), timeoutMs) })
+      const api = attachmentClient(() => relay)
+      const id = newConversationId()
+      const a = testClient(relay.url, id, await relay.token(alice))
+      await a.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [] })
+      await a.allSaved()
+      const MiB = 1024 * 1024
+      const bytes = new TextEncoder().encode("a line of the log\n".repeat(Math.ceil((2 * MiB + 500) / 18)))
+      const done = await api.upload(alice, id, "before.txt", bytes.subarray(0, 1000))
+      expect(done.status).toBe(201)
+      const stored = (done.body!.attachment as { url: string }).url
+      const created = await api.create(alice, id, { name: "log.txt", size: bytes.length })
+      const upload = created.body.uploadId as string
+      expect((await api.patch(alice, upload, 0, bytes.subarray(0, MiB))).status).toBe(204)
+
+      const refusedInTime = async (request: () => Promise<{ status: number; body?: unknown }>) => {
+        const started = Date.now()
+        const answer = await request()
+        // Bounded by the storage timeout (and the pool's own wait for a connection), not left to hang.
+        expect(Date.now() - started).toBeLessThan(4 * timeoutMs)
+        expect(answer.status).toBe(503)
+        return answer
+      }
+      proxy.blackhole()
+      const chunk = await refusedInTime(() => api.patch(alice, upload, MiB, bytes.subarray(MiB, 2 * MiB)))
+      expect(chunk.body).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      const download = await refusedInTime(async () => {
+        const response = await api.download(stored, alice)
+        return { status: response.status, body: JSON.parse(new TextDecoder().decode(response.bytes)) }
+      })
+      expect(download.body).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      // Every connection reset as well (a database restart): still typed, still retryable.
+      proxy.cut()
+      const afterReset = await refusedInTime(() => api.patch(alice, upload, MiB, bytes.subarray(MiB, 2 * MiB)))
+      expect(afterReset.body).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+
+      proxy.restore()
+      // A chunk abandoned at its deadline may still have landed: the offset says where to go on.
+      let head = await api.head(alice, upload)
+      await eventually(async () => {
+        head = await api.head(alice, upload)
+        expect(head.status).toBe(204)
+      })
+      let offset = Number(head.offset)
+      expect([MiB, 2 * MiB]).toContain(offset)
+      let last: Awaited<ReturnType<typeof api.patch>> | undefined
+      while (offset < bytes.length) {
+        last = await api.patch(alice, upload, offset, bytes.subarray(offset, offset + MiB))
+        expect([201, 204]).toContain(last.status)
+        offset = Number(last.offset)
+      }
+      expect(last!.status).toBe(201)
+      const got = await api.download((last!.body!.attachment as { url: string }).url, alice)
+      expect(Buffer.from(got.bytes).equals(Buffer.from(bytes))).toBe(true)
+    })
   })
 }
 

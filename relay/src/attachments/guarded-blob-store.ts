@@ -1,0 +1,99 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import { storageUnavailable, withDeadline } from "../storage/guard.js"
+import type { BlobStore } from "./blob-store.js"
+
+/** How {@link GuardedBlobStore} bounds its store. */
+export interface BlobStoreGuardOptions {
+  /** Longest one call (or one chunk of a read) may take, in ms: the relay's storage timeout. */
+  readonly timeoutMs: number
+  /** Told of each failure of the store itself (for logs and metrics), not of refusals like CONFLICT. */
+  readonly onFailure?: (error: ParleyError) => void
+}
+
+/**
+ * A {@link BlobStore} whose calls cannot hang and whose failures are typed:
+ * each call (each chunk of a read) that has not answered within the storage
+ * timeout, and each error of the store itself (a reset or stalled database
+ * connection, a failing disk), becomes the retryable STORAGE_UNAVAILABLE
+ * (HTTP 503), so a client retries or resumes instead of seeing a 500 or
+ * waiting for good. The store's own answers (CONFLICT, NOT_FOUND, a refused
+ * key) pass through. A call given up at its deadline may still complete in
+ * the store: an upload's append that lands late is found by the client's next
+ * chunk (409 with the offset to go on from).
+ *
+ * The blob store shares the documents' database or disk in every backend, so
+ * its outages are the storage's and `/readyz` already reports them; it has no
+ * probe of its own.
+ */
+export class GuardedBlobStore implements BlobStore {
+  readonly kind: string
+
+  constructor(
+    private readonly inner: BlobStore,
+    private readonly options: BlobStoreGuardOptions,
+  ) {
+    this.kind = inner.kind
+  }
+
+  private async call<T>(what: string, run: () => Promise<T>): Promise<T> {
+    try {
+      return await withDeadline(run(), this.options.timeoutMs, `${what} a blob`)
+    } catch (error) {
+      throw this.failure(error)
+    }
+  }
+
+  private failure(error: unknown): ParleyError {
+    const typed =
+      error instanceof ParleyError
+        ? error
+        : storageUnavailable(
+            `the blob store failed: ${error instanceof Error ? error.message : String(error)}`,
+            error,
+          )
+    if (typed.code === ErrorCode.STORAGE_UNAVAILABLE) this.options.onFailure?.(typed)
+    return typed
+  }
+
+  append(key: string, offset: number, bytes: Uint8Array): Promise<void> {
+    return this.call("store", () => this.inner.append(key, offset, bytes))
+  }
+
+  put(key: string, bytes: Uint8Array): Promise<void> {
+    return this.call("store", () => this.inner.put(key, bytes))
+  }
+
+  get(key: string): Promise<Uint8Array | undefined> {
+    return this.call("read", () => this.inner.get(key))
+  }
+
+  size(key: string): Promise<number | undefined> {
+    return this.call("read", () => this.inner.size(key))
+  }
+
+  async *read(key: string, start?: number, end?: number): AsyncIterable<Uint8Array> {
+    const chunks = this.inner.read(key, start, end)[Symbol.asyncIterator]()
+    try {
+      for (;;) {
+        const next = await this.call("read", () => chunks.next())
+        if (next.done) return
+        yield next.value
+      }
+    } finally {
+      // Not awaited: after a deadline the store's read is still running, and its return waits for it.
+      void Promise.resolve(chunks.return?.()).catch(() => {})
+    }
+  }
+
+  delete(key: string): Promise<void> {
+    return this.call("delete", () => this.inner.delete(key))
+  }
+
+  list(prefix: string): Promise<string[]> {
+    return this.call("list", () => this.inner.list(prefix))
+  }
+
+  close(): Promise<void> {
+    return this.inner.close()
+  }
+}
