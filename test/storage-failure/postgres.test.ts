@@ -400,7 +400,9 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(download.body).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
       // Every connection reset as well (a database restart): still typed, still retryable.
       proxy.cut()
-      const afterReset = await refusedInTime(() => api.patch(alice, upload, MiB, bytes.subarray(MiB, 2 * MiB)))
+      const afterReset = await refusedInTime(() =>
+        api.patch(alice, upload, MiB, bytes.subarray(MiB, 2 * MiB)),
+      )
       expect(afterReset.body).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
 
       proxy.restore()
