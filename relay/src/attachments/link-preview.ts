@@ -48,6 +48,9 @@ function metaContent(head: string, names: readonly string[]): string | undefined
   return undefined
 }
 
+/** Where the part {@link parseLinkPreview} reads ends. */
+const HEAD_ENDS = /<\/head\s*>|<body[\s>]/i
+
 /**
  * The title and description a page's `<head>` gives (`og:title`, `<title>`,
  * `og:description`, `description`). Only the part before `</head>` (within
@@ -57,7 +60,7 @@ function metaContent(head: string, names: readonly string[]): string | undefined
  * or re-served as HTML, only as two plain strings.
  */
 export function parseLinkPreview(url: string, html: string): LinkPreview {
-  const end = html.search(/<\/head\s*>|<body[\s>]/i)
+  const end = html.search(HEAD_ENDS)
   const head = end < 0 ? html : html.slice(0, end)
   const title =
     clean(metaContent(head, ["og:title", "twitter:title"]), Limits.attachmentTitleLength) ??
@@ -125,16 +128,38 @@ export class LinkPreviewer {
     }
   }
 
+  /**
+   * The page's first bytes, up to the size cap or the end of its `<head>`,
+   * whichever comes first (nothing after it is read). A page that stops
+   * sending (past the deadline, or cut off) is previewed from what arrived,
+   * and refused only when nothing did: its head usually comes first.
+   */
   private async readCapped(response: Response): Promise<string> {
     const reader = response.body?.getReader()
     if (!reader) return ""
     const parts: Uint8Array[] = []
     let length = 0
+    // The end of the head may fall across two reads: the previous read's last bytes are searched again.
+    let tail = ""
     while (length < this.maxBytes) {
-      const { done, value } = await reader.read()
-      if (done) break
-      parts.push(value)
-      length += value.length
+      let next: ReadableStreamReadResult<Uint8Array>
+      try {
+        next = await reader.read()
+      } catch (error) {
+        if (length === 0)
+          throw badGateway(
+            (error as Error).name === "TimeoutError"
+              ? `the page sent nothing within ${this.timeoutMs} ms`
+              : (error as Error).message,
+          )
+        break
+      }
+      if (next.done) break
+      parts.push(next.value)
+      length += next.value.length
+      const text = tail + Buffer.from(next.value).toString("latin1")
+      if (HEAD_ENDS.test(text)) break
+      tail = text.slice(-16)
     }
     await reader.cancel().catch(() => {})
     return new TextDecoder().decode(Buffer.concat(parts).subarray(0, this.maxBytes))

@@ -168,6 +168,13 @@ describe("link previews", () => {
       } else if (req.url === "/redirect") {
         res.writeHead(302, { location: "/page" })
         res.end()
+      } else if (req.url === "/stalls-after-head") {
+        // Its head, then nothing (a page that streams slowly, or hangs).
+        res.writeHead(200, { "content-type": "text/html" })
+        res.write("<html><head><title>Slow page</title></head><bo")
+      } else if (req.url === "/stalls") {
+        res.writeHead(200, { "content-type": "text/html" })
+        res.flushHeaders()
       } else if (req.url === "/json") {
         res.writeHead(200, { "content-type": "application/json" })
         res.end("{}")
@@ -195,5 +202,19 @@ describe("link previews", () => {
     expect(await local.preview(`${base}/redirect`)).toEqual({ url: `${base}/redirect`, title: "Local page" })
     await expect(local.preview(`${base}/json`)).rejects.toMatchObject({ code: "UNAVAILABLE" })
     await expect(local.preview(`${base}/missing`)).rejects.toMatchObject({ code: "UNAVAILABLE" })
+  })
+
+  it("previews a page that stalls after its head from what arrived, and refuses one that sent nothing, typed", async () => {
+    const local = new LinkPreviewer({ endpoints: { allowHttp: true, allowPrivate: true }, timeoutMs: 300 })
+    expect(await local.preview(`${base}/stalls-after-head`)).toEqual({
+      url: `${base}/stalls-after-head`,
+      title: "Slow page",
+    })
+    const started = performance.now()
+    await expect(local.preview(`${base}/stalls`)).rejects.toMatchObject({
+      code: "UNAVAILABLE",
+      message: "cannot preview the link: the page sent nothing within 300 ms",
+    })
+    expect(performance.now() - started).toBeLessThan(2000)
   })
 })
