@@ -505,6 +505,12 @@ export const RELAY_FLAGS = {
     help: "bytes one user may upload a minute (429 beyond)",
     default: ATTACHMENTS.bytesPerMinutePerUser,
   }),
+  "attachment-chunks-in-flight": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_CHUNKS_IN_FLIGHT",
+    help: "upload chunks the relay reads at once, all users together, each up to 1 MiB in memory (503 beyond)",
+    default: ATTACHMENTS.maxChunksInFlight,
+  }),
   "attachment-chunk-idle-ms": flag({
     kind: "integer",
     env: "PARLEY_ATTACHMENT_CHUNK_IDLE_MS",
@@ -946,6 +952,7 @@ export function parseConfig(
       ...(v["attachment-types"]?.length ? { allowedTypes: v["attachment-types"] } : {}),
       concurrentChunksPerUser: Math.max(1, v["attachment-uploads-per-user"]),
       bytesPerMinutePerUser: Math.max(1, v["attachment-bytes-per-minute"]),
+      maxChunksInFlight: Math.max(1, v["attachment-chunks-in-flight"]),
       chunkIdleMs: Math.max(100, v["attachment-chunk-idle-ms"]),
       chunkMinBytesPerSecond: Math.max(0, v["attachment-chunk-min-bytes-per-second"]),
       linkPreviews: v["link-previews"] === true,

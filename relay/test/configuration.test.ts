@@ -100,6 +100,15 @@ describe("configuration", () => {
     ).toMatchObject({ webhooks: ["http://c/z"] })
   })
 
+  it("takes the relay-wide limit of upload chunks in flight from a flag or its variable", () => {
+    expect(parseConfig(["--dev", "--attachment-chunks-in-flight", "8"], {})).toMatchObject({
+      attachments: { maxChunksInFlight: 8 },
+    })
+    expect(parseConfig(["--dev"], { PARLEY_ATTACHMENT_CHUNKS_IN_FLIGHT: "16" })).toMatchObject({
+      attachments: { maxChunksInFlight: 16 },
+    })
+  })
+
   it("reads switches off from 0, false or no, and takes an empty variable as unset", () => {
     expect(parseConfig(["--auth-secret", "s"], { PARLEY_DEV: "no", PARLEY_PORT: "" })).toMatchObject({
       dev: false,
