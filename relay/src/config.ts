@@ -511,6 +511,18 @@ export const RELAY_FLAGS = {
     help: "upload chunks the relay reads at once, all users together, each up to 1 MiB in memory (503 beyond)",
     default: ATTACHMENTS.maxChunksInFlight,
   }),
+  "attachment-downloads-per-user": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_DOWNLOADS_PER_USER",
+    help: "attachment downloads sent to one user at once, all their connections and signed URLs (429 downloads-at-once-per-user beyond)",
+    default: ATTACHMENTS.downloadsPerUser,
+  }),
+  "attachment-download-idle-ms": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_DOWNLOAD_IDLE_MS",
+    help: "a download whose reader takes no bytes for this long loses its connection",
+    default: ATTACHMENTS.downloadIdleMs,
+  }),
   "attachment-chunk-idle-ms": flag({
     kind: "integer",
     env: "PARLEY_ATTACHMENT_CHUNK_IDLE_MS",
@@ -953,6 +965,8 @@ export function parseConfig(
       concurrentChunksPerUser: Math.max(1, v["attachment-uploads-per-user"]),
       bytesPerMinutePerUser: Math.max(1, v["attachment-bytes-per-minute"]),
       maxChunksInFlight: Math.max(1, v["attachment-chunks-in-flight"]),
+      downloadsPerUser: Math.max(1, v["attachment-downloads-per-user"]),
+      downloadIdleMs: Math.max(100, v["attachment-download-idle-ms"]),
       chunkIdleMs: Math.max(100, v["attachment-chunk-idle-ms"]),
       chunkMinBytesPerSecond: Math.max(0, v["attachment-chunk-min-bytes-per-second"]),
       linkPreviews: v["link-previews"] === true,

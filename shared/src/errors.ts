@@ -157,6 +157,8 @@ export const UserLimit = {
   linkPreviews: "link-previews-per-user",
   /** Link previews fetched for the user at once (`--link-previews-per-user-at-once`): 429. */
   linkPreviewsAtOnce: "link-previews-at-once-per-user",
+  /** Attachment downloads being sent to the user at once, all their connections (`--attachment-downloads-per-user`): 429. */
+  downloadsAtOnce: "downloads-at-once-per-user",
 } as const
 /** One of {@link UserLimit}'s values. */
 export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]

@@ -36,6 +36,10 @@ export interface AttachmentOptions {
   readonly chunkIdleMs?: number
   /** Least average rate of a chunk once `chunkIdleMs` has passed, bytes a second. Default 4,096 (`--attachment-chunk-min-bytes-per-second`). */
   readonly chunkMinBytesPerSecond?: number
+  /** Downloads sent to one user at once, all their connections and signed URLs together (429 beyond). Default 32 (`--attachment-downloads-per-user`). */
+  readonly downloadsPerUser?: number
+  /** A download whose reader takes no bytes for this long (ms) loses its connection. Default 30,000 (`--attachment-download-idle-ms`). */
+  readonly downloadIdleMs?: number
   /** Most pixels decoded of one image. Default 40 million. */
   readonly maxImagePixels?: number
   /** Lifetime of signed download URLs, in seconds. Default 900 (15 min). */
@@ -63,6 +67,8 @@ export const DEFAULT_ATTACHMENT_OPTIONS = {
   maxChunksInFlight: 64,
   chunkIdleMs: 10_000,
   chunkMinBytesPerSecond: 4096,
+  downloadsPerUser: 32,
+  downloadIdleMs: 30_000,
   maxImagePixels: DEFAULT_MAX_IMAGE_PIXELS,
   signedUrlSeconds: 900,
   sweepIntervalMs: 10 * 60_000,
@@ -172,6 +178,11 @@ export class AttachmentsExtension implements RelayExtension {
         idleMs: this.options.chunkIdleMs ?? D.chunkIdleMs,
         minBytesPerSecond: this.options.chunkMinBytesPerSecond ?? D.chunkMinBytesPerSecond,
       },
+      downloads: {
+        perUser: this.options.downloadsPerUser ?? D.downloadsPerUser,
+        idleMs: this.options.downloadIdleMs ?? D.downloadIdleMs,
+      },
+      ...(this.options.onUserLimit ? { onUserLimit: this.options.onUserLimit } : {}),
       ...(this.options.linkPreviews ? { linkPreviews: await this.linkPreviewGate() } : {}),
       // Users' requests spend the per-user request budget of the core's ledger.
       ...(core.users ? { requests: core.users } : {}),

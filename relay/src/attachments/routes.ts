@@ -1,6 +1,14 @@
+import type { ServerResponse } from "node:http"
 import { Readable } from "node:stream"
 import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
-import { type ConversationId, ErrorCode, isAttachmentId, ParleyError, type UserId } from "@parley/shared"
+import {
+  type ConversationId,
+  ErrorCode,
+  isAttachmentId,
+  ParleyError,
+  type UserId,
+  UserLimit,
+} from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
 import { limitBody } from "../api/body-limit.js"
 import { type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "../api/keys.js"
@@ -18,6 +26,7 @@ import type { Logger } from "../log.js"
 import { type Principal, SERVICE_PARTICIPANT_PREFIX, serviceParticipant } from "../principal.js"
 import type { BlobStore } from "./blob-store.js"
 import { INLINE_IMAGES } from "./content-type.js"
+import { DownloadSlots, releasing } from "./downloads.js"
 import type { LinkPreviewGate } from "./link-preview-gate.js"
 import { type AttachmentRecord, attachmentOf, fileKey, servedKey, thumbnailKey } from "./records.js"
 import { type AttachmentService, RefusedTypeError } from "./service.js"
@@ -41,6 +50,14 @@ export interface AttachmentRoutesOptions {
   readonly maxChunksInFlight: number
   /** How slowly a chunk may arrive before it is cut off with 408 (what arrived is kept). */
   readonly chunkPace: { readonly idleMs: number; readonly minBytesPerSecond: number }
+  /**
+   * Downloads being sent to one user at once, all their connections and signed URLs together
+   * (429 beyond), and how long one may take no bytes before it is ended: each holds a socket,
+   * an open file or a database read, and a chunk in memory while its reader does not read.
+   */
+  readonly downloads: { readonly perUser: number; readonly idleMs: number }
+  /** Told of every refusal by a per-user download limit (metrics, logs). */
+  readonly onUserLimit?: (limit: UserLimit, user: UserId) => void
   /** Link previews, within their limits (only with `--link-previews`). */
   readonly linkPreviews?: LinkPreviewGate
   /** The per-user request budget users' own tokens and signed URLs are held to (API keys are not). */
@@ -49,7 +66,11 @@ export interface AttachmentRoutesOptions {
   readonly now?: () => number
 }
 
-type Env = { Variables: { user: UserId } }
+type Env = {
+  Variables: { user: UserId }
+  /** Set by `@hono/node-server` (absent in `app.request` tests). */
+  Bindings: { outgoing?: ServerResponse }
+}
 
 const problems = (statuses: readonly (readonly [number, string])[]) =>
   Object.fromEntries(
@@ -65,6 +86,10 @@ const AUTH = [
 const BUDGET = [
   429,
   "The user's HTTP request budget is spent (`http-requests-per-user`, `Retry-After`)",
+] as const
+const DOWNLOADS_AT_ONCE = [
+  429,
+  "The user's HTTP request budget is spent (`http-requests-per-user`), or as many downloads are being sent to the user as `--attachment-downloads-per-user` allows (`downloads-at-once-per-user`); `Retry-After`",
 ] as const
 const security: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:write"] }]
 const readSecurity: Record<string, string[]>[] = [{ userToken: [] }, { apiKey: ["messages:read"] }]
@@ -215,7 +240,7 @@ const bytesResponses = (what: string) => ({
       "No such attachment, or the caller is not a participant of its conversation, or a wrong or expired signature",
     ],
     [416, "Range not satisfiable"],
-    BUDGET,
+    DOWNLOADS_AT_ONCE,
   ]),
 })
 const downloadRoute = createRoute({
@@ -399,6 +424,7 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   const now = options.now ?? Date.now
   const chunkBytes = service.options.chunkBytes
   let chunksInFlight = 0
+  const downloads = new DownloadSlots(options.downloads.perUser)
   const app = problemApp<Env>(options.log, "attachment route")
   registerUserTokenScheme(app)
 
@@ -642,9 +668,38 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         "content-range": `bytes */${length}`,
       })
     const { start, end } = range ?? { start: 0, end: length }
+    const reader = sig !== undefined ? (c.req.query("u") as UserId) : c.get("user")
+    const release = downloads.take(reader)
+    if (!release) {
+      options.onUserLimit?.(UserLimit.downloadsAtOnce, reader)
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.RATE_LIMITED,
+          `a user may have ${options.downloads.perUser} downloads being sent at once`,
+          { rule: UserLimit.downloadsAtOnce },
+        ),
+        429,
+        { "retry-after": "1" },
+      )
+    }
+    const outgoing = c.env?.outgoing
+    // A reader that takes no bytes for the idle limit loses the connection. Nothing else would end
+    // it: the response waits for the socket to drain, and once the file is read its last chunks wait
+    // in memory. The socket's own timer, which Node defers once more while the socket's write queue
+    // changed since its last look, so it is armed for half the limit.
+    outgoing?.setTimeout(Math.max(1, Math.floor(options.downloads.idleMs / 2)), () => {
+      options.log.info({ attachment: record.id, user: reader }, "ended a download its reader stopped taking")
+      outgoing.destroy()
+    })
+    // The slot is the user's until the response is done or its connection gone (not when the file is
+    // read: its last chunks may wait in memory for the reader). Without a Node response (in-process
+    // requests), until the body is read.
+    outgoing?.once("close", release)
+    const chunks = store.read(key, start, end)
     // One stored chunk read ahead at most: a slow reader holds a chunk, not the file.
     const body = Readable.toWeb(
-      Readable.from(store.read(key, start, end), { highWaterMark: 1 }),
+      Readable.from(outgoing ? chunks : releasing(chunks, release), { highWaterMark: 1 }),
     ) as ReadableStream<Uint8Array>
     return c.body(body, range ? 206 : 200, {
       ...headers,
@@ -718,6 +773,7 @@ export function attachmentsOpenApiPart(): OpenApiPart {
     signedUrlSeconds: 0,
     maxChunksInFlight: 0,
     chunkPace: { idleMs: 0, minBytesPerSecond: 0 },
+    downloads: { perUser: 0, idleMs: 0 },
     log: { error: unused } as unknown as Logger,
   })
   return openApiPartOf(app)

@@ -1,5 +1,5 @@
 import { createServer, type ServerResponse } from "node:http"
-import type { AddressInfo } from "node:net"
+import { type AddressInfo, connect } from "node:net"
 import {
   type ConversationId,
   createConversation,
@@ -79,7 +79,7 @@ describe("the per-user HTTP request budget", () => {
     const statuses: number[] = []
     let refused: Awaited<ReturnType<typeof answer>> | undefined
     for (let i = 0; i < 30 && !refused; i++) {
-      const response = await fetch(`${relay.httpUrl}${attachment.url}`, {
+      const response = await fetch(`${relay.httpUrl}${attachment.url!}`, {
         headers: { authorization: `Bearer ${tokens[i % 2]}`, range: "bytes=0-0" },
       })
       statuses.push(response.status)
@@ -290,5 +290,89 @@ describe("bad credentials over HTTP, per client address", () => {
     expect(api.status).toBe(429)
     // Requests without credentials are not refused by it.
     expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
+  })
+})
+
+describe("downloads a user holds open", () => {
+  let relay: RelayProcess
+  const api = attachmentClient(() => relay)
+  beforeAll(async () => {
+    relay = await startRelayProcess({
+      args: ["--attachment-downloads-per-user", "3", "--attachment-download-idle-ms", "1500"],
+    })
+  })
+
+  /** Starts downloading `path` on a socket of its own and never reads past the response's head. */
+  function stalledDownload(path: string, token?: string) {
+    const socket = connect(Number(new URL(relay.httpUrl).port), "127.0.0.1")
+    const status = new Promise<number>((resolve) =>
+      socket.once("data", (data) => {
+        socket.pause()
+        resolve(Number(data.toString("latin1").split(" ")[1]))
+      }),
+    )
+    const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()))
+    socket.on("error", () => {})
+    socket.write(
+      `GET ${path} HTTP/1.1\r\nHost: relay\r\n${token ? `Authorization: Bearer ${token}\r\n` : ""}\r\n`,
+    )
+    return { socket, status, closed }
+  }
+
+  it("answers 429 downloads-at-once-per-user past the limit, signed URLs included, and ends downloads their readers stopped taking", async () => {
+    const id = "g~downloads-01" as ConversationId
+    const client = new TestClient(relay.url, id, await relay.token(alice))
+    await client.opened
+    await client.synced()
+    createConversation(client.doc, alice, { kind: "group", id, participants: [bob] })
+    await client.allSaved()
+    // Larger than the socket buffers of both ends together, so a reader that does not read holds it.
+    const bytes = new Uint8Array(24 * 1024 * 1024).map((_, i) => 97 + (i % 26))
+    const done = await api.upload(alice, id, "letters.txt", bytes)
+    expect(done.status).toBe(201)
+    const attachment = done.body!.attachment as FileAttachment
+    const token = await relay.token(bob)
+    const signed = await api.sign(bob, attachment.id!)
+    const held = [
+      stalledDownload(attachment.url!, token),
+      stalledDownload(attachment.url!, token),
+      stalledDownload(signed.body.url as string),
+    ]
+    expect(await Promise.all(held.map((d) => d.status))).toEqual([200, 200, 200])
+
+    const refused = await answer(
+      await fetch(`${relay.httpUrl}${attachment.url!}`, { headers: { authorization: `Bearer ${token}` } }),
+    )
+    expect(refused).toMatchObject({
+      status: 429,
+      retryAfter: "1",
+      body: { code: "RATE_LIMITED", rule: UserLimit.downloadsAtOnce },
+    })
+    expect((await api.download(signed.body.url as string)).status).toBe(429)
+    // Another user is served meanwhile.
+    expect((await api.download(attachment.url!, alice)).bytes.length).toBe(bytes.length)
+
+    expect(await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.downloadsAtOnce}"}`)).toBe(2)
+    // Readers that take nothing lose their connections after the idle limit, and their slots with them.
+    const got = await until(
+      () => api.download(attachment.url!, bob),
+      (d) => d.status === 200,
+    )
+    expect(got.status).toBe(200)
+    expect(Buffer.from(got.bytes).equals(Buffer.from(bytes))).toBe(true)
+    // Read now, each held download ends short of the file: the relay closed it.
+    const received = await Promise.all(
+      held.map(async (d) => {
+        let length = 0
+        d.socket.on("data", (data: Buffer) => {
+          length += data.length
+        })
+        d.socket.resume()
+        await d.closed
+        return length
+      }),
+    )
+    for (const length of received) expect(length).toBeLessThan(bytes.length)
+    client.close()
   })
 })
