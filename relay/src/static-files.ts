@@ -2,6 +2,7 @@ import { createReadStream } from "node:fs"
 import { stat } from "node:fs/promises"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { extname, join, normalize, resolve, sep } from "node:path"
+import { pipeline } from "node:stream"
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -19,12 +20,26 @@ const TYPES: Record<string, string> = {
 }
 
 /**
+ * A response whose reader takes no bytes for this long (up to twice as long:
+ * Node defers a socket's timer once more while its write queue changed) loses
+ * its connection. Static files need no token: without it, anyone could hold
+ * a socket and an open file per request for as long as they liked.
+ */
+const STALLED_READER_MS = 15_000
+
+/**
  * Serves a built web app from `root`; unknown paths without an extension get
- * `index.html` (client-side routing). Never serves outside `root`.
+ * `index.html` (client-side routing). Never serves outside `root`; a path
+ * that does not decode is not found.
  */
 export async function serveStatic(root: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
   const base = resolve(root)
-  const path = decodeURIComponent(new URL(req.url ?? "/", "http://relay").pathname)
+  let path: string
+  try {
+    path = decodeURIComponent(new URL(req.url ?? "/", "http://relay").pathname)
+  } catch {
+    return false
+  }
   let file = resolve(join(base, normalize(path)))
   if (file !== base && !file.startsWith(base + sep)) return false
   let info = await stat(file).catch(() => undefined)
@@ -42,6 +57,10 @@ export async function serveStatic(root: string, req: IncomingMessage, res: Serve
     "content-length": info.size,
   })
   if (req.method === "HEAD") res.end()
-  else createReadStream(file).pipe(res)
+  else {
+    res.setTimeout(STALLED_READER_MS, () => res.destroy())
+    // pipeline, not pipe: a response that ends early (the reader left, or stalled) closes the file too.
+    pipeline(createReadStream(file), res, () => {})
+  }
   return true
 }

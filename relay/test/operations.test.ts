@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs"
+import { connect } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createConversation, newConversationId, sendMessage, type UserId } from "@parley/shared"
@@ -8,6 +9,7 @@ import { ConfigError, parseConfig } from "../src/config.js"
 import { type RelayOptions, startRelay } from "../src/relay.js"
 import { TestClient } from "./helpers/clients.js"
 import { relayEntry, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import { until } from "./helpers/until.js"
 
 const clients: TestClient[] = []
 afterEach(async () => {
@@ -72,6 +74,32 @@ describe("operations", () => {
     expect(metrics).toMatch(/parley_documents_loaded [12]\n/)
     expect(relay.lines.some((l) => l.includes("DEV MODE"))).toBe(true)
     expect((await fetch(`${relay.httpUrl}/dev/token?user=not%20valid`)).status).toBe(400)
+    // A path that does not decode is not found (it was a 500 logged as the relay's error).
+    expect((await fetch(`${relay.httpUrl}/%E0%A4%A`)).status).toBe(404)
+  })
+
+  it("closes a static file whose reader left mid-way", async () => {
+    const site = mkdtempSync(join(tmpdir(), "parley-static-"))
+    writeFileSync(join(site, "index.html"), "<title>demo</title>")
+    // Larger than the sockets' buffers: the relay is still reading it when the reader leaves.
+    writeFileSync(join(site, "video.bin"), Buffer.alloc(32 * 1024 * 1024, 7))
+    onTestFinished(() => rmSync(site, { recursive: true, force: true }))
+    const relay = await startRelayProcess({ args: ["--dev", "--static", site] })
+    const openFiles = () =>
+      readdirSync(`/proc/${relay.child.pid}/fd`).filter((fd) => {
+        try {
+          return readlinkSync(`/proc/${relay.child.pid}/fd/${fd}`).endsWith("video.bin")
+        } catch {
+          return false
+        }
+      }).length
+    for (let i = 0; i < 3; i++) {
+      const socket = connect(Number(new URL(relay.httpUrl).port), "127.0.0.1")
+      socket.write("GET /video.bin HTTP/1.1\r\nHost: relay\r\n\r\n")
+      await new Promise((resolve) => socket.once("data", resolve))
+      socket.destroy()
+    }
+    await until(openFiles, (open) => open === 0, 5000)
   })
 
   it("counts refusals by error code, mints no tokens without --dev, and runs on the memory backend", async () => {
