@@ -505,6 +505,12 @@ export const RELAY_FLAGS = {
     help: "bytes one user may upload a minute (429 beyond)",
     default: ATTACHMENTS.bytesPerMinutePerUser,
   }),
+  "attachment-bytes-per-day": flag({
+    kind: "integer",
+    env: "PARLEY_ATTACHMENT_BYTES_PER_DAY",
+    help: "bytes one user may upload a day, refilled over 24 hours: what one account can add to the disk (429 beyond)",
+    default: ATTACHMENTS.bytesPerDayPerUser,
+  }),
   "attachment-chunks-in-flight": flag({
     kind: "integer",
     env: "PARLEY_ATTACHMENT_CHUNKS_IN_FLIGHT",
@@ -964,6 +970,7 @@ export function parseConfig(
       ...(v["attachment-types"]?.length ? { allowedTypes: v["attachment-types"] } : {}),
       concurrentChunksPerUser: Math.max(1, v["attachment-uploads-per-user"]),
       bytesPerMinutePerUser: Math.max(1, v["attachment-bytes-per-minute"]),
+      bytesPerDayPerUser: Math.max(1, v["attachment-bytes-per-day"]),
       maxChunksInFlight: Math.max(1, v["attachment-chunks-in-flight"]),
       downloadsPerUser: Math.max(1, v["attachment-downloads-per-user"]),
       downloadIdleMs: Math.max(100, v["attachment-download-idle-ms"]),

@@ -28,6 +28,8 @@ export interface AttachmentOptions {
   readonly concurrentChunksPerUser?: number
   /** Bytes one user may upload a minute. Default 256 MiB (`--attachment-bytes-per-minute`). */
   readonly bytesPerMinutePerUser?: number
+  /** Bytes one user may upload a day (refilled over 24 h). Default 4 GiB (`--attachment-bytes-per-day`). */
+  readonly bytesPerDayPerUser?: number
   /** Uploads one user may open a minute. Default 60. */
   readonly uploadsPerMinutePerUser?: number
   /** Chunks the relay receives at once, all users together. Default 64 (each buffers up to a chunk). */
@@ -63,6 +65,7 @@ export const DEFAULT_ATTACHMENT_OPTIONS = {
   allowedTypes: DEFAULT_ATTACHMENT_TYPES,
   concurrentChunksPerUser: 4,
   bytesPerMinutePerUser: 256 * 1024 * 1024,
+  bytesPerDayPerUser: 4 * 1024 * 1024 * 1024,
   uploadsPerMinutePerUser: 60,
   maxChunksInFlight: 64,
   chunkIdleMs: 10_000,
@@ -167,6 +170,7 @@ export class AttachmentsExtension implements RelayExtension {
       quota: new UploadQuota({
         concurrent: this.options.concurrentChunksPerUser ?? D.concurrentChunksPerUser,
         bytesPerMinute: this.options.bytesPerMinutePerUser ?? D.bytesPerMinutePerUser,
+        bytesPerDay: this.options.bytesPerDayPerUser ?? D.bytesPerDayPerUser,
         uploadsPerMinute: this.options.uploadsPerMinutePerUser ?? D.uploadsPerMinutePerUser,
       }),
       verify: this.options.verify,

@@ -220,7 +220,7 @@ const patchUploadRoute = createRoute({
       ],
       [
         429,
-        "The user is sending too many chunks at once or too many bytes a minute, or spent their HTTP request budget (`Retry-After`)",
+        "The user is sending too many chunks at once, or too many bytes this minute or today, or spent their HTTP request budget (`Retry-After`)",
       ],
       [503, "The relay is receiving too many chunks at once (`Retry-After`)"],
     ]),
@@ -556,14 +556,16 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
       )
     const cost = Number.isFinite(declared) ? declared : chunkBytes
     const taken = quota.take(user, cost)
-    if (taken === "concurrent" || taken === "rate")
+    if (typeof taken === "string")
       return problemResponse(
         c,
         new ParleyError(
           ErrorCode.RATE_LIMITED,
           taken === "concurrent"
             ? "too many chunks of yours at once: wait for one to finish"
-            : "too many bytes a minute: slow down",
+            : taken === "rate"
+              ? "too many bytes a minute: slow down"
+              : "you uploaded as many bytes as a day allows: the budget refills over 24 hours",
         ),
         429,
         { "retry-after": String(Math.max(1, Math.ceil(quota.retryAfterMs(user, cost) / 1000))) },

@@ -7,6 +7,12 @@ export interface UploadQuotaOptions {
   readonly concurrent: number
   /** Bytes one user may upload per minute (a token bucket: a minute's worth may come in one burst). */
   readonly bytesPerMinute: number
+  /**
+   * Bytes one user may upload per day (a bucket refilled over 24 hours): what
+   * one account can add to the relay's disk, where the minute's rate alone
+   * would let it write hundreds of gigabytes a day. Unlimited when absent.
+   */
+  readonly bytesPerDay?: number
   /** Uploads one user may open per minute (each is a stored session until it completes or expires). */
   readonly uploadsPerMinute: number
   readonly now?: () => number
@@ -22,6 +28,7 @@ export interface UploadQuotaOptions {
 export class UploadQuota {
   private readonly inFlight = new Map<UserId, number>()
   private readonly rates = new Map<UserId, RateLimiter>()
+  private readonly days = new Map<UserId, RateLimiter>()
   private readonly openings = new Map<UserId, RateLimiter>()
   /** Users whose buckets are refilling, each with the timer that drops them once full. */
   private readonly forgetting = new Map<UserId, NodeJS.Timeout>()
@@ -32,19 +39,22 @@ export class UploadQuota {
    * Takes a slot and `bytes` of the user's budget: the release function (to
    * call once the chunk is done), or which limit the user is at, taking nothing.
    */
-  take(user: UserId, bytes: number): (() => void) | "concurrent" | "rate" {
+  take(user: UserId, bytes: number): (() => void) | "concurrent" | "rate" | "day" {
     const busy = this.inFlight.get(user) ?? 0
     if (busy >= this.options.concurrent) return "concurrent"
-    let rate = this.rates.get(user)
-    if (!rate) {
-      const perSecond = this.options.bytesPerMinute / 60
-      rate = new RateLimiter(perSecond, this.options.bytesPerMinute, this.options.now)
-      this.rates.set(user, rate)
-    }
-    if (!rate.take(bytes)) {
+    const rate = bucket(this.rates, user, this.options.bytesPerMinute, 60, this.options.now)
+    const day =
+      this.options.bytesPerDay === undefined
+        ? undefined
+        : bucket(this.days, user, this.options.bytesPerDay, DAY_SECONDS, this.options.now)
+    // Both buckets checked before either is taken from: a refusal takes nothing.
+    const refused = rate.msUntil(bytes) > 0 ? "rate" : day && day.msUntil(bytes) > 0 ? "day" : undefined
+    if (refused) {
       this.forgetLater(user)
-      return "rate"
+      return refused
     }
+    rate.take(bytes)
+    day?.take(bytes)
     this.inFlight.set(user, busy + 1)
     let released = false
     return () => {
@@ -59,23 +69,19 @@ export class UploadQuota {
 
   /** Takes one of the user's upload openings of this minute; false when they are used up. */
   open(user: UserId): boolean {
-    let rate = this.openings.get(user)
-    if (!rate) {
-      rate = new RateLimiter(
-        this.options.uploadsPerMinute / 60,
-        this.options.uploadsPerMinute,
-        this.options.now,
-      )
-      this.openings.set(user, rate)
-    }
-    const taken = rate.take()
+    const taken = bucket(this.openings, user, this.options.uploadsPerMinute, 60, this.options.now).take()
     this.forgetLater(user)
     return taken
   }
 
   /** Users with buckets or chunks in flight (what the quota holds in memory). */
   get trackedUsers(): number {
-    return new Set([...this.rates.keys(), ...this.openings.keys(), ...this.inFlight.keys()]).size
+    return new Set([
+      ...this.rates.keys(),
+      ...this.days.keys(),
+      ...this.openings.keys(),
+      ...this.inFlight.keys(),
+    ]).size
   }
 
   /**
@@ -87,10 +93,12 @@ export class UploadQuota {
     if (this.forgetting.has(user) || this.inFlight.has(user)) return
     const wait = Math.max(
       this.rates.get(user)?.msUntilFull() ?? 0,
+      this.days.get(user)?.msUntilFull() ?? 0,
       this.openings.get(user)?.msUntilFull() ?? 0,
     )
     if (wait === 0) {
       this.rates.delete(user)
+      this.days.delete(user)
       this.openings.delete(user)
       return
     }
@@ -102,8 +110,26 @@ export class UploadQuota {
     this.forgetting.set(user, timer)
   }
 
-  /** Milliseconds until `bytes` fit in the user's budget (for Retry-After). */
+  /** Milliseconds until `bytes` fit in the user's budgets (for Retry-After). */
   retryAfterMs(user: UserId, bytes: number): number {
-    return this.rates.get(user)?.msUntil(bytes) ?? 0
+    return Math.max(this.rates.get(user)?.msUntil(bytes) ?? 0, this.days.get(user)?.msUntil(bytes) ?? 0)
   }
+}
+
+const DAY_SECONDS = 24 * 60 * 60
+
+/** The user's bucket of `amount` per `seconds` in `buckets`, made full when there is none. */
+function bucket(
+  buckets: Map<UserId, RateLimiter>,
+  user: UserId,
+  amount: number,
+  seconds: number,
+  now: (() => number) | undefined,
+): RateLimiter {
+  let found = buckets.get(user)
+  if (!found) {
+    found = new RateLimiter(amount / seconds, amount, now)
+    buckets.set(user, found)
+  }
+  return found
 }

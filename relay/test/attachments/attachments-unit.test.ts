@@ -109,6 +109,28 @@ describe("per-user upload quota", () => {
     expect(typeof quota.take(alice, 500)).toBe("function")
     ;(b as () => void)()
   })
+  it("holds a user to bytes a day whatever the minute allows, taking nothing from either bucket when refused", () => {
+    let now = 0
+    const quota = new UploadQuota({
+      concurrent: 4,
+      bytesPerMinute: 600,
+      bytesPerDay: 1000,
+      uploadsPerMinute: 2,
+      now: () => now,
+    })
+    ;(quota.take(alice, 600) as () => void)()
+    now += 60_000
+    // The minute has refilled; the day has 400 left.
+    expect(quota.take(alice, 500)).toBe("day")
+    expect(quota.retryAfterMs(alice, 500)).toBeGreaterThan(60 * 60_000)
+    ;(quota.take(alice, 400) as () => void)()
+    now += 60_000
+    expect(quota.take(alice, 100)).toBe("day")
+    expect(typeof quota.take("bob" as UserId, 600)).toBe("function")
+    // A day later the whole budget is back.
+    now += 24 * 60 * 60_000
+    expect(typeof quota.take(alice, 600)).toBe("function")
+  })
   it("drops a user's buckets once they are full again and nothing of theirs is in flight", () => {
     vi.useFakeTimers()
     try {
