@@ -41,20 +41,47 @@ const REENCODE: Readonly<Record<string, (image: Sharp) => Sharp>> = {
   "image/avif": (image) => image.avif({ quality: 70 }),
 }
 
-/** At most this many images decode at once, so that several large uploads completing together stay bounded. */
-const DECODERS = 2
-let decoding = 0
-const waiting: (() => void)[] = []
-async function slot<T>(run: () => Promise<T>): Promise<T> {
-  if (decoding >= DECODERS) await new Promise<void>((resolve) => waiting.push(resolve))
-  decoding++
-  try {
-    return await run()
-  } finally {
-    decoding--
-    waiting.shift()?.()
+/**
+ * Turns at decoding, shared fairly: at most `atOnce` decodes run, and at most
+ * one per owner (the uploading user), so that one account completing image
+ * uploads without end holds one turn, and every other user's images pass it
+ * (each decode of a large image costs 100–200 ms of CPU). Waiting owners are
+ * served in arrival order, skipping any whose decode is running.
+ */
+export class DecodeTurns {
+  private readonly running = new Set<string>()
+  private readonly waiting: { readonly owner: string; readonly start: () => void }[] = []
+
+  constructor(private readonly atOnce: number) {}
+
+  /** Runs `work` in `owner`'s turn, when one is free. */
+  async run<T>(owner: string, work: () => Promise<T>): Promise<T> {
+    if (!this.free(owner)) await new Promise<void>((start) => this.waiting.push({ owner, start }))
+    this.running.add(owner)
+    try {
+      return await work()
+    } finally {
+      this.running.delete(owner)
+      this.next()
+    }
+  }
+
+  private free(owner: string): boolean {
+    return this.running.size < this.atOnce && !this.running.has(owner)
+  }
+
+  private next(): void {
+    const at = this.waiting.findIndex((w) => this.free(w.owner))
+    if (at < 0) return
+    const [turn] = this.waiting.splice(at, 1)
+    // Taken now, so that a second release in the same turn does not hand it out twice.
+    this.running.add(turn!.owner)
+    turn!.start()
   }
 }
+
+/** Two images decode at once on a relay, one per user: several large uploads completing together stay bounded. */
+const turns = new DecodeTurns(2)
 
 async function decode(bytes: () => AsyncIterable<Uint8Array>, image: Sharp): Promise<void> {
   await pipeline(Readable.from(bytes()), image)
@@ -65,14 +92,16 @@ async function decode(bytes: () => AsyncIterable<Uint8Array>, image: Sharp): Pro
  * thumbnail of at most {@link THUMBNAIL_SIZE} px a side, and, when it
  * carries metadata, a copy without it, with `sharp` (libvips). Decoding
  * stops past `maxPixels`; an image that does not decode rejects (the caller
- * refuses the upload: its signature lied). `type` is the sniffed type.
+ * refuses the upload: its signature lied). `type` is the sniffed type;
+ * `owner` (the uploader) whose turn at decoding it takes (see {@link DecodeTurns}).
  */
 export function describeImage(
   bytes: () => AsyncIterable<Uint8Array>,
   type: string,
   maxPixels: number = DEFAULT_MAX_IMAGE_PIXELS,
+  owner = "",
 ): Promise<ImageFacts> {
-  return slot(async () => {
+  return turns.run(owner, async () => {
     const options: SharpOptions = { limitInputPixels: maxPixels, failOn: "error", sequentialRead: true }
     const probe = sharp(options)
     const [meta] = await Promise.all([probe.metadata(), decode(bytes, probe)])

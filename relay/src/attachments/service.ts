@@ -207,7 +207,12 @@ export class AttachmentService {
     if (INLINE_IMAGES.has(type)) {
       let facts: Awaited<ReturnType<typeof describeImage>>
       try {
-        facts = await describeImage(() => this.store.read(key), type, this.options.maxImagePixels)
+        facts = await describeImage(
+          () => this.store.read(key),
+          type,
+          this.options.maxImagePixels,
+          record.uploader,
+        )
       } catch (error) {
         this.options.log.info({ err: error, attachment: record.id }, "an upload's image does not decode")
         await this.discard(record)

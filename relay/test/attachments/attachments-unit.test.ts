@@ -10,6 +10,7 @@ import {
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
 import { sniffText } from "../../src/attachments/content-type.js"
+import { DecodeTurns } from "../../src/attachments/images.js"
 import { LinkPreviewer, parseLinkPreview } from "../../src/attachments/link-preview.js"
 import { MemoryBlobStore } from "../../src/attachments/memory-blob-store.js"
 import { AttachmentService, UNREFERENCED_TTL_MS } from "../../src/attachments/service.js"
@@ -238,5 +239,42 @@ describe("link previews", () => {
       message: "cannot preview the link: the page sent nothing within 300 ms",
     })
     expect(performance.now() - started).toBeLessThan(2000)
+  })
+})
+
+describe("turns at decoding images", () => {
+  it("runs two at once, one per user: a user's backlog does not hold back another user's image", async () => {
+    const turns = new DecodeTurns(2)
+    const order: string[] = []
+    const gates = new Map<string, () => void>()
+    const work = (name: string) => () =>
+      new Promise<void>((resolve) => {
+        order.push(name)
+        gates.set(name, resolve)
+      })
+    const settle = () => new Promise((resolve) => setTimeout(resolve, 0))
+    const runs = [
+      turns.run("mallory", work("m1")),
+      turns.run("mallory", work("m2")),
+      turns.run("mallory", work("m3")),
+      turns.run("alice", work("a1")),
+      turns.run("bob", work("b1")),
+    ]
+    await settle()
+    // Mallory's second image waits for her first; Alice's takes the other turn.
+    expect(order).toEqual(["m1", "a1"])
+    gates.get("m1")!()
+    await settle()
+    // Her second image came before Bob's and takes her freed turn: she never holds both.
+    expect(order).toEqual(["m1", "a1", "m2"])
+    gates.get("a1")!()
+    await settle()
+    expect(order).toEqual(["m1", "a1", "m2", "b1"])
+    gates.get("m2")!()
+    gates.get("b1")!()
+    await settle()
+    gates.get("m3")!()
+    await Promise.all(runs)
+    expect(order).toEqual(["m1", "a1", "m2", "b1", "m3"])
   })
 })
