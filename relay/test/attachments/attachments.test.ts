@@ -4,7 +4,6 @@ import type { AddressInfo } from "node:net"
 import { join } from "node:path"
 import {
   type ConversationId,
-  createConversation,
   deleteConversation,
   deleteMessage,
   type FileAttachment,
@@ -17,8 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { runKeysCli } from "../../src/api/keys-cli.js"
 import { signUrl } from "../../src/attachments/signing.js"
 import { freshDataDir } from "../api/helpers.js"
-import { attachmentClient } from "../helpers/attachments.js"
-import { TestClient } from "../helpers/clients.js"
+import { attachmentClient, createGroup } from "../helpers/attachments.js"
+import type { TestClient } from "../helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { until } from "../helpers/until.js"
 
@@ -65,19 +64,8 @@ describe("attachments on a relay process (file-system blob store)", () => {
     await stopRelayProcesses()
   })
 
-  async function group(id: string, participants: UserId[] = [bob]): Promise<TestClient> {
-    const client = new TestClient(relay.url, id as ConversationId, await relay.token(alice))
-    await client.opened
-    await client.synced()
-    createConversation(client.doc, alice, {
-      kind: "group",
-      id: id as ConversationId,
-      title: "Files",
-      participants,
-    })
-    await client.allSaved()
-    return client
-  }
+  const group = (id: string, participants: UserId[] = [bob]): Promise<TestClient> =>
+    createGroup(relay, id, alice, participants, "Files")
 
   it("uploads an image, gives dimensions and a thumbnail, and serves it to participants only", async () => {
     const client = await group("g~att-image-0001")
@@ -468,15 +456,7 @@ describe("per-user upload limits, API keys, link previews", () => {
   })
 
   it("refuses a user's bytes beyond the minute's budget, whichever upload they belong to", async () => {
-    const client = new TestClient(relay.url, "g~att-quota-001" as ConversationId, await relay.token(alice))
-    await client.opened
-    await client.synced()
-    createConversation(client.doc, alice, {
-      kind: "group",
-      id: "g~att-quota-001" as ConversationId,
-      participants: [bob],
-    })
-    await client.allSaved()
+    const client = await createGroup(relay, "g~att-quota-001", alice, [bob])
     const one = await api.create(alice, "g~att-quota-001", { name: "1.txt", size: 2 * MiB })
     const two = await api.create(alice, "g~att-quota-001", { name: "2.txt", size: 2 * MiB })
     expect((await api.patch(alice, one.body.uploadId as string, 0, text(MiB))).status).toBe(204)
@@ -510,15 +490,11 @@ describe("per-user upload limits, API keys, link previews", () => {
 
   it("lets an API key upload and download as its service participant, with the scopes it has", async () => {
     const id = "g~att-apikey-01" as ConversationId
-    const client = new TestClient(relay.url, id, await relay.token(alice))
-    await client.opened
-    await client.synced()
-    createConversation(client.doc, alice, {
-      kind: "group",
-      id,
-      participants: [bob, "service.uploader" as UserId, "service.reader" as UserId],
-    })
-    await client.allSaved()
+    const client = await createGroup(relay, id, alice, [
+      bob,
+      "service.uploader" as UserId,
+      "service.reader" as UserId,
+    ])
     const asKey = (key: string) => ({ authorization: `Bearer ${key}` })
     const created = await fetch(`${relay.httpUrl}/v1/conversations/${id}/uploads`, {
       method: "POST",

@@ -1,17 +1,9 @@
 import { createServer, type ServerResponse } from "node:http"
 import { type AddressInfo, connect } from "node:net"
-import {
-  type ConversationId,
-  createConversation,
-  type FileAttachment,
-  sendMessage,
-  type UserId,
-  UserLimit,
-} from "@parley/shared"
+import { type ConversationId, type FileAttachment, sendMessage, type UserId, UserLimit } from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import webpush from "web-push"
-import { attachmentClient } from "../helpers/attachments.js"
-import { TestClient } from "../helpers/clients.js"
+import { attachmentClient, createGroup } from "../helpers/attachments.js"
 import {
   metricLine,
   type RelayProcess,
@@ -62,11 +54,7 @@ describe("the per-user HTTP request budget", () => {
 
   it("answers one user 429 http-requests-per-user across tokens and routes, while another user is served", async () => {
     const id = "g~http-budget-01" as ConversationId
-    const client = new TestClient(relay.url, id, await relay.token(alice))
-    await client.opened
-    await client.synced()
-    createConversation(client.doc, alice, { kind: "group", id, participants: [bob, mallory] })
-    await client.allSaved()
+    const client = await createGroup(relay, id, alice, [bob, mallory])
     const done = await api.upload(alice, id, "notes.txt", new Uint8Array(Buffer.from("hello, budget\n")))
     expect(done.status).toBe(201)
     const attachment = done.body!.attachment as FileAttachment
@@ -119,11 +107,7 @@ describe("the per-user HTTP request budget", () => {
 
   it("counts downloads by a signed URL against the user it was made for", async () => {
     const id = "g~http-budget-02" as ConversationId
-    const client = new TestClient(relay.url, id, await relay.token(alice))
-    await client.opened
-    await client.synced()
-    createConversation(client.doc, alice, { kind: "group", id, participants: [bob] })
-    await client.allSaved()
+    const client = await createGroup(relay, id, alice, [bob])
     const done = await api.upload(alice, id, "b.txt", new Uint8Array(Buffer.from("signed\n")))
     const attachment = done.body!.attachment as FileAttachment
     sendMessage(client.doc, alice, { body: "b", attachments: [attachment] })
@@ -321,11 +305,7 @@ describe("downloads a user holds open", () => {
 
   it("answers 429 downloads-at-once-per-user past the limit, signed URLs included, and ends downloads their readers stopped taking", async () => {
     const id = "g~downloads-01" as ConversationId
-    const client = new TestClient(relay.url, id, await relay.token(alice))
-    await client.opened
-    await client.synced()
-    createConversation(client.doc, alice, { kind: "group", id, participants: [bob] })
-    await client.allSaved()
+    const client = await createGroup(relay, id, alice, [bob])
     // Larger than the socket buffers of both ends together, so a reader that does not read holds it.
     const bytes = new Uint8Array(24 * 1024 * 1024).map((_, i) => 97 + (i % 26))
     const done = await api.upload(alice, id, "letters.txt", bytes)

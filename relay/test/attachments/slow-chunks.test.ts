@@ -1,8 +1,7 @@
 import { request } from "node:http"
-import { type ConversationId, createConversation, type UserId } from "@parley/shared"
+import type { UserId } from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { attachmentClient } from "../helpers/attachments.js"
-import { TestClient } from "../helpers/clients.js"
+import { attachmentClient, createGroup } from "../helpers/attachments.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
 const alice = "alice" as UserId
@@ -81,16 +80,7 @@ describe("upload chunks that come too slowly", () => {
   })
 
   async function upload(id: string, size: number): Promise<string> {
-    const client = new TestClient(relay.url, id as ConversationId, await relay.token(alice))
-    await client.opened
-    await client.synced()
-    createConversation(client.doc, alice, {
-      kind: "group",
-      id: id as ConversationId,
-      title: "Files",
-      participants: [],
-    })
-    await client.allSaved()
+    const client = await createGroup(relay, id, alice, [], "Files")
     client.close()
     const created = await api.create(alice, id, { name: "notes.txt", size })
     expect(created.status).toBe(201)

@@ -1,3 +1,5 @@
+import { type ConversationId, createConversation, type UserId } from "@parley/shared"
+import { TestClient } from "./clients.js"
 import type { RelayProcess } from "./relay-process.js"
 
 /** An HTTP client of one relay's attachment routes. */
@@ -70,4 +72,28 @@ export function attachmentClient(relay: () => RelayProcess) {
       return { status: response.status, body: (await response.json()) as Record<string, unknown> }
     },
   }
+}
+
+/**
+ * Creates group `id` on `relay` as `owner` with `participants` (a connected
+ * client writes it, as an app does) and returns that client, still open.
+ */
+export async function createGroup(
+  relay: RelayProcess,
+  id: string,
+  owner: UserId,
+  participants: readonly UserId[],
+  title?: string,
+): Promise<TestClient> {
+  const client = new TestClient(relay.url, id as ConversationId, await relay.token(owner))
+  await client.opened
+  await client.synced()
+  createConversation(client.doc, owner, {
+    kind: "group",
+    id: id as ConversationId,
+    participants: [...participants],
+    ...(title !== undefined ? { title } : {}),
+  })
+  await client.allSaved()
+  return client
 }
