@@ -2,7 +2,6 @@ import { ErrorCode, HistoryDefaults, ParleyError } from "@parley/shared"
 import { ApiExtension } from "./api/extension.js"
 import type { ApiLimits } from "./api/limits.js"
 import { type AttachmentOptions, AttachmentsExtension } from "./attachments/extension.js"
-import { GuardedBlobStore } from "./attachments/guarded-blob-store.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import type { RedisState } from "./cluster/cluster.js"
@@ -338,6 +337,10 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     timeoutMs: storageTimeoutMs,
     // Readiness follows whether writes would be stored, not only whether the backend answers.
     watchIntervalMs: DEFAULT_WATCH_INTERVAL_MS,
+    onBlobFailure: (error) => {
+      metrics.errors.inc({ code: error.code })
+      log.warn({ err: error }, "the blob store failed")
+    },
     onChange: (state) => {
       metrics.storageAvailable.set(state.state === "ok" ? 1 : 0)
       if (state.state === "failing") log.error({ err: state.error }, "storage is failing: writes are refused")
@@ -383,13 +386,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ? undefined
       : new AttachmentsExtension({
           ...options.attachments,
-          store: new GuardedBlobStore(backend.blobs, {
-            timeoutMs: storageTimeoutMs,
-            onFailure: (error) => {
-              metrics.errors.inc({ code: error.code })
-              log.warn({ err: error }, "the blob store failed")
-            },
-          }),
+          store: backend.blobs,
           verify: (token) => auth.verify(token),
           ...(options.api === false ? {} : { keys: backend.keys }),
           onUserLimit: (limit, user) => {

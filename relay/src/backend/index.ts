@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type { IdempotencyStore } from "../api/idempotency.js"
 import type { ApiKeyStore } from "../api/keys.js"
+import { GuardedBlobStore } from "../attachments/guarded-blob-store.js"
 import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
@@ -67,7 +68,13 @@ export interface GuardedBackend extends Backend {
  * once and a probe watches for recovery), the outbox and the bindings behind
  * a deadline each, so that none of them can hang a caller.
  */
-export function guardBackend(backend: Backend, options: StorageGuardOptions): GuardedBackend {
+export function guardBackend(
+  backend: Backend,
+  options: StorageGuardOptions & {
+    /** Told of each failure of the blob store itself (see {@link GuardedBlobStore}), for logs and metrics. */
+    readonly onBlobFailure?: (error: ParleyError) => void
+  },
+): GuardedBackend {
   return {
     kind: backend.kind,
     documents: new StorageGuard(backend.documents, options),
@@ -89,8 +96,12 @@ export function guardBackend(backend: Backend, options: StorageGuardOptions): Gu
       options.timeoutMs,
       "push subscriptions",
     ),
-    // Not behind deadlines: a download streams for as long as the client reads.
-    blobs: backend.blobs,
+    // Each call and each chunk of a read within the deadline, not a whole download: it streams for as
+    // long as its reader reads.
+    blobs: new GuardedBlobStore(backend.blobs, {
+      timeoutMs: options.timeoutMs,
+      ...(options.onBlobFailure ? { onFailure: options.onBlobFailure } : {}),
+    }),
     close: () => backend.close(),
   }
 }
