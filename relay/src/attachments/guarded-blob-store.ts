@@ -12,7 +12,7 @@ export interface BlobStoreGuardOptions {
 
 /**
  * A {@link BlobStore} whose calls cannot hang and whose failures are typed:
- * each call (each chunk of a read) that has not answered within the storage
+ * each call (each chunk of a read; not a listing) that has not answered within the storage
  * timeout, and each error of the store itself (a reset or stalled database
  * connection, a failing disk), becomes the retryable STORAGE_UNAVAILABLE
  * (HTTP 503), so a client retries or resumes instead of seeing a 500 or
@@ -38,6 +38,14 @@ export class GuardedBlobStore implements BlobStore {
   private async call<T>(what: string, run: () => Promise<T>): Promise<T> {
     try {
       return await withDeadline(run(), this.options.timeoutMs, `${what} a blob`)
+    } catch (error) {
+      throw this.failure(error)
+    }
+  }
+
+  private async unbounded<T>(run: () => Promise<T>): Promise<T> {
+    try {
+      return await run()
     } catch (error) {
       throw this.failure(error)
     }
@@ -89,8 +97,13 @@ export class GuardedBlobStore implements BlobStore {
     return this.call("delete", () => this.inner.delete(key))
   }
 
+  /**
+   * Typed like the rest, but without the deadline: a listing (the sweep of
+   * unreferenced uploads) takes as long as the store is large, and under one
+   * deadline a relay with many uploads would never sweep again.
+   */
   list(prefix: string): Promise<string[]> {
-    return this.call("list", () => this.inner.list(prefix))
+    return this.unbounded(() => this.inner.list(prefix))
   }
 
   close(): Promise<void> {
