@@ -1,5 +1,5 @@
-import { ErrorCode, ParleyError } from "@parley/shared"
-import { storageUnavailable, withDeadline } from "../storage/guard.js"
+import type { ParleyError } from "@parley/shared"
+import { asStorageFailure, isStorageFailure, withDeadlines } from "../storage/guard.js"
 import type { BlobStore } from "./blob-store.js"
 
 /** How {@link GuardedBlobStore} bounds its store. */
@@ -27,63 +27,51 @@ export interface BlobStoreGuardOptions {
  */
 export class GuardedBlobStore implements BlobStore {
   readonly kind: string
+  /** `inner` with the deadline and typing every other part of the backend has. */
+  private readonly bounded: BlobStore
 
   constructor(
     private readonly inner: BlobStore,
     private readonly options: BlobStoreGuardOptions,
   ) {
     this.kind = inner.kind
+    this.bounded = withDeadlines(inner, options.timeoutMs, "blob store")
   }
 
-  private async call<T>(what: string, run: () => Promise<T>): Promise<T> {
-    try {
-      return await withDeadline(run(), this.options.timeoutMs, `${what} a blob`)
-    } catch (error) {
-      throw this.failure(error)
-    }
-  }
-
-  private async unbounded<T>(run: () => Promise<T>): Promise<T> {
-    try {
-      return await run()
-    } catch (error) {
-      throw this.failure(error)
-    }
-  }
-
-  private failure(error: unknown): ParleyError {
-    const typed =
-      error instanceof ParleyError
-        ? error
-        : storageUnavailable(
-            `the blob store failed: ${error instanceof Error ? error.message : String(error)}`,
-            error,
-          )
-    if (typed.code === ErrorCode.STORAGE_UNAVAILABLE) this.options.onFailure?.(typed)
-    return typed
+  /** `call`, telling {@link BlobStoreGuardOptions.onFailure} of a failure of the store itself. */
+  private told<T>(call: Promise<T>): Promise<T> {
+    return call.catch((error: unknown) => {
+      if (isStorageFailure(error)) this.options.onFailure?.(error)
+      throw error
+    })
   }
 
   append(key: string, offset: number, bytes: Uint8Array): Promise<void> {
-    return this.call("store", () => this.inner.append(key, offset, bytes))
+    return this.told(this.bounded.append(key, offset, bytes))
   }
 
   put(key: string, bytes: Uint8Array): Promise<void> {
-    return this.call("store", () => this.inner.put(key, bytes))
+    return this.told(this.bounded.put(key, bytes))
   }
 
   get(key: string): Promise<Uint8Array | undefined> {
-    return this.call("read", () => this.inner.get(key))
+    return this.told(this.bounded.get(key))
   }
 
   size(key: string): Promise<number | undefined> {
-    return this.call("read", () => this.inner.size(key))
+    return this.told(this.bounded.size(key))
   }
 
   async *read(key: string, start?: number, end?: number): AsyncIterable<Uint8Array> {
-    const chunks = this.inner.read(key, start, end)[Symbol.asyncIterator]()
+    // The iterator's own calls bounded and typed: each chunk within the deadline, not the whole read.
+    const chunks = withDeadlines(
+      this.inner.read(key, start, end)[Symbol.asyncIterator](),
+      this.options.timeoutMs,
+      "blob store: read",
+    )
     try {
       for (;;) {
-        const next = await this.call("read", () => chunks.next())
+        const next = await this.told(chunks.next())
         if (next.done) return
         yield next.value
       }
@@ -94,7 +82,7 @@ export class GuardedBlobStore implements BlobStore {
   }
 
   delete(key: string): Promise<void> {
-    return this.call("delete", () => this.inner.delete(key))
+    return this.told(this.bounded.delete(key))
   }
 
   /**
@@ -103,7 +91,11 @@ export class GuardedBlobStore implements BlobStore {
    * deadline a relay with many uploads would never sweep again.
    */
   list(prefix: string): Promise<string[]> {
-    return this.unbounded(() => this.inner.list(prefix))
+    return this.told(
+      this.inner.list(prefix).catch((error: unknown) => {
+        throw asStorageFailure("blob store: list", error)
+      }),
+    )
   }
 
   close(): Promise<void> {

@@ -482,6 +482,13 @@ function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error)
 }
 
+/** `error` of a storage call doing `what`, typed: a ParleyError as it is, anything else STORAGE_UNAVAILABLE. */
+export function asStorageFailure(what: string, error: unknown): ParleyError {
+  return error instanceof ParleyError
+    ? error
+    : storageUnavailable(`${what} failed: ${messageOf(error)}`, error)
+}
+
 /**
  * `target` with a deadline on every method that returns a promise (except
  * `close`), and its failures typed as STORAGE_UNAVAILABLE: for the stores
@@ -499,10 +506,7 @@ export function withDeadlines<T extends object>(target: T, timeoutMs: number, la
       if (known?.method === value) return known.wrapper
       const what = `${label}: ${String(property)}`
       const late = () => `storage did not finish ${what} within ${timeoutMs} ms`
-      const failed = (error: unknown) =>
-        error instanceof ParleyError
-          ? error
-          : storageUnavailable(`${what} failed: ${messageOf(error)}`, error)
+      const failed = (error: unknown) => asStorageFailure(what, error)
       const wrapper = (...args: unknown[]) => {
         const result = Reflect.apply(value, object, args)
         if (!(result instanceof Promise)) return result
