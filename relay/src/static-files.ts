@@ -3,6 +3,7 @@ import { stat } from "node:fs/promises"
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { extname, join, normalize, resolve, sep } from "node:path"
 import { pipeline } from "node:stream"
+import { endWhenStalled } from "./stalled-reader.js"
 
 const TYPES: Record<string, string> = {
   ".html": "text/html; charset=utf-8",
@@ -20,12 +21,12 @@ const TYPES: Record<string, string> = {
 }
 
 /**
- * A response whose reader takes no bytes for this long (up to twice as long:
- * Node defers a socket's timer once more while its write queue changed) loses
- * its connection. Static files need no token: without it, anyone could hold
- * a socket and an open file per request for as long as they liked.
+ * A response whose reader takes no bytes for about this long loses its
+ * connection (see {@link endWhenStalled}). Static files need no token:
+ * without it, anyone could hold a socket and an open file per request for as
+ * long as they liked.
  */
-const STALLED_READER_MS = 15_000
+const STALLED_READER_MS = 30_000
 
 /**
  * Serves a built web app from `root`; unknown paths without an extension get
@@ -58,7 +59,7 @@ export async function serveStatic(root: string, req: IncomingMessage, res: Serve
   })
   if (req.method === "HEAD") res.end()
   else {
-    res.setTimeout(STALLED_READER_MS, () => res.destroy())
+    endWhenStalled(res, STALLED_READER_MS)
     // pipeline, not pipe: a response that ends early (the reader left, or stalled) closes the file too.
     pipeline(createReadStream(file), res, () => {})
   }

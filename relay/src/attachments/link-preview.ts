@@ -157,7 +157,8 @@ export class LinkPreviewer {
       if (next.done) break
       parts.push(next.value)
       length += next.value.length
-      const text = tail + Buffer.from(next.value).toString("latin1")
+      const text =
+        tail + Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength).toString("latin1")
       if (HEAD_ENDS.test(text)) break
       tail = text.slice(-16)
     }

@@ -24,6 +24,7 @@ import {
 } from "../api/user-token.js"
 import type { Logger } from "../log.js"
 import { type Principal, SERVICE_PARTICIPANT_PREFIX, serviceParticipant } from "../principal.js"
+import { endWhenStalled } from "../stalled-reader.js"
 import type { BlobStore } from "./blob-store.js"
 import { INLINE_IMAGES } from "./content-type.js"
 import { DownloadSlots, releasing } from "./downloads.js"
@@ -686,14 +687,13 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
       )
     }
     const outgoing = c.env?.outgoing
-    // A reader that takes no bytes for the idle limit loses the connection. Nothing else would end
-    // it: the response waits for the socket to drain, and once the file is read its last chunks wait
-    // in memory. The socket's own timer, which Node defers once more while the socket's write queue
-    // changed since its last look, so it is armed for half the limit.
-    outgoing?.setTimeout(Math.max(1, Math.floor(options.downloads.idleMs / 2)), () => {
-      options.log.info({ attachment: record.id, user: reader }, "ended a download its reader stopped taking")
-      outgoing.destroy()
-    })
+    if (outgoing)
+      endWhenStalled(outgoing, options.downloads.idleMs, () =>
+        options.log.info(
+          { attachment: record.id, user: reader },
+          "ended a download its reader stopped taking",
+        ),
+      )
     // The slot is the user's until the response is done or its connection gone (not when the file is
     // read: its last chunks may wait in memory for the reader). Without a Node response (in-process
     // requests), until the body is read.
