@@ -87,3 +87,131 @@ function expandIPv6(address: string): string[] {
   const zeros = tail === undefined ? [] : Array(8 - left.length - right.length).fill("0")
   return [...left, ...zeros, ...right].map((g) => g.toLowerCase().replace(/^0+(?=.)/, ""))
 }
+
+/** What {@link AddressConnections} needs of a socket. */
+export interface CountedSocket {
+  once(event: "close", listener: () => void): unknown
+  destroy(): void
+}
+
+/** A counted connection: waiting for a request (since when), or with one under way. */
+interface Waiting {
+  busy: boolean
+  since: number
+}
+
+/**
+ * Time a connection may wait for a request's headers before, at its
+ * address's cap, it is the one closed to make room: honest clients send
+ * theirs within a round trip, so only a stalled socket (or an idle
+ * keep-alive) waits this long.
+ */
+export const EVICT_AFTER_MS = 2000
+
+/**
+ * Connections open at once per client address that do not belong to a user
+ * yet: from the TCP accept until the connection becomes a WebSocket whose
+ * token was verified and whose user was admitted (from there the per-user
+ * limits count it). HTTP requests and their keep-alives, and upgrades whose
+ * token is still being checked, all count. Without this, one address could
+ * open sockets that never send a request (each held until the headers
+ * timeout) until the relay ran out of connections for everyone else.
+ *
+ * At the cap, the address's connection that has waited longest for a request
+ * (over {@link EVICT_AFTER_MS}) is closed to make room for the new one, so
+ * that a client sharing an address with a host that holds stalled sockets
+ * still gets in; only when every connection of the address is recent or has
+ * a request under way is the new one refused. Memory: one entry per counted
+ * connection.
+ *
+ * Not used behind a trusted proxy: there every connection comes from the
+ * proxy's address, and the proxy is where such a limit belongs.
+ */
+export class AddressConnections {
+  /** Per address key, its counted connections: busy ones, and waiting ones in the order they began waiting. */
+  private readonly open = new Map<string, Map<CountedSocket, Waiting>>()
+  private readonly keys = new WeakMap<CountedSocket, string>()
+
+  constructor(
+    private readonly perAddress: number,
+    private readonly evictAfterMs = EVICT_AFTER_MS,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  /** Addresses with a connection counted. */
+  get size(): number {
+    return this.open.size
+  }
+
+  /**
+   * Counts a new connection from `address`. At the address's cap, closes
+   * the connection that has waited longest for a request, if it has waited
+   * long enough, and counts the new one in its place; otherwise counts
+   * nothing and answers false. `socket` releases its count when it closes,
+   * or earlier through {@link identified}.
+   */
+  admit(socket: CountedSocket, address: string): boolean {
+    if (this.perAddress <= 0) return true
+    const key = keyOf(address)
+    let sockets = this.open.get(key)
+    if (sockets && sockets.size >= this.perAddress) {
+      const stale = this.longestWaiting(sockets)
+      if (!stale) return false
+      this.release(stale)
+      stale.destroy()
+    }
+    if (!sockets) {
+      sockets = new Map()
+      this.open.set(key, sockets)
+    }
+    sockets.set(socket, { busy: false, since: this.now() })
+    this.keys.set(socket, key)
+    socket.once("close", () => this.release(socket))
+    return true
+  }
+
+  /** A request's headers (or an upgrade's) arrived on `socket`: it is not waiting. */
+  busy(socket: CountedSocket): void {
+    const entry = this.entryOf(socket)
+    if (entry) entry.busy = true
+  }
+
+  /** The response on `socket` ended: it waits for the next request (a keep-alive), from now. */
+  idle(socket: CountedSocket): void {
+    const key = this.keys.get(socket)
+    const sockets = key === undefined ? undefined : this.open.get(key)
+    if (!sockets?.has(socket)) return
+    // Re-inserted: the waiting ones stay in the order they began waiting.
+    sockets.delete(socket)
+    sockets.set(socket, { busy: false, since: this.now() })
+  }
+
+  /** The connection now belongs to a user: the address no longer counts it. */
+  identified(socket: CountedSocket): void {
+    this.release(socket)
+  }
+
+  private longestWaiting(sockets: Map<CountedSocket, Waiting>): CountedSocket | undefined {
+    const before = this.now() - this.evictAfterMs
+    for (const [socket, entry] of sockets) {
+      if (entry.busy) continue
+      // The rest began waiting later.
+      return entry.since <= before ? socket : undefined
+    }
+    return undefined
+  }
+
+  private entryOf(socket: CountedSocket): Waiting | undefined {
+    const key = this.keys.get(socket)
+    return key === undefined ? undefined : this.open.get(key)?.get(socket)
+  }
+
+  private release(socket: CountedSocket): void {
+    const key = this.keys.get(socket)
+    if (key === undefined) return
+    this.keys.delete(socket)
+    const sockets = this.open.get(key)
+    sockets?.delete(socket)
+    if (sockets?.size === 0) this.open.delete(key)
+  }
+}

@@ -19,6 +19,10 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   socketAwarenessPerSecond: 500,
   socketAwarenessBurst: 1000,
   addressAuthFailuresPerMinute: 120,
+  connectionsPerAddress: 512,
+  // 0: the file-descriptor limit less a reserve (see defaultMaxConnections).
+  maxConnections: 0,
+  requestHeadersTimeoutMs: 10_000,
 }
 
 /** Default of `RelayOptions.maxTokenLifetimeMs`: a day. */

@@ -81,6 +81,12 @@ export class RelayMetrics {
     labelNames: ["limit"] as const,
     registers: [this.registry],
   })
+  readonly connectionsRefused = new client.Counter({
+    name: "parley_connections_refused_total",
+    help: "Connections closed at accept, by limit (connections-per-address, max-connections)",
+    labelNames: ["limit"] as const,
+    registers: [this.registry],
+  })
   private countUsers: () => number = () => 0
   readonly users: client.Gauge = new client.Gauge({
     name: "parley_users",

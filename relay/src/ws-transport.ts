@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import type { Socket } from "node:net"
 import type { Duplex } from "node:stream"
 import {
   AddressLimit,
@@ -17,9 +18,10 @@ import {
   toParleyError,
 } from "@parley/shared"
 import { type RawData, WebSocket, WebSocketServer } from "ws"
-import { AddressLimiter } from "./address-limits.js"
+import { AddressConnections, AddressLimiter } from "./address-limits.js"
 import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
+import { defaultMaxConnections, openFilesLimit } from "./connection-capacity.js"
 import { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
 import { holdWrites } from "./held-writes.js"
@@ -66,6 +68,21 @@ export interface TransportLimits {
    * verified. 0: no limit. See {@link AddressLimiter}.
    */
   readonly addressAuthFailuresPerMinute: number
+  /**
+   * Connections one client address may hold open at once that are not a
+   * user's WebSocket yet (requests, keep-alives, upgrades being checked);
+   * beyond, a new one is answered 429 and closed. 0: no limit. Not counted
+   * behind a trusted proxy (`trustProxy`). See {@link AddressConnections}.
+   */
+  readonly connectionsPerAddress: number
+  /**
+   * Connections of every kind the relay holds at once; beyond, new ones are
+   * dropped at accept. 0: derived from the file-descriptor limit (see
+   * {@link defaultMaxConnections}).
+   */
+  readonly maxConnections: number
+  /** Time a connection has to send a complete request's headers (408 and closed after). */
+  readonly requestHeadersTimeoutMs: number
 }
 
 /** A socket's send queue above which the user's queues across sockets are added up (cheap below). */
@@ -74,6 +91,12 @@ const USER_QUEUE_CHECK_BYTES = 16 * 1024
 const MAX_ECHO_CREDIT = 256
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
 const UNREAD_CLOSE_GRACE_MS = 5000
+/** Longest a whole request may take to arrive (an upload's chunk included): Node's own default. */
+const REQUEST_TIMEOUT_MS = 300_000
+/** The label of connections dropped at `maxConnections`. */
+const MAX_CONNECTIONS = "max-connections"
+/** Least time between two log lines about connections refused at accept (they come in floods). */
+const REFUSAL_LOG_EVERY_MS = 10_000
 
 /** What the transport binds to sockets. */
 export interface TransportOptions {
@@ -130,6 +153,10 @@ export class WsTransport {
   private readonly sockets = new Set<WebSocket>()
   private readonly keepalive: Keepalive
   private readonly addresses: AddressLimiter
+  private readonly connections: AddressConnections
+  /** Connections refused at accept since the last log line about them, by limit. */
+  private readonly refusedSinceLog = new Map<string, number>()
+  private refusalLoggedAt = Number.NEGATIVE_INFINITY
   /** Every open socket's (and channel's) token expiry, on one timer. */
   private readonly deadlines: Deadlines
   /** What every socket's token lease shares. */
@@ -146,12 +173,32 @@ export class WsTransport {
       metrics: options.metrics,
       deadlines: this.deadlines,
     }
-    this.server = createServer((req, res) => {
-      this.http(req, res).catch((error: unknown) => {
-        options.log.error({ err: error, url: req.url }, "http request failed")
-        if (!res.headersSent) json(res, 500, { error: "internal error" })
-        else res.destroy()
-      })
+    const { limits } = options
+    this.connections = new AddressConnections(options.trustProxy ? 0 : limits.connectionsPerAddress)
+    const headersTimeout = Math.max(1, limits.requestHeadersTimeoutMs)
+    this.server = createServer(
+      {
+        headersTimeout,
+        requestTimeout: Math.max(headersTimeout, REQUEST_TIMEOUT_MS),
+        // Node checks both timeouts on this period: a quarter of the headers' limit keeps the cut near it.
+        connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(headersTimeout / 4))),
+      },
+      (req, res) => {
+        this.http(req, res).catch((error: unknown) => {
+          options.log.error({ err: error, url: req.url }, "http request failed")
+          if (!res.headersSent) json(res, 500, { error: "internal error" })
+          else res.destroy()
+        })
+      },
+    )
+    this.server.maxConnections =
+      limits.maxConnections > 0 ? limits.maxConnections : defaultMaxConnections(openFilesLimit())
+    this.server.on("drop", () => this.refusedAtAccept(MAX_CONNECTIONS))
+    this.server.on("connection", (socket: Socket) => this.admit(socket))
+    // A connection with a request under way is not one to close for a newer one (see AddressConnections).
+    this.server.prependListener("request", (req: IncomingMessage, res: ServerResponse) => {
+      this.connections.busy(req.socket)
+      res.once("close", () => this.connections.idle(req.socket))
     })
     this.wss = new WebSocketServer({
       noServer: true,
@@ -163,6 +210,33 @@ export class WsTransport {
       intervalMs: options.limits.pingIntervalMs,
       timeoutMs: options.limits.pingTimeoutMs,
     })
+  }
+
+  /** A new TCP connection: counted against its address until it is a user's WebSocket. */
+  private admit(socket: Socket): void {
+    if (this.connections.admit(socket, socket.remoteAddress ?? "")) return
+    this.refusedAtAccept(AddressLimit.connections, socket.remoteAddress)
+    const body = `${AddressLimit.connections}\n`
+    // destroySoon: a peer that never reads or closes must not keep the descriptor of its refusal.
+    socket.write(
+      "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\n" +
+        `content-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+    )
+    socket.destroySoon()
+  }
+
+  /** Counts a connection refused at accept; logs, at most every 10 s, how many were since the last line. */
+  private refusedAtAccept(limit: string, address?: string): void {
+    this.options.metrics.connectionsRefused.inc({ limit })
+    this.refusedSinceLog.set(limit, (this.refusedSinceLog.get(limit) ?? 0) + 1)
+    const now = performance.now()
+    if (now - this.refusalLoggedAt < REFUSAL_LOG_EVERY_MS) return
+    this.refusalLoggedAt = now
+    this.options.log.warn(
+      { refused: Object.fromEntries(this.refusedSinceLog), lastAddress: address },
+      "connections refused at accept",
+    )
+    this.refusedSinceLog.clear()
   }
 
   /** Starts listening; resolves with the bound port. */
@@ -306,6 +380,7 @@ export class WsTransport {
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    this.connections.busy(req.socket)
     if (this.stopping) {
       socket.end("HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\n")
       return
@@ -357,9 +432,11 @@ export class WsTransport {
     // Read now: once the socket is gone, it is not.
     const address = this.addressOf(req)
     // Each kind of socket in a function of its own: what its closures keep per socket is only its own.
+    // From the moment its user is admitted, the socket counts per user, no longer per address.
+    const identified = () => this.connections.identified(req.socket)
     if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION)
-      await this.acceptMux(ws, url, address, liveness)
-    else await this.acceptDocument(ws, url, name, wantsParley, address, liveness)
+      await this.acceptMux(ws, url, address, liveness, identified)
+    else await this.acceptDocument(ws, url, name, wantsParley, address, liveness, identified)
   }
 
   /** A socket to one document (`/<document>?token=...`), as stock y-websocket clients open it. */
@@ -370,6 +447,7 @@ export class WsTransport {
     wantsParley: boolean,
     address: string,
     liveness: Liveness | undefined,
+    identified: () => void,
   ): Promise<void> {
     const { log, metrics, limits } = this.options
     const limiter = new RateLimiter(limits.maxMessagesPerSecond, limits.messageBurst)
@@ -487,6 +565,7 @@ export class WsTransport {
     } catch (error) {
       return refuse(toParleyError(error))
     }
+    identified()
     // While writes are held (see `Session.hold`), the send queue is checked once they are written.
     let holds = 0
     let sentWhileHeld = false
@@ -560,6 +639,7 @@ export class WsTransport {
     url: URL,
     address: string,
     liveness: Liveness | undefined,
+    identified: () => void,
   ): Promise<void> {
     const { log, metrics, limits } = this.options
     let mux: MuxSocket | undefined
@@ -613,6 +693,7 @@ export class WsTransport {
       return
     }
     if (socketClosed) return
+    identified()
     mux = new MuxSocket({
       ws,
       core: this.options.core,

@@ -171,6 +171,12 @@ export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]
 export const AddressLimit = {
   /** Connection attempts whose token failed verification, per address (`--address-auth-failures-per-minute`). */
   authFailures: "auth-failures-per-address",
+  /**
+   * Connections open at once from one address that are not (yet) a user's
+   * WebSocket: requests, idle keep-alives, upgrades whose token is being
+   * checked (`--connections-per-address`).
+   */
+  connections: "connections-per-address",
 } as const
 /** One of {@link AddressLimit}'s values. */
 export type AddressLimit = (typeof AddressLimit)[keyof typeof AddressLimit]

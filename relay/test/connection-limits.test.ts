@@ -1,0 +1,224 @@
+import { get } from "node:http"
+import { connect, type Socket } from "node:net"
+import {
+  AddressLimit,
+  createConversation,
+  listMessages,
+  newConversationId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import type { WebsocketProvider } from "y-websocket"
+import { AddressConnections } from "../src/address-limits.js"
+import { defaultMaxConnections } from "../src/connection-capacity.js"
+import { stockProvider, synced, TestClient } from "./helpers/clients.js"
+import {
+  metricLine,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "./helpers/relay-process.js"
+
+// Each y-websocket provider in Node listens for the process's exit.
+process.setMaxListeners(100)
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+const sockets: Socket[] = []
+const clients: TestClient[] = []
+const providers: WebsocketProvider[] = []
+afterEach(async () => {
+  for (const s of sockets.splice(0)) s.destroy()
+  for (const c of clients.splice(0)) c.close()
+  for (const p of providers.splice(0)) p.destroy()
+  await stopRelayProcesses()
+})
+
+/** A connection that sends the start of a request's headers and nothing more (a "slowloris" socket). */
+interface Stalled {
+  readonly socket: Socket
+  /** What the relay sent on it. */
+  received: string
+  closed: boolean
+}
+
+async function stall(relay: RelayProcess, localAddress = "127.0.0.1"): Promise<Stalled> {
+  const socket = connect({ host: "127.0.0.1", port: relay.port, localAddress })
+  sockets.push(socket)
+  const stalled: Stalled = { socket, received: "", closed: false }
+  socket.setEncoding("utf8")
+  socket.on("data", (chunk: string) => {
+    stalled.received += chunk
+  })
+  socket.on("error", () => {})
+  socket.on("close", () => {
+    stalled.closed = true
+  })
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
+  socket.write("GET /healthz HTTP/1.1\r\nHost: relay\r\n")
+  return stalled
+}
+
+async function pollUntil(check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const until = performance.now() + timeoutMs
+  while (!check()) {
+    if (performance.now() > until) throw new Error("timed out")
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** `/healthz`'s status from `localAddress` (another client address on the loopback). */
+function healthFrom(relay: RelayProcess, localAddress: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    get(`${relay.httpUrl}/healthz`, { localAddress, agent: false }, (res) => {
+      res.resume()
+      resolve(res.statusCode!)
+    }).on("error", reject)
+  })
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+describe("connections per client address", () => {
+  it("closes an address's stalled sockets to let a newer client of that address in, refuses only while they are recent, and does not count users' WebSockets", async () => {
+    const relay = await startRelayProcess({ args: ["--connections-per-address", "20"] })
+    const stalled: Stalled[] = []
+    for (let i = 0; i < 20; i++) stalled.push(await stall(relay))
+
+    // All 20 began waiting a moment ago: the 21st is refused, with a reason.
+    const refused = await stall(relay)
+    await pollUntil(() => refused.closed)
+    expect(refused.received).toMatch(/^HTTP\/1\.1 429 /)
+    expect(refused.received).toContain(AddressLimit.connections)
+    expect(stalled.filter((s) => s.closed)).toHaveLength(0)
+    // Another address is not affected.
+    expect(await healthFrom(relay, "127.0.0.2")).toBe(200)
+
+    // Once they have waited for a request longer than an honest client would, the oldest makes room.
+    await sleep(2_300)
+    const id = newConversationId()
+    const a = new TestClient(relay.url, id, await relay.token(alice))
+    clients.push(a)
+    await a.synced()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    await a.allSaved()
+    expect(stalled.filter((s) => s.closed).map((s) => stalled.indexOf(s))).toEqual([0])
+
+    // Users' WebSockets count per user once admitted: 25 more of them close none of the stalled sockets.
+    for (let i = 0; i < 25; i++) {
+      const provider = stockProvider(relay.url, id, await relay.token(i % 2 ? alice : bob))
+      providers.push(provider)
+      await synced(provider)
+    }
+    expect(stalled.filter((s) => s.closed)).toHaveLength(1)
+    expect(await metricLine(relay, 'parley_connections_refused_total{limit="connections-per-address"}')).toBe(
+      1,
+    )
+  })
+
+  it("cuts a connection that has not sent its request's headers in time", async () => {
+    const relay = await startRelayProcess({ args: ["--request-headers-timeout-ms", "500"] })
+    const started = performance.now()
+    const slow = await stall(relay)
+    await pollUntil(() => slow.closed, 5_000)
+    expect(slow.received).toMatch(/^HTTP\/1\.1 408 /)
+    expect(performance.now() - started).toBeLessThan(3_000)
+  })
+
+  it("drops connections beyond --max-connections at accept while its users keep chatting, and takes new ones once the flood ends", async () => {
+    const relay = await startRelayProcess({
+      args: ["--max-connections", "30", "--connections-per-address", "0"],
+    })
+    const id = newConversationId()
+    const a = new TestClient(relay.url, id, await relay.token(alice))
+    clients.push(a)
+    await a.synced()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    await a.allSaved()
+    const b = new TestClient(relay.url, id, await relay.token(bob))
+    clients.push(b)
+    await b.synced()
+
+    // Forty stalled sockets from forty addresses: the relay holds 30 connections, two of them the users'.
+    const flood: Stalled[] = []
+    for (let i = 0; i < 40; i++) flood.push(await stall(relay, `127.0.1.${i + 1}`))
+    await pollUntil(() => flood.filter((s) => s.closed).length >= 12)
+    await sleep(200)
+    expect(flood.filter((s) => s.closed)).toHaveLength(12)
+    // Dropped at accept: no answer, nothing read.
+    expect(flood.filter((s) => s.closed).every((s) => s.received === "")).toBe(true)
+
+    sendMessage(a.doc, alice, { body: "still here" })
+    await a.allSaved()
+    await b.until(() => listMessages(b.doc, { last: 10 }).some((m) => m.body === "still here"))
+
+    for (const s of flood) s.socket.destroy()
+    await pollUntil(() => flood.every((s) => s.closed))
+    await sleep(100)
+    expect(await healthFrom(relay, "127.0.0.1")).toBe(200)
+    expect(await metricLine(relay, 'parley_connections_refused_total{limit="max-connections"}')).toBe(12)
+  })
+})
+
+describe("AddressConnections", () => {
+  /** A socket stand-in: counts its destroy and lets the test close it. */
+  class FakeSocket {
+    destroyed = false
+    private onClose: (() => void) | undefined
+    once(_event: "close", listener: () => void) {
+      this.onClose = listener
+    }
+    destroy() {
+      this.destroyed = true
+    }
+    close() {
+      this.onClose?.()
+    }
+  }
+
+  it("closes the socket that has waited longest for a request, not one with a request under way", () => {
+    let now = 0
+    const counted = new AddressConnections(3, 2_000, () => now)
+    const [first, second, third] = [new FakeSocket(), new FakeSocket(), new FakeSocket()]
+    expect(counted.admit(first, "10.0.0.1")).toBe(true)
+    now = 100
+    expect(counted.admit(second, "10.0.0.1")).toBe(true)
+    expect(counted.admit(third, "10.0.0.1")).toBe(true)
+    counted.busy(first)
+    now = 2_050
+    // `first` is busy; `second` waited 1,950 ms: not yet.
+    expect(counted.admit(new FakeSocket(), "10.0.0.1")).toBe(false)
+    now = 2_200
+    const fourth = new FakeSocket()
+    expect(counted.admit(fourth, "10.0.0.1")).toBe(true)
+    expect([first, second, third].map((s) => s.destroyed)).toEqual([false, true, false])
+    // `first`'s response ends: it waits from now, after `third`.
+    counted.idle(first)
+    now = 5_000
+    counted.admit(new FakeSocket(), "10.0.0.1")
+    expect(third.destroyed).toBe(true)
+    expect(first.destroyed).toBe(false)
+    // Another address has its own count; an identified socket frees its place at once.
+    expect(counted.admit(new FakeSocket(), "10.0.0.2")).toBe(true)
+    counted.identified(fourth)
+    expect(counted.admit(new FakeSocket(), "10.0.0.1")).toBe(true)
+    expect(first.destroyed).toBe(false)
+  })
+
+  it("keeps nothing of an address whose connections closed", () => {
+    const counted = new AddressConnections(2)
+    const sockets = [new FakeSocket(), new FakeSocket()]
+    for (const s of sockets) counted.admit(s, "2001:db8::1")
+    expect(counted.size).toBe(1)
+    for (const s of sockets) s.close()
+    expect(counted.size).toBe(0)
+  })
+
+  it("derives the relay's connection cap from the descriptor limit, keeping a reserve", () => {
+    expect(defaultMaxConnections(20_000)).toBe(18_976)
+    expect(defaultMaxConnections(1_024)).toBe(768)
+    expect(defaultMaxConnections(undefined)).toBe(0)
+  })
+})
