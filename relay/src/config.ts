@@ -314,6 +314,12 @@ export const RELAY_FLAGS = {
     help: "sealed history segments the relay may read for one user's changes per minute (edits, reactions, deletions of sealed messages; then RATE_LIMITED sealed-reads-per-user); 0 = no limit",
     default: USER.userSealedReadsPerMinute,
   }),
+  "user-update-bytes-per-day": flag({
+    kind: "integer",
+    env: "PARLEY_USER_UPDATE_BYTES_PER_DAY",
+    help: "bytes of one user's changes the relay stores per day, across connections, documents and relays (a bucket refilled over 24 h; then RATE_LIMITED update-bytes-per-day); 0 = no limit",
+    default: USER.userUpdateBytesPerDay,
+  }),
   "address-auth-failures-per-minute": flag({
     kind: "integer",
     env: "PARLEY_ADDRESS_AUTH_FAILURES_PER_MINUTE",
@@ -1066,6 +1072,7 @@ export function parseConfig(
       userHttpRequestsPerSecond: v["user-http-requests-per-second"],
       userHttpRequestBurst: Math.max(1, v["user-http-request-burst"]),
       userSealedReadsPerMinute: v["user-sealed-reads-per-minute"],
+      userUpdateBytesPerDay: v["user-update-bytes-per-day"],
       addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       connectionsPerAddress: v["connections-per-address"],
       maxConnections: v["max-connections"],

@@ -1115,6 +1115,8 @@ async function admitUpdate(
   if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
   if (update.length > ctx.limits.maxUpdateBytes)
     throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
+  // A user who spent the day's bytes is refused before anything is decoded.
+  ctx.users?.checkStored(principal, update.length)
   // What Yjs would spend on it is bounded before anything decodes it into objects.
   const cost = checkUpdateCost(host.doc, update, ctx.limits)
   const inspected = inspectUpdate(host.doc, update)
@@ -1178,6 +1180,7 @@ async function admitUpdate(
     ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
   // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes.
   ctx.users?.chargeValues(principal, cost.values, update.length)
+  ctx.users?.chargeStored(principal, update.length)
   return { noop: false, update, clientIds, ends: inspected.ends, decision }
 }
 

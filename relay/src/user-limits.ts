@@ -68,6 +68,15 @@ export interface UserLimits {
    * (`sealed-reads-per-user`) and nothing is read.
    */
   readonly userSealedReadsPerMinute: number
+  /**
+   * Bytes of one user's changes the relay may store per day (a bucket of this
+   * many, refilled over 24 hours), across connections, documents, relays of a
+   * cluster and HTTP API writes: what one account can add to the disk. The
+   * update rate alone lets an account store about 1.6 MB a second, over a
+   * hundred gigabytes a day. Beyond, a change is refused with the retryable
+   * `RATE_LIMITED` (`update-bytes-per-day`) before it is decoded.
+   */
+  readonly userUpdateBytesPerDay: number
 }
 
 /** Defaults of {@link UserLimits}. */
@@ -96,6 +105,9 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
   // end costs a few thousandths of a core. An offline device's few dozen operations on sealed messages
   // (each segment read once, then held) fit several times over.
   userSealedReadsPerMinute: 256,
+  // A very busy person writes a few megabytes a day; an offline device's whole backlog is a few more.
+  // One account fills 256 MiB a day at most: 7.5 GiB a month, instead of the update rate's 130 GiB a day.
+  userUpdateBytesPerDay: 256 * 1024 * 1024,
 }
 
 /** Update bytes that cost one more token of the update budget. */
@@ -147,6 +159,7 @@ export interface Spent {
   participants: number
   connectionAttempts: number
   answerBytes: number
+  storedBytes: number
 }
 
 /** One user's usage on this relay, as reported to the other relays of a cluster ({@link UserLedger.takeReport}). */
@@ -186,10 +199,17 @@ const noneSpent = (): Spent => ({
   participants: 0,
   connectionAttempts: 0,
   answerBytes: 0,
+  storedBytes: 0,
 })
 
 const spentAny = (spent: Readonly<Spent>): boolean =>
-  spent.updates + spent.conversations + spent.participants + spent.connectionAttempts + spent.answerBytes > 0
+  spent.updates +
+    spent.conversations +
+    spent.participants +
+    spent.connectionAttempts +
+    spent.answerBytes +
+    spent.storedBytes >
+  0
 
 /** One user's usage; dropped once the user has nothing open and every budget has refilled. */
 class Usage {
@@ -208,6 +228,7 @@ class Usage {
   private answerBudget: RateLimiter | undefined
   private requestBudget: RateLimiter | undefined
   private sealedReadBudget: RateLimiter | undefined
+  private storedBytesBudget: RateLimiter | undefined
 
   constructor(
     private readonly limits: UserLimits,
@@ -254,6 +275,12 @@ class Usage {
     return this.sealedReadBudget
   }
 
+  get storedBytes(): RateLimiter | undefined {
+    const perDay = this.limits.userUpdateBytesPerDay
+    this.storedBytesBudget ??= perDay > 0 ? new RateLimiter(perDay / 86_400, perDay, this.now) : undefined
+    return this.storedBytesBudget
+  }
+
   /** The answer budget if anything was answered yet (a user never answered waits for nothing). */
   get answersIfAny(): RateLimiter | undefined {
     return this.answerBudget
@@ -273,6 +300,7 @@ class Usage {
       this.answerBudget?.msUntilFull() ?? 0,
       this.requestBudget?.msUntilFull() ?? 0,
       this.sealedReadBudget?.msUntilFull() ?? 0,
+      this.storedBytesBudget?.msUntilFull() ?? 0,
     )
   }
 }
@@ -416,6 +444,7 @@ export class UserLedger {
     if (spent.participants > 0) usage.participants?.spend(spent.participants)
     if (spent.connectionAttempts > 0) usage.connectionAttempts?.spend(spent.connectionAttempts)
     if (spent.answerBytes > 0) usage.answers?.spend(spent.answerBytes)
+    if (spent.storedBytes > 0) usage.storedBytes?.spend(spent.storedBytes)
     this.release(user)
   }
 
@@ -623,6 +652,36 @@ export class UserLedger {
     if (!usage || principal.kind !== "user") return
     usage.updates?.spend(extra)
     this.spend(principal.user, usage, "updates", extra)
+    this.release(principal.user)
+  }
+
+  /**
+   * Throws `update-bytes-per-day` when `principal` has less than `bytes` left
+   * of their daily budget of stored bytes. Called before the change is
+   * decoded, so that a user who spent the day's budget costs the relay next
+   * to nothing per refused change; {@link chargeStored} takes the bytes once
+   * the change is accepted.
+   */
+  checkStored(principal: Principal, bytes: number): void {
+    if (principal.kind !== "user" || this.limits.userUpdateBytesPerDay <= 0) return
+    const usage = this.users.get(principal.user)
+    // No entry: nothing spent lately, so the whole budget is there (an update of more than a day's
+    // budget is refused by the update size limit long before).
+    const budget = usage?.storedBytes
+    if (!budget || budget.available() >= Math.min(bytes, this.limits.userUpdateBytesPerDay)) return
+    this.refuse(
+      principal.user,
+      UserLimit.updateBytesPerDay,
+      `a user's changes may add ${this.limits.userUpdateBytesPerDay} bytes a day; try again in ${Math.ceil(budget.msUntil(bytes) / 60_000)} minutes`,
+    )
+  }
+
+  /** Takes an accepted change's `bytes` from `principal`'s daily budget (see {@link checkStored}). */
+  chargeStored(principal: Principal, bytes: number): void {
+    const usage = this.usage(principal)
+    if (!usage || principal.kind !== "user") return
+    usage.storedBytes?.spend(bytes)
+    this.spend(principal.user, usage, "storedBytes", bytes)
     this.release(principal.user)
   }
 

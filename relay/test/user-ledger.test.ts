@@ -169,6 +169,30 @@ describe("UserLedger", () => {
     l.admitUpdate(mallory, 300)
   })
 
+  it("refuses a user's changes once they spent the day's stored bytes, until the budget refilled enough, and remembers them that long", () => {
+    vi.useFakeTimers()
+    const { l, advance, refused } = ledger({ userUpdateBytesPerDay: 86_400 })
+    // A change of the whole budget fits; the next byte does not.
+    l.checkStored(mallory, 86_400)
+    l.chargeStored(mallory, 86_400)
+    const refusedChange = refusal(() => l.checkStored(mallory, 100))
+    expect(refusedChange.rule).toBe(UserLimit.updateBytesPerDay)
+    expect(refusedChange.message).toContain("86400 bytes a day")
+    expect(refused).toEqual([UserLimit.updateBytesPerDay])
+    // Another user's budget is their own; service principals are not counted.
+    l.checkStored(user("alice"), 1000)
+    l.checkStored({ kind: "service", subject: "bot" }, 1_000_000)
+    // A byte a second: 100 bytes after 100 s.
+    advance(99_000)
+    expect(refusal(() => l.checkStored(mallory, 100)).rule).toBe(UserLimit.updateBytesPerDay)
+    advance(1_000)
+    l.checkStored(mallory, 100)
+    // Closing every connection does not reset it: the entry stays until the budget is full again.
+    expect(l.size).toBe(1)
+    advance(86_400_000)
+    expect(l.size).toBe(0)
+  })
+
   it("refuses a creation with too many participants whole, without spending the conversation budget", () => {
     const { l } = ledger({ userConversationsPerMinute: 1, userParticipantsPerMinute: 10 })
     expect(refusal(() => l.chargeGrowth(mallory, { creates: true, participantsAdded: 11 })).rule).toBe(
@@ -275,6 +299,18 @@ describe("UserLedger", () => {
       advance(500)
       expect(a.answerDelay(mallory)).toBe(0)
       expect(b.answerDelay(user("alice"))).toBe(0)
+    })
+
+    it("holds the bytes a user stores across relays to one daily budget", () => {
+      const { a, b, exchange } = pair({ userUpdateBytesPerDay: 10_000 })
+      a.chargeStored(mallory, 6_000)
+      b.chargeStored(mallory, 3_000)
+      // Each relay alone has room for 2,000 more; together they have 1,000, once they heard of each other.
+      a.checkStored(mallory, 2_000)
+      exchange()
+      expect(refusal(() => a.checkStored(mallory, 2_000)).rule).toBe(UserLimit.updateBytesPerDay)
+      expect(refusal(() => b.checkStored(mallory, 2_000)).rule).toBe(UserLimit.updateBytesPerDay)
+      b.checkStored(mallory, 900)
     })
 
     it("counts the connections and documents a user holds on the other relays, and reports one no longer held", () => {

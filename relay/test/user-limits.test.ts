@@ -273,6 +273,43 @@ describe("per-user limits", () => {
   }, 90_000)
 })
 
+describe("stored bytes per user per day", () => {
+  it("refuses a user's changes beyond the day's bytes, retryably and without closing, while others keep writing", async () => {
+    const relay = await startRelayProcess({ args: ["--user-update-bytes-per-day", "20000"] })
+    const id = newConversationId()
+    const a = await opened(relay, id, alice)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob, mallory] })
+    await a.allSaved()
+    const m = await opened(relay, id, mallory)
+    const body = (i: number) => `${i}:${"x".repeat(1990)}`
+    let sent = 0
+    while (m.errors.length === 0 && sent < 40) {
+      sendMessage(m.doc, mallory, { body: body(sent++) })
+      await step("mallory's message", Promise.race([m.allSaved(), m.until(() => m.errors.length > 0)]))
+    }
+    expect(m.errors[0]).toMatchObject({ code: ErrorCode.RATE_LIMITED, rule: UserLimit.updateBytesPerDay })
+    // Each message is about 2 KB: about ten of them fit in 20,000 bytes.
+    expect(sent).toBeGreaterThan(5)
+    expect(sent).toBeLessThan(15)
+    // Refused, not closed: the same connection is still served (the SDK sends its pending work later).
+    const b = await opened(relay, id, bob)
+    sendMessage(b.doc, bob, { body: "bob is not limited by mallory's bytes" })
+    await b.allSaved()
+    await step(
+      "mallory hears bob",
+      m.until(() => listMessages(m.doc, { last: 100 }).some((x) => x.body.startsWith("bob is"))),
+    )
+    expect(m.closeEvent).toBeUndefined()
+    // What is stored of mallory's is what the budget allowed.
+    const watcher = await opened(relay, id, alice)
+    const stored = listMessages(watcher.doc, { last: 100 }).filter((x) => x.author === mallory)
+    expect(stored).toHaveLength(sent - 1)
+    expect(
+      await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.updateBytesPerDay}"}`),
+    ).toBeGreaterThan(0)
+  })
+})
+
 describe("awareness frames", () => {
   it("does not cut off a stock y-websocket client that sends back every awareness update it receives", async () => {
     // Default per-connection limits: 100 frames a second, bursts of 200.

@@ -159,6 +159,12 @@ export const UserLimit = {
   linkPreviewsAtOnce: "link-previews-at-once-per-user",
   /** Attachment downloads being sent to the user at once, all their connections (`--attachment-downloads-per-user`): 429. */
   downloadsAtOnce: "downloads-at-once-per-user",
+  /**
+   * Bytes of the user's changes the relay stores per day, across connections,
+   * documents and the HTTP API (`--user-update-bytes-per-day`): the change is
+   * refused, retryably, until the budget has refilled enough.
+   */
+  updateBytesPerDay: "update-bytes-per-day",
 } as const
 /** One of {@link UserLimit}'s values. */
 export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]

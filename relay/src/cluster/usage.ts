@@ -16,11 +16,15 @@ const EARLY_REPORT_MS = 10
 interface UsageMessage {
   readonly from: string
   /**
-   * `[user, sockets, documents, updates, conversations, participants, connectionAttempts, answerBytes]`
-   * per user (a relay of an earlier version sends no `answerBytes`: read as 0).
+   * `[user, sockets, documents, updates, conversations, participants, connectionAttempts, answerBytes,
+   * storedBytes]` per user (a relay of an earlier version sends no `answerBytes` or `storedBytes`: read
+   * as 0; one of an earlier version reading this ignores what it does not know).
    */
-  readonly users: readonly (readonly [string, number, number, number, number, number, number, number])[]
+  readonly users: readonly Row[]
 }
+
+/** One user's report on the channel (see {@link UsageMessage}). */
+type Row = readonly [string, number, number, number, number, number, number, number, number]
 
 const count = (value: unknown): number =>
   typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : 0
@@ -35,7 +39,7 @@ function decode(bytes: Buffer): UsageMessage | undefined {
   }
   const message = value as { from?: unknown; users?: unknown }
   if (typeof message?.from !== "string" || !Array.isArray(message.users)) return undefined
-  const users: [string, number, number, number, number, number, number, number][] = []
+  const users: Row[] = []
   for (const entry of message.users) {
     if (!Array.isArray(entry) || typeof entry[0] !== "string") continue
     users.push([
@@ -47,6 +51,7 @@ function decode(bytes: Buffer): UsageMessage | undefined {
       count(entry[5]),
       count(entry[6]),
       count(entry[7]),
+      count(entry[8]),
     ])
   }
   return { from: message.from, users }
@@ -134,6 +139,7 @@ export class ClusterUsage implements OtherRelays {
       participants,
       connectionAttempts,
       answerBytes,
+      storedBytes,
     ] of message.users) {
       const user = name as UserId
       let relays = this.heldBy.get(user)
@@ -153,6 +159,7 @@ export class ClusterUsage implements OtherRelays {
         participants,
         connectionAttempts,
         answerBytes,
+        storedBytes,
       })
       if (sockets > 0) this.enforce(user)
     }
@@ -212,14 +219,14 @@ export class ClusterUsage implements OtherRelays {
   }
 }
 
-const row = (r: UsageReport) =>
-  [
-    r.user,
-    r.sockets,
-    r.documents,
-    r.updates,
-    r.conversations,
-    r.participants,
-    r.connectionAttempts,
-    r.answerBytes,
-  ] as const
+const row = (r: UsageReport): Row => [
+  r.user,
+  r.sockets,
+  r.documents,
+  r.updates,
+  r.conversations,
+  r.participants,
+  r.connectionAttempts,
+  r.answerBytes,
+  r.storedBytes,
+]
