@@ -281,7 +281,7 @@ export const RELAY_FLAGS = {
   "user-connection-attempts-per-minute": flag({
     kind: "integer",
     env: "PARLEY_USER_CONNECTION_ATTEMPTS_PER_MINUTE",
-    help: "connections one user may open per minute across devices (then 4429 connection-attempts-per-user); 0 = no limit",
+    help: "connections (and channels opened, token refreshes) one user may make per minute across devices, each a token verification (then 4429 connection-attempts-per-user); 0 = no limit",
     default: USER.userConnectionAttemptsPerMinute,
   }),
   "user-answer-bytes-per-second": flag({

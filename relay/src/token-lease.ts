@@ -13,6 +13,7 @@ import type { Deadlines, Due } from "./deadlines.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { describePrincipal } from "./principal.js"
+import type { UserLedger } from "./user-limits.js"
 
 /** Longest token a refresh may carry: about what fits in the URL a connection opens with. */
 export const MAX_REFRESH_TOKEN_BYTES = 16 * 1024
@@ -25,6 +26,11 @@ export interface LeaseContext {
   readonly metrics: RelayMetrics
   /** Where the expiries wait: one timer for every socket's lease. */
   readonly deadlines: Deadlines
+  /**
+   * The per-user limits: a refresh costs a token verification, like a
+   * connection attempt, and pays from the same budget.
+   */
+  readonly users: UserLedger
 }
 
 /** The socket (or multiplexed channel) a {@link TokenLease} belongs to. */
@@ -118,6 +124,13 @@ export class TokenLease implements Due {
       while (next !== undefined && !this.ended) {
         const token: string = next
         this.waiting = undefined
+        // Paid before it is verified (a verification costs 100-200 µs of CPU, the frame a few bytes):
+        // otherwise one user's sockets, each at its frame rate, could keep cores busy verifying.
+        try {
+          this.context.users.admitConnection(this.holder.token.principal)
+        } catch (error) {
+          return this.limited(toParleyError(error))
+        }
         let verified: VerifiedToken
         try {
           verified = await this.context.auth.verifyToken(token)
@@ -154,6 +167,17 @@ export class TokenLease implements Due {
       this.holder.send(
         encodeTokenAccepted(token.expiresAt === undefined ? 0 : Math.floor(token.expiresAt / 1000)),
       )
+  }
+
+  /** The user's budget of verifications is spent: closed with 4429 `connection-attempts-per-user`. */
+  private limited(error: ParleyError): void {
+    this.context.metrics.tokens.inc({ event: "refused" })
+    this.context.metrics.errors.inc({ code: error.code })
+    this.context.log.info(
+      { doc: this.holder.name, principal: describePrincipal(this.holder.token.principal) },
+      "closed: token refreshes beyond the user's connection attempts",
+    )
+    this.end(error, CloseCode.TooManyConnectionAttempts)
   }
 
   private refused(error: ParleyError): void {

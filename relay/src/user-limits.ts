@@ -35,6 +35,7 @@ export interface UserLimits {
    * may make per minute, across all their devices: a bucket of this many,
    * refilled over a minute. Each attempt costs a token verification, a
    * document load and a sync; beyond, 4429 `connection-attempts-per-user`.
+   * A token refresh over an open socket takes one too (a verification).
    */
   readonly userConnectionAttemptsPerMinute: number
   /**

@@ -172,6 +172,7 @@ export class WsTransport {
       log: options.log,
       metrics: options.metrics,
       deadlines: this.deadlines,
+      users: options.core.users,
     }
     const { limits } = options
     this.connections = new AddressConnections(options.trustProxy ? 0 : limits.connectionsPerAddress)

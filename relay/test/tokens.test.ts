@@ -142,6 +142,40 @@ describe.concurrent("token expiry on open sockets", { timeout: CONCURRENT_TIMEOU
     expect(await stock.closed).toEqual({ code: 4401, reason: "Token refresh refused" })
   })
 
+  it("charges each refresh verified to the user's connection attempts: a flood of them is closed 4429, another user is not", async () => {
+    const relay = await startRelayProcess({ args: ["--user-connection-attempts-per-minute", "30"] })
+    const id = await conversation(relay)
+    // Four sockets (the owner's and three): four of the thirty attempts.
+    const sockets = [0, 1, 2].map(async () => {
+      const c = client(relay, id, await relay.token(alice))
+      await c.synced()
+      return c
+    })
+    const flooders = await Promise.all(sockets)
+    const refresh = await relay.token(alice, { expiresIn: nowS() + 600 })
+    // Each refresh is verified once the one before it is: sent one after another's answer, each is.
+    let accepted = 0
+    for (let i = 0; i < 40 && flooders.every((c) => c.closeEvent === undefined); i++) {
+      const c = flooders[i % 3]!
+      const before = c.tokenAccepts.length
+      c.refreshToken(refresh)
+      await c.until(() => c.tokenAccepts.length > before || c.closeEvent !== undefined)
+      if (c.tokenAccepts.length > before) accepted++
+    }
+    // Twenty-six left, and what refilled meanwhile (half an attempt a second).
+    expect(accepted).toBeGreaterThanOrEqual(26)
+    expect(accepted).toBeLessThanOrEqual(28)
+    const closed = flooders.find((c) => c.closeEvent !== undefined)!
+    expect(await closed.closed).toEqual({ code: 4429, reason: "connection-attempts-per-user" })
+    expect(closed.errors.map((e) => e.code)).toEqual([ErrorCode.RATE_LIMITED])
+    // Bob's budget is his own.
+    const b = client(relay, id, await relay.token(bob))
+    await b.synced()
+    b.refreshToken(await relay.token(bob, { expiresIn: nowS() + 600 }))
+    await b.until(() => b.tokenAccepts.length > 0)
+    expect(b.closeEvent).toBeUndefined()
+  })
+
   it("accepts a refresh from a service token for the same service, which keeps reading", async () => {
     const relay = shared
     const id = await conversation(relay)
