@@ -1,11 +1,16 @@
 import {
   createConversation,
+  ErrorCode,
   encodeSyncStep1,
+  listMessages,
   newConversationId,
+  Rule,
   sendMessage,
   type UserId,
 } from "@parley/shared"
+import * as encoding from "lib0/encoding"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { MAX_UNKNOWN_CLIENTS } from "../src/connection.js"
 import { TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
@@ -51,5 +56,46 @@ describe("a sync request whose state vector does not decode", () => {
     await watcher.until(() => watcher.frames.length > 1)
     expect(relay.child.exitCode).toBeNull()
     expect(relay.child.signalCode).toBeNull()
+  })
+})
+
+/** A state vector of `entries` made-up clients (about 7.7 bytes each). */
+function stateVectorOf(entries: number): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, entries)
+  for (let i = 0; i < entries; i++) {
+    encoding.writeVarUint(encoder, 1_000_000 + i * 7919)
+    encoding.writeVarUint(encoder, 1_000_000)
+  }
+  return encoding.toUint8Array(encoder)
+}
+
+describe("a sync request listing more clients than the document has", () => {
+  it("is refused before its state vector is decoded (rebuild), while one listing the document's clients and its own sessions is answered", async () => {
+    const mallory = "mallory" as UserId
+    const bob = "bob" as UserId
+    const id = newConversationId()
+    const own = await open(id, bob)
+    createConversation(own.doc, bob, { kind: "group", id, participants: [mallory] })
+    sendMessage(own.doc, bob, { body: "hello" })
+    await own.allSaved()
+
+    // A megabyte of state vector: 130,000 entries, 60-110 ms of CPU to decode, sent again and again.
+    const flood = await open(id, mallory)
+    const huge = stateVectorOf(130_000)
+    expect(huge.length).toBeGreaterThan(1_000_000)
+    for (let i = 0; i < 20; i++) flood.send(encodeSyncStep1(huge))
+    await flood.until(() => flood.errors.length > 0)
+    expect(flood.errors[0]).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: Rule.epoch })
+    // The relay keeps serving the conversation.
+    const honest = await open(id, bob)
+    expect(listMessages(honest.doc, { last: 10 }).map((m) => m.body)).toEqual(["hello"])
+
+    // A replica with sessions the relay has not heard of (an offline device restarted many times) is answered.
+    const offline = await open(id, mallory)
+    const framesBefore = offline.frames.length
+    offline.send(encodeSyncStep1(stateVectorOf(MAX_UNKNOWN_CLIENTS)))
+    await offline.until(() => offline.frames.length > framesBefore)
+    expect(offline.errors).toEqual([])
   })
 })
