@@ -118,6 +118,13 @@ export class AwarenessGate {
     if (principal.kind !== "user") return
     // Most frames of a room are stock clients' echoes of what the relay sent them: nothing in them
     // is newer than what the awareness holds, and they are dropped before anything is allocated.
+    // A frame can list no more entries than the room's awareness has ever held, plus the sender's own:
+    // reading one entry costs about half a microsecond, and a 1 MB frame lists 80,000 of them.
+    const declared = declaredEntries(update)
+    if (declared > this.host.awareness.meta.size + this.limits.maxAwarenessEntries) {
+      this.options.dropped(connection, "entries", declared)
+      return
+    }
     if (changesNothing(this.host.awareness, update)) return
     const key = describePrincipal(principal)
     // Read whole before anything is applied: a malformed update is refused whole, not half-applied.
@@ -371,6 +378,16 @@ export class AwarenessGate {
  * one (a removal at the same clock applies). Reads the update in place; false
  * for one it cannot read (the full read refuses it).
  */
+/** The entry count an awareness update declares (its first number); 0 when it has none to read. */
+function declaredEntries(update: Uint8Array): number {
+  try {
+    return decoding.readVarUint(decoding.createDecoder(update))
+  } catch {
+    // Malformed: refused as such by the full read below.
+    return 0
+  }
+}
+
 function changesNothing(awareness: awarenessProtocol.Awareness, update: Uint8Array): boolean {
   const decoder = decoding.createDecoder(update)
   try {

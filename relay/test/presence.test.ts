@@ -156,11 +156,14 @@ describe("owned presence", () => {
     const many = (from: number, state: (i: number) => unknown) =>
       Array.from({ length: 20_000 }, (_, i) => ({ id: from + i, clock: 1, state: state(i) }))
     // Tens of thousands of ids: removals of ids nobody set, states for fresh ids, one state too large.
+    // (Frames listing more entries than the room ever held are dropped unread; one within that bound
+    // meets the per-user entry limit.)
     m.send(awarenessFrame(many(1_000_000, () => null)))
     m.send(awarenessFrame(many(2_000_000, (i) => ({ user: mallory, i }))))
+    m.send(awarenessFrame(many(3_000_000, (i) => ({ user: mallory, i })).slice(0, 9)))
     m.send(awarenessFrame([{ id: m.doc.clientID, clock: 1, state: { pad: "x".repeat(10_000) } }]))
     // The last frame is a barrier: once its effect shows, the flood was handled.
-    m.send(awarenessFrame([{ id: 2_000_000, clock: 2, state: { user: mallory, done: true } }]))
+    m.send(awarenessFrame([{ id: 3_000_000, clock: 2, state: { user: mallory, done: true } }]))
     await a.until(() =>
       [...a.awareness.getStates().values()].some((s) => (s as { done?: boolean }).done === true),
     )
@@ -173,6 +176,22 @@ describe("owned presence", () => {
     await m.closed
     await a.until(() => [...a.awareness.getStates().values()].every((s) => s[PRESENCE_STAMP] !== mallory))
     expect(await awarenessRecords(target)).toBe(baseline)
+  })
+
+  it("drops unread a frame listing more entries than the room's awareness ever held, and still takes the sender's own state", async () => {
+    const target = await startRelayProcess()
+    const { id, a } = await room(target)
+    announce(a, { user: alice }, 5)
+    await a.until(() => stateAt(a, a.doc.clientID) !== undefined)
+    const m = await client(target, id, mallory)
+    // 80,000 removals of ids nobody set: about a megabyte, 50 ms of CPU each if read entry by entry.
+    const removals = Array.from({ length: 80_000 }, (_, i) => ({ id: 1_000_000 + i, clock: 1, state: null }))
+    for (let i = 0; i < 5; i++) m.send(awarenessFrame(removals))
+    announce(m, { user: mallory, typing: true })
+    await a.until(() => stateAt(a, m.doc.clientID)?.typing === true)
+    const text = await (await fetch(`${target.httpUrl}/metrics`)).text()
+    expect(text).toContain('parley_awareness_dropped_total{reason="entries"} 400000')
+    expect(m.closeEvent).toBeUndefined()
   })
 
   it("holds back awareness frames over a user's budget and still applies the latest state", async () => {
