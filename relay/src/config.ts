@@ -320,6 +320,18 @@ export const RELAY_FLAGS = {
     help: "bytes of one user's changes the relay stores per day, across connections, documents and relays (a bucket refilled over 24 h; then RATE_LIMITED update-bytes-per-day); 0 = no limit",
     default: USER.userUpdateBytesPerDay,
   }),
+  "user-receive-bytes-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_USER_RECEIVE_BYTES_PER_SECOND",
+    help: "bytes of frames the relay reads from one user's connections per second, across connections (beyond, the connection that went over is not read until the budget is back); 0 = no limit",
+    default: USER.userReceiveBytesPerSecond,
+  }),
+  "user-receive-burst-bytes": flag({
+    kind: "integer",
+    env: "PARLEY_USER_RECEIVE_BURST_BYTES",
+    help: "bytes of frames one user's connections may send in a burst",
+    default: USER.userReceiveBurstBytes,
+  }),
   "address-auth-failures-per-minute": flag({
     kind: "integer",
     env: "PARLEY_ADDRESS_AUTH_FAILURES_PER_MINUTE",
@@ -1073,6 +1085,8 @@ export function parseConfig(
       userHttpRequestBurst: Math.max(1, v["user-http-request-burst"]),
       userSealedReadsPerMinute: v["user-sealed-reads-per-minute"],
       userUpdateBytesPerDay: v["user-update-bytes-per-day"],
+      userReceiveBytesPerSecond: v["user-receive-bytes-per-second"],
+      userReceiveBurstBytes: Math.max(1, v["user-receive-burst-bytes"]),
       addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
       connectionsPerAddress: v["connections-per-address"],
       maxConnections: v["max-connections"],

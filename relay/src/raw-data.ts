@@ -13,3 +13,9 @@ export function toBytes(data: RawData): Uint8Array {
   if (data instanceof ArrayBuffer) return new Uint8Array(data)
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
 }
+
+/** The size of a received WebSocket message, without joining its fragments. */
+export function sizeOf(data: RawData): number {
+  if (Array.isArray(data)) return data.reduce((total, part) => total + part.length, 0)
+  return data.byteLength
+}

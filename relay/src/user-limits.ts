@@ -78,6 +78,18 @@ export interface UserLimits {
    * `RATE_LIMITED` (`update-bytes-per-day`) before it is decoded.
    */
   readonly userUpdateBytesPerDay: number
+  /**
+   * Bytes of frames the relay reads from one user's connections per second
+   * on average, across connections: every frame costs the relay its
+   * unmasking and reading (about 1.8 ms of CPU per megabyte), whether it is
+   * then applied, dropped (an awareness echo) or refused, and a connection
+   * may send hundreds of frames a second. Beyond, the connection that went
+   * over is not read until the budget is back (TCP holds the sender);
+   * nothing is refused or closed. Per relay.
+   */
+  readonly userReceiveBytesPerSecond: number
+  /** Bytes one user's connections may send in a burst (an offline device's backlog, sent at once). */
+  readonly userReceiveBurstBytes: number
 }
 
 /** Defaults of {@link UserLimits}. */
@@ -109,6 +121,10 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
   // A very busy person writes a few megabytes a day; an offline device's whole backlog is a few more.
   // One account fills 256 MiB a day at most: 7.5 GiB a month, instead of the update rate's 130 GiB a day.
   userUpdateBytesPerDay: 256 * 1024 * 1024,
+  // Twice what the update budget lets through (100 a second of 16 KB each: 1.6 MB/s; bursts of 16 MB),
+  // so that it never slows an honest writer; a user spending it without end costs under 1 % of a core.
+  userReceiveBytesPerSecond: 4 * 1024 * 1024,
+  userReceiveBurstBytes: 32 * 1024 * 1024,
 }
 
 /** Update bytes that cost one more token of the update budget. */
@@ -230,6 +246,7 @@ class Usage {
   private requestBudget: RateLimiter | undefined
   private sealedReadBudget: RateLimiter | undefined
   private storedBytesBudget: RateLimiter | undefined
+  private receiveBudget: RateLimiter | undefined
 
   constructor(
     private readonly limits: UserLimits,
@@ -282,6 +299,15 @@ class Usage {
     return this.storedBytesBudget
   }
 
+  get receives(): RateLimiter | undefined {
+    this.receiveBudget ??= perSecond(
+      this.limits.userReceiveBytesPerSecond,
+      this.limits.userReceiveBurstBytes,
+      this.now,
+    )
+    return this.receiveBudget
+  }
+
   /** The answer budget if anything was answered yet (a user never answered waits for nothing). */
   get answersIfAny(): RateLimiter | undefined {
     return this.answerBudget
@@ -302,6 +328,7 @@ class Usage {
       this.requestBudget?.msUntilFull() ?? 0,
       this.sealedReadBudget?.msUntilFull() ?? 0,
       this.storedBytesBudget?.msUntilFull() ?? 0,
+      this.receiveBudget?.msUntilFull() ?? 0,
     )
   }
 }
@@ -654,6 +681,26 @@ export class UserLedger {
     usage.updates?.spend(extra)
     this.spend(principal.user, usage, "updates", extra)
     this.release(principal.user)
+  }
+
+  /**
+   * Counts a frame of `bytes` read from one of `principal`'s connections;
+   * returns the milliseconds the relay should stop reading that connection
+   * (0: none) while the user's receive budget is overdrawn, counting a
+   * meeting of `received-bytes-per-user` when it is.
+   */
+  received(principal: Principal, bytes: number): number {
+    if (principal.kind !== "user" || this.limits.userReceiveBytesPerSecond <= 0) return 0
+    const usage = this.usage(principal)!
+    try {
+      const budget = usage.receives!
+      budget.spend(bytes)
+      const wait = budget.msUntil(0)
+      if (wait > 0) this.onLimit(UserLimit.receivedBytes, principal.user)
+      return wait
+    } finally {
+      this.release(principal.user)
+    }
   }
 
   /**

@@ -30,9 +30,9 @@ import { Keepalive, type Liveness } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { MuxSocket } from "./mux-socket.js"
-import { describePrincipal } from "./principal.js"
+import { describePrincipal, type Principal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
-import { firstByte, toBytes } from "./raw-data.js"
+import { firstByte, sizeOf, toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
 import { SendQueue } from "./send-queue.js"
 import { serveStatic } from "./static-files.js"
@@ -238,6 +238,20 @@ export class WsTransport {
       "connections refused at accept",
     )
     this.refusedSinceLog.clear()
+  }
+
+  /**
+   * Counts `bytes` read from `ws` against its user's receive budget; while
+   * the budget is overdrawn, stops reading the socket (TCP holds the sender)
+   * until it is back. The frames already read are handled as usual.
+   */
+  private paceReading(ws: WebSocket, principal: Principal, bytes: number): void {
+    const wait = this.options.core.users.received(principal, bytes)
+    if (wait <= 0 || ws.isPaused) return
+    ws.pause()
+    setTimeout(() => {
+      if (ws.readyState === WebSocket.OPEN) ws.resume()
+    }, wait).unref()
   }
 
   /** Starts listening; resolves with the bound port. */
@@ -467,6 +481,8 @@ export class WsTransport {
     let socketClosed = false
     let releaseSocket: (() => void) | undefined
     let dropTimer: NodeJS.Timeout | undefined
+    /** The user, once admitted: from then on what the socket sends is paced by their receive budget. */
+    let reader: Principal | undefined
 
     const closeWith = (close: { code: number; reason: string }) => {
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
@@ -509,6 +525,7 @@ export class WsTransport {
         return
       }
       const bytes = toBytes(data)
+      if (reader) this.paceReading(ws, reader, bytes.length)
       if (connection) deliver(bytes)
       else {
         early.push(bytes)
@@ -567,6 +584,9 @@ export class WsTransport {
       return refuse(toParleyError(error))
     }
     identified()
+    reader = principal
+    // What arrived while the token was checked counts too.
+    this.paceReading(ws, principal, earlyBytes)
     // While writes are held (see `Session.hold`), the send queue is checked once they are written.
     let holds = 0
     let sentWhileHeld = false
@@ -654,7 +674,10 @@ export class WsTransport {
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (socketClosed) return
       if (liveness) liveness.heard = true
-      if (mux) return mux.receive(data, isBinary)
+      if (mux) {
+        this.paceReading(ws, reader, sizeOf(data))
+        return mux.receive(data, isBinary)
+      }
       early ??= []
       early.push({ data, isBinary })
       earlyBytes += toBytes(data).length
@@ -695,6 +718,7 @@ export class WsTransport {
     }
     if (socketClosed) return
     identified()
+    const reader = token.principal
     mux = new MuxSocket({
       ws,
       core: this.options.core,
@@ -709,6 +733,7 @@ export class WsTransport {
     mux.start()
     const waiting = early
     early = undefined
+    this.paceReading(ws, reader, earlyBytes)
     if (waiting) for (const { data, isBinary } of waiting) mux.receive(data, isBinary)
   }
 }

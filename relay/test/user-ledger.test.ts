@@ -193,6 +193,22 @@ describe("UserLedger", () => {
     expect(l.size).toBe(0)
   })
 
+  it("paces what a user's connections send once their receive burst is spent, across connections", () => {
+    vi.useFakeTimers()
+    const { l, advance, refused } = ledger({ userReceiveBytesPerSecond: 1000, userReceiveBurstBytes: 4000 })
+    // Within the burst, from any number of connections: read at once.
+    expect(l.received(mallory, 2500)).toBe(0)
+    expect(l.received(mallory, 1500)).toBe(0)
+    // Over it: the connection that went over waits until the debt is paid.
+    expect(l.received(mallory, 500)).toBe(500)
+    expect(refused).toEqual([UserLimit.receivedBytes])
+    advance(500)
+    expect(l.received(mallory, 100)).toBe(100)
+    // Another user's budget is their own; services are not paced.
+    expect(l.received(user("alice"), 4000)).toBe(0)
+    expect(l.received({ kind: "service", subject: "bot" }, 1_000_000)).toBe(0)
+  })
+
   it("refuses a creation with too many participants whole, without spending the conversation budget", () => {
     const { l } = ledger({ userConversationsPerMinute: 1, userParticipantsPerMinute: 10 })
     expect(refusal(() => l.chargeGrowth(mallory, { creates: true, participantsAdded: 11 })).rule).toBe(

@@ -273,6 +273,57 @@ describe("per-user limits", () => {
   }, 90_000)
 })
 
+describe("bytes read per user", () => {
+  it("stops reading a user's connection while they send beyond their budget, without closing it, and reads everyone else meanwhile", async () => {
+    const relay = await startRelayProcess({
+      args: ["--user-receive-bytes-per-second", "1000000", "--user-receive-burst-bytes", "1000000"],
+    })
+    const id = newConversationId()
+    const a = await opened(relay, id, alice)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob, mallory] })
+    await a.allSaved()
+    const b = await opened(relay, id, bob)
+    const m = await opened(relay, id, mallory)
+    // 3 MB of awareness frames (removals of ids nobody set: dropped, but read all the same), then a
+    // query whose answer shows when the relay got to it.
+    const junk = encoding.createEncoder()
+    encoding.writeVarUint(junk, MessageType.awareness)
+    const entries = encoding.createEncoder()
+    encoding.writeVarUint(entries, 12_000)
+    for (let i = 0; i < 12_000; i++) {
+      encoding.writeVarUint(entries, 1_000_000 + i)
+      encoding.writeVarUint(entries, 1)
+      encoding.writeVarString(entries, "null")
+    }
+    encoding.writeVarUint8Array(junk, encoding.toUint8Array(entries))
+    const frame = encoding.toUint8Array(junk)
+    expect(frame.length).toBeGreaterThan(100_000)
+    const started = performance.now()
+    for (let i = 0; i < 30; i++) m.send(frame)
+    // The answer to the query is an awareness frame (nobody else sets any in this room).
+    const answers = () => m.frames.filter((f) => f[0] === MessageType.awareness).length
+    const framesBefore = answers()
+    m.send(new Uint8Array([MessageType.queryAwareness]))
+    // Meanwhile bob's message goes through at once.
+    sendMessage(b.doc, bob, { body: "not held up" })
+    await step(
+      "bob's message",
+      a.until(() => listMessages(a.doc, { last: 10 }).some((x) => x.body === "not held up")),
+    )
+    expect(answers()).toBe(framesBefore)
+    // Mallory's query is read once her budget has let 2 MB more through: after about two seconds.
+    await step(
+      "mallory's answer",
+      m.until(() => answers() > framesBefore),
+    )
+    expect(performance.now() - started).toBeGreaterThan(1_500)
+    expect(m.closeEvent).toBeUndefined()
+    expect(
+      await metricLine(relay, `parley_user_limit_total{limit="${UserLimit.receivedBytes}"}`),
+    ).toBeGreaterThan(0)
+  })
+})
+
 describe("stored bytes per user per day", () => {
   it("refuses a user's changes beyond the day's bytes, retryably and without closing, while others keep writing", async () => {
     const relay = await startRelayProcess({ args: ["--user-update-bytes-per-day", "20000"] })

@@ -165,6 +165,13 @@ export const UserLimit = {
    * refused, retryably, until the budget has refilled enough.
    */
   updateBytesPerDay: "update-bytes-per-day",
+  /**
+   * Bytes of frames the relay reads from the user's connections per second,
+   * across connections (`--user-receive-bytes-per-second`): beyond, the
+   * relay stops reading the connection that went over until the budget has
+   * refilled (nothing is refused or closed).
+   */
+  receivedBytes: "received-bytes-per-user",
 } as const
 /** One of {@link UserLimit}'s values. */
 export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]
