@@ -157,6 +157,8 @@ export class WsTransport {
   /** Connections refused at accept since the last log line about them, by limit. */
   private readonly refusedSinceLog = new Map<string, number>()
   private refusalLoggedAt = Number.NEGATIVE_INFINITY
+  /** Sockets not read until their user's receive budget is back (see `paceReading`). */
+  private readonly paced = new WeakSet<WebSocket>()
   /** Every open socket's (and channel's) token expiry, on one timer. */
   private readonly deadlines: Deadlines
   /** What every socket's token lease shares. */
@@ -247,9 +249,11 @@ export class WsTransport {
    */
   private paceReading(ws: WebSocket, principal: Principal, bytes: number): void {
     const wait = this.options.core.users.received(principal, bytes)
-    if (wait <= 0 || ws.isPaused) return
+    if (wait <= 0 || this.paced.has(ws)) return
     ws.pause()
+    this.paced.add(ws)
     setTimeout(() => {
+      this.paced.delete(ws)
       if (ws.readyState === WebSocket.OPEN) ws.resume()
     }, wait).unref()
   }
@@ -424,6 +428,9 @@ export class WsTransport {
   private async accept(ws: WebSocket, req: IncomingMessage): Promise<void> {
     const { log, metrics } = this.options
     this.sockets.add(ws)
+    // Nothing more is read until the user is known and admitted (a slow key set can take seconds to
+    // verify a token): what a stranger can make the relay hold is what arrived with the upgrade.
+    ws.pause()
     const liveness = this.keepalive.watch(ws, () => {
       metrics.errors.inc({ code: "PING_TIMEOUT" })
       log.info({ doc: name }, "dropped: no answer to ping")
@@ -486,6 +493,8 @@ export class WsTransport {
 
     const closeWith = (close: { code: number; reason: string }) => {
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+        // Read again, so that the client's closing frame ends the handshake (see `accept`).
+        ws.resume()
         ws.close(close.code, close.reason)
       }
     }
@@ -530,12 +539,9 @@ export class WsTransport {
       else {
         early.push(bytes)
         earlyBytes += bytes.length
-        // Frames wait here only while the token is checked; a client may not park more than this.
-        if (earlyBytes > 4 * limits.maxFrameBytes) {
-          metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-          early.length = 0
-          closeWith(CloseCode.RateLimited)
-        }
+        // Frames wait here while the document loads (before that, nothing is read: see `accept`);
+        // beyond this much the socket is not read until it has loaded, rather than closed.
+        if (earlyBytes > 4 * limits.maxFrameBytes) ws.pause()
       }
     })
     // Token refreshes are the transport's (it holds the keys); every other frame is the core's.
@@ -585,7 +591,8 @@ export class WsTransport {
     }
     identified()
     reader = principal
-    // What arrived while the token was checked counts too.
+    ws.resume()
+    // What arrived with the upgrade counts too.
     this.paceReading(ws, principal, earlyBytes)
     // While writes are held (see `Session.hold`), the send queue is checked once they are written.
     let holds = 0
@@ -648,6 +655,7 @@ export class WsTransport {
       return
     }
     for (const frame of early.splice(0)) deliver(frame)
+    if (!this.paced.has(ws)) ws.resume()
     this.keepalive.joined(ws, session.send)
   }
 
@@ -668,8 +676,10 @@ export class WsTransport {
     let early: { data: RawData; isBinary: boolean }[] | undefined
     let earlyBytes = 0
     const closeWith = (close: { code: number; reason: string }) => {
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+        ws.resume()
         ws.close(close.code, close.reason)
+      }
     }
     ws.on("message", (data: RawData, isBinary: boolean) => {
       if (socketClosed) return
@@ -718,6 +728,7 @@ export class WsTransport {
     }
     if (socketClosed) return
     identified()
+    ws.resume()
     const reader = token.principal
     mux = new MuxSocket({
       ws,
