@@ -6,7 +6,9 @@
  * once from a process of her own: hundreds of connections, an update flood
  * spread over them, documents held open, connections that ask for a large
  * conversation and never read, groups created with hundreds of made-up
- * members. Once with the relay's default limits, once with the per-user limits
+ * members, megabyte sync requests and awareness frames that cost their size
+ * to read, token refreshes at the frame rate, and 2,000 sockets that send half
+ * a request. Once with the relay's default limits, once with the per-user limits
  * off (what a per-connection limit alone gives). Prints figures; asserts
  * nothing.
  *
@@ -16,6 +18,7 @@
  */
 import { fork } from "node:child_process"
 import { readFileSync } from "node:fs"
+import { connect } from "node:net"
 import * as encoding from "lib0/encoding"
 import { WebSocket } from "ws"
 import * as syncProtocol from "y-protocols/sync"
@@ -30,6 +33,8 @@ import {
 } from "../../relay/test/helpers/relay-process.js"
 import {
   createConversation,
+  encodeSyncStep1,
+  encodeTokenRefresh,
   getMessage,
   type MessageId,
   MessageType,
@@ -48,6 +53,12 @@ const arg = (name: string, fallback: number) => {
 
 /** Per-user limits off: only the per-connection ones remain. */
 const NO_USER_LIMITS = [
+  "--user-receive-bytes-per-second",
+  "0",
+  "--user-connection-attempts-per-minute",
+  "0",
+  "--connections-per-address",
+  "0",
   "--max-sockets-per-user",
   "0",
   "--max-documents-per-user",
@@ -193,6 +204,45 @@ async function mallory(url: string, secret: string): Promise<void> {
         await sleep(20)
       }
     })(),
+    // Frames that cost their size to read before any rule: 1 MB sync requests listing 130,000
+    // made-up clients, 1 MB awareness frames of 80,000 removals, token refreshes, each from a few
+    // connections at their frame rate.
+    ...(
+      [
+        [4, () => syncRequest(130_000)],
+        [4, () => awarenessRemovals(80_000)],
+      ] as const
+    ).map(([connections, frame]) =>
+      keep(connections, async () => {
+        const ws = raw(floodId, await token())
+        const bytes = frame()
+        await new Promise((resolve) => ws.once("open", resolve))
+        const timer = setInterval(() => {
+          if (ws.readyState === WebSocket.OPEN && ws.bufferedAmount < 8 * bytes.length)
+            for (let i = 0; i < 5; i++) ws.send(bytes)
+        }, 50)
+        return {
+          done: new Promise((resolve) => ws.once("close", resolve)).finally(() => clearInterval(timer)),
+        }
+      }),
+    ),
+    keep(20, async () => {
+      const t = await token()
+      const ws = raw(floodId, t)
+      const refresh = encodeTokenRefresh(t)
+      await new Promise((resolve) => ws.once("open", resolve))
+      const timer = setInterval(() => {
+        if (ws.readyState === WebSocket.OPEN) for (let i = 0; i < 9; i++) ws.send(refresh)
+      }, 100)
+      return { done: new Promise((resolve) => ws.once("close", resolve)).finally(() => clearInterval(timer)) }
+    }),
+    // 2,000 sockets that send half a request and nothing more, from her address.
+    keep(2_000, async () => {
+      const socket = connect(Number(new URL(url.replace(/^ws/, "http")).port), "127.0.0.1")
+      socket.on("error", () => {})
+      socket.on("connect", () => socket.write("GET /healthz HTTP/1.1\r\nHost: relay\r\n"))
+      return { done: new Promise((resolve) => socket.once("close", resolve)) }
+    }),
     // A group with 400 made-up members every 100 ms.
     (async () => {
       while (running) {
@@ -213,6 +263,32 @@ async function mallory(url: string, secret: string): Promise<void> {
     })(),
   ]
   await Promise.all(attacks)
+}
+
+/** A sync request whose state vector lists `entries` made-up clients (about 7.7 bytes each). */
+function syncRequest(entries: number): Uint8Array {
+  const vector = encoding.createEncoder()
+  encoding.writeVarUint(vector, entries)
+  for (let i = 0; i < entries; i++) {
+    encoding.writeVarUint(vector, 1_000_000 + i * 7919)
+    encoding.writeVarUint(vector, 1_000_000)
+  }
+  return encodeSyncStep1(encoding.toUint8Array(vector))
+}
+
+/** An awareness frame removing `entries` client ids nobody set. */
+function awarenessRemovals(entries: number): Uint8Array {
+  const update = encoding.createEncoder()
+  encoding.writeVarUint(update, entries)
+  for (let i = 0; i < entries; i++) {
+    encoding.writeVarUint(update, 2_000_000 + i)
+    encoding.writeVarUint(update, 1)
+    encoding.writeVarString(update, "null")
+  }
+  const frame = encoding.createEncoder()
+  encoding.writeVarUint(frame, MessageType.awareness)
+  encoding.writeVarUint8Array(frame, encoding.toUint8Array(update))
+  return encoding.toUint8Array(frame)
 }
 
 // --- the honest pair -------------------------------------------------------------------------
