@@ -109,6 +109,13 @@ interface Waiting {
 export const EVICT_AFTER_MS = 2000
 
 /**
+ * How far past its cap an address may go while all of its connections are
+ * recent: honest clients behind one address (a NAT, a benchmark) that
+ * connect at once arrive faster than the relay reads their requests.
+ */
+export const BURST_FACTOR = 4
+
+/**
  * Connections open at once per client address that do not belong to a user
  * yet: from the TCP accept until the connection becomes a WebSocket whose
  * token was verified and whose user was admitted (from there the per-user
@@ -120,9 +127,13 @@ export const EVICT_AFTER_MS = 2000
  * At the cap, the address's connection that has waited longest for a request
  * (over {@link EVICT_AFTER_MS}) is closed to make room for the new one, so
  * that a client sharing an address with a host that holds stalled sockets
- * still gets in; only when every connection of the address is recent or has
- * a request under way is the new one refused. Memory: one entry per counted
- * connection.
+ * still gets in. When every connection of the address is recent or has a
+ * request under way (a burst of honest clients), the new one is admitted
+ * beyond the cap, up to {@link BURST_FACTOR} times it, and closed if it is
+ * still waiting for a request after {@link EVICT_AFTER_MS} while the address
+ * is over its cap: so an address holds at most the cap of connections that
+ * wait longer than that. Beyond the burst, the new one is refused. Memory:
+ * one entry per counted connection, and a timer per one over the cap.
  *
  * Not used behind a trusted proxy: there every connection comes from the
  * proxy's address, and the proxy is where such a limit belongs.
@@ -154,11 +165,14 @@ export class AddressConnections {
     if (this.perAddress <= 0) return true
     const key = keyOf(address)
     let sockets = this.open.get(key)
+    let over = false
     if (sockets && sockets.size >= this.perAddress) {
       const stale = this.longestWaiting(sockets)
-      if (!stale) return false
-      this.release(stale)
-      stale.destroy()
+      if (stale) {
+        this.release(stale)
+        stale.destroy()
+      } else if (sockets.size >= this.perAddress * BURST_FACTOR) return false
+      else over = true
     }
     if (!sockets) {
       sockets = new Map()
@@ -167,7 +181,18 @@ export class AddressConnections {
     sockets.set(socket, { busy: false, since: this.now() })
     this.keys.set(socket, key)
     socket.once("close", () => this.release(socket))
+    if (over) setTimeout(() => this.expire(socket), this.evictAfterMs).unref()
     return true
+  }
+
+  /** A connection admitted over the cap: closed if it still waits for a request while the address is over. */
+  private expire(socket: CountedSocket): void {
+    const key = this.keys.get(socket)
+    const sockets = key === undefined ? undefined : this.open.get(key)
+    const entry = sockets?.get(socket)
+    if (!entry || entry.busy || sockets!.size <= this.perAddress) return
+    this.release(socket)
+    socket.destroy()
   }
 
   /** A request's headers (or an upgrade's) arrived on `socket`: it is not waiting. */

@@ -8,7 +8,7 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
 import { AddressConnections } from "../src/address-limits.js"
 import { defaultMaxConnections } from "../src/connection-capacity.js"
@@ -82,12 +82,12 @@ function healthFrom(relay: RelayProcess, localAddress: string): Promise<number> 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 describe("connections per client address", () => {
-  it("closes an address's stalled sockets to let a newer client of that address in, refuses only while they are recent, and does not count users' WebSockets", async () => {
-    const relay = await startRelayProcess({ args: ["--connections-per-address", "20"] })
+  it("holds an address to its cap of stalled sockets, lets a burst through, lets a newer client of that address in, and does not count users' WebSockets", async () => {
+    const relay = await startRelayProcess({ args: ["--connections-per-address", "5"] })
     const stalled: Stalled[] = []
+    // A burst: up to four times the cap are admitted while every connection is recent...
     for (let i = 0; i < 20; i++) stalled.push(await stall(relay))
-
-    // All 20 began waiting a moment ago: the 21st is refused, with a reason.
+    // ...and beyond that the next is refused, with a reason.
     const refused = await stall(relay)
     await pollUntil(() => refused.closed)
     expect(refused.received).toMatch(/^HTTP\/1\.1 429 /)
@@ -96,15 +96,18 @@ describe("connections per client address", () => {
     // Another address is not affected.
     expect(await healthFrom(relay, "127.0.0.2")).toBe(200)
 
-    // Once they have waited for a request longer than an honest client would, the oldest makes room.
-    await sleep(2_300)
+    // Those admitted beyond the cap and still waiting for a request after two seconds are closed.
+    await pollUntil(() => stalled.filter((s) => s.closed).length === 15, 5_000)
+    expect(stalled.slice(0, 5).every((s) => !s.closed)).toBe(true)
+
+    // The five left have waited longer than an honest client would: the oldest makes room for one.
     const id = newConversationId()
     const a = new TestClient(relay.url, id, await relay.token(alice))
     clients.push(a)
     await a.synced()
     createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
     await a.allSaved()
-    expect(stalled.filter((s) => s.closed).map((s) => stalled.indexOf(s))).toEqual([0])
+    expect(stalled.slice(0, 5).map((s) => s.closed)).toEqual([true, false, false, false, false])
 
     // Users' WebSockets count per user once admitted: 25 more of them close none of the stalled sockets.
     for (let i = 0; i < 25; i++) {
@@ -112,7 +115,7 @@ describe("connections per client address", () => {
       providers.push(provider)
       await synced(provider)
     }
-    expect(stalled.filter((s) => s.closed)).toHaveLength(1)
+    expect(stalled.filter((s) => !s.closed)).toHaveLength(4)
     expect(await metricLine(relay, 'parley_connections_refused_total{limit="connections-per-address"}')).toBe(
       1,
     )
@@ -179,18 +182,17 @@ describe("AddressConnections", () => {
   }
 
   it("closes the socket that has waited longest for a request, not one with a request under way", () => {
+    vi.useFakeTimers()
     let now = 0
     const counted = new AddressConnections(3, 2_000, () => now)
     const [first, second, third] = [new FakeSocket(), new FakeSocket(), new FakeSocket()]
-    expect(counted.admit(first, "10.0.0.1")).toBe(true)
+    counted.admit(first, "10.0.0.1")
     now = 100
-    expect(counted.admit(second, "10.0.0.1")).toBe(true)
-    expect(counted.admit(third, "10.0.0.1")).toBe(true)
+    counted.admit(second, "10.0.0.1")
+    counted.admit(third, "10.0.0.1")
     counted.busy(first)
-    now = 2_050
-    // `first` is busy; `second` waited 1,950 ms: not yet.
-    expect(counted.admit(new FakeSocket(), "10.0.0.1")).toBe(false)
     now = 2_200
+    // `second` waited 2,100 ms: it makes room; `first` has a request under way.
     const fourth = new FakeSocket()
     expect(counted.admit(fourth, "10.0.0.1")).toBe(true)
     expect([first, second, third].map((s) => s.destroyed)).toEqual([false, true, false])
@@ -205,6 +207,24 @@ describe("AddressConnections", () => {
     counted.identified(fourth)
     expect(counted.admit(new FakeSocket(), "10.0.0.1")).toBe(true)
     expect(first.destroyed).toBe(false)
+    vi.useRealTimers()
+  })
+
+  it("admits a burst up to four times the cap, and closes those beyond the cap that still wait after the grace", () => {
+    vi.useFakeTimers()
+    let now = 0
+    const counted = new AddressConnections(2, 2_000, () => now)
+    const burst = Array.from({ length: 8 }, () => new FakeSocket())
+    for (const s of burst) expect(counted.admit(s, "10.0.0.1")).toBe(true)
+    expect(counted.admit(new FakeSocket(), "10.0.0.1")).toBe(false)
+    // Two of those beyond the cap got their request through meanwhile (an upgrade being checked).
+    counted.busy(burst[2]!)
+    counted.identified(burst[3]!)
+    now = 2_000
+    vi.advanceTimersByTime(2_000)
+    // The cap's two stay; of the rest only the busy one does (the identified one no longer counts).
+    expect(burst.map((s) => s.destroyed)).toEqual([false, false, false, false, true, true, true, true])
+    vi.useRealTimers()
   })
 
   it("keeps nothing of an address whose connections closed", () => {
