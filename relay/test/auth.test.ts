@@ -6,17 +6,16 @@ import {
   createConversation,
   ErrorCode,
   listMessages,
-  MessageType,
   newConversationId,
   removeParticipants,
   sendMessage,
   type UserId,
 } from "@parley/shared"
 import { exportJWK, exportSPKI, generateKeyPair, SignJWT } from "jose"
-import * as encoding from "lib0/encoding"
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest"
 import * as Y from "yjs"
 import { TestClient } from "./helpers/clients.js"
+import { awarenessRemovals } from "./helpers/costly-frames.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 const alice = "alice" as UserId
@@ -50,6 +49,34 @@ async function conversation(relay: RelayProcess) {
   sendMessage(owner.doc, alice, { body: "welcome" })
   await owner.allSaved()
   return { id, owner }
+}
+
+/**
+ * A relay verifying tokens with the key set of a local JWKS server that
+ * answers after `delayMs`, and a token for bob signed with its key.
+ */
+async function relayWithKeySet(delayMs: number): Promise<{ relay: RelayProcess; token: string }> {
+  const { publicKey, privateKey } = await generateKeyPair("RS256")
+  const jwk = { ...(await exportJWK(publicKey)), kid: "k1", alg: "RS256", use: "sig" }
+  const server = createServer((_req, res) => {
+    setTimeout(() => {
+      res.writeHead(200, { "content-type": "application/json" })
+      res.end(JSON.stringify({ keys: [jwk] }))
+    }, delayMs)
+  })
+  servers.push(server)
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  const port = (server.address() as { port: number }).port
+  const relay = await startRelayProcess({
+    args: ["--auth-jwks-url", `http://127.0.0.1:${port}/jwks.json`],
+  })
+  onTestFinished(() => relay.kill())
+  const token = await new SignJWT({})
+    .setProtectedHeader({ alg: "RS256", kid: "k1" })
+    .setSubject(bob)
+    .setExpirationTime("1h")
+    .sign(privateKey)
+  return { relay, token }
 }
 
 describe("authentication", () => {
@@ -94,24 +121,7 @@ describe("authentication", () => {
   })
 
   it("accepts tokens signed with a key from a JWKS URL", async () => {
-    const { publicKey, privateKey } = await generateKeyPair("RS256")
-    const jwk = { ...(await exportJWK(publicKey)), kid: "k1", alg: "RS256", use: "sig" }
-    const server = createServer((_req, res) => {
-      res.writeHead(200, { "content-type": "application/json" })
-      res.end(JSON.stringify({ keys: [jwk] }))
-    })
-    servers.push(server)
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-    const port = (server.address() as { port: number }).port
-    const relay = await startRelayProcess({
-      args: ["--auth-jwks-url", `http://127.0.0.1:${port}/jwks.json`],
-    })
-    onTestFinished(() => relay.kill())
-    const token = await new SignJWT({})
-      .setProtectedHeader({ alg: "RS256", kid: "k1" })
-      .setSubject(bob)
-      .setExpirationTime("1h")
-      .sign(privateKey)
+    const { relay, token } = await relayWithKeySet(0)
     const c = client(relay, newConversationId(), token)
     await c.synced()
     expect(c.closeEvent).toBeUndefined()
@@ -120,43 +130,14 @@ describe("authentication", () => {
 
 describe("while a token is being verified", () => {
   it("reads nothing more of the socket, and serves it once its user is known, however much it sent", async () => {
-    const { publicKey, privateKey } = await generateKeyPair("RS256")
-    const jwk = { ...(await exportJWK(publicKey)), kid: "k1", alg: "RS256", use: "sig" }
     // A key set that takes a second and a half to answer, as a slow identity provider does.
-    const server = createServer((_req, res) => {
-      setTimeout(() => {
-        res.writeHead(200, { "content-type": "application/json" })
-        res.end(JSON.stringify({ keys: [jwk] }))
-      }, 1_500)
-    })
-    servers.push(server)
-    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-    const port = (server.address() as { port: number }).port
-    const relay = await startRelayProcess({
-      args: ["--auth-jwks-url", `http://127.0.0.1:${port}/jwks.json`],
-    })
-    onTestFinished(() => relay.kill())
-    const token = await new SignJWT({})
-      .setProtectedHeader({ alg: "RS256", kid: "k1" })
-      .setSubject(bob)
-      .setExpirationTime("1h")
-      .sign(privateKey)
+    const { relay, token } = await relayWithKeySet(1_500)
     const c = client(relay, newConversationId(), token)
     await c.opened
     // Eight megabytes of awareness frames the moment the socket opens, while the token waits for its key
     // set: a relay that read them meanwhile would hold them (it closed such a socket at 4 MB). Now it
     // reads nothing until the user is known, and then no more than it can pass on at once.
-    const entries = encoding.createEncoder()
-    encoding.writeVarUint(entries, 80_000)
-    for (let i = 0; i < 80_000; i++) {
-      encoding.writeVarUint(entries, 1_000_000 + i)
-      encoding.writeVarUint(entries, 1)
-      encoding.writeVarString(entries, "null")
-    }
-    const frame = encoding.createEncoder()
-    encoding.writeVarUint(frame, MessageType.awareness)
-    encoding.writeVarUint8Array(frame, encoding.toUint8Array(entries))
-    const junk = encoding.toUint8Array(frame)
+    const junk = awarenessRemovals(80_000)
     for (let i = 0; i < 8; i++) c.send(junk)
     await c.synced()
     expect(c.closeEvent).toBeUndefined()

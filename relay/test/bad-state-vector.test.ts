@@ -8,10 +8,10 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import * as encoding from "lib0/encoding"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { MAX_UNKNOWN_CLIENTS } from "../src/connection.js"
 import { TestClient } from "./helpers/clients.js"
+import { stateVectorOf } from "./helpers/costly-frames.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 // A state vector that does not decode: it claims five entries and holds none.
@@ -58,17 +58,6 @@ describe("a sync request whose state vector does not decode", () => {
     expect(relay.child.signalCode).toBeNull()
   })
 })
-
-/** A state vector of `entries` made-up clients (about 7.7 bytes each). */
-function stateVectorOf(entries: number): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, entries)
-  for (let i = 0; i < entries; i++) {
-    encoding.writeVarUint(encoder, 1_000_000 + i * 7919)
-    encoding.writeVarUint(encoder, 1_000_000)
-  }
-  return encoding.toUint8Array(encoder)
-}
 
 describe("a sync request listing more clients than the document has", () => {
   it("is refused before its state vector is decoded (rebuild), while one listing the document's clients and its own sessions is answered", async () => {

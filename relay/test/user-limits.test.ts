@@ -14,6 +14,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import * as awarenessProtocol from "y-protocols/awareness"
 import type { WebsocketProvider } from "y-websocket"
 import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
+import { awarenessRemovals } from "./helpers/costly-frames.js"
 import {
   metricLine,
   type RelayProcess,
@@ -286,17 +287,7 @@ describe("bytes read per user", () => {
     const m = await opened(relay, id, mallory)
     // 3 MB of awareness frames (removals of ids nobody set: dropped, but read all the same), then a
     // query whose answer shows when the relay got to it.
-    const junk = encoding.createEncoder()
-    encoding.writeVarUint(junk, MessageType.awareness)
-    const entries = encoding.createEncoder()
-    encoding.writeVarUint(entries, 12_000)
-    for (let i = 0; i < 12_000; i++) {
-      encoding.writeVarUint(entries, 1_000_000 + i)
-      encoding.writeVarUint(entries, 1)
-      encoding.writeVarString(entries, "null")
-    }
-    encoding.writeVarUint8Array(junk, encoding.toUint8Array(entries))
-    const frame = encoding.toUint8Array(junk)
+    const frame = awarenessRemovals(12_000, 1_000_000)
     expect(frame.length).toBeGreaterThan(100_000)
     const started = performance.now()
     for (let i = 0; i < 30; i++) m.send(frame)

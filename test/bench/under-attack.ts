@@ -25,6 +25,7 @@ import * as syncProtocol from "y-protocols/sync"
 import { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { TestClient } from "../../relay/test/helpers/clients.js"
+import { awarenessRemovals, stateVectorOf } from "../../relay/test/helpers/costly-frames.js"
 import {
   type RelayProcess,
   signToken,
@@ -209,7 +210,7 @@ async function mallory(url: string, secret: string): Promise<void> {
     // connections at their frame rate.
     ...(
       [
-        [4, () => syncRequest(130_000)],
+        [4, () => encodeSyncStep1(stateVectorOf(130_000))],
         [4, () => awarenessRemovals(80_000)],
       ] as const
     ).map(([connections, frame]) =>
@@ -263,32 +264,6 @@ async function mallory(url: string, secret: string): Promise<void> {
     })(),
   ]
   await Promise.all(attacks)
-}
-
-/** A sync request whose state vector lists `entries` made-up clients (about 7.7 bytes each). */
-function syncRequest(entries: number): Uint8Array {
-  const vector = encoding.createEncoder()
-  encoding.writeVarUint(vector, entries)
-  for (let i = 0; i < entries; i++) {
-    encoding.writeVarUint(vector, 1_000_000 + i * 7919)
-    encoding.writeVarUint(vector, 1_000_000)
-  }
-  return encodeSyncStep1(encoding.toUint8Array(vector))
-}
-
-/** An awareness frame removing `entries` client ids nobody set. */
-function awarenessRemovals(entries: number): Uint8Array {
-  const update = encoding.createEncoder()
-  encoding.writeVarUint(update, entries)
-  for (let i = 0; i < entries; i++) {
-    encoding.writeVarUint(update, 2_000_000 + i)
-    encoding.writeVarUint(update, 1)
-    encoding.writeVarString(update, "null")
-  }
-  const frame = encoding.createEncoder()
-  encoding.writeVarUint(frame, MessageType.awareness)
-  encoding.writeVarUint8Array(frame, encoding.toUint8Array(update))
-  return encoding.toUint8Array(frame)
 }
 
 // --- the honest pair -------------------------------------------------------------------------
