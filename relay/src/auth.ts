@@ -153,6 +153,17 @@ export class Authenticator {
     return fresh
   }
 
+  /**
+   * Who `token` names, when it was verified lately and still holds (see
+   * {@link verifyToken}'s cache); undefined otherwise. Costs a map lookup:
+   * for refusing a user over a budget before anything else is done for them.
+   */
+  knownPrincipal(token: string | null | undefined): Principal | undefined {
+    if (!token) return undefined
+    const known = this.verified.get(token)
+    return known && known.until > Date.now() ? known.token.principal : undefined
+  }
+
   private async verifyFresh(token: string): Promise<VerifiedToken> {
     // Routed by its unverified issuer, then verified with that key only: a dev token can never
     // pass as an app token (or the reverse), whatever it claims.

@@ -16,7 +16,7 @@ import { holdWrites } from "./held-writes.js"
 import type { Keepalive } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
-import type { Principal } from "./principal.js"
+import { describePrincipal, type Principal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 import { toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
@@ -342,10 +342,19 @@ export class MuxSocket implements UserSocket {
   private refuse(number: number, error: ParleyError): void {
     const close = closeOf(error)
     this.options.metrics.errors.inc({ code: error.code })
-    this.options.log.info(
-      { doc: this.channels.get(number)?.name, code: close.code, reason: error.message },
-      "channel refused",
+    const held = this.options.core.logThrottle.admit(
+      `channel ${close.code}\u0000${describePrincipal(this.options.token.principal)}`,
     )
+    if (held !== undefined)
+      this.options.log.info(
+        {
+          doc: this.channels.get(number)?.name,
+          code: close.code,
+          reason: error.message,
+          ...(held > 0 ? { alsoRefused: held } : {}),
+        },
+        "channel refused",
+      )
     this.closeChannel(number, close, true)
   }
 

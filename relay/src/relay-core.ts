@@ -35,6 +35,7 @@ import { summaryOf } from "./history/sealing.js"
 import type { StoredSegment } from "./history/store.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
+import { LogThrottle } from "./log-throttle.js"
 import type { RelayMetrics } from "./metrics.js"
 import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
 import type { ClientIdOwners } from "./policy.js"
@@ -144,6 +145,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   readonly limits: CoreLimits
   /** Per-user limits across connections (the transport counts sockets and send queues here too). */
   readonly users: UserLedger
+  /** Refusals are logged at most once per kind and source per window (see LogThrottle). */
+  readonly logThrottle = new LogThrottle()
   private readonly hosts = new Map<string, Promise<DocumentHost>>()
   private readonly unloads = new Map<string, Promise<void>>()
   /**
@@ -182,7 +185,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     this.extensions = new Extensions(options.extensions ?? [], options.log)
     this.users = new UserLedger(this.limits, undefined, (limit, user) => {
       options.metrics.userLimits.inc({ limit })
-      options.log.info({ user, limit }, "refused: per-user limit")
+      const held = this.logThrottle.admit(`${limit}\u0000${user}`)
+      if (held !== undefined)
+        options.log.info(
+          { user, limit, ...(held > 0 ? { alsoRefused: held } : {}) },
+          "refused: per-user limit",
+        )
     })
     options.metrics.countUsersWith(() => this.users.size)
     const sequencer =
@@ -630,8 +638,17 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   /** @internal */
   refused(connection: HostedConnection, error: ParleyError): void {
     this.options.metrics.errors.inc({ code: error.code })
+    const principal = describePrincipal(connection.principal)
+    const held = this.logThrottle.admit(`${error.code}\u0000${error.rule ?? ""}\u0000${principal}`)
+    if (held === undefined) return
     this.log.info(
-      { doc: connection.host.key, principal: describePrincipal(connection.principal), code: error.code },
+      {
+        doc: connection.host.key,
+        principal,
+        code: error.code,
+        ...(error.rule ? { rule: error.rule } : {}),
+        ...(held > 0 ? { alsoRefused: held } : {}),
+      },
       `refused: ${error.message}`,
     )
   }

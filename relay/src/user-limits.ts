@@ -534,6 +534,18 @@ export class UserLedger {
   }
 
   /**
+   * Milliseconds until `principal` may make another connection attempt (0:
+   * now), counting a meeting of `connection-attempts-per-user` when they must
+   * wait. Takes nothing: for refusing an attempt before its upgrade.
+   */
+  connectionAttemptWait(principal: Principal): number {
+    if (principal.kind !== "user") return 0
+    const wait = this.users.get(principal.user)?.connectionAttempts?.msUntil(1) ?? 0
+    if (wait > 0) this.onLimit(UserLimit.connectionAttempts, principal.user)
+    return wait
+  }
+
+  /**
    * Takes one HTTP request of `principal` from their request budget (call
    * once the token or signature is verified, before anything is read).
    * Returns 0 when it is admitted, else the milliseconds until one more fits

@@ -16,6 +16,7 @@ import {
   ParleyError,
   TOKEN_PARAM,
   toParleyError,
+  UserLimit,
 } from "@parley/shared"
 import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { AddressConnections, AddressLimiter } from "./address-limits.js"
@@ -258,6 +259,19 @@ export class WsTransport {
     }, wait).unref()
   }
 
+  /**
+   * Logs a refused connection, at most once per address, close code and
+   * reason per window (see LogThrottle; reasons come from a small set).
+   */
+  private logRefusal(address: string, code: number, fields: { reason: string; doc?: string }): void {
+    const held = this.options.core.logThrottle.admit(`refused ${code}\u0000${fields.reason}\u0000${address}`)
+    if (held === undefined) return
+    this.options.log.info(
+      { ...fields, code, address, ...(held > 0 ? { alsoRefused: held } : {}) },
+      "connection refused",
+    )
+  }
+
   /** Starts listening; resolves with the bound port. */
   listen(port: number, host: string): Promise<number> {
     return new Promise((resolve, reject) => {
@@ -408,11 +422,30 @@ export class WsTransport {
     const address = this.addressOf(req)
     if (!this.addresses.allows(address)) {
       this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-      this.options.log.info({ address, limit: AddressLimit.authFailures }, "refused: per-address limit")
+      const held = this.options.core.logThrottle.admit(`${AddressLimit.authFailures}\u0000${address}`)
+      if (held !== undefined)
+        this.options.log.info(
+          { address, limit: AddressLimit.authFailures, ...(held > 0 ? { alsoRefused: held } : {}) },
+          "refused: per-address limit",
+        )
       const body = `${AddressLimit.authFailures}\n`
       socket.end(
         "HTTP/1.1 429 Too Many Requests\r\n" +
           `retry-after: ${this.addresses.retryAfterSeconds(address)}\r\n` +
+          `content-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+      )
+      return
+    }
+    // A user whose connection attempts are spent, known by a token verified lately, is refused before
+    // the WebSocket handshake: a reconnect loop's refused attempt costs the relay a quarter as much.
+    const known = this.options.auth.knownPrincipal(tokenOf(req))
+    const wait = known ? this.options.core.users.connectionAttemptWait(known) : 0
+    if (wait > 0) {
+      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      const body = `${UserLimit.connectionAttempts}\n`
+      socket.end(
+        "HTTP/1.1 429 Too Many Requests\r\n" +
+          `retry-after: ${Math.max(1, Math.ceil(wait / 1000))}\r\n` +
           `content-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
       )
       return
@@ -508,7 +541,7 @@ export class WsTransport {
     const refuse = (error: ParleyError) => {
       const close = closeOf(error)
       metrics.errors.inc({ code: error.code })
-      log.info({ doc: name, code: close.code, reason: error.message }, "connection refused")
+      this.logRefusal(address, close.code, { doc: name, reason: error.message })
       closeWith(close)
     }
 
@@ -714,7 +747,7 @@ export class WsTransport {
       this.addresses.failed(address)
       const refusal = toParleyError(error, ErrorCode.UNAUTHORIZED)
       metrics.errors.inc({ code: refusal.code })
-      log.info({ code: closeOf(refusal).code, reason: refusal.message }, "connection refused")
+      this.logRefusal(address, closeOf(refusal).code, { reason: refusal.message })
       closeWith(closeOf(refusal))
       return
     }
@@ -747,6 +780,13 @@ export class WsTransport {
     this.paceReading(ws, reader, earlyBytes)
     if (waiting) for (const { data, isBinary } of waiting) mux.receive(data, isBinary)
   }
+}
+
+/** The `?token=` of an upgrade request, without parsing more of it than that. */
+function tokenOf(req: IncomingMessage): string | null {
+  const url = req.url ?? ""
+  const query = url.indexOf("?")
+  return query < 0 ? null : new URLSearchParams(url.slice(query + 1)).get(TOKEN_PARAM)
 }
 
 /** What `/dev/token` takes, for its refusals. */

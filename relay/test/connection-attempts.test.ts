@@ -13,7 +13,12 @@ import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { AddressLimiter, keyOf } from "../src/address-limits.js"
 import { stockProvider, synced, TestClient } from "./helpers/clients.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import {
+  metricLine,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "./helpers/relay-process.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -77,7 +82,7 @@ describe("connection attempts per user", () => {
 
     const token = await relay.token(mallory)
     const url = `${relay.url}/${id}?token=${token}`
-    const results: { code?: number; reason?: string }[] = []
+    const results: { code?: number; reason?: string; status?: number; body?: string }[] = []
     // The attacker opens and closes sockets in a loop, several at a time, while alice writes.
     const loop = (async () => {
       for (let i = 0; i < 30; i++)
@@ -93,11 +98,14 @@ describe("connection attempts per user", () => {
     await loop
     await b.until(() => sent.every((body) => bodies(b).includes(body)))
 
-    const refused = results.filter(
-      (r) =>
-        r.code === CloseCode.TooManyConnectionAttempts.code && r.reason === "connection-attempts-per-user",
-    )
-    const let_in = results.filter((r) => r.code !== CloseCode.TooManyConnectionAttempts.code)
+    // Refused after the handshake (4429) or, once the relay knows the token, before it (HTTP 429).
+    const isRefusal = (r: { code?: number; reason?: string; status?: number; body?: string }) =>
+      (r.code === CloseCode.TooManyConnectionAttempts.code && r.reason === "connection-attempts-per-user") ||
+      (r.status === 429 && r.body === "connection-attempts-per-user")
+    const refused = results.filter(isRefusal)
+    const let_in = results.filter((r) => !isRefusal(r))
+    // Most refusals cost the relay no handshake.
+    expect(results.filter((r) => r.status === 429).length).toBeGreaterThan(refused.length / 2)
     // 40 a minute, bursting: the loop's 90 attempts in a few seconds get about 40 in, the rest refused.
     expect(let_in.length).toBeGreaterThanOrEqual(40)
     expect(let_in.length).toBeLessThan(50)
@@ -163,6 +171,14 @@ describe("connection attempts per address before the token is verified", () => {
     // The open connection is not affected; the relay still serves it.
     sendMessage(a.doc, alice, { body: "still here" })
     await a.allSaved()
+    // A flood of refused attempts is counted, not logged line by line: one line for the first
+    // refusal of each kind from the address within ten seconds.
+    const flood = await Promise.all(Array.from({ length: 200 }, () => attempt(bad, false)))
+    expect(flood.every((r) => r.status === 429)).toBe(true)
+    const lines = (msg: string) => relay.lines.filter((line) => JSON.parse(line).msg === msg).length
+    expect(lines("refused: per-address limit")).toBe(1)
+    expect(lines("connection refused")).toBe(1)
+    expect(await metricLine(relay, 'parley_errors_total{code="RATE_LIMITED"}')).toBeGreaterThanOrEqual(201)
   })
 
   it("counts each client's address from X-Forwarded-For behind a trusted proxy", async () => {

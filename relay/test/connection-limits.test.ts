@@ -12,6 +12,7 @@ import { afterEach, describe, expect, it, vi } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
 import { AddressConnections } from "../src/address-limits.js"
 import { defaultMaxConnections } from "../src/connection-capacity.js"
+import { LogThrottle } from "../src/log-throttle.js"
 import { stockProvider, synced, TestClient } from "./helpers/clients.js"
 import {
   metricLine,
@@ -240,5 +241,31 @@ describe("AddressConnections", () => {
     expect(defaultMaxConnections(20_000)).toBe(18_976)
     expect(defaultMaxConnections(1_024)).toBe(768)
     expect(defaultMaxConnections(undefined)).toBe(0)
+  })
+})
+
+describe("LogThrottle", () => {
+  it("lets one line per key through per window, and counts the ones it held back for the next", () => {
+    let now = 0
+    const throttle = new LogThrottle(10_000, () => now)
+    expect(throttle.admit("refused 4401\u0000203.0.113.7")).toBe(0)
+    for (let i = 0; i < 500; i++) expect(throttle.admit("refused 4401\u0000203.0.113.7")).toBeUndefined()
+    // Another source, or another kind, has its own line.
+    expect(throttle.admit("refused 4401\u0000198.51.100.1")).toBe(0)
+    expect(throttle.admit("refused 4429\u0000203.0.113.7")).toBe(0)
+    now = 10_000
+    expect(throttle.admit("refused 4401\u0000203.0.113.7")).toBe(500)
+    expect(throttle.admit("refused 4401\u0000203.0.113.7")).toBeUndefined()
+  })
+
+  it("remembers at most 10,000 keys, forgetting expired ones first", () => {
+    let now = 0
+    const throttle = new LogThrottle(1_000, () => now)
+    for (let i = 0; i < 10_000; i++) throttle.admit(`k${i}`)
+    now = 2_000
+    throttle.admit("fresh")
+    expect(throttle.size).toBe(1)
+    for (let i = 0; i < 20_000; i++) throttle.admit(`x${i}`)
+    expect(throttle.size).toBe(10_000)
   })
 })
