@@ -116,8 +116,6 @@ export class AwarenessGate {
     const principal = connection.principal
     // Services watch; they have no presence of their own.
     if (principal.kind !== "user") return
-    // Most frames of a room are stock clients' echoes of what the relay sent them: nothing in them
-    // is newer than what the awareness holds, and they are dropped before anything is allocated.
     // A frame can list no more entries than the room's awareness has ever held, plus the sender's own:
     // reading one entry costs about half a microsecond, and a 1 MB frame lists 80,000 of them.
     const declared = declaredEntries(update)
@@ -125,6 +123,8 @@ export class AwarenessGate {
       this.options.dropped(connection, "entries", declared)
       return
     }
+    // Most frames of a room are stock clients' echoes of what the relay sent them: nothing in them
+    // is newer than what the awareness holds, and they are dropped before anything is allocated.
     if (changesNothing(this.host.awareness, update)) return
     const key = describePrincipal(principal)
     // Read whole before anything is applied: a malformed update is refused whole, not half-applied.
@@ -372,12 +372,6 @@ export class AwarenessGate {
   }
 }
 
-/**
- * True if y-protocols would apply none of `update`'s entries to `awareness`:
- * each is older than the entry held, or as old and not a removal of a present
- * one (a removal at the same clock applies). Reads the update in place; false
- * for one it cannot read (the full read refuses it).
- */
 /** The entry count an awareness update declares (its first number); 0 when it has none to read. */
 function declaredEntries(update: Uint8Array): number {
   try {
@@ -388,6 +382,12 @@ function declaredEntries(update: Uint8Array): number {
   }
 }
 
+/**
+ * True if y-protocols would apply none of `update`'s entries to `awareness`:
+ * each is older than the entry held, or as old and not a removal of a present
+ * one (a removal at the same clock applies). Reads the update in place; false
+ * for one it cannot read (the full read refuses it).
+ */
 function changesNothing(awareness: awarenessProtocol.Awareness, update: Uint8Array): boolean {
   const decoder = decoding.createDecoder(update)
   try {

@@ -403,7 +403,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     if (message.type === "syncStep1") {
       const { stateVector } = message
       // Decoding a state vector costs about half a microsecond per entry, and a 1 MB frame lists
-      // 150,000 of them: 60-110 ms of CPU per frame, at the socket's frame rate. A replica knows the
+      // 130,000 of them: 60-110 ms of CPU per frame (it was decoded up to three times), at the socket's
+      // frame rate. A replica knows the
       // document's clients and its own sessions the relay has not heard of, no more; one that lists
       // more is of an older epoch (or forged), and is told to rebuild before anything is decoded.
       if (declaredClients(stateVector) > this.host.doc.store.clients.size + MAX_UNKNOWN_CLIENTS) {

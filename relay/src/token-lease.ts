@@ -27,8 +27,8 @@ export interface LeaseContext {
   /** Where the expiries wait: one timer for every socket's lease. */
   readonly deadlines: Deadlines
   /**
-   * The per-user limits: a refresh costs a token verification, like a
-   * connection attempt, and pays from the same budget.
+   * The per-user limits: a refresh costs a token check and an answer, like
+   * a connection attempt's, and pays from the same budget.
    */
   readonly users: UserLedger
 }

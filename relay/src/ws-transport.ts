@@ -71,9 +71,10 @@ export interface TransportLimits {
   readonly addressAuthFailuresPerMinute: number
   /**
    * Connections one client address may hold open at once that are not a
-   * user's WebSocket yet (requests, keep-alives, upgrades being checked);
-   * beyond, a new one is answered 429 and closed. 0: no limit. Not counted
-   * behind a trusted proxy (`trustProxy`). See {@link AddressConnections}.
+   * user's WebSocket yet (requests, keep-alives, upgrades being checked); at
+   * the cap the longest-waiting one makes room, a burst may go to four times
+   * it, and beyond a new one is answered 429 and closed. 0: no limit. Not
+   * counted behind a trusted proxy (`trustProxy`). See {@link AddressConnections}.
    */
   readonly connectionsPerAddress: number
   /**
@@ -96,8 +97,6 @@ const UNREAD_CLOSE_GRACE_MS = 5000
 const REQUEST_TIMEOUT_MS = 300_000
 /** The label of connections dropped at `maxConnections`. */
 const MAX_CONNECTIONS = "max-connections"
-/** Least time between two log lines about connections refused at accept (they come in floods). */
-const REFUSAL_LOG_EVERY_MS = 10_000
 
 /** What the transport binds to sockets. */
 export interface TransportOptions {
@@ -155,9 +154,6 @@ export class WsTransport {
   private readonly keepalive: Keepalive
   private readonly addresses: AddressLimiter
   private readonly connections: AddressConnections
-  /** Connections refused at accept since the last log line about them, by limit. */
-  private readonly refusedSinceLog = new Map<string, number>()
-  private refusalLoggedAt = Number.NEGATIVE_INFINITY
   /** Sockets not read until their user's receive budget is back (see `paceReading`). */
   private readonly paced = new WeakSet<WebSocket>()
   /** Every open socket's (and channel's) token expiry, on one timer. */
@@ -229,18 +225,15 @@ export class WsTransport {
     socket.destroySoon()
   }
 
-  /** Counts a connection refused at accept; logs, at most every 10 s, how many were since the last line. */
+  /** Counts a connection refused at accept; logged at most once per limit per window (they come in floods). */
   private refusedAtAccept(limit: string, address?: string): void {
     this.options.metrics.connectionsRefused.inc({ limit })
-    this.refusedSinceLog.set(limit, (this.refusedSinceLog.get(limit) ?? 0) + 1)
-    const now = performance.now()
-    if (now - this.refusalLoggedAt < REFUSAL_LOG_EVERY_MS) return
-    this.refusalLoggedAt = now
+    const held = this.options.core.logThrottle.admit(`accept ${limit}`)
+    if (held === undefined) return
     this.options.log.warn(
-      { refused: Object.fromEntries(this.refusedSinceLog), lastAddress: address },
+      { limit, lastAddress: address, ...(held > 0 ? { alsoRefused: held } : {}) },
       "connections refused at accept",
     )
-    this.refusedSinceLog.clear()
   }
 
   /**
