@@ -1,18 +1,12 @@
 import { get } from "node:http"
 import { connect, type Socket } from "node:net"
-import {
-  AddressLimit,
-  createConversation,
-  listMessages,
-  newConversationId,
-  sendMessage,
-  type UserId,
-} from "@parley/shared"
+import { AddressLimit, listMessages, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
 import { AddressConnections } from "../src/address-limits.js"
 import { defaultMaxConnections } from "../src/connection-capacity.js"
 import { LogThrottle } from "../src/log-throttle.js"
+import { createGroup } from "./helpers/attachments.js"
 import { stockProvider, synced, TestClient } from "./helpers/clients.js"
 import {
   metricLine,
@@ -103,11 +97,8 @@ describe("connections per client address", () => {
 
     // The five left have waited longer than an honest client would: the oldest makes room for one.
     const id = newConversationId()
-    const a = new TestClient(relay.url, id, await relay.token(alice))
+    const a = await createGroup(relay, id, alice, [bob])
     clients.push(a)
-    await a.synced()
-    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-    await a.allSaved()
     expect(stalled.slice(0, 5).map((s) => s.closed)).toEqual([true, false, false, false, false])
 
     // Users' WebSockets count per user once admitted: 25 more of them close none of the stalled sockets.
@@ -136,11 +127,8 @@ describe("connections per client address", () => {
       args: ["--max-connections", "30", "--connections-per-address", "0"],
     })
     const id = newConversationId()
-    const a = new TestClient(relay.url, id, await relay.token(alice))
+    const a = await createGroup(relay, id, alice, [bob])
     clients.push(a)
-    await a.synced()
-    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-    await a.allSaved()
     const b = new TestClient(relay.url, id, await relay.token(bob))
     clients.push(b)
     await b.synced()

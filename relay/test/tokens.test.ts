@@ -144,6 +144,8 @@ describe.concurrent("token expiry on open sockets", { timeout: CONCURRENT_TIMEOU
 
   it("charges each refresh verified to the user's connection attempts: a flood of them is closed 4429, another user is not", async () => {
     const relay = await startRelayProcess({ args: ["--user-connection-attempts-per-minute", "30"] })
+    // Before the user's first attempt: what refills from then on is at most this old.
+    const started = performance.now()
     const id = await conversation(relay)
     // Four sockets (the owner's and three): four of the thirty attempts.
     const sockets = [0, 1, 2].map(async () => {
@@ -162,9 +164,9 @@ describe.concurrent("token expiry on open sockets", { timeout: CONCURRENT_TIMEOU
       await c.until(() => c.tokenAccepts.length > before || c.closeEvent !== undefined)
       if (c.tokenAccepts.length > before) accepted++
     }
-    // Twenty-six left, and what refilled meanwhile (half an attempt a second).
+    // Twenty-six left, and what refilled meanwhile (half an attempt a second, however slow the machine).
     expect(accepted).toBeGreaterThanOrEqual(26)
-    expect(accepted).toBeLessThanOrEqual(28)
+    expect(accepted).toBeLessThanOrEqual(26 + Math.ceil((performance.now() - started) / 2_000))
     const closed = flooders.find((c) => c.closeEvent !== undefined)!
     expect(await closed.closed).toEqual({ code: 4429, reason: "connection-attempts-per-user" })
     expect(closed.errors.map((e) => e.code)).toEqual([ErrorCode.RATE_LIMITED])
