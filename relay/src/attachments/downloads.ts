@@ -1,4 +1,5 @@
 import type { UserId } from "@parley/shared"
+import { HeldCounts } from "../held-counts.js"
 
 /**
  * Downloads being sent to each user at once. A download holds a socket, an
@@ -7,23 +8,13 @@ import type { UserId } from "@parley/shared"
  * its request rate and never read, until the relay ran out of descriptors.
  */
 export class DownloadSlots {
-  private readonly open = new Map<UserId, number>()
+  private readonly open = new HeldCounts<UserId>()
 
   constructor(private readonly perUser: number) {}
 
   /** Takes one of `user`'s slots: a release function to call once (more calls do nothing), or undefined when none is free. */
   take(user: UserId): (() => void) | undefined {
-    const held = this.open.get(user) ?? 0
-    if (held >= this.perUser) return undefined
-    this.open.set(user, held + 1)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      const left = (this.open.get(user) ?? 1) - 1
-      if (left > 0) this.open.set(user, left)
-      else this.open.delete(user)
-    }
+    return this.open.count(user) >= this.perUser ? undefined : this.open.hold(user)
   }
 }
 

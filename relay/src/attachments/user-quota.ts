@@ -1,4 +1,5 @@
 import type { UserId } from "@parley/shared"
+import { HeldCounts } from "../held-counts.js"
 import { RateLimiter } from "../rate-limit.js"
 
 /** Per-user upload limits, counted over every connection and request of the user on this relay. */
@@ -26,7 +27,7 @@ export interface UploadQuotaOptions {
  * is in flight: what a user who uploaded once holds is freed when they leave.
  */
 export class UploadQuota {
-  private readonly inFlight = new Map<UserId, number>()
+  private readonly inFlight = new HeldCounts<UserId>()
   private readonly rates = new Map<UserId, RateLimiter>()
   private readonly days = new Map<UserId, RateLimiter>()
   private readonly openings = new Map<UserId, RateLimiter>()
@@ -40,8 +41,7 @@ export class UploadQuota {
    * call once the chunk is done), or which limit the user is at, taking nothing.
    */
   take(user: UserId, bytes: number): (() => void) | "concurrent" | "rate" | "day" {
-    const busy = this.inFlight.get(user) ?? 0
-    if (busy >= this.options.concurrent) return "concurrent"
+    if (this.inFlight.count(user) >= this.options.concurrent) return "concurrent"
     const rate = bucket(this.rates, user, this.options.bytesPerMinute, 60, this.options.now)
     const day =
       this.options.bytesPerDay === undefined
@@ -55,16 +55,7 @@ export class UploadQuota {
     }
     rate.take(bytes)
     day?.take(bytes)
-    this.inFlight.set(user, busy + 1)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      const left = (this.inFlight.get(user) ?? 1) - 1
-      if (left > 0) this.inFlight.set(user, left)
-      else this.inFlight.delete(user)
-      this.forgetLater(user)
-    }
+    return this.inFlight.hold(user, () => this.forgetLater(user))
   }
 
   /** Takes one of the user's upload openings of this minute; false when they are used up. */
