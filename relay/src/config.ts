@@ -386,6 +386,18 @@ export const RELAY_FLAGS = {
     help: "latest messages a conversation's live document keeps when it seals older ones",
     default: HistoryDefaults.keepLive,
   }),
+  "history-segment-chars": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_SEGMENT_CHARS",
+    help: "characters of message records per sealed segment: a segment ends at this or at --history-segment-size, whichever comes first",
+    default: HistoryDefaults.segmentChars,
+  }),
+  "history-keep-live-chars": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_KEEP_LIVE_CHARS",
+    help: "characters of the latest message records a live document keeps when it seals older ones",
+    default: HistoryDefaults.keepLiveChars,
+  }),
   "history-epoch-client-ids": flag({
     kind: "integer",
     env: "PARLEY_HISTORY_EPOCH_CLIENT_IDS",
@@ -1028,6 +1040,8 @@ export function parseConfig(
         ? {
             segmentSize: v["history-segment-size"],
             keepLive: Math.max(1, v["history-keep-live"]),
+            segmentChars: Math.max(1, v["history-segment-chars"]),
+            keepLiveChars: Math.max(0, v["history-keep-live-chars"]),
             epochClientIds: Math.max(2, v["history-epoch-client-ids"]),
             keepSummaries: Math.max(1, v["history-keep-summaries"]),
             foldSize: Math.max(0, v["history-fold-size"]),

@@ -133,6 +133,38 @@ describe("sealed history", () => {
     expect(await relay.core.read(id, (doc) => sealedThrough(doc))).toBeGreaterThanOrEqual(60)
   })
 
+  it("seals long messages by their characters: 100 messages at the body's limit leave a live document under 1 MB", async () => {
+    // The default bounds: 500 per segment and 250 kept, or 256 Ki characters each.
+    const relay = await relayWith(new MemoryBackend(), 500, 250)
+    const id = await conversationWith(relay, 0)
+    const body = (i: number) => `long ${i} `.padEnd(16_000, "x")
+    for (let i = 0; i < 100; i++) {
+      const author = i % 2 === 0 ? alice : bob
+      await relay.core.write(id, { kind: "user", user: author }, (doc) => sendMessage(doc, author, { body: body(i) }))
+    }
+    const size = () => relay.core.read(id, (doc) => Y.encodeStateAsUpdate(doc).length)
+    const deadline = Date.now() + 10_000
+    while ((await size()) >= 1_000_000 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    // 1.6 million characters written; what stays live is at most keep + one segment's worth (512 Ki).
+    expect(await size()).toBeLessThan(1_000_000)
+    const c = await connect(relay, id, bob)
+    const live = listMessages(c.doc, { last: 1_000 })
+    expect(live.at(-1)!.body).toBe(body(99))
+    // Every earlier message is in a segment the member can page back to.
+    const segments = sealedSegments(c.doc)
+    expect(segments[0]!.from).toBe(1)
+    expect(segments.at(-1)!.to + live.length).toBe(100)
+    let found = 0
+    for (const summary of segments) {
+      const segment = segmentOf(await requestSegment(c, summary.index))
+      expect(segment.entries.map((e) => (e.record as { body: string }).body)).toEqual(
+        Array.from({ length: summary.to - summary.from + 1 }, (_, i) => body(summary.from - 1 + i)),
+      )
+      found += segment.entries.length
+    }
+    expect(found + live.length).toBe(100)
+  })
+
   it("stores the seals one change makes due as one change, each message sealed once and only once", async () => {
     const backend = new MemoryBackend()
     let id = "" as ConversationId

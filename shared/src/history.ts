@@ -37,6 +37,16 @@ export const HistoryDefaults = {
   segmentSize: 500,
   /** Sequenced messages the live document keeps after sealing (the latest). */
   keepLive: 250,
+  /**
+   * Characters of message records per segment (`recordChars`): a
+   * segment ends at `segmentSize` messages or at this many characters,
+   * whichever comes first, so that long messages are sealed in fewer per
+   * segment rather than kept live (750 messages of 16,000 characters made a
+   * live document of 12 MB before).
+   */
+  segmentChars: 256 * 1024,
+  /** Characters of message records the live document keeps after sealing (the latest). */
+  keepLiveChars: 256 * 1024,
   /** Client ids in the live document beyond which the relay starts a fresh epoch when it seals. */
   epochClientIds: 32,
   /** Segment summaries the live document keeps after folding older ones into a directory page. */

@@ -9,6 +9,7 @@ import {
   isDeletedRecord,
   type MessageRecord,
   parseReactionKey,
+  recordChars,
 } from "./schema.js"
 import { addedItems, contentOf, deletedItems, inListOrder } from "./transaction-changes.js"
 
@@ -60,6 +61,8 @@ export class MessageIndex {
   readonly prioritized = new Set<MessageId>()
   /** Ids with a record but no sequence number, in the order this replica saw them. */
   private readonly pending = new Set<MessageId>()
+  /** {@link recordChars} of every element of the `messages` array (copies of an id each). */
+  private stored = 0
   /** Cache of {@link order}, dropped when the sequenced or pending ids change. */
   private canonical: readonly MessageId[] | undefined
   private version = 0
@@ -174,6 +177,21 @@ export class MessageIndex {
     return [...this.pending]
   }
 
+  /**
+   * Characters ({@link recordChars}) of the sequenced records the `messages`
+   * array holds: what sealing can move out of the live document. Kept as each
+   * element is added or removed, less the few pending messages', so that
+   * asking after every change is cheap.
+   */
+  sequencedChars(): number {
+    let pending = 0
+    for (const id of this.pending) {
+      const record = this.records.get(id) ?? this.deleted.get(id)
+      if (record) pending += recordChars(record)
+    }
+    return Math.max(0, this.stored - pending)
+  }
+
   private touch() {
     this.version++
   }
@@ -181,6 +199,7 @@ export class MessageIndex {
   private addStored(value: unknown) {
     const record = decodeStoredRecord(value)
     if (!record || typeof record.id !== "string") return
+    this.stored += recordChars(record)
     const id = record.id
     const live = this.records.get(id)
     const placeholder = this.deleted.get(id)
@@ -206,6 +225,7 @@ export class MessageIndex {
   private removeStored(value: unknown) {
     const record = decodeStoredRecord(value)
     if (!record || typeof record.id !== "string") return
+    this.stored -= recordChars(record)
     const id = record.id
     const list = this.copies.get(id)
     if (list) {

@@ -412,6 +412,25 @@ export const isDeletedRecord = (
   record: MessageRecord | DeletedMessageRecord,
 ): record is DeletedMessageRecord => "deletedAt" in record
 
+/** What {@link recordChars} counts for a record's id, author, times and field names. */
+const RECORD_OVERHEAD_CHARS = 64
+
+/**
+ * How large a message record is, in characters (UTF-16 code units, as
+ * `String.length` counts; up to three bytes each once encoded): its body, its
+ * attachments and metadata as JSON, and a fixed part for the rest. An
+ * estimate for bounding what the live document holds (see
+ * `HistoryDefaults.segmentChars`), cheap enough to keep per message: the
+ * body's length is read, the rarer fields are serialized.
+ */
+export function recordChars(record: MessageRecord | DeletedMessageRecord): number {
+  if (isDeletedRecord(record)) return RECORD_OVERHEAD_CHARS
+  let chars = RECORD_OVERHEAD_CHARS + (typeof record.body === "string" ? record.body.length : 0)
+  if (record.attachments !== undefined || record.metadata !== undefined)
+    chars += JSON.stringify([record.attachments, record.metadata]).length
+  return chars
+}
+
 /**
  * A message record as stored in the `messages` array. Every message in a
  * conversation pays for its field names, and Yjs stores them verbatim, so

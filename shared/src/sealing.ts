@@ -27,6 +27,7 @@ import {
   isDeletedRecord,
   Limits,
   type MessageRecord,
+  recordChars,
   storedRecordId,
 } from "./schema.js"
 
@@ -36,6 +37,10 @@ export interface SealingOptions {
   readonly segmentSize: number
   /** Sequenced messages the live document keeps after sealing. */
   readonly keepLive: number
+  /** Characters of records per segment (default `HistoryDefaults.segmentChars`): a segment ends at whichever bound comes first. */
+  readonly segmentChars?: number
+  /** Characters of records the live document keeps after sealing (default `HistoryDefaults.keepLiveChars`). */
+  readonly keepLiveChars?: number
   /** Client ids in the live document beyond which sealing also starts a fresh epoch (see `startEpoch`). */
   readonly epochClientIds: number
   /** Segment summaries the live document keeps after a fold (default `HistoryDefaults.keepSummaries`). */
@@ -67,19 +72,35 @@ export interface SealPlan {
   readonly fold?: FoldPlan
 }
 
-/**
- * Whether `doc`'s live document holds enough sequenced messages for a seal
- * ({@link planSeal} would plan one, unless a missing placeholder holds it
- * back): cheap, without building the segment.
- */
-export function sealDue(doc: Y.Doc, options: SealingOptions): boolean {
-  return messageIndex(doc).countSequencedAfter(sealedThrough(doc)) >= options.keepLive + options.segmentSize
+/** The character bounds of `options`, defaults filled in. */
+const charBounds = (options: SealingOptions) => ({
+  segment: Math.max(1, options.segmentChars ?? HistoryDefaults.segmentChars),
+  keep: Math.max(0, options.keepLiveChars ?? HistoryDefaults.keepLiveChars),
+})
+
+/** Whether `count` sequenced messages of `chars` characters in all are more than the live document keeps. */
+function overBounds(options: SealingOptions, count: number, chars: number): boolean {
+  if (count >= options.keepLive + options.segmentSize) return true
+  const bounds = charBounds(options)
+  return count > 0 && chars >= bounds.keep + bounds.segment
 }
 
 /**
- * The next segment to seal from `doc`, or undefined when the live document
- * holds fewer than `keepLive + segmentSize` sequenced messages. Oldest
- * messages first, at most `segmentSize` of them: a segment that ends inside
+ * Whether `doc`'s live document holds enough sequenced messages for a seal
+ * ({@link planSeal} would plan one, unless a missing placeholder holds it
+ * back): `keepLive + segmentSize` messages, or `keepLiveChars +
+ * segmentChars` characters of them. Cheap, without building the segment.
+ */
+export function sealDue(doc: Y.Doc, options: SealingOptions): boolean {
+  const index = messageIndex(doc)
+  return overBounds(options, index.countSequencedAfter(sealedThrough(doc)), index.sequencedChars())
+}
+
+/**
+ * The next segment to seal from `doc`, or undefined when no seal is due (see
+ * {@link sealDue}). Oldest messages first, at most `segmentSize` of them and
+ * no more than the first to reach `segmentChars` characters (a message larger
+ * than that is a segment alone): a segment that ends inside
  * an `order` record (one device's backlog of thousands, numbered at once)
  * takes that record's first numbers, and the record is replaced by one of
  * the rest ({@link SealPlan.rest}: the same numbers for the same messages, so
@@ -137,12 +158,15 @@ export function planSeals(
   const liveSummaries = sealedSegments(doc).length
   const foldSize = options.foldSize ?? HistoryDefaults.foldSize
   const keepSummaries = options.keepSummaries ?? HistoryDefaults.keepSummaries
+  const segmentChars = charBounds(options).segment
+  // Characters of the sequenced records the plans so far leave live.
+  let liveChars = index.sequencedChars()
   // Ids the plans before this one seal: once applied, the index no longer numbers them.
   const sealed = new Set<MessageId>()
   while (plans.length < max) {
     // What `sealDue` says of the document the plans so far leave: they remove numbers up to `through` only.
     if (plans.length > 0) {
-      if (index.countSequencedAfter(through) < options.keepLive + options.segmentSize) break
+      if (!overBounds(options, index.countSequencedAfter(through), liveChars)) break
       // A fold is planned on the live document's summaries: left to the next call.
       if (foldSize >= 1 && liveSummaries + plans.length + 1 >= keepSummaries + foldSize) break
     }
@@ -151,17 +175,22 @@ export function planSeals(
     const ids = new Set<MessageId>()
     let to = through
     let rest: PlannedRecord | undefined
+    let chars = 0
+    // Whether a segment of `count` entries and `size` characters takes no more.
+    const full = (count: number, size: number) =>
+      count >= options.segmentSize || (count > 0 && size >= segmentChars)
     for (const record of records) {
-      if (entries.length >= options.segmentSize) break
+      if (full(entries.length, chars)) break
       // A message whose record (or placeholder) this replica does not hold right now — a deletion
       // whose placeholder has not arrived — is not sealed yet, nor anything after it: its number
       // must not be dropped with its sequence record.
       const taken: SealedEntry[] = []
+      let takenChars = 0
       let complete = true
       // How many of the record's numbers the segment takes: all, or up to the segment's size.
       let cut = record.ids.length
       for (let i = 0; i < record.ids.length; i++) {
-        if (entries.length + taken.length >= options.segmentSize) {
+        if (full(entries.length + taken.length, chars + takenChars)) {
           cut = i
           break
         }
@@ -170,8 +199,10 @@ export function planSeals(
         // A message numbered twice counts under its lowest number only.
         if (index.seqOf.get(id) !== seq || ids.has(id) || sealed.has(id)) continue
         const entry = index.deleted.get(id) ?? index.records.get(id)
-        if (entry) taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
-        else {
+        if (entry) {
+          taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
+          takenChars += recordChars(entry)
+        } else {
           complete = false
           break
         }
@@ -183,6 +214,7 @@ export function planSeals(
         ids.add(entry.record.id)
         entries.push(entry)
       }
+      chars += takenChars
       if (cut < record.ids.length) {
         rest = { position: record.position, from: record.from + cut, ids: record.ids.slice(cut) }
         break
@@ -217,6 +249,7 @@ export function planSeals(
     }
     for (const id of ids) sealed.add(id)
     through = to
+    liveChars -= chars
     nextIndex++
   }
   return plans

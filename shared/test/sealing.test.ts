@@ -20,8 +20,10 @@ import {
   nextFromDocument,
   planSeal,
   planSeals,
+  recordChars,
   SEGMENT_FORMAT,
   type SealingOptions,
+  sealDue,
   sealedHistory,
   sealedThrough,
   sendMessage,
@@ -33,6 +35,8 @@ import { MessageIndex } from "../src/message-index.js"
 import { alice, bob, carol, groupDoc } from "./helpers.js"
 
 const SEALING = { segmentSize: 500, keepLive: 250, epochClientIds: 1000 }
+/** {@link SEALING} with character bounds no conversation of these tests reaches. */
+const SEALING_COUNT_ONLY = { ...SEALING, segmentChars: 1e12, keepLiveChars: 0 }
 
 /** What the index answers, in a form two indexes can be compared by. */
 function answers(doc: Y.Doc, index = messageIndex(doc)) {
@@ -127,6 +131,50 @@ describe("sealing a large run of messages", () => {
     expect(live).toBeLessThan(SEALING.keepLive + SEALING.segmentSize)
     // The messages still live keep the numbers they were given.
     for (const id of index.sequencedAfter(segments.at(-1)!.to)) expect(index.seqOf.get(id)).toBe(seqs.get(id))
+  })
+
+  it("seals long messages by their characters: the live document stays small whatever each message holds", () => {
+    const doc = groupDoc()
+    const users = [alice, bob, carol]
+    const sealing: SealingOptions = { ...SEALING, segmentChars: 100_000, keepLiveChars: 50_000 }
+    const body = (i: number) => `${i} `.padEnd(16_000, "x")
+    // 40 messages at the body's limit: 640,000 characters, far fewer than 250 + 500 messages.
+    for (let i = 0; i < 40; i++) {
+      sendMessage(doc, users[i % 3]!, { body: body(i), ...(i % 7 === 0 ? { metadata: { n: i } } : {}) })
+      assignSequenceNumbers(doc, nextFromDocument(doc))
+    }
+    expect(sealDue(doc, SEALING_COUNT_ONLY)).toBe(false)
+    expect(sealDue(doc, sealing)).toBe(true)
+    const segments: number[] = []
+    for (let plan = planSeal(doc, "g~test" as ConversationId, sealing); plan; ) {
+      const chars = plan.segment.entries.reduce((n, e) => n + recordChars(e.record), 0)
+      // Each segment ends at the first message that reaches its characters.
+      expect(chars).toBeGreaterThanOrEqual(sealing.segmentChars!)
+      expect(chars - recordChars(plan.segment.entries.at(-1)!.record)).toBeLessThan(sealing.segmentChars!)
+      segments.push(plan.segment.entries.length)
+      applySeal(doc, plan, null)
+      expect(answers(doc)).toEqual(answers(doc, new MessageIndex(doc)))
+      plan = planSeal(doc, "g~test" as ConversationId, sealing)
+    }
+    expect(sealDue(doc, sealing)).toBe(false)
+    const live = listMessages(doc, { last: 100 })
+    const liveChars = messageIndex(doc).sequencedChars()
+    expect(liveChars).toBe(live.reduce((n, m) => n + recordChars(messageIndex(doc).records.get(m.id)!), 0))
+    // Kept: at least keepLiveChars, less than keepLiveChars + segmentChars; the latest messages.
+    expect(liveChars).toBeGreaterThanOrEqual(sealing.keepLiveChars!)
+    expect(liveChars).toBeLessThan(sealing.keepLiveChars! + sealing.segmentChars!)
+    expect(live.at(-1)!.body).toBe(body(39))
+    expect(segments.reduce((a, b) => a + b, 0) + live.length).toBe(40)
+    expect(Y.encodeStateAsUpdate(doc).length).toBeLessThan(300_000)
+    // Planned together, the same segments as one after another.
+    const again = groupDoc()
+    for (let i = 0; i < 40; i++) {
+      sendMessage(again, users[i % 3]!, { body: body(i), ...(i % 7 === 0 ? { metadata: { n: i } } : {}) })
+      assignSequenceNumbers(again, nextFromDocument(again))
+    }
+    expect(planSeals(again, "g~test" as ConversationId, sealing, 10).map((p) => p.segment.entries.length)).toEqual(
+      segments,
+    )
   })
 
   it("seals several segments planned together in one transaction as one seal after another would", () => {
