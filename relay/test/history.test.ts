@@ -140,7 +140,9 @@ describe("sealed history", () => {
     const body = (i: number) => `long ${i} `.padEnd(16_000, "x")
     for (let i = 0; i < 100; i++) {
       const author = i % 2 === 0 ? alice : bob
-      await relay.core.write(id, { kind: "user", user: author }, (doc) => sendMessage(doc, author, { body: body(i) }))
+      await relay.core.write(id, { kind: "user", user: author }, (doc) =>
+        sendMessage(doc, author, { body: body(i) }),
+      )
     }
     const size = () => relay.core.read(id, (doc) => Y.encodeStateAsUpdate(doc).length)
     const deadline = Date.now() + 10_000

@@ -172,9 +172,9 @@ describe("sealing a large run of messages", () => {
       sendMessage(again, users[i % 3]!, { body: body(i), ...(i % 7 === 0 ? { metadata: { n: i } } : {}) })
       assignSequenceNumbers(again, nextFromDocument(again))
     }
-    expect(planSeals(again, "g~test" as ConversationId, sealing, 10).map((p) => p.segment.entries.length)).toEqual(
-      segments,
-    )
+    expect(
+      planSeals(again, "g~test" as ConversationId, sealing, 10).map((p) => p.segment.entries.length),
+    ).toEqual(segments)
   })
 
   it("seals several segments planned together in one transaction as one seal after another would", () => {
