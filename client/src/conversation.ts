@@ -313,7 +313,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.operations.deleteMessage(id)
   }
 
-  /** Adds the user's reaction. */
+  /** Adds the user's reaction; throws `FORBIDDEN` (rule `reaction-limit`) for a 21st different emoji on the message or the user's 10,001st reaction in the conversation. */
   react(id: MessageId | string, emoji: string): void {
     this.operations.react(id, emoji)
   }

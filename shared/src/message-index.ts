@@ -37,6 +37,8 @@ export class MessageIndex {
   readonly seqOf = new Map<MessageId, number>()
   /** Reactions per message: emoji → users. */
   readonly reactions = new Map<MessageId, Map<string, Set<UserId>>>()
+  /** Reactions per user (for `Limits.reactionsPerUser`). */
+  private readonly reactionsBy = new Map<UserId, number>()
   /** Sequenced message ids sorted by sequence number. */
   private readonly sequenced: MessageId[] = []
   /**
@@ -170,6 +172,11 @@ export class MessageIndex {
   lastSequence(): number {
     const last = this.sequenced[this.sequenced.length - 1]
     return last === undefined ? 0 : this.seqOf.get(last)!
+  }
+
+  /** How many reactions `user` holds in the conversation, on live and sealed messages. */
+  reactionsOf(user: UserId): number {
+    return this.reactionsBy.get(user) ?? 0
   }
 
   /** Ids present in the document but without a sequence number. */
@@ -413,15 +420,21 @@ export class MessageIndex {
     const parsed = parseReactionKey(key)
     if (!parsed) return
     const byEmoji = map.setIfUndefined(this.reactions, parsed.message, () => new Map<string, Set<UserId>>())
-    map.setIfUndefined(byEmoji, parsed.emoji, () => new Set<UserId>()).add(parsed.user)
+    const users = map.setIfUndefined(byEmoji, parsed.emoji, () => new Set<UserId>())
+    if (users.has(parsed.user)) return
+    users.add(parsed.user)
+    this.reactionsBy.set(parsed.user, this.reactionsOf(parsed.user) + 1)
   }
 
   private removeReaction(key: string) {
     const parsed = parseReactionKey(key)
     const byEmoji = parsed && this.reactions.get(parsed.message)
     const users = parsed && byEmoji?.get(parsed.emoji)
-    if (!parsed || !byEmoji || !users) return
+    if (!parsed || !byEmoji || !users?.has(parsed.user)) return
     users.delete(parsed.user)
+    const left = this.reactionsOf(parsed.user) - 1
+    if (left > 0) this.reactionsBy.set(parsed.user, left)
+    else this.reactionsBy.delete(parsed.user)
     if (users.size === 0) byEmoji.delete(parsed.emoji)
     if (byEmoji.size === 0) this.reactions.delete(parsed.message)
   }

@@ -16,6 +16,7 @@ import { messageIndex } from "./message-index.js"
 import { getConversation, getMessage, type MessageView, markersOf, roleOf } from "./reads.js"
 import {
   canAddParticipant,
+  canAddReaction,
   canChangeRole,
   canCreateWithId,
   canDeleteMessage,
@@ -403,6 +404,10 @@ export function react(
   assertAllowed(canReact(actor, writerRole(doc, actor), actor))
   const key = reactionKey(id, actor, emoji)
   if (typesOf(doc).reactions.has(key)) return
+  const index = messageIndex(doc)
+  const shown = index.reactions.get(id)
+  const present = shown?.has(emoji) === true
+  assertAllowed(canAddReaction(present, (shown?.size ?? 0) + (present ? 0 : 1), index.reactionsOf(actor) + 1))
   doc.transact(() => typesOf(doc).reactions.set(key, options.now ?? Date.now()), options.origin)
 }
 

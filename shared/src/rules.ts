@@ -1,5 +1,5 @@
 import { DIRECT_PREFIX, directDistinctKey, directUsersOf, type UserId } from "./ids.js"
-import type { ConversationKind, Role } from "./schema.js"
+import { type ConversationKind, Limits, type Role } from "./schema.js"
 
 /**
  * Who may do what, as pure functions over plain values. The SDK calls them to
@@ -77,6 +77,14 @@ export const Rule = {
    * (An id the live document holds is refused as `immutable`.)
    */
   messageIdTaken: "message-id-taken",
+  /**
+   * Reactions are bounded: at most `Limits.reactionEmojiPerMessage` different
+   * emoji on one message, and at most `Limits.reactionsPerUser` reactions of
+   * one user in one conversation. Reactions of sealed messages stay in the
+   * live document (every joiner downloads them), so without a bound one
+   * member could grow it by any amount.
+   */
+  reactionLimit: "reaction-limit",
 } as const
 /** Name of a rule. */
 export type Rule = (typeof Rule)[keyof typeof Rule]
@@ -175,6 +183,27 @@ export function canDeleteMessage(actor: UserId, actorRole: Role | undefined, aut
 export function canReact(actor: UserId, actorRole: Role | undefined, user: UserId): Decision {
   if (!actorRole) return canWrite(actorRole)
   return user === actor ? ALLOW : deny(Rule.selfOnly, "reactions are only set as oneself")
+}
+
+/**
+ * May a user add a reaction with an emoji a message shows `present` (true)
+ * or not yet (false), when the message would then show `emoji` different
+ * emoji and the user would then hold `reactions` reactions in the
+ * conversation? (Rule `reaction-limit`; a reaction already there is no
+ * addition.)
+ */
+export function canAddReaction(present: boolean, emoji: number, reactions: number): Decision {
+  if (!present && emoji > Limits.reactionEmojiPerMessage)
+    return deny(
+      Rule.reactionLimit,
+      `a message shows at most ${Limits.reactionEmojiPerMessage} different emoji`,
+    )
+  if (reactions > Limits.reactionsPerUser)
+    return deny(
+      Rule.reactionLimit,
+      `a user adds at most ${Limits.reactionsPerUser} reactions to a conversation`,
+    )
+  return ALLOW
 }
 
 /** May `actor` move `user`'s marker from `from` to `to`? */

@@ -375,6 +375,10 @@ export const Limits = {
   attachmentDescriptionLength: 1_000,
   objectReferenceLength: 128,
   emojiLength: 32,
+  /** Different emoji one message shows (reactions of any number of users with each). */
+  reactionEmojiPerMessage: 20,
+  /** Reactions one user holds in one conversation, on live and sealed messages. */
+  reactionsPerUser: 10_000,
   participants: 1_000,
   /**
    * Sealed sticky messages the live document keeps a copy of (`pins`): past

@@ -2,6 +2,7 @@ import {
   type ConversationId,
   type ConversationKind,
   canAddParticipant,
+  canAddReaction,
   canChangeRole,
   canCreateWithId,
   canDeleteMessage,
@@ -686,6 +687,53 @@ class UpdateCheck {
         if (!this.liveMessage(message))
           refuse(Rule.immutable, `message ${message} does not exist or is deleted`)
       }
+    }
+    if (!this.isRelay) this.checkReactionCounts(changes)
+  }
+
+  /**
+   * The bounds of rule `reaction-limit` on what the document holds once the
+   * update is applied: different emoji per message (only where the update
+   * adds one a message did not show) and the actor's reactions in all.
+   * Reactions are set as oneself only (checked above), so the actor's are the
+   * only ones an update adds.
+   */
+  private checkReactionCounts(changes: readonly KeyChange[]): void {
+    const index = messageIndex(this.doc)
+    // Per message: emoji → users, as the update leaves them (copied only for messages it adds to).
+    const shown = new Map<MessageId, Map<string, Set<string>>>()
+    const emojiOf = (message: MessageId) => {
+      let byEmoji = shown.get(message)
+      if (!byEmoji) {
+        byEmoji = new Map([...(index.reactions.get(message) ?? [])].map(([e, users]) => [e, new Set(users)]))
+        shown.set(message, byEmoji)
+      }
+      return byEmoji
+    }
+    let added = 0
+    let removed = 0
+    const additions: { message: MessageId; emoji: string }[] = []
+    for (const change of changes) {
+      const parsed = parseReactionKey(change.key)!
+      // Added when it was absent and the update writes it; removed when every value it leaves is absent.
+      if (change.before === ABSENT && change.after.some((v) => v !== ABSENT)) {
+        added++
+        additions.push(parsed)
+      } else if (change.before !== ABSENT && change.after.every((v) => v === ABSENT)) {
+        if (parsed.user === this.actor) removed++
+        const users = emojiOf(parsed.message).get(parsed.emoji)
+        users?.delete(parsed.user)
+        if (users?.size === 0) emojiOf(parsed.message).delete(parsed.emoji)
+      }
+    }
+    if (added === 0) return
+    const reactions = index.reactionsOf(this.actor!) + added - removed
+    for (const { message, emoji } of additions) {
+      const byEmoji = emojiOf(message)
+      const present = index.reactions.get(message)?.has(emoji) === true
+      if (!byEmoji.has(emoji)) byEmoji.set(emoji, new Set())
+      byEmoji.get(emoji)!.add(this.actor!)
+      assert(canAddReaction(present, byEmoji.size, reactions))
     }
   }
 

@@ -7,6 +7,7 @@ import {
   directConversationId,
   editMessage,
   encodeStoredRecord,
+  Limits,
   leaveConversation,
   type MessageId,
   MetaKey,
@@ -352,6 +353,80 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
       typesOf(d).reactions.delete(reactionKey(s.messages.alice!, dave, "👍")),
     )
     expectRefused(s, carol, removal, Rule.selfOnly)
+  })
+
+  it("refuses a 21st emoji on one message and a user's reactions beyond the conversation's bound", () => {
+    const s = scene()
+    const message = s.messages.alice!
+    const emoji = (i: number) => `e${i}`
+    // Twenty different emoji from two users: accepted; removing one and adding another at once as well.
+    expectAccepted(
+      s,
+      dave,
+      updateOf(replicaOf(s.relay), (d) => {
+        for (let i = 0; i < 12; i++) typesOf(d).reactions.set(reactionKey(message, dave, emoji(i)), 5)
+      }),
+    )
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replicaOf(s.relay), (d) => {
+        for (let i = 8; i < 20; i++) typesOf(d).reactions.set(reactionKey(message, carol, emoji(i)), 5)
+      }),
+    )
+    // A forged 21st, written past the SDK: refused; one already shown is still anyone's to add.
+    const extra = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).reactions.set(reactionKey(message, carol, emoji(20)), 5),
+    )
+    expectRefused(s, carol, extra, Rule.reactionLimit)
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replicaOf(s.relay), (d) => typesOf(d).reactions.set(reactionKey(message, carol, emoji(0)), 5)),
+    )
+    // Dave takes his only e1 away and adds e20 in one update: still twenty shown.
+    expectAccepted(
+      s,
+      dave,
+      updateOf(replicaOf(s.relay), (d) => {
+        typesOf(d).reactions.delete(reactionKey(message, dave, emoji(1)))
+        typesOf(d).reactions.set(reactionKey(message, dave, emoji(20)), 5)
+      }),
+    )
+    expect(() => react(replicaOf(s.relay), carol, message, emoji(21))).toThrow(
+      expect.objectContaining({ code: "FORBIDDEN", rule: Rule.reactionLimit }),
+    )
+  })
+
+  it("refuses a user's reactions beyond Limits.reactionsPerUser in a conversation, wherever they are", () => {
+    const s = scene()
+    // Enough messages for the bound at 20 emoji each (written into the relay's state as in `scene`).
+    const needed = Math.ceil(Limits.reactionsPerUser / Limits.reactionEmojiPerMessage)
+    const ids: MessageId[] = []
+    for (let i = 0; i < needed + 1; i++) ids.push(sendMessage(s.relay, alice, { body: `m${i}` }).id)
+    const all = updateOf(replicaOf(s.relay), (d) => {
+      for (const id of ids.slice(0, needed))
+        for (let e = 0; e < Limits.reactionEmojiPerMessage; e++)
+          typesOf(d).reactions.set(reactionKey(id, dave, `e${e}`), 5)
+    })
+    expectAccepted(s, dave, all)
+    const one = (id: MessageId, e: string) =>
+      updateOf(replicaOf(s.relay), (d) => typesOf(d).reactions.set(reactionKey(id, dave, e), 5))
+    expectRefused(s, dave, one(ids[needed]!, "👍"), Rule.reactionLimit)
+    // Carol is not held back by dave's count; dave is again once he removes one.
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replicaOf(s.relay), (d) =>
+        typesOf(d).reactions.set(reactionKey(ids[needed]!, carol, "👍"), 5),
+      ),
+    )
+    expectAccepted(
+      s,
+      dave,
+      updateOf(replicaOf(s.relay), (d) => typesOf(d).reactions.delete(reactionKey(ids[0]!, dave, "e0"))),
+    )
+    expectAccepted(s, dave, one(ids[needed]!, "👍"))
   })
 
   it("refuses a message re-using an existing id", () => {
