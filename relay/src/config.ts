@@ -368,6 +368,12 @@ export const RELAY_FLAGS = {
     help: "...or this many log bytes",
     default: CORE.compactAfterBytes,
   }),
+  "epoch-garbage-bytes": flag({
+    kind: "integer",
+    env: "PARLEY_EPOCH_GARBAGE_BYTES",
+    help: "a conversation whose snapshot is larger than this and more than twice its values rewritten starts a fresh epoch (drops what Yjs keeps of removed values); 0 = never",
+    default: CORE.epochGarbageBytes,
+  }),
   "purge-delay-ms": flag({
     kind: "integer",
     env: "PARLEY_PURGE_DELAY_MS",
@@ -1107,6 +1113,7 @@ export function parseConfig(
       requestHeadersTimeoutMs: Math.max(1, v["request-headers-timeout-ms"]),
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],
+      epochGarbageBytes: Math.max(0, v["epoch-garbage-bytes"]),
       purgeDelayMs: v["purge-delay-ms"],
       maxUpdateStructs: v["max-update-structs"],
       maxUpdateValues: v["max-update-values"],

@@ -48,6 +48,12 @@ export class RelayMetrics {
     help: "Snapshots written",
     registers: [this.registry],
   })
+  readonly epochs = new client.Counter({
+    name: "parley_epochs_total",
+    help: "Fresh epochs of live documents started, by reason (too many client ids, mostly removed values)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  })
   readonly tokens = new client.Counter({
     name: "parley_token_events_total",
     help: "Connections closed at their token's expiry, and token refreshes accepted or refused",

@@ -85,6 +85,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   maxUpdateBytes: 1024 * 1024,
   compactAfterUpdates: 500,
   compactAfterBytes: 8 * 1024 * 1024,
+  epochGarbageBytes: 1024 * 1024,
   purgeDelayMs: 100,
   ...DEFAULT_AWARENESS_LIMITS,
   ...DEFAULT_UPDATE_COST_LIMITS,

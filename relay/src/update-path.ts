@@ -54,6 +54,12 @@ export interface PathLimits extends UpdateCostLimits {
   readonly compactAfterUpdates: number
   /** ...or once they hold this many bytes. */
   readonly compactAfterBytes: number
+  /**
+   * A document whose snapshot is larger than this and more than twice what a
+   * fresh epoch of it would be is rewritten as one (see {@link garbageEpochDue});
+   * 0 = never.
+   */
+  readonly epochGarbageBytes: number
   /** How long a message deletion's purge waits for the document's next deletions to share it (see {@link schedulePurge}). */
   readonly purgeDelayMs: number
 }
@@ -513,12 +519,41 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
     schedulePurge(ctx, host, deletedMessages)
   if (ctx.history && host.name.kind === "conversation") {
     await seal(ctx, ctx.history, host)
-    if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds) await startNewEpoch(ctx, host)
+    if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds)
+      await startNewEpoch(ctx, host, "client-ids")
   }
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
+    if (garbageEpochDue(ctx, host)) await startNewEpoch(ctx, host, "garbage")
   }
+}
+
+/** Bytes of each document's latest snapshot, and of its values rewritten when last measured. */
+const snapshotSizes = new WeakMap<DocumentHost, { snapshot: number; checkedAt?: number; values?: number }>()
+
+/**
+ * Whether the document's latest snapshot is mostly what Yjs keeps of removed
+ * values: larger than `epochGarbageBytes` and more than twice a fresh epoch
+ * of it. Every map key ever written stays in a Yjs document after its removal
+ * (about 70 bytes for a reaction added and removed, measured), so a member who
+ * adds and removes made-up reactions grows the live document every joiner
+ * downloads without holding any; a fresh epoch drops all of it. The fresh
+ * epoch is built to measure only once the snapshot has grown by half since
+ * the last measure, so that a large document of live values is not rewritten
+ * at every compaction.
+ */
+function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
+  const floor = ctx.limits.epochGarbageBytes
+  const sizes = snapshotSizes.get(host)
+  if (floor <= 0 || !ctx.restart || host.name.kind !== "conversation" || !sizes) return false
+  if (sizes.snapshot <= floor || (sizes.checkedAt !== undefined && sizes.snapshot < sizes.checkedAt * 1.5))
+    return false
+  const fresh = startEpoch(host.doc)
+  sizes.values = Y.encodeStateAsUpdate(fresh).length
+  sizes.checkedAt = sizes.snapshot
+  fresh.destroy()
+  return sizes.snapshot > 2 * sizes.values
 }
 
 /**
@@ -1011,8 +1046,14 @@ function sealAgainLater(ctx: PathContext, history: HistoryKeeper, host: Document
  * and once the hooks have every event of the log (the snapshot replaces it);
  * otherwise after a later change. Call inside the document's queue, last.
  */
-async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void> {
-  if (!ctx.restart || host.destroyed || host.hasUnsaved || sealedThrough(host.doc) === 0) return
+async function startNewEpoch(
+  ctx: PathContext,
+  host: DocumentHost,
+  reason: "client-ids" | "garbage",
+): Promise<void> {
+  if (!ctx.restart || host.destroyed || host.hasUnsaved) return
+  // For its client ids, only a document with sealed history: a short conversation's live document stays small.
+  if (reason === "client-ids" && sealedThrough(host.doc) === 0) return
   // The deletions waiting for their purge are purged by this host, which knows their segments.
   await purgeDue(ctx, host)
   // A fresh epoch folds the log: not before an owed purge is done (see owesPurge).
@@ -1021,9 +1062,15 @@ async function startNewEpoch(ctx: PathContext, host: DocumentHost): Promise<void
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
     const fresh = startEpoch(host.doc)
     const clientIds = host.doc.store.clients.size
-    await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(fresh), host.lastPosition)
+    const before = Y.encodeStateAsUpdate(host.doc).length
+    const encoded = Y.encodeStateAsUpdate(fresh)
+    await ctx.storage.compact(host.key, encoded, host.lastPosition)
     fresh.destroy()
-    ctx.restart(host, `started a fresh epoch of the live document (${clientIds} client ids → 1)`)
+    ctx.metrics.epochs.inc({ reason })
+    ctx.restart(
+      host,
+      `started a fresh epoch of the live document (${clientIds} client ids → 1, ${before} bytes → ${encoded.length})`,
+    )
   } catch (error) {
     // Storage still holds the old epoch (compaction is atomic): it stays loaded and in use.
     ctx.log.error({ err: error, doc: host.key }, "could not start a fresh epoch")
@@ -1048,8 +1095,10 @@ async function foldLog(ctx: PathContext, host: DocumentHost): Promise<boolean> {
   try {
     // The snapshot holds everything applied, so compact only once nothing newer waits for its events.
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return false
-    await ctx.storage.compact(host.key, Y.encodeStateAsUpdate(host.doc), host.lastPosition)
+    const snapshot = Y.encodeStateAsUpdate(host.doc)
+    await ctx.storage.compact(host.key, snapshot, host.lastPosition)
     host.compacted()
+    snapshotSizes.set(host, { ...snapshotSizes.get(host), snapshot: snapshot.length })
     ctx.metrics.compactions.inc()
     return true
   } catch (error) {

@@ -25,6 +25,7 @@ import {
   sendMessage,
   typesOf,
   type UserId,
+  unreact,
   unreadCount,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
@@ -478,6 +479,57 @@ describe("stock y-websocket clients and sealed history", () => {
 })
 
 describe("epochs of the live document", () => {
+  it("starts a fresh epoch when the stored document is mostly removed values: reactions added and removed leave nothing behind", async () => {
+    const relay = await startRelay({
+      backend: new MemoryBackend(),
+      port: 0,
+      warmUp: false,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      // Compacted every 5 changes; a fresh epoch once a snapshot passes 64 KiB and twice its values.
+      limits: { compactAfterUpdates: 5, epochGarbageBytes: 64 * 1024 },
+    })
+    relays.push(relay)
+    const id = await conversationWith(relay, 2)
+    const message = await relay.core.read(id, (doc) => listMessages(doc, { last: 1 })[0]!.id)
+    const c = await connect(relay, id, bob)
+    react(c.doc, bob, message, "👍")
+    await c.allSaved()
+    // Made-up emoji added and removed, 300 at a time: nothing held, 70 bytes each kept by Yjs.
+    let epochs = 0
+    for (let round = 0; round < 10; round++) {
+      const doc = c.closeEvent ? undefined : c.doc
+      if (!doc) break
+      doc.transact(() => {
+        for (let i = 0; i < 300; i++) {
+          const emoji = `r${round}-${i}-padding-padding`
+          react(doc, bob, message, emoji)
+          unreact(doc, bob, message, emoji)
+        }
+      })
+      await c.allSaved()
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 20))])
+      if (c.closeEvent) epochs++
+    }
+    // The connection was closed for the epoch (retryable) and the stored document is small again.
+    expect(epochs).toBe(1)
+    expect(c.closeEvent?.code).toBe(4503)
+    const after = await relay.core.read(id, (doc) => ({
+      size: Y.encodeStateAsUpdate(doc).length,
+      reactions: [...typesOf(doc).reactions.keys()],
+      messages: listMessages(doc, { last: 10 }).length,
+    }))
+    expect(after.size).toBeLessThan(16 * 1024)
+    expect(after.messages).toBe(2)
+    expect(after.reactions).toHaveLength(1)
+    expect(after.reactions[0]).toContain("👍")
+    // A member joining the new epoch sees the same conversation.
+    const joiner = await connect(relay, id, alice)
+    expect(listMessages(joiner.doc, { last: 10 }).map((m) => m.reactions)).toEqual(
+      listMessages(c.doc, { last: 10 }).map((m) => m.reactions),
+    )
+  })
+
   it("starts a fresh live document once it holds too many client ids: joiners get few, an old replica is told to rebuild", async () => {
     const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
     const id = await conversationWith(relay, 0)
