@@ -175,6 +175,52 @@ describe("sealed history in the SDK", () => {
       await epochRelay.stop()
     }
   })
+
+  it("a fresh epoch for removed values (made-up reactions added and removed) keeps every device's work, online and offline", async () => {
+    const garbageRelay = await startRelay({
+      args: ["--dev", "--compact-after-updates", "5", "--epoch-garbage-bytes", "65536"],
+    })
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const alice = await connectClient(garbageRelay, a)
+      const chat = await alice.createConversation({ participants: [b], title: "garbage" })
+      const first = chat.send("first")
+      await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+      const errors: string[] = []
+      chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
+      alice.disconnect()
+      const offline = chat.send("written offline")
+      chat.react(first.id, "🎉")
+      // Bob, online, adds and removes made-up reactions, 300 at a time (about 20 KB kept by Yjs, nothing
+      // held), until the relay starts a fresh epoch at a compaction; his device rejoins it.
+      const bob = await connectClient(garbageRelay, b)
+      const theirs = await bob.conversation(chat.id).ready()
+      theirs.react(first.id, "👍")
+      const epoch = () => typesOf(theirs.doc).meta.get("epoch")
+      for (let round = 0; round < 40 && epoch() === undefined; round++) {
+        theirs.doc.transact(() => {
+          for (let i = 0; i < 300; i++) {
+            theirs.react(first.id, `r${round}.${i}-padding`)
+            theirs.unreact(first.id, `r${round}.${i}-padding`)
+          }
+        })
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      await eventually(() => expect(typeof epoch()).toBe("number"), 10_000)
+      const after = theirs.send("after the epoch")
+      await eventually(() => expect(theirs.message(after.id)?.status).toBe("sent"))
+      alice.connect()
+      await eventually(() => {
+        expect(chat.message(offline.id)?.status).toBe("sent")
+        expect(chat.message(after.id)?.body).toBe("after the epoch")
+        expect(theirs.message(first.id)?.reactions).toEqual({ "👍": [b], "🎉": [a] })
+      })
+      expect(theirs.messages({ last: 10 }).filter((m) => m.body === "written offline")).toHaveLength(1)
+      expect(errors).toEqual([])
+    } finally {
+      await garbageRelay.stop()
+    }
+  })
 })
 
 /** Every segment this device cached (IndexedDB `parley:<user>:history`), as one latin1 string. */
