@@ -8,7 +8,7 @@
  * a device that never saw the conversation waits and downloads for the latest
  * 50 messages and for scrolling back 1,000. Prints figures; asserts nothing.
  *
- *   npm run bench:history [-- --sizes 1000,100000,1000000 --current-max 100000]
+ *   npm run bench:history [-- --sizes 1000,100000,1000000 --current-max 100000 --reactions 0.3 --edits 0.03]
  */
 import {
   assignSequenceNumbers,
@@ -16,6 +16,7 @@ import {
   createConversation,
   decodeSegment,
   EMPTY_STATE_VECTOR,
+  editMessage,
   encodeHistoryRequest,
   encodeSyncStep1,
   HistoryDefaults,
@@ -25,6 +26,7 @@ import {
   nextFromDocument,
   PARLEY_PARAM,
   PARLEY_PROTOCOL_VERSION,
+  react,
   readFrame,
   sealedSegments,
   sendMessage,
@@ -46,6 +48,12 @@ const arg = (name: string, fallback: string) => {
 const SIZES = arg("sizes", "1000,100000,1000000").split(",").map(Number)
 const CURRENT_MAX = Number(arg("current-max", "100000"))
 const PER_SESSION = 500
+// Overlays written while the messages are live: reactions per message (a fraction: 0.3 = three messages
+// in ten get one) and the share of messages their author edits. Both stay in the live document once
+// their message is sealed, which is what these show.
+const REACTIONS = Number(arg("reactions", "0"))
+const EDITS = Number(arg("edits", "0"))
+const EMOJI = ["👍", "❤️", "😂", "🎉", "👀"]
 const SEALING: SealingOptions = { ...HistoryDefaults }
 const users = Array.from({ length: 20 }, (_, i) => `user${i}` as UserId)
 const gc = (globalThis as { gc?: () => void }).gc
@@ -74,11 +82,13 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
     const sent: MessageId[] = []
     for (let i = 0; i < Math.min(PER_SESSION, n - s * PER_SESSION); i++) {
       const k = s * PER_SESSION + i
-      sent.push(
-        sendMessage(device, users[k % users.length]!, {
-          body: `Message ${k}: a typical short chat line of text.`,
-        }).id,
-      )
+      const author = users[k % users.length]!
+      const id = sendMessage(device, author, { body: `Message ${k}: a typical short chat line of text.` }).id
+      sent.push(id)
+      // Spread evenly by a multiplicative hash of the message's number, the same in every run.
+      if (((k * 7919) % 1000) / 1000 < REACTIONS)
+        react(device, users[(k + 3) % users.length]!, id, EMOJI[k % 5]!)
+      if (((k * 104729) % 1000) / 1000 < EDITS) editMessage(device, author, id, `Message ${k}, edited.`)
     }
     Y.applyUpdate(relay, Y.encodeStateAsUpdate(device, before))
     device.destroy()
@@ -264,7 +274,7 @@ const rows: string[][] = []
 const row = (...cells: string[]) => rows.push(cells)
 
 console.log(
-  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids.`,
+  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids; ${REACTIONS} reactions per message, ${EDITS * 100} % of messages edited (--reactions, --edits).`,
 )
 row(
   "messages",
