@@ -17,6 +17,7 @@ import {
   newMessageId,
   Rule,
   react,
+  reactionKey,
   sealedHistory,
   sealedSegments,
   sealedThrough,
@@ -246,6 +247,47 @@ describe("sealed history", () => {
     await a.allSaved()
     await b.until(() => getMessage(b.doc, first.id)?.deleted !== undefined)
     expect(getMessage(b.doc, first.id)).toMatchObject({ body: "", deleted: { by: alice } })
+  })
+
+  it("folds reactions and edits into the segment when it seals; a folded reaction is removed and added back over the wire", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 12)
+    const first = await relay.core.read(id, (doc) => listMessages(doc, { last: 12 }).map((m) => m.id))
+    // While live: bob reacts to the first three, alice edits her first.
+    await relay.core.write(id, { kind: "user", user: bob }, (doc) => {
+      for (const m of first.slice(0, 3)) react(doc, bob, m, "👍")
+    })
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      editMessage(doc, alice, first[0]!, "edited"),
+    )
+    // Enough messages after them to seal the first ten.
+    for (let i = 0; i < 8; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `later ${i}` }),
+      )
+    const a = await connect(relay, id, alice)
+    const b = await connect(relay, id, bob)
+    expect(sealedThrough(a.doc)).toBeGreaterThanOrEqual(10)
+    // The live document keeps none of the sealed messages' overlays; the segment holds them.
+    expect([...typesOf(a.doc).reactions.keys()]).toEqual([])
+    expect(typesOf(a.doc).edits.has(first[0]!)).toBe(false)
+    for (const c of [a, b]) sealedHistory(c.doc).add(segmentOf(await requestSegment(c, 0)))
+    expect(getMessage(a.doc, first[0]!)).toMatchObject({ body: "edited", reactions: { "👍": [bob] } })
+    expect(getMessage(a.doc, first[2]!)?.reactions).toEqual({ "👍": [bob] })
+
+    // Bob takes back a folded reaction: alice sees it gone; he adds it back: she sees it again.
+    unreact(b.doc, bob, first[1]!, "👍")
+    await b.allSaved()
+    await a.until(() => getMessage(a.doc, first[1]!)?.reactions["👍"] === undefined)
+    react(b.doc, bob, first[1]!, "👍")
+    await b.allSaved()
+    await a.until(() => getMessage(a.doc, first[1]!)?.reactions["👍"]?.length === 1)
+    expect(b.errors).toEqual([])
+
+    // A removal of a reaction that was never folded is refused.
+    typesOf(a.doc).reactions.set(reactionKey(first[3]!, alice, "🎉"), -5)
+    await a.until(() => a.errors.length > 0)
+    expect(a.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.schema })
   })
 
   it("edits a sealed message and marks read up to one from the server side (HTTP API, hooks), reading the segment on demand", async () => {

@@ -12,6 +12,7 @@ import {
   decodeStoredRecord,
   type EditRecord,
   isDeletedRecord,
+  isReactionRemoval,
   type MessageRecord,
   MetaKey,
   type Participant,
@@ -102,6 +103,11 @@ export function observeChanges(
       .map(decodeStoredRecord)
       .filter((record) => record !== undefined)
   }
+  // A seal (the relay's change that adds a segment's summary) folds its messages' reactions into the
+  // segment: the keys it removes are no reaction's removal.
+  const onSegments = (event: Y.YArrayEvent<unknown>) => {
+    slot(event.transaction).sealed = true
+  }
   const onOrder = (event: Y.YArrayEvent<string>) => {
     slot(event.transaction).order = contentOf(
       addedItems(event.transaction, t.order as Y.AbstractType<unknown>),
@@ -121,6 +127,7 @@ export function observeChanges(
   for (const [type, handler] of mapHandlers) type.observe(handler)
   t.messages.observe(onMessages)
   t.order.observe(onOrder)
+  t.segments.observe(onSegments)
   const afterTransaction = (tr: Y.Transaction) => {
     const changes = pending.get(tr)
     if (!changes) return
@@ -133,6 +140,7 @@ export function observeChanges(
     for (const [type, handler] of mapHandlers) type.unobserve(handler)
     t.messages.unobserve(onMessages)
     t.order.unobserve(onOrder)
+    t.segments.unobserve(onSegments)
     doc.off("afterTransaction", afterTransaction)
   }
 }
@@ -214,12 +222,18 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
       })
     }
   }
+  // A value that is no removal (see `isReactionRemoval`) is a reaction: a reaction is added when a key
+  // comes to hold one, removed when its key stops holding one (deleted, or a folded one's removal written).
+  const holds = (value: unknown) => value !== undefined && !isReactionRemoval(value)
   for (const [key, change] of (changes.reactions as MapChanges | undefined) ?? []) {
     const parsed = parseReactionKey(key)
     if (!parsed) continue
-    if (change.action === "add")
-      events.push({ type: "reaction.added", messageId: parsed.message, ...pick(parsed) })
-    if (change.action === "delete")
+    const was = change.action === "add" ? false : holds(change.oldValue)
+    const is = change.action === "delete" ? false : holds(t.reactions.get(key))
+    if (is && !was) events.push({ type: "reaction.added", messageId: parsed.message, ...pick(parsed) })
+    if (change.action === "add" && !is)
+      events.push({ type: "reaction.removed", messageId: parsed.message, ...pick(parsed) })
+    else if (was && !is && !changes.sealed)
       events.push({ type: "reaction.removed", messageId: parsed.message, ...pick(parsed) })
   }
   for (const which of ["read", "delivered"] as const) {

@@ -7,6 +7,7 @@ import {
   decodeSequenceRecord,
   decodeStoredRecord,
   isDeletedRecord,
+  isReactionRemoval,
   type MessageRecord,
   parseReactionKey,
   recordChars,
@@ -37,7 +38,9 @@ export class MessageIndex {
   readonly seqOf = new Map<MessageId, number>()
   /** Reactions per message: emoji → users. */
   readonly reactions = new Map<MessageId, Map<string, Set<UserId>>>()
-  /** Reactions per user (for `Limits.reactionsPerUser`). */
+  /** Removals of folded reactions per message: emoji → users (see `isReactionRemoval`). */
+  readonly reactionRemovals = new Map<MessageId, Map<string, Set<UserId>>>()
+  /** Keys of the `reactions` map per user, removals included (for `Limits.reactionsPerUser`). */
   private readonly reactionsBy = new Map<UserId, number>()
   /** Sequenced message ids sorted by sequence number. */
   private readonly sequenced: MessageId[] = []
@@ -77,7 +80,7 @@ export class MessageIndex {
     const t = typesOf(doc)
     for (const value of t.messages.toArray()) this.addStored(value)
     for (const value of t.order) this.addSequence(value)
-    for (const key of t.reactions.keys()) this.addReaction(key)
+    for (const [key, value] of t.reactions.entries()) this.addReaction(key, value)
     t.messages.observe((event) =>
       this.batched(() => {
         const messages = t.messages as Y.AbstractType<unknown>
@@ -102,8 +105,8 @@ export class MessageIndex {
     )
     t.reactions.observe((event) => {
       for (const [key, change] of event.changes.keys) {
-        if (change.action === "add") this.addReaction(key)
-        else if (change.action === "delete") this.removeReaction(key)
+        if (change.action !== "add") this.removeReaction(key, change.oldValue)
+        if (change.action !== "delete") this.addReaction(key, t.reactions.get(key))
       }
       this.touch()
     })
@@ -174,7 +177,7 @@ export class MessageIndex {
     return last === undefined ? 0 : this.seqOf.get(last)!
   }
 
-  /** How many reactions `user` holds in the conversation, on live and sealed messages. */
+  /** How many keys of the `reactions` map are `user`'s: reactions on live and sealed messages, and removals of folded ones. */
   reactionsOf(user: UserId): number {
     return this.reactionsBy.get(user) ?? 0
   }
@@ -416,19 +419,24 @@ export class MessageIndex {
     this.canonical = undefined
   }
 
-  private addReaction(key: string) {
+  private addReaction(key: string, value: unknown) {
     const parsed = parseReactionKey(key)
     if (!parsed) return
-    const byEmoji = map.setIfUndefined(this.reactions, parsed.message, () => new Map<string, Set<UserId>>())
+    const byEmoji = map.setIfUndefined(
+      isReactionRemoval(value) ? this.reactionRemovals : this.reactions,
+      parsed.message,
+      () => new Map<string, Set<UserId>>(),
+    )
     const users = map.setIfUndefined(byEmoji, parsed.emoji, () => new Set<UserId>())
     if (users.has(parsed.user)) return
     users.add(parsed.user)
     this.reactionsBy.set(parsed.user, this.reactionsOf(parsed.user) + 1)
   }
 
-  private removeReaction(key: string) {
+  private removeReaction(key: string, value: unknown) {
     const parsed = parseReactionKey(key)
-    const byEmoji = parsed && this.reactions.get(parsed.message)
+    const from = isReactionRemoval(value) ? this.reactionRemovals : this.reactions
+    const byEmoji = parsed && from.get(parsed.message)
     const users = parsed && byEmoji?.get(parsed.emoji)
     if (!parsed || !byEmoji || !users?.has(parsed.user)) return
     users.delete(parsed.user)
@@ -436,7 +444,7 @@ export class MessageIndex {
     if (left > 0) this.reactionsBy.set(parsed.user, left)
     else this.reactionsBy.delete(parsed.user)
     if (users.size === 0) byEmoji.delete(parsed.emoji)
-    if (byEmoji.size === 0) this.reactions.delete(parsed.message)
+    if (byEmoji.size === 0) from.delete(parsed.message)
   }
 }
 

@@ -37,6 +37,7 @@ import {
   decodeStoredRecord,
   encodeStoredRecord,
   isDeletedRecord,
+  isReactionRemoval,
   Limits,
   type MessageRecord,
   type Metadata,
@@ -347,9 +348,10 @@ export function deleteMessage(doc: Y.Doc, actor: UserId, id: MessageId, options:
       t.edits.delete(id)
       // The relay's copy of a pinned sealed message holds its text: it goes with the message.
       if (t.pins.has(id)) t.pins.delete(id)
-      for (const [emoji, users] of index.reactions.get(id) ?? []) {
-        for (const user of users) t.reactions.delete(reactionKey(id, user, emoji))
-      }
+      for (const byEmoji of [index.reactions.get(id), index.reactionRemovals.get(id)])
+        for (const [emoji, users] of byEmoji ?? []) {
+          for (const user of users) t.reactions.delete(reactionKey(id, user, emoji))
+        }
     }, options.origin)
     return
   }
@@ -403,7 +405,10 @@ export function react(
   checkEmoji(emoji)
   assertAllowed(canReact(actor, writerRole(doc, actor), actor))
   const key = reactionKey(id, actor, emoji)
-  if (typesOf(doc).reactions.has(key)) return
+  const value = typesOf(doc).reactions.get(key)
+  if (value !== undefined && !isReactionRemoval(value)) return
+  // Folded into its sealed entry and not removed since: there already.
+  if (value === undefined && foldedReaction(doc, id, actor, emoji)) return
   const index = messageIndex(doc)
   const shown = index.reactions.get(id)
   const present = shown?.has(emoji) === true
@@ -422,8 +427,22 @@ export function unreact(
   checkEmoji(emoji)
   assertAllowed(canReact(actor, writerRole(doc, actor), actor))
   const key = reactionKey(id, actor, emoji)
-  if (!typesOf(doc).reactions.has(key)) return
-  doc.transact(() => typesOf(doc).reactions.delete(key), options.origin)
+  const reactions = typesOf(doc).reactions
+  const value = reactions.get(key)
+  if (foldedReaction(doc, id, actor, emoji)) {
+    // Kept in the sealed entry: removed by a removal under its key (which replaces a later one too).
+    if (isReactionRemoval(value)) return
+    doc.transact(() => reactions.set(key, -(options.now ?? Date.now())), options.origin)
+    return
+  }
+  if (value === undefined) return
+  doc.transact(() => reactions.delete(key), options.origin)
+}
+
+/** Whether `user`'s reaction with `emoji` was folded into the sealed entry of `id` this replica holds. */
+function foldedReaction(doc: Y.Doc, id: MessageId, user: UserId, emoji: string): boolean {
+  const folded = sealedHistory(doc).entry(id)?.overlays?.reactions
+  return folded?.some(([e, u]) => e === emoji && u === user) === true
 }
 
 /** A marker target: a sequence number, a message id, or the latest message. */

@@ -1,3 +1,4 @@
+import * as map from "lib0/map"
 import type * as Y from "yjs"
 import { type Markers, typesOf } from "./document.js"
 import { decodeTombstone, type SealedEntry, sealedHistory, sealedThrough, sealedUnread } from "./history.js"
@@ -7,6 +8,7 @@ import {
   type Attachment,
   type ConversationInfo,
   type ConversationKind,
+  type EditRecord,
   isDeletedRecord,
   type Metadata,
   MetaKey,
@@ -186,10 +188,9 @@ export function sealedMessageView(doc: Y.Doc, entry: SealedEntry): MessageView {
       ...authorProfile(doc, record.author),
     }
   }
-  const edit = typesOf(doc).edits.get(record.id)
-  const reactions: Record<string, UserId[]> = {}
-  for (const [emoji, users] of messageIndex(doc).reactions.get(record.id) ?? [])
-    reactions[emoji] = [...users].sort()
+  // A later edit wins over the one folded when the message was sealed.
+  const edit = (typesOf(doc).edits.get(record.id) as EditRecord | undefined) ?? entry.overlays?.edit
+  const reactions = sealedReactions(doc, entry)
   return {
     id: record.id,
     author: record.author,
@@ -205,6 +206,24 @@ export function sealedMessageView(doc: Y.Doc, entry: SealedEntry): MessageView {
     ...(edit ? { editedAt: edit.editedAt } : {}),
     ...authorProfile(doc, record.author),
   }
+}
+
+/**
+ * A sealed message's reactions: those folded into its entry, less the ones
+ * removed since (a removal under their key), and those added since.
+ */
+function sealedReactions(doc: Y.Doc, entry: SealedEntry): Record<string, UserId[]> {
+  const index = messageIndex(doc)
+  const id = entry.record.id
+  const byEmoji = new Map<string, Set<UserId>>()
+  const removed = index.reactionRemovals.get(id)
+  for (const [emoji, user] of entry.overlays?.reactions ?? [])
+    if (!removed?.get(emoji)?.has(user)) map.setIfUndefined(byEmoji, emoji, () => new Set<UserId>()).add(user)
+  for (const [emoji, users] of index.reactions.get(id) ?? [])
+    for (const user of users) map.setIfUndefined(byEmoji, emoji, () => new Set<UserId>()).add(user)
+  const reactions: Record<string, UserId[]> = {}
+  for (const [emoji, users] of byEmoji) reactions[emoji] = [...users].sort()
+  return reactions
 }
 
 /**

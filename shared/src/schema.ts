@@ -397,6 +397,14 @@ export const Limits = {
 /** Separator inside reaction keys; not allowed in ids or emoji. */
 export const REACTION_KEY_SEPARATOR = "\u001f"
 
+/**
+ * Whether a value of the `reactions` map removes a folded reaction (a sealed
+ * message's reaction kept in its segment, see history's `SealedOverlays`):
+ * minus the time of the removal. Any other value is the time of a reaction.
+ */
+export const isReactionRemoval = (value: unknown): value is number =>
+  typeof value === "number" && Number.isFinite(value) && value < 0
+
 /** Key of the `reactions` map: one entry per message, user and emoji. */
 export const reactionKey = (message: MessageId, user: UserId, emoji: string): string =>
   `${message}${REACTION_KEY_SEPARATOR}${user}${REACTION_KEY_SEPARATOR}${emoji}`

@@ -10,6 +10,7 @@ import {
   HistoryDefaults,
   planFold,
   type SealedEntry,
+  type SealedOverlays,
   type Segment,
   type SegmentSummary,
   sealedHistory,
@@ -17,16 +18,18 @@ import {
   sealedThrough,
   summarizeSegment,
 } from "./history.js"
-import type { ConversationId, MessageId } from "./ids.js"
+import type { ConversationId, MessageId, UserId } from "./ids.js"
 import { messageIndex } from "./message-index.js"
 import { encodePin } from "./priorities.js"
 import {
   type DeletedMessageRecord,
   decodeSequenceRecord,
+  type EditRecord,
   encodeSequenceRecord,
   isDeletedRecord,
   Limits,
   type MessageRecord,
+  reactionKey,
   recordChars,
   storedRecordId,
 } from "./schema.js"
@@ -118,6 +121,35 @@ export function planSeal(
   return planSeals(doc, conversation, options, 1)[0]
 }
 
+/**
+ * The overlays a seal folds into `record`'s entry (see history's
+ * `SealedOverlays`): its reactions and its edit as the live document holds
+ * them. None for a deleted message (its overlays went with it) nor for a
+ * sticky one: the live document keeps a copy of a pinned message to list it
+ * without its segment, and its overlays with it.
+ */
+function overlaysToFold(
+  doc: Y.Doc,
+  record: MessageRecord | DeletedMessageRecord,
+): SealedOverlays | undefined {
+  if (isDeletedRecord(record) || record.priority === "sticky") return undefined
+  const reactions: [string, UserId][] = []
+  for (const [emoji, users] of messageIndex(doc).reactions.get(record.id) ?? [])
+    for (const user of users) reactions.push([emoji, user])
+  reactions.sort((a, b) => (a[0] === b[0] ? (a[1] < b[1] ? -1 : 1) : a[0] < b[0] ? -1 : 1))
+  const edit = decodeEdit(typesOf(doc).edits.get(record.id))
+  if (reactions.length === 0 && !edit) return undefined
+  return { ...(reactions.length > 0 ? { reactions } : {}), ...(edit ? { edit } : {}) }
+}
+
+/** An `edits` value as an edit record, or undefined when it is not one. */
+function decodeEdit(value: unknown): EditRecord | undefined {
+  const v = value as Partial<EditRecord> | undefined
+  return typeof v?.body === "string" && typeof v.editedAt === "number"
+    ? { body: v.body, editedAt: v.editedAt }
+    : undefined
+}
+
 /** A sequence record as planning sees it: where it is in `order`, its first number and ids. */
 interface PlannedRecord {
   readonly position: number
@@ -200,7 +232,9 @@ export function planSeals(
         if (index.seqOf.get(id) !== seq || ids.has(id) || sealed.has(id)) continue
         const entry = index.deleted.get(id) ?? index.records.get(id)
         if (entry) {
-          taken.push({ seq, record: entry as MessageRecord | DeletedMessageRecord })
+          const record = entry as MessageRecord | DeletedMessageRecord
+          const overlays = overlaysToFold(doc, record)
+          taken.push(overlays ? { seq, record, overlays } : { seq, record })
           takenChars += recordChars(entry)
         } else {
           complete = false
@@ -260,9 +294,9 @@ export function planSeals(
  * one transaction: the records (and placeholders) of its messages, their
  * sequence records (the last one replaced by the rest of its numbers when
  * the segment ends inside it); and the fold, if one is due (the oldest
- * summaries move into a directory page). Edits and reactions stay: they are
- * the sealed messages' overlays. Call once the segment (and directory page)
- * is durable.
+ * summaries move into a directory page). The overlays the plan folded into
+ * its entries (reactions, edits) leave the live document; later ones are
+ * overlays there. Call once the segment (and directory page) is durable.
  */
 export function applySeal(doc: Y.Doc, plan: SealPlan, origin: unknown): void {
   applySeals(doc, [plan], origin)
@@ -304,6 +338,18 @@ export function applySeals(doc: Y.Doc, plans: readonly SealPlan[], origin: unkno
       [...orderPositions].sort((a, b) => a - b),
     )
     for (const rest of rests.values()) t.order.push([rest])
+    // The overlays folded into the segments leave the live document, with any removal of a reaction
+    // written while the message was live (meaningless: nothing of it was folded yet).
+    const index = messageIndex(doc)
+    for (const plan of plans)
+      for (const { record, overlays } of plan.segment.entries) {
+        if (!overlays) continue
+        for (const [emoji, user] of overlays.reactions ?? [])
+          t.reactions.delete(reactionKey(record.id, user, emoji))
+        for (const [emoji, users] of index.reactionRemovals.get(record.id) ?? [])
+          for (const user of users) t.reactions.delete(reactionKey(record.id, user, emoji))
+        if (overlays.edit) t.edits.delete(record.id)
+      }
     for (const plan of plans) {
       t.segments.push([encodeSegmentSummary(plan.summary)])
       if (plan.fold) applyFold(doc, plan.fold)

@@ -8,9 +8,11 @@ import {
   type ConversationId,
   decodeSegment,
   deleteMessage,
+  editMessage,
   encodeSegment,
   encodeStoredRecord,
   getMessage,
+  isReactionRemoval,
   listMessages,
   listSealedMessages,
   type MessageId,
@@ -18,8 +20,11 @@ import {
   markRead,
   messageIndex,
   nextFromDocument,
+  observeChanges,
   planSeal,
   planSeals,
+  react,
+  reactionKey,
   recordChars,
   SEGMENT_FORMAT,
   type SealingOptions,
@@ -28,11 +33,12 @@ import {
   sealedThrough,
   sendMessage,
   typesOf,
+  unreact,
   unreadCount,
   writeSequenceNumbers,
 } from "../src/index.js"
 import { MessageIndex } from "../src/message-index.js"
-import { alice, bob, carol, groupDoc } from "./helpers.js"
+import { alice, bob, carol, groupDoc, replicaOf } from "./helpers.js"
 
 const SEALING = { segmentSize: 500, keepLive: 250, epochClientIds: 1000 }
 /** {@link SEALING} with character bounds no conversation of these tests reaches. */
@@ -270,6 +276,78 @@ describe("sealing a large run of messages", () => {
     expect(markRead(doc, bob, target)).toBe(true)
     expect(markersOf(doc, bob).read).toBe(seq)
     expect(seq).toBeLessThan(messageIndex(doc).lastSequence())
+  })
+})
+
+describe("overlays folded into sealed entries", () => {
+  /** 800 messages, numbered; reactions and edits on the first 20; the first 750 sealed ... */
+  function sealedWithOverlays() {
+    const doc = groupDoc()
+    const users = [alice, bob, carol]
+    const ids: MessageId[] = []
+    for (let i = 0; i < 800; i++) ids.push(sendMessage(doc, users[i % 3]!, { body: `m${i}` }).id)
+    for (let i = 0; i < 20; i++) {
+      react(doc, bob, ids[i]!, "👍")
+      if (i % 2 === 0) react(doc, carol, ids[i]!, "🎉")
+      if (i % 3 === 0) editMessage(doc, users[i % 3]!, ids[i]!, `m${i}, edited`)
+    }
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    const plan = planSeal(doc, "g~test" as ConversationId, SEALING)!
+    return { doc, ids, plan }
+  }
+
+  it("moves a sealed message's reactions and edit into its entry, out of the live document, and shows them as before", () => {
+    const { doc, ids, plan } = sealedWithOverlays()
+    const before = ids.slice(0, 20).map((id) => getMessage(doc, id))
+    const events: string[] = []
+    observeChanges(doc, (list) => events.push(...list.map((e) => e.type)))
+    applySeal(doc, plan, null)
+    // The live document keeps no overlay of the sealed messages; the segment, read back, holds them.
+    expect(typesOf(doc).reactions.size).toBe(0)
+    expect(typesOf(doc).edits.size).toBe(0)
+    const decoded = decodeSegment(plan.bytes)
+    expect(decoded.entries[0]!.overlays).toEqual({
+      reactions: [
+        ["🎉", carol],
+        ["👍", bob],
+      ],
+      edit: { body: "m0, edited", editedAt: expect.any(Number) },
+    })
+    expect(decoded.entries[1]!.overlays).toEqual({ reactions: [["👍", bob]] })
+    expect(decoded.entries[25]!.overlays).toBeUndefined()
+    // Readers see exactly what they saw, and the seal said nothing was removed.
+    expect(ids.slice(0, 20).map((id) => getMessage(doc, id))).toEqual(before)
+    expect(events).not.toContain("reaction.removed")
+    // A segment without overlays is encoded as before they existed (same bytes, same hash).
+    const bare = { ...decoded, entries: decoded.entries.map(({ seq, record }) => ({ seq, record })) }
+    expect(decodeSegment(encodeSegment(bare)).entries.every((e) => e.overlays === undefined)).toBe(true)
+  })
+
+  it("removes a folded reaction with a removal under its key, adds it back, and later edits win over the folded one", () => {
+    const { doc, ids, plan } = sealedWithOverlays()
+    applySeal(doc, plan, null)
+    const replica = replicaOf(doc)
+    sealedHistory(replica).add(decodeSegment(plan.bytes))
+    const events: string[] = []
+    observeChanges(replica, (list) => events.push(...list.map((e) => `${e.type}`)))
+    unreact(replica, bob, ids[0]!, "👍")
+    expect(isReactionRemoval(typesOf(replica).reactions.get(reactionKey(ids[0]!, bob, "👍")))).toBe(true)
+    expect(getMessage(replica, ids[0]!)?.reactions).toEqual({ "🎉": [carol] })
+    // Removing it again writes nothing; adding it back replaces the removal.
+    unreact(replica, bob, ids[0]!, "👍")
+    react(replica, bob, ids[0]!, "👍")
+    expect(getMessage(replica, ids[0]!)?.reactions).toEqual({ "🎉": [carol], "👍": [bob] })
+    // Adding a reaction that is folded already writes nothing.
+    react(replica, carol, ids[0]!, "🎉")
+    expect(events).toEqual(["reaction.removed", "reaction.added"])
+    // A new reaction on a sealed message is an overlay as before; a later edit wins over the folded one.
+    react(replica, alice, ids[1]!, "👀")
+    expect(getMessage(replica, ids[1]!)?.reactions).toEqual({ "👀": [alice], "👍": [bob] })
+    editMessage(replica, alice, ids[0]!, "m0, edited again")
+    expect(getMessage(replica, ids[0]!)?.body).toBe("m0, edited again")
+    // Deleting the message takes its removals with its reactions.
+    deleteMessage(replica, alice, ids[0]!)
+    expect([...typesOf(replica).reactions.keys()].some((k) => k.startsWith(ids[0]!))).toBe(false)
   })
 })
 

@@ -33,6 +33,7 @@ import {
   decodeTombstone,
   isDeletedRecord,
   isMessageId,
+  isReactionRemoval,
   isUserId,
   Limits,
   type MessageId,
@@ -682,10 +683,16 @@ class UpdateCheck {
           else assert(canReact(this.actor!, this.role, user))
           continue
         }
-        if (!isTime(after)) refuse(Rule.schema, "reaction time invalid")
+        if (!isTime(after) && !isReactionRemoval(after)) refuse(Rule.schema, "reaction time invalid")
         assert(canReact(this.actor!, this.role, user))
         if (!this.liveMessage(message))
           refuse(Rule.immutable, `message ${message} does not exist or is deleted`)
+        // A removal is of a reaction folded into the message's sealed entry (shared `SealedOverlays`).
+        if (
+          isReactionRemoval(after) &&
+          !this.sealed(message)?.overlays?.reactions?.some(([e, u]) => e === parsed!.emoji && u === user)
+        )
+          refuse(Rule.schema, "a removal names a reaction folded into its sealed message")
       }
     }
     if (!this.isRelay) this.checkReactionCounts(changes)
@@ -718,7 +725,8 @@ class UpdateCheck {
       // Added when it was absent and the update writes it; removed when every value it leaves is absent.
       if (change.before === ABSENT && change.after.some((v) => v !== ABSENT)) {
         added++
-        additions.push(parsed)
+        // A removal of a folded reaction takes a key, but shows no emoji.
+        if (change.after.some((v) => v !== ABSENT && !isReactionRemoval(v))) additions.push(parsed)
       } else if (change.before !== ABSENT && change.after.every((v) => v === ABSENT)) {
         if (parsed.user === this.actor) removed++
         const users = emojiOf(parsed.message).get(parsed.emoji)
