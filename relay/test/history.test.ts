@@ -290,6 +290,37 @@ describe("sealed history", () => {
     expect(a.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.schema })
   })
 
+  it("takes back a folded reaction from the server side (hooks, HTTP API), reading the segment on demand", async () => {
+    const relay = await startRelay({
+      backend: new MemoryBackend(),
+      port: 0,
+      warmUp: false,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      history: { segmentSize: 10, keepLive: 5, epochClientIds: 1000 },
+      limits: { idleUnloadMs: 50 },
+    })
+    relays.push(relay)
+    const id = await conversationWith(relay, 3)
+    const target = await relay.core.read(id, (doc) => listMessages(doc, { last: 1 })[0]!.id)
+    await relay.core.write(id, { kind: "user", user: bob }, (doc) => react(doc, bob, target, "👍"))
+    for (let i = 0; i < 20; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `m${i}` }),
+      )
+    // Unloaded, then loaded again by the change: the segment holding the folded reaction is read for it.
+    while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
+    await relay.core.write(id, { kind: "user", user: bob }, (doc) => unreact(doc, bob, target, "👍"))
+    const c = await connect(relay, id, alice)
+    sealedHistory(c.doc).add(segmentOf(await requestSegment(c, 0)))
+    expect(
+      segmentOf(await requestSegment(c, 0)).entries.find((e) => e.record.id === target)?.overlays,
+    ).toEqual({
+      reactions: [["👍", bob]],
+    })
+    expect(getMessage(c.doc, target)?.reactions).toEqual({})
+  })
+
   it("edits a sealed message and marks read up to one from the server side (HTTP API, hooks), reading the segment on demand", async () => {
     const relay = await startRelay({
       backend: new MemoryBackend(),

@@ -429,6 +429,10 @@ export function unreact(
   const key = reactionKey(id, actor, emoji)
   const reactions = typesOf(doc).reactions
   const value = reactions.get(key)
+  const index = messageIndex(doc)
+  // A sealed message's folded reactions are in its segment: not held here, it cannot be told (the
+  // relay's server-side writes hold it and try again on NOT_FOUND).
+  if (!index.records.has(id) && !index.deleted.has(id) && value === undefined) requireLiveMessage(doc, id)
   if (foldedReaction(doc, id, actor, emoji)) {
     // Kept in the sealed entry: removed by a removal under its key (which replaces a later one too).
     if (isReactionRemoval(value)) return
