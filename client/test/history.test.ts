@@ -176,6 +176,42 @@ describe("sealed history in the SDK", () => {
     }
   })
 
+  it("a reaction taken back offline while its message is sealed is taken back once the device reconnects", async () => {
+    const sealRelay = await startRelay({
+      args: ["--dev", "--history-segment-size", "10", "--history-keep-live", "5"],
+    })
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const alice = await connectClient(sealRelay, a)
+      const chat = await alice.createConversation({ participants: [b], title: "folds" })
+      const first = chat.send("first")
+      await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+      const bob = await connectClient(sealRelay, b)
+      const theirs = await bob.conversation(chat.id).ready()
+      await eventually(() => expect(theirs.message(first.id)).toBeDefined())
+      theirs.react(first.id, "👍")
+      theirs.react(first.id, "🎉")
+      await eventually(() => expect(chat.message(first.id)?.reactions).toEqual({ "👍": [b], "🎉": [b] }))
+      bob.disconnect()
+      theirs.unreact(first.id, "👍")
+      // Meanwhile alice writes enough for the relay to seal "first", folding both reactions.
+      const last = Array.from({ length: 16 }, (_, i) => chat.send(`m${i}`)).at(-1)!
+      await eventually(() => expect(chat.message(last.id)?.status).toBe("sent"))
+      await eventually(() => expect(chat.message(first.id)).toBeUndefined())
+      bob.connect()
+      await eventually(async () => {
+        const older = chat.hasOlder ? await chat.loadOlder(100) : chat.olderMessages()
+        expect(older.find((m) => m.id === first.id)?.reactions).toEqual({ "🎉": [b] })
+      }, 10_000)
+      await eventually(async () => {
+        const older = theirs.hasOlder ? await theirs.loadOlder(100) : theirs.olderMessages()
+        expect(older.find((m) => m.id === first.id)?.reactions).toEqual({ "🎉": [b] })
+      }, 10_000)
+    } finally {
+      await sealRelay.stop()
+    }
+  })
+
   it("a fresh epoch for removed values (made-up reactions added and removed) keeps every device's work, online and offline", async () => {
     const garbageRelay = await startRelay({
       args: ["--dev", "--compact-after-updates", "5", "--epoch-garbage-bytes", "65536"],

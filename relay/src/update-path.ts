@@ -25,6 +25,7 @@ import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import { startEpoch } from "./history/epoch.js"
+import { FoldedReactions } from "./history/folded-reactions.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { applyPurge, holdPurged, planPurge, storePurge } from "./history/purge-plan.js"
@@ -44,7 +45,7 @@ import type { RelayStorage } from "./storage/types.js"
 import { joinBatch, type QueuedUpdate } from "./update-batch.js"
 import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
 import type { UserLedger } from "./user-limits.js"
-import { inspectUpdate, recordIdsIn } from "./yjs-updates.js"
+import { decodeOnce, inspectUpdate, recordIdsIn } from "./yjs-updates.js"
 
 /** Limits the update path enforces. */
 export interface PathLimits extends UpdateCostLimits {
@@ -963,6 +964,10 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       }
       if (host.destroyed || stored.length === 0) break
       release ??= host.holdUnsaved()
+      foldedReactionsOf(host).remember(
+        host.doc,
+        stored.map((s) => s.plan),
+      )
       // Those stored, each as if applied alone after the ones before it.
       const update = captureUpdate(host.doc, () =>
         applySeals(
@@ -1011,6 +1016,41 @@ function sealsOwedPurge(ctx: PathContext, host: DocumentHost, plans: readonly Se
   if (!due || due.size === 0) return false
   for (const id of due) if (plans.some((plan) => plan.ids.has(id))) return true
   return false
+}
+
+/** The reactions each loaded document's seals folded (see `FoldedReactions`). */
+const foldedReactions = new WeakMap<DocumentHost, FoldedReactions>()
+
+function foldedReactionsOf(host: DocumentHost): FoldedReactions {
+  let folded = foldedReactions.get(host)
+  if (!folded) {
+    folded = new FoldedReactions()
+    foldedReactions.set(host, folded)
+  }
+  return folded
+}
+
+/**
+ * Writes, as the relay, the removals of folded reactions that devices removed
+ * without knowing of their seal (see `FoldedReactions`): stored, broadcast
+ * and told to the hooks as any relay change. Keys written since are left as
+ * they are. Call inside the document's queue.
+ */
+async function removeFolded(ctx: PathContext, host: DocumentHost, keys: readonly string[]): Promise<void> {
+  const reactions = typesOf(host.doc).reactions
+  const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
+    const update = captureUpdate(host.doc, () =>
+      host.doc.transact(() => {
+        const now = Date.now()
+        for (const key of keys) if (reactions.get(key) === undefined) reactions.set(key, -now)
+      }, RELAY_ORIGIN),
+    )
+    return update ? { update, source: "relay" } : undefined
+  })
+  if (entries.length === 0) return
+  broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+  if (events.length > 0 || positions.length > 0)
+    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
 }
 
 /** Documents with a follow-up seal queued. */
@@ -1380,6 +1420,8 @@ async function storeSomeOfBatch(
   let next = items.length
   let release: (() => void) | undefined
   let applying: QueuedUpdate | undefined
+  /** Folded reactions the batch's senders removed without knowing of their seal (see `FoldedReactions`). */
+  const removals: string[] = []
   let stored: { positions: number[]; sequencing: Entry | undefined; caughtUp: ReadonlySet<Connection> }
   let relayEvents: ChangeEvent[] = []
   /** The batch's change events, then the sequencing's: for access and the upkeep (one array for both). */
@@ -1394,6 +1436,11 @@ async function storeSomeOfBatch(
         item.reject(error)
         continue
       }
+      // Before the no-op check: such a removal deletes only what the relay deleted already.
+      if (item.principal.kind === "user")
+        removals.push(
+          ...(foldedReactions.get(host)?.removedBy(decodeOnce(item.update).ds, item.principal.user) ?? []),
+        )
       if (admitted.noop) {
         held.push({ item, ends: admitted.ends })
         continue
@@ -1415,6 +1462,7 @@ async function storeSomeOfBatch(
       }
     }
     if (applied.length === 0) {
+      if (removals.length > 0) await removeFolded(ctx, host, removals)
       ackBatch(applied, held)
       for (const { item } of held) item.resolve([])
       return items.slice(next)
@@ -1485,6 +1533,7 @@ async function storeSomeOfBatch(
   } finally {
     releaseHeld()
   }
+  if (removals.length > 0) await removeFolded(ctx, host, removals)
   await upkeep(ctx, host, allEvents)
   const sequenced = sequencing ? [positions.at(-1)!] : []
   for (const [k, { item }] of applied.entries()) item.resolve([positions[k]!, ...sequenced])

@@ -7,6 +7,7 @@ import {
   ErrorCode,
   editMessage,
   encodeHistoryRequest,
+  encodeSyncUpdate,
   foldedHistory,
   getMessage,
   type HistoryPage,
@@ -424,6 +425,40 @@ describe("sealed history", () => {
     expect(bodies.filter((b) => b.startsWith("offline"))).toEqual(["offline 1", "offline 2"])
     // The deletion left no placeholder to be numbered as a new message.
     expect(listMessages(check.doc, { last: 100 }).every((m) => m.id !== other.id)).toBe(true)
+  })
+
+  it("removes a folded reaction a device removed while offline across its seal; a device that knew of the seal removes nothing", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 12)
+    const b = await connect(relay, id, bob)
+    const [first, second] = listMessages(b.doc, { last: 100 })
+    react(b.doc, bob, first!.id, "👍")
+    react(b.doc, bob, second!.id, "🎉")
+    await b.allSaved()
+    b.close()
+    await b.closed
+    // Offline, bob takes back his 👍 while the message is still live in his replica.
+    unreact(b.doc, bob, first!.id, "👍")
+    // Meanwhile the relay seals both messages, folding both reactions into the segment.
+    for (let i = 0; i < 10; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `a${i}` }),
+      )
+    const a = await connect(relay, id, alice)
+    expect(sealedThrough(a.doc)).toBeGreaterThanOrEqual(10)
+    // Another device of bob's that knew of the seal sends its whole state (as any reconnect does).
+    const knew = await connect(relay, id, bob)
+    knew.ws.send(encodeSyncUpdate(Y.encodeStateAsUpdate(knew.doc)))
+    // Bob's offline device reconnects with its replica: its deletion of the 👍 is a removal, nothing else is.
+    const back = new TestClient(relay.url, id, await signToken(SECRET, bob), { doc: b.doc })
+    clients.push(back)
+    await back.synced()
+    await back.allSaved()
+    sealedHistory(a.doc).add(segmentOf(await requestSegment(a, 0)))
+    await a.until(() => getMessage(a.doc, first!.id)?.reactions["👍"] === undefined)
+    expect(getMessage(a.doc, second!.id)?.reactions).toEqual({ "🎉": [bob] })
+    expect(back.errors).toEqual([])
+    expect(knew.errors).toEqual([])
   })
 })
 

@@ -1,0 +1,154 @@
+import {
+  type MessageId,
+  parseReactionKey,
+  reactionKey,
+  type SealPlan,
+  storedRecordId,
+  typesOf,
+} from "@parley/shared"
+import * as Y from "yjs"
+
+/** An update's delete set, as Yjs decodes it. */
+type DeleteSet = ReturnType<typeof Y.decodeUpdate>["ds"]
+
+/** A Yjs item's id. */
+interface ItemId {
+  readonly client: number
+  readonly clock: number
+}
+
+/** A reaction a seal folded: the item that held it under `key`, and the item of its message's record. */
+interface Folded {
+  readonly clock: number
+  readonly key: string
+  readonly record: ItemId
+}
+
+/** Folded reactions one document remembers at most (the oldest are forgotten first). */
+const MAX_REMEMBERED = 100_000
+
+/**
+ * The reactions this relay's seals folded into segments, by the Yjs item that
+ * held each, kept in memory while the document is loaded. A seal removes a
+ * folded reaction's key from the live document; a device that did not know
+ * of the seal and removed the reaction meanwhile (offline, or in flight) sends
+ * a deletion of that item, which then changes nothing Yjs can see, and the
+ * reaction would stay in the segment. Such a deletion is told from one a
+ * device merely learned from the seal by the message's record: the seal
+ * removed both at once, so a device that knew of it deletes both whenever it
+ * sends its whole delete set (a sync step 2, a resend of pending work), and a
+ * device that removed the reaction itself deletes only the reaction's item.
+ * Forgotten when the document unloads (a removal arriving after that stays
+ * lost, see SECURITY.md).
+ */
+export class FoldedReactions {
+  /** Per client, sorted by clock. */
+  private readonly byClient = new Map<number, Folded[]>()
+  private size = 0
+
+  /**
+   * Remembers the reactions `plans` fold, from `doc` as it is before they are
+   * applied (the items still hold their keys and records). Call just before
+   * `applySeals`.
+   */
+  remember(doc: Y.Doc, plans: readonly SealPlan[]): void {
+    const wanted = new Set<MessageId>()
+    for (const plan of plans)
+      for (const { record, overlays } of plan.segment.entries) if (overlays?.reactions) wanted.add(record.id)
+    if (wanted.size === 0) return
+    const t = typesOf(doc)
+    const records = new Map<MessageId, ItemId>()
+    for (let item = t.messages._start; item !== null && records.size < wanted.size; item = item.right) {
+      if (item.deleted || !(item.content instanceof Y.ContentAny)) continue
+      const values = item.content.getContent()
+      for (let j = 0; j < values.length; j++) {
+        const id = storedRecordId(values[j])
+        if (id !== undefined && wanted.has(id))
+          records.set(id, { client: item.id.client, clock: item.id.clock + j })
+      }
+    }
+    const entries = (t.reactions as unknown as { _map: Map<string, Y.Item> })._map
+    for (const plan of plans)
+      for (const { record, overlays } of plan.segment.entries) {
+        const recordItem = records.get(record.id)
+        if (!recordItem) continue
+        for (const [emoji, user] of overlays?.reactions ?? []) {
+          const key = reactionKey(record.id, user, emoji)
+          const item = entries.get(key)
+          if (!item || item.deleted) continue
+          const list = this.byClient.get(item.id.client) ?? []
+          list.push({ clock: item.id.clock, key, record: recordItem })
+          this.byClient.set(item.id.client, list)
+          this.size++
+        }
+      }
+    for (const list of this.byClient.values()) list.sort((a, b) => a.clock - b.clock)
+    if (this.size > MAX_REMEMBERED) this.forgetOldest(this.size - MAX_REMEMBERED)
+  }
+
+  /**
+   * The keys of `user`'s folded reactions that `deleteSet` removes without
+   * their message's record: removals made on a device that did not know of
+   * the seal. Each is forgotten once returned.
+   */
+  removedBy(deleteSet: DeleteSet, user: string): string[] {
+    if (this.size === 0) return []
+    const removed: string[] = []
+    for (const [client, ranges] of deleteSet.clients) {
+      const list = this.byClient.get(client)
+      if (!list) continue
+      for (const { clock, len } of ranges) {
+        for (let i = firstAtOrAfter(list, clock); i < list.length && list[i]!.clock < clock + len; i++) {
+          const folded = list[i]!
+          if (parseReactionKey(folded.key)?.user !== user) continue
+          if (deletes(deleteSet, folded.record)) continue
+          removed.push(folded.key)
+        }
+      }
+    }
+    for (const key of removed) this.forget(key)
+    return removed
+  }
+
+  private forget(key: string): void {
+    for (const list of this.byClient.values()) {
+      const at = list.findIndex((f) => f.key === key)
+      if (at >= 0) {
+        list.splice(at, 1)
+        this.size--
+        return
+      }
+    }
+  }
+
+  /** Forgets `count` of the lowest clocks, client by client: what the seals long ago folded. */
+  private forgetOldest(count: number): void {
+    for (const list of this.byClient.values()) {
+      const n = Math.min(count, list.length)
+      list.splice(0, n)
+      this.size -= n
+      count -= n
+      if (count <= 0) return
+    }
+  }
+}
+
+/** Index of the first entry of sorted `list` whose clock is at least `clock`. */
+function firstAtOrAfter(list: readonly Folded[], clock: number): number {
+  let lo = 0
+  let hi = list.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (list[mid]!.clock < clock) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** Whether `deleteSet` deletes the item `id`. */
+function deletes(deleteSet: DeleteSet, id: ItemId): boolean {
+  for (const { clock, len } of deleteSet.clients.get(id.client) ?? []) {
+    if (id.clock >= clock && id.clock < clock + len) return true
+  }
+  return false
+}
