@@ -131,11 +131,7 @@ describe("sealed history in the SDK", () => {
       ],
     })
     try {
-      const [a, b] = [name("alice"), name("bob")]
-      const alice = await connectClient(epochRelay, a)
-      const chat = await alice.createConversation({ participants: [b], title: "epochs" })
-      const first = chat.send("first")
-      await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+      const { a, b, alice, chat, first } = await chatWithFirstMessage(epochRelay, "epochs")
       const errors: string[] = []
       chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
       alice.disconnect()
@@ -181,11 +177,7 @@ describe("sealed history in the SDK", () => {
       args: ["--dev", "--history-segment-size", "10", "--history-keep-live", "5"],
     })
     try {
-      const [a, b] = [name("alice"), name("bob")]
-      const alice = await connectClient(sealRelay, a)
-      const chat = await alice.createConversation({ participants: [b], title: "folds" })
-      const first = chat.send("first")
-      await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+      const { a, b, alice, chat, first } = await chatWithFirstMessage(sealRelay, "folds")
       const bob = await connectClient(sealRelay, b)
       const theirs = await bob.conversation(chat.id).ready()
       await eventually(() => expect(theirs.message(first.id)).toBeDefined())
@@ -217,11 +209,7 @@ describe("sealed history in the SDK", () => {
       args: ["--dev", "--compact-after-updates", "5", "--epoch-garbage-bytes", "65536"],
     })
     try {
-      const [a, b] = [name("alice"), name("bob")]
-      const alice = await connectClient(garbageRelay, a)
-      const chat = await alice.createConversation({ participants: [b], title: "garbage" })
-      const first = chat.send("first")
-      await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+      const { a, b, alice, chat, first } = await chatWithFirstMessage(garbageRelay, "garbage")
       const errors: string[] = []
       chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
       alice.disconnect()
@@ -258,6 +246,16 @@ describe("sealed history in the SDK", () => {
     }
   })
 })
+
+/** Alice's new conversation with bob on `relay`, and her first message in it, sent. */
+async function chatWithFirstMessage(relay: RelayProcess, title: string) {
+  const [a, b] = [name("alice"), name("bob")]
+  const alice = await connectClient(relay, a)
+  const chat = await alice.createConversation({ participants: [b], title })
+  const first = chat.send("first")
+  await eventually(() => expect(chat.message(first.id)?.status).toBe("sent"))
+  return { a, b, alice, chat, first }
+}
 
 /** Every segment this device cached (IndexedDB `parley:<user>:history`), as one latin1 string. */
 async function cachedSegments(user: string): Promise<string> {

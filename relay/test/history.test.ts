@@ -56,6 +56,7 @@ async function relayWith(
   keepLive = 5,
   epochClientIds = 1000,
   fold: { keepSummaries: number; foldSize: number } = { keepSummaries: 4, foldSize: 16 },
+  limits: NonNullable<Parameters<typeof startRelay>[0]>["limits"] = {},
 ) {
   const relay = await startRelay({
     backend,
@@ -64,6 +65,7 @@ async function relayWith(
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
     history: { segmentSize, keepLive, epochClientIds, ...fold },
+    limits,
   })
   relays.push(relay)
   return relay
@@ -292,16 +294,7 @@ describe("sealed history", () => {
   })
 
   it("takes back a folded reaction from the server side (hooks, HTTP API), reading the segment on demand", async () => {
-    const relay = await startRelay({
-      backend: new MemoryBackend(),
-      port: 0,
-      warmUp: false,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      history: { segmentSize: 10, keepLive: 5, epochClientIds: 1000 },
-      limits: { idleUnloadMs: 50 },
-    })
-    relays.push(relay)
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 1000, undefined, { idleUnloadMs: 50 })
     const id = await conversationWith(relay, 3)
     const target = await relay.core.read(id, (doc) => listMessages(doc, { last: 1 })[0]!.id)
     await relay.core.write(id, { kind: "user", user: bob }, (doc) => react(doc, bob, target, "👍"))
@@ -323,16 +316,7 @@ describe("sealed history", () => {
   })
 
   it("edits a sealed message and marks read up to one from the server side (HTTP API, hooks), reading the segment on demand", async () => {
-    const relay = await startRelay({
-      backend: new MemoryBackend(),
-      port: 0,
-      warmUp: false,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      history: { segmentSize: 10, keepLive: 5, epochClientIds: 1000, keepSummaries: 4, foldSize: 16 },
-      limits: { idleUnloadMs: 50 },
-    })
-    relays.push(relay)
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 1000, undefined, { idleUnloadMs: 50 })
     const id = await conversationWith(relay, 40)
     const c = await connect(relay, id, bob)
     const sealed = segmentOf(await requestSegment(c, 0)).entries
