@@ -1038,19 +1038,27 @@ function foldedReactionsOf(host: DocumentHost): FoldedReactions {
  */
 async function removeFolded(ctx: PathContext, host: DocumentHost, keys: readonly string[]): Promise<void> {
   const reactions = typesOf(host.doc).reactions
-  const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
-    const update = captureUpdate(host.doc, () =>
-      host.doc.transact(() => {
-        const now = Date.now()
-        for (const key of keys) if (reactions.get(key) === undefined) reactions.set(key, -now)
-      }, RELAY_ORIGIN),
+  try {
+    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
+      const update = captureUpdate(host.doc, () =>
+        host.doc.transact(() => {
+          const now = Date.now()
+          for (const key of keys) if (reactions.get(key) === undefined) reactions.set(key, -now)
+        }, RELAY_ORIGIN),
+      )
+      return update ? { update, source: "relay" } : undefined
+    })
+    if (entries.length === 0) return
+    broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+    if (events.length > 0 || positions.length > 0)
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
+  } catch (error) {
+    // The device's change is stored; what is lost is the removal it meant (a reaction that stays).
+    ctx.log.error(
+      { err: error, doc: host.key, reactions: keys.length },
+      "could not write the removal of folded reactions",
     )
-    return update ? { update, source: "relay" } : undefined
-  })
-  if (entries.length === 0) return
-  broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
-  if (events.length > 0 || positions.length > 0)
-    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
+  }
 }
 
 /** Documents with a follow-up seal queued. */
