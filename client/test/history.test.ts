@@ -177,7 +177,7 @@ describe("sealed history in the SDK", () => {
       args: ["--dev", "--history-segment-size", "10", "--history-keep-live", "5"],
     })
     try {
-      const { a, b, alice, chat, first } = await chatWithFirstMessage(sealRelay, "folds")
+      const { b, chat, first } = await chatWithFirstMessage(sealRelay, "folds")
       const bob = await connectClient(sealRelay, b)
       const theirs = await bob.conversation(chat.id).ready()
       await eventually(() => expect(theirs.message(first.id)).toBeDefined())

@@ -404,6 +404,12 @@ export const RELAY_FLAGS = {
     help: "characters of the latest message records a live document keeps when it seals older ones",
     default: HistoryDefaults.keepLiveChars,
   }),
+  "history-refold-messages": flag({
+    kind: "integer",
+    env: "PARLEY_HISTORY_REFOLD_MESSAGES",
+    help: "sealed messages with reactions or edits written after their seal that a live document holds before a compaction folds them into their segments",
+    default: HistoryDefaults.refoldMessages,
+  }),
   "history-epoch-client-ids": flag({
     kind: "integer",
     env: "PARLEY_HISTORY_EPOCH_CLIENT_IDS",
@@ -1048,6 +1054,7 @@ export function parseConfig(
             keepLive: Math.max(1, v["history-keep-live"]),
             segmentChars: Math.max(1, v["history-segment-chars"]),
             keepLiveChars: Math.max(0, v["history-keep-live-chars"]),
+            refoldMessages: Math.max(1, v["history-refold-messages"]),
             epochClientIds: Math.max(2, v["history-epoch-client-ids"]),
             keepSummaries: Math.max(1, v["history-keep-summaries"]),
             foldSize: Math.max(0, v["history-fold-size"]),

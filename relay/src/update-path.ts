@@ -1,8 +1,12 @@
 import {
   type ChangeEvent,
   type Decision,
+  decodeFoldedHistory,
+  decodeSegmentSummary,
+  type EditRecord,
   ErrorCode,
   encodeSyncUpdate,
+  HistoryDefaults,
   isRetryable,
   type MessageId,
   messageIndex,
@@ -25,10 +29,10 @@ import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import { startEpoch } from "./history/epoch.js"
-import { FoldedReactions } from "./history/folded-reactions.js"
+import { FoldedReactions, type ItemId } from "./history/folded-reactions.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
-import { applyPurge, holdPurged, planPurge, storePurge } from "./history/purge-plan.js"
+import { applyPurge, holdPurged, planPurge, planRefold, storePurge } from "./history/purge-plan.js"
 import { SealedReads } from "./history/sealed-reads.js"
 import { applySeals, placeholdersToTombstones, planSeals, type SealPlan, sealDue } from "./history/sealing.js"
 import type { Logger } from "./log.js"
@@ -526,6 +530,7 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
     await compact(ctx, host)
+    if (ctx.history && host.name.kind === "conversation") await refoldOverlays(ctx, ctx.history, host)
     if (garbageEpochDue(ctx, host)) await startNewEpoch(ctx, host, "garbage")
   }
 }
@@ -1059,6 +1064,136 @@ async function removeFolded(ctx: PathContext, host: DocumentHost, keys: readonly
       "could not write the removal of folded reactions",
     )
   }
+}
+
+/** Characters of edits of sealed messages from which a compaction folds them into their segments (or `refoldMessages`). */
+const REFOLD_MIN_EDIT_CHARS = 64 * 1024
+/** Segments one refold re-seals at most (those holding the most overlays). */
+const REFOLD_SEGMENTS = 4
+/** Sealed messages with overlays one refold looks up at most. */
+const REFOLD_IDS = 512
+
+/**
+ * The sealed messages the live document holds overlays of (reactions,
+ * removals of folded ones, edits: written after the message was sealed), and
+ * the characters of those edits.
+ */
+function sealedOverlays(doc: Y.Doc): { ids: MessageId[]; editChars: number } {
+  const index = messageIndex(doc)
+  const inLive = (id: MessageId) => index.records.has(id) || index.deleted.has(id)
+  const ids = new Set<MessageId>()
+  for (const id of index.reactions.keys()) if (!inLive(id)) ids.add(id)
+  for (const id of index.reactionRemovals.keys()) if (!inLive(id)) ids.add(id)
+  let editChars = 0
+  for (const [id, edit] of typesOf(doc).edits.entries())
+    if (!inLive(id as MessageId)) {
+      ids.add(id as MessageId)
+      editChars += typeof (edit as EditRecord)?.body === "string" ? (edit as EditRecord).body.length : 0
+    }
+  return { ids: [...ids], editChars }
+}
+
+/**
+ * Folds the overlays the live document holds of sealed messages into their
+ * segments, once there are enough of them (`SealingOptions.refoldMessages`):
+ * a seal folds what a message had when it was sealed, and this what was
+ * written after (reactions to old messages, removals of folded ones, edits),
+ * so that the live document stays bounded however long the conversation.
+ * Re-seals at most {@link REFOLD_SEGMENTS} segments per call, as a purge
+ * re-seals (the segment stored under its index first, then the live
+ * document names its new hash and drops the overlays it folded, in one
+ * relay change). Called after a compaction. A failure leaves the overlays
+ * live, to be folded after a later compaction.
+ */
+async function refoldOverlays(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
+  if (host.destroyed || sealedThrough(host.doc) === 0) return
+  const { ids, editChars } = sealedOverlays(host.doc)
+  const least = history.sealing.refoldMessages ?? HistoryDefaults.refoldMessages
+  if (ids.length < least && editChars < REFOLD_MIN_EDIT_CHARS) return
+  try {
+    const named = ids.slice(0, REFOLD_IDS)
+    await history.holdNamed(host, named, SealedReads.relay())
+    const directory = sealedHistory(host.doc)
+    const seqs = named.flatMap((id) => {
+      const entry = directory.entry(id)
+      return entry ? [entry.seq] : []
+    })
+    const plan = await planRefold(history, host, seqs, REFOLD_SEGMENTS)
+    if (!plan || host.destroyed) return
+    await storePurge(history, host.key, plan)
+    // A device that removes a reaction while it is folded sends a deletion Yjs cannot see (see FoldedReactions).
+    const replaced = replacedSummaryItems(host.doc, plan.fold !== undefined)
+    for (const { index, keys } of plan.folded) {
+      const record = replaced.summaries.get(index) ?? replaced.fold
+      if (record) foldedReactionsOf(host).rememberKeys(host.doc, keys, record)
+    }
+    const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
+      const update = captureUpdate(host.doc, () =>
+        host.doc.transact(() => {
+          applyPurge(host.doc, plan)
+          const t = typesOf(host.doc)
+          for (const { keys, edits } of plan.folded) {
+            for (const key of keys) t.reactions.delete(key)
+            for (const id of edits) t.edits.delete(id)
+          }
+        }, RELAY_ORIGIN),
+      )
+      return update ? { update, source: "relay" } : undefined
+    })
+    holdPurged(host.doc, plan)
+    if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+    // New hashes and overlays moved into segments: no hook event; the positions move the hooks' watermark past it.
+    if (positions.length > 0)
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
+    // More than one turn's worth (overlays spread over many segments): the rest in later turns of the
+    // queue, each as bounded as this one; this one made progress, so the follow-ups end.
+    if (entries.length > 0) refoldAgainLater(ctx, history, host)
+  } catch (error) {
+    ctx.log.error(
+      { err: error, doc: host.key },
+      "could not fold sealed messages' overlays into their segments",
+    )
+  }
+}
+
+/** Documents with a follow-up refold queued. */
+const refoldsQueued = new WeakSet<DocumentHost>()
+
+/** Queues another {@link refoldOverlays} behind what the document's queue holds now (it returns at once when none is due). */
+function refoldAgainLater(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): void {
+  if (refoldsQueued.has(host) || host.destroyed) return
+  refoldsQueued.add(host)
+  void host
+    .enqueue(async () => {
+      refoldsQueued.delete(host)
+      if (!host.destroyed) await refoldOverlays(ctx, history, host)
+    })
+    .catch((error: unknown) => {
+      refoldsQueued.delete(host)
+      ctx.log.warn(
+        { err: error, doc: host.key },
+        "a follow-up refold failed; the next compaction tries again",
+      )
+    })
+}
+
+/** The items of `segments` a re-sealing replaces: each live summary's, by segment index, and the folded record's. */
+function replacedSummaryItems(
+  doc: Y.Doc,
+  withFold: boolean,
+): { summaries: Map<number, ItemId>; fold?: ItemId } {
+  const summaries = new Map<number, ItemId>()
+  let fold: ItemId | undefined
+  for (let item = typesOf(doc).segments._start; item !== null; item = item.right) {
+    if (item.deleted || !(item.content instanceof Y.ContentAny)) continue
+    item.content.getContent().forEach((value, j) => {
+      const id = { client: item.id.client, clock: item.id.clock + j }
+      const summary = decodeSegmentSummary(value)
+      if (summary) summaries.set(summary.index, id)
+      else if (withFold && decodeFoldedHistory(value)) fold = id
+    })
+  }
+  return fold ? { summaries, fold } : { summaries }
 }
 
 /** Documents with a follow-up seal queued. */

@@ -444,6 +444,68 @@ describe("sealed history", () => {
     expect(back.errors).toEqual([])
     expect(knew.errors).toEqual([])
   })
+
+  it("folds reactions and edits written after a seal into the segment at a compaction; the live document drops them", async () => {
+    const relay = await startRelay({
+      backend: new MemoryBackend(),
+      port: 0,
+      warmUp: false,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      history: { segmentSize: 10, keepLive: 5, epochClientIds: 1000, refoldMessages: 7 },
+      limits: { compactAfterUpdates: 5 },
+    })
+    relays.push(relay)
+    const id = await conversationWith(relay, 40)
+    const b = await connect(relay, id, bob)
+    const held = segmentOf(await requestSegment(b, 0))
+    sealedHistory(b.doc).add(held)
+    // After the seal: bob reacts to six sealed messages (one fewer than a refold waits for).
+    const targets = held.entries.slice(0, 6).map((e) => e.record.id)
+    for (const m of targets) react(b.doc, bob, m, "👀")
+    await b.allSaved()
+    // Bob's device goes offline and takes one back, not knowing it is about to be folded.
+    b.close()
+    await b.closed
+    unreact(b.doc, bob, targets[1]!, "👀")
+    // Alice edits one of her sealed messages: the seventh.
+    const mine = held.entries.find((e) => e.record.author === alice && !targets.includes(e.record.id))!.record
+      .id
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      editMessage(doc, alice, mine, "edited late"),
+    )
+    // More changes until a compaction has folded them.
+    const live = () => relay.core.read(id, (doc) => typesOf(doc).reactions.size + typesOf(doc).edits.size)
+    for (let i = 0; i < 20 && (await live()) > 0; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `more ${i}` }),
+      )
+    expect(
+      await relay.core.read(id, (doc) => [
+        ...typesOf(doc).reactions.entries(),
+        ...typesOf(doc).edits.entries(),
+      ]),
+    ).toEqual([])
+    // The re-sealed segment holds them; a member fetching it sees them.
+    const c = await connect(relay, id, alice)
+    const refolded = segmentOf(await requestSegment(c, 0))
+    sealedHistory(c.doc).add(refolded)
+    for (const m of targets) expect(getMessage(c.doc, m)?.reactions["👀"]).toEqual([bob])
+    expect(getMessage(c.doc, mine)).toMatchObject({ body: "edited late", editedAt: expect.any(Number) })
+    // Bob's device reconnects: the reaction it took back while offline goes.
+    const back = new TestClient(relay.url, id, await signToken(SECRET, bob), { doc: b.doc })
+    clients.push(back)
+    await back.synced()
+    await back.allSaved()
+    await c.until(() => getMessage(c.doc, targets[1]!)?.reactions["👀"] === undefined)
+    expect(getMessage(c.doc, targets[2]!)?.reactions["👀"]).toEqual([bob])
+    // And takes another back online: a removal of the folded reaction, as for any folded one.
+    sealedHistory(back.doc).replace(refolded)
+    unreact(back.doc, bob, targets[0]!, "👀")
+    await back.allSaved()
+    await c.until(() => getMessage(c.doc, targets[0]!)?.reactions["👀"] === undefined)
+    expect(back.errors).toEqual([])
+  })
 })
 
 describe("folded history: old summaries in a chain of directory pages", () => {

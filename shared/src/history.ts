@@ -54,6 +54,12 @@ export const HistoryDefaults = {
   keepSummaries: 4,
   /** Segment summaries per directory page (folded at once, the oldest first). */
   foldSize: 16,
+  /**
+   * Sealed messages with overlays written after they were sealed (reactions,
+   * removals of folded ones, edits) that the live document holds before the
+   * relay folds them into their segments, at its next compaction.
+   */
+  refoldMessages: 200,
 } as const
 
 /**

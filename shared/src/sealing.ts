@@ -16,6 +16,7 @@ import {
   sealedHistory,
   sealedSegments,
   sealedThrough,
+  segmentHash,
   summarizeSegment,
 } from "./history.js"
 import type { ConversationId, MessageId, UserId } from "./ids.js"
@@ -50,6 +51,12 @@ export interface SealingOptions {
   readonly keepSummaries?: number
   /** Summaries folded into one directory page at once; 0 = never fold (default `HistoryDefaults.foldSize`). */
   readonly foldSize?: number
+  /**
+   * Sealed messages with overlays in the live document (written after they
+   * were sealed) from which the relay folds them into their segments at a
+   * compaction (default `HistoryDefaults.refoldMessages`).
+   */
+  readonly refoldMessages?: number
 }
 
 /** A segment ready to store, and what sealing it removes from the live document. */
@@ -136,11 +143,79 @@ function overlaysToFold(
   const reactions: [string, UserId][] = []
   for (const [emoji, users] of messageIndex(doc).reactions.get(record.id) ?? [])
     for (const user of users) reactions.push([emoji, user])
-  reactions.sort((a, b) => (a[0] === b[0] ? (a[1] < b[1] ? -1 : 1) : a[0] < b[0] ? -1 : 1))
+  reactions.sort(byEmojiThenUser)
   const edit = decodeEdit(typesOf(doc).edits.get(record.id))
   if (reactions.length === 0 && !edit) return undefined
   return { ...(reactions.length > 0 ? { reactions } : {}), ...(edit ? { edit } : {}) }
 }
+
+/**
+ * `segment` (summarized as `summary`) with the overlays `doc` holds of its
+ * messages folded into their entries, as a seal folds them (see
+ * `overlaysToFold`): what was written after the message was sealed — a
+ * reaction, a removal of a folded one, an edit — so that the live document
+ * does not keep it for good. Also returns the keys of `reactions` and the
+ * ids of `edits` the re-sealed segment now holds, for the caller to remove
+ * from the live document in the change that names the segment's new hash.
+ * Undefined when none of its messages has any (deleted and sticky ones are
+ * left as they are).
+ */
+export function refoldSegment(
+  doc: Y.Doc,
+  segment: Segment,
+  summary: SegmentSummary,
+):
+  | { segment: Segment; bytes: Uint8Array; summary: SegmentSummary; keys: string[]; edits: MessageId[] }
+  | undefined {
+  const index = messageIndex(doc)
+  const t = typesOf(doc)
+  const keys: string[] = []
+  const edits: MessageId[] = []
+  const entries = segment.entries.map((entry): SealedEntry => {
+    const { record } = entry
+    if (isDeletedRecord(record) || record.priority === "sticky" || t.tombstones.has(record.id)) return entry
+    // Not for an id the live document holds a message under (written under a sealed id before the relay refused that).
+    if (index.records.has(record.id) || index.deleted.has(record.id)) return entry
+    const live = index.reactions.get(record.id)
+    const removed = index.reactionRemovals.get(record.id)
+    const edit = decodeEdit(t.edits.get(record.id))
+    if (!live && !removed && !edit) return entry
+    const pairs = new Map<string, [string, UserId]>()
+    for (const [emoji, user] of entry.overlays?.reactions ?? [])
+      if (!removed?.get(emoji)?.has(user)) pairs.set(reactionKey(record.id, user, emoji), [emoji, user])
+    for (const [emoji, users] of live ?? [])
+      for (const user of users) {
+        const key = reactionKey(record.id, user, emoji)
+        pairs.set(key, [emoji, user])
+        keys.push(key)
+      }
+    for (const [emoji, users] of removed ?? [])
+      for (const user of users) keys.push(reactionKey(record.id, user, emoji))
+    if (edit) edits.push(record.id)
+    const reactions = [...pairs.values()].sort(byEmojiThenUser)
+    const folded = edit ?? entry.overlays?.edit
+    const overlays: SealedOverlays = {
+      ...(reactions.length > 0 ? { reactions } : {}),
+      ...(folded ? { edit: folded } : {}),
+    }
+    return Object.keys(overlays).length > 0
+      ? { seq: entry.seq, record, overlays }
+      : { seq: entry.seq, record }
+  })
+  if (keys.length === 0 && edits.length === 0) return undefined
+  const refolded: Segment = { ...segment, entries }
+  const bytes = encodeSegment(refolded)
+  return {
+    segment: refolded,
+    bytes,
+    summary: { ...summary, hash: segmentHash(bytes), bytes: bytes.length },
+    keys,
+    edits,
+  }
+}
+
+const byEmojiThenUser = (a: readonly [string, string], b: readonly [string, string]) =>
+  a[0] === b[0] ? (a[1] < b[1] ? -1 : 1) : a[0] < b[0] ? -1 : 1
 
 /** An `edits` value as an edit record, or undefined when it is not one. */
 function decodeEdit(value: unknown): EditRecord | undefined {

@@ -1,4 +1,5 @@
 import {
+  isReactionRemoval,
   type MessageId,
   parseReactionKey,
   reactionKey,
@@ -12,7 +13,7 @@ import * as Y from "yjs"
 type DeleteSet = ReturnType<typeof Y.decodeUpdate>["ds"]
 
 /** A Yjs item's id. */
-interface ItemId {
+export interface ItemId {
   readonly client: number
   readonly clock: number
 }
@@ -82,6 +83,27 @@ export class FoldedReactions {
           this.size++
         }
       }
+    for (const list of this.byClient.values()) list.sort((a, b) => a.clock - b.clock)
+    if (this.size > MAX_REMEMBERED) this.forgetOldest(this.size - MAX_REMEMBERED)
+  }
+
+  /**
+   * Remembers the reactions under `keys` that a re-sealing folds (see
+   * `planRefold`), from `doc` as it is before it is applied, with `record`:
+   * the item the same change deletes (the segment's summary, or the folded
+   * record naming its directory page), which a device that knew of the
+   * re-sealing deletes too whenever it sends its whole delete set.
+   */
+  rememberKeys(doc: Y.Doc, keys: readonly string[], record: ItemId): void {
+    const entries = (typesOf(doc).reactions as unknown as { _map: Map<string, Y.Item> })._map
+    for (const key of keys) {
+      const item = entries.get(key)
+      if (!item || item.deleted || isReactionRemoval(typesOf(doc).reactions.get(key))) continue
+      const list = this.byClient.get(item.id.client) ?? []
+      list.push({ clock: item.id.clock, key, record })
+      this.byClient.set(item.id.client, list)
+      this.size++
+    }
     for (const list of this.byClient.values()) list.sort((a, b) => a.clock - b.clock)
     if (this.size > MAX_REMEMBERED) this.forgetOldest(this.size - MAX_REMEMBERED)
   }

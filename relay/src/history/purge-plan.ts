@@ -9,6 +9,7 @@ import {
   type MessageId,
   purgeFromSegment,
   refoldPages,
+  refoldSegment,
   type SealedDeletion,
   type Segment,
   type SegmentSummary,
@@ -66,6 +67,64 @@ export async function planPurge(
   const refold =
     fold && refoldPages(fold, pages, new Map(segments.map(({ summary }) => [summary.index, summary])))
   return { segments, pages: refold?.pages ?? [], ...(refold ? { fold: refold.fold } : {}) }
+}
+
+/**
+ * A re-sealing that folds the live document's overlays of sealed messages
+ * into their segments (shared `refoldSegment`): what it rewrites, as for a
+ * purge, and per re-sealed segment the `reactions` keys and `edits` ids the
+ * live document then no longer needs.
+ */
+export interface RefoldPlan extends PurgePlan {
+  readonly folded: readonly {
+    readonly index: number
+    readonly keys: readonly string[]
+    readonly edits: readonly MessageId[]
+  }[]
+}
+
+/**
+ * Plans folding the overlays of the sealed messages numbered `seqs` into
+ * their segments: at most `maxSegments` of them, those holding the most of
+ * `seqs`. Reads them (and the directory pages, when one is folded) as a
+ * purge does. Undefined when none has an overlay to fold.
+ */
+export async function planRefold(
+  keeper: HistoryKeeper,
+  host: HistoryHost,
+  seqs: readonly number[],
+  maxSegments: number,
+): Promise<RefoldPlan | undefined> {
+  const fold = foldedHistory(host.doc)
+  const pages = fold && seqs.some((seq) => seq <= fold.through) ? await keeper.loadPages(host) : []
+  const summaries = [...pages.flatMap((p) => p.summaries), ...sealedSegments(host.doc)]
+  const holding = summaries
+    .map((summary) => ({
+      summary,
+      count: seqs.filter((seq) => seq >= summary.from && seq <= summary.to).length,
+    }))
+    .filter(({ count }) => count > 0)
+    .sort((a, b) => b.count - a.count)
+    .slice(0, maxSegments)
+    .map(({ summary }) => summary)
+  await keeper.holdIndexes(
+    host,
+    holding.map((summary) => summary.index),
+  )
+  const directory = sealedHistory(host.doc)
+  const segments: PurgePlan["segments"][number][] = []
+  const folded: RefoldPlan["folded"][number][] = []
+  for (const summary of holding) {
+    const segment = directory.segment(summary.index)
+    const refolded = segment && refoldSegment(host.doc, segment, summary)
+    if (!refolded) continue
+    segments.push(refolded)
+    folded.push({ index: summary.index, keys: refolded.keys, edits: refolded.edits })
+  }
+  if (segments.length === 0) return undefined
+  const refold =
+    fold && refoldPages(fold, pages, new Map(segments.map(({ summary }) => [summary.index, summary])))
+  return { segments, pages: refold?.pages ?? [], ...(refold ? { fold: refold.fold } : {}), folded }
 }
 
 /** Stores what `plan` rewrites, segments first, then directory pages oldest first; before the live document names them. */
