@@ -32,7 +32,14 @@ import { startEpoch } from "./history/epoch.js"
 import { FoldedReactions, type ItemId } from "./history/folded-reactions.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
-import { applyPurge, holdPurged, planPurge, planRefold, storePurge } from "./history/purge-plan.js"
+import {
+  applyPurge,
+  holdPurged,
+  type PurgePlan,
+  planPurge,
+  planRefold,
+  storePurge,
+} from "./history/purge-plan.js"
 import { SealedReads } from "./history/sealed-reads.js"
 import { applySeals, placeholdersToTombstones, planSeals, type SealPlan, sealDue } from "./history/sealing.js"
 import type { Logger } from "./log.js"
@@ -883,22 +890,40 @@ async function purgeSealed(
   const plan = await planPurge(history, host, deletions)
   if (!plan) return
   await storePurge(history, host.key, plan)
+  await nameResealed(ctx, host, plan, () => {
+    // A pinned copy of a deleted message holds its text: gone with it, whichever client deleted it.
+    const pins = typesOf(host.doc).pins
+    for (const id of deletions.keys()) if (pins.has(id)) pins.delete(id)
+  })
+}
+
+/**
+ * Names the segments (and directory pages) `plan` re-sealed, stored already,
+ * in the live document, with `also` in the same relay change: stored,
+ * broadcast, and told to the hooks as no event (a summary's new hash is none;
+ * the positions move their watermark past it); then holds the new versions.
+ * Resolves whether a change was stored.
+ */
+async function nameResealed(
+  ctx: PathContext,
+  host: DocumentHost,
+  plan: PurgePlan,
+  also: () => void,
+): Promise<boolean> {
   const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
     const update = captureUpdate(host.doc, () =>
       host.doc.transact(() => {
         applyPurge(host.doc, plan)
-        // A pinned copy of a deleted message holds its text: gone with it, whichever client deleted it.
-        const pins = typesOf(host.doc).pins
-        for (const id of deletions.keys()) if (pins.has(id)) pins.delete(id)
+        also()
       }, RELAY_ORIGIN),
     )
     return update ? { update, source: "relay" } : undefined
   })
   holdPurged(host.doc, plan)
   if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
-  // A summary's new hash is no hook event; the positions move the hooks' watermark past it.
   if (positions.length > 0)
     ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
+  return entries.length > 0
 }
 
 /**
@@ -1127,27 +1152,16 @@ async function refoldOverlays(ctx: PathContext, history: HistoryKeeper, host: Do
       const record = replaced.summaries.get(index) ?? replaced.fold
       if (record) foldedReactionsOf(host).rememberKeys(host.doc, keys, record)
     }
-    const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
-      const update = captureUpdate(host.doc, () =>
-        host.doc.transact(() => {
-          applyPurge(host.doc, plan)
-          const t = typesOf(host.doc)
-          for (const { keys, edits } of plan.folded) {
-            for (const key of keys) t.reactions.delete(key)
-            for (const id of edits) t.edits.delete(id)
-          }
-        }, RELAY_ORIGIN),
-      )
-      return update ? { update, source: "relay" } : undefined
+    const stored = await nameResealed(ctx, host, plan, () => {
+      const t = typesOf(host.doc)
+      for (const { keys, edits } of plan.folded) {
+        for (const key of keys) t.reactions.delete(key)
+        for (const id of edits) t.edits.delete(id)
+      }
     })
-    holdPurged(host.doc, plan)
-    if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
-    // New hashes and overlays moved into segments: no hook event; the positions move the hooks' watermark past it.
-    if (positions.length > 0)
-      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
     // More than one turn's worth (overlays spread over many segments): the rest in later turns of the
     // queue, each as bounded as this one; this one made progress, so the follow-ups end.
-    if (entries.length > 0) refoldAgainLater(ctx, history, host)
+    if (stored) refoldAgainLater(ctx, history, host)
   } catch (error) {
     ctx.log.error(
       { err: error, doc: host.key },

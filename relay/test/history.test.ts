@@ -55,7 +55,10 @@ async function relayWith(
   segmentSize = 10,
   keepLive = 5,
   epochClientIds = 1000,
-  fold: { keepSummaries: number; foldSize: number } = { keepSummaries: 4, foldSize: 16 },
+  fold: { keepSummaries: number; foldSize: number; refoldMessages?: number } = {
+    keepSummaries: 4,
+    foldSize: 16,
+  },
   limits: NonNullable<Parameters<typeof startRelay>[0]>["limits"] = {},
 ) {
   const relay = await startRelay({
@@ -446,16 +449,14 @@ describe("sealed history", () => {
   })
 
   it("folds reactions and edits written after a seal into the segment at a compaction; the live document drops them", async () => {
-    const relay = await startRelay({
-      backend: new MemoryBackend(),
-      port: 0,
-      warmUp: false,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      history: { segmentSize: 10, keepLive: 5, epochClientIds: 1000, refoldMessages: 7 },
-      limits: { compactAfterUpdates: 5 },
-    })
-    relays.push(relay)
+    const relay = await relayWith(
+      new MemoryBackend(),
+      10,
+      5,
+      1000,
+      { keepSummaries: 4, foldSize: 16, refoldMessages: 7 },
+      { compactAfterUpdates: 5 },
+    )
     const id = await conversationWith(relay, 40)
     const b = await connect(relay, id, bob)
     const held = segmentOf(await requestSegment(b, 0))
@@ -634,16 +635,11 @@ describe("stock y-websocket clients and sealed history", () => {
 
 describe("epochs of the live document", () => {
   it("starts a fresh epoch when the stored document is mostly removed values: reactions added and removed leave nothing behind", async () => {
-    const relay = await startRelay({
-      backend: new MemoryBackend(),
-      port: 0,
-      warmUp: false,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      // Compacted every 5 changes; a fresh epoch once a snapshot passes 64 KiB and twice its values.
-      limits: { compactAfterUpdates: 5, epochGarbageBytes: 64 * 1024 },
+    // Compacted every 5 changes; a fresh epoch once a snapshot passes 64 KiB and twice its values.
+    const relay = await relayWith(new MemoryBackend(), 500, 250, 1000, undefined, {
+      compactAfterUpdates: 5,
+      epochGarbageBytes: 64 * 1024,
     })
-    relays.push(relay)
     const id = await conversationWith(relay, 2)
     const message = await relay.core.read(id, (doc) => listMessages(doc, { last: 1 })[0]!.id)
     const c = await connect(relay, id, bob)
