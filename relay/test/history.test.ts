@@ -19,6 +19,7 @@ import {
   Rule,
   react,
   reactionKey,
+  refoldSegment,
   sealedHistory,
   sealedSegments,
   sealedThrough,
@@ -506,6 +507,55 @@ describe("sealed history", () => {
     await back.allSaved()
     await c.until(() => getMessage(c.doc, targets[0]!)?.reactions["👀"] === undefined)
     expect(back.errors).toEqual([])
+  })
+
+  it("heals a refold cut short by a crash: the segment stored but never named is named by the next refold", async () => {
+    const backend = new MemoryBackend()
+    const history = { keepSummaries: 4, foldSize: 16, refoldMessages: 3 }
+    const relay = await relayWith(backend, 10, 5, 1000, history, { compactAfterUpdates: 5, idleUnloadMs: 50 })
+    const id = await conversationWith(relay, 40)
+    const sealed = await relay.core.read(id, (doc) => sealedSegments(doc)[0]!)
+    const c = await connect(relay, id, bob)
+    const held = segmentOf(await requestSegment(c, 0))
+    sealedHistory(c.doc).add(held)
+    // Two reactions to sealed messages: fewer than a refold waits for.
+    react(c.doc, bob, held.entries[0]!.record.id, "👍")
+    react(c.doc, bob, held.entries[1]!.record.id, "👍")
+    await c.allSaved()
+    // The crash: the re-sealed segment is stored, the change naming it never is.
+    const refolded = await relay.core.read(id, (doc) => {
+      sealedHistory(doc).add(held)
+      return refoldSegment(doc, held, sealed)!
+    })
+    await backend.history.put(id, {
+      index: 0,
+      from: refolded.segment.from,
+      to: refolded.segment.to,
+      hash: refolded.summary.hash,
+      bytes: refolded.bytes,
+    })
+    c.close()
+    // Unloaded, as after a restart: what the relay held of it is gone. Segment 0 is not what the live
+    // document names until a refold names it.
+    while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
+    const b = await connect(relay, id, bob)
+    expect((await requestSegment(b, 0)).error).toBe(ErrorCode.NOT_FOUND)
+    sealedHistory(b.doc).add(held)
+    react(b.doc, bob, held.entries[2]!.record.id, "👍")
+    await b.allSaved()
+    for (let i = 0; i < 10 && typesOf(b.doc).reactions.size > 0; i++) {
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `after ${i}` }),
+      )
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    expect([...typesOf(b.doc).reactions.keys()]).toEqual([])
+    const named = segmentOf(await requestSegment(b, 0, 99))
+    expect(named.entries.slice(0, 3).map((e) => e.overlays?.reactions)).toEqual([
+      [["👍", bob]],
+      [["👍", bob]],
+      [["👍", bob]],
+    ])
   })
 })
 
