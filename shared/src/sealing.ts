@@ -2,6 +2,7 @@ import type * as Y from "yjs"
 import { typesOf } from "./document.js"
 import {
   applyFold,
+  decodeTombstone,
   encodeSegment,
   encodeSegmentSummary,
   encodeTombstone,
@@ -157,8 +158,10 @@ function overlaysToFold(
  * does not keep it for good. Also returns the keys of `reactions` and the
  * ids of `edits` the re-sealed segment now holds, for the caller to remove
  * from the live document in the change that names the segment's new hash.
- * Undefined when none of its messages has any (deleted and sticky ones are
- * left as they are).
+ * A message deleted since its seal (tombstoned) is written as its
+ * placeholder, as a purge writes it, so that no version of a segment ever
+ * named again holds a deleted message's content. Undefined when there is
+ * nothing to fold or purge (sticky messages keep their overlays live).
  */
 export function refoldSegment(
   doc: Y.Doc,
@@ -171,9 +174,27 @@ export function refoldSegment(
   const t = typesOf(doc)
   const keys: string[] = []
   const edits: MessageId[] = []
+  let purged = false
   const entries = segment.entries.map((entry): SealedEntry => {
     const { record } = entry
-    if (isDeletedRecord(record) || record.priority === "sticky" || t.tombstones.has(record.id)) return entry
+    if (isDeletedRecord(record)) return entry
+    // Deleted since it was sealed: never named again with its content, whatever version this is (the
+    // purge of the deletion may still be due, or this may be a version stored but never named).
+    const tombstone = decodeTombstone(t.tombstones.get(record.id))
+    if (tombstone) {
+      purged = true
+      return {
+        seq: entry.seq,
+        record: {
+          id: record.id,
+          author: record.author,
+          createdAt: record.createdAt,
+          deletedAt: tombstone.deletedAt,
+          deletedBy: tombstone.deletedBy,
+        },
+      }
+    }
+    if (record.priority === "sticky") return entry
     // Not for an id the live document holds a message under (written under a sealed id before the relay refused that).
     if (index.records.has(record.id) || index.deleted.has(record.id)) return entry
     const live = index.reactions.get(record.id)
@@ -202,7 +223,7 @@ export function refoldSegment(
       ? { seq: entry.seq, record, overlays }
       : { seq: entry.seq, record }
   })
-  if (keys.length === 0 && edits.length === 0) return undefined
+  if (keys.length === 0 && edits.length === 0 && !purged) return undefined
   const refolded: Segment = { ...segment, entries }
   const bytes = encodeSegment(refolded)
   return {

@@ -26,6 +26,7 @@ import {
   react,
   reactionKey,
   recordChars,
+  refoldSegment,
   SEGMENT_FORMAT,
   type SealingOptions,
   sealDue,
@@ -348,6 +349,39 @@ describe("overlays folded into sealed entries", () => {
     // Deleting the message takes its removals with its reactions.
     deleteMessage(replica, alice, ids[0]!)
     expect([...typesOf(replica).reactions.keys()].some((k) => k.startsWith(ids[0]!))).toBe(false)
+  })
+
+  it("re-seals what was written after the seal into the entries, and never names a deleted message's content again", () => {
+    const { doc, ids, plan } = sealedWithOverlays()
+    applySeal(doc, plan, null)
+    const segment = decodeSegment(plan.bytes)
+    sealedHistory(doc).add(segment)
+    // After the seal: carol reacts to an old message, alice edits one, bob's first is deleted.
+    react(doc, carol, ids[30]!, "👀")
+    editMessage(doc, alice, ids[30]!, "m30, edited late")
+    deleteMessage(doc, bob, ids[1]!)
+    const before = [30, 0].map((i) => getMessage(doc, ids[i]!))
+    const refolded = refoldSegment(doc, segment, plan.summary)!
+    expect(refolded.keys).toEqual([reactionKey(ids[30]!, carol, "👀")])
+    expect(refolded.edits).toEqual([ids[30]])
+    const entry = (i: number) => refolded.segment.entries.find((e) => e.record.id === ids[i])!
+    expect(entry(30).overlays).toEqual({
+      reactions: [["👀", carol]],
+      edit: { body: "m30, edited late", editedAt: expect.any(Number) },
+    })
+    // The deleted one is its placeholder, without its content or overlays (it had bob's 👍 folded).
+    expect(entry(1)).toEqual({
+      seq: entry(1).seq,
+      record: expect.objectContaining({ id: ids[1], deletedBy: bob }),
+    })
+    expect(
+      decodeSegment(refolded.bytes).entries.find((e) => e.record.id === ids[1])?.record,
+    ).not.toHaveProperty("body")
+    // Named, and the live overlays dropped, readers see what they saw.
+    typesOf(doc).reactions.delete(refolded.keys[0]!)
+    typesOf(doc).edits.delete(ids[30]!)
+    sealedHistory(doc).replace(refolded.segment)
+    expect([30, 0].map((i) => getMessage(doc, ids[i]!))).toEqual(before)
   })
 })
 
