@@ -1259,14 +1259,15 @@ async function startNewEpoch(
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
     const fresh = startEpoch(host.doc)
     const clientIds = host.doc.store.clients.size
-    const before = Y.encodeStateAsUpdate(host.doc).length
     const encoded = Y.encodeStateAsUpdate(fresh)
     await ctx.storage.compact(host.key, encoded, host.lastPosition)
     fresh.destroy()
     ctx.metrics.epochs.inc({ reason })
+    // The last snapshot's size (the compaction before a garbage epoch wrote it): not encoded again for a log line.
+    const before = snapshotSizes.get(host)?.snapshot
     ctx.restart(
       host,
-      `started a fresh epoch of the live document (${clientIds} client ids → 1, ${before} bytes → ${encoded.length})`,
+      `started a fresh epoch of the live document (${clientIds} client ids → 1, ${before ?? "?"} bytes at its last snapshot → ${encoded.length})`,
     )
   } catch (error) {
     // Storage still holds the old epoch (compaction is atomic): it stays loaded and in use.

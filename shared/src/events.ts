@@ -103,8 +103,8 @@ export function observeChanges(
       .map(decodeStoredRecord)
       .filter((record) => record !== undefined)
   }
-  // A seal (the relay's change that adds a segment's summary) folds its messages' reactions into the
-  // segment: the keys it removes are no reaction's removal.
+  // A seal or a re-seal (the relay's changes to `segments`) folds reactions into a segment: the keys it
+  // removes are no reaction's removal.
   const onSegments = (event: Y.YArrayEvent<unknown>) => {
     slot(event.transaction).sealed = true
   }

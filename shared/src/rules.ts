@@ -80,9 +80,10 @@ export const Rule = {
   /**
    * Reactions are bounded: at most `Limits.reactionEmojiPerMessage` different
    * emoji on one message, and at most `Limits.reactionsPerUser` reactions of
-   * one user in one conversation. Reactions of sealed messages stay in the
-   * live document (every joiner downloads them), so without a bound one
-   * member could grow it by any amount.
+   * one user in one conversation. Every reader of a message downloads its
+   * reactions, and those written to sealed messages are in the live
+   * document until the relay folds them: without a bound one member could
+   * grow either by any amount.
    */
   reactionLimit: "reaction-limit",
 } as const

@@ -25,8 +25,12 @@ interface Folded {
   readonly record: ItemId
 }
 
-/** Folded reactions one document remembers at most (the oldest are forgotten first). */
-const MAX_REMEMBERED = 100_000
+/**
+ * Folded reactions one loaded document remembers at most (about 150 bytes
+ * each; the lowest clocks are forgotten first): enough for the devices
+ * offline across a few seals, bounded whatever the conversation.
+ */
+const MAX_REMEMBERED = 10_000
 
 /**
  * The reactions this relay's seals folded into segments, by the Yjs item that
@@ -68,23 +72,15 @@ export class FoldedReactions {
           records.set(id, { client: item.id.client, clock: item.id.clock + j })
       }
     }
-    const entries = (t.reactions as unknown as { _map: Map<string, Y.Item> })._map
+    const folds: [string, ItemId][] = []
     for (const plan of plans)
       for (const { record, overlays } of plan.segment.entries) {
         const recordItem = records.get(record.id)
-        if (!recordItem) continue
-        for (const [emoji, user] of overlays?.reactions ?? []) {
-          const key = reactionKey(record.id, user, emoji)
-          const item = entries.get(key)
-          if (!item || item.deleted) continue
-          const list = this.byClient.get(item.id.client) ?? []
-          list.push({ clock: item.id.clock, key, record: recordItem })
-          this.byClient.set(item.id.client, list)
-          this.size++
-        }
+        if (recordItem)
+          for (const [emoji, user] of overlays?.reactions ?? [])
+            folds.push([reactionKey(record.id, user, emoji), recordItem])
       }
-    for (const list of this.byClient.values()) list.sort((a, b) => a.clock - b.clock)
-    if (this.size > MAX_REMEMBERED) this.forgetOldest(this.size - MAX_REMEMBERED)
+    this.hold(doc, folds)
   }
 
   /**
@@ -95,16 +91,30 @@ export class FoldedReactions {
    * re-sealing deletes too whenever it sends its whole delete set.
    */
   rememberKeys(doc: Y.Doc, keys: readonly string[], record: ItemId): void {
-    const entries = (typesOf(doc).reactions as unknown as { _map: Map<string, Y.Item> })._map
-    for (const key of keys) {
+    this.hold(
+      doc,
+      keys.map((key) => [key, record]),
+    )
+  }
+
+  /** Remembers the item each key holds a reaction under now (not a removal), with the record deleted with it. */
+  private hold(doc: Y.Doc, folds: readonly (readonly [string, ItemId])[]): void {
+    const reactions = typesOf(doc).reactions
+    const entries = (reactions as unknown as { _map: Map<string, Y.Item> })._map
+    const touched = new Set<Folded[]>()
+    for (const [key, record] of folds) {
       const item = entries.get(key)
-      if (!item || item.deleted || isReactionRemoval(typesOf(doc).reactions.get(key))) continue
-      const list = this.byClient.get(item.id.client) ?? []
+      if (!item || item.deleted || isReactionRemoval(reactions.get(key))) continue
+      let list = this.byClient.get(item.id.client)
+      if (!list) {
+        list = []
+        this.byClient.set(item.id.client, list)
+      }
       list.push({ clock: item.id.clock, key, record })
-      this.byClient.set(item.id.client, list)
+      touched.add(list)
       this.size++
     }
-    for (const list of this.byClient.values()) list.sort((a, b) => a.clock - b.clock)
+    for (const list of touched) list.sort((a, b) => a.clock - b.clock)
     if (this.size > MAX_REMEMBERED) this.forgetOldest(this.size - MAX_REMEMBERED)
   }
 
