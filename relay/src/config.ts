@@ -371,8 +371,14 @@ export const RELAY_FLAGS = {
   "epoch-garbage-bytes": flag({
     kind: "integer",
     env: "PARLEY_EPOCH_GARBAGE_BYTES",
-    help: "a conversation whose snapshot is larger than this and more than twice its values rewritten starts a fresh epoch (drops what Yjs keeps of removed values); 0 = never",
+    help: "a conversation whose snapshot holds more than this many bytes of removed values (the snapshot less its values rewritten) starts a fresh epoch, which drops them; 0 = never",
     default: CORE.epochGarbageBytes,
+  }),
+  "epoch-garbage-interval-ms": flag({
+    kind: "integer",
+    env: "PARLEY_EPOCH_GARBAGE_INTERVAL_MS",
+    help: "least time between two fresh epochs of one conversation for its garbage (each closes its sockets once), unless the garbage is past 32 times --epoch-garbage-bytes",
+    default: CORE.epochGarbageIntervalMs,
   }),
   "purge-delay-ms": flag({
     kind: "integer",
@@ -1121,6 +1127,7 @@ export function parseConfig(
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],
       epochGarbageBytes: Math.max(0, v["epoch-garbage-bytes"]),
+      epochGarbageIntervalMs: Math.max(0, v["epoch-garbage-interval-ms"]),
       purgeDelayMs: v["purge-delay-ms"],
       maxUpdateStructs: v["max-update-structs"],
       maxUpdateValues: v["max-update-values"],

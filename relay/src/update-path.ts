@@ -28,7 +28,7 @@ import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
-import { startEpoch } from "./history/epoch.js"
+import { epochValueBytes, startEpoch } from "./history/epoch.js"
 import { FoldedReactions, type ItemId } from "./history/folded-reactions.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
@@ -67,11 +67,13 @@ export interface PathLimits extends UpdateCostLimits {
   /** ...or once they hold this many bytes. */
   readonly compactAfterBytes: number
   /**
-   * A document whose snapshot is larger than this and more than twice what a
-   * fresh epoch of it would be is rewritten as one (see {@link garbageEpochDue});
-   * 0 = never.
+   * A conversation whose snapshot holds more than this many bytes of removed
+   * values (the snapshot less a fresh epoch of it) is rewritten as a fresh
+   * epoch (see {@link garbageEpochDue}); 0 = never.
    */
   readonly epochGarbageBytes: number
+  /** Least time between two fresh epochs of one document for its garbage (see {@link garbageEpochDue}). */
+  readonly epochGarbageIntervalMs: number
   /** How long a message deletion's purge waits for the document's next deletions to share it (see {@link schedulePurge}). */
   readonly purgeDelayMs: number
 }
@@ -529,44 +531,87 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   const deletedMessages = events.flatMap((e) => (e.type === "message.deleted" ? [e.messageId] : []))
   if (host.name.kind === "conversation" && deletedMessages.length > 0)
     schedulePurge(ctx, host, deletedMessages)
-  if (ctx.history && host.name.kind === "conversation") {
-    await seal(ctx, ctx.history, host)
-    if (host.doc.store.clients.size > ctx.history.sealing.epochClientIds)
-      await startNewEpoch(ctx, host, "client-ids")
-  }
+  if (ctx.history && host.name.kind === "conversation") await sealAndRenew(ctx, ctx.history, host)
+  if (host.destroyed) return
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
-    await compact(ctx, host)
+    const compacted = await compact(ctx, host)
     if (ctx.history && host.name.kind === "conversation") await refoldOverlays(ctx, ctx.history, host)
-    if (garbageEpochDue(ctx, host)) await startNewEpoch(ctx, host, "garbage")
+    if (compacted && !host.destroyed && garbageEpochDue(ctx, host)) await startNewEpoch(ctx, host, "garbage")
   }
 }
 
-/** Bytes of each document's latest snapshot, and of its values rewritten when last measured. */
-const snapshotSizes = new WeakMap<DocumentHost, { snapshot: number; checkedAt?: number; values?: number }>()
+/**
+ * Seals what is due, then starts a fresh epoch when the document holds too
+ * many client ids or, compacted at once after the seal, too much garbage: a
+ * seal leaves what Yjs keeps of the records and overlays it removed, a
+ * conversation's main source of garbage.
+ */
+async function sealAndRenew(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
+  const sealed = await seal(ctx, history, host)
+  if (host.doc.store.clients.size > history.sealing.epochClientIds)
+    await startNewEpoch(ctx, host, "client-ids")
+  if (!sealed || host.destroyed) return
+  const sizes = snapshotSizes.get(host)
+  if (sizes) sizes.values = undefined
+  if ((await compact(ctx, host)) && !host.destroyed && garbageEpochDue(ctx, host))
+    await startNewEpoch(ctx, host, "garbage")
+}
 
 /**
- * Whether the document's latest snapshot is mostly what Yjs keeps of removed
- * values: larger than `epochGarbageBytes` and more than twice a fresh epoch
- * of it. Every map key ever written stays in a Yjs document after its removal
- * (about 70 bytes for a reaction added and removed, measured), so a member who
- * adds and removes made-up reactions grows the live document every joiner
- * downloads without holding any; a fresh epoch drops all of it. The fresh
- * epoch is built to measure only once the snapshot has grown by half since
- * the last measure, so that a large document of live values is not rewritten
- * at every compaction.
+ * Bytes of each document's latest snapshot, and of its values rewritten as a
+ * fresh epoch when last measured (unknown after a seal, which removes values).
+ */
+const snapshotSizes = new WeakMap<DocumentHost, { snapshot: number; values?: number }>()
+
+/** When each document last started a fresh epoch for its garbage, per relay (by name: an epoch reloads it). */
+const garbageEpochs = new WeakMap<PathContext, Map<string, number>>()
+
+/**
+ * Garbage past this many budgets starts a fresh epoch however recently the
+ * last one was: a member adding and removing made-up reactions can force at
+ * most one per this many budgets of their writes.
+ */
+const GARBAGE_CEILING_BUDGETS = 32
+
+/**
+ * Whether the document's latest snapshot holds more than `epochGarbageBytes`
+ * of what Yjs keeps of removed values: the snapshot less a fresh epoch of it.
+ * Every map key ever written stays in a Yjs document after its removal (about
+ * 42 bytes for a reaction a seal folded, 70 for one added and removed), as
+ * does a struct for every record a seal removed, so without epochs what every
+ * joiner downloads grows with the history sealed since the last one (a
+ * 100,000-message conversation with three reactions in ten: 133 KB, of which
+ * 65 KB garbage). A fresh epoch drops all of it, but closes the document's
+ * sockets once: at most one per `epochGarbageIntervalMs` per document, unless
+ * the garbage is past {@link GARBAGE_CEILING_BUDGETS} budgets. The fresh epoch
+ * is built to measure only when the snapshot less the values last measured
+ * is over the budget, or a seal removed values since.
  */
 function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
-  const floor = ctx.limits.epochGarbageBytes
+  const budget = ctx.limits.epochGarbageBytes
   const sizes = snapshotSizes.get(host)
-  if (floor <= 0 || !ctx.restart || host.name.kind !== "conversation" || !sizes) return false
-  if (sizes.snapshot <= floor || (sizes.checkedAt !== undefined && sizes.snapshot < sizes.checkedAt * 1.5))
-    return false
-  const fresh = startEpoch(host.doc)
-  sizes.values = Y.encodeStateAsUpdate(fresh).length
-  sizes.checkedAt = sizes.snapshot
-  fresh.destroy()
-  return sizes.snapshot > 2 * sizes.values
+  if (budget <= 0 || !ctx.restart || host.name.kind !== "conversation" || !sizes) return false
+  if (sizes.snapshot <= budget) return false
+  if (sizes.values !== undefined && sizes.snapshot - sizes.values <= budget) return false
+  sizes.values = epochValueBytes(host.doc)
+  const garbage = sizes.snapshot - sizes.values
+  if (garbage <= budget) return false
+  const last = garbageEpochs.get(ctx)?.get(host.key)
+  const recent = last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs
+  return !recent || garbage > GARBAGE_CEILING_BUDGETS * budget
+}
+
+/** Notes a fresh epoch of `host` started for its garbage (forgetting those older than the interval). */
+function garbageEpochStarted(ctx: PathContext, host: DocumentHost): void {
+  let started = garbageEpochs.get(ctx)
+  if (!started) {
+    started = new Map()
+    garbageEpochs.set(ctx, started)
+  }
+  const now = Date.now()
+  for (const [key, at] of started) if (now - at >= ctx.limits.epochGarbageIntervalMs) started.delete(key)
+  started.set(host.key, now)
 }
 
 /**
@@ -949,9 +994,9 @@ const SEALS_PER_TURN = 4
  * the document's queue. A failed write of the segments leaves the live
  * document with all of their messages (the commit stores all or none).
  */
-async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
-  if (host.name.kind !== "conversation" || host.destroyed) return
-  if (!sealDue(host.doc, history.sealing)) return
+async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<boolean> {
+  if (host.name.kind !== "conversation" || host.destroyed) return false
+  if (!sealDue(host.doc, history.sealing)) return false
   const conversation = host.name.id
   const updates: Uint8Array[] = []
   let failed = false
@@ -1019,25 +1064,26 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
           "sealed history",
         )
     }
-    if (updates.length === 0 || host.destroyed) return
+    if (updates.length === 0 || host.destroyed) return false
     const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)
     const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => ({
       update,
       source: "relay",
     }))
-    if (entries.length === 0) return
+    if (entries.length === 0) return false
     broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
     // A seal numbers nothing: a `messages.sequenced` here is the rest of a record it cut (the same
-    // numbers again), no news for the hooks.
+    // numbers again), no news for the hooks. Told all the same, as of any saved change: the hooks'
+    // watermark then passes the seal, so that the compaction after it may fold the log.
     const news = events.filter((e) => e.type !== "messages.sequenced")
-    if (news.length > 0)
-      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: news })
+    ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: news })
   } finally {
     release?.()
   }
   // After a failed segment write the next change seals again (no retry loop of follow-ups); a seal
   // waiting for a purge, after the purge (see `purgeMessages`).
   if (!failed && !waitsForPurge && sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
+  return true
 }
 
 /** Whether `plans` seal a deleted message whose purge is still due. */
@@ -1226,7 +1272,7 @@ function sealAgainLater(ctx: PathContext, history: HistoryKeeper, host: Document
   host
     .enqueue(async () => {
       sealsQueued.delete(host)
-      if (!host.destroyed) await seal(ctx, history, host)
+      if (!host.destroyed) await sealAndRenew(ctx, history, host)
     })
     .catch((error: unknown) => {
       sealsQueued.delete(host)
@@ -1263,6 +1309,7 @@ async function startNewEpoch(
     await ctx.storage.compact(host.key, encoded, host.lastPosition)
     fresh.destroy()
     ctx.metrics.epochs.inc({ reason })
+    if (reason === "garbage") garbageEpochStarted(ctx, host)
     // The last snapshot's size (the compaction before a garbage epoch wrote it): not encoded again for a log line.
     const before = snapshotSizes.get(host)?.snapshot
     ctx.restart(

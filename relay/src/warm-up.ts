@@ -230,7 +230,7 @@ function scratchSettings(options: WarmUpOptions, n: number): ScratchSettings {
   return { limits, history }
 }
 
-/** Largest segment, and live document kept, that the seal pieces build (twice the defaults of 500 and 250). */
+/** Largest segment, and live document kept, that the seal pieces build (above the defaults of 300 and 100). */
 const SEAL_PIECE_BOUND = 1_000
 
 /** The seal piece's updates: the stored conversation, then the frames sent into it, in order, and by whom. */

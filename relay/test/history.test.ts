@@ -34,6 +34,7 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { MemoryBackend } from "../src/backend/memory.js"
+import { epochValueBytes } from "../src/history/epoch.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
 import { requestDirectory, requestSegment } from "./helpers/history-requests.js"
@@ -728,6 +729,65 @@ describe("epochs of the live document", () => {
     expect(listMessages(joiner.doc, { last: 10 }).map((m) => m.reactions)).toEqual(
       listMessages(c.doc, { last: 10 }).map((m) => m.reactions),
     )
+  })
+
+  it("starts a fresh epoch right after a seal leaves more garbage than the budget, then none within the interval until past 32 budgets", async () => {
+    // Segments of 20, 5 kept live, compaction at the default 500 changes: only the seals compact.
+    const relay = await relayWith(new MemoryBackend(), 20, 5, 1000, undefined, { epochGarbageBytes: 2048 })
+    const id = await conversationWith(relay, 0)
+    const garbageOf = () =>
+      relay.core.read(id, (doc) => Y.encodeStateAsUpdate(doc).length - epochValueBytes(doc))
+    // Bob writes rounds of five messages, each with his reaction: every seal folds twenty reactions and
+    // removes twenty records, about 1 KB of what Yjs keeps of them.
+    let saved = 0
+    const rounds = async (c: TestClient, from: number, count: number) => {
+      for (let round = from; round < from + count && !c.closeEvent; round++) {
+        for (let i = 0; i < 5; i++) {
+          const { id: message } = sendMessage(c.doc, bob, { body: `round ${round} message ${i}` })
+          react(c.doc, bob, message, "👍")
+        }
+        await c.allSaved()
+        saved += 5
+        await Promise.race([c.closed, new Promise((r) => setTimeout(r, 20))])
+      }
+    }
+    const c = await connect(relay, id, bob)
+    await rounds(c, 0, 40)
+    // Closed for the epoch (retryable) once the garbage passed 2 KiB: after the third seal at most.
+    expect(c.closeEvent?.code).toBe(4503)
+    const first = await relay.core.read(id, (doc) => ({
+      sealed: sealedSegments(doc).length,
+      messages: sealedThrough(doc) + listMessages(doc, { last: 100 }).length,
+    }))
+    expect(first.sealed).toBeGreaterThanOrEqual(2)
+    expect(first.sealed).toBeLessThanOrEqual(4)
+    expect(await garbageOf()).toBeLessThan(1024)
+    // Nothing lost: every message saved before the close is sealed or live in the new epoch.
+    expect(first.messages).toBe(saved)
+
+    // Within the interval (ten minutes by default) the garbage passes the budget again: no second epoch
+    // (each closes every socket of the conversation), until it passes 32 budgets.
+    const again = await connect(relay, id, bob)
+    await rounds(again, 100, 20)
+    expect(again.closeEvent).toBeUndefined()
+    expect(await garbageOf()).toBeGreaterThan(2048)
+
+    // Past 32 budgets (64 KiB: made-up reactions added and removed), the next seal's check starts one.
+    const message = listMessages(again.doc, { last: 1 })[0]!.id
+    for (let round = 0; round < 5; round++) {
+      again.doc.transact(() => {
+        for (let i = 0; i < 300; i++) {
+          react(again.doc, bob, message, `r${round}-${i}-padding`)
+          unreact(again.doc, bob, message, `r${round}-${i}-padding`)
+        }
+      })
+      await again.allSaved()
+    }
+    expect(again.closeEvent).toBeUndefined()
+    expect(await garbageOf()).toBeGreaterThan(64 * 1024)
+    await rounds(again, 200, 10)
+    expect(again.closeEvent?.code).toBe(4503)
+    expect(await garbageOf()).toBeLessThan(1024)
   })
 
   it("starts a fresh live document once it holds too many client ids: joiners get few, an old replica is told to rebuild", async () => {

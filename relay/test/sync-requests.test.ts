@@ -40,7 +40,7 @@ beforeAll(async () => {
   })
   await relay.core.write(id, { kind: "user", user: alice }, (doc) => {
     createConversation(doc, alice, { kind: "group", id, participants: [bob, carol], title: "Three" })
-    for (let i = 0; i < 1500; i++) sendMessage(doc, alice, { body: `message ${i} ${"x".repeat(80)}` })
+    for (let i = 0; i < 1500; i++) sendMessage(doc, alice, { body: `message ${i} ${"x".repeat(200)}` })
   })
 })
 afterAll(async () => {

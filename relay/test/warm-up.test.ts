@@ -41,12 +41,12 @@ describe("warm-up of the update path", () => {
     expect(report.stopped).toBe(false)
     expect(report.refused).toBe(0)
     // The creation plus six frames per round, and the seal piece's one-message frame, its offline
-    // device's mixed work and two bulk frames (1,500 messages in frames of 900).
-    expect(report.frames).toBe(22)
-    // Each round's seal piece sealed through the relay's history code at the default segment size:
-    // one segment after the one-message frame (the stored conversation was due), one after the
-    // offline work, two at once after the first bulk frame, one after the second.
-    expect(report.seals).toBe(10)
+    // device's mixed work and one bulk frame (900 messages: three segments, in frames of up to 900).
+    expect(report.frames).toBe(20)
+    // Each round's seal piece sealed through the relay's history code at the default segment size
+    // (300, 100 kept live): one segment after the one-message frame (the stored conversation was due),
+    // one after the offline work, three at once after the bulk frame.
+    expect(report.seals).toBe(12)
     // And the scratch hooks recorded the frames' events (the seals' too) in their event log.
     expect(report.events).toBeGreaterThan(2 * 3 * 500)
   })

@@ -35,9 +35,9 @@ export const DIRECTORY_FORMAT = 1
 /** How the relay cuts history: see `shared/README.md`, "Sealed history". */
 export const HistoryDefaults = {
   /** Sequenced messages per segment. */
-  segmentSize: 500,
+  segmentSize: 300,
   /** Sequenced messages the live document keeps after sealing (the latest). */
-  keepLive: 250,
+  keepLive: 100,
   /**
    * Characters of message records per segment (`recordChars`): a
    * segment ends at `segmentSize` messages or at this many characters,

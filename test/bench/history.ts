@@ -37,9 +37,10 @@ import { SignJWT } from "jose"
 import { WebSocket } from "ws"
 import * as Y from "yjs"
 import { MemoryBackend } from "../../relay/src/backend/memory.js"
-import { startEpoch } from "../../relay/src/history/epoch.js"
+import { epochValueBytes, startEpoch } from "../../relay/src/history/epoch.js"
 import { applySeal, planSeal, type SealingOptions } from "../../relay/src/history/sealing.js"
 import { startRelay } from "../../relay/src/relay.js"
+import { DEFAULT_CORE_LIMITS } from "../../relay/src/relay-core.js"
 
 const arg = (name: string, fallback: string) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -55,6 +56,7 @@ const REACTIONS = Number(arg("reactions", "0"))
 const EDITS = Number(arg("edits", "0"))
 const EMOJI = ["👍", "❤️", "😂", "🎉", "👀"]
 const SEALING: SealingOptions = { ...HistoryDefaults }
+const GARBAGE = DEFAULT_CORE_LIMITS.epochGarbageBytes
 const users = Array.from({ length: 20 }, (_, i) => `user${i}` as UserId)
 const gc = (globalThis as { gc?: () => void }).gc
 
@@ -62,6 +64,8 @@ interface Built {
   readonly doc: Y.Doc
   readonly segments: { index: number; from: number; to: number; hash: string; bytes: Uint8Array }[]
   readonly buildMs: number
+  /** The largest the live document was after any session's seals and epochs (what a joiner could get then). */
+  readonly largestLive: number
 }
 
 /**
@@ -75,6 +79,8 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
   let relay = new Y.Doc()
   createConversation(relay, users[0]!, { kind: "group", id, participants: users })
   const segments: Built["segments"] = []
+  let largestLive = 0
+  let measureMs = 0
   for (let s = 0; s * PER_SESSION < n; s++) {
     const device = new Y.Doc()
     Y.applyUpdate(device, Y.encodeStateAsUpdate(relay))
@@ -93,6 +99,7 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
     Y.applyUpdate(relay, Y.encodeStateAsUpdate(device, before))
     device.destroy()
     assignSequenceNumbers(relay, nextFromDocument(relay), sent)
+    const sealedBefore = segments.length
     for (
       let plan = seal ? planSeal(relay, id, SEALING) : undefined;
       plan;
@@ -101,14 +108,25 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
       applySeal(relay, plan, null)
       segments.push({ ...plan.segment, hash: plan.summary.hash, bytes: plan.bytes })
     }
-    // As the relay does after a change: too many client ids in a document with sealed history, a new epoch.
-    if (seal && segments.length > 0 && relay.store.clients.size > SEALING.epochClientIds) {
+    // As the relay does after a seal: too many client ids in a document with sealed history, or more
+    // garbage than the budget (the snapshot less its values rewritten), a new epoch.
+    const garbage = () => Y.encodeStateAsUpdate(relay).length - epochValueBytes(relay)
+    if (
+      seal &&
+      segments.length > 0 &&
+      (relay.store.clients.size > SEALING.epochClientIds ||
+        (segments.length > sealedBefore && GARBAGE > 0 && garbage() > GARBAGE))
+    ) {
       const fresh = startEpoch(relay)
       relay.destroy()
       relay = fresh
     }
+    // Measured apart: not part of building.
+    const measuring = performance.now()
+    if (seal) largestLive = Math.max(largestLive, Y.encodeStateAsUpdate(relay).length)
+    measureMs += performance.now() - measuring
   }
-  return { doc: relay, segments, buildMs: performance.now() - started }
+  return { doc: relay, segments, buildMs: performance.now() - started - measureMs, largestLive }
 }
 
 /** 1,000 single-message updates written by four devices in turn on top of `snapshot` (each device sees the others'). */
@@ -274,13 +292,14 @@ const rows: string[][] = []
 const row = (...cells: string[]) => rows.push(cells)
 
 console.log(
-  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids; ${REACTIONS} reactions per message, ${EDITS * 100} % of messages edited (--reactions, --edits).`,
+  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids or ${GARBAGE / 1024} KiB of garbage after a seal (a relay waits ${DEFAULT_CORE_LIMITS.epochGarbageIntervalMs / 60_000} min between two for garbage; this build has no clock); ${REACTIONS} reactions per message, ${EDITS * 100} % of messages edited (--reactions, --edits).`,
 )
 row(
   "messages",
   "design",
   "build s",
   "live doc",
+  "largest",
   "client ids",
   "apply µs",
   "latest 50: cold / warm",
@@ -293,7 +312,7 @@ const measured: { row: string[]; snapshot: Uint8Array }[] = []
 for (const n of SIZES) {
   for (const design of ["sealed", "current"] as const) {
     if (design === "current" && n > CURRENT_MAX) {
-      row(n.toLocaleString("en"), design, "not built (--current-max)", "", "", "", "", "", "", "", "")
+      row(n.toLocaleString("en"), design, "not built (--current-max)", "", "", "", "", "", "", "", "", "")
       continue
     }
     const id = `g~bench${design}${n}` as ConversationId
@@ -310,6 +329,7 @@ for (const n of SIZES) {
       design,
       (built.buildMs / 1000).toFixed(1),
       kb(snapshot.length),
+      design === "sealed" ? kb(built.largestLive) : "–",
       String(clientIds),
       "",
       `${ms(cold.latestMs)} / ${ms(warm.latestMs)}`,
@@ -326,7 +346,7 @@ for (const n of SIZES) {
 // Apply cost last, every size in each round.
 const costs = applyCosts(measured.map((m) => m.snapshot))
 measured.forEach((m, i) => {
-  m.row[5] = costs[i]!.toFixed(1)
+  m.row[6] = costs[i]!.toFixed(1)
 })
 const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)))
 for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join("  "))

@@ -38,3 +38,17 @@ export function startEpoch(doc: Y.Doc): Y.Doc {
   })
   return fresh
 }
+
+/**
+ * Bytes of `doc` rewritten as a fresh epoch: its values alone, without what
+ * Yjs keeps of removed ones. A snapshot's size less this is the document's
+ * garbage, which every joiner downloads and a fresh epoch drops.
+ */
+export function epochValueBytes(doc: Y.Doc): number {
+  const fresh = startEpoch(doc)
+  try {
+    return Y.encodeStateAsUpdate(fresh).length
+  } finally {
+    fresh.destroy()
+  }
+}
