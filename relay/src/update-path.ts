@@ -548,21 +548,32 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
  * conversation's main source of garbage.
  */
 async function sealAndRenew(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
-  const sealed = await seal(ctx, history, host)
+  const garbage = await seal(ctx, history, host)
   if (host.doc.store.clients.size > history.sealing.epochClientIds)
     await startNewEpoch(ctx, host, "client-ids")
-  if (!sealed || host.destroyed) return
+  if (garbage === 0 || host.destroyed) return
   const sizes = snapshotSizes.get(host)
-  if (sizes) sizes.values = undefined
+  if (sizes) {
+    sizes.values = undefined
+    sizes.sealedSince += garbage
+    // Not before the seals since the last measure may have taken the garbage past the budget.
+    if (sizes.garbage !== undefined && sizes.garbage + sizes.sealedSince <= ctx.limits.epochGarbageBytes)
+      return
+  }
   if ((await compact(ctx, host)) && !host.destroyed && garbageEpochDue(ctx, host))
     await startNewEpoch(ctx, host, "garbage")
 }
 
 /**
- * Bytes of each document's latest snapshot, and of its values rewritten as a
- * fresh epoch when last measured (unknown after a seal, which removes values).
+ * Bytes of each document's latest snapshot; of its values rewritten as a
+ * fresh epoch when last measured (unknown after a seal, which removes values)
+ * and of its garbage then; and at most how much garbage seals added since
+ * (see {@link sealGarbageBound}).
  */
-const snapshotSizes = new WeakMap<DocumentHost, { snapshot: number; values?: number }>()
+const snapshotSizes = new WeakMap<
+  DocumentHost,
+  { snapshot: number; values?: number; garbage?: number; sealedSince: number }
+>()
 
 /** When each document last started a fresh epoch for its garbage, per relay (by name: an epoch reloads it). */
 const garbageEpochs = new WeakMap<PathContext, Map<string, number>>()
@@ -596,6 +607,8 @@ function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
   if (sizes.values !== undefined && sizes.snapshot - sizes.values <= budget) return false
   sizes.values = epochValueBytes(host.doc)
   const garbage = sizes.snapshot - sizes.values
+  sizes.garbage = garbage
+  sizes.sealedSince = 0
   if (garbage <= budget) return false
   const last = garbageEpochs.get(ctx)?.get(host.key)
   const recent = last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs
@@ -994,15 +1007,16 @@ const SEALS_PER_TURN = 4
  * the document's queue. A failed write of the segments leaves the live
  * document with all of their messages (the commit stores all or none).
  */
-async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<boolean> {
-  if (host.name.kind !== "conversation" || host.destroyed) return false
-  if (!sealDue(host.doc, history.sealing)) return false
+async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<number> {
+  if (host.name.kind !== "conversation" || host.destroyed) return 0
+  if (!sealDue(host.doc, history.sealing)) return 0
   const conversation = host.name.id
   const updates: Uint8Array[] = []
   let failed = false
   // Held from the first seal applied in memory until the change holding all of them is durable
   // (not while the first segment is written: nothing is applied yet).
   let release: (() => void) | undefined
+  let garbage = 0
   let purgedFirst = false
   let waitsForPurge = false
   try {
@@ -1052,6 +1066,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
         ),
       )
       if (update) updates.push(update)
+      garbage += sealGarbageBound(stored.map((s) => s.plan))
       // Named now (in memory; a failure to store the change evicts the document, and these with it).
       for (const { plan, filter } of stored) history.holdIdFilter(host.doc, plan.segment.index, filter)
       history.sealedNow(
@@ -1064,13 +1079,13 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
           "sealed history",
         )
     }
-    if (updates.length === 0 || host.destroyed) return false
+    if (updates.length === 0 || host.destroyed) return 0
     const update = updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates)
     const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => ({
       update,
       source: "relay",
     }))
-    if (entries.length === 0) return false
+    if (entries.length === 0) return 0
     broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
     // A seal numbers nothing: a `messages.sequenced` here is the rest of a record it cut (the same
     // numbers again), no news for the hooks. Told all the same, as of any saved change: the hooks'
@@ -1083,7 +1098,32 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   // After a failed segment write the next change seals again (no retry loop of follow-ups); a seal
   // waiting for a purge, after the purge (see `purgeMessages`).
   if (!failed && !waitsForPurge && sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
-  return true
+  return garbage
+}
+
+/**
+ * At most what Yjs keeps of what `plans` removed from the live document, in
+ * bytes: a struct per removed record, `order` element and folded summary
+ * (an item's header: info, two ids, a parent name, a length: under 40
+ * bytes), and a map entry per folded reaction and edit (the same and its key,
+ * at most three bytes per UTF-16 unit). Garbage is measured by encoding the
+ * document twice (see {@link garbageEpochDue}); this bound lets the check
+ * after a seal wait until the seals since the last measure may have passed
+ * the budget.
+ */
+function sealGarbageBound(plans: readonly SealPlan[]): number {
+  const ITEM = 40
+  let bound = 0
+  for (const plan of plans) {
+    bound += ITEM * (plan.orderPositions.length + (plan.fold ? plan.fold.folded.size + 1 : 0))
+    for (const { record, overlays } of plan.segment.entries) {
+      bound += ITEM
+      for (const [emoji, user] of overlays?.reactions ?? [])
+        bound += ITEM + 3 * (record.id.length + user.length + emoji.length + 2)
+      if (overlays?.edit) bound += ITEM + 3 * record.id.length
+    }
+  }
+  return bound
 }
 
 /** Whether `plans` seal a deleted message whose purge is still due. */
@@ -1343,7 +1383,7 @@ async function foldLog(ctx: PathContext, host: DocumentHost): Promise<boolean> {
     const snapshot = Y.encodeStateAsUpdate(host.doc)
     await ctx.storage.compact(host.key, snapshot, host.lastPosition)
     host.compacted()
-    snapshotSizes.set(host, { ...snapshotSizes.get(host), snapshot: snapshot.length })
+    snapshotSizes.set(host, { sealedSince: 0, ...snapshotSizes.get(host), snapshot: snapshot.length })
     ctx.metrics.compactions.inc()
     return true
   } catch (error) {
