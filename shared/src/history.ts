@@ -985,15 +985,41 @@ export function epochOf(doc: Y.Doc): number | undefined {
 /**
  * How far the relay had each earlier client's structs when the current epoch
  * began (empty before the first epoch): a replica's structs below it are in
- * the epoch's content, those beyond are its pending work.
+ * the epoch's content, those beyond are its pending work. Stored as a Yjs
+ * state vector (`encodeEpochBaseline`): it keeps one entry per client id ever
+ * seen, about 8 bytes each that way against 15 as a JSON object of decimal
+ * keys, which the first epochs wrote and which is still read.
  */
 export function epochBaseline(doc: Y.Doc): Map<number, number> {
   const value = typesOf(doc).meta.get(MetaKey.epochFrom)
+  if (value instanceof Uint8Array) {
+    const decoded = new Map<number, number>()
+    try {
+      const decoder = decoding.createDecoder(value)
+      for (let n = decoding.readVarUint(decoder); n > 0; n--)
+        decoded.set(decoding.readVarUint(decoder), decoding.readVarUint(decoder))
+    } catch {
+      // Not written by a relay: no baseline (the replica rebuilds as for an epoch without one).
+      return new Map()
+    }
+    return decoded
+  }
   const baseline = new Map<number, number>()
   if (typeof value !== "object" || value === null) return baseline
   for (const [client, clock] of Object.entries(value as Record<string, unknown>))
     if (typeof clock === "number") baseline.set(Number(client), clock)
   return baseline
+}
+
+/** `baseline` in the form {@link epochBaseline} reads: a Yjs state vector. */
+export function encodeEpochBaseline(baseline: ReadonlyMap<number, number>): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, baseline.size)
+  for (const [client, clock] of baseline) {
+    encoding.writeVarUint(encoder, client)
+    encoding.writeVarUint(encoder, clock)
+  }
+  return encoding.toUint8Array(encoder)
 }
 
 /**

@@ -9,7 +9,9 @@ import {
   decodeSegment,
   deleteMessage,
   editMessage,
+  encodeEpochBaseline,
   encodeSegment,
+  epochBaseline,
   encodeStoredRecord,
   getMessage,
   isReactionRemoval,
@@ -482,5 +484,25 @@ describe("one message per id across live and sealed history", () => {
     expect(getMessage(doc, x)).toMatchObject({ author: carol, seq: 41 })
     history.add(first)
     expect(listSealedMessages(doc, 100, 100).map((m) => [m.author, m.seq])).toEqual([[alice, 1]])
+  })
+})
+
+describe("epoch baseline", () => {
+  it("reads the state-vector form the relay writes and the JSON form earlier epochs wrote, the first at about half the size", () => {
+    // A baseline of 2,000 device sessions, as a long-lived conversation collects: random 32-bit client ids.
+    const baseline = new Map<number, number>()
+    for (let i = 0; i < 2000; i++) baseline.set((i * 2_654_435_761) % 4_294_967_291, 1 + ((i * 37) % 5000))
+    const sized = (value: unknown) => {
+      const doc = new Y.Doc()
+      doc.getMap("meta").set("epochFrom", value)
+      return { doc, bytes: Y.encodeStateAsUpdate(doc).length }
+    }
+    const compact = sized(encodeEpochBaseline(baseline))
+    const json = sized(Object.fromEntries([...baseline].map(([client, clock]) => [String(client), clock])))
+    expect(epochBaseline(compact.doc)).toEqual(baseline)
+    expect(epochBaseline(json.doc)).toEqual(baseline)
+    expect(compact.bytes).toBeLessThan(json.bytes * 0.6)
+    // Bytes no relay wrote: no baseline rather than a wrong one.
+    expect(epochBaseline(sized(new Uint8Array([5, 1])).doc)).toEqual(new Map())
   })
 })

@@ -1,4 +1,11 @@
-import { epochBaseline, MetaKey, TOP_LEVEL_ARRAYS, TOP_LEVEL_MAPS, typesOf } from "@parley/shared"
+import {
+  encodeEpochBaseline,
+  epochBaseline,
+  MetaKey,
+  TOP_LEVEL_ARRAYS,
+  TOP_LEVEL_MAPS,
+  typesOf,
+} from "@parley/shared"
 import * as Y from "yjs"
 
 /**
@@ -13,9 +20,8 @@ import * as Y from "yjs"
  */
 export function startEpoch(doc: Y.Doc): Y.Doc {
   const fresh = new Y.Doc()
-  const from: Record<string, number> = {}
-  for (const [client, clock] of epochBaseline(doc)) from[client] = clock
-  for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(doc))) from[client] = clock
+  const from = epochBaseline(doc)
+  for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(doc))) from.set(client, clock)
   fresh.transact(() => {
     for (const name of TOP_LEVEL_MAPS) {
       const source = doc.getMap<unknown>(name)
@@ -32,7 +38,7 @@ export function startEpoch(doc: Y.Doc): Y.Doc {
     }
     const meta = typesOf(fresh).meta
     meta.set(MetaKey.epoch, fresh.clientID)
-    meta.set(MetaKey.epochFrom, from)
+    meta.set(MetaKey.epochFrom, encodeEpochBaseline(from))
     const createdAt = typesOf(doc).meta.get(MetaKey.createdAt)
     if (createdAt !== undefined) meta.set(MetaKey.createdAt, createdAt)
   })
