@@ -28,7 +28,7 @@ import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
-import { epochValueBytes, startEpoch } from "./history/epoch.js"
+import { epochValueBytes, sealGarbageBound, startEpoch } from "./history/epoch.js"
 import { FoldedReactions, type ItemId } from "./history/folded-reactions.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
@@ -603,7 +603,12 @@ function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
   const budget = ctx.limits.epochGarbageBytes
   const sizes = snapshotSizes.get(host)
   if (budget <= 0 || !ctx.restart || host.name.kind !== "conversation" || !sizes) return false
-  if (sizes.snapshot <= budget) return false
+  if (sizes.snapshot <= budget) {
+    // The garbage is at most the whole snapshot.
+    sizes.garbage = sizes.snapshot
+    sizes.sealedSince = 0
+    return false
+  }
   if (sizes.values !== undefined && sizes.snapshot - sizes.values <= budget) return false
   sizes.values = epochValueBytes(host.doc)
   const garbage = sizes.snapshot - sizes.values
@@ -1099,31 +1104,6 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
   // waiting for a purge, after the purge (see `purgeMessages`).
   if (!failed && !waitsForPurge && sealDue(host.doc, history.sealing)) sealAgainLater(ctx, history, host)
   return garbage
-}
-
-/**
- * At most what Yjs keeps of what `plans` removed from the live document, in
- * bytes: a struct per removed record, `order` element and folded summary
- * (an item's header: info, two ids, a parent name, a length: under 40
- * bytes), and a map entry per folded reaction and edit (the same and its key,
- * at most three bytes per UTF-16 unit). Garbage is measured by encoding the
- * document twice (see {@link garbageEpochDue}); this bound lets the check
- * after a seal wait until the seals since the last measure may have passed
- * the budget.
- */
-function sealGarbageBound(plans: readonly SealPlan[]): number {
-  const ITEM = 40
-  let bound = 0
-  for (const plan of plans) {
-    bound += ITEM * (plan.orderPositions.length + (plan.fold ? plan.fold.folded.size + 1 : 0))
-    for (const { record, overlays } of plan.segment.entries) {
-      bound += ITEM
-      for (const [emoji, user] of overlays?.reactions ?? [])
-        bound += ITEM + 3 * (record.id.length + user.length + emoji.length + 2)
-      if (overlays?.edit) bound += ITEM + 3 * record.id.length
-    }
-  }
-  return bound
 }
 
 /** Whether `plans` seal a deleted message whose purge is still due. */

@@ -7,6 +7,7 @@ import {
   typesOf,
 } from "@parley/shared"
 import * as Y from "yjs"
+import type { SealPlan } from "./sealing.js"
 
 /**
  * A fresh live document (a new epoch) holding `doc`'s current values, all
@@ -57,4 +58,29 @@ export function epochValueBytes(doc: Y.Doc): number {
   } finally {
     fresh.destroy()
   }
+}
+
+/**
+ * At most what Yjs keeps of what `plans` removed from the live document, in
+ * bytes: a struct per removed record, `order` element and folded summary
+ * (an item's header: info, two ids, a parent name, a length: under 40
+ * bytes), and a map entry per folded reaction and edit (the same and its
+ * key). Garbage is measured by encoding the document twice
+ * (`epochValueBytes`); this bound lets the relay's check after a seal wait
+ * until the seals since the last measure may have passed its budget.
+ */
+export function sealGarbageBound(plans: readonly SealPlan[]): number {
+  const ITEM = 40
+  let bound = 0
+  for (const plan of plans) {
+    bound += ITEM * (plan.orderPositions.length + (plan.fold ? plan.fold.folded.size + 1 : 0))
+    for (const { record, overlays } of plan.segment.entries) {
+      bound += ITEM
+      // Ids are ASCII (one byte a character); an emoji at most three bytes a UTF-16 unit.
+      for (const [emoji, user] of overlays?.reactions ?? [])
+        bound += ITEM + record.id.length + user.length + 3 * emoji.length + 2
+      if (overlays?.edit) bound += ITEM + record.id.length
+    }
+  }
+  return bound
 }
