@@ -543,9 +543,11 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
 
 /**
  * Seals what is due, then starts a fresh epoch when the document holds too
- * many client ids or, compacted at once after the seal, too much garbage: a
- * seal leaves what Yjs keeps of the records and overlays it removed, a
- * conversation's main source of garbage.
+ * many client ids or too much garbage: a seal leaves what Yjs keeps of the
+ * records and overlays it removed, a conversation's main source of garbage.
+ * Once the seals since the last measure may have taken it past the budget
+ * (see {@link sealGarbageBound}), the document is compacted at once and
+ * measured, rather than at its next compaction, hundreds of changes later.
  */
 async function sealAndRenew(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
   const garbage = await seal(ctx, history, host)
