@@ -596,8 +596,9 @@ const GARBAGE_CEILING_BUDGETS = 32
  * joiner downloads grows with the history sealed since the last one (a
  * 100,000-message conversation with three reactions in ten: 133 KB, of which
  * 65 KB garbage). A fresh epoch drops all of it, but closes the document's
- * sockets once: at most one per `epochGarbageIntervalMs` per document, unless
- * the garbage is past {@link GARBAGE_CEILING_BUDGETS} budgets. The fresh epoch
+ * sockets once: at most one per `epochGarbageIntervalMs` per document, and
+ * none while a stock y-websocket provider is connected, unless the garbage is
+ * past {@link GARBAGE_CEILING_BUDGETS} budgets. The fresh epoch
  * is built to measure only when the snapshot less the values last measured
  * is over the budget, or a seal removed values since.
  */
@@ -619,7 +620,10 @@ function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
   if (garbage <= budget) return false
   const last = garbageEpochs.get(ctx)?.get(host.key)
   const recent = last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs
-  return !recent || garbage > GARBAGE_CEILING_BUDGETS * budget
+  // A stock y-websocket provider cannot follow an epoch (it is closed for good): while one is
+  // connected, the garbage waits for it to leave, up to the ceiling.
+  const stock = [...host.connections].some((connection) => !connection.session.wantsParley)
+  return !(recent || stock) || garbage > GARBAGE_CEILING_BUDGETS * budget
 }
 
 /** Notes a fresh epoch of `host` started for its garbage (forgetting those older than the interval). */

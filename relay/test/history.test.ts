@@ -684,6 +684,25 @@ describe("stock y-websocket clients and sealed history", () => {
   })
 })
 
+/**
+ * Bob writes `count` rounds of five messages, each with his reaction, waiting for each round's save
+ * (and briefly for a close): every seal then folds as many reactions as records, about 50 bytes of
+ * what Yjs keeps per message. Resolves the messages saved; stops once the connection is closed.
+ */
+async function reactedRounds(c: TestClient, from: number, count: number): Promise<number> {
+  let saved = 0
+  for (let round = from; round < from + count && !c.closeEvent; round++) {
+    for (let i = 0; i < 5; i++) {
+      const { id: message } = sendMessage(c.doc, bob, { body: `round ${round} message ${i}` })
+      react(c.doc, bob, message, "👍")
+    }
+    await c.allSaved()
+    saved += 5
+    await Promise.race([c.closed, new Promise((r) => setTimeout(r, 20))])
+  }
+  return saved
+}
+
 describe("epochs of the live document", () => {
   it("starts a fresh epoch when the stored document is mostly removed values: reactions added and removed leave nothing behind", async () => {
     // Compacted every 5 changes; a fresh epoch once a snapshot passes 64 KiB and twice its values.
@@ -741,15 +760,7 @@ describe("epochs of the live document", () => {
     // removes twenty records, about 1 KB of what Yjs keeps of them.
     let saved = 0
     const rounds = async (c: TestClient, from: number, count: number) => {
-      for (let round = from; round < from + count && !c.closeEvent; round++) {
-        for (let i = 0; i < 5; i++) {
-          const { id: message } = sendMessage(c.doc, bob, { body: `round ${round} message ${i}` })
-          react(c.doc, bob, message, "👍")
-        }
-        await c.allSaved()
-        saved += 5
-        await Promise.race([c.closed, new Promise((r) => setTimeout(r, 20))])
-      }
+      saved += await reactedRounds(c, from, count)
     }
     const c = await connect(relay, id, bob)
     await rounds(c, 0, 40)
@@ -787,6 +798,36 @@ describe("epochs of the live document", () => {
     expect(await garbageOf()).toBeGreaterThan(64 * 1024)
     await rounds(again, 200, 10)
     expect(again.closeEvent?.code).toBe(4503)
+    expect(await garbageOf()).toBeLessThan(1024)
+  })
+
+  it("starts no garbage epoch while a stock y-websocket provider is connected (it could not follow one), and one once it left", async () => {
+    const relay = await relayWith(new MemoryBackend(), 20, 5, 1000, undefined, { epochGarbageBytes: 2048 })
+    const id = await conversationWith(relay, 0)
+    const garbageOf = () =>
+      relay.core.read(id, (doc) => Y.encodeStateAsUpdate(doc).length - epochValueBytes(doc))
+    const stockDoc = new Y.Doc()
+    const provider = stockProvider(relay.url, id, await signToken(SECRET, alice), stockDoc)
+    let stockClosed = false
+    provider.on("status", ({ status }: { status: string }) => {
+      if (status === "disconnected") stockClosed = true
+    })
+    await synced(provider)
+    const c = await connect(relay, id, bob)
+    try {
+      // Three seals' worth of garbage, over the budget: no epoch, nobody closed.
+      const saved = await reactedRounds(c, 0, 16)
+      expect(saved).toBe(80)
+      expect(c.closeEvent).toBeUndefined()
+      expect(await garbageOf()).toBeGreaterThan(2048)
+      await docUntil(stockDoc, () => listMessages(stockDoc, { last: 1 })[0]?.body === "round 15 message 4")
+      expect(stockClosed).toBe(false)
+    } finally {
+      provider.destroy()
+    }
+    // Once it left, the next seal's check starts one.
+    await reactedRounds(c, 100, 8)
+    expect(c.closeEvent?.code).toBe(4503)
     expect(await garbageOf()).toBeLessThan(1024)
   })
 
