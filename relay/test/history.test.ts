@@ -705,7 +705,7 @@ async function reactedRounds(c: TestClient, from: number, count: number): Promis
 
 describe("epochs of the live document", () => {
   it("starts a fresh epoch when the stored document is mostly removed values: reactions added and removed leave nothing behind", async () => {
-    // Compacted every 5 changes; a fresh epoch once a snapshot passes 64 KiB and twice its values.
+    // Compacted every 5 changes; a fresh epoch once a snapshot holds more than 64 KiB of garbage.
     const relay = await relayWith(new MemoryBackend(), 500, 250, 1000, undefined, {
       compactAfterUpdates: 5,
       epochGarbageBytes: 64 * 1024,
@@ -756,8 +756,7 @@ describe("epochs of the live document", () => {
     const id = await conversationWith(relay, 0)
     const garbageOf = () =>
       relay.core.read(id, (doc) => Y.encodeStateAsUpdate(doc).length - epochValueBytes(doc))
-    // Bob writes rounds of five messages, each with his reaction: every seal folds twenty reactions and
-    // removes twenty records, about 1 KB of what Yjs keeps of them.
+    // Every seal folds twenty reactions and removes twenty records: about 1 KB of garbage.
     let saved = 0
     const rounds = async (c: TestClient, from: number, count: number) => {
       saved += await reactedRounds(c, from, count)
