@@ -3,6 +3,7 @@ import {
   DEFAULT_UPDATE_PART_LIMITS,
   ErrorCode,
   encodeDirectoryRequest,
+  encodeEpochRequest,
   encodeHistoryRequest,
   encodeSyncUpdate,
   encodeTokenRefresh,
@@ -378,6 +379,15 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     return this.requestPage((request) => encodeDirectoryRequest(request, page))
   }
 
+  /**
+   * Asks the relay for epoch record `record` of this conversation (see
+   * PROTOCOL.md, "Epochs"); answered like {@link requestHistory}, `segment`
+   * holding the record's number.
+   */
+  requestEpochRecord(record: number): Promise<HistoryPage> {
+    return this.requestPage((request) => encodeEpochRequest(request, record))
+  }
+
   /** Sends the frame `encode` makes for a new request number, and waits for the page that answers it. */
   private requestPage(encode: (request: number) => Uint8Array): Promise<HistoryPage> {
     const session = this.session
@@ -397,7 +407,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   }
 
   private parleyFrame(frame: ParleyFrame): void {
-    if (frame.type === "historyPage" || frame.type === "directoryPage") {
+    if (frame.type === "historyPage" || frame.type === "directoryPage" || frame.type === "epochRecord") {
       const waiting = this.historyRequests.get(frame.request)
       this.historyRequests.delete(frame.request)
       waiting?.resolve(frame)

@@ -1,7 +1,7 @@
 import "fake-indexeddb/auto"
-import { ErrorCode, foldedHistory, sealedSegments, typesOf } from "@parley/shared"
+import { ErrorCode, epochCount, foldedHistory, sealedSegments, typesOf } from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import type { Conversation } from "../src/index.js"
+import type { Conversation, MessageView } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, SAVED, startRelay } from "./support.js"
 
 let relay: RelayProcess
@@ -162,6 +162,69 @@ describe("sealed history in the SDK", () => {
       const everything = [...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
       expect(everything.filter((m) => m.body === "written offline")).toHaveLength(1)
       await theirs.loadOlder(100)
+      expect(theirs.message(first.id)).toMatchObject({
+        body: "first, edited offline",
+        reactions: { "🎉": [a] },
+      })
+      expect(errors).toEqual([])
+    } finally {
+      await epochRelay.stop()
+    }
+  })
+
+  it("a device offline across several epochs gets its epoch's record from the relay and syncs its pending work exactly once", async () => {
+    const epochRelay = await startRelay({
+      args: [
+        "--dev",
+        "--history-segment-size",
+        "10",
+        "--history-keep-live",
+        "5",
+        "--history-epoch-client-ids",
+        "4",
+      ],
+    })
+    try {
+      const { a, b, alice, chat, first } = await chatWithFirstMessage(epochRelay, "several-epochs")
+      const errors: string[] = []
+      chat.on("error", ({ error }) => errors.push(`${error.code} ${error.rule ?? ""}`))
+      const offlineIn = epochCount(chat.doc)
+      alice.disconnect()
+      const offline = chat.send("written offline, epochs ago")
+      chat.edit(first.id, "first, edited offline")
+      chat.react(first.id, "🎉")
+      // Meanwhile bob, on many devices one after the other, writes through several epochs.
+      let bobEpochs = 0
+      for (let device = 0; device < 16; device++) {
+        const bob = await connectClient(epochRelay, b)
+        const theirs = await bob.conversation(chat.id).ready()
+        const last = Array.from({ length: 5 }, (_, i) => theirs.send(`bob ${device}.${i}`)).at(-1)!
+        await eventually(() => expect(theirs.message(last.id)?.status).toBe("sent"))
+        bobEpochs = Math.max(bobEpochs, epochCount(theirs.doc))
+        await bob.destroy()
+      }
+      // Two epochs or more since alice's: her replica's baseline is no longer in the live document.
+      expect(bobEpochs).toBeGreaterThanOrEqual(offlineIn + 2)
+      alice.connect()
+      await eventually(() => {
+        expect(epochCount(chat.doc)).toBeGreaterThanOrEqual(offlineIn + 2)
+        expect(chat.message(offline.id)?.status).toBe("sent")
+      })
+      const bob = await connectClient(epochRelay, b)
+      const theirs = await bob.conversation(chat.id).ready()
+      const everything = async () => {
+        const older: MessageView[] = []
+        while (theirs.hasOlder) older.push(...(await theirs.loadOlder(100)))
+        return [...older, ...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+      }
+      await eventually(async () =>
+        expect((await everything()).filter((m) => m.body === "written offline, epochs ago")).toHaveLength(1),
+      )
+      // Nothing of bob's came back as alice's (with the live document's baseline alone it would have been
+      // taken for her pending work), and her edit and reaction arrived once.
+      const all = await everything()
+      expect(all.filter((m) => m.author === a)).toHaveLength(2)
+      expect(new Set(all.map((m) => m.id)).size).toBe(all.length)
       expect(theirs.message(first.id)).toMatchObject({
         body: "first, edited offline",
         reactions: { "🎉": [a] },

@@ -6,6 +6,7 @@ import {
   ErrorCode,
   encodeAwareness,
   encodeDirectoryPageFrame,
+  encodeEpochRecordFrame,
   encodeError,
   encodeHistoryPage,
   encodeQueryAwareness,
@@ -90,6 +91,8 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   history(connection: Connection<H>, request: number, segment: number): void
   /** A request for directory page `page` of the folded history, from a connection known to be allowed in. */
   directory(connection: Connection<H>, request: number, page: number): void
+  /** Serves epoch record `record` of the conversation, to a connection allowed into it. */
+  epochRecord(connection: Connection<H>, request: number, record: number): void
   /** Milliseconds until `connection`'s user may be sent another answer to a request (0: now; see `UserLedger.answerDelay`). */
   answerDelay(connection: Connection<H>): number
   /** Counts `bytes` answered to `connection`'s user. */
@@ -338,6 +341,18 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
               }),
             )
           else this.owner.directory(this, message.request, message.page)
+          return
+        }
+        if (message?.type === "epochRequest") {
+          if (this.pending)
+            this.sendAnyway(
+              encodeEpochRecordFrame({
+                request: message.request,
+                segment: message.record,
+                error: ErrorCode.FORBIDDEN,
+              }),
+            )
+          else this.owner.epochRecord(this, message.request, message.record)
           return
         }
         // The transport takes token refreshes; clients send no other subtype.

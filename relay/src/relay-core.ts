@@ -3,8 +3,10 @@ import {
   type ConversationId,
   ErrorCode,
   encodeDirectoryPageFrame,
+  encodeEpochRecordFrame,
   encodeHistoryPage,
   encodeSyncUpdate,
+  epochCount,
   foldedHistory,
   type HistoryPage,
   lastSequence,
@@ -706,6 +708,21 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         : undefined
     this.servePage(connection, request, page, encodeDirectoryPageFrame, expected, () =>
       keeper!.directoryPage(host, page),
+    )
+  }
+
+  /**
+   * @internal Serves epoch record `record` of the conversation (see shared
+   * `EpochRecord`), as {@link history} serves segments: only a record the
+   * live document counts (below its `meta.epochs`). Not checked against a
+   * hash here: the client checks that the record is the one its replica needs.
+   */
+  epochRecord(connection: HostedConnection, request: number, record: number): void {
+    const host = connection.host
+    const keeper = this.options.history
+    const expected = keeper && record < epochCount(host.doc) ? "" : undefined
+    this.servePage(connection, request, record, encodeEpochRecordFrame, expected, () =>
+      keeper!.epochRecord(host, record),
     )
   }
 

@@ -6,6 +6,7 @@ import {
   type EditRecord,
   ErrorCode,
   encodeSyncUpdate,
+  endOfEpoch,
   HistoryDefaults,
   isRetryable,
   type MessageId,
@@ -1329,7 +1330,13 @@ async function startNewEpoch(
   if (owesPurge(ctx, host.key)) return
   try {
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
-    const fresh = startEpoch(host.doc)
+    // What a replica of this document needs to rebase onto any later epoch, stored before anything names it.
+    const record =
+      ctx.history && host.name.kind === "conversation"
+        ? endOfEpoch(host.doc, host.name.id, Y.decodeStateVector(Y.encodeStateVector(host.doc)))
+        : undefined
+    if (record) await ctx.history!.storeEpochRecord(host.key, record)
+    const fresh = startEpoch(host.doc, record)
     const clientIds = host.doc.store.clients.size
     const encoded = Y.encodeStateAsUpdate(fresh)
     await ctx.storage.compact(host.key, encoded, host.lastPosition)

@@ -13,6 +13,7 @@ const owner: ConnectionOwner<DocumentHost> = {
   refused: () => {},
   history: () => {},
   directory: () => {},
+  epochRecord: () => {},
   answerDelay: () => 0,
   answered: () => {},
 }

@@ -25,6 +25,7 @@ describe("answers sent after the frame that asked for them", () => {
       refused: (_connection, error) => refused.push(error),
       history: () => {},
       directory: () => {},
+      epochRecord: () => {},
       answerDelay,
       answered: () => {},
     }

@@ -1,13 +1,18 @@
 import {
+  baselineSource,
   type ConversationId,
+  checkEpochRecord,
   createConversation,
   decodeDirectoryPage,
+  decodeEpochRecord,
   decodeSegment,
   deleteMessage,
   ErrorCode,
   editMessage,
   encodeHistoryRequest,
   encodeSyncUpdate,
+  epochBaseline,
+  epochCount,
   foldedHistory,
   getMessage,
   type HistoryPage,
@@ -19,6 +24,7 @@ import {
   Rule,
   react,
   reactionKey,
+  rebasePendingWork,
   refoldSegment,
   sealedHistory,
   sealedSegments,
@@ -37,7 +43,7 @@ import { MemoryBackend } from "../src/backend/memory.js"
 import { epochValueBytes } from "../src/history/epoch.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
-import { requestDirectory, requestSegment } from "./helpers/history-requests.js"
+import { requestDirectory, requestEpochRecord, requestSegment } from "./helpers/history-requests.js"
 import { signToken } from "./helpers/relay-process.js"
 
 const SECRET = "history-test-secret"
@@ -873,6 +879,83 @@ describe("epochs of the live document", () => {
     sendMessage(joiner.doc, bob, { body: "current" })
     await joiner.allSaved()
     expect(listMessages(joiner.doc, { last: 100 }).map((m) => m.body)).not.toContain("from the old epoch")
+  })
+})
+
+describe("epoch records", () => {
+  it("keeps in the live document only the previous epoch's clients; a replica of any earlier epoch gets its record by number", async () => {
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
+    const id = await conversationWith(relay, 0)
+    // Device sessions one after another, three messages each: an epoch every few sessions.
+    const replicas: { epochs: number; doc: Y.Doc; user: UserId }[] = []
+    const clientIds: number[] = []
+    for (let session = 0; session < 20; session++) {
+      const user = session % 2 === 0 ? alice : bob
+      const c = new TestClient(relay.url, id, await signToken(SECRET, user))
+      clients.push(c)
+      await c.synced()
+      c.doc.transact(() => {
+        for (let i = 0; i < 3; i++) sendMessage(c.doc, user, { body: `s${session} m${i}` })
+      })
+      await c.allSaved()
+      clientIds.push(c.doc.clientID)
+      // The replica as the device keeps it: everything it wrote acknowledged, nothing pending.
+      const kept = new Y.Doc()
+      Y.applyUpdate(kept, Y.encodeStateAsUpdate(c.doc))
+      replicas.push({ epochs: epochCount(kept), doc: kept, user })
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 50))])
+      c.close()
+    }
+    const joiner = await connect(relay, id, bob)
+    const count = epochCount(joiner.doc)
+    expect(count).toBeGreaterThanOrEqual(3)
+    // The live document names the previous epoch's clients only: not the sessions of every epoch.
+    const inline = epochBaseline(joiner.doc)
+    expect(inline.size).toBeLessThanOrEqual(8)
+    expect(clientIds.filter((client) => inline.has(client)).length).toBeLessThan(clientIds.length / 2)
+
+    // Record 0 names the first live document's clients; a record the document does not count is not served.
+    const first = await requestEpochRecord(joiner, 0)
+    expect(first.error).toBeUndefined()
+    const record = decodeEpochRecord((first as { bytes: Uint8Array }).bytes)
+    expect(record).toMatchObject({ conversation: id, number: 0, epoch: 0 })
+    expect(record.baseline.get(clientIds[0]!)).toBe(Y.getState(replicas[0]!.doc.store, clientIds[0]!))
+    expect(await requestEpochRecord(joiner, count)).toMatchObject({ error: ErrorCode.NOT_FOUND })
+
+    // A replica two or more epochs back, with nothing pending, rebases onto the current epoch to nothing,
+    // with its record; with the live document's baseline alone, everyone's messages would look pending.
+    const oldest = replicas.find((r) => r.epochs <= count - 2)!
+    const source = baselineSource(oldest.doc, joiner.doc)
+    expect(source).toEqual({ record: oldest.epochs })
+    const answer = await requestEpochRecord(joiner, oldest.epochs)
+    const baseline = checkEpochRecord(
+      decodeEpochRecord((answer as { bytes: Uint8Array }).bytes),
+      oldest.doc,
+      id,
+      oldest.epochs,
+    )
+    const onto = () => {
+      const fresh = new Y.Doc()
+      Y.applyUpdate(fresh, Y.encodeStateAsUpdate(joiner.doc))
+      return fresh
+    }
+    const rebased = rebasePendingWork(oldest.doc, onto(), oldest.user, baseline)
+    expect(rebased.reapplied).toEqual([])
+    expect(rebased.failed).toEqual([])
+    const wrong = rebasePendingWork(oldest.doc, onto(), oldest.user)
+    expect(wrong.reapplied.length + wrong.failed.length).toBeGreaterThan(0)
+    // A record is checked to be the replica's: another epoch's is refused.
+    const later = replicas.find((r) => r.epochs === 1)!
+    expect(() => checkEpochRecord(record, later.doc, id, 0)).toThrow(/is not the record/)
+    expect(() => checkEpochRecord(record, replicas[0]!.doc, id, 1)).toThrow(/is not the record/)
+  })
+
+  it("serves no epoch record to a connection whose access is not known", async () => {
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
+    const stranger = new TestClient(relay.url, newConversationId(), await signToken(SECRET, mallory))
+    clients.push(stranger)
+    await stranger.synced()
+    expect(await requestEpochRecord(stranger, 0)).toMatchObject({ error: ErrorCode.FORBIDDEN })
   })
 })
 

@@ -983,27 +983,18 @@ export function epochOf(doc: Y.Doc): number | undefined {
 }
 
 /**
- * How far the relay had each earlier client's structs when the current epoch
- * began (empty before the first epoch): a replica's structs below it are in
- * the epoch's content, those beyond are its pending work. Stored as a Yjs
- * state vector (`encodeEpochBaseline`): it keeps one entry per client id ever
- * seen, about 8 bytes each that way against 15 as a JSON object of decimal
- * keys, which the first epochs wrote and which is still read.
+ * How far the relay had the previous live document's clients when the
+ * current epoch began (empty before the first epoch): a replica of that
+ * document has its structs below it in the epoch's content, those beyond are
+ * its pending work. A replica of an earlier epoch needs that epoch's record
+ * instead ({@link baselineSource}). Stored as a Yjs state vector
+ * (`encodeEpochBaseline`, about 8 bytes per client id); relays before epoch
+ * records kept every epoch's clients here, first as a JSON object of decimal
+ * keys, which is still read.
  */
 export function epochBaseline(doc: Y.Doc): Map<number, number> {
   const value = typesOf(doc).meta.get(MetaKey.epochFrom)
-  if (value instanceof Uint8Array) {
-    const decoded = new Map<number, number>()
-    try {
-      const decoder = decoding.createDecoder(value)
-      for (let n = decoding.readVarUint(decoder); n > 0; n--)
-        decoded.set(decoding.readVarUint(decoder), decoding.readVarUint(decoder))
-    } catch {
-      // Not written by a relay: no baseline (the replica rebuilds as for an epoch without one).
-      return new Map()
-    }
-    return decoded
-  }
+  if (value instanceof Uint8Array) return decodeEpochBaseline(value) ?? new Map()
   const baseline = new Map<number, number>()
   if (typeof value !== "object" || value === null) return baseline
   for (const [client, clock] of Object.entries(value as Record<string, unknown>))
@@ -1014,12 +1005,152 @@ export function epochBaseline(doc: Y.Doc): Map<number, number> {
 /** `baseline` in the form {@link epochBaseline} reads: a Yjs state vector. */
 export function encodeEpochBaseline(baseline: ReadonlyMap<number, number>): Uint8Array {
   const encoder = encoding.createEncoder()
+  writeBaseline(encoder, baseline)
+  return encoding.toUint8Array(encoder)
+}
+
+function writeBaseline(encoder: encoding.Encoder, baseline: ReadonlyMap<number, number>): void {
   encoding.writeVarUint(encoder, baseline.size)
   for (const [client, clock] of baseline) {
     encoding.writeVarUint(encoder, client)
     encoding.writeVarUint(encoder, clock)
   }
+}
+
+function readBaseline(decoder: decoding.Decoder): Map<number, number> {
+  const decoded = new Map<number, number>()
+  for (let n = decoding.readVarUint(decoder); n > 0; n--)
+    decoded.set(decoding.readVarUint(decoder), decoding.readVarUint(decoder))
+  return decoded
+}
+
+/** A baseline's bytes read back; undefined when they are not one (not written by a relay). */
+function decodeEpochBaseline(bytes: Uint8Array): Map<number, number> | undefined {
+  try {
+    return readBaseline(decoding.createDecoder(bytes))
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * How many epoch records the relay keeps of the live documents before `doc`
+ * (`meta.epochs`): 0 for a conversation's first live document and for epochs
+ * a relay before records started. It is also the number of the record that
+ * will describe `doc` once a later epoch replaces it.
+ */
+export function epochCount(doc: Y.Doc): number {
+  const value = typesOf(doc).meta.get(MetaKey.epochs)
+  return typeof value === "number" && Number.isSafeInteger(value) && value > 0 ? value : 0
+}
+
+/** Version of the {@link EpochRecord} layout. */
+export const EPOCH_RECORD_FORMAT = 1
+
+/**
+ * What the relay keeps of a live document an epoch replaced, so that a
+ * replica of it can tell its pending work however many epochs later it
+ * comes back: the document's epoch (the client id its content was written
+ * under; 0 for a conversation's first live document) and how far the relay
+ * had each of its clients. Record N describes the live document whose
+ * `meta.epochs` was N. Only the newest is also in the live document
+ * (`meta.epochFrom`), which so holds one epoch's clients, not every client
+ * ever seen: a conversation's live document does not grow with the device
+ * sessions it has had. Served by number (PROTOCOL.md, "Epochs").
+ */
+export interface EpochRecord {
+  readonly conversation: ConversationId
+  readonly number: number
+  readonly epoch: number
+  readonly baseline: ReadonlyMap<number, number>
+}
+
+/**
+ * Encodes an epoch record: var-uint format (1), var-string conversation id,
+ * var-uint number, var-uint epoch, then the baseline as a state vector.
+ */
+export function encodeEpochRecord(record: EpochRecord): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, EPOCH_RECORD_FORMAT)
+  encoding.writeVarString(encoder, record.conversation)
+  encoding.writeVarUint(encoder, record.number)
+  encoding.writeVarUint(encoder, record.epoch)
+  writeBaseline(encoder, record.baseline)
   return encoding.toUint8Array(encoder)
+}
+
+/** Decodes an epoch record; a typed MALFORMED_FRAME error when the bytes are not one. */
+export function decodeEpochRecord(bytes: Uint8Array): EpochRecord {
+  try {
+    const decoder = decoding.createDecoder(bytes)
+    const format = decoding.readVarUint(decoder)
+    if (format !== EPOCH_RECORD_FORMAT) throw new Error(`epoch record format ${format}`)
+    const conversation = decoding.readVarString(decoder) as ConversationId
+    const number = decoding.readVarUint(decoder)
+    const epoch = decoding.readVarUint(decoder)
+    return { conversation, number, epoch, baseline: readBaseline(decoder) }
+  } catch (cause) {
+    throw new ParleyError(ErrorCode.MALFORMED_FRAME, "not an epoch record", { cause })
+  }
+}
+
+/**
+ * The record that ends `doc`'s epoch when a fresh one replaces it: how far
+ * the relay has each of its clients now. The first record (number 0) also
+ * keeps what `doc`'s own `epochFrom` holds: for a document of a relay before
+ * records, every earlier epoch's clients, so that replicas of any of those
+ * epochs, which carry no number, find theirs in record 0.
+ */
+export function endOfEpoch(
+  doc: Y.Doc,
+  conversation: ConversationId,
+  stateVector: Map<number, number>,
+): EpochRecord {
+  const number = epochCount(doc)
+  const baseline = number === 0 ? epochBaseline(doc) : new Map<number, number>()
+  for (const [client, clock] of stateVector) baseline.set(client, clock)
+  return { conversation, number, epoch: epochOf(doc) ?? 0, baseline }
+}
+
+/**
+ * Where the baseline that tells `stale`'s pending work is, `fresh` being the
+ * relay's live document: `fresh` holds it when `stale` is of the epoch just
+ * before (or of fresh's own, or when fresh names no records); otherwise the
+ * epoch record `stale`'s document will be described by, which the client
+ * asks the relay for (and checks with {@link checkEpochRecord}).
+ */
+export function baselineSource(
+  stale: Y.Doc,
+  fresh: Y.Doc,
+): { readonly baseline: Map<number, number> } | { readonly record: number } {
+  const count = epochCount(fresh)
+  const staleCount = epochCount(stale)
+  if (count === 0 || staleCount >= count - 1 || epochOf(stale) === epochOf(fresh))
+    return { baseline: epochBaseline(fresh) }
+  return { record: staleCount }
+}
+
+/**
+ * `record`'s baseline when it is the one `stale` needs (see
+ * {@link baselineSource}): of its conversation, the number asked, and the
+ * epoch `stale` was written in. A typed INVALID_UPDATE error otherwise.
+ */
+export function checkEpochRecord(
+  record: EpochRecord,
+  stale: Y.Doc,
+  conversation: ConversationId,
+  number: number,
+): Map<number, number> {
+  if (
+    record.conversation !== conversation ||
+    record.number !== number ||
+    record.epoch !== (epochOf(stale) ?? 0)
+  )
+    throw new ParleyError(
+      ErrorCode.INVALID_UPDATE,
+      `epoch record ${record.number} of ${record.conversation} (epoch ${record.epoch}) is not the record ${number} of ${conversation} this replica needs`,
+    )
+  return new Map(record.baseline)
 }
 
 /**

@@ -37,6 +37,10 @@ export const ParleyMessage = {
   directoryRequest: 6,
   /** Relay → client: the answer to a {@link ParleyMessage.directoryRequest}: the page, or why not. */
   directoryPage: 7,
+  /** Client → relay: send me epoch record N of this conversation (see `EpochRecord`). */
+  epochRequest: 8,
+  /** Relay → client: the answer to a {@link ParleyMessage.epochRequest}: the record, or why not. */
+  epochRecord: 9,
 } as const
 
 /** Subtypes of a {@link MessageType.sync} message (y-protocols' `messageYjsSyncStep1` …). */
@@ -87,6 +91,10 @@ export type ParleyFrame =
   | { readonly type: "directoryRequest"; readonly request: number; readonly page: number }
   /** Laid out as a history page; `segment` is the directory page's number. */
   | ({ readonly type: "directoryPage" } & HistoryPage)
+  /** `record` is the epoch record's number. */
+  | { readonly type: "epochRequest"; readonly request: number; readonly record: number }
+  /** Laid out as a history page; `segment` is the epoch record's number. */
+  | ({ readonly type: "epochRecord" } & HistoryPage)
 
 /**
  * A relay's answer to a history request: the segment's bytes and hash, or
@@ -120,6 +128,24 @@ export function encodeDirectoryRequest(request: number, page: number): Uint8Arra
   encoding.writeVarUint(encoder, request)
   encoding.writeVarUint(encoder, page)
   return encoding.toUint8Array(encoder)
+}
+
+/** Encodes a request for epoch record `record` of the conversation (client → relay). */
+export function encodeEpochRequest(request: number, record: number): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.parley)
+  encoding.writeVarUint(encoder, ParleyMessage.epochRequest)
+  encoding.writeVarUint(encoder, request)
+  encoding.writeVarUint(encoder, record)
+  return encoding.toUint8Array(encoder)
+}
+
+/**
+ * Encodes the relay's answer to an epoch request: the same layout as a
+ * history page, its `segment` field holding the epoch record's number.
+ */
+export function encodeEpochRecordFrame(page: HistoryPage): Uint8Array {
+  return encodePage(ParleyMessage.epochRecord, page)
 }
 
 /**
@@ -214,7 +240,15 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
     const request = decoding.readVarUint(decoder)
     return { type: "directoryRequest", request, page: decoding.readVarUint(decoder) }
   }
-  if (subtype === ParleyMessage.historyPage || subtype === ParleyMessage.directoryPage) {
+  if (subtype === ParleyMessage.epochRequest) {
+    const request = decoding.readVarUint(decoder)
+    return { type: "epochRequest", request, record: decoding.readVarUint(decoder) }
+  }
+  if (
+    subtype === ParleyMessage.historyPage ||
+    subtype === ParleyMessage.directoryPage ||
+    subtype === ParleyMessage.epochRecord
+  ) {
     const request = decoding.readVarUint(decoder)
     const segment = decoding.readVarUint(decoder)
     const code = decoding.readVarString(decoder)
@@ -224,9 +258,10 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
       code !== ""
         ? { request, segment, error: isErrorCode(code) ? code : ErrorCode.INTERNAL }
         : { request, segment, hash, bytes }
-    return subtype === ParleyMessage.historyPage
-      ? { type: "historyPage", ...page }
-      : { type: "directoryPage", ...page }
+    if (subtype === ParleyMessage.historyPage) return { type: "historyPage", ...page }
+    return subtype === ParleyMessage.directoryPage
+      ? { type: "directoryPage", ...page }
+      : { type: "epochRecord", ...page }
   }
   return undefined
 }

@@ -146,7 +146,13 @@ function sameStruct(a: Y.Item, b: Y.Item | Y.GC, clock: number): boolean {
  * operation that checks the rules. Writes only to `fresh`; the caller then
  * replaces its replica with it and sends what was written.
  */
-export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): RebaseResult {
+export function rebasePendingWork(
+  stale: Y.Doc,
+  fresh: Y.Doc,
+  user: UserId,
+  /** How far the relay had `stale`'s epoch's clients: by default what `fresh` holds (see `baselineSource`). */
+  baseline: ReadonlyMap<number, number> = epochBaseline(fresh),
+): RebaseResult {
   const reapplied: PendingChange[] = []
   const failed: { what: PendingChange; error: ParleyError }[] = []
   const attempt = (what: PendingChange, write: () => void) => {
@@ -166,8 +172,7 @@ export function rebasePendingWork(stale: Y.Doc, fresh: Y.Doc, user: UserId): Reb
   }
   // A fresh document of a later epoch holds none of the earlier client ids, but their content up to
   // where the relay had it when the epoch began: only what lies beyond is this replica's pending work.
-  for (const [client, clock] of epochBaseline(fresh))
-    if (!freshState.has(client)) freshState.set(client, clock)
+  for (const [client, clock] of baseline) if (!freshState.has(client)) freshState.set(client, clock)
   const isPending = (item: Y.Item) => item.id.clock + item.length > (freshState.get(item.id.client) ?? 0)
   const roots = new Map<unknown, string>()
   for (const [name, type] of stale.share) roots.set(type, name)

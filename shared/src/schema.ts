@@ -99,11 +99,19 @@ export const MetaKey = {
    */
   epoch: "epoch",
   /**
-   * Written with `epoch`: `{ "<client id>": clock }`, how far the relay had
-   * every earlier client's structs when the epoch began. Everything below is
-   * in the epoch's content; a replica's structs beyond it are its pending work.
+   * Written with `epoch`: how far the relay had the previous live document's
+   * clients (a Yjs state vector, see `epochBaseline`) when the epoch began.
+   * Everything below is in the epoch's content; a replica's structs beyond
+   * it are its pending work. Relays before epoch records wrote every earlier
+   * epoch's clients here, first as `{ "<client id>": clock }`.
    */
   epochFrom: "epochFrom",
+  /**
+   * Written with `epoch`: how many epoch records the relay keeps of the live
+   * documents before this one (see `EpochRecord`); absent before the first
+   * record. A replica of an epoch two or more back asks for its record.
+   */
+  epochs: "epochs",
   /**
    * Seconds after which `fleeting` messages disappear for everyone (integer,
    * 1 ..= {@link Limits.fleetingSeconds}); absent: {@link DEFAULT_FLEETING_SECONDS}.

@@ -18,6 +18,8 @@ import {
   encodeDirectoryPage,
   encodeDirectoryPageFrame,
   encodeDirectoryRequest,
+  encodeEpochRecordFrame,
+  encodeEpochRequest,
   encodeError,
   encodeHistoryPage,
   encodeHistoryRequest,
@@ -231,6 +233,29 @@ describe("protocol", () => {
       [request, { type: "directoryRequest", request: 7, page: 300 }],
       [page, { type: "directoryPage", request: 7, segment: 2, hash: "ab", bytes: Uint8Array.of(1, 2, 3) }],
       [refused, { type: "directoryPage", request: 8, segment: 5, error: "NOT_FOUND" }],
+    ] as const) {
+      const decoder = decoding.createDecoder(bytes)
+      expect(decoding.readVarUint(decoder)).toBe(MessageType.parley)
+      expect(readParleyFrame(decoder)).toEqual(frame)
+    }
+  })
+
+  it("encodes an epoch request as [100, 8, request, record] and its answer as a history page under subtype 9", () => {
+    const request = encodeEpochRequest(7, 300)
+    expect([...request]).toEqual([100, 8, 7, 0xac, 0x02])
+    const record = encodeEpochRecordFrame({
+      request: 7,
+      segment: 2,
+      hash: "ab",
+      bytes: Uint8Array.of(1, 2, 3),
+    })
+    expect([...record]).toEqual([100, 9, 7, 2, 0, 2, 0x61, 0x62, 3, 1, 2, 3])
+    const refused = encodeEpochRecordFrame({ request: 8, segment: 5, error: ErrorCode.NOT_FOUND })
+    expect([...refused]).toEqual([100, 9, 8, 5, 9, ...Buffer.from("NOT_FOUND"), 0, 0])
+    for (const [bytes, frame] of [
+      [request, { type: "epochRequest", request: 7, record: 300 }],
+      [record, { type: "epochRecord", request: 7, segment: 2, hash: "ab", bytes: Uint8Array.of(1, 2, 3) }],
+      [refused, { type: "epochRecord", request: 8, segment: 5, error: "NOT_FOUND" }],
     ] as const) {
       const decoder = decoding.createDecoder(bytes)
       expect(decoding.readVarUint(decoder)).toBe(MessageType.parley)

@@ -5,13 +5,18 @@ import {
   applySeal,
   applySeals,
   assignSequenceNumbers,
+  baselineSource,
   type ConversationId,
+  checkEpochRecord,
+  decodeEpochRecord,
   decodeSegment,
   deleteMessage,
   editMessage,
   encodeEpochBaseline,
+  encodeEpochRecord,
   encodeSegment,
   encodeStoredRecord,
+  endOfEpoch,
   epochBaseline,
   getMessage,
   isReactionRemoval,
@@ -488,6 +493,7 @@ describe("one message per id across live and sealed history", () => {
 })
 
 describe("epoch baseline", () => {
+  const id = "g~test" as ConversationId
   it("reads the state-vector form the relay writes and the JSON form earlier epochs wrote, the first at about half the size", () => {
     // A baseline of 2,000 device sessions, as a long-lived conversation collects: random 32-bit client ids.
     const baseline = new Map<number, number>()
@@ -504,5 +510,73 @@ describe("epoch baseline", () => {
     expect(compact.bytes).toBeLessThan(json.bytes * 0.6)
     // Bytes no relay wrote: no baseline rather than a wrong one.
     expect(epochBaseline(sized(new Uint8Array([5, 1])).doc)).toEqual(new Map())
+  })
+
+  /** A live document of epoch `epoch` (0: the first), counting `records` epoch records, with `from` as its baseline. */
+  const epochDoc = (epoch: number, records: number, from?: Map<number, number>) => {
+    const doc = new Y.Doc()
+    const meta = doc.getMap("meta")
+    if (epoch !== 0) meta.set("epoch", epoch)
+    if (records > 0) meta.set("epochs", records)
+    if (from) meta.set("epochFrom", encodeEpochBaseline(from))
+    return doc
+  }
+
+  it("encodes an epoch record and reads it back; bytes that are not one are a typed error", () => {
+    const record = {
+      conversation: id,
+      number: 3,
+      epoch: 4_000_000_000,
+      baseline: new Map([
+        [7, 12],
+        [9, 1],
+      ]),
+    }
+    expect(decodeEpochRecord(encodeEpochRecord(record))).toEqual(record)
+    expect(() => decodeEpochRecord(new Uint8Array([2, 0]))).toThrow(/not an epoch record/)
+    expect(() => decodeEpochRecord(encodeEpochRecord(record).slice(0, 5))).toThrow(/not an epoch record/)
+  })
+
+  it("ends an epoch with a record of its own clients; the first record also keeps the cumulative baseline of relays before records", () => {
+    const legacy = epochDoc(
+      55,
+      0,
+      new Map([
+        [1, 10],
+        [2, 20],
+      ]),
+    )
+    const first = endOfEpoch(legacy, id, new Map([[3, 30]]))
+    expect(first).toEqual({
+      conversation: id,
+      number: 0,
+      epoch: 55,
+      baseline: new Map([
+        [1, 10],
+        [2, 20],
+        [3, 30],
+      ]),
+    })
+    const later = endOfEpoch(epochDoc(66, 4, new Map([[3, 30]])), id, new Map([[5, 50]]))
+    expect(later).toEqual({ conversation: id, number: 4, epoch: 66, baseline: new Map([[5, 50]]) })
+  })
+
+  it("finds a replica's baseline in the live document for the epoch just before, in a record for any earlier one", () => {
+    const fresh = epochDoc(90, 5, new Map([[8, 80]]))
+    expect(baselineSource(epochDoc(80, 4), fresh)).toEqual({ baseline: new Map([[8, 80]]) })
+    expect(baselineSource(epochDoc(70, 3), fresh)).toEqual({ record: 3 })
+    expect(baselineSource(epochDoc(0, 0), fresh)).toEqual({ record: 0 })
+    expect(baselineSource(epochDoc(90, 5), fresh)).toEqual({ baseline: new Map([[8, 80]]) })
+    // A live document of a relay before records (no count): its baseline is every earlier epoch's.
+    expect(baselineSource(epochDoc(0, 0), epochDoc(90, 0, new Map([[8, 80]])))).toEqual({
+      baseline: new Map([[8, 80]]),
+    })
+    const record = { conversation: id, number: 3, epoch: 70, baseline: new Map([[7, 70]]) }
+    expect(checkEpochRecord(record, epochDoc(70, 3), id, 3)).toEqual(new Map([[7, 70]]))
+    expect(() => checkEpochRecord(record, epochDoc(71, 3), id, 3)).toThrow(/is not the record/)
+    expect(() => checkEpochRecord(record, epochDoc(70, 3), id, 2)).toThrow(/is not the record/)
+    expect(() => checkEpochRecord(record, epochDoc(70, 3), "g~other" as ConversationId, 3)).toThrow(
+      /is not the record/,
+    )
   })
 })

@@ -19,6 +19,7 @@ import {
   editMessage,
   encodeHistoryRequest,
   encodeSyncStep1,
+  endOfEpoch,
   HistoryDefaults,
   listMessages,
   type MessageId,
@@ -117,7 +118,8 @@ function build(id: ConversationId, n: number, seal: boolean): Built {
       (relay.store.clients.size > SEALING.epochClientIds ||
         (segments.length > sealedBefore && GARBAGE > 0 && garbage() > GARBAGE))
     ) {
-      const fresh = startEpoch(relay)
+      // With its epoch record, as the relay does: the live document keeps the previous epoch's clients only.
+      const fresh = startEpoch(relay, endOfEpoch(relay, id, Y.decodeStateVector(Y.encodeStateVector(relay))))
       relay.destroy()
       relay = fresh
     }

@@ -1,11 +1,14 @@
 import {
+  baselineSource,
+  checkEpochRecord,
   type DirectoryPage,
   decodeDirectoryPage,
+  decodeEpochRecord,
   decodeSegment,
   directoryPageOf,
   ErrorCode,
-  epochBaseline,
   foldedHistory,
+  getConversation,
   knownSegments,
   lastSequence,
   listSealedMessages,
@@ -219,9 +222,13 @@ export class SealedHistory {
    * relay's state) no longer holds them live: sealed meanwhile. Pending =
    * written beyond what the relay has (its state vector, or the epoch's baseline).
    */
-  async fetchForPendingWork(stale: Y.Doc, fresh: Y.Doc, connection: DocumentConnection): Promise<void> {
+  async fetchForPendingWork(
+    stale: Y.Doc,
+    fresh: Y.Doc,
+    connection: DocumentConnection,
+  ): Promise<Map<number, number>> {
     const known = Y.decodeStateVector(Y.encodeStateVector(fresh))
-    const baseline = epochBaseline(fresh)
+    const baseline = await this.baselineFor(stale, fresh, connection)
     const pending = (item: Y.Item) =>
       item.id.clock + item.length > (known.get(item.id.client) ?? baseline.get(item.id.client) ?? 0)
     const ids = new Set<MessageId>()
@@ -250,6 +257,29 @@ export class SealedHistory {
       if (summary && !this.heldSegments.has(summary.index)) wanted.add(summary)
     }
     for (const summary of wanted) await this.fetchSegment(summary, connection)
+    return baseline
+  }
+
+  /**
+   * How far the relay had the clients of `stale`'s epoch (shared
+   * `baselineSource`): what `fresh` holds, or, for a replica two or more
+   * epochs back, its epoch record, asked over `connection` and checked to be
+   * the one this replica needs.
+   */
+  private async baselineFor(
+    stale: Y.Doc,
+    fresh: Y.Doc,
+    connection: DocumentConnection,
+  ): Promise<Map<number, number>> {
+    const source = baselineSource(stale, fresh)
+    if ("baseline" in source) return source.baseline
+    const answer = await connection.requestEpochRecord(source.record)
+    if (answer.error !== undefined)
+      throw new ParleyError(answer.error, `the relay did not serve epoch record ${source.record}`)
+    const conversation = getConversation(fresh)?.id
+    if (conversation === undefined)
+      throw new ParleyError(ErrorCode.NOT_FOUND, "the relay's state holds no conversation")
+    return checkEpochRecord(decodeEpochRecord(answer.bytes), stale, conversation, source.record)
   }
 
   /** The first sequence number the live document holds (after the sealed history). */

@@ -94,10 +94,17 @@ export class Resync {
     old.connection.stop()
     try {
       const fresh = new Y.Doc()
+      // How far the relay had the clients of the replica's epoch: what tells its pending work.
+      let baseline: Map<number, number> | undefined
       try {
-        // Pending work on messages sealed meanwhile needs their segments: fetched over the same connection.
-        await host.parts.fetchRelayState(fresh, this.closing.signal, (connection: DocumentConnection) =>
-          host.history.fetchForPendingWork(old.doc, fresh, connection),
+        // Pending work on messages sealed meanwhile needs their segments, and a replica of an epoch
+        // two or more back its epoch record: fetched over the same connection.
+        await host.parts.fetchRelayState(
+          fresh,
+          this.closing.signal,
+          async (connection: DocumentConnection) => {
+            baseline = await host.history.fetchForPendingWork(old.doc, fresh, connection)
+          },
         )
       } catch (error) {
         fresh.destroy()
@@ -110,7 +117,7 @@ export class Resync {
       // Pending work on sealed messages is re-applied against the segments this replica holds.
       host.history.holdIn(fresh)
       // Synchronous from here to the swap: no write of the user can fall between the two documents.
-      const result = rebasePendingWork(old.doc, fresh, host.user)
+      const result = rebasePendingWork(old.doc, fresh, host.user, baseline)
       old.dispose()
       // Other tabs of this user still hold the refused changes and would hand them back over the
       // cross-tab channel; the rebuilt replica talks to the relay only, until the next load.

@@ -1,4 +1,5 @@
 import {
+  type EpochRecord,
   encodeEpochBaseline,
   epochBaseline,
   MetaKey,
@@ -14,15 +15,22 @@ import type { SealPlan } from "./sealing.js"
  * written under one new client id: Yjs keeps every client id a document ever
  * saw, and does work per client id in every transaction, so a document used
  * by many device sessions over years gets slower to change. Starting over
- * drops them. `meta.epoch` names the new id, `meta.epochFrom` records how far
- * the relay had every earlier client (cumulative over epochs) so that a
- * replica of an older epoch can tell its pending work from what the epoch
- * already holds (shared `rebasePendingWork`).
+ * drops them. `meta.epoch` names the new id; `meta.epochFrom` records how far
+ * the relay had `doc`'s clients, so that a replica of `doc` can tell its
+ * pending work from what the epoch already holds (shared
+ * `rebasePendingWork`). With `record` (the relay keeps epoch records: see
+ * shared `EpochRecord`), `epochFrom` is that record's baseline, `doc`'s
+ * clients only, and `meta.epochs` counts the records; without, it
+ * accumulates every earlier epoch's clients, as before records.
  */
-export function startEpoch(doc: Y.Doc): Y.Doc {
+export function startEpoch(doc: Y.Doc, record?: EpochRecord): Y.Doc {
   const fresh = new Y.Doc()
-  const from = epochBaseline(doc)
-  for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(doc))) from.set(client, clock)
+  let from: ReadonlyMap<number, number> | undefined = record?.baseline
+  if (!from) {
+    const cumulative = epochBaseline(doc)
+    for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(doc))) cumulative.set(client, clock)
+    from = cumulative
+  }
   fresh.transact(() => {
     for (const name of TOP_LEVEL_MAPS) {
       const source = doc.getMap<unknown>(name)
@@ -40,6 +48,9 @@ export function startEpoch(doc: Y.Doc): Y.Doc {
     const meta = typesOf(fresh).meta
     meta.set(MetaKey.epoch, fresh.clientID)
     meta.set(MetaKey.epochFrom, encodeEpochBaseline(from))
+    if (record) meta.set(MetaKey.epochs, record.number + 1)
+    // Without records the count would name records this epoch did not write.
+    else meta.delete(MetaKey.epochs)
     const createdAt = typesOf(doc).meta.get(MetaKey.createdAt)
     if (createdAt !== undefined) meta.set(MetaKey.createdAt, createdAt)
   })

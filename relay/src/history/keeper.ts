@@ -2,6 +2,8 @@ import {
   type DirectoryPage,
   decodeDirectoryPage,
   decodeSegment,
+  type EpochRecord,
+  encodeEpochRecord,
   foldedHistory,
   type MessageId,
   nextDirectoryPage,
@@ -16,7 +18,7 @@ import { IdFilter } from "./id-filter.js"
 import { attachSealedIdFilters, namedSegments, type SealedIdFilters, sealedIdFilters } from "./sealed-ids.js"
 import { SealedReadDefaults, SealedReads } from "./sealed-reads.js"
 import type { SealingOptions } from "./sealing.js"
-import { directoryPageIndex, type HistoryStore, type StoredSegment } from "./store.js"
+import { directoryPageIndex, epochRecordIndex, type HistoryStore, type StoredSegment } from "./store.js"
 
 /** The row of directory page `page` (encoded as `bytes`), beside the segments. */
 const pageRow = (page: DirectoryPage, bytes: Uint8Array): StoredSegment => ({
@@ -352,6 +354,27 @@ export class HistoryKeeper {
   /** Directory page `page` of `host`'s folded history as stored, or null. */
   directoryPage(host: HistoryHost, page: number): Promise<StoredSegment | null> {
     return this.store.get(host.key, directoryPageIndex(page))
+  }
+
+  /**
+   * Stores `record` (the end of a live document a fresh epoch replaces)
+   * durably, before the fresh epoch that names it is: a crash in between
+   * leaves a record no live document counts, which the next epoch rewrites.
+   */
+  storeEpochRecord(doc: string, record: EpochRecord): Promise<void> {
+    const bytes = encodeEpochRecord(record)
+    return this.store.put(doc, {
+      index: epochRecordIndex(record.number),
+      from: 0,
+      to: 0,
+      hash: segmentHash(bytes),
+      bytes,
+    })
+  }
+
+  /** Epoch record `record` of `host` as stored, or null. */
+  epochRecord(host: HistoryHost, record: number): Promise<StoredSegment | null> {
+    return this.store.get(host.key, epochRecordIndex(record))
   }
 
   /**

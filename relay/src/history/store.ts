@@ -27,10 +27,19 @@ export interface StoredIdFilter {
 export const directoryPageIndex = (page: number): number => -1 - page
 
 /**
+ * The index under which epoch record `record` of a conversation (shared
+ * `EpochRecord`) is stored: below every directory page index a conversation
+ * can reach (a page per thousands of messages), above PostgreSQL's INTEGER's
+ * lowest; one purge of the conversation's rows removes them too.
+ */
+export const epochRecordIndex = (record: number): number => -1_000_000_000 - record
+
+/**
  * Where the relay keeps conversations' sealed history segments (see shared
  * `history.ts`): written once when sealed, read on demand. A part of every
  * backend; all pass `relay/test/conformance/history.ts`. Directory pages are
- * stored with them under negative indexes ({@link directoryPageIndex}).
+ * stored with them under negative indexes ({@link directoryPageIndex}), and
+ * so are epoch records ({@link epochRecordIndex}).
  */
 export interface HistoryStore {
   /**

@@ -335,7 +335,8 @@ class UpdateCheck {
         key === MetaKey.deletedAt ||
         key === MetaKey.deletedBy ||
         key === MetaKey.epoch ||
-        key === MetaKey.epochFrom
+        key === MetaKey.epochFrom ||
+        key === MetaKey.epochs
       )
         refuse(Rule.schema, `a new conversation has no "${key}" field`)
     for (const key of [

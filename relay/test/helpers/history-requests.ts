@@ -1,5 +1,6 @@
 import {
   encodeDirectoryRequest,
+  encodeEpochRequest,
   encodeHistoryRequest,
   type HistoryPage,
   MessageType,
@@ -12,7 +13,7 @@ import type { TestClient } from "./clients.js"
 /** Waits until `c` received the answer of type `type` to request number `request`, and returns it. */
 async function answer(
   c: TestClient,
-  type: "historyPage" | "directoryPage",
+  type: "historyPage" | "directoryPage" | "epochRecord",
   request: number,
 ): Promise<HistoryPage> {
   let found: HistoryPage | undefined
@@ -39,4 +40,14 @@ export function requestSegment(c: TestClient, segment: number, request = segment
 export function requestDirectory(c: TestClient, page: number, request = 1000 + page): Promise<HistoryPage> {
   c.send(encodeDirectoryRequest(request, page))
   return answer(c, "directoryPage", request)
+}
+
+/** Sends a request for epoch record `record` and waits for its answer. */
+export function requestEpochRecord(
+  c: TestClient,
+  record: number,
+  request = 2000 + record,
+): Promise<HistoryPage> {
+  c.send(encodeEpochRequest(request, record))
+  return answer(c, "epochRecord", request)
 }
