@@ -59,7 +59,13 @@ export class Resync {
     const { emit, statuses } = this.host
     // The live document started a new epoch: rebuilding is the ordinary way onto it, not an error.
     if (error.rule === Rule.epoch) {
-      void this.run().catch((failure: unknown) => emit("error", { error: toParleyError(failure) }))
+      void this.run().catch((failure: unknown) => {
+        emit("error", { error: toParleyError(failure) })
+        // The replica is kept (the rebuild never replaced it): rejoining gets the epoch refusal, and so
+        // another try (its record or the relay's state was not to be had), a few times without a save.
+        if (this.withoutSave < MAX_RESYNCS_WITHOUT_SAVE && this.host.parts.online())
+          this.host.current().connection.start()
+      })
       return
     }
     emit("error", { error })
