@@ -332,6 +332,24 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     )
   })
 
+  it("refuses the relay's epoch fields from clients: in a new conversation and in an existing one", () => {
+    const s = scene()
+    for (const key of [MetaKey.epoch, MetaKey.epochFrom, MetaKey.epochs])
+      expect(
+        submit(
+          s,
+          user(alice),
+          updateOf(replicaOf(s.relay), (d) => typesOf(d).meta.set(key, 3)),
+        ),
+      ).toMatchObject({ allowed: false })
+    const empty: Scene = { relay: new Y.Doc(), bindings: new ClientBindings(), messages: {} }
+    const creation = updateOf(replicaOf(empty.relay), (d) => {
+      createConversation(d, alice, { kind: "group", id: CONVERSATION, participants: [bob], title: "Team" })
+      typesOf(d).meta.set(MetaKey.epochs, 7)
+    })
+    expectRefused(empty, alice, creation, Rule.schema)
+  })
+
   it("refuses renaming as a member", () => {
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) => typesOf(d).meta.set(MetaKey.title, "mine now"))
