@@ -80,7 +80,9 @@ describe("sealed history in the SDK", () => {
       ),
     )
     expect(bodies(await chat.loadOlder(20))).toEqual(Array.from({ length: 20 }, (_, i) => `m${i}`))
-    expect(chat.hasOlder).toBe(false)
+    // A seal the relay finishes after the view was whole names one more segment inside the window, which
+    // the SDK fetches on its own (a CI run under load saw hasOlder still true in between).
+    await eventually(() => expect(chat.hasOlder).toBe(false))
   })
 
   it("refuses to page offline what this device never fetched, with a retryable error", async () => {

@@ -1331,11 +1331,17 @@ async function startNewEpoch(
   try {
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
     // What a replica of this document needs to rebase onto any later epoch, stored before anything names it.
+    const stateVector = Y.encodeStateVector(host.doc)
     const record =
       ctx.history && host.name.kind === "conversation"
-        ? endOfEpoch(host.doc, host.name.id, Y.decodeStateVector(Y.encodeStateVector(host.doc)))
+        ? endOfEpoch(host.doc, host.name.id, Y.decodeStateVector(stateVector))
         : undefined
-    if (record) await ctx.history!.storeEpochRecord(host.key, record)
+    if (record) {
+      await ctx.history!.storeEpochRecord(host.key, record)
+      // The record must hold everything the fresh epoch does: a change meanwhile (none should come
+      // inside the queue) leaves this epoch to the next seal, which writes the record again.
+      if (host.destroyed || !equalBytes(stateVector, Y.encodeStateVector(host.doc))) return
+    }
     const fresh = startEpoch(host.doc, record)
     const clientIds = host.doc.store.clients.size
     const encoded = Y.encodeStateAsUpdate(fresh)
