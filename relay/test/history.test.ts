@@ -945,8 +945,11 @@ describe("epoch records", () => {
     const wrong = rebasePendingWork(oldest.doc, onto(), oldest.user)
     expect(wrong.reapplied.length + wrong.failed.length).toBeGreaterThan(0)
     // A record is checked to be the replica's: another epoch's is refused.
-    const later = replicas.find((r) => r.epochs === 1)!
-    expect(() => checkEpochRecord(record, later.doc, id, 0)).toThrow(/is not the record/)
+    const second = await requestEpochRecord(joiner, 1)
+    const recordOne = decodeEpochRecord((second as { bytes: Uint8Array }).bytes)
+    expect(() => checkEpochRecord(recordOne, replicas.find((r) => r.epochs === 2)!.doc, id, 1)).toThrow(
+      /is not the record/,
+    )
     expect(() => checkEpochRecord(record, replicas[0]!.doc, id, 1)).toThrow(/is not the record/)
   })
 

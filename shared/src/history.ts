@@ -1133,7 +1133,9 @@ export function baselineSource(
 /**
  * `record`'s baseline when it is the one `stale` needs (see
  * {@link baselineSource}): of its conversation, the number asked, and the
- * epoch `stale` was written in. A typed INVALID_UPDATE error otherwise.
+ * epoch `stale` was written in — except for record 0, whose baseline also
+ * holds every epoch a relay before records started (`endOfEpoch`), any of
+ * which a replica without a count may be of. A typed INVALID_UPDATE error otherwise.
  */
 export function checkEpochRecord(
   record: EpochRecord,
@@ -1141,11 +1143,8 @@ export function checkEpochRecord(
   conversation: ConversationId,
   number: number,
 ): Map<number, number> {
-  if (
-    record.conversation !== conversation ||
-    record.number !== number ||
-    record.epoch !== (epochOf(stale) ?? 0)
-  )
+  const epochMatches = number === 0 || record.epoch === (epochOf(stale) ?? 0)
+  if (record.conversation !== conversation || record.number !== number || !epochMatches)
     throw new ParleyError(
       ErrorCode.INVALID_UPDATE,
       `epoch record ${record.number} of ${record.conversation} (epoch ${record.epoch}) is not the record ${number} of ${conversation} this replica needs`,

@@ -578,5 +578,27 @@ describe("epoch baseline", () => {
     expect(() => checkEpochRecord(record, epochDoc(70, 3), "g~other" as ConversationId, 3)).toThrow(
       /is not the record/,
     )
+    // Record 0 also holds the epochs of relays before records: a replica of any of them (no count) takes it.
+    const first = {
+      conversation: id,
+      number: 0,
+      epoch: 55,
+      baseline: new Map([
+        [1, 10],
+        [3, 30],
+      ]),
+    }
+    expect(checkEpochRecord(first, epochDoc(44, 0), id, 0)).toEqual(
+      new Map([
+        [1, 10],
+        [3, 30],
+      ]),
+    )
+    expect(checkEpochRecord(first, epochDoc(0, 0), id, 0)).toEqual(
+      new Map([
+        [1, 10],
+        [3, 30],
+      ]),
+    )
   })
 })
