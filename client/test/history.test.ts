@@ -123,17 +123,7 @@ describe("sealed history in the SDK", () => {
   })
 
   it("a device offline across a new epoch of the live document rebuilds and syncs its pending work exactly once", async () => {
-    const epochRelay = await startRelay({
-      args: [
-        "--dev",
-        "--history-segment-size",
-        "10",
-        "--history-keep-live",
-        "5",
-        "--history-epoch-client-ids",
-        "4",
-      ],
-    })
+    const epochRelay = await startEpochRelay()
     try {
       const { a, b, alice, chat, first } = await chatWithFirstMessage(epochRelay, "epochs")
       const errors: string[] = []
@@ -177,17 +167,7 @@ describe("sealed history in the SDK", () => {
   })
 
   it("a device offline across several epochs gets its epoch's record from the relay and syncs its pending work exactly once", async () => {
-    const epochRelay = await startRelay({
-      args: [
-        "--dev",
-        "--history-segment-size",
-        "10",
-        "--history-keep-live",
-        "5",
-        "--history-epoch-client-ids",
-        "4",
-      ],
-    })
+    const epochRelay = await startEpochRelay()
     try {
       const { a, b, alice, chat, first } = await chatWithFirstMessage(epochRelay, "several-epochs")
       const errors: string[] = []
@@ -197,18 +177,11 @@ describe("sealed history in the SDK", () => {
       const offline = chat.send("written offline, epochs ago")
       chat.edit(first.id, "first, edited offline")
       chat.react(first.id, "🎉")
-      // Meanwhile bob, on many devices one after the other, writes through several epochs.
-      let bobEpochs = 0
-      for (let device = 0; device < 16; device++) {
-        const bob = await connectClient(epochRelay, b)
-        const theirs = await bob.conversation(chat.id).ready()
-        const last = Array.from({ length: 5 }, (_, i) => theirs.send(`bob ${device}.${i}`)).at(-1)!
-        await eventually(() => expect(theirs.message(last.id)?.status).toBe("sent"))
-        bobEpochs = Math.max(bobEpochs, epochCount(theirs.doc))
-        await bob.destroy()
-      }
-      // Two epochs or more since alice's: her replica's baseline is no longer in the live document.
-      expect(bobEpochs).toBeGreaterThanOrEqual(offlineIn + 2)
+      // Meanwhile bob, on many devices one after the other, writes through several epochs: two or
+      // more since alice's, so her replica's baseline is no longer in the live document.
+      expect(await writeThroughEpochs(epochRelay, b, chat.id, offlineIn + 2)).toBeGreaterThanOrEqual(
+        offlineIn + 2,
+      )
       alice.connect()
       await eventually(() => {
         expect(epochCount(chat.doc)).toBeGreaterThanOrEqual(offlineIn + 2)
@@ -216,16 +189,7 @@ describe("sealed history in the SDK", () => {
       })
       const bob = await connectClient(epochRelay, b)
       const theirs = await bob.conversation(chat.id).ready()
-      const everything = async () => {
-        const older: MessageView[] = []
-        while (theirs.hasOlder) older.push(...(await theirs.loadOlder(100)))
-        // By id: a message loaded with loadOlder is also among olderMessages().
-        return [
-          ...new Map(
-            [...older, ...theirs.olderMessages(), ...theirs.messages({ last: 100 })].map((m) => [m.id, m]),
-          ).values(),
-        ]
-      }
+      const everything = () => allMessages(theirs)
       await eventually(async () =>
         expect((await everything()).filter((m) => m.body === "written offline, epochs ago")).toHaveLength(1),
       )
@@ -244,17 +208,7 @@ describe("sealed history in the SDK", () => {
   })
 
   it("a device whose epoch record the relay cannot serve says so and keeps its pending work; once served, syncs it once", async () => {
-    const epochRelay = await startRelay({
-      args: [
-        "--dev",
-        "--history-segment-size",
-        "10",
-        "--history-keep-live",
-        "5",
-        "--history-epoch-client-ids",
-        "4",
-      ],
-    })
+    const epochRelay = await startEpochRelay()
     try {
       const { a, b, alice, chat } = await chatWithFirstMessage(epochRelay, "record-missing")
       const errors: string[] = []
@@ -262,16 +216,9 @@ describe("sealed history in the SDK", () => {
       const offlineIn = epochCount(chat.doc)
       alice.disconnect()
       const offline = chat.send("kept until the record comes back")
-      let epochs = 0
-      for (let device = 0; device < 16 && epochs < offlineIn + 2; device++) {
-        const bob = await connectClient(epochRelay, b)
-        const theirs = await bob.conversation(chat.id).ready()
-        const last = Array.from({ length: 5 }, (_, i) => theirs.send(`bob ${device}.${i}`)).at(-1)!
-        await eventually(() => expect(theirs.message(last.id)?.status).toBe("sent"))
-        epochs = Math.max(epochs, epochCount(theirs.doc))
-        await bob.destroy()
-      }
-      expect(epochs).toBeGreaterThanOrEqual(offlineIn + 2)
+      expect(await writeThroughEpochs(epochRelay, b, chat.id, offlineIn + 2)).toBeGreaterThanOrEqual(
+        offlineIn + 2,
+      )
       // The records gone from the relay's store (a hand, a bad restore): alice's replica cannot be rebased.
       const db = new Database(join(epochRelay.dataDir, "parley.sqlite"))
       db.pragma("busy_timeout = 5000")
@@ -293,14 +240,7 @@ describe("sealed history in the SDK", () => {
       await eventually(() => expect(chat.message(offline.id)?.status).toBe("sent"))
       const bob = await connectClient(epochRelay, b)
       const theirs = await bob.conversation(chat.id).ready()
-      const older: MessageView[] = []
-      while (theirs.hasOlder) older.push(...(await theirs.loadOlder(100)))
-      // By id: a message loaded with loadOlder is also among olderMessages().
-      const all = [
-        ...new Map(
-          [...older, ...theirs.olderMessages(), ...theirs.messages({ last: 100 })].map((m) => [m.id, m]),
-        ).values(),
-      ]
+      const all = await allMessages(theirs)
       expect(all.filter((m) => m.body === "kept until the record comes back")).toHaveLength(1)
       expect(all.filter((m) => m.author === a)).toHaveLength(2)
     } finally {
@@ -384,6 +324,51 @@ describe("sealed history in the SDK", () => {
 })
 
 /** Alice's new conversation with bob on `relay`, and her first message in it, sent. */
+/** A relay that seals every 10 messages (5 kept live) and starts an epoch beyond 4 client ids. */
+function startEpochRelay(): Promise<RelayProcess> {
+  return startRelay({
+    args: [
+      "--dev",
+      "--history-segment-size",
+      "10",
+      "--history-keep-live",
+      "5",
+      "--history-epoch-client-ids",
+      "4",
+    ],
+  })
+}
+
+/**
+ * `user` writes five messages on each of up to 16 devices one after the other (a new client id each)
+ * until the live document counts `epochs` epoch records; returns the count reached.
+ */
+async function writeThroughEpochs(
+  relay: RelayProcess,
+  user: string,
+  id: Conversation["id"],
+  epochs: number,
+): Promise<number> {
+  let reached = 0
+  for (let device = 0; device < 16 && reached < epochs; device++) {
+    const client = await connectClient(relay, user)
+    const chat = await client.conversation(id).ready()
+    const last = Array.from({ length: 5 }, (_, i) => chat.send(`${user} ${device}.${i}`)).at(-1)!
+    await eventually(() => expect(chat.message(last.id)?.status).toBe("sent"))
+    reached = Math.max(reached, epochCount(chat.doc))
+    await client.destroy()
+  }
+  return reached
+}
+
+/** Every message `chat` can show, paging back to the first; once each (loadOlder's are also in olderMessages). */
+async function allMessages(chat: Conversation): Promise<MessageView[]> {
+  const older: MessageView[] = []
+  while (chat.hasOlder) older.push(...(await chat.loadOlder(100)))
+  const all = [...older, ...chat.olderMessages(), ...chat.messages({ last: 100 })]
+  return [...new Map(all.map((m) => [m.id, m])).values()]
+}
+
 async function chatWithFirstMessage(relay: RelayProcess, title: string) {
   const [a, b] = [name("alice"), name("bob")]
   const alice = await connectClient(relay, a)

@@ -112,31 +112,26 @@ export type HistoryPage =
 
 /** Encodes a request for sealed segment `segment` (client → relay); `request` is echoed in the answer. */
 export function encodeHistoryRequest(request: number, segment: number): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.parley)
-  encoding.writeVarUint(encoder, ParleyMessage.historyRequest)
-  encoding.writeVarUint(encoder, request)
-  encoding.writeVarUint(encoder, segment)
-  return encoding.toUint8Array(encoder)
+  return encodeRequest(ParleyMessage.historyRequest, request, segment)
 }
 
 /** Encodes a request for directory page `page` of the folded history (client → relay). */
 export function encodeDirectoryRequest(request: number, page: number): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.parley)
-  encoding.writeVarUint(encoder, ParleyMessage.directoryRequest)
-  encoding.writeVarUint(encoder, request)
-  encoding.writeVarUint(encoder, page)
-  return encoding.toUint8Array(encoder)
+  return encodeRequest(ParleyMessage.directoryRequest, request, page)
 }
 
 /** Encodes a request for epoch record `record` of the conversation (client → relay). */
 export function encodeEpochRequest(request: number, record: number): Uint8Array {
+  return encodeRequest(ParleyMessage.epochRequest, request, record)
+}
+
+/** A request of the history kind: subtype, the request's number (echoed), and what is asked (a number). */
+function encodeRequest(subtype: number, request: number, asked: number): Uint8Array {
   const encoder = encoding.createEncoder()
   encoding.writeVarUint(encoder, MessageType.parley)
-  encoding.writeVarUint(encoder, ParleyMessage.epochRequest)
+  encoding.writeVarUint(encoder, subtype)
   encoding.writeVarUint(encoder, request)
-  encoding.writeVarUint(encoder, record)
+  encoding.writeVarUint(encoder, asked)
   return encoding.toUint8Array(encoder)
 }
 
