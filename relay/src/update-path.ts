@@ -30,7 +30,7 @@ import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import { epochValueBytes, sealGarbageBound, startEpoch } from "./history/epoch.js"
-import { FoldedReactions, type ItemId } from "./history/folded-reactions.js"
+import { FoldedReactions, type ItemId, keysFolded, reactionsFolded } from "./history/folded-reactions.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import {
@@ -1053,10 +1053,12 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       n += plans.length
       // Each stored plan with its segment's id filter (held once the live document names the segment).
       let stored: { plan: SealPlan; filter: IdFilter }[]
+      // The reactions the seals fold, from the document before they are applied (see FoldedReactions).
+      const folds = reactionsFolded(host.doc, plans)
       try {
-        // The segments, their id filters and a fold's page in one commit, durable before the live
-        // document names them: the rules trust them.
-        const filters = await history.storeSeals(host.key, plans)
+        // The segments, their id filters, the reactions they fold and a fold's page in one commit,
+        // durable before the live document names them: the rules trust them.
+        const filters = await history.storeSeals(host.key, plans, folds)
         stored = plans.map((plan, i) => ({ plan, filter: filters[i]! }))
       } catch (error) {
         ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
@@ -1065,10 +1067,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       }
       if (host.destroyed || stored.length === 0) break
       release ??= host.holdUnsaved()
-      foldedReactionsOf(host).remember(
-        host.doc,
-        stored.map((s) => s.plan),
-      )
+      foldedReactionsOf(host).hold(folds.flat())
       // Those stored, each as if applied alone after the ones before it.
       const update = captureUpdate(host.doc, () =>
         applySeals(
@@ -1123,6 +1122,39 @@ function sealsOwedPurge(ctx: PathContext, host: DocumentHost, plans: readonly Se
 
 /** The reactions each loaded document's seals folded (see `FoldedReactions`). */
 const foldedReactions = new WeakMap<DocumentHost, FoldedReactions>()
+
+/**
+ * Segments whose folded reactions a document loaded again reads before its
+ * first deletion (see {@link foldedReactionsLoaded}): 16 segments of 300 are
+ * thousands of messages sealed while a device was offline.
+ */
+const FOLDS_READ_SEGMENTS = 16
+
+/**
+ * The folded reactions of `host`, with those its latest segments' rows hold
+ * read once per loaded document (a document the seals of another process, or
+ * of this one before an unload, sealed); undefined without sealed history. A
+ * failed read is tried again at the next deletion.
+ */
+async function foldedReactionsLoaded(
+  ctx: PathContext,
+  host: DocumentHost,
+): Promise<FoldedReactions | undefined> {
+  const history = ctx.history
+  if (!history || host.name.kind !== "conversation" || sealedThrough(host.doc) === 0)
+    return foldedReactions.get(host)
+  const folded = foldedReactionsOf(host)
+  if (!folded.loaded) {
+    try {
+      folded.hold(await history.foldsOfLatest(host, FOLDS_READ_SEGMENTS))
+      folded.loaded = true
+    } catch (error) {
+      // The update is not refused for it: only a removal made offline across a seal may stay unseen.
+      ctx.log.warn({ err: error, doc: host.key }, "could not read the reactions the seals folded")
+    }
+  }
+  return folded
+}
 
 function foldedReactionsOf(host: DocumentHost): FoldedReactions {
   let folded = foldedReactions.get(host)
@@ -1223,7 +1255,12 @@ async function refoldOverlays(ctx: PathContext, history: HistoryKeeper, host: Do
     const replaced = replacedSummaryItems(host.doc, plan.fold !== undefined)
     for (const { index, keys } of plan.folded) {
       const record = replaced.summaries.get(index) ?? replaced.fold
-      if (record) foldedReactionsOf(host).rememberKeys(host.doc, keys, record)
+      if (!record) continue
+      const folds = keysFolded(host.doc, keys, record)
+      // Kept beside the segment before the change that folds them: a device may come back after a restart.
+      await history.storeFolds(host.key, index, folds)
+      if (host.destroyed) return
+      foldedReactionsOf(host).hold(folds)
     }
     const stored = await nameResealed(ctx, host, plan, () => {
       const t = typesOf(host.doc)
@@ -1681,10 +1718,13 @@ async function storeSomeOfBatch(
         continue
       }
       // Before the no-op check: such a removal deletes only what the relay deleted already.
-      if (item.principal.kind === "user")
-        removals.push(
-          ...(foldedReactions.get(host)?.removedBy(decodeOnce(item.update).ds, item.principal.user) ?? []),
-        )
+      if (item.principal.kind === "user") {
+        const { ds } = decodeOnce(item.update)
+        if (ds.clients.size > 0) {
+          const folded = await foldedReactionsLoaded(ctx, host)
+          if (folded) removals.push(...folded.removedBy(ds, item.principal.user))
+        }
+      }
       if (admitted.noop) {
         held.push({ item, ends: admitted.ends })
         continue

@@ -456,6 +456,35 @@ describe("sealed history", () => {
     expect(knew.errors).toEqual([])
   })
 
+  it("removes a folded reaction a device removed while offline across its seal, after the conversation was unloaded (as after a restart)", async () => {
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 1000, undefined, { idleUnloadMs: 50 })
+    const id = await conversationWith(relay, 12)
+    const b = await connect(relay, id, bob)
+    const [first, second] = listMessages(b.doc, { last: 100 })
+    react(b.doc, bob, first!.id, "👍")
+    react(b.doc, bob, second!.id, "🎉")
+    await b.allSaved()
+    b.close()
+    await b.closed
+    unreact(b.doc, bob, first!.id, "👍")
+    for (let i = 0; i < 10; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `a${i}` }),
+      )
+    expect(await relay.core.read(id, (doc) => sealedThrough(doc))).toBeGreaterThanOrEqual(10)
+    // Unloaded: nothing of what the relay held in memory about the seal is left.
+    while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
+    const back = new TestClient(relay.url, id, await signToken(SECRET, bob), { doc: b.doc })
+    clients.push(back)
+    await back.synced()
+    await back.allSaved()
+    const a = await connect(relay, id, alice)
+    sealedHistory(a.doc).add(segmentOf(await requestSegment(a, 0)))
+    await a.until(() => getMessage(a.doc, first!.id)?.reactions["👍"] === undefined)
+    expect(getMessage(a.doc, second!.id)?.reactions).toEqual({ "🎉": [bob] })
+    expect(back.errors).toEqual([])
+  })
+
   it("folds reactions and edits written after a seal into the segment at a compaction; the live document drops them", async () => {
     const relay = await relayWith(
       new MemoryBackend(),

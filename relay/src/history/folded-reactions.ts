@@ -7,6 +7,8 @@ import {
   storedRecordId,
   typesOf,
 } from "@parley/shared"
+import * as decoding from "lib0/decoding"
+import * as encoding from "lib0/encoding"
 import * as Y from "yjs"
 
 /** An update's delete set, as Yjs decodes it. */
@@ -25,6 +27,11 @@ interface Folded {
   readonly record: ItemId
 }
 
+/** A folded reaction as stored: {@link Folded} with its item's client. */
+export interface FoldedReaction extends Folded {
+  readonly client: number
+}
+
 /**
  * Folded reactions one loaded document remembers at most (about 150 bytes
  * each; the lowest clocks are forgotten first): enough for the devices
@@ -32,89 +39,153 @@ interface Folded {
  */
 const MAX_REMEMBERED = 10_000
 
+/** Version of {@link encodeFoldedReactions}' layout. */
+const FOLDED_FORMAT = 1
+
+/**
+ * The folded reactions of one segment as the history store keeps them beside
+ * it: var-uint format (1), var-uint count, then per reaction var-uint client,
+ * var-uint clock, var-string key, var-uint record client, var-uint record clock.
+ */
+export function encodeFoldedReactions(folds: readonly FoldedReaction[]): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, FOLDED_FORMAT)
+  encoding.writeVarUint(encoder, folds.length)
+  for (const f of folds) {
+    encoding.writeVarUint(encoder, f.client)
+    encoding.writeVarUint(encoder, f.clock)
+    encoding.writeVarString(encoder, f.key)
+    encoding.writeVarUint(encoder, f.record.client)
+    encoding.writeVarUint(encoder, f.record.clock)
+  }
+  return encoding.toUint8Array(encoder)
+}
+
+/** The folded reactions `bytes` hold; none when they are not such a row (an unknown format). */
+export function decodeFoldedReactions(bytes: Uint8Array): FoldedReaction[] {
+  try {
+    const decoder = decoding.createDecoder(bytes)
+    if (decoding.readVarUint(decoder) !== FOLDED_FORMAT) return []
+    const folds: FoldedReaction[] = []
+    for (let n = decoding.readVarUint(decoder); n > 0; n--) {
+      const client = decoding.readVarUint(decoder)
+      const clock = decoding.readVarUint(decoder)
+      const key = decoding.readVarString(decoder)
+      const record = { client: decoding.readVarUint(decoder), clock: decoding.readVarUint(decoder) }
+      folds.push({ client, clock, key, record })
+    }
+    return folds
+  } catch {
+    return []
+  }
+}
+
+/**
+ * The reactions `plans` fold, by plan (the same order), from `doc` as it is
+ * before they are applied (the items still hold their keys and records):
+ * what {@link FoldedReactions.hold} remembers and the history store keeps
+ * beside each segment. Call just before storing the plans.
+ */
+export function reactionsFolded(doc: Y.Doc, plans: readonly SealPlan[]): FoldedReaction[][] {
+  const wanted = new Set<MessageId>()
+  for (const plan of plans)
+    for (const { record, overlays } of plan.segment.entries) if (overlays?.reactions) wanted.add(record.id)
+  if (wanted.size === 0) return plans.map(() => [])
+  const t = typesOf(doc)
+  const records = new Map<MessageId, ItemId>()
+  for (let item = t.messages._start; item !== null && records.size < wanted.size; item = item.right) {
+    if (item.deleted || !(item.content instanceof Y.ContentAny)) continue
+    const values = item.content.getContent()
+    for (let j = 0; j < values.length; j++) {
+      const id = storedRecordId(values[j])
+      if (id !== undefined && wanted.has(id))
+        records.set(id, { client: item.id.client, clock: item.id.clock + j })
+    }
+  }
+  return plans.map((plan) => {
+    const folds: (readonly [string, ItemId])[] = []
+    for (const { record, overlays } of plan.segment.entries) {
+      const recordItem = records.get(record.id)
+      if (recordItem)
+        for (const [emoji, user] of overlays?.reactions ?? [])
+          folds.push([reactionKey(record.id, user, emoji), recordItem])
+    }
+    return keyedReactions(doc, folds)
+  })
+}
+
+/**
+ * The reactions under `keys` that a re-sealing folds (see `planRefold`),
+ * from `doc` as it is before it is applied, with `record`: the item the same
+ * change deletes (the segment's summary, or the folded record naming its
+ * directory page), which a device that knew of the re-sealing deletes too
+ * whenever it sends its whole delete set.
+ */
+export function keysFolded(doc: Y.Doc, keys: readonly string[], record: ItemId): FoldedReaction[] {
+  return keyedReactions(
+    doc,
+    keys.map((key) => [key, record]),
+  )
+}
+
+/** The item each key holds a reaction under now (not a removal), with the record deleted with it. */
+function keyedReactions(doc: Y.Doc, folds: readonly (readonly [string, ItemId])[]): FoldedReaction[] {
+  const reactions = typesOf(doc).reactions
+  const entries = (reactions as unknown as { _map: Map<string, Y.Item> })._map
+  const out: FoldedReaction[] = []
+  for (const [key, record] of folds) {
+    const item = entries.get(key)
+    if (!item || item.deleted || isReactionRemoval(reactions.get(key))) continue
+    out.push({ client: item.id.client, clock: item.id.clock, key, record })
+  }
+  return out
+}
+
 /**
  * The reactions this relay's seals folded into segments, by the Yjs item that
- * held each, kept in memory while the document is loaded. A seal removes a
- * folded reaction's key from the live document; a device that did not know
- * of the seal and removed the reaction meanwhile (offline, or in flight) sends
- * a deletion of that item, which then changes nothing Yjs can see, and the
- * reaction would stay in the segment. Such a deletion is told from one a
- * device merely learned from the seal by the message's record: the seal
- * removed both at once, so a device that knew of it deletes both whenever it
- * sends its whole delete set (a sync step 2, a resend of pending work), and a
- * device that removed the reaction itself deletes only the reaction's item.
- * Forgotten when the document unloads (a removal arriving after that stays
- * lost, see SECURITY.md).
+ * held each. A seal removes a folded reaction's key from the live document; a
+ * device that did not know of the seal and removed the reaction meanwhile
+ * (offline, or in flight) sends a deletion of that item, which then changes
+ * nothing Yjs can see, and the reaction would stay in the segment. Such a
+ * deletion is told from one a device merely learned from the seal by the
+ * message's record: the seal removed both at once, so a device that knew of
+ * it deletes both whenever it sends its whole delete set (a sync step 2, a
+ * resend of pending work), and a device that removed the reaction itself
+ * deletes only the reaction's item. The history store keeps each segment's
+ * folds beside it (`HistoryKeeper.storeSeals`, `storeFolds`), and a document
+ * loaded again reads those of its latest segments before it first needs
+ * them ({@link loaded}): a device that comes back after an unload or a
+ * restart is told apart as well.
  */
 export class FoldedReactions {
   /** Per client, sorted by clock. */
   private readonly byClient = new Map<number, Folded[]>()
   private size = 0
+  /** Whether the stored folds of the latest segments were read into this (see `foldedReactionsLoaded`). */
+  loaded = false
 
-  /**
-   * Remembers the reactions `plans` fold, from `doc` as it is before they are
-   * applied (the items still hold their keys and records). Call just before
-   * `applySeals`.
-   */
-  remember(doc: Y.Doc, plans: readonly SealPlan[]): void {
-    const wanted = new Set<MessageId>()
-    for (const plan of plans)
-      for (const { record, overlays } of plan.segment.entries) if (overlays?.reactions) wanted.add(record.id)
-    if (wanted.size === 0) return
-    const t = typesOf(doc)
-    const records = new Map<MessageId, ItemId>()
-    for (let item = t.messages._start; item !== null && records.size < wanted.size; item = item.right) {
-      if (item.deleted || !(item.content instanceof Y.ContentAny)) continue
-      const values = item.content.getContent()
-      for (let j = 0; j < values.length; j++) {
-        const id = storedRecordId(values[j])
-        if (id !== undefined && wanted.has(id))
-          records.set(id, { client: item.id.client, clock: item.id.clock + j })
-      }
-    }
-    const folds: [string, ItemId][] = []
-    for (const plan of plans)
-      for (const { record, overlays } of plan.segment.entries) {
-        const recordItem = records.get(record.id)
-        if (recordItem)
-          for (const [emoji, user] of overlays?.reactions ?? [])
-            folds.push([reactionKey(record.id, user, emoji), recordItem])
-      }
-    this.hold(doc, folds)
-  }
-
-  /**
-   * Remembers the reactions under `keys` that a re-sealing folds (see
-   * `planRefold`), from `doc` as it is before it is applied, with `record`:
-   * the item the same change deletes (the segment's summary, or the folded
-   * record naming its directory page), which a device that knew of the
-   * re-sealing deletes too whenever it sends its whole delete set.
-   */
-  rememberKeys(doc: Y.Doc, keys: readonly string[], record: ItemId): void {
-    this.hold(
-      doc,
-      keys.map((key) => [key, record]),
-    )
-  }
-
-  /** Remembers the item each key holds a reaction under now (not a removal), with the record deleted with it. */
-  private hold(doc: Y.Doc, folds: readonly (readonly [string, ItemId])[]): void {
-    const reactions = typesOf(doc).reactions
-    const entries = (reactions as unknown as { _map: Map<string, Y.Item> })._map
-    const touched = new Set<Folded[]>()
-    for (const [key, record] of folds) {
-      const item = entries.get(key)
-      if (!item || item.deleted || isReactionRemoval(reactions.get(key))) continue
-      let list = this.byClient.get(item.id.client)
+  /** Remembers `folds` (those already held are not held twice). */
+  hold(folds: readonly FoldedReaction[]): void {
+    // The clocks each touched list held before this call: a fold read back from storage and also
+    // remembered by this process's own seal is held once.
+    const touched = new Map<Folded[], Set<number>>()
+    for (const { client, clock, key, record } of folds) {
+      let list = this.byClient.get(client)
       if (!list) {
         list = []
-        this.byClient.set(item.id.client, list)
+        this.byClient.set(client, list)
       }
-      list.push({ clock: item.id.clock, key, record })
-      touched.add(list)
+      let held = touched.get(list)
+      if (!held) {
+        held = new Set(list.map((f) => f.clock))
+        touched.set(list, held)
+      }
+      if (held.has(clock)) continue
+      held.add(clock)
+      list.push({ clock, key, record })
       this.size++
     }
-    for (const list of touched) list.sort((a, b) => a.clock - b.clock)
+    for (const list of touched.keys()) list.sort((a, b) => a.clock - b.clock)
     if (this.size > MAX_REMEMBERED) this.forgetOldest(this.size - MAX_REMEMBERED)
   }
 

@@ -5,6 +5,7 @@ import {
   type EpochRecord,
   encodeEpochRecord,
   foldedHistory,
+  knownSegments,
   type MessageId,
   nextDirectoryPage,
   type SealPlan,
@@ -14,11 +15,18 @@ import {
   segmentHash,
 } from "@parley/shared"
 import type * as Y from "yjs"
+import { decodeFoldedReactions, encodeFoldedReactions, type FoldedReaction } from "./folded-reactions.js"
 import { IdFilter } from "./id-filter.js"
 import { attachSealedIdFilters, namedSegments, type SealedIdFilters, sealedIdFilters } from "./sealed-ids.js"
 import { SealedReadDefaults, SealedReads } from "./sealed-reads.js"
 import type { SealingOptions } from "./sealing.js"
-import { directoryPageIndex, epochRecordIndex, type HistoryStore, type StoredSegment } from "./store.js"
+import {
+  directoryPageIndex,
+  epochRecordIndex,
+  foldedReactionsIndex,
+  type HistoryStore,
+  type StoredSegment,
+} from "./store.js"
 
 /** The row of directory page `page` (encoded as `bytes`), beside the segments. */
 const pageRow = (page: DirectoryPage, bytes: Uint8Array): StoredSegment => ({
@@ -28,6 +36,12 @@ const pageRow = (page: DirectoryPage, bytes: Uint8Array): StoredSegment => ({
   hash: segmentHash(bytes),
   bytes,
 })
+
+/** The row of the reactions folded into segment `index`, beside it. */
+const foldsRow = (index: number, folds: readonly FoldedReaction[]): StoredSegment => {
+  const bytes = encodeFoldedReactions(folds)
+  return { index: foldedReactionsIndex(index), from: 0, to: 0, hash: segmentHash(bytes), bytes }
+}
 
 /** What the keeper needs of a loaded document. */
 export interface HistoryHost {
@@ -157,10 +171,15 @@ export class HistoryKeeper {
    * fold — in one commit (all or none). Returns each plan's filter for
    * {@link holdIdFilter}.
    */
-  async storeSeals(doc: string, plans: readonly SealPlan[]): Promise<IdFilter[]> {
+  async storeSeals(
+    doc: string,
+    plans: readonly SealPlan[],
+    /** The reactions each plan folds (`reactionsFolded`), kept beside its segment. */
+    folds: readonly (readonly FoldedReaction[])[] = [],
+  ): Promise<IdFilter[]> {
     const filters = plans.map((plan) => IdFilter.of(plan.segment.entries.map((e) => e.record.id)))
     const segments: StoredSegment[] = []
-    for (const plan of plans) {
+    for (const [i, plan] of plans.entries()) {
       segments.push({
         index: plan.segment.index,
         from: plan.segment.from,
@@ -169,6 +188,8 @@ export class HistoryKeeper {
         bytes: plan.bytes,
       })
       if (plan.fold) segments.push(pageRow(plan.fold.page, plan.fold.bytes))
+      const folded = folds[i] ?? []
+      if (folded.length > 0) segments.push(foldsRow(plan.segment.index, folded))
     }
     await this.store.putSealed(doc, {
       segments,
@@ -354,6 +375,31 @@ export class HistoryKeeper {
   /** Directory page `page` of `host`'s folded history as stored, or null. */
   directoryPage(host: HistoryHost, page: number): Promise<StoredSegment | null> {
     return this.store.get(host.key, directoryPageIndex(page))
+  }
+
+  /**
+   * Adds `folds` (a re-sealing's, see `keysFolded`) to those kept beside
+   * segment `index`, durably, before the change that folds them is stored.
+   */
+  async storeFolds(doc: string, index: number, folds: readonly FoldedReaction[]): Promise<void> {
+    if (folds.length === 0) return
+    const stored = await this.store.get(doc, foldedReactionsIndex(index))
+    const before = stored ? decodeFoldedReactions(stored.bytes) : []
+    await this.store.put(doc, foldsRow(index, [...before, ...folds]))
+  }
+
+  /**
+   * The reactions folded into the latest `count` segments `host` names, as
+   * stored (none for a segment sealed before they were kept).
+   */
+  async foldsOfLatest(host: HistoryHost, count: number): Promise<FoldedReaction[]> {
+    const newest = knownSegments(host.doc).at(-1)?.index
+    if (newest === undefined) return []
+    const indexes = Array.from({ length: Math.min(count, newest + 1) }, (_, i) => newest - i)
+    const rows = await Promise.all(
+      indexes.map((index) => this.store.get(host.key, foldedReactionsIndex(index))),
+    )
+    return rows.flatMap((row) => (row ? decodeFoldedReactions(row.bytes) : []))
   }
 
   /**

@@ -35,6 +35,13 @@ export const directoryPageIndex = (page: number): number => -1 - page
 export const epochRecordIndex = (record: number): number => -1_000_000_000 - record
 
 /**
+ * The index under which the reactions folded into segment `segment` (the
+ * items that held them, see `FoldedReactions`) are stored: below the epoch
+ * records, above PostgreSQL's INTEGER's lowest for the first 147 million segments.
+ */
+export const foldedReactionsIndex = (segment: number): number => -2_000_000_000 - segment
+
+/**
  * Where the relay keeps conversations' sealed history segments (see shared
  * `history.ts`): written once when sealed, read on demand. A part of every
  * backend; all pass `relay/test/conformance/history.ts`. Directory pages are
