@@ -545,6 +545,51 @@ describe("sealed history", () => {
     expect(back.errors).toEqual([])
   })
 
+  it("removes a reaction a refold folded that a device took back offline, after the conversation was unloaded", async () => {
+    const relay = await relayWith(
+      new MemoryBackend(),
+      10,
+      5,
+      1000,
+      { keepSummaries: 4, foldSize: 16, refoldMessages: 7 },
+      { compactAfterUpdates: 5, idleUnloadMs: 50 },
+    )
+    const id = await conversationWith(relay, 40)
+    const b = await connect(relay, id, bob)
+    const held = segmentOf(await requestSegment(b, 0))
+    sealedHistory(b.doc).add(held)
+    // After the seal: bob reacts to six sealed messages (one fewer than a refold waits for).
+    const targets = held.entries.slice(0, 6).map((e) => e.record.id)
+    for (const m of targets) react(b.doc, bob, m, "👀")
+    await b.allSaved()
+    b.close()
+    await b.closed
+    unreact(b.doc, bob, targets[1]!, "👀")
+    // Alice edits one of her sealed messages, the seventh overlay; changes follow until a refold folded them.
+    const mine = held.entries.find((e) => e.record.author === alice && !targets.includes(e.record.id))!.record
+      .id
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      editMessage(doc, alice, mine, "edited late"),
+    )
+    const live = () => relay.core.read(id, (doc) => typesOf(doc).reactions.size + typesOf(doc).edits.size)
+    for (let i = 0; i < 20 && (await live()) > 0; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `more ${i}` }),
+      )
+    expect(await live()).toBe(0)
+    // Unloaded before bob's device comes back: the relay reads the refold's reactions from the store.
+    while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
+    const back = new TestClient(relay.url, id, await signToken(SECRET, bob), { doc: b.doc })
+    clients.push(back)
+    await back.synced()
+    await back.allSaved()
+    const c = await connect(relay, id, alice)
+    sealedHistory(c.doc).add(segmentOf(await requestSegment(c, 0)))
+    await c.until(() => getMessage(c.doc, targets[1]!)?.reactions["👀"] === undefined)
+    expect(getMessage(c.doc, targets[2]!)?.reactions["👀"]).toEqual([bob])
+    expect(back.errors).toEqual([])
+  })
+
   it("heals a refold cut short by a crash: the segment stored but never named is named by the next refold", async () => {
     const backend = new MemoryBackend()
     const history = { keepSummaries: 4, foldSize: 16, refoldMessages: 3 }
