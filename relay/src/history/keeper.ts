@@ -37,9 +37,16 @@ const pageRow = (page: DirectoryPage, bytes: Uint8Array): StoredSegment => ({
   bytes,
 })
 
-/** The row of the reactions folded into segment `index`, beside it. */
+/** Folded reactions kept beside one segment at most (about 50 bytes each), the newest. */
+const FOLDS_PER_SEGMENT = 1024
+
+/**
+ * The row of the reactions folded into segment `index`, beside it: the newest
+ * {@link FOLDS_PER_SEGMENT} (reactions toggled on old messages would otherwise
+ * grow a segment's row at every refold, for good).
+ */
 const foldsRow = (index: number, folds: readonly FoldedReaction[]): StoredSegment => {
-  const bytes = encodeFoldedReactions(folds)
+  const bytes = encodeFoldedReactions(folds.slice(-FOLDS_PER_SEGMENT))
   return { index: foldedReactionsIndex(index), from: 0, to: 0, hash: segmentHash(bytes), bytes }
 }
 
