@@ -494,30 +494,7 @@ describe("sealed history", () => {
       { keepSummaries: 4, foldSize: 16, refoldMessages: 7 },
       { compactAfterUpdates: 5 },
     )
-    const id = await conversationWith(relay, 40)
-    const b = await connect(relay, id, bob)
-    const held = segmentOf(await requestSegment(b, 0))
-    sealedHistory(b.doc).add(held)
-    // After the seal: bob reacts to six sealed messages (one fewer than a refold waits for).
-    const targets = held.entries.slice(0, 6).map((e) => e.record.id)
-    for (const m of targets) react(b.doc, bob, m, "👀")
-    await b.allSaved()
-    // Bob's device goes offline and takes one back, not knowing it is about to be folded.
-    b.close()
-    await b.closed
-    unreact(b.doc, bob, targets[1]!, "👀")
-    // Alice edits one of her sealed messages: the seventh.
-    const mine = held.entries.find((e) => e.record.author === alice && !targets.includes(e.record.id))!.record
-      .id
-    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
-      editMessage(doc, alice, mine, "edited late"),
-    )
-    // More changes until a compaction has folded them.
-    const live = () => relay.core.read(id, (doc) => typesOf(doc).reactions.size + typesOf(doc).edits.size)
-    for (let i = 0; i < 20 && (await live()) > 0; i++)
-      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
-        sendMessage(doc, alice, { body: `more ${i}` }),
-      )
+    const { id, b, targets, mine } = await refoldedWhileOffline(relay)
     expect(
       await relay.core.read(id, (doc) => [
         ...typesOf(doc).reactions.entries(),
@@ -554,29 +531,8 @@ describe("sealed history", () => {
       { keepSummaries: 4, foldSize: 16, refoldMessages: 7 },
       { compactAfterUpdates: 5, idleUnloadMs: 50 },
     )
-    const id = await conversationWith(relay, 40)
-    const b = await connect(relay, id, bob)
-    const held = segmentOf(await requestSegment(b, 0))
-    sealedHistory(b.doc).add(held)
-    // After the seal: bob reacts to six sealed messages (one fewer than a refold waits for).
-    const targets = held.entries.slice(0, 6).map((e) => e.record.id)
-    for (const m of targets) react(b.doc, bob, m, "👀")
-    await b.allSaved()
-    b.close()
-    await b.closed
-    unreact(b.doc, bob, targets[1]!, "👀")
-    // Alice edits one of her sealed messages, the seventh overlay; changes follow until a refold folded them.
-    const mine = held.entries.find((e) => e.record.author === alice && !targets.includes(e.record.id))!.record
-      .id
-    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
-      editMessage(doc, alice, mine, "edited late"),
-    )
-    const live = () => relay.core.read(id, (doc) => typesOf(doc).reactions.size + typesOf(doc).edits.size)
-    for (let i = 0; i < 20 && (await live()) > 0; i++)
-      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
-        sendMessage(doc, alice, { body: `more ${i}` }),
-      )
-    expect(await live()).toBe(0)
+    const { id, b, targets } = await refoldedWhileOffline(relay)
+    expect(await relay.core.read(id, (doc) => typesOf(doc).reactions.size + typesOf(doc).edits.size)).toBe(0)
     // Unloaded before bob's device comes back: the relay reads the refold's reactions from the store.
     while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
     const back = new TestClient(relay.url, id, await signToken(SECRET, bob), { doc: b.doc })
@@ -1035,6 +991,39 @@ describe("epoch records", () => {
     expect(await requestEpochRecord(stranger, 0)).toMatchObject({ error: ErrorCode.FORBIDDEN })
   })
 })
+
+/**
+ * A conversation of 40 messages on `relay` (refolds at 7 overlays) where bob reacts to six sealed
+ * messages, goes offline and takes one back (targets[1]), while alice edits a seventh (`mine`) and
+ * writes on until a compaction has refolded them all into segment 0.
+ */
+async function refoldedWhileOffline(relay: RunningRelay) {
+  const id = await conversationWith(relay, 40)
+  const b = await connect(relay, id, bob)
+  const held = segmentOf(await requestSegment(b, 0))
+  sealedHistory(b.doc).add(held)
+  // After the seal: bob reacts to six sealed messages (one fewer than a refold waits for).
+  const targets = held.entries.slice(0, 6).map((e) => e.record.id)
+  for (const m of targets) react(b.doc, bob, m, "👀")
+  await b.allSaved()
+  // Bob's device goes offline and takes one back, not knowing it is about to be folded.
+  b.close()
+  await b.closed
+  unreact(b.doc, bob, targets[1]!, "👀")
+  // Alice edits one of her sealed messages: the seventh.
+  const mine = held.entries.find((e) => e.record.author === alice && !targets.includes(e.record.id))!.record
+    .id
+  await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+    editMessage(doc, alice, mine, "edited late"),
+  )
+  // More changes until a compaction has folded them.
+  const live = () => relay.core.read(id, (doc) => typesOf(doc).reactions.size + typesOf(doc).edits.size)
+  for (let i = 0; i < 20 && (await live()) > 0; i++)
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      sendMessage(doc, alice, { body: `more ${i}` }),
+    )
+  return { id, b, targets, mine }
+}
 
 /** Gives `to` (before it syncs) the whole replica of `from`, as a device keeps it across a restart. */
 function restoreReplica(to: TestClient, from: TestClient): void {
