@@ -424,21 +424,7 @@ describe("sealed history", () => {
 
   it("removes a folded reaction a device removed while offline across its seal; a device that knew of the seal removes nothing", async () => {
     const relay = await relayWith()
-    const id = await conversationWith(relay, 12)
-    const b = await connect(relay, id, bob)
-    const [first, second] = listMessages(b.doc, { last: 100 })
-    react(b.doc, bob, first!.id, "👍")
-    react(b.doc, bob, second!.id, "🎉")
-    await b.allSaved()
-    b.close()
-    await b.closed
-    // Offline, bob takes back his 👍 while the message is still live in his replica.
-    unreact(b.doc, bob, first!.id, "👍")
-    // Meanwhile the relay seals both messages, folding both reactions into the segment.
-    for (let i = 0; i < 10; i++)
-      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
-        sendMessage(doc, alice, { body: `a${i}` }),
-      )
+    const { id, b, first, second } = await sealedWhileOffline(relay)
     const a = await connect(relay, id, alice)
     expect(sealedThrough(a.doc)).toBeGreaterThanOrEqual(10)
     // Another device of bob's that knew of the seal sends its whole state (as any reconnect does).
@@ -458,19 +444,7 @@ describe("sealed history", () => {
 
   it("removes a folded reaction a device removed while offline across its seal, after the conversation was unloaded (as after a restart)", async () => {
     const relay = await relayWith(new MemoryBackend(), 10, 5, 1000, undefined, { idleUnloadMs: 50 })
-    const id = await conversationWith(relay, 12)
-    const b = await connect(relay, id, bob)
-    const [first, second] = listMessages(b.doc, { last: 100 })
-    react(b.doc, bob, first!.id, "👍")
-    react(b.doc, bob, second!.id, "🎉")
-    await b.allSaved()
-    b.close()
-    await b.closed
-    unreact(b.doc, bob, first!.id, "👍")
-    for (let i = 0; i < 10; i++)
-      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
-        sendMessage(doc, alice, { body: `a${i}` }),
-      )
+    const { id, b, first, second } = await sealedWhileOffline(relay)
     expect(await relay.core.read(id, (doc) => sealedThrough(doc))).toBeGreaterThanOrEqual(10)
     // Unloaded: nothing of what the relay held in memory about the seal is left.
     while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
@@ -991,6 +965,29 @@ describe("epoch records", () => {
     expect(await requestEpochRecord(stranger, 0)).toMatchObject({ error: ErrorCode.FORBIDDEN })
   })
 })
+
+/**
+ * A conversation of 12 messages on `relay` (segments of 10) where bob reacts 👍 to the first and 🎉 to
+ * the second, goes offline and takes back his 👍, while alice writes ten more: the relay seals both
+ * messages, folding both reactions into segment 0.
+ */
+async function sealedWhileOffline(relay: RunningRelay) {
+  const id = await conversationWith(relay, 12)
+  const b = await connect(relay, id, bob)
+  const [first, second] = listMessages(b.doc, { last: 100 })
+  react(b.doc, bob, first!.id, "👍")
+  react(b.doc, bob, second!.id, "🎉")
+  await b.allSaved()
+  b.close()
+  await b.closed
+  // Offline, bob takes back his 👍 while the message is still live in his replica.
+  unreact(b.doc, bob, first!.id, "👍")
+  for (let i = 0; i < 10; i++)
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      sendMessage(doc, alice, { body: `a${i}` }),
+    )
+  return { id, b, first: first!, second: second! }
+}
 
 /**
  * A conversation of 40 messages on `relay` (refolds at 7 overlays) where bob reacts to six sealed
