@@ -1125,35 +1125,36 @@ const foldedReactions = new WeakMap<DocumentHost, FoldedReactions>()
 
 /**
  * Segments whose folded reactions a document loaded again reads before its
- * first deletion (see {@link foldedReactionsLoaded}): 16 segments of 300 are
+ * first deletion (see {@link loadFolds}): 16 segments of 300 are
  * thousands of messages sealed while a device was offline.
  */
 const FOLDS_READ_SEGMENTS = 16
 
 /**
- * The folded reactions of `host`, with those its latest segments' rows hold
- * read once per loaded document (a document the seals of another process, or
- * of this one before an unload, sealed); undefined without sealed history. A
- * failed read is tried again at the next deletion.
+ * Whether `host`'s folded reactions still lack those its latest segments'
+ * rows hold (a document the seals of another process, or of this one before
+ * an unload, sealed): read once per loaded document, by {@link loadFolds}.
+ * Synchronous, so that the update path awaits nothing once they are read.
  */
-async function foldedReactionsLoaded(
-  ctx: PathContext,
-  host: DocumentHost,
-): Promise<FoldedReactions | undefined> {
-  const history = ctx.history
-  if (!history || host.name.kind !== "conversation" || sealedThrough(host.doc) === 0)
-    return foldedReactions.get(host)
+function foldsUnread(ctx: PathContext, host: DocumentHost): boolean {
+  return (
+    ctx.history !== undefined &&
+    host.name.kind === "conversation" &&
+    foldedReactions.get(host)?.loaded !== true &&
+    sealedThrough(host.doc) > 0
+  )
+}
+
+/** Reads the folded reactions of `host`'s latest segments; a failed read is tried again at the next deletion. */
+async function loadFolds(ctx: PathContext, host: DocumentHost): Promise<void> {
   const folded = foldedReactionsOf(host)
-  if (!folded.loaded) {
-    try {
-      folded.hold(await history.foldsOfLatest(host, FOLDS_READ_SEGMENTS))
-      folded.loaded = true
-    } catch (error) {
-      // The update is not refused for it: only a removal made offline across a seal may stay unseen.
-      ctx.log.warn({ err: error, doc: host.key }, "could not read the reactions the seals folded")
-    }
+  try {
+    folded.hold(await ctx.history!.foldsOfLatest(host, FOLDS_READ_SEGMENTS))
+    folded.loaded = true
+  } catch (error) {
+    // The update is not refused for it: only a removal made offline across a seal may stay unseen.
+    ctx.log.warn({ err: error, doc: host.key }, "could not read the reactions the seals folded")
   }
-  return folded
 }
 
 function foldedReactionsOf(host: DocumentHost): FoldedReactions {
@@ -1721,7 +1722,8 @@ async function storeSomeOfBatch(
       if (item.principal.kind === "user") {
         const { ds } = decodeOnce(item.update)
         if (ds.clients.size > 0) {
-          const folded = await foldedReactionsLoaded(ctx, host)
+          if (foldsUnread(ctx, host)) await loadFolds(ctx, host)
+          const folded = foldedReactions.get(host)
           if (folded) removals.push(...folded.removedBy(ds, item.principal.user))
         }
       }

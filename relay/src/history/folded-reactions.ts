@@ -161,7 +161,7 @@ export class FoldedReactions {
   /** Per client, sorted by clock. */
   private readonly byClient = new Map<number, Folded[]>()
   private size = 0
-  /** Whether the stored folds of the latest segments were read into this (see `foldedReactionsLoaded`). */
+  /** Whether the stored folds of the latest segments were read into this (see `loadFolds` in the update path). */
   loaded = false
 
   /** Remembers `folds` (those already held are not held twice). */
