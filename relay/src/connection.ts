@@ -15,6 +15,7 @@ import {
   encodeSyncStep2,
   epochOf,
   type Frame,
+  type HistoryPage,
   ParleyError,
   Rule,
   readFrame,
@@ -319,46 +320,43 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       case "parley": {
         const message = frame.message
         if (message?.type === "historyRequest") {
-          // Nothing of the history before access is known: a pending connection is told no, with no byte of it.
-          if (this.pending)
-            this.sendAnyway(
-              encodeHistoryPage({
-                request: message.request,
-                segment: message.segment,
-                error: ErrorCode.FORBIDDEN,
-              }),
-            )
-          else this.owner.history(this, message.request, message.segment)
+          this.pageRequest(message.request, message.segment, encodeHistoryPage, () =>
+            this.owner.history(this, message.request, message.segment),
+          )
           return
         }
         if (message?.type === "directoryRequest") {
-          if (this.pending)
-            this.sendAnyway(
-              encodeDirectoryPageFrame({
-                request: message.request,
-                segment: message.page,
-                error: ErrorCode.FORBIDDEN,
-              }),
-            )
-          else this.owner.directory(this, message.request, message.page)
+          this.pageRequest(message.request, message.page, encodeDirectoryPageFrame, () =>
+            this.owner.directory(this, message.request, message.page),
+          )
           return
         }
         if (message?.type === "epochRequest") {
-          if (this.pending)
-            this.sendAnyway(
-              encodeEpochRecordFrame({
-                request: message.request,
-                segment: message.record,
-                error: ErrorCode.FORBIDDEN,
-              }),
-            )
-          else this.owner.epochRecord(this, message.request, message.record)
+          this.pageRequest(message.request, message.record, encodeEpochRecordFrame, () =>
+            this.owner.epochRecord(this, message.request, message.record),
+          )
           return
         }
         // The transport takes token refreshes; clients send no other subtype.
         throw new ParleyError(ErrorCode.MALFORMED_FRAME, "unexpected Parley message from a client")
       }
     }
+  }
+
+  /**
+   * A request for a page of the history (a segment, a directory page, an
+   * epoch record), numbered `asked`: served by `serve` once access is known.
+   * Nothing of the history before that: a pending connection is told no
+   * (`FORBIDDEN`, in `encode`'s frame), with no byte of it.
+   */
+  private pageRequest(
+    request: number,
+    asked: number,
+    encode: (page: HistoryPage) => Uint8Array,
+    serve: () => void,
+  ): void {
+    if (this.pending) this.sendAnyway(encode({ request, segment: asked, error: ErrorCode.FORBIDDEN }))
+    else serve()
   }
 
   private sendSyncStep1(): void {
