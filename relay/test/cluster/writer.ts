@@ -15,6 +15,8 @@ export class Writer {
   readonly acked = new Map<MessageId, number>()
   readonly sent: { id: MessageId; clock: number; at: number }[] = []
   reconnects = 0
+  /** Every connection this writer opened, in order. */
+  readonly clients: TestClient[] = []
   private stopped = false
   private seen = 0
   private readonly timer: NodeJS.Timeout
@@ -31,6 +33,7 @@ export class Writer {
   connect(url = this.next()): TestClient {
     const client = new TestClient(url, this.name, this.token, { doc: this.doc })
     this.client = client
+    this.clients.push(client)
     this.seen = 0
     void client.closed.then(() => {
       this.scan(client)
@@ -85,6 +88,20 @@ export class Writer {
       if (outcome === "done") return
       // Closed: the writer reconnects in a moment; wait for its next connection.
       while (this.client === client && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+
+  /**
+   * What the relay refused on any of this writer's connections: the typed
+   * errors and the close codes other than the test's own (1000/1005). A
+   * relay may answer a change with an error on the socket or by closing it.
+   */
+  refusals(): { errors: TestClient["errors"]; closes: number[] } {
+    return {
+      errors: this.clients.flatMap((c) => c.errors),
+      closes: this.clients.flatMap((c) =>
+        c.closeEvent && c.closeEvent.code >= 4000 ? [c.closeEvent.code] : [],
+      ),
     }
   }
 
