@@ -416,11 +416,27 @@ describe("purged sealed history in the SDK", () => {
 
     await mine.loadOlder(20)
     const hash = sealedSegments(theirs.doc)[0]!.hash
+    // Once bob's replica shows the message deleted, no later change may show it live again (the
+    // tombstone leaves with the change that re-seals its segment, while the old segment is held).
+    let seenDeleted = false
+    const reappeared: string[] = []
+    theirs.doc.on("afterTransaction", () => {
+      const shown = theirs.message(ids[3]!)
+      if (shown?.deleted) seenDeleted = true
+      else if (seenDeleted && shown) reappeared.push(shown.body)
+    })
     mine.deleteMessage(ids[3]!)
     // The relay re-seals the segment: every replica is told its new hash.
     await eventually(() => expect(sealedSegments(theirs.doc)[0]!.hash).not.toBe(hash))
     await eventually(async () => expect(await cachedSegments(b)).not.toContain("Cached-Kiwi-Gone"))
     expect(theirs.message(ids[3]!)?.body ?? "").not.toContain("Cached-Kiwi-Gone")
+    // The tombstone left the live document with the new hash; the re-sealed segment, fetched again at
+    // once (it was shown), says the message is deleted; bob's unread count no longer counts it.
+    expect(typesOf(theirs.doc).tombstones.size).toBe(0)
+    await eventually(() => expect(theirs.message(ids[3]!)?.deleted?.by).toBe(a))
+    expect(theirs.unreadCount).toBe(19)
+    expect(seenDeleted).toBe(true)
+    expect(reappeared).toEqual([])
     // Paging fetches the re-sealed segment: the message is a placeholder there.
     const again = await (await connectClient(relay, b)).conversation(mine.id).ready()
     let older: Awaited<ReturnType<typeof again.loadOlder>> = []

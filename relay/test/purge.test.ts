@@ -3,10 +3,12 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import {
   createConversation,
+  decodeDirectoryPage,
   decodeSegment,
   deleteConversation,
   deleteMessage,
   ErrorCode,
+  foldedHistory,
   getConversation,
   InboxTopLevel,
   inboxDocumentName,
@@ -16,6 +18,7 @@ import {
   Rule,
   sealedHistory,
   sealedSegments,
+  sealedThrough,
   sendMessage,
   typesOf,
   type UserId,
@@ -58,14 +61,20 @@ async function stopRelays(): Promise<void> {
   for (const r of relays.splice(0)) await r.close()
 }
 
-async function relayOn(backend: Backend): Promise<RunningRelay> {
+async function relayOn(
+  backend: Backend,
+  history: { segmentSize: number; keepLive: number; keepSummaries?: number; foldSize?: number } = {
+    segmentSize: 10,
+    keepLive: 5,
+  },
+): Promise<RunningRelay> {
   const relay = await startRelay({
     backend,
     port: 0,
     warmUp: false,
     log: "silent",
     auth: { kind: "secret", secret: SECRET },
-    history: { segmentSize: 10, keepLive: 5 },
+    history,
   })
   relays.push(relay)
   return relay
@@ -771,10 +780,17 @@ describe("deletion deletes sealed messages (SQLite)", () => {
     deleteMessage(a.doc, alice, sent[3]!.id)
     await a.allSaved()
     await until(() => rowsHolding(dir, "Sealed-Narwhal-Gone").length === 0)
-    // Every replica is told the segment's new name; the rest of the segment is as it was.
+    // Every replica is told the segment's new name and counts; the rest of the segment is as it was,
+    // and the tombstone has left the live document with the change.
     await b.until(() => sealedSegments(b.doc)[0]?.hash !== before.hash)
     const after = sealedSegments(b.doc)[0]!
-    expect({ ...after, hash: "", bytes: 0 }).toEqual({ ...before, hash: "", bytes: 0 })
+    expect({ ...after, hash: "", bytes: 0 }).toEqual({
+      ...before,
+      liveBy: { [alice]: before.liveBy[alice]! - 1 },
+      hash: "",
+      bytes: 0,
+    })
+    expect(typesOf(b.doc).tombstones.size).toBe(0)
     const stored = await backend.history.get(id, before.index)
     expect(stored?.hash).toBe(after.hash)
     const segment = decodeSegment(stored!.bytes)
@@ -787,6 +803,106 @@ describe("deletion deletes sealed messages (SQLite)", () => {
     await stopRelays()
     expect(rawFiles(dir)).not.toContain("Sealed-Narwhal-Gone")
     expect(rawFiles(dir)).toContain("Sealed-Keep-2")
+  })
+})
+
+describe("a sealed message's deletion once purged (SQLite)", () => {
+  /** Segments of 10, one summary kept live, folded one per directory page: most of 60 messages end in pages. */
+  const folding = { segmentSize: 10, keepLive: 5, keepSummaries: 1, foldSize: 1 }
+
+  /** Alice's 60 messages to bob's group, sealed and mostly folded; alice's replica holds every segment. */
+  async function sealedSixty(relay: RunningRelay, backend: SqliteBackend) {
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    const sent: { id: MessageId; seq: number; body: string }[] = []
+    for (let i = 0; i < 60; i++) {
+      const body = `Sixty-${i % 2 === 0 ? "Gone" : "Keep"}-${String(i).padStart(2, "0")}.`
+      // Alice alone writes, one message at a time: the relay numbers them in order.
+      sent.push({ id: sendMessage(a.doc, alice, { body }).id, seq: i + 1, body })
+      await a.allSaved()
+    }
+    await a.until(() => (foldedHistory(a.doc)?.through ?? 0) >= 20 && sealedThrough(a.doc) >= 50)
+    for (const stored of await backend.history.all(id))
+      if (stored.index >= 0) sealedHistory(a.doc).add(decodeSegment(stored.bytes))
+    return { id, a, sent }
+  }
+
+  /** Alice's messages bob has not read above `marker`, counted from the messages that stay. */
+  const expectedUnread = (kept: { seq: number }[], marker: number) =>
+    kept.filter((m) => m.seq > marker).length
+
+  it("leaves no tombstone in the live document: the segments' counts drop the purged messages, and unread counts stay exact", async () => {
+    const dir = scratchDir()
+    const backend = new SqliteBackend(dir)
+    const relay = await relayOn(backend, folding)
+    const { id, a, sent } = await sealedSixty(relay, backend)
+    const sealed = sealedThrough(a.doc)
+    // Every other sealed message: 25 of them, in folded segments and live summaries alike.
+    const gone = sent.filter((m) => m.body.includes("Gone") && m.seq <= sealed)
+    const observer = await joinAs(relay, bob, id)
+    const sizeBefore = Y.encodeStateAsUpdate(observer.doc).length
+    for (const m of gone) deleteMessage(a.doc, alice, m.id)
+    await a.allSaved()
+    const b = await joinAs(relay, bob, id)
+    await until(() => gone.every((m) => rowsHolding(dir, m.body).length === 0))
+    await observer.until(() => typesOf(observer.doc).tombstones.size === 0)
+    // What stays of each deletion is what Yjs keeps of a removed map entry (about 32 bytes, garbage a
+    // fresh epoch drops), not its tombstone (about 67 bytes for good, before tombstones left).
+    expect(Y.encodeStateAsUpdate(observer.doc).length - sizeBefore).toBeLessThan(gone.length * 40)
+    await b.until(() => typesOf(b.doc).tombstones.size === 0)
+    // The live summaries and the folded record count what stays, per author.
+    const keptSeqs = sent.filter((m) => !gone.includes(m))
+    const fold = foldedHistory(b.doc)!
+    const liveSummaries = sealedSegments(b.doc)
+    const counted = (fold.liveBy[alice] ?? 0) + liveSummaries.reduce((n, s) => n + (s.liveBy[alice] ?? 0), 0)
+    expect(counted).toBe(keptSeqs.filter((m) => m.seq <= sealed).length)
+    // Bob's unread, with his marker nowhere and at the end of each segment: from the counts alone (the
+    // live summaries, the folded record, and the directory pages, which bob's replica holds as fetched).
+    const pages = await Promise.all(
+      Array.from({ length: fold.pages }, async (_, page) => (await backend.history.get(id, -1 - page))!),
+    )
+    expect(pages.length).toBeGreaterThan(1)
+    for (const row of pages) sealedHistory(b.doc).addPage(decodeDirectoryPage(row.bytes), row.hash)
+    const folded = pages.flatMap((row) => decodeDirectoryPage(row.bytes).summaries)
+    for (const marker of [0, ...folded.map((s) => s.to), ...liveSummaries.map((s) => s.to)])
+      expect([marker, unreadCount(b.doc, bob, marker)]).toEqual([marker, expectedUnread(keptSeqs, marker)])
+
+    // The same after a restart, with nothing left to purge again.
+    b.close()
+    a.close()
+    await stopRelays()
+    const files = rawFiles(dir)
+    for (const m of gone) expect(files).not.toContain(m.body)
+    expect(files).toContain("Sixty-Keep-01.")
+    const next = await relayOn(new SqliteBackend(dir), folding)
+    const c = await joinAs(next, bob, id)
+    expect(typesOf(c.doc).tombstones.size).toBe(0)
+    expect(unreadCount(c.doc, bob, 0)).toBe(keptSeqs.length)
+  })
+
+  it("a purge that dropped the tombstones but could not redact the stored events is finished by the next relay", async () => {
+    const dir = scratchDir()
+    // The re-sealing (and the tombstones' removal with it) succeeds; the hook events' redaction fails.
+    const { backend, fail } = purgeFailingBackend(dir, true)
+    const relay = await relayOn(backend, folding)
+    const { id, a, sent } = await sealedSixty(relay, backend)
+    // Sealed and folded into a directory page.
+    const target = sent.find((m) => m.body.includes("Gone") && m.seq <= foldedHistory(a.doc)!.through)!
+    const text = target.body
+    fail(true)
+    deleteMessage(a.doc, alice, target.id)
+    await a.allSaved()
+    await a.until(() => typesOf(a.doc).tombstones.size === 0)
+    a.close()
+    await stopRelays()
+    expect(rowsHolding(dir, text)).not.toEqual([])
+
+    const next = await relayOn(new SqliteBackend(dir), folding)
+    await joinAs(next, bob, id)
+    await until(() => rowsHolding(dir, text).length === 0)
+    await stopRelays()
+    expect(rawFiles(dir)).not.toContain(text)
   })
 })
 

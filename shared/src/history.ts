@@ -412,15 +412,22 @@ export function decodeDirectoryPage(bytes: Uint8Array): DirectoryPage {
   }
 }
 
-/** Live messages per author of `a` and `b` added up. */
+/** Live messages per author of `a` and `b` added up (`b` may hold negative counts); authors left at 0 are dropped. */
 export function addCounts(
   a: Readonly<Record<string, number>>,
   b: Readonly<Record<string, number>>,
 ): Record<string, number> {
   const sum: Record<string, number> = { ...a }
-  for (const [author, n] of Object.entries(b)) sum[author] = (sum[author] ?? 0) + n
+  for (const [author, n] of Object.entries(b)) {
+    const total = (sum[author] ?? 0) + n
+    if (total === 0) delete sum[author]
+    else sum[author] = total
+  }
   return sum
 }
+
+const negated = (counts: Readonly<Record<string, number>>): Record<string, number> =>
+  Object.fromEntries(Object.entries(counts).map(([author, n]) => [author, -n]))
 
 /** Messages in `counts` (live messages per author) not written by `user`. */
 const othersIn = (counts: Readonly<Record<string, number>>, user: UserId): number => {
@@ -513,17 +520,26 @@ export function refoldPages(
   if (first < 0) return undefined
   const changed: { page: DirectoryPage; bytes: Uint8Array }[] = []
   let previous = pages[first]!.previous
+  // Live messages per author the replaced summaries no longer count (a purge's): every later
+  // page's `before` and the folded record's total drop them too.
+  let dropped: Record<string, number> = {}
   for (const old of pages.slice(first)) {
-    const page: DirectoryPage = {
-      ...old,
-      ...(previous ? { previous } : {}),
-      summaries: old.summaries.map((s) => replaced.get(s.index) ?? s),
-    }
+    const before = addCounts(old.before, dropped)
+    const summaries = old.summaries.map((s) => {
+      const summary = replaced.get(s.index)
+      if (!summary) return s
+      dropped = addCounts(addCounts(dropped, summary.liveBy), negated(s.liveBy))
+      return summary
+    })
+    const page: DirectoryPage = { ...old, before, ...(previous ? { previous } : {}), summaries }
     const bytes = encodeDirectoryPage(page)
     changed.push({ page, bytes })
     previous = { hash: segmentHash(bytes), bytes: bytes.length }
   }
-  return { pages: changed, fold: { ...fold, hash: previous!.hash, bytes: previous!.bytes } }
+  return {
+    pages: changed,
+    fold: { ...fold, liveBy: addCounts(fold.liveBy, dropped), hash: previous!.hash, bytes: previous!.bytes },
+  }
 }
 
 /**
@@ -938,8 +954,9 @@ function countSealedUnread(doc: Y.Doc, user: UserId, after: number): SealedUnrea
       exact = false
       return others
     }
-    // A message purged from its segment after a deletion is a placeholder there and a tombstone here: counted
-    // here like the live record it replaced, since the tombstones below subtract it.
+    // A message purged from its segment by a relay that kept tombstones is a placeholder there and a tombstone
+    // here: counted here like the live record it replaced, since the tombstones below subtract it. Purged
+    // since, its tombstone is gone with the purge, and its summary no longer counts it (`purgeFromSegment`).
     let n = 0
     for (const { seq, record } of segment.entries)
       if (seq > after && record.author !== user && (!isDeletedRecord(record) || tombstones.has(record.id)))
@@ -1156,20 +1173,26 @@ export function checkEpochRecord(
  * `segment` re-sealed without the content of the messages `ids` (sealed, then
  * deleted: each has a tombstone in the live document): their records become
  * deletion placeholders, as if they had been deleted before sealing. Undefined
- * when the segment holds none of them with content. The summary keeps the
- * counts of sealing time (`liveBy`, `count`: unread counts subtract the
- * tombstones), with the new hash and size.
+ * when the segment holds none of them with content. The summary, with the
+ * new hash and size, no longer counts them in `liveBy` (`count` still does:
+ * placeholders are entries), so that their tombstones (`purged`) can leave
+ * the live document in the relay's change that names the new hash: a
+ * deletion then costs the live document nothing for good.
+ * Segments purged by relays before that still count theirs in `liveBy`, and
+ * keep their tombstones, which unread counts subtract.
  */
 export function purgeFromSegment(
   segment: Segment,
   summary: SegmentSummary,
   deletions: ReadonlyMap<MessageId, SealedDeletion>,
-): { segment: Segment; bytes: Uint8Array; summary: SegmentSummary } | undefined {
-  let changed = false
+): { segment: Segment; bytes: Uint8Array; summary: SegmentSummary; purged: MessageId[] } | undefined {
+  const purged: MessageId[] = []
+  const dropped: Record<string, number> = {}
   const entries = segment.entries.map((entry): SealedEntry => {
     const deletion = deletions.get(entry.record.id)
     if (!deletion || isDeletedRecord(entry.record)) return entry
-    changed = true
+    purged.push(entry.record.id)
+    dropped[entry.record.author] = (dropped[entry.record.author] ?? 0) - 1
     const placeholder: DeletedMessageRecord = {
       id: entry.record.id,
       author: entry.record.author,
@@ -1179,8 +1202,14 @@ export function purgeFromSegment(
     }
     return { seq: entry.seq, record: placeholder }
   })
-  if (!changed) return undefined
-  const purged: Segment = { ...segment, entries }
-  const bytes = encodeSegment(purged)
-  return { segment: purged, bytes, summary: { ...summary, hash: segmentHash(bytes), bytes: bytes.length } }
+  if (purged.length === 0) return undefined
+  const resealed: Segment = { ...segment, entries }
+  const bytes = encodeSegment(resealed)
+  const liveBy = addCounts(summary.liveBy, dropped)
+  return {
+    segment: resealed,
+    bytes,
+    summary: { ...summary, liveBy, hash: segmentHash(bytes), bytes: bytes.length },
+    purged,
+  }
 }

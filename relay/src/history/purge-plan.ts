@@ -31,6 +31,12 @@ export interface PurgePlan {
   readonly segments: readonly { segment: Segment; bytes: Uint8Array; summary: SegmentSummary }[]
   readonly pages: readonly { page: DirectoryPage; bytes: Uint8Array }[]
   readonly fold?: FoldedHistory
+  /**
+   * Deleted messages the re-sealed segments now hold as placeholders, and
+   * their summaries no longer count: their tombstones leave the live
+   * document with the change that names the new hashes.
+   */
+  readonly retired?: readonly MessageId[]
 }
 
 /**
@@ -58,15 +64,18 @@ export async function planPurge(
   )
   const directory = sealedHistory(host.doc)
   const segments: PurgePlan["segments"][number][] = []
+  const retired: MessageId[] = []
   for (const summary of holding) {
     const segment = directory.segment(summary.index)
-    const purged = segment && purgeFromSegment(segment, summary, deletions)
-    if (purged) segments.push(purged)
+    const resealed = segment && purgeFromSegment(segment, summary, deletions)
+    if (!resealed) continue
+    segments.push(resealed)
+    retired.push(...resealed.purged)
   }
   if (segments.length === 0) return undefined
   const refold =
     fold && refoldPages(fold, pages, new Map(segments.map(({ summary }) => [summary.index, summary])))
-  return { segments, pages: refold?.pages ?? [], ...(refold ? { fold: refold.fold } : {}) }
+  return { segments, pages: refold?.pages ?? [], ...(refold ? { fold: refold.fold } : {}), retired }
 }
 
 /**
@@ -143,9 +152,12 @@ export async function storePurge(keeper: HistoryKeeper, doc: string, plan: Purge
 /**
  * Names `plan`'s new hashes in the live document (inside the caller's
  * transaction): the live summaries of re-sealed segments, and the folded
- * record when directory pages were rewritten.
+ * record when directory pages were rewritten; drops the tombstones the new
+ * summaries made needless.
  */
 export function applyPurge(doc: Y.Doc, plan: PurgePlan): void {
+  const tombstones = typesOf(doc).tombstones
+  for (const id of plan.retired ?? []) tombstones.delete(id)
   const segments = typesOf(doc).segments
   for (const { summary } of plan.segments) {
     const at = segments.toArray().findIndex((v) => decodeSegmentSummary(v)?.index === summary.index)

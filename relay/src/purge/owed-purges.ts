@@ -6,7 +6,7 @@ import type * as Y from "yjs"
  * is applied and before its log: see {@link purgesOwed}.
  */
 export interface DeletedInSnapshot {
-  /** Deleted messages: live ones' placeholders and sealed ones' tombstones. */
+  /** Deleted messages: live ones' placeholders and sealed ones' tombstones, dropped ones included. */
   readonly messages: ReadonlySet<string>
   readonly conversationDeleted: boolean
 }
@@ -27,9 +27,18 @@ export function deletedInSnapshot(doc: Y.Doc): DeletedInSnapshot {
   }
 }
 
+/**
+ * Live messages' placeholders, and every key the tombstones map ever held in
+ * this epoch: a purge that re-sealed a sealed message drops its tombstone in
+ * the same change (shared `purgeFromSegment`), and Yjs keeps the key of a
+ * removed map entry (its item, deleted). A log that added a tombstone and
+ * removed it, over a snapshot from before, is a purge that may not have
+ * folded the log yet: owed, like one whose tombstone is still there.
+ */
 function* deletedMessages(doc: Y.Doc): Iterable<MessageId> {
   yield* messageIndex(doc).deleted.keys()
-  for (const id of typesOf(doc).tombstones.keys()) yield id as MessageId
+  const entries = (typesOf(doc).tombstones as unknown as { _map: Map<string, unknown> })._map
+  for (const id of entries.keys()) yield id as MessageId
 }
 
 /**
