@@ -20,6 +20,7 @@ import {
   sequenceWriterIds,
   tombstoneOf,
   typesOf,
+  type UserId,
   unsequencedMessages,
   writeSequenceNumbers,
 } from "@parley/shared"
@@ -27,7 +28,7 @@ import * as Y from "yjs"
 import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
-import type { AfterSaved, Extensions } from "./extension.js"
+import type { AfterSaved, ClientIdOwners, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import { epochValueBytes, sealGarbageBound, startEpoch } from "./history/epoch.js"
 import { FoldedReactions, type ItemId, keysFolded, reactionsFolded } from "./history/folded-reactions.js"
@@ -47,7 +48,7 @@ import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { sealedIdsNamed } from "./policy/check-update.js"
 import { membershipPolicy } from "./policy.js"
-import { type Principal, RELAY } from "./principal.js"
+import { describePrincipal, type Principal, RELAY } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
 import type { OwedPurges } from "./purge/owed-purges.js"
 import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-conversation.js"
@@ -1145,15 +1146,83 @@ function foldsUnread(ctx: PathContext, host: DocumentHost): boolean {
   )
 }
 
-/** Reads the folded reactions of `host`'s latest segments; a failed read is tried again at the next deletion. */
+/**
+ * Reads the folded reactions of `host`'s latest segments and its fold
+ * directory; a failed read is tried again at the next deletion.
+ */
 async function loadFolds(ctx: PathContext, host: DocumentHost): Promise<void> {
   const folded = foldedReactionsOf(host)
+  const history = ctx.history!
   try {
-    folded.hold(await ctx.history!.foldsOfLatest(host, FOLDS_READ_SEGMENTS))
+    const latest = history.latestSegments(host, FOLDS_READ_SEGMENTS)
+    const [folds, directory] = await Promise.all([
+      history.foldsOf(host.key, latest),
+      history.foldDirectory(host.key),
+    ])
+    for (const index of latest) folded.read.add(index)
+    folded.hold(folds)
+    folded.directory = directory
     folded.loaded = true
   } catch (error) {
     // The update is not refused for it: only a removal made offline across a seal may stay unseen.
     ctx.log.warn({ err: error, doc: host.key }, "could not read the reactions the seals folded")
+  }
+}
+
+/** Segments of older folds one update reads at most (see {@link olderFolds}). */
+const OLDER_FOLD_SEGMENTS = 64
+
+/**
+ * Whether the fold directory lists segments not read yet for a client whose
+ * items `deleteSet` deletes (see {@link olderFolds}). Synchronous, so that an
+ * update awaits nothing when there are none, as nearly always.
+ */
+function olderFoldsUnread(host: DocumentHost, deleteSet: ReturnType<typeof decodeOnce>["ds"]): boolean {
+  const folded = foldedReactions.get(host)
+  const directory = folded?.directory
+  if (!folded || !directory) return false
+  for (const client of deleteSet.clients.keys())
+    if (directory.segmentsOf(client).some((index) => !folded.read.has(index))) return true
+  return false
+}
+
+/**
+ * Reads the folds, not read yet, of the segments the fold directory lists
+ * for the clients of `user` whose items `deleteSet` deletes: a device away
+ * while more segments were sealed than a load reads ({@link loadFolds}).
+ * Only `user`'s own clients (a user removes only their own reactions), so
+ * that the whole delete set every sync sends (everyone's deletions) reads
+ * nothing, and each segment once per loaded document, at most
+ * {@link OLDER_FOLD_SEGMENTS} per update, the newest first (a reaction is
+ * usually taken back soon after it was made; the rest wait for the next
+ * update naming those clients).
+ */
+async function olderFolds(
+  ctx: PathContext,
+  host: DocumentHost,
+  deleteSet: ReturnType<typeof decodeOnce>["ds"],
+  user: UserId,
+): Promise<void> {
+  const folded = foldedReactions.get(host)
+  const directory = folded?.directory
+  if (!folded || !directory) return
+  const unread = new Set<number>()
+  let owners: ClientIdOwners | undefined
+  for (const client of deleteSet.clients.keys()) {
+    const segments = directory.segmentsOf(client).filter((index) => !folded.read.has(index))
+    if (segments.length === 0) continue
+    owners ??= await ctx.extensions.clientIdOwners({ name: host.name, doc: host.doc })
+    if (owners?.owner(client) !== describePrincipal({ kind: "user", user })) continue
+    for (const index of segments) unread.add(index)
+  }
+  if (unread.size === 0) return
+  const wanted = [...unread].sort((a, b) => b - a).slice(0, OLDER_FOLD_SEGMENTS)
+  try {
+    const folds = await ctx.history!.foldsOf(host.key, wanted)
+    for (const index of wanted) folded.read.add(index)
+    folded.hold(folds)
+  } catch (error) {
+    ctx.log.warn({ err: error, doc: host.key }, "could not read the reactions older seals folded")
   }
 }
 
@@ -1723,6 +1792,7 @@ async function storeSomeOfBatch(
         const { ds } = decodeOnce(item.update)
         if (ds.clients.size > 0) {
           if (foldsUnread(ctx, host)) await loadFolds(ctx, host)
+          if (olderFoldsUnread(host, ds)) await olderFolds(ctx, host, ds, item.principal.user)
           const folded = foldedReactions.get(host)
           if (folded) removals.push(...folded.removedBy(ds, item.principal.user))
         }

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest"
 import {
   decodeFoldedReactions,
   encodeFoldedReactions,
+  FoldDirectory,
   type FoldedReaction,
   FoldedReactions,
 } from "../src/history/folded-reactions.js"
@@ -38,5 +39,22 @@ describe("folded reactions as the history store keeps them", () => {
     // A device that knew of the seal deletes the record too; carol's reaction is not bob's to remove.
     expect(held.removedBy(deleteSet([7, 4, 1], [9, 41, 1]), "bob")).toEqual([])
     expect(held.removedBy(deleteSet([8, 0, 1]), "bob")).toEqual([])
+  })
+})
+
+describe("the fold directory", () => {
+  it("lists each client's segments once, ascending, read back as written; bytes that are not one read as empty", () => {
+    const directory = FoldDirectory.empty()
+    expect(directory.add(12, folds)).toBe(true)
+    expect(directory.add(3, folds.slice(0, 1))).toBe(true)
+    // Nothing new: the caller need not write the row again.
+    expect(directory.add(12, folds)).toBe(false)
+    expect(directory.segmentsOf(7)).toEqual([3, 12])
+    expect(directory.segmentsOf(8)).toEqual([12])
+    expect(directory.segmentsOf(9)).toEqual([])
+    const read = FoldDirectory.decode(directory.encode())
+    expect([7, 8, 9].map((client) => read.segmentsOf(client))).toEqual([[3, 12], [12], []])
+    expect(FoldDirectory.decode(new Uint8Array([9, 1, 2])).segmentsOf(7)).toEqual([])
+    expect(FoldDirectory.decode(directory.encode().slice(0, 4)).segmentsOf(7)).toEqual([])
   })
 })

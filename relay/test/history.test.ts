@@ -41,6 +41,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { MemoryBackend } from "../src/backend/memory.js"
 import { epochValueBytes } from "../src/history/epoch.js"
+import { foldedReactionsIndex } from "../src/history/store.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { docUntil, stockProvider, synced, TestClient } from "./helpers/clients.js"
 import { requestDirectory, requestEpochRecord, requestSegment } from "./helpers/history-requests.js"
@@ -457,6 +458,44 @@ describe("sealed history", () => {
     await a.until(() => getMessage(a.doc, first!.id)?.reactions["👍"] === undefined)
     expect(getMessage(a.doc, second!.id)?.reactions).toEqual({ "🎉": [bob] })
     expect(back.errors).toEqual([])
+  })
+
+  it("removes a folded reaction a device removed while offline, however many segments were sealed before it came back after an unload", async () => {
+    // No garbage epochs: a device of an earlier epoch rebases its work instead (the SDK), which is not this path.
+    const backend = new MemoryBackend()
+    const relay = await relayWith(backend, 10, 5, 1000, undefined, { idleUnloadMs: 50, epochGarbageBytes: 0 })
+    // Counts the folded-reaction rows the relay reads.
+    let foldReads = 0
+    const get = backend.history.get.bind(backend.history)
+    backend.history.get = (doc, index) => {
+      if (index <= foldedReactionsIndex(0)) foldReads++
+      return get(doc, index)
+    }
+    const { id, b, first, second } = await sealedWhileOffline(relay)
+    // Far more segments sealed than a loaded document reads the folds of (16): the 👍 is folded in the first.
+    for (let i = 0; i < 250; i++)
+      await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+        sendMessage(doc, alice, { body: `later ${i}` }),
+      )
+    expect(await relay.core.read(id, (doc) => sealedThrough(doc))).toBeGreaterThanOrEqual(250)
+    while (relay.core.loadedDocuments > 0) await new Promise((r) => setTimeout(r, 20))
+    // Alice's whole state deletes bob's folded items too (she learned of the seals): it reads the latest
+    // segments' folds once the document is loaded again, and none of bob's older ones.
+    const a = await connect(relay, id, alice)
+    a.ws.send(encodeSyncUpdate(Y.encodeStateAsUpdate(a.doc)))
+    await a.allSaved()
+    await new Promise((r) => setTimeout(r, 100))
+    const latestOnly = foldReads
+    expect(latestOnly).toBeLessThanOrEqual(16)
+    const back = new TestClient(relay.url, id, await signToken(SECRET, bob), { doc: b.doc })
+    clients.push(back)
+    await back.synced()
+    await back.allSaved()
+    sealedHistory(a.doc).add(segmentOf(await requestSegment(a, 0)))
+    await a.until(() => getMessage(a.doc, first!.id)?.reactions["👍"] === undefined)
+    expect(getMessage(a.doc, second!.id)?.reactions).toEqual({ "🎉": [bob] })
+    expect(back.errors).toEqual([])
+    expect(foldReads).toBeGreaterThan(latestOnly)
   })
 
   it("folds reactions and edits written after a seal into the segment at a compaction; the live document drops them", async () => {

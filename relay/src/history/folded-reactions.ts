@@ -42,6 +42,9 @@ const MAX_REMEMBERED = 10_000
 /** Version of {@link encodeFoldedReactions}' layout. */
 const FOLDED_FORMAT = 1
 
+/** Version of {@link FoldDirectory}'s layout. */
+const FOLD_DIRECTORY_FORMAT = 1
+
 /**
  * The folded reactions of one segment as the history store keeps them beside
  * it: var-uint format (1), var-uint count, then per reaction var-uint client,
@@ -59,6 +62,84 @@ export function encodeFoldedReactions(folds: readonly FoldedReaction[]): Uint8Ar
     encoding.writeVarUint(encoder, f.record.clock)
   }
   return encoding.toUint8Array(encoder)
+}
+
+/**
+ * Which segments hold folded reactions of which Yjs client: the history
+ * store keeps it in one row per conversation (`FOLD_DIRECTORY_INDEX`),
+ * written with the folds. A document loaded again reads the folds of its
+ * latest segments only; a device's deletion naming a client of its own user
+ * whose folds lie in older segments has those read too (see `olderFolds` in
+ * the update path), however long it was away.
+ */
+export class FoldDirectory {
+  /** Per client, its segments, ascending. */
+  private constructor(private readonly bySegments: Map<number, number[]>) {}
+
+  static empty(): FoldDirectory {
+    return new FoldDirectory(new Map())
+  }
+
+  /**
+   * Layout: var-uint format (1), var-uint count of clients, then per client
+   * var-uint client, var-uint count of segments, the segments as var-uint
+   * gaps (ascending). Empty when the bytes are not such a row.
+   */
+  static decode(bytes: Uint8Array): FoldDirectory {
+    const clients = new Map<number, number[]>()
+    try {
+      const decoder = decoding.createDecoder(bytes)
+      if (decoding.readVarUint(decoder) !== FOLD_DIRECTORY_FORMAT) return FoldDirectory.empty()
+      for (let n = decoding.readVarUint(decoder); n > 0; n--) {
+        const client = decoding.readVarUint(decoder)
+        const segments: number[] = []
+        let previous = 0
+        for (let k = decoding.readVarUint(decoder); k > 0; k--) {
+          previous += decoding.readVarUint(decoder)
+          segments.push(previous)
+        }
+        clients.set(client, segments)
+      }
+    } catch {
+      return FoldDirectory.empty()
+    }
+    return new FoldDirectory(clients)
+  }
+
+  encode(): Uint8Array {
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, FOLD_DIRECTORY_FORMAT)
+    encoding.writeVarUint(encoder, this.bySegments.size)
+    for (const [client, segments] of this.bySegments) {
+      encoding.writeVarUint(encoder, client)
+      encoding.writeVarUint(encoder, segments.length)
+      let previous = 0
+      for (const segment of segments) {
+        encoding.writeVarUint(encoder, segment - previous)
+        previous = segment
+      }
+    }
+    return encoding.toUint8Array(encoder)
+  }
+
+  /** Notes that segment `segment` holds `folds`; whether anything was new. */
+  add(segment: number, folds: readonly FoldedReaction[]): boolean {
+    let added = false
+    for (const { client } of folds) {
+      const segments = this.bySegments.get(client) ?? []
+      if (segments.includes(segment)) continue
+      segments.push(segment)
+      segments.sort((a, b) => a - b)
+      this.bySegments.set(client, segments)
+      added = true
+    }
+    return added
+  }
+
+  /** The segments holding folds of `client`, ascending (none when it has none). */
+  segmentsOf(client: number): readonly number[] {
+    return this.bySegments.get(client) ?? []
+  }
 }
 
 /** The folded reactions `bytes` hold; none when they are not such a row (an unknown format). */
@@ -154,8 +235,9 @@ function keyedReactions(doc: Y.Doc, folds: readonly (readonly [string, ItemId])[
  * deletes only the reaction's item. The history store keeps each segment's
  * folds beside it (`HistoryKeeper.storeSeals`, `storeFolds`), and a document
  * loaded again reads those of its latest segments before it first needs
- * them ({@link loaded}): a device that comes back after an unload or a
- * restart is told apart as well.
+ * them ({@link loaded}), and older ones that a user's deletion names items
+ * of its own clients in ({@link FoldDirectory}): a device that comes back
+ * after an unload or a restart, however long it was away, is told apart as well.
  */
 export class FoldedReactions {
   /** Per client, sorted by clock. */
@@ -163,6 +245,14 @@ export class FoldedReactions {
   private size = 0
   /** Whether the stored folds of the latest segments were read into this (see `loadFolds` in the update path). */
   loaded = false
+  /** The conversation's fold directory, read with the latest segments' folds. */
+  directory: FoldDirectory | undefined
+  /**
+   * Segments whose stored folds were read into this: each is read once per
+   * loaded document (not again once its folds are forgotten, so that no
+   * update can make the relay read rows over and over).
+   */
+  readonly read = new Set<number>()
 
   /** Remembers `folds` (those already held are not held twice). */
   hold(folds: readonly FoldedReaction[]): void {

@@ -15,7 +15,12 @@ import {
   segmentHash,
 } from "@parley/shared"
 import type * as Y from "yjs"
-import { decodeFoldedReactions, encodeFoldedReactions, type FoldedReaction } from "./folded-reactions.js"
+import {
+  decodeFoldedReactions,
+  encodeFoldedReactions,
+  FoldDirectory,
+  type FoldedReaction,
+} from "./folded-reactions.js"
 import { IdFilter } from "./id-filter.js"
 import { attachSealedIdFilters, namedSegments, type SealedIdFilters, sealedIdFilters } from "./sealed-ids.js"
 import { SealedReadDefaults, SealedReads } from "./sealed-reads.js"
@@ -23,6 +28,7 @@ import type { SealingOptions } from "./sealing.js"
 import {
   directoryPageIndex,
   epochRecordIndex,
+  FOLD_DIRECTORY_INDEX,
   foldedReactionsIndex,
   type HistoryStore,
   type StoredSegment,
@@ -48,6 +54,12 @@ const FOLDS_PER_SEGMENT = 1024
 const foldsRow = (index: number, folds: readonly FoldedReaction[]): StoredSegment => {
   const bytes = encodeFoldedReactions(folds.slice(-FOLDS_PER_SEGMENT))
   return { index: foldedReactionsIndex(index), from: 0, to: 0, hash: segmentHash(bytes), bytes }
+}
+
+/** The row of a conversation's fold directory. */
+const directoryRow = (directory: FoldDirectory): StoredSegment => {
+  const bytes = directory.encode()
+  return { index: FOLD_DIRECTORY_INDEX, from: 0, to: 0, hash: segmentHash(bytes), bytes }
 }
 
 /** What the keeper needs of a loaded document. */
@@ -186,6 +198,8 @@ export class HistoryKeeper {
   ): Promise<IdFilter[]> {
     const filters = plans.map((plan) => IdFilter.of(plan.segment.entries.map((e) => e.record.id)))
     const segments: StoredSegment[] = []
+    // Read before the commit, written in it: the document's queue runs one seal or refold at a time.
+    const directory = folds.some((f) => f.length > 0) ? await this.foldDirectory(doc) : undefined
     for (const [i, plan] of plans.entries()) {
       segments.push({
         index: plan.segment.index,
@@ -197,7 +211,9 @@ export class HistoryKeeper {
       if (plan.fold) segments.push(pageRow(plan.fold.page, plan.fold.bytes))
       const folded = folds[i] ?? []
       if (folded.length > 0) segments.push(foldsRow(plan.segment.index, folded))
+      directory?.add(plan.segment.index, folded)
     }
+    if (directory) segments.push(directoryRow(directory))
     await this.store.putSealed(doc, {
       segments,
       idFilters: plans.map((plan, i) => ({ index: plan.segment.index, bytes: filters[i]!.encode() })),
@@ -390,23 +406,33 @@ export class HistoryKeeper {
    */
   async storeFolds(doc: string, index: number, folds: readonly FoldedReaction[]): Promise<void> {
     if (folds.length === 0) return
-    const stored = await this.store.get(doc, foldedReactionsIndex(index))
+    const [stored, directory] = await Promise.all([
+      this.store.get(doc, foldedReactionsIndex(index)),
+      this.foldDirectory(doc),
+    ])
     const before = stored ? decodeFoldedReactions(stored.bytes) : []
-    await this.store.put(doc, foldsRow(index, [...before, ...folds]))
+    const segments = [foldsRow(index, [...before, ...folds])]
+    if (directory.add(index, folds)) segments.push(directoryRow(directory))
+    await this.store.putSealed(doc, { segments, idFilters: [] })
   }
 
-  /**
-   * The reactions folded into the latest `count` segments `host` names, as
-   * stored (none for a segment sealed before they were kept).
-   */
-  async foldsOfLatest(host: HistoryHost, count: number): Promise<FoldedReaction[]> {
+  /** Indexes of the latest `count` segments `host` names, newest first. */
+  latestSegments(host: HistoryHost, count: number): number[] {
     const newest = knownSegments(host.doc).at(-1)?.index
     if (newest === undefined) return []
-    const indexes = Array.from({ length: Math.min(count, newest + 1) }, (_, i) => newest - i)
-    const rows = await Promise.all(
-      indexes.map((index) => this.store.get(host.key, foldedReactionsIndex(index))),
-    )
+    return Array.from({ length: Math.min(count, newest + 1) }, (_, i) => newest - i)
+  }
+
+  /** The reactions folded into segments `indexes` of `doc`, as stored (none for a segment sealed before they were kept). */
+  async foldsOf(doc: string, indexes: readonly number[]): Promise<FoldedReaction[]> {
+    const rows = await Promise.all(indexes.map((index) => this.store.get(doc, foldedReactionsIndex(index))))
     return rows.flatMap((row) => (row ? decodeFoldedReactions(row.bytes) : []))
+  }
+
+  /** `doc`'s fold directory as stored (empty before one was written: folds of older relays are not in it). */
+  async foldDirectory(doc: string): Promise<FoldDirectory> {
+    const row = await this.store.get(doc, FOLD_DIRECTORY_INDEX)
+    return row ? FoldDirectory.decode(row.bytes) : FoldDirectory.empty()
   }
 
   /**

@@ -42,6 +42,13 @@ export const epochRecordIndex = (record: number): number => -1_000_000_000 - rec
 export const foldedReactionsIndex = (segment: number): number => -2_000_000_000 - segment
 
 /**
+ * The index of a conversation's fold directory (which segments hold folded
+ * reactions of which Yjs client, see `FoldDirectory`): the row just above
+ * the folded-reaction rows, far below any epoch record a conversation reaches.
+ */
+export const FOLD_DIRECTORY_INDEX = foldedReactionsIndex(-1)
+
+/**
  * Where the relay keeps conversations' sealed history segments (see shared
  * `history.ts`): written once when sealed, read on demand. A part of every
  * backend; all pass `relay/test/conformance/history.ts`. Directory pages are
