@@ -1,7 +1,12 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import type { Backend } from "../../src/backend/types.js"
-import { directoryPageIndex, epochRecordIndex, foldedReactionsIndex } from "../../src/history/store.js"
+import {
+  directoryPageIndex,
+  epochRecordIndex,
+  FOLD_DIRECTORY_INDEX,
+  foldedReactionsIndex,
+} from "../../src/history/store.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import type { RelayStorage } from "../../src/storage/types.js"
 import { runApiKeyStoreConformance } from "./api-keys.js"
@@ -317,8 +322,14 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       // Directory pages live beside the segments under negative indexes: read one by one, never listed by all().
       await backend.history.put("g~hist", segment(-1, 4))
       expect(await backend.history.get("g~hist", -1)).toEqual(segment(-1, 4))
-      // So do epoch records and the reactions each segment folded, at the far ends of a 32-bit index.
-      const far = [epochRecordIndex(5), foldedReactionsIndex(0), foldedReactionsIndex(147_000_000)]
+      // So do epoch records, the fold directory and the reactions each segment folded, at the far ends of a
+      // 32-bit index.
+      const far = [
+        epochRecordIndex(5),
+        FOLD_DIRECTORY_INDEX,
+        foldedReactionsIndex(0),
+        foldedReactionsIndex(147_000_000),
+      ]
       for (const [i, index] of far.entries())
         await backend.history.put("g~hist", { ...segment(0, 5 + i), index })
       for (const [i, index] of far.entries())
