@@ -76,6 +76,7 @@ export class FoldDirectory {
   /** Per client, its segments, ascending. */
   private constructor(private readonly bySegments: Map<number, number[]>) {}
 
+  /** A directory listing nothing (a conversation whose folds were written before directories were). */
   static empty(): FoldDirectory {
     return new FoldDirectory(new Map())
   }
@@ -106,6 +107,7 @@ export class FoldDirectory {
     return new FoldDirectory(clients)
   }
 
+  /** The row's bytes, in the layout {@link FoldDirectory.decode} reads. */
   encode(): Uint8Array {
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, FOLD_DIRECTORY_FORMAT)
