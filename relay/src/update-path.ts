@@ -7,6 +7,7 @@ import {
   ErrorCode,
   encodeSyncUpdate,
   endOfEpoch,
+  epochOf,
   HistoryDefaults,
   isRetryable,
   type MessageId,
@@ -1059,7 +1060,7 @@ async function seal(ctx: PathContext, history: HistoryKeeper, host: DocumentHost
       try {
         // The segments, their id filters, the reactions they fold and a fold's page in one commit,
         // durable before the live document names them: the rules trust them.
-        const filters = await history.storeSeals(host.key, plans, folds)
+        const filters = await history.storeSeals(host.key, plans, folds, epochOf(host.doc) ?? 0)
         stored = plans.map((plan, i) => ({ plan, filter: filters[i]! }))
       } catch (error) {
         ctx.log.error({ err: error, doc: host.key }, "sealing failed: the live document keeps its messages")
@@ -1157,7 +1158,7 @@ async function loadFolds(ctx: PathContext, host: DocumentHost): Promise<void> {
     const latest = history.latestSegments(host, FOLDS_READ_SEGMENTS)
     const [folds, directory] = await Promise.all([
       history.foldsOf(host.key, latest),
-      history.foldDirectory(host.key),
+      history.foldDirectory(host.key, epochOf(host.doc) ?? 0),
     ])
     for (const index of latest) folded.read.add(index)
     folded.hold(folds)
@@ -1190,9 +1191,9 @@ function olderFoldsUnread(host: DocumentHost, deleteSet: ReturnType<typeof decod
  * Reads the folds, not read yet, of the segments the fold directory lists
  * for the clients of `user` whose items `deleteSet` deletes: a device away
  * while more segments were sealed than a load reads ({@link loadFolds}).
- * Only `user`'s own clients (a user removes only their own reactions), so
- * that the whole delete set every sync sends (everyone's deletions) reads
- * nothing, and each segment once per loaded document, at most
+ * Only `user`'s own clients (a user removes only their own reactions) and
+ * the relay's, so that the whole delete set every sync sends (everyone's
+ * deletions) reads no one else's, and each segment once per loaded document, at most
  * {@link OLDER_FOLD_SEGMENTS} per update, the newest first (a reaction is
  * usually taken back soon after it was made; the rest wait for the next
  * update naming those clients).
@@ -1212,7 +1213,10 @@ async function olderFolds(
     const segments = directory.segmentsOf(client).filter((index) => !folded.read.has(index))
     if (segments.length === 0) continue
     owners ??= await ctx.extensions.clientIdOwners({ name: host.name, doc: host.doc })
-    if (owners?.owner(client) !== describePrincipal({ kind: "user", user })) continue
+    // The relay's own: a fresh epoch rewrites every reaction under its client id, so a reaction from
+    // before the epoch is the relay's item (a few segments' worth: what the epoch's document held).
+    const owner = owners?.owner(client)
+    if (owner !== describePrincipal({ kind: "user", user }) && owner !== describePrincipal(RELAY)) continue
     for (const index of segments) unread.add(index)
   }
   if (unread.size === 0) return
@@ -1328,7 +1332,7 @@ async function refoldOverlays(ctx: PathContext, history: HistoryKeeper, host: Do
       if (!record) continue
       const folds = keysFolded(host.doc, keys, record)
       // Kept beside the segment before the change that folds them: a device may come back after a restart.
-      await history.storeFolds(host.key, index, folds)
+      await history.storeFolds(host.key, index, folds, epochOf(host.doc) ?? 0)
       if (host.destroyed) return
       foldedReactionsOf(host).hold(folds)
     }

@@ -43,8 +43,8 @@ describe("folded reactions as the history store keeps them", () => {
 })
 
 describe("the fold directory", () => {
-  it("lists each client's segments once, ascending, read back as written; bytes that are not one read as empty", () => {
-    const directory = FoldDirectory.empty()
+  it("lists each client's segments once, ascending, read back as written in its epoch; another epoch's or bytes that are not one read as empty", () => {
+    const directory = FoldDirectory.empty(41)
     expect(directory.add(12, folds)).toBe(true)
     expect(directory.add(3, folds.slice(0, 1))).toBe(true)
     // Nothing new: the caller need not write the row again.
@@ -52,9 +52,11 @@ describe("the fold directory", () => {
     expect(directory.segmentsOf(7)).toEqual([3, 12])
     expect(directory.segmentsOf(8)).toEqual([12])
     expect(directory.segmentsOf(9)).toEqual([])
-    const read = FoldDirectory.decode(directory.encode())
+    const read = FoldDirectory.decode(directory.encode(), 41)
     expect([7, 8, 9].map((client) => read.segmentsOf(client))).toEqual([[3, 12], [12], []])
-    expect(FoldDirectory.decode(new Uint8Array([9, 1, 2])).segmentsOf(7)).toEqual([])
-    expect(FoldDirectory.decode(directory.encode().slice(0, 4)).segmentsOf(7)).toEqual([])
+    // A fresh epoch starts it empty: its devices of earlier epochs rebase their work instead.
+    expect(FoldDirectory.decode(directory.encode(), 42).segmentsOf(7)).toEqual([])
+    expect(FoldDirectory.decode(new Uint8Array([9, 1, 2]), 41).segmentsOf(7)).toEqual([])
+    expect(FoldDirectory.decode(directory.encode().slice(0, 4), 41).segmentsOf(7)).toEqual([])
   })
 })

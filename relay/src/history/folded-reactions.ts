@@ -70,27 +70,35 @@ export function encodeFoldedReactions(folds: readonly FoldedReaction[]): Uint8Ar
  * written with the folds. A document loaded again reads the folds of its
  * latest segments only; a device's deletion naming a client of its own user
  * whose folds lie in older segments has those read too (see `olderFolds` in
- * the update path), however long it was away.
+ * the update path), however long it was away. It lists one epoch's folds
+ * (`epoch`, the live document's): a device of an earlier epoch rebases its
+ * pending work instead (the SDK), so a fresh epoch starts it empty, and it
+ * never grows with the conversation's whole history.
  */
 export class FoldDirectory {
   /** Per client, its segments, ascending. */
-  private constructor(private readonly bySegments: Map<number, number[]>) {}
+  private constructor(
+    readonly epoch: number,
+    private readonly bySegments: Map<number, number[]>,
+  ) {}
 
-  /** A directory listing nothing (a conversation whose folds were written before directories were). */
-  static empty(): FoldDirectory {
-    return new FoldDirectory(new Map())
+  /** A directory of epoch `epoch` listing nothing. */
+  static empty(epoch: number): FoldDirectory {
+    return new FoldDirectory(epoch, new Map())
   }
 
   /**
-   * Layout: var-uint format (1), var-uint count of clients, then per client
-   * var-uint client, var-uint count of segments, the segments as var-uint
-   * gaps (ascending). Empty when the bytes are not such a row.
+   * The directory of epoch `epoch` that `bytes` hold; empty when they hold
+   * another epoch's or are not such a row. Layout: var-uint format (1),
+   * var-uint epoch, var-uint count of clients, then per client var-uint
+   * client, var-uint count of segments, the segments as var-uint gaps (ascending).
    */
-  static decode(bytes: Uint8Array): FoldDirectory {
+  static decode(bytes: Uint8Array, epoch: number): FoldDirectory {
     const clients = new Map<number, number[]>()
     try {
       const decoder = decoding.createDecoder(bytes)
-      if (decoding.readVarUint(decoder) !== FOLD_DIRECTORY_FORMAT) return FoldDirectory.empty()
+      if (decoding.readVarUint(decoder) !== FOLD_DIRECTORY_FORMAT) return FoldDirectory.empty(epoch)
+      if (decoding.readVarUint(decoder) !== epoch) return FoldDirectory.empty(epoch)
       for (let n = decoding.readVarUint(decoder); n > 0; n--) {
         const client = decoding.readVarUint(decoder)
         const segments: number[] = []
@@ -102,15 +110,16 @@ export class FoldDirectory {
         clients.set(client, segments)
       }
     } catch {
-      return FoldDirectory.empty()
+      return FoldDirectory.empty(epoch)
     }
-    return new FoldDirectory(clients)
+    return new FoldDirectory(epoch, clients)
   }
 
   /** The row's bytes, in the layout {@link FoldDirectory.decode} reads. */
   encode(): Uint8Array {
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, FOLD_DIRECTORY_FORMAT)
+    encoding.writeVarUint(encoder, this.epoch)
     encoding.writeVarUint(encoder, this.bySegments.size)
     for (const [client, segments] of this.bySegments) {
       encoding.writeVarUint(encoder, client)

@@ -195,11 +195,13 @@ export class HistoryKeeper {
     plans: readonly SealPlan[],
     /** The reactions each plan folds (`reactionsFolded`), kept beside its segment. */
     folds: readonly (readonly FoldedReaction[])[] = [],
+    /** The live document's epoch (shared `epochOf`, 0 before the first): the fold directory's. */
+    epoch = 0,
   ): Promise<IdFilter[]> {
     const filters = plans.map((plan) => IdFilter.of(plan.segment.entries.map((e) => e.record.id)))
     const segments: StoredSegment[] = []
     // Read before the commit, written in it: the document's queue runs one seal or refold at a time.
-    const directory = folds.some((f) => f.length > 0) ? await this.foldDirectory(doc) : undefined
+    const directory = folds.some((f) => f.length > 0) ? await this.foldDirectory(doc, epoch) : undefined
     for (const [i, plan] of plans.entries()) {
       segments.push({
         index: plan.segment.index,
@@ -404,11 +406,16 @@ export class HistoryKeeper {
    * Adds `folds` (a re-sealing's, see `keysFolded`) to those kept beside
    * segment `index`, durably, before the change that folds them is stored.
    */
-  async storeFolds(doc: string, index: number, folds: readonly FoldedReaction[]): Promise<void> {
+  async storeFolds(
+    doc: string,
+    index: number,
+    folds: readonly FoldedReaction[],
+    epoch: number,
+  ): Promise<void> {
     if (folds.length === 0) return
     const [stored, directory] = await Promise.all([
       this.store.get(doc, foldedReactionsIndex(index)),
-      this.foldDirectory(doc),
+      this.foldDirectory(doc, epoch),
     ])
     const before = stored ? decodeFoldedReactions(stored.bytes) : []
     const segments = [foldsRow(index, [...before, ...folds])]
@@ -429,10 +436,13 @@ export class HistoryKeeper {
     return rows.flatMap((row) => (row ? decodeFoldedReactions(row.bytes) : []))
   }
 
-  /** `doc`'s fold directory as stored (empty before one was written: folds of older relays are not in it). */
-  async foldDirectory(doc: string): Promise<FoldDirectory> {
+  /**
+   * `doc`'s fold directory of epoch `epoch` as stored (empty before one was
+   * written in that epoch: folds of older relays are not in it).
+   */
+  async foldDirectory(doc: string, epoch: number): Promise<FoldDirectory> {
     const row = await this.store.get(doc, FOLD_DIRECTORY_INDEX)
-    return row ? FoldDirectory.decode(row.bytes) : FoldDirectory.empty()
+    return row ? FoldDirectory.decode(row.bytes, epoch) : FoldDirectory.empty(epoch)
   }
 
   /**
