@@ -32,7 +32,13 @@ import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, ClientIdOwners, Extensions } from "./extension.js"
 import { growthOf } from "./growth.js"
 import { epochValueBytes, sealGarbageBound, startEpoch } from "./history/epoch.js"
-import { FoldedReactions, type ItemId, keysFolded, reactionsFolded } from "./history/folded-reactions.js"
+import {
+  type FoldedReaction,
+  FoldedReactions,
+  type ItemId,
+  keysFolded,
+  reactionsFolded,
+} from "./history/folded-reactions.js"
 import type { IdFilter } from "./history/id-filter.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import {
@@ -1207,21 +1213,21 @@ async function olderFolds(
   const folded = foldedReactions.get(host)
   const directory = folded?.directory
   if (!folded || !directory) return
-  const unread = new Set<number>()
-  let owners: ClientIdOwners | undefined
-  for (const client of deleteSet.clients.keys()) {
-    const segments = directory.segmentsOf(client).filter((index) => !folded.read.has(index))
-    if (segments.length === 0) continue
-    owners ??= await ctx.extensions.clientIdOwners({ name: host.name, doc: host.doc })
-    // The relay's own: a fresh epoch rewrites every reaction under its client id, so a reaction from
-    // before the epoch is the relay's item (a few segments' worth: what the epoch's document held).
-    const owner = owners?.owner(client)
-    if (owner !== describePrincipal({ kind: "user", user }) && owner !== describePrincipal(RELAY)) continue
-    for (const index of segments) unread.add(index)
-  }
-  if (unread.size === 0) return
-  const wanted = [...unread].sort((a, b) => b - a).slice(0, OLDER_FOLD_SEGMENTS)
   try {
+    const unread = new Set<number>()
+    let owners: ClientIdOwners | undefined
+    for (const client of deleteSet.clients.keys()) {
+      const segments = directory.segmentsOf(client).filter((index) => !folded.read.has(index))
+      if (segments.length === 0) continue
+      owners ??= await ctx.extensions.clientIdOwners({ name: host.name, doc: host.doc })
+      // The relay's own: a fresh epoch rewrites every reaction under its client id, so a reaction from
+      // before the epoch is the relay's item (a few segments' worth: what the epoch's document held).
+      const owner = owners?.owner(client)
+      if (owner !== describePrincipal({ kind: "user", user }) && owner !== describePrincipal(RELAY)) continue
+      for (const index of segments) unread.add(index)
+    }
+    if (unread.size === 0) return
+    const wanted = [...unread].sort((a, b) => b - a).slice(0, OLDER_FOLD_SEGMENTS)
     const folds = await ctx.history!.foldsOf(host.key, wanted)
     for (const index of wanted) folded.read.add(index)
     folded.hold(folds)
@@ -1327,15 +1333,15 @@ async function refoldOverlays(ctx: PathContext, history: HistoryKeeper, host: Do
     await storePurge(history, host.key, plan)
     // A device that removes a reaction while it is folded sends a deletion Yjs cannot see (see FoldedReactions).
     const replaced = replacedSummaryItems(host.doc, plan.fold !== undefined)
+    const folded: { index: number; folds: FoldedReaction[] }[] = []
     for (const { index, keys } of plan.folded) {
       const record = replaced.summaries.get(index) ?? replaced.fold
-      if (!record) continue
-      const folds = keysFolded(host.doc, keys, record)
-      // Kept beside the segment before the change that folds them: a device may come back after a restart.
-      await history.storeFolds(host.key, index, folds, epochOf(host.doc) ?? 0)
-      if (host.destroyed) return
-      foldedReactionsOf(host).hold(folds)
+      if (record) folded.push({ index, folds: keysFolded(host.doc, keys, record) })
     }
+    // Kept beside their segments before the change that folds them: a device may come back after a restart.
+    await history.storeFolds(host.key, folded, epochOf(host.doc) ?? 0)
+    if (host.destroyed) return
+    foldedReactionsOf(host).hold(folded.flatMap((f) => f.folds))
     const stored = await nameResealed(ctx, host, plan, () => {
       const t = typesOf(host.doc)
       for (const { keys, edits } of plan.folded) {

@@ -194,9 +194,9 @@ export class HistoryKeeper {
     doc: string,
     plans: readonly SealPlan[],
     /** The reactions each plan folds (`reactionsFolded`), kept beside its segment. */
-    folds: readonly (readonly FoldedReaction[])[] = [],
+    folds: readonly (readonly FoldedReaction[])[],
     /** The live document's epoch (shared `epochOf`, 0 before the first): the fold directory's. */
-    epoch = 0,
+    epoch: number,
   ): Promise<IdFilter[]> {
     const filters = plans.map((plan) => IdFilter.of(plan.segment.entries.map((e) => e.record.id)))
     const segments: StoredSegment[] = []
@@ -403,23 +403,30 @@ export class HistoryKeeper {
   }
 
   /**
-   * Adds `folds` (a re-sealing's, see `keysFolded`) to those kept beside
-   * segment `index`, durably, before the change that folds them is stored.
+   * Adds the folds of a re-sealing (`keysFolded`, per segment index) to
+   * those kept beside each segment, and to the fold directory, durably in one
+   * commit, before the change that folds them is stored.
    */
   async storeFolds(
     doc: string,
-    index: number,
-    folds: readonly FoldedReaction[],
+    folded: readonly { readonly index: number; readonly folds: readonly FoldedReaction[] }[],
+    /** The live document's epoch (shared `epochOf`, 0 before the first): the fold directory's. */
     epoch: number,
   ): Promise<void> {
-    if (folds.length === 0) return
+    const some = folded.filter((f) => f.folds.length > 0)
+    if (some.length === 0) return
     const [stored, directory] = await Promise.all([
-      this.store.get(doc, foldedReactionsIndex(index)),
+      Promise.all(some.map(({ index }) => this.store.get(doc, foldedReactionsIndex(index)))),
       this.foldDirectory(doc, epoch),
     ])
-    const before = stored ? decodeFoldedReactions(stored.bytes) : []
-    const segments = [foldsRow(index, [...before, ...folds])]
-    if (directory.add(index, folds)) segments.push(directoryRow(directory))
+    const segments = some.map(({ index, folds }, i) => {
+      const row = stored[i]
+      return foldsRow(index, [...(row ? decodeFoldedReactions(row.bytes) : []), ...folds])
+    })
+    // One read and one write of the directory for the whole re-sealing.
+    let added = false
+    for (const { index, folds } of some) if (directory.add(index, folds)) added = true
+    if (added) segments.push(directoryRow(directory))
     await this.store.putSealed(doc, { segments, idFilters: [] })
   }
 
