@@ -323,7 +323,6 @@ describe("sealed history in the SDK", () => {
   })
 })
 
-/** Alice's new conversation with bob on `relay`, and her first message in it, sent. */
 /** A relay that seals every 10 messages (5 kept live) and starts an epoch beyond 4 client ids. */
 function startEpochRelay(): Promise<RelayProcess> {
   return startRelay({
