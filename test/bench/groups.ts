@@ -16,7 +16,7 @@
  * y-websocket providers (default 300) in one room announce themselves;
  * prints closes, frames per socket and relay CPU. Asserts nothing.
  *
- *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300 --warm-up 0 --mux]
+ *   npm run bench:groups [-- --members 1000 --connected 100 --messages 200 --presence 300 --presence-hold 0 --warm-up 0 --mux]
  */
 import { type ChildProcess, fork, type Serializable } from "node:child_process"
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -57,6 +57,14 @@ const CONNECTED = arg("connected", 100)
 const MESSAGES = arg("messages", 200)
 const PER_MEMBER_MESSAGES = arg("per-member-messages", 20)
 const PRESENCE = arg("presence", 300)
+/**
+ * `--presence-hold S`: after the room converged, keep it open S seconds (stock
+ * providers renew their state every 15 s and re-send every state they
+ * receive) and count the relay's closes and the frames one member receives
+ * meanwhile: a room that converges but closes its members on renewal is not
+ * a room they stay in.
+ */
+const PRESENCE_HOLD_S = arg("presence-hold", 0)
 /**
  * `--warm-up N`: messages sent (each awaited like the measured ones) before
  * the measured loop of each inbox run, so that its figure is the relay's
@@ -499,6 +507,7 @@ async function presenceRun(members: number) {
     addParticipants(doc, users[0]!, users.slice(1))
   })
   let closes = 0
+  const closeCodes = new Map<number, number>()
   const providers = await Promise.all(
     users.map(async (user) => {
       const token = await relay.auth.mintDev(user, {})
@@ -507,7 +516,11 @@ async function presenceRun(members: number) {
         params: { [TOKEN_PARAM]: token },
         disableBc: true,
       })
-      p.on("connection-close", () => closes++)
+      p.on("connection-close", (event: { code: number } | null) => {
+        closes++
+        const code = event?.code ?? 0
+        closeCodes.set(code, (closeCodes.get(code) ?? 0) + 1)
+      })
       return p
     }),
   )
@@ -521,13 +534,34 @@ async function presenceRun(members: number) {
   const cpuStart = process.cpuUsage()
   const t0 = performance.now()
   for (const [i, p] of providers.entries()) p.awareness.setLocalStateField("name", users[i])
+  let deadline = performance.now() + 60_000
   const seesAll = () =>
-    providers.every((p) => p.awareness.getStates().size >= members) || performance.now() - t0 > 60_000
+    providers.every((p) => p.awareness.getStates().size >= members) || performance.now() > deadline
   while (!seesAll()) await sleep(50)
   const converged = performance.now() - t0
   const cpu = process.cpuUsage(cpuStart)
   const everyone = providers.filter((p) => p.awareness.getStates().size >= members).length
   const closedByRelay = closes
+  const framesAtConvergence = frames
+  await sleep(PRESENCE_HOLD_S * 1000)
+  // After the hold: everyone still there, and still seeing everyone (no state timed out).
+  const closedDuringHold = closes - closedByRelay
+  const codesDuringHold = [...closeCodes].map(([code, n]) => `${code}×${n}`).join(" ")
+  const stillOpen = providers.filter((p) => p.wsconnected).length
+  const framesDuringHold = frames - framesAtConvergence
+  const stillSeeAll = providers.filter((p) => p.awareness.getStates().size >= members).length
+  // In a large room an idle member's state fades from the others' views (renewals are not
+  // forwarded, by design: relay/src/awareness-fanout.ts); a change brings it back to everyone.
+  let reconvergedMs: number | undefined
+  let seeAllAfterChange: number | undefined
+  if (PRESENCE_HOLD_S > 0) {
+    const t1 = performance.now()
+    deadline = t1 + 60_000
+    for (const p of providers) p.awareness.setLocalStateField("active", true)
+    while (!seesAll()) await sleep(50)
+    reconvergedMs = Math.round(performance.now() - t1)
+    seeAllAfterChange = providers.filter((p) => p.awareness.getStates().size >= members).length
+  }
   // A provider leaves its awareness (a 3 s interval) to its document: destroy both, or the process stays up.
   for (const p of providers) {
     p.destroy()
@@ -540,8 +574,20 @@ async function presenceRun(members: number) {
     closedByRelay,
     seeEveryone: everyone,
     convergedMs: Math.round(converged),
-    framesToOneMember: frames,
+    framesToOneMember: framesAtConvergence,
     cpuMsWholeProcess: Math.round((cpu.user + cpu.system) / 1000),
+    ...(PRESENCE_HOLD_S > 0
+      ? {
+          heldS: PRESENCE_HOLD_S,
+          closedDuringHold,
+          closeCodes: codesDuringHold,
+          openAfterHold: stillOpen,
+          seeEveryoneAfterHold: stillSeeAll,
+          seeEveryoneAfterAChange: seeAllAfterChange,
+          reconvergedMs,
+          framesToOneMemberDuringHold: framesDuringHold,
+        }
+      : {}),
   }
 }
 
