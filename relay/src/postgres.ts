@@ -12,7 +12,7 @@ export interface PoolOptions {
   readonly max: number
   /** `CREATE TABLE IF NOT EXISTS ...` statements of the backend. */
   readonly schema: string
-  /** Hears of idle connections the server dropped (the pool replaces them). */
+  /** Hears of connections the server dropped, idle or in use (the pool replaces them). */
   readonly onIdleError: (error: Error) => void
   /**
    * Longest wait, in ms, for a connection (including a free one from the
@@ -48,8 +48,14 @@ export async function openPool(options: PoolOptions): Promise<pg.Pool> {
     // Notices a dead peer on idle connections too.
     keepAlive: true,
   })
-  // An idle connection dropped by the server would otherwise crash the process ("error" unhandled).
-  pool.on("error", (error) => options.onIdleError(error))
+  // A connection the server drops (a terminated backend, a restart, a failover) emits "error", which
+  // would crash the process unheard. Heard for the connection's whole life, not only while idle (the
+  // pool's own listener): pg-pool takes that one off before the caller gets the connection and can
+  // add its own, and the server's FATAL message may be read in between. The query in progress, if
+  // any, still rejects with the error.
+  pool.on("connect", (client) => client.on("error", (error) => options.onIdleError(error)))
+  // The pool re-emits an idle connection's error, already heard above.
+  pool.on("error", () => {})
   try {
     await setUpSchema(pool, options.schema)
   } catch (error) {

@@ -310,7 +310,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
             log: log.child({ component: "cluster" }),
             registry: metrics.registry,
             onIdleError: (error: Error) =>
-              log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
+              log.warn({ err: error }, "PostgreSQL dropped a connection; the pool opens a new one"),
           }),
         )
         .catch((error: unknown) => {
@@ -326,7 +326,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ...(databaseUrl ? { databaseUrl } : {}),
       timeoutMs: storageTimeoutMs,
       onIdleError: (error: Error) =>
-        log.warn({ err: error }, "PostgreSQL dropped an idle connection; the pool opens a new one"),
+        log.warn({ err: error }, "PostgreSQL dropped a connection; the pool opens a new one"),
       onCheckpointError: (message: string) =>
         log.warn({ error: message }, "checkpointing the SQLite write-ahead log failed; it is tried again"),
     }).catch((error: unknown) => {

@@ -161,6 +161,61 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ])
     })
 
+    it("survives its connections terminated as fast as the pool opens and hands them out, and stores every acknowledged message once", async () => {
+      const { scratch, url, app } = await database()
+      const relay = await startRelayProcess({ args: relayArgs(url, 2000) })
+      const users = ["alice", "bob", "carol"]
+      const chats = await Promise.all(
+        users.map(async (user) =>
+          (await sdkClient(relay, user)).createConversation({ participants: [], title: user }),
+        ),
+      )
+      const db = await admin()
+      // Writes keep the pool handing connections out while every idle backend is terminated, over and
+      // over: a FATAL message read while pg-pool hands a connection out (its idle listener off, the
+      // caller's not on yet) crashed the relay with an unhandled "error" event (3 runs in 3, within 1 s).
+      const sent: { chat: (typeof chats)[number]; id: MessageId }[] = []
+      let sending = true
+      const senders = chats.map(async (chat, i) => {
+        // Fewer than a segment's worth each: every message stays in the live document, where it is checked.
+        for (let n = 0; sending && n < 150; n++) {
+          sent.push({ chat, id: chat.send(`${users[i]} ${n}`).id })
+          await new Promise((resolve) => setTimeout(resolve, 40))
+        }
+      })
+      let terminated = 0
+      const until = Date.now() + 8000
+      while (Date.now() < until && relay.child.exitCode === null) {
+        const { rowCount } = await db.query(
+          `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+           WHERE application_name = $1 AND state = 'idle'`,
+          [app],
+        )
+        terminated += rowCount ?? 0
+      }
+      sending = false
+      await Promise.all(senders)
+      expect(relay.child.exitCode).toBeNull()
+      expect(terminated).toBeGreaterThan(10)
+      // Nothing failed for good: once the server stops terminating, every message is stored.
+      await eventually(
+        () => expect(sent.filter(({ chat, id }) => chat.status(id) !== "sent")).toEqual([]),
+        60_000,
+      )
+      for (const chat of chats) {
+        const stored = await storedLog(scratch, chat.id)
+        expect(storedTwice(stored)).toEqual([])
+        const doc = new Y.Doc()
+        for (const update of stored) Y.applyUpdate(doc, update)
+        const mine = sent.filter((s) => s.chat === chat).map((s) => s.id)
+        expect(listMessages(doc, { last: mine.length + 1 }).map((m) => m.id)).toEqual(mine)
+      }
+      expect(await healthz(relay.httpUrl)).toBe(200)
+      console.log(
+        `[terminated connections] ${terminated} backends terminated; ${sent.length} messages stored once`,
+      )
+    }, 120_000)
+
     it("survives a reset of every database connection, one of them mid-write, and stores that write once", async () => {
       const { scratch, url } = await database()
       const proxy = await TcpProxy.start(postgresTarget())

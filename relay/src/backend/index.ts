@@ -27,7 +27,7 @@ export interface BackendOptions {
   readonly databaseUrl?: string
   /** Bound of every PostgreSQL connect, query and statement, in ms (postgres). */
   readonly timeoutMs?: number
-  /** Hears of idle PostgreSQL connections the server dropped (postgres). */
+  /** Hears of PostgreSQL connections the server dropped, idle or in use (postgres). */
   readonly onIdleError?: (error: Error) => void
   /** Hears of a failed WAL checkpoint, once per run of the same failure (sqlite; default: a process warning). */
   readonly onCheckpointError?: (message: string) => void

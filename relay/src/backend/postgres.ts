@@ -31,7 +31,7 @@ export const POSTGRES_BACKEND_SCHEMA = [
 
 /** How {@link PostgresBackend.open} connects. */
 export interface PostgresBackendOptions {
-  /** Hears of idle connections the server dropped (the pool replaces them). */
+  /** Hears of connections the server dropped, idle or in use (the pool replaces them). */
   readonly onIdleError?: (error: Error) => void
   /** Bound of every connect, query and statement, in ms. */
   readonly timeoutMs?: number
