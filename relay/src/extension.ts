@@ -191,7 +191,7 @@ export interface HttpRequest {
  *
  * - rejecting, inside the document's serial queue, before or while a change is
  *   stored: {@link checkUpdate} (a refusal or a throw refuses the update, and
- *   later extensions are not asked), {@link updateStored}, {@link clientIdOwners},
+ *   later extensions are not asked), {@link beforeAppend}, {@link updateStored}, {@link clientIdOwners},
  *   {@link loadStoredLog}, {@link compactionLimit};
  * - observing, after the change is saved and acknowledged:
  *   {@link afterSaved}, {@link awarenessChanged}. They are never awaited; one
@@ -210,6 +210,15 @@ export interface RelayExtension {
   checkUpdate?(input: PolicyInput): Decision | Promise<Decision>
   /** A change was stored (before it is broadcast); awaited inside the document's queue. */
   updateStored?(change: StoredChange): void | Promise<void>
+  /**
+   * A change is about to be appended to the document's log (a device's, or
+   * one the relay made itself: sequence numbers, a seal, a purge, an epoch);
+   * awaited inside the document's queue, before the append. Returns nothing
+   * when there is nothing to do first (the usual: the append then awaits
+   * nothing more). The policy stores here the bindings of the relay's own
+   * client ids, which a load binds in memory only.
+   */
+  beforeAppend?(document: LoadedDocument): undefined | Promise<void>
   /**
    * Who owns the document's Yjs client ids, loaded once with it (awareness
    * consults and extends them); the first extension answering wins. Without
@@ -267,6 +276,8 @@ export class Extensions {
   private readonly loader: RelayExtension | undefined
   /** Those with {@link RelayExtension.updateStored}: most relays have none, and a change then awaits nothing. */
   private readonly storedObservers: readonly RelayExtension[]
+  /** Those with {@link RelayExtension.beforeAppend}. */
+  private readonly appendObservers: readonly RelayExtension[]
 
   constructor(
     extensions: readonly RelayExtension[],
@@ -280,6 +291,7 @@ export class Extensions {
       )
     this.loader = loaders[0]
     this.storedObservers = this.list.filter((e) => e.updateStored)
+    this.appendObservers = this.list.filter((e) => e.beforeAppend)
   }
 
   /** True when an extension has {@link RelayExtension.updateStored} (else the update path skips the call). */
@@ -323,6 +335,17 @@ export class Extensions {
 
   async updateStored(change: StoredChange): Promise<void> {
     for (const extension of this.storedObservers) await extension.updateStored?.(change)
+  }
+
+  /** Runs every extension's {@link RelayExtension.beforeAppend}, in order; undefined when none had work. */
+  beforeAppend(document: LoadedDocument): undefined | Promise<void> {
+    const pending: Promise<void>[] = []
+    for (const extension of this.appendObservers) {
+      const work = extension.beforeAppend?.(document)
+      if (work) pending.push(work)
+    }
+    if (pending.length === 0) return undefined
+    return Promise.all(pending).then(() => undefined)
   }
 
   async clientIdOwners(document: LoadedDocument): Promise<ClientIdOwners | undefined> {

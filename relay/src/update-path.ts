@@ -191,6 +191,9 @@ interface Entry {
 
 /** Stores `entries` in one append (one commit) and accounts for them. */
 async function persist(ctx: PathContext, host: DocumentHost, entries: readonly Entry[]): Promise<number[]> {
+  // The relay's own client ids are stored as its (the policy's bindings) before anything under them is.
+  const first = ctx.extensions.beforeAppend({ name: host.name, doc: host.doc })
+  if (first) await first
   const stop = ctx.metrics.persistence.startTimer()
   const positions = await ctx.storage.append(
     host.key,

@@ -2,7 +2,6 @@ import { type Decision, sequenceWriterIds } from "@parley/shared"
 import type * as Y from "yjs"
 import type { LoadedDocument } from "../extension.js"
 import type { ClientIdOwners, PolicyInput, UpdatePolicy } from "../policy.js"
-import { isStorageFailure } from "../storage/guard.js"
 import { checkUpdate } from "./check-update.js"
 import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bindings.js"
 
@@ -23,12 +22,14 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  * an id announced in awareness is bound to its user like an id written under,
  * so that no one else can write under it afterwards.
  *
- * Loading a document binds the relay's ids too, and while storage fails (a
- * full disk) that write cannot be stored: they are then bound in memory only,
- * which is what keeps them from being claimed while the document stays
- * loaded (a later load makes a new id, and finds the sequence writer's again
- * in the document), and stored with the next update's check, before anything
- * is stored under them. Reading a stored conversation thus needs no write.
+ * Loading a document binds the relay's ids too, in memory only: that is what
+ * keeps them from being claimed while the document stays loaded. They are
+ * stored with the next update's check or before the next append
+ * ({@link beforeAppend}: a change the relay makes itself), so before anything
+ * is stored under them; a load that writes nothing stores nothing. (Each load
+ * makes new ids: storing them at every load added two rows per load for good,
+ * for readers, inbox refreshes and refused connects alike.) Reading a stored
+ * conversation thus needs no write, and works while storage refuses writes.
  */
 export class AuthorizationPolicy implements UpdatePolicy {
   readonly name = "policy"
@@ -63,9 +64,9 @@ export class AuthorizationPolicy implements UpdatePolicy {
     if (name.kind === "inbox") return undefined
     const key = name.id
     const bindings = await this.bindingsOf(key, doc)
-    // Before any awareness frame: the relay's own ids are never anyone's to claim. In memory at least:
-    // a reader of a stored conversation is served while storage refuses writes.
-    await this.bindRelayIds(key, doc, bindings, { storedLater: true })
+    // Before any awareness frame: the relay's own ids are never anyone's to claim. In memory only
+    // (stored before anything is stored under them, see the class).
+    this.bindRelayIdsInMemory(doc, bindings)
     return {
       owner: (clientId) => bindings.get(clientId),
       claim: async (clientId, principal) => {
@@ -76,36 +77,40 @@ export class AuthorizationPolicy implements UpdatePolicy {
     }
   }
 
+  /** Stores the relay's ids a load bound in memory only, before the relay appends under them. */
+  beforeAppend({ name, doc }: LoadedDocument): undefined | Promise<void> {
+    if (name.kind === "inbox" || !this.unstored.has(doc)) return undefined
+    return this.bindingsOf(name.id, doc).then((bindings) => this.bindRelayIds(name.id, doc, bindings))
+  }
+
   async stop(): Promise<void> {
     await this.close?.()
   }
 
-  /**
-   * Binds the relay's ids of `doc` not bound yet, with those an earlier load could not store. A
-   * storage failure rejects, unless `storedLater`: then they stay bound in memory and are stored
-   * by the next call (any other failure rejects either way).
-   */
-  private async bindRelayIds(
-    key: string,
-    doc: Y.Doc,
-    bindings: ClientBindings,
-    options: { readonly storedLater?: boolean } = {},
-  ): Promise<void> {
+  /** Binds the relay's ids of `doc` not bound yet, in memory only: they join those to store. */
+  private bindRelayIdsInMemory(doc: Y.Doc, bindings: ClientBindings): [number, string][] | undefined {
     const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
     const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
     const unstored = this.unstored.get(doc)
     // Every update's check comes here: nothing is allocated when nothing is to be bound.
-    if (unbound.length === 0 && unstored === undefined) return
+    if (unbound.length === 0) return unstored
     const fresh = unbound.map((id): [number, string] => [id, RELAY_KEY])
-    const entries = unstored ? [...unstored, ...fresh] : fresh
     bindings.bind(fresh)
-    try {
-      await this.store.bind(key, entries)
-      this.unstored.delete(doc)
-    } catch (error) {
-      this.unstored.set(doc, entries)
-      if (!(options.storedLater && isStorageFailure(error))) throw error
-    }
+    const entries = unstored ? [...unstored, ...fresh] : fresh
+    this.unstored.set(doc, entries)
+    return entries
+  }
+
+  /**
+   * Binds the relay's ids of `doc` not bound yet, and stores them with those bound in memory only;
+   * a failure rejects, and they stay to be stored by the next call.
+   */
+  private async bindRelayIds(key: string, doc: Y.Doc, bindings: ClientBindings): Promise<void> {
+    const entries = this.bindRelayIdsInMemory(doc, bindings)
+    if (!entries) return
+    await this.store.bind(key, entries)
+    // Only what was stored: ids bound meanwhile (a later call) stay to be stored.
+    if (this.unstored.get(doc) === entries) this.unstored.delete(doc)
   }
 
   private bindingsOf(key: string, doc: Y.Doc): Promise<ClientBindings> {
