@@ -83,3 +83,47 @@ describe("a removal landing while a refresh of the inbox waits to write", () => 
     live.stop()
   })
 })
+
+describe("the whole-inbox derivation of a user in thousands of conversations", () => {
+  it("lets the event loop serve others while it runs, instead of holding it until every conversation is read", async () => {
+    // Each conversation read settles at once (a load from SQLite waits for no I/O), as the relay's do.
+    const conversations = Array.from({ length: 3000 }, () => {
+      const id = newConversationId()
+      const doc = new Y.Doc()
+      createConversation(doc, alice, { kind: "group", id, participants: [carol] })
+      sendMessage(doc, alice, { body: "hello" })
+      return { id, doc }
+    })
+    const byId = new Map(conversations.map((c) => [c.id as string, c.doc]))
+    const inbox = new Y.Doc()
+    for (const { id, doc } of conversations) writeInboxEntry(inbox, id, inboxEntryFor(doc, carol))
+    let read = 0
+    const core = {
+      read: async <T>(name: string, readDoc: (doc: Y.Doc) => T) => {
+        if (name === inboxDocumentName(carol)) return readDoc(inbox)
+        read++
+        // The work of a load, without which a whole pass would fit in one slice.
+        const until = performance.now() + 0.05
+        while (performance.now() < until) {}
+        return readDoc(byId.get(name)!)
+      },
+      derive: async (_name: string, change: (doc: Y.Doc, origin: unknown) => unknown) => {
+        inbox.transact(() => change(inbox, "derived"))
+        return true
+      },
+      deriveDeferredEach: () => {},
+    } as unknown as RunningCore
+    const live = new LiveInbox()
+    live.start(core)
+    live.connectionChanged({
+      name: inboxDocumentName(carol),
+      principal: { kind: "user", user: carol },
+      open: true,
+    } as Parameters<LiveInbox["connectionChanged"]>[0])
+    // Another user's frame, arriving as the derivation starts, is served before it ends.
+    const readWhenServed = await new Promise<number>((resolve) => setImmediate(() => resolve(read)))
+    expect(readWhenServed).toBeLessThan(conversations.length)
+    while (read < conversations.length) await new Promise((resolve) => setTimeout(resolve, 10))
+    live.stop()
+  })
+})

@@ -27,6 +27,9 @@ import { deferEntryReplacement, EntryValues } from "./entry-update.js"
  */
 export const FULL_REFRESH_MS = 30_000
 
+/** Longest a refresh runs before it lets the event loop serve others, in ms. */
+const REFRESH_SLICE_MS = 5
+
 /** Users whose handed-back entries wait for their write to be stored, at most (then forgotten). */
 const MAX_HANDED_BACK_USERS = 10_000
 
@@ -427,8 +430,16 @@ export class LiveInbox implements RelayExtension {
       ])
       ids = [...new Set([...all, ...wanted.keys])]
     }
+    let slice = performance.now()
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!
+      // Each conversation is a load and a read whose promises settle without waiting for I/O: a
+      // user in thousands of conversations would hold the event loop for seconds, every other user's
+      // frames waiting behind it. Back to the loop every few ms.
+      if (performance.now() - slice > REFRESH_SLICE_MS) {
+        await new Promise((resolve) => setImmediate(resolve))
+        slice = performance.now()
+      }
       if (!this.connected.has(user)) {
         // They left meanwhile: what was not derived yet is derived when they come back.
         const missed = this.away.get(user)
