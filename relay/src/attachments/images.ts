@@ -7,6 +7,43 @@ export const THUMBNAIL_SIZE = 320
 /** The most pixels the relay decodes of one image (width × height): a decompression bomb stops there. */
 export const DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
+/** Bytes per sample of each libvips band format (`Metadata.depth`). */
+const SAMPLE_BYTES: Readonly<Record<string, number>> = {
+  uchar: 1,
+  char: 1,
+  ushort: 2,
+  short: 2,
+  uint: 4,
+  int: 4,
+  float: 4,
+  complex: 8,
+  double: 8,
+  dpcomplex: 16,
+}
+
+/**
+ * What decoding an image holds in memory at once, in bytes: every pixel of
+ * every page, at its bands and sample size. The pixel limit alone let a 16-bit
+ * RGBA image under it decode to 8 bytes a pixel (a 308 KB PNG of 6300 × 6300:
+ * 317 MB and 1.7 s of CPU).
+ */
+export function decodedBytes(meta: Metadata): number {
+  const sample = SAMPLE_BYTES[meta.depth ?? "uchar"] ?? 16
+  return (meta.width ?? 0) * (meta.height ?? 0) * (meta.channels ?? 4) * sample * (meta.pages ?? 1)
+}
+
+/**
+ * Whether an image decodes at a cost the relay takes, for a pixel limit of
+ * `maxPixels`: at most what that many 8-bit RGBA pixels decode to, and a
+ * quarter of that for an interlaced PNG, which libvips decodes whole (no
+ * shrinking on load, no streaming) for the thumbnail and the clean copy each.
+ */
+export function decodesAffordably(meta: Metadata, maxPixels: number): boolean {
+  const budget = maxPixels * 4
+  const interlacedPng = meta.format === "png" && meta.isProgressive === true
+  return decodedBytes(meta) <= (interlacedPng ? budget / 4 : budget)
+}
+
 /** What {@link describeImage} finds. */
 export interface ImageFacts {
   readonly width: number
@@ -91,7 +128,9 @@ async function decode(bytes: () => AsyncIterable<Uint8Array>, image: Sharp): Pro
  * The dimensions of an image as shown (EXIF orientation applied), a WebP
  * thumbnail of at most {@link THUMBNAIL_SIZE} px a side, and, when it
  * carries metadata, a copy without it, with `sharp` (libvips). Decoding
- * stops past `maxPixels`; an image that does not decode rejects (the caller
+ * stops past `maxPixels`, and an image whose pixels would take more memory
+ * than {@link decodesAffordably} allows is not decoded at all; either, and an
+ * image that does not decode, rejects (the caller
  * refuses the upload: its signature lied). `type` is the sniffed type;
  * `owner` (the uploader) whose turn at decoding it takes (see {@link DecodeTurns}).
  */
@@ -106,6 +145,9 @@ export function describeImage(
     const probe = sharp(options)
     const [meta] = await Promise.all([probe.metadata(), decode(bytes, probe)])
     if (!meta.width || !meta.height) throw new Error("the image has no dimensions")
+    // Before any pixel is decoded (the probe reads the header only).
+    if (!decodesAffordably(meta, maxPixels))
+      throw new Error(`the image decodes to ${decodedBytes(meta)} bytes, more than the relay decodes`)
     const rotated = (meta.orientation ?? 1) >= 5
     const thumb = sharp(options)
       .rotate()

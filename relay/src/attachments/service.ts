@@ -216,7 +216,7 @@ export class AttachmentService {
       } catch (error) {
         this.options.log.info({ err: error, attachment: record.id }, "an upload's image does not decode")
         await this.discard(record)
-        throw new RefusedTypeError(`${type} (does not decode, or larger than the pixel limit)`)
+        throw new RefusedTypeError(`${type} (does not decode, or larger than the relay decodes)`)
       }
       await this.store.put(thumbnailKey(record), facts.thumbnail.bytes)
       completed = {

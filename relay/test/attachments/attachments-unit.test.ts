@@ -7,10 +7,11 @@ import {
   ParleyError,
   type UserId,
 } from "@parley/shared"
+import sharp from "sharp"
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
 import { sniffText } from "../../src/attachments/content-type.js"
-import { DecodeTurns } from "../../src/attachments/images.js"
+import { DecodeTurns, describeImage } from "../../src/attachments/images.js"
 import { LinkPreviewer, parseLinkPreview } from "../../src/attachments/link-preview.js"
 import { MemoryBlobStore } from "../../src/attachments/memory-blob-store.js"
 import { AttachmentService, UNREFERENCED_TTL_MS } from "../../src/attachments/service.js"
@@ -276,5 +277,38 @@ describe("turns at decoding images", () => {
     gates.get("m3")!()
     await Promise.all(runs)
     expect(order).toEqual(["m1", "a1", "m2", "b1", "m3"])
+  })
+})
+
+describe("decoding an uploaded image", () => {
+  /** A PNG of `width` × `height` noise-free pixels, 16-bit RGBA when `deep`, interlaced when `interlaced`. */
+  async function png(width: number, height: number, deep: boolean, interlaced: boolean): Promise<Uint8Array> {
+    let image = sharp({
+      create: { width, height, channels: 4, background: { r: 9, g: 90, b: 200, alpha: 1 } },
+    })
+    if (deep) image = image.toColourspace("rgb16")
+    return image.png({ progressive: interlaced }).toBuffer()
+  }
+  const describe_ = (bytes: Uint8Array) =>
+    describeImage(
+      async function* () {
+        yield bytes
+      },
+      "image/png",
+      1_000_000,
+    )
+
+  it("refuses, before decoding a pixel, an image under the pixel limit whose pixels would take more memory than that many 8-bit RGBA pixels", async () => {
+    // 990,000 pixels, under the limit of 1,000,000: at 8 bytes a pixel (16-bit RGBA) 7.9 MB, twice the 4 MB allowed.
+    const deep = await png(1100, 900, true, false)
+    await expect(describe_(deep)).rejects.toThrow(/decodes to 7920000 bytes/)
+    // The same pixels at 8 bits decode, and so do 16-bit ones at half the count.
+    expect(await describe_(await png(1100, 900, false, false))).toMatchObject({ width: 1100, height: 900 })
+    expect(await describe_(await png(700, 700, true, false))).toMatchObject({ width: 700, height: 700 })
+  })
+
+  it("allows an interlaced PNG a quarter of that: libvips decodes it whole, without shrinking on load", async () => {
+    await expect(describe_(await png(600, 600, false, true))).rejects.toThrow(/decodes to 1440000 bytes/)
+    expect(await describe_(await png(400, 400, false, true))).toMatchObject({ width: 400, height: 400 })
   })
 })
