@@ -3,6 +3,7 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import type Database from "better-sqlite3"
 import { checksumOf } from "./checksum.js"
 import { type DiskSpace, diskSpaceOf, formatBytes, writeReserve } from "./disk-space.js"
+import { FileIdentity } from "./file-identity.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import { storageUnavailable } from "./guard.js"
 import type { DamagedDocument, PingOptions, RelayStorage, StoredDocument } from "./types.js"
@@ -97,6 +98,8 @@ export class SqliteStorage implements RelayStorage {
   private rider: (() => ((committed: boolean) => void) | undefined) | undefined
   /** The directory of the database file (none in memory), and the room on its disk. */
   private readonly disk: { readonly dir: string; readonly space: () => DiskSpace } | undefined
+  /** The database files, checked to be the ones opened before each commit and probe (see {@link FileIdentity}). */
+  private readonly files: readonly FileIdentity[]
 
   /** `db` and `catalog` are two files, opened in WAL mode (the backend's); the storage creates its tables. */
   constructor(
@@ -106,6 +109,7 @@ export class SqliteStorage implements RelayStorage {
   ) {
     const dir = resolve(dirname(db.name))
     this.disk = db.memory ? undefined : { dir, space: options.diskSpace ?? (() => diskSpaceOf(dir)) }
+    this.files = [db, catalog].filter((d) => !d.memory).map((d) => new FileIdentity(d.name))
     this.db.exec(SCHEMA)
     // Tables made before checksums gain the column; their rows keep NULL (not checked).
     for (const table of ["updates", "snapshots"]) {
@@ -187,6 +191,7 @@ export class SqliteStorage implements RelayStorage {
       let positions: number[][]
       delete ride.settle
       try {
+        for (const file of this.files) file.check()
         positions = syncLog ? withoutSync(this.db, () => commit(batch)) : commit(batch)
       } catch (error) {
         // Positions handed out inside the rolled-back transaction are free again.
@@ -389,6 +394,7 @@ export class SqliteStorage implements RelayStorage {
    */
   async ping(options: PingOptions = {}): Promise<void> {
     this.assertOpen()
+    for (const file of this.files) file.check()
     if (this.disk && options.recovering) {
       const { free, size } = this.disk.space()
       const reserve = writeReserve(size)
