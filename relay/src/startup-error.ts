@@ -15,7 +15,7 @@ export const ExitCode = {
   CONFIG: 2,
   /** The relay cannot listen on `--host`/`--port` (in use, not an address of this machine, no permission). */
   LISTEN: 3,
-  /** Storage cannot be opened: the data directory is not writable, or PostgreSQL cannot be reached. */
+  /** Storage cannot be opened or read at start: the data directory is not writable or damaged, or PostgreSQL cannot be reached. */
   STORAGE: 4,
 } as const
 /** One of {@link ExitCode}. */
@@ -42,10 +42,20 @@ function codeFor(exitCode: ExitCode): ErrorCode {
   return ErrorCode.INVALID_ARGUMENT
 }
 
-/** The exit code of a failed start: its own, configuration for refused arguments (a hook script), else failure. */
+/**
+ * The exit code of a failed start: its own, configuration for refused
+ * arguments (a hook script), storage for storage that failed or is damaged
+ * after it opened (a damaged page of the hook outbox read at start), else
+ * failure.
+ */
 export function exitCodeOf(error: unknown): ExitCode {
   if (error instanceof StartupError) return error.exitCode
   if (error instanceof ParleyError && error.code === ErrorCode.INVALID_ARGUMENT) return ExitCode.CONFIG
+  if (
+    error instanceof ParleyError &&
+    (error.code === ErrorCode.STORAGE_UNAVAILABLE || error.code === ErrorCode.DAMAGED)
+  )
+    return ExitCode.STORAGE
   return ExitCode.FAILURE
 }
 

@@ -3,8 +3,9 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, type Server } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { ErrorCode, ParleyError } from "@parley/shared"
 import { afterAll, describe, expect, it } from "vitest"
-import { ExitCode } from "../src/startup-error.js"
+import { ExitCode, exitCodeOf } from "../src/startup-error.js"
 import { relayEntry } from "./helpers/relay-process.js"
 
 const dir = mkdtempSync(join(tmpdir(), "parley-startup-"))
@@ -158,5 +159,19 @@ describe.concurrent("a relay that cannot start says why in one line", () => {
     expect(stderr).toContain(
       "PARLEY_MAX_DOCUMENTS=lots: --max-documents must be a non-negative integer, got lots",
     )
+  })
+})
+
+describe("the exit code of a failed start", () => {
+  it("is storage's (4), not a bug's (1), for storage that fails or is damaged after it opened", () => {
+    // As the storage guard reports a damaged page of the hook outbox read at start ("database disk image
+    // is malformed"): nothing but the disk is wrong, and a supervisor should treat it as storage.
+    const malformed = new ParleyError(
+      ErrorCode.STORAGE_UNAVAILABLE,
+      "hook outbox: pendingLanes failed: database disk image is malformed",
+    )
+    expect(exitCodeOf(malformed)).toBe(ExitCode.STORAGE)
+    expect(exitCodeOf(new ParleyError(ErrorCode.DAMAGED, "a damaged document"))).toBe(ExitCode.STORAGE)
+    expect(exitCodeOf(new Error("a bug"))).toBe(ExitCode.FAILURE)
   })
 })
