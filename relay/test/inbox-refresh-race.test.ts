@@ -54,17 +54,22 @@ function heldCore() {
   return { id, conversation, inbox, core, firstWrite, release: () => release!() }
 }
 
+/** `user`'s first inbox connection: their whole inbox is derived. */
+function openInbox(live: LiveInbox, user: UserId): void {
+  live.connectionChanged({
+    name: inboxDocumentName(user),
+    principal: { kind: "user", user },
+    open: true,
+  } as Parameters<LiveInbox["connectionChanged"]>[0])
+}
+
 describe("a removal landing while a refresh of the inbox waits to write", () => {
   it("is not undone: the removed member's entry stays gone", async () => {
     const { id, conversation, inbox, core, firstWrite, release } = heldCore()
     const live = new LiveInbox()
     live.start(core)
     // Carol's first inbox connection: her whole inbox is derived, the conversation read (she is in it).
-    live.connectionChanged({
-      name: inboxDocumentName(carol),
-      principal: { kind: "user", user: carol },
-      open: true,
-    } as Parameters<LiveInbox["connectionChanged"]>[0])
+    openInbox(live, carol)
     await firstWrite
     // Meanwhile alice removes her; the change is stored, and the inbox target removes the entry.
     removeParticipants(conversation, alice, [carol])
@@ -115,11 +120,7 @@ describe("the whole-inbox derivation of a user in thousands of conversations", (
     } as unknown as RunningCore
     const live = new LiveInbox()
     live.start(core)
-    live.connectionChanged({
-      name: inboxDocumentName(carol),
-      principal: { kind: "user", user: carol },
-      open: true,
-    } as Parameters<LiveInbox["connectionChanged"]>[0])
+    openInbox(live, carol)
     // Another user's frame, arriving as the derivation starts, is served before it ends.
     const readWhenServed = await new Promise<number>((resolve) => setImmediate(() => resolve(read)))
     expect(readWhenServed).toBeLessThan(conversations.length)

@@ -42,45 +42,39 @@ describe("the relay's own client ids", () => {
     // The next unload of the conversation (the relay's log holds every earlier one too).
     const unloads = () =>
       relay.lines.filter((l) => l.includes('"document unloaded"') && l.includes(id)).length
-    const unloaded = async (before: number) => {
+    /** Opens the conversation as `user`, runs `use`, closes it, and waits for the relay to unload it. */
+    const session = async (user: UserId, use: (client: TestClient) => void | Promise<void>) => {
+      const client = new TestClient(relay.url, id, await relay.token(user))
+      await client.synced()
+      await use(client)
+      const before = unloads()
+      client.close()
       const deadline = Date.now() + 10_000
       while (unloads() === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
       expect(unloads()).toBe(before + 1)
     }
 
-    const a = new TestClient(relay.url, id, await relay.token(alice))
-    await a.synced()
-    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
-    sendMessage(a.doc, alice, { body: "numbered by the relay, under its own client id" })
-    await a.allSaved()
-    const first = unloads()
-    a.close()
-    await unloaded(first)
+    await session(alice, async (a) => {
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      sendMessage(a.doc, alice, { body: "numbered by the relay, under its own client id" })
+      await a.allSaved()
+    })
     const written = stored(relay.dataDir, id)
     // Every id the stored document writes under is bound, the relay's (the message's number) included.
     expect(written.unbound).toEqual([])
     expect(written.writers.size).toBeGreaterThanOrEqual(2)
 
     // Bob reads it five times, the conversation loaded afresh each time (new relay ids each load).
-    for (let load = 0; load < 5; load++) {
-      const reader = new TestClient(relay.url, id, await relay.token(bob))
-      await reader.synced()
-      expect(reader.doc.getMap("meta").size).toBeGreaterThan(0)
-      const before = unloads()
-      reader.close()
-      await unloaded(before)
-    }
+    for (let load = 0; load < 5; load++)
+      await session(bob, (reader) => expect(reader.doc.getMap("meta").size).toBeGreaterThan(0))
     // Before: two rows for the relay's ids at every load, kept for good.
     expect(stored(relay.dataDir, id).bound).toBe(written.bound)
 
     // A load the relay writes in again stores its new ids before what it writes under them.
-    const again = new TestClient(relay.url, id, await relay.token(alice))
-    await again.synced()
-    sendMessage(again.doc, alice, { body: "numbered again" })
-    await again.allSaved()
-    const before = unloads()
-    again.close()
-    await unloaded(before)
+    await session(alice, async (again) => {
+      sendMessage(again.doc, alice, { body: "numbered again" })
+      await again.allSaved()
+    })
     const after = stored(relay.dataDir, id)
     expect(after.unbound).toEqual([])
     expect(after.writers.size).toBeGreaterThan(written.writers.size)
