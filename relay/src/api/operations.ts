@@ -29,6 +29,7 @@ import {
   ParleyError,
   pinnedMessages,
   type Role,
+  Rule,
   react,
   removeParticipants,
   renameConversation,
@@ -180,6 +181,18 @@ export class ApiOperations {
     return result as T
   }
 
+  /**
+   * Refuses `user` unless a participant, as the relay refuses a non-participant's write: also where
+   * the write changes nothing (a role set to the one it is, a non-member removed), which no check
+   * of the relay sees, before the answer shows anything of the conversation.
+   */
+  private static assertParticipant(doc: Y.Doc, user: UserId): void {
+    if (!listParticipants(doc).some((p) => p.user === user))
+      throw new ParleyError(ErrorCode.FORBIDDEN, "only participants may change a conversation", {
+        rule: Rule.participantOnly,
+      })
+  }
+
   private async view(id: string): Promise<ConversationView> {
     const view = await this.core.read(id, conversationView, { failFast: true })
     if (!view) throw notFound(id)
@@ -267,6 +280,7 @@ export class ApiOperations {
   removeParticipant(id: ConversationId, actor: Actor, user: UserId): Promise<UserId[]> {
     return this.write(id, actor, (doc) => {
       if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       return removeParticipants(doc, actor.user, [user])
     })
   }
@@ -274,6 +288,7 @@ export class ApiOperations {
   async changeRole(id: ConversationId, actor: Actor, user: UserId, role: Role): Promise<ConversationView> {
     await this.write(id, actor, (doc) => {
       if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       changeRole(doc, actor.user, user, role)
     })
     return this.view(id)
@@ -397,6 +412,8 @@ export class ApiOperations {
       id,
       (doc) => {
         if (!getConversation(doc)) return undefined
+        // A sender removed since gets no view of the message as it is now (reactions, edits since).
+        ApiOperations.assertParticipant(doc, actor.user)
         const index = messageIndex(doc)
         const found = index.records.get(request.id) ?? index.deleted.get(request.id)
         return found ? { found, view: getMessage(doc, request.id) } : "sealed"

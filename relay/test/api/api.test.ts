@@ -346,6 +346,17 @@ describe("HTTP API against a relay process", () => {
     const outsider = await writer("POST", "/v1/conversations/g~api-group/messages", { body: "x" })
     expect(outsider.status).toBe(403)
     expect(outsider.body.rule).toBe("participant-only")
+    // Nor where its write would change nothing: a role set to the one it is (alice is a member) answered
+    // the whole conversation, messages included, and removing a non-member told members apart.
+    for (const [method, path, body] of [
+      ["PUT", "/v1/conversations/g~api-group/participants/alice/role", { role: "member" }],
+      ["DELETE", "/v1/conversations/g~api-group/participants/zed", undefined],
+    ] as const) {
+      const unchanged = await writer(method, path, body)
+      expect(unchanged.status).toBe(403)
+      expect(unchanged.body.rule).toBe("participant-only")
+      expect(unchanged.body).not.toHaveProperty("participants")
+    }
     // Acting as a user is acting under that user's rules.
     const bobs = await full("POST", "/v1/conversations/g~api-group/messages", {
       body: "bob's",
