@@ -19,7 +19,7 @@ import * as Y from "yjs"
 import { FsBlobStore } from "../../relay/src/attachments/fs-blob-store.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
 import { relayEntry, startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
-import { eventually, expectNotReady, healthz, readyz, storedTwice } from "./helpers.js"
+import { eventually, expectNotReady, healthz, readyz, sdkClient, storedTwice } from "./helpers.js"
 
 const cleanups: (() => unknown)[] = []
 afterEach(async () => {
@@ -78,14 +78,7 @@ if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const disk = smallDisk(8 * 1024 * 1024)
       if (!("dir" in disk)) throw new Error(`cannot mount a tmpfs: ${disk.unavailable}`)
       const relay = await startRelayProcess({ dataDir: disk.dir, args: ["--storage-timeout-ms", "1000"] })
-      const client = await createChatClient({
-        url: relay.url,
-        token: () => relay.token("alice"),
-        user: "alice",
-        storage: "memory",
-        WebSocket: WebSocket as never,
-        reconnect: { minDelay: 50, maxDelay: 400 },
-      })
+      const client = await sdkClient(relay)
       cleanups.push(() => client.destroy())
       const chat = await client.createConversation({ participants: [], title: "full disk" })
       const before = chat.send("before")

@@ -1,4 +1,7 @@
+import { type ChatClient, createChatClient } from "@parley/client"
 import { expect, vi } from "vitest"
+import { WebSocket } from "ws"
+import type { RelayProcess } from "../../relay/test/helpers/relay-process.js"
 
 export { storedTwice } from "../../relay/test/helpers/stored-log.js"
 
@@ -27,5 +30,17 @@ export async function expectNotReady(httpUrl: string): Promise<void> {
     failing: expect.arrayContaining([
       expect.objectContaining({ dependency: "storage", code: "STORAGE_UNAVAILABLE" }),
     ]),
+  })
+}
+
+/** alice's (or `user`'s) SDK client of `relay`, in memory, reconnecting fast: the caller destroys it. */
+export function sdkClient(relay: RelayProcess, user = "alice"): Promise<ChatClient> {
+  return createChatClient({
+    url: relay.url,
+    token: () => relay.token(user),
+    user,
+    storage: "memory",
+    WebSocket: WebSocket as never,
+    reconnect: { minDelay: 50, maxDelay: 400 },
   })
 }

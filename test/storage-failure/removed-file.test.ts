@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import { SQLITE_FILE } from "../../relay/src/backend/sqlite.js"
 import { startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
-import { eventually, expectNotReady, healthz } from "./helpers.js"
+import { eventually, expectNotReady, healthz, sdkClient } from "./helpers.js"
 
 const clients: ChatClient[] = []
 afterEach(async () => {
@@ -17,14 +17,7 @@ afterEach(async () => {
 describe("a relay whose SQLite database file is removed while it runs", () => {
   it("acknowledges nothing written afterwards, says it is not ready, and keeps serving", async () => {
     const relay = await startRelayProcess()
-    const client = await createChatClient({
-      url: relay.url,
-      token: () => relay.token("alice"),
-      user: "alice",
-      storage: "memory",
-      WebSocket: WebSocket as never,
-      reconnect: { minDelay: 50, maxDelay: 400 },
-    })
+    const client = await sdkClient(relay)
     clients.push(client)
     const chat = await client.createConversation({ participants: [], title: "removed" })
     const before = chat.send("before")
