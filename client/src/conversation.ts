@@ -131,7 +131,11 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.user,
       () => this.loading.assertWritable(),
     )
-    this.statuses = new StatusTracker(() => this.gen.statuses, emit)
+    this.statuses = new StatusTracker(
+      () => this.gen.statuses,
+      emit,
+      (id) => getMessage(this.doc, id),
+    )
     this.delivered = new DeliveredMarker(
       parts.deliveredDelay,
       () => this.doc,

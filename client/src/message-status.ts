@@ -2,6 +2,7 @@ import {
   decodeStoredRecord,
   type MessageId,
   type MessageIndex,
+  type MessageView,
   messageIndex,
   type ParleyError,
   storedRecordId,
@@ -33,7 +34,8 @@ export class MessageStatuses {
 
   constructor(
     private readonly doc: Y.Doc,
-    private readonly user: UserId,
+    /** The user whose messages these are. */
+    readonly user: UserId,
   ) {
     this.index = messageIndex(doc)
   }
@@ -62,10 +64,24 @@ export class MessageStatuses {
     return this.status(id) === "failed" ? this.failures.get(id) : undefined
   }
 
-  /** The status of message `id`, or undefined when it is not the user's own. */
-  status(id: MessageId): MessageStatus | undefined {
-    if (this.authorOf(id) !== this.user) return undefined
-    const seq = this.index.seqOf.get(id)
+  /**
+   * The status of message `id`, or undefined when it is not the user's own.
+   * A message the live document no longer holds (sealed into history) is
+   * judged by its view, which `sealed` gives when asked: sealed messages all
+   * have their sequence number, so the markers alone say where they stand.
+   */
+  status(
+    id: MessageId,
+    sealed?: () => Pick<MessageView, "author" | "seq"> | undefined,
+  ): MessageStatus | undefined {
+    let author = this.authorOf(id)
+    let seq = this.index.seqOf.get(id)
+    if (author === undefined && sealed) {
+      const view = sealed()
+      author = view?.author
+      seq = view?.seq
+    }
+    if (author !== this.user) return undefined
     if (seq === undefined) {
       if (this.isSaved(id)) return "sent"
       return this.failures.has(id) ? "failed" : "pending"
@@ -75,6 +91,11 @@ export class MessageStatuses {
     for (const [user, upTo] of t.read) if (user !== this.user && upTo >= seq) return "read"
     for (const [user, upTo] of t.delivered) if (user !== this.user && upTo >= seq) delivered = true
     return delivered ? "delivered" : "sent"
+  }
+
+  /** The sequence number of the user's own message `id` while the live document holds it. */
+  ownSeq(id: MessageId): number | undefined {
+    return this.authorOf(id) === this.user ? this.index.seqOf.get(id) : undefined
   }
 
   private authorOf(id: MessageId): UserId | undefined {

@@ -122,6 +122,35 @@ describe("sealed history in the SDK", () => {
     )
   })
 
+  it("keeps the statuses of the user's own sealed messages, and reports them read when read after the seal", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const mine = await alice.createConversation({ participants: [b], title: "statuses" })
+    const sent = Array.from({ length: 30 }, (_, i) => mine.send(`m${i}`))
+    await eventually(() => expect(typesOf(mine.doc).segments.length).toBeGreaterThan(0))
+    await eventually(() => expect(mine.status(sent[0]!.id)).toBe("sent"))
+    const older = await mine.loadOlder(30)
+    expect(older.length).toBeGreaterThan(0)
+    for (const view of older) expect(view).toMatchObject({ author: a, status: "sent" })
+
+    const reads = new Set<string>()
+    mine.on("status", ({ messageId, status }) => {
+      if (status === "read") reads.add(messageId)
+    })
+    const bob = await connectClient(relay, b)
+    const theirs = await bob.conversation(mine.id).ready()
+    theirs.markRead("latest")
+    // Sealed or live, every message alice sent moves to "read", and she is told so.
+    await eventually(() => expect(reads.size).toBe(30))
+    for (const m of sent) expect(mine.status(m.id)).toBe("read")
+    expect((await mine.loadOlder(30)).concat(mine.olderMessages()).every((m) => m.status === "read")).toBe(
+      true,
+    )
+    // Another user's sealed message has no status for the reader.
+    const bobsOlder = await theirs.loadOlder(30)
+    expect(theirs.status(bobsOlder[0]!.id)).toBeUndefined()
+  })
+
   it("a device offline across a new epoch of the live document rebuilds and syncs its pending work exactly once", async () => {
     const epochRelay = await startEpochRelay()
     try {

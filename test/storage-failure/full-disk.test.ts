@@ -3,7 +3,6 @@ import { execFileSync, spawn } from "node:child_process"
 import { closeSync, mkdtempSync, openSync, readdirSync, rmdirSync, rmSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { createChatClient } from "@parley/client"
 import {
   type ConversationId,
   createConversation,
@@ -14,7 +13,6 @@ import {
 } from "@parley/shared"
 import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
-import { WebSocket } from "ws"
 import * as Y from "yjs"
 import { FsBlobStore } from "../../relay/src/attachments/fs-blob-store.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"

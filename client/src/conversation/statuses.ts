@@ -22,23 +22,30 @@ export class StatusTracker {
   private readonly tracked = new Map<MessageId, MessageStatus>()
   /** The user's messages that a resync could not re-apply (the relay refused them), with why. */
   readonly lost = new Map<MessageId, ParleyError>()
+  /**
+   * The sequence numbers of followed messages, so that one sealed into history
+   * (and no longer in the live document, nor loaded) still moves to "read".
+   */
+  private readonly numbers = new Map<MessageId, number>()
 
   constructor(
     /** The current replica's statuses (a resync replaces them). */
     private readonly statuses: () => MessageStatuses,
     private readonly emit: EmitConversationEvent,
+    /** A message's view wherever this replica holds it, sealed history included. */
+    private readonly view: (id: MessageId) => MessageView | undefined,
   ) {}
 
   /** The status of one of the user's messages (undefined for others' messages). */
   status(id: MessageId | string): MessageStatus | undefined {
     const messageId = parseMessageId(id)
-    return this.statuses().status(messageId) ?? (this.lost.has(messageId) ? "failed" : undefined)
+    return this.statusOf(messageId) ?? (this.lost.has(messageId) ? "failed" : undefined)
   }
 
   /** `view` with its status (and, when failed, why), when it is one of the user's. */
   decorate(view: MessageView): ChatMessage {
     const statuses = this.statuses()
-    const status = statuses.status(view.id)
+    const status = statuses.status(view.id, () => view)
     if (status === undefined) return view
     const error = status === "failed" ? statuses.failure(view.id) : undefined
     return { ...view, status, ...(error ? { error } : {}) }
@@ -46,12 +53,17 @@ export class StatusTracker {
 
   /** Starts following message `id` (the user's) until it is read. */
   track(id: MessageId): void {
-    const status = this.statuses().status(id)
+    const status = this.statusOf(id)
     if (status === undefined || status === "read") {
-      this.tracked.delete(id)
+      this.forget(id)
       return
     }
     if (!this.tracked.has(id)) this.tracked.set(id, status)
+  }
+
+  private forget(id: MessageId): void {
+    this.tracked.delete(id)
+    this.numbers.delete(id)
   }
 
   /** Follows every message of `user` in `doc` (after a load, or a resync: `fresh`). */
@@ -71,13 +83,24 @@ export class StatusTracker {
     this.refresh()
   }
 
+  /** The status of `id`; a sealed message's from its view, so that it keeps moving (delivered → read) once sealed. */
+  private statusOf(id: MessageId): MessageStatus | undefined {
+    const statuses = this.statuses()
+    const seq = statuses.ownSeq(id)
+    if (seq !== undefined && this.tracked.has(id)) this.numbers.set(id, seq)
+    return statuses.status(id, () => {
+      const known = this.numbers.get(id)
+      return this.view(id) ?? (known === undefined ? undefined : { author: statuses.user, seq: known })
+    })
+  }
+
   /** Emits a status event for each followed message whose status moved; forgets read ones. */
   refresh(): void {
     const statuses = this.statuses()
     for (const [id, before] of this.tracked) {
-      const status = statuses.status(id)
+      const status = this.statusOf(id)
       if (status === before) continue
-      if (status === undefined || status === "read") this.tracked.delete(id)
+      if (status === undefined || status === "read") this.forget(id)
       else this.tracked.set(id, status)
       if (status === undefined) continue
       const error = status === "failed" ? statuses.failure(id) : undefined
