@@ -1,4 +1,4 @@
-import { type DocumentName, getConversation, roleOf } from "@parley/shared"
+import { DIRECT_PREFIX, type DocumentName, directUsersOf, getConversation, roleOf } from "@parley/shared"
 import type * as Y from "yjs"
 import type { Principal } from "./principal.js"
 
@@ -21,6 +21,19 @@ export function accessOf(principal: Principal, name: DocumentName, doc: Y.Doc): 
   if (principal.kind === "relay") return "write"
   if (principal.kind === "service") return "read"
   if (name.kind === "inbox") return name.user === principal.user ? "write" : "none"
+  if (outsiderOfDirect(principal, name)) return "none"
   if (!getConversation(doc)) return "pending"
   return roleOf(doc, principal.user) ? "write" : "none"
+}
+
+/**
+ * Whether `principal` is a user who can never be in the direct conversation `name` names: a
+ * `dm~` id that is not the canonical id of a pair including them. Direct ids are guessable, so
+ * such a user is refused alike whether or not the pair ever talked: "pending" for a missing one
+ * and 4403 for an existing one would tell anyone who talks to whom (and when they start to).
+ */
+export function outsiderOfDirect(principal: Principal, name: DocumentName): boolean {
+  if (principal.kind !== "user" || name.kind !== "conversation" || !name.id.startsWith(DIRECT_PREFIX))
+    return false
+  return !directUsersOf(name.id)?.includes(principal.user)
 }

@@ -20,7 +20,7 @@ import {
 } from "@parley/shared"
 import { applyAwarenessUpdate, encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
-import { accessOf } from "./access.js"
+import { accessOf, outsiderOfDirect } from "./access.js"
 import { AwarenessFanout } from "./awareness-fanout.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { ClientIdAllowance } from "./client-id-allowance.js"
@@ -340,6 +340,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   async connect(name: string, session: Session): Promise<HostedConnection> {
     const parsed = parseName(name)
     // Counted before loading: a user at the limit cannot make the relay load one more document.
+    // Decided on the id alone, before loading: no timing says whether the pair's document exists.
+    if (outsiderOfDirect(session.principal, parsed))
+      throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
     const closeDocument = this.users.openDocument(session.principal, name)
     let host: DocumentHost
     try {

@@ -3,6 +3,7 @@ import {
   createConversation,
   directConversationId,
   directDistinctKey,
+  directUsersOf,
   ErrorCode,
   listMessages,
   MessageType,
@@ -151,29 +152,36 @@ async function createWithSecrets(owner: TestClient, actor: UserId, other: UserId
 }
 
 describe("the id decides who may create a conversation", () => {
-  it("refuses a group squatting a direct conversation's id; the pair's direct conversation still works", async () => {
+  it("refuses a third user on a direct conversation's id at connect, alike before and after the pair creates it", async () => {
     const { alice, bob, mallory } = users()
     const id = directConversationId([alice, bob])
-    const squatter = await connect(relay, id, mallory)
-    await squatter.synced()
-    forgeCreation(squatter.doc, mallory, {
-      id,
-      kind: "group",
-      participants: [
-        [mallory, "owner"],
-        [alice, "member"],
-        [bob, "member"],
-      ],
-    })
-    await squatter.until(() => squatter.errors.length > 0)
-    expect(squatter.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.creationById })
-    expect(squatter.closeEvent).toBeUndefined()
+    // Before: no pending socket to squat from, nor to watch for the pair to start talking.
+    const refusals: string[] = []
+    for (const parley of [false, true]) {
+      const squatter = await connect(relay, id, mallory, parley)
+      const close = await squatter.closed
+      refusals.push(`${close.code} ${close.reason}`)
+      expect(squatter.frames).toEqual([])
+    }
+    const stockDoc = new Y.Doc()
+    const stock = stockProvider(relay.url, id, await relay.token(mallory), stockDoc)
+    cleanups.push(() => stock.destroy())
+    const stockClose = await new Promise<number | undefined>((resolve) =>
+      stock.on("connection-close", (event: CloseEvent | null) => resolve(event?.code)),
+    )
+    expect(stockClose).toBe(4403)
 
     const owner = await connect(relay, id, alice)
     await owner.synced()
     const secrets = await createWithSecrets(owner, alice, bob, id)
-    expect((await squatter.closed).code).toBe(4403)
-    expectNothingOfTheDocument(squatter, secrets, [Rule.creationById])
+    // After: refused with the same close, so that nothing tells an existing pair from a missing one.
+    for (const parley of [false, true]) {
+      const stranger = await connect(relay, id, mallory, parley)
+      const close = await stranger.closed
+      expect(`${close.code} ${close.reason}`).toBe(refusals[Number(parley)])
+      expectNothingOfTheDocument(stranger, secrets)
+    }
+    expect(refusals[0]).toMatch(/^4403 /)
 
     const other = await connect(relay, id, bob)
     await other.until(() => listMessages(other.doc, { last: 5 }).length === 1)
@@ -243,7 +251,7 @@ describe("the id decides who may create a conversation", () => {
           ],
         },
       ],
-      // `dm~` ids that are not the canonical id of two users, even as a group.
+      // `dm~` ids that are not the canonical id of two users, even as a group (refused at connect).
       [
         alice,
         `dm~${bob}~${alice}`,
@@ -267,6 +275,12 @@ describe("the id decides who may create a conversation", () => {
     ]
     for (const [actor, name, claim] of attempts) {
       const c = await connect(relay, name, actor)
+      if (name.startsWith("dm~") && !directUsersOf(name)?.includes(actor)) {
+        // Not one of the pair (or no pair's canonical id): refused before the document is even loaded.
+        expect((await c.closed).code).toBe(4403)
+        expect(c.frames).toEqual([])
+        continue
+      }
       await c.synced()
       forgeCreation(c.doc, actor, claim)
       await c.until(() => c.errors.length > 0)
@@ -310,7 +324,8 @@ describe("the id decides who may create a conversation", () => {
 describe("nobody reads before access is known", () => {
   it("sends a stranger connected before the creation nothing of it, then closes it with 4403", async () => {
     const { alice, bob, mallory } = users()
-    for (const id of [newConversationId(), directConversationId([alice, bob])]) {
+    // A group's id: a direct one refuses anyone but the pair at connect (the test above).
+    for (const id of [newConversationId()]) {
       // A raw client without and with Parley's frames, and a stock y-websocket provider.
       const raw = await connect(relay, id, mallory, false)
       const parley = await connect(relay, id, mallory)
@@ -367,12 +382,21 @@ describe("nobody reads before access is known", () => {
 
   it("sends a stranger racing the creation with its own updates only its own refusals", async () => {
     const { alice, bob, mallory } = users()
-    const id = directConversationId([alice, bob])
+    const id = newConversationId()
     const stranger = await connect(relay, id, mallory)
     const owner = await connect(relay, id, alice)
     await Promise.all([stranger.synced(), owner.synced()])
-    // Both at once: a squat, then messages piled on it, while alice creates.
-    forgeCreation(stranger.doc, mallory, { id, kind: "group", participants: [[mallory, "owner"]] })
+    // Both at once: a forged creation (a direct conversation under a group's id), then messages piled
+    // on it, while alice creates.
+    forgeCreation(stranger.doc, mallory, {
+      id,
+      kind: "direct",
+      distinctKey: directDistinctKey([mallory, alice]),
+      participants: [
+        [mallory, "owner"],
+        [alice, "owner"],
+      ],
+    })
     for (let i = 0; i < 5; i++) sendMessage(stranger.doc, mallory, { body: `spam ${i}` })
     const secrets = await createWithSecrets(owner, alice, bob, id)
     expect((await stranger.closed).code).toBe(4403)
@@ -435,7 +459,7 @@ describe("nobody reads before access is known", () => {
     const member = await connect(second, id, bob)
     await member.until(() => listMessages(member.doc, { last: 5 }).length === 1)
     // A conversation created after the restart, with a stranger waiting on its id.
-    const next = directConversationId([alice, bob])
+    const next = newConversationId()
     const waiting = await connect(second, next, mallory, false)
     await waiting.synced()
     const creator = await connect(second, next, bob)
