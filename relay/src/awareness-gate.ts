@@ -1,4 +1,4 @@
-import { encodeAwarenessEntries, PRESENCE_STAMP, readAwarenessEntries } from "@parley/shared"
+import { encodeAwarenessEntries, PRESENCE_STAMP, readAwarenessEntries, type UserId } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as awarenessProtocol from "y-protocols/awareness"
 import { Connection } from "./connection.js"
@@ -42,6 +42,11 @@ export interface AwarenessGateOptions {
   readonly dropped: (connection: Connection, reason: AwarenessDrop, count: number) => void
   /** Claiming an id failed to persist (it stays claimed in memory). */
   readonly claimFailed: (error: unknown) => void
+  /**
+   * Takes one new client id from `user`'s allowance in this document (the one updates take theirs
+   * from: every claim is a binding kept for good); false when none is left. Absent: no allowance.
+   */
+  readonly takeClientId?: (user: UserId) => boolean
   readonly now?: () => number
 }
 
@@ -96,6 +101,14 @@ export class AwarenessGate {
   private readonly budgets = new Map<string, RateLimiter>()
   /** Claims in the current minute, by user key. */
   private readonly claims = new Map<string, { readonly since: number; count: number }>()
+  /**
+   * Entries of ids being claimed, until storage says whose they are: applied if the claimant's
+   * (the latest state it sent meanwhile), dropped if another relay's user had bound the id first.
+   */
+  private readonly claiming = new Map<
+    number,
+    { readonly key: string; connection: Connection; entry: Accepted }
+  >()
   /** Entries held back by the frame budget, by connection, with the timer that applies them. */
   private readonly held = new Map<Connection, { entries: Map<number, Accepted>; timer: NodeJS.Timeout }>()
 
@@ -146,32 +159,55 @@ export class AwarenessGate {
         drop("foreign")
         continue
       }
+      const claiming = this.claiming.get(clientId)
+      if (claiming && claiming.key !== key) {
+        drop("foreign")
+        continue
+      }
       const present = this.host.awareness.states.has(clientId)
       if (json.length > this.limits.maxAwarenessStateBytes) {
         drop("bytes")
         continue
       }
       const state: unknown = JSON.parse(utf8.decode(json))
-      if (state === null) {
-        // Removing what is not there would only leave a record behind.
-        if (present) accepted.set(clientId, { clientId, clock, state })
+      // Removing what is not there would only leave a record behind.
+      if (state === null && !present) continue
+      const entry: Accepted =
+        state === null
+          ? { clientId, clock, state }
+          : { clientId, clock, state: stamp(state, principal.user), sentAs: json }
+      if (claiming) {
+        // The claimant again, before storage answered: its latest state waits with the claim.
+        if (clock >= claiming.entry.clock) {
+          claiming.entry = entry
+          claiming.connection = connection
+        }
         continue
       }
-      if (!present && !accepted.has(clientId)) {
-        if (count >= this.limits.maxAwarenessEntries) {
-          drop("entries")
-          continue
-        }
-        if (owner === undefined && !this.claim(clientId, key)) {
-          drop("claims")
-          continue
-        }
-        count++
+      const adds = !present && !accepted.has(clientId)
+      if (adds && count >= this.limits.maxAwarenessEntries) {
+        drop("entries")
+        continue
       }
-      accepted.set(clientId, { clientId, clock, state: stamp(state, principal.user), sentAs: json })
+      // No owner known here, even for an entry present here: another relay of a cluster may have set
+      // it, and bound its id for its user. Storage says whose it is before anything is applied.
+      if (owner === undefined) {
+        if (!this.mayClaim(key, principal.user)) drop("claims")
+        else {
+          if (adds) count++
+          this.claim(connection, key, entry)
+        }
+        continue
+      }
+      if (adds) count++
+      accepted.set(clientId, entry)
     }
     if (drops) for (const [reason, n] of drops) this.options.dropped(connection, reason, n)
-    if (accepted.size === 0) return
+    if (accepted.size > 0) this.admit(connection, key, accepted.values())
+  }
+
+  /** Applies `entries` of `connection` (whose user is `key`) within the user's frame budget, or holds them. */
+  private admit(connection: Connection, key: string, entries: Iterable<Accepted>): void {
     let budget = this.budgets.get(key)
     if (!budget) {
       budget = new RateLimiter(this.limits.awarenessFramesPerSecond, this.limits.awarenessBurst)
@@ -179,10 +215,10 @@ export class AwarenessGate {
     }
     const held = this.held.get(connection)
     if (held || !budget.take()) {
-      this.hold(connection, accepted.values())
+      this.hold(connection, entries)
       return
     }
-    this.apply(connection, accepted.values())
+    this.apply(connection, entries)
   }
 
   /** Bookkeeping of an awareness change (every origin: connections, the timeout check, the relay). */
@@ -275,7 +311,8 @@ export class AwarenessGate {
     return n
   }
 
-  private claim(clientId: number, key: string): boolean {
+  /** Whether `key` may claim one more id now (its claims this minute, its allowance of new ids). */
+  private mayClaim(key: string, user: UserId): boolean {
     const now = this.now()
     let window = this.claims.get(key)
     if (!window || now - window.since >= MINUTE) {
@@ -283,13 +320,36 @@ export class AwarenessGate {
       this.claims.set(key, window)
     }
     if (window.count >= this.limits.awarenessClaimsPerMinute) return false
-    window.count++
     // Old windows of users long gone need not stay.
     if (this.claims.size > 64) {
       for (const [k, w] of this.claims) if (now - w.since >= MINUTE) this.claims.delete(k)
     }
-    this.owners.claim(clientId, key).catch((error: unknown) => this.options.claimFailed(error))
+    if (this.options.takeClientId && !this.options.takeClientId(user)) return false
+    window.count++
     return true
+  }
+
+  /**
+   * Claims `entry`'s id for `key` and applies the entry once storage answered that it is theirs.
+   * Not before: memory may take an id for free that another relay's user bound first, and an entry
+   * applied for the wrong user reaches every peer (a stock client takes a state set under its own
+   * id as its own and announces it again).
+   */
+  private claim(connection: Connection, key: string, entry: Accepted): void {
+    const claim = { key, connection, entry }
+    this.claiming.set(entry.clientId, claim)
+    const settle = (owner: string | undefined) => {
+      if (this.claiming.get(entry.clientId) !== claim) return
+      this.claiming.delete(entry.clientId)
+      if (owner !== key) this.options.dropped(claim.connection, "foreign", 1)
+      else if (!claim.connection.closed && !this.host.destroyed)
+        this.admit(claim.connection, key, [claim.entry])
+    }
+    this.owners.claim(entry.clientId, key).then(settle, (error: unknown) => {
+      this.options.claimFailed(error)
+      // Not stored: the claim holds in memory (the next update's check stores it), as before storage failed.
+      settle(this.owners.owner(entry.clientId))
+    })
   }
 
   private hold(connection: Connection, entries: Iterable<Accepted>): void {

@@ -27,11 +27,12 @@ export interface ClientIdOwners {
   /** The principal key (`user:<id>`, `service:<subject>`, `relay`) owning `clientId`, if any. */
   owner(clientId: number): string | undefined
   /**
-   * Binds `clientId`, which has no owner, to `key`: at once in memory (so the
-   * next update or awareness frame sees it), and durably by the time the
-   * promise resolves.
+   * Binds `clientId`, which has no owner here, to `key`, durably by the time the
+   * promise resolves, with the id's owner: `key`, or whoever bound it first
+   * where this relay did not see it (another relay of a cluster). `owner`
+   * answers that from then on.
    */
-  claim(clientId: number, key: string): Promise<void>
+  claim(clientId: number, key: string): Promise<string>
 }
 
 /** A change that was stored, as {@link RelayExtension.updateStored} receives it. */

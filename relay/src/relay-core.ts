@@ -906,6 +906,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
           )
       },
       claimFailed: (error) => this.log.error({ err: error, doc: name }, "could not store a client id claim"),
+      takeClientId: (user) => this.ctx.clientIds?.take(name, user, 1) ?? true,
     })
     this.gates.set(host, gate)
     const fanout = new AwarenessFanout(host, (removed) => gate.forget(removed))
@@ -1171,7 +1172,10 @@ function memoryOwners(doc: Y.Doc): ClientIdOwners {
   const bindings = new ClientBindings([[doc.clientID, RELAY_KEY]])
   return {
     owner: (clientId) => bindings.get(clientId),
-    claim: async (clientId, key) => bindings.bind([[clientId, key]]),
+    claim: async (clientId, key) => {
+      bindings.bind([[clientId, key]])
+      return bindings.get(clientId) ?? key
+    },
   }
 }
 

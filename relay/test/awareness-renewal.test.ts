@@ -32,7 +32,14 @@ const frame = (clientId: number, clock: number, state: unknown) =>
   encodeAwarenessEntries([{ clientId, clock, state: new TextEncoder().encode(JSON.stringify(state)) }])
 
 /** A document's gate, with what its awareness announces recorded as the core's listener sees it. */
-function setUp(limits = DEFAULT_AWARENESS_LIMITS) {
+function setUp(
+  limits = DEFAULT_AWARENESS_LIMITS,
+  options: {
+    /** Whose storage says an id is (another relay's user may have bound it first); default the claimant's. */
+    readonly stored?: (clientId: number, key: string) => string
+    readonly takeClientId?: (user: UserId) => boolean
+  } = {},
+) {
   const host = new DocumentHost("g~renewals", parseDocumentName("g~renewals"))
   const bindings = new ClientBindings([])
   const dropped: string[] = []
@@ -40,11 +47,19 @@ function setUp(limits = DEFAULT_AWARENESS_LIMITS) {
     host,
     owners: {
       owner: (clientId) => bindings.get(clientId),
-      claim: async (clientId, key) => bindings.bind([[clientId, key]]),
+      claim: async (clientId, key) => {
+        bindings.bind([[clientId, key]])
+        // Storage answers later, as a database does.
+        await new Promise((resolve) => setTimeout(resolve, 1))
+        const stored = options.stored?.(clientId, key) ?? key
+        bindings.record(new Map([[clientId, stored]]))
+        return stored
+      },
     },
     limits,
     dropped: (_connection, reason, count) => dropped.push(`${reason} ${count}`),
     claimFailed: () => {},
+    ...(options.takeClientId ? { takeClientId: options.takeClientId } : {}),
   })
   const changes: number[][] = []
   const updates: number[][] = []
@@ -64,11 +79,16 @@ function setUp(limits = DEFAULT_AWARENESS_LIMITS) {
   return { host, gate, changes, updates, dropped }
 }
 
+/** Lets the claims of new ids settle: an entry under a new id is applied once storage says it is the sender's. */
+const claimsSettled = () => new Promise((resolve) => setTimeout(resolve, 10))
+
 describe("awareness renewals", () => {
   it("renews an unchanged state (its clock and time move, it is announced as a renewal) and applies a changed one", async () => {
     const { host, gate, changes, updates } = setUp()
     const alice = connectionOf(host, "alice")
     gate.receive(alice, frame(7, 1, { name: "Alice", typing: false }))
+    expect(host.awareness.getStates().has(7)).toBe(false)
+    await claimsSettled()
     const stamped = host.awareness.getStates().get(7)
     expect(stamped).toEqual({ name: "Alice", typing: false, [PRESENCE_STAMP]: "alice" })
     expect(changes).toEqual([[7]])
@@ -92,11 +112,12 @@ describe("awareness renewals", () => {
     host.destroy()
   })
 
-  it("does not renew from an old clock, nor another user's entry, nor a state the awareness refused", () => {
+  it("does not renew from an old clock, nor another user's entry, nor a state the awareness refused", async () => {
     const { host, gate, changes } = setUp()
     const alice = connectionOf(host, "alice")
     const mallory = connectionOf(host, "mallory")
     gate.receive(alice, frame(7, 5, { name: "Alice" }))
+    await claimsSettled()
     // An older clock renews nothing.
     gate.receive(alice, frame(7, 4, { name: "Alice" }))
     expect(host.awareness.meta.get(7)!.clock).toBe(5)
@@ -113,7 +134,7 @@ describe("awareness renewals", () => {
     host.destroy()
   })
 
-  it("drops echoes of what it holds before reading them: no drop counted, no budget spent, a removal at the same clock still checked", () => {
+  it("drops echoes of what it holds before reading them: no drop counted, no budget spent, a removal at the same clock still checked", async () => {
     const { host, gate, changes, dropped } = setUp({
       ...DEFAULT_AWARENESS_LIMITS,
       awarenessFramesPerSecond: 0.001,
@@ -123,6 +144,7 @@ describe("awareness renewals", () => {
     const bob = connectionOf(host, "bob")
     gate.receive(alice, frame(7, 3, { name: "Alice" }))
     gate.receive(bob, frame(8, 1, { name: "Bob" }))
+    await claimsSettled()
     // Bob echoes alice's entry as he got it, and his own: nothing is newer, nothing is counted.
     const echo = encodeAwarenessEntries([
       { clientId: 7, clock: 3, state: new TextEncoder().encode(JSON.stringify({ name: "Alice" })) },
@@ -138,6 +160,48 @@ describe("awareness renewals", () => {
     expect(dropped).toEqual(["foreign 1"])
     expect(host.awareness.getStates().has(7)).toBe(true)
     expect(changes).toEqual([[7], [8], [8]])
+    host.destroy()
+  })
+})
+
+describe("awareness claims", () => {
+  it("applies an entry under a new id only once storage says the id is the sender's; another's is dropped unseen", async () => {
+    // Storage (shared by a cluster's relays) says id 9 is bob's: he announced it on another relay.
+    const { host, gate, changes, dropped } = setUp(DEFAULT_AWARENESS_LIMITS, {
+      stored: (clientId, key) => (clientId === 9 ? "user:bob" : key),
+    })
+    const mallory = connectionOf(host, "mallory")
+    gate.receive(mallory, frame(9, 5, { status: "set by mallory" }))
+    gate.receive(mallory, frame(9, 6, { status: "set by mallory, again" }))
+    gate.receive(mallory, frame(10, 1, { status: "mallory's own" }))
+    await claimsSettled()
+    expect(host.awareness.getStates().has(9)).toBe(false)
+    expect(dropped).toEqual(["foreign 1"])
+    // Her own new id applies, with the latest state she sent while it was claimed.
+    expect(host.awareness.getStates().get(10)).toEqual({
+      status: "mallory's own",
+      [PRESENCE_STAMP]: "mallory",
+    })
+    expect(changes).toEqual([[10]])
+    // Known now: later frames under bob's id are dropped at once.
+    gate.receive(mallory, frame(9, 7, null))
+    gate.receive(mallory, frame(9, 8, { status: "still mallory" }))
+    expect(dropped).toEqual(["foreign 1", "foreign 1", "foreign 1"])
+    host.destroy()
+  })
+
+  it("takes each claimed id from the user's allowance of new client ids in the document", async () => {
+    let left = 2
+    const { host, gate, dropped } = setUp(DEFAULT_AWARENESS_LIMITS, {
+      takeClientId: () => left-- > 0,
+    })
+    const alice = connectionOf(host, "alice")
+    for (const id of [1, 2, 3]) gate.receive(alice, frame(id, 1, { n: id }))
+    await claimsSettled()
+    expect([...host.awareness.getStates().keys()].filter((id) => id !== host.doc.clientID).sort()).toEqual([
+      1, 2,
+    ])
+    expect(dropped).toEqual(["claims 1"])
     host.destroy()
   })
 })

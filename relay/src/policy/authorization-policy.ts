@@ -1,4 +1,4 @@
-import { type Decision, sequenceWriterIds } from "@parley/shared"
+import { type Decision, Rule, sequenceWriterIds } from "@parley/shared"
 import type * as Y from "yjs"
 import type { LoadedDocument } from "../extension.js"
 import type { ClientIdOwners, PolicyInput, UpdatePolicy } from "../policy.js"
@@ -54,7 +54,17 @@ export class AuthorizationPolicy implements UpdatePolicy {
     if (!result.allowed) return { allowed: false, rule: result.rule, reason: result.reason }
     if (result.newBindings && result.newBindings.length > 0) {
       bindings.bind(result.newBindings)
-      await this.store.bind(key, result.newBindings)
+      const owners = await this.store.bind(key, result.newBindings)
+      bindings.record(owners)
+      // Memory took these ids for free; storage, which every relay of a cluster shares, says who
+      // bound each first. Another's id is refused as the check refuses one it knew of.
+      const taken = result.newBindings.find(([clientId, owner]) => owners.get(clientId) !== owner)
+      if (taken)
+        return {
+          allowed: false,
+          rule: Rule.clientIdOwner,
+          reason: `client id ${taken[0]} belongs to someone else`,
+        }
     }
     return { allowed: true }
   }
@@ -71,8 +81,18 @@ export class AuthorizationPolicy implements UpdatePolicy {
       owner: (clientId) => bindings.get(clientId),
       claim: async (clientId, principal) => {
         const entries: [number, string][] = [[clientId, principal]]
-        bindings.bind(entries)
-        await this.store.bind(key, entries)
+        // Not bound in memory before storage answers: an update under the id checked meanwhile would
+        // pass as the claimant's, though another relay's user may own it. Storage decides for both.
+        let owners: Map<number, string>
+        try {
+          owners = await this.store.bind(key, entries)
+        } catch (error) {
+          // Storage failing: the claim holds in memory, and the next update's check stores it.
+          bindings.bind(entries)
+          throw error
+        }
+        bindings.record(owners)
+        return owners.get(clientId) ?? principal
       },
     }
   }

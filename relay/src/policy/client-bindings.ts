@@ -30,6 +30,14 @@ export class ClientBindings {
     for (const [clientId, key] of entries) if (!this.owners.has(clientId)) this.owners.set(clientId, key)
   }
 
+  /**
+   * Records each id's owner as storage answered it, over what memory held: another relay of a
+   * cluster may have bound an id this relay's memory took for free.
+   */
+  record(owners: ReadonlyMap<number, string>): void {
+    for (const [clientId, key] of owners) this.owners.set(clientId, key)
+  }
+
   /** Number of bound ids. */
   get size(): number {
     return this.owners.size
@@ -42,8 +50,28 @@ export class ClientBindings {
  * binding an id again keeps its first owner.
  */
 export interface ClientBindingStore {
+  /** Every binding of document `name`. */
   load(name: string): Promise<Map<number, string>>
-  bind(name: string, entries: readonly ClientBinding[]): Promise<void>
+  /**
+   * Binds each id of `entries` not bound yet, and answers the owner of each of their ids
+   * afterwards: the entry's key, or the first owner's when the id was bound before (by anyone
+   * sharing the store: the caller's memory may not know it).
+   */
+  bind(name: string, entries: readonly ClientBinding[]): Promise<Map<number, string>>
+}
+
+/** Each id's owner after binding `entries` over `owners` (which it updates): the first one wins. */
+function bindFirst(owners: Map<number, string>, entries: readonly ClientBinding[]): Map<number, string> {
+  const answer = new Map<number, string>()
+  for (const [clientId, key] of entries) {
+    let owner = owners.get(clientId)
+    if (owner === undefined) {
+      owner = key
+      owners.set(clientId, key)
+    }
+    answer.set(clientId, owner)
+  }
+  return answer
 }
 
 /** Bindings in memory, for tests and the in-memory relay. */
@@ -54,13 +82,13 @@ export class MemoryClientBindingStore implements ClientBindingStore {
     return new Map(this.documents.get(name))
   }
 
-  async bind(name: string, entries: readonly ClientBinding[]): Promise<void> {
+  async bind(name: string, entries: readonly ClientBinding[]): Promise<Map<number, string>> {
     let owners = this.documents.get(name)
     if (!owners) {
       owners = new Map()
       this.documents.set(name, owners)
     }
-    for (const [clientId, key] of entries) if (!owners.has(clientId)) owners.set(clientId, key)
+    return bindFirst(owners, entries)
   }
 }
 
@@ -71,7 +99,8 @@ export class MemoryClientBindingStore implements ClientBindingStore {
 export class SqliteClientBindingStore implements ClientBindingStore {
   private readonly select: Database.Statement<[string], { client_id: number; principal: string }>
   private readonly insert: Database.Statement<[string, number, string]>
-  private readonly insertAll: (name: string, entries: readonly ClientBinding[]) => void
+  private readonly ownerOf: Database.Statement<[string, number], { principal: string }>
+  private readonly insertAll: (name: string, entries: readonly ClientBinding[]) => Map<number, string>
 
   constructor(db: Database.Database) {
     db.exec(`CREATE TABLE IF NOT EXISTS parley_client_bindings (
@@ -85,8 +114,17 @@ export class SqliteClientBindingStore implements ClientBindingStore {
     this.insert = db.prepare(
       "INSERT OR IGNORE INTO parley_client_bindings (document, client_id, principal) VALUES (?, ?, ?)",
     )
+    this.ownerOf = db.prepare(
+      "SELECT principal FROM parley_client_bindings WHERE document = ? AND client_id = ?",
+    )
     this.insertAll = db.transaction((name: string, entries: readonly ClientBinding[]) => {
-      for (const [clientId, key] of entries) this.insert.run(name, clientId, key)
+      const owners = new Map<number, string>()
+      for (const [clientId, key] of entries) {
+        // Another relay over the same file may have bound it: the row answers, not the entry.
+        if (this.insert.run(name, clientId, key).changes === 1) owners.set(clientId, key)
+        else owners.set(clientId, this.ownerOf.get(name, clientId)?.principal ?? key)
+      }
+      return owners
     })
   }
 
@@ -94,7 +132,7 @@ export class SqliteClientBindingStore implements ClientBindingStore {
     return new Map(this.select.all(name).map((row) => [row.client_id, row.principal]))
   }
 
-  async bind(name: string, entries: readonly ClientBinding[]): Promise<void> {
-    if (entries.length > 0) this.insertAll(name, entries)
+  async bind(name: string, entries: readonly ClientBinding[]): Promise<Map<number, string>> {
+    return entries.length > 0 ? this.insertAll(name, entries) : new Map()
   }
 }

@@ -29,15 +29,29 @@ export class PostgresClientBindingStore implements ClientBindingStore {
     return new Map(rows.map((row) => [Number(row.client_id), row.principal]))
   }
 
-  async bind(name: string, entries: readonly ClientBinding[]): Promise<void> {
-    if (entries.length === 0) return
+  async bind(name: string, entries: readonly ClientBinding[]): Promise<Map<number, string>> {
+    if (entries.length === 0) return new Map()
+    const ids = entries.map(([clientId]) => clientId)
     // One statement: all or nothing. DO NOTHING keeps an id's first owner, against rows already stored
     // (by this relay or another) and against an earlier entry of the same call (rows go in array order).
-    await this.pool.query(
+    // The rows it inserted answer for themselves; the others are read after it.
+    const { rows } = await this.pool.query<{ client_id: string; principal: string }>(
       `INSERT INTO parley_client_bindings (document, client_id, principal)
        SELECT $1, b.client_id, b.principal FROM unnest($2::bigint[], $3::text[]) AS b(client_id, principal)
-       ON CONFLICT (document, client_id) DO NOTHING`,
-      [name, entries.map(([clientId]) => clientId), entries.map(([, key]) => key)],
+       ON CONFLICT (document, client_id) DO NOTHING
+       RETURNING client_id, principal`,
+      [name, ids, entries.map(([, key]) => key)],
     )
+    const owners = new Map(rows.map((row) => [Number(row.client_id), row.principal]))
+    const others = [...new Set(ids.filter((id) => !owners.has(id)))]
+    if (others.length > 0) {
+      // A statement of its own: it sees a row another relay committed while the insert waited on it.
+      const stored = await this.pool.query<{ client_id: string; principal: string }>(
+        "SELECT client_id, principal FROM parley_client_bindings WHERE document = $1 AND client_id = ANY($2::bigint[])",
+        [name, others],
+      )
+      for (const row of stored.rows) owners.set(Number(row.client_id), row.principal)
+    }
+    return owners
   }
 }

@@ -9,8 +9,8 @@ import {
   type UserId,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
-import { encodeAwarenessUpdate } from "y-protocols/awareness"
-import type * as Y from "yjs"
+import { Awareness, encodeAwarenessUpdate } from "y-protocols/awareness"
+import * as Y from "yjs"
 import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster, type TestCluster } from "../helpers/cluster.js"
 import { gappedWrites } from "../helpers/gapped-writes.js"
@@ -141,6 +141,56 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       b.close()
       // Gone on the other relay too once bob's connection closed.
       await a.until(() => a.awareness.getStates().size === 0)
+    }, 60_000)
+
+    it("holds a client id announced on one relay against presence and writes under it through another", async () => {
+      const cluster = await startCluster(2)
+      clusters.push(cluster)
+      const id = newConversationId()
+      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
+      await a.synced()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob, carol] })
+      await a.allSaved()
+      // Carol (the attacker) joins on the first relay, so its memory of the bindings predates bob's id.
+      const m = client(cluster.relay(0).url, id, await cluster.token(carol))
+      const b = client(cluster.relay(1).url, id, await cluster.token(bob))
+      await Promise.all([m.synced(), b.synced()])
+      const x = b.doc.clientID
+      b.awareness.setLocalState({ user: bob, status: "bob's own" })
+      b.send(encodeAwareness(encodeAwarenessUpdate(b.awareness, [x])))
+      await m.until(() => m.awareness.getStates().get(x)?.status === "bob's own")
+
+      // Carol announces a state under bob's id, with a newer clock, and writes a message under it.
+      const forged = new Y.Doc()
+      forged.clientID = x
+      forged.getMap("scratch").set("state", 1)
+      const awareness = new Awareness(forged)
+      awareness.setLocalState({ status: "set by carol" })
+      for (let i = 0; i < 5; i++) awareness.setLocalState({ status: "set by carol" })
+      m.send(encodeAwareness(encodeAwarenessUpdate(awareness, [x])))
+      const replica = new Y.Doc()
+      replica.clientID = x
+      Y.applyUpdate(replica, Y.encodeStateAsUpdate(m.doc))
+      const before = Y.encodeStateVector(replica)
+      sendMessage(replica, carol, { body: "carol under bob's id" })
+      m.sendUpdate(Y.encodeStateAsUpdate(replica, before))
+      await m.until(() => m.errors.length > 0)
+      expect(m.errors[0]).toMatchObject({ code: "FORBIDDEN", rule: "client-id-owner" })
+
+      // Bob's own message under his id is stored, and every replica converges on it.
+      sendMessage(b.doc, bob, { body: "bob's real message" })
+      await b.allSaved()
+      await a.until(() => listMessages(a.doc, { last: 10 }).some((msg) => msg.body === "bob's real message"))
+      const reader = client(cluster.relay(0).url, id, await cluster.token(alice))
+      await reader.until(() => listMessages(reader.doc, { last: 10 }).length === 1)
+      expect(listMessages(reader.doc, { last: 10 }).map((msg) => `${msg.author}: ${msg.body}`)).toEqual([
+        "bob: bob's real message",
+      ])
+      // Nobody ever saw carol's state under bob's id, on either relay; bob's entry is still his.
+      for (const c of [a, b, reader])
+        expect([...c.awareness.getStates().values()].some((s) => s.status === "set by carol")).toBe(false)
+      expect(a.awareness.getStates().get(x)).toMatchObject({ status: "bob's own" })
+      expect(m.frames.some((f) => Buffer.from(f).includes(Buffer.from("set by carol")))).toBe(false)
     }, 60_000)
   })
 }

@@ -89,6 +89,37 @@ export function runBindingStoreConformance(name: string, setup: () => Promise<Bi
       expect(await store.load("g~a")).toEqual(new Map([[1, "user:alice"]]))
     })
 
+    it("answers each id's owner after a bind: the entry's key, or the first owner's, also one bound through another store over the same data", async () => {
+      const { store } = backend
+      expect(await store.bind("g~a", [])).toEqual(new Map())
+      expect(
+        await store.bind("g~a", [
+          [1, "user:alice"],
+          [2, "user:alice"],
+        ]),
+      ).toEqual(
+        new Map([
+          [1, "user:alice"],
+          [2, "user:alice"],
+        ]),
+      )
+      // Another relay's store, whose caller never saw alice's ids.
+      const other = await backend.reopen()
+      expect(
+        await other.bind("g~a", [
+          [2, "user:mallory"],
+          [3, "user:mallory"],
+          [3, "user:bob"],
+        ]),
+      ).toEqual(
+        new Map([
+          [2, "user:alice"],
+          [3, "user:mallory"],
+        ]),
+      )
+      expect(await store.bind("g~a", [[3, "user:carol"]])).toEqual(new Map([[3, "user:mallory"]]))
+    })
+
     it("still has the bindings when opened again, and their first owners win there", async () => {
       await backend.store.bind("g~a", [[5, "user:alice"]])
       const again = await backend.reopen()

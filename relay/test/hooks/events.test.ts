@@ -162,11 +162,16 @@ describe("hook events from clients' changes", () => {
     await a.settled()
     await runtime.idle()
     events.length = 0
+    // Frames seconds apart, as a client sends them (the first one's new id is claimed before it applies).
+    const frameApart = () => new Promise((resolve) => setImmediate(resolve))
     a.setPresence({ user: alice, typing: now })
+    await frameApart()
     now += 3_000
     a.setPresence({ user: alice, typing: now })
+    await frameApart()
     now += 3_000
     a.setPresence({ user: alice, typing: 0 })
+    await frameApart()
     now += 10_000
     a.setPresence({ user: alice, typing: now })
     await runtime.idle()

@@ -39,6 +39,40 @@ describe("the authorization policy of the update path", () => {
     expect(refused).toMatchObject({ allowed: false, rule: Rule.clientIdOwner })
   })
 
+  it("holds an id bound by another relay sharing the store after both loaded the document: in updates and in awareness", async () => {
+    // Two relays of a cluster, one store: each loaded the conversation (and its bindings) before
+    // anyone bound the ids below, so neither one's memory knows what the other binds.
+    const store = new MemoryClientBindingStore()
+    const s = scene()
+    const [first, second] = [new AuthorizationPolicy(store), new AuthorizationPolicy(store)]
+    const onFirst = replicaOf(s.relay)
+    const onSecond = replicaOf(s.relay)
+    const ownersOnFirst = await first.clientIdOwners({ name, doc: onFirst })
+    const ownersOnSecond = await second.clientIdOwners({ name, doc: onSecond })
+
+    // Alice's device announces itself on the second relay; carol writes under its id through the first.
+    const alices = replicaOf(s.relay)
+    expect(await ownersOnSecond!.claim(alices.clientID, "user:alice")).toBe("user:alice")
+    const forged = replicaOf(s.relay)
+    forged.clientID = alices.clientID
+    const decision = await first.checkUpdate({
+      name,
+      doc: onFirst,
+      update: updateOf(forged, (d) => sendMessage(d, carol, { body: "under alice's id" })),
+      principal: user(carol),
+      clientIds: new Set([alices.clientID]),
+    })
+    expect(decision).toMatchObject({ allowed: false, rule: Rule.clientIdOwner })
+    // The first relay now knows the owner, for awareness too; and carol's claim of it answers alice.
+    expect(ownersOnFirst!.owner(alices.clientID)).toBe("user:alice")
+    const bobs = replicaOf(s.relay).clientID
+    expect(await ownersOnSecond!.claim(bobs, "user:bob")).toBe("user:bob")
+    expect(ownersOnFirst!.owner(bobs)).toBeUndefined()
+    expect(await ownersOnFirst!.claim(bobs, "user:carol")).toBe("user:bob")
+    expect(ownersOnFirst!.owner(bobs)).toBe("user:bob")
+    expect((await store.load(CONVERSATION)).get(bobs)).toBe("user:bob")
+  })
+
   it("binds nothing for a refused update", async () => {
     const store = new MemoryClientBindingStore()
     const s = scene()
@@ -59,13 +93,13 @@ describe("the authorization policy of the update path", () => {
     // A disk that fills up: every write fails, as the storage guard reports it, until space is freed.
     class FullDisk extends MemoryClientBindingStore {
       full = true
-      override async bind(name: string, entries: readonly ClientBinding[]): Promise<void> {
+      override async bind(name: string, entries: readonly ClientBinding[]): Promise<Map<number, string>> {
         if (this.full)
           throw new ParleyError(
             ErrorCode.STORAGE_UNAVAILABLE,
             "client-id bindings: bind failed: disk is full",
           )
-        await super.bind(name, entries)
+        return super.bind(name, entries)
       }
     }
     const store = new FullDisk()
@@ -103,7 +137,7 @@ describe("the authorization policy of the update path", () => {
     const bind = store.bind.bind(store)
     store.bind = async (key, entries) => {
       stored.push([...entries])
-      await bind(key, entries)
+      return bind(key, entries)
     }
     const s = scene()
     const policy = new AuthorizationPolicy(store)
