@@ -366,7 +366,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       throw new ParleyError(ErrorCode.FORBIDDEN, "not a participant of this conversation")
     }
     const connection = new Connection(host, session, access, this)
-    this.openDocuments.set(connection, closeDocument)
+    const untrim = this.users.closeOnTrim(session.principal, name, () =>
+      connection.close(CloseCode.TooManyDocuments.code, CloseCode.TooManyDocuments.reason),
+    )
+    this.openDocuments.set(connection, () => {
+      untrim()
+      closeDocument()
+    })
     host.attach(connection)
     this.options.metrics.connections.inc()
     connection.start()

@@ -231,8 +231,10 @@ const spentAny = (spent: Readonly<Spent>): boolean =>
 /** One user's usage; dropped once the user has nothing open and every budget has refilled. */
 class Usage {
   readonly sockets = new Set<UserSocket>()
-  /** Open documents → connections to each. */
+  /** Open documents → connections to each, oldest first. */
   readonly documents = new Map<string, number>()
+  /** How to close each connection to each open document, for {@link UserLedger.trimDocuments}. */
+  readonly documentClosers = new Map<string, Set<() => void>>()
   pendingBytes = 0
   /** Spent since the last report, when this relay is in a cluster. */
   spent: Spent | undefined
@@ -490,6 +492,41 @@ export class UserLedger {
     this.onLimit(UserLimit.sockets, user)
     for (const socket of open.slice(Math.max(0, allowed)))
       socket.close(CloseCode.TooManySockets.code, CloseCode.TooManySockets.reason)
+  }
+
+  /**
+   * Closes the connections to the newest of `user`'s documents here beyond
+   * `allowed` (4429 `documents-per-user`): as {@link trimSockets}, for
+   * documents opened on several relays at once.
+   */
+  trimDocuments(user: UserId, allowed: number): void {
+    const usage = this.users.get(user)
+    if (!usage || usage.documents.size <= allowed) return
+    this.onLimit(UserLimit.documents, user)
+    for (const name of [...usage.documents.keys()].slice(Math.max(0, allowed)))
+      for (const close of [...(usage.documentClosers.get(name) ?? [])]) close()
+  }
+
+  /**
+   * Registers how to close one of `principal`'s connections to document `name`
+   * (counted by {@link openDocument}) should the other relays of a cluster
+   * report more documents than the limit leaves this one; returns its removal.
+   */
+  closeOnTrim(principal: Principal, name: string, close: () => void): () => void {
+    if (principal.kind !== "user") return () => {}
+    const usage = this.users.get(principal.user)
+    if (!usage) return () => {}
+    let closers = usage.documentClosers.get(name)
+    if (!closers) {
+      closers = new Set()
+      usage.documentClosers.set(name, closers)
+    }
+    closers.add(close)
+    return () => {
+      closers.delete(close)
+      if (closers.size === 0 && usage.documentClosers.get(name) === closers)
+        usage.documentClosers.delete(name)
+    }
   }
 
   /** Deletes the user's entry once nothing of it matters any more. */

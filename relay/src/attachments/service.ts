@@ -12,6 +12,7 @@ import {
   type UserId,
   uploadedAttachmentIds,
 } from "@parley/shared"
+import { outsiderOfDirect } from "../access.js"
 import type { RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
 import type { BlobStore } from "./blob-store.js"
@@ -92,7 +93,7 @@ export class AttachmentService {
 
   /** Whether `user` may read the conversation now (a participant of a conversation not deleted). */
   async isParticipant(conversation: ConversationId, user: UserId): Promise<boolean> {
-    return this.readConversation(conversation, (doc) => {
+    return this.readConversation(conversation, user, (doc) => {
       const info = getConversation(doc)
       return info !== undefined && info.deletedAt === undefined && typesOf(doc).participants.has(user)
     })
@@ -100,7 +101,7 @@ export class AttachmentService {
 
   /** Whether `user` may send messages to the conversation now. */
   async maySend(conversation: ConversationId, user: UserId): Promise<boolean> {
-    return this.readConversation(conversation, (doc) => {
+    return this.readConversation(conversation, user, (doc) => {
       const info = getConversation(doc)
       if (!info || info.deletedAt !== undefined) return false
       const role = typesOf(doc).participants.get(user)?.role
@@ -110,6 +111,7 @@ export class AttachmentService {
 
   private async readConversation(
     conversation: ConversationId,
+    user: UserId,
     check: (doc: import("yjs").Doc) => boolean,
   ): Promise<boolean> {
     let name: ReturnType<typeof parseDocumentName>
@@ -119,6 +121,9 @@ export class AttachmentService {
       return false
     }
     if (name.kind !== "conversation" || !this.core) return false
+    // Refused on the id alone, as a connect is: loading a pair's direct conversation for a third
+    // user would tell by its timing whether the pair ever talked.
+    if (outsiderOfDirect({ kind: "user", user }, name)) return false
     return this.core.read(conversation, check, { failFast: true })
   }
 

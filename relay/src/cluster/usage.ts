@@ -161,23 +161,29 @@ export class ClusterUsage implements OtherRelays {
         answerBytes,
         storedBytes,
       })
-      if (sockets > 0) this.enforce(user)
+      if (sockets > 0 || documents > 0) this.enforce(user)
     }
   }
 
   /**
-   * Connections opened on several relays at once may add up to more than the
+   * Connections (and documents) opened on several relays at once may add up to more than the
    * limit before any report arrives: the relays share the limit in the order
    * of their ids (the first keeps what it holds, the next what is left, and so
    * on), so each closes its newest beyond its share and none closes more.
    */
   private enforce(user: UserId): void {
-    const max = this.ledger.limits.maxSocketsPerUser
     const relays = this.reportsOf(user)
-    if (max <= 0 || !relays) return
-    let before = 0
-    for (const [relay, held] of relays) if (relay < this.relayId) before += held.sockets
-    this.ledger.trimSockets(user, max - before)
+    if (!relays) return
+    const { maxSocketsPerUser, maxDocumentsPerUser } = this.ledger.limits
+    let sockets = 0
+    let documents = 0
+    for (const [relay, held] of relays)
+      if (relay < this.relayId) {
+        sockets += held.sockets
+        documents += held.documents
+      }
+    if (maxSocketsPerUser > 0) this.ledger.trimSockets(user, maxSocketsPerUser - sockets)
+    if (maxDocumentsPerUser > 0) this.ledger.trimDocuments(user, maxDocumentsPerUser - documents)
   }
 
   private report(): void {

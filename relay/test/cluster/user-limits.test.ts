@@ -115,6 +115,37 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       for (const s of [...spread, honest, again]) s.ws.close()
     }, 120_000)
 
+    it("holds a user's open documents on three relays at once to the limit, keeping what the first relays hold", async () => {
+      const cluster = await startCluster(3, {
+        args: ["--max-documents-per-user", "4", "--max-sockets-per-user", "64"],
+      })
+      cleanup.push(() => cluster.stop())
+      await allReady(cluster.ports)
+      const [mallory, alice] = [await cluster.token("mallory"), await cluster.token("alice")]
+      // Four new documents on each relay at once, before any relay has heard of the others.
+      const opened = cluster.ports.flatMap((_, i) =>
+        Array.from({ length: 4 }, () => new TestClient(cluster.relay(i).url, newConversationId(), mallory)),
+      )
+      const honest = new TestClient(cluster.relay(2).url, newConversationId(), alice)
+      await Promise.all([...opened, honest].map(outcome))
+      const openNow = () => opened.filter((s) => s.ws.readyState === s.ws.OPEN)
+      const deadline = Date.now() + 5_000
+      while (openNow().length > 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+      expect(openNow()).toHaveLength(4)
+      // Stays four: no relay closes more than its share; the honest user is not touched.
+      await new Promise((r) => setTimeout(r, 1_000))
+      expect(openNow()).toHaveLength(4)
+      const refused = `closed ${CloseCode.TooManyDocuments.code} ${CloseCode.TooManyDocuments.reason}`
+      const closes = await Promise.all(
+        opened.filter((s) => s.ws.readyState !== s.ws.OPEN).map((s) => s.closed),
+      )
+      expect(new Set(closes.map(({ code, reason }) => `closed ${code} ${reason}`))).toEqual(
+        new Set([refused]),
+      )
+      expect(honest.ws.readyState).toBe(honest.ws.OPEN)
+      for (const s of [...opened, honest]) s.ws.close()
+    }, 120_000)
+
     it("holds one user's update rate across three relays to one budget, not one per relay", async () => {
       const cluster = await startCluster(3, {
         args: ["--user-updates-per-second", "5", "--user-update-burst", "10"],
