@@ -1,4 +1,5 @@
 import { encodeSyncStep1, type ParleyError, parseDocumentName, type UserId } from "@parley/shared"
+import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
 import { Connection, type ConnectionOwner, type Session } from "../src/connection.js"
 import { DocumentHost } from "../src/document-host.js"
@@ -62,5 +63,93 @@ describe("answers sent after the frame that asked for them", () => {
     await new Promise((r) => setTimeout(r, 10))
     expect(closed).toEqual([4500])
     expect(refused.map((e) => e.code)).toEqual(["INTERNAL"])
+  })
+})
+
+/** A state vector listing `clients` made-up clients (clock 1 each). */
+function madeUpStateVector(clients: number): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, clients)
+  for (let i = 0; i < clients; i++) {
+    encoding.writeVarUint(encoder, 1_000_000 + i)
+    encoding.writeVarUint(encoder, 1)
+  }
+  return encoding.toUint8Array(encoder)
+}
+
+describe("sync requests against the user's answer budget", () => {
+  function setUp(budgetBytes: number, access: "write" | "pending" = "write") {
+    const host = new DocumentHost("g~requests", parseDocumentName("g~requests"))
+    host.doc.getMap("m").set("k", "v")
+    let spent = 0
+    const answers: Uint8Array[] = []
+    const closed: number[] = []
+    const owner: ConnectionOwner<DocumentHost> = {
+      maxPendingBytes: 1024,
+      submit: async () => undefined,
+      detach: () => {},
+      awareness: () => {},
+      refused: () => {},
+      history: () => {},
+      directory: () => {},
+      epochRecord: () => {},
+      // The budget refills at once after 30 ms: enough for the frames below to arrive meanwhile.
+      answerDelay: () => (spent > budgetBytes ? 30 : 0),
+      answered: (_connection, bytes) => {
+        spent += bytes
+      },
+    }
+    const session: Session = {
+      principal: { kind: "user", user: "mallory" as UserId },
+      wantsParley: true,
+      send: (frame) => {
+        if (frame[0] === 0 && frame[1] === 1) answers.push(frame)
+      },
+      close: (code) => closed.push(code),
+    }
+    const connection = new Connection(host, session, access, owner)
+    return {
+      connection,
+      closed,
+      answers,
+      spent: () => spent,
+      refill: () => {
+        spent = 0
+      },
+    }
+  }
+
+  it("charges a request for its state vector's decoding, and folds requests arriving while one waits into the latest", async () => {
+    const { connection, answers, spent, refill } = setUp(64 * 1024)
+    const stateVector = madeUpStateVector(4_000)
+    connection.receive(encodeSyncStep1(stateVector))
+    expect(answers).toHaveLength(1)
+    // About 32 answer bytes per byte of the state vector (12 KB): the budget is spent by one.
+    expect(spent()).toBeGreaterThanOrEqual(stateVector.length * 32)
+    // A flood while the budget is spent: answered once, not once per frame.
+    for (let i = 0; i < 200; i++) connection.receive(encodeSyncStep1(stateVector))
+    refill()
+    await new Promise((r) => setTimeout(r, 80))
+    expect(answers).toHaveLength(2)
+  })
+
+  it("closes a connection whose waiting request turns out malformed when answered (4400)", async () => {
+    const { connection, closed, answers, refill } = setUp(0)
+    connection.receive(encodeSyncStep1(madeUpStateVector(10)))
+    expect(answers).toHaveLength(1)
+    // Waits for the budget, replaced by a malformed one: decoded when its answer is due.
+    connection.receive(encodeSyncStep1(madeUpStateVector(10)))
+    connection.receive(encodeSyncStep1(new Uint8Array([5, 1])))
+    refill()
+    await new Promise((r) => setTimeout(r, 60))
+    expect(closed).toEqual([4400])
+    expect(answers).toHaveLength(1)
+  })
+
+  it("answers a pending connection's first request only, however many it sends", () => {
+    const { connection, answers, spent } = setUp(0, "pending")
+    for (let i = 0; i < 100; i++) connection.receive(encodeSyncStep1(madeUpStateVector(4_000)))
+    expect(answers).toHaveLength(1)
+    expect(spent()).toBe(0)
   })
 })
