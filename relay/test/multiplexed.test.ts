@@ -21,12 +21,18 @@ import {
   TOKEN_PARAM,
   typesOf,
   type UserId,
+  UserLimit,
 } from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
 import * as Y from "yjs"
 import { TestClient } from "./helpers/clients.js"
-import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+import {
+  metricLine,
+  type RelayProcess,
+  startRelayProcess,
+  stopRelayProcesses,
+} from "./helpers/relay-process.js"
 
 let relay: RelayProcess
 beforeAll(async () => {
@@ -299,6 +305,31 @@ describe("a multiplexed socket", () => {
     reused.open(3, inboxDocumentName(alice))
     reused.ws.send(encodeChannelOpen(2, inboxDocumentName(alice), ""))
     expect(await reused.closed).toBe(4400)
+  })
+
+  it("counts each frame, even one dropped for a closed channel, against the user's receive budget", async () => {
+    // A budget of 64 KB: 2,000 frames of a few bytes for a channel already closed are each dropped
+    // unread, but handling one costs as much as reading a kilobyte.
+    const paced = await startRelayProcess({
+      args: ["--user-receive-bytes-per-second", "65536", "--user-receive-burst-bytes", "65536"],
+    })
+    const { mallory } = users()
+    const probe = new MuxProbe(paced.url, await paced.token(mallory))
+    await probe.opened
+    probe.open(1, inboxDocumentName(mallory))
+    await probe.until(() => (probe.frames.get(1)?.length ?? 0) > 0)
+    probe.ws.send(encodeChannelClose(1, 1000, ""))
+    const limit = `parley_user_limit_total{limit="${UserLimit.receivedBytes}"}`
+    const before = await metricLine(paced, limit)
+    const dropped = encodeChannelFrame(1, new Uint8Array([MessageType.queryAwareness]))
+    expect(dropped.length).toBeLessThan(8)
+    for (let i = 0; i < 2_000; i++) probe.ws.send(dropped)
+    await new Promise<void>((resolve) => probe.ws.send(new Uint8Array(0), { binary: true }, () => resolve()))
+    for (let tries = 0; tries < 50 && (await metricLine(paced, limit)) === before; tries++)
+      await new Promise((r) => setTimeout(r, 100))
+    expect(await metricLine(paced, limit)).toBeGreaterThan(before)
+    // Paced, not closed.
+    expect(probe.ws.readyState).toBe(probe.ws.OPEN)
   })
 
   it("refuses the socket itself with 4401 when its token does not verify", async () => {
