@@ -1,22 +1,12 @@
 import { encodeAwarenessEntries, PRESENCE_STAMP, parseDocumentName, type UserId } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import { AwarenessGate, DEFAULT_AWARENESS_LIMITS } from "../src/awareness-gate.js"
-import { Connection, type ConnectionOwner, type Session } from "../src/connection.js"
+import { Connection, type Session } from "../src/connection.js"
 import { DocumentHost } from "../src/document-host.js"
 import { ClientBindings } from "../src/policy/client-bindings.js"
+import { stubOwner } from "./helpers/connection-owner.js"
 
-const owner: ConnectionOwner<DocumentHost> = {
-  maxPendingBytes: 1024,
-  submit: async () => undefined,
-  detach: () => {},
-  awareness: () => {},
-  refused: () => {},
-  history: () => {},
-  directory: () => {},
-  epochRecord: () => {},
-  answerDelay: () => 0,
-  answered: () => {},
-}
+const owner = stubOwner()
 
 function connectionOf(host: DocumentHost, user: string): Connection<DocumentHost> {
   const session: Session = {

@@ -1,8 +1,9 @@
 import { encodeSyncStep1, type ParleyError, parseDocumentName, type UserId } from "@parley/shared"
 import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
-import { Connection, type ConnectionOwner, type Session } from "../src/connection.js"
+import { Connection, type Session } from "../src/connection.js"
 import { DocumentHost } from "../src/document-host.js"
+import { stubOwner } from "./helpers/connection-owner.js"
 
 /**
  * A connection's answers that wait (for the user's answer budget, or for a
@@ -18,18 +19,7 @@ describe("answers sent after the frame that asked for them", () => {
     }
     const refused: ParleyError[] = []
     const closed: number[] = []
-    const owner: ConnectionOwner<DocumentHost> = {
-      maxPendingBytes: 1024,
-      submit: async () => undefined,
-      detach: () => {},
-      awareness: () => {},
-      refused: (_connection, error) => refused.push(error),
-      history: () => {},
-      directory: () => {},
-      epochRecord: () => {},
-      answerDelay,
-      answered: () => {},
-    }
+    const owner = stubOwner({ refused: (_connection, error) => refused.push(error), answerDelay })
     const session: Session = {
       principal: { kind: "user", user: "alice" as UserId },
       wantsParley: true,
@@ -84,21 +74,13 @@ describe("sync requests against the user's answer budget", () => {
     let spent = 0
     const answers: Uint8Array[] = []
     const closed: number[] = []
-    const owner: ConnectionOwner<DocumentHost> = {
-      maxPendingBytes: 1024,
-      submit: async () => undefined,
-      detach: () => {},
-      awareness: () => {},
-      refused: () => {},
-      history: () => {},
-      directory: () => {},
-      epochRecord: () => {},
+    const owner = stubOwner({
       // The budget refills at once after 30 ms: enough for the frames below to arrive meanwhile.
       answerDelay: () => (spent > budgetBytes ? 30 : 0),
       answered: (_connection, bytes) => {
         spent += bytes
       },
-    }
+    })
     const session: Session = {
       principal: { kind: "user", user: "mallory" as UserId },
       wantsParley: true,

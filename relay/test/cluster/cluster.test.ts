@@ -44,15 +44,21 @@ const sequenced = (doc: Y.Doc, count: number) => () => {
   return list.length === count && list.every((m) => m.seq !== undefined)
 }
 
-/** Two relays; alice on the first creates a group with bob, who joins on the second. */
-async function pairOnTwoRelays(): Promise<{ a: TestClient; b: TestClient }> {
-  const cluster = await startCluster(2)
+/** `relays` relays; alice, on the first, creates a group with bob and carol. */
+async function groupOnRelays(relays: number): Promise<{ cluster: TestCluster; id: string; a: TestClient }> {
+  const cluster = await startCluster(relays)
   clusters.push(cluster)
   const id = newConversationId()
   const a = client(cluster.relay(0).url, id, await cluster.token(alice))
   await a.synced()
-  createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+  createConversation(a.doc, alice, { kind: "group", id, participants: [bob, carol] })
   await a.allSaved()
+  return { cluster, id, a }
+}
+
+/** Two relays; alice on the first creates a group with bob, who joins on the second. */
+async function pairOnTwoRelays(): Promise<{ a: TestClient; b: TestClient }> {
+  const { cluster, id, a } = await groupOnRelays(2)
   const b = client(cluster.relay(1).url, id, await cluster.token(bob))
   await b.synced()
   return { a, b }
@@ -68,13 +74,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   describe("three relays over PostgreSQL and Redis", () => {
     // Three relay processes start in each test: on a loaded machine that alone can take most of the default 20 s.
     it("lets participants on different relays chat, every relay holding one order with contiguous numbers", async () => {
-      const cluster = await startCluster(3)
-      clusters.push(cluster)
-      const id = newConversationId()
-      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
-      await a.synced()
-      createConversation(a.doc, alice, { kind: "group", id, participants: [bob, carol] })
-      await a.allSaved()
+      const { cluster, id, a } = await groupOnRelays(3)
       const b = client(cluster.relay(1).url, id, await cluster.token(bob))
       const c = client(cluster.relay(2).url, id, await cluster.token(carol))
       await Promise.all([b.synced(), c.synced()])
@@ -144,13 +144,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }, 60_000)
 
     it("holds a client id announced on one relay against presence and writes under it through another", async () => {
-      const cluster = await startCluster(2)
-      clusters.push(cluster)
-      const id = newConversationId()
-      const a = client(cluster.relay(0).url, id, await cluster.token(alice))
-      await a.synced()
-      createConversation(a.doc, alice, { kind: "group", id, participants: [bob, carol] })
-      await a.allSaved()
+      const { cluster, id, a } = await groupOnRelays(2)
       // Carol (the attacker) joins on the first relay, so its memory of the bindings predates bob's id.
       const m = client(cluster.relay(0).url, id, await cluster.token(carol))
       const b = client(cluster.relay(1).url, id, await cluster.token(bob))

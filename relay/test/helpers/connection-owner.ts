@@ -1,0 +1,19 @@
+import type { ConnectionOwner } from "../../src/connection.js"
+import type { DocumentHost } from "../../src/document-host.js"
+
+/** A connection's owner that does nothing, answers at once and takes every update; `parts` replace its members. */
+export function stubOwner(parts: Partial<ConnectionOwner<DocumentHost>> = {}): ConnectionOwner<DocumentHost> {
+  return {
+    maxPendingBytes: 1024,
+    submit: async () => undefined,
+    detach: () => {},
+    awareness: () => {},
+    refused: () => {},
+    history: () => {},
+    directory: () => {},
+    epochRecord: () => {},
+    answerDelay: () => 0,
+    answered: () => {},
+    ...parts,
+  }
+}
