@@ -1,5 +1,6 @@
 import { ErrorCode, HistoryDefaults, ParleyError } from "@parley/shared"
 import { ApiExtension } from "./api/extension.js"
+import { CachedApiKeyStore } from "./api/key-cache.js"
 import type { ApiLimits } from "./api/limits.js"
 import { type AttachmentOptions, AttachmentsExtension } from "./attachments/extension.js"
 import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
@@ -348,6 +349,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     },
   })
   const storage = backend.documents
+  // The API's and the attachment routes' keys, read from storage once per few seconds rather than per
+  // request, and not at all while storage fails (relay/API.md "Keys and scopes").
+  const apiKeys = new CachedApiKeyStore(backend.keys, { storage })
   // Probed once before serving: a relay started on a full disk says so on /readyz and refuses writes
   // (retryably) from the first one, while it serves what is stored; the probe then watches for room.
   await storage.check()
@@ -388,7 +392,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           ...options.attachments,
           store: backend.blobs,
           verify: (token) => auth.verify(token),
-          ...(options.api === false ? {} : { keys: backend.keys }),
+          ...(options.api === false ? {} : { keys: apiKeys }),
           onUserLimit: (limit, user) => {
             metrics.userLimits.inc({ limit })
             log.info({ user, limit }, "refused: per-user limit")
@@ -439,7 +443,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       ? []
       : [
           new ApiExtension({
-            keys: backend.keys,
+            keys: apiKeys,
+            storage,
             idempotency: backend.idempotency,
             log: log.child({ component: "api" }),
             ...(options.apiLimits ? { limits: options.apiLimits } : {}),

@@ -8,6 +8,7 @@ import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
 import { pushOpenApiPart } from "../push/routes.js"
 import { RateLimiter } from "../rate-limit.js"
+import { storageUnavailable } from "../storage/guard.js"
 import { limitBody } from "./body-limit.js"
 import type { ApiEventSource } from "./event-source.js"
 import { EventStreams } from "./event-stream.js"
@@ -18,6 +19,7 @@ import { SEALED_SCAN_LIMIT } from "./message-pages.js"
 import { type Actor, ApiOperations, idempotentMessageId } from "./operations.js"
 import { problemApp, problemResponse, refuse } from "./problem.js"
 import * as S from "./schemas.js"
+import { requireWellFormedJson } from "./well-formed.js"
 
 /** What the API is built on. */
 export interface ApiOptions {
@@ -26,6 +28,11 @@ export interface ApiOptions {
   /** Where idempotent sends are recorded (the backend's `idempotency`). */
   readonly idempotency: IdempotencyStore
   readonly log: Logger
+  /**
+   * Whether storage answers (the relay's `StorageGuard`): while it does not, writes are refused at
+   * once with the retryable STORAGE_UNAVAILABLE rather than each waiting for a storage deadline.
+   */
+  readonly storage?: { readonly available: boolean }
   /** The durable event log behind `/v1/events`; without it the stream answers 503. */
   readonly events?: ApiEventSource
   readonly limits?: Partial<ApiLimits>
@@ -41,17 +48,23 @@ const problemContent = { "application/problem+json": { schema: S.ProblemSchema }
 const PROBLEMS = Object.fromEntries(
   (
     [
-      [400, "Malformed JSON, an unknown field or an invalid value"],
+      [
+        400,
+        "Malformed JSON, an unknown field or an invalid value (a string that is not well-formed UTF-16, holding a lone surrogate, among them)",
+      ],
       [401, "No API key, or an unknown or revoked one"],
-      [403, "The key lacks the scope, or the document rules refuse the write (`rule` names the rule)"],
-      [404, "No such conversation or message"],
+      [
+        403,
+        "The key lacks the scope, or the document rules refuse the write (`rule` names the rule): a write as a non-participant is refused with `participant-only`, whether or not the conversation exists",
+      ],
+      [404, "No such conversation (a read) or message, of a conversation the actor takes part in (a write)"],
       [409, "Already exists, or an idempotency key or message id reused for a different message"],
       [413, "Request body too large"],
       [422, "Well-formed, but the conversation refuses it (e.g. metadata too large)"],
       [429, "Too many requests (or event streams) for this key"],
       [
         503,
-        "Storage is failing (`STORAGE_UNAVAILABLE`, retryable: retry later; a send's `detail` names the message id to retry with, so that it is sent once), the conversation's stored state is damaged (`DAMAGED`), or the relay is stopping (`UNAVAILABLE`)",
+        "Storage is failing (`STORAGE_UNAVAILABLE`, retryable: retry after `Retry-After` seconds; a send's `detail` names the message id to retry with, so that it is sent once), the conversation's stored state is damaged (`DAMAGED`), or the relay is stopping (`UNAVAILABLE`)",
       ],
     ] as const
   ).map(([status, description]) => [status, { description, content: problemContent }]),
@@ -154,7 +167,16 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     if (c.req.path === "/v1/openapi.json") return next()
     return authenticate(c, next)
   })
+  // While storage fails every write would fail too, only after waiting for a storage deadline (its
+  // idempotency record, a document to load): refused at once, as the update path refuses a client's.
+  app.use("/v1/*", async (c, next) => {
+    if (options.storage && !options.storage.available && c.req.method !== "GET" && c.req.method !== "HEAD")
+      throw storageUnavailable("storage is failing: writes are refused until it answers again; retry later")
+    return next()
+  })
   app.use("/v1/*", ...limitBody(limits.maxBodyBytes))
+  // Every string of every body, metadata's too, is stored as the request says or refused (400).
+  app.use("/v1/*", requireWellFormedJson())
 
   const need = (c: Context<Env>, scope: ApiScope) => {
     const key = c.get("key")

@@ -14,6 +14,8 @@ export interface ApiExtensionOptions {
   /** Where idempotent sends are recorded (the backend's `idempotency`). */
   readonly idempotency: IdempotencyStore
   readonly log: Logger
+  /** Whether storage answers (see {@link ApiOptions.storage}). */
+  readonly storage?: ApiOptions["storage"]
   /** The event log `/v1/events` streams from; default: the core's (`RunningCore.events`). */
   readonly events?: ApiEventSource
   readonly limits?: Partial<ApiLimits>
@@ -41,6 +43,7 @@ export class ApiExtension implements RelayExtension {
       keys: this.options.keys,
       idempotency: this.options.idempotency,
       log: this.options.log,
+      ...(this.options.storage ? { storage: this.options.storage } : {}),
       signal: this.stopping.signal,
       ...(events ? { events } : {}),
       ...(this.options.limits ? { limits: this.options.limits } : {}),

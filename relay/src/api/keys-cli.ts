@@ -18,7 +18,7 @@ const CLI = subcommand("keys", {
           SHA-256 is stored: a lost key cannot be shown again, only revoked)
   list    print every key (id, name, scopes, times; never a secret), one JSON a line
   revoke  revoke the active key with this id or name; a running relay refuses it
-          from its next request on
+          within 5 seconds (it reads a key again every 5 s)
   Keys live where the relay keeps its documents: in the data directory (sqlite)
   or in the database of --database-url (postgres). See relay/API.md.`,
 })

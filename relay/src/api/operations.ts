@@ -182,15 +182,19 @@ export class ApiOperations {
   }
 
   /**
-   * Refuses `user` unless a participant, as the relay refuses a non-participant's write: also where
-   * the write changes nothing (a role set to the one it is, a non-member removed), which no check
-   * of the relay sees, before the answer shows anything of the conversation.
+   * Refuses `user` unless a participant, as the relay refuses a non-participant's write; first thing
+   * of every write, so that a non-participant gets this one answer whatever the conversation's state:
+   * one that does not exist (no participants), is empty, deleted, or holds the messages the request
+   * names or not, and a write that would change nothing (a role set to the one it is, a marker
+   * already there), which no check of the relay sees.
    */
   private static assertParticipant(doc: Y.Doc, user: UserId): void {
     if (!listParticipants(doc).some((p) => p.user === user))
-      throw new ParleyError(ErrorCode.FORBIDDEN, "only participants may change a conversation", {
-        rule: Rule.participantOnly,
-      })
+      throw new ParleyError(
+        ErrorCode.FORBIDDEN,
+        "only participants may change a conversation (the actor is not one of this one, or it does not exist)",
+        { rule: Rule.participantOnly },
+      )
   }
 
   private async view(id: string): Promise<ConversationView> {
@@ -254,7 +258,7 @@ export class ApiOperations {
     },
   ): Promise<ConversationView> {
     await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       if (change.title !== undefined) renameConversation(doc, actor.user, change.title)
       if (change.metadata !== undefined) setConversationMetadata(doc, actor.user, change.metadata as never)
       if (change.fleetingSeconds !== undefined)
@@ -265,21 +269,20 @@ export class ApiOperations {
 
   async delete(id: ConversationId, actor: Actor): Promise<void> {
     await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       deleteConversation(doc, actor.user)
     })
   }
 
   addParticipants(id: ConversationId, actor: Actor, users: readonly UserId[], role: Role): Promise<UserId[]> {
     return this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       return addParticipants(doc, actor.user, users, role)
     })
   }
 
   removeParticipant(id: ConversationId, actor: Actor, user: UserId): Promise<UserId[]> {
     return this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
       ApiOperations.assertParticipant(doc, actor.user)
       return removeParticipants(doc, actor.user, [user])
     })
@@ -287,7 +290,6 @@ export class ApiOperations {
 
   async changeRole(id: ConversationId, actor: Actor, user: UserId, role: Role): Promise<ConversationView> {
     await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
       ApiOperations.assertParticipant(doc, actor.user)
       changeRole(doc, actor.user, user, role)
     })
@@ -304,16 +306,21 @@ export class ApiOperations {
    * reads the message where its record says it is (one segment at most).
    */
   async send(id: ConversationId, actor: Actor, request: SendRequest): Promise<SendResult> {
+    // A non-participant is refused before anything is read or recorded for the ids it names.
+    const since = await this.core.read(
+      id,
+      (doc) => {
+        ApiOperations.assertParticipant(doc, actor.user)
+        return lastSequence(doc)
+      },
+      { failFast: true },
+    )
     // A sealed message under this id is found (a replay, or CONFLICT), never written over a second time.
     await this.core.settleSealedIds?.(id, [request.id], actor.principal)
     if (!request.idempotent) {
       const outcome = await this.sendOnce(id, actor, request, Number.POSITIVE_INFINITY)
       return { message: await this.sent(id, request.id), created: outcome === "created" }
     }
-    const since = await this.core.read(id, (doc) => (getConversation(doc) ? lastSequence(doc) : undefined), {
-      failFast: true,
-    })
-    if (since === undefined) throw notFound(id)
     const record = await this.records.begin(id, request.id, since, this.now())
     // Sealed history is searched only for an attempt that began before this one (it may have stored the
     // message, then failed, crashed or is still running, here or on another relay): above its `since`.
@@ -362,7 +369,7 @@ export class ApiOperations {
     let absentThrough: number | undefined
     try {
       return await this.write(id, actor, (doc) => {
-        if (!getConversation(doc)) throw notFound(id)
+        ApiOperations.assertParticipant(doc, actor.user)
         if (sealedThrough(doc) > searched) return "sealed"
         const index = messageIndex(doc)
         const found =
@@ -411,7 +418,6 @@ export class ApiOperations {
     const live = await this.core.read(
       id,
       (doc) => {
-        if (!getConversation(doc)) return undefined
         // A sender removed since gets no view of the message as it is now (reactions, edits since).
         ApiOperations.assertParticipant(doc, actor.user)
         const index = messageIndex(doc)
@@ -420,7 +426,6 @@ export class ApiOperations {
       },
       { failFast: true },
     )
-    if (!live) throw notFound(id)
     if (live !== "sealed") {
       if (!sameAsFound(live.found, actor.user, request)) throw reused()
       return live.view && { message: live.view, created: false }
@@ -455,7 +460,7 @@ export class ApiOperations {
 
   async edit(id: ConversationId, actor: Actor, messageId: MessageId, body: string): Promise<MessageView> {
     await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       editMessage(doc, actor.user, messageId, body)
     })
     return this.message(id, messageId)
@@ -463,7 +468,7 @@ export class ApiOperations {
 
   async deleteMessage(id: ConversationId, actor: Actor, messageId: MessageId): Promise<void> {
     await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
       deleteMessage(doc, actor.user, messageId)
     })
@@ -484,7 +489,7 @@ export class ApiOperations {
   /** Unpins a sticky message (its author, owners and admins); unpinning twice is a no-op. */
   async unpin(id: ConversationId, actor: Actor, messageId: MessageId): Promise<void> {
     await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       unpinMessage(doc, actor.user, messageId)
     })
   }
@@ -497,7 +502,7 @@ export class ApiOperations {
     add: boolean,
   ): Promise<MessageView> {
     await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
       if (add) react(doc, actor.user, messageId, emoji)
       else unreact(doc, actor.user, messageId, emoji)
@@ -522,7 +527,7 @@ export class ApiOperations {
     upTo: number | string | undefined,
   ): Promise<{ user: UserId; readUpTo: number; deliveredUpTo: number; moved: boolean }> {
     const moved = await this.write(id, actor, (doc) => {
-      if (!getConversation(doc)) throw notFound(id)
+      ApiOperations.assertParticipant(doc, actor.user)
       const target = (upTo ?? "latest") as number | MessageId | "latest"
       return which === "read" ? markRead(doc, actor.user, target) : markDelivered(doc, actor.user, target)
     })

@@ -54,7 +54,16 @@ export function problemOf(error: ParleyError, status: number = statusOf(error.co
   }
 }
 
-/** Answers with the problem of `error` as `application/problem+json`. */
+/**
+ * Seconds a client is asked to wait (`Retry-After`) before retrying a request
+ * refused because storage is failing: the relay probes it every 2 s at most.
+ */
+export const STORAGE_RETRY_AFTER_SECONDS = 2
+
+/**
+ * Answers with the problem of `error` as `application/problem+json`; a
+ * storage failure with `Retry-After` too (it is retryable).
+ */
 export function problemResponse(
   c: Context,
   error: ParleyError,
@@ -64,6 +73,9 @@ export function problemResponse(
   return c.body(JSON.stringify(problemOf(error, status)), status, {
     "content-type": "application/problem+json",
     "cache-control": "no-store",
+    ...(error.code === ErrorCode.STORAGE_UNAVAILABLE
+      ? { "retry-after": String(STORAGE_RETRY_AFTER_SECONDS) }
+      : {}),
     ...headers,
   })
 }

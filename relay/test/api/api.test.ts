@@ -11,6 +11,7 @@ import {
 } from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
+import { DEFAULT_KEY_CACHE_MS } from "../../src/api/key-cache.js"
 import { docUntil, stockProvider, synced } from "../helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { apiClient, createKey, freshDataDir, revokeKey } from "./helpers.js"
@@ -381,12 +382,19 @@ describe("HTTP API against a relay process", () => {
     expect(asService.status).toBe(400)
   })
 
-  it("refuses a revoked key from its next request", async () => {
+  it("refuses a revoked key within the key cache's few seconds", async () => {
     const key = await createKey(dataDir, "short-lived", ["conversations:read"])
     const client = apiClient(base, key)
     expect((await client("GET", "/v1/conversations/g~api-group")).status).toBe(200)
     await revokeKey(dataDir, "short-lived")
-    expect((await client("GET", "/v1/conversations/g~api-group")).status).toBe(401)
+    const revokedAt = Date.now()
+    await expect
+      .poll(async () => (await client("GET", "/v1/conversations/g~api-group")).status, {
+        timeout: DEFAULT_KEY_CACHE_MS + 2000,
+        interval: 100,
+      })
+      .toBe(401)
+    expect(Date.now() - revokedAt).toBeLessThan(DEFAULT_KEY_CACHE_MS + 1000)
     // Neither key's secret ever reaches the relay's log.
     const log = relay.lines.join("\n")
     for (const k of [key, fullKey]) expect(log).not.toContain(k.slice(-43))
@@ -489,6 +497,104 @@ describe("HTTP API against a relay process", () => {
     expect([noRoute.status, noRoute.contentType]).toEqual([404, "application/problem+json"])
     // The relay still serves.
     expect((await reader("GET", "/v1/conversations/g~api-group")).status).toBe(200)
+  })
+
+  it("gives a key that takes part in nothing one refusal on every write, whatever the conversation holds or whether it exists", async () => {
+    // No read scope: what a conversation holds, or whether it exists, is none of this key's business.
+    const outsider = apiClient(
+      base,
+      await createKey(dataDir, "outsider", ["conversations:write", "messages:write"]),
+    )
+    for (const id of ["g~oracle-empty", "g~oracle-busy", "g~oracle-gone"])
+      await full("POST", "/v1/conversations", { id, participants: [{ user: "alice" }] })
+    await full("POST", "/v1/conversations/g~oracle-busy/messages", {
+      id: "m_oracle_secret",
+      body: "x",
+      priority: "sticky",
+      asUser: "alice",
+    })
+    await full("POST", "/v1/conversations/g~oracle-busy/messages/m_oracle_secret/reactions", {
+      emoji: "👍",
+      asUser: "alice",
+    })
+    await full("DELETE", "/v1/conversations/g~oracle-gone")
+    // Each distinct answer, with the first request that got it.
+    const answers = new Map<string, string>()
+    for (const id of ["g~oracle-empty", "g~oracle-busy", "g~oracle-gone", "g~oracle-never"])
+      for (const message of ["m_oracle_secret", "m_oracle_unknown"]) {
+        const c = `/v1/conversations/${id}`
+        const m = `${c}/messages/${message}`
+        const writes: [string, string, unknown?, Record<string, string>?][] = [
+          ["PATCH", c, { title: "t" }],
+          ["DELETE", c],
+          ["POST", `${c}/participants`, { users: ["zed"] }],
+          ["DELETE", `${c}/participants/alice`],
+          ["PUT", `${c}/participants/alice/role`, { role: "member" }],
+          ["POST", `${c}/messages`, { body: "x" }],
+          ["POST", `${c}/messages`, { id: message, body: "x" }],
+          ["POST", `${c}/messages`, { body: "x" }, { "idempotency-key": `oracle-${message}` }],
+          ["PATCH", m, { body: "y" }],
+          ["DELETE", m],
+          ["DELETE", `${c}/pins/${message}`],
+          ["POST", `${m}/reactions`, { emoji: "👍" }],
+          ["DELETE", `${m}/reactions/${encodeURIComponent("👍")}`],
+          ["POST", `${c}/read`, {}],
+          ["POST", `${c}/read`, { upTo: message }],
+          ["POST", `${c}/read`, { upTo: 1 }],
+          ["POST", `${c}/delivered`, { upTo: message }],
+        ]
+        for (const [method, path, body, headers] of writes) {
+          const answer = await outsider(method, path, body, headers)
+          const seen = `${answer.status} ${answer.body?.rule} ${answer.body?.detail}`
+          if (!answers.has(seen)) answers.set(seen, `${method} ${path} ${JSON.stringify(body ?? null)}`)
+        }
+      }
+    expect([...answers.keys()]).toEqual([
+      "403 participant-only only participants may change a conversation (the actor is not one of this one, or it does not exist)",
+    ])
+    // And none of them wrote anything.
+    expect((await full("GET", "/v1/conversations/g~oracle-never")).status).toBe(404)
+    const busy = await full("GET", "/v1/conversations/g~oracle-busy")
+    expect([busy.body.title, busy.body.lastSequence, busy.body.deletedAt]).toEqual(["", 1, undefined])
+  })
+
+  it("refuses a string cut inside a character (a lone surrogate) in any field with 400, storing nothing", async () => {
+    // A backend that cut a string at a length limit: it ends with half of the emoji.
+    const cut = "Your code: 🔐1234".slice(0, 12)
+    const c = "/v1/conversations/g~api-strings"
+    expect((await full("POST", "/v1/conversations", { id: "g~api-strings", participants: [] })).status).toBe(
+      201,
+    )
+    const whole = await full("POST", `${c}/messages`, { id: "m_strings_whole", body: "Your code: 🔐" })
+    expect(whole.status).toBe(201)
+    for (const [method, path, body, where] of [
+      ["POST", `${c}/messages`, { body: cut }, "body"],
+      ["POST", `${c}/messages`, { body: "x", type: cut }, "type"],
+      ["POST", `${c}/messages`, { body: "x", metadata: { tags: ["ok", cut] } }, "metadata.tags.1"],
+      ["POST", `${c}/messages`, { body: "x", metadata: { [cut]: 1 } }, "metadata."],
+      [
+        "POST",
+        `${c}/messages`,
+        { body: "x", attachments: [{ url: "https://example.com/a.png", name: cut }] },
+        "attachments.0.name",
+      ],
+      ["PATCH", `${c}/messages/m_strings_whole`, { body: cut }, "body"],
+      ["POST", `${c}/messages/m_strings_whole/reactions`, { emoji: "🔐".slice(0, 1) }, "emoji"],
+      ["PATCH", c, { title: cut }, "title"],
+      ["PATCH", c, { metadata: { note: cut } }, "metadata.note"],
+      ["POST", "/v1/conversations", { title: cut, participants: [] }, "title"],
+    ] as const) {
+      const answer = await full(method, path, body)
+      expect([answer.status, answer.body.code]).toEqual([400, "INVALID_ARGUMENT"])
+      expect(answer.body.detail).toContain(where)
+      expect(answer.body.detail).toContain("not well-formed")
+    }
+    const stored = await full("GET", `${c}/messages`)
+    expect(
+      stored.body.messages.map((m: { body: string; reactions: object }) => [m.body, m.reactions]),
+    ).toEqual([["Your code: 🔐", {}]])
+    const conversation = await full("GET", c)
+    expect([conversation.body.title, conversation.body.metadata]).toEqual(["", {}])
   })
 
   it("lists and unpins sticky messages, flags unread emergencies in the inbox, sets the fleeting time", async () => {

@@ -1,0 +1,83 @@
+import { storageUnavailable } from "../storage/guard.js"
+import type { ApiKeyRecord, ApiKeyStore } from "./keys.js"
+
+/**
+ * How long a key read from storage is trusted, in ms: a key revoked with
+ * `parley-relay keys revoke` (another process, which cannot tell the relay)
+ * is refused at most this long after, and a busy key costs one storage read
+ * per this period rather than one per request.
+ */
+export const DEFAULT_KEY_CACHE_MS = 5_000
+
+/** What a {@link CachedApiKeyStore} is given besides the store. */
+export interface KeyCacheOptions {
+  /** Whether storage answers (the relay's `StorageGuard`): while it does not, no key is read from it. */
+  readonly storage?: { readonly available: boolean }
+  /** How long a key read is trusted, in ms (default {@link DEFAULT_KEY_CACHE_MS}). */
+  readonly ttlMs?: number
+  readonly now?: () => number
+}
+
+/**
+ * An {@link ApiKeyStore} that remembers the keys it read for a few seconds,
+ * so that authenticating a request does not read storage each time; and
+ * that, while storage is failing, refuses a key it does not remember at once
+ * with the retryable STORAGE_UNAVAILABLE instead of waiting for the storage
+ * deadline: the answer would be that error anyway, only later. Keys read
+ * before the failure keep working until they are {@link DEFAULT_KEY_CACHE_MS}
+ * old, never longer, so a revocation takes effect within that bound whether
+ * storage answers or not.
+ *
+ * Only keys that exist are remembered (revoked ones too): a prober presenting
+ * made-up ids cannot grow the cache.
+ */
+export class CachedApiKeyStore implements ApiKeyStore {
+  private readonly known = new Map<
+    string,
+    { readonly record: Promise<ApiKeyRecord | undefined>; at: number }
+  >()
+  private readonly ttlMs: number
+  private readonly now: () => number
+
+  constructor(
+    private readonly inner: ApiKeyStore,
+    private readonly options: KeyCacheOptions = {},
+  ) {
+    this.ttlMs = options.ttlMs ?? DEFAULT_KEY_CACHE_MS
+    this.now = options.now ?? Date.now
+  }
+
+  get(id: string): Promise<ApiKeyRecord | undefined> {
+    const now = this.now()
+    const cached = this.known.get(id)
+    if (cached && now - cached.at < this.ttlMs) return cached.record
+    if (this.options.storage && !this.options.storage.available)
+      return Promise.reject(storageUnavailable("storage is failing: the API key cannot be checked"))
+    // One read for the requests that arrive while it runs (a burst of one key's requests).
+    const entry = { record: this.inner.get(id), at: now }
+    this.known.set(id, entry)
+    const forget = () => {
+      if (this.known.get(id) === entry) this.known.delete(id)
+    }
+    entry.record.then((record) => {
+      if (!record) forget()
+    }, forget)
+    return entry.record
+  }
+
+  create(record: ApiKeyRecord): Promise<void> {
+    return this.inner.create(record)
+  }
+
+  list(): Promise<ApiKeyRecord[]> {
+    return this.inner.list()
+  }
+
+  /** Revokes the key; one revoked through this store (in this process) is refused from the next request on. */
+  async revoke(idOrName: string, now: number): Promise<boolean> {
+    const revoked = await this.inner.revoke(idOrName, now)
+    // Rare enough to forget every key rather than look for the one meant (by id or name).
+    this.known.clear()
+    return revoked
+  }
+}

@@ -1,0 +1,56 @@
+import { ErrorCode } from "@parley/shared"
+import { describe, expect, it } from "vitest"
+import { CachedApiKeyStore, DEFAULT_KEY_CACHE_MS } from "../../src/api/key-cache.js"
+import { MemoryApiKeyStore, newApiKey } from "../../src/api/keys.js"
+
+/** A key store counting its reads, a cache over it on a clock the test moves, and a storage that can fail. */
+async function cached() {
+  const inner = new MemoryApiKeyStore()
+  let reads = 0
+  const get = inner.get.bind(inner)
+  inner.get = (id) => {
+    reads++
+    return get(id)
+  }
+  const clock = { now: 1_000_000 }
+  const storage = { available: true }
+  const keys = new CachedApiKeyStore(inner, { storage, now: () => clock.now })
+  const { record } = newApiKey("backend", ["messages:write"])
+  await inner.create(record)
+  return { inner, keys, record, clock, storage, reads: () => reads }
+}
+
+describe("API keys cached by the relay", () => {
+  it("reads a key once for a burst of requests, and sees its revocation by another process within the cache time", async () => {
+    const { inner, keys, record, clock, reads } = await cached()
+    const burst = await Promise.all(Array.from({ length: 20 }, () => keys.get(record.id)))
+    expect(burst.every((r) => r?.id === record.id)).toBe(true)
+    expect(reads()).toBe(1)
+    // `parley-relay keys revoke` writes to storage; the relay is not told.
+    await inner.revoke(record.id, clock.now)
+    clock.now += DEFAULT_KEY_CACHE_MS - 1
+    expect((await keys.get(record.id))?.revokedAt).toBeUndefined()
+    clock.now += 1
+    expect((await keys.get(record.id))?.revokedAt).toBe(1_000_000)
+  })
+
+  it("remembers no unknown key: one made later works at once", async () => {
+    const { inner, keys } = await cached()
+    const later = newApiKey("later", ["messages:read"])
+    expect(await keys.get(later.record.id)).toBeUndefined()
+    await inner.create(later.record)
+    expect((await keys.get(later.record.id))?.name).toBe("later")
+  })
+
+  it("while storage fails, answers a key read within the cache time and refuses any other at once, retryably", async () => {
+    const { keys, record, clock, storage, reads } = await cached()
+    await keys.get(record.id)
+    storage.available = false
+    expect((await keys.get(record.id))?.id).toBe(record.id)
+    await expect(keys.get("an-unread-key-id")).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+    clock.now += DEFAULT_KEY_CACHE_MS
+    // Never past the cache time: a revocation it cannot read would go unseen.
+    await expect(keys.get(record.id)).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+    expect(reads()).toBe(1)
+  })
+})
