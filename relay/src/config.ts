@@ -538,7 +538,7 @@ export const RELAY_FLAGS = {
   "push-attempts": flag({
     kind: "integer",
     env: "PARLEY_PUSH_ATTEMPTS",
-    help: "attempts per message's push notifications before they are dead-lettered",
+    help: "tries of a failing push device (each on its own schedule) before its notifications are dropped; also attempts of a message whose push fails on the relay's side before it is dead-lettered",
     default: 8,
   }),
   "push-retry-base-ms": flag({

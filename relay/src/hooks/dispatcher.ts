@@ -91,8 +91,11 @@ export interface DeliveryFence {
 /** An attempt's outcome when this relay no longer orders the document: its lane is dropped, the outbox keeps it. */
 const FENCED = Symbol("fenced")
 
-/** The error an attempt counted at a start is recorded with (see `Dispatcher.interrupted`). */
-const INTERRUPTED = "the relay ended (or lost the document) while this delivery may have been running"
+/**
+ * What a delivery's start mark records as its last error (see `Dispatcher.markStarted`): found at a
+ * start or takeover, the attempt it counts was running when the relay ended or lost the document.
+ */
+const INTERRUPTED = "the relay ended (or lost the document) while this delivery was running"
 
 /** Default time allowed to one hook call or webhook attempt. */
 export const DEFAULT_HOOK_TIMEOUT_MS = 10_000
@@ -158,8 +161,11 @@ interface Lane {
    * cursor are exhausted, the lane reads from the start again.
    */
   rescan?: boolean
-  /** Its first page is not read yet (a start or takeover): its head's interrupted attempt is counted then. */
-  fresh?: boolean
+  /**
+   * Found owing at a start or takeover, and no attempt of it finished in this process yet: its head
+   * may be the delivery that ended the previous process, so its attempts are marked as started.
+   */
+  wary?: boolean
   /** The page being read, while one is. */
   reading?: Promise<void>
   /** Set while an attempt runs or a page is read. */
@@ -256,14 +262,14 @@ export class Dispatcher {
         let lane = this.lanes.get(id)
         if (lane) lane.rescan = true
         else {
-          lane = { ...emptyLane(target, document), fresh: true }
+          lane = { ...emptyLane(target, document), wary: true }
           this.lanes.set(id, lane)
         }
         this.owe(lane)
         this.pump(lane, id)
         if (lane.reading) reads.push(lane.reading)
       }
-      // A start counts the interrupted heads before it returns (as it did when it loaded everything).
+      // A start returns once every lane's first page is read (as it did when it loaded everything).
       await Promise.all(reads)
     }
   }
@@ -317,66 +323,6 @@ export class Dispatcher {
    */
   private gauge(): void {
     this.options.metrics.pending.set(this.count + this.outside)
-  }
-
-  /**
-   * Counts an attempt for `delivery`, the head of a lane's first page after a
-   * start or a takeover, if it was due: lanes deliver one at a time, so that
-   * head is the one attempt that may have been running when the process that
-   * owed it ended. A hook that ends the process on one event (a throw from a
-   * timer, memory without bound, an endless loop) would otherwise be given the
-   * same event after every restart, never counted, before the relay even
-   * listens: a crash loop that `--hook-attempts` never ends. Counted, the event
-   * waits its retry delay (the relay serves meanwhile) and is dead-lettered
-   * once its attempts are spent. The cost: one write per lane at a start, and
-   * a delivery a clean restart interrupted comes one attempt closer to its
-   * dead letter. Returns the delivery to hold, or undefined when it is not
-   * this relay's to deliver now (dead-lettered, or another relay orders it).
-   */
-  private async interrupted(target: DeliveryTarget, delivery: Delivery): Promise<Delivery | undefined> {
-    const now = this.now()
-    if (delivery.nextAttemptAt > now) return delivery
-    const attempts = delivery.attempts + 1
-    const delay = target.retryDelay(attempts, new Error(INTERRUPTED))
-    const token = this.options.fence?.tokenOf(delivery.document)
-    // Another relay orders the document now: it counts, and delivers, what it owes.
-    if (this.options.fence && token === undefined) return undefined
-    try {
-      if (delay === undefined) {
-        this.options.log.error(
-          {
-            hook: target.name,
-            eventId: delivery.event.event.id,
-            conversationId: delivery.document,
-            attempt: attempts,
-          },
-          "hook delivery interrupted by the end of the process on every attempt: moved to dead letters",
-        )
-        this.options.metrics.attempts.inc({ target: target.name, outcome: "dead" })
-        await this.bury(delivery, attempts, INTERRUPTED, token)
-        return undefined
-      }
-      const nextAttemptAt = now + delay
-      if (this.options.fence && token !== undefined) {
-        if (!(await this.options.fence.retryLater(delivery, token, attempts, nextAttemptAt, INTERRUPTED)))
-          return undefined
-      } else
-        await this.options.outbox.retryLater(
-          delivery.seq,
-          delivery.target,
-          attempts,
-          nextAttemptAt,
-          INTERRUPTED,
-        )
-      return { ...delivery, attempts, nextAttemptAt, lastError: INTERRUPTED }
-    } catch (error) {
-      // Not counted (the outbox is failing): delivered as before rather than not at all.
-      this.options.log.error(
-        { err: error, hook: target.name },
-        "hook outbox failed to count an interrupted attempt",
-      )
-      return delivery
-    }
   }
 
   /**
@@ -499,6 +445,8 @@ export class Dispatcher {
     const after = (outboxFailed: boolean) => {
       lane.running = false
       this.inFlight.delete(run)
+      // An attempt finished in this process: the lane's next first attempts need no start mark.
+      if (!outboxFailed) lane.wary = false
       if (outboxFailed) {
         // The outcome is not recorded (e.g. the outbox's database is unreachable), so the head is
         // attempted again; at once, an outage would replay it to the target in a tight loop.
@@ -550,8 +498,6 @@ export class Dispatcher {
     const noted = lane.noted
     lane.running = true
     this.reserved += room
-    const fresh = lane.fresh
-    lane.fresh = false
     const done = () => {
       lane.running = false
       this.reserved -= room
@@ -560,14 +506,7 @@ export class Dispatcher {
     }
     const run: Promise<void> = (async () => {
       const page = await this.options.outbox.pendingPage(lane.document, lane.target.name, lane.after, room)
-      const read = page.length
-      const last = page[page.length - 1]
-      if (fresh && page[0]) {
-        const head = await this.interrupted(lane.target, page[0])
-        if (head) page[0] = head
-        else page.shift()
-      }
-      return { page, read, last }
+      return { page, read: page.length, last: page[page.length - 1] }
     })().then(
       ({ page, read, last }) => {
         done()
@@ -593,7 +532,6 @@ export class Dispatcher {
       },
       (error: unknown) => {
         done()
-        if (fresh) lane.fresh = true
         this.options.log.error({ err: error }, "hook outbox failed to read a lane's deliveries")
         clearTimeout(lane.timer)
         lane.timer = setTimeout(() => this.pump(lane, id), this.outboxRetryMs)
@@ -665,9 +603,24 @@ export class Dispatcher {
     id: string,
   ): Promise<Delivery | undefined | typeof FENCED> {
     const fence = this.options.fence
-    // Checked last thing before the call: the lease must outlast the request's sending by a margin.
-    const token = fence?.tokenOf(delivery.document)
+    let token = fence?.tokenOf(delivery.document)
     if (fence && token === undefined) return FENCED
+    if (
+      delivery.lastError === INTERRUPTED &&
+      target.retryDelay(delivery.attempts, new Error(INTERRUPTED)) === undefined
+    )
+      return this.interruptedForGood(target, delivery, token)
+    // A retry, or the first attempt of a lane found owing at a start: counted before it runs, so that
+    // one that ends the process is counted (see markStarted). Other first attempts cost no write.
+    if (delivery.attempts > 0 || lane.wary) {
+      if (!(await this.markStarted(delivery, token))) {
+        this.abandoned(target, delivery, "its start mark was refused (another relay holds a newer token)")
+        return FENCED
+      }
+      // Checked last thing before the call: the lease must outlast the request's sending by a margin.
+      token = fence?.tokenOf(delivery.document)
+      if (fence && token === undefined) return FENCED
+    }
     const started = performance.now()
     // No timer, AbortController or deadline promise per call (they were a visible part of a busy
     // relay's CPU and garbage): one timer serves every running attempt, the signal is made only for
@@ -715,6 +668,47 @@ export class Dispatcher {
       }
     } else this.markDelivered(delivery, lane, id)
     return undefined
+  }
+
+  /**
+   * Records, before an attempt runs, that it started: the next attempt's number as the delivery's
+   * attempts, {@link INTERRUPTED} as its last error, due at once. The attempt's outcome overwrites
+   * it (a delivered mark, a retry or a deferral); found at a start or takeover, it tells an attempt
+   * that was running when the process ended (or the lease was lost), maybe because of it: a hook
+   * that ends the process on one event (a throw from a timer, memory without bound, an endless
+   * loop) is then counted on every restart and dead-lettered once its attempts are spent, instead of
+   * given the same event forever. A delivery only waiting for its retry, or never attempted, carries
+   * no such mark and is not counted; an interrupted one is tried again at once (the target did not
+   * fail it). False when the fence refused the mark.
+   */
+  private async markStarted(delivery: Delivery, token: number | undefined): Promise<boolean> {
+    const attempts = delivery.attempts + 1
+    const at = this.now()
+    if (this.options.fence && token !== undefined)
+      return this.options.fence.retryLater(delivery, token, attempts, at, INTERRUPTED)
+    await this.options.outbox.retryLater(delivery.seq, delivery.target, attempts, at, INTERRUPTED)
+    return true
+  }
+
+  /** Dead-letters a delivery whose last attempt was interrupted and whose attempts are spent. */
+  private async interruptedForGood(
+    target: DeliveryTarget,
+    delivery: Delivery,
+    token: number | undefined,
+  ): Promise<undefined | typeof FENCED> {
+    this.options.log.error(
+      {
+        hook: target.name,
+        eventId: delivery.event.event.id,
+        conversationId: delivery.document,
+        attempt: delivery.attempts,
+      },
+      "hook delivery interrupted by the end of the process on every attempt: moved to dead letters",
+    )
+    this.options.metrics.attempts.inc({ target: target.name, outcome: "dead" })
+    if (await this.bury(delivery, delivery.attempts, INTERRUPTED, token)) return undefined
+    this.abandoned(target, delivery, "its dead-letter mark was refused (another relay holds a newer token)")
+    return FENCED
   }
 
   /** The metric labels of each target's every attempt, made once (not two objects per delivery). */

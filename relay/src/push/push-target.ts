@@ -8,6 +8,7 @@ import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent } from "../hooks/events.js"
 import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
+import { type DeviceJob, DeviceSends, type SendOutcome } from "./device-sends.js"
 import { checkEndpointBeforeSend, type EndpointPolicy } from "./endpoint.js"
 import { notificationFor, type PushNotification } from "./notification.js"
 import { publicOnlyFetch } from "./public-fetch.js"
@@ -41,8 +42,13 @@ export interface PushTargetOptions {
   readonly rewriters?: readonly PushRewriter[]
   /** How long the push service keeps an undelivered notification, in seconds. Default 1 day. */
   readonly ttlSeconds?: number
-  /** Delay before the next attempt after `failures` failed ones; undefined to dead-letter. */
+  /**
+   * Delay before a failing device's next try after `failures` failed ones; undefined to drop what
+   * it waits for. Also the delivery's, when something else than a device failed (a hook's rewrite).
+   */
   readonly retryDelay?: (failures: number) => number | undefined
+  /** Time allowed to one device's request (name resolution included), in ms. Default 5 s. */
+  readonly deviceTimeoutMs?: number
   readonly fetch?: typeof fetch
   /**
    * A recipient's unread counts and mutes for the badge (an `UnreadTotals`
@@ -51,7 +57,7 @@ export interface PushTargetOptions {
   summary?(user: UserId, conversation: ConversationId): Promise<InboxSummary>
 }
 
-/** Default delays between attempts: 5 s doubling to 5 min, 8 attempts (about 12 min): later, a notification is stale. */
+/** Default delays between tries: 5 s doubling to 5 min, 8 tries (about 12 min): later, a notification is stale. */
 export const DEFAULT_PUSH_RETRY = exponentialBackoff({ baseMs: 5_000, maxMs: 300_000, attempts: 8 })
 
 /** Statuses after which the push service may accept the same request later. */
@@ -66,16 +72,28 @@ const retryable = (status: number) => status === 408 || status === 429 || status
  * request itself is sent here, so that it is bounded by the attempt's signal
  * and its endpoint is checked first.
  *
- * A device whose push service answers 404 or 410 is forgotten. A retryable
- * failure (a network error, 408, 429, 5xx) of any device fails the attempt,
- * which the dispatcher retries and finally dead-letters like a webhook's;
- * devices already served by an earlier attempt of the same event are skipped
- * (remembered in memory: after a restart, they may get it twice).
+ * Recipients and their devices are served at once, each request bounded by
+ * its own timeout. A device whose push service answers 404 or 410 is
+ * forgotten. A device that fails (a network error, 408, 429, 5xx, no answer
+ * in time) holds up nothing: it is set aside and retried on its own schedule
+ * ({@link DeviceSends}), and the event counts as delivered. Only a failure of
+ * the relay's own (a hook's `onPushNotification` throws, the store fails)
+ * fails the attempt, which the dispatcher retries; devices already served by
+ * an earlier attempt of the same event are skipped then (remembered in
+ * memory: after a restart, they may get it twice).
  */
 export function pushTarget(core: RunningCore, options: PushTargetOptions): DeliveryTarget {
   const ttl = options.ttlSeconds ?? 86_400
   const endpoints = options.endpoints ?? {}
   const send = options.fetch ?? publicOnlyFetch(endpoints)
+  const retryDelay = options.retryDelay ?? DEFAULT_PUSH_RETRY
+  const devices = new DeviceSends({
+    send: deliverTo,
+    store: options.store,
+    retryDelay,
+    timeoutMs: options.deviceTimeoutMs ?? 5_000,
+    log: options.log,
+  })
   /** Event id → `${user}\0${device}` of the devices an unfinished event already reached. */
   const served = new Map<string, Set<string>>()
   const deviceKey = (sub: PushSubscriptionRecord) => `${sub.user}\u0000${sub.device}`
@@ -115,13 +133,13 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     return current
   }
 
-  /** Sends to one device; resolves with the failure to retry, if any. */
+  /** One try to send `job` to one device. */
   async function deliverTo(
     sub: PushSubscriptionRecord,
-    payload: string,
-    notification: PushNotification,
+    job: DeviceJob,
     signal: AbortSignal,
-  ): Promise<Error | undefined> {
+  ): Promise<SendOutcome> {
+    const { payload, notification } = job
     const where = { user: sub.user, device: sub.device }
     try {
       await checkEndpointBeforeSend(sub.endpoint, endpoints)
@@ -131,7 +149,7 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       // Registered before the policy tightened, or its name now resolves inward: never sent to again.
       options.log.warn({ ...where, err: error }, "push endpoint refused: subscription dropped")
       await options.store.remove(sub.user, sub.device)
-      return undefined
+      return "gone"
     }
     const request = webpush.generateRequestDetails(
       { endpoint: sub.endpoint, keys: { p256dh: sub.p256dh, auth: sub.auth } },
@@ -159,16 +177,46 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     }
     // The endpoint is any user's choice: its body is never read whole (see discardBody).
     await discardBody(response.body)
-    if (response.ok) return undefined
+    if (response.ok) return "sent"
     if (response.status === 404 || response.status === 410) {
       options.log.info({ ...where, status: response.status }, "push subscription expired: dropped")
       await options.store.removeEndpoint(sub.endpoint)
-      return undefined
+      return "gone"
     }
     if (retryable(response.status)) return new Error(`push service answered ${response.status}`)
     // 400, 403, 413...: this request will never be accepted; the other devices are not held up by it.
     options.log.warn({ ...where, status: response.status }, "push service refused the notification")
-    return undefined
+    return "sent"
+  }
+
+  /** Builds `user`'s notification of `event` and offers it to each of their devices. */
+  async function serve(
+    event: HookEvent<"message.sent">,
+    user: UserId,
+    subs: readonly PushSubscriptionRecord[],
+    reached: Set<string>,
+    signal: () => AbortSignal,
+  ): Promise<void> {
+    const conversation = event.event.conversationId
+    const summary = options.summary
+      ? await options.summary(user, conversation)
+      : await inboxSummary(core, user)
+    if (event.subject.message.priority !== "emergency" && summary.muted.includes(conversation)) return
+    const built = notificationFor(event, summary.totalUnread)
+    const notification = built && (await rewrite(built, user, event, signal()))
+    if (!notification) return
+    const job = {
+      conversation,
+      payload: JSON.stringify(notification),
+      notification,
+      expiresAt: Date.now() + ttl * 1000,
+    }
+    await Promise.all(
+      subs.map(async (sub) => {
+        await devices.offer(sub, job, signal())
+        reached.add(deviceKey(sub))
+      }),
+    )
   }
 
   return {
@@ -180,7 +228,6 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       const event = hookEvent as HookEvent<"message.sent">
       const author = event.subject.message.author
       const conversation = event.event.conversationId
-      const failures: Error[] = []
       let reached = served.get(event.event.id)
       if (!reached) {
         // Only an optimisation (events dead-lettered leave theirs behind): forgetting costs a repeat.
@@ -199,28 +246,16 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       const byUser = new Map<UserId, PushSubscriptionRecord[]>()
       for (const [user, subs] of devices)
         if (!(await options.isActive(conversation, user))) byUser.set(user, subs)
-      for (const [user, devices] of byUser) {
-        const summary = options.summary
-          ? await options.summary(user, conversation)
-          : await inboxSummary(core, user)
-        if (event.subject.message.priority !== "emergency" && summary.muted.includes(conversation)) continue
-        const built = notificationFor(event, summary.totalUnread)
-        const notification = built && (await rewrite(built, user, event, attempt.signal))
-        if (!notification) continue
-        const payload = JSON.stringify(notification)
-        await Promise.all(
-          devices.map(async (sub) => {
-            const failure = await deliverTo(sub, payload, notification, attempt.signal)
-            if (failure) failures.push(failure)
-            else reached.add(deviceKey(sub))
-          }),
-        )
-      }
-      if (failures.length > 0)
-        throw new Error(`push failed for ${failures.length} device(s): ${failures[0]!.message}`)
+      // Every recipient at once: none waits for another's devices (a slow one is any member's choice).
+      const seen = reached
+      const results = await Promise.allSettled(
+        [...byUser].map(([user, subs]) => serve(event, user, subs, seen, () => attempt.signal)),
+      )
+      const failure = results.find((r): r is PromiseRejectedResult => r.status === "rejected")
+      if (failure) throw failure.reason
       served.delete(event.event.id)
     },
-    retryDelay: options.retryDelay ?? DEFAULT_PUSH_RETRY,
+    retryDelay,
   }
 }
 

@@ -111,10 +111,11 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const onB = gatedTarget("t")
       const runB = dispatcher(b.backend.outbox as PostgresOutbox, onB.target, b.deliveries)
       cleanup.push(() => runB.dispatcher.stop())
-      // A's attempt may have been running when A lost the document: B counts it before its own.
+      // A's attempt may have been running when A lost the document: B's first attempt is counted
+      // before it runs (its start is marked), so that a delivery ending relays one after another is.
       await runB.dispatcher.adopt(doc)
-      expect((await b.backend.outbox.pending()).map((d) => d.attempts)).toEqual([1])
       await until(() => onB.calls.length === 1)
+      expect((await b.backend.outbox.pending()).map((d) => d.attempts)).toEqual([1])
       onB.release()
       await runB.dispatcher.idle()
       expect(await b.backend.outbox.pending()).toEqual([])

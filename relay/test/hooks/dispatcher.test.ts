@@ -321,12 +321,14 @@ describe("hook dispatcher", () => {
       }),
     )
     await vi.waitFor(() => expect(attempts).toHaveLength(1))
-    for (let restart = 1; restart < 3; restart++) {
+    for (let restart = 1; restart <= 3; restart++) {
       await (await life()).start()
       await vi.waitFor(() => expect(attempts).toHaveLength(restart + 1))
     }
-    // Three attempts (the target's limit), each counted before it ran: the fourth start buries the event.
-    expect(attempts).toEqual([1, 2, 3])
+    // The first life's attempt left no mark (a first attempt in a running lane costs no write): the
+    // first restart makes it again. From then on each attempt is counted before it runs, and after
+    // three (the target's limit) the next start buries the event.
+    expect(attempts).toEqual([1, 1, 2, 3])
     const last = await life()
     await last.start()
     await last.idle()
@@ -354,6 +356,72 @@ describe("hook dispatcher", () => {
     await dispatcher.start()
     await dispatcher.idle()
     expect(calls).toEqual([2])
+    expect(await outbox.pending()).toEqual([])
+  })
+
+  it("delivers at once, uncounted, a retry that came due while the relay was down and a delivery never attempted", async () => {
+    const outbox = new MemoryOutbox()
+    const [retried] = await outbox.enqueue({
+      document: "c1",
+      events: [{ event: sampleEvent("retried", "c1"), targets: ["hook:a"] }],
+    })
+    // Failed once, due again a second before this start: the process was down when it came due.
+    await outbox.retryLater(retried!.seq, "hook:a", 1, Date.now() - 1_000, "failed once")
+    await outbox.enqueue({
+      document: "c2",
+      events: [{ event: sampleEvent("never-tried", "c2"), targets: ["hook:a"] }],
+    })
+    const calls: string[] = []
+    const dispatcher = new Dispatcher({
+      outbox,
+      // A counted attempt would wait a minute for its retry.
+      targets: [
+        {
+          ...target("hook:a", async (event, { attempt }) => void calls.push(`${event.event.id}#${attempt}`)),
+          retryDelay: () => 60_000,
+        },
+      ],
+      log,
+      metrics: new HookMetrics(new Registry()),
+    })
+    await dispatcher.start()
+    await vi.waitFor(() => expect(calls.sort()).toEqual(["never-tried#1", "retried#2"]), { timeout: 2_000 })
+    await dispatcher.idle()
+    expect(await outbox.pending()).toEqual([])
+  })
+
+  it("counts an attempt the process ended during, and makes the next one at once, not after a retry delay", async () => {
+    const outbox = new MemoryOutbox()
+    const [owed] = await outbox.enqueue({
+      document: "c1",
+      events: [{ event: sampleEvent("e1", "c1"), targets: ["hook:a"] }],
+    })
+    await outbox.retryLater(owed!.seq, "hook:a", 1, Date.now() - 1_000, "failed once")
+    const calls: number[] = []
+    const life = (hang: boolean) =>
+      new Dispatcher({
+        outbox,
+        targets: [
+          {
+            ...target("hook:a", async (_event, { attempt }) => {
+              calls.push(attempt)
+              if (hang) await new Promise(() => {})
+            }),
+            retryDelay: () => 60_000,
+          },
+        ],
+        log,
+        metrics: new HookMetrics(new Registry()),
+      })
+    // The first life ends during the second attempt (its handler never returns).
+    await life(true).start()
+    await vi.waitFor(() => expect(calls).toEqual([2]))
+    const [running] = await outbox.pending()
+    expect([running!.attempts, running!.lastError]).toEqual([2, expect.stringMatching(/relay ended/)])
+    const next = life(false)
+    await next.start()
+    await vi.waitFor(() => expect(calls).toEqual([2, 3]), { timeout: 2_000 })
+    await next.idle()
     expect(await outbox.pending()).toEqual([])
   })
 

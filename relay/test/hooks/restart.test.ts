@@ -1,4 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import {
@@ -148,5 +150,67 @@ describe.concurrent("hook delivery across a crash", { timeout: CONCURRENT_TIMEOU
     // for the conversation's creation was durable, that event's re-delivery loads it first and the
     // sweep then finds nothing owed (seen once under the full suite's load). Either way the
     // message is numbered and delivered once, by the second relay, with no client opening it.
+  }, 60_000)
+
+  it("delivers a webhook retry that came due while the relay was down right after the restart, uncounted, and the conversation's next message with it", async () => {
+    // The receiver fails the first message once (its retry is due 5 s later), then takes everything.
+    const received: { message: string; status: number; at: number }[] = []
+    const server = createServer((req, res) => {
+      let body = ""
+      req.on("data", (chunk) => {
+        body += chunk
+      })
+      req.on("end", () => {
+        const event = JSON.parse(body) as { event: { type: string }; subject: { message?: { id: string } } }
+        if (event.event.type === "message.sent") {
+          const status = received.length === 0 ? 500 : 204
+          received.push({ message: event.subject.message!.id, status, at: Date.now() })
+          res.statusCode = status
+        } else res.statusCode = 204
+        res.end()
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    try {
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`
+      const args = ["--webhook", url, "--webhook-secret", "s3cret"]
+      const first = await startRelayProcess({ args })
+      const id = "g~webhook-retry" as ConversationId
+      const alice = new TestClient(first.url, id, await first.token("alice"))
+      await alice.opened
+      await alice.synced()
+      createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: ["bob" as UserId] })
+      sendMessage(alice.doc, "alice" as UserId, { id: "msg-0001" as MessageId, body: "m1" })
+      await alice.allSaved()
+      await until(() => received.length === 1, "the first, failed, delivery")
+      // Its retry is recorded (the mark's write follows this line closely).
+      await first.waitForLog((line) => line.msg === "hook delivery failed, will retry")
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      alice.close()
+      first.child.kill("SIGKILL")
+      await first.exited
+      // Down until the retry came due: it was waiting, not running, when the relay died.
+      await new Promise((resolve) => setTimeout(resolve, 5_500 - (Date.now() - received[0]!.at)))
+
+      const second = await startRelayProcess({ args, dataDir: first.dataDir, secret: first.secret })
+      const restarted = Date.now()
+      const bob = new TestClient(second.url, id, await second.token("bob"))
+      await bob.opened
+      await bob.synced()
+      sendMessage(bob.doc, "bob" as UserId, { id: "msg-0002" as MessageId, body: "m2" })
+      await bob.allSaved()
+      bob.close()
+      // Counted as an attempt the restart interrupted, both would wait for the next retry: 5 minutes.
+      await until(() => received.length === 3, "both messages delivered after the restart")
+      expect(received.map((r) => [r.message, r.status])).toEqual([
+        ["msg-0001", 500],
+        ["msg-0001", 204],
+        ["msg-0002", 204],
+      ])
+      // At once, not even after the first retry delay (5 s).
+      expect(received[1]!.at - restarted).toBeLessThan(4_000)
+    } finally {
+      await new Promise((resolve) => server.close(resolve))
+    }
   }, 60_000)
 })

@@ -1,0 +1,220 @@
+import type { Logger } from "../log.js"
+import type { PushNotification } from "./notification.js"
+import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
+
+/** One notification for one device: encrypted and sent at each try. */
+export interface DeviceJob {
+  readonly conversation: string
+  readonly payload: string
+  readonly notification: PushNotification
+  /** Its TTL's end (ms since epoch): the push service would have dropped it by then, so it is not sent later. */
+  readonly expiresAt: number
+}
+
+/**
+ * What one try to send a job to a device came to: `sent` (or refused for good: nothing to retry),
+ * `gone` (the subscription was dropped: nothing more goes to it), or the failure to retry.
+ */
+export type SendOutcome = "sent" | "gone" | Error
+
+/** Options of {@link DeviceSends}. */
+export interface DeviceSendsOptions {
+  /** One try; `signal` aborts at the per-device timeout (or when the delivery attempt ends). */
+  send(sub: PushSubscriptionRecord, job: DeviceJob, signal: AbortSignal): Promise<SendOutcome>
+  /** Read again before a device's retry: it may have been removed or re-registered meanwhile. */
+  readonly store: PushSubscriptionStore
+  /** Delay before a set-aside device's next try after `failures` failed ones; undefined to drop what it waits for. */
+  retryDelay(failures: number): number | undefined
+  /** Time allowed to one try, name resolution included. */
+  readonly timeoutMs: number
+  readonly log: Logger
+  readonly now?: () => number
+}
+
+/** A device that failed is served in the background this long after its last failure, even once it answers again. */
+export const SET_ASIDE_MS = 600_000
+/** Most notifications a set-aside device waits with (one per conversation); beyond, the oldest is dropped. */
+export const MAX_WAITING_PER_DEVICE = 64
+
+interface Device {
+  sub: PushSubscriptionRecord
+  /** One per conversation, oldest first: a newer one replaces it, as the request's `Topic` does on the push service. */
+  readonly waiting: Map<string, DeviceJob>
+  failures: number
+  /** Until then, set aside even when nothing waits. */
+  until: number
+  sending: boolean
+  timer?: NodeJS.Timeout
+}
+
+const keyOf = (sub: PushSubscriptionRecord) => `${sub.user}\u0000${sub.device}`
+
+/**
+ * Sends push notifications device by device, so that a device whose push service fails or hangs
+ * (its endpoint is any member's choice) delays nobody else's notifications: a device in good
+ * standing is sent to at once and its answer awaited (at most `timeoutMs`), so that the event is
+ * delivered at least once to it; a device that failed is *set aside*: what it is owed waits in
+ * memory, the newest per conversation, and is retried on the device's own schedule, never awaited
+ * by an event's delivery, until its retries are spent or its TTL ends (then it is dropped, as the
+ * push service would). A set-aside device stays so for {@link SET_ASIDE_MS} after its last failure,
+ * so that one answering its retries but hanging on fresh notifications costs a conversation at most
+ * one timeout per 10 minutes. What a set-aside device waits for is lost with the process.
+ */
+export class DeviceSends {
+  private readonly devices = new Map<string, Device>()
+  private readonly now: () => number
+
+  constructor(private readonly options: DeviceSendsOptions) {
+    this.now = options.now ?? Date.now
+  }
+
+  /**
+   * Sends `job` to `sub` now, or hands it to the device's own retries. Resolves once the push
+   * service took it, refused it for good, or the device was set aside; rejects only when `signal`
+   * (the delivery attempt's) aborted first.
+   */
+  async offer(sub: PushSubscriptionRecord, job: DeviceJob, signal: AbortSignal): Promise<void> {
+    const key = keyOf(sub)
+    const aside = this.devices.get(key)
+    if (aside) {
+      this.wait(key, aside, job, sub)
+      return
+    }
+    const outcome = await this.tryOnce(sub, job, signal)
+    if (!(outcome instanceof Error)) return
+    if (signal.aborted) throw outcome
+    this.options.log.warn(
+      { user: sub.user, device: sub.device, err: outcome },
+      "push to a device failed: it is retried on its own schedule, and no other notification waits for it",
+    )
+    // Another conversation's notification may have set it aside meanwhile.
+    const other = this.devices.get(key)
+    if (other) this.wait(key, other, job, sub)
+    else {
+      this.devices.set(key, {
+        sub,
+        waiting: new Map([[job.conversation, job]]),
+        failures: 0,
+        until: 0,
+        sending: false,
+      })
+      this.failed(key, this.devices.get(key)!)
+    }
+    const device: Device = {
+      sub,
+      waiting: new Map([[job.conversation, job]]),
+      failures: 0,
+      until: 0,
+      sending: false,
+    }
+    this.devices.set(key, device)
+    this.failed(key, device)
+  }
+
+  /** Devices set aside (for metrics and tests). */
+  setAside(): number {
+    return this.devices.size
+  }
+
+  private wait(key: string, device: Device, job: DeviceJob, sub: PushSubscriptionRecord): void {
+    device.sub = sub
+    device.waiting.delete(job.conversation)
+    device.waiting.set(job.conversation, job)
+    if (device.waiting.size > MAX_WAITING_PER_DEVICE)
+      device.waiting.delete(device.waiting.keys().next().value!)
+    // Answering again (only set aside for a while): sent now, in the background. Failing: at its retry.
+    if (!device.sending && device.failures === 0) this.arm(key, device, 0)
+  }
+
+  private arm(key: string, device: Device, ms: number): void {
+    clearTimeout(device.timer)
+    device.timer = setTimeout(() => void this.tick(key, device), ms)
+    device.timer.unref?.()
+  }
+
+  /** Counts a failed try and arms the next, or drops what the device waits for once its retries are spent. */
+  private failed(key: string, device: Device): void {
+    device.failures++
+    device.until = this.now() + SET_ASIDE_MS
+    const delay = this.options.retryDelay(device.failures)
+    if (delay !== undefined) {
+      this.arm(key, device, delay)
+      return
+    }
+    this.options.log.warn(
+      { user: device.sub.user, device: device.sub.device, dropped: device.waiting.size },
+      "push to a device kept failing: its notifications were dropped",
+    )
+    device.waiting.clear()
+    device.failures = 0
+    this.arm(key, device, device.until - this.now())
+  }
+
+  /** Sends what the device waits for, oldest first; forgets the device once nothing waits and its time aside is over. */
+  private async tick(key: string, device: Device): Promise<void> {
+    device.timer = undefined
+    if (this.devices.get(key) !== device) return
+    if (device.waiting.size === 0) {
+      const left = device.until - this.now()
+      if (left <= 0) this.devices.delete(key)
+      else this.arm(key, device, left)
+      return
+    }
+    device.sending = true
+    let failed = false
+    try {
+      const current = (await this.options.store.list(device.sub.user)).find(
+        (s) => s.device === device.sub.device,
+      )
+      if (!current) device.waiting.clear()
+      else device.sub = current
+      for (const [conversation, job] of [...device.waiting]) {
+        if (!current) break
+        const outcome = job.expiresAt > this.now() ? await this.tryOnce(current, job) : "sent"
+        if (outcome instanceof Error) {
+          failed = true
+          break
+        }
+        if (device.waiting.get(conversation) === job) device.waiting.delete(conversation)
+        if (outcome === "gone") device.waiting.clear()
+      }
+    } catch (error) {
+      this.options.log.warn({ err: error }, "push retry of a device failed")
+      failed = true
+    } finally {
+      device.sending = false
+    }
+    if (failed) {
+      this.failed(key, device)
+      return
+    }
+    device.failures = 0
+    this.arm(key, device, 0)
+  }
+
+  /** One try, bounded by the per-device timeout (and `signal`); a throw counts as the failure to retry. */
+  private async tryOnce(
+    sub: PushSubscriptionRecord,
+    job: DeviceJob,
+    signal?: AbortSignal,
+  ): Promise<SendOutcome> {
+    const timeout = AbortSignal.timeout(this.options.timeoutMs)
+    const bounded = signal ? AbortSignal.any([signal, timeout]) : timeout
+    let stop: (() => void) | undefined
+    // Raced, not only passed on: name resolution before the request does not take a signal.
+    const expired = new Promise<Error>((resolve) => {
+      stop = () => resolve(new Error(`push service did not answer within ${this.options.timeoutMs} ms`))
+      bounded.addEventListener("abort", stop, { once: true })
+    })
+    try {
+      return await Promise.race([
+        this.options
+          .send(sub, job, bounded)
+          .catch((error: unknown) => (error instanceof Error ? error : new Error(String(error)))),
+        expired,
+      ])
+    } finally {
+      bounded.removeEventListener("abort", stop!)
+    }
+  }
+}
