@@ -2,6 +2,7 @@ import type {
   AfterSaved,
   AwarenessChange,
   HttpRequest,
+  LoadedDocument,
   RelayExtension,
   RunningCore,
   StoredLog,
@@ -68,6 +69,11 @@ export class HooksExtension implements RelayExtension {
     // Only a core that was never started loads without the runtime: there is no outbox to recover into.
     if (this.running) return this.running.applyStoredLog(name, doc, updates)
     for (const { position, update } of updates) applyStored(doc, update, position)
+  }
+
+  /** A conversation loaded with nothing stored gets its first hook watermark before its first append. */
+  beforeAppend({ name, doc }: LoadedDocument): Promise<void> | undefined {
+    return name.kind === "conversation" ? this.running?.beforeAppend(name.id, doc) : undefined
   }
 
   async compactionLimit({ name }: { readonly name: string }): Promise<number> {

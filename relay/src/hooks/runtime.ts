@@ -113,6 +113,8 @@ export class HookRuntime {
   private readonly bots = new WeakMap<object, { user: UserId; hook: string }>()
   private readonly typingSeen = new Map<string, number>()
   private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
+  /** Documents loaded with nothing stored and no watermark: given one before their first append. */
+  private readonly unmarked = new WeakSet<Y.Doc>()
   private readonly core: RunningCore
   private chain: Promise<unknown> = Promise.resolve()
   /** Records in {@link chain} not done yet (a failed one waiting to be tried again, or behind one). */
@@ -295,6 +297,28 @@ export class HookRuntime {
    * events for. A document seen for the first time gets its watermark set to
    * the end of its log, without events.
    */
+  /**
+   * Records the first watermark of a document loaded with nothing stored, before its first append:
+   * undefined when it has one already (every later append).
+   */
+  beforeAppend(name: string, doc: Y.Doc): Promise<void> | undefined {
+    if (!this.unmarked.delete(doc)) return undefined
+    return this.recordFirstWatermark(name, 0)
+  }
+
+  /**
+   * A first watermark, so that a crash from now on is recovered from here. Not a condition of
+   * serving or writing the document: while storage refuses writes (a full disk) readers are served,
+   * and the next change's events set it.
+   */
+  private async recordFirstWatermark(name: string, through: number): Promise<void> {
+    await this.options.outbox
+      .enqueue({ document: name, events: [], through })
+      .catch((error: unknown) =>
+        this.log.warn({ err: error, document: name }, "could not record the document's first hook watermark"),
+      )
+  }
+
   async applyStoredLog(
     name: string,
     doc: Y.Doc,
@@ -305,18 +329,11 @@ export class HookRuntime {
     const mark = id ? await this.options.outbox.watermark(name) : undefined
     if (!id || mark === undefined) {
       for (const { position, update } of updates) applyStored(doc, update, position)
-      // A first watermark, so that a crash from now on is recovered from here. Not a condition of
-      // serving the document: while storage refuses writes (a full disk) readers are served, and the
-      // next change's events set it.
-      if (id)
-        await this.options.outbox
-          .enqueue({ document: name, events: [], through: last ?? 0 })
-          .catch((error: unknown) =>
-            this.log.warn(
-              { err: error, document: name },
-              "could not record the document's first hook watermark",
-            ),
-          )
+      // A document with nothing stored gets its first watermark before its first append (see
+      // `beforeAppend`): most such loads store nothing (a pending connect, a probe of a made-up id),
+      // and one row each, kept for good, would let anyone add rows by naming ids.
+      if (id && last === undefined) this.unmarked.add(doc)
+      else if (id) await this.recordFirstWatermark(name, last ?? 0)
       return
     }
     const events: HookEvent[] = []

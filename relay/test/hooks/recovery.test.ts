@@ -82,6 +82,38 @@ describe("hook events of changes saved right before a crash", () => {
     ])
   })
 
+  it("records no watermark for a document loaded with nothing stored, and one before its first change is stored", async () => {
+    const storage = new MemoryStorage()
+    const outbox = new MemoryOutbox()
+    const first = await relayOn(storage, outbox)
+    // Ids nobody created, loaded (as a pending connect or an upload to a made-up id loads them): nothing kept.
+    for (let i = 0; i < 20; i++) await first.core.read(`g~made-up-${i}`, () => undefined)
+    await first.runtime.idle()
+    for (let i = 0; i < 20; i++) expect(await outbox.watermark(`g~made-up-${i}`)).toBeUndefined()
+
+    // A conversation created on a document loaded empty: its first append comes with a watermark, so a
+    // change stored right before a crash is recovered from there.
+    const fresh = "g~created-later" as ConversationId
+    await first.core.read(fresh, () => undefined)
+    const a = new InProcessClient(first.core, fresh, alice)
+    await a.connect()
+    expect(await outbox.watermark(fresh)).toBeUndefined()
+    createConversation(a.doc, alice, { kind: "group", id: fresh, participants: [bob] })
+    await a.settled()
+    await first.runtime.idle()
+    expect(await outbox.watermark(fresh)).toBeGreaterThan(0)
+    const replica = new Y.Doc()
+    const stored = await storage.load(fresh)
+    for (const { update } of stored.updates) Y.applyUpdate(replica, update)
+    const before = Y.encodeStateVector(replica)
+    sendMessage(replica, bob, { id: "crash-002" as MessageId, body: "saved, then the relay died" })
+    await storage.append(fresh, [Y.encodeStateAsUpdate(replica, before)])
+    const second = await relayOn(storage, outbox)
+    await second.core.read(fresh, () => undefined)
+    await second.runtime.idle()
+    expect(sent(second.events).map((e) => e.id)).toEqual(["crash-002"])
+  })
+
   it("never compacts log entries whose events are not recorded yet", async () => {
     const storage = new MemoryStorage()
     const outbox = new MemoryOutbox()
