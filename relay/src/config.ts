@@ -580,7 +580,7 @@ export const RELAY_FLAGS = {
   "attachment-chunks-in-flight": flag({
     kind: "integer",
     env: "PARLEY_ATTACHMENT_CHUNKS_IN_FLIGHT",
-    help: "upload chunks the relay reads at once, all users together, each up to 1 MiB in memory (503 beyond)",
+    help: "upload chunks the relay reads at once, all users together, each up to 1 MiB in memory (beyond: the slowest chunk under about 100 KiB/s gives up its slot with 408, else 503)",
     default: ATTACHMENTS.maxChunksInFlight,
   }),
   "attachment-downloads-per-user": flag({

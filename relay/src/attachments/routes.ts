@@ -26,6 +26,7 @@ import type { Logger } from "../log.js"
 import { type Principal, SERVICE_PARTICIPANT_PREFIX, serviceParticipant } from "../principal.js"
 import { endWhenStalled } from "../stalled-reader.js"
 import type { BlobStore } from "./blob-store.js"
+import { type ChunkSlot, ChunkSlots } from "./chunk-slots.js"
 import { INLINE_IMAGES } from "./content-type.js"
 import { DownloadSlots, releasing } from "./downloads.js"
 import type { LinkPreviewGate } from "./link-preview-gate.js"
@@ -350,24 +351,29 @@ function parseRange(
   return { start, end }
 }
 
-/** Reads a request body of at most `max` bytes; undefined when it is longer (the rest is not read). */
-/** A chunk's sender stalled or trickled below the relay's floor; `received` is what arrived. */
+/** A chunk's sender stalled or trickled below the relay's floor, or its slot went to another chunk; `received` is what arrived. */
 class SlowChunk extends Error {
-  constructor(readonly received: Uint8Array) {
+  constructor(
+    readonly received: Uint8Array,
+    readonly preempted: boolean,
+  ) {
     super("slow chunk")
   }
 }
 
 /**
- * Reads a chunk's body, at most `max` bytes (undefined beyond). A sender that
- * sends nothing for `idleMs`, or less than `minBytesPerSecond` on average once
- * `idleMs` has passed, is cut off with {@link SlowChunk}: a slot of the chunks
- * in flight (and of its user's) is not held for minutes by a trickle.
+ * Reads a chunk's body, at most `max` bytes (undefined beyond), counting what
+ * arrived in its `slot`. A sender that sends nothing for `idleMs`, or less
+ * than `minBytesPerSecond` on average once `idleMs` has passed, is cut off
+ * with {@link SlowChunk}: a slot of the chunks in flight (and of its user's)
+ * is not held for minutes by a trickle; so is one whose slot another chunk
+ * took (see {@link ChunkSlots}).
  */
 async function readChunk(
   body: ReadableStream<Uint8Array> | null,
   max: number,
   pace: { readonly idleMs: number; readonly minBytesPerSecond: number },
+  slot: ChunkSlot,
 ): Promise<Uint8Array | undefined> {
   if (!body) return new Uint8Array(0)
   const parts: Uint8Array[] = []
@@ -376,40 +382,46 @@ async function readChunk(
   const started = performance.now()
   let lastByte = started
   const tooSlow = () => {
+    if (slot.preempted.aborted) return true
     const now = performance.now()
     if (now - lastByte >= pace.idleMs) return true
     const elapsed = now - started
     return elapsed >= pace.idleMs && (length * 1000) / elapsed < pace.minBytesPerSecond
   }
+  const cutOff = async () => {
+    await reader.cancel().catch(() => {})
+    return new SlowChunk(Buffer.concat(parts, length), slot.preempted.aborted)
+  }
   const TICK = Symbol("tick")
+  const preempted = new Promise<typeof TICK>((resolve) =>
+    slot.preempted.addEventListener("abort", () => resolve(TICK), { once: true }),
+  )
   let pending: Promise<ReadableStreamReadResult<Uint8Array>> | undefined
   for (;;) {
     pending ??= reader.read()
     let timer: NodeJS.Timeout | undefined
     const next = await Promise.race([
       pending,
+      preempted,
       new Promise<typeof TICK>((resolve) => {
         timer = setTimeout(() => resolve(TICK), Math.min(1000, pace.idleMs))
       }),
     ]).finally(() => clearTimeout(timer))
     if (next === TICK) {
       if (!tooSlow()) continue
-      await reader.cancel().catch(() => {})
-      throw new SlowChunk(Buffer.concat(parts, length))
+      throw await cutOff()
     }
     pending = undefined
     if (next.done) break
     length += next.value.length
+    slot.received = length
     if (length > max) {
       await reader.cancel().catch(() => {})
       return undefined
     }
     if (next.value.length > 0) lastByte = performance.now()
     parts.push(next.value)
-    if (tooSlow()) {
-      await reader.cancel().catch(() => {})
-      throw new SlowChunk(Buffer.concat(parts, length))
-    }
+    if (tooSlow()) throw await cutOff()
   }
   return Buffer.concat(parts, length)
 }
@@ -424,7 +436,9 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   const { service, store, quota } = options
   const now = options.now ?? Date.now
   const chunkBytes = service.options.chunkBytes
-  let chunksInFlight = 0
+  // A chunk that would take longer than the idle limit to arrive whole at its pace gives up its slot
+  // when every slot is taken and another chunk comes (1 MiB in 10 s: about 100 KiB a second).
+  const slots = new ChunkSlots(options.maxChunksInFlight, (chunkBytes * 1000) / options.chunkPace.idleMs)
   const downloads = new DownloadSlots(options.downloads.perUser)
   const app = problemApp<Env>(options.log, "attachment route")
   registerUserTokenScheme(app)
@@ -546,7 +560,7 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         413,
         { connection: "close" },
       )
-    if (chunksInFlight >= options.maxChunksInFlight)
+    if (!slots.available())
       return problemResponse(
         c,
         new ParleyError(ErrorCode.UNAVAILABLE, "too many uploads at once: retry"),
@@ -571,11 +585,12 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         429,
         { "retry-after": String(Math.max(1, Math.ceil(quota.retryAfterMs(user, cost) / 1000))) },
       )
-    chunksInFlight++
+    // Taken in the same turn as `available()` answered: a slot, or a slow chunk's.
+    const slot = slots.take()!
     try {
       let chunk: Uint8Array | undefined
       try {
-        chunk = await readChunk(c.req.raw.body, chunkBytes, options.chunkPace)
+        chunk = await readChunk(c.req.raw.body, chunkBytes, options.chunkPace, slot)
       } catch (error) {
         if (!(error instanceof SlowChunk))
           // The client went away mid-chunk: nothing of it is stored, and nobody is left to answer.
@@ -593,7 +608,9 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
           c,
           new ParleyError(
             ErrorCode.TIMEOUT,
-            `the chunk came too slowly (nothing for ${options.chunkPace.idleMs} ms, or under ${options.chunkPace.minBytesPerSecond} bytes a second): ${kept} bytes are stored, send the rest from there`,
+            error.preempted
+              ? `the chunk came too slowly while the relay had no free slot for another one: ${kept} bytes are stored, send the rest from there`
+              : `the chunk came too slowly (nothing for ${options.chunkPace.idleMs} ms, or under ${options.chunkPace.minBytesPerSecond} bytes a second): ${kept} bytes are stored, send the rest from there`,
           ),
           408,
           { "upload-offset": String(kept), connection: "close" },
@@ -621,7 +638,7 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
         })
       throw error
     } finally {
-      chunksInFlight--
+      slot.release()
       taken()
     }
   })

@@ -10,6 +10,7 @@ import {
 import sharp from "sharp"
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
+import { ChunkSlots } from "../../src/attachments/chunk-slots.js"
 import { sniffText } from "../../src/attachments/content-type.js"
 import { DecodeTurns, describeImage } from "../../src/attachments/images.js"
 import { LinkPreviewer, parseLinkPreview } from "../../src/attachments/link-preview.js"
@@ -244,8 +245,9 @@ describe("link previews", () => {
 })
 
 describe("turns at decoding images", () => {
-  it("runs two at once, one per user: a user's backlog does not hold back another user's image", async () => {
-    const turns = new DecodeTurns(2)
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 0))
+  /** Work that runs until released by name, recording the order it began in. */
+  function gated() {
     const order: string[] = []
     const gates = new Map<string, () => void>()
     const work = (name: string) => () =>
@@ -253,7 +255,16 @@ describe("turns at decoding images", () => {
         order.push(name)
         gates.set(name, resolve)
       })
-    const settle = () => new Promise((resolve) => setTimeout(resolve, 0))
+    const end = async (name: string) => {
+      gates.get(name)!()
+      await settle()
+    }
+    return { order, work, end }
+  }
+
+  it("runs two at once, one per user, a freed turn going to the user served longest ago", async () => {
+    const turns = new DecodeTurns(2)
+    const { order, work, end } = gated()
     const runs = [
       turns.run("mallory", work("m1")),
       turns.run("mallory", work("m2")),
@@ -264,19 +275,59 @@ describe("turns at decoding images", () => {
     await settle()
     // Mallory's second image waits for her first; Alice's takes the other turn.
     expect(order).toEqual(["m1", "a1"])
-    gates.get("m1")!()
-    await settle()
-    // Her second image came before Bob's and takes her freed turn: she never holds both.
-    expect(order).toEqual(["m1", "a1", "m2"])
-    gates.get("a1")!()
-    await settle()
-    expect(order).toEqual(["m1", "a1", "m2", "b1"])
-    gates.get("m2")!()
-    gates.get("b1")!()
-    await settle()
-    gates.get("m3")!()
+    // Her second image came before Bob's, but Bob has had no turn: he gets hers.
+    await end("m1")
+    expect(order).toEqual(["m1", "a1", "b1"])
+    await end("a1")
+    expect(order).toEqual(["m1", "a1", "b1", "m2"])
+    await end("b1")
+    await end("m2")
+    await end("m3")
     await Promise.all(runs)
-    expect(order).toEqual(["m1", "a1", "m2", "b1", "m3"])
+    expect(order).toEqual(["m1", "a1", "b1", "m2", "m3"])
+  })
+
+  it("gives a user arriving behind two accounts' backlogs the next turn that ends, not the end of their queues", async () => {
+    const turns = new DecodeTurns(2)
+    const { order, work, end } = gated()
+    const runs: Promise<void>[] = []
+    for (let i = 1; i <= 4; i++) runs.push(turns.run("a1", work(`a1-${i}`)), turns.run("a2", work(`a2-${i}`)))
+    await settle()
+    runs.push(turns.run("honest", work("png")))
+    // The two accounts keep coming back for more as each of theirs ends (the repro: 4 uploads in flight each).
+    await end("a1-1")
+    expect(order).toEqual(["a1-1", "a2-1", "png"])
+    await end("a2-1")
+    await end("png")
+    for (const name of ["a1-2", "a2-2", "a1-3", "a2-3", "a1-4", "a2-4"]) await end(name)
+    await Promise.all(runs)
+  })
+})
+
+describe("the relay's upload chunk slots", () => {
+  it("gives a new chunk the slot of the slowest one under the contended pace, and none when all are faster", () => {
+    let now = 0
+    // Two slots; a chunk under 1000 bytes a second gives up its slot to a new one when both are taken.
+    const slots = new ChunkSlots(2, 1000, () => now)
+    const trickle = slots.take()!
+    const fast = slots.take()!
+    now = 5000
+    trickle.received = 2500 // 500 bytes a second
+    fast.received = 50_000 // 10,000 bytes a second
+    expect(slots.available()).toBe(true)
+    const next = slots.take()!
+    expect(trickle.preempted.aborted).toBe(true)
+    expect(fast.preempted.aborted).toBe(false)
+    expect(slots.inFlight).toBe(2)
+    // The new chunk is measured over a second at least: once it sends at pace it keeps its slot.
+    next.received = 2000
+    expect(slots.available()).toBe(false)
+    expect(slots.take()).toBeUndefined()
+    // The preempted chunk's release frees nothing more: its slot is the new chunk's.
+    trickle.release()
+    expect(slots.inFlight).toBe(2)
+    fast.release()
+    expect(slots.take()).toBeDefined()
   })
 })
 
@@ -310,5 +361,70 @@ describe("decoding an uploaded image", () => {
   it("allows an interlaced PNG a quarter of that: libvips decodes it whole, without shrinking on load", async () => {
     await expect(describe_(await png(600, 600, false, true))).rejects.toThrow(/decodes to 1440000 bytes/)
     expect(await describe_(await png(400, 400, false, true))).toMatchObject({ width: 400, height: 400 })
+  })
+
+  /** The prober's AVIF: 1,295 bytes, 6300 × 6300 of one colour, with EXIF. */
+  const PROBE_AVIF = Buffer.from(
+    "AAAAHGZ0eXBhdmlmAAAAAG1pZjFhdmlmbWlhZgAAARdtZXRhAAAAAAAAACFoZGxyAAAAAAAAAABwaWN0AAAAAAAAAAAAAAAAAAAAADRpbG9jAAAAAERAAAIAAQAAAAABOwABAAAAAAAAAvgAAgAAAAAEMwABAAAAAAAAANwAAAA4aWluZgAAAAAAAgAAABVpbmZlAgAAAAABAABhdjAxAAAAABVpbmZlAgAAAQACAABFeGlmAAAAAA5waXRtAAAAAAABAAAAVmlwcnAAAAA4aXBjbwAAAAxhdjFDgT8CAAAAABRpc3BlAAAAAAAAGJwAABicAAAAEHBpeGkAAAAAAwgICAAAABZpcG1hAAAAAAAAAAEAAQOBAgMAAAAaaXJlZgAAAAAAAAAOY2RzYwACAAEAAQAAA9xtZGF0EgAKCj/zMTeJtpAQ0Gky5wUQGITFydNNNMLGwIAAXc/KKvcL3qRGGaYDozlNXuyg/lgZUbAa7HdfUWMP7HnkrAX+391elksm1Qvqh0Hntb0EKPoERSgw+Ec6s91XCCJAj7T+t9S3tJWpMCcIQG/CqmVBa09mjPw5i1OAQkBdz8pEY/vnVc969o7pLDiRtFuw+l+U9v6zMhQizAIsmxw5KCIA6QGZl7/EclGIQt8sZ7xk80dpifDVEdBhZ7INY90WfkGL4c5SDOeZci3NFjbGWld1OMn5dqQErtSQoFzPykRj++dVz3r2jukrT3ng+7CKic6npzhpQzyujf0vy2ZOpUI1QXFC28B/Nip532z0wtPtLIxqqRR3XULYUIsSn6BA4uc0ObTtcoUJjyzQfzsQVihBD+s812EPB4JVz8pEVhAMMmwsTEiCd0VX3PWgXllZ/0aXSIgey9Mra1HgUsh4emY6jcJ4z5PZiUCH04L2PJaCSx5psLHRTGlXVK+55wlRc46N2rWV804yit21ATSVJChcz8pEY/vnVc969o7pK0954PuwionOp6c4aUM8ro39L8tmTqVCNUFxQtvAfzYqed9s9MLT7SyMaqkUd11C2FCLEp+gQOLnNDm07XKFCY8s0H87EFYoQQ/rPNdhDweCVc/KRFYQDDJsLExIgndFV9z1oF5ZWf9Gl0iIHsvTK2tR4FLIeHpmOo3CeM+T2YlAh9OC9jyWgkseabCx0UxpV1SvuecJUXOOjdq1lfNOMordtQE0lSQoW8/KRGP751XPevaO6StPeeD7sIqJzqenOGlDPK6N/S/LZk6lQjVBcULbwH82KnnfbPTC0+0sjGqpFHddQthQixKfoEDi5zQ5tO1yhQmPLNB/OxBWKEEP6zzXYRBAz8pEVhAMMmwsTEiCd0VX3PWgXllZ/0aXSIgey9Mra1HgUsh4emY6jcJ4z5PZiUCH04L2PJaCSx5psLHRTGlXVK+55wlRc46N2rWV804yit21ATSWgAAAAAZFeGlmAABJSSoACAAAAAgADwECAAYAAAB+AAAAEAECAAIAAABYAAAAEgEDAAEAAAABAAAAGgEFAAEAAABuAAAAGwEFAAEAAAB2AAAAKAEDAAEAAAACAAAAEwIDAAEAAAABAAAAaYcEAAEAAACEAAAAAAAAADhjAADoAwAAOGMAAOgDAABQcm9iZQAGAACQBwAEAAAAMDIxMAGRBwAEAAAAAQIDAACgBwAEAAAAMDEwMAGgAwABAAAA//8AAAKgBAABAAAAnBgAAAOgBAABAAAAnBgAAAAAAAA=",
+    "base64",
+  )
+  /** An image of `format`, `width` × `height`, of one colour, with EXIF (a phone's make). */
+  const withExif = (format: "avif" | "webp" | "jpeg", width: number, height: number) =>
+    sharp({ create: { width, height, channels: 3, background: { r: 200, g: 90, b: 9 } } })
+      [format]()
+      .withExif({ IFD0: { Make: "Phone-Maker-Marker" } })
+      .toBuffer()
+  const describeAs = (bytes: Uint8Array, type: string, maxPixels: number) =>
+    describeImage(
+      async function* () {
+        yield bytes
+      },
+      type,
+      maxPixels,
+    )
+
+  it("refuses, before decoding a pixel, an AVIF over its share of the pixel limit (its decoder costs ten times as much)", async () => {
+    const started = performance.now()
+    // Under the 40-million-pixel limit; before, its metadata-stripping re-encode cost 14 s of CPU and 1.4 GB.
+    await expect(describeAs(PROBE_AVIF, "image/avif", 40_000_000)).rejects.toThrow(/6300 × 6300 heif/)
+    expect(performance.now() - started).toBeLessThan(1000)
+    // 40 % of a limit of a million pixels: 700 × 700 is over, 600 × 600 under.
+    await expect(describeAs(await withExif("avif", 700, 700), "image/avif", 1_000_000)).rejects.toThrow(
+      /700 × 700 heif/,
+    )
+    const plain = await sharp({ create: { width: 600, height: 600, channels: 3, background: "#123" } })
+      .avif()
+      .toBuffer()
+    expect(await describeAs(plain, "image/avif", 1_000_000)).toMatchObject({ width: 600, height: 600 })
+  })
+
+  it("stores an image with metadata again downscaled past its format's share of the pixel limit, a JPEG whole", async () => {
+    const limit = 1_000_000
+    // AVIF: 10 % (100,000 pixels); WebP: 30 % (300,000); JPEG: all of it.
+    const avif = await describeAs(await withExif("avif", 600, 400), "image/avif", limit)
+    expect(avif.width * avif.height).toBeLessThanOrEqual(100_000)
+    expect(avif.width / avif.height).toBeCloseTo(1.5, 1)
+    const webp = await describeAs(await withExif("webp", 900, 600), "image/webp", limit)
+    expect(webp.width * webp.height).toBeLessThanOrEqual(300_000)
+    expect(webp.width * webp.height).toBeGreaterThan(290_000)
+    const jpeg = await describeAs(await withExif("jpeg", 900, 600), "image/jpeg", limit)
+    expect(jpeg).toMatchObject({ width: 900, height: 600 })
+    for (const [facts, format] of [
+      [avif, "heif"],
+      [webp, "webp"],
+      [jpeg, "jpeg"],
+    ] as const) {
+      // What is served is the clean copy: its size is the one given, and it carries no EXIF.
+      const meta = await sharp(facts.clean!).metadata()
+      expect(meta).toMatchObject({ format, width: facts.width, height: facts.height })
+      expect(meta.exif).toBeUndefined()
+      expect(facts.thumbnail.width).toBeLessThanOrEqual(320)
+    }
+    // Without metadata nothing is written again, whatever its size.
+    const plain = await sharp({ create: { width: 900, height: 600, channels: 3, background: "#123" } })
+      .webp()
+      .toBuffer()
+    expect(await describeAs(plain, "image/webp", limit)).toMatchObject({ width: 900, height: 600 })
+    expect((await describeAs(plain, "image/webp", limit)).clean).toBeUndefined()
   })
 })

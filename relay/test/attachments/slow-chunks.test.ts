@@ -142,3 +142,69 @@ describe("upload chunks that come too slowly", () => {
     expect(Buffer.from(got.bytes).equals(Buffer.from(whole))).toBe(true)
   }, 20_000)
 })
+
+describe("upload chunks when every slot of the relay is taken", () => {
+  let relay: RelayProcess
+  const api = attachmentClient(() => relay)
+  const mallory = "mallory" as UserId
+
+  beforeAll(async () => {
+    relay = await startRelayProcess({
+      args: [
+        "--attachment-chunk-idle-ms",
+        String(IDLE_MS),
+        "--attachment-chunk-min-bytes-per-second",
+        "2000",
+        "--attachment-chunks-in-flight",
+        "4",
+      ],
+    })
+  })
+  afterAll(async () => {
+    await stopRelayProcesses()
+  })
+
+  it("gives another user's chunk the slot of the slowest one: senders just above the floor cannot keep everyone out", async () => {
+    const client = await createGroup(relay, "g~slow-chunk-slots", alice, [mallory], "Files")
+    client.close()
+    const piece = new Uint8Array(Buffer.alloc(500, "trickle "))
+    const pieces = Array.from({ length: 30 }, () => piece)
+    const size = piece.length * pieces.length
+    // Mallory holds every slot of the relay (4) with chunks at 5 KB a second: over the 2000 bytes a second floor.
+    const token = await relay.token(mallory)
+    const uploads: string[] = []
+    for (let i = 0; i < 4; i++) {
+      const created = await api.create(mallory, "g~slow-chunk-slots", { name: `slow${i}.txt`, size })
+      uploads.push(created.body.uploadId as string)
+    }
+    const trickles = uploads.map((uploadId) => slowPatch(relay, token, uploadId, size, pieces, 100))
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+
+    const created = await api.create(alice, "g~slow-chunk-slots", { name: "hello.txt", size: 11 })
+    const hello = await api.patch(
+      alice,
+      created.body.uploadId as string,
+      0,
+      new TextEncoder().encode("hello world"),
+    )
+    // Before: 503 for as long as Mallory kept sending.
+    expect(hello.status).toBe(201)
+
+    // One of Mallory's chunks gave up its slot: 408, what arrived kept, and its upload resumes from there.
+    const answers = await Promise.all(trickles)
+    const cut = answers.filter((a) => a.status === 408)
+    expect(cut).toHaveLength(1)
+    expect(answers.filter((a) => a.status === 201)).toHaveLength(3)
+    const kept = Number(cut[0]!.offset)
+    expect(kept).toBeGreaterThan(0)
+    const resumed = uploads[answers.indexOf(cut[0]!)]!
+    expect((await api.head(mallory, resumed)).offset).toBe(String(kept))
+    const rest = await api.patch(
+      mallory,
+      resumed,
+      kept,
+      new Uint8Array(Buffer.alloc(size - kept, "trickle ")),
+    )
+    expect(rest.status).toBe(201)
+  }, 30_000)
+})
