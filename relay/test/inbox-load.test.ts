@@ -105,6 +105,36 @@ describe("inbox writes and connects buy bounded work", () => {
     expect(relay.core.isLoaded(secret)).toBe(false)
   })
 
+  it("loads nothing for writes to a forged key sent back to back, nor for deleting one, before the relay removed it", async () => {
+    const relay = await relayWith()
+    const secrets = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => group(relay, `g~victim${i}`, bob, [alice])),
+    )
+    const m = await inboxOf(relay, mallory)
+    await untilOnlyLoaded(relay, [inboxDocumentName(mallory)])
+    const entries = m.doc.getMap(InboxTopLevel.entries)
+    // Two updates at once: the second is checked while the first one's entries are shown, not yet removed.
+    for (let round = 0; round < 2; round++)
+      m.doc.transact(() => {
+        for (const id of secrets) entries.set(id, { title: `mine ${round}` } as never)
+      })
+    // And a third that deletes them (a removal touches keys with an entry).
+    m.doc.transact(() => {
+      for (const id of secrets) entries.delete(id)
+    })
+    await m.allSaved()
+    await new Promise((r) => setTimeout(r, 200))
+    expect(m.errors).toEqual([])
+    for (const id of secrets) expect(relay.core.isLoaded(id)).toBe(false)
+    // A second device connecting now (a full refresh) loads none of them either.
+    const other = await inboxOf(relay, mallory)
+    await new Promise((r) => setTimeout(r, 200))
+    for (const id of secrets) {
+      expect(relay.core.isLoaded(id)).toBe(false)
+      expect(other.doc.getMap(InboxTopLevel.entries).has(id)).toBe(false)
+    }
+  })
+
   it("takes back an entry whose key the relay lost without refusing the device, and shows it again once the membership is written", async () => {
     // A device synced an entry from a relay whose storage never kept it (a crash before the inbox
     // target stored the key, a restored backup): the relay it reconnects to has no key there.

@@ -87,16 +87,32 @@ export const itemKey = (item: Y.Item): string => `${item.id.client}:${item.id.cl
  * the relay recovers the change that made it, `inboxTarget`) or a forgery:
  * removed either way. Empty for what it cannot read (it was refused then).
  */
-export function entriesHandedBack(doc: Y.Doc, update: Uint8Array): HandedBack {
+export function entriesHandedBack(
+  doc: Y.Doc,
+  update: Uint8Array,
+  /**
+   * Whether the relay is to remove the item `item` (by {@link itemKey}) under `key` again: an earlier
+   * write of the user's put it under a key the inbox showed nothing under. Such an entry is shown
+   * until it is removed, but it is the user's, not the relay's: a second write to its key (or its
+   * deletion) before then must not count it as the user's membership.
+   */
+  pendingRemoval: (key: ConversationId, item: string) => boolean = () => false,
+): HandedBack {
   const derive = new Set<ConversationId>()
   const remove = new Map<ConversationId, Set<string>>()
   try {
     const read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
-    const entries = doc.getMap(InboxTopLevel.entries)
+    const entries = (doc.getMap(InboxTopLevel.entries) as unknown as { readonly _map: Map<string, Y.Item> })
+      ._map
+    // Shown now, and put there by the relay (not by a write of the user's it is about to remove).
+    const shown = (key: ConversationId) => {
+      const current = entries.get(key)
+      return current !== undefined && !current.deleted && !pendingRemoval(key, itemKey(current))
+    }
     for (const { item, location } of read.items) {
       if (location.root !== InboxTopLevel.entries || location.key === null || !isConversationId(location.key))
         continue
-      if (entries.has(location.key)) derive.add(location.key)
+      if (shown(location.key)) derive.add(location.key)
       else {
         let items = remove.get(location.key)
         if (!items) {
@@ -106,9 +122,14 @@ export function entriesHandedBack(doc: Y.Doc, update: Uint8Array): HandedBack {
         items.add(itemKey(item))
       }
     }
-    // A removal touches only keys with an entry now.
+    // A removal touches only keys with an entry now; one of the user's own, pending removal, loads nothing.
     for (const { location } of read.deleted)
-      if (location.root === InboxTopLevel.entries && location.key !== null && isConversationId(location.key))
+      if (
+        location.root === InboxTopLevel.entries &&
+        location.key !== null &&
+        isConversationId(location.key) &&
+        shown(location.key)
+      )
         derive.add(location.key)
   } catch {
     return { derive: [], remove: new Map() }

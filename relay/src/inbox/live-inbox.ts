@@ -15,7 +15,7 @@ import {
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
-import type * as Y from "yjs"
+import * as Y from "yjs"
 import type { AfterSaved, ConnectionChange, PolicyInput, RelayExtension, RunningCore } from "../extension.js"
 import { entriesHandedBack, itemKey } from "./check-inbox-update.js"
 import { deferEntryReplacement, EntryValues } from "./entry-update.js"
@@ -180,7 +180,12 @@ export class LiveInbox implements RelayExtension {
    */
   checkUpdate({ name, doc, update, principal }: PolicyInput): { allowed: true } {
     if (name.kind === "inbox" && principal.kind === "user" && principal.user === name.user) {
-      const { derive, remove } = entriesHandedBack(doc, update)
+      const pending = this.handedBack.get(name.user)
+      const { derive, remove } = entriesHandedBack(
+        doc,
+        update,
+        (key, item) => pending?.get(key)?.has(item) === true,
+      )
       if (derive.length > 0) {
         let mine = this.touched.get(name.user)
         if (!mine) {
@@ -192,9 +197,11 @@ export class LiveInbox implements RelayExtension {
       if (remove.size > 0) {
         let mine = this.handedBack.get(name.user)
         if (!mine) {
-          // Kept past a disconnect (the write may still be stored); one refused after this check stays
-          // until the user's next stored write. Only ever a safety net (removals check item ids): bounded.
-          if (this.handedBack.size >= MAX_HANDED_BACK_USERS) this.handedBack.clear()
+          // Kept past a disconnect (the write may still be stored) until the relay removed the items, or a
+          // later write replaced them. Bounded: past it the oldest user's go (their entries are then
+          // derived by the next full refresh, loading one conversation each, and removed).
+          if (this.handedBack.size >= MAX_HANDED_BACK_USERS)
+            this.handedBack.delete(this.handedBack.keys().next().value!)
           mine = new Map()
           this.handedBack.set(name.user, mine)
         }
@@ -289,8 +296,7 @@ export class LiveInbox implements RelayExtension {
         this.touched.delete(parsed.user)
         if (keys && keys.size > 0) this.refresh(parsed.user, keys)
         const handedBack = this.handedBack.get(parsed.user)
-        this.handedBack.delete(parsed.user)
-        if (handedBack) this.removeHandedBack(name, handedBack)
+        if (handedBack) this.removeHandedBack(parsed.user, name, handedBack)
       }
       return
     }
@@ -355,16 +361,51 @@ export class LiveInbox implements RelayExtension {
    * lost) stays. Derived data: a failure leaves the entry to the next full
    * refresh, which derives it from the conversation.
    */
-  private removeHandedBack(name: string, handedBack: ReadonlyMap<ConversationId, ReadonlySet<string>>): void {
+  private removeHandedBack(
+    user: UserId,
+    name: string,
+    pending: ReadonlyMap<ConversationId, ReadonlySet<string>>,
+  ): void {
+    // The items stay listed as pending until their removal is applied: a write of the user's checked
+    // meanwhile must not take one of them (shown until then) for an entry of the relay's.
+    const handedBack = new Map([...pending].map(([key, items]) => [key, new Set(items)]))
+    // Items done with: removed now, or already replaced (a later write); one of a write not applied
+    // yet stays pending for that write's own turn.
+    const done: [ConversationId, string][] = []
     this.core
       ?.write(name, { kind: "relay" }, (inbox) => {
         const entries = inbox.getMap(InboxTopLevel.entries)
         for (const [key, items] of handedBack) {
           const current = (entries as unknown as { readonly _map: Map<string, Y.Item> })._map.get(key)
-          if (current && !current.deleted && items.has(itemKey(current))) entries.delete(key)
+          const shown = current && !current.deleted ? itemKey(current) : undefined
+          for (const item of items) {
+            const [client, clock] = item.split(":").map(Number) as [number, number]
+            if (item === shown) entries.delete(key)
+            if (item === shown || Y.getState(inbox.store, client) > clock) done.push([key, item])
+          }
         }
       })
+      .then(() => {
+        const mine = this.handedBack.get(user)
+        if (!mine) return
+        for (const [key, item] of done) {
+          const listed = mine.get(key)
+          listed?.delete(item)
+          if (listed?.size === 0) mine.delete(key)
+        }
+        if (mine.size === 0) this.handedBack.delete(user)
+      })
       .catch(() => {})
+  }
+
+  /** Whether the entry `inbox` shows under `key` is one of `user`'s own writes the relay is to remove. */
+  private pendingRemoval(user: UserId, inbox: Y.Doc, key: string): boolean {
+    const listed = this.handedBack.get(user)?.get(key as ConversationId)
+    if (!listed) return false
+    const current = (
+      inbox.getMap(InboxTopLevel.entries) as unknown as { readonly _map: Map<string, Y.Item> }
+    )._map.get(key)
+    return current !== undefined && listed.has(itemKey(current))
   }
 
   /** Records `id` as missed by the away users it concerns (its members, the change's readers). */
@@ -425,9 +466,13 @@ export class LiveInbox implements RelayExtension {
       if (before) clearTimeout(before.timer)
       this.lastFull.set(user, last)
       this.away.delete(user)
-      const all = await core.read(inboxDocumentName(user), (inbox) => [
-        ...inbox.getMap(InboxTopLevel.entries).keys(),
-      ])
+      // Not the user's own entries under keys the inbox showed nothing under (removed again at once):
+      // deriving them would load conversations of the user's choosing.
+      const all = await core.read(inboxDocumentName(user), (inbox) =>
+        [...inbox.getMap(InboxTopLevel.entries).keys()].filter(
+          (key) => !this.pendingRemoval(user, inbox, key),
+        ),
+      )
       ids = [...new Set([...all, ...wanted.keys])]
     }
     let slice = performance.now()
