@@ -690,11 +690,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const keeper = this.options.history
     const fold = foldedHistory(host.doc)
     // A folded segment's hash is on a directory page: checked here when the relay holds that page, by the client always.
-    const expected =
-      keeper &&
-      (summaryOf(host.doc, segment)?.hash ??
-        (fold && segment < fold.segments ? (sealedHistory(host.doc).folded(segment)?.hash ?? "") : undefined))
-    this.servePage(connection, request, segment, encodeHistoryPage, expected, () =>
+    const summary =
+      summaryOf(host.doc, segment) ??
+      (fold && segment < fold.segments ? sealedHistory(host.doc).folded(segment) : undefined)
+    const expected = keeper && (summary?.hash ?? (fold && segment < fold.segments ? "" : undefined))
+    this.servePage(connection, request, segment, encodeHistoryPage, expected, summary?.bytes, () =>
       keeper!.page(host, segment),
     )
   }
@@ -715,7 +715,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
           ? fold.hash
           : (sealedHistory(host.doc).page(page + 1)?.previous?.hash ?? "")
         : undefined
-    this.servePage(connection, request, page, encodeDirectoryPageFrame, expected, () =>
+    this.servePage(connection, request, page, encodeDirectoryPageFrame, expected, undefined, () =>
       keeper!.directoryPage(host, page),
     )
   }
@@ -730,7 +730,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const host = connection.host
     const keeper = this.options.history
     const expected = keeper && record < epochCount(host.doc) ? "" : undefined
-    this.servePage(connection, request, record, encodeEpochRecordFrame, expected, () =>
+    this.servePage(connection, request, record, encodeEpochRecordFrame, expected, undefined, () =>
       keeper!.epochRecord(host, record),
     )
   }
@@ -747,6 +747,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     segment: number,
     encode: (page: HistoryPage) => Uint8Array,
     expected: string | undefined,
+    /** The page's size when the document says it (a segment's summary); else {@link PAGE_RESERVATION_BYTES}. */
+    size: number | undefined,
     read: () => Promise<StoredSegment | null>,
   ): void {
     const host = connection.host
@@ -761,12 +763,22 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       return
     }
     this.historyInFlight.set(connection, inFlight + 1)
-    // A page is read and sent for a request of a few bytes: it waits for the user's answer budget.
-    const wait = this.users.answerDelay(connection.principal)
-    const readable =
-      wait > 0 ? new Promise<void>((resolve) => setTimeout(resolve, wait).unref()) : Promise.resolve()
-    readable
-      .then(() => (connection.closed ? null : read()))
+    // A page is read and sent for a request of a few bytes: it waits for the user's answer budget, and
+    // takes its size from it before it is read. Charged only once sent, every request in flight on the
+    // user's sockets passed while the budget was positive (3.6 times the budget over 250 sockets).
+    const reserved = size ?? PAGE_RESERVATION_BYTES
+    const admitted = async (): Promise<boolean> => {
+      for (;;) {
+        if (connection.closed) return false
+        const wait = this.users.answerDelay(connection.principal)
+        if (wait <= 0) break
+        await new Promise<void>((resolve) => setTimeout(resolve, wait).unref())
+      }
+      this.users.answered(connection.principal, reserved)
+      return true
+    }
+    admitted()
+      .then((admit) => (admit ? read() : null))
       .then((stored) => {
         if (connection.closed) return
         if (!stored || (expected !== "" && stored.hash !== expected)) {
@@ -774,7 +786,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
           answer({ request, segment, error: ErrorCode.NOT_FOUND })
         } else {
           answer({ request, segment, hash: stored.hash, bytes: stored.bytes })
-          this.users.answered(connection.principal, stored.bytes.length)
+          this.users.answered(connection.principal, stored.bytes.length - reserved)
         }
       })
       .catch((error: unknown) => {
@@ -1169,6 +1181,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     await this.options.storage.close()
   }
 }
+
+/**
+ * What a page the document gives no size for (a directory page, an epoch record) takes from its
+ * reader's answer budget before it is read; the rest of its size is charged once it is sent.
+ */
+const PAGE_RESERVATION_BYTES = 64 * 1024
 
 /** Wait before the sweep of documents owing a purge runs again after a failure (see `sweepOwedPurges`). */
 const OWED_PURGES_RETRY_MS = 30_000

@@ -106,6 +106,12 @@ async function conversationWith(relay: RunningRelay, count: number): Promise<Con
   return id
 }
 
+/** The bytes of a page that was served (fails the test when it was refused). */
+function segmentBytes(page: HistoryPage): number {
+  if (page.error !== undefined) throw new Error(`page refused: ${page.error}`)
+  return page.bytes.length
+}
+
 /** The decoded segment of a page that was served (fails the test when it was refused). */
 function segmentOf(page: HistoryPage) {
   if (page.error !== undefined) throw new Error(`page refused: ${page.error}`)
@@ -356,6 +362,41 @@ describe("sealed history", () => {
       }),
     ).rejects.toMatchObject({ code: ErrorCode.NOT_FOUND })
   })
+
+  it("holds pages asked for on many sockets at once to the user's answer budget, not each socket to it", async () => {
+    const relay = await relayWith(
+      new MemoryBackend(),
+      10,
+      5,
+      1000,
+      { keepSummaries: 4, foldSize: 16 },
+      {
+        userAnswerBytesPerSecond: 2_000,
+        userAnswerBurstBytes: 8_000,
+      },
+    )
+    const id = await conversationWith(relay, 45)
+    const sockets = await Promise.all(Array.from({ length: 10 }, () => connect(relay, id, bob)))
+    // The initial syncs spent some of the budget: let it fill up again.
+    await new Promise((r) => setTimeout(r, 4_500))
+    const started = performance.now()
+    const sent: { at: number; bytes: number }[] = []
+    const pages = sockets.flatMap((c, i) =>
+      [0, 1, 2, 3].map((segment) =>
+        requestSegment(c, segment, 100 * i + segment + 1).then((page) => {
+          sent.push({ at: performance.now() - started, bytes: segmentBytes(page) })
+        }),
+      ),
+    )
+    await new Promise((r) => setTimeout(r, 1_000))
+    const page = Math.max(...sent.map((s) => s.bytes))
+    const early = sent.filter((s) => s.at < 1_000).reduce((sum, s) => sum + s.bytes, 0)
+    // Within the first second: the burst and a second's refill, give or take one page; not 40 pages.
+    expect(early).toBeLessThanOrEqual(8_000 + 2_000 + page)
+    expect(sent.length).toBeLessThan(40)
+    sockets.forEach((c) => c.close())
+    void Promise.allSettled(pages)
+  }, 30_000)
 
   it("serves nothing of a segment to a connection whose access is not known, nor to a non-member", async () => {
     const relay = await relayWith()
