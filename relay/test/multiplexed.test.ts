@@ -324,11 +324,12 @@ describe("a multiplexed socket", () => {
     const dropped = encodeChannelFrame(1, new Uint8Array([MessageType.queryAwareness]))
     expect(dropped.length).toBeLessThan(8)
     for (let i = 0; i < 2_000; i++) probe.ws.send(dropped)
-    await new Promise<void>((resolve) => probe.ws.send(new Uint8Array(0), { binary: true }, () => resolve()))
+    while (probe.ws.bufferedAmount > 0) await new Promise((r) => setTimeout(r, 10))
     for (let tries = 0; tries < 50 && (await metricLine(paced, limit)) === before; tries++)
       await new Promise((r) => setTimeout(r, 100))
     expect(await metricLine(paced, limit)).toBeGreaterThan(before)
     // Paced, not closed.
+    await new Promise((r) => setTimeout(r, 300))
     expect(probe.ws.readyState).toBe(probe.ws.OPEN)
   })
 
