@@ -1,3 +1,5 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
+import { RateLimiter } from "../rate-limit.js"
 import { storageUnavailable } from "../storage/guard.js"
 import type { ApiKeyRecord, ApiKeyStore } from "./keys.js"
 
@@ -9,12 +11,22 @@ import type { ApiKeyRecord, ApiKeyStore } from "./keys.js"
  */
 export const DEFAULT_KEY_CACHE_MS = 5_000
 
+/**
+ * Reads of key ids never seen to exist, per second across the relay (twice that in a burst): a
+ * flood of made-up ids (each a storage read, on PostgreSQL a pooled connection) is answered 429
+ * beyond it without reading. Ids of keys that exist are read again whenever their cache time ends,
+ * flood or not; a new key's first requests may meet the 429 while a flood lasts.
+ */
+export const UNKNOWN_KEY_READS_PER_SECOND = 50
+
 /** What a {@link CachedApiKeyStore} is given besides the store. */
 export interface KeyCacheOptions {
   /** Whether storage answers (the relay's `StorageGuard`): while it does not, no key is read from it. */
   readonly storage?: { readonly available: boolean }
   /** How long a key read is trusted, in ms (default {@link DEFAULT_KEY_CACHE_MS}). */
   readonly ttlMs?: number
+  /** Default {@link UNKNOWN_KEY_READS_PER_SECOND}. */
+  readonly unknownReadsPerSecond?: number
   readonly now?: () => number
 }
 
@@ -38,6 +50,9 @@ export class CachedApiKeyStore implements ApiKeyStore {
   >()
   private readonly ttlMs: number
   private readonly now: () => number
+  /** Ids read and found (revoked ones too): as many as keys were ever made. */
+  private readonly exist = new Set<string>()
+  private readonly unknownReads: RateLimiter
 
   constructor(
     private readonly inner: ApiKeyStore,
@@ -45,6 +60,8 @@ export class CachedApiKeyStore implements ApiKeyStore {
   ) {
     this.ttlMs = options.ttlMs ?? DEFAULT_KEY_CACHE_MS
     this.now = options.now ?? Date.now
+    const perSecond = options.unknownReadsPerSecond ?? UNKNOWN_KEY_READS_PER_SECOND
+    this.unknownReads = new RateLimiter(perSecond, 2 * perSecond, this.now)
   }
 
   get(id: string): Promise<ApiKeyRecord | undefined> {
@@ -53,6 +70,10 @@ export class CachedApiKeyStore implements ApiKeyStore {
     if (cached && now - cached.at < this.ttlMs) return cached.record
     if (this.options.storage && !this.options.storage.available)
       return Promise.reject(storageUnavailable("storage is failing: the API key cannot be checked"))
+    if (!this.exist.has(id) && !this.unknownReads.take())
+      return Promise.reject(
+        new ParleyError(ErrorCode.RATE_LIMITED, "too many requests with unknown API keys: retry later"),
+      )
     // One read for the requests that arrive while it runs (a burst of one key's requests).
     const entry = { record: this.inner.get(id), at: now }
     this.known.set(id, entry)
@@ -60,7 +81,8 @@ export class CachedApiKeyStore implements ApiKeyStore {
       if (this.known.get(id) === entry) this.known.delete(id)
     }
     entry.record.then((record) => {
-      if (!record) forget()
+      if (record) this.exist.add(id)
+      else forget()
     }, forget)
     return entry.record
   }

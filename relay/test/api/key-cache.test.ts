@@ -1,6 +1,10 @@
 import { ErrorCode } from "@parley/shared"
 import { describe, expect, it } from "vitest"
-import { CachedApiKeyStore, DEFAULT_KEY_CACHE_MS } from "../../src/api/key-cache.js"
+import {
+  CachedApiKeyStore,
+  DEFAULT_KEY_CACHE_MS,
+  UNKNOWN_KEY_READS_PER_SECOND,
+} from "../../src/api/key-cache.js"
 import { MemoryApiKeyStore, newApiKey } from "../../src/api/keys.js"
 
 /** A key store counting its reads, a cache over it on a clock the test moves, and a storage that can fail. */
@@ -52,5 +56,27 @@ describe("API keys cached by the relay", () => {
     // Never past the cache time: a revocation it cannot read would go unseen.
     await expect(keys.get(record.id)).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
     expect(reads()).toBe(1)
+  })
+
+  it("reads made-up key ids at a bounded rate, refusing the rest retryably, while keys that exist are still read", async () => {
+    const { keys, record, clock, reads } = await cached()
+    await keys.get(record.id)
+    const made = Array.from({ length: 500 }, (_, i) =>
+      keys.get(`made-up-${i}`).then(
+        () => "read",
+        (e) => e.code,
+      ),
+    )
+    const answers = await Promise.all(made)
+    // The burst, less the one the real key's first read took (it was not known to exist then).
+    const burst = 2 * UNKNOWN_KEY_READS_PER_SECOND - 1
+    expect(answers.filter((a) => a === "read")).toHaveLength(burst)
+    expect(answers.filter((a) => a === ErrorCode.RATE_LIMITED)).toHaveLength(500 - burst)
+    expect(reads()).toBe(1 + burst)
+    // The flood goes on past the existing key's cache time: it is read again, not refused.
+    clock.now += DEFAULT_KEY_CACHE_MS
+    await Promise.allSettled(Array.from({ length: 500 }, (_, i) => keys.get(`made-up-later-${i}`)))
+    await expect(keys.get("made-up-again")).rejects.toMatchObject({ code: ErrorCode.RATE_LIMITED })
+    expect((await keys.get(record.id))?.id).toBe(record.id)
   })
 })
