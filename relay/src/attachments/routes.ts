@@ -22,6 +22,7 @@ import {
   registerUserTokenScheme,
   userOfToken,
 } from "../api/user-token.js"
+import { requireWellFormedJson } from "../api/well-formed.js"
 import type { Logger } from "../log.js"
 import { type Principal, SERVICE_PARTICIPANT_PREFIX, serviceParticipant } from "../principal.js"
 import { endWhenStalled } from "../stalled-reader.js"
@@ -492,6 +493,8 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
   // An upload's creation is a small JSON body (a name, a size, a type): read no more than that of it,
   // as the API and the push routes do (chunks are read by `readChunk`, bounded by the chunk size).
   app.use("/v1/conversations/:conversationId/uploads", ...limitBody(CREATE_UPLOAD_MAX_BODY_BYTES))
+  // An upload's name goes into a message as the document stores strings (UTF-8): sent whole or refused.
+  app.use("/v1/conversations/:conversationId/uploads", requireWellFormedJson())
 
   app.openapi(createUploadRoute, async (c) => {
     const body = c.req.valid("json")

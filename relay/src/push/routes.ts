@@ -12,6 +12,7 @@ import {
   registerUserTokenScheme,
   userOfToken,
 } from "../api/user-token.js"
+import { requireWellFormedJson } from "../api/well-formed.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { checkEndpointUrl, type EndpointPolicy, MAX_ENDPOINT_LENGTH } from "./endpoint.js"
@@ -180,6 +181,7 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   }
   app.use("/v1/me/*", authenticate)
   app.use("/v1/me/*", ...limitBody(8 * 1024))
+  app.use("/v1/me/*", requireWellFormedJson())
 
   app.openapi(publicKeyRoute, (c) => c.json({ publicKey: options.publicKey }, 200))
 

@@ -488,6 +488,22 @@ describe("per-user upload limits, API keys, link previews", () => {
     server.close()
   })
 
+  it("refuses an upload whose name is cut inside a character (a lone surrogate) with 400, opening nothing", async () => {
+    const id = "g~att-surrogate" as ConversationId
+    await createGroup(relay, id, alice, [bob, "service.uploader" as UserId])
+    const open = (name: string) =>
+      fetch(`${relay.httpUrl}/v1/conversations/${id}/uploads`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${keys.uploader!}`, "content-type": "application/json" },
+        body: JSON.stringify({ name, size: 11 }),
+      })
+    const cut = "report 📎.txt".slice(0, 8)
+    const refused = await open(cut)
+    expect(refused.status).toBe(400)
+    expect(((await refused.json()) as { detail: string }).detail).toMatch(/^name: /)
+    expect((await open("report 📎.txt")).status).toBe(201)
+  })
+
   it("lets an API key upload and download as its service participant, with the scopes it has", async () => {
     const id = "g~att-apikey-01" as ConversationId
     const client = await createGroup(relay, id, alice, [
