@@ -128,7 +128,7 @@ run(async () => {
     check(
       during.every((r) => r.status === 503),
       "/readyz says 503 while Redis answers no command",
-      during.filter((r) => r.status !== 503).length + " of " + during.length + " probes were not 503",
+      `${during.filter((r) => r.status !== 503).length} of ${during.length} probes were not 503`,
     )
   check(
     after.every((r) => r.status === 200),
