@@ -21,8 +21,11 @@ export const UNKNOWN_KEY_READS_PER_SECOND = 50
 
 /** What a {@link CachedApiKeyStore} is given besides the store. */
 export interface KeyCacheOptions {
-  /** Whether storage answers (the relay's `StorageGuard`): while it does not, no key is read from it. */
-  readonly storage?: { readonly available: boolean }
+  /**
+   * Whether storage answers (the relay's `StorageGuard`): while it serves no reads, no key is read
+   * from it (a full disk, which refuses writes only, still serves them: keys are read as usual).
+   */
+  readonly storage?: { readonly available: boolean; readonly readable?: boolean }
   /** How long a key read is trusted, in ms (default {@link DEFAULT_KEY_CACHE_MS}). */
   readonly ttlMs?: number
   /** Default {@link UNKNOWN_KEY_READS_PER_SECOND}. */
@@ -68,7 +71,8 @@ export class CachedApiKeyStore implements ApiKeyStore {
     const now = this.now()
     const cached = this.known.get(id)
     if (cached && now - cached.at < this.ttlMs) return cached.record
-    if (this.options.storage && !this.options.storage.available)
+    const storage = this.options.storage
+    if (storage && !(storage.readable ?? storage.available))
       return Promise.reject(storageUnavailable("storage is failing: the API key cannot be checked"))
     if (!this.exist.has(id) && !this.unknownReads.take())
       return Promise.reject(

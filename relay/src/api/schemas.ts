@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi"
-import { Limits } from "@parley/shared"
+import { isAttachmentId, Limits } from "@parley/shared"
 import { HANDLER_NAMES } from "../hooks/events.js"
 import { SERVICE_PARTICIPANT_PREFIX } from "../principal.js"
 
@@ -40,12 +40,27 @@ export const MetadataSchema = z.record(z.string(), z.unknown()).openapi("Metadat
 
 export const AttachmentSchema = z
   .strictObject({
+    // An upload's attachment as its last chunk answered it (`UploadedAttachment`): with its `id` the
+    // message owns the file (deleting the message deletes it; it is not swept as unreferenced).
+    kind: z.literal("file").optional(),
+    id: z
+      .string()
+      .refine(isAttachmentId, "not an attachment id the relay gave an upload")
+      .optional()
+      .openapi({ example: "att_0123456789abcdefghjkmnpqrs" }),
     url: z.string().min(1).max(Limits.urlLength),
     name: z.string().max(Limits.attachmentNameLength).optional(),
     mimeType: z.string().max(255).optional(),
     size: z.number().int().nonnegative().optional(),
     width: z.number().int().nonnegative().optional(),
     height: z.number().int().nonnegative().optional(),
+    thumbnail: z
+      .strictObject({
+        url: z.string().min(1).max(Limits.urlLength),
+        width: z.number().int().nonnegative(),
+        height: z.number().int().nonnegative(),
+      })
+      .optional(),
   })
   .openapi("Attachment")
 

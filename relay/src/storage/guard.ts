@@ -238,6 +238,11 @@ export class StorageGuard implements RelayStorage {
     return this.current.state === "ok"
   }
 
+  /** True while reads are served: the storage answers, or fails for writes only (a full disk). */
+  get readable(): boolean {
+    return this.readsServed()
+  }
+
   /**
    * Resolves once the storage answers again (at once when it does now).
    * Rejects when `signal` aborts or the guard closes.

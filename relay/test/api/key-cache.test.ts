@@ -17,7 +17,7 @@ async function cached() {
     return get(id)
   }
   const clock = { now: 1_000_000 }
-  const storage = { available: true }
+  const storage: { available: boolean; readable?: boolean } = { available: true }
   const keys = new CachedApiKeyStore(inner, { storage, now: () => clock.now })
   const { record } = newApiKey("backend", ["messages:write"])
   await inner.create(record)
@@ -78,5 +78,18 @@ describe("API keys cached by the relay", () => {
     await Promise.allSettled(Array.from({ length: 500 }, (_, i) => keys.get(`made-up-later-${i}`)))
     await expect(keys.get("made-up-again")).rejects.toMatchObject({ code: ErrorCode.RATE_LIMITED })
     expect((await keys.get(record.id))?.id).toBe(record.id)
+  })
+
+  it("reads keys as usual while storage refuses writes only (a full disk): the API's reads go on", async () => {
+    const { keys, record, clock, storage, reads } = await cached()
+    await keys.get(record.id)
+    storage.available = false
+    storage.readable = true
+    clock.now += 10 * DEFAULT_KEY_CACHE_MS
+    expect((await keys.get(record.id))?.id).toBe(record.id)
+    expect(reads()).toBe(2)
+    storage.readable = false
+    clock.now += DEFAULT_KEY_CACHE_MS
+    await expect(keys.get(record.id)).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
   })
 })

@@ -545,6 +545,30 @@ describe("per-user upload limits, API keys, link previews", () => {
       ).status,
     ).toBe(401)
     expect((await api.download(attachment.url, bob)).status).toBe(200)
+
+    // Sent through the HTTP API as the upload answered it, the message owns the file: deleting the
+    // message deletes it (it was refused with 400, and without `id` never linked: swept after 24 h).
+    const sent = await fetch(`${relay.httpUrl}/v1/conversations/${id}/messages`, {
+      method: "POST",
+      headers: { ...asKey(keys.uploader!), "content-type": "application/json" },
+      body: JSON.stringify({ body: "the report", attachments: [attachment] }),
+    })
+    expect(sent.status).toBe(201)
+    const { id: messageId, attachments } = (await sent.json()) as {
+      id: string
+      attachments: FileAttachment[]
+    }
+    expect(attachments).toEqual([attachment])
+    const removed = await fetch(`${relay.httpUrl}/v1/conversations/${id}/messages/${messageId}`, {
+      method: "DELETE",
+      headers: asKey(keys.uploader!),
+    })
+    expect(removed.status).toBe(204)
+    await until(
+      async () =>
+        (await fetch(`${relay.httpUrl}${attachment.url}`, { headers: asKey(keys.uploader!) })).status,
+      (status) => status === 404,
+    )
     client.close()
   })
 })
