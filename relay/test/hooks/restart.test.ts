@@ -14,7 +14,7 @@ import { afterAll, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { SqliteBackend } from "../../src/backend/sqlite.js"
 import { TestClient } from "../helpers/clients.js"
-import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { RECORDER, readLines } from "./recorder.js"
 
 // Tests here run at once and share the machine with another test file: each takes longer than
@@ -57,6 +57,17 @@ async function savedBeforeCrash(dataDir: string, name: string, user: UserId, mes
 }
 
 // Each test starts two relay processes, one after the other: on a loaded machine that alone takes seconds.
+/** Alice's group `id` with bob on `relay`, and her first message (`msg-0001`), saved; her client. */
+async function groupWithMessage(relay: RelayProcess, id: ConversationId): Promise<TestClient> {
+  const alice = new TestClient(relay.url, id, await relay.token("alice"))
+  await alice.opened
+  await alice.synced()
+  createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: ["bob" as UserId] })
+  sendMessage(alice.doc, "alice" as UserId, { id: "msg-0001" as MessageId, body: "m1" })
+  await alice.allSaved()
+  return alice
+}
+
 describe.concurrent("hook delivery across a crash", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
   it("delivers every event at least once, with the same ids, after a SIGKILL in the middle of delivery", async () => {
     const hooks = mkdtempSync(join(tmpdir(), "parley-hooks-restart-"))
@@ -119,12 +130,7 @@ describe.concurrent("hook delivery across a crash", { timeout: CONCURRENT_TIMEOU
       env: { HOOK_LOG: log, HOOK_BLOCK: "0" },
     })
     const id = "g~owed" as ConversationId
-    const alice = new TestClient(first.url, id, await first.token("alice"))
-    await alice.opened
-    await alice.synced()
-    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: ["bob" as UserId] })
-    sendMessage(alice.doc, "alice" as UserId, { id: "msg-0001" as MessageId, body: "m1" })
-    await alice.allSaved()
+    const alice = await groupWithMessage(first, id)
     await until(() => readLines(log).length === 1, "the first delivery")
     alice.close()
     first.child.kill("SIGKILL")
@@ -176,12 +182,7 @@ describe.concurrent("hook delivery across a crash", { timeout: CONCURRENT_TIMEOU
       const args = ["--webhook", url, "--webhook-secret", "s3cret"]
       const first = await startRelayProcess({ args })
       const id = "g~webhook-retry" as ConversationId
-      const alice = new TestClient(first.url, id, await first.token("alice"))
-      await alice.opened
-      await alice.synced()
-      createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: ["bob" as UserId] })
-      sendMessage(alice.doc, "alice" as UserId, { id: "msg-0001" as MessageId, body: "m1" })
-      await alice.allSaved()
+      const alice = await groupWithMessage(first, id)
       await until(() => received.length === 1, "the first, failed, delivery")
       // Its retry is recorded (the mark's write follows this line closely).
       await first.waitForLog((line) => line.msg === "hook delivery failed, will retry")
