@@ -61,19 +61,20 @@ function slowPatch(
   })
 }
 
+/** The pace the tests hold chunks to: a short idle time, and 2,000 bytes a second after it. */
+const PACE_ARGS = [
+  "--attachment-chunk-idle-ms",
+  String(IDLE_MS),
+  "--attachment-chunk-min-bytes-per-second",
+  "2000",
+]
+
 describe("upload chunks that come too slowly", () => {
   let relay: RelayProcess
   const api = attachmentClient(() => relay)
 
   beforeAll(async () => {
-    relay = await startRelayProcess({
-      args: [
-        "--attachment-chunk-idle-ms",
-        String(IDLE_MS),
-        "--attachment-chunk-min-bytes-per-second",
-        "2000",
-      ],
-    })
+    relay = await startRelayProcess({ args: PACE_ARGS })
   })
   afterAll(async () => {
     await stopRelayProcesses()
@@ -150,14 +151,7 @@ describe("upload chunks when every slot of the relay is taken", () => {
 
   beforeAll(async () => {
     relay = await startRelayProcess({
-      args: [
-        "--attachment-chunk-idle-ms",
-        String(IDLE_MS),
-        "--attachment-chunk-min-bytes-per-second",
-        "2000",
-        "--attachment-chunks-in-flight",
-        "4",
-      ],
+      args: [...PACE_ARGS, "--attachment-chunks-in-flight", "4"],
     })
   })
   afterAll(async () => {
