@@ -27,6 +27,9 @@ export type { WebSocketConstructor }
 
 /** Connection status: `online` once synced with the relay, `connecting` while trying, `offline` when not trying. */
 export type ConnectionStatus = "connecting" | "online" | "offline"
+
+/** How long a history request made while the connection is still being made waits for it. */
+const PAGE_WAIT_MS = 10_000
 /** Reconnection timing: exponential backoff from `minDelay` up to `maxDelay`, with jitter. */
 export interface ReconnectOptions {
   /** Delay before the first retry, in ms (default 250). */
@@ -391,8 +394,12 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   /** Sends the frame `encode` makes for a new request number, and waits for the page that answers it. */
   private requestPage(encode: (request: number) => Uint8Array): Promise<HistoryPage> {
     const session = this.session
-    if (!session?.open)
+    if (!session?.open) {
+      // Connecting (a reload resolves ready() from the local replica before the socket is up): the
+      // request waits for the connection, a while, rather than failing as if the device were offline.
+      if (this.wanted && !this.destroyed) return this.whenOnline().then(() => this.requestPage(encode))
       return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
+    }
     const request = this.nextHistoryRequest++
     return new Promise<HistoryPage>((resolve, reject) => {
       this.historyRequests.set(request, { resolve, reject })
@@ -479,6 +486,31 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const remaining = expiresAt - Date.now()
     const delay = Math.max(this.minDelay, remaining / 2)
     if (delay < remaining) this.refreshTimer = setTimeout(() => void this.refresh(session), delay)
+  }
+
+  /**
+   * Resolves once the connection is online; rejects with the retryable UNAVAILABLE when it is
+   * stopped, or not online within {@link PAGE_WAIT_MS}.
+   */
+  private whenOnline(): Promise<void> {
+    if (this.current === "online") return Promise.resolve()
+    return new Promise<void>((resolve, reject) => {
+      const done = (error?: ParleyError) => {
+        clearTimeout(timer)
+        off()
+        if (error) reject(error)
+        else resolve()
+      }
+      const timer = setTimeout(
+        () => done(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay")),
+        PAGE_WAIT_MS,
+      )
+      const off = this.on("status", ({ status }) => {
+        if (status === "online") done()
+        else if (status === "offline")
+          done(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
+      })
+    })
   }
 
   private update(): void {

@@ -123,7 +123,12 @@ export class Conversation extends Emitter<ConversationEvents> {
         this.emit("state", { state })
       },
     )
-    this.readyPromise = this.loading.whenReady.then(() => this)
+    // Ready once the local replica is loaded too, when the connection has been started: a replica
+    // can show the conversation before (its stored updates apply), and a history page asked for at
+    // once would be refused as if the device were offline.
+    this.readyPromise = this.loading.whenReady
+      .then(() => this.whenLoaded.catch(() => undefined))
+      .then(() => this)
     // Callers who never await ready() must not see an unhandled rejection.
     this.readyPromise.catch(() => {})
     this.operations = new ConversationOperations(

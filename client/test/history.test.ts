@@ -85,6 +85,19 @@ describe("sealed history in the SDK", () => {
     await eventually(() => expect(chat.hasOlder).toBe(false))
   })
 
+  it("pages back right after a reload's ready(), which the local replica answers before the socket is up", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 40)
+    const first = await connectClient(relay, b, { storage: "indexeddb" })
+    const seen = await first.conversation(id).ready()
+    await eventually(() => expect(seen.messages({ last: 50 }).length).toBe(10))
+    await first.destroy()
+    // The app reloads: ready() from IndexedDB, then at once the older messages it never fetched.
+    const again = await connectClient(relay, b, { storage: "indexeddb" })
+    const chat = await again.conversation(id).ready()
+    expect(bodies(await chat.loadOlder(15))).toEqual(Array.from({ length: 15 }, (_, i) => `m${15 + i}`))
+  })
+
   it("refuses to page offline what this device never fetched, with a retryable error", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const id = await longConversation(a, b, 20)
