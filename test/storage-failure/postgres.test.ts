@@ -1,5 +1,5 @@
 import "fake-indexeddb/auto"
-import { type ChatClient, createChatClient } from "@parley/client"
+import type { ChatClient } from "@parley/client"
 import {
   createConversation,
   ErrorCode,
@@ -12,7 +12,6 @@ import {
 } from "@parley/shared"
 import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
-import { WebSocket } from "ws"
 import * as Y from "yjs"
 import { attachmentClient } from "../../relay/test/helpers/attachments.js"
 import { stockProvider, TestClient } from "../../relay/test/helpers/clients.js"
@@ -27,7 +26,7 @@ import {
   startRelayProcess,
   stopRelayProcesses,
 } from "../../relay/test/helpers/relay-process.js"
-import { eventually, expectNotReady, healthz, readyz, storedTwice } from "./helpers.js"
+import { eventually, expectNotReady, healthz, readyz, sdkClient, storedTwice } from "./helpers.js"
 import { TcpProxy } from "./tcp-proxy.js"
 
 const alice = "alice" as UserId
@@ -79,15 +78,9 @@ function relayArgs(url: string, timeoutMs: number): string[] {
   return ["--storage", "postgres", "--database-url", url, "--storage-timeout-ms", String(timeoutMs)]
 }
 
-async function sdkClient(relay: RelayProcess, user: string): Promise<ChatClient> {
-  const client = await createChatClient({
-    url: relay.url,
-    token: () => relay.token(user),
-    user,
-    storage: "memory",
-    WebSocket: WebSocket as never,
-    reconnect: { minDelay: 50, maxDelay: 400 },
-  })
+/** `user`'s SDK client of `relay` (see helpers' `sdkClient`), destroyed after the test. */
+async function ownSdkClient(relay: RelayProcess, user: string): Promise<ChatClient> {
+  const client = await sdkClient(relay, user)
   cleanups.push(() => client.destroy())
   return client
 }
@@ -167,7 +160,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const users = ["alice", "bob", "carol"]
       const chats = await Promise.all(
         users.map(async (user) =>
-          (await sdkClient(relay, user)).createConversation({ participants: [], title: user }),
+          (await ownSdkClient(relay, user)).createConversation({ participants: [], title: user }),
         ),
       )
       const db = await admin()
@@ -253,7 +246,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       cleanups.push(() => proxy.close())
       const timeoutMs = 1000
       const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), timeoutMs) })
-      const client = await sdkClient(relay, alice)
+      const client = await ownSdkClient(relay, alice)
       const chat = await client.createConversation({ participants: [], title: "outage" })
       const before = chat.send("before")
       await eventually(() => expect(chat.status(before.id)).toBe("sent"))
@@ -325,7 +318,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     it("is not ready while a table appends write is locked, naming it; refuses writes at once; stores the SDK's message once when it is released", async () => {
       const { scratch, url } = await database()
       const relay = await startRelayProcess({ args: relayArgs(url, 4000) })
-      const client = await sdkClient(relay, alice)
+      const client = await ownSdkClient(relay, alice)
       const chat = await client.createConversation({ participants: [], title: "locked" })
       const before = chat.send("before")
       await eventually(() => expect(chat.status(before.id)).toBe("sent"))
@@ -387,7 +380,7 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const asRole = new URL(url)
       asRole.username = role
       const relay = await startRelayProcess({ args: relayArgs(asRole.toString(), 4000) })
-      const client = await sdkClient(relay, alice)
+      const client = await ownSdkClient(relay, alice)
       const chat = await client.createConversation({ participants: [], title: "read-only" })
       const before = chat.send("before")
       await eventually(() => expect(chat.status(before.id)).toBe("sent"))
