@@ -39,20 +39,6 @@ const sent = (events: HookEvent[]) =>
       return { id: message.id, seq: message.seq, actor: e.event.actor }
     })
 
-/**
- * Appends bob's message `messageId` after what `id` holds, as a relay that stored it and then died
- * before applying it or recording its events would have left it: the log entry, nothing else.
- */
-async function storedThenDied(storage: RelayStorage, id: string, messageId: string): Promise<void> {
-  const replica = new Y.Doc()
-  const stored = await storage.load(id)
-  if (stored.snapshot) Y.applyUpdate(replica, stored.snapshot)
-  for (const { update } of stored.updates) Y.applyUpdate(replica, update)
-  const before = Y.encodeStateVector(replica)
-  sendMessage(replica, bob, { id: messageId as MessageId, body: "saved, then the relay died" })
-  await storage.append(id, [Y.encodeStateAsUpdate(replica, before)])
-}
-
 describe("hook events of changes saved right before a crash", () => {
   it("are derived when the document loads again, once, with the writer and sequence number", async () => {
     const storage = new MemoryStorage()
@@ -67,7 +53,7 @@ describe("hook events of changes saved right before a crash", () => {
     expect(sent(first.events).map((e) => e.id)).toEqual(["before-01"])
 
     // The relay stored bob's update, then died before applying it or recording its events.
-    await storedThenDied(storage, id, "crash-001")
+    await savedBeforeCrash(storage, id, bob, "crash-001")
 
     const second = await relayOn(storage, outbox)
     await second.core.read(id, () => undefined)
@@ -109,7 +95,7 @@ describe("hook events of changes saved right before a crash", () => {
     await a.settled()
     await first.runtime.idle()
     expect(await outbox.watermark(fresh)).toBeGreaterThan(0)
-    await storedThenDied(storage, fresh, "crash-002")
+    await savedBeforeCrash(storage, fresh, bob, "crash-002")
     const second = await relayOn(storage, outbox)
     await second.core.read(fresh, () => undefined)
     await second.runtime.idle()
