@@ -32,6 +32,10 @@ const REFRESH_SLICE_MS = 5
 
 /** Users whose handed-back entries wait for their write to be stored, at most (then forgotten). */
 const MAX_HANDED_BACK_USERS = 10_000
+/** Items of one user's own entries listed under one key as pending removal (see `checkUpdate`). */
+const MAX_PENDING_ITEMS_PER_KEY = 16
+/** Keys of one user's own entries listed as pending removal. */
+const MAX_PENDING_KEYS_PER_USER = 4_096
 
 /** Options of {@link LiveInbox} (tests shorten the window or move the clock). */
 export interface LiveInboxOptions {
@@ -209,6 +213,18 @@ export class LiveInbox implements RelayExtension {
           const known = mine.get(key)
           if (known) for (const item of items) known.add(item)
           else mine.set(key, new Set(items))
+          // Items of writes refused after this check are never applied, so nothing removes them: per
+          // key, only the newest few are kept (an older one, if ever applied, is derived: one load).
+          const kept = mine.get(key)!
+          for (const item of kept) {
+            if (kept.size <= MAX_PENDING_ITEMS_PER_KEY) break
+            kept.delete(item)
+          }
+        }
+        // And per user, the newest keys: each write names at most a frame's worth.
+        for (const key of mine.keys()) {
+          if (mine.size <= MAX_PENDING_KEYS_PER_USER) break
+          mine.delete(key)
         }
       }
     }
