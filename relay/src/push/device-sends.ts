@@ -29,12 +29,16 @@ export interface DeviceSendsOptions {
   readonly timeoutMs: number
   readonly log: Logger
   readonly now?: () => number
+  /** Most payload bytes all set-aside devices wait with together (default {@link MAX_WAITING_BYTES}). */
+  readonly maxWaitingBytes?: number
 }
 
 /** A device that failed is served in the background this long after its last failure, even once it answers again. */
 export const SET_ASIDE_MS = 600_000
 /** Most notifications a set-aside device waits with (one per conversation); beyond, the oldest is dropped. */
 export const MAX_WAITING_PER_DEVICE = 64
+/** Most payload bytes all set-aside devices wait with together; beyond, new ones are dropped. */
+export const MAX_WAITING_BYTES = 16 * 1024 * 1024
 
 interface Device {
   sub: PushSubscriptionRecord
@@ -58,11 +62,15 @@ const keyOf = (sub: PushSubscriptionRecord) => `${sub.user}\u0000${sub.device}`
  * by an event's delivery, until its retries are spent or its TTL ends (then it is dropped, as the
  * push service would). A set-aside device stays so for {@link SET_ASIDE_MS} after its last failure,
  * so that one answering its retries but hanging on fresh notifications costs a conversation at most
- * one timeout per 10 minutes. What a set-aside device waits for is lost with the process.
+ * one timeout per 10 minutes. What a set-aside device waits for is lost with the process, and
+ * bounded: {@link MAX_WAITING_PER_DEVICE} per device, {@link MAX_WAITING_BYTES} for all of them.
  */
 export class DeviceSends {
   private readonly devices = new Map<string, Device>()
   private readonly now: () => number
+  /** Payload bytes of every device's waiting jobs, against {@link MAX_WAITING_BYTES}. */
+  private bytes = 0
+  private dropped = 0
 
   constructor(private readonly options: DeviceSendsOptions) {
     this.now = options.now ?? Date.now
@@ -87,27 +95,15 @@ export class DeviceSends {
       { user: sub.user, device: sub.device, err: outcome },
       "push to a device failed: it is retried on its own schedule, and no other notification waits for it",
     )
-    // Another conversation's notification may have set it aside meanwhile.
+    // Another conversation's notification may have set it aside meanwhile: join what it waits for.
     const other = this.devices.get(key)
-    if (other) this.wait(key, other, job, sub)
-    else {
-      this.devices.set(key, {
-        sub,
-        waiting: new Map([[job.conversation, job]]),
-        failures: 0,
-        until: 0,
-        sending: false,
-      })
-      this.failed(key, this.devices.get(key)!)
+    if (other) {
+      this.wait(key, other, job, sub)
+      return
     }
-    const device: Device = {
-      sub,
-      waiting: new Map([[job.conversation, job]]),
-      failures: 0,
-      until: 0,
-      sending: false,
-    }
+    const device: Device = { sub, waiting: new Map(), failures: 0, until: 0, sending: false }
     this.devices.set(key, device)
+    this.put(device, job)
     this.failed(key, device)
   }
 
@@ -116,14 +112,50 @@ export class DeviceSends {
     return this.devices.size
   }
 
+  /** Bytes of payload all set-aside devices wait with. */
+  waitingBytes(): number {
+    return this.bytes
+  }
+
   private wait(key: string, device: Device, job: DeviceJob, sub: PushSubscriptionRecord): void {
     device.sub = sub
-    device.waiting.delete(job.conversation)
-    device.waiting.set(job.conversation, job)
-    if (device.waiting.size > MAX_WAITING_PER_DEVICE)
-      device.waiting.delete(device.waiting.keys().next().value!)
+    this.put(device, job)
     // Answering again (only set aside for a while): sent now, in the background. Failing: at its retry.
     if (!device.sending && device.failures === 0) this.arm(key, device, 0)
+  }
+
+  /**
+   * Makes `job` the newest the device waits with for its conversation. Beyond
+   * {@link MAX_WAITING_PER_DEVICE} the device's oldest is dropped; beyond {@link MAX_WAITING_BYTES}
+   * for all devices together, `job` itself is (set-aside devices are ones whose push service
+   * failed; what they would be sent is not worth the relay's memory).
+   */
+  private put(device: Device, job: DeviceJob): void {
+    this.take(device, job.conversation)
+    const most = this.options.maxWaitingBytes ?? MAX_WAITING_BYTES
+    if (this.bytes + job.payload.length > most) {
+      if (this.dropped++ % 1000 === 0)
+        this.options.log.warn(
+          { user: device.sub.user, device: device.sub.device, dropped: this.dropped },
+          `push: failing devices already wait with ${most} bytes of notifications; this one is dropped`,
+        )
+      return
+    }
+    device.waiting.set(job.conversation, job)
+    this.bytes += job.payload.length
+    if (device.waiting.size > MAX_WAITING_PER_DEVICE) this.take(device, device.waiting.keys().next().value!)
+  }
+
+  /** Removes what the device waits with for `conversation`, if it is still `only` (when given). */
+  private take(device: Device, conversation: string, only?: DeviceJob): void {
+    const job = device.waiting.get(conversation)
+    if (job === undefined || (only !== undefined && job !== only)) return
+    device.waiting.delete(conversation)
+    this.bytes -= job.payload.length
+  }
+
+  private clear(device: Device): void {
+    for (const conversation of [...device.waiting.keys()]) this.take(device, conversation)
   }
 
   private arm(key: string, device: Device, ms: number): void {
@@ -145,7 +177,7 @@ export class DeviceSends {
       { user: device.sub.user, device: device.sub.device, dropped: device.waiting.size },
       "push to a device kept failing: its notifications were dropped",
     )
-    device.waiting.clear()
+    this.clear(device)
     device.failures = 0
     this.arm(key, device, device.until - this.now())
   }
@@ -166,7 +198,7 @@ export class DeviceSends {
       const current = (await this.options.store.list(device.sub.user)).find(
         (s) => s.device === device.sub.device,
       )
-      if (!current) device.waiting.clear()
+      if (!current) this.clear(device)
       else device.sub = current
       for (const [conversation, job] of [...device.waiting]) {
         if (!current) break
@@ -175,8 +207,8 @@ export class DeviceSends {
           failed = true
           break
         }
-        if (device.waiting.get(conversation) === job) device.waiting.delete(conversation)
-        if (outcome === "gone") device.waiting.clear()
+        this.take(device, conversation, job)
+        if (outcome === "gone") this.clear(device)
       }
     } catch (error) {
       this.options.log.warn({ err: error }, "push retry of a device failed")

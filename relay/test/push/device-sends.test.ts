@@ -49,3 +49,65 @@ describe("a set-aside device", () => {
     expect(sent.filter((s) => s === "a1")).toHaveLength(1)
   })
 })
+
+describe("devices that fail together", () => {
+  const failing = (
+    store: MemoryPushSubscriptionStore,
+    sent: string[],
+    gate: Promise<void>,
+    maxWaitingBytes?: number,
+  ) => {
+    let answer: SendOutcome = new Error("push service answered 503")
+    const sends = new DeviceSends({
+      send: async (_sub, j) => {
+        sent.push(j.payload)
+        await gate
+        return answer
+      },
+      store,
+      retryDelay: (failures) => (failures < 5 ? 30 : undefined),
+      timeoutMs: 1_000,
+      log: pino({ level: "silent" }),
+      ...(maxWaitingBytes !== undefined ? { maxWaitingBytes } : {}),
+    })
+    return { sends, answer: (a: SendOutcome) => (answer = a) }
+  }
+
+  it("keeps both conversations' notifications when two first tries fail at once", async () => {
+    const store = new MemoryPushSubscriptionStore()
+    await store.put(sub)
+    const sent: string[] = []
+    let open!: () => void
+    const gate = new Promise<void>((resolve) => (open = resolve))
+    const { sends, answer } = failing(store, sent, gate)
+    const signal = new AbortController().signal
+    // Both tries are in flight before either fails.
+    const both = Promise.all([
+      sends.offer(sub, job("g~a", "a1"), signal),
+      sends.offer(sub, job("g~b", "b1"), signal),
+    ])
+    await vi.waitFor(() => expect(sent).toEqual(["a1", "b1"]))
+    open()
+    await both
+    answer("sent")
+    await vi.waitFor(() => expect(sent.slice(2).sort()).toEqual(["a1", "b1"]))
+  })
+
+  it("holds at most the byte budget for all set-aside devices and drops what comes beyond", async () => {
+    const store = new MemoryPushSubscriptionStore()
+    const subs = Array.from({ length: 4 }, (_, i) => ({ ...sub, user: `user${i}` as UserId }))
+    for (const s of subs) await store.put(s)
+    const sent: string[] = []
+    const { sends, answer } = failing(store, sent, Promise.resolve(), 10_000)
+    const signal = new AbortController().signal
+    const big = (c: string) => job(c, c.padEnd(3_000, "x"))
+    for (const s of subs) await sends.offer(s, big(`g~${s.user}-1`), signal)
+    expect(sends.waitingBytes()).toBe(9_000)
+    for (const s of subs) await sends.offer(s, big(`g~${s.user}-2`), signal)
+    expect(sends.waitingBytes()).toBeLessThanOrEqual(10_000)
+    answer("sent")
+    await vi.waitFor(() => expect(sends.waitingBytes()).toBe(0))
+    // The first three devices' first notifications were kept and sent again; the rest did not fit.
+    expect(sent.slice(4).sort()).toEqual(subs.slice(0, 3).map((s) => big(`g~${s.user}-1`).payload))
+  })
+})
