@@ -49,6 +49,7 @@ import {
   storedRecordId,
 } from "./schema.js"
 import { assertValid, checkEditRecord, checkMessageRecord, checkMetadata } from "./validate.js"
+import { assertWellFormed } from "./well-formed.js"
 
 /**
  * The write operations on a conversation document. Each one checks the rules
@@ -125,6 +126,7 @@ export function createConversation(
   if (roles.size > Limits.participants) throw new ParleyError(ErrorCode.TOO_LARGE, "too many participants")
   const title = input.title ?? ""
   if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+  assertWellFormed(title, "title")
   if (input.metadata) assertValid(checkMetadata, input.metadata)
   // The id decides who may create it and as what; a group id the creator owns.
   assertAllowed(canCreateWithId(actor, { id, kind: input.kind, roles, distinctKey }))
@@ -155,6 +157,7 @@ export function renameConversation(
   requireConversation(doc)
   assertAllowed(canUpdateConversation(writerRole(doc, actor)))
   if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+  assertWellFormed(title, "title")
   doc.transact(() => typesOf(doc).meta.set(MetaKey.title, title), options.origin)
 }
 
@@ -391,6 +394,7 @@ function positionOfLiveRecord(messages: Y.Array<unknown>, id: MessageId): number
 function checkEmoji(emoji: string) {
   if (emoji.length === 0 || emoji.length > Limits.emojiLength || emoji.includes("\u001f"))
     throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "invalid reaction")
+  assertWellFormed(emoji, "reaction")
 }
 
 /** Adds `actor`'s reaction with `emoji`. */

@@ -7,6 +7,7 @@ import { getConversation, roleOf } from "./reads.js"
 import { canSetProfile, canWriteConversation, type Decision } from "./rules.js"
 import type { ProfileRecord } from "./schema.js"
 import { checkProfileName, checkProfilePicture, checkProfileRecord } from "./validate.js"
+import { assertWellFormed } from "./well-formed.js"
 
 /**
  * User profiles: a display name and a picture per user, kept in each
@@ -141,6 +142,7 @@ export function setProfile(
   if (!decision.allowed) throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
   const problem = checkProfileRecord(record)
   if (problem !== undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, problem)
+  assertWellFormed(record, "profile")
   const current = typesOf(doc).profiles.get(actor)
   if (current && sameProfile(current, record) && current.updatedAt === record.updatedAt) return
   // A fresh plain object: what is stored must be plain JSON, whatever the caller passed.

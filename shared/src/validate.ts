@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "./errors.js"
 import { isMessageId, isUserId } from "./ids.js"
 import { decodeSequenceRecord, decodeStoredRecord, isAttachmentId, Limits, StoredKey } from "./schema.js"
+import { assertWellFormed } from "./well-formed.js"
 
 /**
  * Validators for everything a writer puts into a conversation document. They
@@ -285,8 +286,9 @@ export const checkFleetingSeconds: Check = (v) =>
     ? undefined
     : `fleetingSeconds must be a whole number from 1 to ${Limits.fleetingSeconds}`
 
-/** Throws INVALID_ARGUMENT when `check` finds a problem. */
+/** Throws INVALID_ARGUMENT when `check` finds a problem, or a string in `value` is not well-formed UTF-16. */
 export function assertValid<T>(check: Check, value: unknown): asserts value is T {
+  assertWellFormed(value, "value")
   const problem = check(value)
   if (problem !== undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, problem)
 }

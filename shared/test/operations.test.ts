@@ -24,6 +24,7 @@ import {
   markRead,
   nextFromDocument,
   ParleyError,
+  profileRecord,
   Rule,
   react,
   removeParticipants,
@@ -32,6 +33,7 @@ import {
   SCHEMA_VERSION,
   sendMessage,
   setConversationMetadata,
+  setProfile,
   typesOf,
   unreact,
 } from "../src/index.js"
@@ -327,5 +329,40 @@ describe("markers", () => {
     assignSequenceNumbers(doc, nextFromDocument(doc))
     markRead(doc, bob, 1000)
     expect(markersOf(doc, bob).read).toBe(1)
+  })
+})
+
+describe("strings cut inside a character", () => {
+  // "\uD83D" is the first half of an emoji: Yjs would keep it in the writer's memory but store and
+  // sync U+FFFD, so the writer would show a message nobody else sees.
+  const cut = "see you \uD83D"
+  const invalid = expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT })
+
+  it("are refused by every write of text, before anything is written, and whole characters pass", () => {
+    const doc = groupDoc()
+    const before = Y.encodeStateVector(doc)
+    expect(() => sendMessage(doc, alice, { body: cut })).toThrow(invalid)
+    expect(() => sendMessage(doc, alice, { body: "ok", metadata: { tags: ["a", cut] } })).toThrow(
+      /metadata\.tags\.1: not well-formed UTF-16/,
+    )
+    expect(() => sendMessage(doc, alice, { body: "ok", metadata: { [cut]: 1 } })).toThrow(invalid)
+    const sent = sendMessage(doc, alice, { body: "see you \u{1F600}" })
+    const afterSend = Y.encodeStateVector(doc)
+    expect(() => editMessage(doc, alice, sent.id, cut)).toThrow(invalid)
+    expect(() => renameConversation(doc, alice, cut)).toThrow(/title: not well-formed/)
+    expect(() => setConversationMetadata(doc, alice, { note: cut })).toThrow(invalid)
+    expect(() => react(doc, bob, sent.id, "\uDE00")).toThrow(/reaction: not well-formed/)
+    expect(() =>
+      createConversation(new Y.Doc(), alice, {
+        kind: "group",
+        id: "g~x" as ConversationId,
+        participants: [],
+        title: cut,
+      }),
+    ).toThrow(invalid)
+    expect(() => setProfile(doc, bob, profileRecord({ name: cut }))).toThrow(/profile: name: not well-formed/)
+    expect(Y.encodeStateVector(doc)).toEqual(afterSend)
+    expect(afterSend).not.toEqual(before)
+    expect(getMessage(doc, sent.id)?.body).toBe("see you \u{1F600}")
   })
 })
