@@ -1,4 +1,4 @@
-import { ErrorCode, ParleyError, illFormedPath } from "@parley/shared"
+import { ErrorCode, illFormedPath, ParleyError } from "@parley/shared"
 import type { MiddlewareHandler } from "hono"
 
 /**
