@@ -909,7 +909,7 @@ export function storageLocation(
 function relayCommand(): Command {
   return commandOf("parley-relay", RELAY_FLAGS)
     .usage(
-      "[options]\n       parley-relay dead-letters|damaged|rebuild-inboxes|keys|erase-user ... (--help for each)",
+      "[options]\n       parley-relay dead-letters|damaged|rebuild-inboxes|keys|erase-user|vapid-keys ... (--help for each)",
     )
     .description("Parley relay: syncs, checks, persists and hooks conversation documents.")
 }

@@ -26,6 +26,12 @@ async function main(): Promise<void> {
     process.exit(await runKeysCli(process.argv.slice(3)))
   }
   if (process.argv[2] === "vapid-keys") {
+    if (process.argv.length > 3) {
+      process.stdout.write(
+        "usage: parley-relay vapid-keys\n\nPrints a fresh VAPID key pair for Web Push as two lines, PARLEY_VAPID_PUBLIC_KEY and\nPARLEY_VAPID_PRIVATE_KEY (set them, with --vapid-subject, on every relay).\n",
+      )
+      process.exit(["--help", "-h"].includes(process.argv[3]!) ? 0 : 2)
+    }
     const { generateVapidKeys } = await import("./push/vapid.js")
     const { publicKey, privateKey } = generateVapidKeys("mailto:unused")
     process.stdout.write(`PARLEY_VAPID_PUBLIC_KEY=${publicKey}\nPARLEY_VAPID_PRIVATE_KEY=${privateKey}\n`)

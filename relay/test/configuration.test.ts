@@ -69,6 +69,18 @@ describe("configuration", () => {
     expect(readme).toEqual(help)
   })
 
+  it("names every command in --help's usage, and each answers --help instead of doing its work", async () => {
+    const run = promisify(execFile)
+    const { stdout } = await run(process.execPath, [BIN, "--help"])
+    const commands = /parley-relay ([\w|-]+) \.\.\. \(--help for each\)/.exec(stdout)?.[1]?.split("|")
+    expect(commands).toContain("vapid-keys")
+    for (const command of commands!) {
+      const help = await run(process.execPath, [BIN, command, "--help"])
+      expect(help.stdout, command).toMatch(/usage/i)
+      expect(help.stdout, command).not.toMatch(/PARLEY_VAPID_PRIVATE_KEY=\S/)
+    }
+  }, 60_000)
+
   it("starts the command-line relay with the same defaults as startRelay({})", () => {
     const config = parseConfig(["--auth-secret", "s"], {}) as RelayOptions
     expect(config).toMatchObject({

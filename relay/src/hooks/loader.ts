@@ -1,4 +1,5 @@
 import { readdirSync } from "node:fs"
+import { register as registerLoader } from "node:module"
 import { join, resolve } from "node:path"
 import { pathToFileURL } from "node:url"
 import { ErrorCode, ParleyError } from "@parley/shared"
@@ -21,17 +22,44 @@ const TYPESCRIPT = /\.m?ts$/
 let typescript: Promise<void> | undefined
 
 /**
+ * A module resolve hook run before tsx's: a `.ts` file outside `node_modules`
+ * that Node would take for CommonJS (its package.json says `"type":
+ * "commonjs"`, or says nothing, as `npm init` writes it) is loaded as an ES
+ * module. Hook modules are written with `import` and `export default`, as
+ * HOOKS.md shows; loaded as CommonJS, Node 20 refused them ("Cannot require()
+ * ES Module … in a cycle") and the relay did not start. `.cts` files stay
+ * CommonJS.
+ */
+const TYPESCRIPT_AS_MODULES = `export async function resolve(specifier, context, next) {
+  const resolved = await next(specifier, context)
+  if (resolved.format === "commonjs" && /\\.ts$/.test(new URL(resolved.url).pathname) && !resolved.url.includes("/node_modules/"))
+    return { ...resolved, format: "module" }
+  return resolved
+}
+`
+
+/**
  * Lets Node import TypeScript hook modules (and whatever `.ts` files they
  * import): the relay is compiled JavaScript and Node 20 cannot strip types, so
  * tsx's ESM loader is registered for the process, once, and only when the
  * hooks directory holds a TypeScript module; a relay with JavaScript hooks (or
- * none) loads no TypeScript tooling.
+ * none) loads no TypeScript tooling. {@link TYPESCRIPT_AS_MODULES} is
+ * registered after it, so that it runs first.
  */
 function loadTypeScript(): Promise<void> {
   typescript ??= import("tsx/esm/api").then(({ register }) => {
     register()
+    registerLoader(`data:text/javascript,${encodeURIComponent(TYPESCRIPT_AS_MODULES)}`)
   })
   return typescript
+}
+
+/** What to add to a load error that Node gives for ES module syntax in a file it takes for CommonJS. */
+function moduleHint(error: unknown, path: string): string {
+  const message = (error as Error)?.message ?? ""
+  if (!/\.js$/.test(path) || !/require\(\) ES Module|outside a module|To load an ES module/.test(message))
+    return ""
+  return ' (a .js hook written with import/export needs "type": "module" in its package.json; or name it .mjs or .ts)'
 }
 
 /**
@@ -77,7 +105,7 @@ export async function loadHooks(
     } catch (error) {
       throw new ParleyError(
         ErrorCode.INVALID_ARGUMENT,
-        `hook script ${path} failed to load: ${(error as Error)?.message ?? String(error)}`,
+        `hook script ${path} failed to load: ${(error as Error)?.message ?? String(error)}${moduleHint(error, path)}`,
         { cause: error },
       )
     }

@@ -272,6 +272,24 @@ export default defineHooks({
     const relay = startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
     await expect(relay).rejects.toThrow(/exited \(code 2[\s\S]*broken\.mjs failed to load/)
   }, 60_000)
+
+  it("loads a TypeScript module in a package that says CommonJS (as `npm init` writes it), and says how to fix a .js one", async () => {
+    const commonjs = JSON.stringify({ name: "app", type: "commonjs" })
+    const typescript = hooksDir({
+      "package.json": commonjs,
+      "bot.ts": `import { defineHooks } from ${api}\nconst typed: number = 1\nexport default defineHooks({ onMessageSent() { void typed } })\n`,
+    })
+    const relay = await startRelayProcess({ args: ["--hooks", typescript], hooksUseHooksApi: true })
+    expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
+    await relay.kill()
+    const javascript = hooksDir({
+      "package.json": commonjs,
+      "plain.js": `import { defineHooks } from ${api}\nexport default defineHooks({})\n`,
+    })
+    await expect(
+      startRelayProcess({ args: ["--hooks", javascript], hooksUseHooksApi: true }),
+    ).rejects.toThrow(/plain\.js failed to load[\s\S]*needs "type": "module" in its package\.json/)
+  }, 60_000)
 })
 
 describe("HookWorker", () => {
