@@ -121,3 +121,48 @@ describe("presence", () => {
     await eventually(() => expect(chat.presence.map((p) => p.user)).toEqual([m]))
   })
 })
+
+describe("presence across reconnects", () => {
+  it("shows each other online again right after the relay restarts, not at the next renewal 15 s later", async () => {
+    const own = await startRelay()
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(own, a)
+    const bob = await connectClient(own, b)
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
+    const bobsChat = await bob.conversation(chat.id).ready()
+    const status = (of: typeof chat, user: string) => of.presence.find((p) => p.user === user)?.status
+    await eventually(() => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]))
+    await own.stop()
+    await eventually(() => expect([status(bobsChat, a), status(chat, b)]).toEqual(["offline", "offline"]))
+    const again = await startRelay({ port: own.port, dataDir: own.dataDir })
+    try {
+      // Well before either client's 15 s renewal.
+      await eventually(
+        () => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]),
+        5_000,
+      )
+    } finally {
+      await destroyClients()
+      await again.stop()
+    }
+  }, 60_000)
+
+  it("shows a user online again right after her own connection dropped and came back", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const bob = await connectClient(relay, b)
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
+    const bobsChat = await bob.conversation(chat.id).ready()
+    const status = (of: typeof chat, user: string) => of.presence.find((p) => p.user === user)?.status
+    await eventually(() => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]))
+    alice.disconnect()
+    await eventually(() => expect(status(bobsChat, a)).toBe("offline"))
+    alice.connect()
+    await eventually(
+      () => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]),
+      5_000,
+    )
+  }, 60_000)
+})

@@ -133,7 +133,15 @@ export class SyncSession {
       if (Date.now() - this.lastHeard > SILENCE_TIMEOUT_MS) this.end(ABNORMAL_CLOSE, false)
     }, SILENCE_TIMEOUT_MS / 10)
     this.sendRaw(encodeSyncStep1(Y.encodeStateVector(this.doc)))
-    if (this.awareness.getLocalState() !== null) this.sendOwnAwareness()
+    const local = this.awareness.getLocalState()
+    if (local !== null) {
+      // When this client's last connection ended, the relay told everyone its entry was removed,
+      // with a clock one above ours; peers ignore any state of ours not above that until our next
+      // renewal (15 s). Two ahead, sent at once (`onAwareness`): back in everyone's view now.
+      const meta = this.awareness.meta.get(this.awareness.clientID)
+      if (meta) meta.clock++
+      this.awareness.setLocalState(local)
+    }
     this.handlers.opened()
   }
 
@@ -235,6 +243,10 @@ export class SyncSession {
       // Whoever was seen over this socket is no longer known to be there.
       const others = [...this.awareness.getStates().keys()].filter((id) => id !== this.awareness.clientID)
       removeAwarenessStates(this.awareness, others, RELAY_ORIGIN)
+      // And their clocks: removing bumped each one above what the relay will send again on the next
+      // connection, which would then be ignored until each peer's next renewal (15 s).
+      for (const id of this.awareness.meta.keys())
+        if (id !== this.awareness.clientID && !this.awareness.states.has(id)) this.awareness.meta.delete(id)
     }
     this.handlers.closed(code, local)
   }
