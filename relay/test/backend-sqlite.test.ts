@@ -10,7 +10,7 @@ import { CATALOG_FILE, LEGACY_FILES, SQLITE_FILE, SqliteBackend } from "../src/b
 import { SqliteOutbox } from "../src/hooks/sqlite-outbox.js"
 import { SqliteClientBindingStore } from "../src/policy/client-bindings.js"
 import { findDamage } from "../src/storage/integrity.js"
-import { SqliteStorage } from "../src/storage/sqlite.js"
+import { POSITIONS_KEPT, SqliteStorage } from "../src/storage/sqlite.js"
 import { WalCheckpointer } from "../src/storage/wal-checkpointer.js"
 import { runBackendConformance } from "./conformance/backend.js"
 import { sampleEvent } from "./conformance/outbox.js"
@@ -204,6 +204,33 @@ describe("sqlite backend files", () => {
       expect(level()).toBe(2)
     } finally {
       await backend.close()
+    }
+  })
+
+  it("keeps the next log positions of recently written documents only, and numbers on correctly after forgetting them", async () => {
+    const dir = tempDir()
+    const db = new Database(join(dir, "documents.sqlite"))
+    db.pragma("journal_mode = WAL")
+    db.pragma("synchronous = FULL")
+    const catalog = new Database(join(dir, "catalog.sqlite"))
+    catalog.pragma("journal_mode = WAL")
+    const storage = new SqliteStorage(db, catalog)
+    const update = Y.encodeStateAsUpdate(new Y.Doc())
+    const cached = () => (storage as unknown as { next: Map<string, number> }).next.size
+    try {
+      // A relay that lives long writes to ever more documents (each new conversation and inbox).
+      for (let round = 0; round < 3; round++)
+        await Promise.all(
+          Array.from({ length: POSITIONS_KEPT / 2 }, (_, i) => storage.append(`g~${round}-${i}`, [update])),
+        )
+      expect(cached()).toBeLessThanOrEqual(POSITIONS_KEPT)
+      // Documents whose positions were forgotten go on from where their log is.
+      await expect(storage.append("g~0-1", [update, update])).resolves.toEqual([2, 3])
+      await expect(storage.append("g~2-7", [update])).resolves.toEqual([2])
+    } finally {
+      await storage.close()
+      db.close()
+      catalog.close()
     }
   })
 

@@ -73,6 +73,9 @@ function isCorruption(error: unknown): boolean {
   return typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code === "SQLITE_NOTADB")
 }
 
+/** Documents whose next log position {@link SqliteStorage} keeps in memory, at most. */
+export const POSITIONS_KEPT = 10_000
+
 /**
  * The documents of the SQLite backend (`SqliteBackend`, which opens both
  * databases): tables `updates` and `snapshots` in the main database, which
@@ -175,6 +178,10 @@ export class SqliteStorage implements RelayStorage {
     // Set inside the transaction, called after it: a holder, since the closure assigns it.
     const ride: { settle?: ((committed: boolean) => void) | undefined } = {}
     const commit = this.db.transaction((batch: AppendBatch) => {
+      // A cache, read again from the table when missing: kept for the documents written lately, not
+      // for every document ever written (it grew by one entry per conversation and inbox for good).
+      // Cleared only here, before this transaction hands out positions: every earlier one is committed.
+      if (this.next.size >= POSITIONS_KEPT) this.next.clear()
       const positions = batch.map(({ name, updates }) =>
         updates.map((update) => {
           const position = this.nextPosition(name)
