@@ -766,7 +766,9 @@ async function reactedRounds(c: TestClient, from: number, count: number): Promis
       const { id: message } = sendMessage(c.doc, bob, { body: `round ${round} message ${i}` })
       react(c.doc, bob, message, "👍")
     }
-    await c.allSaved()
+    // The epoch's close may come before this round's "saved" (then the round may or may not be stored).
+    const acknowledged = await Promise.race([c.allSaved().then(() => true), c.closed.then(() => false)])
+    if (!acknowledged) break
     saved += 5
     await Promise.race([c.closed, new Promise((r) => setTimeout(r, 20))])
   }
@@ -842,8 +844,9 @@ describe("epochs of the live document", () => {
     expect(first.sealed).toBeGreaterThanOrEqual(2)
     expect(first.sealed).toBeLessThanOrEqual(4)
     expect(await garbageOf()).toBeLessThan(1024)
-    // Nothing lost: every message saved before the close is sealed or live in the new epoch.
-    expect(first.messages).toBe(saved)
+    // Nothing lost: every message saved before the close is sealed or live in the new epoch (and a round
+    // the close cut off before its "saved" is stored whole or not at all).
+    expect([saved, saved + 5]).toContain(first.messages)
 
     // Within the interval (ten minutes by default) the garbage passes the budget again: no second epoch
     // (each closes every socket of the conversation), until it passes 32 budgets.
