@@ -28,6 +28,7 @@ import {
   type DeliveryTarget,
   Dispatcher,
   exponentialBackoff,
+  PermanentDeliveryError,
 } from "./dispatcher.js"
 import {
   conversationOf,
@@ -98,6 +99,15 @@ export const DEFAULT_RECOVERY_CONCURRENCY = 4
 export const DEFAULT_RECOVERY_RETRY_MS = 30_000
 
 /**
+ * Most hook writes in a chain: a write made for an event that a hook's write caused, made for an
+ * event that a hook's write caused, and so on. A hook that answers its own messages (without
+ * `isOwnWrite`), or two bots answering each other, wrote forever (about 75 messages a second,
+ * measured); the write past this depth is refused and its delivery dead-lettered. Kept in memory:
+ * a restart starts every chain again from the events it delivers.
+ */
+export const HOOK_CHAIN_LIMIT = 8
+
+/**
  * Hooks and webhooks inside a relay: turns saved changes into events, records
  * them in the outbox (with the document's log watermark), and delivers them off
  * the update path. Made by the hooks extension (`HooksExtension`) once the core
@@ -110,7 +120,10 @@ export class HookRuntime {
   private readonly targets: DeliveryTarget[]
   private readonly log: Logger
   private readonly now: () => number
-  private readonly bots = new WeakMap<object, { user: UserId; hook: string }>()
+  /** Hook writes in flight, by their principal: who wrote, and how deep in a chain of hook writes (see {@link HOOK_CHAIN_LIMIT}). */
+  private readonly bots = new WeakMap<object, { user: UserId; hook: string; depth: number }>()
+  /** Events of hook writes lately derived, by event id: how deep in a chain of hook writes each is. */
+  private readonly chainDepths = new Map<string, number>()
   private readonly typingSeen = new Map<string, number>()
   private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
   /** Documents loaded with nothing stored and no watermark: given one before their first append. */
@@ -274,7 +287,7 @@ export class HookRuntime {
         )
       }
       const bot = this.bots.get(change.actor)
-      const actor: HookActor = bot ? { kind: "bot", ...bot } : { ...change.actor }
+      const actor: HookActor = bot ? { kind: "bot", user: bot.user, hook: bot.hook } : { ...change.actor }
       const events = deriveHookEvents({
         conversationId: id,
         doc: change.doc,
@@ -283,6 +296,10 @@ export class HookRuntime {
         positions: change.positions,
         now: this.now(),
       })
+      if (bot) {
+        if (this.chainDepths.size > 10_000) this.chainDepths.clear()
+        for (const event of events) this.chainDepths.set(event.event.id, bot.depth)
+      }
       const through = change.positions.length > 0 ? Math.max(...change.positions) : undefined
       this.enqueue(change.name, events, through)
     } catch (error) {
@@ -618,14 +635,25 @@ export class HookRuntime {
   }
 
   private conversationsFor(hook: string, event: HookEvent): HookConversations {
+    const depth = (this.chainDepths.get(event.event.id) ?? 0) + 1
     return hookConversations({
       core: this.core,
       hook,
       eventId: event.event.id,
       write: (name, asUser, change) => {
+        if (depth > HOOK_CHAIN_LIMIT) {
+          this.log.warn(
+            { hook, eventId: event.event.id, conversationId: event.event.conversationId },
+            "hook write refused: it answers hook writes that answer hook writes (a loop?)",
+          )
+          // Dead-lettered at once: retrying would hold the conversation's later events for this hook.
+          throw new PermanentDeliveryError(
+            `hook-chain: a hook's write in reply to an event of a hook's write, ${HOOK_CHAIN_LIMIT} deep, is refused (a hook answering its own writes? test isOwnWrite(event))`,
+          )
+        }
         // The principal object identifies the write when the update path reports it back.
         const principal: Principal = { kind: "user", user: asUser }
-        this.bots.set(principal, { user: asUser, hook })
+        this.bots.set(principal, { user: asUser, hook, depth })
         return this.core.write(name, principal, change)
       },
     })

@@ -12,6 +12,7 @@ import { describe, expect, it } from "vitest"
 import { defineHooks } from "../../src/hooks/define.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { loadHooks } from "../../src/hooks/loader.js"
+import { HOOK_CHAIN_LIMIT } from "../../src/hooks/runtime.js"
 import { coreWithHooks, InProcessClient } from "./in-process.js"
 
 const alice = "alice" as UserId
@@ -73,5 +74,53 @@ describe("a bot writing through the hook context", () => {
     expect(dead).toMatchObject({ target: "hook:bot.ts", attempts: 3 })
     expect(dead!.lastError).toContain("participants")
     expect(listMessages(a.doc, { last: 10 }).map((m) => m.author)).toEqual(["alice"])
+  })
+
+  it("stops two bots answering each other after a chain of HOOK_CHAIN_LIMIT writes, dead-letters the next, and still answers people", async () => {
+    // Neither tests isOwnWrite: each answers every message the other writes.
+    const answering = (me: string) =>
+      defineHooks({
+        async onMessageSent(event, { conversations }) {
+          if (event.subject.message.author === me) return
+          await conversations.send(event.conversation.id, me as UserId, {
+            body: `${me} heard ${event.subject.message.author}`,
+          })
+        },
+      })
+    const { core, runtime } = await coreWithHooks({
+      hooks: [
+        { name: "ping.ts", path: "ping.ts", hooks: answering("ping") },
+        { name: "pong.ts", path: "pong.ts", hooks: answering("pong") },
+      ],
+    })
+    const a = new InProcessClient(core, id, alice)
+    await a.connect()
+    createConversation(a.doc, alice, {
+      kind: "group",
+      id,
+      participants: ["ping" as UserId, "pong" as UserId],
+    })
+    sendMessage(a.doc, alice, { body: "hello bots" })
+    await a.settled()
+    await runtime.idle()
+    await a.settled()
+    const authors = () => listMessages(a.doc, { last: 100 }).map((m) => m.author)
+    // alice's message, each bot's answer to her, then their exchange: each chain ends at the limit.
+    const bots = authors().filter((author) => author !== "alice")
+    expect(bots).toHaveLength(2 * HOOK_CHAIN_LIMIT)
+    const dead = await runtime.deadLetters()
+    expect(dead.length).toBeGreaterThan(0)
+    expect(dead.every((d) => d.lastError.includes("hook-chain") && d.attempts === 1)).toBe(true)
+
+    // The conversation's later events still reach both bots: alice is answered again.
+    sendMessage(a.doc, alice, { body: "still there?" })
+    await a.settled()
+    await runtime.idle()
+    await a.settled()
+    const after = listMessages(a.doc, { last: 200 })
+    const asked = after.findIndex((m) => m.body === "still there?")
+    expect(after.slice(asked + 1).map((m) => m.body)).toEqual(
+      expect.arrayContaining(["ping heard alice", "pong heard alice"]),
+    )
   })
 })
