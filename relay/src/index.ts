@@ -75,6 +75,7 @@ export {
   type EventLogQuery,
   type EventLogReader,
   type EventRetention,
+  HOOK_CHAIN_LIMIT,
   type HookActor,
   type HookContext,
   type HookConversation,

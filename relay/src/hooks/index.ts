@@ -49,5 +49,5 @@ export {
   type Outbox,
   type OutboxBatch,
 } from "./outbox.js"
-export { HookRuntime, type HookRuntimeOptions } from "./runtime.js"
+export { HOOK_CHAIN_LIMIT, HookRuntime, type HookRuntimeOptions } from "./runtime.js"
 export { verifyWebhook, WEBHOOK_RETRY_SCHEDULE, webhookTarget } from "./webhook.js"
