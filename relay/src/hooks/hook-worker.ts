@@ -30,6 +30,16 @@ import {
 
 const port = parentPort
 if (!port) throw new Error("hook-worker.ts runs only as a worker thread (see HookWorker)")
+
+// Node refuses `process.abort()` in a worker, but not a signal to the relay's own process (or its
+// group): a handler calling `process.kill(process.pid)` took the whole relay down, and again after
+// each restart as its event was delivered again. Refused like `abort`: the handler throws.
+const kill = process.kill.bind(process)
+process.kill = (pid: number, signal?: string | number) => {
+  if (pid === process.pid || pid <= 0)
+    throw new TypeError("process.kill() of the relay's own process is not available to hook modules")
+  return kill(pid, signal)
+}
 const data = workerData as HookWorkerData
 const current = new Float64Array(data.current)
 

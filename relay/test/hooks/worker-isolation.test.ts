@@ -221,6 +221,38 @@ export default defineHooks({
     alice.close()
   }, 90_000)
 
+  it("a handler signalling the relay's own process throws instead of killing the relay", async () => {
+    const hooks = hooksDir({
+      "killer.mjs": `import { defineHooks } from ${api}
+export default defineHooks({
+  onMessageSent() {
+    process.kill(process.pid, "SIGKILL")
+  },
+})
+`,
+    })
+    const relay = await startRelayProcess({
+      args: ["--hooks", hooks, "--hook-attempts", "1"],
+      hooksUseHooksApi: true,
+    })
+    const id = "g~killer" as ConversationId
+    const alice = await open(relay, id, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    sendMessage(alice.doc, "alice" as UserId, { body: "hello" })
+    await alice.allSaved()
+    const [dead] = await until(
+      () => deadLetters(relay),
+      (letters) => letters.length >= 1,
+      "the killer's dead letter",
+    )
+    expect(dead!.lastError).toContain(
+      "process.kill() of the relay's own process is not available to hook modules",
+    )
+    expect(relay.child.exitCode).toBeNull()
+    expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
+    alice.close()
+  }, 60_000)
+
   it("a handler's writes through its context work, logged with the relay's bindings, and are not repeated by a retry after a restart", async () => {
     const hooks = hooksDir({
       "echo.mjs": `import { defineHooks } from ${api}
