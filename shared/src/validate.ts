@@ -288,7 +288,7 @@ export const checkFleetingSeconds: Check = (v) =>
 
 /** Throws INVALID_ARGUMENT when `check` finds a problem, or a string in `value` is not well-formed UTF-16. */
 export function assertValid<T>(check: Check, value: unknown): asserts value is T {
-  assertWellFormed(value, "value")
+  assertWellFormed(value)
   const problem = check(value)
   if (problem !== undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, problem)
 }

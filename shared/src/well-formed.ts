@@ -45,16 +45,16 @@ export function illFormedPath(value: unknown): string | undefined {
 
 /**
  * Throws INVALID_ARGUMENT when `value` holds a string that is not well-formed
- * UTF-16. Documents store strings as UTF-8, which has no lone surrogates: Yjs
+ * UTF-16, naming where (`what`, then the path inside `value`). Documents store strings as UTF-8, which has no lone surrogates: Yjs
  * would keep the writer's string in its memory while storing and syncing
  * U+FFFD in its place, so the writer would show what nobody else sees, and
  * its own copy would differ from the stored one after a reload. Refused
  * rather than changed behind the writer's back.
  */
-export function assertWellFormed(value: unknown, what: string): void {
+export function assertWellFormed(value: unknown, what?: string): void {
   const at = illFormedPath(value)
   if (at === undefined) return
-  const where = at === "(value)" ? what : `${what}: ${at}`
+  const where = what === undefined ? at : at === "(value)" ? what : `${what}: ${at}`
   throw new ParleyError(
     ErrorCode.INVALID_ARGUMENT,
     `${where}: not well-formed UTF-16 (a lone surrogate, e.g. a string cut inside an emoji); send whole characters`,
