@@ -123,25 +123,30 @@ describe("presence", () => {
 })
 
 describe("presence across reconnects", () => {
-  it("shows each other online again right after the relay restarts, not at the next renewal 15 s later", async () => {
-    const own = await startRelay()
+  /** Alice and bob in a new group of theirs on `on`, each seeing the other online. */
+  async function pairOnline(on: RelayProcess) {
     const [a, b] = [name("alice"), name("bob")]
-    const alice = await connectClient(own, a)
-    const bob = await connectClient(own, b)
+    const alice = await connectClient(on, a)
+    const bob = await connectClient(on, b)
     const chat = await alice.createConversation({ participants: [b] })
     await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
     const bobsChat = await bob.conversation(chat.id).ready()
     const status = (of: typeof chat, user: string) => of.presence.find((p) => p.user === user)?.status
-    await eventually(() => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]))
+    /** What bob shows of alice, and alice of bob. */
+    const seen = () => [status(bobsChat, a), status(chat, b)]
+    await eventually(() => expect(seen()).toEqual(["online", "online"]))
+    return { alice, seen }
+  }
+
+  it("shows each other online again right after the relay restarts, not at the next renewal 15 s later", async () => {
+    const own = await startRelay()
+    const { seen } = await pairOnline(own)
     await own.stop()
-    await eventually(() => expect([status(bobsChat, a), status(chat, b)]).toEqual(["offline", "offline"]))
+    await eventually(() => expect(seen()).toEqual(["offline", "offline"]))
     const again = await startRelay({ port: own.port, dataDir: own.dataDir })
     try {
       // Well before either client's 15 s renewal.
-      await eventually(
-        () => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]),
-        5_000,
-      )
+      await eventually(() => expect(seen()).toEqual(["online", "online"]), 5_000)
     } finally {
       await destroyClients()
       await again.stop()
@@ -149,20 +154,10 @@ describe("presence across reconnects", () => {
   }, 60_000)
 
   it("shows a user online again right after her own connection dropped and came back", async () => {
-    const [a, b] = [name("alice"), name("bob")]
-    const alice = await connectClient(relay, a)
-    const bob = await connectClient(relay, b)
-    const chat = await alice.createConversation({ participants: [b] })
-    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
-    const bobsChat = await bob.conversation(chat.id).ready()
-    const status = (of: typeof chat, user: string) => of.presence.find((p) => p.user === user)?.status
-    await eventually(() => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]))
+    const { alice, seen } = await pairOnline(relay)
     alice.disconnect()
-    await eventually(() => expect(status(bobsChat, a)).toBe("offline"))
+    await eventually(() => expect(seen()[0]).toBe("offline"))
     alice.connect()
-    await eventually(
-      () => expect([status(bobsChat, a), status(chat, b)]).toEqual(["online", "online"]),
-      5_000,
-    )
+    await eventually(() => expect(seen()).toEqual(["online", "online"]), 5_000)
   }, 60_000)
 })
