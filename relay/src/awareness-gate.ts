@@ -1,6 +1,13 @@
-import { encodeAwarenessEntries, PRESENCE_STAMP, readAwarenessEntries, type UserId } from "@parley/shared"
+import {
+  encodeAwareness,
+  encodeAwarenessEntries,
+  PRESENCE_STAMP,
+  readAwarenessEntries,
+  type UserId,
+} from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as awarenessProtocol from "y-protocols/awareness"
+import { LARGE_ROOM_CONNECTIONS } from "./awareness-fanout.js"
 import { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { ClientIdOwners } from "./policy.js"
@@ -60,6 +67,20 @@ interface Accepted {
 }
 
 const MINUTE = 60_000
+
+/**
+ * How far the relay moves the clock of an entry that (re)appears, and of the entries a returning
+ * client sees again, above the clock it was sent with: peers may hold the entry one clock above it (a
+ * removal, the relay's or their own on disconnect), and y-protocols takes only a higher clock.
+ */
+export const JOIN_CLOCK_STEP = 2
+
+/** How long, and for how many client ids, a document remembers that an entry left (see {@link AwarenessGate.forget}). */
+const LEFT_MS = 10 * MINUTE
+const LEFT_KEPT = 256
+
+/** The state bytes of a removal (`null`). */
+const NULL_STATE = new TextEncoder().encode("null")
 const utf8 = new TextDecoder("utf-8", { fatal: true })
 const utf8Encoder = new TextEncoder()
 
@@ -109,6 +130,11 @@ export class AwarenessGate {
     number,
     { readonly key: string; connection: Connection; entry: Accepted }
   >()
+  /**
+   * Client ids whose removal went out lately, oldest first, with when: one that comes back is a
+   * client that reconnected (see {@link apply}).
+   */
+  private readonly left = new Map<number, number>()
   /** Entries held back by the frame budget, by connection, with the timer that applies them. */
   private readonly held = new Map<Connection, { entries: Map<number, Accepted>; timer: NodeJS.Timeout }>()
 
@@ -266,8 +292,16 @@ export class AwarenessGate {
    * it ever saw). Called once the removal has been broadcast.
    */
   forget(removed: readonly number[]): void {
+    const now = this.now()
     for (const clientId of removed) {
-      if (!this.host.awareness.states.has(clientId)) this.host.awareness.meta.delete(clientId)
+      if (this.host.awareness.states.has(clientId)) continue
+      this.host.awareness.meta.delete(clientId)
+      this.left.delete(clientId)
+      this.left.set(clientId, now)
+    }
+    for (const [clientId, at] of this.left) {
+      if (this.left.size <= LEFT_KEPT && now - at < LEFT_MS) break
+      this.left.delete(clientId)
     }
   }
 
@@ -383,10 +417,29 @@ export class AwarenessGate {
 
   private apply(connection: Connection, entries: Iterable<Accepted>): void {
     const list = [...entries]
+    const awareness = this.host.awareness
+    // An entry that appears (a client connecting, or coming back) goes out JOIN_CLOCK_STEP clocks above
+    // the one it came with, and its client is told to move there too (see `bump`): a stock client that
+    // reconnects announces its state at its old clock, which every peer that saw it leave ignores.
+    const joins = new Set<number>()
+    for (const { clientId, state } of list)
+      if (state !== null && !awareness.states.has(clientId)) joins.add(clientId)
+    if (joins.size > 0) {
+      // A client that comes back also holds every entry here one clock above ours (it removed them
+      // itself when its socket closed): their owners move on too, so that it takes them again.
+      if ([...joins].some((id) => this.left.has(id))) this.bumpOthers(connection)
+      for (const id of joins) this.left.delete(id)
+      this.bump(
+        connection,
+        list
+          .filter((e) => joins.has(e.clientId))
+          .map((e) => ({ clientId: e.clientId, clock: e.clock + JOIN_CLOCK_STEP })),
+      )
+    }
     const update = encodeAwarenessEntries(
       list.map(({ clientId, clock, state }) => ({
         clientId,
-        clock,
+        clock: joins.has(clientId) ? clock + JOIN_CLOCK_STEP : clock,
         state: utf8Encoder.encode(JSON.stringify(state)),
       })),
     )
@@ -396,6 +449,49 @@ export class AwarenessGate {
       awarenessProtocol.applyAwarenessUpdate(this.host.awareness, update, connection)
     } finally {
       this.applying = undefined
+    }
+  }
+
+  /**
+   * Tells `connection`'s client that its entries were removed at these clocks: y-protocols keeps a
+   * local state a peer removes, moves its clock one above, and announces it again (stock providers
+   * and the SDK alike), so the client goes on from above the clock the relay gave its entry. Sent
+   * before that entry goes out: a client shown its own entry at a clock above its own would take the
+   * relay's stamped copy as its state.
+   */
+  private bump(connection: Connection, entries: readonly { clientId: number; clock: number }[]): void {
+    if (entries.length === 0 || connection.closed) return
+    connection.send(
+      encodeAwareness(encodeAwarenessEntries(entries.map((e) => ({ ...e, state: NULL_STATE })))),
+    )
+  }
+
+  /**
+   * Moves every entry another connection here set JOIN_CLOCK_STEP clocks on, and tells each owner
+   * to follow ({@link bump}): a returning client takes them again. Only in a small room: a large
+   * one forwards no renewals, and a member's presence reaches others with its next change there
+   * (see `AwarenessFanout`). The moved entries are announced as renewals, which go out with the
+   * returning client's own entry, applied next.
+   */
+  private bumpOthers(joiner: Connection): void {
+    if (this.host.connections.size > LARGE_ROOM_CONNECTIONS) return
+    const awareness = this.host.awareness
+    const byOwner = new Map<Connection, { clientId: number; clock: number }[]>()
+    for (const [clientId, owner] of this.setBy) {
+      const meta = awareness.meta.get(clientId)
+      if (owner === joiner || owner.closed || !meta || !awareness.states.has(clientId)) continue
+      let moved = byOwner.get(owner)
+      if (!moved) {
+        moved = []
+        byOwner.set(owner, moved)
+      }
+      moved.push({ clientId, clock: meta.clock + JOIN_CLOCK_STEP })
+    }
+    const now = Date.now()
+    for (const [owner, moved] of byOwner) {
+      this.bump(owner, moved)
+      for (const { clientId, clock } of moved) awareness.meta.set(clientId, { clock, lastUpdated: now })
+      awareness.emit("update", [{ added: [], updated: moved.map((e) => e.clientId), removed: [] }, owner])
     }
   }
 

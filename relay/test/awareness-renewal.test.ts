@@ -1,6 +1,14 @@
-import { encodeAwarenessEntries, PRESENCE_STAMP, parseDocumentName, type UserId } from "@parley/shared"
+import {
+  encodeAwarenessEntries,
+  MessageType,
+  PRESENCE_STAMP,
+  parseDocumentName,
+  readAwarenessEntries,
+  type UserId,
+} from "@parley/shared"
+import * as decoding from "lib0/decoding"
 import { describe, expect, it } from "vitest"
-import { AwarenessGate, DEFAULT_AWARENESS_LIMITS } from "../src/awareness-gate.js"
+import { AwarenessGate, DEFAULT_AWARENESS_LIMITS, JOIN_CLOCK_STEP } from "../src/awareness-gate.js"
 import { Connection, type Session } from "../src/connection.js"
 import { DocumentHost } from "../src/document-host.js"
 import { ClientBindings } from "../src/policy/client-bindings.js"
@@ -8,15 +16,25 @@ import { stubOwner } from "./helpers/connection-owner.js"
 
 const owner = stubOwner()
 
-function connectionOf(host: DocumentHost, user: string): Connection<DocumentHost> {
+function connectionOf(host: DocumentHost, user: string, sent: Uint8Array[] = []): Connection<DocumentHost> {
   const session: Session = {
     principal: { kind: "user", user: user as UserId },
     wantsParley: true,
-    send: () => {},
+    send: (frame) => sent.push(frame),
     close: () => {},
   }
   return new Connection(host, session, "write", owner)
 }
+
+/** The awareness entries of the frames a connection was sent, as [client id, clock, state]. */
+const entriesSent = (sent: readonly Uint8Array[]) =>
+  sent.flatMap((frame) => {
+    const decoder = decoding.createDecoder(frame)
+    if (decoding.readVarUint(decoder) !== MessageType.awareness) return []
+    return readAwarenessEntries(decoding.readVarUint8Array(decoder)).map(
+      (e) => [e.clientId, e.clock, JSON.parse(new TextDecoder().decode(e.state))] as const,
+    )
+  })
 
 const frame = (clientId: number, clock: number, state: unknown) =>
   encodeAwarenessEntries([{ clientId, clock, state: new TextEncoder().encode(JSON.stringify(state)) }])
@@ -72,6 +90,9 @@ function setUp(
 /** Lets the claims of new ids settle: an entry under a new id is applied once storage says it is the sender's. */
 const claimsSettled = () => new Promise((resolve) => setTimeout(resolve, 10))
 
+/** The clock an entry that appeared at `clock` is held at (and its client told to move past). */
+const appeared = (clock: number) => clock + JOIN_CLOCK_STEP
+
 describe("awareness renewals", () => {
   it("renews an unchanged state (its clock and time move, it is announced as a renewal) and applies a changed one", async () => {
     const { host, gate, changes, updates } = setUp()
@@ -84,15 +105,15 @@ describe("awareness renewals", () => {
     expect(changes).toEqual([[7]])
     const before = host.awareness.meta.get(7)!.lastUpdated
     await new Promise((r) => setTimeout(r, 5))
-    gate.receive(alice, frame(7, 2, { name: "Alice", typing: false }))
-    expect(host.awareness.meta.get(7)!.clock).toBe(2)
+    gate.receive(alice, frame(7, appeared(1) + 1, { name: "Alice", typing: false }))
+    expect(host.awareness.meta.get(7)!.clock).toBe(appeared(1) + 1)
     expect(host.awareness.meta.get(7)!.lastUpdated).toBeGreaterThan(before)
     // Announced, so that it is relayed, but as a renewal: nothing changed.
     expect(updates).toEqual([[7], [7]])
     expect(changes).toEqual([[7]])
     expect(host.awareness.getStates().get(7)).toEqual(stamped)
     // A changed state goes through the whole gate again.
-    gate.receive(alice, frame(7, 3, { name: "Alice", typing: true }))
+    gate.receive(alice, frame(7, appeared(1) + 2, { name: "Alice", typing: true }))
     expect(host.awareness.getStates().get(7)).toEqual({
       name: "Alice",
       typing: true,
@@ -108,17 +129,18 @@ describe("awareness renewals", () => {
     const mallory = connectionOf(host, "mallory")
     gate.receive(alice, frame(7, 5, { name: "Alice" }))
     await claimsSettled()
+    const held = appeared(5)
     // An older clock renews nothing.
-    gate.receive(alice, frame(7, 4, { name: "Alice" }))
-    expect(host.awareness.meta.get(7)!.clock).toBe(5)
+    gate.receive(alice, frame(7, held - 1, { name: "Alice" }))
+    expect(host.awareness.meta.get(7)!.clock).toBe(held)
     // The same bytes from another user are a foreign entry, dropped.
-    gate.receive(mallory, frame(7, 6, { name: "Alice" }))
-    expect(host.awareness.meta.get(7)!.clock).toBe(5)
+    gate.receive(mallory, frame(7, held + 1, { name: "Alice" }))
+    expect(host.awareness.meta.get(7)!.clock).toBe(held)
     // A new state at the same clock is refused by the awareness; repeating it later is no renewal
     // of the refused state but an update that sets it.
-    gate.receive(alice, frame(7, 5, { name: "Alicia" }))
+    gate.receive(alice, frame(7, held, { name: "Alicia" }))
     expect(host.awareness.getStates().get(7)).toEqual({ name: "Alice", [PRESENCE_STAMP]: "alice" })
-    gate.receive(alice, frame(7, 6, { name: "Alicia" }))
+    gate.receive(alice, frame(7, held + 1, { name: "Alicia" }))
     expect(host.awareness.getStates().get(7)).toEqual({ name: "Alicia", [PRESENCE_STAMP]: "alice" })
     expect(changes).toEqual([[7], [7]])
     host.destroy()
@@ -137,19 +159,70 @@ describe("awareness renewals", () => {
     await claimsSettled()
     // Bob echoes alice's entry as he got it, and his own: nothing is newer, nothing is counted.
     const echo = encodeAwarenessEntries([
-      { clientId: 7, clock: 3, state: new TextEncoder().encode(JSON.stringify({ name: "Alice" })) },
-      { clientId: 8, clock: 1, state: new TextEncoder().encode(JSON.stringify({ name: "Bob" })) },
+      { clientId: 7, clock: appeared(3), state: new TextEncoder().encode(JSON.stringify({ name: "Alice" })) },
+      { clientId: 8, clock: appeared(1), state: new TextEncoder().encode(JSON.stringify({ name: "Bob" })) },
     ])
     for (let i = 0; i < 5; i++) gate.receive(bob, echo)
     expect(dropped).toEqual([])
     // Bob's budget (a burst of 2, hardly refilled) was not spent by the echoes: his change applies at once.
-    gate.receive(bob, frame(8, 2, { name: "Robert" }))
+    gate.receive(bob, frame(8, appeared(1) + 1, { name: "Robert" }))
     expect(host.awareness.getStates().get(8)).toMatchObject({ name: "Robert" })
     // A removal of alice's entry at its own clock would apply: it is read, and dropped as foreign.
-    gate.receive(bob, frame(7, 3, null))
+    gate.receive(bob, frame(7, appeared(3), null))
     expect(dropped).toEqual(["foreign 1"])
     expect(host.awareness.getStates().has(7)).toBe(true)
     expect(changes).toEqual([[7], [8], [8]])
+    host.destroy()
+  })
+})
+
+// Peers hold an entry that left one clock above its last (the removal), and the client that left
+// holds every other entry one above too (it removed them itself): y-protocols takes only higher clocks.
+describe("entries that appear", () => {
+  it("go out two clocks above the one they came with, their client told to move there first", async () => {
+    const { host, gate } = setUp()
+    const sent: Uint8Array[] = []
+    const alice = connectionOf(host, "alice", sent)
+    gate.receive(alice, frame(7, 3, { name: "Alice" }))
+    await claimsSettled()
+    expect(host.awareness.meta.get(7)!.clock).toBe(appeared(3))
+    // A removal of her own entry at that clock: y-protocols keeps her state, moves her clock past it.
+    expect(entriesSent(sent)).toEqual([[7, appeared(3), null]])
+    // She announces again from there: a renewal.
+    gate.receive(alice, frame(7, appeared(3) + 1, { name: "Alice" }))
+    expect(host.awareness.meta.get(7)!.clock).toBe(appeared(3) + 1)
+    expect(entriesSent(sent)).toHaveLength(1)
+    host.destroy()
+  })
+
+  it("move the others' entries on too when the client comes back after leaving", async () => {
+    const { host, gate } = setUp()
+    const toBob: Uint8Array[] = []
+    const bob = connectionOf(host, "bob", toBob)
+    const alice = connectionOf(host, "alice")
+    gate.receive(bob, frame(8, 1, { name: "Bob" }))
+    gate.receive(alice, frame(7, 1, { name: "Alice" }))
+    await claimsSettled()
+    const bobsClock = host.awareness.meta.get(8)!.clock
+    expect(entriesSent(toBob)).toEqual([[8, bobsClock, null]])
+    // A second client joining moves nobody else.
+    const carol = connectionOf(host, "carol")
+    gate.receive(carol, frame(9, 1, { name: "Carol" }))
+    await claimsSettled()
+    expect(host.awareness.meta.get(8)!.clock).toBe(bobsClock)
+    // Alice leaves (the fan-out forgets her entry once its removal went out) and comes back.
+    gate.detach(alice)
+    gate.forget([7])
+    const aliceAgain = connectionOf(host, "alice")
+    gate.receive(aliceAgain, frame(7, appeared(1) + 1, { name: "Alice" }))
+    expect(host.awareness.meta.get(7)!.clock).toBe(appeared(appeared(1) + 1))
+    // Bob's entry went on, and he was told to follow; carol's too.
+    expect(host.awareness.meta.get(8)!.clock).toBe(bobsClock + JOIN_CLOCK_STEP)
+    expect(entriesSent(toBob)).toEqual([
+      [8, bobsClock, null],
+      [8, bobsClock + JOIN_CLOCK_STEP, null],
+    ])
+    expect(host.awareness.meta.get(9)!.clock).toBe(appeared(1) + JOIN_CLOCK_STEP)
     host.destroy()
   })
 })

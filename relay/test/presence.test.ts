@@ -69,6 +69,15 @@ function announce(c: TestClient, state: object | null, clock = 1): void {
   c.send(awarenessFrame([{ id: c.doc.clientID, clock, state }]))
 }
 
+/**
+ * Resolves once the relay holds `n` awareness records. (A raw client's own entry is no sign: the
+ * relay sends an appearing entry back above its clock, after telling the client to move its clock
+ * there, which a y-protocols awareness with no local state takes as its entry's removal.)
+ */
+async function relayHolds(target: RelayProcess, n: number): Promise<void> {
+  while ((await awarenessRecords(target)) !== n) await new Promise((r) => setTimeout(r, 20))
+}
+
 const stateAt = (observer: TestClient, clientId: number) =>
   observer.awareness.getStates().get(clientId) as Record<string, unknown> | undefined
 
@@ -148,7 +157,7 @@ describe("owned presence", () => {
     const { id, a } = await room(target)
     // Above the clock of the test client's own (null) local state, so that it takes the echo.
     announce(a, { user: alice }, 5)
-    await a.until(() => stateAt(a, a.doc.clientID) !== undefined)
+    await relayHolds(target, 1)
     const baseline = await awarenessRecords(target)
     expect(baseline).toBe(1)
 
@@ -162,8 +171,9 @@ describe("owned presence", () => {
     m.send(awarenessFrame(many(2_000_000, (i) => ({ user: mallory, i }))))
     m.send(awarenessFrame(many(3_000_000, (i) => ({ user: mallory, i })).slice(0, 9)))
     m.send(awarenessFrame([{ id: m.doc.clientID, clock: 1, state: { pad: "x".repeat(10_000) } }]))
-    // The last frame is a barrier: once its effect shows, the flood was handled.
-    m.send(awarenessFrame([{ id: 3_000_000, clock: 2, state: { user: mallory, done: true } }]))
+    // The last frame is a barrier: once its effect shows, the flood was handled. (Its id appeared at
+    // clock 1, which the relay moved to 3 and told this client so: its next clock is 4.)
+    m.send(awarenessFrame([{ id: 3_000_000, clock: 4, state: { user: mallory, done: true } }]))
     await a.until(() =>
       [...a.awareness.getStates().values()].some((s) => (s as { done?: boolean }).done === true),
     )
@@ -182,7 +192,7 @@ describe("owned presence", () => {
     const target = await startRelayProcess()
     const { id, a } = await room(target)
     announce(a, { user: alice }, 5)
-    await a.until(() => stateAt(a, a.doc.clientID) !== undefined)
+    await relayHolds(target, 1)
     const m = await client(target, id, mallory)
     // 80,000 removals of ids nobody set: about a megabyte, 50 ms of CPU each if read entry by entry.
     const removals = Array.from({ length: 80_000 }, (_, i) => ({ id: 1_000_000 + i, clock: 1, state: null }))
@@ -265,6 +275,75 @@ describe("stock y-websocket clients", () => {
     })
     expect(closes).toEqual([])
     for (const p of opened) expect((p.ws as WebSocket | null)?.readyState).toBe(WebSocket.OPEN)
+  })
+})
+
+/** Resolves once `check()` holds, polling; rejects after `ms` with `what`. */
+function until(check: () => boolean, ms: number, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const started = Date.now()
+    const poll = () => {
+      if (check()) return resolve()
+      if (Date.now() - started > ms) return reject(new Error(`${what}: not within ${ms} ms`))
+      setTimeout(poll, 20)
+    }
+    poll()
+  })
+}
+
+/** Whether `observer` shows `other`'s state with the field `name` set to `name`. */
+const shows = (observer: WebsocketProvider, other: WebsocketProvider, name: string) =>
+  observer.awareness.getStates().get(other.awareness.clientID)?.name === name
+
+/** Stock providers of alice and bob in a new group, each showing the other's presence. */
+async function stockPair(target: RelayProcess): Promise<[WebsocketProvider, WebsocketProvider]> {
+  const id = newConversationId()
+  const a = stockProvider(target.url, id, await target.token(alice))
+  providers.push(a)
+  await synced(a)
+  createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+  const b = stockProvider(target.url, id, await target.token(bob))
+  providers.push(b)
+  await synced(b)
+  a.awareness.setLocalStateField("name", "alice")
+  b.awareness.setLocalStateField("name", "bob")
+  await until(() => shows(a, b, "bob") && shows(b, a, "alice"), 5_000, "the pair see each other")
+  return [a, b]
+}
+
+// A y-protocols client re-announces its state every 15 s, and a peer ignores an entry whose clock is
+// not above the one it holds: after a reconnect, the leaver's old clock is below the removal every
+// peer saw, and the leaver holds the others one clock above theirs (it removed them itself).
+describe("stock y-websocket clients reconnecting", () => {
+  it("see each other again at once after one of them reconnects, not at the next renewal", async () => {
+    const [a, b] = await stockPair(relay)
+    a.disconnect()
+    await until(() => !b.awareness.getStates().has(a.awareness.clientID), 5_000, "bob sees alice leave")
+    a.connect()
+    await until(() => shows(b, a, "alice"), 3_000, "bob sees alice again")
+    await until(() => shows(a, b, "bob"), 3_000, "alice sees bob again")
+    // What either changes next still reaches the other.
+    a.awareness.setLocalStateField("name", "alice 2")
+    b.awareness.setLocalStateField("name", "bob 2")
+    await until(() => shows(b, a, "alice 2") && shows(a, b, "bob 2"), 3_000, "later changes arrive")
+  })
+
+  it("see each other again at once after the relay restarts", async () => {
+    const first = await startRelayProcess()
+    const [a, b] = await stockPair(first)
+    await first.kill()
+    await until(
+      () => a.awareness.getStates().size === 1 && b.awareness.getStates().size === 1,
+      5_000,
+      "both see the other gone",
+    )
+    const again = await startRelayProcess({
+      dataDir: first.dataDir,
+      secret: first.secret,
+      args: ["--port", String(first.port)],
+    })
+    expect(again.port).toBe(first.port)
+    await until(() => shows(b, a, "alice") && shows(a, b, "bob"), 6_000, "the pair see each other again")
   })
 })
 

@@ -73,8 +73,16 @@ export class SyncSession {
     { added, updated, removed }: { added: number[]; updated: number[]; removed: number[] },
     origin: unknown,
   ) => {
-    if (origin === RELAY_ORIGIN || this.state !== "open") return
+    if (this.state !== "open") return
     const own = this.awareness.clientID
+    if (origin === RELAY_ORIGIN) {
+      // The relay "removed" our entry: it does so when the entry appears (a connection, or coming
+      // back), to move our clock above the one it gave the entry, which peers that saw us leave
+      // take. y-protocols kept our state and moved our clock past it; what we announced before this
+      // arrived was at a clock the relay had passed, so announce what we hold now.
+      if (removed.includes(own) && this.awareness.getLocalState() !== null) this.sendOwnAwareness()
+      return
+    }
     // Only the user's own entry: the relay owns awareness, and nobody speaks for another.
     if (added.includes(own) || updated.includes(own) || removed.includes(own)) this.sendOwnAwareness()
   }
