@@ -79,6 +79,13 @@ export const JOIN_CLOCK_STEP = 2
 const LEFT_MS = 10 * MINUTE
 const LEFT_KEPT = 256
 
+/**
+ * Least time between two rounds of moving a room's entries on for returning clients (see
+ * {@link AwarenessGate.moveOthersOn}): each round costs every member a frame each way and one of
+ * its applied frames, so a client reconnecting over and over must not buy one per reconnect.
+ */
+const MOVE_ROUND_MS = 1_000
+
 /** The state bytes of a removal (`null`). */
 const NULL_STATE = new TextEncoder().encode("null")
 const utf8 = new TextDecoder("utf-8", { fatal: true })
@@ -135,6 +142,9 @@ export class AwarenessGate {
    * client that reconnected (see {@link apply}).
    */
   private readonly left = new Map<number, number>()
+  /** When the last round of {@link moveOthersOn} ran, and the timer of the next one, if one waits. */
+  private lastMoveRound = Number.NEGATIVE_INFINITY
+  private moveTimer: NodeJS.Timeout | undefined
   /** Entries held back by the frame budget, by connection, with the timer that applies them. */
   private readonly held = new Map<Connection, { entries: Map<number, Accepted>; timer: NodeJS.Timeout }>()
 
@@ -324,6 +334,8 @@ export class AwarenessGate {
 
   /** Stops the timers of held entries (the document is going away). */
   destroy(): void {
+    clearTimeout(this.moveTimer)
+    this.moveTimer = undefined
     for (const { timer } of this.held.values()) clearTimeout(timer)
     this.held.clear()
   }
@@ -427,7 +439,7 @@ export class AwarenessGate {
     if (joins.size > 0) {
       // A client that comes back also holds every entry here one clock above ours (it removed them
       // itself when its socket closed): their owners move on too, so that it takes them again.
-      if ([...joins].some((id) => this.left.has(id))) this.bumpOthers(connection)
+      if ([...joins].some((id) => this.left.has(id))) this.moveOthersOn(connection)
       for (const id of joins) this.left.delete(id)
       this.bump(
         connection,
@@ -470,11 +482,32 @@ export class AwarenessGate {
    * Moves every entry another connection here set JOIN_CLOCK_STEP clocks on, and tells each owner
    * to follow ({@link bump}): a returning client takes them again. Only in a small room: a large
    * one forwards no renewals, and a member's presence reaches others with its next change there
-   * (see `AwarenessFanout`). The moved entries are announced as renewals, which go out with the
-   * returning client's own entry, applied next.
+   * (see `AwarenessFanout`). At most one round per {@link MOVE_ROUND_MS}: a client returning sooner
+   * after the last round waits for the next, which moves every entry (its own too).
    */
-  private bumpOthers(joiner: Connection): void {
+  private moveOthersOn(joiner: Connection): void {
     if (this.host.connections.size > LARGE_ROOM_CONNECTIONS) return
+    const wait = this.lastMoveRound + MOVE_ROUND_MS - this.now()
+    if (wait <= 0) {
+      this.lastMoveRound = this.now()
+      this.moveOn(joiner)
+      return
+    }
+    if (this.moveTimer) return
+    this.moveTimer = setTimeout(() => {
+      this.moveTimer = undefined
+      if (this.host.destroyed || this.host.connections.size > LARGE_ROOM_CONNECTIONS) return
+      this.lastMoveRound = this.now()
+      this.moveOn(undefined)
+    }, wait)
+    this.moveTimer.unref()
+  }
+
+  /**
+   * One round of {@link moveOthersOn}: the entries of every connection but `joiner`'s. They are
+   * announced as changed, so that they go out now (a renewal may wait: see `AwarenessFanout`).
+   */
+  private moveOn(joiner: Connection | undefined): void {
     const awareness = this.host.awareness
     const byOwner = new Map<Connection, { clientId: number; clock: number }[]>()
     for (const [clientId, owner] of this.setBy) {
@@ -491,7 +524,9 @@ export class AwarenessGate {
     for (const [owner, moved] of byOwner) {
       this.bump(owner, moved)
       for (const { clientId, clock } of moved) awareness.meta.set(clientId, { clock, lastUpdated: now })
-      awareness.emit("update", [{ added: [], updated: moved.map((e) => e.clientId), removed: [] }, owner])
+      const change = { added: [], updated: moved.map((e) => e.clientId), removed: [] }
+      awareness.emit("change", [change, owner])
+      awareness.emit("update", [change, owner])
     }
   }
 

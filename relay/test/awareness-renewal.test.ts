@@ -223,6 +223,22 @@ describe("entries that appear", () => {
       [8, bobsClock + JOIN_CLOCK_STEP, null],
     ])
     expect(host.awareness.meta.get(9)!.clock).toBe(appeared(1) + JOIN_CLOCK_STEP)
+
+    // Coming back again within the second: one more round, but only once that second is over, for
+    // however many returns it saw; and that round moves every entry on, the returning one's too.
+    const bobsMoved = host.awareness.meta.get(8)!.clock
+    let current = aliceAgain
+    for (let i = 0; i < 5; i++) {
+      gate.detach(current)
+      gate.forget([7])
+      current = connectionOf(host, "alice")
+      gate.receive(current, frame(7, 100 + 10 * i, { name: "Alice" }))
+    }
+    expect(host.awareness.meta.get(8)!.clock).toBe(bobsMoved)
+    await new Promise((resolve) => setTimeout(resolve, 1_100))
+    expect(host.awareness.meta.get(8)!.clock).toBe(bobsMoved + JOIN_CLOCK_STEP)
+    expect(entriesSent(toBob)).toHaveLength(3)
+    expect(host.awareness.meta.get(7)!.clock).toBe(appeared(140) + JOIN_CLOCK_STEP)
     host.destroy()
   })
 })
