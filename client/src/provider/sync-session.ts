@@ -141,15 +141,9 @@ export class SyncSession {
       if (Date.now() - this.lastHeard > SILENCE_TIMEOUT_MS) this.end(ABNORMAL_CLOSE, false)
     }, SILENCE_TIMEOUT_MS / 10)
     this.sendRaw(encodeSyncStep1(Y.encodeStateVector(this.doc)))
-    const local = this.awareness.getLocalState()
-    if (local !== null) {
-      // When this client's last connection ended, the relay told everyone its entry was removed,
-      // with a clock one above ours; peers ignore any state of ours not above that until our next
-      // renewal (15 s). Two ahead, sent at once (`onAwareness`): back in everyone's view now.
-      const meta = this.awareness.meta.get(this.awareness.clientID)
-      if (meta) meta.clock++
-      this.awareness.setLocalState(local)
-    }
+    // At our current clock, though peers that saw our last connection end hold our entry one above
+    // it: the relay relays an appearing entry above that and tells us to move on (`onAwareness`).
+    if (this.awareness.getLocalState() !== null) this.sendOwnAwareness()
     this.handlers.opened()
   }
 
