@@ -505,7 +505,8 @@ export class AwarenessGate {
 
   /**
    * One round of {@link moveOthersOn}: the entries of every connection but `joiner`'s. They are
-   * announced as changed, so that they go out now (a renewal may wait: see `AwarenessFanout`).
+   * announced as changed, so that they go out now (a renewal may wait: see `AwarenessFanout`), in
+   * one announcement (one frame to each connection, not one per owner), made by the relay.
    */
   private moveOn(joiner: Connection | undefined): void {
     const awareness = this.host.awareness
@@ -520,14 +521,19 @@ export class AwarenessGate {
       }
       moved.push({ clientId, clock: meta.clock + JOIN_CLOCK_STEP })
     }
+    if (byOwner.size === 0) return
     const now = Date.now()
+    const updated: number[] = []
     for (const [owner, moved] of byOwner) {
       this.bump(owner, moved)
-      for (const { clientId, clock } of moved) awareness.meta.set(clientId, { clock, lastUpdated: now })
-      const change = { added: [], updated: moved.map((e) => e.clientId), removed: [] }
-      awareness.emit("change", [change, owner])
-      awareness.emit("update", [change, owner])
+      for (const { clientId, clock } of moved) {
+        awareness.meta.set(clientId, { clock, lastUpdated: now })
+        updated.push(clientId)
+      }
     }
+    const change = { added: [], updated, removed: [] }
+    awareness.emit("change", [change, "relay"])
+    awareness.emit("update", [change, "relay"])
   }
 
   /**

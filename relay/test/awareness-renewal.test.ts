@@ -196,7 +196,7 @@ describe("entries that appear", () => {
   })
 
   it("move the others' entries on too when the client comes back after leaving", async () => {
-    const { host, gate } = setUp()
+    const { host, gate, updates } = setUp()
     const toBob: Uint8Array[] = []
     const bob = connectionOf(host, "bob", toBob)
     const alice = connectionOf(host, "alice")
@@ -223,6 +223,8 @@ describe("entries that appear", () => {
       [8, bobsClock + JOIN_CLOCK_STEP, null],
     ])
     expect(host.awareness.meta.get(9)!.clock).toBe(appeared(1) + JOIN_CLOCK_STEP)
+    // Announced in one update (one frame to each connection), before her own entry.
+    expect(updates.slice(-2)).toEqual([[8, 9], [7]])
 
     // Coming back again within the second: one more round, but only once that second is over, for
     // however many returns it saw; and that round moves every entry on, the returning one's too.
