@@ -6,6 +6,7 @@ import type { HistoryKeeper } from "./history/keeper.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
+import type { PurgedContent } from "./purge/redact.js"
 import type { UserLedger } from "./user-limits.js"
 
 /** What the update path asks a policy about, before anything is stored. */
@@ -247,6 +248,15 @@ export interface RelayExtension {
    * work here delays the change's frames.
    */
   afterSaved?(change: AfterSaved): void
+  /**
+   * A purge removed content of a conversation (a deleted conversation, deleted
+   * or erased messages; relay README, "Deletion and erasure"): what the
+   * extension holds of it in memory (hook events waiting for delivery,
+   * notifications waiting for a device) must lose it too. Called inside the
+   * document's queue before storage is purged, and again at each try of a
+   * purge; never awaited.
+   */
+  contentPurged?(purge: PurgedContent): void
   /** A user's connection set or changed an awareness state. */
   awarenessChanged?(change: AwarenessChange): void
   /** A connection to a document opened or closed; never awaited. */
@@ -379,6 +389,11 @@ export class Extensions {
   /** Never throws: an observer that fails is logged and the next one runs. */
   afterSaved(change: AfterSaved): void {
     this.notify(change.name, "afterSaved", (extension) => extension.afterSaved?.(change))
+  }
+
+  /** Never throws, as {@link afterSaved}. */
+  contentPurged(purge: PurgedContent): void {
+    this.notify(purge.name, "contentPurged", (extension) => extension.contentPurged?.(purge))
   }
 
   /** Never throws, as {@link afterSaved}. */

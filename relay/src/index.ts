@@ -85,6 +85,7 @@ export {
   type HookEventType,
   type HookHandler,
   type HookInboxes,
+  type HookMessage,
   type HookRuntime,
   type HookSubjects,
   type Hooks,
@@ -106,6 +107,7 @@ export type { PolicyInput, UpdatePolicy } from "./policy.js"
 export { membershipPolicy } from "./policy.js"
 export type { Principal } from "./principal.js"
 export { describePrincipal, RELAY } from "./principal.js"
+export type { PurgedContent, RedactionScope } from "./purge/redact.js"
 export {
   type ConversationPresence,
   PushExtension,

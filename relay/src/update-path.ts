@@ -866,9 +866,15 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     // inboxes follow it through the `inbox-purge` target. The positions move the hooks' watermark past it.
     if (positions.length > 0)
       ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
+    // After the hooks recorded the deletion's own events (they carry the title).
+    await ctx.extensions.compactionLimit(host.key)
+    // What waits in memory for delivery first: a page read from storage meanwhile is redacted as it comes in.
+    ctx.extensions.contentPurged({
+      name: host.key,
+      conversationId: conversation,
+      scope: { kind: "conversation" },
+    })
     if (ctx.purge) {
-      // After the hooks recorded the deletion's own events (they carry the title).
-      await ctx.extensions.compactionLimit(host.key)
       await ctx.purge.dropSegments(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
     }
@@ -918,10 +924,10 @@ async function purgeMessages(
   }
   // Apart: the stored events are redacted even when re-sealing failed (a fenced write, say).
   try {
-    if (ctx.purge) {
-      await ctx.extensions.compactionLimit(host.key)
-      await ctx.purge.redactEvents(host.key, conversation, { kind: "messages", ids: new Set(ids) })
-    }
+    const scope = { kind: "messages", ids: new Set<string>(ids) } as const
+    await ctx.extensions.compactionLimit(host.key)
+    ctx.extensions.contentPurged({ name: host.key, conversationId: conversation, scope })
+    if (ctx.purge) await ctx.purge.redactEvents(host.key, conversation, scope)
   } catch (error) {
     failed = true
     ctx.log.error(

@@ -1,4 +1,6 @@
 import { describe, expect, it } from "vitest"
+import type { HookEvent } from "../src/hooks/events.js"
+import { MAX_RECENT_PURGED_IDS, RecentPurges } from "../src/purge/recent-purges.js"
 import { namesAnyMessage, redactPayload } from "../src/purge/redact.js"
 
 const event = (subject: unknown) =>
@@ -36,5 +38,64 @@ describe("namesAnyMessage", () => {
       if (changes) expect(namesAnyMessage(payload, gone)).toBe(true)
     }
     expect(payloads.map((p) => namesAnyMessage(p, gone))).toEqual([true, true, true, false, false, false])
+  })
+})
+
+describe("redactPayload", () => {
+  it("empties a purged message's body and marks it purged, so that nobody takes the empty body for what was sent", () => {
+    const payload = event({
+      message: { id: "Gone-Message-1", body: "secret", author: "a", attachments: [1] },
+    })
+    const redacted = JSON.parse(
+      redactPayload(payload, { kind: "messages", ids: new Set(["Gone-Message-1"]) })!,
+    )
+    expect(redacted.subject.message).toEqual({
+      id: "Gone-Message-1",
+      body: "",
+      author: "a",
+      attachments: [],
+      purged: true,
+    })
+    const edited = event({ messageId: "Gone-Message-1", body: "edited secret" })
+    expect(
+      JSON.parse(redactPayload(edited, { kind: "messages", ids: new Set(["Gone-Message-1"]) })!).subject,
+    ).toEqual({ messageId: "Gone-Message-1", body: "", purged: true })
+  })
+})
+
+describe("RecentPurges", () => {
+  const sent = (id: string) => JSON.parse(event({ message: { id, body: `text of ${id}` } })) as HookEvent
+
+  it("applies the purges of the last minutes to events taken in later, and forgets them after", () => {
+    let now = 0
+    const purges = new RecentPurges(1_000, () => now)
+    purges.note("doc-a", { kind: "messages", ids: new Set(["Gone-Message-1"]) })
+    const kept = sent("Kept-Message-1")
+    expect(purges.redact("doc-a", kept)).toBe(kept)
+    expect(purges.redact("doc-b", sent("Gone-Message-1")).subject).toMatchObject({
+      message: { body: "text of Gone-Message-1" },
+    })
+    expect(purges.redact("doc-a", sent("Gone-Message-1")).subject).toMatchObject({
+      message: { body: "", purged: true },
+    })
+    purges.note("doc-b", { kind: "conversation" })
+    expect(purges.redact("doc-b", kept).subject).toEqual({ purged: true })
+    expect(purges.covers("doc-b", "anything")).toBe(true)
+    now = 1_001
+    expect(purges.covers("doc-a", "Gone-Message-1")).toBe(false)
+    expect(purges.redact("doc-b", kept)).toBe(kept)
+    expect(purges.size).toBe(0)
+  })
+
+  it("holds at most its cap of message ids, forgetting the documents purged longest ago", () => {
+    const purges = new RecentPurges()
+    const ids = (prefix: string, n: number) => new Set(Array.from({ length: n }, (_, i) => `${prefix}-${i}`))
+    purges.note("old", { kind: "messages", ids: ids("old", MAX_RECENT_PURGED_IDS / 2) })
+    purges.note("new", { kind: "messages", ids: ids("new", MAX_RECENT_PURGED_IDS / 2) })
+    expect(purges.covers("old", "old-0")).toBe(true)
+    purges.note("newer", { kind: "messages", ids: ids("newer", 10) })
+    expect(purges.covers("old", "old-0")).toBe(false)
+    expect(purges.covers("new", "new-0")).toBe(true)
+    expect(purges.covers("newer", "newer-9")).toBe(true)
   })
 })

@@ -1,5 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type { Logger } from "../log.js"
+import { RecentPurges } from "../purge/recent-purges.js"
+import { type PurgedContent, redactEvent } from "../purge/redact.js"
 import type { HookEvent, HookEventType } from "./events.js"
 import type { HookMetrics } from "./metrics.js"
 import type { DeadLetterFilter, Delivery, Outbox, OutboxLane } from "./outbox.js"
@@ -23,6 +25,12 @@ export interface DeliveryTarget {
    * its attempts' time itself (the hook worker) gets a little more, as a net.
    */
   readonly timeoutMs?: number
+  /**
+   * A purge removed content of a conversation (see `RelayExtension.contentPurged`): a target that
+   * keeps events or what it made of them beyond an attempt (notifications waiting for a device)
+   * drops what the purge concerns.
+   */
+  purged?(purge: PurgedContent): void
 }
 
 /** What a target is told of the attempt it makes. */
@@ -170,6 +178,8 @@ interface Lane {
   reading?: Promise<void>
   /** Set while an attempt runs or a page is read. */
   running: boolean
+  /** The delivery whose attempt runs: found in the queue by identity when it ends. */
+  attempting?: Delivery
   timer?: NodeJS.Timeout
   /** Set while the lane waits out an outbox failure (see {@link Dispatcher.markDelivered}). */
   paused?: boolean
@@ -215,6 +225,8 @@ export class Dispatcher {
   /** Attempts running under a fencing token, checked every `fence.checkEveryMs` while there are any. */
   private readonly fenced = new Map<RunningAttempt, { document: string; token: number; lapse: () => void }>()
   private fenceTimer: NodeJS.Timeout | undefined
+  /** Purges of the last minutes, by document, applied to what enters memory (see {@link purged}). */
+  private readonly purges = new RecentPurges()
 
   constructor(private readonly options: DispatcherOptions) {
     this.targets = new Map(options.targets.map((t) => [t.name, t]))
@@ -352,7 +364,7 @@ export class Dispatcher {
       if (lane.more || lane.queue.length >= this.laneWindow || this.count + this.reserved >= this.maxHeld)
         this.owe(lane, 1)
       else {
-        lane.queue.push(delivery)
+        lane.queue.push(this.entering(delivery))
         lane.after = delivery.seq
         this.count++
       }
@@ -385,6 +397,45 @@ export class Dispatcher {
     }
     this.gauge()
     return revived
+  }
+
+  /**
+   * A purge removed content of `name` from storage (see `RelayExtension.contentPurged`): the
+   * deliveries held in memory lose it too, at once, and so does every delivery of the document
+   * taken in over the next minutes (a page read, or an event recorded, before the purge; an attempt
+   * coming back to be retried) and every attempt started meanwhile; targets keeping content of their
+   * own are told. Only an attempt already running goes on with what it was given.
+   */
+  purged(purge: PurgedContent): void {
+    const { name, scope } = purge
+    this.purges.note(name, scope)
+    for (const target of this.targets.values()) {
+      const lane = this.lanes.get(`${target.name}\u0000${name}`)
+      if (!lane) continue
+      for (let i = 0; i < lane.queue.length; i++) {
+        const delivery = lane.queue[i]!
+        if (delivery === lane.attempting) continue
+        const event = redactEvent(delivery.event, scope)
+        if (event !== delivery.event) lane.queue[i] = { ...delivery, event }
+      }
+    }
+    for (const target of this.targets.values()) {
+      try {
+        target.purged?.(purge)
+      } catch (error) {
+        this.options.log.error(
+          { err: error, hook: target.name, doc: name },
+          "a target failed to purge content",
+        )
+      }
+    }
+  }
+
+  /** `delivery` without what a purge of its document in the last minutes removed (see {@link purged}). */
+  private entering(delivery: Delivery): Delivery {
+    if (this.purges.size === 0) return delivery
+    const event = this.purges.redact(delivery.document, delivery.event)
+    return event === delivery.event ? delivery : { ...delivery, event }
   }
 
   /** Resolves once nothing is queued or running (tests and shutdown). */
@@ -441,9 +492,11 @@ export class Dispatcher {
       return
     }
     lane.running = true
+    lane.attempting = head
     // One reaction for either outcome (not a then, a catch and a finally: three promises per delivery).
     const after = (outboxFailed: boolean) => {
       lane.running = false
+      lane.attempting = undefined
       this.inFlight.delete(run)
       // An attempt finished in this process: the lane's next first attempts need no start mark.
       if (!outboxFailed) lane.wary = false
@@ -473,7 +526,7 @@ export class Dispatcher {
           this.gauge()
         } else if (at < 0) {
           // Dropped meanwhile (fenced): nothing to update.
-        } else if (next) lane.queue[at] = next
+        } else if (next) lane.queue[at] = this.entering(next)
         else {
           lane.queue.splice(at, 1)
           this.count--
@@ -511,7 +564,7 @@ export class Dispatcher {
       ({ page, read, last }) => {
         done()
         if (last) lane.after = last.seq
-        for (const delivery of page) lane.queue.push(delivery)
+        for (const delivery of page) lane.queue.push(this.entering(delivery))
         this.count += page.length
         const known = Math.min(lane.outside ?? 0, read)
         lane.outside = (lane.outside ?? 0) - known
@@ -571,7 +624,7 @@ export class Dispatcher {
           current = { ...emptyLane(lane.target, lane.document), after: delivery.seq }
           this.lanes.set(id, current)
         }
-        current.queue.unshift(delivery)
+        current.queue.unshift(this.entering(delivery))
         this.count++
         this.gauge()
         // Redelivered in a tight loop while the outbox is down otherwise.
@@ -645,7 +698,8 @@ export class Dispatcher {
         )
       })
     try {
-      await running.run(target, delivery.event)
+      // A purge may have landed while the start mark was written.
+      await running.run(target, this.entering(delivery).event)
     } catch (error) {
       if (lapsed) {
         this.abandoned(target, delivery, "its lease lapsed during the attempt")

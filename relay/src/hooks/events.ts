@@ -56,12 +56,14 @@ export interface HookSubjects {
     readonly changes: readonly { readonly user: UserId; readonly from: Role; readonly to: Role }[]
   }
   /** `message.seq` is set once the relay has sequenced it, which it does in the same saved change. */
-  "message.sent": { readonly message: MessageView }
+  "message.sent": { readonly message: HookMessage }
   "message.edited": {
     readonly messageId: MessageId
     readonly body: string
     readonly editedAt: number
-    readonly message?: MessageView
+    readonly message?: HookMessage
+    /** Set when the message was deleted and purged before this event was delivered: `body` is empty. */
+    readonly purged?: true
   }
   "message.deleted": { readonly messageId: MessageId; readonly author: UserId; readonly deletedBy: UserId }
   "reaction.added": { readonly messageId: MessageId; readonly user: UserId; readonly emoji: string }
@@ -87,6 +89,14 @@ export interface HookEventHeader<T extends HookEventType = HookEventType> {
   readonly conversationId: ConversationId
   readonly actor: HookActor
 }
+
+/**
+ * A message as hook events carry it. `purged` is set when the message was
+ * deleted and purged (relay README, "Deletion and erasure") before the event
+ * was delivered: what its author wrote (body, attachments, metadata) is gone
+ * from the event, so a handler must not act on it as sent.
+ */
+export type HookMessage = MessageView & { readonly purged?: true }
 
 /** One hook event: plain JSON, the same object handlers and webhooks receive. */
 export type HookEvent<T extends HookEventType = HookEventType> = {

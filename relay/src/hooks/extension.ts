@@ -7,6 +7,7 @@ import type {
   RunningCore,
   StoredLog,
 } from "../extension.js"
+import type { PurgedContent } from "../purge/redact.js"
 import { applyStored } from "../storage/integrity.js"
 import { type DeadLetterAdmin, deadLetterRoutes } from "./admin.js"
 import type { DeliveryTarget } from "./dispatcher.js"
@@ -83,6 +84,11 @@ export class HooksExtension implements RelayExtension {
 
   async tookOver({ name }: { readonly name: string }): Promise<void> {
     await this.running?.resume(name)
+  }
+
+  /** Events waiting for delivery lose what a purge removed (and targets drop what they keep of it). */
+  contentPurged(purge: PurgedContent): void {
+    this.running?.purged(purge)
   }
 
   awarenessChanged({ name, doc, user, state }: AwarenessChange): void {

@@ -35,6 +35,7 @@ export {
   type HookEvent,
   type HookEventHeader,
   type HookEventType,
+  type HookMessage,
   type HookSubjects,
   type LoggedChange,
 } from "./events.js"

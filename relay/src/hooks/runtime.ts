@@ -18,6 +18,7 @@ import type { AfterSaved, RunningCore } from "../extension.js"
 import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
+import type { PurgedContent } from "../purge/redact.js"
 import { applyStored } from "../storage/integrity.js"
 import type { HookContext, HookConversations } from "./define.js"
 import { handlerFor, isOwnWriteOf } from "./define.js"
@@ -449,6 +450,11 @@ export class HookRuntime {
         .catch((error) => this.log.warn({ err: error, hook: target.name }, "typing hook failed"))
         .finally(() => clearTimeout(timer))
     }
+  }
+
+  /** A purge removed content of a conversation: what the dispatcher holds in memory loses it too. */
+  purged(purge: PurgedContent): void {
+    this.dispatcher.purged(purge)
   }
 
   /** Dead letters, oldest first. */

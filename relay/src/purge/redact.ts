@@ -5,6 +5,18 @@ export type RedactionScope =
   | { readonly kind: "conversation" }
   | { readonly kind: "messages"; readonly ids: ReadonlySet<string> }
 
+/**
+ * What a purge removed, as the relay tells the extensions that hold hook
+ * events or content in memory (`RelayExtension.contentPurged`): the
+ * document, its conversation and the scope.
+ */
+export interface PurgedContent {
+  /** The document's name (`conversation:<id>`). */
+  readonly name: string
+  readonly conversationId: string
+  readonly scope: RedactionScope
+}
+
 /** Text that replaces purged content in stored hook events. */
 export const REDACTED = ""
 
@@ -48,7 +60,8 @@ export function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent 
 /**
  * `value` with every message of `ids` in it (a message view or record, or a
  * change naming it by `messageId`) stripped of what its author wrote: body,
- * attachments, metadata. The same object when nothing matched.
+ * attachments, metadata, and marked `purged` (a receiver must not take the
+ * empty body for what was sent). The same object when nothing matched.
  */
 function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
   if (Array.isArray(value)) {
@@ -67,7 +80,10 @@ function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
   const id = record.id ?? record.messageId
   if (typeof id === "string" && ids.has(id)) {
     out ??= { ...record }
-    if ("body" in record) out.body = REDACTED
+    if ("body" in record) {
+      out.body = REDACTED
+      out.purged = true
+    }
     if ("attachments" in record) out.attachments = []
     if ("metadata" in record) out.metadata = {}
   }

@@ -1,4 +1,6 @@
 import type { Logger } from "../log.js"
+import { RecentPurges } from "../purge/recent-purges.js"
+import type { RedactionScope } from "../purge/redact.js"
 import type { PushNotification } from "./notification.js"
 import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
 
@@ -71,6 +73,8 @@ export class DeviceSends {
   /** Payload bytes of every device's waiting jobs, against {@link MAX_WAITING_BYTES}. */
   private bytes = 0
   private dropped = 0
+  /** Conversations (ids) and messages purged in the last minutes: never sent, nor kept to send later. */
+  private readonly purges = new RecentPurges()
 
   constructor(private readonly options: DeviceSendsOptions) {
     this.now = options.now ?? Date.now
@@ -82,6 +86,7 @@ export class DeviceSends {
    * (the delivery attempt's) aborted first.
    */
   async offer(sub: PushSubscriptionRecord, job: DeviceJob, signal: AbortSignal): Promise<void> {
+    if (this.isPurged(job)) return
     const key = keyOf(sub)
     const aside = this.devices.get(key)
     if (aside) {
@@ -105,6 +110,23 @@ export class DeviceSends {
     this.devices.set(key, device)
     this.put(device, job)
     this.failed(key, device)
+  }
+
+  /**
+   * A purge removed content of `conversation` (all of it, or some messages): a notification of it
+   * that a device waits with is dropped, and so is one offered over the next minutes (built from an
+   * event before the purge reached it).
+   */
+  purged(conversation: string, scope: RedactionScope): void {
+    this.purges.note(conversation, scope)
+    for (const device of this.devices.values()) {
+      const job = device.waiting.get(conversation)
+      if (job && this.isPurged(job)) this.take(device, conversation, job)
+    }
+  }
+
+  private isPurged(job: DeviceJob): boolean {
+    return this.purges.size > 0 && this.purges.covers(job.conversation, job.notification.messageId)
   }
 
   /** Devices set aside (for metrics and tests). */
@@ -132,6 +154,7 @@ export class DeviceSends {
    */
   private put(device: Device, job: DeviceJob): void {
     this.take(device, job.conversation)
+    if (this.isPurged(job)) return
     const most = this.options.maxWaitingBytes ?? MAX_WAITING_BYTES
     if (this.bytes + job.payload.length > most) {
       if (this.dropped++ % 1000 === 0)
@@ -202,6 +225,8 @@ export class DeviceSends {
       else device.sub = current
       for (const [conversation, job] of [...device.waiting]) {
         if (!current) break
+        // A purge may have come while an earlier one of these was sent.
+        if (device.waiting.get(conversation) !== job) continue
         const outcome = job.expiresAt > this.now() ? await this.tryOnce(current, job) : "sent"
         if (outcome instanceof Error) {
           failed = true

@@ -35,7 +35,7 @@ function clip(text: string, max: number): string {
 
 /**
  * The notification of a `message.sent` event for one recipient with `badge`
- * unread messages; undefined for a message not worth a notification (deleted, or a system message).
+ * unread messages; undefined for a message not worth a notification (deleted or purged, or a system message).
  * The sender's name is their display name in the conversation (their
  * profile entry, shared README "Profiles"), or their user id when they set
  * none; a hook may still rewrite it.
@@ -44,9 +44,10 @@ export function notificationFor(
   event: HookEvent<"message.sent">,
   badge: number,
 ): PushNotification | undefined {
-  const { message } = event.subject
-  // System messages (joins, renames) are not worth waking a phone for.
-  if (message.deleted || message.type === "system") return undefined
+  // A purged conversation's events carry no message (subject `{ purged: true }`).
+  const message = event.subject.message as HookEvent<"message.sent">["subject"]["message"] | undefined
+  // System messages (joins, renames) are not worth waking a phone for; a deleted one, nothing.
+  if (!message || message.deleted || message.purged || message.type === "system") return undefined
   const sender = { id: message.author, name: message.authorName ?? message.author }
   return {
     title: clip(event.conversation.title || sender.name, TITLE_CHARS),

@@ -226,7 +226,10 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     // AbortController, and most events (every recipient connected, or none with a device) send nothing.
     async deliver(hookEvent, attempt) {
       const event = hookEvent as HookEvent<"message.sent">
-      const author = event.subject.message.author
+      // Purged before this attempt (a deleted message, a deleted conversation): nothing to tell anyone.
+      const message = event.subject.message as HookEvent<"message.sent">["subject"]["message"] | undefined
+      if (!message || message.deleted || message.purged) return
+      const author = message.author
       const conversation = event.event.conversationId
       let reached = served.get(event.event.id)
       if (!reached) {
@@ -256,6 +259,9 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       served.delete(event.event.id)
     },
     retryDelay,
+    purged({ conversationId, scope }) {
+      devices.purged(conversationId, scope)
+    },
   }
 }
 

@@ -16,7 +16,8 @@ const sub: PushSubscriptionRecord = {
 const job = (conversation: string, body: string, expiresAt = Date.now() + 60_000): DeviceJob => ({
   conversation,
   payload: body,
-  notification: {} as PushNotification,
+  // The message id is the body here: a purge names messages by id.
+  notification: { messageId: body } as PushNotification,
   expiresAt,
 })
 
@@ -47,6 +48,40 @@ describe("a set-aside device", () => {
     await vi.waitFor(() => expect(sent.slice(-2)).toEqual(["a2", "c1"]))
     expect(sent).not.toContain("b1")
     expect(sent.filter((s) => s === "a1")).toHaveLength(1)
+  })
+})
+
+describe("a purge", () => {
+  it("drops the notifications of purged messages and conversations a set-aside device waits with, and any offered later", async () => {
+    const store = new MemoryPushSubscriptionStore()
+    await store.put(sub)
+    const sent: string[] = []
+    let answer: SendOutcome = new Error("push service answered 503")
+    const sends = new DeviceSends({
+      send: async (_sub, j) => {
+        sent.push(j.payload)
+        return answer
+      },
+      store,
+      retryDelay: (failures) => (failures < 5 ? 30 : undefined),
+      timeoutMs: 1_000,
+      log: pino({ level: "silent" }),
+    })
+    const signal = new AbortController().signal
+    await sends.offer(sub, job("g~a", "a1"), signal)
+    await sends.offer(sub, job("g~a", "a2"), signal)
+    await sends.offer(sub, job("g~b", "b1"), signal)
+    await sends.offer(sub, job("g~c", "c1"), signal)
+    sends.purged("g~a", { kind: "messages", ids: new Set(["a2"]) })
+    sends.purged("g~c", { kind: "conversation" })
+    expect(sends.waitingBytes()).toBe(2)
+    // Built from an event before the purge reached it, offered after: not sent, not kept.
+    await sends.offer(sub, job("g~c", "c2"), signal)
+    expect(sends.waitingBytes()).toBe(2)
+    answer = "sent"
+    await vi.waitFor(() => expect(sent.at(-1)).toBe("b1"))
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(sent).toEqual(["a1", "b1"])
   })
 })
 

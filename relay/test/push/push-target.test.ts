@@ -9,6 +9,7 @@ import { Dispatcher } from "../../src/hooks/dispatcher.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
 import { MemoryOutbox } from "../../src/hooks/outbox.js"
+import { redactEvent } from "../../src/purge/redact.js"
 import { pushTarget } from "../../src/push/push-target.js"
 import { MemoryPushSubscriptionStore } from "../../src/push/store.js"
 
@@ -122,6 +123,36 @@ describe("the push target's answer from a push service", () => {
     expect(cancelled).toBe(true)
     expect(pulled).toBeLessThan(1024 * 1024)
     expect((await store.list(bob)).length).toBe(1)
+  })
+})
+
+describe("the push target and purged events", () => {
+  it("sends nothing for a message purged before the attempt, nor for a purged conversation's messages", async () => {
+    const store = new MemoryPushSubscriptionStore()
+    await store.put({
+      user: bob,
+      device: "d",
+      endpoint: "https://93.184.215.14/push/x",
+      ...keys(),
+      createdAt: 1,
+    })
+    const sent: string[] = []
+    const target = pushTarget(core, {
+      store,
+      vapid: { ...webpush.generateVAPIDKeys(), subject: "mailto:ops@example.com" },
+      log: pino({ level: "silent" }),
+      isActive: () => false,
+      fetch: (async (url: string) => {
+        sent.push(url)
+        return new Response(null, { status: 201 })
+      }) as unknown as typeof fetch,
+    })
+    await target.deliver(redactEvent(event, { kind: "messages", ids: new Set(["m1"]) }), attempt)
+    await target.deliver(redactEvent(event, { kind: "conversation" }), attempt)
+    expect(sent).toEqual([])
+    // The same event, not purged, is sent.
+    await target.deliver(event, attempt)
+    expect(sent).toHaveLength(1)
   })
 })
 

@@ -1,0 +1,90 @@
+import type { HookEvent } from "../hooks/events.js"
+import { type RedactionScope, redactEvent } from "./redact.js"
+
+/** How long a purge is remembered: longer than any storage call or hook attempt may take. */
+export const RECENT_PURGE_MS = 10 * 60_000
+/** Most message ids remembered across documents; beyond, the documents purged longest ago are forgotten. */
+export const MAX_RECENT_PURGED_IDS = 100_000
+
+interface Recent {
+  /** The whole conversation was purged. */
+  conversation: boolean
+  readonly ids: Set<string>
+  at: number
+}
+
+/**
+ * The purges of the last minutes, by key (a document, or a conversation id):
+ * what a holder of events in memory applies to an event it read or was handed
+ * before a purge and takes in after it (a page of the outbox read while the
+ * purge ran, an attempt's retry coming back). Purges only ever remove content
+ * that is deleted for good, so applying one to a later event changes nothing
+ * that a user could still see.
+ */
+export class RecentPurges {
+  private readonly byKey = new Map<string, Recent>()
+  private ids = 0
+
+  constructor(
+    private readonly keepMs = RECENT_PURGE_MS,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Keys purged in the last minutes (0: nothing to look up). */
+  get size(): number {
+    return this.byKey.size
+  }
+
+  /** Remembers that `scope`'s content of `key` was purged. */
+  note(key: string, scope: RedactionScope): void {
+    const now = this.now()
+    let recent = this.byKey.get(key)
+    // Re-inserted, so that the map stays in the order of the last purge (oldest first).
+    if (recent) this.byKey.delete(key)
+    else recent = { conversation: false, ids: new Set(), at: now }
+    recent.at = now
+    this.byKey.set(key, recent)
+    if (scope.kind === "conversation") {
+      recent.conversation = true
+      this.ids -= recent.ids.size
+      recent.ids.clear()
+    } else if (!recent.conversation)
+      for (const id of scope.ids) {
+        if (recent.ids.has(id)) continue
+        recent.ids.add(id)
+        this.ids++
+      }
+    this.forget(now)
+  }
+
+  /** `event` of `key` without what a purge of the last minutes removed; the same object when none concerns it. */
+  redact(key: string, event: HookEvent): HookEvent {
+    const recent = this.current(key)
+    if (!recent) return event
+    if (recent.conversation) return redactEvent(event, { kind: "conversation" })
+    return redactEvent(event, { kind: "messages", ids: recent.ids })
+  }
+
+  /** Whether message `id` of `key` (or all of `key`) was purged in the last minutes. */
+  covers(key: string, id: string): boolean {
+    const recent = this.current(key)
+    return recent !== undefined && (recent.conversation || recent.ids.has(id))
+  }
+
+  private current(key: string): Recent | undefined {
+    if (this.byKey.size === 0) return undefined
+    const recent = this.byKey.get(key)
+    if (!recent || this.now() - recent.at <= this.keepMs) return recent
+    this.forget(this.now())
+    return undefined
+  }
+
+  /** Drops what is older than the memory, and the oldest beyond the cap on ids. */
+  private forget(now: number): void {
+    for (const [key, recent] of this.byKey) {
+      if (now - recent.at <= this.keepMs && this.ids <= MAX_RECENT_PURGED_IDS) return
+      this.byKey.delete(key)
+      this.ids -= recent.ids.size
+    }
+  }
+}
