@@ -118,6 +118,37 @@ describe("webhooks", () => {
     expect(dead[0]).toMatchObject({ attempts: 4, lastError: `webhook ${url} answered 502` })
   })
 
+  it("waits as long as a receiver's Retry-After asks (seconds or a date), never less than its schedule, at most its longest wait", async () => {
+    const answers: [number, Record<string, string>][] = [
+      [429, { "retry-after": "120" }],
+      [503, { "retry-after": new Date(Date.now() + 600_000).toUTCString() }],
+      [429, { "retry-after": "1" }],
+      [503, { "retry-after": "9999999" }],
+      [500, {}],
+    ]
+    server = createServer((_req, res) => {
+      const [status, headers] = answers.shift()!
+      res.writeHead(status, headers).end()
+    })
+    await new Promise<void>((resolve) => server!.listen(0, "127.0.0.1", resolve))
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`
+    const target = webhookTarget({ url, secret: SECRET, schedule: [5_000, 5_000, 5_000, 5_000, 5_000] })
+    const waits: (number | undefined)[] = []
+    for (let failures = 1; failures <= 5; failures++) {
+      const error = await target
+        .deliver(sampleEvent("evt_1"), { attempt: failures, signal: new AbortController().signal })
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        )
+      waits.push(target.retryDelay(failures, error))
+    }
+    expect(waits[0]).toBe(120_000)
+    expect(waits[1]).toBeGreaterThan(590_000)
+    expect(waits[1]).toBeLessThanOrEqual(600_000)
+    expect(waits.slice(2)).toEqual([5_000, 36_000_000, 5_000])
+  })
+
   it("does not retry a receiver that rejects the request (400)", async () => {
     const { url, received } = await receiver([400])
     const { run, outbox } = deliverOne(url, SECRET)
