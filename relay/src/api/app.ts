@@ -38,6 +38,11 @@ export interface ApiOptions {
   readonly limits?: Partial<ApiLimits>
   /** Aborted when the relay stops: open event streams end. */
   readonly signal?: AbortSignal
+  /**
+   * The open `/v1/events` streams; made here when not given (the extension gives its own, to tell
+   * them of purges). `limits`, `log`, `events` and `signal` are then its.
+   */
+  readonly streams?: EventStreams
   /** Erases everything `user` wrote (GDPR); without it the erasure route answers 503. */
   erase?(user: UserId): Promise<{ readonly conversations: number; readonly messages: number }>
 }
@@ -103,16 +108,24 @@ function operation<
  * Builds the HTTP API (`/v1/...`): Hono routes declared with zod schemas, which
  * validate every request and generate the OpenAPI 3.1 document.
  */
-export function createApi(options: ApiOptions): OpenAPIHono<Env> {
-  const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
-  const ops = new ApiOperations(options.core, options.idempotency)
-  const buckets = new Map<string, RateLimiter>()
-  const streams = new EventStreams({
+/** The `/v1/events` streams of an API with `options` and `limits`. */
+export function eventStreams(
+  options: Pick<ApiOptions, "log" | "events" | "signal">,
+  limits: ApiLimits,
+): EventStreams {
+  return new EventStreams({
     limits,
     log: options.log,
     ...(options.events ? { source: options.events } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
   })
+}
+
+export function createApi(options: ApiOptions): OpenAPIHono<Env> {
+  const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
+  const ops = new ApiOperations(options.core, options.idempotency)
+  const buckets = new Map<string, RateLimiter>()
+  const streams = options.streams ?? eventStreams(options, limits)
 
   const app = problemApp<Env>(options.log, "API request")
   app.openAPIRegistry.registerComponent("securitySchemes", "apiKey", {

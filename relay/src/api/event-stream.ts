@@ -3,7 +3,9 @@ import type { Context } from "hono"
 import { streamSSE } from "hono/streaming"
 import type { HookEventType } from "../hooks/events.js"
 import type { Logger } from "../log.js"
-import type { ApiEventSource } from "./event-source.js"
+import { RecentPurges } from "../purge/recent-purges.js"
+import { type PurgedContent, redactEvent } from "../purge/redact.js"
+import type { ApiEventEntry, ApiEventSource } from "./event-source.js"
 import type { ApiLimits } from "./limits.js"
 import { problemResponse } from "./problem.js"
 
@@ -26,6 +28,10 @@ export interface StreamQuery {
  */
 export class EventStreams {
   private readonly openPerKey = new Map<string, number>()
+  /** Each open stream's batch being written (held for as long as its client takes to read it). */
+  private readonly batches = new Set<ApiEventEntry[]>()
+  /** Purges of the last minutes, by conversation id, applied to batches read before them. */
+  private readonly purges = new RecentPurges()
 
   constructor(
     private readonly options: {
@@ -35,6 +41,32 @@ export class EventStreams {
       readonly signal?: AbortSignal
     },
   ) {}
+
+  /**
+   * A purge removed content of a conversation: the batches the open streams hold (a client reading
+   * slowly holds its stream's batch) lose it too, and so do batches read while the purge ran.
+   */
+  purged({ conversationId, scope }: PurgedContent): void {
+    this.purges.note(conversationId, scope)
+    for (const batch of this.batches)
+      for (let i = 0; i < batch.length; i++) {
+        const entry = batch[i]!
+        if (entry.event.event.conversationId !== conversationId) continue
+        const event = redactEvent(entry.event, scope)
+        if (event !== entry.event) batch[i] = { ...entry, event }
+      }
+  }
+
+  /** `entries`, as a batch a stream holds: without what a purge of the last minutes removed. */
+  private hold(entries: readonly ApiEventEntry[]): ApiEventEntry[] {
+    const batch = entries.map((entry) => {
+      if (this.purges.size === 0) return entry
+      const event = this.purges.redact(entry.event.event.conversationId, entry.event)
+      return event === entry.event ? entry : { ...entry, event }
+    })
+    this.batches.add(batch)
+    return batch
+  }
 
   /** Opens a stream for API key `keyId`, or answers 429 (too many open), 503 (no log), 400/410 (bad resume point). */
   async open(c: Context, keyId: string, query: StreamQuery): Promise<Response> {
@@ -77,6 +109,7 @@ export class EventStreams {
         wake?.()
       })
       let closed = false
+      let entries: ApiEventEntry[] = []
       const close = () => {
         closed = true
         wake?.()
@@ -86,9 +119,11 @@ export class EventStreams {
       try {
         await stream.writeSSE({ data: "", event: "ready", retry: this.options.limits.retryMs, id: after })
         let position = after
-        let entries = first
+        entries = this.hold(first)
         while (!closed) {
-          for (const entry of entries) {
+          // By index: a purge may replace an entry while an earlier one is written.
+          for (let i = 0; i < entries.length; i++) {
+            const entry = entries[i]!
             await stream.writeSSE({
               id: entry.id,
               event: entry.event.event.type,
@@ -111,11 +146,14 @@ export class EventStreams {
             if (beat) await stream.write(": ping\n\n")
           }
           dirty = false
-          entries = await source.read({ ...query, after: position, limit: BATCH })
+          this.batches.delete(entries)
+          entries = []
+          entries = this.hold(await source.read({ ...query, after: position, limit: BATCH }))
         }
       } catch (error) {
         if (!closed) this.options.log.warn({ err: error }, "event stream ended by an error")
       } finally {
+        this.batches.delete(entries)
         unsubscribe()
         this.options.signal?.removeEventListener("abort", close)
         release()

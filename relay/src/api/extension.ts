@@ -2,11 +2,13 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
-import { type ApiOptions, createApi } from "./app.js"
+import type { PurgedContent } from "../purge/redact.js"
+import { type ApiOptions, createApi, eventStreams } from "./app.js"
 import type { ApiEventSource } from "./event-source.js"
+import type { EventStreams } from "./event-stream.js"
 import type { IdempotencyStore } from "./idempotency.js"
 import type { ApiKeyStore } from "./keys.js"
-import type { ApiLimits } from "./limits.js"
+import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
 
 /** What the HTTP API extension is given. */
 export interface ApiExtensionOptions {
@@ -32,13 +34,18 @@ export class ApiExtension implements RelayExtension {
   readonly name = "http-api"
   private listener: ((req: IncomingMessage, res: ServerResponse) => Promise<void>) | undefined
   private readonly stopping = new AbortController()
+  private streams: EventStreams | undefined
 
   constructor(private readonly options: ApiExtensionOptions) {}
 
   start(core: RunningCore): void {
     // The relay's durable event log, which the core offers its extensions when it keeps one.
     const events = this.options.events ?? (core as RunningCore & { readonly events?: ApiEventSource }).events
+    const signal = this.stopping.signal
+    const limits = { ...DEFAULT_API_LIMITS, ...this.options.limits }
+    this.streams = eventStreams({ log: this.options.log, signal, ...(events ? { events } : {}) }, limits)
     const app = createApi({
+      streams: this.streams,
       core,
       keys: this.options.keys,
       idempotency: this.options.idempotency,
@@ -59,6 +66,11 @@ export class ApiExtension implements RelayExtension {
     if (!this.listener || (path !== "/v1" && !path.startsWith("/v1/"))) return false
     await this.listener(req, res)
     return true
+  }
+
+  /** What the open event streams hold of purged content goes too. */
+  contentPurged(purge: PurgedContent): void {
+    this.streams?.purged(purge)
   }
 
   /** Ends the open event streams (their clients resume elsewhere, or here after the restart). */

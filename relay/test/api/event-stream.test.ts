@@ -1,10 +1,14 @@
 import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
+import { Hono } from "hono"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import type { ApiEventEntry, ApiEventQuery, ApiEventSource } from "../../src/api/event-source.js"
+import { EventStreams } from "../../src/api/event-stream.js"
 import { ApiExtension } from "../../src/api/extension.js"
 import { type ApiScope, newApiKey } from "../../src/api/keys.js"
+import { DEFAULT_API_LIMITS } from "../../src/api/limits.js"
 import { MemoryBackend } from "../../src/backend/index.js"
 import type { HookEvent } from "../../src/hooks/events.js"
+import { createLogger } from "../../src/log.js"
 import { type RunningRelay, startRelay } from "../../src/relay.js"
 import { isStream, openSse, type SseStream } from "../helpers/sse.js"
 
@@ -232,5 +236,58 @@ describe("GET /v1/events", () => {
     if (!isStream(stream)) throw new Error("refused")
     await relay.close()
     await stream.ended
+  })
+})
+
+describe("a stream read slowly when a purge lands", () => {
+  function sentEvent(n: number): HookEvent {
+    const read = readEvent(n)
+    return {
+      ...read,
+      event: { ...read.event, type: "message.sent" },
+      subject: {
+        message: {
+          id: `message-${n}`,
+          author: "alice",
+          body: `Otter-${n}`,
+          type: "text",
+          createdAt: n,
+          priority: "normal",
+          attachments: [],
+          metadata: {},
+          reactions: {},
+        },
+      },
+      conversation: { ...read.conversation, title: "Otter-Title" },
+    } as unknown as HookEvent
+  }
+
+  it("sends what it still held of the purged conversation without its content", async () => {
+    const log = new TestLog()
+    log.append(...Array.from({ length: 20 }, (_, n) => sentEvent(n)))
+    const streams = new EventStreams({
+      source: log,
+      limits: { ...DEFAULT_API_LIMITS, heartbeatMs: 60_000 },
+      log: createLogger("silent"),
+    })
+    const app = new Hono().get("/", (c) => streams.open(c, "key", { after: "0" }))
+    const reader = (await app.request("/")).body!.getReader()
+    const decoder = new TextDecoder()
+    let text = ""
+    const readUntil = async (done: () => boolean) => {
+      while (!done()) text += decoder.decode((await reader.read()).value, { stream: true })
+    }
+    // The client has read the first message; the stream holds the rest of its batch for it.
+    await readUntil(() => text.includes("Otter-0"))
+    streams.purged({ name: "conversation:g~one", conversationId: "g~one", scope: { kind: "conversation" } })
+    await readUntil(() => (text.match(/^id: ?\d+$/gm)?.length ?? 0) === 21)
+    await reader.cancel()
+    const withText = new Set(text.match(/Otter-\d+/g))
+    // Only what was already written to the response when the purge landed (the one read and the
+    // one or two the stream's queue had taken) still says what it said.
+    expect(withText.size).toBeGreaterThan(0)
+    expect(withText.size).toBeLessThanOrEqual(3)
+    expect(text).not.toContain("Otter-19")
+    expect(text.match(/"purged":true/g)?.length).toBeGreaterThanOrEqual(17)
   })
 })
