@@ -1,6 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Webhook, WebhookVerificationError } from "standardwebhooks"
 import { discardBody } from "../discard-body.js"
+import { RetryAfterError, respectRetryAfter, retryAfterMs } from "../retry-after.js"
 import { type DeliveryTarget, PermanentDeliveryError } from "./dispatcher.js"
 import type { HookEvent, HookEventType } from "./events.js"
 
@@ -30,29 +31,6 @@ export interface WebhookTargetOptions {
 
 /** Longest wait a receiver's `Retry-After` may ask for: the schedule's longest. */
 const MAX_RETRY_AFTER_MS = 36_000_000
-
-/** A retryable answer, with the wait its `Retry-After` asked for, if any (ms). */
-class WebhookRetryError extends Error {
-  override readonly name = "WebhookRetryError"
-  constructor(
-    message: string,
-    readonly retryAfterMs: number | undefined,
-  ) {
-    super(message)
-  }
-}
-
-/**
- * The wait a `Retry-After` header asks for (RFC 9110: seconds, or an HTTP
- * date), in ms; undefined when absent or unreadable.
- */
-export function retryAfterMs(value: string | null, now = Date.now()): number | undefined {
-  if (!value) return undefined
-  const text = value.trim()
-  if (/^\d+$/.test(text)) return Number(text) * 1000
-  const at = Date.parse(text)
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now)
-}
 
 /** Statuses worth retrying: the receiver may accept the same request later. */
 const retryable = (status: number) => status === 408 || status === 429 || status >= 500
@@ -99,19 +77,14 @@ export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
         )
       const message = `webhook ${options.url} answered ${response.status}`
       if (retryable(response.status))
-        throw new WebhookRetryError(
-          message,
-          retryAfterMs(response.headers.get("retry-after"), now().getTime()),
-        )
+        throw new RetryAfterError(message, retryAfterMs(response.headers.get("retry-after"), now().getTime()))
       throw new PermanentDeliveryError(message)
     },
     // A receiver asking for more time (429, 503 with `Retry-After`) gets it, within the schedule's
     // longest wait; never less than the schedule's.
     retryDelay: (failures, error) => {
       const delay = schedule[failures - 1]
-      if (delay === undefined || !(error instanceof WebhookRetryError) || error.retryAfterMs === undefined)
-        return delay
-      return Math.max(delay, Math.min(error.retryAfterMs, MAX_RETRY_AFTER_MS))
+      return delay === undefined ? undefined : respectRetryAfter(delay, error, MAX_RETRY_AFTER_MS)
     },
   }
 }

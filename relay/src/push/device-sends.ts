@@ -1,6 +1,7 @@
 import type { Logger } from "../log.js"
 import { RecentPurges } from "../purge/recent-purges.js"
 import type { RedactionScope } from "../purge/redact.js"
+import { respectRetryAfter } from "../retry-after.js"
 import type { PushNotification } from "./notification.js"
 import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
 
@@ -37,6 +38,8 @@ export interface DeviceSendsOptions {
 
 /** A device that failed is served in the background this long after its last failure, even once it answers again. */
 export const SET_ASIDE_MS = 600_000
+/** Longest a push service's `Retry-After` holds a device's next try back. */
+export const MAX_PUSH_RETRY_AFTER_MS = 3_600_000
 /** Most notifications a set-aside device waits with (one per conversation); beyond, the oldest is dropped. */
 export const MAX_WAITING_PER_DEVICE = 64
 /** Most payload bytes all set-aside devices wait with together; beyond, new ones are dropped. */
@@ -109,7 +112,7 @@ export class DeviceSends {
     const device: Device = { sub, waiting: new Map(), failures: 0, until: 0, sending: false }
     this.devices.set(key, device)
     this.put(device, job)
-    this.failed(key, device)
+    this.failed(key, device, outcome)
   }
 
   /**
@@ -187,13 +190,17 @@ export class DeviceSends {
     device.timer.unref?.()
   }
 
-  /** Counts a failed try and arms the next, or drops what the device waits for once its retries are spent. */
-  private failed(key: string, device: Device): void {
+  /**
+   * Counts a failed try and arms the next (no sooner than the push service's `Retry-After` asked,
+   * within {@link MAX_PUSH_RETRY_AFTER_MS}), or drops what the device waits for once its retries
+   * are spent.
+   */
+  private failed(key: string, device: Device, error?: unknown): void {
     device.failures++
     device.until = this.now() + SET_ASIDE_MS
     const delay = this.options.retryDelay(device.failures)
     if (delay !== undefined) {
-      this.arm(key, device, delay)
+      this.arm(key, device, respectRetryAfter(delay, error, MAX_PUSH_RETRY_AFTER_MS))
       return
     }
     this.options.log.warn(
@@ -216,7 +223,7 @@ export class DeviceSends {
       return
     }
     device.sending = true
-    let failed = false
+    let failed: unknown = false
     try {
       const current = (await this.options.store.list(device.sub.user)).find(
         (s) => s.device === device.sub.device,
@@ -229,7 +236,7 @@ export class DeviceSends {
         if (device.waiting.get(conversation) !== job) continue
         const outcome = job.expiresAt > this.now() ? await this.tryOnce(current, job) : "sent"
         if (outcome instanceof Error) {
-          failed = true
+          failed = outcome
           break
         }
         this.take(device, conversation, job)
@@ -241,8 +248,8 @@ export class DeviceSends {
     } finally {
       device.sending = false
     }
-    if (failed) {
-      this.failed(key, device)
+    if (failed !== false) {
+      this.failed(key, device, failed)
       return
     }
     device.failures = 0

@@ -8,6 +8,7 @@ import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent } from "../hooks/events.js"
 import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
+import { RetryAfterError, retryAfterMs } from "../retry-after.js"
 import { type DeviceJob, DeviceSends, type SendOutcome } from "./device-sends.js"
 import { checkEndpointBeforeSend, type EndpointPolicy } from "./endpoint.js"
 import { notificationFor, type PushNotification } from "./notification.js"
@@ -183,7 +184,11 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       await options.store.removeEndpoint(sub.endpoint)
       return "gone"
     }
-    if (retryable(response.status)) return new Error(`push service answered ${response.status}`)
+    if (retryable(response.status))
+      return new RetryAfterError(
+        `push service answered ${response.status}`,
+        retryAfterMs(response.headers.get("retry-after")),
+      )
     // 400, 403, 413...: this request will never be accepted; the other devices are not held up by it.
     options.log.warn({ ...where, status: response.status }, "push service refused the notification")
     return "sent"

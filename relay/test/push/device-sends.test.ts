@@ -1,9 +1,15 @@
 import type { UserId } from "@parley/shared"
 import pino from "pino"
 import { describe, expect, it, vi } from "vitest"
-import { type DeviceJob, DeviceSends, type SendOutcome } from "../../src/push/device-sends.js"
+import {
+  type DeviceJob,
+  DeviceSends,
+  MAX_PUSH_RETRY_AFTER_MS,
+  type SendOutcome,
+} from "../../src/push/device-sends.js"
 import type { PushNotification } from "../../src/push/notification.js"
 import { MemoryPushSubscriptionStore, type PushSubscriptionRecord } from "../../src/push/store.js"
+import { RetryAfterError } from "../../src/retry-after.js"
 
 const sub: PushSubscriptionRecord = {
   user: "bob" as UserId,
@@ -48,6 +54,47 @@ describe("a set-aside device", () => {
     await vi.waitFor(() => expect(sent.slice(-2)).toEqual(["a2", "c1"]))
     expect(sent).not.toContain("b1")
     expect(sent.filter((s) => s === "a1")).toHaveLength(1)
+  })
+})
+
+describe("a push service asking for time", () => {
+  it("is tried again no sooner than its Retry-After asked, within an hour", async () => {
+    vi.useFakeTimers()
+    try {
+      const store = new MemoryPushSubscriptionStore()
+      await store.put(sub)
+      const sent: number[] = []
+      const answers: SendOutcome[] = [
+        new RetryAfterError("push service answered 429", 120_000),
+        new RetryAfterError("push service answered 503", 86_400_000),
+        "sent",
+      ]
+      const sends = new DeviceSends({
+        send: async () => {
+          sent.push(Date.now())
+          return answers.shift()!
+        },
+        store,
+        retryDelay: (failures) => (failures < 5 ? 30 : undefined),
+        timeoutMs: 1_000,
+        log: pino({ level: "silent" }),
+      })
+      const start = Date.now()
+      // Its time to live outlasts the waits.
+      await sends.offer(sub, job("g~a", "a1", start + 86_400_000), new AbortController().signal)
+      await vi.advanceTimersByTimeAsync(119_000)
+      expect(sent).toHaveLength(1)
+      await vi.advanceTimersByTimeAsync(1_100)
+      expect(sent).toHaveLength(2)
+      // A day asked for: an hour at most.
+      await vi.advanceTimersByTimeAsync(MAX_PUSH_RETRY_AFTER_MS - 1_000)
+      expect(sent).toHaveLength(2)
+      await vi.advanceTimersByTimeAsync(2_000)
+      expect(sent).toHaveLength(3)
+      expect(sent[1]! - start).toBeGreaterThanOrEqual(120_000)
+    } finally {
+      vi.useRealTimers()
+    }
   })
 })
 
