@@ -11,6 +11,12 @@ import { problemResponse } from "./problem.js"
 
 /** Entries one read of the log takes while a stream catches up. */
 const BATCH = 200
+/**
+ * Longest a stream writes from one read of the log: a client reading slowly
+ * gets the rest of its batch read again, as the log now holds it (a purge on
+ * another relay of a cluster redacts the log but tells only its own streams).
+ */
+export const STALE_BATCH_MS = 5_000
 
 /** What one stream asks for. */
 export interface StreamQuery {
@@ -39,6 +45,7 @@ export class EventStreams {
       readonly limits: ApiLimits
       readonly log: Logger
       readonly signal?: AbortSignal
+      readonly now?: () => number
     },
   ) {}
 
@@ -90,8 +97,10 @@ export class EventStreams {
       if (left > 0) this.openPerKey.set(keyId, left)
       else this.openPerKey.delete(keyId)
     }
+    const now = this.options.now ?? Date.now
     let after: string
     let first: Awaited<ReturnType<ApiEventSource["read"]>>
+    let readAt = now()
     try {
       // The resume point is checked before the stream starts: an expired or unknown one is a plain error.
       after = query.after ?? (await source.latest())
@@ -121,8 +130,13 @@ export class EventStreams {
         let position = after
         entries = this.hold(first)
         while (!closed) {
+          let stale = false
           // By index: a purge may replace an entry while an earlier one is written.
           for (let i = 0; i < entries.length; i++) {
+            if (now() - readAt > STALE_BATCH_MS) {
+              stale = true
+              break
+            }
             const entry = entries[i]!
             await stream.writeSSE({
               id: entry.id,
@@ -131,7 +145,7 @@ export class EventStreams {
             })
             position = entry.id
           }
-          if (entries.length < BATCH && !dirty) {
+          if (!stale && entries.length < BATCH && !dirty) {
             // Woken by a new entry, a close, or the heartbeat (after which the log is read again too:
             // other relays sharing the database record entries this one hears nothing of).
             const beat = await new Promise<boolean>((resolve) => {
@@ -148,6 +162,7 @@ export class EventStreams {
           dirty = false
           this.batches.delete(entries)
           entries = []
+          readAt = now()
           entries = this.hold(await source.read({ ...query, after: position, limit: BATCH }))
         }
       } catch (error) {

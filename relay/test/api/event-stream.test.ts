@@ -2,13 +2,14 @@ import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parle
 import { Hono } from "hono"
 import { afterEach, beforeEach, describe, expect, it } from "vitest"
 import type { ApiEventEntry, ApiEventQuery, ApiEventSource } from "../../src/api/event-source.js"
-import { EventStreams } from "../../src/api/event-stream.js"
+import { EventStreams, STALE_BATCH_MS } from "../../src/api/event-stream.js"
 import { ApiExtension } from "../../src/api/extension.js"
 import { type ApiScope, newApiKey } from "../../src/api/keys.js"
 import { DEFAULT_API_LIMITS } from "../../src/api/limits.js"
 import { MemoryBackend } from "../../src/backend/index.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { createLogger } from "../../src/log.js"
+import { redactEvent } from "../../src/purge/redact.js"
 import { type RunningRelay, startRelay } from "../../src/relay.js"
 import { isStream, openSse, type SseStream } from "../helpers/sse.js"
 
@@ -289,5 +290,37 @@ describe("a stream read slowly when a purge lands", () => {
     expect(withText.size).toBeLessThanOrEqual(3)
     expect(text).not.toContain("Otter-19")
     expect(text.match(/"purged":true/g)?.length).toBeGreaterThanOrEqual(17)
+  })
+
+  it("reads the rest of a batch again once it held it 5 s, so a purge elsewhere (another relay) reaches it too", async () => {
+    const log = new TestLog()
+    log.append(...Array.from({ length: 20 }, (_, n) => sentEvent(n)))
+    let clock = 1_000_000
+    const streams = new EventStreams({
+      source: log,
+      limits: { ...DEFAULT_API_LIMITS, heartbeatMs: 60_000 },
+      log: createLogger("silent"),
+      now: () => clock,
+    })
+    const app = new Hono().get("/", (c) => streams.open(c, "key", { after: "0" }))
+    const reader = (await app.request("/")).body!.getReader()
+    const decoder = new TextDecoder()
+    let text = ""
+    const readUntil = async (done: () => boolean) => {
+      while (!done()) text += decoder.decode((await reader.read()).value, { stream: true })
+    }
+    await readUntil(() => text.includes("Otter-0"))
+    // Another relay purged the conversation: the log is redacted, this relay's streams were not told.
+    for (const [i, entry] of log.entries.entries())
+      log.entries[i] = { ...entry, event: redactEvent(entry.event, { kind: "conversation" }) }
+    clock += STALE_BATCH_MS + 1
+    await readUntil(() => (text.match(/^id: ?\d+$/gm)?.length ?? 0) === 21)
+    await reader.cancel()
+    expect(new Set(text.match(/Otter-\d+/g)).size).toBeLessThanOrEqual(3)
+    expect(text).not.toContain("Otter-19")
+    // Each entry once, in order.
+    expect(text.match(/^id: ?\d+$/gm)!.map((line) => Number(line.replace(/\D/g, "")))).toEqual(
+      Array.from({ length: 21 }, (_, i) => i),
+    )
   })
 })
