@@ -263,26 +263,45 @@ describe("a stream read slowly when a purge lands", () => {
     } as unknown as HookEvent
   }
 
-  it("sends what it still held of the purged conversation without its content", async () => {
+  /**
+   * A stream of 20 messages of conversation `g~one`, read by a client that reads only when told:
+   * `readUntil` reads until `done` holds of what it read.
+   */
+  async function slowReader(now?: () => number) {
     const log = new TestLog()
     log.append(...Array.from({ length: 20 }, (_, n) => sentEvent(n)))
     const streams = new EventStreams({
       source: log,
       limits: { ...DEFAULT_API_LIMITS, heartbeatMs: 60_000 },
       log: createLogger("silent"),
+      ...(now ? { now } : {}),
     })
     const app = new Hono().get("/", (c) => streams.open(c, "key", { after: "0" }))
     const reader = (await app.request("/")).body!.getReader()
     const decoder = new TextDecoder()
     let text = ""
-    const readUntil = async (done: () => boolean) => {
-      while (!done()) text += decoder.decode((await reader.read()).value, { stream: true })
+    return {
+      log,
+      streams,
+      readUntil: async (done: (text: string) => boolean) => {
+        while (!done(text)) text += decoder.decode((await reader.read()).value, { stream: true })
+      },
+      /** Reads every entry (and the `ready` event), then disconnects. */
+      readAll: async () => {
+        while ((text.match(/^id: ?\d+$/gm)?.length ?? 0) < 21)
+          text += decoder.decode((await reader.read()).value, { stream: true })
+        await reader.cancel()
+        return text
+      },
     }
+  }
+
+  it("sends what it still held of the purged conversation without its content", async () => {
+    const { streams, readUntil, readAll } = await slowReader()
     // The client has read the first message; the stream holds the rest of its batch for it.
-    await readUntil(() => text.includes("Otter-0"))
+    await readUntil((text) => text.includes("Otter-0"))
     streams.purged({ name: "conversation:g~one", conversationId: "g~one", scope: { kind: "conversation" } })
-    await readUntil(() => (text.match(/^id: ?\d+$/gm)?.length ?? 0) === 21)
-    await reader.cancel()
+    const text = await readAll()
     const withText = new Set(text.match(/Otter-\d+/g))
     // Only what was already written to the response when the purge landed (the one read and the
     // one or two the stream's queue had taken) still says what it said.
@@ -293,29 +312,14 @@ describe("a stream read slowly when a purge lands", () => {
   })
 
   it("reads the rest of a batch again once it held it 5 s, so a purge elsewhere (another relay) reaches it too", async () => {
-    const log = new TestLog()
-    log.append(...Array.from({ length: 20 }, (_, n) => sentEvent(n)))
     let clock = 1_000_000
-    const streams = new EventStreams({
-      source: log,
-      limits: { ...DEFAULT_API_LIMITS, heartbeatMs: 60_000 },
-      log: createLogger("silent"),
-      now: () => clock,
-    })
-    const app = new Hono().get("/", (c) => streams.open(c, "key", { after: "0" }))
-    const reader = (await app.request("/")).body!.getReader()
-    const decoder = new TextDecoder()
-    let text = ""
-    const readUntil = async (done: () => boolean) => {
-      while (!done()) text += decoder.decode((await reader.read()).value, { stream: true })
-    }
-    await readUntil(() => text.includes("Otter-0"))
+    const { log, readUntil, readAll } = await slowReader(() => clock)
+    await readUntil((text) => text.includes("Otter-0"))
     // Another relay purged the conversation: the log is redacted, this relay's streams were not told.
     for (const [i, entry] of log.entries.entries())
       log.entries[i] = { ...entry, event: redactEvent(entry.event, { kind: "conversation" }) }
     clock += STALE_BATCH_MS + 1
-    await readUntil(() => (text.match(/^id: ?\d+$/gm)?.length ?? 0) === 21)
-    await reader.cancel()
+    const text = await readAll()
     expect(new Set(text.match(/Otter-\d+/g)).size).toBeLessThanOrEqual(3)
     expect(text).not.toContain("Otter-19")
     // Each entry once, in order.

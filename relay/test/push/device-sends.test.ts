@@ -27,22 +27,28 @@ const job = (conversation: string, body: string, expiresAt = Date.now() + 60_000
   expiresAt,
 })
 
+/** Sends to {@link sub}'s device, whose push service fails until told `answer("sent")`. */
+async function failingDevice() {
+  const store = new MemoryPushSubscriptionStore()
+  await store.put(sub)
+  const sent: string[] = []
+  let answer: SendOutcome = new Error("push service answered 503")
+  const sends = new DeviceSends({
+    send: async (_sub, j) => {
+      sent.push(j.payload)
+      return answer
+    },
+    store,
+    retryDelay: (failures) => (failures < 5 ? 30 : undefined),
+    timeoutMs: 1_000,
+    log: pino({ level: "silent" }),
+  })
+  return { sends, sent, answer: (next: SendOutcome) => (answer = next) }
+}
+
 describe("a set-aside device", () => {
   it("waits with the newest notification per conversation, drops expired ones, and gets the rest once it answers", async () => {
-    const store = new MemoryPushSubscriptionStore()
-    await store.put(sub)
-    const sent: string[] = []
-    let answer: SendOutcome = new Error("push service answered 503")
-    const sends = new DeviceSends({
-      send: async (_sub, j) => {
-        sent.push(j.payload)
-        return answer
-      },
-      store,
-      retryDelay: (failures) => (failures < 5 ? 30 : undefined),
-      timeoutMs: 1_000,
-      log: pino({ level: "silent" }),
-    })
+    const { sends, sent, answer } = await failingDevice()
     const signal = new AbortController().signal
     // Fails: set aside at once; the offers after it are not even tried, nobody waits for them.
     await sends.offer(sub, job("g~a", "a1"), signal)
@@ -50,7 +56,7 @@ describe("a set-aside device", () => {
     await sends.offer(sub, job("g~b", "b1", Date.now() - 1), signal)
     await sends.offer(sub, job("g~c", "c1"), signal)
     expect(sent).toEqual(["a1"])
-    answer = "sent"
+    answer("sent")
     await vi.waitFor(() => expect(sent.slice(-2)).toEqual(["a2", "c1"]))
     expect(sent).not.toContain("b1")
     expect(sent.filter((s) => s === "a1")).toHaveLength(1)
@@ -100,20 +106,7 @@ describe("a push service asking for time", () => {
 
 describe("a purge", () => {
   it("drops the notifications of purged messages and conversations a set-aside device waits with, and any offered later", async () => {
-    const store = new MemoryPushSubscriptionStore()
-    await store.put(sub)
-    const sent: string[] = []
-    let answer: SendOutcome = new Error("push service answered 503")
-    const sends = new DeviceSends({
-      send: async (_sub, j) => {
-        sent.push(j.payload)
-        return answer
-      },
-      store,
-      retryDelay: (failures) => (failures < 5 ? 30 : undefined),
-      timeoutMs: 1_000,
-      log: pino({ level: "silent" }),
-    })
+    const { sends, sent, answer } = await failingDevice()
     const signal = new AbortController().signal
     await sends.offer(sub, job("g~a", "a1"), signal)
     await sends.offer(sub, job("g~a", "a2"), signal)
@@ -125,7 +118,7 @@ describe("a purge", () => {
     // Built from an event before the purge reached it, offered after: not sent, not kept.
     await sends.offer(sub, job("g~c", "c2"), signal)
     expect(sends.waitingBytes()).toBe(2)
-    answer = "sent"
+    answer("sent")
     await vi.waitFor(() => expect(sent.at(-1)).toBe("b1"))
     await new Promise((resolve) => setTimeout(resolve, 100))
     expect(sent).toEqual(["a1", "b1"])

@@ -54,20 +54,33 @@ const keys = () => {
   return { p256dh: publicKey, auth: Buffer.alloc(16, 7).toString("base64url") }
 }
 const attempt = { attempt: 1, signal: new AbortController().signal }
+/** A store holding one device of bob's, at a public address. */
+async function storeWithBobsDevice(): Promise<MemoryPushSubscriptionStore> {
+  const store = new MemoryPushSubscriptionStore()
+  await store.put({
+    user: bob,
+    device: "d",
+    endpoint: "https://93.184.215.14/push/x",
+    ...keys(),
+    createdAt: 1,
+  })
+  return store
+}
+
+/** A push target whose push services all accept, recording the endpoints sent to in `sent`. */
+const target = (store: MemoryPushSubscriptionStore, sent: string[]) =>
+  pushTarget(core, {
+    store,
+    vapid: { ...webpush.generateVAPIDKeys(), subject: "mailto:ops@example.com" },
+    log: pino({ level: "silent" }),
+    isActive: () => false,
+    fetch: (async (url: string) => {
+      sent.push(url)
+      return new Response(null, { status: 201 })
+    }) as unknown as typeof fetch,
+  })
 
 describe("the push target's endpoint checks at send time", () => {
-  const target = (store: MemoryPushSubscriptionStore, sent: string[]) =>
-    pushTarget(core, {
-      store,
-      vapid: { ...webpush.generateVAPIDKeys(), subject: "mailto:ops@example.com" },
-      log: pino({ level: "silent" }),
-      isActive: () => false,
-      fetch: (async (url: string) => {
-        sent.push(url)
-        return new Response(null, { status: 201 })
-      }) as unknown as typeof fetch,
-    })
-
   it("drops a subscription whose endpoint is now refused (a private address), sending nothing", async () => {
     const store = new MemoryPushSubscriptionStore()
     await store.put({ user: bob, device: "d", endpoint: "https://10.0.0.5/push", ...keys(), createdAt: 1 })
@@ -90,14 +103,7 @@ describe("the push target's endpoint checks at send time", () => {
 
 describe("the push target's answer from a push service", () => {
   it("reads only a little of an endless body (the endpoint is any user's choice), and counts the push as sent", async () => {
-    const store = new MemoryPushSubscriptionStore()
-    await store.put({
-      user: bob,
-      device: "d",
-      endpoint: "https://93.184.215.14/push/x",
-      ...keys(),
-      createdAt: 1,
-    })
+    const store = await storeWithBobsDevice()
     let pulled = 0
     let cancelled = false
     // Endless as far as the relay can tell: it stops at 64 MiB only so that a relay reading it whole ends.
@@ -128,30 +134,14 @@ describe("the push target's answer from a push service", () => {
 
 describe("the push target and purged events", () => {
   it("sends nothing for a message purged before the attempt, nor for a purged conversation's messages", async () => {
-    const store = new MemoryPushSubscriptionStore()
-    await store.put({
-      user: bob,
-      device: "d",
-      endpoint: "https://93.184.215.14/push/x",
-      ...keys(),
-      createdAt: 1,
-    })
+    const store = await storeWithBobsDevice()
     const sent: string[] = []
-    const target = pushTarget(core, {
-      store,
-      vapid: { ...webpush.generateVAPIDKeys(), subject: "mailto:ops@example.com" },
-      log: pino({ level: "silent" }),
-      isActive: () => false,
-      fetch: (async (url: string) => {
-        sent.push(url)
-        return new Response(null, { status: 201 })
-      }) as unknown as typeof fetch,
-    })
-    await target.deliver(redactEvent(event, { kind: "messages", ids: new Set(["m1"]) }), attempt)
-    await target.deliver(redactEvent(event, { kind: "conversation" }), attempt)
+    const accepting = target(store, sent)
+    await accepting.deliver(redactEvent(event, { kind: "messages", ids: new Set(["m1"]) }), attempt)
+    await accepting.deliver(redactEvent(event, { kind: "conversation" }), attempt)
     expect(sent).toEqual([])
     // The same event, not purged, is sent.
-    await target.deliver(event, attempt)
+    await accepting.deliver(event, attempt)
     expect(sent).toHaveLength(1)
   })
 })
