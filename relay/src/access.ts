@@ -1,4 +1,11 @@
-import { DIRECT_PREFIX, type DocumentName, directUsersOf, getConversation, roleOf } from "@parley/shared"
+import {
+  DIRECT_PREFIX,
+  type DocumentName,
+  directUsersOf,
+  getConversation,
+  roleOf,
+  typesOf,
+} from "@parley/shared"
 import type * as Y from "yjs"
 import type { Principal } from "./principal.js"
 
@@ -22,7 +29,9 @@ export function accessOf(principal: Principal, name: DocumentName, doc: Y.Doc): 
   if (principal.kind === "service") return "read"
   if (name.kind === "inbox") return name.user === principal.user ? "write" : "none"
   if (outsiderOfDirect(principal, name)) return "none"
-  if (!getConversation(doc)) return "pending"
+  // Pending only while it holds nobody: a document with participants but no readable conversation
+  // (its fields damaged or removed) is theirs alone, never anyone's to create again and read.
+  if (!getConversation(doc) && typesOf(doc).participants.size === 0) return "pending"
   return roleOf(doc, principal.user) ? "write" : "none"
 }
 

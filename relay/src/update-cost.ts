@@ -502,7 +502,8 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
     if (!structList || structList.length === 0) continue
     const end = stateOf(client)
     for (const [clock, len] of list) {
-      if (clock >= end) continue
+      // An empty range (which Yjs never writes, and applies as nothing) reaches no struct.
+      if (clock >= end || len <= 0) continue
       const from = Y.findIndexSS(structList as Y.Item[], clock)
       const to = Y.findIndexSS(structList as Y.Item[], Math.min(end, clock + len) - 1)
       visits += to - from + 1

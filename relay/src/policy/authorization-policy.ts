@@ -1,4 +1,4 @@
-import { type Decision, Rule, sequenceWriterIds } from "@parley/shared"
+import { type Decision, MetaKey, Rule, sequenceWriterIds, typesOf } from "@parley/shared"
 import type * as Y from "yjs"
 import type { LoadedDocument } from "../extension.js"
 import type { ClientIdOwners, PolicyInput, UpdatePolicy } from "../policy.js"
@@ -14,9 +14,10 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  * Bindings are loaded once per loaded document (keyed by the `Y.Doc`, so they
  * go when the document is unloaded). The relay's own writes (sequence numbers,
  * server-side changes) do not pass through a policy; the client id the relay's
- * document writes under, and both ids its sequence writer alternates between
- * (shared `sequenceWriterIds`), are bound to the relay at each check, before
- * the relay first writes under them.
+ * document writes under, both ids its sequence writer alternates between
+ * (shared `sequenceWriterIds`) and the id of the document's epoch (`meta.epoch`)
+ * are bound to the relay at each check, before the relay first writes under
+ * them (or, for the epoch's, before anyone else may).
  *
  * The same bindings are the owners awareness consults ({@link clientIdOwners}):
  * an id announced in awareness is bound to its user like an id written under,
@@ -80,6 +81,8 @@ export class AuthorizationPolicy implements UpdatePolicy {
     return {
       owner: (clientId) => bindings.get(clientId),
       claim: async (clientId, principal) => {
+        // The relay's ids (bound in memory at the load, maybe not stored yet) are nobody's to claim.
+        if (bindings.get(clientId) === RELAY_KEY) return RELAY_KEY
         const entries: [number, string][] = [[clientId, principal]]
         // Not bound in memory before storage answers: an update under the id checked meanwhile would
         // pass as the claimant's, though another relay's user may own it. Storage decides for both.
@@ -110,6 +113,10 @@ export class AuthorizationPolicy implements UpdatePolicy {
   /** Binds the relay's ids of `doc` not bound yet, in memory only: they join those to store. */
   private bindRelayIdsInMemory(doc: Y.Doc, bindings: ClientBindings): [number, string][] | undefined {
     const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
+    // The id a fresh epoch wrote everything under (`meta.epoch`) is the relay's too: unbound, it was
+    // anyone's to write under (and to be taken for).
+    const epoch = typesOf(doc).meta.get(MetaKey.epoch)
+    if (typeof epoch === "number") relayIds.push(epoch)
     const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
     const unstored = this.unstored.get(doc)
     // Every update's check comes here: nothing is allocated when nothing is to be bound.

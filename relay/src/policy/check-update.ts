@@ -134,6 +134,8 @@ interface KeyChange {
   readonly key: string
   readonly before: Value
   readonly after: readonly Value[]
+  /** Every outcome leaves the key holding a value (none leaves it empty, whatever it held before). */
+  readonly held: boolean
 }
 
 const isTime = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0
@@ -155,6 +157,8 @@ class UpdateCheck {
   private readonly deletedRecords = new Map<MessageId, MessageRecord>()
   /** Records the update writes and deletes at once ("deleted on arrival"), by id. */
   private readonly transientRecords = new Map<MessageId, MessageRecord>()
+  /** The map keys the update touches (see {@link mapChanges}), by root and key. */
+  private readonly keyChanges = new Map<string, KeyChange>()
 
   constructor(private readonly input: CheckUpdateInput) {
     this.doc = input.doc
@@ -177,6 +181,7 @@ class UpdateCheck {
     }
 
     const changes = this.mapChanges()
+    for (const change of changes) this.keyChanges.set(`${change.root}\u0000${change.key}`, change)
     const changesSomething =
       this.read.items.some((n) => this.elements(n).length > 0) ||
       this.read.deleted.length > 0 ||
@@ -186,7 +191,10 @@ class UpdateCheck {
 
     this.role = this.actor ? typesOf(doc).participants.get(this.actor)?.role : undefined
     this.kind = typesOf(doc).meta.get(MetaKey.kind) === "direct" ? "direct" : "group"
-    const created = typeof typesOf(doc).meta.get(MetaKey.createdAt) === "number"
+    // A document with participants is a conversation even without its creation fields (which no
+    // rule lets anyone remove): it is never created again over what it holds.
+    const created =
+      typeof typesOf(doc).meta.get(MetaKey.createdAt) === "number" || typesOf(doc).participants.size > 0
     const byRoot = (root: string) => changes.filter((c) => c.root === root)
     // Both users (or two devices) may create their direct conversation at once, online or offline:
     // the later creation can only restate who created it and when, since every other field of a
@@ -259,6 +267,12 @@ class UpdateCheck {
       if (n.location.key === null) continue
       if (n.item.content instanceof Y.ContentAny && n.item.length !== 1)
         refuse(Rule.schema, "a map entry holds one value")
+      // Yjs writes a map entry after the key's value (a right origin never set): one with a right
+      // origin lands before that item and is deleted at once, so what the key holds after the
+      // update would not be what this reading of it assumes (with the same update deleting the
+      // current item, a removal dressed up as "the same value again").
+      if (n.item.rightOrigin !== null)
+        refuse(Rule.schema, "a map entry is written after the key's value, never before it")
       const k = keyOf(n.location.root, n.location.key)
       const entry = byKey.get(k)
       if (entry) entry.items.push(n)
@@ -314,7 +328,14 @@ class UpdateCheck {
       for (const v of after)
         if (v !== ABSENT && !isPlainJson(v)) refuse(Rule.schema, "values are plain JSON only")
       const distinct = after.filter((v) => !sameValue(v, before))
-      if (distinct.length > 0) changes.push({ root, key, before, after: distinct })
+      if (distinct.length > 0)
+        changes.push({
+          root,
+          key,
+          before,
+          after: distinct,
+          held: after.length > 0 && !after.includes(ABSENT),
+        })
     }
     return changes
   }
@@ -611,10 +632,9 @@ class UpdateCheck {
     if (!entry) return undefined
     if (isDeletedRecord(entry.record)) return entry
     if (typesOf(this.doc).tombstones.has(id) || this.newPlaceholders.has(id)) return entry
-    const pending = this.read.items.some(
-      (n) => n.location.root === TopLevel.tombstones && n.location.key === id,
-    )
-    return pending ? entry : undefined
+    // Deleted by this update only if it surely leaves a tombstone (checkTombstones judges its value):
+    // an item that is empty, or deleted on arrival, deletes nothing.
+    return this.surelyWrites(TopLevel.tombstones, id) ? entry : undefined
   }
 
   /** Is `id` a message that exists and stays live after the update? */
@@ -805,10 +825,12 @@ class UpdateCheck {
 
   /** Whether `id` is unpinned before or by this update. */
   private unpinnedNow(id: MessageId): boolean {
-    return (
-      typesOf(this.doc).unpinned.has(id) ||
-      this.read.items.some((n) => n.location.root === TopLevel.unpinned && n.location.key === id)
-    )
+    return typesOf(this.doc).unpinned.has(id) || this.surelyWrites(TopLevel.unpinned, id)
+  }
+
+  /** Whether the update surely leaves `root[key]` holding a value it wrote (see {@link KeyChange.held}). */
+  private surelyWrites(root: string, key: string): boolean {
+    return this.keyChanges.get(`${root}\u0000${key}`)?.held === true
   }
 
   /** Own markers, forward only, never past the last sequence number. */
@@ -848,7 +870,8 @@ class UpdateCheck {
  * True when one of `items` is sure to become the key's value over `current`:
  * map entries written on replicas that had no value for the key (origin null)
  * are ordered by client id, the highest last, so a live one of a higher client
- * id than an origin-null current lands after it. A replica that merged such a
+ * id than an origin-null current lands after it (entries with a right origin,
+ * which land before it, are refused in `mapChanges`). A replica that merged such a
  * concurrent write (two creations of one direct conversation) deletes the
  * entry it beat, and that deletion is no removal of the key.
  */

@@ -1,6 +1,16 @@
-import { ErrorCode, ParleyError, parseDocumentName, Rule, sendMessage } from "@parley/shared"
+import {
+  ErrorCode,
+  MetaKey,
+  markRead,
+  ParleyError,
+  parseDocumentName,
+  Rule,
+  sendMessage,
+  typesOf,
+} from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
+import { startEpoch } from "../../src/history/epoch.js"
 import { AuthorizationPolicy } from "../../src/policy/authorization-policy.js"
 import { type ClientBinding, MemoryClientBindingStore } from "../../src/policy/client-bindings.js"
 import { alice, CONVERSATION, carol, replicaOf, scene, updateOf, user } from "./fixtures.js"
@@ -158,5 +168,30 @@ describe("the authorization policy of the update path", () => {
     expect(stored[0]!.map(([id]) => id)).toContain(doc.clientID)
     expect((await store.load(CONVERSATION)).get(doc.clientID)).toBe("relay")
     expect(policy.beforeAppend({ name, doc })).toBeUndefined()
+  })
+})
+
+describe("the id of a fresh epoch", () => {
+  it("is the relay's from the document's load: nobody writes under it nor claims it in awareness", async () => {
+    const store = new MemoryClientBindingStore()
+    const s = scene()
+    const epoch = startEpoch(s.relay)
+    const epochId = typesOf(epoch).meta.get(MetaKey.epoch) as number
+    // The relay loads the epoch it stored.
+    const loaded = replicaOf(epoch)
+    const policy = new AuthorizationPolicy(store)
+    const owners = await policy.clientIdOwners({ name, doc: loaded })
+    expect(owners!.owner(epochId)).toBe("relay")
+    expect(await owners!.claim(epochId, "user:carol")).toBe("relay")
+    const forged = replicaOf(loaded)
+    forged.clientID = epochId
+    const refused = await policy.checkUpdate({
+      name,
+      doc: loaded,
+      update: updateOf(forged, (d) => markRead(d, carol, 1)),
+      principal: user(carol),
+      clientIds: new Set([epochId]),
+    })
+    expect(refused).toMatchObject({ allowed: false, rule: Rule.clientIdOwner })
   })
 })

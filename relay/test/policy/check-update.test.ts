@@ -1,5 +1,6 @@
 import {
   addParticipants,
+  assignSequenceNumbers,
   changeRole,
   createConversation,
   decodeStoredRecord,
@@ -7,21 +8,26 @@ import {
   directConversationId,
   editMessage,
   encodeStoredRecord,
+  HistoryDefaults,
   Limits,
   leaveConversation,
   type MessageId,
   MetaKey,
   markDelivered,
   markRead,
+  nextFromDocument,
+  parseDocumentName,
   Rule,
   react,
   reactionKey,
   removeParticipants,
   renameConversation,
   SCHEMA_VERSION,
+  sealedHistory,
   sendMessage,
   setFleetingSeconds,
   storedRecordId,
+  TopLevel,
   typesOf,
   unpinMessage,
   unreact,
@@ -29,8 +35,12 @@ import {
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
+import { accessOf } from "../../src/access.js"
+import { applySeal, planSeal } from "../../src/history/sealing.js"
 import { checkUpdate } from "../../src/policy/check-update.js"
 import { ClientBindings } from "../../src/policy/client-bindings.js"
+import { checkUpdateCost, DEFAULT_UPDATE_COST_LIMITS } from "../../src/update-cost.js"
+import { encodeCraftedUpdate } from "../helpers/crafted-updates.js"
 import {
   alice,
   assertInvariants,
@@ -828,5 +838,125 @@ describe("priorities: pins and the fleeting setting", () => {
       alice,
       updateOf(replicaOf(s.relay), (d) => setFleetingSeconds(d, alice, undefined)),
     )
+  })
+})
+
+/** The item `root[key]` holds in `doc` now (the key's last write). */
+const currentItem = (doc: Y.Doc, root: string, key: string): Y.Item =>
+  (doc.share.get(root) as unknown as { _map: Map<string, Y.Item> })._map.get(key)!
+
+/**
+ * A removal of `root[key]` dressed up as writing its value again: an entry of a fresh client id
+ * with the key's value and the key's current item as its right origin (so Yjs puts it before that
+ * item and deletes it at once), and a delete set removing the current item.
+ */
+function removalPlacedBefore(doc: Y.Doc, root: string, key: string): Uint8Array {
+  const current = currentItem(doc, root, key)
+  const value = (current.content as Y.ContentAny).getContent().at(-1)
+  return encodeCraftedUpdate(
+    [
+      {
+        client: current.id.client + 1,
+        clock: 0,
+        structs: [{ rightOrigin: current.id, key, content: { kind: "any", values: [value] } }],
+      },
+    ],
+    [{ client: current.id.client, clock: current.id.clock, length: 1 }],
+  )
+}
+
+describe("an empty delete range", () => {
+  it("passes the cost scan (it reaches no struct) and is refused by the rules as malformed", () => {
+    const s = scene()
+    const title = currentItem(s.relay, TopLevel.meta, MetaKey.title)
+    const empty = encodeCraftedUpdate([], [{ client: title.id.client, clock: 0, length: 0 }])
+    expect(() => checkUpdateCost(s.relay, empty, DEFAULT_UPDATE_COST_LIMITS)).not.toThrow()
+    expectRefused(s, carol, empty, Rule.schema)
+  })
+})
+
+describe("map entries a hostile replica places before the key's value", () => {
+  it("refuses removing the owner, the title or the creation time that way, as their plain removal is refused", () => {
+    const s = scene()
+    for (const [root, key] of [
+      [TopLevel.participants, alice],
+      [TopLevel.meta, MetaKey.title],
+      [TopLevel.meta, MetaKey.createdAt],
+    ] as const)
+      expectRefused(s, carol, removalPlacedBefore(s.relay, root, key), Rule.schema)
+    // What Yjs makes of such an update: the key is gone. Only the refusal keeps alice the owner.
+    const copy = replicaOf(s.relay)
+    Y.applyUpdate(copy, removalPlacedBefore(copy, TopLevel.participants, alice))
+    expect(typesOf(copy).participants.has(alice)).toBe(false)
+    expect(typesOf(s.relay).participants.get(alice)).toMatchObject({ role: "owner" })
+  })
+
+  it("never lets a document holding participants be created again, nor opened by a stranger, even without its creation fields", () => {
+    const s = scene()
+    // As storage damaged it, or as an update accepted before this rule left it.
+    typesOf(s.relay).meta.delete(MetaKey.createdAt)
+    const again = updateOf(new Y.Doc(), (d) =>
+      createConversation(d, erin, { kind: "group", id: CONVERSATION, participants: [] }, { now: 9 }),
+    )
+    expect(submit(s, user(erin), again)).toMatchObject({ allowed: false })
+    expect(typesOf(s.relay).participants.has(erin)).toBe(false)
+    const name = parseDocumentName(CONVERSATION)
+    expect(accessOf(user(erin), name, s.relay)).toBe("none")
+    expect(accessOf(user(carol), name, s.relay)).toBe("write")
+    expect(accessOf(user(erin), name, new Y.Doc())).toBe("pending")
+  })
+})
+
+describe("a sealed message's deletion, forged", () => {
+  it("takes no empty entry under its tombstone for a deletion: the reaction and the unpin it would take along stay", () => {
+    const s = scene()
+    let sticky = "" as MessageId
+    let plain = "" as MessageId
+    expectAccepted(
+      s,
+      dave,
+      updateOf(replicaOf(s.relay), (d) => {
+        sticky = sendMessage(d, dave, { body: "pinned by dave", priority: "sticky" }).id
+        plain = sendMessage(d, dave, { body: "dave's sealed message" }).id
+        for (let i = 0; i < 6; i++) sendMessage(d, dave, { body: `filler ${i}` })
+      }),
+    )
+    assignSequenceNumbers(s.relay, nextFromDocument(s.relay))
+    const plan = planSeal(s.relay, CONVERSATION, { ...HistoryDefaults, segmentSize: 8, keepLive: 2 })!
+    applySeal(s.relay, plan, null)
+    sealedHistory(s.relay).add(plan.segment)
+    expect(sealedHistory(s.relay).entry(plain)).toBeDefined()
+    expect(sealedHistory(s.relay).entry(sticky)).toBeDefined()
+    // alice, the owner, reacts to the sealed message and unpins the sealed sticky one.
+    expectAccepted(
+      s,
+      alice,
+      updateOf(replicaOf(s.relay), (d) => {
+        typesOf(d).reactions.set(reactionKey(plain, alice, "👎"), 10)
+        typesOf(d).unpinned.set(sticky, { by: alice, at: 10 })
+      }),
+    )
+    const reaction = currentItem(s.relay, TopLevel.reactions, reactionKey(plain, alice, "👎"))
+    const unpin = currentItem(s.relay, TopLevel.unpinned, sticky)
+    const removal = [reaction, unpin].map((i) => ({ client: i.id.client, clock: i.id.clock, length: 1 }))
+    // Removing them is refused to dave outright; with empty items under both tombstones too.
+    expect(submit(s, user(dave), encodeCraftedUpdate([], removal))).toMatchObject({ allowed: false })
+    const empty = { kind: "deleted", length: 1 } as const
+    const forged = encodeCraftedUpdate(
+      [
+        {
+          client: 3_000_001,
+          clock: 0,
+          structs: [
+            { parent: TopLevel.tombstones, key: plain, content: empty },
+            { parent: TopLevel.tombstones, key: sticky, content: empty },
+          ],
+        },
+      ],
+      removal,
+    )
+    expect(submit(s, user(dave), forged)).toMatchObject({ allowed: false })
+    expect(typesOf(s.relay).reactions.has(reactionKey(plain, alice, "👎"))).toBe(true)
+    expect(typesOf(s.relay).unpinned.has(sticky)).toBe(true)
   })
 })
