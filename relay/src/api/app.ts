@@ -104,10 +104,6 @@ function operation<
   } as never) as unknown as R & { method: R["method"]; path: R["path"] }
 }
 
-/**
- * Builds the HTTP API (`/v1/...`): Hono routes declared with zod schemas, which
- * validate every request and generate the OpenAPI 3.1 document.
- */
 /** The `/v1/events` streams of an API with `options` and `limits`. */
 export function eventStreams(
   options: Pick<ApiOptions, "log" | "events" | "signal">,
@@ -121,6 +117,10 @@ export function eventStreams(
   })
 }
 
+/**
+ * Builds the HTTP API (`/v1/...`): Hono routes declared with zod schemas, which
+ * validate every request and generate the OpenAPI 3.1 document.
+ */
 export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
   const ops = new ApiOperations(options.core, options.idempotency)
