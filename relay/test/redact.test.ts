@@ -90,12 +90,21 @@ describe("RecentPurges", () => {
   it("holds at most its cap of message ids, forgetting the documents purged longest ago", () => {
     const purges = new RecentPurges()
     const ids = (prefix: string, n: number) => new Set(Array.from({ length: n }, (_, i) => `${prefix}-${i}`))
-    purges.note("old", { kind: "messages", ids: ids("old", MAX_RECENT_PURGED_IDS / 2) })
-    purges.note("new", { kind: "messages", ids: ids("new", MAX_RECENT_PURGED_IDS / 2) })
+    // Each key counts one besides its ids: these two fill the cap exactly.
+    purges.note("old", { kind: "messages", ids: ids("old", MAX_RECENT_PURGED_IDS / 2 - 1) })
+    purges.note("new", { kind: "messages", ids: ids("new", MAX_RECENT_PURGED_IDS / 2 - 1) })
     expect(purges.covers("old", "old-0")).toBe(true)
     purges.note("newer", { kind: "messages", ids: ids("newer", 10) })
     expect(purges.covers("old", "old-0")).toBe(false)
     expect(purges.covers("new", "new-0")).toBe(true)
     expect(purges.covers("newer", "newer-9")).toBe(true)
+  })
+
+  it("counts each purged conversation toward that cap too, so that deleting conversations buys no unbounded memory", () => {
+    const purges = new RecentPurges()
+    for (let i = 0; i <= MAX_RECENT_PURGED_IDS; i++) purges.note(`doc-${i}`, { kind: "conversation" })
+    expect(purges.size).toBe(MAX_RECENT_PURGED_IDS)
+    expect(purges.covers("doc-0", "any")).toBe(false)
+    expect(purges.covers(`doc-${MAX_RECENT_PURGED_IDS}`, "any")).toBe(true)
   })
 })

@@ -157,8 +157,10 @@ class UpdateCheck {
   private readonly deletedRecords = new Map<MessageId, MessageRecord>()
   /** Records the update writes and deletes at once ("deleted on arrival"), by id. */
   private readonly transientRecords = new Map<MessageId, MessageRecord>()
-  /** The map keys the update touches (see {@link mapChanges}), by root and key. */
-  private readonly keyChanges = new Map<string, KeyChange>()
+  /** The map keys the update touches (see {@link mapChanges}). */
+  private changes: readonly KeyChange[] = []
+  /** {@link changes} by root and key, made on the first lookup (most updates make none). */
+  private keyChanges: Map<string, KeyChange> | undefined
 
   constructor(private readonly input: CheckUpdateInput) {
     this.doc = input.doc
@@ -181,7 +183,7 @@ class UpdateCheck {
     }
 
     const changes = this.mapChanges()
-    for (const change of changes) this.keyChanges.set(`${change.root}\u0000${change.key}`, change)
+    this.changes = changes
     const changesSomething =
       this.read.items.some((n) => this.elements(n).length > 0) ||
       this.read.deleted.length > 0 ||
@@ -830,6 +832,7 @@ class UpdateCheck {
 
   /** Whether the update surely leaves `root[key]` holding a value it wrote (see {@link KeyChange.held}). */
   private surelyWrites(root: string, key: string): boolean {
+    this.keyChanges ??= new Map(this.changes.map((c) => [`${c.root}\u0000${c.key}`, c]))
     return this.keyChanges.get(`${root}\u0000${key}`)?.held === true
   }
 

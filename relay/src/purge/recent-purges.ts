@@ -3,7 +3,10 @@ import { type RedactionScope, redactEvent } from "./redact.js"
 
 /** How long a purge is remembered: longer than any storage call or hook attempt may take. */
 export const RECENT_PURGE_MS = 10 * 60_000
-/** Most message ids remembered across documents; beyond, the documents purged longest ago are forgotten. */
+/**
+ * Most message ids (and keys: a conversation's purge counts one) remembered
+ * together; beyond, the keys purged longest ago are forgotten.
+ */
 export const MAX_RECENT_PURGED_IDS = 100_000
 
 interface Recent {
@@ -79,10 +82,10 @@ export class RecentPurges {
     return undefined
   }
 
-  /** Drops what is older than the memory, and the oldest beyond the cap on ids. */
+  /** Drops what is older than the memory, and the oldest beyond the cap on ids and keys. */
   private forget(now: number): void {
     for (const [key, recent] of this.byKey) {
-      if (now - recent.at <= this.keepMs && this.ids <= MAX_RECENT_PURGED_IDS) return
+      if (now - recent.at <= this.keepMs && this.ids + this.byKey.size <= MAX_RECENT_PURGED_IDS) return
       this.byKey.delete(key)
       this.ids -= recent.ids.size
     }

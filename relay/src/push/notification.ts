@@ -1,5 +1,5 @@
 import type { ConversationId, MessageId, Priority, UserId } from "@parley/shared"
-import type { HookEvent } from "../hooks/events.js"
+import type { HookEvent, HookMessage } from "../hooks/events.js"
 
 /** How soon the push service should wake the device (RFC 8030 `Urgency`). */
 export type PushUrgency = "very-low" | "low" | "normal" | "high"
@@ -34,6 +34,16 @@ function clip(text: string, max: number): string {
 }
 
 /**
+ * The message of a `message.sent` event, unless there is nothing left to tell of
+ * it: a purged conversation's event (subject `{ purged: true }`), a deleted
+ * or purged message.
+ */
+export function liveMessageOf(event: HookEvent<"message.sent">): HookMessage | undefined {
+  const message = event.subject.message as HookMessage | undefined
+  return !message || message.deleted || message.purged ? undefined : message
+}
+
+/**
  * The notification of a `message.sent` event for one recipient with `badge`
  * unread messages; undefined for a message not worth a notification (deleted or purged, or a system message).
  * The sender's name is their display name in the conversation (their
@@ -44,10 +54,9 @@ export function notificationFor(
   event: HookEvent<"message.sent">,
   badge: number,
 ): PushNotification | undefined {
-  // A purged conversation's events carry no message (subject `{ purged: true }`).
-  const message = event.subject.message as HookEvent<"message.sent">["subject"]["message"] | undefined
-  // System messages (joins, renames) are not worth waking a phone for; a deleted one, nothing.
-  if (!message || message.deleted || message.purged || message.type === "system") return undefined
+  const message = liveMessageOf(event)
+  // System messages (joins, renames) are not worth waking a phone for.
+  if (!message || message.type === "system") return undefined
   const sender = { id: message.author, name: message.authorName ?? message.author }
   return {
     title: clip(event.conversation.title || sender.name, TITLE_CHARS),

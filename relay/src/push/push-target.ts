@@ -11,7 +11,7 @@ import type { Logger } from "../log.js"
 import { RetryAfterError, retryAfterMs } from "../retry-after.js"
 import { type DeviceJob, DeviceSends, type SendOutcome } from "./device-sends.js"
 import { checkEndpointBeforeSend, type EndpointPolicy } from "./endpoint.js"
-import { notificationFor, type PushNotification } from "./notification.js"
+import { liveMessageOf, notificationFor, type PushNotification } from "./notification.js"
 import { publicOnlyFetch } from "./public-fetch.js"
 import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
 
@@ -232,8 +232,8 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     async deliver(hookEvent, attempt) {
       const event = hookEvent as HookEvent<"message.sent">
       // Purged before this attempt (a deleted message, a deleted conversation): nothing to tell anyone.
-      const message = event.subject.message as HookEvent<"message.sent">["subject"]["message"] | undefined
-      if (!message || message.deleted || message.purged) return
+      const message = liveMessageOf(event)
+      if (!message) return
       const author = message.author
       const conversation = event.event.conversationId
       let reached = served.get(event.event.id)
