@@ -116,7 +116,13 @@ export class AuthorizationPolicy implements UpdatePolicy {
     // The id a fresh epoch wrote everything under (`meta.epoch`) is the relay's too: unbound, it was
     // anyone's to write under (and to be taken for).
     const epoch = typesOf(doc).meta.get(MetaKey.epoch)
-    if (typeof epoch === "number") relayIds.push(epoch)
+    if (typeof epoch === "number") {
+      relayIds.push(epoch)
+      // Relays before 0.1.0's fix stored the first writer under it as its owner: the relay's all the
+      // same (in memory: the stored row is never consulted again while the document is loaded).
+      const owner = bindings.get(epoch)
+      if (owner !== undefined && owner !== RELAY_KEY) bindings.record(new Map([[epoch, RELAY_KEY]]))
+    }
     const unbound = relayIds.filter((id, i) => bindings.get(id) === undefined && relayIds.indexOf(id) === i)
     const unstored = this.unstored.get(doc)
     // Every update's check comes here: nothing is allocated when nothing is to be bound.

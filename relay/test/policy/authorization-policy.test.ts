@@ -194,4 +194,28 @@ describe("the id of a fresh epoch", () => {
     })
     expect(refused).toMatchObject({ allowed: false, rule: Rule.clientIdOwner })
   })
+
+  it("is the relay's even where a user's binding of it was stored before the relay bound it at the load", async () => {
+    const store = new MemoryClientBindingStore()
+    const s = scene()
+    const epoch = startEpoch(s.relay)
+    const epochId = typesOf(epoch).meta.get(MetaKey.epoch) as number
+    // A relay from before the fix let the first writer under the epoch's id have it.
+    await store.bind(name.id, [[epochId, "user:carol"]])
+    const loaded = replicaOf(epoch)
+    const policy = new AuthorizationPolicy(store)
+    const owners = await policy.clientIdOwners({ name, doc: loaded })
+    expect(owners!.owner(epochId)).toBe("relay")
+    expect(await owners!.claim(epochId, "user:carol")).toBe("relay")
+    const forged = replicaOf(loaded)
+    forged.clientID = epochId
+    const refused = await new AuthorizationPolicy(store).checkUpdate({
+      name,
+      doc: replicaOf(epoch),
+      update: updateOf(forged, (d) => markRead(d, carol, 1)),
+      principal: user(carol),
+      clientIds: new Set([epochId]),
+    })
+    expect(refused).toMatchObject({ allowed: false, rule: Rule.clientIdOwner })
+  })
 })
