@@ -201,7 +201,7 @@ describe("the id of a fresh epoch", () => {
     const epoch = startEpoch(s.relay)
     const epochId = typesOf(epoch).meta.get(MetaKey.epoch) as number
     // A relay from before the fix let the first writer under the epoch's id have it.
-    await store.bind(name.id, [[epochId, "user:carol"]])
+    await store.bind(CONVERSATION, [[epochId, "user:carol"]])
     const loaded = replicaOf(epoch)
     const policy = new AuthorizationPolicy(store)
     const owners = await policy.clientIdOwners({ name, doc: loaded })
