@@ -254,7 +254,9 @@ export interface RelayExtension {
    * extension holds of it in memory (hook events waiting for delivery,
    * notifications waiting for a device) must lose it too. Called inside the
    * document's queue before storage is purged, and again at each try of a
-   * purge; never awaited.
+   * purge; never awaited. In a cluster, every relay's extensions are told
+   * (the others over Redis, at most once: a relay that misses it while Redis
+   * is away keeps what it held).
    */
   contentPurged?(purge: PurgedContent): void
   /** A user's connection set or changed an awareness state. */

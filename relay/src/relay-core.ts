@@ -44,6 +44,7 @@ import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
 import { deletedInSnapshot, purgesOwed } from "./purge/owed-purges.js"
+import type { PurgedContent } from "./purge/redact.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { storedHolds } from "./storage/holding.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
@@ -215,6 +216,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       ...(options.storageHealth ? { storageHealth: this.storageHealthOf(options.storageHealth) } : {}),
       ...(options.history ? { history: options.history } : {}),
       ...(options.purge ? { purge: options.purge } : {}),
+      ...(options.router?.purged ? { sharePurge: options.router.purged.bind(options.router) } : {}),
     }
     options.router?.attach(this)
     options.metrics.awarenessSource = () => {
@@ -581,6 +583,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   /** @internal */
   unstoredSince(host: DocumentHost): Uint8Array | undefined {
     return this.derived.unstoredSince(host)
+  }
+
+  /** @internal */
+  /** @internal */
+  purgedElsewhere(purge: PurgedContent): void {
+    this.extensions.contentPurged(purge)
   }
 
   /** @internal */

@@ -59,6 +59,7 @@ import { describePrincipal, type Principal, RELAY } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
 import type { OwedPurges } from "./purge/owed-purges.js"
 import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-conversation.js"
+import type { PurgedContent } from "./purge/redact.js"
 import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
@@ -130,6 +131,8 @@ export interface PathContext {
   readonly history?: HistoryKeeper
   /** The backend's part of purges (see `purge/`). */
   readonly purge?: ContentPurge
+  /** Tells the other relays of a cluster of a purge that ran here (see `Cluster.purged`). */
+  readonly sharePurge?: (purge: PurgedContent) => void
 }
 
 /** What the update path asks of a storage guard. */
@@ -853,6 +856,12 @@ export async function purgeDue(ctx: PathContext, host: DocumentHost): Promise<vo
  * load whether the purge finished (see `purgesOwed`). Call inside the
  * document's queue. A failure is logged and the purge tried again.
  */
+/** What holds content in memory drops a purge's: this relay's extensions, then the other relays'. */
+function tellPurged(ctx: PathContext, purge: PurgedContent): void {
+  ctx.extensions.contentPurged(purge)
+  ctx.sharePurge?.(purge)
+}
+
 async function purgeConversation(ctx: PathContext, host: DocumentHost, conversation: string): Promise<void> {
   // Owed until it finishes: no other compaction folds the log meanwhile (see owesPurge).
   conversationsOwed(ctx).add(host.key)
@@ -869,11 +878,7 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     // After the hooks recorded the deletion's own events (they carry the title).
     await ctx.extensions.compactionLimit(host.key)
     // What waits in memory for delivery first: a page read from storage meanwhile is redacted as it comes in.
-    ctx.extensions.contentPurged({
-      name: host.key,
-      conversationId: conversation,
-      scope: { kind: "conversation" },
-    })
+    tellPurged(ctx, { name: host.key, conversationId: conversation, scope: { kind: "conversation" } })
     if (ctx.purge) {
       await ctx.purge.dropSegments(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
@@ -926,7 +931,7 @@ async function purgeMessages(
   try {
     const scope = { kind: "messages", ids: new Set<string>(ids) } as const
     await ctx.extensions.compactionLimit(host.key)
-    ctx.extensions.contentPurged({ name: host.key, conversationId: conversation, scope })
+    tellPurged(ctx, { name: host.key, conversationId: conversation, scope })
     if (ctx.purge) await ctx.purge.redactEvents(host.key, conversation, scope)
   } catch (error) {
     failed = true

@@ -8,6 +8,7 @@ import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
+import type { PurgedContent } from "../purge/redact.js"
 import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
 import type { FenceSource } from "./fenced-storage.js"
@@ -183,7 +184,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     try {
       await cluster.redis.connect()
       await cluster.sub.connect()
-      await cluster.sub.subscribe(cluster.relayChannel(cluster.relayId))
+      await cluster.sub.subscribe(cluster.relayChannel(cluster.relayId), cluster.purgesChannel())
       await cluster.leases.ready()
     } catch (error) {
       await cluster.close()
@@ -293,6 +294,11 @@ export class Cluster implements UpdateRouter, FenceSource {
     return `${this.prefix}doc:${name}`
   }
 
+  /** Every relay's purges, for every relay: any of them may hold a document's events (see {@link purged}). */
+  private purgesChannel(): string {
+    return `${this.prefix}purges`
+  }
+
   // --- UpdateRouter
 
   attach(core: RoutedCore): void {
@@ -388,6 +394,22 @@ export class Cluster implements UpdateRouter, FenceSource {
     this.redis.publish(this.docChannel(name), Buffer.from(message)).catch((error: unknown) => {
       // The others read it from PostgreSQL at their next gap or forwarded change.
       this.options.log.warn({ err: error, doc: name }, "could not publish a stored change")
+    })
+  }
+
+  /**
+   * A purge ran here: the other relays drop what they hold of the content
+   * too. Deliveries of a document's events outlive its lease on the relay
+   * that recorded them (push notifications a failing device waits with, a
+   * slow webhook's backlog, an event stream's batch), and only the relay that
+   * ran the purge was told. At most once, as Redis publishes: a relay that
+   * misses it (Redis away) keeps what it held, as before.
+   */
+  purged(purge: PurgedContent): void {
+    if (this.closed) return
+    const message = encodeClusterMessage({ type: "purged", from: this.relayId, purge })
+    this.redis.publish(this.purgesChannel(), Buffer.from(message)).catch((error: unknown) => {
+      this.options.log.warn({ err: error, doc: purge.name }, "could not tell the other relays of a purge")
     })
   }
 
@@ -679,6 +701,9 @@ export class Cluster implements UpdateRouter, FenceSource {
         }
         return
       }
+      case "purged":
+        if (message.from !== this.relayId) this.core?.purgedElsewhere(message.purge)
+        return
       case "request":
         void this.answer(message)
         return

@@ -1,6 +1,7 @@
 import type * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { Principal } from "../principal.js"
+import type { PurgedContent } from "../purge/redact.js"
 import type { WireEntry } from "./wire.js"
 
 /**
@@ -19,6 +20,8 @@ export interface RoutedCore {
   submitForwarded(name: string, principal: Principal, update: Uint8Array): Promise<number>
   /** Stores a server-side write another relay computed; resolves with the log position reached. */
   writeForwarded(name: string, actor: Principal, update: Uint8Array): Promise<number>
+  /** Another relay purged content: the extensions drop what this relay holds of it (never throws). */
+  purgedElsewhere(purge: PurgedContent): void
   /** Applies an awareness update of another relay's connections to the loaded `host`. */
   applyAwareness(host: DocumentHost, update: Uint8Array): void
   /** Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering. */
@@ -67,6 +70,8 @@ export interface UpdateRouter {
     change: (doc: Y.Doc) => void,
     local: () => Promise<unknown>,
   ): Promise<void>
+  /** A purge ran here (see `RelayExtension.contentPurged`), for the other relays. */
+  purged?(purge: PurgedContent): void
   /** An awareness change of this relay's connections, for the other relays. */
   awareness(host: DocumentHost, update: Uint8Array): void
 }

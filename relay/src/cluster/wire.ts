@@ -2,6 +2,7 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
 import type { Principal } from "../principal.js"
+import type { PurgedContent } from "../purge/redact.js"
 
 /** A stored log entry as relays pass it to each other. */
 export interface WireEntry {
@@ -40,6 +41,12 @@ export type ClusterMessage =
       readonly update: Uint8Array
     }
   | {
+      /** A purge ran on relay `from` (which orders the document): what other relays hold of it goes too. */
+      readonly type: "purged"
+      readonly from: string
+      readonly purge: PurgedContent
+    }
+  | {
       /** The owner's answer: stored through `through` (its last position then), or refused. */
       readonly type: "reply"
       readonly id: string
@@ -47,7 +54,7 @@ export type ClusterMessage =
       readonly error?: { readonly code: ErrorCode; readonly message: string; readonly rule?: string }
     }
 
-const TYPES = ["stored", "awareness", "request", "reply"] as const
+const TYPES = ["stored", "awareness", "request", "reply", "purged"] as const
 
 /** Encodes one message for Redis. */
 export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
@@ -76,6 +83,17 @@ export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
       encoding.writeVarString(e, JSON.stringify(message.principal))
       encoding.writeVarUint8Array(e, message.update)
       break
+    case "purged": {
+      const { name, conversationId, scope } = message.purge
+      encoding.writeVarString(e, message.from)
+      encoding.writeVarString(e, name)
+      encoding.writeVarString(e, conversationId)
+      // A conversation's whole purge is the empty list's absence: -1 ids.
+      const ids = scope.kind === "messages" ? [...scope.ids] : undefined
+      encoding.writeVarInt(e, ids ? ids.length : -1)
+      for (const id of ids ?? []) encoding.writeVarString(e, id)
+      break
+    }
     case "reply":
       encoding.writeVarString(e, message.id)
       encoding.writeVarString(e, JSON.stringify({ through: message.through, error: message.error }))
@@ -121,6 +139,16 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
           "type" | "id"
         >
         return { type, id, ...body }
+      }
+      case "purged": {
+        const from = decoding.readVarString(d)
+        const name = decoding.readVarString(d)
+        const conversationId = decoding.readVarString(d)
+        const count = decoding.readVarInt(d)
+        if (count < 0) return { type, from, purge: { name, conversationId, scope: { kind: "conversation" } } }
+        const ids = new Set<string>()
+        for (let i = 0; i < count; i++) ids.add(decoding.readVarString(d))
+        return { type, from, purge: { name, conversationId, scope: { kind: "messages", ids } } }
       }
       default:
         throw new Error("unknown message type")

@@ -11,7 +11,7 @@ export type RedactionScope =
  * document, its conversation and the scope.
  */
 export interface PurgedContent {
-  /** The document's name (`conversation:<id>`). */
+  /** The document's name (a conversation's is its id). */
   readonly name: string
   readonly conversationId: string
   readonly scope: RedactionScope

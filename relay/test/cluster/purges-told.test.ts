@@ -1,0 +1,105 @@
+import {
+  type ConversationId,
+  createConversation,
+  deleteConversation,
+  deleteMessage,
+  type MessageId,
+  newMessageId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import type { RelayExtension } from "../../src/extension.js"
+import type { PurgedContent } from "../../src/purge/redact.js"
+import { type RunningRelay, startRelay } from "../../src/relay.js"
+import { deleteRedisKeys, REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
+import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+
+const cleanup: (() => unknown)[] = []
+afterEach(async () => {
+  for (const step of cleanup.splice(0).reverse()) await step()
+})
+
+const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
+
+/** An extension that notes every purge its relay is told of (what a dispatcher or push target acts on). */
+function purgesSeen(): { readonly extension: RelayExtension; readonly seen: PurgedContent[] } {
+  const seen: PurgedContent[] = []
+  return { seen, extension: { name: "purges-seen", contentPurged: (purge) => void seen.push(purge) } }
+}
+
+/** Two clustered relays in this process, over one scratch schema and one key prefix, each noting purges. */
+async function twoRelays() {
+  const scratch = await scratchSchema()
+  cleanup.push(() => scratch.drop())
+  const prefix = `parley-purges-test:${process.pid}:${Date.now().toString(36)}:`
+  cleanup.push(() => deleteRedisKeys(prefix))
+  const start = async () => {
+    const noted = purgesSeen()
+    const relay = await startRelay({
+      port: 0,
+      warmUp: false,
+      dev: true,
+      log: "silent",
+      storage: "postgres",
+      databaseUrl: scratch.url,
+      cluster: { redisUrl: REDIS_URL, keyPrefix: prefix },
+      extensions: [noted.extension],
+    })
+    cleanup.push(() => relay.close())
+    return { relay, seen: noted.seen }
+  }
+  // The first alone: it creates the tables.
+  const owner = await start()
+  return [owner, await start()] as const
+}
+
+const until = async (check: () => boolean, ms = 5000) => {
+  const end = Date.now() + ms
+  while (!check() && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 20))
+}
+
+const alice = "alice" as UserId
+const user = (id: UserId) => ({ kind: "user", user: id }) as const
+
+/** Creates conversation `id` through `relay` with two messages; their ids. */
+async function conversationOn(relay: RunningRelay, id: ConversationId): Promise<MessageId[]> {
+  const ids: MessageId[] = []
+  await relay.core.write(id, user(alice), (doc) => {
+    createConversation(doc, alice, { kind: "group", id, participants: ["bob" as UserId], title: "Plans" })
+    for (const body of ["the first secret", "the second secret"]) {
+      const message = newMessageId()
+      sendMessage(doc, alice, { id: message, body })
+      ids.push(message)
+    }
+  })
+  return ids
+}
+
+if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("a purge in a cluster", () => {
+    it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
+  })
+} else {
+  describe("a purge in a cluster", () => {
+    it("is told to the extensions of every relay, once each, whichever relay ran it", async () => {
+      const [owner, other] = await twoRelays()
+      const id = "g~purges-told" as ConversationId
+      const [first] = await conversationOn(owner.relay, id)
+      // Written through the other relay: forwarded to the owner, which runs the purge.
+      await other.relay.core.write(id, user(alice), (doc) => deleteMessage(doc, alice, first!))
+      await until(() => owner.seen.length > 0 && other.seen.length > 0)
+      const messages = { name: id, conversationId: id }
+      expect(owner.seen).toEqual([{ ...messages, scope: { kind: "messages", ids: new Set([first]) } }])
+      expect(other.seen).toEqual(owner.seen)
+
+      await owner.relay.core.write(id, user(alice), (doc) => deleteConversation(doc, alice))
+      await until(() => owner.seen.length > 1 && other.seen.length > 1)
+      // Nothing echoed back to the relay that ran it, nothing told twice.
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      const whole = { ...messages, scope: { kind: "conversation" } }
+      expect(owner.seen.slice(1)).toEqual([whole])
+      expect(other.seen.slice(1)).toEqual([whole])
+    })
+  })
+}
