@@ -11,10 +11,10 @@ import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
-import { type RunningRelay, startRelay } from "../../src/relay.js"
+import type { RunningRelay } from "../../src/relay.js"
 import { PostgresStorage } from "../../src/storage/postgres.js"
 import { docUntil, stockProvider, synced } from "../helpers/clients.js"
-import { deleteRedisKeys, REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
+import { deleteRedisKeys, redisUnreachable, startClusteredRelay } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
 
 const RELAY = { kind: "relay" } as const
@@ -45,15 +45,7 @@ async function twoRelays(): Promise<[RunningRelay, RunningRelay]> {
   const prefix = `parley-forwarded-test:${process.pid}:${Date.now().toString(36)}:`
   cleanup.push(() => deleteRedisKeys(prefix))
   const start = async () => {
-    const relay = await startRelay({
-      port: 0,
-      warmUp: false,
-      dev: true,
-      log: "silent",
-      storage: "postgres",
-      databaseUrl: scratch.url,
-      cluster: { redisUrl: REDIS_URL, keyPrefix: prefix },
-    })
+    const relay = await startClusteredRelay(scratch.url, prefix)
     cleanup.push(() => relay.close())
     return relay
   }

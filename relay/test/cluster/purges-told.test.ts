@@ -11,8 +11,8 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import type { RelayExtension } from "../../src/extension.js"
 import type { PurgedContent } from "../../src/purge/redact.js"
-import { type RunningRelay, startRelay } from "../../src/relay.js"
-import { deleteRedisKeys, REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
+import type { RunningRelay } from "../../src/relay.js"
+import { deleteRedisKeys, redisUnreachable, startClusteredRelay } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
 
 const cleanup: (() => unknown)[] = []
@@ -36,16 +36,7 @@ async function twoRelays() {
   cleanup.push(() => deleteRedisKeys(prefix))
   const start = async () => {
     const noted = purgesSeen()
-    const relay = await startRelay({
-      port: 0,
-      warmUp: false,
-      dev: true,
-      log: "silent",
-      storage: "postgres",
-      databaseUrl: scratch.url,
-      cluster: { redisUrl: REDIS_URL, keyPrefix: prefix },
-      extensions: [noted.extension],
-    })
+    const relay = await startClusteredRelay(scratch.url, prefix, { extensions: [noted.extension] })
     cleanup.push(() => relay.close())
     return { relay, seen: noted.seen }
   }

@@ -4,6 +4,7 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
+import { type RelayOptions, type RunningRelay, startRelay } from "../../src/relay.js"
 import { type ScratchSchema, scratchSchema } from "./postgres.js"
 import { type RelayProcess, startRelayProcess } from "./relay-process.js"
 
@@ -34,6 +35,27 @@ export async function deleteRedisKeys(prefix: string, url: string = REDIS_URL): 
   } finally {
     redis.disconnect()
   }
+}
+
+/**
+ * A clustered relay in this process (quiet, dev tokens, no warm-up) over the PostgreSQL database at
+ * `databaseUrl` and Redis keys under `keyPrefix`, with `options` on top.
+ */
+export function startClusteredRelay(
+  databaseUrl: string,
+  keyPrefix: string,
+  options: RelayOptions = {},
+): Promise<RunningRelay> {
+  return startRelay({
+    port: 0,
+    warmUp: false,
+    dev: true,
+    log: "silent",
+    storage: "postgres",
+    databaseUrl,
+    cluster: { redisUrl: REDIS_URL, keyPrefix },
+    ...options,
+  })
 }
 
 /** The path of HAProxy (Debian's package), or undefined when it is not installed. */
