@@ -444,8 +444,11 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       // 130,000 of them: 60-110 ms of CPU per frame (it was decoded up to three times), at the socket's
       // frame rate. A replica knows the
       // document's clients and its own sessions the relay has not heard of, no more; one that lists
-      // more is of an older epoch (or forged), and is told to rebuild before anything is decoded.
-      if (declaredClients(stateVector) > this.host.doc.store.clients.size + MAX_UNKNOWN_CLIENTS) {
+      // more is of an older epoch (or forged), and is told to rebuild before anything is decoded. A
+      // pending connection may be a stranger's: measured against an empty document, so that whether it
+      // is refused says nothing of the document's clients (it may list only sessions of its own).
+      const clients = this.pending ? 0 : this.host.doc.store.clients.size
+      if (declaredClients(stateVector) > clients + MAX_UNKNOWN_CLIENTS) {
         this.staleEpoch = true
         this.refuse(
           new ParleyError(

@@ -586,7 +586,6 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** @internal */
-  /** @internal */
   purgedElsewhere(purge: PurgedContent): void {
     this.extensions.contentPurged(purge)
   }

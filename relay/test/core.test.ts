@@ -4,6 +4,7 @@ import {
   type Decision,
   deleteMessage,
   ErrorCode,
+  encodeSyncStep1,
   getMessage,
   listMessages,
   MessageType,
@@ -19,6 +20,7 @@ import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
+import { MAX_UNKNOWN_CLIENTS } from "../src/connection.js"
 import type { AfterSaved, RunningCore } from "../src/extension.js"
 import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
@@ -26,6 +28,7 @@ import { RelayCore } from "../src/relay-core.js"
 import { MemoryStorage } from "../src/storage/memory.js"
 import type { RelayStorage } from "../src/storage/types.js"
 import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
+import { stateVectorOf } from "./helpers/costly-frames.js"
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
@@ -131,6 +134,43 @@ describe("relay core (no sockets)", () => {
       expect(listMessages(replica, { last: 5 }).map((m) => [m.body, m.seq])).toEqual([["hello", 1]])
     }
     expect((await storage.load(id)).updates).toHaveLength(1)
+  })
+
+  it("tells a stranger waiting on a change nothing of the document's client ids by its refusals", async () => {
+    const mallory = "mallory" as UserId
+    /** The refusals a stranger gets for 16 sync requests declaring 4,096 + k clients, while a change waits. */
+    const probe = async (sessions: number) => {
+      const storage = new GatedStorage()
+      const core = makeCore(storage)
+      const id = newConversationId()
+      const { doc } = conversationUpdate(id, ["hello"])
+      // The group's history: `sessions` of alice's devices wrote to it, stored.
+      for (let i = 0; i < sessions; i++) {
+        const device = new Y.Doc()
+        Y.applyUpdate(device, Y.encodeStateAsUpdate(doc))
+        sendMessage(device, alice, { body: `from device ${i}` })
+        Y.applyUpdate(doc, Y.encodeStateAsUpdate(device))
+      }
+      const writer = await core.connect(id, new FakeSession({ kind: "user", user: alice }))
+      writer.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+      await until(() => storage.waiting === 1)
+      storage.release()
+      await until(() => storage.waiting === 0)
+      // Then one more message, waiting for the disk while the stranger connects.
+      const before = Y.encodeStateVector(doc)
+      sendMessage(doc, alice, { body: "one more" })
+      writer.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+      await until(() => storage.waiting === 1)
+      const stranger = new FakeSession({ kind: "user", user: mallory })
+      const connection = await core.connect(id, stranger)
+      for (let k = 0; k < 16; k++) connection.receive(encodeSyncStep1(stateVectorOf(MAX_UNKNOWN_CLIENTS + k)))
+      const refused = stranger.parley().filter((f) => f.type === "error").length
+      storage.release()
+      await core.close()
+      return refused
+    }
+    const [few, many] = [await probe(1), await probe(8)]
+    expect(many).toBe(few)
   })
 
   it("sends each connection a stored message's frames while its writes are held, in one write", async () => {
