@@ -1,5 +1,12 @@
-import { createRoute, type OpenAPIHono, type z } from "@hono/zod-openapi"
-import { type ConversationId, ErrorCode, type MessageId, ParleyError, type UserId } from "@parley/shared"
+import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
+import {
+  type ConversationId,
+  ErrorCode,
+  type MessageId,
+  type MessageView,
+  ParleyError,
+  type UserId,
+} from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
 import { attachmentsOpenApiPart } from "../attachments/routes.js"
@@ -16,7 +23,7 @@ import type { IdempotencyStore } from "./idempotency.js"
 import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
 import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
 import { SEALED_SCAN_LIMIT } from "./message-pages.js"
-import { type Actor, ApiOperations, idempotentMessageId } from "./operations.js"
+import { type Actor, ApiOperations, type ConversationView, idempotentMessageId } from "./operations.js"
 import { problemApp, problemResponse, refuse } from "./problem.js"
 import * as S from "./schemas.js"
 import { requireWellFormedJson } from "./well-formed.js"
@@ -211,6 +218,18 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   }
   const reply = (c: Context, data: unknown, status: ContentfulStatusCode = 200) =>
     c.json(data as never, status) as never
+  // A write's answer is a read of what it wrote to (another's last message, someone's reactions): whole
+  // only to a key that may read it, else what identifies it. A write scope is no read scope.
+  const conversationAnswer = (c: Context<Env>, view: ConversationView) =>
+    c.get("key").scopes.includes("conversations:read") ? view : { id: view.id, kind: view.kind }
+  const messageAnswer = (c: Context<Env>, view: MessageView) =>
+    c.get("key").scopes.includes("messages:read")
+      ? view
+      : { id: view.id, ...(view.seq !== undefined ? { seq: view.seq } : {}) }
+  const conversationOrRef = (description: string) =>
+    json(z.union([S.ConversationSchema, S.ConversationRefSchema]), description)
+  const messageOrRef = (description: string) =>
+    json(z.union([S.MessageSchema, S.MessageRefSchema]), description)
   const conversationId = (id: string) => id as ConversationId
 
   // --- conversations
@@ -222,12 +241,12 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       summary: "Create a group conversation",
       description: "The actor becomes its owner; each participant gets its role (default member).",
       request: body(S.CreateConversationBody),
-      responses: { 201: json(S.ConversationSchema, "Created") },
+      responses: { 201: conversationOrRef("Created") },
     }),
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "conversations:write", input.asUser)
-      return reply(c, await ops.createGroup(actor, input), 201)
+      return reply(c, conversationAnswer(c, await ops.createGroup(actor, input)), 201)
     },
   )
 
@@ -239,13 +258,13 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       description:
         "The direct conversation of the actor and `with`: 201 when created, 200 when it was there.",
       request: body(S.DirectConversationBody),
-      responses: { 200: json(S.ConversationSchema, "Found"), 201: json(S.ConversationSchema, "Created") },
+      responses: { 200: conversationOrRef("Found"), 201: conversationOrRef("Created") },
     }),
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "conversations:write", input.asUser)
       const { conversation, created } = await ops.direct(actor, input.with as UserId)
-      return reply(c, conversation, created ? 201 : 200)
+      return reply(c, conversationAnswer(c, conversation), created ? 201 : 200)
     },
   )
 
@@ -270,12 +289,15 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}",
       summary: "Rename a conversation or set its metadata",
       request: { params: S.ConversationParams, ...body(S.UpdateConversationBody) },
-      responses: { 200: json(S.ConversationSchema, "The conversation after the change") },
+      responses: { 200: conversationOrRef("The conversation after the change") },
     }),
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "conversations:write", input.asUser)
-      return reply(c, await ops.update(conversationId(c.req.valid("param").id), actor, input))
+      return reply(
+        c,
+        conversationAnswer(c, await ops.update(conversationId(c.req.valid("param").id), actor, input)),
+      )
     },
   )
 
@@ -336,13 +358,16 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}/participants/{user}/role",
       summary: "Change a participant's role",
       request: { params: S.ParticipantParams, ...body(S.ChangeRoleBody) },
-      responses: { 200: json(S.ConversationSchema, "The conversation after the change") },
+      responses: { 200: conversationOrRef("The conversation after the change") },
     }),
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "conversations:write", input.asUser)
       const { id, user } = c.req.valid("param")
-      return reply(c, await ops.changeRole(conversationId(id), actor, user as UserId, input.role))
+      return reply(
+        c,
+        conversationAnswer(c, await ops.changeRole(conversationId(id), actor, user as UserId, input.role)),
+      )
     },
   )
 
@@ -357,8 +382,8 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
         "With a message `id` or an `Idempotency-Key` header, a replay returns the message with 200 instead of sending another, however old the first send (also once the message is sealed into history), racing it, or after a relay restart; 409 when the id or key was used for a different message (another body, author or field).",
       request: { params: S.ConversationParams, headers: S.IdempotencyHeaders, ...body(S.SendMessageBody) },
       responses: {
-        201: json(S.MessageSchema, "Sent"),
-        200: json(S.MessageSchema, "Sent before (a retry)"),
+        201: messageOrRef("Sent"),
+        200: messageOrRef("Sent before (a retry)"),
       },
     }),
     async (c) => {
@@ -375,7 +400,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
         id: (derived ?? input.id ?? newId()) as MessageId,
         idempotent: derived !== undefined || input.id !== undefined,
       } as never)
-      return reply(c, sent, created ? 201 : 200)
+      return reply(c, messageAnswer(c, sent), created ? 201 : 200)
     },
   )
 
@@ -400,13 +425,16 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}/messages/{messageId}",
       summary: "Edit a message (its author only)",
       request: { params: S.MessageParams, ...body(S.EditMessageBody) },
-      responses: { 200: json(S.MessageSchema, "The message after the edit") },
+      responses: { 200: messageOrRef("The message after the edit") },
     }),
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "messages:write", input.asUser)
       const { id, messageId } = c.req.valid("param")
-      return reply(c, await ops.edit(conversationId(id), actor, messageId as MessageId, input.body))
+      return reply(
+        c,
+        messageAnswer(c, await ops.edit(conversationId(id), actor, messageId as MessageId, input.body)),
+      )
     },
   )
 
@@ -463,13 +491,19 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}/messages/{messageId}/reactions",
       summary: "React to a message",
       request: { params: S.MessageParams, ...body(S.ReactBody) },
-      responses: { 200: json(S.MessageSchema, "The message with its reactions") },
+      responses: { 200: messageOrRef("The message with its reactions") },
     }),
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "messages:write", input.asUser)
       const { id, messageId } = c.req.valid("param")
-      return reply(c, await ops.react(conversationId(id), actor, messageId as MessageId, input.emoji, true))
+      return reply(
+        c,
+        messageAnswer(
+          c,
+          await ops.react(conversationId(id), actor, messageId as MessageId, input.emoji, true),
+        ),
+      )
     },
   )
 
@@ -479,12 +513,15 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}/messages/{messageId}/reactions/{emoji}",
       summary: "Remove a reaction",
       request: { params: S.ReactionParams, query: S.AsUserQuery },
-      responses: { 200: json(S.MessageSchema, "The message with its reactions") },
+      responses: { 200: messageOrRef("The message with its reactions") },
     }),
     async (c) => {
       const actor = actorOf(c, "messages:write", c.req.valid("query").asUser)
       const { id, messageId, emoji } = c.req.valid("param")
-      return reply(c, await ops.react(conversationId(id), actor, messageId as MessageId, emoji, false))
+      return reply(
+        c,
+        messageAnswer(c, await ops.react(conversationId(id), actor, messageId as MessageId, emoji, false)),
+      )
     },
   )
 

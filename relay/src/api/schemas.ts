@@ -302,6 +302,24 @@ export const MessageSchema = z
   })
   .openapi("Message")
 
+/**
+ * What a write answers a key that may not read what it wrote to (no
+ * `conversations:read` / `messages:read`): what identifies it, no more.
+ */
+export const ConversationRefSchema = z
+  .object({ id: ConversationIdSchema, kind: z.enum(["direct", "group"]) })
+  .openapi("ConversationRef", {
+    description:
+      "A write's answer to a key without `conversations:read`: the conversation's id and kind (the whole conversation would be a read).",
+  })
+
+export const MessageRefSchema = z
+  .object({ id: MessageIdSchema, seq: z.number().int().optional() })
+  .openapi("MessageRef", {
+    description:
+      "A write's answer to a key without `messages:read`: the message's id and number (the message itself would be a read).",
+  })
+
 export const ConversationSchema = z
   .object({
     id: ConversationIdSchema,

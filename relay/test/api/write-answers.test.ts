@@ -1,0 +1,106 @@
+import { afterAll, describe, expect, it } from "vitest"
+import { startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+import { apiClient, createKey, freshDataDir } from "./helpers.js"
+
+afterAll(() => stopRelayProcesses())
+
+/** Whether `body`, as JSON, holds `secret` anywhere. */
+const holds = (body: unknown, secret: string) => JSON.stringify(body ?? null).includes(secret)
+
+describe("a write's answer to a key that may not read", () => {
+  it("names what was written and shows nothing a read would, while a key that may read gets the whole view", async () => {
+    const dataDir = freshDataDir()
+    const admin = await createKey(dataDir, "admin", [
+      "conversations:read",
+      "conversations:write",
+      "messages:read",
+      "messages:write",
+      "act-as-user",
+    ])
+    const writesConversations = await createKey(dataDir, "rooms", ["conversations:write", "act-as-user"])
+    const writesMessages = await createKey(dataDir, "bot", ["messages:write", "act-as-user"])
+    const relay = await startRelayProcess({ dataDir })
+    const asAdmin = apiClient(() => relay.httpUrl, admin)
+    const asRooms = apiClient(() => relay.httpUrl, writesConversations)
+    const asBot = apiClient(() => relay.httpUrl, writesMessages)
+
+    // Alice's private talk with bob, and a group she owns, each with a secret last message.
+    const direct = await asAdmin("POST", "/v1/conversations/direct", { with: "bob", asUser: "alice" })
+    expect(direct.status).toBe(201)
+    const dm = direct.body.id as string
+    const dmSecret = "PRIVATE: my pin is 4711"
+    expect(
+      (await asAdmin("POST", `/v1/conversations/${dm}/messages`, { body: dmSecret, asUser: "alice" })).status,
+    ).toBe(201)
+    const group = await asAdmin("POST", "/v1/conversations", {
+      id: "g~plans",
+      title: "Plans",
+      participants: [{ user: "bob" }],
+      asUser: "alice",
+    })
+    expect(group.status).toBe(201)
+    const groupSecret = "GROUP SECRET: layoffs on friday"
+    const sent = await asAdmin("POST", "/v1/conversations/g~plans/messages", {
+      body: groupSecret,
+      asUser: "alice",
+    })
+    expect(sent.status).toBe(201)
+    const messageId = sent.body.id as string
+
+    // The reads themselves are refused to the write-only keys.
+    expect((await asRooms("GET", `/v1/conversations/${dm}`)).status).toBe(403)
+    expect((await asBot("GET", "/v1/conversations/g~plans/messages")).status).toBe(403)
+
+    // Conversation writes: the conversation's id and kind, nothing of its messages, markers or people.
+    const found = await asRooms("POST", "/v1/conversations/direct", { with: "bob", asUser: "alice" })
+    expect(found.status).toBe(200)
+    expect(found.body).toEqual({ id: dm, kind: "direct" })
+    const renamed = await asRooms("PATCH", "/v1/conversations/g~plans", { title: "Plans", asUser: "alice" })
+    expect(renamed.status).toBe(200)
+    expect(renamed.body).toEqual({ id: "g~plans", kind: "group" })
+    const role = await asRooms("PUT", "/v1/conversations/g~plans/participants/bob/role", {
+      role: "admin",
+      asUser: "alice",
+    })
+    expect(role.status).toBe(200)
+    expect(role.body).toEqual({ id: "g~plans", kind: "group" })
+    const created = await asRooms("POST", "/v1/conversations", {
+      id: "g~new",
+      participants: [],
+      asUser: "carol",
+    })
+    expect(created.status).toBe(201)
+    expect(created.body).toEqual({ id: "g~new", kind: "group" })
+
+    // Message writes: the message's id and number, not its body or others' reactions.
+    const reacted = await asBot("POST", `/v1/conversations/g~plans/messages/${messageId}/reactions`, {
+      emoji: "👍",
+      asUser: "bob",
+    })
+    expect(reacted.status).toBe(200)
+    expect(reacted.body).toEqual({ id: messageId, seq: sent.body.seq })
+    const unreacted = await asBot(
+      "DELETE",
+      `/v1/conversations/g~plans/messages/${messageId}/reactions/${encodeURIComponent("👍")}?asUser=bob`,
+    )
+    expect(unreacted.status).toBe(200)
+    expect(unreacted.body).toEqual({ id: messageId, seq: sent.body.seq })
+    const mine = await asBot("POST", "/v1/conversations/g~plans/messages", {
+      body: "from the bot",
+      asUser: "bob",
+    })
+    expect(mine.status).toBe(201)
+    expect(mine.body).toEqual({ id: expect.any(String), seq: expect.any(Number) })
+    for (const answer of [found, renamed, role, reacted, unreacted, mine])
+      for (const secret of [dmSecret, groupSecret]) expect(holds(answer.body, secret)).toBe(false)
+
+    // A key that may read gets the whole view from the same writes.
+    const whole = await asAdmin("POST", "/v1/conversations/direct", { with: "bob", asUser: "alice" })
+    expect(whole.body.lastMessage.body).toBe(dmSecret)
+    const wholeReaction = await asAdmin("POST", `/v1/conversations/g~plans/messages/${messageId}/reactions`, {
+      emoji: "🎉",
+      asUser: "alice",
+    })
+    expect(wholeReaction.body).toMatchObject({ body: groupSecret, reactions: { "🎉": ["alice"] } })
+  })
+})
