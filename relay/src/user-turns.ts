@@ -78,10 +78,17 @@ export class UserTurns {
       start = resolve
     })
     let begunNow = false
+    // Let go of once begun: the turn outlives its work while an earlier one to the same document is not
+    // done (a change held waiting for storage: every update behind it is refused at once, but its turn
+    // chains onto the held one's), and must not keep the update's bytes (relay memory grew by every
+    // byte sent for as long as storage failed).
+    let job: (() => Promise<T>) | undefined = work
     const begin = () => {
       begunNow = true
       start()
-      return work()
+      const run = job!
+      job = undefined
+      return run()
     }
     const together = before !== undefined && before.document === document
     // An update to the document of one still waiting for its turn (behind one to another document)

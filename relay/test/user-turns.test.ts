@@ -242,3 +242,33 @@ describe("one user's frames on many sockets", () => {
     expect(savedWhenDelivered).toBeLessThanOrEqual(flooded / 2)
   })
 })
+
+describe("a user's turns behind a change held for storage", () => {
+  it("keep none of the updates refused meanwhile in memory", async () => {
+    const { setFlagsFromString } = await import("node:v8")
+    const { runInNewContext } = await import("node:vm")
+    setFlagsFromString("--expose-gc")
+    const gc = runInNewContext("gc") as () => void
+    const turns = new UserTurns()
+    const held = turns.run(carol, "g~held", () => new Promise<void>(() => {}))
+    // Updates to the same document behind it, each refused at once (as the update path refuses them
+    // while the change before waits for storage), each holding a megabyte.
+    const refs: WeakRef<Uint8Array>[] = []
+    for (let i = 0; i < 20; i++) {
+      const update = new Uint8Array(1 << 20)
+      refs.push(new WeakRef(update))
+      await turns
+        .run(carol, "g~held", async () => {
+          if (update.length > 0) throw new Error("storage is failing")
+        })
+        .catch(() => {})
+    }
+    await new Promise((resolve) => setImmediate(resolve))
+    gc()
+    await new Promise((resolve) => setImmediate(resolve))
+    gc()
+    expect(refs.filter((ref) => ref.deref() !== undefined)).toHaveLength(0)
+    expect(turns.size).toBe(1)
+    void held
+  })
+})
