@@ -38,6 +38,8 @@ class Disk {
   full = false
   /** The file system's figures still show room while the disk is full: it filled since they were last read. */
   figuresLag = false
+  /** The figures show the disk full while writes still fit (in pages SQLite holds): nobody wrote since it filled. */
+  figuresFull = false
   /**
    * Each probe of the relay's storage that decides whether writes are let through (at the start and
    * while failing; not the watch's while it answers), in order: whether it said they could be.
@@ -45,7 +47,9 @@ class Disk {
   readonly probes: boolean[] = []
 
   space(): DiskSpace {
-    return this.full && !this.figuresLag ? { free: 0, size: 8 * MIB } : { free: 4096 * MIB, size: 8192 * MIB }
+    return (this.full && !this.figuresLag) || this.figuresFull
+      ? { free: 0, size: 8 * MIB }
+      : { free: 4096 * MIB, size: 8192 * MIB }
   }
 
   /** The data directory's backend, its appends failing while the disk is full. */
@@ -173,6 +177,35 @@ describe("a relay whose disk is full", () => {
     await a.allSaved()
     expect((await readyz(relay)).status).toBe(200)
     expect(a.closeEvent).toBeUndefined()
+  })
+
+  it("says not ready on a disk that filled while nobody wrote, before a user's write finds it full, and ready once space is freed", async () => {
+    const d = disk()
+    const relay = await relayOn(d)
+    const id = await conversation(relay, "before")
+    expect((await readyz(relay)).status).toBe(200)
+    // The disk fills (another process, a log) while the relay writes nothing that fails: its probe's write
+    // still fits, as the next appends may not.
+    d.figuresFull = true
+    await until(
+      async () => (await readyz(relay)).status,
+      (status) => status === 503,
+      10_000,
+    )
+    expect((await readyz(relay)).body).toEqual(notReadyForStorage)
+    // Writes are refused retryably meanwhile (not stored into a disk that has no room), and taken once
+    // space is freed.
+    d.figuresFull = false
+    await until(
+      async () => (await readyz(relay)).status,
+      (status) => status === 200,
+      10_000,
+    )
+    const a = await client(relay, id, alice)
+    await a.synced()
+    sendMessage(a.doc, alice, { body: "after" })
+    await a.allSaved()
+    expect((await readyz(relay)).status).toBe(200)
   })
 
   it("starts on a full disk: not ready with the reason, serves stored conversations, refuses writes retryably, and stores them once space is freed", async () => {

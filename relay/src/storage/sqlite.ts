@@ -73,6 +73,14 @@ function isCorruption(error: unknown): boolean {
   return typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code === "SQLITE_NOTADB")
 }
 
+/**
+ * Free space below which a disk counts as full even while storage answers:
+ * room for a few commits' pages (an append's commit writes about 15 pages of
+ * 4 KiB with its hook rows), no more, so that a disk merely low on room keeps
+ * taking appends.
+ */
+export const FULL_BELOW = 256 * 1024
+
 /** Documents whose next log position {@link SqliteStorage} keeps in memory, at most. */
 export const POSITIONS_KEPT = 10_000
 
@@ -397,17 +405,20 @@ export class SqliteStorage implements RelayStorage {
    * that just filled up it still fits in pages SQLite had allocated while
    * appends no longer do. The reserve is not asked while storage answers: a
    * disk with less free space than that still stores appends, and refusing
-   * them would be a failure of the relay's own making.
+   * them would be a failure of the relay's own making. Only a disk without
+   * room for a commit's pages ({@link FULL_BELOW} free) fails it then: the
+   * probe's write still fits in pages SQLite holds, and readiness said
+   * "ready" on a full disk until a user's message failed.
    */
   async ping(options: PingOptions = {}): Promise<void> {
     this.assertOpen()
     for (const file of this.files) file.check()
-    if (this.disk && options.recovering) {
+    if (this.disk) {
       const { free, size } = this.disk.space()
-      const reserve = writeReserve(size)
+      const reserve = options.recovering ? writeReserve(size) : FULL_BELOW
       if (free < reserve)
         throw storageUnavailable(
-          `the disk holding ${this.disk.dir} is full (${formatBytes(free)} free): writes resume once ${formatBytes(reserve)} is free`,
+          `the disk holding ${this.disk.dir} is full (${formatBytes(free)} free): writes resume once ${formatBytes(writeReserve(size))} is free`,
         )
     }
     this.statements.probe.run(Date.now())
