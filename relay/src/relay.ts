@@ -33,7 +33,7 @@ import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
 import type { PushOptions } from "./push/extension.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
-import { ExitCode, listenFailure, StartupError, storageFailure } from "./startup-error.js"
+import { ExitCode, listenFailure, redisFailure, StartupError, storageFailure } from "./startup-error.js"
 import { DEFAULT_WATCH_INTERVAL_MS } from "./storage/guard.js"
 import type { StorageKind, StorageState } from "./storage/index.js"
 import { warmUpUpdatePath } from "./warm-up.js"
@@ -315,7 +315,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           }),
         )
         .catch((error: unknown) => {
-          throw storageFailure(error, where)
+          throw error instanceof Error && error.name === "RedisStartFailure"
+            ? redisFailure((error as Error).cause, options.cluster!.redisUrl)
+            : storageFailure(error, where)
         })
     : undefined
   const opened =

@@ -89,6 +89,16 @@ export type StorageLocation =
   | { readonly kind: "sqlite"; readonly dataDir: string }
   | { readonly kind: "postgres"; readonly databaseUrl: string }
 
+/** Why Redis (`--redis-url`) could not be opened at the start of a clustered relay. */
+export function redisFailure(error: unknown, redisUrl: string): StartupError {
+  return new StartupError(
+    ExitCode.STORAGE,
+    `cannot open Redis at ${redactedUrl(redisUrl)} (--redis-url, REDIS_URL): ${reasonOf(error)}: ` +
+      "check that the server runs and answers, and the URL",
+    { cause: error },
+  )
+}
+
 /** Why storage (documents, client-id bindings or hook outbox) could not be opened at start. */
 export function storageFailure(error: unknown, where: StorageLocation): StartupError {
   if (where.kind === "sqlite") {

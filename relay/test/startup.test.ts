@@ -6,6 +6,7 @@ import { join } from "node:path"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { afterAll, describe, expect, it } from "vitest"
 import { ExitCode, exitCodeOf } from "../src/startup-error.js"
+import { postgresUnreachable, scratchSchema } from "./helpers/postgres.js"
 import { relayEntry } from "./helpers/relay-process.js"
 
 const dir = mkdtempSync(join(tmpdir(), "parley-startup-"))
@@ -121,6 +122,31 @@ describe.concurrent("a relay that cannot start says why in one line", () => {
     )
     expect(stderr).toContain("ECONNREFUSED")
     expect(stderr).not.toContain("hunter2")
+  })
+
+  it("names Redis, without its password, when a clustered relay cannot reach it (PostgreSQL answering), and exits 4", async () => {
+    const missing = await postgresUnreachable()
+    if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") return
+    const scratch = await scratchSchema()
+    try {
+      const { code, stderr } = await runRelay([
+        "--auth-secret",
+        "s",
+        "--storage",
+        "postgres",
+        "--database-url",
+        scratch.url,
+        "--redis-url",
+        "redis://:hunter2@127.0.0.1:1",
+      ])
+      expect(code).toBe(ExitCode.STORAGE)
+      expect(linesOf(stderr)).toHaveLength(1)
+      expect(stderr).toContain("cannot open Redis at redis://:***@127.0.0.1:1 (--redis-url")
+      expect(stderr).not.toContain("PostgreSQL")
+      expect(stderr).not.toContain("hunter2")
+    } finally {
+      await scratch.drop()
+    }
   })
 
   it("refuses PostgreSQL storage without a database URL instead of using a default database, and exits 2", async () => {

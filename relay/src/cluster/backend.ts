@@ -32,6 +32,17 @@ export interface ClusterBackend {
   readonly deliveries: ClusterDeliveryFence
 }
 
+/** Redis could not be reached (or refused the relay's first commands) when a clustered relay started. */
+export class RedisStartFailure extends Error {
+  constructor(
+    readonly redisUrl: string,
+    cause: unknown,
+  ) {
+    super("cannot open Redis", { cause })
+    this.name = "RedisStartFailure"
+  }
+}
+
 /**
  * The PostgreSQL backend of a relay in a cluster: the tables of the
  * single-relay backend plus the fencing tokens, the documents behind a
@@ -49,10 +60,16 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
   let cluster: Cluster
   try {
     await adoptMessageColumn(pool)
-    cluster = await Cluster.open({ ...options, pool })
   } catch (error) {
     await pool.end()
     throw error
+  }
+  try {
+    cluster = await Cluster.open({ ...options, pool })
+  } catch (error) {
+    await pool.end()
+    // PostgreSQL answered: the start failed on Redis, and says so (not "cannot open PostgreSQL").
+    throw new RedisStartFailure(options.redisUrl, error)
   }
   const documents = new FencedStorage(pool, new PostgresStorage(pool), cluster)
   const events = new PostgresEventLog(pool)
