@@ -79,6 +79,32 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
     }, 90_000)
 
+    it("while one relay is cut off from Redis: its clients' updates to a conversation another relay orders are refused at once, not held", async () => {
+      const target = new URL(REDIS_URL)
+      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 6379) })
+      cleanups.push(() => proxy.close())
+      const proxied = new URL(REDIS_URL)
+      proxied.hostname = "127.0.0.1"
+      proxied.port = String(proxy.port)
+      // Relay 0 (which orders the conversation: alice created it there) keeps Redis; relay 1 loses it.
+      const cluster = await startCluster(2, { redisUrl: (i) => (i === 1 ? proxied.toString() : REDIS_URL) })
+      cleanups.push(() => cluster.stop())
+      const { b } = await chatting(cluster)
+      // Held, not cut: relay 1's connections stay open and its commands get no answer (each times out).
+      proxy.blackhole()
+      await eventually(async () => expect((await readyz(cluster.relay(1).httpUrl)).status).toBe(503))
+      // Bob keeps typing through relay 1: every update is answered (refused, retryably) within moments.
+      const started = Date.now()
+      for (let i = 0; i < 10; i++) b.send(`during ${i}`)
+      // Before, one a forward's Redis timeout (about one per 4 s), the rest held until Redis returned.
+      await eventually(() => {
+        expect(b.refusals().errors.length + b.refusals().closes.length).toBeGreaterThanOrEqual(10)
+      }, 10_000)
+      const waited = Date.now() - started
+      await refusedRetryably(b)
+      console.log(`[redis cut from one relay] 10 forwarded updates refused within ${waited} ms`)
+    }, 60_000)
+
     it("while PostgreSQL fails: writes refused retryably on every relay, every relay not ready, pending messages stored once after", async () => {
       const target = new URL(DATABASE_URL)
       const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })

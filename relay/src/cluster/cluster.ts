@@ -544,6 +544,13 @@ export class Cluster implements UpdateRouter, FenceSource {
         await local()
         return undefined
       }
+      // Forwarding needs Redis: while its probe fails, refused at once (retryable), not after each
+      // forward's own command timeout with the document's later changes waiting behind it.
+      if (!this.state.ready)
+        throw new ParleyError(
+          ErrorCode.UNAVAILABLE,
+          "Redis is not answering: the change was not stored, retry",
+        )
       let holder: string | null
       try {
         holder = await this.leases.holder(name)

@@ -108,8 +108,8 @@ export async function startCluster(
   options: {
     args?: readonly string[]
     env?: NodeJS.ProcessEnv
-    /** Redis for the relays to use (a proxy, say); default {@link REDIS_URL}. */
-    redisUrl?: string
+    /** Redis for the relays to use (a proxy, say), or for relay `i`; default {@link REDIS_URL}. */
+    redisUrl?: string | ((i: number) => string)
     /** The relays' connection string made from the scratch schema's (through a proxy, say). */
     databaseUrl?: (url: string) => string
     /** As {@link startRelayProcess}'s: the `--hooks` modules import the hook API from `hooksApi()`. */
@@ -129,7 +129,7 @@ export async function startCluster(
     "--database-url",
     options.databaseUrl ? options.databaseUrl(schema.url) : schema.url,
     "--redis-url",
-    options.redisUrl ?? REDIS_URL,
+    typeof options.redisUrl === "function" ? options.redisUrl(i) : (options.redisUrl ?? REDIS_URL),
     "--redis-prefix",
     prefix,
     ...(options.args ?? []),
