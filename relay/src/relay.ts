@@ -303,7 +303,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   // In a cluster, the backend comes with the membership (leases, fencing, Redis): loaded only then.
   const clustered = options.cluster
     ? await import("./cluster/backend.js")
-        .then(({ openClusterBackend }) =>
+        .then(({ openClusterBackend, RedisStartFailure }) =>
           openClusterBackend({
             ...options.cluster!,
             databaseUrl,
@@ -312,12 +312,15 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
             registry: metrics.registry,
             onIdleError: (error: Error) =>
               log.warn({ err: error }, "PostgreSQL dropped a connection; the pool opens a new one"),
+          }).catch((error: unknown) => {
+            throw error instanceof RedisStartFailure
+              ? redisFailure(error.cause, error.redisUrl)
+              : storageFailure(error, where)
           }),
         )
         .catch((error: unknown) => {
-          throw error instanceof Error && error.name === "RedisStartFailure"
-            ? redisFailure((error as Error).cause, options.cluster!.redisUrl)
-            : storageFailure(error, where)
+          // The module itself failing to load is no storage failure of a kind already named.
+          throw error instanceof StartupError ? error : storageFailure(error, where)
         })
     : undefined
   const opened =

@@ -118,7 +118,7 @@ export class AuthorizationPolicy implements UpdatePolicy {
     const epoch = typesOf(doc).meta.get(MetaKey.epoch)
     if (typeof epoch === "number") {
       relayIds.push(epoch)
-      // Relays before 0.1.0's fix stored the first writer under it as its owner: the relay's all the
+      // A relay before this rule stored the first writer under it as its owner: the relay's all the
       // same (in memory: the stored row is never consulted again while the document is loaded).
       const owner = bindings.get(epoch)
       if (owner !== undefined && owner !== RELAY_KEY) bindings.record(new Map([[epoch, RELAY_KEY]]))
