@@ -34,12 +34,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 } else {
   describe("two relays while Redis or PostgreSQL fails", () => {
     it("while Redis fails: writes refused retryably, reported in /readyz, and store the pending messages once when Redis answers again", async () => {
-      const target = new URL(REDIS_URL)
-      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 6379) })
-      cleanups.push(() => proxy.close())
-      const proxied = new URL(REDIS_URL)
-      proxied.hostname = "127.0.0.1"
-      proxied.port = String(proxy.port)
+      const { proxy, proxied } = await redisProxy()
       const cluster = await startCluster(2, { redisUrl: proxied.toString() })
       cleanups.push(() => cluster.stop())
       const { id, a, b } = await chatting(cluster)
@@ -80,12 +75,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }, 90_000)
 
     it("while one relay is cut off from Redis: its clients' updates to a conversation another relay orders are refused at once, not held", async () => {
-      const target = new URL(REDIS_URL)
-      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 6379) })
-      cleanups.push(() => proxy.close())
-      const proxied = new URL(REDIS_URL)
-      proxied.hostname = "127.0.0.1"
-      proxied.port = String(proxy.port)
+      const { proxy, proxied } = await redisProxy()
       // Relay 0 (which orders the conversation: alice created it there) keeps Redis; relay 1 loses it.
       const cluster = await startCluster(2, { redisUrl: (i) => (i === 1 ? proxied.toString() : REDIS_URL) })
       cleanups.push(() => cluster.stop())
@@ -300,6 +290,17 @@ async function fourNumbered(reader: TestClient): Promise<void> {
     expect(listed.filter((m) => m.seq !== undefined).length).toBeGreaterThanOrEqual(4)
     expect(listed.every((m) => m.seq !== undefined)).toBe(true)
   })
+}
+
+/** A TCP proxy in front of Redis the test can cut and black-hole, and the URL that reaches Redis through it. */
+async function redisProxy() {
+  const target = new URL(REDIS_URL)
+  const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 6379) })
+  cleanups.push(() => proxy.close())
+  const proxied = new URL(REDIS_URL)
+  proxied.hostname = "127.0.0.1"
+  proxied.port = String(proxy.port)
+  return { proxy, proxied }
 }
 
 async function chatting(cluster: Awaited<ReturnType<typeof startCluster>>) {

@@ -14,6 +14,7 @@ import type { PurgedContent } from "../../src/purge/redact.js"
 import type { RunningRelay } from "../../src/relay.js"
 import { deleteRedisKeys, redisUnreachable, startClusteredRelay } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { until } from "../helpers/until.js"
 
 const cleanup: (() => unknown)[] = []
 afterEach(async () => {
@@ -45,11 +46,6 @@ async function twoRelays() {
   return [owner, await start()] as const
 }
 
-const until = async (check: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms
-  while (!check() && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 20))
-}
-
 const alice = "alice" as UserId
 const user = (id: UserId) => ({ kind: "user", user: id }) as const
 
@@ -79,13 +75,19 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const [first] = await conversationOn(owner.relay, id)
       // Written through the other relay: forwarded to the owner, which runs the purge.
       await other.relay.core.write(id, user(alice), (doc) => deleteMessage(doc, alice, first!))
-      await until(() => owner.seen.length > 0 && other.seen.length > 0)
+      await until(
+        () => Math.min(owner.seen.length, other.seen.length),
+        (told) => told > 0,
+      )
       const messages = { name: id, conversationId: id }
       expect(owner.seen).toEqual([{ ...messages, scope: { kind: "messages", ids: new Set([first]) } }])
       expect(other.seen).toEqual(owner.seen)
 
       await owner.relay.core.write(id, user(alice), (doc) => deleteConversation(doc, alice))
-      await until(() => owner.seen.length > 1 && other.seen.length > 1)
+      await until(
+        () => Math.min(owner.seen.length, other.seen.length),
+        (told) => told > 1,
+      )
       // Nothing echoed back to the relay that ran it, nothing told twice.
       await new Promise((resolve) => setTimeout(resolve, 300))
       const whole = { ...messages, scope: { kind: "conversation" } }
