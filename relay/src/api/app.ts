@@ -379,7 +379,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/{id}/messages",
       summary: "Send a message (idempotent)",
       description:
-        "With a message `id` or an `Idempotency-Key` header, a replay returns the message with 200 instead of sending another, however old the first send (also once the message is sealed into history), racing it, or after a relay restart; 409 when the id or key was used for a different message (another body, author or field).",
+        "With a message `id` or an `Idempotency-Key` header, a replay returns the message with 200 instead of sending another, however old the first send (also once the message is sealed into history), racing it, or after a relay restart; 409 when the id or key was used for a different message (another body, author or field). A client-chosen `id` with `asUser` needs `messages:read` too (403): the replay's comparison would tell a key that may not read whether it guessed another user's message.",
       request: { params: S.ConversationParams, headers: S.IdempotencyHeaders, ...body(S.SendMessageBody) },
       responses: {
         201: messageOrRef("Sent"),
@@ -389,6 +389,18 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "messages:write", input.asUser)
+      // A send under an id the conversation has compares that message with this one (200 or 409): as
+      // another user, a key that may not read would learn whether a guessed body is theirs. Its own
+      // Idempotency-Key's ids are derived from the key, so nobody else's message is ever under one.
+      if (
+        input.id !== undefined &&
+        input.asUser !== undefined &&
+        !c.get("key").scopes.includes("messages:read")
+      )
+        throw refuse(
+          ErrorCode.FORBIDDEN,
+          'a message id chosen by the client, with asUser, needs the scope "messages:read" (a replay is compared with the message stored under that id); send with an Idempotency-Key header instead',
+        )
       const idempotencyKey = c.req.valid("header")["idempotency-key"]
       const derived =
         idempotencyKey === undefined ? undefined : idempotentMessageId(c.get("key").id, idempotencyKey)

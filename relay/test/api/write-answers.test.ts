@@ -103,4 +103,55 @@ describe("a write's answer to a key that may not read", () => {
     })
     expect(wholeReaction.body).toMatchObject({ body: groupSecret, reactions: { "🎉": ["alice"] } })
   })
+
+  it("does not let a key that may not read test a guess at another user's message through a send under its id", async () => {
+    const dataDir = freshDataDir()
+    const admin = await createKey(dataDir, "admin", [
+      "conversations:write",
+      "messages:read",
+      "messages:write",
+      "act-as-user",
+    ])
+    const bot = await createKey(dataDir, "bot", ["messages:write", "act-as-user"])
+    const relay = await startRelayProcess({ dataDir })
+    const asAdmin = apiClient(() => relay.httpUrl, admin)
+    const asBot = apiClient(() => relay.httpUrl, bot)
+    expect(
+      (
+        await asAdmin("POST", "/v1/conversations", {
+          id: "g~hr",
+          participants: [{ user: "bob" }],
+          asUser: "alice",
+        })
+      ).status,
+    ).toBe(201)
+    const secret = { id: "m_salary", body: "salary: 91000", asUser: "alice" }
+    expect((await asAdmin("POST", "/v1/conversations/g~hr/messages", secret)).status).toBe(201)
+
+    // The right guess and a wrong one get the same refusal, before anything is compared.
+    const right = await asBot("POST", "/v1/conversations/g~hr/messages", secret)
+    const wrong = await asBot("POST", "/v1/conversations/g~hr/messages", { ...secret, body: "salary: 50000" })
+    for (const answer of [right, wrong]) {
+      expect(answer.status).toBe(403)
+      expect(answer.body.code).toBe("FORBIDDEN")
+      expect(answer.body.detail).toContain("Idempotency-Key")
+    }
+
+    // Its own idempotent sends work as before: by Idempotency-Key as any user, by id as its own participant.
+    const keyed = { body: "payroll runs tonight", asUser: "alice" }
+    const header = { "idempotency-key": "payroll-1" }
+    const first = await asBot("POST", "/v1/conversations/g~hr/messages", keyed, header)
+    const again = await asBot("POST", "/v1/conversations/g~hr/messages", keyed, header)
+    expect([first.status, again.status]).toEqual([201, 200])
+    expect(again.body).toEqual(first.body)
+    expect(
+      (await asBot("POST", "/v1/conversations/g~hr/messages", { ...keyed, body: "other" }, header)).status,
+    ).toBe(409)
+
+    // A key that may read the message compares as before.
+    expect((await asAdmin("POST", "/v1/conversations/g~hr/messages", secret)).status).toBe(200)
+    expect(
+      (await asAdmin("POST", "/v1/conversations/g~hr/messages", { ...secret, body: "salary: 50000" })).status,
+    ).toBe(409)
+  })
 })
