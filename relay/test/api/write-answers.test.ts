@@ -7,22 +7,32 @@ afterAll(() => stopRelayProcesses())
 /** Whether `body`, as JSON, holds `secret` anywhere. */
 const holds = (body: unknown, secret: string) => JSON.stringify(body ?? null).includes(secret)
 
+const ALL_SCOPES = [
+  "conversations:read",
+  "conversations:write",
+  "messages:read",
+  "messages:write",
+  "act-as-user",
+]
+
+/** A relay process with one API key per entry of `keys` (name: scopes), and a client for each. */
+async function relayWithKeys<Name extends string>(keys: Record<Name, string[]>) {
+  const dataDir = freshDataDir()
+  const secrets = new Map<Name, string>()
+  for (const [name, scopes] of Object.entries(keys) as [Name, string[]][])
+    secrets.set(name, await createKey(dataDir, name, scopes))
+  const relay = await startRelayProcess({ dataDir })
+  return (name: Name) => apiClient(() => relay.httpUrl, secrets.get(name))
+}
+
 describe("a write's answer to a key that may not read", () => {
   it("names what was written and shows nothing a read would, while a key that may read gets the whole view", async () => {
-    const dataDir = freshDataDir()
-    const admin = await createKey(dataDir, "admin", [
-      "conversations:read",
-      "conversations:write",
-      "messages:read",
-      "messages:write",
-      "act-as-user",
-    ])
-    const writesConversations = await createKey(dataDir, "rooms", ["conversations:write", "act-as-user"])
-    const writesMessages = await createKey(dataDir, "bot", ["messages:write", "act-as-user"])
-    const relay = await startRelayProcess({ dataDir })
-    const asAdmin = apiClient(() => relay.httpUrl, admin)
-    const asRooms = apiClient(() => relay.httpUrl, writesConversations)
-    const asBot = apiClient(() => relay.httpUrl, writesMessages)
+    const as = await relayWithKeys({
+      admin: ALL_SCOPES,
+      rooms: ["conversations:write", "act-as-user"],
+      bot: ["messages:write", "act-as-user"],
+    })
+    const [asAdmin, asRooms, asBot] = [as("admin"), as("rooms"), as("bot")]
 
     // Alice's private talk with bob, and a group she owns, each with a secret last message.
     const direct = await asAdmin("POST", "/v1/conversations/direct", { with: "bob", asUser: "alice" })
@@ -105,17 +115,8 @@ describe("a write's answer to a key that may not read", () => {
   })
 
   it("does not let a key that may not read test a guess at another user's message through a send under its id", async () => {
-    const dataDir = freshDataDir()
-    const admin = await createKey(dataDir, "admin", [
-      "conversations:write",
-      "messages:read",
-      "messages:write",
-      "act-as-user",
-    ])
-    const bot = await createKey(dataDir, "bot", ["messages:write", "act-as-user"])
-    const relay = await startRelayProcess({ dataDir })
-    const asAdmin = apiClient(() => relay.httpUrl, admin)
-    const asBot = apiClient(() => relay.httpUrl, bot)
+    const as = await relayWithKeys({ admin: ALL_SCOPES, bot: ["messages:write", "act-as-user"] })
+    const [asAdmin, asBot] = [as("admin"), as("bot")]
     expect(
       (
         await asAdmin("POST", "/v1/conversations", {
