@@ -88,6 +88,7 @@ export interface UpdateParts {
 const SIZE_RULES: ReadonlySet<string> = new Set([
   "update-structs",
   "update-values",
+  "update-elements",
   "struct-density",
   "deleted-on-arrival",
   "integration-cost",
@@ -97,6 +98,7 @@ const SIZE_RULES: ReadonlySet<string> = new Set([
 const narrower = (limits: UpdatePartLimits): UpdatePartLimits => ({
   maxStructs: Math.max(16, Math.floor(limits.maxStructs / 2)),
   maxValues: Math.max(16, Math.floor(limits.maxValues / 2)),
+  maxElements: Math.max(1024, Math.floor(limits.maxElements / 2)),
   maxBytes: Math.max(16 * 1024, Math.floor(limits.maxBytes / 2)),
 })
 

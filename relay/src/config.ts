@@ -452,6 +452,12 @@ export const RELAY_FLAGS = {
     help: "values (messages, map values) one update writes (rule update-values)",
     default: CORE.maxUpdateValues,
   }),
+  "max-update-elements": flag({
+    kind: "integer",
+    env: "PARLEY_MAX_UPDATE_ELEMENTS",
+    help: "elements one update's values hold: each value and every entry nested in it (rule update-elements)",
+    default: CORE.maxUpdateElements,
+  }),
   "max-update-client-ids": flag({
     kind: "integer",
     env: "PARLEY_MAX_UPDATE_CLIENT_IDS",
@@ -1131,6 +1137,7 @@ export function parseConfig(
       purgeDelayMs: v["purge-delay-ms"],
       maxUpdateStructs: v["max-update-structs"],
       maxUpdateValues: v["max-update-values"],
+      maxUpdateElements: v["max-update-elements"],
       maxUpdateClientIds: v["max-update-client-ids"],
       clientIdsPerUserPerDay: v["client-ids-per-user-per-day"],
       maxDeletedOnArrival: v["max-deleted-on-arrival"],

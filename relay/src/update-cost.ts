@@ -16,6 +16,12 @@ export interface UpdateCostLimits {
   readonly maxUpdateStructs: number
   /** Most values (array elements, map values, characters) one update writes. */
   readonly maxUpdateValues: number
+  /**
+   * Most elements one update's values hold: each value, and every entry of
+   * the arrays and objects nested in it (Yjs builds each one when it decodes
+   * the update, before any rule can judge it).
+   */
+  readonly maxUpdateElements: number
   /** Structs may not be denser than one per this many bytes (beyond a first 64). */
   readonly minBytesPerStruct: number
   /** Most client ids one update writes under. */
@@ -40,13 +46,20 @@ export const DEFAULT_UPDATE_COST_LIMITS: UpdateCostLimits = {
   // CPU end to end; the SDK sends parts of half these (DEFAULT_UPDATE_PART_LIMITS).
   maxUpdateStructs: 700,
   maxUpdateValues: 1_000,
+  // One value counts once as a value, however much it holds: a single 1 MB array or object cost
+  // 100–375 ms to decode (an outside probe). 32,768 elements decode in 2–18 ms by shape (a single
+  // object of that many keys the dearest); 1,000 messages of four fields are 5,000.
+  maxUpdateElements: 32_768,
   minBytesPerStruct: 4,
   maxUpdateClientIds: 256,
   clientIdsPerUserPerDay: 200,
   maxDeletedOnArrival: 1_000,
   maxSiblings: 32,
   maxIntegrationSteps: 50_000,
-  maxDeleteRanges: 100_000,
+  // 100,000 ranges (400 KB) cost 63–250 ms to scan and judge (an outside probe); a sync step 2 holds
+  // its replica's whole delete set, which merges adjacent deletions: tens to hundreds of ranges in a
+  // live document (epochs bound its garbage to 32 KiB).
+  maxDeleteRanges: 10_000,
   maxDeleteVisits: 2_000_000,
 }
 
@@ -54,6 +67,7 @@ export const DEFAULT_UPDATE_COST_LIMITS: UpdateCostLimits = {
 export const CostRule = {
   structs: "update-structs",
   values: "update-values",
+  elements: "update-elements",
   density: "struct-density",
   clientIds: "update-client-ids",
   clientIdGrowth: "client-id-growth",
@@ -116,14 +130,23 @@ function skipBytes(decoder: decoding.Decoder, n: number): void {
 const skipString = (decoder: decoding.Decoder) => skipBytes(decoder, decoding.readVarUint(decoder))
 
 /**
+ * Deepest nesting of arrays and objects in a value the scan reads on: the
+ * rules refuse values nested deeper than 32 (`isPlainJson`), and Yjs decodes
+ * nesting by recursion, so a deep value would cost a stack overflow first.
+ */
+const MAX_NESTING = 64
+
+/**
  * Moves past one lib0 `writeAny` value without building it (no strings
  * decoded, no objects made), with an explicit stack: nesting depth costs
- * memory, not call stack.
+ * memory, not call stack. Returns how many values it held (itself, and every
+ * entry of the arrays and objects in it): what decoding it would build.
  */
-function skipAny(decoder: decoding.Decoder): void {
+function skipAny(decoder: decoding.Decoder): number {
   // Values still to skip per open array or object (objects: a key before each value).
   const left: number[] = [1]
   const objects: boolean[] = [false]
+  let read = 0
   while (left.length > 0) {
     const top = left.length - 1
     if (left[top] === 0) {
@@ -132,6 +155,7 @@ function skipAny(decoder: decoding.Decoder): void {
       continue
     }
     left[top]!--
+    read++
     if (objects[top]) skipString(decoder)
     const type = decoding.readUint8(decoder)
     switch (type) {
@@ -156,6 +180,8 @@ function skipAny(decoder: decoding.Decoder): void {
         break
       case 118: // object
       case 117: // array
+        if (left.length >= MAX_NESTING)
+          refuse(CostRule.elements, `values nest arrays and objects at most ${MAX_NESTING} deep`)
         left.push(decoding.readVarUint(decoder))
         objects.push(type === 118)
         break
@@ -163,50 +189,80 @@ function skipAny(decoder: decoding.Decoder): void {
         throw new Error(`unknown value type ${type}`)
     }
   }
+  return read
 }
 
-/** Reads past one item's content; returns its clock length. */
-function skipContent(decoder: decoding.Decoder, ref: number): number {
+/**
+ * Elements a JSON text of `bytes` may decode into (Yjs parses ContentJSON,
+ * embeds and formats with `JSON.parse`): one per two bytes, as in `[0,0,0]`.
+ */
+const jsonElements = (bytes: number) => Math.ceil(bytes / 2)
+
+/** Moves past a string; returns its length in bytes. */
+function skipStringBytes(decoder: decoding.Decoder): number {
+  const n = decoding.readVarUint(decoder)
+  skipBytes(decoder, n)
+  return n
+}
+
+/** What one item's content is: its clock length, and the elements decoding it builds. */
+interface ContentSize {
+  length: number
+  elements: number
+}
+
+/** Reads past one item's content into `size`. */
+function skipContent(decoder: decoding.Decoder, ref: number, size: ContentSize): void {
+  let length = 1
+  let elements = 1
   switch (ref) {
     case 1: // ContentDeleted
-      return decoding.readVarUint(decoder)
+      length = decoding.readVarUint(decoder)
+      elements = 0
+      break
     case 2: {
       // ContentJSON
-      const len = decoding.readVarUint(decoder)
-      for (let i = 0; i < len; i++) skipString(decoder)
-      return len
+      length = decoding.readVarUint(decoder)
+      elements = 0
+      for (let i = 0; i < length; i++) elements += jsonElements(skipStringBytes(decoder))
+      break
     }
     case 3: // ContentBinary
       skipString(decoder)
-      return 1
+      break
     case 4: // ContentString: Yjs counts UTF-16 units
-      return decoding.readVarString(decoder).length
+      length = decoding.readVarString(decoder).length
+      elements = length
+      break
     case 5: // ContentEmbed
-      skipString(decoder)
-      return 1
+      elements = jsonElements(skipStringBytes(decoder))
+      break
     case 6: // ContentFormat
       skipString(decoder)
-      skipString(decoder)
-      return 1
+      elements = jsonElements(skipStringBytes(decoder))
+      break
     case 7: {
       // ContentType: XmlElement and XmlHook carry a name
       const typeRef = decoding.readVarUint(decoder)
       if (typeRef === 3 || typeRef === 5) skipString(decoder)
-      return 1
+      break
     }
     case 8: {
       // ContentAny
-      const len = decoding.readVarUint(decoder)
-      for (let i = 0; i < len; i++) skipAny(decoder)
-      return len
+      length = decoding.readVarUint(decoder)
+      elements = 0
+      for (let i = 0; i < length; i++) elements += skipAny(decoder)
+      break
     }
-    case 9: // ContentDoc
+    case 9: // ContentDoc: a guid, and options Yjs builds a Doc with
       skipString(decoder)
-      skipAny(decoder)
-      return 1
+      elements = skipAny(decoder)
+      break
     default:
       throw new Error(`unknown content ${ref}`)
   }
+  size.length = length
+  size.elements = elements
 }
 
 /**
@@ -229,6 +285,8 @@ function scanStructs(
   )
   const structs: Scanned[] = []
   let values = 0
+  let elements = 0
+  const size: ContentSize = { length: 0, elements: 0 }
   for (let c = 0; c < clients; c++) {
     const count = decoding.readVarUint(decoder)
     const client = decoding.readVarUint(decoder)
@@ -284,13 +342,17 @@ function scanStructs(
         }
         if (info & 0x20) key = decoding.readVarString(decoder)
       }
-      const length = skipContent(decoder, ref)
+      skipContent(decoder, ref, size)
+      const length = size.length
       // Content Yjs keeps costs per value (messages are indexed, sequenced, judged one by one).
       if (ref !== 1) {
         values += length
         if (values > limits.maxUpdateValues)
           refuse(CostRule.values, `an update writes at most ${limits.maxUpdateValues} values`)
       }
+      elements += size.elements
+      if (elements > limits.maxUpdateElements)
+        refuse(CostRule.elements, `an update's values hold at most ${limits.maxUpdateElements} elements`)
       structs.push({
         client,
         clock,
@@ -329,7 +391,10 @@ function scanDeleteSet(decoder: decoding.Decoder, limits: UpdateCostLimits): Map
     for (let i = 0; i < count; i++) list.push([decoding.readVarUint(decoder), decoding.readVarUint(decoder)])
   }
   for (const [client, list] of ranges) {
-    list.sort((a, b) => a[0] - b[0])
+    // Yjs writes each client's ranges sorted and merged: only another writer's need sorting.
+    let sorted = true
+    for (let i = 1; i < list.length && sorted; i++) sorted = list[i - 1]![0] <= list[i]![0]
+    if (!sorted) list.sort((a, b) => a[0] - b[0])
     const merged: [number, number][] = []
     for (const [clock, len] of list) {
       const last = merged[merged.length - 1]

@@ -108,6 +108,36 @@ describe("splitting a long offline period's update into parts the relay accepts"
     expect(typesOf(relay).messages.toJSON()).toEqual(typesOf(device).messages.toJSON())
   })
 
+  it("keeps parts within the element limit: voice messages whose metadata holds a waveform, sent one by one and in one burst", () => {
+    const seed = seedConversation(newConversationId(), 30)
+    const device = relayDoc(seed.stored)
+    device.clientID = 0x23000000
+    const waveform = Array.from({ length: 100 }, (_, i) => (i * 37) % 64)
+    for (let i = 0; i < 200; i++) sendMessage(device, alice, { body: `voice ${i}`, metadata: { waveform } })
+    // One insert in one transaction: a single item of 300 values, each holding the waveform's 100 numbers.
+    typesOf(device).messages.push(
+      Array.from({ length: 300 }, (_, i) =>
+        encodeStoredRecord({
+          id: newMessageId(),
+          author: alice,
+          body: `burst ${i}`,
+          createdAt: 1,
+          metadata: { waveform },
+        }),
+      ),
+    )
+    const relay = relayDoc(seed.stored)
+    const whole = Y.encodeStateAsUpdate(device, Y.encodeStateVector(relay))
+    // Within the value and struct caps, yet whole it holds more than the relay decodes for one update.
+    expect(() => checkUpdateCost(relay, whole, DEFAULT_UPDATE_COST_LIMITS)).toThrow(
+      expect.objectContaining({ rule: "update-elements" }),
+    )
+    const parts = splitUpdate(whole)
+    expect(parts.length).toBeGreaterThanOrEqual(4)
+    applyParts(relay, parts)
+    expectSameDocument(relay, device)
+  })
+
   it("keeps parts under the byte limit", () => {
     const seed = seedConversation(newConversationId(), 30)
     const device = relayDoc(seed.stored)

@@ -12,12 +12,14 @@ export interface UpdatePartLimits {
   readonly maxStructs: number
   /** Most values (array elements, map values, characters) one part writes. */
   readonly maxValues: number
+  /** Most elements its values hold: each value and every entry of the arrays and objects in it. */
+  readonly maxElements: number
   /** Most bytes of struct encoding in one part (one struct larger than this goes alone). */
   readonly maxBytes: number
 }
 
 /**
- * Half the relay's default caps (700 structs, 1,000 values, 1 MiB frames),
+ * Half the relay's default caps (700 structs, 1,000 values, 32,768 elements, 1 MiB frames),
  * so that a relay configured somewhat below its defaults still takes every
  * part, and no part costs the relay more than half of what its caps allow.
  * (A mixed offline backlog, with deletions, edits, reactions and marker moves,
@@ -26,6 +28,7 @@ export interface UpdatePartLimits {
 export const DEFAULT_UPDATE_PART_LIMITS: UpdatePartLimits = {
   maxStructs: 350,
   maxValues: 500,
+  maxElements: 16_384,
   maxBytes: 512 * 1024,
 }
 
@@ -39,6 +42,34 @@ type DecodedDeleteSet = { clients: Map<number, DeleteRange[]> }
 /** The values Yjs's content writes, as the relay counts them (deleted content and GC ranges write none). */
 const valuesOf = (s: Struct): number =>
   s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted) ? s.length : 0
+
+/** Elements of a value as the relay counts them: itself, and every entry nested in it. */
+function elementsOfValue(value: unknown): number {
+  if (value === null || typeof value !== "object" || value instanceof Uint8Array) return 1
+  let n = 1
+  for (const v of Array.isArray(value) ? value : Object.values(value)) n += elementsOfValue(v)
+  return n
+}
+
+/** Elements of the first `count` values of a struct's content (all by default). */
+function elementsOf(s: Struct, count = s.length): number {
+  if (!(s instanceof Y.Item) || s.content instanceof Y.ContentDeleted) return 0
+  if (!(s.content instanceof Y.ContentAny)) return count
+  let n = 0
+  for (let i = 0; i < count; i++) n += elementsOfValue(s.content.arr[i])
+  return n
+}
+
+/** How many of a content-any item's first values hold at most `room` elements. */
+function valuesWithin(s: Y.Item, room: number): number {
+  if (!(s.content instanceof Y.ContentAny)) return Math.min(room, s.length)
+  let n = 0
+  for (let i = 0; i < s.length; i++) {
+    n += elementsOfValue(s.content.arr[i])
+    if (n > room) return i
+  }
+  return s.length
+}
 
 const encodedSize = (s: Struct): number => {
   const encoder = new Y.UpdateEncoderV1()
@@ -304,11 +335,18 @@ export function splitUpdate(
   if (update.length <= SMALL_UPDATE_BYTES) return [update]
   const { structs, ds } = Y.decodeUpdate(update) as { structs: (Struct | Y.Skip)[]; ds: DecodedDeleteSet }
   let values = 0
+  let elements = 0
   for (const s of structs) {
     if (s instanceof Y.Skip) return [update] // gaps: not an update of one document's state, leave it be
     values += valuesOf(s)
+    elements += elementsOf(s)
   }
-  if (structs.length <= limits.maxStructs && values <= limits.maxValues && update.length <= limits.maxBytes)
+  if (
+    structs.length <= limits.maxStructs &&
+    values <= limits.maxValues &&
+    elements <= limits.maxElements &&
+    update.length <= limits.maxBytes
+  )
     return [update]
 
   // Each client's structs in clock order, and how far the receiver will have each client after the parts so far.
@@ -341,6 +379,7 @@ export function splitUpdate(
     let count = 0
     let bytes = 0
     values = 0
+    elements = 0
     let full = false
     // Passes over the clients until nothing more fits or nothing more is ready (cross-client dependencies).
     for (let progressed = true; progressed && !full; ) {
@@ -359,6 +398,20 @@ export function splitUpdate(
             // A merged item (Yjs merges a burst of messages into one) is cut to what still fits.
             if (room > 0 && s instanceof Y.Item && s.content.isCountable()) {
               run.splice(i + 1, 0, splitItem(s, room))
+              remaining++
+            } else if (count > 0) {
+              full = true
+              break
+            }
+          }
+          if (elements + elementsOf(s) > limits.maxElements) {
+            const fit =
+              s instanceof Y.Item && s.content.isCountable()
+                ? valuesWithin(s, limits.maxElements - elements)
+                : 0
+            // A merged item is cut to the values whose elements still fit (one value goes alone, whatever it holds).
+            if (fit > 0 && fit < s.length) {
+              run.splice(i + 1, 0, splitItem(s as Y.Item, fit))
               remaining++
             } else if (count > 0) {
               full = true
@@ -389,11 +442,12 @@ export function splitUpdate(
           count++
           remaining--
           values += valuesOf(s)
+          elements += elementsOf(s)
           bytes += size
           frontier.set(client, s.id.clock + s.length)
           next.set(client, i + 1)
           progressed = true
-          if (values >= limits.maxValues) full = true
+          if (values >= limits.maxValues || elements >= limits.maxElements) full = true
         }
         if (full) break
       }

@@ -15,6 +15,10 @@ export interface Id {
 /** What a crafted struct holds. */
 export type CraftedContent =
   | { readonly kind: "any"; readonly values: readonly unknown[] }
+  /** Content-any values already encoded (`writeAny`), `count` of them: shapes `writeAny` cannot write. */
+  | { readonly kind: "encoded-any"; readonly count: number; readonly bytes: Uint8Array }
+  | { readonly kind: "json"; readonly texts: readonly string[] }
+  | { readonly kind: "doc"; readonly guid: string; readonly options: unknown }
   | { readonly kind: "deleted"; readonly length: number }
   | { readonly kind: "string"; readonly text: string }
   | { readonly kind: "type"; readonly typeRef: number }
@@ -49,6 +53,12 @@ const contentLength = (c: CraftedContent): number => {
   switch (c.kind) {
     case "any":
       return c.values.length
+    case "encoded-any":
+      return c.count
+    case "json":
+      return c.texts.length
+    case "doc":
+      return 1
     case "string":
       return c.text.length
     case "type":
@@ -84,7 +94,7 @@ export function encodeCraftedUpdate(
         encoding.writeVarUint(encoder, c.length)
         continue
       }
-      const ref = { deleted: 1, string: 4, type: 7, any: 8 }[c.kind]
+      const ref = { deleted: 1, json: 2, string: 4, type: 7, any: 8, "encoded-any": 8, doc: 9 }[c.kind]
       const info = ref | (s.origin ? 0x80 : 0) | (s.rightOrigin ? 0x40 : 0) | (s.key !== undefined ? 0x20 : 0)
       encoding.writeUint8(encoder, info)
       if (s.origin) writeId(encoder, s.origin)
@@ -112,6 +122,18 @@ export function encodeCraftedUpdate(
         case "any":
           encoding.writeVarUint(encoder, c.values.length)
           for (const v of c.values) encoding.writeAny(encoder, v as never)
+          break
+        case "encoded-any":
+          encoding.writeVarUint(encoder, c.count)
+          encoding.writeUint8Array(encoder, c.bytes)
+          break
+        case "json":
+          encoding.writeVarUint(encoder, c.texts.length)
+          for (const text of c.texts) encoding.writeVarString(encoder, text)
+          break
+        case "doc":
+          encoding.writeVarString(encoder, c.guid)
+          encoding.writeAny(encoder, c.options as never)
           break
       }
     }

@@ -398,6 +398,107 @@ export const hostileShapes: readonly Shape[] = [
       )
     },
   },
+  // One value counts once toward the value cap, however much it holds; Yjs builds all of it on decoding.
+  ...(
+    [
+      ["one value: an array of one-character strings", (n: number) => Array.from({ length: n }, () => "x")],
+      [
+        "one value: an object of many keys",
+        (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [i.toString(36), 0])),
+      ],
+    ] as const
+  ).map(
+    ([name, value]): Shape => ({
+      name,
+      honest: false,
+      refused: { code: "INVALID_UPDATE", rule: "update-elements" },
+      user: mallory,
+      build: (relay) => {
+        const x = lastId(lastItem(relay, TopLevel.messages))
+        const c = clientId(12)
+        return fill((n) =>
+          encodeCraftedUpdate([
+            { client: c, clock: 0, structs: chain(x, c, 1, () => ({ kind: "any", values: [value(n)] })) },
+          ]),
+        )
+      },
+    }),
+  ),
+  {
+    name: "one value nested past Yjs's decoder recursion",
+    honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-elements" },
+    user: mallory,
+    build: (relay) => {
+      const x = lastId(lastItem(relay, TopLevel.messages))
+      const c = clientId(13)
+      // An array holding an array … (type 117, one element) and a null at the bottom.
+      const depth = Math.floor((FRAME_LIMIT - HEADROOM - 64) / 2)
+      const bytes = new Uint8Array(2 * depth + 1).fill(1)
+      for (let i = 0; i < depth; i++) bytes[2 * i] = 117
+      bytes[2 * depth] = 126
+      return encodeCraftedUpdate([
+        { client: c, clock: 0, structs: chain(x, c, 1, () => ({ kind: "encoded-any", count: 1, bytes })) },
+      ])
+    },
+  },
+  {
+    name: "a subdocument whose options are an object of many keys",
+    honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-elements" },
+    user: mallory,
+    build: (relay) => {
+      const x = lastId(lastItem(relay, TopLevel.messages))
+      const c = clientId(14)
+      return fill((n) =>
+        encodeCraftedUpdate([
+          {
+            client: c,
+            clock: 0,
+            structs: chain(x, c, 1, () => ({
+              kind: "doc",
+              guid: "sub",
+              options: Object.fromEntries(Array.from({ length: n }, (_, i) => [i.toString(36), 0])),
+            })),
+          },
+        ]),
+      )
+    },
+  },
+  {
+    name: "JSON content: one array of zeros",
+    honest: false,
+    refused: { code: "INVALID_UPDATE", rule: "update-elements" },
+    user: mallory,
+    build: (relay) => {
+      const x = lastId(lastItem(relay, TopLevel.messages))
+      const c = clientId(15)
+      return fill((n) =>
+        encodeCraftedUpdate([
+          {
+            client: c,
+            clock: 0,
+            structs: chain(x, c, 1, () => ({ kind: "json", texts: [`[${"0,".repeat(n)}0]`] })),
+          },
+        ]),
+      )
+    },
+  },
+  {
+    name: "delete set of single clocks under the range cap, of content the relay does not have",
+    honest: false,
+    refused: { code: "FORBIDDEN", rule: "schema" },
+    user: mallory,
+    build: () =>
+      encodeCraftedUpdate(
+        [],
+        Array.from({ length: DEFAULT_UPDATE_COST_LIMITS.maxDeleteRanges }, (_, i) => ({
+          client: clientId(16),
+          clock: 2 * i,
+          length: 1,
+        })),
+      ),
+  },
   {
     name: "messages written and deleted on arrival, forged author",
     honest: false,
