@@ -95,7 +95,11 @@ export function problemApp<E extends Env>(log: Logger, what: string): OpenAPIHon
       if (result.success) return
       const detail = result.error.issues
         .slice(0, 10)
-        .map((i) => `${i.path.join(".") || "(body)"}: ${i.message}`)
+        // A message may list what the body held (every unknown key): the answer names no more than a few.
+        .map(
+          (i) =>
+            `${i.path.join(".") || "(body)"}: ${i.message.length > 200 ? `${i.message.slice(0, 200)}…` : i.message}`,
+        )
         .join("; ")
       return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, detail))
     },

@@ -480,13 +480,17 @@ describe("HTTP API against a relay process", () => {
       metadata: { blob: "y".repeat(5000) },
     })
     expect([metadata.status, metadata.body.code]).toEqual([422, "INVALID_UPDATE"])
-    // Nested deeper than JSON.stringify can walk (within the body limit): refused the same way, not a 500.
-    const deep = await full(
-      "POST",
-      "/v1/conversations/g~api-group/messages",
-      `{"body":"x","metadata":{"a":${"[".repeat(100_000)}${"]".repeat(100_000)}}}`,
-    )
+    // Nested as deep as a body's JSON values allow: refused the same way, not a 500; deeper, for its count.
+    const nested = (depth: number) =>
+      full(
+        "POST",
+        "/v1/conversations/g~api-group/messages",
+        `{"body":"x","metadata":{"a":${"[".repeat(depth)}${"]".repeat(depth)}}}`,
+      )
+    const deep = await nested(9_990)
     expect([deep.status, deep.body.code]).toEqual([422, "INVALID_UPDATE"])
+    const deeper = await nested(100_000)
+    expect([deeper.status, deeper.body.code]).toEqual([400, "INVALID_ARGUMENT"])
     const huge = await full("POST", "/v1/conversations/g~api-group/messages", { body: "x".repeat(300_000) })
     expect([huge.status, huge.body.code]).toEqual([413, "TOO_LARGE"])
     const notJson = await full("POST", "/v1/conversations/g~api-group/messages", undefined, {

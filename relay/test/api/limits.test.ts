@@ -44,6 +44,23 @@ describe("HTTP API limits", () => {
     expect((await api("GET", "/v1/conversations/g~x")).status).toBe(404)
   })
 
+  it("refuses a body holding more JSON values than any request needs before building it, and names a few unknown keys only", async () => {
+    const api = await (await start({}))("bulky")
+    // The largest body a route takes: a group with 999 others, each with a role.
+    const participants = Array.from({ length: 999 }, (_, i) => ({ user: `user-${i}`, role: "member" }))
+    expect((await api("POST", "/v1/conversations", { id: "g~big", participants })).status).toBe(201)
+    // 120,000 zeros in 240 KB: refused for its count, not walked value by value.
+    const zeros = await api("POST", "/v1/conversations", `[${"0,".repeat(119_999)}0]`)
+    expect([zeros.status, zeros.body.code]).toEqual([400, "INVALID_ARGUMENT"])
+    expect(zeros.body.detail).toContain("at most 10000 JSON values")
+    // Unknown keys under the count: refused by the schema, whose answer does not echo all 9,000 of them.
+    const unknown = Object.fromEntries(Array.from({ length: 9_000 }, (_, i) => [`field${i}`, 0]))
+    const keys = await api("POST", "/v1/conversations", { participants: [], ...unknown })
+    expect([keys.status, keys.body.code]).toEqual([400, "INVALID_ARGUMENT"])
+    expect(keys.body.detail.length).toBeLessThan(1_000)
+    expect((await api("GET", "/v1/conversations/g~big")).status).toBe(200)
+  })
+
   it("counts a body sent without a length (chunked) as it arrives", async () => {
     const backend = new MemoryBackend()
     relay = await startRelay({
