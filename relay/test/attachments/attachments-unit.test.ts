@@ -183,6 +183,26 @@ describe("link previews", () => {
     expect(parseLinkPreview("https://e.com", "<p>nothing</p>")).toEqual({ url: "https://e.com" })
   })
 
+  it("reads tags in any case, after non-ASCII text and after a tag too long to read, and no longer names", () => {
+    const page = [
+      "<HEAD><TITLE>İstanbul ﬀ notes</TITLE>",
+      `<meta name="description" content="${"x".repeat(2500)}" ${"y".repeat(100)}>`,
+      '<metadata name="description" content="not a meta tag">',
+      `<META NAME="Description" CONTENT='Ünïcode before me'>`,
+      "</head><body><title>not the head</title>",
+    ].join("")
+    expect(parseLinkPreview("https://e.com", page)).toEqual({
+      url: "https://e.com",
+      title: "İstanbul ﬀ notes",
+      description: "Ünïcode before me",
+    })
+    // Openings that never close read nothing (and, one pass over them, cost little: BENCHMARKS.md).
+    expect(parseLinkPreview("https://e.com", `${"<meta".repeat(100_000)}`)).toEqual({ url: "https://e.com" })
+    expect(parseLinkPreview("https://e.com", `<title>${"<title".repeat(1000)}`)).toEqual({
+      url: "https://e.com",
+    })
+  })
+
   let server: Server
   let base: string
   beforeAll(async () => {
