@@ -25,6 +25,17 @@ export const HOOK_WORKER_GRACE_MS = 1_000
 /** First wait before loading the modules again after a restart's load failed (doubling, at most a minute). */
 const RELOAD_DELAY_MS = 1_000
 const RELOAD_DELAY_MAX_MS = 60_000
+/**
+ * How many times one handler call (a module's handler for one event) may
+ * block the worker before its delivery is dead-lettered rather than retried.
+ * A block is most often the handler's own work on the event (a regular
+ * expression backtracking on a user's text), so every retry blocks again:
+ * at 8 attempts one 35-byte message cost about 88 s of a core and held
+ * every conversation's hooks behind it (an outside probe).
+ */
+export const BLOCKS_BEFORE_DEAD_LETTER = 2
+/** Calls remembered as having blocked the worker (the oldest forgotten beyond). */
+const BLOCKS_REMEMBERED = 1_000
 
 /** Options of {@link HookWorker.start}. */
 export interface HookWorkerOptions {
@@ -116,6 +127,8 @@ export class HookWorker {
 
   /** The modules, in file-name order, as the first load found them. */
   private loaded: readonly ModuleInfo[] = []
+  /** Blocks of the worker by call (module, handler, event id): see {@link BLOCKS_BEFORE_DEAD_LETTER}. */
+  private readonly blocks = new Map<string, number>()
 
   private constructor(private readonly options: HookWorkerOptions) {
     this.graceMs = options.graceMs ?? HOOK_WORKER_GRACE_MS
@@ -348,15 +361,29 @@ export class HookWorker {
               `interrupted: the hook worker was restarted (${why}); retried without counting an attempt`,
             )
           : blocked
-            ? new ParleyError(
-                ErrorCode.TIMEOUT,
-                `hook did not return within ${this.options.timeoutMs} ms; its worker was restarted`,
-              )
+            ? this.blockedBy(pending)
             : new ParleyError(ErrorCode.UNAVAILABLE, `${why}; its worker was restarted`),
       )
     }
     this.scheduleDeadline()
     if (!this.stopped) void this.respawn()
+  }
+
+  /** The error of a call that blocked the worker: retried, or dead-lettered once it blocked it before. */
+  private blockedBy(pending: Pending): Error {
+    const message = `hook did not return within ${this.options.timeoutMs} ms; its worker was restarted`
+    const call = pending.message
+    if (call.t !== "call") return new ParleyError(ErrorCode.TIMEOUT, message)
+    const key = `${call.module}\u0000${call.handler}\u0000${call.event.event.id}`
+    const blocks = (this.blocks.get(key) ?? 0) + 1
+    this.blocks.delete(key)
+    if (blocks >= BLOCKS_BEFORE_DEAD_LETTER)
+      return new PermanentDeliveryError(
+        `${message} (${blocks} times for this event: dead-lettered instead of retried; replay it once the handler is fixed)`,
+      )
+    this.blocks.set(key, blocks)
+    if (this.blocks.size > BLOCKS_REMEMBERED) this.blocks.delete(this.blocks.keys().next().value!)
+    return new ParleyError(ErrorCode.TIMEOUT, message)
   }
 
   private async respawn(): Promise<void> {
