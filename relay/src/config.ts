@@ -242,6 +242,12 @@ export const RELAY_FLAGS = {
     help: "documents one user may have open (then close 4429 documents-per-user); 0 = no limit",
     default: USER.maxDocumentsPerUser,
   }),
+  "max-connections-per-user": flag({
+    kind: "integer",
+    env: "PARLEY_MAX_CONNECTIONS_PER_USER",
+    help: "connections to documents one user may have open, each multiplexed channel counted (then 4429 connections-per-user); 0 = no limit",
+    default: USER.maxConnectionsPerUser,
+  }),
   "user-updates-per-second": flag({
     kind: "integer",
     env: "PARLEY_USER_UPDATES_PER_SECOND",
@@ -1111,6 +1117,7 @@ export function parseConfig(
       socketAwarenessBurst: Math.max(1, v["socket-awareness-burst"]),
       maxSocketsPerUser: v["max-sockets-per-user"],
       maxDocumentsPerUser: v["max-documents-per-user"],
+      maxConnectionsPerUser: v["max-connections-per-user"],
       userUpdatesPerSecond: v["user-updates-per-second"],
       userUpdateBurst: Math.max(1, v["user-update-burst"]),
       maxPendingBytesPerUser: v["max-pending-bytes-per-user"],

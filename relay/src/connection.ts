@@ -448,7 +448,15 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       // pending connection may be a stranger's: measured against an empty document, so that whether it
       // is refused says nothing of the document's clients (it may list only sessions of its own).
       const clients = this.pending ? 0 : this.host.doc.store.clients.size
-      if (declaredClients(stateVector) > clients + MAX_UNKNOWN_CLIENTS) {
+      const declared = declaredClients(stateVector)
+      // Bytes past what the entries it declares can take are no replica's: a request of 0 clients and
+      // 1 MiB was held per connection until answered (an outside probe kept 1 GB of them).
+      if (stateVector.length > STATE_VECTOR_HEADER_BYTES + declared * STATE_VECTOR_ENTRY_BYTES)
+        throw new ParleyError(
+          ErrorCode.MALFORMED_FRAME,
+          `a state vector of ${declared} clients takes at most ${STATE_VECTOR_HEADER_BYTES + declared * STATE_VECTOR_ENTRY_BYTES} bytes`,
+        )
+      if (declared > clients + MAX_UNKNOWN_CLIENTS) {
         this.staleEpoch = true
         this.refuse(
           new ParleyError(
@@ -463,7 +471,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         // "Synced" with an empty document; the real answer is the catch-up sent on promotion, which
         // decodes the latest request (once).
         const asked = this.reportedStateVector !== undefined
-        this.reportedStateVector = stateVector
+        // A copy: a view would keep the whole frame it came in alive as long as it is held.
+        this.reportedStateVector = stateVector.slice()
         // One empty answer makes a client "synced"; more requests meanwhile only replace what it reported.
         if (asked) return
         const answer = () => {
@@ -476,7 +485,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       // A request already waiting for its answer (the user's answer budget spent) is replaced by this
       // one, unread: a flood of requests costs one decoding per answer, not one per frame.
       const waiting = this.syncRequest !== undefined
-      this.syncRequest = stateVector
+      this.syncRequest = stateVector.slice()
       if (!waiting) this.answerRequests()
       return
     }
@@ -515,6 +524,11 @@ export const MAX_UNKNOWN_CLIENTS = 4096
  * one costs about 50 ms per MB (4,000 made-up clients in 12 KB: 0.6 ms), answering one about 2.
  */
 const STATE_VECTOR_BYTE_COST = 32
+
+/** Most bytes of a state vector's count (a varuint of up to 53 bits). */
+const STATE_VECTOR_HEADER_BYTES = 8
+/** Most bytes of one state vector entry: a client id (32 bits, 5 bytes as a varuint) and a clock (53 bits, 8). */
+const STATE_VECTOR_ENTRY_BYTES = 13
 
 /** The entry count a state vector declares (its first number), read without decoding the entries. */
 function declaredClients(stateVector: Uint8Array): number {

@@ -13,6 +13,13 @@ export interface UserLimits {
   readonly maxSocketsPerUser: number
   /** Documents one user may have open at once; beyond, opening another is refused (4429 `documents-per-user`). */
   readonly maxDocumentsPerUser: number
+  /**
+   * Connections to documents one user may have open at once, each multiplexed
+   * channel counted (a socket counts once toward `maxSocketsPerUser` however
+   * many channels it carries); beyond, a new one is refused (4429
+   * `connections-per-user`).
+   */
+  readonly maxConnectionsPerUser: number
   /** Updates per second one user may send on average, across connections (see {@link updateCost}). */
   readonly userUpdatesPerSecond: number
   /** Updates one user may send in a burst. */
@@ -96,6 +103,11 @@ export interface UserLimits {
 export const DEFAULT_USER_LIMITS: UserLimits = {
   maxSocketsPerUser: 256,
   maxDocumentsPerUser: 128,
+  // Every connection costs its document's senders a share of their update budget and the relay
+  // memory (an outside probe held 3,766 channels to one group over 3 sockets, ~10 KB each, until the
+  // group's honest members were closed 4429). An SDK device holds its inbox and the conversations open
+  // on screen; 512 is several devices with dozens each.
+  maxConnectionsPerUser: 512,
   userUpdatesPerSecond: 100,
   userUpdateBurst: 1000,
   maxPendingBytesPerUser: 32 * 1024 * 1024,
@@ -233,6 +245,8 @@ class Usage {
   readonly sockets = new Set<UserSocket>()
   /** Open documents → connections to each, oldest first. */
   readonly documents = new Map<string, number>()
+  /** Connections to documents, all together (the sum of {@link documents}' counts). */
+  connections = 0
   /** How to close each connection to each open document, for {@link UserLedger.trimDocuments}. */
   readonly documentClosers = new Map<string, Set<() => void>>()
   pendingBytes = 0
@@ -663,12 +677,23 @@ export class UserLedger {
       this.release(user)
       this.refuse(user, UserLimit.documents, `a user may have ${max} documents open`)
     }
+    const maxConnections = this.limits.maxConnectionsPerUser
+    if (maxConnections > 0 && usage.connections >= maxConnections) {
+      this.release(user)
+      this.refuse(
+        user,
+        UserLimit.connections,
+        `a user may have ${maxConnections} connections to documents open`,
+      )
+    }
+    usage.connections++
     usage.documents.set(name, count + 1)
     if (count === 0) this.heldChanged(user, usage)
     let released = false
     return () => {
       if (released) return
       released = true
+      usage.connections--
       const left = (usage.documents.get(name) ?? 1) - 1
       if (left > 0) usage.documents.set(name, left)
       else {

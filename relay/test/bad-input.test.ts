@@ -1,6 +1,7 @@
 import {
   createConversation,
   ErrorCode,
+  encodeSyncStep1,
   lastSequence,
   listMessages,
   MessageType,
@@ -94,6 +95,11 @@ describe("bad input", () => {
     ["a truncated awareness update", [MessageType.awareness, 10, 1, 5]],
     ["an awareness state that is not JSON", [MessageType.awareness, 6, 1, 7, 1, 2, 0x7b, 0x7b]],
     ["an empty frame", []],
+    // Held per connection until answered, it was a way to park memory in the relay (no replica sends one).
+    [
+      "a sync request whose state vector is longer than the clients it declares",
+      [...encodeSyncStep1(new Uint8Array(30_000))],
+    ],
   ])("closes a connection that sends %s with 4400", async (_, bytes) => {
     const s = await scene()
     const bad = await open(s.id, "mallory")

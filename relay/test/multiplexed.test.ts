@@ -231,6 +231,45 @@ describe("a multiplexed socket", () => {
     void bob
   })
 
+  it("counts every channel toward the user's connections, across sockets, and frees the count as channels close", async () => {
+    const limited = await startRelayProcess({ args: ["--max-connections-per-user", "6"] })
+    const { alice, mallory } = users()
+    const id = newConversationId()
+    const owner = new TestClient(limited.url, id, await limited.token(mallory))
+    open.push({ close: () => owner.close() })
+    await owner.opened
+    owner.doc.transact(() =>
+      createConversation(owner.doc, mallory, { kind: "group", id, participants: [alice] }),
+    )
+    await owner.allSaved()
+    // Her per-document socket is one connection; five channels over two sockets (to one group) fill the rest.
+    const [first, second] = [
+      new MuxProbe(limited.url, await limited.token(mallory)),
+      new MuxProbe(limited.url, await limited.token(mallory)),
+    ]
+    await Promise.all([first.opened, second.opened])
+    for (const channel of [0, 1, 2]) first.open(channel, id)
+    for (const channel of [0, 1]) second.open(channel, id)
+    await second.until(() => (second.frames.get(1) ?? []).length > 0)
+    second.open(2, id)
+    await second.until(() => second.closes.has(2))
+    expect(second.closes.get(2)).toEqual({
+      code: 4429,
+      reason: expect.stringContaining("connections-per-user"),
+    })
+    expect([0, 1, 2].filter((channel) => first.closes.has(channel))).toEqual([])
+    // Another user is not held to hers.
+    const other = new TestClient(limited.url, id, await limited.token(alice))
+    open.push({ close: () => other.close() })
+    await other.synced()
+    // A channel closed frees its place.
+    first.ws.send(encodeChannelClose(0, 1000, ""))
+    await new Promise((r) => setTimeout(r, 500))
+    second.open(3, id)
+    await second.until(() => (second.frames.get(3) ?? []).length > 0)
+    expect(second.closes.has(3)).toBe(false)
+  })
+
   it("charges a channel's open to the socket's user before verifying its token, so a loop of bad tokens is held to the budget", async () => {
     const limited = await startRelayProcess({ args: ["--user-connection-attempts-per-minute", "20"] })
     const { alice, mallory } = users()

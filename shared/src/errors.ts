@@ -138,6 +138,7 @@ export type CloseCodeName = keyof typeof CloseCode
 export const UserLimit = {
   sockets: "sockets-per-user",
   documents: "documents-per-user",
+  connections: "connections-per-user",
   updates: "updates-per-user",
   pendingBytes: "pending-bytes-per-user",
   queuedBytes: "queued-bytes-per-user",
