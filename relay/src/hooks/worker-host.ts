@@ -34,6 +34,15 @@ const RELOAD_DELAY_MAX_MS = 60_000
  * every conversation's hooks behind it (an outside probe).
  */
 export const BLOCKS_BEFORE_DEAD_LETTER = 2
+/**
+ * Longest a handler may run without yielding (before its first `await`)
+ * before the worker counts as blocked and is restarted, whatever the hook
+ * timeout: every module's calls wait behind it meanwhile, so a block was
+ * held the whole timeout plus the grace (11 s by default) per attempt.
+ */
+export const HOOK_SYNC_LIMIT_MS = 2_000
+/** How often the host looks at which handler the worker runs synchronously. */
+const SYNC_CHECK_MS = 250
 /** Calls remembered as having blocked the worker (the oldest forgotten beyond). */
 const BLOCKS_REMEMBERED = 1_000
 
@@ -50,6 +59,8 @@ export interface HookWorkerOptions {
   readonly loadTimeoutMs?: number
   /** Past a call's time, how long the worker has to answer before it is restarted (default {@link HOOK_WORKER_GRACE_MS}). */
   readonly graceMs?: number
+  /** How long one handler may run without yielding (default {@link HOOK_SYNC_LIMIT_MS}). */
+  readonly syncLimitMs?: number
 }
 
 /** A call the worker owes an answer to. */
@@ -129,10 +140,43 @@ export class HookWorker {
   private loaded: readonly ModuleInfo[] = []
   /** Blocks of the worker by call (module, handler, event id): see {@link BLOCKS_BEFORE_DEAD_LETTER}. */
   private readonly blocks = new Map<string, number>()
+  /** The call seen running synchronously at the last check, and since when. */
+  private syncSeen: { readonly generation: number; readonly id: number; readonly since: number } | undefined
+  private readonly syncWatch: NodeJS.Timeout
 
   private constructor(private readonly options: HookWorkerOptions) {
     this.graceMs = options.graceMs ?? HOOK_WORKER_GRACE_MS
     this.loadTimeoutMs = options.loadTimeoutMs ?? HOOK_LOAD_TIMEOUT_MS
+    this.syncWatch = setInterval(
+      () => this.checkSync(options.syncLimitMs ?? HOOK_SYNC_LIMIT_MS),
+      SYNC_CHECK_MS,
+    )
+    this.syncWatch.unref()
+  }
+
+  /** Restarts a worker whose handler has run without yielding for longer than `limitMs`. */
+  private checkSync(limitMs: number): void {
+    const running = this.running
+    const id = running?.loaded && running.ending === undefined ? running.current[0]! : 0
+    if (!running || id === 0) {
+      this.syncSeen = undefined
+      return
+    }
+    const now = Date.now()
+    const seen = this.syncSeen
+    if (seen?.generation !== running.generation || seen.id !== id) {
+      this.syncSeen = { generation: running.generation, id, since: now }
+      return
+    }
+    if (now - seen.since < limitMs) return
+    const pending = this.pending.get(id)
+    if (!pending) return
+    this.syncSeen = undefined
+    this.options.log.error(
+      { hook: pending.what, syncLimitMs: limitMs },
+      "a hook call ran without yielding past the limit, blocking the hook worker: restarting it",
+    )
+    this.restart(running, { blockedBy: pending.what, syncMs: limitMs })
   }
 
   /**
@@ -142,7 +186,12 @@ export class HookWorker {
    */
   static async start(options: HookWorkerOptions): Promise<HookWorker> {
     const host = new HookWorker(options)
-    await host.spawn()
+    try {
+      await host.spawn()
+    } catch (error) {
+      clearInterval(host.syncWatch)
+      throw error
+    }
     return host
   }
 
@@ -201,6 +250,7 @@ export class HookWorker {
    */
   async stop(): Promise<void> {
     this.stopped = true
+    clearInterval(this.syncWatch)
     clearTimeout(this.reloadTimer)
     clearTimeout(this.deadlineTimer)
     const running = this.running
@@ -337,13 +387,15 @@ export class HookWorker {
    */
   private restart(
     running: Running,
-    cause: { readonly blockedBy: string } | { readonly crashed: string },
+    cause: { readonly blockedBy: string; readonly syncMs?: number } | { readonly crashed: string },
   ): void {
     if (this.running !== running || running.ending !== undefined) return
     const culprit = this.pending.get(running.current[0]!)
     const blocked = "blockedBy" in cause
     const why = blocked
-      ? `${(culprit ?? { what: cause.blockedBy }).what} did not return within ${this.options.timeoutMs} ms`
+      ? cause.syncMs !== undefined
+        ? `${(culprit ?? { what: cause.blockedBy }).what} ran ${cause.syncMs} ms without yielding`
+        : `${(culprit ?? { what: cause.blockedBy }).what} did not return within ${this.options.timeoutMs} ms`
       : cause.crashed
     running.ending = why
     this.running = undefined
@@ -361,7 +413,12 @@ export class HookWorker {
               `interrupted: the hook worker was restarted (${why}); retried without counting an attempt`,
             )
           : blocked
-            ? this.blockedBy(pending)
+            ? this.blockedBy(
+                pending,
+                "syncMs" in cause && cause.syncMs !== undefined
+                  ? `hook ran ${cause.syncMs} ms without yielding, blocking every hook call; its worker was restarted`
+                  : `hook did not return within ${this.options.timeoutMs} ms; its worker was restarted`,
+              )
             : new ParleyError(ErrorCode.UNAVAILABLE, `${why}; its worker was restarted`),
       )
     }
@@ -370,8 +427,7 @@ export class HookWorker {
   }
 
   /** The error of a call that blocked the worker: retried, or dead-lettered once it blocked it before. */
-  private blockedBy(pending: Pending): Error {
-    const message = `hook did not return within ${this.options.timeoutMs} ms; its worker was restarted`
+  private blockedBy(pending: Pending, message: string): Error {
     const call = pending.message
     if (call.t !== "call") return new ParleyError(ErrorCode.TIMEOUT, message)
     const key = `${call.module}\u0000${call.handler}\u0000${call.event.event.id}`

@@ -132,8 +132,8 @@ export default defineHooks({
     const health = await fetch(`${relay.httpUrl}/healthz`)
     expect(health.status).toBe(200)
 
-    // Its second attempt looped too: the event is dead-lettered, not tried six times more, with an
-    // error that says what happened.
+    // Stopped 2 s into its loop (not at its 3 s timeout), and its second attempt looped too: the event is
+    // dead-lettered, not tried six times more, with an error that says what happened.
     const dead = await until(
       () => deadLetters(relay),
       (letters) => letters.length > 0,
@@ -144,7 +144,7 @@ export default defineHooks({
         "message.sent",
         "hook:a-loop.mjs",
         2,
-        "hook did not return within 3000 ms; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
+        "hook ran 2000 ms without yielding, blocking every hook call; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
       ],
     ])
     expect(linesOf(log).filter((l) => l.hook === "loop")).toHaveLength(2)
@@ -212,7 +212,10 @@ export default defineHooks({
       "both bad events' dead letters",
     )
     expect(dead.map((d) => [d.target, d.lastError])).toEqual([
-      ["hook:a-bad.mjs", "hook did not return within 1500 ms; its worker was restarted"],
+      [
+        "hook:a-bad.mjs",
+        "hook did not return within 1500 ms; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
+      ],
       [
         "hook:a-bad.mjs",
         "the hook worker ran out of memory (its heap limit is 64 MB, --hook-memory-mb); its worker was restarted",
