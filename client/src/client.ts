@@ -167,6 +167,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private wanted: boolean
   private browserOnline = true
   private current: ClientStatus = "offline"
+  private storageFailure: ParleyError | undefined
   private destroyed = false
   private pushRegistrations: PushRegistrations | undefined
   /** The user's messages waiting for file uploads, on this device (IndexedDB or memory). */
@@ -199,7 +200,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.sockets = this.mux?.open ?? ownSockets(options.url, WebSocketCtor)
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
-    this.directoryReplica = persistDocument(this.storage, replicaName(user, DIRECTORY), this.directoryDoc)
+    this.directoryReplica = persistDocument(
+      this.storage,
+      replicaName(user, DIRECTORY),
+      this.directoryDoc,
+      this.storageFailed(),
+    )
     this.segments = openSegmentCache(this.storage, user)
     this.outbox = openOutboxStore(this.storage, user)
     this.http = {
@@ -238,13 +244,23 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     inboxConnection.on("unavailable", ({ error }) => this.emit("error", { error }))
     this.inbox = new Inbox({
       doc: this.inboxDoc,
-      replica: persistDocument(this.storage, replicaName(user, inboxName), this.inboxDoc),
+      replica: persistDocument(
+        this.storage,
+        replicaName(user, inboxName),
+        this.inboxDoc,
+        this.storageFailed(),
+      ),
       connection: inboxConnection,
       origin: LOCAL,
       user,
       pending: {
         doc: this.pendingInboxDoc,
-        replica: persistDocument(this.storage, replicaName(user, PENDING_INBOX), this.pendingInboxDoc),
+        replica: persistDocument(
+          this.storage,
+          replicaName(user, PENDING_INBOX),
+          this.pendingInboxDoc,
+          this.storageFailed(),
+        ),
       },
     })
     this.inbox.on("change", () => this.profiles.noteInbox(this.inbox.items))
@@ -341,6 +357,29 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   }
 
   /**
+   * Set once local storage failed (no IndexedDB, private mode, a quota, a
+   * damaged entry): the replicas it concerns live in memory, so what this
+   * device has not sent yet is lost if the page closes. Told as an `error`
+   * event too (`STORAGE_UNAVAILABLE`), which may come before your listener.
+   */
+  get localStorageFailure(): ParleyError | undefined {
+    return this.storageFailure
+  }
+
+  /** What a replica's local storage failure is told as (see {@link localStorageFailure}). */
+  private storageFailed(conversationId?: ConversationId): (error: unknown) => void {
+    return (cause) => {
+      const error = new ParleyError(
+        ErrorCode.STORAGE_UNAVAILABLE,
+        `local storage failed (${cause instanceof Error ? cause.message : String(cause)}): this device keeps the replica in memory, and loses what it has not sent if the page closes`,
+        { cause },
+      )
+      this.storageFailure ??= error
+      this.emit("error", { error, ...(conversationId ? { conversationId } : {}) })
+    }
+  }
+
+  /**
    * Opens a conversation by id and returns its handle at once, in state
    * `loading`; `await handle.ready()` for the local replica (or, on a device
    * that never had it, the relay's copy). Opening twice returns the same handle.
@@ -367,7 +406,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       id: conversationId,
       user: this.user,
       openReplica: (document) =>
-        persistDocument(this.storage, replicaName(this.user, conversationId), document),
+        persistDocument(
+          this.storage,
+          replicaName(this.user, conversationId),
+          document,
+          this.storageFailed(conversationId),
+        ),
       connect,
       fetchRelayState: (document, signal, prepare) => fetchRelayState(document, connect, signal, prepare),
       segments: this.segments,

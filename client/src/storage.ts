@@ -36,10 +36,16 @@ const COMPACT_DELAY_MS = 1000
  * written as it happens, so closing the page mid-sync loses nothing; several
  * clients over the same database load each other's updates.
  */
-export function persistDocument(kind: StorageKind, name: string, doc: Y.Doc): LocalReplica {
+export function persistDocument(
+  kind: StorageKind,
+  name: string,
+  doc: Y.Doc,
+  /** Told when local storage fails (no IndexedDB, quota, a damaged entry): the replica then lives in memory. */
+  onError: (error: unknown) => void = () => {},
+): LocalReplica {
   if (kind === "memory")
     return { loaded: Promise.resolve(), replaceWith: async () => {}, destroy: async () => {} }
-  return new IndexedDbReplica(name, doc)
+  return new IndexedDbReplica(name, doc, onError)
 }
 
 /** Name of the local database of one user's conversation (users of one device never share). */
@@ -64,24 +70,35 @@ class IndexedDbReplica implements LocalReplica {
     if (++this.written >= COMPACT_AFTER && this.compactTimer === undefined)
       this.compactTimer = setTimeout(() => {
         this.compactTimer = undefined
-        if (this.db && !this.destroyed) this.compact(this.db).catch(warn)
+        if (this.db && !this.destroyed) this.compact(this.db).catch(this.failed)
       }, COMPACT_DELAY_MS)
+  }
+
+  /** Logs a failure of local storage and tells the client (its `error` event). */
+  private readonly failed = (error: unknown): void => {
+    console.warn("parley: local storage failed", error)
+    this.onError(error)
   }
 
   constructor(
     name: string,
     private readonly doc: Y.Doc,
+    private readonly onError: (error: unknown) => void,
   ) {
     doc.on("update", this.onUpdate)
-    this.opening = openDatabase(name).catch((error: unknown) => {
+    this.opening = (
+      typeof indexedDB === "undefined"
+        ? Promise.reject(new Error('this environment has no IndexedDB (use storage: "memory")'))
+        : openDatabase(name)
+    ).catch((error: unknown) => {
       // No IndexedDB (private mode, quota, blocked): the replica lives in memory this time.
-      warn(error)
+      this.failed(error)
       return undefined
     })
     const load = this.opening.then(async (db) => {
       if (!db) return
       if (this.destroyed) return db.close()
-      await this.compact(db).catch(warn)
+      await this.compact(db).catch(this.failed)
     })
     // A replica destroyed while loading ends the wait instead of leaving it hanging.
     const ended = new Promise<void>((resolve) => {
@@ -135,7 +152,7 @@ class IndexedDbReplica implements LocalReplica {
             Y.applyUpdate(this.doc, update, this)
           } catch (error) {
             // One damaged entry must not keep the rest (and the document) from loading.
-            warn(error)
+            this.failed(error)
           }
         }
       }, this)
@@ -172,8 +189,4 @@ function completion(transaction: IDBTransaction): Promise<void> {
     transaction.onerror = () => reject(transaction.error)
     transaction.onabort = () => reject(transaction.error ?? new Error("the local transaction was aborted"))
   })
-}
-
-function warn(error: unknown): void {
-  console.warn("parley: local storage failed", error)
 }

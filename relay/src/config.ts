@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs"
+import { readFileSync, statSync } from "node:fs"
 import { HistoryDefaults } from "@parley/shared"
 import { Command, CommanderError, Option } from "commander"
 import { DEFAULT_API_LIMITS } from "./api/limits.js"
@@ -1007,6 +1007,9 @@ export function parseConfig(
   if (v["event-retention-events"] < 1) throw new ConfigError("--event-retention-events must be at least 1")
 
   const staticDir = v.static
+  // A typo in the build path would otherwise look like a broken app: 404 at every path.
+  if (staticDir && !statSync(staticDir, { throwIfNoEntry: false })?.isDirectory())
+    throw new ConfigError(`--static ${staticDir}: no such directory`)
   const hooksDir = v.hooks
   const issuer = v["auth-issuer"]
   const audience = v["auth-audience"]

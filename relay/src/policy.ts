@@ -27,7 +27,7 @@ export const membershipPolicy: UpdatePolicy = {
     if (principal.kind === "relay") return ALLOW
     if (name.kind === "inbox") return checkInboxUpdate({ doc, update, principal, owner: name.user })
     if (principal.kind === "service")
-      return { allowed: false, rule: Rule.participantOnly, reason: "service tokens are read-only" }
+      return { allowed: false, rule: Rule.readOnly, reason: "service tokens are read-only" }
     const access = accessOf(principal, name, doc)
     // A pending user may send the update that creates the conversation; the rules judge it.
     return access === "write" || access === "pending"

@@ -238,6 +238,12 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     } catch (error) {
       throw new StartupError(ExitCode.CONFIG, (error as Error).message, { cause: error })
     }
+  // RFC 7518 §3.2: an HS256 key of at least the hash's 32 bytes; a shorter one can be searched for.
+  if (key?.kind === "secret" && Buffer.byteLength(key.secret) < 32)
+    log.warn(
+      { bytes: Buffer.byteLength(key.secret) },
+      "--auth-secret is shorter than 32 bytes: tokens signed with it can be forged by guessing it (make one with `openssl rand -base64 32`)",
+    )
   if (dev) {
     log.warn(
       "DEV MODE — INSECURE: anyone who can reach this relay can mint a token for any user at /dev/token. Never use in production.",

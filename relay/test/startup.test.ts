@@ -93,6 +93,19 @@ describe.concurrent("a relay that cannot start says why in one line", () => {
     expect(stderr).toContain(`--auth-public-key ${pem} is not a usable PEM public key`)
   })
 
+  it("names a --static directory that does not exist, and exits 2", async () => {
+    const { code, stderr } = await runRelay([
+      "--dev",
+      "--static",
+      join(dir, "no-such-build"),
+      "--storage",
+      "memory",
+    ])
+    expect(code).toBe(ExitCode.CONFIG)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain(`--static ${join(dir, "no-such-build")}: no such directory`)
+  })
+
   it("names the flag of a malformed JWKS URL, and exits 2", async () => {
     const { code, stderr } = await runRelay([
       "--auth-jwks-url",
