@@ -37,6 +37,9 @@ function affectedUsers(event: HookEvent): UserId[] {
   }
 }
 
+/** Inboxes written at once for one membership event (together in one storage commit). */
+const INBOX_WRITE_CHUNK = 32
+
 /**
  * Records membership in users' inboxes: the entry of a user added to (or
  * removed from) a conversation is written (or removed) durably. It is a
@@ -67,20 +70,23 @@ export function inboxTarget(relay: RunningCore): DeliveryTarget {
       if (users.length === 0) return
       const started = Date.now()
       // Written even when memory already shows it (LiveInbox may have derived it first): stored either way.
-      // Each only if the user's membership is still what the read saw (else derived again).
-      await writeDerivedEntries(
-        relay,
-        conversation,
-        users,
-        (inbox, _user, entry) => {
-          if (entry) {
-            replaceInboxEntry(inbox, conversation, entry)
-            return true
-          }
-          return writeInboxEntry(inbox, conversation, undefined)
-        },
-        { concurrent: true },
-      )
+      // Each only if the user's membership is still what the read saw (else derived again). In chunks, one
+      // after the other: a group created with 499 members wrote 499 inboxes at once, about half a second
+      // of the relay's main thread in one stretch, and every other conversation's messages waited.
+      for (let from = 0; from < users.length; from += INBOX_WRITE_CHUNK)
+        await writeDerivedEntries(
+          relay,
+          conversation,
+          users.slice(from, from + INBOX_WRITE_CHUNK),
+          (inbox, _user, entry) => {
+            if (entry) {
+              replaceInboxEntry(inbox, conversation, entry)
+              return true
+            }
+            return writeInboxEntry(inbox, conversation, undefined)
+          },
+          { concurrent: true },
+        )
       // Only an optimisation: forgetting it costs a recomputation, never a wrong entry.
       if (computedAt.size > 100_000) computedAt.clear()
       for (const user of users) computedAt.set(key(conversation, user), started)
