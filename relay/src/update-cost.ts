@@ -1,4 +1,4 @@
-import { ErrorCode, ParleyError } from "@parley/shared"
+import { ErrorCode, ParleyError, Rule } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as Y from "yjs"
 import { findByClock } from "./yjs-updates.js"
@@ -90,6 +90,19 @@ export interface UpdateCost {
   readonly values: number
   /** The estimate of integration steps that was checked against the limit. */
   readonly integrationSteps: number
+  /**
+   * Whether its delete set reaches past what the document and the update
+   * hold of some client: the rules refuse it (`schema`), and what its delete
+   * set would visit was not checked (see {@link refuseUnknownDeletions}).
+   */
+  readonly deletesUnknown: boolean
+}
+
+/** The refusal of an update whose {@link UpdateCost.deletesUnknown}, as the rules word it. */
+export function refuseUnknownDeletions(): never {
+  throw new ParleyError(ErrorCode.FORBIDDEN, "the update deletes content the relay does not have", {
+    rule: Rule.schema,
+  })
 }
 
 type Struct = Y.Item | Y.GC
@@ -372,9 +385,16 @@ function scanStructs(
   return { structs, values }
 }
 
+/**
+ * A client's delete ranges, flat: clock, length, clock, length, … in clock
+ * order, merged. Flat, because a delete set of 10,000 ranges as 10,000 pairs
+ * (and as many again once merged) cost more in allocation than in reading.
+ */
+type Ranges = number[]
+
 /** Reads the delete set, merged per client and sorted, refusing past `maxDeleteRanges`. */
-function scanDeleteSet(decoder: decoding.Decoder, limits: UpdateCostLimits): Map<number, [number, number][]> {
-  const ranges = new Map<number, [number, number][]>()
+function scanDeleteSet(decoder: decoding.Decoder, limits: UpdateCostLimits): Map<number, Ranges> {
+  const ranges = new Map<number, Ranges>()
   const clients = decoding.readVarUint(decoder)
   let total = 0
   for (let c = 0; c < clients; c++) {
@@ -388,33 +408,45 @@ function scanDeleteSet(decoder: decoding.Decoder, limits: UpdateCostLimits): Map
       list = []
       ranges.set(client, list)
     }
-    for (let i = 0; i < count; i++) list.push([decoding.readVarUint(decoder), decoding.readVarUint(decoder)])
+    for (let i = 0; i < count; i++) list.push(decoding.readVarUint(decoder), decoding.readVarUint(decoder))
   }
-  for (const [client, list] of ranges) {
-    // Yjs writes each client's ranges sorted and merged: only another writer's need sorting.
-    let sorted = true
-    for (let i = 1; i < list.length && sorted; i++) sorted = list[i - 1]![0] <= list[i]![0]
-    if (!sorted) list.sort((a, b) => a[0] - b[0])
-    const merged: [number, number][] = []
-    for (const [clock, len] of list) {
-      const last = merged[merged.length - 1]
-      if (last && clock <= last[0] + last[1]) last[1] = Math.max(last[1], clock + len - last[0])
-      else merged.push([clock, len])
-    }
-    ranges.set(client, merged)
-  }
+  for (const [client, list] of ranges) ranges.set(client, merged(list))
   return ranges
 }
 
-const covers = (list: readonly [number, number][] | undefined, clock: number, end: number): boolean => {
+/** `list` (flat ranges in any order) sorted by clock, overlapping and adjacent ones merged. */
+function merged(list: Ranges): Ranges {
+  // Yjs writes each client's ranges sorted and merged: only another writer's need sorting.
+  let sorted = true
+  for (let i = 2; i < list.length && sorted; i += 2) sorted = list[i - 2]! <= list[i]!
+  let source = list
+  if (!sorted) {
+    const order = Array.from({ length: list.length / 2 }, (_, i) => i)
+    order.sort((a, b) => list[2 * a]! - list[2 * b]!)
+    source = []
+    for (const i of order) source.push(list[2 * i]!, list[2 * i + 1]!)
+  }
+  const out: Ranges = []
+  for (let i = 0; i < source.length; i += 2) {
+    const clock = source[i]!
+    const len = source[i + 1]!
+    const last = out.length - 2
+    if (last >= 0 && clock <= out[last]! + out[last + 1]!)
+      out[last + 1] = Math.max(out[last + 1]!, clock + len - out[last]!)
+    else out.push(clock, len)
+  }
+  return out
+}
+
+const covers = (list: Ranges | undefined, clock: number, end: number): boolean => {
   if (!list) return false
   let lo = 0
-  let hi = list.length - 1
+  let hi = list.length / 2 - 1
   while (lo <= hi) {
     const mid = (lo + hi) >>> 1
-    const [start, len] = list[mid]!
+    const start = list[2 * mid]!
     if (end <= start) hi = mid - 1
-    else if (clock >= start + len) lo = mid + 1
+    else if (clock >= start + list[2 * mid + 1]!) lo = mid + 1
     else return true
   }
   return false
@@ -432,7 +464,7 @@ const covers = (list: readonly [number, number][] | undefined, clock: number, en
 export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCostLimits): UpdateCost {
   let structs: Scanned[]
   let values: number
-  let deletes: Map<number, [number, number][]>
+  let deletes: Map<number, Ranges>
   const decoder = decoding.createDecoder(update)
   try {
     ;({ structs, values } = scanStructs(decoder, update.length, limits))
@@ -560,13 +592,29 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
     }
   }
 
+  // Deleting what neither the document nor the update holds, which the rules refuse (Yjs would keep it
+  // pending): told from the numbers read, so that the caller refuses it before anything decodes it.
+  const updateEnds = new Map<number, number>()
+  for (const s of structs)
+    updateEnds.set(s.client, Math.max(updateEnds.get(s.client) ?? 0, s.clock + s.length))
+  let deletesUnknown = false
+  for (const [client, list] of deletes) {
+    const last = list.length - 2
+    if (last >= 0 && list[last]! + list[last + 1]! > Math.max(stateOf(client), updateEnds.get(client) ?? 0))
+      deletesUnknown = true
+  }
+  if (deletesUnknown)
+    return { newClientIds, structs: structs.length, values, integrationSteps: steps, deletesUnknown }
+
   // The delete set: every struct of the document in a range is visited; live ones may be split.
   let visits = 0
   for (const [client, list] of deletes) {
     const structList = store.get(client)
     if (!structList || structList.length === 0) continue
     const end = stateOf(client)
-    for (const [clock, len] of list) {
+    for (let i = 0; i < list.length; i += 2) {
+      const clock = list[i]!
+      const len = list[i + 1]!
       // An empty range (which Yjs never writes, and applies as nothing) reaches no struct.
       if (clock >= end || len <= 0) continue
       const from = Y.findIndexSS(structList as Y.Item[], clock)
@@ -578,7 +626,7 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
       if (clock + len < end) split(client, clock + len)
     }
   }
-  return { newClientIds, structs: structs.length, values, integrationSteps: steps }
+  return { newClientIds, structs: structs.length, values, integrationSteps: steps, deletesUnknown }
 
   /**
    * Replays Yjs's conflict resolution (`Item.integrate`) over the document's

@@ -64,7 +64,7 @@ import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
 import { joinBatch, type QueuedUpdate } from "./update-batch.js"
-import { CostRule, checkUpdateCost, type UpdateCostLimits } from "./update-cost.js"
+import { CostRule, checkUpdateCost, refuseUnknownDeletions, type UpdateCostLimits } from "./update-cost.js"
 import type { UserLedger } from "./user-limits.js"
 import { decodeOnce, inspectUpdate, recordIdsIn } from "./yjs-updates.js"
 
@@ -1583,6 +1583,12 @@ async function admitUpdate(
   ctx.users?.checkStored(principal, update.length)
   // What Yjs would spend on it is bounded before anything decodes it into objects.
   const cost = checkUpdateCost(host.doc, update, ctx.limits)
+  // Refused by the rules whatever else it holds: before anything decodes it (a delete set of 10,000
+  // made-up ranges cost a decode and the rules' pass over them), storage's refusal first as before.
+  if (cost.deletesUnknown) {
+    refuseWhileStorageFails(ctx, host)
+    refuseUnknownDeletions()
+  }
   const inspected = inspectUpdate(host.doc, update)
   let clientIds = inspected.clientIds
   // Typically a reconnecting client's sync step 2: it learns everything that is durable,
