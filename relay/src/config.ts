@@ -716,6 +716,12 @@ export const RELAY_FLAGS = {
     help: "event streams (/v1/events) one API key may hold open",
     default: DEFAULT_API_LIMITS.streamsPerKey,
   }),
+  "api-stream-events-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_API_STREAM_EVENTS_PER_SECOND",
+    help: "events a second one API key's event streams are sent from the log (bursts of 20 times it; beyond, a stream catching up waits); 0 = no limit",
+    default: DEFAULT_API_LIMITS.streamEventsPerSecond,
+  }),
   "redis-url": flag({
     value: "url",
     kind: "string",
@@ -1090,6 +1096,7 @@ export function parseConfig(
       requestsPerSecond: Math.max(1, v["api-requests-per-second"]),
       requestBurst: Math.max(1, v["api-request-burst"]),
       streamsPerKey: Math.max(1, v["api-streams-per-key"]),
+      streamEventsPerSecond: v["api-stream-events-per-second"],
     },
     ...(v["redis-url"]
       ? {

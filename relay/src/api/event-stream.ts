@@ -5,6 +5,7 @@ import type { HookEventType } from "../hooks/events.js"
 import type { Logger } from "../log.js"
 import { RecentPurges } from "../purge/recent-purges.js"
 import { type PurgedContent, redactEvent } from "../purge/redact.js"
+import { RateLimiter } from "../rate-limit.js"
 import type { ApiEventEntry, ApiEventSource } from "./event-source.js"
 import type { ApiLimits } from "./limits.js"
 import { problemResponse } from "./problem.js"
@@ -34,6 +35,8 @@ export interface StreamQuery {
  */
 export class EventStreams {
   private readonly openPerKey = new Map<string, number>()
+  /** Events sent from the log per key (see {@link ApiLimits.streamEventsPerSecond}), while it has a stream open. */
+  private readonly paces = new Map<string, RateLimiter>()
   /** Each open stream's batch being written (held for as long as its client takes to read it). */
   private readonly batches = new Set<ApiEventEntry[]>()
   /** Purges of the last minutes, by conversation id, applied to batches read before them. */
@@ -97,6 +100,19 @@ export class EventStreams {
       if (left > 0) this.openPerKey.set(keyId, left)
       else this.openPerKey.delete(keyId)
     }
+    const perSecond = this.options.limits.streamEventsPerSecond
+    let pace = this.paces.get(keyId)
+    if (!pace && perSecond > 0) {
+      pace = new RateLimiter(perSecond, perSecond * 20)
+      this.paces.set(keyId, pace)
+      // Forgotten once it is full again and the key has no stream open (bounded by the keys streaming).
+      const forget = setInterval(() => {
+        if (this.openPerKey.has(keyId) || pace!.msUntilFull() > 0) return
+        this.paces.delete(keyId)
+        clearInterval(forget)
+      }, 10_000)
+      forget.unref()
+    }
     const now = this.options.now ?? Date.now
     let after: string
     let first: Awaited<ReturnType<ApiEventSource["read"]>>
@@ -119,9 +135,12 @@ export class EventStreams {
       })
       let closed = false
       let entries: ApiEventEntry[] = []
+      /** Ends a wait for the key's pace (only a close does: new entries do not hurry it). */
+      let paceWake: (() => void) | undefined
       const close = () => {
         closed = true
         wake?.()
+        paceWake?.()
       }
       stream.onAbort(close)
       this.options.signal?.addEventListener("abort", close, { once: true })
@@ -162,8 +181,22 @@ export class EventStreams {
           dirty = false
           this.batches.delete(entries)
           entries = []
+          // The key's streams read the log at its pace: a whole batch's worth must be there first.
+          const wait = pace?.msUntil(BATCH) ?? 0
+          if (wait > 0) {
+            await new Promise<void>((resolve) => {
+              const timer = setTimeout(resolve, wait)
+              paceWake = () => {
+                clearTimeout(timer)
+                resolve()
+              }
+            })
+            paceWake = undefined
+            if (closed) break
+          }
           readAt = now()
           entries = this.hold(await source.read({ ...query, after: position, limit: BATCH }))
+          pace?.spend(entries.length)
         }
       } catch (error) {
         if (!closed) this.options.log.warn({ err: error }, "event stream ended by an error")

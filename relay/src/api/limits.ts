@@ -8,6 +8,14 @@ export interface ApiLimits {
   readonly requestBurst: number
   /** Event streams one key may hold open at once; beyond, 429. */
   readonly streamsPerKey: number
+  /**
+   * Events a second one key's streams are sent from the log on average
+   * (bursts of 20 times that): beyond, a stream catching up waits before its
+   * next read. Each costs the relay its read and encoding, about 20 µs: a
+   * replay of a whole log (37,000 events) took 800 ms of CPU, and a key's
+   * streams could ask for it again and again.
+   */
+  readonly streamEventsPerSecond: number
   /** Time between `: ping` comments on an idle event stream. */
   readonly heartbeatMs: number
   /** Reconnection delay a stream asks its client for (`retry:`). */
@@ -20,6 +28,9 @@ export const DEFAULT_API_LIMITS: ApiLimits = {
   requestsPerSecond: 100,
   requestBurst: 200,
   streamsPerKey: 4,
+  // A backend catching up after an hour's outage of a busy relay (a few hundred thousand events) takes
+  // minutes; one replaying the log over and over costs the relay under 5 % of a core.
+  streamEventsPerSecond: 2_000,
   heartbeatMs: 15_000,
   retryMs: 2_000,
 }

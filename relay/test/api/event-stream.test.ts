@@ -113,7 +113,7 @@ describe("GET /v1/events", () => {
           idempotency: backend.idempotency,
           log: (await import("../../src/log.js")).createLogger("silent"),
           events: log,
-          limits: { heartbeatMs: 100, streamsPerKey: 2, retryMs: 1500 },
+          limits: { heartbeatMs: 100, streamsPerKey: 2, retryMs: 1500, streamEventsPerSecond: 100 },
         }),
       ],
     })
@@ -166,6 +166,27 @@ describe("GET /v1/events", () => {
       .map((e) => e.id)
     expect(ids).toEqual(Array.from({ length: 451 }, (_, i) => String(i + 1)))
   })
+
+  it("sends a key's streams a long log at the key's pace, shared by its streams, and all of it in order", async () => {
+    const auth = await key(["events:read"])
+    const total = 1_500
+    for (let i = 1; i <= total; i++) log.append(readEvent(i))
+    const started = performance.now()
+    const [a, b] = [await open("?after=0", auth), await open("?after=0", auth)]
+    if (!isStream(a) || !isStream(b)) throw new Error("refused")
+    const sent = () =>
+      [a, b].reduce((n, s) => n + s.events.filter((e) => e.event === "messages.read").length, 0)
+    await a.until(() => sent() >= 2_000, 20_000)
+    // A burst of 2,000 a key, then 100 a second: never more than the pace lets through, both streams together.
+    await new Promise((r) => setTimeout(r, 1000))
+    const seconds = (performance.now() - started) / 1000
+    expect(sent()).toBeLessThanOrEqual(2_000 + 100 * seconds + 2 * 200)
+    for (const stream of [a, b]) {
+      await stream.until((events) => events.some((e) => e.id === String(total)), 60_000)
+      const ids = stream.events.filter((e) => e.event === "messages.read").map((e) => Number(e.id))
+      expect(ids).toEqual(Array.from({ length: total }, (_, i) => i + 1))
+    }
+  }, 90_000)
 
   it("sends a heartbeat comment while nothing happens", async () => {
     const stream = await open("", await key(["events:read"]))
