@@ -19,6 +19,9 @@ const BATCH = 200
  */
 export const STALE_BATCH_MS = 5_000
 
+/** Whether log id `a` comes after `b` (ids are decimal and increase; anything else is not compared). */
+const isLater = (a: string, b: string): boolean => /^\d+$/.test(a) && /^\d+$/.test(b) && BigInt(a) > BigInt(b)
+
 /** What one stream asks for. */
 export interface StreamQuery {
   readonly after?: string
@@ -116,11 +119,15 @@ export class EventStreams {
     const now = this.options.now ?? Date.now
     let after: string
     let first: Awaited<ReturnType<ApiEventSource["read"]>>
+    /** How far the last read looked: the log's newest id before it, when it found less than a batch. */
+    let scanned: string | undefined
     let readAt = now()
     try {
       // The resume point is checked before the stream starts: an expired or unknown one is a plain error.
       after = query.after ?? (await source.latest())
+      const newest = await source.latest()
       first = await source.read({ ...query, after, limit: BATCH })
+      if (first.length < BATCH) scanned = newest
     } catch (error) {
       release()
       throw error
@@ -164,6 +171,9 @@ export class EventStreams {
             })
             position = entry.id
           }
+          // Everything up to the newest id before the read was looked at: a filter that matched none of
+          // it must not look at it again (each new event anywhere re-read the log since the stream began).
+          if (!stale && scanned !== undefined && isLater(scanned, position)) position = scanned
           if (!stale && entries.length < BATCH && !dirty) {
             // Woken by a new entry, a close, or the heartbeat (after which the log is read again too:
             // other relays sharing the database record entries this one hears nothing of).
@@ -195,7 +205,9 @@ export class EventStreams {
             if (closed) break
           }
           readAt = now()
+          const newest = await source.latest()
           entries = this.hold(await source.read({ ...query, after: position, limit: BATCH }))
+          scanned = entries.length < BATCH ? newest : undefined
           pace?.spend(entries.length)
         }
       } catch (error) {

@@ -188,6 +188,26 @@ describe("GET /v1/events", () => {
     }
   }, 90_000)
 
+  it("does not read again what its filter matched none of: each read starts where the last one looked", async () => {
+    const auth = await key(["events:read"])
+    for (let i = 1; i <= 500; i++) log.append(readEvent(i, "g~busy"))
+    const quiet = await open("?after=0&conversation=g~quiet", auth)
+    if (!isStream(quiet)) throw new Error("refused")
+    await quiet.until((events) => events.some((e) => e.event === "ready"))
+    // Events elsewhere, one at a time, each waking the stream; then one of its own.
+    for (let i = 501; i <= 520; i++) {
+      log.append(readEvent(i, "g~busy"))
+      await new Promise((r) => setTimeout(r, 5))
+    }
+    log.append(readEvent(521, "g~quiet"))
+    await quiet.until((events) => events.some((e) => e.id === "521"))
+    const reads = log.queries.filter((q) => q.conversation === "g~quiet")
+    // Its first read looked from the start; none after it from further back than the log then held.
+    expect(reads[0]!.after).toBe("0")
+    expect(reads.slice(1).every((q) => Number(q.after) >= 500)).toBe(true)
+    expect(quiet.events.filter((e) => e.event === "messages.read").map((e) => e.id)).toEqual(["521"])
+  })
+
   it("sends a heartbeat comment while nothing happens", async () => {
     const stream = await open("", await key(["events:read"]))
     if (!isStream(stream)) throw new Error("refused")
