@@ -43,11 +43,25 @@ type DecodedDeleteSet = { clients: Map<number, DeleteRange[]> }
 const valuesOf = (s: Struct): number =>
   s instanceof Y.Item && !(s.content instanceof Y.ContentDeleted) ? s.length : 0
 
-/** Elements of a value as the relay counts them: itself, and every entry nested in it. */
+/** UTF-8 bytes of `text`, without encoding it. */
+function utf8Bytes(text: string): number {
+  let n = text.length
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c >= 0x80) n += c >= 0x800 && (c < 0xd800 || c > 0xdfff) ? 2 : 1
+  }
+  return n
+}
+
+/**
+ * Elements of a value as the relay counts them: itself, every entry nested in
+ * it, and one more per 8 UTF-8 bytes of each object key (relay `KEY_BYTES_SHIFT`).
+ */
 function elementsOfValue(value: unknown): number {
   if (value === null || typeof value !== "object" || value instanceof Uint8Array) return 1
   let n = 1
-  for (const v of Array.isArray(value) ? value : Object.values(value)) n += elementsOfValue(v)
+  if (Array.isArray(value)) for (const v of value) n += elementsOfValue(v)
+  else for (const [key, v] of Object.entries(value)) n += (utf8Bytes(key) >>> 3) + elementsOfValue(v)
   return n
 }
 

@@ -1,5 +1,5 @@
 import { ErrorCode, illFormedPath, ParleyError } from "@parley/shared"
-import type { MiddlewareHandler } from "hono"
+import type { Context, MiddlewareHandler } from "hono"
 
 /**
  * Most values (and object entries) a JSON body may hold. The largest bodies
@@ -45,13 +45,17 @@ export function jsonValuesWithin(text: string, max: number): boolean {
  * once, rather than changed behind the sender's back. A body that is not JSON
  * is left to the route's validation.
  */
-export function requireWellFormedJson(): MiddlewareHandler {
+export function requireWellFormedJson(
+  /** Told of each JSON body's length once read, before anything parses it (the key's rate charges by it). */
+  charge: (c: Context, bytes: number) => void = () => {},
+): MiddlewareHandler {
   return async (c, next) => {
     // The bodies the routes' validation parses as JSON (Hono's `validator` test of the media type).
     const mediaType = (c.req.header("content-type") ?? "").split(";")[0]!.trim()
     if (!/^application\/([\w.-]+\+)?json$/i.test(mediaType)) return next()
     // Hono keeps the body read: the route's validation parses this text, not the stream again.
     const text = await c.req.text()
+    charge(c, text.length)
     if (!jsonValuesWithin(text, MAX_JSON_VALUES))
       throw new ParleyError(
         ErrorCode.INVALID_ARGUMENT,

@@ -87,6 +87,23 @@ function titleOf(head: string, lower: string): string | undefined {
   return head.slice(from, to)
 }
 
+const utf16 = new TextDecoder("utf-16le")
+
+/**
+ * `text` with ASCII letters in lower case, and nothing else changed, so that
+ * positions in it are the text's (`toLowerCase` may lengthen a non-ASCII
+ * letter: `İ`). One pass over the code units; a replace by runs of capitals
+ * called back once per run, which a page of `aA` repeated made 70–85 ms.
+ */
+function asciiLowerCase(text: string): string {
+  const units = new Uint16Array(text.length)
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    units[i] = c >= 0x41 && c <= 0x5a ? c + 0x20 : c
+  }
+  return utf16.decode(units)
+}
+
 /** Where the part {@link parseLinkPreview} reads ends. */
 const HEAD_ENDS = /<\/head\s*>|<body[\s>]/i
 
@@ -101,8 +118,7 @@ const HEAD_ENDS = /<\/head\s*>|<body[\s>]/i
 export function parseLinkPreview(url: string, html: string): LinkPreview {
   const end = html.search(HEAD_ENDS)
   const head = end < 0 ? html : html.slice(0, end)
-  // ASCII only: a lower-cased non-ASCII letter may change length, and the positions must stay the head's.
-  const lower = head.replace(/[A-Z]+/g, (upper) => upper.toLowerCase())
+  const lower = asciiLowerCase(head)
   const meta = metaContents(head, lower)
   const first = (names: readonly string[]) => names.map((n) => meta.get(n)).find((v) => v !== undefined)
   const title =

@@ -61,6 +61,23 @@ describe("HTTP API limits", () => {
     expect((await api("GET", "/v1/conversations/g~big")).status).toBe(200)
   })
 
+  it("charges a key's rate by the size of its bodies: a 16 KiB share per request", async () => {
+    const key = await start({ requestsPerSecond: 0.5, requestBurst: 20 })
+    const [big, small] = [await key("big"), await key("small")]
+    // 240 KB (refused or not, it was read, parsed and walked): 1 + 14 requests' worth.
+    const body = { participants: [], title: "t", metadata: { blob: "x".repeat(240_000) } }
+    expect((await big("POST", "/v1/conversations", body)).status).toBe(422)
+    const statuses = async (api: typeof big) => {
+      const seen: number[] = []
+      for (let i = 0; i < 8; i++) seen.push((await api("GET", "/v1/conversations/g~x")).status)
+      return seen
+    }
+    // 5 left of 20 (and half a request a second refilled): the sixth GET is refused.
+    expect((await statuses(big)).filter((s) => s === 429).length).toBeGreaterThanOrEqual(2)
+    // Another key of the same relay is not charged for it.
+    expect(await statuses(small)).toEqual(Array(8).fill(404))
+  })
+
   it("counts a body sent without a length (chunked) as it arrives", async () => {
     const backend = new MemoryBackend()
     relay = await startRelay({

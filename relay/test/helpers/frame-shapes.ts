@@ -403,6 +403,14 @@ export const hostileShapes: readonly Shape[] = [
     [
       ["one value: an array of one-character strings", (n: number) => Array.from({ length: n }, () => "x")],
       [
+        // Under the element count, were keys free: 32,000 of them fill the frame.
+        "one value: an object of 32,000 keys of 30 characters",
+        (n: number) =>
+          Object.fromEntries(
+            Array.from({ length: Math.min(n, 32_000) }, (_, i) => [`key-${i}`.padEnd(30, "."), 0]),
+          ),
+      ],
+      [
         "one value: an object of many keys",
         (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [i.toString(36), 0])),
       ],
