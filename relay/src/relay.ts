@@ -360,6 +360,8 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     },
   })
   const storage = backend.documents
+  // A relay whose own storage fails lets its leases go to those whose storage answers.
+  clustered?.cluster.followStorage(() => storage.state)
   // The API's and the attachment routes' keys, read from storage once per few seconds rather than per
   // request, and not at all while storage fails (relay/API.md "Keys and scopes").
   const apiKeys = new CachedApiKeyStore(backend.keys, { storage })

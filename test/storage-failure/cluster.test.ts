@@ -152,6 +152,50 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
     }, 90_000)
 
+    it("while one relay is cut off from PostgreSQL: another takes the conversations it ordered, and their writes go on", async () => {
+      const target = new URL(DATABASE_URL)
+      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })
+      cleanups.push(() => proxy.close())
+      // Relay 0 orders the conversation (alice created it there) and reaches PostgreSQL through the proxy.
+      const cluster = await startCluster(2, {
+        databaseUrl: (url, i) => {
+          if (i !== 0) return url
+          const proxied = new URL(url)
+          proxied.hostname = "127.0.0.1"
+          proxied.port = String(proxy.port)
+          return proxied.toString()
+        },
+        args: ["--storage-timeout-ms", "1000"],
+      })
+      cleanups.push(() => cluster.stop())
+      const { id, b } = await chatting(cluster)
+      proxy.blackhole()
+      proxy.cut()
+      await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(503))
+      // Bob, on relay 1 whose storage answers, keeps writing while relay 0 is cut off: once relay 0 let
+      // its lease go (3 s of failing storage, then the lease's 1.5 s), relay 1 orders and stores them.
+      const started = Date.now()
+      for (let i = 0; i < 3; i++) b.send(`during ${i}`)
+      await settledResending(b)
+      const waited = Date.now() - started
+      expect(proxy.connections).toBe(0)
+      expect((await readyz(cluster.relay(1).httpUrl)).status).toBe(200)
+      const reader = new TestClient(cluster.relay(1).url, id, await cluster.token(bob))
+      cleanups.push(() => reader.close())
+      await eventually(() =>
+        expect(listMessages(reader.doc, { last: 10 }).map((m) => m.body)).toEqual([
+          "before",
+          "before",
+          "during 0",
+          "during 1",
+          "during 2",
+        ]),
+      )
+      console.log(
+        `[postgres cut from the ordering relay] bob's 3 messages stored through relay 1 in ${waited} ms`,
+      )
+    }, 90_000)
+
     it.skipIf(redisServerMissing() !== undefined && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
       "while Redis holds writes (CLIENT PAUSE WRITE; PING still answers): every relay not ready, then ready, and a message sent meanwhile stored once",
       async () => {

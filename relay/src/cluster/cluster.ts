@@ -9,6 +9,7 @@ import type { Outbox } from "../hooks/outbox.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
+import type { StorageState } from "../storage/guard.js"
 import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
 import type { FenceSource } from "./fenced-storage.js"
@@ -28,6 +29,12 @@ const BEHIND_EVERY_SWEEPS = 15
  * error, its commands only time out.
  */
 const REDIS_PING_MS = 1000
+/**
+ * How long storage must have failed before a relay lets its leases lapse:
+ * past a blip (a failover, a dropped connection the pool replaces), which
+ * costs less than moving every document it orders.
+ */
+export const STORAGE_FAILING_LEASE_MS = 3000
 
 /** Lifetime of the probe's key, in ms: long enough to outlive a probe, short enough to leave nothing behind. */
 const PROBE_KEY_MS = 10_000
@@ -118,6 +125,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly chains = new Map<string, Promise<unknown>>()
   private state: RedisState = { ready: false, since: Date.now() }
   private sweeper: NodeJS.Timeout | undefined
+  private storageWatch: NodeJS.Timeout | undefined
   private pinger: NodeJS.Timeout | undefined
   private pinging = false
   private usage: ClusterUsage | undefined
@@ -773,9 +781,40 @@ export class Cluster implements UpdateRouter, FenceSource {
   }
 
   /** Gives up every lease and leaves Redis. */
+  /**
+   * Lets this relay's leases lapse while its storage has failed for longer
+   * than {@link STORAGE_FAILING_LEASE_MS}, and renews again once it answers:
+   * a relay cut off from PostgreSQL alone (its network, its pool) cannot store
+   * what it orders, and while it renewed its leases the other relays, whose
+   * storage answers, refused every write to its conversations for the whole
+   * partition (an outside probe: 25 s, peers' messages 15 s late at the
+   * median). Fencing keeps the lapsed holder's late writes out either way.
+   */
+  followStorage(state: () => StorageState): void {
+    let paused = false
+    this.storageWatch = setInterval(() => {
+      const now = state()
+      const failingFor = now.state === "failing" ? Date.now() - now.since : 0
+      if (!paused && failingFor > Math.max(STORAGE_FAILING_LEASE_MS, this.options.leaseMs)) {
+        paused = true
+        this.leases.pauseRenewals()
+        this.options.log.warn(
+          { failingForMs: failingFor, leases: this.leases.names.length },
+          "storage failing: lease renewals paused, so that relays whose storage answers take this relay's documents",
+        )
+      } else if (paused && now.state === "ok") {
+        paused = false
+        this.leases.resumeRenewals()
+        this.options.log.info("storage answers again: lease renewals resumed")
+      }
+    }, 250)
+    this.storageWatch.unref()
+  }
+
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
+    clearInterval(this.storageWatch)
     clearInterval(this.sweeper)
     clearInterval(this.pinger)
     this.usage?.close()

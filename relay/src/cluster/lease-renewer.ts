@@ -14,6 +14,7 @@ const WORKER_SOURCE = `(async () => {
   const Redis = loaded.Redis ?? loaded.default?.Redis ?? loaded.default
   const { url, ttlMs, marginMs, maxStallMs, keyPrefix, relayId, script } = workerData
   const beat = new BigInt64Array(workerData.heartbeat)
+  const paused = new Int32Array(workerData.paused)
   const redis = new Redis(url, {
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
@@ -38,6 +39,8 @@ const WORKER_SOURCE = `(async () => {
       return
     }
     stalled = false
+    // The relay's storage fails: its leases lapse, so that a relay whose storage answers takes them.
+    if (Atomics.load(paused, 0) === 1) return
     renewing = true
     const entries = [...held]
     const pipeline = redis.pipeline()
@@ -115,6 +118,8 @@ export interface SharedLease {
 export class LeaseRenewer {
   private readonly worker: Worker
   private readonly heartbeat = new BigInt64Array(new SharedArrayBuffer(8))
+  /** `[0]` is 1 while renewals are paused (see {@link pause}). */
+  private readonly paused = new Int32Array(new SharedArrayBuffer(4))
   private readonly beating: NodeJS.Timeout
   private generations = 0
   private stallReported = 0
@@ -139,6 +144,7 @@ export class LeaseRenewer {
         relayId: options.relayId,
         script: options.script,
         heartbeat: this.heartbeat.buffer,
+        paused: this.paused.buffer,
         everyMs: Math.max(50, Math.floor(options.ttlMs / 3)),
       },
       // Its stdout and stderr are the process's own; no module flags of the main thread apply to it.
@@ -172,6 +178,19 @@ export class LeaseRenewer {
         )
       }),
     ]).finally(() => clearTimeout(timer))
+  }
+
+  /**
+   * Stops renewing every lease (they lapse after their lifetime) until
+   * {@link resume}: for a relay that can no longer store what it orders.
+   */
+  pause(): void {
+    Atomics.store(this.paused, 0, 1)
+  }
+
+  /** Renews again (leases another relay took meanwhile are found lost at the next renewal). */
+  resume(): void {
+    Atomics.store(this.paused, 0, 0)
   }
 
   /** Starts renewing `name` (whose lease is valid until `validUntil`); returns what the renewer shares. */

@@ -118,6 +118,16 @@ export class Leases {
     return held && { token: held.token, validUntil: Number(Atomics.load(held.shared.validUntil, 0)) }
   }
 
+  /** Lets every lease lapse (renewing none) until {@link resumeRenewals}. */
+  pauseRenewals(): void {
+    this.renewer.pause()
+  }
+
+  /** Renews the leases still held again. */
+  resumeRenewals(): void {
+    this.renewer.resume()
+  }
+
   /** The leases' lifetime in ms. */
   get ttlMs(): number {
     return this.options.ttlMs

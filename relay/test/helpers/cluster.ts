@@ -110,8 +110,8 @@ export async function startCluster(
     env?: NodeJS.ProcessEnv
     /** Redis for the relays to use (a proxy, say), or for relay `i`; default {@link REDIS_URL}. */
     redisUrl?: string | ((i: number) => string)
-    /** The relays' connection string made from the scratch schema's (through a proxy, say). */
-    databaseUrl?: (url: string) => string
+    /** The relays' connection string made from the scratch schema's (through a proxy, say), or relay `i`'s. */
+    databaseUrl?: (url: string, i: number) => string
     /** As {@link startRelayProcess}'s: the `--hooks` modules import the hook API from `hooksApi()`. */
     hooksUseHooksApi?: boolean
   } = {},
@@ -127,7 +127,7 @@ export async function startCluster(
     "--storage",
     "postgres",
     "--database-url",
-    options.databaseUrl ? options.databaseUrl(schema.url) : schema.url,
+    options.databaseUrl ? options.databaseUrl(schema.url, i) : schema.url,
     "--redis-url",
     typeof options.redisUrl === "function" ? options.redisUrl(i) : (options.redisUrl ?? REDIS_URL),
     "--redis-prefix",
