@@ -24,7 +24,7 @@ import { accessOf, outsiderOfDirect } from "./access.js"
 import { AwarenessFanout } from "./awareness-fanout.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { ClientIdAllowance } from "./client-id-allowance.js"
-import type { RoutedCore, UpdateRouter } from "./cluster/router.js"
+import { type RoutedCore, STALE_COPY, type UpdateRouter } from "./cluster/router.js"
 import type { WireEntry } from "./cluster/wire.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
 import type { DeferTarget } from "./deferred-change.js"
@@ -570,10 +570,26 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** @internal */
-  async writeForwarded(name: string, actor: Principal, update: Uint8Array): Promise<number> {
+  async writeForwarded(
+    name: string,
+    actor: Principal,
+    update: Uint8Array,
+    base?: Uint8Array,
+  ): Promise<number> {
     const host = await this.activeHost(name)
     try {
-      await writeOnServer(this.ctx, host, actor, (doc) => Y.applyUpdate(doc, update))
+      await writeOnServer(this.ctx, host, actor, (doc) => {
+        // Checked in the document's queue, against everything applied here (stored or on its way): two
+        // relays' API writes made on copies of one state (each creating the conversation, say) must
+        // not both be stored, as their checks saw neither.
+        if (base && holdsBeyond(doc, base))
+          throw new ParleyError(
+            ErrorCode.UNAVAILABLE,
+            "the change was made on a copy older than the document: it is made again on a fresher one",
+            { rule: STALE_COPY },
+          )
+        Y.applyUpdate(doc, update)
+      })
       return host.lastPosition
     } finally {
       this.scheduleIdle(host)
@@ -1247,4 +1263,14 @@ function parseName(name: string) {
   } catch (error) {
     throw new ParleyError(ErrorCode.NOT_FOUND, `no such document: ${JSON.stringify(name)}`, { cause: error })
   }
+}
+
+/** Whether `doc` holds a struct beyond the state vector `base` (of any client). */
+function holdsBeyond(doc: Y.Doc, base: Uint8Array): boolean {
+  const known = Y.decodeStateVector(base)
+  for (const [client, structs] of doc.store.clients) {
+    const last = structs[structs.length - 1]
+    if (last && last.id.clock + last.length > (known.get(client) ?? 0)) return true
+  }
+  return false
 }

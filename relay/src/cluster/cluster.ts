@@ -16,7 +16,7 @@ import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
 import { ClusterMetrics } from "./metrics.js"
 import { ClusterPresence } from "./presence.js"
-import type { RoutedCore, UpdateRouter } from "./router.js"
+import { type RoutedCore, STALE_COPY, type UpdateRouter } from "./router.js"
 import { ClusterUsage } from "./usage.js"
 import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type WireEntry } from "./wire.js"
 
@@ -29,6 +29,8 @@ const BEHIND_EVERY_SWEEPS = 15
  * error, its commands only time out.
  */
 const REDIS_PING_MS = 1000
+/** Times a server-side write is made again on a fresher copy before its caller is told to retry. */
+const STALE_COPY_ATTEMPTS = 8
 /**
  * How long storage must have failed before a relay lets its leases lapse:
  * past a blip (a failover, a dropped connection the pool replaces), which
@@ -481,6 +483,33 @@ export class Cluster implements UpdateRouter, FenceSource {
     change: (doc: Y.Doc) => void,
     local: () => Promise<unknown>,
   ): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.writeOnce(host, actor, change, local)
+        return
+      } catch (error) {
+        // Its checks read a copy older than the owner's document (another relay's change to it not
+        // here yet): made again, on a copy holding what the owner stored.
+        if (!(error instanceof ParleyError && error.rule === STALE_COPY)) throw error
+        if (attempt >= STALE_COPY_ATTEMPTS)
+          throw new ParleyError(
+            ErrorCode.UNAVAILABLE,
+            `the document changed while this write was made, ${attempt} times: nothing was stored, retry`,
+            { rule: STALE_COPY, cause: error },
+          )
+        this.metrics.forwarded.inc({ outcome: "stale-copy" })
+        await this.core!.applyRemote(host, "fetch")
+        await sleep(Math.min(20 * attempt, 100))
+      }
+    }
+  }
+
+  private async writeOnce(
+    host: DocumentHost,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+    local: () => Promise<unknown>,
+  ): Promise<void> {
     if (this.owns(host.key) || (await this.takeOver(host.key))) {
       await local()
       return
@@ -499,8 +528,12 @@ export class Cluster implements UpdateRouter, FenceSource {
     const copy = new Y.Doc()
     let failure: unknown
     let update: Uint8Array | undefined
+    let base: Uint8Array | undefined
     try {
       Y.applyUpdate(copy, Y.encodeStateAsUpdate(replica))
+      // What the change's checks (exists? a participant? the same message?) read: the owner refuses the
+      // write if its document holds more, or two relays' copies of an empty document would both create it.
+      base = Y.encodeStateVector(copy)
       copy.clientID = host.clientIdFor(actor)
       const updates: Uint8Array[] = []
       copy.on("update", (u: Uint8Array) => updates.push(u))
@@ -520,13 +553,14 @@ export class Cluster implements UpdateRouter, FenceSource {
     }
     if (update) {
       try {
-        const through = await this.route(host, "server", actor, update, local)
+        const through = await this.route(host, "server", actor, update, local, base)
         if (through !== undefined) await this.reach(host, through)
       } catch (error) {
         // The owner may have stored the copy all the same (a reply lost, its change not read back
         // here): this replica does not hold those items, and the next copy made from it would give
         // new items their ids, which the owner would skip as known — a write lost without a word.
-        host.retireClientIdFor(actor)
+        // (Not after a stale-copy refusal: the owner stored nothing.)
+        if (!(error instanceof ParleyError && error.rule === STALE_COPY)) host.retireClientIdFor(actor)
         throw error
       }
     }
@@ -544,6 +578,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     principal: Principal,
     update: Uint8Array,
     local: () => Promise<unknown>,
+    base?: Uint8Array,
   ): Promise<number | undefined> {
     const deadline = Date.now() + this.options.writeDeadlineMs
     const name = host.key
@@ -574,7 +609,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       if (holder === null || holder === this.relayId) {
         if (await this.takeOver(name)) continue
       } else {
-        const reply = await this.forward(holder, { name, kind, principal, update })
+        const reply = await this.forward(holder, { name, kind, principal, update, ...(base ? { base } : {}) })
         if (reply?.error) {
           // UNAVAILABLE: that relay no longer orders it (or is stopping); anything else is the answer,
           // and so is an UNAVAILABLE the owner's rules gave (`missing-changes`: the sender is to resend).
@@ -620,7 +655,10 @@ export class Cluster implements UpdateRouter, FenceSource {
 
   private forward(
     holder: string,
-    request: Pick<Extract<ClusterMessage, { type: "request" }>, "name" | "kind" | "principal" | "update">,
+    request: Pick<
+      Extract<ClusterMessage, { type: "request" }>,
+      "name" | "kind" | "principal" | "update" | "base"
+    >,
   ): Promise<Extract<ClusterMessage, { type: "reply" }> | undefined> {
     const id = randomUUID()
     const message = encodeClusterMessage({ type: "request", id, replyTo: this.relayId, ...request })
@@ -752,7 +790,7 @@ export class Cluster implements UpdateRouter, FenceSource {
         const through =
           request.kind === "client"
             ? await this.core!.submitForwarded(request.name, request.principal, request.update)
-            : await this.core!.writeForwarded(request.name, request.principal, request.update)
+            : await this.core!.writeForwarded(request.name, request.principal, request.update, request.base)
         reply = { type: "reply", id: request.id, through }
         this.metrics.answered.inc({ outcome: "stored" })
       } catch (cause) {

@@ -4,6 +4,9 @@ import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
 import type { WireEntry } from "./wire.js"
 
+/** The rule of an owner's refusal of a server-side write made on a copy older than its document. */
+export const STALE_COPY = "stale-copy"
+
 /**
  * What a router asks of the core (`RelayCore` implements it): to show other
  * relays' stored changes and awareness to its connections, and to run the
@@ -18,8 +21,13 @@ export interface RoutedCore {
   applyRemote(host: DocumentHost, entries: readonly WireEntry[] | "fetch"): Promise<void>
   /** Checks and stores a client update another relay forwarded; resolves with the log position reached. */
   submitForwarded(name: string, principal: Principal, update: Uint8Array): Promise<number>
-  /** Stores a server-side write another relay computed; resolves with the log position reached. */
-  writeForwarded(name: string, actor: Principal, update: Uint8Array): Promise<number>
+  /**
+   * Stores a server-side write another relay computed on a copy whose state
+   * vector is `base`; resolves with the log position reached. Refuses it
+   * (UNAVAILABLE, rule {@link STALE_COPY}, nothing stored) when the document
+   * holds anything `base` does not: the write's checks read an older state.
+   */
+  writeForwarded(name: string, actor: Principal, update: Uint8Array, base?: Uint8Array): Promise<number>
   /** Another relay purged content: the extensions drop what this relay holds of it (never throws). */
   purgedElsewhere(purge: PurgedContent): void
   /** Applies an awareness update of another relay's connections to the loaded `host`. */

@@ -39,6 +39,12 @@ export type ClusterMessage =
       readonly kind: "client" | "server"
       readonly principal: Principal
       readonly update: Uint8Array
+      /**
+       * A server-side write's: the state vector of the copy it was made on.
+       * The owner refuses it (`stale-copy`) when its document holds more:
+       * the write's checks read a copy older than the document.
+       */
+      readonly base?: Uint8Array
     }
   | {
       /** A purge ran on relay `from` (which orders the document): what other relays hold of it goes too. */
@@ -82,6 +88,7 @@ export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
       encoding.writeVarString(e, message.kind)
       encoding.writeVarString(e, JSON.stringify(message.principal))
       encoding.writeVarUint8Array(e, message.update)
+      if (message.base) encoding.writeVarUint8Array(e, message.base)
       break
     case "purged": {
       const { name, conversationId, scope } = message.purge
@@ -130,7 +137,9 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
         const name = decoding.readVarString(d)
         const kind = decoding.readVarString(d) === "server" ? "server" : "client"
         const principal = JSON.parse(decoding.readVarString(d)) as Principal
-        return { type, id, replyTo, name, kind, principal, update: decoding.readVarUint8Array(d) }
+        const update = decoding.readVarUint8Array(d)
+        const base = decoding.hasContent(d) ? decoding.readVarUint8Array(d) : undefined
+        return { type, id, replyTo, name, kind, principal, update, ...(base ? { base } : {}) }
       }
       case "reply": {
         const id = decoding.readVarString(d)
