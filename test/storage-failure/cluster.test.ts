@@ -96,16 +96,9 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }, 60_000)
 
     it("while PostgreSQL fails: writes refused retryably on every relay, every relay not ready, pending messages stored once after", async () => {
-      const target = new URL(DATABASE_URL)
-      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })
-      cleanups.push(() => proxy.close())
+      const proxy = await proxyTo(DATABASE_URL, 5432)
       const cluster = await startCluster(2, {
-        databaseUrl: (url) => {
-          const proxied = new URL(url)
-          proxied.hostname = "127.0.0.1"
-          proxied.port = String(proxy.port)
-          return proxied.toString()
-        },
+        databaseUrl: through(proxy),
         args: ["--storage-timeout-ms", "1000"],
       })
       cleanups.push(() => cluster.stop())
@@ -153,18 +146,10 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     }, 90_000)
 
     it("while one relay is cut off from PostgreSQL: another takes the conversations it ordered, and their writes go on", async () => {
-      const target = new URL(DATABASE_URL)
-      const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 5432) })
-      cleanups.push(() => proxy.close())
+      const proxy = await proxyTo(DATABASE_URL, 5432)
       // Relay 0 orders the conversation (alice created it there) and reaches PostgreSQL through the proxy.
       const cluster = await startCluster(2, {
-        databaseUrl: (url, i) => {
-          if (i !== 0) return url
-          const proxied = new URL(url)
-          proxied.hostname = "127.0.0.1"
-          proxied.port = String(proxy.port)
-          return proxied.toString()
-        },
+        databaseUrl: (url, i) => (i === 0 ? through(proxy)(url) : url),
         args: ["--storage-timeout-ms", "1000"],
       })
       cleanups.push(() => cluster.stop())
@@ -178,7 +163,8 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       for (let i = 0; i < 3; i++) b.send(`during ${i}`)
       await settledResending(b)
       const waited = Date.now() - started
-      expect(proxy.connections).toBe(0)
+      // Stored while relay 0 was still cut off (not ready), through relay 1 (ready).
+      expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(503)
       expect((await readyz(cluster.relay(1).httpUrl)).status).toBe(200)
       const reader = new TestClient(cluster.relay(1).url, id, await cluster.token(bob))
       cleanups.push(() => reader.close())
@@ -338,13 +324,24 @@ async function fourNumbered(reader: TestClient): Promise<void> {
 
 /** A TCP proxy in front of Redis the test can cut and black-hole, and the URL that reaches Redis through it. */
 async function redisProxy() {
-  const target = new URL(REDIS_URL)
-  const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || 6379) })
+  const proxy = await proxyTo(REDIS_URL, 6379)
+  return { proxy, proxied: new URL(through(proxy)(REDIS_URL)) }
+}
+
+/** A TCP proxy in front of the server of `url` (its port, else `defaultPort`), closed when the test ends. */
+async function proxyTo(url: string, defaultPort: number): Promise<TcpProxy> {
+  const target = new URL(url)
+  const proxy = await TcpProxy.start({ host: target.hostname, port: Number(target.port || defaultPort) })
   cleanups.push(() => proxy.close())
-  const proxied = new URL(REDIS_URL)
+  return proxy
+}
+
+/** `url` (a connection string) made to go through `proxy`. */
+const through = (proxy: TcpProxy) => (url: string) => {
+  const proxied = new URL(url)
   proxied.hostname = "127.0.0.1"
   proxied.port = String(proxy.port)
-  return { proxy, proxied }
+  return proxied.toString()
 }
 
 async function chatting(cluster: Awaited<ReturnType<typeof startCluster>>) {

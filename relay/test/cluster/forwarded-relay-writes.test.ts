@@ -14,8 +14,8 @@ import * as Y from "yjs"
 import type { RunningRelay } from "../../src/relay.js"
 import { PostgresStorage } from "../../src/storage/postgres.js"
 import { docUntil, stockProvider, synced } from "../helpers/clients.js"
-import { deleteRedisKeys, redisUnreachable, startClusteredRelay } from "../helpers/cluster.js"
-import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { redisUnreachable, twoClusteredRelays } from "../helpers/cluster.js"
+import { postgresUnreachable } from "../helpers/postgres.js"
 
 const RELAY = { kind: "relay" } as const
 
@@ -29,11 +29,10 @@ const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
 /** The stored log of `name` (what a relay loading it afresh, or after a crash, starts from). */
 let storedDoc: (name: string) => Promise<Y.Doc>
 
-/** Two clustered relays in this process, over one scratch schema and one key prefix. */
+/** Two clustered relays in this process, and a way to read what their storage holds of a document. */
 async function twoRelays(): Promise<[RunningRelay, RunningRelay]> {
-  const scratch = await scratchSchema()
-  cleanup.push(() => scratch.drop())
-  const pool = new pg.Pool({ connectionString: scratch.url, max: 1 })
+  const { relays, schema } = await twoClusteredRelays("forwarded", cleanup)
+  const pool = new pg.Pool({ connectionString: schema.url, max: 1 })
   cleanup.push(() => pool.end())
   storedDoc = async (name) => {
     const stored = await new PostgresStorage(pool).load(name)
@@ -42,16 +41,7 @@ async function twoRelays(): Promise<[RunningRelay, RunningRelay]> {
     for (const { update } of stored.updates) Y.applyUpdate(doc, update)
     return doc
   }
-  const prefix = `parley-forwarded-test:${process.pid}:${Date.now().toString(36)}:`
-  cleanup.push(() => deleteRedisKeys(prefix))
-  const start = async () => {
-    const relay = await startClusteredRelay(scratch.url, prefix)
-    cleanup.push(() => relay.close())
-    return relay
-  }
-  // The first alone: it creates the tables.
-  const owner = await start()
-  return [owner, await start()]
+  return relays
 }
 
 function entry(id: ConversationId, user: UserId, title: string): InboxEntry {

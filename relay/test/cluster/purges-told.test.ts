@@ -12,8 +12,8 @@ import { afterEach, describe, expect, it } from "vitest"
 import type { RelayExtension } from "../../src/extension.js"
 import type { PurgedContent } from "../../src/purge/redact.js"
 import type { RunningRelay } from "../../src/relay.js"
-import { deleteRedisKeys, redisUnreachable, startClusteredRelay } from "../helpers/cluster.js"
-import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { redisUnreachable, twoClusteredRelays } from "../helpers/cluster.js"
+import { postgresUnreachable } from "../helpers/postgres.js"
 import { until } from "../helpers/until.js"
 
 const cleanup: (() => unknown)[] = []
@@ -29,21 +29,16 @@ function purgesSeen(): { readonly extension: RelayExtension; readonly seen: Purg
   return { seen, extension: { name: "purges-seen", contentPurged: (purge) => void seen.push(purge) } }
 }
 
-/** Two clustered relays in this process, over one scratch schema and one key prefix, each noting purges. */
+/** Two clustered relays in this process, each noting purges. */
 async function twoRelays() {
-  const scratch = await scratchSchema()
-  cleanup.push(() => scratch.drop())
-  const prefix = `parley-purges-test:${process.pid}:${Date.now().toString(36)}:`
-  cleanup.push(() => deleteRedisKeys(prefix))
-  const start = async () => {
-    const noted = purgesSeen()
-    const relay = await startClusteredRelay(scratch.url, prefix, { extensions: [noted.extension] })
-    cleanup.push(() => relay.close())
-    return { relay, seen: noted.seen }
-  }
-  // The first alone: it creates the tables.
-  const owner = await start()
-  return [owner, await start()] as const
+  const noted = [purgesSeen(), purgesSeen()]
+  const { relays } = await twoClusteredRelays("purges", cleanup, (i) => ({
+    extensions: [noted[i]!.extension],
+  }))
+  return relays.map((relay, i) => ({ relay, seen: noted[i]!.seen })) as [
+    { relay: RunningRelay; seen: PurgedContent[] },
+    { relay: RunningRelay; seen: PurgedContent[] },
+  ]
 }
 
 const alice = "alice" as UserId

@@ -10,8 +10,8 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import type * as Y from "yjs"
 import type { Principal } from "../../src/principal.js"
-import { deleteRedisKeys, redisUnreachable, startClusteredRelay } from "../helpers/cluster.js"
-import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { redisUnreachable, twoClusteredRelays } from "../helpers/cluster.js"
+import { postgresUnreachable } from "../helpers/postgres.js"
 
 const cleanup: (() => unknown)[] = []
 afterEach(async () => {
@@ -19,22 +19,6 @@ afterEach(async () => {
 })
 
 const missing = (await postgresUnreachable()) ?? (await redisUnreachable())
-
-/** Two clustered relays in this process, over one scratch schema and one key prefix. */
-async function twoRelays() {
-  const scratch = await scratchSchema()
-  cleanup.push(() => scratch.drop())
-  const prefix = `parley-stale-test:${process.pid}:${Date.now().toString(36)}:`
-  cleanup.push(() => deleteRedisKeys(prefix))
-  const start = async () => {
-    const relay = await startClusteredRelay(scratch.url, prefix)
-    cleanup.push(() => relay.close())
-    return relay
-  }
-  // The first alone: it creates the tables.
-  const first = await start()
-  return [first, await start()] as const
-}
 
 /** What the HTTP API's group creation runs (`ApiOperations.createGroup`): a check, then the write. */
 const createIfAbsent = (id: ConversationId, creator: UserId, other: UserId) => (doc: Y.Doc) => {
@@ -50,7 +34,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 } else {
   describe("server-side writes made on another relay's copy", () => {
     it("are checked against the document the owner holds: of two racing creations of one id, one creates it and the other is told it exists", async () => {
-      const [a, b] = await twoRelays()
+      const [a, b] = (await twoClusteredRelays("stale-copies", cleanup)).relays
       for (let round = 0; round < 6; round++) {
         const id = `g~race-${round}` as ConversationId
         // Loaded (empty) on both relays first, as a read by each would: each write's check then reads a

@@ -58,6 +58,30 @@ export function startClusteredRelay(
   })
 }
 
+/**
+ * Two clustered relays in this process over one scratch schema and one key
+ * prefix of their own, each started with `options(i)`; every step of undoing
+ * them goes to `cleanup` (run in reverse). The first starts alone: it
+ * creates the tables.
+ */
+export async function twoClusteredRelays(
+  name: string,
+  cleanup: (() => unknown)[],
+  options: (i: number) => RelayOptions = () => ({}),
+): Promise<{ relays: [RunningRelay, RunningRelay]; schema: ScratchSchema }> {
+  const schema = await scratchSchema()
+  cleanup.push(() => schema.drop())
+  const prefix = `parley-${name}-test:${process.pid}:${Date.now().toString(36)}:`
+  cleanup.push(() => deleteRedisKeys(prefix))
+  const start = async (i: number) => {
+    const relay = await startClusteredRelay(schema.url, prefix, options(i))
+    cleanup.push(() => relay.close())
+    return relay
+  }
+  const first = await start(0)
+  return { relays: [first, await start(1)], schema }
+}
+
 /** The path of HAProxy (Debian's package), or undefined when it is not installed. */
 export function haproxyPath(): string | undefined {
   for (const path of ["/usr/sbin/haproxy", "/usr/bin/haproxy"]) {
