@@ -533,7 +533,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       Y.applyUpdate(copy, Y.encodeStateAsUpdate(replica))
       // What the change's checks (exists? a participant? the same message?) read: the owner refuses the
       // write if its document holds more, or two relays' copies of an empty document would both create it.
-      base = Y.encodeStateVector(copy)
+      // The relay's own derived writes (inbox entries recomputed from their conversations) check nothing
+      // a later recomputation would not put right: not held to it, so that busy inboxes do not retry.
+      if (actor.kind !== "relay") base = Y.encodeStateVector(copy)
       copy.clientID = host.clientIdFor(actor)
       const updates: Uint8Array[] = []
       copy.on("update", (u: Uint8Array) => updates.push(u))
