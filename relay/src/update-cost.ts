@@ -607,15 +607,21 @@ export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCo
 
   // Deleting what neither the document nor the update holds, which the rules refuse (Yjs would keep it
   // pending): told from the numbers read, so that the caller refuses it before anything decodes it.
+  // Not when the update follows changes of its own the relay lacks (a gap before a client's first
+  // struct): the path tells its sender to send its pending work again, which holds what it deletes.
   const updateEnds = new Map<number, number>()
-  for (const s of structs)
+  let gap = false
+  for (const s of structs) {
+    if (!updateEnds.has(s.client) && s.clock > stateOf(s.client)) gap = true
     updateEnds.set(s.client, Math.max(updateEnds.get(s.client) ?? 0, s.clock + s.length))
-  let deletesUnknown = false
-  for (const [client, list] of deletes) {
-    const last = list.length - 2
-    if (last >= 0 && list[last]! + list[last + 1]! > Math.max(stateOf(client), updateEnds.get(client) ?? 0))
-      deletesUnknown = true
   }
+  let deletesUnknown = false
+  if (!gap)
+    for (const [client, list] of deletes) {
+      const last = list.length - 2
+      if (last >= 0 && list[last]! + list[last + 1]! > Math.max(stateOf(client), updateEnds.get(client) ?? 0))
+        deletesUnknown = true
+    }
   if (deletesUnknown)
     return { newClientIds, structs: structs.length, values, integrationSteps: steps, deletesUnknown }
 
