@@ -15,7 +15,9 @@ import {
 import { afterAll, afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { checkUpdate } from "../src/policy/check-update.js"
+import { checkUpdateCost, DEFAULT_UPDATE_COST_LIMITS } from "../src/update-cost.js"
 import { TestClient } from "./helpers/clients.js"
+import { encodeCraftedUpdate } from "./helpers/crafted-updates.js"
 import { probe, probeAll } from "./helpers/frame-probe.js"
 import {
   alice,
@@ -137,6 +139,39 @@ describe("the cost of one frame", () => {
     const offline = named("the same offline work in one update (a stock client's sync step 2)")
     const result = await probe(offline, seed, { maxUpdateStructs: 100 })
     expect(result.error).toMatchObject({ code: ErrorCode.INVALID_UPDATE, rule: "update-structs" })
+  })
+})
+
+describe("deletions of content the relay does not have", () => {
+  const relay = () => {
+    const doc = new Y.Doc()
+    Y.applyUpdate(doc, seedConversation(newConversationId(), 20).stored)
+    return doc
+  }
+  const last = (doc: Y.Doc) => {
+    let item = (doc.getArray("messages") as unknown as { _start: Y.Item | null })._start!
+    while (item.right) item = item.right
+    return { client: item.id.client, clock: item.id.clock + item.length - 1 }
+  }
+  const unknown = [{ client: 0x31000000, clock: 0, length: 3 }]
+
+  it("are told from the cost scan, before decoding; not when the update follows changes of its own the relay lacks", () => {
+    const doc = relay()
+    // Only deletions: refused by the rules whatever else, so the update path refuses them at once.
+    expect(
+      checkUpdateCost(doc, encodeCraftedUpdate([], unknown), DEFAULT_UPDATE_COST_LIMITS).deletesUnknown,
+    ).toBe(true)
+    // With a message of a client's, after its clock 0 the relay never got: the sender is told to send its
+    // pending work again (which holds what it deletes), so the update path decides.
+    const after = {
+      client: 0x32000000,
+      clock: 5,
+      structs: [{ origin: last(doc), content: { kind: "any", values: [1] } }],
+    }
+    expect(
+      checkUpdateCost(doc, encodeCraftedUpdate([after as never], unknown), DEFAULT_UPDATE_COST_LIMITS)
+        .deletesUnknown,
+    ).toBe(false)
   })
 })
 
