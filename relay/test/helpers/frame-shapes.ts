@@ -122,6 +122,9 @@ const HALF = Math.floor(UNDER_CAP / 2)
 /** Client ids far from the relay's, the seed's and each other's. */
 const clientId = (i: number) => 0x10000000 + i
 
+/** An object of `n` keys, each a short base-36 number. */
+const manyKeys = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [i.toString(36), 0]))
+
 /** About the largest `n` for which `build(n)` stays within the frame limit (at most `max`). */
 function fill(build: (n: number) => Uint8Array, max = 1 << 22): Uint8Array {
   const room = FRAME_LIMIT - HEADROOM
@@ -401,97 +404,60 @@ export const hostileShapes: readonly Shape[] = [
   // One value counts once toward the value cap, however much it holds; Yjs builds all of it on decoding.
   ...(
     [
-      ["one value: an array of one-character strings", (n: number) => Array.from({ length: n }, () => "x")],
+      [
+        "one value: an array of one-character strings",
+        (n: number) => ({ kind: "any", values: [Array.from({ length: n }, () => "x")] }),
+      ],
       [
         // Under the element count, were keys free: 32,000 of them fill the frame.
         "one value: an object of 32,000 keys of 30 characters",
-        (n: number) =>
-          Object.fromEntries(
-            Array.from({ length: Math.min(n, 32_000) }, (_, i) => [`key-${i}`.padEnd(30, "."), 0]),
-          ),
+        (n: number) => ({
+          kind: "any",
+          values: [
+            Object.fromEntries(
+              Array.from({ length: Math.min(n, 32_000) }, (_, i) => [`key-${i}`.padEnd(30, "."), 0]),
+            ),
+          ],
+        }),
+      ],
+      ["one value: an object of many keys", (n: number) => ({ kind: "any", values: [manyKeys(n)] })],
+      [
+        // An array holding an array … (type 117, one element) and a null at the bottom, as deep as fits.
+        "one value nested past Yjs's decoder recursion",
+        (n: number) => {
+          const bytes = new Uint8Array(2 * n + 1).fill(1)
+          for (let i = 0; i < n; i++) bytes[2 * i] = 117
+          bytes[2 * n] = 126
+          return { kind: "encoded-any", count: 1, bytes }
+        },
       ],
       [
-        "one value: an object of many keys",
-        (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [i.toString(36), 0])),
+        "a subdocument whose options are an object of many keys",
+        (n: number) => ({ kind: "doc", guid: "sub", options: manyKeys(n) }),
+      ],
+      [
+        "JSON content: one array of zeros",
+        (n: number) => ({ kind: "json", texts: [`[${"0,".repeat(n)}0]`] }),
       ],
     ] as const
   ).map(
-    ([name, value]): Shape => ({
+    ([name, content], i): Shape => ({
       name,
       honest: false,
       refused: { code: "INVALID_UPDATE", rule: "update-elements" },
       user: mallory,
       build: (relay) => {
         const x = lastId(lastItem(relay, TopLevel.messages))
-        const c = clientId(12)
+        const c = clientId(20 + i)
+        // One struct after the last message, its content as large as the frame takes.
         return fill((n) =>
           encodeCraftedUpdate([
-            { client: c, clock: 0, structs: chain(x, c, 1, () => ({ kind: "any", values: [value(n)] })) },
+            { client: c, clock: 0, structs: chain(x, c, 1, () => content(n) as CraftedContent) },
           ]),
         )
       },
     }),
   ),
-  {
-    name: "one value nested past Yjs's decoder recursion",
-    honest: false,
-    refused: { code: "INVALID_UPDATE", rule: "update-elements" },
-    user: mallory,
-    build: (relay) => {
-      const x = lastId(lastItem(relay, TopLevel.messages))
-      const c = clientId(13)
-      // An array holding an array … (type 117, one element) and a null at the bottom.
-      const depth = Math.floor((FRAME_LIMIT - HEADROOM - 64) / 2)
-      const bytes = new Uint8Array(2 * depth + 1).fill(1)
-      for (let i = 0; i < depth; i++) bytes[2 * i] = 117
-      bytes[2 * depth] = 126
-      return encodeCraftedUpdate([
-        { client: c, clock: 0, structs: chain(x, c, 1, () => ({ kind: "encoded-any", count: 1, bytes })) },
-      ])
-    },
-  },
-  {
-    name: "a subdocument whose options are an object of many keys",
-    honest: false,
-    refused: { code: "INVALID_UPDATE", rule: "update-elements" },
-    user: mallory,
-    build: (relay) => {
-      const x = lastId(lastItem(relay, TopLevel.messages))
-      const c = clientId(14)
-      return fill((n) =>
-        encodeCraftedUpdate([
-          {
-            client: c,
-            clock: 0,
-            structs: chain(x, c, 1, () => ({
-              kind: "doc",
-              guid: "sub",
-              options: Object.fromEntries(Array.from({ length: n }, (_, i) => [i.toString(36), 0])),
-            })),
-          },
-        ]),
-      )
-    },
-  },
-  {
-    name: "JSON content: one array of zeros",
-    honest: false,
-    refused: { code: "INVALID_UPDATE", rule: "update-elements" },
-    user: mallory,
-    build: (relay) => {
-      const x = lastId(lastItem(relay, TopLevel.messages))
-      const c = clientId(15)
-      return fill((n) =>
-        encodeCraftedUpdate([
-          {
-            client: c,
-            clock: 0,
-            structs: chain(x, c, 1, () => ({ kind: "json", texts: [`[${"0,".repeat(n)}0]`] })),
-          },
-        ]),
-      )
-    },
-  },
   {
     name: "delete set of single clocks under the range cap, of content the relay does not have",
     honest: false,
