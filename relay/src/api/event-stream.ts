@@ -121,11 +121,16 @@ export class EventStreams {
     let first: Awaited<ReturnType<ApiEventSource["read"]>>
     /** How far the last read looked: the log's newest id before it, when it found less than a batch. */
     let scanned: string | undefined
+    // Without a filter every entry is sent, so the position is the last one's: the log's newest id is
+    // asked for (one more query per read) only when a filter may skip entries.
+    const filtered =
+      query.conversation !== undefined || query.user !== undefined || (query.types?.length ?? 0) > 0
+    const newestIfFiltered = () => (filtered ? source.latest() : Promise.resolve(undefined))
     let readAt = now()
     try {
       // The resume point is checked before the stream starts: an expired or unknown one is a plain error.
       after = query.after ?? (await source.latest())
-      const newest = await source.latest()
+      const newest = await newestIfFiltered()
       first = await source.read({ ...query, after, limit: BATCH })
       if (first.length < BATCH) scanned = newest
     } catch (error) {
@@ -205,7 +210,7 @@ export class EventStreams {
             if (closed) break
           }
           readAt = now()
-          const newest = await source.latest()
+          const newest = await newestIfFiltered()
           entries = this.hold(await source.read({ ...query, after: position, limit: BATCH }))
           scanned = entries.length < BATCH ? newest : undefined
           pace?.spend(entries.length)
