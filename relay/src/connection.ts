@@ -28,6 +28,7 @@ import * as Y from "yjs"
 import type { Access } from "./access.js"
 import { closeOf } from "./errors.js"
 import type { Principal } from "./principal.js"
+import { ANSWER_BASE_BYTES } from "./user-limits.js"
 
 /**
  * What a transport gives the core for one client: who it is, how to send it
@@ -94,8 +95,12 @@ export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   directory(connection: Connection<H>, request: number, page: number): void
   /** Serves epoch record `record` of the conversation, to a connection allowed into it. */
   epochRecord(connection: Connection<H>, request: number, record: number): void
-  /** Milliseconds until `connection`'s user may be sent another answer to a request (0: now; see `UserLedger.answerDelay`). */
-  answerDelay(connection: Connection<H>): number
+  /**
+   * Calls `answer` once `connection`'s user may be sent another answer to a
+   * request: now (returning undefined), or in turn (returning a function that
+   * withdraws it). See `UserLedger.whenAnswerable`.
+   */
+  whenAnswerable(connection: Connection<H>, answer: () => void): (() => void) | undefined
   /** Counts `bytes` answered to `connection`'s user. */
   answered(connection: Connection<H>, bytes: number): void
 }
@@ -113,8 +118,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   private syncRequest: Uint8Array | undefined
   /** A query of the awareness not answered yet. */
   private awarenessQuery = false
-  /** Set while the answers wait for the user's answer budget. */
-  private answerTimer: NodeJS.Timeout | undefined
+  /** Set while the answers wait for the user's answer budget: withdraws them. */
+  private answerWait: (() => void) | undefined
 
   constructor(
     readonly host: H,
@@ -190,7 +195,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   close(code: number, reason: string): void {
     if (this.closed) return
     this.closed = true
-    clearTimeout(this.answerTimer)
+    this.answerWait?.()
+    this.answerWait = undefined
     this.owner.detach(this)
     this.session.close(code, reason)
   }
@@ -242,7 +248,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     if (!awareness || !states || states.size === 0) return
     const frame = awarenessFrame(awareness, [...states.keys()])
     this.send(frame)
-    this.owner.answered(this, frame.length)
+    this.owner.answered(this, ANSWER_BASE_BYTES + frame.length)
   }
 
   /**
@@ -373,16 +379,15 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
    * into the waiting ones; honest clients ask once per connection.
    */
   private answerRequests(): void {
-    if (this.answerTimer || this.closed) return
-    const wait = this.owner.answerDelay(this)
-    if (wait > 0) {
-      this.answerTimer = setTimeout(() => {
-        this.answerTimer = undefined
-        this.guarded(() => this.answerRequests())
-      }, wait)
-      this.answerTimer.unref()
-      return
-    }
+    if (this.answerWait || this.closed) return
+    this.answerWait = this.owner.whenAnswerable(this, () => {
+      this.answerWait = undefined
+      this.guarded(() => this.sendAnswers())
+    })
+  }
+
+  private sendAnswers(): void {
+    if (this.closed) return
     const stateVector = this.syncRequest
     this.syncRequest = undefined
     // Never answer from a change that is applied but not yet durable.
@@ -393,7 +398,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       const awareness = this.host.awarenessIfAny
       const frame = awareness ? awarenessFrame(awareness, [...awareness.getStates().keys()]) : NO_AWARENESS
       this.send(frame)
-      this.owner.answered(this, frame.length)
+      this.owner.answered(this, ANSWER_BASE_BYTES + frame.length)
     }
   }
 
@@ -408,15 +413,16 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       this.close(CloseCode.MalformedFrame.code, CloseCode.MalformedFrame.reason)
       return
     }
-    // Decoding costs about 30 times what answering a byte does: charged so, a flood of requests
-    // spends the user's answer budget and then folds into one waiting request (SECURITY.md).
-    this.owner.answered(this, stateVector.length * STATE_VECTOR_BYTE_COST)
+    // Decoding costs about 30 times what answering a byte does: charged so (with the answer), a flood
+    // of requests spends the user's answer budget and then folds into one waiting request (SECURITY.md).
+    const decoded = ANSWER_BASE_BYTES + stateVector.length * STATE_VECTOR_BYTE_COST
     // A replica of an older epoch of the live document (it lacks the epoch's own client id) cannot
     // merge into this one: it is told to rebuild (the SDK rebases its pending work), nothing more.
     // Only conversations have epochs; reading one from an inbox would create the conversation types in it.
     const epoch = !this.pending && this.host.name.kind === "conversation" ? epochOf(this.host.doc) : undefined
     if (epoch !== undefined && known.size > 0 && !known.has(epoch)) {
       this.staleEpoch = true
+      this.owner.answered(this, decoded)
       this.refuse(
         new ParleyError(ErrorCode.INVALID_UPDATE, "this replica is of an older epoch: rebuild it", {
           rule: Rule.epoch,
@@ -427,14 +433,17 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     if (known.size === 0) {
       const frame = this.host.coldJoinFrame()
       this.send(frame, INITIAL_SYNC)
-      this.owner.answered(this, frame.length)
+      this.owner.answered(this, decoded + frame.length)
       return
     }
     const frame = encodeSyncStep2(Y.encodeStateAsUpdate(this.host.doc, stateVector))
     this.send(frame, INITIAL_SYNC)
     // Yjs writes the document's whole delete set into every answer, walking every struct: an answer of
     // a few bytes to an up-to-date state vector costs as much as that walk, and is charged so.
-    this.owner.answered(this, Math.max(frame.length, structsOf(this.host.doc) * WALK_BYTES_PER_STRUCT))
+    this.owner.answered(
+      this,
+      decoded + Math.max(frame.length, structsOf(this.host.doc) * WALK_BYTES_PER_STRUCT),
+    )
   }
 
   private receiveSync(message: SyncFrame): void {

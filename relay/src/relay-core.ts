@@ -66,7 +66,7 @@ import {
   unlessHeld,
   writeOnServer,
 } from "./update-path.js"
-import { DEFAULT_USER_LIMITS, UserLedger, type UserLimits } from "./user-limits.js"
+import { ANSWER_BASE_BYTES, DEFAULT_USER_LIMITS, UserLedger, type UserLimits } from "./user-limits.js"
 import { UserTurns } from "./user-turns.js"
 
 const EVICTED = Symbol("evicted")
@@ -690,8 +690,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** @internal */
-  answerDelay(connection: HostedConnection): number {
-    return this.users.answerDelay(connection.principal)
+  whenAnswerable(connection: HostedConnection, answer: () => void): (() => void) | undefined {
+    return this.users.whenAnswerable(connection.principal, answer)
   }
 
   /** @internal */
@@ -789,17 +789,15 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     // A page is read and sent for a request of a few bytes: it waits for the user's answer budget, and
     // takes its size from it before it is read. Charged only once sent, every request in flight on the
     // user's sockets passed while the budget was positive (3.6 times the budget over 250 sockets).
-    const reserved = size ?? PAGE_RESERVATION_BYTES
-    const admitted = async (): Promise<boolean> => {
-      for (;;) {
-        if (connection.closed) return false
-        const wait = this.users.answerDelay(connection.principal)
-        if (wait <= 0) break
-        await new Promise<void>((resolve) => setTimeout(resolve, wait).unref())
-      }
-      this.users.answered(connection.principal, reserved)
-      return true
-    }
+    const reserved = ANSWER_BASE_BYTES + (size ?? PAGE_RESERVATION_BYTES)
+    const admitted = (): Promise<boolean> =>
+      new Promise((resolve) => {
+        this.users.whenAnswerable(connection.principal, () => {
+          if (connection.closed) return resolve(false)
+          this.users.answered(connection.principal, reserved)
+          resolve(true)
+        })
+      })
     admitted()
       .then((admit) => (admit ? read() : null))
       .then((stored) => {
@@ -809,7 +807,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
           answer({ request, segment, error: ErrorCode.NOT_FOUND })
         } else {
           answer({ request, segment, hash: stored.hash, bytes: stored.bytes })
-          this.users.answered(connection.principal, stored.bytes.length - reserved)
+          this.users.answered(connection.principal, ANSWER_BASE_BYTES + stored.bytes.length - reserved)
         }
       })
       .catch((error: unknown) => {

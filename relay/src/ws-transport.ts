@@ -147,11 +147,15 @@ const json = sendJson
  * files are plain HTTP.
  */
 /**
- * What reading one frame costs the receive budget beyond its bytes: handling a frame costs about
- * 2 µs however small it is (reading, dispatching, dropping one for a closed channel), as much as
- * unmasking and reading 1 KB; a flood of 3-byte frames was counted 3 bytes each.
+ * What reading one frame costs the receive budget beyond its bytes. Handling a frame costs 2-10 µs
+ * however small it is (reading, parsing, dispatching; a sync request folded into one waiting, a
+ * frame for a closed channel), as much as unmasking and reading several kilobytes. Charged 256
+ * bytes, one user's 250 sockets had 22,000 ten-byte sync requests a second read (with their answers,
+ * 43 % of the relay's CPU; measured); charged 4 KiB, about 1,000 a second once their burst is spent
+ * (6-7 %, the update budget's 100 updates a second cost more). An honest device sends a few frames
+ * per conversation it opens, and a few a second while its user types.
  */
-const FRAME_BASE_BYTES = 256
+const FRAME_BASE_BYTES = 4096
 
 export class WsTransport {
   readonly server: Server
@@ -546,7 +550,9 @@ export class WsTransport {
     }
 
     ws.on("message", (data: RawData, isBinary: boolean) => {
-      if (socketClosed) return
+      // Once the relay has closed the socket, what it still reads (a client flooding until it sees the
+      // close) is dropped unread: each such frame was counted, logged and closed again.
+      if (socketClosed || ws.readyState !== WebSocket.OPEN) return
       if (liveness) liveness.heard = true
       // Awareness frames have a budget of their own (see socketAwarenessPerSecond); types are one byte.
       const awareness = isBinary && firstByte(data) === MessageType.awareness
@@ -715,7 +721,9 @@ export class WsTransport {
       }
     }
     ws.on("message", (data: RawData, isBinary: boolean) => {
-      if (socketClosed) return
+      // Once the relay has closed the socket, what it still reads (a client flooding until it sees the
+      // close) is dropped unread: each such frame was counted, logged and closed again.
+      if (socketClosed || ws.readyState !== WebSocket.OPEN) return
       if (liveness) liveness.heard = true
       if (mux) {
         this.paceReading(ws, reader, sizeOf(data))

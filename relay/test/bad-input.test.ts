@@ -173,9 +173,13 @@ describe("bad input", () => {
   it("closes a connection that floods frames with 4429", async () => {
     const s = await scene()
     const bad = await open(s.id, "mallory")
+    const logged = () => relay.lines.filter((line) => line.includes('"closed: too many frames"')).length
+    const before = logged()
     for (let i = 0; i < 200; i++) bad.send(new Uint8Array([MessageType.queryAwareness]))
     expect((await bad.closed).code).toBe(4429)
     await expectStillServing(s, bad)
+    // The frames read after the close are dropped: one log line for the socket, not one per frame.
+    expect(logged() - before).toBe(1)
   })
 })
 

@@ -1,9 +1,28 @@
 import { encodeSyncStep1, type ParleyError, parseDocumentName, type UserId } from "@parley/shared"
 import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
-import { Connection, type Session } from "../src/connection.js"
+import { Connection, type ConnectionOwner, type Session } from "../src/connection.js"
 import { DocumentHost } from "../src/document-host.js"
 import { stubOwner } from "./helpers/connection-owner.js"
+
+/** An owner's `whenAnswerable` that answers once `answerDelay` says 0, asking it again after each wait. */
+function answeringAfter(answerDelay: () => number): ConnectionOwner<DocumentHost>["whenAnswerable"] {
+  return (_connection, answer) => {
+    const first = answerDelay()
+    if (first <= 0) {
+      answer()
+      return undefined
+    }
+    let timer: NodeJS.Timeout
+    const retry = () => {
+      const wait = answerDelay()
+      if (wait <= 0) answer()
+      else timer = setTimeout(retry, wait)
+    }
+    timer = setTimeout(retry, first)
+    return () => clearTimeout(timer)
+  }
+}
 
 /**
  * A connection's answers that wait (for the user's answer budget, or for a
@@ -19,7 +38,10 @@ describe("answers sent after the frame that asked for them", () => {
     }
     const refused: ParleyError[] = []
     const closed: number[] = []
-    const owner = stubOwner({ refused: (_connection, error) => refused.push(error), answerDelay })
+    const owner = stubOwner({
+      refused: (_connection, error) => refused.push(error),
+      whenAnswerable: answeringAfter(answerDelay),
+    })
     const session: Session = {
       principal: { kind: "user", user: "alice" as UserId },
       wantsParley: true,
@@ -76,7 +98,7 @@ describe("sync requests against the user's answer budget", () => {
     const closed: number[] = []
     const owner = stubOwner({
       // The budget refills at once after 30 ms: enough for the frames below to arrive meanwhile.
-      answerDelay: () => (spent > budgetBytes ? 30 : 0),
+      whenAnswerable: answeringAfter(() => (spent > budgetBytes ? 30 : 0)),
       answered: (_connection, bytes) => {
         spent += bytes
       },

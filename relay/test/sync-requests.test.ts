@@ -112,4 +112,41 @@ describe("sync requests", () => {
     expect(limited).toMatch(new RegExp(`parley_user_limit_total\\{limit="${UserLimit.answers}"\\} [1-9]`))
     for (const s of [...sockets, other]) s.close()
   })
+
+  it("charges every answer a base cost, so that up-to-date requests from many sockets cannot be answered without end", async () => {
+    // A small conversation: an up-to-date request's answer is a few bytes, and walks a few structs.
+    const small = "g~syncrequestssmall" as ConversationId
+    await relay.core.write(small, { kind: "user", user: alice }, (doc) => {
+      createConversation(doc, alice, { kind: "group", id: small, participants: [carol], title: "Small" })
+      sendMessage(doc, alice, { body: "hello" })
+    })
+    const sockets = await Promise.all(
+      Array.from(
+        { length: 10 },
+        async () => new TestClient(relay.url, small, await relay.auth.mintDev(carol, {})),
+      ),
+    )
+    await Promise.all(sockets.map((s) => s.synced()))
+    const upToDate = encodeSyncStep1(await relay.core.read(small, (doc) => Y.encodeStateVector(doc)))
+    const before = sockets.reduce((sum, s) => sum + answersOf(s).length, 0)
+    const started = performance.now()
+    const asked = 10 * 30
+    for (let round = 0; round < 30; round++) {
+      for (const s of sockets) s.send(upToDate)
+      await sleep(10)
+    }
+    // Every socket's last request is answered (folded, not dropped).
+    await Promise.all(sockets.map((s) => s.until(() => answersOf(s).length >= 2)))
+    await sleep(300)
+    const elapsed = (performance.now() - started) / 1000
+    const answered = sockets.reduce((sum, s) => sum + answersOf(s).length, 0) - before
+    // Charged their few bytes, all 300 were answered at once; charged at least 4 KiB each, no more than
+    // the budget's worth of answers.
+    expect(answered).toBeLessThanOrEqual(
+      Math.ceil((ANSWER_BURST_BYTES + ANSWER_BYTES_PER_SECOND * elapsed) / 4096) + 10,
+    )
+    expect(answered).toBeLessThan(asked / 2)
+    for (const s of sockets) expect(s.closeEvent).toBeUndefined()
+    for (const s of sockets) s.close()
+  })
 })

@@ -79,6 +79,47 @@ describe("UserLedger", () => {
     expect(l.size).toBe(0)
   })
 
+  it("serves a user's waiting answers in the order asked, one timer for all of them, as the budget refills", () => {
+    const { l, refused, advance } = ledger({ userAnswerBytesPerSecond: 1000, userAnswerBurstBytes: 1000 })
+    vi.useFakeTimers()
+    const served: string[] = []
+    const answer = (name: string) => () => {
+      served.push(name)
+      l.answered(mallory, 500)
+    }
+    // Nothing spent: answered at once.
+    expect(l.whenAnswerable(mallory, answer("first"))).toBeUndefined()
+    expect(served).toEqual(["first"])
+    // Overdrawn by 500 bytes: four connections' answers wait, on one timer, the limit counted once.
+    l.answered(mallory, 1000)
+    const timers = vi.getTimerCount()
+    const withdraw = ["a", "b", "c", "d"].map((name) => l.whenAnswerable(mallory, answer(name)))
+    expect(served).toEqual(["first"])
+    expect(vi.getTimerCount()).toBe(timers + 1)
+    expect(refused).toEqual([UserLimit.answers])
+    // b's connection closes: its answer is withdrawn.
+    withdraw[1]!()
+    advance(499)
+    expect(served).toEqual(["first"])
+    advance(1)
+    expect(served).toEqual(["first", "a"])
+    advance(500)
+    expect(served).toEqual(["first", "a", "c"])
+    // A request arriving now waits behind d, even once the budget is back for one answer.
+    l.whenAnswerable(mallory, answer("late"))
+    advance(500)
+    expect(served).toEqual(["first", "a", "c", "d"])
+    advance(500)
+    expect(served).toEqual(["first", "a", "c", "d", "late"])
+    expect(refused).toEqual([UserLimit.answers])
+    // Other users, and services, wait for nobody.
+    expect(l.whenAnswerable(user("alice"), () => served.push("alice"))).toBeUndefined()
+    expect(
+      l.whenAnswerable({ kind: "service", subject: "audit" }, () => served.push("audit")),
+    ).toBeUndefined()
+    expect(served.slice(-2)).toEqual(["alice", "audit"])
+  })
+
   it("makes a user's answers wait while the bytes answered overdraw the budget, and counts each wait", () => {
     const { l, refused, advance } = ledger({ userAnswerBytesPerSecond: 1000, userAnswerBurstBytes: 2000 })
     vi.useFakeTimers()

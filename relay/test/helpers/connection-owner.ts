@@ -12,7 +12,10 @@ export function stubOwner(parts: Partial<ConnectionOwner<DocumentHost>> = {}): C
     history: () => {},
     directory: () => {},
     epochRecord: () => {},
-    answerDelay: () => 0,
+    whenAnswerable: (_connection, answer) => {
+      answer()
+      return undefined
+    },
     answered: () => {},
     ...parts,
   }
