@@ -9,6 +9,7 @@ import {
   epochCount,
   foldedHistory,
   type HistoryPage,
+  isRetryable,
   lastSequence,
   type MessageId,
   ParleyError,
@@ -1148,7 +1149,6 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     return promoted
   }
 
-  /** The document's memory may differ from storage: close its connections and drop it, to reload from storage. */
   /** Drops a loaded document whose storage moved on (a new epoch); its clients reconnect to the new one. */
   private restart(host: DocumentHost, reason: string): void {
     this.log.info({ doc: host.key }, reason)
@@ -1159,7 +1159,15 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     this.drop(host)
   }
 
+  /** The document's memory may differ from storage: close its connections and drop it, to reload from storage. */
   private evict(host: DocumentHost, error: unknown): void {
+    // A retryable refusal is not the relay's failure: in a cluster, the document's lease moved to another
+    // relay (a Redis restart loses every lease) and the fence refused this one's append. Its clients
+    // reconnect to whichever relay orders it now (4503), as after a restart; nothing is logged as an error.
+    if (error instanceof ParleyError && isRetryable(error.code)) {
+      this.restart(host, `document dropped: ${error.message}`)
+      return
+    }
     this.log.error({ err: error, doc: host.key }, "document evicted after a failure")
     this.options.metrics.errors.inc({ code: ErrorCode.INTERNAL })
     host.beginUnload()
