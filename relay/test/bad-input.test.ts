@@ -126,6 +126,28 @@ describe("bad input", () => {
     await expectStillServing(s, bad)
   })
 
+  it("refuses an update followed by bytes Yjs never reads (INVALID_UPDATE), storing and sending none of it", async () => {
+    const s = await scene()
+    const bad = await open(s.id, "mallory")
+    // A real message of hers, then bytes of her own: Yjs stops reading after the delete set, so they
+    // were stored and sent to every member as they came (an outside probe: 1 MB after each message).
+    const replica = new Y.Doc()
+    Y.applyUpdate(replica, Y.encodeStateAsUpdate(bad.doc))
+    const before = Y.encodeStateVector(replica)
+    sendMessage(replica, "mallory" as UserId, { body: "a message" })
+    const update = Y.encodeStateAsUpdate(replica, before)
+    const hidden = new TextEncoder().encode("HIDDEN-PAYLOAD".repeat(100))
+    const padded = new Uint8Array(update.length + hidden.length)
+    padded.set(update)
+    padded.set(hidden, update.length)
+    bad.send(syncUpdateFrame(padded))
+    await bad.until(() => bad.errors.length > 0)
+    expect(bad.errors[0]!.code).toBe(ErrorCode.INVALID_UPDATE)
+    expect(bad.errors[0]!.message).toMatch(/1400 bytes after its end/)
+    await expectStillServing(s, bad)
+    for (const frame of s.watcher.frames) expect(Buffer.from(frame).includes("HIDDEN-PAYLOAD")).toBe(false)
+  })
+
   it("closes a stock client that sends an update Yjs cannot decode with 4400", async () => {
     const s = await scene()
     const bad = await open(s.id, "mallory", { parley: false })
