@@ -108,7 +108,9 @@ export function storageFailure(error: unknown, where: StorageLocation): StartupE
       `cannot open the data directory ${resolve(where.dataDir)} (--data-dir): ${reasonOf(error)}: ` +
         (full
           ? `the disk holding it is full (${formatBytes(full.free)} free): free space and start again`
-          : "make it a directory this user can write, or give another --data-dir"),
+          : damagedFile(error)
+            ? 'a database file in it is damaged: restore it from a backup (relay README, "Backup"), or give another --data-dir'
+            : "make it a directory this user can write, or give another --data-dir"),
       { cause: error },
     )
   }
@@ -118,6 +120,12 @@ export function storageFailure(error: unknown, where: StorageLocation): StartupE
       "check that the server runs and the URL, user, password and database are right",
     { cause: error },
   )
+}
+
+/** SQLite's own word that a file is not a sound database (damaged, truncated, or not a database at all). */
+function damagedFile(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB"
 }
 
 /**

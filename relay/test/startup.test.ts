@@ -84,6 +84,19 @@ describe.concurrent("a relay that cannot start says why in one line", () => {
     expect(stderr).toContain("unable to open database file")
   })
 
+  it("says to restore from a backup when a database file of the data directory is damaged, and exits 4", async () => {
+    const dataDir = join(dir, "damaged")
+    mkdirSync(dataDir, { recursive: true })
+    // Not a database at all: what a truncated or overwritten file looks like to SQLite.
+    writeFileSync(join(dataDir, "parley.sqlite"), Buffer.alloc(8192, 7))
+    const { code, stderr } = await runRelay(["--auth-secret", "s", "--data-dir", dataDir])
+    expect(code).toBe(ExitCode.STORAGE)
+    expect(linesOf(stderr)).toHaveLength(1)
+    expect(stderr).toContain(`cannot open the data directory ${dataDir} (--data-dir)`)
+    expect(stderr).toContain("restore it from a backup")
+    expect(stderr).not.toContain("a directory this user can write")
+  })
+
   it("names the flag and the file of a public key that is not PEM, and exits 2", async () => {
     const pem = join(dir, "key.pem")
     writeFileSync(pem, "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
