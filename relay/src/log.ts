@@ -24,10 +24,15 @@ const streams = new WeakMap<Logger, ReturnType<typeof pino.destination>>()
  * with EPIPE) or nothing drains it (one that stalled): a relay told to stop
  * never exited. Here a write error stops the logging (the relay keeps
  * serving), a stalled reader costs at most {@link LOG_BUFFER_BYTES}, and
- * {@link flushLog} waits a bounded time, then leaves nothing for the exit.
+ * {@link flushLog} waits a bounded time; nothing is flushed synchronously at exit.
  */
 export function createLogger(level: LogLevel = "info"): Logger {
   const stream = pino.destination({ dest: 1, sync: false, maxLength: LOG_BUFFER_BYTES })
+  // pino flushes this stream synchronously at exit, and sonic-boom 4 retries a failing synchronous write
+  // for ever (EPIPE too; its 5 throws, but pino uses 4): a relay that crashed once its stdout reader was
+  // gone never exited, and no supervisor restarted it (an outside probe). Lines are written as they
+  // come, and {@link flushLog} waits for the rest on every orderly exit; a crash may lose the last ones.
+  stream.flushSync = () => {}
   let broken = false
   stream.on("error", () => {
     if (broken) return
@@ -43,8 +48,7 @@ export function createLogger(level: LogLevel = "info"): Logger {
 
 /**
  * Before the process exits: waits until what `log` wrote has reached stdout,
- * for at most `ms` (a reader that does not read loses the rest), then leaves
- * nothing for pino's synchronous flush at exit. Resolves at once for a
+ * for at most `ms` (a reader that does not read loses the rest). Resolves at once for a
  * logger {@link createLogger} did not make.
  */
 export async function flushLog(log: Logger, ms = 2_000): Promise<void> {
@@ -64,5 +68,4 @@ export async function flushLog(log: Logger, ms = 2_000): Promise<void> {
       resolve()
     }
   })
-  stream.flushSync = () => {}
 }

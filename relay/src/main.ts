@@ -52,6 +52,12 @@ async function main(): Promise<void> {
     process.stdout.write(`${usage()}\n`)
     return
   }
+  // A log reader that is gone (a shipper that died, a closed terminal) makes every write to stdout or
+  // stderr fail with EPIPE, emitted as an 'error' nobody handled: the relay crashed the first time
+  // anything wrote there (Yjs warns on the console), and then never exited (an outside probe). What
+  // cannot be written is dropped; the relay keeps serving.
+  process.stdout.on("error", () => {})
+  process.stderr.on("error", () => {})
   const relay = await startRelay(config)
   relay.log.info(
     { v8Flags: v8Settings.flags, overriddenByNode: v8Settings.overridden },

@@ -1,14 +1,15 @@
 import { spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { WebSocket } from "ws"
-import { relayEntry } from "./helpers/relay-process.js"
+import { relayEntry, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 const dirs: string[] = []
 // After the file, not after each test: the tests run at once.
-afterAll(() => {
+afterAll(async () => {
+  await stopRelayProcesses()
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true })
 })
 
@@ -76,4 +77,62 @@ describe.concurrent("a relay whose log reader goes away", () => {
     if (code === "still running") child.kill("SIGKILL")
     expect(code).toBe(0)
   }, 60_000)
+})
+
+describe("a relay whose stdout and stderr readers are gone", () => {
+  it("keeps serving when something writes to its stdout or stderr, and exits 0 on SIGTERM", async () => {
+    // Whatever writes there (Yjs writes errors to the console, Node prints warnings): here, on a signal.
+    const dir = mkdtempSync(join(tmpdir(), "parley-log-pipe-"))
+    dirs.push(dir)
+    const writer = join(dir, "writes-on-signal.cjs")
+    writeFileSync(
+      writer,
+      'process.on("SIGUSR2", () => { console.error("to a stderr nobody reads"); process.stdout.write("and to stdout\\n") })\n',
+    )
+    const relay = await startRelayProcess({
+      env: { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --require ${writer}`.trim() },
+    })
+    // The log shipper dies: every write to the relay's stdout and stderr now fails with EPIPE, an
+    // 'error' that crashed the relay, which then never exited.
+    relay.child.stdout!.destroy()
+    relay.child.stderr!.destroy()
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    relay.child.kill("SIGUSR2")
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
+    relay.child.kill("SIGTERM")
+    const code = await within(
+      relay.exited.then((exit) => exit.code),
+      10_000,
+    )
+    expect(code).toBe(0)
+  }, 30_000)
+
+  it("still exits when it crashes after its log lines failed", async () => {
+    // A crash stands for any bug: here, on a signal.
+    const dir = mkdtempSync(join(tmpdir(), "parley-log-pipe-"))
+    dirs.push(dir)
+    const crash = join(dir, "crashes-on-signal.cjs")
+    writeFileSync(crash, 'process.on("SIGUSR2", () => { throw new Error("a bug") })\n')
+    const relay = await startRelayProcess({
+      env: { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ""} --require ${crash}`.trim() },
+    })
+    relay.child.stdout!.destroy()
+    relay.child.stderr!.destroy()
+    // A refused socket logs a line, which fails (EPIPE) and stays in the log's buffer.
+    await new Promise<void>((resolve) => {
+      const ws = new WebSocket(`${relay.url}/c~x?token=bad`)
+      ws.on("error", () => {})
+      ws.on("close", () => resolve())
+    })
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    relay.child.kill("SIGUSR2")
+    // pino's flush at exit retried the failed line for ever: the crashed relay never exited.
+    const code = await within(
+      relay.exited.then((exit) => exit.code),
+      10_000,
+    )
+    expect(code).not.toBe("still running")
+    expect(code).not.toBe(0)
+  }, 30_000)
 })

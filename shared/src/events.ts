@@ -136,7 +136,12 @@ export function observeChanges(
     if (events.length > 0) listener(events, tr)
   }
   doc.on("afterTransaction", afterTransaction)
+  let stopped = false
   return () => {
+    // Called twice (a document unloaded while its change waited for storage), Yjs wrote an error to the
+    // console for each observer it no longer had.
+    if (stopped) return
+    stopped = true
     for (const [type, handler] of mapHandlers) type.unobserve(handler)
     t.messages.unobserve(onMessages)
     t.order.unobserve(onOrder)

@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
 import {
   addParticipants,
@@ -30,6 +30,25 @@ function recording(doc: Y.Doc) {
 }
 
 describe("change events", () => {
+  it("stops observing once, however often it is told to (Yjs writes an error to the console for each extra)", () => {
+    const doc = new Y.Doc()
+    const events: ChangeEvent[] = []
+    const stop = observeChanges(doc, (list) => events.push(...list))
+    const errors = vi.spyOn(console, "error").mockImplementation(() => {})
+    const warnings = vi.spyOn(console, "warn").mockImplementation(() => {})
+    try {
+      stop()
+      stop()
+      expect(errors).not.toHaveBeenCalled()
+      expect(warnings).not.toHaveBeenCalled()
+    } finally {
+      errors.mockRestore()
+      warnings.mockRestore()
+    }
+    createConversation(doc, alice, { kind: "group", id: "g~stopped" as ConversationId, participants: [] })
+    expect(events).toEqual([])
+  })
+
   it("derives one typed event per change, on the writer and on a replica alike", () => {
     const doc = new Y.Doc()
     const replica = new Y.Doc()
