@@ -233,7 +233,18 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   // A write's answer is a read of what it wrote to (another's last message, someone's reactions): whole
   // only to a key that may read it, else what identifies it. A write scope is no read scope.
   const conversationAnswer = (c: Context<Env>, view: ConversationView) =>
-    c.get("key").scopes.includes("conversations:read") ? view : { id: view.id, kind: view.kind }
+    c.get("key").scopes.includes("conversations:read")
+      ? conversationRead(c, view)
+      : { id: view.id, kind: view.kind }
+  /**
+   * A conversation as `conversations:read` sees it: its last message (someone's words) only with
+   * `messages:read` too. Without it, a key made to manage rooms read every room's latest message.
+   */
+  const conversationRead = (c: Context<Env>, view: ConversationView) => {
+    if (c.get("key").scopes.includes("messages:read") || view.lastMessage === undefined) return view
+    const { lastMessage: _, ...rest } = view
+    return rest
+  }
   const messageAnswer = (c: Context<Env>, view: MessageView) =>
     c.get("key").scopes.includes("messages:read")
       ? view
@@ -285,13 +296,14 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "get",
       path: "/v1/conversations/{id}",
       summary: "Get a conversation",
-      description: "Participants, roles, read/delivered markers, last message.",
+      description:
+        "Participants, roles, read/delivered markers, and its last message to a key that also holds `messages:read`.",
       request: { params: S.ConversationParams },
       responses: { 200: json(S.ConversationSchema, "The conversation") },
     }),
     async (c) => {
       need(c, "conversations:read")
-      return reply(c, await ops.get(conversationId(c.req.valid("param").id)))
+      return reply(c, conversationRead(c, await ops.get(conversationId(c.req.valid("param").id))))
     },
   )
 
@@ -479,7 +491,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   )
 
   app.openapi(
-    operation("conversations:read", {
+    operation("messages:read", {
       method: "get",
       path: "/v1/conversations/{id}/pins",
       summary: "The pinned messages (sticky, not unpinned), oldest first",
@@ -487,7 +499,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       responses: { 200: json(S.MessageListSchema, "The pinned messages") },
     }),
     async (c) => {
-      need(c, "conversations:read")
+      need(c, "messages:read")
       return reply(c, await ops.pinned(conversationId(c.req.valid("param").id)))
     },
   )
@@ -575,14 +587,20 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/users/{user}/conversations",
       summary: "A user's conversations with unread counts",
       description:
-        "Newest activity first, paged by `offset`/`limit`. Kept current by the relay shortly after each change.",
+        "Newest activity first, paged by `offset`/`limit`. Kept current by the relay shortly after each change. Each entry's `lastMessage` (a preview of someone's words) only to a key that also holds `messages:read`.",
       request: { params: S.UserParams, query: S.PageQuery },
       responses: { 200: json(S.InboxPageSchema, "One page") },
     }),
     async (c) => {
       need(c, "conversations:read")
       const { offset, limit } = c.req.valid("query")
-      return reply(c, await ops.inbox(c.req.valid("param").user as UserId, offset, limit))
+      const page = await ops.inbox(c.req.valid("param").user as UserId, offset, limit)
+      // The previews are someone's words: with `messages:read` only, as a conversation's last message.
+      if (c.get("key").scopes.includes("messages:read")) return reply(c, page)
+      return reply(c, {
+        ...page,
+        conversations: page.conversations.map(({ lastMessage: _, ...entry }) => entry),
+      })
     },
   )
 

@@ -31,6 +31,8 @@ describe("HTTP API against a relay process", () => {
   let full: ReturnType<typeof apiClient>
   let writer: ReturnType<typeof apiClient>
   let reader: ReturnType<typeof apiClient>
+  /** A key that manages rooms: it reads conversations, not messages. */
+  let rooms: ReturnType<typeof apiClient>
   let fullKey: string
   const base = () => relay.httpUrl
 
@@ -48,6 +50,7 @@ describe("HTTP API against a relay process", () => {
       ]),
     )
     reader = apiClient(base, await createKey(dataDir, "reader", ["conversations:read", "messages:read"]))
+    rooms = apiClient(base, await createKey(dataDir, "rooms", ["conversations:read"]))
     relay = await startRelayProcess({ dataDir })
   })
   afterAll(async () => {
@@ -634,6 +637,29 @@ describe("HTTP API against a relay process", () => {
     await full("POST", "/v1/conversations/g~api-prio/read", { asUser: "carol" })
     await expect.poll(async () => (await carolsEntry())?.unread).toBe(0)
     expect((await carolsEntry()).emergency).toBeUndefined()
+
+    // A key without messages:read reads no one's words: not the pins, not the last message, not previews.
+    await full("POST", "/v1/conversations/g~api-prio/messages", {
+      body: "Pinned again",
+      priority: "sticky",
+      asUser: "alice",
+    })
+    expect((await rooms("GET", "/v1/conversations/g~api-prio/pins")).status).toBe(403)
+    const withLast = await reader("GET", "/v1/conversations/g~api-prio")
+    expect(withLast.body.lastMessage.body).toBe("Pinned again")
+    const withoutLast = await rooms("GET", "/v1/conversations/g~api-prio")
+    expect(withoutLast.status).toBe(200)
+    expect(withoutLast.body).not.toHaveProperty("lastMessage")
+    expect(withoutLast.body.lastSequence).toBe(withLast.body.lastSequence)
+    const listed = async (client: typeof rooms) =>
+      (await client("GET", "/v1/users/carol/conversations")).body.conversations.find(
+        (c: { conversationId: string }) => c.conversationId === "g~api-prio",
+      )
+    await expect.poll(async () => (await listed(reader))?.lastMessage?.text).toBe("Pinned again")
+    const entry = await listed(rooms)
+    expect(entry.unread).toBe(1)
+    expect(entry).not.toHaveProperty("lastMessage")
+    expect(JSON.stringify(entry)).not.toContain("Pinned again")
 
     const patched = await full("PATCH", "/v1/conversations/g~api-prio", { fleetingSeconds: 60 })
     expect(patched.body.fleetingSeconds).toBe(60)
