@@ -153,7 +153,10 @@ export class Conversation extends Emitter<ConversationEvents> {
       segments: parts.segments,
       doc: () => this.doc,
       connection: () => this.connection,
-      held: () => this.refreshUnread(),
+      held: () => {
+        this.refreshUnread()
+        this.emit("history", { hasOlder: this.history.hasOlder })
+      },
     })
     this.resyncs = new Resync({
       user: this.user,
@@ -526,7 +529,12 @@ export class Conversation extends Emitter<ConversationEvents> {
       status: () => {
         this.settle()
         this.parts.onStatus()
-        if (generation.connection.status === "online") this.uploads.online()
+        if (generation.connection.status !== "online") return
+        this.uploads.online()
+        // The segment the read marker falls in is fetched once there is a relay to ask: a device that
+        // joined or synced without changes of its own (a new one, one offline when it last tried) counted
+        // that whole segment as unread until some later change.
+        if (this.gen === generation) this.refreshUnread()
       },
       saved: (stateVector) => {
         this.resyncs.saved()

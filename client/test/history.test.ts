@@ -1,9 +1,9 @@
 import "fake-indexeddb/auto"
 import { join } from "node:path"
-import { ErrorCode, epochCount, foldedHistory, sealedSegments, typesOf } from "@parley/shared"
+import { ErrorCode, epochCount, foldedHistory, sealedSegments, typesOf, type UserId } from "@parley/shared"
 import Database from "better-sqlite3"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import type { Conversation, MessageView } from "../src/index.js"
+import { type Conversation, type MessageView, messageWindowStore } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, SAVED, startRelay } from "./support.js"
 
 let relay: RelayProcess
@@ -83,6 +83,85 @@ describe("sealed history in the SDK", () => {
     // A seal the relay finishes after the view was whole names one more segment inside the window, which
     // the SDK fetches on its own (a CI run under load saw hasOlder still true in between).
     await eventually(() => expect(chat.hasOlder).toBe(false))
+  })
+
+  it("counts unread exactly on a new device when the read marker was set before its message was sealed", async () => {
+    // Segments of 20 whose summaries fold into directory pages (an outside probe's settings).
+    const folding = await startRelay({
+      args: [
+        "--dev",
+        "--history-segment-size",
+        "20",
+        "--history-keep-live",
+        "10",
+        "--history-keep-summaries",
+        "2",
+        "--history-fold-size",
+        "3",
+        "--history-refold-messages",
+        "10",
+      ],
+    })
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const alice = await connectClient(folding, a)
+      const chat = await alice.createConversation({ participants: [b], title: "read, then sealed" })
+      const send = async (from: number, to: number) => {
+        for (let i = from; i < to; i++) {
+          chat.send(`m${i}`)
+          if (i % 10 === 9) await new Promise((resolve) => setTimeout(resolve, 100))
+        }
+        await eventually(() => expect(chat.messages({ last: 1 })[0]?.seq).toBe(to))
+      }
+      await send(0, 46)
+      const phone = await connectClient(folding, b)
+      const his = await phone.conversation(chat.id).ready()
+      await eventually(() => expect(his.messages({ last: 1 })[0]?.seq).toBe(46))
+      // He reads them offline; meanwhile the relay seals them (his marker falls in a sealed segment) and more.
+      phone.disconnect()
+      his.markRead()
+      await send(46, 76)
+      await eventually(() => expect(sealedSegments(chat.doc).at(-1)?.to).toBe(60))
+      // Back online, his phone syncs the marker and receives the rest (marked delivered), unread.
+      phone.connect()
+      await eventually(() => expect(chat.markers[b as UserId]).toEqual({ read: 46, delivered: 76 }))
+      expect(his.unreadCount).toBe(30)
+      // A new device (the phone still online), with nothing to change, counts the 30 without paging back: it fetches the segment
+      // the marker falls in (it counted that whole segment as unread: 36).
+      const laptop = await connectClient(folding, b)
+      const fresh = await laptop.conversation(chat.id).ready()
+      await eventually(() => expect(fresh.unreadCount).toBe(30))
+      expect(fresh.olderMessages()).toEqual([])
+    } finally {
+      await destroyClients()
+      await folding.stop()
+    }
+  })
+
+  it("keeps a message window store whole when what it showed live is sealed while the device was offline", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 20)
+    const bob = await connectClient(relay, b)
+    const chat = await bob.conversation(id).ready()
+    const store = messageWindowStore(chat, 100)
+    const stop = store.subscribe(() => {})
+    await eventually(() => expect(store.getSnapshot().messages.length).toBeGreaterThan(0))
+    while (store.getSnapshot().hasOlder) await store.loadOlder()
+    expect(store.getSnapshot().messages).toHaveLength(20)
+    bob.disconnect()
+    const alice = await connectClient(relay, a)
+    const theirs = await alice.conversation(id).ready()
+    for (let i = 20; i < 50; i++) theirs.send(`m${i}`)
+    await eventually(() => expect(sealedSegments(theirs.doc).at(-1)?.to).toBeGreaterThanOrEqual(40))
+    bob.connect()
+    // What was live when shown is sealed now: fetched in the background, and the store lists it.
+    await eventually(() =>
+      expect(bodies([...store.getSnapshot().messages])).toEqual(
+        Array.from({ length: 50 }, (_, i) => `m${i}`),
+      ),
+    )
+    expect(store.getSnapshot().hasOlder).toBe(false)
+    stop()
   })
 
   it("pages back right after a reload's ready(), which the local replica answers before the socket is up", async () => {

@@ -64,11 +64,17 @@ export interface ConversationEvents {
   unread: { count: number }
   /** The files of one of the user's messages moved: queued, uploading (bytes `loaded` of `total`), failed, written or discarded. */
   upload: UploadEvent
-  /** The set of other users typing changed. */
   /** The pinned messages changed (a sticky message sent, unpinned, edited or deleted). */
   pinned: { messages: readonly ChatMessage[] }
   /** Fleeting messages whose time is up: hidden from {@link Conversation.messages} from now on. */
   expired: { messageIds: readonly MessageId[] }
+  /**
+   * Sealed history this device holds changed without a change to the conversation: a segment or
+   * directory page fetched (by `loadOlder`, for the unread count, or in the background: one sealed
+   * inside the window `loadOlder` has shown since). `olderMessages()` and `hasOlder` may differ.
+   */
+  history: { hasOlder: boolean }
+  /** The set of other users typing changed. */
   typing: { users: readonly UserId[] }
   /** Someone's presence in this conversation changed (online, away, offline). */
   presence: { presence: readonly UserPresence[] }

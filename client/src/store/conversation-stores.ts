@@ -134,6 +134,12 @@ export function messageWindowStore(conversation: Conversation, pageSize = 50): M
           dirty = "all"
           changed()
         }),
+        // Sealed messages fetched in the background (sealed inside the window since it was shown): the
+        // window re-lists them, or it kept only what was live (36 of 76 messages after a reconnect).
+        conversation.on("history", () => {
+          dirty = "all"
+          changed()
+        }),
         // A fleeting message's time is up: it leaves the window.
         conversation.on("expired", () => {
           dirty = "all"
