@@ -122,6 +122,34 @@ describe("connections per client address", () => {
     expect(performance.now() - started).toBeLessThan(3_000)
   })
 
+  it("ends a connection answered before its request's body arrived, however slowly the body still trickles in", async () => {
+    const relay = await startRelayProcess()
+    const socket = connect({ host: "127.0.0.1", port: relay.port })
+    sockets.push(socket)
+    const slow = { socket, received: "", closed: false }
+    socket.setEncoding("utf8")
+    socket.on("data", (chunk: string) => {
+      slow.received += chunk
+    })
+    socket.on("error", () => {})
+    socket.on("close", () => {
+      slow.closed = true
+    })
+    await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
+    // A request no route takes a body for (answered 405 at once), then its body a byte at a time.
+    socket.write("POST /healthz HTTP/1.1\r\nHost: relay\r\nContent-Length: 100000\r\n\r\nx")
+    const trickle = setInterval(() => {
+      if (!slow.closed) slow.socket.write("x")
+    }, 200)
+    try {
+      await pollUntil(() => slow.received.startsWith("HTTP/1.1 405 "), 5_000)
+      // Before: read at the sender's pace for Node's 300 s request timeout, with no token needed.
+      await pollUntil(() => slow.closed, 5_000)
+    } finally {
+      clearInterval(trickle)
+    }
+  })
+
   it("drops connections beyond --max-connections at accept while its users keep chatting, and takes new ones once the flood ends", async () => {
     const relay = await startRelayProcess({
       args: ["--max-connections", "30", "--connections-per-address", "0"],

@@ -156,7 +156,14 @@ export class LinkPreviewer {
     const signal = AbortSignal.timeout(this.timeoutMs)
     let target = url
     for (let hop = 0; ; hop++) {
-      await checkEndpointBeforeSend(target, this.endpoints)
+      try {
+        await checkEndpointBeforeSend(target, this.endpoints, "link")
+      } catch (error) {
+        // A refusal stays one; a name that does not resolve is a page that cannot be fetched (503), not
+        // the relay's failure (it answered 500 and logged a stack trace any user could cause).
+        if (error instanceof ParleyError) throw error
+        throw badGateway(`cannot resolve ${new URL(target).hostname}`)
+      }
       let response: Response
       try {
         response = await this.fetch(target, {

@@ -52,9 +52,9 @@ export function isNonPublicAddress(address: string): boolean {
   return NON_PUBLIC.check(address, family === 4 ? "ipv4" : "ipv6")
 }
 
-/** The error of an endpoint (or a URL to preview) that the policy refuses. */
-export const refuse = (why: string) =>
-  new ParleyError(ErrorCode.INVALID_ARGUMENT, `push endpoint refused: ${why}`)
+/** The error of an endpoint (or, with `what` "link", a URL to preview) that the policy refuses. */
+export const refuse = (why: string, what = "push endpoint") =>
+  new ParleyError(ErrorCode.INVALID_ARGUMENT, `${what} refused: ${why}`)
 
 /**
  * Checks an endpoint's form: an absolute `https:` URL (or `http:` when
@@ -62,38 +62,44 @@ export const refuse = (why: string) =>
  * or `localhost` (unless allowed). Returns the parsed URL; throws
  * INVALID_ARGUMENT otherwise.
  */
-export function checkEndpointUrl(endpoint: string, policy: EndpointPolicy): URL {
-  if (endpoint.length > MAX_ENDPOINT_LENGTH) throw refuse(`longer than ${MAX_ENDPOINT_LENGTH} characters`)
+export function checkEndpointUrl(endpoint: string, policy: EndpointPolicy, what = "push endpoint"): URL {
+  if (endpoint.length > MAX_ENDPOINT_LENGTH)
+    throw refuse(`longer than ${MAX_ENDPOINT_LENGTH} characters`, what)
   let url: URL
   try {
     url = new URL(endpoint)
   } catch {
-    throw refuse("not a URL")
+    throw refuse("not a URL", what)
   }
   if (url.protocol !== "https:" && !(policy.allowHttp && url.protocol === "http:"))
-    throw refuse(policy.allowHttp ? "not an http(s) URL" : "not an https URL")
-  if (url.username || url.password) throw refuse("credentials in the URL")
+    throw refuse(policy.allowHttp ? "not an http(s) URL" : "not an https URL", what)
+  if (url.username || url.password) throw refuse("credentials in the URL", what)
   const host = url.hostname.replace(/^\[|\]$/g, "")
   if (
     !policy.allowPrivate &&
     (isNonPublicAddress(host) || /^localhost\.?$/i.test(host) || /\.localhost\.?$/i.test(host))
   )
-    throw refuse("a loopback or private address")
+    throw refuse("a loopback or private address", what)
   return url
 }
 
 /**
  * Checks an endpoint before sending to it: its form, then (unless private
  * addresses are allowed) that its host name resolves to public addresses
- * only. Throws INVALID_ARGUMENT for an endpoint to refuse.
+ * only. Throws INVALID_ARGUMENT for an endpoint to refuse; a name that does
+ * not resolve throws the lookup's own error (it may resolve later).
  */
-export async function checkEndpointBeforeSend(endpoint: string, policy: EndpointPolicy): Promise<URL> {
-  const url = checkEndpointUrl(endpoint, policy)
+export async function checkEndpointBeforeSend(
+  endpoint: string,
+  policy: EndpointPolicy,
+  what = "push endpoint",
+): Promise<URL> {
+  const url = checkEndpointUrl(endpoint, policy, what)
   if (policy.allowPrivate) return url
   const host = url.hostname.replace(/^\[|\]$/g, "")
   if (isIP(host) !== 0) return url
   const addresses = await lookup(host, { all: true })
   if (addresses.some(({ address }) => isNonPublicAddress(address)))
-    throw refuse(`${host} resolves to a loopback or private address`)
+    throw refuse(`${host} resolves to a loopback or private address`, what)
   return url
 }

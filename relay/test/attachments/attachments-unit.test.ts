@@ -236,9 +236,15 @@ describe("link previews", () => {
   it("refuses private addresses unless allowed, follows redirects, caps size and wants HTML", async () => {
     await expect(new LinkPreviewer().preview(`${base}/page`)).rejects.toMatchObject({
       code: "INVALID_ARGUMENT",
+      message: "link refused: a loopback or private address",
     })
     await expect(new LinkPreviewer().preview("file:///etc/passwd")).rejects.toMatchObject({
       code: "INVALID_ARGUMENT",
+    })
+    // A name that does not resolve is a page that cannot be fetched (503), not the relay's failure (500).
+    await expect(new LinkPreviewer().preview("http://no-such-host.invalid/")).rejects.toMatchObject({
+      code: "UNAVAILABLE",
+      message: "cannot preview the link: cannot resolve no-such-host.invalid",
     })
     const local = new LinkPreviewer({
       endpoints: { allowHttp: true, allowPrivate: true },
