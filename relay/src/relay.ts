@@ -435,6 +435,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     verify: (token) => auth.verify(token),
     list: () => storage.list(),
     ...(options.history === false ? {} : { history: backend.history }),
+    ...(attachments ? { blobs: backend.blobs } : {}),
   })
   // The extensions, in the order their hooks run (README "Architecture"); the core stops them in reverse.
   const extensions: RelayExtension[] = [

@@ -624,6 +624,27 @@ describe("deletion deletes (memory, --storage memory)", () => {
 })
 
 describe("erasing a user (GDPR)", () => {
+  /** `user` uploads a text file to `conversation` and sends no message with it; returns its id. */
+  async function uploadUnsent(relay: RunningRelay, user: UserId, conversation: string, text: string) {
+    const authorization = `Bearer ${await signToken(SECRET, user)}`
+    const bytes = new TextEncoder().encode(text)
+    const created = await fetch(`${relay.httpUrl}/v1/conversations/${conversation}/uploads`, {
+      method: "POST",
+      headers: { authorization, "content-type": "application/json" },
+      body: JSON.stringify({ name: `${text}.txt`, size: bytes.length }),
+    })
+    expect(created.status).toBe(201)
+    const { uploadId } = (await created.json()) as { uploadId: string }
+    const written = await fetch(`${relay.httpUrl}/v1/uploads/${uploadId}`, {
+      method: "PATCH",
+      headers: { authorization, "content-type": "application/offset+octet-stream", "upload-offset": "0" },
+      body: bytes,
+    })
+    // Its last chunk completes it: the attachment, ready to send.
+    expect(written.status).toBe(201)
+    return uploadId
+  }
+
   /** Alice and bob write in a sealed conversation and a short one; returns them. */
   async function writeBoth(relay: RunningRelay) {
     const long = newConversationId()
@@ -644,6 +665,8 @@ describe("erasing a user (GDPR)", () => {
     const b2 = await joinAs(relay, bob, short)
     sendMessage(b2.doc, bob, { body: "Bob-Ibex-last-word" })
     await b2.allSaved()
+    // A file bob uploaded and never sent: his too (it stayed, downloadable by the members, for a day).
+    await uploadUnsent(relay, bob, short, "Bob-Ibex-unsent-file")
     return { a, a2 }
   }
 
@@ -662,7 +685,7 @@ describe("erasing a user (GDPR)", () => {
     const service = await signToken(SECRET, "ops", { role: "service" })
     const first = await erase(service)
     expect(first.status).toBe(200)
-    expect(await first.json()).toMatchObject({ user: "bob", messages: 11 })
+    expect(await first.json()).toMatchObject({ user: "bob", messages: 11, uploads: 1 })
     // Connected devices see placeholders where bob's messages were.
     await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
     expect(
@@ -697,7 +720,7 @@ describe("erasing a user (GDPR)", () => {
     expect(rawFiles(dir)).toContain("Bob-Ibex-")
     const first = await erase(eraser.key)
     expect(first.status).toBe(200)
-    expect(await first.json()).toEqual({ user: "bob", conversations: 2, messages: 11 })
+    expect(await first.json()).toEqual({ user: "bob", conversations: 2, messages: 11, uploads: 1 })
     await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
     await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
     expect(await (await erase(eraser.key)).json()).toMatchObject({ user: "bob", messages: 0 })
@@ -714,7 +737,7 @@ describe("erasing a user (GDPR)", () => {
     expect(rawFiles(dir)).toContain("Bob-Ibex-")
     const lines: string[] = []
     expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(0)
-    expect(JSON.parse(lines[0]!)).toMatchObject({ user: "bob", messages: 11 })
+    expect(JSON.parse(lines[0]!)).toMatchObject({ user: "bob", messages: 11, uploads: 1 })
     expect(rowsHolding(dir, "Bob-Ibex-")).toEqual([])
     expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
     expect(rawFiles(dir)).toContain("Alice-Stays-")

@@ -624,7 +624,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/users/{user}/content",
       summary: "Erase everything a user wrote (GDPR)",
       description:
-        "Every message the user wrote, in every conversation and sealed history segment, becomes a deletion placeholder, written through the relay's update path (connected devices are told); the relay then purges the text from its logs, snapshots, hook events and inboxes. Answers once all of it is written; idempotent (run again, `messages` is 0). One erasure runs at a time. The user stays a participant: remove them separately if wanted.\n\nScope: `users:erase`.",
+        "Every message the user wrote, in every conversation and sealed history segment, becomes a deletion placeholder, written through the relay's update path (connected devices are told); the relay then purges the text from its logs, snapshots, hook events and inboxes, and deletes every file the user uploaded, sent with a message or not. Answers once all of it is written; idempotent (run again, `messages` is 0). One erasure runs at a time. The user stays a participant: remove them separately if wanted.\n\nScope: `users:erase`.",
       request: { params: S.UserParams, query: S.NoQuery },
       security: [{ apiKey: ["users:erase"] }],
       responses: {

@@ -430,5 +430,8 @@ export const ErasureSchema = z
       .number()
       .int()
       .openapi({ description: "Messages replaced by placeholders (0 when run again)." }),
+    uploads: z.number().int().openapi({
+      description: "Files the user uploaded that were deleted, sent or not (0 when run again).",
+    }),
   })
   .openapi("Erasure")

@@ -244,11 +244,8 @@ export class AttachmentService {
   }
 
   /** Deletes an attachment: its bytes, thumbnail and record. */
-  async discard(record: Pick<AttachmentRecord, "conversation" | "id">): Promise<void> {
-    await this.store.delete(fileKey(record))
-    await this.store.delete(cleanKey(record))
-    await this.store.delete(thumbnailKey(record))
-    await this.store.delete(recordKey(record.id))
+  discard(record: Pick<AttachmentRecord, "conversation" | "id">): Promise<void> {
+    return discardAttachment(this.store, record)
   }
 
   /**
@@ -329,4 +326,36 @@ export class AttachmentService {
     }
     return deleted
   }
+}
+
+/** Deletes an attachment from `store`: its bytes, thumbnail and record. */
+async function discardAttachment(
+  store: BlobStore,
+  record: Pick<AttachmentRecord, "conversation" | "id">,
+): Promise<void> {
+  await store.delete(fileKey(record))
+  await store.delete(cleanKey(record))
+  await store.delete(thumbnailKey(record))
+  await store.delete(recordKey(record.id))
+}
+
+/**
+ * Deletes every upload `user` made, finished or not, carried by a message or
+ * not: the files an erasure of the user (GDPR) owes. Their messages' own
+ * deletion takes the attachments they carried only through the hook pipeline,
+ * and an upload no message carried stayed downloadable by its conversation's
+ * members until the 24-hour sweep (found by an outside probe). Reads every
+ * record: O(attachments), as the sweep.
+ */
+export async function eraseUploads(store: BlobStore, user: UserId): Promise<number> {
+  let deleted = 0
+  for (const key of await store.list(RECORD_PREFIX)) {
+    const bytes = await store.get(key)
+    if (!bytes) continue
+    const record = JSON.parse(Buffer.from(bytes).toString("utf8")) as AttachmentRecord
+    if (record.uploader !== user) continue
+    await discardAttachment(store, record)
+    deleted++
+  }
+  return deleted
 }

@@ -1,4 +1,5 @@
 import { ErrorCode, isUserId, ParleyError, type UserId } from "@parley/shared"
+import type { BlobStore } from "../attachments/blob-store.js"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { HistoryStore } from "../history/store.js"
 import { sendJson } from "../http-json.js"
@@ -12,6 +13,8 @@ export interface ErasureAdminOptions {
   list(): Promise<string[]>
   /** The sealed segments, when the relay seals history. */
   readonly history?: HistoryStore
+  /** Where attachments are kept, when the relay serves them: the user's uploads are erased too. */
+  readonly blobs?: BlobStore
 }
 
 const PATH = /^\/admin\/users\/([^/]+)\/content$/
@@ -43,7 +46,7 @@ export class ErasureAdmin implements RelayExtension {
     const core = this.core
     if (!core) return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is not running"))
     const run = this.running.then(async () =>
-      eraseUser(core, await this.options.list(), this.options.history, user),
+      eraseUser(core, await this.options.list(), this.options.history, user, this.options.blobs),
     )
     this.running = run.catch(() => undefined)
     return run

@@ -52,7 +52,7 @@ export async function runEraseUserCli(
     ...(backend.purge ? { purge: backend.purge } : {}),
   })
   try {
-    const report = await eraseUser(core, await backend.documents.list(), backend.history, user)
+    const report = await eraseUser(core, await backend.documents.list(), backend.history, user, backend.blobs)
     // No hook pipeline runs here: the inboxes that showed the user's messages are derived again,
     // and closing the core folds every document it wrote into a snapshot.
     await rebuildInboxes(core, backend.documents)

@@ -1,5 +1,7 @@
 import { decodeSegment, eraseAuthor, parseDocumentName, sealedHistory, type UserId } from "@parley/shared"
 import type * as Y from "yjs"
+import type { BlobStore } from "../attachments/blob-store.js"
+import { eraseUploads } from "../attachments/service.js"
 import type { RunningCore } from "../extension.js"
 import type { HistoryStore } from "../history/store.js"
 import { RELAY } from "../principal.js"
@@ -10,6 +12,8 @@ export interface ErasureReport {
   readonly conversations: number
   /** Messages it replaced by placeholders (0 when run again). */
   readonly messages: number
+  /** Files the user uploaded that it deleted (0 when run again, or without attachments). */
+  readonly uploads: number
 }
 
 /**
@@ -26,6 +30,8 @@ export async function eraseUser(
   names: readonly string[],
   history: HistoryStore | undefined,
   user: UserId,
+  /** Where attachments are kept: every file the user uploaded is deleted too. */
+  blobs?: BlobStore,
   now = Date.now(),
 ): Promise<ErasureReport> {
   let conversations = 0
@@ -49,5 +55,7 @@ export async function eraseUser(
       if (same) break
     }
   }
-  return { conversations, messages }
+  // After the messages: one sent meanwhile with a file of theirs is a placeholder now, not a link to it.
+  const uploads = blobs ? await eraseUploads(blobs, user) : 0
+  return { conversations, messages, uploads }
 }
