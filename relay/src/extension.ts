@@ -106,10 +106,17 @@ export interface RunningCore {
   /**
    * Stores what was derived for a loaded document and folds its log into a
    * snapshot now, whatever the log's size: a purge (the relay's documents
-   * collect garbage, so the snapshot holds no deleted content). Does nothing
-   * for a document that is not loaded.
+   * collect garbage, so the snapshot holds no deleted content), then scrubs
+   * storage of the old pages (see {@link scrub}) unless `options.scrub` is
+   * false: a pass that compacts many documents scrubs once, after the last.
+   * Does nothing for a document that is not loaded.
    */
-  compact?(name: string): Promise<void>
+  compact?(name: string, options?: { readonly scrub?: boolean }): Promise<void>
+  /**
+   * Has storage drop the old copies of what purges overwrote (SQLite: its
+   * write-ahead log checkpointed and truncated), when it keeps a purge.
+   */
+  scrub?(): Promise<void>
   /**
    * Which of the documents `names` hold one of `needles` (bytes) anywhere in
    * their stored form (snapshot and log, not what is only in memory), searched

@@ -447,15 +447,19 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** Stores a loaded document's derived data and folds its log into a snapshot now (a purge). */
-  async compact(name: string): Promise<void> {
+  async compact(name: string, options: { readonly scrub?: boolean } = {}): Promise<void> {
     const host = this.loadedNow.get(name)
     if (!host) return
     await host.enqueue(async () => {
       if (host.destroyed) return
       await this.derived.store(this.ctx, host)
       await compact(this.ctx, host)
-      await this.ctx.purge?.scrub()
+      if (options.scrub !== false) await this.ctx.purge?.scrub()
     })
+  }
+
+  async scrub(): Promise<void> {
+    await this.ctx.purge?.scrub()
   }
 
   async storedHolding(
