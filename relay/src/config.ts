@@ -710,6 +710,12 @@ export const RELAY_FLAGS = {
     help: "HTTP API requests per API key in a burst",
     default: DEFAULT_API_LIMITS.requestBurst,
   }),
+  "api-participants-per-minute": flag({
+    kind: "integer",
+    env: "PARLEY_API_PARTICIPANTS_PER_MINUTE",
+    help: "participants one API key may add a minute, in groups it creates and to existing ones, whoever it acts as (429 beyond); 0 = no limit",
+    default: DEFAULT_API_LIMITS.participantsPerMinute,
+  }),
   "api-streams-per-key": flag({
     kind: "integer",
     env: "PARLEY_API_STREAMS_PER_KEY",
@@ -1095,6 +1101,7 @@ export function parseConfig(
       maxBodyBytes: Math.max(1, v["api-max-body-bytes"]),
       requestsPerSecond: Math.max(1, v["api-requests-per-second"]),
       requestBurst: Math.max(1, v["api-request-burst"]),
+      participantsPerMinute: Math.max(0, v["api-participants-per-minute"]),
       streamsPerKey: Math.max(1, v["api-streams-per-key"]),
       streamEventsPerSecond: v["api-stream-events-per-second"],
     },

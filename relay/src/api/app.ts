@@ -135,6 +135,38 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   const limits = { ...DEFAULT_API_LIMITS, ...options.limits }
   const ops = new ApiOperations(options.core, options.idempotency)
   const buckets = new Map<string, RateLimiter>()
+  /** Per key: participants it may still add this minute (see `ApiLimits.participantsPerMinute`). */
+  const additions = new Map<string, RateLimiter>()
+  /**
+   * Takes `count` participants added from the key's budget; undefined, or the
+   * refusal to answer with (429 with `Retry-After`, nothing written). A request
+   * adding more than a minute's worth passes on a full budget, into debt.
+   */
+  const chargeAdditions = (c: Context<Env>, count: number): Response | undefined => {
+    const perMinute = limits.participantsPerMinute
+    if (perMinute <= 0 || count === 0) return undefined
+    const key = c.get("key")
+    let bucket = additions.get(key.id)
+    if (!bucket) {
+      bucket = new RateLimiter(perMinute / 60, perMinute)
+      additions.set(key.id, bucket)
+    }
+    const needed = Math.min(count, perMinute)
+    if (bucket.available() >= needed) {
+      bucket.spend(count)
+      return undefined
+    }
+    return problemResponse(
+      c,
+      refuse(
+        ErrorCode.RATE_LIMITED,
+        `this API key may add ${perMinute} participants a minute: retry later`,
+        "participants-per-minute",
+      ),
+      429,
+      { "retry-after": String(Math.max(1, Math.ceil(bucket.msUntil(needed) / 1000))) },
+    )
+  }
   const streams = options.streams ?? eventStreams(options, limits)
 
   const app = problemApp<Env>(options.log, "API request")
@@ -269,6 +301,8 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "conversations:write", input.asUser)
+      const refused = chargeAdditions(c, input.participants.length)
+      if (refused) return refused as never
       return reply(c, conversationAnswer(c, await ops.createGroup(actor, input)), 201)
     },
   )
@@ -351,6 +385,8 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "conversations:write", input.asUser)
+      const refused = chargeAdditions(c, input.users.length)
+      if (refused) return refused as never
       const users = await ops.addParticipants(
         conversationId(c.req.valid("param").id),
         actor,

@@ -6,6 +6,14 @@ export interface ApiLimits {
   readonly requestsPerSecond: number
   /** Requests one key may make in a burst. */
   readonly requestBurst: number
+  /**
+   * Participants one key may add per minute, in groups it creates and to
+   * existing ones, whoever it acts as: each costs the relay an inbox write
+   * (a group of 999 about 0.6 s of CPU), and the per-user limits count users'
+   * own writes only. Beyond, 429 `RATE_LIMITED` (`participants-per-minute`)
+   * with `Retry-After`, nothing written. 0 turns it off.
+   */
+  readonly participantsPerMinute: number
   /** Event streams one key may hold open at once; beyond, 429. */
   readonly streamsPerKey: number
   /**
@@ -27,6 +35,9 @@ export const DEFAULT_API_LIMITS: ApiLimits = {
   maxBodyBytes: 256 * 1024,
   requestsPerSecond: 100,
   requestBurst: 200,
+  // Ten groups of a thousand members a minute: a bulk import goes at that pace, a key adding without
+  // end costs the relay about a tenth of a core.
+  participantsPerMinute: 10_000,
   streamsPerKey: 4,
   // A backend catching up after an hour's outage of a busy relay (a few hundred thousand events) takes
   // minutes; one replaying the log over and over costs the relay under 5 % of a core.

@@ -34,6 +34,38 @@ describe("HTTP API limits", () => {
     expect((await (await key("calm"))("GET", "/v1/conversations/g~x")).status).toBe(404)
   })
 
+  it("holds each key to its participants added a minute, in groups it creates and to existing ones", async () => {
+    const key = await start({ participantsPerMinute: 300 })
+    const importer = await key("importer")
+    const members = (from: number, n: number) =>
+      Array.from({ length: n }, (_, i) => ({ user: `member${from + i}` }))
+    expect(
+      (await importer("POST", "/v1/conversations", { id: "g~big1", participants: members(0, 200) })).status,
+    ).toBe(201)
+    // 200 of 300 spent: a second group of 200 is refused, nothing created.
+    const refused = await importer("POST", "/v1/conversations", {
+      id: "g~big2",
+      participants: members(200, 200),
+    })
+    expect(refused.status).toBe(429)
+    expect(refused.body).toMatchObject({ code: "RATE_LIMITED", rule: "participants-per-minute" })
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1)
+    expect((await importer("GET", "/v1/conversations/g~big2")).status).toBe(404)
+    // Adding to an existing group counts the same.
+    const added = await importer("POST", "/v1/conversations/g~big1/participants", {
+      users: members(400, 150).map((m) => m.user),
+    })
+    expect(added.status).toBe(429)
+    expect(
+      (await importer("POST", "/v1/conversations/g~big1/participants", { users: ["member999"] })).status,
+    ).toBe(200)
+    // Another key's budget is its own.
+    const other = await key("other")
+    expect(
+      (await other("POST", "/v1/conversations", { id: "g~big3", participants: members(0, 200) })).status,
+    ).toBe(201)
+  })
+
   it("refuses a body above the configured size before reading it, and keeps serving", async () => {
     const key = await start({ maxBodyBytes: 1024 })
     const api = await key("small")
