@@ -139,12 +139,27 @@ export class SyncSession {
     // A relay's keepalive reaches every socket well within the timeout; silence means a dead link.
     this.watchdog = setInterval(() => {
       if (Date.now() - this.lastHeard > SILENCE_TIMEOUT_MS) this.end(ABNORMAL_CLOSE, false)
+      else this.keepPeers()
     }, SILENCE_TIMEOUT_MS / 10)
     this.sendRaw(encodeSyncStep1(Y.encodeStateVector(this.doc)))
     // At our current clock, though peers that saw our last connection end hold our entry one above
     // it: the relay relays an appearing entry above that and tells us to move on (`onAwareness`).
     if (this.awareness.getLocalState() !== null) this.sendOwnAwareness()
     this.handlers.opened()
+  }
+
+  /**
+   * Keeps the others' presence entries while this socket is open. The relay
+   * owns them: it removes a connection's entries when it closes (its keepalive
+   * finds the dead ones), and in a large room it does not pass renewals on.
+   * y-protocols drops a remote entry not renewed for 30 s, so there a
+   * connected, idle member showed `offline` after 30 s; an entry now leaves
+   * when the relay says it left, or with this socket.
+   */
+  private keepPeers(): void {
+    const now = Date.now()
+    for (const [id, meta] of this.awareness.meta)
+      if (id !== this.awareness.clientID && this.awareness.states.has(id)) meta.lastUpdated = now
   }
 
   private received(data: unknown): void {
