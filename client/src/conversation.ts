@@ -348,7 +348,9 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /**
    * The `limit` messages before the oldest ones loaded so far (the live
-   * document's at first), oldest first: older messages are sealed by the
+   * document's at first), oldest first, after any sealed inside the window
+   * shown so far that this device no longer held (fetched again): the messages
+   * it added to {@link olderMessages}. Older messages are sealed by the
    * relay into immutable segments, fetched here on demand (from this
    * device's cache when it has them, which also works offline) and kept for
    * {@link olderMessages}, {@link message} and every operation (edit,
@@ -534,7 +536,10 @@ export class Conversation extends Emitter<ConversationEvents> {
         // The segment the read marker falls in is fetched once there is a relay to ask: a device that
         // joined or synced without changes of its own (a new one, one offline when it last tried) counted
         // that whole segment as unread until some later change.
-        if (this.gen === generation) this.refreshUnread()
+        if (this.gen !== generation) return
+        this.refreshUnread()
+        // Sealed inside the window shown while offline (or dropped by a resync): fetched now, not at the next loadOlder.
+        this.history.fetchGaps()
       },
       saved: (stateVector) => {
         this.resyncs.saved()

@@ -138,6 +138,61 @@ describe("sealed history in the SDK", () => {
     }
   })
 
+  it("keeps the history paged back whole across a resync whose refused edit was on a message deleted and re-sealed meanwhile", async () => {
+    // Segments of 20 whose summaries fold into directory pages (an outside tester's settings).
+    const folding = await startRelay({
+      args: [
+        "--dev",
+        "--history-segment-size",
+        "20",
+        "--history-keep-live",
+        "10",
+        "--history-keep-summaries",
+        "2",
+        "--history-fold-size",
+        "3",
+        "--history-refold-messages",
+        "10",
+      ],
+    })
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const alice = await connectClient(folding, a)
+      const theirs = await alice.createConversation({ participants: [b], title: "resync" })
+      const hello = theirs.send("hello")
+      await eventually(() => expect(theirs.message(hello.id)?.seq).toBe(1))
+      const bob = await connectClient(folding, b)
+      const chat = await bob.conversation(theirs.id).ready()
+      const mine = Array.from({ length: 5 }, (_, i) => chat.send(`b${i}`).id)
+      for (const id of mine) await eventually(() => expect(chat.message(id)?.seq).toBeDefined())
+      for (let i = 0; i < 60; i++) theirs.send(`a${i}`)
+      await eventually(() => expect(sealedSegments(chat.doc).at(-1)?.to).toBeGreaterThanOrEqual(40))
+      while (chat.hasOlder) await chat.loadOlder(25)
+      const shown = chat.olderMessages().length
+      expect(chat.message(mine[0]!)?.body).toBe("b0")
+      // Offline, bob edits and reacts to his sealed messages; the owner deletes them meanwhile (their
+      // segment is re-sealed without them).
+      bob.disconnect()
+      chat.edit(mine[2]!, "b2, edited offline")
+      chat.react(mine[3]!, "🔥")
+      while (theirs.hasOlder) await theirs.loadOlder(50)
+      theirs.deleteMessage(mine[2]!)
+      theirs.deleteMessage(mine[3]!)
+      const resynced = new Promise((resolve) => chat.once("resynced", resolve))
+      bob.connect()
+      await resynced
+      // Everything he had scrolled back over is there again without another loadOlder, the deleted as such.
+      await eventually(() => expect(chat.olderMessages()).toHaveLength(shown))
+      expect(chat.hasOlder).toBe(false)
+      expect(chat.message(mine[0]!)?.body).toBe("b0")
+      expect(chat.message(mine[2]!)?.deleted).toBeDefined()
+      expect(await chat.loadOlder(25)).toEqual([])
+    } finally {
+      await destroyClients()
+      await folding.stop()
+    }
+  })
+
   it("keeps a message window store whole when what it showed live is sealed while the device was offline", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const id = await longConversation(a, b, 20)

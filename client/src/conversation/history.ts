@@ -76,9 +76,15 @@ export class SealedHistory {
     for (const segment of this.heldSegments.values()) sealedHistory(doc).add(segment)
   }
 
-  /** The `limit` messages before the oldest loaded so far, oldest first (see `Conversation.loadOlder`). */
+  /**
+   * The `limit` messages before the oldest loaded so far, oldest first (see
+   * `Conversation.loadOlder`), and before them any that were sealed inside the
+   * window shown so far and not held (fetched again here): what it added to
+   * {@link olderMessages}. Empty only at the start of the conversation.
+   */
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
+    const shown = new Set(this.olderMessages().map((m) => m.id))
     // What was sealed inside the window shown so far first (it was live when the window was loaded).
     for (const summary of this.gapSegments(doc())) await this.fetchSegment(summary)
     const before = this.olderFrom ?? this.firstLiveSeq()
@@ -98,7 +104,19 @@ export class SealedHistory {
     }
     const page = listSealedMessages(doc(), before, limit)
     if (page.length > 0) this.olderFrom = page[0]!.seq
-    return page
+    // A gap it filled counts too: a window whose re-sealed segment came back answered [] (taken for the
+    // conversation's start) while putting 20 messages back into olderMessages().
+    return this.olderMessages().filter((m) => !shown.has(m.id))
+  }
+
+  /**
+   * Fetches what was sealed inside the window shown so far and is not held
+   * (a segment re-sealed while the device was offline, or dropped by a
+   * resync): once the conversation is online again, so that the window stays
+   * whole without waiting for the next {@link loadOlder}.
+   */
+  fetchGaps(): void {
+    for (const summary of this.gapSegments(this.host.doc())) this.fetchSegment(summary).catch(() => {})
   }
 
   /** Every older message loaded so far, oldest first (the live ones not included). */
