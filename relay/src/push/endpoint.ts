@@ -29,10 +29,16 @@ for (const [network, prefix] of [
   ["224.0.0.0", 3],
 ] as const)
   NON_PUBLIC.addSubnet(network, prefix, "ipv4")
+// Forms of IPv6 that carry an IPv4 address are refused whole, whatever address they carry: the
+// deprecated IPv4-compatible ::/96 ([::127.0.0.1]), 6to4 (2002::/16: [2002:7f00:1::] is 127.0.0.1),
+// Teredo (2001::/32) and the NAT64 prefixes (an outside probe passed the first two through).
 for (const [network, prefix] of [
-  ["::", 128],
+  ["::", 96],
   ["::1", 128],
   ["64:ff9b::", 96],
+  ["64:ff9b:1::", 48],
+  ["2001::", 32],
+  ["2002::", 16],
   ["fc00::", 7],
   ["fe80::", 10],
   ["ff00::", 8],

@@ -42,6 +42,11 @@ describe("push endpoints (URLs chosen by whoever registers)", () => {
       "[fe80::1]",
       "[::ffff:127.0.0.1]",
       "0.0.0.0",
+      // IPv6 forms carrying 127.0.0.1: IPv4-compatible, 6to4, Teredo, local NAT64.
+      "[::127.0.0.1]",
+      "[2002:7f00:1::]",
+      "[2001:0:7f00:1::]",
+      "[64:ff9b:1::7f00:1]",
     ])
       expect([host, refused(`https://${host}/push`)]).toEqual([host, "INVALID_ARGUMENT"])
     expect(isNonPublicAddress("8.8.8.8")).toBe(false)
