@@ -33,6 +33,24 @@ async function longConversation(a: string, b: string, count: number): Promise<st
 
 const bodies = (messages: { body: string }[]) => messages.map((m) => m.body)
 
+/** A relay of its own whose segments of 20 fold into directory pages soon (an outside tester's settings). */
+const foldingRelay = () =>
+  startRelay({
+    args: [
+      "--dev",
+      "--history-segment-size",
+      "20",
+      "--history-keep-live",
+      "10",
+      "--history-keep-summaries",
+      "2",
+      "--history-fold-size",
+      "3",
+      "--history-refold-messages",
+      "10",
+    ],
+  })
+
 describe("sealed history in the SDK", () => {
   it("shows a new device the latest messages at once and pages back with loadOlder, from the relay then offline from IndexedDB", async () => {
     const [a, b] = [name("alice"), name("bob")]
@@ -86,22 +104,7 @@ describe("sealed history in the SDK", () => {
   })
 
   it("counts unread exactly on a new device when the read marker was set before its message was sealed", async () => {
-    // Segments of 20 whose summaries fold into directory pages (an outside probe's settings).
-    const folding = await startRelay({
-      args: [
-        "--dev",
-        "--history-segment-size",
-        "20",
-        "--history-keep-live",
-        "10",
-        "--history-keep-summaries",
-        "2",
-        "--history-fold-size",
-        "3",
-        "--history-refold-messages",
-        "10",
-      ],
-    })
+    const folding = await foldingRelay()
     try {
       const [a, b] = [name("alice"), name("bob")]
       const alice = await connectClient(folding, a)
@@ -139,22 +142,7 @@ describe("sealed history in the SDK", () => {
   })
 
   it("keeps the history paged back whole across a resync whose refused edit was on a message deleted and re-sealed meanwhile", async () => {
-    // Segments of 20 whose summaries fold into directory pages (an outside tester's settings).
-    const folding = await startRelay({
-      args: [
-        "--dev",
-        "--history-segment-size",
-        "20",
-        "--history-keep-live",
-        "10",
-        "--history-keep-summaries",
-        "2",
-        "--history-fold-size",
-        "3",
-        "--history-refold-messages",
-        "10",
-      ],
-    })
+    const folding = await foldingRelay()
     try {
       const [a, b] = [name("alice"), name("bob")]
       const alice = await connectClient(folding, a)

@@ -39,7 +39,12 @@ interface Stalled {
   closed: boolean
 }
 
-async function stall(relay: RelayProcess, localAddress = "127.0.0.1"): Promise<Stalled> {
+/** A connection that sends `start` (the start of a request's headers by default) and nothing more. */
+async function stall(
+  relay: RelayProcess,
+  localAddress = "127.0.0.1",
+  start = "GET /healthz HTTP/1.1\r\nHost: relay\r\n",
+): Promise<Stalled> {
   const socket = connect({ host: "127.0.0.1", port: relay.port, localAddress })
   sockets.push(socket)
   const stalled: Stalled = { socket, received: "", closed: false }
@@ -52,7 +57,7 @@ async function stall(relay: RelayProcess, localAddress = "127.0.0.1"): Promise<S
     stalled.closed = true
   })
   await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
-  socket.write("GET /healthz HTTP/1.1\r\nHost: relay\r\n")
+  socket.write(start)
   return stalled
 }
 
@@ -124,20 +129,12 @@ describe("connections per client address", () => {
 
   it("ends a connection answered before its request's body arrived, however slowly the body still trickles in", async () => {
     const relay = await startRelayProcess()
-    const socket = connect({ host: "127.0.0.1", port: relay.port })
-    sockets.push(socket)
-    const slow = { socket, received: "", closed: false }
-    socket.setEncoding("utf8")
-    socket.on("data", (chunk: string) => {
-      slow.received += chunk
-    })
-    socket.on("error", () => {})
-    socket.on("close", () => {
-      slow.closed = true
-    })
-    await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
     // A request no route takes a body for (answered 405 at once), then its body a byte at a time.
-    socket.write("POST /healthz HTTP/1.1\r\nHost: relay\r\nContent-Length: 100000\r\n\r\nx")
+    const slow = await stall(
+      relay,
+      "127.0.0.1",
+      "POST /healthz HTTP/1.1\r\nHost: relay\r\nContent-Length: 100000\r\n\r\nx",
+    )
     const trickle = setInterval(() => {
       if (!slow.closed) slow.socket.write("x")
     }, 200)

@@ -11,6 +11,7 @@ import {
   getConversation,
   knownSegments,
   lastSequence,
+  listMessages,
   listSealedMessages,
   type MessageId,
   type MessageView,
@@ -78,13 +79,18 @@ export class SealedHistory {
 
   /**
    * The `limit` messages before the oldest loaded so far, oldest first (see
-   * `Conversation.loadOlder`), and before them any that were sealed inside the
-   * window shown so far and not held (fetched again here): what it added to
-   * {@link olderMessages}. Empty only at the start of the conversation.
+   * `Conversation.loadOlder`), and any that were sealed inside the window
+   * shown so far and are held again (fetched here) that were not shown live
+   * either: what it added to what the user can see. Empty only at the start
+   * of the conversation.
    */
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
-    const shown = new Set(this.olderMessages().map((m) => m.id))
+    // What the user could see before: loaded older messages and the live ones (a live message sealed since
+    // and fetched here is not news).
+    const shown = new Set(
+      [...this.olderMessages(), ...listMessages(doc(), { last: Number.MAX_SAFE_INTEGER })].map((m) => m.id),
+    )
     // What was sealed inside the window shown so far first (it was live when the window was loaded).
     for (const summary of this.gapSegments(doc())) await this.fetchSegment(summary)
     const before = this.olderFrom ?? this.firstLiveSeq()
