@@ -698,6 +698,12 @@ export const RELAY_FLAGS = {
     help: "largest HTTP API request body (413 beyond)",
     default: DEFAULT_API_LIMITS.maxBodyBytes,
   }),
+  "api-body-timeout-ms": flag({
+    kind: "integer",
+    env: "PARLEY_API_BODY_TIMEOUT_MS",
+    help: "longest an HTTP API request's body may take to arrive (the connection is closed beyond)",
+    default: DEFAULT_API_LIMITS.bodyTimeoutMs,
+  }),
   "api-requests-per-second": flag({
     kind: "integer",
     env: "PARLEY_API_REQUESTS_PER_SECOND",
@@ -1099,6 +1105,7 @@ export function parseConfig(
     api: v["api-disabled"] !== true,
     apiLimits: {
       maxBodyBytes: Math.max(1, v["api-max-body-bytes"]),
+      bodyTimeoutMs: Math.max(100, v["api-body-timeout-ms"]),
       requestsPerSecond: Math.max(1, v["api-requests-per-second"]),
       requestBurst: Math.max(1, v["api-request-burst"]),
       participantsPerMinute: Math.max(0, v["api-participants-per-minute"]),

@@ -64,8 +64,23 @@ export class ApiExtension implements RelayExtension {
   async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
     const path = (req.url ?? "/").split("?")[0]!
     if (!this.listener || (path !== "/v1" && !path.startsWith("/v1/"))) return false
-    await this.listener(req, res)
+    // A body that does not arrive in time ends its connection (uploads have routes of their own, with
+    // their own pace; event streams send no body).
+    const deadline = setTimeout(() => {
+      if (!req.complete) req.socket.destroy()
+    }, this.bodyTimeoutMs)
+    deadline.unref()
+    res.once("close", () => clearTimeout(deadline))
+    try {
+      await this.listener(req, res)
+    } finally {
+      if (req.complete) clearTimeout(deadline)
+    }
     return true
+  }
+
+  private get bodyTimeoutMs(): number {
+    return this.options.limits?.bodyTimeoutMs ?? DEFAULT_API_LIMITS.bodyTimeoutMs
   }
 
   /** What the open event streams hold of purged content goes too. */

@@ -2,6 +2,12 @@
 export interface ApiLimits {
   /** Largest request body accepted; larger ones are refused with 413 before they are read whole. */
   readonly maxBodyBytes: number
+  /**
+   * Longest a request's body may take to arrive, in ms; beyond, the
+   * connection is closed. A body is at most {@link maxBodyBytes}: one sent a
+   * byte at a time held its connection for Node's 300 s request timeout.
+   */
+  readonly bodyTimeoutMs: number
   /** Average requests a second one API key may make; beyond, 429 with `Retry-After`. */
   readonly requestsPerSecond: number
   /** Requests one key may make in a burst. */
@@ -33,6 +39,8 @@ export interface ApiLimits {
 /** Defaults of {@link ApiLimits}. */
 export const DEFAULT_API_LIMITS: ApiLimits = {
   maxBodyBytes: 256 * 1024,
+  // 256 KiB in 30 s is 70 kbit/s: a slow mobile link still makes it.
+  bodyTimeoutMs: 30_000,
   requestsPerSecond: 100,
   requestBurst: 200,
   // Ten groups of a thousand members a minute: a bulk import goes at that pace, a key adding without

@@ -1,3 +1,4 @@
+import { connect } from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { newApiKey } from "../../src/api/keys.js"
 import type { ApiLimits } from "../../src/api/limits.js"
@@ -11,16 +12,49 @@ describe("HTTP API limits", () => {
     await relay?.close()
   })
 
+  /** The raw key of the last client `start`'s function made. */
+  let lastKey = ""
+
   async function start(limits: Partial<ApiLimits>) {
     const backend = new MemoryBackend()
     relay = await startRelay({ port: 0, warmUp: false, backend, dev: true, log: "silent", apiLimits: limits })
     const key = async (name: string) => {
       const made = newApiKey(name, ["conversations:read", "conversations:write"])
       await backend.keys.create(made.record)
+      lastKey = made.key
       return apiClient(() => relay!.httpUrl, made.key)
     }
     return key
   }
+
+  it("closes the connection of a request whose body does not arrive in time", async () => {
+    const key = await start({ bodyTimeoutMs: 500 })
+    await key("slow")
+    const socket = connect({ host: "127.0.0.1", port: relay!.port })
+    let closed = false
+    socket.on("error", () => {})
+    socket.on("close", () => {
+      closed = true
+    })
+    await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
+    socket.write(
+      `POST /v1/conversations HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ${lastKey}\r\n` +
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    // A byte at a time: before, read at that pace for Node's 300 s request timeout.
+    const trickle = setInterval(() => {
+      if (!closed) socket.write(" ")
+    }, 100)
+    const started = performance.now()
+    try {
+      while (!closed && performance.now() - started < 5_000) await new Promise((r) => setTimeout(r, 50))
+    } finally {
+      clearInterval(trickle)
+      socket.destroy()
+    }
+    expect(closed).toBe(true)
+    expect(performance.now() - started).toBeLessThan(3_000)
+  })
 
   it("rate-limits each key on its own with 429 and Retry-After", async () => {
     const key = await start({ requestsPerSecond: 0.5, requestBurst: 3 })
