@@ -112,7 +112,9 @@ export class SealedHistory {
     if (page.length > 0) this.olderFrom = page[0]!.seq
     // A gap it filled counts too: a window whose re-sealed segment came back answered [] (taken for the
     // conversation's start) while putting 20 messages back into olderMessages().
-    return this.olderMessages().filter((m) => !shown.has(m.id))
+    const paged = new Set(page.map((m) => m.id))
+    const filled = this.olderMessages().filter((m) => !shown.has(m.id) && !paged.has(m.id))
+    return filled.length === 0 ? page : [...page, ...filled]
   }
 
   /**
