@@ -348,9 +348,9 @@ export class Conversation extends Emitter<ConversationEvents> {
 
   /**
    * The `limit` messages before the oldest ones loaded so far (the live
-   * document's at first), oldest first, and any sealed inside the window
+   * document's at first), oldest first, then any sealed inside the window
    * shown so far that this device no longer held and did not show live
-   * (fetched again): what it adds to what the user can see. Older messages are sealed by the
+   * (fetched again). Older messages are sealed by the
    * relay into immutable segments, fetched here on demand (from this
    * device's cache when it has them, which also works offline) and kept for
    * {@link olderMessages}, {@link message} and every operation (edit,

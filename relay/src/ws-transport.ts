@@ -93,8 +93,8 @@ const USER_QUEUE_CHECK_BYTES = 16 * 1024
 const MAX_ECHO_CREDIT = 256
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
 const UNREAD_CLOSE_GRACE_MS = 5000
-/** Time a client answered before its request's body arrived gets to read the answer before its socket is dropped. */
-const UNREAD_BODY_GRACE_MS = 1000
+/** Time a client answered before its request's body arrived gets to finish sending it before its socket is dropped. */
+const UNREAD_BODY_GRACE_MS = 2000
 /** Longest a whole request may take to arrive (an upload's chunk included): Node's own default. */
 const REQUEST_TIMEOUT_MS = 300_000
 /** The label of connections dropped at `maxConnections`. */
@@ -212,13 +212,18 @@ export class WsTransport {
     this.server.prependListener("request", (req: IncomingMessage, res: ServerResponse) => {
       this.connections.busy(req.socket)
       res.once("close", () => this.connections.idle(req.socket))
-      // Answered before its body arrived (a refusal: 401, 403, 405, 413): Node would go on reading the
-      // body to keep the connection, at whatever pace the sender likes (an outside probe held connections
-      // for 300 s at a byte a second, with no token). The connection ends with the answer instead.
+      // Answered before its body arrived (a refusal: 401, 403, 405, 413, a retryable 503): Node goes on
+      // reading the body to keep the connection, at whatever pace the sender likes (an outside probe held
+      // connections for 300 s at a byte a second, with no token). A sender that does not finish within the
+      // grace loses its connection; one that does keeps it (cut at once, a client still sending its body
+      // could see a reset instead of the answer).
       res.once("finish", () => {
         if (req.complete) return
-        req.socket.end()
-        setTimeout(() => req.socket.destroy(), UNREAD_BODY_GRACE_MS).unref()
+        const cut = setTimeout(() => {
+          if (!req.complete) req.socket.destroy()
+        }, UNREAD_BODY_GRACE_MS)
+        cut.unref()
+        req.once("end", () => clearTimeout(cut))
       })
     })
     this.wss = new WebSocketServer({

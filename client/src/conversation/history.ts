@@ -79,10 +79,9 @@ export class SealedHistory {
 
   /**
    * The `limit` messages before the oldest loaded so far, oldest first (see
-   * `Conversation.loadOlder`), and any that were sealed inside the window
+   * `Conversation.loadOlder`), then any that were sealed inside the window
    * shown so far and are held again (fetched here) that were not shown live
-   * either: what it added to what the user can see. Empty only at the start
-   * of the conversation.
+   * either. Empty only at the start of the conversation.
    */
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
