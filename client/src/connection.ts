@@ -14,6 +14,7 @@ import {
   splitUpdate,
   toParleyError,
   type UpdatePartLimits,
+  UserLimit,
 } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -51,6 +52,13 @@ export interface ConnectionEvents {
   tokenFailed: { error: ParleyError }
   /** The relay will not let this connection in again (4403, 4404, repeated 4401, ...). */
   unavailable: { error: ParleyError }
+  /**
+   * The relay refused to open the document because the user has too many
+   * open (4429 `documents-per-user`, across all their devices): told once per
+   * run of refusals. The connection keeps trying with backoff, and gets in
+   * once the user closes another conversation.
+   */
+  limited: { error: ParleyError }
 }
 
 /** What a {@link DocumentConnection} needs. */
@@ -138,6 +146,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private destroyed = false
   private attempts = 0
   private tokenRefusals = 0
+  /** Refused for `documents-per-user` since the last connection that synced (told once). */
+  private limited = false
   private retryTimer: ReturnType<typeof setTimeout> | undefined
   private connecting = false
   private current: ConnectionStatus = "offline"
@@ -296,6 +306,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
           // Reset the backoff only once a connection did useful work, not on open.
           this.attempts = 0
           this.tokenRefusals = 0
+          this.limited = false
           this.update()
         },
         parley: (frame) => {
@@ -313,14 +324,14 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
             if (!this.destroyed) this.emit("diverged", { error })
           })
         },
-        closed: (code, local) => {
+        closed: (code, local, reason) => {
           if (this.session !== session) return
           this.session = undefined
           this.cancelRefresh()
           this.failHistoryRequests()
           this.update()
           // Every close the relay (or the network, or the silence watchdog) made comes back here.
-          if (!local) queueMicrotask(() => this.closed(code))
+          if (!local) queueMicrotask(() => this.closed(code, reason))
         },
       },
     )
@@ -328,8 +339,22 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.update()
   }
 
-  private closed(code: number): void {
+  private closed(code: number, reason: string): void {
     if (!this.wanted || this.destroyed) return
+    if (code === CloseCode.TooManyDocuments.code && reason === CloseCode.TooManyDocuments.reason) {
+      if (!this.limited) {
+        this.limited = true
+        this.emit("limited", {
+          error: new ParleyError(
+            ErrorCode.RATE_LIMITED,
+            "the relay refused to open this conversation: the user has too many conversations open; close one",
+            { rule: UserLimit.documents },
+          ),
+        })
+      }
+      this.retry()
+      return
+    }
     if (code === CloseCode.Unauthorized.code) {
       this.tokenRefusals++
       if (this.tokenRefusals < MAX_TOKEN_REFUSALS) {

@@ -563,6 +563,13 @@ export class Conversation extends Emitter<ConversationEvents> {
         this.loading.apply({ type: "unavailable", error })
         this.statuses.refresh()
       },
+      limited: (error) => {
+        // Told to the app; what it has locally stays ready and writable (its changes wait, as offline).
+        // One the device never had cannot be shown: ready() rejects, and the state turns ready once
+        // another conversation is closed and the connection gets in.
+        this.emit("error", { error })
+        if (this.loading.state.state === "loading") this.loading.apply({ type: "unavailable", error })
+      },
       changed: (events, transaction) => this.changed(events, transaction),
       segmentsChanged: (changed) => this.history.dropStale(changed),
     })

@@ -46,6 +46,11 @@ describe("the conversation's loading state", () => {
     const refused = nextState(loading, unavailable(ErrorCode.UNAUTHORIZED), "g~x", false)
     expect(nextState(refused, settled(info("a")), "g~x", false)).toBe(refused)
     expect(nextState(refused, settled(info("a")), "g~x", true).state).toBe("ready")
+    // Too many conversations open: back once the connection gets in.
+    const limited = nextState(loading, unavailable(ErrorCode.RATE_LIMITED), "g~x", false)
+    expect(limited).toMatchObject({ state: "unavailable", reason: ErrorCode.RATE_LIMITED })
+    expect(nextState(limited, settled(info("a")), "g~x", false)).toBe(limited)
+    expect(nextState(limited, settled(info("a")), "g~x", true).state).toBe("ready")
   })
 
   it("reports changes, settles ready() and refuses writes until ready and after close", async () => {

@@ -239,7 +239,7 @@ export const RELAY_FLAGS = {
   "max-documents-per-user": flag({
     kind: "integer",
     env: "PARLEY_MAX_DOCUMENTS_PER_USER",
-    help: "documents one user may have open (then close 4429 documents-per-user); 0 = no limit",
+    help: "documents one user may have open, their own inbox not counted (then close 4429 documents-per-user); 0 = no limit",
     default: USER.maxDocumentsPerUser,
   }),
   "max-connections-per-user": flag({

@@ -1,4 +1,4 @@
-import { CloseCode, ErrorCode, ParleyError, type UserId, UserLimit } from "@parley/shared"
+import { CloseCode, ErrorCode, inboxDocumentName, ParleyError, type UserId, UserLimit } from "@parley/shared"
 import type { Principal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 
@@ -11,7 +11,10 @@ import { RateLimiter } from "./rate-limit.js"
 export interface UserLimits {
   /** Connections one user may have open at once; beyond, new ones are closed (4429 `sockets-per-user`). */
   readonly maxSocketsPerUser: number
-  /** Documents one user may have open at once; beyond, opening another is refused (4429 `documents-per-user`). */
+  /**
+   * Documents one user may have open at once, not counting the user's own inbox; beyond, opening
+   * another is refused (4429 `documents-per-user`).
+   */
   readonly maxDocumentsPerUser: number
   /**
    * Connections to documents one user may have open at once, each multiplexed
@@ -690,7 +693,10 @@ export class UserLedger {
     if (!usage || principal.kind !== "user") return () => {}
     const { user } = principal
     const max = this.limits.maxDocumentsPerUser
-    const count = usage.documents.get(name) ?? 0
+    // The user's own inbox is one document per user whatever else they open: counting it would
+    // leave an SDK, which always has it open, one conversation short of the documented limit.
+    const ownInbox = name === inboxDocumentName(user)
+    const count = ownInbox ? 1 : (usage.documents.get(name) ?? 0)
     if (count === 0 && max > 0 && usage.documents.size + (this.others?.held(user)?.documents ?? 0) >= max) {
       this.release(user)
       this.refuse(user, UserLimit.documents, `a user may have ${max} documents open`)
@@ -705,13 +711,17 @@ export class UserLedger {
       )
     }
     usage.connections++
-    usage.documents.set(name, count + 1)
+    if (!ownInbox) usage.documents.set(name, count + 1)
     if (count === 0) this.heldChanged(user, usage)
     let released = false
     return () => {
       if (released) return
       released = true
       usage.connections--
+      if (ownInbox) {
+        this.release(user)
+        return
+      }
       const left = (usage.documents.get(name) ?? 1) - 1
       if (left > 0) usage.documents.set(name, left)
       else {

@@ -1,4 +1,4 @@
-import { ErrorCode, ParleyError, type UserId, UserLimit } from "@parley/shared"
+import { ErrorCode, inboxDocumentName, ParleyError, type UserId, UserLimit } from "@parley/shared"
 import { afterEach, describe, expect, it, vi } from "vitest"
 import type { Principal } from "../src/principal.js"
 import {
@@ -166,6 +166,21 @@ describe("UserLedger", () => {
     expect(refusal(() => l.openDocument(mallory, "g~c")).rule).toBe(UserLimit.documents)
     closeA()
     // g~a is still open once.
+    expect(refusal(() => l.openDocument(mallory, "g~c")).rule).toBe(UserLimit.documents)
+  })
+
+  it("does not count the user's own inbox among their documents, but does count another user's", () => {
+    const { l } = ledger({ maxDocumentsPerUser: 2 })
+    const closeInbox = l.openDocument(mallory, inboxDocumentName("mallory" as UserId))
+    l.openDocument(mallory, "g~a")
+    l.openDocument(mallory, "g~b")
+    expect(refusal(() => l.openDocument(mallory, "g~c")).rule).toBe(UserLimit.documents)
+    // An inbox name is no way around the limit: only the user's own is free.
+    expect(refusal(() => l.openDocument(mallory, inboxDocumentName("alice" as UserId))).rule).toBe(
+      UserLimit.documents,
+    )
+    closeInbox()
+    closeInbox()
     expect(refusal(() => l.openDocument(mallory, "g~c")).rule).toBe(UserLimit.documents)
   })
 

@@ -44,6 +44,8 @@ export interface GenerationEvents {
   refused(error: ParleyError): void
   /** The relay will not let this connection in again. */
   unavailable(error: ParleyError): void
+  /** The relay refused to open it for now (`documents-per-user`); the connection keeps trying. */
+  limited(error: ParleyError): void
   /** The document changed. */
   changed(events: ChangeEvent[], transaction: Y.Transaction): void
   /** The relay re-sealed or dropped sealed segments. */
@@ -104,6 +106,7 @@ export function bindGeneration(
   })
   connection.on("refused", ({ error }) => on.refused(error))
   connection.on("unavailable", ({ error }) => on.unavailable(error))
+  connection.on("limited", ({ error }) => on.limited(error))
   const unobserve = observeChanges(doc, on.changed)
   return {
     doc,

@@ -25,9 +25,10 @@ export type LoadingEvent =
  * from what the replica holds and what the relay said: ready as soon as the
  * replica holds the conversation's fields; unavailable (not found) when the
  * relay's state arrived without them. Unavailable is final, except "not
- * found" (the conversation may still be created, or arrive, later) and
+ * found" (the conversation may still be created, or arrive, later),
  * "unauthorized" (a later connect with a working token brings it back once
- * its connection is online: `relayOnline`).
+ * its connection is online: `relayOnline`) and "rate limited" (too many
+ * conversations open: back once another closes and the connection gets in).
  */
 export function nextState(
   current: ConversationState,
@@ -37,7 +38,8 @@ export function nextState(
 ): ConversationState {
   const canLeave = (next?: ConversationState): boolean => {
     if (current.state !== "unavailable" || current.reason === ErrorCode.NOT_FOUND) return true
-    if (current.reason === ErrorCode.UNAUTHORIZED) return next?.state === "unavailable" || relayOnline
+    if (current.reason === ErrorCode.UNAUTHORIZED || current.reason === ErrorCode.RATE_LIMITED)
+      return next?.state === "unavailable" || relayOnline
     return false
   }
   if (event.type === "unavailable") {

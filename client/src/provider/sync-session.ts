@@ -40,8 +40,11 @@ export interface SessionHandlers {
   parley(frame: ParleyFrame): void
   /** The relay's sync frames do not fit this replica (someone else wrote under its client id). */
   diverged(cause: unknown): void
-  /** The session ended: `local` when this side closed it, else with the relay's (or the network's) code. */
-  closed(code: number, local: boolean): void
+  /**
+   * The session ended: `local` when this side closed it, else with the relay's (or the network's)
+   * code and reason (the reason names a per-user limit on a 4429).
+   */
+  closed(code: number, local: boolean, reason: string): void
 }
 
 /**
@@ -98,7 +101,7 @@ export class SyncSession {
     socket.binaryType = "arraybuffer"
     socket.onopen = () => this.opened()
     socket.onmessage = (event) => this.received(event.data)
-    socket.onclose = (event) => this.end(event.code, false)
+    socket.onclose = (event) => this.end(event.code, false, event.reason)
     // A failed connect is followed by its close event, which says all there is to say.
     socket.onerror = () => {}
     doc.on("update", this.onUpdate)
@@ -241,7 +244,7 @@ export class SyncSession {
     if (this.state === "open" && this.socket.readyState === SocketState.open) this.socket.send(frame)
   }
 
-  private end(code: number, local: boolean): void {
+  private end(code: number, local: boolean, reason = ""): void {
     if (this.state === "ended") return
     const wasOpen = this.state === "open"
     this.state = "ended"
@@ -265,7 +268,7 @@ export class SyncSession {
       for (const id of this.awareness.meta.keys())
         if (id !== this.awareness.clientID && !this.awareness.states.has(id)) this.awareness.meta.delete(id)
     }
-    this.handlers.closed(code, local)
+    this.handlers.closed(code, local, reason)
   }
 }
 
