@@ -81,7 +81,17 @@ export interface CheckUpdateInput {
   readonly bindings: ClientBindings
   /** The document's conversation id; when given, a creation must use it. */
   readonly conversation?: ConversationId
+  /** The relay's clock (ms since the epoch), for {@link MAX_FUTURE_SKEW_MS}; `Date.now()` when not given. */
+  readonly now?: number
 }
+
+/**
+ * How far ahead of the relay's clock a user's message or conversation may be
+ * dated. Conversation lists sort by those dates: one dated years ahead would
+ * stay at the top of every member's list for good. A day leaves room for
+ * clocks that are set wrong without refusing their users' messages.
+ */
+export const MAX_FUTURE_SKEW_MS = 24 * 60 * 60 * 1000
 
 /** The decision, and for an accepted update the client ids it binds to its sender. */
 export type CheckResult = Decision & { readonly newBindings?: readonly ClientBinding[] }
@@ -383,6 +393,7 @@ class UpdateCheck {
     if (typeof title !== "string" || title.length > Limits.titleLength) refuse(Rule.schema, "title invalid")
     schema(checkMetadata(fields.get(MetaKey.metadata)))
     if (!isTime(fields.get(MetaKey.createdAt))) refuse(Rule.schema, "createdAt invalid")
+    this.refuseFuture(fields.get(MetaKey.createdAt) as number, "the conversation")
     if (fields.has(MetaKey.fleetingSeconds)) schema(checkFleetingSeconds(fields.get(MetaKey.fleetingSeconds)))
 
     const roles = new Map<UserId, Role>()
@@ -526,6 +537,12 @@ class UpdateCheck {
   }
 
   /** New messages as their author; a deletion always leaves a matching placeholder. */
+  /** Refuses a user's `createdAt` more than {@link MAX_FUTURE_SKEW_MS} ahead of the relay's clock. */
+  private refuseFuture(createdAt: number, what: string): void {
+    if (this.isRelay || createdAt <= (this.input.now ?? Date.now()) + MAX_FUTURE_SKEW_MS) return
+    refuse(Rule.schema, `${what} is dated more than a day ahead of the relay's clock`)
+  }
+
   private checkMessages(): void {
     const index = messageIndex(this.doc)
     // Deletions first: a record deleted and written again is an attempt to rewrite it.
@@ -535,6 +552,7 @@ class UpdateCheck {
     }
     for (const record of this.newRecords.values()) {
       if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
+      this.refuseFuture(record.createdAt, `message ${record.id}`)
       if (index.records.has(record.id) || index.deleted.has(record.id) || this.deletedRecords.has(record.id))
         refuse(Rule.immutable, `message ${record.id} already exists`)
       this.refuseSealedId(record.id)
@@ -542,6 +560,7 @@ class UpdateCheck {
     // Written and deleted at once: a message sent, then deleted by someone allowed to, with its placeholder.
     for (const [id, record] of this.transientRecords) {
       if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
+      this.refuseFuture(record.createdAt, `message ${id}`)
       if (index.records.has(id) || index.deleted.has(id) || this.deletedRecords.has(id))
         refuse(Rule.immutable, `message ${id} already exists`)
       this.refuseSealedId(id)

@@ -1,6 +1,7 @@
 import {
   addParticipants,
   assignSequenceNumbers,
+  type ConversationId,
   changeRole,
   createConversation,
   decodeStoredRecord,
@@ -97,6 +98,42 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
       ]),
     )
     expectRefused(s, carol, update, Rule.authorIsSender)
+  })
+
+  it("refuses a message or a conversation dated more than a day ahead of the relay's clock", () => {
+    const s = scene()
+    const dated = (id: string, createdAt: number) =>
+      updateOf(replicaOf(s.relay), (d) =>
+        typesOf(d).messages.push([
+          encodeStoredRecord({ id: id as MessageId, author: carol, body: "pinned on top", createdAt }),
+        ]),
+      )
+    // Years ahead would keep the conversation at the top of every member's list for good.
+    expectRefused(s, carol, dated("future000001", 8.64e15), Rule.schema)
+    expectRefused(s, carol, dated("future000002", Date.now() + 2 * 24 * 3600_000), Rule.schema)
+    // A clock a few hours fast, and old offline work, pass.
+    expectAccepted(s, carol, dated("future000003", Date.now() + 3 * 3600_000))
+    expectAccepted(s, carol, dated("future000004", 5))
+
+    const creation = (now: number) =>
+      updateOf(new Y.Doc(), (d) =>
+        createConversation(
+          d,
+          alice,
+          { kind: "group", id: "g~future" as ConversationId, participants: [bob], title: "Top" },
+          { now },
+        ),
+      )
+    const create = (update: Uint8Array) =>
+      checkUpdate({
+        doc: new Y.Doc(),
+        update,
+        principal: user(alice),
+        bindings: new ClientBindings(),
+        conversation: "g~future" as ConversationId,
+      })
+    expect(create(creation(8.64e15))).toMatchObject({ allowed: false, rule: Rule.schema })
+    expect(create(creation(Date.now()))).toMatchObject({ allowed: true })
   })
 
   it("refuses editing someone else's message", () => {
