@@ -719,7 +719,7 @@ export const RELAY_FLAGS = {
   "api-participants-per-minute": flag({
     kind: "integer",
     env: "PARLEY_API_PARTICIPANTS_PER_MINUTE",
-    help: "participants one API key may add a minute, in groups it creates and to existing ones, whoever it acts as (429 beyond); 0 = no limit",
+    help: "participants one API key may add a minute, in groups it creates, to existing ones and as the other user of each direct conversation it asks for, whoever it acts as (429 beyond); 0 = no limit",
     default: DEFAULT_API_LIMITS.participantsPerMinute,
   }),
   "api-streams-per-key": flag({

@@ -320,6 +320,9 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     async (c) => {
       const input = c.req.valid("json")
       const actor = actorOf(c, "conversations:write", input.asUser)
+      // Charged whether or not it exists (as a group's creation is): asking is what may add the other user.
+      const refused = chargeAdditions(c, 1)
+      if (refused) return refused as never
       const { conversation, created } = await ops.direct(actor, input.with as UserId)
       return reply(c, conversationAnswer(c, conversation), created ? 201 : 200)
     },

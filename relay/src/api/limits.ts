@@ -13,8 +13,9 @@ export interface ApiLimits {
   /** Requests one key may make in a burst. */
   readonly requestBurst: number
   /**
-   * Participants one key may add per minute, in groups it creates and to
-   * existing ones, whoever it acts as: each costs the relay an inbox write
+   * Participants one key may add per minute, in groups it creates, to
+   * existing ones and as the other user of each direct conversation it asks
+   * for, whoever it acts as: each costs the relay an inbox write
    * (a group of 999 about 0.6 s of CPU), and the per-user limits count users'
    * own writes only. Beyond, 429 `RATE_LIMITED` (`participants-per-minute`)
    * with `Retry-After`, nothing written. 0 turns it off.

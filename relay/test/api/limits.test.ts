@@ -100,6 +100,16 @@ describe("HTTP API limits", () => {
     ).toBe(201)
   })
 
+  it("counts the other user of each direct conversation a key creates among its participants added", async () => {
+    const key = await start({ participantsPerMinute: 3 })
+    const importer = await key("directs")
+    const statuses = []
+    for (let i = 0; i < 4; i++)
+      statuses.push((await importer("POST", "/v1/conversations/direct", { with: `stranger${i}` })).status)
+    // Each would write an inbox entry for a user who may never have signed in.
+    expect(statuses).toEqual([201, 201, 201, 429])
+  })
+
   it("refuses a body above the configured size before reading it, and keeps serving", async () => {
     const key = await start({ maxBodyBytes: 1024 })
     const api = await key("small")
