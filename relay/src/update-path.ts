@@ -1561,6 +1561,8 @@ type Admitted =
       /** Its clients and the clock after their last struct (a pending sender's "saved"). */
       readonly ends: ReadonlyMap<number, number>
       readonly decision: Decision
+      /** Its values (the cost scan's count): what applying, storing and its hook work grow with. */
+      readonly values: number
     }
 
 /**
@@ -1651,7 +1653,7 @@ async function admitUpdate(
   // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes.
   ctx.users?.chargeValues(principal, cost.values, update.length)
   ctx.users?.chargeStored(principal, update.length)
-  return { noop: false, update, clientIds, ends: inspected.ends, decision }
+  return { noop: false, update, clientIds, ends: inspected.ends, decision, values: cost.values }
 }
 
 /** Who pays for the sealed segments a change of `principal` makes the relay read: a user, from their budget. */
@@ -1799,6 +1801,8 @@ async function storeSomeOfBatch(
   // Updates the document held already: "saved" only after the commit (the batch may be what holds them).
   const held: { readonly item: QueuedUpdate; readonly ends: ReadonlyMap<number, number> }[] = []
   let next = items.length
+  /** Values of the updates applied so far (see {@link storeSomeOfBatch}'s end of a batch). */
+  let values = 0
   let release: (() => void) | undefined
   let applying: QueuedUpdate | undefined
   /** Folded reactions the batch's senders removed without knowing of their seal (see `FoldedReactions`). */
@@ -1842,7 +1846,12 @@ async function storeSomeOfBatch(
       applying = undefined
       const events = host.takeEvents()
       applied.push({ item, admitted, events, ...(numbered ? { numbered } : {}) })
-      if (events.some((e) => ENDS_A_BATCH.has(e.type))) {
+      values += admitted.values
+      // About one at-cap update's worth per commit: a burst of large updates to one document (one
+      // sender's, on many sockets) is then stored and answered one part at a time, with every other
+      // document's frames read in between, not checked and applied in one run of the event loop
+      // (a batch of twelve at-cap frames held everyone else for over a second).
+      if (events.some((e) => ENDS_A_BATCH.has(e.type)) || values >= ctx.limits.maxUpdateValues) {
         next = i + 1
         break
       }

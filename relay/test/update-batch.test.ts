@@ -170,6 +170,43 @@ describe("a document's queued updates, stored as one batch", () => {
     await core.close()
   })
 
+  it("stores a backlog of large updates to one document one at-cap update's worth per commit, not all in one", async () => {
+    const storage = new GatedStorage()
+    const core = new RelayCore({ storage, log: createLogger("silent"), metrics: new RelayMetrics() })
+    const id = "g~batch-large"
+    const { a, b, ca, w } = await started(core, storage, id)
+    const shownTo = (session: FakeSession) =>
+      listMessages(session.replica(), { last: 5000 }).map((m) => m.seq)
+    const many = (from: number, count: number) => {
+      const before = Y.encodeStateVector(w.doc)
+      for (let i = from; i < from + count; i++) sendMessage(w.doc, alice, { body: `m${i}` })
+      return Y.encodeStateAsUpdate(w.doc, before)
+    }
+    const appendsBefore = storage.appends.length
+    ca.receive(updateFrame(w.message("first")))
+    await until(() => storage.waiting === 1)
+    // Three updates of 600 messages each queue behind the first one's commit: together 1,800 values,
+    // where one update may hold 1,000.
+    for (let part = 0; part < 3; part++) ca.receive(updateFrame(many(part * 600, 600)))
+    storage.release()
+    await until(() => storage.waiting === 1)
+    // The first two (1,200 values) are one commit; the third waits for the next.
+    expect(storage.appends.slice(appendsBefore)).toEqual([1])
+    storage.release()
+    await until(() => storage.waiting === 1)
+    // Stored: the first two, with their numbers (and nothing of the third).
+    expect(storage.appends.slice(appendsBefore)).toEqual([1, 3])
+    expect(shownTo(b)).toHaveLength(1 + 1200)
+    storage.gated = false
+    storage.release()
+    await until(() => shownTo(b).length === 1 + 1800)
+    // The third in a commit of its own.
+    expect(storage.appends.slice(appendsBefore)).toHaveLength(3)
+    expect(a.parley().some((f) => f.type === "error")).toBe(false)
+    expect(shownTo(b)).toEqual(Array.from({ length: 1801 }, (_, i) => i + 1))
+    await core.close()
+  })
+
   it("keeps the order of a batch of several writers, tells each observer run its own actor, and sends each writer what the others wrote", async () => {
     const storage = new GatedStorage()
     const saved: AfterSaved[] = []
