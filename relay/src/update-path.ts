@@ -546,7 +546,13 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   const deletedMessages = events.flatMap((e) => (e.type === "message.deleted" ? [e.messageId] : []))
   if (host.name.kind === "conversation" && deletedMessages.length > 0)
     schedulePurge(ctx, host, deletedMessages)
-  if (ctx.history && host.name.kind === "conversation") await sealAndRenew(ctx, ctx.history, host)
+  if (ctx.history && host.name.kind === "conversation") {
+    // A seal is the largest work a change makes due (segments of hundreds of messages planned, stored
+    // and applied): in a turn of its own, so that other documents' frames read meanwhile wait behind
+    // the change or the seal, not both (together they held them a quarter of a second).
+    if (sealDue(host.doc, ctx.history.sealing)) await new Promise((resolve) => setImmediate(resolve))
+    await sealAndRenew(ctx, ctx.history, host)
+  }
   if (host.destroyed) return
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {

@@ -8,12 +8,17 @@
  * several rounds. Prints the pair's latency quiet and under each round, and
  * how long the relay took to save all of alice's frames. Asserts nothing.
  *
- *   npm run bench:costly-frames [-- --sockets 16 --rounds 3 --shape mixed|value-cap]
+ *   npm run bench:costly-frames [-- --sockets 16 --rounds 3 --shape mixed|value-cap] [--one-conversation]
+ *
+ * `--one-conversation`: each round's frames all go to one conversation (1,000
+ * short messages each, each socket writing under a client id of its own), so
+ * that they queue in that document's batches rather than spread over many.
  */
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
+import * as Y from "yjs"
 import { SqliteBackend } from "../../relay/src/backend/sqlite.js"
 import { docUntil, stockProvider, synced, TestClient } from "../../relay/test/helpers/clients.js"
 import { updateFrame } from "../../relay/test/helpers/frame-probe.js"
@@ -40,6 +45,7 @@ const { values: flags } = parseArgs({
     rounds: { type: "string", default: "3" },
     // value-cap: the value-cap frame (1,000 short messages) instead: no deletions, so no purges after it.
     shape: { type: "string", default: "mixed" },
+    "one-conversation": { type: "boolean", default: false },
   },
 })
 const sockets = Number(flags.sockets)
@@ -50,10 +56,13 @@ const shape = atCapShapes(DEFAULT_CAPS).find((s) =>
 const carol = "carol" as UserId
 const dave = "dave" as UserId
 
-// Each round's frames go to conversations of their own: a frame is built against what the relay holds.
-const ids: ConversationId[][] = Array.from({ length: rounds }, () =>
-  Array.from({ length: sockets }, () => newConversationId()),
-)
+const oneConversation = flags["one-conversation"]
+// Each round's frames go to conversations of their own (a frame is built against what the relay
+// holds), or all to one.
+const ids: ConversationId[][] = Array.from({ length: rounds }, () => {
+  const one = newConversationId()
+  return Array.from({ length: sockets }, () => (oneConversation ? one : newConversationId()))
+})
 const seeds = new Map<ConversationId, Seed>()
 for (const id of ids.flat()) seeds.set(id, seedConversation(id, 1_000))
 const dataDir = mkdtempSync(join(tmpdir(), "parley-costly-frames-"))
@@ -82,7 +91,22 @@ for (let r = 0; r < rounds; r++) {
     round.push(f)
   }
   flooders.push(round)
-  frames.push(round.map((f, i) => updateFrame(shape.build(f.doc, seeds.get(ids[r]![i]!)!))))
+  frames.push(
+    round.map((f, i) =>
+      updateFrame(oneConversation ? ownMessages(f.doc, i) : shape.build(f.doc, seeds.get(ids[r]![i]!)!)),
+    ),
+  )
+}
+
+/** 1,000 of alice's short messages on `relay`'s state, under a client id of socket `i`'s own. */
+function ownMessages(relay: Y.Doc, i: number): Uint8Array {
+  const doc = new Y.Doc()
+  Y.applyUpdate(doc, Y.encodeStateAsUpdate(relay))
+  doc.clientID = 0x30000100 + i
+  const before = Y.encodeStateVector(doc)
+  for (let m = 0; m < DEFAULT_CAPS.values; m++)
+    sendMessage(doc, shape.user, { body: `quick ${i}/${m}: a typical short chat line` })
+  return Y.encodeStateAsUpdate(doc, before)
 }
 
 const latencies: number[] = []
@@ -105,7 +129,11 @@ const row = (label: string, samples: number[], extra = "") => {
     `${label.padEnd(26)} ${String(s.count).padStart(5)} ${fmt(s.p50)} ${fmt(s.p99)} ${fmt(s.max)}  ${extra}`,
   )
 }
-console.log(`${sockets} sockets of one user, ${shape.name}; ${rounds} rounds`)
+console.log(
+  oneConversation
+    ? `${sockets} sockets of one user to one conversation, ${DEFAULT_CAPS.values} short messages each; ${rounds} rounds`
+    : `${sockets} sockets of one user, ${shape.name}; ${rounds} rounds`,
+)
 console.log(
   `${"honest pair".padEnd(26)} ${"n".padStart(5)} ${"p50".padStart(7)} ${"p99".padStart(7)} ${"max".padStart(7)}  (ms)`,
 )

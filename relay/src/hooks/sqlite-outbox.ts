@@ -36,6 +36,9 @@ const MARKS_WAIT_MS = 200
 /** Enqueues or marks written at the end of the turn without waiting longer (a dispatcher lane stops at 256 unwritten marks). */
 const ROWS_AT_ONCE = 128
 
+/** Events whose rows ride in one documents' commit at most (more when one change alone has more). */
+const EVENTS_PER_RIDE = 1_000
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS hook_events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -499,12 +502,20 @@ export class SqliteOutbox implements Outbox {
    */
   ride(): ((committed: boolean) => void) | undefined {
     const marks = this.deliveredMarks
-    const enqueues = this.enqueues
-    if ((marks.length === 0 && enqueues.length === 0) || this.closed) return undefined
+    if ((marks.length === 0 && this.enqueues.length === 0) || this.closed) return undefined
     this.deliveredMarks = []
-    this.enqueues = []
+    // About one at-cap change's events per ride: the rows of several large changes (a thousand events
+    // each) written in one documents' commit held the event loop for a quarter of a second. The rest
+    // are written in a later turn, on their own or in the next commit, in their order.
+    let events = 0
+    let taken = 0
+    while (taken < this.enqueues.length && (taken === 0 || events < EVENTS_PER_RIDE))
+      events += this.enqueues[taken++]!.batch.events.length
+    const enqueues = this.enqueues.slice(0, taken)
+    this.enqueues = this.enqueues.slice(taken)
     // Rows pending after this wait their own time from their arrival, not from these rows'.
     this.stopWaiting()
+    if (this.enqueues.length > 0) this.flushThisTurn()
     let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
       written = this.writeRows(enqueues, marks)
