@@ -664,6 +664,54 @@ describe("folded sealed history in the SDK", () => {
     await eventually(() => expect(again.unreadCount).toBe(75))
   }, 60_000)
 
+  it("shows a folded message deleted on every open device once deleted, and never its text again", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "delete folded" })
+    const ids: string[] = []
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) =>
+        chat.send(round === 0 && i === 6 ? "Folded-Secret-Gone" : `m${round * 10 + i}`),
+      )
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    const bob = await connectClient(folding, b, { storage: "indexeddb" })
+    const theirs = await bob.conversation(chat.id).ready()
+    while (chat.hasOlder) await chat.loadOlder(100)
+    while (theirs.hasOlder) await theirs.loadOlder(100)
+    const target = ids[6]!
+    expect(theirs.message(target)?.body).toBe("Folded-Secret-Gone")
+    expect(await cachedSegments(b)).toContain("Folded-Secret-Gone")
+    // Once a device shows it deleted, no later change may show its text again.
+    const shownAgain: string[] = []
+    for (const c of [chat, theirs]) {
+      let seenDeleted = false
+      c.doc.on("afterTransaction", () => {
+        const shown = c.message(target)
+        if (shown?.deleted) seenDeleted = true
+        else if (seenDeleted && shown) shownAgain.push(shown.body)
+      })
+    }
+    chat.deleteMessage(target)
+    await eventually(() => expect(theirs.message(target)?.deleted?.by).toBe(a))
+    // The relay purges it: the segment is sealed again, and so is every directory page from its own on.
+    const hash = foldedHistory(theirs.doc)!.hash
+    await eventually(() => expect(foldedHistory(theirs.doc)!.hash).not.toBe(hash))
+    await new Promise((resolve) => setTimeout(resolve, 1_500))
+    for (const c of [chat, theirs]) {
+      expect(c.message(target)).toMatchObject({ body: "", deleted: { by: a } })
+      expect(c.olderMessages().find((m) => m.id === target)?.body).toBe("")
+      // The segments that were shown are shown again, whole.
+      const everything = [...c.olderMessages(), ...c.messages({ last: 100 })].map((m) => m.id)
+      expect(new Set(everything)).toEqual(new Set(ids))
+    }
+    expect(shownAgain).toEqual([])
+    // Nor does the device keep it: the segment cached under its old hash is gone.
+    expect(await cachedSegments(b)).not.toContain("Folded-Secret-Gone")
+  }, 60_000)
+
   it("a device offline across a fold syncs its pending edit, reaction and message exactly once", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const alice = await connectClient(folding, a)

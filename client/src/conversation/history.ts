@@ -212,25 +212,67 @@ export class SealedHistory {
       const previous = this.heldPages.get(expected.page)!.page.previous
       expected = previous ? { page: expected.page - 1, hash: previous.hash } : undefined
     }
+    let droppedPages = false
     for (const [n, { hash }] of this.heldPages) {
       if (current.has(n)) continue
+      droppedPages = true
       this.heldPages.delete(n)
       sealedHistory(doc).removePage(n)
       void this.host.segments.delete(hash)
     }
-    this.dropStaleSegments(doc)
+    // Held segments those pages listed cannot be checked any more, and one of them may be what a purge
+    // re-sealed: a deleted message's text, whose live tombstone left with this very change. Not shown
+    // until their pages, fetched again now, say which hash they have (from the cache when unchanged).
+    const unchecked = this.dropStaleSegments(doc, droppedPages)
+    if (unchecked.size > 0) this.recheckFolded(doc, unchecked).catch(() => {})
     // Sealed meanwhile inside the window shown: fetched at once, so that it stays whole (offline: on the next loadOlder).
     for (const summary of this.gapSegments(doc)) this.fetchSegment(summary).catch(() => {})
   }
 
-  /** Forgets held segments whose summary (live, or on a held directory page) names another hash. */
-  private dropStaleSegments(doc: Y.Doc): void {
+  /**
+   * Fetches directory pages, newest first, until the segments `unchecked`
+   * (index → the hash they were held under; shown before, dropped unchecked
+   * by {@link dropStale}) are listed again, then the segments themselves as
+   * the pages name them.
+   */
+  private async recheckFolded(doc: Y.Doc, unchecked: ReadonlyMap<number, string>): Promise<void> {
+    const named = () => new Map(knownSegments(doc).map((s) => [s.index, s]))
+    while (this.host.doc() === doc && [...unchecked.keys()].some((index) => !named().has(index))) {
+      const next = nextDirectoryPage(doc)
+      if (!next) break
+      await this.fetchPage(next)
+    }
+    if (this.host.doc() !== doc) return
+    const summaries = named()
+    for (const [index, hash] of unchecked) {
+      const summary = summaries.get(index)
+      // Re-sealed: the copy this device cached goes too (it may hold a purged message's text).
+      if (summary?.hash !== hash) void this.host.segments.delete(hash)
+      if (summary) await this.fetchSegment(summary)
+    }
+  }
+
+  /**
+   * Forgets held segments whose summary (live, or on a held directory page)
+   * names another hash, and with `unlistedToo` the folded ones no held page
+   * lists (their pages were dropped): kept in the cache, as they may be
+   * unchanged. Returns those, by index, with the hash they were held under.
+   */
+  private dropStaleSegments(doc: Y.Doc, unlistedToo = false): Map<number, string> {
     const named = new Map(knownSegments(doc).map((s) => [s.index, s]))
     const folded = foldedHistory(doc)?.segments ?? 0
+    const unlisted = new Map<number, string>()
     for (const [index, hash] of this.heldHashes) {
       const summary = named.get(index)
-      // A folded segment whose page is not held is checked when the page is.
-      if (!summary && index < folded) continue
+      if (!summary && index < folded) {
+        // A folded segment whose page is not held is checked when the page is (see dropStale).
+        if (!unlistedToo) continue
+        unlisted.set(index, hash)
+        this.heldSegments.delete(index)
+        this.heldHashes.delete(index)
+        sealedHistory(doc).remove(index)
+        continue
+      }
       if (summary?.hash === hash) continue
       this.heldSegments.delete(index)
       this.heldHashes.delete(index)
@@ -239,6 +281,8 @@ export class SealedHistory {
       // Held before, so shown before: the re-sealed one takes its place (offline: when it is asked for).
       if (summary) this.fetchSegment(summary).catch(() => {})
     }
+    if (unlisted.size > 0) this.host.held()
+    return unlisted
   }
 
   /**
