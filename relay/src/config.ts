@@ -701,7 +701,7 @@ export const RELAY_FLAGS = {
   "api-body-timeout-ms": flag({
     kind: "integer",
     env: "PARLEY_API_BODY_TIMEOUT_MS",
-    help: "longest an HTTP API request's body may take to arrive (the connection is closed beyond)",
+    help: "longest an HTTP API request's body may take to arrive, upload creation and push registration included (not upload chunks; the connection is closed beyond)",
     default: DEFAULT_API_LIMITS.bodyTimeoutMs,
   }),
   "api-requests-per-second": flag({

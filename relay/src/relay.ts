@@ -1,3 +1,5 @@
+import { mkdirSync } from "node:fs"
+import { resolve } from "node:path"
 import { ErrorCode, HistoryDefaults, ParleyError } from "@parley/shared"
 import { ApiExtension } from "./api/extension.js"
 import { CachedApiKeyStore } from "./api/key-cache.js"
@@ -34,6 +36,7 @@ import type { PushOptions } from "./push/extension.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import { ExitCode, listenFailure, redisFailure, StartupError, storageFailure } from "./startup-error.js"
+import { DataDirInUse, lockDataDir, releasingOnClose } from "./storage/data-dir-lock.js"
 import { DEFAULT_WATCH_INTERVAL_MS } from "./storage/guard.js"
 import type { StorageKind, StorageState } from "./storage/index.js"
 import { warmUpUpdatePath } from "./warm-up.js"
@@ -329,6 +332,10 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           throw error instanceof StartupError ? error : storageFailure(error, where)
         })
     : undefined
+  // A SQLite directory is one relay's: a second one (or an offline command beside it) is refused before
+  // either writes (see `lockDataDir`). Released when the backend closes.
+  const releaseLock =
+    storageKind === "sqlite" && !options.backend && !clustered ? lockForRelay(dataDir) : undefined
   const opened =
     clustered?.backend ??
     options.backend ??
@@ -342,8 +349,10 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       onCheckpointError: (message: string) =>
         log.warn({ error: message }, "checkpointing the SQLite write-ahead log failed; it is tried again"),
     }).catch((error: unknown) => {
+      releaseLock?.()
       throw storageFailure(error, where)
     }))
+  if (releaseLock) releasingOnClose(opened, releaseLock)
   // Every backend call has a deadline; while the documents fail, writes are refused at once (retryably).
   const backend = guardBackend(opened, {
     timeoutMs: storageTimeoutMs,
@@ -395,6 +404,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
                 ]
               : [],
           ),
+          ...(options.apiLimits?.bodyTimeoutMs !== undefined
+            ? { bodyTimeoutMs: options.apiLimits.bodyTimeoutMs }
+            : {}),
           log: log.child({ component: "push" }),
         })
       : undefined
@@ -410,6 +422,9 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
             metrics.userLimits.inc({ limit })
             log.info({ user, limit }, "refused: per-user limit")
           },
+          ...(options.apiLimits?.bodyTimeoutMs !== undefined
+            ? { bodyTimeoutMs: options.apiLimits.bodyTimeoutMs }
+            : {}),
           log: log.child({ component: "attachments" }),
         })
   // Always on, even without hook modules, webhooks or inboxes: the outbox also writes the event log.
@@ -602,4 +617,18 @@ function readinessOf(state: StorageState, redis?: RedisState, warmingSince?: num
       since: new Date(warmingSince).toISOString(),
     })
   return failing.length === 0 ? { ready: true } : { ready: false, failing }
+}
+
+/** Takes SQLite data directory `dataDir`'s lock for the relay (creating the directory), or throws a {@link StartupError}. */
+function lockForRelay(dataDir: string): () => void {
+  try {
+    mkdirSync(dataDir, { recursive: true })
+    return lockDataDir(dataDir, "relay")
+  } catch (error) {
+    if (!(error instanceof DataDirInUse)) throw storageFailure(error, { kind: "sqlite", dataDir })
+    throw new StartupError(
+      ExitCode.STORAGE,
+      `cannot use the data directory ${resolve(dataDir)} (--data-dir): ${error.message}: stop it first, or give another --data-dir (several relays share PostgreSQL, not a SQLite directory)`,
+    )
+  }
 }

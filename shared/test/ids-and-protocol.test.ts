@@ -38,6 +38,7 @@ import {
   newConversationId,
   newMessageId,
   ParleyError,
+  parseConversationId,
   parseDocumentName,
   parseMessageId,
   parseUserId,
@@ -51,9 +52,13 @@ import {
 describe("ids", () => {
   it("parses valid ids and refuses others with INVALID_ARGUMENT", () => {
     expect(parseUserId("alice.b-1@x")).toBe("alice.b-1@x")
-    for (const bad of ["", "a b", "x".repeat(65), 42, null, "inbox/../x"]) {
+    for (const bad of ["", "a b", "x".repeat(65), 42, null, "inbox/../x", ".", "..", "..."]) {
       expect(() => parseUserId(bad)).toThrow(expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }))
     }
+    // Dots alone cannot be a URL path segment: such a conversation could never be reached over HTTP.
+    for (const bad of [".", ".."]) expect(() => parseConversationId(bad)).toThrow(ParleyError)
+    expect(parseUserId("a.")).toBe("a.")
+    expect(parseConversationId(".a.")).toBe(".a.")
     expect(() => parseMessageId("short")).toThrow(ParleyError)
     expect(parseMessageId(newMessageId())).toHaveLength(16)
     expect(newConversationId()).toMatch(/^g~[A-Za-z0-9_-]{16}$/)

@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
+import { bodyDeadline } from "../body-deadline.js"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { Logger } from "../log.js"
 import type { PurgedContent } from "../purge/redact.js"
@@ -64,17 +65,13 @@ export class ApiExtension implements RelayExtension {
   async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
     const path = (req.url ?? "/").split("?")[0]!
     if (!this.listener || (path !== "/v1" && !path.startsWith("/v1/"))) return false
-    // A body that does not arrive in time ends its connection (uploads have routes of their own, with
-    // their own pace; event streams send no body).
-    const deadline = setTimeout(() => {
-      if (!req.complete) req.socket.destroy()
-    }, this.bodyTimeoutMs)
-    deadline.unref()
-    res.once("close", () => clearTimeout(deadline))
+    // A body that does not arrive in time ends its connection (upload chunks have their own pace; event
+    // streams send no body).
+    const answered = bodyDeadline(req, res, this.bodyTimeoutMs)
     try {
       await this.listener(req, res)
     } finally {
-      if (req.complete) clearTimeout(deadline)
+      answered()
     }
     return true
   }

@@ -12,12 +12,16 @@ import type { ApiKeyRecord, ApiKeyStore } from "./keys.js"
 export const DEFAULT_KEY_CACHE_MS = 5_000
 
 /**
- * Reads of key ids never seen to exist, per second across the relay (twice that in a burst): a
+ * Reads of key ids not known to exist, per second across the relay (twice that in a burst): a
  * flood of made-up ids (each a storage read, on PostgreSQL a pooled connection) is answered 429
- * beyond it without reading. Ids of keys that exist are read again whenever their cache time ends,
- * flood or not; a new key's first requests may meet the 429 while a flood lasts.
+ * beyond it without reading. The ids of the stored keys are listed at the first request, so keys
+ * that exist are read again whenever their cache time ends, flood or not, from the start on; a key
+ * made while the relay runs may meet the 429 while a flood lasts, up to 10 s (the next listing).
  */
 export const UNKNOWN_KEY_READS_PER_SECOND = 50
+
+/** Longest the stored keys' ids go unlisted again while made-up ids meet the limit (a new key's wait). */
+const LIST_AGAIN_MS = 10_000
 
 /** What a {@link CachedApiKeyStore} is given besides the store. */
 export interface KeyCacheOptions {
@@ -56,6 +60,9 @@ export class CachedApiKeyStore implements ApiKeyStore {
   /** Ids read and found (revoked ones too): as many as keys were ever made. */
   private readonly exist = new Set<string>()
   private readonly unknownReads: RateLimiter
+  /** The listing of the stored keys' ids (see {@link listExisting}), and when it was asked for. */
+  private listing: Promise<void> | undefined
+  private listedAt = 0
 
   constructor(
     private readonly inner: ApiKeyStore,
@@ -67,17 +74,42 @@ export class CachedApiKeyStore implements ApiKeyStore {
     this.unknownReads = new RateLimiter(perSecond, 2 * perSecond, this.now)
   }
 
-  get(id: string): Promise<ApiKeyRecord | undefined> {
-    const now = this.now()
+  async get(id: string): Promise<ApiKeyRecord | undefined> {
+    // Which keys exist is known from a listing, not only from keys seen since the start: after a
+    // restart, a flood of made-up ids took the unknown ids' budget from keys that exist (an outside probe).
+    if (!this.listing) await this.listExisting()
     const cached = this.known.get(id)
-    if (cached && now - cached.at < this.ttlMs) return cached.record
+    if (cached && this.now() - cached.at < this.ttlMs) return cached.record
     const storage = this.options.storage
     if (storage && !(storage.readable ?? storage.available))
-      return Promise.reject(storageUnavailable("storage is failing: the API key cannot be checked"))
-    if (!this.exist.has(id) && !this.unknownReads.take())
-      return Promise.reject(
-        new ParleyError(ErrorCode.RATE_LIMITED, "too many requests with unknown API keys: retry later"),
-      )
+      throw storageUnavailable("storage is failing: the API key cannot be checked")
+    if (!this.exist.has(id) && !this.unknownReads.take()) {
+      // A key made meanwhile (by `parley-relay keys create`, another process) is let in by the next listing.
+      void this.listExisting(LIST_AGAIN_MS)
+      throw new ParleyError(ErrorCode.RATE_LIMITED, "too many requests with unknown API keys: retry later")
+    }
+    return this.read(id)
+  }
+
+  /**
+   * Adds every stored key's id to the ids known to exist: once, and again
+   * when the last listing is older than `olderThanMs`. Failing, it leaves them
+   * as they are (keys are then known as they are read).
+   */
+  private listExisting(olderThanMs = Number.POSITIVE_INFINITY): Promise<void> {
+    if (this.listing && this.now() - this.listedAt < olderThanMs) return this.listing
+    this.listedAt = this.now()
+    this.listing = this.inner.list().then(
+      (records) => {
+        for (const record of records) this.exist.add(record.id)
+      },
+      () => {},
+    )
+    return this.listing
+  }
+
+  private read(id: string): Promise<ApiKeyRecord | undefined> {
+    const now = this.now()
     // One read for the requests that arrive while it runs (a burst of one key's requests).
     const entry = { record: this.inner.get(id), at: now }
     this.known.set(id, entry)

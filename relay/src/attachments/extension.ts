@@ -2,6 +2,8 @@ import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
 import { type UserId, type UserLimit, uploadedAttachmentIds } from "@parley/shared"
 import type { ApiKeyStore } from "../api/keys.js"
+import { DEFAULT_API_LIMITS } from "../api/limits.js"
+import { bodyDeadline } from "../body-deadline.js"
 import type { HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
 import type { HookEvent, HookEventType } from "../hooks/events.js"
@@ -87,6 +89,12 @@ export interface AttachmentsExtensionOptions extends AttachmentOptions {
   readonly keys?: ApiKeyStore
   /** Told of every refusal by a per-user limit of link previews (metrics, logs). */
   readonly onUserLimit?: (limit: UserLimit, user: UserId) => void
+  /**
+   * Longest the body of a request other than an upload chunk may take to
+   * arrive (`--api-body-timeout-ms`): upload creation's JSON, a link preview's
+   * request (default 30 s). Chunks keep their own pace rule.
+   */
+  readonly bodyTimeoutMs?: number
   readonly log: Logger
 }
 
@@ -235,7 +243,15 @@ export class AttachmentsExtension implements RelayExtension {
     if (!this.listener) return false
     const path = (req.url ?? "/").split("?")[0]!
     if (!PATHS.test(path)) return false
-    await this.listener(req, res)
+    const chunk = req.method === "PATCH" && path.startsWith("/v1/uploads/")
+    const answered = chunk
+      ? undefined
+      : bodyDeadline(req, res, this.options.bodyTimeoutMs ?? DEFAULT_API_LIMITS.bodyTimeoutMs)
+    try {
+      await this.listener(req, res)
+    } finally {
+      answered?.()
+    }
     return true
   }
 }

@@ -635,10 +635,19 @@ export function createAttachmentRoutes(options: AttachmentRoutesOptions): OpenAP
       })
     } catch (error) {
       if (error instanceof RefusedTypeError) return problemResponse(c, error, 415)
-      if (error instanceof ParleyError && error.code === ErrorCode.CONFLICT)
-        return problemResponse(c, error, 409, {
-          "upload-offset": String((await store.size(fileKey(record))) ?? 0),
-        })
+      if (error instanceof ParleyError && error.code === ErrorCode.CONFLICT) {
+        // Another chunk got there first. Said in the upload's terms: the store's message names its key.
+        const stored = (await store.size(fileKey(record))) ?? 0
+        return problemResponse(
+          c,
+          new ParleyError(
+            ErrorCode.CONFLICT,
+            `Upload-Offset ${offset} is not where the upload stands: it holds ${stored} bytes, send from there`,
+          ),
+          409,
+          { "upload-offset": String(stored) },
+        )
+      }
       throw error
     } finally {
       slot.release()

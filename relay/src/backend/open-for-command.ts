@@ -1,13 +1,16 @@
+import { existsSync } from "node:fs"
 import type { storageLocation } from "../config.js"
 import { reasonOf, redactedUrl } from "../startup-error.js"
+import { lockForCommand, releasingOnClose } from "../storage/data-dir-lock.js"
 import { openBackend } from "./index.js"
 import type { Backend } from "./types.js"
 
 /**
  * Opens the backend an offline command (`parley-relay rebuild-inboxes`,
- * `erase-user`) works on, with the relay stopped; when it cannot, writes one
- * line naming the command and where it looked (a PostgreSQL URL without its
- * password) and returns undefined, for the command to exit 1.
+ * `erase-user`) works on, with the relay stopped; when it cannot (a SQLite
+ * directory a relay is using, see `lockDataDir`, or storage that does not
+ * open), writes one line naming the command and where it looked (a PostgreSQL
+ * URL without its password) and returns undefined, for the command to exit 1.
  */
 export async function openForCommand(
   command: string,
@@ -15,13 +18,21 @@ export async function openForCommand(
   dataDir: string,
   out: (text: string) => void,
 ): Promise<Backend | undefined> {
+  // A relay running on the same SQLite directory would write back what it holds in memory.
+  let release: (() => void) | undefined
+  if (location.kind === "sqlite" && existsSync(dataDir)) {
+    release = lockForCommand(dataDir, command, out)
+    if (!release) return undefined
+  }
   try {
-    return await openBackend({
+    const backend = await openBackend({
       kind: location.kind,
       dataDir,
       ...(location.kind === "postgres" ? { databaseUrl: location.databaseUrl } : {}),
     })
+    return release ? releasingOnClose(backend, release) : backend
   } catch (error) {
+    release?.()
     const where = location.kind === "postgres" ? redactedUrl(location.databaseUrl) : dataDir
     out(`parley-relay ${command}: cannot open the documents in ${where}: ${reasonOf(error)}`)
     return undefined

@@ -1,6 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http"
 import { getRequestListener } from "@hono/node-server"
 import type { UserId } from "@parley/shared"
+import { DEFAULT_API_LIMITS } from "../api/limits.js"
+import { bodyDeadline } from "../body-deadline.js"
 import type { AfterSaved, ConnectionChange, HttpRequest, RelayExtension, RunningCore } from "../extension.js"
 import type { DeliveryTarget } from "../hooks/dispatcher.js"
 import type { Logger } from "../log.js"
@@ -44,6 +46,8 @@ export interface PushExtensionOptions extends PushOptions {
   readonly store: PushSubscriptionStore
   readonly verify: (token: string) => Promise<Principal>
   readonly rewriters?: readonly PushRewriter[]
+  /** Longest a registration's body may take to arrive (`--api-body-timeout-ms`; default 30 s). */
+  readonly bodyTimeoutMs?: number
   readonly log: Logger
   /** Connections through the other relays of a cluster; without it only this relay's count. */
   readonly presence?: ConversationPresence
@@ -156,7 +160,12 @@ export class PushExtension implements RelayExtension {
       !path.startsWith("/v1/me/push-subscriptions/")
     )
       return false
-    await this.listener(req, res)
+    const answered = bodyDeadline(req, res, this.options.bodyTimeoutMs ?? DEFAULT_API_LIMITS.bodyTimeoutMs)
+    try {
+      await this.listener(req, res)
+    } finally {
+      answered()
+    }
     return true
   }
 }

@@ -6,6 +6,7 @@ import * as Y from "yjs"
 import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
 import { flag, parseStorageCommand, STORAGE_FLAGS, subcommand } from "../config.js"
 import { redactedUrl } from "../startup-error.js"
+import { lockForCommand, releasingOnClose } from "./data-dir-lock.js"
 import { loadVerified } from "./integrity.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
 
@@ -69,7 +70,14 @@ export async function runDamagedCli(
       out(`parley-relay damaged: no documents at ${join(dataDir, SQLITE_FILE)}`)
       return 1
     }
-    backend = await openBackend({ kind: "sqlite", dataDir })
+    // Listing runs beside a relay; a restore needs it stopped (it would keep the damaged copy in memory).
+    const release = command === "restore" ? lockForCommand(dataDir, "damaged restore", out) : undefined
+    if (command === "restore" && !release) return 1
+    backend = await openBackend({ kind: "sqlite", dataDir }).catch((error: unknown) => {
+      release?.()
+      throw error
+    })
+    if (release) backend = releasingOnClose(backend, release)
   }
   const storage = backend.documents
   const kind = location.kind === "postgres" ? "postgres" : "sqlite"

@@ -318,6 +318,24 @@ describe("attachments on a relay process (file-system blob store)", () => {
     client.close()
   })
 
+  it("answers chunks racing for one offset: one stored, the others 409 with where the upload stands, in its own terms", async () => {
+    await group("g~att-race-01")
+    const bytes = text(2 * MiB)
+    const created = await api.create(alice, "g~att-race-01", { name: "race.txt", size: bytes.length })
+    const id = created.body.uploadId as string
+    const answers = await Promise.all(
+      Array.from({ length: 3 }, () => api.patch(alice, id, 0, bytes.subarray(0, MiB))),
+    )
+    expect(answers.map((a) => a.status).sort()).toEqual([204, 409, 409])
+    for (const lost of answers.filter((a) => a.status === 409)) {
+      expect(lost.offset).toBe(String(MiB))
+      // Before: "blob conv/<conversation id in base64>/att_…/file is 1048576 bytes long, not 0".
+      expect(String(lost.body?.detail)).toBe(
+        `Upload-Offset 0 is not where the upload stands: it holds ${MiB} bytes, send from there`,
+      )
+    }
+  })
+
   it("resumes after an interrupted chunk (HEAD, 409 on a wrong offset) and counts bytes per user", async () => {
     const client = await group("g~att-resume-01")
     const bytes = text(2 * MiB + 1000)
