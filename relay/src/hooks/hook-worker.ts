@@ -72,6 +72,23 @@ interface Call {
 const calls = new Map<number, Call>()
 let modules: readonly LoadedHooks[] = []
 
+/**
+ * Longest log line a module may send the main thread, which copies and parses it on the thread that
+ * serves every client: one `ctx.log` of a 50 MB field held it for 1.3 s (an outside probe).
+ */
+const MAX_HOOK_LOG_LINE = 16 * 1024
+
+/** `line`, or when longer than {@link MAX_HOOK_LOG_LINE} a line of the same level saying so, with its start. */
+function boundedLine(line: string): string {
+  if (line.length <= MAX_HOOK_LOG_LINE) return line
+  const level = Number(/^\{"level":(\d+)/.exec(line)?.[1] ?? 40)
+  return `${JSON.stringify({
+    level,
+    msg: `a hook's log line of ${line.length} characters was cut to its first ${MAX_HOOK_LOG_LINE / 1024} KiB`,
+    start: line.slice(0, MAX_HOOK_LOG_LINE),
+  })}\n`
+}
+
 /** A pino logger whose lines go to the main thread, which logs them with the call's bindings. */
 function logger(id: number | undefined): Logger {
   return pino(
@@ -80,7 +97,7 @@ function logger(id: number | undefined): Logger {
       write: (line: string) => {
         // Posted at once (with what was sent before it): a line logged just before a handler blocks the
         // worker is the one that tells what it was doing.
-        out.send({ t: "log", ...(id === undefined ? {} : { id }), line })
+        out.send({ t: "log", ...(id === undefined ? {} : { id }), line: boundedLine(line) })
         out.flush()
       },
     },

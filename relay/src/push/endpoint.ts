@@ -24,8 +24,13 @@ for (const [network, prefix] of [
   ["169.254.0.0", 16],
   ["172.16.0.0", 12],
   ["192.0.0.0", 24],
+  // Documentation ranges (TEST-NET-1..3) and the old 6to4 relay anycast.
+  ["192.0.2.0", 24],
+  ["192.88.99.0", 24],
   ["192.168.0.0", 16],
   ["198.18.0.0", 15],
+  ["198.51.100.0", 24],
+  ["203.0.113.0", 24],
   ["224.0.0.0", 3],
 ] as const)
   NON_PUBLIC.addSubnet(network, prefix, "ipv4")
@@ -35,12 +40,19 @@ for (const [network, prefix] of [
 for (const [network, prefix] of [
   ["::", 96],
   ["::1", 128],
+  // IPv4-translated (SIIT): [::ffff:0:7f00:1] is 127.0.0.1.
+  ["::ffff:0:0:0", 96],
   ["64:ff9b::", 96],
   ["64:ff9b:1::", 48],
+  // Discard-only, documentation (old and RFC 9637's), site-local (deprecated, still routed by some).
+  ["100::", 64],
   ["2001::", 32],
+  ["2001:db8::", 32],
   ["2002::", 16],
+  ["3fff::", 20],
   ["fc00::", 7],
   ["fe80::", 10],
+  ["fec0::", 10],
   ["ff00::", 8],
 ] as const)
   NON_PUBLIC.addSubnet(network, prefix, "ipv6")

@@ -312,6 +312,31 @@ export default defineHooks({
     alice.close()
   }, 90_000)
 
+  it("a handler's huge log line reaches the relay's log cut to 16 KiB, with its level, and the relay keeps serving", async () => {
+    const hooks = hooksDir({
+      "chatty.mjs": `import { defineHooks } from ${api}
+export default defineHooks({
+  onMessageSent(event, { log }) {
+    log.warn({ dump: "x".repeat(5_000_000) }, "dumped")
+    log.info({ id: event.subject.message.id }, "after the dump")
+  },
+})
+`,
+    })
+    const relay = await startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
+    const id = "g~chatty" as ConversationId
+    const alice = await open(relay, id, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    sendMessage(alice.doc, "alice" as UserId, { id: "chatty-0001" as MessageId, body: "hello" })
+    await alice.allSaved()
+    const cut = await relay.waitForLog((l) => typeof l.msg === "string" && l.msg.includes("was cut"))
+    expect(cut).toMatchObject({ level: 40, hook: "chatty.mjs" })
+    expect(String(cut.start)).toMatch(/^\{"level":40/)
+    expect(JSON.stringify(cut).length).toBeLessThan(20_000)
+    await relay.waitForLog((l) => l.msg === "after the dump" && l.id === "chatty-0001")
+    alice.close()
+  }, 60_000)
+
   it("a module that fails to load in the worker refuses the start with exit code 2, naming its file", async () => {
     const hooks = hooksDir({
       "ok.mjs": RECORDING,

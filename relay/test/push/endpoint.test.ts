@@ -47,10 +47,21 @@ describe("push endpoints (URLs chosen by whoever registers)", () => {
       "[2002:7f00:1::]",
       "[2001:0:7f00:1::]",
       "[64:ff9b:1::7f00:1]",
+      // IPv4-translated (127.0.0.1), site-local, discard-only, documentation ranges.
+      "[::ffff:0:7f00:1]",
+      "[fec0::1]",
+      "[100::1]",
+      "[2001:db8::1]",
+      "[3fff::1]",
+      "192.0.2.1",
+      "198.51.100.7",
+      "203.0.113.9",
     ])
       expect([host, refused(`https://${host}/push`)]).toEqual([host, "INVALID_ARGUMENT"])
     expect(isNonPublicAddress("8.8.8.8")).toBe(false)
     expect(isNonPublicAddress("2607:f8b0::1")).toBe(false)
+    expect(isNonPublicAddress("2a00:1450:4001::1")).toBe(false)
+    expect(isNonPublicAddress("203.0.114.1")).toBe(false)
   })
 
   it("accepts http and private addresses only when the operator allows them (tests, local development)", () => {
