@@ -218,6 +218,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       ...(options.history ? { history: options.history } : {}),
       ...(options.purge ? { purge: options.purge } : {}),
       ...(options.router?.purged ? { sharePurge: options.router.purged.bind(options.router) } : {}),
+      ...(options.router ? { orders: (name: string) => options.router!.owns(name) } : {}),
     }
     options.router?.attach(this)
     options.metrics.awarenessSource = () => {

@@ -133,7 +133,16 @@ export interface PathContext {
   readonly purge?: ContentPurge
   /** Tells the other relays of a cluster of a purge that ran here (see `Cluster.purged`). */
   readonly sharePurge?: (purge: PurgedContent) => void
+  /**
+   * In a cluster, whether this relay still orders document `name` (holds its
+   * lease). A change waiting for this relay's storage gives up once it does
+   * not: another relay orders the document meanwhile (see {@link storeWhenBack}).
+   */
+  orders?(name: string): boolean
 }
+
+/** How often a change waiting for storage looks whether its relay still orders the document. */
+const LEASE_CHECK_MS = 1_000
 
 /** What the update path asks of a storage guard. */
 export interface StorageHealth {
@@ -464,7 +473,7 @@ async function storeWhenBack(
   for (const onHeld of heldListeners.get(host) ?? []) onHeld()
   try {
     for (;;) {
-      await health.whenAvailable()
+      await backOrMoved(ctx, health, host)
       try {
         const landed = await alreadyStored(ctx, host, entries)
         if (landed) {
@@ -480,6 +489,38 @@ async function storeWhenBack(
     }
   } finally {
     waitingForStorage.delete(host)
+  }
+}
+
+/**
+ * Resolves once storage answers again; in a cluster, throws the retryable
+ * UNAVAILABLE once another relay orders the document. This relay's storage
+ * failing (a database cut off from it alone) used to hold the change, and
+ * every later one of its clients, for the whole outage while the other relays
+ * went on: now the caller evicts the document, its clients reconnect and send
+ * their pending work again, and it is stored where the document is ordered.
+ * (Whether the held change was committed before the failure does not matter:
+ * a relay stores only what it does not have.)
+ */
+async function backOrMoved(ctx: PathContext, health: StorageHealth, host: DocumentHost): Promise<void> {
+  const orders = ctx.orders
+  if (!orders) return health.whenAvailable()
+  let timer: NodeJS.Timeout | undefined
+  const moved = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      if (!orders(host.key))
+        reject(
+          new ParleyError(
+            ErrorCode.UNAVAILABLE,
+            "this relay's storage failed and another relay orders the conversation now: reconnect and send it again",
+          ),
+        )
+    }, LEASE_CHECK_MS)
+  })
+  try {
+    await Promise.race([health.whenAvailable(), moved])
+  } finally {
+    clearInterval(timer)
   }
 }
 
