@@ -372,7 +372,11 @@ export class Conversation extends Emitter<ConversationEvents> {
     return this.history.hasOlder
   }
 
-  /** A window of messages in canonical order: `{ last: n }`, or `before` / `after` / `around` an id. */
+  /**
+   * A window of messages in canonical order: `{ last: n }`, or `before` /
+   * `after` / `around` an id; the last 50 when no window is given. Live
+   * messages only: those {@link loadOlder} fetched are {@link olderMessages}.
+   */
   messages(window: MessageWindow = { last: 50 }): ChatMessage[] {
     // Fleeting messages whose time is up are gone for the reader before the relay purges them.
     const listed: ChatMessage[] = this.priorities

@@ -18,8 +18,25 @@ export async function resolveToken(source: TokenSource): Promise<string> {
     return token
   } catch (error) {
     if (error instanceof ParleyError) throw error
+    // A token service that cannot be reached says nothing about the user's sign-in: an app that signs
+    // the user out on UNAUTHORIZED did so on every network outage (an outside tester).
+    if (unreachable(error))
+      throw new ParleyError(ErrorCode.UNAVAILABLE, "the token source could not reach its server", {
+        cause: error,
+      })
     throw new ParleyError(ErrorCode.UNAUTHORIZED, "the token source failed", { cause: error })
   }
+}
+
+/**
+ * Whether a token source's failure is the network's: `fetch` rejects with a
+ * TypeError whose message names it ("Failed to fetch" in Chromium,
+ * "NetworkError when attempting to fetch resource." in Firefox, "Load failed"
+ * in Safari, "fetch failed" in Node), or the browser says it is offline.
+ */
+function unreachable(error: unknown): boolean {
+  const offline = typeof navigator !== "undefined" && navigator.onLine === false
+  return offline || (error instanceof TypeError && /fetch|network|load failed/i.test(error.message))
 }
 
 /**

@@ -3,7 +3,7 @@ import { ErrorCode, type ParleyError } from "@parley/shared"
 import { SignJWT } from "jose"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import WebSocket from "ws"
-import { expiryOfToken, refreshDelay } from "../src/token.js"
+import { expiryOfToken, refreshDelay, resolveToken } from "../src/token.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, startRelay } from "./support.js"
 
 const secret = "token-refresh-test-secret-token-refresh-test-secret"
@@ -54,6 +54,22 @@ function countingWebSocket() {
 }
 
 const wait = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+describe("a token source that fails", () => {
+  it("is UNAVAILABLE (retryable) when its server cannot be reached, UNAUTHORIZED otherwise", async () => {
+    // A real fetch to a port nobody listens on: what an app's token function meets offline.
+    const unreachable = () => fetch("http://127.0.0.1:9/token").then((r) => r.text())
+    await expect(resolveToken(unreachable)).rejects.toMatchObject({
+      code: ErrorCode.UNAVAILABLE,
+      message: "the token source could not reach its server",
+    })
+    await expect(resolveToken(() => Promise.reject(new Error("signed out")))).rejects.toMatchObject({
+      code: ErrorCode.UNAUTHORIZED,
+      message: "the token source failed",
+    })
+    await expect(resolveToken(() => "")).rejects.toMatchObject({ code: ErrorCode.UNAUTHORIZED })
+  })
+})
 
 describe("token refresh", () => {
   it("plans a refresh a fifth of the lifetime ahead, at least a minute (or half) before expiry", () => {
