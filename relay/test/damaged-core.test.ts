@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import {
   createConversation,
   ErrorCode,
@@ -9,9 +12,11 @@ import {
   type UserId,
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
+import { SqliteBackend } from "../src/backend/sqlite.js"
 import type { Session } from "../src/connection.js"
 import { writeEntries } from "../src/inbox/inbox-target.js"
 import { rebuildInboxes } from "../src/inbox/rebuild.js"
+import { runRebuildInboxesCli } from "../src/inbox/rebuild-cli.js"
 import { createLogger } from "../src/log.js"
 import { RelayMetrics } from "../src/metrics.js"
 import { type Principal, RELAY } from "../src/principal.js"
@@ -96,5 +101,58 @@ describe("damaged documents in the core", () => {
     expect(kept).toBe(true)
     expect((await storage.damaged()).map((d) => d.name)).toEqual([id])
     await core.close()
+  })
+})
+
+describe("parley-relay rebuild-inboxes --reset-damaged", () => {
+  it("starts a damaged inbox afresh and derives it from the conversations; without the flag it skips it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "parley-inbox-reset-"))
+    try {
+      let backend = new SqliteBackend(dir)
+      let core = new RelayCore({
+        storage: backend.documents,
+        log: createLogger("silent"),
+        metrics: new RelayMetrics(),
+      })
+      const id = newConversationId()
+      await core.write(id, { kind: "user", user: alice }, (doc) => {
+        createConversation(doc, alice, { kind: "group", id, participants: [bob] })
+        sendMessage(doc, alice, { body: "hello" })
+      })
+      await writeEntries(core, id, await core.read(id, (doc) => [[bob, inboxEntryFor(doc, bob)] as const]))
+      await core.close()
+      await backend.close()
+      backend = new SqliteBackend(dir)
+      await backend.documents.markDamaged(`inbox~${bob}`, "lost WAL frames")
+      await backend.close()
+
+      const run = async (...argv: string[]) => {
+        const lines: string[] = []
+        expect(await runRebuildInboxesCli(["--data-dir", dir, ...argv], (l) => lines.push(l), {})).toBe(0)
+        return JSON.parse(lines.at(-1)!) as Record<string, number>
+      }
+      // Refused to the user (4510) until then: an inbox is derived, but for the mutes its user wrote.
+      expect(await run()).toMatchObject({ damaged: 1, reset: 0 })
+      expect(await run("--reset-damaged")).toMatchObject({ damaged: 0, reset: 1, written: 1 })
+
+      backend = new SqliteBackend(dir)
+      expect(await backend.documents.damaged()).toEqual([])
+      core = new RelayCore({
+        storage: backend.documents,
+        log: createLogger("silent"),
+        metrics: new RelayMetrics(),
+      })
+      const preview = await core.read(
+        `inbox~${bob}`,
+        (inbox) =>
+          (inbox.getMap(InboxTopLevel.entries).get(id) as { lastMessage?: { text: string } } | undefined)
+            ?.lastMessage?.text,
+      )
+      expect(preview).toBe("hello")
+      await core.close()
+      await backend.close()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })

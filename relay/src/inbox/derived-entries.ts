@@ -54,6 +54,12 @@ export async function writeDerivedEntries(
     /** Write the inboxes at once, so that the storage commits them as one group. */
     readonly concurrent?: boolean
     readonly after?: (user: UserId, changed: boolean) => Promise<void>
+    /**
+     * Told of each user whose inbox is damaged (refused to everyone until an
+     * operator restores or resets it): skipped, so that one such inbox does not
+     * fail the others' writes, nor a delivery retried for ever.
+     */
+    readonly damaged?: (user: UserId) => void
   } = {},
 ): Promise<number> {
   let changedCount = 0
@@ -80,13 +86,19 @@ export async function writeDerivedEntries(
     const writeOne = async ({ user, entry }: (typeof derived)[number]) => {
       let stale = false
       let changed = false
-      await relay.write(inboxDocumentName(user), { kind: "relay" }, (inbox) => {
-        if (doc.isDestroyed || (transactions > 0 && !stillDerives(doc, user, entry, exact))) {
-          stale = true
-          return
-        }
-        changed = write(inbox, user, entry)
-      })
+      try {
+        await relay.write(inboxDocumentName(user), { kind: "relay" }, (inbox) => {
+          if (doc.isDestroyed || (transactions > 0 && !stillDerives(doc, user, entry, exact))) {
+            stale = true
+            return
+          }
+          changed = write(inbox, user, entry)
+        })
+      } catch (error) {
+        if (!(error instanceof ParleyError) || error.code !== ErrorCode.DAMAGED) throw error
+        options.damaged?.(user)
+        return
+      }
       if (stale) {
         again.push(user)
         return

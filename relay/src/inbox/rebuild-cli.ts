@@ -1,3 +1,5 @@
+import { INBOX_PREFIX } from "@parley/shared"
+import * as Y from "yjs"
 import { openForCommand } from "../backend/open-for-command.js"
 import { ConfigError, flag, STORAGE_FLAGS, storageLocation, subcommand } from "../config.js"
 import { createLogger } from "../log.js"
@@ -8,10 +10,18 @@ import { rebuildInboxes } from "./rebuild.js"
 const CLI = subcommand("rebuild-inboxes", {
   synopsis: "[options]",
   positionals: [],
-  flags: { ...STORAGE_FLAGS, help: flag({ kind: "boolean", help: "print this help" }) },
+  flags: {
+    ...STORAGE_FLAGS,
+    "reset-damaged": flag({
+      kind: "boolean",
+      help: "start every inbox found damaged afresh, then derive it (its user's mutes are lost: restore it from a backup first to keep them)",
+    }),
+    help: flag({ kind: "boolean", help: "print this help" }),
+  },
   about: `  Recomputes every user's inbox from the stored conversations and writes what
   differs. Run it while the relay is stopped (it opens the same storage).
-  Prints one JSON line: { conversations, written, removed, damaged }.`,
+  An inbox found damaged is skipped (and counted) unless --reset-damaged.
+  Prints one JSON line: { conversations, written, removed, damaged, reset }.`,
 })
 
 /** `parley-relay rebuild-inboxes`: the operator's repair for derived inbox data. Returns the exit code. */
@@ -42,7 +52,15 @@ export async function runRebuildInboxesCli(
     metrics: new RelayMetrics(),
   })
   try {
-    out(JSON.stringify(await rebuildInboxes(core, backend.documents)))
+    // An inbox is derived data, but for the mutes its user wrote: started afresh only when asked.
+    let reset = 0
+    if (parsed.values["reset-damaged"])
+      for (const { name } of await backend.documents.damaged()) {
+        if (!name.startsWith(INBOX_PREFIX)) continue
+        await backend.documents.restore(name, Y.encodeStateAsUpdate(new Y.Doc()))
+        reset++
+      }
+    out(JSON.stringify({ ...(await rebuildInboxes(core, backend.documents)), reset }))
     return 0
   } finally {
     // Closing the core flushes the documents; then the backend closes its database.

@@ -40,6 +40,8 @@ export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): 
   const names = await storage.list()
   const member = new Map<UserId, Set<ConversationId>>()
   const damagedConversations = new Set<string>()
+  /** Users whose inbox is damaged: skipped, counted once. */
+  const damagedInboxes = new Set<UserId>()
   let conversations = 0
   let written = 0
   let damaged = 0
@@ -55,7 +57,10 @@ export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): 
       continue
     }
     for (const user of users) map.setIfUndefined(member, user, () => new Set<ConversationId>()).add(parsed.id)
-    written += await writeDerivedEntries(host, parsed.id, users, writeEntry(parsed.id), { concurrent: true })
+    written += await writeDerivedEntries(host, parsed.id, users, writeEntry(parsed.id), {
+      concurrent: true,
+      damaged: (user) => damagedInboxes.add(user),
+    })
   }
   let removed = 0
   for (const name of names) {
@@ -69,7 +74,7 @@ export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): 
       ),
     )
     if (orphans === undefined) {
-      damaged++
+      damagedInboxes.add(parsed.user)
       continue
     }
     for (const id of orphans)
@@ -80,7 +85,7 @@ export async function rebuildInboxes(host: RunningCore, storage: RelayStorage): 
         writeEntry(id as ConversationId),
       )
   }
-  return { conversations, written, removed, damaged }
+  return { conversations, written, removed, damaged: damaged + damagedInboxes.size }
 }
 
 /** Writes the derived entry (none: removes it); true when the inbox changed. */
