@@ -156,11 +156,13 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       // Alice's load balancer sends her reconnects to a relay that is ready, as /readyz tells it.
       let aliceAt = 0
       const { id, a, b } = await chatting(cluster, () => cluster.relay(aliceAt).url)
+      // Alice writes on relay 0 as it loses PostgreSQL: her change's append goes into the black hole and
+      // waits there for storage (a change sent once storage is known to fail is refused at once instead,
+      // and relay 0 forwards it when it is sent again).
       proxy.blackhole()
-      proxy.cut()
-      // Alice writes on relay 0 as it loses PostgreSQL: her change waits there for storage.
       a.send("as relay 0 loses its database")
       await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(503))
+      proxy.cut()
       aliceAt = 1
       // Bob, on relay 1 whose storage answers, keeps writing while relay 0 is cut off: once relay 0 let
       // its lease go (3 s of failing storage, then the lease's 1.5 s), relay 1 orders and stores them.
