@@ -507,12 +507,7 @@ export class SqliteOutbox implements Outbox {
     // About one at-cap change's events per ride: the rows of several large changes (a thousand events
     // each) written in one documents' commit held the event loop for a quarter of a second. The rest
     // are written in a later turn, on their own or in the next commit, in their order.
-    let events = 0
-    let taken = 0
-    while (taken < this.enqueues.length && (taken === 0 || events < EVENTS_PER_RIDE))
-      events += this.enqueues[taken++]!.batch.events.length
-    const enqueues = this.enqueues.slice(0, taken)
-    this.enqueues = this.enqueues.slice(taken)
+    const enqueues = this.takeEnqueues(EVENTS_PER_RIDE)
     // Rows pending after this wait their own time from their arrival, not from these rows'.
     this.stopWaiting()
     if (this.enqueues.length > 0) this.flushThisTurn()
@@ -578,8 +573,28 @@ export class SqliteOutbox implements Outbox {
       this.flushScheduled = false
       // A commit of the documents due later in this turn takes the rows along.
       if (this.commitDue()) this.flushThisTurn()
-      else this.writeDeliveredMarks()
+      else {
+        // On their own as in a ride: about one at-cap change's events a turn.
+        this.writeDeliveredMarks(EVENTS_PER_RIDE)
+        if (this.enqueues.length > 0) this.flushThisTurn()
+      }
     })
+  }
+
+  /** The first pending enqueues, up to about `events` events (one at least), taken off the queue. */
+  private takeEnqueues(events = Number.POSITIVE_INFINITY): PendingEnqueue[] {
+    if (events === Number.POSITIVE_INFINITY) {
+      const all = this.enqueues
+      this.enqueues = []
+      return all
+    }
+    let counted = 0
+    let taken = 0
+    while (taken < this.enqueues.length && (taken === 0 || counted < events))
+      counted += this.enqueues[taken++]!.batch.events.length
+    const enqueues = this.enqueues.slice(0, taken)
+    this.enqueues = this.enqueues.slice(taken)
+    return enqueues
   }
 
   private settle(
@@ -593,15 +608,15 @@ export class SqliteOutbox implements Outbox {
   }
 
   /**
-   * Writes the waiting enqueues and delivered marks, in one transaction; every
-   * other method calls it first so that it sees them.
+   * Writes the waiting enqueues (about `events` events' worth when given, the
+   * rest left waiting in order) and delivered marks, in one transaction; every
+   * other method calls it first, without a bound, so that it sees them.
    */
-  private writeDeliveredMarks(): void {
+  private writeDeliveredMarks(events?: number): void {
     const marks = this.deliveredMarks
-    const enqueues = this.enqueues
-    if (marks.length === 0 && enqueues.length === 0) return
+    if (marks.length === 0 && this.enqueues.length === 0) return
     this.deliveredMarks = []
-    this.enqueues = []
+    const enqueues = this.takeEnqueues(events)
     this.stopWaiting()
     let written: { deliveries: Delivery[][]; logged: EventLogEntry[] }
     try {
