@@ -1,11 +1,11 @@
-import { mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runRebuildInboxesCli } from "../src/inbox/rebuild-cli.js"
 import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
 import { runDamagedCli } from "../src/storage/damaged-cli.js"
-import { DataDirInUse, LOCK_FILE, lockDataDir, STALE_LOCK_MS } from "../src/storage/data-dir-lock.js"
+import { LOCK_FILE, lockDataDir } from "../src/storage/data-dir-lock.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
 const dirs: string[] = []
@@ -57,18 +57,50 @@ describe("a SQLite data directory is one relay's", () => {
     expect(await runEraseUserCli(["bob", "--data-dir", relay.dataDir], (l) => lines.push(l), {})).toBe(0)
   })
 
-  it("takes over another host's lock only once it went untouched long enough", () => {
+  it("says in one line why an offline command cannot take the lock (a --data-dir that is a file)", async () => {
+    // An operator's slip: the database file given for its directory. Before, the command threw ENOTDIR.
+    const file = join(tempDir(), "documents.sqlite")
+    writeFileSync(file, "")
+    const lines: string[] = []
+    expect(await runEraseUserCli(["bob", "--data-dir", file], (l) => lines.push(l), {})).toBe(1)
+    expect(await runRebuildInboxesCli(["--data-dir", file], (l) => lines.push(l), {})).toBe(1)
+    expect(lines).toEqual([
+      expect.stringMatching(
+        /^parley-relay erase-user: cannot take the lock of .*documents\.sqlite: not a directory$/,
+      ),
+      expect.stringMatching(/^parley-relay rebuild-inboxes: cannot take the lock of .*directory/),
+    ])
+  })
+
+  it("is the process's while it lives, whatever a lock file left behind says", () => {
     const dir = tempDir()
-    const file = join(dir, LOCK_FILE)
+    // Before, another host's file held the directory for 60 s after that host's relay died.
     const elsewhere = { pid: 1, host: `not-${hostname()}`, holder: "relay", since: new Date().toISOString() }
-    writeFileSync(file, JSON.stringify(elsewhere))
-    expect(() => lockDataDir(dir, "erase-user")).toThrow(DataDirInUse)
-    const old = new Date(Date.now() - STALE_LOCK_MS - 1_000)
-    utimesSync(file, old, old)
+    writeFileSync(join(dir, LOCK_FILE), JSON.stringify(elsewhere))
     const release = lockDataDir(dir, "erase-user")
-    expect(JSON.parse(readFileSync(file, "utf8"))).toMatchObject({ pid: process.pid, holder: "erase-user" })
+    expect(JSON.parse(readFileSync(join(dir, LOCK_FILE), "utf8"))).toMatchObject({
+      pid: process.pid,
+      holder: "erase-user",
+    })
+    expect(() => lockDataDir(dir, "relay")).toThrow(/parley-relay erase-user \(pid \d+ .*\) is using it/)
     release()
     // Released: free for the next.
     lockDataDir(dir, "relay")()
+  })
+
+  it("lets exactly one of three relays started at once run, on a directory a killed relay left", async () => {
+    const first = await startRelayProcess()
+    await first.kill()
+    const starts = await Promise.all(
+      [0, 1, 2].map(() =>
+        startRelayProcess({ dataDir: first.dataDir, secret: first.secret }).then(
+          (relay) => relay,
+          (error: Error) => error.message,
+        ),
+      ),
+    )
+    const running = starts.filter((s) => typeof s !== "string")
+    expect(running).toHaveLength(1)
+    for (const refused of starts.filter((s) => typeof s === "string")) expect(refused).toMatch(/is using it/)
   })
 })
