@@ -35,10 +35,18 @@ import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
 import type { PushOptions } from "./push/extension.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
-import { ExitCode, listenFailure, redisFailure, StartupError, storageFailure } from "./startup-error.js"
+import {
+  ExitCode,
+  listenFailure,
+  redactedUrl,
+  redisFailure,
+  StartupError,
+  storageFailure,
+} from "./startup-error.js"
 import { DataDirInUse, lockDataDir, releasingOnClose } from "./storage/data-dir-lock.js"
 import { DEFAULT_WATCH_INTERVAL_MS } from "./storage/guard.js"
 import type { StorageKind, StorageState } from "./storage/index.js"
+import { DatabaseInUse, holdRelaysLock } from "./storage/postgres-relays-lock.js"
 import { warmUpUpdatePath } from "./warm-up.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
 
@@ -307,6 +315,20 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     storageKind === "postgres"
       ? ({ kind: "postgres", databaseUrl } as const)
       : ({ kind: "sqlite", dataDir } as const)
+  // Offline commands on PostgreSQL (erase-user, rebuild-inboxes) are refused while any relay uses it.
+  const relaysLock =
+    storageKind === "postgres" && !options.backend
+      ? await holdRelaysLock(databaseUrl, {
+          timeoutMs: storageTimeoutMs,
+          onLost: (error) => log.warn({ err: error }, "holding the relays' lock on PostgreSQL again"),
+        }).catch((error: unknown) => {
+          if (!(error instanceof DatabaseInUse)) throw storageFailure(error, where)
+          throw new StartupError(
+            ExitCode.STORAGE,
+            `cannot use PostgreSQL at ${redactedUrl(databaseUrl)}: ${error.message}: start the relay once it finished`,
+          )
+        })
+      : undefined
   // One backend holds everything the relay keeps (documents, hook outbox, client-id bindings), so a
   // restart or a backup keeps all three together.
   // In a cluster, the backend comes with the membership (leases, fencing, Redis): loaded only then.
@@ -328,6 +350,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           }),
         )
         .catch((error: unknown) => {
+          relaysLock?.close()
           // The module itself failing to load is no storage failure of a kind already named.
           throw error instanceof StartupError ? error : storageFailure(error, where)
         })
@@ -350,9 +373,11 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
         log.warn({ error: message }, "checkpointing the SQLite write-ahead log failed; it is tried again"),
     }).catch((error: unknown) => {
       releaseLock?.()
+      relaysLock?.close()
       throw storageFailure(error, where)
     }))
   if (releaseLock) releasingOnClose(opened, releaseLock)
+  if (relaysLock) releasingOnClose(opened, () => relaysLock.close())
   // Every backend call has a deadline; while the documents fail, writes are refused at once (retryably).
   const backend = guardBackend(opened, {
     timeoutMs: storageTimeoutMs,

@@ -2,6 +2,8 @@ import { existsSync } from "node:fs"
 import type { storageLocation } from "../config.js"
 import { reasonOf, redactedUrl } from "../startup-error.js"
 import { lockForCommand, releasingOnClose } from "../storage/data-dir-lock.js"
+import { DEFAULT_STORAGE_TIMEOUT_MS } from "../storage/guard.js"
+import { lockPostgresForCommand } from "../storage/postgres-relays-lock.js"
 import { openBackend } from "./index.js"
 import type { Backend } from "./types.js"
 
@@ -18,10 +20,13 @@ export async function openForCommand(
   dataDir: string,
   out: (text: string) => void,
 ): Promise<Backend | undefined> {
-  // A relay running on the same SQLite directory would write back what it holds in memory.
+  // A relay running on the same storage would write back what it holds in memory.
   let release: (() => void) | undefined
   if (location.kind === "sqlite" && existsSync(dataDir)) {
     release = lockForCommand(dataDir, command, out)
+    if (!release) return undefined
+  } else if (location.kind === "postgres") {
+    release = await lockPostgresForCommand(location.databaseUrl, command, out, DEFAULT_STORAGE_TIMEOUT_MS)
     if (!release) return undefined
   }
   try {

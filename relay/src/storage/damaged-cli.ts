@@ -7,7 +7,9 @@ import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
 import { flag, parseStorageCommand, STORAGE_FLAGS, subcommand } from "../config.js"
 import { redactedUrl } from "../startup-error.js"
 import { lockForCommand, releasingOnClose } from "./data-dir-lock.js"
+import { DEFAULT_STORAGE_TIMEOUT_MS } from "./guard.js"
 import { loadVerified } from "./integrity.js"
+import { lockPostgresForCommand } from "./postgres-relays-lock.js"
 import type { RelayStorage, StoredDocument } from "./types.js"
 
 const CLI = subcommand("damaged", {
@@ -56,14 +58,26 @@ export async function runDamagedCli(
   }
   let backend: Backend
   if (location.kind === "postgres") {
+    const release =
+      command === "restore"
+        ? await lockPostgresForCommand(
+            location.databaseUrl,
+            "damaged restore",
+            out,
+            DEFAULT_STORAGE_TIMEOUT_MS,
+          )
+        : undefined
+    if (command === "restore" && !release) return 1
     try {
       backend = await openBackend({ kind: "postgres", dataDir: "", databaseUrl: location.databaseUrl })
     } catch (error) {
+      await release?.()
       out(
         `parley-relay damaged: cannot open the documents in ${redactedUrl(location.databaseUrl)}: ${(error as Error).message}`,
       )
       return 1
     }
+    if (release) backend = releasingOnClose(backend, release)
   } else {
     const dataDir = location.kind === "sqlite" ? location.dataDir : ""
     if (!existsSync(join(dataDir, SQLITE_FILE))) {

@@ -1,4 +1,4 @@
-import { readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from "node:fs"
+import { readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs"
 import { hostname } from "node:os"
 import { join } from "node:path"
 import Database from "better-sqlite3"
@@ -78,12 +78,11 @@ export function lockDataDir(dataDir: string, holder: string): () => void {
   }
   const me: Holder = { pid: process.pid, host: hostname(), holder, since: new Date().toISOString() }
   try {
-    // Renamed into place: a refused process never reads half of it.
-    writeFileSync(`${file}.${process.pid}`, JSON.stringify(me))
-    renameSync(`${file}.${process.pid}`, file)
-  } catch (error) {
-    lock.close()
-    throw error
+    // In place: the old holder's blocks are reused, so that a relay restarted on a full disk still
+    // starts (and reports the disk). A refused process may read half of it and name no one.
+    writeFileSync(file, JSON.stringify(me))
+  } catch {
+    // Only the refusals' message needs it.
   }
   let released = false
   return () => {

@@ -1,0 +1,184 @@
+import { createHash } from "node:crypto"
+import pg from "pg"
+
+/**
+ * Class of the two-key advisory lock that says relays use a database's tables
+ * ("Prlr"); the second key is the schema's, so that deployments (and tests)
+ * in other schemas of one database do not see each other's relays.
+ */
+const RELAYS_LOCK = 0x50726c72
+
+/** How long a relay waits before it connects again to hold the lock, after losing its connection. */
+const RECONNECT_MS = [1_000, 2_000, 5_000, 10_000] as const
+
+/** Who holds the lock: one session of `pg_stat_activity`. */
+export interface LockHolder {
+  /** `parley-relay`, or `parley-relay <command>`. */
+  readonly application: string
+  /** The holder's address as PostgreSQL saw it; empty over a Unix socket. */
+  readonly address: string
+  readonly since: string
+}
+
+/** Offline commands and relays exclude each other on this database: who holds it. */
+export class DatabaseInUse extends Error {
+  constructor(readonly holders: readonly LockHolder[]) {
+    super(
+      holders.length === 0
+        ? "another session holds it"
+        : holders
+            .map((h) => `${h.application || "a session"} (${h.address || "local socket"}, since ${h.since})`)
+            .join(", ") + (holders.length === 1 ? " is using it" : " are using it"),
+    )
+  }
+}
+
+async function connect(url: string, application: string, timeoutMs: number): Promise<pg.Client> {
+  const client = new pg.Client({
+    connectionString: url,
+    application_name: application,
+    connectionTimeoutMillis: timeoutMs,
+    query_timeout: timeoutMs,
+    keepAlive: true,
+  })
+  // A dropped connection emits "error": heard here, so that it cannot crash the process.
+  client.on("error", () => {})
+  try {
+    await client.connect()
+  } catch (error) {
+    await client.end().catch(() => {})
+    throw error
+  }
+  return client
+}
+
+/** The lock's second key: the first schema of the connection's search path, hashed to 31 bits. */
+async function schemaKey(client: pg.Client): Promise<number> {
+  const { rows } = await client.query<{ schema: string | null }>("SELECT current_schema() AS schema")
+  return (
+    createHash("sha256")
+      .update(rows[0]?.schema ?? "")
+      .digest()
+      .readUInt32BE(0) >>> 1
+  )
+}
+
+async function holders(client: pg.Client, key: number): Promise<LockHolder[]> {
+  const { rows } = await client.query<{ application: string; address: string | null; since: Date }>(
+    `SELECT a.application_name AS application, host(a.client_addr) AS address, a.backend_start AS since
+       FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
+        AND l.pid <> pg_backend_pid()`,
+    [RELAYS_LOCK, key],
+  )
+  return rows.map((r) => ({
+    application: r.application,
+    address: r.address ?? "",
+    since: r.since.toISOString(),
+  }))
+}
+
+/** Takes the lock on `client`, shared (a relay) or exclusive (an offline command), or throws {@link DatabaseInUse}. */
+async function take(client: pg.Client, shared: boolean): Promise<void> {
+  const key = await schemaKey(client)
+  const { rows } = await client.query<{ taken: boolean }>(
+    `SELECT ${shared ? "pg_try_advisory_lock_shared" : "pg_try_advisory_lock"}($1, $2) AS taken`,
+    [RELAYS_LOCK, key],
+  )
+  if (!rows[0]?.taken) throw new DatabaseInUse(await holders(client, key))
+}
+
+/** The lock a relay holds: released by {@link RelaysLock.close}. */
+export interface RelaysLock {
+  close(): void
+}
+
+/**
+ * Holds, for the relay's life, a shared session lock on the PostgreSQL
+ * database at `url` (its schema), on a connection of its own: any number of
+ * relays hold it at once, and an offline command that must run with them
+ * stopped (`erase-user`, `rebuild-inboxes`) is refused while one does — what
+ * the relays hold in memory would be written back over its work. Throws
+ * {@link DatabaseInUse} while such a command runs.
+ *
+ * A lost connection (a restart, a failover) is opened again, and the lock
+ * taken again, after 1 to 10 s; `onLost` hears of each loss and failed
+ * attempt. The lock goes with its session: a relay killed outright, or cut off
+ * until PostgreSQL drops its connection, no longer holds it.
+ */
+export async function holdRelaysLock(
+  url: string,
+  options: { readonly timeoutMs: number; readonly onLost: (error: Error) => void },
+): Promise<RelaysLock> {
+  let closed = false
+  let attempt = 0
+  let timer: NodeJS.Timeout | undefined
+  let current: pg.Client | undefined
+  const hold = async (): Promise<pg.Client> => {
+    const client = await connect(url, "parley-relay", options.timeoutMs)
+    try {
+      await take(client, true)
+    } catch (error) {
+      await client.end().catch(() => {})
+      throw error
+    }
+    client.once("end", () => {
+      if (!closed) again(new Error("the connection that holds the relays' lock on PostgreSQL closed"))
+    })
+    return client
+  }
+  const again = (error: Error) => {
+    options.onLost(error)
+    const delay = RECONNECT_MS[Math.min(attempt++, RECONNECT_MS.length - 1)]
+    timer = setTimeout(() => {
+      hold().then(
+        (client) => {
+          attempt = 0
+          if (closed) void client.end().catch(() => {})
+          else current = client
+        },
+        (failure: unknown) => {
+          if (!closed) again(failure as Error)
+        },
+      )
+    }, delay)
+    timer.unref()
+  }
+  current = await hold()
+  return {
+    close() {
+      closed = true
+      clearTimeout(timer)
+      void current?.end().catch(() => {})
+      current = undefined
+    },
+  }
+}
+
+/**
+ * Takes the PostgreSQL database at `url` (its schema) for offline command
+ * `command`: the release, or undefined after writing one line saying which
+ * relays (or which other command) use it, for the command to exit 1.
+ */
+export async function lockPostgresForCommand(
+  url: string,
+  command: string,
+  out: (text: string) => void,
+  timeoutMs: number,
+): Promise<(() => Promise<void>) | undefined> {
+  let client: pg.Client | undefined
+  try {
+    client = await connect(url, `parley-relay ${command}`, timeoutMs)
+    await take(client, false)
+    const held = client
+    return () => held.end().catch(() => {})
+  } catch (error) {
+    await client?.end().catch(() => {})
+    out(
+      error instanceof DatabaseInUse
+        ? `parley-relay ${command}: ${error.message}: stop the relays first (what they hold in memory would be written back over this command's work)`
+        : `parley-relay ${command}: cannot take the relays' lock on PostgreSQL: ${(error as Error).message}`,
+    )
+    return undefined
+  }
+}

@@ -1,0 +1,118 @@
+import { createHash } from "node:crypto"
+import pg from "pg"
+import { afterAll, describe, expect, it } from "vitest"
+import { runRebuildInboxesCli } from "../src/inbox/rebuild-cli.js"
+import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
+import { runDamagedCli } from "../src/storage/damaged-cli.js"
+import { lockPostgresForCommand } from "../src/storage/postgres-relays-lock.js"
+import { DATABASE_URL, postgresUnreachable, type ScratchSchema, scratchSchema } from "./helpers/postgres.js"
+import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+const schemas: ScratchSchema[] = []
+afterAll(async () => {
+  await stopRelayProcesses()
+  for (const schema of schemas.splice(0)) await schema.drop()
+})
+
+/** Storage flags for a schema of the test's own, and the schema's name. */
+async function storage(): Promise<{ args: string[]; schema: string }> {
+  const scratch = await scratchSchema()
+  schemas.push(scratch)
+  return { args: ["--storage", "postgres", "--database-url", scratch.url], schema: scratch.schema }
+}
+
+/** Runs `erase-user bob` on `args`' database: its exit code and the one line it printed, if any. */
+async function eraseBob(args: string[]): Promise<{ code: number; said: string }> {
+  const lines: string[] = []
+  const code = await runEraseUserCli(["bob", ...args], (l) => lines.push(l), {})
+  return { code, said: lines.join("\n") }
+}
+
+/** Waits for `check`, at most 10 s: on time-out the test's assertions show what happened instead. */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 10_000
+  while (!(await check()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+}
+
+const unreachable = await postgresUnreachable()
+
+if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
+  describe("offline commands beside relays on PostgreSQL", () => {
+    it.skip(`skipped: PostgreSQL unreachable at ${DATABASE_URL} (${unreachable})`, () => {})
+  })
+} else {
+  describe("offline commands beside relays on PostgreSQL", { timeout: 60_000 }, () => {
+    it("are refused while a relay uses the database's schema, and run once it is gone, however it went", async () => {
+      const { args, schema } = await storage()
+      const relay = await startRelayProcess({ args })
+      // Before, erase-user reported the messages erased and the running relay wrote them back.
+      const refused = await eraseBob(args)
+      expect(refused.code).toBe(1)
+      expect(refused.said).toMatch(
+        /^parley-relay erase-user: parley-relay \(.*since .*\) is using it: stop the relays first/,
+      )
+      const lines: string[] = []
+      expect(await runRebuildInboxesCli(args, (l) => lines.push(l), {})).toBe(1)
+      expect(
+        await runDamagedCli(["restore", "g~x", "--from", DATABASE_URL, ...args], (l) => lines.push(l), {}),
+      ).toBe(1)
+      expect(lines).toEqual([
+        expect.stringMatching(/^parley-relay rebuild-inboxes: .* is using it/),
+        expect.stringMatching(/^parley-relay damaged restore: .* is using it/),
+      ])
+      // Listing damaged documents runs beside relays; so do commands on another schema of the database.
+      expect(await runDamagedCli(["list", ...args], () => {}, {})).toBe(0)
+      expect((await eraseBob((await storage()).args)).code).toBe(0)
+
+      // PostgreSQL drops the lock's connection (a restart, a failover): the relay holds the lock again.
+      const admin = new pg.Client({ connectionString: DATABASE_URL })
+      await admin.connect()
+      try {
+        // This relay's lock only: relays of other test files hold theirs, under their schemas' keys.
+        const key = createHash("sha256").update(schema).digest().readUInt32BE(0) >>> 1
+        const { rowCount } = await admin.query(
+          `SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND objsubid = 2 AND granted`,
+          [0x50726c72, key],
+        )
+        expect(rowCount).toBeGreaterThan(0)
+      } finally {
+        await admin.end()
+      }
+      let during = { code: -1, said: "" }
+      await until(async () => {
+        during = await eraseBob(args)
+        return during.code === 1
+      })
+      expect(during.said).toMatch(/is using it: stop the relays first/)
+      expect(relay.lines.some((line) => line.includes("holding the relays' lock on PostgreSQL again"))).toBe(
+        true,
+      )
+
+      // SIGKILL: the session ends with the process, and the command runs at once.
+      await relay.kill()
+      let after = { code: -1, said: "" }
+      await until(async () => {
+        after = await eraseBob(args)
+        return after.code === 0
+      })
+      expect(after).toMatchObject({ code: 0, said: expect.stringContaining('"messages":0') })
+    })
+
+    it("keeps a relay from starting while a command runs on its database", async () => {
+      const { args } = await storage()
+      const said: string[] = []
+      const release = await lockPostgresForCommand(args[3]!, "erase-user", (l) => said.push(l), 10_000)
+      expect(release).toBeDefined()
+      const refused = await startRelayProcess({ args }).then(
+        () => "started",
+        (error: Error) => error.message,
+      )
+      expect(refused).toMatch(/parley-relay erase-user \(.*\) is using it: start the relay once it finished/)
+      await release!()
+      const relay = await startRelayProcess({ args })
+      expect(relay.url).toMatch(/^ws/)
+      expect(said).toEqual([])
+    })
+  })
+}
