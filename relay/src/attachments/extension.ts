@@ -148,8 +148,15 @@ export class AttachmentsExtension implements RelayExtension {
       const conversation = event.event.conversationId
       switch (event.event.type) {
         case "message.sent": {
-          const { message } = event.subject as { message: { id: string; attachments?: readonly unknown[] } }
-          await this.service.messageSent(conversation, message.id as never, message.attachments)
+          const { message } = event.subject as {
+            message: { id: string; author: UserId; attachments?: readonly unknown[] }
+          }
+          await this.service.messageSent(
+            conversation,
+            message.id as never,
+            message.author,
+            message.attachments,
+          )
           return
         }
         case "message.deleted": {

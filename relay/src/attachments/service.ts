@@ -261,10 +261,16 @@ export class AttachmentService {
     return record
   }
 
-  /** Links the uploaded attachments a sent message carries to it (the first message to reference one wins). */
+  /**
+   * Links the uploaded attachments a sent message carries to it: the first
+   * message of their uploader to reference one wins. Another member's message
+   * that carries it (a forward) shows it, but neither keeps it from the
+   * expiry sweep nor deletes it with its own deletion.
+   */
   async messageSent(
     conversation: ConversationId,
     message: MessageId,
+    author: UserId,
     attachments: readonly unknown[] | undefined,
   ): Promise<void> {
     const linked: string[] = []
@@ -272,6 +278,9 @@ export class AttachmentService {
       const record = await this.record(id)
       // Another conversation's attachment stays unreadable here, and is never deleted by this message.
       if (!record || record.conversation !== conversation) continue
+      // Before, a member who learned an upload's id before its uploader sent it could take it with a
+      // message of theirs, and delete it with that message.
+      if (record.uploader !== author) continue
       if (record.message === undefined) await this.save({ ...record, message })
       if (record.message === undefined || record.message === message) linked.push(id)
     }

@@ -21,6 +21,7 @@ import type { RunningCore } from "../../src/extension.js"
 import { createLogger } from "../../src/log.js"
 
 const alice = "alice" as UserId
+const mallory = "mallory" as UserId
 const conversation = "g~unit-attach-01" as ConversationId
 
 describe("sniffing text", () => {
@@ -60,7 +61,7 @@ describe("the expiry sweep", () => {
     await service.appendChunk(orphan, 0, new TextEncoder().encode("hello"))
     const unfinished = await service.createUpload(conversation, alice, { name: "c.txt", size: 50 })
     await service.appendChunk(unfinished, 0, new TextEncoder().encode("hel"))
-    await service.messageSent(conversation, "msg-00000001" as MessageId, [{ id: kept.id, url: "/x" }])
+    await service.messageSent(conversation, "msg-00000001" as MessageId, alice, [{ id: kept.id, url: "/x" }])
     expect(await service.sweep()).toBe(0)
     now += UNREFERENCED_TTL_MS + 1
     expect(await service.sweep()).toBe(2)
@@ -70,6 +71,35 @@ describe("the expiry sweep", () => {
     expect((await store.list("conv/")).filter((k) => !k.includes(kept.id) && !k.includes("/msg/"))).toEqual(
       [],
     )
+  })
+
+  it("links an upload to its uploader's first message only: another member's message neither takes nor deletes it", async () => {
+    const store = new MemoryBlobStore()
+    const service = new AttachmentService({
+      store,
+      log: createLogger("silent"),
+      maxBytes: 1000,
+      chunkBytes: 100,
+      allowedTypes: ["text/plain"],
+      maxImagePixels: 1000,
+    })
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id: conversation, participants: [mallory] })
+    service.attach({ read: async (_name, read) => read(doc) } as RunningCore)
+    const upload = await service.createUpload(conversation, alice, { name: "a.txt", size: 5 })
+    await service.appendChunk(upload, 0, new TextEncoder().encode("hello"))
+    // Mallory got hold of the id before alice sent it.
+    await service.messageSent(conversation, "msg-0000000m" as MessageId, mallory, [
+      { id: upload.id, url: "/x" },
+    ])
+    expect(await service.record(upload.id)).not.toHaveProperty("message")
+    await service.messageSent(conversation, "msg-0000000a" as MessageId, alice, [
+      { id: upload.id, url: "/x" },
+    ])
+    expect(await service.messageDeleted(conversation, "msg-0000000m" as MessageId)).toBe(0)
+    expect(await service.record(upload.id)).toMatchObject({ complete: true, message: "msg-0000000a" })
+    expect(await service.messageDeleted(conversation, "msg-0000000a" as MessageId)).toBe(1)
+    expect(await service.record(upload.id)).toBeUndefined()
   })
 
   it("refuses an upload to a conversation the user is not in, as a missing one", async () => {
