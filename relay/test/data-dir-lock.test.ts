@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
@@ -57,19 +57,22 @@ describe("a SQLite data directory is one relay's", () => {
     expect(await runEraseUserCli(["bob", "--data-dir", relay.dataDir], (l) => lines.push(l), {})).toBe(0)
   })
 
-  it("says in one line why an offline command cannot take the lock (a --data-dir that is a file)", async () => {
-    // An operator's slip: the database file given for its directory. Before, the command threw ENOTDIR.
-    const file = join(tempDir(), "documents.sqlite")
+  it("refuses an offline command on a --data-dir that holds no relay's documents, and creates nothing there", async () => {
+    // Before, erase-user created an empty store in a mistyped directory and reported the erasure done;
+    // on a file given for the directory it threw ENOTDIR.
+    const missing = join(tempDir(), "typo")
+    const file = join(tempDir(), "parley.sqlite")
     writeFileSync(file, "")
     const lines: string[] = []
-    expect(await runEraseUserCli(["bob", "--data-dir", file], (l) => lines.push(l), {})).toBe(1)
+    expect(await runEraseUserCli(["bob", "--data-dir", missing], (l) => lines.push(l), {})).toBe(1)
     expect(await runRebuildInboxesCli(["--data-dir", file], (l) => lines.push(l), {})).toBe(1)
     expect(lines).toEqual([
+      `parley-relay erase-user: no documents at ${join(missing, "parley.sqlite")} (give the relay's --data-dir)`,
       expect.stringMatching(
-        /^parley-relay erase-user: cannot take the lock of .*documents\.sqlite: not a directory$/,
+        /^parley-relay rebuild-inboxes: no documents at .*parley\.sqlite\/parley\.sqlite/,
       ),
-      expect.stringMatching(/^parley-relay rebuild-inboxes: cannot take the lock of .*directory/),
     ])
+    expect(existsSync(missing)).toBe(false)
   })
 
   it("is the process's while it lives, whatever a lock file left behind says", () => {

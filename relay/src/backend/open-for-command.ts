@@ -1,10 +1,11 @@
 import { existsSync } from "node:fs"
+import { join, resolve } from "node:path"
 import type { storageLocation } from "../config.js"
 import { reasonOf, redactedUrl } from "../startup-error.js"
 import { lockForCommand, releasingOnClose } from "../storage/data-dir-lock.js"
 import { DEFAULT_STORAGE_TIMEOUT_MS } from "../storage/guard.js"
 import { lockPostgresForCommand } from "../storage/postgres-relays-lock.js"
-import { openBackend } from "./index.js"
+import { LEGACY_FILES, openBackend, SQLITE_FILE } from "./index.js"
 import type { Backend } from "./types.js"
 
 /**
@@ -22,7 +23,15 @@ export async function openForCommand(
 ): Promise<Backend | undefined> {
   // A relay running on the same storage would write back what it holds in memory.
   let release: (() => void) | undefined
-  if (location.kind === "sqlite" && existsSync(dataDir)) {
+  if (location.kind === "sqlite") {
+    // A typo, or another working directory than the relay's: the backend would create an empty store
+    // there, and an erasure would report success for a user it never saw.
+    if (![SQLITE_FILE, ...LEGACY_FILES.map((l) => l.file)].some((file) => existsSync(join(dataDir, file)))) {
+      out(
+        `parley-relay ${command}: no documents at ${join(resolve(dataDir), SQLITE_FILE)} (give the relay's --data-dir)`,
+      )
+      return undefined
+    }
     release = lockForCommand(dataDir, command, out)
     if (!release) return undefined
   } else if (location.kind === "postgres") {
