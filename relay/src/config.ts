@@ -1005,6 +1005,11 @@ export function parseConfig(
   for (const url of webhooks) {
     if (!URL.canParse(url) || !/^https?:$/.test(new URL(url).protocol))
       throw new ConfigError(`--webhook must be an http(s) URL, got ${url}`)
+    // fetch refuses such a URL at every attempt: each event would be retried until dead-lettered.
+    if (new URL(url).username || new URL(url).password)
+      throw new ConfigError(
+        `--webhook ${new URL(url).origin} carries a user and password, which requests cannot send: put the receiver's credential in its path or query, or let it check the signature`,
+      )
   }
   const webhookSecret = v["webhook-secret"]
   if (webhooks.length > 0 && !webhookSecret)

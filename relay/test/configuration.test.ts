@@ -110,6 +110,10 @@ describe("configuration", () => {
     expect(
       parseConfig(["--dev", "--webhook", "http://c/z"], { ...secret, PARLEY_WEBHOOKS: "http://a/x" }),
     ).toMatchObject({ webhooks: ["http://c/z"] })
+    // fetch refuses a URL with a user and password at every attempt: refused at start, not echoed.
+    expect(() =>
+      parseConfig(["--dev", "--webhook", "https://bot:Pass-Word-5@hooks.example.com/in"], secret),
+    ).toThrow(/^--webhook https:\/\/hooks\.example\.com carries a user and password/)
   })
 
   it("takes the relay-wide limit of upload chunks in flight from a flag or its variable", () => {

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto"
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { Webhook, WebhookVerificationError } from "standardwebhooks"
 import { discardBody } from "../discard-body.js"
@@ -36,6 +37,16 @@ const MAX_RETRY_AFTER_MS = 36_000_000
 const retryable = (status: number) => status === 408 || status === 429 || status >= 500
 
 /**
+ * How a webhook is named in metric labels, logs and dead letters: its origin
+ * and a digest of the whole URL (`webhook:https://hooks.example.com#1a2b3c4d`).
+ * Receivers often take their credential in the URL (a path like Slack's
+ * `/services/…`, a `?token=`), and `/metrics` is open by default.
+ */
+export function webhookName(url: string): string {
+  return `webhook:${new URL(url).origin}#${createHash("sha256").update(url).digest("hex").slice(0, 8)}`
+}
+
+/**
  * A webhook URL as a delivery target: every event except the raw
  * `document.updated`, POSTed as JSON and signed. The `webhook-id` is the event
  * id, the same on every attempt. (`typing.started` is not durable: it is
@@ -46,8 +57,9 @@ export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
   const schedule = options.schedule ?? WEBHOOK_RETRY_SCHEDULE
   const post = options.fetch ?? fetch
   const now = options.now ?? (() => new Date())
+  const name = webhookName(options.url)
   return {
-    name: `webhook:${options.url}`,
+    name,
     accepts: (type: HookEventType) => type !== "document.updated",
     async deliver(event: HookEvent, { signal }) {
       const body = JSON.stringify(event)
@@ -73,9 +85,9 @@ export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
       if (response.ok) return
       if (response.status >= 300 && response.status < 400)
         throw new PermanentDeliveryError(
-          `webhook ${options.url} answered ${response.status}: redirects are not followed, configure the URL it redirects to`,
+          `${name} answered ${response.status}: redirects are not followed, configure the URL it redirects to`,
         )
-      const message = `webhook ${options.url} answered ${response.status}`
+      const message = `${name} answered ${response.status}`
       if (retryable(response.status))
         throw new RetryAfterError(message, retryAfterMs(response.headers.get("retry-after"), now().getTime()))
       throw new PermanentDeliveryError(message)

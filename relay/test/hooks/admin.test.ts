@@ -11,7 +11,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
-import { verifyWebhook } from "../../src/hooks/webhook.js"
+import { verifyWebhook, webhookName } from "../../src/hooks/webhook.js"
 import { TestClient } from "../helpers/clients.js"
 import { hooksApi, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 
@@ -39,7 +39,12 @@ async function receiver() {
   })
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r))
   cleanup.push(() => server.close())
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`, received, state }
+  // The receiver's credential in its URL, as many take it (Slack's /services/…, a ?token=).
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/services/T0/B0/Receiver-Secret-7?token=Query-Secret-9`,
+    received,
+    state,
+  }
 }
 
 async function until<T>(probe: () => Promise<T>, ok: (value: T) => boolean): Promise<T> {
@@ -90,22 +95,25 @@ describe("dead letters of a running relay", () => {
       (r) => (r.body.deadLetters?.length ?? 0) === 3,
     )
     expect(listed.body.deadLetters!.map((d) => [d.type, d.target, d.lastError])).toEqual([
-      ["conversation.created", `webhook:${hook.url}`, `webhook ${hook.url} answered 400`],
+      ["conversation.created", webhookName(hook.url), `${webhookName(hook.url)} answered 400`],
       ["message.sent", `hook:failing.mjs`, "push gateway down"],
-      ["message.sent", `webhook:${hook.url}`, `webhook ${hook.url} answered 400`],
+      ["message.sent", webhookName(hook.url), `${webhookName(hook.url)} answered 400`],
     ])
+    expect(webhookName(hook.url)).toMatch(/^webhook:http:\/\/127\.0\.0\.1:\d+#[0-9a-f]{8}$/)
     const metrics = await (await fetch(`${relay.httpUrl}/metrics`)).text()
     expect(metrics).toContain('parley_hook_dead_letters_total{target="hook:failing.mjs"} 1')
+    // /metrics is open by default, and logs travel: neither shows the receiver's credential (before, both did).
+    expect(`${metrics}\n${relay.lines.join("\n")}`).not.toMatch(/Receiver-Secret|Query-Secret/)
 
     // The receiver is fixed: replay its dead letters; it gets the same ids, signed.
     hook.state.status = 204
     const deadIds = listed.body
-      .deadLetters!.filter((d) => d.target === `webhook:${hook.url}`)
+      .deadLetters!.filter((d) => d.target === webhookName(hook.url))
       .map((d) => d.eventId)
     const replay = await fetch(`${relay.httpUrl}/admin/dead-letters/replay`, {
       method: "POST",
       headers: { authorization: `Bearer ${service}` },
-      body: JSON.stringify({ target: `webhook:${hook.url}` }),
+      body: JSON.stringify({ target: webhookName(hook.url) }),
     })
     expect(replay.status).toBe(200)
     expect(((await replay.json()) as { replayed: unknown[] }).replayed).toHaveLength(2)

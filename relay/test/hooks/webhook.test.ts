@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { Dispatcher } from "../../src/hooks/dispatcher.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
 import { MemoryOutbox } from "../../src/hooks/outbox.js"
-import { verifyWebhook, webhookTarget } from "../../src/hooks/webhook.js"
+import { verifyWebhook, webhookName, webhookTarget } from "../../src/hooks/webhook.js"
 import { sampleEvent } from "../conformance/outbox.js"
 
 const SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -56,7 +56,7 @@ function deliverOne(url: string, secret: string, schedule = [1, 1, 1]) {
       dispatcher.add(
         await outbox.enqueue({
           document: "c1",
-          events: [{ event: sampleEvent("evt_1"), targets: [`webhook:${url}`] }],
+          events: [{ event: sampleEvent("evt_1"), targets: [webhookName(url)] }],
         }),
       )
       await dispatcher.idle()
@@ -115,7 +115,7 @@ describe("webhooks", () => {
     expect(received).toHaveLength(4)
     const dead = await outbox.deadLetters()
     expect(dead).toHaveLength(1)
-    expect(dead[0]).toMatchObject({ attempts: 4, lastError: `webhook ${url} answered 502` })
+    expect(dead[0]).toMatchObject({ attempts: 4, lastError: `${webhookName(url)} answered 502` })
   })
 
   it("waits as long as a receiver's Retry-After asks (seconds or a date), never less than its schedule, at most its longest wait", async () => {
