@@ -79,4 +79,20 @@ describe("the relay's own client ids", () => {
     expect(after.unbound).toEqual([])
     expect(after.writers.size).toBeGreaterThan(written.writers.size)
   })
+
+  it("are not stored for an update the relay refuses: a stranger's updates to made-up ids leave no rows", async () => {
+    const relay = await startRelayProcess()
+    const ids = [newConversationId(), newConversationId(), newConversationId()]
+    for (const id of ids) {
+      const carol = new TestClient(relay.url, id, await relay.token("carol"))
+      // Not a creation: a bare title, refused (the conversation does not exist).
+      carol.doc.getMap("meta").set("title", "squatted")
+      const deadline = Date.now() + 10_000
+      while (carol.errors.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+      expect(carol.errors[0]?.code).toBe("FORBIDDEN")
+      carol.close()
+    }
+    // Before: two rows (the relay's document and sequence-writer ids) per id, kept for good.
+    for (const id of ids) expect(stored(relay.dataDir, id).bound).toBe(0)
+  })
 })

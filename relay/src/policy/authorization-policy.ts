@@ -3,7 +3,7 @@ import type * as Y from "yjs"
 import type { LoadedDocument } from "../extension.js"
 import type { ClientIdOwners, PolicyInput, UpdatePolicy } from "../policy.js"
 import { checkUpdate } from "./check-update.js"
-import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bindings.js"
+import { type ClientBinding, type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bindings.js"
 
 /**
  * The full per-update authorization as the relay's {@link UpdatePolicy}: every
@@ -16,8 +16,8 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  * server-side changes) do not pass through a policy; the client id the relay's
  * document writes under, both ids its sequence writer alternates between
  * (shared `sequenceWriterIds`) and the id of the document's epoch (`meta.epoch`)
- * are bound to the relay at each check, before the relay first writes under
- * them (or, for the epoch's, before anyone else may).
+ * are bound to the relay at each check (in memory; stored before the relay first writes under
+ * them), or, for the epoch's, before anyone else may.
  *
  * The same bindings are the owners awareness consults ({@link clientIdOwners}):
  * an id announced in awareness is bound to its user like an id written under,
@@ -25,9 +25,9 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
  *
  * Loading a document binds the relay's ids too, in memory only: that is what
  * keeps them from being claimed while the document stays loaded. They are
- * stored with the next update's check or before the next append
- * ({@link beforeAppend}: a change the relay makes itself), so before anything
- * is stored under them; a load that writes nothing stores nothing. (Each load
+ * stored before the next append ({@link beforeAppend}: a device's change or
+ * one the relay makes itself), so before anything is stored under them; a
+ * load that writes nothing, or whose updates are all refused, stores nothing. (Each load
  * makes new ids: storing them at every load added two rows per load for good,
  * for readers, inbox refreshes and refused connects alike.) Reading a stored
  * conversation thus needs no write, and works while storage refuses writes.
@@ -35,8 +35,8 @@ import { type ClientBindingStore, ClientBindings, RELAY_KEY } from "./client-bin
 export class AuthorizationPolicy implements UpdatePolicy {
   readonly name = "policy"
   private readonly loaded = new WeakMap<Y.Doc, Promise<ClientBindings>>()
-  /** The relay's ids a load bound in memory only, storage failing (see the class comment): stored next. */
-  private readonly unstored = new WeakMap<Y.Doc, [number, string][]>()
+  /** Ids bound in memory only (the relay's at a load, see the class comment; anyone's whose storing failed): stored before the next append. */
+  private readonly unstored = new WeakMap<Y.Doc, ClientBinding[]>()
 
   /** `close` releases the bindings' database when the relay stops. */
   constructor(
@@ -50,12 +50,22 @@ export class AuthorizationPolicy implements UpdatePolicy {
     if (name.kind === "inbox") return { allowed: true }
     const key = name.id
     const bindings = await this.bindingsOf(key, doc)
-    await this.bindRelayIds(key, doc, bindings)
+    // In memory: stored before the append (beforeAppend). A refused update stores nothing: storing them
+    // here wrote two rows for good per made-up id a stranger sent a refused update to.
+    this.bindRelayIdsInMemory(doc, bindings)
     const result = checkUpdate({ doc, update, principal, bindings, conversation: name.id })
     if (!result.allowed) return { allowed: false, rule: result.rule, reason: result.reason }
     if (result.newBindings && result.newBindings.length > 0) {
       bindings.bind(result.newBindings)
-      const owners = await this.store.bind(key, result.newBindings)
+      let owners: Map<number, string>
+      try {
+        owners = await this.store.bind(key, result.newBindings)
+      } catch (error) {
+        // Storage failing: the update is refused (retryably), but memory holds the ids as the sender's,
+        // so the next check finds nothing new to bind. They are stored before the next append.
+        this.keepUnstored(doc, result.newBindings)
+        throw error
+      }
       bindings.record(owners)
       // Memory took these ids for free; storage, which every relay of a cluster shares, says who
       // bound each first. Another's id is refused as the check refuses one it knew of.
@@ -90,8 +100,9 @@ export class AuthorizationPolicy implements UpdatePolicy {
         try {
           owners = await this.store.bind(key, entries)
         } catch (error) {
-          // Storage failing: the claim holds in memory, and the next update's check stores it.
+          // Storage failing: the claim holds in memory, and is stored before the next append.
           bindings.bind(entries)
+          this.keepUnstored(doc, entries)
           throw error
         }
         bindings.record(owners)
@@ -100,7 +111,7 @@ export class AuthorizationPolicy implements UpdatePolicy {
     }
   }
 
-  /** Stores the relay's ids a load bound in memory only, before the relay appends under them. */
+  /** Stores the ids bound in memory only (the relay's, and any whose storing failed), before anything is appended under them. */
   beforeAppend({ name, doc }: LoadedDocument): undefined | Promise<void> {
     if (name.kind === "inbox" || !this.unstored.has(doc)) return undefined
     return this.bindingsOf(name.id, doc).then((bindings) => this.bindRelayIds(name.id, doc, bindings))
@@ -110,8 +121,13 @@ export class AuthorizationPolicy implements UpdatePolicy {
     await this.close?.()
   }
 
+  /** Ids of `doc` bound in memory whose storing failed: stored with the relay's before the next append. */
+  private keepUnstored(doc: Y.Doc, entries: readonly ClientBinding[]): void {
+    this.unstored.set(doc, [...(this.unstored.get(doc) ?? []), ...entries])
+  }
+
   /** Binds the relay's ids of `doc` not bound yet, in memory only: they join those to store. */
-  private bindRelayIdsInMemory(doc: Y.Doc, bindings: ClientBindings): [number, string][] | undefined {
+  private bindRelayIdsInMemory(doc: Y.Doc, bindings: ClientBindings): ClientBinding[] | undefined {
     const relayIds = [doc.clientID, ...sequenceWriterIds(doc)]
     // The id a fresh epoch wrote everything under (`meta.epoch`) is the relay's too: unbound, it was
     // anyone's to write under (and to be taken for).

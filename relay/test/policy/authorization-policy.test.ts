@@ -23,7 +23,8 @@ describe("the authorization policy of the update path", () => {
     const s = scene()
     const alices = replicaOf(s.relay)
     const update = updateOf(alices, (d) => sendMessage(d, alice, { body: "mine" }))
-    const accepted = await new AuthorizationPolicy(store).checkUpdate({
+    const policy = new AuthorizationPolicy(store)
+    const accepted = await policy.checkUpdate({
       name,
       doc: s.relay,
       update,
@@ -32,6 +33,9 @@ describe("the authorization policy of the update path", () => {
     })
     expect(accepted).toEqual({ allowed: true })
     expect((await store.load(CONVERSATION)).get(alices.clientID)).toBe("user:alice")
+    // The relay's own id: stored before the append (a refused update stores none).
+    expect((await store.load(CONVERSATION)).has(s.relay.clientID)).toBe(false)
+    await policy.beforeAppend({ name, doc: s.relay })
     expect((await store.load(CONVERSATION)).get(s.relay.clientID)).toBe("relay")
     Y.applyUpdate(s.relay, update)
 
@@ -133,9 +137,11 @@ describe("the authorization policy of the update path", () => {
     }
     await expect(policy.checkUpdate(input)).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
 
-    // Space freed: the next update's check stores the relay's id before anything is stored under it.
+    // Space freed: the next update's check stores the sender's id, and its append the relay's, before
+    // anything is stored under it.
     store.full = false
     expect(await policy.checkUpdate(input)).toEqual({ allowed: true })
+    await policy.beforeAppend({ name, doc: s.relay })
     const stored = await store.load(CONVERSATION)
     expect(stored.get(s.relay.clientID)).toBe("relay")
     expect(stored.get(alices.clientID)).toBe("user:alice")
