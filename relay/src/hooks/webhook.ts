@@ -55,7 +55,11 @@ export function webhookName(url: string): string {
 export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
   const signer = keyOf(options.secret)
   const schedule = options.schedule ?? WEBHOOK_RETRY_SCHEDULE
-  const post = options.fetch ?? fetch
+  // One webhook's connections are capped: a receiver that hangs would get one per conversation lane.
+  // undici (a few MB of heap) is loaded by the first delivery, not by every relay that loads hooks.
+  let post: Promise<typeof fetch> | undefined = options.fetch && Promise.resolve(options.fetch)
+  const poster = () =>
+    (post ??= import("../outbound.js").then(({ cappedAgent, fetchThrough }) => fetchThrough(cappedAgent())))
   const now = options.now ?? (() => new Date())
   const name = webhookName(options.url)
   return {
@@ -65,7 +69,7 @@ export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
       const body = JSON.stringify(event)
       const id = event.event.id
       const timestamp = now()
-      const response = await post(options.url, {
+      const response = await (await poster())(options.url, {
         method: "POST",
         signal,
         headers: {

@@ -67,11 +67,15 @@ const keyOf = (sub: PushSubscriptionRecord) => `${sub.user}\u0000${sub.device}`
  * by an event's delivery, until its retries are spent or its TTL ends (then it is dropped, as the
  * push service would). A set-aside device stays so for {@link SET_ASIDE_MS} after its last failure,
  * so that one answering its retries but hanging on fresh notifications costs a conversation at most
- * one timeout per 10 minutes. What a set-aside device waits for is lost with the process, and
+ * one timeout per 10 minutes. So is every other device of the same user (device ids are the user's
+ * to make: fresh ones on a hanging endpoint would each cost a timeout). What a set-aside device
+ * waits for is lost with the process, and
  * bounded: {@link MAX_WAITING_PER_DEVICE} per device, {@link MAX_WAITING_BYTES} for all of them.
  */
 export class DeviceSends {
   private readonly devices = new Map<string, Device>()
+  /** Users with a device that failed, and until when all their devices are served in the background. */
+  private readonly usersAside = new Map<string, number>()
   private readonly now: () => number
   /** Payload bytes of every device's waiting jobs, against {@link MAX_WAITING_BYTES}. */
   private bytes = 0
@@ -96,9 +100,20 @@ export class DeviceSends {
       this.wait(key, aside, job, sub)
       return
     }
+    // A user with a device that failed lately: their other devices are served in the background too.
+    // Set-aside is per device, and device ids are the user's to make: one registering a fresh device
+    // on a hanging endpoint before each message cost the conversation a timeout per message.
+    const userAside = this.usersAside.get(sub.user)
+    if (userAside !== undefined && userAside > this.now()) {
+      const device: Device = { sub, waiting: new Map(), failures: 0, until: userAside, sending: false }
+      this.devices.set(key, device)
+      this.wait(key, device, job, sub)
+      return
+    }
     const outcome = await this.tryOnce(sub, job, signal)
     if (!(outcome instanceof Error)) return
     if (signal.aborted) throw outcome
+    this.userFailed(sub.user)
     this.options.log.warn(
       { user: sub.user, device: sub.device, err: outcome },
       "push to a device failed: it is retried on its own schedule, and no other notification waits for it",
@@ -135,6 +150,16 @@ export class DeviceSends {
   /** Devices set aside (for metrics and tests). */
   setAside(): number {
     return this.devices.size
+  }
+
+  /** A device of `user` failed: their devices are served in the background for {@link SET_ASIDE_MS}. */
+  private userFailed(user: string): void {
+    const now = this.now()
+    // Bounded by the users whose devices failed in the last 10 minutes.
+    if (this.usersAside.size >= 10_000)
+      for (const [other, until] of this.usersAside) if (until <= now) this.usersAside.delete(other)
+    this.usersAside.delete(user)
+    this.usersAside.set(user, now + SET_ASIDE_MS)
   }
 
   /** Bytes of payload all set-aside devices wait with. */
@@ -198,6 +223,7 @@ export class DeviceSends {
   private failed(key: string, device: Device, error?: unknown): void {
     device.failures++
     device.until = this.now() + SET_ASIDE_MS
+    this.userFailed(device.sub.user)
     const delay = this.options.retryDelay(device.failures)
     if (delay !== undefined) {
       this.arm(key, device, respectRetryAfter(delay, error, MAX_PUSH_RETRY_AFTER_MS))

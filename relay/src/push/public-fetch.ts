@@ -1,6 +1,6 @@
 import type { LookupAddress } from "node:dns"
 import { lookup } from "node:dns/promises"
-import { Agent, fetch as undiciFetch } from "undici"
+import { cappedAgent, fetchThrough, userChosenRequests } from "../outbound.js"
 import { type EndpointPolicy, isNonPublicAddress, refuse } from "./endpoint.js"
 
 // Apart from endpoint.ts (the checks, which the HTTP API's routes import in every relay): undici is
@@ -19,11 +19,16 @@ const resolveWithDns: ResolveHost = (host) => lookup(host, { all: true })
  * it again: a name whose DNS answer changes between the two (DNS rebinding)
  * would pass the check and then connect inward. Here the address the socket
  * connects to is the one checked, because the check runs inside the
- * connection's own lookup. With `allowPrivate` this is plain `fetch`.
+ * connection's own lookup. With `allowPrivate` any address is reached.
+ *
+ * Either way it holds at most `CONNECTIONS_PER_ORIGIN` connections per origin,
+ * and its calls count against `userChosenRequests`.
  */
 export function publicOnlyFetch(policy: EndpointPolicy, resolve: ResolveHost = resolveWithDns): typeof fetch {
-  if (policy.allowPrivate) return fetch
-  const agent = new Agent({
+  // Both ways, at most a few connections per origin and a few dozen requests in flight in all: a user's
+  // endpoints that accept and never answer must not take the relay's file descriptors.
+  if (policy.allowPrivate) return userChosenRequests.wrap(fetchThrough(cappedAgent()))
+  const agent = cappedAgent({
     connect: {
       lookup(host, options, callback) {
         const done = callback as (
@@ -50,8 +55,5 @@ export function publicOnlyFetch(policy: EndpointPolicy, resolve: ResolveHost = r
       },
     },
   })
-  // undici's own fetch with its own agent: Node 20's built-in fetch is an older undici that does not
-  // take this one's dispatcher. Its Request/Response are the same WHATWG shapes.
-  return ((input: string | URL, init?: RequestInit) =>
-    undiciFetch(input, { ...(init as object), dispatcher: agent } as never)) as unknown as typeof fetch
+  return userChosenRequests.wrap(fetchThrough(agent))
 }

@@ -63,6 +63,38 @@ describe("a set-aside device", () => {
   })
 })
 
+describe("a user whose device failed", () => {
+  it("has fresh devices served in the background: registering new ones on a hanging endpoint holds up nobody", async () => {
+    const store = new MemoryPushSubscriptionStore()
+    const tried: string[] = []
+    const sends = new DeviceSends({
+      // Mallory's endpoints accept and never answer.
+      send: (s, _j, signal) =>
+        new Promise<SendOutcome>((resolve) => {
+          tried.push(s.device)
+          signal.addEventListener("abort", () => resolve(new Error("aborted")), { once: true })
+        }),
+      store,
+      retryDelay: () => 60_000,
+      timeoutMs: 200,
+      log: pino({ level: "silent" }),
+    })
+    const signal = new AbortController().signal
+    const offer = async (device: string, body: string) => {
+      const fresh = { ...sub, user: "mallory" as UserId, device }
+      await store.put(fresh)
+      const started = Date.now()
+      await sends.offer(fresh, job("g~a", body), signal)
+      return Date.now() - started
+    }
+    // The first hang costs one timeout; a fresh device id before each later message cost one more each.
+    expect(await offer("d1", "m1")).toBeGreaterThanOrEqual(190)
+    for (let i = 2; i <= 5; i++) expect(await offer(`d${i}`, `m${i}`)).toBeLessThan(50)
+    // Still sent to, in the background.
+    await vi.waitFor(() => expect(tried).toEqual(["d1", "d2", "d3", "d4", "d5"]))
+  })
+})
+
 describe("a push service asking for time", () => {
   it("is tried again no sooner than its Retry-After asked, within an hour", async () => {
     vi.useFakeTimers()
