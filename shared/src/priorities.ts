@@ -13,7 +13,9 @@ import {
   decodeStoredRecord,
   encodeStoredRecord,
   isDeletedRecord,
+  Limits,
   type MessageRecord,
+  type Metadata,
   MetaKey,
   reactionKey,
   type StoredMessage,
@@ -21,7 +23,8 @@ import {
   storedRecordId,
   type UnpinRecord,
 } from "./schema.js"
-import { assertValid, checkFleetingSeconds, checkUnpinRecord } from "./validate.js"
+import { assertValid, checkFleetingSeconds, checkMetadata, checkUnpinRecord } from "./validate.js"
+import { assertWellFormed } from "./well-formed.js"
 
 /*
  * What a message's priority does, beyond being stored in its record:
@@ -144,6 +147,47 @@ export function setFleetingSeconds(
   doc.transact(() => {
     if (seconds === undefined) meta.delete(MetaKey.fleetingSeconds)
     else meta.set(MetaKey.fleetingSeconds, seconds)
+  }, options.origin)
+}
+
+/** What {@link updateConversation} changes; absent parts stay, `fleetingSeconds: null` returns to the default. */
+export interface ConversationChange {
+  readonly title?: string | undefined
+  readonly metadata?: Metadata | undefined
+  readonly fleetingSeconds?: number | null | undefined
+}
+
+/**
+ * Changes the title, metadata and fleeting time together (owners and admins):
+ * every part is checked before any is written, and all are written in one
+ * transaction, so that a refused change (a title too long, metadata too
+ * large) changes nothing. (One call per part, as `renameConversation` and
+ * `setConversationMetadata` are, stores the parts before the refused one.)
+ */
+export function updateConversation(
+  doc: Y.Doc,
+  actor: UserId,
+  change: ConversationChange,
+  options: WriteOptions = {},
+): void {
+  if (!getConversation(doc)) throw new ParleyError(ErrorCode.NOT_FOUND, "this document holds no conversation")
+  assertAllowed(canUpdateConversation(writerRole(doc, actor)))
+  if (change.title !== undefined) {
+    if (change.title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+    assertWellFormed(change.title, "title")
+  }
+  if (change.metadata !== undefined) assertValid(checkMetadata, change.metadata)
+  if (typeof change.fleetingSeconds === "number") assertValid(checkFleetingSeconds, change.fleetingSeconds)
+  const meta = typesOf(doc).meta
+  doc.transact(() => {
+    if (change.title !== undefined) meta.set(MetaKey.title, change.title)
+    if (change.metadata !== undefined) meta.set(MetaKey.metadata, change.metadata)
+    if (change.fleetingSeconds === null) meta.delete(MetaKey.fleetingSeconds)
+    else if (
+      change.fleetingSeconds !== undefined &&
+      meta.get(MetaKey.fleetingSeconds) !== change.fleetingSeconds
+    )
+      meta.set(MetaKey.fleetingSeconds, change.fleetingSeconds)
   }, options.origin)
 }
 

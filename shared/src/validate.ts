@@ -23,18 +23,27 @@ function onlyKeys(value: Record<string, unknown>, allowed: readonly string[]): s
 /** Byte size of a JSON value once encoded; the limit for metadata. */
 export const jsonBytes = (value: unknown): number => new TextEncoder().encode(JSON.stringify(value)).length
 
-/** Checks free-form metadata: a JSON object within {@link Limits.metadataBytes}. */
+/** Checks free-form metadata: a JSON object within {@link Limits.metadataBytes}, without the keys `__proto__` and `constructor`. */
 export const checkMetadata: Check = (v) => {
   if (!isRecord(v)) return "metadata must be an object"
   let bytes: number
+  let reserved: string | undefined
   try {
-    bytes = jsonBytes(v)
+    // JavaScript's object internals as keys: Yjs cannot store a top-level "constructor" (it throws
+    // mid-transaction), and a "__proto__" key vanishes when a replica decodes it. Refused anywhere.
+    bytes = new TextEncoder().encode(
+      JSON.stringify(v, (key, value: unknown) => {
+        if (key === "__proto__" || key === "constructor") reserved ??= key
+        return value
+      }),
+    ).length
   } catch {
     // JSON.stringify throws RangeError on a value nested beyond the stack (a body of `[[[[...`
     // within the request size limit): too large by any measure, and a refusal, not a crash.
     return `metadata exceeds ${Limits.metadataBytes} bytes`
   }
   if (bytes > Limits.metadataBytes) return `metadata exceeds ${Limits.metadataBytes} bytes`
+  if (reserved !== undefined) return `metadata key "${reserved}" is reserved`
   return undefined
 }
 

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto"
 import {
   addParticipants,
   allMarkers,
+  type ConversationChange,
   type ConversationId,
   changeRole,
   createConversation,
@@ -32,16 +33,14 @@ import {
   Rule,
   react,
   removeParticipants,
-  renameConversation,
   type SendMessageInput,
   sealedHistory,
   sealedThrough,
   sendMessage,
-  setConversationMetadata,
-  setFleetingSeconds,
   type UserId,
   unpinMessage,
   unreact,
+  updateConversation,
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore } from "../extension.js"
@@ -259,10 +258,8 @@ export class ApiOperations {
   ): Promise<ConversationView> {
     await this.write(id, actor, (doc) => {
       ApiOperations.assertParticipant(doc, actor.user)
-      if (change.title !== undefined) renameConversation(doc, actor.user, change.title)
-      if (change.metadata !== undefined) setConversationMetadata(doc, actor.user, change.metadata as never)
-      if (change.fleetingSeconds !== undefined)
-        setFleetingSeconds(doc, actor.user, change.fleetingSeconds ?? undefined)
+      // All or nothing: every part checked before any is written (a 422 used to keep the new title).
+      updateConversation(doc, actor.user, change as ConversationChange)
     })
     return this.view(id)
   }

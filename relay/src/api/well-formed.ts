@@ -62,11 +62,22 @@ export function requireWellFormedJson(
         `a request body holds at most ${MAX_JSON_VALUES} JSON values`,
       )
     let body: unknown
+    let prototypeKey = false
     try {
-      body = JSON.parse(text)
+      // A "__proto__" key is an own property of what JSON.parse returns, but every copy made of it
+      // (the routes' validation, the stored value) drops it: refused, not silently lost.
+      body = JSON.parse(text, (key, value: unknown) => {
+        if (key === "__proto__") prototypeKey = true
+        return value
+      })
     } catch {
       return next()
     }
+    if (prototypeKey)
+      throw new ParleyError(
+        ErrorCode.INVALID_ARGUMENT,
+        'the key "__proto__" is not accepted in a request body',
+      )
     const at = illFormedPath(body)
     if (at !== undefined)
       throw new ParleyError(

@@ -105,6 +105,34 @@ describe("HTTP API against a relay process", () => {
       metadata: { a: 1 },
     })
     expect(renamed.body).toMatchObject({ title: "Renamed", metadata: { a: 1 } })
+    // All or nothing: before, a refused metadata kept the title that came with it.
+    const tooLarge = await full("PATCH", "/v1/conversations/g~api-admin", {
+      title: "Half-Applied",
+      metadata: { big: "x".repeat(5000) },
+    })
+    expect(tooLarge.status).toBe(422)
+    // JavaScript's object internals as keys: before, 500 INTERNAL (Yjs threw mid-write), or a key dropped.
+    for (const metadata of ['{"constructor":1}', '{"__proto__":{"x":1}}', '{"a":{"constructor":{}}}']) {
+      const reserved = await full("PATCH", "/v1/conversations/g~api-admin", {
+        title: "Half-Applied",
+        metadata: JSON.parse(metadata),
+      })
+      expect([400, 422]).toContain(reserved.status)
+      expect(reserved.body.detail).toMatch(
+        /metadata key "constructor" is reserved|the key "__proto__" is not accepted/,
+      )
+    }
+    const created = await full("POST", "/v1/conversations", {
+      id: "g~api-reserved",
+      participants: [],
+      metadata: { constructor: 1 },
+    })
+    expect(created.status).toBe(422)
+    expect((await full("GET", "/v1/conversations/g~api-reserved")).status).toBe(404)
+    expect((await full("GET", "/v1/conversations/g~api-admin")).body).toMatchObject({
+      title: "Renamed",
+      metadata: { a: 1 },
+    })
     const added = await full("POST", "/v1/conversations/g~api-admin/participants", {
       users: ["dave", "erin"],
     })
