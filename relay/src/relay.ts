@@ -320,12 +320,24 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     storageKind === "postgres" && !options.backend
       ? await holdRelaysLock(databaseUrl, {
           timeoutMs: storageTimeoutMs,
-          onLost: (error) => log.warn({ err: error }, "holding the relays' lock on PostgreSQL again"),
+          clustered: options.cluster !== undefined,
+          onLost: (error) =>
+            error instanceof DatabaseInUse
+              ? log.error(
+                  { err: error },
+                  "while this relay's lock connection was down, another took the database: stop one of them",
+                )
+              : log.warn({ err: error }, "holding the relays' lock on PostgreSQL again"),
         }).catch((error: unknown) => {
           if (!(error instanceof DatabaseInUse)) throw storageFailure(error, where)
           throw new StartupError(
             ExitCode.STORAGE,
-            `cannot use PostgreSQL at ${redactedUrl(databaseUrl)}: ${error.message}: start the relay once it finished`,
+            `cannot use PostgreSQL at ${redactedUrl(databaseUrl)}: ${error.message}: ` +
+              (error.holders.some(
+                (h) => h.application.startsWith("parley-relay ") && !h.application.includes("("),
+              )
+                ? "start the relay once it finished"
+                : "several relays on one database must all run as a cluster (--redis-url, the same for each); otherwise stop the other first"),
           )
         })
       : undefined

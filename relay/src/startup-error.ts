@@ -93,7 +93,7 @@ export type StorageLocation =
 export function redisFailure(error: unknown, redisUrl: string): StartupError {
   return new StartupError(
     ExitCode.STORAGE,
-    `cannot open Redis at ${redactedUrl(redisUrl)} (--redis-url, REDIS_URL): ${reasonOf(error)}: ` +
+    `cannot open Redis at ${redactedUrl(redisUrl)} (--redis-url, PARLEY_REDIS_URL): ${reasonOf(error)}: ` +
       "check that the server runs and answers, and the URL",
     { cause: error },
   )

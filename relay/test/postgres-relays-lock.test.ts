@@ -99,6 +99,22 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(after).toMatchObject({ code: 0, said: expect.stringContaining('"messages":0') })
     })
 
+    it("refuses a second relay without a cluster on the same database (each would compact away the other's changes)", async () => {
+      const { args } = await storage()
+      await startRelayProcess({ args })
+      // Before: both ran; clients of one never saw the other's messages, and at the stop half the
+      // acknowledged messages were gone (each relay's compaction deleted the other's log rows).
+      const second = await startRelayProcess({ args }).then(
+        () => "started",
+        (error: Error) => error.message,
+      )
+      expect(second).toMatch(
+        /parley-relay \(alone\) \(.*\) is using it: several relays on one database must all run as a cluster \(--redis-url/,
+      )
+      // Another schema of the same database is another deployment.
+      expect((await startRelayProcess({ args: (await storage()).args })).url).toMatch(/^ws/)
+    })
+
     it("keeps a relay from starting while a command runs on its database", async () => {
       const { args } = await storage()
       const said: string[] = []

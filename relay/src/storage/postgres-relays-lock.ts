@@ -94,12 +94,14 @@ export interface RelaysLock {
 }
 
 /**
- * Holds, for the relay's life, a shared session lock on the PostgreSQL
- * database at `url` (its schema), on a connection of its own: any number of
- * relays hold it at once, and an offline command that must run with them
- * stopped (`erase-user`, `rebuild-inboxes`) is refused while one does — what
- * the relays hold in memory would be written back over its work. Throws
- * {@link DatabaseInUse} while such a command runs.
+ * Holds, for the relay's life, a session lock on the PostgreSQL database at
+ * `url` (its schema), on a connection of its own: shared by the relays of a
+ * cluster, exclusive for a relay without one. So a second relay without a
+ * cluster, or one that joins a database a lone relay uses, is refused at
+ * start, and an offline command that must run with them stopped
+ * (`erase-user`, `rebuild-inboxes`) is refused while one runs — what the
+ * relays hold in memory would be written back over its work. Throws
+ * {@link DatabaseInUse} while another holds it so.
  *
  * A lost connection (a restart, a failover) is opened again, and the lock
  * taken again, after 1 to 10 s; `onLost` hears of each loss and failed
@@ -108,16 +110,29 @@ export interface RelaysLock {
  */
 export async function holdRelaysLock(
   url: string,
-  options: { readonly timeoutMs: number; readonly onLost: (error: Error) => void },
+  options: {
+    readonly timeoutMs: number
+    /**
+     * A relay of a cluster (`--redis-url`) shares the database with the others; one without a
+     * cluster must be its only relay (two would each number and compact the same logs, and
+     * acknowledged changes of one would be lost): it holds the lock alone.
+     */
+    readonly clustered: boolean
+    readonly onLost: (error: Error) => void
+  },
 ): Promise<RelaysLock> {
   let closed = false
   let attempt = 0
   let timer: NodeJS.Timeout | undefined
   let current: pg.Client | undefined
   const hold = async (): Promise<pg.Client> => {
-    const client = await connect(url, "parley-relay", options.timeoutMs)
+    const client = await connect(
+      url,
+      options.clustered ? "parley-relay" : "parley-relay (alone)",
+      options.timeoutMs,
+    )
     try {
-      await take(client, true)
+      await take(client, options.clustered)
     } catch (error) {
       await client.end().catch(() => {})
       throw error
