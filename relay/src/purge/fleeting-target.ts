@@ -5,6 +5,7 @@ import {
   fleetingSecondsOf,
   getMessage,
   type MessageId,
+  messageIndex,
   ParleyError,
 } from "@parley/shared"
 import type * as Y from "yjs"
@@ -84,9 +85,36 @@ async function expire(core: RunningCore, name: string, id: MessageId): Promise<v
     let same = false
     await core.write(name, RELAY, (current) => {
       same = current === doc
-      if (same) expireMessage(current, id)
+      if (!same) return
+      expireMessage(current, id)
+      // The others already due go in the same change: their own deliveries then find them gone.
+      // One change per message cost a relay write, a broadcast and a purge each (a frame of 1,000
+      // fleeting messages, two seconds of the relay's time).
+      for (const other of dueLiveMessages(current, Date.now(), EXPIRED_PER_CHANGE))
+        expireMessage(current, other)
     })
     // Unloaded in between: the segment went with it, so again on the fresh load.
     if (same) return
   }
+}
+
+/** Most messages one expiry change removes (about an at-cap frame's values). */
+const EXPIRED_PER_CHANGE = 1_000
+
+/**
+ * Live fleeting messages of `doc` whose time is up at `now` by their own
+ * `createdAt` (the time the relay accepted one may make it due sooner, never
+ * later), at most `most`.
+ */
+function dueLiveMessages(doc: Y.Doc, now: number, most: number): MessageId[] {
+  const index = messageIndex(doc)
+  const seconds = fleetingSecondsOf(doc)
+  const due: MessageId[] = []
+  for (const [id, record] of index.records) {
+    if (due.length >= most) break
+    if (index.deleted.has(id)) continue
+    const at = fleetingExpiry(record, seconds)
+    if (at !== undefined && at <= now) due.push(id)
+  }
+  return due
 }

@@ -92,6 +92,24 @@ describe.concurrent("fleeting messages (relay process, SQLite)", { timeout: CONC
     expect(files).toContain("Stays-Heron-Text")
   })
 
+  it("many due at once go in a few changes, not one change each", async () => {
+    const relay = await startRelayProcess()
+    const id = newConversationId()
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    setFleetingSeconds(a.doc, alice, 1)
+    const sent = Array.from({ length: 200 }, (_, i) =>
+      sendMessage(a.doc, alice, { body: `burst ${i}`, priority: "fleeting" }),
+    )
+    await a.allSaved()
+    const b = await joinAs(relay, bob, id)
+    let changes = 0
+    b.doc.on("update", () => changes++)
+    await b.until(() => sent.every((m) => getMessage(b.doc, m.id)?.deleted !== undefined))
+    // Before: 200 changes (a relay write, a broadcast and a purge per message).
+    expect(changes).toBeLessThanOrEqual(40)
+  })
+
   it("still disappear when the relay was down at the time: overdue ones are purged at start", async () => {
     const first = await startRelayProcess()
     const id = newConversationId()
