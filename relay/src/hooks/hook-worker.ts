@@ -89,6 +89,37 @@ function boundedLine(line: string): string {
   })}\n`
 }
 
+/**
+ * Log lines and bytes a worker's modules may send the main thread per second, after a burst of ten
+ * seconds' worth: a module logging in a loop (never blocking its worker, so no other guard fires) had
+ * the main thread parse 16 KiB lines without end — `/healthz` took 10 s, and the relay's memory grew
+ * by 850 MB. Beyond, lines are dropped and counted; the count is logged once lines pass again.
+ */
+const LOG_LINES_PER_SECOND = 100
+const LOG_BYTES_PER_SECOND = 256 * 1024
+const logBudget = {
+  lines: LOG_LINES_PER_SECOND * 10,
+  bytes: LOG_BYTES_PER_SECOND * 10,
+  at: Date.now(),
+  dropped: 0,
+}
+
+/** Whether a line of `bytes` may go to the main thread now (spending the budget if so). */
+function logAdmits(bytes: number): boolean {
+  const now = Date.now()
+  const seconds = (now - logBudget.at) / 1000
+  logBudget.at = now
+  logBudget.lines = Math.min(LOG_LINES_PER_SECOND * 10, logBudget.lines + seconds * LOG_LINES_PER_SECOND)
+  logBudget.bytes = Math.min(LOG_BYTES_PER_SECOND * 10, logBudget.bytes + seconds * LOG_BYTES_PER_SECOND)
+  if (logBudget.lines < 1 || logBudget.bytes < bytes) {
+    logBudget.dropped++
+    return false
+  }
+  logBudget.lines--
+  logBudget.bytes -= bytes
+  return true
+}
+
 /** A pino logger whose lines go to the main thread, which logs them with the call's bindings. */
 function logger(id: number | undefined): Logger {
   return pino(
@@ -97,7 +128,17 @@ function logger(id: number | undefined): Logger {
       write: (line: string) => {
         // Posted at once (with what was sent before it): a line logged just before a handler blocks the
         // worker is the one that tells what it was doing.
-        out.send({ t: "log", ...(id === undefined ? {} : { id }), line: boundedLine(line) })
+        const bounded = boundedLine(line)
+        if (!logAdmits(bounded.length)) return
+        if (logBudget.dropped > 0) {
+          const dropped = logBudget.dropped
+          logBudget.dropped = 0
+          out.send({
+            t: "log",
+            line: `${JSON.stringify({ level: 40, msg: `hook modules logged more than ${LOG_LINES_PER_SECOND} lines (or ${LOG_BYTES_PER_SECOND / 1024} KiB) a second: ${dropped} lines were dropped` })}\n`,
+          })
+        }
+        out.send({ t: "log", ...(id === undefined ? {} : { id }), line: bounded })
         out.flush()
       },
     },

@@ -337,6 +337,40 @@ export default defineHooks({
     alice.close()
   }, 60_000)
 
+  it("a handler logging in a loop reaches the relay's log at a bounded rate, the rest counted, and the relay keeps serving", async () => {
+    const hooks = hooksDir({
+      "flood.mjs": `import { defineHooks } from ${api}
+import { setImmediate } from "node:timers/promises"
+export default defineHooks({
+  async onMessageSent(event, { log }) {
+    // Never blocks its worker: yields every 100 lines, so no worker guard fires.
+    for (let i = 0; i < 20000; i++) {
+      log.info({ i, pad: "y".repeat(2000) }, "flood")
+      if (i % 100 === 0) await setImmediate()
+    }
+    log.info("flood done")
+  },
+})
+`,
+    })
+    const relay = await startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
+    const id = "g~flood" as ConversationId
+    const alice = await open(relay, id, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    sendMessage(alice.doc, "alice" as UserId, { body: "hello" })
+    await alice.allSaved()
+    const dropped = await relay.waitForLog(
+      (l) => typeof l.msg === "string" && l.msg.includes("lines were dropped"),
+    )
+    expect(dropped).toMatchObject({ level: 40 })
+    // Before: all 20,000 lines crossed to the main thread and were parsed there.
+    expect(relay.lines.filter((l) => l.includes('"flood"')).length).toBeLessThan(2_000)
+    const started = Date.now()
+    expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
+    expect(Date.now() - started).toBeLessThan(1_000)
+    alice.close()
+  }, 60_000)
+
   it("a module that fails to load in the worker refuses the start with exit code 2, naming its file", async () => {
     const hooks = hooksDir({
       "ok.mjs": RECORDING,
