@@ -383,7 +383,7 @@ export const RELAY_FLAGS = {
   "epoch-garbage-interval-ms": flag({
     kind: "integer",
     env: "PARLEY_EPOCH_GARBAGE_INTERVAL_MS",
-    help: "least time between two fresh epochs of one conversation for its garbage (each closes its sockets once), unless the garbage is past 32 times --epoch-garbage-bytes",
+    help: "least time between two fresh epochs of one conversation, for its garbage or client ids (each closes its sockets once), unless past 32 budgets",
     default: CORE.epochGarbageIntervalMs,
   }),
   "purge-delay-ms": flag({

@@ -613,7 +613,7 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
  */
 async function sealAndRenew(ctx: PathContext, history: HistoryKeeper, host: DocumentHost): Promise<void> {
   const garbage = await seal(ctx, history, host)
-  if (host.doc.store.clients.size > history.sealing.epochClientIds)
+  if (clientIdEpochDue(ctx, host, history.sealing.epochClientIds))
     await startNewEpoch(ctx, host, "client-ids")
   if (garbage === 0 || host.destroyed) return
   const sizes = snapshotSizes.get(host)
@@ -688,7 +688,26 @@ function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
   return !(recent || stock) || garbage > GARBAGE_CEILING_BUDGETS * budget
 }
 
-/** Notes a fresh epoch of `host` started for its garbage (forgetting those older than the interval). */
+/**
+ * Whether the document holds more than `most` client ids, for a fresh epoch to
+ * bring them to one: like one for garbage, at most one per
+ * `epochGarbageIntervalMs` per document and none while a stock y-websocket
+ * provider is connected, unless the ids are past
+ * {@link GARBAGE_CEILING_BUDGETS} times `most`. Before, any member could force
+ * one at will (a few updates under fresh client ids, then a frame that made a
+ * seal due): every socket of the conversation closed, and stock providers,
+ * which cannot follow an epoch, were cut off for good.
+ */
+function clientIdEpochDue(ctx: PathContext, host: DocumentHost, most: number): boolean {
+  const ids = host.doc.store.clients.size
+  if (ids <= most) return false
+  const last = garbageEpochs.get(ctx)?.get(host.key)
+  const recent = last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs
+  const stock = [...host.connections].some((connection) => !connection.session.wantsParley)
+  return !(recent || stock) || ids > GARBAGE_CEILING_BUDGETS * most
+}
+
+/** Notes a fresh epoch of `host` started for its garbage or client ids (forgetting those older than the interval). */
 function garbageEpochStarted(ctx: PathContext, host: DocumentHost): void {
   let started = garbageEpochs.get(ctx)
   if (!started) {
@@ -1526,7 +1545,7 @@ async function startNewEpoch(
     await ctx.storage.compact(host.key, encoded, host.lastPosition)
     fresh.destroy()
     ctx.metrics.epochs.inc({ reason })
-    if (reason === "garbage") garbageEpochStarted(ctx, host)
+    garbageEpochStarted(ctx, host)
     // The last snapshot's size (the compaction before a garbage epoch wrote it): not encoded again for a log line.
     const before = snapshotSizes.get(host)?.snapshot
     ctx.restart(

@@ -905,7 +905,7 @@ describe("epochs of the live document", () => {
   })
 
   it("starts a fresh live document once it holds too many client ids: joiners get few, an old replica is told to rebuild", async () => {
-    const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 4, undefined, { epochGarbageIntervalMs: 0 })
     const id = await conversationWith(relay, 0)
     // Eight device sessions, each a new Yjs client id, three messages each (one update).
     let restarted: TestClient | undefined
@@ -951,8 +951,30 @@ describe("epochs of the live document", () => {
 })
 
 describe("epoch records", () => {
-  it("keeps in the live document only the previous epoch's clients; a replica of any earlier epoch gets its record by number", async () => {
+  it("starts at most one epoch for client ids per interval: a member cannot close everyone's sockets at will", async () => {
+    // The default interval (10 minutes). Before, every seal past the client-id budget started one.
     const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
+    const id = await conversationWith(relay, 0)
+    let closed = 0
+    for (let session = 0; session < 16; session++) {
+      const c = new TestClient(relay.url, id, await signToken(SECRET, alice))
+      clients.push(c)
+      await c.synced()
+      c.doc.transact(() => {
+        for (let i = 0; i < 3; i++) sendMessage(c.doc, alice, { body: `s${session} m${i}` })
+      })
+      await c.allSaved()
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 50))])
+      if (c.closeEvent?.code === 4503) closed++
+      else c.close()
+    }
+    const epochs = (await relay.metrics.registry.getSingleMetric("parley_epochs_total")?.get())?.values ?? []
+    expect(epochs.filter((v) => v.labels.reason === "client-ids").reduce((n, v) => n + v.value, 0)).toBe(1)
+    expect(closed).toBe(1)
+  })
+
+  it("keeps in the live document only the previous epoch's clients; a replica of any earlier epoch gets its record by number", async () => {
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 4, undefined, { epochGarbageIntervalMs: 0 })
     const id = await conversationWith(relay, 0)
     // Device sessions one after another, three messages each: an epoch every few sessions.
     const replicas: { epochs: number; doc: Y.Doc; user: UserId }[] = []
@@ -1022,7 +1044,7 @@ describe("epoch records", () => {
   })
 
   it("serves no epoch record to a connection whose access is not known", async () => {
-    const relay = await relayWith(new MemoryBackend(), 10, 5, 4)
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 4, undefined, { epochGarbageIntervalMs: 0 })
     const stranger = new TestClient(relay.url, newConversationId(), await signToken(SECRET, mallory))
     clients.push(stranger)
     await stranger.synced()
