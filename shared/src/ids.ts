@@ -8,12 +8,13 @@ export type ConversationId = string & { readonly __brand: "ConversationId" }
 export type MessageId = string & { readonly __brand: "MessageId" }
 
 // Not dots alone: a URL's path cannot hold "." or ".." as a segment (clients normalize them away), so
-// such a conversation or user could never be read, managed or deleted through the HTTP API.
-const USER_ID = /^(?!\.+$)[A-Za-z0-9_.@-]{1,64}$/
-const CONVERSATION_ID = /^(?!\.+$)[A-Za-z0-9_.~@-]{1,160}$/
-const MESSAGE_ID = /^[A-Za-z0-9_-]{8,64}$/
+// such a conversation or user could never be read, managed or deleted through the HTTP API. Not
+// "__proto__": ids are keys of JSON objects (unread counts, markers, reactions), where that one vanishes.
+const USER_ID = /^(?!\.+$)(?!__proto__$)[A-Za-z0-9_.@-]{1,64}$/
+const CONVERSATION_ID = /^(?!\.+$)(?!__proto__$)[A-Za-z0-9_.~@-]{1,160}$/
+const MESSAGE_ID = /^(?!__proto__$)[A-Za-z0-9_-]{8,64}$/
 
-/** Parses a user id: 1–64 characters of letters, digits, `_ . @ -`, not dots alone. */
+/** Parses a user id: 1–64 characters of letters, digits, `_ . @ -`, not dots alone nor `__proto__`. */
 export function parseUserId(value: unknown): UserId {
   if (typeof value !== "string" || !USER_ID.test(value)) {
     throw new ParleyError(ErrorCode.INVALID_ARGUMENT, `invalid user id: ${JSON.stringify(value)}`)
@@ -21,7 +22,7 @@ export function parseUserId(value: unknown): UserId {
   return value as UserId
 }
 
-/** Parses a conversation id: 1–160 characters of letters, digits, `_ . ~ @ -`, not dots alone. */
+/** Parses a conversation id: 1–160 characters of letters, digits, `_ . ~ @ -`, not dots alone nor `__proto__`. */
 export function parseConversationId(value: unknown): ConversationId {
   if (typeof value !== "string" || !CONVERSATION_ID.test(value) || value.startsWith(INBOX_PREFIX)) {
     throw new ParleyError(ErrorCode.INVALID_ARGUMENT, `invalid conversation id: ${JSON.stringify(value)}`)

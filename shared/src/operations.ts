@@ -37,6 +37,7 @@ import {
   decodeStoredRecord,
   encodeStoredRecord,
   isDeletedRecord,
+  isReactionEmoji,
   isReactionRemoval,
   Limits,
   type MessageRecord,
@@ -48,7 +49,14 @@ import {
   SCHEMA_VERSION,
   storedRecordId,
 } from "./schema.js"
-import { assertValid, checkEditRecord, checkMessageRecord, checkMetadata } from "./validate.js"
+import {
+  assertValid,
+  checkEditRecord,
+  checkMessageRecord,
+  checkMetadata,
+  holdsNameControls,
+  TITLE_CONTROLS,
+} from "./validate.js"
 import { assertWellFormed } from "./well-formed.js"
 
 /**
@@ -126,6 +134,7 @@ export function createConversation(
   if (roles.size > Limits.participants) throw new ParleyError(ErrorCode.TOO_LARGE, "too many participants")
   const title = input.title ?? ""
   if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+  if (holdsNameControls(title)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, TITLE_CONTROLS)
   assertWellFormed(title, "title")
   if (input.metadata) assertValid(checkMetadata, input.metadata)
   // The id decides who may create it and as what; a group id the creator owns.
@@ -157,6 +166,7 @@ export function renameConversation(
   requireConversation(doc)
   assertAllowed(canUpdateConversation(writerRole(doc, actor)))
   if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+  if (holdsNameControls(title)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, TITLE_CONTROLS)
   assertWellFormed(title, "title")
   doc.transact(() => typesOf(doc).meta.set(MetaKey.title, title), options.origin)
 }
@@ -392,8 +402,7 @@ function positionOfLiveRecord(messages: Y.Array<unknown>, id: MessageId): number
 }
 
 function checkEmoji(emoji: string) {
-  if (emoji.length === 0 || emoji.length > Limits.emojiLength || emoji.includes("\u001f"))
-    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "invalid reaction")
+  if (!isReactionEmoji(emoji)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "invalid reaction")
   assertWellFormed(emoji, "reaction")
 }
 

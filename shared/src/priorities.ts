@@ -23,7 +23,14 @@ import {
   storedRecordId,
   type UnpinRecord,
 } from "./schema.js"
-import { assertValid, checkFleetingSeconds, checkMetadata, checkUnpinRecord } from "./validate.js"
+import {
+  assertValid,
+  checkFleetingSeconds,
+  checkMetadata,
+  checkUnpinRecord,
+  holdsNameControls,
+  TITLE_CONTROLS,
+} from "./validate.js"
 import { assertWellFormed } from "./well-formed.js"
 
 /*
@@ -174,6 +181,7 @@ export function updateConversation(
   assertAllowed(canUpdateConversation(writerRole(doc, actor)))
   if (change.title !== undefined) {
     if (change.title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+    if (holdsNameControls(change.title)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, TITLE_CONTROLS)
     assertWellFormed(change.title, "title")
   }
   if (change.metadata !== undefined) assertValid(checkMetadata, change.metadata)

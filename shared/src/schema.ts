@@ -406,6 +406,17 @@ export const Limits = {
 export const REACTION_KEY_SEPARATOR = "\u001f"
 
 /**
+ * Whether `emoji` may name a reaction: 1–{@link Limits.emojiLength} characters,
+ * without the key separator, and not `__proto__` (reactions are a JSON object
+ * by emoji, where that key vanishes).
+ */
+export const isReactionEmoji = (emoji: string): boolean =>
+  emoji.length > 0 &&
+  emoji.length <= Limits.emojiLength &&
+  !emoji.includes(REACTION_KEY_SEPARATOR) &&
+  emoji !== "__proto__"
+
+/**
  * Whether a value of the `reactions` map removes a folded reaction (a sealed
  * message's reaction kept in its segment, see history's `SealedOverlays`):
  * minus the time of the removal. Any other value is the time of a reaction.

@@ -69,6 +69,8 @@ function checkFileAttachment(v: Record<string, unknown>): string | undefined {
     return "attachment url invalid"
   if (v.id !== undefined && !isAttachmentId(v.id)) return "attachment id invalid"
   if (!optionalText(v.name, Limits.attachmentNameLength)) return "attachment name invalid"
+  if (typeof v.name === "string" && holdsNameControls(v.name))
+    return "attachment name holds control characters"
   if (!optionalText(v.mimeType, 255)) return "attachment mimeType invalid"
   for (const k of ["size", "width", "height"] as const) {
     if (v[k] !== undefined && !isSize(v[k])) return `attachment ${k} invalid`
@@ -232,6 +234,17 @@ export const checkParticipantRecord: Check = (v) => {
 
 // C0 and C1 controls, and the bidirectional overrides and isolates that let a name display as another.
 const NAME_FORBIDDEN = /[\p{Cc}\u202a-\u202e\u2066-\u2069]/u
+
+/**
+ * Whether a name others are shown (a display name, a conversation's title, an
+ * attachment's file name) holds a control character (CR, LF, NUL...) or a
+ * bidirectional override or isolate (`invoice\u202Efdp.exe` shows as
+ * `invoiceexe.pdf`).
+ */
+export const holdsNameControls = (v: string): boolean => NAME_FORBIDDEN.test(v)
+
+/** Why a title is refused when {@link holdsNameControls}. */
+export const TITLE_CONTROLS = "title holds control characters or bidirectional overrides"
 
 /** Checks a display name: a string ≤ {@link Limits.profileNameLength} characters, no control characters. */
 export const checkProfileName: Check = (v) => {

@@ -33,6 +33,7 @@ import {
   encodeSyncUpdate,
   encodeTokenAccepted,
   encodeTokenRefresh,
+  isReactionEmoji,
   isTokenRefresh,
   MessageType,
   newConversationId,
@@ -57,6 +58,12 @@ describe("ids", () => {
     }
     // Dots alone cannot be a URL path segment: such a conversation could never be reached over HTTP.
     for (const bad of [".", ".."]) expect(() => parseConversationId(bad)).toThrow(ParleyError)
+    // A key that vanishes from the JSON objects ids key (unread counts, markers, reactions).
+    expect(() => parseUserId("__proto__")).toThrow(ParleyError)
+    expect(() => parseConversationId("__proto__")).toThrow(ParleyError)
+    expect(() => parseMessageId("__proto__")).toThrow(ParleyError)
+    expect(isReactionEmoji("__proto__")).toBe(false)
+    expect(parseUserId("__proto__x")).toBe("__proto__x")
     expect(parseUserId("a.")).toBe("a.")
     expect(parseConversationId(".a.")).toBe(".a.")
     expect(() => parseMessageId("short")).toThrow(ParleyError)

@@ -36,12 +36,34 @@ import {
   setProfile,
   typesOf,
   unreact,
+  updateConversation,
 } from "../src/index.js"
 import { alice, bob, carol, dave, groupDoc, replicaOf, sync } from "./helpers.js"
 
 const forbidden = (rule: string) => expect.objectContaining({ code: ErrorCode.FORBIDDEN, rule })
 
 describe("conversations", () => {
+  it("refuses titles and attachment names with control characters or bidirectional overrides", () => {
+    const doc = groupDoc()
+    // "invoice\u202Efdp.exe" shows as "invoiceexe.pdf".
+    for (const title of ["Team\u202Egnp.exe", "line\nbreak", "nul\u0000"]) {
+      expect(() => renameConversation(doc, alice, title)).toThrow(ParleyError)
+      expect(() => updateConversation(doc, alice, { title })).toThrow(ParleyError)
+    }
+    expect(getConversation(doc)!.title).toBe("Team")
+    const file = {
+      kind: "file",
+      id: "att_0123456789abcdefghjkmnpqrs",
+      url: "/x",
+      name: "invoice\u202Efdp.exe",
+      size: 1,
+    }
+    expect(() => sendMessage(doc, alice, { body: "see", attachments: [file as never] })).toThrow(ParleyError)
+    expect(() =>
+      sendMessage(doc, alice, { body: "see", attachments: [{ ...file, name: "invoice.pdf" } as never] }),
+    ).not.toThrow()
+  })
+
   it("creates a group conversation with the creator as owner and the others as members", () => {
     const doc = groupDoc()
     const info = getConversation(doc)!

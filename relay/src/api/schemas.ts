@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi"
-import { isAttachmentId, Limits } from "@parley/shared"
+import { isAttachmentId, isConversationId, isMessageId, isUserId, Limits } from "@parley/shared"
 import { HANDLER_NAMES } from "../hooks/events.js"
 import { SERVICE_PARTICIPANT_PREFIX } from "../principal.js"
 
@@ -10,6 +10,8 @@ import { SERVICE_PARTICIPANT_PREFIX } from "../principal.js"
 export const UserIdSchema = z
   .string()
   .regex(/^[A-Za-z0-9_.@-]{1,64}$/)
+  // The shared rule whole (not dots alone, not `__proto__`): the id every other way of writing checks.
+  .refine(isUserId, { message: "not a user id: dots alone and __proto__ are not ids" })
   .openapi("UserId", { description: "1-64 of letters, digits, `_ . @ -`.", example: "alice" })
 
 /** A user an API key may act as: any user but the reserved service participants. */
@@ -20,12 +22,13 @@ export const ActAsUserSchema = UserIdSchema.refine((u) => !u.startsWith(SERVICE_
 export const ConversationIdSchema = z
   .string()
   .regex(/^[A-Za-z0-9_.~@-]{1,160}$/)
-  .refine((id) => !id.startsWith("inbox~"), { message: "not a conversation id" })
+  .refine(isConversationId, { message: "not a conversation id" })
   .openapi("ConversationId", { example: "g~support-4711" })
 
 export const MessageIdSchema = z
   .string()
   .regex(/^[A-Za-z0-9_-]{8,64}$/)
+  .refine(isMessageId, { message: "not a message id" })
   .openapi("MessageId", { example: "m_4f2c1b9a77" })
 
 export const RoleSchema = z.enum(["owner", "admin", "member"]).openapi("Role")

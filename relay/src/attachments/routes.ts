@@ -4,6 +4,7 @@ import { createRoute, type OpenAPIHono, z } from "@hono/zod-openapi"
 import {
   type ConversationId,
   ErrorCode,
+  holdsNameControls,
   isAttachmentId,
   ParleyError,
   type UserId,
@@ -116,7 +117,13 @@ const AttachmentSchema = z
 
 const CreateUploadSchema = z
   .object({
-    name: z.string().min(1).max(255),
+    name: z
+      .string()
+      .min(1)
+      .max(255)
+      .refine((name) => !holdsNameControls(name), {
+        message: "a file name without control characters or bidirectional overrides",
+      }),
     size: z.number().int().min(1),
     mimeType: z
       .string()

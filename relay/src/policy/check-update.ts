@@ -31,8 +31,10 @@ import {
   decodePin,
   decodeStoredRecord,
   decodeTombstone,
+  holdsNameControls,
   isDeletedRecord,
   isMessageId,
+  isReactionEmoji,
   isReactionRemoval,
   isUserId,
   Limits,
@@ -42,7 +44,6 @@ import {
   messageIndex,
   type ParticipantRecord,
   parseReactionKey,
-  REACTION_KEY_SEPARATOR,
   type Role,
   Rule,
   SCHEMA_VERSION,
@@ -390,7 +391,8 @@ class UpdateCheck {
       refuse(Rule.schema, "the conversation id must be the document's name")
     if (kind !== "direct" && kind !== "group") refuse(Rule.schema, "conversation kind invalid")
     const title = fields.get(MetaKey.title)
-    if (typeof title !== "string" || title.length > Limits.titleLength) refuse(Rule.schema, "title invalid")
+    if (typeof title !== "string" || title.length > Limits.titleLength || holdsNameControls(title))
+      refuse(Rule.schema, "title invalid")
     schema(checkMetadata(fields.get(MetaKey.metadata)))
     if (!isTime(fields.get(MetaKey.createdAt))) refuse(Rule.schema, "createdAt invalid")
     this.refuseFuture(fields.get(MetaKey.createdAt) as number, "the conversation")
@@ -443,7 +445,7 @@ class UpdateCheck {
         if (after === ABSENT) refuse(Rule.immutable, `conversation field "${change.key}" cannot be removed`)
         switch (change.key) {
           case MetaKey.title:
-            if (typeof after !== "string" || after.length > Limits.titleLength)
+            if (typeof after !== "string" || after.length > Limits.titleLength || holdsNameControls(after))
               refuse(Rule.schema, "title invalid")
             break
           case MetaKey.metadata:
@@ -706,14 +708,7 @@ class UpdateCheck {
   private checkReactions(changes: readonly KeyChange[]): void {
     for (const change of changes) {
       const parsed = parseReactionKey(change.key)
-      if (
-        !parsed ||
-        !isMessageId(parsed.message) ||
-        !isUserId(parsed.user) ||
-        parsed.emoji.length === 0 ||
-        parsed.emoji.length > Limits.emojiLength ||
-        parsed.emoji.includes(REACTION_KEY_SEPARATOR)
-      )
+      if (!parsed || !isMessageId(parsed.message) || !isUserId(parsed.user) || !isReactionEmoji(parsed.emoji))
         refuse(Rule.schema, "reaction key invalid")
       const { message, user } = parsed!
       for (const after of change.after) {
