@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from "node:net"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import { webhookTarget } from "../src/hooks/webhook.js"
 import { CONNECTIONS_PER_ORIGIN, USER_CHOSEN_REQUESTS_IN_FLIGHT } from "../src/outbound.js"
 import { publicOnlyFetch } from "../src/push/public-fetch.js"
@@ -38,6 +38,8 @@ describe("outgoing requests to receivers that never answer", () => {
     const deliveries = Array.from({ length: 100 }, (_, i) =>
       target.deliver(sampleEvent(`evt_${i}`), { signal: controller.signal } as never).catch(() => "aborted"),
     )
+    // Connections open as undici gets to them (slowly on a loaded machine); then no more open.
+    await vi.waitFor(() => expect(pit.open()).toBe(CONNECTIONS_PER_ORIGIN), { timeout: 10_000 })
     await settle()
     expect(pit.open()).toBe(CONNECTIONS_PER_ORIGIN)
     controller.abort()
@@ -54,6 +56,8 @@ describe("outgoing requests to receivers that never answer", () => {
         send(pit.url, { method: "POST", body: "x", signal: controller.signal }).catch(() => "aborted"),
       ),
     )
+    const total = () => pits.reduce((n, pit) => n + pit.open(), 0)
+    await vi.waitFor(() => expect(total()).toBe(USER_CHOSEN_REQUESTS_IN_FLIGHT), { timeout: 10_000 })
     await settle()
     const open = pits.map((pit) => pit.open())
     expect(Math.max(...open)).toBeLessThanOrEqual(CONNECTIONS_PER_ORIGIN)
