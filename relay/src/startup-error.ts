@@ -102,6 +102,15 @@ export function redisFailure(error: unknown, redisUrl: string): StartupError {
 /** Why storage (documents, client-id bindings or hook outbox) could not be opened at start. */
 export function storageFailure(error: unknown, where: StorageLocation): StartupError {
   if (where.kind === "sqlite") {
+    // An install that skipped better-sqlite3's build script (npm 11 without approval, --ignore-scripts),
+    // or a module built for another Node: no fault of the directory's.
+    if (missingNativeModule(error))
+      return new StartupError(
+        ExitCode.STORAGE,
+        `cannot open SQLite: better-sqlite3's native module is missing or was built for another Node.js (${reasonOf(error).split("\n")[0]}): ` +
+          "run `npm rebuild better-sqlite3` (with npm 11, approve its install script first: relay README, first section)",
+        { cause: error },
+      )
     const full = fullDisk(where.dataDir)
     return new StartupError(
       ExitCode.STORAGE,
@@ -150,4 +159,12 @@ export function redactedUrl(url: string): string {
   const parsed = new URL(url)
   if (parsed.password) parsed.password = "***"
   return parsed.toString()
+}
+
+/** Whether `error` says a native module could not be loaded (not built, or built for another Node.js). */
+function missingNativeModule(error: unknown): boolean {
+  const text = `${(error as { code?: unknown })?.code ?? ""} ${(error as Error)?.message ?? ""}`
+  return /Could not locate the bindings file|ERR_DLOPEN_FAILED|NODE_MODULE_VERSION|compiled against a different Node\.js/.test(
+    text,
+  )
 }

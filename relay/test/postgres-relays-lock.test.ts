@@ -62,7 +62,12 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ])
       // Listing damaged documents runs beside relays; so do commands on another schema of the database.
       expect(await runDamagedCli(["list", ...args], () => {}, {})).toBe(0)
-      expect((await eraseBob((await storage()).args)).code).toBe(0)
+      // Another schema of the database holding no relay's tables: refused, not created and "erased".
+      const empty = await eraseBob((await storage()).args)
+      expect(empty).toEqual({
+        code: 1,
+        said: "parley-relay erase-user: no relay's documents in this database (schema): check --database-url",
+      })
 
       // PostgreSQL drops the lock's connection (a restart, a failover): the relay holds the lock again.
       const admin = new pg.Client({ connectionString: DATABASE_URL })
@@ -117,6 +122,8 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 
     it("keeps a relay from starting while a command runs on its database", async () => {
       const { args } = await storage()
+      // A database a relay has used (its tables there), now stopped.
+      await (await startRelayProcess({ args })).kill()
       const said: string[] = []
       const release = await lockPostgresForCommand(args[3]!, "erase-user", (l) => said.push(l), 10_000)
       expect(release).toBeDefined()

@@ -184,6 +184,16 @@ export async function lockPostgresForCommand(
   let client: pg.Client | undefined
   try {
     client = await connect(url, `parley-relay ${command}`, timeoutMs)
+    // A mistyped URL or schema: opening the backend would create empty tables there, and an erasure
+    // would report success for a user it never saw.
+    const { rows } = await client.query<{ present: boolean }>(
+      "SELECT to_regclass('parley_updates') IS NOT NULL AS present",
+    )
+    if (!rows[0]?.present) {
+      await client.end().catch(() => {})
+      out(`parley-relay ${command}: no relay's documents in this database (schema): check --database-url`)
+      return undefined
+    }
     await take(client, false)
     const held = client
     return () => held.end().catch(() => {})
