@@ -39,22 +39,28 @@ describe("sniffing text", () => {
   })
 })
 
+/** A service for small text files in alice's group with `others`, on a blob store in memory. */
+function textService(others: UserId[], now?: () => number) {
+  const store = new MemoryBlobStore()
+  const service = new AttachmentService({
+    store,
+    log: createLogger("silent"),
+    maxBytes: 1000,
+    chunkBytes: 100,
+    allowedTypes: ["text/plain"],
+    maxImagePixels: 1000,
+    ...(now ? { now } : {}),
+  })
+  const doc = new Y.Doc()
+  createConversation(doc, alice, { kind: "group", id: conversation, participants: others })
+  service.attach({ read: async (_name, read) => read(doc) } as RunningCore)
+  return { store, service }
+}
+
 describe("the expiry sweep", () => {
   it("deletes uploads no message referenced within 24 h, and keeps referenced ones", async () => {
     let now = 1_000_000
-    const store = new MemoryBlobStore()
-    const service = new AttachmentService({
-      store,
-      log: createLogger("silent"),
-      maxBytes: 1000,
-      chunkBytes: 100,
-      allowedTypes: ["text/plain"],
-      maxImagePixels: 1000,
-      now: () => now,
-    })
-    const doc = new Y.Doc()
-    createConversation(doc, alice, { kind: "group", id: conversation, participants: [] })
-    service.attach({ read: async (_name, read) => read(doc) } as RunningCore)
+    const { store, service } = textService([], () => now)
     const kept = await service.createUpload(conversation, alice, { name: "a.txt", size: 5 })
     await service.appendChunk(kept, 0, new TextEncoder().encode("hello"))
     const orphan = await service.createUpload(conversation, alice, { name: "b.txt", size: 5 })
@@ -74,18 +80,7 @@ describe("the expiry sweep", () => {
   })
 
   it("links an upload to its uploader's first message only: another member's message neither takes nor deletes it", async () => {
-    const store = new MemoryBlobStore()
-    const service = new AttachmentService({
-      store,
-      log: createLogger("silent"),
-      maxBytes: 1000,
-      chunkBytes: 100,
-      allowedTypes: ["text/plain"],
-      maxImagePixels: 1000,
-    })
-    const doc = new Y.Doc()
-    createConversation(doc, alice, { kind: "group", id: conversation, participants: [mallory] })
-    service.attach({ read: async (_name, read) => read(doc) } as RunningCore)
+    const { service } = textService([mallory])
     const upload = await service.createUpload(conversation, alice, { name: "a.txt", size: 5 })
     await service.appendChunk(upload, 0, new TextEncoder().encode("hello"))
     // Mallory got hold of the id before alice sent it.
