@@ -45,6 +45,12 @@ async function connect(url: string, application: string, timeoutMs: number): Pro
   client.on("error", () => {})
   try {
     await client.connect()
+    // A holder whose host vanished (power, network) holds the lock until the server sees its socket
+    // dead: by the system's keepalives, two hours. Asked of this session: within about 25 s. (Over a
+    // Unix socket these do nothing, and nothing needs them.)
+    await client.query(
+      "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+    )
   } catch (error) {
     await client.end().catch(() => {})
     throw error
@@ -78,7 +84,7 @@ async function holders(client: pg.Client, key: number): Promise<LockHolder[]> {
   }))
 }
 
-/** Takes the lock on `client`, shared (a relay) or exclusive (an offline command), or throws {@link DatabaseInUse}. */
+/** Takes the lock on `client`, shared (a cluster's relay) or exclusive (a lone relay, an offline command), or throws {@link DatabaseInUse}. */
 async function take(client: pg.Client, shared: boolean): Promise<void> {
   const key = await schemaKey(client)
   const { rows } = await client.query<{ taken: boolean }>(
