@@ -315,19 +315,26 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     storageKind === "postgres"
       ? ({ kind: "postgres", databaseUrl } as const)
       : ({ kind: "sqlite", dataDir } as const)
+  /** Stops the relay: another took its database while its lock's connection was down. Set once it runs. */
+  let supplanted = () => {}
   // Offline commands on PostgreSQL (erase-user, rebuild-inboxes) are refused while any relay uses it.
   const relaysLock =
     storageKind === "postgres" && !options.backend
       ? await holdRelaysLock(databaseUrl, {
           timeoutMs: storageTimeoutMs,
           clustered: options.cluster !== undefined,
-          onLost: (error) =>
-            error instanceof DatabaseInUse
-              ? log.error(
-                  { err: error },
-                  "while this relay's lock connection was down, another took the database: stop one of them",
-                )
-              : log.warn({ err: error }, "holding the relays' lock on PostgreSQL again"),
+          onLost: (error) => {
+            if (!(error instanceof DatabaseInUse)) {
+              log.warn({ err: error }, "holding the relays' lock on PostgreSQL again")
+              return
+            }
+            log.error(
+              { err: error },
+              "while this relay's lock connection was down, another took the database: this relay stops",
+            )
+            // Two relays without a cluster on one database lose each other's changes: this one yields.
+            if (!options.cluster) supplanted()
+          },
         }).catch((error: unknown) => {
           if (!(error instanceof DatabaseInUse)) throw storageFailure(error, where)
           throw new StartupError(
@@ -597,7 +604,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
   void warmedUp.then(() => {
     warm = true
   })
-  return {
+  const running: RunningRelay = {
     url,
     httpUrl,
     port,
@@ -623,6 +630,12 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       return closing
     },
   }
+  supplanted = () => {
+    // Ends with a failure's code, for a supervisor to start it again (refused while the other holds it).
+    process.exitCode = ExitCode.STORAGE
+    void running.close()
+  }
+  return running
 }
 
 /**

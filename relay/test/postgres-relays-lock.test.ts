@@ -28,6 +28,8 @@ async function eraseBob(args: string[]): Promise<{ code: number; said: string }>
   return { code, said: lines.join("\n") }
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
 /** Waits for `check`, at most 10 s: on time-out the test's assertions show what happened instead. */
 async function until(check: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + 10_000
@@ -118,6 +120,34 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       )
       // Another schema of the same database is another deployment.
       expect((await startRelayProcess({ args: (await storage()).args })).url).toMatch(/^ws/)
+    })
+
+    it("stops a relay without a cluster whose lock another took while its lock's connection was down", async () => {
+      const { args, schema } = await storage()
+      const relay = await startRelayProcess({ args })
+      const key = createHash("sha256").update(schema).digest().readUInt32BE(0) >>> 1
+      const admin = new pg.Client({ connectionString: DATABASE_URL })
+      await admin.connect()
+      let release: (() => Promise<void>) | undefined
+      try {
+        await admin.query(
+          `SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND classid = $1 AND objid = $2 AND objsubid = 2 AND granted`,
+          [0x50726c72, key],
+        )
+        // Taken before the relay holds it again (it waits a second): it must not go on writing beside.
+        release = await lockPostgresForCommand(args[3]!, "erase-user", () => {}, 10_000)
+        expect(release).toBeDefined()
+        await relay.waitForLog((l) => typeof l.msg === "string" && l.msg.includes("this relay stops"))
+        await relay.waitForLog((l) => l.msg === "stopped")
+        // The process ends, for its supervisor to start it again (refused while the other holds it).
+        expect(
+          await Promise.race([relay.exited.then(() => "exited"), sleep(10_000).then(() => "running")]),
+        ).toBe("exited")
+      } finally {
+        await release?.()
+        await admin.end()
+      }
     })
 
     it("keeps a relay from starting while a command runs on its database", async () => {
