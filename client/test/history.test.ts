@@ -487,7 +487,7 @@ describe("sealed history in the SDK", () => {
   })
 })
 
-/** A relay that seals every 10 messages (5 kept live) and starts an epoch beyond 4 client ids. */
+/** A relay that seals every 10 messages (5 kept live) and starts an epoch beyond 4 client ids, as often as that. */
 function startEpochRelay(): Promise<RelayProcess> {
   return startRelay({
     args: [
@@ -498,6 +498,9 @@ function startEpochRelay(): Promise<RelayProcess> {
       "5",
       "--history-epoch-client-ids",
       "4",
+      // Several epochs in a few seconds: by default one per 10 minutes.
+      "--epoch-garbage-interval-ms",
+      "0",
     ],
   })
 }

@@ -294,7 +294,7 @@ const rows: string[][] = []
 const row = (...cells: string[]) => rows.push(cells)
 
 console.log(
-  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids or ${GARBAGE / 1024} KiB of garbage after a seal (a relay waits ${DEFAULT_CORE_LIMITS.epochGarbageIntervalMs / 60_000} min between two for garbage; this build has no clock); ${REACTIONS} reactions per message, ${EDITS * 100} % of messages edited (--reactions, --edits).`,
+  `Long histories, ${new Date().toISOString()}, Node ${process.version}; sessions of ${PER_SESSION} messages per client id; segments of ${SEALING.segmentSize}, ${SEALING.keepLive} kept live, a new epoch beyond ${SEALING.epochClientIds} client ids or ${GARBAGE / 1024} KiB of garbage after a seal (a relay waits ${DEFAULT_CORE_LIMITS.epochGarbageIntervalMs / 60_000} min between two, for garbage or client ids, unless past 32 budgets; this build has no clock); ${REACTIONS} reactions per message, ${EDITS * 100} % of messages edited (--reactions, --edits).`,
 )
 row(
   "messages",
