@@ -492,6 +492,12 @@ class UpdateCheck {
           if (this.isRelay) continue
           assert(canAddParticipant(this.role, this.kind, record.role))
           if (record.addedBy !== this.actor) refuse(Rule.selfOnly, "participants are added as oneself")
+          // It orders the participants every member is shown: not dated ahead of the relay's clock, nor
+          // (once the conversation exists) a day before it was created.
+          this.refuseFuture(record.addedAt, "a participant's addedAt")
+          const created = typesOf(this.doc).meta.get(MetaKey.createdAt)
+          if (typeof created === "number" && record.addedAt < created - MAX_FUTURE_SKEW_MS)
+            refuse(Rule.schema, "a participant's addedAt is dated before the conversation")
         } else {
           const restated =
             this.restatesCreation && record.addedBy === this.actor && record.role === before.role

@@ -134,6 +134,14 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
       })
     expect(create(creation(8.64e15))).toMatchObject({ allowed: false, rule: Rule.schema })
     expect(create(creation(Date.now()))).toMatchObject({ allowed: true })
+
+    // A participant's addedAt orders the participants every member is shown.
+    const added = (addedAt: number) =>
+      updateOf(replicaOf(s.relay), (d) =>
+        typesOf(d).participants.set("erin", { role: "member", addedBy: alice, addedAt }),
+      )
+    expectRefused(s, alice, added(8.64e15), Rule.schema)
+    expectAccepted(s, alice, added(Date.now()))
   })
 
   it("refuses editing someone else's message", () => {
