@@ -58,11 +58,6 @@ export class InFlightLimit {
     }) as typeof fetch
   }
 
-  /** Requests in flight now. */
-  get inFlight(): number {
-    return this.running
-  }
-
   private acquire(signal: AbortSignal | undefined): Promise<void> {
     signal?.throwIfAborted()
     if (this.running < this.max) {

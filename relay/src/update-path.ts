@@ -82,7 +82,7 @@ export interface PathLimits extends UpdateCostLimits {
    * epoch (see {@link garbageEpochDue}); 0 = never.
    */
   readonly epochGarbageBytes: number
-  /** Least time between two fresh epochs of one document for its garbage (see {@link garbageEpochDue}). */
+  /** Least time between two fresh epochs of one document, for its garbage or its client ids (see {@link epochHeldBack}). */
   readonly epochGarbageIntervalMs: number
   /** How long a message deletion's purge waits for the document's next deletions to share it (see {@link schedulePurge}). */
   readonly purgeDelayMs: number
@@ -639,8 +639,8 @@ const snapshotSizes = new WeakMap<
   { snapshot: number; values?: number; garbage?: number; sealedSince: number }
 >()
 
-/** When each document last started a fresh epoch for its garbage, per relay (by name: an epoch reloads it). */
-const garbageEpochs = new WeakMap<PathContext, Map<string, number>>()
+/** When each document last started a fresh epoch (for garbage or client ids), per relay (by name: an epoch reloads it). */
+const recentEpochs = new WeakMap<PathContext, Map<string, number>>()
 
 /**
  * Garbage past this many budgets starts a fresh epoch however recently the
@@ -680,12 +680,19 @@ function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
   sizes.garbage = garbage
   sizes.sealedSince = 0
   if (garbage <= budget) return false
-  const last = garbageEpochs.get(ctx)?.get(host.key)
-  const recent = last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs
-  // A stock y-websocket provider cannot follow an epoch (it is closed for good): while one is
-  // connected, the garbage waits for it to leave, up to the ceiling.
-  const stock = [...host.connections].some((connection) => !connection.session.wantsParley)
-  return !(recent || stock) || garbage > GARBAGE_CEILING_BUDGETS * budget
+  return !epochHeldBack(ctx, host) || garbage > GARBAGE_CEILING_BUDGETS * budget
+}
+
+/**
+ * Whether a fresh epoch of `host` waits: one started within
+ * `epochGarbageIntervalMs`, or a stock y-websocket provider connected (it
+ * cannot follow an epoch: it is closed for good), so the epoch waits for it
+ * to leave, up to the ceiling its caller sets.
+ */
+function epochHeldBack(ctx: PathContext, host: DocumentHost): boolean {
+  const last = recentEpochs.get(ctx)?.get(host.key)
+  if (last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs) return true
+  return [...host.connections].some((connection) => !connection.session.wantsParley)
 }
 
 /**
@@ -701,18 +708,15 @@ function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
 function clientIdEpochDue(ctx: PathContext, host: DocumentHost, most: number): boolean {
   const ids = host.doc.store.clients.size
   if (ids <= most) return false
-  const last = garbageEpochs.get(ctx)?.get(host.key)
-  const recent = last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs
-  const stock = [...host.connections].some((connection) => !connection.session.wantsParley)
-  return !(recent || stock) || ids > GARBAGE_CEILING_BUDGETS * most
+  return !epochHeldBack(ctx, host) || ids > GARBAGE_CEILING_BUDGETS * most
 }
 
 /** Notes a fresh epoch of `host` started for its garbage or client ids (forgetting those older than the interval). */
-function garbageEpochStarted(ctx: PathContext, host: DocumentHost): void {
-  let started = garbageEpochs.get(ctx)
+function epochStarted(ctx: PathContext, host: DocumentHost): void {
+  let started = recentEpochs.get(ctx)
   if (!started) {
     started = new Map()
-    garbageEpochs.set(ctx, started)
+    recentEpochs.set(ctx, started)
   }
   const now = Date.now()
   for (const [key, at] of started) if (now - at >= ctx.limits.epochGarbageIntervalMs) started.delete(key)
@@ -1545,7 +1549,7 @@ async function startNewEpoch(
     await ctx.storage.compact(host.key, encoded, host.lastPosition)
     fresh.destroy()
     ctx.metrics.epochs.inc({ reason })
-    garbageEpochStarted(ctx, host)
+    epochStarted(ctx, host)
     // The last snapshot's size (the compaction before a garbage epoch wrote it): not encoded again for a log line.
     const before = snapshotSizes.get(host)?.snapshot
     ctx.restart(

@@ -20,9 +20,6 @@ function onlyKeys(value: Record<string, unknown>, allowed: readonly string[]): s
   return undefined
 }
 
-/** Byte size of a JSON value once encoded; the limit for metadata. */
-export const jsonBytes = (value: unknown): number => new TextEncoder().encode(JSON.stringify(value)).length
-
 /** Checks free-form metadata: a JSON object within {@link Limits.metadataBytes}, without the keys `__proto__` and `constructor`. */
 export const checkMetadata: Check = (v) => {
   if (!isRecord(v)) return "metadata must be an object"

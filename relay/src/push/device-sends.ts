@@ -155,9 +155,12 @@ export class DeviceSends {
   /** A device of `user` failed: their devices are served in the background for {@link SET_ASIDE_MS}. */
   private userFailed(user: string): void {
     const now = this.now()
-    // Bounded by the users whose devices failed in the last 10 minutes.
-    if (this.usersAside.size >= 10_000)
-      for (const [other, until] of this.usersAside) if (until <= now) this.usersAside.delete(other)
+    // Kept in the order of their last failure (deleted and set again), so the expired ones lead: the map
+    // holds the users whose devices failed in the last 10 minutes, and pruning costs what it removes.
+    for (const [other, until] of this.usersAside) {
+      if (until > now) break
+      this.usersAside.delete(other)
+    }
     this.usersAside.delete(user)
     this.usersAside.set(user, now + SET_ASIDE_MS)
   }
