@@ -118,12 +118,14 @@ export interface RunningCore {
    */
   scrub?(): Promise<void>
   /**
-   * Which of the documents `names` hold one of `needles` (bytes) anywhere in
-   * their stored form (snapshot and log, not what is only in memory), searched
-   * without decoding or loading them: a purge passes over the documents that
-   * never stored a deleted message's id (a big room's inboxes).
+   * Which of the documents `names` show one of the message ids `ids` in
+   * their stored form (snapshot and log, not what is only in memory): a
+   * purge passes over the documents that never stored a deleted message (a
+   * big room's inboxes). The cost is a pass over their stored bytes, the
+   * same for one id as for a thousand; none is decoded or loaded as a
+   * document.
    */
-  storedHolding?(names: readonly string[], needles: readonly Uint8Array[]): Promise<ReadonlySet<string>>
+  storedShowing?(names: readonly string[], ids: ReadonlySet<string>): Promise<ReadonlySet<string>>
   /**
    * The durable log of hook events (what `GET /v1/events` streams), when the
    * relay keeps one (`startRelay` always does; a bare core without it does not).

@@ -47,7 +47,7 @@ import type { ContentPurge } from "./purge/content-purge.js"
 import { deletedInSnapshot, purgesOwed } from "./purge/owed-purges.js"
 import type { PurgedContent } from "./purge/redact.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
-import { storedHolds } from "./storage/holding.js"
+import { storedShowsId } from "./storage/holding.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
 import type { RelayStorage } from "./storage/types.js"
 import { DEFAULT_UPDATE_COST_LIMITS } from "./update-cost.js"
@@ -102,6 +102,8 @@ const HISTORY_REQUESTS_IN_FLIGHT = 4
 
 /** Longest a refused connect keeps its document counted against the user (see `holdUntilUnloaded`). */
 const REFUSED_HOLD_MS = 60_000
+/** Most ids {@link RelayCore.storedShowing} has storage search for, one pass over the bytes each. */
+const SEARCHED_IDS_MOST = 32
 
 /** What the core is made of. */
 export interface RelayCoreOptions {
@@ -463,16 +465,21 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     await this.ctx.purge?.scrub()
   }
 
-  async storedHolding(
-    names: readonly string[],
-    needles: readonly Uint8Array[],
-  ): Promise<ReadonlySet<string>> {
+  async storedShowing(names: readonly string[], ids: ReadonlySet<string>): Promise<ReadonlySet<string>> {
     for (const name of names) parseName(name)
-    if (needles.length === 0) return new Set()
+    if (ids.size === 0) return new Set()
     const storage = this.options.storage
-    if (storage.holding) return storage.holding(names, needles)
+    // A storage's own search costs a pass over the stored bytes per id: for a few, it is where the bytes
+    // are (none come to the relay); for a batch, one pass each document over its loaded bytes, for the key.
+    if (storage.holding && ids.size <= SEARCHED_IDS_MOST) {
+      const encoder = new TextEncoder()
+      return storage.holding(
+        names,
+        [...ids].map((id) => encoder.encode(id)),
+      )
+    }
     const found = new Set<string>()
-    for (const name of names) if (storedHolds(await storage.load(name), needles)) found.add(name)
+    for (const name of names) if (storedShowsId(await storage.load(name), ids)) found.add(name)
     return found
   }
 

@@ -10,10 +10,12 @@ import {
   MessageType,
   messageIndex,
   newConversationId,
+  newMessageId,
   Rule,
   sendMessage,
   sequenceWriterIds,
   type UserId,
+  writeInboxEntry,
 } from "@parley/shared"
 import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
@@ -551,21 +553,44 @@ describe("the core's extensions", () => {
   })
 })
 
-describe("stored bytes", () => {
-  it("finds which documents' stored form holds some bytes, also over a storage that cannot search itself", async () => {
+describe("stored inboxes showing a message", () => {
+  it("finds the documents whose stored form shows one of a few ids or of a batch, also over a storage that cannot search itself", async () => {
     const memory = new MemoryStorage()
     // A storage of one's own without `holding`: the core loads each document and searches it.
     const plain: RelayStorage = Object.assign(Object.create(memory) as RelayStorage, { holding: undefined })
-    const text = (s: string) => new TextEncoder().encode(s)
-    await memory.append("g~one", [text("xx needle-Qa yy")])
-    await memory.append("g~two", [text("nothing here")])
-    await memory.compact("g~three", text("in the snapshot: needle-Qa"), 0)
+    const conversation = newConversationId()
+    const preview = (id: string) => ({ id, author: alice, text: "a preview", deleted: false, at: 1 })
+    const inboxShowing = (id: string | undefined) => {
+      const inbox = new Y.Doc()
+      const entry = {
+        conversationId: conversation,
+        kind: "group" as const,
+        title: "",
+        participants: { count: 2, first: [alice, bob] },
+        unread: 1,
+        readUpTo: 0,
+        lastActivityAt: 1,
+        ...(id === undefined ? {} : { lastMessage: preview(id) }),
+      }
+      writeInboxEntry(inbox, conversation, entry)
+      return Y.encodeStateAsUpdate(inbox)
+    }
+    const shown = newMessageId()
+    await memory.append("inbox~one", [inboxShowing(shown)])
+    await memory.append("inbox~two", [inboxShowing(newMessageId())])
+    await memory.compact("inbox~three", inboxShowing(shown), 0)
+    await memory.append("inbox~four", [inboxShowing(undefined)])
+    const names = ["inbox~one", "inbox~two", "inbox~three", "inbox~four", "inbox~five"]
+    // A batch of 200 deletions takes the other way (one pass per document, not per id): the same answer.
+    const batch = new Set([...Array.from({ length: 199 }, () => newMessageId()), shown])
     for (const storage of [memory, plain]) {
       const c = makeCore(storage)
-      expect(
-        [...(await c.storedHolding(["g~one", "g~two", "g~three", "g~four"], [text("needle-Qa")]))].sort(),
-      ).toEqual(["g~one", "g~three"])
-      expect(await c.storedHolding(["g~one"], [])).toEqual(new Set())
+      for (const ids of [new Set([shown]), batch])
+        expect([...(await c.storedShowing(names, ids))].sort()).toEqual(["inbox~one", "inbox~three"])
+      expect(await c.storedShowing(names, new Set(Array.from({ length: 40 }, () => newMessageId())))).toEqual(
+        new Set(),
+      )
+      expect(await c.storedShowing(["inbox~one"], new Set())).toEqual(new Set())
     }
   })
 })

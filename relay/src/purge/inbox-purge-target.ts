@@ -26,8 +26,6 @@ const SHARED_PASS_WAIT_MS = 100
 const FIRST_PASS_WINDOW_MS = 60_000
 /** ...up to this many ids. */
 const FIRST_PASS_MOST = 2_000
-/** Most deleted ids a pass searches the stored inboxes for; beyond, it purges every member's inbox. */
-const SEARCHED_IDS_MOST = 32
 
 /** Deletions whose text an inbox entry may show (as the title or the last message's preview). */
 const PURGING: ReadonlySet<HookEventType> = new Set<HookEventType>([
@@ -86,7 +84,6 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
   // Per loaded document (dropped with it): the messages deleted in it at the last pass, and those whose
   // deletion a pass purged (searched for in the inboxes, and purged where stored).
   const passes = new WeakMap<Y.Doc, { seen: ReadonlySet<MessageId>; purged: Set<MessageId> }>()
-  const encoder = new TextEncoder()
   const purgedAlready = (conversation: string, deleted: MessageId) =>
     relay.read(conversation, (doc) => passes.get(doc)?.purged.has(deleted) === true)
   return {
@@ -134,15 +131,13 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       // so that deleting a message in a big room costs what the affected inboxes cost, not a load, a
       // write and a compaction of every member's inbox. A loaded inbox is written in any case (its entry
       // in memory may show the message) and compacted where the entry changed.
-      const needles = deleted === undefined ? undefined : [...covered].map((id) => encoder.encode(id))
+      // One pass over the members' stored inboxes, however many messages the batch deleted: a frame of a
+      // thousand deletions in a big room costs what one does, not a purge of every member's inbox.
       const inboxes = users.map((user) => inboxDocumentName(user))
-      // A search costs a pass over the members' stored inboxes per id: for a batch of many deletions,
-      // every member's inbox is purged instead (what a conversation's deletion does), a cost bounded by
-      // the room, not by the room times the batch.
       const holding =
-        needles === undefined || needles.length > SEARCHED_IDS_MOST || !relay.storedHolding
+        deleted === undefined || !relay.storedShowing
           ? undefined
-          : await relay.storedHolding(inboxes, needles)
+          : await relay.storedShowing(inboxes, covered)
       // The entries of the inboxes to purge only (deriving one costs the member's unread count): those
       // that stored the text, and the loaded ones whose entry in memory (derived for a member who is or
       // was connected, stored when it unloads) shows one of the messages. Every loaded one was purged
