@@ -215,7 +215,10 @@ export class MuxSocket implements UserSocket {
       return
     }
     if (frame.type === "close") {
-      this.closeChannel(frame.channel, CloseCode.Normal, false)
+      // A channel closed already is dropped quietly (both sides may close it at once); one never opened is
+      // a client out of step, like a frame for it.
+      if (frame.channel > this.highest) this.malformed()
+      else this.closeChannel(frame.channel, CloseCode.Normal, false)
       return
     }
     if (frame.channel <= this.highest) {

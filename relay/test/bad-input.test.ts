@@ -100,6 +100,11 @@ describe("bad input", () => {
       "a sync request whose state vector is longer than the clients it declares",
       [...encodeSyncStep1(new Uint8Array(30_000))],
     ],
+    // y-protocols sends one message per frame: what follows one is no replica's.
+    [
+      "a sync request followed by other bytes",
+      [...encodeSyncStep1(Uint8Array.of(0)), ...new Uint8Array(30_000)],
+    ],
   ])("closes a connection that sends %s with 4400", async (_, bytes) => {
     const s = await scene()
     const bad = await open(s.id, "mallory")

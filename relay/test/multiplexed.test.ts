@@ -333,12 +333,16 @@ describe("a multiplexed socket", () => {
     expect(mux.frames.get(1)?.some((f) => f[0] === MessageType.sync) ?? false).toBe(false)
   })
 
-  it("closes the socket with 4400 on a frame for a channel never opened, or a reused channel number", async () => {
+  it("closes the socket with 4400 on a frame or a close for a channel never opened, or a reused channel number", async () => {
     const { alice } = users()
     const ahead = new MuxProbe(relay.url, await relay.token(alice))
     await ahead.opened
     ahead.ws.send(encodeChannelFrame(7, encodeSyncStep1(Y.encodeStateVector(new Y.Doc()))))
     expect(await ahead.closed).toBe(4400)
+    const closing = new MuxProbe(relay.url, await relay.token(alice))
+    await closing.opened
+    closing.ws.send(encodeChannelClose(5, 1000, ""))
+    expect(await closing.closed).toBe(4400)
     const reused = new MuxProbe(relay.url, await relay.token(alice))
     await reused.opened
     reused.open(3, inboxDocumentName(alice))

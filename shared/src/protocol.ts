@@ -437,23 +437,36 @@ export function isTokenRefresh(frame: Uint8Array): boolean {
   return frame[0] === MessageType.parley && frame[1] === ParleyMessage.token
 }
 
+/** `frame`, once `decoder` has read the whole of it. */
+function whole(decoder: decoding.Decoder, frame: Frame): Frame {
+  const after = decoder.arr.length - decoder.pos
+  if (after > 0)
+    throw new ParleyError(
+      ErrorCode.MALFORMED_FRAME,
+      `${after} byte${after === 1 ? "" : "s"} after the message`,
+    )
+  return frame
+}
+
 /**
  * Decodes any frame one level (see {@link Frame}). Throws a MALFORMED_FRAME
- * {@link ParleyError} on an unknown message type and lib0's error on a
- * truncated body.
+ * {@link ParleyError} on an unknown message type, and on bytes after a sync,
+ * awareness or awareness-query message (y-protocols sends one message per
+ * frame, and a relay that kept such bytes would hold and count what no
+ * replica sent); lib0's error on a truncated body.
  */
 export function readFrame(frame: Uint8Array): Frame {
   const decoder = decoding.createDecoder(frame)
   const type = decoding.readVarUint(decoder)
   switch (type) {
     case MessageType.sync:
-      return { type: "sync", message: readSyncMessage(decoder) }
+      return whole(decoder, { type: "sync", message: readSyncMessage(decoder) })
     case MessageType.awareness:
-      return { type: "awareness", update: readAwarenessMessage(decoder) }
+      return whole(decoder, { type: "awareness", update: readAwarenessMessage(decoder) })
     case MessageType.auth:
       return { type: "auth", message: readAuthMessage(decoder) }
     case MessageType.queryAwareness:
-      return { type: "queryAwareness" }
+      return whole(decoder, { type: "queryAwareness" })
     case MessageType.parley:
       return { type: "parley", message: readParleyFrame(decoder) }
     default:

@@ -333,6 +333,13 @@ describe("protocol", () => {
       type: "sync",
       message: { type: "syncUpdate", update },
     })
+    // One message per frame, as y-protocols sends: bytes after it are refused, not carried.
+    const trailing = (frame: Uint8Array) => Uint8Array.from([...frame, 0, 0, 0])
+    expect(() => readFrame(trailing(encodeSyncStep1(Y.encodeStateVector(doc))))).toThrow(
+      expect.objectContaining({ code: ErrorCode.MALFORMED_FRAME, message: "3 bytes after the message" }),
+    )
+    expect(() => readFrame(trailing(encodeSyncUpdate(update)))).toThrow(/3 bytes after the message/)
+    expect(() => readFrame(Uint8Array.of(MessageType.queryAwareness, 1))).toThrow(/1 byte after the message/)
     // Lengths of one to three varUint bytes, at their edges.
     for (const size of [0, 127, 128, 300, 16_383, 16_384, 70_000]) {
       const body = Uint8Array.from({ length: size }, (_, i) => i % 251)
@@ -364,6 +371,9 @@ describe("protocol", () => {
     expect([...encodeAwareness(removal)]).toEqual([1, 8, 1, 7, 2, 4, ...Buffer.from("null")])
     expect([...encodeAwareness(Uint8Array.of(0))]).toEqual([1, 1, 0])
     expect(readFrame(encodeAwareness(update))).toEqual({ type: "awareness", update })
+    expect(() => readFrame(Uint8Array.from([...encodeAwareness(update), 1]))).toThrow(
+      /1 byte after the message/,
+    )
     // A truncated update is refused whole.
     expect(() => readAwarenessEntries(update.subarray(0, update.length - 1))).toThrow()
     awareness.destroy()
