@@ -30,6 +30,7 @@ import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, ClientIdOwners, Extensions } from "./extension.js"
+import { fleetingSendsIn } from "./fleeting-sends.js"
 import { growthOf } from "./growth.js"
 import { epochValueBytes, sealGarbageBound, startEpoch } from "./history/epoch.js"
 import {
@@ -1720,8 +1721,10 @@ async function admitUpdate(
   // After the rules (a refused update costs no budget), before anything changes: refused whole.
   if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
     ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
-  // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes.
-  ctx.users?.chargeValues(principal, cost.values, update.length)
+  // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes;
+  // a fleeting message's expiry, a deletion nobody sends later, is charged with it as one value more.
+  const expiries = host.name.kind === "conversation" ? fleetingSendsIn(update) : 0
+  ctx.users?.chargeValues(principal, cost.values + expiries, update.length)
   ctx.users?.chargeStored(principal, update.length)
   return { noop: false, update, clientIds, ends: inspected.ends, decision, values: cost.values }
 }

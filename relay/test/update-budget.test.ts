@@ -51,4 +51,27 @@ describe("the update budget", () => {
     expect(frames).toBeLessThanOrEqual(22)
     expect(c.errors).toEqual([])
   })
+
+  it("charges a fleeting message for its expiry too, a deletion nobody sends", async () => {
+    const user = "trudy" as UserId
+    const conversation = "g~fleetingbudget" as ConversationId
+    await relay.core.write(conversation, { kind: "user", user: alice }, (doc) => {
+      createConversation(doc, alice, { kind: "group", id: conversation, participants: [user] })
+    })
+    const c = new TestClient(relay.url, conversation, await relay.auth.mintDev(user, {}))
+    await c.synced()
+    let frames = 0
+    while (!c.closeEvent && frames < 50) {
+      c.doc.transact(() => {
+        for (let i = 0; i < 150; i++)
+          sendMessage(c.doc, user, { body: `f${frames}.${i}`, priority: "fleeting" })
+      })
+      frames++
+      await Promise.race([c.allSaved(), c.closed])
+    }
+    expect(c.closeEvent).toEqual(CloseCode.TooManyUpdates)
+    // 150 messages and their 150 expiries cost 19 tokens: 11 frames spend the budget (22 without expiries).
+    expect(frames).toBeLessThanOrEqual(12)
+    expect(c.errors).toEqual([])
+  })
 })
