@@ -32,7 +32,8 @@ function runCli(args: string[], env: NodeJS.ProcessEnv = {}) {
     child.stderr.on("data", (d: Buffer) => {
       stderr += d
     })
-    child.on("exit", (code) => done({ code, stdout, stderr }))
+    // "close", not "exit": the process may exit before its output is read to the end.
+    child.on("close", (code) => done({ code, stdout, stderr }))
   })
 }
 

@@ -31,7 +31,8 @@ function runRelay(args: readonly string[], env: NodeJS.ProcessEnv = {}) {
     child.stderr.on("data", (d: Buffer) => {
       stderr += d
     })
-    child.on("exit", (code) => done({ code, stderr, stdout }))
+    // "close", not "exit": the process may exit before its output is read to the end.
+    child.on("close", (code) => done({ code, stderr, stdout }))
   })
 }
 

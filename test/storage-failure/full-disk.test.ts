@@ -239,7 +239,8 @@ if (!mountable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       child.stderr.on("data", (d: Buffer) => {
         stderr += d
       })
-      const code = await new Promise<number | null>((done) => child.on("exit", done))
+      // "close", not "exit": the process may exit before its output is read to the end.
+      const code = await new Promise<number | null>((done) => child.on("close", done))
       expect(code).toBe(4)
       expect(stderr).toContain("the disk holding it is full")
       expect(stderr).not.toContain("make it a directory this user can write")

@@ -164,8 +164,9 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
       newline = buffer.indexOf("\n")
     }
   })
+  // "close", not "exit": the process may exit before its output is read to the end, and tests read it.
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once("exit", (code, signal) => resolve({ code, signal })),
+    child.once("close", (code, signal) => resolve({ code, signal })),
   )
   const waitForLog = (match: (line: Record<string, unknown>) => boolean) =>
     new Promise<Record<string, unknown>>((resolve, reject) => {
