@@ -212,6 +212,12 @@ class UpdateCheck {
     // Both users (or two devices) may create their direct conversation at once, online or offline:
     // the later creation can only restate who created it and when, since every other field of a
     // direct conversation is fixed by its id. It is accepted, so that neither replica must resync.
+    // A creation is written on nothing: every creation field and participant record it holds has no
+    // origin. One that chains on an existing value is a rewrite, judged like any other.
+    const creationItem = (n: (typeof this.read.items)[number]) =>
+      n.location.root === TopLevel.participants ||
+      (n.location.root === TopLevel.meta &&
+        (n.location.key === MetaKey.createdAt || n.location.key === MetaKey.createdBy))
     this.restatesCreation =
       created &&
       !this.isRelay &&
@@ -220,6 +226,9 @@ class UpdateCheck {
       this.read.items.some(
         (n) =>
           n.location.root === TopLevel.meta && n.location.key === MetaKey.createdAt && n.item.origin === null,
+      ) &&
+      this.read.items.every(
+        (n) => !creationItem(n) || (n.item.origin === null && n.item.rightOrigin === null),
       )
 
     // Once deleted, a conversation is closed to everyone but the relay (which purges it); a participant
@@ -461,7 +470,11 @@ class UpdateCheck {
           default:
             if (this.isRelay && (Object.values(MetaKey) as string[]).includes(change.key)) break
             if (this.restatesCreation && change.key === MetaKey.createdBy && after === this.actor) break
-            if (this.restatesCreation && change.key === MetaKey.createdAt && isTime(after)) break
+            if (this.restatesCreation && change.key === MetaKey.createdAt && isTime(after)) {
+              // It orders the conversation in every member's list: a creation is not dated ahead.
+              this.refuseFuture(after, "the conversation's createdAt")
+              break
+            }
             if ((Object.values(MetaKey) as string[]).includes(change.key))
               refuse(Rule.immutable, `conversation field "${change.key}" is fixed at creation`)
             refuse(Rule.schema, "unknown conversation field")
@@ -503,6 +516,7 @@ class UpdateCheck {
             this.restatesCreation && record.addedBy === this.actor && record.role === before.role
           if (!restated && (record.addedBy !== before.addedBy || record.addedAt !== before.addedAt))
             refuse(Rule.immutable, "who added a participant, and when, is fixed")
+          if (restated) this.refuseFuture(record.addedAt, "a participant's addedAt")
           if (!this.isRelay && record.role !== before.role)
             assert(canChangeRole(this.role, this.kind, before.role, record.role))
         }

@@ -807,6 +807,50 @@ describe("two creations of one direct conversation", () => {
     expect(check(relay, bindings, dave, creation(dave, carol, "back"))).toMatchObject({ allowed: false })
   })
 
+  it("refuses a restated creation dated ahead, or one that chains on the existing fields (a rewrite, not a creation)", () => {
+    const relay = new Y.Doc()
+    const bindings = new ClientBindings()
+    expect(check(relay, bindings, carol, creation(carol, dave, "one"))).toMatchObject({ allowed: true })
+    const FAR = 8.64e15
+    // A crafted "creation" under a client id that outranks the first: it would win the merge.
+    const restated = (change: (t: ReturnType<typeof typesOf>) => void) => {
+      const d = new Y.Doc()
+      d.clientID = 0xfffffff0
+      return updateOf(d, (doc) => doc.transact(() => change(typesOf(doc))))
+    }
+    const record = (addedAt: number) => ({ role: "owner" as const, addedBy: dave, addedAt })
+    const dated = restated((t) => {
+      t.meta.set(MetaKey.createdAt, FAR)
+      t.meta.set(MetaKey.createdBy, dave)
+    })
+    expect(check(relay, bindings, dave, dated)).toMatchObject({ allowed: false, rule: Rule.schema })
+    const addedAhead = restated((t) => {
+      t.meta.set(MetaKey.createdAt, Date.now())
+      t.participants.set(carol, record(FAR))
+    })
+    expect(check(relay, bindings, dave, addedAhead)).toMatchObject({ allowed: false, rule: Rule.schema })
+    // An honest restatement goes through; a later write chained on it, with a throwaway "creation" beside
+    // it to look like one, is judged as the rewrite it is.
+    expect(
+      check(
+        relay,
+        bindings,
+        dave,
+        restated((t) => t.meta.set(MetaKey.createdAt, Date.now())),
+      ),
+    ).toMatchObject({
+      allowed: true,
+    })
+    const chained = updateOf(replicaOf(relay), (d) => typesOf(d).meta.set(MetaKey.createdAt, 1))
+    const throwaway = updateOf(new Y.Doc(), (d) => typesOf(d).meta.set(MetaKey.createdAt, 2))
+    expect(check(relay, bindings, dave, Y.mergeUpdates([chained, throwaway]))).toMatchObject({
+      allowed: false,
+      rule: Rule.immutable,
+    })
+    expect(typesOf(relay).meta.get(MetaKey.createdAt)).toBeLessThanOrEqual(Date.now())
+    expect(typesOf(relay).meta.get(MetaKey.createdAt)).toBeGreaterThan(2)
+  })
+
   it("refuses a creation the id does not allow, naming creation-by-id", () => {
     const empty = () => ({ relay: new Y.Doc(), bindings: new ClientBindings() })
     const group = updateOf(new Y.Doc(), (d) => {
