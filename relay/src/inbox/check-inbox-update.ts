@@ -65,6 +65,15 @@ export interface HandedBack {
   /** Keys whose entry the inbox shows now (the user is in the conversation): derived again. */
   readonly derive: readonly ConversationId[]
   /**
+   * Keys whose shown entry the write removes and puts nothing under: left
+   * removed until the relay next writes the entry (the conversation changes,
+   * or the next whole-inbox derivation). No device removes an entry the relay
+   * has (membership is the relay's): deriving each again at once let one
+   * frame of removals buy a derivation, a conversation load and a rewritten
+   * entry per conversation, again and again.
+   */
+  readonly removed: readonly ConversationId[]
+  /**
    * Keys the inbox shows no entry under (never written, or removed): the
    * items the write puts there, by `client:clock`, which the relay removes
    * again once it is stored (those items only: an entry the relay writes
@@ -99,6 +108,7 @@ export function entriesHandedBack(
   pendingRemoval: (key: ConversationId, item: string) => boolean = () => false,
 ): HandedBack {
   const derive = new Set<ConversationId>()
+  const removed = new Set<ConversationId>()
   const remove = new Map<ConversationId, Set<string>>()
   try {
     const read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
@@ -122,17 +132,20 @@ export function entriesHandedBack(
         items.add(itemKey(item))
       }
     }
-    // A removal touches only keys with an entry now; one of the user's own, pending removal, loads nothing.
+    // A removal of a shown entry with nothing written under its key derives nothing (see `removed`);
+    // one that comes with a new entry (a device's copy of later writes the relay lost) is derived above.
     for (const { location } of read.deleted)
       if (
         location.root === InboxTopLevel.entries &&
         location.key !== null &&
         isConversationId(location.key) &&
-        shown(location.key)
+        shown(location.key) &&
+        !derive.has(location.key) &&
+        !remove.has(location.key)
       )
-        derive.add(location.key)
+        removed.add(location.key)
   } catch {
-    return { derive: [], remove: new Map() }
+    return { derive: [], removed: [], remove: new Map() }
   }
-  return { derive: [...derive], remove }
+  return { derive: [...derive], removed: [...removed], remove }
 }

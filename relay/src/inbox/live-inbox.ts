@@ -30,6 +30,16 @@ export const FULL_REFRESH_MS = 30_000
 /** Longest a refresh runs before it lets the event loop serve others, in ms. */
 const REFRESH_SLICE_MS = 5
 
+/**
+ * How often one entry a user's own write touched is derived again (loading
+ * its conversation, writing a fresh entry that leaves the old one in the
+ * inbox as a deleted item): once per key per this many ms; touched again
+ * sooner, it is derived when the window ends. A device hands entries back
+ * once, after the relay lost them; a loop of writes must not buy a
+ * derivation and a lasting item per conversation each time.
+ */
+export const HAND_BACK_WINDOW_MS = 60 * 60_000
+
 /** Users whose handed-back entries wait for their write to be stored, at most (then forgotten). */
 const MAX_HANDED_BACK_USERS = 10_000
 /** Items of one user's own entries listed under one key as pending removal (see `checkUpdate`). */
@@ -41,6 +51,8 @@ const MAX_PENDING_KEYS_PER_USER = 4_096
 export interface LiveInboxOptions {
   /** At most one whole-inbox derivation per user per this many ms (default {@link FULL_REFRESH_MS}). */
   readonly fullRefreshMs?: number
+  /** An entry touched by its user's writes is derived again at most once per this many ms (default {@link HAND_BACK_WINDOW_MS}). */
+  readonly handBackWindowMs?: number
   readonly now?: () => number
   /**
    * Whether every change to a conversation is stored through this relay
@@ -60,6 +72,16 @@ interface LastFull {
   /** While no inbox connection of theirs is open: conversations whose change they were not shown. */
   missed: Set<ConversationId> | undefined
   /** Forgets this record when the window is over (set while they are away). */
+  timer: ReturnType<typeof setTimeout> | undefined
+}
+
+/** The entries a user's own writes had derived again lately (see {@link HAND_BACK_WINDOW_MS}). */
+interface HandBackWindow {
+  /** Keys derived in this window. */
+  readonly derived: Set<ConversationId>
+  /** Keys touched again in it, derived when it ends. */
+  readonly waiting: Set<ConversationId>
+  /** Ends the window. */
   timer: ReturnType<typeof setTimeout> | undefined
 }
 
@@ -141,6 +163,10 @@ export class LiveInbox implements RelayExtension {
   private readonly wanted = new Map<UserId, Wanted>()
   /** Entries each user's accepted, not yet stored writes touch (from `checkUpdate`). */
   private readonly touched = new Map<UserId, Set<ConversationId>>()
+  /** Shown entries each user's accepted, not yet stored writes remove, writing nothing under their key. */
+  private readonly removedByUser = new Map<UserId, Set<ConversationId>>()
+  /** Each user's current hand-back window: the keys derived in it, and those waiting for its end. */
+  private readonly handBackWindows = new Map<UserId, HandBackWindow>()
   /** Entries each user's accepted, not yet stored writes put under keys without one, by item id. */
   private readonly handedBack = new Map<UserId, Map<ConversationId, Set<string>>>()
   /** Full refreshes waiting for the window of an incomplete one to end, by user. */
@@ -155,11 +181,13 @@ export class LiveInbox implements RelayExtension {
    */
   private readonly inFlight = new Map<ConversationId, { readers: number; membershipChanges: number }>()
   private readonly fullRefreshMs: number
+  private readonly handBackWindowMs: number
   private readonly now: () => number
   private readonly seesEveryChange: boolean
 
   constructor(options: LiveInboxOptions = {}) {
     this.fullRefreshMs = options.fullRefreshMs ?? FULL_REFRESH_MS
+    this.handBackWindowMs = options.handBackWindowMs ?? HAND_BACK_WINDOW_MS
     this.now = options.now ?? Date.now
     this.seesEveryChange = options.seesEveryChange ?? true
   }
@@ -171,6 +199,8 @@ export class LiveInbox implements RelayExtension {
   stop(): void {
     for (const last of this.lastFull.values()) clearTimeout(last.timer)
     for (const timer of this.deferredFull.values()) clearTimeout(timer)
+    for (const window of this.handBackWindows.values()) clearTimeout(window.timer)
+    this.handBackWindows.clear()
     this.lastFull.clear()
     this.away.clear()
     this.deferredFull.clear()
@@ -185,11 +215,19 @@ export class LiveInbox implements RelayExtension {
   checkUpdate({ name, doc, update, principal }: PolicyInput): { allowed: true } {
     if (name.kind === "inbox" && principal.kind === "user" && principal.user === name.user) {
       const pending = this.handedBack.get(name.user)
-      const { derive, remove } = entriesHandedBack(
+      const { derive, removed, remove } = entriesHandedBack(
         doc,
         update,
         (key, item) => pending?.get(key)?.has(item) === true,
       )
+      if (removed.length > 0) {
+        let mine = this.removedByUser.get(name.user)
+        if (!mine) {
+          mine = new Set()
+          this.removedByUser.set(name.user, mine)
+        }
+        for (const key of removed) mine.add(key)
+      }
       if (derive.length > 0) {
         let mine = this.touched.get(name.user)
         if (!mine) {
@@ -246,6 +284,7 @@ export class LiveInbox implements RelayExtension {
       this.shown.delete(user)
       this.inboxNames.delete(user)
       this.touched.delete(user)
+      this.removedByUser.delete(user)
       this.left(user)
     }
   }
@@ -310,7 +349,11 @@ export class LiveInbox implements RelayExtension {
       if (actor.kind === "user" && actor.user === parsed.user) {
         const keys = this.touched.get(parsed.user)
         this.touched.delete(parsed.user)
-        if (keys && keys.size > 0) this.refresh(parsed.user, keys)
+        if (keys && keys.size > 0) this.deriveTouched(parsed.user, keys)
+        // Removed by the user: the relay's next write of each (a change, a whole derivation) puts it back.
+        const removed = this.removedByUser.get(parsed.user)
+        this.removedByUser.delete(parsed.user)
+        if (removed) for (const key of removed) this.shown.get(parsed.user)?.delete(key)
         const handedBack = this.handedBack.get(parsed.user)
         if (handedBack) this.removeHandedBack(parsed.user, name, handedBack)
       }
@@ -366,6 +409,35 @@ export class LiveInbox implements RelayExtension {
     // read state written into its own frame (no entry object per member).
     const values = new EntryValues(head)
     this.writeStates(users, id, doc, headJson, values)
+  }
+
+  /**
+   * Derives again the entries a user's own writes touched: each key at most
+   * once per {@link HAND_BACK_WINDOW_MS}, the rest when the window ends (if
+   * the user is still connected; otherwise their next connection derives
+   * them).
+   */
+  private deriveTouched(user: UserId, keys: Iterable<ConversationId>): void {
+    let window = this.handBackWindows.get(user)
+    if (!window) {
+      const opened: HandBackWindow = { derived: new Set(), waiting: new Set(), timer: undefined }
+      opened.timer = setTimeout(() => {
+        this.handBackWindows.delete(user)
+        if (opened.waiting.size > 0 && this.connected.has(user)) this.deriveTouched(user, opened.waiting)
+      }, this.handBackWindowMs)
+      opened.timer.unref()
+      this.handBackWindows.set(user, opened)
+      window = opened
+    }
+    const now: ConversationId[] = []
+    for (const key of keys) {
+      if (window.derived.has(key)) window.waiting.add(key)
+      else {
+        window.derived.add(key)
+        now.push(key)
+      }
+    }
+    if (now.length > 0) this.refresh(user, now)
   }
 
   /**
