@@ -42,6 +42,28 @@ describe("namesAnyMessage", () => {
 })
 
 describe("redactPayload", () => {
+  it("redacts an event whose message metadata nests thousands deep (stored before such values were refused) without walking into it", () => {
+    // Written out, as JSON.stringify itself overflows at this depth.
+    const deep = `${"[".repeat(50_000)}"secret deep"${"]".repeat(50_000)}`
+    const withDeep = (id: string) =>
+      event({ message: { id, body: "secret", author: "a", metadata: { deep: "DEEP" } } }).replace(
+        '"DEEP"',
+        deep,
+      )
+    const payload = withDeep("Gone-Message-1")
+    const gone = { kind: "messages", ids: new Set(["Gone-Message-1"]) } as const
+    // Before: RangeError (stack overflow) on every purge that read it, and the hooks of every conversation
+    // waited behind the failing record.
+    const redacted = JSON.parse(redactPayload(payload, gone)!)
+    expect(redacted.subject.message).toMatchObject({
+      id: "Gone-Message-1",
+      body: "",
+      metadata: {},
+      purged: true,
+    })
+    expect(redactPayload(withDeep("Kept-Message-1"), gone)).toBeUndefined()
+  })
+
   it("empties a purged message's body and marks it purged, so that nobody takes the empty body for what was sent", () => {
     const payload = event({
       message: { id: "Gone-Message-1", body: "secret", author: "a", attachments: [1] },

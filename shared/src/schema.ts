@@ -376,6 +376,8 @@ export const Limits = {
   titleLength: 200,
   typeLength: 32,
   metadataBytes: 4_096,
+  /** Most levels of objects and arrays in a metadata value (the object itself is the first). */
+  metadataDepth: 16,
   attachments: 10,
   urlLength: 2_048,
   attachmentNameLength: 255,

@@ -23,6 +23,10 @@ function onlyKeys(value: Record<string, unknown>, allowed: readonly string[]): s
 /** Checks free-form metadata: a JSON object within {@link Limits.metadataBytes}, without the keys `__proto__` and `constructor`. */
 export const checkMetadata: Check = (v) => {
   if (!isRecord(v)) return "metadata must be an object"
+  // Before anything walks it recursively (the relay's checks, its purges, JSON.stringify): a value nested
+  // thousands deep within the byte limit overflowed the stack of whatever walked it later.
+  if (!withinDepth(v, Limits.metadataDepth))
+    return `metadata nests objects and arrays at most ${Limits.metadataDepth} deep`
   let bytes: number
   let reserved: string | undefined
   try {
@@ -42,6 +46,18 @@ export const checkMetadata: Check = (v) => {
   if (bytes > Limits.metadataBytes) return `metadata exceeds ${Limits.metadataBytes} bytes`
   if (reserved !== undefined) return `metadata key "${reserved}" is reserved`
   return undefined
+}
+
+/** Whether `value` nests objects and arrays at most `most` deep (counting itself), walked without recursion. */
+function withinDepth(value: unknown, most: number): boolean {
+  const stack: [unknown, number][] = [[value, 1]]
+  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
+    const [v, depth] = next
+    if (typeof v !== "object" || v === null) continue
+    if (depth > most) return false
+    for (const child of Object.values(v)) stack.push([child, depth + 1])
+  }
+  return true
 }
 
 const isSize = (v: unknown) => Number.isInteger(v) && (v as number) >= 0

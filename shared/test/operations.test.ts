@@ -16,9 +16,12 @@ import {
   encodeStoredRecord,
   getConversation,
   getMessage,
+  type JsonValue,
+  Limits,
   leaveConversation,
   listParticipants,
   type MessageId,
+  type Metadata,
   markDelivered,
   markersOf,
   markRead,
@@ -137,6 +140,21 @@ describe("conversations", () => {
       expect.objectContaining({ code: "TOO_LARGE" }),
     )
     expect(() => setConversationMetadata(doc, alice, { big: "x".repeat(5000) })).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
+    )
+    // Nested within Limits.metadataDepth (the object itself is the first level), and past it.
+    const nested = (levels: number) => {
+      let value: Metadata = { leaf: 1 }
+      for (let i = 1; i < levels; i++) value = { a: value }
+      return value
+    }
+    setConversationMetadata(doc, alice, nested(Limits.metadataDepth))
+    expect(() => setConversationMetadata(doc, alice, nested(Limits.metadataDepth + 1))).toThrow(
+      /metadata nests objects and arrays at most 16 deep/,
+    )
+    let deep: JsonValue = 1
+    for (let i = 0; i < 100_000; i++) deep = [deep]
+    expect(() => sendMessage(doc, alice, { body: "deep", metadata: { deep } })).toThrow(
       expect.objectContaining({ code: "INVALID_ARGUMENT" }),
     )
   })

@@ -38,7 +38,7 @@ export const PrioritySchema = z.enum(["normal", "sticky", "emergency", "fleeting
 })
 
 export const MetadataSchema = z.record(z.string(), z.unknown()).openapi("Metadata", {
-  description: `Free-form JSON object, at most ${Limits.metadataBytes} bytes encoded.`,
+  description: `Free-form JSON object, at most ${Limits.metadataBytes} bytes encoded, nesting objects and arrays at most ${Limits.metadataDepth} deep (itself the first).`,
 })
 
 export const AttachmentSchema = z

@@ -58,21 +58,33 @@ export function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent 
 }
 
 /**
+ * How deep in an event's subject a message may sit: a subject names its
+ * messages within a few levels (`subject.message`, `subject.messages[i]`).
+ * What lies deeper is content a message's author wrote (its metadata), which
+ * the walk does not enter: a purged message's metadata goes whole, and an
+ * author's value nested thousands deep (stored before such values were
+ * refused) overflowed the stack of every purge that read it.
+ */
+const MESSAGE_DEPTH = 8
+
+/**
  * `value` with every message of `ids` in it (a message view or record, or a
  * change naming it by `messageId`) stripped of what its author wrote: body,
  * attachments, metadata, and marked `purged` (a receiver must not take the
  * empty body for what was sent). The same object when nothing matched.
  */
-function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
+function redactMessages(value: unknown, ids: ReadonlySet<string>, depth = 0): unknown {
+  if (depth > MESSAGE_DEPTH) return value
   if (Array.isArray(value)) {
-    const items = value.map((v) => redactMessages(v, ids))
+    const items = value.map((v) => redactMessages(v, ids, depth + 1))
     return items.some((v, i) => v !== value[i]) ? items : value
   }
   if (typeof value !== "object" || value === null) return value
   const record = value as Record<string, unknown>
   let out: Record<string, unknown> | undefined
   for (const [key, child] of Object.entries(record)) {
-    const next = redactMessages(child, ids)
+    if (key === "metadata") continue
+    const next = redactMessages(child, ids, depth + 1)
     if (next === child) continue
     out ??= { ...record }
     out[key] = next

@@ -167,6 +167,18 @@ describe("HTTP API against a relay process", () => {
       attachments: [{ url: "https://example.com/label.pdf", name: "label.pdf", mimeType: "application/pdf" }],
     })
     expect(first.status).toBe(201)
+    // Nested past the shared bound (4 KB of brackets, under the byte limit): before, 201, and every purge
+    // that later read its hook events overflowed the stack, stalling the hooks of every conversation.
+    let deep: unknown = 1
+    for (let i = 0; i < 2_000; i++) deep = [deep]
+    const nested = await full("POST", "/v1/conversations/g~api-msgs/messages", {
+      body: "deep",
+      metadata: { a: deep },
+    })
+    expect(nested.status).toBe(422)
+    expect(nested.body.detail).toMatch(/metadata nests objects and arrays at most 16 deep/)
+    const deepTitle = await full("PATCH", "/v1/conversations/g~api-msgs", { metadata: { a: deep } })
+    expect(deepTitle.status).toBe(422)
     expect(first.body).toMatchObject({
       author: "service.backend",
       type: "notice",
