@@ -11,6 +11,7 @@ import {
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { MemoryBackend } from "../src/backend/memory.js"
+import { MAX_UNLISTED_MUTES } from "../src/inbox/check-inbox-update.js"
 import { type RunningRelay, startRelay } from "../src/relay.js"
 import { TestClient } from "./helpers/clients.js"
 import { signToken } from "./helpers/relay-process.js"
@@ -206,6 +207,30 @@ describe("inbox writes and connects buy bounded work", () => {
     expect(getInboxEntry(again.doc, last)?.unread).toBe(1)
     expect(getInboxEntry(again.doc, others[0]!)?.muted).toBe(true)
     for (const id of others) expect(relay.core.isLoaded(id)).toBe(false)
+  }, 30_000)
+
+  it("holds mute flags for conversations the inbox does not list to a few, and any number for those it lists", async () => {
+    const relay = await relayWith()
+    const listed = await group(relay, "g~listed", bob, [mallory])
+    const m = await inboxOf(relay, mallory)
+    await m.until(() => getInboxEntry(m.doc, listed) !== undefined)
+    // A conversation created on this device a moment ago may be muted before the relay lists it.
+    m.doc.transact(() => {
+      for (let i = 0; i < MAX_UNLISTED_MUTES; i++) setMuted(m.doc, `g~madeup${i}` as ConversationId, true)
+    })
+    await m.allSaved()
+    expect(m.errors).toEqual([])
+    // Before: any number (an outside probe stored 199,200, and each load of the inbox took 2.2 s and 230 MB).
+    setMuted(m.doc, "g~onetoomany" as ConversationId, true)
+    await m.until(() => m.errors.length > 0)
+    expect(m.errors[0]).toMatchObject({ code: "FORBIDDEN" })
+    expect(m.errors[0]!.message).toMatch(/at most 64 conversations the inbox does not list may be muted/)
+    const fresh = await inboxOf(relay, mallory)
+    await fresh.until(() => getInboxEntry(fresh.doc, listed) !== undefined)
+    setMuted(fresh.doc, listed, true)
+    await fresh.allSaved()
+    expect(fresh.errors).toEqual([])
+    expect(getInboxEntry(fresh.doc, listed)?.muted).toBe(true)
   }, 30_000)
 
   it("derives an entry a user rewrites once per window, and none a user removes, so a loop of such writes buys no loads", async () => {
