@@ -15,6 +15,8 @@ import {
   ParleyError,
   parseDocumentName,
   sealedHistory,
+  sealedSegments,
+  sealedThrough,
   toParleyError,
   typesOf,
   type UserId,
@@ -102,6 +104,8 @@ const HISTORY_REQUESTS_IN_FLIGHT = 4
 
 /** Longest a refused connect keeps its document counted against the user (see `holdUntilUnloaded`). */
 const REFUSED_HOLD_MS = 60_000
+/** Most sealed segments a load holds for the read markers inside them (see `holdMarkerSegments`). */
+const MARKER_SEGMENTS_HELD = 16
 /** Most ids {@link RelayCore.storedShowing} has storage search for, one pass over the bytes each. */
 const SEARCHED_IDS_MOST = 32
 
@@ -938,7 +942,53 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const router = this.options.router
     if (router) await router.loaded(host)
     if (!router || router.owns(name)) await sequenceLeftovers(this.ctx, host)
+    await this.holdMarkerSegments(host)
     return host
+  }
+
+  /**
+   * Holds the sealed segments the participants' read markers fall inside: an
+   * unread count is exact only with the segment of its marker at hand (the
+   * summaries say how many of each author's messages a segment holds, not
+   * where), and a load holds no segment. Without it, a member whose marker
+   * sat inside a segment was counted the whole segment as unread after every
+   * load (an outside probe: 450 for 300, in the inbox, the API and pushes,
+   * until something else read that segment). At most
+   * {@link MARKER_SEGMENTS_HELD} (beyond, those counts are high by up to a
+   * segment until read); a failed read is logged and leaves them so.
+   */
+  private async holdMarkerSegments(host: DocumentHost): Promise<void> {
+    const keeper = this.options.history
+    if (!keeper || host.name.kind !== "conversation") return
+    const through = sealedThrough(host.doc)
+    if (through === 0) return
+    const summaries = sealedSegments(host.doc)
+    const history = sealedHistory(host.doc)
+    const wanted = new Set<number>()
+    for (const marker of typesOf(host.doc).read.values()) {
+      if (typeof marker !== "number" || marker <= 0 || marker >= through) continue
+      // The last segment starting at or below the marker: summaries are in order of sequence.
+      let low = 0
+      let high = summaries.length - 1
+      while (low < high) {
+        const mid = (low + high + 1) >> 1
+        if (summaries[mid]!.from <= marker) low = mid
+        else high = mid - 1
+      }
+      const summary = summaries[low]
+      if (!summary || summary.from > marker || summary.to <= marker) continue
+      if (history.segment(summary.index) === undefined) wanted.add(summary.index)
+      if (wanted.size >= MARKER_SEGMENTS_HELD) break
+    }
+    if (wanted.size === 0) return
+    await keeper
+      .holdIndexes(host, [...wanted])
+      .catch((error: unknown) =>
+        this.log.warn(
+          { err: error, doc: host.key },
+          "could not read the sealed segments of read markers: unread counts are high until they are read",
+        ),
+      )
   }
 
   /** Sets up `host`'s owned awareness: its gate, its fan-out and what follows each change. */

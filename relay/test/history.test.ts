@@ -245,6 +245,27 @@ describe("sealed history", () => {
     expect(unreadCount(c.doc, bob)).toBe(3 + 5 + 5)
   })
 
+  it("counts the relay's unread exactly after a load too, holding the segment a read marker falls inside", async () => {
+    const relay = await relayWith(
+      new MemoryBackend(),
+      10,
+      5,
+      1000,
+      { keepSummaries: 4, foldSize: 16 },
+      {
+        idleUnloadMs: 50,
+      },
+    )
+    const id = await conversationWith(relay, 40)
+    await relay.core.write(id, { kind: "user", user: bob }, (doc) => markRead(doc, bob, 14))
+    const unread = () => relay.core.read(id, (doc) => unreadCount(doc, bob))
+    expect(await unread()).toBe(3 + 5 + 5)
+    // Dropped from memory and loaded again (an idle unload, a restart): before, the marker's segment was
+    // counted whole (alice's 5 in 11..20), in the inbox, the API and pushes, until something read it.
+    while (relay.core.isLoaded(id)) await new Promise((r) => setTimeout(r, 20))
+    expect(await unread()).toBe(3 + 5 + 5)
+  })
+
   it("edits, reacts to, replies to and deletes a sealed message; the relay checks the author and tells everyone", async () => {
     const relay = await relayWith()
     const id = await conversationWith(relay, 40)
