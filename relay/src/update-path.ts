@@ -760,6 +760,10 @@ function schedulePurge(
   const due = addDuePurge(ctx, host.key, ids)
   if (due.timer) return
   const timed = due
+  // A purge rewrites the whole live document and the segments it touches: in a big conversation tens of
+  // milliseconds and megabytes of writes, bought by a deletion frame of a hundred bytes. Spaced by what the
+  // last one took, a document's purges take at most a twentieth of the time however fast its deletions come.
+  const wait = Math.max(delayMs, Math.min(PURGE_SPACING * (lastPurgeMs.get(host) ?? 0), MAX_PURGE_SPACING_MS))
   timed.timer = setTimeout(() => {
     timed.timer = undefined
     // A host dropped meanwhile leaves the ids to the document's next host (see adoptDuePurge).
@@ -771,10 +775,17 @@ function schedulePurge(
       .catch((error: unknown) =>
         ctx.log.error({ err: error, doc: host.key }, "could not purge deleted messages"),
       )
-  }, delayMs)
+  }, wait)
   // The relay's own lifetime is its server's: a pending purge runs at the latest when the document unloads.
   timed.timer.unref()
 }
+
+/** A document's purges are this many times as far apart as the last one took (see {@link schedulePurge}). */
+const PURGE_SPACING = 20
+/** ...but deleted text waits no longer than this for its purge. */
+const MAX_PURGE_SPACING_MS = 5_000
+/** How long each loaded document's last message purge took, in ms. */
+const lastPurgeMs = new WeakMap<DocumentHost, number>()
 
 /** `ids` among the deleted messages of document `key` waiting for their purge; returns what waits. */
 function addDuePurge(
@@ -914,7 +925,12 @@ export async function purgeDue(ctx: PathContext, host: DocumentHost): Promise<vo
   if (!due || due.ids.size === 0 || host.name.kind !== "conversation") return
   clearTimeout(due.timer)
   all!.delete(host.key)
-  await purgeMessages(ctx, host, host.name.id, [...due.ids])
+  const started = performance.now()
+  try {
+    await purgeMessages(ctx, host, host.name.id, [...due.ids])
+  } finally {
+    lastPurgeMs.set(host, performance.now() - started)
+  }
 }
 
 /**

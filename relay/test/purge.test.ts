@@ -496,6 +496,49 @@ describe("deleting a message in a big room", () => {
   })
 })
 
+describe("purges of a document whose purge is slow", () => {
+  it("are spaced by what the last one took, so that a stream of small deletions cannot keep storage rewriting it", async () => {
+    const dir = scratchDir()
+    const backend = new SqliteBackend(dir)
+    // Each compaction of the conversation (a purge folds its log last) takes 200 ms, as a purge of a
+    // conversation of megabytes does on a busy disk (an outside probe: 29-46 ms of CPU and 7.5-12 MB of
+    // writes per 118-byte deletion, ten a second).
+    const storage = backend.documents
+    const compact = storage.compact.bind(storage)
+    const purges: number[] = []
+    const relay = await relayOn(backend, { segmentSize: 1_000, keepLive: 1_000 })
+    const id = newConversationId()
+    storage.compact = async (name, snapshot, through) => {
+      if (name === id) {
+        purges.push(Date.now())
+        await new Promise((r) => setTimeout(r, 200))
+      }
+      return compact(name, snapshot, through)
+    }
+    const as = { kind: "user", user: alice } as const
+    await relay.core.write(id, as, (doc) =>
+      createConversation(doc, alice, { kind: "group", id, participants: [bob] }),
+    )
+    const sent = Array.from({ length: 20 }, () => newMessageId())
+    for (const [i, message] of sent.entries())
+      await relay.core.write(id, as, (doc) =>
+        sendMessage(doc, alice, { id: message, body: `Gone-Kiwi-${i}` }),
+      )
+    await relay.hooks?.idle()
+    purges.length = 0
+    // Twenty deletions, one every 100 ms: before, a purge each 100 ms after the last (about ten in 2 s).
+    const started = Date.now()
+    for (const message of sent) {
+      await relay.core.write(id, as, (doc) => deleteMessage(doc, alice, message))
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    const inTheStream = purges.filter((at) => at < started + 2_000).length
+    expect(inTheStream).toBeLessThanOrEqual(2)
+    // Every deletion is purged still, within the spacing.
+    await until(() => rowsHolding(dir, "Gone-Kiwi-").length === 0)
+  }, 30_000)
+})
+
 describe("deletions sealed in the change that made them", () => {
   it("share one inbox pass: a stock client's offline sync whose deleted messages are sealed at once searches the inboxes once", async () => {
     const dir = scratchDir()
