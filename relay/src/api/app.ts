@@ -75,7 +75,8 @@ const PROBLEMS = Object.fromEntries(
       [404, "No such conversation (a read) or message, of a conversation the actor takes part in (a write)"],
       [409, "Already exists, or an idempotency key or message id reused for a different message"],
       [413, "Request body too large"],
-      [422, "Well-formed, but the conversation refuses it (e.g. metadata too large)"],
+      [415, "A body that is not `content-type: application/json` in UTF-8"],
+      [422, "Well-formed, but the conversation refuses it (e.g. metadata too large or nested too deep)"],
       [429, "Too many requests (or event streams) for this key"],
       [
         503,
@@ -84,7 +85,7 @@ const PROBLEMS = Object.fromEntries(
     ] as const
   ).map(([status, description]) => [status, { description, content: problemContent }]),
 ) as Record<
-  400 | 401 | 403 | 404 | 409 | 413 | 422 | 429 | 503,
+  400 | 401 | 403 | 404 | 409 | 413 | 415 | 422 | 429 | 503,
   { description: string; content: typeof problemContent }
 >
 
@@ -227,6 +228,16 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
   app.use("/v1/*", async (c, next) => {
     if (options.storage && !options.storage.available && c.req.method !== "GET" && c.req.method !== "HEAD")
       throw storageUnavailable("storage is failing: writes are refused until it answers again; retry later")
+    return next()
+  })
+  // A parameter given twice is refused by name: the schemas read one value, and a repeated `limit` was
+  // reported as "received NaN".
+  app.use("/v1/*", async (c, next) => {
+    const seen = new Set<string>()
+    for (const key of new URL(c.req.url).searchParams.keys()) {
+      if (seen.has(key)) throw refuse(ErrorCode.INVALID_ARGUMENT, `query ${key}: given more than once`)
+      seen.add(key)
+    }
     return next()
   })
   app.use("/v1/*", ...limitBody(limits.maxBodyBytes))

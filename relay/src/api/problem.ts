@@ -93,12 +93,15 @@ export function problemApp<E extends Env>(log: Logger, what: string): OpenAPIHon
   const app = new OpenAPIHono<E>({
     defaultHook: (result, c) => {
       if (result.success) return
+      // Named by where it was: an unknown query parameter was reported as a body field.
+      const where = (result as { readonly target?: string }).target
+      const whole = where === "query" ? "(query)" : where === "param" ? "(path)" : "(body)"
       const detail = result.error.issues
         .slice(0, 10)
         // A message may list what the body held (every unknown key): the answer names no more than a few.
         .map(
           (i) =>
-            `${i.path.join(".") || "(body)"}: ${i.message.length > 200 ? `${i.message.slice(0, 200)}…` : i.message}`,
+            `${i.path.length > 0 ? `${where === "query" ? "query " : ""}${i.path.join(".")}` : whole}: ${i.message.length > 200 ? `${i.message.slice(0, 200)}…` : i.message}`,
         )
         .join("; ")
       return problemResponse(c, new ParleyError(ErrorCode.INVALID_ARGUMENT, detail))

@@ -1,5 +1,9 @@
 import { ErrorCode, illFormedPath, ParleyError } from "@parley/shared"
 import type { Context, MiddlewareHandler } from "hono"
+import { problemResponse } from "./problem.js"
+
+/** A decoder that throws on bytes no UTF-8 character is made of, rather than putting U+FFFD in. */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
 
 /**
  * Most values (and object entries) a JSON body may hold. The largest bodies
@@ -51,11 +55,40 @@ export function requireWellFormedJson(
 ): MiddlewareHandler {
   return async (c, next) => {
     // The bodies the routes' validation parses as JSON (Hono's `validator` test of the media type).
-    const mediaType = (c.req.header("content-type") ?? "").split(";")[0]!.trim()
-    if (!/^application\/([\w.-]+\+)?json$/i.test(mediaType)) return next()
-    // Hono keeps the body read: the route's validation parses this text, not the stream again.
-    const text = await c.req.text()
-    charge(c, text.length)
+    const [type = "", ...parameters] = (c.req.header("content-type") ?? "").split(";")
+    const mediaType = type.trim().toLowerCase()
+    if (!/^application\/([\w.-]+\+)?json$/.test(mediaType)) return next()
+    // JSON in UTF-8, as documented: another media type or charset was decoded as UTF-8 regardless, and
+    // what it could not decode was stored as U+FFFD (a Latin-1 "café" became "caf\uFFFD").
+    const charset = parameters
+      .map((p) => p.trim().toLowerCase())
+      .find((p) => p.startsWith("charset="))
+      ?.slice("charset=".length)
+      .replaceAll('"', "")
+    if (
+      mediaType !== "application/json" ||
+      (charset !== undefined && charset !== "utf-8" && charset !== "utf8")
+    )
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.INVALID_ARGUMENT,
+          "a request body is content-type: application/json, in UTF-8 (charset=utf-8 or none)",
+        ),
+        415,
+      )
+    // Hono keeps the body read: the route's validation parses it again from here, not the stream.
+    const bytes = await c.req.arrayBuffer()
+    charge(c, bytes.byteLength)
+    let text: string
+    try {
+      text = strictUtf8.decode(bytes)
+    } catch {
+      throw new ParleyError(
+        ErrorCode.INVALID_ARGUMENT,
+        "the request body is not UTF-8 (bytes no UTF-8 character is made of); send UTF-8",
+      )
+    }
     if (!jsonValuesWithin(text, MAX_JSON_VALUES))
       throw new ParleyError(
         ErrorCode.INVALID_ARGUMENT,

@@ -120,30 +120,51 @@ function logAdmits(bytes: number): boolean {
   return true
 }
 
+/** Sends a log line (pino's JSON) to the main thread within the log budget; `id` names the call. */
+function sendLogLine(line: string, id: number | undefined): void {
+  // Posted at once (with what was sent before it): a line logged just before a handler blocks the
+  // worker is the one that tells what it was doing.
+  const bounded = boundedLine(line)
+  if (!logAdmits(bounded.length)) return
+  if (logBudget.dropped > 0) {
+    const dropped = logBudget.dropped
+    logBudget.dropped = 0
+    out.send({
+      t: "log",
+      line: `${JSON.stringify({ level: 40, msg: `hook modules logged more than ${LOG_LINES_PER_SECOND} lines (or ${LOG_BYTES_PER_SECOND / 1024} KiB) a second: ${dropped} lines were dropped` })}\n`,
+    })
+  }
+  out.send({ t: "log", ...(id === undefined ? {} : { id }), line: bounded })
+  out.flush()
+}
+
 /** A pino logger whose lines go to the main thread, which logs them with the call's bindings. */
 function logger(id: number | undefined): Logger {
   return pino(
     { level: data.logLevel, base: null, timestamp: false },
-    {
-      write: (line: string) => {
-        // Posted at once (with what was sent before it): a line logged just before a handler blocks the
-        // worker is the one that tells what it was doing.
-        const bounded = boundedLine(line)
-        if (!logAdmits(bounded.length)) return
-        if (logBudget.dropped > 0) {
-          const dropped = logBudget.dropped
-          logBudget.dropped = 0
-          out.send({
-            t: "log",
-            line: `${JSON.stringify({ level: 40, msg: `hook modules logged more than ${LOG_LINES_PER_SECOND} lines (or ${LOG_BYTES_PER_SECOND / 1024} KiB) a second: ${dropped} lines were dropped` })}\n`,
-          })
-        }
-        out.send({ t: "log", ...(id === undefined ? {} : { id }), line: bounded })
-        out.flush()
-      },
-    },
+    { write: (line: string) => sendLogLine(line, id) },
   )
 }
+
+/**
+ * The worker's own stdout and stderr (`console.log`, `process.stdout.write`: a module's habit) become
+ * log lines (info and warn) under the same budget: Node copies a worker's output to the relay's own
+ * stdout unbounded, and one handler call of an outside probe's module wrote 100 MB of it in seconds.
+ */
+function captureOutput(stream: NodeJS.WriteStream, level: number, name: string): void {
+  stream.write = ((chunk: unknown, encoding?: unknown, callback?: unknown) => {
+    const text = typeof chunk === "string" ? chunk : Buffer.from(chunk as Uint8Array).toString("utf8")
+    sendLogLine(
+      `${JSON.stringify({ level, msg: `hook module ${name}`, output: text.replace(/\n$/, "") })}\n`,
+      undefined,
+    )
+    const done = typeof encoding === "function" ? encoding : callback
+    if (typeof done === "function") queueMicrotask(() => (done as () => void)())
+    return true
+  }) as typeof stream.write
+}
+captureOutput(process.stdout, 30, "stdout")
+captureOutput(process.stderr, 40, "stderr")
 
 function signalOf(call: Call): AbortSignal {
   if (!call.controller) {

@@ -148,4 +148,12 @@ async function importWithin(path: string, ms: number): Promise<{ default?: unkno
 }
 
 const describe = (value: unknown) =>
-  value === undefined ? "no default export" : value === null ? "null" : `a ${typeof value}`
+  value === undefined
+    ? "no default export"
+    : value === null
+      ? "null"
+      : Array.isArray(value)
+        ? "an array"
+        : typeof value === "object"
+          ? "an object not made by defineHooks"
+          : `a ${typeof value}`

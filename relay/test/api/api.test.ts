@@ -519,6 +519,11 @@ describe("HTTP API against a relay process", () => {
     expect(badLimit.status).toBe(400)
     const unknownQuery = await reader("GET", "/v1/conversations/g~api-group/messages?limt=3")
     expect(unknownQuery.status).toBe(400)
+    // Named as a query parameter (before: "(body): Unrecognized key"), and a repeated one by name (before:
+    // "received NaN").
+    expect(unknownQuery.body.detail).toMatch(/^\(query\): .*limt/)
+    const twice = await reader("GET", "/v1/conversations/g~api-group/messages?limit=2&limit=3")
+    expect([twice.status, twice.body.detail]).toEqual([400, "query limit: given more than once"])
     const unexpectedQuery = await reader("GET", "/v1/conversations/g~api-group?asUser=alice")
     expect(unexpectedQuery.status).toBe(400)
     const tooLong = await full("POST", "/v1/conversations/g~api-group/messages", { body: "x".repeat(16_001) })
@@ -545,6 +550,22 @@ describe("HTTP API against a relay process", () => {
       "content-type": "text/plain",
     })
     expect([notJson.status, notJson.contentType]).toEqual([415, "application/problem+json"])
+    // JSON in UTF-8 only: before, a Latin-1 "café" and bytes no character is made of were stored as U+FFFD.
+    const raw = (bytes: Uint8Array<ArrayBuffer>, contentType: string) =>
+      fetch(`${base()}/v1/conversations/g~api-group/messages`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${fullKey}`, "content-type": contentType },
+        body: bytes,
+      })
+    const latin1 = Uint8Array.from([...Buffer.from('{"body":"caf'), 0xe9, ...Buffer.from('"}')])
+    expect((await raw(latin1, "application/json; charset=iso-8859-1")).status).toBe(415)
+    expect((await raw(Buffer.from('{"body":"x"}'), "application/vnd.api+json")).status).toBe(415)
+    const invalid = await raw(latin1, "application/json")
+    expect(invalid.status).toBe(400)
+    expect((await invalid.json()).detail).toMatch(/not UTF-8/)
+    const utf8 = await raw(Buffer.from('{"body":"café"}'), "application/json; charset=UTF-8")
+    expect(utf8.status).toBe(201)
+    expect((await utf8.json()).body).toBe("café")
     const noRoute = await full("GET", "/v1/nothing-here")
     expect([noRoute.status, noRoute.contentType]).toEqual([404, "application/problem+json"])
     // The relay still serves.

@@ -371,6 +371,37 @@ export default defineHooks({
     alice.close()
   }, 60_000)
 
+  it("a handler printing in a loop (console.log) reaches the relay's log as lines under the same budget", async () => {
+    const hooks = hooksDir({
+      "printer.mjs": `import { defineHooks } from ${api}
+import { setImmediate } from "node:timers/promises"
+export default defineHooks({
+  async onMessageSent() {
+    for (let i = 0; i < 20000; i++) {
+      console.log("printed", i, "z".repeat(2000))
+      if (i % 100 === 0) await setImmediate()
+    }
+    console.error("printing done")
+  },
+})
+`,
+    })
+    const relay = await startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
+    const id = "g~printer" as ConversationId
+    const alice = await open(relay, id, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    sendMessage(alice.doc, "alice" as UserId, { body: "hello" })
+    await alice.allSaved()
+    const printed = await relay.waitForLog(
+      (l) => typeof l.output === "string" && l.output.startsWith("printed"),
+    )
+    expect(printed).toMatchObject({ level: 30, msg: "hook module stdout" })
+    await relay.waitForLog((l) => typeof l.msg === "string" && l.msg.includes("lines were dropped"))
+    // Before: Node copied all 20,000 lines (40 MB) to the relay's stdout as they came.
+    expect(relay.lines.filter((l) => l.includes("printed")).length).toBeLessThan(2_000)
+    alice.close()
+  }, 60_000)
+
   it("a module that fails to load in the worker refuses the start with exit code 2, naming its file", async () => {
     const hooks = hooksDir({
       "ok.mjs": RECORDING,
