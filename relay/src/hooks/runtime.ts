@@ -517,7 +517,17 @@ export class HookRuntime {
         events: batch,
         ...(through !== undefined ? { through } : {}),
       })
-      this.dispatcher.add(deliveries)
+      // Recorded: what fails from here on is in memory, and must neither record the events again (each
+      // retry logged them once more: an outside probe's event was delivered 124 times) nor hold every
+      // later record behind it. What was not queued stays in the outbox, delivered when the relay next starts.
+      try {
+        this.dispatcher.add(deliveries)
+      } catch (error) {
+        this.log.error(
+          { err: error, document, events: deliveries.length },
+          "recorded hook events could not be queued for delivery: left in the outbox, delivered when the relay next starts",
+        )
+      }
     }
     // A failed record is tried again until it succeeds, and every later one waits behind it: recorded
     // first, a later change's watermark would pass the failed change's log entries, and their events

@@ -95,3 +95,42 @@ describe.each(Object.keys(backends) as (keyof typeof backends)[])(
     })
   },
 )
+
+describe("hook events recorded, then failing to be queued in memory", () => {
+  it("are logged once, and every later change's events go on (before: logged again at each retry, all others held)", async () => {
+    const backend = new MemoryBackend()
+    cleanup.push(() => backend.close())
+    const { hooks, events } = recordingHooks()
+    const relay = await coreWithHooks({
+      storage: backend.documents,
+      outbox: backend.outbox,
+      hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+    })
+    cleanup.push(() => relay.core.close())
+    // The first queueing of message "poisoned-0001"'s deliveries throws (a bug in memory, as a redaction
+    // that overflowed the stack on a deeply nested value did).
+    const dispatcher = (relay.runtime as unknown as { dispatcher: { add(d: unknown[]): void } }).dispatcher
+    const add = dispatcher.add.bind(dispatcher)
+    let thrown = 0
+    dispatcher.add = (deliveries) => {
+      if (thrown === 0 && JSON.stringify(deliveries).includes("poisoned-0001")) {
+        thrown++
+        throw new RangeError("Maximum call stack size exceeded")
+      }
+      add(deliveries)
+    }
+    const id = "g~queue-failure" as ConversationId
+    const a = new InProcessClient(relay.core, id, alice)
+    await a.connect()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { id: "poisoned-0001" as MessageId, body: "one" })
+    await a.settled()
+    sendMessage(a.doc, alice, { id: "after-poison1" as MessageId, body: "two" })
+    await a.settled()
+    await relay.runtime.idle()
+    expect(thrown).toBe(1)
+    expect(sentIds(events)).toContain("after-poison1")
+    const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
+    expect(sentIds(logged.map((e) => e.event))).toEqual(["poisoned-0001", "after-poison1"])
+  })
+})
