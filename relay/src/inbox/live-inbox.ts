@@ -75,6 +75,21 @@ interface LastFull {
   timer: ReturnType<typeof setTimeout> | undefined
 }
 
+/** Adds `keys` to `user`'s set in `sets` (made when there are any). */
+function addKeys(
+  sets: Map<UserId, Set<ConversationId>>,
+  user: UserId,
+  keys: readonly ConversationId[],
+): void {
+  if (keys.length === 0) return
+  let mine = sets.get(user)
+  if (!mine) {
+    mine = new Set()
+    sets.set(user, mine)
+  }
+  for (const key of keys) mine.add(key)
+}
+
 /** The entries a user's own writes had derived again lately (see {@link HAND_BACK_WINDOW_MS}). */
 interface HandBackWindow {
   /** Keys derived in this window. */
@@ -220,22 +235,8 @@ export class LiveInbox implements RelayExtension {
         update,
         (key, item) => pending?.get(key)?.has(item) === true,
       )
-      if (removed.length > 0) {
-        let mine = this.removedByUser.get(name.user)
-        if (!mine) {
-          mine = new Set()
-          this.removedByUser.set(name.user, mine)
-        }
-        for (const key of removed) mine.add(key)
-      }
-      if (derive.length > 0) {
-        let mine = this.touched.get(name.user)
-        if (!mine) {
-          mine = new Set()
-          this.touched.set(name.user, mine)
-        }
-        for (const key of derive) mine.add(key)
-      }
+      addKeys(this.removedByUser, name.user, removed)
+      addKeys(this.touched, name.user, derive)
       if (remove.size > 0) {
         let mine = this.handedBack.get(name.user)
         if (!mine) {

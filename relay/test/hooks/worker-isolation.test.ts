@@ -337,28 +337,35 @@ export default defineHooks({
     alice.close()
   }, 60_000)
 
-  it("a handler logging in a loop reaches the relay's log at a bounded rate, the rest counted, and the relay keeps serving", async () => {
+  /**
+   * A relay whose hook module writes `line` (an expression of `i`) 20,000 times for one message, yielding
+   * every 100 (so that no worker guard fires), and the client that sent it.
+   */
+  async function flooding(name: string, line: string) {
     const hooks = hooksDir({
-      "flood.mjs": `import { defineHooks } from ${api}
+      [`${name}.mjs`]: `import { defineHooks } from ${api}
 import { setImmediate } from "node:timers/promises"
 export default defineHooks({
   async onMessageSent(event, { log }) {
-    // Never blocks its worker: yields every 100 lines, so no worker guard fires.
     for (let i = 0; i < 20000; i++) {
-      log.info({ i, pad: "y".repeat(2000) }, "flood")
+      ${line}
       if (i % 100 === 0) await setImmediate()
     }
-    log.info("flood done")
   },
 })
 `,
     })
     const relay = await startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
-    const id = "g~flood" as ConversationId
+    const id = `g~${name}` as ConversationId
     const alice = await open(relay, id, "alice")
     createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
     sendMessage(alice.doc, "alice" as UserId, { body: "hello" })
     await alice.allSaved()
+    return { relay, alice }
+  }
+
+  it("a handler logging in a loop reaches the relay's log at a bounded rate, the rest counted, and the relay keeps serving", async () => {
+    const { relay, alice } = await flooding("flood", `log.info({ i, pad: "y".repeat(2000) }, "flood")`)
     const dropped = await relay.waitForLog(
       (l) => typeof l.msg === "string" && l.msg.includes("lines were dropped"),
     )
@@ -372,26 +379,7 @@ export default defineHooks({
   }, 60_000)
 
   it("a handler printing in a loop (console.log) reaches the relay's log as lines under the same budget", async () => {
-    const hooks = hooksDir({
-      "printer.mjs": `import { defineHooks } from ${api}
-import { setImmediate } from "node:timers/promises"
-export default defineHooks({
-  async onMessageSent() {
-    for (let i = 0; i < 20000; i++) {
-      console.log("printed", i, "z".repeat(2000))
-      if (i % 100 === 0) await setImmediate()
-    }
-    console.error("printing done")
-  },
-})
-`,
-    })
-    const relay = await startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
-    const id = "g~printer" as ConversationId
-    const alice = await open(relay, id, "alice")
-    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
-    sendMessage(alice.doc, "alice" as UserId, { body: "hello" })
-    await alice.allSaved()
+    const { relay, alice } = await flooding("printer", `console.log("printed", i, "z".repeat(2000))`)
     const printed = await relay.waitForLog(
       (l) => typeof l.output === "string" && l.output.startsWith("printed"),
     )
