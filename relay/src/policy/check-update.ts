@@ -213,7 +213,9 @@ class UpdateCheck {
     // the later creation can only restate who created it and when, since every other field of a
     // direct conversation is fixed by its id. It is accepted, so that neither replica must resync.
     // A creation is written on nothing: every creation field and participant record it holds has no
-    // origin. One that chains on an existing value is a rewrite, judged like any other.
+    // origin. One that chains on an existing value is a rewrite, judged like any other; so is one from a
+    // user who wrote here before under another client id (a replica that created the conversation never
+    // saw it: an outside probe restated it from a fresh client id every hour, each winning the merge).
     const creationItem = (n: (typeof this.read.items)[number]) =>
       n.location.root === TopLevel.participants ||
       (n.location.root === TopLevel.meta &&
@@ -229,7 +231,8 @@ class UpdateCheck {
       ) &&
       this.read.items.every(
         (n) => !creationItem(n) || (n.item.origin === null && n.item.rightOrigin === null),
-      )
+      ) &&
+      !bindings.ownsOther(key, this.read.writers)
 
     // Once deleted, a conversation is closed to everyone but the relay (which purges it); a participant
     // may still leave it (nothing written: their entry goes), which takes it out of their inbox.

@@ -38,6 +38,12 @@ export class ClientBindings {
     for (const [clientId, key] of owners) this.owners.set(clientId, key)
   }
 
+  /** Whether `key` owns an id other than those of `except` (it wrote, or claimed an id, before). */
+  ownsOther(key: string, except: ReadonlySet<number>): boolean {
+    for (const [clientId, owner] of this.owners) if (owner === key && !except.has(clientId)) return true
+    return false
+  }
+
   /** Number of bound ids. */
   get size(): number {
     return this.owners.size

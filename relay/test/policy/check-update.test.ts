@@ -813,9 +813,9 @@ describe("two creations of one direct conversation", () => {
     expect(check(relay, bindings, carol, creation(carol, dave, "one"))).toMatchObject({ allowed: true })
     const FAR = 8.64e15
     // A crafted "creation" under a client id that outranks the first: it would win the merge.
-    const restated = (change: (t: ReturnType<typeof typesOf>) => void) => {
+    const restated = (change: (t: ReturnType<typeof typesOf>) => void, clientId = 0xfffffff0) => {
       const d = new Y.Doc()
-      d.clientID = 0xfffffff0
+      d.clientID = clientId
       return updateOf(d, (doc) => doc.transact(() => change(typesOf(doc))))
     }
     const record = (addedAt: number) => ({ role: "owner" as const, addedBy: dave, addedAt })
@@ -841,6 +841,16 @@ describe("two creations of one direct conversation", () => {
     ).toMatchObject({
       allowed: true,
     })
+    // Once is what a creation the user's replica made without seeing the other is: again, from a fresh
+    // client id that outranks every other, it is a rewrite (before: accepted each time, the latest winning).
+    expect(
+      check(
+        relay,
+        bindings,
+        dave,
+        restated((t) => t.meta.set(MetaKey.createdAt, 1), 0xfffffff8),
+      ),
+    ).toMatchObject({ allowed: false, rule: Rule.immutable })
     const chained = updateOf(replicaOf(relay), (d) => typesOf(d).meta.set(MetaKey.createdAt, 1))
     const throwaway = updateOf(new Y.Doc(), (d) => typesOf(d).meta.set(MetaKey.createdAt, 2))
     expect(check(relay, bindings, dave, Y.mergeUpdates([chained, throwaway]))).toMatchObject({
