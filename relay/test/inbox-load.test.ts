@@ -231,6 +231,15 @@ describe("inbox writes and connects buy bounded work", () => {
     await fresh.allSaved()
     expect(fresh.errors).toEqual([])
     expect(getInboxEntry(fresh.doc, listed)?.muted).toBe(true)
+    // An entry of her own under a made-up id, written just before its mute, does not list it (a second
+    // probe stored 60,000 flags so: each mute followed an entry the relay was about to remove).
+    const forged = "g~forgedlisting" as ConversationId
+    fresh.doc
+      .getMap(InboxTopLevel.entries)
+      .set(forged, { ...getInboxEntry(fresh.doc, listed)!, conversationId: forged } as never)
+    setMuted(fresh.doc, forged, true)
+    await fresh.until(() => fresh.errors.length > 0)
+    expect(fresh.errors[0]!.message).toMatch(/at most 64 conversations the inbox does not list may be muted/)
   }, 30_000)
 
   it("derives an entry a user rewrites once per window, and none a user removes, so a loop of such writes buys no loads", async () => {

@@ -49,7 +49,6 @@ export function checkInboxUpdate(input: {
     return { allowed: false, rule: Rule.relayOnly, reason: "only the relay and its user write an inbox" }
   try {
     const read = readUpdate(doc, update, rootKind, Rule.schema, 10_000 + 64 * update.length)
-    let unlisted: Set<string> | undefined
     for (const { item, location } of read.items) {
       if (location.key === null || !isConversationId(location.key))
         throw new Refusal(Rule.schema, "an inbox is keyed by conversation id")
@@ -58,15 +57,6 @@ export function checkInboxUpdate(input: {
       const value = mapItemValue(item)
       if (location.root === InboxTopLevel.muted && value !== true)
         throw new Refusal(Rule.schema, "a muted flag is true or absent")
-      if (location.root === InboxTopLevel.muted && !doc.getMap(InboxTopLevel.entries).has(location.key)) {
-        unlisted ??= unlistedMutes(doc)
-        unlisted.add(location.key)
-        if (unlisted.size > MAX_UNLISTED_MUTES)
-          throw new Refusal(
-            Rule.schema,
-            `at most ${MAX_UNLISTED_MUTES} conversations the inbox does not list may be muted`,
-          )
-      }
       if (location.root === InboxTopLevel.entries) {
         if (typeof value !== "object" || value === null)
           throw new Refusal(Rule.schema, "an inbox entry is an object")
@@ -77,14 +67,6 @@ export function checkInboxUpdate(input: {
     if (error instanceof Refusal) return { allowed: false, rule: error.rule as Rule, reason: error.reason }
     return { allowed: false, rule: Rule.schema, reason: "the update is malformed" }
   }
-}
-
-/** The keys `inbox` holds a mute flag under and shows no entry under. */
-function unlistedMutes(inbox: Y.Doc): Set<string> {
-  const entries = inbox.getMap(InboxTopLevel.entries)
-  const unlisted = new Set<string>()
-  for (const key of inbox.getMap(InboxTopLevel.muted).keys()) if (!entries.has(key)) unlisted.add(key)
-  return unlisted
 }
 
 /** What the relay does with the entries a user's own write to their inbox touched. */
@@ -107,6 +89,13 @@ export interface HandedBack {
    * meanwhile, recovering a membership a crash lost, stays).
    */
   readonly remove: ReadonlyMap<ConversationId, ReadonlySet<string>>
+  /**
+   * When the write sets a mute flag under a key the inbox lists no entry of
+   * the relay's under (none, or one of the user's own the relay is to
+   * remove): how many such flags the inbox would hold after it (see
+   * {@link MAX_UNLISTED_MUTES}).
+   */
+  readonly unlistedMutes?: number
 }
 
 /** An item's id as {@link HandedBack.remove} lists it. */
@@ -171,6 +160,32 @@ export function entriesHandedBack(
         !remove.has(location.key)
       )
         removed.add(location.key)
+    // Mute flags under keys with no entry of the relay's: counted once the write sets one.
+    const unlisted = (key: string) => !shown(key as ConversationId) || remove.has(key as ConversationId)
+    const setsUnlisted = read.items.some(
+      ({ item, location }) =>
+        location.root === InboxTopLevel.muted &&
+        location.key !== null &&
+        !(item.content instanceof Y.ContentDeleted) &&
+        !read.deletes(item.id.client, item.id.clock) &&
+        unlisted(location.key),
+    )
+    if (setsUnlisted) {
+      const muted = new Set<string>()
+      for (const key of doc.getMap(InboxTopLevel.muted).keys()) if (unlisted(key)) muted.add(key)
+      for (const { location } of read.deleted)
+        if (location.root === InboxTopLevel.muted && location.key !== null) muted.delete(location.key)
+      for (const { item, location } of read.items)
+        if (
+          location.root === InboxTopLevel.muted &&
+          location.key !== null &&
+          !(item.content instanceof Y.ContentDeleted) &&
+          !read.deletes(item.id.client, item.id.clock) &&
+          unlisted(location.key)
+        )
+          muted.add(location.key)
+      return { derive: [...derive], removed: [...removed], remove, unlistedMutes: muted.size }
+    }
   } catch {
     return { derive: [], removed: [], remove: new Map() }
   }

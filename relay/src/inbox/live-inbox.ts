@@ -2,6 +2,7 @@ import {
   type ChangeEventType,
   type ConversationId,
   conversationHead,
+  type Decision,
   ErrorCode,
   entryFromHead,
   type InboxEntry,
@@ -11,13 +12,14 @@ import {
   memberReadState,
   ParleyError,
   parseDocumentName,
+  Rule,
   typesOf,
   type UserId,
   writeInboxEntry,
 } from "@parley/shared"
 import * as Y from "yjs"
 import type { AfterSaved, ConnectionChange, PolicyInput, RelayExtension, RunningCore } from "../extension.js"
-import { entriesHandedBack, itemKey } from "./check-inbox-update.js"
+import { entriesHandedBack, itemKey, MAX_UNLISTED_MUTES } from "./check-inbox-update.js"
 import { deferEntryReplacement, EntryValues } from "./entry-update.js"
 
 /**
@@ -227,14 +229,22 @@ export class LiveInbox implements RelayExtension {
    * inbox showed are derived again and the others removed (see
    * `entriesHandedBack`). Decides nothing.
    */
-  checkUpdate({ name, doc, update, principal }: PolicyInput): { allowed: true } {
+  checkUpdate({ name, doc, update, principal }: PolicyInput): Decision {
     if (name.kind === "inbox" && principal.kind === "user" && principal.user === name.user) {
       const pending = this.handedBack.get(name.user)
-      const { derive, removed, remove } = entriesHandedBack(
+      const { derive, removed, remove, unlistedMutes } = entriesHandedBack(
         doc,
         update,
         (key, item) => pending?.get(key)?.has(item) === true,
       )
+      // Judged here, where the user's own entries the relay is to remove are known: an entry written
+      // under a made-up id just before its mute made that id look listed (a second probe: 60,000 flags).
+      if (unlistedMutes !== undefined && unlistedMutes > MAX_UNLISTED_MUTES)
+        return {
+          allowed: false,
+          rule: Rule.schema,
+          reason: `at most ${MAX_UNLISTED_MUTES} conversations the inbox does not list may be muted`,
+        }
       addKeys(this.removedByUser, name.user, removed)
       addKeys(this.touched, name.user, derive)
       if (remove.size > 0) {
