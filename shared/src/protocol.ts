@@ -437,6 +437,14 @@ export function isTokenRefresh(frame: Uint8Array): boolean {
   return frame[0] === MessageType.parley && frame[1] === ParleyMessage.token
 }
 
+/** The Parley messages clients send (the relay reads them whole). */
+const CLIENT_SENT: ReadonlySet<string> = new Set([
+  "token",
+  "historyRequest",
+  "directoryRequest",
+  "epochRequest",
+])
+
 /** `frame`, once `decoder` has read the whole of it. */
 function whole(decoder: decoding.Decoder, frame: Frame): Frame {
   const after = decoder.arr.length - decoder.pos
@@ -451,9 +459,10 @@ function whole(decoder: decoding.Decoder, frame: Frame): Frame {
 /**
  * Decodes any frame one level (see {@link Frame}). Throws a MALFORMED_FRAME
  * {@link ParleyError} on an unknown message type, and on bytes after a sync,
- * awareness or awareness-query message (y-protocols sends one message per
- * frame, and a relay that kept such bytes would hold and count what no
- * replica sent); lib0's error on a truncated body.
+ * awareness, awareness-query or auth message or one of the Parley messages
+ * clients send (y-protocols sends one message per frame, and a relay that
+ * kept such bytes would hold and count what no replica sent); lib0's error
+ * on a truncated body.
  */
 export function readFrame(frame: Uint8Array): Frame {
   const decoder = decoding.createDecoder(frame)
@@ -464,11 +473,16 @@ export function readFrame(frame: Uint8Array): Frame {
     case MessageType.awareness:
       return whole(decoder, { type: "awareness", update: readAwarenessMessage(decoder) })
     case MessageType.auth:
-      return { type: "auth", message: readAuthMessage(decoder) }
+      return whole(decoder, { type: "auth", message: readAuthMessage(decoder) })
     case MessageType.queryAwareness:
       return whole(decoder, { type: "queryAwareness" })
-    case MessageType.parley:
-      return { type: "parley", message: readParleyFrame(decoder) }
+    case MessageType.parley: {
+      const message = readParleyFrame(decoder)
+      // What clients send is read whole; what the relay sends may gain fields a client reads past.
+      return message !== undefined && CLIENT_SENT.has(message.type)
+        ? whole(decoder, { type: "parley", message })
+        : { type: "parley", message }
+    }
     default:
       throw new ParleyError(ErrorCode.MALFORMED_FRAME, `unknown message type ${type}`)
   }

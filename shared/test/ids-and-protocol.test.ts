@@ -340,6 +340,8 @@ describe("protocol", () => {
     )
     expect(() => readFrame(trailing(encodeSyncUpdate(update)))).toThrow(/3 bytes after the message/)
     expect(() => readFrame(Uint8Array.of(MessageType.queryAwareness, 1))).toThrow(/1 byte after the message/)
+    expect(() => readFrame(trailing(encodeTokenRefresh("a.b.c")))).toThrow(/3 bytes after the message/)
+    expect(() => readFrame(trailing(encodeHistoryRequest(1, 0)))).toThrow(/3 bytes after the message/)
     // Lengths of one to three varUint bytes, at their edges.
     for (const size of [0, 127, 128, 300, 16_383, 16_384, 70_000]) {
       const body = Uint8Array.from({ length: size }, (_, i) => i % 251)
