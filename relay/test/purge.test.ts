@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import {
+  type ConversationId,
   createConversation,
   decodeDirectoryPage,
   decodeSegment,
@@ -829,7 +830,13 @@ describe("erasing a user (GDPR)", () => {
     expect(rawFiles(dir)).toContain("Bob-Ibex-")
     const first = await erase(eraser.key)
     expect(first.status).toBe(200)
-    expect(await first.json()).toEqual({ user: "bob", conversations: 2, messages: 11, uploads: 1 })
+    expect(await first.json()).toEqual({
+      user: "bob",
+      conversations: 2,
+      messages: 11,
+      uploads: 1,
+      damaged: [],
+    })
     await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
     await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
     expect(await (await erase(eraser.key)).json()).toMatchObject({ user: "bob", messages: 0 })
@@ -853,6 +860,28 @@ describe("erasing a user (GDPR)", () => {
     lines.length = 0
     expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(0)
     expect(JSON.parse(lines[0]!)).toMatchObject({ messages: 0 })
+  })
+
+  it("passes over a damaged conversation, erases the others, and says which it could not (exit 1)", async () => {
+    const dir = scratchDir()
+    const relay = await relayOn(new SqliteBackend(dir))
+    await writeBoth(relay)
+    // First in name order: before, the erasure ended at it, and every conversation after kept bob's text.
+    const broken = "g~-damaged-first" as ConversationId
+    const b = await joinAs(relay, bob, broken)
+    createConversation(b.doc, bob, { kind: "group", id: broken, participants: [alice] })
+    sendMessage(b.doc, bob, { body: "Bob-In-Damaged" })
+    await b.allSaved()
+    await stopRelays()
+    const backend = new SqliteBackend(dir)
+    await backend.documents.markDamaged(broken, "a bad page (test)")
+    await backend.close()
+    const lines: string[] = []
+    expect(await runEraseUserCli(["bob", "--data-dir", dir], (l) => lines.push(l), {})).toBe(1)
+    expect(JSON.parse(lines[0]!)).toMatchObject({ user: "bob", messages: 11, damaged: [broken] })
+    expect(lines[1]).toMatch(/not in 1 whose stored state is damaged \(g~-damaged-first\): restore them/)
+    expect(rowsHolding(dir, "Bob-Ibex-")).toEqual([])
+    expect(rawFiles(dir)).toContain("Alice-Stays-")
   })
 })
 

@@ -436,5 +436,9 @@ export const ErasureSchema = z
     uploads: z.number().int().openapi({
       description: "Files the user uploaded that were deleted, sent or not (0 when run again).",
     }),
+    damaged: z.array(z.string()).openapi({
+      description:
+        "Conversations not erased because their stored state is damaged: always empty in a 200 (with any, the answer is 503 DAMAGED naming them; the others are erased).",
+    }),
   })
   .openapi("Erasure")

@@ -45,9 +45,17 @@ export class ErasureAdmin implements RelayExtension {
   erase(user: UserId): Promise<ErasureReport> {
     const core = this.core
     if (!core) return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is not running"))
-    const run = this.running.then(async () =>
-      eraseUser(core, await this.options.list(), this.options.history, user, this.options.blobs),
-    )
+    const run = this.running.then(async () => {
+      const report = await eraseUser(
+        core,
+        await this.options.list(),
+        this.options.history,
+        user,
+        this.options.blobs,
+      )
+      if (report.damaged.length > 0) throw damagedLeft(report)
+      return report
+    })
     this.running = run.catch(() => undefined)
     return run
   }
@@ -76,11 +84,21 @@ export class ErasureAdmin implements RelayExtension {
             ? 403
             : code === ErrorCode.INVALID_ARGUMENT
               ? 400
-              : code === ErrorCode.UNAVAILABLE || code === ErrorCode.STORAGE_UNAVAILABLE
+              : code === ErrorCode.UNAVAILABLE ||
+                  code === ErrorCode.STORAGE_UNAVAILABLE ||
+                  code === ErrorCode.DAMAGED
                 ? 503
                 : 500
       sendJson(res, status, { error: { code, message: (error as Error).message } })
     }
     return true
   }
+}
+
+/** The refusal of an erasure that left damaged conversations (it erased the others). */
+export function damagedLeft(report: ErasureReport): ParleyError {
+  return new ParleyError(
+    ErrorCode.DAMAGED,
+    `erased ${report.messages} messages in ${report.conversations - report.damaged.length} conversations, but not in ${report.damaged.length} whose stored state is damaged (${report.damaged.join(", ")}): restore them (parley-relay damaged restore) and erase again`,
+  )
 }

@@ -6,6 +6,7 @@ import { rebuildInboxes } from "../inbox/rebuild.js"
 import { createLogger } from "../log.js"
 import { RelayMetrics } from "../metrics.js"
 import { RelayCore } from "../relay-core.js"
+import { damagedLeft } from "./erase-admin.js"
 import { eraseUser } from "./erase-user.js"
 
 const CLI = subcommand("erase-user", {
@@ -17,7 +18,10 @@ const CLI = subcommand("erase-user", {
   logs, snapshots, sealed segments, stored hook events and inboxes. Idempotent.
   Run it while the relay is stopped (it opens the same storage); with the relay
   running, call DELETE /admin/users/<user>/content with a service token instead.
-  Prints one JSON line: { user, conversations, messages }.`,
+  Prints one JSON line: { user, conversations, messages, uploads, damaged }:
+  conversations looked in (every stored one), messages replaced, files
+  deleted, and damaged conversations it could not erase (then it exits 1:
+  restore them with damaged restore and run it again; the others are erased).`,
 })
 
 /** `parley-relay erase-user <user>`: the operator's erasure with the relay stopped. Returns the exit code. */
@@ -57,7 +61,9 @@ export async function runEraseUserCli(
     // and closing the core folds every document it wrote into a snapshot.
     await rebuildInboxes(core, backend.documents)
     out(JSON.stringify({ user, ...report }))
-    return 0
+    if (report.damaged.length === 0) return 0
+    out(`parley-relay erase-user: ${damagedLeft(report).message}`)
+    return 1
   } finally {
     await core.close()
     await backend.purge?.scrub()

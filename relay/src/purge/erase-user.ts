@@ -1,4 +1,12 @@
-import { decodeSegment, eraseAuthor, parseDocumentName, sealedHistory, type UserId } from "@parley/shared"
+import {
+  decodeSegment,
+  ErrorCode,
+  eraseAuthor,
+  ParleyError,
+  parseDocumentName,
+  sealedHistory,
+  type UserId,
+} from "@parley/shared"
 import type * as Y from "yjs"
 import type { BlobStore } from "../attachments/blob-store.js"
 import { eraseUploads } from "../attachments/service.js"
@@ -14,6 +22,12 @@ export interface ErasureReport {
   readonly messages: number
   /** Files the user uploaded that it deleted (0 when run again, or without attachments). */
   readonly uploads: number
+  /**
+   * Conversations it could not erase because their stored state is damaged
+   * (refused to everyone until restored): restore them (`damaged restore`)
+   * and erase again. The others are erased all the same.
+   */
+  readonly damaged: readonly string[]
 }
 
 /**
@@ -36,9 +50,29 @@ export async function eraseUser(
 ): Promise<ErasureReport> {
   let conversations = 0
   let messages = 0
+  const damaged: string[] = []
   for (const name of names) {
     if (parseDocumentName(name).kind !== "conversation") continue
     conversations++
+    // A damaged conversation is named and passed over: before, the first one ended the erasure there, and
+    // the conversations after it kept the user's text with nothing saying so.
+    if (!(await eraseIn(core, name, history, user, now, (n) => (messages += n)))) damaged.push(name)
+  }
+  // After the messages: one sent meanwhile with a file of theirs is a placeholder now, not a link to it.
+  const uploads = blobs ? await eraseUploads(blobs, user) : 0
+  return { conversations, messages, uploads, damaged }
+}
+
+/** Erases `user`'s messages in conversation `name`; false when its stored state is damaged. */
+async function eraseIn(
+  core: RunningCore,
+  name: string,
+  history: HistoryStore | undefined,
+  user: UserId,
+  now: number,
+  erased: (count: number) => void,
+): Promise<boolean> {
+  try {
     for (;;) {
       // The relay's directory of sealed messages, for the ones among them the user wrote.
       const doc = await core.read(name, (d) => d)
@@ -49,13 +83,13 @@ export async function eraseUser(
       let same = false
       await core.write(name, RELAY, (current: Y.Doc) => {
         same = current === doc
-        if (same) messages += eraseAuthor(current, user, { now })
+        if (same) erased(eraseAuthor(current, user, { now }))
       })
       // Unloaded in between: the directory went with it, so again on the fresh load.
-      if (same) break
+      if (same) return true
     }
+  } catch (error) {
+    if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) return false
+    throw error
   }
-  // After the messages: one sent meanwhile with a file of theirs is a placeholder now, not a link to it.
-  const uploads = blobs ? await eraseUploads(blobs, user) : 0
-  return { conversations, messages, uploads }
 }
