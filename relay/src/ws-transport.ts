@@ -31,7 +31,7 @@ import { Keepalive, type Liveness } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { MuxSocket } from "./mux-socket.js"
-import { describePrincipal, type Principal } from "./principal.js"
+import { describePrincipal, type Principal, SERVICE_PARTICIPANT_PREFIX } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 import { firstByte, sizeOf, toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
@@ -366,6 +366,11 @@ export class WsTransport {
         })
       if (role !== SERVICE_ROLE && !isUserId(user))
         return json(res, 400, { error: `?user= must be a valid user id: ${DEV_TOKEN_PARAMETERS}` })
+      // The relay refuses user tokens so named (no client poses as an API key's participant): not minted.
+      if (role !== SERVICE_ROLE && user!.startsWith(SERVICE_PARTICIPANT_PREFIX))
+        return json(res, 400, {
+          error: `?user= may not start with "${SERVICE_PARTICIPANT_PREFIX}" (API keys' participants): ${DEV_TOKEN_PARAMETERS}`,
+        })
       const subject = role === SERVICE_ROLE ? user || "dev-service" : user!
       this.options.log.info(
         { subject, ...(role ? { role } : {}), dev: true },

@@ -286,6 +286,12 @@ describe.concurrent("--dev", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
     const user = await get(`${relay.httpUrl}/dev/token?user=alice&role=`)
     expect(user.status).toBe(200)
     expect(decodeJwt((JSON.parse(user.body) as { token: string }).token).role).toBeUndefined()
+    // A user token the relay would refuse (API keys' participants are service.<name>): before, minted.
+    const posing = await get(`${relay.httpUrl}/dev/token?user=service.backend`)
+    expect(posing.status).toBe(400)
+    expect((JSON.parse(posing.body) as { error: string }).error).toMatch(
+      /^\?user= may not start with "service\."/,
+    )
   })
 
   it("refuses unknown or repeated query parameters with 400 naming what it takes, instead of ignoring them", async ({
