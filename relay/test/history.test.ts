@@ -246,16 +246,7 @@ describe("sealed history", () => {
   })
 
   it("counts the relay's unread exactly after a load too, holding the segment a read marker falls inside", async () => {
-    const relay = await relayWith(
-      new MemoryBackend(),
-      10,
-      5,
-      1000,
-      { keepSummaries: 4, foldSize: 16 },
-      {
-        idleUnloadMs: 50,
-      },
-    )
+    const relay = await relayWith(new MemoryBackend(), 10, 5, 1000, undefined, { idleUnloadMs: 50 })
     const id = await conversationWith(relay, 40)
     await relay.core.write(id, { kind: "user", user: bob }, (doc) => markRead(doc, bob, 14))
     const unread = () => relay.core.read(id, (doc) => unreadCount(doc, bob))

@@ -608,12 +608,7 @@ describe("deletion in a big room", () => {
       sendMessage(a.doc, alice, { body: "Keep-Tapir-Text" })
       await a.allSaved()
       await relay.hooks?.idle()
-      const inbox = await joinAs(relay, bob, inboxDocumentName(bob))
-      const preview = () => JSON.stringify(inbox.doc.getMap(InboxTopLevel.entries).toJSON())
-      const gone = sendMessage(a.doc, alice, { body: "Gone-Quokka-Text" })
-      await a.allSaved()
-      await inbox.until(() => preview().includes("Gone-Quokka-Text"))
-      inbox.close()
+      const gone = await previewedByBob(relay, a, "Gone-Quokka-Text")
       // Bob's inbox, unloaded, is stored with the preview; no other member's inbox ever showed it.
       await until(() =>
         rowsHolding(dir, "Gone-Quokka-Text").some((row) => row.includes(inboxDocumentName(bob))),
@@ -645,13 +640,7 @@ describe("deletion and an inbox still in memory", () => {
     sendMessage(a.doc, alice, { body: "Keep-Serval-Text" })
     await a.allSaved()
     await relay.hooks?.idle()
-    const inbox = await joinAs(relay, bob, inboxDocumentName(bob))
-    const preview = () => JSON.stringify(inbox.doc.getMap(InboxTopLevel.entries).toJSON())
-    const gone = sendMessage(a.doc, alice, { body: "Gone-Caracal-Text" })
-    await a.allSaved()
-    await inbox.until(() => preview().includes("Gone-Caracal-Text"))
-    inbox.close()
-    await inbox.closed
+    const gone = await previewedByBob(relay, a, "Gone-Caracal-Text")
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
     await until(() => rowsHolding(dir, "Gone-Caracal-Text").length === 0)
@@ -884,6 +873,21 @@ describe("erasing a user (GDPR)", () => {
     expect(rawFiles(dir)).toContain("Alice-Stays-")
   })
 })
+
+/**
+ * Alice's message `body`, sent once bob's inbox is open, and that inbox closed once it previews it
+ * (stored or still in memory, depending on the relay's idle delay).
+ */
+async function previewedByBob(relay: RunningRelay, a: TestClient, body: string) {
+  const inbox = await joinAs(relay, bob, inboxDocumentName(bob))
+  const preview = () => JSON.stringify(inbox.doc.getMap(InboxTopLevel.entries).toJSON())
+  const message = sendMessage(a.doc, alice, { body })
+  await a.allSaved()
+  await inbox.until(() => preview().includes(body))
+  inbox.close()
+  await inbox.closed
+  return message
+}
 
 /** Resolves once `check()` holds; fails the test after 10 s. */
 async function until(check: () => boolean | Promise<boolean>): Promise<void> {
