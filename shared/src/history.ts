@@ -673,20 +673,26 @@ export interface SealedDeletion {
   readonly seq: number
   readonly deletedAt: number
   readonly deletedBy: UserId
+  /** Present when the relay removed a fleeting message at its expiry (see `DeletedMessageRecord`). */
+  readonly priority?: "fleeting"
 }
 
-/** Stored form of a {@link SealedDeletion} in `tombstones`: `a` author, `s` seq, `x` deletedAt, `d` deletedBy. */
+/**
+ * Stored form of a {@link SealedDeletion} in `tombstones`: `a` author, `s`
+ * seq, `x` deletedAt, `d` deletedBy, `p` an expiry's priority.
+ */
 export const encodeTombstone = (t: SealedDeletion) => ({
   a: t.author,
   s: t.seq,
   x: t.deletedAt,
   d: t.deletedBy,
+  ...(t.priority !== undefined ? { p: t.priority } : {}),
 })
 
 /** Decodes a value of `tombstones`; undefined when malformed. */
 export function decodeTombstone(value: unknown): SealedDeletion | undefined {
   if (typeof value !== "object" || value === null) return undefined
-  const v = value as { a?: unknown; s?: unknown; x?: unknown; d?: unknown }
+  const v = value as { a?: unknown; s?: unknown; x?: unknown; d?: unknown; p?: unknown }
   if (
     typeof v.a !== "string" ||
     !isUserId(v.a) ||
@@ -698,10 +704,12 @@ export function decodeTombstone(value: unknown): SealedDeletion | undefined {
     typeof v.x !== "number" ||
     !Number.isFinite(v.x) ||
     v.x < 0 ||
-    Object.keys(v).length !== 4
+    (v.p !== undefined && v.p !== "fleeting") ||
+    Object.keys(v).length !== (v.p === undefined ? 4 : 5)
   )
     return undefined
-  return { author: v.a as UserId, seq: v.s, deletedAt: v.x, deletedBy: v.d as UserId }
+  const deletion = { author: v.a as UserId, seq: v.s, deletedAt: v.x, deletedBy: v.d as UserId }
+  return v.p === undefined ? deletion : { ...deletion, priority: v.p }
 }
 
 /** The deletion of sealed message `id`, if it was deleted after sealing. */
@@ -1199,6 +1207,7 @@ export function purgeFromSegment(
       createdAt: entry.record.createdAt,
       deletedAt: deletion.deletedAt,
       deletedBy: deletion.deletedBy,
+      ...(deletion.priority !== undefined ? { priority: deletion.priority } : {}),
     }
     return { seq: entry.seq, record: placeholder }
   })

@@ -220,8 +220,13 @@ export function fleetingExpiry(
   return Math.min(message.createdAt, acceptedAt) + seconds * 1000
 }
 
-/** Whether a message (as readers see it) is a fleeting one whose time in `doc` is up at `now`. */
+/**
+ * Whether a message (as readers see it) is a fleeting one whose time in `doc`
+ * is up at `now`, or the placeholder the relay left when it was (whatever
+ * this device's clock says).
+ */
 export function isExpired(doc: Y.Doc, message: MessageView, now: number): boolean {
+  if (message.deleted && message.priority === "fleeting") return true
   const at = fleetingExpiry(message, fleetingSecondsOf(doc))
   return at !== undefined && at <= now
 }
@@ -251,8 +256,9 @@ export function fleetingMessages(doc: Y.Doc): { id: MessageId; createdAt: number
 /**
  * The relay's write when a fleeting message's time is up: the message becomes
  * a deletion placeholder (a tombstone if it was sealed), its edit and
- * reactions go, exactly as a deletion by its author (`deletedBy` is the
- * author: they chose the message's lifetime). No rule is consulted: the
+ * reactions go, as a deletion by its author (`deletedBy` is the author: they
+ * chose the message's lifetime), marked `priority: "fleeting"` so that
+ * readers hide it rather than show "deleted". No rule is consulted: the
  * relay writes it as itself. Returns whether it changed anything (false for
  * a message already deleted, unknown here, or not fleeting).
  */
@@ -272,6 +278,7 @@ export function expireMessage(doc: Y.Doc, id: MessageId, options: WriteOptions =
       createdAt: live.createdAt,
       deletedAt,
       deletedBy: live.author,
+      priority: "fleeting",
     }
     doc.transact(() => {
       const positions: number[] = []
@@ -290,7 +297,10 @@ export function expireMessage(doc: Y.Doc, id: MessageId, options: WriteOptions =
   if (sealed.record.priority !== "fleeting") return false
   const author = sealed.record.author
   doc.transact(() => {
-    t.tombstones.set(id, encodeTombstone({ author, seq: sealed.seq, deletedAt, deletedBy: author }))
+    t.tombstones.set(
+      id,
+      encodeTombstone({ author, seq: sealed.seq, deletedAt, deletedBy: author, priority: "fleeting" }),
+    )
     t.edits.delete(id)
     for (const key of reactions) t.reactions.delete(key)
   }, options.origin)

@@ -8,6 +8,7 @@ import {
   type Attachment,
   type ConversationInfo,
   type ConversationKind,
+  type DeletedMessageRecord,
   type EditRecord,
   isDeletedRecord,
   type Metadata,
@@ -100,22 +101,7 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
   const placeholder = index.deleted.get(id)
   const shadowing = sealedOver(doc, id, placeholder ?? index.records.get(id))
   if (shadowing) return sealedMessageView(doc, shadowing)
-  if (placeholder) {
-    return {
-      id,
-      author: placeholder.author,
-      body: "",
-      type: "deleted",
-      createdAt: placeholder.createdAt,
-      priority: "normal",
-      attachments: [],
-      metadata: {},
-      reactions: {},
-      deleted: { at: placeholder.deletedAt, by: placeholder.deletedBy },
-      ...(seq !== undefined ? { seq } : {}),
-      ...authorProfile(doc, placeholder.author),
-    }
-  }
+  if (placeholder) return deletedView(doc, placeholder, placeholder, seq)
   const record = index.records.get(id)
   if (!record) {
     const sealed = sealedHistory(doc).entry(id)
@@ -138,6 +124,29 @@ export function getMessage(doc: Y.Doc, id: MessageId): MessageView | undefined {
     ...(seq !== undefined ? { seq } : {}),
     ...(edit ? { editedAt: edit.editedAt } : {}),
     ...authorProfile(doc, record.author),
+  }
+}
+
+/** A deleted message as readers see it: no content, who deleted it and when. */
+function deletedView(
+  doc: Y.Doc,
+  message: { readonly id: MessageId; readonly author: UserId; readonly createdAt: number },
+  deletion: Pick<DeletedMessageRecord, "deletedAt" | "deletedBy" | "priority">,
+  seq: number | undefined,
+): MessageView {
+  return {
+    id: message.id,
+    author: message.author,
+    body: "",
+    type: "deleted",
+    createdAt: message.createdAt,
+    priority: deletion.priority ?? "normal",
+    attachments: [],
+    metadata: {},
+    reactions: {},
+    deleted: { at: deletion.deletedAt, by: deletion.deletedBy },
+    ...(seq !== undefined ? { seq } : {}),
+    ...authorProfile(doc, message.author),
   }
 }
 
@@ -166,28 +175,9 @@ function sealedOver(
  */
 export function sealedMessageView(doc: Y.Doc, entry: SealedEntry): MessageView {
   const { seq, record } = entry
+  if (isDeletedRecord(record)) return deletedView(doc, record, record, seq)
   const tombstone = decodeTombstone(typesOf(doc).tombstones.get(record.id))
-  const deleted = isDeletedRecord(record)
-    ? { at: record.deletedAt, by: record.deletedBy }
-    : tombstone
-      ? { at: tombstone.deletedAt, by: tombstone.deletedBy }
-      : undefined
-  if (deleted || isDeletedRecord(record)) {
-    return {
-      id: record.id,
-      author: record.author,
-      body: "",
-      type: "deleted",
-      createdAt: record.createdAt,
-      priority: "normal",
-      attachments: [],
-      metadata: {},
-      reactions: {},
-      deleted: deleted!,
-      seq,
-      ...authorProfile(doc, record.author),
-    }
-  }
+  if (tombstone) return deletedView(doc, record, tombstone, seq)
   // A later edit wins over the one folded when the message was sealed.
   const edit = (typesOf(doc).edits.get(record.id) as EditRecord | undefined) ?? entry.overlays?.edit
   const reactions = sealedReactions(doc, entry)
@@ -294,9 +284,22 @@ export function listMessages(doc: Y.Doc, window: MessageWindow): MessageView[] {
   return views
 }
 
-/** The latest message in canonical order, deleted ones included (as placeholders). */
+/**
+ * The latest message in canonical order, deleted ones included (as
+ * placeholders), expired fleeting ones not: they are gone for readers, and a
+ * preview of them would say "deleted".
+ */
 export function lastMessage(doc: Y.Doc): MessageView | undefined {
-  return listMessages(doc, { last: 1 })[0]
+  const index = messageIndex(doc)
+  const order = index.order()
+  // The live window only (a few hundred at most); almost always its last message.
+  for (let i = order.length - 1; i >= 0; i--) {
+    const id = order[i]!
+    if (sealedOver(doc, id, index.deleted.get(id) ?? index.records.get(id))) continue
+    const view = getMessage(doc, id)
+    if (view && !(view.deleted && view.priority === "fleeting")) return view
+  }
+  return undefined
 }
 
 /** Number of messages in the conversation, deleted placeholders included. */

@@ -269,6 +269,12 @@ export interface DeletedMessageRecord {
   readonly createdAt: number
   readonly deletedAt: number
   readonly deletedBy: UserId
+  /**
+   * Present when the relay removed a fleeting message at its expiry: readers
+   * hide the placeholder as they hid the message (`isExpired`), rather than
+   * show "deleted". Written by the relay only.
+   */
+  readonly priority?: "fleeting"
 }
 
 /** Value in the `edits` map: the latest body of a message. */
@@ -485,13 +491,14 @@ export interface StoredMessage {
   readonly p?: string
 }
 
-/** A deletion placeholder as stored: `i`, `a`, `t` as a message, `x` deletedAt, `d` deletedBy. */
+/** A deletion placeholder as stored: `i`, `a`, `t` as a message, `x` deletedAt, `d` deletedBy, `p` an expiry. */
 export interface StoredPlaceholder {
   readonly i: string
   readonly a: string
   readonly t: number
   readonly x: number
   readonly d: string
+  readonly p?: "fleeting"
 }
 
 /** Stored field name of each message field. */
@@ -531,7 +538,8 @@ export function decodeStoredRecord(value: unknown): MessageRecord | DeletedMessa
   const v = value as Record<string, unknown>
   if (!("i" in v)) return "id" in v ? (v as unknown as MessageRecord | DeletedMessageRecord) : undefined
   if ("x" in v) {
-    return { id: v.i, author: v.a, createdAt: v.t, deletedAt: v.x, deletedBy: v.d } as DeletedMessageRecord
+    const placeholder = { id: v.i, author: v.a, createdAt: v.t, deletedAt: v.x, deletedBy: v.d }
+    return (v.p !== undefined ? { ...placeholder, priority: v.p } : placeholder) as DeletedMessageRecord
   }
   const record: Record<string, unknown> = { id: v.i, author: v.a, body: v.b, createdAt: v.t }
   if (v.y !== undefined) record.type = v.y

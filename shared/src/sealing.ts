@@ -191,6 +191,7 @@ export function refoldSegment(
           createdAt: record.createdAt,
           deletedAt: tombstone.deletedAt,
           deletedBy: tombstone.deletedBy,
+          ...(tombstone.priority !== undefined ? { priority: tombstone.priority } : {}),
         },
       }
     }
@@ -511,6 +512,7 @@ export function placeholdersToTombstones(
             seq: entry.seq,
             deletedAt: placeholder.deletedAt,
             deletedBy: placeholder.deletedBy,
+            ...(placeholder.priority !== undefined ? { priority: placeholder.priority } : {}),
           }),
         )
       if (t.pins.has(id)) t.pins.delete(id)

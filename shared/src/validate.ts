@@ -149,6 +149,7 @@ const STORED_PLACEHOLDER_KEYS: readonly string[] = [
   StoredKey.createdAt,
   StoredKey.deletedAt,
   StoredKey.deletedBy,
+  StoredKey.priority,
 ]
 
 /**
@@ -217,10 +218,11 @@ export const checkMessageRecord: Check = (v) => {
 /** Checks a deletion placeholder. */
 export const checkDeletedRecord: Check = (v) => {
   if (!isRecord(v)) return "placeholder must be an object"
-  const extra = onlyKeys(v, ["id", "author", "createdAt", "deletedAt", "deletedBy"])
+  const extra = onlyKeys(v, ["id", "author", "createdAt", "deletedAt", "deletedBy", "priority"])
   if (extra) return extra
   if (!isMessageId(v.id) || !isUserId(v.author) || !isUserId(v.deletedBy)) return "placeholder ids invalid"
   if (!isTime(v.createdAt) || !isTime(v.deletedAt)) return "placeholder times invalid"
+  if (v.priority !== undefined && v.priority !== "fleeting") return "placeholder priority invalid"
   return undefined
 }
 

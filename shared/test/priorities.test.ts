@@ -157,4 +157,35 @@ describe("fleeting messages", () => {
     expect(JSON.stringify(typesOf(doc).messages.toJSON())).not.toContain("Secret-Fleeting")
     expect(expireMessage(doc, m.id)).toBe(false)
   })
+
+  it("are gone for readers once expired, live or sealed: no 'deleted' placeholder, nor in the inbox preview", () => {
+    const doc = groupDoc()
+    const old = sendMessage(doc, bob, { body: "sealed-fleeting", priority: "fleeting" })
+    for (let i = 0; i < 20; i++) sendMessage(doc, bob, { body: `m${i}` })
+    const last = sendMessage(doc, bob, { body: "live-fleeting", priority: "fleeting" })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    applySeal(
+      doc,
+      planSeal(doc, "g~test" as ConversationId, { segmentSize: 10, keepLive: 5, epochClientIds: 1000 })!,
+      null,
+    )
+    expect(sealedThrough(doc)).toBeGreaterThan(0)
+    expect(expireMessage(doc, old.id, { now: 42 })).toBe(true)
+    expect(expireMessage(doc, last.id, { now: 43 })).toBe(true)
+    // On a device whose clock is far behind the relay's too: the relay said the time is up.
+    for (const id of [old.id, last.id]) {
+      const view = getMessage(doc, id)!
+      expect(view.deleted).toBeDefined()
+      expect(isExpired(doc, view, 0)).toBe(true)
+    }
+    const replica = replicaOf(doc)
+    expect(isExpired(replica, getMessage(replica, last.id)!, 0)).toBe(true)
+    // Before, the preview said "deleted" for a message readers never saw deleted.
+    expect(inboxEntryFor(replica, alice)?.lastMessage).toMatchObject({ text: "m19", deleted: false })
+    // A deletion by its author is still shown as one.
+    const plain = sendMessage(replica, bob, { body: "plain" })
+    deleteMessage(replica, bob, plain.id)
+    expect(isExpired(replica, getMessage(replica, plain.id)!, Date.now())).toBe(false)
+    expect(inboxEntryFor(replica, alice)?.lastMessage).toMatchObject({ id: plain.id, deleted: true })
+  })
 })

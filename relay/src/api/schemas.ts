@@ -34,7 +34,7 @@ export const MessageIdSchema = z
 export const RoleSchema = z.enum(["owner", "admin", "member"]).openapi("Role")
 export const PrioritySchema = z.enum(["normal", "sticky", "emergency", "fleeting"]).openapi("Priority", {
   description:
-    "`sticky`: pinned until its author or an admin unpins it. `emergency`: bypasses mutes, pushed at high urgency, flagged in the recipient's inbox until read. `fleeting`: deleted for everyone `fleetingSeconds` after it was written.",
+    "`sticky`: pinned until its author or an admin unpins it. `emergency`: bypasses mutes, pushed at high urgency, flagged in the recipient's inbox until read. `fleeting`: deleted for everyone `fleetingSeconds` after it was written; the deleted message the relay leaves then keeps this priority, for readers to hide rather than show as deleted.",
 })
 
 export const MetadataSchema = z.record(z.string(), z.unknown()).openapi("Metadata", {

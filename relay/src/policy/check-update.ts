@@ -612,6 +612,7 @@ class UpdateCheck {
         refuse(Rule.authorOrAdmin, "a placeholder for an unknown message is its author's only")
       }
       if (this.isRelay) continue
+      if (placeholder.priority !== undefined) refuse(Rule.relayOnly, "only the relay expires a message")
       assert(canDeleteMessage(this.actor!, this.role, placeholder.author))
       if (placeholder.deletedBy !== this.actor) refuse(Rule.selfOnly, "a message is deleted as oneself")
     }
@@ -666,6 +667,7 @@ class UpdateCheck {
         if (entry.seq !== tombstone.seq || entry.record.author !== tombstone.author)
           refuse(Rule.immutable, "a tombstone keeps the message's author and number")
         if (this.isRelay) continue
+        if (tombstone.priority !== undefined) refuse(Rule.relayOnly, "only the relay expires a message")
         assert(canDeleteMessage(this.actor!, this.role, tombstone.author))
         if (tombstone.deletedBy !== this.actor) refuse(Rule.selfOnly, "a message is deleted as oneself")
       }

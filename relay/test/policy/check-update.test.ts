@@ -203,6 +203,28 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     expectRefused(s, carol, update, Rule.immutable)
   })
 
+  it("refuses marking one's own deletion an expiry, which readers would hide rather than show deleted", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) => {
+      const messages = typesOf(d).messages
+      const i = positionOf(d, s.messages.carol!)
+      d.transact(() => {
+        messages.delete(i, 1)
+        messages.insert(i, [
+          encodeStoredRecord({
+            id: s.messages.carol!,
+            author: carol,
+            createdAt: 2,
+            deletedAt: 9,
+            deletedBy: carol,
+            priority: "fleeting",
+          }),
+        ])
+      })
+    })
+    expectRefused(s, carol, update, Rule.relayOnly)
+  })
+
   it("refuses a placeholder for someone else's message that is not deleted", () => {
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) =>
