@@ -62,6 +62,12 @@ function withinDepth(value: unknown, most: number): boolean {
 
 const isSize = (v: unknown) => Number.isInteger(v) && (v as number) >= 0
 const isHttpUrl = (v: string) => /^https?:\/\/[^\s]+$/i.test(v)
+/**
+ * A file's (or thumbnail's) URL: an absolute http(s) one, or the relay's path
+ * of an upload. Not `javascript:`, `data:` or `file:`: apps put it in an
+ * `href` or `src` on every participant's page.
+ */
+const isFileUrl = (v: string) => isHttpUrl(v) || /^\/v1\/attachments\/[A-Za-z0-9_\-/]+$/.test(v)
 const optionalText = (v: unknown, max: number) =>
   v === undefined || (typeof v === "string" && v.length <= max)
 
@@ -69,8 +75,8 @@ function checkThumbnail(v: unknown): string | undefined {
   if (!isRecord(v)) return "attachment thumbnail must be an object"
   const extra = onlyKeys(v, ["url", "width", "height"])
   if (extra) return `attachment thumbnail: ${extra}`
-  if (typeof v.url !== "string" || v.url.length === 0 || v.url.length > Limits.urlLength)
-    return "attachment thumbnail url invalid"
+  if (typeof v.url !== "string" || v.url.length > Limits.urlLength || !isFileUrl(v.url))
+    return "attachment thumbnail url must be an http(s) URL or the relay's /v1/attachments/ path"
   if (!isSize(v.width) || !isSize(v.height)) return "attachment thumbnail size invalid"
   return undefined
 }
@@ -78,8 +84,8 @@ function checkThumbnail(v: unknown): string | undefined {
 function checkFileAttachment(v: Record<string, unknown>): string | undefined {
   const extra = onlyKeys(v, ["kind", "id", "url", "name", "mimeType", "size", "width", "height", "thumbnail"])
   if (extra) return extra
-  if (typeof v.url !== "string" || v.url.length === 0 || v.url.length > Limits.urlLength)
-    return "attachment url invalid"
+  if (typeof v.url !== "string" || v.url.length > Limits.urlLength || !isFileUrl(v.url))
+    return "attachment url must be an http(s) URL or the relay's /v1/attachments/ path"
   if (v.id !== undefined && !isAttachmentId(v.id)) return "attachment id invalid"
   if (!optionalText(v.name, Limits.attachmentNameLength)) return "attachment name invalid"
   if (typeof v.name === "string" && holdsNameControls(v.name))
@@ -192,6 +198,8 @@ export const checkMessageRecord: Check = (v) => {
     (typeof v.type !== "string" || v.type.length === 0 || v.type.length > Limits.typeLength)
   )
     return "message type invalid"
+  // What readers see for a deleted message: a live one under it would pass for a deletion.
+  if (v.type === "deleted") return 'message type "deleted" is reserved for deleted messages'
   if (v.replyTo !== undefined && !isMessageId(v.replyTo)) return "message replyTo invalid"
   if (
     v.priority !== undefined &&

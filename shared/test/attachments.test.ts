@@ -64,6 +64,28 @@ describe("attachment kinds", () => {
     ).toMatch(/thumbnail/)
   })
 
+  it("refuses file and thumbnail urls an app's href or src would run or read locally", () => {
+    // An outside probe stored these through the API; every participant's app would render them.
+    for (const url of [
+      "javascript:alert(1)",
+      "data:text/html,<script>x</script>",
+      "file:///etc/passwd",
+      "//evil.example/x",
+      "/v1/attachments/../admin",
+    ]) {
+      expect(checkAttachment({ url })).toMatch(/http\(s\) URL or the relay's/)
+      expect(
+        checkAttachment({ url: "https://cdn.example/a.png", thumbnail: { url, width: 1, height: 1 } }),
+      ).toMatch(/thumbnail url/)
+    }
+    expect(checkAttachment({ url: "HTTPS://cdn.example/a.png" })).toBeUndefined()
+  })
+
+  it("keeps the message type readers see for deleted messages to deleted ones", () => {
+    const doc = groupDoc()
+    expect(() => sendMessage(doc, alice, { body: "not really", type: "deleted" })).toThrow(/reserved/)
+  })
+
   it("accepts links with http(s) urls only and strict keys", () => {
     expect(
       checkAttachment({ kind: "link", url: "https://example.com/a", title: "A", description: "d" }),

@@ -57,7 +57,7 @@ describe("conversations", () => {
     const file = {
       kind: "file",
       id: "att_0123456789abcdefghjkmnpqrs",
-      url: "/x",
+      url: "/v1/attachments/att_0123456789abcdefghjkmnpqrs",
       name: "invoice\u202Efdp.exe",
       size: 1,
     }

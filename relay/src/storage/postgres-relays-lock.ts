@@ -74,7 +74,9 @@ async function holders(client: pg.Client, key: number): Promise<LockHolder[]> {
     `SELECT a.application_name AS application, host(a.client_addr) AS address, a.backend_start AS since
        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
       WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 2 AND l.granted
-        AND l.pid <> pg_backend_pid()`,
+        AND l.pid <> pg_backend_pid()
+        -- Advisory locks are the database's own: relays on other databases of the server hold other locks.
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
     [RELAYS_LOCK, key],
   )
   return rows.map((r) => ({
