@@ -8,6 +8,7 @@ import {
   setMuted,
   type UserId,
 } from "@parley/shared"
+import * as encoding from "lib0/encoding"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { MemoryBackend } from "../src/backend/memory.js"
@@ -241,6 +242,41 @@ describe("inbox writes and connects buy bounded work", () => {
     await fresh.until(() => fresh.errors.length > 0)
     expect(fresh.errors[0]!.message).toMatch(/at most 64 conversations the inbox does not list may be muted/)
   }, 30_000)
+
+  it("refuses an entry or mute flag item holding more than one value (half deleted, the other half stayed as the relay's)", async () => {
+    const relay = await relayWith()
+    const m = await inboxOf(relay, mallory)
+    /** One item under `root`/`key` holding `values`, written by a client of its own; `deleteFirst` deletes its first value. */
+    const itemOf = (root: string, key: string, values: unknown[], deleteFirst: boolean) => {
+      const e = encoding.createEncoder()
+      const client = 7_000_000 + Math.floor(Math.random() * 1e6)
+      encoding.writeVarUint(e, 1)
+      encoding.writeVarUint(e, 1)
+      encoding.writeVarUint(e, client)
+      encoding.writeVarUint(e, 0)
+      encoding.writeUint8(e, 8 | 0x20) // ContentAny under a key, no origins
+      encoding.writeVarUint(e, 1) // the parent is a root, by name
+      encoding.writeVarString(e, root)
+      encoding.writeVarString(e, key)
+      encoding.writeVarUint(e, values.length)
+      for (const v of values) encoding.writeAny(e, v as never)
+      encoding.writeVarUint(e, deleteFirst ? 1 : 0)
+      if (deleteFirst) for (const n of [client, 1, 0, 1]) encoding.writeVarUint(e, n)
+      return encoding.toUint8Array(e)
+    }
+    // Before: the entry stayed for good, counted as listed, and mutes under such keys passed the limit.
+    m.sendUpdate(itemOf(InboxTopLevel.entries, "g~forged2", [{ x: 1 }, { title: "forged" }], true))
+    // Before: any JSON stored in a muted flag, whose last value alone was checked.
+    m.sendUpdate(itemOf(InboxTopLevel.muted, "g~forged3", [{ payload: "x".repeat(1000) }, true], false))
+    await m.until(() => m.errors.length >= 2)
+    expect(m.errors.map((e) => e.message)).toEqual([
+      expect.stringMatching(/holds one value/),
+      expect.stringMatching(/holds one value/),
+    ])
+    const fresh = await inboxOf(relay, mallory)
+    expect(fresh.doc.getMap(InboxTopLevel.entries).has("g~forged2")).toBe(false)
+    expect(fresh.doc.getMap(InboxTopLevel.muted).size).toBe(0)
+  })
 
   it("derives an entry a user rewrites once per window, and none a user removes, so a loop of such writes buys no loads", async () => {
     const relay = await relayWith()

@@ -52,6 +52,13 @@ export function checkInboxUpdate(input: {
     for (const { item, location } of read.items) {
       if (location.key === null || !isConversationId(location.key))
         throw new Refusal(Rule.schema, "an inbox is keyed by conversation id")
+      // As in conversations: one value per item (deleting part of an item of two left its second
+      // half under the key, an entry of the user's the relay took for its own), written after the
+      // key's value (one with a right origin lands deleted, and would be counted as set).
+      if (item.content instanceof Y.ContentAny && item.length !== 1)
+        throw new Refusal(Rule.schema, "an inbox entry or muted flag holds one value")
+      if (item.rightOrigin !== null)
+        throw new Refusal(Rule.schema, "a map entry is written after the key's value, never before it")
       // Garbage-collected content holds nothing; a value deleted on arrival is judged like any other.
       if (item.content instanceof Y.ContentDeleted) continue
       const value = mapItemValue(item)

@@ -474,8 +474,10 @@ class UpdateCheck {
             if (this.isRelay && (Object.values(MetaKey) as string[]).includes(change.key)) break
             if (this.restatesCreation && change.key === MetaKey.createdBy && after === this.actor) break
             if (this.restatesCreation && change.key === MetaKey.createdAt && isTime(after)) {
-              // It orders the conversation in every member's list: a creation is not dated ahead.
+              // It orders the conversation in every member's list: a creation is not dated ahead, nor
+              // (a concurrent one differs by clock skew only) long before the one it restates.
               this.refuseFuture(after, "the conversation's createdAt")
+              this.refuseBeforeCreation(after, "the conversation's createdAt")
               break
             }
             if ((Object.values(MetaKey) as string[]).includes(change.key))
@@ -511,15 +513,16 @@ class UpdateCheck {
           // It orders the participants every member is shown: not dated ahead of the relay's clock, nor
           // (once the conversation exists) a day before it was created.
           this.refuseFuture(record.addedAt, "a participant's addedAt")
-          const created = typesOf(this.doc).meta.get(MetaKey.createdAt)
-          if (typeof created === "number" && record.addedAt < created - MAX_FUTURE_SKEW_MS)
-            refuse(Rule.schema, "a participant's addedAt is dated before the conversation")
+          this.refuseBeforeCreation(record.addedAt, "a participant's addedAt")
         } else {
           const restated =
             this.restatesCreation && record.addedBy === this.actor && record.role === before.role
           if (!restated && (record.addedBy !== before.addedBy || record.addedAt !== before.addedAt))
             refuse(Rule.immutable, "who added a participant, and when, is fixed")
-          if (restated) this.refuseFuture(record.addedAt, "a participant's addedAt")
+          if (restated) {
+            this.refuseFuture(record.addedAt, "a participant's addedAt")
+            this.refuseBeforeCreation(record.addedAt, "a participant's addedAt")
+          }
           if (!this.isRelay && record.role !== before.role)
             assert(canChangeRole(this.role, this.kind, before.role, record.role))
         }
@@ -566,6 +569,13 @@ class UpdateCheck {
   private refuseFuture(createdAt: number, what: string): void {
     if (this.isRelay || createdAt <= (this.input.now ?? Date.now()) + MAX_FUTURE_SKEW_MS) return
     refuse(Rule.schema, `${what} is dated more than a day ahead of the relay's clock`)
+  }
+
+  /** Refuses a user's date more than {@link MAX_FUTURE_SKEW_MS} before the conversation's creation (once it exists). */
+  private refuseBeforeCreation(at: number, what: string): void {
+    const created = typesOf(this.doc).meta.get(MetaKey.createdAt)
+    if (typeof created === "number" && at < created - MAX_FUTURE_SKEW_MS)
+      refuse(Rule.schema, `${what} is dated before the conversation`)
   }
 
   private checkMessages(): void {

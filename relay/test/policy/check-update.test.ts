@@ -851,6 +851,15 @@ describe("two creations of one direct conversation", () => {
       t.participants.set(carol, record(FAR))
     })
     expect(check(relay, bindings, dave, addedAhead)).toMatchObject({ allowed: false, rule: Rule.schema })
+    // Nor long before: a concurrent creation differs by clock skew only (before: dated 1970, the
+    // conversation sank to the bottom of both lists; an outside probe).
+    const datedBack = restated((t) => t.meta.set(MetaKey.createdAt, 1))
+    expect(check(relay, bindings, dave, datedBack)).toMatchObject({ allowed: false, rule: Rule.schema })
+    const addedBack = restated((t) => {
+      t.meta.set(MetaKey.createdAt, Date.now())
+      t.participants.set(carol, record(1))
+    })
+    expect(check(relay, bindings, dave, addedBack)).toMatchObject({ allowed: false, rule: Rule.schema })
     // An honest restatement goes through; a later write chained on it, with a throwaway "creation" beside
     // it to look like one, is judged as the rewrite it is.
     expect(
