@@ -386,6 +386,17 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       dataDir,
       ...(databaseUrl ? { databaseUrl } : {}),
       timeoutMs: storageTimeoutMs,
+      ...(relaysLock?.token !== undefined
+        ? {
+            fence: {
+              token: relaysLock.token,
+              onTaken: () => {
+                log.error("another relay or an offline command took this database: this relay stops")
+                supplanted()
+              },
+            },
+          }
+        : {}),
       onIdleError: (error: Error) =>
         log.warn({ err: error }, "PostgreSQL dropped a connection; the pool opens a new one"),
       onCheckpointError: (message: string) =>

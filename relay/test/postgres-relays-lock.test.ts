@@ -1,10 +1,12 @@
 import { createHash } from "node:crypto"
+import { createConversation, newConversationId, sendMessage, type UserId } from "@parley/shared"
 import pg from "pg"
 import { afterAll, describe, expect, it } from "vitest"
 import { runRebuildInboxesCli } from "../src/inbox/rebuild-cli.js"
 import { runEraseUserCli } from "../src/purge/erase-user-cli.js"
 import { runDamagedCli } from "../src/storage/damaged-cli.js"
 import { lockPostgresForCommand } from "../src/storage/postgres-relays-lock.js"
+import { TestClient } from "./helpers/clients.js"
 import { DATABASE_URL, postgresUnreachable, type ScratchSchema, scratchSchema } from "./helpers/postgres.js"
 import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 
@@ -127,9 +129,14 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect((await startRelayProcess({ args: (await storage()).args })).url).toMatch(/^ws/)
     })
 
-    it("stops a relay without a cluster whose lock another took while its lock's connection was down", async () => {
+    it("stops a relay without a cluster whose lock another took while its lock's connection was down, storing nothing more", async () => {
       const { args, schema } = await storage()
       const relay = await startRelayProcess({ args })
+      const id = newConversationId()
+      const alice = new TestClient(relay.url, id, await relay.token("alice"))
+      await alice.synced()
+      createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+      await alice.allSaved()
       const key = createHash("sha256").update(schema).digest().readUInt32BE(0) >>> 1
       const admin = new pg.Client({ connectionString: DATABASE_URL })
       await admin.connect()
@@ -143,6 +150,14 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         // Taken before the relay holds it again (it waits a second): it must not go on writing beside.
         release = await lockPostgresForCommand(args[3]!, "erase-user", () => {}, 10_000)
         expect(release).toBeDefined()
+        // Before: stored and acknowledged until the relay's next attempt at its lock (up to 10 s later),
+        // and lost once the other relay compacted what it had loaded (an outside probe: 175 of 330).
+        const saves = alice.saves.length
+        sendMessage(alice.doc, "alice" as UserId, { body: "after the takeover" })
+        await alice.until(() => alice.errors.length > 0 || alice.saves.length > saves)
+        expect(alice.errors[0]).toMatchObject({ code: "STORAGE_UNAVAILABLE" })
+        expect(alice.saves.length).toBe(saves)
+        alice.close()
         await relay.waitForLog((l) => typeof l.msg === "string" && l.msg.includes("this relay stops"))
         await relay.waitForLog((l) => l.msg === "stopped")
         // The process ends, for its supervisor to start it again (refused while the other holds it).

@@ -10,6 +10,7 @@ import type { ContentPurge } from "../purge/content-purge.js"
 import type { PushSubscriptionStore } from "../push/store.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
 import type { StorageKind } from "../storage/index.js"
+import type { DatabaseFence } from "../storage/postgres.js"
 import { MemoryBackend } from "./memory.js"
 import { SqliteBackend } from "./sqlite.js"
 import type { Backend } from "./types.js"
@@ -29,6 +30,8 @@ export interface BackendOptions {
   readonly timeoutMs?: number
   /** Hears of PostgreSQL connections the server dropped, idle or in use (postgres). */
   readonly onIdleError?: (error: Error) => void
+  /** A relay without a cluster on PostgreSQL: what its document writes check (see `DatabaseFence`). */
+  readonly fence?: DatabaseFence
   /** Hears of a failed WAL checkpoint, once per run of the same failure (sqlite; default: a process warning). */
   readonly onCheckpointError?: (message: string) => void
 }
@@ -51,6 +54,7 @@ export async function openBackend(options: BackendOptions): Promise<Backend> {
       return PostgresBackend.open(options.databaseUrl, {
         ...(options.onIdleError ? { onIdleError: options.onIdleError } : {}),
         ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+        ...(options.fence ? { fence: options.fence } : {}),
       })
     }
   }

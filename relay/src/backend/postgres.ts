@@ -9,7 +9,7 @@ import { BINDINGS_SCHEMA, PostgresClientBindingStore } from "../policy/postgres-
 import { openPool } from "../postgres.js"
 import { PostgresContentPurge, PURGES_OWED_SCHEMA } from "../purge/content-purge.js"
 import { PostgresPushSubscriptionStore, PUSH_SUBSCRIPTIONS_SCHEMA } from "../push/store.js"
-import { DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
+import { type DatabaseFence, DOCUMENTS_SCHEMA, PostgresStorage } from "../storage/postgres.js"
 import type { Backend } from "./types.js"
 
 /**
@@ -35,6 +35,8 @@ export interface PostgresBackendOptions {
   readonly onIdleError?: (error: Error) => void
   /** Bound of every connect, query and statement, in ms. */
   readonly timeoutMs?: number
+  /** A relay without a cluster: the token its document writes check (see `DatabaseFence`). */
+  readonly fence?: DatabaseFence
 }
 
 /**
@@ -59,8 +61,11 @@ export class PostgresBackend implements Backend {
   readonly blobs: PostgresBlobStore
   private closed = false
 
-  private constructor(private readonly pool: pg.Pool) {
-    this.documents = new PostgresStorage(pool)
+  private constructor(
+    private readonly pool: pg.Pool,
+    fence?: DatabaseFence,
+  ) {
+    this.documents = new PostgresStorage(pool, fence)
     this.events = new PostgresEventLog(pool)
     this.outbox = new PostgresOutbox(pool, this.events)
     this.bindings = new PostgresClientBindingStore(pool)
@@ -88,7 +93,7 @@ export class PostgresBackend implements Backend {
       await pool.end()
       throw error
     }
-    return new PostgresBackend(pool)
+    return new PostgresBackend(pool, options.fence)
   }
 
   async close(): Promise<void> {

@@ -8,6 +8,44 @@ import pg from "pg"
  */
 const RELAYS_LOCK = 0x50726c72
 
+/**
+ * The table whose one row numbers who took the database last without a
+ * cluster: a lone relay at its start, an offline command. A lone relay's
+ * document writes check it (see `PostgresStorage`'s fence), so that one whose
+ * lock connection dropped while another took the database stores nothing
+ * more, rather than write beside it until its next attempt at the lock.
+ */
+const FENCE_TABLE = "parley_relay_fence"
+
+/**
+ * Takes the database for a lone relay or an offline command (holding the lock
+ * exclusively on `client`): the fence's new token. The row's update waits for
+ * the transactions of a relay that still writes under an older token, so what
+ * they stored is there for the taker to read, and they store nothing after.
+ */
+async function claim(client: pg.Client): Promise<string> {
+  await client.query(
+    `CREATE TABLE IF NOT EXISTS ${FENCE_TABLE} (id smallint PRIMARY KEY, token bigint NOT NULL)`,
+  )
+  const { rows } = await client.query<{ token: string }>(
+    `INSERT INTO ${FENCE_TABLE} (id, token) VALUES (1, 1)
+     ON CONFLICT (id) DO UPDATE SET token = ${FENCE_TABLE}.token + 1 RETURNING token`,
+  )
+  return rows[0]!.token
+}
+
+/**
+ * Whether the database is still the lone relay's that took it with `token`,
+ * checked on `client` inside the write's transaction: the row is read `FOR
+ * SHARE`, so a new taker's claim waits until this transaction ends.
+ */
+export async function stillHolds(client: pg.ClientBase, token: string): Promise<boolean> {
+  const { rows } = await client.query<{ token: string }>(
+    `SELECT token FROM ${FENCE_TABLE} WHERE id = 1 FOR SHARE`,
+  )
+  return rows[0]?.token === token
+}
+
 /** How long a relay waits before it connects again to hold the lock, after losing its connection. */
 const RECONNECT_MS = [1_000, 2_000, 5_000, 10_000] as const
 
@@ -98,6 +136,8 @@ async function take(client: pg.Client, shared: boolean): Promise<void> {
 
 /** The lock a relay holds: released by {@link RelaysLock.close}. */
 export interface RelaysLock {
+  /** A lone relay's token of the database's fence (see {@link stillHolds}); undefined in a cluster. */
+  readonly token: string | undefined
   close(): void
 }
 
@@ -168,7 +208,18 @@ export async function holdRelaysLock(
     timer.unref()
   }
   current = await hold()
+  let token: string | undefined
+  if (!options.clustered) {
+    try {
+      token = await claim(current)
+    } catch (error) {
+      closed = true
+      await current.end().catch(() => {})
+      throw error
+    }
+  }
   return {
+    token,
     close() {
       closed = true
       clearTimeout(timer)
@@ -203,6 +254,8 @@ export async function lockPostgresForCommand(
       return undefined
     }
     await take(client, false)
+    // A lone relay whose lock connection is down stores nothing from now on (see `claim`).
+    await claim(client)
     const held = client
     return () => held.end().catch(() => {})
   } catch (error) {

@@ -5,6 +5,7 @@ import { inTransaction } from "../pg-transaction.js"
 import { checksumOf } from "./checksum.js"
 import { type AppendBatch, GroupCommit } from "./group-commit.js"
 import { storageUnavailable } from "./guard.js"
+import { stillHolds } from "./postgres-relays-lock.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "./types.js"
 
 /** The documents' tables (see {@link PostgresStorage}), created by the backend. */
@@ -109,6 +110,16 @@ function isCorruption(error: unknown): boolean {
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
 /**
+ * What a relay without a cluster holds the database by (its token of the
+ * relays' lock's fence, see `holdRelaysLock`): every document write checks it.
+ */
+export interface DatabaseFence {
+  readonly token: string
+  /** Told when a write finds the database taken by another: the relay stops. */
+  readonly onTaken: () => void
+}
+
+/**
  * The documents of the PostgreSQL backend (`PostgresBackend`, which owns the
  * pool): tables `parley_updates`, `parley_snapshots`, and the catalog
  * `parley_documents`, written in the same transactions. A commit
@@ -124,12 +135,28 @@ export class PostgresStorage implements RelayStorage {
   private readonly probeName = `parley-probe:${randomUUID()}`
 
   /** `pool` is the backend's, with {@link DOCUMENTS_SCHEMA} created. */
-  constructor(private readonly pool: pg.Pool) {
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly fence?: DatabaseFence,
+  ) {
     this.group = new GroupCommit((batch) => this.commit(batch))
+  }
+
+  /**
+   * Inside a write's transaction: refuses it (retryably, and tells the fence's
+   * owner) once another lone relay or an offline command took the database.
+   */
+  private async fenced(client: pg.ClientBase): Promise<void> {
+    if (!this.fence || (await stillHolds(client, this.fence.token))) return
+    this.fence.onTaken()
+    throw storageUnavailable(
+      "another relay or an offline command took this database while this relay's lock connection was down: this relay stores nothing more",
+    )
   }
 
   private commit(batch: AppendBatch): Promise<number[][]> {
     return inTransaction(this.pool, async (client) => {
+      await this.fenced(client)
       const next = new Map<string, number>()
       const result: number[][] = []
       for (const { name, updates } of batch) {
@@ -251,6 +278,7 @@ export class PostgresStorage implements RelayStorage {
     this.assertOpen()
     await this.group.settled(name)
     await inTransaction(this.pool, async (client) => {
+      await this.fenced(client)
       await client.query(
         `INSERT INTO parley_snapshots (doc, data, through, crc) VALUES ($1, $2, $3, $4)
          ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, crc = EXCLUDED.crc,
@@ -299,6 +327,7 @@ export class PostgresStorage implements RelayStorage {
     this.assertOpen()
     await this.group.settled(name)
     return inTransaction(this.pool, async (client) => {
+      await this.fenced(client)
       await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [name])
       const { rows } = await client.query<{ last: string | null }>(
         `SELECT GREATEST(
@@ -348,6 +377,8 @@ export class PostgresStorage implements RelayStorage {
     try {
       // The pool's statement_timeout (the storage timeout) still bounds each statement.
       await client.query(`BEGIN; SET LOCAL lock_timeout = ${PROBE_LOCK_TIMEOUT_MS}`)
+      // A relay another took the database from is not ready again, whatever the database answers.
+      await this.fenced(client)
       for (const [table, statement] of PROBE_WRITES) {
         try {
           await client.query(statement, [this.probeName])
