@@ -364,6 +364,45 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual(["before", "during the lock"])
     }, 30_000)
 
+    it("goes on storing every other conversation while one conversation's row is locked, and that one's message once it is released", async () => {
+      const { scratch, url } = await database()
+      const relay = await startRelayProcess({ args: relayArgs(url, 4000) })
+      const client = await ownSdkClient(relay, alice)
+      const lockedChat = await client.createConversation({ participants: [], title: "row locked" })
+      const otherChat = await client.createConversation({ participants: [], title: "other" })
+      const first = lockedChat.send("before")
+      await eventually(() => expect(lockedChat.status(first.id)).toBe("sent"))
+      // As an operator's `SELECT … FOR UPDATE` in an open transaction, or a backend stopped mid-append.
+      const locker = await admin()
+      await locker.query("BEGIN")
+      await locker.query(`SELECT * FROM ${scratch.schema}.parley_documents WHERE doc = $1 FOR UPDATE`, [
+        lockedChat.id,
+      ])
+      let locked = true
+      cleanups.push(() => (locked ? locker.query("ROLLBACK") : undefined))
+      const refusals: ErrorCode[] = []
+      otherChat.connection.on("refused", ({ error }) => refusals.push(error.code))
+      const during = lockedChat.send("during the row lock")
+      // Before: the whole batch, and every later one, waited for the storage timeout and was refused as
+      // storage failing, over and over (an outside probe: other conversations' acknowledgements took
+      // 7.6 s at the median, while /readyz said ready).
+      const others = [otherChat.send("one"), otherChat.send("two"), otherChat.send("three")]
+      await eventually(() =>
+        expect(others.map((m) => otherChat.status(m.id))).toEqual(["sent", "sent", "sent"]),
+      )
+      expect(refusals).toEqual([])
+      expect(lockedChat.status(during.id)).toBe("pending")
+      expect((await readyz(relay.httpUrl)).status).toBe(200)
+      await locker.query("ROLLBACK")
+      locked = false
+      await eventually(() => expect(lockedChat.status(during.id)).toBe("sent"), 20_000)
+      expect((await storedOnce(scratch, lockedChat.id)).map((m) => m.body)).toEqual([
+        "before",
+        "during the row lock",
+      ])
+      expect((await storedOnce(scratch, otherChat.id)).map((m) => m.body)).toEqual(["one", "two", "three"])
+    }, 40_000)
+
     it("is not ready while the server takes no writes (read-only after a failover), and stores the SDK's message once when it does again", async () => {
       const { scratch, url, app } = await database()
       // A role of this test's own: `ALTER ROLE ... SET` reaches only its sessions, not other tests'.

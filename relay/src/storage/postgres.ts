@@ -58,6 +58,9 @@ const ADVANCE = `INSERT INTO parley_documents (doc, last_position) VALUES ($1, $
 /** Longest the storage probe waits for a lock on a table appends write, in ms: it must not queue behind one. */
 export const PROBE_LOCK_TIMEOUT_MS = 1000
 
+/** Longest each statement of an append waits for a lock, in ms (see `PostgresStorage.commit`). */
+export const APPEND_LOCK_TIMEOUT_MS = 1000
+
 /**
  * The probe's writes: what an append writes, into the same tables (position
  * 0, which no append uses, under the probe's own document name).
@@ -154,43 +157,87 @@ export class PostgresStorage implements RelayStorage {
     )
   }
 
-  private commit(batch: AppendBatch): Promise<number[][]> {
-    return inTransaction(this.pool, async (client) => {
-      await this.fenced(client)
-      const next = new Map<string, number>()
-      const result: number[][] = []
-      for (const { name, updates } of batch) {
-        let position = next.get(name)
-        if (position === undefined) {
-          // Serialises concurrent writers of one document across relays for this transaction.
-          await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [name])
-          const { rows } = await client.query<{ last: string | null }>(
-            `SELECT GREATEST(
-               (SELECT MAX(position) FROM parley_updates WHERE doc = $1),
-               (SELECT through FROM parley_snapshots WHERE doc = $1)) AS last`,
-            [name],
+  /**
+   * Commits a tick's appends in one transaction. One document whose row or
+   * lock another session holds (an operator's `SELECT … FOR UPDATE`, a stalled
+   * backend) used to hold the whole batch, and every later one, until the
+   * storage timeout: each statement now waits at most
+   * {@link APPEND_LOCK_TIMEOUT_MS} for a lock; if the probe's writes (under a
+   * name of its own) still go through, that document's appends alone fail,
+   * with the retryable UNAVAILABLE, and the rest commit. A table locked whole
+   * fails the probe too: storage is failing then, as before.
+   */
+  private async commit(batch: AppendBatch): Promise<(number[] | Error)[]> {
+    const results: (number[] | Error | undefined)[] = batch.map(() => undefined)
+    for (;;) {
+      const live = batch.flatMap((entry, i) => (results[i] === undefined ? [{ entry, i }] : []))
+      if (live.length === 0) return results as (number[] | Error)[]
+      let current: string | undefined
+      try {
+        const positions = await inTransaction(this.pool, async (client) => {
+          await client.query(`SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`)
+          await this.fenced(client)
+          return this.appendAll(
+            client,
+            live.map(({ entry }) => entry),
+            (name) => {
+              current = name
+            },
           )
-          position = Number(rows[0]?.last ?? 0) + 1
-        }
-        const positions: number[] = []
-        for (const update of updates) {
-          await client.query(
-            "INSERT INTO parley_updates (doc, position, data, crc) VALUES ($1, $2, $3, $4)",
-            [
-              name,
-              position,
-              Buffer.from(update.buffer, update.byteOffset, update.byteLength),
-              checksumOf(update),
-            ],
-          )
-          positions.push(position++)
-        }
-        next.set(name, position)
-        if (positions.length > 0) await client.query(ADVANCE, [name, positions.at(-1)])
-        result.push(positions)
+        })
+        for (const [k, { i }] of live.entries()) results[i] = positions[k]!
+      } catch (error) {
+        const locked = current
+        if (locked === undefined || (error as { code?: unknown } | null)?.code !== "55P03") throw error
+        // Throws storage's failure when every document would wait (a table locked, the server read-only).
+        await this.ping()
+        const refusal = new ParleyError(
+          ErrorCode.UNAVAILABLE,
+          `the document is locked by another PostgreSQL session (waited ${APPEND_LOCK_TIMEOUT_MS} ms): try again`,
+          { cause: error },
+        )
+        for (const { entry, i } of live) if (entry.name === locked) results[i] = refusal
       }
-      return result
-    })
+    }
+  }
+
+  /** The statements of `batch`'s appends on `client`, in its transaction; `at` hears which document each is for. */
+  private async appendAll(
+    client: pg.ClientBase,
+    batch: AppendBatch,
+    at: (name: string) => void,
+  ): Promise<number[][]> {
+    const next = new Map<string, number>()
+    const result: number[][] = []
+    for (const { name, updates } of batch) {
+      at(name)
+      let position = next.get(name)
+      if (position === undefined) {
+        // Serialises concurrent writers of one document across relays for this transaction.
+        await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [name])
+        const { rows } = await client.query<{ last: string | null }>(
+          `SELECT GREATEST(
+             (SELECT MAX(position) FROM parley_updates WHERE doc = $1),
+             (SELECT through FROM parley_snapshots WHERE doc = $1)) AS last`,
+          [name],
+        )
+        position = Number(rows[0]?.last ?? 0) + 1
+      }
+      const positions: number[] = []
+      for (const update of updates) {
+        await client.query("INSERT INTO parley_updates (doc, position, data, crc) VALUES ($1, $2, $3, $4)", [
+          name,
+          position,
+          Buffer.from(update.buffer, update.byteOffset, update.byteLength),
+          checksumOf(update),
+        ])
+        positions.push(position++)
+      }
+      next.set(name, position)
+      if (positions.length > 0) await client.query(ADVANCE, [name, positions.at(-1)])
+      result.push(positions)
+    }
+    return result
   }
 
   private assertOpen() {
