@@ -6,10 +6,19 @@ import { ConfigError, parseConfig, usage } from "./config.js"
 import { flushLog } from "./log.js"
 import { startRelay } from "./relay.js"
 import { ExitCode, exitCodeOf, StartupError } from "./startup-error.js"
+import { DEFAULT_STORAGE_TIMEOUT_MS } from "./storage/guard.js"
 import { v8Settings } from "./v8-settings.js"
 
 /** A signal this soon after the first that started the shutdown is taken as the same one delivered twice. */
 const SAME_INTERRUPT_MS = 1_000
+
+/**
+ * Longest a shutdown may take, in storage timeouts (30 s by default): a
+ * database that stopped answering (a stopped backend, a link that drops every
+ * packet) kept the relay from exiting until it answered again, serving
+ * nobody (an outside probe). Nothing acknowledged is lost by exiting then.
+ */
+const SHUTDOWN_STORAGE_TIMEOUTS = 6
 
 /** Runs the relay from the command line until SIGTERM / SIGINT, then stops gracefully and exits 0. */
 async function main(): Promise<void> {
@@ -84,6 +93,14 @@ async function main(): Promise<void> {
     }
     stoppingSince = performance.now()
     relay.log.info({ signal }, "shutting down")
+    const deadlineMs = SHUTDOWN_STORAGE_TIMEOUTS * (config.storageTimeoutMs ?? DEFAULT_STORAGE_TIMEOUT_MS)
+    setTimeout(() => {
+      relay.log.error(
+        { deadlineMs },
+        "the shutdown did not finish in time (storage not answering?): exiting; everything acknowledged is stored",
+      )
+      void flushLog(relay.log).then(() => process.exit(ExitCode.FAILURE))
+    }, deadlineMs)
     // The last log lines are flushed for a bounded time: a log reader that is gone or stalled cannot keep the relay up.
     relay.close().then(
       () => flushLog(relay.log).then(() => process.exit(ExitCode.OK)),

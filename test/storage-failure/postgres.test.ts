@@ -364,6 +364,28 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual(["before", "during the lock"])
     }, 30_000)
 
+    it("exits within six storage timeouts of SIGTERM while the database does not answer", async () => {
+      const { url } = await database()
+      const proxy = await TcpProxy.start(postgresTarget())
+      cleanups.push(() => proxy.close())
+      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), 500) })
+      const client = await ownSdkClient(relay, alice)
+      const chat = await client.createConversation({ participants: [], title: "stuck shutdown" })
+      const sent = chat.send("before")
+      await eventually(() => expect(chat.status(sent.id)).toBe("sent"))
+      proxy.blackhole()
+      const started = Date.now()
+      relay.child.kill("SIGTERM")
+      // Before: still running a minute later (until the database answered), serving nobody.
+      const exit = await Promise.race([
+        relay.exited,
+        new Promise<"still running">((resolve) => setTimeout(() => resolve("still running"), 20_000)),
+      ])
+      expect(exit).toMatchObject({ code: 1 })
+      expect(Date.now() - started).toBeLessThan(15_000)
+      expect(relay.lines.some((line) => line.includes("the shutdown did not finish in time"))).toBe(true)
+    }, 40_000)
+
     it("goes on storing every other conversation while one conversation's row is locked, and that one's message once it is released", async () => {
       const { scratch, url } = await database()
       const relay = await startRelayProcess({ args: relayArgs(url, 4000) })
