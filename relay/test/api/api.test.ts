@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs"
 import {
   getMessage,
   inboxDocumentName,
+  Limits,
   listInbox,
   type MessageId,
   profileRecord,
@@ -668,6 +669,26 @@ describe("HTTP API against a relay process", () => {
     ).toEqual([["Your code: 🔐", {}]])
     const conversation = await full("GET", c)
     expect([conversation.body.title, conversation.body.metadata]).toEqual(["", {}])
+  })
+
+  it("refuses a string over its limit in UTF-16 code units with 400 naming the field, whatever its characters", async () => {
+    const c = "/v1/conversations/g~api-lengths"
+    expect((await full("POST", "/v1/conversations", { id: "g~api-lengths", participants: [] })).status).toBe(
+      201,
+    )
+    // Before: 200 emoji (400 units) passed the schema, then came back 413 for a title, 422 for a body.
+    const emoji = (n: number) => "😀".repeat(n)
+    for (const [method, path, body, where] of [
+      ["POST", "/v1/conversations", { title: emoji(Limits.titleLength), participants: [] }, "title"],
+      ["PATCH", c, { title: emoji(Limits.titleLength) }, "title"],
+      ["POST", `${c}/messages`, { body: emoji(Limits.bodyLength / 2 + 1) }, "body"],
+      ["POST", `${c}/messages`, { body: "x".repeat(Limits.bodyLength + 1) }, "body"],
+    ] as const) {
+      const answer = await full(method, path, body)
+      expect([answer.status, answer.body.code]).toEqual([400, "INVALID_ARGUMENT"])
+      expect(answer.body.detail).toContain(where)
+    }
+    expect((await full("POST", `${c}/messages`, { body: emoji(Limits.bodyLength / 2) })).status).toBe(201)
   })
 
   it("lists and unpins sticky messages, flags unread emergencies in the inbox, sets the fleeting time", async () => {
