@@ -14,7 +14,7 @@ import {
   type MessageId,
   type MessageWindow,
   type Metadata,
-  type ParleyError,
+  ParleyError,
   type Participant,
   parseMessageId,
   type Role,
@@ -273,8 +273,17 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.operations.leave()
   }
 
-  /** Marks the conversation deleted (owners and admins). */
-  delete(): void {
+  /**
+   * Deletes the whole conversation (owners and admins): closed to writes, its
+   * content purged. To delete a message, use {@link deleteMessage}.
+   */
+  delete(...nothing: never[]): void {
+    // `delete(messageId)` in JavaScript read as "delete this message" and deleted the whole conversation.
+    if (nothing.length > 0)
+      throw new ParleyError(
+        ErrorCode.INVALID_ARGUMENT,
+        "delete() deletes the whole conversation and takes no argument: to delete a message, use deleteMessage(id)",
+      )
     this.operations.delete()
   }
 

@@ -76,6 +76,9 @@ describe("ChatClient offline", () => {
     expect(chat.addParticipants(["carol", "dave", "bob"], "admin")).toEqual(["carol", "dave"])
     chat.changeRole("dave", "member")
     expect(chat.removeParticipants(["carol"])).toEqual(["carol"])
+    // A message id given to delete() is a mistake (deleteMessage is meant), not a conversation's deletion.
+    expect(() => (chat.delete as (id: string) => void)("m_0123456789")).toThrow(/use deleteMessage\(id\)/)
+    expect(chat.info?.deletedBy).toBeUndefined()
     chat.delete()
     expect(chat.info).toMatchObject({ title: "second", metadata: { color: "teal" }, deletedBy: "alice" })
     expect(chat.participants.map((p) => `${p.user}:${p.role}`)).toEqual([
