@@ -54,6 +54,12 @@ async function main(): Promise<void> {
     const { runEraseUserCli } = await import("./purge/erase-user-cli.js")
     process.exit(await runEraseUserCli(process.argv.slice(3)))
   }
+  // A mistyped command read as "too many arguments. Expected 0 arguments but got 1".
+  const word = process.argv[2]
+  if (word !== undefined && !word.startsWith("-"))
+    throw new ConfigError(
+      `unknown command "${word}": the commands are erase-user, rebuild-inboxes, damaged, dead-letters, keys and vapid-keys; without one, the relay runs`,
+    )
   // Not a ConfigError: its hint points at --help, which does not list node's settings.
   if (!v8Settings.ok) throw new StartupError(ExitCode.CONFIG, v8Settings.message)
   const config = parseConfig(process.argv.slice(2))

@@ -107,6 +107,22 @@ describe.concurrent("a relay that cannot start says why in one line", () => {
     expect(stderr).toContain(`--auth-public-key ${pem} is not a usable PEM public key`)
   })
 
+  it("names a mistyped command and the commands there are, and exits 2", async () => {
+    const child = spawn(process.execPath, [relayEntry([]), "erase-usr", "bob"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let stderr = ""
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d
+    })
+    const code = await new Promise((done) => child.on("close", done))
+    expect(code).toBe(ExitCode.CONFIG)
+    // Before: "too many arguments. Expected 0 arguments but got 2."
+    expect(linesOf(stderr)).toEqual([
+      expect.stringContaining('unknown command "erase-usr": the commands are erase-user,'),
+    ])
+  })
+
   it("names a --static directory that does not exist, and exits 2", async () => {
     const { code, stderr } = await runRelay([
       "--dev",
