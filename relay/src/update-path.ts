@@ -28,6 +28,7 @@ import {
 import * as Y from "yjs"
 import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
+import { deletionsIn } from "./deletions-sent.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, ClientIdOwners, Extensions } from "./extension.js"
 import { fleetingSendsIn } from "./fleeting-sends.js"
@@ -66,7 +67,7 @@ import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
 import { joinBatch, type QueuedUpdate } from "./update-batch.js"
 import { CostRule, checkUpdateCost, refuseUnknownDeletions, type UpdateCostLimits } from "./update-cost.js"
-import type { UserLedger } from "./user-limits.js"
+import { UPDATE_COST_RECIPIENTS, UPDATE_COST_VALUES, type UserLedger } from "./user-limits.js"
 import { decodeOnce, inspectUpdate, recordIdsIn } from "./yjs-updates.js"
 
 /** Limits the update path enforces. */
@@ -1740,9 +1741,23 @@ async function admitUpdate(
   // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes;
   // a fleeting message's expiry, a deletion nobody sends later, is charged with it as one value more.
   const expiries = host.name.kind === "conversation" ? fleetingSendsIn(update) : 0
-  ctx.users?.chargeValues(principal, cost.values + expiries, update.length)
+  ctx.users?.chargeValues(principal, cost.values + expiries + purgeValues(host, update), update.length)
   ctx.users?.chargeStored(principal, update.length)
   return { noop: false, update, clientIds, ends: inspected.ends, decision, values: cost.values }
+}
+
+/**
+ * What a change's deletions cost beyond their bytes, in values: each makes the
+ * relay purge the message from the members' inboxes that preview it, so one
+ * update's worth per {@link UPDATE_COST_RECIPIENTS} members (an outside probe:
+ * deleting the latest message in a room of 100 cost 2.7 times its send).
+ */
+function purgeValues(host: DocumentHost, update: Uint8Array): number {
+  if (host.name.kind !== "conversation") return 0
+  const deletions = deletionsIn(update)
+  if (deletions === 0) return 0
+  const members = typesOf(host.doc).participants.size
+  return deletions * Math.floor(members / UPDATE_COST_RECIPIENTS) * UPDATE_COST_VALUES
 }
 
 /** Who pays for the sealed segments a change of `principal` makes the relay read: a user, from their budget. */

@@ -1,7 +1,16 @@
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { CloseCode, type ConversationId, createConversation, sendMessage, type UserId } from "@parley/shared"
+import {
+  CloseCode,
+  type ConversationId,
+  createConversation,
+  deleteMessage,
+  type MessageId,
+  newMessageId,
+  sendMessage,
+  type UserId,
+} from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type RunningRelay, startRelay } from "../src/index.js"
 import { TestClient } from "./helpers/clients.js"
@@ -72,6 +81,35 @@ describe("the update budget", () => {
     expect(c.closeEvent).toEqual(CloseCode.TooManyUpdates)
     // 150 messages and their 150 expiries cost 19 tokens: 11 frames spend the budget (22 without expiries).
     expect(frames).toBeLessThanOrEqual(12)
+    expect(c.errors).toEqual([])
+  })
+
+  it("charges a deletion in a big room for the members' inboxes it purges", async () => {
+    const user = "victor" as UserId
+    const room = "g~deletionbudget" as ConversationId
+    const members = Array.from({ length: 198 }, (_, i) => `member${i}` as UserId)
+    const sent: MessageId[] = []
+    await relay.core.write(room, { kind: "user", user: alice }, (doc) => {
+      createConversation(doc, alice, { kind: "group", id: room, participants: [user, ...members] })
+    })
+    await relay.core.write(room, { kind: "user", user }, (doc) => {
+      for (let i = 0; i < 150; i++) {
+        const id = newMessageId()
+        sendMessage(doc, user, { id, body: `d${i}` })
+        sent.push(id)
+      }
+    })
+    const c = new TestClient(relay.url, room, await relay.auth.mintDev(user, {}))
+    await c.synced()
+    let frames = 0
+    while (!c.closeEvent && frames < sent.length) {
+      deleteMessage(c.doc, user, sent[frames]!)
+      frames++
+      await Promise.race([c.allSaved(), c.closed])
+    }
+    // 200 members: a deletion costs 1 + 2 tokens, 67 spend the budget (before: 1 token, all 150 passed).
+    expect(c.closeEvent).toEqual(CloseCode.TooManyUpdates)
+    expect(frames).toBeLessThanOrEqual(80)
     expect(c.errors).toEqual([])
   })
 })
