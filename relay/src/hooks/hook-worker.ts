@@ -5,6 +5,7 @@
  * inboxes, logging) are messages back to the main thread, which runs them
  * with the relay's own implementations. Not imported by anything else.
  */
+import { AsyncLocalStorage, createHook } from "node:async_hooks"
 import { parentPort, workerData } from "node:worker_threads"
 import { ErrorCode, isErrorCode, ParleyError, type UserId } from "@parley/shared"
 import pino from "pino"
@@ -20,6 +21,7 @@ import type { HookEvent } from "./events.js"
 import { type LoadedHooks, loadHooks } from "./loader.js"
 import {
   Batcher,
+  CallState,
   CONTEXT_OPERATIONS,
   type FromWorker,
   type HookWorkerData,
@@ -42,6 +44,53 @@ process.kill = (pid: number, signal?: string | number) => {
 }
 const data = workerData as HookWorkerData
 const current = new Float64Array(data.current)
+
+/**
+ * Which call's code runs now, kept in {@link CallState.EXECUTING} around every callback (an `await`'s
+ * continuation, a timer) of code a handler started: when a handler loops after an `await`, the main
+ * thread blames that call alone. Before, it blamed every started call past its time, and with a
+ * backlog that was mostly calls waiting behind the loop (a correct module's events dead-lettered)
+ * while the looping call, posted later, was re-run without counting (an outside probe). Costs about
+ * 0.2 µs per `await` in the worker.
+ */
+const callOf = new AsyncLocalStorage<number>()
+const entered: number[] = []
+createHook({
+  before() {
+    entered.push(current[CallState.EXECUTING]!)
+    current[CallState.EXECUTING] = callOf.getStore() ?? 0
+  },
+  after() {
+    current[CallState.EXECUTING] = entered.pop() ?? 0
+  },
+}).enable()
+
+/** Free slots of {@link CallState.SLOTS}, and the slot of each running call. */
+const freeSlots: number[] = []
+let slotsUsed = 0
+const slotOf = new Map<number, number>()
+
+/** Records that call `id` starts now (the main thread times it from here). */
+function started(id: number): void {
+  current[CallState.LAST_STARTED] = id
+  const slot = freeSlots.pop() ?? (slotsUsed < CallState.SLOT_COUNT ? slotsUsed++ : undefined)
+  if (slot === undefined) return
+  const at = CallState.SLOTS + 2 * slot
+  // The time first: the main thread takes a slot whose id is set as started then.
+  current[at + 1] = Date.now()
+  current[at] = id
+  current[CallState.SLOTS_USED] = slotsUsed
+  slotOf.set(id, slot)
+}
+
+/** Records that call `id`'s handler settled. */
+function settled(id: number): void {
+  const slot = slotOf.get(id)
+  if (slot === undefined) return
+  slotOf.delete(id)
+  current[CallState.SLOTS + 2 * slot] = 0
+  freeSlots.push(slot)
+}
 
 /** What is sent and cannot be cloned (a function among an operation's arguments) fails alone, not its batch. */
 const out = new Batcher<FromWorker>(
@@ -237,23 +286,28 @@ function run(id: number, invoke: (call: Call) => unknown): void {
   const call: Call = { ops: new Map(), nextOp: 0 }
   calls.set(id, call)
   const finish = (message: FromWorker) => {
+    settled(id)
     // An operation the handler started without awaiting it still runs on the main thread (it was sent
     // before this answer): its promise settles when its answer comes.
     call.ended = true
     if (call.ops.size === 0) calls.delete(id)
     out.send(message)
   }
+  started(id)
+  const outer = current[CallState.EXECUTING]!
   try {
-    current[0] = id
-    current[1] = id
-    const result = invoke(call)
-    current[0] = 0
+    current[CallState.SYNC] = id
+    current[CallState.EXECUTING] = id
+    const result = callOf.run(id, () => invoke(call))
+    current[CallState.SYNC] = 0
+    current[CallState.EXECUTING] = outer
     Promise.resolve(result).then(
       (value) => finish(value === undefined ? { t: "done", id } : { t: "done", id, value }),
       (error: unknown) => finish({ t: "threw", id, error: toWire(error) }),
     )
   } catch (error) {
-    current[0] = 0
+    current[CallState.SYNC] = 0
+    current[CallState.EXECUTING] = outer
     finish({ t: "threw", id, error: toWire(error) })
   }
 }

@@ -162,7 +162,9 @@ export class HookRuntime {
             ),
           retryDelay: backoff,
           // The worker keeps the call's time (and restarts itself past its grace); the dispatcher's is a net.
-          timeoutMs: timeoutMs + 2 * HOOK_WORKER_GRACE_MS,
+          // The worker counts it from when the handler started, which a call queued behind a blocked
+          // worker reaches only once that one is stopped (its time and grace): the net is twice that.
+          timeoutMs: 2 * (timeoutMs + 2 * HOOK_WORKER_GRACE_MS),
         }
       }),
       ...(options.hooks ?? []).map(

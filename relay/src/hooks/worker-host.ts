@@ -9,6 +9,8 @@ import type { HookEvent } from "./events.js"
 import { HOOK_LOAD_TIMEOUT_MS } from "./loader.js"
 import {
   Batcher,
+  CALL_STATE_BYTES,
+  CallState,
   CONTEXT_OPERATIONS,
   type FromWorker,
   type HookWorkerData,
@@ -69,7 +71,13 @@ interface Pending {
   /** `hook:<file>`'s `onMessageSent`, for errors and logs. */
   readonly what: string
   readonly message: ToWorker
-  readonly deadline: number
+  /** When it was posted. */
+  readonly posted: number
+  /**
+   * When its time is up: counted from when the worker started its handler once it has (see
+   * {@link HookWorker.expire}), until then from its posting.
+   */
+  deadline: number
   /** The worker generation it was posted to; undefined while it waits for a worker that is loading. */
   generation?: number
   /** Set when its time is up and the worker was asked to abort it. */
@@ -84,7 +92,7 @@ interface Pending {
 
 interface Running {
   readonly worker: Worker
-  /** The call whose handler the worker runs synchronously now (see {@link HookWorkerData.current}). */
+  /** Which calls the worker runs, laid out as {@link CallState} says (see {@link HookWorkerData.current}). */
   readonly current: Float64Array
   readonly generation: number
   readonly out: Batcher<ToWorker>
@@ -157,7 +165,7 @@ export class HookWorker {
   /** Restarts a worker whose handler has run without yielding for longer than `limitMs`. */
   private checkSync(limitMs: number): void {
     const running = this.running
-    const id = running?.loaded && running.ending === undefined ? running.current[0]! : 0
+    const id = running?.loaded && running.ending === undefined ? running.current[CallState.SYNC]! : 0
     if (!running || id === 0) {
       this.syncSeen = undefined
       return
@@ -265,7 +273,7 @@ export class HookWorker {
   }
 
   private post(
-    call: Omit<Pending, "deadline" | "resolve" | "reject" | "onAbort"> & {
+    call: Omit<Pending, "posted" | "deadline" | "resolve" | "reject" | "onAbort"> & {
       readonly signal?: AbortSignal
       /** Registers a listener for the attempt's abort (the dispatcher's, cheaper than its signal). */
       readonly watch?: (listener: (reason: unknown) => void) => void
@@ -279,9 +287,11 @@ export class HookWorker {
       )
     return new Promise((resolve, reject) => {
       const signal = call.signal
+      const posted = Date.now()
       const pending: Pending = {
         ...call,
-        deadline: Date.now() + this.options.timeoutMs,
+        posted,
+        deadline: posted + this.options.timeoutMs,
         resolve,
         reject,
         ...(signal
@@ -320,28 +330,33 @@ export class HookWorker {
     running.out.send({ t: "abort", id: pending.id, reason, ack })
   }
 
-  /** One timer for the oldest call: every call gets the same time, so they expire in the order posted. */
+  /** One timer for the call whose time is up first. */
   private scheduleDeadline(): void {
-    let oldest: Pending | undefined
-    for (const pending of this.pending.values()) {
-      if (pending.grace) continue
-      oldest = pending
-      break
-    }
-    if (!oldest) {
+    clearTimeout(this.deadlineTimer)
+    let first: number | undefined
+    for (const pending of this.pending.values())
+      if (!pending.grace && (first === undefined || pending.deadline < first)) first = pending.deadline
+    if (first === undefined) {
       this.deadlineTimer = undefined
       return
     }
-    this.deadlineTimer = setTimeout(() => this.expire(), Math.max(0, oldest.deadline - Date.now()))
+    this.deadlineTimer = setTimeout(() => this.expire(), Math.max(0, first - Date.now()))
     this.deadlineTimer.unref()
   }
 
+  /**
+   * Ends the calls whose time is up. A call's time counts from when the worker started its handler:
+   * one queued behind a handler that blocks the worker has not used any of it. A call the worker has
+   * not started long past its posting means its event loop stands still with no call to time (a
+   * module's timer looping): the worker is restarted then.
+   */
   private expire(): void {
     const now = Date.now()
+    const running = this.running
+    const starts = running ? this.starts(running) : new Map<number, number>()
+    let stalled = false
     for (const pending of this.pending.values()) {
-      if (pending.grace) continue
-      if (pending.deadline > now) break
-      const timedOut = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.options.timeoutMs} ms`)
+      if (pending.grace || pending.deadline > now) continue
       if (pending.generation === undefined) {
         // Still waiting for a restarted worker to load the modules (slow on a busy machine): never sent,
         // so not the handler's failure. Handed back before the dispatcher's own deadline counts it.
@@ -355,11 +370,46 @@ export class HookWorker {
           )
         continue
       }
+      if (!running || running.generation !== pending.generation) continue
+      if (pending.id > running.current[CallState.LAST_STARTED]!) {
+        const stallAt = pending.posted + this.options.timeoutMs + 2 * this.graceMs
+        if (now >= stallAt) stalled = true
+        else pending.deadline = stallAt
+        continue
+      }
+      const start = starts.get(pending.id)
+      if (start !== undefined && start + this.options.timeoutMs > now) {
+        pending.deadline = start + this.options.timeoutMs
+        continue
+      }
+      // Past its time since it started (or settled already, its answer on its way, or not timed: the
+      // worker ran more calls at once than it has slots): if the worker is alive, it answers at once.
+      const timedOut = new ParleyError(ErrorCode.TIMEOUT, `timed out after ${this.options.timeoutMs} ms`)
       this.abort(pending, timedOut.message, true)
       pending.grace = setTimeout(() => this.hung(pending), this.graceMs)
       pending.grace.unref()
     }
+    if (stalled && running) {
+      this.options.log.error(
+        { waitedMs: this.options.timeoutMs + 2 * this.graceMs },
+        "the hook worker did not start a hook call for longer than the hook timeout: restarting it",
+      )
+      this.restart(running, { blockedBy: "code of a module outside any hook call" })
+      return
+    }
     this.scheduleDeadline()
+  }
+
+  /** The calls `running` runs now (started, not settled) and when each started, by id. */
+  private starts(running: Running): Map<number, number> {
+    const state = running.current
+    const starts = new Map<number, number>()
+    const end = CallState.SLOTS + 2 * Math.min(state[CallState.SLOTS_USED]!, CallState.SLOT_COUNT)
+    for (let at = CallState.SLOTS; at < end; at += 2) {
+      const id = state[at]!
+      if (id !== 0) starts.set(id, state[at + 1]!)
+    }
+    return starts
   }
 
   /** The worker did not answer a call past its time and grace: its event loop is blocked. */
@@ -367,8 +417,9 @@ export class HookWorker {
     const running = this.running
     if (!running || this.pending.get(pending.id) !== pending || running.generation !== pending.generation)
       return
+    const culprit = this.pending.get(running.current[CallState.EXECUTING]!)
     this.options.log.error(
-      { hook: pending.what, timeoutMs: this.options.timeoutMs },
+      { hook: (culprit ?? pending).what, timeoutMs: this.options.timeoutMs },
       "a hook call blocked the hook worker: restarting it",
     )
     this.restart(running, { blockedBy: pending.what })
@@ -377,20 +428,23 @@ export class HookWorker {
   /**
    * Ends `running` (if not ended already), fails every call it was running,
    * and starts a fresh worker. The call that blocked or crashed it fails
-   * with an error saying so, an attempt counted: the one whose handler was
-   * running synchronously then, when one was (a loop or an allocation before
-   * the handler's first `await`); otherwise, of the calls the worker had
-   * started, every one past its time when blocked, every one after a crash.
-   * The others are only
-   * interrupted: retried without counting an attempt ({@link DeferDelivery}),
-   * so that one module's endless loop does not dead-letter another's events.
+   * with an error saying so, an attempt counted: the one whose code the
+   * worker was running then (its handler, or after an `await` a continuation
+   * of it, or a timer it set). When the worker ran no call's code (a module's
+   * own timer), every call it was running (started, not settled) past its
+   * time since it started, when blocked; every one, after a crash. The others
+   * are only interrupted: retried without counting an attempt
+   * ({@link DeferDelivery}), so that one module's endless loop does not
+   * dead-letter another's events, nor the calls waiting behind it.
    */
   private restart(
     running: Running,
     cause: { readonly blockedBy: string; readonly syncMs?: number } | { readonly crashed: string },
   ): void {
     if (this.running !== running || running.ending !== undefined) return
-    const culprit = this.pending.get(running.current[0]!)
+    const now = Date.now()
+    const culprit = this.pending.get(running.current[CallState.EXECUTING]!)
+    const starts = culprit ? undefined : this.starts(running)
     const blocked = "blockedBy" in cause
     const why = blocked
       ? cause.syncMs !== undefined
@@ -403,13 +457,14 @@ export class HookWorker {
     for (const pending of [...this.pending.values()]) {
       if (pending.generation !== running.generation) continue
       if (!this.settle(pending)) continue
-      // Calls the worker never started (queued behind the block or crash) are innocent in any case.
-      const started = pending.id <= running.current[1]!
-      const guilty = culprit ? pending === culprit : started && (!blocked || pending.grace !== undefined)
+      const start = starts?.get(pending.id)
+      const guilty = culprit
+        ? pending === culprit
+        : start !== undefined && (!blocked || start + this.options.timeoutMs <= now)
       pending.reject(
         !guilty
           ? new DeferDelivery(
-              Date.now(),
+              now,
               `interrupted: the hook worker was restarted (${why}); retried without counting an attempt`,
             )
           : blocked
@@ -472,7 +527,7 @@ export class HookWorker {
   /** Starts a worker and resolves once it has loaded every module (rejects naming the module that failed). */
   private spawn(): Promise<readonly ModuleInfo[]> {
     const generation = ++this.generation
-    const current = new SharedArrayBuffer(2 * Float64Array.BYTES_PER_ELEMENT)
+    const current = new SharedArrayBuffer(CALL_STATE_BYTES)
     const data: HookWorkerData = {
       current,
       dir: this.options.dir,

@@ -17,15 +17,38 @@ export interface HookWorkerData {
   /** The relay logger's level: lines below it are not even sent. */
   readonly logLevel: string
   /**
-   * Two floats: the id of the call whose handler runs synchronously now (0
-   * between calls), and the id of the last call started (ids increase).
+   * Floats laid out as {@link CallState} says: which call's code the worker
+   * runs now, the last call it started, and when each call it runs started.
    * Shared memory, so that they can be read when the worker is blocked or
-   * dead: the first names the call that blocked or crashed it, when that
-   * happened before the handler's first `await`; calls after the second
-   * never started, so did not.
+   * dead (its messages then never come).
    */
   readonly current: SharedArrayBuffer
 }
+
+/**
+ * Where the worker keeps what {@link HookWorkerData.current} holds (indexes
+ * of its floats). Call ids start at 1 and increase; 0 is "none".
+ */
+export const CallState = {
+  /** The call whose handler runs synchronously now (before its first `await`), or 0. */
+  SYNC: 0,
+  /** The last call the worker started: calls after it are still queued, so never ran. */
+  LAST_STARTED: 1,
+  /**
+   * The call whose code runs now, its handler's or a continuation's (after an `await`, a timer it
+   * set), or 0: the one to blame when the worker stops answering.
+   */
+  EXECUTING: 2,
+  /** One past the highest slot in use (the main thread reads no further). */
+  SLOTS_USED: 3,
+  /** The first slot: each is two floats, a running call's id (0 when free) and when it started (ms). */
+  SLOTS: 4,
+  /** Slots: calls running at once beyond these are not timed from their start (from their posting). */
+  SLOT_COUNT: 8_192,
+} as const
+
+/** The size of {@link HookWorkerData.current}, in bytes. */
+export const CALL_STATE_BYTES = (CallState.SLOTS + 2 * CallState.SLOT_COUNT) * Float64Array.BYTES_PER_ELEMENT
 
 /** A loaded module as the main thread sees it: its name, path and the handlers it defines. */
 export interface ModuleInfo {

@@ -237,6 +237,97 @@ export default defineHooks({
     alice.close()
   }, 90_000)
 
+  it("a handler looping after an await amid a backlog: only its call is blamed and dead-lettered, every other module's event delivered at its first attempt", async () => {
+    const log = join(mkdtempSync(join(tmpdir(), "parley-hook-log-")), "deliveries.jsonl")
+    dirs.push(resolve(log, ".."))
+    const hooks = hooksDir({
+      "a-spin.mjs": `import { appendFileSync } from "node:fs"
+import { defineHooks } from ${api}
+export default defineHooks({
+  async onMessageSent({ subject }, { hook, attempt }) {
+    if (subject.message.body !== "spin") return
+    appendFileSync(process.env.HOOK_LOG, JSON.stringify({ hook, message: subject.message.id, attempt }) + "\\n")
+    await null
+    while (true) {}
+  },
+})
+`,
+      // Correct, but slow: its calls are still running (waiting for a timer) when the other loops.
+      "b-slow.mjs": `import { appendFileSync } from "node:fs"
+import { setTimeout } from "node:timers/promises"
+import { defineHooks } from ${api}
+export default defineHooks({
+  async onMessageSent({ subject }, { hook, attempt }) {
+    await setTimeout(200)
+    appendFileSync(process.env.HOOK_LOG, JSON.stringify({ hook, message: subject.message.id, attempt }) + "\\n")
+  },
+})
+`,
+      "c-good.mjs": RECORDING,
+    })
+    const relay = await startRelayProcess({
+      args: ["--hooks", hooks, "--hook-timeout-ms", "1500"],
+      env: { HOOK_LOG: log },
+      hooksUseHooksApi: true,
+    })
+    // A backlog: four conversations with five messages each, and right behind them the looping one.
+    const expected: string[] = []
+    const clients: TestClient[] = []
+    for (let c = 0; c < 4; c++) {
+      const id = `g~busy-${c}` as ConversationId
+      const client = await open(relay, id, "alice")
+      clients.push(client)
+      createConversation(client.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+      await client.allSaved()
+    }
+    const spinning = await open(relay, "g~spin" as ConversationId, "alice")
+    createConversation(spinning.doc, "alice" as UserId, {
+      kind: "group",
+      id: "g~spin" as ConversationId,
+      participants: [],
+    })
+    await spinning.allSaved()
+    for (const [c, client] of clients.entries())
+      for (let n = 0; n < 5; n++) {
+        const id = `busy-${c}-${n}`
+        expected.push(id)
+        sendMessage(client.doc, "alice" as UserId, { id: id as MessageId, body: `message ${n}` })
+      }
+    sendMessage(spinning.doc, "alice" as UserId, { id: "spin-0001" as MessageId, body: "spin" })
+    expected.push("spin-0001")
+    await Promise.all([...clients, spinning].map((client) => client.allSaved()))
+
+    const dead = await until(
+      () => deadLetters(relay),
+      (letters) => letters.length > 0,
+      "the looping call's dead letter",
+    )
+    // Blamed at each of its blocks (not re-run uncounted while others took the blame), and only it.
+    expect(dead.map((d) => [d.target, d.attempts, d.lastError])).toEqual([
+      [
+        "hook:a-spin.mjs",
+        2,
+        "hook did not return within 1500 ms; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
+      ],
+    ])
+    expect(linesOf(log).filter((l) => l.hook === "a-spin.mjs")).toEqual([
+      { hook: "a-spin.mjs", message: "spin-0001", attempt: 1 },
+      { hook: "a-spin.mjs", message: "spin-0001", attempt: 2 },
+    ])
+    // Every message reached both correct modules, the calls cut short by a restart delivered again
+    // without counting an attempt.
+    for (const hook of ["b-slow.mjs", "c-good.mjs"]) {
+      const seen = await until(
+        () => linesOf(log).filter((l) => l.hook === hook),
+        (lines) => expected.every((m) => lines.some((l) => l.message === m)),
+        `every message at ${hook}`,
+      )
+      expect(seen.filter((l) => l.attempt !== 1)).toEqual([])
+    }
+    expect(await deadLetters(relay)).toHaveLength(1)
+    for (const client of [...clients, spinning]) client.close()
+  }, 90_000)
+
   it("a handler signalling the relay's own process throws instead of killing the relay", async () => {
     const hooks = hooksDir({
       "killer.mjs": `import { defineHooks } from ${api}
