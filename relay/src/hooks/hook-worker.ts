@@ -282,7 +282,52 @@ function fromWire(error: WireError): Error {
   return rebuilt
 }
 
-function run(id: number, invoke: (call: Call) => unknown): void {
+/**
+ * Longest notification `onPushNotification` may return, as JSON in UTF-8: a push payload holds about
+ * 4 KB (shared with the encryption's overhead), so a longer one could not be sent anyway.
+ */
+const MAX_HOOK_RESULT_BYTES = 4 * 1024
+
+/**
+ * What `onPushNotification` returned, checked here before it is posted: undefined, `false` or a
+ * notification object of at most {@link MAX_HOOK_RESULT_BYTES}. A handler returning a 200 MB string
+ * had it copied to the main thread before it was refused there, holding the thread that serves
+ * every client for 1–2 s (an outside probe).
+ */
+function pushResult(value: unknown): { readonly value?: unknown } | { readonly refused: string } {
+  if (value === undefined || value === false) return value === undefined ? {} : { value }
+  const refused = (what: string) => ({
+    refused: `onPushNotification returned ${what}: it may return only undefined, false or a notification of at most ${MAX_HOOK_RESULT_BYTES / 1024} KiB as JSON`,
+  })
+  if (typeof value !== "object" || value === null || Array.isArray(value))
+    return refused(
+      typeof value === "string"
+        ? `a string of ${value.length} characters`
+        : value === null
+          ? "null"
+          : Array.isArray(value)
+            ? "an array"
+            : `a ${typeof value}`,
+    )
+  let json: string
+  try {
+    json = JSON.stringify(value)
+  } catch (error) {
+    return refused(`an object that is not JSON (${(error as Error).message})`)
+  }
+  const bytes = Buffer.byteLength(json)
+  return bytes > MAX_HOOK_RESULT_BYTES ? refused(`a notification of ${bytes} bytes as JSON`) : { value }
+}
+
+/**
+ * Runs a handler as call `id`. What it returns goes to the main thread only through `check`
+ * (`onPushNotification`'s); an event handler's return value means nothing and is not posted.
+ */
+function run(
+  id: number,
+  invoke: (call: Call) => unknown,
+  check?: (value: unknown) => { readonly value?: unknown } | { readonly refused: string },
+): void {
   const call: Call = { ops: new Map(), nextOp: 0 }
   calls.set(id, call)
   const finish = (message: FromWorker) => {
@@ -302,7 +347,16 @@ function run(id: number, invoke: (call: Call) => unknown): void {
     current[CallState.SYNC] = 0
     current[CallState.EXECUTING] = outer
     Promise.resolve(result).then(
-      (value) => finish(value === undefined ? { t: "done", id } : { t: "done", id, value }),
+      (value) => {
+        const checked = check?.(value) ?? {}
+        finish(
+          "refused" in checked
+            ? { t: "threw", id, error: toWire(new TypeError(checked.refused)) }
+            : "value" in checked
+              ? { t: "done", id, value: checked.value }
+              : { t: "done", id },
+        )
+      },
       (error: unknown) => finish({ t: "threw", id, error: toWire(error) }),
     )
   } catch (error) {
@@ -333,22 +387,26 @@ function handle(message: ToWorker): void {
         out.send({ t: "done", id: message.id })
         return
       }
-      run(message.id, (call) => {
-        let log: Logger | undefined
-        const context: PushNotificationContext = {
-          hook: loaded.name,
-          recipient: message.recipient as UserId,
-          event: message.event as HookEvent<"message.sent">,
-          get log() {
-            log ??= logger(message.id)
-            return log
-          },
-          get signal() {
-            return signalOf(call)
-          },
-        }
-        return handler.call(loaded.hooks, message.notification as PushNotification, context)
-      })
+      run(
+        message.id,
+        (call) => {
+          let log: Logger | undefined
+          const context: PushNotificationContext = {
+            hook: loaded.name,
+            recipient: message.recipient as UserId,
+            event: message.event as HookEvent<"message.sent">,
+            get log() {
+              log ??= logger(message.id)
+              return log
+            },
+            get signal() {
+              return signalOf(call)
+            },
+          }
+          return handler.call(loaded.hooks, message.notification as PushNotification, context)
+        },
+        pushResult,
+      )
       return
     }
     case "abort": {

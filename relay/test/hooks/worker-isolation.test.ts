@@ -12,7 +12,10 @@ import {
 } from "@parley/shared"
 import pino from "pino"
 import { afterAll, describe, expect, it } from "vitest"
+import type { HookContext } from "../../src/hooks/define.js"
+import type { HookEvent } from "../../src/hooks/events.js"
 import { HookWorker } from "../../src/hooks/worker-host.js"
+import type { PushNotification } from "../../src/push/notification.js"
 import { TestClient } from "../helpers/clients.js"
 import {
   hooksApi,
@@ -510,6 +513,68 @@ export default defineHooks({
 })
 
 describe("HookWorker", () => {
+  it("refuses a push notification handler's huge or odd return value in the worker, naming the bound, and ignores an event handler's", async () => {
+    const dir = hooksDir({
+      "big.mjs": `import { defineHooks } from ${api}
+export default defineHooks({
+  onMessageSent() {
+    return "z".repeat(50 * 1024 * 1024)
+  },
+  onPushNotification(notification) {
+    if (notification.title === "huge") return "y".repeat(50 * 1024 * 1024)
+    if (notification.title === "long") return { ...notification, body: "b".repeat(5000) }
+    if (notification.title === "number") return 42
+    return { ...notification, title: "rewritten" }
+  },
+})
+`,
+    })
+    const silent = pino({ level: "silent" })
+    const worker = await HookWorker.start({ dir, log: silent, timeoutMs: 10_000 })
+    try {
+      const notification = {
+        title: "huge",
+        body: "hello",
+        sender: { id: "alice", name: "Alice" },
+        conversationId: "g~big",
+        messageId: "m1",
+        badge: 1,
+        priority: "normal",
+        urgency: "normal",
+      } as unknown as PushNotification
+      const event = { event: { id: "evt_1", type: "message.sent" } } as unknown as HookEvent<"message.sent">
+      const push = (title: string) =>
+        worker.push(
+          0,
+          { ...notification, title },
+          {
+            hook: "big.mjs",
+            recipient: "bob" as UserId,
+            event,
+            log: silent,
+            signal: new AbortController().signal,
+          },
+        )
+      const bound = "it may return only undefined, false or a notification of at most 4 KiB as JSON"
+      await expect(push("huge")).rejects.toThrow(
+        `onPushNotification returned a string of ${50 * 1024 * 1024} characters: ${bound}`,
+      )
+      await expect(push("long")).rejects.toThrow(
+        /^onPushNotification returned a notification of \d+ bytes as JSON: it may return only/,
+      )
+      await expect(push("number")).rejects.toThrow(`onPushNotification returned a number: ${bound}`)
+      await expect(push("fine")).resolves.toMatchObject({ title: "rewritten", body: "hello" })
+      // An event handler's return value means nothing: never posted, the call succeeds.
+      await expect(
+        worker.call(0, "onMessageSent", event, { attempt: 1, signal: new AbortController().signal }, {
+          log: silent,
+        } as unknown as HookContext),
+      ).resolves.toBeUndefined()
+    } finally {
+      await worker.stop()
+    }
+  })
+
   it("refuses a module whose top-level code never returns, naming it, once the load limit has passed", async () => {
     const dir = hooksDir({ "spin.mjs": "while (true) {}\n" })
     const error = await HookWorker.start({
