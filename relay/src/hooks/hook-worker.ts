@@ -6,6 +6,9 @@
  * with the relay's own implementations. Not imported by anything else.
  */
 import { AsyncLocalStorage, createHook } from "node:async_hooks"
+import fs from "node:fs"
+import { syncBuiltinESMExports } from "node:module"
+import { format } from "node:util"
 import { parentPort, workerData } from "node:worker_threads"
 import { ErrorCode, isErrorCode, ParleyError, type UserId } from "@parley/shared"
 import pino from "pino"
@@ -23,8 +26,10 @@ import {
   Batcher,
   CallState,
   CONTEXT_OPERATIONS,
+  droppedMessage,
   type FromWorker,
   type HookWorkerData,
+  LogBudget,
   type ToWorker,
   toWire,
   type WireError,
@@ -138,51 +143,17 @@ function boundedLine(line: string): string {
   })}\n`
 }
 
-/**
- * Log lines and bytes a worker's modules may send the main thread per second, after a burst of ten
- * seconds' worth: a module logging in a loop (never blocking its worker, so no other guard fires) had
- * the main thread parse 16 KiB lines without end — `/healthz` took 10 s, and the relay's memory grew
- * by 850 MB. Beyond, lines are dropped and counted; the count is logged once lines pass again.
- */
-const LOG_LINES_PER_SECOND = 100
-const LOG_BYTES_PER_SECOND = 256 * 1024
-const logBudget = {
-  lines: LOG_LINES_PER_SECOND * 10,
-  bytes: LOG_BYTES_PER_SECOND * 10,
-  at: Date.now(),
-  dropped: 0,
-}
-
-/** Whether a line of `bytes` may go to the main thread now (spending the budget if so). */
-function logAdmits(bytes: number): boolean {
-  const now = Date.now()
-  const seconds = (now - logBudget.at) / 1000
-  logBudget.at = now
-  logBudget.lines = Math.min(LOG_LINES_PER_SECOND * 10, logBudget.lines + seconds * LOG_LINES_PER_SECOND)
-  logBudget.bytes = Math.min(LOG_BYTES_PER_SECOND * 10, logBudget.bytes + seconds * LOG_BYTES_PER_SECOND)
-  if (logBudget.lines < 1 || logBudget.bytes < bytes) {
-    logBudget.dropped++
-    return false
-  }
-  logBudget.lines--
-  logBudget.bytes -= bytes
-  return true
-}
+const logBudget = new LogBudget()
 
 /** Sends a log line (pino's JSON) to the main thread within the log budget; `id` names the call. */
 function sendLogLine(line: string, id: number | undefined): void {
   // Posted at once (with what was sent before it): a line logged just before a handler blocks the
   // worker is the one that tells what it was doing.
   const bounded = boundedLine(line)
-  if (!logAdmits(bounded.length)) return
-  if (logBudget.dropped > 0) {
-    const dropped = logBudget.dropped
-    logBudget.dropped = 0
-    out.send({
-      t: "log",
-      line: `${JSON.stringify({ level: 40, msg: `hook modules logged more than ${LOG_LINES_PER_SECOND} lines (or ${LOG_BYTES_PER_SECOND / 1024} KiB) a second: ${dropped} lines were dropped` })}\n`,
-    })
-  }
+  if (!logBudget.admits(bounded.length)) return
+  const dropped = logBudget.takeDropped()
+  if (dropped > 0)
+    out.send({ t: "log", line: `${JSON.stringify({ level: 40, msg: droppedMessage(dropped) })}\n` })
   out.send({ t: "log", ...(id === undefined ? {} : { id }), line: bounded })
   out.flush()
 }
@@ -195,6 +166,14 @@ function logger(id: number | undefined): Logger {
   )
 }
 
+/** Sends what a module printed to `name` (stdout or stderr) as a log line of `level`, within the budget. */
+function printed(text: string, level: number, name: string): void {
+  sendLogLine(
+    `${JSON.stringify({ level, msg: `hook module ${name}`, output: text.replace(/\n$/, "") })}\n`,
+    undefined,
+  )
+}
+
 /**
  * The worker's own stdout and stderr (`console.log`, `process.stdout.write`: a module's habit) become
  * log lines (info and warn) under the same budget: Node copies a worker's output to the relay's own
@@ -202,10 +181,10 @@ function logger(id: number | undefined): Logger {
  */
 function captureOutput(stream: NodeJS.WriteStream, level: number, name: string): void {
   stream.write = ((chunk: unknown, encoding?: unknown, callback?: unknown) => {
-    const text = typeof chunk === "string" ? chunk : Buffer.from(chunk as Uint8Array).toString("utf8")
-    sendLogLine(
-      `${JSON.stringify({ level, msg: `hook module ${name}`, output: text.replace(/\n$/, "") })}\n`,
-      undefined,
+    printed(
+      typeof chunk === "string" ? chunk : Buffer.from(chunk as Uint8Array).toString("utf8"),
+      level,
+      name,
     )
     const done = typeof encoding === "function" ? encoding : callback
     if (typeof done === "function") queueMicrotask(() => (done as () => void)())
@@ -214,6 +193,55 @@ function captureOutput(stream: NodeJS.WriteStream, level: number, name: string):
 }
 captureOutput(process.stdout, 30, "stdout")
 captureOutput(process.stderr, 40, "stderr")
+
+/**
+ * Writes to the file descriptors 1 and 2 (`fs.writeSync(1, ...)`, `fs.write`, what writes through
+ * them) and `process._rawDebug` go the same way: they wrote straight to the relay's own stdout and
+ * stderr, unbounded and not as JSON lines (an outside probe: 22 MB in a minute, mixed into the
+ * relay's log). The worker's streams are its own (see `HookWorker`), but these bypass streams.
+ */
+function captureDescriptors(): void {
+  const levels: Record<number, readonly [number, string]> = { 1: [30, "stdout"], 2: [40, "stderr"] }
+  /** The text and byte count of a write's `data` (a string, or bytes from `offset`, `length` of them). */
+  const written = (data: unknown, offset: unknown, length: unknown, encoding: unknown) => {
+    if (typeof data === "string") {
+      const bytes = Buffer.from(data, (typeof encoding === "string" ? encoding : "utf8") as BufferEncoding)
+      return { text: bytes.toString("utf8"), bytes: bytes.length }
+    }
+    const view = data as ArrayBufferView
+    const all = Buffer.from(view.buffer, view.byteOffset, view.byteLength)
+    // `(fd, buffer, { offset, length })` or `(fd, buffer, offset, length)`.
+    const options =
+      typeof offset === "object" && offset !== null
+        ? (offset as { offset?: unknown; length?: unknown })
+        : { offset, length }
+    const start = typeof options.offset === "number" ? options.offset : 0
+    const end = typeof options.length === "number" ? start + options.length : all.length
+    return { text: all.subarray(start, end).toString("utf8"), bytes: end - start }
+  }
+  const writeSync = fs.writeSync
+  fs.writeSync = ((fd: number, data: unknown, ...rest: unknown[]) => {
+    const level = levels[fd]
+    if (!level) return (writeSync as (...args: unknown[]) => number)(fd, data, ...rest)
+    const { text, bytes } = written(data, rest[0], rest[1], rest[1])
+    printed(text, ...level)
+    return bytes
+  }) as typeof fs.writeSync
+  const write = fs.write
+  fs.write = ((fd: number, data: unknown, ...rest: unknown[]) => {
+    const level = levels[fd]
+    if (!level) return (write as (...args: unknown[]) => void)(fd, data, ...rest)
+    const callback = rest.pop()
+    const { text, bytes } = written(data, rest[0], rest[1], rest[1])
+    printed(text, ...level)
+    if (typeof callback === "function") process.nextTick(callback, null, bytes, data)
+  }) as typeof fs.write
+  const rawDebug = (...args: unknown[]) => printed(format(...args), 40, "stderr")
+  ;(process as unknown as { _rawDebug: typeof rawDebug })._rawDebug = rawDebug
+  // `import { writeSync } from "node:fs"` in a module sees the wrapped functions too.
+  syncBuiltinESMExports()
+}
+captureDescriptors()
 
 function signalOf(call: Call): AbortSignal {
   if (!call.controller) {

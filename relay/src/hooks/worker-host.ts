@@ -12,8 +12,10 @@ import {
   CALL_STATE_BYTES,
   CallState,
   CONTEXT_OPERATIONS,
+  droppedMessage,
   type FromWorker,
   type HookWorkerData,
+  LogBudget,
   type ModuleInfo,
   type ToWorker,
   toWire,
@@ -45,6 +47,8 @@ export const BLOCKS_BEFORE_DEAD_LETTER = 2
 export const HOOK_SYNC_LIMIT_MS = 2_000
 /** How often the host looks at which handler the worker runs synchronously. */
 const SYNC_CHECK_MS = 250
+/** Longest chunk of the worker's own output logged (as the worker cuts its log lines). */
+const MAX_OUTPUT_CHARS = 16 * 1024
 /** Calls remembered as having blocked the worker (the oldest forgotten beyond). */
 const BLOCKS_REMEMBERED = 1_000
 
@@ -151,6 +155,8 @@ export class HookWorker {
   /** The call seen running synchronously at the last check, and since when. */
   private syncSeen: { readonly generation: number; readonly id: number; readonly since: number } | undefined
   private readonly syncWatch: NodeJS.Timeout
+  /** The log budget of what reaches the worker's own output streams. */
+  private readonly outputBudget = new LogBudget()
 
   private constructor(private readonly options: HookWorkerOptions) {
     this.graceMs = options.graceMs ?? HOOK_WORKER_GRACE_MS
@@ -540,7 +546,13 @@ export class HookWorker {
       workerData: data,
       resourceLimits: { maxOldGenerationSizeMb: memoryMb },
       name: "parley-hooks",
+      // Its own streams, not the relay's: the worker sends what its modules print as log lines, and
+      // what still reaches these is logged here under the same budget, never copied raw.
+      stdout: true,
+      stderr: true,
     })
+    this.drain(worker.stdout, 30, "stdout")
+    this.drain(worker.stderr, 40, "stderr")
     const running: Running = {
       worker,
       current: new Float64Array(current),
@@ -630,6 +642,17 @@ export class HookWorker {
       }
       this.options.log.error({ err: failure, exitCode: code }, `${why}: restarting it`)
       this.restart(running, { crashed: why })
+    })
+  }
+
+  /** Logs what reaches the worker's own `stream` (not its wrapped writes) within {@link outputBudget}. */
+  private drain(stream: NodeJS.ReadableStream, level: 30 | 40, name: string): void {
+    stream.on("data", (chunk: Buffer | string) => {
+      const text = String(chunk).slice(0, MAX_OUTPUT_CHARS).replace(/\n$/, "")
+      if (!this.outputBudget.admits(text.length)) return
+      const dropped = this.outputBudget.takeDropped()
+      if (dropped > 0) this.options.log.warn(droppedMessage(dropped))
+      this.options.log[level === 30 ? "info" : "warn"]({ output: text }, `hook module ${name}`)
     })
   }
 

@@ -189,3 +189,53 @@ export class Batcher<T> {
     }
   }
 }
+
+/**
+ * Log lines and bytes a worker's modules may send the main thread per second, after a burst of ten
+ * seconds' worth: a module logging in a loop (never blocking its worker, so no other guard fires) had
+ * the main thread parse 16 KiB lines without end — `/healthz` took 10 s, and the relay's memory grew
+ * by 850 MB. Beyond, lines are dropped and counted; the count is logged once lines pass again.
+ */
+export const LOG_LINES_PER_SECOND = 100
+/** See {@link LOG_LINES_PER_SECOND}. */
+export const LOG_BYTES_PER_SECOND = 256 * 1024
+
+/** The warning that `dropped` lines of hook modules were dropped. */
+export function droppedMessage(dropped: number): string {
+  return `hook modules logged more than ${LOG_LINES_PER_SECOND} lines (or ${LOG_BYTES_PER_SECOND / 1024} KiB) a second: ${dropped} lines were dropped`
+}
+
+/** The hook modules' log budget ({@link LOG_LINES_PER_SECOND}): the worker's, and the host's for the worker's output streams. */
+export class LogBudget {
+  private lines = LOG_LINES_PER_SECOND * 10
+  private bytes = LOG_BYTES_PER_SECOND * 10
+  private at: number
+  private dropped = 0
+
+  constructor(private readonly now: () => number = Date.now) {
+    this.at = now()
+  }
+
+  /** Whether a line of `bytes` may be logged now (spending the budget if so; counted as dropped if not). */
+  admits(bytes: number): boolean {
+    const now = this.now()
+    const seconds = (now - this.at) / 1000
+    this.at = now
+    this.lines = Math.min(LOG_LINES_PER_SECOND * 10, this.lines + seconds * LOG_LINES_PER_SECOND)
+    this.bytes = Math.min(LOG_BYTES_PER_SECOND * 10, this.bytes + seconds * LOG_BYTES_PER_SECOND)
+    if (this.lines < 1 || this.bytes < bytes) {
+      this.dropped++
+      return false
+    }
+    this.lines--
+    this.bytes -= bytes
+    return true
+  }
+
+  /** The lines dropped to report now (reset to 0), after a line was admitted. */
+  takeDropped(): number {
+    const dropped = this.dropped
+    this.dropped = 0
+    return dropped
+  }
+}

@@ -19,6 +19,8 @@ export interface RelayProcess {
   readonly child: ChildProcess
   /** Every stdout line so far (pino JSON). */
   readonly lines: string[]
+  /** What the process wrote to stderr so far. */
+  stderr(): string
   /** Resolves with the exit code / signal once the process ended. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** A token for `user` signed with the relay's secret. */
@@ -199,6 +201,7 @@ export async function startRelayProcess(options: StartRelayProcessOptions = {}):
     secret,
     child,
     lines,
+    stderr: () => stderr,
     exited,
     token: (user, opts = {}) => signToken(opts.secret ?? secret, user, opts),
     waitForLog,

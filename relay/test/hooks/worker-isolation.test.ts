@@ -438,6 +438,8 @@ export default defineHooks({
   async function flooding(name: string, line: string) {
     const hooks = hooksDir({
       [`${name}.mjs`]: `import { defineHooks } from ${api}
+import fs from "node:fs"
+import { writeSync } from "node:fs"
 import { setImmediate } from "node:timers/promises"
 export default defineHooks({
   async onMessageSent(event, { log }) {
@@ -481,6 +483,29 @@ export default defineHooks({
     await relay.waitForLog((l) => typeof l.msg === "string" && l.msg.includes("lines were dropped"))
     // Before: Node copied all 20,000 lines (40 MB) to the relay's stdout as they came.
     expect(relay.lines.filter((l) => l.includes("printed")).length).toBeLessThan(2_000)
+    alice.close()
+  }, 60_000)
+
+  it("a handler writing to the file descriptors 1 and 2 or through process._rawDebug reaches the relay's log as JSON lines under the same budget", async () => {
+    const { relay, alice } = await flooding(
+      "descriptors",
+      `fs.writeSync(1, "spam-fd1 " + i + "\\n"); writeSync(2, Buffer.from("spam-fd2 " + i + "\\n")); fs.write(1, "spam-write " + i + "\\n", () => {}); process._rawDebug("spam-raw", i)`,
+    )
+    await relay.waitForLog((l) => typeof l.output === "string" && l.output.startsWith("spam-raw"))
+    await relay.waitForLog((l) => typeof l.msg === "string" && l.msg.includes("lines were dropped"))
+    // Let the loop run out (20,000 rounds, 200 a second's turn of the worker at most).
+    await new Promise((r) => setTimeout(r, 1_500))
+    const spam = relay.lines.filter((l) => l.includes("spam-"))
+    // Before: 80,000 raw lines on the relay's stdout and stderr, none of them JSON.
+    expect(spam.length).toBeGreaterThan(0)
+    expect(spam.length).toBeLessThan(2_000)
+    for (const line of spam)
+      expect(JSON.parse(line)).toMatchObject({ msg: expect.stringMatching(/^hook module std(out|err)$/) })
+    expect(JSON.parse(spam.find((l) => l.includes("spam-fd1"))!)).toMatchObject({
+      level: 30,
+      output: "spam-fd1 0",
+    })
+    expect(relay.stderr()).not.toContain("spam-")
     alice.close()
   }, 60_000)
 
