@@ -194,7 +194,8 @@ export class Batcher<T> {
  * Log lines and bytes a worker's modules may send the main thread per second, after a burst of ten
  * seconds' worth: a module logging in a loop (never blocking its worker, so no other guard fires) had
  * the main thread parse 16 KiB lines without end — `/healthz` took 10 s, and the relay's memory grew
- * by 850 MB. Beyond, lines are dropped and counted; the count is logged once lines pass again.
+ * by 850 MB. Beyond, lines are dropped and counted; the count is logged once lines pass again, at
+ * most once a second.
  */
 export const LOG_LINES_PER_SECOND = 100
 /** See {@link LOG_LINES_PER_SECOND}. */
@@ -211,6 +212,8 @@ export class LogBudget {
   private bytes = LOG_BYTES_PER_SECOND * 10
   private at: number
   private dropped = 0
+  /** When dropped lines were last reported. */
+  private reported = Number.NEGATIVE_INFINITY
 
   constructor(private readonly now: () => number = Date.now) {
     this.at = now()
@@ -232,10 +235,17 @@ export class LogBudget {
     return true
   }
 
-  /** The lines dropped to report now (reset to 0), after a line was admitted. */
+  /**
+   * The lines dropped to report now, after a line was admitted (then counted from 0 again): at most
+   * once a second, the counts in between summed. Past the budget one line passes every 10 ms, and
+   * a warning with each flooded the log itself (an outside probe: 311 of them, 41 in one second).
+   */
   takeDropped(): number {
+    const now = this.now()
+    if (this.dropped === 0 || now - this.reported < 1_000) return 0
     const dropped = this.dropped
     this.dropped = 0
+    this.reported = now
     return dropped
   }
 }
