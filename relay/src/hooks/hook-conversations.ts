@@ -21,6 +21,8 @@ import {
   markDelivered,
   markRead,
   ParleyError,
+  parseConversationId,
+  parseUserId,
   react,
   removeParticipants,
   renameConversation,
@@ -72,6 +74,41 @@ export function writeKey(eventId: string, hook: string, position: number): strin
  * title, metadata, role, body, reaction, marker, membership).
  */
 export function hookConversations(options: HookConversationsOptions): HookConversations {
+  return checked(unchecked(options))
+}
+
+/**
+ * `conversations` with its arguments checked first: ids must be valid ids (`INVALID_ARGUMENT`, as
+ * the HTTP API answers), the input an object. Before, `send(null, null, null)` threw a bare
+ * TypeError and `"../x"` was looked up, answering NOT_FOUND (an outside probe).
+ */
+function checked(conversations: HookConversations): HookConversations {
+  const methods = conversations as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>
+  const wrapped: Record<string, (...args: unknown[]) => Promise<unknown>> = {}
+  for (const [name, method] of Object.entries(methods))
+    wrapped[name] = async (...args: unknown[]) => {
+      if (name === "create") {
+        parseUserId(args[0])
+        objectArgument(name, "input", args[1])
+      } else {
+        parseConversationId(args[0])
+        if (name !== "get") parseUserId(args[1])
+        if (name === "send") objectArgument(name, "input", args[2])
+      }
+      return method(...args)
+    }
+  return wrapped as unknown as HookConversations
+}
+
+function objectArgument(operation: string, argument: string, value: unknown): void {
+  if (typeof value !== "object" || value === null || Array.isArray(value))
+    throw new ParleyError(
+      ErrorCode.INVALID_ARGUMENT,
+      `conversations.${operation}: ${argument} must be an object`,
+    )
+}
+
+function unchecked(options: HookConversationsOptions): HookConversations {
   const { core, hook, eventId, write } = options
   let position = 0
   // Every write takes the next position, keyed or not: a handler that makes the same calls in the same

@@ -101,7 +101,7 @@ function settled(id: number): void {
 const out = new Batcher<FromWorker>(
   (batch) => port.postMessage(batch),
   (message, error) => {
-    if (message.t === "op") calls.get(message.id)?.ops.get(message.op)?.reject(error)
+    if (message.t === "op") calls.get(message.id)?.ops.get(message.op)?.reject(unclonable(message, error))
     else if (message.t === "done")
       port.postMessage([
         {
@@ -112,6 +112,26 @@ const out = new Batcher<FromWorker>(
       ])
   },
 )
+
+/**
+ * The error of an operation whose arguments cannot reach the main thread (a function inside, a
+ * `toJSON` or `toString` method): INVALID_ARGUMENT naming the argument, not the DOMException
+ * DataCloneError (code 25) it was (an outside probe).
+ */
+function unclonable(message: Extract<FromWorker, { t: "op" }>, error: Error): ParleyError {
+  const index = message.args.findIndex((arg) => {
+    try {
+      structuredClone(arg)
+      return false
+    } catch {
+      return true
+    }
+  })
+  return new ParleyError(
+    ErrorCode.INVALID_ARGUMENT,
+    `${message.name}: ${index < 0 ? "its arguments" : `argument ${index + 1}`} cannot reach the relay (${error.message}): pass plain data`,
+  )
+}
 
 interface Call {
   controller?: AbortController

@@ -8,6 +8,7 @@ import {
   observeChanges,
   ParleyError,
   parseDocumentName,
+  parseUserId,
   TYPING_EXPIRY_MS,
   TYPING_THROTTLE_MS,
   type UserId,
@@ -637,7 +638,8 @@ export class HookRuntime {
 
   /** The context's `inboxes`: the same for every delivery (made once, not per delivery). */
   private readonly inboxes: HookContext["inboxes"] = Object.freeze({
-    summary: (user: UserId) => inboxSummary(this.core, user),
+    // A user id checked first, as the HTTP API does: "../x" answered NOT_FOUND (an outside probe).
+    summary: async (user: UserId) => inboxSummary(this.core, parseUserId(user)),
   })
 
   /** Each hook's `isOwnWrite`, made once per hook (not per delivery). */

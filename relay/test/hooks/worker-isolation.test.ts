@@ -509,6 +509,58 @@ export default defineHooks({
     alice.close()
   }, 60_000)
 
+  it("a handler's context operations refuse bad or unclonable arguments with INVALID_ARGUMENT naming them", async () => {
+    const hooks = hooksDir({
+      "prober.mjs": `import { defineHooks } from ${api}
+export default defineHooks({
+  async onMessageSent(event, { conversations, inboxes, log, isOwnWrite }) {
+    if (isOwnWrite(event)) return
+    const id = event.event.conversationId
+    const tries = {
+      nulls: () => conversations.send(null, null, null),
+      noInput: () => conversations.send(id, "alice", null),
+      toJSON: () => conversations.send(id, "alice", { body: "x", metadata: { a: { toJSON() { return 1 } } } }),
+      toStringUser: () => conversations.send(id, { toString() { return "alice" } }, { body: "x" }),
+      badUser: () => inboxes.summary("../x"),
+      badId: () => conversations.get("../../etc"),
+    }
+    const results = {}
+    for (const [name, attempt] of Object.entries(tries))
+      try {
+        await attempt()
+        results[name] = "ok"
+      } catch (e) {
+        results[name] = e.code + " " + e.message
+      }
+    log.info({ results }, "probed")
+  },
+})
+`,
+    })
+    const relay = await startRelayProcess({ args: ["--hooks", hooks], hooksUseHooksApi: true })
+    const id = "g~probe" as ConversationId
+    const alice = await open(relay, id, "alice")
+    createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    sendMessage(alice.doc, "alice" as UserId, { body: "hello" })
+    await alice.allSaved()
+    const { results } = (await relay.waitForLog((l) => l.msg === "probed")) as {
+      results: Record<string, string>
+    }
+    expect(results).toEqual({
+      nulls: "INVALID_ARGUMENT invalid conversation id: null",
+      noInput: "INVALID_ARGUMENT conversations.send: input must be an object",
+      toJSON: expect.stringMatching(
+        /^INVALID_ARGUMENT conversations\.send: argument 3 cannot reach the relay \(.*\): pass plain data$/,
+      ),
+      toStringUser: expect.stringMatching(
+        /^INVALID_ARGUMENT conversations\.send: argument 2 cannot reach the relay/,
+      ),
+      badUser: 'INVALID_ARGUMENT invalid user id: "../x"',
+      badId: 'INVALID_ARGUMENT invalid conversation id: "../../etc"',
+    })
+    alice.close()
+  }, 60_000)
+
   it("a module that fails to load in the worker refuses the start with exit code 2, naming its file", async () => {
     const hooks = hooksDir({
       "ok.mjs": RECORDING,
