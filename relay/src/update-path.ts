@@ -26,12 +26,11 @@ import {
   writeSequenceNumbers,
 } from "@parley/shared"
 import * as Y from "yjs"
+import { type ChargedWork, chargedWorkIn } from "./charged-work.js"
 import type { ClientIdAllowance } from "./client-id-allowance.js"
 import type { Connection } from "./connection.js"
-import { deletionsIn } from "./deletions-sent.js"
 import type { DocumentHost } from "./document-host.js"
 import type { AfterSaved, ClientIdOwners, Extensions } from "./extension.js"
-import { fleetingSendsIn } from "./fleeting-sends.js"
 import { growthOf } from "./growth.js"
 import { epochValueBytes, sealGarbageBound, startEpoch } from "./history/epoch.js"
 import {
@@ -1738,27 +1737,34 @@ async function admitUpdate(
   // After the rules (a refused update costs no budget), before anything changes: refused whole.
   if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
     ctx.users.chargeGrowth(principal, growthOf(host.doc, update, principal.user))
-  // What it costs downstream (hook events, stored rows, pushes) grows with its values, not its bytes;
-  // a fleeting message's expiry, a deletion nobody sends later, is charged with it as one value more.
-  const expiries = host.name.kind === "conversation" ? fleetingSendsIn(update) : 0
-  ctx.users?.chargeValues(principal, cost.values + expiries + purgeValues(host, update), update.length)
+  // What it costs downstream (hook events, stored rows, pushes, purges) grows with its values, not its bytes.
+  const later = host.name.kind === "conversation" ? laterValues(host, chargedWorkIn(update)) : 0
+  ctx.users?.chargeValues(principal, cost.values + later, update.length)
   ctx.users?.chargeStored(principal, update.length)
   return { noop: false, update, clientIds, ends: inspected.ends, decision, values: cost.values }
 }
 
 /**
- * What a change's deletions cost beyond their bytes, in values: each makes the
- * relay purge the message from the members' inboxes that preview it, so one
- * update's worth per {@link UPDATE_COST_RECIPIENTS} members (an outside probe:
- * deleting the latest message in a room of 100 cost 2.7 times its send).
+ * What a change to a conversation makes the relay do later, in values beyond
+ * its own: a fleeting message's expiry (a deletion nobody sends) one value;
+ * a deletion one update's worth per {@link UPDATE_COST_RECIPIENTS} members,
+ * for the inboxes that preview it (an outside probe: deleting the latest
+ * message in a room of 100 cost 2.7 times its send); deleting the
+ * conversation one update per {@link PURGED_INBOXES_PER_UPDATE} members, whose
+ * inboxes are each loaded, rewritten and compacted (a probe: a 30-byte frame
+ * bought 0.5–0.95 s of CPU in a room of 200).
  */
-function purgeValues(host: DocumentHost, update: Uint8Array): number {
-  if (host.name.kind !== "conversation") return 0
-  const deletions = deletionsIn(update)
-  if (deletions === 0) return 0
-  const members = typesOf(host.doc).participants.size
-  return deletions * Math.floor(members / UPDATE_COST_RECIPIENTS) * UPDATE_COST_VALUES
+function laterValues(host: DocumentHost, work: ChargedWork): number {
+  const members = work.deletions > 0 || work.deletesConversation ? typesOf(host.doc).participants.size : 0
+  return (
+    work.fleeting +
+    work.deletions * Math.floor(members / UPDATE_COST_RECIPIENTS) * UPDATE_COST_VALUES +
+    (work.deletesConversation ? Math.ceil(members / PURGED_INBOXES_PER_UPDATE) * UPDATE_COST_VALUES : 0)
+  )
 }
+
+/** Members whose inbox purge a conversation's deletion is charged one update for (see {@link laterValues}). */
+const PURGED_INBOXES_PER_UPDATE = 2
 
 /** Who pays for the sealed segments a change of `principal` makes the relay read: a user, from their budget. */
 function sealedReadsPaidBy(ctx: PathContext, principal: Principal): ((wanted: number) => number) | undefined {
