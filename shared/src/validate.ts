@@ -61,7 +61,11 @@ function withinDepth(value: unknown, most: number): boolean {
 }
 
 const isSize = (v: unknown) => Number.isInteger(v) && (v as number) >= 0
-const isHttpUrl = (v: string) => /^https?:\/\/[^\s]+$/i.test(v)
+/**
+ * An absolute http(s) URL, without controls or bidirectional overrides: a
+ * link shown as "https://bank.example/\u202Emoc.live" reads as another site.
+ */
+const isHttpUrl = (v: string) => /^https?:\/\/[^\s]+$/i.test(v) && !holdsNameControls(v)
 /**
  * A file's (or thumbnail's) URL: an absolute http(s) one, or the relay's path
  * of an upload. Not `javascript:`, `data:` or `file:`: apps put it in an

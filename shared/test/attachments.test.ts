@@ -79,6 +79,11 @@ describe("attachment kinds", () => {
       ).toMatch(/thumbnail url/)
     }
     expect(checkAttachment({ url: "HTTPS://cdn.example/a.png" })).toBeUndefined()
+    // Shown as another address: a bidirectional override, or a control character, inside an http(s) URL.
+    for (const url of ["https://bank.example/\u202Emoc.live", "https://a\u0001b.example/"]) {
+      expect(checkAttachment({ url })).toMatch(/http\(s\) URL/)
+      expect(checkAttachment({ kind: "link", url })).toMatch(/http\(s\) URL/)
+    }
   })
 
   it("keeps the message type readers see for deleted messages to deleted ones", () => {
