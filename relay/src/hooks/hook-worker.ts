@@ -364,7 +364,11 @@ function pushResult(value: unknown): { readonly value?: unknown } | { readonly r
     return refused(`an object that is not JSON (${(error as Error).message})`)
   }
   const bytes = Buffer.byteLength(json)
-  return bytes > MAX_HOOK_RESULT_BYTES ? refused(`a notification of ${bytes} bytes as JSON`) : { value }
+  // What was checked is what is posted: the object itself, cloned, could hold more than its JSON (a
+  // getter answering anew, a Map: an outside probe posted 200 MB and hung the relay's main thread).
+  return bytes > MAX_HOOK_RESULT_BYTES
+    ? refused(`a notification of ${bytes} bytes as JSON`)
+    : { value: JSON.parse(json) as unknown }
 }
 
 /**

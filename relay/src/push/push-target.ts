@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto"
-import { type ConversationId, ParleyError, type UserId } from "@parley/shared"
+import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
 import webpush from "web-push"
 import { discardBody } from "../discard-body.js"
 import type { RunningCore } from "../extension.js"
@@ -129,7 +129,7 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         log: options.log.child({ hook, eventId: event.event.id }),
       })
       if (result === false) return undefined
-      if (result) current = result
+      if (result) current = checkedRewrite(result, hook)
     }
     return current
   }
@@ -268,6 +268,32 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       devices.purged(conversationId, scope)
     },
   }
+}
+
+/** Largest notification a rewriter may return, as JSON (what a push service takes is about 4 KiB). */
+const MAX_REWRITTEN_BYTES = 4 * 1024
+
+/**
+ * A rewriter's notification as plain JSON of at most {@link MAX_REWRITTEN_BYTES}:
+ * what goes on is what was measured (a getter or a Map held more than its
+ * JSON said). Throws INVALID_ARGUMENT (the attempt fails, and is retried).
+ */
+function checkedRewrite(result: unknown, hook: string): PushNotification {
+  let json: string | undefined
+  try {
+    json =
+      typeof result === "object" && result !== null && !Array.isArray(result)
+        ? JSON.stringify(result)
+        : undefined
+  } catch {
+    json = undefined
+  }
+  if (json === undefined || Buffer.byteLength(json) > MAX_REWRITTEN_BYTES)
+    throw new ParleyError(
+      ErrorCode.INVALID_ARGUMENT,
+      `${hook}: onPushNotification may return only undefined, false or a notification of at most ${MAX_REWRITTEN_BYTES / 1024} KiB as JSON`,
+    )
+  return JSON.parse(json) as PushNotification
 }
 
 /** A `Topic` header value (at most 32 base64url characters) naming the conversation. */

@@ -601,6 +601,11 @@ export default defineHooks({
     if (notification.title === "huge") return "y".repeat(50 * 1024 * 1024)
     if (notification.title === "long") return { ...notification, body: "b".repeat(5000) }
     if (notification.title === "number") return 42
+    // Small as JSON when checked, huge when cloned: a getter answering anew, a Map JSON leaves out.
+    let reads = 0
+    if (notification.title === "getter")
+      return { ...notification, get body() { return reads++ ? "g".repeat(50 * 1024 * 1024) : "short" } }
+    if (notification.title === "map") return { ...notification, extra: new Map([[1, "m".repeat(50 * 1024 * 1024)]]) }
     return { ...notification, title: "rewritten" }
   },
 })
@@ -641,6 +646,9 @@ export default defineHooks({
       )
       await expect(push("number")).rejects.toThrow(`onPushNotification returned a number: ${bound}`)
       await expect(push("fine")).resolves.toMatchObject({ title: "rewritten", body: "hello" })
+      // What was checked is what comes back (before: 50 MB cloned to the relay's main thread, which hung).
+      await expect(push("getter")).resolves.toMatchObject({ title: "getter", body: "short" })
+      expect(await push("map")).toEqual({ ...notification, title: "map", extra: {} })
       // An event handler's return value means nothing: never posted, the call succeeds.
       await expect(
         worker.call(0, "onMessageSent", event, { attempt: 1, signal: new AbortController().signal }, {
