@@ -49,6 +49,8 @@ export const HOOK_SYNC_LIMIT_MS = 2_000
 const SYNC_CHECK_MS = 250
 /** Longest chunk of the worker's own output logged (as the worker cuts its log lines). */
 const MAX_OUTPUT_CHARS = 16 * 1024
+/** Settled calls remembered by what they were, to name a block their leftover code caused. */
+const SETTLED_REMEMBERED = 1_000
 /** Calls remembered as having blocked the worker (the oldest forgotten beyond). */
 const BLOCKS_REMEMBERED = 1_000
 
@@ -155,6 +157,8 @@ export class HookWorker {
   /** The call seen running synchronously at the last check, and since when. */
   private syncSeen: { readonly generation: number; readonly id: number; readonly since: number } | undefined
   private readonly syncWatch: NodeJS.Timeout
+  /** What recently settled calls were (`hook:<file>`'s handler), by id: see {@link settle}. */
+  private readonly settledWhat = new Map<number, string>()
   /** The log budget of what reaches the worker's own output streams. */
   private readonly outputBudget = new LogBudget()
 
@@ -325,6 +329,10 @@ export class HookWorker {
   private settle(pending: Pending): boolean {
     if (this.pending.get(pending.id) !== pending) return false
     this.pending.delete(pending.id)
+    // Remembered a while: code a call left running after it returned (a timer) still names it.
+    this.settledWhat.set(pending.id, pending.what)
+    if (this.settledWhat.size > SETTLED_REMEMBERED)
+      this.settledWhat.delete(this.settledWhat.keys().next().value as number)
     clearTimeout(pending.grace)
     if (pending.signal && pending.onAbort) pending.signal.removeEventListener("abort", pending.onAbort)
     return true
@@ -436,12 +444,14 @@ export class HookWorker {
    * and starts a fresh worker. The call that blocked or crashed it fails
    * with an error saying so, an attempt counted: the one whose code the
    * worker was running then (its handler, or after an `await` a continuation
-   * of it, or a timer it set). When the worker ran no call's code (a module's
-   * own timer), every call it was running (started, not settled) past its
-   * time since it started, when blocked; every one, after a crash. The others
-   * are only interrupted: retried without counting an attempt
-   * ({@link DeferDelivery}), so that one module's endless loop does not
-   * dead-letter another's events, nor the calls waiting behind it.
+   * of it, or a timer it set) while that call was pending. Code no pending
+   * call owns (a module's own timer or listener, or what a call left running
+   * after it returned) is named in the log when known, and charges nobody:
+   * blaming the calls that happened to be running dead-lettered a correct
+   * module's events (an outside probe). Every other call is only
+   * interrupted: retried without counting an attempt ({@link DeferDelivery}),
+   * so that one module's endless loop does not dead-letter another's events,
+   * nor the calls waiting behind it.
    */
   private restart(
     running: Running,
@@ -449,24 +459,28 @@ export class HookWorker {
   ): void {
     if (this.running !== running || running.ending !== undefined) return
     const now = Date.now()
-    const culprit = this.pending.get(running.current[CallState.EXECUTING]!)
-    const starts = culprit ? undefined : this.starts(running)
+    const executing = running.current[CallState.EXECUTING]!
+    const culprit = this.pending.get(executing)
+    const leftover = culprit ? undefined : this.settledWhat.get(executing)
     const blocked = "blockedBy" in cause
     const why = blocked
-      ? cause.syncMs !== undefined
-        ? `${(culprit ?? { what: cause.blockedBy }).what} ran ${cause.syncMs} ms without yielding`
-        : `${(culprit ?? { what: cause.blockedBy }).what} did not return within ${this.options.timeoutMs} ms`
+      ? leftover !== undefined
+        ? `code ${leftover} left running after it returned blocked the worker`
+        : !culprit
+          ? "code of a module outside any pending hook call blocked the worker"
+          : cause.syncMs !== undefined
+            ? `${culprit.what} ran ${cause.syncMs} ms without yielding`
+            : `${culprit.what} did not return within ${this.options.timeoutMs} ms`
       : cause.crashed
+    if (blocked && !culprit)
+      this.options.log.error({ hook: leftover }, `${why}: no hook call is charged for it`)
     running.ending = why
     this.running = undefined
     void running.worker.terminate()
     for (const pending of [...this.pending.values()]) {
       if (pending.generation !== running.generation) continue
       if (!this.settle(pending)) continue
-      const start = starts?.get(pending.id)
-      const guilty = culprit
-        ? pending === culprit
-        : start !== undefined && (!blocked || start + this.options.timeoutMs <= now)
+      const guilty = pending === culprit
       pending.reject(
         !guilty
           ? new DeferDelivery(

@@ -331,6 +331,61 @@ export default defineHooks({
     for (const client of [...clients, spinning]) client.close()
   }, 90_000)
 
+  it("code a handler left running after it returned charges nobody: a correct module's events are delivered at their first attempt", async () => {
+    const log = join(mkdtempSync(join(tmpdir(), "parley-hook-log-")), "deliveries.jsonl")
+    dirs.push(resolve(log, ".."))
+    const hooks = hooksDir({
+      // Returns at once, leaving a timer that loops for a while (an outside probe's LATETIMER).
+      "a-late.mjs": `import { defineHooks } from ${api}
+export default defineHooks({
+  onMessageSent({ subject }) {
+    if (subject.message.body !== "late") return
+    setTimeout(() => { const end = Date.now() + 4000; while (Date.now() < end) {} }, 100)
+  },
+})
+`,
+      // Correct, and still running (waiting) when the timer loops.
+      "b-slow.mjs": `import { appendFileSync } from "node:fs"
+import { setTimeout } from "node:timers/promises"
+import { defineHooks } from ${api}
+export default defineHooks({
+  async onMessageSent({ subject }, { hook, attempt }) {
+    await setTimeout(300)
+    appendFileSync(process.env.HOOK_LOG, JSON.stringify({ hook, message: subject.message.id, attempt }) + "\\n")
+  },
+})
+`,
+    })
+    const relay = await startRelayProcess({
+      args: ["--hooks", hooks, "--hook-timeout-ms", "1500"],
+      env: { HOOK_LOG: log },
+      hooksUseHooksApi: true,
+    })
+    const id = "g~late" as ConversationId
+    const client = await open(relay, id, "alice")
+    createConversation(client.doc, "alice" as UserId, { kind: "group", id, participants: [] })
+    await client.allSaved()
+    const expected: string[] = []
+    for (let n = 0; n < 3; n++) {
+      const messageId = `late-000${n}`
+      expected.push(messageId)
+      sendMessage(client.doc, "alice" as UserId, {
+        id: messageId as MessageId,
+        body: n === 0 ? "late" : `m${n}`,
+      })
+    }
+    await client.allSaved()
+    const seen = await until(
+      () => linesOf(log).filter((l) => l.hook === "b-slow.mjs"),
+      (lines) => expected.every((m) => lines.some((l) => l.message === m)),
+      "every message at b-slow.mjs",
+    )
+    // Before: b-slow's call, awaiting when the timer looped, was charged (and dead-lettered at its second).
+    expect(seen.filter((l) => l.attempt !== 1)).toEqual([])
+    expect(await deadLetters(relay)).toEqual([])
+    client.close()
+  }, 90_000)
+
   it("a handler signalling the relay's own process throws instead of killing the relay", async () => {
     const hooks = hooksDir({
       "killer.mjs": `import { defineHooks } from ${api}
