@@ -61,6 +61,9 @@ export const PROBE_LOCK_TIMEOUT_MS = 1000
 /** Longest each statement of an append waits for a lock, in ms (see `PostgresStorage.commit`). */
 export const APPEND_LOCK_TIMEOUT_MS = 1000
 
+/** How long a document found locked has its appends refused at once, without waiting on the lock again. */
+const LOCKED_REFUSED_MS = 2000
+
 /**
  * The probe's writes: what an append writes, into the same tables (position
  * 0, which no append uses, under the probe's own document name).
@@ -112,6 +115,14 @@ function isCorruption(error: unknown): boolean {
 
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
+/** The retryable refusal of appends to a document another PostgreSQL session holds. */
+const lockedRefusal = (cause?: unknown): ParleyError =>
+  new ParleyError(
+    ErrorCode.UNAVAILABLE,
+    `the document is locked by another PostgreSQL session (waited ${APPEND_LOCK_TIMEOUT_MS} ms): try again`,
+    cause === undefined ? undefined : { cause },
+  )
+
 /**
  * What a relay without a cluster holds the database by (its token of the
  * relays' lock's fence, see `holdRelaysLock`): every document write checks it.
@@ -136,6 +147,8 @@ export class PostgresStorage implements RelayStorage {
   private closed = false
   /** The document name of this storage's probe rows: its own, so that probes of several relays never wait on each other's rows. */
   private readonly probeName = `parley-probe:${randomUUID()}`
+  /** Documents found locked by another session, until when their appends are refused at once. */
+  private readonly locked = new Map<string, number>()
 
   /** `pool` is the backend's, with {@link DOCUMENTS_SCHEMA} created. */
   constructor(
@@ -165,10 +178,17 @@ export class PostgresStorage implements RelayStorage {
    * {@link APPEND_LOCK_TIMEOUT_MS} for a lock; if the probe's writes (under a
    * name of its own) still go through, that document's appends alone fail,
    * with the retryable UNAVAILABLE, and the rest commit. A table locked whole
-   * fails the probe too: storage is failing then, as before.
+   * fails the probe too: storage is failing then, as before. Every document of
+   * the batch another session holds is found at once (a batch re-run once per
+   * locked document outlasted the storage timeout with a dozen: an outside
+   * probe), and refused at once for {@link LOCKED_REFUSED_MS} after.
    */
   private async commit(batch: AppendBatch): Promise<(number[] | Error)[]> {
-    const results: (number[] | Error | undefined)[] = batch.map(() => undefined)
+    const now = Date.now()
+    for (const [name, until] of this.locked) if (until <= now) this.locked.delete(name)
+    const results: (number[] | Error | undefined)[] = batch.map(({ name }) =>
+      this.locked.has(name) ? lockedRefusal() : undefined,
+    )
     for (;;) {
       const live = batch.flatMap((entry, i) => (results[i] === undefined ? [{ entry, i }] : []))
       if (live.length === 0) return results as (number[] | Error)[]
@@ -191,14 +211,39 @@ export class PostgresStorage implements RelayStorage {
         if (locked === undefined || (error as { code?: unknown } | null)?.code !== "55P03") throw error
         // Throws storage's failure when every document would wait (a table locked, the server read-only).
         await this.ping()
-        const refusal = new ParleyError(
-          ErrorCode.UNAVAILABLE,
-          `the document is locked by another PostgreSQL session (waited ${APPEND_LOCK_TIMEOUT_MS} ms): try again`,
-          { cause: error },
-        )
-        for (const { entry, i } of live) if (entry.name === locked) results[i] = refusal
+        const busy = await this.lockedAmong([...new Set(live.map(({ entry }) => entry.name))])
+        busy.add(locked)
+        const until = Date.now() + LOCKED_REFUSED_MS
+        for (const name of busy) this.locked.set(name, until)
+        for (const { entry, i } of live) if (busy.has(entry.name)) results[i] = lockedRefusal(error)
       }
     }
+  }
+
+  /**
+   * Which of `names` another session holds now (their append lock, or their
+   * catalog row), found without waiting on any: one transaction, no writes.
+   */
+  private lockedAmong(names: readonly string[]): Promise<Set<string>> {
+    return inTransaction(this.pool, async (client) => {
+      const busy = new Set<string>()
+      const appending = await client.query<{ doc: string; free: boolean }>(
+        "SELECT d AS doc, pg_try_advisory_xact_lock(hashtext(d)) AS free FROM unnest($1::text[]) AS d",
+        [names],
+      )
+      for (const row of appending.rows) if (!row.free) busy.add(row.doc)
+      const rows = await client.query<{ doc: string }>(
+        "SELECT doc FROM parley_documents WHERE doc = ANY($1::text[])",
+        [names],
+      )
+      const free = await client.query<{ doc: string }>(
+        "SELECT doc FROM parley_documents WHERE doc = ANY($1::text[]) FOR UPDATE SKIP LOCKED",
+        [names],
+      )
+      const unlocked = new Set(free.rows.map((row) => row.doc))
+      for (const { doc } of rows.rows) if (!unlocked.has(doc)) busy.add(doc)
+      return busy
+    })
   }
 
   /** The statements of `batch`'s appends on `client`, in its transaction; `at` hears which document each is for. */
