@@ -69,7 +69,11 @@ export class PostgresBackend implements Backend {
     this.events = new PostgresEventLog(pool)
     this.outbox = new PostgresOutbox(pool, this.events)
     this.bindings = new PostgresClientBindingStore(pool)
-    this.history = new PostgresHistoryStore(pool)
+    const documents = this.documents
+    this.history = new PostgresHistoryStore(
+      pool,
+      fence ? (client) => documents.checkFence(client) : undefined,
+    )
     this.keys = new PostgresApiKeyStore(pool)
     this.idempotency = new PostgresIdempotencyStore(pool)
     this.purge = new PostgresContentPurge(pool)

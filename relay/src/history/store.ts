@@ -271,10 +271,29 @@ const PG_PUT_ID_FILTER = `INSERT INTO parley_history_id_filters (doc, idx, data)
 
 /** Segments in PostgreSQL, table `parley_history_segments`; each `put` is one committed statement. */
 export class PostgresHistoryStore implements HistoryStore {
-  constructor(private readonly pool: pg.Pool) {}
+  constructor(
+    private readonly pool: pg.Pool,
+    /**
+     * A lone relay's check that the database is still its own, run in each write's transaction
+     * (`PostgresStorage.checkFence`): a relay another took the database from overwrote segments.
+     */
+    private readonly fence?: (client: pg.ClientBase) => Promise<void>,
+  ) {}
+
+  /** Runs the write `statement` with `values`, fenced when a fence is set. */
+  private async write(statement: string, values: unknown[]): Promise<void> {
+    if (!this.fence) {
+      await this.pool.query(statement, values)
+      return
+    }
+    await inTransaction(this.pool, async (client) => {
+      await this.fence!(client)
+      await client.query(statement, values)
+    })
+  }
 
   async put(doc: string, s: StoredSegment): Promise<void> {
-    await this.pool.query(PG_PUT_SEGMENT, [doc, s.index, s.from, s.to, s.hash, Buffer.from(s.bytes)])
+    await this.write(PG_PUT_SEGMENT, [doc, s.index, s.from, s.to, s.hash, Buffer.from(s.bytes)])
   }
 
   async get(doc: string, index: number): Promise<StoredSegment | null> {
@@ -294,12 +313,13 @@ export class PostgresHistoryStore implements HistoryStore {
   }
 
   async putIdFilter(doc: string, index: number, bytes: Uint8Array): Promise<void> {
-    await this.pool.query(PG_PUT_ID_FILTER, [doc, index, Buffer.from(bytes)])
+    await this.write(PG_PUT_ID_FILTER, [doc, index, Buffer.from(bytes)])
   }
 
   async putSealed(doc: string, sealed: SealedRows): Promise<void> {
     // `inTransaction`: a connection the server terminates mid-transaction must not crash the process.
     await inTransaction(this.pool, async (client) => {
+      await this.fence?.(client)
       for (const s of sealed.segments)
         await client.query(PG_PUT_SEGMENT, [doc, s.index, s.from, s.to, s.hash, Buffer.from(s.bytes)])
       for (const f of sealed.idFilters)

@@ -161,8 +161,9 @@ export class PostgresStorage implements RelayStorage {
   /**
    * Inside a write's transaction: refuses it (retryably, and tells the fence's
    * owner) once another lone relay or an offline command took the database.
+   * For the backend's other stores' writes too (sealed history).
    */
-  private async fenced(client: pg.ClientBase): Promise<void> {
+  async checkFence(client: pg.ClientBase): Promise<void> {
     if (!this.fence || (await stillHolds(client, this.fence.token))) return
     this.fence.onTaken()
     throw storageUnavailable(
@@ -196,7 +197,7 @@ export class PostgresStorage implements RelayStorage {
       try {
         const positions = await inTransaction(this.pool, async (client) => {
           await client.query(`SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`)
-          await this.fenced(client)
+          await this.checkFence(client)
           return this.appendAll(
             client,
             live.map(({ entry }) => entry),
@@ -370,7 +371,7 @@ export class PostgresStorage implements RelayStorage {
     this.assertOpen()
     await this.group.settled(name)
     await inTransaction(this.pool, async (client) => {
-      await this.fenced(client)
+      await this.checkFence(client)
       await client.query(
         `INSERT INTO parley_snapshots (doc, data, through, crc) VALUES ($1, $2, $3, $4)
          ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, crc = EXCLUDED.crc,
@@ -419,7 +420,7 @@ export class PostgresStorage implements RelayStorage {
     this.assertOpen()
     await this.group.settled(name)
     return inTransaction(this.pool, async (client) => {
-      await this.fenced(client)
+      await this.checkFence(client)
       await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [name])
       const { rows } = await client.query<{ last: string | null }>(
         `SELECT GREATEST(
@@ -470,7 +471,7 @@ export class PostgresStorage implements RelayStorage {
       // The pool's statement_timeout (the storage timeout) still bounds each statement.
       await client.query(`BEGIN; SET LOCAL lock_timeout = ${PROBE_LOCK_TIMEOUT_MS}`)
       // A relay another took the database from is not ready again, whatever the database answers.
-      await this.fenced(client)
+      await this.checkFence(client)
       for (const [table, statement] of PROBE_WRITES) {
         try {
           await client.query(statement, [this.probeName])
