@@ -174,6 +174,33 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       }
     })
 
+    it("names the fence's table when another session locks its row: not ready, and ready again once released", async () => {
+      const { args, schema } = await storage()
+      const relay = await startRelayProcess({ args })
+      const readyz = async () => {
+        const response = await fetch(`${relay.httpUrl}/readyz`)
+        return { status: response.status, body: await response.text() }
+      }
+      const admin = new pg.Client({ connectionString: DATABASE_URL })
+      await admin.connect()
+      try {
+        await admin.query("BEGIN")
+        await admin.query(`SELECT * FROM ${schema}.parley_relay_fence FOR UPDATE`)
+        // Before: "canceling statement due to lock timeout", naming nothing.
+        let answer = { status: 0, body: "" }
+        await until(async () => {
+          answer = await readyz()
+          return answer.status === 503
+        })
+        expect(answer.body).toContain("parley_relay_fence is locked")
+        await admin.query("ROLLBACK")
+        await until(async () => (await readyz()).status === 200)
+        expect((await readyz()).status).toBe(200)
+      } finally {
+        await admin.end()
+      }
+    })
+
     it("keeps a relay from starting while a command runs on its database", async () => {
       const { args } = await storage()
       // A database a relay has used (its tables there), now stopped.

@@ -164,7 +164,20 @@ export class PostgresStorage implements RelayStorage {
    * For the backend's other stores' writes too (sealed history).
    */
   async checkFence(client: pg.ClientBase): Promise<void> {
-    if (!this.fence || (await stillHolds(client, this.fence.token))) return
+    if (!this.fence) return
+    let holds: boolean
+    try {
+      holds = await stillHolds(client, this.fence.token)
+    } catch (error) {
+      // Named, as the probe names a locked table: "canceling statement due to lock timeout" did not say which.
+      if ((error as { code?: unknown } | null)?.code === "55P03")
+        throw storageUnavailable(
+          "PostgreSQL table parley_relay_fence is locked: another session holds the lone relay's fence row",
+          error,
+        )
+      throw error
+    }
+    if (holds) return
     this.fence.onTaken()
     throw storageUnavailable(
       "another relay or an offline command took this database while this relay's lock connection was down: this relay stores nothing more",
