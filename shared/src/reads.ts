@@ -284,16 +284,21 @@ export function listMessages(doc: Y.Doc, window: MessageWindow): MessageView[] {
   return views
 }
 
+/** Most messages {@link lastMessage} passes over from the end. */
+const LAST_MESSAGE_WALK = 256
+
 /**
  * The latest message in canonical order, deleted ones included (as
  * placeholders), expired fleeting ones not: they are gone for readers, and a
- * preview of them would say "deleted".
+ * preview of them would say "deleted". Looks back at most
+ * {@link LAST_MESSAGE_WALK} messages.
  */
 export function lastMessage(doc: Y.Doc): MessageView | undefined {
   const index = messageIndex(doc)
   const order = index.order()
-  // The live window only (a few hundred at most); almost always its last message.
-  for (let i = order.length - 1; i >= 0; i--) {
+  // Almost always its last message; bounded, for a relay whose history is never sealed (no preview
+  // past that many expired ones).
+  for (let i = order.length - 1; i >= Math.max(0, order.length - LAST_MESSAGE_WALK); i--) {
     const id = order[i]!
     if (sealedOver(doc, id, index.deleted.get(id) ?? index.records.get(id))) continue
     const view = getMessage(doc, id)
