@@ -45,7 +45,7 @@ import {
 } from "./startup-error.js"
 import { DataDirInUse, lockDataDir, releasingOnClose } from "./storage/data-dir-lock.js"
 import { DEFAULT_WATCH_INTERVAL_MS } from "./storage/guard.js"
-import type { StorageKind, StorageState } from "./storage/index.js"
+import type { StorageGuard, StorageKind } from "./storage/index.js"
 import { DatabaseInUse, holdRelaysLock } from "./storage/postgres-relays-lock.js"
 import { warmUpUpdatePath } from "./warm-up.js"
 import { type Readiness, type TransportLimits, WsTransport } from "./ws-transport.js"
@@ -582,7 +582,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: backend.kind }),
     // Not ready until warmed up: a load balancer then sends no traffic to a cold update path.
-    readiness: () => readinessOf(storage.state, clustered?.cluster.redisState, warm ? undefined : startedAt),
+    readiness: () => readinessOf(storage, clustered?.cluster.redisState, warm ? undefined : startedAt),
     routes: extensionRoutes(extensions),
   })
   let port: number
@@ -654,14 +654,23 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
  * `warmingSince` is set while the update path warms up after a start (about a
  * second): not ready then, so a load balancer sends no traffic to a cold path.
  */
-function readinessOf(state: StorageState, redis?: RedisState, warmingSince?: number): Readiness {
+function readinessOf(storage: StorageGuard, redis?: RedisState, warmingSince?: number): Readiness {
   const failing: Extract<Readiness, { ready: false }>["failing"][number][] = []
+  const state = storage.state
+  const stalled = state.state === "ok" ? storage.stalledSince() : undefined
   if (state.state !== "ok")
     failing.push({
       dependency: "storage",
       code: state.error.code,
       error: state.error.message,
       since: new Date(state.since).toISOString(),
+    })
+  else if (stalled !== undefined)
+    failing.push({
+      dependency: "storage",
+      code: ErrorCode.STORAGE_UNAVAILABLE,
+      error: `a write has waited ${Math.round(Date.now() - stalled)} ms for storage (more than ${storage.stallMs} ms): storage may have stopped answering`,
+      since: new Date(stalled).toISOString(),
     })
   if (redis && !redis.ready)
     failing.push({

@@ -315,6 +315,40 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ])
     })
 
+    it("is not ready once a write has waited two seconds for a database that stopped answering, long before the storage timeout", async () => {
+      const { scratch, url } = await database()
+      const proxy = await TcpProxy.start(postgresTarget())
+      cleanups.push(() => proxy.close())
+      // A long timeout: the write in flight is not failed by it during the test.
+      const timeoutMs = 30_000
+      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), timeoutMs) })
+      const client = await ownSdkClient(relay, alice)
+      const chat = await client.createConversation({ participants: [], title: "stall" })
+      const before = chat.send("before")
+      await eventually(() => expect(chat.status(before.id)).toBe("sent"))
+      await eventually(async () =>
+        expect(await readyz(relay.httpUrl)).toMatchObject({ status: 200, body: { status: "ready" } }),
+      )
+
+      proxy.blackhole()
+      const stallStart = Date.now()
+      const during = chat.send("during")
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(503), 8_000)
+      const notReadyMs = Date.now() - stallStart
+      const { body } = await readyz(relay.httpUrl)
+      expect(JSON.stringify(body)).toMatch(/a write has waited \d+ ms for storage/)
+      await expectNotReady(relay.httpUrl)
+      // Not failed by the storage timeout: the write still waits, unacknowledged.
+      expect(chat.status(during.id)).toBe("pending")
+      expect(notReadyMs).toBeLessThan(timeoutMs / 3)
+
+      proxy.restore()
+      await eventually(() => expect(chat.status(during.id)).toBe("sent"))
+      await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(200))
+      expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual(["before", "during"])
+      console.log(`[storage stall] not ready ${notReadyMs} ms after the database stopped answering mid-write`)
+    })
+
     it("is not ready while a table appends write is locked, naming it; refuses writes at once; stores the SDK's message once when it is released", async () => {
       const { scratch, url } = await database()
       const relay = await startRelayProcess({ args: relayArgs(url, 4000) })

@@ -4,6 +4,14 @@ import type { DamagedDocument, PingOptions, RelayStorage, StoredDocument } from 
 /** Default of every storage timeout, relay-side and PostgreSQL's, in ms (`--storage-timeout-ms`). */
 export const DEFAULT_STORAGE_TIMEOUT_MS = 5000
 
+/**
+ * Longest a write may wait for the backend before the relay reports not ready
+ * (capped at half the storage timeout): above PostgreSQL's lock wait for
+ * appends (1 s), so a conversation whose row another session holds does not
+ * make the relay look stalled.
+ */
+export const STALL_MS = 2000
+
 /** How often a relay probes its storage while it answers (see {@link StorageGuardOptions.watchIntervalMs}), in ms. */
 export const DEFAULT_WATCH_INTERVAL_MS = 2000
 
@@ -207,6 +215,8 @@ export class StorageGuard implements RelayStorage {
   private readonly waiters = new Set<{ resolve: () => void; reject: (error: unknown) => void }>()
   /** The writes not answered yet, each as a function that refuses it at once (see {@link fail}). */
   private readonly writes = new Set<Refusal>()
+  /** When each write (or watch probe) not settled in the backend began, oldest first (a Set keeps insertion order). */
+  private readonly writesSince = new Set<{ readonly at: number }>()
   private probeTimer: NodeJS.Timeout | undefined
   private probeDelay: number
   private watchTimer: NodeJS.Timeout | undefined
@@ -236,6 +246,27 @@ export class StorageGuard implements RelayStorage {
   /** True unless the storage is failing (writes are then refused). */
   get available(): boolean {
     return this.current.state === "ok"
+  }
+
+  /**
+   * When the oldest write still waiting for the backend began (epoch ms), if
+   * it has waited longer than {@link stallMs}; undefined otherwise. A backend
+   * that stopped answering mid-write (a stopped server process, a link that
+   * drops every packet) is found failing only at the storage timeout: until
+   * then the relay reports not ready for it (`/readyz`), so that a load
+   * balancer stops sending it new clients seconds earlier.
+   */
+  stalledSince(): number | undefined {
+    for (const { at } of this.writesSince) {
+      const waited = performance.now() - at
+      return waited > this.stallMs ? Date.now() - waited : undefined
+    }
+    return undefined
+  }
+
+  /** How long a write may wait before the storage counts as stalled (see {@link stalledSince}). */
+  get stallMs(): number {
+    return Math.min(STALL_MS, this.options.timeoutMs / 2)
   }
 
   /** True while reads are served: the storage answers, or fails for writes only (a full disk). */
@@ -352,8 +383,11 @@ export class StorageGuard implements RelayStorage {
       probe = Promise.reject(error)
     }
     this.track(probe)
+    const since = { at: performance.now() }
+    this.writesSince.add(since)
     const done = () => {
       this.probing = false
+      this.writesSince.delete(since)
     }
     probe.then(done, done)
     try {
@@ -388,13 +422,18 @@ export class StorageGuard implements RelayStorage {
     }
     // Tracked until it settles in the backend, past its deadline too (see the class comment).
     this.running.add(inner)
+    const since = reads ? undefined : { at: performance.now() }
+    if (since) this.writesSince.add(since)
     const ms = this.options.timeoutMs
     return settledWithin(
       inner,
       ms,
       () => `storage did not ${what} within ${ms} ms`,
       (error) => this.failure(error, what, reads),
-      () => this.running.delete(inner),
+      () => {
+        this.running.delete(inner)
+        if (since) this.writesSince.delete(since)
+      },
       reads ? undefined : this.writes,
     )
   }
