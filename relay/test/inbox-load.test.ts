@@ -278,6 +278,32 @@ describe("inbox writes and connects buy bounded work", () => {
     expect(fresh.doc.getMap(InboxTopLevel.muted).size).toBe(0)
   })
 
+  it("refuses an inbox entry holding a value JSON cannot say (a bigint kept the relay from rewriting it)", async () => {
+    const relay = await relayWith()
+    const id = await group(relay, "g~bigint", alice, [mallory])
+    const m = await inboxOf(relay, mallory)
+    await m.until(() => m.doc.getMap(InboxTopLevel.entries).has(id))
+    const e = encoding.createEncoder()
+    const client = 9_000_000 + Math.floor(Math.random() * 1e6)
+    const current = m.doc.getMap(InboxTopLevel.entries) as unknown as { _map: Map<string, Y.Item> }
+    const origin = current._map.get(id)!
+    encoding.writeVarUint(e, 1)
+    encoding.writeVarUint(e, 1)
+    encoding.writeVarUint(e, client)
+    encoding.writeVarUint(e, 0)
+    encoding.writeUint8(e, 8 | 0x80) // ContentAny with an origin: written after the relay's entry
+    encoding.writeVarUint(e, origin.id.client)
+    encoding.writeVarUint(e, origin.id.clock + origin.length - 1)
+    encoding.writeVarUint(e, 1)
+    encoding.writeAny(e, { ...(origin.content.getContent()[0] as object), title: "FORGED", n: 10n } as never)
+    encoding.writeVarUint(e, 0)
+    m.sendUpdate(encoding.toUint8Array(e))
+    await m.until(() => m.errors.length >= 1)
+    expect(m.errors[0]!.message).toMatch(/plain JSON/)
+    const fresh = await inboxOf(relay, mallory)
+    expect(getInboxEntry(fresh.doc, id)?.title).toBe("g~bigint")
+  })
+
   it("derives an entry a user rewrites once per window, and none a user removes, so a loop of such writes buys no loads", async () => {
     const relay = await relayWith()
     const ids: ConversationId[] = []

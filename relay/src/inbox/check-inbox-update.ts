@@ -7,6 +7,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import * as Y from "yjs"
+import { isPlainJson } from "../policy/plain-json.js"
 import { mapItemValue, Refusal, readUpdate } from "../policy/update-structs.js"
 import type { Principal } from "../principal.js"
 
@@ -67,6 +68,9 @@ export function checkInboxUpdate(input: {
       if (location.root === InboxTopLevel.entries) {
         if (typeof value !== "object" || value === null)
           throw new Refusal(Rule.schema, "an inbox entry is an object")
+        // As in conversations: a bigint (or bytes, undefined) made the relay's rewrite of the entry
+        // throw, and the user's forged entry stayed shown until the conversation next changed.
+        if (!isPlainJson(value)) throw new Refusal(Rule.schema, "values are plain JSON only")
       }
     }
     return { allowed: true }

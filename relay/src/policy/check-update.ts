@@ -160,6 +160,8 @@ class UpdateCheck {
   /** The actor's role, as of before the update (or as created by it). */
   private role: Role | undefined
   private kind: "direct" | "group" = "group"
+  /** The `createdAt` of the conversation the update creates, when it creates one. */
+  private creationTime: number | undefined
   /** The update creates a direct conversation that another replica of its users created first. */
   private restatesCreation = false
   private readonly newRecords = new Map<MessageId, MessageRecord>()
@@ -353,6 +355,14 @@ class UpdateCheck {
       for (const v of after)
         if (v !== ABSENT && !isPlainJson(v)) refuse(Rule.schema, "values are plain JSON only")
       const distinct = after.filter((v) => !sameValue(v, before))
+      // An item that holds nothing (a value its sender wrote and removed, or an empty one made up)
+      // where the key held nothing is still a write of the key: it takes its place among the key's
+      // items, and Yjs orders a later write from a replica that has not seen it before it and deletes
+      // that write on arrival, acknowledged and lost (an outside probe kept every member's markers,
+      // reactions, edits and a conversation's deletion from landing, and squatted conversations not
+      // created yet). Judged as a removal by its sender, by the key's rules: only who may write the
+      // key places one.
+      if (distinct.length === 0 && before === ABSENT && items.length > 0) distinct.push(ABSENT)
       if (distinct.length > 0)
         changes.push({
           root,
@@ -369,8 +379,16 @@ class UpdateCheck {
   private checkCreation(meta: readonly KeyChange[], participants: readonly KeyChange[]): void {
     if (meta.length === 0) return // Not a creation: the participant rule refuses any other change.
     const actor = this.actor!
+    // A creation is written on nothing: where a field or participant already holds an item (one
+    // that holds nothing, left before the creation), Yjs would order the creation's entries before
+    // it and delete them on arrival, and the creation acknowledged would be lost.
+    for (const change of [...meta, ...participants])
+      if (currentMapItem(this.doc, change.root, change.key))
+        refuse(Rule.immutable, `conversation field "${change.root}.${change.key}" holds an entry already`)
     const fields = new Map<string, unknown>()
     for (const change of meta) {
+      // The fleeting lifetime set and cleared before the creation was sent: no field.
+      if (change.key === MetaKey.fleetingSeconds && emptyWrite(change)) continue
       if (change.after.length !== 1 || change.after[0] === ABSENT)
         refuse(Rule.schema, "a conversation is created in one consistent update")
       fields.set(change.key, change.after[0])
@@ -407,12 +425,18 @@ class UpdateCheck {
       refuse(Rule.schema, "title invalid")
     schema(checkMetadata(fields.get(MetaKey.metadata)))
     if (!isTime(fields.get(MetaKey.createdAt))) refuse(Rule.schema, "createdAt invalid")
+    this.creationTime = fields.get(MetaKey.createdAt) as number
     this.refuseFuture(fields.get(MetaKey.createdAt) as number, "the conversation")
     if (fields.has(MetaKey.fleetingSeconds)) schema(checkFleetingSeconds(fields.get(MetaKey.fleetingSeconds)))
 
     const roles = new Map<UserId, Role>()
     const addedBy = new Set<unknown>()
     for (const change of participants) {
+      // Added and removed again before the creation was sent: by its creator, an owner.
+      if (emptyWrite(change)) {
+        if (!isUserId(change.key)) refuse(Rule.schema, "participant id invalid")
+        continue
+      }
       const record = change.after.length === 1 ? change.after[0] : ABSENT
       if (record === ABSENT) refuse(Rule.schema, "a conversation is created in one consistent update")
       if (!isUserId(change.key)) refuse(Rule.schema, "participant id invalid")
@@ -499,7 +523,11 @@ class UpdateCheck {
       const before = change.before === ABSENT ? undefined : (change.before as ParticipantRecord)
       for (const after of change.after) {
         if (after === ABSENT) {
-          if (!before) continue
+          if (!before) {
+            // An entry that holds nothing where there was none: placed only by who may add the user.
+            if (!this.isRelay) assert(canAddParticipant(this.role, this.kind, "member"))
+            continue
+          }
           if (!this.isRelay)
             assert(canRemoveParticipant(this.actor!, this.role, this.kind, user, before.role))
           continue
@@ -573,7 +601,8 @@ class UpdateCheck {
 
   /** Refuses a user's date more than {@link MAX_FUTURE_SKEW_MS} before the conversation's creation (once it exists). */
   private refuseBeforeCreation(at: number, what: string): void {
-    const created = typesOf(this.doc).meta.get(MetaKey.createdAt)
+    if (this.isRelay) return
+    const created = typesOf(this.doc).meta.get(MetaKey.createdAt) ?? this.creationTime
     if (typeof created === "number" && at < created - MAX_FUTURE_SKEW_MS)
       refuse(Rule.schema, `${what} is dated before the conversation`)
   }
@@ -588,6 +617,9 @@ class UpdateCheck {
     for (const record of this.newRecords.values()) {
       if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
       this.refuseFuture(record.createdAt, `message ${record.id}`)
+      // Readers order by it, and an inbox shows the last message's time as the conversation's activity:
+      // one dated 1970 sank the conversation in every member's list (an outside probe).
+      this.refuseBeforeCreation(record.createdAt, `message ${record.id}`)
       if (index.records.has(record.id) || index.deleted.has(record.id) || this.deletedRecords.has(record.id))
         refuse(Rule.immutable, `message ${record.id} already exists`)
       this.refuseSealedId(record.id)
@@ -596,6 +628,7 @@ class UpdateCheck {
     for (const [id, record] of this.transientRecords) {
       if (!this.isRelay) assert(canSendMessage(this.actor!, this.role, record.author))
       this.refuseFuture(record.createdAt, `message ${id}`)
+      this.refuseBeforeCreation(record.createdAt, `message ${id}`)
       if (index.records.has(id) || index.deleted.has(id) || this.deletedRecords.has(id))
         refuse(Rule.immutable, `message ${id} already exists`)
       this.refuseSealedId(id)
@@ -668,7 +701,11 @@ class UpdateCheck {
       if (!isMessageId(change.key)) refuse(Rule.schema, "tombstone key invalid")
       if (change.before !== ABSENT) refuse(Rule.immutable, "a deleted message stays deleted")
       for (const after of change.after) {
-        if (after === ABSENT) continue
+        if (after === ABSENT) {
+          // An entry that holds nothing would keep a later deletion of the message from landing.
+          if (!this.isRelay) refuse(Rule.schema, "a tombstone holds the deletion")
+          continue
+        }
         const tombstone = decodeTombstone(after)
         if (!tombstone) refuse(Rule.schema, "tombstone invalid")
         const entry = this.sealed(change.key as MessageId)
@@ -933,6 +970,10 @@ function outranks(items: readonly NewItem[], current: Y.Item, stateOf: (item: Y.
     ({ item }) => item.origin === null && item.id.client > current.id.client && stateOf(item) !== ABSENT,
   )
 }
+
+/** A key that held nothing, written by items that hold nothing (see `mapChanges`). */
+const emptyWrite = (change: KeyChange): boolean =>
+  change.before === ABSENT && change.after.length === 1 && change.after[0] === ABSENT
 
 const sameValue = (a: Value, b: Value): boolean => (a === ABSENT || b === ABSENT ? a === b : sameJson(a, b))
 

@@ -144,6 +144,47 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     expectAccepted(s, alice, added(Date.now()))
   })
 
+  it("refuses a message dated more than a day before its conversation, in it and in the update creating it", () => {
+    const now = Date.now()
+    const relay = new Y.Doc()
+    createConversation(
+      relay,
+      alice,
+      { kind: "group", id: CONVERSATION, participants: [carol], title: "Now" },
+      { now },
+    )
+    const s: Scene = { relay, bindings: new ClientBindings(), messages: {} }
+    const dated = (id: string, createdAt: number) =>
+      updateOf(replicaOf(s.relay), (d) =>
+        typesOf(d).messages.push([
+          encodeStoredRecord({ id: id as MessageId, author: carol, body: "old", createdAt }),
+        ]),
+      )
+    // A message dated 1970 became everyone's last message and sank the conversation in every list.
+    expectRefused(s, carol, dated("past00000001", 1), Rule.schema)
+    expectRefused(s, carol, dated("past00000002", now - 2 * 24 * 3600_000), Rule.schema)
+    // A clock a few hours slow passes.
+    expectAccepted(s, carol, dated("past00000003", now - 3 * 3600_000))
+
+    const creating = updateOf(new Y.Doc(), (d) => {
+      createConversation(
+        d,
+        alice,
+        { kind: "group", id: CONVERSATION, participants: [], title: "New" },
+        { now },
+      )
+      typesOf(d).messages.push([
+        encodeStoredRecord({ id: "past00000004" as MessageId, author: alice, body: "old", createdAt: 1 }),
+      ])
+    })
+    expectRefused(
+      { relay: new Y.Doc(), bindings: new ClientBindings(), messages: {} },
+      alice,
+      creating,
+      Rule.schema,
+    )
+  })
+
   it("refuses editing someone else's message", () => {
     const s = scene()
     const update = updateOf(replicaOf(s.relay), (d) =>
@@ -1088,5 +1129,205 @@ describe("a sealed message's deletion, forged", () => {
     expect(submit(s, user(dave), forged)).toMatchObject({ allowed: false })
     expect(typesOf(s.relay).reactions.has(reactionKey(plain, alice, "👎"))).toBe(true)
     expect(typesOf(s.relay).unpinned.has(sticky)).toBe(true)
+  })
+})
+
+describe("entries that hold nothing (a value written and removed, or made up empty)", () => {
+  /** A replica that wrote `write` and then removed it in a later transaction: it sends the entry emptied. */
+  function emptied(
+    base: Y.Doc | undefined,
+    write: (d: Y.Doc) => void,
+    remove: (d: Y.Doc) => void,
+    clientID?: number,
+  ) {
+    const replica = base ? replicaOf(base) : new Y.Doc()
+    // Above any random client id: Yjs orders an entry of a replica that has not seen this one before it.
+    if (clientID !== undefined) replica.clientID = clientID
+    replica.transact(() => write(replica))
+    replica.transact(() => remove(replica))
+    return { replica, update: base ? pendingOf(replica, base) : Y.encodeStateAsUpdate(replica) }
+  }
+  const HIGH = 2 ** 40
+  const empty = () => ({ relay: new Y.Doc(), bindings: new ClientBindings(), messages: {} })
+
+  it("refuses an outsider's empty entries under a conversation not created yet; its creator's creation then lands", () => {
+    const s = empty()
+    const meta = emptied(
+      undefined,
+      (d) => {
+        typesOf(d).meta.set(MetaKey.createdAt, 1)
+        typesOf(d).meta.set(MetaKey.title, "x")
+      },
+      (d) => {
+        typesOf(d).meta.delete(MetaKey.createdAt)
+        typesOf(d).meta.delete(MetaKey.title)
+      },
+      HIGH,
+    )
+    expectRefused(s, erin, meta.update, Rule.schema)
+    const members = emptied(
+      undefined,
+      (d) => typesOf(d).participants.set(alice, { role: "owner", addedBy: alice, addedAt: 1 }),
+      (d) => typesOf(d).participants.delete(alice),
+      HIGH + 1,
+    )
+    expectRefused(s, erin, members.update, Rule.participantOnly)
+    const creation = updateOf(new Y.Doc(), (d) =>
+      createConversation(d, alice, { kind: "group", id: CONVERSATION, participants: [bob], title: "Ours" }),
+    )
+    expectAccepted(s, alice, creation)
+    expect(typesOf(s.relay).meta.get(MetaKey.title)).toBe("Ours")
+    expect([...typesOf(s.relay).participants.keys()].sort()).toEqual([alice, bob])
+  })
+
+  it("refuses a creation over entries already there (it would be stored, acknowledged and lost), rather than lose it", () => {
+    const s = empty()
+    // As a relay without this rule stored it: empty entries under the creation's keys.
+    const squat = emptied(
+      undefined,
+      (d) => typesOf(d).meta.set(MetaKey.createdAt, 1),
+      (d) => typesOf(d).meta.delete(MetaKey.createdAt),
+      HIGH,
+    )
+    Y.applyUpdate(s.relay, squat.update)
+    const creation = updateOf(new Y.Doc(), (d) =>
+      createConversation(d, alice, { kind: "group", id: CONVERSATION, participants: [bob], title: "Ours" }),
+    )
+    // Applied, Yjs would order the creation's createdAt before the empty entry and delete it.
+    const probe = new Y.Doc()
+    Y.applyUpdate(probe, Y.encodeStateAsUpdate(s.relay))
+    Y.applyUpdate(probe, creation)
+    expect(typesOf(probe).meta.get(MetaKey.createdAt)).toBeUndefined()
+    expectRefused(s, alice, creation, Rule.immutable)
+  })
+
+  it("refuses a member's empty entries under others' keys; the owners' own writes made offline then land", () => {
+    const s = scene()
+    const message = s.messages.alice!
+    // Bob and alice go offline with the state as it is now.
+    const bobOffline = replicaOf(s.relay)
+    const aliceOffline = replicaOf(s.relay)
+    const squats: [string, ReturnType<typeof emptied>, Rule][] = [
+      [
+        "bob's read marker",
+        emptied(
+          s.relay,
+          (d) => typesOf(d).read.set(bob, 1),
+          (d) => typesOf(d).read.delete(bob),
+          HIGH,
+        ),
+        Rule.markerForwardOnly,
+      ],
+      [
+        "bob's reaction",
+        emptied(
+          s.relay,
+          (d) => typesOf(d).reactions.set(reactionKey(message, bob, "👍"), 5),
+          (d) => typesOf(d).reactions.delete(reactionKey(message, bob, "👍")),
+          HIGH + 1,
+        ),
+        Rule.selfOnly,
+      ],
+      [
+        "an edit of alice's message",
+        emptied(
+          s.relay,
+          (d) => typesOf(d).edits.set(message, { b: "x", t: 5 } as never),
+          (d) => typesOf(d).edits.delete(message),
+          HIGH + 2,
+        ),
+        Rule.authorOnly,
+      ],
+      [
+        "alice's profile",
+        emptied(
+          s.relay,
+          (d) => typesOf(d).profiles.set(alice, { name: "x" } as never),
+          (d) => typesOf(d).profiles.delete(alice),
+          HIGH + 3,
+        ),
+        Rule.ownProfile,
+      ],
+      [
+        "the conversation's deletion",
+        emptied(
+          s.relay,
+          (d) => typesOf(d).meta.set(MetaKey.deletedAt, 5),
+          (d) => typesOf(d).meta.delete(MetaKey.deletedAt),
+          HIGH + 4,
+        ),
+        Rule.immutable,
+      ],
+      [
+        "a new participant",
+        emptied(
+          s.relay,
+          (d) => typesOf(d).participants.set(erin, { role: "member", addedBy: carol, addedAt: 5 }),
+          (d) => typesOf(d).participants.delete(erin),
+          HIGH + 5,
+        ),
+        Rule.adminOnly,
+      ],
+    ]
+    for (const [what, squat, rule] of squats) {
+      const result = submit(s, user(carol), squat.update)
+      expect({ what, result }).toMatchObject({ what, result: { allowed: false, rule } })
+    }
+    // What the owners wrote offline meanwhile is held once it arrives.
+    expectAccepted(
+      s,
+      bob,
+      updateOf(bobOffline, (d) => {
+        markRead(d, bob)
+        react(d, bob, message, "👍")
+      }),
+    )
+    expectAccepted(
+      s,
+      alice,
+      updateOf(aliceOffline, (d) => editMessage(d, alice, message, "edited offline")),
+    )
+    expect(typesOf(s.relay).read.get(bob)).toBeGreaterThan(0)
+    expect(typesOf(s.relay).reactions.has(reactionKey(message, bob, "👍"))).toBe(true)
+    expect(typesOf(s.relay).edits.has(message)).toBe(true)
+  })
+
+  it("accepts honest emptied entries: a reaction added and removed offline, a member added and removed, a creation's participant added and removed before it was sent", () => {
+    const s = scene()
+    const message = s.messages.alice!
+    expectAccepted(
+      s,
+      dave,
+      emptied(
+        s.relay,
+        (d) => react(d, dave, message, "🎉"),
+        (d) => unreact(d, dave, message, "🎉"),
+      ).update,
+    )
+    expectAccepted(
+      s,
+      bob,
+      emptied(
+        s.relay,
+        (d) => addParticipants(d, bob, [erin]),
+        (d) => removeParticipants(d, bob, [erin]),
+      ).update,
+    )
+    expect(typesOf(s.relay).participants.has(erin)).toBe(false)
+
+    const fresh = empty()
+    const created = emptied(
+      undefined,
+      (d) =>
+        createConversation(d, alice, {
+          kind: "group",
+          id: CONVERSATION,
+          participants: [bob, carol],
+          title: "T",
+        }),
+      (d) => removeParticipants(d, alice, [carol]),
+    )
+    expectAccepted(fresh, alice, created.update)
+    expect([...typesOf(fresh.relay).participants.keys()].sort()).toEqual([alice, bob])
   })
 })
