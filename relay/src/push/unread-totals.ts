@@ -73,6 +73,7 @@ export class UnreadTotals implements RelayExtension {
   async summary(core: RunningCore, user: UserId, conversation?: ConversationId): Promise<InboxSummary> {
     let totals = this.users.get(user)
     if (totals && this.now() - totals.at > this.maxAgeMs) totals = undefined
+    let derivedWith = false
     if (!totals) {
       const derived = await inboxSummary(core, user)
       totals = {
@@ -81,7 +82,12 @@ export class UnreadTotals implements RelayExtension {
         total: derived.totalUnread,
         at: this.now(),
       }
-    } else if (conversation !== undefined) {
+      derivedWith = conversation === undefined || Object.hasOwn(derived.unread, conversation)
+    }
+    // Read now, unless just derived with it: the user's inbox may not list the conversation yet (its
+    // entry is written as the push is sent; in a cluster, by another relay), and a first push to a
+    // new member carried a badge without it (an outside probe: 0 instead of 1).
+    if (conversation !== undefined && !derivedWith) {
       const count = await core.read(conversation, (doc) =>
         roleOf(doc, user) === undefined ? undefined : unreadCount(doc, user),
       )

@@ -87,4 +87,28 @@ describe("recipients' unread totals for push badges", () => {
     // The first push derives them once (inbox + every conversation); every later one reads its conversation only.
     expect(cachedReads).toBe(CONVERSATIONS + 1 + (PUSHES - 1))
   })
+
+  it("count the conversation at hand when the recipient's inbox does not list it yet (a first push to a new member)", async () => {
+    const totals = new UnreadTotals()
+    // No inbox upkeep: the inbox lists nothing, as when its entry is still being written (by another relay).
+    const relay = await startRelay({
+      backend: new MemoryBackend(),
+      port: 0,
+      warmUp: false,
+      log: "silent",
+      inbox: false,
+      auth: { kind: "secret", secret: "totals-secret" },
+      extensions: [totals],
+    })
+    relays.push(relay)
+    const id = newConversationId()
+    await relay.core.write(id, asAlice, (doc) => {
+      createConversation(doc, alice, { kind: "group", id, participants: [bob] })
+      sendMessage(doc, alice, { body: "welcome" })
+    })
+    expect((await inboxSummary(relay.core, bob)).totalUnread).toBe(0)
+    const first = await totals.summary(relay.core, bob, id)
+    expect(first.totalUnread).toBe(1)
+    expect(first.unread[id]).toBe(1)
+  })
 })
