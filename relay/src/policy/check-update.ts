@@ -355,20 +355,21 @@ class UpdateCheck {
       for (const v of after)
         if (v !== ABSENT && !isPlainJson(v)) refuse(Rule.schema, "values are plain JSON only")
       const distinct = after.filter((v) => !sameValue(v, before))
-      // An item that holds nothing (a value its sender wrote and removed, or an empty one made up)
-      // where the key held nothing is still a write of the key: it takes its place among the key's
-      // items, and Yjs orders a later write from a replica that has not seen it before it and deletes
-      // that write on arrival, acknowledged and lost (an outside probe kept every member's markers,
-      // reactions, edits and a conversation's deletion from landing, and squatted conversations not
-      // created yet). Judged as a removal by its sender, by the key's rules: only who may write the
-      // key places one.
-      if (distinct.length === 0 && before === ABSENT && items.length > 0) distinct.push(ABSENT)
-      if (distinct.length > 0)
+      // Any entry written under a key is a write of it, whatever it holds: it takes its place among the
+      // key's items, and Yjs orders a later write from a replica that has not seen it before it (when
+      // its client id is lower) and deletes that write on arrival, acknowledged and lost. Entries that
+      // held nothing new (empty ones where the key held nothing, the value the key already holds) were
+      // no change: outside probes kept members' markers, reactions, edits, removals, demotions and a
+      // conversation's deletion from landing, and squatted conversations not created yet. Such a write
+      // is judged by the key's rules as its sender writing what the key holds after (nothing, or the
+      // same value): only who may write the key places one.
+      const judged = distinct.length > 0 || this.isRelay || items.length === 0 ? distinct : after
+      if (judged.length > 0)
         changes.push({
           root,
           key,
           before,
-          after: distinct,
+          after: judged,
           held: after.length > 0 && !after.includes(ABSENT),
         })
     }
@@ -472,6 +473,8 @@ class UpdateCheck {
   private checkMeta(changes: readonly KeyChange[]): void {
     for (const change of changes) {
       for (const after of change.after) {
+        // A second creation of a direct conversation writes every field again, most with the value held.
+        if (this.restatesCreation && change.before !== ABSENT && sameValue(after, change.before)) continue
         // The fleeting lifetime is a setting: cleared back to the default by a manager.
         if (change.key === MetaKey.fleetingSeconds) {
           if (after !== ABSENT) schema(checkFleetingSeconds(after))
@@ -551,6 +554,11 @@ class UpdateCheck {
             this.refuseFuture(record.addedAt, "a participant's addedAt")
             this.refuseBeforeCreation(record.addedAt, "a participant's addedAt")
           }
+          // The same record written again would take the key's place and keep a removal or role change
+          // made concurrently (by an owner whose replica has not seen it) from landing: an admin kept
+          // himself in (an outside probe). Nobody writes a record again but to change it.
+          if (!this.isRelay && !restated && sameValue(record, before))
+            refuse(Rule.immutable, "a participant's record is written again only to change it")
           if (!this.isRelay && record.role !== before.role)
             assert(canChangeRole(this.role, this.kind, before.role, record.role))
         }
@@ -935,7 +943,9 @@ class UpdateCheck {
         schema(checkMarker(after))
         if ((after as number) > last) refuse(Rule.schema, "a marker cannot pass the last sequence number")
         if (this.isRelay) continue
-        const before = change.before === ABSENT ? undefined : (change.before as number)
+        // The value it holds written again (two devices at one read position): by its user only.
+        const before =
+          change.before === ABSENT || sameValue(after, change.before) ? undefined : (change.before as number)
         assert(canMoveMarker(this.actor!, this.role, change.key as UserId, before, after as number))
       }
     }

@@ -208,17 +208,21 @@ export class PostgresStorage implements RelayStorage {
       if (live.length === 0) return results as (number[] | Error)[]
       let current: string | undefined
       try {
-        const positions = await inTransaction(this.pool, async (client) => {
-          await client.query(`SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`)
-          await this.checkFence(client)
-          return this.appendAll(
-            client,
-            live.map(({ entry }) => entry),
-            (name) => {
-              current = name
-            },
-          )
-        })
+        // The lock wait is set with BEGIN, in the same round trip.
+        const positions = await inTransaction(
+          this.pool,
+          async (client) => {
+            await this.checkFence(client)
+            return this.appendAll(
+              client,
+              live.map(({ entry }) => entry),
+              (name) => {
+                current = name
+              },
+            )
+          },
+          `BEGIN; SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`,
+        )
         for (const [k, { i }] of live.entries()) results[i] = positions[k]!
       } catch (error) {
         const locked = current

@@ -1331,3 +1331,81 @@ describe("entries that hold nothing (a value written and removed, or made up emp
     expect([...typesOf(fresh.relay).participants.keys()].sort()).toEqual([alice, bob])
   })
 })
+
+describe("entries holding the value their key holds already", () => {
+  /** `actor`'s replica writes `key`'s current value again under a client id above any random one. */
+  function rewrite(s: Scene, root: string, key: string, clientID: number): Uint8Array {
+    const replica = replicaOf(s.relay)
+    replica.clientID = clientID
+    const value = replica.getMap(root).get(key)
+    return updateOf(replica, (d) => d.getMap(root).set(key, value))
+  }
+  const HIGH = 2 ** 40
+
+  it("refuses them from who may not write the key; the owner's removal and demotion made offline then land", () => {
+    const s = scene()
+    const message = s.messages.alice!
+    const aliceOffline = replicaOf(s.relay)
+    const bobOffline = replicaOf(s.relay)
+    expectAccepted(
+      s,
+      bob,
+      updateOf(bobOffline, (d) => markRead(d, bob, 1)),
+    )
+    const refused: [string, string, Rule][] = [
+      [TopLevel.participants, carol, Rule.immutable],
+      [TopLevel.participants, bob, Rule.immutable],
+      [TopLevel.read, bob, Rule.selfOnly],
+      [TopLevel.meta, MetaKey.title, Rule.adminOnly],
+    ]
+    let client = HIGH
+    for (const [root, key, rule] of refused) {
+      const result = submit(s, user(carol), rewrite(s, root, key, client++))
+      expect({ root, key, result }).toMatchObject({ root, key, result: { allowed: false, rule } })
+    }
+    // Nor an admin his own record, to keep an owner's demotion or removal from landing.
+    expect(submit(s, user(bob), rewrite(s, TopLevel.participants, bob, client++))).toMatchObject({
+      allowed: false,
+      rule: Rule.immutable,
+    })
+    // An edit of alice's message, rewritten as it is by someone else.
+    expectAccepted(
+      s,
+      alice,
+      updateOf(replicaOf(s.relay), (d) => editMessage(d, alice, message, "first edit")),
+    )
+    expect(submit(s, user(carol), rewrite(s, TopLevel.edits, message, client++))).toMatchObject({
+      allowed: false,
+      rule: Rule.authorOnly,
+    })
+    // What alice did offline meanwhile lands whole: carol removed, bob demoted.
+    expectAccepted(
+      s,
+      alice,
+      updateOf(aliceOffline, (d) => {
+        removeParticipants(d, alice, [carol])
+        changeRole(d, alice, bob, "member")
+      }),
+    )
+    expect(typesOf(s.relay).participants.has(carol)).toBe(false)
+    expect(typesOf(s.relay).participants.get(bob)?.role).toBe("member")
+  })
+
+  it("accepts them from who may write the key: one's own marker from a second device, a manager's title", () => {
+    const s = scene()
+    const secondDevice = replicaOf(s.relay)
+    expectAccepted(
+      s,
+      carol,
+      updateOf(replicaOf(s.relay), (d) => markRead(d, carol, 1)),
+    )
+    // The second device marks the same position read, unaware of the first.
+    expectAccepted(
+      s,
+      carol,
+      updateOf(secondDevice, (d) => markRead(d, carol, 1)),
+    )
+    expect(typesOf(s.relay).read.get(carol)).toBe(1)
+    expectAccepted(s, bob, rewrite(s, TopLevel.meta, MetaKey.title, HIGH))
+  })
+})
