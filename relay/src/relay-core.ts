@@ -35,6 +35,7 @@ import { DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
+import { HEAVY_FRAME_BYTES } from "./fair-share.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { summaryOf } from "./history/sealing.js"
 import type { StoredSegment } from "./history/store.js"
@@ -672,7 +673,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
             submitUpdate(this.ctx, host, principal, update, connection),
           )
         : submitUpdate(this.ctx, host, principal, update, connection)
-    const submitted = principal.kind === "user" ? this.turns.run(principal.user, host.key, work) : work()
+    // While the relay is saturated, a user over their share waits (see `FairShare`).
+    const fair = this.users.fair
+    const heavy = update.length >= HEAVY_FRAME_BYTES
+    const submitted =
+      principal.kind === "user"
+        ? this.turns.run(principal.user, host.key, () => fair.admit(principal.user, heavy, work))
+        : work()
     // One reaction, not a `finally` (two closures and a promise more per message); the caller gets
     // the update's own outcome, after the user's budget is released.
     submitted.then(done, done)
@@ -1248,6 +1255,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     if (this.closing) return
     this.closing = true
     this.stopping.abort()
+    // Work held back goes on: it finishes before the documents close.
+    this.users.fair.close()
     await Promise.allSettled([...this.unloads.values()])
     const hosts = await Promise.allSettled([...this.hosts.values()])
     await Promise.all(

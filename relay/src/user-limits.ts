@@ -1,4 +1,5 @@
 import { CloseCode, ErrorCode, inboxDocumentName, ParleyError, type UserId, UserLimit } from "@parley/shared"
+import { FairShare } from "./fair-share.js"
 import type { Principal } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 
@@ -393,6 +394,8 @@ function perMinute(n: number, now: () => number): RateLimiter | undefined {
  * budget), then it is deleted.
  */
 export class UserLedger {
+  /** Shares the relay between users when it is saturated (see {@link FairShare}): fed what each spends of the update budget. */
+  readonly fair = new FairShare()
   private readonly users = new Map<UserId, Usage>()
   /** In a cluster: what the other relays hold, and the users with something to report. */
   private others: OtherRelays | undefined
@@ -757,6 +760,7 @@ export class UserLedger {
       )
     }
     this.spend(user, usage, "updates", cost)
+    this.fair.charge(user, cost)
     usage.pendingBytes += bytes
     let released = false
     return () => {
@@ -782,6 +786,7 @@ export class UserLedger {
     if (!usage || principal.kind !== "user") return
     usage.updates?.spend(extra)
     this.spend(principal.user, usage, "updates", extra)
+    this.fair.charge(principal.user, extra)
     this.release(principal.user)
   }
 

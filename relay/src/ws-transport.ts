@@ -25,6 +25,7 @@ import type { Connection, Session } from "./connection.js"
 import { defaultMaxConnections, openFilesLimit } from "./connection-capacity.js"
 import { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
+import { FAIR_SHARE_WINDOW_MS } from "./fair-share.js"
 import { holdWrites } from "./held-writes.js"
 import { sendJson } from "./http-json.js"
 import { Keepalive, type Liveness } from "./keepalive.js"
@@ -268,7 +269,12 @@ export class WsTransport {
    * until it is back. The frames already read are handled as usual.
    */
   private paceReading(ws: WebSocket, principal: Principal, bytes: number): void {
-    const wait = this.options.core.users.received(principal, bytes + FRAME_BASE_BYTES)
+    const users = this.options.core.users
+    // A user held back while the relay is saturated is not read for a window (see `FairShare`).
+    const wait = Math.max(
+      users.received(principal, bytes + FRAME_BASE_BYTES),
+      principal.kind === "user" && users.fair.isHeld(principal.user) ? FAIR_SHARE_WINDOW_MS : 0,
+    )
     if (wait <= 0 || this.paced.has(ws)) return
     ws.pause()
     this.paced.add(ws)
