@@ -20,7 +20,7 @@ import { join } from "node:path"
 import { parseArgs } from "node:util"
 import * as Y from "yjs"
 import { SqliteBackend } from "../../relay/src/backend/sqlite.js"
-import { docUntil, stockProvider, synced, TestClient } from "../../relay/test/helpers/clients.js"
+import { TestClient } from "../../relay/test/helpers/clients.js"
 import { updateFrame } from "../../relay/test/helpers/frame-probe.js"
 import {
   atCapShapes,
@@ -29,15 +29,9 @@ import {
   seedConversation,
 } from "../../relay/test/helpers/frame-shapes.js"
 import { startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
-import {
-  type ConversationId,
-  createConversation,
-  listMessages,
-  newConversationId,
-  sendMessage,
-  type UserId,
-} from "../../shared/src/index.js"
-import { distribution, sleep } from "./stats.js"
+import { type ConversationId, newConversationId, sendMessage } from "../../shared/src/index.js"
+import { printLatencies, printLatencyHeader, startHonestPair } from "./honest-pair.js"
+import { sleep } from "./stats.js"
 
 const { values: flags } = parseArgs({
   options: {
@@ -53,8 +47,6 @@ const rounds = Number(flags.rounds)
 const shape = atCapShapes(DEFAULT_CAPS).find((s) =>
   flags.shape === "value-cap" ? s.name.includes("the value cap") : s.name.startsWith("an offline period"),
 )!
-const carol = "carol" as UserId
-const dave = "dave" as UserId
 
 const oneConversation = flags["one-conversation"]
 // Each round's frames go to conversations of their own (a frame is built against what the relay
@@ -70,13 +62,6 @@ const backend = new SqliteBackend(dataDir)
 for (const [id, seed] of seeds) await backend.documents.append(id, [seed.stored])
 await backend.close()
 const relay = await startRelayProcess({ dataDir })
-
-const id = newConversationId()
-const c = stockProvider(relay.url, id, await relay.token(carol))
-const d = stockProvider(relay.url, id, await relay.token(dave))
-await Promise.all([synced(c), synced(d)])
-createConversation(c.doc, carol, { kind: "group", id, participants: [dave] })
-await docUntil(d.doc, () => d.doc.getMap("meta").has("createdAt"))
 
 // Everything the bench process itself spends CPU on (connecting, syncing, building the frames) is done
 // before the pair starts: the pair's clients share its event loop.
@@ -109,41 +94,22 @@ function ownMessages(relay: Y.Doc, i: number): Uint8Array {
   return Y.encodeStateAsUpdate(doc, before)
 }
 
-const latencies: number[] = []
-let running = true
-const pair = (async () => {
-  for (let i = 0; running; i++) {
-    const [from, to, user] = i % 2 === 0 ? [c, d, carol] : [d, c, dave]
-    const body = `honest ${i}`
-    const sent = performance.now()
-    sendMessage(from.doc, user, { body })
-    await docUntil(to.doc, () => listMessages(to.doc, { last: 3 }).some((m) => m.body === body))
-    latencies.push(performance.now() - sent)
-    await sleep(50)
-  }
-})()
-const fmt = (ms: number) => ms.toFixed(1).padStart(7)
-const row = (label: string, samples: number[], extra = "") => {
-  const s = distribution(samples)
-  console.log(
-    `${label.padEnd(26)} ${String(s.count).padStart(5)} ${fmt(s.p50)} ${fmt(s.p99)} ${fmt(s.max)}  ${extra}`,
-  )
-}
+const pair = await startHonestPair(relay)
+const row = (label: string, samples: number[], extra = "") => printLatencies(26, label, samples, extra)
 console.log(
   oneConversation
     ? `${sockets} sockets of one user to one conversation, ${DEFAULT_CAPS.values} short messages each; ${rounds} rounds`
     : `${sockets} sockets of one user, ${shape.name}; ${rounds} rounds`,
 )
-console.log(
-  `${"honest pair".padEnd(26)} ${"n".padStart(5)} ${"p50".padStart(7)} ${"p99".padStart(7)} ${"max".padStart(7)}  (ms)`,
-)
+printLatencyHeader(26)
+pair.take()
 await sleep(2_000)
-row("quiet", latencies.splice(0))
+row("quiet", pair.take())
 for (let r = 0; r < rounds; r++) {
   const round = flooders[r]!
   const before = round.map((f) => f.saves.length)
   const started = performance.now()
-  latencies.splice(0)
+  pair.take()
   for (const [i, f] of round.entries()) f.send(frames[r]![i]!)
   await Promise.all(
     round.map((f, i) => f.until(() => f.saves.length > before[i]! || f.errors.length > 0 || !!f.closeEvent)),
@@ -151,18 +117,11 @@ for (let r = 0; r < rounds; r++) {
   const allSaved = performance.now() - started
   await sleep(1_000)
   const saved = round.filter((f, i) => f.saves.length > before[i]!).length
-  row(
-    `round ${r + 1}`,
-    latencies.splice(0),
-    `${saved}/${sockets} frames saved, all within ${allSaved.toFixed(0)} ms`,
-  )
+  row(`round ${r + 1}`, pair.take(), `${saved}/${sockets} frames saved, all within ${allSaved.toFixed(0)} ms`)
   await sleep(1_000)
 }
-running = false
-await Promise.race([pair, sleep(5_000)])
+await pair.stop()
 for (const f of flooders.flat()) f.close()
-c.destroy()
-d.destroy()
 await stopRelayProcesses()
 rmSync(dataDir, { recursive: true, force: true })
 process.exit(0)

@@ -14,18 +14,13 @@ import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { parseArgs } from "node:util"
 import * as Y from "yjs"
-import { docUntil, stockProvider, synced, TestClient } from "../../relay/test/helpers/clients.js"
+import { TestClient } from "../../relay/test/helpers/clients.js"
 import { updateFrame } from "../../relay/test/helpers/frame-probe.js"
 import { startRelayProcess, stopRelayProcesses } from "../../relay/test/helpers/relay-process.js"
-import {
-  createConversation,
-  listMessages,
-  newConversationId,
-  sendMessage,
-  type UserId,
-} from "../../shared/src/index.js"
+import { createConversation, newConversationId, sendMessage, type UserId } from "../../shared/src/index.js"
+import { printLatencies, printLatencyHeader, startHonestPair } from "./honest-pair.js"
 import { readProcess } from "./proc.js"
-import { distribution, sleep } from "./stats.js"
+import { sleep } from "./stats.js"
 
 const { values: flags } = parseArgs({
   options: {
@@ -39,8 +34,6 @@ const { values: flags } = parseArgs({
 const users = Number(flags.users)
 const sockets = Number(flags.sockets)
 const seconds = Number(flags.seconds)
-const carol = "carol" as UserId
-const dave = "dave" as UserId
 
 interface Flooder {
   readonly user: UserId
@@ -125,13 +118,7 @@ async function flood(): Promise<void> {
 
 async function main(): Promise<void> {
   const relay = await startRelayProcess()
-  const id = newConversationId()
-  const c = stockProvider(relay.url, id, await relay.token(carol))
-  const d = stockProvider(relay.url, id, await relay.token(dave))
-  await Promise.all([synced(c), synced(d)])
-  createConversation(c.doc, carol, { kind: "group", id, participants: [dave] })
-  await docUntil(d.doc, () => d.doc.getMap("meta").has("createdAt"))
-
+  const pair = await startHonestPair(relay)
   const flooders: Flooder[] = []
   for (let u = 0; u < users; u++) {
     const user = `flooder${u}` as UserId
@@ -144,39 +131,17 @@ async function main(): Promise<void> {
   const fromChild = () => new Promise<FromChild>((resolve) => child.once("message", resolve as never))
   await fromChild()
 
-  const latencies: number[] = []
-  let running = true
-  const pair = (async () => {
-    for (let i = 0; running; i++) {
-      const [from, to, user] = i % 2 === 0 ? [c, d, carol] : [d, c, dave]
-      const body = `honest ${i}`
-      const sent = performance.now()
-      sendMessage(from.doc, user, { body })
-      await docUntil(to.doc, () => listMessages(to.doc, { last: 3 }).some((m) => m.body === body))
-      latencies.push(performance.now() - sent)
-      await sleep(50)
-    }
-  })()
-
-  const fmt = (ms: number) => ms.toFixed(1).padStart(7)
-  const row = (label: string, samples: number[], extra = "") => {
-    const s = distribution(samples)
-    console.log(
-      `${label.padEnd(14)} ${String(s.count).padStart(5)} ${fmt(s.p50)} ${fmt(s.p99)} ${fmt(s.max)}  ${extra}`,
-    )
-  }
   console.log(
     `${users} users × ${sockets} sockets, frames of 1,000 short messages, one in flight per socket, ${seconds} s`,
   )
-  console.log(
-    `${"honest pair".padEnd(14)} ${"n".padStart(5)} ${"p50".padStart(7)} ${"p99".padStart(7)} ${"max".padStart(7)}  (ms)`,
-  )
+  printLatencyHeader(14)
   const pid = relay.child.pid!
   let cpu = readProcess(pid).cpuMs
   let at = performance.now()
+  pair.take()
   await sleep(3_000)
   const quietCpu = ((readProcess(pid).cpuMs - cpu) / (performance.now() - at)) * 100
-  row("quiet", latencies.splice(0), `relay CPU ${quietCpu.toFixed(0)} % of a core`)
+  printLatencies(14, "quiet", pair.take(), `relay CPU ${quietCpu.toFixed(0)} % of a core`)
 
   cpu = readProcess(pid).cpuMs
   at = performance.now()
@@ -186,15 +151,13 @@ async function main(): Promise<void> {
   const floodCpu = ((readProcess(pid).cpuMs - cpu) / (performance.now() - at)) * 100
   const refused =
     Object.keys(result.refused).length > 0 ? `, refused or closed: ${JSON.stringify(result.refused)}` : ""
-  row(
+  printLatencies(
+    14,
     "under flood",
-    latencies.splice(0),
+    pair.take(),
     `relay CPU ${floodCpu.toFixed(0)} % of a core; ${result.saved} frames saved${refused}`,
   )
-  running = false
-  await Promise.race([pair, sleep(5_000)])
-  c.destroy()
-  d.destroy()
+  await pair.stop()
   await stopRelayProcesses()
   process.exit(0)
 }
