@@ -45,9 +45,10 @@ export class FairShare {
   private closed = false
   /** Per user whose update waits here: when the last of them starts. */
   private readonly tails = new Map<UserId, Promise<void>>()
-  /** A heavy frame is in the update path; those waiting to follow it, first first. */
-  private heavyRunning = false
-  private readonly heavyQueue: (() => void)[] = []
+  /** The user whose heavy frames are in the update path, and how many; those waiting to follow, first first. */
+  private heavyOwner: UserId | undefined
+  private heavyCount = 0
+  private readonly heavyQueue: { readonly user: UserId; readonly resolve: () => void }[] = []
 
   constructor(private readonly options: { readonly windowMs?: number; readonly saturated?: number } = {}) {}
 
@@ -81,7 +82,7 @@ export class FairShare {
     if (!tail && !heavy && !this.held.has(user)) return work()
     const ready = (tail ?? Promise.resolve())
       .then(() => this.free(user))
-      .then(() => (heavy ? this.heavySlot() : undefined))
+      .then(() => (heavy ? this.heavySlot(user) : undefined))
     const started = ready.then(() => {})
     this.tails.set(user, started)
     void started.then(() => {
@@ -112,21 +113,43 @@ export class FairShare {
     })
   }
 
-  /** Resolves with the release of the heavy frames' slot, once it is this one's. */
-  private heavySlot(): Promise<() => void> {
+  /**
+   * Resolves with the release of the heavy frames' slot, once it is `user`'s:
+   * held by one user at a time, whose heavy updates share it (a device's
+   * backlog sent in parts to one document is stored in batches, which waiting
+   * for each part's commit would undo).
+   */
+  private heavySlot(user: UserId): Promise<() => void> {
     let released = false
     const release = () => {
       if (released) return
       released = true
-      const next = this.heavyQueue.shift()
-      if (next) setImmediate(next)
-      else this.heavyRunning = false
+      if (--this.heavyCount > 0) return
+      this.heavyOwner = undefined
+      const next = this.heavyQueue[0]
+      if (next) setImmediate(() => this.grantHeavy())
     }
-    if (!this.heavyRunning || this.closed) {
-      this.heavyRunning = true
+    // Joined by its owner's next one only while nobody else waits (a stream of one user's parts would
+    // keep it from the others); taken free only when nobody waits for it.
+    const free = this.heavyOwner === undefined || this.heavyOwner === user
+    if ((free && this.heavyQueue.length === 0) || this.closed) {
+      this.heavyOwner = user
+      this.heavyCount++
       return Promise.resolve(release)
     }
-    return new Promise<void>((resolve) => this.heavyQueue.push(resolve)).then(() => release)
+    return new Promise<void>((resolve) => this.heavyQueue.push({ user, resolve })).then(() => release)
+  }
+
+  /** Gives the free slot to the first waiting user, with each of their updates waiting at the front. */
+  private grantHeavy(): void {
+    if (this.heavyOwner !== undefined) return
+    const first = this.heavyQueue[0]
+    if (!first) return
+    this.heavyOwner = first.user
+    while (this.heavyQueue[0]?.user === first.user) {
+      this.heavyCount++
+      this.heavyQueue.shift()!.resolve()
+    }
   }
 
   /** Users held back now (tests, metrics). */
@@ -141,7 +164,7 @@ export class FairShare {
     for (const list of this.waiting.values()) for (const resolve of list) resolve()
     this.waiting.clear()
     this.held.clear()
-    for (const next of this.heavyQueue.splice(0)) next()
+    for (const next of this.heavyQueue.splice(0)) next.resolve()
   }
 
   private measure(): void {

@@ -87,4 +87,33 @@ describe("the relay shared between users when it is saturated", () => {
       fair.close()
     }
   })
+
+  it("lets one user's heavy updates share the slot while nobody else waits (a backlog in parts is stored in batches)", async () => {
+    const fair = new FairShare()
+    try {
+      const started: number[] = []
+      const finish: (() => void)[] = []
+      const part = (n: number) =>
+        fair.admit(heavyUser, true, () => {
+          started.push(n)
+          return new Promise<void>((resolve) => finish.push(resolve))
+        })
+      const parts = [part(1), part(2), part(3)]
+      await tick()
+      await tick()
+      expect(started).toEqual([1, 2, 3])
+      // Another user's heavy frame waits for all of them.
+      let otherStarted = false
+      const otherOne = fair.admit(other, true, async () => {
+        otherStarted = true
+      })
+      await tick()
+      expect(otherStarted).toBe(false)
+      for (const resolve of finish) resolve()
+      await Promise.all([...parts, otherOne])
+      expect(otherStarted).toBe(true)
+    } finally {
+      fair.close()
+    }
+  })
 })

@@ -313,12 +313,14 @@ export const hostileShapes: readonly Shape[] = [
     honest: false,
     user: mallory,
     build: () => {
-      // A long history on one key, then writes without origin that each walk all of it.
+      // A long history on one key, then writes without origin that each walk all of it. The key is
+      // the sender's own profile: an empty entry is a write of its key, which the rules judge.
       const c = clientId(6)
-      const structs: CraftedStruct[] = [{ parent: TopLevel.reactions, key: "k", content: deleted() }]
+      const structs: CraftedStruct[] = [{ parent: TopLevel.profiles, key: mallory, content: deleted() }]
       for (let i = 1; i < UNDER_CAP - 30; i++)
         structs.push({ origin: { client: c, clock: i - 1 }, content: deleted() })
-      for (let i = 0; i < 30; i++) structs.push({ parent: TopLevel.reactions, key: "k", content: deleted() })
+      for (let i = 0; i < 30; i++)
+        structs.push({ parent: TopLevel.profiles, key: mallory, content: deleted() })
       return encodeCraftedUpdate([{ client: c, clock: 0, structs }])
     },
   },
