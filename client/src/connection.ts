@@ -48,9 +48,13 @@ export interface ConnectionEvents {
   refused: { error: ParleyError }
   /** What the relay sent does not fit the replica (someone else wrote under its client id): rebuild it. */
   diverged: { error: ParleyError }
-  /** Getting a token failed; the connection retries with backoff. */
+  /**
+   * Getting a token failed, or the relay refused {@link MAX_TOKEN_REFUSALS}
+   * fresh ones in a row (UNAUTHORIZED, once per run of refusals); the
+   * connection retries with backoff, and the document's changes wait.
+   */
   tokenFailed: { error: ParleyError }
-  /** The relay will not let this connection in again (4403, 4404, repeated 4401, ...). */
+  /** The relay will not let this connection in again (4403, 4404, ...). */
   unavailable: { error: ParleyError }
   /**
    * The relay refused to open the document because the user has too many
@@ -123,8 +127,9 @@ const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
 const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
- * Consecutive 4401 closes, each after a fresh token, before the token counts as refused for good
- * (counted from each start(): see there).
+ * Consecutive 4401 closes, each after a fresh token at once, before the refusal is told to the app
+ * (`tokenFailed`, UNAUTHORIZED) and the connection goes on asking with its usual backoff (counted
+ * from each start(): see there).
  */
 const MAX_TOKEN_REFUSALS = 3
 
@@ -361,7 +366,17 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
         this.openSoon(0)
         return
       }
-      this.giveUp(new ParleyError(ErrorCode.UNAUTHORIZED, "the relay refused the token"))
+      // Not for good: a key rotation, a skewed clock or a source handing out yesterday's token passes,
+      // and the user's work waits on the device meanwhile (before: the connection stopped, the
+      // conversation turned unavailable and writes threw until the app called connect()).
+      if (this.tokenRefusals === MAX_TOKEN_REFUSALS)
+        this.emit("tokenFailed", {
+          error: new ParleyError(
+            ErrorCode.UNAUTHORIZED,
+            "the relay refused the token: asking the token source again with backoff",
+          ),
+        })
+      this.retry()
       return
     }
     const terminal = TERMINAL.get(code)

@@ -45,7 +45,7 @@ function caughtUp(relay: InboxEntry | undefined, local: InboxEntry): boolean {
 }
 
 /** The relay's entry with the user's own changes on this device laid over it. */
-function overlay(relay: InboxItem | undefined, local: InboxEntry, muted: boolean): InboxItem {
+function overlay(relay: InboxItem | undefined, local: InboxEntry, muted: boolean, user: UserId): InboxItem {
   if (!relay) return { ...local, muted }
   const newer = local.lastActivityAt > relay.lastActivityAt && local.lastMessage !== undefined
   const readAhead = local.readUpTo > relay.readUpTo
@@ -55,9 +55,26 @@ function overlay(relay: InboxItem | undefined, local: InboxEntry, muted: boolean
   return {
     ...rest,
     ...(newer ? { lastMessage: local.lastMessage, lastActivityAt: local.lastActivityAt } : {}),
-    ...(readAhead ? { readUpTo: local.readUpTo, unread: local.unread } : {}),
+    ...(readAhead ? { readUpTo: local.readUpTo, unread: unreadPast(relay, local, user) } : {}),
     ...(flagged ? { emergency: flagged } : {}),
   }
+}
+
+/**
+ * Unread messages past the device's read marker, `local.readUpTo`, which is
+ * ahead of the relay's entry: the relay counted `relay.unread` past its own
+ * marker, of which at most the numbers in between were read here. Messages
+ * that came after the device's read (the relay's last one is past its
+ * marker, from someone else) stay unread: before, the device's count (0)
+ * hid them until the conversation was opened.
+ */
+function unreadPast(relay: InboxItem, local: InboxEntry, user: UserId): number {
+  const last = relay.lastMessage
+  const lastUnread =
+    last?.seq !== undefined && last.seq > local.readUpTo && !last.deleted && last.author !== user ? 1 : 0
+  const past = Math.max(lastUnread, relay.unread - (local.readUpTo - relay.readUpTo))
+  // Never more than the relay counted, nor than the numbers past the device's marker.
+  return Math.min(relay.unread, last?.seq !== undefined ? Math.max(0, last.seq - local.readUpTo) : past, past)
 }
 
 /**
@@ -143,7 +160,12 @@ export class Inbox extends Emitter<InboxEvents> {
       if (caughtUp(byId.get(id as ConversationId), local)) continue
       byId.set(
         id as ConversationId,
-        overlay(byId.get(id as ConversationId), local, isMuted(this.options.doc, id as ConversationId)),
+        overlay(
+          byId.get(id as ConversationId),
+          local,
+          isMuted(this.options.doc, id as ConversationId),
+          this.options.user,
+        ),
       )
     }
     return [...byId.values()].sort(

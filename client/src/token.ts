@@ -10,9 +10,9 @@ import { decodeJwt } from "jose"
 export type TokenSource = string | (() => string | Promise<string>)
 
 /** Resolves a {@link TokenSource} to a token, as a typed error when it fails. */
-export async function resolveToken(source: TokenSource): Promise<string> {
+export async function resolveToken(source: TokenSource, timeoutMs = TOKEN_TIMEOUT_MS): Promise<string> {
   try {
-    const token = typeof source === "string" ? source : await source()
+    const token = typeof source === "string" ? source : await withinTime(Promise.resolve(source()), timeoutMs)
     if (typeof token !== "string" || token.length === 0)
       throw new ParleyError(ErrorCode.UNAUTHORIZED, "the token source returned no token")
     return token
@@ -26,6 +26,26 @@ export async function resolveToken(source: TokenSource): Promise<string> {
       })
     throw new ParleyError(ErrorCode.UNAUTHORIZED, "the token source failed", { cause: error })
   }
+}
+
+/**
+ * How long a token source may take before its call counts as failed
+ * (`UNAVAILABLE`): a `fetch` lost in a network change never settles in a
+ * browser, and every connection of the client waits on the call in flight
+ * (before: "connecting" for good, until a reload).
+ */
+export const TOKEN_TIMEOUT_MS = 30_000
+
+/** `promise`, or a rejection (UNAVAILABLE) once `ms` passed first. */
+function withinTime<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new ParleyError(ErrorCode.UNAVAILABLE, `the token source did not answer within ${ms} ms`)),
+      ms,
+    )
+  })
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
 }
 
 /**

@@ -5,6 +5,7 @@ import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { DocumentConnection } from "../src/connection.js"
 import { ownSockets } from "../src/provider/document-socket.js"
+import { resolveToken } from "../src/token.js"
 import { eventually } from "./support.js"
 
 /**
@@ -52,42 +53,41 @@ function connectionTo(url: string, token: () => Promise<string>) {
 }
 
 describe("DocumentConnection", () => {
-  it("asks for a fresh token after each 4401 and gives up as UNAUTHORIZED after three", async () => {
+  it("asks for a fresh token after each 4401, tells UNAUTHORIZED once after three, and keeps asking with backoff", async () => {
     const server = await closingServer(4401)
     cleanup.push(server.close)
     let issued = 0
     const connection = connectionTo(server.url, async () => `token-${++issued}`)
-    const unavailable = new Promise<ParleyError>((resolve) =>
-      connection.on("unavailable", ({ error }) => resolve(error)),
-    )
+    const told: ParleyError[] = []
+    const unavailable: ParleyError[] = []
+    connection.on("tokenFailed", ({ error }) => told.push(error))
+    connection.on("unavailable", ({ error }) => unavailable.push(error))
     connection.start()
-    expect((await unavailable).code).toBe(ErrorCode.UNAUTHORIZED)
-    expect(server.tokens).toEqual(["token-1", "token-2", "token-3"])
-    expect(connection.status).toBe("offline")
+    await eventually(() => expect(server.tokens.length).toBeGreaterThanOrEqual(6))
+    expect(server.tokens.slice(0, 3)).toEqual(["token-1", "token-2", "token-3"])
+    expect(told.map((e) => e.code)).toEqual([ErrorCode.UNAUTHORIZED])
+    // Before: it stopped for good ("unavailable"), and the document's changes waited for connect().
+    expect(unavailable).toEqual([])
+    expect(connection.status).not.toBe("offline")
   })
 
-  it("starts counting refused tokens afresh on start() after giving up", async () => {
+  it("gets in once the token source hands out a working token again, without a new start()", async () => {
     // The relay refuses every "stale-" token and keeps a "good" one open.
     const server = await closingServer((token) => (token.startsWith("stale-") ? 4401 : undefined))
     cleanup.push(server.close)
-    // The token source's answers, in order.
-    const answers = ["stale-1", "stale-2", "stale-3"]
-    const connection = connectionTo(server.url, async () => answers.shift() ?? "none left")
-    const unavailable: ParleyError[] = []
-    connection.on("unavailable", ({ error }) => unavailable.push(error))
-    connection.start()
-    await eventually(() => expect(unavailable.map((e) => e.code)).toEqual([ErrorCode.UNAUTHORIZED]))
-    expect(server.tokens).toEqual(["stale-1", "stale-2", "stale-3"])
-    // The app gets a working token and connects again; the first token it is handed is still a
-    // refused one (a request that was on its way before, as a token refresh of the refused socket
-    // can be on a slow device). That one refusal must not count as the fourth in a row.
-    answers.push("stale-4", "good")
+    // The token source's answers, in order: refused for a while (a key rotation, say), then good.
+    const answers = ["stale-1", "stale-2", "stale-3", "stale-4", "stale-5"]
+    const connection = connectionTo(server.url, async () => answers.shift() ?? "good")
+    const told: ParleyError[] = []
+    connection.on("tokenFailed", ({ error }) => told.push(error))
     connection.start()
     await eventually(() =>
-      expect(server.tokens).toEqual(["stale-1", "stale-2", "stale-3", "stale-4", "good"]),
+      expect(server.tokens).toEqual(["stale-1", "stale-2", "stale-3", "stale-4", "stale-5", "good"]),
     )
-    expect(unavailable).toHaveLength(1)
-    expect(connection.status).toBe("connecting")
+    // The working token's socket stays open: nothing more is asked.
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(server.tokens).toHaveLength(6)
+    expect(told).toHaveLength(1)
   })
 
   it("stops for good on 4403 with FORBIDDEN", async () => {
@@ -130,5 +130,15 @@ describe("DocumentConnection", () => {
     await new Promise((resolve) => setTimeout(resolve, 150))
     expect(server.tokens.length).toBe(attempts)
     expect(statuses).toEqual(["connecting", "offline"])
+  })
+})
+
+describe("resolveToken", () => {
+  it("fails a token source that never answers as UNAVAILABLE after its time, so the next connect asks again", async () => {
+    const started = Date.now()
+    const never = () => new Promise<string>(() => {})
+    await expect(resolveToken(never, 50)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+    expect(Date.now() - started).toBeLessThan(5_000)
+    await expect(resolveToken(async () => "a-token", 50)).resolves.toBe("a-token")
   })
 })

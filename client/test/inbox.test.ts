@@ -116,6 +116,30 @@ describe("client.inbox with the user's own changes made offline", () => {
   })
 })
 
+describe("client.inbox after an offline read and a reload", () => {
+  it("counts a message that came after the read as unread, the conversation not opened (before: 0 until opened)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b], title: "later" })
+    for (let i = 0; i < 3; i++) chat.send(`m${i}`)
+    const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    const onBob = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(onBob.messages()).toHaveLength(3))
+    bob.disconnect()
+    onBob.markRead()
+    expect(bob.inbox.totalUnread).toBe(0)
+    await bob.destroy()
+    const reloaded = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    await reloaded.inbox.loaded
+    expect(reloaded.inbox.totalUnread).toBe(0)
+    chat.send("while bob was away")
+    reloaded.connect()
+    await eventually(() => expect(reloaded.inbox.items[0]?.lastMessage?.text).toBe("while bob was away"))
+    await eventually(() => expect(reloaded.inbox.items[0]?.unread).toBe(1))
+    expect(reloaded.inbox.totalUnread).toBe(1)
+  })
+})
+
 describe("client.inbox after the user's offline change was refused", () => {
   it("drops the conversation once the user was removed from it, not keeping their own preview forever", async () => {
     const [a, b] = [name("alice"), name("bob")]

@@ -28,6 +28,7 @@ import * as Y from "yjs"
 import type { Access } from "./access.js"
 import { closeOf } from "./errors.js"
 import type { Principal } from "./principal.js"
+import { type ReplicaView, TRANSACTION_VIEW } from "./replica-view.js"
 import { ANSWER_BASE_BYTES } from "./user-limits.js"
 
 /**
@@ -84,7 +85,8 @@ export interface ConnectionHost {
 export interface ConnectionOwner<H extends ConnectionHost = ConnectionHost> {
   /** Most update bytes one connection may have waiting in the document's queue (then 4429). */
   readonly maxPendingBytes: number
-  submit(connection: Connection<H>, update: Uint8Array): Promise<unknown>
+  /** An update from `connection`, with what its replica had seen (see `ReplicaView`). */
+  submit(connection: Connection<H>, update: Uint8Array, seen: ReplicaView): Promise<unknown>
   detach(connection: Connection<H>): void
   /** An awareness update from `connection` (throws when it is malformed). */
   awareness(connection: Connection<H>, update: Uint8Array): void
@@ -137,6 +139,13 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
    * {@link pending}: what its catch-up is computed from once it is promoted.
    */
   private reportedStateVector: Uint8Array | undefined
+
+  /**
+   * The state vector of this connection's last sync request: what its
+   * replica had when it made the sync step 2 answering the relay's (sent
+   * first), for the rules to tell a removal from a re-sent delete set.
+   */
+  private replicaStateVector: Uint8Array | undefined
 
   /**
    * True while the document holds no conversation yet, so whether this user
@@ -476,12 +485,14 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
         )
         return
       }
+      // A copy: a view would keep the whole frame it came in alive as long as it is held.
+      const copy = stateVector.slice()
       if (this.pending) {
         // "Synced" with an empty document; the real answer is the catch-up sent on promotion, which
         // decodes the latest request (once).
         const asked = this.reportedStateVector !== undefined
-        // A copy: a view would keep the whole frame it came in alive as long as it is held.
-        this.reportedStateVector = stateVector.slice()
+        this.reportedStateVector = copy
+        this.replicaStateVector = copy
         // One empty answer makes a client "synced"; more requests meanwhile only replace what it reported.
         if (asked) return
         const answer = () => {
@@ -494,7 +505,8 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       // A request already waiting for its answer (the user's answer budget spent) is replaced by this
       // one, unread: a flood of requests costs one decoding per answer, not one per frame.
       const waiting = this.syncRequest !== undefined
-      this.syncRequest = stateVector.slice()
+      this.syncRequest = copy
+      this.replicaStateVector = copy
       if (!waiting) this.answerRequests()
       return
     }
@@ -508,8 +520,12 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       return
     }
     this.pendingBytes += update.length
+    const seen: ReplicaView =
+      message.type === "syncUpdate"
+        ? TRANSACTION_VIEW
+        : { kind: "state-vector", stateVector: this.replicaStateVector }
     this.owner
-      .submit(this, update)
+      .submit(this, update, seen)
       .catch((error: unknown) => {
         const refusal = toParleyError(error)
         this.owner.refused(this, refusal)

@@ -7,6 +7,7 @@ import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
 import type { PurgedContent } from "./purge/redact.js"
+import type { ReplicaView } from "./replica-view.js"
 import type { UserLedger } from "./user-limits.js"
 
 /** What the update path asks a policy about, before anything is stored. */
@@ -21,6 +22,13 @@ export interface PolicyInput {
   readonly principal: Principal
   /** The Yjs client ids that wrote the structs in the update. */
   readonly clientIds: ReadonlySet<number>
+  /**
+   * What the sender's replica had seen, from the frame the update came in (a
+   * sync update or a sync step 2 and the request before it); absent for the
+   * relay's and its API's own writes. The document rules use it to tell a
+   * removal from a delete set re-sent on reconnect.
+   */
+  readonly seen?: ReplicaView
 }
 
 /** Who owns each Yjs client id of one loaded document (see {@link RelayExtension.clientIdOwners}). */

@@ -132,6 +132,7 @@ export type { RelayClusterOptions, RelayOptions, RunningRelay } from "./relay.js
 export { DEFAULT_MAX_TOKEN_LIFETIME_MS, DEFAULT_TRANSPORT_LIMITS, startRelay } from "./relay.js"
 export type { CoreLimits, RelayCoreOptions } from "./relay-core.js"
 export { DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
+export type { ReplicaView } from "./replica-view.js"
 export type { Sequencer } from "./sequencer.js"
 export { LocalSequencer } from "./sequencer.js"
 export { ExitCode, StartupError } from "./startup-error.js"

@@ -49,6 +49,7 @@ import { describePrincipal, type Principal } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
 import { deletedInSnapshot, purgesOwed } from "./purge/owed-purges.js"
 import type { PurgedContent } from "./purge/redact.js"
+import type { ReplicaView } from "./replica-view.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
 import { storedShowsId } from "./storage/holding.js"
 import { applyStored, findDamage } from "./storage/integrity.js"
@@ -577,10 +578,15 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** @internal */
-  async submitForwarded(name: string, principal: Principal, update: Uint8Array): Promise<number> {
+  async submitForwarded(
+    name: string,
+    principal: Principal,
+    update: Uint8Array,
+    seen?: ReplicaView,
+  ): Promise<number> {
     const host = await this.activeHost(name)
     try {
-      await submitUpdate(this.ctx, host, principal, update)
+      await submitUpdate(this.ctx, host, principal, update, undefined, seen)
       return host.lastPosition
     } finally {
       this.scheduleIdle(host)
@@ -655,7 +661,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   // --- ConnectionOwner
 
   /** @internal */
-  submit(connection: HostedConnection, update: Uint8Array): Promise<unknown> {
+  submit(connection: HostedConnection, update: Uint8Array, seen: ReplicaView): Promise<unknown> {
     let done: () => void
     try {
       done = this.users.admitUpdate(connection.principal, update.length, connection.host.connections.size)
@@ -669,10 +675,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const { host, principal } = connection
     const work = () =>
       router
-        ? router.submit(host, principal, update, connection, () =>
-            submitUpdate(this.ctx, host, principal, update, connection),
+        ? router.submit(host, principal, update, connection, seen, () =>
+            submitUpdate(this.ctx, host, principal, update, connection, seen),
           )
-        : submitUpdate(this.ctx, host, principal, update, connection)
+        : submitUpdate(this.ctx, host, principal, update, connection, seen)
     // While the relay is saturated, a user over their share waits (see `FairShare`).
     const fair = this.users.fair
     const heavy = update.length >= HEAVY_FRAME_BYTES

@@ -1,12 +1,15 @@
 import type { Connection } from "./connection.js"
 import type { DocumentHost } from "./document-host.js"
 import type { Principal } from "./principal.js"
+import type { ReplicaView } from "./replica-view.js"
 
 /** A client update waiting in a document's queue, and how to tell its sender the outcome. */
 export interface QueuedUpdate {
   readonly principal: Principal
   readonly update: Uint8Array
   readonly from?: Connection | undefined
+  /** What its sender's replica had seen (see `ReplicaView`); absent for the relay's own writes. */
+  readonly seen?: ReplicaView | undefined
   /** Stored (the log positions of it and of its sequencing), or already held ([]). */
   resolve(positions: number[]): void
   /** Refused, or lost with its batch before it was durable. */

@@ -58,9 +58,11 @@ import { sealedIdsNamed } from "./policy/check-update.js"
 import { membershipPolicy } from "./policy.js"
 import { describePrincipal, type Principal, RELAY } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
+import { removeDeletedLeftovers } from "./purge/deleted-leftovers.js"
 import type { OwedPurges } from "./purge/owed-purges.js"
 import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-conversation.js"
 import type { PurgedContent } from "./purge/redact.js"
+import type { ReplicaView } from "./replica-view.js"
 import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
@@ -1009,6 +1011,14 @@ async function purgeMessages(
 ): Promise<void> {
   let failed = false
   try {
+    // First what the deletions left in the live document (the log's fold below then drops its text).
+    const { entries, positions, caughtUp } = await applyAndStore(ctx, host, () => {
+      const update = captureUpdate(host.doc, () => removeDeletedLeftovers(host.doc, ids, RELAY_ORIGIN))
+      return update ? { update, source: "relay" } : undefined
+    })
+    if (entries.length > 0) broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
+    if (positions.length > 0)
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
     if (ctx.history) await purgeSealed(ctx, ctx.history, host, ids)
   } catch (error) {
     failed = true
@@ -1624,6 +1634,7 @@ export function submitUpdate(
   principal: Principal,
   update: Uint8Array,
   from?: Connection,
+  seen?: ReplicaView,
 ): Promise<number[]> {
   // Fail fast: behind a change that waits for storage, this one would wait as long.
   if (waitingForStorage.has(host)) {
@@ -1633,7 +1644,7 @@ export function submitUpdate(
       return Promise.reject(error)
     }
   }
-  return joinBatch(host, { principal, update, from }, (items) => storeBatch(ctx, host, items))
+  return joinBatch(host, { principal, update, from, seen }, (items) => storeBatch(ctx, host, items))
 }
 
 /** A client update the checks let through. */
@@ -1664,6 +1675,7 @@ async function admitUpdate(
   host: DocumentHost,
   principal: Principal,
   update: Uint8Array,
+  seen?: ReplicaView,
 ): Promise<Admitted> {
   if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
   if (update.length > ctx.limits.maxUpdateBytes)
@@ -1706,7 +1718,7 @@ async function admitUpdate(
     update = fresh
     clientIds = clientIdsOf(update)
   }
-  const input = { name: host.name, doc: host.doc, update, principal, clientIds }
+  const input = { name: host.name, doc: host.doc, update, principal, clientIds, ...(seen ? { seen } : {}) }
   // What the update may make the relay read of sealed history: a bounded number of segments, each
   // paid for by its sender (see HistoryKeeper, SealedReads).
   const history = ctx.history && host.name.kind === "conversation" ? ctx.history : undefined
@@ -1926,7 +1938,7 @@ async function storeSomeOfBatch(
       const item = items[i]!
       let admitted: Admitted
       try {
-        admitted = await admitUpdate(ctx, host, item.principal, item.update)
+        admitted = await admitUpdate(ctx, host, item.principal, item.update, item.seen)
       } catch (error) {
         item.reject(error)
         continue

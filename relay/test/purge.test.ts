@@ -9,6 +9,7 @@ import {
   deleteConversation,
   deleteMessage,
   ErrorCode,
+  editMessage,
   foldedHistory,
   getConversation,
   InboxTopLevel,
@@ -211,6 +212,31 @@ describe("deletion deletes (SQLite)", () => {
     expect(rowsHolding(dir, "Gone-Axolotl-Text")).toEqual([])
     expect(files).not.toContain("Gone-Axolotl-Text")
     expect(files).toContain("Keep-Pangolin-Text")
+  })
+
+  it("a deleted message's edit made concurrently with its deletion leaves the document and storage too", async () => {
+    const dir = scratchDir()
+    const relay = await relayOn(new SqliteBackend(dir))
+    const { a, gone } = await keptAndGone(relay, "Keep-Ibis-Text", "Gone-Okapi-Text")
+    editMessage(a.doc, alice, gone.id, "First-Edit-Text")
+    await a.allSaved()
+    // A second replica of alice's that saw the first edit and not the second: its deletion removes the
+    // entry it held, and Yjs keeps the later one (before: the edited text stayed after the purge).
+    const stale = new Y.Doc()
+    Y.applyUpdate(stale, Y.encodeStateAsUpdate(a.doc))
+    editMessage(a.doc, alice, gone.id, "Concurrent-Edit-Quokka")
+    await a.allSaved()
+    deleteMessage(stale, alice, gone.id)
+    const other = await joinAs(relay, alice, getConversation(a.doc)!.id)
+    Y.applyUpdate(other.doc, Y.encodeStateAsUpdate(stale, Y.encodeStateVector(other.doc)))
+    await other.allSaved()
+    await until(() => !typesOf(a.doc).edits.has(gone.id))
+    await until(() => rowsHolding(dir, "Concurrent-Edit-Quokka").length === 0)
+    await stopRelays()
+    const files = rawFiles(dir)
+    expect(files).not.toContain("Concurrent-Edit-Quokka")
+    expect(files).not.toContain("First-Edit-Text")
+    expect(files).toContain("Keep-Ibis-Text")
   })
 
   it("a deleted message's purge that failed (storage failing for a moment) is done once storage answers again", async () => {

@@ -47,6 +47,16 @@ export const Rule = {
    * pending work (`rebasePendingWork`) before it can send anything.
    */
   epoch: "epoch",
+  /**
+   * The update removes something its replica had not seen changed: a
+   * participant's record that another write replaced meanwhile (a concurrent
+   * role change, a removal and re-adding). Applied, the removal would remove
+   * nothing (in Yjs a concurrent write outlives a removal of what it
+   * replaced): acknowledged and lost. It is refused instead, so that the
+   * sender learns it did not happen, rebuilds from the relay's state
+   * (`rebasePendingWork`) and decides again on what the record holds now.
+   */
+  concurrentChange: "concurrent-change",
   /** Read-only access (service tokens) changes nothing. */
   readOnly: "read-only",
   /**

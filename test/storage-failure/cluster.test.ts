@@ -7,6 +7,7 @@ import {
   newConversationId,
   type UserId,
 } from "@parley/shared"
+import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { Writer } from "../../relay/test/cluster/writer.js"
@@ -143,6 +144,51 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const messages = listMessages(reader.doc, { last: 100 })
       expect(messages.map((m) => m.body).sort()).toEqual(["before", "before", "during", "during"])
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
+    }, 90_000)
+
+    it("while one conversation's fence row is locked: the relay's other conversations go on, ready; the locked one's message stored once released", async () => {
+      // A storage timeout far above the lock wait: before, the lock held the relay's appends until it.
+      const cluster = await startCluster(2, { args: ["--storage-timeout-ms", "20000"] })
+      cleanups.push(() => cluster.stop())
+      // Two conversations relay 0 orders (alice created both there).
+      const locked = await chatting(cluster)
+      const other = await chatting(cluster)
+      // As an operator's `SELECT … FOR UPDATE` in an open transaction, or a backend stopped mid-append.
+      const locker = new pg.Client({ connectionString: DATABASE_URL })
+      await locker.connect()
+      let holding = true
+      cleanups.push(async () => {
+        if (holding) await locker.query("ROLLBACK")
+        await locker.end()
+      })
+      await locker.query("BEGIN")
+      await locker.query(
+        `SELECT * FROM ${cluster.schema.schema}.parley_cluster_fences WHERE doc = $1 FOR UPDATE`,
+        [locked.id],
+      )
+      locked.a.send("during the row lock")
+      const started = Date.now()
+      for (let i = 0; i < 3; i++) other.a.send(`other ${i}`)
+      // Before: every conversation of the relay waited as long as the lock (30 s in an outside probe),
+      // and its /readyz flapped with the storage timeouts.
+      await settledResending(other.a)
+      const waited = Date.now() - started
+      expect(waited).toBeLessThan(8_000)
+      expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200)
+      expect(locked.a.acked.size).toBe(1)
+      await locker.query("ROLLBACK")
+      holding = false
+      await settledResending(locked.a)
+      const reader = new TestClient(cluster.relay(0).url, locked.id, await cluster.token(bob))
+      cleanups.push(() => reader.close())
+      await reader.synced()
+      await reader.until(() => listMessages(reader.doc, { last: 10 }).length === 3)
+      expect(
+        listMessages(reader.doc, { last: 10 })
+          .map((m) => m.body)
+          .sort(),
+      ).toEqual(["before", "before", "during the row lock"])
+      console.log(`[fence row locked] another conversation's 3 messages stored in ${waited} ms`)
     }, 90_000)
 
     it("while one relay is cut off from PostgreSQL: another takes the conversations it ordered, and their writes go on", async () => {

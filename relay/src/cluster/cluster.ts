@@ -9,6 +9,7 @@ import type { Outbox } from "../hooks/outbox.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
+import type { ReplicaView } from "../replica-view.js"
 import type { StorageState } from "../storage/guard.js"
 import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
@@ -434,13 +435,14 @@ export class Cluster implements UpdateRouter, FenceSource {
     principal: Principal,
     update: Uint8Array,
     connection: HostedConnection,
+    seen: ReplicaView,
     local: () => Promise<unknown>,
   ): Promise<unknown> {
     // A reconnecting client's sync step 2 usually brings nothing new: answered here, nothing to order.
     if (inspectUpdate(host.doc, update).noop) return local()
     const queued = performance.now()
     return this.inOrder(host.key, async () => {
-      const through = await this.route(host, "client", principal, update, local)
+      const through = await this.route(host, "client", principal, update, local, { seen })
       if (through === undefined) return
       await this.reach(host, through)
       connection.saved()
@@ -555,7 +557,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     }
     if (update) {
       try {
-        const through = await this.route(host, "server", actor, update, local, base)
+        const through = await this.route(host, "server", actor, update, local, base ? { base } : {})
         if (through !== undefined) await this.reach(host, through)
       } catch (error) {
         // The owner may have stored the copy all the same (a reply lost, its change not read back
@@ -580,7 +582,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     principal: Principal,
     update: Uint8Array,
     local: () => Promise<unknown>,
-    base?: Uint8Array,
+    extra: { readonly base?: Uint8Array; readonly seen?: ReplicaView } = {},
   ): Promise<number | undefined> {
     const deadline = Date.now() + this.options.writeDeadlineMs
     const name = host.key
@@ -611,7 +613,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       if (holder === null || holder === this.relayId) {
         if (await this.takeOver(name)) continue
       } else {
-        const reply = await this.forward(holder, { name, kind, principal, update, ...(base ? { base } : {}) })
+        const reply = await this.forward(holder, { name, kind, principal, update, ...extra })
         if (reply?.error) {
           // UNAVAILABLE: that relay no longer orders it (or is stopping); anything else is the answer,
           // and so is an UNAVAILABLE the owner's rules gave (`missing-changes`: the sender is to resend).
@@ -791,7 +793,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       try {
         const through =
           request.kind === "client"
-            ? await this.core!.submitForwarded(request.name, request.principal, request.update)
+            ? await this.core!.submitForwarded(request.name, request.principal, request.update, request.seen)
             : await this.core!.writeForwarded(request.name, request.principal, request.update, request.base)
         reply = { type: "reply", id: request.id, through }
         this.metrics.answered.inc({ outcome: "stored" })

@@ -3,7 +3,12 @@ import type pg from "pg"
 import { inTransaction } from "../pg-transaction.js"
 import { checksumOf } from "../storage/checksum.js"
 import { type AppendBatch, GroupCommit } from "../storage/group-commit.js"
-import type { PostgresStorage } from "../storage/postgres.js"
+import {
+  APPEND_LOCK_TIMEOUT_MS,
+  LOCKED_REFUSED_MS,
+  lockedRefusal,
+  type PostgresStorage,
+} from "../storage/postgres.js"
 import type { DamagedDocument, RelayStorage, StoredDocument } from "../storage/types.js"
 import type { WireEntry } from "./wire.js"
 
@@ -38,11 +43,19 @@ export interface FenceSource {
  * one WAL flush) of six statements whatever their number: the fence rows of
  * all their documents are locked in name order (two relays' batches cannot
  * deadlock), and a document whose token is not current fails alone (its
- * appends are left out, the others commit). Committed entries are published
- * to the other relays.
+ * appends are left out, the others commit). So does one whose fence row
+ * another PostgreSQL session holds (an operator's `SELECT … FOR UPDATE`): each
+ * statement waits at most `APPEND_LOCK_TIMEOUT_MS` for a lock, the rows held
+ * are found without waiting, and those documents' appends are refused
+ * (retryable UNAVAILABLE) for `LOCKED_REFUSED_MS` while the rest commit.
+ * Before, one locked row held every document the relay orders for as long as
+ * the lock lasted, and its readiness flapped with the storage timeouts (an
+ * outside probe). Committed entries are published to the other relays.
  */
 export class FencedStorage implements RelayStorage {
   private readonly group: GroupCommit
+  /** Documents whose fence row another session held, until when their appends are refused at once. */
+  private readonly locked = new Map<string, number>()
 
   constructor(
     private readonly pool: pg.Pool,
@@ -103,15 +116,86 @@ export class FencedStorage implements RelayStorage {
   }
 
   private async commit(batch: AppendBatch): Promise<(number[] | Error)[]> {
+    const now = Date.now()
+    for (const [name, until] of this.locked) if (until <= now) this.locked.delete(name)
+    const refused = new Map<string, ParleyError>()
+    for (const { name } of batch) if (this.locked.has(name)) refused.set(name, lockedRefusal())
     const tokens = new Map<string, number>()
     for (const { name } of batch) {
       const token = this.fence.tokenOf(name)
-      if (token !== undefined) tokens.set(name, token)
+      if (token !== undefined && !refused.has(name)) tokens.set(name, token)
     }
-    const names = [...tokens.keys()].sort()
+    let positions = new Map<string, number>()
+    for (;;) {
+      const names = [...tokens.keys()].filter((name) => !refused.has(name)).sort()
+      if (names.length === 0) break
+      try {
+        positions = await this.appendOwned(names, tokens, batch)
+        break
+      } catch (error) {
+        if ((error as { code?: unknown } | null)?.code !== "55P03") throw error
+        const busy = await this.lockedFences(names)
+        // Nothing held by another session among them: storage is failing (a table locked whole, say).
+        if (busy.size === 0) throw error
+        const until = Date.now() + LOCKED_REFUSED_MS
+        for (const name of busy) {
+          this.locked.set(name, until)
+          refused.set(name, lockedRefusal(error))
+        }
+      }
+    }
+    const results: (number[] | Error)[] = []
+    const stored = new Map<string, WireEntry[]>()
+    for (const { name, updates } of batch) {
+      const first = positions.get(name)
+      if (first === undefined) {
+        results.push(refused.get(name) ?? notOwner(name))
+        continue
+      }
+      const given = updates.map((_, i) => first + i)
+      positions.set(name, first + updates.length)
+      results.push(given)
+      const entries = stored.get(name) ?? []
+      for (const [i, update] of updates.entries()) entries.push({ position: given[i]!, update })
+      stored.set(name, entries)
+    }
+    for (const [name, entries] of stored) this.fence.stored(name, entries)
+    return results
+  }
+
+  /**
+   * Which of `names`' fence rows another session holds now, found without
+   * waiting on any: one transaction, no writes.
+   */
+  private lockedFences(names: readonly string[]): Promise<Set<string>> {
+    return inTransaction(this.pool, async (client) => {
+      const { rows } = await client.query<{ doc: string }>(
+        "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[])",
+        [names],
+      )
+      const { rows: free } = await client.query<{ doc: string }>(
+        "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[]) FOR UPDATE SKIP LOCKED",
+        [names],
+      )
+      const unlocked = new Set(free.map((row) => row.doc))
+      return new Set(rows.map((row) => row.doc).filter((doc) => !unlocked.has(doc)))
+    })
+  }
+
+  /**
+   * Appends `batch`'s updates of the documents `names` (sorted) whose fence
+   * token is still this relay's, in one transaction; resolves each such
+   * document's first position. Throws PostgreSQL's lock timeout (55P03).
+   */
+  private async appendOwned(
+    names: readonly string[],
+    tokens: ReadonlyMap<string, number>,
+    batch: AppendBatch,
+  ): Promise<Map<string, number>> {
     const positions = new Map<string, number>()
-    if (names.length > 0)
-      await inTransaction(this.pool, async (client) => {
+    await inTransaction(
+      this.pool,
+      async (client) => {
         const { rows: fences } = await client.query<{ doc: string; token: string }>(
           `SELECT doc, token FROM parley_cluster_fences WHERE doc = ANY($1::text[])
            ORDER BY doc COLLATE "C" FOR UPDATE`,
@@ -149,26 +233,13 @@ export class FencedStorage implements RelayStorage {
           [docs, at, data, crcs],
         )
         await client.query(ADVANCE_MANY, [owned, owned.map((name) => positions.get(name)! - 1)])
-        // Back to each document's first position, for handing them out below.
+        // Back to each document's first position, for handing them out.
         for (const row of rows) positions.set(row.doc, Number(row.last ?? 0) + 1)
-      })
-    const results: (number[] | Error)[] = []
-    const stored = new Map<string, WireEntry[]>()
-    for (const { name, updates } of batch) {
-      const first = positions.get(name)
-      if (first === undefined) {
-        results.push(notOwner(name))
-        continue
-      }
-      const given = updates.map((_, i) => first + i)
-      positions.set(name, first + updates.length)
-      results.push(given)
-      const entries = stored.get(name) ?? []
-      for (const [i, update] of updates.entries()) entries.push({ position: given[i]!, update })
-      stored.set(name, entries)
-    }
-    for (const [name, entries] of stored) this.fence.stored(name, entries)
-    return results
+      },
+      // The lock wait is set with BEGIN, in the same round trip.
+      `BEGIN; SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`,
+    )
+    return positions
   }
 
   compact(name: string, snapshot: Uint8Array, through: number): Promise<void> {
@@ -179,16 +250,23 @@ export class FencedStorage implements RelayStorage {
     // Only the owner folds the log; another relay's memory may lag behind it.
     const token = this.fence.tokenOf(name)
     if (token === undefined) return
-    await inTransaction(this.pool, async (client) => {
-      await this.checkFence(client, name, token)
-      await client.query(
-        `INSERT INTO parley_snapshots (doc, data, through, crc) VALUES ($1, $2, $3, $4)
+    await inTransaction(
+      this.pool,
+      async (client) => {
+        await this.checkFence(client, name, token)
+        await client.query(
+          `INSERT INTO parley_snapshots (doc, data, through, crc) VALUES ($1, $2, $3, $4)
          ON CONFLICT (doc) DO UPDATE SET data = EXCLUDED.data, crc = EXCLUDED.crc,
            through = GREATEST(parley_snapshots.through, EXCLUDED.through)`,
-        [name, snapshot, through, checksumOf(snapshot)],
-      )
-      await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
-      await client.query(ADVANCE, [name, through])
+          [name, snapshot, through, checksumOf(snapshot)],
+        )
+        await client.query("DELETE FROM parley_updates WHERE doc = $1 AND position <= $2", [name, through])
+        await client.query(ADVANCE, [name, through])
+      },
+      `BEGIN; SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`,
+    ).catch((error: unknown) => {
+      // Its fence row held by another session: this compaction waits for the next (the log stays whole).
+      throw (error as { code?: unknown } | null)?.code === "55P03" ? lockedRefusal(error) : error
     })
   }
 

@@ -2,6 +2,7 @@ import type * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
+import type { ReplicaView } from "../replica-view.js"
 import type { WireEntry } from "./wire.js"
 
 /** The rule of an owner's refusal of a server-side write made on a copy older than its document. */
@@ -20,7 +21,7 @@ export interface RoutedCore {
    */
   applyRemote(host: DocumentHost, entries: readonly WireEntry[] | "fetch"): Promise<void>
   /** Checks and stores a client update another relay forwarded; resolves with the log position reached. */
-  submitForwarded(name: string, principal: Principal, update: Uint8Array): Promise<number>
+  submitForwarded(name: string, principal: Principal, update: Uint8Array, seen?: ReplicaView): Promise<number>
   /**
    * Stores a server-side write another relay computed on a copy whose state
    * vector is `base`; resolves with the log position reached. Refuses it
@@ -69,6 +70,7 @@ export interface UpdateRouter {
     principal: Principal,
     update: Uint8Array,
     connection: HostedConnection,
+    seen: ReplicaView,
     local: () => Promise<unknown>,
   ): Promise<unknown>
   /** A server-side write: `local` when this relay orders the document, else computed here and forwarded. */

@@ -3,6 +3,7 @@ import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
 import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
+import { type ReplicaView, TRANSACTION_VIEW } from "../replica-view.js"
 
 /** A stored log entry as relays pass it to each other. */
 export interface WireEntry {
@@ -45,6 +46,8 @@ export type ClusterMessage =
        * the write's checks read a copy older than the document.
        */
       readonly base?: Uint8Array
+      /** A client's update's: what its replica had seen (see `ReplicaView`). */
+      readonly seen?: ReplicaView
     }
   | {
       /** A purge ran on relay `from` (which orders the document): what other relays hold of it goes too. */
@@ -89,6 +92,7 @@ export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
       encoding.writeVarString(e, JSON.stringify(message.principal))
       encoding.writeVarUint8Array(e, message.update)
       if (message.base) encoding.writeVarUint8Array(e, message.base)
+      else if (message.seen) writeReplicaView(e, message.seen)
       break
     case "purged": {
       const { name, conversationId, scope } = message.purge
@@ -138,6 +142,10 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
         const kind = decoding.readVarString(d) === "server" ? "server" : "client"
         const principal = JSON.parse(decoding.readVarString(d)) as Principal
         const update = decoding.readVarUint8Array(d)
+        if (kind === "client") {
+          const seen = decoding.hasContent(d) ? readReplicaView(d) : undefined
+          return { type, id, replyTo, name, kind, principal, update, ...(seen ? { seen } : {}) }
+        }
         const base = decoding.hasContent(d) ? decoding.readVarUint8Array(d) : undefined
         return { type, id, replyTo, name, kind, principal, update, ...(base ? { base } : {}) }
       }
@@ -165,4 +173,26 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
   } catch (cause) {
     throw new ParleyError(ErrorCode.MALFORMED_FRAME, "a cluster message could not be decoded", { cause })
   }
+}
+
+/** A replica view's tags on the wire. */
+const VIEW_TRANSACTION = 1
+const VIEW_STATE_VECTOR = 2
+const VIEW_UNKNOWN_STATE = 3
+
+function writeReplicaView(e: encoding.Encoder, seen: ReplicaView): void {
+  if (seen.kind === "transaction") encoding.writeUint8(e, VIEW_TRANSACTION)
+  else if (!seen.stateVector) encoding.writeUint8(e, VIEW_UNKNOWN_STATE)
+  else {
+    encoding.writeUint8(e, VIEW_STATE_VECTOR)
+    encoding.writeVarUint8Array(e, seen.stateVector)
+  }
+}
+
+function readReplicaView(d: decoding.Decoder): ReplicaView {
+  const tag = decoding.readUint8(d)
+  if (tag === VIEW_TRANSACTION) return TRANSACTION_VIEW
+  if (tag === VIEW_STATE_VECTOR) return { kind: "state-vector", stateVector: decoding.readVarUint8Array(d) }
+  if (tag === VIEW_UNKNOWN_STATE) return { kind: "state-vector", stateVector: undefined }
+  throw new Error(`unknown replica view ${tag}`)
 }

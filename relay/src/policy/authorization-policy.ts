@@ -53,7 +53,14 @@ export class AuthorizationPolicy implements UpdatePolicy {
     // In memory: stored before the append (beforeAppend). A refused update stores nothing: storing them
     // here wrote two rows for good per made-up id a stranger sent a refused update to.
     this.bindRelayIdsInMemory(doc, bindings)
-    const result = checkUpdate({ doc, update, principal, bindings, conversation: name.id })
+    const result = checkUpdate({
+      doc,
+      update,
+      principal,
+      bindings,
+      conversation: name.id,
+      ...(input.seen ? { seen: input.seen } : {}),
+    })
     if (!result.allowed) return { allowed: false, rule: result.rule, reason: result.reason }
     if (result.newBindings && result.newBindings.length > 0) {
       bindings.bind(result.newBindings)

@@ -59,6 +59,7 @@ import {
 import * as Y from "yjs"
 import { sealedIdStatus } from "../history/sealed-ids.js"
 import { describePrincipal, type Principal } from "../principal.js"
+import { type ReplicaView, replicaHad } from "../replica-view.js"
 import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
 import { isPlainJson, sameJson } from "./plain-json.js"
 import {
@@ -84,6 +85,12 @@ export interface CheckUpdateInput {
   readonly conversation?: ConversationId
   /** The relay's clock (ms since the epoch), for {@link MAX_FUTURE_SKEW_MS}; `Date.now()` when not given. */
   readonly now?: number
+  /**
+   * What the sender's replica had seen, from the frame the update came in
+   * (see {@link ReplicaView}); absent for the relay's and its API's own writes,
+   * made on the document as it is.
+   */
+  readonly seen?: ReplicaView
 }
 
 /**
@@ -197,12 +204,11 @@ class UpdateCheck {
 
     const changes = this.mapChanges()
     this.changes = changes
-    const changesSomething =
-      this.read.items.some((n) => this.elements(n).length > 0) ||
-      this.read.deleted.length > 0 ||
-      changes.length > 0
-    if (principal.kind === "service" && (changesSomething || this.read.items.length > 0))
-      refuse(Rule.readOnly, "service access is read-only")
+    // Any new item is a write, whatever it holds: items of deleted content (an array item can claim
+    // four billion elements of it) are stored, bound to their writer and broadcast like any other, and
+    // were accepted from outsiders waiting on a conversation not created yet and in deleted ones.
+    const changesSomething = this.read.items.length > 0 || this.read.deleted.length > 0 || changes.length > 0
+    if (principal.kind === "service" && changesSomething) refuse(Rule.readOnly, "service access is read-only")
 
     this.role = this.actor ? typesOf(doc).participants.get(this.actor)?.role : undefined
     this.kind = typesOf(doc).meta.get(MetaKey.kind) === "direct" ? "direct" : "group"
@@ -213,11 +219,18 @@ class UpdateCheck {
     const byRoot = (root: string) => changes.filter((c) => c.root === root)
     // Both users (or two devices) may create their direct conversation at once, online or offline:
     // the later creation can only restate who created it and when, since every other field of a
-    // direct conversation is fixed by its id. It is accepted, so that neither replica must resync.
+    // direct conversation is fixed by its id.
     // A creation is written on nothing: every creation field and participant record it holds has no
     // origin. One that chains on an existing value is a rewrite, judged like any other; so is one from a
     // user who wrote here before under another client id (a replica that created the conversation never
     // saw it: an outside probe restated it from a fresh client id every hour, each winning the merge).
+    // And it changes nothing: each of its entries lands before the first creation's and is deleted on
+    // arrival (Yjs orders entries written on nothing by client id). One that would win is a rewrite of
+    // fields fixed for everyone else: a participant moved the conversation's date a day ahead at any
+    // time (the other's messages refused as dated before it), or restated the other's record so that
+    // their leave, concurrent with it, removed nothing. It is refused as a concurrent change: the
+    // replica rebuilds on the relay's state, where creating it again changes nothing (shared
+    // `rebasePendingWork`), and sends its work again.
     const creationItem = (n: (typeof this.read.items)[number]) =>
       n.location.root === TopLevel.participants ||
       (n.location.root === TopLevel.meta &&
@@ -235,6 +248,19 @@ class UpdateCheck {
         (n) => !creationItem(n) || (n.item.origin === null && n.item.rightOrigin === null),
       ) &&
       !bindings.ownsOther(key, this.read.writers)
+    // Refused as a concurrent change only when it restates what the id fixes; else judged as what it writes.
+    const restatesFixed = (n: (typeof this.read.items)[number]) =>
+      n.location.root !== TopLevel.meta ||
+      creationItem(n) ||
+      (n.item.content instanceof Y.ContentAny &&
+        sameValue(mapItemValue(n.item) as Value, heldValue(doc, TopLevel.meta, n.location.key!)))
+    if (this.restatesCreation && !this.read.items.every((n) => !creationItem(n) || losesToCreation(doc, n)))
+      if (this.read.items.every(restatesFixed))
+        refuse(
+          Rule.concurrentChange,
+          "the direct conversation was created meanwhile by its other replica: rebuild on the relay's state and send the work again",
+        )
+      else this.restatesCreation = false
 
     // Once deleted, a conversation is closed to everyone but the relay (which purges it); a participant
     // may still leave it (nothing written: their entry goes), which takes it out of their inbox.
@@ -248,6 +274,7 @@ class UpdateCheck {
     if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
     else this.checkMeta(byRoot(TopLevel.meta))
     if (created || this.isRelay) this.checkParticipants(byRoot(TopLevel.participants))
+    this.checkStaleRemovals()
     if (changesSomething && !this.isRelay) assert(canWrite(this.role))
 
     this.collectMessages()
@@ -930,6 +957,41 @@ class UpdateCheck {
     return this.keyChanges.get(`${root}\u0000${key}`)?.held === true
   }
 
+  /**
+   * A removal of a participant's record that another write replaced after the
+   * sender's replica last saw it (a concurrent role change, a removal and
+   * re-adding) deletes nothing in Yjs: the record stays, and the sender would
+   * be told "saved" for a removal that never happened (an owner's removal of
+   * an admin who demoted herself meanwhile left her reading on). Refused
+   * (`concurrent-change`), so the sender rebuilds and decides again. A delete
+   * set re-sent on reconnect names every entry its replica ever saw removed:
+   * only the removal of what the replica last saw as the record, with the
+   * record's current value unseen, is one.
+   */
+  private checkStaleRemovals(): void {
+    const seen = this.input.seen
+    if (!seen || this.isRelay || this.read.redeleted.length === 0) return
+    const participants = typesOf(this.doc).participants as unknown
+    for (const removed of this.read.redeleted) {
+      if ((removed.parent as unknown) !== participants) continue
+      const key = removed.parentSub!
+      const current = currentMapItem(this.doc, TopLevel.participants, key)
+      if (!current || current.deleted || current === removed) continue
+      // Written by the update as well: judged as a write of the key (mapChanges).
+      if (this.read.items.some((n) => n.location.root === TopLevel.participants && n.location.key === key))
+        continue
+      // What the replica last saw under the key: a sync update deletes only what was live in it.
+      let lastSeen: Y.Item | null = seen.kind === "transaction" ? removed : current
+      while (lastSeen !== null && lastSeen !== removed && !replicaHad(seen, lastSeen))
+        lastSeen = lastSeen.left
+      if (lastSeen !== removed || replicaHad(seen, current)) continue
+      refuse(
+        Rule.concurrentChange,
+        `participant ${key}'s record changed after this replica last saw it: the removal would remove nothing, and ${key} is still a participant`,
+      )
+    }
+  }
+
   /** Own markers, forward only, never past the last sequence number. */
   private checkMarkers(changes: readonly KeyChange[]): void {
     const last = messageIndex(this.doc).lastSequence()
@@ -979,6 +1041,27 @@ function outranks(items: readonly NewItem[], current: Y.Item, stateOf: (item: Y.
   return items.some(
     ({ item }) => item.origin === null && item.id.client > current.id.client && stateOf(item) !== ABSENT,
   )
+}
+
+/**
+ * Whether a map entry written on nothing (no origin) lands before an entry of
+ * its key also written on nothing (a creation's) and is deleted on arrival:
+ * Yjs places such entries in client id order, so one that holds a lower id
+ * than any of them never becomes the key's value, whatever replica sees what
+ * first.
+ */
+function losesToCreation(doc: Y.Doc, n: NewItem): boolean {
+  const { root, key } = n.location
+  if (key === null) return false
+  for (let item = currentMapItem(doc, root, key) ?? null; item !== null; item = item.left)
+    if (item.origin === null && item.id.client > n.item.id.client) return true
+  return false
+}
+
+/** What `key` of map `root` holds now (ABSENT: nothing). */
+function heldValue(doc: Y.Doc, root: string, key: string): Value {
+  const item = currentMapItem(doc, root, key)
+  return item && !item.deleted ? (mapItemValue(item) as Value) : ABSENT
 }
 
 /** A key that held nothing, written by items that hold nothing (see `mapChanges`). */

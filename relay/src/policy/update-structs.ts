@@ -95,6 +95,12 @@ export interface ReadUpdate {
   readonly writers: ReadonlySet<number>
   /** Live elements of the document deleted by the update (array elements and map values). */
   readonly deleted: readonly DeletedElement[]
+  /**
+   * Map entries of the document the update's delete set covers that were
+   * deleted already (a value replaced or removed before): a re-sent delete
+   * set, or a removal of what a concurrent write replaced.
+   */
+  readonly redeleted: readonly Y.Item[]
   /** True when the delete set covers `clock` of `client`. */
   deletes(client: number, clock: number): boolean
 }
@@ -295,6 +301,7 @@ export function readUpdate(
 
   // Live elements of the document the delete set removes.
   const deleted: DeletedElement[] = []
+  const redeleted: Y.Item[] = []
   let work = 0
   for (const [client, list] of ranges) {
     const structs = (doc.store as unknown as StoreInternals).clients.get(client)
@@ -307,7 +314,11 @@ export function readUpdate(
         const struct = structs[i]!
         if (struct.id.clock >= stop) break
         if (++work > workBudget) refuse("the update deletes too much at once")
-        if (!(struct instanceof Y.Item) || struct.deleted) continue
+        if (!(struct instanceof Y.Item)) continue
+        if (struct.deleted) {
+          if (struct.parentSub !== null) redeleted.push(struct)
+          continue
+        }
         const location = storeLocation(struct)
         const from = Math.max(r.clock, struct.id.clock) - struct.id.clock
         const to = Math.min(stop, struct.id.clock + struct.length) - struct.id.clock
@@ -318,5 +329,5 @@ export function readUpdate(
       }
     }
   }
-  return { items, writers, deleted, deletes }
+  return { items, writers, deleted, redeleted, deletes }
 }

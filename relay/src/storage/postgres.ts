@@ -62,7 +62,7 @@ export const PROBE_LOCK_TIMEOUT_MS = 1000
 export const APPEND_LOCK_TIMEOUT_MS = 1000
 
 /** How long a document found locked has its appends refused at once, without waiting on the lock again. */
-const LOCKED_REFUSED_MS = 2000
+export const LOCKED_REFUSED_MS = 2000
 
 /**
  * The probe's writes: what an append writes, into the same tables (position
@@ -116,7 +116,7 @@ function isCorruption(error: unknown): boolean {
 const bytes = (buffer: Buffer): Uint8Array => new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.length)
 
 /** The retryable refusal of appends to a document another PostgreSQL session holds. */
-const lockedRefusal = (cause?: unknown): ParleyError =>
+export const lockedRefusal = (cause?: unknown): ParleyError =>
   new ParleyError(
     ErrorCode.UNAVAILABLE,
     `the document is locked by another PostgreSQL session (waited ${APPEND_LOCK_TIMEOUT_MS} ms): try again`,

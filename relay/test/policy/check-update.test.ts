@@ -5,6 +5,7 @@ import {
   changeRole,
   createConversation,
   decodeStoredRecord,
+  deleteConversation,
   deleteMessage,
   directConversationId,
   editMessage,
@@ -21,6 +22,7 @@ import {
   Rule,
   react,
   reactionKey,
+  rebasePendingWork,
   removeParticipants,
   renameConversation,
   SCHEMA_VERSION,
@@ -40,6 +42,7 @@ import { accessOf } from "../../src/access.js"
 import { applySeal, planSeal } from "../../src/history/sealing.js"
 import { checkUpdate } from "../../src/policy/check-update.js"
 import { ClientBindings } from "../../src/policy/client-bindings.js"
+import { type ReplicaView, TRANSACTION_VIEW } from "../../src/replica-view.js"
 import { checkUpdateCost, DEFAULT_UPDATE_COST_LIMITS } from "../../src/update-cost.js"
 import { encodeCraftedUpdate } from "../helpers/crafted-updates.js"
 import {
@@ -809,13 +812,18 @@ describe("two creations of one direct conversation", () => {
     }
     return result
   }
-  const creation = (actor: typeof carol, other: typeof carol, body: string) =>
-    updateOf(new Y.Doc(), (d) => {
-      createConversation(d, actor, { kind: "direct", participants: [other] })
-      sendMessage(d, actor, { body })
-    })
+  /** A replica (under `clientId`) that created the direct conversation and wrote in it. */
+  const creator = (actor: typeof carol, other: typeof carol, body: string, clientId?: number) => {
+    const d = new Y.Doc()
+    if (clientId !== undefined) d.clientID = clientId
+    createConversation(d, actor, { kind: "direct", participants: [other] })
+    sendMessage(d, actor, { body })
+    return d
+  }
+  const creation = (actor: typeof carol, other: typeof carol, body: string, clientId?: number) =>
+    Y.encodeStateAsUpdate(creator(actor, other, body, clientId))
 
-  it("accepts the later of two creations by its users (each with messages), in either order", () => {
+  it("accepts the later of two creations by its users when Yjs deletes its entries on arrival, in either order", () => {
     for (const [first, second] of [
       [carol, dave],
       [dave, carol],
@@ -823,31 +831,66 @@ describe("two creations of one direct conversation", () => {
       const relay = new Y.Doc()
       const bindings = new ClientBindings()
       const other = (u: typeof carol) => (u === carol ? dave : carol)
-      expect(check(relay, bindings, first, creation(first, other(first), "one"))).toMatchObject({
+      expect(check(relay, bindings, first, creation(first, other(first), "one", 1000))).toMatchObject({
         allowed: true,
       })
-      expect(check(relay, bindings, second, creation(second, other(second), "two"))).toMatchObject({
+      expect(check(relay, bindings, second, creation(second, other(second), "two", 999))).toMatchObject({
         allowed: true,
       })
       assertInvariants(relay)
       expect(typesOf(relay).meta.get(MetaKey.kind)).toBe("direct")
+      expect(typesOf(relay).meta.get(MetaKey.createdBy)).toBe(first)
       expect([...typesOf(relay).participants.keys()].sort()).toEqual([carol, dave])
       expect(typesOf(relay).messages.length).toBe(2)
     }
   })
 
-  it("accepts a replica that merged the other creation and sends its own with the deletions the merge made", () => {
-    const relay = new Y.Doc()
-    const bindings = new ClientBindings()
-    const first = creation(carol, dave, "one")
-    expect(check(relay, bindings, carol, first)).toMatchObject({ allowed: true })
-    const replica = new Y.Doc()
-    // The replica's own client id outranks the first creator's: its entries win the merge.
-    replica.clientID = relay.store.clients.keys().next().value! + 1
-    createConversation(replica, dave, { kind: "direct", participants: [carol] })
-    Y.applyUpdate(replica, first)
-    expect(check(relay, bindings, dave, pendingOf(replica, relay))).toMatchObject({ allowed: true })
-    assertInvariants(relay)
+  it("refuses a later creation whose entries would win as a concurrent change; rebuilt on the relay's state, its work goes through", () => {
+    for (const [first, second] of [
+      [carol, dave],
+      [dave, carol],
+    ] as const) {
+      const relay = new Y.Doc()
+      const bindings = new ClientBindings()
+      const other = (u: typeof carol) => (u === carol ? dave : carol)
+      expect(check(relay, bindings, first, creation(first, other(first), "one", 1000))).toMatchObject({
+        allowed: true,
+      })
+      const created = typesOf(relay).meta.get(MetaKey.createdAt)
+      // Its entries would replace the first creation's date, creator and records (before: accepted).
+      const stale = creator(second, other(second), "two", 1001)
+      expect(check(relay, bindings, second, Y.encodeStateAsUpdate(stale))).toMatchObject({
+        allowed: false,
+        rule: Rule.concurrentChange,
+      })
+      const fresh = replicaOf(relay)
+      const rebased = rebasePendingWork(stale, fresh, second)
+      expect(rebased.failed).toEqual([])
+      expect(check(relay, bindings, second, pendingOf(fresh, relay))).toMatchObject({ allowed: true })
+      assertInvariants(relay)
+      expect(typesOf(relay).meta.get(MetaKey.createdAt)).toBe(created)
+      expect(typesOf(relay).meta.get(MetaKey.createdBy)).toBe(first)
+      expect(typesOf(relay).messages.length).toBe(2)
+    }
+  })
+
+  it("refuses a replica that merged the other creation and sends its own with the deletions the merge made; rebuilt, its work goes through", () => {
+    for (const clientId of [999, 1001]) {
+      const relay = new Y.Doc()
+      const bindings = new ClientBindings()
+      const first = creation(carol, dave, "one", 1000)
+      expect(check(relay, bindings, carol, first)).toMatchObject({ allowed: true })
+      const replica = creator(dave, carol, "two", clientId)
+      Y.applyUpdate(replica, first)
+      // Either its entries deleted the first creation's, or the merge deleted its own: no restatement.
+      expect(check(relay, bindings, dave, pendingOf(replica, relay))).toMatchObject({ allowed: false })
+      const fresh = replicaOf(relay)
+      expect(rebasePendingWork(replica, fresh, dave).failed).toEqual([])
+      expect(check(relay, bindings, dave, pendingOf(fresh, relay))).toMatchObject({ allowed: true })
+      assertInvariants(relay)
+      expect(typesOf(relay).messages.length).toBe(2)
+      expect(typesOf(relay).meta.get(MetaKey.createdBy)).toBe(carol)
+    }
   })
 
   it("still refuses a later creation that changes what the id fixes, or comes from someone who left", () => {
@@ -875,8 +918,8 @@ describe("two creations of one direct conversation", () => {
     const bindings = new ClientBindings()
     expect(check(relay, bindings, carol, creation(carol, dave, "one"))).toMatchObject({ allowed: true })
     const FAR = 8.64e15
-    // A crafted "creation" under a client id that outranks the first: it would win the merge.
-    const restated = (change: (t: ReturnType<typeof typesOf>) => void, clientId = 0xfffffff0) => {
+    // A crafted "creation" under a client id below the first's: deleted on arrival, still checked.
+    const restated = (change: (t: ReturnType<typeof typesOf>) => void, clientId = 1) => {
       const d = new Y.Doc()
       d.clientID = clientId
       return updateOf(d, (doc) => doc.transact(() => change(typesOf(doc))))
@@ -901,6 +944,20 @@ describe("two creations of one direct conversation", () => {
       t.participants.set(carol, record(1))
     })
     expect(check(relay, bindings, dave, addedBack)).toMatchObject({ allowed: false, rule: Rule.schema })
+    // Under a client id that outranks the first creation's, it would replace the date (an outside probe
+    // moved a direct conversation's date a day ahead at any time, and the other's messages were refused
+    // as dated before it) and the other's record (their leave, concurrent with it, removed nothing).
+    const ahead = Date.now() + 23 * 3_600_000
+    const moved = restated((t) => t.meta.set(MetaKey.createdAt, ahead), 0xfffffff0)
+    expect(check(relay, bindings, dave, moved)).toMatchObject({ allowed: false, rule: Rule.concurrentChange })
+    const theirRecord = restated((t) => {
+      t.meta.set(MetaKey.createdAt, Date.now())
+      t.participants.set(carol, { role: "owner", addedBy: dave, addedAt: Date.now() })
+    }, 0xfffffff0)
+    expect(check(relay, bindings, dave, theirRecord)).toMatchObject({
+      allowed: false,
+      rule: Rule.concurrentChange,
+    })
     // An honest restatement goes through; a later write chained on it, with a throwaway "creation" beside
     // it to look like one, is judged as the rewrite it is.
     expect(
@@ -1407,5 +1464,142 @@ describe("entries holding the value their key holds already", () => {
     )
     expect(typesOf(s.relay).read.get(carol)).toBe(1)
     expectAccepted(s, bob, rewrite(s, TopLevel.meta, MetaKey.title, HIGH))
+  })
+})
+
+describe("a removal of a participant whose record another write replaced (concurrent change)", () => {
+  /** `submit`, with what the sender's replica had seen (the frame's view). */
+  function send(s: Scene, actor: typeof alice, update: Uint8Array, seen?: ReplicaView) {
+    const result = checkUpdate({
+      doc: s.relay,
+      update,
+      principal: user(actor),
+      bindings: s.bindings,
+      conversation: CONVERSATION,
+      ...(seen ? { seen } : {}),
+    })
+    if (result.allowed) {
+      s.bindings.bind(result.newBindings ?? [])
+      Y.applyUpdate(s.relay, update)
+    }
+    return result
+  }
+  const viewOf = (replica: Y.Doc): ReplicaView => ({
+    kind: "state-vector",
+    stateVector: Y.encodeStateVector(replica),
+  })
+  /** The owner's replica, then the admin (bob) demoting himself, stored, before the owner's removal of him arrives. */
+  function demotedMeanwhile() {
+    const s = scene()
+    const owners = replicaOf(s.relay)
+    const demotion = updateOf(replicaOf(s.relay), (d) => changeRole(d, bob, bob, "member"))
+    expect(send(s, bob, demotion, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
+    return { s, owners }
+  }
+
+  it("refuses an owner's removal that would remove nothing, as a sync update or a sync step 2 (before: saved, and he kept reading)", () => {
+    const online = demotedMeanwhile()
+    const removal = updateOf(online.owners, (d) => removeParticipants(d, alice, [bob]))
+    expect(send(online.s, alice, removal, TRANSACTION_VIEW)).toMatchObject({
+      allowed: false,
+      rule: Rule.concurrentChange,
+    })
+    expect(typesOf(online.s.relay).participants.get(bob)?.role).toBe("member")
+
+    // Offline: the removal comes in the replica's sync step 2, made on what it had before it connected.
+    const offline = demotedMeanwhile()
+    const seen = viewOf(offline.owners)
+    removeParticipants(offline.owners, alice, [bob])
+    expect(send(offline.s, alice, pendingOf(offline.owners, offline.s.relay), seen)).toMatchObject({
+      allowed: false,
+      rule: Rule.concurrentChange,
+    })
+
+    // Without the frame's view (before), Yjs applies it as nothing: acknowledged, and bob stays.
+    const before = demotedMeanwhile()
+    const lost = updateOf(before.owners, (d) => removeParticipants(d, alice, [bob]))
+    expect(send(before.s, alice, lost)).toMatchObject({ allowed: true })
+    expect(typesOf(before.s.relay).participants.has(bob)).toBe(true)
+  })
+
+  it("takes the removal once the owner's replica has seen the record it removes", () => {
+    const { s, owners } = demotedMeanwhile()
+    const removal = updateOf(owners, (d) => removeParticipants(d, alice, [bob]))
+    expect(send(s, alice, removal, TRANSACTION_VIEW)).toMatchObject({ allowed: false })
+    const fresh = replicaOf(s.relay)
+    expect(
+      send(
+        s,
+        alice,
+        updateOf(fresh, (d) => removeParticipants(d, alice, [bob])),
+        TRANSACTION_VIEW,
+      ),
+    ).toMatchObject({ allowed: true })
+    expect(typesOf(s.relay).participants.has(bob)).toBe(false)
+  })
+
+  it("accepts a delete set re-sent on reconnect, and two removals of one participant", () => {
+    const { s, owners } = demotedMeanwhile()
+    // A replica that saw the demotion (which deleted the admin record) re-sends that deletion in its step 2.
+    const caughtUp = replicaOf(s.relay)
+    const own = updateOf(caughtUp, (d) => sendMessage(d, carol, { body: "hi" }))
+    expect(send(s, carol, own, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
+    const seen = viewOf(caughtUp)
+    sendMessage(caughtUp, carol, { body: "offline" })
+    expect(send(s, carol, pendingOf(caughtUp, s.relay), seen)).toMatchObject({ allowed: true })
+    void owners
+    // Two managers removing one member concurrently: the second removes what is gone already.
+    const two = scene()
+    const [byAlice, byBob] = [replicaOf(two.relay), replicaOf(two.relay)]
+    const first = updateOf(byAlice, (d) => removeParticipants(d, alice, [dave]))
+    const again = updateOf(byBob, (d) => removeParticipants(d, bob, [dave]))
+    expect(send(two, alice, first, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
+    expect(send(two, bob, again, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
+    expect(typesOf(two.relay).participants.has(dave)).toBe(false)
+  })
+})
+
+describe("array items that hold only deleted content", () => {
+  /** One item of `length` deleted elements appended to `messages`, under a fresh client id. */
+  const deletedItems = (length: number) =>
+    encodeCraftedUpdate(
+      [
+        {
+          client: 0x7000_0000,
+          clock: 0,
+          structs: [{ parent: TopLevel.messages, content: { kind: "deleted", length } }],
+        },
+      ],
+      [],
+    )
+
+  it("are writes: refused from a non-participant and in a deleted conversation (before: stored and broadcast)", () => {
+    const s = scene()
+    expect(submit(s, user(erin), deletedItems(2 ** 32 - 10))).toMatchObject({
+      allowed: false,
+      rule: Rule.participantOnly,
+    })
+    const empty = new Y.Doc()
+    expect(
+      checkUpdate({
+        doc: empty,
+        update: deletedItems(3),
+        principal: user(erin),
+        bindings: new ClientBindings(),
+      }),
+    ).toMatchObject({ allowed: false })
+    expect(
+      submit(
+        s,
+        user(alice),
+        updateOf(replicaOf(s.relay), (d) => deleteConversation(d, alice)),
+      ),
+    ).toMatchObject({
+      allowed: true,
+    })
+    expect(submit(s, user(carol), deletedItems(3))).toMatchObject({
+      allowed: false,
+      rule: Rule.conversationDeleted,
+    })
   })
 })
