@@ -12,7 +12,13 @@ import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { Writer } from "../../relay/test/cluster/writer.js"
 import { TestClient } from "../../relay/test/helpers/clients.js"
-import { REDIS_URL, redisUnreachable, startCluster } from "../../relay/test/helpers/cluster.js"
+import {
+  haproxyPath,
+  REDIS_URL,
+  redisUnreachable,
+  startCluster,
+  startLoadBalancer,
+} from "../../relay/test/helpers/cluster.js"
 import { DATABASE_URL, postgresUnreachable } from "../../relay/test/helpers/postgres.js"
 import { eventually, readyz } from "./helpers.js"
 import { redisServerMissing, startPrivateRedis } from "./redis-server.js"
@@ -240,6 +246,38 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         `[postgres cut from the ordering relay] bob's 3 messages stored through relay 1 in ${waited} ms; alice's, held on relay 0, ${aliceWaited} ms later`,
       )
     }, 90_000)
+
+    it.skipIf(
+      (redisServerMissing() !== undefined || haproxyPath() === undefined) &&
+        process.env.PARLEY_REQUIRE_SERVICES !== "1",
+    )(
+      "while Redis holds writes behind the shipped load balancer: every relay not ready, and a new reader through it still syncs (before: nobody served)",
+      async () => {
+        const redis = await startPrivateRedis()
+        cleanups.push(() => redis.stop())
+        const cluster = await startCluster(2, { redisUrl: redis.url })
+        cleanups.push(() => cluster.stop())
+        const lb = await startLoadBalancer(haproxyPath()!, cluster.ports)
+        cleanups.push(() => lb.stop())
+        const { id } = await chatting(cluster)
+        await redis.admin.call("CLIENT", "PAUSE", "8000", "WRITE")
+        cleanups.push(() => redis.admin.call("CLIENT", "UNPAUSE"))
+        for (const relay of [cluster.relay(0), cluster.relay(1)])
+          await eventually(async () => expect((await readyz(relay.httpUrl)).status).toBe(503), 6_000)
+        // Both marked down by the load balancer's /readyz check (200 ms, two failures).
+        await new Promise((resolve) => setTimeout(resolve, 1_000))
+        const reader = new TestClient(lb.url, id, await cluster.token(bob))
+        cleanups.push(() => reader.close())
+        await Promise.race([
+          reader.synced(),
+          reader.closed.then(({ code }) => {
+            throw new Error(`the reader's socket closed (${code}) before it synced`)
+          }),
+        ])
+        expect(listMessages(reader.doc, { last: 10 }).map((m) => m.body)).toEqual(["before", "before"])
+      },
+      90_000,
+    )
 
     it.skipIf(redisServerMissing() !== undefined && process.env.PARLEY_REQUIRE_SERVICES !== "1")(
       "while Redis holds writes (CLIENT PAUSE WRITE; PING still answers): every relay not ready, then ready, and a message sent meanwhile stored once",

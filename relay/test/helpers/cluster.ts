@@ -283,25 +283,39 @@ export function haproxyConfig(
     "  retries 3",
     "frontend parley",
     `  bind 127.0.0.1:${port}`,
+    // Every relay not ready at once is a dependency they share failing (Redis, PostgreSQL): the live
+    // ones still serve reads (writes refused retryably, kept by the clients), so they take the traffic.
+    "  use_backend live if { nbsrv(relays) lt 1 }",
     "  default_backend relays",
-    "backend relays",
-    ...(balance === "user"
-      ? // The token's subject (query for sockets, bearer for HTTP), read without verifying it (the relay
-        // verifies): a forged one only routes its own refused request. Without a token, round-robin.
-        [
-          "  http-request set-var(txn.token) url_param(token)",
-          "  http-request set-var(txn.token) req.hdr(authorization),word(2,' ') if !{ var(txn.token) -m found }",
-          "  balance hash var(txn.token),jwt_payload_query('$.sub')",
-          "  hash-type consistent",
-        ]
-      : ["  balance roundrobin"]),
-    "  option httpchk GET /readyz",
-    "  http-check expect status 200",
-    // A relay answers /readyz late when the machine is loaded: one slow answer must not mark it down
-    // (and close every session on it); a dead relay refuses at once and is down after two checks.
-    "  timeout check 1s",
-    "  default-server inter 200ms fall 2 rise 1 on-marked-down shutdown-sessions",
-    ...relayPorts.map((p, i) => `  server relay${i} 127.0.0.1:${p} check`),
+    ...backend(
+      "relays",
+      "/readyz",
+      "  default-server inter 200ms fall 2 rise 1 on-marked-down shutdown-sessions",
+    ),
+    ...backend("live", "/healthz", "  default-server inter 200ms fall 2 rise 1"),
     "",
   ].join("\n")
+
+  function backend(name: string, check: string, servers: string): string[] {
+    return [
+      `backend ${name}`,
+      ...(balance === "user"
+        ? // The token's subject (query for sockets, bearer for HTTP), read without verifying it (the relay
+          // verifies): a forged one only routes its own refused request. Without a token, round-robin.
+          [
+            "  http-request set-var(txn.token) url_param(token)",
+            "  http-request set-var(txn.token) req.hdr(authorization),word(2,' ') if !{ var(txn.token) -m found }",
+            "  balance hash var(txn.token),jwt_payload_query('$.sub')",
+            "  hash-type consistent",
+          ]
+        : ["  balance roundrobin"]),
+      `  option httpchk GET ${check}`,
+      "  http-check expect status 200",
+      // A relay answers late when the machine is loaded: one slow answer must not mark it down (and
+      // close every session on it); a dead relay refuses at once and is down after two checks.
+      "  timeout check 1s",
+      servers,
+      ...relayPorts.map((p, i) => `  server relay${i} 127.0.0.1:${p} check`),
+    ]
+  }
 }
