@@ -130,6 +130,8 @@ export interface ChatClientEvents {
 const DIRECTORY = "directory"
 /** Local document of the user's own inbox changes not yet reflected by the relay (never synced). */
 const PENDING_INBOX = "inbox-pending"
+/** Conversations opened at once to send what this device changed in them (see `sendChangedHere`). */
+const MAX_BACKGROUND_CONVERSATIONS = 4
 
 /**
  * The entry point of the SDK: opens conversations (replicas kept offline in
@@ -150,6 +152,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly inboxAwareness: Awareness
   private readonly inboxConnection: DocumentConnection
   private readonly open = new Map<ConversationId, Conversation>()
+  /** Conversations opened only to send what this device changed in them (see {@link sendChangedHere}), not by the app. */
+  private readonly background = new Set<ConversationId>()
+  /** Those of them done since the client last went online: not opened again until it goes online again. */
+  private readonly sentHere = new Set<ConversationId>()
   private readonly directoryDoc = new Y.Doc()
   private readonly directory: Y.Map<KnownConversation>
   private readonly directoryReplica: LocalReplica
@@ -265,7 +271,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     })
     this.inbox.on("change", () => this.profiles.noteInbox(this.inbox.items))
     void this.inbox.loaded.then(() => {
-      if (!this.destroyed && this.wanted && this.browserOnline) this.inbox.start()
+      if (!this.destroyed && this.wanted && this.browserOnline) {
+        this.inbox.start()
+        this.sendChangedHere()
+      }
     })
     const win = (globalThis as { window?: Window }).window
     if (win && typeof win.addEventListener === "function") {
@@ -388,6 +397,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.assertAlive()
     const conversationId = parseConversationId(id)
     const existing = this.open.get(conversationId)
+    // Opened in the background to send its pending work: the app's from now on.
+    this.background.delete(conversationId)
     if (existing) return existing
     const connect = (document: Y.Doc, awareness: Awareness, shareWithTabs: boolean) =>
       new DocumentConnection({
@@ -532,8 +543,48 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (this.browserOnline) {
       this.inbox.start()
       for (const conversation of this.open.values()) conversation.connection.start()
+      this.sentHere.clear()
+      this.sendChangedHere()
     }
     this.updateStatus()
+  }
+
+  /**
+   * Opens, in the background, the conversations this device changed (sent,
+   * read, edited ...) whose inbox entries the relay has not caught up with and
+   * that the app has not opened, so that their pending work goes out now:
+   * after a reload, only open conversations connect, and a read or a message
+   * made offline waited until the user opened that conversation again (an
+   * outside probe). Each closes once the relay has everything it wrote,
+   * unless the app opened it meanwhile.
+   */
+  private sendChangedHere(): void {
+    if (this.destroyed || !this.wanted || !this.browserOnline) return
+    for (const id of this.inbox.changedHere()) {
+      // A few at a time: each takes one of the user's open documents on the relay, which the app's need.
+      if (this.background.size >= MAX_BACKGROUND_CONVERSATIONS) return
+      if (this.open.has(id) || this.sentHere.has(id)) continue
+      const conversation = this.conversation(id)
+      this.background.add(id)
+      let offSaved = (): void => {}
+      const finish = () => {
+        offSaved()
+        if (!this.background.delete(id)) return
+        this.sentHere.add(id)
+        void conversation.close().then(() => this.sendChangedHere())
+      }
+      const check = () => {
+        if (!this.background.has(id)) return offSaved()
+        const connection = conversation.connection
+        if (connection.synced && !connection.hasUnsaved) finish()
+      }
+      offSaved = conversation.connection.on("saved", check)
+      conversation.connection.on("status", check)
+      // Refused (removed from it, deleted): nothing more to send.
+      conversation.on("state", ({ state }) => {
+        if (state.state === "unavailable") finish()
+      })
+    }
   }
 
   /** Goes offline: closes every connection. Everything keeps working locally; changes go out on {@link connect}. */
@@ -670,6 +721,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       if (online && this.wanted) conversation.connection.start()
       else conversation.connection.stop()
     }
+    if (online) this.sentHere.clear()
+    this.sendChangedHere()
     this.updateStatus()
   }
 

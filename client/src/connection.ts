@@ -191,6 +191,16 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     return this.current
   }
 
+  /**
+   * True while the document holds structs the relay has not acknowledged as
+   * durable (a removal alone writes none: it goes with the sync at connect).
+   */
+  get hasUnsaved(): boolean {
+    for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(this.options.doc)))
+      if (clock > (this.relayState.get(client) ?? 0)) return true
+    return false
+  }
+
   /** True once the relay's state has been received on the current connection. */
   get synced(): boolean {
     return this.session?.synced ?? false

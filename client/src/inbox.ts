@@ -117,6 +117,11 @@ export class Inbox extends Emitter<InboxEvents> {
     return this.cachedItems
   }
 
+  /** @internal The conversations the user changed on this device whose entries the relay has not caught up with. */
+  changedHere(): ConversationId[] {
+    return [...this.pending.keys()] as ConversationId[]
+  }
+
   /** Unread messages over all conversations. */
   get totalUnread(): number {
     return this.items.reduce((n, item) => n + item.unread, 0)

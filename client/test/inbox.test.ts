@@ -123,6 +123,7 @@ describe("client.inbox after an offline read and a reload", () => {
     const chat = await alice.createConversation({ participants: [b], title: "later" })
     for (let i = 0; i < 3; i++) chat.send(`m${i}`)
     const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
     const onBob = await bob.conversation(chat.id).ready()
     await eventually(() => expect(onBob.messages()).toHaveLength(3))
     bob.disconnect()
@@ -137,6 +138,32 @@ describe("client.inbox after an offline read and a reload", () => {
     await eventually(() => expect(reloaded.inbox.items[0]?.lastMessage?.text).toBe("while bob was away"))
     await eventually(() => expect(reloaded.inbox.items[0]?.unread).toBe(1))
     expect(reloaded.inbox.totalUnread).toBe(1)
+  })
+})
+
+describe("work done offline in a conversation the app does not open after a reload", () => {
+  it("goes out once the client is online (before: not until the user opened that conversation again)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b], title: "background" })
+    chat.send("hello bob")
+    const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    // Opened once the relay has it: bob's inbox says so.
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
+    const onBob = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(onBob.messages()).toHaveLength(1))
+    bob.disconnect()
+    const reply = onBob.send("written offline")
+    onBob.markRead()
+    await bob.destroy()
+    const reloaded = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    await reloaded.inbox.loaded
+    reloaded.connect()
+    // Bob stays on his list; alice sees his reply, and that he read hers.
+    await eventually(() => expect(chat.messages().map((m) => m.body)).toContain("written offline"))
+    await eventually(() => expect(chat.status(chat.messages()[0]!.id)).toBe("read"))
+    expect(chat.messages().find((m) => m.body === "written offline")?.id).toBe(reply.id)
+    await eventually(() => expect(reloaded.inbox.items[0]?.lastMessage?.text).toBe("written offline"))
   })
 })
 

@@ -101,6 +101,13 @@ export interface CheckUpdateInput {
  */
 export const MAX_FUTURE_SKEW_MS = 24 * 60 * 60 * 1000
 
+/**
+ * How much later than the date it restates a second creation of a direct
+ * conversation may date it (two replicas creating it at once differ by their
+ * clocks' skew).
+ */
+export const RESTATED_CREATION_LATER_MS = 60 * 60 * 1000
+
 /** The decision, and for an accepted update the client ids it binds to its sender. */
 export type CheckResult = Decision & { readonly newBindings?: readonly ClientBinding[] }
 
@@ -219,18 +226,13 @@ class UpdateCheck {
     const byRoot = (root: string) => changes.filter((c) => c.root === root)
     // Both users (or two devices) may create their direct conversation at once, online or offline:
     // the later creation can only restate who created it and when, since every other field of a
-    // direct conversation is fixed by its id.
+    // direct conversation is fixed by its id. It is accepted, so that neither replica must resync.
     // A creation is written on nothing: every creation field and participant record it holds has no
     // origin. One that chains on an existing value is a rewrite, judged like any other; so is one from a
     // user who wrote here before under another client id (a replica that created the conversation never
     // saw it: an outside probe restated it from a fresh client id every hour, each winning the merge).
-    // And it changes nothing: each of its entries lands before the first creation's and is deleted on
-    // arrival (Yjs orders entries written on nothing by client id). One that would win is a rewrite of
-    // fields fixed for everyone else: a participant moved the conversation's date a day ahead at any
-    // time (the other's messages refused as dated before it), or restated the other's record so that
-    // their leave, concurrent with it, removed nothing. It is refused as a concurrent change: the
-    // replica rebuilds on the relay's state, where creating it again changes nothing (shared
-    // `rebasePendingWork`), and sends its work again.
+    // It restates the date only near the one it restates (see checkMeta); a leave concurrent with a
+    // restated record it replaced is refused as a concurrent change (checkStaleRemovals), not lost.
     const creationItem = (n: (typeof this.read.items)[number]) =>
       n.location.root === TopLevel.participants ||
       (n.location.root === TopLevel.meta &&
@@ -248,19 +250,6 @@ class UpdateCheck {
         (n) => !creationItem(n) || (n.item.origin === null && n.item.rightOrigin === null),
       ) &&
       !bindings.ownsOther(key, this.read.writers)
-    // Refused as a concurrent change only when it restates what the id fixes; else judged as what it writes.
-    const restatesFixed = (n: (typeof this.read.items)[number]) =>
-      n.location.root !== TopLevel.meta ||
-      creationItem(n) ||
-      (n.item.content instanceof Y.ContentAny &&
-        sameValue(mapItemValue(n.item) as Value, heldValue(doc, TopLevel.meta, n.location.key!)))
-    if (this.restatesCreation && !this.read.items.every((n) => !creationItem(n) || losesToCreation(doc, n)))
-      if (this.read.items.every(restatesFixed))
-        refuse(
-          Rule.concurrentChange,
-          "the direct conversation was created meanwhile by its other replica: rebuild on the relay's state and send the work again",
-        )
-      else this.restatesCreation = false
 
     // Once deleted, a conversation is closed to everyone but the relay (which purges it); a participant
     // may still leave it (nothing written: their entry goes), which takes it out of their inbox.
@@ -532,6 +521,16 @@ class UpdateCheck {
               // (a concurrent one differs by clock skew only) long before the one it restates.
               this.refuseFuture(after, "the conversation's createdAt")
               this.refuseBeforeCreation(after, "the conversation's createdAt")
+              // Nor much after it: messages dated a day before the conversation are refused, and a
+              // crafted "creation" from a participant's first write moved a direct conversation's date a
+              // day ahead at any time, so that the other's messages were refused (an outside probe).
+              // Two replicas creating it at once differ by their clocks' skew; one that created it
+              // much later without seeing the first rebuilds on it (concurrent change).
+              if (typeof change.before === "number" && after > change.before + RESTATED_CREATION_LATER_MS)
+                refuse(
+                  Rule.concurrentChange,
+                  "the direct conversation was created before this replica's creation of it: rebuild on the relay's state and send the work again",
+                )
               break
             }
             if ((Object.values(MetaKey) as string[]).includes(change.key))
@@ -1041,27 +1040,6 @@ function outranks(items: readonly NewItem[], current: Y.Item, stateOf: (item: Y.
   return items.some(
     ({ item }) => item.origin === null && item.id.client > current.id.client && stateOf(item) !== ABSENT,
   )
-}
-
-/**
- * Whether a map entry written on nothing (no origin) lands before an entry of
- * its key also written on nothing (a creation's) and is deleted on arrival:
- * Yjs places such entries in client id order, so one that holds a lower id
- * than any of them never becomes the key's value, whatever replica sees what
- * first.
- */
-function losesToCreation(doc: Y.Doc, n: NewItem): boolean {
-  const { root, key } = n.location
-  if (key === null) return false
-  for (let item = currentMapItem(doc, root, key) ?? null; item !== null; item = item.left)
-    if (item.origin === null && item.id.client > n.item.id.client) return true
-  return false
-}
-
-/** What `key` of map `root` holds now (ABSENT: nothing). */
-function heldValue(doc: Y.Doc, root: string, key: string): Value {
-  const item = currentMapItem(doc, root, key)
-  return item && !item.deleted ? (mapItemValue(item) as Value) : ABSENT
 }
 
 /** A key that held nothing, written by items that hold nothing (see `mapChanges`). */
