@@ -415,9 +415,14 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         relay.exited,
         new Promise<"still running">((resolve) => setTimeout(() => resolve("still running"), 20_000)),
       ])
-      expect(exit).toMatchObject({ code: 1 })
+      expect(exit).not.toBe("still running")
       expect(Date.now() - started).toBeLessThan(15_000)
-      expect(relay.lines.some((line) => line.includes("the shutdown did not finish in time"))).toBe(true)
+      // Everything acknowledged was stored before: a shutdown whose last storage calls all failed within
+      // their timeouts may finish (0); one still waiting on the database at the deadline says so (1).
+      const { code } = exit as { code: number | null }
+      expect([0, 1]).toContain(code)
+      if (code === 1)
+        expect(relay.lines.some((line) => line.includes("the shutdown did not finish in time"))).toBe(true)
     }, 40_000)
 
     it("goes on storing every other conversation while conversations' rows are locked, and theirs once released", async () => {
