@@ -28,7 +28,7 @@ import * as Y from "yjs"
 import type { Access } from "./access.js"
 import { closeOf } from "./errors.js"
 import type { Principal } from "./principal.js"
-import { type ReplicaView, TRANSACTION_VIEW } from "./replica-view.js"
+import type { ReplicaView } from "./replica-view.js"
 import { ANSWER_BASE_BYTES } from "./user-limits.js"
 
 /**
@@ -147,6 +147,9 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
    */
   private replicaStateVector: Uint8Array | undefined
 
+  /** When this connection began to be sent the document's changes (`performance.now()`): created, or promoted. */
+  private joinedAt = performance.now()
+
   /**
    * True while the document holds no conversation yet, so whether this user
    * may read it is not known: the connection is sent nothing derived from the
@@ -190,6 +193,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   promote(access: Exclude<Access, "pending" | "none">, created: boolean): void {
     if (!this.pending) return
     this.access = access
+    this.joinedAt = performance.now()
     const stateVector = this.reportedStateVector ?? (created ? EMPTY_STATE_VECTOR : undefined)
     this.reportedStateVector = undefined
     // The relay's state vector first: the client answers it with what it wrote before it merges the
@@ -522,7 +526,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     this.pendingBytes += update.length
     const seen: ReplicaView =
       message.type === "syncUpdate"
-        ? TRANSACTION_VIEW
+        ? { kind: "live", stateVector: this.replicaStateVector, joinedMs: performance.now() - this.joinedAt }
         : { kind: "state-vector", stateVector: this.replicaStateVector }
     this.owner
       .submit(this, update, seen)

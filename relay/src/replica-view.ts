@@ -1,46 +1,77 @@
+import { typesOf } from "@parley/shared"
 import * as Y from "yjs"
 
 /**
  * What the replica that made a client's update had seen of the document, as
  * far as the relay can tell from the frame it came in. Yjs deletions carry no
  * clock: a delete set alone does not say whether its sender removed an entry
- * or only re-sends a removal it received. The frame does:
+ * or re-sends a removal it received (every sync step 2 carries the replica's
+ * whole delete set, and so do the SDK's resends and what one tab forwards of
+ * another's).
  *
- * - `transaction`: a sync update, which Yjs makes from one transaction (or
- *   several merged) and which deletes only what was live in the replica when
- *   it was made;
- * - `state-vector`: a sync step 2, which carries the replica's whole delete
- *   set, made when it read the relay's state vector; `stateVector` is the one
- *   the replica sent with its sync request on this connection (before the
- *   relay answered it), absent when it sent none.
+ * - `state-vector`: a sync step 2, made when the replica read the relay's
+ *   sync step 1 (sent before anything else on the connection): it had what
+ *   the state vector of its sync request says, `stateVector` (absent when it
+ *   sent none).
+ * - `live`: a sync update, made at any time since the connection joined the
+ *   document `joinedMs` ago: besides what its sync request said, the replica
+ *   has what the relay applied while it was joined, or before, once that had
+ *   time to reach it ({@link REACH_MS}).
  *
  * Updates the relay or its API makes on the document as it is have none.
  */
 export type ReplicaView =
-  | { readonly kind: "transaction" }
   | { readonly kind: "state-vector"; readonly stateVector: Uint8Array | undefined }
-
-/** The view of a sync update (see {@link ReplicaView}). */
-export const TRANSACTION_VIEW: ReplicaView = { kind: "transaction" }
-
-/** Each step 2's state vector, decoded at its first question (rarely asked: see `checkStaleRemovals`). */
-const decoded = new WeakMap<ReplicaView, ReadonlyMap<number, number>>()
+  | { readonly kind: "live"; readonly stateVector: Uint8Array | undefined; readonly joinedMs: number }
 
 /**
- * Whether the replica had `item` when it made the update. A sync update's
- * replica had nothing the relay's removals and replacements since: false, as
- * for a step 2 without a request (unknown).
+ * How long what the relay applied takes to reach a connected replica and be
+ * part of what it writes: a removal crossing a change sent to it less than
+ * this before counts as made without it (a round trip on a slow network).
  */
-export function replicaHad(view: ReplicaView, item: Y.Item): boolean {
-  if (view.kind === "transaction" || !view.stateVector) return false
+export const REACH_MS = 3_000
+
+/** Each view's state vector, decoded at its first question (rarely asked: see `checkStaleRemovals`). */
+const decoded = new WeakMap<ReplicaView, ReadonlyMap<number, number>>()
+
+/** When this relay applied each participant record it has seen written (`performance.now()`), per document. */
+const appliedAt = new WeakMap<Y.Doc, WeakMap<Y.Item, number>>()
+
+/**
+ * Starts timing `doc`'s participant records as they are applied (once per
+ * document; records applied before count as old). Called by the rules on
+ * every update they judge, before the update is applied.
+ */
+export function timeParticipantRecords(doc: Y.Doc): void {
+  if (appliedAt.has(doc)) return
+  const times = new WeakMap<Y.Item, number>()
+  appliedAt.set(doc, times)
+  const participants = typesOf(doc).participants
+  participants.observe((event) => {
+    const now = performance.now()
+    for (const key of event.keysChanged) {
+      const item = (participants as unknown as { _map: Map<string, Y.Item> })._map.get(key)
+      if (item) times.set(item, now)
+    }
+  })
+}
+
+/**
+ * Whether the replica had `item` (of `doc`) when it made the update: the
+ * state vector covers it, or (a sync update) the relay applied it long
+ * enough ago for it to have reached a replica joined long enough.
+ */
+export function replicaHad(view: ReplicaView, doc: Y.Doc, item: Y.Item): boolean {
   let known = decoded.get(view)
   if (!known) {
+    known = new Map()
     try {
-      known = Y.decodeStateVector(view.stateVector)
-    } catch {
-      known = new Map()
-    }
+      if (view.stateVector) known = Y.decodeStateVector(view.stateVector)
+    } catch {}
     decoded.set(view, known)
   }
-  return (known.get(item.id.client) ?? 0) > item.id.clock
+  if ((known.get(item.id.client) ?? 0) > item.id.clock) return true
+  if (view.kind !== "live" || view.joinedMs < REACH_MS) return false
+  const at = appliedAt.get(doc)?.get(item)
+  return at === undefined || performance.now() - at >= REACH_MS
 }

@@ -3,7 +3,7 @@ import * as decoding from "lib0/decoding"
 import * as encoding from "lib0/encoding"
 import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
-import { type ReplicaView, TRANSACTION_VIEW } from "../replica-view.js"
+import type { ReplicaView } from "../replica-view.js"
 
 /** A stored log entry as relays pass it to each other. */
 export interface WireEntry {
@@ -176,23 +176,21 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
 }
 
 /** A replica view's tags on the wire. */
-const VIEW_TRANSACTION = 1
-const VIEW_STATE_VECTOR = 2
-const VIEW_UNKNOWN_STATE = 3
+const VIEW_STATE_VECTOR = 1
+const VIEW_LIVE = 2
 
 function writeReplicaView(e: encoding.Encoder, seen: ReplicaView): void {
-  if (seen.kind === "transaction") encoding.writeUint8(e, VIEW_TRANSACTION)
-  else if (!seen.stateVector) encoding.writeUint8(e, VIEW_UNKNOWN_STATE)
-  else {
-    encoding.writeUint8(e, VIEW_STATE_VECTOR)
-    encoding.writeVarUint8Array(e, seen.stateVector)
-  }
+  encoding.writeUint8(e, seen.kind === "live" ? VIEW_LIVE : VIEW_STATE_VECTOR)
+  encoding.writeVarUint8Array(e, seen.stateVector ?? new Uint8Array())
+  // The age of the connection, not a time: the relays' clocks differ.
+  if (seen.kind === "live") encoding.writeVarUint(e, Math.max(0, Math.round(seen.joinedMs)))
 }
 
 function readReplicaView(d: decoding.Decoder): ReplicaView {
   const tag = decoding.readUint8(d)
-  if (tag === VIEW_TRANSACTION) return TRANSACTION_VIEW
-  if (tag === VIEW_STATE_VECTOR) return { kind: "state-vector", stateVector: decoding.readVarUint8Array(d) }
-  if (tag === VIEW_UNKNOWN_STATE) return { kind: "state-vector", stateVector: undefined }
+  const bytes = decoding.readVarUint8Array(d)
+  const stateVector = bytes.length > 0 ? bytes : undefined
+  if (tag === VIEW_STATE_VECTOR) return { kind: "state-vector", stateVector }
+  if (tag === VIEW_LIVE) return { kind: "live", stateVector, joinedMs: decoding.readVarUint(d) }
   throw new Error(`unknown replica view ${tag}`)
 }

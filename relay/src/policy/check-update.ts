@@ -59,7 +59,7 @@ import {
 import * as Y from "yjs"
 import { sealedIdStatus } from "../history/sealed-ids.js"
 import { describePrincipal, type Principal } from "../principal.js"
-import { type ReplicaView, replicaHad } from "../replica-view.js"
+import { type ReplicaView, replicaHad, timeParticipantRecords } from "../replica-view.js"
 import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
 import { isPlainJson, sameJson } from "./plain-json.js"
 import {
@@ -963,12 +963,13 @@ class UpdateCheck {
    * be told "saved" for a removal that never happened (an owner's removal of
    * an admin who demoted herself meanwhile left her reading on). Refused
    * (`concurrent-change`), so the sender rebuilds and decides again. A delete
-   * set re-sent on reconnect names every entry its replica ever saw removed:
-   * only the removal of what the replica last saw as the record, with the
-   * record's current value unseen, is one.
+   * set re-sent (on reconnect, in a resend) names every entry its replica ever
+   * saw removed: only the removal of what the replica last saw as the record,
+   * with the record's current value unseen, is one (see `ReplicaView`).
    */
   private checkStaleRemovals(): void {
     const seen = this.input.seen
+    if (seen) timeParticipantRecords(this.doc)
     if (!seen || this.isRelay || this.read.redeleted.length === 0) return
     const participants = typesOf(this.doc).participants as unknown
     for (const removed of this.read.redeleted) {
@@ -979,11 +980,11 @@ class UpdateCheck {
       // Written by the update as well: judged as a write of the key (mapChanges).
       if (this.read.items.some((n) => n.location.root === TopLevel.participants && n.location.key === key))
         continue
-      // What the replica last saw under the key: a sync update deletes only what was live in it.
-      let lastSeen: Y.Item | null = seen.kind === "transaction" ? removed : current
-      while (lastSeen !== null && lastSeen !== removed && !replicaHad(seen, lastSeen))
+      // What the replica last saw under the key.
+      let lastSeen: Y.Item | null = current
+      while (lastSeen !== null && lastSeen !== removed && !replicaHad(seen, this.doc, lastSeen))
         lastSeen = lastSeen.left
-      if (lastSeen !== removed || replicaHad(seen, current)) continue
+      if (lastSeen !== removed || replicaHad(seen, this.doc, current)) continue
       refuse(
         Rule.concurrentChange,
         `participant ${key}'s record changed after this replica last saw it: the removal would remove nothing, and ${key} is still a participant`,

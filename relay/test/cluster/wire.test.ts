@@ -1,7 +1,6 @@
 import type { UserId } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import { decodeClusterMessage, encodeClusterMessage } from "../../src/cluster/wire.js"
-import { TRANSACTION_VIEW } from "../../src/replica-view.js"
 
 describe("cluster wire: a forwarded client update", () => {
   const request = {
@@ -16,7 +15,8 @@ describe("cluster wire: a forwarded client update", () => {
 
   it("carries what the sender's replica had seen to the relay that orders the document (the rules tell a removal from a re-sent delete set by it)", () => {
     for (const seen of [
-      TRANSACTION_VIEW,
+      { kind: "live", stateVector: new Uint8Array([1, 7, 3]), joinedMs: 4_200 },
+      { kind: "live", stateVector: undefined, joinedMs: 0 },
       { kind: "state-vector", stateVector: new Uint8Array([1, 7, 3]) },
       { kind: "state-vector", stateVector: undefined },
     ] as const) {

@@ -36,13 +36,13 @@ import {
   unreact,
   writeSequenceNumbers,
 } from "@parley/shared"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
 import { accessOf } from "../../src/access.js"
 import { applySeal, planSeal } from "../../src/history/sealing.js"
 import { checkUpdate } from "../../src/policy/check-update.js"
 import { ClientBindings } from "../../src/policy/client-bindings.js"
-import { type ReplicaView, TRANSACTION_VIEW } from "../../src/replica-view.js"
+import { REACH_MS, type ReplicaView } from "../../src/replica-view.js"
 import { checkUpdateCost, DEFAULT_UPDATE_COST_LIMITS } from "../../src/update-cost.js"
 import { encodeCraftedUpdate } from "../helpers/crafted-updates.js"
 import {
@@ -86,6 +86,9 @@ function expectAccepted(s: Scene, actor: Parameters<typeof user>[0], update: Uin
   expect(result).toMatchObject({ allowed: true })
   assertInvariants(s.relay)
 }
+
+/** A sync update from a connection joined a minute ago (see `ReplicaView`). */
+const LIVE: ReplicaView = { kind: "live", stateVector: undefined, joinedMs: 60_000 }
 
 describe("forbidden changes, each as a real Yjs update from a malicious replica", () => {
   it("refuses a message whose author is forged", () => {
@@ -805,7 +808,14 @@ describe("two creations of one direct conversation", () => {
   const DIRECT = directConversationId([carol, dave])
   /** The relay's check of `update` from `actor` on the direct conversation, applied when accepted. */
   function check(relay: Y.Doc, bindings: ClientBindings, actor: typeof carol, update: Uint8Array) {
-    const result = checkUpdate({ doc: relay, update, principal: user(actor), bindings, conversation: DIRECT })
+    const result = checkUpdate({
+      doc: relay,
+      update,
+      principal: user(actor),
+      bindings,
+      conversation: DIRECT,
+      seen: LIVE,
+    })
     if (result.allowed) {
       bindings.bind(result.newBindings ?? [])
       Y.applyUpdate(relay, update)
@@ -977,7 +987,7 @@ describe("two creations of one direct conversation", () => {
         principal: user(carol),
         bindings,
         conversation: DIRECT,
-        seen: TRANSACTION_VIEW,
+        seen: LIVE,
       }),
     ).toMatchObject({ allowed: false, rule: Rule.concurrentChange })
   })
@@ -1485,14 +1495,14 @@ describe("a removal of a participant whose record another write replaced (concur
     const s = scene()
     const owners = replicaOf(s.relay)
     const demotion = updateOf(replicaOf(s.relay), (d) => changeRole(d, bob, bob, "member"))
-    expect(send(s, bob, demotion, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
+    expect(send(s, bob, demotion, LIVE)).toMatchObject({ allowed: true })
     return { s, owners }
   }
 
   it("refuses an owner's removal that would remove nothing, as a sync update or a sync step 2 (before: saved, and he kept reading)", () => {
     const online = demotedMeanwhile()
     const removal = updateOf(online.owners, (d) => removeParticipants(d, alice, [bob]))
-    expect(send(online.s, alice, removal, TRANSACTION_VIEW)).toMatchObject({
+    expect(send(online.s, alice, removal, LIVE)).toMatchObject({
       allowed: false,
       rule: Rule.concurrentChange,
     })
@@ -1517,17 +1527,44 @@ describe("a removal of a participant whose record another write replaced (concur
   it("takes the removal once the owner's replica has seen the record it removes", () => {
     const { s, owners } = demotedMeanwhile()
     const removal = updateOf(owners, (d) => removeParticipants(d, alice, [bob]))
-    expect(send(s, alice, removal, TRANSACTION_VIEW)).toMatchObject({ allowed: false })
+    expect(send(s, alice, removal, LIVE)).toMatchObject({ allowed: false })
     const fresh = replicaOf(s.relay)
     expect(
       send(
         s,
         alice,
         updateOf(fresh, (d) => removeParticipants(d, alice, [bob])),
-        TRANSACTION_VIEW,
+        LIVE,
       ),
     ).toMatchObject({ allowed: true })
     expect(typesOf(s.relay).participants.has(bob)).toBe(false)
+  })
+
+  it("accepts a delete set re-sent in a sync update (an SDK resend, another tab's state) once the change it holds had time to reach the replica", () => {
+    const { s } = demotedMeanwhile()
+    // A replica that got the demotion (which deleted the admin record) while connected: what it sends in
+    // a sync update may carry that deletion again, with the replaced record's current value unseen by any
+    // state vector it sent. Within the time a change takes to reach it, that is a removal crossing the
+    // change; past it, one it had (before the check knew of this, every resend would have been refused).
+    const caughtUp = replicaOf(s.relay)
+    const resend = () => pendingOf(updated(caughtUp), s.relay)
+    const updated = (doc: Y.Doc) => {
+      sendMessage(doc, carol, { body: "pending" })
+      return doc
+    }
+    expect(send(s, carol, resend(), LIVE)).toMatchObject({ allowed: false, rule: Rule.concurrentChange })
+    const later = performance.now() + REACH_MS + 1
+    const clock = vi.spyOn(performance, "now").mockImplementation(() => later)
+    try {
+      expect(send(s, carol, resend(), LIVE)).toMatchObject({ allowed: true })
+      // A connection joined just now had no time to get it either.
+      expect(send(s, carol, resend(), { ...LIVE, joinedMs: 10 })).toMatchObject({
+        allowed: false,
+        rule: Rule.concurrentChange,
+      })
+    } finally {
+      clock.mockRestore()
+    }
   })
 
   it("accepts a delete set re-sent on reconnect, and two removals of one participant", () => {
@@ -1535,7 +1572,7 @@ describe("a removal of a participant whose record another write replaced (concur
     // A replica that saw the demotion (which deleted the admin record) re-sends that deletion in its step 2.
     const caughtUp = replicaOf(s.relay)
     const own = updateOf(caughtUp, (d) => sendMessage(d, carol, { body: "hi" }))
-    expect(send(s, carol, own, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
+    expect(send(s, carol, own, LIVE)).toMatchObject({ allowed: true })
     const seen = viewOf(caughtUp)
     sendMessage(caughtUp, carol, { body: "offline" })
     expect(send(s, carol, pendingOf(caughtUp, s.relay), seen)).toMatchObject({ allowed: true })
@@ -1545,8 +1582,8 @@ describe("a removal of a participant whose record another write replaced (concur
     const [byAlice, byBob] = [replicaOf(two.relay), replicaOf(two.relay)]
     const first = updateOf(byAlice, (d) => removeParticipants(d, alice, [dave]))
     const again = updateOf(byBob, (d) => removeParticipants(d, bob, [dave]))
-    expect(send(two, alice, first, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
-    expect(send(two, bob, again, TRANSACTION_VIEW)).toMatchObject({ allowed: true })
+    expect(send(two, alice, first, LIVE)).toMatchObject({ allowed: true })
+    expect(send(two, bob, again, LIVE)).toMatchObject({ allowed: true })
     expect(typesOf(two.relay).participants.has(dave)).toBe(false)
   })
 })
