@@ -564,7 +564,15 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       // A few at a time: each takes one of the user's open documents on the relay, which the app's need.
       if (this.background.size >= MAX_BACKGROUND_CONVERSATIONS) return
       if (this.open.has(id) || this.sentHere.has(id)) continue
-      const conversation = this.conversation(id)
+      let conversation: Conversation
+      try {
+        conversation = this.conversation(id)
+      } catch (error) {
+        // Not a conversation id (a damaged local entry): nothing to send.
+        this.sentHere.add(id)
+        this.emit("error", { error: toParleyError(error) })
+        continue
+      }
       this.background.add(id)
       let offSaved = (): void => {}
       const finish = () => {
