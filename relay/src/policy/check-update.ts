@@ -1008,9 +1008,42 @@ class UpdateCheck {
         // The value it holds written again (two devices at one read position): by its user only.
         const before =
           change.before === ABSENT || sameValue(after, change.before) ? undefined : (change.before as number)
+        // A lower marker of the user's own that Yjs places before the key's value and deletes on arrival
+        // (a second device read less, offline, and loses the merge): it moves nothing. Refused, its
+        // device rebuilt and reported an error for an ordinary offline read.
+        if (
+          before !== undefined &&
+          change.key === this.actor &&
+          (after as number) < before &&
+          this.losesToCurrent(change.root, change.key)
+        )
+          continue
         assert(canMoveMarker(this.actor!, this.role, change.key as UserId, before, after as number))
       }
     }
+  }
+
+  /**
+   * Whether the update's one entry under `root[key]` lands before the key's
+   * current value and is deleted on arrival, changing nothing: written over
+   * the same earlier entry as the current value (or both on nothing), under a
+   * lower client id (Yjs orders such siblings by client id, the highest
+   * last), and the current value kept.
+   */
+  private losesToCurrent(root: string, key: string): boolean {
+    const current = currentMapItem(this.doc, root, key)
+    if (!current || current.deleted) return false
+    if (this.read.deletes(current.id.client, current.id.clock + current.length - 1)) return false
+    const entries = this.read.items.filter((n) => n.location.root === root && n.location.key === key)
+    if (entries.length !== 1) return false
+    const { item } = entries[0]!
+    const sameOrigin =
+      item.origin === null
+        ? current.origin === null
+        : current.origin !== null &&
+          item.origin.client === current.origin.client &&
+          item.origin.clock === current.origin.clock
+    return sameOrigin && item.rightOrigin === null && item.id.client < current.id.client
   }
 
   /** Profiles: each participant sets or removes only their own entry, well-formed and bounded. */

@@ -1632,3 +1632,58 @@ describe("array items that hold only deleted content", () => {
     })
   })
 })
+
+describe("two devices of one user reading offline", () => {
+  /** Carol's two replicas, each under `clientId`, from the relay's state (her marker unset). */
+  const device = (s: Scene, clientId: number) => {
+    const d = new Y.Doc()
+    d.clientID = clientId
+    Y.applyUpdate(d, Y.encodeStateAsUpdate(s.relay))
+    return d
+  }
+
+  it("accepts the device that read less when Yjs orders its marker before the other's (it moves nothing; before: refused, an error)", () => {
+    const s = scene()
+    const [ahead, behind] = [device(s, 0x7000_0000), device(s, 0x1000)]
+    expect(
+      submit(
+        s,
+        user(carol),
+        updateOf(ahead, (d) => markRead(d, carol, 3)),
+      ),
+    ).toMatchObject({ allowed: true })
+    expect(
+      submit(
+        s,
+        user(carol),
+        updateOf(behind, (d) => markRead(d, carol, 2)),
+      ),
+    ).toMatchObject({
+      allowed: true,
+    })
+    expect(typesOf(s.relay).read.get(carol)).toBe(3)
+  })
+
+  it("still refuses the one that read less when its marker would win the merge and move the marker back", () => {
+    const s = scene()
+    const [ahead, behind] = [device(s, 0x1000), device(s, 0x7000_0000)]
+    expect(
+      submit(
+        s,
+        user(carol),
+        updateOf(ahead, (d) => markRead(d, carol, 3)),
+      ),
+    ).toMatchObject({ allowed: true })
+    expect(
+      submit(
+        s,
+        user(carol),
+        updateOf(behind, (d) => markRead(d, carol, 2)),
+      ),
+    ).toMatchObject({
+      allowed: false,
+      rule: Rule.markerForwardOnly,
+    })
+    expect(typesOf(s.relay).read.get(carol)).toBe(3)
+  })
+})
