@@ -197,6 +197,37 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       console.log(`[fence row locked] another conversation's 3 messages stored in ${waited} ms`)
     }, 90_000)
 
+    it("while the whole fence table is locked: the ordering relay not ready, writes refused retryably, stored once after", async () => {
+      const cluster = await startCluster(2, { args: ["--storage-timeout-ms", "20000"] })
+      cleanups.push(() => cluster.stop())
+      const { id, a } = await chatting(cluster)
+      const locker = new pg.Client({ connectionString: DATABASE_URL })
+      await locker.connect()
+      let holding = true
+      cleanups.push(async () => {
+        if (holding) await locker.query("ROLLBACK")
+        await locker.end()
+      })
+      await locker.query("BEGIN")
+      await locker.query(`LOCK TABLE ${cluster.schema.schema}.parley_cluster_fences IN ACCESS EXCLUSIVE MODE`)
+      a.send("during the table lock")
+      // Not a conversation's row this time: every append waits, so storage is failing, said at once
+      // (not after the 20 s storage timeout).
+      await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(503), 8_000)
+      await locker.query("ROLLBACK")
+      holding = false
+      await settledResending(a)
+      const reader = new TestClient(cluster.relay(0).url, id, await cluster.token(bob))
+      cleanups.push(() => reader.close())
+      await reader.synced()
+      await reader.until(() => listMessages(reader.doc, { last: 10 }).length === 3)
+      expect(
+        listMessages(reader.doc, { last: 10 })
+          .map((m) => m.body)
+          .sort(),
+      ).toEqual(["before", "before", "during the table lock"])
+    }, 90_000)
+
     it("while one relay is cut off from PostgreSQL: another takes the conversations it ordered, and their writes go on", async () => {
       const proxy = await proxyTo(DATABASE_URL, 5432)
       // Relay 0 orders the conversation (alice created it there) and reaches PostgreSQL through the proxy.

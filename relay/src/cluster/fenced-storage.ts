@@ -168,18 +168,23 @@ export class FencedStorage implements RelayStorage {
    * waiting on any: one transaction, no writes.
    */
   private lockedFences(names: readonly string[]): Promise<Set<string>> {
-    return inTransaction(this.pool, async (client) => {
-      const { rows } = await client.query<{ doc: string }>(
-        "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[])",
-        [names],
-      )
-      const { rows: free } = await client.query<{ doc: string }>(
-        "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[]) FOR UPDATE SKIP LOCKED",
-        [names],
-      )
-      const unlocked = new Set(free.map((row) => row.doc))
-      return new Set(rows.map((row) => row.doc).filter((doc) => !unlocked.has(doc)))
-    })
+    // The table itself locked (LOCK TABLE) holds even these reads: then storage is failing, said at once.
+    return inTransaction(
+      this.pool,
+      async (client) => {
+        const { rows } = await client.query<{ doc: string }>(
+          "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[])",
+          [names],
+        )
+        const { rows: free } = await client.query<{ doc: string }>(
+          "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[]) FOR UPDATE SKIP LOCKED",
+          [names],
+        )
+        const unlocked = new Set(free.map((row) => row.doc))
+        return new Set(rows.map((row) => row.doc).filter((doc) => !unlocked.has(doc)))
+      },
+      `BEGIN; SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`,
+    )
   }
 
   /**
