@@ -1694,7 +1694,18 @@ async function admitUpdate(
   let clientIds = inspected.clientIds
   // Typically a reconnecting client's sync step 2: it learns everything that is durable,
   // unless its access is not known yet: then only what its own update holds.
-  if (inspected.noop) return { noop: true, ends: inspected.ends }
+  if (inspected.noop) {
+    // A removal of a participant's record that a concurrent write replaced changes nothing either: the
+    // rules tell it from a re-sent one (before: acknowledged as saved, and the participant stayed).
+    if (seen && inspected.redeletesParticipants) {
+      const input = { name: host.name, doc: host.doc, update, principal, clientIds, seen }
+      let decision = await membershipPolicy.checkUpdate(input)
+      if (decision.allowed) decision = await ctx.extensions.checkUpdate(input)
+      if (!decision.allowed)
+        throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+    }
+    return { noop: true, ends: inspected.ends }
+  }
   refuseWhileStorageFails(ctx, host)
   // Built on earlier changes of its own client that never got here (refused while storage failed, or
   // lost with a relay that had not acknowledged them): the sender has them, so sending its pending work

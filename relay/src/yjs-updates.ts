@@ -1,4 +1,4 @@
-import { ErrorCode, isMessageId, type MessageId, ParleyError, storedRecordId } from "@parley/shared"
+import { ErrorCode, isMessageId, type MessageId, ParleyError, storedRecordId, TopLevel } from "@parley/shared"
 import * as Y from "yjs"
 
 /** What the update path needs to know about an incoming update, learnt without applying it. */
@@ -9,6 +9,12 @@ export interface InspectedUpdate {
   readonly ends: ReadonlyMap<number, number>
   /** True when applying it would change nothing (everything in it is already in the document). */
   readonly noop: boolean
+  /**
+   * True when its delete set names a participant's record the document has
+   * deleted already: a re-sent removal, or one that a concurrent write made
+   * remove nothing (which the rules refuse, see `checkStaleRemovals`).
+   */
+  readonly redeletesParticipants: boolean
   /**
    * Clients of which the update re-sends structs the document already holds,
    * with the document's clock for each (a client re-sending pending work); empty
@@ -95,13 +101,26 @@ export function inspectUpdate(doc: Y.Doc, update: Uint8Array): InspectedUpdate {
     if (end > state) news = true
     if (struct.id.clock < state) known.set(client, state)
   }
-  const noop = !news && deletesAlreadyApplied(doc, decoded.ds)
-  return { clientIds, ends, noop, known, gaps: gaps ?? NO_GAPS }
+  const redeleted = { participants: false }
+  const noop = !news && deletesAlreadyApplied(doc, decoded.ds, redeleted)
+  return {
+    clientIds,
+    ends,
+    noop,
+    known,
+    gaps: gaps ?? NO_GAPS,
+    redeletesParticipants: noop && redeleted.participants,
+  }
 }
 
 // Every reconnecting client re-sends its whole delete set in sync step 2; storing
 // it again each time would grow the log for nothing.
-function deletesAlreadyApplied(doc: Y.Doc, ds: ReturnType<typeof Y.decodeUpdate>["ds"]): boolean {
+function deletesAlreadyApplied(
+  doc: Y.Doc,
+  ds: ReturnType<typeof Y.decodeUpdate>["ds"],
+  redeleted: { participants: boolean },
+): boolean {
+  const participants = doc.share.get(TopLevel.participants)
   for (const [client, ranges] of ds.clients) {
     const structs = doc.store.clients.get(client)
     if (!structs || structs.length === 0) return false
@@ -113,6 +132,8 @@ function deletesAlreadyApplied(doc: Y.Doc, ds: ReturnType<typeof Y.decodeUpdate>
         const struct = structs[i]!
         if (struct.id.clock >= clock + len) break
         if (!struct.deleted) return false
+        if (participants && struct instanceof Y.Item && struct.parent === participants)
+          redeleted.participants = true
       }
     }
   }
