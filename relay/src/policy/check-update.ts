@@ -972,6 +972,12 @@ class UpdateCheck {
     if (seen) timeParticipantRecords(this.doc)
     if (!seen || this.isRelay || this.read.redeleted.length === 0) return
     const participants = typesOf(this.doc).participants as unknown
+    // What the sender's own user wrote is theirs: a replica re-sending its delete set right after its
+    // own change of a record (removing and adding a member again, then a resend after a refusal) was
+    // refused for a removal nobody made (an outside probe). A user's two devices at odds is their own.
+    const own = describePrincipal(this.principal)
+    const had = (item: Y.Item) =>
+      this.input.bindings.get(item.id.client) === own || replicaHad(seen, this.doc, item)
     for (const removed of this.read.redeleted) {
       if ((removed.parent as unknown) !== participants) continue
       const key = removed.parentSub!
@@ -982,9 +988,8 @@ class UpdateCheck {
         continue
       // What the replica last saw under the key.
       let lastSeen: Y.Item | null = current
-      while (lastSeen !== null && lastSeen !== removed && !replicaHad(seen, this.doc, lastSeen))
-        lastSeen = lastSeen.left
-      if (lastSeen !== removed || replicaHad(seen, this.doc, current)) continue
+      while (lastSeen !== null && lastSeen !== removed && !had(lastSeen)) lastSeen = lastSeen.left
+      if (lastSeen !== removed || had(current)) continue
       refuse(
         Rule.concurrentChange,
         `participant ${key}'s record changed after this replica last saw it: the removal would remove nothing, and ${key} is still a participant`,

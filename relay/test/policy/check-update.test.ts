@@ -1567,6 +1567,23 @@ describe("a removal of a participant whose record another write replaced (concur
     }
   })
 
+  it("accepts a resend right after the sender's own removal and re-adding of a member (before: refused for a removal nobody made)", () => {
+    const s = scene()
+    const alices = replicaOf(s.relay)
+    // Its connection's sync request, just made: it had everything up to here.
+    const connected: ReplicaView = { kind: "live", stateVector: Y.encodeStateVector(alices), joinedMs: 10 }
+    const removal = updateOf(alices, (d) => removeParticipants(d, alice, [carol]))
+    expect(send(s, alice, removal, LIVE)).toMatchObject({ allowed: true })
+    const again = updateOf(alices, (d) => addParticipants(d, alice, [carol]))
+    expect(send(s, alice, again, LIVE)).toMatchObject({ allowed: true })
+    // A retryable refusal later, the SDK sends its pending work again with its whole delete set, which
+    // names carol's first record (removed) while her current one is the replica's own, applied just now.
+    sendMessage(alices, alice, { body: "pending" })
+    const resend = Y.encodeStateAsUpdate(alices, Y.encodeStateVector(s.relay))
+    expect(send(s, alice, resend, connected)).toMatchObject({ allowed: true })
+    expect(typesOf(s.relay).participants.has(carol)).toBe(true)
+  })
+
   it("accepts a delete set re-sent on reconnect, and two removals of one participant", () => {
     const { s, owners } = demotedMeanwhile()
     // A replica that saw the demotion (which deleted the admin record) re-sends that deletion in its step 2.
