@@ -448,6 +448,19 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     })
     conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
     this.inbox.track(conversation)
+    // Its work all saved while open: no background send owed for it (see sendChangedHere).
+    const watchSaved = () => {
+      const connection = conversation.connection
+      return connection.on("saved", () => {
+        if (this.inbox.unsentHere(conversationId) && !connection.hasUnsaved)
+          this.inbox.sentHere(conversationId)
+      })
+    }
+    let offSaved = watchSaved()
+    conversation.on("resynced", () => {
+      offSaved()
+      offSaved = watchSaved()
+    })
     conversation.on("presence", () => this.emit("presence", { presence: this.presence }))
     this.profiles.track(conversation)
     this.open.set(conversationId, conversation)
@@ -575,22 +588,24 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       }
       this.background.add(id)
       let offSaved = (): void => {}
-      const finish = () => {
+      const finish = (sent: boolean) => {
         offSaved()
         if (!this.background.delete(id)) return
         this.sentHere.add(id)
+        if (sent) this.inbox.sentHere(id)
         void conversation.close().then(() => this.sendChangedHere())
       }
       const check = () => {
         if (!this.background.has(id)) return offSaved()
         const connection = conversation.connection
-        if (connection.synced && !connection.hasUnsaved) finish()
+        if (connection.synced && !connection.hasUnsaved) finish(true)
       }
       offSaved = conversation.connection.on("saved", check)
       conversation.connection.on("status", check)
       // Refused (removed from it, deleted): nothing more to send.
       conversation.on("state", ({ state }) => {
-        if (state.state === "unavailable") finish()
+        // (A damaged one keeps its work for when an operator restored it.)
+        if (state.state === "unavailable") finish(state.reason !== ErrorCode.DAMAGED)
       })
     }
   }

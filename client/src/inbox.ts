@@ -87,6 +87,12 @@ function unreadPast(relay: InboxItem, local: InboxEntry, user: UserId): number {
 export class Inbox extends Emitter<InboxEvents> {
   private cachedItems: readonly InboxItem[] | undefined
   private readonly pending: Y.Map<InboxEntry>
+  /**
+   * Conversations the user changed on this device since their work was last
+   * known sent (any change: an added member or a reaction shows in no inbox
+   * entry), kept with {@link pending} (see `ChatClient.sendChangedHere`).
+   */
+  private readonly unsent: Y.Map<boolean>
   private readonly onChange = () => {
     this.cachedItems = undefined
     this.prune()
@@ -97,6 +103,7 @@ export class Inbox extends Emitter<InboxEvents> {
   constructor(private readonly options: InboxOptions) {
     super()
     this.pending = options.pending.doc.getMap<InboxEntry>("entries")
+    this.unsent = options.pending.doc.getMap<boolean>("unsent")
     options.doc.getMap(InboxTopLevel.entries).observe(this.onChange)
     options.doc.getMap(InboxTopLevel.muted).observe(this.onChange)
     this.pending.observe(this.onChange)
@@ -117,9 +124,23 @@ export class Inbox extends Emitter<InboxEvents> {
     return this.cachedItems
   }
 
-  /** @internal The conversations the user changed on this device whose entries the relay has not caught up with. */
+  /**
+   * @internal The conversations the user changed on this device whose work
+   * may not have reached the relay: changed since last known sent, or whose
+   * entries the relay has not caught up with.
+   */
   changedHere(): ConversationId[] {
-    return [...this.pending.keys()] as ConversationId[]
+    return [...new Set([...this.unsent.keys(), ...this.pending.keys()])] as ConversationId[]
+  }
+
+  /** @internal Whether `id` was changed on this device since its work was last known sent. */
+  unsentHere(id: ConversationId): boolean {
+    return this.unsent.has(id)
+  }
+
+  /** @internal The relay has everything `id`'s replica on this device wrote (as far as it was asked). */
+  sentHere(id: ConversationId): void {
+    if (this.unsent.has(id)) this.unsent.delete(id)
   }
 
   /** Unread messages over all conversations. */
@@ -139,6 +160,7 @@ export class Inbox extends Emitter<InboxEvents> {
       // No longer a participant (left, removed): the relay drops the entry, so must this device.
       if (conversation.role === undefined) return forget()
       if (!local) return
+      if (!this.unsent.has(conversation.id)) this.unsent.set(conversation.id, true)
       const entry = inboxEntryFor(conversation.doc, this.options.user)
       if (entry) this.pending.set(entry.conversationId, entry)
     })

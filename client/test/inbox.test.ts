@@ -167,6 +167,40 @@ describe("work done offline in a conversation the app does not open after a relo
   })
 })
 
+describe("work done offline in more conversations than are sent at once, some of it in no inbox entry", () => {
+  it("all goes out after a reload, a few conversations at a time (before: the first four never closed, the rest and an added member waited)", async () => {
+    const [a, b, c] = [name("alice"), name("bob"), name("carol")]
+    const alice = await connectClient(relay, a)
+    const chats = []
+    for (let i = 0; i < 6; i++) {
+      const chat = await alice.createConversation({ participants: [b], title: `bg ${i}` })
+      chat.send(`hello ${i}`)
+      chats.push(chat)
+    }
+    chats[5]!.changeRole(b, "admin")
+    const bob = await connectClient(relay, b, { storage: "indexeddb" })
+    await eventually(() => expect(bob.inbox.items).toHaveLength(6))
+    const onBob = await Promise.all(chats.map((chat) => bob.conversation(chat.id).ready()))
+    for (const chat of onBob) await eventually(() => expect(chat.messages()).toHaveLength(1))
+    await eventually(() => expect(onBob[5]!.role).toBe("admin"))
+    bob.disconnect()
+    for (const [i, chat] of onBob.entries()) {
+      // The last one only gains a member: nothing an inbox entry shows.
+      if (i === 5) chat.addParticipants([c])
+      else chat.send(`offline ${i}`)
+    }
+    await bob.destroy()
+    const reloaded = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    await reloaded.inbox.loaded
+    reloaded.connect()
+    for (const [i, chat] of chats.entries()) {
+      if (i === 5) await eventually(() => expect(chat.participants.map((p) => p.user)).toContain(c), 30_000)
+      else
+        await eventually(() => expect(chat.messages().map((m) => m.body)).toContain(`offline ${i}`), 30_000)
+    }
+  })
+})
+
 describe("client.inbox after the user's offline change was refused", () => {
   it("drops the conversation once the user was removed from it, not keeping their own preview forever", async () => {
     const [a, b] = [name("alice"), name("bob")]
