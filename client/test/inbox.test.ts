@@ -198,7 +198,7 @@ describe("work done offline in more conversations than are sent at once, some of
       else
         await eventually(() => expect(chat.messages().map((m) => m.body)).toContain(`offline ${i}`), 30_000)
     }
-  })
+  }, 60_000)
 })
 
 describe("client.inbox after the user's offline change was refused", () => {
