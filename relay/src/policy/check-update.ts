@@ -574,8 +574,20 @@ class UpdateCheck {
         } else {
           const restated =
             this.restatesCreation && record.addedBy === this.actor && record.role === before.role
-          if (!restated && (record.addedBy !== before.addedBy || record.addedAt !== before.addedAt))
-            refuse(Rule.immutable, "who added a participant, and when, is fixed")
+          if (!restated && (record.addedBy !== before.addedBy || record.addedAt !== before.addedAt)) {
+            // A new record where one stood: the user removed and added again (one offline batch, which
+            // Yjs cannot tell from a rewrite; refused before, and the admin's replica rebuilt). Judged
+            // as both, by whoever may do both; never of oneself (an admin rewriting his own record over
+            // and over kept an owner's removal of him from taking effect).
+            if (this.isRelay) continue
+            if (user === this.actor) refuse(Rule.immutable, "who added a participant, and when, is fixed")
+            assert(canRemoveParticipant(this.actor!, this.role, this.kind, user, before.role))
+            assert(canAddParticipant(this.role, this.kind, record.role))
+            if (record.addedBy !== this.actor) refuse(Rule.selfOnly, "participants are added as oneself")
+            this.refuseFuture(record.addedAt, "a participant's addedAt")
+            this.refuseBeforeCreation(record.addedAt, "a participant's addedAt")
+            continue
+          }
           if (restated) {
             this.refuseFuture(record.addedAt, "a participant's addedAt")
             this.refuseBeforeCreation(record.addedAt, "a participant's addedAt")

@@ -1704,3 +1704,36 @@ describe("two devices of one user reading offline", () => {
     expect(typesOf(s.relay).read.get(carol)).toBe(3)
   })
 })
+
+describe("a member removed and added again in one batch (an admin offline)", () => {
+  it("is judged as a removal and an addition by whoever may do both (before: refused as a rewrite, the admin's replica rebuilt)", () => {
+    const s = scene()
+    const admins = replicaOf(s.relay)
+    const again = updateOf(admins, (d) => {
+      removeParticipants(d, bob, [carol])
+      addParticipants(d, bob, [carol])
+    })
+    expect(submit(s, user(bob), again)).toMatchObject({ allowed: true })
+    expect(typesOf(s.relay).participants.get(carol)).toMatchObject({ role: "member", addedBy: bob })
+  })
+
+  it("is still refused from who may not remove the user, and of oneself", () => {
+    const s = scene()
+    // A member may not remove another.
+    const byMember = updateOf(replicaOf(s.relay), (d) => {
+      const t = typesOf(d)
+      t.participants.set(dave, { role: "member", addedBy: carol, addedAt: Date.now() })
+    })
+    expect(submit(s, user(carol), byMember)).toMatchObject({ allowed: false })
+    // An admin may not remove the owner.
+    const owner = updateOf(replicaOf(s.relay), (d) => {
+      typesOf(d).participants.set(alice, { role: "owner", addedBy: bob, addedAt: Date.now() })
+    })
+    expect(submit(s, user(bob), owner)).toMatchObject({ allowed: false })
+    // Nor rewrite his own record that way.
+    const own = updateOf(replicaOf(s.relay), (d) => {
+      typesOf(d).participants.set(bob, { role: "admin", addedBy: bob, addedAt: Date.now() })
+    })
+    expect(submit(s, user(bob), own)).toMatchObject({ allowed: false, rule: Rule.immutable })
+  })
+})
