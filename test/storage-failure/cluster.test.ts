@@ -160,15 +160,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const locked = await chatting(cluster)
       const other = await chatting(cluster)
       // As an operator's `SELECT … FOR UPDATE` in an open transaction, or a backend stopped mid-append.
-      const locker = new pg.Client({ connectionString: DATABASE_URL })
-      await locker.connect()
-      let holding = true
-      cleanups.push(async () => {
-        if (holding) await locker.query("ROLLBACK")
-        await locker.end()
-      })
-      await locker.query("BEGIN")
-      await locker.query(
+      const release = await holdLock(
         `SELECT * FROM ${cluster.schema.schema}.parley_cluster_fences WHERE doc = $1 FOR UPDATE`,
         [locked.id],
       )
@@ -182,8 +174,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(waited).toBeLessThan(8_000)
       expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200)
       expect(locked.a.acked.size).toBe(1)
-      await locker.query("ROLLBACK")
-      holding = false
+      await release()
       await settledResending(locked.a)
       const reader = new TestClient(cluster.relay(0).url, locked.id, await cluster.token(bob))
       cleanups.push(() => reader.close())
@@ -201,21 +192,14 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const cluster = await startCluster(2, { args: ["--storage-timeout-ms", "20000"] })
       cleanups.push(() => cluster.stop())
       const { id, a } = await chatting(cluster)
-      const locker = new pg.Client({ connectionString: DATABASE_URL })
-      await locker.connect()
-      let holding = true
-      cleanups.push(async () => {
-        if (holding) await locker.query("ROLLBACK")
-        await locker.end()
-      })
-      await locker.query("BEGIN")
-      await locker.query(`LOCK TABLE ${cluster.schema.schema}.parley_cluster_fences IN ACCESS EXCLUSIVE MODE`)
+      const release = await holdLock(
+        `LOCK TABLE ${cluster.schema.schema}.parley_cluster_fences IN ACCESS EXCLUSIVE MODE`,
+      )
       a.send("during the table lock")
       // Not a conversation's row this time: every append waits, so storage is failing, said at once
       // (not after the 20 s storage timeout).
       await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(503), 8_000)
-      await locker.query("ROLLBACK")
-      holding = false
+      await release()
       await settledResending(a)
       const reader = new TestClient(cluster.relay(0).url, id, await cluster.token(bob))
       cleanups.push(() => reader.close())
@@ -393,6 +377,28 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       90_000,
     )
   })
+}
+
+/**
+ * Runs `sql` (a lock) in a transaction of another PostgreSQL session, held
+ * until the returned function (or the test's end) rolls it back.
+ */
+async function holdLock(sql: string, args: unknown[] = []): Promise<() => Promise<void>> {
+  const locker = new pg.Client({ connectionString: DATABASE_URL })
+  await locker.connect()
+  let holding = true
+  const release = async () => {
+    if (!holding) return
+    holding = false
+    await locker.query("ROLLBACK")
+  }
+  cleanups.push(async () => {
+    await release()
+    await locker.end()
+  })
+  await locker.query("BEGIN")
+  await locker.query(sql, args)
+  return release
 }
 
 /**
