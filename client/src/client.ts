@@ -152,6 +152,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly inboxAwareness: Awareness
   private readonly inboxConnection: DocumentConnection
   private readonly open = new Map<ConversationId, Conversation>()
+  /**
+   * Open conversations the relay refused on the user's removal (4403), with
+   * whether the inbox has stopped listing them since: listed again after
+   * that, the user was added back (see {@link readmitRefused}).
+   */
+  private readonly refused = new Map<ConversationId, boolean>()
   /** Conversations opened only to send what this device changed in them (see {@link sendChangedHere}), not by the app. */
   private readonly background = new Set<ConversationId>()
   /** Those of them done since the client last went online: not opened again until it goes online again. */
@@ -269,7 +275,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         ),
       },
     })
-    this.inbox.on("change", () => this.profiles.noteInbox(this.inbox.items))
+    this.inbox.on("change", () => {
+      this.profiles.noteInbox(this.inbox.items)
+      this.readmitRefused()
+    })
     void this.inbox.loaded.then(() => {
       if (!this.destroyed && this.wanted && this.browserOnline) {
         this.inbox.start()
@@ -447,15 +456,20 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       },
     })
     conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
+    conversation.on("state", ({ state }) => {
+      if (state.state === "unavailable" && state.reason === ErrorCode.FORBIDDEN)
+        this.refused.set(
+          conversationId,
+          !this.inbox.items.some((item) => item.conversationId === conversationId),
+        )
+    })
     this.inbox.track(conversation)
-    // Its work all saved while open: no background send owed for it (see sendChangedHere).
-    const watchSaved = () => {
-      const connection = conversation.connection
-      return connection.on("saved", () => {
-        if (this.inbox.unsentHere(conversationId) && !connection.hasUnsaved)
-          this.inbox.sentHere(conversationId)
+    // The relay acknowledged what was sent while open (it acknowledges in order): no background send
+    // owed for it (see sendChangedHere). Offline, nothing is acknowledged and the mark stays.
+    const watchSaved = () =>
+      conversation.connection.on("saved", () => {
+        if (this.inbox.unsentHere(conversationId)) this.inbox.sentHere(conversationId)
       })
-    }
     let offSaved = watchSaved()
     conversation.on("resynced", () => {
       offSaved()
@@ -563,6 +577,25 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   }
 
   /**
+   * Serves again an open conversation the relay refused on the user's
+   * removal once the relay's inbox lists it again after dropping it (added
+   * back): before, its handle stayed unavailable until the app reopened it.
+   */
+  private readmitRefused(): void {
+    if (this.refused.size === 0) return
+    const listed = new Set(this.inbox.items.map((item) => item.conversationId))
+    for (const [id, dropped] of this.refused) {
+      const conversation = this.open.get(id)
+      if (!conversation || conversation.state.state !== "unavailable") this.refused.delete(id)
+      else if (!listed.has(id)) this.refused.set(id, true)
+      else if (dropped) {
+        this.refused.delete(id)
+        conversation.readmit()
+      }
+    }
+  }
+
+  /**
    * Opens, in the background, the conversations this device changed (sent,
    * read, edited ...) whose inbox entries the relay has not caught up with and
    * that the app has not opened, so that their pending work goes out now:
@@ -587,20 +620,22 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         continue
       }
       this.background.add(id)
-      let offSaved = (): void => {}
       const finish = (sent: boolean) => {
-        offSaved()
         if (!this.background.delete(id)) return
         this.sentHere.add(id)
         if (sent) this.inbox.sentHere(id)
         void conversation.close().then(() => this.sendChangedHere())
       }
+      // Its sync sends everything the relay lacks; the relay's "saved" for it (before or after its
+      // answer) says it is stored (a refusal turns it unavailable or rebuilds it instead).
+      let saved = false
       const check = () => {
-        if (!this.background.has(id)) return offSaved()
-        const connection = conversation.connection
-        if (connection.synced && !connection.hasUnsaved) finish(true)
+        if (saved && conversation.connection.synced) finish(true)
       }
-      offSaved = conversation.connection.on("saved", check)
+      conversation.connection.on("saved", () => {
+        saved = true
+        check()
+      })
       conversation.connection.on("status", check)
       // Refused (removed from it, deleted): nothing more to send.
       conversation.on("state", ({ state }) => {

@@ -20,7 +20,7 @@ import type { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { Emitter } from "./emitter.js"
 import type { SocketOpener, WebSocketConstructor } from "./provider/document-socket.js"
-import { RELAY_ORIGIN, SyncSession } from "./provider/sync-session.js"
+import { SyncSession } from "./provider/sync-session.js"
 import { TabChannel } from "./provider/tab-channel.js"
 import { expiryOfToken, refreshDelay } from "./token.js"
 
@@ -184,33 +184,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
         options.doc,
         options.awareness,
       )
-    options.doc.on("update", this.fromRelay)
-  }
-
-  /**
-   * What the relay sends it has stored: raises {@link relayState}, so that
-   * others' changes received since the sync do not count as this replica's
-   * unsaved work ({@link hasUnsaved}).
-   */
-  private readonly fromRelay = (update: Uint8Array, origin: unknown) => {
-    if (origin !== RELAY_ORIGIN || !this.session) return
-    for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVectorFromUpdate(update)))
-      if (clock > (this.relayState.get(client) ?? 0)) this.relayState.set(client, clock)
   }
 
   /** The current status. */
   get status(): ConnectionStatus {
     return this.current
-  }
-
-  /**
-   * True while the document holds structs the relay has not acknowledged as
-   * durable (a removal alone writes none: it goes with the sync at connect).
-   */
-  get hasUnsaved(): boolean {
-    for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(this.options.doc)))
-      if (clock > (this.relayState.get(client) ?? 0)) return true
-    return false
   }
 
   /** True once the relay's state has been received on the current connection. */
@@ -286,7 +264,6 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.failHistoryRequests()
     this.destroyed = true
     this.tabs?.destroy()
-    this.options.doc.off("update", this.fromRelay)
     this.removeAllListeners()
   }
 

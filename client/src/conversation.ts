@@ -506,6 +506,19 @@ export class Conversation extends Emitter<ConversationEvents> {
     return this.gen.typing.typingUsers
   }
 
+  /**
+   * @internal The user is a participant again (the relay's inbox lists this
+   * conversation): a handle the relay refused on their removal (4403) is
+   * ready and connects again. Before, it stayed unavailable until reopened.
+   */
+  readmit(): void {
+    if (this.closed) return
+    const state = this.loading.state
+    if (state.state !== "unavailable" || state.reason !== ErrorCode.FORBIDDEN) return
+    this.loading.apply({ type: "readmitted", info: getConversation(this.doc) })
+    if (this.loading.state.state === "ready") this.connection.start()
+  }
+
   /** Closes this handle: the socket, timers and local database. Local data stays. */
   async close(): Promise<void> {
     if (this.closed) return

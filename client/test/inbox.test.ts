@@ -201,6 +201,27 @@ describe("work done offline in more conversations than are sent at once, some of
   }, 60_000)
 })
 
+describe("a conversation open while its user is removed and added back", () => {
+  it("serves again once the relay lists it again (before: unavailable until the app reopened it)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b], title: "back again" })
+    chat.send("first")
+    const bob = await connectClient(relay, b)
+    await eventually(() => expect(bob.inbox.items.map((i) => i.conversationId)).toContain(chat.id))
+    const onBob = await bob.conversation(chat.id).ready()
+    chat.removeParticipants([b])
+    await eventually(() => expect(onBob.state).toMatchObject({ state: "unavailable", reason: "FORBIDDEN" }))
+    await eventually(() => expect(bob.inbox.items).toEqual([]))
+    chat.addParticipants([b])
+    await eventually(() => expect(onBob.state.state).toBe("ready"))
+    chat.send("after")
+    await eventually(() => expect(onBob.messages().map((m) => m.body)).toContain("after"))
+    const reply = onBob.send("I am back")
+    await eventually(() => expect(onBob.status(reply.id)).toBe("sent"))
+  })
+})
+
 describe("client.inbox after the user's offline change was refused", () => {
   it("drops the conversation once the user was removed from it, not keeping their own preview forever", async () => {
     const [a, b] = [name("alice"), name("bob")]

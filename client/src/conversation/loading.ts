@@ -19,6 +19,11 @@ export type LoadingEvent =
     }
   /** The relay will not serve it (or the handle closed before it was ready). */
   | { readonly type: "unavailable"; readonly error: ParleyError }
+  /**
+   * The user is a participant again (the relay's inbox lists the conversation
+   * after a removal refused them): `info` is what the replica holds.
+   */
+  | { readonly type: "readmitted"; readonly info: ConversationInfo | undefined }
 
 /**
  * The state after `event`, `current` itself when nothing changes. Derived
@@ -46,6 +51,11 @@ export function nextState(
     const next: ConversationState = { state: "unavailable", reason: event.error.code, error: event.error }
     return canLeave(next) ? next : current
   }
+  // Removed, then added again: the replica is the conversation's, and the connection catches it up.
+  if (event.type === "readmitted")
+    return current.state === "unavailable" && current.reason === ErrorCode.FORBIDDEN && event.info
+      ? { state: "ready", conversation: event.info }
+      : current
   if (!canLeave()) return current
   if (event.info) {
     if (current.state === "ready" && sameInfo(current.conversation, event.info)) return current
