@@ -632,11 +632,17 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       const check = () => {
         if (saved && conversation.connection.synced) finish(true)
       }
-      conversation.connection.on("saved", () => {
-        saved = true
-        check()
-      })
-      conversation.connection.on("status", check)
+      const attach = () => {
+        saved = false
+        conversation.connection.on("saved", () => {
+          saved = true
+          check()
+        })
+        conversation.connection.on("status", check)
+      }
+      attach()
+      // Rebuilt after a refusal: its rebased work goes on a new connection.
+      conversation.on("resynced", attach)
       // Refused (removed from it, deleted): nothing more to send.
       conversation.on("state", ({ state }) => {
         // (A damaged one keeps its work for when an operator restored it.)
