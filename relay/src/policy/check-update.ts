@@ -990,18 +990,29 @@ class UpdateCheck {
     const own = describePrincipal(this.principal)
     const had = (item: Y.Item) =>
       this.input.bindings.get(item.id.client) === own || replicaHad(seen, this.doc, item)
+    // Each key once (a re-sent delete set may name every record a key ever held: one walk of its items,
+    // not one per record named).
+    const removedByKey = new Map<string, Set<Y.Item>>()
     for (const removed of this.read.redeleted) {
       if ((removed.parent as unknown) !== participants) continue
       const key = removed.parentSub!
+      const items = removedByKey.get(key) ?? new Set<Y.Item>()
+      items.add(removed)
+      removedByKey.set(key, items)
+    }
+    if (removedByKey.size === 0) return
+    // Written by the update as well: judged as a write of the key (mapChanges).
+    const written = new Set<string>()
+    for (const n of this.read.items)
+      if (n.location.root === TopLevel.participants && n.location.key !== null) written.add(n.location.key)
+    for (const [key, removed] of removedByKey) {
       const current = currentMapItem(this.doc, TopLevel.participants, key)
-      if (!current || current.deleted || current === removed) continue
-      // Written by the update as well: judged as a write of the key (mapChanges).
-      if (this.read.items.some((n) => n.location.root === TopLevel.participants && n.location.key === key))
-        continue
-      // What the replica last saw under the key.
+      if (!current || current.deleted || removed.has(current) || written.has(key)) continue
+      // What the replica last saw under the key: a removal of it is one; an older record it names is
+      // a removal re-sent.
       let lastSeen: Y.Item | null = current
-      while (lastSeen !== null && lastSeen !== removed && !had(lastSeen)) lastSeen = lastSeen.left
-      if (lastSeen !== removed || had(current)) continue
+      while (lastSeen !== null && !removed.has(lastSeen) && !had(lastSeen)) lastSeen = lastSeen.left
+      if (lastSeen === null || !removed.has(lastSeen) || had(current)) continue
       refuse(
         Rule.concurrentChange,
         `participant ${key}'s record changed after this replica last saw it: the removal would remove nothing, and ${key} is still a participant`,
