@@ -176,15 +176,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(locked.a.acked.size).toBe(1)
       await release()
       await settledResending(locked.a)
-      const reader = new TestClient(cluster.relay(0).url, locked.id, await cluster.token(bob))
-      cleanups.push(() => reader.close())
-      await reader.synced()
-      await reader.until(() => listMessages(reader.doc, { last: 10 }).length === 3)
-      expect(
-        listMessages(reader.doc, { last: 10 })
-          .map((m) => m.body)
-          .sort(),
-      ).toEqual(["before", "before", "during the row lock"])
+      expect(await storedBodies(cluster, locked.id, 3)).toEqual(["before", "before", "during the row lock"])
       console.log(`[fence row locked] another conversation's 3 messages stored in ${waited} ms`)
     }, 90_000)
 
@@ -201,15 +193,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await eventually(async () => expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(503), 8_000)
       await release()
       await settledResending(a)
-      const reader = new TestClient(cluster.relay(0).url, id, await cluster.token(bob))
-      cleanups.push(() => reader.close())
-      await reader.synced()
-      await reader.until(() => listMessages(reader.doc, { last: 10 }).length === 3)
-      expect(
-        listMessages(reader.doc, { last: 10 })
-          .map((m) => m.body)
-          .sort(),
-      ).toEqual(["before", "before", "during the table lock"])
+      expect(await storedBodies(cluster, id, 3)).toEqual(["before", "before", "during the table lock"])
     }, 90_000)
 
     it("while one relay is cut off from PostgreSQL: another takes the conversations it ordered, and their writes go on", async () => {
@@ -377,6 +361,21 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       90_000,
     )
   })
+}
+
+/** The bodies of the first `count` messages of conversation `id` as a reader on relay 0 gets them, sorted. */
+async function storedBodies(
+  cluster: Awaited<ReturnType<typeof startCluster>>,
+  id: string,
+  count: number,
+): Promise<string[]> {
+  const reader = new TestClient(cluster.relay(0).url, id, await cluster.token(bob))
+  cleanups.push(() => reader.close())
+  await reader.synced()
+  await reader.until(() => listMessages(reader.doc, { last: 10 }).length === count)
+  return listMessages(reader.doc, { last: 10 })
+    .map((m) => m.body)
+    .sort()
 }
 
 /**
