@@ -586,7 +586,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     const listed = new Set(this.inbox.items.map((item) => item.conversationId))
     for (const [id, dropped] of this.refused) {
       const conversation = this.open.get(id)
-      if (!conversation || conversation.state.state !== "unavailable") this.refused.delete(id)
+      if (conversation?.state.state !== "unavailable") this.refused.delete(id)
       else if (!listed.has(id)) this.refused.set(id, true)
       else if (dropped) {
         this.refused.delete(id)

@@ -38,6 +38,13 @@ const decoded = new WeakMap<ReplicaView, ReadonlyMap<number, number>>()
 const appliedAt = new WeakMap<Y.Doc, WeakMap<Y.Item, number>>()
 
 /**
+ * The participant records this relay applied a removal of (the key left
+ * empty, not overwritten), per document: a delete set naming one of them
+ * again is that removal re-sent, whatever was written under the key since.
+ */
+const removedRecords = new WeakMap<Y.Doc, WeakSet<Y.Item>>()
+
+/**
  * Starts timing `doc`'s participant records as they are applied (once per
  * document; records applied before count as old). Called by the rules on
  * every update they judge, before the update is applied.
@@ -45,15 +52,29 @@ const appliedAt = new WeakMap<Y.Doc, WeakMap<Y.Item, number>>()
 export function timeParticipantRecords(doc: Y.Doc): void {
   if (appliedAt.has(doc)) return
   const times = new WeakMap<Y.Item, number>()
+  const removed = new WeakSet<Y.Item>()
   appliedAt.set(doc, times)
+  removedRecords.set(doc, removed)
   const participants = typesOf(doc).participants
   participants.observe((event) => {
     const now = performance.now()
     for (const key of event.keysChanged) {
       const item = (participants as unknown as { _map: Map<string, Y.Item> })._map.get(key)
-      if (item) times.set(item, now)
+      if (!item) continue
+      times.set(item, now)
+      if (item.deleted) removed.add(item)
     }
   })
+}
+
+/**
+ * Whether this relay applied a removal of `item` (of `doc`): the key was
+ * left without a value, not overwritten. A later record under the key was
+ * written after the removal, so a delete set naming `item` again cannot be
+ * a removal that record swallowed.
+ */
+export function removalApplied(doc: Y.Doc, item: Y.Item): boolean {
+  return removedRecords.get(doc)?.has(item) ?? false
 }
 
 /**

@@ -59,7 +59,7 @@ import {
 import * as Y from "yjs"
 import { sealedIdStatus } from "../history/sealed-ids.js"
 import { describePrincipal, type Principal } from "../principal.js"
-import { type ReplicaView, replicaHad, timeParticipantRecords } from "../replica-view.js"
+import { type ReplicaView, removalApplied, replicaHad, timeParticipantRecords } from "../replica-view.js"
 import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
 import { isPlainJson, sameJson } from "./plain-json.js"
 import {
@@ -1013,6 +1013,9 @@ class UpdateCheck {
       let lastSeen: Y.Item | null = current
       while (lastSeen !== null && !removed.has(lastSeen) && !had(lastSeen)) lastSeen = lastSeen.left
       if (lastSeen === null || !removed.has(lastSeen) || had(current)) continue
+      // A removal this relay took, named again by a resend made before the record written since
+      // reached the replica: refused, its sender's pending work was refused with it (an outside probe).
+      if (removalApplied(this.doc, lastSeen)) continue
       refuse(
         Rule.concurrentChange,
         `participant ${key}'s record changed after this replica last saw it: the removal would remove nothing, and ${key} is still a participant`,

@@ -22,7 +22,6 @@ import {
   Rule,
   react,
   reactionKey,
-  rebasePendingWork,
   removeParticipants,
   renameConversation,
   SCHEMA_VERSION,
@@ -1581,6 +1580,22 @@ describe("a removal of a participant whose record another write replaced (concur
     sendMessage(alices, alice, { body: "pending" })
     const resend = Y.encodeStateAsUpdate(alices, Y.encodeStateVector(s.relay))
     expect(send(s, alice, resend, connected)).toMatchObject({ allowed: true })
+    expect(typesOf(s.relay).participants.has(carol)).toBe(true)
+  })
+
+  it("accepts a resend of a removal it took, made before another manager's re-adding reached the sender (before: refused)", () => {
+    const s = scene()
+    const alices = replicaOf(s.relay)
+    const removal = updateOf(alices, (d) => removeParticipants(d, alice, [carol]))
+    expect(send(s, alice, removal, LIVE)).toMatchObject({ allowed: true })
+    // Bob, who saw the removal, adds carol back: a new record under her key, applied just now.
+    const readd = updateOf(replicaOf(s.relay), (d) => addParticipants(d, bob, [carol]))
+    expect(send(s, bob, readd, LIVE)).toMatchObject({ allowed: true })
+    // Alice's SDK re-sends its pending work with its whole delete set before bob's record reached her:
+    // it names carol's first record, whose removal the relay took, not the record bob wrote.
+    sendMessage(alices, alice, { body: "pending" })
+    const resend = Y.encodeStateAsUpdate(alices, Y.encodeStateVector(s.relay))
+    expect(send(s, alice, resend, LIVE)).toMatchObject({ allowed: true })
     expect(typesOf(s.relay).participants.has(carol)).toBe(true)
   })
 
