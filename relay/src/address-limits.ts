@@ -23,9 +23,15 @@ export class AddressLimiter {
   private readonly buckets = new Map<string, RateLimiter>()
   private lastSweep: number
 
+  /**
+   * A bucket of `capacity` per address, refilled over `refillMs` (a minute
+   * unless given: the failed verifications' budget; the requests' budget is
+   * ten seconds' worth, refilled over ten seconds).
+   */
   constructor(
-    private readonly perMinute: number,
+    private readonly capacity: number,
     private readonly now: () => number = () => performance.now(),
+    private readonly refillMs = 60_000,
   ) {
     this.lastSweep = now()
   }
@@ -37,7 +43,7 @@ export class AddressLimiter {
 
   /** False when `address` has no failed attempts left: refuse it before verifying anything. */
   allows(address: string): boolean {
-    if (this.perMinute <= 0) return true
+    if (this.capacity <= 0) return true
     this.sweep()
     const bucket = this.buckets.get(keyOf(address))
     return bucket === undefined || bucket.available() >= 1
@@ -49,15 +55,22 @@ export class AddressLimiter {
     return bucket ? Math.max(1, Math.ceil(bucket.msUntil(1) / 1000)) : 0
   }
 
+  /** Takes one from `address`'s bucket if it holds one; false when it is empty. */
+  take(address: string): boolean {
+    if (!this.allows(address)) return false
+    this.failed(address)
+    return true
+  }
+
   /** Takes one failed attempt of `address`. */
   failed(address: string): void {
-    if (this.perMinute <= 0) return
+    if (this.capacity <= 0) return
     this.sweep()
     const key = keyOf(address)
     let bucket = this.buckets.get(key)
     if (!bucket) {
       if (this.buckets.size >= MAX_ADDRESSES) this.buckets.delete(this.buckets.keys().next().value!)
-      bucket = new RateLimiter(this.perMinute / 60, this.perMinute, this.now)
+      bucket = new RateLimiter((this.capacity * 1000) / this.refillMs, this.capacity, this.now)
       this.buckets.set(key, bucket)
     }
     bucket.take(1)

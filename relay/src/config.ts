@@ -344,6 +344,12 @@ export const RELAY_FLAGS = {
     help: "connection attempts with a bad token per client address per minute (then HTTP 429 before verifying); 0 = no limit",
     default: TRANSPORT.addressAuthFailuresPerMinute,
   }),
+  "address-requests-per-second": flag({
+    kind: "integer",
+    env: "PARLEY_ADDRESS_REQUESTS_PER_SECOND",
+    help: "HTTP requests without credentials (health checks, /metrics, /v1/openapi.json, static files, signed attachment URLs) per client address per second, in a bucket of ten seconds' worth (then HTTP 429); 0 = no limit",
+    default: TRANSPORT.addressRequestsPerSecond,
+  }),
   "connections-per-address": flag({
     kind: "integer",
     env: "PARLEY_CONNECTIONS_PER_ADDRESS",
@@ -1163,6 +1169,7 @@ export function parseConfig(
       userReceiveBytesPerSecond: v["user-receive-bytes-per-second"],
       userReceiveBurstBytes: Math.max(1, v["user-receive-burst-bytes"]),
       addressAuthFailuresPerMinute: v["address-auth-failures-per-minute"],
+      addressRequestsPerSecond: v["address-requests-per-second"],
       connectionsPerAddress: v["connections-per-address"],
       maxConnections: v["max-connections"],
       requestHeadersTimeoutMs: Math.max(1, v["request-headers-timeout-ms"]),

@@ -19,6 +19,7 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   socketAwarenessPerSecond: 500,
   socketAwarenessBurst: 1000,
   addressAuthFailuresPerMinute: 120,
+  addressRequestsPerSecond: 100,
   connectionsPerAddress: 512,
   // 0: the file-descriptor limit less a reserve (see defaultMaxConnections).
   maxConnections: 0,

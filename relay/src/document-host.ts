@@ -3,6 +3,7 @@ import * as awarenessProtocol from "y-protocols/awareness"
 import * as Y from "yjs"
 import type { Connection, ConnectionHost } from "./connection.js"
 import { describePrincipal, type Principal } from "./principal.js"
+import { RELAY_DOC_OPTIONS } from "./replica-view.js"
 
 /** A connection attached to a {@link DocumentHost}. */
 export type HostedConnection = Connection<DocumentHost>
@@ -37,7 +38,7 @@ export interface DeferredWrites {
 const MAX_DEFERRED_BYTES = 8 * 1024
 
 export class DocumentHost implements ConnectionHost {
-  private readonly ydoc = new Y.Doc()
+  private readonly ydoc = new Y.Doc(RELAY_DOC_OPTIONS)
   private pendingWrites: DeferredWrites | undefined
   /** Created on first use (see {@link awareness}). */
   private presence: awarenessProtocol.Awareness | undefined

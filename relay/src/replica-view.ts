@@ -1,4 +1,4 @@
-import { typesOf } from "@parley/shared"
+import { TopLevel, typesOf } from "@parley/shared"
 import * as Y from "yjs"
 
 /**
@@ -38,13 +38,6 @@ const decoded = new WeakMap<ReplicaView, ReadonlyMap<number, number>>()
 const appliedAt = new WeakMap<Y.Doc, WeakMap<Y.Item, number>>()
 
 /**
- * The participant records this relay applied a removal of (the key left
- * empty, not overwritten), per document: a delete set naming one of them
- * again is that removal re-sent, whatever was written under the key since.
- */
-const removedRecords = new WeakMap<Y.Doc, WeakSet<Y.Item>>()
-
-/**
  * Starts timing `doc`'s participant records as they are applied (once per
  * document; records applied before count as old). Called by the rules on
  * every update they judge, before the update is applied.
@@ -52,29 +45,43 @@ const removedRecords = new WeakMap<Y.Doc, WeakSet<Y.Item>>()
 export function timeParticipantRecords(doc: Y.Doc): void {
   if (appliedAt.has(doc)) return
   const times = new WeakMap<Y.Item, number>()
-  const removed = new WeakSet<Y.Item>()
   appliedAt.set(doc, times)
-  removedRecords.set(doc, removed)
   const participants = typesOf(doc).participants
   participants.observe((event) => {
     const now = performance.now()
     for (const key of event.keysChanged) {
       const item = (participants as unknown as { _map: Map<string, Y.Item> })._map.get(key)
-      if (!item) continue
-      times.set(item, now)
-      if (item.deleted) removed.add(item)
+      if (item) times.set(item, now)
     }
   })
 }
 
 /**
- * Whether this relay applied a removal of `item` (of `doc`): the key was
- * left without a value, not overwritten. A later record under the key was
- * written after the removal, so a delete set naming `item` again cannot be
- * a removal that record swallowed.
+ * Options of every document the relay holds: the values of participant
+ * records stay when they are deleted (Yjs otherwise drops a deleted item's
+ * content). A removal re-sent in a delete set names a record long replaced;
+ * whether the record under the key now is the same membership (who added the
+ * user, and when) tells a removal a concurrent change swallowed from one
+ * that happened before the user was added again. About 60 bytes per role
+ * change or removal, stored with the document.
  */
-export function removalApplied(doc: Y.Doc, item: Y.Item): boolean {
-  return removedRecords.get(doc)?.has(item) ?? false
+export const RELAY_DOC_OPTIONS = {
+  gcFilter: (item: Y.Item): boolean => {
+    const parent = item.parent as Y.AbstractType<unknown> | null
+    return !(item.parentSub !== null && parent?.doc?.share.get(TopLevel.participants) === parent)
+  },
+} as const
+
+/** Who added the user and when, of a participant record item, if its value is still known. */
+export function membershipOf(item: Y.Item): string | undefined {
+  return item.content instanceof Y.ContentAny ? membership(item.content.getContent()[0]) : undefined
+}
+
+/** Who added the user and when, of a participant record's value. */
+export function membership(record: unknown): string | undefined {
+  if (!record || typeof record !== "object") return undefined
+  const { addedBy, addedAt } = record as { addedBy?: unknown; addedAt?: unknown }
+  return `${String(addedBy)}\u0000${String(addedAt)}`
 }
 
 /**

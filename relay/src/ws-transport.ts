@@ -71,6 +71,14 @@ export interface TransportLimits {
    */
   readonly addressAuthFailuresPerMinute: number
   /**
+   * HTTP requests without credentials (no `Authorization` header: health
+   * checks, `/metrics`, `/v1/openapi.json`, static files, signed attachment
+   * URLs) one client address may make per second, in a bucket of ten
+   * seconds' worth; beyond, answered 429. Requests with credentials are
+   * limited per user and per failed verification instead. 0: no limit.
+   */
+  readonly addressRequestsPerSecond: number
+  /**
    * Connections one client address may hold open at once that are not a
    * user's WebSocket yet (requests, keep-alives, upgrades being checked); at
    * the cap the longest-waiting one makes room, a burst may go to four times
@@ -160,6 +168,12 @@ const json = sendJson
  */
 const FRAME_BASE_BYTES = 4096
 
+/** Requests one HTTP connection may have under way at once (pipelined); beyond, it is closed. */
+export const MAX_PIPELINED = 4
+
+/** The per-address request budget refills over this long (a bucket of ten seconds' requests). */
+const REQUEST_BUCKET_REFILL_MS = 10_000
+
 export class WsTransport {
   readonly server: Server
   private readonly wss: WebSocketServer
@@ -167,6 +181,10 @@ export class WsTransport {
   private readonly sockets = new Set<WebSocket>()
   private readonly keepalive: Keepalive
   private readonly addresses: AddressLimiter
+  /** HTTP requests without credentials per address (see `TransportLimits.addressRequestsPerSecond`). */
+  private readonly requests: AddressLimiter
+  /** Requests each connection has under way: more than {@link MAX_PIPELINED} closes it. */
+  private readonly underWay = new WeakMap<Socket, number>()
   private readonly connections: AddressConnections
   /** Sockets not read until their user's receive budget is back (see `paceReading`). */
   private readonly paced = new WeakSet<WebSocket>()
@@ -177,6 +195,11 @@ export class WsTransport {
 
   constructor(private readonly options: TransportOptions) {
     this.addresses = new AddressLimiter(options.limits.addressAuthFailuresPerMinute)
+    this.requests = new AddressLimiter(
+      options.limits.addressRequestsPerSecond * 10,
+      undefined,
+      REQUEST_BUCKET_REFILL_MS,
+    )
     this.deadlines = new Deadlines((error) =>
       options.log.error({ err: error }, "closing at token expiry failed"),
     )
@@ -211,6 +234,14 @@ export class WsTransport {
     this.server.on("connection", (socket: Socket) => this.admit(socket))
     // A connection with a request under way is not one to close for a newer one (see AddressConnections).
     this.server.prependListener("request", (req: IncomingMessage, res: ServerResponse) => {
+      // Node starts every request a chunk holds at once, and goes on with those of a connection already
+      // closed: 64 KiB of pipelined requests bought seconds of work that nothing could cancel (an outside
+      // probe: 2.6 MB from one address stalled the relay for minutes). No browser pipelines.
+      const socket = req.socket as Socket
+      const underWay = (this.underWay.get(socket) ?? 0) + 1
+      this.underWay.set(socket, underWay)
+      if (underWay > MAX_PIPELINED) socket.destroy()
+      res.once("close", () => this.underWay.set(socket, (this.underWay.get(socket) ?? 1) - 1))
       this.connections.busy(req.socket)
       res.once("close", () => this.connections.idle(req.socket))
       // Answered before its body arrived (a refusal: 401, 403, 405, 413, a retryable 503): Node goes on
@@ -327,6 +358,18 @@ export class WsTransport {
   }
 
   private async http(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    // A connection closed (by its client, or for pipelining too deep) has nobody to answer.
+    if (req.socket.destroyed) return
+    if (req.headers.authorization === undefined && !this.requests.take(this.addressOf(req))) {
+      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      res.writeHead(429, {
+        "retry-after": String(this.requests.retryAfterSeconds(this.addressOf(req))),
+        "content-type": "text/plain",
+        connection: "close",
+      })
+      res.end(`${AddressLimit.requests}\n`)
+      return
+    }
     const url = new URL(req.url ?? "/", "http://relay")
     if (req.headers.authorization !== undefined && !this.credentialsAllowed(req, res)) return
     if (this.options.routes && (await this.options.routes(req, res))) return

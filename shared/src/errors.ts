@@ -191,6 +191,8 @@ export const AddressLimit = {
    * checked (`--connections-per-address`).
    */
   connections: "connections-per-address",
+  /** HTTP requests without credentials per address (`--address-requests-per-second`). */
+  requests: "requests-per-address",
 } as const
 /** One of {@link AddressLimit}'s values. */
 export type AddressLimit = (typeof AddressLimit)[keyof typeof AddressLimit]

@@ -10,6 +10,7 @@ import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
 import type { ReplicaView } from "../replica-view.js"
+import { RELAY_DOC_OPTIONS } from "../replica-view.js"
 import type { StorageState } from "../storage/guard.js"
 import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
@@ -527,7 +528,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     // change may build on it (an entry it replaces or removes), so it goes along, else the owner holds
     // the change pending on items it never gets and stores nothing.
     const unstored = this.core!.unstoredSince(host)
-    const copy = new Y.Doc()
+    const copy = new Y.Doc(RELAY_DOC_OPTIONS)
     let failure: unknown
     let update: Uint8Array | undefined
     let base: Uint8Array | undefined

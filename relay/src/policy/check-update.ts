@@ -59,7 +59,13 @@ import {
 import * as Y from "yjs"
 import { sealedIdStatus } from "../history/sealed-ids.js"
 import { describePrincipal, type Principal } from "../principal.js"
-import { type ReplicaView, removalApplied, replicaHad, timeParticipantRecords } from "../replica-view.js"
+import {
+  membership,
+  membershipOf,
+  type ReplicaView,
+  replicaHad,
+  timeParticipantRecords,
+} from "../replica-view.js"
 import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
 import { isPlainJson, sameJson } from "./plain-json.js"
 import {
@@ -567,6 +573,12 @@ class UpdateCheck {
           if (this.isRelay) continue
           assert(canAddParticipant(this.role, this.kind, record.role))
           if (record.addedBy !== this.actor) refuse(Rule.selfOnly, "participants are added as oneself")
+          // Added again: a new membership, told from the removed one by who added the user and when
+          // (the removal rule reads it: a removal re-sent from before this adding is not a new one).
+          const removed = currentMapItem(this.doc, TopLevel.participants, change.key)
+          const was = removed ? membershipOf(removed) : undefined
+          if (was !== undefined && was === membership(record))
+            refuse(Rule.immutable, "a participant added again is dated apart from the removed membership")
           // It orders the participants every member is shown: not dated ahead of the relay's clock, nor
           // (once the conversation exists) a day before it was created.
           this.refuseFuture(record.addedAt, "a participant's addedAt")
@@ -1013,9 +1025,11 @@ class UpdateCheck {
       let lastSeen: Y.Item | null = current
       while (lastSeen !== null && !removed.has(lastSeen) && !had(lastSeen)) lastSeen = lastSeen.left
       if (lastSeen === null || !removed.has(lastSeen) || had(current)) continue
-      // A removal this relay took, named again by a resend made before the record written since
-      // reached the replica: refused, its sender's pending work was refused with it (an outside probe).
-      if (removalApplied(this.doc, lastSeen)) continue
+      // The user was removed and added again since that record (a new membership: who added them, or
+      // when, differs): the removal happened, and this one is re-sent. Refused, every member who came
+      // back online after a removal and re-adding had their offline work refused (an outside probe).
+      const was = membershipOf(lastSeen)
+      if (was !== undefined && was !== membershipOf(current)) continue
       refuse(
         Rule.concurrentChange,
         `participant ${key}'s record changed after this replica last saw it: the removal would remove nothing, and ${key} is still a participant`,

@@ -1,5 +1,6 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import * as Y from "yjs"
+import { RELAY_DOC_OPTIONS } from "../replica-view.js"
 import { checksumOf } from "./checksum.js"
 import type { StoredDocument } from "./types.js"
 
@@ -61,7 +62,7 @@ export function applyStored(doc: Y.Doc, update: Uint8Array, position: number): v
 export function loadVerified(stored: StoredDocument): Y.Doc {
   const damage = findDamage(stored)
   if (damage) throw new ParleyError(ErrorCode.DAMAGED, damage)
-  const doc = new Y.Doc()
+  const doc = new Y.Doc(RELAY_DOC_OPTIONS)
   if (stored.snapshot) applyStored(doc, stored.snapshot, 0)
   for (const { position, update } of stored.updates) applyStored(doc, update, position)
   return doc

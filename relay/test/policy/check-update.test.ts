@@ -41,7 +41,7 @@ import { accessOf } from "../../src/access.js"
 import { applySeal, planSeal } from "../../src/history/sealing.js"
 import { checkUpdate } from "../../src/policy/check-update.js"
 import { ClientBindings } from "../../src/policy/client-bindings.js"
-import { REACH_MS, type ReplicaView } from "../../src/replica-view.js"
+import { REACH_MS, RELAY_DOC_OPTIONS, type ReplicaView } from "../../src/replica-view.js"
 import { checkUpdateCost, DEFAULT_UPDATE_COST_LIMITS } from "../../src/update-cost.js"
 import { encodeCraftedUpdate } from "../helpers/crafted-updates.js"
 import {
@@ -1583,12 +1583,15 @@ describe("a removal of a participant whose record another write replaced (concur
     expect(typesOf(s.relay).participants.has(carol)).toBe(true)
   })
 
-  it("accepts a resend of a removal it took, made before another manager's re-adding reached the sender (before: refused)", () => {
+  it("accepts a resend of a removal made before the member was added again, online or after a reload (before: refused)", () => {
     const s = scene()
     const alices = replicaOf(s.relay)
     const removal = updateOf(alices, (d) => removeParticipants(d, alice, [carol]))
     expect(send(s, alice, removal, LIVE)).toMatchObject({ allowed: true })
-    // Bob, who saw the removal, adds carol back: a new record under her key, applied just now.
+    // Dave saw the removal, then went offline.
+    const daves = replicaOf(s.relay)
+    const seen = viewOf(daves)
+    // Bob, who saw the removal too, adds carol back: a new membership under her key, applied just now.
     const readd = updateOf(replicaOf(s.relay), (d) => addParticipants(d, bob, [carol]))
     expect(send(s, bob, readd, LIVE)).toMatchObject({ allowed: true })
     // Alice's SDK re-sends its pending work with its whole delete set before bob's record reached her:
@@ -1596,7 +1599,26 @@ describe("a removal of a participant whose record another write replaced (concur
     sendMessage(alices, alice, { body: "pending" })
     const resend = Y.encodeStateAsUpdate(alices, Y.encodeStateVector(s.relay))
     expect(send(s, alice, resend, LIVE)).toMatchObject({ allowed: true })
-    expect(typesOf(s.relay).participants.has(carol)).toBe(true)
+    // Dave comes back after the relay reloaded the document (it knows nothing of when what was applied):
+    // his sync step 2 carries the same deletion.
+    const reloaded = new Y.Doc(RELAY_DOC_OPTIONS)
+    Y.applyUpdate(reloaded, Y.encodeStateAsUpdate(s.relay))
+    sendMessage(daves, dave, { body: "written offline" })
+    const back = { ...s, relay: reloaded }
+    expect(send(back, dave, pendingOf(daves, reloaded), seen)).toMatchObject({ allowed: true })
+    expect(typesOf(reloaded).participants.has(carol)).toBe(true)
+    expect(typesOf(reloaded).messages.toArray().length).toBeGreaterThan(typesOf(s.relay).messages.length)
+  })
+
+  it("refuses adding a member again as the membership that was removed (it would pass for a rewrite)", () => {
+    const s = scene()
+    const removal = updateOf(replicaOf(s.relay), (d) => removeParticipants(d, alice, [dave]))
+    expect(send(s, alice, removal, LIVE)).toMatchObject({ allowed: true })
+    // Dave's first record: added by alice at 1 (the scene's creation).
+    const same = updateOf(replicaOf(s.relay), (d) => addParticipants(d, alice, [dave], "member", { now: 1 }))
+    expect(send(s, alice, same, LIVE)).toMatchObject({ allowed: false, rule: Rule.immutable })
+    const apart = updateOf(replicaOf(s.relay), (d) => addParticipants(d, alice, [dave], "member", { now: 5 }))
+    expect(send(s, alice, apart, LIVE)).toMatchObject({ allowed: true })
   })
 
   it("accepts a delete set re-sent on reconnect, and two removals of one participant", () => {

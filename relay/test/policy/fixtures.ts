@@ -25,6 +25,7 @@ import * as Y from "yjs"
 import { type CheckResult, checkUpdate } from "../../src/policy/check-update.js"
 import { ClientBindings } from "../../src/policy/client-bindings.js"
 import type { Principal } from "../../src/principal.js"
+import { RELAY_DOC_OPTIONS } from "../../src/replica-view.js"
 
 export const alice = "alice" as UserId // owner
 export const bob = "bob" as UserId // admin
@@ -45,7 +46,7 @@ export interface Scene {
 }
 
 export function scene(): Scene {
-  const relay = new Y.Doc()
+  const relay = new Y.Doc(RELAY_DOC_OPTIONS)
   createConversation(
     relay,
     alice,

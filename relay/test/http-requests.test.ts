@@ -1,0 +1,72 @@
+import { connect, type Socket } from "node:net"
+import { AddressLimit } from "@parley/shared"
+import { afterEach, describe, expect, it } from "vitest"
+import { MAX_PIPELINED } from "../src/ws-transport.js"
+import { startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
+
+afterEach(() => stopRelayProcesses())
+
+/** Writes `count` pipelined GETs of `path` in one write; resolves with what came back once the relay closed or 3 s passed. */
+function pipelined(
+  port: number,
+  path: string,
+  count: number,
+  from: string,
+): Promise<{ answers: number; closed: boolean }> {
+  const request = `GET ${path} HTTP/1.1\r\nHost: relay\r\nX-Forwarded-For: ${from}\r\n\r\n`
+  return new Promise((resolve) => {
+    const socket: Socket = connect(port, "127.0.0.1")
+    let received = ""
+    let closed = false
+    const done = () => resolve({ answers: received.split("HTTP/1.1 ").length - 1, closed })
+    const timer = setTimeout(() => {
+      socket.destroy()
+      done()
+    }, 3000)
+    socket.on("data", (chunk) => {
+      received += chunk.toString("latin1")
+    })
+    socket.on("error", () => {})
+    socket.on("close", () => {
+      closed = true
+      clearTimeout(timer)
+      done()
+    })
+    socket.write(request.repeat(count))
+  })
+}
+
+describe("HTTP requests before the user is known", () => {
+  it("closes a connection that pipelines, after a few answers, and answers the others (before: 1,000 pipelined requests were all served, seconds of work)", async () => {
+    const relay = await startRelayProcess({ args: ["--trust-proxy"] })
+    const port = Number(new URL(relay.url).port)
+    const burst = await pipelined(port, "/v1/openapi.json", 1000, "203.0.113.7")
+    expect(burst.closed).toBe(true)
+    expect(burst.answers).toBeLessThanOrEqual(MAX_PIPELINED)
+    // One request at a time on a connection (what browsers and HTTP libraries do) is served as before.
+    for (let i = 0; i < 3; i++) {
+      const response = await fetch(`${relay.httpUrl}/v1/openapi.json`, {
+        headers: { "x-forwarded-for": "203.0.113.8" },
+      })
+      expect(response.status).toBe(200)
+      expect(((await response.json()) as { openapi?: string }).openapi).toMatch(/^3\./)
+    }
+  })
+
+  it("answers 429 to an address past its budget of requests without credentials, and serves other addresses", async () => {
+    const relay = await startRelayProcess({ args: ["--trust-proxy", "--address-requests-per-second", "5"] })
+    const get = (path: string, from: string) =>
+      fetch(`${relay.httpUrl}${path}`, { headers: { "x-forwarded-for": from } })
+    // A bucket of ten seconds' worth (50), then refused with the limit's name.
+    const statuses: number[] = []
+    for (let i = 0; i < 60; i++) statuses.push((await get("/healthz", "203.0.113.9")).status)
+    expect(statuses.filter((s) => s === 200).length).toBeGreaterThanOrEqual(50)
+    expect(statuses.filter((s) => s === 200).length).toBeLessThan(55)
+    const refused = await get("/metrics", "203.0.113.9")
+    expect(refused.status).toBe(429)
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1)
+    expect((await refused.text()).trim()).toBe(AddressLimit.requests)
+    expect((await get("/healthz", "203.0.113.10")).status).toBe(200)
+    expect((await get("/metrics", "203.0.113.10")).status).toBe(200)
+  })
+})
