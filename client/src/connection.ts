@@ -7,6 +7,7 @@ import {
   encodeHistoryRequest,
   encodeSyncUpdate,
   encodeTokenRefresh,
+  encodeView,
   type HistoryPage,
   ParleyError,
   type ParleyFrame,
@@ -236,6 +237,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     // Without an open connection there is nothing to do: the next connect's sync sends the pending work.
     if (!this.wanted || this.destroyed || !session?.open) return
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
+    // With the replica's whole delete set: what it had seen goes first (see `ParleyMessage.view`).
+    session.send(encodeView(Y.encodeStateVector(this.options.doc)))
     for (const part of splitUpdate(pending, this.parts.limits, this.options.doc))
       session.send(encodeSyncUpdate(part))
   }

@@ -4,6 +4,8 @@ import {
   encodeChannelFrame,
   encodeKeepalive,
   encodeSyncStep1,
+  MessageType,
+  ParleyMessage,
   readMuxFrame,
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
@@ -164,14 +166,16 @@ describe("SocketMux", () => {
     // Only the document's own step 1 went out; the live update waits.
     expect(kinds()).toEqual([[0, 0]])
     socket.deliver(encodeChannelFrame(0, encodeSyncStep1(Uint8Array.of(0))))
+    // Its view (what the replica had: Parley subtype 10), its step 2, then the held update.
     expect(kinds()).toEqual([
       [0, 0],
+      [MessageType.parley, ParleyMessage.view],
       [0, 1],
       [0, 2],
     ])
     // After the handshake, updates go at once.
     doc.getMap("m").set("later", true)
-    expect(kinds()).toHaveLength(4)
+    expect(kinds()).toHaveLength(5)
     session.close()
     awareness.destroy()
     doc.destroy()

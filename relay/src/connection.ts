@@ -147,9 +147,6 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
    */
   private replicaStateVector: Uint8Array | undefined
 
-  /** When this connection began to be sent the document's changes (`performance.now()`): created, or promoted. */
-  private joinedAt = performance.now()
-
   /**
    * True while the document holds no conversation yet, so whether this user
    * may read it is not known: the connection is sent nothing derived from the
@@ -193,7 +190,6 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   promote(access: Exclude<Access, "pending" | "none">, created: boolean): void {
     if (!this.pending) return
     this.access = access
-    this.joinedAt = performance.now()
     const stateVector = this.reportedStateVector ?? (created ? EMPTY_STATE_VECTOR : undefined)
     this.reportedStateVector = undefined
     // The relay's state vector first: the client answers it with what it wrote before it merges the
@@ -356,6 +352,12 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
           )
           return
         }
+        if (message?.type === "view") {
+          // The state vector of the replica that made the update following: what it had seen (see ReplicaView).
+          const copy = this.checkedStateVector(message.stateVector)
+          if (copy) this.replicaStateVector = copy
+          return
+        }
         // The transport takes token refreshes; clients send no other subtype.
         throw new ParleyError(ErrorCode.MALFORMED_FRAME, "unexpected Parley message from a client")
       }
@@ -459,38 +461,47 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
     )
   }
 
+  /**
+   * A copy of a state vector a client sent (a sync request, a view), if it
+   * may be one of this document's replicas; otherwise the client is told
+   * (a malformed frame throws) and undefined.
+   */
+  private checkedStateVector(stateVector: Uint8Array): Uint8Array | undefined {
+    // Decoding a state vector costs about half a microsecond per entry, and a 1 MB frame lists
+    // 130,000 of them: 60-110 ms of CPU per frame (it was decoded up to three times), at the socket's
+    // frame rate. A replica knows the
+    // document's clients and its own sessions the relay has not heard of, no more; one that lists
+    // more is of an older epoch (or forged), and is told to rebuild before anything is decoded. A
+    // pending connection may be a stranger's: measured against an empty document, so that whether it
+    // is refused says nothing of the document's clients (it may list only sessions of its own).
+    const clients = this.pending ? 0 : this.host.doc.store.clients.size
+    const declared = declaredClients(stateVector)
+    // Bytes past what the entries it declares can take are no replica's: a request of 0 clients and
+    // 1 MiB was held per connection until answered (an outside probe kept 1 GB of them).
+    if (stateVector.length > STATE_VECTOR_HEADER_BYTES + declared * STATE_VECTOR_ENTRY_BYTES)
+      throw new ParleyError(
+        ErrorCode.MALFORMED_FRAME,
+        `a state vector of ${declared} clients takes at most ${STATE_VECTOR_HEADER_BYTES + declared * STATE_VECTOR_ENTRY_BYTES} bytes`,
+      )
+    if (declared > clients + MAX_UNKNOWN_CLIENTS) {
+      this.staleEpoch = true
+      this.refuse(
+        new ParleyError(
+          ErrorCode.INVALID_UPDATE,
+          "this replica lists more clients than the document has: rebuild it",
+          { rule: Rule.epoch },
+        ),
+      )
+      return undefined
+    }
+    // A copy: a view would keep the whole frame it came in alive as long as it is held.
+    return stateVector.slice()
+  }
+
   private receiveSync(message: SyncFrame): void {
     if (message.type === "syncStep1") {
-      const { stateVector } = message
-      // Decoding a state vector costs about half a microsecond per entry, and a 1 MB frame lists
-      // 130,000 of them: 60-110 ms of CPU per frame (it was decoded up to three times), at the socket's
-      // frame rate. A replica knows the
-      // document's clients and its own sessions the relay has not heard of, no more; one that lists
-      // more is of an older epoch (or forged), and is told to rebuild before anything is decoded. A
-      // pending connection may be a stranger's: measured against an empty document, so that whether it
-      // is refused says nothing of the document's clients (it may list only sessions of its own).
-      const clients = this.pending ? 0 : this.host.doc.store.clients.size
-      const declared = declaredClients(stateVector)
-      // Bytes past what the entries it declares can take are no replica's: a request of 0 clients and
-      // 1 MiB was held per connection until answered (an outside probe kept 1 GB of them).
-      if (stateVector.length > STATE_VECTOR_HEADER_BYTES + declared * STATE_VECTOR_ENTRY_BYTES)
-        throw new ParleyError(
-          ErrorCode.MALFORMED_FRAME,
-          `a state vector of ${declared} clients takes at most ${STATE_VECTOR_HEADER_BYTES + declared * STATE_VECTOR_ENTRY_BYTES} bytes`,
-        )
-      if (declared > clients + MAX_UNKNOWN_CLIENTS) {
-        this.staleEpoch = true
-        this.refuse(
-          new ParleyError(
-            ErrorCode.INVALID_UPDATE,
-            "this replica lists more clients than the document has: rebuild it",
-            { rule: Rule.epoch },
-          ),
-        )
-        return
-      }
-      // A copy: a view would keep the whole frame it came in alive as long as it is held.
-      const copy = stateVector.slice()
+      const copy = this.checkedStateVector(message.stateVector)
+      if (!copy) return
       if (this.pending) {
         // "Synced" with an empty document; the real answer is the catch-up sent on promotion, which
         // decodes the latest request (once).
@@ -524,10 +535,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
       return
     }
     this.pendingBytes += update.length
-    const seen: ReplicaView =
-      message.type === "syncUpdate"
-        ? { kind: "live", stateVector: this.replicaStateVector, joinedMs: performance.now() - this.joinedAt }
-        : { kind: "state-vector", stateVector: this.replicaStateVector }
+    const seen: ReplicaView = { stateVector: this.replicaStateVector }
     this.owner
       .submit(this, update, seen)
       .catch((error: unknown) => {

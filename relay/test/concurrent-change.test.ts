@@ -2,6 +2,7 @@ import {
   addParticipants,
   changeRole,
   createConversation,
+  encodeView,
   newConversationId,
   Rule,
   removeParticipants,
@@ -63,5 +64,50 @@ describe("an owner's removal of an admin who changed her own role meanwhile (a r
     // Adding her back is an ordinary change again.
     addParticipants(owners.doc, owner, [mallory])
     await owners.allSaved()
+  })
+
+  it("is refused when the owner's link had not brought her change yet, however long ago the relay applied it (before: saved and lost)", async () => {
+    const id = newConversationId()
+    const owners = await join(owner, id)
+    createConversation(owners.doc, owner, { kind: "group", id, participants: [mallory, carol] })
+    changeRole(owners.doc, owner, mallory, "admin")
+    await owners.allSaved()
+    const malloryClient = await join(mallory, id)
+    // The owner's downlink stalls (a congested mobile link): what the relay sends her waits unread.
+    owners.ws.pause()
+    changeRole(malloryClient.doc, mallory, mallory, "member")
+    await malloryClient.allSaved()
+    // Well past the 3 s after which the relay once counted the demotion as seen by every connection.
+    await new Promise((resolve) => setTimeout(resolve, 3500))
+    removeParticipants(owners.doc, owner, [mallory])
+    owners.ws.resume()
+    await owners.until(() => owners.errors.length > 0)
+    expect(owners.errors[0]).toMatchObject({ code: "FORBIDDEN", rule: Rule.concurrentChange })
+    const reader = await join(carol, id)
+    expect(typesOf(reader.doc).participants.get(mallory)?.role).toBe("member")
+  })
+
+  it("takes a whole delete set re-sent after the replica's view, and judges it without one as a removal", async () => {
+    const id = newConversationId()
+    const owners = await join(owner, id)
+    createConversation(owners.doc, owner, { kind: "group", id, participants: [mallory, carol] })
+    changeRole(owners.doc, owner, mallory, "admin")
+    await owners.allSaved()
+    const carols = await join(carol, id)
+    const malloryClient = await join(mallory, id)
+    changeRole(malloryClient.doc, mallory, mallory, "member")
+    await malloryClient.allSaved()
+    // Carol's replica got the demotion live (her sync request's state vector predates it).
+    await carols.until(() => typesOf(carols.doc).participants.get(mallory)?.role === "member")
+    // What the SDK re-sends: everything, the delete set naming the admin record the demotion replaced.
+    const whole = Y.encodeStateAsUpdate(carols.doc)
+    carols.sendUpdate(whole)
+    await carols.until(() => carols.errors.length > 0)
+    expect(carols.errors[0]).toMatchObject({ code: "FORBIDDEN", rule: Rule.concurrentChange })
+    const saves = carols.saves.length
+    carols.send(encodeView(Y.encodeStateVector(carols.doc)))
+    carols.sendUpdate(whole)
+    await carols.until(() => carols.saves.length > saves || carols.errors.length > 1)
+    expect(carols.errors).toHaveLength(1)
   })
 })

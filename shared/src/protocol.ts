@@ -41,6 +41,15 @@ export const ParleyMessage = {
   epochRequest: 8,
   /** Relay → client: the answer to a {@link ParleyMessage.epochRequest}: the record, or why not. */
   epochRecord: 9,
+  /**
+   * Client → relay: the state vector of the replica that made the update
+   * following on this connection: what it had seen when it made it. Sent
+   * before an update that carries the replica's whole delete set (a resend,
+   * the parts of an initial sync), so that the relay can tell a removal the
+   * replica re-sends from one it makes of a record it never saw replaced
+   * (rule `concurrent-change`).
+   */
+  view: 10,
 } as const
 
 /** Subtypes of a {@link MessageType.sync} message (y-protocols' `messageYjsSyncStep1` …). */
@@ -95,6 +104,7 @@ export type ParleyFrame =
   | { readonly type: "epochRequest"; readonly request: number; readonly record: number }
   /** Laid out as a history page; `segment` is the epoch record's number. */
   | ({ readonly type: "epochRecord" } & HistoryPage)
+  | { readonly type: "view"; readonly stateVector: Uint8Array }
 
 /**
  * A relay's answer to a history request: the segment's bytes and hash, or
@@ -188,6 +198,15 @@ export function encodeError(error: WireError): Uint8Array {
   return encoding.toUint8Array(encoder)
 }
 
+/** Encodes the state vector of the replica that made the next update sent (client → relay; see {@link ParleyMessage.view}). */
+export function encodeView(stateVector: Uint8Array): Uint8Array {
+  const encoder = encoding.createEncoder()
+  encoding.writeVarUint(encoder, MessageType.parley)
+  encoding.writeVarUint(encoder, ParleyMessage.view)
+  encoding.writeVarUint8Array(encoder, stateVector)
+  return encoding.toUint8Array(encoder)
+}
+
 /** Encodes a token refresh (client → relay). */
 export function encodeTokenRefresh(token: string): Uint8Array {
   const encoder = encoding.createEncoder()
@@ -224,6 +243,8 @@ export function readParleyFrame(decoder: decoding.Decoder): ParleyFrame | undefi
       error: { code: isErrorCode(code) ? code : ErrorCode.INTERNAL, message, ...(rule ? { rule } : {}) },
     }
   }
+  if (subtype === ParleyMessage.view)
+    return { type: "view", stateVector: decoding.readVarUint8Array(decoder) }
   if (subtype === ParleyMessage.token) return { type: "token", token: decoding.readVarString(decoder) }
   if (subtype === ParleyMessage.tokenAccepted)
     return { type: "tokenAccepted", expiresAt: decoding.readVarUint(decoder) }

@@ -3,6 +3,7 @@ import {
   encodeSyncStep1,
   encodeSyncStep2,
   encodeSyncUpdate,
+  encodeView,
   MessageType,
   type ParleyFrame,
   readFrame,
@@ -189,6 +190,10 @@ export class SyncSession {
               this.parts(),
               this.doc,
             )
+            // They carry the replica's whole delete set: what it had seen when it made them goes first (what
+            // another tab handed over since the sync request counts), for the relay to tell a removal it
+            // re-sends from one of a record it never saw replaced (rule `concurrent-change`).
+            this.sendRaw(encodeView(Y.encodeStateVector(this.doc)))
             this.sendRaw(encodeSyncStep2(first!))
             for (const part of rest) this.sendRaw(encodeSyncUpdate(part))
           } catch (cause) {

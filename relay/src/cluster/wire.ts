@@ -175,22 +175,20 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
   }
 }
 
-/** A replica view's tags on the wire. */
+/** A replica view's tags on the wire (2: a view of the previous version, with a connection's age, read and ignored). */
 const VIEW_STATE_VECTOR = 1
-const VIEW_LIVE = 2
+const VIEW_WITH_AGE = 2
 
 function writeReplicaView(e: encoding.Encoder, seen: ReplicaView): void {
-  encoding.writeUint8(e, seen.kind === "live" ? VIEW_LIVE : VIEW_STATE_VECTOR)
+  encoding.writeUint8(e, VIEW_STATE_VECTOR)
   encoding.writeVarUint8Array(e, seen.stateVector ?? new Uint8Array())
-  // The age of the connection, not a time: the relays' clocks differ.
-  if (seen.kind === "live") encoding.writeVarUint(e, Math.max(0, Math.round(seen.joinedMs)))
 }
 
 function readReplicaView(d: decoding.Decoder): ReplicaView {
   const tag = decoding.readUint8(d)
   const bytes = decoding.readVarUint8Array(d)
   const stateVector = bytes.length > 0 ? bytes : undefined
-  if (tag === VIEW_STATE_VECTOR) return { kind: "state-vector", stateVector }
-  if (tag === VIEW_LIVE) return { kind: "live", stateVector, joinedMs: decoding.readVarUint(d) }
-  throw new Error(`unknown replica view ${tag}`)
+  if (tag === VIEW_WITH_AGE) decoding.readVarUint(d)
+  else if (tag !== VIEW_STATE_VECTOR) throw new Error(`unknown replica view ${tag}`)
+  return { stateVector }
 }

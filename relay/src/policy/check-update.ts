@@ -59,13 +59,7 @@ import {
 import * as Y from "yjs"
 import { sealedIdStatus } from "../history/sealed-ids.js"
 import { describePrincipal, type Principal } from "../principal.js"
-import {
-  membership,
-  membershipOf,
-  type ReplicaView,
-  replicaHad,
-  timeParticipantRecords,
-} from "../replica-view.js"
+import { membership, membershipOf, type ReplicaView, replicaHad } from "../replica-view.js"
 import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
 import { isPlainJson, sameJson } from "./plain-json.js"
 import {
@@ -993,15 +987,13 @@ class UpdateCheck {
    */
   private checkStaleRemovals(): void {
     const seen = this.input.seen
-    if (seen) timeParticipantRecords(this.doc)
     if (!seen || this.isRelay || this.read.redeleted.length === 0) return
     const participants = typesOf(this.doc).participants as unknown
     // What the sender's own user wrote is theirs: a replica re-sending its delete set right after its
     // own change of a record (removing and adding a member again, then a resend after a refusal) was
     // refused for a removal nobody made (an outside probe). A user's two devices at odds is their own.
     const own = describePrincipal(this.principal)
-    const had = (item: Y.Item) =>
-      this.input.bindings.get(item.id.client) === own || replicaHad(seen, this.doc, item)
+    const had = (item: Y.Item) => this.input.bindings.get(item.id.client) === own || replicaHad(seen, item)
     // Each key once (a re-sent delete set may name every record a key ever held: one walk of its items,
     // not one per record named).
     const removedByKey = new Map<string, Set<Y.Item>>()
