@@ -5,6 +5,7 @@ import {
   type MessageView,
   messageIndex,
   type ParleyError,
+  sealedThrough,
   storedRecordId,
   TopLevel,
   typesOf,
@@ -86,6 +87,26 @@ export class MessageStatuses {
       if (this.isSaved(id)) return "sent"
       return this.failures.has(id) ? "failed" : "pending"
     }
+    return this.byMarkers(seq)
+  }
+
+  /**
+   * The status of one of the user's messages that the live document no
+   * longer holds and whose number this replica never learnt: sealed into
+   * history while the device was away (the relay stored it, and its
+   * acknowledgement was lost with the connection). Its number is at most
+   * what is sealed through, so the others' markers past that say where it
+   * stands at least. Undefined while the live document holds it, or when
+   * nothing is sealed.
+   */
+  sealedUnnumbered(id: MessageId): MessageStatus | undefined {
+    if (this.authorOf(id) !== undefined) return undefined
+    const through = sealedThrough(this.doc)
+    return through === 0 ? undefined : this.byMarkers(through)
+  }
+
+  /** Where a message numbered `seq` stands by the other participants' markers. */
+  private byMarkers(seq: number): MessageStatus {
     const t = typesOf(this.doc)
     let delivered = false
     for (const [user, upTo] of t.read) if (user !== this.user && upTo >= seq) return "read"

@@ -286,6 +286,35 @@ describe("sealed history in the SDK", () => {
     expect(theirs.status(bobsOlder[0]!.id)).toBeUndefined()
   })
 
+  it("keeps following a message the relay stored and sealed while its acknowledgement was lost with the connection (before: no status, no event)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const mine = await alice.createConversation({ participants: [b], title: "lost ack" })
+    const first = mine.send("first")
+    await eventually(() => expect(mine.status(first.id)).toBe("sent"))
+    const statuses: string[] = []
+    mine.on("status", ({ status }) => statuses.push(status))
+    // Out on the socket, then the connection goes before the relay's answer can come back.
+    const sent = mine.send("acknowledgement lost")
+    alice.disconnect()
+    expect(mine.status(sent.id)).toBe("pending")
+    // Bob writes enough that alice's message is sealed into history before she is back.
+    const bob = await connectClient(relay, b)
+    const theirs = await bob.conversation(mine.id).ready()
+    await eventually(() =>
+      expect(theirs.messages({ last: 50 }).map((m) => m.body)).toContain("acknowledgement lost"),
+    )
+    for (let i = 0; i < 25; i++) theirs.send(`b${i}`)
+    await eventually(() => expect(theirs.message(theirs.messages({ last: 1 })[0]!.id)?.seq).toBe(27))
+    theirs.markRead("latest")
+    alice.connect()
+    await eventually(() =>
+      expect(mine.messages({ last: 50 }).map((m) => m.body)).not.toContain("acknowledgement lost"),
+    )
+    await eventually(() => expect(mine.status(sent.id)).toBe("read"))
+    expect(statuses).toContain("read")
+  })
+
   it("a device offline across a new epoch of the live document rebuilds and syncs its pending work exactly once", async () => {
     const epochRelay = await startEpochRelay()
     try {

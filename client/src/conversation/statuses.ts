@@ -27,6 +27,12 @@ export class StatusTracker {
    * (and no longer in the live document, nor loaded) still moves to "read".
    */
   private readonly numbers = new Map<MessageId, number>()
+  /**
+   * Followed messages sealed into history before their number reached this
+   * replica (see `statusOf`): few, one per acknowledgement lost with its
+   * connection as its message was sealed.
+   */
+  private readonly sealedAway = new Set<MessageId>()
 
   constructor(
     /** The current replica's statuses (a resync replaces them). */
@@ -95,10 +101,18 @@ export class StatusTracker {
     const statuses = this.statuses()
     const seq = statuses.ownSeq(id)
     if (seq !== undefined && this.tracked.has(id)) this.numbers.set(id, seq)
-    return statuses.status(id, () => {
+    const status = statuses.status(id, () => {
       const known = this.numbers.get(id)
       return this.view(id) ?? (known === undefined ? undefined : { author: statuses.user, seq: known })
     })
+    // Followed while pending, sealed before its number reached this device (the relay stored it and
+    // its acknowledgement was lost with the connection): no longer "unknown", and never reported moving
+    // (an outside probe saw 709 messages stay so after a relay was killed). Remembered once read.
+    if (status !== undefined || this.lost.has(id)) return status
+    if (!this.tracked.has(id) && !this.sealedAway.has(id)) return undefined
+    const sealed = statuses.sealedUnnumbered(id)
+    if (sealed !== undefined) this.sealedAway.add(id)
+    return sealed
   }
 
   /** Emits a status event for each followed message whose status moved; forgets read ones. */
