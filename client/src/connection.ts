@@ -192,6 +192,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     return this.current
   }
 
+  /** How far the relay is known to have each client of the replica (its sync request, then its acknowledgements). */
+  get relayHas(): ReadonlyMap<number, number> {
+    return this.relayState
+  }
+
   /** True once the relay's state has been received on the current connection. */
   get synced(): boolean {
     return this.session?.synced ?? false

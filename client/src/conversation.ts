@@ -42,6 +42,7 @@ import type {
   SendInput,
   SendOptions,
 } from "./conversation/types.js"
+import { unsavedChanges } from "./conversation/unsaved.js"
 import { MessageUploads } from "./conversation/uploads.js"
 import { Emitter } from "./emitter.js"
 import type { MessageStatus } from "./message-status.js"
@@ -584,10 +585,16 @@ export class Conversation extends Emitter<ConversationEvents> {
         // (A refused token is different: the changes wait for a token that works. So does a damaged
         // conversation: the replica keeps them for when an operator has restored it, and may even hold
         // what the relay lost.)
-        if (error.code !== ErrorCode.UNAUTHORIZED && error.code !== ErrorCode.DAMAGED)
-          this.statuses.refuseUnsaved(error)
+        const refused = error.code !== ErrorCode.UNAUTHORIZED && error.code !== ErrorCode.DAMAGED
+        if (refused) this.statuses.refuseUnsaved(error)
         this.loading.apply({ type: "unavailable", error })
         this.statuses.refresh()
+        // The rest of what it never saved (edits, reactions, ...) stays on this replica only: each told,
+        // as a refused change is (a user removed while offline saw their edits and reactions stay, and
+        // nothing said they went nowhere: an outside probe). Messages were told as failed just above.
+        if (refused)
+          for (const change of unsavedChanges(this.doc, this.user, this.savedThrough(generation)))
+            this.emit("error", { error, change })
       },
       limited: (error) => {
         // Told to the app; what it has locally stays ready and writable (its changes wait, as offline).
@@ -603,6 +610,12 @@ export class Conversation extends Emitter<ConversationEvents> {
       if (this.gen?.doc === doc) this.priorities.changed(doc)
     })
     return generation
+  }
+
+  /** How far the relay is known to have this replica's own client: its acknowledgements, its sync requests. */
+  private savedThrough(generation: Generation): number {
+    const own = generation.doc.clientID
+    return Math.max(generation.statuses.savedThrough(own), generation.connection.relayHas.get(own) ?? 0)
   }
 
   /** The relay refused an update: resync (see `conversation/resync.ts`). */

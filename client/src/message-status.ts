@@ -48,6 +48,11 @@ export class MessageStatuses {
     }
   }
 
+  /** How far the relay acknowledged having client `client`'s changes (its clock; 0 when never). */
+  savedThrough(client: number): number {
+    return this.saved.get(client) ?? 0
+  }
+
   /** Marks the user's messages that the relay has not saved as refused with `error`. */
   refuseUnsaved(error: ParleyError): MessageId[] {
     const refused: MessageId[] = []

@@ -216,21 +216,36 @@ describe("ChatClient against a relay", () => {
     const bobChat = await bob.conversation(chat.id).ready()
     await eventually(() => expect(bobChat.connection.status).toBe("online"))
 
+    const own = bobChat.send("before my removal")
+    await eventually(() => expect(bobChat.status(own.id)).not.toBe("pending"))
+    chat.send("alice, while bob is online")
+    await eventually(() => expect(bobChat.messages().length).toBe(2))
     bob.disconnect()
     chat.removeParticipants([b])
     await eventually(() => expect(chat.participants.map((p) => p.user)).toEqual([a]))
     const late = bobChat.send("written after my removal")
+    // An edit and a reaction too, offline: they stay on his replica only, and he is told so.
+    bobChat.edit(own.id, "edited after my removal")
+    bobChat.react(own.id, "🔥")
     const failures: { status: string; code?: string }[] = []
     bobChat.on("status", ({ status, error }) =>
       failures.push({ status, ...(error ? { code: error.code } : {}) }),
+    )
+    const errors: { code: string; change?: string }[] = []
+    bobChat.on("error", ({ error, change }) =>
+      errors.push({ code: error.code, ...(change ? { change: change.kind } : {}) }),
     )
     bob.connect()
     await eventually(() => expect(bobChat.state.state).toBe("unavailable"))
     expect(bobChat.state).toMatchObject({ reason: ErrorCode.FORBIDDEN })
     expect(failures).toEqual([{ status: "failed", code: ErrorCode.FORBIDDEN }])
+    expect(errors).toEqual([
+      { code: ErrorCode.FORBIDDEN, change: "message.edit" },
+      { code: ErrorCode.FORBIDDEN, change: "reaction.add" },
+    ])
     expect(bobChat.message(late.id)).toMatchObject({ status: "failed", error: { code: ErrorCode.FORBIDDEN } })
     expect(() => bobChat.send("again")).toThrow(ParleyError)
-    expect(bodies(chat)).toEqual([])
+    expect(bodies(chat)).toEqual(["before my removal", "alice, while bob is online"])
   })
 
   it("lists a conversation in the other user's inbox, with its unread count, before they open it", async () => {
