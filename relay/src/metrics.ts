@@ -124,9 +124,6 @@ export interface MetricsExtensionOptions {
   readonly token?: string
 }
 
-/** How long one rendering of the metrics is served for. */
-const METRICS_RENDER_MS = 1000
-
 /** The digest a bearer token is compared by: equal lengths, so the comparison takes the same time whatever is sent. */
 const digestOf = (value: string): Buffer => createHash("sha256").update(value).digest()
 
@@ -139,7 +136,7 @@ export function metricsExtension(
   options: MetricsExtensionOptions = {},
 ): RelayExtension {
   const expected = options.token === undefined ? undefined : digestOf(options.token)
-  let rendered: { readonly at: number; readonly text: Promise<string> } | undefined
+  let rendering: Promise<string> | undefined
   return {
     name: "metrics",
     async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
@@ -161,12 +158,13 @@ export function metricsExtension(
           return true
         }
       }
-      // Rendered at most once a second, whoever asks: 1.5-2.5 ms each, and served to anyone without a
-      // token (an outside probe's flood of them held the relay's event loop).
-      const now = performance.now()
-      if (!rendered || now - rendered.at >= METRICS_RENDER_MS)
-        rendered = { at: now, text: metrics.registry.metrics() }
-      const text = await rendered.text
+      // Requests that arrive while one is rendered share it (1.5-2.5 ms each). Without a token they are
+      // anyone's: held to their address's request budget (`--address-requests-per-second`), and pipelined
+      // ones to a few per connection (an outside probe's flood of them held the relay's event loop).
+      rendering ??= metrics.registry.metrics().finally(() => {
+        rendering = undefined
+      })
+      const text = await rendering
       res.writeHead(200, { "content-type": metrics.registry.contentType })
       res.end(text)
       return true
