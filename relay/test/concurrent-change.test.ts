@@ -35,6 +35,24 @@ async function join(user: UserId, id: string, doc?: Y.Doc): Promise<TestClient> 
   return client
 }
 
+/** A group of the owner, mallory (an admin) and carol, saved. */
+async function withAdmin(): Promise<{ id: string; owners: TestClient }> {
+  const id = newConversationId()
+  const owners = await join(owner, id)
+  createConversation(owners.doc, owner, { kind: "group", id, participants: [mallory, carol] })
+  changeRole(owners.doc, owner, mallory, "admin")
+  await owners.allSaved()
+  return { id, owners }
+}
+
+/** Mallory, connected, makes herself a member again. */
+async function demoteHerself(id: string): Promise<TestClient> {
+  const malloryClient = await join(mallory, id)
+  changeRole(malloryClient.doc, mallory, mallory, "member")
+  await malloryClient.allSaved()
+  return malloryClient
+}
+
 describe("an owner's removal of an admin who changed her own role meanwhile (a relay process)", () => {
   it("is refused as a concurrent change, not acknowledged and lost: she stops receiving once the owner removes her again", async () => {
     const id = newConversationId()
@@ -67,16 +85,10 @@ describe("an owner's removal of an admin who changed her own role meanwhile (a r
   })
 
   it("is refused when the owner's link had not brought her change yet, however long ago the relay applied it (before: saved and lost)", async () => {
-    const id = newConversationId()
-    const owners = await join(owner, id)
-    createConversation(owners.doc, owner, { kind: "group", id, participants: [mallory, carol] })
-    changeRole(owners.doc, owner, mallory, "admin")
-    await owners.allSaved()
-    const malloryClient = await join(mallory, id)
+    const { id, owners } = await withAdmin()
     // The owner's downlink stalls (a congested mobile link): what the relay sends her waits unread.
     owners.ws.pause()
-    changeRole(malloryClient.doc, mallory, mallory, "member")
-    await malloryClient.allSaved()
+    await demoteHerself(id)
     // Well past the 3 s after which the relay once counted the demotion as seen by every connection.
     await new Promise((resolve) => setTimeout(resolve, 3500))
     removeParticipants(owners.doc, owner, [mallory])
@@ -88,15 +100,9 @@ describe("an owner's removal of an admin who changed her own role meanwhile (a r
   })
 
   it("takes a whole delete set re-sent after the replica's view, and judges it without one as a removal", async () => {
-    const id = newConversationId()
-    const owners = await join(owner, id)
-    createConversation(owners.doc, owner, { kind: "group", id, participants: [mallory, carol] })
-    changeRole(owners.doc, owner, mallory, "admin")
-    await owners.allSaved()
+    const { id } = await withAdmin()
     const carols = await join(carol, id)
-    const malloryClient = await join(mallory, id)
-    changeRole(malloryClient.doc, mallory, mallory, "member")
-    await malloryClient.allSaved()
+    await demoteHerself(id)
     // Carol's replica got the demotion live (her sync request's state vector predates it).
     await carols.until(() => typesOf(carols.doc).participants.get(mallory)?.role === "member")
     // What the SDK re-sends: everything, the delete set naming the admin record the demotion replaced.

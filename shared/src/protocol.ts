@@ -180,9 +180,14 @@ function encodePage(subtype: number, page: HistoryPage): Uint8Array {
 
 /** Encodes a "saved" acknowledgement carrying the relay's saved state vector. */
 export function encodeSaved(stateVector: Uint8Array): Uint8Array {
+  return encodeStateVectorMessage(ParleyMessage.saved, stateVector)
+}
+
+/** A Parley message whose body is one state vector. */
+function encodeStateVectorMessage(subtype: number, stateVector: Uint8Array): Uint8Array {
   const encoder = encoding.createEncoder()
   encoding.writeVarUint(encoder, MessageType.parley)
-  encoding.writeVarUint(encoder, ParleyMessage.saved)
+  encoding.writeVarUint(encoder, subtype)
   encoding.writeVarUint8Array(encoder, stateVector)
   return encoding.toUint8Array(encoder)
 }
@@ -200,11 +205,7 @@ export function encodeError(error: WireError): Uint8Array {
 
 /** Encodes the state vector of the replica that made the next update sent (client → relay; see {@link ParleyMessage.view}). */
 export function encodeView(stateVector: Uint8Array): Uint8Array {
-  const encoder = encoding.createEncoder()
-  encoding.writeVarUint(encoder, MessageType.parley)
-  encoding.writeVarUint(encoder, ParleyMessage.view)
-  encoding.writeVarUint8Array(encoder, stateVector)
-  return encoding.toUint8Array(encoder)
+  return encodeStateVectorMessage(ParleyMessage.view, stateVector)
 }
 
 /** Encodes a token refresh (client → relay). */
