@@ -156,6 +156,8 @@ export async function startCluster(
     typeof options.redisUrl === "function" ? options.redisUrl(i) : (options.redisUrl ?? REDIS_URL),
     "--redis-prefix",
     prefix,
+    // As deployed behind the load balancer (deploy/compose.yaml).
+    "--trust-proxy",
     ...(options.args ?? []),
   ]
   const cluster: TestCluster = {
@@ -281,6 +283,7 @@ export function haproxyConfig(
     "  timeout tunnel 1h",
     "  option redispatch",
     "  retries 3",
+    "  option forwardfor",
     "frontend parley",
     `  bind 127.0.0.1:${port}`,
     // Every relay not ready at once is a dependency they share failing (Redis, PostgreSQL): the live
