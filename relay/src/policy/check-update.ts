@@ -989,11 +989,10 @@ class UpdateCheck {
     const seen = this.input.seen
     if (!seen || this.isRelay || this.read.redeleted.length === 0) return
     const participants = typesOf(this.doc).participants as unknown
-    // What the sender's own user wrote is theirs: a replica re-sending its delete set right after its
-    // own change of a record (removing and adding a member again, then a resend after a refusal) was
-    // refused for a removal nobody made (an outside probe). A user's two devices at odds is their own.
-    const own = describePrincipal(this.principal)
-    const had = (item: Y.Item) => this.input.bindings.get(item.id.client) === own || replicaHad(seen, item)
+    // Only what the replica's state vector covers: not every record its user wrote (another device's
+    // change swallowed the removal all the same, and the removed admin kept reading: an outside probe).
+    // The SDK's resends carry its view, which covers what it wrote itself.
+    const had = (item: Y.Item) => replicaHad(seen, item)
     // Each key once (a re-sent delete set may name every record a key ever held: one walk of its items,
     // not one per record named).
     const removedByKey = new Map<string, Set<Y.Item>>()
@@ -1017,11 +1016,10 @@ class UpdateCheck {
       let lastSeen: Y.Item | null = current
       while (lastSeen !== null && !removed.has(lastSeen) && !had(lastSeen)) lastSeen = lastSeen.left
       if (lastSeen === null || !removed.has(lastSeen) || had(current)) continue
-      // The user was removed and added again since that record (a new membership: who added them, or
-      // when, differs): the removal happened, and this one is re-sent. Refused, every member who came
-      // back online after a removal and re-adding had their offline work refused (an outside probe).
-      const was = membershipOf(lastSeen)
-      if (was !== undefined && was !== membershipOf(current)) continue
+      // The user was removed and added again since that record: the removal happened, and this one is
+      // re-sent. Refused, every member who came back online after a removal and re-adding had their
+      // offline work refused (an outside probe).
+      if (readdedSince(lastSeen, current)) continue
       refuse(
         Rule.concurrentChange,
         `participant ${key}'s record changed after this replica last saw it: the removal would remove nothing, and ${key} is still a participant`,
@@ -1164,4 +1162,32 @@ export function sealedIdsNamed(doc: Y.Doc, update: Uint8Array): MessageId[] {
   }
   for (const d of read.deleted) keyed(d.location.root, d.location.key)
   return [...ids]
+}
+
+/**
+ * Whether a record after `from` under its key (up to `to`) starts another
+ * membership (who added the user, or when, differs: kept for deleted records,
+ * see `RELAY_DOC_OPTIONS`) and was written by a replica that had `from`: the
+ * membership of `from` ended by a removal, the user was added again. A
+ * record of another membership placed without having `from` (a direct
+ * conversation's creation restated by the other user, offline) is a
+ * concurrent write, not a re-adding (an outside probe's leave was
+ * acknowledged and lost so).
+ */
+function readdedSince(from: Y.Item, to: Y.Item): boolean {
+  const was = membershipOf(from)
+  if (was === undefined) return false
+  const chain: Y.Item[] = [from]
+  for (let item = from.right; item !== null; item = item.right) {
+    chain.push(item)
+    if (item === to) break
+  }
+  const inChain = (id: Y.ID | null) =>
+    id !== null &&
+    chain.some((i) => i.id.client === id.client && id.clock >= i.id.clock && id.clock < i.id.clock + i.length)
+  return chain.some((item, i) => {
+    if (i === 0) return false
+    const now = membershipOf(item)
+    return now !== undefined && now !== was && inChain(item.origin)
+  })
 }

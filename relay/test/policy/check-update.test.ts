@@ -863,6 +863,31 @@ describe("two creations of one direct conversation", () => {
     assertInvariants(relay)
   })
 
+  it("refuses a leave made before the other user's restated creation reached the leaver (before: saved and lost)", () => {
+    const relay = new Y.Doc(RELAY_DOC_OPTIONS)
+    const bindings = new ClientBindings()
+    const carols = new Y.Doc()
+    createConversation(carols, carol, { kind: "direct", participants: [dave] })
+    expect(check(relay, bindings, carol, Y.encodeStateAsUpdate(carols))).toMatchObject({ allowed: true })
+    // Dave creates it too, offline, under a client id that outranks carol's: his records win the merge.
+    const daves = new Y.Doc()
+    daves.clientID = carols.clientID + 1
+    createConversation(daves, dave, { kind: "direct", participants: [carol] })
+    expect(check(relay, bindings, dave, Y.encodeStateAsUpdate(daves))).toMatchObject({ allowed: true })
+    // Carol, who never saw his, leaves: her removal names her own record, which his replaced.
+    const seen: ReplicaView = { stateVector: Y.encodeStateVector(carols) }
+    const leave = updateOf(carols, (d) => leaveConversation(d, carol))
+    const result = checkUpdate({
+      doc: relay,
+      update: leave,
+      principal: user(carol),
+      bindings,
+      conversation: DIRECT,
+      seen,
+    })
+    expect(result).toMatchObject({ allowed: false, rule: Rule.concurrentChange })
+  })
+
   it("still refuses a later creation that changes what the id fixes, or comes from someone who left", () => {
     const relay = new Y.Doc()
     const bindings = new ClientBindings()
@@ -1621,6 +1646,23 @@ describe("a removal of a participant whose record another write replaced (concur
     expect(send(s, alice, same, LIVE)).toMatchObject({ allowed: false, rule: Rule.immutable })
     const apart = updateOf(replicaOf(s.relay), (d) => addParticipants(d, alice, [dave], "member", { now: 5 }))
     expect(send(s, alice, apart, LIVE)).toMatchObject({ allowed: true })
+  })
+
+  it("refuses a removal swallowed by the removed admin's own change, even when the sender's other device wrote the record between (before: saved, she kept reading)", () => {
+    const s = scene()
+    // Alice's second device, offline from here: carol is a member to it.
+    const deviceB = replicaOf(s.relay)
+    const seen = viewOf(deviceB)
+    const promotion = updateOf(replicaOf(s.relay), (d) => changeRole(d, alice, carol, "admin"))
+    expect(send(s, alice, promotion, LIVE)).toMatchObject({ allowed: true })
+    const demotion = updateOf(replicaOf(s.relay), (d) => changeRole(d, carol, carol, "member"))
+    expect(send(s, carol, demotion, LIVE)).toMatchObject({ allowed: true })
+    removeParticipants(deviceB, alice, [carol])
+    expect(send(s, alice, pendingOf(deviceB, s.relay), seen)).toMatchObject({
+      allowed: false,
+      rule: Rule.concurrentChange,
+    })
+    expect(typesOf(s.relay).participants.get(carol)?.role).toBe("member")
   })
 
   it("accepts a delete set re-sent on reconnect, and two removals of one participant", () => {
