@@ -62,6 +62,11 @@ export class AddressLimiter {
     return true
   }
 
+  /** Gives back one that {@link take} took from `address`. */
+  giveBack(address: string): void {
+    this.buckets.get(keyOf(address))?.give(1)
+  }
+
   /** Takes one failed attempt of `address`. */
   failed(address: string): void {
     if (this.capacity <= 0) return

@@ -9,6 +9,7 @@ import {
   SignJWT,
 } from "jose"
 import { type Principal, SERVICE_PARTICIPANT_PREFIX } from "./principal.js"
+import { credentialsVerified } from "./request-scope.js"
 
 /** How tokens are verified: exactly one key source. */
 export type AuthKey =
@@ -138,9 +139,13 @@ export class Authenticator {
     // device) is verified once, for a short while and never past its expiry.
     const now = Date.now()
     const known = this.verified.get(token)
-    if (known && known.until > now) return known.token
+    if (known && known.until > now) {
+      credentialsVerified()
+      return known.token
+    }
     if (known) this.verified.delete(token)
     const fresh = await this.verifyFresh(token)
+    credentialsVerified()
     if (token.length <= VERIFIED_TOKEN_MAX_CHARS) {
       if (this.verified.size >= VERIFIED_TOKENS_KEPT) {
         // The oldest entry goes (a Map keeps insertion order).

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from "node:crypto"
 import client from "prom-client"
 import type { HttpRequest, RelayExtension } from "./extension.js"
+import { credentialsVerified } from "./request-scope.js"
 
 /** The relay's Prometheus metrics, in a registry of their own (several relays may share a process). */
 export class RelayMetrics {
@@ -157,6 +158,7 @@ export function metricsExtension(
           )
           return true
         }
+        credentialsVerified()
       }
       // Requests that arrive while one is rendered share it (1.5-2.5 ms each). Without a token they are
       // anyone's: held to their address's request budget (`--address-requests-per-second`), and pipelined

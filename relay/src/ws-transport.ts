@@ -36,6 +36,7 @@ import { describePrincipal, type Principal, SERVICE_PARTICIPANT_PREFIX } from ".
 import { RateLimiter } from "./rate-limit.js"
 import { firstByte, sizeOf, toBytes } from "./raw-data.js"
 import type { RelayCore } from "./relay-core.js"
+import { withinRequest } from "./request-scope.js"
 import { SendQueue } from "./send-queue.js"
 import { serveStatic } from "./static-files.js"
 import { type LeaseContext, TokenLease } from "./token-lease.js"
@@ -71,11 +72,10 @@ export interface TransportLimits {
    */
   readonly addressAuthFailuresPerMinute: number
   /**
-   * HTTP requests without credentials (no `Authorization` header: health
-   * checks, `/metrics`, `/v1/openapi.json`, static files, signed attachment
-   * URLs) one client address may make per second, in a bucket of ten
-   * seconds' worth; beyond, answered 429. Requests with credentials are
-   * limited per user and per failed verification instead. 0: no limit.
+   * HTTP requests one client address may make per second, in a bucket of
+   * ten seconds' worth; beyond, answered 429. A request whose credentials
+   * verify (a token, an API key, the metrics token) is given back: it is
+   * held to its user's or key's budgets instead. 0: no limit.
    */
   readonly addressRequestsPerSecond: number
   /**
@@ -360,16 +360,26 @@ export class WsTransport {
   private async http(req: IncomingMessage, res: ServerResponse): Promise<void> {
     // A connection closed (by its client, or for pipelining too deep) has nobody to answer.
     if (req.socket.destroyed) return
-    if (req.headers.authorization === undefined && !this.requests.take(this.addressOf(req))) {
+    // Every request takes one of its address's, given back once its credentials verify (see
+    // `credentialsVerified`): those are held to their user's or key's budgets instead.
+    const address = this.addressOf(req)
+    if (!this.requests.take(address)) {
       this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
       res.writeHead(429, {
-        "retry-after": String(this.requests.retryAfterSeconds(this.addressOf(req))),
+        "retry-after": String(this.requests.retryAfterSeconds(address)),
         "content-type": "text/plain",
         connection: "close",
       })
       res.end(`${AddressLimit.requests}\n`)
       return
     }
+    return withinRequest(
+      () => this.requests.giveBack(address),
+      () => this.serve(req, res),
+    )
+  }
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://relay")
     if (req.headers.authorization !== undefined && !this.credentialsAllowed(req, res)) return
     if (this.options.routes && (await this.options.routes(req, res))) return

@@ -69,4 +69,26 @@ describe("HTTP requests before the user is known", () => {
     expect((await get("/healthz", "203.0.113.10")).status).toBe(200)
     expect((await get("/metrics", "203.0.113.10")).status).toBe(200)
   })
+
+  it("charges a request whose credentials verify nothing, and gives back one whose credentials verify (before: any Authorization header skipped the budget)", async () => {
+    const relay = await startRelayProcess({
+      args: [
+        "--trust-proxy",
+        "--address-requests-per-second",
+        "5",
+        "--metrics-token",
+        "metrics-secret-0123456789",
+      ],
+    })
+    const get = (path: string, from: string, authorization: string) =>
+      fetch(`${relay.httpUrl}${path}`, { headers: { "x-forwarded-for": from, authorization } })
+    // Routes that never read the header: a made-up one buys nothing past the address's budget.
+    const statuses: number[] = []
+    for (let i = 0; i < 60; i++) statuses.push((await get("/healthz", "203.0.113.20", "Bearer x")).status)
+    expect(statuses.filter((s) => s === 200).length).toBeLessThan(55)
+    expect(statuses.at(-1)).toBe(429)
+    // The metrics token verifies: held to nothing of the address's (twice its bucket, all served).
+    for (let i = 0; i < 100; i++)
+      expect((await get("/metrics", "203.0.113.21", "Bearer metrics-secret-0123456789")).status).toBe(200)
+  })
 })

@@ -15,6 +15,7 @@ import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
 import { pushOpenApiPart } from "../push/routes.js"
 import { RateLimiter } from "../rate-limit.js"
+import { credentialsVerified } from "../request-scope.js"
 import { storageUnavailable } from "../storage/guard.js"
 import { limitBody } from "./body-limit.js"
 import type { ApiEventSource } from "./event-source.js"
@@ -194,6 +195,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
         401,
         { "www-authenticate": 'Bearer realm="parley"' },
       )
+    credentialsVerified()
     let bucket = buckets.get(record.id)
     if (!bucket) {
       bucket = new RateLimiter(limits.requestsPerSecond, limits.requestBurst)
