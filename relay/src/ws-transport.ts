@@ -32,6 +32,7 @@ import { Keepalive, type Liveness } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { MuxSocket } from "./mux-socket.js"
+import { PipelinedRequests } from "./pipelined-requests.js"
 import { describePrincipal, type Principal, SERVICE_PARTICIPANT_PREFIX } from "./principal.js"
 import { RateLimiter } from "./rate-limit.js"
 import { firstByte, sizeOf, toBytes } from "./raw-data.js"
@@ -183,6 +184,8 @@ export class WsTransport {
   private readonly addresses: AddressLimiter
   /** HTTP requests without credentials per address (see `TransportLimits.addressRequestsPerSecond`). */
   private readonly requests: AddressLimiter
+  /** Each HTTP connection's reader of pipelined heads (see `guardPipelining`), until it upgrades. */
+  private readonly pipelineGuards = new WeakMap<Socket, (chunk: Buffer) => void>()
   /** Requests each connection has under way: more than {@link MAX_PIPELINED} closes it. */
   private readonly underWay = new WeakMap<Socket, number>()
   private readonly connections: AddressConnections
@@ -272,7 +275,10 @@ export class WsTransport {
 
   /** A new TCP connection: counted against its address until it is a user's WebSocket. */
   private admit(socket: Socket): void {
-    if (this.connections.admit(socket, socket.remoteAddress ?? "")) return
+    if (this.connections.admit(socket, socket.remoteAddress ?? "")) {
+      this.guardPipelining(socket)
+      return
+    }
     this.refusedAtAccept(AddressLimit.connections, socket.remoteAddress)
     const body = `${AddressLimit.connections}\n`
     // destroySoon: a peer that never reads or closes must not keep the descriptor of its refusal.
@@ -281,6 +287,25 @@ export class WsTransport {
         `content-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
     )
     socket.destroySoon()
+  }
+
+  /**
+   * Reads each chunk of `socket` before Node's HTTP parser does, and cuts it
+   * at the first request head past what a client may pipeline (see
+   * `PipelinedRequests`): the rest is blanked, so that the parser stops at
+   * it, and the connection closed. Taken off once the connection is a
+   * WebSocket (its frames are not HTTP).
+   */
+  private guardPipelining(socket: Socket): void {
+    const guard = new PipelinedRequests()
+    const read = (chunk: Buffer) => {
+      const cut = guard.feed(chunk)
+      if (cut === undefined) return
+      chunk.fill(0, cut)
+      socket.destroy()
+    }
+    socket.prependListener("data", read)
+    this.pipelineGuards.set(socket, read)
   }
 
   /** Counts a connection refused at accept; logged at most once per limit per window (they come in floods). */
@@ -496,6 +521,8 @@ export class WsTransport {
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const guard = this.pipelineGuards.get(req.socket)
+    if (guard) req.socket.off("data", guard)
     this.connections.busy(req.socket)
     if (this.stopping) {
       socket.end("HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\n")
