@@ -1,5 +1,6 @@
 import { connect } from "node:net"
 import type { UserId } from "@parley/shared"
+import pino from "pino"
 import { afterEach, describe, expect, it } from "vitest"
 import { newApiKey } from "../../src/api/keys.js"
 import type { ApiLimits } from "../../src/api/limits.js"
@@ -68,6 +69,29 @@ describe("HTTP API limits", () => {
       expect(took, path).toBeDefined()
       expect(took!, path).toBeLessThan(3_000)
     }
+  })
+
+  it("logs a request its client aborted mid-body as no failure of the relay (before: an error line with a stack, each)", async () => {
+    const lines: { level: number; msg: string }[] = []
+    const log = pino({ level: "debug" }, { write: (line: string) => lines.push(JSON.parse(line)) })
+    const backend = new MemoryBackend()
+    relay = await startRelay({ port: 0, warmUp: false, backend, dev: true, log })
+    const made = newApiKey("aborts", ["conversations:read", "conversations:write"])
+    await backend.keys.create(made.record)
+    for (let i = 0; i < 5; i++) {
+      const socket = connect({ host: "127.0.0.1", port: relay.port })
+      socket.on("error", () => {})
+      await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
+      socket.write(
+        `POST /v1/conversations HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ${made.key}\r\n` +
+          "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+      )
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      socket.destroy()
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    expect(lines.filter((l) => l.msg === "API request failed")).toEqual([])
+    expect(lines.filter((l) => l.msg === "API request aborted by its client")).toHaveLength(5)
   })
 
   it("rate-limits each key on its own with 429 and Retry-After", async () => {
