@@ -94,6 +94,32 @@ describe("HTTP API limits", () => {
     expect(lines.filter((l) => l.msg === "API request aborted by its client")).toHaveLength(5)
   })
 
+  it("charges a body's shares of its key's rate as declared, before it arrives (before: a body one byte short paid none)", async () => {
+    const key = await start({ requestsPerSecond: 0.5, requestBurst: 20, bodyTimeoutMs: 5_000 })
+    await key("bodies")
+    /** The status a request declaring 256 KiB and sending 1 byte is answered within 500 ms, if any. */
+    const slowBody = async (): Promise<number | undefined> => {
+      const socket = connect({ host: "127.0.0.1", port: relay!.port })
+      socket.on("error", () => {})
+      let answer = ""
+      socket.on("data", (chunk) => {
+        answer += chunk.toString("latin1")
+      })
+      await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
+      socket.write(
+        `POST /v1/conversations HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ${lastKey}\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${256 * 1024}\r\n\r\n{`,
+      )
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      socket.destroy()
+      const status = /^HTTP\/1\.1 (\d+)/.exec(answer)?.[1]
+      return status === undefined ? undefined : Number(status)
+    }
+    const answers = await Promise.all(Array.from({ length: 5 }, () => slowBody()))
+    // Each declares 17 shares of a bucket of 20: two are taken in, the rest refused at once.
+    expect(answers.filter((a) => a === 429).length).toBeGreaterThanOrEqual(3)
+  })
+
   it("rate-limits each key on its own with 429 and Retry-After", async () => {
     const key = await start({ requestsPerSecond: 0.5, requestBurst: 3 })
     const busy = await key("busy")
