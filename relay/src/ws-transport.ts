@@ -182,7 +182,7 @@ export class WsTransport {
   private readonly sockets = new Set<WebSocket>()
   private readonly keepalive: Keepalive
   private readonly addresses: AddressLimiter
-  /** HTTP requests without credentials per address (see `TransportLimits.addressRequestsPerSecond`). */
+  /** HTTP requests per address, given back once credentials verify (see `TransportLimits.addressRequestsPerSecond`). */
   private readonly requests: AddressLimiter
   /** Each HTTP connection's reader of pipelined heads (see `guardPipelining`), until it upgrades. */
   private readonly pipelineGuards = new WeakMap<Socket, (chunk: Buffer) => void>()
