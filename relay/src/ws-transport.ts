@@ -388,16 +388,8 @@ export class WsTransport {
     // Every request takes one of its address's, given back once its credentials verify (see
     // `credentialsVerified`): those are held to their user's or key's budgets instead.
     const address = this.addressOf(req)
-    if (!this.requests.take(address)) {
-      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-      res.writeHead(429, {
-        "retry-after": String(this.requests.retryAfterSeconds(address)),
-        "content-type": "text/plain",
-        connection: "close",
-      })
-      res.end(`${AddressLimit.requests}\n`)
-      return
-    }
+    if (!this.requests.take(address))
+      return this.refuseAddress(res, AddressLimit.requests, this.requests, address)
     return withinRequest(
       () => this.requests.giveBack(address),
       () => this.serve(req, res),
@@ -499,13 +491,7 @@ export class WsTransport {
   private credentialsAllowed(req: IncomingMessage, res: ServerResponse): boolean {
     const address = this.addressOf(req)
     if (!this.addresses.allows(address)) {
-      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
-      res.writeHead(429, {
-        "retry-after": String(this.addresses.retryAfterSeconds(address)),
-        "content-type": "text/plain",
-        connection: "close",
-      })
-      res.end(`${AddressLimit.authFailures}\n`)
+      this.refuseAddress(res, AddressLimit.authFailures, this.addresses, address)
       return false
     }
     // "close" too: a client that aborts before the 401 is flushed had its token verified all the same.
@@ -518,6 +504,22 @@ export class WsTransport {
     res.once("finish", count)
     res.once("close", count)
     return true
+  }
+
+  /** Answers an HTTP request 429 for `address`'s spent `limit` (its name as the body), and closes. */
+  private refuseAddress(
+    res: ServerResponse,
+    limit: AddressLimit,
+    budget: AddressLimiter,
+    address: string,
+  ): void {
+    this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+    res.writeHead(429, {
+      "retry-after": String(budget.retryAfterSeconds(address)),
+      "content-type": "text/plain",
+      connection: "close",
+    })
+    res.end(`${limit}\n`)
   }
 
   private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
