@@ -11,6 +11,7 @@ import {
 import { type RawData, WebSocket } from "ws"
 import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
+import type { Due } from "./deadlines.js"
 import { closeOf } from "./errors.js"
 import { holdWrites } from "./held-writes.js"
 import type { Keepalive } from "./keepalive.js"
@@ -39,6 +40,8 @@ const USER_QUEUE_CHECK_BYTES = 16 * 1024
 const MAX_ECHO_CREDIT = 256
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
 const UNREAD_CLOSE_GRACE_MS = 5000
+/** A socket past its credentials with a channel still being opened is judged again this much later. */
+const OPENING_RECHECK_MS = 1000
 
 /** The transport's limits a multiplexed socket applies (its `TransportLimits`; not imported, to keep the import graph acyclic). */
 export interface MuxLimits {
@@ -134,7 +137,7 @@ class MuxChannel implements Session, LeaseHolder {
  * Per-socket limits (send queue, the user's socket count) are the socket's;
  * frame budgets are per channel, as they were per socket.
  */
-export class MuxSocket implements UserSocket {
+export class MuxSocket implements UserSocket, Due {
   private readonly channels = new Map<number, MuxChannel>()
   /** Channel numbers seen; a number is never reused on one socket (late frames of a closed one are dropped). */
   private highest = -1
@@ -165,6 +168,53 @@ export class MuxSocket implements UserSocket {
       return
     }
     this.options.keepalive.joined(ws, (frame) => this.sendRaw(frame, false))
+    if (token.expiresAt !== undefined) this.options.leases.deadlines.set(this, token.expiresAt)
+  }
+
+  /**
+   * When the socket's credentials run out: the latest of its own token's
+   * expiry and its channels' leases (a channel's token, refreshed over it,
+   * keeps the socket it rides on); undefined when one of them never expires.
+   */
+  private credentialsUntil(): number | undefined {
+    let until = this.options.token.expiresAt
+    for (const channel of this.channels.values()) {
+      if (until === undefined) break
+      const end = channel.lease?.until ?? 0
+      if (end === undefined) return undefined
+      until = Math.max(until, end)
+    }
+    return until
+  }
+
+  /**
+   * @internal (see {@link Deadlines}) The socket's credentials may have run
+   * out: without a channel whose lease is live, it closes with 4401. A
+   * socket counts toward its user's sockets; kept past its token without
+   * channels (which the channels' leases alone never closed), sockets opened
+   * with a leaked token held the user's every slot for good.
+   */
+  due(): void {
+    if (this.socketClosed || this.closing()) return
+    const until = this.credentialsUntil()
+    if (until === undefined) return
+    const now = Date.now()
+    const { deadlines } = this.options.leases
+    if (until > now) {
+      deadlines.set(this, until)
+      return
+    }
+    // A channel whose own token is still being checked may yet bring a live lease.
+    if ([...this.channels.values()].some((channel) => channel.lease === undefined)) {
+      deadlines.set(this, now + OPENING_RECHECK_MS)
+      return
+    }
+    this.options.metrics.tokens.inc({ event: "expired" })
+    this.options.log.info(
+      { principal: describePrincipal(this.options.token.principal) },
+      "closed: token expired",
+    )
+    this.closeUnread(CloseCode.TokenExpired)
   }
 
   /** @internal Bytes queued to the client and not yet read (see {@link UserSocket}). */
@@ -249,6 +299,7 @@ export class MuxSocket implements UserSocket {
   socketClose(): void {
     this.socketClosed = true
     clearTimeout(this.dropTimer)
+    this.options.leases.deadlines.clear(this)
     this.releaseSocket?.()
     for (const number of [...this.channels.keys()]) this.closeChannel(number, CloseCode.Normal, false)
   }
@@ -378,6 +429,8 @@ export class MuxSocket implements UserSocket {
     channel.early = undefined
     channel.connection?.close(close.code, close.reason)
     if (tell) this.sendRaw(encodeChannelClose(number, close.code, close.reason), false)
+    // Its lease may have been what kept the socket: judged again now, not at that lease's old expiry.
+    if (this.channels.size === 0 && !this.socketClosed) this.due()
   }
 
   /** Writes held on the socket (see `Session.hold`), and whether frames were sent meanwhile. */

@@ -110,6 +110,11 @@ export class TokenLease implements Due {
     return true
   }
 
+  /** When the lease ends unless a refresh moves it: the current token's expiry (undefined: never; 0 once ended). */
+  get until(): number | undefined {
+    return this.ended ? 0 : this.expiresAt
+  }
+
   /** The socket closed: no more timer. */
   stop(): void {
     this.ended = true

@@ -323,14 +323,42 @@ describe("a multiplexed socket", () => {
     const exp = Math.floor(Date.now() / 1000) + 2
     const mux = new MuxProbe(relay.url, await relay.token(alice, { expiresIn: exp }))
     await mux.opened
+    // A channel of its own, longer token keeps the socket past the socket's token.
+    mux.open(0, inboxDocumentName(alice), await relay.token(alice, { expiresIn: exp + 60 }))
+    await mux.until(() => (mux.frames.get(0)?.length ?? 0) > 0)
     await new Promise((r) => setTimeout(r, exp * 1000 - Date.now() + 200))
-    // A stolen token's socket stays open (channels of their own tokens may live on), but "" names the expired token.
+    // "" names the socket's token, expired.
     mux.open(1, id)
     await mux.until(() => mux.closes.has(1))
     expect(mux.closes.get(1)).toEqual({ code: 4401, reason: "Token expired" })
     const received = Buffer.concat(mux.frames.get(1) ?? []).toString("latin1")
     for (const secret of secrets) expect(received).not.toContain(secret)
     expect(mux.frames.get(1)?.some((f) => f[0] === MessageType.sync) ?? false).toBe(false)
+    expect(mux.ws.readyState).toBe(WebSocket.OPEN)
+  })
+
+  it("closes the socket with 4401 once neither its token nor a channel's lease is live, freeing the user's socket slot", async () => {
+    const { alice } = users()
+    const exp = Math.floor(Date.now() / 1000) + 2
+    // Sockets opened with a token about to expire, no channel on them (a leaked token's way to hold the
+    // user's every socket slot, which a socket of its own is closed for at expiry).
+    const idle = [0, 1, 2].map(async () => {
+      const mux = new MuxProbe(relay.url, await relay.token(alice, { expiresIn: exp }))
+      await mux.opened
+      return mux
+    })
+    // One kept past its token by a channel whose own token lasts longer, until that channel closes.
+    const kept = new MuxProbe(relay.url, await relay.token(alice, { expiresIn: exp }))
+    await kept.opened
+    kept.open(0, inboxDocumentName(alice), await relay.token(alice, { expiresIn: exp + 60 }))
+    await kept.until(() => (kept.frames.get(0)?.length ?? 0) > 0)
+    for (const mux of await Promise.all(idle)) {
+      expect(await mux.closed).toBe(4401)
+      expect(Date.now()).toBeGreaterThanOrEqual(exp * 1000)
+    }
+    expect(kept.ws.readyState).toBe(WebSocket.OPEN)
+    kept.ws.send(encodeChannelClose(0, 1000, ""))
+    expect(await kept.closed).toBe(4401)
   })
 
   it("closes the socket with 4400 on a frame or a close for a channel never opened, or a reused channel number", async () => {
