@@ -735,12 +735,22 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       const key = need(c, "events:read")
       const query = c.req.valid("query")
       const after = c.req.valid("header")["last-event-id"] ?? query.after
-      return streams.open(c, key.id, {
-        ...(after !== undefined ? { after } : {}),
-        ...(query.conversation !== undefined ? { conversation: query.conversation as ConversationId } : {}),
-        ...(query.user !== undefined ? { user: query.user as UserId } : {}),
-        ...(query.type !== undefined && query.type.length > 0 ? { types: query.type } : {}),
-      }) as never
+      // The key again before every batch (from the key cache: a storage read per key every few seconds).
+      const stillValid = async () => {
+        const record = await options.keys.get(key.id)
+        return record !== undefined && record.revokedAt === undefined
+      }
+      return streams.open(
+        c,
+        key.id,
+        {
+          ...(after !== undefined ? { after } : {}),
+          ...(query.conversation !== undefined ? { conversation: query.conversation as ConversationId } : {}),
+          ...(query.user !== undefined ? { user: query.user as UserId } : {}),
+          ...(query.type !== undefined && query.type.length > 0 ? { types: query.type } : {}),
+        },
+        stillValid,
+      ) as never
     },
   )
 

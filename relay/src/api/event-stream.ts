@@ -81,8 +81,20 @@ export class EventStreams {
     return batch
   }
 
-  /** Opens a stream for API key `keyId`, or answers 429 (too many open), 503 (no log), 400/410 (bad resume point). */
-  async open(c: Context, keyId: string, query: StreamQuery): Promise<Response> {
+  /**
+   * Opens a stream for API key `keyId`, or answers 429 (too many open), 503
+   * (no log), 400/410 (bad resume point). `authorized` is asked before every
+   * batch and heartbeat: once it answers false (the key was revoked) or
+   * throws, the stream ends before it sends another byte. A key is checked
+   * once per request, and an open stream is one request for as long as it
+   * lasts: a revoked key's stream went on delivering every event.
+   */
+  async open(
+    c: Context,
+    keyId: string,
+    query: StreamQuery,
+    authorized: () => Promise<boolean> = async () => true,
+  ): Promise<Response> {
     const source = this.options.source
     if (!source)
       return problemResponse(c, new ParleyError(ErrorCode.UNAVAILABLE, "this relay keeps no event log"), 503)
@@ -161,6 +173,10 @@ export class EventStreams {
         let position = after
         entries = this.hold(first)
         while (!closed) {
+          if (!(await authorized().catch(() => false))) {
+            this.options.log.info({ key: keyId }, "event stream ended: its API key is no longer valid")
+            break
+          }
           let stale = false
           // By index: a purge may replace an entry while an earlier one is written.
           for (let i = 0; i < entries.length; i++) {

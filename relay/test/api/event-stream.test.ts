@@ -273,6 +273,19 @@ describe("GET /v1/events", () => {
     })
   })
 
+  it("ends a stream whose key was revoked before it sends another event", async () => {
+    const name = "leaked"
+    const stream = await open("", await key(["events:read"], name))
+    if (!isStream(stream)) throw new Error("refused")
+    log.append(readEvent(1))
+    await stream.until((events) => events.some((e) => e.id === "1"))
+    // `parley-relay keys revoke` writes to storage, which the key store here is.
+    expect(await backend.keys.revoke(name, Date.now())).toBe(true)
+    log.append(readEvent(2))
+    await stream.ended
+    expect(stream.events.map((e) => e.id)).not.toContain("2")
+  })
+
   it("ends open streams when the relay stops", async () => {
     const stream = await open("", await key(["events:read"]))
     if (!isStream(stream)) throw new Error("refused")
