@@ -7,6 +7,7 @@ import {
   encodeHistoryPage,
   encodeSyncUpdate,
   epochCount,
+  epochOf,
   foldedHistory,
   type HistoryPage,
   isRetryable,
@@ -226,6 +227,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       ...(options.history ? { history: options.history } : {}),
       ...(options.purge ? { purge: options.purge } : {}),
       ...(options.router?.purged ? { sharePurge: options.router.purged.bind(options.router) } : {}),
+      ...(options.router?.epochStarted
+        ? { shareEpoch: options.router.epochStarted.bind(options.router) }
+        : {}),
       ...(options.router ? { orders: (name: string) => options.router!.owns(name) } : {}),
     }
     options.router?.attach(this)
@@ -549,8 +553,15 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         // A gap (a message lost, or compacted away): storage has everything, in order.
         const stored = await this.options.storage.load(host.key)
         fresh = stored.updates.filter((e) => e.position > host.lastPosition)
-        if (stored.snapshot && stored.through > host.lastPosition)
+        if (stored.snapshot && stored.through > host.lastPosition) {
+          // A fresh epoch (whose notice this relay missed: Redis away) is another document's content;
+          // merged into this one, its changes would never apply.
+          if (host.name.kind === "conversation" && epochOfSnapshot(stored.snapshot) !== epochOf(host.doc)) {
+            this.restart(host, "dropped: storage holds a fresh epoch of it")
+            return
+          }
           fresh = [{ position: stored.through, update: stored.snapshot }, ...fresh]
+        }
       }
       if (fresh.length === 0) return
       const release = host.holdUnsaved()
@@ -628,6 +639,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   /** @internal */
   purgedElsewhere(purge: PurgedContent): void {
     this.extensions.contentPurged(purge)
+  }
+
+  /** @internal */
+  async epochElsewhere(host: DocumentHost): Promise<void> {
+    await host.enqueue(async () => {
+      if (!host.destroyed) this.restart(host, "dropped: the relay that orders it started a fresh epoch")
+    })
   }
 
   /** @internal */
@@ -1356,4 +1374,15 @@ function holdsBeyond(doc: Y.Doc, base: Uint8Array): boolean {
     if (last && last.id.clock + last.length > (known.get(client) ?? 0)) return true
   }
   return false
+}
+
+/** The epoch of a stored snapshot (see `epochOf`), read from a scratch document. */
+function epochOfSnapshot(snapshot: Uint8Array): number | undefined {
+  const doc = new Y.Doc({ gc: false })
+  try {
+    Y.applyUpdate(doc, snapshot)
+    return epochOf(doc)
+  } finally {
+    doc.destroy()
+  }
 }

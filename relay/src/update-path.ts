@@ -137,6 +137,12 @@ export interface PathContext {
   /** Tells the other relays of a cluster of a purge that ran here (see `Cluster.purged`). */
   readonly sharePurge?: (purge: PurgedContent) => void
   /**
+   * Tells the other relays of a cluster that a fresh epoch of document
+   * `name` is stored (see `Cluster.epochStarted`): their copies of the old
+   * one cannot take the new epoch's changes.
+   */
+  readonly shareEpoch?: (name: string) => void
+  /**
    * In a cluster, whether this relay still orders document `name` (holds its
    * lease). A change waiting for this relay's storage gives up once it does
    * not: another relay orders the document meanwhile (see {@link storeWhenBack}).
@@ -1577,6 +1583,7 @@ async function startNewEpoch(
     fresh.destroy()
     ctx.metrics.epochs.inc({ reason })
     epochStarted(ctx, host)
+    ctx.shareEpoch?.(host.key)
     // The last snapshot's size (the compaction before a garbage epoch wrote it): not encoded again for a log line.
     const before = snapshotSizes.get(host)?.snapshot
     ctx.restart(

@@ -425,6 +425,21 @@ export class Cluster implements UpdateRouter, FenceSource {
     })
   }
 
+  /**
+   * A fresh epoch of `name` is stored here: the other relays drop their
+   * copies (of the old epoch, which the new one's changes do not apply to:
+   * their clients' writes were refused as depending on missing changes,
+   * for good). At most once, as Redis publishes; a relay that misses it
+   * finds the new epoch at its next read from storage (see `applyRemote`).
+   */
+  epochStarted(name: string): void {
+    if (this.closed) return
+    const message = encodeClusterMessage({ type: "epoch", from: this.relayId, name })
+    this.redis.publish(this.docChannel(name), Buffer.from(message)).catch((error: unknown) => {
+      this.options.log.warn({ err: error, doc: name }, "could not tell the other relays of a fresh epoch")
+    })
+  }
+
   awareness(host: DocumentHost, update: Uint8Array): void {
     if (this.closed) return
     const message = encodeClusterMessage({ type: "awareness", from: this.relayId, name: host.key, update })
@@ -762,6 +777,18 @@ export class Cluster implements UpdateRouter, FenceSource {
       case "purged":
         if (message.from !== this.relayId) this.core?.purgedElsewhere(message.purge)
         return
+      case "epoch": {
+        if (message.from === this.relayId) return
+        const host = this.hosts.get(message.name)
+        if (host)
+          void this.core!.epochElsewhere(host).catch((error: unknown) =>
+            this.options.log.error(
+              { err: error, doc: host.key },
+              "could not drop a document of an old epoch",
+            ),
+          )
+        return
+      }
       case "request":
         void this.answer(message)
         return

@@ -33,6 +33,12 @@ export interface RoutedCore {
   purgedElsewhere(purge: PurgedContent): void
   /** Applies an awareness update of another relay's connections to the loaded `host`. */
   applyAwareness(host: DocumentHost, update: Uint8Array): void
+  /**
+   * The relay that orders the loaded `host` started a fresh epoch of it:
+   * drops it (its connections rejoin, and meet the new epoch as at any
+   * reconnect), in its queue.
+   */
+  epochElsewhere(host: DocumentHost): Promise<void>
   /** Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering. */
   tookOver(name: string): Promise<void>
   /** Documents storage records as possibly owing a purge (`ContentPurge.owe`); none without a purge backend. */
@@ -82,6 +88,8 @@ export interface UpdateRouter {
   ): Promise<void>
   /** A purge ran here (see `RelayExtension.contentPurged`), for the other relays. */
   purged?(purge: PurgedContent): void
+  /** This relay started a fresh epoch of `name` (stored): for the other relays. */
+  epochStarted?(name: string): void
   /** An awareness change of this relay's connections, for the other relays. */
   awareness(host: DocumentHost, update: Uint8Array): void
 }

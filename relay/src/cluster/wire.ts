@@ -56,6 +56,16 @@ export type ClusterMessage =
       readonly purge: PurgedContent
     }
   | {
+      /**
+       * Relay `from` (which orders the document) started a fresh epoch of it
+       * (see `startNewEpoch`): what other relays hold of the old epoch is
+       * dropped and their connections rejoin the new one.
+       */
+      readonly type: "epoch"
+      readonly from: string
+      readonly name: string
+    }
+  | {
       /** The owner's answer: stored through `through` (its last position then), or refused. */
       readonly type: "reply"
       readonly id: string
@@ -63,7 +73,7 @@ export type ClusterMessage =
       readonly error?: { readonly code: ErrorCode; readonly message: string; readonly rule?: string }
     }
 
-const TYPES = ["stored", "awareness", "request", "reply", "purged"] as const
+const TYPES = ["stored", "awareness", "request", "reply", "purged", "epoch"] as const
 
 /** Encodes one message for Redis. */
 export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
@@ -108,6 +118,10 @@ export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
     case "reply":
       encoding.writeVarString(e, message.id)
       encoding.writeVarString(e, JSON.stringify({ through: message.through, error: message.error }))
+      break
+    case "epoch":
+      encoding.writeVarString(e, message.from)
+      encoding.writeVarString(e, message.name)
       break
   }
   return encoding.toUint8Array(e)
@@ -167,6 +181,8 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
         for (let i = 0; i < count; i++) ids.add(decoding.readVarString(d))
         return { type, from, purge: { name, conversationId, scope: { kind: "messages", ids } } }
       }
+      case "epoch":
+        return { type, from: decoding.readVarString(d), name: decoding.readVarString(d) }
       default:
         throw new Error("unknown message type")
     }
