@@ -392,6 +392,12 @@ export const RELAY_FLAGS = {
     help: "least time between two fresh epochs of one conversation, for its garbage or client ids (each closes its sockets once), unless past 32 budgets",
     default: CORE.epochGarbageIntervalMs,
   }),
+  "epoch-stock-grace-ms": flag({
+    kind: "integer",
+    env: "PARLEY_EPOCH_STOCK_GRACE_MS",
+    help: "a fresh epoch of a conversation waits this long after a stock y-websocket provider left it (one that reconnects cannot follow an epoch), unless past 32 budgets; 0 = only while one is connected",
+    default: CORE.epochStockGraceMs,
+  }),
   "purge-delay-ms": flag({
     kind: "integer",
     env: "PARLEY_PURGE_DELAY_MS",
@@ -1177,6 +1183,7 @@ export function parseConfig(
       compactAfterBytes: v["compact-after-bytes"],
       epochGarbageBytes: Math.max(0, v["epoch-garbage-bytes"]),
       epochGarbageIntervalMs: Math.max(0, v["epoch-garbage-interval-ms"]),
+      epochStockGraceMs: Math.max(0, v["epoch-stock-grace-ms"]),
       purgeDelayMs: v["purge-delay-ms"],
       maxUpdateStructs: v["max-update-structs"],
       maxUpdateValues: v["max-update-values"],

@@ -68,6 +68,7 @@ import {
   refuseWhileStorageFails,
   type StorageHealth,
   sequenceLeftovers,
+  stockProviderLeft,
   submitUpdate,
   unlessHeld,
   writeOnServer,
@@ -96,6 +97,7 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
   compactAfterBytes: 8 * 1024 * 1024,
   epochGarbageBytes: 32 * 1024,
   epochGarbageIntervalMs: 10 * 60_000,
+  epochStockGraceMs: 5 * 60_000,
   purgeDelayMs: 100,
   ...DEFAULT_AWARENESS_LIMITS,
   ...DEFAULT_UPDATE_COST_LIMITS,
@@ -869,6 +871,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   detach(connection: HostedConnection): void {
     const host = connection.host
     if (!host.detach(connection)) return
+    if (!connection.session.wantsParley) stockProviderLeft(this.ctx, host.key)
     this.openDocuments.get(connection)?.()
     this.openDocuments.delete(connection)
     this.options.metrics.connections.dec()

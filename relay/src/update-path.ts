@@ -87,6 +87,12 @@ export interface PathLimits extends UpdateCostLimits {
   readonly epochGarbageBytes: number
   /** Least time between two fresh epochs of one document, for its garbage or its client ids (see {@link epochHeldBack}). */
   readonly epochGarbageIntervalMs: number
+  /**
+   * How long after a stock y-websocket provider left a document a fresh
+   * epoch of it still waits (see {@link epochHeldBack}): one dropped by the
+   * network or by a limit reconnects, and cannot follow an epoch.
+   */
+  readonly epochStockGraceMs: number
   /** How long a message deletion's purge waits for the document's next deletions to share it (see {@link schedulePurge}). */
   readonly purgeDelayMs: number
 }
@@ -701,7 +707,31 @@ function garbageEpochDue(ctx: PathContext, host: DocumentHost): boolean {
 function epochHeldBack(ctx: PathContext, host: DocumentHost): boolean {
   const last = recentEpochs.get(ctx)?.get(host.key)
   if (last !== undefined && Date.now() - last < ctx.limits.epochGarbageIntervalMs) return true
+  const left = stockLeft.get(ctx)?.get(host.key)
+  if (left !== undefined && Date.now() - left < ctx.limits.epochStockGraceMs) return true
   return [...host.connections].some((connection) => !connection.session.wantsParley)
+}
+
+/** When a stock provider last left each document, per relay (its context); kept for `epochStockGraceMs`. */
+const stockLeft = new WeakMap<PathContext, Map<string, number>>()
+
+/**
+ * A stock y-websocket provider's connection to `name` closed: a fresh epoch
+ * waits `epochStockGraceMs` for it to come back. One the relay closed for
+ * reading too slowly saw its close only behind its backlog, 20 s later, and
+ * a client-id epoch started meanwhile closed it 4400 on its return, for
+ * good (an outside probe).
+ */
+export function stockProviderLeft(ctx: PathContext, name: string): void {
+  if (ctx.limits.epochStockGraceMs <= 0) return
+  let left = stockLeft.get(ctx)
+  if (!left) {
+    left = new Map()
+    stockLeft.set(ctx, left)
+  }
+  const now = Date.now()
+  for (const [key, at] of left) if (now - at >= ctx.limits.epochStockGraceMs) left.delete(key)
+  left.set(name, now)
 }
 
 /**

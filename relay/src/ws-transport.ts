@@ -640,7 +640,12 @@ export class WsTransport {
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
         // Read again, so that the client's closing frame ends the handshake (see `accept`).
         ws.resume()
-        ws.close(close.code, close.reason)
+        // A stock provider stops for good on a 44xx close: a limit is a passing state (see `TryAgainLater`).
+        const code =
+          !wantsParley && close.code === CloseCode.RateLimited.code
+            ? CloseCode.TryAgainLater.code
+            : close.code
+        ws.close(code, close.reason)
       }
     }
     // A client that does not read never reads the close frame either; its queue is freed soon anyway.

@@ -100,6 +100,14 @@ export const CloseCode = {
   TooLarge: { code: 4413, reason: "Frame too large" },
   /** Too many frames, or the connection read too slowly and its send queue overflowed. */
   RateLimited: { code: 4429, reason: "Rate limited" },
+  /**
+   * A limit closed a stock y-websocket client (one without `parley=1`): what
+   * a Parley client gets as 4429, with the limit's name as the reason.
+   * y-websocket stops reconnecting for good on any 4400-4499 close, and a
+   * limit (a send queue a slow link let fill, the user's sockets, a burst of
+   * frames) is a passing state: 1013 (Try Again Later) has it reconnect.
+   */
+  TryAgainLater: { code: 1013, reason: "Try again later" },
   /** The relay failed internally; the frame was not stored. */
   Internal: { code: 4500, reason: "Internal error" },
   /** The relay cannot take more documents or connections right now. */
