@@ -231,7 +231,16 @@ export function removeParticipants(
   const actorRole = users.every((u) => u === actor) ? roleOf(doc, actor) : writerRole(doc, actor)
   const removed = [...new Set(users)].filter((u) => t.participants.has(u))
   for (const user of removed) {
-    assertAllowed(canRemoveParticipant(actor, actorRole, info.kind, user, t.participants.get(user)!.role))
+    assertAllowed(
+      canRemoveParticipant(
+        actor,
+        actorRole,
+        info.kind,
+        user,
+        t.participants.get(user)!.role,
+        typeof t.meta.get(MetaKey.deletedAt) === "number",
+      ),
+    )
   }
   if (removed.length > 0) {
     doc.transact(() => {

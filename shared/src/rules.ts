@@ -254,10 +254,20 @@ export function canRemoveParticipant(
   kind: ConversationKind,
   user: UserId,
   userRole: Role,
+  conversationDeleted = false,
 ): Decision {
   if (!actorRole) return canWrite(actorRole)
+  // Not even by leaving, until it is deleted (leaving then only takes it out of one's inbox): its id
+  // names its two users, so once one had left, nobody could add her back or create it again, and the
+  // pair had no direct conversation for good (an outside probe).
+  if (kind === "direct" && !(user === actor && conversationDeleted))
+    return deny(
+      Rule.directIsFixed,
+      user === actor
+        ? "a direct conversation keeps its two participants: it can be left once deleted"
+        : "a direct conversation keeps its two participants",
+    )
   if (user === actor) return ALLOW
-  if (kind === "direct") return deny(Rule.directIsFixed, "a direct conversation keeps its two participants")
   if (!isManager(actorRole)) return deny(Rule.adminOnly, "only owners and admins may remove participants")
   if (userRole === "owner" && actorRole !== "owner")
     return deny(Rule.ownerOnly, "only an owner may remove an owner")

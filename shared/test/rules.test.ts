@@ -81,7 +81,12 @@ describe("rules", () => {
     expect(canAddParticipant("admin", "group", "owner")).toEqual(refusedBy(Rule.ownerOnly))
     expect(canAddParticipant("owner", "direct", "member")).toEqual(refusedBy(Rule.directIsFixed))
     expect(canRemoveParticipant(a, "member", "group", a, "member")).toEqual(allowed)
-    expect(canRemoveParticipant(a, "member", "direct", a, "owner")).toEqual(allowed)
+    // A direct conversation's user may leave it only once it is deleted: nobody could add her back.
+    expect(canRemoveParticipant(a, "owner", "direct", a, "owner")).toEqual(refusedBy(Rule.directIsFixed))
+    expect(canRemoveParticipant(a, "owner", "direct", a, "owner", true)).toEqual(allowed)
+    expect(canRemoveParticipant(a, "owner", "direct", b, "owner", true)).toEqual(
+      refusedBy(Rule.directIsFixed),
+    )
     expect(canRemoveParticipant(a, "member", "group", b, "member")).toEqual(refusedBy(Rule.adminOnly))
     expect(canRemoveParticipant(a, "admin", "group", b, "owner")).toEqual(refusedBy(Rule.ownerOnly))
     expect(canRemoveParticipant(a, "owner", "group", b, "owner")).toEqual(allowed)

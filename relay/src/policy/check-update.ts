@@ -196,6 +196,11 @@ class UpdateCheck {
     this.actor = input.principal.kind === "user" ? input.principal.user : undefined
   }
 
+  /** Whether the conversation was deleted before this update (a direct one may be left then). */
+  private get deleted(): boolean {
+    return typeof typesOf(this.doc).meta.get(MetaKey.deletedAt) === "number"
+  }
+
   run(): CheckResult {
     const { doc, update, bindings, principal } = this.input
     // Enough for a full delete set re-sent on reconnect, not for sweeping a whole conversation for free.
@@ -558,7 +563,7 @@ class UpdateCheck {
             continue
           }
           if (!this.isRelay)
-            assert(canRemoveParticipant(this.actor!, this.role, this.kind, user, before.role))
+            assert(canRemoveParticipant(this.actor!, this.role, this.kind, user, before.role, this.deleted))
           continue
         }
         schema(checkParticipantRecord(after))
@@ -587,7 +592,7 @@ class UpdateCheck {
             // and over kept an owner's removal of him from taking effect).
             if (this.isRelay) continue
             if (user === this.actor) refuse(Rule.immutable, "who added a participant, and when, is fixed")
-            assert(canRemoveParticipant(this.actor!, this.role, this.kind, user, before.role))
+            assert(canRemoveParticipant(this.actor!, this.role, this.kind, user, before.role, this.deleted))
             assert(canAddParticipant(this.role, this.kind, record.role))
             if (record.addedBy !== this.actor) refuse(Rule.selfOnly, "participants are added as oneself")
             this.refuseFuture(record.addedAt, "a participant's addedAt")

@@ -874,7 +874,9 @@ describe("two creations of one direct conversation", () => {
     daves.clientID = carols.clientID + 1
     createConversation(daves, dave, { kind: "direct", participants: [carol] })
     expect(check(relay, bindings, dave, Y.encodeStateAsUpdate(daves))).toMatchObject({ allowed: true })
-    // Carol, who never saw his, leaves: her removal names her own record, which his replaced.
+    // Carol, who never saw his, deletes it and leaves: her removal names her own record, which his replaced.
+    const deletion = updateOf(carols, (d) => deleteConversation(d, carol))
+    expect(check(relay, bindings, carol, deletion)).toMatchObject({ allowed: true })
     const seen: ReplicaView = { stateVector: Y.encodeStateVector(carols) }
     const leave = updateOf(carols, (d) => leaveConversation(d, carol))
     const result = checkUpdate({
@@ -886,6 +888,43 @@ describe("two creations of one direct conversation", () => {
       seen,
     })
     expect(result).toMatchObject({ allowed: false, rule: Rule.concurrentChange })
+  })
+
+  it("refuses leaving a direct conversation (nobody could add the user back, nor create it again) until it is deleted", () => {
+    const relay = new Y.Doc(RELAY_DOC_OPTIONS)
+    const bindings = new ClientBindings()
+    expect(check(relay, bindings, carol, creation(carol, dave, "one"))).toMatchObject({ allowed: true })
+    // Made by hand: the SDK's `leave()` refuses it before anything is sent.
+    const leaving = updateOf(replicaOf(relay), (d) => typesOf(d).participants.delete(dave))
+    expect(check(relay, bindings, dave, leaving)).toMatchObject({ allowed: false, rule: Rule.directIsFixed })
+    expect(() => leaveConversation(replicaOf(relay), dave)).toThrow(/can be left once deleted/)
+    expect(typesOf(relay).participants.has(dave)).toBe(true)
+    // Deleted, it may be left (that takes it out of one's inbox), by oneself only.
+    expect(
+      check(
+        relay,
+        bindings,
+        carol,
+        updateOf(replicaOf(relay), (d) => deleteConversation(d, carol)),
+      ),
+    ).toMatchObject({
+      allowed: true,
+    })
+    const removesOther = updateOf(replicaOf(relay), (d) => typesOf(d).participants.delete(dave))
+    expect(check(relay, bindings, carol, removesOther)).toMatchObject({
+      allowed: false,
+      rule: Rule.conversationDeleted,
+    })
+    expect(
+      check(
+        relay,
+        bindings,
+        dave,
+        updateOf(replicaOf(relay), (d) => leaveConversation(d, dave)),
+      ),
+    ).toMatchObject({
+      allowed: true,
+    })
   })
 
   it("still refuses a later creation that changes what the id fixes, or comes from someone who left", () => {
@@ -902,6 +941,8 @@ describe("two creations of one direct conversation", () => {
     })
     expect(check(relay, bindings, dave, asGroup)).toMatchObject({ allowed: false, rule: Rule.immutable })
     expect(check(relay, bindings, erin, creation(erin, dave, "x"))).toMatchObject({ allowed: false })
+    const deletion = updateOf(replicaOf(relay), (d) => deleteConversation(d, carol))
+    expect(check(relay, bindings, carol, deletion)).toMatchObject({ allowed: true })
     const leaving = updateOf(replicaOf(relay), (d) => leaveConversation(d, dave))
     expect(check(relay, bindings, dave, leaving)).toMatchObject({ allowed: true })
     // Re-creating it would add them back: a direct conversation keeps its participants.
@@ -1002,8 +1043,18 @@ describe("two creations of one direct conversation", () => {
     expect(check(relay, bindings, dave, crafted(created + 60_000, true))).toMatchObject({ allowed: true })
     const message = updateOf(carols, (d) => sendMessage(d, carol, { body: "dated now" }))
     expect(check(relay, bindings, carol, message)).toMatchObject({ allowed: true })
-    // Carol leaves from her replica, which never saw the restated record: Yjs would keep it (before:
-    // "saved", and she stayed a participant). Refused, not lost.
+    // Carol deletes it and leaves from her replica, which never saw the restated record: Yjs would
+    // keep it (before: "saved", and she stayed a participant). Refused, not lost.
+    expect(
+      check(
+        relay,
+        bindings,
+        carol,
+        updateOf(carols, (d) => deleteConversation(d, carol)),
+      ),
+    ).toMatchObject({
+      allowed: true,
+    })
     const leave = updateOf(carols, (d) => leaveConversation(d, carol))
     expect(
       checkUpdate({
