@@ -313,16 +313,46 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   /**
-   * Sends again a message whose upload failed: with the files the relay
-   * has; those it refused, or whose bytes were freed by the failure, are left out.
+   * Sends again a failed message.
+   *
+   * A message the relay refused (status `failed` with its error, say dated
+   * by a clock set days ahead) is sent again as a new message with the same
+   * content, dated now, and returned (pending); the failed one is gone. A
+   * message whose upload failed is sent again with the files the relay has;
+   * those it refused, or whose bytes were freed by the failure, are left out
+   * (it keeps its id; nothing is returned).
    */
-  retry(id: MessageId | string): void {
-    this.uploads.retry(parseMessageId(id))
+  retry(id: MessageId | string): ChatMessage | undefined {
+    const messageId = parseMessageId(id)
+    const refused = this.statuses.refused.get(messageId)
+    if (!refused) {
+      this.uploads.retry(messageId)
+      return undefined
+    }
+    const sent = this.send(refused.body, {
+      type: refused.type,
+      metadata: refused.metadata,
+      priority: refused.priority,
+      ...(refused.attachments.length > 0 ? { attachments: refused.attachments } : {}),
+      ...(refused.replyTo !== undefined ? { replyTo: refused.replyTo } : {}),
+    })
+    this.statuses.dropRefused(messageId)
+    this.emit("change", { events: [], local: true })
+    return sent
   }
 
-  /** Drops a message that waits for its uploads (or failed to upload), with the files kept for it. */
+  /**
+   * Drops a failed message on this device: one the relay refused (gone from
+   * {@link messages}, its status undefined), or one that waits for its
+   * uploads (or failed to upload), with the files kept for it.
+   */
   discard(id: MessageId | string): void {
-    this.uploads.discard(parseMessageId(id))
+    const messageId = parseMessageId(id)
+    if (this.statuses.dropRefused(messageId)) {
+      this.emit("change", { events: [], local: true })
+      return
+    }
+    this.uploads.discard(messageId)
   }
 
   /** Replaces the body of one of the user's messages. */
@@ -349,7 +379,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   message(id: MessageId | string): ChatMessage | undefined {
     const messageId = parseMessageId(id)
     const view = getMessage(this.doc, messageId)
-    if (!view) return this.uploads.view(messageId)
+    if (!view)
+      return this.uploads.view(messageId) ?? this.statuses.refusedMessages().find((m) => m.id === messageId)
     // An expired fleeting message is gone here too (a reply's quote shows "earlier message").
     return this.priorities.visible(this.doc, [view]).length > 0 ? this.statuses.decorate(view) : undefined
   }
@@ -393,8 +424,9 @@ export class Conversation extends Emitter<ConversationEvents> {
       .visible(this.doc, listMessages(this.doc, window))
       .map((view) => this.statuses.decorate(view))
     if (!("last" in window)) return listed
-    // Messages waiting for uploads are the newest the user sees: at the end of a window that reaches the end.
-    const waiting = this.uploads.waiting()
+    // Messages the relay refused (failed, outside the replica) and those waiting for uploads are the
+    // newest the user sees: at the end of a window that reaches the end.
+    const waiting = [...this.statuses.refusedMessages(), ...this.uploads.waiting()]
     return waiting.length > 0 ? [...listed, ...waiting].slice(-window.last) : listed
   }
 

@@ -1,7 +1,7 @@
 import "fake-indexeddb/auto"
 import { type RunningRelay, startRelay } from "@parley/relay"
 import { ErrorCode, type PendingChange, Rule } from "@parley/shared"
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest"
 // The relay process does not run the full per-update checker by default yet; this test plugs it in.
 import { AuthorizationPolicy } from "../../relay/src/policy/authorization-policy.js"
 import { MemoryClientBindingStore } from "../../relay/src/policy/client-bindings.js"
@@ -84,3 +84,128 @@ describe("resync after the relay refuses an update", () => {
     expect(again.messages().map((m) => [m.body, m.seq])).toEqual([["still valid", 1]])
   })
 })
+
+const DAY = 86_400_000
+
+/** Runs `write` with the device's clock moved by `skew` (the relay, in this process, keeps the real time after). */
+function withClock<T>(skew: number, write: () => T): T {
+  const real = Date.now.bind(Date)
+  const spy = vi.spyOn(Date, "now").mockImplementation(() => real() + skew)
+  try {
+    return write()
+  } finally {
+    spy.mockRestore()
+  }
+}
+
+describe("messages the relay refuses for their date", () => {
+  it("fails a message dated by a wrong clock and saves what is sent after it, also after a reload, with retry and discard", async () => {
+    const alice = await connectClient(relay, "skewalice", { storage: "indexeddb" })
+    const chat = await alice.createConversation({ participants: ["skewbob"] })
+    const first = chat.send("before the skew")
+    await eventually(() => expect(SAVED).toContain(chat.status(first.id)))
+    const errors: { message: string; rule?: string }[] = []
+    chat.on("error", ({ error }) =>
+      errors.push({ message: error.message, ...(error.rule ? { rule: error.rule } : {}) }),
+    )
+
+    // A clock two days ahead, then one 25 hours behind (before the conversation was created).
+    const ahead = withClock(2 * DAY, () => chat.send("dated ahead"))
+    const behind = withClock((-25 * DAY) / 24, () => chat.send("dated behind"))
+    await eventually(() => expect(chat.status(ahead.id)).toBe("failed"))
+    await eventually(() => expect(chat.status(behind.id)).toBe("failed"))
+    expect(chat.message(ahead.id)?.error?.rule).toBe(Rule.schema)
+    // Each refusal told once.
+    expect(errors.filter((e) => e.message.includes(ahead.id))).toHaveLength(1)
+    expect(errors.filter((e) => e.message.includes(behind.id))).toHaveLength(1)
+
+    // The clock is right again: what is sent now is saved (before: FORBIDDEN naming the refused message).
+    const after = chat.send("after the fix")
+    await eventually(() => expect(SAVED).toContain(chat.status(after.id)))
+    expect(chat.messages().map((m) => [m.body, SAVED.includes(m.status ?? "") ? "saved" : m.status])).toEqual(
+      [
+        ["before the skew", "saved"],
+        ["after the fix", "saved"],
+        ["dated behind", "failed"],
+        ["dated ahead", "failed"],
+      ],
+    )
+
+    // Retried, the refused message goes out dated now; discarded, it is gone.
+    const again = chat.retry(ahead.id)
+    expect(again?.body).toBe("dated ahead")
+    await eventually(() => expect(SAVED).toContain(chat.status(again!.id)))
+    expect(chat.status(ahead.id)).toBeUndefined()
+    chat.discard(behind.id)
+    expect(chat.status(behind.id)).toBeUndefined()
+    expect(chat.message(behind.id)).toBeUndefined()
+    expect(chat.messages().map((m) => m.body)).toEqual(["before the skew", "after the fix", "dated ahead"])
+
+    // The stored replica no longer holds the refused messages: after a reload, sends are saved.
+    await alice.destroy()
+    const reloaded = await connectClient(relay, "skewalice", { storage: "indexeddb" })
+    const chat2 = await reloaded.conversation(chat.id).ready()
+    const later = chat2.send("after a reload")
+    await eventually(() => expect(SAVED).toContain(chat2.status(later.id)))
+
+    const bob = await connectClient(relay, "skewbob")
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() =>
+      expect(bobChat.messages().map((m) => m.body)).toEqual([
+        "before the skew",
+        "after the fix",
+        "dated ahead",
+        "after a reload",
+      ]),
+    )
+  })
+})
+
+describe("a direct conversation created offline days before the other user's", () => {
+  it("lands the creator's messages written offline, and both users' later ones, also after a reload", async () => {
+    const alice = await connectClient(relay, "flightalice", { storage: "indexeddb" })
+    alice.disconnect()
+    // On a flight, two days before Bob creates the same conversation online.
+    const chat = await withClockAsync(-2 * DAY, () => alice.directConversation("flightbob"))
+    const plane = withClock(-2 * DAY, () => [chat.send("on the plane 1"), chat.send("on the plane 2")])
+    const errors: string[] = []
+    chat.on("error", ({ error }) => errors.push(error.message))
+
+    const bob = await connectClient(relay, "flightbob")
+    const bobChat = await bob.directConversation("flightalice")
+    const bobs = bobChat.send("two days later")
+    await eventually(() => expect(SAVED).toContain(bobChat.status(bobs.id)))
+
+    alice.connect()
+    for (const m of plane) await eventually(() => expect(SAVED).toContain(chat.status(m.id)))
+    const landed = chat.send("landed")
+    await eventually(() => expect(SAVED).toContain(chat.status(landed.id)))
+    expect(errors).toEqual([])
+    await eventually(() =>
+      expect(bobChat.messages().map((m) => m.body)).toEqual([
+        "two days later",
+        "on the plane 1",
+        "on the plane 2",
+        "landed",
+      ]),
+    )
+
+    await alice.destroy()
+    const reloaded = await connectClient(relay, "flightalice", { storage: "indexeddb" })
+    const chat2 = await reloaded.conversation(chat.id).ready()
+    const later = chat2.send("after a reload")
+    await eventually(() => expect(SAVED).toContain(chat2.status(later.id)))
+    await eventually(() => expect(bobChat.messages().map((m) => m.body)).toContain("after a reload"))
+  })
+})
+
+/** {@link withClock} for a write that waits (the device is offline: nothing reaches the relay meanwhile). */
+async function withClockAsync<T>(skew: number, write: () => Promise<T>): Promise<T> {
+  const real = Date.now.bind(Date)
+  const spy = vi.spyOn(Date, "now").mockImplementation(() => real() + skew)
+  try {
+    return await write()
+  } finally {
+    spy.mockRestore()
+  }
+}

@@ -152,6 +152,14 @@ export function rebasePendingWork(
   user: UserId,
   /** How far the relay had `stale`'s epoch's clients: by default what `fresh` holds (see `baselineSource`). */
   baseline: ReadonlyMap<number, number> = epochBaseline(fresh),
+  /**
+   * Messages the relay refused, with its error: not re-applied (failed with
+   * that error). Some of its rules are its own (a message dated more than a
+   * day ahead of its clock, or before the conversation), so the shared
+   * operations would write such a message again, the relay refuse it again,
+   * and every later update of the replica, which depends on it, with it.
+   */
+  refused: ReadonlyMap<MessageId, ParleyError> = new Map(),
 ): RebaseResult {
   const reapplied: PendingChange[] = []
   const failed: { what: PendingChange; error: ParleyError }[] = []
@@ -349,6 +357,11 @@ export function rebasePendingWork(
       })
     } else if (isDeletedRecord(record)) placeholders.set(record.id, record)
     else if (!messageIndex(fresh).records.has(record.id) && !messageIndex(fresh).deleted.has(record.id)) {
+      const refusal = refused.get(record.id)
+      if (refusal !== undefined) {
+        failed.push({ what: { kind: "message.send", id: record.id }, error: refusal })
+        continue
+      }
       attempt({ kind: "message.send", id: record.id }, () => {
         assertAllowed(canSendMessage(user, role(), record.author))
         sendMessage(

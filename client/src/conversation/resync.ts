@@ -1,4 +1,13 @@
-import { type ParleyError, Rule, rebasePendingWork, toParleyError, type UserId } from "@parley/shared"
+import {
+  getMessage,
+  type MessageId,
+  messageIndex,
+  type ParleyError,
+  Rule,
+  rebasePendingWork,
+  toParleyError,
+  type UserId,
+} from "@parley/shared"
 import * as Y from "yjs"
 import type { DocumentConnection } from "../connection.js"
 import type { Generation } from "./generation.js"
@@ -8,6 +17,8 @@ import type { ConversationParts, EmitConversationEvent } from "./types.js"
 
 /** Resyncs in a row without the relay saving anything in between, before unsaved work counts as failed. */
 const MAX_RESYNCS_WITHOUT_SAVE = 3
+
+const unsaved = (status: string | undefined) => status === "pending" || status === "failed"
 
 /** What {@link Resync} needs of its conversation. */
 export interface ResyncHost {
@@ -41,6 +52,8 @@ export class Resync {
   private withoutSave = 0
   /** Aborted when the conversation closes: ends a resync's fetch of the relay's state. */
   private readonly closing = new AbortController()
+  /** Unsaved messages the relay's refusals named, with its error: left out of the next rebuild. */
+  private readonly named = new Map<MessageId, ParleyError>()
 
   constructor(private readonly host: ResyncHost) {}
 
@@ -69,6 +82,20 @@ export class Resync {
       return
     }
     emit("error", { error })
+    // A refusal that names one of the user's unsaved messages (a rule of the relay's own, such as a
+    // date checked against its clock) is about that message: the rebuild leaves it out, so it is not
+    // sent again to be refused again with everything written after it (before: one message dated by a
+    // clock two days ahead blocked every later send on the device, reloads included). Each such
+    // rebuild drops a message, so it is progress, not a loop.
+    const named = this.unsavedNamedBy(error)
+    if (named.length > 0) {
+      for (const id of named) this.named.set(id, error)
+      void this.run(false).catch((failure: unknown) => {
+        emit("error", { error: toParleyError(failure) })
+        if (this.host.parts.online()) this.host.current().connection.start()
+      })
+      return
+    }
     if (this.withoutSave >= MAX_RESYNCS_WITHOUT_SAVE) {
       // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved.
       statuses.refuseUnsaved(error)
@@ -84,6 +111,16 @@ export class Resync {
     })
   }
 
+  /** The user's unsaved messages in the replica whose ids `error`'s reason names (the relay names what it refuses). */
+  private unsavedNamedBy(error: ParleyError): MessageId[] {
+    if (error.rule === undefined) return []
+    const { statuses, user } = this.host
+    const named: MessageId[] = []
+    for (const [id, record] of messageIndex(this.host.current().doc).records)
+      if (record.author === user && error.message.includes(id) && unsaved(statuses.status(id))) named.push(id)
+    return named
+  }
+
   /**
    * Replaces the replica with the relay's state plus this user's pending work
    * that the rules still allow. The refused work is reported: `error` events
@@ -91,11 +128,11 @@ export class Resync {
    * a new Yjs client id; local storage is rewritten in one transaction, so a
    * reload sees the old or the new replica, never a mix.
    */
-  private async run(): Promise<void> {
+  private async run(counted = true): Promise<void> {
     const host = this.host
     if (this.running || host.closed()) return
     this.running = true
-    this.withoutSave++
+    if (counted) this.withoutSave++
     const old = host.current()
     old.connection.stop()
     try {
@@ -123,7 +160,17 @@ export class Resync {
       // Pending work on sealed messages is re-applied against the segments this replica holds.
       host.history.holdIn(fresh)
       // Synchronous from here to the swap: no write of the user can fall between the two documents.
-      const result = rebasePendingWork(old.doc, fresh, host.user, baseline)
+      const result = rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
+      // The messages left out as the relay refused them: kept as the user wrote them, failed, outside the
+      // replica (the app may retry or discard them); their refusal was told as it came.
+      const told = new Set<MessageId>()
+      for (const { what, error } of result.failed) {
+        if (what.kind !== "message.send" || this.named.get(what.id) !== error) continue
+        const view = getMessage(old.doc, what.id)
+        if (view) host.statuses.keepRefused(view, error)
+        told.add(what.id)
+      }
+      this.named.clear()
       old.dispose()
       // Other tabs of this user still hold the refused changes and would hand them back over the
       // cross-tab channel; the rebuilt replica talks to the relay only, until the next load.
@@ -136,7 +183,7 @@ export class Resync {
       host.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
       for (const { what, error } of result.failed) {
         if (what.kind === "message.send") host.emit("status", { messageId: what.id, status: "failed", error })
-        host.emit("error", { error, change: what })
+        if (what.kind !== "message.send" || !told.has(what.id)) host.emit("error", { error, change: what })
       }
       host.emit("change", { events: [], local: false })
       host.refreshUnread()

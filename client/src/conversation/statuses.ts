@@ -23,6 +23,12 @@ export class StatusTracker {
   /** The user's messages that a resync could not re-apply (the relay refused them), with why. */
   readonly lost = new Map<MessageId, ParleyError>()
   /**
+   * What the relay refused of those, as the user wrote it: no longer in the
+   * replica (a resync rebuilt it without them), still shown as failed until
+   * the app retries or discards them (`Conversation.retry` / `discard`).
+   */
+  readonly refused = new Map<MessageId, MessageView>()
+  /**
    * The sequence numbers of followed messages, so that one sealed into history
    * (and no longer in the live document, nor loaded) still moves to "read".
    */
@@ -83,6 +89,28 @@ export class StatusTracker {
   trackAll(doc: Y.Doc, user: UserId, fresh = false): void {
     for (const [id, record] of messageIndex(doc).records) if (record.author === user) this.track(id)
     if (fresh) this.refresh()
+  }
+
+  /** Keeps `view`, which the relay refused with `error`, as a failed message outside the replica. */
+  keepRefused(view: MessageView, error: ParleyError): void {
+    this.lost.set(view.id, error)
+    this.refused.set(view.id, view)
+  }
+
+  /** Forgets refused message `id` (retried or discarded): its status is undefined from now on. */
+  dropRefused(id: MessageId): boolean {
+    this.lost.delete(id)
+    return this.refused.delete(id)
+  }
+
+  /** The refused messages kept outside the replica, as failed messages, oldest first. */
+  refusedMessages(): ChatMessage[] {
+    return [...this.refused.values()]
+      .sort((a, b) => a.createdAt - b.createdAt)
+      .map((view) => {
+        const error = this.lost.get(view.id)
+        return { ...view, status: "failed" as const, ...(error ? { error } : {}) }
+      })
   }
 
   /** Marks as failed, with `error`, what the relay has not saved (it never will). */

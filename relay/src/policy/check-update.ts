@@ -108,6 +108,15 @@ export const MAX_FUTURE_SKEW_MS = 24 * 60 * 60 * 1000
  */
 export const RESTATED_CREATION_LATER_MS = 60 * 60 * 1000
 
+/**
+ * How much earlier than the date it restates a second creation of a direct
+ * conversation may date it: a user who created it offline (on a flight, say)
+ * days before the other user created it online keeps the date their device
+ * wrote, and their messages dated since are not "before the conversation".
+ * Bounded, so that a crafted restatement cannot date a conversation to 1970.
+ */
+export const RESTATED_CREATION_EARLIER_MS = 30 * 24 * 60 * 60 * 1000
+
 /** The decision, and for an accepted update the client ids it binds to its sender. */
 export type CheckResult = Decision & { readonly newBindings?: readonly ClientBinding[] }
 
@@ -178,6 +187,10 @@ class UpdateCheck {
   private creationTime: number | undefined
   /** The update creates a direct conversation that another replica of its users created first. */
   private restatesCreation = false
+  /** The date the update's restated creation of a direct conversation gives it, once accepted. */
+  private restatedAt: number | undefined
+  /** The earliest creation date a direct conversation's participant records hold (see {@link earliestCreation}). */
+  private statedCreation: number | undefined | null = null
   private readonly newRecords = new Map<MessageId, MessageRecord>()
   private readonly newPlaceholders = new Map<MessageId, DeletedMessageRecord>()
   /** Live records the update deletes, by id. */
@@ -525,7 +538,10 @@ class UpdateCheck {
               // It orders the conversation in every member's list: a creation is not dated ahead, nor
               // (a concurrent one differs by clock skew only) long before the one it restates.
               this.refuseFuture(after, "the conversation's createdAt")
-              this.refuseBeforeCreation(after, "the conversation's createdAt")
+              // A creation made offline days before the other user's (a flight) restates an earlier date;
+              // not a month earlier (before: refused a day earlier, and the user's messages after it).
+              if (typeof change.before === "number" && after < change.before - RESTATED_CREATION_EARLIER_MS)
+                refuse(Rule.schema, "the conversation's createdAt is dated before the conversation")
               // Nor much after it: messages dated a day before the conversation are refused, and a
               // crafted "creation" from a participant's first write moved a direct conversation's date a
               // day ahead at any time, so that the other's messages were refused (an outside probe).
@@ -536,6 +552,7 @@ class UpdateCheck {
                   Rule.concurrentChange,
                   "the direct conversation was created before this replica's creation of it: rebuild on the relay's state and send the work again",
                 )
+              this.restatedAt = Math.min(this.restatedAt ?? after, after)
               break
             }
             if ((Object.values(MetaKey) as string[]).includes(change.key))
@@ -659,9 +676,48 @@ class UpdateCheck {
   /** Refuses a user's date more than {@link MAX_FUTURE_SKEW_MS} before the conversation's creation (once it exists). */
   private refuseBeforeCreation(at: number, what: string): void {
     if (this.isRelay) return
-    const created = typesOf(this.doc).meta.get(MetaKey.createdAt) ?? this.creationTime
+    const stored = typesOf(this.doc).meta.get(MetaKey.createdAt) ?? this.creationTime
+    const created = this.kind === "direct" ? this.earliestCreation(stored) : stored
     if (typeof created === "number" && at < created - MAX_FUTURE_SKEW_MS)
       refuse(Rule.schema, `${what} is dated before the conversation`)
+  }
+
+  /**
+   * A direct conversation's date for {@link refuseBeforeCreation}: the earliest
+   * either of its users stated by creating it (the stored `createdAt` is
+   * whichever creation won the merge). A user who created it offline, days
+   * before the other did online, wrote messages dated since their own creation:
+   * judged against the stored, later date they were refused, and every later
+   * update of their replica with them (an outside tester's flight). Each
+   * creation's participant records carry its date (`addedAt`); the relay keeps
+   * the values of replaced records (`RELAY_DOC_OPTIONS`), so a creation that
+   * lost the merge still counts. Only the two users can create it, and each
+   * creation was judged when it came (not ahead, not more than
+   * {@link RESTATED_CREATION_EARLIER_MS} earlier): a stranger gains nothing, and
+   * a group's date is never moved.
+   */
+  private earliestCreation(stored: unknown): unknown {
+    if (this.statedCreation === null) {
+      let earliest: number | undefined
+      const participants = typesOf(this.doc).participants
+      const map = (participants as unknown as { _map: Map<string, Y.Item> })._map
+      for (const last of map.values())
+        for (let item: Y.Item | null = last; item !== null; item = item.left as Y.Item | null) {
+          const content = item.content.getContent()
+          const record = content[content.length - 1] as Partial<ParticipantRecord> | undefined
+          if (
+            record !== null &&
+            typeof record === "object" &&
+            isTime(record.addedAt) &&
+            typeof record.addedBy === "string" &&
+            map.has(record.addedBy)
+          )
+            earliest = Math.min(earliest ?? record.addedAt, record.addedAt)
+        }
+      this.statedCreation = earliest
+    }
+    const dates = [stored, this.statedCreation, this.restatedAt].filter(isTime)
+    return dates.length > 0 ? Math.min(...dates) : stored
   }
 
   private checkMessages(): void {

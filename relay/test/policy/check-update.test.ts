@@ -13,6 +13,7 @@ import {
   HistoryDefaults,
   Limits,
   leaveConversation,
+  listMessages,
   type MessageId,
   MetaKey,
   markDelivered,
@@ -1066,6 +1067,55 @@ describe("two creations of one direct conversation", () => {
         seen: LIVE,
       }),
     ).toMatchObject({ allowed: false, rule: Rule.concurrentChange })
+  })
+
+  it("accepts a creation made offline days before the other's, with its messages, in one update or after it (before: refused as dated before the conversation)", () => {
+    const DAY = 86_400_000
+    for (const split of [false, true]) {
+      const relay = new Y.Doc(RELAY_DOC_OPTIONS)
+      const bindings = new ClientBindings()
+      // Carol, offline on a flight, creates it and writes two days before dave creates it online.
+      const carols = new Y.Doc()
+      carols.clientID = 1 // outranked by dave's: his records win the merge, hers are kept as replaced
+      createConversation(
+        carols,
+        carol,
+        { kind: "direct", participants: [dave] },
+        { now: Date.now() - 2 * DAY },
+      )
+      const created = Y.encodeStateAsUpdate(carols)
+      const plane = updateOf(carols, (d) =>
+        sendMessage(d, carol, { body: "written on the plane" }, { now: Date.now() - 2 * DAY + 60_000 }),
+      )
+      expect(check(relay, bindings, dave, creation(dave, carol, "two days later"))).toMatchObject({
+        allowed: true,
+      })
+      if (split) {
+        expect(check(relay, bindings, carol, created)).toMatchObject({ allowed: true })
+        expect(check(relay, bindings, carol, plane)).toMatchObject({ allowed: true })
+      } else {
+        expect(check(relay, bindings, carol, Y.mergeUpdates([created, plane]))).toMatchObject({
+          allowed: true,
+        })
+      }
+      expect(
+        listMessages(relay, { last: 10 })
+          .map((m) => m.body)
+          .sort(),
+      ).toEqual(["two days later", "written on the plane"])
+      // Still not before her own creation, nor a restated creation a month before the first.
+      const before = updateOf(replicaOf(relay), (d) =>
+        sendMessage(d, carol, { body: "older" }, { now: Date.now() - 4 * DAY }),
+      )
+      expect(check(relay, bindings, carol, before)).toMatchObject({ allowed: false, rule: Rule.schema })
+    }
+    const relay = new Y.Doc(RELAY_DOC_OPTIONS)
+    const bindings = new ClientBindings()
+    expect(check(relay, bindings, dave, creation(dave, carol, "now"))).toMatchObject({ allowed: true })
+    const monthAgo = updateOf(new Y.Doc(), (d) =>
+      createConversation(d, carol, { kind: "direct", participants: [dave] }, { now: Date.now() - 31 * DAY }),
+    )
+    expect(check(relay, bindings, carol, monthAgo)).toMatchObject({ allowed: false, rule: Rule.schema })
   })
 
   it("refuses a creation the id does not allow, naming creation-by-id", () => {
