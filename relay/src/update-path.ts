@@ -550,7 +550,15 @@ async function alreadyStored(
   if (beyond.length === 0) return undefined
   const same =
     beyond.length === entries.length && beyond.every((u, i) => equalBytes(u.update, entries[i]!.update))
-  if (!same) throw new Error("the stored log holds changes this relay's memory does not")
+  // Another writer appended meanwhile (in a cluster, the relay that took the document over while this
+  // one was paused or cut off): this memory is stale, not broken. Retryable: the document is dropped and
+  // reloaded, its clients rejoin (4503) and send their work again (a paused relay's clients were told
+  // INTERNAL and closed 4500, an outside probe).
+  if (!same)
+    throw new ParleyError(
+      ErrorCode.UNAVAILABLE,
+      "another writer stored changes of this conversation meanwhile: reconnect and send it again",
+    )
   return beyond.map((u) => u.position)
 }
 

@@ -355,6 +355,34 @@ describe("the update path while storage fails", () => {
     await relay.close()
   })
 
+  it("drops its copy retryably (4503) when another writer stored changes while its append waited (a relay that took the conversation over)", async () => {
+    const storage = new FlakyStorage()
+    const guard = guarded(storage)
+    const relay = core(guard)
+    const id = "g~guard3"
+    const session = new FakeSession(user)
+    const connection = await relay.connect(id, session)
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id: id as never, participants: [] })
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+    await until(() => session.parley().some((f) => f.type === "saved"))
+    storage.broken = true
+    const before = Y.encodeStateVector(doc)
+    sendMessage(doc, alice, { body: "waits" })
+    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+    await until(() => session.parley().some((f) => f.type === "error"))
+    // Meanwhile another writer (the relay that now orders the conversation) stores a change of its own.
+    const other = new Y.Doc()
+    Y.applyUpdate(other, Y.encodeStateAsUpdate(doc, Y.encodeStateVector(new Y.Doc())))
+    const elsewhere = Y.encodeStateVector(other)
+    sendMessage(other, alice, { body: "stored elsewhere" })
+    await MemoryStorage.prototype.append.call(storage, id, [Y.encodeStateAsUpdate(other, elsewhere)])
+    storage.broken = false
+    await until(() => session.closed !== undefined)
+    expect(session.closed?.code).toBe(4503)
+    await relay.close()
+  })
+
   it("gives up a change waiting for storage when the relay shuts down", async () => {
     const storage = new FlakyStorage()
     const guard = guarded(storage)
