@@ -141,7 +141,10 @@ describe("sealed history in the SDK", () => {
     }
   })
 
-  it("keeps the history paged back whole across a resync whose refused edit was on a message deleted and re-sealed meanwhile", async () => {
+  // Two clients, 66 messages, three seals, a full scroll back twice and a resync: past 20 s on a loaded CI machine.
+  it("keeps the history paged back whole across a resync whose refused edit was on a message deleted and re-sealed meanwhile", {
+    timeout: 60_000,
+  }, async () => {
     const folding = await foldingRelay()
     try {
       const [a, b] = [name("alice"), name("bob")]
