@@ -78,6 +78,10 @@ const RegisterSchema = z
           .strict(),
       })
       .strict(),
+    renew: z.boolean().optional().openapi({
+      description:
+        "Only renew: the device's subscription must be this one already (404 otherwise: removed, replaced or dropped), and nothing is created. What the SDK sends at each connect and fresh token, so that a device removed elsewhere is not registered again.",
+    }),
   })
   .strict()
   .openapi("PushRegistration")
@@ -137,6 +141,10 @@ const registerRoute = createRoute({
     ...problems([
       [400, "Malformed body, or an endpoint the relay refuses (not https, a private address)"],
       ...AUTH_PROBLEMS,
+      [
+        404,
+        "`renew` and the device has no such subscription (removed, replaced or dropped): register it again",
+      ],
       [409, "The user already has the most devices allowed, none of them with expired credentials"],
       [413, "Request body too large"],
     ]),
@@ -227,7 +235,7 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   app.openapi(registerRoute, async (c) => {
     const user = c.get("user")
     const credentialsUntil = c.get("credentialsUntil")
-    const { device, subscription } = c.req.valid("json")
+    const { device, subscription, renew } = c.req.valid("json")
     const keys = { endpoint: subscription.endpoint, ...subscription.keys }
     // The device's own subscription again (what the SDK sends at each connect and fresh token): one
     // write, its endpoint not checked again. Only the holder of its keys renews it this way; any other
@@ -236,6 +244,11 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
       const renewed = (await options.store.list(user)).find((s) => s.device === device)
       if (renewed) return c.json(deviceOf(renewed), 200)
     }
+    if (renew)
+      throw new ParleyError(
+        ErrorCode.NOT_FOUND,
+        "this device has no such subscription to renew: register it again",
+      )
     checkEndpointUrl(subscription.endpoint, endpoints)
     const at = now()
     const existing = await current(user, at)

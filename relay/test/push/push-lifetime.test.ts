@@ -115,6 +115,15 @@ describe("push subscriptions outlive no token", () => {
     })
     // An expired token renews nothing: the relay refuses it.
     expect((await register(relay, leaked, "phone", phone)).status).toBe(401)
+    // A renewal only (what the SDK sends) creates nothing: a device removed elsewhere stays removed.
+    expect((await call(relay, "DELETE", "/v1/me/push-subscriptions/phone", fresh)).status).toBe(204)
+    const renewOnly = await call(relay, "POST", "/v1/me/push-subscriptions", fresh, {
+      device: "phone",
+      subscription: phone,
+      renew: true,
+    })
+    expect(renewOnly.status).toBe(404)
+    expect(await devicesOf(relay, bob)).toEqual([])
     client.close()
   })
 
