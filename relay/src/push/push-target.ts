@@ -57,6 +57,7 @@ export interface PushTargetOptions {
    * content-free wake-ups before it is deleted, in ms. Default 30 days.
    */
   readonly wakeMs?: number
+  /** The clock (ms since the epoch) subscriptions' credentials are judged by; default `Date.now`. */
   readonly now?: () => number
   /**
    * A recipient's unread counts and mutes for the badge (an `UnreadTotals`

@@ -40,6 +40,7 @@ export interface PushRoutesOptions {
   /** The per-user request budget the routes are held to. */
   readonly requests?: RequestBudget
   readonly log: Logger
+  /** The clock (ms since the epoch): registration times, and whose credentials expired; default `Date.now`. */
   readonly now?: () => number
 }
 
