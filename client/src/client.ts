@@ -665,7 +665,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    * device's subscription to register or remove.
    */
   get push(): PushRegistrations {
-    this.pushRegistrations ??= new PushRegistrations(httpOriginOf(this.options.url), () => this.token())
+    this.pushRegistrations ??= new PushRegistrations(
+      httpOriginOf(this.options.url),
+      () => this.token(),
+      undefined,
+      (error) => this.emit("error", { error }),
+    )
     return this.pushRegistrations
   }
 
@@ -750,6 +755,10 @@ export class ChatClient extends Emitter<ChatClientEvents> {
           throw new ParleyError(ErrorCode.UNAUTHORIZED, `the token is for ${subject}, not ${this.user}`)
         // The token's name and picture claims are the profile's default until the user edits it.
         void this.profiles.noteClaims(claimsOfToken(token))
+        // Every connect and every refresh ahead of expiry come through here: this device's push
+        // registration is renewed with the fresh token, or it would get only wake-ups once the one
+        // it was registered with expired.
+        this.pushRegistrations?.renewWith(token)
         return token
       })
       .finally(() => {

@@ -84,6 +84,7 @@ export type { MessageStatus } from "./message-status.js"
 export type { PresenceStatus, UserPresence } from "./presence.js"
 export { type ProfileClaims, typingText } from "./profiles.js"
 export type { BrowserPushSubscription, PushDevice, PushRegistrations, PushSubscriptionInput } from "./push.js"
+export { isPushWake, PUSH_RENEWAL_STEP_MS, WAKE_NOTIFICATION } from "./push.js"
 export type { StorageKind } from "./storage.js"
 export {
   type AttachmentUrlSnapshot,

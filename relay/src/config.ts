@@ -9,6 +9,7 @@ import { SealedReadDefaults } from "./history/sealed-reads.js"
 import { exponentialBackoff } from "./hooks/dispatcher.js"
 import { DEFAULT_EVENT_RETENTION } from "./hooks/event-log.js"
 import { LOG_LEVELS, type LogLevel } from "./log.js"
+import { DAY_MS, DEFAULT_PUSH_WAKE_DAYS } from "./push/lifetime.js"
 import type { RelayOptions } from "./relay.js"
 import { DEFAULT_CORE_LIMITS as CORE } from "./relay-core.js"
 import { ExitCode, StartupError } from "./startup-error.js"
@@ -565,6 +566,13 @@ export const RELAY_FLAGS = {
     help: "tries of a failing push device (each on its own schedule) before its notifications are dropped; also attempts of a message whose push fails on the relay's side before it is dead-lettered",
     default: 8,
   }),
+  "push-wake-days": flag({
+    kind: "integer",
+    env: "PARLEY_PUSH_WAKE_DAYS",
+    help: "days a push subscription whose registering token expired (and was not renewed) gets content-free wake-ups before it is deleted; 0 = deleted when the token expires",
+    default: DEFAULT_PUSH_WAKE_DAYS,
+    max: 3650,
+  }),
   "push-retry-base-ms": flag({
     kind: "integer",
     env: "PARLEY_PUSH_RETRY_BASE_MS",
@@ -1073,6 +1081,7 @@ export function parseConfig(
         : {}),
       allowHttpEndpoints: v["push-allow-insecure-endpoints"] === true,
       allowPrivateEndpoints: v["push-allow-insecure-endpoints"] === true,
+      wakeMs: v["push-wake-days"] * DAY_MS,
       retryDelay: exponentialBackoff({
         baseMs: Math.max(1, v["push-retry-base-ms"]),
         maxMs: 300_000,

@@ -448,7 +448,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           vapid,
           ...(clustered ? { presence: clustered.cluster.presence } : {}),
           store: backend.pushSubscriptions,
-          verify: (token) => auth.verify(token),
+          verify: (token) => auth.verifyToken(token),
           rewriters: (hookWorker?.modules ?? []).flatMap(({ name, handlers }, index) =>
             handlers.includes("onPushNotification")
               ? [

@@ -43,7 +43,7 @@ self.addEventListener("fetch", (event) => {
 })
 
 // Push notifications (relay/src/push/notification.ts is the payload: title, body, sender,
-// conversationId, messageId, badge, priority, urgency). One notification per conversation
+// conversationId, messageId, badge, priority, urgency; or only `wake`, see below). One notification per conversation
 // (`tag`): a newer message replaces the older one; an emergency asks to stay until seen.
 self.addEventListener("push", (event) => {
   let data
@@ -51,6 +51,13 @@ self.addEventListener("push", (event) => {
     data = event.data ? event.data.json() : undefined
   } catch {
     data = undefined
+  }
+  // A content-free wake-up (`{ "wake": true }`): the relay sends it instead of a notification to a
+  // device whose registration was not renewed since its token expired. Nothing of a message is in
+  // it, so nothing is shown but that there is news; the app fetches it with its own token when opened.
+  if (data && data.wake === true) {
+    event.waitUntil(self.registration.showNotification("New messages", { tag: "parley-wake" }))
+    return
   }
   if (!data || typeof data.title !== "string") return
   const emergency = data.priority === "emergency"

@@ -25,6 +25,12 @@ export interface PushOptions {
   readonly ttlSeconds?: number
   /** Devices per user. Default 20. */
   readonly maxDevicesPerUser?: number
+  /**
+   * How long after the credentials that registered (or last renewed) a
+   * subscription expired it gets content-free wake-ups before it is deleted,
+   * in ms; 0 = deleted when they expire. Default 30 days (`--push-wake-days`).
+   */
+  readonly wakeMs?: number
   /** Delay before the next attempt after `failures` failed ones; undefined to dead-letter. Default: 5 s doubling, 8 attempts. */
   readonly retryDelay?: (failures: number) => number | undefined
 }
@@ -44,7 +50,10 @@ export interface ConversationPresence {
 export interface PushExtensionOptions extends PushOptions {
   readonly vapid: VapidKeys
   readonly store: PushSubscriptionStore
-  readonly verify: (token: string) => Promise<Principal>
+  /** Verifies a user's token: who it names and until when (`Authenticator.verifyToken`). */
+  readonly verify: (
+    token: string,
+  ) => Promise<{ readonly principal: Principal; readonly expiresAt: number | undefined }>
   readonly rewriters?: readonly PushRewriter[]
   /** Longest a registration's body may take to arrive (`--api-body-timeout-ms`; default 30 s). */
   readonly bodyTimeoutMs?: number
@@ -110,6 +119,7 @@ export class PushExtension implements RelayExtension {
       isActive: (name, user) => this.isActive(name, user),
       summary: (user, conversation) => this.totals.summary(core, user, conversation),
       endpoints: this.endpoints,
+      ...(this.options.wakeMs !== undefined ? { wakeMs: this.options.wakeMs } : {}),
       ...(this.options.rewriters ? { rewriters: this.options.rewriters } : {}),
       ...(this.options.ttlSeconds !== undefined ? { ttlSeconds: this.options.ttlSeconds } : {}),
       ...(this.options.retryDelay ? { retryDelay: this.options.retryDelay } : {}),
@@ -125,6 +135,7 @@ export class PushExtension implements RelayExtension {
       endpoints: this.endpoints,
       log: this.options.log,
       ...(this.options.maxDevicesPerUser !== undefined ? { maxDevices: this.options.maxDevicesPerUser } : {}),
+      ...(this.options.wakeMs !== undefined ? { wakeMs: this.options.wakeMs } : {}),
     })
     this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
   }

@@ -11,6 +11,7 @@ import type { Logger } from "../log.js"
 import { RetryAfterError, retryAfterMs } from "../retry-after.js"
 import { type DeviceJob, DeviceSends, type SendOutcome } from "./device-sends.js"
 import { checkEndpointBeforeSend, type EndpointPolicy } from "./endpoint.js"
+import { DAY_MS, DEFAULT_PUSH_WAKE_DAYS, pushStanding, WAKE_PAYLOAD, WAKE_TOPIC } from "./lifetime.js"
 import { liveMessageOf, notificationFor, type PushNotification } from "./notification.js"
 import { publicOnlyFetch } from "./public-fetch.js"
 import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
@@ -52,6 +53,13 @@ export interface PushTargetOptions {
   readonly deviceTimeoutMs?: number
   readonly fetch?: typeof fetch
   /**
+   * How long after its credentials' end a subscription not renewed gets
+   * content-free wake-ups before it is deleted, in ms. Default 30 days.
+   */
+  readonly wakeMs?: number
+  /** The clock (ms since the epoch) subscriptions' credentials are judged by; default `Date.now`. */
+  readonly now?: () => number
+  /**
    * A recipient's unread counts and mutes for the badge (an `UnreadTotals`
    * cache); default: derived from every conversation they are in, per push.
    */
@@ -88,6 +96,8 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
   const endpoints = options.endpoints ?? {}
   const send = options.fetch ?? publicOnlyFetch(endpoints)
   const retryDelay = options.retryDelay ?? DEFAULT_PUSH_RETRY
+  const now = options.now ?? Date.now
+  const wakeMs = options.wakeMs ?? DEFAULT_PUSH_WAKE_DAYS * DAY_MS
   const devices = new DeviceSends({
     send: deliverTo,
     store: options.store,
@@ -140,8 +150,19 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     job: DeviceJob,
     signal: AbortSignal,
   ): Promise<SendOutcome> {
-    const { payload, notification } = job
+    const { notification } = job
     const where = { user: sub.user, device: sub.device }
+    // Decided at each try (a retry may come after the credentials' end): a subscription is told what a
+    // message says only while the token that registered or renewed it holds, so one a leaked token
+    // registered reads nothing after that token expired; it is only woken, and then dropped.
+    const standing = pushStanding(sub, now(), wakeMs)
+    if (standing === "expired") {
+      options.log.info(where, "push subscription not renewed since its credentials expired: dropped")
+      await options.store.remove(sub.user, sub.device)
+      return "gone"
+    }
+    const wake = standing === "wake"
+    const payload = wake ? WAKE_PAYLOAD : job.payload
     try {
       await checkEndpointBeforeSend(sub.endpoint, endpoints)
     } catch (error) {
@@ -158,10 +179,12 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       {
         vapidDetails: options.vapid,
         TTL: ttl,
-        urgency: notification.urgency,
+        // A wake-up tells neither the conversation nor the priority, not even in headers: the push
+        // service may be the endpoint's owner.
+        urgency: wake ? "normal" : notification.urgency,
         contentEncoding: "aes128gcm",
         // Replaces an undelivered notification of the same conversation on the push service.
-        topic: topicOf(notification.conversationId),
+        topic: wake ? WAKE_TOPIC : topicOf(notification.conversationId),
       },
     )
     let response: Response
@@ -247,8 +270,18 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       // active is asked only of members with a device: most members of a big room have none here.
       // The author is asked about with the others and skipped in the answer.
       const devices = new Map<UserId, PushSubscriptionRecord[]>()
+      const at = now()
       for (const sub of await options.store.listMany(usersIn(event.conversation.participants))) {
         if (sub.user === author || reached.has(deviceKey(sub))) continue
+        if (pushStanding(sub, at, wakeMs) === "expired") {
+          // Its grace after the credentials' end is over: dropped, not even woken.
+          options.log.info(
+            { user: sub.user, device: sub.device },
+            "push subscription not renewed since its credentials expired: dropped",
+          )
+          await options.store.remove(sub.user, sub.device)
+          continue
+        }
         devices.set(sub.user, [...(devices.get(sub.user) ?? []), sub])
       }
       const byUser = new Map<UserId, PushSubscriptionRecord[]>()

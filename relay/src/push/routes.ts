@@ -16,6 +16,7 @@ import { requireWellFormedJson } from "../api/well-formed.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import { checkEndpointUrl, type EndpointPolicy, MAX_ENDPOINT_LENGTH } from "./endpoint.js"
+import { DAY_MS, DEFAULT_PUSH_WAKE_DAYS, pushStanding } from "./lifetime.js"
 import type { PushSubscriptionRecord, PushSubscriptionStore } from "./store.js"
 
 /** Default devices a user may register; one more is refused (409) until one is removed. */
@@ -26,17 +27,24 @@ export interface PushRoutesOptions {
   readonly store: PushSubscriptionStore
   /** The relay's VAPID public key (base64url), which devices subscribe with. */
   readonly publicKey: string
-  /** Verifies a user's token (the relay's `Authenticator.verify`). */
-  verify(token: string): Promise<Principal>
+  /**
+   * Verifies a user's token (the relay's `Authenticator.verifyToken`): who it
+   * names and its `exp` (ms; undefined for a token without one), which a
+   * subscription it registers or renews gets full notifications until.
+   */
+  verify(token: string): Promise<{ readonly principal: Principal; readonly expiresAt: number | undefined }>
   readonly endpoints?: EndpointPolicy
   readonly maxDevices?: number
+  /** How long after its credentials' end a subscription not renewed gets wake-ups before it is deleted, in ms. Default 30 days. */
+  readonly wakeMs?: number
   /** The per-user request budget the routes are held to. */
   readonly requests?: RequestBudget
   readonly log: Logger
+  /** The clock (ms since the epoch): registration times, and whose credentials expired; default `Date.now`. */
   readonly now?: () => number
 }
 
-type Env = { Variables: { user: UserId } }
+type Env = { Variables: { user: UserId; credentialsUntil: number | null } }
 
 const base64url = (bytes: number, what: string) =>
   z
@@ -71,12 +79,24 @@ const RegisterSchema = z
           .strict(),
       })
       .strict(),
+    renew: z.boolean().optional().openapi({
+      description:
+        "Only renew: the device's subscription must be this one already (404 otherwise: removed, replaced or dropped), and nothing is created. What the SDK sends at each connect and fresh token, so that a device removed elsewhere is not registered again.",
+    }),
   })
   .strict()
   .openapi("PushRegistration")
 
 const DeviceSchema = z
-  .object({ device: z.string(), endpoint: z.string(), createdAt: z.number().int() })
+  .object({
+    device: z.string(),
+    endpoint: z.string(),
+    createdAt: z.number().int(),
+    credentialsUntil: z.number().int().nullable().openapi({
+      description:
+        'Until when (ms since the epoch) the token that registered or last renewed it holds: full notifications until then, content-free wake-ups (`{"wake":true}`) after, for `--push-wake-days`; null for a token without `exp`.',
+    }),
+  })
   .openapi("PushDevice")
 
 const problems = (statuses: readonly (readonly [number, string])[]) =>
@@ -114,7 +134,7 @@ const registerRoute = createRoute({
   path: "/v1/me/push-subscriptions",
   summary: "Register this device's Web Push subscription",
   description:
-    "Adds or replaces the caller's subscription for `device`. The caller is the user of the token.",
+    "Adds or replaces the caller's subscription for `device`. The caller is the user of the token. The same subscription (endpoint and keys) again is a renewal: its `credentialsUntil` moves to this token's expiry when that is later, never earlier. A replaced one takes this token's expiry. At the device limit, the caller's subscription whose credentials expired longest ago makes room; 409 when none did.",
   security,
   request: { body: { required: true, content: { "application/json": { schema: RegisterSchema } } } },
   responses: {
@@ -122,7 +142,11 @@ const registerRoute = createRoute({
     ...problems([
       [400, "Malformed body, or an endpoint the relay refuses (not https, a private address)"],
       ...AUTH_PROBLEMS,
-      [409, "The user already has the most devices allowed"],
+      [
+        404,
+        "`renew` and the device has no such subscription (removed, replaced or dropped): register it again",
+      ],
+      [409, "The user already has the most devices allowed, none of them with expired credentials"],
       [413, "Request body too large"],
     ]),
   },
@@ -156,6 +180,7 @@ const deviceOf = (record: PushSubscriptionRecord) => ({
   device: record.device,
   endpoint: record.endpoint,
   createdAt: record.createdAt,
+  credentialsUntil: record.credentialsUntil,
 })
 
 /**
@@ -167,41 +192,92 @@ const deviceOf = (record: PushSubscriptionRecord) => ({
 export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   const now = options.now ?? Date.now
   const maxDevices = options.maxDevices ?? DEFAULT_MAX_PUSH_DEVICES
+  const wakeMs = options.wakeMs ?? DEFAULT_PUSH_WAKE_DAYS * DAY_MS
   const endpoints = options.endpoints ?? {}
   const app = problemApp<Env>(options.log, "push route")
   registerUserTokenScheme(app)
 
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
-    const user = await userOfToken(c, bearerToken(c), options.verify, "push subscriptions belong to users")
+    let expiresAt: number | undefined
+    const user = await userOfToken(
+      c,
+      bearerToken(c),
+      async (token) => {
+        const verified = await options.verify(token)
+        expiresAt = verified.expiresAt
+        return verified.principal
+      },
+      "push subscriptions belong to users",
+    )
     if (user instanceof Response) return user
+    // Renewals (the SDK's, at each connect and fresh token) spend this budget like any request.
     const refused = overRequestBudget(c, options.requests, user)
     if (refused) return refused
     c.set("user", user)
+    c.set("credentialsUntil", expiresAt ?? null)
     await next()
   }
   app.use("/v1/me/*", authenticate)
   app.use("/v1/me/*", ...limitBody(8 * 1024))
   app.use("/v1/me/*", requireWellFormedJson())
 
+  /** The user's subscriptions, those past their wake-up grace deleted (as a push to them would). */
+  async function current(user: UserId, at: number): Promise<PushSubscriptionRecord[]> {
+    const all = await options.store.list(user)
+    const kept: PushSubscriptionRecord[] = []
+    for (const sub of all)
+      if (pushStanding(sub, at, wakeMs) === "expired") await options.store.remove(user, sub.device)
+      else kept.push(sub)
+    return kept
+  }
+
   app.openapi(publicKeyRoute, (c) => c.json({ publicKey: options.publicKey }, 200))
 
   app.openapi(registerRoute, async (c) => {
     const user = c.get("user")
-    const { device, subscription } = c.req.valid("json")
-    checkEndpointUrl(subscription.endpoint, endpoints)
-    const existing = await options.store.list(user)
-    if (existing.length >= maxDevices && !existing.some((s) => s.device === device))
+    const credentialsUntil = c.get("credentialsUntil")
+    const { device, subscription, renew } = c.req.valid("json")
+    const keys = { endpoint: subscription.endpoint, ...subscription.keys }
+    // The device's own subscription again (what the SDK sends at each connect and fresh token): one
+    // write, its endpoint not checked again. Only the holder of its keys renews it this way; any other
+    // registration under the name is a replacement, which gets no more than its own token's lifetime.
+    if (await options.store.renew(user, device, keys, credentialsUntil)) {
+      const renewed = (await options.store.list(user)).find((s) => s.device === device)
+      if (renewed) return c.json(deviceOf(renewed), 200)
+    }
+    if (renew)
       throw new ParleyError(
-        ErrorCode.CONFLICT,
-        `at most ${maxDevices} devices per user: remove one (DELETE /v1/me/push-subscriptions/{device}) first`,
+        ErrorCode.NOT_FOUND,
+        "this device has no such subscription to renew: register it again",
       )
+    checkEndpointUrl(subscription.endpoint, endpoints)
+    const at = now()
+    const existing = await current(user, at)
+    if (existing.length >= maxDevices && !existing.some((s) => s.device === device)) {
+      // Subscriptions whose credentials expired make room for one the user's valid token registers:
+      // a leaked token filling the limit locks the user out no longer than it lives.
+      const lapsed = existing
+        .filter((s) => pushStanding(s, at, wakeMs) !== "full")
+        .sort((a, b) => (a.credentialsUntil ?? 0) - (b.credentialsUntil ?? 0))[0]
+      if (!lapsed)
+        throw new ParleyError(
+          ErrorCode.CONFLICT,
+          `at most ${maxDevices} devices per user: remove one (DELETE /v1/me/push-subscriptions/{device}) first`,
+        )
+      await options.store.remove(user, lapsed.device)
+      options.log.info(
+        { user, device: lapsed.device, credentialsUntil: lapsed.credentialsUntil },
+        "push: a subscription whose credentials expired made room for a new one",
+      )
+    }
     const record: PushSubscriptionRecord = {
       user,
       device,
       endpoint: subscription.endpoint,
       p256dh: subscription.keys.p256dh,
       auth: subscription.keys.auth,
-      createdAt: now(),
+      createdAt: at,
+      credentialsUntil,
     }
     await options.store.put(record)
     const stored = (await options.store.list(user)).find((s) => s.device === device) ?? record
@@ -209,7 +285,7 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
   })
 
   app.openapi(listRoute, async (c) =>
-    c.json({ devices: (await options.store.list(c.get("user"))).map(deviceOf) }, 200),
+    c.json({ devices: (await current(c.get("user"), now())).map(deviceOf) }, 200),
   )
 
   app.openapi(removeRoute, async (c) => {
@@ -228,7 +304,14 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
 export function pushOpenApiPart(): OpenApiPart {
   const unused = describeOnly
   const app = createPushRoutes({
-    store: { put: unused, list: unused, listMany: unused, remove: unused, removeEndpoint: unused },
+    store: {
+      put: unused,
+      renew: unused,
+      list: unused,
+      listMany: unused,
+      remove: unused,
+      removeEndpoint: unused,
+    },
     publicKey: "",
     verify: unused,
     log: { error: unused } as unknown as Logger,

@@ -14,6 +14,13 @@ export interface PushSubscriptionRecord {
   /** The subscription's authentication secret (16 bytes, base64url). */
   readonly auth: string
   readonly createdAt: number
+  /**
+   * Until when (ms since the epoch) the token that registered or last renewed
+   * it holds: the device gets what a notification says only until then, a
+   * content-free wake-up after. `null` for a token without `exp` (only with
+   * `--allow-tokens-without-exp`): never lapses.
+   */
+  readonly credentialsUntil: number | null
 }
 
 /**
@@ -27,6 +34,18 @@ export interface PushSubscriptionStore {
   list(user: UserId): Promise<PushSubscriptionRecord[]>
   /** The subscriptions of any of `users` (one query for a message's recipients), oldest first per user. */
   listMany(users: readonly UserId[]): Promise<PushSubscriptionRecord[]>
+  /**
+   * Moves the `credentialsUntil` of `user`'s subscription of `device` to
+   * `until` when that is later (`null`: never lapses), provided it still has
+   * this `endpoint` and these keys (a renewal from the device that holds
+   * them); never earlier. False when there is no such subscription.
+   */
+  renew(
+    user: UserId,
+    device: string,
+    subscription: { readonly endpoint: string; readonly p256dh: string; readonly auth: string },
+    until: number | null,
+  ): Promise<boolean>
   /** Removes the user's subscription of `device`; false when there was none. */
   remove(user: UserId, device: string): Promise<boolean>
   /** Removes every subscription with `endpoint` (the push service said it expired); returns how many. */
@@ -66,6 +85,19 @@ export class MemoryPushSubscriptionStore implements PushSubscriptionStore {
     return out
   }
 
+  async renew(
+    user: UserId,
+    device: string,
+    subscription: { readonly endpoint: string; readonly p256dh: string; readonly auth: string },
+    until: number | null,
+  ): Promise<boolean> {
+    const devices = this.byUser.get(user)
+    const record = devices?.get(device)
+    if (!devices || !record || !sameSubscription(record, subscription)) return false
+    devices.set(device, { ...record, credentialsUntil: laterOf(record.credentialsUntil, until) })
+    return true
+  }
+
   async remove(user: UserId, device: string): Promise<boolean> {
     return this.byUser.get(user)?.delete(device) ?? false
   }
@@ -85,19 +117,55 @@ export class MemoryPushSubscriptionStore implements PushSubscriptionStore {
 const byAge = (a: PushSubscriptionRecord, b: PushSubscriptionRecord) =>
   a.createdAt - b.createdAt || a.device.localeCompare(b.device)
 
-/** The subscriptions' table, the same in SQLite and PostgreSQL. */
-export const PUSH_SUBSCRIPTIONS_SCHEMA = `CREATE TABLE IF NOT EXISTS parley_push_subscriptions (
+const sameSubscription = (
+  a: { readonly endpoint: string; readonly p256dh: string; readonly auth: string },
+  b: { readonly endpoint: string; readonly p256dh: string; readonly auth: string },
+) => a.endpoint === b.endpoint && a.p256dh === b.p256dh && a.auth === b.auth
+
+/** The later of two `credentialsUntil` (`null` is never, the latest). */
+const laterOf = (a: number | null, b: number | null): number | null =>
+  a === null || b === null ? null : Math.max(a, b)
+
+/**
+ * How the SQL stores write a `credentialsUntil` of `null` (never lapses): the
+ * largest time a `Date` holds, so that `MAX`/`GREATEST` renew it as they do
+ * any later time.
+ */
+const NEVER = 8_640_000_000_000_000
+
+const storedUntil = (until: number | null): number => until ?? NEVER
+
+/** The subscriptions' table, the same in SQLite and PostgreSQL (each adds its migration of older tables). */
+const PUSH_SUBSCRIPTIONS_TABLE = `CREATE TABLE IF NOT EXISTS parley_push_subscriptions (
   user_id TEXT NOT NULL,
   device TEXT NOT NULL,
   endpoint TEXT NOT NULL,
   p256dh TEXT NOT NULL,
   auth TEXT NOT NULL,
   created_at BIGINT NOT NULL,
+  credentials_until BIGINT NOT NULL,
   PRIMARY KEY (user_id, device)
 );
 CREATE INDEX IF NOT EXISTS parley_push_subscriptions_endpoint ON parley_push_subscriptions (endpoint);`
 
-const COLUMNS = "user_id, device, endpoint, p256dh, auth, created_at"
+/**
+ * The subscriptions' table in PostgreSQL. Rows registered before
+ * `credentials_until` existed have no known credentials: they lapse at the
+ * migration (content-free wake-ups until their device renews them, dropped
+ * after the grace period), so that one a leaked token registered does not
+ * keep its previews.
+ */
+export const PUSH_SUBSCRIPTIONS_SCHEMA = `${PUSH_SUBSCRIPTIONS_TABLE}
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'parley_push_subscriptions'::regclass AND attname = 'credentials_until') THEN
+    ALTER TABLE parley_push_subscriptions ADD COLUMN credentials_until BIGINT;
+    UPDATE parley_push_subscriptions SET credentials_until = (extract(epoch FROM now()) * 1000)::BIGINT;
+    ALTER TABLE parley_push_subscriptions ALTER COLUMN credentials_until SET NOT NULL;
+  END IF;
+END $$;`
+
+const COLUMNS = "user_id, device, endpoint, p256dh, auth, created_at, credentials_until"
 
 interface Row {
   readonly user_id: string
@@ -106,6 +174,7 @@ interface Row {
   readonly p256dh: string
   readonly auth: string
   readonly created_at: number | string
+  readonly credentials_until: number | string
 }
 
 const recordOf = (row: Row): PushSubscriptionRecord => ({
@@ -115,11 +184,20 @@ const recordOf = (row: Row): PushSubscriptionRecord => ({
   p256dh: row.p256dh,
   auth: row.auth,
   createdAt: Number(row.created_at),
+  credentialsUntil: Number(row.credentials_until) >= NEVER ? null : Number(row.credentials_until),
 })
 
+// A replacement takes the new credentials' end as it is, earlier or not: a subscription is only as
+// good as the token that last put it there (a leaked token replacing a device's endpoint gets the
+// leaked token's lifetime, not the device's).
 const UPSERT = (p: (n: number) => string) =>
-  `INSERT INTO parley_push_subscriptions (${COLUMNS}) VALUES (${[1, 2, 3, 4, 5, 6].map(p).join(", ")})
-   ON CONFLICT (user_id, device) DO UPDATE SET endpoint = excluded.endpoint, p256dh = excluded.p256dh, auth = excluded.auth`
+  `INSERT INTO parley_push_subscriptions (${COLUMNS}) VALUES (${[1, 2, 3, 4, 5, 6, 7].map(p).join(", ")})
+   ON CONFLICT (user_id, device) DO UPDATE SET endpoint = excluded.endpoint, p256dh = excluded.p256dh, auth = excluded.auth,
+   credentials_until = excluded.credentials_until`
+
+const RENEW = (p: (n: number) => string, greatest: string) =>
+  `UPDATE parley_push_subscriptions SET credentials_until = ${greatest}(credentials_until, ${p(1)})
+   WHERE user_id = ${p(2)} AND device = ${p(3)} AND endpoint = ${p(4)} AND p256dh = ${p(5)} AND auth = ${p(6)}`
 
 /**
  * Subscriptions in the relay's SQLite database. The relay is the database's
@@ -133,7 +211,13 @@ export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
   private readonly many: Database.Statement
 
   constructor(private readonly db: Database.Database) {
-    db.exec(PUSH_SUBSCRIPTIONS_SCHEMA)
+    db.exec(PUSH_SUBSCRIPTIONS_TABLE)
+    const columns = db.prepare("PRAGMA table_info(parley_push_subscriptions)").all() as { name: string }[]
+    if (!columns.some((c) => c.name === "credentials_until")) {
+      // Rows from before have no known credentials: they lapse now (see PUSH_SUBSCRIPTIONS_SCHEMA).
+      db.exec("ALTER TABLE parley_push_subscriptions ADD COLUMN credentials_until BIGINT NOT NULL DEFAULT 0")
+      db.prepare("UPDATE parley_push_subscriptions SET credentials_until = ?").run(Date.now())
+    }
     this.many = db.prepare(
       `SELECT ${COLUMNS} FROM parley_push_subscriptions WHERE user_id IN (SELECT value FROM json_each(?)) ORDER BY user_id, created_at, device`,
     )
@@ -148,8 +232,22 @@ export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
   }
 
   async put(r: PushSubscriptionRecord): Promise<void> {
-    this.db.prepare(UPSERT(() => "?")).run(r.user, r.device, r.endpoint, r.p256dh, r.auth, r.createdAt)
+    this.db
+      .prepare(UPSERT(() => "?"))
+      .run(r.user, r.device, r.endpoint, r.p256dh, r.auth, r.createdAt, storedUntil(r.credentialsUntil))
     this.subscribers.add(r.user)
+  }
+
+  async renew(
+    user: UserId,
+    device: string,
+    s: { readonly endpoint: string; readonly p256dh: string; readonly auth: string },
+    until: number | null,
+  ): Promise<boolean> {
+    const sql = RENEW(() => "?", "MAX")
+    return (
+      this.db.prepare(sql).run(storedUntil(until), user, device, s.endpoint, s.p256dh, s.auth).changes > 0
+    )
   }
 
   async list(user: UserId): Promise<PushSubscriptionRecord[]> {
@@ -194,8 +292,21 @@ export class PostgresPushSubscriptionStore implements PushSubscriptionStore {
   async put(r: PushSubscriptionRecord): Promise<void> {
     await this.pool.query(
       UPSERT((n) => `$${n}`),
-      [r.user, r.device, r.endpoint, r.p256dh, r.auth, r.createdAt],
+      [r.user, r.device, r.endpoint, r.p256dh, r.auth, r.createdAt, storedUntil(r.credentialsUntil)],
     )
+  }
+
+  async renew(
+    user: UserId,
+    device: string,
+    s: { readonly endpoint: string; readonly p256dh: string; readonly auth: string },
+    until: number | null,
+  ): Promise<boolean> {
+    const result = await this.pool.query(
+      RENEW((n) => `$${n}`, "GREATEST"),
+      [storedUntil(until), user, device, s.endpoint, s.p256dh, s.auth],
+    )
+    return (result.rowCount ?? 0) > 0
   }
 
   async list(user: UserId): Promise<PushSubscriptionRecord[]> {

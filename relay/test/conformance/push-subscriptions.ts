@@ -12,13 +12,20 @@ export interface PushSubscriptionStoreSetup {
 
 const alice = "alice" as UserId
 const bob = "bob" as UserId
-const sub = (user: UserId, device: string, endpoint: string, createdAt: number): PushSubscriptionRecord => ({
+const sub = (
+  user: UserId,
+  device: string,
+  endpoint: string,
+  createdAt: number,
+  credentialsUntil: number | null = createdAt + 3_600_000,
+): PushSubscriptionRecord => ({
   user,
   device,
   endpoint,
   p256dh: `key-${device}`,
   auth: `auth-${device}`,
   createdAt,
+  credentialsUntil,
 })
 
 /** The behaviour every {@link PushSubscriptionStore} shares (memory, SQLite, PostgreSQL). */
@@ -59,6 +66,34 @@ export function runPushSubscriptionStoreConformance(
       const [only, ...rest] = await (await backend.reopen()).list(alice)
       expect(rest).toEqual([])
       expect(only).toMatchObject({ endpoint: "https://push.example/new", p256dh: "fresh" })
+    })
+
+    it("renews a device's credentials only with its own endpoint and keys, only later, and keeps a token without exp as never", async () => {
+      await backend.store.put(sub(alice, "phone", "https://push.example/a1", 1000, 5000))
+      const same = { endpoint: "https://push.example/a1", p256dh: "key-phone", auth: "auth-phone" }
+      expect(await backend.store.renew(alice, "phone", same, 9000)).toBe(true)
+      // An older token's renewal never moves it earlier.
+      expect(await backend.store.renew(alice, "phone", same, 2000)).toBe(true)
+      expect((await (await backend.reopen()).list(alice))[0]?.credentialsUntil).toBe(9000)
+      // Another endpoint or other keys under the same name are not a renewal.
+      expect(
+        await backend.store.renew(alice, "phone", { ...same, endpoint: "https://push.example/evil" }, 20_000),
+      ).toBe(false)
+      expect(await backend.store.renew(alice, "phone", { ...same, auth: "other" }, 20_000)).toBe(false)
+      expect(await backend.store.renew(bob, "phone", same, 20_000)).toBe(false)
+      expect(await backend.store.renew(alice, "tablet", same, 20_000)).toBe(false)
+      expect((await backend.store.list(alice))[0]?.credentialsUntil).toBe(9000)
+      // A token without exp never lapses, and a later renewal with one does not make it lapse.
+      expect(await backend.store.renew(alice, "phone", same, null)).toBe(true)
+      expect(await backend.store.renew(alice, "phone", same, 30_000)).toBe(true)
+      expect((await (await backend.reopen()).listMany([alice]))[0]?.credentialsUntil).toBeNull()
+    })
+
+    it("gives a replaced subscription the new credentials' end, even an earlier one", async () => {
+      await backend.store.put(sub(alice, "phone", "https://push.example/a1", 1000, 90_000))
+      await backend.store.put(sub(alice, "phone", "https://push.example/evil", 2000, 10_000))
+      const [only] = await (await backend.reopen()).list(alice)
+      expect(only).toMatchObject({ endpoint: "https://push.example/evil", credentialsUntil: 10_000 })
     })
 
     it("removes one device of one user, and says whether there was one", async () => {

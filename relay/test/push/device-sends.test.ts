@@ -18,6 +18,7 @@ const sub: PushSubscriptionRecord = {
   p256dh: "k",
   auth: "a",
   createdAt: 1,
+  credentialsUntil: null,
 }
 const job = (conversation: string, body: string, expiresAt = Date.now() + 60_000): DeviceJob => ({
   conversation,

@@ -63,6 +63,7 @@ async function storeWithBobsDevice(): Promise<MemoryPushSubscriptionStore> {
     endpoint: "https://93.184.215.14/push/x",
     ...keys(),
     createdAt: 1,
+    credentialsUntil: null,
   })
   return store
 }
@@ -83,7 +84,14 @@ const target = (store: MemoryPushSubscriptionStore, sent: string[]) =>
 describe("the push target's endpoint checks at send time", () => {
   it("drops a subscription whose endpoint is now refused (a private address), sending nothing", async () => {
     const store = new MemoryPushSubscriptionStore()
-    await store.put({ user: bob, device: "d", endpoint: "https://10.0.0.5/push", ...keys(), createdAt: 1 })
+    await store.put({
+      user: bob,
+      device: "d",
+      endpoint: "https://10.0.0.5/push",
+      ...keys(),
+      createdAt: 1,
+      credentialsUntil: null,
+    })
     const sent: string[] = []
     await target(store, sent).deliver(event, attempt)
     expect(sent).toEqual([])
@@ -92,7 +100,14 @@ describe("the push target's endpoint checks at send time", () => {
 
   it("keeps, and retries on its own, a subscription whose host does not resolve right now", async () => {
     const store = new MemoryPushSubscriptionStore()
-    await store.put({ user: bob, device: "d", endpoint: "https://push.invalid/x", ...keys(), createdAt: 1 })
+    await store.put({
+      user: bob,
+      device: "d",
+      endpoint: "https://push.invalid/x",
+      ...keys(),
+      createdAt: 1,
+      credentialsUntil: null,
+    })
     const sent: string[] = []
     // The event is delivered: the device is set aside and retried by its own schedule.
     await target(store, sent).deliver(event, attempt)
@@ -175,6 +190,7 @@ describe("one member's failing push service", () => {
         endpoint: `http://127.0.0.1/bad/${device}`,
         ...keys(),
         createdAt: 1,
+        credentialsUntil: null,
       })
     await store.put({
       user: victim,
@@ -182,6 +198,7 @@ describe("one member's failing push service", () => {
       endpoint: "http://127.0.0.1/good/phone",
       ...keys(),
       createdAt: 2,
+      credentialsUntil: null,
     })
     await store.put({
       user: victim,
@@ -189,6 +206,7 @@ describe("one member's failing push service", () => {
       endpoint: "http://127.0.0.1/good/tablet",
       ...keys(),
       createdAt: 3,
+      credentialsUntil: null,
     })
     const sent: { endpoint: string; at: number }[] = []
     const push = pushTarget(core, {
