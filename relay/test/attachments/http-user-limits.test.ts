@@ -2,8 +2,8 @@ import { createServer, type ServerResponse } from "node:http"
 import { type AddressInfo, connect } from "node:net"
 import { type ConversationId, type FileAttachment, sendMessage, type UserId, UserLimit } from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import webpush from "web-push"
 import { attachmentClient, createGroup } from "../helpers/attachments.js"
+import { pushRelayArgs } from "../helpers/push-receiver.js"
 import {
   metricLine,
   type RelayProcess,
@@ -33,22 +33,11 @@ afterAll(async () => {
 describe("the per-user HTTP request budget", () => {
   let relay: RelayProcess
   const api = attachmentClient(() => relay)
-  const vapid = webpush.generateVAPIDKeys()
+  const vapidArgs = pushRelayArgs(false)
 
   beforeAll(async () => {
     relay = await startRelayProcess({
-      args: [
-        "--user-http-requests-per-second",
-        "1",
-        "--user-http-request-burst",
-        "6",
-        "--vapid-public-key",
-        vapid.publicKey,
-        "--vapid-private-key",
-        vapid.privateKey,
-        "--vapid-subject",
-        "mailto:ops@example.com",
-      ],
+      args: ["--user-http-requests-per-second", "1", "--user-http-request-burst", "6", ...vapidArgs],
     })
   })
 

@@ -1,10 +1,9 @@
 import { type ConversationId, createConversation, sendMessage, type UserId } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
-import webpush from "web-push"
 import { TestClient } from "../helpers/clients.js"
 import { redisUnreachable, startCluster } from "../helpers/cluster.js"
 import { postgresUnreachable } from "../helpers/postgres.js"
-import { type ReceivedPush, startPushReceiver } from "../helpers/push-receiver.js"
+import { pushRelayArgs, type ReceivedPush, startPushReceiver } from "../helpers/push-receiver.js"
 import { until } from "../helpers/until.js"
 
 const alice = "alice" as UserId
@@ -27,17 +26,9 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
     it("pushes nothing to a participant connected to the conversation through another relay, and pushes once they left", async () => {
       const receiver = await startPushReceiver()
       cleanup.push(() => receiver.close())
-      const vapid = webpush.generateVAPIDKeys()
+      const vapidArgs = pushRelayArgs()
       const cluster = await startCluster(2, {
-        args: [
-          "--vapid-public-key",
-          vapid.publicKey,
-          "--vapid-private-key",
-          vapid.privateKey,
-          "--vapid-subject",
-          "mailto:ops@example.com",
-          "--push-allow-insecure-endpoints",
-        ],
+        args: [...vapidArgs],
       })
       cleanup.push(() => cluster.stop())
       const register = async (user: UserId, name: string) => {

@@ -3,10 +3,28 @@ import { createServer, type IncomingHttpHeaders, type Server } from "node:http"
 import { createRequire } from "node:module"
 import type { AddressInfo } from "node:net"
 import { importJWK, jwtVerify } from "jose"
+import webpush from "web-push"
 
 // http_ece is the reference implementation of RFC 8188 (the one web-push itself builds on); it has no types.
 const ece = createRequire(import.meta.url)("http_ece") as {
   decrypt(body: Buffer, params: { version: "aes128gcm"; privateKey: unknown; authSecret: string }): Buffer
+}
+
+/**
+ * The flags of a relay that sends Web Push with a fresh VAPID key pair
+ * (`insecure`: to a receiver on 127.0.0.1, which a relay refuses otherwise).
+ */
+export function pushRelayArgs(insecure = true): string[] {
+  const vapid = webpush.generateVAPIDKeys()
+  return [
+    "--vapid-public-key",
+    vapid.publicKey,
+    "--vapid-private-key",
+    vapid.privateKey,
+    "--vapid-subject",
+    "mailto:ops@example.com",
+    ...(insecure ? ["--push-allow-insecure-endpoints"] : []),
+  ]
 }
 
 /** What a browser hands its app after `PushManager.subscribe`: `PushSubscription.toJSON()`. */

@@ -1,8 +1,7 @@
 import { type ConversationId, createConversation, sendMessage, type UserId } from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import webpush from "web-push"
 import { TestClient } from "../helpers/clients.js"
-import { startPushReceiver, type TestSubscription } from "../helpers/push-receiver.js"
+import { pushRelayArgs, startPushReceiver, type TestSubscription } from "../helpers/push-receiver.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
 import { until } from "../helpers/until.js"
 
@@ -13,19 +12,10 @@ const alice = "alice" as UserId
 // wake-ups after, for `--push-wake-days`, and is then deleted.
 describe("push subscriptions outlive no token", () => {
   let receiver: Awaited<ReturnType<typeof startPushReceiver>>
-  const vapid = webpush.generateVAPIDKeys()
+  const vapidArgs = pushRelayArgs()
   const start = (extra: readonly string[] = []) =>
     startRelayProcess({
-      args: [
-        "--vapid-public-key",
-        vapid.publicKey,
-        "--vapid-private-key",
-        vapid.privateKey,
-        "--vapid-subject",
-        "mailto:ops@example.com",
-        "--push-allow-insecure-endpoints",
-        ...extra,
-      ],
+      args: [...vapidArgs, ...extra],
     })
   let relay: RelayProcess
   let dropping: RelayProcess
