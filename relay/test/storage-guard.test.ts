@@ -64,6 +64,19 @@ function core(guard: StorageGuard) {
 
 const user: Principal = { kind: "user", user: alice }
 
+/** A relay core over flaky storage, with conversation `id` created and saved through one connection. */
+async function savedConversation(id: string) {
+  const storage = new FlakyStorage()
+  const relay = core(guarded(storage))
+  const session = new FakeSession(user)
+  const connection = await relay.connect(id, session)
+  const doc = new Y.Doc()
+  createConversation(doc, alice, { kind: "group", id: id as never, participants: [] })
+  connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
+  await until(() => session.parley().some((f) => f.type === "saved"))
+  return { storage, relay, session, connection, doc }
+}
+
 describe("the storage guard", () => {
   it("types a backend failure as STORAGE_UNAVAILABLE, then refuses without calling the backend until a probe succeeds", async () => {
     const storage = new FlakyStorage()
@@ -289,16 +302,8 @@ describe("storage deadlines", () => {
 
 describe("the update path while storage fails", () => {
   it("keeps a change whose append failed, refuses others retryably, and stores it once when storage is back", async () => {
-    const storage = new FlakyStorage()
-    const guard = guarded(storage)
-    const relay = core(guard)
     const id = "g~guard1"
-    const session = new FakeSession(user)
-    const connection = await relay.connect(id, session)
-    const doc = new Y.Doc()
-    createConversation(doc, alice, { kind: "group", id: id as never, participants: [] })
-    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
-    await until(() => session.parley().some((f) => f.type === "saved"))
+    const { storage, relay, session, connection, doc } = await savedConversation(id)
 
     storage.broken = true
     const before = Y.encodeStateVector(doc)
@@ -356,16 +361,8 @@ describe("the update path while storage fails", () => {
   })
 
   it("drops its copy retryably (4503) when another writer stored changes while its append waited (a relay that took the conversation over)", async () => {
-    const storage = new FlakyStorage()
-    const guard = guarded(storage)
-    const relay = core(guard)
     const id = "g~guard3"
-    const session = new FakeSession(user)
-    const connection = await relay.connect(id, session)
-    const doc = new Y.Doc()
-    createConversation(doc, alice, { kind: "group", id: id as never, participants: [] })
-    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc)))
-    await until(() => session.parley().some((f) => f.type === "saved"))
+    const { storage, relay, session, connection, doc } = await savedConversation(id)
     storage.broken = true
     const before = Y.encodeStateVector(doc)
     sendMessage(doc, alice, { body: "waits" })
