@@ -5,14 +5,12 @@ import {
   encodeDirectoryRequest,
   encodeEpochRequest,
   encodeHistoryRequest,
-  encodeSyncUpdate,
   encodeTokenRefresh,
   encodeView,
   type HistoryPage,
   ParleyError,
   type ParleyFrame,
   Rule,
-  splitUpdate,
   toParleyError,
   type UpdatePartLimits,
   UserLimit,
@@ -244,8 +242,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
     // With the replica's whole delete set: what it had seen goes first (see `ParleyMessage.view`).
     session.send(encodeView(Y.encodeStateVector(this.options.doc)))
-    for (const part of splitUpdate(pending, this.parts.limits, this.options.doc))
-      session.send(encodeSyncUpdate(part))
+    session.sendInParts(pending)
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */

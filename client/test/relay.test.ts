@@ -2,6 +2,7 @@ import "fake-indexeddb/auto"
 import { ErrorCode, type MessageId, ParleyError, storedRecordId, typesOf } from "@parley/shared"
 import { SignJWT } from "jose"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import WebSocket from "ws"
 import type { Conversation, MessageStatus } from "../src/index.js"
 import {
   connectClient,
@@ -10,6 +11,7 @@ import {
   eventually,
   everyMessage,
   type RelayProcess,
+  SAVED,
   sendEachRead,
   startRelay,
 } from "./support.js"
@@ -267,6 +269,45 @@ describe("ChatClient against a relay", () => {
     bob.inbox.mute(chat.id)
     await eventually(() => expect(bob.inbox.items[0]?.muted).toBe(true))
   })
+
+  it("sends a long offline backlog part by part: the app's timers run before its last part goes", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    /** The sync frames the client sent since `recording`; a timer set as the step 2 went saw how many. */
+    const sent: ("step2" | "update")[] = []
+    let recording = false
+    let seenByTimer = -1
+    class RecordingSocket extends WebSocket {
+      override send(data: Parameters<WebSocket["send"]>[0], ...rest: never[]): void {
+        const bytes = data instanceof Uint8Array ? data : new Uint8Array(data as ArrayBuffer)
+        // A sync frame: message type 0, then step 2 (1) or an update (2).
+        if (recording && bytes[0] === 0 && (bytes[1] === 1 || bytes[1] === 2)) {
+          sent.push(bytes[1] === 1 ? "step2" : "update")
+          if (bytes[1] === 1)
+            setTimeout(() => {
+              seenByTimer = sent.length
+            }, 0)
+        }
+        super.send(data, ...rest)
+      }
+    }
+    const alice = await connectClient(relay, a, { WebSocket: RecordingSocket as never, multiplex: false })
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    alice.disconnect()
+    // About 2.4 MB: five parts or more of the SDK's default 512 KiB.
+    const ids = Array.from({ length: 240 }, (_, i) => chat.send(`${i} ${"x".repeat(10_000)}`).id)
+    recording = true
+    alice.connect()
+    await eventually(() => expect(ids.every((id) => SAVED.includes(chat.status(id)!))).toBe(true), 60_000)
+
+    expect(sent[0]).toBe("step2")
+    expect(sent.filter((kind) => kind === "update").length).toBeGreaterThanOrEqual(4)
+    // Sent in one go, every part had gone before the app's timer could run.
+    expect(seenByTimer).toBeGreaterThan(0)
+    expect(seenByTimer).toBeLessThan(sent.length)
+    const seen = await everyMessage(relay, b, chat.id, ids.at(-1)!)
+    expect(seen.map((m) => m.id)).toEqual(ids)
+  }, 90_000)
 
   it("sends nothing twice when two clients of one user share one store", async () => {
     const [a, b] = [name("alice"), name("bob")]
