@@ -171,6 +171,7 @@ export class Conversation extends Emitter<ConversationEvents> {
         this.gen = this.bind(doc, replica, false)
         return this.gen
       },
+      openReplica: (doc) => this.openReplica(doc),
       settle: () => this.settle(),
       refreshUnread: () => this.refreshUnread(),
     })
@@ -190,7 +191,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       on: (name, listener) => this.on(name, listener),
     })
     const doc = new Y.Doc()
-    this.gen = this.bind(doc, parts.openReplica(doc))
+    this.gen = this.bind(doc, this.openReplica(doc))
     this.whenLoaded = this.gen.replica.loaded.then(() => {
       if (this.closed) return
       this.statuses.trackAll(this.doc, this.user)
@@ -546,6 +547,11 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   // ---- internals ----
+
+  /** Opens the local persistence of `doc`; another tab replacing what is stored rebuilds this replica. */
+  private openReplica(doc: Y.Doc): LocalReplica {
+    return this.parts.openReplica(doc, () => this.resyncs.replacedByAnotherTab(doc))
+  }
 
   /** Binds a document as the current generation, its events routed to the parts. */
   private bind(doc: Y.Doc, replica: LocalReplica, shareWithTabs = true): Generation {
