@@ -168,7 +168,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       closed: () => this.closed,
       current: () => this.gen,
       replace: (doc, replica) => {
-        this.gen = this.bind(doc, replica, false)
+        this.gen = this.bind(doc, replica)
         return this.gen
       },
       openReplica: (doc) => this.openReplica(doc),
@@ -192,8 +192,11 @@ export class Conversation extends Emitter<ConversationEvents> {
     })
     const doc = new Y.Doc()
     this.gen = this.bind(doc, this.openReplica(doc))
+    const first = this.gen
     this.whenLoaded = this.gen.replica.loaded.then(() => {
       if (this.closed) return
+      // Only now is the stored generation known: the tabs holding it are the ones to share with.
+      if (this.gen === first) first.connection.joinTabs(first.replica.generation)
       this.statuses.trackAll(this.doc, this.user)
       this.settle()
       if (parts.online()) this.connection.start()

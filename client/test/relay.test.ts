@@ -338,6 +338,30 @@ describe("ChatClient against a relay", () => {
   })
 })
 
+describe("tabs of one user", () => {
+  it("shows an offline tab's message sent once its online sibling delivered it, and what others wrote", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat1 = await tab1.createConversation({ participants: [b] })
+    await eventually(() => expect(chat1.connection.status).toBe("online"))
+    const tab2 = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat2 = await tab2.conversation(chat1.id).ready()
+    await eventually(() => expect(chat2.connection.status).toBe("online"))
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat1.id).ready()
+
+    tab1.disconnect()
+    const offline = chat1.send("from the offline tab")
+    await eventually(() => expect(bobChat.message(offline.id)?.body).toBe("from the offline tab"))
+    // Still offline, the tab follows what the relay told its sibling.
+    await eventually(() => expect(SAVED).toContain(chat1.status(offline.id)))
+    const reply = bobChat.send("a reply")
+    await eventually(() => expect(chat1.message(reply.id)?.body).toBe("a reply"))
+    await eventually(() => expect(chat1.message(offline.id)?.seq).toBe(1))
+    expect(tab1.status).toBe("offline")
+  })
+})
+
 describe("ChatClient connection", () => {
   it("reports a failing token source and keeps retrying until it works", async () => {
     const [a, b] = [name("alice"), name("bob")]

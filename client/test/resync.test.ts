@@ -86,7 +86,7 @@ describe("resync after the relay refuses an update", () => {
 })
 
 describe("resync with the user's other tabs", () => {
-  it("keeps a message a second, offline tab sends after the first tab's resync, and delivers it after a reload", async () => {
+  it("keeps a message a second, offline tab sends after the first tab's resync: the first delivers it, and a reload has it once", async () => {
     const bob = await connectClient(relay, "bob")
     const chat = await bob.createConversation({ participants: ["alice"], title: "original" })
     chat.changeRole("alice", "admin")
@@ -118,10 +118,14 @@ describe("resync with the user's other tabs", () => {
     const y = chat2.send("Y, after the resync")
     expect(chat2.status(y.id)).toBe("pending")
     expect(chat2.message(x.id)?.body).toBe("X, before the resync")
+    // Both tabs now hold the same stored generation: tab1, online, forwards Y, and tab2 sees it sent.
+    await eventually(() => expect(chat.message(y.id)?.body).toBe("Y, after the resync"))
+    await eventually(() => expect(SAVED).toContain(chat2.status(y.id)))
+    expect(tab2.status).toBe("offline")
     await tab2.destroy()
     await tab1.destroy()
 
-    // A fresh tab loads Y from the store and sends it; nobody gets anything twice.
+    // A fresh tab loads Y from the store; nobody gets anything twice.
     const tab3 = await connectClient(relay, "alice", { storage: "indexeddb" })
     const chat3 = await tab3.conversation(chat.id).ready()
     expect(chat3.message(y.id)?.body).toBe("Y, after the resync")

@@ -19,7 +19,7 @@ export interface ResyncHost {
   readonly closed: () => boolean
   /** The current generation. */
   current(): Generation
-  /** Binds `doc` as the new current generation (talking to the relay only, not to other tabs). */
+  /** Binds `doc` as the new current generation (not yet sharing with other tabs: see `joinTabs`). */
   replace(doc: Y.Doc, replica: Generation["replica"]): Generation
   /** Opens the local persistence of `doc`, telling {@link Resync.replacedByAnotherTab} (see `persistDocument`). */
   openReplica(doc: Y.Doc): Generation["replica"]
@@ -185,8 +185,9 @@ export class Resync {
     // fetched what an older epoch needed.)
     const result = rebasePendingWork(old.doc, fresh, host.user, baseline)
     old.dispose()
-    // Other tabs of this user still hold the refused changes and would hand them back over the
-    // cross-tab channel; the rebuilt replica talks to the relay only, until the next load.
+    // Other tabs of this user may still hold the refused changes and would hand them back over the
+    // cross-tab channel: the rebuilt replica shares only with the tabs on its stored generation, once
+    // it is known (in memory there are none: it talks to the relay only).
     const current = host.replace(fresh, stored ?? old.replica)
     const snapshot = Y.encodeStateAsUpdate(fresh)
     for (const { what, error } of result.failed)
@@ -207,11 +208,15 @@ export class Resync {
       if (host.closed() || host.current() !== current) return
       current.replica = host.openReplica(fresh)
       await current.replica.loaded
+      if (host.closed() || host.current() !== current) return
     } else {
       // What is stored is the other tab's generation, kept: the re-applied work was written onto it.
       await old.replica.destroy()
       old.doc.destroy()
+      if (host.closed() || host.current() !== current) return
     }
+    const generation = current.replica.generation
+    if (generation !== undefined) current.connection.joinTabs(generation)
     if (!host.closed() && host.current() === current && host.parts.online()) current.connection.start()
   }
 }

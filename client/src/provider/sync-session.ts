@@ -40,6 +40,8 @@ export interface SessionHandlers {
   synced(): void
   /** A Parley extension frame (saved, error, tokenAccepted, historyPage). */
   parley(frame: ParleyFrame): void
+  /** A live update of the relay (not its sync answer), applied. */
+  relayUpdate?(update: Uint8Array): void
   /** The relay's sync frames do not fit this replica (someone else wrote under its client id). */
   diverged(cause: unknown): void
   /**
@@ -267,6 +269,7 @@ export class SyncSession {
           return
         }
         this.apply(message.update)
+        if (message.type === "syncUpdate") this.handlers.relayUpdate?.(message.update)
         if (message.type === "syncStep2" && !this.isSynced && this.state === "open") {
           this.isSynced = true
           this.handlers.synced()
