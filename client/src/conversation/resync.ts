@@ -1,4 +1,11 @@
-import { type ParleyError, Rule, rebasePendingWork, toParleyError, type UserId } from "@parley/shared"
+import {
+  getConversation,
+  type ParleyError,
+  Rule,
+  rebasePendingWork,
+  toParleyError,
+  type UserId,
+} from "@parley/shared"
 import * as Y from "yjs"
 import type { DocumentConnection } from "../connection.js"
 import type { Generation } from "./generation.js"
@@ -153,9 +160,13 @@ export class Resync {
     if (source === "store") {
       stored = host.openReplica(fresh)
       await stored.loaded
-      if (host.closed() || host.current() !== old) {
+      // A stored state without the conversation was not read (local storage failing, told as an `error`
+      // already): rebuilt on it, every record would count as pending work. This replica stays, in memory.
+      const unread = getConversation(old.doc) !== undefined && getConversation(fresh) === undefined
+      if (host.closed() || host.current() !== old || unread) {
         await stored.destroy()
         fresh.destroy()
+        if (unread && !host.closed() && host.current() === old && host.parts.online()) old.connection.start()
         return
       }
     } else {
