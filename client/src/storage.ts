@@ -44,8 +44,8 @@ const COMPACT_DELAY_MS = 1000
  * The generation marker: one row under the key `[GENERATION, id]`, written
  * by {@link LocalReplica.replaceWith}. Array keys sort after the numbers of
  * the updates, so a range of numbers reads the updates alone; its value is an
- * empty Yjs update, so a build of the SDK that applies every row (0.1 and
- * y-indexeddb) reads it as nothing.
+ * empty Yjs update, so what applies every row (this storage in earlier
+ * builds, y-indexeddb) reads it as nothing.
  *
  * Why: a resync replaces what is stored with a rebuilt state under a new Yjs
  * client id, while the user's other tabs still hold the old replica. What
@@ -204,10 +204,13 @@ class IndexedDbReplica implements LocalReplica {
     const generation = newGeneration()
     store.clear()
     store.add(update)
-    store.add(EMPTY_UPDATE, [GENERATION, generation])
+    // Taken in the transaction: a write of this replica's queued after it checks against the new one,
+    // one queued before it (done by now) checked against the old.
+    store.add(EMPTY_UPDATE, [GENERATION, generation]).onsuccess = () => {
+      this.generation = generation
+    }
     this.written = 0
     await completion(transaction)
-    this.generation = generation
     bc.publish(this.notices, generation, this)
   }
 
