@@ -121,6 +121,8 @@ export class Resync {
   private rebuildOnStore(): void {
     void this.run("store").catch((failure: unknown) => {
       this.host.emit("error", { error: toParleyError(failure) })
+      // The replica is kept (in memory: its writes no longer stored); it still talks to the relay.
+      if (this.host.parts.online()) this.host.current().connection.start()
     })
   }
 
