@@ -425,12 +425,13 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     const conversation = new Conversation({
       id: conversationId,
       user: this.user,
-      openReplica: (document) =>
+      openReplica: (document, onReplaced) =>
         persistDocument(
           this.storage,
           replicaName(this.user, conversationId),
           document,
           this.storageFailed(conversationId),
+          onReplaced,
         ),
       connect,
       fetchRelayState: (document, signal, prepare) => fetchRelayState(document, connect, signal, prepare),

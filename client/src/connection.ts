@@ -5,14 +5,12 @@ import {
   encodeDirectoryRequest,
   encodeEpochRequest,
   encodeHistoryRequest,
-  encodeSyncUpdate,
   encodeTokenRefresh,
   encodeView,
   type HistoryPage,
   ParleyError,
   type ParleyFrame,
   Rule,
-  splitUpdate,
   toParleyError,
   type UpdatePartLimits,
   UserLimit,
@@ -143,7 +141,7 @@ const MAX_TOKEN_REFUSALS = 3
  */
 export class DocumentConnection extends Emitter<ConnectionEvents> {
   private session: SyncSession | undefined
-  private readonly tabs: TabChannel | undefined
+  private tabs: TabChannel | undefined
   private readonly minDelay: number
   private readonly maxDelay: number
   private readonly random: () => number
@@ -177,14 +175,24 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.maxDelay = options.reconnect?.maxDelay ?? 10_000
     this.random = options.random ?? Math.random
     this.parts = options.parts ?? { limits: DEFAULT_UPDATE_PART_LIMITS }
-    // Other tabs of the same user share updates, even while offline; another user's
-    // tab on the same device must go through the relay (and its checks) instead.
-    if (options.shareWithTabs !== false)
-      this.tabs = new TabChannel(
-        `${options.url.replace(/\/+$/, "")}/${options.name}#${options.user}`,
-        options.doc,
-        options.awareness,
-      )
+  }
+
+  /**
+   * Starts exchanging updates with the user's other tabs whose replica is of
+   * the same stored `generation` (see `LocalReplica.generation`), even while
+   * offline; another user's tab on the same device must go through the relay
+   * (and its checks) instead. Tabs on another generation never meet here: a
+   * replica that a resync replaced holds changes the relay refused, or of an
+   * epoch it left, and would hand them to the rebuilt one.
+   */
+  joinTabs(generation: string | undefined): void {
+    if (this.options.shareWithTabs === false || this.destroyed || this.tabs) return
+    const base = `${this.options.url.replace(/\/+$/, "")}/${this.options.name}#${this.options.user}`
+    this.tabs = new TabChannel(
+      generation === undefined ? base : `${base}@${generation}`,
+      this.options.doc,
+      this.options.awareness,
+    )
   }
 
   /** The current status. */
@@ -244,8 +252,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     const pending = Y.encodeStateAsUpdate(this.options.doc, Y.encodeStateVector(this.relayState))
     // With the replica's whole delete set: what it had seen goes first (see `ParleyMessage.view`).
     session.send(encodeView(Y.encodeStateVector(this.options.doc)))
-    for (const part of splitUpdate(pending, this.parts.limits, this.options.doc))
-      session.send(encodeSyncUpdate(part))
+    session.sendInParts(pending)
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */
@@ -324,6 +331,9 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
         },
         parley: (frame) => {
           if (this.session === session) this.parleyFrame(frame)
+        },
+        relayUpdate: (update) => {
+          if (this.session === session) this.tabs?.fromRelay(update)
         },
         diverged: (cause) => {
           if (this.session !== session) return

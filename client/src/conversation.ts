@@ -168,9 +168,10 @@ export class Conversation extends Emitter<ConversationEvents> {
       closed: () => this.closed,
       current: () => this.gen,
       replace: (doc, replica) => {
-        this.gen = this.bind(doc, replica, false)
+        this.gen = this.bind(doc, replica)
         return this.gen
       },
+      openReplica: (doc) => this.openReplica(doc),
       settle: () => this.settle(),
       refreshUnread: () => this.refreshUnread(),
     })
@@ -190,9 +191,12 @@ export class Conversation extends Emitter<ConversationEvents> {
       on: (name, listener) => this.on(name, listener),
     })
     const doc = new Y.Doc()
-    this.gen = this.bind(doc, parts.openReplica(doc))
+    this.gen = this.bind(doc, this.openReplica(doc))
+    const first = this.gen
     this.whenLoaded = this.gen.replica.loaded.then(() => {
       if (this.closed) return
+      // Only now is the stored generation known: the tabs holding it are the ones to share with.
+      if (this.gen === first) first.connection.joinTabs(first.replica.generation)
       this.statuses.trackAll(this.doc, this.user)
       this.settle()
       if (parts.online()) this.connection.start()
@@ -578,6 +582,11 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   // ---- internals ----
+
+  /** Opens the local persistence of `doc`; another tab replacing what is stored rebuilds this replica. */
+  private openReplica(doc: Y.Doc): LocalReplica {
+    return this.parts.openReplica(doc, () => this.resyncs.replacedByAnotherTab(doc))
+  }
 
   /** Binds a document as the current generation, its events routed to the parts. */
   private bind(doc: Y.Doc, replica: LocalReplica, shareWithTabs = true): Generation {

@@ -1,3 +1,4 @@
+import * as bc from "lib0/broadcastchannel"
 import * as Y from "yjs"
 
 /** Where a client keeps its replicas: IndexedDB (survives reloads; the default) or memory. */
@@ -10,9 +11,17 @@ export interface LocalReplica {
   /**
    * Replaces everything stored with `update` (a full state), in one
    * transaction: a reader sees the old or the new state, never a mix. Used
-   * when a resync abandons the replica.
+   * when a resync abandons the replica. It starts a new generation of what is
+   * stored: the other clients over the same database (the user's other tabs)
+   * stop writing to it and are told (`onReplaced` of {@link persistDocument}).
    */
   replaceWith(update: Uint8Array): Promise<void>
+  /**
+   * The generation of what is stored that this replica holds (undefined: the
+   * first, or storage in memory); the user's tabs on one generation can share
+   * their updates.
+   */
+  readonly generation: string | undefined
   /** Stops persisting; writes already made are kept. */
   destroy(): Promise<void>
 }
@@ -32,6 +41,46 @@ const COMPACT_AFTER = 500
 const COMPACT_DELAY_MS = 1000
 
 /**
+ * The generation marker: one row under the key `[GENERATION, id]`, written
+ * by {@link LocalReplica.replaceWith}. Array keys sort after the numbers of
+ * the updates, so a range of numbers reads the updates alone; its value is an
+ * empty Yjs update, so what applies every row (this storage in earlier
+ * builds, y-indexeddb) reads it as nothing.
+ *
+ * Why: a resync replaces what is stored with a rebuilt state under a new Yjs
+ * client id, while the user's other tabs still hold the old replica. What
+ * they wrote on it afterwards builds on structs the stored state no longer
+ * has: Yjs holds such updates as pending for good, and a message sent in
+ * such a tab was never shown or sent again, with nothing said (an outside
+ * tester). Each write now checks the generation in its own transaction; a
+ * replica whose generation was replaced writes nothing more and tells its
+ * conversation, which rebuilds on what is stored (its pending work re-applied).
+ */
+const GENERATION = "parley-generation"
+const EMPTY_UPDATE = new Uint8Array([0, 0])
+const UPDATE_KEYS = lazyRange(() => IDBKeyRange.upperBound(Number.POSITIVE_INFINITY))
+const GENERATION_KEYS = lazyRange(() => IDBKeyRange.bound([GENERATION], [GENERATION, []]))
+
+/** A key range made once IndexedDB is there (the module also loads where it is not). */
+function lazyRange(make: () => IDBKeyRange): () => IDBKeyRange {
+  let range: IDBKeyRange | undefined
+  return () => {
+    range ??= make()
+    return range
+  }
+}
+
+/** The stored generation, from the keys of its marker (see {@link GENERATION}). */
+const generationOf = (keys: IDBValidKey[]): string | undefined => {
+  const key = keys.at(-1)
+  return Array.isArray(key) && typeof key[1] === "string" ? key[1] : undefined
+}
+
+/** A new generation's id: random, so that two tabs rebuilding at once never take the same. */
+const newGeneration = (): string =>
+  Array.from(crypto.getRandomValues(new Uint8Array(9)), (b) => b.toString(16).padStart(2, "0")).join("")
+
+/**
  * Keeps `doc` in local storage under `name`. With IndexedDB every update is
  * written as it happens, so closing the page mid-sync loses nothing; several
  * clients over the same database load each other's updates.
@@ -42,10 +91,21 @@ export function persistDocument(
   doc: Y.Doc,
   /** Told when local storage fails (no IndexedDB, quota, a damaged entry): the replica then lives in memory. */
   onError: (error: unknown) => void = () => {},
+  /**
+   * Told once when another client over the database (another tab) replaced
+   * what is stored ({@link LocalReplica.replaceWith}): this replica has
+   * stopped writing, and what it holds must be rebuilt on what is stored.
+   */
+  onReplaced: () => void = () => {},
 ): LocalReplica {
   if (kind === "memory")
-    return { loaded: Promise.resolve(), replaceWith: async () => {}, destroy: async () => {} }
-  return new IndexedDbReplica(name, doc, onError)
+    return {
+      loaded: Promise.resolve(),
+      generation: undefined,
+      replaceWith: async () => {},
+      destroy: async () => {},
+    }
+  return new IndexedDbReplica(name, doc, onError, onReplaced)
 }
 
 /** Name of the local database of one user's conversation (users of one device never share). */
@@ -54,19 +114,43 @@ export const replicaName = (user: string, document: string): string => `parley:$
 /** A document's replica in an IndexedDB database of its own (see {@link UPDATES_STORE}). */
 class IndexedDbReplica implements LocalReplica {
   readonly loaded: Promise<void>
+  generation: string | undefined
   /** Set once the stored state is loaded: from then on every update is written. */
   private db: IDBDatabase | undefined
   private readonly opening: Promise<IDBDatabase | undefined>
   private destroyed = false
+  /** Set once another client replaced the stored generation: nothing more is written. */
+  private replaced = false
   private written = 0
   private compactTimer: ReturnType<typeof setTimeout> | undefined
   private endWait: () => void = () => {}
 
+  /** Where a replacement is announced: a tab that writes nothing meanwhile learns of it at once too. */
+  private readonly notices: string
+
+  private readonly onNotice = (_data: unknown, origin: unknown) => {
+    const db = this.db
+    if (origin === this || !db || this.destroyed || this.replaced) return
+    const marker = db
+      .transaction(UPDATES_STORE, "readonly")
+      .objectStore(UPDATES_STORE)
+      .getAllKeys(GENERATION_KEYS())
+    marker.onsuccess = () => {
+      if (!this.destroyed) this.isReplaced(marker.result)
+    }
+  }
+
   private readonly onUpdate = (update: Uint8Array, origin: unknown) => {
     const db = this.db
     // Before the load, the load's merged state covers it; what the load applied is stored already.
-    if (origin === this || !db || this.destroyed) return
-    db.transaction(UPDATES_STORE, "readwrite").objectStore(UPDATES_STORE).add(update)
+    if (origin === this || !db || this.destroyed || this.replaced) return
+    const store = db.transaction(UPDATES_STORE, "readwrite").objectStore(UPDATES_STORE)
+    // Checked in the write's own transaction: no replacement can fall between the check and the write.
+    const marker = store.getAllKeys(GENERATION_KEYS())
+    marker.onsuccess = () => {
+      if (this.isReplaced(marker.result)) return
+      store.add(update)
+    }
     if (++this.written >= COMPACT_AFTER && this.compactTimer === undefined)
       this.compactTimer = setTimeout(() => {
         this.compactTimer = undefined
@@ -84,7 +168,10 @@ class IndexedDbReplica implements LocalReplica {
     name: string,
     private readonly doc: Y.Doc,
     private readonly onError: (error: unknown) => void,
+    private readonly onReplaced: () => void,
   ) {
+    this.notices = `${name}#generation`
+    bc.subscribe(this.notices, this.onNotice)
     doc.on("update", this.onUpdate)
     this.opening = (
       typeof indexedDB === "undefined"
@@ -113,16 +200,24 @@ class IndexedDbReplica implements LocalReplica {
     if (!db || this.destroyed) throw new Error("the local database is closed")
     const transaction = db.transaction(UPDATES_STORE, "readwrite")
     const store = transaction.objectStore(UPDATES_STORE)
-    // Both requests in one transaction, in order: a reader sees the old state or the new one.
+    // All in one transaction, in order: a reader sees the old state or the new one, never a mix.
+    const generation = newGeneration()
     store.clear()
     store.add(update)
+    // Taken in the transaction: a write of this replica's queued after it checks against the new one,
+    // one queued before it (done by now) checked against the old.
+    store.add(EMPTY_UPDATE, [GENERATION, generation]).onsuccess = () => {
+      this.generation = generation
+    }
     this.written = 0
     await completion(transaction)
+    bc.publish(this.notices, generation, this)
   }
 
   async destroy(): Promise<void> {
     if (this.destroyed) return
     this.destroyed = true
+    bc.unsubscribe(this.notices, this.onNotice)
     this.doc.off("update", this.onUpdate)
     clearTimeout(this.compactTimer)
     this.endWait()
@@ -133,18 +228,37 @@ class IndexedDbReplica implements LocalReplica {
   }
 
   /**
+   * True, and tells the conversation once, when `markerKeys` (read in the
+   * current transaction) name another generation than this replica's.
+   */
+  private isReplaced(markerKeys: IDBValidKey[]): boolean {
+    if (this.replaced) return true
+    if (generationOf(markerKeys) === this.generation) return false
+    this.replaced = true
+    clearTimeout(this.compactTimer)
+    if (!this.destroyed) this.onReplaced()
+    return true
+  }
+
+  /**
    * In one transaction: applies every stored update to the document (what
    * this and other clients over the database wrote), then replaces them with
    * the document's whole state, which also holds what was written in memory
-   * before the database opened. From then on each update is written.
+   * before the database opened. From then on each update is written. The
+   * first (the load) takes the stored generation as this replica's; a later
+   * one finding another generation writes nothing (see {@link GENERATION}).
    */
   private compact(db: IDBDatabase): Promise<void> {
     const transaction = db.transaction(UPDATES_STORE, "readwrite")
     const store = transaction.objectStore(UPDATES_STORE)
-    const keys = store.getAllKeys()
-    const values = store.getAll()
+    const loading = this.db === undefined
+    const marker = store.getAllKeys(GENERATION_KEYS())
+    const keys = store.getAllKeys(UPDATE_KEYS())
+    const values = store.getAll(UPDATE_KEYS())
     values.onsuccess = () => {
       if (this.destroyed) return
+      if (loading) this.generation = generationOf(marker.result)
+      else if (this.isReplaced(marker.result)) return
       const updates = values.result as Uint8Array[]
       this.doc.transact(() => {
         for (const update of updates) {

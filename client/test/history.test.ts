@@ -362,6 +362,53 @@ describe("sealed history in the SDK", () => {
     }
   })
 
+  it("a second tab, offline while the first rebuilds onto a new epoch, keeps what it sends afterwards: delivered once, there after a reload", async () => {
+    const epochRelay = await startEpochRelay()
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const tab1 = await connectClient(epochRelay, a, { storage: "indexeddb" })
+      const chat1 = await tab1.createConversation({ participants: [b], title: "epoch tabs" })
+      const first = chat1.send("first")
+      await eventually(() => expect(chat1.message(first.id)?.status).toBe("sent"))
+      const tab2 = await connectClient(epochRelay, a, { storage: "indexeddb" })
+      const chat2 = await tab2.conversation(chat1.id).ready()
+      const errors: string[] = []
+      for (const chat of [chat1, chat2])
+        chat.on("error", ({ error }) => errors.push(error.rule ?? error.code))
+      // Both offline: tab2 writes X (tab1 gets it over the tab channel) while Bob's devices start a new epoch.
+      tab1.disconnect()
+      tab2.disconnect()
+      const x = chat2.send("X, before the epoch")
+      await eventually(() => expect(chat1.message(x.id)?.body).toBe("X, before the epoch"))
+      const offlineIn = epochCount(chat1.doc)
+      expect(await writeThroughEpochs(epochRelay, b, chat1.id, offlineIn + 1)).toBeGreaterThan(offlineIn)
+      const resynced = new Promise((resolve) => chat1.once("resynced", resolve))
+      tab1.connect()
+      await resynced
+      await eventually(() => expect(SAVED).toContain(chat1.status(x.id)))
+
+      // Tab2, still offline, sends Y after tab1 replaced the stored replica, and is closed.
+      const y = chat2.send("Y, after the epoch")
+      expect(chat2.status(y.id)).toBe("pending")
+      await eventually(() => expect(SAVED).toContain(chat1.status(y.id)))
+      await tab2.destroy()
+      await tab1.destroy()
+
+      const tab3 = await connectClient(epochRelay, a, { storage: "indexeddb" })
+      const chat3 = await tab3.conversation(chat1.id).ready()
+      expect(chat3.message(y.id)?.body).toBe("Y, after the epoch")
+      const bob = await connectClient(epochRelay, b)
+      const theirs = await bob.conversation(chat1.id).ready()
+      await eventually(() => expect(theirs.message(y.id)?.body).toBe("Y, after the epoch"))
+      const bodies = (await allMessages(theirs)).map((m) => m.body)
+      expect(bodies.filter((body) => body === "X, before the epoch")).toHaveLength(1)
+      expect(bodies.filter((body) => body === "Y, after the epoch")).toHaveLength(1)
+      expect(errors).toEqual([])
+    } finally {
+      await epochRelay.stop()
+    }
+  })
+
   it("a device offline across several epochs gets its epoch's record from the relay and syncs its pending work exactly once", async () => {
     const epochRelay = await startEpochRelay()
     try {

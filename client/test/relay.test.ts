@@ -2,6 +2,7 @@ import "fake-indexeddb/auto"
 import { ErrorCode, type MessageId, ParleyError, storedRecordId, typesOf } from "@parley/shared"
 import { SignJWT } from "jose"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import WebSocket from "ws"
 import type { Conversation, MessageStatus } from "../src/index.js"
 import {
   connectClient,
@@ -10,6 +11,7 @@ import {
   eventually,
   everyMessage,
   type RelayProcess,
+  SAVED,
   sendEachRead,
   startRelay,
 } from "./support.js"
@@ -268,6 +270,45 @@ describe("ChatClient against a relay", () => {
     await eventually(() => expect(bob.inbox.items[0]?.muted).toBe(true))
   })
 
+  it("sends a long offline backlog part by part: the app's timers run before its last part goes", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    /** The sync frames the client sent since `recording`; a timer set as the step 2 went saw how many. */
+    const sent: ("step2" | "update")[] = []
+    let recording = false
+    let seenByTimer = -1
+    class RecordingSocket extends WebSocket {
+      override send(data: Parameters<WebSocket["send"]>[0], ...rest: never[]): void {
+        const bytes = data instanceof Uint8Array ? data : new Uint8Array(data as ArrayBuffer)
+        // A sync frame: message type 0, then step 2 (1) or an update (2).
+        if (recording && bytes[0] === 0 && (bytes[1] === 1 || bytes[1] === 2)) {
+          sent.push(bytes[1] === 1 ? "step2" : "update")
+          if (bytes[1] === 1)
+            setTimeout(() => {
+              seenByTimer = sent.length
+            }, 0)
+        }
+        super.send(data, ...rest)
+      }
+    }
+    const alice = await connectClient(relay, a, { WebSocket: RecordingSocket as never, multiplex: false })
+    const chat = await alice.createConversation({ participants: [b] })
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    alice.disconnect()
+    // About 2.4 MB: five parts or more of the SDK's default 512 KiB.
+    const ids = Array.from({ length: 240 }, (_, i) => chat.send(`${i} ${"x".repeat(10_000)}`).id)
+    recording = true
+    alice.connect()
+    await eventually(() => expect(ids.every((id) => SAVED.includes(chat.status(id)!))).toBe(true), 60_000)
+
+    expect(sent[0]).toBe("step2")
+    expect(sent.filter((kind) => kind === "update").length).toBeGreaterThanOrEqual(4)
+    // Sent in one go, every part had gone before the app's timer could run.
+    expect(seenByTimer).toBeGreaterThan(0)
+    expect(seenByTimer).toBeLessThan(sent.length)
+    const seen = await everyMessage(relay, b, chat.id, ids.at(-1)!)
+    expect(seen.map((m) => m.id)).toEqual(ids)
+  }, 90_000)
+
   it("sends nothing twice when two clients of one user share one store", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
@@ -294,6 +335,30 @@ describe("ChatClient against a relay", () => {
     expect(copies(bobChat, offline.id)).toBe(1)
     expect(copies(bobChat, online.id)).toBe(1)
     await eventually(() => expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2]))
+  })
+})
+
+describe("tabs of one user", () => {
+  it("shows an offline tab's message sent once its online sibling delivered it, and what others wrote", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat1 = await tab1.createConversation({ participants: [b] })
+    await eventually(() => expect(chat1.connection.status).toBe("online"))
+    const tab2 = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat2 = await tab2.conversation(chat1.id).ready()
+    await eventually(() => expect(chat2.connection.status).toBe("online"))
+    const bob = await connectClient(relay, b)
+    const bobChat = await bob.conversation(chat1.id).ready()
+
+    tab1.disconnect()
+    const offline = chat1.send("from the offline tab")
+    await eventually(() => expect(bobChat.message(offline.id)?.body).toBe("from the offline tab"))
+    // Still offline, the tab follows what the relay told its sibling.
+    await eventually(() => expect(SAVED).toContain(chat1.status(offline.id)))
+    const reply = bobChat.send("a reply")
+    await eventually(() => expect(chat1.message(reply.id)?.body).toBe("a reply"))
+    await eventually(() => expect(chat1.message(offline.id)?.seq).toBe(1))
+    expect(tab1.status).toBe("offline")
   })
 })
 

@@ -209,3 +209,55 @@ async function withClockAsync<T>(skew: number, write: () => Promise<T>): Promise
     spy.mockRestore()
   }
 }
+describe("resync with the user's other tabs", () => {
+  it("keeps a message a second, offline tab sends after the first tab's resync: the first delivers it, and a reload has it once", async () => {
+    const bob = await connectClient(relay, "bob")
+    const chat = await bob.createConversation({ participants: ["alice"], title: "original" })
+    chat.changeRole("alice", "admin")
+    // Two tabs of Alice over one IndexedDB.
+    const tab1 = await connectClient(relay, "alice", { storage: "indexeddb" })
+    const chat1 = await tab1.conversation(chat.id).ready()
+    await eventually(() => expect(chat1.role).toBe("admin"))
+    const tab2 = await connectClient(relay, "alice", { storage: "indexeddb" })
+    const chat2 = await tab2.conversation(chat.id).ready()
+    await eventually(() => expect(chat2.connection.status).toBe("online"))
+
+    // Both offline: tab1 renames (refused once Bob demotes her), tab2 writes X (tab1 gets it over the tab channel).
+    tab1.disconnect()
+    tab2.disconnect()
+    chat1.rename("alice's title")
+    const x = chat2.send("X, before the resync")
+    await eventually(() => expect(chat1.message(x.id)?.body).toBe("X, before the resync"))
+    chat.changeRole("alice", "member")
+    await eventually(() => expect(chat.participants.find((p) => p.user === "alice")?.role).toBe("member"))
+    const tab2Errors: string[] = []
+    chat2.on("error", ({ error }) => tab2Errors.push(error.rule ?? error.code))
+    const resynced = new Promise((resolve) => chat1.once("resynced", resolve))
+    tab1.connect()
+    await resynced
+    await eventually(() => expect(chat.message(x.id)?.body).toBe("X, before the resync"))
+
+    // Tab2, still offline, sends Y after tab1 replaced the stored replica, and is closed.
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    const y = chat2.send("Y, after the resync")
+    expect(chat2.status(y.id)).toBe("pending")
+    expect(chat2.message(x.id)?.body).toBe("X, before the resync")
+    // Both tabs now hold the same stored generation: tab1, online, forwards Y, and tab2 sees it sent.
+    await eventually(() => expect(chat.message(y.id)?.body).toBe("Y, after the resync"))
+    await eventually(() => expect(SAVED).toContain(chat2.status(y.id)))
+    expect(tab2.status).toBe("offline")
+    await tab2.destroy()
+    await tab1.destroy()
+
+    // A fresh tab loads Y from the store; nobody gets anything twice.
+    const tab3 = await connectClient(relay, "alice", { storage: "indexeddb" })
+    const chat3 = await tab3.conversation(chat.id).ready()
+    expect(chat3.message(y.id)?.body).toBe("Y, after the resync")
+    await eventually(() => expect(SAVED).toContain(chat3.status(y.id)))
+    await eventually(() => expect(chat.message(y.id)?.body).toBe("Y, after the resync"))
+    expect(chat.messages().map((m) => m.body)).toEqual(["X, before the resync", "Y, after the resync"])
+    expect(chat.info?.title).toBe("original")
+    // Rebuilt on what tab1 stored, tab2 said the title it held too was refused.
+    expect(tab2Errors).toContain(Rule.adminOnly)
+  })
+})

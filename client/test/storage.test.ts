@@ -58,6 +58,35 @@ describe("IndexedDB replicas", () => {
     expect(await reload(name)).toEqual({ rebuilt: true })
   })
 
+  it("stops writing, and says so once, when another client over the database replaced what is stored", async () => {
+    const name = uniqueName()
+    const [stale, rebuilding] = [new Y.Doc(), new Y.Doc()]
+    let told = 0
+    const staleReplica = persistDocument("indexeddb", name, stale, undefined, () => told++)
+    const other = persistDocument("indexeddb", name, rebuilding)
+    await Promise.all([staleReplica.loaded, other.loaded])
+    stale.getMap("m").set("before", "the replacement")
+    const fresh = new Y.Doc()
+    fresh.getMap("m").set("rebuilt", true)
+    await other.replaceWith(Y.encodeStateAsUpdate(fresh))
+    // Written on the replaced state: never stored, whether or not the notice came first.
+    stale.getMap("m").set("after", "the replacement")
+    stale.getMap("m").set("again", "after")
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(told).toBe(1)
+    expect(staleReplica.generation).not.toBe(other.generation)
+    await Promise.all([staleReplica.destroy(), other.destroy()])
+    expect(await reload(name)).toEqual({ rebuilt: true })
+    // A client loading now holds the new generation and writes on it.
+    const next = new Y.Doc()
+    const nextReplica = persistDocument("indexeddb", name, next)
+    await nextReplica.loaded
+    expect(nextReplica.generation).toBe(other.generation)
+    next.getMap("m").set("later", 1)
+    await nextReplica.destroy()
+    expect(await reload(name)).toEqual({ rebuilt: true, later: 1 })
+  })
+
   it("loads a replica that y-indexeddb stored (SDK versions before the SDK's own storage)", async () => {
     const name = uniqueName()
     const old = new Y.Doc()

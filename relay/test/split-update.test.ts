@@ -12,6 +12,7 @@ import {
   splitUpdate,
   typesOf,
 } from "@parley/shared"
+import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { createLogger } from "../src/log.js"
@@ -148,6 +149,35 @@ describe("splitting a long offline period's update into parts the relay accepts"
     const parts = splitUpdate(whole, { ...DEFAULT_UPDATE_PART_LIMITS, maxBytes: 40_000 })
     expect(parts).toHaveLength(3)
     for (const part of parts) expect(part.length).toBeLessThan(40_000)
+    applyParts(relay, parts)
+    expectSameDocument(relay, device)
+  })
+
+  it("encodes a long backlog about once while splitting it, not once more for every part it cuts", () => {
+    const seed = seedConversation(newConversationId(), 30)
+    const device = relayDoc(seed.stored)
+    device.clientID = 0x24000000
+    // Sent one by one offline: Yjs merges them into one item, which the split cuts part by part.
+    for (let i = 0; i < 300; i++) sendMessage(device, alice, { body: `${i} ${"x".repeat(2_000)}` })
+    const relay = relayDoc(seed.stored)
+    const whole = Y.encodeStateAsUpdate(device, Y.encodeStateVector(relay))
+    let written = 0
+    const write = Y.Item.prototype.write
+    Y.Item.prototype.write = function (this: Y.Item, encoder: Y.UpdateEncoderV1, offset: number) {
+      const before = encoding.length(encoder.restEncoder)
+      write.call(this, encoder, offset)
+      written += encoding.length(encoder.restEncoder) - before
+    }
+    let parts: Uint8Array[]
+    try {
+      parts = splitUpdate(whole, { ...DEFAULT_UPDATE_PART_LIMITS, maxBytes: 60_000 })
+    } finally {
+      Y.Item.prototype.write = write
+    }
+    expect(parts.length).toBeGreaterThanOrEqual(10)
+    for (const part of parts) expect(part.length).toBeLessThan(60_000)
+    // The parts themselves are one encoding of the backlog; measuring them must not cost another per cut.
+    expect(written).toBeLessThan(2 * whole.length)
     applyParts(relay, parts)
     expectSameDocument(relay, device)
   })

@@ -32,6 +32,11 @@ export * from "./rules.js"
 export * from "./schema.js"
 export * from "./sealing.js"
 export * from "./sequence.js"
-export { DEFAULT_UPDATE_PART_LIMITS, splitUpdate, type UpdatePartLimits } from "./split-update.js"
+export {
+  DEFAULT_UPDATE_PART_LIMITS,
+  splitUpdate,
+  splitUpdateParts,
+  type UpdatePartLimits,
+} from "./split-update.js"
 export * from "./validate.js"
 export { assertWellFormed, illFormedPath } from "./well-formed.js"

@@ -88,7 +88,109 @@ function valuesWithin(s: Y.Item, room: number): number {
 const encodedSize = (s: Struct): number => {
   const encoder = new Y.UpdateEncoderV1()
   s.write(encoder, 0)
-  return encoder.toUint8Array().length
+  return encoding.length(encoder.restEncoder)
+}
+
+/** Bytes of `n` written as a variable-length unsigned integer. */
+const varUintSize = (n: number): number => {
+  let size = 1
+  for (let rest = Math.floor(n / 128); rest > 0; rest = Math.floor(rest / 128)) size++
+  return size
+}
+
+/** Sums of the sizes (or element counts) of an item's values: `at[j]` covers the first `j`. */
+interface ValueSums {
+  readonly bytes: Float64Array
+  readonly elements: Float64Array
+  /** Where the item's first value falls in the sums (items cut from one share them). */
+  readonly from: number
+  /** Bytes the item writes besides its values: its header and their count. */
+  readonly header: number
+}
+
+/**
+ * Sizes and element counts of the update's structs, each value measured
+ * once. Measuring a merged item by encoding it again for each cut (a burst
+ * of offline messages is one item) made splitting a large backlog quadratic:
+ * seconds of a blocked main thread for 3,000 long messages. An item of plain
+ * values (`ContentAny`, every message record) is its header plus its values,
+ * each encoded once; the items cut from it share those sums.
+ */
+class Measure {
+  private readonly sums = new Map<Y.Item, ValueSums>()
+
+  /** Bytes of `s`'s encoding. */
+  bytes(s: Struct): number {
+    const sums = this.sumsOf(s)
+    if (!sums) return encodedSize(s)
+    const item = s as Y.Item
+    return (
+      sums.header + varUintSize(item.length) + sums.bytes[sums.from + item.length]! - sums.bytes[sums.from]!
+    )
+  }
+
+  /** Elements of `s`'s values (see {@link elementsOf}). */
+  elements(s: Struct): number {
+    const sums = this.sumsOf(s)
+    if (!sums) return elementsOf(s)
+    return sums.elements[sums.from + s.length]! - sums.elements[sums.from]!
+  }
+
+  /** How many of the first values of `s` (a countable item) fit in `room` bytes with its header: 0 if none. */
+  valuesWithinBytes(s: Y.Item, room: number): number | undefined {
+    const sums = this.sumsOf(s)
+    if (!sums) return undefined
+    const base = sums.bytes[sums.from]!
+    let lo = 0
+    let hi = s.length
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1
+      if (sums.header + varUintSize(mid) + sums.bytes[sums.from + mid]! - base <= room) lo = mid
+      else hi = mid - 1
+    }
+    return lo
+  }
+
+  /** `rest` was cut from `item` after its first `k` values: it shares `item`'s sums. */
+  cut(item: Y.Item, k: number, rest: Y.Item): void {
+    const sums = this.sums.get(item)
+    // The header of the rest names the last value kept as its origin: measured anew, once.
+    if (sums) this.sums.set(rest, { ...sums, from: sums.from + k, header: headerSize(rest) })
+  }
+
+  private sumsOf(s: Struct): ValueSums | undefined {
+    if (!(s instanceof Y.Item) || !(s.content instanceof Y.ContentAny)) return undefined
+    let sums = this.sums.get(s)
+    if (sums) return sums
+    const values = s.content.arr
+    const bytes = new Float64Array(values.length + 1)
+    const elements = new Float64Array(values.length + 1)
+    for (let j = 0; j < values.length; j++) {
+      const encoder = encoding.createEncoder()
+      encoding.writeAny(encoder, values[j] as Parameters<typeof encoding.writeAny>[1])
+      bytes[j + 1] = bytes[j]! + encoding.length(encoder)
+      elements[j + 1] = elements[j]! + elementsOfValue(values[j])
+    }
+    sums = { bytes, elements, from: 0, header: headerSize(s) }
+    this.sums.set(s, sums)
+    return sums
+  }
+}
+
+/** Bytes an item writes before its content's values (their count excluded). */
+function headerSize(item: Y.Item): number {
+  const empty = new Y.Item(
+    item.id,
+    null,
+    item.origin,
+    null,
+    item.rightOrigin,
+    item.parent,
+    item.parentSub,
+    new Y.ContentAny([]),
+  )
+  // The empty content writes its count: one byte.
+  return encodedSize(empty) - 1
 }
 
 /** The ids an item needs to have been integrated before it (origins, and a parent named by id). */
@@ -346,12 +448,33 @@ export function splitUpdate(
   limits: UpdatePartLimits = DEFAULT_UPDATE_PART_LIMITS,
   replica?: Y.Doc,
 ): Uint8Array[] {
-  if (update.length <= SMALL_UPDATE_BYTES) return [update]
+  return [...splitUpdateParts(update, limits, replica)]
+}
+
+/**
+ * {@link splitUpdate}, one part at a time: each part is worked out when it is
+ * asked for, so that a caller can give the event loop back between parts of
+ * a long backlog. Decoding the update happens at the first part. `replica`
+ * must not lose structs meanwhile (documents never do).
+ */
+export function* splitUpdateParts(
+  update: Uint8Array,
+  limits: UpdatePartLimits = DEFAULT_UPDATE_PART_LIMITS,
+  replica?: Y.Doc,
+): Generator<Uint8Array, void, undefined> {
+  if (update.length <= SMALL_UPDATE_BYTES) {
+    yield update
+    return
+  }
   const { structs, ds } = Y.decodeUpdate(update) as { structs: (Struct | Y.Skip)[]; ds: DecodedDeleteSet }
   let values = 0
   let elements = 0
   for (const s of structs) {
-    if (s instanceof Y.Skip) return [update] // gaps: not an update of one document's state, leave it be
+    // Gaps: not an update of one document's state, leave it be.
+    if (s instanceof Y.Skip) {
+      yield update
+      return
+    }
     values += valuesOf(s)
     elements += elementsOf(s)
   }
@@ -360,8 +483,10 @@ export function splitUpdate(
     values <= limits.maxValues &&
     elements <= limits.maxElements &&
     update.length <= limits.maxBytes
-  )
-    return [update]
+  ) {
+    yield update
+    return
+  }
 
   // Each client's structs in clock order, and how far the receiver will have each client after the parts so far.
   const runs = new Map<number, Struct[]>()
@@ -386,7 +511,13 @@ export function splitUpdate(
     return held
   }
 
-  const parts: Uint8Array[] = []
+  const measure = new Measure()
+  const cut = (s: Y.Item, k: number): Y.Item => {
+    const rest = splitItem(s, k)
+    measure.cut(s, k, rest)
+    return rest
+  }
+
   let remaining = structs.length
   while (remaining > 0) {
     const part = new Map<number, Struct[]>()
@@ -411,29 +542,38 @@ export function splitUpdate(
             const room = limits.maxValues - values
             // A merged item (Yjs merges a burst of messages into one) is cut to what still fits.
             if (room > 0 && s instanceof Y.Item && s.content.isCountable()) {
-              run.splice(i + 1, 0, splitItem(s, room))
+              run.splice(i + 1, 0, cut(s, room))
               remaining++
             } else if (count > 0) {
               full = true
               break
             }
           }
-          if (elements + elementsOf(s) > limits.maxElements) {
+          if (elements + measure.elements(s) > limits.maxElements) {
             const fit =
               s instanceof Y.Item && s.content.isCountable()
                 ? valuesWithin(s, limits.maxElements - elements)
                 : 0
             // A merged item is cut to the values whose elements still fit (one value goes alone, whatever it holds).
             if (fit > 0 && fit < s.length) {
-              run.splice(i + 1, 0, splitItem(s as Y.Item, fit))
+              run.splice(i + 1, 0, cut(s as Y.Item, fit))
               remaining++
             } else if (count > 0) {
               full = true
               break
             }
           }
-          let size = encodedSize(s)
-          // Cut a merged item whose bytes do not fit, in proportion (then again, should its values differ in size).
+          let size = measure.bytes(s)
+          if (bytes + size > limits.maxBytes && s.length > 1 && s instanceof Y.Item) {
+            // A merged item of plain values is cut where its bytes stop fitting (one value goes alone, whatever its size).
+            const fit = measure.valuesWithinBytes(s, limits.maxBytes - bytes)
+            if (fit !== undefined && fit < s.length && (fit > 0 || count === 0)) {
+              run.splice(i + 1, 0, cut(s, Math.max(1, fit)))
+              remaining++
+              size = measure.bytes(s)
+            }
+          }
+          // Other content is cut in proportion (then again, should its values differ in size).
           while (
             bytes + size > limits.maxBytes &&
             s.length > 1 &&
@@ -442,9 +582,9 @@ export function splitUpdate(
           ) {
             const k = Math.floor((s.length * (limits.maxBytes - bytes)) / size)
             if (k < 1 && count > 0) break
-            run.splice(i + 1, 0, splitItem(s, Math.max(1, Math.min(k, s.length - 1))))
+            run.splice(i + 1, 0, cut(s, Math.max(1, Math.min(k, s.length - 1))))
             remaining++
-            size = encodedSize(s)
+            size = measure.bytes(s)
           }
           if (count > 0 && bytes + size > limits.maxBytes) {
             full = true
@@ -456,7 +596,7 @@ export function splitUpdate(
           count++
           remaining--
           values += valuesOf(s)
-          elements += elementsOf(s)
+          elements += measure.elements(s)
           bytes += size
           frontier.set(client, s.id.clock + s.length)
           next.set(client, i + 1)
@@ -499,7 +639,6 @@ export function splitUpdate(
       if (left.length > 0) pendingDeletes.set(client, left)
       else pendingDeletes.delete(client)
     }
-    parts.push(encodePart(withLiveValues(part, standIns, has), deletes))
+    yield encodePart(withLiveValues(part, standIns, has), deletes)
   }
-  return parts
 }

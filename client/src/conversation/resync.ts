@@ -1,4 +1,5 @@
 import {
+  getConversation,
   getMessage,
   type MessageId,
   messageIndex,
@@ -30,8 +31,10 @@ export interface ResyncHost {
   readonly closed: () => boolean
   /** The current generation. */
   current(): Generation
-  /** Binds `doc` as the new current generation (talking to the relay only, not to other tabs). */
+  /** Binds `doc` as the new current generation (not yet sharing with other tabs: see `joinTabs`). */
   replace(doc: Y.Doc, replica: Generation["replica"]): Generation
+  /** Opens the local persistence of `doc`, telling {@link Resync.replacedByAnotherTab} (see `persistDocument`). */
+  openReplica(doc: Y.Doc): Generation["replica"]
   /** Settles the conversation's state from the rebuilt replica. */
   settle(): void
   /** Recounts the unread messages of the rebuilt replica. */
@@ -48,12 +51,17 @@ export interface ResyncHost {
  */
 export class Resync {
   private running = false
+  /**
+   * The document whose stored generation another tab replaced while a rebuild ran: rebuilt on what is
+   * stored once that ends, if it is still the current one (not if the rebuild replaced it).
+   */
+  private replacedMeanwhile: Y.Doc | undefined
+  /** Unsaved messages the relay's refusals named, with its error: left out of the next rebuild. */
+  private readonly named = new Map<MessageId, ParleyError>()
   /** Resyncs since the relay last saved something: bounds a refuse → resync → refuse loop. */
   private withoutSave = 0
   /** Aborted when the conversation closes: ends a resync's fetch of the relay's state. */
   private readonly closing = new AbortController()
-  /** Unsaved messages the relay's refusals named, with its error: left out of the next rebuild. */
-  private readonly named = new Map<MessageId, ParleyError>()
 
   constructor(private readonly host: ResyncHost) {}
 
@@ -90,7 +98,7 @@ export class Resync {
     const named = this.unsavedNamedBy(error)
     if (named.length > 0) {
       for (const id of named) this.named.set(id, error)
-      void this.run(false).catch((failure: unknown) => {
+      void this.run("relay", false).catch((failure: unknown) => {
         emit("error", { error: toParleyError(failure) })
         if (this.host.parts.online()) this.host.current().connection.start()
       })
@@ -122,23 +130,79 @@ export class Resync {
   }
 
   /**
-   * Replaces the replica with the relay's state plus this user's pending work
-   * that the rules still allow. The refused work is reported: `error` events
-   * with the change, and `failed` statuses for messages. The new document gets
-   * a new Yjs client id; local storage is rewritten in one transaction, so a
-   * reload sees the old or the new replica, never a mix.
+   * Another tab of this user replaced what is stored with its rebuilt replica
+   * (its own resync, onto the relay's state under a new client id). What this
+   * replica writes from now on builds on structs the stored state no longer
+   * holds: written, it could never be applied by a reload or the relay (an
+   * outside tester: a message sent in that tab was gone after a reload, with
+   * nothing said). So this replica is rebuilt the same way, on what is stored
+   * instead of the relay's state (this tab may be offline): its pending work
+   * is re-applied, and what the rules refuse is reported as a resync does.
    */
-  private async run(counted = true): Promise<void> {
+  replacedByAnotherTab(doc: Y.Doc): void {
+    if (this.host.closed()) return
+    if (this.running) {
+      this.replacedMeanwhile = doc
+      return
+    }
+    if (this.host.current().doc !== doc) return
+    this.rebuildOnStore()
+  }
+
+  private rebuildOnStore(): void {
+    void this.run("store").catch((failure: unknown) => {
+      this.host.emit("error", { error: toParleyError(failure) })
+      // The replica is kept (in memory: its writes no longer stored); it still talks to the relay.
+      if (this.host.parts.online()) this.host.current().connection.start()
+    })
+  }
+
+  /**
+   * Replaces the replica with the relay's state (`source` "relay") or what is
+   * stored locally ("store", see {@link replacedByAnotherTab}), plus this
+   * user's pending work that the rules still allow. The refused work is
+   * reported: `error` events with the change, and `failed` statuses for
+   * messages. The new document gets a new Yjs client id; from the relay, local
+   * storage is rewritten in one transaction, so a reload sees the old or the
+   * new replica, never a mix.
+   */
+  private async run(source: "relay" | "store" = "relay", counted = true): Promise<void> {
     const host = this.host
     if (this.running || host.closed()) return
     this.running = true
-    if (counted) this.withoutSave++
+    try {
+      await this.rebuild(source, counted)
+    } finally {
+      this.running = false
+      const replaced = this.replacedMeanwhile
+      this.replacedMeanwhile = undefined
+      if (replaced && !host.closed() && host.current().doc === replaced) this.rebuildOnStore()
+    }
+  }
+
+  private async rebuild(source: "relay" | "store", counted: boolean): Promise<void> {
+    const host = this.host
+    if (source === "relay" && counted) this.withoutSave++
     const old = host.current()
     old.connection.stop()
-    try {
-      const fresh = new Y.Doc()
-      // How far the relay had the clients of the replica's epoch: what tells its pending work.
-      let baseline: Map<number, number> | undefined
+    const fresh = new Y.Doc()
+    // How far the relay had the clients of the replica's epoch: what tells its pending work.
+    let baseline: Map<number, number> | undefined
+    // From the store: the replica of the fresh document, loaded with what the other tab stored.
+    let stored: Generation["replica"] | undefined
+    if (source === "store") {
+      stored = host.openReplica(fresh)
+      await stored.loaded
+      // A stored state without the conversation was not read (local storage failing, told as an `error`
+      // already): rebuilt on it, every record would count as pending work. This replica stays, in memory.
+      const unread = getConversation(old.doc) !== undefined && getConversation(fresh) === undefined
+      if (host.closed() || host.current() !== old || unread) {
+        await stored.destroy()
+        fresh.destroy()
+        if (unread && !host.closed() && host.current() === old && host.parts.online()) old.connection.start()
+        return
+      }
+    } else {
       try {
         // Pending work on messages sealed meanwhile needs their segments, and a replica of an epoch
         // two or more back its epoch record: fetched over the same connection.
@@ -157,45 +221,56 @@ export class Resync {
         fresh.destroy()
         return
       }
-      // Pending work on sealed messages is re-applied against the segments this replica holds.
-      host.history.holdIn(fresh)
-      // Synchronous from here to the swap: no write of the user can fall between the two documents.
-      const result = rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
-      // The messages left out as the relay refused them: kept as the user wrote them, failed, outside the
-      // replica (the app may retry or discard them); their refusal was told as it came.
-      const told = new Set<MessageId>()
-      for (const { what, error } of result.failed) {
-        if (what.kind !== "message.send" || this.named.get(what.id) !== error) continue
-        const view = getMessage(old.doc, what.id)
-        if (view) host.statuses.keepRefused(view, error)
-        told.add(what.id)
-      }
-      this.named.clear()
-      old.dispose()
-      // Other tabs of this user still hold the refused changes and would hand them back over the
-      // cross-tab channel; the rebuilt replica talks to the relay only, until the next load.
-      const current = host.replace(fresh, old.replica)
-      const snapshot = Y.encodeStateAsUpdate(fresh)
-      for (const { what, error } of result.failed)
-        if (what.kind === "message.send") host.statuses.lost.set(what.id, error)
-      host.statuses.trackAll(fresh, host.user, true)
-      host.settle()
-      host.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
-      for (const { what, error } of result.failed) {
-        if (what.kind === "message.send") host.emit("status", { messageId: what.id, status: "failed", error })
-        if (what.kind !== "message.send" || !told.has(what.id)) host.emit("error", { error, change: what })
-      }
-      host.emit("change", { events: [], local: false })
-      host.refreshUnread()
+    }
+    // Pending work on sealed messages is re-applied against the segments this replica holds.
+    host.history.holdIn(fresh)
+    // Synchronous from here to the swap: no write of the user can fall between the two documents.
+    // (From the store, the epoch's baseline is the one the stored state holds: the other tab's rebuild
+    // fetched what an older epoch needed.)
+    const result = rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
+    // The messages left out as the relay refused them: kept as the user wrote them, failed, outside the
+    // replica (the app may retry or discard them); their refusal was told as it came.
+    const told = new Set<MessageId>()
+    for (const { what, error } of result.failed) {
+      if (what.kind !== "message.send" || this.named.get(what.id) !== error) continue
+      const view = getMessage(old.doc, what.id)
+      if (view) host.statuses.keepRefused(view, error)
+      told.add(what.id)
+    }
+    this.named.clear()
+    old.dispose()
+    // Other tabs of this user may still hold the refused changes and would hand them back over the
+    // cross-tab channel: the rebuilt replica shares only with the tabs on its stored generation, once
+    // it is known (in memory there are none: it talks to the relay only).
+    const current = host.replace(fresh, stored ?? old.replica)
+    const snapshot = Y.encodeStateAsUpdate(fresh)
+    for (const { what, error } of result.failed)
+      if (what.kind === "message.send") host.statuses.lost.set(what.id, error)
+    host.statuses.trackAll(fresh, host.user, true)
+    host.settle()
+    host.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
+    for (const { what, error } of result.failed) {
+      if (what.kind === "message.send") host.emit("status", { messageId: what.id, status: "failed", error })
+      if (what.kind !== "message.send" || !told.has(what.id)) host.emit("error", { error, change: what })
+    }
+    host.emit("change", { events: [], local: false })
+    host.refreshUnread()
+    if (source === "relay") {
       await old.replica.replaceWith(snapshot)
       await old.replica.destroy()
       old.doc.destroy()
       if (host.closed() || host.current() !== current) return
-      current.replica = host.parts.openReplica(fresh)
+      current.replica = host.openReplica(fresh)
       await current.replica.loaded
-      if (!host.closed() && host.current() === current && host.parts.online()) current.connection.start()
-    } finally {
-      this.running = false
+      if (host.closed() || host.current() !== current) return
+    } else {
+      // What is stored is the other tab's generation, kept: the re-applied work was written onto it.
+      await old.replica.destroy()
+      old.doc.destroy()
+      if (host.closed() || host.current() !== current) return
     }
+    const generation = current.replica.generation
+    if (generation !== undefined) current.connection.joinTabs(generation)
+    if (!host.closed() && host.current() === current && host.parts.online()) current.connection.start()
   }
 }

@@ -97,8 +97,11 @@ export type EmitConversationEvent = <K extends keyof ConversationEvents>(
 export interface ConversationParts {
   readonly id: ConversationId
   readonly user: UserId
-  /** Opens the local persistence of a document of this conversation. */
-  readonly openReplica: (doc: Y.Doc) => LocalReplica
+  /**
+   * Opens the local persistence of a document of this conversation;
+   * `onReplaced`: another tab replaced what is stored (see `persistDocument`).
+   */
+  readonly openReplica: (doc: Y.Doc, onReplaced: () => void) => LocalReplica
   /** A connection to the relay for `doc`, sharing with the user's other tabs or not. */
   readonly connect: (doc: Y.Doc, awareness: Awareness, shareWithTabs: boolean) => DocumentConnection
   readonly deliveredDelay: number

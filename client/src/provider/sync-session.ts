@@ -9,6 +9,7 @@ import {
   readFrame,
   SyncMessage,
   splitUpdate,
+  splitUpdateParts,
   type UpdatePartLimits,
 } from "@parley/shared"
 import {
@@ -39,6 +40,8 @@ export interface SessionHandlers {
   synced(): void
   /** A Parley extension frame (saved, error, tokenAccepted, historyPage). */
   parley(frame: ParleyFrame): void
+  /** A live update of the relay (not its sync answer), applied. */
+  relayUpdate?(update: Uint8Array): void
   /** The relay's sync frames do not fit this replica (someone else wrote under its client id). */
   diverged(cause: unknown): void
   /**
@@ -58,11 +61,20 @@ export interface SessionHandlers {
  * at once, one could reach the relay before the state it builds on (what the
  * replica wrote while the socket opened travels in the step 2 answering the
  * relay) and be refused as depending on changes the relay does not have.
+ *
+ * A long offline backlog goes out one part per turn of the event loop (the
+ * parts are worked out as they go), so the page's own work runs between
+ * them; live updates are held until the backlog is out, for the same reason.
  */
 export class SyncSession {
   private state: "connecting" | "open" | "ended" = "connecting"
   private isSynced = false
-  private held: Uint8Array[] | undefined = []
+  /** Set once the relay's step 1 was answered: from then on live updates go out (see the class comment). */
+  private answered = false
+  private held: Uint8Array[] = []
+  /** Parts of large updates still to go out, in order (see {@link sendInParts}). */
+  private outgoing: Iterator<Uint8Array>[] = []
+  private pumpTimer: ReturnType<typeof setTimeout> | undefined
   private lastHeard = 0
   private watchdog: ReturnType<typeof setInterval> | undefined
 
@@ -122,8 +134,55 @@ export class SyncSession {
   /** Sends a frame if the socket is open; live updates wait for the handshake (see the class comment). */
   send(frame: Uint8Array): void {
     if (this.state !== "open") return
-    if (this.held && isSyncUpdateFrame(frame)) this.held.push(frame)
+    if (this.holding && isSyncUpdateFrame(frame)) this.held.push(frame)
     else if (this.socket.readyState === SocketState.open) this.socket.send(frame)
+  }
+
+  /**
+   * Sends `update` in parts the relay takes, after the parts still going out;
+   * from the second part on, one per turn of the event loop.
+   */
+  sendInParts(update: Uint8Array): void {
+    if (this.state !== "open") return
+    this.outgoing.push(splitUpdateParts(update, this.parts(), this.doc))
+    if (this.pumpTimer === undefined) this.pump()
+  }
+
+  /** Live updates wait for the handshake and for the parts of a backlog still going out. */
+  private get holding(): boolean {
+    return !this.answered || this.outgoing.length > 0
+  }
+
+  /**
+   * Sends the next part of what is outgoing and comes back for the one after
+   * on a later turn of the event loop: splitting and sending 3,000 long
+   * offline messages in one go blocked a page for seconds (an outside
+   * tester's profile), every other conversation's send waiting behind it.
+   * Once nothing is outgoing, the held live updates follow.
+   */
+  private readonly pump = (): void => {
+    this.pumpTimer = undefined
+    while (this.state === "open" && this.outgoing.length > 0) {
+      let next: IteratorResult<Uint8Array>
+      try {
+        next = this.outgoing[0]!.next()
+      } catch (cause) {
+        this.outgoing = []
+        this.handlers.diverged(cause)
+        return
+      }
+      if (next.done) {
+        this.outgoing.shift()
+        continue
+      }
+      this.sendRaw(encodeSyncUpdate(next.value))
+      this.pumpTimer = setTimeout(this.pump, 0)
+      return
+    }
+    if (this.state !== "open" || this.holding) return
+    const held = this.held
+    this.held = []
+    for (const frame of held) this.sendRaw(frame)
   }
 
   /** Ends the session from this side: tells the relay the user left (awareness), then closes the socket. */
@@ -183,30 +242,34 @@ export class SyncSession {
         const message = frame.message
         if (message.type === "syncStep1") {
           this.handlers.relayState(message.stateVector)
+          let parts: Iterator<Uint8Array>
           try {
             // A long offline period leaves more than the relay takes in one update: the rest follows in parts.
-            const [first, ...rest] = splitUpdate(
+            parts = splitUpdateParts(
               Y.encodeStateAsUpdate(this.doc, message.stateVector),
               this.parts(),
               this.doc,
             )
+            const first = parts.next()
             // They carry the replica's whole delete set: what it had seen when it made them goes first (what
             // another tab handed over since the sync request counts), for the relay to tell a removal it
             // re-sends from one of a record it never saw replaced (rule `concurrent-change`).
             this.sendRaw(encodeView(Y.encodeStateVector(this.doc)))
-            this.sendRaw(encodeSyncStep2(first!))
-            for (const part of rest) this.sendRaw(encodeSyncUpdate(part))
+            this.sendRaw(encodeSyncStep2(first.value!))
           } catch (cause) {
             this.handlers.diverged(cause)
             return
           }
-          // The relay has what it lacked: held live updates may follow.
-          const held = this.held ?? []
-          this.held = undefined
-          for (const update of held) this.sendRaw(update)
+          // The rest goes out part by part; held live updates follow once the relay has what it lacked.
+          // (The step 2 answers everything before it: what was still outgoing is in it.)
+          this.answered = true
+          this.outgoing = [parts]
+          clearTimeout(this.pumpTimer)
+          this.pump()
           return
         }
         this.apply(message.update)
+        if (message.type === "syncUpdate") this.handlers.relayUpdate?.(message.update)
         if (message.type === "syncStep2" && !this.isSynced && this.state === "open") {
           this.isSynced = true
           this.handlers.synced()
@@ -254,7 +317,10 @@ export class SyncSession {
     const wasOpen = this.state === "open"
     this.state = "ended"
     this.isSynced = false
-    this.held = undefined
+    this.held = []
+    this.outgoing = []
+    clearTimeout(this.pumpTimer)
+    this.pumpTimer = undefined
     clearInterval(this.watchdog)
     this.doc.off("update", this.onUpdate)
     this.awareness.off("update", this.onAwareness)

@@ -23,10 +23,19 @@ import { RELAY_ORIGIN } from "./sync-session.js"
  * delivers to subscribers in the same realm, and falls back to localStorage
  * where there is no BroadcastChannel.
  */
+/**
+ * First byte of a frame that carries a relay's live update from another tab:
+ * no message type of the protocol (which {@link readFrame} reads); a tab of
+ * an older build ignores it as unreadable.
+ */
+const FROM_RELAY = 0xf5
+
 export class TabChannel {
   private readonly onTab = (data: unknown, origin: unknown) => {
     if (origin === this) return
-    this.received(new Uint8Array(data as ArrayBuffer))
+    const bytes = new Uint8Array(data as ArrayBuffer)
+    if (bytes[0] === FROM_RELAY) this.receivedFromRelay(bytes.subarray(1))
+    else this.received(bytes)
   }
 
   private readonly onUpdate = (update: Uint8Array, origin: unknown) => {
@@ -55,6 +64,19 @@ export class TabChannel {
     this.publishOwnAwareness()
   }
 
+  /**
+   * Hands a live update of the relay to the other tabs: one offline sees what
+   * the relay did with what this tab forwarded for it (the sequence numbers
+   * that make its messages `sent`) and what others wrote. Only live updates
+   * (small): every tab online gets the relay's sync answer on its own.
+   */
+  fromRelay(update: Uint8Array): void {
+    const frame = new Uint8Array(update.length + 1)
+    frame[0] = FROM_RELAY
+    frame.set(update, 1)
+    bc.publish(this.name, frame, this)
+  }
+
   /** Leaves the channel; the other tabs learn that this one's user left (awareness). */
   destroy(): void {
     this.doc.off("update", this.onUpdate)
@@ -80,6 +102,18 @@ export class TabChannel {
       else if (frame.type === "queryAwareness") this.publishOwnAwareness()
     } catch (error) {
       console.error("parley: applying what another tab sent failed", error)
+    }
+  }
+
+  /**
+   * Applied as the relay's: this tab's connection does not send it back to
+   * the relay (which has it), nor this channel to the tabs (the sender did).
+   */
+  private receivedFromRelay(update: Uint8Array): void {
+    try {
+      Y.applyUpdate(this.doc, update, RELAY_ORIGIN)
+    } catch (error) {
+      console.error("parley: applying the relay's update another tab handed over failed", error)
     }
   }
 
