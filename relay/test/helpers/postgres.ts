@@ -50,7 +50,17 @@ export async function scratchSchema(url: string = DATABASE_URL): Promise<Scratch
       const client = new pg.Client({ connectionString: url })
       await client.connect()
       try {
-        await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
+        // A relay of the test may still be ending its last transaction on the schema: PostgreSQL then
+        // picks one side of the deadlock, sometimes this one.
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
+            break
+          } catch (error) {
+            if ((error as { code?: string }).code !== "40P01" || attempt >= 5) throw error
+            await new Promise((resolve) => setTimeout(resolve, 100 * attempt))
+          }
+        }
       } finally {
         await client.end()
       }
