@@ -216,11 +216,11 @@ function scratchSettings(options: WarmUpOptions, n: number): ScratchSettings {
             unsealed - keepLive,
             Math.min(sealing.segmentSize, SEAL_PIECE_BOUND),
           )
+          // No epoch for its client ids: a fresh epoch drops the scratch conversation's sessions, and the
+          // round would wait for their answers for good (the relay then never finished its shutdown).
+          const epochClientIds = Number.MAX_SAFE_INTEGER
           return {
-            sealing:
-              segmentSize === sealing.segmentSize && keepLive === sealing.keepLive
-                ? sealing
-                : { ...sealing, segmentSize, keepLive },
+            sealing: { ...sealing, segmentSize, keepLive, epochClientIds },
             reads: {
               ...(maxSealedReadsPerUpdate !== undefined ? { maxSealedReadsPerUpdate } : {}),
               ...(heldSegmentsPerDocument !== undefined ? { heldSegmentsPerDocument } : {}),
@@ -499,6 +499,8 @@ async function scratchRound(
       userParticipantsPerMinute: 0,
       compactAfterUpdates: Number.MAX_SAFE_INTEGER,
       compactAfterBytes: Number.MAX_SAFE_INTEGER,
+      // Nor for its garbage (see `scratchSettings`): with `--epoch-garbage-bytes` low, the warm-up never ended.
+      epochGarbageBytes: 0,
     },
   })
   let sent = 0

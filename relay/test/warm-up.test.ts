@@ -78,6 +78,18 @@ describe("warm-up of the update path", () => {
     expect(report.seals).toBe(3 * 5)
   })
 
+  it("finishes, every frame accepted, with the relay's epochs set to come at once (its scratch conversation starts none)", async () => {
+    // A fresh epoch drops the scratch conversation's sessions: the round waited for their answers for
+    // good, and a relay with a low --epoch-garbage-bytes never finished its shutdown (it awaits the warm-up).
+    const report = await warmUpUpdatePath({
+      rounds: 2,
+      history: { segmentSize: 20, keepLive: 5, epochClientIds: 2 },
+      limits: { epochGarbageBytes: 2048, epochGarbageIntervalMs: 0 },
+    })
+    expect(report.refused).toBe(0)
+    expect(report.stopped).toBe(false)
+  })
+
   it("stops at its next piece once the relay is shutting down", async () => {
     let pieces = 0
     const report = await warmUpUpdatePath({ stopped: () => ++pieces > 3 })
