@@ -40,7 +40,10 @@ const USER_QUEUE_CHECK_BYTES = 16 * 1024
 const MAX_ECHO_CREDIT = 256
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
 const UNREAD_CLOSE_GRACE_MS = 5000
-/** A socket past its credentials with a channel still being opened is judged again this much later. */
+/**
+ * A socket past its credentials with a channel still being opened, or whose last channel just closed, is
+ * judged again this much later.
+ */
 const OPENING_RECHECK_MS = 1000
 
 /** The transport's limits a multiplexed socket applies (its `TransportLimits`; not imported, to keep the import graph acyclic). */
@@ -429,8 +432,10 @@ export class MuxSocket implements UserSocket, Due {
     channel.early = undefined
     channel.connection?.close(close.code, close.reason)
     if (tell) this.sendRaw(encodeChannelClose(number, close.code, close.reason), false)
-    // Its lease may have been what kept the socket: judged again now, not at that lease's old expiry.
-    if (this.channels.size === 0 && !this.socketClosed) this.due()
+    // Its lease may have been what kept the socket: judged again soon, not at that lease's old expiry;
+    // not at once, as the client's next open (with a fresh token) may be on its way.
+    if (this.channels.size === 0 && !this.socketClosed)
+      this.options.leases.deadlines.set(this, Date.now() + OPENING_RECHECK_MS)
   }
 
   /** Writes held on the socket (see `Session.hold`), and whether frames were sent meanwhile. */

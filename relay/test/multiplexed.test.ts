@@ -357,7 +357,14 @@ describe("a multiplexed socket", () => {
       expect(Date.now()).toBeGreaterThanOrEqual(exp * 1000)
     }
     expect(kept.ws.readyState).toBe(WebSocket.OPEN)
+    // Its last channel closed and, right after, a channel opened with a fresh token (an honest client moving
+    // on): the socket stays for it. Once that one closes too, nothing is live.
     kept.ws.send(encodeChannelClose(0, 1000, ""))
+    kept.open(1, inboxDocumentName(alice), await relay.token(alice, { expiresIn: exp + 60 }))
+    await kept.until(() => (kept.frames.get(1)?.length ?? 0) > 0)
+    await new Promise((r) => setTimeout(r, 1500))
+    expect(kept.ws.readyState).toBe(WebSocket.OPEN)
+    kept.ws.send(encodeChannelClose(1, 1000, ""))
     expect(await kept.closed).toBe(4401)
   })
 
