@@ -68,7 +68,7 @@ import {
   refuseWhileStorageFails,
   type StorageHealth,
   sequenceLeftovers,
-  stockProviderLeft,
+  stockProviderSeen,
   submitUpdate,
   unlessHeld,
   writeOnServer,
@@ -392,6 +392,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       closeDocument()
     })
     host.attach(connection)
+    // The relay that orders it holds its epochs back for a stock provider wherever it is connected.
+    if (!session.wantsParley) this.options.router?.stockProvider?.(name)
     this.options.metrics.connections.inc()
     connection.start()
     this.extensions.connectionChanged({ name, principal: session.principal, open: true })
@@ -644,6 +646,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** @internal */
+  stockProviderElsewhere(name: string): void {
+    stockProviderSeen(this.ctx, name)
+  }
+
+  /** @internal */
   async epochElsewhere(host: DocumentHost): Promise<void> {
     await host.enqueue(async () => {
       if (!host.destroyed) this.restart(host, "dropped: the relay that orders it started a fresh epoch")
@@ -871,7 +878,10 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   detach(connection: HostedConnection): void {
     const host = connection.host
     if (!host.detach(connection)) return
-    if (!connection.session.wantsParley) stockProviderLeft(this.ctx, host.key)
+    if (!connection.session.wantsParley) {
+      stockProviderSeen(this.ctx, host.key)
+      this.options.router?.stockProvider?.(host.key)
+    }
     this.openDocuments.get(connection)?.()
     this.openDocuments.delete(connection)
     this.options.metrics.connections.dec()

@@ -724,13 +724,15 @@ function epochHeldBack(ctx: PathContext, host: DocumentHost): boolean {
 const stockLeft = new WeakMap<PathContext, Map<string, number>>()
 
 /**
- * A stock y-websocket provider's connection to `name` closed: a fresh epoch
+ * A stock y-websocket provider's connection to `name` closed here, or one
+ * is (or just was) connected to another relay of the cluster: a fresh epoch
  * waits `epochStockGraceMs` for it to come back. One the relay closed for
  * reading too slowly saw its close only behind its backlog, 20 s later, and
  * a client-id epoch started meanwhile closed it 4400 on its return, for
- * good (an outside probe).
+ * good (an outside probe); one on another relay was closed so by the
+ * owner's epoch (another).
  */
-export function stockProviderLeft(ctx: PathContext, name: string): void {
+export function stockProviderSeen(ctx: PathContext, name: string): void {
   if (ctx.limits.epochStockGraceMs <= 0) return
   let left = stockLeft.get(ctx)
   if (!left) {

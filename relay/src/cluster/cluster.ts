@@ -31,6 +31,11 @@ const BEHIND_EVERY_SWEEPS = 15
  * error, its commands only time out.
  */
 const REDIS_PING_MS = 1000
+/**
+ * How often a relay tells again of the stock providers connected to it (documents another relay
+ * orders): well within the default `--epoch-stock-grace-ms` (5 minutes) that each notice holds epochs.
+ */
+const STOCK_NOTICE_MS = 60_000
 /** Times a server-side write is made again on a fresher copy before its caller is told to retry. */
 const STALE_COPY_ATTEMPTS = 8
 /**
@@ -345,6 +350,13 @@ export class Cluster implements UpdateRouter, FenceSource {
    */
   startSweeping(outbox: Outbox | undefined, intervalMs = 2000): void {
     this.sweeper = setInterval(() => {
+      // Stock providers connected here to documents another relay orders, told again while they stay.
+      if (Date.now() - this.stockNoticeAt >= STOCK_NOTICE_MS) {
+        this.stockNoticeAt = Date.now()
+        for (const host of this.hosts.values())
+          if ([...host.connections].some((connection) => !connection.session.wantsParley))
+            this.stockProvider(host.key)
+      }
       if (this.sweeping || this.closed) return
       this.sweeping = true
       this.sweep(outbox)
@@ -357,6 +369,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   }
 
   private sweeps = 0
+  /** When stock providers connected here were last told to the relays that order their documents. */
+  private stockNoticeAt = 0
 
   private async sweep(outbox: Outbox | undefined): Promise<void> {
     // Documents owed deliveries, or whose stored log runs past their recorded events (an owner
@@ -438,6 +452,17 @@ export class Cluster implements UpdateRouter, FenceSource {
     this.redis.publish(this.docChannel(name), Buffer.from(message)).catch((error: unknown) => {
       this.options.log.warn({ err: error, doc: name }, "could not tell the other relays of a fresh epoch")
     })
+  }
+
+  /**
+   * A stock provider connected to `name` here, or left it: told to the relay
+   * that orders it (every relay holding it hears it), and again every
+   * {@link STOCK_NOTICE_MS} while one stays (see {@link startSweeping}).
+   */
+  stockProvider(name: string): void {
+    if (this.closed || this.owns(name)) return
+    const message = encodeClusterMessage({ type: "stock", from: this.relayId, name })
+    this.redis.publish(this.docChannel(name), Buffer.from(message)).catch(() => undefined)
   }
 
   awareness(host: DocumentHost, update: Uint8Array): void {
@@ -776,6 +801,9 @@ export class Cluster implements UpdateRouter, FenceSource {
       }
       case "purged":
         if (message.from !== this.relayId) this.core?.purgedElsewhere(message.purge)
+        return
+      case "stock":
+        if (message.from !== this.relayId) this.core?.stockProviderElsewhere(message.name)
         return
       case "epoch": {
         if (message.from === this.relayId) return

@@ -39,6 +39,12 @@ export interface RoutedCore {
    * reconnect), in its queue.
    */
   epochElsewhere(host: DocumentHost): Promise<void>
+  /**
+   * A stock y-websocket provider is (or just was) connected to document
+   * `name` through another relay: a fresh epoch of it waits for it as for one
+   * connected here (see `epochStockGraceMs`).
+   */
+  stockProviderElsewhere(name: string): void
   /** Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering. */
   tookOver(name: string): Promise<void>
   /** Documents storage records as possibly owing a purge (`ContentPurge.owe`); none without a purge backend. */
@@ -90,6 +96,8 @@ export interface UpdateRouter {
   purged?(purge: PurgedContent): void
   /** This relay started a fresh epoch of `name` (stored): for the other relays. */
   epochStarted?(name: string): void
+  /** A stock provider connected to `name` here, or left it: for the relay that orders it. */
+  stockProvider?(name: string): void
   /** An awareness change of this relay's connections, for the other relays. */
   awareness(host: DocumentHost, update: Uint8Array): void
 }

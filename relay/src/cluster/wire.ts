@@ -66,6 +66,16 @@ export type ClusterMessage =
       readonly name: string
     }
   | {
+      /**
+       * A stock y-websocket provider is (or just was) connected to the
+       * document through relay `from`: the relay that orders it holds its
+       * epochs back (a stock provider cannot follow one).
+       */
+      readonly type: "stock"
+      readonly from: string
+      readonly name: string
+    }
+  | {
       /** The owner's answer: stored through `through` (its last position then), or refused. */
       readonly type: "reply"
       readonly id: string
@@ -73,7 +83,7 @@ export type ClusterMessage =
       readonly error?: { readonly code: ErrorCode; readonly message: string; readonly rule?: string }
     }
 
-const TYPES = ["stored", "awareness", "request", "reply", "purged", "epoch"] as const
+const TYPES = ["stored", "awareness", "request", "reply", "purged", "epoch", "stock"] as const
 
 /** Encodes one message for Redis. */
 export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
@@ -120,6 +130,7 @@ export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
       encoding.writeVarString(e, JSON.stringify({ through: message.through, error: message.error }))
       break
     case "epoch":
+    case "stock":
       encoding.writeVarString(e, message.from)
       encoding.writeVarString(e, message.name)
       break
@@ -182,6 +193,7 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
         return { type, from, purge: { name, conversationId, scope: { kind: "messages", ids } } }
       }
       case "epoch":
+      case "stock":
         return { type, from: decoding.readVarString(d), name: decoding.readVarString(d) }
       default:
         throw new Error("unknown message type")

@@ -8,7 +8,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
-import { TestClient } from "../helpers/clients.js"
+import { stockProvider, synced, TestClient } from "../helpers/clients.js"
 import { redisUnreachable, twoClusteredRelays } from "../helpers/cluster.js"
 import { postgresUnreachable } from "../helpers/postgres.js"
 import { signToken } from "../helpers/relay-process.js"
@@ -38,30 +38,54 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   })
 } else {
   describe("epochs in a cluster", () => {
-    it("drops the other relays' copies of the old epoch: their members rejoin the new one and write again", async () => {
-      // Segments of 20, 5 kept live; a fresh epoch once a seal leaves more than 2 KiB of removed values.
+    /** Two clustered relays that start a garbage epoch early, and a conversation the first orders. */
+    async function clusterWithConversation() {
       const { relays } = await twoClusteredRelays("epochs", cleanup, () => ({
         auth: { kind: "secret", secret: SECRET },
         dev: false,
         history: { segmentSize: 20, keepLive: 5, epochClientIds: 1000, keepSummaries: 4, foldSize: 16 },
         limits: { epochGarbageBytes: 2048 },
       }))
-      const [owner, other] = relays
       const id = newConversationId() as ConversationId
       // Created through the first relay, which orders the conversation from then on.
-      await owner.core.write(id, { kind: "user", user: alice }, (doc) =>
+      await relays[0].core.write(id, { kind: "user", user: alice }, (doc) =>
         createConversation(doc, alice, { kind: "group", id, participants: [bob] }),
       )
-      const elsewhere = await connect(other.url, id, bob)
-      const writer = await connect(owner.url, id, alice)
-      // Every seal folds the rounds' reactions and removes their records: garbage, until an epoch.
-      for (let round = 0; round < 60 && !writer.closeEvent; round++) {
+      return { relays, id }
+    }
+
+    /** Rounds of messages with reactions (each seal folds the reactions: garbage) until `writer` is closed. */
+    async function garbageRounds(writer: TestClient, rounds: number): Promise<void> {
+      for (let round = 0; round < rounds && !writer.closeEvent; round++) {
         for (let i = 0; i < 5; i++) {
           const { id: message } = sendMessage(writer.doc, alice, { body: `round ${round} message ${i}` })
           react(writer.doc, alice, message, "👍")
         }
         await Promise.race([writer.allSaved(), writer.closed])
       }
+    }
+
+    it("holds an epoch back for a stock provider connected to another relay (it could not follow one)", async () => {
+      const { relays, id } = await clusterWithConversation()
+      const [owner, other] = relays
+      const provider = stockProvider(other.url, id, await signToken(SECRET, bob))
+      cleanup.push(() => provider.destroy())
+      await synced(provider)
+      const writer = await connect(owner.url, id, alice)
+      await garbageRounds(writer, 24)
+      // Past the budget several times over, and no epoch: neither the writer nor the stock provider closed.
+      expect(writer.closeEvent).toBeUndefined()
+      expect(provider.wsconnected).toBe(true)
+    })
+
+    it("drops the other relays' copies of the old epoch: their members rejoin the new one and write again", async () => {
+      // Segments of 20, 5 kept live; a fresh epoch once a seal leaves more than 2 KiB of removed values.
+      const { relays, id } = await clusterWithConversation()
+      const [owner, other] = relays
+      const elsewhere = await connect(other.url, id, bob)
+      const writer = await connect(owner.url, id, alice)
+      // Every seal folds the rounds' reactions and removes their records: garbage, until an epoch.
+      await garbageRounds(writer, 60)
       expect(writer.closeEvent?.code).toBe(4503)
       // The other relay's member is sent to the new epoch too (retryable), rather than kept on a copy
       // of the old one whose every write the owner refused as depending on changes it lacks.
