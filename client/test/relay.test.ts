@@ -311,12 +311,7 @@ describe("ChatClient against a relay", () => {
 
   it("sends nothing twice when two clients of one user share one store", async () => {
     const [a, b] = [name("alice"), name("bob")]
-    const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
-    const chat1 = await tab1.createConversation({ participants: [b] })
-    await eventually(() => expect(chat1.connection.status).toBe("online"))
-    const tab2 = await connectClient(relay, a, { storage: "indexeddb" })
-    const chat2 = await tab2.conversation(chat1.id).ready()
-    await eventually(() => expect(chat2.connection.status).toBe("online"))
+    const { tab1, chat1, tab2, chat2 } = await twoTabs(a, b)
 
     tab1.disconnect()
     const offline = chat1.send("from the offline tab")
@@ -338,15 +333,21 @@ describe("ChatClient against a relay", () => {
   })
 })
 
+/** Two clients of user `a` over one store (two tabs), a conversation with `b` open and online in both. */
+async function twoTabs(a: string, b: string) {
+  const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
+  const chat1 = await tab1.createConversation({ participants: [b] })
+  await eventually(() => expect(chat1.connection.status).toBe("online"))
+  const tab2 = await connectClient(relay, a, { storage: "indexeddb" })
+  const chat2 = await tab2.conversation(chat1.id).ready()
+  await eventually(() => expect(chat2.connection.status).toBe("online"))
+  return { tab1, chat1, tab2, chat2 }
+}
+
 describe("tabs of one user", () => {
   it("shows an offline tab's message sent once its online sibling delivered it, and what others wrote", async () => {
     const [a, b] = [name("alice"), name("bob")]
-    const tab1 = await connectClient(relay, a, { storage: "indexeddb" })
-    const chat1 = await tab1.createConversation({ participants: [b] })
-    await eventually(() => expect(chat1.connection.status).toBe("online"))
-    const tab2 = await connectClient(relay, a, { storage: "indexeddb" })
-    const chat2 = await tab2.conversation(chat1.id).ready()
-    await eventually(() => expect(chat2.connection.status).toBe("online"))
+    const { tab1, chat1, tab2, chat2 } = await twoTabs(a, b)
     const bob = await connectClient(relay, b)
     const bobChat = await bob.conversation(chat1.id).ready()
 

@@ -77,6 +77,21 @@ async function savedConversation(id: string) {
   return { storage, relay, session, connection, doc }
 }
 
+/** Breaks `storage` and sends a message "waits" on the connection; resolves with the state before it, once refused. */
+async function waitsForStorage({
+  storage,
+  session,
+  connection,
+  doc,
+}: Pick<Awaited<ReturnType<typeof savedConversation>>, "storage" | "session" | "connection" | "doc">) {
+  storage.broken = true
+  const before = Y.encodeStateVector(doc)
+  sendMessage(doc, alice, { body: "waits" })
+  connection.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
+  await until(() => session.parley().some((f) => f.type === "error"))
+  return before
+}
+
 describe("the storage guard", () => {
   it("types a backend failure as STORAGE_UNAVAILABLE, then refuses without calling the backend until a probe succeeds", async () => {
     const storage = new FlakyStorage()
@@ -305,11 +320,7 @@ describe("the update path while storage fails", () => {
     const id = "g~guard1"
     const { storage, relay, session, connection, doc } = await savedConversation(id)
 
-    storage.broken = true
-    const before = Y.encodeStateVector(doc)
-    sendMessage(doc, alice, { body: "waits" })
-    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
-    await until(() => session.parley().some((f) => f.type === "error"))
+    const before = await waitsForStorage({ storage, session, connection, doc })
     expect(session.parley().at(-1)).toMatchObject({
       type: "error",
       error: { code: ErrorCode.STORAGE_UNAVAILABLE },
@@ -363,11 +374,7 @@ describe("the update path while storage fails", () => {
   it("drops its copy retryably (4503) when another writer stored changes while its append waited (a relay that took the conversation over)", async () => {
     const id = "g~guard3"
     const { storage, relay, session, connection, doc } = await savedConversation(id)
-    storage.broken = true
-    const before = Y.encodeStateVector(doc)
-    sendMessage(doc, alice, { body: "waits" })
-    connection.receive(updateFrame(Y.encodeStateAsUpdate(doc, before)))
-    await until(() => session.parley().some((f) => f.type === "error"))
+    const before = await waitsForStorage({ storage, session, connection, doc })
     // Meanwhile another writer (the relay that now orders the conversation) stores a change of its own.
     const other = new Y.Doc()
     Y.applyUpdate(other, Y.encodeStateAsUpdate(doc, Y.encodeStateVector(new Y.Doc())))
