@@ -374,7 +374,7 @@ describe("the update path while storage fails", () => {
   it("drops its copy retryably (4503) when another writer stored changes while its append waited (a relay that took the conversation over)", async () => {
     const id = "g~guard3"
     const { storage, relay, session, connection, doc } = await savedConversation(id)
-    const before = await waitsForStorage({ storage, session, connection, doc })
+    await waitsForStorage({ storage, session, connection, doc })
     // Meanwhile another writer (the relay that now orders the conversation) stores a change of its own.
     const other = new Y.Doc()
     Y.applyUpdate(other, Y.encodeStateAsUpdate(doc, Y.encodeStateVector(new Y.Doc())))
