@@ -739,6 +739,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.segments.close()
     this.outbox.close()
     this.mux?.destroy()
+    // Nothing connects any more: an app's indicator said "connecting" (or "online") for good.
+    if (this.current !== "offline") {
+      this.current = "offline"
+      this.emit("status", { status: "offline" })
+    }
     this.removeAllListeners()
   }
 

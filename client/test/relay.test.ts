@@ -54,6 +54,12 @@ describe("ChatClient against a relay", () => {
     await eventually(() => expect(bobChat.messages().map((m) => m.seq)).toEqual([1, 2]))
     await eventually(() => expect(aliceChat.messages().map((m) => m.seq)).toEqual([1, 2]))
     expect(alice.status).toBe("online")
+    // Destroyed, it connects no more, and says so (an app's indicator stayed "online" or "connecting").
+    const told: string[] = []
+    alice.on("status", ({ status }) => told.push(status))
+    await alice.destroy()
+    expect(alice.status).toBe("offline")
+    expect(told).toEqual(["offline"])
   })
 
   it("delivers what a user sent, edited and deleted offline, in canonical order, once back online", async () => {
