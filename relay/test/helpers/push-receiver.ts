@@ -11,11 +11,14 @@ const ece = createRequire(import.meta.url)("http_ece") as {
 }
 
 /**
- * The flags of a relay that sends Web Push with a fresh VAPID key pair
- * (`insecure`: to a receiver on 127.0.0.1, which a relay refuses otherwise).
+ * The flags of a relay that sends Web Push with VAPID key pair `vapid` (a
+ * fresh one by default; `insecure`: to a receiver on 127.0.0.1, which a relay
+ * refuses otherwise).
  */
-export function pushRelayArgs(insecure = true): string[] {
-  const vapid = webpush.generateVAPIDKeys()
+export function pushRelayArgs(
+  insecure = true,
+  vapid: { readonly publicKey: string; readonly privateKey: string } = webpush.generateVAPIDKeys(),
+): string[] {
   return [
     "--vapid-public-key",
     vapid.publicKey,

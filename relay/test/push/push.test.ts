@@ -13,7 +13,12 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import webpush from "web-push"
 import { TestClient } from "../helpers/clients.js"
-import { type ReceivedPush, startPushReceiver, type TestSubscription } from "../helpers/push-receiver.js"
+import {
+  pushRelayArgs,
+  type ReceivedPush,
+  startPushReceiver,
+  type TestSubscription,
+} from "../helpers/push-receiver.js"
 import {
   hooksApi,
   type RelayProcess,
@@ -51,13 +56,7 @@ describe("Web Push notifications from a relay process", () => {
       args: [
         "--hooks",
         hooks,
-        "--vapid-public-key",
-        vapid.publicKey,
-        "--vapid-private-key",
-        vapid.privateKey,
-        "--vapid-subject",
-        "mailto:ops@example.com",
-        "--push-allow-insecure-endpoints",
+        ...pushRelayArgs(true, vapid),
         "--push-retry-base-ms",
         "50",
         "--push-attempts",
