@@ -408,6 +408,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private retry(): void {
     const cap = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempts)
     this.attempts++
+    if (this.unreachable) for (const waiter of [...this.reachWaiters]) waiter()
     // Equal jitter: at least half the backoff, so that many clients of a restarted relay spread out.
     this.openSoon(cap / 2 + (this.random() * cap) / 2)
   }
@@ -423,6 +424,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     { resolve: (page: HistoryPage) => void; reject: (error: ParleyError) => void }
   >()
   private nextHistoryRequest = 1
+  /** Page requests waiting for the connection, told when it looks out of reach (see {@link unreachable}). */
+  private readonly reachWaiters = new Set<() => void>()
 
   /**
    * Asks the relay for sealed history segment `segment` of this conversation
@@ -550,27 +553,39 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
 
   /**
    * Resolves once the connection is online; rejects with the retryable UNAVAILABLE when it is
-   * stopped, or not online within {@link PAGE_WAIT_MS}.
+   * stopped, looks out of reach, or is not online within {@link PAGE_WAIT_MS}.
    */
   private whenOnline(): Promise<void> {
     if (this.current === "online") return Promise.resolve()
+    const offline = () => new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay")
+    // Out of reach (the device went offline, the relay is down): a page the user scrolled to fails
+    // now, not after the whole wait, so the app can say so while the connection keeps trying.
+    if (this.unreachable) return Promise.reject(offline())
     return new Promise<void>((resolve, reject) => {
       const done = (error?: ParleyError) => {
         clearTimeout(timer)
         off()
+        this.reachWaiters.delete(unreachable)
         if (error) reject(error)
         else resolve()
       }
-      const timer = setTimeout(
-        () => done(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay")),
-        PAGE_WAIT_MS,
-      )
+      const unreachable = () => done(offline())
+      this.reachWaiters.add(unreachable)
+      const timer = setTimeout(() => done(offline()), PAGE_WAIT_MS)
       const off = this.on("status", ({ status }) => {
         if (status === "online") done()
-        else if (status === "offline")
-          done(new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay"))
+        else if (status === "offline") done(offline())
       })
     })
+  }
+
+  /**
+   * Whether the relay looks out of reach: a reconnect after the last connection that synced has
+   * failed already (the attempt that follows a drop counts once), or the browser says it is offline.
+   */
+  private get unreachable(): boolean {
+    const navigator = (globalThis as { navigator?: { onLine?: boolean } }).navigator
+    return this.attempts >= 2 || navigator?.onLine === false
   }
 
   private update(): void {

@@ -20,8 +20,8 @@ let unique = 0
 const name = (base: string) => `${base}${++unique}`
 
 /** A group of `a` and `b` where `a` wrote `count` messages, each saved before the next. */
-async function longConversation(a: string, b: string, count: number): Promise<string> {
-  const alice = await connectClient(relay, a)
+async function longConversation(a: string, b: string, count: number, on = relay): Promise<string> {
+  const alice = await connectClient(on, a)
   const chat = await alice.createConversation({ participants: [b], title: "long" })
   for (let i = 0; i < count; i++) {
     const sent = chat.send(`m${i}`)
@@ -233,6 +233,28 @@ describe("sealed history in the SDK", () => {
     const offline = await connectClient(relay, b, { storage: "indexeddb", connect: false })
     const again = await offline.conversation(id).ready()
     await expect(again.loadOlder(5)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+  })
+
+  it("refuses a page at once, not after the whole wait, once the relay is out of reach", async () => {
+    const own = await startRelay({
+      args: ["--dev", "--history-segment-size", "10", "--history-keep-live", "5"],
+    })
+    try {
+      const [a, b] = [name("alice"), name("bob")]
+      const id = await longConversation(a, b, 20, own)
+      // The SDK's default reconnect timing, as an app has it.
+      const bob = await connectClient(own, b, { reconnect: undefined })
+      const chat = await bob.conversation(id).ready()
+      await eventually(() => expect(chat.hasOlder).toBe(true))
+      await own.stop()
+      await eventually(() => expect(bob.status).not.toBe("online"))
+      const asked = Date.now()
+      await expect(chat.loadOlder(5)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+      // Before: the request waited the whole 10 s for a connection that could not come.
+      expect(Date.now() - asked).toBeLessThan(5_000)
+    } finally {
+      await own.stop()
+    }
   })
 
   it("edits, reacts to, replies to and deletes sealed messages; the other device sees each", async () => {
