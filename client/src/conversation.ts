@@ -27,6 +27,7 @@ import {
 } from "@parley/shared"
 import type { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
+import type { ConversationUploads } from "./attachments/conversation-uploads.js"
 import type { DocumentConnection } from "./connection.js"
 import { DeliveredMarker } from "./conversation/delivered.js"
 import { bindGeneration, type Generation } from "./conversation/generation.js"
@@ -141,6 +142,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       () => this.gen.statuses,
       emit,
       (id) => getMessage(this.doc, id),
+      parts.uploads,
     )
     this.delivered = new DeliveredMarker(
       parts.deliveredDelay,
@@ -201,6 +203,19 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.settle()
       if (parts.online()) this.connection.start()
     })
+    void this.restoreRefusals(parts.uploads)
+  }
+
+  /** Lists again, failed, the messages the relay refused that this device kept before a reload. */
+  private async restoreRefusals(uploads: ConversationUploads | undefined): Promise<void> {
+    const kept = await uploads?.storedRefusals()
+    await this.whenLoaded.catch(() => undefined)
+    if (!kept?.length || this.closed) return
+    // In the replica after all (another device's copy, say): nothing failed to show.
+    for (const { view, error } of kept)
+      if (getMessage(this.doc, view.id)) uploads?.dropRefused(view.id)
+      else this.statuses.restoreRefused(view, error)
+    this.emit("change", { events: [], local: true })
   }
 
   /** The conversation's Yjs document, for those who want it; nothing ordinary requires it. A resync replaces it. */

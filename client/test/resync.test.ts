@@ -5,6 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest
 // The relay process does not run the full per-update checker by default yet; this test plugs it in.
 import { AuthorizationPolicy } from "../../relay/src/policy/authorization-policy.js"
 import { MemoryClientBindingStore } from "../../relay/src/policy/client-bindings.js"
+import type { Conversation } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, SAVED } from "./support.js"
 
 let running: RunningRelay
@@ -259,5 +260,46 @@ describe("resync with the user's other tabs", () => {
     expect(chat.info?.title).toBe("original")
     // Rebuilt on what tab1 stored, tab2 said the title it held too was refused.
     expect(tab2Errors).toContain(Rule.adminOnly)
+  })
+  it("keeps a refused message failed across reloads until the user retries or discards it", async () => {
+    const alice = await connectClient(relay, "keptalice", { storage: "indexeddb" })
+    const chat = await alice.createConversation({ participants: ["keptbob"] })
+    const first = chat.send("before the skew")
+    await eventually(() => expect(SAVED).toContain(chat.status(first.id)))
+    const ahead = withClock(2 * DAY, () => chat.send("dated ahead"))
+    const behind = withClock(3 * DAY, () => chat.send("dated further ahead"))
+    await eventually(() => expect(chat.status(ahead.id)).toBe("failed"))
+    await eventually(() => expect(chat.status(behind.id)).toBe("failed"))
+    await alice.destroy()
+
+    // Reloaded: what the user wrote is still there, failed, with why (before: gone without a word).
+    const listed = (c: Conversation) =>
+      c.messages().map((m) => [m.body, SAVED.includes(m.status ?? "") ? "saved" : m.status])
+    const again = await connectClient(relay, "keptalice", { storage: "indexeddb" })
+    const chat2 = await again.conversation(chat.id).ready()
+    await eventually(() =>
+      expect(listed(chat2)).toEqual([
+        ["before the skew", "saved"],
+        ["dated ahead", "failed"],
+        ["dated further ahead", "failed"],
+      ]),
+    )
+    expect(chat2.message(ahead.id)?.error?.code).toBe(ErrorCode.FORBIDDEN)
+    const retried = chat2.retry(ahead.id)
+    await eventually(() => expect(SAVED).toContain(chat2.status(retried!.id)))
+    chat2.discard(behind.id)
+    await again.destroy()
+
+    // Retried and discarded: neither comes back after another reload.
+    const third = await connectClient(relay, "keptalice", { storage: "indexeddb" })
+    const chat3 = await third.conversation(chat.id).ready()
+    await eventually(() =>
+      expect(listed(chat3)).toEqual([
+        ["before the skew", "saved"],
+        ["dated ahead", "saved"],
+      ]),
+    )
+    expect(chat3.status(ahead.id)).toBeUndefined()
+    expect(chat3.status(behind.id)).toBeUndefined()
   })
 })

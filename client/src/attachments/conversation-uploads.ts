@@ -156,12 +156,16 @@ export class ConversationUploads {
   private attempt = 0
   private timer: ReturnType<typeof setTimeout> | undefined
   private closed = false
+  /** Messages the relay refused, as stored in the outbox (see {@link keepRefused}); not this queue's. */
+  private readonly refusedAtLoad: OutboxEntry[] = []
   /** Resolves once the outbox's entries of this conversation are loaded. */
   readonly loaded: Promise<void>
 
   constructor(private readonly deps: UploadDeps) {
     this.loaded = deps.store.list(deps.conversationId).then(
-      async (entries) => {
+      async (all) => {
+        const entries = all.filter((entry) => !entry.refusedMessage)
+        this.refusedAtLoad.push(...all.filter((entry) => entry.refusedMessage))
         // Previews first: a waiting message is listed with them, never without and then with.
         await Promise.all(entries.map((entry) => this.loadPreviews(entry)))
         for (const entry of entries) {
@@ -232,6 +236,43 @@ export class ConversationUploads {
     this.host?.changed(this.eventOf(entry, "queued"))
     this.wake()
     return this.view(id)!
+  }
+
+  /** The messages the relay refused that the outbox held when the page loaded, with why, oldest first. */
+  async storedRefusals(): Promise<{ view: MessageView; error: ParleyError }[]> {
+    await this.loaded
+    return this.refusedAtLoad.map((entry) => ({
+      view: entry.refusedMessage!,
+      error: errorOf(entry.failed ?? { code: ErrorCode.FORBIDDEN, message: "the relay refused the message" }),
+    }))
+  }
+
+  /**
+   * Keeps message `view`, which the relay refused with `error`, in the
+   * outbox until {@link dropRefused}: the replica no longer holds it (a
+   * resync rebuilt it without), and a reload would otherwise lose what the
+   * user wrote without a word.
+   */
+  keepRefused(view: MessageView, error: ParleyError): void {
+    const entry: OutboxEntry = {
+      messageId: view.id,
+      conversationId: this.deps.conversationId,
+      body: view.body,
+      createdAt: view.createdAt,
+      files: [],
+      failed: failureOf(error),
+      refusedMessage: view,
+    }
+    this.deps.store.add(entry, []).catch((failure: unknown) => {
+      console.error("parley: a refused message could not be kept on this device", failure)
+    })
+  }
+
+  /** Forgets refused message `id` in the outbox (the user retried or discarded it). */
+  dropRefused(id: MessageId): void {
+    const at = this.refusedAtLoad.findIndex((entry) => entry.messageId === id)
+    if (at >= 0) this.refusedAtLoad.splice(at, 1)
+    void this.deps.store.remove(id).catch(() => {})
   }
 
   /** Whether message `id` is one of these (not yet written). */

@@ -1,4 +1,4 @@
-import type { Attachment, ConversationId, MessageId, Metadata, Priority } from "@parley/shared"
+import type { Attachment, ConversationId, MessageId, MessageView, Metadata, Priority } from "@parley/shared"
 import * as idb from "lib0/indexeddb"
 import type { StorageKind } from "../storage.js"
 
@@ -49,6 +49,13 @@ export interface OutboxEntry {
    * reload is made again.
    */
   readonly written?: boolean
+  /**
+   * The relay refused the message itself (dated by a wrong clock, say), not
+   * a file: kept as the user wrote it, with {@link failed} saying why, so
+   * that a reload still lists it failed until the user retries or discards
+   * it. Never uploaded nor written; it has no files.
+   */
+  readonly refusedMessage?: MessageView
 }
 
 /**

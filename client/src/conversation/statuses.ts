@@ -46,6 +46,11 @@ export class StatusTracker {
     private readonly emit: EmitConversationEvent,
     /** A message's view wherever this replica holds it, sealed history included. */
     private readonly view: (id: MessageId) => MessageView | undefined,
+    /** Where refused messages are kept on the device, so that a reload still lists them failed. */
+    private readonly kept?: {
+      keepRefused(view: MessageView, error: ParleyError): void
+      dropRefused(id: MessageId): void
+    },
   ) {}
 
   /** The status of one of the user's messages (undefined for others' messages). */
@@ -93,6 +98,12 @@ export class StatusTracker {
 
   /** Keeps `view`, which the relay refused with `error`, as a failed message outside the replica. */
   keepRefused(view: MessageView, error: ParleyError): void {
+    this.restoreRefused(view, error)
+    this.kept?.keepRefused(view, error)
+  }
+
+  /** Lists `view` failed with `error` again, as kept on the device before a reload (see {@link keepRefused}). */
+  restoreRefused(view: MessageView, error: ParleyError): void {
     this.lost.set(view.id, error)
     this.refused.set(view.id, view)
   }
@@ -100,7 +111,9 @@ export class StatusTracker {
   /** Forgets refused message `id` (retried or discarded): its status is undefined from now on. */
   dropRefused(id: MessageId): boolean {
     this.lost.delete(id)
-    return this.refused.delete(id)
+    if (!this.refused.delete(id)) return false
+    this.kept?.dropRefused(id)
+    return true
   }
 
   /** The refused messages kept outside the replica, as failed messages, oldest first. */
