@@ -8,6 +8,7 @@ import type { DeliveryTarget } from "../hooks/dispatcher.js"
 import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import type { EndpointPolicy } from "./endpoint.js"
+import { DAY_MS, DEFAULT_PUSH_WAKE_DAYS } from "./lifetime.js"
 import { type PushRewriter, pushTarget, type VapidKeys } from "./push-target.js"
 import { createPushRoutes } from "./routes.js"
 import type { PushSubscriptionStore } from "./store.js"
@@ -33,7 +34,16 @@ export interface PushOptions {
   readonly wakeMs?: number
   /** Delay before the next attempt after `failures` failed ones; undefined to dead-letter. Default: 5 s doubling, 8 attempts. */
   readonly retryDelay?: (failures: number) => number | undefined
+  /**
+   * How often subscriptions past their wake-up grace are deleted, in ms
+   * (also at start). Default one hour. A push or a listing drops one too;
+   * the sweep reaches those of users nobody writes to any more.
+   */
+  readonly sweepEveryMs?: number
 }
+
+/** Default of {@link PushOptions.sweepEveryMs}. */
+const SWEEP_EVERY_MS = 3_600_000
 
 /**
  * Who is connected to which conversation beyond this relay (a cluster): the
@@ -138,6 +148,31 @@ export class PushExtension implements RelayExtension {
       ...(this.options.wakeMs !== undefined ? { wakeMs: this.options.wakeMs } : {}),
     })
     this.listener = getRequestListener(app.fetch, { overrideGlobalObjects: false })
+    this.sweep()
+    this.sweeper = setInterval(() => this.sweep(), this.options.sweepEveryMs ?? SWEEP_EVERY_MS)
+    this.sweeper.unref()
+  }
+
+  stop(): void {
+    clearInterval(this.sweeper)
+  }
+
+  private sweeper: ReturnType<typeof setInterval> | undefined
+
+  /**
+   * Deletes the subscriptions not renewed within the wake-up grace after their
+   * credentials' end: a device's endpoint and keys are not kept for good
+   * after its user stopped using it (or a leaked token's registration ended).
+   */
+  private sweep(): void {
+    const endedBy = Date.now() - (this.options.wakeMs ?? DEFAULT_PUSH_WAKE_DAYS * DAY_MS)
+    this.options.store.removeAllLapsed(endedBy).then(
+      (removed) => {
+        if (removed > 0)
+          this.options.log.info({ removed }, "push: subscriptions past their wake-up grace deleted")
+      },
+      (error: unknown) => this.options.log.warn({ err: error }, "push: sweeping lapsed subscriptions failed"),
+    )
   }
 
   afterSaved(change: AfterSaved): void {

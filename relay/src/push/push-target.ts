@@ -155,10 +155,12 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     // Decided at each try (a retry may come after the credentials' end): a subscription is told what a
     // message says only while the token that registered or renewed it holds, so one a leaked token
     // registered reads nothing after that token expired; it is only woken, and then dropped.
-    const standing = pushStanding(sub, now(), wakeMs)
+    const at = now()
+    const standing = pushStanding(sub, at, wakeMs)
     if (standing === "expired") {
-      options.log.info(where, "push subscription not renewed since its credentials expired: dropped")
-      await options.store.remove(sub.user, sub.device)
+      // Unless the device renewed it since it was read: then the next notification goes to it.
+      if (await options.store.removeLapsed(sub.user, sub.device, at - wakeMs))
+        options.log.info(where, "push subscription not renewed since its credentials expired: dropped")
       return "gone"
     }
     const wake = standing === "wake"
@@ -274,12 +276,12 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
       for (const sub of await options.store.listMany(usersIn(event.conversation.participants))) {
         if (sub.user === author || reached.has(deviceKey(sub))) continue
         if (pushStanding(sub, at, wakeMs) === "expired") {
-          // Its grace after the credentials' end is over: dropped, not even woken.
-          options.log.info(
-            { user: sub.user, device: sub.device },
-            "push subscription not renewed since its credentials expired: dropped",
-          )
-          await options.store.remove(sub.user, sub.device)
+          // Its grace after the credentials' end is over: dropped (unless renewed since), not even woken.
+          if (await options.store.removeLapsed(sub.user, sub.device, at - wakeMs))
+            options.log.info(
+              { user: sub.user, device: sub.device },
+              "push subscription not renewed since its credentials expired: dropped",
+            )
           continue
         }
         devices.set(sub.user, [...(devices.get(sub.user) ?? []), sub])

@@ -226,7 +226,8 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
     const all = await options.store.list(user)
     const kept: PushSubscriptionRecord[] = []
     for (const sub of all)
-      if (pushStanding(sub, at, wakeMs) === "expired") await options.store.remove(user, sub.device)
+      if (pushStanding(sub, at, wakeMs) === "expired")
+        await options.store.removeLapsed(user, sub.device, at - wakeMs)
       else kept.push(sub)
     return kept
   }
@@ -264,7 +265,12 @@ export function createPushRoutes(options: PushRoutesOptions): OpenAPIHono<Env> {
           ErrorCode.CONFLICT,
           `at most ${maxDevices} devices per user: remove one (DELETE /v1/me/push-subscriptions/{device}) first`,
         )
-      await options.store.remove(user, lapsed.device)
+      // Only as lapsed as it was read: a device of the user's that renewed it meanwhile keeps it.
+      if (!(await options.store.removeLapsed(user, lapsed.device, at)))
+        throw new ParleyError(
+          ErrorCode.CONFLICT,
+          `at most ${maxDevices} devices per user: remove one (DELETE /v1/me/push-subscriptions/{device}) first`,
+        )
       options.log.info(
         { user, device: lapsed.device, credentialsUntil: lapsed.credentialsUntil },
         "push: a subscription whose credentials expired made room for a new one",
@@ -311,6 +317,8 @@ export function pushOpenApiPart(): OpenApiPart {
       listMany: unused,
       remove: unused,
       removeEndpoint: unused,
+      removeLapsed: unused,
+      removeAllLapsed: unused,
     },
     publicKey: "",
     verify: unused,

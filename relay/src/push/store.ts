@@ -50,6 +50,15 @@ export interface PushSubscriptionStore {
   remove(user: UserId, device: string): Promise<boolean>
   /** Removes every subscription with `endpoint` (the push service said it expired); returns how many. */
   removeEndpoint(endpoint: string): Promise<number>
+  /**
+   * Removes `user`'s subscription of `device` only if its credentials ended
+   * at or before `endedBy`: one renewed or replaced meanwhile (the device
+   * registered again while a push or a listing judged it lapsed) stays.
+   * False when nothing was removed.
+   */
+  removeLapsed(user: UserId, device: string, endedBy: number): Promise<boolean>
+  /** Removes every subscription whose credentials ended at or before `endedBy` (the periodic sweep); returns how many. */
+  removeAllLapsed(endedBy: number): Promise<number>
 }
 
 /** Subscriptions in process memory (the memory backend). */
@@ -103,16 +112,36 @@ export class MemoryPushSubscriptionStore implements PushSubscriptionStore {
   }
 
   async removeEndpoint(endpoint: string): Promise<number> {
+    return this.removeWhere((record) => record.endpoint === endpoint)
+  }
+
+  async removeLapsed(user: UserId, device: string, endedBy: number): Promise<boolean> {
+    const devices = this.byUser.get(user)
+    const record = devices?.get(device)
+    if (!devices || !record || !lapsedBy(record, endedBy)) return false
+    return devices.delete(device)
+  }
+
+  async removeAllLapsed(endedBy: number): Promise<number> {
+    return this.removeWhere((record) => lapsedBy(record, endedBy))
+  }
+
+  private removeWhere(matches: (record: PushSubscriptionRecord) => boolean): number {
     let removed = 0
-    for (const devices of this.byUser.values())
+    for (const [user, devices] of this.byUser) {
       for (const [device, record] of devices)
-        if (record.endpoint === endpoint) {
+        if (matches(record)) {
           devices.delete(device)
           removed++
         }
+      if (devices.size === 0) this.byUser.delete(user)
+    }
     return removed
   }
 }
+
+const lapsedBy = (record: PushSubscriptionRecord, endedBy: number) =>
+  record.credentialsUntil !== null && record.credentialsUntil <= endedBy
 
 const byAge = (a: PushSubscriptionRecord, b: PushSubscriptionRecord) =>
   a.createdAt - b.createdAt || a.device.localeCompare(b.device)
@@ -199,6 +228,13 @@ const RENEW = (p: (n: number) => string, greatest: string) =>
   `UPDATE parley_push_subscriptions SET credentials_until = ${greatest}(credentials_until, ${p(1)})
    WHERE user_id = ${p(2)} AND device = ${p(3)} AND endpoint = ${p(4)} AND p256dh = ${p(5)} AND auth = ${p(6)}`
 
+// In the same statement as the test: a renewal or replacement committed first moved the end past it.
+const REMOVE_LAPSED = (p: (n: number) => string) =>
+  `DELETE FROM parley_push_subscriptions WHERE user_id = ${p(1)} AND device = ${p(2)} AND credentials_until <= ${p(3)}`
+
+const REMOVE_ALL_LAPSED = (p: (n: number) => string) =>
+  `DELETE FROM parley_push_subscriptions WHERE credentials_until <= ${p(1)}`
+
 /**
  * Subscriptions in the relay's SQLite database. The relay is the database's
  * only writer while it runs, so it also keeps the set of users with any
@@ -282,6 +318,16 @@ export class SqlitePushSubscriptionStore implements PushSubscriptionStore {
     if (removed > 0) this.reloadSubscribers()
     return removed
   }
+
+  async removeLapsed(user: UserId, device: string, endedBy: number): Promise<boolean> {
+    return this.db.prepare(REMOVE_LAPSED(() => "?")).run(user, device, endedBy).changes > 0
+  }
+
+  async removeAllLapsed(endedBy: number): Promise<number> {
+    const removed = this.db.prepare(REMOVE_ALL_LAPSED(() => "?")).run(endedBy).changes
+    if (removed > 0) this.reloadSubscribers()
+    return removed
+  }
 }
 
 /** Subscriptions in PostgreSQL, table `parley_push_subscriptions` of the backend's schema. */
@@ -338,6 +384,22 @@ export class PostgresPushSubscriptionStore implements PushSubscriptionStore {
     const result = await this.pool.query("DELETE FROM parley_push_subscriptions WHERE endpoint = $1", [
       endpoint,
     ])
+    return result.rowCount ?? 0
+  }
+
+  async removeLapsed(user: UserId, device: string, endedBy: number): Promise<boolean> {
+    const result = await this.pool.query(
+      REMOVE_LAPSED((n) => `$${n}`),
+      [user, device, endedBy],
+    )
+    return (result.rowCount ?? 0) > 0
+  }
+
+  async removeAllLapsed(endedBy: number): Promise<number> {
+    const result = await this.pool.query(
+      REMOVE_ALL_LAPSED((n) => `$${n}`),
+      [endedBy],
+    )
     return result.rowCount ?? 0
   }
 }

@@ -105,6 +105,42 @@ export function runPushSubscriptionStoreConformance(
       expect((await backend.store.list(bob)).length).toBe(1)
     })
 
+    it("removes a lapsed subscription only while it is still lapsed: one renewed or replaced meanwhile stays", async () => {
+      const same = { endpoint: "https://push.example/a1", p256dh: "key-phone", auth: "auth-phone" }
+      await backend.store.put(sub(alice, "phone", "https://push.example/a1", 1000, 5000))
+      await backend.store.put(sub(alice, "laptop", "https://push.example/a2", 1000, 5000))
+      await backend.store.put(sub(bob, "phone", "https://push.example/b1", 1000, 5000))
+      // Read as lapsed by 6000; the phone renews before the removal lands, the laptop is replaced.
+      expect(await backend.store.renew(alice, "phone", same, 90_000)).toBe(true)
+      await backend.store.put(sub(alice, "laptop", "https://push.example/a3", 1000, 80_000))
+      expect(await backend.store.removeLapsed(alice, "phone", 6000)).toBe(false)
+      expect(await backend.store.removeLapsed(alice, "laptop", 6000)).toBe(false)
+      expect(await backend.store.removeLapsed(bob, "phone", 4999)).toBe(false)
+      expect(await backend.store.removeLapsed(bob, "phone", 6000)).toBe(true)
+      expect(await backend.store.removeLapsed(bob, "phone", 6000)).toBe(false)
+      expect((await (await backend.reopen()).list(alice)).map((s) => s.device).sort()).toEqual([
+        "laptop",
+        "phone",
+      ])
+      expect(await backend.store.list(bob)).toEqual([])
+    })
+
+    it("sweeps every subscription whose credentials ended by a time, and none that never lapses", async () => {
+      await backend.store.put(sub(alice, "phone", "https://push.example/a1", 1000, 5000))
+      await backend.store.put(sub(alice, "laptop", "https://push.example/a2", 1000, 50_000))
+      await backend.store.put(sub(bob, "phone", "https://push.example/b1", 1000, 7000))
+      await backend.store.put(sub(bob, "tablet", "https://push.example/b2", 1000, null))
+      expect(await backend.store.removeAllLapsed(10_000)).toBe(2)
+      expect(await backend.store.removeAllLapsed(10_000)).toBe(0)
+      const left = await (await backend.reopen()).listMany([alice, bob])
+      expect(left.map((s) => `${s.user}/${s.device}`).sort()).toEqual(["alice/laptop", "bob/tablet"])
+      // Asked for many users after a sweep emptied one's devices: nothing stale comes back.
+      expect(await backend.store.removeAllLapsed(60_000)).toBe(1)
+      expect((await backend.store.listMany([alice, bob])).map((s) => `${s.user}/${s.device}`)).toEqual([
+        "bob/tablet",
+      ])
+    })
+
     it("drops every subscription of an expired endpoint, and only those", async () => {
       await backend.store.put(sub(alice, "phone", "https://push.example/gone", 1000))
       await backend.store.put(sub(alice, "laptop", "https://push.example/kept", 1000))

@@ -1,5 +1,8 @@
+import { join } from "node:path"
 import { type ConversationId, createConversation, sendMessage, type UserId } from "@parley/shared"
+import Database from "better-sqlite3"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { SQLITE_FILE } from "../../src/backend/sqlite.js"
 import { TestClient } from "../helpers/clients.js"
 import { pushRelayArgs, startPushReceiver, type TestSubscription } from "../helpers/push-receiver.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
@@ -158,6 +161,38 @@ describe("push subscriptions outlive no token", () => {
     expect(pushesTo("d-bob")).toEqual([])
     expect(await devicesOf(dropping, bob)).toEqual([])
     client.close()
+  })
+
+  it("deletes the subscriptions past their grace at start, also those of users nobody writes to", async () => {
+    const bob = "bob-swept" as UserId
+    const carol = "carol-swept" as UserId
+    const first = await start(["--push-wake-days", "0"])
+    const leaked = await first.token(bob, { expiresIn: "2s" })
+    expect((await register(first, leaked, "phone", receiver.subscribe("w-bob"))).status).toBe(200)
+    expect(
+      (await register(first, await first.token(carol), "phone", receiver.subscribe("w-carol"))).status,
+    ).toBe(200)
+    await expired(first, leaked)
+    await first.kill()
+    await startRelayProcess({
+      args: [...vapidArgs, "--push-wake-days", "0"],
+      dataDir: first.dataDir,
+      secret: first.secret,
+    })
+    // Read from the table, not through the API (a listing drops lapsed ones itself): no message and no
+    // request of bob's comes, and his leaked token's endpoint and keys are still deleted.
+    const stored = () => {
+      const db = new Database(join(first.dataDir, SQLITE_FILE), { readonly: true })
+      try {
+        return (db.prepare("SELECT user_id FROM parley_push_subscriptions").all() as { user_id: string }[])
+          .map((row) => row.user_id)
+          .sort()
+      } finally {
+        db.close()
+      }
+    }
+    await until(stored, (users) => !users.includes(bob))
+    expect(stored()).toEqual([carol])
   })
 
   it("lets the user register a device after a leaked token that filled the device limit expired", async () => {
