@@ -126,6 +126,13 @@ export interface RunningCore {
    */
   scrub?(): Promise<void>
   /**
+   * Removes what the hook events of conversation `name` say of `user` beyond
+   * their messages (an erasure): the display name and picture they carry, in
+   * the stored events (outbox, event log) and in those waiting in memory on
+   * every relay. Their messages are purged as any deleted message is.
+   */
+  forgetUser?(name: string, user: UserId): Promise<void>
+  /**
    * Which of the documents `names` show one of the message ids `ids` in
    * their stored form (snapshot and log, not what is only in memory): a
    * purge passes over the documents that never stored a deleted message (a

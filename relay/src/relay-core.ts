@@ -479,6 +479,16 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     await this.ctx.purge?.scrub()
   }
 
+  async forgetUser(name: string, user: UserId): Promise<void> {
+    const parsed = parseName(name)
+    if (parsed.kind !== "conversation") return
+    const purge: PurgedContent = { name, conversationId: parsed.id, scope: { kind: "user", user } }
+    // Held in memory first: a page read from storage meanwhile is redacted as it comes in.
+    this.extensions.contentPurged(purge)
+    this.ctx.sharePurge?.(purge)
+    await this.ctx.purge?.redactEvents(name, parsed.id, purge.scope)
+  }
+
   async storedShowing(names: readonly string[], ids: ReadonlySet<string>): Promise<ReadonlySet<string>> {
     for (const name of names) parseName(name)
     if (ids.size === 0) return new Set()

@@ -23,6 +23,7 @@ import {
   sealedSegments,
   sealedThrough,
   sendMessage,
+  setProfile,
   typesOf,
   type UserId,
   unreadCount,
@@ -154,6 +155,12 @@ describe("deletion deletes (SQLite)", () => {
       participants: [bob],
       title: "Title-Zanzibar-Purge",
     })
+    // The names members chose in it go too (the event log's actor names, the snapshot's profiles).
+    setProfile(a.doc, alice, {
+      name: "Name-Zanzibar-Alice",
+      picture: "https://example.com/z.png",
+      updatedAt: 1,
+    })
     await a.allSaved()
     // Enough messages for several sealed segments (10 per segment, 5 kept live).
     for (let i = 0; i < 30; i++) {
@@ -184,7 +191,12 @@ describe("deletion deletes (SQLite)", () => {
 
     await stopRelays()
     const files = rawFiles(dir)
-    for (const text of ["Secret-Quokka-", "Title-Zanzibar-Purge", "Late-Wombat-Message"]) {
+    for (const text of [
+      "Secret-Quokka-",
+      "Title-Zanzibar-Purge",
+      "Late-Wombat-Message",
+      "Name-Zanzibar-Alice",
+    ]) {
       expect(rowsHolding(dir, text)).toEqual([])
       expect(files).not.toContain(text)
     }
@@ -780,6 +792,10 @@ describe("erasing a user (GDPR)", () => {
     createConversation(a.doc, alice, { kind: "group", id: long, participants: [bob] })
     await a.allSaved()
     const b = await joinAs(relay, bob, long)
+    // His name and picture too: every event he causes carries them (the event log's actor names).
+    const profile = { name: "Bob-Ibex-Name", picture: "https://example.com/Bob-Ibex-pic.png", updatedAt: 1 }
+    setProfile(b.doc, bob, profile)
+    await b.allSaved()
     for (let i = 0; i < 20; i++) {
       const [who, client] = i % 2 === 0 ? [alice, a] : [bob, b]
       sendMessage(client.doc, who, { body: who === bob ? `Bob-Ibex-${i}` : `Alice-Stays-${i}` })
@@ -791,6 +807,7 @@ describe("erasing a user (GDPR)", () => {
     createConversation(a2.doc, alice, { kind: "group", id: short, participants: [bob] })
     await a2.allSaved()
     const b2 = await joinAs(relay, bob, short)
+    setProfile(b2.doc, bob, profile)
     sendMessage(b2.doc, bob, { body: "Bob-Ibex-last-word" })
     await b2.allSaved()
     // A file bob uploaded and never sent: his too (it stayed, downloadable by the members, for a day).

@@ -83,6 +83,11 @@ export type ClusterMessage =
       readonly error?: { readonly code: ErrorCode; readonly message: string; readonly rule?: string }
     }
 
+/** The count of ids that says a `purged` message is about a whole conversation. */
+const CONVERSATION_PURGE = -1
+/** The count of ids that says a `purged` message is about one user, whose id follows. */
+const USER_PURGE = -2
+
 const TYPES = ["stored", "awareness", "request", "reply", "purged", "epoch", "stock"] as const
 
 /** Encodes one message for Redis. */
@@ -119,9 +124,14 @@ export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
       encoding.writeVarString(e, message.from)
       encoding.writeVarString(e, name)
       encoding.writeVarString(e, conversationId)
-      // A conversation's whole purge is the empty list's absence: -1 ids.
+      // A conversation's whole purge is the empty list's absence: -1 ids; a user's erasure -2, then the user.
+      if (scope.kind === "user") {
+        encoding.writeVarInt(e, USER_PURGE)
+        encoding.writeVarString(e, scope.user)
+        break
+      }
       const ids = scope.kind === "messages" ? [...scope.ids] : undefined
-      encoding.writeVarInt(e, ids ? ids.length : -1)
+      encoding.writeVarInt(e, ids ? ids.length : CONVERSATION_PURGE)
       for (const id of ids ?? []) encoding.writeVarString(e, id)
       break
     }
@@ -187,6 +197,10 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
         const name = decoding.readVarString(d)
         const conversationId = decoding.readVarString(d)
         const count = decoding.readVarInt(d)
+        if (count === USER_PURGE) {
+          const user = decoding.readVarString(d)
+          return { type, from, purge: { name, conversationId, scope: { kind: "user", user } } }
+        }
         if (count < 0) return { type, from, purge: { name, conversationId, scope: { kind: "conversation" } } }
         const ids = new Set<string>()
         for (let i = 0; i < count; i++) ids.add(decoding.readVarString(d))

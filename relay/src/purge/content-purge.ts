@@ -92,27 +92,29 @@ export class SqliteContentPurge implements ContentPurge {
     // JavaScript for nothing. The log is the conversation's whole history: a message's own rows only,
     // through the indexed column `message` (see messageOf), so a deletion costs what it names.
     const ids = scope.kind === "messages" ? [...scope.ids] : []
+    const needles = scopeNeedles(scope)
     const outbox = (): { seq: number; payload: string }[] => {
       const rows = (sql: string, ...args: string[]) =>
         this.statement(sql).all(document, ...args) as { seq: number; payload: string }[]
-      if (scope.kind === "conversation")
-        return rows("SELECT seq, payload FROM hook_events WHERE document = ?")
+      if (!needles) return rows("SELECT seq, payload FROM hook_events WHERE document = ?")
       // instr costs a pass over each payload per id: past a few ids, one pass in JavaScript for them all.
-      if (ids.length > SQL_NEEDLES)
+      if (scope.kind === "messages" && ids.length > SQL_NEEDLES)
         return rows("SELECT seq, payload FROM hook_events WHERE document = ?").filter((row) =>
           namesAnyMessage(row.payload, scope.ids),
         )
-      const naming = ids.map(() => "instr(payload, ?) > 0").join(" OR ")
-      return rows(
-        `SELECT seq, payload FROM hook_events WHERE document = ? AND (${naming})`,
-        ...payloadNeedles(scope.ids),
-      )
+      const naming = needles.map(() => "instr(payload, ?) > 0").join(" OR ")
+      return rows(`SELECT seq, payload FROM hook_events WHERE document = ? AND (${naming})`, ...needles)
     }
     const log = (): { id: number; payload: string }[] => {
       if (scope.kind === "conversation")
         return this.statement("SELECT id, payload FROM event_log WHERE conversation = ?").all(
           conversationId,
         ) as { id: number; payload: string }[]
+      // A user's name and profile ride on any event of theirs: the conversation's rows that name them.
+      if (scope.kind === "user")
+        return this.statement(
+          "SELECT id, payload FROM event_log WHERE conversation = ? AND instr(payload, ?) > 0",
+        ).all(conversationId, ...needles!) as { id: number; payload: string }[]
       const found: { id: number; payload: string }[] = []
       for (let start = 0; start < ids.length; start += LOG_IDS_PER_QUERY) {
         const chunk = ids.slice(start, start + LOG_IDS_PER_QUERY)
@@ -180,6 +182,14 @@ export class SqliteContentPurge implements ContentPurge {
  */
 export const payloadNeedles = (ids: ReadonlySet<string>): string[] => [...ids].map((id) => JSON.stringify(id))
 
+/** What every payload `scope` changes holds (see {@link payloadNeedles}); undefined: any payload may. */
+const scopeNeedles = (scope: RedactionScope): string[] | undefined =>
+  scope.kind === "messages"
+    ? payloadNeedles(scope.ids)
+    : scope.kind === "user"
+      ? payloadNeedles(new Set([scope.user]))
+      : undefined
+
 /** Least time between two VACUUMs of a {@link PostgresContentPurge}, in ms. */
 export const POSTGRES_VACUUM_INTERVAL_MS = 60_000
 
@@ -221,8 +231,8 @@ export class PostgresContentPurge implements ContentPurge {
   async redactEvents(document: string, conversationId: string, scope: RedactionScope): Promise<void> {
     // `inTransaction`: a connection the server terminates mid-transaction must not crash the process.
     await inTransaction(this.pool, async (client) => {
-      // For some messages, only the rows whose payload names one of them (see payloadNeedles).
-      const needles = scope.kind === "messages" ? payloadNeedles(scope.ids) : undefined
+      // For some messages or a user, only the rows whose payload names one of them (see payloadNeedles).
+      const needles = scopeNeedles(scope)
       const naming = needles
         ? " AND EXISTS (SELECT 1 FROM unnest($2::text[]) n WHERE strpos(payload, n) > 0)"
         : ""
@@ -243,8 +253,8 @@ export class PostgresContentPurge implements ContentPurge {
               [conversationId, [...scope.ids]],
             )
           : await client.query<{ id: string; payload: string }>(
-              "SELECT id, payload FROM parley_event_log WHERE conversation = $1 FOR UPDATE",
-              [conversationId],
+              `SELECT id, payload FROM parley_event_log WHERE conversation = $1${naming} FOR UPDATE`,
+              needles ? [conversationId, needles] : [conversationId],
             )
       for (const row of log.rows) {
         const payload = redactPayload(row.payload, scope)

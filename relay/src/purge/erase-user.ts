@@ -36,7 +36,8 @@ export interface ErasureReport {
  * `eraseAuthor`), written by the relay through the one update path, so that
  * connected devices are told, and the purge that follows a message deletion
  * removes the text from logs, snapshots, sealed segments, hook events and
- * inboxes (relay README, "Deletion and erasure"). Idempotent. It reads every
+ * inboxes (relay README, "Deletion and erasure"). Their profile (display
+ * name, picture) goes from each conversation and from its stored hook events. Idempotent. It reads every
  * conversation (O(stored conversations)): an operator's command, not a hot path.
  */
 export async function eraseUser(
@@ -57,6 +58,8 @@ export async function eraseUser(
     // A damaged conversation is named and passed over: before, the first one ended the erasure there, and
     // the conversations after it kept the user's text with nothing saying so.
     if (!(await eraseIn(core, name, history, user, now, (n) => (messages += n)))) damaged.push(name)
+    // Their name and picture on the conversation's stored events (every event they caused carries it).
+    else await core.forgetUser?.(name, user)
   }
   // After the messages: one sent meanwhile with a file of theirs is a placeholder now, not a link to it.
   const uploads = blobs ? await eraseUploads(blobs, user) : 0

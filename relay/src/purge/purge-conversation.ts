@@ -3,7 +3,8 @@ import type * as Y from "yjs"
 
 /**
  * True when `doc` is a deleted conversation that still holds content a purge
- * removes (messages, edits, reactions, tombstones, segments, title, metadata).
+ * removes (messages, edits, reactions, tombstones, segments, title, metadata,
+ * the members' profiles).
  */
 export function holdsPurgeableContent(doc: Y.Doc): boolean {
   const t = typesOf(doc)
@@ -15,6 +16,7 @@ export function holdsPurgeableContent(doc: Y.Doc): boolean {
     t.reactions.size > 0 ||
     t.tombstones.size > 0 ||
     t.pins.size > 0 ||
+    t.profiles.size > 0 ||
     t.segments.length > 0 ||
     (t.meta.get(MetaKey.title) ?? "") !== "" ||
     (typeof metadata === "object" && metadata !== null && Object.keys(metadata).length > 0)
@@ -24,7 +26,8 @@ export function holdsPurgeableContent(doc: Y.Doc): boolean {
 /**
  * Removes a deleted conversation's content from `doc`, as the relay, in one
  * transaction: every message record and placeholder, edit, reaction and
- * tombstone, the sealed segments' summaries, the title and the metadata.
+ * tombstone, the sealed segments' summaries, the title, the metadata and
+ * the names and pictures members gave themselves in it.
  * What stays says who was in it and that it was deleted, by whom and when
  * (participants, roles, markers, the canonical order of message ids).
  *
@@ -38,7 +41,7 @@ export function purgeConversationContent(doc: Y.Doc, origin: unknown): void {
   doc.transact(() => {
     if (t.messages.length > 0) t.messages.delete(0, t.messages.length)
     if (t.segments.length > 0) t.segments.delete(0, t.segments.length)
-    for (const map of [t.edits, t.reactions, t.tombstones, t.pins, t.unpinned])
+    for (const map of [t.edits, t.reactions, t.tombstones, t.pins, t.unpinned, t.profiles])
       for (const key of [...map.keys()]) map.delete(key)
     if ((t.meta.get(MetaKey.title) ?? "") !== "") t.meta.set(MetaKey.title, "")
     const metadata = t.meta.get(MetaKey.metadata)

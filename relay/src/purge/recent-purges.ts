@@ -13,6 +13,8 @@ interface Recent {
   /** The whole conversation was purged. */
   conversation: boolean
   readonly ids: Set<string>
+  /** Users erased: what events say of them beyond their messages (names, pictures) went. */
+  readonly users: Set<string>
   at: number
 }
 
@@ -44,10 +46,13 @@ export class RecentPurges {
     let recent = this.byKey.get(key)
     // Re-inserted, so that the map stays in the order of the last purge (oldest first).
     if (recent) this.byKey.delete(key)
-    else recent = { conversation: false, ids: new Set(), at: now }
+    else recent = { conversation: false, ids: new Set(), users: new Set(), at: now }
     recent.at = now
     this.byKey.set(key, recent)
-    if (scope.kind === "conversation") {
+    if (scope.kind === "user") {
+      if (!recent.users.has(scope.user)) this.ids++
+      recent.users.add(scope.user)
+    } else if (scope.kind === "conversation") {
       recent.conversation = true
       this.ids -= recent.ids.size
       recent.ids.clear()
@@ -64,8 +69,13 @@ export class RecentPurges {
   redact(key: string, event: HookEvent): HookEvent {
     const recent = this.current(key)
     if (!recent) return event
-    if (recent.conversation) return redactEvent(event, { kind: "conversation" })
-    return redactEvent(event, { kind: "messages", ids: recent.ids })
+    let out = recent.conversation
+      ? redactEvent(event, { kind: "conversation" })
+      : recent.ids.size > 0
+        ? redactEvent(event, { kind: "messages", ids: recent.ids })
+        : event
+    for (const user of recent.users) out = redactEvent(out, { kind: "user", user })
+    return out
   }
 
   /** Whether message `id` of `key` (or all of `key`) was purged in the last minutes. */
@@ -87,7 +97,7 @@ export class RecentPurges {
     for (const [key, recent] of this.byKey) {
       if (now - recent.at <= this.keepMs && this.ids + this.byKey.size <= MAX_RECENT_PURGED_IDS) return
       this.byKey.delete(key)
-      this.ids -= recent.ids.size
+      this.ids -= recent.ids.size + recent.users.size
     }
   }
 }

@@ -1,9 +1,14 @@
 import type { HookEvent } from "../hooks/events.js"
 
-/** What a purge removes from stored hook events: a whole conversation, or some messages of it. */
+/**
+ * What a purge removes from stored hook events: a whole conversation, some
+ * messages of it, or what they say of one user beyond their messages (an
+ * erasure: their display name and picture).
+ */
 export type RedactionScope =
   | { readonly kind: "conversation" }
   | { readonly kind: "messages"; readonly ids: ReadonlySet<string> }
+  | { readonly kind: "user"; readonly user: string }
 
 /**
  * What a purge removed, as the relay tells the extensions that hold hook
@@ -43,16 +48,21 @@ export function redactPayload(payload: string, scope: RedactionScope): string | 
 export function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent {
   if (scope.kind === "conversation") {
     const conversation = event.conversation as unknown as Record<string, unknown>
-    // What messages said goes; who was in the conversation, and who deleted it when, stays.
+    // What messages said goes, and the names members chose; who was in the conversation, and who
+    // deleted it when, stays.
     const type = event.event.type
     const subject =
       type.startsWith("message.") || type === "document.updated" ? { purged: true } : event.subject
     return {
-      event: event.event,
+      event: {
+        ...event.event,
+        actor: withoutProfile(event.event.actor as unknown as Record<string, unknown>),
+      },
       subject,
       conversation: { ...conversation, title: REDACTED, metadata: {} },
     } as unknown as HookEvent
   }
+  if (scope.kind === "user") return forgetUser(event, scope.user) as HookEvent
   const subject = redactMessages(event.subject, scope.ids)
   return subject === event.subject ? event : ({ ...event, subject } as unknown as HookEvent)
 }
@@ -100,6 +110,46 @@ function redactMessages(value: unknown, ids: ReadonlySet<string>, depth = 0): un
     if ("metadata" in record) out.metadata = {}
   }
   return out ?? value
+}
+
+/** What a user chose to be shown as: their profile's fields as events carry them (actor, message, change). */
+const PROFILE_KEYS = ["name", "picture", "authorName", "authorPicture"]
+
+/** `record` without {@link PROFILE_KEYS}; the same object when it has none. */
+function withoutProfile(record: Record<string, unknown>): Record<string, unknown> {
+  if (!PROFILE_KEYS.some((key) => key in record)) return record
+  const out = { ...record }
+  for (const key of PROFILE_KEYS) delete out[key]
+  return out
+}
+
+/**
+ * `value` without what it says of `user` beyond their id: the display name
+ * and picture of every object about them (an actor, a message they wrote, a
+ * profile), and the profile a `profile.updated` change of theirs set. The
+ * same object when nothing matched. Bounded in depth like `redactMessages`.
+ */
+function forgetUser(value: unknown, user: string, depth = 0): unknown {
+  if (depth > MESSAGE_DEPTH) return value
+  if (Array.isArray(value)) {
+    const items = value.map((v) => forgetUser(v, user, depth + 1))
+    return items.some((v, i) => v !== value[i]) ? items : value
+  }
+  if (typeof value !== "object" || value === null) return value
+  const record = value as Record<string, unknown>
+  let out: Record<string, unknown> | undefined
+  for (const [key, child] of Object.entries(record)) {
+    if (key === "metadata") continue
+    const next = forgetUser(child, user, depth + 1)
+    if (next === child) continue
+    out ??= { ...record }
+    out[key] = next
+  }
+  if (record.user !== user && record.author !== user) return out ?? value
+  const stripped = withoutProfile(out ?? record)
+  if (record.user === user && typeof record.profile === "object" && record.profile !== null)
+    return { ...stripped, profile: { user, purged: true } }
+  return stripped
 }
 
 /** The keys under which a stored payload names a message (see `redactMessages`), as JSON writes them. */

@@ -29,3 +29,20 @@ describe("cluster wire: a forwarded client update", () => {
     })
   })
 })
+
+describe("cluster wire: a purge told to the other relays", () => {
+  it("keeps each scope: a conversation, some messages, and one user's erasure", () => {
+    for (const scope of [
+      { kind: "conversation" },
+      { kind: "messages", ids: new Set(["m1", "m2"]) },
+      { kind: "user", user: "dan" },
+    ] as const) {
+      const purge = { name: "g~wire", conversationId: "g~wire", scope }
+      expect(decodeClusterMessage(encodeClusterMessage({ type: "purged", from: "relay-a", purge }))).toEqual({
+        type: "purged",
+        from: "relay-a",
+        purge,
+      })
+    }
+  })
+})

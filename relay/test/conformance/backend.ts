@@ -275,6 +275,56 @@ export function runBackendConformance(name: string, setup: () => Promise<Backend
       expect(await backend.history.idFilters("g~other", 0)).toHaveLength(1)
     })
 
+    it("forgets an erased user's name and picture on one conversation's stored hook events, and nothing else", async () => {
+      const purge = backend.purge
+      if (!purge) return
+      const by = (id: string, conversation: string, user: string, name: string): HookEvent =>
+        ({
+          ...sampleEvent(id, conversation),
+          event: {
+            ...sampleEvent(id, conversation).event,
+            type: "document.updated",
+            actor: { kind: "user", user, name },
+          },
+          subject: {
+            changes: [
+              {
+                type: "profile.updated",
+                user,
+                profile: { user, name, picture: `https://x.test/${name}.png` },
+              },
+              { type: "message.sent", message: { id: `m-${id}`, author: user, body: `Body-${id}` } },
+            ],
+            positions: [],
+          },
+        }) as unknown as HookEvent
+      await backend.outbox.enqueue({
+        document: "g~erased",
+        events: [
+          { event: by("u1", "g~erased", "alice", "Conf-Alice-Name"), targets: ["t"] },
+          { event: by("u2", "g~erased", "bob", "Conf-Bob-Name"), targets: [] },
+        ],
+      })
+      await backend.outbox.enqueue({
+        document: "g~elsewhere",
+        events: [{ event: by("u3", "g~elsewhere", "alice", "Conf-Alice-Elsewhere"), targets: ["t"] }],
+      })
+      const stored = async () =>
+        JSON.stringify([
+          (await backend.outbox.pending()).map((d) => d.event),
+          (await backend.events.read({ limit: 100 })).map((e) => e.event),
+        ])
+      expect(await stored()).toContain("Conf-Alice-Name")
+      await purge.redactEvents("g~erased", "g~erased", { kind: "user", user: "alice" })
+      const after = await stored()
+      expect(after).not.toContain("Conf-Alice-Name")
+      // Her messages go by their own purge (as deleted messages); other users and conversations stay.
+      expect(after).toContain("Body-u1")
+      expect(after).toContain("Conf-Bob-Name")
+      expect(after).toContain("Conf-Alice-Elsewhere")
+      expect((await backend.outbox.pending()).map((d) => d.event.event.id).sort()).toEqual(["u1", "u3"])
+    })
+
     it("records the documents that may owe a purge until each is paid, across a restart", async () => {
       const purge = backend.purge
       if (!purge) return
