@@ -109,6 +109,28 @@ describe("RecentPurges", () => {
     expect(purges.size).toBe(0)
   })
 
+  it("applies a user's erasure to events taken in later: their name and profile go, their messages and others' names stay", () => {
+    const purges = new RecentPurges()
+    const by = (user: string, name: string) =>
+      ({
+        ...JSON.parse(event({ changes: [{ type: "profile.updated", user, profile: { user, name } }] })),
+        event: { id: "e2", type: "document.updated", actor: { kind: "user", user, name } },
+      }) as HookEvent
+    purges.note("doc-a", { kind: "messages", ids: new Set(["Gone-Message-1"]) })
+    purges.note("doc-a", { kind: "user", user: "dan" })
+    const dan = purges.redact("doc-a", by("dan", "Dan-Name"))
+    expect(JSON.stringify(dan)).not.toContain("Dan-Name")
+    expect(dan.event.actor).toEqual({ kind: "user", user: "dan" })
+    expect(dan.subject).toEqual({
+      changes: [{ type: "profile.updated", user: "dan", profile: { user: "dan", purged: true } }],
+    })
+    const eve = by("eve", "Eve-Name")
+    expect(purges.redact("doc-a", eve)).toBe(eve)
+    // The earlier purge of a message still applies with it.
+    expect(purges.redact("doc-a", sent("Gone-Message-1")).subject).toMatchObject({ message: { body: "" } })
+    expect(purges.redact("doc-b", by("dan", "Dan-Name")).event.actor).toMatchObject({ name: "Dan-Name" })
+  })
+
   it("holds at most its cap of message ids, forgetting the documents purged longest ago", () => {
     const purges = new RecentPurges()
     const ids = (prefix: string, n: number) => new Set(Array.from({ length: n }, (_, i) => `${prefix}-${i}`))
