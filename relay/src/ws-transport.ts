@@ -101,6 +101,10 @@ export interface TransportLimits {
 const USER_QUEUE_CHECK_BYTES = 16 * 1024
 /** Most unanswered awareness frames a client may echo without counting (see `echoCredit`). */
 const MAX_ECHO_CREDIT = 256
+/** Most bytes of echoes a client may have free of its user's receive budget at once (see `echoBytes`). */
+const MAX_ECHO_BYTES = 4 * 1024 * 1024
+/** What an echo may add to the frame it answers (a client re-encodes the entries it applied). */
+const ECHO_SLACK_BYTES = 64
 /** Time a client closed for not reading gets to read its close frame before its socket is dropped. */
 const UNREAD_CLOSE_GRACE_MS = 5000
 /** Time a client answered before its request's body arrived gets to finish sending it before its socket is dropped. */
@@ -626,6 +630,14 @@ export class WsTransport {
      * credit cannot be hoarded into a flood).
      */
     let echoCredit = 0
+    /**
+     * The bytes of those frames, the most their echoes may bring back free of
+     * the user's receive budget: others' presence is what the relay chose to
+     * send, and its echo must not pace the reading of this user's sockets
+     * (before: a few users' presence, each within its own budget, held a
+     * stock client's messages for seconds). Capped like the count.
+     */
+    let echoBytes = 0
     const early: Uint8Array[] = []
     let earlyBytes = 0
     let connection: Connection | undefined
@@ -686,7 +698,12 @@ export class WsTransport {
         return
       }
       const bytes = toBytes(data)
-      if (reader) this.paceReading(ws, reader, bytes.length)
+      if (reader) {
+        // An echo is charged only for what it brings beyond the presence it answers (a grown state).
+        const free = echo ? Math.min(bytes.length, echoBytes) : 0
+        echoBytes -= free
+        if (free < bytes.length) this.paceReading(ws, reader, bytes.length - free)
+      }
       if (connection) deliver(bytes)
       else {
         early.push(bytes)
@@ -770,7 +787,10 @@ export class WsTransport {
         if (ws.readyState !== WebSocket.OPEN || lease?.expired()) return
         sendFramed(ws, frame)
         if (liveness) liveness.sentAt = performance.now()
-        if (frame[0] === MessageType.awareness) echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
+        if (frame[0] === MessageType.awareness) {
+          echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
+          echoBytes = Math.min(MAX_ECHO_BYTES, echoBytes + frame.length + ECHO_SLACK_BYTES)
+        }
         queue.sent(frame.length, options?.initialSync === true)
         if (holds > 0) sentWhileHeld = true
         else checkQueue()

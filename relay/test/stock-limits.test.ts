@@ -54,3 +54,57 @@ describe("a stock y-websocket provider closed by a limit", () => {
     expect(typesOf(doc).meta.get("title")).toBe("two tabs")
   })
 })
+
+describe("a stock y-websocket provider echoing others' presence", () => {
+  it("is not paced for the echoes: others' presence, each within its sender's budget, costs its user nothing", async () => {
+    // A small receive budget, so that a few senders' presence is more than it (the default is 4 MiB/s).
+    const relay = await startRelay({
+      backend: new MemoryBackend(),
+      port: 0,
+      warmUp: false,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      limits: { userReceiveBytesPerSecond: 20_000, userReceiveBurstBytes: 20_000 },
+    })
+    relays.push(relay)
+    const senders = ["s1", "s2", "s3", "s4"] as UserId[]
+    const id = newConversationId()
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      createConversation(doc, alice, { kind: "group", id, participants: senders, title: "busy" }),
+    )
+    const carol = stockProvider(relay.url, id, await signToken(SECRET, alice))
+    providers.push(carol)
+    await synced(carol)
+    const others: WebsocketProvider[] = []
+    for (const user of senders) {
+      const provider = stockProvider(relay.url, id, await signToken(SECRET, user))
+      providers.push(provider)
+      others.push(provider)
+      await synced(provider)
+    }
+    const paced = async () => {
+      const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+      return Number(/parley_user_limit_total\{limit="received-bytes-per-user"\} (\d+)/.exec(text)?.[1] ?? 0)
+    }
+    // Each sender 1.5 KB of presence 5 times a second (7.5 KB/s, within its 20 KB/s); carol, who echoes
+    // all of it (y-websocket re-sends every awareness update it applies), gets 30 KB/s of it.
+    const filler = "x".repeat(1500)
+    for (let tick = 0; tick < 15; tick++) {
+      others.forEach((p, i) => {
+        p.awareness.setLocalState({ user: senders[i], tick, filler })
+      })
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+    // Carol's own work still goes through at once.
+    typesOf(carol.doc).meta.set("title", "still mine to write")
+    await new Promise<void>((resolve) => {
+      const check = () =>
+        typesOf(others[0]!.doc).meta.get("title") === "still mine to write"
+          ? resolve()
+          : setTimeout(check, 20)
+      check()
+    })
+    // Before: carol's reading was paused for the echoes (the receive budget's limit counted again and again).
+    expect(await paced()).toBe(0)
+  })
+})
