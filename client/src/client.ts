@@ -450,8 +450,12 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       online: () => this.wanted && this.browserOnline,
       onStatus: () => this.updateStatus(),
       onReady: (info) => this.remember(conversationId, info.kind, info.title),
+      // Only this handle: the conversation may have been opened again while it closed.
+      onClosing: () => {
+        if (this.open.get(conversationId) === conversation) this.open.delete(conversationId)
+      },
       onClose: () => {
-        this.open.delete(conversationId)
+        if (this.open.get(conversationId) === conversation) this.open.delete(conversationId)
         this.profiles.untrack(conversation)
         this.updateStatus()
       },

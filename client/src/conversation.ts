@@ -576,6 +576,8 @@ export class Conversation extends Emitter<ConversationEvents> {
     if (this.closed) return
     this.loading.close()
     this.closed = true
+    // At once, not after the awaits below: opening the conversation again meanwhile gets a live handle.
+    this.parts.onClosing?.()
     this.resyncs.close()
     this.delivered.stop()
     this.uploads.close()

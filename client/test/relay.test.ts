@@ -62,6 +62,26 @@ describe("ChatClient against a relay", () => {
     expect(told).toEqual(["offline"])
   })
 
+  it("opens a live handle for a conversation whose earlier handle is still closing", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a, { storage: "indexeddb" })
+    const chat = await (await alice.directConversation(b)).ready()
+    const first = chat.send("before the close")
+    await eventually(() => expect(SAVED).toContain(chat.status(first.id)))
+    // An effect's cleanup closes it and the remount opens it again, in the same turn.
+    const closing = chat.close()
+    const again = alice.conversation(chat.id)
+    // Before: the closing handle came back; it looked ready and refused every send (UNAVAILABLE).
+    expect(again).not.toBe(chat)
+    await again.ready()
+    const sent = again.send("after the reopen")
+    await eventually(() => expect(SAVED).toContain(again.status(sent.id)))
+    await closing
+    // The old handle's end does not drop the new one: opening again returns it.
+    expect(alice.conversation(chat.id)).toBe(again)
+    expect((await alice.directConversation(b)).id).toBe(chat.id)
+  })
+
   it("delivers what a user sent, edited and deleted offline, in canonical order, once back online", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const alice = await connectClient(relay, a)
