@@ -311,6 +311,26 @@ describe("sealed history in the SDK", () => {
     expect(theirs.status(bobsOlder[0]!.id)).toBeUndefined()
   })
 
+  it("keeps a sealed message read once read, with no segment loaded (before: its status turned undefined)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const mine = await alice.createConversation({ participants: [b], title: "ticks" })
+    const sent = Array.from({ length: 30 }, (_, i) => mine.send(`m${i}`))
+    await eventually(() => expect(typesOf(mine.doc).segments.length).toBeGreaterThan(0))
+    await eventually(() => expect(mine.status(sent[0]!.id)).toBe("sent"))
+    const reads = new Set<string>()
+    mine.on("status", ({ messageId, status }) => {
+      if (status === "read") reads.add(messageId)
+    })
+    const bob = await connectClient(relay, b)
+    const theirs = await bob.conversation(mine.id).ready()
+    theirs.markRead("latest")
+    await eventually(() => expect(reads.size).toBe(30))
+    // The first is sealed and its segment was never fetched here: still read, as the event said.
+    expect(mine.message(sent[0]!.id)).toBeUndefined()
+    for (const m of sent) expect(mine.status(m.id)).toBe("read")
+  })
+
   it("keeps following a message the relay stored and sealed while its acknowledgement was lost with the connection (before: no status, no event)", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const alice = await connectClient(relay, a)

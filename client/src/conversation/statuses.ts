@@ -39,6 +39,14 @@ export class StatusTracker {
    * connection as its message was sealed.
    */
   private readonly sealedAway = new Set<MessageId>()
+  /**
+   * Followed messages seen read (final) that this replica may no longer show:
+   * a sealed one whose segment is not loaded has no view, and its number was
+   * forgotten with it, so its status would read `undefined` (the read tick
+   * gone until `loadOlder`: an outside probe). Ids only, one per message the
+   * user saw read in this session.
+   */
+  private readonly seenRead = new Set<MessageId>()
 
   constructor(
     /** The current replica's statuses (a resync replaces them). */
@@ -150,6 +158,7 @@ export class StatusTracker {
     // its acknowledgement was lost with the connection): no longer "unknown", and never reported moving
     // (an outside probe saw 709 messages stay so after a relay was killed). Remembered once read.
     if (status !== undefined || this.lost.has(id)) return status
+    if (this.seenRead.has(id)) return "read"
     if (!this.tracked.has(id) && !this.sealedAway.has(id)) return undefined
     const sealed = statuses.sealedUnnumbered(id)
     if (sealed !== undefined) this.sealedAway.add(id)
@@ -162,6 +171,7 @@ export class StatusTracker {
     for (const [id, before] of this.tracked) {
       const status = this.statusOf(id)
       if (status === before) continue
+      if (status === "read") this.seenRead.add(id)
       if (status === undefined || status === "read") this.forget(id)
       else this.tracked.set(id, status)
       if (status === undefined) continue
