@@ -27,7 +27,7 @@ import { Deadlines } from "./deadlines.js"
 import { closeOf } from "./errors.js"
 import { FAIR_SHARE_WINDOW_MS } from "./fair-share.js"
 import { holdWrites } from "./held-writes.js"
-import { sendJson } from "./http-json.js"
+import { answerClientError, sendJson } from "./http-json.js"
 import { Keepalive, type Liveness } from "./keepalive.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -237,6 +237,9 @@ export class WsTransport {
     )
     this.server.maxConnections =
       limits.maxConnections > 0 ? limits.maxConnections : defaultMaxConnections(openFilesLimit())
+    // What Node's parser refuses before any handler (a head over its limit, a request not in on time) is
+    // answered with a problem document, as every API error is; Node's own answers have an empty body.
+    this.server.on("clientError", answerClientError)
     this.server.on("drop", () => this.refusedAtAccept(MAX_CONNECTIONS))
     this.server.on("connection", (socket: Socket) => this.admit(socket))
     // A connection with a request under way is not one to close for a newer one (see AddressConnections).

@@ -70,15 +70,36 @@ export const TEXT_SNIFF_BYTES = 4096
 const MARKUP =
   /^\s*(<!doctype\s+html|<html|<head|<body|<script|<svg|<\?xml|<iframe|<!--|<[a-z][a-z0-9]*[\s>/])/i
 
+/** The UTF-16 encoding whose byte-order mark `head` opens with, if any. */
+function utf16Mark(head: Uint8Array): "utf-16le" | "utf-16be" | undefined {
+  if (head[0] === 0xff && head[1] === 0xfe) return "utf-16le"
+  if (head[0] === 0xfe && head[1] === 0xff) return "utf-16be"
+  return undefined
+}
+
 /**
- * What leading bytes that no binary signature matched are: `text/html` (or
- * `image/svg+xml`) when they open like markup — a browser sniffing them
- * would render them — `text/plain` when they are UTF-8 without control
- * bytes, else `application/octet-stream`.
+ * `bytes` (after a UTF-16 mark) as text, or undefined when they are not
+ * UTF-16. A head of {@link TEXT_SNIFF_BYTES} may be cut: inside a code unit,
+ * or between the halves of a surrogate pair, which are left out; a shorter
+ * head is the whole blob, and must be whole.
  */
-export function sniffText(head: Uint8Array): string {
-  let bytes = head.subarray(0, TEXT_SNIFF_BYTES)
-  if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) bytes = bytes.subarray(3)
+function decodeUtf16(bytes: Uint8Array, encoding: "utf-16le" | "utf-16be", cut: boolean): string | undefined {
+  let end = bytes.length
+  if (cut) {
+    end -= end % 2
+    const last = end >= 2 ? (encoding === "utf-16le" ? bytes[end - 1]! : bytes[end - 2]!) : 0
+    if (last >= 0xd8 && last <= 0xdb) end -= 2
+  }
+  try {
+    // ignoreBOM: the mark was taken off already; another one here would be a character (U+FEFF).
+    return new TextDecoder(encoding, { fatal: true, ignoreBOM: true }).decode(bytes.subarray(0, end))
+  } catch {
+    return undefined
+  }
+}
+
+/** `bytes` as UTF-8 text (a head cut inside its last character leaves it out), or undefined. */
+function decodeUtf8(bytes: Uint8Array): string | undefined {
   // The head may end inside a multi-byte character: that incomplete last character is left out.
   let end = bytes.length
   for (let i = bytes.length - 1; i >= Math.max(0, bytes.length - 3); i--) {
@@ -90,12 +111,25 @@ export function sniffText(head: Uint8Array): string {
       break
     }
   }
-  let text: string | undefined
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, end))
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(0, end))
   } catch {
-    text = undefined
+    return undefined
   }
+}
+
+/**
+ * What leading bytes that no binary signature matched are: `text/html` (or
+ * `image/svg+xml`) when they open like markup — a browser sniffing them
+ * would render them — `text/plain` when they are UTF-8, or UTF-16 behind its
+ * byte-order mark, without control characters, else `application/octet-stream`.
+ */
+export function sniffText(head: Uint8Array): string {
+  const bytes = head.subarray(0, TEXT_SNIFF_BYTES)
+  const utf16 = utf16Mark(bytes)
+  const text = utf16
+    ? decodeUtf16(bytes.subarray(2), utf16, head.length >= TEXT_SNIFF_BYTES)
+    : decodeUtf8(bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? bytes.subarray(3) : bytes)
   if (text === undefined) return "application/octet-stream"
   if (MARKUP.test(text))
     return /^\s*(<\?xml[^>]*>\s*)?(<!--[\s\S]*?-->\s*)*<svg/i.test(text) ? "image/svg+xml" : "text/html"
@@ -112,12 +146,20 @@ export function sniffText(head: Uint8Array): string {
  * The content type of a stored blob, from its bytes only (the client's claim
  * is never used): a binary signature (`file-type`, reading as far into the
  * stream as the format needs, e.g. a zip's entries for office documents),
- * else {@link sniffText} on the head.
+ * else {@link sniffText} on the head. A head opening with a UTF-16 mark is
+ * tried as text first.
  */
 export async function sniffContentType(
   bytes: () => AsyncIterable<Uint8Array>,
   head: Uint8Array,
 ): Promise<string> {
+  // A UTF-16LE mark (FF FE) is also an MPEG-1 Layer I frame header, which file-type reports as
+  // audio/mpeg: a text file was stored and served as a broken audio clip (an outside probe). Bytes
+  // behind a mark that are text are text (or markup, refused as the UTF-8 kind is); audio is not.
+  if (utf16Mark(head)) {
+    const text = sniffText(head)
+    if (text !== "application/octet-stream") return text
+  }
   const stream = Readable.from(bytes(), { objectMode: false })
   let found: Awaited<ReturnType<typeof fileTypeFromStream>>
   try {

@@ -31,11 +31,14 @@ const RELOAD_DELAY_MS = 1_000
 const RELOAD_DELAY_MAX_MS = 60_000
 /**
  * How many times one handler call (a module's handler for one event) may
- * block the worker before its delivery is dead-lettered rather than retried.
- * A block is most often the handler's own work on the event (a regular
- * expression backtracking on a user's text), so every retry blocks again:
- * at 8 attempts one 35-byte message cost about 88 s of a core and held
- * every conversation's hooks behind it (an outside probe).
+ * block or crash the worker before its delivery is dead-lettered rather than
+ * retried. Both are most often the handler's own work on the event (a regular
+ * expression backtracking on a user's text, a parser throwing from a callback
+ * or allocating past the heap), so every retry does it again, and each costs a
+ * restart that interrupts every conversation's hook calls: at 8 attempts one
+ * 35-byte message cost about 88 s of a core, and one message whose handler
+ * exited held other conversations' hooks up to 28 s at a time for over two
+ * minutes (outside probes). Blocks and crashes of one call count together.
  */
 export const BLOCKS_BEFORE_DEAD_LETTER = 2
 /**
@@ -51,7 +54,7 @@ const SYNC_CHECK_MS = 250
 const MAX_OUTPUT_CHARS = 16 * 1024
 /** Settled calls remembered by what they were, to name a block their leftover code caused. */
 const SETTLED_REMEMBERED = 1_000
-/** Calls remembered as having blocked the worker (the oldest forgotten beyond). */
+/** Calls remembered as having blocked or crashed the worker (the oldest forgotten beyond). */
 const BLOCKS_REMEMBERED = 1_000
 
 /** Options of {@link HookWorker.start}. */
@@ -152,7 +155,7 @@ export class HookWorker {
 
   /** The modules, in file-name order, as the first load found them. */
   private loaded: readonly ModuleInfo[] = []
-  /** Blocks of the worker by call (module, handler, event id): see {@link BLOCKS_BEFORE_DEAD_LETTER}. */
+  /** Blocks and crashes of the worker by call (module, handler, event id): see {@link BLOCKS_BEFORE_DEAD_LETTER}. */
   private readonly blocks = new Map<string, number>()
   /** The call seen running synchronously at the last check, and since when. */
   private syncSeen: { readonly generation: number; readonly id: number; readonly since: number } | undefined
@@ -442,7 +445,8 @@ export class HookWorker {
   /**
    * Ends `running` (if not ended already), fails every call it was running,
    * and starts a fresh worker. The call that blocked or crashed it fails
-   * with an error saying so, an attempt counted: the one whose code the
+   * with an error saying so, an attempt counted (dead-lettered the second
+   * time, {@link BLOCKS_BEFORE_DEAD_LETTER}): the one whose code the
    * worker was running then (its handler, or after an `await` a continuation
    * of it, or a timer it set) while that call was pending. Code no pending
    * call owns (a module's own timer or listener, or what a call left running
@@ -488,23 +492,29 @@ export class HookWorker {
               `interrupted: the hook worker was restarted (${why}); retried without counting an attempt`,
             )
           : blocked
-            ? this.blockedBy(
+            ? this.restartedBy(
                 pending,
                 "syncMs" in cause && cause.syncMs !== undefined
                   ? `hook ran ${cause.syncMs} ms without yielding, blocking every hook call; its worker was restarted`
                   : `hook did not return within ${this.options.timeoutMs} ms; its worker was restarted`,
+                ErrorCode.TIMEOUT,
               )
-            : new ParleyError(ErrorCode.UNAVAILABLE, `${why}; its worker was restarted`),
+            : this.restartedBy(pending, `${why}; its worker was restarted`, ErrorCode.UNAVAILABLE),
       )
     }
     this.scheduleDeadline()
     if (!this.stopped) void this.respawn()
   }
 
-  /** The error of a call that blocked the worker: retried, or dead-lettered once it blocked it before. */
-  private blockedBy(pending: Pending, message: string): Error {
+  /**
+   * The error of a call that blocked or crashed the worker: retried (a `code` error), or
+   * dead-lettered once it blocked or crashed it before. A crash is charged as a block is: a handler
+   * that exits or throws from a timer on a crafted message does so at every retry, and each retry
+   * restarts the worker every module's calls share.
+   */
+  private restartedBy(pending: Pending, message: string, code: ErrorCode): Error {
     const call = pending.message
-    if (call.t !== "call") return new ParleyError(ErrorCode.TIMEOUT, message)
+    if (call.t !== "call") return new ParleyError(code, message)
     const key = `${call.module}\u0000${call.handler}\u0000${call.event.event.id}`
     const blocks = (this.blocks.get(key) ?? 0) + 1
     this.blocks.delete(key)
@@ -514,7 +524,7 @@ export class HookWorker {
       )
     this.blocks.set(key, blocks)
     if (this.blocks.size > BLOCKS_REMEMBERED) this.blocks.delete(this.blocks.keys().next().value!)
-    return new ParleyError(ErrorCode.TIMEOUT, message)
+    return new ParleyError(code, message)
   }
 
   private async respawn(): Promise<void> {

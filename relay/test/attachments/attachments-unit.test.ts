@@ -11,7 +11,7 @@ import sharp from "sharp"
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
 import { ChunkSlots } from "../../src/attachments/chunk-slots.js"
-import { sniffText } from "../../src/attachments/content-type.js"
+import { sniffContentType, sniffText } from "../../src/attachments/content-type.js"
 import { DecodeTurns, describeImage } from "../../src/attachments/images.js"
 import { LinkPreviewer, parseLinkPreview } from "../../src/attachments/link-preview.js"
 import { MemoryBlobStore } from "../../src/attachments/memory-blob-store.js"
@@ -36,6 +36,55 @@ describe("sniffing text", () => {
     expect(sniffText(new Uint8Array([0xff, 0xfe, 0xfd]))).toBe("application/octet-stream")
     // A head cut inside a multi-byte character is still text.
     expect(sniffText(new TextEncoder().encode("héllo").subarray(0, 2))).toBe("text/plain")
+  })
+
+  /** The sniffed type of a blob holding `bytes` (its head as the service reads it: the first 4 KiB). */
+  const sniffed = (bytes: Uint8Array) =>
+    sniffContentType(
+      async function* () {
+        yield bytes
+      },
+      bytes.subarray(0, 4096),
+    )
+  /** `text` in UTF-16 with its byte-order mark, little- or big-endian. */
+  const utf16 = (text: string, endian: "le" | "be") => {
+    const bytes = Buffer.from(`\ufeff${text}`, "utf16le")
+    if (endian === "be") bytes.swap16()
+    return new Uint8Array(bytes)
+  }
+
+  it("takes UTF-16 text with a byte-order mark for text, and its markup for markup, not for an MPEG frame (before: audio/mpeg)", async () => {
+    const letter = "Dear Bob,\r\nthe door code is 4711 — café, 日本語, 😀.\r\n"
+    expect(await sniffed(utf16(letter, "le"))).toBe("text/plain")
+    expect(await sniffed(utf16(letter, "be"))).toBe("text/plain")
+    // Longer than the head, cut inside a surrogate pair: still text.
+    const long = utf16(`${"x".repeat(2046)}😀${"y".repeat(3000)}`, "le")
+    expect(long.length).toBeGreaterThan(4096)
+    expect(await sniffed(long)).toBe("text/plain")
+    // A browser honours the mark: UTF-16 markup is markup, refused as the UTF-8 one is.
+    expect(await sniffed(utf16("<html><script>alert(1)</script>", "le"))).toBe("text/html")
+    expect(await sniffed(utf16('<svg xmlns="http://www.w3.org/2000/svg"/>', "be"))).toBe("image/svg+xml")
+    // Bytes after the mark that are no text (control characters): binary, not text.
+    expect(await sniffed(new Uint8Array([0xff, 0xfe, 0x01, 0x00, 0x02, 0x00]))).not.toBe("text/plain")
+  })
+
+  it("still takes an MP3 for audio/mpeg, with or without an ID3 tag, and an MPEG frame with a CRC that opens like the mark", async () => {
+    /** `count` MPEG frames of `size` bytes behind the 4-byte `header`, their data an audio-like pattern. */
+    const frames = (header: number[], size: number, count: number) => {
+      const bytes = new Uint8Array(size * count)
+      for (let f = 0; f < count; f++) {
+        bytes.set(header, f * size)
+        for (let i = 4; i < size; i++) bytes[f * size + i] = (i * 37 + f) % 7 === 0 ? 0 : (i * 13) & 0xff
+      }
+      return bytes
+    }
+    // MPEG-1 Layer III, 128 kbit/s, 44.1 kHz: 417-byte frames.
+    const mp3 = frames([0xff, 0xfb, 0x90, 0x64], 417, 12)
+    expect(await sniffed(mp3)).toBe("audio/mpeg")
+    const id3 = new Uint8Array([0x49, 0x44, 0x33, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, ...mp3])
+    expect(await sniffed(id3)).toBe("audio/mpeg")
+    // MPEG-1 Layer I with a CRC: its header opens FF FE, as a UTF-16LE mark does.
+    expect(await sniffed(frames([0xff, 0xfe, 0x90, 0x00], 384, 12))).toBe("audio/mpeg")
   })
 })
 
