@@ -154,13 +154,27 @@ export class Leases {
     const sentAt = Date.now()
     const taken = await redis.eval(ACQUIRE, 1, this.key(name), relayId, ttlMs)
     if (taken !== 1) return undefined
-    const { rows } = await pool.query<{ token: string }>(
-      `INSERT INTO parley_cluster_fences (doc, token, holder) VALUES ($1, 1, $2)
-       ON CONFLICT (doc) DO UPDATE SET token = parley_cluster_fences.token + 1, holder = EXCLUDED.holder,
-         claimed_at = now()
-       RETURNING token`,
-      [name, relayId],
-    )
+    let rows: { token: string }[]
+    try {
+      ;({ rows } = await pool.query<{ token: string }>(
+        `INSERT INTO parley_cluster_fences (doc, token, holder) VALUES ($1, 1, $2)
+         ON CONFLICT (doc) DO UPDATE SET token = parley_cluster_fences.token + 1, holder = EXCLUDED.holder,
+           claimed_at = now()
+         RETURNING token`,
+        [name, relayId],
+      ))
+    } catch (error) {
+      // This relay cannot reach storage: the lease just taken would name it to the other relays for its
+      // whole life, again at each retry, while it can write nothing (an outside probe: a relay cut off
+      // from PostgreSQL kept the healthy one from taking over for 12–18 s). Given back now.
+      const previous = this.held.get(name)
+      if (previous) {
+        this.held.delete(name)
+        this.renewer.drop(name, previous.shared)
+      }
+      await redis.eval(RELEASE, 1, this.key(name), relayId).catch(() => undefined)
+      throw error
+    }
     const token = Number(rows[0]!.token)
     const previous = this.held.get(name)
     if (previous) this.renewer.drop(name, previous.shared)

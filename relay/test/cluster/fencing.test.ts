@@ -142,6 +142,25 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(stored.updates.map((u) => [...u.update])).toEqual([[7]])
     })
 
+    it("gives a lease back when its fencing claim fails, so that a relay that can write takes over at once", async () => {
+      const { a, b } = await twoRelays(60_000)
+      const doc = "g~claimFails"
+      // Relay A's PostgreSQL is gone (its pool refuses every statement); Redis still answers it.
+      const pool = (a.cluster.leases as unknown as { options: { pool: pg.Pool } }).options.pool
+      const query = pool.query
+      pool.query = (() => Promise.reject(new Error("Connection terminated unexpectedly"))) as never
+      try {
+        await expect(a.cluster.leases.acquire(doc)).rejects.toThrow(/terminated/)
+      } finally {
+        pool.query = query
+      }
+      // Before: Redis named A for the lease's whole life (again at each of its retries) while A could
+      // write nothing, and B, whose PostgreSQL is fine, forwarded every write to A for the outage.
+      expect(await a.cluster.leases.holder(doc)).toBeNull()
+      expect(a.cluster.leases.tokenOf(doc)).toBeUndefined()
+      expect(await b.cluster.leases.acquire(doc)).toBeGreaterThan(0)
+    })
+
     it("lets only one of two relays racing for a free document take it", async () => {
       const { a, b } = await twoRelays(5_000)
       const doc = "g~contestedConversation"
