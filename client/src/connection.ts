@@ -269,6 +269,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     session?.close()
     this.failHistoryRequests()
     this.update()
+    for (const waiter of [...this.reachWaiters]) waiter()
   }
 
   /** Stops for good and frees the socket, timers and cross-tab channel. */
@@ -577,6 +578,26 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
         else if (status === "offline") done(offline())
       })
     })
+  }
+
+  /**
+   * Calls `listener` once the relay looks out of reach (see {@link unreachable}) or the connection is
+   * stopped — at once (in a microtask) if it is so now; returns the function that stops listening.
+   */
+  onUnreachable(listener: () => void): () => void {
+    let live = true
+    const once = () => {
+      if (!live) return
+      live = false
+      this.reachWaiters.delete(once)
+      listener()
+    }
+    if (!this.wanted || this.destroyed || this.unreachable) queueMicrotask(once)
+    else this.reachWaiters.add(once)
+    return () => {
+      live = false
+      this.reachWaiters.delete(once)
+    }
   }
 
   /**

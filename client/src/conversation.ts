@@ -243,7 +243,51 @@ export class Conversation extends Emitter<ConversationEvents> {
     const state = this.loading.state
     if (state.state === "ready") return Promise.resolve(this)
     if (state.state === "unavailable") return Promise.reject(state.error)
-    return this.readyPromise
+    return this.readyOrOutOfReach()
+  }
+
+  /**
+   * {@link readyPromise}, or the retryable UNAVAILABLE once the local replica
+   * is loaded without making the conversation ready (this device never had
+   * it) and the relay is out of reach or the client is offline: before, the
+   * promise never settled. The conversation still becomes ready when the
+   * relay answers; `ready()` may be asked again.
+   */
+  private readyOrOutOfReach(): Promise<this> {
+    return new Promise<this>((resolve, reject) => {
+      let off: (() => void) | undefined
+      let settled = false
+      const settle = (done: () => void) => {
+        if (settled) return
+        settled = true
+        off?.()
+        done()
+      }
+      this.readyPromise.then(
+        (value) => settle(() => resolve(value)),
+        (error: unknown) => settle(() => reject(error)),
+      )
+      void this.whenLoaded
+        .catch(() => undefined)
+        .then(() => {
+          if (settled || this.closed || this.loading.state.state !== "loading") return
+          off = this.connection.onUnreachable(() =>
+            // After what stopped the connection is told: a refusal (removed, damaged) makes the
+            // conversation unavailable with its own reason, which readyPromise then gives.
+            queueMicrotask(() => {
+              if (this.loading.state.state !== "loading") return
+              settle(() =>
+                reject(
+                  new ParleyError(
+                    ErrorCode.UNAVAILABLE,
+                    "this conversation is not on this device yet and the relay cannot be reached: ready() again once online",
+                  ),
+                ),
+              )
+            }),
+          )
+        })
+    })
   }
 
   /** The conversation's fields, once it is loaded. */

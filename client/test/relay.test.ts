@@ -62,6 +62,23 @@ describe("ChatClient against a relay", () => {
     expect(told).toEqual(["offline"])
   })
 
+  it("rejects ready() of a conversation this device never had with a retryable UNAVAILABLE while offline, and is ready once online", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const chat = await alice.createConversation({ participants: [b], title: "deep link" })
+    const first = chat.send("hello")
+    await eventually(() => expect(SAVED).toContain(chat.status(first.id)))
+    // Bob opens it from a link while offline: nothing of it is on his device.
+    const bob = await connectClient(relay, b, { connect: false })
+    const unknown = bob.conversation(chat.id)
+    // Before: the promise never settled.
+    await expect(unknown.ready()).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+    expect(unknown.state.state).toBe("loading")
+    bob.connect()
+    const ready = await unknown.ready()
+    expect(ready.messages().map((m) => m.body)).toEqual(["hello"])
+  })
+
   it("opens a live handle for a conversation whose earlier handle is still closing", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const alice = await connectClient(relay, a, { storage: "indexeddb" })
