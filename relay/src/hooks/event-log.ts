@@ -21,7 +21,7 @@ export interface EventLogQuery {
    * Only events of conversations `user` took part in when the event happened
    * (the conversation's participants right after the change). A user who was
    * never a participant gets nothing of that conversation; one removed sees
-   * nothing after the removal.
+   * the `participants.removed` that removed them and nothing else after.
    */
   readonly user?: UserId
   /** Only events of these types (empty or absent: every type). */
@@ -152,12 +152,25 @@ export const audienceOf = (event: HookEvent): UserId[] => [
   ...new Set(event.conversation.participants.map((p) => p.user)),
 ]
 
+/**
+ * The users a `participants.removed` event removed: they see that event (a
+ * backend mirroring a user's conversations through `user=` learns they left),
+ * and nothing of the conversation after it.
+ */
+export const witnessesOf = (event: HookEvent): UserId[] => {
+  if (event.event.type !== "participants.removed") return []
+  const audience = new Set(audienceOf(event))
+  return (event.subject as { users: readonly UserId[] }).users.filter((user) => !audience.has(user))
+}
+
 /** Where a user's membership of a conversation starts or ends, in the log's ids. */
 export interface MembershipChanges {
   /** From this id on (inclusive) the user sees the conversation's events. */
   readonly opened: { readonly conversation: string; readonly user: UserId; readonly from: number }[]
   /** Up to this id (inclusive) the user saw them; nothing after. */
   readonly closed: { readonly conversation: string; readonly user: UserId; readonly to: number }[]
+  /** The user sees this one event of the conversation (their removal: see {@link witnessesOf}). */
+  readonly witnessed: { readonly conversation: string; readonly user: UserId; readonly at: number }[]
 }
 
 /**
@@ -182,10 +195,12 @@ export function membershipChanges(
 ): MembershipChanges {
   const opened: MembershipChanges["opened"] = []
   const closed: MembershipChanges["closed"] = []
+  const witnessed: MembershipChanges["witnessed"] = []
   // The events of one change share one conversation object: its audience is applied once, not per event.
   const applied = new Map<string, HookEvent["conversation"]>()
   for (const { id, event } of entries) {
     const conversation = event.event.conversationId
+    for (const user of witnessesOf(event)) witnessed.push({ conversation, user, at: id })
     if (applied.get(conversation) === event.conversation && open.has(conversation)) continue
     applied.set(conversation, event.conversation)
     const members = open.get(conversation) ?? new Set<UserId>()
@@ -205,7 +220,7 @@ export function membershipChanges(
         members.add(user)
       }
   }
-  return { opened, closed }
+  return { opened, closed, witnessed }
 }
 
 /** True for events the log records (all but the ephemeral `typing.started`). */

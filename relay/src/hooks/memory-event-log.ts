@@ -13,6 +13,7 @@ import {
   isLogged,
   messageOf,
   parseEventId,
+  witnessesOf,
 } from "./event-log.js"
 import { type HookEvent, loggedForm } from "./events.js"
 
@@ -36,7 +37,7 @@ export class MemoryEventLog implements EventLog {
       if (!isLogged(original)) continue
       const event = loggedForm(original)
       const id = ++this.last
-      this.rows.push({ id, event, audience: new Set(audienceOf(event)) })
+      this.rows.push({ id, event, audience: new Set([...audienceOf(event), ...witnessesOf(event)]) })
       entries.push({ id: String(id), event })
     }
     return entries

@@ -179,7 +179,7 @@ export class PostgresEventLog implements EventLog {
     )
     const open = new Map<string, Set<UserId>>(conversations.map((c) => [c, new Set<UserId>()]))
     for (const m of members) open.get(m.conversation)!.add(m.user_id as UserId)
-    const { opened, closed } = membershipChanges(open, recorded)
+    const { opened, closed, witnessed } = membershipChanges(open, recorded)
     if (closed.length > 0)
       await client.query(
         `UPDATE parley_event_log_members m SET to_id = c.to_id
@@ -192,6 +192,12 @@ export class PostgresEventLog implements EventLog {
         `INSERT INTO parley_event_log_members (conversation, user_id, from_id)
          SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING`,
         [opened.map((o) => o.conversation), opened.map((o) => o.user), opened.map((o) => o.from)],
+      )
+    if (witnessed.length > 0)
+      await client.query(
+        `INSERT INTO parley_event_log_members (conversation, user_id, from_id, to_id)
+         SELECT c, u, a, a FROM unnest($1::text[], $2::text[], $3::bigint[]) AS w(c, u, a) ON CONFLICT DO NOTHING`,
+        [witnessed.map((w) => w.conversation), witnessed.map((w) => w.user), witnessed.map((w) => w.at)],
       )
     return recorded.map(({ id, event }) => ({ id: String(id), event }))
   }

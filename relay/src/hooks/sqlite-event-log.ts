@@ -134,6 +134,9 @@ export class SqliteEventLog implements EventLog {
       close: this.db.prepare<[number, string, string], unknown>(
         "UPDATE event_log_members SET to_id = ? WHERE conversation = ? AND user_id = ? AND to_id IS NULL",
       ),
+      witness: this.db.prepare<[string, string, number, number], unknown>(
+        "INSERT OR IGNORE INTO event_log_members (conversation, user_id, from_id, to_id) VALUES (?, ?, ?, ?)",
+      ),
       latest: this.db.prepare<[], { latest: number | null }>(
         `SELECT MAX(COALESCE((SELECT MAX(id) FROM event_log), 0),
                     COALESCE((SELECT value FROM event_log_state WHERE name = 'pruned_through'), 0)) AS latest`,
@@ -215,9 +218,11 @@ export class SqliteEventLog implements EventLog {
       open.set(conversation, members)
     }
     // `membershipChanges` updates the sets it is given: the cache follows what is written.
-    const { opened, closed } = membershipChanges(open, recorded)
+    const { opened, closed, witnessed } = membershipChanges(open, recorded)
     for (const { conversation, user, to } of closed) this.statements.close.run(to, conversation, user)
     for (const { conversation, user, from } of opened) this.statements.open.run(conversation, user, from)
+    for (const { conversation, user, at } of witnessed)
+      this.statements.witness.run(conversation, user, at, at)
     return recorded.map(({ id, event }) => ({ id: String(id), event }))
   }
 

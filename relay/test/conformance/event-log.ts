@@ -287,6 +287,34 @@ export function runEventLogConformance(
       expect(await user("bob")).toEqual(["other-2"])
     })
 
+    it("gives a removed user the event of their own removal, and nothing else of the change or after it", async () => {
+      const removal = (id: string, users: string[]): HookEvent => {
+        const base = loggedEvent(id, {
+          conversation: "c1",
+          type: "participants.removed",
+          participants: ["alice"],
+        })
+        return { ...base, subject: { users } } as unknown as HookEvent
+      }
+      await enqueue("g~c1", [loggedEvent("before", { conversation: "c1", participants: ["alice", "carol"] })])
+      // One change: a message written with the removal, the removal, the raw document event.
+      await enqueue("g~c1", [
+        loggedEvent("same-change", { conversation: "c1", participants: ["alice"] }),
+        removal("removed", ["carol"]),
+        loggedEvent("document", { conversation: "c1", participants: ["alice"] }),
+      ])
+      await enqueue("g~c1", [loggedEvent("after", { conversation: "c1", participants: ["alice"] })])
+      const user = (u: string) => events.read({ user: u as UserId, limit: 10 }).then(ids)
+      // Before: carol's feed never said she left (a backend mirroring her conversations kept this one).
+      expect(await user("carol")).toEqual(["before", "removed"])
+      expect(await user("alice")).toEqual(["before", "same-change", "removed", "document", "after"])
+      if (!reopen) return
+      await outbox.close()
+      await events.close()
+      ;({ outbox, events } = await reopen())
+      expect(await user("carol")).toEqual(["before", "removed"])
+    })
+
     it("tells subscribers of every recorded batch once it is recorded, with the ids read gives", async () => {
       const heard: EventLogEntry[] = []
       const unsubscribe = events.subscribe((entries) => heard.push(...entries))
