@@ -483,6 +483,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const parsed = parseName(name)
     if (parsed.kind !== "conversation") return
     const purge: PurgedContent = { name, conversationId: parsed.id, scope: { kind: "user", user } }
+    // Once the hooks recorded the events of every change stored so far (the user's last writes
+    // included: their events carry the name), as a message's purge waits for them.
+    await this.extensions.compactionLimit(name)
     // Held in memory first: a page read from storage meanwhile is redacted as it comes in.
     this.extensions.contentPurged(purge)
     this.ctx.sharePurge?.(purge)

@@ -64,7 +64,7 @@ describe("a stock y-websocket provider echoing others' presence", () => {
       warmUp: false,
       log: "silent",
       auth: { kind: "secret", secret: SECRET },
-      limits: { userReceiveBytesPerSecond: 20_000, userReceiveBurstBytes: 20_000 },
+      limits: { userReceiveBytesPerSecond: 50_000, userReceiveBurstBytes: 50_000 },
     })
     relays.push(relay)
     const senders = ["s1", "s2", "s3", "s4"] as UserId[]
@@ -86,8 +86,9 @@ describe("a stock y-websocket provider echoing others' presence", () => {
       const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
       return Number(/parley_user_limit_total\{limit="received-bytes-per-user"\} (\d+)/.exec(text)?.[1] ?? 0)
     }
-    // Each sender 1.5 KB of presence 5 times a second (7.5 KB/s, within its 20 KB/s); carol, who echoes
-    // all of it (y-websocket re-sends every awareness update it applies), gets 30 KB/s of it.
+    // Each sender 1.5 KB of presence 5 times a second (with the 4 KiB counted per frame, 28 KB/s: within
+    // its 50 KB/s); carol, who echoes all of it (y-websocket re-sends every awareness update it applies),
+    // would be billed 110 KB/s for it.
     const filler = "x".repeat(1500)
     for (let tick = 0; tick < 15; tick++) {
       others.forEach((p, i) => {
