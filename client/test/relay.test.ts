@@ -354,7 +354,7 @@ describe("ChatClient against a relay", () => {
 
   it("sends nothing twice when two clients of one user share one store", async () => {
     const [a, b] = [name("alice"), name("bob")]
-    const { tab1, chat1, tab2, chat2 } = await twoTabs(a, b)
+    const { tab1, chat1, chat2 } = await twoTabs(a, b)
 
     tab1.disconnect()
     const offline = chat1.send("from the offline tab")
@@ -390,7 +390,7 @@ async function twoTabs(a: string, b: string) {
 describe("tabs of one user", () => {
   it("shows an offline tab's message sent once its online sibling delivered it, and what others wrote", async () => {
     const [a, b] = [name("alice"), name("bob")]
-    const { tab1, chat1, tab2, chat2 } = await twoTabs(a, b)
+    const { tab1, chat1 } = await twoTabs(a, b)
     const bob = await connectClient(relay, b)
     const bobChat = await bob.conversation(chat1.id).ready()
 
