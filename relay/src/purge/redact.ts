@@ -78,15 +78,20 @@ export function redactEvent(event: HookEvent, scope: RedactionScope): HookEvent 
 const MESSAGE_DEPTH = 8
 
 /**
- * `value` with every message of `ids` in it (a message view or record, or a
- * change naming it by `messageId`) stripped of what its author wrote: body,
- * attachments, metadata, and marked `purged` (a receiver must not take the
- * empty body for what was sent). The same object when nothing matched.
+ * `value` with `rewrite` applied to each object in it, innermost first (it
+ * gets the object as it was and as its rewritten children left it, and
+ * returns the latter when it changes nothing): the same object when nothing
+ * changed. A subject names its messages and users within a few levels
+ * ({@link MESSAGE_DEPTH}); the walk enters no `metadata`.
  */
-function redactMessages(value: unknown, ids: ReadonlySet<string>, depth = 0): unknown {
+function rewriteObjects(
+  value: unknown,
+  rewrite: (record: Record<string, unknown>, current: Record<string, unknown>) => Record<string, unknown>,
+  depth = 0,
+): unknown {
   if (depth > MESSAGE_DEPTH) return value
   if (Array.isArray(value)) {
-    const items = value.map((v) => redactMessages(v, ids, depth + 1))
+    const items = value.map((v) => rewriteObjects(v, rewrite, depth + 1))
     return items.some((v, i) => v !== value[i]) ? items : value
   }
   if (typeof value !== "object" || value === null) return value
@@ -94,22 +99,33 @@ function redactMessages(value: unknown, ids: ReadonlySet<string>, depth = 0): un
   let out: Record<string, unknown> | undefined
   for (const [key, child] of Object.entries(record)) {
     if (key === "metadata") continue
-    const next = redactMessages(child, ids, depth + 1)
+    const next = rewriteObjects(child, rewrite, depth + 1)
     if (next === child) continue
     out ??= { ...record }
     out[key] = next
   }
-  const id = record.id ?? record.messageId
-  if (typeof id === "string" && ids.has(id)) {
-    out ??= { ...record }
+  return rewrite(record, out ?? record)
+}
+
+/**
+ * `value` with every message of `ids` in it (a message view or record, or a
+ * change naming it by `messageId`) stripped of what its author wrote: body,
+ * attachments, metadata, and marked `purged` (a receiver must not take the
+ * empty body for what was sent). The same object when nothing matched.
+ */
+function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
+  return rewriteObjects(value, (record, current) => {
+    const id = record.id ?? record.messageId
+    if (typeof id !== "string" || !ids.has(id)) return current
+    const out = current === record ? { ...record } : current
     if ("body" in record) {
       out.body = REDACTED
       out.purged = true
     }
     if ("attachments" in record) out.attachments = []
     if ("metadata" in record) out.metadata = {}
-  }
-  return out ?? value
+    return out
+  })
 }
 
 /** What a user chose to be shown as: their profile's fields as events carry them (actor, message, change). */
@@ -127,29 +143,16 @@ function withoutProfile(record: Record<string, unknown>): Record<string, unknown
  * `value` without what it says of `user` beyond their id: the display name
  * and picture of every object about them (an actor, a message they wrote, a
  * profile), and the profile a `profile.updated` change of theirs set. The
- * same object when nothing matched. Bounded in depth like `redactMessages`.
+ * same object when nothing matched.
  */
-function forgetUser(value: unknown, user: string, depth = 0): unknown {
-  if (depth > MESSAGE_DEPTH) return value
-  if (Array.isArray(value)) {
-    const items = value.map((v) => forgetUser(v, user, depth + 1))
-    return items.some((v, i) => v !== value[i]) ? items : value
-  }
-  if (typeof value !== "object" || value === null) return value
-  const record = value as Record<string, unknown>
-  let out: Record<string, unknown> | undefined
-  for (const [key, child] of Object.entries(record)) {
-    if (key === "metadata") continue
-    const next = forgetUser(child, user, depth + 1)
-    if (next === child) continue
-    out ??= { ...record }
-    out[key] = next
-  }
-  if (record.user !== user && record.author !== user) return out ?? value
-  const stripped = withoutProfile(out ?? record)
-  if (record.user === user && typeof record.profile === "object" && record.profile !== null)
-    return { ...stripped, profile: { user, purged: true } }
-  return stripped
+function forgetUser(value: unknown, user: string): unknown {
+  return rewriteObjects(value, (record, current) => {
+    if (record.user !== user && record.author !== user) return current
+    const stripped = withoutProfile(current)
+    if (record.user === user && typeof record.profile === "object" && record.profile !== null)
+      return { ...stripped, profile: { user, purged: true } }
+    return stripped
+  })
 }
 
 /** The keys under which a stored payload names a message (see `redactMessages`), as JSON writes them. */
