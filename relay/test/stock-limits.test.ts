@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { MemoryBackend } from "../src/backend/index.js"
-import { type RunningRelay, startRelay } from "../src/relay.js"
+import { type RelayOptions, type RunningRelay, startRelay } from "../src/relay.js"
 import { stockProvider, synced } from "./helpers/clients.js"
 import { signToken } from "./helpers/relay-process.js"
 
@@ -16,17 +16,23 @@ afterEach(async () => {
   for (const r of relays.splice(0)) await r.close()
 })
 
+/** A relay in memory with `limits`, stopped after the test. */
+async function relayWith(limits: RelayOptions["limits"]): Promise<RunningRelay> {
+  const relay = await startRelay({
+    backend: new MemoryBackend(),
+    port: 0,
+    warmUp: false,
+    log: "silent",
+    auth: { kind: "secret", secret: SECRET },
+    ...(limits ? { limits } : {}),
+  })
+  relays.push(relay)
+  return relay
+}
+
 describe("a stock y-websocket provider closed by a limit", () => {
   it("is closed 1013 with the limit's name (not 4429, after which y-websocket stops for good) and gets in once the limit allows", async () => {
-    const relay = await startRelay({
-      backend: new MemoryBackend(),
-      port: 0,
-      warmUp: false,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      limits: { maxSocketsPerUser: 1 },
-    })
-    relays.push(relay)
+    const relay = await relayWith({ maxSocketsPerUser: 1 })
     const id = newConversationId()
     await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
       createConversation(doc, alice, { kind: "group", id, participants: [], title: "two tabs" }),
@@ -58,15 +64,7 @@ describe("a stock y-websocket provider closed by a limit", () => {
 describe("a stock y-websocket provider echoing others' presence", () => {
   it("is not paced for the echoes: others' presence, each within its sender's budget, costs its user nothing", async () => {
     // A small receive budget, so that a few senders' presence is more than it (the default is 4 MiB/s).
-    const relay = await startRelay({
-      backend: new MemoryBackend(),
-      port: 0,
-      warmUp: false,
-      log: "silent",
-      auth: { kind: "secret", secret: SECRET },
-      limits: { userReceiveBytesPerSecond: 50_000, userReceiveBurstBytes: 50_000 },
-    })
-    relays.push(relay)
+    const relay = await relayWith({ userReceiveBytesPerSecond: 50_000, userReceiveBurstBytes: 50_000 })
     const senders = ["s1", "s2", "s3", "s4"] as UserId[]
     const id = newConversationId()
     await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
