@@ -36,6 +36,19 @@ async function rawExchange(port: number, request: string, waitMs = 10_000): Prom
   return { status: Number(statusLine.split(" ")[1] ?? 0), headers, body }
 }
 
+/** `answer` is a problem document of `status` and `code` (with `more` of its fields), the connection closed. */
+function expectProblem(
+  answer: { status: number; headers: Record<string, string | string[] | undefined>; body: string },
+  status: number,
+  code: string,
+  more: Record<string, unknown> = {},
+): void {
+  expect(answer.status).toBe(status)
+  expect(answer.headers["content-type"]).toBe("application/problem+json")
+  expect(answer.headers.connection).toBe("close")
+  expect(JSON.parse(answer.body)).toMatchObject({ type: `urn:parley:error:${code}`, status, code, ...more })
+}
+
 describe("HTTP error answers", () => {
   let relay: RunningRelay | undefined
   afterEach(async () => {
@@ -65,15 +78,7 @@ describe("HTTP error answers", () => {
       relay!.port,
       `GET /v1/conversations/g~${"x".repeat(70_000)} HTTP/1.1\r\nHost: relay\r\n\r\n`,
     )
-    expect(answer.status).toBe(431)
-    expect(answer.headers["content-type"]).toBe("application/problem+json")
-    expect(answer.headers.connection).toBe("close")
-    expect(JSON.parse(answer.body)).toMatchObject({
-      type: "urn:parley:error:TOO_LARGE",
-      status: 431,
-      code: "TOO_LARGE",
-      detail: expect.stringContaining("request head"),
-    })
+    expectProblem(answer, 431, "TOO_LARGE", { detail: expect.stringContaining("request head") })
   })
 
   it("answers a body shorter than its Content-Length with 408 and a problem document once its time is up (before: an empty close)", async () => {
@@ -84,13 +89,7 @@ describe("HTTP error answers", () => {
       `POST /v1/conversations HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer ${key}\r\n` +
         `Content-Type: application/json\r\nContent-Length: ${body.length + 20}\r\n\r\n${body}`,
     )
-    expect(answer.status).toBe(408)
-    expect(answer.headers["content-type"]).toBe("application/problem+json")
-    expect(answer.headers.connection).toBe("close")
-    expect(JSON.parse(answer.body)).toMatchObject({
-      type: "urn:parley:error:TIMEOUT",
-      status: 408,
-      code: "TIMEOUT",
+    expectProblem(answer, 408, "TIMEOUT", {
       detail: "the request body did not arrive whole within 500 ms (is its Content-Length right?)",
     })
   })
@@ -100,14 +99,7 @@ describe("HTTP error answers", () => {
     // What Node's parser times out itself, before any handler (also what bytes sent past a body's
     // Content-Length become: the start of a next head that never ends).
     const answer = await rawExchange(relay!.port, "POST /v1/conversations HTTP/1.1\r\nHost: relay\r\n")
-    expect(answer.status).toBe(408)
-    expect(answer.headers["content-type"]).toBe("application/problem+json")
-    expect(answer.headers.connection).toBe("close")
-    expect(JSON.parse(answer.body)).toMatchObject({
-      type: "urn:parley:error:TIMEOUT",
-      status: 408,
-      code: "TIMEOUT",
-    })
+    expectProblem(answer, 408, "TIMEOUT")
   })
 
   it("refuses a JSON body whose object repeats a key with 400, naming it (before: the last one won)", async () => {
