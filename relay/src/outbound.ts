@@ -48,14 +48,18 @@ export class InFlightLimit {
 
   /** `send`, counted against the limit. */
   wrap(send: typeof fetch): typeof fetch {
-    return (async (input: string | URL | Request, init?: RequestInit) => {
-      await this.acquire(init?.signal ?? undefined)
-      try {
-        return await send(input, init)
-      } finally {
-        this.release()
-      }
-    }) as typeof fetch
+    return ((input: string | URL | Request, init?: RequestInit) =>
+      this.run(init?.signal ?? undefined, () => send(input, init))) as typeof fetch
+  }
+
+  /** Runs `task` once a slot is free (waiting at most until `signal` aborts), counted until it settles. */
+  async run<T>(signal: AbortSignal | undefined, task: () => Promise<T>): Promise<T> {
+    await this.acquire(signal)
+    try {
+      return await task()
+    } finally {
+      this.release()
+    }
   }
 
   private acquire(signal: AbortSignal | undefined): Promise<void> {

@@ -1,4 +1,5 @@
 import type { Logger } from "../log.js"
+import { InFlightLimit } from "../outbound.js"
 import { RecentPurges } from "../purge/recent-purges.js"
 import type { RedactionScope } from "../purge/redact.js"
 import { respectRetryAfter } from "../retry-after.js"
@@ -44,6 +45,19 @@ export const MAX_PUSH_RETRY_AFTER_MS = 3_600_000
 export const MAX_WAITING_PER_DEVICE = 64
 /** Most payload bytes all set-aside devices wait with together; beyond, new ones are dropped. */
 export const MAX_WAITING_BYTES = 16 * 1024 * 1024
+/**
+ * Most tries of set-aside devices in flight at once: their retries never take more than this of
+ * the relay's requests to user-chosen addresses (`USER_CHOSEN_REQUESTS_IN_FLIGHT`), so that fresh
+ * notifications to devices in good standing always find one.
+ */
+export const MAX_ASIDE_TRIES_IN_FLIGHT = 16
+/**
+ * Most first tries of one user's devices in flight at once; the others wait for them. A user whose
+ * devices hang sets them all aside at the first failure: twenty devices on hanging endpoints took
+ * twenty of the relay's outbound slots for a timeout each (an outside probe: a few such accounts
+ * delayed everyone's notifications by 5–10 s).
+ */
+export const MAX_FRESH_TRIES_PER_USER = 4
 
 interface Device {
   sub: PushSubscriptionRecord
@@ -82,6 +96,10 @@ export class DeviceSends {
   private dropped = 0
   /** Conversations (ids) and messages purged in the last minutes: never sent, nor kept to send later. */
   private readonly purges = new RecentPurges()
+  /** Slots of set-aside devices' tries (see {@link MAX_ASIDE_TRIES_IN_FLIGHT}). */
+  private readonly asideTries = new InFlightLimit(MAX_ASIDE_TRIES_IN_FLIGHT)
+  /** Each user's slots of first tries, while any is in flight (see {@link MAX_FRESH_TRIES_PER_USER}). */
+  private readonly freshTries = new Map<string, { limit: InFlightLimit; users: number }>()
 
   constructor(private readonly options: DeviceSendsOptions) {
     this.now = options.now ?? Date.now
@@ -103,14 +121,15 @@ export class DeviceSends {
     // A user with a device that failed lately: their other devices are served in the background too.
     // Set-aside is per device, and device ids are the user's to make: one registering a fresh device
     // on a hanging endpoint before each message cost the conversation a timeout per message.
-    const userAside = this.usersAside.get(sub.user)
-    if (userAside !== undefined && userAside > this.now()) {
-      const device: Device = { sub, waiting: new Map(), failures: 0, until: userAside, sending: false }
-      this.devices.set(key, device)
-      this.wait(key, device, job, sub)
+    if (this.setAsideWithUser(key, sub, job)) return
+    const outcome = await this.freshTry(sub, job, signal)
+    if (outcome === undefined) {
+      // Another device of the user failed while this one waited for its turn: served in the background.
+      const other = this.devices.get(key)
+      if (other) this.wait(key, other, job, sub)
+      else if (!this.setAsideWithUser(key, sub, job)) await this.offer(sub, job, signal)
       return
     }
-    const outcome = await this.tryOnce(sub, job, signal)
     if (!(outcome instanceof Error)) return
     if (signal.aborted) throw outcome
     this.userFailed(sub.user)
@@ -145,6 +164,42 @@ export class DeviceSends {
 
   private isPurged(job: DeviceJob): boolean {
     return this.purges.size > 0 && this.purges.covers(job.conversation, job.notification.messageId)
+  }
+
+  /** Sets `sub`'s device aside with `job` if its user has a device that failed lately; true when it did. */
+  private setAsideWithUser(key: string, sub: PushSubscriptionRecord, job: DeviceJob): boolean {
+    const userAside = this.usersAside.get(sub.user)
+    if (userAside === undefined || userAside <= this.now()) return false
+    const device: Device = { sub, waiting: new Map(), failures: 0, until: userAside, sending: false }
+    this.devices.set(key, device)
+    this.wait(key, device, job, sub)
+    return true
+  }
+
+  /**
+   * A first try to a device in good standing, once one of its user's {@link MAX_FRESH_TRIES_PER_USER}
+   * slots is free; undefined, untried, when the user's devices were set aside meanwhile.
+   */
+  private async freshTry(
+    sub: PushSubscriptionRecord,
+    job: DeviceJob,
+    signal: AbortSignal,
+  ): Promise<SendOutcome | undefined> {
+    let slots = this.freshTries.get(sub.user)
+    if (!slots) {
+      slots = { limit: new InFlightLimit(MAX_FRESH_TRIES_PER_USER), users: 0 }
+      this.freshTries.set(sub.user, slots)
+    }
+    slots.users++
+    try {
+      return await slots.limit.run(signal, async () => {
+        const aside = this.usersAside.get(sub.user)
+        if (aside !== undefined && aside > this.now()) return undefined
+        return this.tryOnce(sub, job, signal)
+      })
+    } finally {
+      if (--slots.users === 0) this.freshTries.delete(sub.user)
+    }
   }
 
   /** Devices set aside (for metrics and tests). */
@@ -263,7 +318,10 @@ export class DeviceSends {
         if (!current) break
         // A purge may have come while an earlier one of these was sent.
         if (device.waiting.get(conversation) !== job) continue
-        const outcome = job.expiresAt > this.now() ? await this.tryOnce(current, job) : "sent"
+        const outcome =
+          job.expiresAt > this.now()
+            ? await this.asideTries.run(undefined, () => this.tryOnce(current, job))
+            : "sent"
         if (outcome instanceof Error) {
           failed = outcome
           break

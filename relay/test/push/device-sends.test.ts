@@ -1,9 +1,12 @@
 import type { UserId } from "@parley/shared"
 import pino from "pino"
 import { describe, expect, it, vi } from "vitest"
+import { InFlightLimit, USER_CHOSEN_REQUESTS_IN_FLIGHT } from "../../src/outbound.js"
 import {
   type DeviceJob,
   DeviceSends,
+  MAX_ASIDE_TRIES_IN_FLIGHT,
+  MAX_FRESH_TRIES_PER_USER,
   MAX_PUSH_RETRY_AFTER_MS,
   type SendOutcome,
 } from "../../src/push/device-sends.js"
@@ -93,6 +96,62 @@ describe("a user whose device failed", () => {
     for (let i = 2; i <= 5; i++) expect(await offer(`d${i}`, `m${i}`)).toBeLessThan(50)
     // Still sent to, in the background.
     await vi.waitFor(() => expect(tried).toEqual(["d1", "d2", "d3", "d4", "d5"]))
+  })
+})
+
+describe("many users' devices on hanging endpoints", () => {
+  it("take few of the relay's outbound slots, so that an honest device's notification goes at once", async () => {
+    const store = new MemoryPushSubscriptionStore()
+    // The relay's one limit of requests to user-chosen addresses (USER_CHOSEN_REQUESTS_IN_FLIGHT).
+    const outbound = new InFlightLimit(USER_CHOSEN_REQUESTS_IN_FLIGHT)
+    let inFlight = 0
+    let most = 0
+    const sends = new DeviceSends({
+      send: (s, _j, signal) =>
+        outbound.run(signal, async () => {
+          if (!s.user.startsWith("mallory")) return "sent"
+          inFlight++
+          most = Math.max(most, inFlight)
+          // Accepts and never answers.
+          return new Promise<SendOutcome>((resolve) => {
+            signal.addEventListener(
+              "abort",
+              () => {
+                inFlight--
+                resolve(new Error("aborted"))
+              },
+              { once: true },
+            )
+          })
+        }),
+      store,
+      retryDelay: () => 50,
+      timeoutMs: 2_000,
+      log: pino({ level: "silent" }),
+    })
+    const signal = new AbortController().signal
+    // Ten accounts of twenty devices each, one endpoint origin per device: a message to all of them.
+    const attackers: Promise<void>[] = []
+    for (let u = 0; u < 10; u++)
+      for (let d = 0; d < 20; d++) {
+        const device = { ...sub, user: `mallory${u}` as UserId, device: `d${d}` }
+        await store.put(device)
+        attackers.push(sends.offer(device, job("g~a", `m${u}-${d}`), signal))
+      }
+    const honest = { ...sub, user: "bob" as UserId, device: "phone" }
+    await store.put(honest)
+    const started = Date.now()
+    await sends.offer(honest, job("g~a", "hello"), signal)
+    // Before: 200 hanging first tries took all 64 slots, and bob's waited for a timeout (2 s here).
+    expect(Date.now() - started).toBeLessThan(1_000)
+    expect(most).toBeLessThanOrEqual(10 * MAX_FRESH_TRIES_PER_USER)
+    await Promise.all(attackers)
+    // Set aside, their retries take no more than their share while bob's next notification goes.
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const again = Date.now()
+    await sends.offer(honest, job("g~b", "again"), signal)
+    expect(Date.now() - again).toBeLessThan(1_000)
+    expect(inFlight).toBeLessThanOrEqual(MAX_ASIDE_TRIES_IN_FLIGHT)
   })
 })
 
