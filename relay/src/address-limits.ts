@@ -12,7 +12,9 @@ const SWEEP_EVERY_MS = 10_000
  * attempt from an address whose bucket is empty is refused before its token
  * is verified; each attempt whose token fails takes one. Attempts with a
  * valid token take nothing (they are limited per user), so many honest users
- * behind one address (a NAT, a proxy) do not share a budget.
+ * behind one address (a NAT, a proxy) do not share a budget; once a bad host
+ * there spent it, the transport still lets in credentials the relay verified
+ * before (see `WsTransport.knownCredential`), and only those.
  *
  * IPv6 addresses count per /64 (what one subscriber is typically given), so
  * that an attacker cannot get a fresh bucket per address. Memory: a bucket is

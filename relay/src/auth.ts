@@ -1,4 +1,4 @@
-import { createPublicKey, type KeyObject, randomBytes } from "node:crypto"
+import { createHash, createPublicKey, type KeyObject, randomBytes } from "node:crypto"
 import { ErrorCode, ParleyError, parseUserId } from "@parley/shared"
 import {
   createRemoteJWKSet,
@@ -69,6 +69,18 @@ const VERIFIED_TOKEN_TTL_MS = 60_000
 const VERIFIED_TOKENS_KEPT = 4096
 const VERIFIED_TOKEN_MAX_CHARS = 4096
 
+/**
+ * Tokens remembered as verified once (see {@link Authenticator.verifiedBefore}), by a SHA-256 of
+ * their text: about 100 bytes each, so at most ~1.6 MiB.
+ */
+const TOKENS_SEEN_KEPT = 16_384
+
+/** How long a token without `exp` (only when allowed) is remembered as verified once, in ms. */
+const SEEN_WITHOUT_EXP_MS = 60 * 60_000
+
+/** The key of `token` among the tokens seen: its SHA-256, not its text (a credential). */
+const seenKey = (token: string): string => createHash("sha256").update(token).digest("base64url")
+
 /** The token claim value that marks a read-only service token. */
 export const SERVICE_ROLE = "service"
 
@@ -99,6 +111,12 @@ export class Authenticator {
   private readonly devKey: Uint8Array | undefined
   /** Tokens verified lately, by their text, with when to verify them again (see {@link verifyToken}). */
   private readonly verified = new Map<string, { readonly token: VerifiedToken; readonly until: number }>()
+  /**
+   * Tokens this relay verified, by {@link seenKey}, with when they expire (see
+   * {@link verifiedBefore}); the oldest verification goes first past
+   * {@link TOKENS_SEEN_KEPT}.
+   */
+  private readonly seen = new Map<string, number>()
 
   constructor(private readonly options: AuthOptions) {
     const { key } = options
@@ -144,8 +162,16 @@ export class Authenticator {
       return known.token
     }
     if (known) this.verified.delete(token)
-    const fresh = await this.verifyFresh(token)
+    let fresh: VerifiedToken
+    try {
+      fresh = await this.verifyFresh(token)
+    } catch (error) {
+      // A token that no longer verifies (its key taken out of the JWKS, say) is not let past a lock again.
+      if (this.seen.size > 0) this.seen.delete(seenKey(token))
+      throw error
+    }
     credentialsVerified()
+    this.remember(token, fresh.expiresAt ?? now + SEEN_WITHOUT_EXP_MS)
     if (token.length <= VERIFIED_TOKEN_MAX_CHARS) {
       if (this.verified.size >= VERIFIED_TOKENS_KEPT) {
         // The oldest entry goes (a Map keeps insertion order).
@@ -167,6 +193,35 @@ export class Authenticator {
     if (!token) return undefined
     const known = this.verified.get(token)
     return known && known.until > Date.now() ? known.token.principal : undefined
+  }
+
+  /**
+   * True when this relay verified exactly this token before (since it
+   * started, at most {@link TOKENS_SEEN_KEPT} tokens back) and it has not
+   * expired. Costs a SHA-256 of the token and a map lookup, no signature
+   * check: for letting a user in from an address whose failed verifications
+   * are spent, where an unknown token is refused unverified (see
+   * `AddressLimiter`). The token is still verified after that, as any other.
+   */
+  verifiedBefore(token: string | null | undefined): boolean {
+    if (!token || this.seen.size === 0) return false
+    const key = seenKey(token)
+    const expiresAt = this.seen.get(key)
+    if (expiresAt === undefined) return false
+    if (expiresAt > Date.now()) return true
+    this.seen.delete(key)
+    return false
+  }
+
+  /** Remembers `token` as verified until `expiresAt` (see {@link verifiedBefore}). */
+  private remember(token: string, expiresAt: number): void {
+    const key = seenKey(token)
+    // Deleted first, so a token verified again counts as the newest (a Map keeps insertion order).
+    if (!this.seen.delete(key) && this.seen.size >= TOKENS_SEEN_KEPT) {
+      const oldest = this.seen.keys().next()
+      if (!oldest.done) this.seen.delete(oldest.value)
+    }
+    this.seen.set(key, expiresAt)
   }
 
   private async verifyFresh(token: string): Promise<VerifiedToken> {

@@ -45,15 +45,23 @@ export async function openPool(options: PoolOptions): Promise<pg.Pool> {
     statement_timeout: timeout,
     // A transaction whose relay vanished (timed out, reset) must not hold its locks on the server.
     idle_in_transaction_session_timeout: timeout,
-    // Notices a dead peer on idle connections too.
+    // Notices a dead peer on idle connections too. Without a delay the OS default applies (two hours
+    // on Linux); keepalive still takes minutes on a silent peer (the probes' interval and count stay
+    // the OS's), so a dead idle connection is found sooner by evictIdleAfterReadTimeouts below.
     keepAlive: true,
+    keepAliveInitialDelayMillis: KEEPALIVE_IDLE_MS,
   })
+  const evicted = evictIdleAfterReadTimeouts(pool)
   // A connection the server drops (a terminated backend, a restart, a failover) emits "error", which
   // would crash the process unheard. Heard for the connection's whole life, not only while idle (the
   // pool's own listener): pg-pool takes that one off before the caller gets the connection and can
   // add its own, and the server's FATAL message may be read in between. The query in progress, if
-  // any, still rejects with the error.
-  pool.on("connect", (client) => client.on("error", (error) => options.onIdleError(error)))
+  // any, still rejects with the error. A connection the relay closed itself is no news.
+  pool.on("connect", (client) =>
+    client.on("error", (error) => {
+      if (!evicted.has(client)) options.onIdleError(error)
+    }),
+  )
   // The pool re-emits an idle connection's error, already heard above.
   pool.on("error", () => {})
   try {
@@ -63,6 +71,62 @@ export async function openPool(options: PoolOptions): Promise<pg.Pool> {
     throw error
   }
   return pool
+}
+
+/** Idle time after which the pool's connections send TCP keepalive probes, in ms. */
+const KEEPALIVE_IDLE_MS = 10_000
+
+/** What pg rejects a query with when the server sent nothing back within `query_timeout`. */
+const READ_TIMEOUT = "Query read timeout"
+
+/**
+ * Closes every idle connection of `pool` whenever a query times out without
+ * an answer (pg's `query_timeout`): the connection it ran on is discarded by
+ * its caller, but the idle ones were opened before the failure too. When the
+ * network forgot the old flows while new ones work (a NAT or firewall that
+ * dropped them, a failover behind a virtual IP), each of them is as dead, and
+ * the next caller (the storage probe, a retried append) would take one and
+ * wait a whole storage timeout again: recovery took two timeouts or more.
+ * Evicted, the next caller opens a fresh connection. An answered timeout
+ * (`statement_timeout`, `lock_timeout`) says the connection works and evicts
+ * nothing. Returns the connections it closed, whose errors are no news.
+ *
+ * pg-pool has no call to close idle connections: they are tracked from its
+ * events, and closed by resetting their sockets, so each fails at once and the
+ * pool drops it as it drops any connection that errs while idle (an end would
+ * wait for the dead peer).
+ */
+function evictIdleAfterReadTimeouts(pool: pg.Pool): WeakSet<pg.PoolClient> {
+  const idle = new Set<pg.PoolClient>()
+  const evicted = new WeakSet<pg.PoolClient>()
+  pool.on("acquire", (client) => idle.delete(client))
+  pool.on("remove", (client) => idle.delete(client))
+  // Released without an error, a connection goes back to the pool (or is closed, then "remove").
+  pool.on("release", (error, client) => {
+    if (!error) {
+      idle.add(client)
+      return
+    }
+    idle.delete(client)
+    if (error.message !== READ_TIMEOUT) return
+    for (const stale of idle) {
+      evicted.add(stale)
+      resetSocket(stale)
+    }
+    idle.clear()
+  })
+  return evicted
+}
+
+/** Resets `client`'s socket: closed at once, without waiting on a peer that may not answer. */
+function resetSocket(client: pg.ClientBase): void {
+  const stream = (client as unknown as { connection?: { stream?: { resetAndDestroy?: () => void } } })
+    .connection?.stream
+  try {
+    stream?.resetAndDestroy?.()
+  } catch {
+    // Already closed.
+  }
 }
 
 /** Where the digests of the schemas already set up in this (search-path) schema are kept. */

@@ -584,6 +584,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     // Not ready until warmed up: a load balancer then sends no traffic to a cold update path.
     readiness: () => readinessOf(storage, clustered?.cluster.redisState, warm ? undefined : startedAt),
     routes: extensionRoutes(extensions),
+    knownApiKey: (key) => apiKeys.holds(key),
   })
   let port: number
   try {

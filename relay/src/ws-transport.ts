@@ -139,6 +139,13 @@ export interface TransportOptions {
   readonly trustProxy?: boolean
   /** HTTP routes of the extensions (`/metrics`, `/admin/dead-letters`), tried first; true when handled. */
   readonly routes?: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>
+  /**
+   * True when `key` (an `Authorization: Bearer` credential) is an API key the
+   * relay's key cache read and whose secret matches, without reading storage:
+   * such a request is let through an address whose failed verifications are
+   * spent (see `CachedApiKeyStore.holds`).
+   */
+  readonly knownApiKey?: (key: string) => boolean
 }
 
 /** What `/readyz` reports: ready, or the dependencies that fail. */
@@ -490,14 +497,15 @@ export class WsTransport {
   /**
    * An HTTP request with credentials (a user's token, an API key, a service
    * token) from an address that spent its failed verifications is answered
-   * 429 before anything is verified, as a WebSocket upgrade is; one answered
-   * 401 takes one of the address's failures. Otherwise a stream of bad tokens
-   * to the extensions' routes (attachments, push, the API, admin) would buy a
-   * verification each without end.
+   * 429 before anything is verified, as a WebSocket upgrade is, unless the
+   * relay knows its credential already (see {@link knownCredential}); one
+   * answered 401 takes one of the address's failures. Otherwise a stream of
+   * bad tokens to the extensions' routes (attachments, push, the API, admin)
+   * would buy a verification each without end.
    */
   private credentialsAllowed(req: IncomingMessage, res: ServerResponse): boolean {
     const address = this.addressOf(req)
-    if (!this.addresses.allows(address)) {
+    if (!this.addresses.allows(address) && !this.knownCredential(bearerOf(req))) {
       this.refuseAddress(res, AddressLimit.authFailures, this.addresses, address)
       return false
     }
@@ -511,6 +519,20 @@ export class WsTransport {
     res.once("finish", count)
     res.once("close", count)
     return true
+  }
+
+  /**
+   * Whether `credential` (a token, or an API key) is one this relay verified
+   * before and that still holds, known without a signature check or a storage
+   * read. Those are let through an address whose failed verifications are
+   * spent: the attacker who spent them shares the address (a NAT, an IPv6
+   * /64) with honest users, who were locked out with it. A credential not
+   * known yet is still refused there unverified: the limit bounds what
+   * verifying junk costs.
+   */
+  private knownCredential(credential: string | null): boolean {
+    if (!credential) return false
+    return this.options.auth.verifiedBefore(credential) || (this.options.knownApiKey?.(credential) ?? false)
   }
 
   /** Answers an HTTP request 429 for `address`'s spent `limit` (its name as the body), and closes. */
@@ -537,9 +559,10 @@ export class WsTransport {
       socket.end("HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\r\n")
       return
     }
-    // Before the token is verified (what a bad one costs is paid before its user is known).
+    // Before the token is verified (what a bad one costs is paid before its user is known); a token
+    // verified before still gets in (see `knownCredential`).
     const address = this.addressOf(req)
-    if (!this.addresses.allows(address)) {
+    if (!this.addresses.allows(address) && !this.options.auth.verifiedBefore(tokenOf(req))) {
       this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
       const held = this.options.core.logThrottle.admit(`${AddressLimit.authFailures}\u0000${address}`)
       if (held !== undefined)
@@ -924,6 +947,11 @@ export class WsTransport {
     this.paceReading(ws, reader, earlyBytes)
     if (waiting) for (const { data, isBinary } of waiting) mux.receive(data, isBinary)
   }
+}
+
+/** The credential of `Authorization: Bearer <credential>`, if the request carries one. */
+function bearerOf(req: IncomingMessage): string | null {
+  return /^Bearer (\S+)$/i.exec(req.headers.authorization ?? "")?.[1] ?? null
 }
 
 /** The `?token=` of an upgrade request, without parsing more of it than that. */

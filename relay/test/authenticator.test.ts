@@ -48,4 +48,23 @@ describe("Authenticator", () => {
     await expect(auth.verifyToken(forged)).rejects.toMatchObject({ code: ErrorCode.UNAUTHORIZED })
     await expect(auth.verifyToken(forged)).rejects.toMatchObject({ code: ErrorCode.UNAUTHORIZED })
   })
+
+  it("knows a token it verified as verified before until the token expires, past the minute it is taken on trust", async () => {
+    vi.useFakeTimers({ toFake: ["Date"] })
+    const auth = new Authenticator({ key: { kind: "secret", secret } })
+    const token = await sign("alice", 600)
+    expect(auth.verifiedBefore(token)).toBe(false)
+    await auth.verifyToken(token)
+    expect(auth.verifiedBefore(token)).toBe(true)
+    // Only that exact token: another of the same user, or a forged one, was never verified.
+    expect(auth.verifiedBefore(await sign("alice", 300))).toBe(false)
+    expect(auth.verifiedBefore(`${token.slice(0, -4)}AAAA`)).toBe(false)
+    // Past the minute the verification is taken on trust (a user who reconnects later).
+    vi.advanceTimersByTime(5 * 60_000)
+    expect(auth.knownPrincipal(token)).toBeUndefined()
+    expect(auth.verifiedBefore(token)).toBe(true)
+    // Not past its expiry.
+    vi.advanceTimersByTime(5 * 60_000 + 1000)
+    expect(auth.verifiedBefore(token)).toBe(false)
+  })
 })

@@ -12,6 +12,7 @@ import { WebSocket } from "ws"
 import type { WebsocketProvider } from "y-websocket"
 import * as Y from "yjs"
 import { AddressLimiter, keyOf } from "../src/address-limits.js"
+import { apiClient, createKey, freshDataDir } from "./api/helpers.js"
 import { stockProvider, synced, TestClient } from "./helpers/clients.js"
 import {
   metricLine,
@@ -179,6 +180,45 @@ describe("connection attempts per address before the token is verified", () => {
     expect(lines("refused: per-address limit")).toBe(1)
     expect(lines("connection refused")).toBe(1)
     expect(await metricLine(relay, 'parley_errors_total{code="RATE_LIMITED"}')).toBeGreaterThanOrEqual(201)
+  })
+
+  it("still lets in a token and an API key it verified before from an address whose bad tokens are spent, and refuses a credential it never saw with 429", async () => {
+    const dataDir = freshDataDir()
+    const usedKey = await createKey(dataDir, "backend", ["conversations:read"])
+    const neverUsedKey = await createKey(dataDir, "other", ["conversations:read"])
+    const relay = await startRelayProcess({ dataDir, args: ["--address-auth-failures-per-minute", "5"] })
+    const id = newConversationId()
+    const a = await open(relay, id, alice)
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    await a.allSaved()
+    const api = apiClient(() => relay.httpUrl, usedKey)
+    const path = `/v1/conversations/${id}`
+    // Before the lock: alice's token verified (her open socket), the backend's key used once.
+    expect((await api("GET", path)).status).toBe(200)
+    const known = `${relay.url}/${id}?token=${await relay.token(alice)}`
+    expect((await attempt(known)).code).toBe(1005)
+
+    // Another host behind the same address (127.0.0.1) spends its failed verifications.
+    const bad = `${relay.url}/${id}?token=${await relay.token(mallory, { secret: "not the relay's secret" })}`
+    for (let i = 0; i < 5; i++) expect((await attempt(bad, false)).code).toBe(CloseCode.Unauthorized.code)
+    expect(await attempt(bad, false)).toEqual({ status: 429, body: AddressLimit.authFailures })
+
+    // At once, no wait for the bucket: the credentials the relay verified before get in.
+    expect((await attempt(known)).code).toBe(1005)
+    expect((await api("GET", path)).status).toBe(200)
+    // Credentials it never verified still wait: bob's first token, a key it never read.
+    const unseen = `${relay.url}/${id}?token=${await relay.token(bob)}`
+    expect(await attempt(unseen, false)).toEqual({ status: 429, body: AddressLimit.authFailures })
+    expect(await refusal(neverUsedKey)).toEqual({ status: 429, body: AddressLimit.authFailures })
+    // Nor is a made-up secret for the known key's id.
+    const forged = usedKey.replace(/.$/, (c) => (c === "A" ? "B" : "A"))
+    expect(await refusal(forged)).toEqual({ status: 429, body: AddressLimit.authFailures })
+
+    /** The status and text of the API's answer to `key`. */
+    async function refusal(key: string) {
+      const response = await fetch(`${relay.httpUrl}${path}`, { headers: { authorization: `Bearer ${key}` } })
+      return { status: response.status, body: (await response.text()).trim() }
+    }
   })
 
   it("counts each client's address from X-Forwarded-For behind a trusted proxy", async () => {

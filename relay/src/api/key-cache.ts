@@ -1,7 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import { RateLimiter } from "../rate-limit.js"
 import { storageUnavailable } from "../storage/guard.js"
-import type { ApiKeyRecord, ApiKeyStore } from "./keys.js"
+import { type ApiKeyRecord, type ApiKeyStore, secretMatches, splitApiKey } from "./keys.js"
 
 /**
  * How long a key read from storage is trusted, in ms: a key revoked with
@@ -37,6 +37,14 @@ export interface KeyCacheOptions {
   readonly now?: () => number
 }
 
+/** A key read (or being read) by a {@link CachedApiKeyStore}. */
+interface KnownKey {
+  readonly record: Promise<ApiKeyRecord | undefined>
+  readonly at: number
+  /** The record once read, kept while it is read again (see {@link CachedApiKeyStore.holds}). */
+  read: ApiKeyRecord | undefined
+}
+
 /**
  * An {@link ApiKeyStore} that remembers the keys it read for a few seconds,
  * so that authenticating a request does not read storage each time; and
@@ -51,10 +59,7 @@ export interface KeyCacheOptions {
  * made-up ids cannot grow the cache.
  */
 export class CachedApiKeyStore implements ApiKeyStore {
-  private readonly known = new Map<
-    string,
-    { readonly record: Promise<ApiKeyRecord | undefined>; at: number }
-  >()
+  private readonly known = new Map<string, KnownKey>()
   private readonly ttlMs: number
   private readonly now: () => number
   /** Ids read and found (revoked ones too): as many as keys were ever made. */
@@ -92,6 +97,21 @@ export class CachedApiKeyStore implements ApiKeyStore {
   }
 
   /**
+   * True when `presented` (a whole key, `pk_<id>_<secret>`) is a key this
+   * cache read (at any time since the start, or since the last revocation
+   * through it), not revoked then, whose secret matches: a SHA-256 and a map
+   * lookup, no storage read. For letting a key in from an address whose
+   * failed verifications are spent (see `AddressLimiter`); the request then
+   * checks its key as any other ({@link get}: read again once the cache time
+   * is over, so a key revoked meanwhile is still refused).
+   */
+  holds(presented: string): boolean {
+    const parts = splitApiKey(presented)
+    const record = parts && this.known.get(parts.id)?.read
+    return record !== undefined && record.revokedAt === undefined && secretMatches(record, parts!.secret)
+  }
+
+  /**
    * Adds every stored key's id to the ids known to exist: once, and again
    * when the last listing is older than `olderThanMs`. Failing, it leaves them
    * as they are (keys are then known as they are read).
@@ -111,14 +131,17 @@ export class CachedApiKeyStore implements ApiKeyStore {
   private read(id: string): Promise<ApiKeyRecord | undefined> {
     const now = this.now()
     // One read for the requests that arrive while it runs (a burst of one key's requests).
-    const entry = { record: this.inner.get(id), at: now }
+    // The record read before stays until this read settles: a key checked again is still held meanwhile.
+    const entry: KnownKey = { record: this.inner.get(id), at: now, read: this.known.get(id)?.read }
     this.known.set(id, entry)
     const forget = () => {
       if (this.known.get(id) === entry) this.known.delete(id)
     }
     entry.record.then((record) => {
-      if (record) this.exist.add(id)
-      else forget()
+      if (record) {
+        this.exist.add(id)
+        entry.read = record
+      } else forget()
     }, forget)
     return entry.record
   }

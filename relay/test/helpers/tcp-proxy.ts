@@ -15,6 +15,13 @@ export interface TcpProxy {
   stall(): void
   /** Passes on what {@link stall} held, in order, and everything after it. */
   resume(): void
+  /**
+   * Drops every byte either way of the connections open now, for good, and
+   * keeps them open; new connections pass (a NAT or firewall that forgot the
+   * old flows, a failover behind a virtual IP). Nothing fails on the old ones
+   * until the peer gives up on them.
+   */
+  holeExisting(): void
   close(): Promise<void>
 }
 
@@ -24,8 +31,10 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
   let open = true
   let stalled = false
   const held: { to: Socket; data: Buffer }[] = []
+  const holed = new WeakSet<Socket>()
   const forward = (from: Socket, to: Socket) =>
     from.on("data", (data: Buffer) => {
+      if (holed.has(from)) return
       if (stalled) held.push({ to, data })
       else to.write(data)
     })
@@ -67,6 +76,9 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
     resume() {
       stalled = false
       for (const { to, data } of held.splice(0)) if (!to.destroyed) to.write(data)
+    },
+    holeExisting() {
+      for (const socket of sockets) holed.add(socket)
     },
     close() {
       cut()
