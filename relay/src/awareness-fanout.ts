@@ -56,6 +56,8 @@ export class AwarenessFanout {
     private readonly host: DocumentHost,
     /** Called once a frame went out with these removals (the gate forgets their records). */
     private readonly sentRemovals: (removed: readonly number[]) => void,
+    /** The connection that set a present entry (the gate's record), if any. */
+    private readonly setterOf: (clientId: number) => unknown = () => undefined,
   ) {}
 
   /** Whether the room is large now. */
@@ -131,7 +133,11 @@ export class AwarenessFanout {
   private send(ids: readonly number[], removed: readonly number[]): void {
     if (ids.length > 0) {
       const frame = encodeAwareness(encodeAwarenessUpdate(this.host.awareness, [...ids]))
-      for (const connection of this.host.connections) connection.send(frame)
+      // A stock client's echo is owed to others' presence only: one holding nothing but what it set
+      // itself must not pay for its next frames (a socket setting its own state got them free).
+      const setters = ids.map((id) => this.setterOf(id))
+      for (const connection of this.host.connections)
+        connection.send(frame, { echoOwed: setters.some((setter) => setter !== connection) })
     }
     if (removed.length > 0) this.sentRemovals(removed)
   }

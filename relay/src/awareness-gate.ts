@@ -301,6 +301,11 @@ export class AwarenessGate {
    * Forgets removed entries entirely (y-protocols keeps the clock of every id
    * it ever saw). Called once the removal has been broadcast.
    */
+  /** The connection that set the present entry of `clientId`, if any. */
+  setterOf(clientId: number): Connection | undefined {
+    return this.setBy.get(clientId)
+  }
+
   forget(removed: readonly number[]): void {
     const now = this.now()
     for (const clientId of removed) {

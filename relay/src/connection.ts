@@ -43,7 +43,7 @@ export interface Session {
    * client's sync step 1 (possibly the whole conversation), which a transport
    * bounding its send queue should not count against the client.
    */
-  send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void
+  send(frame: Uint8Array, options?: SendOptions): void
   /**
    * Holds what is sent until the returned function is called, then writes it
    * in one system call (each frame still its own message); the send queue's
@@ -52,6 +52,19 @@ export interface Session {
    */
   hold?(): () => void
   close(code: number, reason: string): void
+}
+
+/** How a frame is sent (see {@link Session.send}). */
+export interface SendOptions {
+  /** The answer to the client's first sync request (see {@link Session.send}). */
+  readonly initialSync?: boolean
+  /**
+   * For an awareness frame: whether a stock client's echo of it is owed to
+   * others' presence (false when it holds only entries this connection set):
+   * such echoes are free of the user's receive budget, up to what was sent.
+   * Absent: owed.
+   */
+  readonly echoOwed?: boolean
 }
 
 const INITIAL_SYNC = { initialSync: true } as const
@@ -159,7 +172,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   }
 
   /** Queues `frame`, unless the connection is {@link pending}: anything derived from the document goes here. */
-  send(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
+  send(frame: Uint8Array, options?: SendOptions): void {
     if (!this.pending) this.sendAnyway(frame, options)
   }
 
@@ -172,7 +185,7 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   }
 
   /** Queues a frame that holds nothing of the document (empty sync answers, typed errors, own acks). */
-  private sendAnyway(frame: Uint8Array, options?: { readonly initialSync?: boolean }): void {
+  private sendAnyway(frame: Uint8Array, options?: SendOptions): void {
     if (!this.closed) this.session.send(frame, options)
   }
 

@@ -1068,7 +1068,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       takeClientId: (user) => this.ctx.clientIds?.take(name, user, 1) ?? true,
     })
     this.gates.set(host, gate)
-    const fanout = new AwarenessFanout(host, (removed) => gate.forget(removed))
+    const fanout = new AwarenessFanout(
+      host,
+      (removed) => gate.forget(removed),
+      (clientId) => gate.setterOf(clientId),
+    )
     this.fanouts.set(host, fanout)
     const changedNow = new Set<number>()
     host.awareness.on("change", ({ updated }: { updated: number[] }) => {

@@ -338,11 +338,11 @@ export class WsTransport {
    * the budget is overdrawn, stops reading the socket (TCP holds the sender)
    * until it is back. The frames already read are handled as usual.
    */
-  private paceReading(ws: WebSocket, principal: Principal, bytes: number): void {
+  private paceReading(ws: WebSocket, principal: Principal, bytes: number, frame = true): void {
     const users = this.options.core.users
     // A user held back while the relay is saturated is not read for a window (see `FairShare`).
     const wait = Math.max(
-      users.received(principal, bytes + FRAME_BASE_BYTES),
+      users.received(principal, bytes + (frame ? FRAME_BASE_BYTES : 0)),
       principal.kind === "user" && users.fair.isHeld(principal.user) ? FAIR_SHARE_WINDOW_MS : 0,
     )
     if (wait <= 0 || this.paced.has(ws)) return
@@ -728,7 +728,8 @@ export class WsTransport {
         // An echo is charged only for what it brings beyond the presence it answers (a grown state).
         const free = echo ? Math.min(bytes.length, echoBytes) : 0
         echoBytes -= free
-        if (free < bytes.length) this.paceReading(ws, reader, bytes.length - free)
+        // A free echo still waits while its user is over budget or held back (it adds nothing to the bill).
+        this.paceReading(ws, reader, bytes.length - free, free < bytes.length)
       }
       if (connection) deliver(bytes)
       else {
@@ -813,7 +814,7 @@ export class WsTransport {
         if (ws.readyState !== WebSocket.OPEN || lease?.expired()) return
         sendFramed(ws, frame)
         if (liveness) liveness.sentAt = performance.now()
-        if (frame[0] === MessageType.awareness) {
+        if (frame[0] === MessageType.awareness && options?.echoOwed !== false) {
           echoCredit = Math.min(MAX_ECHO_CREDIT, echoCredit + 1)
           echoBytes = Math.min(MAX_ECHO_BYTES, echoBytes + frame.length + ECHO_SLACK_BYTES)
         }

@@ -107,3 +107,29 @@ describe("a stock y-websocket provider echoing others' presence", () => {
     expect(await paced()).toBe(0)
   })
 })
+
+describe("a stock y-websocket provider setting its own presence", () => {
+  it("pays for each frame: its own presence sent back to it buys it no free frames", async () => {
+    const relay = await relayWith({ userReceiveBytesPerSecond: 20_000, userReceiveBurstBytes: 20_000 })
+    const id = newConversationId()
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) =>
+      createConversation(doc, alice, { kind: "group", id, participants: [], title: "alone" }),
+    )
+    const provider = stockProvider(relay.url, id, await signToken(SECRET, alice))
+    providers.push(provider)
+    await synced(provider)
+    // 1.5 KB ten times a second, with the 4 KiB counted per frame: 56 KB/s against 20.
+    const filler = "x".repeat(1500)
+    for (let tick = 0; tick < 30; tick++) {
+      provider.awareness.setLocalState({ tick, filler })
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    const text = await (await fetch(`${relay.httpUrl}/metrics`)).text()
+    // Before: the relay's broadcast of each state back to its own socket counted as an echo owed,
+    // and the socket's next frame went free (one user read at 60 times the budget: an outside probe);
+    // it was paced once, for the first frames' burst, and is now again and again.
+    expect(
+      Number(/parley_user_limit_total\{limit="received-bytes-per-user"\} (\d+)/.exec(text)?.[1] ?? 0),
+    ).toBeGreaterThan(5)
+  })
+})
