@@ -187,7 +187,7 @@ describe("deletion deletes (SQLite)", () => {
     expect(b.errors[0]).toMatchObject({ code: ErrorCode.FORBIDDEN, rule: Rule.conversationDeleted })
     expect(() => sendMessage(b.doc, bob, { body: "x" })).toThrow(/deleted/)
     // The inboxes are purged after the deletion, by the hook pipeline.
-    await until(() => rowsHolding(dir, "Title-Zanzibar-Purge").length === 0)
+    await untilNoRowHolds(dir, "Title-Zanzibar-Purge")
 
     await stopRelays()
     const files = rawFiles(dir)
@@ -218,7 +218,7 @@ describe("deletion deletes (SQLite)", () => {
     expect(rawFiles(dir)).toContain("Gone-Axolotl-Text")
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
-    await until(() => rowsHolding(dir, "Gone-Axolotl-Text").length === 0)
+    await untilNoRowHolds(dir, "Gone-Axolotl-Text")
     await stopRelays()
     const files = rawFiles(dir)
     expect(rowsHolding(dir, "Gone-Axolotl-Text")).toEqual([])
@@ -243,7 +243,7 @@ describe("deletion deletes (SQLite)", () => {
     Y.applyUpdate(other.doc, Y.encodeStateAsUpdate(stale, Y.encodeStateVector(other.doc)))
     await other.allSaved()
     await until(() => !typesOf(a.doc).edits.has(gone.id))
-    await until(() => rowsHolding(dir, "Concurrent-Edit-Quokka").length === 0)
+    await untilNoRowHolds(dir, "Concurrent-Edit-Quokka")
     await stopRelays()
     const files = rawFiles(dir)
     expect(files).not.toContain("Concurrent-Edit-Quokka")
@@ -264,7 +264,7 @@ describe("deletion deletes (SQLite)", () => {
     expect(rowsHolding(dir, "Gone-Quokka-Text")).not.toEqual([])
     fail(false)
     // Tried again without anyone writing: the text leaves every table.
-    await until(() => rowsHolding(dir, "Gone-Quokka-Text").length === 0)
+    await untilNoRowHolds(dir, "Gone-Quokka-Text")
     await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Quokka-Text")
     expect(rawFiles(dir)).toContain("Keep-Okapi-Text")
@@ -283,7 +283,7 @@ describe("deletion deletes (SQLite)", () => {
     await new Promise((resolve) => setTimeout(resolve, 400))
     expect(rowsHolding(dir, "Gone-Numbat-Text")).not.toEqual([])
     fail(false)
-    await until(() => rowsHolding(dir, "Gone-Numbat-Text").length === 0)
+    await untilNoRowHolds(dir, "Gone-Numbat-Text")
     await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Numbat-Text")
     expect(rawFiles(dir)).not.toContain("Gone-Tapir-Text")
@@ -309,7 +309,7 @@ describe("deletion deletes (SQLite)", () => {
     const bodies = listMessages(b.doc, { last: 10 }).map((m) => m.body)
     expect(bodies).toContain("Keep-Gecko-Text")
     expect(bodies).not.toContain("Gone-Dugong-Text")
-    await until(() => rowsHolding(dir, "Gone-Dugong-Text").length === 0)
+    await untilNoRowHolds(dir, "Gone-Dugong-Text")
     await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Dugong-Text")
     expect(rawFiles(dir)).toContain("Keep-Gecko-Text")
@@ -332,7 +332,7 @@ describe("deletion deletes (SQLite)", () => {
 
     const next = await relayOn(new SqliteBackend(dir))
     await joinAs(next, bob, id)
-    await until(() => rowsHolding(dir, "Gone-Kiwi-Text").length === 0)
+    await untilNoRowHolds(dir, "Gone-Kiwi-Text")
     await stopRelays()
     expect(rawFiles(dir)).not.toContain("Gone-Kiwi-Text")
     expect(rawFiles(dir)).not.toContain("Gone-Serval-Text")
@@ -368,7 +368,7 @@ describe("deletion deletes (SQLite)", () => {
 
     // Nobody opens it: the next relay finds the purge owed and does it, then seals.
     const next = await relayOn(new SqliteBackend(dir))
-    await until(() => rowsHolding(dir, "Gone-Sealed-Margay").length === 0)
+    await untilNoRowHolds(dir, "Gone-Sealed-Margay")
     const b = await joinAs(next, bob, id)
     await b.until(() => sealedSegments(b.doc).length === 1)
     await stopRelays()
@@ -418,7 +418,7 @@ describe("deletion deletes (SQLite)", () => {
     await a.allSaved()
     // The preview shows the latest message deleted (no text), then the purge compacts the inbox.
     await inbox.until(() => !preview().includes("Gone-Okapi-"))
-    await until(() => rowsHolding(dir, "Gone-Okapi-").length === 0)
+    await untilNoRowHolds(dir, "Gone-Okapi-")
     await stopRelays()
     expect(rowsHolding(dir, "Gone-Okapi-")).toEqual([])
     const files = rawFiles(dir)
@@ -523,7 +523,7 @@ describe("deleting a message in a big room", () => {
       return (write as (...args: unknown[]) => unknown)(name, ...rest)
     }) as typeof relay.core.write
     await relay.core.write(id, as, (doc) => deleteMessage(doc, alice, old))
-    await until(() => rowsHolding(dir, "Gone-Serval-Text").length === 0)
+    await untilNoRowHolds(dir, "Gone-Serval-Text")
     // The inboxes' pass waits a moment for the deletions that follow (SHARED_PASS_WAIT_MS), then runs.
     await new Promise((resolve) => setTimeout(resolve, 300))
     await relay.hooks?.idle()
@@ -577,7 +577,7 @@ describe("purges of a document whose purge is slow", () => {
     const inTheStream = purges.filter((at) => at < started + 2_000).length
     expect(inTheStream).toBeLessThanOrEqual(2)
     // Every deletion is purged still, within the spacing.
-    await until(() => rowsHolding(dir, "Gone-Kiwi-").length === 0)
+    await untilNoRowHolds(dir, "Gone-Kiwi-")
   }, 30_000)
 })
 
@@ -660,7 +660,7 @@ describe("deletion in a big room", () => {
         for (const message of [...others, gone]) deleteMessage(a.doc, alice, message.id)
       })
       await a.allSaved()
-      await until(() => rowsHolding(dir, "Gone-Quokka-Text").length === 0)
+      await untilNoRowHolds(dir, "Gone-Quokka-Text")
       await relay.hooks?.idle()
       // The conversation's and bob's inbox's, and maybe the author's: not one per member (61 before).
       expect((await compactions(relay)) - before).toBeLessThanOrEqual(4)
@@ -684,7 +684,7 @@ describe("deletion and an inbox still in memory", () => {
     const gone = await previewedByBob(relay, a, "Gone-Caracal-Text")
     deleteMessage(a.doc, alice, gone.id)
     await a.allSaved()
-    await until(() => rowsHolding(dir, "Gone-Caracal-Text").length === 0)
+    await untilNoRowHolds(dir, "Gone-Caracal-Text")
     await relay.hooks?.idle()
     await new Promise((resolve) => setTimeout(resolve, 300))
     await relay.hooks?.idle()
@@ -718,7 +718,7 @@ describe("deletions one after another", () => {
       deleteMessage(a.doc, alice, message)
       await a.allSaved()
     }
-    await until(() => rowsHolding(dir, "Gone-Margay-").length === 0)
+    await untilNoRowHolds(dir, "Gone-Margay-")
     await relay.hooks?.idle()
     // One purge (a compaction) per deletion before they were shared: 20 or more. Shared, a purge window
     // (2 s) covers every deletion made in it, so a loaded machine that needs longer for the twenty pays
@@ -836,7 +836,7 @@ describe("erasing a user (GDPR)", () => {
     expect(
       listMessages(a.doc, { last: 50 }).filter((m) => m.author === alice && m.body.startsWith("Alice-Stays")),
     ).not.toHaveLength(0)
-    await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
+    await untilNoRowHolds(dir, "Bob-Ibex-")
     // Idempotent: nothing left to erase.
     expect(await (await erase(service)).json()).toMatchObject({ user: "bob", messages: 0 })
     await stopRelays()
@@ -873,7 +873,7 @@ describe("erasing a user (GDPR)", () => {
       damaged: [],
     })
     await a2.until(() => listMessages(a2.doc, { last: 5 }).every((m) => m.deleted !== undefined))
-    await until(() => rowsHolding(dir, "Bob-Ibex-").length === 0)
+    await untilNoRowHolds(dir, "Bob-Ibex-")
     expect(await (await erase(eraser.key)).json()).toMatchObject({ user: "bob", messages: 0 })
     await stopRelays()
     expect(rawFiles(dir)).not.toContain("Bob-Ibex-")
@@ -943,8 +943,24 @@ async function until(check: () => boolean | Promise<boolean>): Promise<void> {
   }
 }
 
+/** Up to 150 characters of `value` around `text`. */
+function excerpt(value: unknown, text: string): string {
+  const all = value instanceof Uint8Array ? Buffer.from(value).toString("latin1") : String(value)
+  const at = all.indexOf(text)
+  return JSON.stringify(all.slice(Math.max(0, at - 100), at + 50))
+}
+
+/** Resolves once no row of the relay's tables holds `text`; fails after 10 s naming the rows that still do. */
+async function untilNoRowHolds(dir: string, text: string): Promise<void> {
+  const deadline = Date.now() + 10_000
+  for (let rows = rowsHolding(dir, text, true); rows.length > 0; rows = rowsHolding(dir, text, true)) {
+    if (Date.now() > deadline) throw new Error(`still holding ${text}: ${rows.join("; ")}`)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
 /** Where `text` is in the relay's tables, as "table document": the failure names the place. */
-function rowsHolding(dir: string, text: string): string[] {
+function rowsHolding(dir: string, text: string, withValues = false): string[] {
   const db = new Database(join(dir, "parley.sqlite"), { readonly: true })
   try {
     const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
@@ -959,7 +975,7 @@ function rowsHolding(dir: string, text: string): string[] {
             (value instanceof Uint8Array && Buffer.from(value).toString("latin1").includes(text))
           )
             found.push(
-              `${name} ${String(row.doc ?? row.document ?? row.conversation ?? "")} ${process.env.PURGE_DEBUG ? String(value).slice(0, 400) : ""}`,
+              `${name} ${String(row.doc ?? row.document ?? row.conversation ?? "")} ${withValues || process.env.PURGE_DEBUG ? excerpt(value, text) : ""}`,
             )
     return found
   } finally {
@@ -990,7 +1006,7 @@ describe("deletion deletes sealed messages (SQLite)", () => {
 
     deleteMessage(a.doc, alice, sent[3]!.id)
     await a.allSaved()
-    await until(() => rowsHolding(dir, "Sealed-Narwhal-Gone").length === 0)
+    await untilNoRowHolds(dir, "Sealed-Narwhal-Gone")
     // Every replica is told the segment's new name and counts; the rest of the segment is as it was,
     // and the tombstone has left the live document with the change.
     await b.until(() => sealedSegments(b.doc)[0]?.hash !== before.hash)
