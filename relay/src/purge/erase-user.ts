@@ -1,10 +1,14 @@
 import {
+  type ConversationId,
   decodeSegment,
   ErrorCode,
   eraseAuthor,
+  inboxDocumentName,
   ParleyError,
   parseDocumentName,
+  profileRecordOf,
   sealedHistory,
+  typesOf,
   type UserId,
 } from "@parley/shared"
 import type * as Y from "yjs"
@@ -13,6 +17,7 @@ import { eraseUploads } from "../attachments/service.js"
 import type { RunningCore } from "../extension.js"
 import type { HistoryStore } from "../history/store.js"
 import { RELAY } from "../principal.js"
+import { rewriteInboxEntries } from "./inbox-purge-target.js"
 
 /** What {@link eraseUser} did. */
 export interface ErasureReport {
@@ -57,16 +62,42 @@ export async function eraseUser(
     conversations++
     // A damaged conversation is named and passed over: before, the first one ended the erasure there, and
     // the conversations after it kept the user's text with nothing saying so.
-    if (!(await eraseIn(core, name, history, user, now, (n) => (messages += n)))) damaged.push(name)
-    // Their name and picture on the conversation's stored events (every event they caused carries it).
-    else await core.forgetUser?.(name, user)
+    const shown = await eraseIn(core, name, history, user, now, (n) => (messages += n))
+    if (shown === undefined) {
+      damaged.push(name)
+      continue
+    }
+    // Their name and picture on the conversation's stored events (every event they caused carries it),
+    await core.forgetUser?.(name, user)
+    // and in the members' inbox entries (an entry names some members).
+    if (shown.length > 0) await forgetInInboxes(core, name, shown)
   }
   // After the messages: one sent meanwhile with a file of theirs is a placeholder now, not a link to it.
   const uploads = blobs ? await eraseUploads(blobs, user) : 0
   return { conversations, messages, uploads, damaged }
 }
 
-/** Erases `user`'s messages in conversation `name`; false when its stored state is damaged. */
+/**
+ * The members' inboxes that may show `shown` (the erased user's name and
+ * picture in conversation `name`): derived again from the erased
+ * conversation, written and compacted. Those stored without it are passed
+ * over (a byte search each), as a message's purge does.
+ */
+async function forgetInInboxes(core: RunningCore, name: string, shown: readonly string[]): Promise<void> {
+  const users = await core.read(name, (doc) => [...typesOf(doc).participants.keys()] as UserId[])
+  const inboxes = users.map((member) => inboxDocumentName(member))
+  const stored = core.storedShowing ? await core.storedShowing(inboxes, new Set(shown)) : undefined
+  const holding = users.filter(
+    (_, i) => stored === undefined || stored.has(inboxes[i]!) || core.isLoaded?.(inboxes[i]!) === true,
+  )
+  await rewriteInboxEntries(core, name as ConversationId, holding, undefined)
+}
+
+/**
+ * Erases `user`'s messages in conversation `name`; returns the name and
+ * picture their profile showed there (empty when none), or undefined when
+ * its stored state is damaged.
+ */
 async function eraseIn(
   core: RunningCore,
   name: string,
@@ -74,11 +105,15 @@ async function eraseIn(
   user: UserId,
   now: number,
   erased: (count: number) => void,
-): Promise<boolean> {
+): Promise<string[] | undefined> {
   try {
     for (;;) {
       // The relay's directory of sealed messages, for the ones among them the user wrote.
       const doc = await core.read(name, (d) => d)
+      const profile = profileRecordOf(doc, user)
+      const shown = [profile?.name, profile?.picture].filter(
+        (v): v is string => typeof v === "string" && v !== "",
+      )
       if (history) {
         const directory = sealedHistory(doc)
         for (const stored of await history.all(name)) directory.add(decodeSegment(stored.bytes))
@@ -89,10 +124,10 @@ async function eraseIn(
         if (same) erased(eraseAuthor(current, user, { now }))
       })
       // Unloaded in between: the directory went with it, so again on the fresh load.
-      if (same) return true
+      if (same) return shown
     }
   } catch (error) {
-    if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) return false
+    if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) return undefined
     throw error
   }
 }

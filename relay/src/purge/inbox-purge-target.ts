@@ -1,4 +1,5 @@
 import {
+  type ConversationId,
   type DeletedMessageRecord,
   type InboxEntry,
   InboxTopLevel,
@@ -153,36 +154,7 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
       for (const [i, user] of users.entries())
         if (holding === undefined || holding.has(inboxes[i]!) || (await shows(inboxes[i]!)))
           purging.push(user)
-      let compacted = false
-      // Derived and written one inbox after another, each only while the member's membership is what the
-      // read saw: a removal landing between the read and the write (the writes wait for one another and
-      // for compactions) would otherwise get the removed member's entry back after the inbox target
-      // removed it, for good.
-      await writeDerivedEntries(
-        relay,
-        conversation,
-        purging,
-        (doc, _user, entry) => {
-          // A later message may have reached the inbox since the read (LiveInbox): it shows no deleted text.
-          const current = inboxEntries(doc).get(conversation)
-          if (!entry?.deleted && (current?.lastMessage?.at ?? -1) > (entry?.lastMessage?.at ?? -1))
-            return false
-          return writeInboxEntry(doc, conversation, entry)
-        },
-        {
-          after: async (user, changed) => {
-            const inbox = inboxDocumentName(user)
-            // An unchanged entry never showed the text; a stored inbox is compacted whenever it unloads, so
-            // its log holds only what it gained while loaded.
-            if (changed || holding === undefined || holding.has(inbox)) {
-              await relay.compact?.(inbox, { scrub: false })
-              compacted = true
-            }
-          },
-        },
-      )
-      // Once for the pass, not once per inbox (each a checkpoint of the whole write-ahead log).
-      if (compacted) await relay.scrub?.()
+      await rewriteInboxEntries(relay, conversation, purging, holding)
       const pass = passes.get(read.doc)
       const purged = pass?.purged ?? new Set<MessageId>()
       for (const id of covered) purged.add(id)
@@ -190,4 +162,48 @@ export function inboxPurgeTarget(relay: RunningCore): DeliveryTarget {
     },
     retryDelay: exponentialBackoff({ baseMs: 500, maxMs: 30_000, attempts: 20 }),
   }
+}
+
+/**
+ * Derives `users`' inbox entries of `conversation` again from it as it is
+ * now, writes them, and folds each inbox's log into a snapshot of its
+ * garbage-collected document where the entry changed or the inbox is in
+ * `holding` (all, when it is undefined): no stored inbox keeps what its old
+ * entry showed. Then storage is scrubbed, once.
+ */
+export async function rewriteInboxEntries(
+  relay: RunningCore,
+  conversation: ConversationId,
+  users: readonly UserId[],
+  holding: ReadonlySet<string> | undefined,
+): Promise<void> {
+  let compacted = false
+  // Derived and written one inbox after another, each only while the member's membership is what the
+  // read saw: a removal landing between the read and the write (the writes wait for one another and
+  // for compactions) would otherwise get the removed member's entry back after the inbox target
+  // removed it, for good.
+  await writeDerivedEntries(
+    relay,
+    conversation,
+    [...users],
+    (doc, _user, entry) => {
+      // A later message may have reached the inbox since the read (LiveInbox): it shows no deleted text.
+      const current = inboxEntries(doc).get(conversation)
+      if (!entry?.deleted && (current?.lastMessage?.at ?? -1) > (entry?.lastMessage?.at ?? -1)) return false
+      return writeInboxEntry(doc, conversation, entry)
+    },
+    {
+      after: async (user, changed) => {
+        const inbox = inboxDocumentName(user)
+        // An unchanged entry never showed the text; a stored inbox is compacted whenever it unloads, so
+        // its log holds only what it gained while loaded.
+        if (changed || holding === undefined || holding.has(inbox)) {
+          await relay.compact?.(inbox, { scrub: false })
+          compacted = true
+        }
+      },
+    },
+  )
+  // Once for the pass, not once per inbox (each a checkpoint of the whole write-ahead log).
+  if (compacted) await relay.scrub?.()
 }
