@@ -163,6 +163,20 @@ export const witnessesOf = (event: HookEvent): UserId[] => {
   return (event.subject as { users: readonly UserId[] }).users.filter((user) => !audience.has(user))
 }
 
+/**
+ * `entry` as a reader filtering by `user` gets it: the event of their own
+ * removal without the conversation as the change left it (its title,
+ * metadata and members are no longer theirs to see: an owner removing them
+ * and renaming it in one change showed them the new title), only its id,
+ * kind, creator and creation time.
+ */
+export function asSeenBy(user: UserId | undefined, entry: EventLogEntry): EventLogEntry {
+  if (user === undefined || !witnessesOf(entry.event).includes(user)) return entry
+  const { id, kind, createdBy, createdAt } = entry.event.conversation
+  const conversation = { id, kind, createdBy, createdAt, title: "", metadata: {}, participants: [] }
+  return { ...entry, event: { ...entry.event, conversation } as HookEvent }
+}
+
 /** Where a user's membership of a conversation starts or ends, in the log's ids. */
 export interface MembershipChanges {
   /** From this id on (inclusive) the user sees the conversation's events. */

@@ -1,5 +1,6 @@
 import type { UserId } from "@parley/shared"
 import {
+  asSeenBy,
   audienceOf,
   checkAfter,
   checkLimit,
@@ -78,7 +79,7 @@ export class MemoryEventLog implements EventLog {
       if (query.conversation !== undefined && row.event.event.conversationId !== query.conversation) continue
       if (query.user !== undefined && !row.audience.has(query.user)) continue
       if (types && !types.has(row.event.event.type)) continue
-      out.push({ id: String(row.id), event: row.event })
+      out.push(asSeenBy(query.user, { id: String(row.id), event: row.event }))
       if (out.length === limit) break
     }
     return out

@@ -2,6 +2,7 @@ import type { UserId } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../pg-transaction.js"
 import {
+  asSeenBy,
   checkAfter,
   checkLimit,
   checkTypes,
@@ -256,7 +257,9 @@ export class PostgresEventLog implements EventLog {
       },
       "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     )
-    return rows.rows.map((row) => ({ id: row.id, event: rehydrate(row.payload, row.members, rows.lists) }))
+    return rows.rows.map((row) =>
+      asSeenBy(query.user, { id: row.id, event: rehydrate(row.payload, row.members, rows.lists) }),
+    )
   }
 
   async latest(): Promise<string> {

@@ -1,6 +1,7 @@
 import type { UserId } from "@parley/shared"
 import type Database from "better-sqlite3"
 import {
+  asSeenBy,
   checkAfter,
   checkLimit,
   checkTypes,
@@ -291,7 +292,9 @@ export class SqliteEventLog implements EventLog {
       return { rows, lists: this.memberLists.load(rows.map((row) => row.members)) }
     })
     const { rows, lists } = snapshot()
-    return rows.map((row) => ({ id: String(row.id), event: rehydrate(row.payload, row.members, lists) }))
+    return rows.map((row) =>
+      asSeenBy(query.user, { id: String(row.id), event: rehydrate(row.payload, row.members, lists) }),
+    )
   }
 
   async latest(): Promise<string> {

@@ -307,6 +307,11 @@ export function runEventLogConformance(
       const user = (u: string) => events.read({ user: u as UserId, limit: 10 }).then(ids)
       // Before: carol's feed never said she left (a backend mirroring her conversations kept this one).
       expect(await user("carol")).toEqual(["before", "removed"])
+      // Her removal's event without the conversation as the change left it (a new title, new members).
+      const [, seen] = await events.read({ user: "carol" as UserId, limit: 10 })
+      expect(seen!.event.conversation).toMatchObject({ id: "c1", title: "", metadata: {}, participants: [] })
+      const [, , full] = await events.read({ user: "alice" as UserId, limit: 10 })
+      expect(full!.event.conversation.title).toBe("t")
       expect(await user("alice")).toEqual(["before", "same-change", "removed", "document", "after"])
       if (!reopen) return
       await outbox.close()
