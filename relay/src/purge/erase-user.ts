@@ -42,8 +42,9 @@ export interface ErasureReport {
  * connected devices are told, and the purge that follows a message deletion
  * removes the text from logs, snapshots, sealed segments, hook events and
  * inboxes (relay README, "Deletion and erasure"). Their profile (display
- * name, picture) goes from each conversation and from its stored hook events. Idempotent. It reads every
- * conversation (O(stored conversations)): an operator's command, not a hot path.
+ * name, picture) goes from each conversation, its stored hook events and the
+ * members' inbox entries. Idempotent. It reads every conversation
+ * (O(stored conversations)): an operator's command, not a hot path.
  */
 export async function eraseUser(
   core: RunningCore,
