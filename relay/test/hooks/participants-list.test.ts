@@ -138,7 +138,7 @@ describe("the participants list of hook payloads", () => {
         .sort(),
     ).toEqual([alice, bob])
     sendMessage(doc, alice, { body: "hello" })
-    expect(record()).toEqual({ opened: [], closed: [] })
+    expect(record()).toEqual({ opened: [], closed: [], witnessed: [] })
     addParticipants(doc, alice, [carol])
     expect(record().opened.map((o) => o.user)).toEqual([carol])
     removeParticipants(doc, alice, [bob])
