@@ -131,9 +131,14 @@ export class HookRuntime {
   /** Documents loaded with nothing stored and no watermark: given one before their first append. */
   private readonly unmarked = new WeakSet<Y.Doc>()
   private readonly core: RunningCore
-  private chain: Promise<unknown> = Promise.resolve()
-  /** Records in {@link chain} not done yet (a failed one waiting to be tried again, or behind one). */
-  private waiting = 0
+  /**
+   * Records waiting in line, by document: a failed one tried again, and the document's later ones
+   * behind it. Per document, since what the line protects is (a later change's watermark must not
+   * pass a failed change's log entries of the same document): one line for the whole relay held
+   * every document's records, and so every takeover and compaction, behind one failing record
+   * retried with backoff. A document's entry goes once its line is empty.
+   */
+  private readonly lines = new Map<string, RecordLine>()
   /** Aborted by {@link stop}: ends the waits between attempts of a failed record. */
   private readonly stopping = new AbortController()
   private sweeping: Promise<void> | undefined
@@ -402,7 +407,7 @@ export class HookRuntime {
 
   /** Log position up to which `name` may be compacted without losing events not yet recorded. */
   async compactionLimit(name: string): Promise<number> {
-    await this.chain
+    await this.lines.get(name)?.tail
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
 
@@ -475,7 +480,7 @@ export class HookRuntime {
    * begun ordering it (several relays), maybe after the relay that did died.
    */
   async resume(document: string): Promise<void> {
-    await this.chain
+    await this.lines.get(document)?.tail
     await this.dispatcher.adopt(document)
   }
 
@@ -486,7 +491,7 @@ export class HookRuntime {
    */
   async idle(): Promise<void> {
     await this.sweeping
-    await this.chain
+    await this.allLines()
     await this.dispatcher.idle()
   }
 
@@ -496,7 +501,7 @@ export class HookRuntime {
     this.stopping.abort()
     clearTimeout(this.sweepAgain)
     await this.sweeping
-    await this.chain
+    await this.allLines()
     await this.dispatcher.stop()
     await this.options.worker?.stop()
     await this.options.outbox.close()
@@ -532,30 +537,50 @@ export class HookRuntime {
         )
       }
     }
-    // A failed record is tried again until it succeeds, and every later one waits behind it: recorded
-    // first, a later change's watermark would pass the failed change's log entries, and their events
-    // would never be recorded, delivered or logged (nor derived again at the next load).
-    // An outbox that keeps call order needs no wait for the last commit while nothing waits in line:
-    // changes of one tick share one.
-    if (this.options.outbox.ordersEnqueues && this.waiting === 0) {
+    // A failed record is tried again until it succeeds, and every later one of its document waits
+    // behind it: recorded first, a later change's watermark would pass the failed change's log entries,
+    // and their events would never be recorded, delivered or logged (nor derived again at the next load).
+    // Other documents' records do not wait: their watermarks are their own.
+    // An outbox that keeps call order needs no wait for the last commit while nothing of the document
+    // waits in line: changes of one tick share one.
+    if (this.options.outbox.ordersEnqueues && !this.lines.has(document)) {
       const run = record()
-      run.catch((error: unknown) => this.recordInLine(document, record, error))
+      run.catch((error: unknown) =>
+        this.inLine(document, (previous) =>
+          previous.then(() => this.recordUntilDone(document, record, error)),
+        ),
+      )
       return run
     }
-    const run = this.chain.then(record)
-    this.waiting++
-    this.chain = run
-      .catch((error: unknown) => this.recordUntilDone(document, record, error))
-      .finally(() => this.waiting--)
+    let run!: Promise<void>
+    this.inLine(document, (previous) => {
+      run = previous.then(record)
+      return run.catch((error: unknown) => this.recordUntilDone(document, record, error))
+    })
     return run
   }
 
-  /** Records after everything already in line, trying again until it succeeds (see {@link enqueue}). */
-  private recordInLine(document: string, record: () => Promise<void>, error: unknown): void {
-    this.waiting++
-    this.chain = this.chain
-      .then(() => this.recordUntilDone(document, record, error))
-      .finally(() => this.waiting--)
+  /**
+   * Puts a step at the end of `document`'s line: `step` gets the line's last promise and returns
+   * the new one, which must not reject. The entry goes when the line is empty again, so that the
+   * map holds only documents with records in flight.
+   */
+  private inLine(document: string, step: (previous: Promise<void>) => Promise<void>): void {
+    let line = this.lines.get(document)
+    if (!line) {
+      line = { tail: Promise.resolve(), waiting: 0 }
+      this.lines.set(document, line)
+    }
+    const current = line
+    current.waiting++
+    current.tail = step(current.tail).finally(() => {
+      if (--current.waiting === 0 && this.lines.get(document) === current) this.lines.delete(document)
+    })
+  }
+
+  /** Resolves when every record in line now, of every document, is done (later ones are not waited for). */
+  private async allLines(): Promise<void> {
+    await Promise.all([...this.lines.values()].map((line) => line.tail))
   }
 
   /**
@@ -678,6 +703,12 @@ export class HookRuntime {
       },
     })
   }
+}
+
+/** A document's records in line (see `HookRuntime.lines`): the last one's promise, and how many are not done. */
+interface RecordLine {
+  tail: Promise<void>
+  waiting: number
 }
 
 // Only decodable updates are stored; this guards a damaged store without losing the rest (as the core does).

@@ -8,7 +8,7 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import { MemoryBackend } from "../../src/backend/memory.js"
 import { SqliteBackend } from "../../src/backend/sqlite.js"
 import type { HookEvent } from "../../src/hooks/events.js"
@@ -92,6 +92,73 @@ describe.each(Object.keys(backends) as (keyof typeof backends)[])(
       expect(sentIds(events)).toEqual(["while-failing-01", "after-change-01"])
       const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
       expect(sentIds(logged.map((e) => e.event))).toEqual(["while-failing-01", "after-change-01"])
+    })
+  },
+)
+
+/** `outbox`, whose enqueues for `document` fail while `failing()` holds; the others go through. */
+function failingWhile(outbox: Outbox, document: string, failing: () => boolean): Outbox {
+  return new Proxy(outbox, {
+    get(target, property) {
+      const value = Reflect.get(target, property, target)
+      if (property === "enqueue")
+        return (batch: Parameters<Outbox["enqueue"]>[0]) =>
+          batch.document === document && failing()
+            ? Promise.reject(new Error("the outbox table is locked"))
+            : target.enqueue(batch)
+      return typeof value === "function" ? value.bind(target) : value
+    },
+  })
+}
+
+describe.each(Object.keys(backends) as (keyof typeof backends)[])(
+  "a change of one conversation the %s outbox keeps failing to record",
+  (kind) => {
+    it("holds neither another conversation's events nor its compaction (before: both waited for it)", async () => {
+      const backend = backends[kind]()
+      cleanup.push(() => backend.close())
+      const { hooks, events } = recordingHooks()
+      const stuck = "g~records-failing" as ConversationId
+      const other = "g~records-flowing" as ConversationId
+      let failing = false
+      const relay = await coreWithHooks({
+        storage: backend.documents,
+        outbox: failingWhile(backend.outbox, stuck, () => failing),
+        hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      })
+      cleanup.push(() => relay.core.close())
+      const a = new InProcessClient(relay.core, stuck, alice)
+      const b = new InProcessClient(relay.core, other, alice)
+      await a.connect()
+      await b.connect()
+      createConversation(a.doc, alice, { kind: "group", id: stuck, participants: [bob] })
+      createConversation(b.doc, alice, { kind: "group", id: other, participants: [bob] })
+      await a.settled()
+      await b.settled()
+      await relay.runtime.idle()
+
+      failing = true
+      sendMessage(a.doc, alice, { id: "stuck-message1" as MessageId, body: "one" })
+      await a.settled()
+      // The stuck record has failed once and waits for its next attempt.
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      sendMessage(b.doc, alice, { id: "other-message1" as MessageId, body: "two" })
+      await b.settled()
+
+      await vi.waitFor(() => expect(sentIds(events)).toContain("other-message1"), { timeout: 2_000 })
+      const limit = await Promise.race([
+        relay.runtime.compactionLimit(other),
+        new Promise<"held">((resolve) => setTimeout(() => resolve("held"), 1_000)),
+      ])
+      expect(limit).not.toBe("held")
+      expect(sentIds(events)).not.toContain("stuck-message1")
+
+      // Once the outbox takes it, the stuck change's events are recorded and delivered after all.
+      failing = false
+      await relay.runtime.idle()
+      expect(sentIds(events)).toContain("stuck-message1")
+      const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
+      expect(sentIds(logged.map((e) => e.event))).toEqual(["other-message1", "stuck-message1"])
     })
   },
 )
