@@ -128,6 +128,12 @@ export class HookRuntime {
   private readonly chainDepths = new Map<string, number>()
   private readonly typingSeen = new Map<string, number>()
   private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
+  /**
+   * Records of a taken-over document's unrecorded log, not waited for by the takeover (see
+   * {@link applyStoredLog}), by document: a load meanwhile waits for its document's before it reads
+   * the watermark, or it would derive the same events again.
+   */
+  private readonly takeovers = new Map<string, Promise<void>>()
   /** Documents loaded with nothing stored and no watermark: given one before their first append. */
   private readonly unmarked = new WeakSet<Y.Doc>()
   private readonly core: RunningCore
@@ -321,7 +327,9 @@ export class HookRuntime {
    * as the core's load would, and produces the events of entries after the
    * document's watermark: changes the relay saved but died before recording
    * events for. A document seen for the first time gets its watermark set to
-   * the end of its log, without events.
+   * the end of its log, without events. With `takingOver` (a relay taking the
+   * document over) it returns once those events are in the document's line,
+   * not recorded: see {@link resume}.
    */
   /**
    * Records the first watermark of a document loaded with nothing stored, before its first append:
@@ -349,9 +357,12 @@ export class HookRuntime {
     name: string,
     doc: Y.Doc,
     updates: readonly { readonly position: number; readonly update: Uint8Array }[],
+    { takingOver = false }: { readonly takingOver?: boolean } = {},
   ): Promise<void> {
     const last = updates.at(-1)?.position
     const id = conversationIdOf(name)
+    // A takeover's record still under way: its events are past the watermark until it is done.
+    await this.takeovers.get(name)
     const mark = id ? await this.options.outbox.watermark(name) : undefined
     if (!id || mark === undefined) {
       for (const { position, update } of updates) applyStored(doc, update, position)
@@ -402,7 +413,24 @@ export class HookRuntime {
       this.recovered.set(name, { events: patched, through: last })
       return
     }
-    await this.enqueue(name, patched, last).catch(() => undefined)
+    const recording = this.enqueue(name, patched, last).catch(() => undefined)
+    if (!takingOver) {
+      await recording
+      return
+    }
+    // A relay taking the document over orders its writes without waiting for this record (it waited
+    // for the first attempt, and for every retry of it: 5 s and more while the dead owner's frozen
+    // transaction held the outbox's locks, an outside probe found). Safe for the order of events: the
+    // record is in the document's line already, so every later change's record comes after it, and
+    // compaction waits for it (`compactionLimit`); deliveries it adds after `resume` are taken in.
+    // In line now (a record waiting, or failed and tried again), or started at once (`ordersEnqueues`):
+    // then in line only once its first attempt failed.
+    const line = this.lines.get(name)?.tail
+    const done = line ?? recording.then(() => this.lines.get(name)?.tail)
+    const entry = done.finally(() => {
+      if (this.takeovers.get(name) === entry) this.takeovers.delete(name)
+    })
+    this.takeovers.set(name, entry)
   }
 
   /** Log position up to which `name` may be compacted without losing events not yet recorded. */
@@ -480,7 +508,8 @@ export class HookRuntime {
    * begun ordering it (several relays), maybe after the relay that did died.
    */
   async resume(document: string): Promise<void> {
-    await this.lines.get(document)?.tail
+    // Not waiting for the document's records in line (the dead owner's events, see
+    // `applyStoredLog`): the dispatcher takes in what they add after it read the outbox.
     await this.dispatcher.adopt(document)
   }
 

@@ -96,10 +96,14 @@ describe.each(Object.keys(backends) as (keyof typeof backends)[])(
   },
 )
 
-/** `outbox`, whose enqueues for `document` fail while `failing()` holds; the others go through. */
+/**
+ * `outbox`, whose enqueues for `document` fail while `failing()` holds; the others go through.
+ * Closed with its backend (two relays share it).
+ */
 function failingWhile(outbox: Outbox, document: string, failing: () => boolean): Outbox {
   return new Proxy(outbox, {
     get(target, property) {
+      if (property === "close") return async () => undefined
       const value = Reflect.get(target, property, target)
       if (property === "enqueue")
         return (batch: Parameters<Outbox["enqueue"]>[0]) =>
@@ -159,6 +163,72 @@ describe.each(Object.keys(backends) as (keyof typeof backends)[])(
       expect(sentIds(events)).toContain("stuck-message1")
       const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
       expect(sentIds(logged.map((e) => e.event))).toEqual(["other-message1", "stuck-message1"])
+    })
+  },
+)
+
+describe.each(Object.keys(backends) as (keyof typeof backends)[])(
+  "a conversation taken over while the %s outbox refuses the dead owner's unrecorded events",
+  (kind) => {
+    it("is ordered at once, and those events come first once recorded (before: the takeover waited for them)", async () => {
+      const backend = backends[kind]()
+      cleanup.push(() => backend.close())
+      const { hooks, events } = recordingHooks()
+      const id = "g~taken-over-01" as ConversationId
+      // The owner that stops: it saves a change whose events it never records.
+      let ownerFails = false
+      const owner = await coreWithHooks({
+        storage: backend.documents,
+        outbox: failingWhile(backend.outbox, id, () => ownerFails),
+        hooks: [{ name: "record.ts", path: "record.ts", hooks: recordingHooks().hooks }],
+      })
+      cleanup.push(() => {
+        // Closing waits for its records (unload, compaction): let them through once the test is done.
+        ownerFails = false
+        return owner.core.close()
+      })
+      const a = new InProcessClient(owner.core, id, alice)
+      await a.connect()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await a.settled()
+      await owner.runtime.idle()
+      ownerFails = true
+      sendMessage(a.doc, alice, { id: "before-takeover" as MessageId, body: "one" })
+      await a.settled()
+
+      let failing = true
+      // A relay that runs already (it does not sweep the documents a crash left behind at its start).
+      const running = new Proxy(
+        failingWhile(backend.outbox, id, () => failing),
+        {
+          get: (target, property) =>
+            property === "behind" ? async () => [] : Reflect.get(target, property, target),
+        },
+      )
+      const next = await coreWithHooks({
+        storage: backend.documents,
+        outbox: running,
+        hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      })
+      cleanup.push(() => next.core.close())
+      const tookOver = await Promise.race([
+        next.core.tookOver(id).then(() => "ordering" as const),
+        new Promise<"held">((resolve) => setTimeout(() => resolve("held"), 1_000)),
+      ])
+      expect(tookOver).toBe("ordering")
+
+      // A client's load meanwhile, and its change: the dead owner's events are neither derived
+      // again nor passed.
+      failing = false
+      const b = new InProcessClient(next.core, id, bob)
+      await b.connect()
+      sendMessage(b.doc, bob, { id: "after-takeover1" as MessageId, body: "two" })
+      await b.settled()
+      await next.runtime.idle()
+      // (An outbox that keeps call order records the last change without a line, which idle() does not wait for.)
+      await vi.waitFor(() => expect(sentIds(events)).toEqual(["before-takeover", "after-takeover1"]))
+      const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
+      expect(sentIds(logged.map((e) => e.event))).toEqual(["before-takeover", "after-takeover1"])
     })
   },
 )
