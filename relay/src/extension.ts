@@ -192,6 +192,12 @@ export interface StoredLog {
   /** The document, holding its snapshot. */
   readonly doc: Y.Doc
   readonly updates: readonly { readonly position: number; readonly update: Uint8Array }[]
+  /**
+   * Read by a relay taking the document over from another (several relays), not loaded for its
+   * clients: what the extension derives from the log may be finished in the background, in the
+   * document's order, as long as the document's later changes come after it.
+   */
+  readonly takingOver?: boolean
 }
 
 /** An awareness change of a user's connection, as {@link RelayExtension.awarenessChanged} receives it. */

@@ -684,7 +684,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       if (stored.snapshot) applyStored(doc, stored.snapshot, 0)
       // Purges the dead owner did not finish, as a load after a crash finds them.
       const snapshot = parseName(name).kind === "conversation" ? deletedInSnapshot(doc) : undefined
-      await this.extensions.loadStoredLog({ name, doc, updates: stored.updates })
+      await this.extensions.loadStoredLog({ name, doc, updates: stored.updates, takingOver: true })
       if (snapshot) notePurgesOwed(this.ctx, name, purgesOwed(doc, snapshot))
     } finally {
       doc.destroy()

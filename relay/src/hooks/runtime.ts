@@ -128,12 +128,23 @@ export class HookRuntime {
   private readonly chainDepths = new Map<string, number>()
   private readonly typingSeen = new Map<string, number>()
   private readonly recovered = new Map<string, { events: HookEvent[]; through: number }>()
+  /**
+   * Records of a taken-over document's unrecorded log, not waited for by the takeover (see
+   * {@link applyStoredLog}), by document: a load meanwhile waits for its document's before it reads
+   * the watermark, or it would derive the same events again.
+   */
+  private readonly takeovers = new Map<string, Promise<void>>()
   /** Documents loaded with nothing stored and no watermark: given one before their first append. */
   private readonly unmarked = new WeakSet<Y.Doc>()
   private readonly core: RunningCore
-  private chain: Promise<unknown> = Promise.resolve()
-  /** Records in {@link chain} not done yet (a failed one waiting to be tried again, or behind one). */
-  private waiting = 0
+  /**
+   * Records waiting in line, by document: a failed one tried again, and the document's later ones
+   * behind it. Per document, since what the line protects is (a later change's watermark must not
+   * pass a failed change's log entries of the same document): one line for the whole relay held
+   * every document's records, and so every takeover and compaction, behind one failing record
+   * retried with backoff. A document's entry goes once its line is empty.
+   */
+  private readonly lines = new Map<string, RecordLine>()
   /** Aborted by {@link stop}: ends the waits between attempts of a failed record. */
   private readonly stopping = new AbortController()
   private sweeping: Promise<void> | undefined
@@ -316,7 +327,9 @@ export class HookRuntime {
    * as the core's load would, and produces the events of entries after the
    * document's watermark: changes the relay saved but died before recording
    * events for. A document seen for the first time gets its watermark set to
-   * the end of its log, without events.
+   * the end of its log, without events. With `takingOver` (a relay taking the
+   * document over) it returns once those events are in the document's line,
+   * not recorded: see {@link resume}.
    */
   /**
    * Records the first watermark of a document loaded with nothing stored, before its first append:
@@ -344,9 +357,12 @@ export class HookRuntime {
     name: string,
     doc: Y.Doc,
     updates: readonly { readonly position: number; readonly update: Uint8Array }[],
+    { takingOver = false }: { readonly takingOver?: boolean } = {},
   ): Promise<void> {
     const last = updates.at(-1)?.position
     const id = conversationIdOf(name)
+    // A takeover's record still under way: its events are past the watermark until it is done.
+    await this.takeovers.get(name)
     const mark = id ? await this.options.outbox.watermark(name) : undefined
     if (!id || mark === undefined) {
       for (const { position, update } of updates) applyStored(doc, update, position)
@@ -397,12 +413,29 @@ export class HookRuntime {
       this.recovered.set(name, { events: patched, through: last })
       return
     }
-    await this.enqueue(name, patched, last).catch(() => undefined)
+    const recording = this.enqueue(name, patched, last).catch(() => undefined)
+    if (!takingOver) {
+      await recording
+      return
+    }
+    // A relay taking the document over orders its writes without waiting for this record (it waited
+    // for the first attempt, and for every retry of it: 5 s and more while the dead owner's frozen
+    // transaction held the outbox's locks, an outside probe found). Safe for the order of events: the
+    // record is in the document's line already, so every later change's record comes after it, and
+    // compaction waits for it (`compactionLimit`); deliveries it adds after `resume` are taken in.
+    // In line now (a record waiting, or failed and tried again), or started at once (`ordersEnqueues`):
+    // then in line only once its first attempt failed.
+    const line = this.lines.get(name)?.tail
+    const done = line ?? recording.then(() => this.lines.get(name)?.tail)
+    const entry = done.finally(() => {
+      if (this.takeovers.get(name) === entry) this.takeovers.delete(name)
+    })
+    this.takeovers.set(name, entry)
   }
 
   /** Log position up to which `name` may be compacted without losing events not yet recorded. */
   async compactionLimit(name: string): Promise<number> {
-    await this.chain
+    await this.lines.get(name)?.tail
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
 
@@ -475,7 +508,8 @@ export class HookRuntime {
    * begun ordering it (several relays), maybe after the relay that did died.
    */
   async resume(document: string): Promise<void> {
-    await this.chain
+    // Not waiting for the document's records in line (the dead owner's events, see
+    // `applyStoredLog`): the dispatcher takes in what they add after it read the outbox.
     await this.dispatcher.adopt(document)
   }
 
@@ -486,7 +520,7 @@ export class HookRuntime {
    */
   async idle(): Promise<void> {
     await this.sweeping
-    await this.chain
+    await this.allLines()
     await this.dispatcher.idle()
   }
 
@@ -496,7 +530,7 @@ export class HookRuntime {
     this.stopping.abort()
     clearTimeout(this.sweepAgain)
     await this.sweeping
-    await this.chain
+    await this.allLines()
     await this.dispatcher.stop()
     await this.options.worker?.stop()
     await this.options.outbox.close()
@@ -532,30 +566,50 @@ export class HookRuntime {
         )
       }
     }
-    // A failed record is tried again until it succeeds, and every later one waits behind it: recorded
-    // first, a later change's watermark would pass the failed change's log entries, and their events
-    // would never be recorded, delivered or logged (nor derived again at the next load).
-    // An outbox that keeps call order needs no wait for the last commit while nothing waits in line:
-    // changes of one tick share one.
-    if (this.options.outbox.ordersEnqueues && this.waiting === 0) {
+    // A failed record is tried again until it succeeds, and every later one of its document waits
+    // behind it: recorded first, a later change's watermark would pass the failed change's log entries,
+    // and their events would never be recorded, delivered or logged (nor derived again at the next load).
+    // Other documents' records do not wait: their watermarks are their own.
+    // An outbox that keeps call order needs no wait for the last commit while nothing of the document
+    // waits in line: changes of one tick share one.
+    if (this.options.outbox.ordersEnqueues && !this.lines.has(document)) {
       const run = record()
-      run.catch((error: unknown) => this.recordInLine(document, record, error))
+      run.catch((error: unknown) =>
+        this.inLine(document, (previous) =>
+          previous.then(() => this.recordUntilDone(document, record, error)),
+        ),
+      )
       return run
     }
-    const run = this.chain.then(record)
-    this.waiting++
-    this.chain = run
-      .catch((error: unknown) => this.recordUntilDone(document, record, error))
-      .finally(() => this.waiting--)
+    let run!: Promise<void>
+    this.inLine(document, (previous) => {
+      run = previous.then(record)
+      return run.catch((error: unknown) => this.recordUntilDone(document, record, error))
+    })
     return run
   }
 
-  /** Records after everything already in line, trying again until it succeeds (see {@link enqueue}). */
-  private recordInLine(document: string, record: () => Promise<void>, error: unknown): void {
-    this.waiting++
-    this.chain = this.chain
-      .then(() => this.recordUntilDone(document, record, error))
-      .finally(() => this.waiting--)
+  /**
+   * Puts a step at the end of `document`'s line: `step` gets the line's last promise and returns
+   * the new one, which must not reject. The entry goes when the line is empty again, so that the
+   * map holds only documents with records in flight.
+   */
+  private inLine(document: string, step: (previous: Promise<void>) => Promise<void>): void {
+    let line = this.lines.get(document)
+    if (!line) {
+      line = { tail: Promise.resolve(), waiting: 0 }
+      this.lines.set(document, line)
+    }
+    const current = line
+    current.waiting++
+    current.tail = step(current.tail).finally(() => {
+      if (--current.waiting === 0 && this.lines.get(document) === current) this.lines.delete(document)
+    })
+  }
+
+  /** Resolves when every record in line now, of every document, is done (later ones are not waited for). */
+  private async allLines(): Promise<void> {
+    await Promise.all([...this.lines.values()].map((line) => line.tail))
   }
 
   /**
@@ -678,6 +732,12 @@ export class HookRuntime {
       },
     })
   }
+}
+
+/** A document's records in line (see `HookRuntime.lines`): the last one's promise, and how many are not done. */
+interface RecordLine {
+  tail: Promise<void>
+  waiting: number
 }
 
 // Only decodable updates are stored; this guards a damaged store without losing the rest (as the core does).

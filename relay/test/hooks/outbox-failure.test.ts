@@ -8,7 +8,7 @@ import {
   sendMessage,
   type UserId,
 } from "@parley/shared"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import { MemoryBackend } from "../../src/backend/memory.js"
 import { SqliteBackend } from "../../src/backend/sqlite.js"
 import type { HookEvent } from "../../src/hooks/events.js"
@@ -92,6 +92,143 @@ describe.each(Object.keys(backends) as (keyof typeof backends)[])(
       expect(sentIds(events)).toEqual(["while-failing-01", "after-change-01"])
       const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
       expect(sentIds(logged.map((e) => e.event))).toEqual(["while-failing-01", "after-change-01"])
+    })
+  },
+)
+
+/**
+ * `outbox`, whose enqueues for `document` fail while `failing()` holds; the others go through.
+ * Closed with its backend (two relays share it).
+ */
+function failingWhile(outbox: Outbox, document: string, failing: () => boolean): Outbox {
+  return new Proxy(outbox, {
+    get(target, property) {
+      if (property === "close") return async () => undefined
+      const value = Reflect.get(target, property, target)
+      if (property === "enqueue")
+        return (batch: Parameters<Outbox["enqueue"]>[0]) =>
+          batch.document === document && failing()
+            ? Promise.reject(new Error("the outbox table is locked"))
+            : target.enqueue(batch)
+      return typeof value === "function" ? value.bind(target) : value
+    },
+  })
+}
+
+describe.each(Object.keys(backends) as (keyof typeof backends)[])(
+  "a change of one conversation the %s outbox keeps failing to record",
+  (kind) => {
+    it("holds neither another conversation's events nor its compaction (before: both waited for it)", async () => {
+      const backend = backends[kind]()
+      cleanup.push(() => backend.close())
+      const { hooks, events } = recordingHooks()
+      const stuck = "g~records-failing" as ConversationId
+      const other = "g~records-flowing" as ConversationId
+      let failing = false
+      const relay = await coreWithHooks({
+        storage: backend.documents,
+        outbox: failingWhile(backend.outbox, stuck, () => failing),
+        hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      })
+      cleanup.push(() => relay.core.close())
+      const a = new InProcessClient(relay.core, stuck, alice)
+      const b = new InProcessClient(relay.core, other, alice)
+      await a.connect()
+      await b.connect()
+      createConversation(a.doc, alice, { kind: "group", id: stuck, participants: [bob] })
+      createConversation(b.doc, alice, { kind: "group", id: other, participants: [bob] })
+      await a.settled()
+      await b.settled()
+      await relay.runtime.idle()
+
+      failing = true
+      sendMessage(a.doc, alice, { id: "stuck-message1" as MessageId, body: "one" })
+      await a.settled()
+      // The stuck record has failed once and waits for its next attempt.
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      sendMessage(b.doc, alice, { id: "other-message1" as MessageId, body: "two" })
+      await b.settled()
+
+      await vi.waitFor(() => expect(sentIds(events)).toContain("other-message1"), { timeout: 2_000 })
+      const limit = await Promise.race([
+        relay.runtime.compactionLimit(other),
+        new Promise<"held">((resolve) => setTimeout(() => resolve("held"), 1_000)),
+      ])
+      expect(limit).not.toBe("held")
+      expect(sentIds(events)).not.toContain("stuck-message1")
+
+      // Once the outbox takes it, the stuck change's events are recorded and delivered after all.
+      failing = false
+      await relay.runtime.idle()
+      expect(sentIds(events)).toContain("stuck-message1")
+      const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
+      expect(sentIds(logged.map((e) => e.event))).toEqual(["other-message1", "stuck-message1"])
+    })
+  },
+)
+
+describe.each(Object.keys(backends) as (keyof typeof backends)[])(
+  "a conversation taken over while the %s outbox refuses the dead owner's unrecorded events",
+  (kind) => {
+    it("is ordered at once, and those events come first once recorded (before: the takeover waited for them)", async () => {
+      const backend = backends[kind]()
+      cleanup.push(() => backend.close())
+      const { hooks, events } = recordingHooks()
+      const id = "g~taken-over-01" as ConversationId
+      // The owner that stops: it saves a change whose events it never records.
+      let ownerFails = false
+      const owner = await coreWithHooks({
+        storage: backend.documents,
+        outbox: failingWhile(backend.outbox, id, () => ownerFails),
+        hooks: [{ name: "record.ts", path: "record.ts", hooks: recordingHooks().hooks }],
+      })
+      cleanup.push(() => {
+        // Closing waits for its records (unload, compaction): let them through once the test is done.
+        ownerFails = false
+        return owner.core.close()
+      })
+      const a = new InProcessClient(owner.core, id, alice)
+      await a.connect()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await a.settled()
+      await owner.runtime.idle()
+      ownerFails = true
+      sendMessage(a.doc, alice, { id: "before-takeover" as MessageId, body: "one" })
+      await a.settled()
+
+      let failing = true
+      // A relay that runs already (it does not sweep the documents a crash left behind at its start).
+      const running = new Proxy(
+        failingWhile(backend.outbox, id, () => failing),
+        {
+          get: (target, property) =>
+            property === "behind" ? async () => [] : Reflect.get(target, property, target),
+        },
+      )
+      const next = await coreWithHooks({
+        storage: backend.documents,
+        outbox: running,
+        hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      })
+      cleanup.push(() => next.core.close())
+      const tookOver = await Promise.race([
+        next.core.tookOver(id).then(() => "ordering" as const),
+        new Promise<"held">((resolve) => setTimeout(() => resolve("held"), 1_000)),
+      ])
+      expect(tookOver).toBe("ordering")
+
+      // A client's load meanwhile, and its change: the dead owner's events are neither derived
+      // again nor passed.
+      failing = false
+      const b = new InProcessClient(next.core, id, bob)
+      await b.connect()
+      sendMessage(b.doc, bob, { id: "after-takeover1" as MessageId, body: "two" })
+      await b.settled()
+      await next.runtime.idle()
+      // (An outbox that keeps call order records the last change without a line, which idle() does not wait for.)
+      await vi.waitFor(() => expect(sentIds(events)).toEqual(["before-takeover", "after-takeover1"]))
+      const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
+      expect(sentIds(logged.map((e) => e.event))).toEqual(["before-takeover", "after-takeover1"])
     })
   },
 )
