@@ -254,7 +254,7 @@ export class Conversation extends Emitter<ConversationEvents> {
    * relay answers; `ready()` may be asked again.
    */
   private readyOrOutOfReach(): Promise<this> {
-    return new Promise<this>((resolve, reject) => {
+    const waiting = new Promise<this>((resolve, reject) => {
       let off: (() => void) | undefined
       let settled = false
       const settle = (done: () => void) => {
@@ -288,6 +288,9 @@ export class Conversation extends Emitter<ConversationEvents> {
           )
         })
     })
+    // As readyPromise: a caller who awaits it later (or never) must not see an unhandled rejection.
+    waiting.catch(() => {})
+    return waiting
   }
 
   /** The conversation's fields, once it is loaded. */
