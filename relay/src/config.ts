@@ -369,6 +369,12 @@ export const RELAY_FLAGS = {
     help: "time a connection has to send a complete request's headers (then 408 and closed)",
     default: TRANSPORT.requestHeadersTimeoutMs,
   }),
+  "mux-idle-ms": flag({
+    kind: "integer",
+    env: "PARLEY_MUX_IDLE_MS",
+    help: "time a multiplexed socket may stay open without a channel (then closed 1000 `no channel`)",
+    default: TRANSPORT.muxIdleMs,
+  }),
   "compact-after-updates": flag({
     kind: "integer",
     env: "PARLEY_COMPACT_AFTER_UPDATES",
@@ -1188,6 +1194,7 @@ export function parseConfig(
       connectionsPerAddress: v["connections-per-address"],
       maxConnections: v["max-connections"],
       requestHeadersTimeoutMs: Math.max(1, v["request-headers-timeout-ms"]),
+      muxIdleMs: Math.max(1, v["mux-idle-ms"]),
       compactAfterUpdates: Math.max(1, v["compact-after-updates"]),
       compactAfterBytes: v["compact-after-bytes"],
       epochGarbageBytes: Math.max(0, v["epoch-garbage-bytes"]),

@@ -24,6 +24,8 @@ export const DEFAULT_TRANSPORT_LIMITS: TransportLimits = {
   // 0: the file-descriptor limit less a reserve (see defaultMaxConnections).
   maxConnections: 0,
   requestHeadersTimeoutMs: 10_000,
+  // The SDK closes its socket once its last channel closes; one opens its first channel at once.
+  muxIdleMs: 30_000,
 }
 
 /** Default of `RelayOptions.maxTokenLifetimeMs`: a day. */

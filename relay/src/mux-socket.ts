@@ -54,6 +54,7 @@ export interface MuxLimits {
   readonly messageBurst: number
   readonly socketAwarenessPerSecond: number
   readonly socketAwarenessBurst: number
+  readonly muxIdleMs: number
 }
 
 /** What a multiplexed socket needs of the transport. */
@@ -148,6 +149,7 @@ export class MuxSocket implements UserSocket, Due {
   private readonly controlLimiter: RateLimiter
   private releaseSocket: (() => void) | undefined
   private dropTimer: ReturnType<typeof setTimeout> | undefined
+  private idleTimer: ReturnType<typeof setTimeout> | undefined
   private socketClosed = false
 
   constructor(private readonly options: MuxSocketOptions) {
@@ -172,6 +174,30 @@ export class MuxSocket implements UserSocket, Due {
     }
     this.options.keepalive.joined(ws, (frame) => this.sendRaw(frame, false))
     if (token.expiresAt !== undefined) this.options.leases.deadlines.set(this, token.expiresAt)
+    this.idle()
+  }
+
+  /**
+   * Closes the socket once it has held no channel for `muxIdleMs`: it counts
+   * toward its user's sockets and the relay's connections, and sockets opened
+   * and left without a channel (no client needs one: the SDK closes its socket
+   * with its last channel) held a relay's every slot for as long as their
+   * tokens lived (an outside probe).
+   */
+  private idle(): void {
+    clearTimeout(this.idleTimer)
+    this.idleTimer = undefined
+    if (this.socketClosed || this.channels.size > 0) return
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined
+      if (this.socketClosed || this.channels.size > 0) return
+      this.options.log.info(
+        { principal: describePrincipal(this.options.token.principal) },
+        "closed: no channel",
+      )
+      this.closeSocket(CloseCode.NoChannel)
+    }, this.options.limits.muxIdleMs)
+    this.idleTimer.unref()
   }
 
   /**
@@ -302,6 +328,7 @@ export class MuxSocket implements UserSocket, Due {
   socketClose(): void {
     this.socketClosed = true
     clearTimeout(this.dropTimer)
+    clearTimeout(this.idleTimer)
     this.options.leases.deadlines.clear(this)
     this.releaseSocket?.()
     for (const number of [...this.channels.keys()]) this.closeChannel(number, CloseCode.Normal, false)
@@ -311,6 +338,7 @@ export class MuxSocket implements UserSocket, Due {
     const { auth, core, limits } = this.options
     const channel = new MuxChannel(this, number, name, this.options.token, limits)
     this.channels.set(number, channel)
+    this.idle()
     try {
       // A reconnect loop over channels pays like one over sockets, and pays before its token is
       // verified (a verification costs more than the frame that asks for it): the channel can only
@@ -434,8 +462,10 @@ export class MuxSocket implements UserSocket, Due {
     if (tell) this.sendRaw(encodeChannelClose(number, close.code, close.reason), false)
     // Its lease may have been what kept the socket: judged again soon, not at that lease's old expiry;
     // not at once, as the client's next open (with a fresh token) may be on its way.
-    if (this.channels.size === 0 && !this.socketClosed)
+    if (this.channels.size === 0 && !this.socketClosed) {
       this.options.leases.deadlines.set(this, Date.now() + OPENING_RECHECK_MS)
+      this.idle()
+    }
   }
 
   /** Writes held on the socket (see `Session.hold`), and whether frames were sent meanwhile. */

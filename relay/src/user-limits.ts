@@ -382,6 +382,22 @@ function perMinute(n: number, now: () => number): RateLimiter | undefined {
 }
 
 /**
+ * Sockets a user may hold that a newcomer never closes when the relay is full
+ * (see {@link UserLedger.shareSockets}): an SDK device holds one, a stock
+ * client one per open conversation.
+ */
+export const FAIR_SOCKETS = 8
+
+/**
+ * Connections of a relay's cap kept from users' sockets (see
+ * {@link UserLedger.shareSockets}): a sixteenth of the cap, at least 8 (or a
+ * quarter of a smaller cap) and at most 1,024.
+ */
+export function connectionReserve(maxConnections: number): number {
+  return Math.min(1024, Math.max(Math.min(8, Math.floor(maxConnections / 4)), Math.ceil(maxConnections / 16)))
+}
+
+/**
  * The relay's per-user bookkeeping: who has how many connections and
  * documents open, how much of their update budget is left, how many bytes
  * they have waiting in either direction. The transport, the core and the
@@ -402,6 +418,10 @@ export class UserLedger {
   private readonly toReport = new Set<UserId>()
   /** Users whose last report said they hold many sockets or documents here. */
   private readonly held = new Set<UserId>()
+  /** Every user's sockets here, together. */
+  private sockets = 0
+  /** Users' sockets this relay holds before a newcomer must take a hog's (0: no cap; see {@link shareSockets}). */
+  private socketSlots = 0
 
   constructor(
     readonly limits: UserLimits,
@@ -664,8 +684,24 @@ export class UserLedger {
   }
 
   /**
+   * Shares the relay's connection cap `maxConnections` (0: none) between users:
+   * their sockets take at most the cap less {@link connectionReserve}, which
+   * stays for requests, health checks and sockets whose token is being
+   * checked. Without it a few accounts, each within `--max-sockets-per-user`,
+   * held every slot, and the relay refused everyone new at accept, `/healthz`
+   * included (an outside probe: three users of one address, 256 idle sockets
+   * each, filled a cap of 768).
+   */
+  shareSockets(maxConnections: number): void {
+    this.socketSlots =
+      maxConnections > 0 ? Math.max(1, maxConnections - connectionReserve(maxConnections)) : 0
+  }
+
+  /**
    * Counts an open connection of `principal`; returns its release. Throws
-   * `sockets-per-user` when the user already has the most allowed.
+   * `sockets-per-user` when the user already has the most allowed, and
+   * `relay-full` when the relay's slots are taken and nobody holds more than
+   * a fair few (see {@link makeRoom}).
    */
   addSocket(principal: Principal, socket: UserSocket): () => void {
     const usage = this.usage(principal)
@@ -676,13 +712,47 @@ export class UserLedger {
       this.release(user)
       this.refuse(user, UserLimit.sockets, `a user may have ${max} connections open`)
     }
+    if (this.socketSlots > 0 && this.sockets >= this.socketSlots && !this.makeRoom(usage)) {
+      this.release(user)
+      this.refuse(user, UserLimit.relayFull, "the relay holds as many connections as it can: try again later")
+    }
     usage.sockets.add(socket)
+    this.sockets++
     this.heldChanged(user, usage)
     return () => {
       if (!usage.sockets.delete(socket)) return
+      this.sockets--
       this.heldChanged(user, usage)
       this.release(user)
     }
+  }
+
+  /**
+   * At the relay's slots: closes a socket of the user who holds the most, when
+   * they hold more than {@link FAIR_SOCKETS} and more than `newcomer` would
+   * with this one, so that the newcomer takes its place; false when nobody
+   * does (the relay is full of users with few sockets each). One scan of the
+   * users, only while the relay is full.
+   */
+  private makeRoom(newcomer: Usage): boolean {
+    let hog: [UserId, Usage] | undefined
+    let most = Math.max(FAIR_SOCKETS, newcomer.sockets.size + 1)
+    for (const entry of this.users) {
+      const open = entry[1].sockets.size
+      if (open > most && entry[1] !== newcomer) {
+        most = open
+        hog = entry
+      }
+    }
+    if (!hog) return false
+    const [user, usage] = hog
+    for (const socket of usage.sockets) {
+      if (socket.closing()) continue
+      this.onLimit(UserLimit.relayFull, user)
+      socket.close(CloseCode.RelayFull.code, CloseCode.RelayFull.reason)
+      return true
+    }
+    return false
   }
 
   /**

@@ -95,6 +95,8 @@ export interface TransportLimits {
   readonly maxConnections: number
   /** Time a connection has to send a complete request's headers (408 and closed after). */
   readonly requestHeadersTimeoutMs: number
+  /** Time a multiplexed socket may stay open without a channel (then closed 1000 `no channel`). */
+  readonly muxIdleMs: number
 }
 
 /** A socket's send queue above which the user's queues across sockets are added up (cheap below). */
@@ -244,6 +246,7 @@ export class WsTransport {
     )
     this.server.maxConnections =
       limits.maxConnections > 0 ? limits.maxConnections : defaultMaxConnections(openFilesLimit())
+    options.core.users.shareSockets(this.server.maxConnections)
     // What Node's parser refuses before any handler (a head over its limit, a request not in on time) is
     // answered with a problem document, as every API error is; Node's own answers have an empty body.
     this.server.on("clientError", answerClientError)

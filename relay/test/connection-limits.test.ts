@@ -1,7 +1,21 @@
 import { get } from "node:http"
 import { connect, type Socket } from "node:net"
-import { AddressLimit, listMessages, newConversationId, sendMessage, type UserId } from "@parley/shared"
+import {
+  AddressLimit,
+  encodeChannelClose,
+  encodeChannelOpen,
+  inboxDocumentName,
+  listMessages,
+  MUX_PARAM,
+  MUX_PROTOCOL_VERSION,
+  newConversationId,
+  sendMessage,
+  TOKEN_PARAM,
+  type UserId,
+  UserLimit,
+} from "@parley/shared"
 import { afterEach, describe, expect, it, vi } from "vitest"
+import { WebSocket } from "ws"
 import type { WebsocketProvider } from "y-websocket"
 import { AddressConnections } from "../src/address-limits.js"
 import { defaultMaxConnections } from "../src/connection-capacity.js"
@@ -176,6 +190,85 @@ describe("connections per client address", () => {
     await sleep(100)
     expect(await healthFrom(relay, "127.0.0.1")).toBe(200)
     expect(await metricLine(relay, 'parley_connections_refused_total{limit="max-connections"}')).toBe(12)
+  })
+})
+
+/** A multiplexed socket that opens no channel; resolves once the relay answered its upgrade either way. */
+async function idleMux(relay: RelayProcess, user: UserId, localAddress = "127.0.0.1") {
+  const params = new URLSearchParams({
+    [MUX_PARAM]: MUX_PROTOCOL_VERSION,
+    [TOKEN_PARAM]: await relay.token(user),
+  })
+  const ws = new WebSocket(`${relay.url}/?${params}`, { localAddress })
+  const socket = { ws, close: undefined as { code: number; reason: string } | undefined }
+  ws.on("close", (code, reason) => {
+    socket.close = { code, reason: reason.toString() }
+  })
+  ws.on("error", () => {})
+  sockets.push({ destroy: () => ws.terminate() } as Socket)
+  await new Promise<void>((resolve) => {
+    ws.once("open", () => resolve())
+    ws.once("close", () => resolve())
+  })
+  return socket
+}
+
+describe("the relay's connection cap, shared between users", () => {
+  it("keeps a few users' sockets from filling it: the one holding the most gives one up for a newcomer, and /healthz still answers", async () => {
+    // 40 connections: 32 for users' sockets, 8 kept for requests and sign-ins.
+    const relay = await startRelayProcess({
+      args: ["--max-connections", "40", "--connections-per-address", "0", "--mux-idle-ms", "60000"],
+    })
+    const id = newConversationId()
+    const a = await createGroup(relay, id, alice, [bob])
+    clients.push(a)
+    const b = new TestClient(relay.url, id, await relay.token(bob))
+    clients.push(b)
+    await b.synced()
+
+    // One account opens 38 idle sockets, within its --max-sockets-per-user (256). Before, they took the
+    // relay's every remaining connection: new users and /healthz were dropped at accept.
+    const mallory = "mallory" as UserId
+    const hog: Awaited<ReturnType<typeof idleMux>>[] = []
+    for (let i = 0; i < 38; i++) hog.push(await idleMux(relay, mallory))
+    // Refused after the upgrade (the user is known only then): their closes follow the opens.
+    await pollUntil(() => hog.filter((s) => s.close !== undefined).length >= 8)
+    await sleep(200)
+    const refused = hog.filter((s) => s.close !== undefined)
+    expect(refused).toHaveLength(8)
+    expect(refused.every((s) => s.close?.code === 4429 && s.close.reason === UserLimit.relayFull)).toBe(true)
+    expect(await healthFrom(relay, "127.0.0.1")).toBe(200)
+
+    // A newcomer gets in: one of mallory's 30 sockets makes room.
+    const carol = "carol" as UserId
+    const c = new TestClient(relay.url, newConversationId(), await relay.token(carol))
+    clients.push(c)
+    await c.synced()
+    await pollUntil(() => hog.filter((s) => s.close !== undefined).length === 9)
+    expect(hog.filter((s) => s.close?.reason === UserLimit.relayFull)).toHaveLength(9)
+    // The honest pair is untouched, and mallory cannot take the slot back.
+    const again = await idleMux(relay, mallory)
+    await pollUntil(() => again.close !== undefined)
+    expect(again.close?.reason).toBe(UserLimit.relayFull)
+    sendMessage(a.doc, alice, { body: "room for everyone" })
+    await a.allSaved()
+    await b.until(() => listMessages(b.doc, { last: 10 }).some((m) => m.body === "room for everyone"))
+    expect(await metricLine(relay, 'parley_user_limit_total{limit="relay-full"}')).toBe(10)
+  })
+
+  it("closes a multiplexed socket that holds no channel for --mux-idle-ms, and keeps one while it holds a channel", async () => {
+    const relay = await startRelayProcess({ args: ["--mux-idle-ms", "500"] })
+    const idle = await idleMux(relay, alice)
+    const used = await idleMux(relay, bob)
+    used.ws.send(encodeChannelOpen(0, inboxDocumentName(bob), ""))
+    await pollUntil(() => idle.close !== undefined, 5_000)
+    expect(idle.close).toEqual({ code: 1000, reason: "no channel" })
+    await sleep(1000)
+    expect(used.ws.readyState).toBe(WebSocket.OPEN)
+    // Its last channel closed: the socket goes once it has been idle as long.
+    used.ws.send(encodeChannelClose(0, 1000, ""))
+    await pollUntil(() => used.close !== undefined, 5_000)
+    expect(used.close).toEqual({ code: 1000, reason: "no channel" })
   })
 })
 

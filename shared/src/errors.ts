@@ -120,6 +120,10 @@ export const CloseCode = {
   Damaged: { code: 4510, reason: "Document damaged" },
   /** The user already has `--max-sockets-per-user` connections open (a 4429: reconnect with backoff). */
   TooManySockets: { code: 4429, reason: "sockets-per-user" },
+  /** The relay's connection slots are taken: this socket made room for a user with fewer (a 4429; see `UserLimit.relayFull`). */
+  RelayFull: { code: 4429, reason: "relay-full" },
+  /** A multiplexed socket held no channel for the relay's `--mux-idle-ms` (a normal close: open a channel on a new one). */
+  NoChannel: { code: 1000, reason: "no channel" },
   /** The user already has `--max-documents-per-user` documents open (a 4429). */
   TooManyDocuments: { code: 4429, reason: "documents-per-user" },
   /** The user's updates, across all their connections, exceeded `--user-updates-per-second` (a 4429). */
@@ -181,6 +185,14 @@ export const UserLimit = {
    * refilled (nothing is refused or closed).
    */
   receivedBytes: "received-bytes-per-user",
+  /**
+   * The relay holds as many users' connections as its connection cap leaves
+   * room for (`--max-connections` less a reserve for requests and sign-ins):
+   * a new connection gets in by closing one of the user who holds the most
+   * (more than a few, and more than the newcomer), else it is refused. Either
+   * side's close is 4429 (1013 for a stock client): try again later.
+   */
+  relayFull: "relay-full",
 } as const
 /** One of {@link UserLimit}'s values. */
 export type UserLimit = (typeof UserLimit)[keyof typeof UserLimit]
