@@ -28,6 +28,8 @@ export const CLUSTER_SETTINGS = {
   epochs:
     "--epoch-garbage-bytes, --epoch-garbage-interval-ms, --epoch-stock-grace-ms, --history-epoch-client-ids",
   history: "--history-segment-size and the other --history-* flags",
+  "update-limits":
+    "the update cost limits: --max-update-structs, --max-update-values, ... --max-delete-visits",
   "event-retention": "--event-retention-hours, --event-retention-events",
 } as const
 /** The name of one of {@link CLUSTER_SETTINGS}. */
@@ -53,6 +55,8 @@ export interface SharedSettingsInput {
   readonly vapidPublicKey?: string
   readonly epochs: Readonly<Record<string, number>>
   readonly history: Readonly<Record<string, number>> | false
+  /** The update cost limits a conversation's owner judges its changes by. */
+  readonly updateLimits: Readonly<Record<string, number>>
   readonly eventRetention: Readonly<Record<string, number>>
 }
 
@@ -98,6 +102,7 @@ export function sharedSettingValues(input: SharedSettingsInput): RelaySettingVal
     "push-keys": input.vapidPublicKey ?? "",
     epochs: canonical(input.epochs),
     history: canonical(input.history),
+    "update-limits": canonical(input.updateLimits),
     "event-retention": canonical(input.eventRetention),
   }
 }
