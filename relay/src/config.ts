@@ -785,6 +785,11 @@ export const RELAY_FLAGS = {
     help: "a relay whose event loop hangs this long stops renewing its leases (a busy one keeps them)",
     default: 5000,
   }),
+  "cluster-config-change": flag({
+    kind: "boolean",
+    env: "PARLEY_CLUSTER_CONFIG_CHANGE",
+    help: "join a cluster whose relays have other shared settings (token key, lease timings, hooks, ...), logging which: only while changing them on every relay, one at a time",
+  }),
   help: flag({ kind: "boolean", help: "print this help" }),
 } as const
 
@@ -1151,6 +1156,7 @@ export function parseConfig(
             keyPrefix: v["redis-prefix"],
             leaseMs: Math.max(100, v["lease-ms"]),
             leaseStallMs: Math.max(100, v["lease-stall-ms"]),
+            configChange: v["cluster-config-change"] === true,
           },
         }
       : {}),

@@ -9,6 +9,7 @@ import { Authenticator, type AuthKey, type AuthOptions } from "./auth.js"
 import { type Backend, guardBackend, openBackend } from "./backend/index.js"
 import type { RedisState } from "./cluster/cluster.js"
 import { ownedOutbox } from "./cluster/outbox.js"
+import { type SettingsState, sharedSettingValues } from "./cluster/settings.js"
 import { DEFAULT_TRANSPORT_LIMITS, DEFAULT_RELAY_OPTIONS as DEFAULTS } from "./defaults.js"
 import {
   type AfterSavedListener,
@@ -38,6 +39,7 @@ import type { Sequencer } from "./sequencer.js"
 import {
   ExitCode,
   listenFailure,
+  reasonOf,
   redactedUrl,
   redisFailure,
   StartupError,
@@ -182,6 +184,13 @@ export interface RelayClusterOptions {
   readonly leaseMs?: number
   /** A relay whose event loop hangs longer than this (ms) stops renewing its leases. Default 5000. */
   readonly leaseStallMs?: number
+  /**
+   * Join even when the other relays' shared settings (token verification,
+   * lease timings, delivery targets, ...: `CLUSTER_SETTINGS`) differ from
+   * this relay's, logging which: for a rolling change of them (README
+   * "Settings every relay shares"). Default false: such a relay is refused.
+   */
+  readonly configChange?: boolean
 }
 
 /** A started relay. */
@@ -536,6 +545,68 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
           }),
         ]),
   ]
+  // Compared before the core starts, so before this relay takes a lease or serves anyone: a relay the
+  // cluster refuses ordered nothing and answered nobody.
+  if (clustered)
+    await clustered.cluster
+      .checkSettings(
+        sharedSettingValues({
+          ...(key ? { auth: key } : {}),
+          dev,
+          ...(options.authIssuer ? { issuer: options.authIssuer } : {}),
+          ...(options.authAudience ? { audience: options.authAudience } : {}),
+          allowTokensWithoutExp: authOptions.allowTokensWithoutExp ?? false,
+          maxTokenLifetimeMs: authOptions.maxTokenLifetimeMs ?? DEFAULTS.maxTokenLifetimeMs,
+          // The names the hook runtime gives its targets: a relay without one of them dead-letters what
+          // the outbox owes it when it takes a conversation over.
+          deliveryTargets: [
+            ...(hookWorker?.modules ?? []).map((module) => `hook:${module.name}`),
+            ...webhooks.map((url) => `webhook:${url}`),
+            ...(options.inbox === false ? [] : ["inbox", "inbox-purge"]),
+            "fleeting",
+            ...(push ? ["push"] : []),
+            ...(attachments ? ["attachments"] : []),
+          ],
+          ...(options.webhookSecret ? { webhookSecret: options.webhookSecret } : {}),
+          // Dev mode's keys are its own, made at start: not the cluster's.
+          ...(options.push?.vapid ? { vapidPublicKey: options.push.vapid.publicKey } : {}),
+          epochs: {
+            garbageBytes: limits.epochGarbageBytes,
+            garbageIntervalMs: limits.epochGarbageIntervalMs,
+            stockGraceMs: limits.epochStockGraceMs,
+            clientIds:
+              options.history === false
+                ? 0
+                : (options.history?.epochClientIds ?? HistoryDefaults.epochClientIds),
+          },
+          history: options.history === false ? false : sealingOf(options.history ?? {}),
+          updateLimits: {
+            structs: limits.maxUpdateStructs,
+            values: limits.maxUpdateValues,
+            elements: limits.maxUpdateElements,
+            minBytesPerStruct: limits.minBytesPerStruct,
+            clientIds: limits.maxUpdateClientIds,
+            deletedOnArrival: limits.maxDeletedOnArrival,
+            siblings: limits.maxSiblings,
+            integrationSteps: limits.maxIntegrationSteps,
+            deleteRanges: limits.maxDeleteRanges,
+            deleteVisits: limits.maxDeleteVisits,
+          },
+          eventRetention: { ...DEFAULT_EVENT_RETENTION, ...options.eventRetention },
+        }),
+        options.cluster?.configChange ?? false,
+      )
+      .catch(async (error: unknown) => {
+        await backend.close()
+        await hookWorker?.stop()
+        throw error instanceof StartupError
+          ? error
+          : new StartupError(
+              ExitCode.STORAGE,
+              `cannot compare this relay's settings with the cluster's (PostgreSQL, Redis): ${reasonOf(error)}`,
+              { cause: error },
+            )
+      })
   const core = new RelayCore({
     storage,
     log,
@@ -582,7 +653,13 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     ...(options.staticDir ? { staticDir: options.staticDir } : {}),
     health: () => ({ storage: backend.kind }),
     // Not ready until warmed up: a load balancer then sends no traffic to a cold update path.
-    readiness: () => readinessOf(storage, clustered?.cluster.redisState, warm ? undefined : startedAt),
+    readiness: () =>
+      readinessOf(
+        storage,
+        clustered?.cluster.redisState,
+        warm ? undefined : startedAt,
+        clustered?.cluster.settingsState,
+      ),
     routes: extensionRoutes(extensions),
     knownApiKey: (key) => apiKeys.holds(key),
   })
@@ -654,8 +731,15 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
  * `/readyz`'s answer: ready, or which dependencies fail, why and since when.
  * `warmingSince` is set while the update path warms up after a start (about a
  * second): not ready then, so a load balancer sends no traffic to a cold path.
+ * `settings` is a clustered relay's comparison with the relays that joined
+ * before it.
  */
-function readinessOf(storage: StorageGuard, redis?: RedisState, warmingSince?: number): Readiness {
+function readinessOf(
+  storage: StorageGuard,
+  redis?: RedisState,
+  warmingSince?: number,
+  settings?: SettingsState,
+): Readiness {
   const failing: Extract<Readiness, { ready: false }>["failing"][number][] = []
   const state = storage.state
   const stalled = state.state === "ok" ? storage.stalledSince() : undefined
@@ -680,6 +764,14 @@ function readinessOf(storage: StorageGuard, redis?: RedisState, warmingSince?: n
       error: redis.error ?? "not connected",
       since: new Date(redis.since).toISOString(),
     })
+  // The newcomer of two relays whose shared settings differ: the load balancer leaves it, not the cluster.
+  if (settings && !settings.agreed)
+    failing.push({
+      dependency: "cluster-settings",
+      code: ErrorCode.INVALID_ARGUMENT,
+      error: `settings every relay of the cluster must share differ from those of a relay that joined before this one: ${settings.settings.join(", ")}`,
+      since: new Date(settings.since).toISOString(),
+    })
   if (warmingSince !== undefined)
     failing.push({
       dependency: "warm-up",
@@ -688,6 +780,18 @@ function readinessOf(storage: StorageGuard, redis?: RedisState, warmingSince?: n
       since: new Date(warmingSince).toISOString(),
     })
   return failing.length === 0 ? { ready: true } : { ready: false, failing }
+}
+
+/**
+ * How this relay cuts a conversation's history (`HistoryDefaults`' settings
+ * less the epoch's client ids, compared with the epochs): per-relay read
+ * limits are left out, the owner's cuts are what the cluster stores.
+ */
+function sealingOf(history: Partial<Record<keyof typeof HistoryDefaults, number>>): Record<string, number> {
+  const sealing: Record<string, number> = {}
+  for (const [name, value] of Object.entries(HistoryDefaults))
+    if (name !== "epochClientIds") sealing[name] = history[name as keyof typeof HistoryDefaults] ?? value
+  return sealing
 }
 
 /** Takes SQLite data directory `dataDir`'s lock for the relay (creating the directory), or throws a {@link StartupError}. */

@@ -27,10 +27,11 @@ export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode]
  * trace) and exits with {@link StartupError.exitCode}.
  */
 export class StartupError extends ParleyError {
+  /** `options.rule` names what refused the start when a check did (`cluster-settings`). */
   constructor(
     readonly exitCode: ExitCode,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; rule?: string },
   ) {
     super(codeFor(exitCode), message, options)
   }

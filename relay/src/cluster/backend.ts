@@ -16,6 +16,7 @@ import { Cluster, type ClusterOptions } from "./cluster.js"
 import { ClusterDeliveryFence } from "./delivery-fence.js"
 import { FencedStorage } from "./fenced-storage.js"
 import { FENCES_SCHEMA } from "./leases.js"
+import { CLUSTER_IDENTITY_SCHEMA } from "./settings.js"
 
 /** How {@link openClusterBackend} connects. */
 export interface ClusterBackendOptions extends Omit<ClusterOptions, "pool"> {
@@ -52,8 +53,8 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
   const pool: pg.Pool = await openPool({
     url: options.databaseUrl,
     max: 12,
-    // The PostgreSQL backend's tables, then the fencing tokens.
-    schema: `${POSTGRES_BACKEND_SCHEMA}\n${FENCES_SCHEMA}`,
+    // The PostgreSQL backend's tables, then the fencing tokens and the cluster's salt.
+    schema: `${POSTGRES_BACKEND_SCHEMA}\n${FENCES_SCHEMA}\n${CLUSTER_IDENTITY_SCHEMA}`,
     onIdleError: options.onIdleError ?? (() => {}),
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
   })

@@ -19,6 +19,13 @@ import { Leases } from "./leases.js"
 import { ClusterMetrics } from "./metrics.js"
 import { ClusterPresence } from "./presence.js"
 import { type RoutedCore, STALE_COPY, type UpdateRouter } from "./router.js"
+import {
+  clusterSalt,
+  digestSettings,
+  type RelaySettingValues,
+  SettingsCheck,
+  type SettingsState,
+} from "./settings.js"
 import { ClusterUsage } from "./usage.js"
 import { type ClusterMessage, decodeClusterMessage, encodeClusterMessage, type WireEntry } from "./wire.js"
 
@@ -138,6 +145,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private pinger: NodeJS.Timeout | undefined
   private pinging = false
   private usage: ClusterUsage | undefined
+  private settings: SettingsCheck | undefined
   private sweeping = false
   private closed = false
 
@@ -286,6 +294,37 @@ export class Cluster implements UpdateRouter, FenceSource {
       }
       await Promise.all(Array.from({ length: CATCH_UP_CONCURRENCY }, work))
     })
+  }
+
+  /**
+   * Publishes digests of this relay's shared settings (`values` and its lease timings, keyed by the
+   * cluster's salt from PostgreSQL) and compares them with the other relays'
+   * now and every few seconds (see {@link SettingsCheck}). Rejects with a
+   * `StartupError` naming the settings that differ when they do and `change`
+   * (`--cluster-config-change`) does not declare it. Before this relay takes
+   * any lease: a relay refused here ordered nothing.
+   */
+  async checkSettings(values: RelaySettingValues, change: boolean): Promise<void> {
+    const salt = await clusterSalt(this.options.pool)
+    const shared = {
+      ...values,
+      "lease-ms": String(this.options.leaseMs),
+      "lease-stall-ms": String(this.options.leaseStallMs),
+    }
+    this.settings = await SettingsCheck.join({
+      redis: this.redis,
+      prefix: this.prefix,
+      relayId: this.relayId,
+      log: this.options.log,
+      metrics: this.metrics,
+      digests: digestSettings(shared, salt),
+      change,
+    })
+  }
+
+  /** Whether this relay's shared settings agree with those of the relays that joined before it, for `/readyz`. */
+  get settingsState(): SettingsState {
+    return this.settings?.state ?? { agreed: true }
   }
 
   /** Whether Redis answers, for `/readyz`. */
@@ -878,7 +917,6 @@ export class Cluster implements UpdateRouter, FenceSource {
     await this.sub.subscribe(channel)
   }
 
-  /** Gives up every lease and leaves Redis. */
   /**
    * Lets this relay's leases lapse while its storage has failed for longer
    * than {@link STORAGE_FAILING_LEASE_MS}, and renews again once it answers:
@@ -909,6 +947,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     this.storageWatch.unref()
   }
 
+  /** Gives up every lease and leaves Redis. */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
@@ -916,6 +955,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     clearInterval(this.sweeper)
     clearInterval(this.pinger)
     this.usage?.close()
+    await this.settings?.close()
     await this.presence.close()
     await this.leases.close().catch(() => undefined)
     for (const waiting of this.waiting.values()) clearTimeout(waiting.timer)

@@ -23,6 +23,10 @@ export class ClusterMetrics {
   readonly tookOver: client.Counter
   readonly leasesLost: client.Counter
   readonly routeSeconds: client.Histogram
+  /** Per shared setting, the live relays whose value differs from this relay's (`src/cluster/settings.ts`). */
+  readonly settingsDiffer: client.Gauge<"setting">
+  /** Differences of a shared setting found with a relay that did not declare a change. */
+  readonly settingsMismatches: client.Counter<"setting">
 
   constructor(registry: client.Registry) {
     const registers = [registry]
@@ -58,6 +62,18 @@ export class ClusterMetrics {
       name: "parley_cluster_route_seconds",
       help: "From a client's change reaching this relay's queue for its document to its acknowledgement, where another relay orders it",
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    })
+    this.settingsDiffer = new client.Gauge({
+      name: "parley_cluster_settings_differ",
+      help: "Live relays of the cluster whose value of a setting every relay must share differs from this relay's, by setting (a rolling change shows here too)",
+      labelNames: ["setting"] as const,
+      registers,
+    })
+    this.settingsMismatches = new client.Counter({
+      name: "parley_cluster_settings_mismatches_total",
+      help: "Differences of a shared setting found with another relay that did not declare a change (--cluster-config-change), by setting",
+      labelNames: ["setting"] as const,
       registers,
     })
   }
