@@ -24,7 +24,13 @@ import type { IdempotencyStore } from "./idempotency.js"
 import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
 import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
 import { SEALED_SCAN_LIMIT } from "./message-pages.js"
-import { type Actor, ApiOperations, type ConversationView, idempotentMessageId } from "./operations.js"
+import {
+  type Actor,
+  ApiOperations,
+  type ConversationView,
+  idempotentMessageId,
+  type TargetRefusals,
+} from "./operations.js"
 import { problemApp, problemResponse, refuse } from "./problem.js"
 import * as S from "./schemas.js"
 import { requireWellFormedJson } from "./well-formed.js"
@@ -82,7 +88,10 @@ const PROBLEMS = Object.fromEntries(
         403,
         "The key lacks the scope, or the document rules refuse the write (`rule` names the rule): a write as a non-participant is refused with `participant-only`, whether or not the conversation exists",
       ],
-      [404, "No such conversation (a read) or message, of a conversation the actor takes part in (a write)"],
+      [
+        404,
+        "No such conversation (a read) or message, of a conversation the actor takes part in (a write); to a key without the read scope of what a write names (`messages:read`, `conversations:read`), any message or participant the actor may not act on, one answer whatever it is",
+      ],
       [409, "Already exists, or an idempotency key or message id reused for a different message"],
       [413, "Request body too large"],
       [415, "A body that is not `content-type: application/json` in UTF-8"],
@@ -310,6 +319,19 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     c.get("key").scopes.includes("messages:read")
       ? view
       : { id: view.id, ...(view.seq !== undefined ? { seq: view.seq } : {}) }
+  /**
+   * How a write refuses the message (`messages:read`) or participant (`conversations:read`) it names:
+   * precisely to a key that may read it, else one refusal whatever the target is (see
+   * `TargetRefusals`). A write scope is no read scope, in its refusals either.
+   */
+  const refusalsFor = (c: Context<Env>, scope: "messages:read" | "conversations:read"): TargetRefusals =>
+    c.get("key").scopes.includes(scope) ? "precise" : "blind"
+  /**
+   * The answer to a write to a message that was there (an edit, a reaction): the message to a key that
+   * may read it, else its id alone. Its number was someone else's message's place in the conversation
+   * (only a send's answer carries one: the key wrote that message).
+   */
+  const targetAnswer = (messageId: string, view: MessageView | undefined) => view ?? { id: messageId }
   const conversationOrRef = (description: string) =>
     json(z.union([S.ConversationSchema, S.ConversationRefSchema]), description)
   const messageOrRef = (description: string) =>
@@ -434,13 +456,22 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "delete",
       path: "/v1/conversations/{id}/participants/{user}",
       summary: "Remove a participant",
+      description:
+        "Anyone may remove themselves (leave). To a key without `conversations:read`, the actor's own rights come first (a member removing another is refused `admin-only`, whoever it names), then a user who is not a participant, or whom the actor may not remove, is refused with one 404 (`no participant … that <actor> may remove`).",
       request: { params: S.ParticipantParams, query: S.AsUserQuery },
       responses: { 200: json(S.ParticipantsChangeSchema, "The users removed (empty when absent)") },
     }),
     async (c) => {
       const actor = actorOf(c, "conversations:write", c.req.valid("query").asUser)
       const { id, user } = c.req.valid("param")
-      return reply(c, { users: await ops.removeParticipant(conversationId(id), actor, user as UserId) })
+      return reply(c, {
+        users: await ops.removeParticipant(
+          conversationId(id),
+          actor,
+          user as UserId,
+          refusalsFor(c, "conversations:read"),
+        ),
+      })
     },
   )
 
@@ -449,6 +480,8 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "put",
       path: "/v1/conversations/{id}/participants/{user}/role",
       summary: "Change a participant's role",
+      description:
+        "To a key without `conversations:read`, the actor's own rights come first (a member is refused `admin-only`, whoever it names, and whether or not the role is set already), then a user who is not a participant, or whose role the actor may not change, is refused with one 404 (`no participant … whose role <actor> may change`).",
       request: { params: S.ParticipantParams, ...body(S.ChangeRoleBody) },
       responses: { 200: conversationOrRef("The conversation after the change") },
     }),
@@ -458,7 +491,16 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       const { id, user } = c.req.valid("param")
       return reply(
         c,
-        conversationAnswer(c, await ops.changeRole(conversationId(id), actor, user as UserId, input.role)),
+        conversationAnswer(
+          c,
+          await ops.changeRole(
+            conversationId(id),
+            actor,
+            user as UserId,
+            input.role,
+            refusalsFor(c, "conversations:read"),
+          ),
+        ),
       )
     },
   )
@@ -528,6 +570,8 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "patch",
       path: "/v1/conversations/{id}/messages/{messageId}",
       summary: "Edit a message (its author only)",
+      description:
+        'To a key without `messages:read`, a message that is not there, deleted or another\'s is refused with one 404 (`no message … that <actor> may edit`), and the answer is `{"id"}`.',
       request: { params: S.MessageParams, ...body(S.EditMessageBody) },
       responses: { 200: messageOrRef("The message after the edit") },
     }),
@@ -535,10 +579,14 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       const input = c.req.valid("json")
       const actor = actorOf(c, "messages:write", input.asUser)
       const { id, messageId } = c.req.valid("param")
-      return reply(
-        c,
-        messageAnswer(c, await ops.edit(conversationId(id), actor, messageId as MessageId, input.body)),
+      const edited = await ops.edit(
+        conversationId(id),
+        actor,
+        messageId as MessageId,
+        input.body,
+        refusalsFor(c, "messages:read"),
       )
+      return reply(c, targetAnswer(messageId, edited))
     },
   )
 
@@ -547,13 +595,20 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "delete",
       path: "/v1/conversations/{id}/messages/{messageId}",
       summary: "Delete a message (its author, owners and admins)",
+      description:
+        "To a key without `messages:read`, a message that is not there or that the actor may not delete (another's, to a member), deleted already or not, is refused with one 404 (`no message … that <actor> may delete`).",
       request: { params: S.MessageParams, query: S.AsUserQuery },
       responses: { 204: { description: "Deleted (or already deleted)" } },
     }),
     async (c) => {
       const actor = actorOf(c, "messages:write", c.req.valid("query").asUser)
       const { id, messageId } = c.req.valid("param")
-      await ops.deleteMessage(conversationId(id), actor, messageId as MessageId)
+      await ops.deleteMessage(
+        conversationId(id),
+        actor,
+        messageId as MessageId,
+        refusalsFor(c, "messages:read"),
+      )
       return c.body(null, 204) as never
     },
   )
@@ -577,14 +632,15 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "delete",
       path: "/v1/conversations/{id}/pins/{messageId}",
       summary: "Unpin a sticky message (its author, owners and admins)",
-      description: "Refused with 403 and rule `unpin-author-or-admin` for anyone else.",
+      description:
+        "Refused with 403 and rule `unpin-author-or-admin` for anyone else. To a key without `messages:read`, a message that is not there, deleted, not sticky or not the actor's to unpin is refused with one 404 (`no pinned message … that <actor> may unpin`).",
       request: { params: S.MessageParams, query: S.AsUserQuery },
       responses: { 204: { description: "Unpinned (or already unpinned)" } },
     }),
     async (c) => {
       const actor = actorOf(c, "messages:write", c.req.valid("query").asUser)
       const { id, messageId } = c.req.valid("param")
-      await ops.unpin(conversationId(id), actor, messageId as MessageId)
+      await ops.unpin(conversationId(id), actor, messageId as MessageId, refusalsFor(c, "messages:read"))
       return c.body(null, 204) as never
     },
   )
@@ -594,6 +650,8 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "post",
       path: "/v1/conversations/{id}/messages/{messageId}/reactions",
       summary: "React to a message",
+      description:
+        'To a key without `messages:read`, the answer is `{"id"}`, and a message that is not there (or deleted) is refused with 404: a reaction is added only to a message that is there, so its success tells that the id exists.',
       request: { params: S.MessageParams, ...body(S.ReactBody) },
       responses: { 200: messageOrRef("The message with its reactions") },
     }),
@@ -601,13 +659,15 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       const input = c.req.valid("json")
       const actor = actorOf(c, "messages:write", input.asUser)
       const { id, messageId } = c.req.valid("param")
-      return reply(
-        c,
-        messageAnswer(
-          c,
-          await ops.react(conversationId(id), actor, messageId as MessageId, input.emoji, true),
-        ),
+      const view = await ops.react(
+        conversationId(id),
+        actor,
+        messageId as MessageId,
+        input.emoji,
+        true,
+        refusalsFor(c, "messages:read"),
       )
+      return reply(c, targetAnswer(messageId, view))
     },
   )
 
@@ -616,16 +676,23 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "delete",
       path: "/v1/conversations/{id}/messages/{messageId}/reactions/{emoji}",
       summary: "Remove a reaction",
+      description:
+        'To a key without `messages:read`, the answer is `{"id"}` for any id: removing a reaction that is not there, from any message or none, changes nothing.',
       request: { params: S.ReactionParams, query: S.AsUserQuery },
       responses: { 200: messageOrRef("The message with its reactions") },
     }),
     async (c) => {
       const actor = actorOf(c, "messages:write", c.req.valid("query").asUser)
       const { id, messageId, emoji } = c.req.valid("param")
-      return reply(
-        c,
-        messageAnswer(c, await ops.react(conversationId(id), actor, messageId as MessageId, emoji, false)),
+      const view = await ops.react(
+        conversationId(id),
+        actor,
+        messageId as MessageId,
+        emoji,
+        false,
+        refusalsFor(c, "messages:read"),
       )
+      return reply(c, targetAnswer(messageId, view))
     },
   )
 
@@ -635,14 +702,28 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
         method: "post",
         path: `/v1/conversations/{id}/${which}`,
         summary: which === "read" ? "Mark read up to a message" : "Mark delivered up to a message",
-        description: `Moves the actor's ${which} marker (forward only) to \`upTo\`, or to the latest message.${which === "read" ? " Reading implies delivery." : ""}`,
+        description: `Moves the actor's ${which} marker (forward only) to \`upTo\`, or to the latest message.${which === "read" ? " Reading implies delivery." : ""} To a key without \`messages:read\`, a message id the conversation does not have is refused with 404 (so its success tells that the id exists), and the answer is \`{"user"}\` alone.`,
         request: { params: S.ConversationParams, ...body(S.MarkReadBody) },
-        responses: { 200: json(S.MarkReadResultSchema, "The markers after the change") },
+        responses: {
+          200: json(
+            z.union([S.MarkReadResultSchema, S.MarkerRefSchema]),
+            "The markers after the change (whose they are, to a key without `messages:read`)",
+          ),
+        },
       }),
       async (c) => {
         const input = c.req.valid("json")
         const actor = actorOf(c, "messages:write", input.asUser)
-        return reply(c, await ops.mark(which, conversationId(c.req.valid("param").id), actor, input.upTo))
+        const refusals = refusalsFor(c, "messages:read")
+        const markers = await ops.mark(
+          which,
+          conversationId(c.req.valid("param").id),
+          actor,
+          input.upTo,
+          refusals,
+        )
+        // The numbers were a read: where a message named is, how many the conversation holds.
+        return reply(c, refusals === "precise" ? markers : { user: markers.user })
       },
     )
   }

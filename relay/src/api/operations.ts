@@ -2,8 +2,14 @@ import { createHash } from "node:crypto"
 import {
   addParticipants,
   allMarkers,
+  assertAllowed,
   type ConversationChange,
   type ConversationId,
+  canChangeRole,
+  canDeleteMessage,
+  canRemoveParticipant,
+  canUnpinMessage,
+  canWriteConversation,
   changeRole,
   createConversation,
   type DeletedMessageRecord,
@@ -15,6 +21,7 @@ import {
   getConversation,
   getMessage,
   isDeletedRecord,
+  isReactionEmoji,
   lastMessage,
   lastSequence,
   listParticipants,
@@ -33,10 +40,12 @@ import {
   Rule,
   react,
   removeParticipants,
+  roleOf,
   type SendMessageInput,
   sealedHistory,
   sealedThrough,
   sendMessage,
+  typesOf,
   type UserId,
   unpinMessage,
   unreact,
@@ -91,6 +100,63 @@ const notFound = (id: string) => new ParleyError(ErrorCode.NOT_FOUND, `no conver
 export function idempotentMessageId(keyId: string, idempotencyKey: string): MessageId {
   const digest = createHash("sha256").update(`${keyId}\u0000${idempotencyKey}`).digest("base64url")
   return `ik_${digest.slice(0, 32)}` as MessageId
+}
+
+/**
+ * What a write tells of the message or participant it names. `precise`, to a key that may read it
+ * (`messages:read`, `conversations:read`), is the shared operations' own refusals: no such message,
+ * another's, not pinned, not a participant. `blind`, to a key without that read scope, is one NOT_FOUND
+ * for every target the actor may not act on, after the checks of the actor alone (a participant, the
+ * conversation not deleted, a manager where the write needs one), each with its own error: so the
+ * answer is the same whether the target exists, whoever wrote it and whatever its state, and a write
+ * scope reads nothing (a refused write's 403 or 422 told a key that may only post who wrote a guessed
+ * message id, or whether it is pinned; an outside tester's finding). What stays is what a write's own
+ * success needs: that there is a target the actor may act on (see relay/API.md, "Keys and scopes").
+ */
+export type TargetRefusals = "precise" | "blind"
+
+/**
+ * The one refusal of a blind write (see {@link TargetRefusals}): NOT_FOUND, as a message the relay
+ * does not hold yet is refused with, so that the update path still reads the sealed segment that
+ * holds a message named and tries again.
+ */
+const noTarget = (what: string) => new ParleyError(ErrorCode.NOT_FOUND, what)
+
+/** Rules whose refusal depends on the target of a write rather than on the actor alone. */
+const TARGET_RULES: ReadonlySet<string> = new Set([
+  Rule.authorOnly,
+  Rule.authorOrAdmin,
+  Rule.unpinAuthorOrAdmin,
+  Rule.ownerOnly,
+])
+
+/**
+ * Runs `write`, the part of a blind write that looks at its target, turning each refusal that
+ * depends on the target (none there, another's, an owner; and errors of code `also`, such as a
+ * message that is not pinned) into `refusal`. Whatever depends on the actor alone is checked before
+ * it, and keeps its own error.
+ */
+function blindly<T>(refusal: () => ParleyError, write: () => T, also?: ErrorCode): T {
+  try {
+    return write()
+  } catch (error) {
+    if (
+      error instanceof ParleyError &&
+      (error.code === ErrorCode.NOT_FOUND ||
+        error.code === also ||
+        (error.code === ErrorCode.FORBIDDEN && error.rule !== undefined && TARGET_RULES.has(error.rule)))
+    )
+      throw refusal()
+    throw error
+  }
+}
+
+/**
+ * Refuses any write to a deleted conversation (rule `conversation-deleted`), as the shared operations
+ * do once they found their target: a blind write checks it first, so it does not depend on the target.
+ */
+function assertWritable(doc: Y.Doc): void {
+  assertAllowed(canWriteConversation(getConversation(doc)?.deletedAt !== undefined))
 }
 
 /** A send, as the API received it. */
@@ -278,16 +344,65 @@ export class ApiOperations {
     })
   }
 
-  removeParticipant(id: ConversationId, actor: Actor, user: UserId): Promise<UserId[]> {
+  /**
+   * Removes `user` (anyone may remove themselves: leaving). Blind (see {@link TargetRefusals}): the
+   * actor's own rights first (a direct conversation keeps its two, only owners and admins remove
+   * others), then one NOT_FOUND for a user who is not a participant or whom the actor may not remove
+   * (an owner, for an admin): a plain member is refused `admin-only` whoever they name.
+   */
+  removeParticipant(
+    id: ConversationId,
+    actor: Actor,
+    user: UserId,
+    refusals: TargetRefusals = "precise",
+  ): Promise<UserId[]> {
     return this.write(id, actor, (doc) => {
       ApiOperations.assertParticipant(doc, actor.user)
-      return removeParticipants(doc, actor.user, [user])
+      if (refusals === "precise") return removeParticipants(doc, actor.user, [user])
+      const info = getConversation(doc)!
+      // Leaving stays possible once the conversation is deleted, as in removeParticipants.
+      if (user !== actor.user) assertWritable(doc)
+      // As if `user` were a member: what the actor may not do to anyone, refused as the rules name it.
+      assertAllowed(
+        canRemoveParticipant(
+          actor.user,
+          roleOf(doc, actor.user),
+          info.kind,
+          user,
+          "member",
+          info.deletedAt !== undefined,
+        ),
+      )
+      const refusal = () => noTarget(`no participant ${JSON.stringify(user)} that ${actor.user} may remove`)
+      // Removing nobody answered 200 with no users, removing an owner 403: both as one refusal.
+      if (!typesOf(doc).participants.has(user)) throw refusal()
+      return blindly(refusal, () => removeParticipants(doc, actor.user, [user]))
     })
   }
 
-  async changeRole(id: ConversationId, actor: Actor, user: UserId, role: Role): Promise<ConversationView> {
+  /**
+   * Changes `user`'s role. Blind (see {@link TargetRefusals}): the actor's own rights first (roles in
+   * a direct conversation are fixed, only owners and admins change them, only owners make owners),
+   * then one NOT_FOUND for a user who is not a participant or whose role the actor may not change
+   * (an owner's, for an admin). A role already set stays a success, as a change is.
+   */
+  async changeRole(
+    id: ConversationId,
+    actor: Actor,
+    user: UserId,
+    role: Role,
+    refusals: TargetRefusals = "precise",
+  ): Promise<ConversationView> {
     await this.write(id, actor, (doc) => {
       ApiOperations.assertParticipant(doc, actor.user)
+      if (refusals === "blind") {
+        assertWritable(doc)
+        // As if `user` were a member: refused for what the actor may not do to anyone.
+        assertAllowed(canChangeRole(roleOf(doc, actor.user), getConversation(doc)!.kind, "member", role))
+        const refusal = () =>
+          noTarget(`no participant ${JSON.stringify(user)} whose role ${actor.user} may change`)
+        return blindly(refusal, () => changeRole(doc, actor.user, user, role))
+      }
       changeRole(doc, actor.user, user, role)
     })
     return this.view(id)
@@ -455,18 +570,52 @@ export class ApiOperations {
     return message
   }
 
-  async edit(id: ConversationId, actor: Actor, messageId: MessageId, body: string): Promise<MessageView> {
+  /**
+   * Edits a message (its author only). The message after it, or undefined when `blind` (see
+   * {@link TargetRefusals}): then one NOT_FOUND for a message that is not there, deleted, or another's.
+   */
+  async edit(
+    id: ConversationId,
+    actor: Actor,
+    messageId: MessageId,
+    body: string,
+    refusals: TargetRefusals = "precise",
+  ): Promise<MessageView | undefined> {
     await this.write(id, actor, (doc) => {
       ApiOperations.assertParticipant(doc, actor.user)
-      editMessage(doc, actor.user, messageId, body)
+      if (refusals === "precise") return editMessage(doc, actor.user, messageId, body)
+      assertWritable(doc)
+      blindly(
+        () => noTarget(`no message ${JSON.stringify(messageId)} that ${actor.user} may edit`),
+        () => editMessage(doc, actor.user, messageId, body),
+      )
     })
-    return this.message(id, messageId)
+    return refusals === "precise" ? this.message(id, messageId) : undefined
   }
 
-  async deleteMessage(id: ConversationId, actor: Actor, messageId: MessageId): Promise<void> {
+  /**
+   * Deletes a message (its author, owners and admins); deleting twice is a no-op. Blind (see
+   * {@link TargetRefusals}): one NOT_FOUND for a message that is not there or that the actor may not
+   * delete (another's, to a plain member), deleted or not.
+   */
+  async deleteMessage(
+    id: ConversationId,
+    actor: Actor,
+    messageId: MessageId,
+    refusals: TargetRefusals = "precise",
+  ): Promise<void> {
     await this.write(id, actor, (doc) => {
       ApiOperations.assertParticipant(doc, actor.user)
-      if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
+      const message = getMessage(doc, messageId)
+      if (refusals === "precise") {
+        if (!message) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
+        return deleteMessage(doc, actor.user, messageId)
+      }
+      assertWritable(doc)
+      // Another's message deleted already was a 204 to anyone, while it refused a member as long as it
+      // was there: whether the actor may delete it is asked of the author whatever its state.
+      if (!message || !canDeleteMessage(actor.user, roleOf(doc, actor.user), message.author).allowed)
+        throw noTarget(`no message ${JSON.stringify(messageId)} that ${actor.user} may delete`)
       deleteMessage(doc, actor.user, messageId)
     })
   }
@@ -483,28 +632,81 @@ export class ApiOperations {
     return result
   }
 
-  /** Unpins a sticky message (its author, owners and admins); unpinning twice is a no-op. */
-  async unpin(id: ConversationId, actor: Actor, messageId: MessageId): Promise<void> {
+  /**
+   * Unpins a sticky message (its author, owners and admins); unpinning twice is a no-op. Blind (see
+   * {@link TargetRefusals}): one NOT_FOUND for a message that is not there, deleted, not sticky, or
+   * not the actor's to unpin; unpinned already, a no-op only for one who may unpin it.
+   */
+  async unpin(
+    id: ConversationId,
+    actor: Actor,
+    messageId: MessageId,
+    refusals: TargetRefusals = "precise",
+  ): Promise<void> {
     await this.write(id, actor, (doc) => {
       ApiOperations.assertParticipant(doc, actor.user)
-      unpinMessage(doc, actor.user, messageId)
+      if (refusals === "precise") return unpinMessage(doc, actor.user, messageId)
+      assertWritable(doc)
+      const refusal = () =>
+        noTarget(`no pinned message ${JSON.stringify(messageId)} that ${actor.user} may unpin`)
+      if (typesOf(doc).unpinned.has(messageId)) {
+        // A second unpin was a 204 to anyone: it told a member that a message was once pinned.
+        const message = getMessage(doc, messageId)
+        if (!message || !canUnpinMessage(actor.user, roleOf(doc, actor.user), message.author).allowed)
+          throw refusal()
+        return
+      }
+      // "The message is not pinned" (INVALID_ARGUMENT) named a message that is there.
+      blindly(refusal, () => unpinMessage(doc, actor.user, messageId), ErrorCode.INVALID_ARGUMENT)
     })
   }
 
+  /**
+   * Adds (or removes) the actor's reaction: the message after it, or undefined when `blind` (see
+   * {@link TargetRefusals}). Blind, a reaction is added only to a message that is there, so its
+   * success tells that much (one NOT_FOUND otherwise, deleted or not there); removing one that is
+   * not there, on any id, is the no-op it is for a message without it.
+   */
   async react(
     id: ConversationId,
     actor: Actor,
     messageId: MessageId,
     emoji: string,
     add: boolean,
-  ): Promise<MessageView> {
-    await this.write(id, actor, (doc) => {
-      ApiOperations.assertParticipant(doc, actor.user)
-      if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
-      if (add) react(doc, actor.user, messageId, emoji)
-      else unreact(doc, actor.user, messageId, emoji)
-    })
-    return this.message(id, messageId)
+    refusals: TargetRefusals = "precise",
+  ): Promise<MessageView | undefined> {
+    if (refusals === "precise") {
+      await this.write(id, actor, (doc) => {
+        ApiOperations.assertParticipant(doc, actor.user)
+        if (!getMessage(doc, messageId)) throw new ParleyError(ErrorCode.NOT_FOUND, `no message ${messageId}`)
+        if (add) react(doc, actor.user, messageId, emoji)
+        else unreact(doc, actor.user, messageId, emoji)
+      })
+      return this.message(id, messageId)
+    }
+    let unknown = false
+    try {
+      await this.write(id, actor, (doc) => {
+        ApiOperations.assertParticipant(doc, actor.user)
+        assertWritable(doc)
+        // An emoji that is no reaction was refused only once the message was found.
+        if (!isReactionEmoji(emoji)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "invalid reaction")
+        unknown = false
+        const refusal = () => {
+          unknown = true
+          return noTarget(`no message ${JSON.stringify(messageId)} that ${actor.user} may react to`)
+        }
+        if (add) blindly(refusal, () => react(doc, actor.user, messageId, emoji))
+        else blindly(refusal, () => unreact(doc, actor.user, messageId, emoji))
+      })
+    } catch (error) {
+      // Thrown out of the write, not caught in it: the update path first reads the sealed segment
+      // that may hold the message, and tries again.
+      if (!add && unknown && error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)
+        return undefined
+      throw error
+    }
+    return undefined
   }
 
   async message(id: ConversationId, messageId: MessageId): Promise<MessageView> {
@@ -522,11 +724,20 @@ export class ApiOperations {
     id: ConversationId,
     actor: Actor,
     upTo: number | string | undefined,
+    refusals: TargetRefusals = "precise",
   ): Promise<{ user: UserId; readUpTo: number; deliveredUpTo: number; moved: boolean }> {
     const moved = await this.write(id, actor, (doc) => {
       ApiOperations.assertParticipant(doc, actor.user)
       const target = (upTo ?? "latest") as number | MessageId | "latest"
-      return which === "read" ? markRead(doc, actor.user, target) : markDelivered(doc, actor.user, target)
+      const mark = () =>
+        which === "read" ? markRead(doc, actor.user, target) : markDelivered(doc, actor.user, target)
+      if (refusals === "precise") return mark()
+      // Refused only when the marker moved: whether it would have depended on where the message is.
+      assertWritable(doc)
+      return blindly(
+        () => noTarget(`no message ${JSON.stringify(upTo)} that ${actor.user} may mark ${which} up to`),
+        mark,
+      )
     })
     const markers = await this.core.read(id, (doc) => markersOf(doc, actor.user), { failFast: true })
     return { user: actor.user, readUpTo: markers.read, deliveredUpTo: markers.delivered, moved }

@@ -328,7 +328,7 @@ export const MessageRefSchema = z
   .object({ id: MessageIdSchema, seq: z.number().int().optional() })
   .openapi("MessageRef", {
     description:
-      "A write's answer to a key without `messages:read`: the message's id and number (the message itself would be a read).",
+      "A write's answer to a key without `messages:read`: the message's id, and its number for a send (the message itself, or where another message is in the conversation, would be a read).",
   })
 
 export const ConversationSchema = z
@@ -376,6 +376,11 @@ export const MarkReadResultSchema = z
     moved: z.boolean().openapi({ description: "False when the marker was there or further already." }),
   })
   .openapi("MarkerResult")
+
+export const MarkerRefSchema = z.object({ user: UserIdSchema }).openapi("MarkerRef", {
+  description:
+    "A marker's answer to a key without `messages:read`: whose marker it wrote to (its numbers would tell where a message is, and how many the conversation holds).",
+})
 
 export const InboxPageSchema = z
   .object({

@@ -58,6 +58,8 @@ describe("message listings through sealed history", () => {
   let full: Client
   let outsider: Client
   let noMessages: Client
+  /** Writes messages as users, may not read them. */
+  let blind: Client
 
   let dataDir: string
   const args = [
@@ -89,6 +91,10 @@ describe("message listings through sealed history", () => {
       await createKey(dataDir, "outsider", ["messages:read", "messages:write"]),
     )
     noMessages = apiClient(() => relay.httpUrl, await createKey(dataDir, "meta", ["conversations:read"]))
+    blind = apiClient(
+      () => relay.httpUrl,
+      await createKey(dataDir, "blind", ["messages:write", "act-as-user"]),
+    )
     // Segments of 10, 5 kept live; the live document keeps one summary and folds two at a time into
     // directory pages, so that most of a 60-message conversation is sealed and some of it folded.
     relay = await startRelayProcess({ dataDir, args })
@@ -219,6 +225,60 @@ describe("message listings through sealed history", () => {
     // The same view from a page that goes back to them.
     const back = await full("GET", "/v1/conversations/g~hist-overlay/messages?before=6&limit=5")
     expect(back.body.messages).toEqual(listed.body.messages)
+  })
+
+  it("acts on sealed messages for a key that may not read them as on live ones, refusing alike what it may not act on", async () => {
+    const ids = await conversationWith("g~hist-blind", 4)
+    for (let i = 5; i <= 40; i++)
+      await full("POST", "/v1/conversations/g~hist-blind/messages", { body: `m${i}`, asUser: "alice" })
+    expect((await liveDocument("g~hist-blind")).sealedThrough).toBeGreaterThanOrEqual(30)
+    const url = (seq: number) => `/v1/conversations/g~hist-blind/messages/${ids.get(seq)}`
+    // Each after a restart, so that the relay holds no segment: the write finds the message only once it
+    // read the segment, after the first attempt was refused as for an id it does not have.
+    const writes: [string, () => Promise<Answer>, number, unknown][] = [
+      [
+        "edit bob's own",
+        () => blind("PATCH", url(2), { body: "m2, edited", asUser: "bob" }),
+        200,
+        { id: ids.get(2) },
+      ],
+      [
+        "react to alice's",
+        () => blind("POST", `${url(1)}/reactions`, { emoji: "👍", asUser: "bob" }),
+        200,
+        { id: ids.get(1) },
+      ],
+      [
+        "remove it",
+        () => blind("DELETE", `${url(1)}/reactions/${encodeURIComponent("👍")}?asUser=bob`),
+        200,
+        { id: ids.get(1) },
+      ],
+      ["delete bob's own", () => blind("DELETE", `${url(4)}?asUser=bob`), 204, undefined],
+    ]
+    for (const [what, write, status, body] of writes) {
+      await relay.kill()
+      relay = await startRelayProcess({ dataDir, args })
+      const answer = await write()
+      expect([what, answer.status, answer.body]).toEqual([what, status, body])
+    }
+    // Alice's sealed message and an id nobody used: one refusal.
+    const refusals = new Set<string>()
+    for (const url of [
+      `/v1/conversations/g~hist-blind/messages/${ids.get(3)}`,
+      "/v1/conversations/g~hist-blind/messages/m_nobody_used",
+    ]) {
+      const answer = await blind("PATCH", url, { body: "guess", asUser: "bob" })
+      refusals.add(`${answer.status} ${answer.body.detail.replace(/"[^"]+"/, "<id>")}`)
+    }
+    expect([...refusals]).toEqual(["404 no message <id> that bob may edit"])
+    const listed = await full("GET", "/v1/conversations/g~hist-blind/messages?after=0&limit=4")
+    expect(listed.body.messages.map((m: Listed) => [m.body, m.reactions])).toEqual([
+      ["m1", {}],
+      ["m2, edited", {}],
+      ["m3", {}],
+      ["", {}],
+    ])
   })
 
   it("keeps its cursors while messages arrive and older ones are sealed", async () => {
