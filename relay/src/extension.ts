@@ -178,6 +178,13 @@ export interface AfterSaved {
   readonly positions: readonly number[]
   /** What changed, including `messages.sequenced` from the relay's own change. */
   readonly events: readonly ChangeEvent[]
+  /**
+   * How many of {@link events} each entry of {@link positions} brought, in
+   * order: hook event ids are keyed by the entry holding the change, as a
+   * recovery from the stored log derives them. Absent: all of them belong to
+   * the first entry.
+   */
+  readonly counts?: readonly number[]
 }
 
 /** A loaded document, as {@link RelayExtension.clientIdOwners} is asked about it. */

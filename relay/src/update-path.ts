@@ -313,12 +313,15 @@ async function applyAndStore(
   entries: Entry[]
   positions: number[]
   events: ChangeEvent[]
+  /** How many of `events` each entry brought (see `AfterSaved.counts`). */
+  counts: number[]
   caughtUp: ReadonlySet<Connection>
 }> {
   const release = host.holdUnsaved()
   try {
     const first = change()
     const events = host.takeEvents()
+    const firstCount = events.length
     const sequencing = options.sequenceLeftovers
       ? await sequence(ctx, host, undefined)
       : first && (await sequence(ctx, host, messageIdsIn(events)))
@@ -336,7 +339,9 @@ async function applyAndStore(
     const entries = [first, sequencing].filter((e) => e !== undefined)
     // Connections that joined while an earlier change was being stored wait for a decision too.
     if (entries.length === 0)
-      return { entries, positions: [], events, caughtUp: ctx.settleAccess(host, { events }) }
+      return { entries, positions: [], events, counts: [], caughtUp: ctx.settleAccess(host, { events }) }
+    // The change's own entry, then the sequencing's (hook event ids are keyed by the entry holding the change).
+    const counts = entries.length === 2 ? [firstCount, events.length - firstCount] : [events.length]
     await recordPurgeOwed(ctx, host, events)
     let positions: number[]
     try {
@@ -360,7 +365,7 @@ async function applyAndStore(
       ...(options.from ? { from: options.from } : {}),
       ...(options.clientIds ? { clientIds: options.clientIds } : {}),
     })
-    return { entries, positions, events, caughtUp }
+    return { entries, positions, events, counts, caughtUp }
   } catch (cause) {
     // A retryable refusal (the relay shutting down while a change waited for storage) stays retryable.
     const error =
@@ -582,8 +587,9 @@ async function finish(
   actor: Principal,
   positions: number[],
   events: ChangeEvent[],
+  counts?: readonly number[],
 ): Promise<void> {
-  notifySaved(ctx, host, actor, positions, events)
+  notifySaved(ctx, host, actor, positions, events, counts)
   await upkeep(ctx, host, events)
 }
 
@@ -594,9 +600,17 @@ function notifySaved(
   actor: Principal,
   positions: readonly number[],
   events: readonly ChangeEvent[],
+  counts?: readonly number[],
 ): void {
   if (events.length > 0 || positions.length > 0) {
-    const change: AfterSaved = { name: host.key, doc: host.doc, actor, positions, events }
+    const change: AfterSaved = {
+      name: host.key,
+      doc: host.doc,
+      actor,
+      positions,
+      events,
+      ...(counts ? { counts } : {}),
+    }
     ctx.extensions.afterSaved(change)
   }
 }
@@ -1411,7 +1425,7 @@ function foldedReactionsOf(host: DocumentHost): FoldedReactions {
 async function removeFolded(ctx: PathContext, host: DocumentHost, keys: readonly string[]): Promise<void> {
   const reactions = typesOf(host.doc).reactions
   try {
-    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => {
+    const { entries, positions, events, counts, caughtUp } = await applyAndStore(ctx, host, () => {
       const update = captureUpdate(host.doc, () =>
         host.doc.transact(() => {
           const now = Date.now()
@@ -1423,7 +1437,7 @@ async function removeFolded(ctx: PathContext, host: DocumentHost, keys: readonly
     if (entries.length === 0) return
     broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
     if (events.length > 0 || positions.length > 0)
-      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events })
+      ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events, counts })
   } catch (error) {
     // The device's change is stored; what is lost is the removal it meant (a reaction that stays).
     ctx.log.error(
@@ -2263,11 +2277,15 @@ function notifyBatch(
     const run = applied.slice(start, k + 1)
     const runPositions = positions.slice(start, k + 1)
     const runEvents = run.flatMap((a) => a.events)
+    const counts = run.map((a) => a.events.length)
     if (k + 1 === applied.length) {
-      if (sequenced) runPositions.push(positions.at(-1)!)
+      if (sequenced) {
+        runPositions.push(positions.at(-1)!)
+        counts.push(relayEvents.length)
+      } else counts[counts.length - 1]! += relayEvents.length
       runEvents.push(...relayEvents)
     }
-    notifySaved(ctx, host, actor, runPositions, runEvents)
+    notifySaved(ctx, host, actor, runPositions, runEvents, counts)
     start = k + 1
   }
 }
@@ -2383,7 +2401,7 @@ function writeInQueue(
       const reads = history.readsFor(sealedReadsPaidBy(ctx, actor))
       if (await history.holdNamed(host, missed, reads).catch(sealedReadFailed)) run = await attempt()
     }
-    const { entries, positions, events, caughtUp, failure } = run
+    const { entries, positions, events, counts, caughtUp, failure } = run
     if (entries.length > 0) {
       await ctx.extensions.updateStored({
         name: host.name,
@@ -2396,7 +2414,7 @@ function writeInQueue(
       const release = holdConnections(host)
       try {
         broadcast(host, encodeSyncUpdate(merged), undefined, caughtUp)
-        notifySaved(ctx, host, actor, positions, events)
+        notifySaved(ctx, host, actor, positions, events, counts)
       } finally {
         release()
       }
@@ -2443,13 +2461,13 @@ export function sequenceLeftovers(ctx: PathContext, host: DocumentHost): Promise
     return Promise.resolve([])
   }
   return host.enqueue(async () => {
-    const { entries, positions, events, caughtUp } = await applyAndStore(ctx, host, () => undefined, {
+    const { entries, positions, events, counts, caughtUp } = await applyAndStore(ctx, host, () => undefined, {
       sequenceLeftovers: true,
     })
     if (entries.length > 0) {
       ctx.log.info({ doc: host.key, positions }, "sequenced messages left unsequenced")
       broadcast(host, encodeSyncUpdate(entries[0]!.update), undefined, caughtUp)
-      await finish(ctx, host, RELAY, positions, events)
+      await finish(ctx, host, RELAY, positions, events, counts)
     } else if (host.name.kind === "conversation" && owesConversationPurge(ctx, host)) {
       // A purge that a crash or a failure interrupted: done now, before anyone reads the content.
       await purgeConversation(ctx, host, host.name.id)

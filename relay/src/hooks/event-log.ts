@@ -237,6 +237,48 @@ export function membershipChanges(
   return { opened, closed, witnessed }
 }
 
+/**
+ * The ids of `events` (those the log keeps) by conversation, for a store to
+ * look up which it holds already (see {@link withoutRecorded}).
+ */
+export function idsByConversation(events: readonly { readonly event: HookEvent }[]): Map<string, string[]> {
+  const byConversation = new Map<string, string[]>()
+  for (const { event } of events) {
+    if (!isLogged(event)) continue
+    const conversation = event.event.conversationId as string
+    const ids = byConversation.get(conversation)
+    if (ids) ids.push(event.event.id)
+    else byConversation.set(conversation, [event.event.id])
+  }
+  return byConversation
+}
+
+/**
+ * `events` without those whose id `known` (by conversation, from
+ * {@link idsByConversation}) says the log holds already, nor a repeat of an
+ * id earlier in `events`. Event ids are stable (`stableEventId`): a backlog
+ * that two relays derived, or a record tried again after a commit whose
+ * outcome was unknown, names the same events with the same ids, and each is
+ * recorded, and delivered, once. Events the log does not keep
+ * (`typing.started`) are never dropped. `known`'s sets are added to.
+ */
+export function withoutRecorded<E extends { readonly event: HookEvent }>(
+  events: readonly E[],
+  known: ReadonlyMap<string, Set<string>>,
+): E[] {
+  return events.filter(({ event }) => {
+    if (!isLogged(event)) return true
+    let ids = known.get(event.event.conversationId)
+    if (!ids) {
+      ids = new Set()
+      ;(known as Map<string, Set<string>>).set(event.event.conversationId, ids)
+    }
+    if (ids.has(event.event.id)) return false
+    ids.add(event.event.id)
+    return true
+  })
+}
+
 /** True for events the log records (all but the ephemeral `typing.started`). */
 export const isLogged = (event: HookEvent): boolean => event.event.type !== "typing.started"
 

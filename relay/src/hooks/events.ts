@@ -1,4 +1,4 @@
-import { randomFillSync } from "node:crypto"
+import { createHash, randomFillSync } from "node:crypto"
 import {
   type ChangeEvent,
   type ConversationId,
@@ -81,10 +81,20 @@ export type HookEventType = keyof HookSubjects
 
 /** The envelope every payload carries. */
 export interface HookEventHeader<T extends HookEventType = HookEventType> {
-  /** Stable across retries and restarts: use it to de-duplicate. */
+  /**
+   * The de-duplication key: the same on every retry, after restarts, and
+   * whichever relay derives the event (live, or from the stored log after a
+   * crash or a takeover: see {@link stableEventId}). Opaque: compare it, do
+   * not parse or order by it.
+   */
   readonly id: string
   readonly type: T
-  /** When the relay derived the event (ms since the epoch). */
+  /**
+   * When the relay derived the event (ms since the epoch). The log does not
+   * store when a change was saved: an event derived again from it (after a
+   * crash, by a relay taking the conversation over) carries the time it was
+   * derived then, so two copies of one event (same `id`) may differ here.
+   */
   readonly time: number
   readonly conversationId: ConversationId
   readonly actor: HookActor
@@ -138,7 +148,8 @@ const ID_CODES = Array.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 const lastPrefix = { at: -1, prefix: "" }
 
 /**
- * A new event id: time-ordered prefix, 12 random characters (72 bits). Made
+ * A new random event id, for events of nothing stored (`typing.started`, a
+ * change with no log position): time-ordered prefix, 12 random characters (72 bits). Made
  * from the pool's bytes in place (a frame of 2,000 messages makes 2,001 ids:
  * an array, a view and 16 one-character strings each cost 2–3 ms per frame).
  */
@@ -172,6 +183,40 @@ export function newEventId(now: number = Date.now()): string {
       c[b[i + 11]! & 63]!,
     )
   )
+}
+
+/**
+ * The id of a stored change's event: a pure function of what the event is
+ * about, so that every relay deriving it, live or from the stored log after
+ * a crash or a takeover, and however often, gives the same event the same id
+ * (the outboxes and event logs take an id once per document, and receivers
+ * de-duplicate on it). `position` is the storage log position of the entry
+ * whose change the event reports; `slot` the event's index among the
+ * semantic events of that entry (see {@link deriveHookEvents}), or `"u"` for
+ * the `document.updated` of a change that starts at `position`.
+ *
+ * Log positions never repeat within a document: they increase across
+ * compaction, fresh epochs, purges and an operator's restore (storage keeps
+ * the highest a document ever had), and a document is never dropped. The
+ * conversation part is a hash (96 bits of SHA-256) so that ids have one
+ * length and alphabet whatever the conversation id; the position and slot
+ * are plain (base 36): they say how many changes the conversation had, not
+ * what any of them was. Form: `evt_` + 16 characters + `_<position>_<slot>`.
+ */
+export function stableEventId(conversationId: string, position: number, slot: number | "u"): string {
+  return `${conversationIdPrefix(conversationId)}${position.toString(36)}_${typeof slot === "number" ? slot.toString(36) : slot}`
+}
+
+/** The last conversation's id prefix: the events of one change (and a conversation's run of changes) share it. */
+const lastConversation = { id: "", prefix: "" }
+
+function conversationIdPrefix(conversationId: string): string {
+  if (lastConversation.id !== conversationId || lastConversation.prefix === "") {
+    const hash = createHash("sha256").update(`parley-event\u0000${conversationId}`).digest("base64url")
+    lastConversation.id = conversationId
+    lastConversation.prefix = `evt_${hash.slice(0, 16)}_`
+  }
+  return lastConversation.prefix
 }
 
 /** Each conversation's payload part, by its meta map, until the meta map or the participants change. */
@@ -263,8 +308,17 @@ export interface DeriveInput {
   readonly doc: Y.Doc
   readonly actor: HookActor
   readonly changes: readonly ChangeEvent[]
+  /** Log positions of the stored entries the change is made of, in order. */
   readonly positions: readonly number[]
+  /**
+   * How many of `changes` each entry of `positions` brought, in order (the
+   * update path's batches store several entries per change). Absent, or not
+   * adding up to `changes.length`: all of them belong to the first entry.
+   */
+  readonly counts?: readonly number[]
+  /** When the relay derives the events: their `time`. */
   readonly now: number
+  /** Ids of events of a change stored nowhere (no positions): random by default. */
   readonly newId?: (now: number) => string
 }
 
@@ -273,6 +327,13 @@ export interface DeriveInput {
  * order `observeChanges` gives them, then one `document.updated`. Reads the
  * document as it is now (after the change and its sequencing), so call it
  * before the document moves on.
+ *
+ * Ids are stable ({@link stableEventId}): each semantic event is keyed by the
+ * log position of the entry holding its change and its index among that
+ * entry's events, so that the live derivation of a change stored as several
+ * entries and a recovery that derives them from the log one by one give the
+ * same ids; `document.updated` by the change's first position. A change with
+ * no positions (nothing stored) gets random ids.
  */
 export function deriveHookEvents(input: DeriveInput): HookEvent[] {
   const conversation = conversationOf(input.doc)
@@ -280,19 +341,59 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
   const newId = input.newId ?? newEventId
   const out: HookEvent[] = []
   const named = withName(input.actor, input.doc)
-  const push = <T extends HookEventType>(type: T, subject: HookSubjects[T], actor = named) => {
+  // The changes of each stored entry: `[position, first change, end]`; one run when not told.
+  const counts = input.counts
+  const split =
+    counts !== undefined &&
+    counts.length === input.positions.length &&
+    counts.reduce((a, b) => a + b, 0) === input.changes.length
+  const runs: [position: number | undefined, from: number, to: number][] = []
+  if (split)
+    for (let k = 0, from = 0; k < counts.length; from += counts[k]!, k++)
+      runs.push([input.positions[k], from, from + counts[k]!])
+  else runs.push([input.positions[0], 0, input.changes.length])
+  let position: number | undefined
+  let slot = 0
+  const push = <T extends HookEventType>(type: T, subject: HookSubjects[T], id?: string) => {
     const event: HookEventHeader<T> = {
-      id: newId(input.now),
+      id:
+        id ??
+        (position === undefined ? newId(input.now) : stableEventId(input.conversationId, position, slot++)),
       type,
       time: input.now,
       conversationId: input.conversationId,
-      actor,
+      actor: named,
     }
     out.push({ event, subject, conversation } as unknown as HookEvent)
   }
+  for (const [at, from, to] of runs) {
+    position = at
+    slot = 0
+    // Numbered per entry, as a recovery derives them from the log one entry at a time.
+    derivePerChange(input, conversation, from, to, push)
+  }
+  const first = input.positions[0]
+  push(
+    "document.updated",
+    documentUpdated(input.changes, input.positions),
+    first === undefined ? newId(input.now) : stableEventId(input.conversationId, first, "u"),
+  )
+  return out
+}
+
+/** The semantic events of `input.changes[from, to)`, one stored entry's, given to `push` in order. */
+function derivePerChange(
+  input: DeriveInput,
+  conversation: HookConversation,
+  from: number,
+  to: number,
+  push: <T extends HookEventType>(type: T, subject: HookSubjects[T]) => void,
+): void {
   // The initial participants belong to the creation, not to a participants.added of their own.
-  const creation = input.changes.some((c) => c.type === "conversation.created")
-  for (const change of input.changes) {
+  let creation = false
+  for (let k = from; k < to; k++) if (input.changes[k]!.type === "conversation.created") creation = true
+  for (let k = from; k < to; k++) {
+    const change = input.changes[k]!
     switch (change.type) {
       case "conversation.created":
         push(change.type, {
@@ -346,8 +447,6 @@ export function deriveHookEvents(input: DeriveInput): HookEvent[] {
         break
     }
   }
-  push("document.updated", documentUpdated(input.changes, input.positions))
-  return out
 }
 
 /** `actor` with the display name its user has in `doc`, when there is a user and they set one. */

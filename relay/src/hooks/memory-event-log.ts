@@ -11,9 +11,11 @@ import {
   EventLogListeners,
   type EventLogQuery,
   type EventRetention,
+  idsByConversation,
   isLogged,
   messageOf,
   parseEventId,
+  withoutRecorded,
   witnessesOf,
 } from "./event-log.js"
 import { type HookEvent, loggedForm } from "./events.js"
@@ -30,6 +32,22 @@ export class MemoryEventLog implements EventLog {
   private last = 0
   private prunedThrough = 0
   private readonly listeners = new EventLogListeners()
+  /** The event ids each conversation's retained rows hold: an id is recorded once (see `withoutRecorded`). */
+  private readonly ids = new Map<string, Set<string>>()
+
+  /**
+   * `batch` without the events whose id this log holds already for their
+   * conversation, or that repeat one earlier in `batch`: the outbox records
+   * and delivers only those.
+   */
+  unrecorded<E extends { readonly event: HookEvent }>(batch: readonly E[]): E[] {
+    const known = new Map<string, Set<string>>()
+    for (const [conversation, ids] of idsByConversation(batch)) {
+      const held = this.ids.get(conversation)
+      known.set(conversation, new Set(held ? ids.filter((id) => held.has(id)) : []))
+    }
+    return withoutRecorded(batch, known)
+  }
 
   /** Records `events` (those the log keeps) and tells the listeners; the outbox calls it inside its enqueue. */
   record(events: readonly HookEvent[]): EventLogEntry[] {
@@ -39,6 +57,12 @@ export class MemoryEventLog implements EventLog {
       const event = loggedForm(original)
       const id = ++this.last
       this.rows.push({ id, event, audience: new Set([...audienceOf(event), ...witnessesOf(event)]) })
+      let held = this.ids.get(event.event.conversationId)
+      if (!held) {
+        held = new Set()
+        this.ids.set(event.event.conversationId, held)
+      }
+      held.add(event.event.id)
       entries.push({ id: String(id), event })
     }
     return entries
@@ -98,6 +122,8 @@ export class MemoryEventLog implements EventLog {
     let through = this.last - retention.maxEvents
     for (const row of this.rows) if (row.event.event.time < cutoff) through = Math.max(through, row.id)
     const before = this.rows.length
+    for (const row of this.rows)
+      if (row.id <= through) this.ids.get(row.event.event.conversationId)?.delete(row.event.event.id)
     this.rows = this.rows.filter((row) => row.id > through)
     this.prunedThrough = Math.max(this.prunedThrough, through)
     return before - this.rows.length

@@ -75,6 +75,16 @@ export interface Outbox {
    * those of one tick together.
    */
   readonly ordersEnqueues?: boolean
+  /**
+   * Records `batch` (see the interface) and resolves with the deliveries it
+   * added. An event whose id the event log holds already for its
+   * conversation (or that repeats one earlier in the batch) is skipped:
+   * neither logged nor owed again, checked in the same transaction. Event ids
+   * are stable (`stableEventId`), so a backlog recorded twice (two relays, a
+   * retry after a commit whose outcome was unknown) adds nothing the second
+   * time; the watermark still moves. Only ids the log still holds count: an
+   * event pruned from it (see `EventRetention`) would be taken again.
+   */
   enqueue(batch: OutboxBatch): Promise<Delivery[]>
   /** Log position through which `document`'s events are recorded; undefined when never set. */
   watermark(document: string): Promise<number | undefined>
@@ -155,8 +165,10 @@ export class MemoryOutbox implements Outbox {
 
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
     const out: Delivery[] = []
-    const logged = this.events.record(batch.events.map((e) => e.event))
-    for (const { event, targets } of batch.events) {
+    // An event recorded already (the same id: a backlog another relay recorded) is neither logged nor owed again.
+    const fresh = this.events.unrecorded(batch.events)
+    const logged = this.events.record(fresh.map((e) => e.event))
+    for (const { event, targets } of fresh) {
       if (targets.length === 0) continue
       const seq = ++this.seq
       for (const target of targets) {

@@ -12,12 +12,14 @@ import {
   EventLogListeners,
   type EventLogQuery,
   type EventRetention,
+  idsByConversation,
   isLogged,
   membershipChanges,
   messageColumnUpgrade,
   messageOf,
   PRUNE_BATCH,
   parseEventId,
+  withoutRecorded,
 } from "./event-log.js"
 import { type HookEvent, loggedForm } from "./events.js"
 import {
@@ -56,7 +58,12 @@ CREATE TABLE IF NOT EXISTS parley_event_log_state (
   value BIGINT NOT NULL
 );
 ${POSTGRES_MEMBER_LISTS_SCHEMA}
-${addPostgresColumn("parley_event_log", "message")}`
+${addPostgresColumn("parley_event_log", "message")}
+-- An event id is recorded once per conversation (see \`withoutRecorded\`). Rows written before the column
+-- keep it NULL (their ids were random, never derived again): the partial index leaves them out.
+${addPostgresColumn("parley_event_log", "event_id")}
+CREATE UNIQUE INDEX IF NOT EXISTS parley_event_log_by_event ON parley_event_log (conversation, event_id)
+  WHERE event_id IS NOT NULL;`
 
 // Taken by every transaction that records events, until it commits: ids are drawn from the identity
 // inside it, so without the lock a relay sharing the database could commit id 7 before another's 6,
@@ -137,6 +144,28 @@ export class PostgresEventLog implements EventLog {
   }
 
   /**
+   * `batch` without the events whose id this log holds already for their
+   * conversation, or that repeat one earlier in `batch` (see
+   * `withoutRecorded`): call in the outbox's transaction on `client`, under
+   * its document's lock (relays enqueue a document one at a time), before
+   * {@link record}. The unique index is the net under it.
+   */
+  async unrecorded<E extends { readonly event: HookEvent }>(
+    client: pg.PoolClient,
+    batch: readonly E[],
+  ): Promise<E[]> {
+    const known = new Map<string, Set<string>>()
+    for (const [conversation, ids] of idsByConversation(batch)) {
+      const { rows } = await client.query<{ event_id: string }>(
+        "SELECT event_id FROM parley_event_log WHERE conversation = $1 AND event_id = ANY($2::text[])",
+        [conversation, ids],
+      )
+      known.set(conversation, new Set(rows.map((r) => r.event_id)))
+    }
+    return withoutRecorded(batch, known)
+  }
+
+  /**
    * Records `events` (those the log keeps) in the outbox's transaction on
    * `client`; call {@link published} with the result once it committed.
    */
@@ -155,9 +184,9 @@ export class PostgresEventLog implements EventLog {
     for (let start = 0; start < kept.length; start += RECORD_CHUNK) {
       const chunk = kept.slice(start, start + RECORD_CHUNK)
       const inserted = await client.query<{ id: string }>(
-        `INSERT INTO parley_event_log (conversation, type, at, payload, members, message)
-         SELECT c, t, a, p, m, g FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
-           WITH ORDINALITY AS x(c, t, a, p, m, g, n)
+        `INSERT INTO parley_event_log (conversation, type, at, payload, members, message, event_id)
+         SELECT c, t, a, p, m, g, i FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
+           WITH ORDINALITY AS x(c, t, a, p, m, g, i, n)
          ORDER BY n
          RETURNING id`,
         [
@@ -167,6 +196,7 @@ export class PostgresEventLog implements EventLog {
           chunk.map((e) => json(e).payload),
           chunk.map((e) => json(e).members?.ref ?? null),
           chunk.map(messageOf),
+          chunk.map((e) => e.event.id),
         ],
       )
       rows.push(...inserted.rows)

@@ -119,15 +119,18 @@ export class PostgresOutbox implements Outbox {
       const out: Delivery[] = []
       // Each event serialized once for the log and the outbox, its conversation once per change.
       const json = storedEventSerializer()
+      // An event recorded already (the same id: a backlog another relay recorded, a record tried again)
+      // is neither logged nor owed again; under the document's lock, so no other enqueue of it runs meanwhile.
+      const fresh = await this.events.unrecorded(client, batch.events)
       const logged = await this.events.record(
         client,
-        batch.events.map((e) => e.event),
+        fresh.map((e) => e.event),
         json,
       )
       // One statement for the events with targets and one for their deliveries, not two per event: a
       // round trip each would cost a large frame's events seconds. Identities are drawn in the ORDER BY's
       // order (under the document's lock), so the sorted seqs match the events.
-      const targeted = batch.events.filter((e) => e.targets.length > 0)
+      const targeted = fresh.filter((e) => e.targets.length > 0)
       // Member lists (stored once per membership change) before the events that reference them.
       await ensurePostgresLists(
         client,

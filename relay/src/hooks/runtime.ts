@@ -309,6 +309,7 @@ export class HookRuntime {
         actor,
         changes: change.events,
         positions: change.positions,
+        ...(change.counts ? { counts: change.counts } : {}),
         now: this.now(),
       })
       if (bot) {

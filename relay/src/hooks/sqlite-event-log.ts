@@ -11,19 +11,21 @@ import {
   EventLogListeners,
   type EventLogQuery,
   type EventRetention,
+  idsByConversation,
   isLogged,
   membershipChanges,
   messageColumnUpgrade,
   messageOf,
   PRUNE_BATCH,
   parseEventId,
+  withoutRecorded,
 } from "./event-log.js"
 import { type HookEvent, loggedForm } from "./events.js"
 import { rehydrate, SqliteMemberLists, type StoredEvent, storedEventSerializer } from "./member-lists.js"
 
 /** Conversations whose open memberships the log keeps in memory. */
 const MEMBER_CACHE_SIZE = 10_000
-/** Events one INSERT statement records (6 parameters each, far under SQLite's limit of 32,766). */
+/** Events one INSERT statement records (7 parameters each, far under SQLite's limit of 32,766). */
 const RECORD_CHUNK = 100
 
 const SCHEMA = `
@@ -33,7 +35,8 @@ CREATE TABLE IF NOT EXISTS event_log (
   type TEXT NOT NULL,
   at INTEGER NOT NULL,
   payload TEXT NOT NULL,
-  message TEXT
+  message TEXT,
+  event_id TEXT
 );
 CREATE INDEX IF NOT EXISTS event_log_by_conversation ON event_log (conversation, id);
 CREATE INDEX IF NOT EXISTS event_log_by_time ON event_log (at);
@@ -88,6 +91,20 @@ function adoptMessageColumn(db: Database.Database): void {
 }
 
 /**
+ * Gives an older database's `event_log` its `event_id` column, and indexes
+ * it unique per conversation: an event id is recorded once (see
+ * `withoutRecorded`). The rows already there keep a NULL column (their ids
+ * were random, never derived again), which the partial index leaves out.
+ */
+function adoptEventIdColumn(db: Database.Database): void {
+  const columns = db.prepare("PRAGMA table_info(event_log)").all() as { name: string }[]
+  if (!columns.some((c) => c.name === "event_id")) db.exec("ALTER TABLE event_log ADD COLUMN event_id TEXT")
+  db.exec(
+    "CREATE UNIQUE INDEX IF NOT EXISTS event_log_by_event ON event_log (conversation, event_id) WHERE event_id IS NOT NULL",
+  )
+}
+
+/**
  * The event log of the SQLite backend: tables `event_log*` in the relay's
  * database. `SqliteOutbox` writes it inside its enqueue transaction (so its
  * commits have the outbox's durability: they survive a crash of the relay
@@ -123,9 +140,15 @@ export class SqliteEventLog implements EventLog {
   constructor(private readonly db: Database.Database) {
     this.db.exec(SCHEMA)
     adoptMessageColumn(this.db)
+    adoptEventIdColumn(this.db)
     this.memberLists = new SqliteMemberLists(db)
     this.memberLists.adopt("event_log")
     this.statements = {
+      recorded: this.db
+        .prepare<[string, string], string>(
+          "SELECT event_id FROM event_log WHERE conversation = ? AND event_id IN (SELECT value FROM json_each(?))",
+        )
+        .pluck(),
       openMembers: this.db.prepare<[string], { user_id: string }>(
         "SELECT user_id FROM event_log_members WHERE conversation = ? AND to_id IS NULL",
       ),
@@ -167,6 +190,19 @@ export class SqliteEventLog implements EventLog {
   }
 
   /**
+   * `batch` without the events whose id this log holds already for their
+   * conversation, or that repeat one earlier in `batch` (see
+   * `withoutRecorded`): call inside the outbox's transaction, before
+   * {@link record}; the outbox records and delivers only those.
+   */
+  unrecorded<E extends { readonly event: HookEvent }>(batch: readonly E[]): E[] {
+    const known = new Map<string, Set<string>>()
+    for (const [conversation, ids] of idsByConversation(batch))
+      known.set(conversation, new Set(this.statements.recorded.all(conversation, JSON.stringify(ids))))
+    return withoutRecorded(batch, known)
+  }
+
+  /**
    * Records `events` (those the log keeps): call inside the outbox's
    * transaction, then {@link published} with the result once it committed.
    * `ensured`: member lists already written in this transaction (see `SqliteMemberLists.ensure`).
@@ -191,6 +227,7 @@ export class SqliteEventLog implements EventLog {
           stored.payload,
           stored.members?.ref ?? null,
           messageOf(event),
+          event.event.id,
         )
       }
       const { lastInsertRowid } = this.insertStatement(chunk.length).run(...args)
@@ -236,7 +273,7 @@ export class SqliteEventLog implements EventLog {
     let statement = this.inserts.get(rows)
     if (!statement) {
       statement = this.db.prepare<unknown[], unknown>(
-        `INSERT INTO event_log (conversation, type, at, payload, members, message) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, ?)").join(", ")}`,
+        `INSERT INTO event_log (conversation, type, at, payload, members, message, event_id) VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, ?, ?)").join(", ")}`,
       )
       this.inserts.set(rows, statement)
     }

@@ -230,19 +230,22 @@ export class SqliteOutbox implements Outbox {
         const watermarks = new Map<string, number>()
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
+          // An event recorded already (the same id: a backlog another relay recorded, a record tried
+          // again) is neither logged nor owed again. Checked in this transaction, on the only writer.
+          const fresh = this.events.unrecorded(batch.events)
           // Member lists (stored once per membership change) before the events that reference them.
           this.events.memberLists.ensure(
-            batch.events.filter((e) => e.targets.length > 0).map((e) => json(e.event)),
+            fresh.filter((e) => e.targets.length > 0).map((e) => json(e.event)),
             ensured,
           )
           logged.push(
             ...this.events.record(
-              batch.events.map((e) => e.event),
+              fresh.map((e) => e.event),
               json,
               ensured,
             ),
           )
-          for (const { event, targets } of batch.events) {
+          for (const { event, targets } of fresh) {
             if (targets.length === 0) continue
             const stored = json(event)
             // The targets are owed on the event's row: no row per delivery unless one fails.

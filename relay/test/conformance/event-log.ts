@@ -334,6 +334,54 @@ export function runEventLogConformance(
       expect(ids(heard)).toEqual(["e1", "e2"])
     })
 
+    it("records an event id once per conversation: the same events enqueued again are neither logged nor delivered again", async () => {
+      const heard: EventLogEntry[] = []
+      events.subscribe((entries) => heard.push(...entries))
+      const batch = (list: readonly string[], through: number) =>
+        outbox.enqueue({
+          document: "g~c1",
+          events: list.map((id) => ({ event: loggedEvent(id), targets: ["hook:a"] })),
+          through,
+        })
+      const first = await batch(["e1", "e2"], 3)
+      expect(first.map((d) => d.event.event.id)).toEqual(["e1", "e2"])
+      // The same backlog derived again (another relay taking the conversation over, a record tried again
+      // after a commit whose outcome was unknown), with one event more: only that one is new.
+      const second = await batch(["e1", "e2", "e3"], 5)
+      expect(second.map((d) => d.event.event.id)).toEqual(["e3"])
+      expect(await outbox.watermark("g~c1")).toBe(5)
+      // Delivered, it is still known: the log remembers it, not the deliveries.
+      await outbox.delivered(first[0]!.seq, "hook:a")
+      expect(await batch(["e1"], 5)).toEqual([])
+      // A repeat inside one batch is one event; the same id in another conversation is another event.
+      await outbox.enqueue({
+        document: "g~c2",
+        events: ["e1", "e1"].map((id) => ({
+          event: loggedEvent(id, { conversation: "c2" }),
+          targets: ["hook:a"],
+        })),
+      })
+      const logged = await events.read({ limit: 100 })
+      expect(logged.map((e) => [e.event.event.conversationId, e.event.event.id])).toEqual([
+        ["c1", "e1"],
+        ["c1", "e2"],
+        ["c1", "e3"],
+        ["c2", "e1"],
+      ])
+      expect(ids(heard)).toEqual(["e1", "e2", "e3", "e1"])
+      expect((await outbox.pending()).map((d) => [d.document, d.event.event.id])).toEqual([
+        ["g~c1", "e2"],
+        ["g~c1", "e3"],
+        ["g~c2", "e1"],
+      ])
+      if (!reopen) return
+      await outbox.close()
+      await events.close()
+      ;({ outbox, events } = await reopen())
+      expect(await batch(["e2", "e3", "e4"], 6)).toHaveLength(1)
+      expect(ids(await events.read({ limit: 100 }))).toEqual(["e1", "e2", "e3", "e1", "e4"])
+    })
+
     it("records a batch all or nothing, together with its deliveries, and tells subscribers only of what it recorded", async () => {
       const heard: EventLogEntry[] = []
       events.subscribe((entries) => heard.push(...entries))

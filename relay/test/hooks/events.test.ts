@@ -20,7 +20,7 @@ import {
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
-import { deriveHookEvents, type HookEvent, newEventId } from "../../src/hooks/events.js"
+import { deriveHookEvents, type HookEvent, newEventId, stableEventId } from "../../src/hooks/events.js"
 import { rehydrate, storedEventSerializer } from "../../src/hooks/member-lists.js"
 import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
 
@@ -236,5 +236,101 @@ describe("event ids", () => {
     expect(ids[4999]! > ids[0]!).toBe(true)
     // Every character of the alphabet appears: the random part is not biased to a few.
     expect(new Set(ids.flatMap((id) => [...id.slice(13)])).size).toBe(64)
+  })
+})
+
+describe("stable event ids", () => {
+  /** `doc` changed by each of `writes` in turn (one stored entry each), with each entry's changes. */
+  function entries(doc: Y.Doc, writes: readonly (() => void)[]): ChangeEvent[][] {
+    return writes.map((write) => {
+      const changes: ChangeEvent[] = []
+      const stop = observeChanges(doc, (c) => changes.push(...c))
+      write()
+      stop()
+      return changes
+    })
+  }
+
+  it("give a change stored as several entries the ids a recovery derives from them entry by entry", () => {
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id, participants: [bob] })
+    const first = sendMessage(doc, alice, { body: "first" })
+    const [one, two, three] = entries(doc, [
+      () => {
+        sendMessage(doc, alice, { body: "a" })
+        react(doc, alice, first.id, "👍")
+      },
+      () => sendMessage(doc, alice, { body: "b" }),
+      () => {
+        renameConversation(doc, alice, "new title")
+        react(doc, bob, first.id, "🎉")
+      },
+    ])
+    const derive = (changes: ChangeEvent[], positions: number[], counts?: number[]) =>
+      deriveHookEvents({
+        conversationId: id,
+        doc,
+        actor: { kind: "user", user: alice },
+        changes,
+        positions,
+        ...(counts ? { counts } : {}),
+        now: 1,
+      })
+    // Live: one change of three entries (a batch's run of one writer's updates).
+    const live = derive([...one!, ...two!, ...three!], [7, 8, 9], [one!.length, two!.length, three!.length])
+    // Recovery: each entry alone, as `applyStoredLog` reads the log.
+    const recovered = [derive(one!, [7]), derive(two!, [8]), derive(three!, [9])]
+    const semantic = (events: HookEvent[]) =>
+      events.filter((e) => e.event.type !== "document.updated").map((e) => [e.event.type, e.event.id])
+    expect(semantic(live)).toEqual(recovered.flatMap(semantic))
+    expect(semantic(live).map(([type]) => type)).toEqual([
+      "message.sent",
+      "reaction.added",
+      "message.sent",
+      "conversation.updated",
+      "reaction.added",
+    ])
+    // The change's document.updated is the one of its first entry.
+    expect(live.at(-1)!.event.id).toBe(recovered[0]!.at(-1)!.event.id)
+    expect(live.at(-1)!.event.id).toBe(stableEventId(id, 7, "u"))
+    // Derived again (another relay, a retry): the same ids.
+    expect(
+      derive([...one!, ...two!, ...three!], [7, 8, 9], [one!.length, two!.length, three!.length]).map(
+        (e) => e.event.id,
+      ),
+    ).toEqual(live.map((e) => e.event.id))
+    // Every id of the change is its own.
+    expect(new Set(live.map((e) => e.event.id)).size).toBe(live.length)
+  })
+
+  it("differ by conversation, position and index, reveal no content, and keep the evt_ prefix", () => {
+    const ids = [
+      stableEventId(id, 1, 0),
+      stableEventId(id, 1, 1),
+      stableEventId(id, 2, 0),
+      stableEventId(id, 1, "u"),
+      stableEventId("g~other" as ConversationId, 1, 0),
+      stableEventId(id, 36, 0),
+    ]
+    expect(new Set(ids).size).toBe(ids.length)
+    for (const eventId of ids) expect(eventId).toMatch(/^evt_[A-Za-z0-9_-]{16}_[0-9a-z]+_([0-9a-z]+|u)$/)
+    expect(ids[0]).not.toContain("hooks-events")
+    expect(stableEventId(id, 36, 0)).toBe(stableEventId(id, 36, 0))
+  })
+
+  it("are random for a change stored nowhere (no positions)", () => {
+    const doc = new Y.Doc()
+    createConversation(doc, alice, { kind: "group", id, participants: [bob] })
+    const [changes] = entries(doc, [() => sendMessage(doc, alice, { body: "x" })])
+    const derive = () =>
+      deriveHookEvents({
+        conversationId: id,
+        doc,
+        actor: { kind: "user", user: alice },
+        changes: changes!,
+        positions: [],
+        now: 1,
+      })
+    expect(derive()[0]!.event.id).not.toBe(derive()[0]!.event.id)
   })
 })
