@@ -399,6 +399,17 @@ export class Connection<H extends ConnectionHost = ConnectionHost> {
   }
 
   /**
+   * Asks the client again for what the relay lacks (a sync step 1, which a
+   * client answers with its missing changes at any time): sent once writes
+   * are taken again after a retryable refusal, so that its work goes now
+   * instead of at the end of its backoff. Not to a pending connection.
+   */
+  askAgain(): void {
+    if (this.closed || this.pending) return
+    this.sendSyncStep1()
+  }
+
+  /**
    * Answers the requests waiting (the last sync request's state vector, a
    * query of the awareness) now, or once the user's answer budget allows: an
    * answer may cost the relay an encoding of the whole live document (up to a

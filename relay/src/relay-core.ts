@@ -106,6 +106,8 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
 
 /** History requests one connection may have waiting at once. */
 const HISTORY_REQUESTS_IN_FLIGHT = 4
+/** How often the relay checks whether it takes writes again, while clients refused for a failing dependency wait. */
+const ASK_AGAIN_CHECK_MS = 250
 
 /** Longest a refused connect keeps its document counted against the user (see `holdUntilUnloaded`). */
 const REFUSED_HOLD_MS = 60_000
@@ -181,6 +183,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   private readonly stopping = new AbortController()
   /** Each loaded document's owned awareness. */
   private readonly gates = new Map<DocumentHost, AwarenessGate>()
+  /** Connections refused for storage or Redis failing, asked again once writes are taken (see {@link askAgainOnceWritable}). */
+  private readonly owedAsking = new Set<HostedConnection>()
+  private askingTimer: ReturnType<typeof setInterval> | undefined
   /** Each loaded document's awareness broadcast (coalesced in large rooms). */
   private readonly fanouts = new Map<DocumentHost, AwarenessFanout>()
   private readonly derived = new DerivedWrites()
@@ -743,6 +748,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /** @internal */
   refused(connection: HostedConnection, error: ParleyError): void {
+    if (
+      connection.session.wantsParley &&
+      (error.code === ErrorCode.UNAVAILABLE || error.code === ErrorCode.STORAGE_UNAVAILABLE)
+    )
+      this.askAgainOnceWritable(connection)
     this.options.metrics.errors.inc({ code: error.code })
     const principal = describePrincipal(connection.principal)
     const held = this.logThrottle.admit(`${error.code}\u0000${error.rule ?? ""}\u0000${principal}`)
@@ -757,6 +767,34 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       },
       `refused: ${error.message}`,
     )
+  }
+
+  /**
+   * Asks `connection`'s client for its work again once this relay takes
+   * writes (storage answers, and Redis when forwarding needs it): a client
+   * refused retryably sends again at the end of its backoff, up to 10 s for
+   * the SDK, so an outside probe's messages were stored 5–15 s after Redis
+   * came back. Checked every {@link ASK_AGAIN_CHECK_MS} while any is owed.
+   */
+  private askAgainOnceWritable(connection: HostedConnection): void {
+    this.owedAsking.add(connection)
+    if (this.askingTimer !== undefined) return
+    this.askingTimer = setInterval(() => {
+      if (!this.writable()) return
+      const owed = [...this.owedAsking]
+      this.owedAsking.clear()
+      clearInterval(this.askingTimer)
+      this.askingTimer = undefined
+      for (const owner of owed) owner.askAgain()
+    }, ASK_AGAIN_CHECK_MS)
+    this.askingTimer.unref()
+  }
+
+  /** Whether a change sent now would be taken: storage answers, and Redis does when forwards need it. */
+  private writable(): boolean {
+    if (this.closing) return false
+    if (this.ctx.storageHealth && !this.ctx.storageHealth.available) return false
+    return this.options.router?.forwarding ?? true
   }
 
   /** @internal */
@@ -889,6 +927,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /** @internal */
   detach(connection: HostedConnection): void {
+    this.owedAsking.delete(connection)
     const host = connection.host
     if (!host.detach(connection)) return
     if (!connection.session.wantsParley) {
@@ -1309,6 +1348,8 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     if (this.closing) return
     this.closing = true
     this.stopping.abort()
+    clearInterval(this.askingTimer)
+    this.owedAsking.clear()
     // Work held back goes on: it finishes before the documents close.
     this.users.fair.close()
     await Promise.allSettled([...this.unloads.values()])

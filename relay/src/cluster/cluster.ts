@@ -332,6 +332,11 @@ export class Cluster implements UpdateRouter, FenceSource {
     return this.state
   }
 
+  /** False while forwards are refused at once, Redis not answering (see `UpdateRouter.forwarding`). */
+  get forwarding(): boolean {
+    return this.state.ready
+  }
+
   private redisFailed(error: Error): void {
     if (this.state.ready || this.state.error === undefined)
       this.options.log.error(

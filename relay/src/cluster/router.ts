@@ -100,4 +100,9 @@ export interface UpdateRouter {
   stockProvider?(name: string): void
   /** An awareness change of this relay's connections, for the other relays. */
   awareness(host: DocumentHost, update: Uint8Array): void
+  /**
+   * False while changes this relay does not order are refused at once (Redis
+   * does not answer): see `RelayCore`'s asking again once writes are taken.
+   */
+  readonly forwarding?: boolean
 }

@@ -122,5 +122,33 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       ])
       // Two relays, a proxy and Redis's reconnect backoff: slow on a busy machine, not wrong.
     }, 60_000)
+
+    it("asks a client it refused while Redis was down for its work again once Redis answers, without waiting for its retry", async () => {
+      const [a, b] = await relays([false, true])
+      const id = newConversationId()
+      const owner = new TestClient(a!.relay.url, id, await a!.relay.token(alice))
+      cleanup.push(() => owner.close())
+      await owner.synced()
+      createConversation(owner.doc, alice, { kind: "group", id, participants: [bob] })
+      await owner.allSaved()
+      // Bob writes through relay b, which forwards to a (the conversation's owner) over Redis.
+      const writer = new TestClient(b!.relay.url, id, await b!.relay.token(bob))
+      cleanup.push(() => writer.close())
+      await writer.synced()
+      b!.proxy!.stall()
+      await until(
+        () => readiness(b!.relay.httpUrl),
+        (r) => r.status === 503,
+      )
+      sendMessage(writer.doc, bob, { id: newMessageId(), body: "written while Redis was away" })
+      await writer.until(() => writer.errors.some((e) => e.code === "UNAVAILABLE"))
+      // This client never sends its work again by itself (the SDK would, at the end of its backoff, up
+      // to 10 s later): what brings it is the relay's sync request once Redis answers.
+      b!.proxy!.resume()
+      await owner.until(() =>
+        listMessages(owner.doc, { last: 10 }).some((m) => m.body === "written while Redis was away"),
+      )
+      await writer.allSaved()
+    }, 60_000)
   })
 }
