@@ -155,8 +155,9 @@ export const BURST_FACTOR = 4
  * wait longer than that. Beyond the burst, the new one is refused. Memory:
  * one entry per counted connection, and a timer per one over the cap.
  *
- * Not used behind a trusted proxy: there every connection comes from the
- * proxy's address, and the proxy is where such a limit belongs.
+ * Behind a trusted proxy the cap is off (0): there every connection comes
+ * from the proxy's address, and the proxy is where such a limit belongs; the
+ * connections are still counted, for {@link makeRoom}.
  */
 export class AddressConnections {
   /** Per address key, its counted connections: busy ones, and waiting ones in the order they began waiting. */
@@ -182,11 +183,10 @@ export class AddressConnections {
    * or earlier through {@link identified}.
    */
   admit(socket: CountedSocket, address: string): boolean {
-    if (this.perAddress <= 0) return true
     const key = keyOf(address)
     let sockets = this.open.get(key)
     let over = false
-    if (sockets && sockets.size >= this.perAddress) {
+    if (this.perAddress > 0 && sockets && sockets.size >= this.perAddress) {
       const stale = this.longestWaiting(sockets)
       if (stale) {
         this.release(stale)
@@ -202,6 +202,33 @@ export class AddressConnections {
     this.keys.set(socket, key)
     socket.once("close", () => this.release(socket))
     if (over) setTimeout(() => this.expire(socket), this.evictAfterMs).unref()
+    return true
+  }
+
+  /**
+   * At the relay's connection cap: closes the connection that has waited
+   * longest for a request (over {@link EVICT_AFTER_MS}) of the address that
+   * holds the most, so that a new one (a health check, a user signing in)
+   * gets in; false when no address has one (every counted connection is
+   * recent or has a request under way). Users' sockets take at most the cap
+   * less a reserve (`UserLedger.shareSockets`): without this, one address's
+   * idle connections, within its own cap, held that reserve, and the relay
+   * dropped `/healthz` and every newcomer at accept (an outside probe). One
+   * scan of the addresses, only at the cap.
+   */
+  makeRoom(): boolean {
+    let chosen: CountedSocket | undefined
+    let most = 0
+    for (const sockets of this.open.values()) {
+      if (sockets.size <= most) continue
+      const stale = this.longestWaiting(sockets)
+      if (!stale) continue
+      chosen = stale
+      most = sockets.size
+    }
+    if (!chosen) return false
+    this.release(chosen)
+    chosen.destroy()
     return true
   }
 

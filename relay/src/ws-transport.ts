@@ -116,6 +116,9 @@ const REQUEST_TIMEOUT_MS = 300_000
 /** The label of connections dropped at `maxConnections`. */
 const MAX_CONNECTIONS = "max-connections"
 
+/** Connections Node accepts past the transport's cap: a newcomer and the idle one closed for it, for a moment. */
+const ACCEPT_SLACK = 16
+
 /** What the transport binds to sockets. */
 export interface TransportOptions {
   readonly core: RelayCore
@@ -202,6 +205,10 @@ export class WsTransport {
   /** Requests each connection has under way: more than {@link MAX_PIPELINED} closes it. */
   private readonly underWay = new WeakMap<Socket, number>()
   private readonly connections: AddressConnections
+  /** Connections of every kind held at once (`TransportLimits.maxConnections`, resolved); 0: none. */
+  private readonly maxConnections: number
+  /** TCP connections open now. */
+  private accepted = 0
   /** Sockets not read until their user's receive budget is back (see `paceReading`). */
   private readonly paced = new WeakSet<WebSocket>()
   /** Every open socket's (and channel's) token expiry, on one timer. */
@@ -244,9 +251,12 @@ export class WsTransport {
         })
       },
     )
-    this.server.maxConnections =
+    this.maxConnections =
       limits.maxConnections > 0 ? limits.maxConnections : defaultMaxConnections(openFilesLimit())
-    options.core.users.shareSockets(this.server.maxConnections)
+    options.core.users.shareSockets(this.maxConnections)
+    // The cap is the transport's own (see `admit`), which makes room at it; Node's, a little above, is
+    // the backstop for a moment's overlap of a newcomer and the connection closed for it.
+    this.server.maxConnections = this.maxConnections > 0 ? this.maxConnections + ACCEPT_SLACK : 0
     // What Node's parser refuses before any handler (a head over its limit, a request not in on time) is
     // answered with a problem document, as every API error is; Node's own answers have an empty body.
     this.server.on("clientError", answerClientError)
@@ -292,6 +302,15 @@ export class WsTransport {
 
   /** A new TCP connection: counted against its address until it is a user's WebSocket. */
   private admit(socket: Socket): void {
+    this.accepted++
+    socket.once("close", () => this.accepted--)
+    // At the cap, a connection waiting long for a request (of the address holding the most) makes room:
+    // else an address's idle connections, each within its cap, held the last slots, /healthz's too.
+    if (this.maxConnections > 0 && this.accepted > this.maxConnections && !this.connections.makeRoom()) {
+      this.refusedAtAccept(MAX_CONNECTIONS)
+      socket.destroy()
+      return
+    }
     if (this.connections.admit(socket, socket.remoteAddress ?? "")) {
       this.guardPipelining(socket)
       return

@@ -256,6 +256,25 @@ describe("the relay's connection cap, shared between users", () => {
     expect(await metricLine(relay, 'parley_user_limit_total{limit="relay-full"}')).toBe(10)
   })
 
+  it("keeps its reserve for requests: at the cap, a connection that waits long for a request makes room for a health check", async () => {
+    const relay = await startRelayProcess({
+      args: ["--max-connections", "40", "--mux-idle-ms", "60000"],
+    })
+    // Four accounts at the floor a newcomer never takes from (8 sockets each) fill the users' 32 slots...
+    const held = []
+    for (let u = 0; u < 4; u++)
+      for (let i = 0; i < 8; i++) held.push(await idleMux(relay, `sybil${u}` as UserId))
+    expect(held.filter((s) => s.close !== undefined)).toHaveLength(0)
+    // ...and the same address holds the 8 kept for requests with connections that never send one.
+    const stalled: Stalled[] = []
+    for (let i = 0; i < 8; i++) stalled.push(await stall(relay))
+    await sleep(2500)
+    // Before: dropped at accept (ECONNRESET) for as long as the address kept them.
+    expect(await healthFrom(relay, "127.0.0.2")).toBe(200)
+    expect(stalled.filter((s) => s.closed)).toHaveLength(1)
+    expect(held.filter((s) => s.close !== undefined)).toHaveLength(0)
+  })
+
   it("closes a multiplexed socket that holds no channel for --mux-idle-ms, and keeps one while it holds a channel", async () => {
     const relay = await startRelayProcess({ args: ["--mux-idle-ms", "500"] })
     const idle = await idleMux(relay, alice)
