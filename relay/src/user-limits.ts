@@ -388,6 +388,13 @@ function perMinute(n: number, now: () => number): RateLimiter | undefined {
  */
 export const FAIR_SOCKETS = 8
 
+/** Sockets of `sockets` not closing. */
+function liveSockets(sockets: ReadonlySet<UserSocket>): number {
+  let live = 0
+  for (const socket of sockets) if (!socket.closing()) live++
+  return live
+}
+
 /**
  * Connections of a relay's cap kept from users' sockets (see
  * {@link UserLedger.shareSockets}): a sixteenth of the cap, at least 8 (or a
@@ -738,8 +745,11 @@ export class UserLedger {
     let hog: [UserId, Usage] | undefined
     let most = Math.max(FAIR_SOCKETS, newcomer.sockets.size + 1)
     for (const entry of this.users) {
-      const open = entry[1].sockets.size
-      if (open > most && entry[1] !== newcomer) {
+      // Sockets already closing (made room before, their close not done) do not count: counted, a
+      // burst of newcomers took a user below the floor.
+      if (entry[1].sockets.size <= most || entry[1] === newcomer) continue
+      const open = liveSockets(entry[1].sockets)
+      if (open > most) {
         most = open
         hog = entry
       }
