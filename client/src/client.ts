@@ -753,6 +753,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     return this.storage === "memory" ? (this.options.closeTimeoutMs ?? 5_000) : 0
   }
 
+  /** Whether {@link unsaved} has anything, cheaply (polled while waiting). */
+  private hasUnsaved(): boolean {
+    return this.inboxConnection.hasUnsaved || [...this.open.values()].some((c) => c.hasUnsaved)
+  }
+
   /**
    * What the user wrote on this client that the relay has not acknowledged
    * as saved, per document: the open conversations (messages, with those
@@ -782,7 +787,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    */
   async flush(options: FlushOptions = {}): Promise<void> {
     this.assertAlive()
-    const saved = await waitUntilSaved(() => this.unsaved(), options.timeoutMs ?? 10_000, this.cancels)
+    const saved = await waitUntilSaved(() => this.hasUnsaved(), options.timeoutMs ?? 10_000, this.cancels)
     if (saved) return
     this.assertAlive()
     throw unsavedError(this.unsaved(), this.current === "online", "flush")
@@ -811,7 +816,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private async destroyOnce(timeoutMs: number): Promise<UnsavedWork[]> {
     if (timeoutMs > 0 && !this.destroyed)
       await waitUntilSaved(
-        () => this.unsaved(),
+        () => this.hasUnsaved(),
         timeoutMs,
         new Set(),
         () =>

@@ -630,7 +630,19 @@ export class Conversation extends Emitter<ConversationEvents> {
    * damaged, or for a token, keeps its work pending.
    */
   unsaved(): UnsavedWork | undefined {
-    if (this.closed) return undefined
+    if (!this.hasUnsaved) return undefined
+    const uploading = this.uploadingIds()
+    const pending = this.statuses.pendingIds()
+    return {
+      conversationId: this.id,
+      messageIds: [...pending, ...uploading.filter((id) => !pending.includes(id))],
+      changes: unsavedChanges(this.doc, this.user, this.savedThrough(this.gen)),
+    }
+  }
+
+  /** @internal Whether {@link unsaved} has anything, cheaply (no listing of the changes). */
+  get hasUnsaved(): boolean {
+    if (this.closed) return false
     const state = this.loading.state
     if (
       state.state === "unavailable" &&
@@ -638,18 +650,16 @@ export class Conversation extends Emitter<ConversationEvents> {
       state.reason !== ErrorCode.UNAUTHORIZED &&
       !isRetryable(state.reason)
     )
-      return undefined
-    const uploading = this.uploads
+      return false
+    return this.connection.hasUnsaved || this.uploadingIds().length > 0
+  }
+
+  /** The user's messages waiting for their file uploads (not failed). */
+  private uploadingIds(): MessageId[] {
+    return this.uploads
       .waiting()
       .filter((m) => m.status === "pending")
       .map((m) => m.id)
-    if (uploading.length === 0 && !this.connection.hasUnsaved) return undefined
-    const pending = this.statuses.pendingIds()
-    return {
-      conversationId: this.id,
-      messageIds: [...pending, ...uploading.filter((id) => !pending.includes(id))],
-      changes: unsavedChanges(this.doc, this.user, this.savedThrough(this.gen)),
-    }
   }
 
   /**
@@ -663,7 +673,7 @@ export class Conversation extends Emitter<ConversationEvents> {
    */
   async flush(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.closed) throw new ParleyError(ErrorCode.UNAVAILABLE, "this conversation was closed")
-    const saved = await waitUntilSaved(() => this.unsavedList(), options.timeoutMs ?? 10_000, this.flushes)
+    const saved = await waitUntilSaved(() => this.hasUnsaved, options.timeoutMs ?? 10_000, this.flushes)
     if (saved) return
     if (this.closed) throw new ParleyError(ErrorCode.UNAVAILABLE, "this conversation was closed")
     throw unsavedError(this.unsavedList(), this.connection.status === "online", `conversation ${this.id}`)
@@ -707,7 +717,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     this.parts.onClosing?.()
     if (wait > 0)
       await waitUntilSaved(
-        () => this.unsavedList(),
+        () => this.hasUnsaved,
         wait,
         new Set(),
         () => this.parts.online() && this.connection.progressing,

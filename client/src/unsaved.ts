@@ -24,17 +24,18 @@ export interface UnsavedWork {
 const POLL_MS = 25
 
 /**
- * Waits until `unsaved()` is empty (resolves true), `timeoutMs` passed, or
+ * Waits until `pending()` is false (resolves true), `timeoutMs` passed, or
  * `progressing()` says waiting cannot help (both resolve false). `cancels`
  * holds the wait's cancel function, so that destroying the client ends it.
+ * `pending` is polled: it must be cheap (no listing of the changes).
  */
 export function waitUntilSaved(
-  unsaved: () => readonly UnsavedWork[],
+  pending: () => boolean,
   timeoutMs: number,
   cancels: Set<() => void>,
   progressing: () => boolean = () => true,
 ): Promise<boolean> {
-  if (unsaved().length === 0) return Promise.resolve(true)
+  if (!pending()) return Promise.resolve(true)
   return new Promise<boolean>((resolve) => {
     // Polled, not driven by events: a resync replaces the connection, uploads and saves end it alike,
     // and a few checks of a state vector per poll cost nothing next to the network.
@@ -47,7 +48,7 @@ export function waitUntilSaved(
     const cancel = () => finish(false)
     cancels.add(cancel)
     const timer = setInterval(() => {
-      if (unsaved().length === 0) finish(true)
+      if (!pending()) finish(true)
       else if (Date.now() - started >= timeoutMs || !progressing()) finish(false)
     }, POLL_MS)
   })
