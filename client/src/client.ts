@@ -48,6 +48,7 @@ import {
 import { SocketMux } from "./socket-mux.js"
 import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
+import { type UnsavedWork, unsavedError, waitUntilSaved } from "./unsaved.js"
 
 /** Options of {@link createChatClient}. */
 export interface ChatClientOptions {
@@ -85,6 +86,28 @@ export interface ChatClientOptions {
   readonly uploads?: UploadRetryOptions
   /** The `fetch` of HTTP requests to the relay (uploads, attachment URLs); defaults to the global one. */
   readonly fetch?: typeof fetch
+  /**
+   * With `storage: "memory"`, how long {@link ChatClient.destroy} and
+   * `Conversation.close()` wait by default for unsaved work to be saved by
+   * the relay before dropping it (ms; default 5,000; 0: not at all). Ignored
+   * with IndexedDB, where unsaved work stays on the device.
+   */
+  readonly closeTimeoutMs?: number
+}
+
+/** Options of {@link ChatClient.destroy}. */
+export interface DestroyOptions {
+  /**
+   * How long to wait for unsaved work to be saved by the relay first (ms).
+   * Default: `closeTimeoutMs` (5 s) with `storage: "memory"`, 0 with IndexedDB.
+   */
+  readonly timeoutMs?: number
+}
+
+/** Options of {@link ChatClient.flush}. */
+export interface FlushOptions {
+  /** How long to wait before rejecting (ms; default 10,000). */
+  readonly timeoutMs?: number
 }
 
 /**
@@ -181,6 +204,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private current: ClientStatus = "offline"
   private storageFailure: ParleyError | undefined
   private destroyed = false
+  private destroying: Promise<UnsavedWork[]> | undefined
   private pushRegistrations: PushRegistrations | undefined
   /** The user's messages waiting for file uploads, on this device (IndexedDB or memory). */
   private readonly outbox: OutboxStore
@@ -447,6 +471,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       }),
       deliveredDelay: this.options.deliveredDelay ?? 500,
       clock: this.options.clock ?? Date.now,
+      keepsLocalData: this.storage !== "memory",
+      closeWaitMs: this.closeTimeoutMs,
       online: () => this.wanted && this.browserOnline,
       onStatus: () => this.updateStatus(),
       onReady: (info) => this.remember(conversationId, info.kind, info.title),
@@ -722,8 +748,94 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     return this.attachmentUrls.renewAt(attachment)
   }
 
-  /** Closes every conversation, socket, timer and database handle. Local data stays for the next client. */
-  async destroy(): Promise<void> {
+  /** How long destroy and close wait for unsaved work by default (see {@link ChatClientOptions.closeTimeoutMs}). */
+  private get closeTimeoutMs(): number {
+    return this.storage === "memory" ? (this.options.closeTimeoutMs ?? 5_000) : 0
+  }
+
+  /** Whether {@link unsaved} has anything, cheaply (polled while waiting). */
+  private hasUnsaved(): boolean {
+    return this.inboxConnection.hasUnsaved || [...this.open.values()].some((c) => c.hasUnsaved)
+  }
+
+  /**
+   * What the user wrote on this client that the relay has not acknowledged
+   * as saved, per document: the open conversations (messages, with those
+   * waiting for file uploads, and other changes) and the inbox (mutes).
+   * Empty when everything is saved. See {@link flush}.
+   */
+  unsaved(): UnsavedWork[] {
+    const work: UnsavedWork[] = []
+    if (this.inboxConnection.hasUnsaved) work.push({ messageIds: [], changes: [] })
+    for (const conversation of this.open.values()) {
+      const pending = conversation.unsaved()
+      if (pending) work.push(pending)
+    }
+    return work
+  }
+
+  /**
+   * Resolves once everything written so far in every open conversation (and
+   * the inbox) is saved by the relay: acknowledged as durably stored (each
+   * message `sent`), so that destroying the client or losing the device
+   * loses nothing. A bot on `storage: "memory"` awaits it before
+   * {@link destroy}. Rejects after `timeoutMs` (default 10 s) with the
+   * retryable TIMEOUT (connected, the relay slow to acknowledge) or
+   * UNAVAILABLE (not connected), its message naming what is unsaved
+   * ({@link unsaved} lists it); the work stays pending and keeps going out.
+   * Messages the relay refused are not waited for: they are `failed`.
+   */
+  async flush(options: FlushOptions = {}): Promise<void> {
+    this.assertAlive()
+    const saved = await waitUntilSaved(() => this.hasUnsaved(), options.timeoutMs ?? 10_000, this.cancels)
+    if (saved) return
+    this.assertAlive()
+    throw unsavedError(this.unsaved(), this.current === "online", "flush")
+  }
+
+  /**
+   * Closes every conversation, socket, timer and database handle, and
+   * resolves with what the relay had not saved (empty when everything was).
+   *
+   * With IndexedDB storage (the default), unsaved work stays in the
+   * device's replicas and is sent by the next client of this user that
+   * opens those conversations (the inbox, the list of known conversations,
+   * waiting files and refused messages stay too). With `storage: "memory"`
+   * nothing outlives the client: destroy first waits, while the relay is
+   * within reach (the client connected, no reconnect failed), up to
+   * `timeoutMs` (default `closeTimeoutMs`, 5 s) for the unsaved work to be
+   * saved; what is still unsaved then is lost, and told as an `error`
+   * event (TIMEOUT or UNAVAILABLE, naming it) besides the resolved value.
+   * Calling it again returns the same promise. Never rejects.
+   */
+  destroy(options: DestroyOptions = {}): Promise<UnsavedWork[]> {
+    this.destroying ??= this.destroyOnce(options.timeoutMs ?? this.closeTimeoutMs)
+    return this.destroying
+  }
+
+  private async destroyOnce(timeoutMs: number): Promise<UnsavedWork[]> {
+    if (timeoutMs > 0 && !this.destroyed)
+      await waitUntilSaved(
+        () => this.hasUnsaved(),
+        timeoutMs,
+        new Set(),
+        () =>
+          this.wanted &&
+          this.browserOnline &&
+          [this.inboxConnection, ...[...this.open.values()].map((c) => c.connection)].some(
+            (connection) => connection.progressing,
+          ),
+      )
+    const unsaved = this.destroyed ? [] : this.unsaved()
+    if (unsaved.length > 0 && this.storage === "memory")
+      this.emit("error", {
+        error: unsavedError(unsaved, this.current === "online", 'destroyed a client with storage "memory"'),
+      })
+    await this.teardown()
+    return unsaved
+  }
+
+  private async teardown(): Promise<void> {
     if (this.destroyed) return
     this.destroyed = true
     this.wanted = false
@@ -733,7 +845,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       win.removeEventListener("offline", this.onBrowserOffline)
     }
     for (const cancel of [...this.cancels]) cancel()
-    await Promise.all([...this.open.values()].map((conversation) => conversation.close()))
+    await Promise.all([...this.open.values()].map((conversation) => conversation.closeQuietly()))
     await this.inbox.destroy()
     this.profiles.destroy()
     this.inboxAwareness.destroy()

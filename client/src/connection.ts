@@ -19,7 +19,7 @@ import type { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { Emitter } from "./emitter.js"
 import type { SocketOpener, WebSocketConstructor } from "./provider/document-socket.js"
-import { SyncSession } from "./provider/sync-session.js"
+import { RELAY_ORIGIN, SyncSession } from "./provider/sync-session.js"
 import { TabChannel } from "./provider/tab-channel.js"
 import { expiryOfToken, refreshDelay } from "./token.js"
 
@@ -166,6 +166,32 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    * acknowledgements. What the document holds beyond it is the pending work.
    */
   private relayState = new Map<number, number>()
+  /**
+   * Something was written to the document (not by the relay) and no "saved"
+   * came since it went out. The state vector tells what the relay lacks of
+   * inserts, not of removals (an unreaction writes only a delete set): this
+   * covers those. Cleared by a "saved" once everything written went out on
+   * the socket ({@link SyncSession.sentAll}); the relay acknowledges a batch
+   * of updates at once, so that "saved" may be the one of the batch before
+   * (a removal sent a moment earlier is then taken as saved a moment early).
+   */
+  private written = false
+  /**
+   * How far the relay's own updates (its sync answers, live updates: the
+   * sequence numbers it writes, other users' work) reached, per client: the
+   * relay has those, though its sync request and acknowledgements name only
+   * what this replica sent ({@link relayState}).
+   */
+  private readonly heardFromRelay = new Map<number, number>()
+  private readonly onWrite = (update: Uint8Array, origin: unknown) => {
+    if (origin !== RELAY_ORIGIN) {
+      this.written = true
+      return
+    }
+    // (`encodeStateVectorFromUpdate` names only clients whose structs start at clock 0.)
+    for (const [client, clock] of Y.parseUpdateMeta(update).to)
+      if (clock > (this.heardFromRelay.get(client) ?? 0)) this.heardFromRelay.set(client, clock)
+  }
   private resendAttempts = 0
   private resendTimer: ReturnType<typeof setTimeout> | undefined
 
@@ -175,6 +201,31 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     this.maxDelay = options.reconnect?.maxDelay ?? 10_000
     this.random = options.random ?? Math.random
     this.parts = options.parts ?? { limits: DEFAULT_UPDATE_PART_LIMITS }
+    options.doc.on("update", this.onWrite)
+  }
+
+  /**
+   * Whether the document holds work the relay has not acknowledged as saved:
+   * structs beyond what it is known to have durably (its sync request, then
+   * its "saved" acknowledgements), or a write that no "saved" has answered
+   * yet (a removal). False once every change written so far is durably
+   * stored by the relay.
+   */
+  get hasUnsaved(): boolean {
+    if (this.written) return true
+    for (const [client, clock] of Y.decodeStateVector(Y.encodeStateVector(this.options.doc)))
+      if (clock > Math.max(this.relayState.get(client) ?? 0, this.heardFromRelay.get(client) ?? 0))
+        return true
+    return false
+  }
+
+  /**
+   * Whether waiting can get the pending work saved: false when stopped (the
+   * app went offline) or when the relay looks out of reach (a reconnect
+   * failed, the browser is offline); it keeps trying meanwhile.
+   */
+  get progressing(): boolean {
+    return this.wanted && !this.destroyed && !this.unreachable
   }
 
   /**
@@ -279,6 +330,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     clearTimeout(this.resendTimer)
     this.failHistoryRequests()
     this.destroyed = true
+    this.options.doc.off("update", this.onWrite)
     this.tabs?.destroy()
     this.removeAllListeners()
   }
@@ -489,6 +541,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
       for (const [client, clock] of stateVector)
         if (clock > (this.relayState.get(client) ?? 0)) this.relayState.set(client, clock)
       this.resendAttempts = 0
+      // Everything written went out on this socket and the relay has acknowledged since: removals included.
+      if (this.session?.sentAll) this.written = false
       this.emit("saved", { stateVector })
     } else if (frame.type === "tokenAccepted") {
       if (this.sentToken === undefined) return

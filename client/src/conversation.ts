@@ -50,6 +50,7 @@ import type { MessageStatus } from "./message-status.js"
 import type { UserPresence } from "./presence.js"
 import { PriorityView } from "./priorities.js"
 import type { LocalReplica } from "./storage.js"
+import { type UnsavedWork, unsavedError, waitUntilSaved } from "./unsaved.js"
 
 export type { ConversationState } from "./conversation/loading.js"
 export { LOCAL } from "./conversation/operations.js"
@@ -99,6 +100,9 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly readyPromise: Promise<this>
   private unread = -1
   private closed = false
+  private closing: Promise<UnsavedWork | undefined> | undefined
+  /** Waits of {@link flush} in progress, ended by {@link close}. */
+  private readonly flushes = new Set<() => void>()
   /** @internal Set while the client is about to create this conversation: "not found" is expected then. */
   creating = false
   /** @internal Resolves once the local replica is loaded and the state settled from it. */
@@ -618,13 +622,123 @@ export class Conversation extends Emitter<ConversationEvents> {
     if (this.loading.state.state === "ready") this.connection.start()
   }
 
-  /** Closes this handle: the socket, timers and local database. Local data stays. */
-  async close(): Promise<void> {
-    if (this.closed) return
+  /**
+   * What the user wrote here that the relay has not acknowledged as saved
+   * (see {@link flush}); undefined when nothing is. A conversation the relay
+   * turned away (removed, deleted) has nothing unsaved: what it never took
+   * was told as failed messages and `error` events. One it refused as
+   * damaged, or for a token, keeps its work pending.
+   */
+  unsaved(): UnsavedWork | undefined {
+    if (!this.hasUnsaved) return undefined
+    const uploading = this.uploadingIds()
+    const pending = this.statuses.pendingIds()
+    return {
+      conversationId: this.id,
+      messageIds: [...pending, ...uploading.filter((id) => !pending.includes(id))],
+      changes: unsavedChanges(this.doc, this.user, this.savedThrough(this.gen)),
+    }
+  }
+
+  /** @internal Whether {@link unsaved} has anything, cheaply (no listing of the changes). */
+  get hasUnsaved(): boolean {
+    if (this.closed) return false
+    const state = this.loading.state
+    if (
+      state.state === "unavailable" &&
+      state.reason !== ErrorCode.DAMAGED &&
+      state.reason !== ErrorCode.UNAUTHORIZED &&
+      !isRetryable(state.reason)
+    )
+      return false
+    return this.connection.hasUnsaved || this.uploadingIds().length > 0
+  }
+
+  /** The user's messages waiting for their file uploads (not failed). */
+  private uploadingIds(): MessageId[] {
+    return this.uploads
+      .waiting()
+      .filter((m) => m.status === "pending")
+      .map((m) => m.id)
+  }
+
+  /**
+   * Resolves once everything written here so far (messages, those waiting
+   * for file uploads included, edits, reactions, ...) is saved by the relay:
+   * acknowledged as durably stored, so that closing, or losing this device,
+   * loses nothing. Rejects after `timeoutMs` (default 10 s) with the
+   * retryable TIMEOUT (connected, the relay slow to acknowledge) or
+   * UNAVAILABLE (not connected), its message naming what is still unsaved
+   * ({@link unsaved} lists it). The work stays pending and keeps going out.
+   */
+  async flush(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) throw new ParleyError(ErrorCode.UNAVAILABLE, "this conversation was closed")
+    const saved = await waitUntilSaved(() => this.hasUnsaved, options.timeoutMs ?? 10_000, this.flushes)
+    if (saved) return
+    if (this.closed) throw new ParleyError(ErrorCode.UNAVAILABLE, "this conversation was closed")
+    throw unsavedError(this.unsavedList(), this.connection.status === "online", `conversation ${this.id}`)
+  }
+
+  private unsavedList(): UnsavedWork[] {
+    const work = this.unsaved()
+    return work ? [work] : []
+  }
+
+  /**
+   * Closes this handle: the socket, timers and local database. Resolves
+   * with what the relay had not saved, or undefined.
+   *
+   * With IndexedDB storage that stays on the device and is sent when the
+   * conversation is next opened (by this or a later client). With memory
+   * storage nothing outlives the handle: close first waits, while the relay
+   * is within reach (the client connected, no reconnect failed), up to
+   * `timeoutMs` (default: the client's `closeTimeoutMs`, 5 s) for it to be
+   * saved; what is still unsaved then is lost, and told as an `error` event
+   * (TIMEOUT or UNAVAILABLE, naming it) besides the resolved value.
+   * `timeoutMs: 0` closes at once. Never rejects.
+   */
+  close(options: { timeoutMs?: number } = {}): Promise<UnsavedWork | undefined> {
+    this.closing ??= this.closeOnce(options.timeoutMs, true)
+    return this.closing
+  }
+
+  /** @internal {@link close}, without the `error` event (the client reports its destroy once, for all). */
+  closeQuietly(): Promise<UnsavedWork | undefined> {
+    this.closing ??= this.closeOnce(0, false)
+    return this.closing
+  }
+
+  private async closeOnce(timeoutMs: number | undefined, report: boolean): Promise<UnsavedWork | undefined> {
+    const lost = this.parts.keepsLocalData === false
+    const wait = timeoutMs ?? (lost ? (this.parts.closeWaitMs ?? 0) : 0)
+    // At once, not after the wait below: writes are refused from now on, and opening the conversation
+    // again meanwhile gets a new, live handle. The connection stays up while it waits.
     this.loading.close()
-    this.closed = true
-    // At once, not after the awaits below: opening the conversation again meanwhile gets a live handle.
     this.parts.onClosing?.()
+    if (wait > 0)
+      await waitUntilSaved(
+        () => this.hasUnsaved,
+        wait,
+        new Set(),
+        () => this.parts.online() && this.connection.progressing,
+      )
+    const unsaved = this.unsaved()
+    if (unsaved && lost && report)
+      this.emit("error", {
+        error: unsavedError(
+          [unsaved],
+          this.connection.status === "online",
+          `closed conversation ${this.id} with storage "memory"`,
+        ),
+      })
+    await this.release()
+    return unsaved
+  }
+
+  private async release(): Promise<void> {
+    if (this.closed) return
+    for (const cancel of [...this.flushes]) cancel()
+    this.closed = true
     this.resyncs.close()
     this.delivered.stop()
     this.uploads.close()

@@ -61,6 +61,8 @@ export {
   type ClientStatus,
   type CreateGroupInput,
   createChatClient,
+  type DestroyOptions,
+  type FlushOptions,
   type KnownConversation,
 } from "./client.js"
 export type {
@@ -106,3 +108,4 @@ export {
   typingStore,
 } from "./store/index.js"
 export type { TokenSource } from "./token.js"
+export type { UnsavedWork } from "./unsaved.js"

@@ -10,6 +10,7 @@ import {
   connectionStatusStore,
   contactsPresenceStore,
   conversationStore,
+  ErrorCode,
   type InboxSnapshot,
   inboxStore,
   type MessageId,
@@ -17,6 +18,7 @@ import {
   type MessageWindowSnapshot,
   messageStatusStore,
   messageWindowStore,
+  ParleyError,
   type Profile,
   pinnedStore,
   presenceStore,
@@ -71,12 +73,41 @@ const NO_CONVERSATION = emptyStore(EMPTY_CONVERSATION)
  * state, fields, participants, the user's role and unread count. The handle is
  * not closed on unmount: other components may show it; `conversation.close()`
  * when the app is done with it.
+ *
+ * Never throws during render: an id that is not a conversation id (a bad
+ * link) gives `state: { state: "unavailable", reason: "INVALID_ARGUMENT" }`
+ * with `conversation` undefined, and so does a client that cannot open it
+ * (destroyed: `UNAVAILABLE`).
  */
 export function useConversation(id: string | undefined): UseConversation {
   const client = useChatClient()
-  const conversation = useMemo(() => (id === undefined ? undefined : client.conversation(id)), [client, id])
+  const opened = useMemo((): Conversation | ParleyError | undefined => {
+    if (id === undefined) return undefined
+    try {
+      return client.conversation(id)
+    } catch (error) {
+      // Thrown during render, it unmounted the whole app (a blank page for a mistyped id: an outside tester).
+      return error instanceof ParleyError
+        ? error
+        : new ParleyError(ErrorCode.INTERNAL, error instanceof Error ? error.message : String(error), {
+            cause: error,
+          })
+    }
+  }, [client, id])
+  const conversation = opened instanceof ParleyError ? undefined : opened
   const snapshot = useStore(
-    useMemo(() => (conversation ? conversationStore(conversation) : NO_CONVERSATION), [conversation]),
+    useMemo(
+      () =>
+        opened instanceof ParleyError
+          ? emptyStore<ConversationSnapshot>({
+              ...EMPTY_CONVERSATION,
+              state: { state: "unavailable", reason: opened.code, error: opened },
+            })
+          : opened
+            ? conversationStore(opened)
+            : NO_CONVERSATION,
+      [opened],
+    ),
   )
   return useMemo(() => ({ ...snapshot, conversation }), [snapshot, conversation])
 }

@@ -92,6 +92,32 @@ describe("@parley/react hooks", () => {
     expect(Object.fromEntries(renders)).toEqual({ list: 1, [sent[1]!.id]: 1 })
   })
 
+  it("shows a conversation id that is not one as unavailable with INVALID_ARGUMENT instead of throwing", async () => {
+    const client = await offlineClient("alice")
+    function Chat({ id }: { id: string }) {
+      const { state, conversation } = useConversation(id)
+      const reason = state.state === "unavailable" ? state.reason : ""
+      return (
+        <p data-testid="chat">
+          {state.state} {reason} {conversation ? "open" : "none"}
+        </p>
+      )
+    }
+    const { rerender } = render(
+      <ParleyProvider client={client}>
+        <Chat id="c_…" />
+      </ParleyProvider>,
+    )
+    expect(screen.getByTestId("chat").textContent).toBe("unavailable INVALID_ARGUMENT none")
+    const chat = await client.createConversation({ id: "g~team", participants: ["bob"] })
+    rerender(
+      <ParleyProvider client={client}>
+        <Chat id={chat.id} />
+      </ParleyProvider>,
+    )
+    expect(screen.getByTestId("chat").textContent).toBe("ready  open")
+  })
+
   it("shows a new message and an edit, keeping every other row as it was", async () => {
     const client = await offlineClient("alice")
     const chat = await client.createConversation({ participants: ["bob"] })

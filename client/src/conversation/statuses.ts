@@ -76,6 +76,11 @@ export class StatusTracker {
     return { ...view, status, ...(error ? { error } : {}) }
   }
 
+  /** The user's messages only this device has (status `pending`), in the order they were followed. */
+  pendingIds(): MessageId[] {
+    return [...this.tracked.keys()].filter((id) => this.statusOf(id) === "pending")
+  }
+
   /** Starts following message `id` (the user's) until it is read. */
   track(id: MessageId): void {
     const status = this.statusOf(id)

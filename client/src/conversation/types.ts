@@ -124,4 +124,12 @@ export interface ConversationParts {
   readonly presence: PresenceSettings
   /** The user's messages of this conversation waiting for file uploads (absent: sending files is refused). */
   readonly uploads?: ConversationUploads
+  /**
+   * Whether the replica outlives the handle (IndexedDB: what is unsaved is
+   * sent by the next handle) or not (memory: `close()` waits for it, then
+   * reports what was lost). Default true.
+   */
+  readonly keepsLocalData?: boolean
+  /** How long `close()` waits for unsaved work by default when the replica does not outlive it (ms). */
+  readonly closeWaitMs?: number
 }

@@ -131,6 +131,15 @@ export class SyncSession {
     return this.isSynced
   }
 
+  /**
+   * True when everything written to the document so far went out on this
+   * socket (see `DocumentConnection.hasUnsaved`): the handshake is done and
+   * nothing is held or outgoing.
+   */
+  get sentAll(): boolean {
+    return this.state === "open" && this.answered && this.outgoing.length === 0 && this.held.length === 0
+  }
+
   /** Sends a frame if the socket is open; live updates wait for the handshake (see the class comment). */
   send(frame: Uint8Array): void {
     if (this.state !== "open") return

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs"
-import { join } from "node:path"
+import { join, resolve } from "node:path"
 import { ParleyError } from "@parley/shared"
 import { type Backend, openBackend, SQLITE_FILE } from "../backend/index.js"
 import { flag, parseStorageCommand, STORAGE_FLAGS, subcommand } from "../config.js"
@@ -23,11 +23,17 @@ const CLI = subcommand("keys", {
   or in the database of --database-url (postgres). See relay/API.md.`,
 })
 
-/** `parley-relay keys ...`: the HTTP API's service keys, in the relay's backend. Returns the exit code. */
+/**
+ * `parley-relay keys ...`: the HTTP API's service keys, in the relay's
+ * backend. Returns the exit code. `out` gets the results (stdout); `note`
+ * (stderr) says which store was used, and when `create` had to make a new,
+ * empty one, that only a relay started on it accepts the key.
+ */
 export async function runKeysCli(
   argv: readonly string[],
   out: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
   env: NodeJS.ProcessEnv = process.env,
+  note: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
 ): Promise<number> {
   const parsed = parseStorageCommand(CLI, "keys", argv, env, out)
   if (typeof parsed === "number") return parsed
@@ -39,16 +45,25 @@ export async function runKeysCli(
   }
   let backend: Backend
   try {
-    if (location.kind === "postgres")
+    if (location.kind === "postgres") {
       backend = await openBackend({ kind: "postgres", dataDir: "", databaseUrl: location.databaseUrl })
-    else {
+      note(`parley-relay keys: store: PostgreSQL ${redactedUrl(location.databaseUrl)} (--database-url)`)
+    } else {
       const dataDir = location.kind === "sqlite" ? location.dataDir : ""
+      const file = resolve(dataDir, SQLITE_FILE)
+      const existed = existsSync(file)
       // Keys may be made before the relay first starts; listing or revoking needs its database.
-      if (command !== "create" && !existsSync(join(dataDir, SQLITE_FILE))) {
+      if (command !== "create" && !existed) {
         out(`parley-relay keys: no relay database at ${join(dataDir, SQLITE_FILE)}`)
         return 1
       }
       backend = await openBackend({ kind: "sqlite", dataDir })
+      // A key made in another directory than the relay's is refused by it with a plain 401: say where it went.
+      note(`parley-relay keys: store: SQLite ${file} (--data-dir ${resolve(dataDir)})`)
+      if (!existed)
+        note(
+          `parley-relay keys: no relay database was there: created a new, empty one. Only a relay whose data directory is ${resolve(dataDir)} accepts this key; if your relay keeps its data elsewhere, run this again with its --data-dir (or --database-url)`,
+        )
     }
   } catch (error) {
     const where = location.kind === "postgres" ? redactedUrl(location.databaseUrl) : "the data directory"

@@ -1,3 +1,4 @@
+import { join, resolve } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { secretMatches, splitApiKey } from "../../src/api/keys.js"
 import { runKeysCli } from "../../src/api/keys-cli.js"
@@ -8,8 +9,14 @@ import { freshDataDir } from "./helpers.js"
 
 async function run(...argv: string[]) {
   const lines: string[] = []
-  const code = await runKeysCli(argv, (line) => lines.push(line), {})
-  return { code, lines }
+  const notes: string[] = []
+  const code = await runKeysCli(
+    argv,
+    (line) => lines.push(line),
+    {},
+    (line) => notes.push(line),
+  )
+  return { code, lines, notes }
 }
 
 /** The checks every storage location passes: `where` are the flags naming it. */
@@ -50,6 +57,24 @@ describe("parley-relay keys", () => {
       opened.push(backend)
       return backend.keys
     })
+  })
+
+  it("says on stderr which store it wrote to, and when it had to create a new, empty one", async () => {
+    const dir = freshDataDir()
+    const database = join(resolve(dir), "parley.sqlite")
+    const first = await run("create", "peek", "--scopes", "events:read", "--data-dir", dir)
+    expect(first.code).toBe(0)
+    // stdout stays the key's one JSON line, for scripts.
+    expect(first.lines).toHaveLength(1)
+    expect(first.notes).toEqual([
+      `parley-relay keys: store: SQLite ${database} (--data-dir ${resolve(dir)})`,
+      expect.stringContaining("created a new, empty one"),
+    ])
+    const second = await run("create", "poke", "--scopes", "events:read", "--data-dir", dir)
+    expect(second.notes).toEqual([
+      `parley-relay keys: store: SQLite ${database} (--data-dir ${resolve(dir)})`,
+    ])
+    expect((await run("list", "--data-dir", dir)).notes).toEqual(second.notes)
   })
 
   it("explains bad use: unknown scopes, no scopes, bad names, a missing database", async () => {

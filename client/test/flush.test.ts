@@ -1,0 +1,172 @@
+import "fake-indexeddb/auto"
+import { ErrorCode, isRetryable, ParleyError } from "@parley/shared"
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import WebSocket from "ws"
+import { type ChatClient, createChatClient } from "../src/index.js"
+import {
+  connectClient,
+  destroyClients,
+  devToken,
+  eventually,
+  type RelayProcess,
+  SAVED,
+  startRelay,
+} from "./support.js"
+
+let relay: RelayProcess
+beforeAll(async () => {
+  relay = await startRelay()
+})
+afterAll(async () => {
+  await relay.stop()
+})
+afterEach(async () => {
+  await destroyClients()
+})
+
+/** The README's Node bot: memory storage, `ws`, default reconnect. */
+function bot(user: string, url = relay.url, target = relay): Promise<ChatClient> {
+  return createChatClient({
+    url,
+    user,
+    token: () => devToken(target, user),
+    storage: "memory",
+    WebSocket: WebSocket as never,
+  })
+}
+
+/** The bodies of conversation `id` as `user` reads them from the relay on a fresh client. */
+async function bodiesOnRelay(user: string, id: string, count: number): Promise<string[]> {
+  const reader = await connectClient(relay, user)
+  const chat = await reader.conversation(id).ready()
+  await eventually(() => expect(chat.messages().length).toBe(count))
+  return chat.messages().map((m) => m.body)
+}
+
+describe("destroy() with storage: memory", () => {
+  it("saves a group created and written just before it on the relay", async () => {
+    const client = await bot("flush-bot-a")
+    const errors: ParleyError[] = []
+    client.on("error", ({ error }) => errors.push(error))
+    const chat = await client.createConversation({ participants: ["flush-alice"], title: "bots" })
+    for (const body of ["one", "two", "three"]) chat.send(body)
+    // At once: the client is still connecting, everything is pending (an outside tester's bot lost all of it).
+    expect(chat.messages().map((m) => m.status)).toEqual(["pending", "pending", "pending"])
+
+    const unsaved = await client.destroy()
+    expect(errors).toEqual([])
+    expect(await bodiesOnRelay("flush-alice", chat.id, 3)).toEqual(["one", "two", "three"])
+    expect(unsaved).toEqual([])
+  })
+
+  it("reports, with their ids, the messages it could not get saved when the relay is out of reach", async () => {
+    const gone = await startRelay()
+    await gone.stop()
+    const client = await bot("flush-bot-b", gone.url, gone)
+    const errors: ParleyError[] = []
+    client.on("error", ({ error }) => errors.push(error))
+    const chat = await client.createConversation({ participants: ["flush-alice"] })
+    const ids = ["lost 1", "lost 2"].map((body) => chat.send(body).id)
+
+    const started = Date.now()
+    const unsaved = await client.destroy()
+    // It stops waiting once a reconnect failed, well before the 5 s default.
+    expect(Date.now() - started).toBeLessThan(4_000)
+    expect(unsaved).toEqual([
+      expect.objectContaining({ conversationId: chat.id, messageIds: ids, changes: expect.any(Array) }),
+    ])
+    const reported = errors.find((e) => e.message.includes("not saved by the relay"))
+    expect(reported).toBeInstanceOf(ParleyError)
+    expect(reported?.code).toBe(ErrorCode.UNAVAILABLE)
+    for (const id of ids) expect(reported?.message).toContain(id)
+  })
+
+  it("lets a conversation closed on memory storage get its messages saved first", async () => {
+    const client = await connectClient(relay, "flush-bot-c")
+    const chat = await client.createConversation({ participants: ["flush-alice"] })
+    chat.send("before close")
+    await expect(chat.close()).resolves.toBeUndefined()
+    expect(await bodiesOnRelay("flush-alice", chat.id, 1)).toEqual(["before close"])
+  })
+})
+
+describe("flush()", () => {
+  it("resolves once the relay saved every message and change written so far", async () => {
+    const client = await connectClient(relay, "flush-bot-d")
+    const chat = await client.createConversation({ participants: ["flush-alice"] })
+    const first = chat.send("first")
+    chat.react(first.id, "👍")
+    await client.flush()
+    // A removal writes no new struct, only a delete set: flush waits for the relay's answer to it too.
+    chat.unreact(first.id, "👍")
+    expect(client.unsaved()).toEqual([expect.objectContaining({ conversationId: chat.id })])
+    const second = chat.send("second")
+    await client.flush({ timeoutMs: 10_000 })
+    expect(client.unsaved()).toEqual([])
+    expect(SAVED).toContain(chat.status(first.id))
+    expect(SAVED).toContain(chat.status(second.id))
+
+    const reader = await connectClient(relay, "flush-alice")
+    const seen = await reader.conversation(chat.id).ready()
+    await eventually(() => expect(seen.messages().map((m) => m.body)).toEqual(["first", "second"]))
+    expect(seen.messages()[0]?.reactions).toEqual({})
+  })
+
+  it("resolves at once when nothing is unsaved", async () => {
+    const client = await connectClient(relay, "flush-bot-e")
+    await client.flush({ timeoutMs: 50 })
+  })
+
+  it("rejects after its timeout with a retryable error naming what is pending when offline", async () => {
+    const client = await connectClient(relay, "flush-bot-f", { connect: false })
+    const chat = await client.createConversation({ participants: ["flush-alice"] })
+    const sent = chat.send("offline")
+    const error = await client.flush({ timeoutMs: 200 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(error).toBeInstanceOf(ParleyError)
+    expect((error as ParleyError).code).toBe(ErrorCode.UNAVAILABLE)
+    expect(isRetryable((error as ParleyError).code)).toBe(true)
+    expect((error as ParleyError).message).toContain(sent.id)
+    expect(client.unsaved()).toEqual([
+      expect.objectContaining({ conversationId: chat.id, messageIds: [sent.id] }),
+    ])
+    await expect(chat.flush({ timeoutMs: 50 })).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
+
+    // Back online, the same work goes out and flush resolves.
+    client.connect()
+    await client.flush()
+    expect(SAVED).toContain(chat.status(sent.id))
+  })
+})
+
+describe("destroy() with storage: indexeddb", () => {
+  it("does not wait, reports nothing as an error, and keeps unsaved work for the next client", async () => {
+    const options = {
+      url: relay.url,
+      user: "flush-bot-g",
+      token: () => devToken(relay, "flush-bot-g"),
+      storage: "indexeddb" as const,
+      WebSocket: WebSocket as never,
+      connect: false,
+    }
+    const client = await createChatClient(options)
+    const errors: ParleyError[] = []
+    client.on("error", ({ error }) => errors.push(error))
+    const chat = await client.createConversation({ participants: ["flush-alice"] })
+    const kept = chat.send("kept on the device")
+    const unsaved = await client.destroy()
+    expect(unsaved).toEqual([expect.objectContaining({ conversationId: chat.id, messageIds: [kept.id] })])
+    expect(errors).toEqual([])
+
+    const next = await createChatClient({ ...options, connect: true })
+    try {
+      const again = await next.conversation(chat.id).ready()
+      await next.flush()
+      expect(SAVED).toContain(again.status(kept.id))
+    } finally {
+      await next.destroy()
+    }
+  })
+})
