@@ -150,6 +150,15 @@ function emptyLane(target: DeliveryTarget, document: string): Lane {
 /** Lanes a start or takeover reads the first page of at once. */
 const LANES_AT_ONCE = 64
 
+/**
+ * How long a lane whose attempt found the lease lapsed (by this relay's
+ * clock) is watched for the lease to be this relay's again without a
+ * takeover: a renewal held up for a moment, and the lease in Redis never
+ * lost. Past it, the lease was lost, and whoever orders the document next
+ * reads its deliveries from the outbox (a takeover's `adopt`).
+ */
+const LEFT_BEHIND_WATCH_MS = 30_000
+
 interface Lane {
   readonly target: DeliveryTarget
   readonly document: string
@@ -227,6 +236,12 @@ export class Dispatcher {
   private fenceTimer: NodeJS.Timeout | undefined
   /** Purges of the last minutes, by document, applied to what enters memory (see {@link purged}). */
   private readonly purges = new RecentPurges()
+  /**
+   * Lanes (by id) whose queue was dropped when the lease looked lapsed, with
+   * their document and the timer watching for the lease to come back (see
+   * {@link leftBehind}).
+   */
+  private readonly leftBehindLanes = new Map<string, { document: string; timer: NodeJS.Timeout }>()
 
   constructor(private readonly options: DispatcherOptions) {
     this.targets = new Map(options.targets.map((t) => [t.name, t]))
@@ -262,6 +277,11 @@ export class Dispatcher {
   }
 
   private async resumeLanes(owed: readonly OutboxLane[]): Promise<void> {
+    for (const [id, left] of this.leftBehindLanes)
+      if (owed.some((lane) => lane.document === left.document)) {
+        clearTimeout(left.timer)
+        this.leftBehindLanes.delete(id)
+      }
     for (let i = 0; i < owed.length; i += LANES_AT_ONCE) {
       const reads: Promise<void>[] = []
       for (const { document, target: name } of owed.slice(i, i + LANES_AT_ONCE)) {
@@ -306,6 +326,47 @@ export class Dispatcher {
         "hook outbox failed to dead-letter deliveries to an unknown target",
       )
     }
+  }
+
+  /**
+   * The lane's queue was dropped because the lease looked lapsed. When it was
+   * not lost (a renewal held up a moment: an outside probe's 0.8 s Redis
+   * stalls), this relay goes on ordering the document with no takeover, and
+   * the dropped deliveries, behind the lane's cursor, were never read again:
+   * they stayed owed, unattempted, for as long as the relay ran, while later
+   * ones went out. So the lane is watched: the next delivery recorded for it
+   * here, or the lease found this relay's again, reads the outbox from the
+   * lane's start, in order.
+   */
+  private leftBehind(lane: Lane, id: string): void {
+    if (this.stopped || this.leftBehindLanes.has(id)) return
+    const fence = this.options.fence
+    const every = Math.max(100, fence?.checkEveryMs ?? 1000)
+    const until = this.now() + LEFT_BEHIND_WATCH_MS
+    const watch = () => {
+      const left = this.leftBehindLanes.get(id)
+      if (!left || this.stopped) return
+      if (fence?.tokenOf(lane.document) !== undefined) {
+        this.leftBehindLanes.delete(id)
+        this.options.log.info(
+          { conversationId: lane.document, hook: lane.target.name },
+          "hook deliveries left when the lease looked lapsed are this relay's again: reading them from the outbox",
+        )
+        this.adopt(lane.document).catch((error: unknown) =>
+          this.options.log.error({ err: error }, "hook outbox failed to read a lane's deliveries"),
+        )
+        return
+      }
+      if (this.now() >= until) {
+        this.leftBehindLanes.delete(id)
+        return
+      }
+      left.timer = setTimeout(watch, every)
+      left.timer.unref?.()
+    }
+    const timer = setTimeout(watch, every)
+    timer.unref?.()
+    this.leftBehindLanes.set(id, { document: lane.document, timer })
   }
 
   /** Notes that the outbox holds deliveries of `lane` beyond its queue (`known` of them counted, for the gauge). */
@@ -358,6 +419,16 @@ export class Dispatcher {
       if (!lane) {
         lane = emptyLane(target, delivery.document)
         this.lanes.set(id, lane)
+        const left = this.leftBehindLanes.get(id)
+        if (left) {
+          // Recorded here again, so ordered here again: what was dropped goes first, read from the outbox
+          // in order with this one (held at once, it would go before them).
+          clearTimeout(left.timer)
+          this.leftBehindLanes.delete(id)
+          this.owe(lane, 1)
+          this.pump(lane, id)
+          continue
+        }
       }
       // Read already, in a page that ran after its enqueue committed (and before this call).
       if (delivery.seq <= lane.after) continue
@@ -457,6 +528,8 @@ export class Dispatcher {
    */
   async stop(): Promise<void> {
     this.stopped = true
+    for (const left of this.leftBehindLanes.values()) clearTimeout(left.timer)
+    this.leftBehindLanes.clear()
     for (const lane of this.lanes.values()) clearTimeout(lane.timer)
     let timer: NodeJS.Timeout | undefined
     const grace = new Promise<void>((resolve) => {
@@ -524,6 +597,7 @@ export class Dispatcher {
           lane.rescan = false
           this.paid(lane)
           this.gauge()
+          this.leftBehind(lane, id)
         } else if (at < 0) {
           // Dropped meanwhile (fenced): nothing to update.
         } else if (next) lane.queue[at] = this.entering(next)
