@@ -120,7 +120,8 @@ function decodeUtf8(bytes: Uint8Array): string | undefined {
 
 /**
  * What leading bytes that no binary signature matched are: `text/html` (or
- * `image/svg+xml`) when they open like markup — a browser sniffing them
+ * `image/svg+xml`, or `application/xml` for an XML declaration not opening
+ * HTML) when they open like markup — a browser sniffing them
  * would render them — `text/plain` when they are UTF-8, or UTF-16 behind its
  * byte-order mark, without control characters, else `application/octet-stream`.
  */
@@ -131,8 +132,11 @@ export function sniffText(head: Uint8Array): string {
     ? decodeUtf16(bytes.subarray(2), utf16, head.length >= TEXT_SNIFF_BYTES)
     : decodeUtf8(bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? bytes.subarray(3) : bytes)
   if (text === undefined) return "application/octet-stream"
-  if (MARKUP.test(text))
-    return /^\s*(<\?xml[^>]*>\s*)?(<!--[\s\S]*?-->\s*)*<svg/i.test(text) ? "image/svg+xml" : "text/html"
+  if (MARKUP.test(text)) {
+    if (/^\s*(<\?xml[^>]*>\s*)?(<!--[\s\S]*?-->\s*)*<svg/i.test(text)) return "image/svg+xml"
+    // Named as what it is in the refusal: an XML document is not HTML (both are refused).
+    return /^\s*<\?xml/i.test(text) && !/<html/i.test(text) ? "application/xml" : "text/html"
+  }
   // Control characters other than tab, newline, carriage return and form feed: binary.
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i)

@@ -32,6 +32,13 @@ describe("sniffing text", () => {
     expect(sniffText(new TextEncoder().encode('<?xml version="1.0"?>\n<svg xmlns="x"/>'))).toBe(
       "image/svg+xml",
     )
+    // An XML document is named as one when refused (it was called text/html), XHTML still as HTML.
+    expect(sniffText(new TextEncoder().encode('<?xml version="1.0"?>\n<note><to>x</to></note>'))).toBe(
+      "application/xml",
+    )
+    expect(sniffText(new TextEncoder().encode('<?xml version="1.0"?>\n<html xmlns="x"><body/>'))).toBe(
+      "text/html",
+    )
     expect(sniffText(new Uint8Array([0x68, 0x69, 0x00, 0x01]))).toBe("application/octet-stream")
     expect(sniffText(new Uint8Array([0xff, 0xfe, 0xfd]))).toBe("application/octet-stream")
     // A head cut inside a multi-byte character is still text.
