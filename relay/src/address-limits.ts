@@ -208,24 +208,34 @@ export class AddressConnections {
   /**
    * At the relay's connection cap: closes the connection that has waited
    * longest for a request (over {@link EVICT_AFTER_MS}) of the address that
-   * holds the most, so that a new one (a health check, a user signing in)
-   * gets in; false when no address has one (every counted connection is
-   * recent or has a request under way). Users' sockets take at most the cap
+   * holds the most, so that a new one from `newcomer` (a health check, a
+   * user signing in) gets in; when none has waited that long, the
+   * longest-waiting one of the address holding the most, if it holds more
+   * than `newcomer` does; false when there is none (every counted connection
+   * has a request under way, or is recent and its address holds no more). Users' sockets take at most the cap
    * less a reserve (`UserLedger.shareSockets`): without this, one address's
    * idle connections, within its own cap, held that reserve, and the relay
    * dropped `/healthz` and every newcomer at accept (an outside probe). One
    * scan of the addresses, only at the cap.
    */
-  makeRoom(): boolean {
+  makeRoom(newcomer: string): boolean {
     let chosen: CountedSocket | undefined
     let most = 0
+    // Past the newcomer's address's own count: it does not take from an address holding no more.
+    let biggest: Map<CountedSocket, Waiting> | undefined
+    const own = this.open.get(keyOf(newcomer))
     for (const sockets of this.open.values()) {
+      if (sockets !== own && sockets.size > (biggest?.size ?? (own?.size ?? 0) + 1)) biggest = sockets
       if (sockets.size <= most) continue
       const stale = this.longestWaiting(sockets)
       if (!stale) continue
       chosen = stale
       most = sockets.size
     }
+    // None has waited long: the address holding the most, more than the newcomer's, gives up its
+    // longest-waiting one however recent (one host closing and reopening its connections before they
+    // were 2 s old kept /healthz out: an outside probe).
+    if (!chosen && biggest) chosen = this.longestWaiting(biggest, Number.NEGATIVE_INFINITY)
     if (!chosen) return false
     this.release(chosen)
     chosen.destroy()
@@ -263,8 +273,11 @@ export class AddressConnections {
     this.release(socket)
   }
 
-  private longestWaiting(sockets: Map<CountedSocket, Waiting>): CountedSocket | undefined {
-    const before = this.now() - this.evictAfterMs
+  private longestWaiting(
+    sockets: Map<CountedSocket, Waiting>,
+    afterMs = this.evictAfterMs,
+  ): CountedSocket | undefined {
+    const before = this.now() - afterMs
     for (const [socket, entry] of sockets) {
       if (entry.busy) continue
       // The rest began waiting later.

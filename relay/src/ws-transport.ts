@@ -116,6 +116,9 @@ const REQUEST_TIMEOUT_MS = 300_000
 /** The label of connections dropped at `maxConnections`. */
 const MAX_CONNECTIONS = "max-connections"
 
+/** How long a WebSocket refused before its user was admitted has to answer the close frame (then cut). */
+const REFUSED_CLOSE_GRACE_MS = 1000
+
 /** Connections Node accepts past the transport's cap: a newcomer and the idle one closed for it, for a moment. */
 const ACCEPT_SLACK = 16
 
@@ -306,7 +309,11 @@ export class WsTransport {
     socket.once("close", () => this.accepted--)
     // At the cap, a connection waiting long for a request (of the address holding the most) makes room:
     // else an address's idle connections, each within its cap, held the last slots, /healthz's too.
-    if (this.maxConnections > 0 && this.accepted > this.maxConnections && !this.connections.makeRoom()) {
+    if (
+      this.maxConnections > 0 &&
+      this.accepted > this.maxConnections &&
+      !this.connections.makeRoom(socket.remoteAddress ?? "")
+    ) {
       this.refusedAtAccept(MAX_CONNECTIONS)
       socket.destroy()
       return
@@ -652,10 +659,32 @@ export class WsTransport {
     const address = this.addressOf(req)
     // Each kind of socket in a function of its own: what its closures keep per socket is only its own.
     // From the moment its user is admitted, the socket counts per user, no longer per address.
-    const identified = () => this.connections.identified(req.socket)
+    let admitted = false
+    const identified = () => {
+      admitted = true
+      this.connections.identified(req.socket)
+    }
     if (url.searchParams.get(MUX_PARAM) === MUX_PROTOCOL_VERSION)
       await this.acceptMux(ws, url, address, liveness, identified)
     else await this.acceptDocument(ws, url, name, wantsParley, address, liveness, identified)
+    if (!admitted) this.refusedBeforeAdmission(ws, req.socket)
+  }
+
+  /**
+   * A WebSocket refused before its user was admitted (a bad token, a spent
+   * budget): its close frame is sent, and it is cut after a short grace
+   * instead of waiting out `ws`'s 30 s closing handshake, counted meanwhile
+   * as waiting (not busy), so that at the cap it makes room. A peer that never
+   * answered the close held a connection counted busy for 30 s, and a few
+   * hundred such upgrades kept `/healthz` and every newcomer out (an outside
+   * probe, within the bad-token budget).
+   */
+  private refusedBeforeAdmission(ws: WebSocket, socket: Socket): void {
+    if (ws.readyState === WebSocket.CLOSED) return
+    this.connections.idle(socket)
+    const cut = setTimeout(() => ws.terminate(), REFUSED_CLOSE_GRACE_MS)
+    cut.unref()
+    ws.once("close", () => clearTimeout(cut))
   }
 
   /** A socket to one document (`/<document>?token=...`), as stock y-websocket clients open it. */

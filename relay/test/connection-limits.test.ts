@@ -271,8 +271,34 @@ describe("the relay's connection cap, shared between users", () => {
     await sleep(2500)
     // Before: dropped at accept (ECONNRESET) for as long as the address kept them.
     expect(await healthFrom(relay, "127.0.0.2")).toBe(200)
+    // Closed by the relay for it (seen here a moment later).
+    await pollUntil(() => stalled.some((s) => s.closed))
+    await sleep(100)
     expect(stalled.filter((s) => s.closed)).toHaveLength(1)
     expect(held.filter((s) => s.close !== undefined)).toHaveLength(0)
+  })
+
+  it("at the cap, takes a connection of the address holding the most even when all are recent, and cuts an upgrade refused before its user is known", async () => {
+    const relay = await startRelayProcess({
+      args: ["--max-connections", "40", "--mux-idle-ms", "60000"],
+    })
+    for (let u = 0; u < 4; u++) for (let i = 0; i < 8; i++) await idleMux(relay, `sybil${u}` as UserId)
+    // The reserve, held by one host's connections, none of them 2 s old (a host reopening each before).
+    const stalled: Stalled[] = []
+    for (let i = 0; i < 8; i++) stalled.push(await stall(relay))
+    expect(await healthFrom(relay, "127.0.0.2")).toBe(200)
+    await pollUntil(() => stalled.some((s) => s.closed))
+    await sleep(100)
+    expect(stalled.filter((s) => s.closed)).toHaveLength(1)
+    // Upgrades with a bad token from a peer that never answers the close: cut within a second or so,
+    // not held (counted busy) for ws's 30 s closing handshake.
+    const upgrade =
+      "GET /g~x?token=bad HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    const refused: Stalled[] = []
+    for (let i = 0; i < 4; i++) refused.push(await stall(relay, "127.0.0.3", upgrade))
+    await pollUntil(() => refused.every((s) => s.closed), 5_000)
+    expect(refused.every((s) => s.received.startsWith("HTTP/1.1 101 "))).toBe(true)
   })
 
   it("closes a multiplexed socket that holds no channel for --mux-idle-ms, and keeps one while it holds a channel", async () => {
