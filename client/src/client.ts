@@ -789,6 +789,13 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.assertAlive()
     const saved = await waitUntilSaved(() => this.hasUnsaved(), options.timeoutMs ?? 10_000, this.cancels)
     if (saved) return
+    if (this.destroying) {
+      // destroy() began meanwhile: its own wait decides, and what it found unsaved is what this could not
+      // save (before, this rejected "destroyed" while destroy() saved everything).
+      const left = await this.destroying
+      if (left.length === 0) return
+      throw unsavedError(left, false, "flush")
+    }
     this.assertAlive()
     throw unsavedError(this.unsaved(), this.current === "online", "flush")
   }
