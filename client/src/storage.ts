@@ -122,6 +122,10 @@ class IndexedDbReplica implements LocalReplica {
   /** Set once another client replaced the stored generation: nothing more is written. */
   private replaced = false
   private written = 0
+  /** Updates not written yet: written together, in one transaction, once the current task ends. */
+  private unwritten: Uint8Array[] = []
+  /** Transactions of written updates not committed yet ({@link destroy} waits for them). */
+  private readonly committing = new Set<Promise<void>>()
   private compactTimer: ReturnType<typeof setTimeout> | undefined
   private endWait: () => void = () => {}
 
@@ -144,18 +148,35 @@ class IndexedDbReplica implements LocalReplica {
     const db = this.db
     // Before the load, the load's merged state covers it; what the load applied is stored already.
     if (origin === this || !db || this.destroyed || this.replaced) return
-    const store = db.transaction(UPDATES_STORE, "readwrite").objectStore(UPDATES_STORE)
-    // Checked in the write's own transaction: no replacement can fall between the check and the write.
-    const marker = store.getAllKeys(GENERATION_KEYS())
-    marker.onsuccess = () => {
-      if (this.isReplaced(marker.result)) return
-      store.add(update)
-    }
+    // One transaction per task, not per update: a burst of messages written offline made hundreds of
+    // transactions, committed one by one over seconds, and a tab closed meanwhile lost what had not
+    // committed (an outside probe: 1,763 of 2,000 messages, destroy() awaited).
+    if (this.unwritten.push(update) === 1) setTimeout(() => this.writeUnwritten(), 0)
     if (++this.written >= COMPACT_AFTER && this.compactTimer === undefined)
       this.compactTimer = setTimeout(() => {
         this.compactTimer = undefined
         if (this.db && !this.destroyed) this.compact(this.db).catch(this.failed)
       }, COMPACT_DELAY_MS)
+  }
+
+  /** Writes the updates waiting, in order, in one transaction; {@link destroy} waits for its commit. */
+  private writeUnwritten(): void {
+    const updates = this.unwritten
+    if (updates.length === 0) return
+    this.unwritten = []
+    const db = this.db
+    if (!db || this.replaced) return
+    const transaction = db.transaction(UPDATES_STORE, "readwrite")
+    const store = transaction.objectStore(UPDATES_STORE)
+    // Checked in the write's own transaction: no replacement can fall between the check and the write.
+    const marker = store.getAllKeys(GENERATION_KEYS())
+    marker.onsuccess = () => {
+      if (this.isReplaced(marker.result)) return
+      for (const update of updates) store.add(update)
+    }
+    const committed = completion(transaction).catch(this.failed)
+    this.committing.add(committed)
+    void committed.finally(() => this.committing.delete(committed))
   }
 
   /** Logs a failure of local storage and tells the client (its `error` event). */
@@ -198,6 +219,8 @@ class IndexedDbReplica implements LocalReplica {
     await this.loaded
     const db = this.db
     if (!db || this.destroyed) throw new Error("the local database is closed")
+    // What the replaced state wrote goes before the replacement, as it did when each update was written at once.
+    this.writeUnwritten()
     const transaction = db.transaction(UPDATES_STORE, "readwrite")
     const store = transaction.objectStore(UPDATES_STORE)
     // All in one transaction, in order: a reader sees the old state or the new one, never a mix.
@@ -221,7 +244,10 @@ class IndexedDbReplica implements LocalReplica {
     this.doc.off("update", this.onUpdate)
     clearTimeout(this.compactTimer)
     this.endWait()
-    // Closing waits for the transactions under way: the last writes are kept.
+    // The last writes are committed before this resolves: the database's close lets transactions under
+    // way finish, but a page closed right after would abort them (an app awaits destroy() to know).
+    this.writeUnwritten()
+    await Promise.all([...this.committing])
     const db = await this.opening
     db?.close()
     this.db = undefined

@@ -1,5 +1,5 @@
 import "fake-indexeddb/auto"
-import { describe, expect, it } from "vitest"
+import { describe, expect, it, vi } from "vitest"
 import { IndexeddbPersistence } from "y-indexeddb"
 import * as Y from "yjs"
 import { persistDocument } from "../src/storage.js"
@@ -31,6 +31,24 @@ describe("IndexedDB replicas", () => {
     expect(content.before).toBe("the database opened")
     expect(Object.keys(content)).toHaveLength(21)
     expect(content.k19).toBe(19)
+  })
+
+  it("writes a burst of updates in one transaction, committed before destroy() resolves", async () => {
+    const name = uniqueName()
+    const doc = new Y.Doc()
+    const replica = persistDocument("indexeddb", name, doc)
+    await replica.loaded
+    const transaction = vi.spyOn(IDBDatabase.prototype, "transaction")
+    try {
+      // A burst in one task, as messages written offline are: one transaction each took seconds to commit
+      // in Chromium, and a tab closed meanwhile lost what had not (an outside probe: 1,763 of 2,000).
+      for (let i = 0; i < 300; i++) doc.getMap("m").set(`k${i}`, i)
+      await replica.destroy()
+      expect(transaction.mock.calls.filter(([, mode]) => mode === "readwrite")).toHaveLength(1)
+    } finally {
+      transaction.mockRestore()
+    }
+    expect(Object.keys(await reload(name))).toHaveLength(300)
   })
 
   it("merges what two clients over the same database wrote", async () => {
