@@ -1095,7 +1095,8 @@ class UpdateCheck {
       if (!isUserId(change.key)) refuse(Rule.schema, "marker key invalid")
       for (const after of change.after) {
         if (after === ABSENT) {
-          if (!this.isRelay) refuse(Rule.markerForwardOnly, "markers are never removed")
+          if (!this.isRelay && !(change.key === this.actor && this.deletedOnArrival(change)))
+            refuse(Rule.markerForwardOnly, "markers are never removed")
           continue
         }
         schema(checkMarker(after))
@@ -1117,6 +1118,35 @@ class UpdateCheck {
         assert(canMoveMarker(this.actor!, this.role, change.key as UserId, before, after as number))
       }
     }
+  }
+
+  /**
+   * Whether every entry the update writes under the key is one the update
+   * deletes itself, empty or holding no more than the key's current value,
+   * which stays: the entry lost a merge in the sender's replica (another tab of the
+   * user marked read at the same moment, and this tab forwards what it took
+   * from it), and nothing is removed or moved. Judged a removal, it was
+   * refused and both tabs rebuilt (an outside probe).
+   */
+  private deletedOnArrival(change: KeyChange): boolean {
+    const current = currentMapItem(this.doc, change.root, change.key)
+    if (!current || current.deleted || change.before === ABSENT) return false
+    if (this.read.deletes(current.id.client, current.id.clock + current.length - 1)) return false
+    const entries = this.read.items.filter(
+      (n) => n.location.root === change.root && n.location.key === change.key,
+    )
+    return (
+      entries.length > 0 &&
+      entries.every(
+        ({ item }) =>
+          this.read.deletes(item.id.client, item.id.clock + item.length - 1) &&
+          // Encoded from a replica that deleted it, an entry travels empty (ContentDeleted).
+          (item.content instanceof Y.ContentDeleted ||
+            (item.content instanceof Y.ContentAny &&
+              typeof mapItemValue(item) === "number" &&
+              (mapItemValue(item) as number) <= (change.before as number))),
+      )
+    )
   }
 
   /**

@@ -1866,6 +1866,32 @@ describe("two devices of one user reading offline", () => {
     expect(typesOf(s.relay).read.get(carol)).toBe(3)
   })
 
+  // Two tabs of one user share their replica over a BroadcastChannel: each forwards what it took from the
+  // other to the relay, a marker that lost the merge in its replica with it (written, and deleted on
+  // arrival). Judged as removing the marker, it was refused, and both tabs rebuilt (an outside probe,
+  // 2–4 times in a 36-message chat); after three such refusals the SDK failed unsaved messages.
+  for (const [label, first, second] of [
+    ["the lower client id first", 0x1000, 0x7000_0000],
+    ["the higher client id first", 0x7000_0000, 0x1000],
+  ] as const)
+    it(`accepts a tab forwarding its other tab's marker that lost the merge to its own (${label})`, () => {
+      const s = scene()
+      const [a, b] = [device(s, first), device(s, second)]
+      const own = updateOf(a, (d) => markRead(d, carol, 3))
+      const others = updateOf(b, (d) => markRead(d, carol, 3))
+      expect(submit(s, user(carol), own)).toMatchObject({ allowed: true })
+      // Tab a takes tab b's marker over the channel, and forwards what that did to its replica.
+      let forwarded: Uint8Array | undefined
+      a.once("update", (update: Uint8Array) => {
+        forwarded = update
+      })
+      Y.applyUpdate(a, others)
+      expect(submit(s, user(carol), forwarded!)).toMatchObject({ allowed: true })
+      // Tab b's own, sent as well, is no change by now.
+      expect(submit(s, user(carol), others)).toMatchObject({ allowed: true })
+      expect(typesOf(s.relay).read.get(carol)).toBe(3)
+    })
+
   it("still refuses the one that read less when its marker would win the merge and move the marker back", () => {
     const s = scene()
     expect(readsApart(s, 0x1000, 0x7000_0000)).toMatchObject({
