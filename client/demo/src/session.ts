@@ -1,4 +1,5 @@
 import { type ChatClient, createChatClient } from "@parley/client"
+import { disableNotifications, pushSupported } from "./notifications.js"
 
 const USER_KEY = "parley-demo:user"
 const NAME_KEY = "parley-demo:display-name"
@@ -46,9 +47,17 @@ export async function signIn(user: string, displayName?: string): Promise<ChatCl
   return client
 }
 
-/** Signs out on this browser: local replicas stay (per user) for the next sign-in. */
+/**
+ * Signs out on this browser: local replicas stay (per user) for the next
+ * sign-in; the browser's push subscription goes, or the next user of this
+ * browser would be shown the previous one's notifications.
+ */
 export async function signOut(client: ChatClient): Promise<void> {
   localStorage.removeItem(USER_KEY)
   localStorage.removeItem(NAME_KEY)
+  if (pushSupported() && Notification.permission === "granted")
+    await disableNotifications(client).catch((error: unknown) =>
+      console.warn("could not unregister this browser's notifications", error),
+    )
   await client.destroy()
 }
