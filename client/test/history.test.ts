@@ -836,6 +836,53 @@ describe("folded sealed history in the SDK", () => {
     expect(await cachedSegments(b)).not.toContain("Folded-Secret-Gone")
   }, 60_000)
 
+  it("pages back without returning a message twice or beyond its limit while a purge rewrites the folded directory", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "purge while paging" })
+    const ids: string[] = []
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    // Bob pages back into the folded range: he holds both directory pages and the segments they list.
+    const returned: string[] = []
+    const pages: number[] = []
+    const page = async (limit: number) => {
+      const got = await theirs.loadOlder(limit)
+      pages.push(got.length)
+      returned.push(...got.map((m) => m.id))
+      return got
+    }
+    await page(30)
+    await page(45)
+    // Alice deletes from the sealed segment she holds.
+    while (chat.hasOlder) await chat.loadOlder(100)
+    // The oldest message is deleted: the relay re-seals its segment and rewrites every directory page from
+    // its own on. Bob pages on the moment his replica learns of it, while the pages are fetched again.
+    const hash = foldedHistory(theirs.doc)!.hash
+    const during = new Promise<void>((resolve, reject) => {
+      const onChange = () => {
+        if (foldedHistory(theirs.doc)?.hash === hash) return
+        theirs.doc.off("afterTransaction", onChange)
+        page(10).then(() => resolve(), reject)
+      }
+      theirs.doc.on("afterTransaction", onChange)
+    })
+    chat.deleteMessage(ids[3]!)
+    await during
+    while (theirs.hasOlder) await page(10)
+    expect(returned.length).toBe(new Set(returned).size)
+    for (const length of pages.slice(2)) expect(length).toBeLessThanOrEqual(10)
+    // Every sealed message once: the window shown is whole.
+    expect(new Set(returned)).toEqual(new Set(ids.slice(0, 90)))
+  }, 60_000)
+
   it("a device offline across a fold syncs its pending edit, reaction and message exactly once", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const alice = await connectClient(folding, a)
