@@ -230,9 +230,9 @@ export class SqliteOutbox implements Outbox {
         const watermarks = new Map<string, number>()
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
-          // An event recorded already (the same id: a backlog another relay recorded, a record tried
-          // again) is neither logged nor owed again. Checked in this transaction, on the only writer.
-          const fresh = this.events.unrecorded(batch.events)
+          // An event recorded already (the same id: a backlog derived again) is neither logged nor owed
+          // again. Checked in this transaction, on the only writer; only where it can repeat (`mayRepeat`).
+          const fresh = batch.mayRepeat ? this.events.unrecorded(batch.events) : batch.events
           // Member lists (stored once per membership change) before the events that reference them.
           this.events.memberLists.ensure(
             fresh.filter((e) => e.targets.length > 0).map((e) => json(e.event)),
