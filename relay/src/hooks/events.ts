@@ -201,10 +201,15 @@ export function newEventId(now: number = Date.now()): string {
  * conversation part is a hash (96 bits of SHA-256) so that ids have one
  * length and alphabet whatever the conversation id; the position and slot
  * are plain (base 36): they say how many changes the conversation had, not
- * what any of them was. Form: `evt_` + 16 characters + `_<position>_<slot>`.
+ * what any of them was. Form: `evt_` + 16 characters + `_<position>_<index>`,
+ * and `_<position>u` for `document.updated` (no second underscore, so no
+ * index can take it).
  */
 export function stableEventId(conversationId: string, position: number, slot: number | "u"): string {
-  return `${conversationIdPrefix(conversationId)}${position.toString(36)}_${typeof slot === "number" ? slot.toString(36) : slot}`
+  // `document.updated` has no second part: "u" after an underscore was also the 31st event's index
+  // (30 in base 36), and two events of one change took one id, one of them dropped as a repeat.
+  const at = position.toString(36)
+  return `${conversationIdPrefix(conversationId)}${typeof slot === "number" ? `${at}_${slot.toString(36)}` : `${at}${slot}`}`
 }
 
 /** The last conversation's id prefix: the events of one change (and a conversation's run of changes) share it. */
