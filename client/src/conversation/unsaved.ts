@@ -3,8 +3,6 @@ import * as Y from "yjs"
 
 /** The changes a user makes that {@link unsavedChanges} tells (not messages, which fail, nor markers). */
 const TOLD = new Set<PendingChange["kind"]>([
-  // A conversation created here and never saved: its participants and title go with it.
-  "conversation.create",
   "message.edit",
   "message.delete",
   "message.unpin",
@@ -19,8 +17,8 @@ const TOLD = new Set<PendingChange["kind"]>([
 
 /**
  * What the user changed on this replica's own client that the relay has not
- * acknowledged (its clock in `relayHas`): the conversation's creation, edits,
- * deletions, reactions, participants, the conversation's fields, profiles, as a resync finds them
+ * acknowledged (its clock in `relayHas`): edits, deletions, reactions,
+ * participants, the conversation's fields, profiles, as a resync finds them
  * (re-applied onto a scratch document, which is then dropped). Everything of
  * the other clients came from the relay. Messages are not listed (their
  * status fails), nor markers. (Work written under an earlier client id of the
