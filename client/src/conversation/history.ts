@@ -109,8 +109,10 @@ export class SealedHistory {
     // What the user could see before: loaded older messages and the live ones (a live message sealed since
     // and fetched here is not news). Kept across calls: a purge drops and re-fetches folded segments shown
     // long ago, which are not news either (before: thousands returned again, far beyond `limit`).
-    for (const m of [...this.olderMessages(), ...listMessages(doc(), { last: Number.MAX_SAFE_INTEGER })])
-      if (!this.owed.has(m.id)) this.given.add(m.id)
+    for (const m of this.olderMessages()) if (!this.owed.has(m.id)) this.given.add(m.id)
+    // Live ones are not news when re-sealed either, but a sealed message under the id of one shown live
+    // (written on this device, refused) is: only `filled` leaves them out.
+    const live = new Set(listMessages(doc(), { last: Number.MAX_SAFE_INTEGER }).map((m) => m.id))
     // What was sealed inside the window shown so far first (it was live when the window was loaded).
     for (const summary of this.gapSegments(doc())) await this.fetchSegment(summary)
     const before = this.olderFrom ?? this.firstLiveSeq()
@@ -142,9 +144,10 @@ export class SealedHistory {
     const sealed = listSealedMessages(doc(), before, limit).filter((m) => !this.given.has(m.id))
     const paged = new Set(sealed.map((m) => m.id))
     const filled = this.olderMessages()
-      .filter((m) => !this.given.has(m.id) && !paged.has(m.id))
+      .filter((m) => !this.given.has(m.id) && !live.has(m.id) && !paged.has(m.id))
       .slice(0, limit)
-    for (const m of this.olderMessages()) if (!this.given.has(m.id) && !paged.has(m.id)) this.owed.add(m.id)
+    for (const m of this.olderMessages())
+      if (!this.given.has(m.id) && !live.has(m.id) && !paged.has(m.id)) this.owed.add(m.id)
     // The newest of the page, so that the window stays contiguous (the rest comes with the next call).
     const page = sealed.slice(Math.max(0, sealed.length - (limit - filled.length)))
     if (page.length > 0) this.olderFrom = page[0]!.seq

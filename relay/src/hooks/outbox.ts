@@ -61,13 +61,11 @@ export interface OutboxBatch {
   readonly through?: number
   /**
    * The events were derived again from the stored log (a start's recovery, a
-   * takeover): another record may hold some already. An outbox whose records
-   * can repeat only so needs to look for repeats in these batches alone: the
-   * SQLite outbox (one relay, its events and watermark committed together)
-   * checks only them, which spares a lookup per live record (about 13 % of
-   * the relay's CPU in the fan-out benchmark). The memory and PostgreSQL
-   * outboxes check every batch (in a cluster, a frozen owner's live record can
-   * follow a takeover's; a PostgreSQL commit's outcome can be unknown).
+   * takeover): another record may hold some already. Every outbox looks for
+   * repeats in every batch today (the lookup costs about 13 % of the relay's
+   * CPU in the fan-out benchmark); checking only these in the SQLite outbox
+   * was tried and taken back at the session's end, unproven (see
+   * BENCHMARKS, session 50).
    */
   readonly mayRepeat?: boolean
 }

@@ -232,7 +232,7 @@ export class SqliteOutbox implements Outbox {
           const out: Delivery[] = []
           // An event recorded already (the same id: a backlog derived again) is neither logged nor owed
           // again. Checked in this transaction, on the only writer; only where it can repeat (`mayRepeat`).
-          const fresh = batch.mayRepeat ? this.events.unrecorded(batch.events) : batch.events
+          const fresh = this.events.unrecorded(batch.events)
           // Member lists (stored once per membership change) before the events that reference them.
           this.events.memberLists.ensure(
             fresh.filter((e) => e.targets.length > 0).map((e) => json(e.event)),
