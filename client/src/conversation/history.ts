@@ -31,23 +31,6 @@ import * as Y from "yjs"
 import type { DocumentConnection } from "../connection.js"
 import type { SegmentCache } from "../history-cache.js"
 
-/** How often {@link SealedHistory.loadOlder} asks again for a directory page the relay rewrote meanwhile. */
-const STALE_PAGE_RETRIES = 3
-
-/**
- * A directory page that no longer matches the hash this device knows it by:
- * the relay rewrote the directory (a purge) in between. Retryable: the live
- * document names the new chain a moment later.
- */
-class StaleDirectoryPage extends ParleyError {
-  constructor(page: number) {
-    super(
-      ErrorCode.UNAVAILABLE,
-      `history directory page ${page} changed on the relay while it was fetched (the history is being rewritten); try again`,
-    )
-  }
-}
-
 /** What {@link SealedHistory} needs of its conversation. */
 export interface SealedHistoryHost {
   readonly user: UserId
@@ -80,10 +63,6 @@ export class SealedHistory {
   private readonly fetchingPages = new Map<string, Promise<void>>()
   /** Sequence number below which {@link loadOlder} continues (undefined: below the live messages). */
   private olderFrom: number | undefined
-  /** Messages {@link loadOlder} returned, or found shown (loaded older or live) when called: not returned again. */
-  private readonly given = new Set<MessageId>()
-  /** Messages filled into the window shown that did not fit a call's limit: returned by the next one. */
-  private readonly owed = new Set<MessageId>()
 
   constructor(private readonly host: SealedHistoryHost) {}
 
@@ -107,16 +86,13 @@ export class SealedHistory {
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
     // What the user could see before: loaded older messages and the live ones (a live message sealed since
-    // and fetched here is not news). Kept across calls: a purge drops and re-fetches folded segments shown
-    // long ago, which are not news either (before: thousands returned again, far beyond `limit`).
-    for (const m of this.olderMessages()) if (!this.owed.has(m.id)) this.given.add(m.id)
-    // Live ones are not news when re-sealed either, but a sealed message under the id of one shown live
-    // (written on this device, refused) is: only `filled` leaves them out.
-    const live = new Set(listMessages(doc(), { last: Number.MAX_SAFE_INTEGER }).map((m) => m.id))
+    // and fetched here is not news).
+    const shown = new Set(
+      [...this.olderMessages(), ...listMessages(doc(), { last: Number.MAX_SAFE_INTEGER })].map((m) => m.id),
+    )
     // What was sealed inside the window shown so far first (it was live when the window was loaded).
     for (const summary of this.gapSegments(doc())) await this.fetchSegment(summary)
     const before = this.olderFrom ?? this.firstLiveSeq()
-    let stale = 0
     for (;;) {
       if (listSealedMessages(doc(), before, limit).length >= limit) break
       const next = knownSegments(doc())
@@ -129,34 +105,15 @@ export class SealedHistory {
       // Older segments are listed on directory pages not fetched yet: the next one back.
       const page = nextDirectoryPage(doc())
       if (!page) break
-      try {
-        await this.fetchPage(page)
-      } catch (error) {
-        // A purge is rewriting the directory: the live document names the new chain a moment after the relay
-        // stores it. Asked again from what the document names then.
-        if (!(error instanceof StaleDirectoryPage) || ++stale > STALE_PAGE_RETRIES) throw error
-        await new Promise((resolve) => setTimeout(resolve, 150 * stale))
-      }
+      await this.fetchPage(page)
     }
-    // A gap it filled counts too: a window whose re-sealed segment came back answered [] (taken for the
-    // conversation's start) while putting 20 messages back into olderMessages(). Within `limit`: what does
-    // not fit is owed to the next call.
-    const sealed = listSealedMessages(doc(), before, limit).filter((m) => !this.given.has(m.id))
-    const paged = new Set(sealed.map((m) => m.id))
-    const filled = this.olderMessages()
-      .filter((m) => !this.given.has(m.id) && !live.has(m.id) && !paged.has(m.id))
-      .slice(0, limit)
-    for (const m of this.olderMessages())
-      if (!this.given.has(m.id) && !live.has(m.id) && !paged.has(m.id)) this.owed.add(m.id)
-    // The newest of the page, so that the window stays contiguous (the rest comes with the next call).
-    const page = sealed.slice(Math.max(0, sealed.length - (limit - filled.length)))
+    const page = listSealedMessages(doc(), before, limit)
     if (page.length > 0) this.olderFrom = page[0]!.seq
-    const result = filled.length === 0 ? page : [...page, ...filled]
-    for (const m of result) {
-      this.given.add(m.id)
-      this.owed.delete(m.id)
-    }
-    return result
+    // A gap it filled counts too: a window whose re-sealed segment came back answered [] (taken for the
+    // conversation's start) while putting 20 messages back into olderMessages().
+    const paged = new Set(page.map((m) => m.id))
+    const filled = this.olderMessages().filter((m) => !shown.has(m.id) && !paged.has(m.id))
+    return filled.length === 0 ? page : [...page, ...filled]
   }
 
   /**
@@ -449,8 +406,11 @@ export class SealedHistory {
           const answer = await connection.requestDirectory(next.page)
           if (answer.error !== undefined)
             throw new ParleyError(answer.error, `the relay did not serve history directory page ${next.page}`)
-          // Not a corrupt page: the relay rewrote the directory (a purge) after this device read its hash.
-          if (segmentHash(answer.bytes) !== next.hash) throw new StaleDirectoryPage(next.page)
+          if (segmentHash(answer.bytes) !== next.hash)
+            throw new ParleyError(
+              ErrorCode.MALFORMED_FRAME,
+              "a history directory page does not match its hash",
+            )
           bytes = answer.bytes
           await this.host.segments.put(next.hash, bytes)
         }
