@@ -59,15 +59,6 @@ export interface OutboxBatch {
    * recorded; saved in the same transaction as the events. Only ever moves forward.
    */
   readonly through?: number
-  /**
-   * The events were derived again from the stored log (a start's recovery, a
-   * takeover): another record may hold some already. Every outbox looks for
-   * repeats in every batch today (the lookup costs about 13 % of the relay's
-   * CPU in the fan-out benchmark); checking only these in the SQLite outbox
-   * was tried and taken back at the session's end, unproven (see
-   * BENCHMARKS, session 50).
-   */
-  readonly mayRepeat?: boolean
 }
 
 /**

@@ -299,7 +299,6 @@ export class HookRuntime {
           change.name,
           recovered.events.map((e) => withSequence(change.doc, e)),
           recovered.through,
-          true,
         )
       }
       const bot = this.bots.get(change.actor)
@@ -415,7 +414,7 @@ export class HookRuntime {
       this.recovered.set(name, { events: patched, through: last })
       return
     }
-    const recording = this.enqueue(name, patched, last, true).catch(() => undefined)
+    const recording = this.enqueue(name, patched, last).catch(() => undefined)
     if (!takingOver) {
       await recording
       return
@@ -542,7 +541,6 @@ export class HookRuntime {
     document: string,
     events: readonly HookEvent[],
     through: number | undefined,
-    mayRepeat = false,
   ): Promise<void> {
     const batch = events.map((event) => ({
       event,
@@ -556,7 +554,6 @@ export class HookRuntime {
         // Every event, targets or not: the outbox records each in the event log.
         events: batch,
         ...(through !== undefined ? { through } : {}),
-        ...(mayRepeat ? { mayRepeat } : {}),
       })
       // Recorded: what fails from here on is in memory, and must neither record the events again (each
       // retry logged them once more: an outside probe's event was delivered 124 times) nor hold every

@@ -231,7 +231,7 @@ export class SqliteOutbox implements Outbox {
         for (const { batch } of enqueues) {
           const out: Delivery[] = []
           // An event recorded already (the same id: a backlog derived again) is neither logged nor owed
-          // again. Checked in this transaction, on the only writer; only where it can repeat (`mayRepeat`).
+          // again. Checked in this transaction, on the only writer.
           const fresh = this.events.unrecorded(batch.events)
           // Member lists (stored once per membership change) before the events that reference them.
           this.events.memberLists.ensure(
