@@ -260,12 +260,15 @@ export function idsByConversation(events: readonly { readonly event: HookEvent }
  * that two relays derived, or a record tried again after a commit whose
  * outcome was unknown, names the same events with the same ids, and each is
  * recorded, and delivered, once. Events the log does not keep
- * (`typing.started`) are never dropped. `known`'s sets are added to.
+ * (`typing.started`) are never dropped. `known`'s sets are added to. A
+ * repeat within `events` itself is an id collision, not a copy: it is
+ * dropped all the same, with a process warning (`PARLEY_EVENT_ID_REPEAT`).
  */
 export function withoutRecorded<E extends { readonly event: HookEvent }>(
   events: readonly E[],
   known: ReadonlyMap<string, Set<string>>,
 ): E[] {
+  const inBatch = new Set<string>()
   return events.filter(({ event }) => {
     if (!isLogged(event)) return true
     let ids = known.get(event.event.conversationId)
@@ -273,10 +276,24 @@ export function withoutRecorded<E extends { readonly event: HookEvent }>(
       ids = new Set()
       ;(known as Map<string, Set<string>>).set(event.event.conversationId, ids)
     }
-    if (ids.has(event.event.id)) return false
+    const key = `${event.event.conversationId}\u0000${event.event.id}`
+    if (ids.has(event.event.id)) {
+      // Two events of one batch under one id are two different events (a batch derives each once): an id
+      // collision, which once dropped a change's 31st event quietly. Still recorded once; said aloud.
+      if (inBatch.has(key)) warnRepeat(event)
+      return false
+    }
     ids.add(event.event.id)
+    inBatch.add(key)
     return true
   })
+}
+
+function warnRepeat(event: HookEvent): void {
+  process.emitWarning(
+    `hook event ${event.event.id} (${event.event.type}) of conversation ${event.event.conversationId} repeats an id earlier in the same batch: only the first is recorded`,
+    { code: "PARLEY_EVENT_ID_REPEAT" },
+  )
 }
 
 /** True for events the log records (all but the ephemeral `typing.started`). */

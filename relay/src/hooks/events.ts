@@ -212,16 +212,23 @@ export function stableEventId(conversationId: string, position: number, slot: nu
   return `${conversationIdPrefix(conversationId)}${typeof slot === "number" ? `${at}_${slot.toString(36)}` : `${at}${slot}`}`
 }
 
-/** The last conversation's id prefix: the events of one change (and a conversation's run of changes) share it. */
-const lastConversation = { id: "", prefix: "" }
+/**
+ * Conversations' id prefixes, by id: the fan-out interleaves many
+ * conversations, and one cached prefix was hashed again for nearly every
+ * event. Bounded: emptied when full (a prefix is only a hash, computed again).
+ */
+const prefixes = new Map<string, string>()
+const PREFIX_CACHE_SIZE = 4096
 
 function conversationIdPrefix(conversationId: string): string {
-  if (lastConversation.id !== conversationId || lastConversation.prefix === "") {
+  let prefix = prefixes.get(conversationId)
+  if (prefix === undefined) {
     const hash = createHash("sha256").update(`parley-event\u0000${conversationId}`).digest("base64url")
-    lastConversation.id = conversationId
-    lastConversation.prefix = `evt_${hash.slice(0, 16)}_`
+    prefix = `evt_${hash.slice(0, 16)}_`
+    if (prefixes.size >= PREFIX_CACHE_SIZE) prefixes.clear()
+    prefixes.set(conversationId, prefix)
   }
-  return lastConversation.prefix
+  return prefix
 }
 
 /** Each conversation's payload part, by its meta map, until the meta map or the participants change. */

@@ -9,6 +9,7 @@ import {
   type UserId,
 } from "@parley/shared"
 import { describe, expect, it } from "vitest"
+import { withoutRecorded } from "../../src/hooks/event-log.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { MemoryOutbox, type Outbox } from "../../src/hooks/outbox.js"
 import { MemoryStorage } from "../../src/storage/memory.js"
@@ -143,5 +144,36 @@ describe("hook event ids", () => {
       }),
     ).toEqual([])
     expect((await shared.events.read({ limit: 100 })).length).toBe(logged.length)
+  })
+})
+
+describe("recording an event id once", () => {
+  const event = (id: string, type: "message.sent" | "message.edited") =>
+    ({
+      event: { id, type, conversationId: name, time: "2026-12-07T00:00:00.000Z" },
+      subject: {},
+    }) as unknown as HookEvent
+
+  it("drops a copy of a recorded id quietly, and says aloud when one batch holds two events under one id", async () => {
+    const warnings: Error[] = []
+    const listen = (warning: Error) => warnings.push(warning)
+    process.on("warning", listen)
+    try {
+      // A copy of what the store holds (a backlog derived again): dropped, no warning.
+      const known = new Map([[name as string, new Set(["evt_a"])]])
+      const kept = withoutRecorded([{ event: event("evt_a", "message.sent") }], known)
+      expect(kept).toEqual([])
+      // Two different events of one batch under one id: a collision. The first kept, the second reported.
+      const collided = withoutRecorded(
+        [{ event: event("evt_b", "message.sent") }, { event: event("evt_b", "message.edited") }],
+        new Map(),
+      )
+      expect(collided.map((e) => e.event.event.type)).toEqual(["message.sent"])
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(warnings.map((w) => (w as Error & { code?: string }).code)).toEqual(["PARLEY_EVENT_ID_REPEAT"])
+      expect(warnings[0]!.message).toContain("evt_b")
+    } finally {
+      process.off("warning", listen)
+    }
   })
 })
