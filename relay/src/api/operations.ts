@@ -6,6 +6,7 @@ import {
   type ConversationChange,
   type ConversationId,
   canChangeRole,
+  canCreateWithId,
   canDeleteMessage,
   canRemoveParticipant,
   canUnpinMessage,
@@ -13,6 +14,7 @@ import {
   changeRole,
   createConversation,
   type DeletedMessageRecord,
+  DIRECT_PREFIX,
   deleteConversation,
   deleteMessage,
   directConversationId,
@@ -284,6 +286,18 @@ export class ApiOperations {
     },
   ): Promise<ConversationView> {
     const id = (input.id ?? newConversationId()) as ConversationId
+    // A `dm~` id is never a group's: refused before the document is read, the same whether the two users
+    // talk or not (a 409 for an existing one told a key without read rights who talks to whom).
+    if (id.startsWith(DIRECT_PREFIX)) {
+      const decision = canCreateWithId(actor.user, {
+        id,
+        kind: "group",
+        roles: new Map(),
+        distinctKey: undefined,
+      })
+      if (!decision.allowed)
+        throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+    }
     await this.write(id, actor, (doc) => {
       if (getConversation(doc))
         throw new ParleyError(ErrorCode.CONFLICT, `conversation ${JSON.stringify(id)} already exists`)

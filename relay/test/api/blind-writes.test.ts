@@ -262,4 +262,18 @@ describe("a write's refusals to a key that may not read what it names", () => {
       expect([absent.status, absent.body]).toEqual([200, { users: [] }])
     })
   })
+  it("answers a group created under a direct conversation's id the same whether its two users talk or not", async () => {
+    // Alice and bob talk; alice and erin never did. (Before: 409 "already exists" for the first pair, 403
+    // for the second — who talks to whom, to a key with no read scope, as any third user or as one of them.)
+    expect((await admin("POST", "/v1/conversations/direct", { with: "bob", asUser: "alice" })).status).toBe(
+      201,
+    )
+    for (const as of ["zed", "alice"]) {
+      const answers = await distinct(["dm~alice~bob", "dm~alice~erin"], (id) =>
+        rooms("POST", "/v1/conversations", { id, participants: [], asUser: as }),
+      )
+      expect(answers).toHaveLength(1)
+      expect(answers[0]).toMatch(/^403 .*"rule":"creation-by-id"/)
+    }
+  })
 })
