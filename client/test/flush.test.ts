@@ -81,6 +81,22 @@ describe("destroy() with storage: memory", () => {
     for (const id of ids) expect(reported?.message).toContain(id)
   })
 
+  it("tells a group created while the relay is out of reach as unsaved, not only its messages", async () => {
+    const gone = await startRelay()
+    await gone.stop()
+    const client = await bot("flush-bot-c", gone.url, gone)
+    const chat = await client.createConversation({ participants: ["flush-alice"], title: "never saved" })
+    chat.send("lost")
+    const unsaved = await client.destroy()
+    // Before: `changes: []`, though the group (its participants, its title) was lost with its messages.
+    expect(unsaved).toEqual([
+      expect.objectContaining({
+        conversationId: chat.id,
+        changes: expect.arrayContaining([expect.objectContaining({ kind: "conversation.create" })]),
+      }),
+    ])
+  })
+
   it("lets a flush() that destroy() overtakes resolve when destroy() saved everything", async () => {
     const client = await bot("flush-bot-d")
     const chat = await client.createConversation({ participants: ["flush-alice"] })
