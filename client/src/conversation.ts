@@ -461,13 +461,17 @@ export class Conversation extends Emitter<ConversationEvents> {
    * The `limit` messages before the oldest ones loaded so far (the live
    * document's at first), oldest first, then any sealed inside the window
    * shown so far that this device no longer held and did not show live
-   * (fetched again). Older messages are sealed by the
+   * (fetched again). Never more than `limit` (what was filled into the window
+   * and does not fit comes with the next call, and {@link hasOlder} stays
+   * true until it has), and no message twice across calls, also while a
+   * purge rewrites the history being paged. Older messages are sealed by the
    * relay into immutable segments, fetched here on demand (from this
    * device's cache when it has them, which also works offline) and kept for
    * {@link olderMessages}, {@link message} and every operation (edit,
    * delete, react, reply). An empty list: the start of the conversation.
    * Rejects with the retryable UNAVAILABLE when a segment must be fetched
-   * while offline.
+   * while offline, and when a history directory page keeps not matching
+   * its hash because a purge rewrites it (asked for again a few times first).
    */
   async loadOlder(limit = 50): Promise<ChatMessage[]> {
     return (await this.history.loadOlder(limit)).map((view) => this.statuses.decorate(view))
@@ -478,7 +482,7 @@ export class Conversation extends Emitter<ConversationEvents> {
     return this.history.olderMessages().map((view) => this.statuses.decorate(view))
   }
 
-  /** Whether messages older than those loaded exist (sealed, not loaded yet). */
+  /** Whether {@link loadOlder} has more to return: older messages (sealed, not loaded yet), or some it owes. */
   get hasOlder(): boolean {
     return this.history.hasOlder
   }

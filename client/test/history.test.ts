@@ -1,8 +1,17 @@
 import "fake-indexeddb/auto"
 import { join } from "node:path"
-import { ErrorCode, epochCount, foldedHistory, sealedSegments, typesOf, type UserId } from "@parley/shared"
+import {
+  ErrorCode,
+  epochCount,
+  foldedHistory,
+  isRetryable,
+  sealedSegments,
+  typesOf,
+  type UserId,
+} from "@parley/shared"
 import Database from "better-sqlite3"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
+import { DocumentConnection } from "../src/connection.js"
 import { type Conversation, type MessageView, messageWindowStore } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, SAVED, startRelay } from "./support.js"
 
@@ -834,6 +843,143 @@ describe("folded sealed history in the SDK", () => {
     expect(shownAgain).toEqual([])
     // Nor does the device keep it: the segment cached under its old hash is gone.
     expect(await cachedSegments(b)).not.toContain("Folded-Secret-Gone")
+  }, 60_000)
+
+  it("pages back without returning a message twice or beyond its limit while a purge rewrites the folded directory", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "purge while paging" })
+    const ids: string[] = []
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    // Bob pages back into the folded range: he holds both directory pages and the segments they list.
+    const returned: string[] = []
+    const pages: number[] = []
+    const page = async (limit: number) => {
+      const got = await theirs.loadOlder(limit)
+      pages.push(got.length)
+      returned.push(...got.map((m) => m.id))
+      return got
+    }
+    await page(30)
+    await page(45)
+    // Alice deletes from the sealed segment she holds.
+    while (chat.hasOlder) await chat.loadOlder(100)
+    // The oldest message is deleted: the relay re-seals its segment and rewrites every directory page from
+    // its own on. Bob pages on the moment his replica learns of it, while the pages are fetched again.
+    const hash = foldedHistory(theirs.doc)!.hash
+    const during = new Promise<void>((resolve, reject) => {
+      const onChange = () => {
+        if (foldedHistory(theirs.doc)?.hash === hash) return
+        theirs.doc.off("afterTransaction", onChange)
+        page(10).then(() => resolve(), reject)
+      }
+      theirs.doc.on("afterTransaction", onChange)
+    })
+    chat.deleteMessage(ids[3]!)
+    await during
+    while (theirs.hasOlder) await page(10)
+    expect(returned.length).toBe(new Set(returned).size)
+    for (const length of pages.slice(2)) expect(length).toBeLessThanOrEqual(10)
+    // Every sealed message once: the window shown is whole.
+    expect(new Set(returned)).toEqual(new Set(ids.slice(0, 90)))
+  }, 60_000)
+
+  it("asks again for a directory page that no longer matches its hash (rewritten meanwhile), and otherwise refuses with a retryable error", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "rewritten page" })
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    // The relay answers with a page of the chain a purge is writing, whose hash the live document does not
+    // name yet: `wrong` answers in a row of that kind, then the page itself.
+    const request = DocumentConnection.prototype.requestDirectory
+    let wrong = 0
+    DocumentConnection.prototype.requestDirectory = async function (this: DocumentConnection, page: number) {
+      const answer = await request.call(this, page)
+      if (wrong === 0 || answer.error !== undefined) return answer
+      wrong--
+      return { ...answer, bytes: Uint8Array.from([...answer.bytes, 0]) }
+    }
+    try {
+      const bob = await connectClient(folding, b)
+      const theirs = await bob.conversation(chat.id).ready()
+      await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+      expect(bodies(await theirs.loadOlder(30))).toEqual(Array.from({ length: 30 }, (_, i) => `m${60 + i}`))
+      wrong = 1
+      expect(bodies(await theirs.loadOlder(45))).toEqual(Array.from({ length: 45 }, (_, i) => `m${15 + i}`))
+      expect(wrong).toBe(0)
+      expect(bodies(await theirs.loadOlder(45))).toEqual(Array.from({ length: 15 }, (_, i) => `m${i}`))
+      // Another device of bob's, while every answer is of that kind: refused as retryable, then served.
+      await bob.destroy()
+      const other = await connectClient(folding, b)
+      const again = await other.conversation(chat.id).ready()
+      await eventually(() => expect(again.messages({ last: 50 }).length).toBe(10))
+      wrong = 100
+      const refused = await again.loadOlder(45).catch((error: unknown) => error)
+      expect(refused).toMatchObject({ code: ErrorCode.UNAVAILABLE })
+      expect(isRetryable((refused as { code: ErrorCode }).code)).toBe(true)
+      wrong = 0
+      expect(bodies(await again.loadOlder(45))).toEqual(Array.from({ length: 45 }, (_, i) => `m${45 + i}`))
+    } finally {
+      DocumentConnection.prototype.requestDirectory = request
+    }
+  }, 60_000)
+
+  it("asks again for a directory page a purge rewrote between reading its hash and fetching it (before: MALFORMED_FRAME)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "purged under a fetch" })
+    const ids: string[] = []
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    // Alice holds the folded segment she deletes from.
+    while (chat.hasOlder) await chat.loadOlder(100)
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    // Bob's first directory request leaves once the relay rewrote the directory: alice deleted the oldest
+    // message after bob's replica named the page he asks for. The relay's answer is a real page of the new
+    // chain, which does not match the hash bob asked under.
+    const request = DocumentConnection.prototype.requestDirectory
+    const asked: number[] = []
+    let purge: (() => Promise<void>) | undefined = async () => {
+      const hash = foldedHistory(chat.doc)!.hash
+      chat.deleteMessage(ids[0]!)
+      await eventually(() => expect(foldedHistory(chat.doc)?.hash).not.toBe(hash))
+    }
+    DocumentConnection.prototype.requestDirectory = async function (this: DocumentConnection, page: number) {
+      const before = purge
+      purge = undefined
+      await before?.()
+      asked.push(page)
+      return request.call(this, page)
+    }
+    try {
+      const got = await theirs.loadOlder(90)
+      expect(got.map((m) => m.id)).toEqual(ids.slice(0, 90))
+      expect(got[0]).toMatchObject({ body: "", deleted: { by: a } })
+      expect(bodies(got.slice(1))).toEqual(Array.from({ length: 89 }, (_, i) => `m${i + 1}`))
+      // The newest page was asked for twice: the rewritten answer, then the page the document names now.
+      expect(asked.filter((page) => page === 1).length).toBeGreaterThanOrEqual(2)
+      expect(theirs.hasOlder).toBe(false)
+    } finally {
+      DocumentConnection.prototype.requestDirectory = request
+    }
   }, 60_000)
 
   it("a device offline across a fold syncs its pending edit, reaction and message exactly once", async () => {

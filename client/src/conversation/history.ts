@@ -31,6 +31,27 @@ import * as Y from "yjs"
 import type { DocumentConnection } from "../connection.js"
 import type { SegmentCache } from "../history-cache.js"
 
+/** How often {@link SealedHistory.loadOlder} asks again for a directory page the relay rewrote meanwhile. */
+const STALE_PAGE_RETRIES = 3
+
+/** The wait before the first such retry, in ms; each retry waits once more as long. */
+const STALE_PAGE_BACKOFF_MS = 150
+
+/**
+ * Errors thrown for a directory page that no longer matches the hash this
+ * device knows it by: not a corrupt page, the relay rewrote the directory (a
+ * purge) after the hash was read. {@link SealedHistory.loadOlder} asks again
+ * for those only; other UNAVAILABLEs (offline) are answered at once.
+ */
+const rewrittenPages = new WeakSet<ParleyError>()
+
+/**
+ * Which message a view is: its id, author and creation time (as in the
+ * shared readers, a live message under a sealed one's id with another author
+ * or time is another message, which the sealed one replaces).
+ */
+const messageKey = (m: MessageView): string => `${m.id}\u0000${m.author}\u0000${m.createdAt}`
+
 /** What {@link SealedHistory} needs of its conversation. */
 export interface SealedHistoryHost {
   readonly user: UserId
@@ -63,6 +84,15 @@ export class SealedHistory {
   private readonly fetchingPages = new Map<string, Promise<void>>()
   /** Sequence number below which {@link loadOlder} continues (undefined: below the live messages). */
   private olderFrom: number | undefined
+  /**
+   * Messages (see {@link messageKey}) the user was given: returned by
+   * {@link loadOlder}, or loaded older or live when it was called. Kept for
+   * the whole paging: a purge drops and fetches again folded segments shown
+   * long ago, which are no news.
+   */
+  private readonly given = new Set<string>()
+  /** Messages filled into the window shown that did not fit a call's limit: returned by the next one. */
+  private readonly owed = new Set<string>()
 
   constructor(private readonly host: SealedHistoryHost) {}
 
@@ -79,22 +109,72 @@ export class SealedHistory {
 
   /**
    * The `limit` messages before the oldest loaded so far, oldest first (see
-   * `Conversation.loadOlder`), then any that were sealed inside the window
-   * shown so far and are held again (fetched here) that were not shown live
-   * either. Empty only at the start of the conversation.
+   * `Conversation.loadOlder`), after any that were sealed inside the window
+   * shown so far and are held again (fetched here) that the user was not
+   * given yet: never more than `limit` (what does not fit comes with the
+   * next call), none returned twice. Empty only at the start of the
+   * conversation. Rejects with the retryable UNAVAILABLE when a directory
+   * page keeps not matching its hash (a purge is rewriting the history).
    */
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
-    // What the user could see before: loaded older messages and the live ones (a live message sealed since
-    // and fetched here is not news).
-    const shown = new Set(
-      [...this.olderMessages(), ...listMessages(doc(), { last: Number.MAX_SAFE_INTEGER })].map((m) => m.id),
-    )
+    // What the user could see before: loaded older messages (but for those owed) and the live ones (a live
+    // message sealed since and fetched here is no news). By key, not id: a live message under a sealed one's
+    // id that is another message (written on this device and refused, or forged) gives way to the sealed one,
+    // which is news.
+    for (const m of this.olderMessages()) if (!this.owed.has(messageKey(m))) this.given.add(messageKey(m))
+    for (const m of listMessages(doc(), { last: Number.MAX_SAFE_INTEGER })) this.given.add(messageKey(m))
     // What was sealed inside the window shown so far first (it was live when the window was loaded).
     for (const summary of this.gapSegments(doc())) await this.fetchSegment(summary)
-    const before = this.olderFrom ?? this.firstLiveSeq()
+    await this.fetchOlder(this.olderFrom ?? this.firstLiveSeq(), limit)
+    // A gap it filled counts too: a window whose re-sealed segment came back answered [] (taken for the
+    // conversation's start) while putting 20 messages back into olderMessages(). They take the limit first
+    // (some may be owed by an earlier call); what does not fit is owed to the next call.
+    const news = (m: MessageView) => !this.given.has(messageKey(m))
+    const filled = this.olderMessages().filter(news)
+    for (const m of filled.slice(limit)) this.owed.add(messageKey(m))
+    const fits = filled.slice(0, limit)
+    const page: MessageView[] = []
     for (;;) {
-      if (listSealedMessages(doc(), before, limit).length >= limit) break
+      const before = this.olderFrom ?? this.firstLiveSeq()
+      const room = limit - fits.length - page.length
+      if (room <= 0) break
+      // The page's bounds come from what is sealed, not from what is news: olderFrom moves past each message
+      // of it, so that paging back always gets on and the window shown stays contiguous.
+      const window = listSealedMessages(doc(), before, room)
+      // Sealed messages are all numbered: `seq` is there.
+      const from = window[0]?.seq
+      if (from === undefined) break
+      this.olderFrom = from
+      page.unshift(...window.filter(news))
+      // Every one of them shown live before it was sealed: paged on, as an empty list says the conversation's start.
+      if (page.length + fits.length > 0) break
+      await this.fetchOlder(from, limit)
+    }
+    const result = [...page, ...fits]
+    for (const m of result) {
+      this.given.add(messageKey(m))
+      this.owed.delete(messageKey(m))
+    }
+    // Only what is still in the window stays owed (a message may have left it: a resync rebuilt the replica).
+    if (this.owed.size > 0) {
+      const inWindow = new Set(this.olderMessages().map(messageKey))
+      for (const key of this.owed) if (!inWindow.has(key)) this.owed.delete(key)
+    }
+    return result
+  }
+
+  /**
+   * Fetches segments, and the directory pages that list them, until the
+   * replica holds `limit` sealed messages below `before` or the
+   * conversation's start. A directory page the relay rewrote meanwhile is
+   * asked for again, then refused with the retryable UNAVAILABLE.
+   */
+  private async fetchOlder(before: number, limit: number): Promise<void> {
+    const doc = () => this.host.doc()
+    let stale = 0
+    for (;;) {
+      if (listSealedMessages(doc(), before, limit).length >= limit) return
       const next = knownSegments(doc())
         .filter((s) => s.to < before && !this.heldSegments.has(s.index))
         .at(-1)
@@ -104,16 +184,17 @@ export class SealedHistory {
       }
       // Older segments are listed on directory pages not fetched yet: the next one back.
       const page = nextDirectoryPage(doc())
-      if (!page) break
-      await this.fetchPage(page)
+      if (!page) return
+      try {
+        await this.fetchPage(page)
+      } catch (error) {
+        // A purge is rewriting the directory: the live document names the new chain a moment after the
+        // relay stores it. Asked again from what the document names then.
+        if (!(error instanceof ParleyError) || !rewrittenPages.has(error) || ++stale > STALE_PAGE_RETRIES)
+          throw error
+        await new Promise((resolve) => setTimeout(resolve, STALE_PAGE_BACKOFF_MS * stale))
+      }
     }
-    const page = listSealedMessages(doc(), before, limit)
-    if (page.length > 0) this.olderFrom = page[0]!.seq
-    // A gap it filled counts too: a window whose re-sealed segment came back answered [] (taken for the
-    // conversation's start) while putting 20 messages back into olderMessages().
-    const paged = new Set(page.map((m) => m.id))
-    const filled = this.olderMessages().filter((m) => !shown.has(m.id) && !paged.has(m.id))
-    return filled.length === 0 ? page : [...page, ...filled]
   }
 
   /**
@@ -135,11 +216,13 @@ export class SealedHistory {
     )
   }
 
-  /** Whether messages older than those loaded exist (sealed, not loaded yet). */
+  /** Whether {@link loadOlder} has more to return: older messages (sealed, not loaded yet), or some it owes. */
   get hasOlder(): boolean {
     const from = this.olderFrom ?? this.firstLiveSeq()
     const doc = this.host.doc()
     return (
+      // Filled into the window shown by an earlier loadOlder beyond its limit: the next call returns them.
+      this.owed.size > 0 ||
       knownSegments(doc).some((s) => s.from < from) ||
       nextDirectoryPage(doc) !== undefined ||
       this.gapSegments(doc).length > 0
@@ -406,11 +489,15 @@ export class SealedHistory {
           const answer = await connection.requestDirectory(next.page)
           if (answer.error !== undefined)
             throw new ParleyError(answer.error, `the relay did not serve history directory page ${next.page}`)
-          if (segmentHash(answer.bytes) !== next.hash)
-            throw new ParleyError(
-              ErrorCode.MALFORMED_FRAME,
-              "a history directory page does not match its hash",
+          // Not a corrupt page: the relay rewrote the directory (a purge) after this device read its hash.
+          if (segmentHash(answer.bytes) !== next.hash) {
+            const error = new ParleyError(
+              ErrorCode.UNAVAILABLE,
+              `history directory page ${next.page} changed on the relay while it was fetched (the history is being rewritten); try again`,
             )
+            rewrittenPages.add(error)
+            throw error
+          }
           bytes = answer.bytes
           await this.host.segments.put(next.hash, bytes)
         }
