@@ -185,6 +185,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private readonly background = new Set<ConversationId>()
   /** Those of them done since the client last went online: not opened again until it goes online again. */
   private readonly sentHere = new Set<ConversationId>()
+  /** Whether the locally stored inbox (which lists the conversations changed here and not yet sent) is loaded. */
+  private inboxLoaded = false
   private readonly directoryDoc = new Y.Doc()
   private readonly directory: Y.Map<KnownConversation>
   private readonly directoryReplica: LocalReplica
@@ -304,6 +306,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       this.readmitRefused()
     })
     void this.inbox.loaded.then(() => {
+      this.inboxLoaded = true
       if (!this.destroyed && this.wanted && this.browserOnline) {
         this.inbox.start()
         this.sendChangedHere()
@@ -499,7 +502,9 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     // owed for it (see sendChangedHere). Offline, nothing is acknowledged and the mark stays.
     const watchSaved = () =>
       conversation.connection.on("saved", () => {
-        if (this.inbox.unsentHere(conversationId)) this.inbox.sentHere(conversationId)
+        // Only once it all is: closed with part of it unsaved, it is sent in the background after a reload.
+        if (this.inbox.unsentHere(conversationId) && !conversation.hasUnsaved)
+          this.inbox.sentHere(conversationId)
       })
     let offSaved = watchSaved()
     conversation.on("resynced", () => {
@@ -755,14 +760,44 @@ export class ChatClient extends Emitter<ChatClientEvents> {
 
   /** Whether {@link unsaved} has anything, cheaply (polled while waiting). */
   private hasUnsaved(): boolean {
-    return this.inboxConnection.hasUnsaved || [...this.open.values()].some((c) => c.hasUnsaved)
+    return (
+      this.inboxConnection.hasUnsaved ||
+      [...this.open.values()].some((c) => c.hasUnsaved) ||
+      this.untold().length > 0
+    )
+  }
+
+  /**
+   * Conversations this device changed whose work may not have reached the
+   * relay and that no loaded handle tells of yet: not open (their background
+   * send waits its turn, see `sendChangedHere`) or still loading their
+   * replica. Right after a reload that is all of them: `unsaved()` said `[]`
+   * and `flush()` resolved at once for the ~150 ms before the background
+   * opens had loaded, a second before the relay had 1,500 messages written
+   * offline (an outside probe). Before the local inbox is loaded, which
+   * conversations these are is not known: the inbox counts as unsaved then.
+   */
+  private untold(): UnsavedWork[] {
+    if (!this.inboxLoaded) return this.storage === "memory" ? [] : [{ messageIds: [], changes: [] }]
+    return this.inbox
+      .changedHere()
+      .filter(
+        (id) =>
+          this.inbox.unsentHere(id) &&
+          !this.sentHere.has(id) &&
+          (this.open.get(id)?.state.state ?? "loading") === "loading",
+      )
+      .map((conversationId) => ({ conversationId, messageIds: [], changes: [] }))
   }
 
   /**
    * What the user wrote on this client that the relay has not acknowledged
    * as saved, per document: the open conversations (messages, with those
-   * waiting for file uploads, and other changes) and the inbox (mutes).
-   * Empty when everything is saved. See {@link flush}.
+   * waiting for file uploads, and other changes) and the inbox (mutes);
+   * and conversations changed on this device (before a reload, say) whose
+   * work may not have reached the relay and that are not open or still
+   * loading (no `messageIds` or `changes` known yet: they are sent in the
+   * background, see the README). Empty when everything is saved. See {@link flush}.
    */
   unsaved(): UnsavedWork[] {
     const work: UnsavedWork[] = []
@@ -771,6 +806,8 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       const pending = conversation.unsaved()
       if (pending) work.push(pending)
     }
+    const told = new Set(work.map((w) => w.conversationId))
+    for (const untold of this.untold()) if (!told.has(untold.conversationId)) work.push(untold)
     return work
   }
 

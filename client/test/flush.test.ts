@@ -197,3 +197,41 @@ describe("destroy() with storage: indexeddb", () => {
     }
   })
 })
+
+describe("unsaved() and flush() right after a reload", () => {
+  it("tell the conversations written offline before it, not open yet, and flush() waits until the relay has them", async () => {
+    const user = "flush-bot-h"
+    const options = {
+      url: relay.url,
+      user,
+      token: () => devToken(relay, user),
+      storage: "indexeddb" as const,
+      WebSocket: WebSocket as never,
+    }
+    const before = await createChatClient({ ...options, connect: false })
+    const chat = await before.createConversation({ participants: ["flush-alice"] })
+    const bodies = Array.from({ length: 300 }, (_, i) => `written offline ${i}`)
+    for (const body of bodies) chat.send(body)
+    await before.destroy()
+
+    // The page reloads, online; the app does not open the conversation (its pending work goes in the background).
+    const after = await createChatClient(options)
+    try {
+      // Before: [] and a flush() that resolved at once, a second before the relay had the messages. Until
+      // the device's inbox is loaded, what was changed here is not known: the inbox is listed.
+      expect(after.unsaved()).not.toEqual([])
+      const flushed = after.flush({ timeoutMs: 20_000 })
+      await eventually(() =>
+        expect(after.unsaved()).toEqual([expect.objectContaining({ conversationId: chat.id })]),
+      )
+      await flushed
+      expect(after.unsaved()).toEqual([])
+      // Everything flush() waited for is on the relay now, not later.
+      const reader = await connectClient(relay, "flush-alice")
+      const seen = await reader.conversation(chat.id).ready()
+      expect(seen.messages({ last: 1_000 }).map((m) => m.body)).toEqual(bodies)
+    } finally {
+      await after.destroy()
+    }
+  })
+})
