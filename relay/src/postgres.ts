@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto"
 import pg from "pg"
 import { inTransaction } from "./pg-transaction.js"
+import { READ_TIMEOUT } from "./postgres-errors.js"
 import { DEFAULT_STORAGE_TIMEOUT_MS } from "./storage/guard.js"
 
 /** Class of the two-key advisory lock that table setup takes ("Prlz"), apart from the documents' one-key locks. */
@@ -75,9 +76,6 @@ export async function openPool(options: PoolOptions): Promise<pg.Pool> {
 
 /** Idle time after which the pool's connections send TCP keepalive probes, in ms. */
 const KEEPALIVE_IDLE_MS = 10_000
-
-/** What pg rejects a query with when the server sent nothing back within `query_timeout`. */
-const READ_TIMEOUT = "Query read timeout"
 
 /**
  * Closes every idle connection of `pool` whenever a query times out without

@@ -13,6 +13,7 @@ import {
 import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
 import * as Y from "yjs"
+import { runKeysCli } from "../../relay/src/api/keys-cli.js"
 import { attachmentClient } from "../../relay/test/helpers/attachments.js"
 import { stockProvider, TestClient } from "../../relay/test/helpers/clients.js"
 import {
@@ -520,6 +521,70 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(reconnects).toEqual([])
       expect((await storedOnce(scratch, chat.id)).map((m) => m.body)).toEqual(["before", "while read-only"])
     }, 30_000)
+
+    it("answers API requests with the retryable 503 at once once it found the database answering nothing, not after a deadline each, and takes them again when it answers", async () => {
+      const { url } = await database()
+      const proxy = await TcpProxy.start(postgresTarget())
+      cleanups.push(() => proxy.close())
+      // A long deadline: a request that waits for it is told apart from one refused at once.
+      const timeoutMs = 4_000
+      const lines: string[] = []
+      const code = await runKeysCli(
+        [
+          "create",
+          "outage",
+          "--scopes",
+          "conversations:write,messages:write",
+          "--storage",
+          "postgres",
+          "--database-url",
+          url,
+        ],
+        (line) => lines.push(line),
+        {},
+      )
+      expect(code).toBe(0)
+      const key = (JSON.parse(lines[0]!) as { key: string }).key
+      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), timeoutMs) })
+      const api = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+        fetch(`${relay.httpUrl}${path}`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${key}`, "content-type": "application/json", ...headers },
+          body: JSON.stringify(body),
+        })
+      const id = newConversationId()
+      expect((await api("/v1/conversations", { id, participants: [] })).status).toBe(201)
+      const send = (n: number) =>
+        api(
+          `/v1/conversations/${id}/messages`,
+          { body: `via the API ${n}` },
+          { "idempotency-key": `outage-${n}` },
+        )
+      expect((await send(0)).status).toBe(201)
+
+      proxy.blackhole()
+      // The first request finds the outage at its deadline (or the breaker's probe does first).
+      await eventually(async () => expect((await send(1)).status).toBe(503), 3 * timeoutMs)
+      // The breaker's probe got no answer by its deadline: the database answers nothing.
+      await eventually(async () => {
+        const { status, body } = await readyz(relay.httpUrl)
+        expect(status).toBe(503)
+        expect(JSON.stringify(body)).toMatch(/did not [^"]* within|Query read timeout/)
+      }, 3 * timeoutMs)
+      // Then each is refused at once: before, the key lookup and the idempotency record went to the
+      // database and waited for the deadline, every request for the whole outage.
+      for (let n = 2; n < 5; n++) {
+        const started = Date.now()
+        const answer = await send(n)
+        const ms = Date.now() - started
+        expect(answer.status).toBe(503)
+        expect(await answer.json()).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+        expect(ms).toBeLessThan(timeoutMs / 2)
+      }
+
+      proxy.restore()
+      await eventually(async () => expect((await send(5)).status).toBe(201), 20_000)
+    }, 60_000)
 
     it("answers an upload's chunks and downloads with the retryable 503 at once while the database is black-holed or reset, and the upload resumes once it answers", async () => {
       const { url } = await database()

@@ -6,6 +6,7 @@ import type { HistoryStore } from "../history/store.js"
 import type { EventLog } from "../hooks/event-log.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { ClientBindingStore } from "../policy/client-bindings.js"
+import { isUnansweredPostgresError } from "../postgres-errors.js"
 import type { ContentPurge } from "../purge/content-purge.js"
 import type { PushSubscriptionStore } from "../push/store.js"
 import { StorageGuard, type StorageGuardOptions, withDeadlines } from "../storage/guard.js"
@@ -70,7 +71,10 @@ export interface GuardedBackend extends Backend {
  * typed as the retryable STORAGE_UNAVAILABLE: the documents behind a
  * {@link StorageGuard} (a breaker: while they fail, writes are refused at
  * once and a probe watches for recovery), the outbox and the bindings behind
- * a deadline each, so that none of them can hang a caller.
+ * a deadline each, so that none of them can hang a caller. The stores of the
+ * same database as the documents (not the outbox's, whose callers retry on
+ * their own schedule, nor the blobs) are refused at once too while the
+ * breaker finds the database answering nothing.
  */
 export function guardBackend(
   backend: Backend,
@@ -79,26 +83,39 @@ export function guardBackend(
     readonly onBlobFailure?: (error: ParleyError) => void
   },
 ): GuardedBackend {
+  // The stores beside the documents are in the same database: while it answers nothing, they are
+  // refused at once too (API keys and idempotency records waited 5 s per request in an outage).
+  const documents = new StorageGuard(backend.documents, {
+    ...options,
+    ...(backend.kind === "postgres" ? { noAnswer: isUnansweredPostgresError } : {}),
+  })
   return {
     kind: backend.kind,
-    documents: new StorageGuard(backend.documents, options),
+    documents,
     outbox: withDeadlines<Outbox>(backend.outbox, options.timeoutMs, "hook outbox"),
     events: withDeadlines<EventLog>(backend.events, options.timeoutMs, "event log"),
-    bindings: withDeadlines<ClientBindingStore>(backend.bindings, options.timeoutMs, "client-id bindings"),
-    history: withDeadlines<HistoryStore>(backend.history, options.timeoutMs, "history segments"),
-    keys: withDeadlines<ApiKeyStore>(backend.keys, options.timeoutMs, "API keys"),
+    bindings: withDeadlines<ClientBindingStore>(
+      backend.bindings,
+      options.timeoutMs,
+      "client-id bindings",
+      documents,
+    ),
+    history: withDeadlines<HistoryStore>(backend.history, options.timeoutMs, "history segments", documents),
+    keys: withDeadlines<ApiKeyStore>(backend.keys, options.timeoutMs, "API keys", documents),
     idempotency: withDeadlines<IdempotencyStore>(
       backend.idempotency,
       options.timeoutMs,
       "API idempotency records",
+      documents,
     ),
     ...(backend.purge
-      ? { purge: withDeadlines<ContentPurge>(backend.purge, options.timeoutMs, "content purge") }
+      ? { purge: withDeadlines<ContentPurge>(backend.purge, options.timeoutMs, "content purge", documents) }
       : {}),
     pushSubscriptions: withDeadlines<PushSubscriptionStore>(
       backend.pushSubscriptions,
       options.timeoutMs,
       "push subscriptions",
+      documents,
     ),
     // Each call and each chunk of a read within the deadline, not a whole download: it streams for as
     // long as its reader reads.

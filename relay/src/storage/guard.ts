@@ -47,6 +47,12 @@ export interface StorageGuardOptions {
   readonly watchIntervalMs?: number
   /** Hears every change of state (for logs and metrics). */
   readonly onChange?: (state: StorageState) => void
+  /**
+   * Whether a backend's error says the database sent nothing back (a driver's
+   * own read or connect timeout), as a call past its deadline does: reads are
+   * then refused at once too. The backend's; absent, only deadlines count.
+   */
+  readonly noAnswer?: (error: unknown) => boolean
 }
 
 /** A storage failure as the relay reports it: typed, retryable, with the backend's error as its cause. */
@@ -137,6 +143,14 @@ export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): 
   return settledWithin(promise, ms, () => `storage did not ${what} within ${ms} ms`)
 }
 
+/**
+ * The errors of calls that got no answer by their deadline: the database does
+ * not answer at all (a stopped server, a link that drops every packet), so it
+ * does not answer reads either, unlike a write refused with an error (a full
+ * disk, a locked table found by the probe) while reads go on.
+ */
+const pastDeadline = new WeakSet<ParleyError>()
+
 /** Rejects a call before its deadline (see `settledWithin`'s `refusals`). */
 type Refusal = (error: ParleyError) => void
 
@@ -168,6 +182,7 @@ function settledWithin<T>(
     const entry = queue.add(() => {
       refusals?.delete(refuse)
       const error = storageUnavailable(late())
+      pastDeadline.add(error)
       reject(failed ? failed(error) : error)
     })
     refusals?.add(refuse)
@@ -398,7 +413,7 @@ export class StorageGuard implements RelayStorage {
         isStorageFailure(error)
           ? error
           : storageUnavailable(`storage probe failed: ${messageOf(error)}`, error),
-        false,
+        this.unanswered(error),
       )
     }
   }
@@ -448,8 +463,17 @@ export class StorageGuard implements RelayStorage {
     const failure = isStorageFailure(error)
       ? error
       : storageUnavailable(`storage failed to ${what}: ${messageOf(error)}`, error)
-    this.fail(failure, read)
+    this.fail(failure, read || this.unanswered(error))
     return failure
+  }
+
+  /** Whether `error` (or what it wraps) says the database answered nothing (a deadline, or the backend's {@link StorageGuardOptions.noAnswer}). */
+  private unanswered(error: unknown): boolean {
+    for (let at = error, depth = 0; at !== undefined && depth < 4; depth++) {
+      if ((at instanceof ParleyError && pastDeadline.has(at)) || this.options.noAnswer?.(at)) return true
+      at = at instanceof Error ? at.cause : undefined
+    }
+    return false
   }
 
   private track(promise: Promise<unknown>): void {
@@ -508,7 +532,7 @@ export class StorageGuard implements RelayStorage {
           ? error
           : storageUnavailable(`storage probe failed: ${messageOf(error)}`, error),
         since: this.since(),
-        reads: this.readsServed(),
+        reads: this.readsServed() && !this.unanswered(error),
       }
       this.scheduleProbe()
       return
@@ -537,9 +561,16 @@ export function asStorageFailure(what: string, error: unknown): ParleyError {
  * `target` with a deadline on every method that returns a promise (except
  * `close`), and its failures typed as STORAGE_UNAVAILABLE: for the stores
  * beside the documents (hook outbox, client-id bindings), so that none of
- * them can hang a caller or surface an untyped backend error.
+ * them can hang a caller or surface an untyped backend error. With `shared`,
+ * the documents' guard of the same database: while it finds the database
+ * answering nothing (reads failing too), every call is refused at once.
  */
-export function withDeadlines<T extends object>(target: T, timeoutMs: number, label: string): T {
+export function withDeadlines<T extends object>(
+  target: T,
+  timeoutMs: number,
+  label: string,
+  shared?: StorageGuard,
+): T {
   // One wrapper per method, made on first use: a call makes no closure or message string of its own.
   const wrappers = new Map<PropertyKey, { method: unknown; wrapper: (...args: unknown[]) => unknown }>()
   return new Proxy(target, {
@@ -552,6 +583,11 @@ export function withDeadlines<T extends object>(target: T, timeoutMs: number, la
       const late = () => `storage did not finish ${what} within ${timeoutMs} ms`
       const failed = (error: unknown) => asStorageFailure(what, error)
       const wrapper = (...args: unknown[]) => {
+        // The database answers nothing (see `StorageGuard.readable`): refused at once, not left to wait
+        // for its deadline and hold a connection of the pool meanwhile.
+        const state = shared?.state
+        if (state?.state === "failing" && !state.reads)
+          return Promise.reject(storageUnavailable(`storage is failing: ${state.error.message}`, state.error))
         const result = Reflect.apply(value, object, args)
         if (!(result instanceof Promise)) return result
         return settledWithin(result, timeoutMs, late, failed)
