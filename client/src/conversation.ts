@@ -470,8 +470,9 @@ export class Conversation extends Emitter<ConversationEvents> {
    * {@link olderMessages}, {@link message} and every operation (edit,
    * delete, react, reply). An empty list: the start of the conversation.
    * Rejects with the retryable UNAVAILABLE when a segment must be fetched
-   * while offline, and when a history directory page keeps not matching
-   * its hash because a purge rewrites it (asked for again a few times first).
+   * while offline, and when a history directory page or segment keeps not
+   * matching the hash the live document names, as a purge rewrites it (asked
+   * for again a few times first, as the document names it then).
    */
   async loadOlder(limit = 50): Promise<ChatMessage[]> {
     return (await this.history.loadOlder(limit)).map((view) => this.statuses.decorate(view))

@@ -413,6 +413,67 @@ describe("sealed history in the SDK", () => {
     }
   })
 
+  it("a device offline across a new epoch rebuilds even when a purge re-seals the segment its pending edit needs while it is fetched (before: MALFORMED_FRAME)", async () => {
+    const epochRelay = await startEpochRelay()
+    const request = DocumentConnection.prototype.requestHistory
+    try {
+      const { a, b, alice, chat, first } = await chatWithFirstMessage(epochRelay, "epochs, purged")
+      const errors: string[] = []
+      chat.on("error", ({ error }) => errors.push(`${error.code} ${error.message}`))
+      alice.disconnect()
+      chat.edit(first.id, "first, edited offline")
+      // Meanwhile bob, on six devices one after the other, writes enough to seal `first` and to start a new epoch.
+      const bobs: string[] = []
+      for (let device = 0; device < 6; device++) {
+        const bob = await connectClient(epochRelay, b)
+        const theirs = await bob.conversation(chat.id).ready()
+        const sent = Array.from({ length: 5 }, (_, i) => theirs.send(`bob ${device}.${i}`))
+        bobs.push(...sent.map((m) => m.id))
+        await eventually(() => expect(theirs.message(sent.at(-1)!.id)?.status).toBe("sent"))
+        await bob.destroy()
+      }
+      // A device of bob's that holds the segment of `first` (and of his first message) deletes that message
+      // once alice's rebuild asks for the segment: the relay re-seals it after she read its hash.
+      const bob = await connectClient(epochRelay, b)
+      const theirs = await bob.conversation(chat.id).ready()
+      while (theirs.hasOlder) await theirs.loadOlder(100)
+      expect(theirs.message(bobs[0]!)?.body).toBe("bob 0.0")
+      const asked: number[] = []
+      let purge: (() => Promise<void>) | undefined = async () => {
+        const hash = sealedSegments(theirs.doc)[0]!.hash
+        theirs.deleteMessage(bobs[0]!)
+        await eventually(() => expect(sealedSegments(theirs.doc)[0]!.hash).not.toBe(hash))
+      }
+      DocumentConnection.prototype.requestHistory = async function (
+        this: DocumentConnection,
+        segment: number,
+      ) {
+        const before = segment === 0 ? purge : undefined
+        if (before) purge = undefined
+        await before?.()
+        asked.push(segment)
+        return request.call(this, segment)
+      }
+      alice.connect()
+      await eventually(() => {
+        expect(typeof typesOf(chat.doc).meta.get("epoch")).toBe("number")
+        expect(purge).toBeUndefined()
+        expect(chat.message(first.id)?.body).toBe("first, edited offline")
+      })
+      expect(asked.filter((segment) => segment === 0).length).toBeGreaterThanOrEqual(2)
+      expect(chat.message(bobs[0]!)?.deleted?.by).toBe(b)
+      await eventually(async () => {
+        const other = await (await connectClient(epochRelay, a)).conversation(chat.id).ready()
+        await other.loadOlder(100)
+        expect(other.message(first.id)?.body).toBe("first, edited offline")
+      })
+      expect(errors).toEqual([])
+    } finally {
+      DocumentConnection.prototype.requestHistory = request
+      await epochRelay.stop()
+    }
+  })
+
   it("a second tab, offline while the first rebuilds onto a new epoch, keeps what it sends afterwards: delivered once, there after a reload", async () => {
     const epochRelay = await startEpochRelay()
     try {
@@ -742,6 +803,92 @@ describe("purged sealed history in the SDK", () => {
     expect(older.find((m) => m.id === ids[3])?.deleted).toBeDefined()
     expect(older.filter((m) => m.body.startsWith("kept"))).not.toHaveLength(0)
   })
+
+  it("asks again for a segment a purge re-sealed between reading its hash and fetching it (before: MALFORMED_FRAME)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const mine = await alice.createConversation({ participants: [b], title: "re-sealed under a fetch" })
+    const ids: string[] = []
+    for (let i = 0; i < 20; i++) {
+      const sent = mine.send(`m${i}`)
+      ids.push(sent.id)
+      await eventually(() => expect(mine.message(sent.id)?.seq).toBe(i + 1))
+    }
+    await eventually(() => expect(typesOf(mine.doc).segments.length).toBeGreaterThan(0))
+    // Alice holds the sealed segment she deletes from.
+    await mine.loadOlder(20)
+    const bob = await connectClient(relay, b)
+    const theirs = await bob.conversation(mine.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    const hash = sealedSegments(theirs.doc)[0]!.hash
+    // Bob's first segment request leaves once the relay re-sealed that segment: alice deleted m3 after bob's
+    // replica named the segment by its hash. The relay's answer is the re-sealed segment, which does not
+    // match the hash bob asked under.
+    const request = DocumentConnection.prototype.requestHistory
+    const asked: number[] = []
+    let purge: (() => Promise<void>) | undefined = async () => {
+      mine.deleteMessage(ids[3]!)
+      await eventually(() => expect(sealedSegments(mine.doc)[0]!.hash).not.toBe(hash))
+    }
+    DocumentConnection.prototype.requestHistory = async function (this: DocumentConnection, segment: number) {
+      const before = purge
+      purge = undefined
+      await before?.()
+      asked.push(segment)
+      return request.call(this, segment)
+    }
+    try {
+      const got = await theirs.loadOlder(10)
+      expect(got.map((m) => m.id)).toEqual(ids.slice(0, 10))
+      expect(got[3]).toMatchObject({ body: "", deleted: { by: a } })
+      expect(bodies(got.filter((m) => !m.deleted))).toEqual(
+        Array.from({ length: 10 }, (_, i) => `m${i}`).filter((body) => body !== "m3"),
+      )
+      // The segment was asked for twice: the re-sealed answer under the old hash, then as the document names it now.
+      expect(asked.filter((segment) => segment === 0).length).toBeGreaterThanOrEqual(2)
+      expect(sealedSegments(theirs.doc)[0]!.hash).not.toBe(hash)
+      expect(theirs.hasOlder).toBe(false)
+    } finally {
+      DocumentConnection.prototype.requestHistory = request
+    }
+  })
+
+  it("refuses a segment that keeps not matching the hash the document names with a retryable error, and takes it once it matches", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 20)
+    // The relay answers with bytes that are not the segment the live document names: `wrong` answers in a
+    // row of that kind, then the segment itself.
+    const request = DocumentConnection.prototype.requestHistory
+    let wrong = 0
+    DocumentConnection.prototype.requestHistory = async function (this: DocumentConnection, segment: number) {
+      const answer = await request.call(this, segment)
+      if (wrong === 0 || answer.error !== undefined) return answer
+      wrong--
+      return { ...answer, bytes: Uint8Array.from([...answer.bytes, 0]) }
+    }
+    try {
+      const bob = await connectClient(relay, b)
+      const chat = await bob.conversation(id).ready()
+      await eventually(() => expect(chat.messages({ last: 50 }).length).toBe(10))
+      wrong = 2
+      expect(bodies(await chat.loadOlder(5))).toEqual(Array.from({ length: 5 }, (_, i) => `m${5 + i}`))
+      expect(wrong).toBe(0)
+      // Another device of bob's, while every answer is of that kind: refused as retryable, never held.
+      await bob.destroy()
+      const other = await connectClient(relay, b)
+      const again = await other.conversation(id).ready()
+      await eventually(() => expect(again.messages({ last: 50 }).length).toBe(10))
+      wrong = 100
+      const refused = await again.loadOlder(5).catch((error: unknown) => error)
+      expect(refused).toMatchObject({ code: ErrorCode.UNAVAILABLE })
+      expect(isRetryable((refused as { code: ErrorCode }).code)).toBe(true)
+      expect(again.olderMessages()).toEqual([])
+      wrong = 0
+      expect(bodies(await again.loadOlder(5))).toEqual(Array.from({ length: 5 }, (_, i) => `m${5 + i}`))
+    } finally {
+      DocumentConnection.prototype.requestHistory = request
+    }
+  })
 })
 
 describe("folded sealed history in the SDK", () => {
@@ -979,6 +1126,56 @@ describe("folded sealed history in the SDK", () => {
       expect(theirs.hasOlder).toBe(false)
     } finally {
       DocumentConnection.prototype.requestDirectory = request
+    }
+  }, 60_000)
+
+  it("asks again for a folded segment a purge re-sealed between reading its hash and fetching it (before: MALFORMED_FRAME)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({
+      participants: [b],
+      title: "folded segment purged under a fetch",
+    })
+    const ids: string[] = []
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    // Alice holds the folded segment she deletes from.
+    while (chat.hasOlder) await chat.loadOlder(100)
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    // Bob's request for the oldest segment leaves once the relay re-sealed it: alice deleted the oldest
+    // message after bob's replica read the segment's hash off the directory page it fetched. The relay's
+    // answer is the re-sealed segment, and the directory bob holds is rewritten too.
+    const request = DocumentConnection.prototype.requestHistory
+    const asked: number[] = []
+    let purge: (() => Promise<void>) | undefined = async () => {
+      const hash = foldedHistory(chat.doc)!.hash
+      chat.deleteMessage(ids[0]!)
+      await eventually(() => expect(foldedHistory(chat.doc)?.hash).not.toBe(hash))
+    }
+    DocumentConnection.prototype.requestHistory = async function (this: DocumentConnection, segment: number) {
+      const before = segment === 0 ? purge : undefined
+      if (before) purge = undefined
+      await before?.()
+      asked.push(segment)
+      return request.call(this, segment)
+    }
+    try {
+      const got = await theirs.loadOlder(90)
+      expect(purge).toBeUndefined()
+      expect(got.map((m) => m.id)).toEqual(ids.slice(0, 90))
+      expect(got[0]).toMatchObject({ body: "", deleted: { by: a } })
+      expect(bodies(got.slice(1))).toEqual(Array.from({ length: 89 }, (_, i) => `m${i + 1}`))
+      // The segment was asked for twice: the re-sealed answer under the old hash, then as the document names it now.
+      expect(asked.filter((segment) => segment === 0).length).toBeGreaterThanOrEqual(2)
+      expect(theirs.hasOlder).toBe(false)
+    } finally {
+      DocumentConnection.prototype.requestHistory = request
     }
   }, 60_000)
 

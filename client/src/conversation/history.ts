@@ -31,19 +31,76 @@ import * as Y from "yjs"
 import type { DocumentConnection } from "../connection.js"
 import type { SegmentCache } from "../history-cache.js"
 
-/** How often {@link SealedHistory.loadOlder} asks again for a directory page the relay rewrote meanwhile. */
-const STALE_PAGE_RETRIES = 3
+/** How often {@link untilCurrent} asks again for a directory page or segment the relay rewrote meanwhile. */
+const STALE_RETRIES = 3
 
 /** The wait before the first such retry, in ms; each retry waits once more as long. */
-const STALE_PAGE_BACKOFF_MS = 150
+const STALE_BACKOFF_MS = 150
 
 /**
- * Errors thrown for a directory page that no longer matches the hash this
- * device knows it by: not a corrupt page, the relay rewrote the directory (a
- * purge) after the hash was read. {@link SealedHistory.loadOlder} asks again
- * for those only; other UNAVAILABLEs (offline) are answered at once.
+ * Errors thrown for a directory page or segment that no longer matches the
+ * hash this device knows it by: not a corrupt answer, the relay rewrote it
+ * after the hash was read (a purge re-seals the segment of a deleted message
+ * and rewrites the directory pages from its own on). {@link untilCurrent}
+ * asks again for those only; other UNAVAILABLEs (offline) are answered at once.
  */
-const rewrittenPages = new WeakSet<ParleyError>()
+const rewritten = new WeakSet<ParleyError>()
+
+/** The retryable error for `what` (a directory page, a segment) whose bytes the relay served do not match its hash. */
+function rewrittenError(what: string): ParleyError {
+  const error = new ParleyError(
+    ErrorCode.UNAVAILABLE,
+    `${what} changed on the relay while it was fetched (the history is being rewritten); try again`,
+  )
+  rewritten.add(error)
+  return error
+}
+
+/**
+ * Runs `step` until it returns true. `step` reads what to fetch (directory
+ * pages, segments, and the hashes they are checked against) from the live
+ * document each time, so when it fails on one the relay rewrote meanwhile,
+ * it is run again after 150, 300, then 450 ms: the document names the new
+ * hash a moment after the relay stores the rewrite. After
+ * {@link STALE_RETRIES} such failures the error stands, the retryable
+ * UNAVAILABLE. Bytes that do not match are never held or cached: an answer
+ * that keeps not matching the hash the document names is refused, whether a
+ * rewrite the device has not heard of yet or a corrupt relay, which the
+ * device cannot tell apart; asking again later is right for the first and
+ * harmless for the second.
+ */
+async function untilCurrent(step: () => Promise<boolean>): Promise<void> {
+  for (let stale = 0; ; ) {
+    try {
+      if (await step()) return
+    } catch (error) {
+      if (!(error instanceof ParleyError) || !rewritten.has(error) || ++stale > STALE_RETRIES) throw error
+      await new Promise((resolve) => setTimeout(resolve, STALE_BACKOFF_MS * stale))
+    }
+  }
+}
+
+/**
+ * Numbers of the directory pages `held` holds that `doc`'s folded record
+ * names, by hash, from the newest back: the others were rewritten by a purge
+ * since they were held (or are of an older fold).
+ */
+function pagesOnChain(
+  doc: Y.Doc,
+  held: (n: number) => { page: DirectoryPage; hash: string } | undefined,
+): Set<number> {
+  const fold = foldedHistory(doc)
+  let expected = fold && fold.pages > 0 ? { page: fold.pages - 1, hash: fold.hash } : undefined
+  const current = new Set<number>()
+  while (expected) {
+    const page = held(expected.page)
+    if (page?.hash !== expected.hash) break
+    current.add(expected.page)
+    const previous = page.page.previous
+    expected = previous ? { page: expected.page - 1, hash: previous.hash } : undefined
+  }
+  return current
+}
 
 /**
  * Which message a view is: its id, author and creation time (as in the
@@ -114,7 +171,8 @@ export class SealedHistory {
    * given yet: never more than `limit` (what does not fit comes with the
    * next call), none returned twice. Empty only at the start of the
    * conversation. Rejects with the retryable UNAVAILABLE when a directory
-   * page keeps not matching its hash (a purge is rewriting the history).
+   * page or segment keeps not matching its hash (a purge is rewriting the
+   * history, see {@link untilCurrent}).
    */
   async loadOlder(limit: number): Promise<MessageView[]> {
     const doc = () => this.host.doc()
@@ -125,7 +183,7 @@ export class SealedHistory {
     for (const m of this.olderMessages()) if (!this.owed.has(messageKey(m))) this.given.add(messageKey(m))
     for (const m of listMessages(doc(), { last: Number.MAX_SAFE_INTEGER })) this.given.add(messageKey(m))
     // What was sealed inside the window shown so far first (it was live when the window was loaded).
-    for (const summary of this.gapSegments(doc())) await this.fetchSegment(summary)
+    await this.fillGaps()
     await this.fetchOlder(this.olderFrom ?? this.firstLiveSeq(), limit)
     // A gap it filled counts too: a window whose re-sealed segment came back answered [] (taken for the
     // conversation's start) while putting 20 messages back into olderMessages(). They take the limit first
@@ -167,34 +225,27 @@ export class SealedHistory {
   /**
    * Fetches segments, and the directory pages that list them, until the
    * replica holds `limit` sealed messages below `before` or the
-   * conversation's start. A directory page the relay rewrote meanwhile is
-   * asked for again, then refused with the retryable UNAVAILABLE.
+   * conversation's start. A page or segment the relay rewrote meanwhile is
+   * asked for again as the live document names it then, else refused with
+   * the retryable UNAVAILABLE (see {@link untilCurrent}).
    */
-  private async fetchOlder(before: number, limit: number): Promise<void> {
+  private fetchOlder(before: number, limit: number): Promise<void> {
     const doc = () => this.host.doc()
-    let stale = 0
-    for (;;) {
-      if (listSealedMessages(doc(), before, limit).length >= limit) return
+    return untilCurrent(async () => {
+      if (listSealedMessages(doc(), before, limit).length >= limit) return true
       const next = knownSegments(doc())
         .filter((s) => s.to < before && !this.heldSegments.has(s.index))
         .at(-1)
       if (next) {
         await this.fetchSegment(next)
-        continue
+        return false
       }
       // Older segments are listed on directory pages not fetched yet: the next one back.
       const page = nextDirectoryPage(doc())
-      if (!page) return
-      try {
-        await this.fetchPage(page)
-      } catch (error) {
-        // A purge is rewriting the directory: the live document names the new chain a moment after the
-        // relay stores it. Asked again from what the document names then.
-        if (!(error instanceof ParleyError) || !rewrittenPages.has(error) || ++stale > STALE_PAGE_RETRIES)
-          throw error
-        await new Promise((resolve) => setTimeout(resolve, STALE_PAGE_BACKOFF_MS * stale))
-      }
-    }
+      if (!page) return true
+      await this.fetchPage(page)
+      return false
+    })
   }
 
   /**
@@ -204,7 +255,21 @@ export class SealedHistory {
    * whole without waiting for the next {@link loadOlder}.
    */
   fetchGaps(): void {
-    for (const summary of this.gapSegments(this.host.doc())) this.fetchSegment(summary).catch(() => {})
+    this.fillGaps().catch(() => {})
+  }
+
+  /**
+   * Fetches the segments {@link gapSegments} names, one at a time as the
+   * live document names them then (a segment re-sealed meanwhile is asked for
+   * again, see {@link untilCurrent}).
+   */
+  private fillGaps(): Promise<void> {
+    return untilCurrent(async () => {
+      const next = this.gapSegments(this.host.doc())[0]
+      if (!next) return true
+      await this.fetchSegment(next)
+      return false
+    })
   }
 
   /** Every older message loaded so far, oldest first (the live ones not included). */
@@ -255,14 +320,14 @@ export class SealedHistory {
     const missingPage = fold !== undefined && marker < fold.through && !directoryPageOf(doc, marker + 1)
     const summary = knownSegments(doc).find((s) => s.from <= marker && marker <= s.to)
     if (!missingPage && summary && this.heldSegments.has(summary.index)) return
-    this.fetchCovering(doc, marker)
-      .then(() => {
-        const found = knownSegments(doc).find((s) => s.from <= marker && marker <= s.to)
-        return found && this.fetchSegment(found)
-      })
-      .catch(() => {
-        // Offline or refused: counted as unread until a later attempt.
-      })
+    untilCurrent(async () => {
+      await this.fetchCovering(doc, marker)
+      const found = knownSegments(doc).find((s) => s.from <= marker && marker <= s.to)
+      if (found) await this.fetchSegment(found)
+      return true
+    }).catch(() => {
+      // Offline or refused: counted as unread until a later attempt.
+    })
   }
 
   /** Fetches directory pages, newest first, until `doc` knows the summaries of `seq` and of `seq + 1`. */
@@ -287,14 +352,7 @@ export class SealedHistory {
   dropStale(doc: Y.Doc): void {
     if (this.host.doc() !== doc) return
     // Directory pages the chain no longer names (a purge re-wrote them): dropped, fetched again when asked for.
-    const fold = foldedHistory(doc)
-    let expected = fold && fold.pages > 0 ? { page: fold.pages - 1, hash: fold.hash } : undefined
-    const current = new Set<number>()
-    while (expected && this.heldPages.get(expected.page)?.hash === expected.hash) {
-      current.add(expected.page)
-      const previous = this.heldPages.get(expected.page)!.page.previous
-      expected = previous ? { page: expected.page - 1, hash: previous.hash } : undefined
-    }
+    const current = pagesOnChain(doc, (n) => this.heldPages.get(n))
     let droppedPages = false
     for (const [n, { hash }] of this.heldPages) {
       if (current.has(n)) continue
@@ -309,30 +367,34 @@ export class SealedHistory {
     const unchecked = this.dropStaleSegments(doc, droppedPages)
     if (unchecked.size > 0) this.recheckFolded(doc, unchecked).catch(() => {})
     // Sealed meanwhile inside the window shown: fetched at once, so that it stays whole (offline: on the next loadOlder).
-    for (const summary of this.gapSegments(doc)) this.fetchSegment(summary).catch(() => {})
+    this.fillGaps().catch(() => {})
   }
 
   /**
    * Fetches directory pages, newest first, until the segments `unchecked`
    * (index → the hash they were held under; shown before, dropped unchecked
    * by {@link dropStale}) are listed again, then the segments themselves as
-   * the pages name them.
+   * the pages name them (those rewritten meanwhile asked for again, see
+   * {@link untilCurrent}).
    */
-  private async recheckFolded(doc: Y.Doc, unchecked: ReadonlyMap<number, string>): Promise<void> {
+  private recheckFolded(doc: Y.Doc, unchecked: ReadonlyMap<number, string>): Promise<void> {
     const named = () => new Map(knownSegments(doc).map((s) => [s.index, s]))
-    while (this.host.doc() === doc && [...unchecked.keys()].some((index) => !named().has(index))) {
-      const next = nextDirectoryPage(doc)
-      if (!next) break
-      await this.fetchPage(next)
-    }
-    if (this.host.doc() !== doc) return
-    const summaries = named()
-    for (const [index, hash] of unchecked) {
-      const summary = summaries.get(index)
-      // Re-sealed: the copy this device cached goes too (it may hold a purged message's text).
-      if (summary?.hash !== hash) void this.host.segments.delete(hash)
-      if (summary) await this.fetchSegment(summary)
-    }
+    return untilCurrent(async () => {
+      while (this.host.doc() === doc && [...unchecked.keys()].some((index) => !named().has(index))) {
+        const next = nextDirectoryPage(doc)
+        if (!next) break
+        await this.fetchPage(next)
+      }
+      if (this.host.doc() !== doc) return true
+      const summaries = named()
+      for (const [index, hash] of unchecked) {
+        const summary = summaries.get(index)
+        // Re-sealed: the copy this device cached goes too (it may hold a purged message's text).
+        if (summary?.hash !== hash) void this.host.segments.delete(hash)
+        if (summary) await this.fetchSegment(summary)
+      }
+      return true
+    })
   }
 
   /**
@@ -362,17 +424,33 @@ export class SealedHistory {
       sealedHistory(doc).remove(index)
       void this.host.segments.delete(hash)
       // Held before, so shown before: the re-sealed one takes its place (offline: when it is asked for).
-      if (summary) this.fetchSegment(summary).catch(() => {})
+      if (summary) this.fetchNamed(doc, index).catch(() => {})
     }
     if (unlisted.size > 0) this.host.held()
     return unlisted
   }
 
   /**
+   * Segment `index` as `doc` (the live document) names it when fetched: one
+   * re-sealed again meanwhile is asked for again as named then (see
+   * {@link untilCurrent}).
+   */
+  private fetchNamed(doc: Y.Doc, index: number): Promise<void> {
+    return untilCurrent(async () => {
+      const summary = knownSegments(doc).find((s) => s.index === index)
+      if (summary) await this.fetchSegment(summary)
+      return true
+    })
+  }
+
+  /**
    * Fetches, over `connection`, the segments holding messages that `stale`'s
    * pending edits, reactions and deletions refer to, when `fresh` (the
    * relay's state) no longer holds them live: sealed meanwhile. Pending =
-   * written beyond what the relay has (its state vector, or the epoch's baseline).
+   * written beyond what the relay has (its state vector, or the epoch's
+   * baseline). A directory page or segment the relay rewrote meanwhile (a
+   * purge) is asked for again as `fresh` names it then, else this rejects
+   * with the retryable UNAVAILABLE (see {@link untilCurrent}).
    */
   async fetchForPendingWork(
     stale: Y.Doc,
@@ -401,14 +479,25 @@ export class SealedHistory {
     }
     // Folded meanwhile: the directory pages that list their segments first.
     this.holdIn(fresh)
-    for (const seq of seqs) await this.fetchCovering(fresh, seq, connection)
-    const summaries = knownSegments(fresh)
-    const wanted = new Set<SegmentSummary>()
-    for (const seq of seqs) {
-      const summary = summaries.find((s) => s.from <= seq && seq <= s.to)
-      if (summary && !this.heldSegments.has(summary.index)) wanted.add(summary)
-    }
-    for (const summary of wanted) await this.fetchSegment(summary, connection)
+    const history = sealedHistory(fresh)
+    await untilCurrent(async () => {
+      // Pages `fresh`'s chain does not name (a purge rewrote them since they were held, or meanwhile) name
+      // segments by hashes the relay no longer serves: fetched again as the chain names them.
+      const current = pagesOnChain(fresh, (n) => {
+        const page = history.page(n)
+        return page && { page, hash: history.pageHash(n)! }
+      })
+      for (const n of history.pagesHeld()) if (!current.has(n)) history.removePage(n)
+      for (const seq of seqs) await this.fetchCovering(fresh, seq, connection)
+      const summaries = knownSegments(fresh)
+      const wanted = new Set<SegmentSummary>()
+      for (const seq of seqs) {
+        const summary = summaries.find((s) => s.from <= seq && seq <= s.to)
+        if (summary && !this.heldSegments.has(summary.index)) wanted.add(summary)
+      }
+      for (const summary of wanted) await this.fetchSegment(summary, connection)
+      return true
+    })
     return baseline
   }
 
@@ -454,13 +543,18 @@ export class SealedHistory {
           const page = await connection.requestHistory(summary.index)
           if (page.error !== undefined)
             throw new ParleyError(page.error, `the relay did not serve history segment ${summary.index}`)
-          // A segment is immutable and named by its hash: what does not match it is not it.
+          // A segment is immutable and named by its hash: what does not match it is not it, never held. Most
+          // likely the relay re-sealed it (a purge) after this device read its hash: asked for again as the
+          // document names it then (untilCurrent).
           if (segmentHash(page.bytes) !== summary.hash)
-            throw new ParleyError(ErrorCode.MALFORMED_FRAME, "a history segment does not match its hash")
+            throw rewrittenError(`history segment ${summary.index}`)
           bytes = page.bytes
           await this.host.segments.put(summary.hash, bytes)
         }
         const segment = decodeSegment(bytes)
+        // Callers page on until the index they asked for is held: another one would have them loop.
+        if (segment.index !== summary.index)
+          throw new ParleyError(ErrorCode.MALFORMED_FRAME, "a history segment is not the one asked for")
         this.heldHashes.set(segment.index, summary.hash)
         this.hold(segment)
         return segment
@@ -490,14 +584,8 @@ export class SealedHistory {
           if (answer.error !== undefined)
             throw new ParleyError(answer.error, `the relay did not serve history directory page ${next.page}`)
           // Not a corrupt page: the relay rewrote the directory (a purge) after this device read its hash.
-          if (segmentHash(answer.bytes) !== next.hash) {
-            const error = new ParleyError(
-              ErrorCode.UNAVAILABLE,
-              `history directory page ${next.page} changed on the relay while it was fetched (the history is being rewritten); try again`,
-            )
-            rewrittenPages.add(error)
-            throw error
-          }
+          if (segmentHash(answer.bytes) !== next.hash)
+            throw rewrittenError(`history directory page ${next.page}`)
           bytes = answer.bytes
           await this.host.segments.put(next.hash, bytes)
         }
