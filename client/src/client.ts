@@ -681,8 +681,14 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       conversation.on("resynced", attach)
       // Refused (removed from it, deleted): nothing more to send.
       conversation.on("state", ({ state }) => {
-        // (A damaged one keeps its work for when an operator restored it.)
-        if (state.state === "unavailable") finish(state.reason !== ErrorCode.DAMAGED)
+        if (state.state !== "unavailable" || !this.background.has(id)) return
+        // Nobody shows this handle: its refusal (removed or deleted while this device was offline, its
+        // messages now `failed`) is told here, or the work written offline went nowhere without a word.
+        // (A token refused is told once by the client; a damaged one keeps its work for when an operator
+        // restored it.)
+        if (state.reason !== ErrorCode.UNAUTHORIZED && state.reason !== ErrorCode.DAMAGED)
+          this.emit("error", { error: state.error, conversationId: id })
+        finish(state.reason !== ErrorCode.DAMAGED)
       })
     }
   }

@@ -235,3 +235,47 @@ describe("unsaved() and flush() right after a reload", () => {
     }
   })
 })
+
+describe("after a reload, work in a conversation the user was removed from meanwhile", () => {
+  it("is told as refused (an error, its messages failed), not left as saved or pending", async () => {
+    const user = "flush-bot-i"
+    const options = {
+      url: relay.url,
+      user,
+      token: () => devToken(relay, user),
+      storage: "indexeddb" as const,
+      WebSocket: WebSocket as never,
+    }
+    const owner = await connectClient(relay, "flush-owner-i")
+    const room = await owner.createConversation({ participants: [user], title: "removal" })
+    await owner.flush()
+    const before = await createChatClient(options)
+    const chat = await before.conversation(room.id).ready()
+    await before.flush()
+    before.disconnect()
+    const written = ["one", "two", "three"].map((body) => chat.send(body).id)
+    await before.destroy()
+    room.removeParticipants([user])
+    await owner.flush()
+
+    const after = await createChatClient(options)
+    const errors: { code: string; conversationId?: string }[] = []
+    after.on("error", ({ error, conversationId }) =>
+      errors.push({ code: error.code, ...(conversationId ? { conversationId } : {}) }),
+    )
+    try {
+      // Not saved, but refused: nothing left to wait for, and the app is told which conversation refused it.
+      await after.flush({ timeoutMs: 10_000 })
+      await eventually(() =>
+        expect(errors).toContainEqual({ code: ErrorCode.FORBIDDEN, conversationId: room.id }),
+      )
+      expect(after.unsaved()).toEqual([])
+      const again = after.conversation(room.id)
+      await eventually(() =>
+        expect(written.map((id) => again.status(id))).toEqual(["failed", "failed", "failed"]),
+      )
+    } finally {
+      await after.destroy()
+    }
+  })
+})
