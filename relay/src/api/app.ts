@@ -364,7 +364,7 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       path: "/v1/conversations/direct",
       summary: "Find or create a direct conversation",
       description:
-        "The direct conversation of the actor and `with`: 201 when created, 200 when it was there.",
+        "The direct conversation of the actor and `with`: 201 when created, 200 when it was there; to a key without `conversations:read`, 200 either way (whether two users talk is a read).",
       request: body(S.DirectConversationBody),
       responses: { 200: conversationOrRef("Found"), 201: conversationOrRef("Created") },
     }),
@@ -375,7 +375,9 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       const refused = chargeAdditions(c, 1)
       if (refused) return refused as never
       const { conversation, created } = await ops.direct(actor, input.with as UserId)
-      return reply(c, conversationAnswer(c, conversation), created ? 201 : 200)
+      // 200 or 201 told a key that may not read whether the two users already talked (an outside probe).
+      const told = created && c.get("key").scopes.includes("conversations:read")
+      return reply(c, conversationAnswer(c, conversation), told ? 201 : 200)
     },
   )
 

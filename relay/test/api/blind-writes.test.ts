@@ -276,4 +276,14 @@ describe("a write's refusals to a key that may not read what it names", () => {
       expect(answers[0]).toMatch(/^403 .*"rule":"creation-by-id"/)
     }
   })
+  it("answers finding or creating a direct conversation the same whether the two users talked before", async () => {
+    // Alice and bob talk (the test above); alice and fay never did. Before: 200 for the first, 201 for the second.
+    const answers = await distinct(["bob", "fay"], (other) =>
+      rooms("POST", "/v1/conversations/direct", { with: other, asUser: "alice" }),
+    )
+    expect(answers).toEqual(['200 {"id":"dm~alice~<id>","kind":"direct"}'])
+    // A key that may read is told which it was.
+    const told = await roomsReader("POST", "/v1/conversations/direct", { with: "gus", asUser: "alice" })
+    expect(told.status).toBe(201)
+  })
 })
