@@ -553,7 +553,11 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
           body: JSON.stringify(body),
         })
       const id = newConversationId()
-      expect((await api("/v1/conversations", { id, participants: [] })).status).toBe(201)
+      expect((await api("/v1/conversations", { id, participants: [{ user: alice }] })).status).toBe(201)
+      const files = attachmentClient(() => relay)
+      const stored = await files.upload(alice, id, "before.txt", new TextEncoder().encode("stored before"))
+      expect(stored.status).toBe(201)
+      const storedUrl = (stored.body!.attachment as { url: string }).url
       const send = (n: number) =>
         api(
           `/v1/conversations/${id}/messages`,
@@ -581,6 +585,14 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         expect(await answer.json()).toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
         expect(ms).toBeLessThan(timeoutMs / 2)
       }
+      // So are attachments, kept in the same database: an upload's start and a download.
+      const atOnce = async (request: () => Promise<{ status: number }>) => {
+        const started = Date.now()
+        expect((await request()).status).toBe(503)
+        expect(Date.now() - started).toBeLessThan(timeoutMs / 2)
+      }
+      await atOnce(() => files.create(alice, id, { name: "during.txt", size: 10 }))
+      await atOnce(() => files.download(storedUrl, alice))
 
       proxy.restore()
       await eventually(async () => expect((await send(5)).status).toBe(201), 20_000)

@@ -1,5 +1,5 @@
 import type { ParleyError } from "@parley/shared"
-import { asStorageFailure, isStorageFailure, withDeadlines } from "../storage/guard.js"
+import { asStorageFailure, isStorageFailure, type StorageGuard, withDeadlines } from "../storage/guard.js"
 import type { BlobStore } from "./blob-store.js"
 
 /** How {@link GuardedBlobStore} bounds its store. */
@@ -8,6 +8,12 @@ export interface BlobStoreGuardOptions {
   readonly timeoutMs: number
   /** Told of each failure of the store itself (for logs and metrics), not of refusals like CONFLICT. */
   readonly onFailure?: (error: ParleyError) => void
+  /**
+   * The documents' guard when the blobs are in the same database: while it
+   * finds that database answering nothing, every call is refused at once
+   * (see `withDeadlines`), not left to wait for its deadline.
+   */
+  readonly shared?: StorageGuard
 }
 
 /**
@@ -38,7 +44,7 @@ export class GuardedBlobStore implements BlobStore {
     private readonly options: BlobStoreGuardOptions,
   ) {
     this.kind = inner.kind
-    this.bounded = withDeadlines(inner, options.timeoutMs, "blob store")
+    this.bounded = withDeadlines(inner, options.timeoutMs, "blob store", options.shared)
   }
 
   /** `call`, telling {@link BlobStoreGuardOptions.onFailure} of a failure of the store itself. */
@@ -71,6 +77,7 @@ export class GuardedBlobStore implements BlobStore {
       this.inner.read(key, start, end)[Symbol.asyncIterator](),
       this.options.timeoutMs,
       "blob store: read",
+      this.options.shared,
     )
     try {
       for (;;) {

@@ -73,7 +73,7 @@ export interface GuardedBackend extends Backend {
  * once and a probe watches for recovery), the outbox and the bindings behind
  * a deadline each, so that none of them can hang a caller. The stores of the
  * same database as the documents (not the outbox's, whose callers retry on
- * their own schedule, nor the blobs) are refused at once too while the
+ * their own schedule; the blobs where PostgreSQL keeps them) are refused at once too while the
  * breaker finds the database answering nothing.
  */
 export function guardBackend(
@@ -122,6 +122,8 @@ export function guardBackend(
     blobs: new GuardedBlobStore(backend.blobs, {
       timeoutMs: options.timeoutMs,
       ...(options.onBlobFailure ? { onFailure: options.onBlobFailure } : {}),
+      // PostgreSQL keeps the blobs in the documents' database (a file system or other store is apart).
+      ...(backend.blobs.kind === "postgres" && backend.kind === "postgres" ? { shared: documents } : {}),
     }),
     close: () => backend.close(),
   }
