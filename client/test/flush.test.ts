@@ -236,6 +236,41 @@ describe("unsaved() and flush() right after a reload", () => {
   })
 })
 
+describe("unsaved() after a reload while offline", () => {
+  it("names the conversations written before it, not only the inbox", async () => {
+    const user = "flush-bot-j"
+    const options = {
+      url: relay.url,
+      user,
+      token: () => devToken(relay, user),
+      storage: "indexeddb" as const,
+      WebSocket: WebSocket as never,
+      connect: false,
+    }
+    const before = await createChatClient(options)
+    const chats = [
+      await before.createConversation({ participants: ["flush-alice"] }),
+      await before.createConversation({ participants: ["flush-alice"] }),
+    ]
+    for (const chat of chats) chat.send("written offline")
+    await before.destroy()
+    const after = await createChatClient(options)
+    try {
+      expect(after.unsaved()).not.toEqual([])
+      await eventually(() =>
+        expect(
+          after
+            .unsaved()
+            .map((w) => w.conversationId)
+            .sort(),
+        ).toEqual(chats.map((c) => c.id).sort()),
+      )
+    } finally {
+      await after.destroy()
+    }
+  })
+})
+
 describe("after a reload, work in a conversation the user was removed from meanwhile", () => {
   it("is told as refused (an error, its messages failed), not left as saved or pending", async () => {
     const user = "flush-bot-i"
