@@ -15,7 +15,7 @@ import type * as Y from "yjs"
 import type { BlobStore } from "../attachments/blob-store.js"
 import { eraseUploads } from "../attachments/service.js"
 import type { RunningCore } from "../extension.js"
-import type { HistoryStore } from "../history/store.js"
+import type { HistoryStore, StoredSegment } from "../history/store.js"
 import { RELAY } from "../principal.js"
 import { rewriteInboxEntries } from "./inbox-purge-target.js"
 
@@ -94,6 +94,14 @@ async function forgetInInboxes(core: RunningCore, name: string, shown: readonly 
   await rewriteInboxEntries(core, name as ConversationId, holding, undefined)
 }
 
+/** Tries to erase one conversation while its sealed history keeps changing under the erasure. */
+const ERASE_ATTEMPTS = 10
+
+/** Whether two listings of a conversation's segments are the same segments. */
+function sameSegments(a: readonly StoredSegment[], b: readonly StoredSegment[]): boolean {
+  return a.length === b.length && a.every((s, i) => s.index === b[i]!.index && s.hash === b[i]!.hash)
+}
+
 /**
  * Erases `user`'s messages in conversation `name`; returns the name and
  * picture their profile showed there (empty when none), or undefined when
@@ -108,24 +116,31 @@ async function eraseIn(
   erased: (count: number) => void,
 ): Promise<string[] | undefined> {
   try {
-    for (;;) {
-      // The relay's directory of sealed messages, for the ones among them the user wrote.
-      const doc = await core.read(name, (d) => d)
-      const profile = profileRecordOf(doc, user)
-      const shown = [profile?.name, profile?.picture].filter(
-        (v): v is string => typeof v === "string" && v !== "",
-      )
-      if (history) {
-        const directory = sealedHistory(doc)
-        for (const stored of await history.all(name)) directory.add(decodeSegment(stored.bytes))
-      }
-      let same = false
-      await core.write(name, RELAY, (current: Y.Doc) => {
-        same = current === doc
-        if (same) erased(eraseAuthor(current, user, { now }))
+    for (let attempt = 1; ; attempt++) {
+      // The relay's directory of sealed messages, for the ones among them the user wrote: added to the
+      // document the write runs on. That is not the one a read gives on a relay that does not own the
+      // conversation (a cluster runs the write on a fresh copy): waiting for the same object there looped
+      // for ever, at full CPU, erasing nothing (an outside probe).
+      const segments = history ? await history.all(name) : []
+      const shown = await core.read(name, (doc) => {
+        const profile = profileRecordOf(doc, user)
+        return [profile?.name, profile?.picture].filter((v): v is string => typeof v === "string" && v !== "")
       })
-      // Unloaded in between: the directory went with it, so again on the fresh load.
-      if (same) return shown
+      await core.write(name, RELAY, (current: Y.Doc) => {
+        if (segments.length > 0) {
+          const directory = sealedHistory(current)
+          for (const stored of segments) directory.add(decodeSegment(stored.bytes))
+        }
+        erased(eraseAuthor(current, user, { now }))
+      })
+      // A seal (or a purge) stored segments in between, whose messages the directory did not hold: again.
+      if (!history || sameSegments(segments, await history.all(name))) return shown
+      if (attempt >= ERASE_ATTEMPTS)
+        throw new ParleyError(
+          ErrorCode.UNAVAILABLE,
+          `conversation ${name} sealed its history again on each of ${ERASE_ATTEMPTS} tries to erase ${user}'s messages; erase again`,
+        )
+      await new Promise((resolve) => setTimeout(resolve, 50 * attempt))
     }
   } catch (error) {
     if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED) return undefined

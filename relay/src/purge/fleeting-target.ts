@@ -78,14 +78,18 @@ function dueOf(doc: Y.Doc, id: MessageId, accepted: number): Due {
  * conversation's whole history, once per expiring message).
  */
 async function expire(core: RunningCore, name: string, id: MessageId): Promise<void> {
-  for (;;) {
+  for (let attempt = 1; ; attempt++) {
     const doc = await core.read(name, (d) => d)
     const live = getMessage(doc, id)
     if (!live) await core.settleSealedIds?.(name, [id])
-    let same = false
+    let done = false
     await core.write(name, RELAY, (current) => {
-      same = current === doc
-      if (!same) return
+      // The segment of a sealed message is held by the document read. A write on another copy (unloaded
+      // in between; a relay that does not own the conversation runs it on a fresh one) holds the message
+      // only while it is live: waiting for the same object looped for ever there (an outside probe found
+      // the erasure's twin of this loop spinning at full CPU).
+      if (current !== doc && !getMessage(current, id)) return
+      done = true
       expireMessage(current, id)
       // The others already due go in the same change: their own deliveries then find them gone.
       // One change per message cost a relay write, a broadcast and a purge each (a frame of 1,000
@@ -93,10 +97,20 @@ async function expire(core: RunningCore, name: string, id: MessageId): Promise<v
       for (const other of dueLiveMessages(current, Date.now(), EXPIRED_PER_CHANGE))
         expireMessage(current, other)
     })
-    // Unloaded in between: the segment went with it, so again on the fresh load.
-    if (same) return
+    if (done) return
+    // Unloaded in between: the segment went with it, so again on the fresh load; not for ever (the
+    // delivery is retried with its backoff).
+    if (attempt >= EXPIRE_ATTEMPTS)
+      throw new ParleyError(
+        ErrorCode.UNAVAILABLE,
+        `fleeting message ${id} of ${name} is sealed and its segment could not be held for the expiry; tried again later`,
+      )
+    await new Promise((resolve) => setTimeout(resolve, 20 * attempt))
   }
 }
+
+/** Tries of one expiry (see {@link expire}) before its delivery is retried later. */
+const EXPIRE_ATTEMPTS = 5
 
 /** Most messages one expiry change removes (about an at-cap frame's values). */
 const EXPIRED_PER_CHANGE = 1_000

@@ -3,6 +3,7 @@ import {
   createConversation,
   deleteConversation,
   deleteMessage,
+  getMessage,
   type MessageId,
   newMessageId,
   sendMessage,
@@ -10,6 +11,7 @@ import {
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
 import type { RelayExtension } from "../../src/extension.js"
+import { eraseUser } from "../../src/purge/erase-user.js"
 import type { PurgedContent } from "../../src/purge/redact.js"
 import type { RunningRelay } from "../../src/relay.js"
 import { redisUnreachable, twoClusteredRelays } from "../helpers/cluster.js"
@@ -89,5 +91,18 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(owner.seen.slice(1)).toEqual([whole])
       expect(other.seen.slice(1)).toEqual([whole])
     })
+    it("erases a user's messages through the relay that does not own the conversation", async () => {
+      const [owner, other] = await twoRelays()
+      const id = "g~erased-elsewhere" as ConversationId
+      const ids = await conversationOn(owner.relay, id)
+      // Before: it waited for the write to run on the document it had read, which on a relay that does
+      // not own the conversation it never does (a fresh copy each time): it looped at full CPU, erasing nothing.
+      const report = await eraseUser(other.relay.core, [id], undefined, alice)
+      expect(report).toMatchObject({ conversations: 1, messages: 2, damaged: [] })
+      const bodies = await owner.relay.core.read(id, (doc) =>
+        ids.map((m) => (getMessage(doc, m) as { body?: string } | undefined)?.body ?? ""),
+      )
+      expect(bodies.join(" ")).not.toContain("secret")
+    }, 30_000)
   })
 }
