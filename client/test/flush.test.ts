@@ -35,6 +35,18 @@ function bot(user: string, url = relay.url, target = relay): Promise<ChatClient>
   })
 }
 
+/** The options of `user`'s client on a device of its own (IndexedDB, which outlives the client: a reload). */
+function deviceOptions(user: string, connect = true) {
+  return {
+    url: relay.url,
+    user,
+    token: () => devToken(relay, user),
+    storage: "indexeddb" as const,
+    WebSocket: WebSocket as never,
+    connect,
+  }
+}
+
 /** The bodies of conversation `id` as `user` reads them from the relay on a fresh client. */
 async function bodiesOnRelay(user: string, id: string, count: number): Promise<string[]> {
   const reader = await connectClient(relay, user)
@@ -170,14 +182,7 @@ describe("flush()", () => {
 
 describe("destroy() with storage: indexeddb", () => {
   it("does not wait, reports nothing as an error, and keeps unsaved work for the next client", async () => {
-    const options = {
-      url: relay.url,
-      user: "flush-bot-g",
-      token: () => devToken(relay, "flush-bot-g"),
-      storage: "indexeddb" as const,
-      WebSocket: WebSocket as never,
-      connect: false,
-    }
+    const options = deviceOptions("flush-bot-g", false)
     const client = await createChatClient(options)
     const errors: ParleyError[] = []
     client.on("error", ({ error }) => errors.push(error))
@@ -201,13 +206,7 @@ describe("destroy() with storage: indexeddb", () => {
 describe("unsaved() and flush() right after a reload", () => {
   it("tell the conversations written offline before it, not open yet, and flush() waits until the relay has them", async () => {
     const user = "flush-bot-h"
-    const options = {
-      url: relay.url,
-      user,
-      token: () => devToken(relay, user),
-      storage: "indexeddb" as const,
-      WebSocket: WebSocket as never,
-    }
+    const options = deviceOptions(user)
     const before = await createChatClient({ ...options, connect: false })
     const chat = await before.createConversation({ participants: ["flush-alice"] })
     const bodies = Array.from({ length: 300 }, (_, i) => `written offline ${i}`)
@@ -239,14 +238,7 @@ describe("unsaved() and flush() right after a reload", () => {
 describe("unsaved() after a reload while offline", () => {
   it("names the conversations written before it, not only the inbox", async () => {
     const user = "flush-bot-j"
-    const options = {
-      url: relay.url,
-      user,
-      token: () => devToken(relay, user),
-      storage: "indexeddb" as const,
-      WebSocket: WebSocket as never,
-      connect: false,
-    }
+    const options = deviceOptions(user, false)
     const before = await createChatClient(options)
     const chats = [
       await before.createConversation({ participants: ["flush-alice"] }),
@@ -274,13 +266,7 @@ describe("unsaved() after a reload while offline", () => {
 describe("after a reload, work in a conversation the user was removed from meanwhile", () => {
   it("is told as refused (an error, its messages failed), not left as saved or pending", async () => {
     const user = "flush-bot-i"
-    const options = {
-      url: relay.url,
-      user,
-      token: () => devToken(relay, user),
-      storage: "indexeddb" as const,
-      WebSocket: WebSocket as never,
-    }
+    const options = deviceOptions(user)
     const owner = await connectClient(relay, "flush-owner-i")
     const room = await owner.createConversation({ participants: [user], title: "removal" })
     await owner.flush()

@@ -914,6 +914,35 @@ describe("folded sealed history in the SDK", () => {
     await folding?.stop()
   })
 
+  /**
+   * Alice's messages m0 to m99, folded into two directory pages and all held on her device, and bob's
+   * device synced (the last 10 live): the stage of a purge racing bob's fetch of the folded history.
+   */
+  async function foldedChatBobReads(title: string) {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title })
+    const ids: string[] = []
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    // Alice holds the folded segment she deletes from.
+    while (chat.hasOlder) await chat.loadOlder(100)
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    /** Alice deletes the oldest message; resolves once her document names the directory rewritten. */
+    const purgeOldest = async () => {
+      const hash = foldedHistory(chat.doc)!.hash
+      chat.deleteMessage(ids[0]!)
+      await eventually(() => expect(foldedHistory(chat.doc)?.hash).not.toBe(hash))
+    }
+    return { a, ids, theirs, purgeOldest }
+  }
+
   it("pages back with loadOlder across the folded directory, with exact unread counts", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const alice = await connectClient(folding, a)
@@ -1085,31 +1114,13 @@ describe("folded sealed history in the SDK", () => {
   }, 60_000)
 
   it("asks again for a directory page a purge rewrote between reading its hash and fetching it (before: MALFORMED_FRAME)", async () => {
-    const [a, b] = [name("alice"), name("bob")]
-    const alice = await connectClient(folding, a)
-    const chat = await alice.createConversation({ participants: [b], title: "purged under a fetch" })
-    const ids: string[] = []
-    for (let round = 0; round < 10; round++) {
-      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
-      ids.push(...sent.map((m) => m.id))
-      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
-    }
-    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
-    // Alice holds the folded segment she deletes from.
-    while (chat.hasOlder) await chat.loadOlder(100)
-    const bob = await connectClient(folding, b)
-    const theirs = await bob.conversation(chat.id).ready()
-    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    const { a, ids, theirs, purgeOldest } = await foldedChatBobReads("purged under a fetch")
     // Bob's first directory request leaves once the relay rewrote the directory: alice deleted the oldest
     // message after bob's replica named the page he asks for. The relay's answer is a real page of the new
     // chain, which does not match the hash bob asked under.
     const request = DocumentConnection.prototype.requestDirectory
     const asked: number[] = []
-    let purge: (() => Promise<void>) | undefined = async () => {
-      const hash = foldedHistory(chat.doc)!.hash
-      chat.deleteMessage(ids[0]!)
-      await eventually(() => expect(foldedHistory(chat.doc)?.hash).not.toBe(hash))
-    }
+    let purge: (() => Promise<void>) | undefined = purgeOldest
     DocumentConnection.prototype.requestDirectory = async function (this: DocumentConnection, page: number) {
       const before = purge
       purge = undefined
@@ -1131,34 +1142,13 @@ describe("folded sealed history in the SDK", () => {
   }, 60_000)
 
   it("asks again for a folded segment a purge re-sealed between reading its hash and fetching it (before: MALFORMED_FRAME)", async () => {
-    const [a, b] = [name("alice"), name("bob")]
-    const alice = await connectClient(folding, a)
-    const chat = await alice.createConversation({
-      participants: [b],
-      title: "folded segment purged under a fetch",
-    })
-    const ids: string[] = []
-    for (let round = 0; round < 10; round++) {
-      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
-      ids.push(...sent.map((m) => m.id))
-      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
-    }
-    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
-    // Alice holds the folded segment she deletes from.
-    while (chat.hasOlder) await chat.loadOlder(100)
-    const bob = await connectClient(folding, b)
-    const theirs = await bob.conversation(chat.id).ready()
-    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    const { a, ids, theirs, purgeOldest } = await foldedChatBobReads("folded segment purged under a fetch")
     // Bob's request for the oldest segment leaves once the relay re-sealed it: alice deleted the oldest
     // message after bob's replica read the segment's hash off the directory page it fetched. The relay's
     // answer is the re-sealed segment, and the directory bob holds is rewritten too.
     const request = DocumentConnection.prototype.requestHistory
     const asked: number[] = []
-    let purge: (() => Promise<void>) | undefined = async () => {
-      const hash = foldedHistory(chat.doc)!.hash
-      chat.deleteMessage(ids[0]!)
-      await eventually(() => expect(foldedHistory(chat.doc)?.hash).not.toBe(hash))
-    }
+    let purge: (() => Promise<void>) | undefined = purgeOldest
     DocumentConnection.prototype.requestHistory = async function (this: DocumentConnection, segment: number) {
       const before = segment === 0 ? purge : undefined
       if (before) purge = undefined
