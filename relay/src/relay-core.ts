@@ -67,6 +67,7 @@ import {
   purgeDue,
   refuseWhileStorageFails,
   type StorageHealth,
+  sealedReadsPaidBy,
   sequenceLeftovers,
   stockProviderSeen,
   submitUpdate,
@@ -416,8 +417,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       const host = await this.activeHost(name)
       try {
         const router = this.options.router
-        if (router)
-          await router.write(host, actor, change, () => writeOnServer(this.ctx, host, actor, change))
+        if (router) await this.routedWrite(router, host, actor, change)
         else await writeOnServer(this.ctx, host, actor, change)
         return
       } catch (error) {
@@ -427,6 +427,50 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       } finally {
         this.scheduleIdle(host)
       }
+    }
+  }
+
+  /**
+   * {@link write} through the cluster's router. A relay that does not own
+   * the document runs the change on a fresh copy, which holds none of the
+   * sealed segments this relay's replica holds: they are added to it first,
+   * and a change that named sealed messages held nowhere (an edit, reaction,
+   * deletion or read marker of an old message, through the HTTP API or a
+   * hook) has their segments read and is tried once more, as the owner's
+   * own path does (before, every relay but the owner answered 404).
+   */
+  private async routedWrite(
+    router: UpdateRouter,
+    host: DocumentHost,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+  ): Promise<void> {
+    const keeper = host.name.kind === "conversation" ? this.options.history : undefined
+    let missed: MessageId[] = []
+    let wrote = false
+    const onCopy = (doc: Y.Doc) => {
+      // The owner's path (`doc` is the replica) records its own misses and reads their segments.
+      if (!keeper || doc === host.doc) return change(doc)
+      copyHeldHistory(host.doc, doc)
+      const recording = sealedHistory(doc).recordMisses()
+      const before = Y.encodeStateVector(doc)
+      try {
+        change(doc)
+      } finally {
+        missed = recording()
+        // Tried again only when the refusal wrote nothing (what it wrote is forwarded all the same).
+        wrote = !sameBytes(before, Y.encodeStateVector(doc)) || deletedIn(doc)
+      }
+    }
+    const local = () => writeOnServer(this.ctx, host, actor, change)
+    try {
+      await router.write(host, actor, onCopy, local)
+    } catch (error) {
+      const namedSealed = keeper && missed.length > 0 && !wrote
+      if (!(namedSealed && error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
+      const reads = keeper.readsFor(sealedReadsPaidBy(this.ctx, actor))
+      if (!(await keeper.holdNamed(host, missed, reads))) throw error
+      await router.write(host, actor, onCopy, local)
     }
   }
 
@@ -1456,4 +1500,34 @@ function epochOfSnapshot(snapshot: Uint8Array): number | undefined {
   } finally {
     doc.destroy()
   }
+}
+
+/**
+ * Adds the sealed segments and directory pages `from` holds to `to`'s
+ * directory (a copy of the same document made to run a change on).
+ */
+function copyHeldHistory(from: Y.Doc, to: Y.Doc): void {
+  const held = sealedHistory(from)
+  const directory = sealedHistory(to)
+  for (const index of held.held()) {
+    const segment = held.segment(index)
+    if (segment) directory.add(segment)
+  }
+  for (const n of held.pagesHeld()) {
+    const page = held.page(n)
+    const hash = held.pageHash(n)
+    if (page && hash !== undefined) directory.addPage(page, hash)
+  }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((byte, i) => byte === b[i])
+}
+
+/** Whether the transaction open on `doc` deleted anything (deletions do not move its state vector). */
+function deletedIn(doc: Y.Doc): boolean {
+  const transaction = (
+    doc as unknown as { _transaction: { deleteSet: { clients: Map<number, unknown> } } | null }
+  )._transaction
+  return (transaction?.deleteSet.clients.size ?? 0) > 0
 }

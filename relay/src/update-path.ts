@@ -1851,7 +1851,11 @@ function laterValues(host: DocumentHost, work: ChargedWork): number {
 const PURGED_INBOXES_PER_UPDATE = 2
 
 /** Who pays for the sealed segments a change of `principal` makes the relay read: a user, from their budget. */
-function sealedReadsPaidBy(ctx: PathContext, principal: Principal): ((wanted: number) => number) | undefined {
+/** What reading sealed segments for `principal`'s change is charged to: the user it acts for. */
+export function sealedReadsPaidBy(
+  ctx: PathContext,
+  principal: Principal,
+): ((wanted: number) => number) | undefined {
   const users = ctx.users
   return users && principal.kind === "user" ? (wanted) => users.takeSealedReads(principal, wanted) : undefined
 }
