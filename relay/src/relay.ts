@@ -34,6 +34,7 @@ import { ErasureAdmin } from "./purge/erase-admin.js"
 import { fleetingTarget } from "./purge/fleeting-target.js"
 import { inboxPurgeTarget } from "./purge/inbox-purge-target.js"
 import type { PushOptions } from "./push/extension.js"
+import { PushOff } from "./push/off.js"
 import { type CoreLimits, DEFAULT_CORE_LIMITS, RelayCore } from "./relay-core.js"
 import type { Sequencer } from "./sequencer.js"
 import {
@@ -530,7 +531,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     erasure,
     metricsExtension(metrics, options.metricsToken ? { token: options.metricsToken } : {}),
     // Before the API, which answers every other `/v1/...` path.
-    ...(push ? [push] : []),
+    ...(push ? [push] : [new PushOff()]),
     ...(attachments ? [attachments] : []),
     ...(options.api === false
       ? []

@@ -9,6 +9,7 @@ import type { Logger } from "../log.js"
 import type { Principal } from "../principal.js"
 import type { EndpointPolicy } from "./endpoint.js"
 import { DAY_MS, DEFAULT_PUSH_WAKE_DAYS } from "./lifetime.js"
+import { isPushPath } from "./off.js"
 import { type PushRewriter, pushTarget, type VapidKeys } from "./push-target.js"
 import { createPushRoutes } from "./routes.js"
 import type { PushSubscriptionStore } from "./store.js"
@@ -200,12 +201,7 @@ export class PushExtension implements RelayExtension {
   async httpRequest({ req, res }: HttpRequest): Promise<boolean> {
     const path = (req.url ?? "/").split("?")[0]!
     if (!this.listener) return false
-    if (
-      path !== "/v1/push/public-key" &&
-      path !== "/v1/me/push-subscriptions" &&
-      !path.startsWith("/v1/me/push-subscriptions/")
-    )
-      return false
+    if (!isPushPath(path)) return false
     const answered = bodyDeadline(req, res, this.options.bodyTimeoutMs ?? DEFAULT_API_LIMITS.bodyTimeoutMs)
     try {
       await this.listener(req, res)

@@ -1,0 +1,41 @@
+import type { UserId } from "@parley/shared"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { TestClient } from "../helpers/clients.js"
+import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../helpers/relay-process.js"
+
+const alice = "alice" as UserId
+const bob = "bob" as UserId
+
+describe("push routes on a relay without push", () => {
+  let relay: RelayProcess
+  beforeAll(async () => {
+    relay = await startRelayProcess({})
+  })
+  afterAll(() => stopRelayProcesses())
+
+  it("answer 404 'push is off' to a user's token, as many times as an app asks, without locking its address out", async () => {
+    const token = await relay.token(alice)
+    // Past the address's 120 failed sign-ins a minute: before, each was a 401 "a valid API key is
+    // required" counted as one, and the next user behind the same address was refused 429.
+    for (let i = 0; i < 130; i++) {
+      const answer = await fetch(`${relay.httpUrl}/v1/me/push-subscriptions`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
+      expect(answer.status).toBe(404)
+      expect(await answer.json()).toMatchObject({
+        code: "NOT_FOUND",
+        detail: expect.stringContaining("push is off"),
+      })
+    }
+    const key = await fetch(`${relay.httpUrl}/v1/push/public-key`)
+    expect(key.status).toBe(404)
+    // Another user of the same address gets in.
+    const client = new TestClient(relay.url, "g~push-off", await relay.token(bob))
+    try {
+      await client.synced()
+      expect(client.closeEvent).toBeUndefined()
+    } finally {
+      client.close()
+    }
+  })
+})
