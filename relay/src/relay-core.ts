@@ -37,6 +37,7 @@ import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
 import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
 import { HEAVY_FRAME_BYTES } from "./fair-share.js"
+import { watchHeldSegments } from "./history/held-segments.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import { summaryOf } from "./history/sealing.js"
 import type { StoredSegment } from "./history/store.js"
@@ -1072,6 +1073,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       Math.max(stored.through, stored.updates.at(-1)?.position ?? 0),
     )
     host.observe()
+    const keeper = host.name.kind === "conversation" ? this.options.history : undefined
+    if (keeper)
+      watchHeldSegments(host, keeper, (error) =>
+        this.log.warn(
+          { err: error, doc: name },
+          "a sealed segment re-sealed elsewhere could not be read again",
+        ),
+      )
     adoptDuePurge(this.ctx, host)
     const owners = await this.extensions.clientIdOwners({ name: host.name, doc: host.doc })
     // Presence is set up when someone first publishes or asks for it: most documents (an inbox, a

@@ -9,6 +9,7 @@ import {
   markRead,
   newMessageId,
   react,
+  sealedHistory,
   sealedThrough,
   sendMessage,
   type UserId,
@@ -86,6 +87,32 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(seen[1]?.reactions).toEqual({ "👍": [bob] })
       expect(seen[2]).toMatchObject({ deleted: expect.anything() })
       expect(await owner.core.read(id, (doc) => markersOf(doc, bob).read)).toBe(2)
+    }, 60_000)
+
+    it("drops the copy of a segment another relay re-sealed (a deletion purged it) and reads the new one", async () => {
+      const { relays } = await twoClusteredRelays("sealed-stale", cleanup, () => ({
+        history: { segmentSize: 10, keepLive: 5 },
+      }))
+      const [owner, other] = relays
+      const id = "g~sealed-stale" as ConversationId
+      const ids = await sealedConversation(owner, id)
+      const [first, second] = ids as [MessageId, MessageId]
+      // The other relay reads the segment (a reaction through it) and holds it.
+      await other.core.write(id, as(bob), (doc) => react(doc, bob, second, "👍"))
+      const heldBody = (relay: RunningRelay) =>
+        relay.core.read(id, (doc) => {
+          const record = sealedHistory(doc).entry(first)?.record as { body?: string } | undefined
+          return record?.body
+        })
+      expect(await heldBody(other)).toBe("m0")
+      // The owner deletes it: the purge re-seals the segment without its text, under a new hash.
+      await owner.core.write(id, as(alice), (doc) => deleteMessage(doc, alice, first))
+      // Before: the other relay went on holding, and serving, "m0" for as long as it kept the conversation.
+      await until(
+        () => heldBody(other),
+        (body) => body !== "m0",
+        20_000,
+      )
     }, 60_000)
   })
 }
