@@ -41,6 +41,7 @@ import { withinRequest } from "./request-scope.js"
 import { SendQueue } from "./send-queue.js"
 import { serveStatic } from "./static-files.js"
 import { type LeaseContext, TokenLease } from "./token-lease.js"
+import { UnfinishedMessages } from "./unfinished-messages.js"
 import { sendFramed } from "./ws-frame.js"
 
 /** Limits applied per WebSocket connection. */
@@ -194,6 +195,12 @@ export const MAX_PIPELINED = 4
 /** The per-address request budget refills over this long (a bucket of ten seconds' requests). */
 const REQUEST_BUCKET_REFILL_MS = 10_000
 
+/**
+ * Whole frames' worth (`maxFrameBytes` each) of messages not finished yet
+ * that one user's sockets may hold together (see {@link UnfinishedMessages}).
+ */
+export const UNFINISHED_FRAMES_PER_USER = 8
+
 export class WsTransport {
   readonly server: Server
   private readonly wss: WebSocketServer
@@ -214,6 +221,8 @@ export class WsTransport {
   private accepted = 0
   /** Sockets not read until their user's receive budget is back (see `paceReading`). */
   private readonly paced = new WeakSet<WebSocket>()
+  /** What each user's sockets hold of messages not finished yet (see {@link UnfinishedMessages}). */
+  private readonly unfinished: UnfinishedMessages
   /** Every open socket's (and channel's) token expiry, on one timer. */
   private readonly deadlines: Deadlines
   /** What every socket's token lease shares. */
@@ -237,6 +246,7 @@ export class WsTransport {
       users: options.core.users,
     }
     const { limits } = options
+    this.unfinished = new UnfinishedMessages(UNFINISHED_FRAMES_PER_USER * limits.maxFrameBytes)
     this.connections = new AddressConnections(options.trustProxy ? 0 : limits.connectionsPerAddress)
     const headersTimeout = Math.max(1, limits.requestHeadersTimeoutMs)
     this.server = createServer(
@@ -367,6 +377,23 @@ export class WsTransport {
    * the budget is overdrawn, stops reading the socket (TCP holds the sender)
    * until it is back. The frames already read are handled as usual.
    */
+  /** Closes `ws` (with `closeWith`) when it holds the most of its user's unfinished messages past their bound. */
+  private watchUnfinished(
+    ws: WebSocket,
+    principal: Principal,
+    closeWith: (close: { code: number; reason: string }) => void,
+  ): void {
+    const user = principal.kind === "user" ? `user ${principal.user}` : describePrincipal(principal)
+    this.unfinished.watch(ws, user, () => {
+      this.options.metrics.errors.inc({ code: ErrorCode.RATE_LIMITED })
+      this.options.log.info(
+        { principal: describePrincipal(principal) },
+        "closed: the user's sockets hold too much of messages not finished",
+      )
+      closeWith({ code: CloseCode.RateLimited.code, reason: "unfinished-messages" })
+    })
+  }
+
   private paceReading(ws: WebSocket, principal: Principal, bytes: number, frame = true): void {
     const users = this.options.core.users
     // A user held back while the relay is saturated is not read for a window (see `FairShare`).
@@ -838,6 +865,7 @@ export class WsTransport {
     }
     identified()
     reader = principal
+    this.watchUnfinished(ws, principal, (close) => closeUnread(close))
     ws.resume()
     // What arrived with the upgrade counts too.
     this.paceReading(ws, principal, earlyBytes)
@@ -980,8 +1008,9 @@ export class WsTransport {
     }
     if (socketClosed) return
     identified()
-    ws.resume()
     const reader = token.principal
+    this.watchUnfinished(ws, reader, closeWith)
+    ws.resume()
     mux = new MuxSocket({
       ws,
       core: this.options.core,
