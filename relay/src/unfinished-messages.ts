@@ -1,10 +1,16 @@
 import type { Socket } from "node:net"
 import type { WebSocket } from "ws"
 
+/** One socket's unfinished bytes, and how it is closed when it holds the most. */
+interface Held {
+  bytes: number
+  readonly close: () => void
+}
+
 /** What a user's sockets hold of messages not finished yet, by socket, and their sum. */
 interface UserHolding {
   total: number
-  readonly sockets: Map<WebSocket, number>
+  readonly sockets: Map<WebSocket, Held>
 }
 
 /**
@@ -25,8 +31,11 @@ export class UnfinishedMessages {
 
   constructor(private readonly perUser: number) {}
 
-  /** Counts what `ws` (of `user`, admitted) reads until it closes. */
-  watch(ws: WebSocket, user: string, close: (ws: WebSocket) => void): void {
+  /**
+   * Counts what `ws` (of `user`, admitted) reads until it closes; `close`
+   * closes it when it is the user's socket holding the most past the bound.
+   */
+  watch(ws: WebSocket, user: string, close: () => void): void {
     const socket = (ws as unknown as { _socket?: Socket })._socket
     if (!socket) return
     let holding = this.users.get(user)
@@ -35,40 +44,37 @@ export class UnfinishedMessages {
       this.users.set(user, holding)
     }
     const mine = holding
-    mine.sockets.set(ws, 0)
+    const held: Held = { bytes: 0, close }
+    mine.sockets.set(ws, held)
     const set = (bytes: number) => {
-      const before = mine.sockets.get(ws)
-      if (before === undefined) return
-      mine.sockets.set(ws, bytes)
-      mine.total += bytes - before
+      if (mine.sockets.get(ws) !== held) return
+      mine.total += bytes - held.bytes
+      held.bytes = bytes
     }
     // Before `ws`'s own listener: its whole messages, parsed from this chunk, then set the count back.
     const onData = (chunk: Buffer) => {
-      set((mine.sockets.get(ws) ?? 0) + chunk.length)
-      if (mine.total > this.perUser) this.closeLargest(mine, close)
+      set(held.bytes + chunk.length)
+      if (mine.total > this.perUser) this.closeLargest(mine)
     }
     socket.prependListener("data", onData)
     ws.on("message", () => set(0))
     ws.once("close", () => {
       socket.off("data", onData)
       set(0)
-      mine.sockets.delete(ws)
+      if (mine.sockets.get(ws) === held) mine.sockets.delete(ws)
       if (mine.sockets.size === 0 && this.users.get(user) === mine) this.users.delete(user)
     })
   }
 
-  private closeLargest(holding: UserHolding, close: (ws: WebSocket) => void): void {
-    let largest: WebSocket | undefined
-    let most = -1
-    for (const [ws, bytes] of holding.sockets)
-      if (bytes > most) {
-        largest = ws
-        most = bytes
-      }
+  private closeLargest(holding: UserHolding): void {
+    let largest: [WebSocket, Held] | undefined
+    for (const entry of holding.sockets) if (!largest || entry[1].bytes > largest[1].bytes) largest = entry
     if (!largest) return
-    // Off the count at once: what it still reads until it is gone cannot close another.
-    holding.total -= most
-    holding.sockets.delete(largest)
-    close(largest)
+    // Off the count at once, and cut at once (`close`): what it holds goes with the connection, and
+    // what it still reads cannot close another.
+    const [ws, held] = largest
+    holding.total -= held.bytes
+    holding.sockets.delete(ws)
+    held.close()
   }
 }

@@ -391,6 +391,9 @@ export class WsTransport {
         "closed: the user's sockets hold too much of messages not finished",
       )
       closeWith({ code: CloseCode.RateLimited.code, reason: "unfinished-messages" })
+      // Cut, not left for the close handshake: `ws` holds the fragments until the connection ends (a
+      // graceful close kept them for ws's 30 s, and a client reopening each socket kept hundreds of MB).
+      setImmediate(() => ws.terminate())
     })
   }
 

@@ -29,6 +29,8 @@ export function watchHeldSegments(
 ): void {
   const doc = host.doc
   typesOf(doc).segments.observe((event) => {
+    // This relay's own seals and purges hold what they wrote (`holdPurged`); others' come as updates.
+    if (event.transaction.local) return
     const history = sealedHistory(doc)
     const changed = new Set<number>()
     let refolded = false
