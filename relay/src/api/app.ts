@@ -200,10 +200,25 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
     problemResponse(c, new ParleyError(ErrorCode.NOT_FOUND, `no route ${c.req.method} ${c.req.path}`)),
   )
 
+  /** A JWT's compact form: three base64url parts (see the `authenticate` middleware). */
+  const JWT_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/
+
   const authenticate: MiddlewareHandler<Env> = async (c, next) => {
     const header = c.req.header("authorization") ?? ""
     const presented = /^Bearer (\S+)$/i.exec(header)?.[1]
     const parts = presented ? splitApiKey(presented) : undefined
+    // A token of the WebSocket's kind (a JWT: a user's, say) is no API key, and checked for nothing here:
+    // told so, 403, which is no failed sign-in of the address. As a 401 it counted as one, and an app
+    // calling a `/v1` route with its user's token locked everyone behind its address out (an outside probe).
+    if (!parts && presented !== undefined && JWT_SHAPE.test(presented))
+      return problemResponse(
+        c,
+        new ParleyError(
+          ErrorCode.FORBIDDEN,
+          "the HTTP API takes an API key (Authorization: Bearer pk_...), not a user's token: a user's token is for the WebSocket and the user routes (uploads, push)",
+        ),
+        403,
+      )
     const record = parts ? await options.keys.get(parts.id) : undefined
     // One answer for every failure: a prober learns nothing about which ids exist.
     if (!parts || !record || record.revokedAt !== undefined || !secretMatches(record, parts.secret))

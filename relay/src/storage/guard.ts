@@ -467,6 +467,16 @@ export class StorageGuard implements RelayStorage {
     return failure
   }
 
+  /**
+   * Told by a store of the same database (see `withDeadlines`) that one of
+   * its calls failed with `error` (typed `failure`): when the database
+   * answered nothing, storage is failing, reads too.
+   */
+  answeredNothing(error: unknown, failure: ParleyError): void {
+    if (this.closed || !this.unanswered(error)) return
+    this.fail(failure, true)
+  }
+
   /** Whether `error` (or what it wraps) says the database answered nothing (a deadline, or the backend's {@link StorageGuardOptions.noAnswer}). */
   private unanswered(error: unknown): boolean {
     for (let at = error, depth = 0; at !== undefined && depth < 4; depth++) {
@@ -581,7 +591,13 @@ export function withDeadlines<T extends object>(
       if (known?.method === value) return known.wrapper
       const what = `${label}: ${String(property)}`
       const late = () => `storage did not finish ${what} within ${timeoutMs} ms`
-      const failed = (error: unknown) => asStorageFailure(what, error)
+      const failed = (error: unknown) => {
+        const typed = asStorageFailure(what, error)
+        // Found here first (a key lookup, an idempotency record): the breaker learns of it too, so that
+        // the next call is refused at once, not left to wait for its own deadline (an outside probe).
+        shared?.answeredNothing(error, typed)
+        return typed
+      }
       const wrapper = (...args: unknown[]) => {
         // The database answers nothing (see `StorageGuard.readable`): refused at once, not left to wait
         // for its deadline and hold a connection of the pool meanwhile.

@@ -6,7 +6,7 @@ import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "../hel
 const alice = "alice" as UserId
 const bob = "bob" as UserId
 
-describe("push routes on a relay without push", () => {
+describe("a user's token on the HTTP API's routes, and on push routes of a relay without push", () => {
   let relay: RelayProcess
   beforeAll(async () => {
     relay = await startRelayProcess({})
@@ -26,6 +26,19 @@ describe("push routes on a relay without push", () => {
         code: "NOT_FOUND",
         detail: expect.stringContaining("push is off"),
       })
+    }
+    // The HTTP API's other routes too: a user's token is no API key, told 403, not a failed sign-in.
+    for (const path of ["/v1/conversations/g~push-off", "/v1/me/x", "/v1/events"]) {
+      for (let i = 0; i < 50; i++) {
+        const answer = await fetch(`${relay.httpUrl}${path}`, {
+          headers: { authorization: `Bearer ${token}` },
+        })
+        expect(answer.status).toBe(403)
+        expect(await answer.json()).toMatchObject({
+          code: "FORBIDDEN",
+          detail: expect.stringContaining("API key"),
+        })
+      }
     }
     const key = await fetch(`${relay.httpUrl}/v1/push/public-key`)
     expect(key.status).toBe(404)
