@@ -122,7 +122,8 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const bob = new TestClient(cluster.relay(1).url, id, await cluster.token("bob"))
       cleanup.push(() => bob.close())
       await bob.synced()
-      await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Egret")
+      // The takeover and the purge it owes under a loaded CI: 10 s was once not enough.
+      await purgedEverywhere(cluster.schema.url, "Gone-Cluster-Egret", 20_000)
       expect(await rowsHolding(cluster.schema.url, "Kept-Cluster-Heron")).not.toEqual([])
     }, 30_000)
 
