@@ -1,5 +1,8 @@
+import { EventEmitter } from "node:events"
 import { createConversation, newConversationId, type UserId } from "@parley/shared"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import type { WebSocket } from "ws"
+import { UnfinishedMessages } from "../src/unfinished-messages.js"
 import { TestClient } from "./helpers/clients.js"
 import { type RelayProcess, startRelayProcess, stopRelayProcesses } from "./helpers/relay-process.js"
 import { until } from "./helpers/until.js"
@@ -49,5 +52,36 @@ describe("messages sent in fragments and never finished", () => {
       for (const socket of sockets) socket.close()
       owner.close()
     }
+  })
+})
+
+describe("the per-user count of unfinished messages", () => {
+  /** A stand-in for a `ws` socket over its raw connection: what the count listens to. */
+  function fakeSocket() {
+    const raw = new EventEmitter()
+    const ws = Object.assign(new EventEmitter(), { _socket: raw }) as unknown as WebSocket & EventEmitter
+    return { ws, read: (bytes: number) => raw.emit("data", Buffer.alloc(bytes)) }
+  }
+
+  it("closes the user's socket holding the most, not the one whose bytes went past the bound", () => {
+    const count = new UnfinishedMessages(500)
+    const closed: string[] = []
+    const big = fakeSocket()
+    const small = fakeSocket()
+    const other = fakeSocket()
+    count.watch(big.ws, "mallory", () => closed.push("big"))
+    count.watch(small.ws, "mallory", () => closed.push("small"))
+    count.watch(other.ws, "bob", () => closed.push("other"))
+    big.read(400)
+    other.read(450)
+    small.read(90)
+    expect(closed).toEqual([])
+    // The small socket's next bytes tip mallory over: the big one goes.
+    small.read(60)
+    expect(closed).toEqual(["big"])
+    // A whole message sets a socket's count back.
+    small.ws.emit("message")
+    small.read(400)
+    expect(closed).toEqual(["big"])
   })
 })
