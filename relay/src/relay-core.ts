@@ -62,6 +62,7 @@ import {
   adoptDuePurge,
   clearPurgesNotOwed,
   compact,
+  equalBytes,
   notePurgesOwed,
   type PathContext,
   type PathLimits,
@@ -434,11 +435,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   /**
    * {@link write} through the cluster's router. A relay that does not own
    * the document runs the change on a fresh copy, which holds none of the
-   * sealed segments this relay's replica holds: they are added to it first,
-   * and a change that named sealed messages held nowhere (an edit, reaction,
-   * deletion or read marker of an old message, through the HTTP API or a
-   * hook) has their segments read and is tried once more, as the owner's
-   * own path does (before, every relay but the owner answered 404).
+   * sealed segments this relay's replica holds: a change that named sealed
+   * messages the copy did not hold (an edit, reaction, deletion or read
+   * marker of an old message, through the HTTP API or a hook) and wrote
+   * nothing has their segments read, and is tried once more on a copy given
+   * every segment the replica holds, as the owner's own path does (before,
+   * every relay but the owner answered 404). Only then: copying them costs
+   * an index of every held entry, on every forwarded write.
    */
   private async routedWrite(
     router: UpdateRouter,
@@ -447,12 +450,15 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     change: (doc: Y.Doc) => void,
   ): Promise<void> {
     const keeper = host.name.kind === "conversation" ? this.options.history : undefined
+    const local = () => writeOnServer(this.ctx, host, actor, change)
+    if (!keeper) return router.write(host, actor, change, local)
     let missed: MessageId[] = []
     let wrote = false
+    let withHeld = false
     const onCopy = (doc: Y.Doc) => {
       // The owner's path (`doc` is the replica) records its own misses and reads their segments.
-      if (!keeper || doc === host.doc) return change(doc)
-      copyHeldHistory(host.doc, doc)
+      if (doc === host.doc) return change(doc)
+      if (withHeld) copyHeldHistory(host.doc, doc)
       const recording = sealedHistory(doc).recordMisses()
       const before = Y.encodeStateVector(doc)
       try {
@@ -460,17 +466,17 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       } finally {
         missed = recording()
         // Tried again only when the refusal wrote nothing (what it wrote is forwarded all the same).
-        wrote = !sameBytes(before, Y.encodeStateVector(doc)) || deletedIn(doc)
+        wrote = !equalBytes(before, Y.encodeStateVector(doc)) || deletedIn(doc)
       }
     }
-    const local = () => writeOnServer(this.ctx, host, actor, change)
     try {
       await router.write(host, actor, onCopy, local)
     } catch (error) {
-      const namedSealed = keeper && missed.length > 0 && !wrote
+      const namedSealed = missed.length > 0 && !wrote
       if (!(namedSealed && error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
-      const reads = keeper.readsFor(sealedReadsPaidBy(this.ctx, actor))
-      if (!(await keeper.holdNamed(host, missed, reads))) throw error
+      // Held already (the copy lacked them only) or read now; none of them anywhere: the refusal stands.
+      await keeper.holdNamed(host, missed, keeper.readsFor(sealedReadsPaidBy(this.ctx, actor)))
+      withHeld = true
       await router.write(host, actor, onCopy, local)
     }
   }
@@ -1527,10 +1533,6 @@ function copyHeldHistory(from: Y.Doc, to: Y.Doc): void {
     const hash = held.pageHash(n)
     if (page && hash !== undefined) directory.addPage(page, hash)
   }
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((byte, i) => byte === b[i])
 }
 
 /** Whether the transaction open on `doc` deleted anything (deletions do not move its state vector). */

@@ -567,7 +567,8 @@ async function alreadyStored(
   return beyond.map((u) => u.position)
 }
 
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+/** Whether `a` and `b` hold the same bytes. */
+export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
   return true

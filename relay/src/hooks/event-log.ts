@@ -276,15 +276,15 @@ export function withoutRecorded<E extends { readonly event: HookEvent }>(
       ids = new Set()
       ;(known as Map<string, Set<string>>).set(event.event.conversationId, ids)
     }
-    const key = `${event.event.conversationId}\u0000${event.event.id}`
     if (ids.has(event.event.id)) {
       // Two events of one batch under one id are two different events (a batch derives each once): an id
       // collision, which once dropped a change's 31st event quietly. Still recorded once; said aloud.
-      if (inBatch.has(key)) warnRepeat(event)
+      // (An id names its conversation already: `stableEventId`.)
+      if (inBatch.has(event.event.id)) warnRepeat(event)
       return false
     }
     ids.add(event.event.id)
-    inBatch.add(key)
+    inBatch.add(event.event.id)
     return true
   })
 }
