@@ -139,6 +139,62 @@ describe("the storage guard", () => {
     expect((await guard.load("d")).updates).toHaveLength(1)
   })
 
+  it("refuses the reads in flight, and a side store's calls, once it finds the database answering nothing", async () => {
+    const storage = new FlakyStorage()
+    // Loads wait (as on a database that stopped answering) until released.
+    let answer!: () => void
+    const silent = new Promise<void>((resolve) => {
+      answer = resolve
+    })
+    const original = storage.load.bind(storage)
+    storage.load = async (name) => {
+      await silent
+      return original(name)
+    }
+    const unanswered = (error: unknown) => error instanceof Error && error.message === "Query read timeout"
+    // A deadline far away: whatever refuses the calls below, it is not their deadline.
+    const guard = new StorageGuard(storage, {
+      timeoutMs: 60_000,
+      probeIntervalMs: 5,
+      maxProbeIntervalMs: 20,
+      noAnswer: unanswered,
+    })
+    const sideStore = withDeadlines({ lookup: () => silent.then(() => "key") }, 60_000, "api keys", guard)
+    try {
+      const load = guard.load("d")
+      const lookup = sideStore.lookup()
+      load.catch(() => {})
+      lookup.catch(() => {})
+      // Another call of the same database hears the driver's own timeout: nothing answers.
+      const failing = withDeadlines(
+        {
+          find: async () => {
+            throw new Error("Query read timeout")
+          },
+        },
+        60_000,
+        "idempotency",
+        guard,
+      )
+      await expect(failing.find()).rejects.toMatchObject({ code: ErrorCode.STORAGE_UNAVAILABLE })
+      expect(guard.state).toMatchObject({ state: "failing", reads: false })
+      await expect(load).rejects.toThrow(/^storage is failing: .*Query read timeout/)
+      await expect(lookup).rejects.toThrow(/^storage is failing: .*Query read timeout/)
+      let recovered = false
+      void guard.whenAvailable().then(() => {
+        recovered = true
+      })
+      // Still waiting in the backend: not back until it settles.
+      await new Promise((r) => setTimeout(r, 100))
+      expect(recovered).toBe(false)
+      answer()
+      await until(() => recovered)
+      expect((await guard.load("d")).updates).toHaveLength(0)
+    } finally {
+      await guard.close()
+    }
+  })
+
   it("fails a call that outlives its deadline, and reports recovery only after that call settled", async () => {
     const storage = new FlakyStorage()
     let finish!: () => void

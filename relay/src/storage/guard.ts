@@ -152,7 +152,7 @@ export function withDeadline<T>(promise: Promise<T>, ms: number, what: string): 
 const pastDeadline = new WeakSet<ParleyError>()
 
 /** Rejects a call before its deadline (see `settledWithin`'s `refusals`). */
-type Refusal = (error: ParleyError) => void
+export type Refusal = (error: ParleyError) => void
 
 /**
  * `promise`, or a STORAGE_UNAVAILABLE error saying `late()` when it has not
@@ -230,6 +230,12 @@ export class StorageGuard implements RelayStorage {
   private readonly waiters = new Set<{ resolve: () => void; reject: (error: unknown) => void }>()
   /** The writes not answered yet, each as a function that refuses it at once (see {@link fail}). */
   private readonly writes = new Set<Refusal>()
+  /**
+   * The reads not answered yet (and the calls of the stores of the same
+   * database, see `withDeadlines`): refused at once when the database is
+   * found answering nothing, as later ones are (see {@link refuseReads}).
+   */
+  private readonly reads = new Set<Refusal>()
   /** When each write (or watch probe) not settled in the backend began, oldest first (a Set keeps insertion order). */
   private readonly writesSince = new Set<{ readonly at: number }>()
   private probeTimer: NodeJS.Timeout | undefined
@@ -449,8 +455,28 @@ export class StorageGuard implements RelayStorage {
         this.running.delete(inner)
         if (since) this.writesSince.delete(since)
       },
-      reads ? undefined : this.writes,
+      reads ? this.reads : this.writes,
     )
+  }
+
+  /**
+   * The set a store of the same database puts its unanswered calls in (see
+   * `withDeadlines`): they are refused with the reads in flight.
+   */
+  get inFlightReads(): Set<Refusal> {
+    return this.reads
+  }
+
+  /**
+   * Refuses the reads in flight once reads are no longer served: they wait on
+   * a database that answers nothing (a stopped server, a dropped link), each
+   * for its own deadline otherwise (up to the storage timeout per request).
+   * They stay tracked until they settle in the backend.
+   */
+  private refuseReads(error: ParleyError): void {
+    if (this.reads.size === 0 || this.readsServed()) return
+    const refusal = storageUnavailable(`storage is failing: ${error.message}`, error)
+    for (const refuse of [...this.reads]) refuse(refusal)
   }
 
   /**
@@ -506,6 +532,7 @@ export class StorageGuard implements RelayStorage {
         for (const refuse of [...this.writes]) refuse(refusal)
       }
     }
+    this.refuseReads(error)
     this.scheduleProbe()
   }
 
@@ -544,6 +571,7 @@ export class StorageGuard implements RelayStorage {
         since: this.since(),
         reads: this.readsServed() && !this.unanswered(error),
       }
+      this.refuseReads(this.current.error)
       this.scheduleProbe()
       return
     }
@@ -606,7 +634,8 @@ export function withDeadlines<T extends object>(
           return Promise.reject(storageUnavailable(`storage is failing: ${state.error.message}`, state.error))
         const result = Reflect.apply(value, object, args)
         if (!(result instanceof Promise)) return result
-        return settledWithin(result, timeoutMs, late, failed)
+        // In the documents' reads in flight: refused with them once the database is found answering nothing.
+        return settledWithin(result, timeoutMs, late, failed, undefined, shared?.inFlightReads)
       }
       wrappers.set(property, { method: value, wrapper })
       return wrapper
