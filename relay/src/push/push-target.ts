@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto"
+import { createHmac } from "node:crypto"
 import { type ConversationId, ErrorCode, ParleyError, type UserId } from "@parley/shared"
 import webpush from "web-push"
 import { discardBody } from "../discard-body.js"
@@ -186,7 +186,7 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
         urgency: wake ? "normal" : notification.urgency,
         contentEncoding: "aes128gcm",
         // Replaces an undelivered notification of the same conversation on the push service.
-        topic: wake ? WAKE_TOPIC : topicOf(notification.conversationId),
+        topic: wake ? WAKE_TOPIC : topicOf(options.vapid.privateKey, sub, notification.conversationId),
       },
     )
     let response: Response
@@ -331,7 +331,16 @@ function checkedRewrite(result: unknown, hook: string): PushNotification {
   return JSON.parse(json) as PushNotification
 }
 
-/** A `Topic` header value (at most 32 base64url characters) naming the conversation. */
-function topicOf(conversation: string): string {
-  return createHash("sha256").update(conversation).digest("base64url").slice(0, 32)
+/**
+ * A `Topic` header value (at most 32 base64url characters) for `conversation`
+ * on `sub`'s device: the same for each of its notifications, so the push
+ * service keeps only the latest, but telling it nothing. The header goes to
+ * the push service in the clear: a plain hash of the id named a direct
+ * conversation's pair to anyone who hashed `dm~alice~bob`, and linked one
+ * conversation's notifications across its members' devices (an outside
+ * probe). Keyed with the relay's VAPID private key (a secret every push
+ * request needs anyway) and the device's own auth secret.
+ */
+function topicOf(key: string, sub: PushSubscriptionRecord, conversation: string): string {
+  return createHmac("sha256", key).update(`${sub.auth}\u0000${conversation}`).digest("base64url").slice(0, 32)
 }

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -168,6 +169,15 @@ describe("Web Push notifications from a relay process", () => {
     expect([first!.payload.badge, second!.payload.badge]).toEqual([1, 2])
     expect(first!.headers.urgency).toBe("normal")
     expect(Number(first!.headers.ttl)).toBeGreaterThan(0)
+    // The Topic (sent in the clear) is the same for a device's notifications of one conversation, so
+    // its push service keeps only the latest, but names nothing: not the conversation id's hash,
+    // and not the same on another device, so that the push service cannot link them.
+    const topic = first!.headers.topic
+    expect(topic).toMatch(/^[\w-]{32}$/)
+    expect(second!.headers.topic).toBe(topic)
+    expect(topic).not.toBe(createHash("sha256").update("g~push-notify").digest("base64url").slice(0, 32))
+    const others = [...pushesTo("n-bob-laptop"), ...pushesTo("n-carol")].map((p) => p.headers.topic)
+    expect(new Set([topic, ...others]).size).toBe(3)
     expect(first!.vapid).toMatchObject({ sub: "mailto:ops@example.com", k: vapid.publicKey })
     expect(first!.vapid.aud).toBe(new URL(receiver.subscribe("unused").endpoint).origin)
     client.close()
