@@ -15,6 +15,7 @@ import {
   type ProfileInput,
   parseConversationId,
   parseUserId,
+  Rule,
   toParleyError,
   type UserId,
 } from "@parley/shared"
@@ -679,6 +680,17 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       attach()
       // Rebuilt after a refusal: its rebased work goes on a new connection.
       conversation.on("resynced", attach)
+      // Deleted while this device was offline: its refused work is told by its statuses and the deletion
+      // (as online), which nobody shows for this handle: told here, once, as a removal is below.
+      conversation.on("resynced", ({ failed }) => {
+        const { state } = conversation
+        const refused = failed.find(
+          ({ what, error }) => what.kind !== "marker" && error.rule === Rule.conversationDeleted,
+        )
+        if (!this.background.has(id) || !refused || state.state !== "ready") return
+        if (state.conversation.deletedAt !== undefined)
+          this.emit("error", { error: refused.error, conversationId: id })
+      })
       // Refused (removed from it, deleted): nothing more to send.
       conversation.on("state", ({ state }) => {
         if (state.state !== "unavailable" || !this.background.has(id)) return

@@ -2,7 +2,7 @@ import "fake-indexeddb/auto"
 import { ErrorCode, isRetryable, ParleyError } from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
 import WebSocket from "ws"
-import { type ChatClient, createChatClient } from "../src/index.js"
+import { type ChatClient, type Conversation, createChatClient } from "../src/index.js"
 import {
   connectClient,
   destroyClients,
@@ -300,3 +300,145 @@ describe("after a reload, work in a conversation the user was removed from meanw
     }
   })
 })
+
+/**
+ * Device `user` writes three messages (each marked read) offline in a group of `owner`, who meanwhile deletes
+ * it or removes `user`. Returns the group's id, the messages' ids and the client the device wrote them on,
+ * offline (the caller destroys it for a reload, or connects it).
+ */
+async function writtenOfflineWhileGone(user: string, owner: string, how: "deleted" | "removed") {
+  const byOwner = await connectClient(relay, owner)
+  const room = await byOwner.createConversation({ participants: [user], title: "gone" })
+  room.send("welcome")
+  await byOwner.flush()
+  const before = await createChatClient({
+    ...deviceOptions(user),
+    reconnect: { minDelay: 50, maxDelay: 400 },
+  })
+  const chat = await before.conversation(room.id).ready()
+  await eventually(() => expect(chat.messages().map((m) => m.body)).toEqual(["welcome"]))
+  await before.flush()
+  before.disconnect()
+  const written = ["one", "two", "three"].map((body) => {
+    const id = chat.send(body).id
+    chat.markRead()
+    return id
+  })
+  if (how === "deleted") room.delete()
+  else room.removeParticipants([user])
+  await byOwner.flush()
+  return { id: room.id, written, before, chat }
+}
+
+describe.each(["deleted", "removed"] as const)(
+  "work written offline in a conversation %s meanwhile",
+  (how) => {
+    /** The one signal online too: deleted, a `conversation.deleted` change (still readable); removed, unavailable. */
+    const gone = (chat: Conversation, events: string[]) => {
+      if (how === "removed")
+        return expect(chat.state).toMatchObject({ state: "unavailable", reason: ErrorCode.FORBIDDEN })
+      expect(events).toEqual(["conversation.deleted"])
+      expect(chat.state).toMatchObject({ state: "ready", conversation: { deletedAt: expect.any(Number) } })
+    }
+
+    const failedForGood = async (chat: Conversation, written: readonly string[]) => {
+      await eventually(() =>
+        expect(written.map((id) => chat.status(id))).toEqual(["failed", "failed", "failed"]),
+      )
+      for (const id of written)
+        expect(chat.message(id)).toMatchObject({ status: "failed", error: { code: ErrorCode.FORBIDDEN } })
+    }
+
+    /** What the app hears of `chat` once it goes online: `conversation.*` change events, and the client's errors. */
+    const listen = (client: ChatClient, chat: Conversation) => {
+      const heard = { events: [] as string[], errors: [] as string[] }
+      chat.on("change", ({ events }) => {
+        for (const e of events) if (e.type === "conversation.deleted") heard.events.push(e.type)
+      })
+      client.on("error", ({ error }) => heard.errors.push(`${error.code} ${error.message}`))
+      return heard
+    }
+
+    it("is told as the conversation gone, as online, after a reload: its messages failed with why, no error events", async () => {
+      const user = `gone-reload-${how}`
+      const { id, written, before } = await writtenOfflineWhileGone(user, `gone-owner-r-${how}`, how)
+      await before.destroy()
+
+      const after = await createChatClient({
+        ...deviceOptions(user, false),
+        reconnect: { minDelay: 50, maxDelay: 400 },
+      })
+      try {
+        const chat = after.conversation(id)
+        await chat.ready()
+        const heard = listen(after, chat)
+        after.connect()
+        await failedForGood(chat, written)
+        gone(chat, heard.events)
+        // Nothing left to wait for: flush() resolves and unsaved() is empty.
+        await after.flush({ timeoutMs: 5_000 })
+        expect(after.unsaved()).toEqual([])
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        expect(heard.errors).toEqual([])
+      } finally {
+        await after.destroy()
+      }
+      // Deleted, the replica says so: still failed after another reload, offline. (Removed, the relay's refusal
+      // tells it again on the next connection: this device never got the relay's state without the user.)
+      if (how === "removed") return
+      const later = await createChatClient(deviceOptions(user, false))
+      try {
+        await failedForGood(await later.conversation(id).ready(), written)
+      } finally {
+        await later.destroy()
+      }
+    })
+
+    it("is told the same way without a reload, offline across it", async () => {
+      const { written, before, chat } = await writtenOfflineWhileGone(
+        `gone-live-${how}`,
+        `gone-owner-l-${how}`,
+        how,
+      )
+      try {
+        const heard = listen(before, chat)
+        before.connect()
+        await failedForGood(chat, written)
+        gone(chat, heard.events)
+        await before.flush({ timeoutMs: 5_000 })
+        expect(before.unsaved()).toEqual([])
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        expect(heard.errors).toEqual([])
+      } finally {
+        await before.destroy()
+      }
+    })
+
+    it("not opened after a reload, is told by one error naming the conversation; its messages read failed", async () => {
+      const user = `gone-background-${how}`
+      const { id, written, before } = await writtenOfflineWhileGone(user, `gone-owner-b-${how}`, how)
+      await before.destroy()
+
+      const after = await createChatClient({
+        ...deviceOptions(user, false),
+        reconnect: { minDelay: 50, maxDelay: 400 },
+      })
+      const errors: { code: string; conversationId?: string }[] = []
+      after.on("error", ({ error, conversationId }) =>
+        errors.push({ code: error.code, ...(conversationId ? { conversationId } : {}) }),
+      )
+      try {
+        after.connect()
+        await after.flush({ timeoutMs: 5_000 })
+        await eventually(() => expect(errors).toEqual([{ code: ErrorCode.FORBIDDEN, conversationId: id }]))
+        expect(after.unsaved()).toEqual([])
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        expect(errors).toHaveLength(1)
+        await failedForGood(after.conversation(id), written)
+        expect(errors).toHaveLength(1)
+      } finally {
+        await after.destroy()
+      }
+    })
+  },
+)

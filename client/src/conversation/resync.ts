@@ -89,7 +89,9 @@ export class Resync {
       })
       return
     }
-    emit("error", { error })
+    // The conversation was deleted while this device was offline: the deletion tells the app, as online
+    // (`conversation.deleted`, its `deletedAt`), and the rebuild below tells what it refused, each once.
+    if (error.rule !== Rule.conversationDeleted) emit("error", { error })
     // A refusal that names one of the user's unsaved messages (a rule of the relay's own, such as a
     // date checked against its clock) is about that message: the rebuild leaves it out, so it is not
     // sent again to be refused again with everything written after it (before: one message dated by a
@@ -231,8 +233,15 @@ export class Resync {
     // The messages left out as the relay refused them: kept as the user wrote them, failed, outside the
     // replica (the app may retry or discard them); their refusal was told as it came.
     const told = new Set<MessageId>()
+    // Deleted meanwhile (offline across the deletion): its messages are kept failed the same way, so that
+    // their status stays `failed` across reloads (before, it was `undefined` once the handle closed), and
+    // each is told by its status alone, as a removal tells them; the markers it refused go unsaid (as a
+    // removal's: nobody reads a deleted conversation). Other changes are `error` events, as a removal's.
+    const deleted = getConversation(fresh)?.deletedAt !== undefined
+    const byDeletion = (error: ParleyError) => deleted && error.rule === Rule.conversationDeleted
     for (const { what, error } of result.failed) {
-      if (what.kind !== "message.send" || this.named.get(what.id) !== error) continue
+      if (what.kind !== "message.send") continue
+      if (this.named.get(what.id) !== error && !byDeletion(error)) continue
       const view = getMessage(old.doc, what.id)
       if (view) host.statuses.keepRefused(view, error)
       told.add(what.id)
@@ -251,7 +260,9 @@ export class Resync {
     host.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
     for (const { what, error } of result.failed) {
       if (what.kind === "message.send") host.emit("status", { messageId: what.id, status: "failed", error })
-      if (what.kind !== "message.send" || !told.has(what.id)) host.emit("error", { error, change: what })
+      if (what.kind === "message.send" ? told.has(what.id) : what.kind === "marker" && byDeletion(error))
+        continue
+      host.emit("error", { error, change: what })
     }
     host.emit("change", { events: [], local: false })
     host.refreshUnread()
