@@ -1,6 +1,14 @@
 import "fake-indexeddb/auto"
 import { type RunningRelay, startRelay } from "@parley/relay"
-import { ErrorCode, type PendingChange, Rule } from "@parley/shared"
+import {
+  ErrorCode,
+  encodeStoredRecord,
+  newMessageId,
+  type PendingChange,
+  Rule,
+  typesOf,
+  type UserId,
+} from "@parley/shared"
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest"
 // The relay process does not run the full per-update checker by default yet; this test plugs it in.
 import { AuthorizationPolicy } from "../../relay/src/policy/authorization-policy.js"
@@ -158,6 +166,60 @@ describe("messages the relay refuses for their date", () => {
         "dated ahead",
         "after a reload",
       ]),
+    )
+  })
+})
+
+describe("a message that is not plain JSON", () => {
+  it("is refused alone: the SDK refuses one before writing, and one an older SDK wrote fails without the messages after it", async () => {
+    const alice = await connectClient(relay, "jsonalice", { storage: "indexeddb" })
+    const chat = await alice.createConversation({ participants: ["jsonbob"] })
+    // Ordinary JavaScript: an optional field passed on as undefined is left out, as JSON would.
+    const linked = chat.send({
+      body: "see",
+      attachments: [{ kind: "link", url: "https://example.com/a", title: undefined }],
+      metadata: { replyTo: undefined } as never,
+    })
+    await eventually(() => expect(SAVED).toContain(chat.status(linked.id)))
+    // What JSON cannot say is refused before anything is written.
+    expect(() => chat.send("x", { metadata: { z: new Uint8Array([1]) } as never })).toThrow(
+      expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }),
+    )
+    expect(() => chat.rename(123 as never)).toThrow(
+      expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }),
+    )
+
+    // An older SDK wrote `undefined` into a message's attachment: the relay refuses it naming it, and
+    // the rebuild leaves it out (before: every later message of the device failed, reloads included).
+    const bad = newMessageId()
+    chat.doc.transact(() =>
+      typesOf(chat.doc).messages.push([
+        encodeStoredRecord({
+          id: bad,
+          author: "jsonalice" as UserId,
+          body: "written by an older SDK",
+          createdAt: Date.now(),
+          attachments: [{ kind: "link", url: "https://example.com/b", title: undefined as never }],
+        }),
+      ]),
+    )
+    const after = chat.send("after it")
+    await eventually(() => expect(SAVED).toContain(chat.status(after.id)))
+    expect(chat.status(bad)).toBe("failed")
+    expect(chat.message(bad)?.error).toMatchObject({
+      rule: Rule.schema,
+      message: expect.stringContaining(bad),
+    })
+
+    await alice.destroy()
+    const reloaded = await connectClient(relay, "jsonalice", { storage: "indexeddb" })
+    const chat2 = await reloaded.conversation(chat.id).ready()
+    const later = chat2.send("after a reload")
+    await eventually(() => expect(SAVED).toContain(chat2.status(later.id)))
+    const bob = await connectClient(relay, "jsonbob")
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() =>
+      expect(bobChat.messages().map((m) => m.body)).toEqual(["see", "after it", "after a reload"]),
     )
   })
 })

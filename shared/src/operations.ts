@@ -12,7 +12,9 @@ import {
   parseUserId,
   type UserId,
 } from "./ids.js"
+import { assertTitle, metadataOf } from "./input-checks.js"
 import { messageIndex } from "./message-index.js"
+import { plainJsonOf } from "./plain-json.js"
 import { getConversation, getMessage, type MessageView, markersOf, roleOf } from "./reads.js"
 import {
   canAddParticipant,
@@ -49,14 +51,7 @@ import {
   SCHEMA_VERSION,
   storedRecordId,
 } from "./schema.js"
-import {
-  assertValid,
-  checkEditRecord,
-  checkMessageRecord,
-  checkMetadata,
-  holdsNameControls,
-  TITLE_CONTROLS,
-} from "./validate.js"
+import { assertValid, checkEditRecord, checkMessageRecord } from "./validate.js"
 import { assertWellFormed } from "./well-formed.js"
 
 /**
@@ -133,10 +128,8 @@ export function createConversation(
   if (id === undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a group conversation needs an id")
   if (roles.size > Limits.participants) throw new ParleyError(ErrorCode.TOO_LARGE, "too many participants")
   const title = input.title ?? ""
-  if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
-  if (holdsNameControls(title)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, TITLE_CONTROLS)
-  assertWellFormed(title, "title")
-  if (input.metadata) assertValid(checkMetadata, input.metadata)
+  assertTitle(title)
+  const metadata = input.metadata === undefined ? {} : metadataOf(input.metadata)
   // The id decides who may create it and as what; a group id the creator owns.
   assertAllowed(canCreateWithId(actor, { id, kind: input.kind, roles, distinctKey }))
   const now = options.now ?? Date.now()
@@ -147,7 +140,7 @@ export function createConversation(
     t.meta.set(MetaKey.kind, input.kind)
     t.meta.set(MetaKey.title, title)
     t.meta.set(MetaKey.createdBy, actor)
-    t.meta.set(MetaKey.metadata, input.metadata ?? {})
+    t.meta.set(MetaKey.metadata, metadata)
     if (distinctKey !== undefined) t.meta.set(MetaKey.distinctKey, distinctKey)
     for (const [user, role] of roles) t.participants.set(user, { role, addedBy: actor, addedAt: now })
     // Written last: readers treat a document as a conversation once createdAt is there.
@@ -165,9 +158,7 @@ export function renameConversation(
 ): void {
   requireConversation(doc)
   assertAllowed(canUpdateConversation(writerRole(doc, actor)))
-  if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
-  if (holdsNameControls(title)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, TITLE_CONTROLS)
-  assertWellFormed(title, "title")
+  assertTitle(title)
   doc.transact(() => typesOf(doc).meta.set(MetaKey.title, title), options.origin)
 }
 
@@ -180,8 +171,8 @@ export function setConversationMetadata(
 ): void {
   requireConversation(doc)
   assertAllowed(canUpdateConversation(writerRole(doc, actor)))
-  assertValid(checkMetadata, metadata)
-  doc.transact(() => typesOf(doc).meta.set(MetaKey.metadata, metadata), options.origin)
+  const value = metadataOf(metadata)
+  doc.transact(() => typesOf(doc).meta.set(MetaKey.metadata, value), options.origin)
 }
 
 /** Marks the conversation deleted (owners and admins). Its content stays until purged. */
@@ -291,10 +282,15 @@ export function sendMessage(
   options: WriteOptions = {},
 ): MessageView {
   requireConversation(doc)
+  if (typeof input !== "object" || input === null)
+    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a message to send is an object with its body")
   const id = input.id ?? newMessageId()
   const already = getMessage(doc, id)
   if (already) return already
   assertAllowed(canSendMessage(actor, writerRole(doc, actor), actor))
+  // An attachment's optional field given as `undefined` (`title: maybeTitle`) is left out, as JSON would.
+  const attachments = input.attachments?.length ? plainJsonOf(input.attachments, "an attachment") : undefined
+  const metadata = input.metadata === undefined ? undefined : metadataOf(input.metadata)
   const record: MessageRecord = {
     id,
     author: actor,
@@ -302,8 +298,8 @@ export function sendMessage(
     createdAt: options.now ?? Date.now(),
     ...(input.type !== undefined && input.type !== "text" ? { type: input.type } : {}),
     ...(input.replyTo !== undefined ? { replyTo: input.replyTo } : {}),
-    ...(input.attachments?.length ? { attachments: input.attachments } : {}),
-    ...(input.metadata && Object.keys(input.metadata).length > 0 ? { metadata: input.metadata } : {}),
+    ...(attachments ? { attachments } : {}),
+    ...(metadata && Object.keys(metadata).length > 0 ? { metadata } : {}),
     ...(input.priority !== undefined && input.priority !== "normal" ? { priority: input.priority } : {}),
   }
   assertValid(checkMessageRecord, record)
@@ -411,7 +407,8 @@ function positionOfLiveRecord(messages: Y.Array<unknown>, id: MessageId): number
 }
 
 function checkEmoji(emoji: string) {
-  if (!isReactionEmoji(emoji)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "invalid reaction")
+  if (typeof emoji !== "string" || !isReactionEmoji(emoji))
+    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "invalid reaction")
   assertWellFormed(emoji, "reaction")
 }
 

@@ -3,6 +3,7 @@ import { typesOf } from "./document.js"
 import { ErrorCode, ParleyError } from "./errors.js"
 import { encodeTombstone, type SealedEntry, sealedHistory } from "./history.js"
 import type { MessageId, UserId } from "./ids.js"
+import { assertTitle, metadataOf } from "./input-checks.js"
 import { messageIndex } from "./message-index.js"
 import { assertAllowed, type WriteOptions } from "./operations.js"
 import { getConversation, getMessage, type MessageView, roleOf, sealedMessageView } from "./reads.js"
@@ -13,7 +14,6 @@ import {
   decodeStoredRecord,
   encodeStoredRecord,
   isDeletedRecord,
-  Limits,
   type MessageRecord,
   type Metadata,
   MetaKey,
@@ -23,15 +23,7 @@ import {
   storedRecordId,
   type UnpinRecord,
 } from "./schema.js"
-import {
-  assertValid,
-  checkFleetingSeconds,
-  checkMetadata,
-  checkUnpinRecord,
-  holdsNameControls,
-  TITLE_CONTROLS,
-} from "./validate.js"
-import { assertWellFormed } from "./well-formed.js"
+import { assertValid, checkFleetingSeconds, checkUnpinRecord } from "./validate.js"
 
 /*
  * What a message's priority does, beyond being stored in its record:
@@ -179,17 +171,13 @@ export function updateConversation(
 ): void {
   if (!getConversation(doc)) throw new ParleyError(ErrorCode.NOT_FOUND, "this document holds no conversation")
   assertAllowed(canUpdateConversation(writerRole(doc, actor)))
-  if (change.title !== undefined) {
-    if (change.title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
-    if (holdsNameControls(change.title)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, TITLE_CONTROLS)
-    assertWellFormed(change.title, "title")
-  }
-  if (change.metadata !== undefined) assertValid(checkMetadata, change.metadata)
+  if (change.title !== undefined) assertTitle(change.title)
+  const metadata = change.metadata === undefined ? undefined : metadataOf(change.metadata)
   if (typeof change.fleetingSeconds === "number") assertValid(checkFleetingSeconds, change.fleetingSeconds)
   const meta = typesOf(doc).meta
   doc.transact(() => {
     if (change.title !== undefined) meta.set(MetaKey.title, change.title)
-    if (change.metadata !== undefined) meta.set(MetaKey.metadata, change.metadata)
+    if (metadata !== undefined) meta.set(MetaKey.metadata, metadata)
     if (change.fleetingSeconds === null) meta.delete(MetaKey.fleetingSeconds)
     else if (
       change.fleetingSeconds !== undefined &&

@@ -38,7 +38,9 @@ export const checkMetadata: Check = (v) => {
         return value
       }),
     ).length
-  } catch {
+  } catch (error) {
+    // A bigint (JSON cannot say it) or a cycle: not JSON, whatever its size.
+    if (error instanceof TypeError) return "metadata holds plain JSON only"
     // JSON.stringify throws RangeError on a value nested beyond the stack (a body of `[[[[...`
     // within the request size limit): too large by any measure, and a refusal, not a crash.
     return `metadata exceeds ${Limits.metadataBytes} bytes`

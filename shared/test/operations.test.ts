@@ -160,6 +160,70 @@ describe("conversations", () => {
   })
 })
 
+describe("values that are not JSON", () => {
+  it("refuses them before writing anything, and leaves out keys given as undefined, as JSON does", () => {
+    const doc = groupDoc()
+    const before = Y.encodeStateVector(doc)
+    const notJson: [string, unknown][] = [
+      ["a function", () => 1],
+      ["NaN", Number.NaN],
+      ["Infinity", Number.POSITIVE_INFINITY],
+      ["a symbol", Symbol("s")],
+      ["a bigint", 1n],
+      ["bytes", new Uint8Array([1])],
+      ["a Map", new Map([["a", 1]])],
+      ["a Date", new Date(0)],
+      ["undefined in an array", [1, undefined]],
+    ]
+    for (const [what, value] of notJson) {
+      const invalid = expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT })
+      expect(() => setConversationMetadata(doc, alice, { z: value } as never), what).toThrow(invalid)
+      expect(() => sendMessage(doc, alice, { body: "x", metadata: { z: value } as never }), what).toThrow(
+        invalid,
+      )
+      expect(() => updateConversation(doc, alice, { metadata: { z: { y: value } } as never }), what).toThrow(
+        invalid,
+      )
+      expect(
+        () =>
+          createConversation(new Y.Doc(), alice, {
+            kind: "group",
+            id: "g~j" as ConversationId,
+            participants: [],
+            metadata: { z: value } as never,
+          }),
+        what,
+      ).toThrow(invalid)
+    }
+    expect(Y.encodeStateVector(doc)).toEqual(before)
+    // Plain JavaScript's mistakes are typed errors too, not a TypeError from inside.
+    const message = sendMessage(doc, alice, { body: "hi" })
+    const typed = expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT })
+    const before2 = Y.encodeStateVector(doc)
+    expect(() => renameConversation(doc, alice, 123 as never)).toThrow(typed)
+    expect(() => renameConversation(doc, alice, null as never)).toThrow(typed)
+    expect(() => sendMessage(doc, alice, null as never)).toThrow(typed)
+    expect(() => react(doc, alice, message.id, undefined as never)).toThrow(typed)
+    expect(() => sendMessage(doc, alice, { body: "x", metadata: { b: 1n } as never })).toThrow(
+      /metadata holds plain JSON only/,
+    )
+    expect(Y.encodeStateVector(doc)).toEqual(before2)
+    // `{ title: maybeTitle }` with maybeTitle undefined: written without the key, which the relay accepts.
+    const sent = sendMessage(doc, alice, {
+      body: "see",
+      attachments: [{ kind: "link", url: "https://example.com", title: undefined }],
+      metadata: { replyTo: undefined, tags: [{ a: 1, b: undefined }] } as never,
+    })
+    const stored = typesOf(doc).messages.toArray().at(-1)
+    expect(checkStoredRecord(stored)).toBeUndefined()
+    expect(JSON.stringify(stored)).not.toContain("undefined")
+    expect(sent.attachments).toEqual([{ kind: "link", url: "https://example.com" }])
+    expect(sent.metadata).toEqual({ tags: [{ a: 1 }] })
+    setConversationMetadata(doc, alice, { topic: "x", gone: undefined } as never)
+    expect(getConversation(doc)?.metadata).toEqual({ topic: "x" })
+  })
+})
+
 describe("participants", () => {
   it("adds, removes and changes roles as owner and admin", () => {
     const doc = groupDoc()

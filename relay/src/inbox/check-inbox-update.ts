@@ -3,11 +3,11 @@ import {
   type Decision,
   InboxTopLevel,
   isConversationId,
+  isPlainJson,
   Rule,
   type UserId,
 } from "@parley/shared"
 import * as Y from "yjs"
-import { isPlainJson } from "../policy/plain-json.js"
 import { mapItemValue, Refusal, readUpdate } from "../policy/update-structs.js"
 import type { Principal } from "../principal.js"
 

@@ -34,6 +34,7 @@ import {
   holdsNameControls,
   isDeletedRecord,
   isMessageId,
+  isPlainJson,
   isReactionEmoji,
   isReactionRemoval,
   isUserId,
@@ -49,6 +50,7 @@ import {
   SCHEMA_VERSION,
   type SealedEntry,
   sealedHistory,
+  storedRecordId,
   TOP_LEVEL_ARRAYS,
   TOP_LEVEL_MAPS,
   TopLevel,
@@ -61,7 +63,7 @@ import { sealedIdStatus } from "../history/sealed-ids.js"
 import { describePrincipal, type Principal } from "../principal.js"
 import { membership, membershipOf, type ReplicaView, replicaHad } from "../replica-view.js"
 import { type ClientBinding, type ClientBindings, RELAY_KEY } from "./client-bindings.js"
-import { isPlainJson, sameJson } from "./plain-json.js"
+import { sameJson } from "./plain-json.js"
 import {
   currentMapItem,
   mapItemValue,
@@ -151,6 +153,12 @@ function refuse(rule: Rule, reason: string): never {
 const assert = (decision: Decision): void => {
   if (!decision.allowed) throw new Refusal(decision.rule, decision.reason)
 }
+/** `problem` of the stored message record `value`, naming its id when it has a valid one. */
+function namingMessage(value: unknown, problem: string): string {
+  const id = storedRecordId(value)
+  return id !== undefined && isMessageId(id) ? `message ${id}: ${problem}` : problem
+}
+
 const schema = (problem: string | undefined): void => {
   if (problem !== undefined) refuse(Rule.schema, problem)
 }
@@ -639,8 +647,11 @@ class UpdateCheck {
     for (const n of this.read.items) {
       if (n.location.root !== TopLevel.messages) continue
       for (const { value, deleted } of this.elements(n)) {
-        if (!isPlainJson(value)) refuse(Rule.schema, "a message holds plain JSON only")
-        schema(checkStoredRecord(value))
+        // Naming the message: its writer's SDK leaves it out of its next rebuild, so one malformed
+        // message (an older SDK wrote `undefined` into it) does not take every later one down with it.
+        if (!isPlainJson(value)) refuse(Rule.schema, namingMessage(value, "a message holds plain JSON only"))
+        const problem = checkStoredRecord(value)
+        if (problem !== undefined) refuse(Rule.schema, namingMessage(value, problem))
         const record = decodeStoredRecord(value)!
         if (deleted) {
           if (isDeletedRecord(record)) refuse(Rule.immutable, "a deletion placeholder is permanent")
