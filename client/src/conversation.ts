@@ -828,7 +828,7 @@ export class Conversation extends Emitter<ConversationEvents> {
         if (this.loading.state.state === "loading") this.loading.apply({ type: "unavailable", error })
       },
       changed: (events, transaction) => this.changed(events, transaction),
-      segmentsChanged: (changed) => this.history.dropStale(changed),
+      segmentsChanged: (changed, transaction) => this.history.dropStale(changed, transaction),
     })
     doc.on("afterTransaction", () => {
       if (this.gen?.doc === doc) this.priorities.changed(doc)

@@ -755,6 +755,78 @@ async function cachedSegments(user: string): Promise<string> {
   }
 }
 
+/**
+ * Both devices (of one user) paged back to the start, `mine` deletes old message `gone`, and `theirs`'s list
+ * (older and live messages) is looked at after every change of its replica and every history event: no
+ * other message may leave it, nor `gone` show its text again once shown deleted. Right after the change for
+ * which `rewritten()` first holds (the one naming the re-sealed history, before its fetch can have
+ * answered), `theirs` deletes old message `next`: taken, and seen on `mine`.
+ */
+async function purgeWatched(
+  mine: Conversation,
+  theirs: Conversation,
+  goneAt: number,
+  nextAt: number,
+  rewritten: () => boolean,
+): Promise<void> {
+  while (mine.hasOlder) await mine.loadOlder(100)
+  while (theirs.hasOlder) await theirs.loadOlder(100)
+  const all = (c: Conversation) => [...c.olderMessages(), ...c.messages({ last: 200 })]
+  const messages = all(mine)
+  const ids = messages.map((m) => m.id)
+  const [gone, next] = [ids[goneAt]!, ids[nextAt]!]
+  const author = mine.message(gone)!.author
+  expect(all(theirs).map((m) => m.id)).toEqual(ids)
+  const missing: string[][] = []
+  const shownWithText: string[] = []
+  let seenDeleted = false
+  const look = () => {
+    const shown = new Map(all(theirs).map((m) => [m.id, m]))
+    const lost = ids.filter((x) => x !== gone && !shown.has(x))
+    if (lost.length > 0) missing.push(lost)
+    const target = shown.get(gone)
+    if (target?.deleted) seenDeleted = true
+    else if (seenDeleted && target) shownWithText.push(target.body)
+  }
+  let during: unknown = "not tried"
+  theirs.doc.on("afterTransaction", () => {
+    look()
+    if (during !== "not tried" || !rewritten()) return
+    during = "pending"
+    queueMicrotask(() => {
+      look()
+      try {
+        theirs.deleteMessage(next)
+        during = undefined
+      } catch (error) {
+        during = error
+      }
+    })
+  })
+  theirs.on("history", look)
+  mine.deleteMessage(gone)
+  await eventually(() => expect(theirs.message(gone)?.deleted?.by).toBe(author))
+  await eventually(() => expect(during).not.toBe("not tried"))
+  await eventually(() => expect(during).not.toBe("pending"))
+  expect(missing).toEqual([])
+  expect(during).toBeUndefined()
+  // Both end with every message, the two deleted as placeholders.
+  await eventually(() => expect(mine.message(next)?.deleted?.by).toBe(author))
+  await eventually(() => {
+    for (const c of [mine, theirs]) {
+      const now = all(c)
+      expect(now.map((m) => m.id)).toEqual(ids)
+      expect(now.filter((m) => m.deleted).map((m) => m.id)).toEqual([gone, next])
+      expect(bodies(now.filter((m) => !m.deleted))).toEqual(
+        bodies(messages.filter((m) => m.id !== gone && m.id !== next)),
+      )
+    }
+  })
+  expect(missing).toEqual([])
+  expect(seenDeleted).toBe(true)
+  expect(shownWithText).toEqual([])
+}
+
 describe("purged sealed history in the SDK", () => {
   it("forgets a cached segment the relay re-sealed without a deleted message, and shows the message deleted", async () => {
     const [a, b] = [name("alice"), name("bob")]
@@ -803,6 +875,17 @@ describe("purged sealed history in the SDK", () => {
     })
     expect(older.find((m) => m.id === ids[3])?.deleted).toBeDefined()
     expect(older.filter((m) => m.body.startsWith("kept"))).not.toHaveLength(0)
+  })
+
+  it("keeps the other old messages on a second device while a purge re-seals their segment, and deletes one of them meanwhile (before: gone ~150 ms, NOT_FOUND)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 30)
+    // Two devices of alice's (her laptop deletes, her phone watches and deletes too).
+    const mine = await (await connectClient(relay, a)).conversation(id).ready()
+    const theirs = await (await connectClient(relay, a)).conversation(id).ready()
+    expect(sealedSegments(theirs.doc)[0]).toMatchObject({ index: 0, from: 1 })
+    const hash = sealedSegments(theirs.doc)[0]!.hash
+    await purgeWatched(mine, theirs, 3, 5, () => sealedSegments(theirs.doc)[0]?.hash !== hash)
   })
 
   it("asks again for a segment a purge re-sealed between reading its hash and fetching it (before: MALFORMED_FRAME)", async () => {
@@ -1020,6 +1103,22 @@ describe("folded sealed history in the SDK", () => {
     expect(shownAgain).toEqual([])
     // Nor does the device keep it: the segment cached under its old hash is gone.
     expect(await cachedSegments(b)).not.toContain("Folded-Secret-Gone")
+  }, 60_000)
+
+  it("keeps the other folded messages on a second device while a purge rewrites their directory pages, and deletes one of them meanwhile (before: gone until the pages came back, NOT_FOUND)", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "folded, watched" })
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    // Alice's phone, a second device, watches.
+    const phone = await (await connectClient(folding, a)).conversation(chat.id).ready()
+    await eventually(() => expect(phone.messages({ last: 50 }).length).toBe(10))
+    const hash = foldedHistory(phone.doc)!.hash
+    await purgeWatched(chat, phone, 6, 8, () => foldedHistory(phone.doc)?.hash !== hash)
   }, 60_000)
 
   it("pages back without returning a message twice or beyond its limit while a purge rewrites the folded directory", async () => {

@@ -48,8 +48,8 @@ export interface GenerationEvents {
   limited(error: ParleyError): void
   /** The document changed. */
   changed(events: ChangeEvent[], transaction: Y.Transaction): void
-  /** The relay re-sealed or dropped sealed segments. */
-  segmentsChanged(doc: Y.Doc): void
+  /** The relay re-sealed or dropped sealed segments, in `transaction` (which says what left the document with them). */
+  segmentsChanged(doc: Y.Doc, transaction: Y.Transaction): void
 }
 
 /**
@@ -80,7 +80,7 @@ export function bindGeneration(
   // The relay re-seals a segment without a purged message, or drops a deleted conversation's segments.
   // Summaries are decoded first: shared's cache of them then drops them (its observer) before this runs.
   sealedSegments(doc)
-  const onSegments = () => on.segmentsChanged(doc)
+  const onSegments = (_event: unknown, transaction: Y.Transaction) => on.segmentsChanged(doc, transaction)
   typesOf(doc).segments.observe(onSegments)
   const ownId = doc.clientID
   const onCleanup = (transaction: Y.Transaction) => {

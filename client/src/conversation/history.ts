@@ -5,10 +5,14 @@ import {
   decodeDirectoryPage,
   decodeEpochRecord,
   decodeSegment,
+  decodeTombstone,
   directoryPageOf,
+  type EditRecord,
   ErrorCode,
   foldedHistory,
   getConversation,
+  isDeletedRecord,
+  isReactionRemoval,
   knownSegments,
   lastSequence,
   listMessages,
@@ -20,11 +24,13 @@ import {
   nextDirectoryPage,
   ParleyError,
   parseReactionKey,
+  type SealedEntry,
   type Segment,
   type SegmentSummary,
   sealedHistory,
   sealedThrough,
   segmentHash,
+  typesOf,
   type UserId,
 } from "@parley/shared"
 import * as Y from "yjs"
@@ -103,6 +109,102 @@ function pagesOnChain(
 }
 
 /**
+ * What left the live document in a change that re-named sealed segments, by
+ * key: the tombstones a purge retired (their messages are placeholders in the
+ * re-sealed segments), the edits and reactions a refold folded into them.
+ * With the value this device held; undefined when it never held one (written
+ * and removed while it was offline: the key came already deleted).
+ */
+interface Departed {
+  readonly tombstones: ReadonlyMap<string, unknown>
+  readonly edits: ReadonlyMap<string, unknown>
+  readonly reactions: ReadonlyMap<string, unknown>
+}
+
+/** What `transaction` removed from `doc`'s tombstones, edits and reactions (see {@link Departed}). */
+function departedIn(doc: Y.Doc, transaction: Y.Transaction): Departed {
+  const t = typesOf(doc)
+  const tombstones = new Map<string, unknown>()
+  const edits = new Map<string, unknown>()
+  const reactions = new Map<string, unknown>()
+  const of = new Map<unknown, Map<string, unknown>>([
+    [t.tombstones, tombstones],
+    [t.edits, edits],
+    [t.reactions, reactions],
+  ])
+  Y.iterateDeletedStructs(transaction, transaction.deleteSet, (struct) => {
+    if (!(struct instanceof Y.Item) || typeof struct.parentSub !== "string") return
+    const left = of.get(struct.parent)
+    // A key written again has not left.
+    if (!left || (struct.parent as Y.Map<unknown>).has(struct.parentSub)) return
+    // Deleted items keep their content until the transaction's cleanup, after its observers.
+    const held = struct.id.clock < (transaction.beforeState.get(struct.id.client) ?? 0)
+    if (held) left.set(struct.parentSub, struct.content.getContent().at(-1))
+    else if (!left.has(struct.parentSub)) left.set(struct.parentSub, undefined)
+  })
+  return { tombstones, edits, reactions }
+}
+
+/**
+ * `segment` as this device showed it before `left` left the live document,
+ * as the segment re-sealed without it holds it: a message whose tombstone
+ * left as its placeholder (not at all when this device never held that
+ * tombstone: its text is not shown again), edits and reactions that left
+ * folded into their entries. `segment` itself when none of it left.
+ */
+function withDeparted(segment: Segment, left: Departed): Segment {
+  if (left.tombstones.size === 0 && left.edits.size === 0 && left.reactions.size === 0) return segment
+  const reactions = new Map<string, [emoji: string, user: UserId, value: unknown][]>()
+  for (const [key, value] of left.reactions) {
+    const parsed = parseReactionKey(key)
+    if (parsed && value !== undefined)
+      reactions.set(parsed.message, [
+        ...(reactions.get(parsed.message) ?? []),
+        [parsed.emoji, parsed.user, value],
+      ])
+  }
+  let changed = false
+  const entries: SealedEntry[] = []
+  for (const entry of segment.entries) {
+    const { record } = entry
+    const edit = left.edits.get(record.id) as Partial<EditRecord> | undefined
+    const folded = typeof edit?.body === "string" && typeof edit.editedAt === "number"
+    const reacted = reactions.get(record.id)
+    if (isDeletedRecord(record) || (!left.tombstones.has(record.id) && !folded && !reacted)) {
+      entries.push(entry)
+      continue
+    }
+    changed = true
+    if (left.tombstones.has(record.id)) {
+      const deletion = decodeTombstone(left.tombstones.get(record.id))
+      if (!deletion) continue
+      const { id, author, createdAt } = record
+      const { deletedAt, deletedBy, priority } = deletion
+      entries.push({
+        seq: entry.seq,
+        record: { id, author, createdAt, deletedAt, deletedBy, ...(priority ? { priority } : {}) },
+      })
+      continue
+    }
+    const pairs = new Map((entry.overlays?.reactions ?? []).map((p) => [`${p[0]}\u0000${p[1]}`, p]))
+    for (const [emoji, user, value] of reacted ?? []) {
+      if (isReactionRemoval(value)) pairs.delete(`${emoji}\u0000${user}`)
+      else pairs.set(`${emoji}\u0000${user}`, [emoji, user])
+    }
+    const overlays = {
+      ...(pairs.size > 0 ? { reactions: [...pairs.values()] } : {}),
+      ...(folded
+        ? { edit: { body: edit.body!, editedAt: edit.editedAt! } }
+        : entry.overlays?.edit
+          ? { edit: entry.overlays.edit }
+          : {}),
+    }
+    entries.push({ seq: entry.seq, record, ...(Object.keys(overlays).length > 0 ? { overlays } : {}) })
+  }
+  return changed ? { ...segment, entries } : segment
+}
+
+/**
  * Which message a view is: its id, author and creation time (as in the
  * shared readers, a live message under a sealed one's id with another author
  * or time is another message, which the sealed one replaces).
@@ -129,7 +231,12 @@ export interface SealedHistoryHost {
  * the replica across resyncs. Pages backwards with {@link loadOlder}.
  */
 export class SealedHistory {
-  /** Sealed history segments this replica holds (fetched or cached), kept across resyncs. */
+  /**
+   * Sealed history segments this replica holds (fetched or cached), kept
+   * across resyncs. The replica's sealed history may also show, under an
+   * index not held here, the copy of a segment the relay re-sealed (or whose
+   * directory page it rewrote) while the new one is fetched: see {@link dropStale}.
+   */
   private readonly heldSegments = new Map<number, Segment>()
   /** The hash each held segment was fetched under, to notice when the relay re-seals it. */
   private readonly heldHashes = new Map<number, string>()
@@ -346,11 +453,18 @@ export class SealedHistory {
   /**
    * Forgets the held segments `doc` (the live document) no longer names by
    * the hash they were fetched under (re-sealed without purged messages, or
-   * dropped with a deleted conversation): here, in the replica's sealed
-   * history and in this device's cache. A re-sealed one is fetched again at once.
+   * dropped with a deleted conversation): here and in this device's cache. A
+   * re-sealed one is fetched again at once, and shown as it was meanwhile,
+   * with what left the live document in `transaction` (the change naming it)
+   * folded in, so that the user's list loses no message that still exists
+   * (before: the whole segment was gone for a fetch's time, and operations
+   * on its messages refused with NOT_FOUND), nor shows again one purged.
    */
-  dropStale(doc: Y.Doc): void {
+  dropStale(doc: Y.Doc, transaction?: Y.Transaction): void {
     if (this.host.doc() !== doc) return
+    // What left with this change, looked for only when some segment is shown.
+    const left =
+      transaction && sealedHistory(doc).held().length > 0 ? departedIn(doc, transaction) : undefined
     // Directory pages the chain no longer names (a purge re-wrote them): dropped, fetched again when asked for.
     const current = pagesOnChain(doc, (n) => this.heldPages.get(n))
     let droppedPages = false
@@ -362,10 +476,14 @@ export class SealedHistory {
       void this.host.segments.delete(hash)
     }
     // Held segments those pages listed cannot be checked any more, and one of them may be what a purge
-    // re-sealed: a deleted message's text, whose live tombstone left with this very change. Not shown
-    // until their pages, fetched again now, say which hash they have (from the cache when unchanged).
-    const unchecked = this.dropStaleSegments(doc, droppedPages)
-    if (unchecked.size > 0) this.recheckFolded(doc, unchecked).catch(() => {})
+    // re-sealed: a deleted message's text, whose live tombstone left with this very change. Shown as
+    // copies, with what left folded in, until their pages, fetched again now, say which hash they have
+    // (from the cache when unchanged).
+    const unchecked = this.dropStaleSegments(doc, droppedPages, left)
+    if (unchecked.size > 0)
+      this.recheckFolded(doc, unchecked)
+        .catch(() => {})
+        .then(() => this.dropCopies(doc, unchecked.keys()))
     // Sealed meanwhile inside the window shown: fetched at once, so that it stays whole (offline: on the next loadOlder).
     this.fillGaps().catch(() => {})
   }
@@ -400,34 +518,77 @@ export class SealedHistory {
   /**
    * Forgets held segments whose summary (live, or on a held directory page)
    * names another hash, and with `unlistedToo` the folded ones no held page
-   * lists (their pages were dropped): kept in the cache, as they may be
-   * unchanged. Returns those, by index, with the hash they were held under.
+   * lists (their pages were dropped), or some of whose messages' overlays
+   * `left` the live document (re-sealed for sure): kept in the cache, as they
+   * may be unchanged. Returns those, by index, with the hash they were held
+   * under. The replica's sealed history keeps showing each (see
+   * {@link updateCopies}) until the one it is fetched again as takes its place.
    */
-  private dropStaleSegments(doc: Y.Doc, unlistedToo = false): Map<number, string> {
+  private dropStaleSegments(doc: Y.Doc, unlistedToo = false, left?: Departed): Map<number, string> {
     const named = new Map(knownSegments(doc).map((s) => [s.index, s]))
     const folded = foldedHistory(doc)?.segments ?? 0
     const unlisted = new Map<number, string>()
     for (const [index, hash] of this.heldHashes) {
       const summary = named.get(index)
+      const segment = this.heldSegments.get(index)!
       if (!summary && index < folded) {
         // A folded segment whose page is not held is checked when the page is (see dropStale).
-        if (!unlistedToo) continue
+        if (!unlistedToo && !(left && withDeparted(segment, left) !== segment)) continue
         unlisted.set(index, hash)
         this.heldSegments.delete(index)
         this.heldHashes.delete(index)
-        sealedHistory(doc).remove(index)
         continue
       }
       if (summary?.hash === hash) continue
       this.heldSegments.delete(index)
       this.heldHashes.delete(index)
-      sealedHistory(doc).remove(index)
       void this.host.segments.delete(hash)
-      // Held before, so shown before: the re-sealed one takes its place (offline: when it is asked for).
-      if (summary) this.fetchNamed(doc, index).catch(() => {})
+      // Dropped with a deleted conversation: nothing takes its place.
+      if (!summary) sealedHistory(doc).remove(index)
+      // Held before, so shown before: the re-sealed one takes its place (offline: dropped, fetched when asked for).
+      else
+        this.fetchNamed(doc, index)
+          .catch(() => {})
+          .then(() => this.dropCopies(doc, [index]))
     }
-    if (unlisted.size > 0) this.host.held()
+    // Told once the copies shown are as they should be: a listener reads them.
+    if (this.updateCopies(doc, left) || unlisted.size > 0) this.host.held()
     return unlisted
+  }
+
+  /**
+   * The copies the replica's sealed history shows of segments not held (see
+   * {@link dropStaleSegments}) with what `left` the live document folded in;
+   * those of segments no longer named (a deleted conversation's) dropped.
+   * Whether one changed.
+   */
+  private updateCopies(doc: Y.Doc, left: Departed | undefined): boolean {
+    const history = sealedHistory(doc)
+    const named = new Set(knownSegments(doc).map((s) => s.index))
+    const folded = foldedHistory(doc)?.segments ?? 0
+    let changed = false
+    for (const index of history.held()) {
+      if (this.heldSegments.has(index)) continue
+      const copy = history.segment(index)!
+      const shown = index >= folded && !named.has(index) ? undefined : left ? withDeparted(copy, left) : copy
+      if (shown === copy) continue
+      history.remove(index)
+      if (shown) history.add(shown)
+      changed = true
+    }
+    return changed
+  }
+
+  /** Stops showing the copies of segments `indexes` that are still not held (their fetch failed). */
+  private dropCopies(doc: Y.Doc, indexes: Iterable<number>): void {
+    const history = sealedHistory(doc)
+    let dropped = false
+    for (const index of indexes) {
+      if (this.heldSegments.has(index) || !history.has(index)) continue
+      history.remove(index)
+      dropped = true
+    }
+    if (dropped) this.host.held()
   }
 
   /**
@@ -438,7 +599,7 @@ export class SealedHistory {
   private fetchNamed(doc: Y.Doc, index: number): Promise<void> {
     return untilCurrent(async () => {
       const summary = knownSegments(doc).find((s) => s.index === index)
-      if (summary) await this.fetchSegment(summary)
+      if (summary) await this.fetchSegment(summary, undefined, doc)
       return true
     })
   }
@@ -490,12 +651,24 @@ export class SealedHistory {
       for (const n of history.pagesHeld()) if (!current.has(n)) history.removePage(n)
       for (const seq of seqs) await this.fetchCovering(fresh, seq, connection)
       const summaries = knownSegments(fresh)
+      // Held segments `fresh` names by another hash were re-sealed while this replica did not hear of it
+      // (a purge while offline: the tombstones of the messages it purged are gone from `fresh`). Held in
+      // it, they would show those messages whole and take pending work on them: fetched again instead,
+      // here when that work needs them, else as the window shown asks (see fillGaps).
+      for (const summary of summaries) {
+        const hash = this.heldHashes.get(summary.index)
+        if (hash === undefined || hash === summary.hash) continue
+        this.heldSegments.delete(summary.index)
+        this.heldHashes.delete(summary.index)
+        history.remove(summary.index)
+        void this.host.segments.delete(hash)
+      }
       const wanted = new Set<SegmentSummary>()
       for (const seq of seqs) {
         const summary = summaries.find((s) => s.from <= seq && seq <= s.to)
         if (summary && !this.heldSegments.has(summary.index)) wanted.add(summary)
       }
-      for (const summary of wanted) await this.fetchSegment(summary, connection)
+      for (const summary of wanted) await this.fetchSegment(summary, connection, fresh)
       return true
     })
     return baseline
@@ -531,8 +704,15 @@ export class SealedHistory {
     return seq ?? Math.max(sealedThrough(doc), lastSequence(doc)) + 1
   }
 
-  /** Segment `summary` from the cache or the relay, checked against its hash, held from now on. */
-  private fetchSegment(summary: SegmentSummary, connection = this.host.connection()): Promise<Segment> {
+  /**
+   * Segment `summary` (as `doc` names it) from the cache or the relay,
+   * checked against its hash, held from now on.
+   */
+  private fetchSegment(
+    summary: SegmentSummary,
+    connection = this.host.connection(),
+    doc = this.host.doc(),
+  ): Promise<Segment> {
     const held = this.heldSegments.get(summary.index)
     if (held) return Promise.resolve(held)
     let fetching = this.fetching.get(summary.index)
@@ -555,6 +735,13 @@ export class SealedHistory {
         // Callers page on until the index they asked for is held: another one would have them loop.
         if (segment.index !== summary.index)
           throw new ParleyError(ErrorCode.MALFORMED_FRAME, "a history segment is not the one asked for")
+        // Re-sealed again while it was fetched (another purge): held, it would be taken for current, its
+        // newly purged message shown again. Not kept either; asked for again as the document names it
+        // now (untilCurrent).
+        if (knownSegments(doc).some((s) => s.index === summary.index && s.hash !== summary.hash)) {
+          void this.host.segments.delete(summary.hash)
+          throw rewrittenError(`history segment ${summary.index}`)
+        }
         this.heldHashes.set(segment.index, summary.hash)
         this.hold(segment)
         return segment
@@ -608,10 +795,12 @@ export class SealedHistory {
     })
   }
 
-  /** Adds a segment to the replica's sealed history. */
+  /** Adds a segment to the replica's sealed history, in place of the copy shown while it was fetched (see {@link dropStale}). */
   private hold(segment: Segment): void {
     this.heldSegments.set(segment.index, segment)
-    sealedHistory(this.host.doc()).add(segment)
+    const history = sealedHistory(this.host.doc())
+    history.remove(segment.index)
+    history.add(segment)
     this.host.held()
   }
 }
