@@ -7,13 +7,14 @@ import * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { Logger } from "../log.js"
-import type { Principal } from "../principal.js"
+import { describePrincipal, type Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
 import type { ReplicaView } from "../replica-view.js"
 import { RELAY_DOC_OPTIONS } from "../replica-view.js"
 import type { StorageState } from "../storage/guard.js"
 import type { UserLedger } from "../user-limits.js"
 import { inspectUpdate } from "../yjs-updates.js"
+import { FairQueue } from "./fair-queue.js"
 import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
 import { ClusterMetrics } from "./metrics.js"
@@ -138,7 +139,7 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly reached = new Map<string, Set<() => void>>()
   private readonly takingOver = new Map<string, Promise<boolean>>()
   /** Per document, the last change this relay routed: the next one waits for it (see {@link inOrder}). */
-  private readonly chains = new Map<string, Promise<unknown>>()
+  private readonly chains = new Map<string, FairQueue>()
   private state: RedisState = { ready: false, since: Date.now() }
   private sweeper: NodeJS.Timeout | undefined
   private storageWatch: NodeJS.Timeout | undefined
@@ -526,7 +527,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     // A reconnecting client's sync step 2 usually brings nothing new: answered here, nothing to order.
     if (inspectUpdate(host.doc, update).noop) return local()
     const queued = performance.now()
-    return this.inOrder(host.key, async () => {
+    return this.inOrder(host.key, principal, async () => {
       const through = await this.route(host, "client", principal, update, local, { seen })
       if (through === undefined) return
       await this.reach(host, through)
@@ -537,21 +538,33 @@ export class Cluster implements UpdateRouter, FenceSource {
 
   /**
    * Runs the changes of one document that reach this relay one after the
-   * other, in arrival order, wherever they are ordered. A client's updates
-   * build on each other (each continues its Yjs clock): if a retry after a
-   * failover overtook an earlier one, the owner would refuse it as depending
-   * on changes it does not have. The cost: this relay has one change per
-   * document in flight at a time (its latency bounds the relay's rate for
-   * one conversation; other relays and other conversations run in parallel).
+   * other, each writer's in arrival order, wherever they are ordered. A
+   * client's updates build on each other (each continues its Yjs clock): if
+   * a retry after a failover overtook an earlier one, the owner would refuse
+   * it as depending on changes it does not have. Writers take turns (see
+   * `FairQueue`): another writer's change never depends on one waiting here,
+   * since this relay's clients see a change only once its owner stored it.
+   * The cost: this relay has one change per document in flight at a time
+   * (its latency bounds the relay's rate for one conversation; other relays
+   * and other conversations run in parallel).
    */
-  private inOrder<T>(name: string, run: () => Promise<T>): Promise<T> {
-    const previous = this.chains.get(name) ?? Promise.resolve()
-    const next = previous.then(run, run)
-    const tail = next.catch(() => undefined)
-    this.chains.set(name, tail)
-    void tail.then(() => {
-      if (this.chains.get(name) === tail) this.chains.delete(name)
-    })
+  private inOrder<T>(name: string, writer: Principal, run: () => Promise<T>): Promise<T> {
+    let chain = this.chains.get(name)
+    if (!chain) {
+      chain = new FairQueue()
+      this.chains.set(name, chain)
+    }
+    const queue = chain
+    // Writers take turns (see `FairQueue`); each one's changes keep their order.
+    const next = queue.add(describePrincipal(writer), run)
+    const forget = () => {
+      if (!queue.busy && this.chains.get(name) === queue) this.chains.delete(name)
+    }
+    // After the queue's own step: it is idle once its last task settled.
+    void next.then(
+      () => setImmediate(forget),
+      () => setImmediate(forget),
+    )
     return next
   }
 
@@ -561,7 +574,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     change: (doc: Y.Doc) => void,
     local: () => Promise<unknown>,
   ): Promise<void> {
-    return this.inOrder(host.key, () => this.writeInOrder(host, actor, change, local))
+    return this.inOrder(host.key, actor, () => this.writeInOrder(host, actor, change, local))
   }
 
   private async writeInOrder(
