@@ -48,8 +48,9 @@ export interface ConnectionEvents {
   /** What the relay sent does not fit the replica (someone else wrote under its client id): rebuild it. */
   diverged: { error: ParleyError }
   /**
-   * Getting a token failed, or the relay refused {@link MAX_TOKEN_REFUSALS}
-   * fresh ones in a row (UNAUTHORIZED, once per run of refusals); the
+   * Getting a token failed (once per run of failures with the same message),
+   * or the relay refused {@link MAX_TOKEN_REFUSALS} fresh ones in a row
+   * (UNAUTHORIZED, once per run of refusals, with the relay's reason); the
    * connection retries with backoff, and the document's changes wait.
    */
   tokenFailed: { error: ParleyError }
@@ -122,6 +123,12 @@ const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
   [CloseCode.Damaged.code, ErrorCode.DAMAGED],
 ])
 
+/** The error a terminal close `code` means (see {@link TERMINAL}), undefined for any other close. */
+function terminalError(code: number): ParleyError | undefined {
+  const terminal = TERMINAL.get(code)
+  return terminal && new ParleyError(terminal, `the relay closed the connection (${code})`)
+}
+
 /** Longest delay `setTimeout` takes. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
@@ -131,6 +138,13 @@ const MAX_TIMER_MS = 2 ** 31 - 1
  * from each start(): see there).
  */
 const MAX_TOKEN_REFUSALS = 3
+
+/** 4401 close reasons that say nothing of why (a relay before refusals said why; an expiry says it itself). */
+const GENERIC_UNAUTHORIZED: ReadonlySet<string> = new Set([
+  CloseCode.Unauthorized.reason,
+  CloseCode.TokenRefused.reason,
+  "",
+])
 
 /**
  * One document's connection to the relay, through the SDK's own provider:
@@ -150,6 +164,17 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private destroyed = false
   private attempts = 0
   private tokenRefusals = 0
+  /**
+   * Why the relay will not let this connection in again (a terminal close:
+   * the user removed, ...), until the next {@link start}: what history
+   * requests are refused with meanwhile, rather than the retryable
+   * UNAVAILABLE an app would retry forever.
+   */
+  private refusal: ParleyError | undefined
+  /** Why the relay refused this connection's last token (its error frame or 4401 close reason), if it said. */
+  private tokenRefusal: string | undefined
+  /** The token source's failure last told (`tokenFailed`), until it hands out a token again: told once, not per retry. */
+  private toldTokenFailure: string | undefined
   /** Refused for `documents-per-user` since the last connection that synced (told once). */
   private limited = false
   private retryTimer: ReturnType<typeof setTimeout> | undefined
@@ -266,6 +291,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     if (this.destroyed || this.wanted) return
     this.wanted = true
     this.attempts = 0
+    this.refusal = undefined
     // A new start (the app's connect(), the browser back online) gets the whole budget of refused
     // tokens again. After a give-up on 4401 the count stands at the limit, so a single refusal would
     // end it at once, and one can come even when the source now hands out working tokens: a client's
@@ -353,12 +379,14 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     } catch (error) {
       this.connecting = false
       if (!this.wanted || this.destroyed) return
-      this.emit("tokenFailed", { error: error as ParleyError })
+      this.tokenSourceFailed(toParleyError(error, ErrorCode.UNAUTHORIZED))
       this.retry()
       return
     }
     this.connecting = false
     if (!this.wanted || this.destroyed) return
+    this.toldTokenFailure = undefined
+    this.tokenRefusal = undefined
     this.socketToken = token
     const session: SyncSession = new SyncSession(
       this.options.sockets(this.options.name, token),
@@ -404,7 +432,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
           if (this.session !== session) return
           this.session = undefined
           this.cancelRefresh()
-          this.failHistoryRequests()
+          // Pages asked for on a connection the relay ended for good fail as it did (FORBIDDEN, ...).
+          this.failHistoryRequests(local ? undefined : terminalError(code))
           this.update()
           // Every close the relay (or the network, or the silence watchdog) made comes back here.
           if (!local) queueMicrotask(() => this.closed(code, reason))
@@ -433,6 +462,9 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     }
     if (code === CloseCode.Unauthorized.code) {
       this.tokenRefusals++
+      // The relay says why (its error frame for a refused refresh, else the close reason of a refused
+      // connect); older relays said only "Unauthorized".
+      const why = this.tokenRefusal ?? (GENERIC_UNAUTHORIZED.has(reason) ? undefined : reason)
       if (this.tokenRefusals < MAX_TOKEN_REFUSALS) {
         this.openSoon(0)
         return
@@ -444,18 +476,30 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
         this.emit("tokenFailed", {
           error: new ParleyError(
             ErrorCode.UNAUTHORIZED,
-            "the relay refused the token: asking the token source again with backoff",
+            `the relay refused the token${why ? `: ${why}` : ""}; asking the token source again with backoff`,
           ),
         })
       this.retry()
       return
     }
-    const terminal = TERMINAL.get(code)
+    const terminal = terminalError(code)
     if (terminal) {
-      this.giveUp(new ParleyError(terminal, `the relay closed the connection (${code})`))
+      this.giveUp(terminal)
       return
     }
     this.retry()
+  }
+
+  /**
+   * Tells the app the token source failed, once per run of failures with the
+   * same message: a source handing out another user's token fails the same
+   * way on every reconnect, and the app was told so on each (an outside
+   * tester). Told again once it handed out a token, or fails otherwise.
+   */
+  private tokenSourceFailed(error: ParleyError): void {
+    if (this.toldTokenFailure === error.message) return
+    this.toldTokenFailure = error.message
+    this.emit("tokenFailed", { error })
   }
 
   private retry(): void {
@@ -467,6 +511,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   }
 
   private giveUp(error: ParleyError): void {
+    this.refusal = error
     this.stop()
     this.emit("unavailable", { error })
   }
@@ -483,7 +528,8 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   /**
    * Asks the relay for sealed history segment `segment` of this conversation
    * (see PROTOCOL.md, "History pages"). Rejects with the retryable
-   * UNAVAILABLE when not connected or when the connection drops first.
+   * UNAVAILABLE when not connected or when the connection drops first, and
+   * with the relay's refusal (FORBIDDEN, ...) once it ended the connection for good.
    */
   requestHistory(segment: number): Promise<HistoryPage> {
     return this.requestPage((request) => encodeHistoryRequest(request, segment))
@@ -511,6 +557,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private requestPage(encode: (request: number) => Uint8Array): Promise<HistoryPage> {
     const session = this.session
     if (!session?.open) {
+      if (this.refusal) return Promise.reject(this.refusal)
       // Connecting (a reload resolves ready() from the local replica before the socket is up): the
       // request waits for the connection, a while, rather than failing as if the device were offline.
       if (this.wanted && !this.destroyed) return this.whenOnline().then(() => this.requestPage(encode))
@@ -523,8 +570,9 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     })
   }
 
-  private failHistoryRequests(): void {
-    const error = new ParleyError(ErrorCode.UNAVAILABLE, "the connection to the relay closed")
+  private failHistoryRequests(
+    error = this.refusal ?? new ParleyError(ErrorCode.UNAVAILABLE, "the connection to the relay closed"),
+  ): void {
     for (const { reject } of this.historyRequests.values()) reject(error)
     this.historyRequests.clear()
   }
@@ -552,7 +600,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     } else if (frame.type === "error") {
       const { code, message, rule } = frame.error
       // About the token, not a frame: the relay closes with 4401 next, and a reconnect gets a fresh one.
-      if (code === ErrorCode.UNAUTHORIZED) return
+      // Why is kept for the error told if fresh tokens keep being refused.
+      if (code === ErrorCode.UNAUTHORIZED) {
+        this.tokenRefusal = message
+        return
+      }
       // A relay configured below the default caps: what is sent again (the resync) goes in smaller parts.
       if (code === ErrorCode.TOO_LARGE || SIZE_RULES.has(rule ?? ""))
         this.parts.limits = narrower(this.parts.limits)
@@ -591,9 +643,10 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     try {
       token = await this.options.token()
     } catch (error) {
-      if (current()) this.emit("tokenFailed", { error: toParleyError(error, ErrorCode.UNAUTHORIZED) })
+      if (current()) this.tokenSourceFailed(toParleyError(error, ErrorCode.UNAUTHORIZED))
     }
     if (!current()) return
+    if (token !== undefined) this.toldTokenFailure = undefined
     const expiresAt = expiryOfToken(this.socketToken) ?? Number.POSITIVE_INFINITY
     const next = token === undefined ? undefined : (expiryOfToken(token) ?? Number.POSITIVE_INFINITY)
     if (token !== undefined && next !== undefined && next > expiresAt) {
@@ -612,7 +665,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    */
   private whenOnline(): Promise<void> {
     if (this.current === "online") return Promise.resolve()
-    const offline = () => new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay")
+    const offline = () => this.refusal ?? new ParleyError(ErrorCode.UNAVAILABLE, "not connected to the relay")
     // Out of reach (the device went offline, the relay is down): a page the user scrolled to fails
     // now, not after the whole wait, so the app can say so while the connection keeps trying.
     if (this.unreachable) return Promise.reject(offline())

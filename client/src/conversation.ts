@@ -472,7 +472,9 @@ export class Conversation extends Emitter<ConversationEvents> {
    * Rejects with the retryable UNAVAILABLE when a segment must be fetched
    * while offline, and when a history directory page or segment keeps not
    * matching the hash the live document names, as a purge rewrites it (asked
-   * for again a few times first, as the document names it then).
+   * for again a few times first, as the document names it then). Rejects
+   * with the relay's refusal, not retryable, once it refused the conversation
+   * for good: `FORBIDDEN` once the user was removed from it.
    */
   async loadOlder(limit = 50): Promise<ChatMessage[]> {
     return (await this.history.loadOlder(limit)).map((view) => this.statuses.decorate(view))
@@ -576,7 +578,8 @@ export class Conversation extends Emitter<ConversationEvents> {
    * Moves the user's read marker to `target`: a message id, a sequence
    * number, or "latest" (default). A sealed message's id works once its
    * segment is loaded ({@link loadOlder}); an id this replica does not know
-   * throws `NOT_FOUND` rather than marking everything read.
+   * throws `NOT_FOUND` rather than marking everything read, and a string that
+   * is not a message id `INVALID_ARGUMENT` (as {@link react} and {@link edit}).
    */
   markRead(target: MarkerTarget | string = "latest"): boolean {
     return this.operations.markRead(target)

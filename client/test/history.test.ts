@@ -244,6 +244,24 @@ describe("sealed history in the SDK", () => {
     await expect(again.loadOlder(5)).rejects.toMatchObject({ code: ErrorCode.UNAVAILABLE })
   })
 
+  it("refuses to page back with FORBIDDEN, not the retryable UNAVAILABLE, once the user was removed from the group", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const id = await longConversation(a, b, 20)
+    const alice = await connectClient(relay, a)
+    const bob = await connectClient(relay, b)
+    const chat = await bob.conversation(id).ready()
+    await eventually(() => expect(chat.hasOlder).toBe(true))
+    const own = await alice.conversation(id).ready()
+    own.removeParticipants([b])
+    await eventually(() =>
+      expect(chat.state).toMatchObject({ state: "unavailable", reason: ErrorCode.FORBIDDEN }),
+    )
+    // An app that retries what is retryable would have retried this forever.
+    const refused = await chat.loadOlder(5).catch((error: unknown) => error)
+    expect(refused).toMatchObject({ code: ErrorCode.FORBIDDEN })
+    expect(isRetryable((refused as { code: ErrorCode }).code)).toBe(false)
+  })
+
   it("refuses a page at once, not after the whole wait, once the relay is out of reach", async () => {
     const own = await startRelay({
       args: ["--dev", "--history-segment-size", "10", "--history-keep-live", "5"],

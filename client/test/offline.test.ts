@@ -210,6 +210,41 @@ describe("ChatClient offline", () => {
     expect(chat.markers["alice" as UserId]).toEqual({ read: 2, delivered: 2 })
   })
 
+  it("refuses to mark read up to a message id it does not know, as react and edit do, and marks nothing", async () => {
+    const alice = await offlineClient("alice")
+    const chat = await alice.createConversation({ participants: ["bob"] })
+    const elsewhere = new Y.Doc()
+    Y.applyUpdate(elsewhere, Y.encodeStateAsUpdate(chat.doc))
+    const theirs = sendMessage(elsewhere, "bob" as UserId, { body: "one" })
+    writeSequenceNumbers(elsewhere, 1, [theirs.id])
+    Y.applyUpdate(chat.doc, Y.encodeStateAsUpdate(elsewhere, Y.encodeStateVector(chat.doc)))
+    // Before: "no such id" was taken for "latest", marked everything read and returned true.
+    for (const id of ["no such id", "unknown-message-id"]) {
+      let markError: unknown
+      let reactError: unknown
+      try {
+        chat.markRead(id)
+      } catch (error) {
+        markError = error
+      }
+      try {
+        chat.react(id, "👍")
+      } catch (error) {
+        reactError = error
+      }
+      expect(markError).toMatchObject({ code: (reactError as { code: string }).code })
+    }
+    expect(() => chat.markRead("no such id")).toThrow(
+      expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }),
+    )
+    expect(() => chat.markRead("unknown-message-id")).toThrow(
+      expect.objectContaining({ code: ErrorCode.NOT_FOUND }),
+    )
+    expect(chat.unreadCount).toBe(1)
+    expect(chat.markRead(theirs.id)).toBe(true)
+    expect(chat.unreadCount).toBe(0)
+  })
+
   it("advances the delivered marker, batched, as messages from others arrive", async () => {
     const alice = await offlineClient("alice")
     const chat = await alice.createConversation({ participants: ["bob"] })

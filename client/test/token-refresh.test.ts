@@ -186,3 +186,65 @@ describe("token refresh", () => {
     await eventually(() => expect(chat.status(message.id)).toBe("sent"))
   }, 60_000)
 })
+
+describe("a token the relay or the client refuses", () => {
+  // Users of their own, beside the runs above.
+  it.concurrent.each([
+    ["its one multiplexed socket", true],
+    ["one socket per document", false],
+  ])(
+    "is told once on %s, naming why the relay refused it, not once per reconnect; fixed, the client gets back online",
+    async (_, multiplex) => {
+      const a = name("alice")
+      // Two days: over the relay's default cap of a day, so that every fresh token is refused the same.
+      let lifetimeS = 2 * 86_400
+      const source = () => {
+        const now = Math.floor(Date.now() / 1000)
+        return new SignJWT({})
+          .setProtectedHeader({ alg: "HS256" })
+          .setSubject(a)
+          .setExpirationTime(now + lifetimeS)
+          .sign(new TextEncoder().encode(secret))
+      }
+      const alice = await connectClient(relay, a, { token: source, multiplex })
+      const errors: ParleyError[] = []
+      alice.on("error", ({ error }) => errors.push(error))
+      const chat = await alice.createConversation({ participants: [name("bob")] })
+      await eventually(() => expect(errors).toHaveLength(1))
+      // Reconnects go on (every 400 ms at most here) without telling it again.
+      await wait(3_000)
+      expect(errors).toHaveLength(1)
+      expect(errors[0]).toMatchObject({ code: ErrorCode.UNAUTHORIZED })
+      expect(errors[0]!.message).toBe(
+        "the relay refused the token: the token's lifetime exceeds 86400 s (it expires too far ahead); asking the token source again with backoff",
+      )
+      lifetimeS = 600
+      await eventually(() => expect(alice.status).toBe("online"))
+      const message = chat.send("once the token is right")
+      await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+    },
+    60_000,
+  )
+
+  it.concurrent("tells a token source handing out another user's token once, not on every reconnect", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const own = shortLived(a)
+    const other = shortLived(b)
+    let wrong = true
+    const alice = await connectClient(relay, a, { token: () => (wrong ? other.source() : own.source()) })
+    const errors: ParleyError[] = []
+    alice.on("error", ({ error }) => errors.push(error))
+    const chat = alice.conversation((await alice.createConversation({ participants: [b] })).id)
+    await eventually(() => expect(errors).toHaveLength(1))
+    const asked = other.issued.length
+    await wait(3_000)
+    // Asked again with backoff (a source may come right), told once.
+    expect(other.issued.length).toBeGreaterThan(asked)
+    expect(errors.map((e) => [e.code, e.message])).toEqual([
+      [ErrorCode.UNAUTHORIZED, `the token is for ${b}, not ${a}`],
+    ])
+    wrong = false
+    const message = chat.send("with my own token")
+    await eventually(() => expect(chat.status(message.id)).toBe("sent"))
+  }, 60_000)
+})

@@ -239,7 +239,11 @@ export class Authenticator {
           })
         ).payload
       } else {
-        if (!this.verifyKey) throw new Error("only dev tokens are accepted (no --auth-* key given)")
+        if (!this.verifyKey)
+          throw new ParleyError(
+            ErrorCode.UNAUTHORIZED,
+            "this relay takes only its own dev tokens (it was started without an --auth-* key)",
+          )
         payload = (
           await jwtVerify(token, this.verifyKey as Uint8Array, {
             ...(this.algorithms ? { algorithms: this.algorithms } : {}),
@@ -250,8 +254,8 @@ export class Authenticator {
         ).payload
       }
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error)
-      throw new ParleyError(ErrorCode.UNAUTHORIZED, `invalid token: ${reason}`, { cause: error })
+      if (error instanceof ParleyError) throw error
+      throw new ParleyError(ErrorCode.UNAUTHORIZED, whyRefused(error), { cause: error })
     }
     const expiresAt = typeof payload.exp === "number" ? payload.exp * 1000 : undefined
     if (expiresAt === undefined && !this.options.allowTokensWithoutExp)
@@ -260,7 +264,7 @@ export class Authenticator {
     if (expiresAt !== undefined && cap > 0 && expiresAt - Date.now() > cap + LIFETIME_SKEW_MS)
       throw new ParleyError(
         ErrorCode.UNAUTHORIZED,
-        `the token expires too far ahead (more than ${Math.round(cap / 1000)} s from now)`,
+        `the token's lifetime exceeds ${Math.round(cap / 1000)} s (it expires too far ahead)`,
       )
     return { principal: principalOf(payload), expiresAt, dev }
   }
@@ -300,6 +304,38 @@ export function samePrincipal(a: Principal, b: Principal): boolean {
   if (a.kind === "user" && b.kind === "user") return a.user === b.user
   if (a.kind === "service" && b.kind === "service") return a.subject === b.subject
   return false
+}
+
+/**
+ * Why jose refused a token, in words the client is told (the close reason of
+ * a refused connect, the error frame of a refused refresh): what the app's
+ * token must change, and nothing of the relay's keys, settings or users.
+ * jose's own messages name its internals ("JWSInvalid", "Compact JWS").
+ */
+function whyRefused(error: unknown): string {
+  const { code, claim, reason } = (error ?? {}) as { code?: unknown; claim?: unknown; reason?: unknown }
+  switch (code) {
+    case "ERR_JWT_EXPIRED":
+      return claim === "exp" ? "the token expired" : `the token's ${String(claim)} claim is too old`
+    case "ERR_JWT_CLAIM_VALIDATION_FAILED":
+      if (reason === "missing") return `the token has no ${String(claim)} claim`
+      if (claim === "aud") return "the token's audience (aud) is wrong"
+      if (claim === "iss") return "the token's issuer (iss) is wrong"
+      if (claim === "nbf") return "the token is not valid yet (nbf)"
+      return `the token's ${String(claim)} claim is invalid`
+    case "ERR_JWS_SIGNATURE_VERIFICATION_FAILED":
+    case "ERR_JWKS_NO_MATCHING_KEY":
+      return "the token's signature is invalid"
+    case "ERR_JOSE_ALG_NOT_ALLOWED":
+    case "ERR_JOSE_NOT_SUPPORTED":
+      return "the token's signing algorithm (alg) is not accepted"
+    case "ERR_JWS_INVALID":
+    case "ERR_JWT_INVALID":
+      return "the token is not a signed JWT"
+    default:
+      // Anything else (the key set could not be fetched, ...) is the relay's to log, not the client's to read.
+      return "the token could not be verified"
+  }
 }
 
 function claimedIssuer(token: string): unknown {

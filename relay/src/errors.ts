@@ -48,5 +48,22 @@ export function closeOf(error: ParleyError): { code: number; reason: string } {
     error.rule !== undefined
   )
     return { code: closeFor(error.code).code, reason: error.rule }
+  // A refused token says why (expired, wrong audience, lifetime over the cap, ...): the developer
+  // integrating auth reads it in the SDK's error instead of only in the relay's log. Each of these
+  // messages is written for the client (see `auth.ts`): it says what the token must change, nothing of
+  // the relay's keys or users.
+  if (error.code === ErrorCode.UNAUTHORIZED && error.message !== "")
+    return { code: CloseCode.Unauthorized.code, reason: clipReason(error.message) }
   return closeFor(error.code)
+}
+
+/** Longest close reason a WebSocket close frame carries, in UTF-8 bytes (RFC 6455: 125 less the code). */
+const MAX_CLOSE_REASON_BYTES = 123
+
+/** `reason`, cut to fit a close frame (whole characters, an ellipsis where cut). */
+export function clipReason(reason: string): string {
+  if (Buffer.byteLength(reason, "utf8") <= MAX_CLOSE_REASON_BYTES) return reason
+  let clipped = reason
+  while (Buffer.byteLength(`${clipped}…`, "utf8") > MAX_CLOSE_REASON_BYTES) clipped = clipped.slice(0, -1)
+  return `${clipped}…`
 }

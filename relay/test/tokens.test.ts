@@ -236,9 +236,79 @@ describe.concurrent("token claims", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
     await fiveMinutes.synced()
     const anHour = client(relay, newConversationId(), await relay.token(alice, { expiresIn: "1h" }))
     expect((await anHour.closed).code).toBe(4401)
-    await refusedFor(relay, /more than 600 s/)
+    await refusedFor(relay, /lifetime exceeds 600 s/)
     expect(forever.closeEvent).toBeUndefined()
     expect(fiveMinutes.closeEvent).toBeUndefined()
+  })
+})
+
+describe.concurrent("why a token is refused", { timeout: CONCURRENT_TIMEOUT_MS }, () => {
+  it("tells the client in the 4401 close reason why its token was refused at connect, naming nothing secret", async ({
+    onTestFinished,
+  }) => {
+    const relay = await startRelayProcess({
+      args: [
+        "--auth-audience",
+        "chat-app",
+        "--auth-issuer",
+        "https://id.example",
+        "--max-token-lifetime-ms",
+        "600000",
+      ],
+    })
+    onTestFinished(() => relay.kill())
+    const claims = { sub: alice, aud: "chat-app", iss: "https://id.example" }
+    const cases: [string, string | undefined][] = [
+      ["the token expired", await signed(relay.secret, { ...claims, exp: nowS() - 120 })],
+      [
+        "the token's lifetime exceeds 600 s (it expires too far ahead)",
+        await signed(relay.secret, { ...claims, exp: nowS() + 3600 }),
+      ],
+      [
+        "the token's audience (aud) is wrong",
+        await signed(relay.secret, { ...claims, aud: "other", exp: nowS() + 60 }),
+      ],
+      [
+        "the token's issuer (iss) is wrong",
+        await signed(relay.secret, { ...claims, iss: "https://x", exp: nowS() + 60 }),
+      ],
+      ["tokens must expire (no exp claim)", await signed(relay.secret, claims)],
+      [
+        "the token's signature is invalid",
+        await signed("not-the-relay-secret", { ...claims, exp: nowS() + 60 }),
+      ],
+      [
+        "the token has no sub claim",
+        await signed(relay.secret, { ...claims, sub: undefined, exp: nowS() + 60 }),
+      ],
+      ["the token is not a signed JWT", "not a token"],
+      ["a token is required", undefined],
+    ]
+    for (const [reason, token] of cases) {
+      // A Parley client and a stock one alike: the close is all a stock client reads.
+      for (const parley of [true, false]) {
+        const c = new TestClient(relay.url, newConversationId(), token, { parley })
+        clients.push(c)
+        expect(await c.closed).toEqual({ code: 4401, reason })
+      }
+    }
+  })
+
+  it("tells the client why a refresh was refused, in the error frame before the 4401 close", async () => {
+    const relay = shared
+    const id = await conversation(relay)
+    const cases: [string, string][] = [
+      ["the refreshed token is for another user or role", await relay.token(bob)],
+      ["the token expired", await relay.token(alice, { expiresIn: nowS() - 120 })],
+      ["the token's signature is invalid", await relay.token(alice, { secret: "not-the-relay-secret" })],
+    ]
+    for (const [message, refresh] of cases) {
+      const a = client(relay, id, await relay.token(alice))
+      await a.synced()
+      a.refreshToken(refresh)
+      expect(await a.closed).toEqual({ code: 4401, reason: "Token refresh refused" })
+      expect(a.errors).toEqual([{ code: ErrorCode.UNAUTHORIZED, message }])
+    }
   })
 })
 

@@ -9,7 +9,11 @@ import { assertWellFormed } from "./well-formed.js"
 /** Throws unless `title` is a conversation's title: a string within the limit, without controls, well formed. */
 export function assertTitle(title: unknown): asserts title is string {
   if (typeof title !== "string") throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "a title is a string")
-  if (title.length > Limits.titleLength) throw new ParleyError(ErrorCode.TOO_LARGE, "title too long")
+  if (title.length > Limits.titleLength)
+    throw new ParleyError(
+      ErrorCode.TOO_LARGE,
+      `the title is too long: at most ${Limits.titleLength} characters (this one has ${title.length})`,
+    )
   if (holdsNameControls(title)) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, TITLE_CONTROLS)
   assertWellFormed(title, "title")
 }

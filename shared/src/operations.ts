@@ -474,7 +474,11 @@ export type MarkerTarget = number | MessageId | "latest"
 function markerValue(doc: Y.Doc, target: MarkerTarget): number {
   const index = messageIndex(doc)
   if (typeof target === "number") return target
-  if (target === "latest" || !isMessageId(target)) return index.lastSequence()
+  if (target === "latest") return index.lastSequence()
+  // Not an id at all ("nope", a typo): refused as react and edit refuse it, not taken for "latest" (which
+  // marked every message read and answered true: an outside tester).
+  if (!isMessageId(target))
+    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, `invalid message id: ${JSON.stringify(target)}`)
   const seq = index.seqOf.get(target) ?? sealedHistory(doc).entry(target)?.seq
   if (seq !== undefined) return seq
   // A message not sequenced yet (still pending somewhere) marks everything the relay has ordered.

@@ -427,6 +427,22 @@ describe("markers", () => {
     expect(() => markRead(doc, dave)).toThrow(forbidden(Rule.participantOnly))
   })
 
+  it("refuses a message id it does not hold as react and edit do, rather than marking every message read", () => {
+    const doc = groupDoc()
+    sendMessage(doc, alice, { body: "m" })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    for (const mark of [markRead, markDelivered]) {
+      // Well formed but unknown here: NOT_FOUND; not an id at all: INVALID_ARGUMENT.
+      expect(() => mark(doc, bob, "unknown-message-id" as MessageId)).toThrow(
+        expect.objectContaining({ code: ErrorCode.NOT_FOUND }),
+      )
+      expect(() => mark(doc, bob, "no such id" as MessageId)).toThrow(
+        expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }),
+      )
+    }
+    expect(markersOf(doc, bob)).toEqual({ read: 0, delivered: 0 })
+  })
+
   it("never moves past the last sequenced message", () => {
     const doc = groupDoc()
     sendMessage(doc, alice, { body: "m" })

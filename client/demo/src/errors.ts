@@ -4,12 +4,13 @@ const PLAIN: Partial<Record<ErrorCode, string>> = {
   [ErrorCode.FORBIDDEN]: "not permitted (you are not a participant, or your role does not allow it)",
   [ErrorCode.NOT_FOUND]: "this conversation does not exist",
   [ErrorCode.UNAUTHORIZED]: "the relay did not accept your sign-in",
-  [ErrorCode.TOO_LARGE]: "it is too large",
   [ErrorCode.RATE_LIMITED]: "too much at once; try again in a moment",
 }
 
 /** A phrase for a person: the plain meaning of a Parley error code, else the error's message. */
 export function explain(error: unknown): string {
+  // What is too large, and the limit, is in the message ("the title is too long: at most 200 characters").
+  if (error instanceof ParleyError && error.code === ErrorCode.TOO_LARGE) return error.message
   if (error instanceof ParleyError) return PLAIN[error.code] ?? error.message
   return error instanceof Error ? error.message : String(error)
 }

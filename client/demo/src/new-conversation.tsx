@@ -1,6 +1,7 @@
 import type { Conversation } from "@parley/client"
 import { useChatClient } from "@parley/react"
 import { useEffect, useRef, useState } from "react"
+import { parseUserNames, titleProblem } from "./user-names.js"
 
 /**
  * The "new conversation" form: direct (one other user; found or created, the
@@ -22,10 +23,17 @@ export function NewConversation(props: {
   const group = kind === "group"
 
   const submit = async () => {
-    const all = users
-      .split(/[\s,]+/)
-      .map((u) => u.trim())
-      .filter(Boolean)
+    const parsed = parseUserNames(users)
+    if ("problem" in parsed) {
+      setProblem(parsed.problem)
+      return
+    }
+    const all = parsed.users
+    const tooLong = group ? titleProblem(title.trim()) : undefined
+    if (tooLong) {
+      setProblem(tooLong)
+      return
+    }
     const names = all.filter((u) => u !== client.user)
     if (names.length === 0) {
       setProblem(

@@ -2,6 +2,7 @@ import type { Conversation, ConversationInfo, Participant, Role, UserPresence } 
 import { useState } from "react"
 import { presenceText, UserAvatar, UserName } from "./people.js"
 import { mayAdd, mayChangeRole, mayRemove } from "./permissions.js"
+import { parseUserNames } from "./user-names.js"
 
 /**
  * Participants with their presence and (in groups) roles; add / remove / role
@@ -90,10 +91,12 @@ export function ParticipantsPanel(props: {
           data-testid="add-participant-form"
           onSubmit={(event) => {
             event.preventDefault()
-            const users = adding
-              .split(/[\s,]+/)
-              .map((u) => u.trim())
-              .filter(Boolean)
+            const parsed = parseUserNames(adding)
+            if ("problem" in parsed) {
+              props.failed(new Error(parsed.problem))
+              return
+            }
+            const { users } = parsed
             if (users.length === 0) return
             attempt(() => {
               conversation.addParticipants(users)
