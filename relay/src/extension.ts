@@ -54,6 +54,22 @@ export interface StoredChange {
   readonly decision?: Decision
 }
 
+/** How a {@link RunningCore.write} is made. */
+export interface ServerWriteOptions {
+  /**
+   * Every check the change makes is one the rules make again where it is
+   * ordered (a message under an id of its own: the writer a participant, the
+   * id not taken): in a cluster, a relay that does not order the document
+   * forwards it without holding it to the state its copy was made from, so
+   * that the other changes of a busy conversation do not make it be made
+   * again and again (before: API sends through such a relay answered 503
+   * "the document changed while this write was made, 8 times" at ten
+   * messages a second, an outside probe). A conflict its checks missed is
+   * refused by the rules instead.
+   */
+  readonly checkedByRules?: boolean
+}
+
 /**
  * What an extension may do with the running core (`RelayCore` implements it):
  * read a document, and write through the one update path.
@@ -68,7 +84,12 @@ export interface RunningCore {
    */
   read<T>(name: string, read: (doc: Y.Doc) => T, options?: { readonly failFast?: boolean }): Promise<T>
   /** Runs `change` on the document as `actor`, then checks, saves, sequences and broadcasts what it wrote. */
-  write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void>
+  write(
+    name: string,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+    options?: ServerWriteOptions,
+  ): Promise<void>
   /**
    * Writes data the relay derives from other documents (and can derive again)
    * to a document someone is connected to: broadcast at once, stored only

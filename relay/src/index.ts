@@ -54,6 +54,7 @@ export type {
   LoadedDocument,
   RelayExtension,
   RunningCore,
+  ServerWriteOptions,
   StoredChange,
   StoredLog,
 } from "./extension.js"

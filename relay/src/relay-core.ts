@@ -35,7 +35,7 @@ import type { DeferTarget } from "./deferred-change.js"
 import { DerivedWrites } from "./derived-write.js"
 import { DocumentHost, type HostedConnection } from "./document-host.js"
 import { closeOf } from "./errors.js"
-import { Extensions, type RelayExtension, type RunningCore } from "./extension.js"
+import { Extensions, type RelayExtension, type RunningCore, type ServerWriteOptions } from "./extension.js"
 import { HEAVY_FRAME_BYTES } from "./fair-share.js"
 import { watchHeldSegments } from "./history/held-segments.js"
 import type { HistoryKeeper } from "./history/keeper.js"
@@ -413,13 +413,18 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
    * A trusted server-side change (hooks, bots) through the one update path.
    * Resolves once it is durable, sequenced and broadcast.
    */
-  async write(name: string, actor: Principal, change: (doc: Y.Doc) => void): Promise<void> {
+  async write(
+    name: string,
+    actor: Principal,
+    change: (doc: Y.Doc) => void,
+    options: ServerWriteOptions = {},
+  ): Promise<void> {
     parseName(name)
     for (;;) {
       const host = await this.activeHost(name)
       try {
         const router = this.options.router
-        if (router) await this.routedWrite(router, host, actor, change)
+        if (router) await this.routedWrite(router, host, actor, change, options)
         else await writeOnServer(this.ctx, host, actor, change)
         return
       } catch (error) {
@@ -448,10 +453,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     host: DocumentHost,
     actor: Principal,
     change: (doc: Y.Doc) => void,
+    options: ServerWriteOptions,
   ): Promise<void> {
     const keeper = host.name.kind === "conversation" ? this.options.history : undefined
     const local = () => writeOnServer(this.ctx, host, actor, change)
-    if (!keeper) return router.write(host, actor, change, local)
+    if (!keeper) return router.write(host, actor, change, local, options)
     let missed: MessageId[] = []
     let wrote = false
     let withHeld = false
@@ -470,14 +476,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       }
     }
     try {
-      await router.write(host, actor, onCopy, local)
+      await router.write(host, actor, onCopy, local, options)
     } catch (error) {
       const namedSealed = missed.length > 0 && !wrote
       if (!(namedSealed && error instanceof ParleyError && error.code === ErrorCode.NOT_FOUND)) throw error
       // Held already (the copy lacked them only) or read now; none of them anywhere: the refusal stands.
       await keeper.holdNamed(host, missed, keeper.readsFor(sealedReadsPaidBy(this.ctx, actor)))
       withHeld = true
-      await router.write(host, actor, onCopy, local)
+      await router.write(host, actor, onCopy, local, options)
     }
   }
 

@@ -54,7 +54,7 @@ import {
   updateConversation,
 } from "@parley/shared"
 import type * as Y from "yjs"
-import type { RunningCore } from "../extension.js"
+import type { RunningCore, ServerWriteOptions } from "../extension.js"
 import { derivedInbox, inboxSummary } from "../inbox/summary.js"
 import type { Principal } from "../principal.js"
 import type { IdempotencyStore } from "./idempotency.js"
@@ -234,12 +234,22 @@ export class ApiOperations {
   }
 
   /** Runs `change` through the update path; a document's refusal of a well-formed request is a 422. */
-  private async write<T>(name: string, actor: Actor, change: (doc: Y.Doc) => T): Promise<T> {
+  private async write<T>(
+    name: string,
+    actor: Actor,
+    change: (doc: Y.Doc) => T,
+    options?: ServerWriteOptions,
+  ): Promise<T> {
     let result: T | undefined
     try {
-      await this.core.write(name, actor.principal, (doc) => {
-        result = change(doc)
-      })
+      await this.core.write(
+        name,
+        actor.principal,
+        (doc) => {
+          result = change(doc)
+        },
+        options,
+      )
     } catch (error) {
       if (error instanceof ParleyError && error.code === ErrorCode.INVALID_ARGUMENT)
         throw new ParleyError(ErrorCode.INVALID_UPDATE, error.message, { cause: error })
@@ -478,6 +488,48 @@ export class ApiOperations {
   }
 
   /**
+   * The write of {@link sendOnce}: forwarded in a cluster without holding it
+   * to its copy's state, as the rules check again what it checks (see
+   * `ServerWriteOptions.checkedByRules`). Where the rules find the id taken
+   * after all (a retry of a send the copy did not hold yet), it is made again
+   * held to that state, which finds the message.
+   */
+  private async sendChecked(
+    id: ConversationId,
+    actor: Actor,
+    request: SendRequest,
+    searched: number,
+    absent: (through: number) => void,
+  ): Promise<"created" | "found" | "sealed"> {
+    const send = (doc: Y.Doc): "created" | "found" | "sealed" => {
+      ApiOperations.assertParticipant(doc, actor.user)
+      if (sealedThrough(doc) > searched) return "sealed"
+      const index = messageIndex(doc)
+      const found =
+        index.records.get(request.id) ??
+        index.deleted.get(request.id) ??
+        sealedHistory(doc).entry(request.id)?.record
+      if (found) {
+        if (!sameAsFound(found, actor.user, request)) throw reused()
+        return "found"
+      }
+      absent(lastSequence(doc))
+      sendMessage(doc, actor.user, request)
+      return "created"
+    }
+    try {
+      return await this.write(id, actor, send, { checkedByRules: true })
+    } catch (error) {
+      const taken =
+        error instanceof ParleyError &&
+        (error.rule === Rule.immutable || error.rule === Rule.messageIdTaken) &&
+        error.message.includes(request.id)
+      if (!taken) throw error
+      return this.write(id, actor, send)
+    }
+  }
+
+  /**
    * One write of a send: `created` when it wrote the message; `found` when
    * the conversation has it already (live, or in a segment the relay holds),
    * or CONFLICT when that one differs; `sealed`, writing nothing, when the
@@ -494,21 +546,8 @@ export class ApiOperations {
   ): Promise<"created" | "found" | "sealed"> {
     let absentThrough: number | undefined
     try {
-      return await this.write(id, actor, (doc) => {
-        ApiOperations.assertParticipant(doc, actor.user)
-        if (sealedThrough(doc) > searched) return "sealed"
-        const index = messageIndex(doc)
-        const found =
-          index.records.get(request.id) ??
-          index.deleted.get(request.id) ??
-          sealedHistory(doc).entry(request.id)?.record
-        if (found) {
-          if (!sameAsFound(found, actor.user, request)) throw reused()
-          return "found"
-        }
-        absentThrough = lastSequence(doc)
-        sendMessage(doc, actor.user, request)
-        return "created"
+      return await this.sendChecked(id, actor, request, searched, (seen) => {
+        absentThrough = seen
       })
     } catch (error) {
       // Not moved (storage failing too), the record keeps an older `since`: a retry searches more, as correctly.

@@ -5,6 +5,7 @@ import type pg from "pg"
 import client from "prom-client"
 import * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
+import type { ServerWriteOptions } from "../extension.js"
 import type { Outbox } from "../hooks/outbox.js"
 import type { Logger } from "../log.js"
 import { describePrincipal, type Principal } from "../principal.js"
@@ -573,8 +574,9 @@ export class Cluster implements UpdateRouter, FenceSource {
     actor: Principal,
     change: (doc: Y.Doc) => void,
     local: () => Promise<unknown>,
+    options: ServerWriteOptions = {},
   ): Promise<void> {
-    return this.inOrder(host.key, actor, () => this.writeInOrder(host, actor, change, local))
+    return this.inOrder(host.key, actor, () => this.writeInOrder(host, actor, change, local, options))
   }
 
   private async writeInOrder(
@@ -582,10 +584,11 @@ export class Cluster implements UpdateRouter, FenceSource {
     actor: Principal,
     change: (doc: Y.Doc) => void,
     local: () => Promise<unknown>,
+    options: ServerWriteOptions,
   ): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.writeOnce(host, actor, change, local)
+        await this.writeOnce(host, actor, change, local, options)
         return
       } catch (error) {
         // Its checks read a copy older than the owner's document (another relay's change to it not
@@ -609,6 +612,7 @@ export class Cluster implements UpdateRouter, FenceSource {
     actor: Principal,
     change: (doc: Y.Doc) => void,
     local: () => Promise<unknown>,
+    options: ServerWriteOptions,
   ): Promise<void> {
     if (this.owns(host.key) || (await this.takeOver(host.key))) {
       await local()
@@ -635,7 +639,8 @@ export class Cluster implements UpdateRouter, FenceSource {
       // write if its document holds more, or two relays' copies of an empty document would both create it.
       // The relay's own derived writes (inbox entries recomputed from their conversations) check nothing
       // a later recomputation would not put right: not held to it, so that busy inboxes do not retry.
-      if (actor.kind !== "relay") base = Y.encodeStateVector(copy)
+      // Nor a change whose every check the owner's rules make again (see `ServerWriteOptions`).
+      if (actor.kind !== "relay" && !options.checkedByRules) base = Y.encodeStateVector(copy)
       copy.clientID = host.clientIdFor(actor)
       const updates: Uint8Array[] = []
       copy.on("update", (u: Uint8Array) => updates.push(u))

@@ -1,5 +1,6 @@
 import type * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
+import type { ServerWriteOptions } from "../extension.js"
 import type { Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
 import type { ReplicaView } from "../replica-view.js"
@@ -91,6 +92,7 @@ export interface UpdateRouter {
     actor: Principal,
     change: (doc: Y.Doc) => void,
     local: () => Promise<unknown>,
+    options?: ServerWriteOptions,
   ): Promise<void>
   /** A purge ran here (see `RelayExtension.contentPurged`), for the other relays. */
   purged?(purge: PurgedContent): void
