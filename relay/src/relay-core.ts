@@ -876,13 +876,19 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   history(connection: HostedConnection, request: number, segment: number): void {
     const host = connection.host
     const keeper = this.options.history
-    const fold = foldedHistory(host.doc)
-    // A folded segment's hash is on a directory page: checked here when the relay holds that page, by the client always.
-    const summary =
-      summaryOf(host.doc, segment) ??
-      (fold && segment < fold.segments ? sealedHistory(host.doc).folded(segment) : undefined)
-    const expected = keeper && (summary?.hash ?? (fold && segment < fold.segments ? "" : undefined))
-    this.servePage(connection, request, segment, encodeHistoryPage, expected, summary?.bytes, () =>
+    const summary = () => {
+      const fold = foldedHistory(host.doc)
+      // A folded segment's hash is on a directory page: checked here when the relay holds that page, by the client always.
+      const found =
+        summaryOf(host.doc, segment) ??
+        (fold && segment < fold.segments ? sealedHistory(host.doc).folded(segment) : undefined)
+      return { found, folded: fold !== undefined && segment < fold.segments }
+    }
+    const expected = () => {
+      const { found, folded } = summary()
+      return keeper && (found?.hash ?? (folded ? "" : undefined))
+    }
+    this.servePage(connection, request, segment, encodeHistoryPage, expected, summary().found?.bytes, () =>
       keeper!.page(host, segment),
     )
   }
@@ -896,13 +902,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   directory(connection: HostedConnection, request: number, page: number): void {
     const host = connection.host
     const keeper = this.options.history
-    const fold = foldedHistory(host.doc)
-    const expected =
-      keeper && fold && page < fold.pages
+    const expected = () => {
+      const fold = foldedHistory(host.doc)
+      return keeper && fold && page < fold.pages
         ? page === fold.pages - 1
           ? fold.hash
           : (sealedHistory(host.doc).page(page + 1)?.previous?.hash ?? "")
         : undefined
+    }
     this.servePage(connection, request, page, encodeDirectoryPageFrame, expected, undefined, () =>
       keeper!.directoryPage(host, page),
     )
@@ -917,7 +924,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   epochRecord(connection: HostedConnection, request: number, record: number): void {
     const host = connection.host
     const keeper = this.options.history
-    const expected = keeper && record < epochCount(host.doc) ? "" : undefined
+    const expected = () => (keeper && record < epochCount(host.doc) ? "" : undefined)
     this.servePage(connection, request, record, encodeEpochRecordFrame, expected, undefined, () =>
       keeper!.epochRecord(host, record),
     )
@@ -925,23 +932,29 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /**
    * Answers a history or directory request with the stored bytes, when
-   * `expected` (the hash that names them; "" when the relay does not know it:
-   * the client checks) says the document names them. A few requests in
-   * flight per connection; more are refused (RATE_LIMITED), not queued.
+   * `expected` (the hash that names them now; "" when the relay does not know
+   * it: the client checks) says the document names them. A few requests in
+   * flight per connection; more are refused (RATE_LIMITED), not queued. A page
+   * rewritten while it was read (a purge re-sealed it, a refold rewrote a
+   * directory page) is read again once and checked against what the document
+   * names by then: before, it was answered NOT_FOUND and logged as missing,
+   * and the SDK dropped the whole folded history it had paged back (an
+   * outside probe).
    */
   private servePage(
     connection: HostedConnection,
     request: number,
     segment: number,
     encode: (page: HistoryPage) => Uint8Array,
-    expected: string | undefined,
+    expected: () => string | undefined,
     /** The page's size when the document says it (a segment's summary); else {@link PAGE_RESERVATION_BYTES}. */
     size: number | undefined,
     read: () => Promise<StoredSegment | null>,
   ): void {
     const host = connection.host
     const answer = (page: HistoryPage) => connection.send(encode(page))
-    if (expected === undefined) {
+    const asked = expected()
+    if (asked === undefined) {
       answer({ request, segment, error: ErrorCode.NOT_FOUND })
       return
     }
@@ -963,12 +976,23 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
           resolve(true)
         })
       })
+    const matches = (stored: StoredSegment | null, hash: string | undefined) =>
+      stored !== null && hash !== undefined && (hash === "" || stored.hash === hash)
     admitted()
       .then((admit) => (admit ? read() : null))
-      .then((stored) => {
+      .then(async (stored) => {
+        if (connection.closed || stored === null || matches(stored, asked)) return { stored, hash: asked }
+        // Rewritten since the request came (the document names another hash now): read again.
+        const now = expected()
+        if (now === asked) return { stored, hash: asked }
+        return { stored: matches(stored, now) ? stored : await read(), hash: now }
+      })
+      .then(({ stored, hash }) => {
         if (connection.closed) return
-        if (!stored || (expected !== "" && stored.hash !== expected)) {
-          this.log.error({ doc: host.key, segment }, "a sealed page the document names is missing")
+        if (!stored || !matches(stored, hash)) {
+          // Named no longer (its conversation purged, say): gone as it should be, not missing.
+          if (hash !== undefined)
+            this.log.error({ doc: host.key, segment }, "a sealed page the document names is missing")
           answer({ request, segment, error: ErrorCode.NOT_FOUND })
         } else {
           answer({ request, segment, hash: stored.hash, bytes: stored.bytes })

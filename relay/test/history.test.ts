@@ -118,6 +118,40 @@ function segmentOf(page: HistoryPage) {
   return decodeSegment(page.bytes)
 }
 
+describe("a sealed page rewritten while it is read", () => {
+  it("is read again and served as the document names it now, not refused as missing", async () => {
+    const relay = await relayWith()
+    const id = await conversationWith(relay, 40)
+    const c = await connect(relay, id, bob)
+    // Alice's first message, in segment 0.
+    const first = segmentOf(await requestSegment(c, 0, 99)).entries[0]!.record.id as MessageId
+    const keeper = (
+      relay.core as unknown as { options: { history: { page: (...args: unknown[]) => Promise<unknown> } } }
+    ).options.history
+    const page = keeper.page.bind(keeper)
+    let release!: () => void
+    const held = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    let reads = 0
+    keeper.page = async (...args: unknown[]) => {
+      // The first read waits until the segment was re-sealed; it then reads what storage holds by then.
+      if (reads++ === 0) await held
+      return page(...args)
+    }
+    const before = sealedSegments(c.doc)[0]!.hash
+    const answer = requestSegment(c, 0)
+    // Alice deletes it; the purge re-seals the segment meanwhile.
+    await relay.core.write(id, { kind: "user", user: alice }, (doc) => deleteMessage(doc, alice, first))
+    await c.until(() => sealedSegments(c.doc)[0]!.hash !== before)
+    release()
+    const served = await answer
+    expect(served.error).toBeUndefined()
+    if (served.error !== undefined) throw new Error(`page refused: ${served.error}`)
+    expect(segmentHash(served.bytes)).toBe(sealedSegments(c.doc)[0]!.hash)
+  })
+})
+
 describe("sealed history", () => {
   it("moves old messages into segments: the live document keeps the latest, a joiner sees them and can page back", async () => {
     const relay = await relayWith()
