@@ -23,9 +23,11 @@ export function assertTitle(title: unknown): asserts title is string {
  * keys left out, and refused unless the rest is plain JSON (see `plainJsonOf`).
  */
 export function metadataOf(metadata: Metadata): Metadata {
+  // Copied first: what is checked is what is written (see `plainJsonOf`).
+  const copy = plainJsonOf(metadata, "metadata")
   // Wrapped, so that a string cut inside a character is named from `metadata` on ("metadata.tags.1").
-  assertWellFormed({ metadata })
-  const problem = checkMetadata(metadata)
+  assertWellFormed({ metadata: copy })
+  const problem = checkMetadata(copy)
   if (problem !== undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, problem)
-  return plainJsonOf(metadata, "metadata")
+  return copy
 }

@@ -289,6 +289,8 @@ export function sendMessage(
   if (already) return already
   assertAllowed(canSendMessage(actor, writerRole(doc, actor), actor))
   // An attachment's optional field given as `undefined` (`title: maybeTitle`) is left out, as JSON would.
+  if (input.attachments !== undefined && !Array.isArray(input.attachments))
+    throw new ParleyError(ErrorCode.INVALID_ARGUMENT, "attachments are an array")
   const attachments = input.attachments?.length ? plainJsonOf(input.attachments, "an attachment") : undefined
   const metadata = input.metadata === undefined ? undefined : metadataOf(input.metadata)
   const record: MessageRecord = {

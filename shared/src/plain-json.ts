@@ -27,44 +27,37 @@ export function isPlainJson(value: unknown, depth = 0): boolean {
 }
 
 /**
- * `value` without the object keys whose value is `undefined`, at any depth,
- * as `JSON.stringify` would leave them out (`{ title: maybeTitle }` is
- * ordinary JavaScript); a copy where any is left out. Anything else is kept
- * as it is, for {@link plainJsonOf} to refuse.
+ * A copy of `value` made of fresh arrays and plain objects, each property
+ * read once, without the object keys whose value is `undefined` (as
+ * `JSON.stringify` leaves them out: `{ title: maybeTitle }` is ordinary
+ * JavaScript). What is checked is what is written: a getter or a Proxy read
+ * again by the write could hand it another value than the check saw (an
+ * outside probe wrote a bigint that way). Anything else is kept as it is,
+ * for {@link plainJsonOf} to refuse.
  */
-function withoutUndefined<T>(value: T, depth = 0): T {
+function plainCopy<T>(value: T, depth = 0): T {
   if (depth > MAX_DEPTH || typeof value !== "object" || value === null) return value
   if (Array.isArray(value)) {
-    const kept = value.map((v: unknown) => withoutUndefined(v, depth + 1))
-    return (kept.some((v, i) => v !== value[i]) ? kept : value) as T
+    if (Object.getPrototypeOf(value) !== Array.prototype) return value
+    return Array.from(value, (v: unknown) => plainCopy(v, depth + 1)) as T
   }
   if (Object.getPrototypeOf(value) !== Object.prototype) return value
-  const entries = Object.entries(value)
-  let changed = false
   const kept: [string, unknown][] = []
-  for (const [key, v] of entries) {
-    if (v === undefined) {
-      changed = true
-      continue
-    }
-    const w = withoutUndefined(v, depth + 1)
-    if (w !== v) changed = true
-    kept.push([key, w])
-  }
+  for (const [key, v] of Object.entries(value)) if (v !== undefined) kept.push([key, plainCopy(v, depth + 1)])
   // fromEntries defines each key as data, "__proto__" too (an assignment would set the prototype).
-  return changed ? (Object.fromEntries(kept) as T) : value
+  return Object.fromEntries(kept) as T
 }
 
 /**
- * `value` as it is written to a conversation document: its `undefined` object
- * keys left out (see {@link withoutUndefined}); throws INVALID_ARGUMENT when
+ * `value` as it is written to a conversation document: a plain copy of it,
+ * its `undefined` object keys left out (see {@link plainCopy}); throws INVALID_ARGUMENT when
  * what remains is not plain JSON (a function, a symbol, NaN or Infinity, a
  * bigint, a byte array, a Map, a Date, an instance of a class). Written as
  * it came, such a value was refused by the relay after the fact, and every
  * later change of the device to that conversation with it (an outside probe).
  */
 export function plainJsonOf<T>(value: T, what: string): T {
-  const kept = withoutUndefined(value)
+  const kept = plainCopy(value)
   if (!isPlainJson(kept))
     throw new ParleyError(
       ErrorCode.INVALID_ARGUMENT,

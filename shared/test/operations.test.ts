@@ -219,6 +219,20 @@ describe("values that are not JSON", () => {
     expect(JSON.stringify(stored)).not.toContain("undefined")
     expect(sent.attachments).toEqual([{ kind: "link", url: "https://example.com" }])
     expect(sent.metadata).toEqual({ tags: [{ a: 1 }] })
+    // What is checked is what is written: a getter is read once (before: checked as 1, written as a bigint).
+    let reads = 0
+    const sly = sendMessage(doc, alice, {
+      body: "sly",
+      metadata: {
+        get v() {
+          return ++reads === 1 ? 1 : (10n as never)
+        },
+      },
+    })
+    expect(sly.metadata).toEqual({ v: 1 })
+    expect(() => sendMessage(doc, alice, { body: "x", attachments: new Map() as never })).toThrow(
+      expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT }),
+    )
     setConversationMetadata(doc, alice, { topic: "x", gone: undefined } as never)
     expect(getConversation(doc)?.metadata).toEqual({ topic: "x" })
   })
