@@ -10,6 +10,7 @@ import {
   newMessageId,
   ParleyError,
   type Role,
+  Rule,
   sendMessage,
   type UserId,
 } from "@parley/shared"
@@ -70,8 +71,24 @@ export class MessageUploads {
       },
     })
     deps.on("status", () => uploads.settleWritten())
+    // Deleted (while this device was offline, or now): the relay takes none of its messages, so what waits
+    // to upload fails as the unsaved messages do (before: the upload was tried again for ever, the
+    // message stayed pending and `flush()` timed out on every call, reloads included: an outside probe).
+    const failIfDeleted = () => {
+      const state = deps.state()
+      if (state.state !== "ready" || state.conversation.deletedAt === undefined) return false
+      uploads.failAll(
+        new ParleyError(ErrorCode.FORBIDDEN, "the conversation is deleted", {
+          rule: Rule.conversationDeleted,
+        }),
+      )
+      return true
+    }
+    deps.on("change", () => void failIfDeleted())
     deps.on("state", ({ state }) => {
-      if (state.state === "ready") uploads.wake()
+      if (state.state === "ready") {
+        if (!failIfDeleted()) uploads.wake()
+      }
       // As for unsaved messages: a refused token or a damaged conversation may come back; the rest will not.
       else if (
         state.state === "unavailable" &&
