@@ -490,7 +490,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
         this.updateStatus()
       },
     })
-    conversation.on("error", ({ error }) => this.emit("error", { error, conversationId }))
+    conversation.on("error", ({ error }) => {
+      // Sent in the background and deleted meanwhile: told once, by the background send (see `sendChangedHere`).
+      if (this.background.has(conversationId) && error.rule === Rule.conversationDeleted) return
+      this.emit("error", { error, conversationId })
+    })
     conversation.on("state", ({ state }) => {
       if (state.state === "unavailable" && state.reason === ErrorCode.FORBIDDEN)
         this.refused.set(

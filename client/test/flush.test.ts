@@ -317,8 +317,12 @@ async function writtenOfflineWhileGone(user: string, owner: string, how: "delete
   })
   const chat = await before.conversation(room.id).ready()
   await eventually(() => expect(chat.messages().map((m) => m.body)).toEqual(["welcome"]))
+  const mine = chat.send("mine").id
   await before.flush()
   before.disconnect()
+  // An edit and a reaction too: refused for the same reason as the messages.
+  chat.edit(mine, "mine, edited")
+  chat.react(chat.messages()[0]!.id, "👍")
   // The third with a file: it waits to upload, and fails with the others (before: uploaded again for ever).
   const written = ["one", "two", "three"].map((body) => {
     const id = (body === "three" ? chat.send({ body, files: [new Blob(["hello file"])] }) : chat.send(body))
@@ -351,6 +355,19 @@ describe.each(["deleted", "removed"] as const)(
         expect(chat.message(id)).toMatchObject({ status: "failed", error: { code: ErrorCode.FORBIDDEN } })
     }
 
+    /**
+     * The offline edit and reaction, each an error event with the change, for the conversation's reason
+     * (before, a deletion's were NOT_FOUND "no message …": the deletion had purged the message).
+     */
+    const changesRefused = (errors: readonly string[]) => {
+      if (how === "deleted")
+        expect(errors).toEqual([
+          "FORBIDDEN the conversation is deleted",
+          "FORBIDDEN the conversation is deleted",
+        ])
+      else for (const error of errors) expect(error).toMatch(/^FORBIDDEN /)
+    }
+
     /** What the app hears of `chat` once it goes online: `conversation.*` change events, and the client's errors. */
     const listen = (client: ChatClient, chat: Conversation) => {
       const heard = { events: [] as string[], errors: [] as string[] }
@@ -361,7 +378,7 @@ describe.each(["deleted", "removed"] as const)(
       return heard
     }
 
-    it("is told as the conversation gone, as online, after a reload: its messages failed with why, no error events", async () => {
+    it("is told as the conversation gone, as online, after a reload: its messages failed with why, its other changes refused for the same reason", async () => {
       const user = `gone-reload-${how}`
       const { id, written, before } = await writtenOfflineWhileGone(user, `gone-owner-r-${how}`, how)
       await before.destroy()
@@ -381,7 +398,7 @@ describe.each(["deleted", "removed"] as const)(
         await after.flush({ timeoutMs: 5_000 })
         expect(after.unsaved()).toEqual([])
         await new Promise((resolve) => setTimeout(resolve, 300))
-        expect(heard.errors).toEqual([])
+        changesRefused(heard.errors)
       } finally {
         await after.destroy()
       }
@@ -410,7 +427,7 @@ describe.each(["deleted", "removed"] as const)(
         await before.flush({ timeoutMs: 5_000 })
         expect(before.unsaved()).toEqual([])
         await new Promise((resolve) => setTimeout(resolve, 300))
-        expect(heard.errors).toEqual([])
+        changesRefused(heard.errors)
       } finally {
         await before.destroy()
       }

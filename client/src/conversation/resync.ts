@@ -1,9 +1,10 @@
 import {
+  ErrorCode,
   getConversation,
   getMessage,
   type MessageId,
   messageIndex,
-  type ParleyError,
+  ParleyError,
   Rule,
   rebasePendingWork,
   toParleyError,
@@ -229,7 +230,7 @@ export class Resync {
     // Synchronous from here to the swap: no write of the user can fall between the two documents.
     // (From the store, the epoch's baseline is the one the stored state holds: the other tab's rebuild
     // fetched what an older epoch needed.)
-    const result = rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
+    const rebased = rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
     // The messages left out as the relay refused them: kept as the user wrote them, failed, outside the
     // replica (the app may retry or discard them); their refusal was told as it came.
     const told = new Set<MessageId>()
@@ -238,6 +239,14 @@ export class Resync {
     // each is told by its status alone, as a removal tells them; the markers it refused go unsaid (as a
     // removal's: nobody reads a deleted conversation). Other changes are `error` events, as a removal's.
     const deleted = getConversation(fresh)?.deletedAt !== undefined
+    // Every refusal is the deletion's then, whatever the rebase met first (an edit or a reaction of a
+    // message the deletion purged failed NOT_FOUND "no message …", which the message did not deserve).
+    const deletion = new ParleyError(ErrorCode.FORBIDDEN, "the conversation is deleted", {
+      rule: Rule.conversationDeleted,
+    })
+    const result = deleted
+      ? { ...rebased, failed: rebased.failed.map((f) => ({ ...f, error: deletion })) }
+      : rebased
     const byDeletion = (error: ParleyError) => deleted && error.rule === Rule.conversationDeleted
     for (const { what, error } of result.failed) {
       if (what.kind !== "message.send") continue
