@@ -51,7 +51,13 @@ import {
   SCHEMA_VERSION,
   storedRecordId,
 } from "./schema.js"
-import { assertValid, checkEditRecord, checkMessageRecord } from "./validate.js"
+import {
+  assertValid,
+  checkEditRecord,
+  checkMarker,
+  checkMessageRecord,
+  checkParticipantRecord,
+} from "./validate.js"
 import { assertWellFormed } from "./well-formed.js"
 
 /**
@@ -201,6 +207,9 @@ export function addParticipants(
   if (t.participants.size + added.length > Limits.participants)
     throw new ParleyError(ErrorCode.TOO_LARGE, "too many participants")
   const now = options.now ?? Date.now()
+  // What is written is checked as the relay checks it (a role "god" from a form was written, refused by
+  // the relay, and every later change of the device to the conversation with it: an outside probe).
+  assertValid(checkParticipantRecord, { role, addedBy: actor, addedAt: now })
   if (added.length > 0) {
     doc.transact(() => {
       for (const user of added) t.participants.set(user, { role, addedBy: actor, addedAt: now })
@@ -258,6 +267,7 @@ export function changeRole(
   const current = typesOf(doc).participants.get(user)
   if (!current) throw new ParleyError(ErrorCode.NOT_FOUND, `${user} is not a participant`)
   if (current.role === role) return
+  assertValid(checkParticipantRecord, { ...current, role })
   assertAllowed(canChangeRole(writerRole(doc, actor), info.kind, current.role, role))
   doc.transact(() => typesOf(doc).participants.set(user, { ...current, role }), options.origin)
 }
@@ -475,7 +485,10 @@ export type MarkerTarget = number | MessageId | "latest"
 
 function markerValue(doc: Y.Doc, target: MarkerTarget): number {
   const index = messageIndex(doc)
-  if (typeof target === "number") return target
+  if (typeof target === "number") {
+    assertValid(checkMarker, target)
+    return target
+  }
   if (target === "latest") return index.lastSequence()
   // Not an id at all ("nope", a typo): refused as react and edit refuse it, not taken for "latest" (which
   // marked every message read and answered true: an outside tester).

@@ -173,7 +173,8 @@ export function updateConversation(
   assertAllowed(canUpdateConversation(writerRole(doc, actor)))
   if (change.title !== undefined) assertTitle(change.title)
   const metadata = change.metadata === undefined ? undefined : metadataOf(change.metadata)
-  if (typeof change.fleetingSeconds === "number") assertValid(checkFleetingSeconds, change.fleetingSeconds)
+  if (change.fleetingSeconds !== undefined && change.fleetingSeconds !== null)
+    assertValid(checkFleetingSeconds, change.fleetingSeconds)
   const meta = typesOf(doc).meta
   doc.transact(() => {
     if (change.title !== undefined) meta.set(MetaKey.title, change.title)

@@ -238,6 +238,23 @@ describe("values that are not JSON", () => {
   })
 })
 
+describe("what the relay would refuse", () => {
+  it("is refused before writing: a role, a marker or a fleeting time of the wrong kind", () => {
+    const doc = groupDoc()
+    sendMessage(doc, alice, { body: "hi" })
+    assignSequenceNumbers(doc, nextFromDocument(doc))
+    const before = Y.encodeStateVector(doc)
+    const invalid = expect.objectContaining({ code: ErrorCode.INVALID_ARGUMENT })
+    expect(() => addParticipants(doc, alice, [dave], "god" as never)).toThrow(invalid)
+    expect(() => addParticipants(doc, alice, [dave], Number.NaN as never)).toThrow(invalid)
+    expect(() => changeRole(doc, alice, bob, "superuser" as never)).toThrow(invalid)
+    expect(() => markRead(doc, alice, Number.NaN)).toThrow(invalid)
+    expect(() => markRead(doc, alice, 1.5)).toThrow(invalid)
+    expect(() => updateConversation(doc, alice, { fleetingSeconds: "10" as never })).toThrow(invalid)
+    expect(Y.encodeStateVector(doc)).toEqual(before)
+  })
+})
+
 describe("participants", () => {
   it("adds, removes and changes roles as owner and admin", () => {
     const doc = groupDoc()
