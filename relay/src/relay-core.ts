@@ -109,6 +109,9 @@ export const DEFAULT_CORE_LIMITS: CoreLimits = {
 
 /** History requests one connection may have waiting at once. */
 const HISTORY_REQUESTS_IN_FLIGHT = 4
+
+/** Reads of a sealed page rewritten while it was read for a request, before it is answered NOT_FOUND. */
+const PAGE_REREADS = 4
 /** How often the relay checks whether it takes writes again, while clients refused for a failing dependency wait. */
 const ASK_AGAIN_CHECK_MS = 250
 
@@ -981,11 +984,17 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     admitted()
       .then((admit) => (admit ? read() : null))
       .then(async (stored) => {
-        if (connection.closed || stored === null || matches(stored, asked)) return { stored, hash: asked }
-        // Rewritten since the request came (the document names another hash now): read again.
-        const now = expected()
-        if (now === asked) return { stored, hash: asked }
-        return { stored: matches(stored, now) ? stored : await read(), hash: now }
+        let hash: string | undefined = asked
+        // Rewritten since the request came (the document names another hash now): read again, a few
+        // times at most (deletions in a row each re-seal it).
+        for (let again = 0; again < PAGE_REREADS; again++) {
+          if (connection.closed || stored === null || matches(stored, hash)) break
+          const now = expected()
+          if (now === hash) break
+          hash = now
+          if (!matches(stored, hash)) stored = await read()
+        }
+        return { stored, hash }
       })
       .then(({ stored, hash }) => {
         if (connection.closed) return
