@@ -482,7 +482,12 @@ export class SealedHistory {
     const unchecked = this.dropStaleSegments(doc, droppedPages, left)
     if (unchecked.size > 0)
       this.recheckFolded(doc, unchecked)
-        .catch(() => {})
+        // Not checked (offline, refused): what this device cached of them goes too, since any may be a
+        // re-sealed segment's old copy, with a purged message's text (an outside probe found it kept
+        // in IndexedDB across reloads). An unchanged one is fetched again when asked for.
+        .catch(() => {
+          for (const hash of unchecked.values()) void this.host.segments.delete(hash)
+        })
         .then(() => this.dropCopies(doc, unchecked.keys()))
     // Sealed meanwhile inside the window shown: fetched at once, so that it stays whole (offline: on the next loadOlder).
     this.fillGaps().catch(() => {})
