@@ -421,8 +421,10 @@ describe("ChatClient connection", () => {
     const chat = await alice.createConversation({ participants: [b] })
     const message = chat.send("waiting for a token")
     const doc = chat.doc
-    await eventually(() => expect(errors.length).toBeGreaterThanOrEqual(2))
-    expect(new Set(errors)).toEqual(new Set([ErrorCode.UNAUTHORIZED]))
+    await eventually(() => expect(errors.length).toBeGreaterThanOrEqual(1))
+    // Told once while it fails the same way, not on every retry (it goes on retrying meanwhile).
+    await new Promise((resolve) => setTimeout(resolve, 1_500))
+    expect(errors).toEqual([ErrorCode.UNAUTHORIZED])
     expect(alice.status).toBe("connecting")
     expect(chat.status(message.id)).toBe("pending")
     tokenServerUp = true

@@ -23,7 +23,10 @@ export function assertTitle(title: unknown): asserts title is string {
  * keys left out, and refused unless the rest is plain JSON (see `plainJsonOf`).
  */
 export function metadataOf(metadata: Metadata): Metadata {
-  // Copied first: what is checked is what is written (see `plainJsonOf`).
+  // Its depth and size first, as given (a value nested thousands deep is refused for that, by name).
+  const given = checkMetadata(metadata)
+  if (given !== undefined) throw new ParleyError(ErrorCode.INVALID_ARGUMENT, given)
+  // Then copied: what is checked is what is written (see `plainJsonOf`).
   const copy = plainJsonOf(metadata, "metadata")
   // Wrapped, so that a string cut inside a character is named from `metadata` on ("metadata.tags.1").
   assertWellFormed({ metadata: copy })
