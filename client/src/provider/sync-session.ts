@@ -78,10 +78,40 @@ export class SyncSession {
   private lastHeard = 0
   private watchdog: ReturnType<typeof setInterval> | undefined
 
+  /** Whether a live update went out in this turn of the event loop: the ones after it wait for its end. */
+  private batching = false
+  /** Live updates written after the first in this turn, sent together at its end (see {@link sendLive}). */
+  private live: Uint8Array[] = []
+
   private readonly onUpdate = (update: Uint8Array, origin: unknown) => {
     if (origin === RELAY_ORIGIN || this.state !== "open") return
     // What the user wrote, and what another tab of theirs handed over (forwarded: that tab may be offline).
-    // One transaction may write more than the relay takes in one update (an import, a large paste): in parts.
+    // The first of a turn goes at once; the rest of the turn's, together at its end.
+    if (this.batching) {
+      this.live.push(update)
+      return
+    }
+    this.batching = true
+    queueMicrotask(this.sendLive)
+    this.sendUpdate(update)
+  }
+
+  /**
+   * Sends the live updates written after the first in one turn as one: a
+   * bot sending a hundred messages in a loop sent a hundred frames, and the
+   * relay closed its channel for too many frames (an outside probe); every
+   * frame also costs the relay a check and a commit.
+   */
+  private readonly sendLive = (): void => {
+    this.batching = false
+    const updates = this.live
+    this.live = []
+    if (updates.length === 0 || this.state !== "open") return
+    this.sendUpdate(updates.length === 1 ? updates[0]! : Y.mergeUpdates(updates))
+  }
+
+  /** One transaction (or a merge) may hold more than the relay takes in one update (an import, a large paste): in parts. */
+  private sendUpdate(update: Uint8Array): void {
     for (const part of splitUpdate(update, this.parts(), this.doc)) this.send(encodeSyncUpdate(part))
   }
 
@@ -137,7 +167,13 @@ export class SyncSession {
    * nothing is held or outgoing.
    */
   get sentAll(): boolean {
-    return this.state === "open" && this.answered && this.outgoing.length === 0 && this.held.length === 0
+    return (
+      this.state === "open" &&
+      this.answered &&
+      this.outgoing.length === 0 &&
+      this.held.length === 0 &&
+      this.live.length === 0
+    )
   }
 
   /** Sends a frame if the socket is open; live updates wait for the handshake (see the class comment). */
