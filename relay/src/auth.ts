@@ -1,14 +1,8 @@
 import { createHash, createPublicKey, type KeyObject, randomBytes } from "node:crypto"
 import { ErrorCode, ParleyError, parseUserId } from "@parley/shared"
-import {
-  createRemoteJWKSet,
-  decodeJwt,
-  type JWTPayload,
-  type JWTVerifyGetKey,
-  jwtVerify,
-  SignJWT,
-} from "jose"
+import { decodeJwt, type JWTPayload, type JWTVerifyGetKey, jwtVerify, SignJWT } from "jose"
 import { type Principal, SERVICE_PARTICIPANT_PREFIX } from "./principal.js"
+import { type KeySetEvents, remoteKeySet } from "./remote-key-set.js"
 import { credentialsVerified } from "./request-scope.js"
 
 /** How tokens are verified: exactly one key source. */
@@ -38,6 +32,8 @@ export interface AuthOptions {
    * key never signs a dev token.
    */
   readonly devSecret?: string
+  /** Told when a JWKS (`key.kind === "jwks"`) cannot be fetched (the relay logs it). */
+  readonly keySet?: KeySetEvents
 }
 
 /** A verified token: who it names, until when, and whether dev mode minted it. */
@@ -130,7 +126,7 @@ export class Authenticator {
       this.verifyKey = publicKey
       this.algorithms = algorithmsFor(publicKey)
     } else if (key?.kind === "jwks") {
-      this.verifyKey = createRemoteJWKSet(new URL(key.url))
+      this.verifyKey = remoteKeySet(new URL(key.url), options.keySet)
       this.algorithms = undefined
     }
   }
@@ -166,8 +162,9 @@ export class Authenticator {
     try {
       fresh = await this.verifyFresh(token)
     } catch (error) {
-      // A token that no longer verifies (its key taken out of the JWKS, say) is not let past a lock again.
-      if (this.seen.size > 0) this.seen.delete(seenKey(token))
+      // A token that no longer verifies (its key taken out of the JWKS, say) is not let past a lock again;
+      // one that could not be verified for now (the key set out of reach) may still be good.
+      if (this.seen.size > 0 && !unavailable(error)) this.seen.delete(seenKey(token))
       throw error
     }
     credentialsVerified()
@@ -297,6 +294,11 @@ export class Authenticator {
       .setExpirationTime(DEV_TOKEN_LIFETIME)
       .sign(this.devKey)
   }
+}
+
+/** True when `error` says a token could not be verified for now (retryable), not that it is bad. */
+export function unavailable(error: unknown): boolean {
+  return error instanceof ParleyError && error.code === ErrorCode.UNAVAILABLE
 }
 
 /** True when two principals are the same user, or the same service: a refreshed token may not change who. */

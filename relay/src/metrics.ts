@@ -57,7 +57,7 @@ export class RelayMetrics {
   })
   readonly tokens = new client.Counter({
     name: "parley_token_events_total",
-    help: "Connections closed at their token's expiry, and token refreshes accepted or refused",
+    help: "Connections closed at their token's expiry, and token refreshes accepted, refused or not verified for now (the key set out of reach)",
     labelNames: ["event"] as const,
     registers: [this.registry],
   })

@@ -27,6 +27,7 @@ import { HookWorker } from "./hooks/worker-host.js"
 import { inboxTarget } from "./inbox/inbox-target.js"
 import { LiveInbox } from "./inbox/live-inbox.js"
 import { createLogger, type Logger, type LogLevel } from "./log.js"
+import { LogThrottle } from "./log-throttle.js"
 import { metricsExtension, RelayMetrics } from "./metrics.js"
 import { AuthorizationPolicy } from "./policy/authorization-policy.js"
 import type { UpdatePolicy } from "./policy.js"
@@ -270,6 +271,7 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
       "DEV MODE — INSECURE: anyone who can reach this relay can mint a token for any user at /dev/token. Never use in production.",
     )
   }
+  const keySetThrottle = new LogThrottle()
   const authOptions: AuthOptions = {
     ...(key ? { key } : {}),
     ...(options.authIssuer ? { issuer: options.authIssuer } : {}),
@@ -278,6 +280,19 @@ export async function startRelay(options: RelayOptions = {}): Promise<RunningRel
     maxTokenLifetimeMs: options.maxTokenLifetimeMs ?? DEFAULTS.maxTokenLifetimeMs,
     // Dev tokens get a secret of their own, made here and never stored: the app's key signs no dev token.
     ...(dev ? { devSecret: Authenticator.randomSecret() } : {}),
+    keySet: {
+      onUnreachable: (error, stale) => {
+        // Every verification meanwhile fails the same way: one line per window, with how many were held.
+        const held = keySetThrottle.admit(stale ? "stale" : "none")
+        if (held === undefined) return
+        log.warn(
+          { err: error, url: key?.kind === "jwks" ? key.url : undefined, held },
+          stale
+            ? "the token key set (JWKS) cannot be fetched: verifying with the keys fetched before"
+            : "the token key set (JWKS) cannot be fetched: connections are refused as unavailable (4503) until it can",
+        )
+      },
+    },
   }
   let auth: Authenticator
   try {

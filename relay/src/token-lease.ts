@@ -8,7 +8,7 @@ import {
   readFrame,
   toParleyError,
 } from "@parley/shared"
-import { type Authenticator, samePrincipal, type VerifiedToken } from "./auth.js"
+import { type Authenticator, samePrincipal, unavailable, type VerifiedToken } from "./auth.js"
 import type { Deadlines, Due } from "./deadlines.js"
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -141,7 +141,12 @@ export class TokenLease implements Due {
         try {
           verified = await this.context.auth.verifyToken(token)
         } catch (error) {
-          return this.refused(toParleyError(error, ErrorCode.UNAUTHORIZED))
+          if (!unavailable(error)) return this.refused(toParleyError(error, ErrorCode.UNAUTHORIZED))
+          // The key set is out of reach: the new token may be good, and the one the socket lives on
+          // still holds until its expiry, which closes the socket as usual if no refresh verifies by then.
+          this.putOff(toParleyError(error))
+          next = this.waiting
+          continue
         }
         if (this.ended) return
         if (!samePrincipal(verified.principal, this.holder.token.principal))
@@ -184,6 +189,19 @@ export class TokenLease implements Due {
       "closed: token refreshes beyond the user's connection attempts",
     )
     this.end(error, CloseCode.TooManyConnectionAttempts)
+  }
+
+  private putOff(error: ParleyError): void {
+    this.context.metrics.tokens.inc({ event: "unverified" })
+    this.context.metrics.errors.inc({ code: error.code })
+    this.context.log.warn(
+      {
+        doc: this.holder.name,
+        principal: describePrincipal(this.holder.token.principal),
+        reason: error.message,
+      },
+      "token refresh not verified for now: the socket keeps its token until it expires",
+    )
   }
 
   private refused(error: ParleyError): void {

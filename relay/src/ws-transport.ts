@@ -20,7 +20,7 @@ import {
 } from "@parley/shared"
 import { type RawData, WebSocket, WebSocketServer } from "ws"
 import { AddressConnections, AddressLimiter } from "./address-limits.js"
-import { type Authenticator, SERVICE_ROLE, type VerifiedToken } from "./auth.js"
+import { type Authenticator, SERVICE_ROLE, unavailable, type VerifiedToken } from "./auth.js"
 import type { Connection, Session } from "./connection.js"
 import { defaultMaxConnections, openFilesLimit } from "./connection-capacity.js"
 import { Deadlines } from "./deadlines.js"
@@ -843,7 +843,8 @@ export class WsTransport {
     try {
       token = await this.options.auth.verifyToken(url.searchParams.get(TOKEN_PARAM))
     } catch (error) {
-      this.addresses.failed(address)
+      // A key set out of reach is the relay's fault, not the address's.
+      if (!unavailable(error)) this.addresses.failed(address)
       return refuse(toParleyError(error, ErrorCode.UNAUTHORIZED))
     }
     const { principal } = token
@@ -994,7 +995,8 @@ export class WsTransport {
     try {
       token = await this.options.auth.verifyToken(url.searchParams.get(TOKEN_PARAM))
     } catch (error) {
-      this.addresses.failed(address)
+      // A key set out of reach is the relay's fault, not the address's.
+      if (!unavailable(error)) this.addresses.failed(address)
       const refusal = toParleyError(error, ErrorCode.UNAUTHORIZED)
       metrics.errors.inc({ code: refusal.code })
       this.logRefusal(address, closeOf(refusal).code, { reason: refusal.message })

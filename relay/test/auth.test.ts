@@ -126,6 +126,43 @@ describe("authentication", () => {
     await c.synced()
     expect(c.closeEvent).toBeUndefined()
   })
+
+  it("tells connections 4503 (try again), not 4401, while its JWKS cannot be fetched, and locks no address for it", async () => {
+    const { publicKey, privateKey } = await generateKeyPair("RS256")
+    const jwk = { ...(await exportJWK(publicKey)), kid: "k1", alg: "RS256", use: "sig" }
+    let up = false
+    const server = createServer((_req, res) => {
+      res.writeHead(up ? 200 : 503, { "content-type": "application/json" })
+      res.end(up ? JSON.stringify({ keys: [jwk] }) : "{}")
+    })
+    servers.push(server)
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const port = (server.address() as { port: number }).port
+    const relay = await startRelayProcess({
+      // Two failed verifications lock an address: the outage's refusals must not count as such.
+      args: [
+        "--auth-jwks-url",
+        `http://127.0.0.1:${port}/jwks.json`,
+        "--address-auth-failures-per-minute",
+        "2",
+      ],
+    })
+    onTestFinished(() => relay.kill())
+    const token = await new SignJWT({})
+      .setProtectedHeader({ alg: "RS256", kid: "k1" })
+      .setSubject(bob)
+      .setExpirationTime("1h")
+      .sign(privateKey)
+    for (let i = 0; i < 4; i++) {
+      const closed = await client(relay, newConversationId(), token).closed
+      expect(closed.code).toBe(4503)
+    }
+    // A stock y-websocket client stops reconnecting on 4400-4499; 4503 it retries, and now it gets in.
+    up = true
+    const c = client(relay, newConversationId(), token, false)
+    await c.synced()
+    expect(c.closeEvent).toBeUndefined()
+  })
 })
 
 describe("while a token is being verified", () => {
