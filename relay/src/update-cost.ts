@@ -105,6 +105,16 @@ export function refuseUnknownDeletions(): never {
   })
 }
 
+/**
+ * How far the cost scan got: the values it read before it let the update
+ * through or refused it (a refusal by a limit or a decode failure past some
+ * structs still cost the relay their reading), for charging a refused update
+ * what it made the relay do.
+ */
+export interface ScanProgress {
+  values: number
+}
+
 type Struct = Y.Item | Y.GC
 type StoreInternals = { clients: Map<number, Struct[]> }
 type TypeInternals = { _start: Y.Item | null; _map: Map<string, Y.Item> }
@@ -301,6 +311,7 @@ function scanStructs(
   decoder: decoding.Decoder,
   bytes: number,
   limits: UpdateCostLimits,
+  scanned: ScanProgress,
 ): { structs: Scanned[]; values: number } {
   const clients = decoding.readVarUint(decoder)
   if (clients > limits.maxUpdateClientIds)
@@ -373,6 +384,7 @@ function scanStructs(
       // Content Yjs keeps costs per value (messages are indexed, sequenced, judged one by one).
       if (ref !== 1) {
         values += length
+        scanned.values = values
         if (values > limits.maxUpdateValues)
           refuse(CostRule.values, `an update writes at most ${limits.maxUpdateValues} values`)
       }
@@ -473,14 +485,20 @@ const covers = (list: Ranges | undefined, clock: number, end: number): boolean =
  *
  * Cost: linear in the update's bytes, plus binary searches in the document's
  * struct lists and walks of its linked lists that stop at `maxIntegrationSteps`.
+ * `scanned` is told the values read, refused or not.
  */
-export function checkUpdateCost(doc: Y.Doc, update: Uint8Array, limits: UpdateCostLimits): UpdateCost {
+export function checkUpdateCost(
+  doc: Y.Doc,
+  update: Uint8Array,
+  limits: UpdateCostLimits,
+  scanned: ScanProgress = { values: 0 },
+): UpdateCost {
   let structs: Scanned[]
   let values: number
   let deletes: Map<number, Ranges>
   const decoder = decoding.createDecoder(update)
   try {
-    ;({ structs, values } = scanStructs(decoder, update.length, limits))
+    ;({ structs, values } = scanStructs(decoder, update.length, limits, scanned))
     deletes = scanDeleteSet(decoder, limits)
   } catch (error) {
     if (error instanceof ParleyError) throw error

@@ -67,7 +67,13 @@ import type { Sequencer } from "./sequencer.js"
 import { isStorageFailure, storageUnavailable } from "./storage/guard.js"
 import type { RelayStorage } from "./storage/types.js"
 import { joinBatch, type QueuedUpdate } from "./update-batch.js"
-import { CostRule, checkUpdateCost, refuseUnknownDeletions, type UpdateCostLimits } from "./update-cost.js"
+import {
+  CostRule,
+  checkUpdateCost,
+  refuseUnknownDeletions,
+  type ScanProgress,
+  type UpdateCostLimits,
+} from "./update-cost.js"
 import { UPDATE_COST_RECIPIENTS, UPDATE_COST_VALUES, type UserLedger } from "./user-limits.js"
 import { decodeOnce, inspectUpdate, recordIdsIn } from "./yjs-updates.js"
 
@@ -1729,8 +1735,10 @@ type Admitted =
  * Checks a client update against the document as it is now (in a batch: with
  * the batch's earlier updates applied): the document is loaded, the update's
  * size, cost and decodability, storage, the user's client-id and growth
- * budgets, the policy. Changes nothing but the budgets it charges once every
- * check passed. Throws a ParleyError when the update is refused.
+ * budgets, the policy. Changes nothing but the budgets it charges. Throws a
+ * ParleyError when the update is refused; a refusal for the update itself
+ * (its bytes, its cost, the rules) is charged what its checks cost, as an
+ * accepted update of that size and those values is (see {@link chargeRefused}).
  */
 async function admitUpdate(
   ctx: PathContext,
@@ -1739,13 +1747,65 @@ async function admitUpdate(
   update: Uint8Array,
   seen?: ReplicaView,
 ): Promise<Admitted> {
+  const scanned: ScanProgress = { values: 0 }
+  try {
+    return await checkAndCharge(ctx, host, principal, update, scanned, seen)
+  } catch (error) {
+    chargeRefused(ctx, principal, error, scanned.values, update.length)
+    throw error
+  }
+}
+
+/**
+ * Refusals of an update for what it is (its size, its cost, its bytes, the
+ * rules, the user's growth budgets): the relay did the checking that the
+ * update's size and values buy. Not those of a relay that cannot take it now
+ * (unloaded, storage failing, changes missing), which the client is asked to
+ * send again.
+ */
+const CHARGED_REFUSALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.FORBIDDEN,
+  ErrorCode.INVALID_UPDATE,
+  ErrorCode.TOO_LARGE,
+  ErrorCode.RATE_LIMITED,
+])
+
+/**
+ * Charges a refused update of `bytes` the `values` its checks read, as an
+ * accepted one is charged (its bytes at arrival, its values once checked):
+ * charged nothing beyond its arrival, a refused frame of a hundred messages
+ * cost its user one token, and a client re-sending it in a loop kept 45 % of
+ * a core checking it while the same frame accepted was held to the budget.
+ * The budget may go into debt; the user's next frame waits for it like after
+ * an accepted one (refused 4429 `updates-per-user` until it is paid off).
+ */
+function chargeRefused(
+  ctx: PathContext,
+  principal: Principal,
+  error: unknown,
+  values: number,
+  bytes: number,
+): void {
+  if (!ctx.users || !(error instanceof ParleyError) || !CHARGED_REFUSALS.has(error.code)) return
+  ctx.users.chargeValues(principal, values, bytes)
+}
+
+/** {@link admitUpdate}'s checks, and the budgets an accepted update is charged; `scanned` follows the cost scan. */
+async function checkAndCharge(
+  ctx: PathContext,
+  host: DocumentHost,
+  principal: Principal,
+  update: Uint8Array,
+  scanned: ScanProgress,
+  seen?: ReplicaView,
+): Promise<Admitted> {
   if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
   if (update.length > ctx.limits.maxUpdateBytes)
     throw new ParleyError(ErrorCode.TOO_LARGE, `updates are limited to ${ctx.limits.maxUpdateBytes} bytes`)
   // A user who spent the day's bytes is refused before anything is decoded.
   ctx.users?.checkStored(principal, update.length)
   // What Yjs would spend on it is bounded before anything decodes it into objects.
-  const cost = checkUpdateCost(host.doc, update, ctx.limits)
+  const cost = checkUpdateCost(host.doc, update, ctx.limits, scanned)
   // Refused by the rules whatever else it holds: before anything decodes it (a delete set of 10,000
   // made-up ranges cost a decode and the rules' pass over them), storage's refusal first as before.
   if (cost.deletesUnknown) {
