@@ -156,21 +156,22 @@ export class Inbox extends Emitter<InboxEvents> {
     const forget = () => {
       if (this.pending.has(conversation.id)) this.pending.delete(conversation.id)
     }
+    // No longer a participant (left, removed), or the conversation deleted: the relay drops or empties
+    // the entry, so must this device (its own messages there were refused, not sent).
+    const gone = () => conversation.role === undefined || conversation.info?.deletedAt !== undefined
     const offChange = conversation.on("change", ({ local }) => {
-      // No longer a participant (left, removed): the relay drops the entry, so must this device.
-      if (conversation.role === undefined) return forget()
+      if (gone()) return forget()
       if (!local) return
       if (!this.unsent.has(conversation.id)) this.unsent.set(conversation.id, true)
       const entry = inboxEntryFor(conversation.doc, this.options.user)
       if (entry) this.pending.set(entry.conversationId, entry)
     })
     const offState = conversation.on("state", ({ state }) => {
-      if (state.state === "unavailable" || (state.state === "ready" && conversation.role === undefined))
-        forget()
+      if (state.state === "unavailable" || (state.state === "ready" && gone())) forget()
     })
     // A refused change rebuilds the replica from the relay's state without change events.
     const offResync = conversation.on("resynced", () => {
-      if (conversation.role === undefined) forget()
+      if (gone()) forget()
     })
     return () => {
       offChange()

@@ -239,4 +239,28 @@ describe("client.inbox after the user's offline change was refused", () => {
     alice.connect()
     await eventually(() => expect(alice.inbox.items).toEqual([]))
   })
+
+  it("does not preview the user's own message that the conversation's deletion refused, after a reload either", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const bob = await connectClient(relay, b)
+    const alice = await connectClient(relay, a, { storage: "indexeddb" })
+    const group = await bob.createConversation({ participants: [a], title: "team" })
+    const hello = group.send("welcome")
+    await eventually(() => expect(group.status(hello.id)).toBe("sent"))
+    const mine = await alice.conversation(group.id).ready()
+    alice.disconnect()
+    mine.send("anyone here?")
+    expect(alice.inbox.items.map((i) => i.lastMessage?.text)).toEqual(["anyone here?"])
+    await alice.destroy()
+    group.delete()
+    await group.flush()
+    // Reloaded, the conversation not opened by the app: the device sends what it wrote in the background.
+    const reloaded = await connectClient(relay, a, { storage: "indexeddb", connect: false })
+    await reloaded.inbox.loaded
+    expect(reloaded.inbox.items.map((i) => i.lastMessage?.text)).toEqual(["anyone here?"])
+    reloaded.connect()
+    await eventually(() => {
+      expect(reloaded.inbox.items.map((i) => i.lastMessage?.text ?? "")).not.toContain("anyone here?")
+    })
+  })
 })
