@@ -1287,6 +1287,135 @@ describe("folded sealed history in the SDK", () => {
     }
   }, 60_000)
 
+  it("keeps the history paged back shown across a resync after a reaction to a message deleted and re-sealed while offline, and fetches the re-sealed segment again at once", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "reacted offline, purged" })
+    const ids: string[] = []
+    for (let round = 0; round < 20; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) => chat.send(`m${round * 10 + i}`))
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBeGreaterThanOrEqual(5))
+    while (chat.hasOlder) await chat.loadOlder(100)
+    const bob = await connectClient(folding, b)
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    while (theirs.hasOlder) await theirs.loadOlder(100)
+    const all = () => [...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+    expect(all().map((m) => m.id)).toEqual(ids)
+    const target = ids[3]!
+    // Offline, bob reacts to an old message; alice deletes it meanwhile (the relay re-seals its segment
+    // and rewrites the directory pages from its own on).
+    bob.disconnect()
+    theirs.react(target, "🔥")
+    const offline = theirs.send("written offline")
+    const hash = foldedHistory(chat.doc)!.hash
+    chat.deleteMessage(target)
+    await eventually(() => expect(foldedHistory(chat.doc)?.hash).not.toBe(hash))
+    const errors: { code: string; message: string; kind?: string }[] = []
+    theirs.on("error", ({ error, change }) =>
+      errors.push({ code: error.code, message: error.message, ...(change ? { kind: change.kind } : {}) }),
+    )
+    // Every other message stays in bob's list through the resync, and the deleted one never shows again.
+    const missing: string[][] = []
+    const shownWithText: string[] = []
+    const look = () => {
+      const shown = new Map<string, MessageView>(all().map((m) => [m.id, m]))
+      const lost = ids.filter((id) => id !== target && !shown.has(id))
+      if (lost.length > 0) missing.push(lost)
+      if (shown.get(target)?.body) shownWithText.push(shown.get(target)!.body)
+    }
+    theirs.on("change", look)
+    theirs.on("history", look)
+    const resynced = new Promise((resolve) => theirs.once("resynced", resolve))
+    bob.connect()
+    await resynced
+    look()
+    // The re-sealed segment comes back without another loadOlder: the message a placeholder there.
+    await eventually(() => expect(theirs.message(target)).toMatchObject({ body: "", deleted: { by: a } }))
+    await eventually(() => expect(SAVED).toContain(theirs.message(offline.id)?.status))
+    await eventually(() => expect(all().map((m) => m.id)).toEqual([...ids, offline.id]))
+    expect(bodies(all().filter((m) => !m.deleted))).toEqual([
+      ...Array.from({ length: 200 }, (_, i) => `m${i}`).filter((body) => body !== "m3"),
+      "written offline",
+    ])
+    expect(missing).toEqual([])
+    expect(shownWithText).toEqual([])
+    expect(theirs.hasOlder).toBe(false)
+    // The reaction failed, told with its change.
+    expect(errors).toContainEqual(expect.objectContaining({ kind: "reaction.add" }))
+    expect(theirs.message(target)?.reactions ?? {}).toEqual({})
+  }, 60_000)
+
+  it("keeps the folded history shown, the purged message without its text, when its directory pages cannot be fetched again after a purge; forgets the cached copy and fetches them on the next loadOlder", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(folding, a)
+    const chat = await alice.createConversation({ participants: [b], title: "purged, not re-checked" })
+    const ids: string[] = []
+    for (let round = 0; round < 10; round++) {
+      const sent = Array.from({ length: 10 }, (_, i) =>
+        chat.send(round === 0 && i === 6 ? "Unchecked-Secret-Gone" : `m${round * 10 + i}`),
+      )
+      ids.push(...sent.map((m) => m.id))
+      await eventually(() => expect(chat.message(sent.at(-1)!.id)?.seq).toBe(round * 10 + 10))
+    }
+    await eventually(() => expect(foldedHistory(chat.doc)?.pages).toBe(2))
+    while (chat.hasOlder) await chat.loadOlder(100)
+    const bob = await connectClient(folding, b, { storage: "indexeddb" })
+    const theirs = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(theirs.messages({ last: 50 }).length).toBe(10))
+    while (theirs.hasOlder) await theirs.loadOlder(100)
+    const all = () => [...theirs.olderMessages(), ...theirs.messages({ last: 100 })]
+    expect(all().map((m) => m.id)).toEqual(ids)
+    expect(await cachedSegments(b)).toContain("Unchecked-Secret-Gone")
+    const target = ids[6]!
+    // The relay answers every directory page request NOT_FOUND while alice deletes the message: the
+    // devices cannot re-check the folded segments the purge's rewritten pages list.
+    const request = DocumentConnection.prototype.requestDirectory
+    let asked = 0
+    DocumentConnection.prototype.requestDirectory = async function (this: DocumentConnection, page: number) {
+      asked++
+      return { ...(await request.call(this, page)), error: ErrorCode.NOT_FOUND }
+    }
+    try {
+      const missing: string[][] = []
+      const shownWithText: string[] = []
+      let seenDeleted = false
+      const look = () => {
+        const shown = new Map<string, MessageView>(all().map((m) => [m.id, m]))
+        const lost = ids.filter((id) => !shown.has(id))
+        if (lost.length > 0) missing.push(lost)
+        if (shown.get(target)?.deleted) seenDeleted = true
+        else if (seenDeleted) shownWithText.push(shown.get(target)?.body ?? "(gone)")
+      }
+      theirs.doc.on("afterTransaction", look)
+      theirs.on("history", look)
+      const hash = foldedHistory(theirs.doc)!.hash
+      chat.deleteMessage(target)
+      await eventually(() => expect(foldedHistory(theirs.doc)?.hash).not.toBe(hash))
+      // The re-check failed: the copy cached under the old hash is gone (it holds the purged text) ...
+      await eventually(async () => expect(await cachedSegments(b)).not.toContain("Unchecked-Secret-Gone"))
+      expect(asked).toBeGreaterThan(0)
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      look()
+      // ... and what bob paged back is still shown, the deleted message as such, never its text again.
+      expect(missing).toEqual([])
+      expect(shownWithText).toEqual([])
+      expect(all().map((m) => m.id)).toEqual(ids)
+      expect(theirs.message(target)).toMatchObject({ body: "", deleted: { by: a } })
+    } finally {
+      DocumentConnection.prototype.requestDirectory = request
+    }
+    // Served again: the next loadOlder fetches the rewritten pages and the re-sealed segment.
+    expect(await theirs.loadOlder(10)).toEqual([])
+    expect(theirs.hasOlder).toBe(false)
+    expect(all().map((m) => m.id)).toEqual(ids)
+    expect(theirs.message(target)).toMatchObject({ body: "", deleted: { by: a } })
+    expect(await cachedSegments(b)).not.toContain("Unchecked-Secret-Gone")
+  }, 60_000)
+
   it("a device offline across a fold syncs its pending edit, reaction and message exactly once", async () => {
     const [a, b] = [name("alice"), name("bob")]
     const alice = await connectClient(folding, a)

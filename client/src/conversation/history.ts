@@ -257,6 +257,16 @@ export class SealedHistory {
   private readonly given = new Set<string>()
   /** Messages filled into the window shown that did not fit a call's limit: returned by the next one. */
   private readonly owed = new Set<string>()
+  /**
+   * The copies the replica's sealed history shows in place of segments no
+   * longer held (see {@link dropStaleSegments}), by index, with the hash each
+   * was held under: shown until the segment is held again or known gone. A
+   * fetch that fails keeps them shown (before: the history paged back
+   * vanished until the next loadOlder); they are asked for again once online
+   * and by the next loadOlder (see {@link fillGaps}), and a rebuilt replica
+   * shows them too (see {@link holdIn}).
+   */
+  private readonly copies = new Map<number, string>()
 
   constructor(private readonly host: SealedHistoryHost) {}
 
@@ -265,10 +275,25 @@ export class SealedHistory {
     return this.heldSegments.values()
   }
 
-  /** Holds what this device fetched (segments, directory pages) in `doc`'s sealed history: a rebuilt replica. */
+  /**
+   * Holds what this device fetched (segments, directory pages) in `doc`'s
+   * sealed history: a rebuilt replica. With the {@link copies} the current
+   * replica shows, as it shows them (a purge folded in): a resync right after
+   * a purge keeps the history the user paged back.
+   */
   holdIn(doc: Y.Doc): void {
-    for (const { page, hash } of this.heldPages.values()) sealedHistory(doc).addPage(page, hash)
-    for (const segment of this.heldSegments.values()) sealedHistory(doc).add(segment)
+    const history = sealedHistory(doc)
+    for (const { page, hash } of this.heldPages.values()) history.addPage(page, hash)
+    for (const segment of this.heldSegments.values()) {
+      // In place of a copy held in `doc` earlier (a resync fetched the segment meanwhile).
+      if (history.segment(segment.index) !== segment) history.remove(segment.index)
+      history.add(segment)
+    }
+    const shown = sealedHistory(this.host.doc())
+    for (const index of this.copies.keys()) {
+      const copy = shown.segment(index)
+      if (copy && !this.heldSegments.has(index)) history.add(copy)
+    }
   }
 
   /**
@@ -366,11 +391,13 @@ export class SealedHistory {
   }
 
   /**
-   * Fetches the segments {@link gapSegments} names, one at a time as the
-   * live document names them then (a segment re-sealed meanwhile is asked for
-   * again, see {@link untilCurrent}).
+   * Fetches again the segments of the {@link copies} shown (a failure keeps
+   * them shown, for the next try), then the segments {@link gapSegments}
+   * names, one at a time as the live document names them then (a segment
+   * re-sealed meanwhile is asked for again, see {@link untilCurrent}).
    */
-  private fillGaps(): Promise<void> {
+  private async fillGaps(): Promise<void> {
+    if (this.copies.size > 0) await this.recheckCopies(this.host.doc(), new Map(this.copies)).catch(() => {})
     return untilCurrent(async () => {
       const next = this.gapSegments(this.host.doc())[0]
       if (!next) return true
@@ -479,18 +506,29 @@ export class SealedHistory {
     // re-sealed: a deleted message's text, whose live tombstone left with this very change. Shown as
     // copies, with what left folded in, until their pages, fetched again now, say which hash they have
     // (from the cache when unchanged).
-    const unchecked = this.dropStaleSegments(doc, droppedPages, left)
-    if (unchecked.size > 0)
-      this.recheckFolded(doc, unchecked)
-        // Not checked (offline, refused): what this device cached of them goes too, since any may be a
-        // re-sealed segment's old copy, with a purged message's text (an outside probe found it kept
-        // in IndexedDB across reloads). An unchanged one is fetched again when asked for.
-        .catch(() => {
-          for (const hash of unchecked.values()) void this.host.segments.delete(hash)
-        })
-        .then(() => this.dropCopies(doc, unchecked.keys()))
-    // Sealed meanwhile inside the window shown: fetched at once, so that it stays whole (offline: on the next loadOlder).
+    this.dropStaleSegments(doc, droppedPages, left)
+    // Those copies, and what was sealed meanwhile inside the window shown: fetched at once, so that it
+    // stays whole (offline: once online, or on the next loadOlder).
     this.fillGaps().catch(() => {})
+  }
+
+  /**
+   * {@link recheckFolded}, then the copies of `unchecked` still not held
+   * dropped: no longer named (a deleted conversation's). When it fails
+   * (offline, refused, the replica rebuilt meanwhile) the copies stay shown,
+   * to be asked for again.
+   */
+  private recheckCopies(doc: Y.Doc, unchecked: ReadonlyMap<number, string>): Promise<void> {
+    return this.recheckFolded(doc, unchecked).then(
+      () => this.dropCopies(doc, unchecked.keys()),
+      (error: unknown) => {
+        // Not checked: what this device cached of them goes, since any may be a re-sealed segment's old
+        // copy, with a purged message's text (an outside probe found it kept in IndexedDB across reloads).
+        // An unchanged one is fetched again from the relay. What is shown keeps the purge folded in.
+        for (const hash of unchecked.values()) void this.host.segments.delete(hash)
+        throw error
+      },
+    )
   }
 
   /**
@@ -508,7 +546,12 @@ export class SealedHistory {
         if (!next) break
         await this.fetchPage(next)
       }
-      if (this.host.doc() !== doc) return true
+      // Rebuilt meanwhile (a resync): checked in the new replica instead.
+      if (this.host.doc() !== doc)
+        throw new ParleyError(
+          ErrorCode.UNAVAILABLE,
+          "the replica was rebuilt while its history was re-checked",
+        )
       const summaries = named()
       for (const [index, hash] of unchecked) {
         const summary = summaries.get(index)
@@ -540,6 +583,7 @@ export class SealedHistory {
         // A folded segment whose page is not held is checked when the page is (see dropStale).
         if (!unlistedToo && !(left && withDeparted(segment, left) !== segment)) continue
         unlisted.set(index, hash)
+        this.copies.set(index, hash)
         this.heldSegments.delete(index)
         this.heldHashes.delete(index)
         continue
@@ -550,11 +594,15 @@ export class SealedHistory {
       void this.host.segments.delete(hash)
       // Dropped with a deleted conversation: nothing takes its place.
       if (!summary) sealedHistory(doc).remove(index)
-      // Held before, so shown before: the re-sealed one takes its place (offline: dropped, fetched when asked for).
-      else
-        this.fetchNamed(doc, index)
-          .catch(() => {})
-          .then(() => this.dropCopies(doc, [index]))
+      else {
+        // Held before, so shown before: the re-sealed one takes its place (offline: the copy stays shown,
+        // asked for again once online or on the next loadOlder, see fillGaps).
+        this.copies.set(index, hash)
+        this.fetchNamed(doc, index).then(
+          () => this.dropCopies(doc, [index]),
+          () => {},
+        )
+      }
     }
     // Told once the copies shown are as they should be: a listener reads them.
     if (this.updateCopies(doc, left) || unlisted.size > 0) this.host.held()
@@ -579,17 +627,24 @@ export class SealedHistory {
       if (shown === copy) continue
       history.remove(index)
       if (shown) history.add(shown)
+      else this.copies.delete(index)
       changed = true
     }
     return changed
   }
 
-  /** Stops showing the copies of segments `indexes` that are still not held (their fetch failed). */
+  /**
+   * Stops showing the copies of segments `indexes` that are still not held
+   * once `doc` (still the current replica) was checked and no longer names them.
+   */
   private dropCopies(doc: Y.Doc, indexes: Iterable<number>): void {
+    if (this.host.doc() !== doc) return
     const history = sealedHistory(doc)
     let dropped = false
     for (const index of indexes) {
-      if (this.heldSegments.has(index) || !history.has(index)) continue
+      if (this.heldSegments.has(index)) continue
+      this.copies.delete(index)
+      if (!history.has(index)) continue
       history.remove(index)
       dropped = true
     }
@@ -803,6 +858,7 @@ export class SealedHistory {
   /** Adds a segment to the replica's sealed history, in place of the copy shown while it was fetched (see {@link dropStale}). */
   private hold(segment: Segment): void {
     this.heldSegments.set(segment.index, segment)
+    this.copies.delete(segment.index)
     const history = sealedHistory(this.host.doc())
     history.remove(segment.index)
     history.add(segment)
