@@ -57,7 +57,8 @@ const LIFETIME_SKEW_MS = 60_000
 /**
  * How long a verified token is taken on trust before it is verified again
  * (never past its `exp`): short, so that a key removed from a JWKS stops
- * tokens it signed within a minute.
+ * tokens it signed within two minutes (this, and the key set's own copy:
+ * see `remote-key-set.ts`).
  */
 const VERIFIED_TOKEN_TTL_MS = 60_000
 

@@ -35,6 +35,20 @@ export class RateLimiter {
     return true
   }
 
+  /**
+   * Takes `cost` tokens as {@link take} does, except that a cost above the
+   * burst, which `take` never fits, is taken from a full bucket and leaves it
+   * in debt until the rate has paid for it: for one request that may
+   * honestly ask more than a burst (a group created with more members than a
+   * minute's budget), which `take` would refuse as retryable for ever.
+   */
+  takeWhole(cost: number): boolean {
+    this.refill()
+    if (this.tokens < Math.min(cost, this.burst)) return false
+    this.tokens -= cost
+    return true
+  }
+
   /** Gives back `cost` tokens taken for something that was then not done. */
   give(cost: number): void {
     this.refill()

@@ -3,8 +3,10 @@ import {
   createLocalJWKSet,
   createRemoteJWKSet,
   type JSONWebKeySet,
+  type JWKSCacheInput,
   type JWTVerifyGetKey,
   errors as joseErrors,
+  jwksCache,
 } from "jose"
 
 /** What a {@link RemoteKeySet} tells whoever started it (the relay logs it). */
@@ -28,47 +30,69 @@ export function keySetUnreachable(error: unknown): boolean {
   return error instanceof TypeError
 }
 
+/** How old jose's copy of the key set may grow before a verification fetches it again (jose's default is 10 minutes). */
+export const KEY_SET_MAX_AGE_MS = 60_000
+/** After a failed fetch, how long verifications use the keys fetched last without trying again (each try may wait 5 s). */
+export const KEY_SET_RETRY_MS = 30_000
+/** Longest the keys fetched last stand in for a key set that cannot be fetched: a key revoked meanwhile dies then at the latest. */
+export const KEY_SET_STALE_MS = 60 * 60_000
+
 /**
- * A JWKS fetched from `url` (jose's `createRemoteJWKSet`, which caches it for
- * 10 minutes and fetches it again for a key id it does not know), made to
- * survive the key set's host being down:
+ * A JWKS fetched from `url` by jose's `createRemoteJWKSet`, made to survive
+ * the key set's host being down without outliving its revocations:
  *
- * - jose fetches again once its copy is 10 minutes old and fails every token
- *   while that fetch fails, so a JWKS host down for longer would lock every
- *   user out; here the keys fetched last keep verifying meanwhile (a key
- *   taken out of the set is refused once the set can be fetched again);
+ * - jose's copy is fetched again once a minute old (not its default 10), so
+ *   a key taken out of the set stops verifying new tokens within a minute
+ *   or so (tokens verified lately stay verified a minute: see `auth.ts`);
+ * - while the set cannot be fetched, the keys fetched last keep verifying
+ *   for at most {@link KEY_SET_STALE_MS} after that fetch, so that a JWKS
+ *   host down for a while does not lock every user out, nor a revoked key
+ *   live as long as an outage someone can cause; a fetch is tried again at
+ *   most every {@link KEY_SET_RETRY_MS} meanwhile (jose waits up to 5 s for
+ *   each try);
  * - a token no known key signed, while the set cannot be fetched, may be
- *   signed by a key added since: that, and a set never fetched, is the
- *   retryable `UNAVAILABLE`, never `UNAUTHORIZED` (which tells a client its
- *   token is bad, and counts against its address).
+ *   signed by a key added since: that, keys too old, and a set never
+ *   fetched are the retryable `UNAVAILABLE`, never `UNAUTHORIZED` (which
+ *   tells a client its token is bad, and counts against its address).
  */
-export function remoteKeySet(url: URL, events: KeySetEvents = {}): JWTVerifyGetKey {
-  const remote = createRemoteJWKSet(url)
+export function remoteKeySet(url: URL, events: KeySetEvents = {}, now = () => Date.now()): JWTVerifyGetKey {
+  // jose writes each fetched set and when it fetched it here.
+  const cache: { uat?: number; jwks?: JSONWebKeySet } = {}
+  const remote = createRemoteJWKSet(url, {
+    cacheMaxAge: KEY_SET_MAX_AGE_MS,
+    [jwksCache]: cache as JWKSCacheInput,
+  })
+  let failedAt = Number.NEGATIVE_INFINITY
   let stale: { readonly keys: JSONWebKeySet; readonly verify: JWTVerifyGetKey } | undefined
+  const unavailable = (message: string, cause: unknown) =>
+    new ParleyError(ErrorCode.UNAVAILABLE, `${message}; try again shortly`, { cause })
   return async (header, token) => {
-    try {
-      return await remote(header, token)
-    } catch (error) {
-      if (!keySetUnreachable(error)) throw error
-      const keys = remote.jwks()
-      events.onUnreachable?.(error, keys !== undefined)
-      if (keys === undefined)
-        throw new ParleyError(
-          ErrorCode.UNAVAILABLE,
-          "the relay cannot fetch the key set that verifies tokens; try again shortly",
-          { cause: error },
-        )
-      if (stale?.keys !== keys) stale = { keys, verify: createLocalJWKSet(keys) }
+    let failure: unknown
+    if (cache.jwks === undefined || now() - failedAt >= KEY_SET_RETRY_MS) {
       try {
-        return await stale.verify(header, token)
-      } catch (staleError) {
-        if (!(staleError instanceof joseErrors.JWKSNoMatchingKey)) throw staleError
-        throw new ParleyError(
-          ErrorCode.UNAVAILABLE,
-          "the relay cannot fetch the key set that verifies this token; try again shortly",
-          { cause: error },
-        )
+        return await remote(header, token)
+      } catch (error) {
+        if (!keySetUnreachable(error)) throw error
+        failedAt = now()
+        failure = error
       }
+    }
+    const { jwks: keys, uat } = cache
+    const usable = keys !== undefined && uat !== undefined && now() - uat <= KEY_SET_STALE_MS
+    if (failure !== undefined) events.onUnreachable?.(failure, usable)
+    if (!usable)
+      throw unavailable(
+        keys === undefined
+          ? "the relay cannot fetch the key set that verifies tokens"
+          : "the relay has not been able to fetch the key set that verifies tokens for too long",
+        failure,
+      )
+    if (stale?.keys !== keys) stale = { keys, verify: createLocalJWKSet(keys) }
+    try {
+      return await stale.verify(header, token)
+    } catch (error) {
+      if (!(error instanceof joseErrors.JWKSNoMatchingKey)) throw error
+      throw unavailable("the relay cannot fetch the key set that verifies this token", failure ?? error)
     }
   }
 }

@@ -1786,7 +1786,11 @@ function chargeRefused(
   values: number,
   bytes: number,
 ): void {
-  if (!ctx.users || !(error instanceof ParleyError) || !CHARGED_REFUSALS.has(error.code)) return
+  if (!ctx.users || !(error instanceof ParleyError)) return
+  // Built on a change the relay never got: retryable, but anyone can make one (any client id, the
+  // second of two transactions), and the relay scanned and decoded it; an honest client meets it once
+  // per lost change, then sends again whole (an outside probe: 12 times the refusals of a forged frame).
+  if (!CHARGED_REFUSALS.has(error.code) && error.rule !== Rule.missingChanges) return
   ctx.users.chargeValues(principal, values, bytes)
 }
 

@@ -937,7 +937,9 @@ export class UserLedger {
           UserLimit.conversations,
           `a user may create ${this.limits.userConversationsPerMinute} conversations per minute`,
         )
-      if (growth.participantsAdded > 0 && participants && !participants.take(growth.participantsAdded)) {
+      // One change may add more than a minute's budget (a group created with 1,000 members): taken whole
+      // from a full bucket, not refused for ever as retryable.
+      if (growth.participantsAdded > 0 && participants && !participants.takeWhole(growth.participantsAdded)) {
         // Both or neither: the conversation was not created either.
         if (growth.creates) conversations?.give(1)
         this.refuse(

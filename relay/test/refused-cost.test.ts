@@ -118,6 +118,21 @@ const refusals: {
     refusal: { code: ErrorCode.INVALID_UPDATE },
   },
   {
+    name: "a gap (built on a change of its client the relay never got)",
+    frame: (c, sender) => {
+      const copy = new Y.Doc()
+      Y.applyUpdate(copy, Y.encodeStateAsUpdate(c.doc))
+      sendMessage(copy, sender, { body: "never sent" })
+      const before = Y.encodeStateVector(copy)
+      copy.transact(() => {
+        for (let i = 0; i < 100; i++)
+          sendMessage(copy, sender, { body: `after a gap ${i} ${"x".repeat(18)}` })
+      })
+      return Y.encodeStateAsUpdate(copy, before)
+    },
+    refusal: { code: ErrorCode.UNAVAILABLE, rule: "missing-changes" },
+  },
+  {
     name: "a cost limit (one text of 7,000 characters: more values than an update may write)",
     frame: (c) => updateBy(c, (doc) => doc.getText("scratch").insert(0, "y".repeat(7_000))),
     refusal: { code: ErrorCode.INVALID_UPDATE, rule: "update-values" },

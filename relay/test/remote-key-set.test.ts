@@ -24,8 +24,9 @@ async function signer(kid: string) {
 
 /** A JWKS server whose answer the test sets: the keys, or a failing status. */
 async function keySetServer() {
-  const state: { keys: object[]; status: number } = { keys: [], status: 200 }
+  const state: { keys: object[]; status: number; requests: number } = { keys: [], status: 200, requests: 0 }
   const server = createServer((_req, res) => {
+    state.requests++
     res.writeHead(state.status, { "content-type": "application/json" })
     res.end(state.status === 200 ? JSON.stringify({ keys: state.keys }) : "{}")
   })
@@ -86,5 +87,31 @@ describe("a JWKS that cannot be fetched", () => {
     // A forged one (a key the set never had, with a kid the set has) is still refused as bad.
     const forger = await signer("k1")
     expect((await refusal(auth.verify(await forger.sign("mallory")))).code).toBe(ErrorCode.UNAUTHORIZED)
+  })
+
+  it("stops a key taken out of the set within a minute or so, and stands in with the old keys for an hour at most", async () => {
+    const { state, url } = await keySetServer()
+    const k1 = await signer("k1")
+    const k2 = await signer("k2")
+    state.keys = [k1.jwk, k2.jwk]
+    const auth = new Authenticator({ key: { kind: "jwks", url } })
+    const start = Date.now()
+    vi.useFakeTimers({ toFake: ["Date"], now: start })
+    expect(await auth.verify(await k1.sign("bob"))).toEqual({ kind: "user", user: "bob" })
+    // k1 revoked: a fresh token it signed is refused once the copy is a minute old (jose kept it 10 minutes).
+    state.keys = [k2.jwk]
+    vi.setSystemTime(start + 61_000)
+    expect((await refusal(auth.verify(await k1.sign("carol")))).code).toBe(ErrorCode.UNAUTHORIZED)
+    expect(await auth.verify(await k2.sign("dave"))).toEqual({ kind: "user", user: "dave" })
+    // The host goes down: the keys fetched last stand in, and the host is not asked again for every token.
+    state.status = 503
+    vi.setSystemTime(start + 5 * 60_000)
+    const asked = state.requests
+    for (const user of ["erin", "frank", "grace"])
+      expect(await auth.verify(await k2.sign(user))).toEqual({ kind: "user", user })
+    expect(state.requests - asked).toBe(1)
+    // An hour after the last fetch, they no longer do.
+    vi.setSystemTime(start + 61_000 + 60 * 60_000 + 1_000)
+    expect((await refusal(auth.verify(await k2.sign("heidi")))).code).toBe(ErrorCode.UNAVAILABLE)
   })
 })

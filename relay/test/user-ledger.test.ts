@@ -267,13 +267,28 @@ describe("UserLedger", () => {
 
   it("refuses a creation with too many participants whole, without spending the conversation budget", () => {
     const { l } = ledger({ userConversationsPerMinute: 1, userParticipantsPerMinute: 10 })
-    expect(refusal(() => l.chargeGrowth(mallory, { creates: true, participantsAdded: 11 })).rule).toBe(
+    l.chargeGrowth(mallory, { creates: false, participantsAdded: 1 })
+    expect(refusal(() => l.chargeGrowth(mallory, { creates: true, participantsAdded: 10 })).rule).toBe(
       UserLimit.participants,
     )
-    l.chargeGrowth(mallory, { creates: true, participantsAdded: 10 })
+    l.chargeGrowth(mallory, { creates: true, participantsAdded: 9 })
     expect(refusal(() => l.chargeGrowth(mallory, { creates: true, participantsAdded: 0 })).rule).toBe(
       UserLimit.conversations,
     )
+  })
+
+  it("takes a group larger than a minute's participants whole from a full budget, then holds the user until it is paid for", () => {
+    // Refused as retryable for ever before: a stock client reconnected every 200 ms for good (an outside probe).
+    vi.useFakeTimers()
+    const { l, advance } = ledger({ userParticipantsPerMinute: 10 })
+    l.chargeGrowth(mallory, { creates: true, participantsAdded: 25 })
+    // 25 is 2.5 minutes of the budget: a minute later it is still in debt.
+    advance(60_000)
+    expect(refusal(() => l.chargeGrowth(mallory, { creates: false, participantsAdded: 1 })).rule).toBe(
+      UserLimit.participants,
+    )
+    advance(60_000 + 6_000)
+    l.chargeGrowth(mallory, { creates: false, participantsAdded: 1 })
   })
 
   it("closes the user's connection holding the most once their unread bytes pass the limit, not counting the largest initial sync", () => {
