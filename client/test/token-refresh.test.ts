@@ -71,7 +71,9 @@ describe("a token source that fails", () => {
   })
 })
 
-describe("token refresh", () => {
+// This suite and the next are concurrent, so that the next one's tests run beside the long ones here
+// (suites not marked so run one after the other, whatever their tests are).
+describe("token refresh", { concurrent: true }, () => {
   it("plans a refresh a fifth of the lifetime ahead, at least a minute (or half) before expiry", () => {
     const token = (iat: number, exp: number) =>
       `${btoa(JSON.stringify({ alg: "HS256" }))}.${btoa(JSON.stringify({ sub: "a", iat, exp }))}.sig`
@@ -187,7 +189,7 @@ describe("token refresh", () => {
   }, 60_000)
 })
 
-describe("a token the relay or the client refuses", () => {
+describe("a token the relay or the client refuses", { concurrent: true }, () => {
   // Users of their own, beside the runs above.
   it.concurrent.each([
     ["its one multiplexed socket", true],

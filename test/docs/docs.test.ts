@@ -101,6 +101,8 @@ const localize = (code: string, address = `127.0.0.1:${relay.port}`) =>
 let offlineAddress: string
 const usesClient = (block: DocBlock) => /from "@parley\/client"/.test(block.code)
 const isHookModule = (block: DocBlock) => /export default defineHooks\(/.test(block.code)
+/** Whether the block reaches the docs' relay (at the documented address it is given instead). */
+const usesDocsRelay = (block: DocBlock) => block.code.includes(DOCUMENTED_ADDRESS)
 
 async function runTypeScript(block: DocBlock, address?: string): Promise<void> {
   const file = join(work, "run", `${blockName(block)}${address ? "_offline" : ""}.ts`)
@@ -219,19 +221,32 @@ describe("documentation code blocks", () => {
     300_000 + 150_000,
   )
 
-  // A suite marked concurrent, so that it runs beside the type-check; its blocks run in order,
-  // one at a time (it.sequential), since later blocks use what earlier ones made (API.md's).
+  const runs = (block: DocBlock) =>
+    it.sequential(`${where(block)} (${block.lang}) runs`, async () => {
+      if (block.lang === "sh") await runShell(block)
+      else if (isHookModule(block)) await runHookModule(block)
+      else await runTypeScript(block)
+    }, 90_000)
+  // Suites marked concurrent, so that they run beside the type-check and beside each other; the
+  // blocks of each run in order, one at a time (it.sequential).
   describe("run as a user would", { concurrent: true }, () => {
-    for (const block of runnable) {
-      it.sequential(`${where(block)} (${block.lang}) runs`, async () => {
-        if (block.lang === "sh") await runShell(block)
-        else if (isHookModule(block)) await runHookModule(block)
-        else await runTypeScript(block)
-      }, 90_000)
-      if (block.lang === "ts" && usesClient(block))
-        it.sequential(`${where(block)} (${block.lang}) runs offline, with no relay to reach`, async () => {
+    // The blocks that use the docs' relay, in the docs' order: later blocks use what earlier ones
+    // made there (API.md's), and two users' conversations are the same on it whichever doc names them.
+    describe("against the docs' relay, in order", { concurrent: true }, () => {
+      for (const block of runnable.filter((b) => usesDocsRelay(b) && !isHookModule(b))) runs(block)
+    })
+    // The others start a relay of their own (a hook module, `startRelay`) or work on a stopped
+    // relay's data directory copied for each block: nothing of the blocks above, nor they of these.
+    describe("with a relay or data of their own, in order", { concurrent: true }, () => {
+      for (const block of runnable.filter((b) => !usesDocsRelay(b) || isHookModule(b))) runs(block)
+    })
+    // Offline, a block uses neither relay nor what another block made, and mostly waits (the SDK's
+    // blocks wait out their flush timeout, 5 s, before they give up): beside the blocks above.
+    describe("offline", { concurrent: true }, () => {
+      for (const block of runnable.filter((b) => b.lang === "ts" && usesClient(b)))
+        it(`${where(block)} (${block.lang}) runs offline, with no relay to reach`, async () => {
           await runTypeScript(block, offlineAddress)
         }, 90_000)
-    }
+    })
   })
 })
