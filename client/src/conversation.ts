@@ -100,6 +100,8 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly readyPromise: Promise<this>
   private unread = -1
   private closed = false
+  /** The rule of the per-user limit last told as an `error` event (see the `refused` handler), until the relay saves again. */
+  private toldLimit: string | undefined
   private closing: Promise<UnsavedWork | undefined> | undefined
   /** Waits of {@link flush} in progress, ended by {@link close}. */
   private readonly flushes = new Set<() => void>()
@@ -798,12 +800,21 @@ export class Conversation extends Emitter<ConversationEvents> {
       saved: (stateVector) => {
         this.resyncs.saved()
         this.statuses.acknowledge(stateVector)
+        this.toldLimit = undefined
       },
       refused: (error) => {
         // A retryable refusal (storage failing, say) is about the relay, not the work: keep it pending
         // and send it again later; never resync or mark messages failed for it.
-        if (isRetryable(error.code)) generation.connection.resendLater()
-        else this.refused(error)
+        if (isRetryable(error.code)) {
+          generation.connection.resendLater()
+          // One of the user's limits (new client ids a day, bytes a day) may hold the work for hours: told
+          // once until the relay saves again, the work kept pending (a bot starting a fresh client per job
+          // saw its messages stay pending with no word: an outside probe).
+          if (error.code === ErrorCode.RATE_LIMITED && this.toldLimit !== error.rule) {
+            this.toldLimit = error.rule
+            this.emit("error", { error })
+          }
+        } else this.refused(error)
       },
       // A token the source could not give is the client's problem, not this conversation's:
       // `ChatClient` reports it once (an "error" event), however many conversations are open.
