@@ -226,6 +226,13 @@ export interface StoredLog {
    * document's order, as long as the document's later changes come after it.
    */
   readonly takingOver?: boolean
+  /**
+   * Taking over: how far the document's hook events were recorded when this relay claimed it.
+   * Events of log entries past it are derived even if the watermark has moved on since (a change
+   * ordered here while the takeover was still reading the log recorded its own): only the claimant
+   * records a document's events, so nothing else records those (see `recordingFence`).
+   */
+  readonly recordedThrough?: number
 }
 
 /** An awareness change of a user's connection, as {@link RelayExtension.awarenessChanged} receives it. */

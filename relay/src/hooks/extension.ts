@@ -66,10 +66,13 @@ export class HooksExtension implements RelayExtension {
     this.running?.afterSaved(change)
   }
 
-  async loadStoredLog({ name, doc, updates, takingOver }: StoredLog): Promise<void> {
+  async loadStoredLog({ name, doc, updates, takingOver, recordedThrough }: StoredLog): Promise<void> {
     // Only a core that was never started loads without the runtime: there is no outbox to recover into.
     if (this.running)
-      return this.running.applyStoredLog(name, doc, updates, { takingOver: takingOver ?? false })
+      return this.running.applyStoredLog(name, doc, updates, {
+        takingOver: takingOver ?? false,
+        ...(recordedThrough !== undefined ? { recordedThrough } : {}),
+      })
     for (const { position, update } of updates) applyStored(doc, update, position)
   }
 

@@ -46,7 +46,7 @@ import {
 import { hookConversations } from "./hook-conversations.js"
 import type { LoadedHooks } from "./loader.js"
 import { HookMetrics } from "./metrics.js"
-import type { DeadLetter, DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
+import { type DeadLetter, type DeadLetterFilter, type Delivery, NOT_RECORDER, type Outbox } from "./outbox.js"
 import { webhookTarget } from "./webhook.js"
 import { HOOK_WORKER_GRACE_MS, type HookWorker } from "./worker-host.js"
 
@@ -358,13 +358,21 @@ export class HookRuntime {
     name: string,
     doc: Y.Doc,
     updates: readonly { readonly position: number; readonly update: Uint8Array }[],
-    { takingOver = false }: { readonly takingOver?: boolean } = {},
+    {
+      takingOver = false,
+      recordedThrough,
+    }: { readonly takingOver?: boolean; readonly recordedThrough?: number } = {},
   ): Promise<void> {
     const last = updates.at(-1)?.position
     const id = conversationIdOf(name)
     // A takeover's record still under way: its events are past the watermark until it is done.
     await this.takeovers.get(name)
-    const mark = id ? await this.options.outbox.watermark(name) : undefined
+    const current = id ? await this.options.outbox.watermark(name) : undefined
+    // The watermark at the claim, when this relay's own records moved it on since: what a relay that
+    // lost the document left unrecorded lies past the claim's mark (its late records were refused),
+    // and what this relay recorded meanwhile is skipped as recorded already (stable event ids).
+    const mark =
+      current !== undefined && recordedThrough !== undefined ? Math.min(current, recordedThrough) : current
     if (!id || mark === undefined) {
       for (const { position, update } of updates) applyStored(doc, update, position)
       // A document with nothing stored gets its first watermark before its first append (see
@@ -575,19 +583,36 @@ export class HookRuntime {
     // waits in line: changes of one tick share one.
     if (this.options.outbox.ordersEnqueues && !this.lines.has(document)) {
       const run = record()
-      run.catch((error: unknown) =>
+      run.catch((error: unknown) => {
+        if (this.leftToOwner(document, error)) return
         this.inLine(document, (previous) =>
           previous.then(() => this.recordUntilDone(document, record, error)),
-        ),
-      )
+        )
+      })
       return run
     }
     let run!: Promise<void>
     this.inLine(document, (previous) => {
       run = previous.then(record)
-      return run.catch((error: unknown) => this.recordUntilDone(document, record, error))
+      return run.catch((error: unknown) =>
+        this.leftToOwner(document, error) ? undefined : this.recordUntilDone(document, record, error),
+      )
     })
     return run
+  }
+
+  /**
+   * True (and logged) when the outbox refused a record because another relay orders the document
+   * now (a cluster, {@link NOT_RECORDER}): not tried again, since it never would succeed here, and the
+   * new owner derives those events from the stored log past the watermark the refusal left in place.
+   */
+  private leftToOwner(document: string, error: unknown): boolean {
+    if (!(error instanceof ParleyError && error.rule === NOT_RECORDER)) return false
+    this.log.warn(
+      { document },
+      "hook events left to the relay that now orders the document: it derives them from the stored log",
+    )
+    return true
   }
 
   /**
@@ -653,6 +678,7 @@ export class HookRuntime {
         this.log.info({ document, attempts: attempt + 1 }, "recorded hook events after the outbox failed")
         return
       } catch (next) {
+        if (this.leftToOwner(document, next)) return
         this.log.warn(
           { err: next, document, attempts: attempt + 1 },
           "could not record hook events: trying again",
