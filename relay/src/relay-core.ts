@@ -741,6 +741,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** @internal */
+  claimed(name: string): () => void {
+    return this.extensions.claimed(name)
+  }
+
+  /** @internal */
   async tookOver(name: string, claim: TakeoverClaim = {}): Promise<void> {
     // Events of changes a dead owner stored but did not record: derived from the log, as after a crash.
     const stored = await this.options.storage.load(name)

@@ -750,10 +750,17 @@ export class Cluster implements UpdateRouter, FenceSource {
           return undefined
         })
         if (token === undefined) return false
-        const recordedThrough = this.leases.recordedAtClaim(name)
-        const host = this.hosts.get(name)
-        if (host) await this.core!.applyRemote(host, "fetch")
-        await this.core!.tookOver(name, recordedThrough !== undefined ? { recordedThrough } : {})
+        // Told before anything else runs: from here on a change may be ordered here (`owns`), and what
+        // its hooks record must come after what the takeover recovers from the log.
+        const ended = this.core!.claimed(name)
+        try {
+          const recordedThrough = this.leases.recordedAtClaim(name)
+          const host = this.hosts.get(name)
+          if (host) await this.core!.applyRemote(host, "fetch")
+          await this.core!.tookOver(name, recordedThrough !== undefined ? { recordedThrough } : {})
+        } finally {
+          ended()
+        }
         this.metrics.tookOver.inc()
         this.options.log.info({ doc: name, token }, "ordering the document")
         return true

@@ -58,6 +58,11 @@ export interface RoutedCore {
    * `Leases.recordedAtClaim`).
    */
   tookOver(name: string, claim?: TakeoverClaim): Promise<void>
+  /**
+   * This relay just claimed `name` (before anything may be written under the new token, before
+   * {@link tookOver}): returns what the cluster calls once the takeover ended, done or failed.
+   */
+  claimed(name: string): () => void
   /** Documents storage records as possibly owing a purge (`ContentPurge.owe`); none without a purge backend. */
   owedPurges(): Promise<readonly string[]>
   /**

@@ -76,6 +76,10 @@ export class HooksExtension implements RelayExtension {
     for (const { position, update } of updates) applyStored(doc, update, position)
   }
 
+  claimed({ name }: { readonly name: string }): () => void {
+    return this.running?.claimed(name) ?? (() => undefined)
+  }
+
   /** A conversation loaded with nothing stored gets its first hook watermark before its first append. */
   beforeAppend({ name, doc }: LoadedDocument): Promise<void> | undefined {
     return name.kind === "conversation" ? this.running?.beforeAppend(name.id, doc) : undefined

@@ -134,6 +134,12 @@ export class HookRuntime {
    * the watermark, or it would derive the same events again.
    */
   private readonly takeovers = new Map<string, Promise<void>>()
+  /**
+   * Documents this relay claimed whose takeover has not read the stored log yet (see {@link claimed}):
+   * what opens the gate their records wait behind, with the takeover's recovered record to run first
+   * (false when it was open already).
+   */
+  private readonly claims = new Map<string, (recover?: () => Promise<void>) => boolean>()
   /** Documents loaded with nothing stored and no watermark: given one before their first append. */
   private readonly unmarked = new WeakSet<Y.Doc>()
   private readonly core: RunningCore
@@ -324,6 +330,37 @@ export class HookRuntime {
   }
 
   /**
+   * This relay just claimed `name` (a cluster) and may order its changes from now on, before its
+   * takeover read the stored log (see {@link applyStoredLog}). What a relay that lost the document
+   * left unrecorded is this relay's to derive, and is older than any change ordered here: so the
+   * document's records wait in line, from now, behind a gate the takeover opens with its recovered
+   * record put first. Without it, a change ordered here meanwhile was recorded first (the event log
+   * held seq 30 before 24–29, an outside probe). Returns what opens the gate in any case (the
+   * takeover ended, done or failed).
+   */
+  claimed(name: string): () => void {
+    if (this.stopped) return () => undefined
+    this.claims.get(name)?.()
+    let run!: (recover: (() => Promise<void>) | undefined) => void
+    const opened = new Promise<(() => Promise<void>) | undefined>((resolve) => {
+      run = resolve
+    })
+    let open = true
+    const gate = (recover?: () => Promise<void>): boolean => {
+      if (!open) return false
+      open = false
+      if (this.claims.get(name) === gate) this.claims.delete(name)
+      run(recover)
+      return true
+    }
+    this.claims.set(name, gate)
+    this.inLine(name, (previous) => previous.then(() => opened).then((recover) => recover?.()))
+    return () => {
+      gate()
+    }
+  }
+
+  /**
    * Applies a document's stored log entries to `doc` (which holds the snapshot)
    * as the core's load would, and produces the events of entries after the
    * document's watermark: changes the relay saved but died before recording
@@ -362,6 +399,23 @@ export class HookRuntime {
       takingOver = false,
       recordedThrough,
     }: { readonly takingOver?: boolean; readonly recordedThrough?: number } = {},
+  ): Promise<void> {
+    const gate = takingOver ? this.claims.get(name) : undefined
+    try {
+      await this.deriveStored(name, doc, updates, takingOver, recordedThrough, gate)
+    } finally {
+      // Nothing recovered (or it failed): the records held behind the claim go on.
+      gate?.()
+    }
+  }
+
+  private async deriveStored(
+    name: string,
+    doc: Y.Doc,
+    updates: readonly { readonly position: number; readonly update: Uint8Array }[],
+    takingOver: boolean,
+    recordedThrough: number | undefined,
+    gate: ((recover?: () => Promise<void>) => boolean) | undefined,
   ): Promise<void> {
     const last = updates.at(-1)?.position
     const id = conversationIdOf(name)
@@ -422,6 +476,20 @@ export class HookRuntime {
       this.recovered.set(name, { events: patched, through: last })
       return
     }
+    if (gate) {
+      // First in the document's line, before the records of changes ordered here since the claim.
+      const record = this.recorder(name, patched, last)
+      let recorded!: () => void
+      const entry: Promise<void> = new Promise<void>((resolve) => {
+        recorded = resolve
+      }).finally(() => {
+        if (this.takeovers.get(name) === entry) this.takeovers.delete(name)
+      })
+      if (gate(() => this.recordOrRetry(name, record).finally(recorded))) {
+        this.takeovers.set(name, entry)
+        return
+      }
+    }
     const recording = this.enqueue(name, patched, last).catch(() => undefined)
     if (!takingOver) {
       await recording
@@ -444,6 +512,9 @@ export class HookRuntime {
 
   /** Log position up to which `name` may be compacted without losing events not yet recorded. */
   async compactionLimit(name: string): Promise<number> {
+    // Not held by a claim's gate: the takeover that opens it may wait for the compaction or purge
+    // asking (the document's queue). The recovered events then come after those recorded meanwhile.
+    this.claims.get(name)?.()
     await this.lines.get(name)?.tail
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
@@ -539,6 +610,8 @@ export class HookRuntime {
     this.stopping.abort()
     clearTimeout(this.sweepAgain)
     await this.sweeping
+    // A takeover still reading the log is not waited for: the next owner derives what it would have.
+    for (const gate of [...this.claims.values()]) gate()
     await this.allLines()
     await this.dispatcher.stop()
     await this.options.worker?.stop()
@@ -550,31 +623,7 @@ export class HookRuntime {
     events: readonly HookEvent[],
     through: number | undefined,
   ): Promise<void> {
-    const batch = events.map((event) => ({
-      event,
-      targets: this.targets
-        .filter((t) => t.accepts(event.event.type) && (t.wants?.(event) ?? true))
-        .map((t) => t.name),
-    }))
-    const record = async () => {
-      const deliveries = await this.options.outbox.enqueue({
-        document,
-        // Every event, targets or not: the outbox records each in the event log.
-        events: batch,
-        ...(through !== undefined ? { through } : {}),
-      })
-      // Recorded: what fails from here on is in memory, and must neither record the events again (each
-      // retry logged them once more: an outside probe's event was delivered 124 times) nor hold every
-      // later record behind it. What was not queued stays in the outbox, delivered when the relay next starts.
-      try {
-        this.dispatcher.add(deliveries)
-      } catch (error) {
-        this.log.error(
-          { err: error, document, events: deliveries.length },
-          "recorded hook events could not be queued for delivery: left in the outbox, delivered when the relay next starts",
-        )
-      }
-    }
+    const record = this.recorder(document, events, through)
     // A failed record is tried again until it succeeds, and every later one of its document waits
     // behind it: recorded first, a later change's watermark would pass the failed change's log entries,
     // and their events would never be recorded, delivered or logged (nor derived again at the next load).
@@ -599,6 +648,46 @@ export class HookRuntime {
       )
     })
     return run
+  }
+
+  /** Runs `record`, tried again until done as a failed record in line is (see {@link enqueue}); never rejects. */
+  private recordOrRetry(document: string, record: () => Promise<void>): Promise<void> {
+    return record().catch((error: unknown) =>
+      this.leftToOwner(document, error) ? undefined : this.recordUntilDone(document, record, error),
+    )
+  }
+
+  /** What records `events` of `document` (and its watermark `through`) and queues their deliveries. */
+  private recorder(
+    document: string,
+    events: readonly HookEvent[],
+    through: number | undefined,
+  ): () => Promise<void> {
+    const batch = events.map((event) => ({
+      event,
+      targets: this.targets
+        .filter((t) => t.accepts(event.event.type) && (t.wants?.(event) ?? true))
+        .map((t) => t.name),
+    }))
+    return async () => {
+      const deliveries = await this.options.outbox.enqueue({
+        document,
+        // Every event, targets or not: the outbox records each in the event log.
+        events: batch,
+        ...(through !== undefined ? { through } : {}),
+      })
+      // Recorded: what fails from here on is in memory, and must neither record the events again (each
+      // retry logged them once more: an outside probe's event was delivered 124 times) nor hold every
+      // later record behind it. What was not queued stays in the outbox, delivered when the relay next starts.
+      try {
+        this.dispatcher.add(deliveries)
+      } catch (error) {
+        this.log.error(
+          { err: error, document, events: deliveries.length },
+          "recorded hook events could not be queued for delivery: left in the outbox, delivered when the relay next starts",
+        )
+      }
+    }
   }
 
   /**
