@@ -91,6 +91,14 @@ export interface RecoveryOptions {
   readonly retryMs?: number
 }
 
+/** A document this relay claimed, its takeover not done yet (see {@link HookRuntime.claimed}). */
+interface Claim {
+  /** The takeover's record of what it recovered from the log: run first once the gate opens. */
+  recover?: () => Promise<void>
+  /** Opens the gate (once; later calls do nothing). */
+  readonly open: () => void
+}
+
 /** Wait before a failed record of hook events is tried again (doubling, up to {@link RECORD_RETRY_MAX_MS}). */
 const RECORD_RETRY_MS = 250
 const RECORD_RETRY_MAX_MS = 5_000
@@ -134,12 +142,8 @@ export class HookRuntime {
    * the watermark, or it would derive the same events again.
    */
   private readonly takeovers = new Map<string, Promise<void>>()
-  /**
-   * Documents this relay claimed whose takeover has not read the stored log yet (see {@link claimed}):
-   * what opens the gate their records wait behind, with the takeover's recovered record to run first
-   * (false when it was open already).
-   */
-  private readonly claims = new Map<string, (recover?: () => Promise<void>) => boolean>()
+  /** Documents this relay claimed whose takeover is not done yet (see {@link claimed}). */
+  private readonly claims = new Map<string, Claim>()
   /** Documents loaded with nothing stored and no watermark: given one before their first append. */
   private readonly unmarked = new WeakSet<Y.Doc>()
   private readonly core: RunningCore
@@ -331,33 +335,33 @@ export class HookRuntime {
 
   /**
    * This relay just claimed `name` (a cluster) and may order its changes from now on, before its
-   * takeover read the stored log (see {@link applyStoredLog}). What a relay that lost the document
-   * left unrecorded is this relay's to derive, and is older than any change ordered here: so the
-   * document's records wait in line, from now, behind a gate the takeover opens with its recovered
-   * record put first. Without it, a change ordered here meanwhile was recorded first (the event log
-   * held seq 30 before 24–29, an outside probe). Returns what opens the gate in any case (the
-   * takeover ended, done or failed).
+   * takeover read the stored log and the outbox. What a relay that lost the document left unrecorded
+   * is this relay's to derive ({@link applyStoredLog}), and what it left undelivered its to deliver
+   * ({@link resume}); both are older than any change ordered here. So the document's records wait in
+   * line, from now, behind a gate that opens once the takeover has put its recovered record first
+   * and its dispatcher has read the document's lanes. Without it a change ordered meanwhile was
+   * recorded before the recovered events (the event log held seq 30 before 24–29, an outside probe),
+   * or its delivery, queued in a lane made for it, went out before the owed ones the takeover then
+   * read (21 before 18–20). Returns what opens the gate in any case (the takeover ended, done or
+   * failed).
    */
   claimed(name: string): () => void {
     if (this.stopped) return () => undefined
-    this.claims.get(name)?.()
+    this.claims.get(name)?.open()
     let run!: (recover: (() => Promise<void>) | undefined) => void
     const opened = new Promise<(() => Promise<void>) | undefined>((resolve) => {
       run = resolve
     })
-    let open = true
-    const gate = (recover?: () => Promise<void>): boolean => {
-      if (!open) return false
-      open = false
-      if (this.claims.get(name) === gate) this.claims.delete(name)
-      run(recover)
-      return true
+    const claim: Claim = {
+      open: () => {
+        if (this.claims.get(name) !== claim) return
+        this.claims.delete(name)
+        run(claim.recover)
+      },
     }
-    this.claims.set(name, gate)
+    this.claims.set(name, claim)
     this.inLine(name, (previous) => previous.then(() => opened).then((recover) => recover?.()))
-    return () => {
-      gate()
-    }
+    return claim.open
   }
 
   /**
@@ -400,12 +404,12 @@ export class HookRuntime {
       recordedThrough,
     }: { readonly takingOver?: boolean; readonly recordedThrough?: number } = {},
   ): Promise<void> {
-    const gate = takingOver ? this.claims.get(name) : undefined
     try {
-      await this.deriveStored(name, doc, updates, takingOver, recordedThrough, gate)
-    } finally {
-      // Nothing recovered (or it failed): the records held behind the claim go on.
-      gate?.()
+      await this.deriveStored(name, doc, updates, takingOver, recordedThrough)
+    } catch (error) {
+      // The takeover failed: the records held behind its claim go on.
+      if (takingOver) this.claims.get(name)?.open()
+      throw error
     }
   }
 
@@ -415,7 +419,6 @@ export class HookRuntime {
     updates: readonly { readonly position: number; readonly update: Uint8Array }[],
     takingOver: boolean,
     recordedThrough: number | undefined,
-    gate: ((recover?: () => Promise<void>) => boolean) | undefined,
   ): Promise<void> {
     const last = updates.at(-1)?.position
     const id = conversationIdOf(name)
@@ -476,7 +479,8 @@ export class HookRuntime {
       this.recovered.set(name, { events: patched, through: last })
       return
     }
-    if (gate) {
+    const claim = takingOver ? this.claims.get(name) : undefined
+    if (claim) {
       // First in the document's line, before the records of changes ordered here since the claim.
       const record = this.recorder(name, patched, last)
       let recorded!: () => void
@@ -485,10 +489,9 @@ export class HookRuntime {
       }).finally(() => {
         if (this.takeovers.get(name) === entry) this.takeovers.delete(name)
       })
-      if (gate(() => this.recordOrRetry(name, record).finally(recorded))) {
-        this.takeovers.set(name, entry)
-        return
-      }
+      claim.recover = () => this.recordOrRetry(name, record).finally(recorded)
+      this.takeovers.set(name, entry)
+      return
     }
     const recording = this.enqueue(name, patched, last).catch(() => undefined)
     if (!takingOver) {
@@ -514,7 +517,7 @@ export class HookRuntime {
   async compactionLimit(name: string): Promise<number> {
     // Not held by a claim's gate: the takeover that opens it may wait for the compaction or purge
     // asking (the document's queue). The recovered events then come after those recorded meanwhile.
-    this.claims.get(name)?.()
+    this.claims.get(name)?.open()
     await this.lines.get(name)?.tail
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
@@ -590,7 +593,12 @@ export class HookRuntime {
   async resume(document: string): Promise<void> {
     // Not waiting for the document's records in line (the dead owner's events, see
     // `applyStoredLog`): the dispatcher takes in what they add after it read the outbox.
-    await this.dispatcher.adopt(document)
+    try {
+      await this.dispatcher.adopt(document)
+    } finally {
+      // The lanes are read (their owed deliveries first): the records held since the claim go on.
+      this.claims.get(document)?.open()
+    }
   }
 
   /**
@@ -611,7 +619,7 @@ export class HookRuntime {
     clearTimeout(this.sweepAgain)
     await this.sweeping
     // A takeover still reading the log is not waited for: the next owner derives what it would have.
-    for (const gate of [...this.claims.values()]) gate()
+    for (const claim of [...this.claims.values()]) claim.open()
     await this.allLines()
     await this.dispatcher.stop()
     await this.options.worker?.stop()

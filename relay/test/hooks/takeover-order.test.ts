@@ -130,4 +130,80 @@ describe("a conversation claimed by another relay before the last owner recorded
     ])
     expect(await backend.outbox.pending()).toEqual([])
   })
+
+  it("delivers what the last owner recorded and left undelivered before the changes it orders meanwhile", async () => {
+    const backend = new MemoryBackend()
+    cleanup.push(() => backend.close())
+    const id = "g~claimed-02" as ConversationId
+    // The relay that loses the document records its last change, and ends before delivering it.
+    let unheard = false
+    const silent = new Proxy(backend.outbox, {
+      get(target, property) {
+        if (property === "close") return async () => undefined
+        const value = Reflect.get(target, property, target)
+        if (property === "enqueue")
+          return async (batch: Parameters<Outbox["enqueue"]>[0]) => {
+            const added = await target.enqueue(batch)
+            return unheard ? [] : added
+          }
+        return typeof value === "function" ? value.bind(target) : value
+      },
+    })
+    const owner = await coreWithHooks({
+      storage: backend.documents,
+      outbox: silent,
+      hooks: [{ name: "record.ts", path: "record.ts", hooks: recordingHooks().hooks }],
+    })
+    cleanup.push(() => owner.core.close())
+    const a = new InProcessClient(owner.core, id, alice)
+    await a.connect()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    await a.settled()
+    await owner.runtime.idle()
+    unheard = true
+    sendMessage(a.doc, alice, { id: "left-owed0001" as MessageId, body: "one" })
+    await a.settled()
+    await owner.runtime.idle()
+
+    let owns = false
+    const { hooks, events } = recordingHooks()
+    // Only what it orders is its to deliver (as a cluster's `ownedOutbox`), and the takeover's read of
+    // the document's lanes takes a moment, as a database's does.
+    const slowLanes = new Proxy(backend.outbox, {
+      get(target, property) {
+        if (property === "close") return async () => undefined
+        const value = Reflect.get(target, property, target)
+        if (property === "pendingLanes")
+          return async (document?: string) => {
+            await new Promise((r) => setTimeout(r, 50))
+            return owns ? target.pendingLanes(document) : []
+          }
+        return typeof value === "function" ? value.bind(target) : value
+      },
+    })
+    const next = await coreWithHooks({
+      storage: backend.documents,
+      outbox: slowLanes,
+      hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      router: localRouter(() => owns),
+    })
+    cleanup.push(() => next.core.close())
+    const b = new InProcessClient(next.core, id, bob)
+    await b.connect()
+    const recordedThrough = await backend.outbox.watermark(id)
+    owns = true
+    const ended = next.core.claimed(id)
+    sendMessage(b.doc, bob, { id: "after-claim002" as MessageId, body: "two" })
+    await b.settled()
+    try {
+      await next.core.tookOver(id, recordedThrough !== undefined ? { recordedThrough } : {})
+    } finally {
+      ended()
+    }
+    await next.runtime.idle()
+    // Before: the change ordered meanwhile went out first, in a lane made for it, and the owed one
+    // after it, once the takeover had read the outbox.
+    expect(sentIds(events)).toEqual(["left-owed0001", "after-claim002"])
+    expect(await backend.outbox.pending()).toEqual([])
+  })
 })
