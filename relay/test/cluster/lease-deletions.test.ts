@@ -123,6 +123,6 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
         (r) => (JSON.parse(r.payload) as { subject: { message: { seq: number } } }).subject.message.seq,
       )
       expect(logged).toEqual(listMessages(writers[0]!.doc, { last: 10_000 }).map((m) => m.seq))
-    })
+    }, 120_000)
   })
 }
