@@ -226,6 +226,13 @@ export interface StoredLog {
    * document's order, as long as the document's later changes come after it.
    */
   readonly takingOver?: boolean
+  /**
+   * Taking over: how far the document's hook events were recorded when this relay claimed it.
+   * Events of log entries past it are derived even if the watermark has moved on since (a change
+   * ordered here while the takeover was still reading the log recorded its own): only the claimant
+   * records a document's events, so nothing else records those (see `recordingFence`).
+   */
+  readonly recordedThrough?: number
 }
 
 /** An awareness change of a user's connection, as {@link RelayExtension.awarenessChanged} receives it. */
@@ -290,6 +297,14 @@ export interface RelayExtension {
    * hooks re-derive events a crash lost). At most one extension may have it.
    */
   loadStoredLog?(log: StoredLog): Promise<void>
+  /**
+   * Several relays: this relay has just claimed the document (its lease and fencing token) and may
+   * order its changes from now on, before its takeover read the stored log ({@link StoredLog.takingOver}).
+   * Only the extension that has {@link loadStoredLog} is told: it may hold what it records of the
+   * changes ordered meanwhile until the takeover's recovered work is in line before them. Returns
+   * what the core calls once the takeover ended, done or failed (so that nothing stays held).
+   */
+  claimed?(document: { readonly name: string }): () => void
   /** Highest log position compaction may fold into a snapshot; the lowest answer wins. */
   compactionLimit?(document: { readonly name: string }): Promise<number>
   /**
@@ -425,6 +440,11 @@ export class Extensions {
       if (owners) return owners
     }
     return undefined
+  }
+
+  /** Tells the extension that applies stored logs of a claim; returns what ends it (see `RelayExtension.claimed`). */
+  claimed(name: string): () => void {
+    return this.loader?.claimed?.({ name }) ?? (() => undefined)
   }
 
   /** Applies the stored log through the extension that has the hook; false when none has it. */

@@ -28,7 +28,7 @@ import { accessOf, outsiderOfDirect } from "./access.js"
 import { AwarenessFanout } from "./awareness-fanout.js"
 import { AwarenessGate, type AwarenessLimits, DEFAULT_AWARENESS_LIMITS } from "./awareness-gate.js"
 import { ClientIdAllowance } from "./client-id-allowance.js"
-import { type RoutedCore, STALE_COPY, type UpdateRouter } from "./cluster/router.js"
+import { type RoutedCore, STALE_COPY, type TakeoverClaim, type UpdateRouter } from "./cluster/router.js"
 import type { WireEntry } from "./cluster/wire.js"
 import { Connection, type ConnectionOwner, type Session } from "./connection.js"
 import type { DeferTarget } from "./deferred-change.js"
@@ -741,7 +741,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   }
 
   /** @internal */
-  async tookOver(name: string): Promise<void> {
+  claimed(name: string): () => void {
+    return this.extensions.claimed(name)
+  }
+
+  /** @internal */
+  async tookOver(name: string, claim: TakeoverClaim = {}): Promise<void> {
     // Events of changes a dead owner stored but did not record: derived from the log, as after a crash.
     const stored = await this.options.storage.load(name)
     const doc = new Y.Doc()
@@ -749,7 +754,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       if (stored.snapshot) applyStored(doc, stored.snapshot, 0)
       // Purges the dead owner did not finish, as a load after a crash finds them.
       const snapshot = parseName(name).kind === "conversation" ? deletedInSnapshot(doc) : undefined
-      await this.extensions.loadStoredLog({ name, doc, updates: stored.updates, takingOver: true })
+      await this.extensions.loadStoredLog({
+        name,
+        doc,
+        updates: stored.updates,
+        takingOver: true,
+        ...(claim.recordedThrough !== undefined ? { recordedThrough: claim.recordedThrough } : {}),
+      })
       if (snapshot) notePurgesOwed(this.ctx, name, purgesOwed(doc, snapshot))
     } finally {
       doc.destroy()

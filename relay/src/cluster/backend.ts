@@ -13,7 +13,7 @@ import { PostgresContentPurge } from "../purge/content-purge.js"
 import { PostgresPushSubscriptionStore } from "../push/store.js"
 import { PostgresStorage } from "../storage/postgres.js"
 import { Cluster, type ClusterOptions } from "./cluster.js"
-import { ClusterDeliveryFence } from "./delivery-fence.js"
+import { ClusterDeliveryFence, recordingFence } from "./delivery-fence.js"
 import { FencedStorage } from "./fenced-storage.js"
 import { FENCES_SCHEMA } from "./leases.js"
 import { CLUSTER_IDENTITY_SCHEMA } from "./settings.js"
@@ -74,7 +74,8 @@ export async function openClusterBackend(options: ClusterBackendOptions): Promis
   }
   const documents = new FencedStorage(pool, new PostgresStorage(pool), cluster)
   const events = new PostgresEventLog(pool)
-  const outbox = new PostgresOutbox(pool, events)
+  // Only the document's last claimant records its events (see `recordingFence`).
+  const outbox = new PostgresOutbox(pool, events, { fence: recordingFence(cluster.relayId) })
   const bindings = new PostgresClientBindingStore(pool)
   let closed = false
   const backend: Backend = {

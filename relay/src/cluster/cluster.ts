@@ -7,6 +7,7 @@ import * as Y from "yjs"
 import type { DocumentHost, HostedConnection } from "../document-host.js"
 import type { ServerWriteOptions } from "../extension.js"
 import type { Outbox } from "../hooks/outbox.js"
+import { hookWatermark } from "../hooks/postgres-outbox.js"
 import type { Logger } from "../log.js"
 import { describePrincipal, type Principal } from "../principal.js"
 import type { PurgedContent } from "../purge/redact.js"
@@ -196,6 +197,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       relayId: this.relayId,
       ttlMs: this.options.leaseMs,
       lost: () => this.metrics.leasesLost.inc(),
+      recordedAt: (name) => hookWatermark(options.pool, name),
     })
     this.metrics.countOwnedWith(() => this.leases.names.filter((name) => this.owns(name)).length)
     this.presence = new ClusterPresence(this.redis, this.prefix, this.relayId, options.log)
@@ -748,9 +750,17 @@ export class Cluster implements UpdateRouter, FenceSource {
           return undefined
         })
         if (token === undefined) return false
-        const host = this.hosts.get(name)
-        if (host) await this.core!.applyRemote(host, "fetch")
-        await this.core!.tookOver(name)
+        // Told before anything else runs: from here on a change may be ordered here (`owns`), and what
+        // its hooks record must come after what the takeover recovers from the log.
+        const ended = this.core!.claimed(name)
+        try {
+          const recordedThrough = this.leases.recordedAtClaim(name)
+          const host = this.hosts.get(name)
+          if (host) await this.core!.applyRemote(host, "fetch")
+          await this.core!.tookOver(name, recordedThrough !== undefined ? { recordedThrough } : {})
+        } finally {
+          ended()
+        }
         this.metrics.tookOver.inc()
         this.options.log.info({ doc: name, token }, "ordering the document")
         return true

@@ -1,7 +1,8 @@
+import { ErrorCode, ParleyError } from "@parley/shared"
 import type pg from "pg"
 import type { DeliveryFence } from "../hooks/dispatcher.js"
-import type { Delivery } from "../hooks/outbox.js"
-import type { PostgresOutbox } from "../hooks/postgres-outbox.js"
+import { type Delivery, NOT_RECORDER } from "../hooks/outbox.js"
+import type { PostgresOutbox, RecordFence } from "../hooks/postgres-outbox.js"
 import { inTransaction } from "../pg-transaction.js"
 
 /** What {@link ClusterDeliveryFence} asks of the leases. */
@@ -95,5 +96,42 @@ export class ClusterDeliveryFence implements DeliveryFence {
       await mark(client)
       return true
     })
+  }
+}
+
+/**
+ * Who may record a document's hook events in a cluster: the relay that made
+ * the document's last claim (`parley_cluster_fences.holder`), checked in the
+ * enqueue's transaction with the fence row held `FOR SHARE`. A record by the
+ * last claimant commits before any later claim (which waits for it), so the
+ * next owner's takeover reads the watermark and the outbox after it; or, by a
+ * relay whose claim was since overtaken, it is refused (rule
+ * {@link NOT_RECORDER}), and the new owner derives those events from the
+ * stored log past the watermark the refusal left where it was.
+ *
+ * Without it a relay that lost a lease recorded the events of changes it had
+ * stored, late, after the new owner read the document's outbox lane: nothing
+ * told the new owner of those deliveries, which stayed owed and unattempted
+ * while it delivered every later event (an outside probe: a webhook delivery
+ * left behind 566 later ones until a relay restarted), and the event log held
+ * them after the new owner's events.
+ *
+ * The claimant, not the current token: a lease that merely lapsed with no
+ * other claim since refuses nothing (the next claim waits for the record);
+ * and a relay that claimed the document again records the late events of
+ * its earlier lease itself, where its own dispatcher hears of them.
+ */
+export function recordingFence(relayId: string): RecordFence {
+  return async (client, document) => {
+    const { rows } = await client.query<{ holder: string }>(
+      "SELECT holder FROM parley_cluster_fences WHERE doc = $1 FOR SHARE",
+      [document],
+    )
+    if (rows[0]?.holder !== relayId)
+      throw new ParleyError(
+        ErrorCode.UNAVAILABLE,
+        `this relay no longer orders ${JSON.stringify(document)}: its events are recorded by the relay that does`,
+        { rule: NOT_RECORDER },
+      )
   }
 }

@@ -25,6 +25,8 @@ return 0`
 
 interface Held {
   readonly token: number
+  /** {@link LeaseOptions.recordedAt}'s answer at the claim. */
+  readonly recordedThrough?: number
   /** `validUntil[0]`: this relay may write until then, the lease's expiry as seen before the request that set it. */
   readonly shared: SharedLease
 }
@@ -54,6 +56,11 @@ export interface LeaseOptions {
   readonly ttlMs: number
   /** Told when a lease this relay held was lost (taken, or not renewed in time). */
   readonly lost: (name: string) => void
+  /**
+   * Read right after each claim, before this relay may write under the new token: how far the
+   * document's hook events were recorded then (their watermark), see {@link Leases.recordedAtClaim}.
+   */
+  readonly recordedAt?: (name: string) => Promise<number | undefined>
 }
 
 /**
@@ -155,6 +162,7 @@ export class Leases {
     const taken = await redis.eval(ACQUIRE, 1, this.key(name), relayId, ttlMs)
     if (taken !== 1) return undefined
     let rows: { token: string }[]
+    let recordedThrough: number | undefined
     try {
       ;({ rows } = await pool.query<{ token: string }>(
         `INSERT INTO parley_cluster_fences (doc, token, holder) VALUES ($1, 1, $2)
@@ -163,6 +171,9 @@ export class Leases {
          RETURNING token`,
         [name, relayId],
       ))
+      // A statement of its own, after the claim committed: the claim's snapshot predates the records it
+      // waited for. Nothing here writes under the new token yet (it is not held until this returns).
+      recordedThrough = await this.options.recordedAt?.(name)
     } catch (error) {
       // This relay cannot reach storage: the lease just taken would name it to the other relays for its
       // whole life, again at each retry, while it can write nothing (an outside probe: a relay cut off
@@ -178,8 +189,23 @@ export class Leases {
     const token = Number(rows[0]!.token)
     const previous = this.held.get(name)
     if (previous) this.renewer.drop(name, previous.shared)
-    this.held.set(name, { token, shared: this.renewer.hold(name, sentAt + ttlMs - this.marginMs) })
+    this.held.set(name, {
+      token,
+      ...(recordedThrough !== undefined ? { recordedThrough } : {}),
+      shared: this.renewer.hold(name, sentAt + ttlMs - this.marginMs),
+    })
     return token
+  }
+
+  /**
+   * How far `name`'s hook events were recorded when this relay last claimed it (undefined: not held,
+   * no watermark then, or not asked). Only the last claimant records a document's events (see
+   * `recordingFence`), so events of changes stored before the claim and not recorded by then are
+   * the new owner's to derive: those past this mark, even once its own records moved the watermark
+   * on (a write ordered here while its takeover was still reading the log).
+   */
+  recordedAtClaim(name: string): number | undefined {
+    return this.held.get(name)?.recordedThrough
   }
 
   /** Gives `name`'s lease up (if this relay still holds it). */

@@ -6,6 +6,12 @@ import type { PurgedContent } from "../purge/redact.js"
 import type { ReplicaView } from "../replica-view.js"
 import type { WireEntry } from "./wire.js"
 
+/** What a relay knew when it claimed a document it takes over (see `RoutedCore.tookOver`). */
+export interface TakeoverClaim {
+  /** How far the document's hook events were recorded at the claim; absent when they never were. */
+  readonly recordedThrough?: number
+}
+
 /** The rule of an owner's refusal of a server-side write made on a copy older than its document. */
 export const STALE_COPY = "stale-copy"
 
@@ -46,8 +52,17 @@ export interface RoutedCore {
    * connected here (see `epochStockGraceMs`).
    */
   stockProviderElsewhere(name: string): void
-  /** Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering. */
-  tookOver(name: string): Promise<void>
+  /**
+   * Runs the work a new owner owes: events a dead owner saved but did not record, leftover numbering.
+   * `claim.recordedThrough`: the document's hook watermark right after this relay's claim (see
+   * `Leases.recordedAtClaim`).
+   */
+  tookOver(name: string, claim?: TakeoverClaim): Promise<void>
+  /**
+   * This relay just claimed `name` (before anything may be written under the new token, before
+   * {@link tookOver}): returns what the cluster calls once the takeover ended, done or failed.
+   */
+  claimed(name: string): () => void
   /** Documents storage records as possibly owing a purge (`ContentPurge.owe`); none without a purge backend. */
   owedPurges(): Promise<readonly string[]>
   /**

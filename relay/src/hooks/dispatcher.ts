@@ -135,7 +135,15 @@ export interface DispatcherOptions {
   readonly laneWindow?: number
   /** Most deliveries all lanes hold in memory together (default {@link DEFAULT_MAX_HELD}), beyond one per lane. */
   readonly maxHeld?: number
+  /**
+   * With a fence (a cluster): how often the documents the outbox owes deliveries for are compared
+   * with the lanes held here (default {@link DEFAULT_RECHECK_MS}); see {@link Dispatcher.recheck}.
+   */
+  readonly recheckMs?: number
 }
+
+/** Default {@link DispatcherOptions.recheckMs}. */
+export const DEFAULT_RECHECK_MS = 5_000
 
 /** Default most deliveries one lane holds in memory. */
 export const DEFAULT_LANE_WINDOW = 128
@@ -242,6 +250,9 @@ export class Dispatcher {
    * {@link leftBehind}).
    */
   private readonly leftBehindLanes = new Map<string, { document: string; timer: NodeJS.Timeout }>()
+  /** Runs {@link recheck} (with a fence only). */
+  private recheckTimer: NodeJS.Timeout | undefined
+  private rechecking = false
 
   constructor(private readonly options: DispatcherOptions) {
     this.targets = new Map(options.targets.map((t) => [t.name, t]))
@@ -250,6 +261,49 @@ export class Dispatcher {
     this.now = options.now ?? Date.now
     this.laneWindow = Math.max(1, options.laneWindow ?? DEFAULT_LANE_WINDOW)
     this.maxHeld = Math.max(1, options.maxHeld ?? DEFAULT_MAX_HELD)
+    if (options.fence) {
+      this.recheckTimer = setInterval(() => void this.recheck(), options.recheckMs ?? DEFAULT_RECHECK_MS)
+      this.recheckTimer.unref?.()
+    }
+  }
+
+  /**
+   * A cluster's net under the lanes: the documents this relay orders whose outbox owes deliveries
+   * while no lane of theirs is held here (nor watched, see {@link leftBehind}) are adopted, read
+   * from the outbox in order. Only a local enqueue or a takeover tells a dispatcher of deliveries;
+   * one recorded or revived where this relay never heard of it (a dead letter replayed through
+   * another relay, a record that lost the race with the takeover's read) stayed owed, never
+   * attempted, for as long as the relay ran. One query every few seconds (the owed documents, as
+   * the cluster's sweep reads them), and a document's lanes only when it has none here.
+   */
+  private async recheck(): Promise<void> {
+    const fence = this.options.fence
+    if (this.rechecking || this.stopped || !fence) return
+    this.rechecking = true
+    try {
+      const owed = await this.options.outbox.pendingDocuments()
+      const held = new Set<string>()
+      for (const lane of this.lanes.values()) held.add(lane.document)
+      for (const left of this.leftBehindLanes.values()) held.add(left.document)
+      for (const document of owed) {
+        if (this.stopped) return
+        if (held.has(document) || fence.tokenOf(document) === undefined) continue
+        // Read again now: the lane may have been paid and dropped since the list was read.
+        const lanes = (await this.options.outbox.pendingLanes(document)).filter(
+          (lane) => !this.lanes.has(`${lane.target}\u0000${lane.document}`),
+        )
+        if (lanes.length === 0 || fence.tokenOf(document) === undefined) continue
+        this.options.log.warn(
+          { conversationId: document, lanes: lanes.length },
+          "hook deliveries owed that no lane here held (recorded or revived without this relay hearing of it): reading them from the outbox",
+        )
+        await this.resumeLanes(lanes)
+      }
+    } catch (error) {
+      this.options.log.error({ err: error }, "hook outbox failed to list the documents owing deliveries")
+    } finally {
+      this.rechecking = false
+    }
   }
 
   /**
@@ -528,6 +582,7 @@ export class Dispatcher {
    */
   async stop(): Promise<void> {
     this.stopped = true
+    clearInterval(this.recheckTimer)
     for (const left of this.leftBehindLanes.values()) clearTimeout(left.timer)
     this.leftBehindLanes.clear()
     for (const lane of this.lanes.values()) clearTimeout(lane.timer)

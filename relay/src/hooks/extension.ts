@@ -66,11 +66,18 @@ export class HooksExtension implements RelayExtension {
     this.running?.afterSaved(change)
   }
 
-  async loadStoredLog({ name, doc, updates, takingOver }: StoredLog): Promise<void> {
+  async loadStoredLog({ name, doc, updates, takingOver, recordedThrough }: StoredLog): Promise<void> {
     // Only a core that was never started loads without the runtime: there is no outbox to recover into.
     if (this.running)
-      return this.running.applyStoredLog(name, doc, updates, { takingOver: takingOver ?? false })
+      return this.running.applyStoredLog(name, doc, updates, {
+        takingOver: takingOver ?? false,
+        ...(recordedThrough !== undefined ? { recordedThrough } : {}),
+      })
     for (const { position, update } of updates) applyStored(doc, update, position)
+  }
+
+  claimed({ name }: { readonly name: string }): () => void {
+    return this.running?.claimed(name) ?? (() => undefined)
   }
 
   /** A conversation loaded with nothing stored gets its first hook watermark before its first append. */

@@ -297,3 +297,11 @@ function strip(row: Row): Delivery {
     ...(row.lastError !== undefined ? { lastError: row.lastError } : {}),
   }
 }
+
+/**
+ * The rule of an outbox's refusal to record a document's events for a relay
+ * that no longer orders it (a cluster: another relay claimed the document
+ * since). Not retried: the document's new owner derives those events from
+ * the stored log past the watermark, which the refused record did not move.
+ */
+export const NOT_RECORDER = "not-recorder"

@@ -51,6 +51,21 @@ ${POSTGRES_OUTBOX_MEMBERS_SCHEMA}`
 // other. The value is arbitrary ("Prly"); table setup has its own class (`openPool`).
 const DOCUMENT_LOCK = 0x50726c79
 
+/**
+ * Run in every enqueue's transaction, under the document's lock, before anything is written: throws
+ * to refuse the record (a clustered relay that no longer orders the document, see `recordingFence`).
+ */
+export type RecordFence = (client: pg.PoolClient, document: string) => Promise<void>
+
+/** {@link PostgresOutbox.watermark} read from `pool` (a clustered relay's claim reads it too). */
+export async function hookWatermark(pool: pg.Pool, document: string): Promise<number | undefined> {
+  const { rows } = await pool.query<{ through: string }>(
+    "SELECT through FROM parley_hook_watermarks WHERE document = $1",
+    [document],
+  )
+  return rows[0] ? Number(rows[0].through) : undefined
+}
+
 /** Events one INSERT statement records: keeps a statement's parameters to a few MB. */
 const RECORD_CHUNK = 500
 
@@ -103,6 +118,7 @@ export class PostgresOutbox implements Outbox {
   constructor(
     private readonly pool: pg.Pool,
     private readonly events: PostgresEventLog = new PostgresEventLog(pool),
+    private readonly options: { readonly fence?: RecordFence } = {},
   ) {}
 
   private assertOpen(): void {
@@ -116,6 +132,7 @@ export class PostgresOutbox implements Outbox {
       // One enqueue of a document at a time (across relays too): sequence numbers are drawn inside the
       // transaction, so without the lock a later seq could commit first and be delivered ahead.
       await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [DOCUMENT_LOCK, batch.document])
+      await this.options.fence?.(client, batch.document)
       const out: Delivery[] = []
       // Each event serialized once for the log and the outbox, its conversation once per change.
       const json = storedEventSerializer()
@@ -180,11 +197,7 @@ export class PostgresOutbox implements Outbox {
 
   async watermark(document: string): Promise<number | undefined> {
     this.assertOpen()
-    const { rows } = await this.pool.query<{ through: string }>(
-      "SELECT through FROM parley_hook_watermarks WHERE document = $1",
-      [document],
-    )
-    return rows[0] ? Number(rows[0].through) : undefined
+    return hookWatermark(this.pool, document)
   }
 
   async behind(): Promise<string[]> {

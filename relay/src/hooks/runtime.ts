@@ -46,7 +46,7 @@ import {
 import { hookConversations } from "./hook-conversations.js"
 import type { LoadedHooks } from "./loader.js"
 import { HookMetrics } from "./metrics.js"
-import type { DeadLetter, DeadLetterFilter, Delivery, Outbox } from "./outbox.js"
+import { type DeadLetter, type DeadLetterFilter, type Delivery, NOT_RECORDER, type Outbox } from "./outbox.js"
 import { webhookTarget } from "./webhook.js"
 import { HOOK_WORKER_GRACE_MS, type HookWorker } from "./worker-host.js"
 
@@ -89,6 +89,14 @@ export interface RecoveryOptions {
   readonly concurrency?: number
   /** Wait before sweeping again after a storage error or a failed load (default {@link DEFAULT_RECOVERY_RETRY_MS}). */
   readonly retryMs?: number
+}
+
+/** A document this relay claimed, its takeover not done yet (see {@link HookRuntime.claimed}). */
+interface Claim {
+  /** The takeover's record of what it recovered from the log: run first once the gate opens. */
+  recover?: () => Promise<void>
+  /** Opens the gate (once; later calls do nothing). */
+  readonly open: () => void
 }
 
 /** Wait before a failed record of hook events is tried again (doubling, up to {@link RECORD_RETRY_MAX_MS}). */
@@ -134,6 +142,8 @@ export class HookRuntime {
    * the watermark, or it would derive the same events again.
    */
   private readonly takeovers = new Map<string, Promise<void>>()
+  /** Documents this relay claimed whose takeover is not done yet (see {@link claimed}). */
+  private readonly claims = new Map<string, Claim>()
   /** Documents loaded with nothing stored and no watermark: given one before their first append. */
   private readonly unmarked = new WeakSet<Y.Doc>()
   private readonly core: RunningCore
@@ -324,6 +334,37 @@ export class HookRuntime {
   }
 
   /**
+   * This relay just claimed `name` (a cluster) and may order its changes from now on, before its
+   * takeover read the stored log and the outbox. What a relay that lost the document left unrecorded
+   * is this relay's to derive ({@link applyStoredLog}), and what it left undelivered its to deliver
+   * ({@link resume}); both are older than any change ordered here. So the document's records wait in
+   * line, from now, behind a gate that opens once the takeover has put its recovered record first
+   * and its dispatcher has read the document's lanes. Without it a change ordered meanwhile was
+   * recorded before the recovered events (the event log held seq 30 before 24–29, an outside probe),
+   * or its delivery, queued in a lane made for it, went out before the owed ones the takeover then
+   * read (21 before 18–20). Returns what opens the gate in any case (the takeover ended, done or
+   * failed).
+   */
+  claimed(name: string): () => void {
+    if (this.stopped) return () => undefined
+    this.claims.get(name)?.open()
+    let run!: (recover: (() => Promise<void>) | undefined) => void
+    const opened = new Promise<(() => Promise<void>) | undefined>((resolve) => {
+      run = resolve
+    })
+    const claim: Claim = {
+      open: () => {
+        if (this.claims.get(name) !== claim) return
+        this.claims.delete(name)
+        run(claim.recover)
+      },
+    }
+    this.claims.set(name, claim)
+    this.inLine(name, (previous) => previous.then(() => opened).then((recover) => recover?.()))
+    return claim.open
+  }
+
+  /**
    * Applies a document's stored log entries to `doc` (which holds the snapshot)
    * as the core's load would, and produces the events of entries after the
    * document's watermark: changes the relay saved but died before recording
@@ -358,13 +399,37 @@ export class HookRuntime {
     name: string,
     doc: Y.Doc,
     updates: readonly { readonly position: number; readonly update: Uint8Array }[],
-    { takingOver = false }: { readonly takingOver?: boolean } = {},
+    {
+      takingOver = false,
+      recordedThrough,
+    }: { readonly takingOver?: boolean; readonly recordedThrough?: number } = {},
+  ): Promise<void> {
+    try {
+      await this.deriveStored(name, doc, updates, takingOver, recordedThrough)
+    } catch (error) {
+      // The takeover failed: the records held behind its claim go on.
+      if (takingOver) this.claims.get(name)?.open()
+      throw error
+    }
+  }
+
+  private async deriveStored(
+    name: string,
+    doc: Y.Doc,
+    updates: readonly { readonly position: number; readonly update: Uint8Array }[],
+    takingOver: boolean,
+    recordedThrough: number | undefined,
   ): Promise<void> {
     const last = updates.at(-1)?.position
     const id = conversationIdOf(name)
     // A takeover's record still under way: its events are past the watermark until it is done.
     await this.takeovers.get(name)
-    const mark = id ? await this.options.outbox.watermark(name) : undefined
+    const current = id ? await this.options.outbox.watermark(name) : undefined
+    // The watermark at the claim, when this relay's own records moved it on since: what a relay that
+    // lost the document left unrecorded lies past the claim's mark (its late records were refused),
+    // and what this relay recorded meanwhile is skipped as recorded already (stable event ids).
+    const mark =
+      current !== undefined && recordedThrough !== undefined ? Math.min(current, recordedThrough) : current
     if (!id || mark === undefined) {
       for (const { position, update } of updates) applyStored(doc, update, position)
       // A document with nothing stored gets its first watermark before its first append (see
@@ -414,6 +479,20 @@ export class HookRuntime {
       this.recovered.set(name, { events: patched, through: last })
       return
     }
+    const claim = takingOver ? this.claims.get(name) : undefined
+    if (claim) {
+      // First in the document's line, before the records of changes ordered here since the claim.
+      const record = this.recorder(name, patched, last)
+      let recorded!: () => void
+      const entry: Promise<void> = new Promise<void>((resolve) => {
+        recorded = resolve
+      }).finally(() => {
+        if (this.takeovers.get(name) === entry) this.takeovers.delete(name)
+      })
+      claim.recover = () => this.recordOrRetry(name, record).finally(recorded)
+      this.takeovers.set(name, entry)
+      return
+    }
     const recording = this.enqueue(name, patched, last).catch(() => undefined)
     if (!takingOver) {
       await recording
@@ -436,6 +515,9 @@ export class HookRuntime {
 
   /** Log position up to which `name` may be compacted without losing events not yet recorded. */
   async compactionLimit(name: string): Promise<number> {
+    // Not held by a claim's gate: the takeover that opens it may wait for the compaction or purge
+    // asking (the document's queue). The recovered events then come after those recorded meanwhile.
+    this.claims.get(name)?.open()
     await this.lines.get(name)?.tail
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
@@ -511,7 +593,12 @@ export class HookRuntime {
   async resume(document: string): Promise<void> {
     // Not waiting for the document's records in line (the dead owner's events, see
     // `applyStoredLog`): the dispatcher takes in what they add after it read the outbox.
-    await this.dispatcher.adopt(document)
+    try {
+      await this.dispatcher.adopt(document)
+    } finally {
+      // The lanes are read (their owed deliveries first): the records held since the claim go on.
+      this.claims.get(document)?.open()
+    }
   }
 
   /**
@@ -531,6 +618,8 @@ export class HookRuntime {
     this.stopping.abort()
     clearTimeout(this.sweepAgain)
     await this.sweeping
+    // A takeover still reading the log is not waited for: the next owner derives what it would have.
+    for (const claim of [...this.claims.values()]) claim.open()
     await this.allLines()
     await this.dispatcher.stop()
     await this.options.worker?.stop()
@@ -542,13 +631,53 @@ export class HookRuntime {
     events: readonly HookEvent[],
     through: number | undefined,
   ): Promise<void> {
+    const record = this.recorder(document, events, through)
+    // A failed record is tried again until it succeeds, and every later one of its document waits
+    // behind it: recorded first, a later change's watermark would pass the failed change's log entries,
+    // and their events would never be recorded, delivered or logged (nor derived again at the next load).
+    // Other documents' records do not wait: their watermarks are their own.
+    // An outbox that keeps call order needs no wait for the last commit while nothing of the document
+    // waits in line: changes of one tick share one.
+    if (this.options.outbox.ordersEnqueues && !this.lines.has(document)) {
+      const run = record()
+      run.catch((error: unknown) => {
+        if (this.leftToOwner(document, error)) return
+        this.inLine(document, (previous) =>
+          previous.then(() => this.recordUntilDone(document, record, error)),
+        )
+      })
+      return run
+    }
+    let run!: Promise<void>
+    this.inLine(document, (previous) => {
+      run = previous.then(record)
+      return run.catch((error: unknown) =>
+        this.leftToOwner(document, error) ? undefined : this.recordUntilDone(document, record, error),
+      )
+    })
+    return run
+  }
+
+  /** Runs `record`, tried again until done as a failed record in line is (see {@link enqueue}); never rejects. */
+  private recordOrRetry(document: string, record: () => Promise<void>): Promise<void> {
+    return record().catch((error: unknown) =>
+      this.leftToOwner(document, error) ? undefined : this.recordUntilDone(document, record, error),
+    )
+  }
+
+  /** What records `events` of `document` (and its watermark `through`) and queues their deliveries. */
+  private recorder(
+    document: string,
+    events: readonly HookEvent[],
+    through: number | undefined,
+  ): () => Promise<void> {
     const batch = events.map((event) => ({
       event,
       targets: this.targets
         .filter((t) => t.accepts(event.event.type) && (t.wants?.(event) ?? true))
         .map((t) => t.name),
     }))
-    const record = async () => {
+    return async () => {
       const deliveries = await this.options.outbox.enqueue({
         document,
         // Every event, targets or not: the outbox records each in the event log.
@@ -567,27 +696,20 @@ export class HookRuntime {
         )
       }
     }
-    // A failed record is tried again until it succeeds, and every later one of its document waits
-    // behind it: recorded first, a later change's watermark would pass the failed change's log entries,
-    // and their events would never be recorded, delivered or logged (nor derived again at the next load).
-    // Other documents' records do not wait: their watermarks are their own.
-    // An outbox that keeps call order needs no wait for the last commit while nothing of the document
-    // waits in line: changes of one tick share one.
-    if (this.options.outbox.ordersEnqueues && !this.lines.has(document)) {
-      const run = record()
-      run.catch((error: unknown) =>
-        this.inLine(document, (previous) =>
-          previous.then(() => this.recordUntilDone(document, record, error)),
-        ),
-      )
-      return run
-    }
-    let run!: Promise<void>
-    this.inLine(document, (previous) => {
-      run = previous.then(record)
-      return run.catch((error: unknown) => this.recordUntilDone(document, record, error))
-    })
-    return run
+  }
+
+  /**
+   * True (and logged) when the outbox refused a record because another relay orders the document
+   * now (a cluster, {@link NOT_RECORDER}): not tried again, since it never would succeed here, and the
+   * new owner derives those events from the stored log past the watermark the refusal left in place.
+   */
+  private leftToOwner(document: string, error: unknown): boolean {
+    if (!(error instanceof ParleyError && error.rule === NOT_RECORDER)) return false
+    this.log.warn(
+      { document },
+      "hook events left to the relay that now orders the document: it derives them from the stored log",
+    )
+    return true
   }
 
   /**
@@ -653,6 +775,7 @@ export class HookRuntime {
         this.log.info({ document, attempts: attempt + 1 }, "recorded hook events after the outbox failed")
         return
       } catch (next) {
+        if (this.leftToOwner(document, next)) return
         this.log.warn(
           { err: next, document, attempts: attempt + 1 },
           "could not record hook events: trying again",

@@ -1,3 +1,4 @@
+import { ParleyError } from "@parley/shared"
 import { Redis } from "ioredis"
 import pg from "pg"
 import { Registry } from "prom-client"
@@ -7,6 +8,7 @@ import { ClusterDeliveryFence } from "../../src/cluster/delivery-fence.js"
 import { type DeliveryTarget, Dispatcher } from "../../src/hooks/dispatcher.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
+import { NOT_RECORDER } from "../../src/hooks/outbox.js"
 import { PostgresEventLog } from "../../src/hooks/postgres-event-log.js"
 import { PostgresOutbox } from "../../src/hooks/postgres-outbox.js"
 import { createLogger } from "../../src/log.js"
@@ -120,6 +122,65 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       await runB.dispatcher.idle()
       expect(await b.backend.outbox.pending()).toEqual([])
       expect(await fenced(runB.registry)).toBe(0)
+    })
+
+    it("leaves no delivery owed behind the new owner: a relay that lost the document records none of its events", async () => {
+      const scratch = await scratchSchema()
+      cleanup.push(() => scratch.drop())
+      const prefix = `parley-late-record-test:${process.pid}:${Date.now()}:`
+      const open = () =>
+        openClusterBackend({
+          databaseUrl: scratch.url,
+          redisUrl: REDIS_URL,
+          keyPrefix: prefix,
+          leaseMs: 60_000,
+          log,
+        })
+      const a = await open()
+      cleanup.push(() => a.backend.close())
+      const b = await open()
+      cleanup.push(() => b.backend.close())
+      const doc = "g~lateRecords"
+      expect(await a.cluster.leases.acquire(doc)).toBe(1)
+      // The lease vanishes from Redis (a restart) while A still believes it holds it; B takes the
+      // document over and reads its outbox lane, which owes nothing yet.
+      const redis = new Redis(REDIS_URL)
+      cleanup.push(() => redis.disconnect())
+      await redis.del(`${prefix}lease:${doc}`)
+      expect(await b.cluster.leases.acquire(doc)).toBe(2)
+      const delivered: string[] = []
+      const target: DeliveryTarget = {
+        name: "t",
+        accepts: () => true,
+        deliver: async (event: HookEvent) => {
+          delivered.push(event.event.id)
+        },
+        retryDelay: () => 1000,
+      }
+      const outboxB = b.backend.outbox as PostgresOutbox
+      const runB = dispatcher(outboxB, target, b.deliveries)
+      cleanup.push(() => runB.dispatcher.stop())
+      await runB.dispatcher.adopt(doc)
+      const record = async (outbox: PostgresOutbox, id: string) =>
+        outbox.enqueue({ document: doc, events: [{ event: sampleEvent(id, doc), targets: ["t"] }] })
+      runB.dispatcher.add(await record(outboxB, "e11"))
+      await runB.dispatcher.idle()
+      // A records the events of a change it stored before B's claim, late (its outbox write was slow):
+      // B's lane read the outbox before it, and nothing here tells B of the row.
+      const late = await record(a.backend.outbox as PostgresOutbox, "e10").then(
+        () => undefined,
+        (error: unknown) => error,
+      )
+      expect(late).toBeInstanceOf(ParleyError)
+      expect((late as ParleyError).rule).toBe(NOT_RECORDER)
+      runB.dispatcher.add(await record(outboxB, "e12"))
+      await runB.dispatcher.idle()
+      expect(delivered).toEqual(["e11", "e12"])
+      // Before: e10 stayed owed, never attempted, while B delivered every later event (until a restart),
+      // and the event log held it after e11, which B recorded first.
+      expect(await b.backend.outbox.pending()).toEqual([])
+      const logged = await b.backend.events.read({ limit: 10 })
+      expect(logged.map((entry) => entry.event.event.id)).toEqual(["e11", "e12"])
     })
 
     it("aborts a running attempt once the lease lapses by the relay's clock, records nothing and starts no other", async () => {

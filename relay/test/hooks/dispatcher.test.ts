@@ -556,7 +556,7 @@ describe("hook dispatcher", () => {
 
   describe("when the lease looked lapsed for a moment and was not lost", () => {
     /** A dispatcher behind a fence whose lease looks lapsed while `fence.lapsed`; its hook records each id. */
-    function fencedSetup(checkEveryMs: number) {
+    function fencedSetup(checkEveryMs: number, recheckMs?: number) {
       const outbox = new MemoryOutbox()
       const delivered: string[] = []
       const target: DeliveryTarget = {
@@ -602,6 +602,7 @@ describe("hook dispatcher", () => {
         log,
         metrics: new HookMetrics(new Registry()),
         fence,
+        ...(recheckMs !== undefined ? { recheckMs } : {}),
       })
       const enqueue = async (ids: string[]) =>
         dispatcher.add(
@@ -610,7 +611,7 @@ describe("hook dispatcher", () => {
             events: ids.map((id) => ({ event: sampleEvent(id, "c1"), targets: ["hook:a"] })),
           }),
         )
-      return { fence, dispatcher, delivered, enqueue }
+      return { fence, dispatcher, delivered, enqueue, outbox }
     }
 
     it("delivers what it dropped before the next event recorded here, in order", async () => {
@@ -625,6 +626,24 @@ describe("hook dispatcher", () => {
       await dispatcher.idle()
       // Before: e4 alone; e1–e3 stayed owed, never attempted, for as long as the relay ran.
       expect(delivered).toEqual(["e1", "e2", "e3", "e4"])
+      await dispatcher.stop()
+    })
+
+    it("delivers a delivery owed for a document it orders that it was never told of", async () => {
+      const { dispatcher, delivered, enqueue, outbox } = fencedSetup(60_000, 20)
+      await dispatcher.adopt("c1")
+      await enqueue(["e1"])
+      await dispatcher.idle()
+      // In the outbox without this dispatcher hearing of it: recorded by a relay that lost the document
+      // after this one read its lanes, or a dead letter replayed through another relay.
+      await outbox.enqueue({
+        document: "c1",
+        events: [{ event: sampleEvent("e2", "c1"), targets: ["hook:a"] }],
+      })
+      // Before: owed, never attempted, until the relay started again.
+      await vi.waitFor(() => expect(delivered).toEqual(["e1", "e2"]), { timeout: 5000 })
+      await dispatcher.idle()
+      expect(await outbox.pending()).toEqual([])
       await dispatcher.stop()
     })
 

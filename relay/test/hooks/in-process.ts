@@ -6,6 +6,7 @@ import pino from "pino"
 import * as awarenessProtocol from "y-protocols/awareness"
 import * as syncProtocol from "y-protocols/sync"
 import * as Y from "yjs"
+import type { UpdateRouter } from "../../src/cluster/router.js"
 import type { Connection } from "../../src/connection.js"
 import { type DefinedHooks, defineHooks, type Hooks } from "../../src/hooks/define.js"
 import type { HookEvent } from "../../src/hooks/events.js"
@@ -44,7 +45,11 @@ export function recordingHooks(extra: Partial<Hooks> = {}): { hooks: DefinedHook
 
 /** A relay core (no sockets) with hooks, on memory storage unless given. */
 export async function coreWithHooks(
-  options: Partial<HooksExtensionOptions> & { storage?: RelayStorage; outbox?: Outbox },
+  options: Partial<HooksExtensionOptions> & {
+    storage?: RelayStorage
+    outbox?: Outbox
+    router?: UpdateRouter
+  },
 ) {
   const log = pino({ level: "silent" })
   const metrics = new RelayMetrics()
@@ -57,7 +62,13 @@ export async function coreWithHooks(
     backoff: { baseMs: 1, attempts: 3 },
     ...options,
   })
-  const core = new RelayCore({ storage, log, metrics, extensions: [hooks] })
+  const core = new RelayCore({
+    storage,
+    log,
+    metrics,
+    extensions: [hooks],
+    ...(options.router ? { router: options.router } : {}),
+  })
   await core.start()
   return { core, runtime: hooks.runtime!, storage, metrics }
 }
