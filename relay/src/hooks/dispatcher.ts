@@ -198,8 +198,12 @@ interface Lane {
   /** The delivery whose attempt runs: found in the queue by identity when it ends. */
   attempting?: Delivery
   timer?: NodeJS.Timeout
-  /** Set while the lane waits out an outbox failure (see {@link Dispatcher.markDelivered}). */
-  paused?: boolean
+  /**
+   * Until when the lane waits out an outbox failure (see {@link Dispatcher.markDelivered}): a time,
+   * not a flag cleared by a timer of its own, because the lane's one timer is replaced by whatever
+   * schedules it next (a failed read or record), and a pause whose timer was replaced never ended.
+   */
+  pausedUntil?: number
   /** Its deliveries whose delivered marks are not written yet. */
   unmarked?: number
 }
@@ -595,7 +599,17 @@ export class Dispatcher {
   }
 
   private pump(lane: Lane, id: string): void {
-    if (lane.running || lane.paused || this.stopped || (lane.unmarked ?? 0) >= MAX_UNMARKED_PER_LANE) return
+    if (lane.running || this.stopped || (lane.unmarked ?? 0) >= MAX_UNMARKED_PER_LANE) return
+    if (lane.pausedUntil !== undefined) {
+      const left = lane.pausedUntil - this.now()
+      if (left > 0) {
+        clearTimeout(lane.timer)
+        lane.timer = setTimeout(() => this.pump(lane, id), left)
+        lane.timer.unref?.()
+        return
+      }
+      lane.pausedUntil = undefined
+    }
     const head = lane.queue[0]
     if (!head) {
       if (lane.more) this.read(lane, id)
@@ -757,14 +771,11 @@ export class Dispatcher {
         this.count++
         this.gauge()
         // Redelivered in a tight loop while the outbox is down otherwise.
-        if (!current.paused) {
+        if (current.pausedUntil === undefined || current.pausedUntil <= this.now()) {
           const paused = current
-          paused.paused = true
+          paused.pausedUntil = this.now() + this.outboxRetryMs
           clearTimeout(paused.timer)
-          paused.timer = setTimeout(() => {
-            paused.paused = false
-            this.pump(paused, id)
-          }, this.outboxRetryMs)
+          paused.timer = setTimeout(() => this.pump(paused, id), this.outboxRetryMs)
           paused.timer.unref?.()
         }
       } finally {

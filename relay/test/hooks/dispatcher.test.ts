@@ -254,6 +254,54 @@ describe("hook dispatcher", () => {
     expect(await outbox.pending()).toEqual([])
   })
 
+  it("goes on once the outbox is back when it failed to mark one delivery and to record another's retry at once", async () => {
+    // A PostgreSQL outage under load: the mark of a delivery fails (the lane pauses, a timer to go on),
+    // then the retry of the next delivery cannot be recorded either, whose own wait replaced that timer;
+    // the lane stayed paused for as long as the relay ran (an outside probe: 790 deliveries owed).
+    const outbox = new MemoryOutbox()
+    let outboxDown = true
+    const failing = Object.assign(Object.create(outbox) as MemoryOutbox, {
+      delivered: async (seq: number, target: string) => {
+        await new Promise((resolve) => setImmediate(resolve))
+        if (outboxDown) throw new Error("connection refused")
+        return outbox.delivered(seq, target)
+      },
+      retryLater: async (...args: Parameters<MemoryOutbox["retryLater"]>) => {
+        await new Promise((resolve) => setTimeout(resolve, 20))
+        if (outboxDown) throw new Error("connection refused")
+        return outbox.retryLater(...args)
+      },
+    })
+    const seen: string[] = []
+    let failedOnce = false
+    const dispatcher = new Dispatcher({
+      outbox: failing,
+      targets: [
+        target("hook:a", async (event) => {
+          if (event.event.id === "e2" && !failedOnce) {
+            failedOnce = true
+            throw new Error("the receiver failed once")
+          }
+          seen.push(event.event.id)
+        }),
+      ],
+      log,
+      metrics: new HookMetrics(new Registry()),
+      outboxRetryMs: 50,
+    })
+    dispatcher.add(
+      await outbox.enqueue({
+        document: "c1",
+        events: ["e1", "e2", "e3"].map((id) => ({ event: sampleEvent(id), targets: ["hook:a"] })),
+      }),
+    )
+    await new Promise((resolve) => setTimeout(resolve, 150))
+    outboxDown = false
+    await vi.waitFor(async () => expect(await outbox.pending()).toEqual([]), { timeout: 3_000, interval: 50 })
+    // At least once (marks failed meanwhile: some delivered again, with their ids), first deliveries in order.
+    expect([...new Set(seen)]).toEqual(["e1", "e2", "e3"])
+  })
+
   it("resumes what the outbox still owes when started again", async () => {
     const outbox = new MemoryOutbox()
     await outbox.enqueue({
