@@ -773,6 +773,10 @@ export class HookRuntime {
       try {
         await record()
         this.log.info({ document, attempts: attempt + 1 }, "recorded hook events after the outbox failed")
+        // A failed attempt may have been recorded all the same (a commit whose answer was lost with its
+        // connection): this one then found its events recorded and queued nothing, and their deliveries
+        // were owed, never attempted, until a restart. What the outbox owes for the document is read.
+        await this.readOwed(document)
         return
       } catch (next) {
         if (this.leftToOwner(document, next)) return
@@ -781,6 +785,21 @@ export class HookRuntime {
           "could not record hook events: trying again",
         )
       }
+    }
+  }
+
+  /** Has the dispatcher read what the outbox owes for `document`, tried again until it could (or the runtime stops). */
+  private async readOwed(document: string, delay = RECORD_RETRY_MS): Promise<void> {
+    try {
+      await this.dispatcher.adopt(document)
+    } catch (err) {
+      if (this.stopped) return
+      this.log.error({ err, document }, "hook outbox failed to read a document's deliveries: trying again")
+      const timer = setTimeout(
+        () => void this.readOwed(document, Math.min(delay * 2, RECORD_RETRY_MAX_MS)),
+        delay,
+      )
+      timer.unref()
     }
   }
 

@@ -93,6 +93,47 @@ describe.each(Object.keys(backends) as (keyof typeof backends)[])(
       const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
       expect(sentIds(logged.map((e) => e.event))).toEqual(["while-failing-01", "after-change-01"])
     })
+
+    it("are delivered when the record went through though the outbox answered with a failure (a commit whose answer was lost)", async () => {
+      // PostgreSQL black-holed under load: the commit applied, its answer never came, and the record
+      // was tried again, found recorded (the same event ids) and so queued nothing: the deliveries
+      // stayed owed, never attempted, for as long as the relay ran (an outside probe).
+      const backend = backends[kind]()
+      cleanup.push(() => backend.close())
+      const { hooks, events } = recordingHooks()
+      let lost = 1
+      const outbox = new Proxy(backend.outbox, {
+        get(target, property) {
+          const value = Reflect.get(target, property, target)
+          if (property === "enqueue")
+            return async (batch: Parameters<Outbox["enqueue"]>[0]) => {
+              const recorded = await target.enqueue(batch)
+              if (lost > 0 && sentIds(batch.events.map((e) => e.event)).includes("answer-lost-01")) {
+                lost--
+                throw new Error("Connection terminated unexpectedly")
+              }
+              return recorded
+            }
+          return typeof value === "function" ? value.bind(target) : value
+        },
+      })
+      const relay = await coreWithHooks({
+        storage: backend.documents,
+        outbox,
+        hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      })
+      cleanup.push(() => relay.core.close())
+      const id = "g~answer-lost" as ConversationId
+      const a = new InProcessClient(relay.core, id, alice)
+      await a.connect()
+      createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+      await a.settled()
+      await relay.runtime.idle()
+      sendMessage(a.doc, alice, { id: "answer-lost-01" as MessageId, body: "one" })
+      await a.settled()
+      await vi.waitFor(() => expect(sentIds(events)).toEqual(["answer-lost-01"]), { timeout: 5_000 })
+      expect(await backend.outbox.pending(id)).toEqual([])
+    })
   },
 )
 
