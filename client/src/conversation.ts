@@ -20,6 +20,7 @@ import {
   type Role,
   roleOf,
   setFleetingSeconds,
+  toParleyError,
   type UserId,
   unpinMessage,
   unreadCount,
@@ -179,6 +180,8 @@ export class Conversation extends Emitter<ConversationEvents> {
       },
       openReplica: (doc) => this.openReplica(doc),
       settle: () => this.settle(),
+      taken: (error) => this.loading.apply({ type: "taken", error }),
+      readmitted: () => this.loading.apply({ type: "readmitted", info: getConversation(this.doc) }),
       refreshUnread: () => this.refreshUnread(),
     })
     // Before the first generation binds: its connection's status reaches the uploads.
@@ -621,13 +624,23 @@ export class Conversation extends Emitter<ConversationEvents> {
    * @internal The user is a participant again (the relay's inbox lists this
    * conversation): a handle the relay refused on their removal (4403) is
    * ready and connects again. Before, it stayed unavailable until reopened.
+   * What the refusal failed is not sent: the replica is rebuilt on the
+   * relay's state first, without it (`Resync.readmit`), and the handle is
+   * ready once that is done.
    */
   readmit(): void {
     if (this.closed) return
     const state = this.loading.state
     if (state.state !== "unavailable" || state.reason !== ErrorCode.FORBIDDEN) return
-    this.loading.apply({ type: "readmitted", info: getConversation(this.doc) })
-    if (this.loading.state.state === "ready") this.connection.start()
+    if (!this.connection.hasUnsaved) {
+      this.loading.apply({ type: "readmitted", info: getConversation(this.doc) })
+      if (this.loading.state.state === "ready") this.connection.start()
+      return
+    }
+    // Stays unavailable when the relay's state cannot be had: told, and the app may open it again.
+    this.resyncs
+      .readmit(state.error)
+      .catch((error: unknown) => this.emit("error", { error: toParleyError(error) }))
   }
 
   /**

@@ -76,6 +76,11 @@ export class StatusTracker {
     return { ...view, status, ...(error ? { error } : {}) }
   }
 
+  /** Why message `id` (the user's) failed, while it is failed. */
+  failure(id: MessageId): ParleyError | undefined {
+    return this.statuses().failure(id) ?? this.lost.get(id)
+  }
+
   /** The user's messages only this device has (status `pending`), in the order they were followed. */
   pendingIds(): MessageId[] {
     return [...this.tracked.keys()].filter((id) => this.statusOf(id) === "pending")
