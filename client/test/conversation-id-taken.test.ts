@@ -146,6 +146,56 @@ describe("work the relay refused on a removal, once the user is added back", () 
   })
 })
 
+describe("work the relay refused on a removal, the device reloaded before the user is added back", () => {
+  it("is not sent on its own after the reload either: failed at once, sent on the user's retry", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const group = await alice.createConversation({ participants: [b], title: "team" })
+    group.send("welcome")
+    await group.flush()
+    const before = await connectClient(relay, b, { storage: "indexeddb" })
+    const chat = await before.conversation(group.id).ready()
+    await eventually(() => expect(chat.messages().map((m) => m.body)).toEqual(["welcome"]))
+    before.disconnect()
+    const offline = chat.send("written while removed").id
+    group.removeParticipants([b])
+    await group.flush()
+    before.connect()
+    await eventually(() =>
+      expect(chat.state).toMatchObject({ state: "unavailable", reason: ErrorCode.FORBIDDEN }),
+    )
+    await eventually(() => expect(chat.status(offline)).toBe("failed"))
+    await before.destroy()
+
+    group.addParticipants([b])
+    group.send("welcome back")
+    await group.flush()
+    const after = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    const reloaded = await after.conversation(group.id).ready()
+    // Failed at once, offline, as the UI showed it before the reload (before: pending, then sent).
+    await eventually(() =>
+      expect(reloaded.message(offline)).toMatchObject({
+        status: "failed",
+        error: { code: ErrorCode.FORBIDDEN },
+      }),
+    )
+    after.connect()
+    await eventually(() => expect(reloaded.messages().map((m) => m.body)).toContain("welcome back"))
+    expect(reloaded.state.state).toBe("ready")
+    expect(reloaded.message(offline)).toMatchObject({ status: "failed" })
+    await after.flush({ timeoutMs: 5_000 })
+    expect(await bodiesOnRelay(a, group.id, "welcome back")).toEqual(["welcome", "welcome back"])
+
+    const again = reloaded.retry(offline)
+    await eventually(() => expect(reloaded.status(again!.id)).toBe("sent"))
+    expect(await bodiesOnRelay(a, group.id, "written while removed")).toEqual([
+      "welcome",
+      "welcome back",
+      "written while removed",
+    ])
+  })
+})
+
 describe("creations that are not taken", () => {
   it("converges when two devices of the same user create the same direct conversation offline", async () => {
     const [a, b] = [name("alice"), name("bob")]

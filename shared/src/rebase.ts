@@ -425,7 +425,8 @@ export function rebasePendingWork(
       })
     } else if (isDeletedRecord(record)) placeholders.set(record.id, record)
     else if (!messageIndex(fresh).records.has(record.id) && !messageIndex(fresh).deleted.has(record.id)) {
-      const refusal = refused.get(record.id)
+      // (A creation taken explains every refusal of what was written into it: failed as taken below.)
+      const refusal = taken ? undefined : refused.get(record.id)
       if (refusal !== undefined) {
         failed.push({ what: { kind: "message.send", id: record.id }, error: refusal })
         continue

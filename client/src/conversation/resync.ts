@@ -150,6 +150,26 @@ export class Resync {
     return this.run("relay", false, { readmit: refusal })
   }
 
+  /**
+   * Message `id`, which the replica holds unsaved, was refused with `error`
+   * (the user removed: see `Conversation`): every rebuild leaves it out from
+   * now on, keeping it failed outside the replica.
+   */
+  leaveOut(id: MessageId, error: ParleyError): void {
+    this.named.set(id, error)
+  }
+
+  /**
+   * Rebuilds the replica on the relay's state, leaving out the messages
+   * named by {@link leaveOut} (and re-applying the rest of the pending work):
+   * after a reload, the replica still holds the messages a removal refused,
+   * and connecting would send them (the user may have been added back).
+   * Rejects when the relay's state cannot be had.
+   */
+  withoutRefused(): Promise<void> {
+    return this.run("relay", false)
+  }
+
   /** The user's unsaved messages in the replica whose ids `error`'s reason names (the relay names what it refuses). */
   private unsavedNamedBy(error: ParleyError): MessageId[] {
     if (error.rule === undefined) return []
@@ -219,7 +239,9 @@ export class Resync {
     const host = this.host
     if (source === "relay" && counted) this.withoutSave++
     const old = host.current()
-    old.connection.stop()
+    // A held connection (see `DocumentConnection.hold`) sends nothing; it is what rebuilds, and what
+    // retries with backoff (or tells the relay's refusal) when this fails.
+    if (!old.connection.held) old.connection.stop()
     const fresh = new Y.Doc()
     // How far the relay had the clients of the replica's epoch: what tells its pending work.
     let baseline: Map<number, number> | undefined
