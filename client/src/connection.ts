@@ -171,6 +171,11 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    * UNAVAILABLE an app would retry forever.
    */
   private refusal: ParleyError | undefined
+  /**
+   * Set while the replica holds work the relay refused that must not go out
+   * on its own (see {@link hold}): called instead of opening a socket.
+   */
+  private holder: (() => Promise<void>) | undefined
   /** Why the relay refused this connection's last token (its error frame or 4401 close reason), if it said. */
   private tokenRefusal: string | undefined
   /** The token source's failure last told (`tokenFailed`), until it hands out a token again: told once, not per retry. */
@@ -332,6 +337,28 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     session.sendInParts(pending)
   }
 
+  /**
+   * Never opens a socket from now on: its sync would send everything the
+   * replica holds, and it holds work the relay refused (the user removed)
+   * that must not go out on its own if the user is added back. Whenever it
+   * would open, `holder` is called instead (it replaces the replica, and this
+   * connection with it, by one without that work), again with backoff while
+   * it rejects.
+   */
+  hold(holder: () => Promise<void>): void {
+    this.holder = holder
+  }
+
+  /** Whether it is held (see {@link hold}): it has no socket to stop. */
+  get held(): boolean {
+    return this.holder !== undefined
+  }
+
+  /** The relay refused this conversation when asked apart from this connection (see {@link hold}): as if it closed this one so. */
+  refuse(error: ParleyError): void {
+    if (this.wanted && !this.destroyed) this.giveUp(error)
+  }
+
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */
   stop(): void {
     if (!this.wanted) return
@@ -373,6 +400,15 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   private async open(): Promise<void> {
     if (!this.wanted || this.destroyed || this.connecting || this.session) return
     this.connecting = true
+    if (this.holder) {
+      let failed = false
+      await this.holder().catch(() => {
+        failed = true
+      })
+      this.connecting = false
+      if (failed && this.wanted && !this.destroyed) this.retry()
+      return
+    }
     let token: string
     try {
       token = await this.options.token()

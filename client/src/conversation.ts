@@ -12,6 +12,7 @@ import {
   type Markers,
   type MarkerTarget,
   type MessageId,
+  type MessageView,
   type MessageWindow,
   type Metadata,
   ParleyError,
@@ -20,6 +21,7 @@ import {
   type Role,
   roleOf,
   setFleetingSeconds,
+  toParleyError,
   type UserId,
   unpinMessage,
   unreadCount,
@@ -181,6 +183,8 @@ export class Conversation extends Emitter<ConversationEvents> {
       },
       openReplica: (doc) => this.openReplica(doc),
       settle: () => this.settle(),
+      taken: (error) => this.loading.apply({ type: "taken", error }),
+      readmitted: () => this.loading.apply({ type: "readmitted", info: getConversation(this.doc) }),
       refreshUnread: () => this.refreshUnread(),
     })
     // Before the first generation binds: its connection's status reaches the uploads.
@@ -201,27 +205,81 @@ export class Conversation extends Emitter<ConversationEvents> {
     const doc = new Y.Doc()
     this.gen = this.bind(doc, this.openReplica(doc))
     const first = this.gen
-    this.whenLoaded = this.gen.replica.loaded.then(() => {
+    // Before connecting: some may still be in the replica, and must not go out (see `holdRefused`).
+    const kept = parts.uploads?.storedRefusals().catch(() => []) ?? Promise.resolve([])
+    this.whenLoaded = Promise.all([this.gen.replica.loaded, kept]).then(([, refusals]) => {
       if (this.closed) return
       // Only now is the stored generation known: the tabs holding it are the ones to share with.
       if (this.gen === first) first.connection.joinTabs(first.replica.generation)
       this.statuses.trackAll(this.doc, this.user)
+      const held = refusals.filter(({ view }) => this.holdsUnsent(view.id))
+      for (const { view, error } of held) this.statuses.refuseHeld(view.id, error)
+      if (held.length > 0) this.holdRefused(first, held)
       this.settle()
       if (parts.online()) this.connection.start()
     })
-    void this.restoreRefusals(parts.uploads)
+    void this.restoreRefusals(parts.uploads, kept)
   }
 
   /** Lists again, failed, the messages the relay refused that this device kept before a reload. */
-  private async restoreRefusals(uploads: ConversationUploads | undefined): Promise<void> {
-    const kept = await uploads?.storedRefusals()
+  private async restoreRefusals(
+    uploads: ConversationUploads | undefined,
+    stored: Promise<{ view: MessageView; error: ParleyError }[]>,
+  ): Promise<void> {
+    const kept = await stored
     await this.whenLoaded.catch(() => undefined)
-    if (!kept?.length || this.closed) return
-    // In the replica after all (another device's copy, say): nothing failed to show.
+    if (!kept.length || this.closed) return
     for (const { view, error } of kept)
-      if (getMessage(this.doc, view.id)) uploads?.dropRefused(view.id)
+      if (this.holdsUnsent(view.id)) continue
+      // In the replica after all (another device's copy, say): nothing failed to show.
+      else if (getMessage(this.doc, view.id)) uploads?.dropRefused(view.id)
       else this.statuses.restoreRefused(view, error)
     this.emit("change", { events: [], local: true })
+  }
+
+  /** Whether the replica holds message `id` of the user's without a sequence number: never stored by the relay. */
+  private holdsUnsent(id: MessageId): boolean {
+    const view = getMessage(this.doc, id)
+    return view !== undefined && view.author === this.user && view.seq === undefined
+  }
+
+  /**
+   * The relay refused `refused` as the user was not a participant (removed),
+   * and the replica of `generation` still holds them (unsaved: the relay
+   * never took them). Its sync would send them once the user is added back,
+   * although the UI showed them failed (an outside tester's report): its
+   * connection never opens again (`DocumentConnection.hold`). When it would,
+   * the replica is rebuilt on the relay's state without them (kept failed
+   * outside it, until the app retries or discards them): as a readmission
+   * while the conversation is unavailable (nothing it refused goes out),
+   * else leaving these messages out. They are kept on the device too, so
+   * that a reload does the same.
+   */
+  private holdRefused(generation: Generation, refused: readonly { view: MessageView; error: ParleyError }[]) {
+    for (const { view, error } of refused) {
+      this.resyncs.leaveOut(view.id, error)
+      this.parts.uploads?.keepRefused(view, error)
+    }
+    const connection = generation.connection
+    connection.hold(async () => {
+      const state = this.loading.state
+      try {
+        if (state.state === "unavailable" && state.reason === ErrorCode.FORBIDDEN)
+          await this.resyncs.readmit(state.error)
+        else await this.resyncs.withoutRefused()
+      } catch (error) {
+        const failure = toParleyError(error)
+        // Not let in (still removed, say): as the relay's refusal of this connection would be told.
+        if (failure.code === ErrorCode.FORBIDDEN || failure.code === ErrorCode.NOT_FOUND) {
+          connection.refuse(failure)
+          return
+        }
+        throw failure
+      }
+      // Not rebuilt (another rebuild was running): tried again with backoff, unless closed meanwhile.
+      if (this.gen.connection === connection && !this.closed)
+        throw new ParleyError(ErrorCode.UNAVAILABLE, "the replica is not rebuilt yet")
+    })
   }
 
   /** The conversation's Yjs document, for those who want it; nothing ordinary requires it. A resync replaces it. */
@@ -623,13 +681,23 @@ export class Conversation extends Emitter<ConversationEvents> {
    * @internal The user is a participant again (the relay's inbox lists this
    * conversation): a handle the relay refused on their removal (4403) is
    * ready and connects again. Before, it stayed unavailable until reopened.
+   * What the refusal failed is not sent: the replica is rebuilt on the
+   * relay's state first, without it (`Resync.readmit`), and the handle is
+   * ready once that is done.
    */
   readmit(): void {
     if (this.closed) return
     const state = this.loading.state
     if (state.state !== "unavailable" || state.reason !== ErrorCode.FORBIDDEN) return
-    this.loading.apply({ type: "readmitted", info: getConversation(this.doc) })
-    if (this.loading.state.state === "ready") this.connection.start()
+    if (!this.connection.hasUnsaved) {
+      this.loading.apply({ type: "readmitted", info: getConversation(this.doc) })
+      if (this.loading.state.state === "ready") this.connection.start()
+      return
+    }
+    // Stays unavailable when the relay's state cannot be had: told, and the app may open it again.
+    this.resyncs
+      .readmit(state.error)
+      .catch((error: unknown) => this.emit("error", { error: toParleyError(error) }))
   }
 
   /**
@@ -824,7 +892,19 @@ export class Conversation extends Emitter<ConversationEvents> {
         // conversation: the replica keeps them for when an operator has restored it, and may even hold
         // what the relay lost.)
         const refused = error.code !== ErrorCode.UNAUTHORIZED && error.code !== ErrorCode.DAMAGED
-        if (refused) this.statuses.refuseUnsaved(error)
+        const failed = refused ? this.statuses.refuseUnsaved(error) : []
+        // Removed: what the relay refused stays in the replica, and must not go out if the user is added back.
+        if (
+          error.code === ErrorCode.FORBIDDEN &&
+          this.gen === generation &&
+          generation.connection.hasUnsaved
+        ) {
+          const views = failed.flatMap((id) => {
+            const view = getMessage(generation.doc, id)
+            return view ? [{ view, error }] : []
+          })
+          this.holdRefused(generation, views)
+        }
         this.loading.apply({ type: "unavailable", error })
         this.statuses.refresh()
         // The rest of what it never saved (edits, reactions, ...) stays on this replica only: each told,

@@ -65,6 +65,11 @@ export class MessageStatuses {
     return refused
   }
 
+  /** Marks message `id` (the user's, unsaved) as refused with `error`, as a refusal told before a reload did. */
+  refuse(id: MessageId, error: ParleyError): void {
+    if (!this.failures.has(id)) this.failures.set(id, error)
+  }
+
   /** Why the relay refused message `id`, if it did and has not saved it since. */
   failure(id: MessageId): ParleyError | undefined {
     return this.status(id) === "failed" ? this.failures.get(id) : undefined

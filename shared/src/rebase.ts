@@ -26,6 +26,7 @@ import { mayWriteProfile, setProfile } from "./profiles.js"
 import { getConversation, roleOf } from "./reads.js"
 import { canMoveMarker, canReact, canSendMessage, canWriteSequence, Rule } from "./rules.js"
 import {
+  type ConversationInfo,
   type DeletedMessageRecord,
   decodeStoredRecord,
   type EditRecord,
@@ -139,6 +140,61 @@ function sameStruct(a: Y.Item, b: Y.Item | Y.GC, clock: number): boolean {
   return x === y || JSON.stringify(x) === JSON.stringify(y)
 }
 
+/** The values written under `key` of `map`, newest first, each with its item (a value overwritten and collected is undefined). */
+function* writesOf(map: Y.Map<unknown>, key: string): Generator<{ item: Y.Item; value: unknown }> {
+  for (let item = (map as unknown as Internals)._map.get(key) ?? null; item !== null; item = item.left) {
+    const content = item.content.getContent()
+    yield { item, value: content[content.length - 1] }
+  }
+}
+
+/**
+ * Whether `stale` holds a creation of `user`'s that the relay never stored
+ * (`isPending`) while the relay's state holds another conversation under the
+ * id, `fresh`: one of another creation identity (creator, time, kind). Then
+ * the id was taken (another user, or another device of the user, created it
+ * first) and everything the replica wrote into its creation was meant for a
+ * conversation that does not exist: re-applied onto the relay's, messages
+ * went to an audience the user never chose (an outside tester's report: a
+ * group created offline under an app-chosen id, created meanwhile by another
+ * user with the creator in it). The stale replica may hold both creations
+ * (the relay's state reached it before its own update was refused), the
+ * relay's winning; its own is still found, as a write under `createdAt`.
+ *
+ * A direct conversation is never taken: its id fixes its two users and kind,
+ * so both users' creations are one conversation (see `createConversation`).
+ * The same creation sent again (its ack lost, a reload) is not pending, and
+ * a resync re-creates a conversation with its first time: same identity.
+ */
+function creationTaken(
+  stale: Y.Doc,
+  fresh: ConversationInfo,
+  user: UserId,
+  isPending: (item: Y.Item) => boolean,
+): ParleyError | undefined {
+  if (fresh.kind === "direct") return undefined
+  const meta = typesOf(stale).meta as Y.Map<unknown>
+  const own = (key: string) => {
+    for (const write of writesOf(meta, key)) if (isPending(write.item)) return write
+    return undefined
+  }
+  const createdAt = own(MetaKey.createdAt)
+  if (createdAt === undefined) return undefined
+  // Values another write replaced (and the document collected) are unknown: only one known to differ decides.
+  const creator = own(MetaKey.createdBy)?.value ?? user
+  const kind = own(MetaKey.kind)?.value
+  const same =
+    createdAt.value === fresh.createdAt &&
+    creator === fresh.createdBy &&
+    (kind === undefined || kind === fresh.kind)
+  if (same) return undefined
+  return new ParleyError(
+    ErrorCode.CONFLICT,
+    `conversation id "${fresh.id}" was taken: another conversation was created under it first, so the one created on this device was not, and nothing written in it was sent`,
+    { rule: Rule.conversationIdTaken },
+  )
+}
+
 /**
  * Re-applies `user`'s pending work found in `stale` (what it has that `fresh`,
  * the relay's state, lacks: messages, edits, deletions, reactions, markers,
@@ -163,7 +219,13 @@ export function rebasePendingWork(
 ): RebaseResult {
   const reapplied: PendingChange[] = []
   const failed: { what: PendingChange; error: ParleyError }[] = []
+  /** Set when the relay holds another conversation under the id this replica created: nothing goes into it. */
+  let taken: ParleyError | undefined
   const attempt = (what: PendingChange, write: () => void) => {
+    if (taken) {
+      failed.push({ what, error: taken })
+      return
+    }
     try {
       write()
       reapplied.push(what)
@@ -268,11 +330,17 @@ export function rebasePendingWork(
 
   // 1. The conversation itself, when this replica created it. Creating a direct
   // conversation that the other user created meanwhile changes nothing (shared
-  // `createConversation`); a group id taken meanwhile fails.
+  // `createConversation`); a group id that holds another conversation fails, and
+  // with it everything written into the creation (see `creationTaken`).
   const staleInfo = getConversation(stale)
+  const freshInfo = getConversation(fresh)
   const creation = staleValue(TopLevel.meta, MetaKey.createdAt).item
   let created = false
-  if (staleInfo && (!getConversation(fresh) || (creation && isPending(creation)))) {
+  taken = freshInfo && creationTaken(stale, freshInfo, user, isPending)
+  if (taken) {
+    created = true
+    failed.push({ what: { kind: "conversation.create" }, error: taken })
+  } else if (staleInfo && (!freshInfo || (creation && isPending(creation)))) {
     created = true
     const others = [...typesOf(stale).participants.keys()].filter((u) => u !== user) as UserId[]
     attempt({ kind: "conversation.create" }, () => {
@@ -357,7 +425,8 @@ export function rebasePendingWork(
       })
     } else if (isDeletedRecord(record)) placeholders.set(record.id, record)
     else if (!messageIndex(fresh).records.has(record.id) && !messageIndex(fresh).deleted.has(record.id)) {
-      const refusal = refused.get(record.id)
+      // (A creation taken explains every refusal of what was written into it: failed as taken below.)
+      const refusal = taken ? undefined : refused.get(record.id)
       if (refusal !== undefined) {
         failed.push({ what: { kind: "message.send", id: record.id }, error: refusal })
         continue

@@ -17,6 +17,13 @@ export const Rule = {
   creationById: "creation-by-id",
   /** A new conversation's creator is its owner. */
   creatorIsOwner: "creator-is-owner",
+  /**
+   * A conversation is created once: an id that already holds a conversation
+   * (created by someone else, or at another time) is not created again, and
+   * nothing written into the creation made on a device goes to the one the
+   * relay holds (`rebasePendingWork` fails it all, with `CONFLICT`).
+   */
+  conversationIdTaken: "conversation-id-taken",
   /** A message is written as its author, by its author. */
   authorIsSender: "author-is-sender",
   /** Only the author edits a message. */

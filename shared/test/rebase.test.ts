@@ -200,3 +200,82 @@ describe("rebasing pending work after a refusal", () => {
     expect(getMessage(fresh, first)?.body).toBe("first")
   })
 })
+
+describe("rebasing work written into a creation whose id the relay holds another conversation under", () => {
+  const id = "g~team" as ConversationId
+  const mallory = "mallory" as UserId
+
+  /** Carol's replica: the group created offline with bob, a message and a rename in it; the relay: mallory's group with carol. */
+  function squatted(clients: { carol: number; mallory: number }) {
+    const relay = new Y.Doc()
+    relay.clientID = clients.mallory
+    createConversation(
+      relay,
+      mallory,
+      { kind: "group", id, participants: [carol], title: "mallory's" },
+      { now: 5 },
+    )
+    const stale = new Y.Doc()
+    stale.clientID = clients.carol
+    createConversation(
+      stale,
+      carol,
+      { kind: "group", id, participants: [bob], title: "carol+bob" },
+      { now: 7 },
+    )
+    const mine = sendMessage(stale, carol, { body: "for bob only" }).id
+    renameConversation(stale, carol, "carol and bob")
+    return { relay, stale, mine }
+  }
+
+  // Either creation may win in the stale replica once the relay's state reached it: the lower client id loses.
+  it.each([
+    ["its own creation shown", { carol: 20, mallory: 10 }],
+    ["the relay's creation shown", { carol: 10, mallory: 20 }],
+  ])("fails it all with CONFLICT, re-applying nothing, with %s", (_, clients) => {
+    const { relay, stale, mine } = squatted(clients)
+    Y.applyUpdate(stale, Y.encodeStateAsUpdate(relay))
+    const fresh = freshFrom(relay)
+    const before = Y.encodeStateVector(fresh)
+    const { reapplied, failed } = rebasePendingWork(stale, fresh, carol)
+    expect(reapplied).toEqual([])
+    expect(failed.map((f) => f.what)).toContainEqual({ kind: "conversation.create" })
+    expect(failed.map((f) => f.what)).toContainEqual({ kind: "message.send", id: mine })
+    for (const { error } of failed)
+      expect(error).toMatchObject({ code: ErrorCode.CONFLICT, rule: Rule.conversationIdTaken })
+    expect(Y.encodeStateVector(fresh)).toEqual(before)
+    expect(getMessage(fresh, mine)).toBeUndefined()
+  })
+
+  it("fails it as well when the relay's state had not reached the replica", () => {
+    const { relay, stale, mine } = squatted({ carol: 20, mallory: 10 })
+    const { reapplied, failed } = rebasePendingWork(stale, freshFrom(relay), carol)
+    expect(reapplied).toEqual([])
+    expect(failed).toContainEqual({
+      what: { kind: "message.send", id: mine },
+      error: expect.objectContaining({ code: ErrorCode.CONFLICT }),
+    })
+  })
+
+  it("re-applies work onto the same creation (the relay stored it under another client id)", () => {
+    const relay = new Y.Doc()
+    createConversation(
+      relay,
+      carol,
+      { kind: "group", id, participants: [bob], title: "carol+bob" },
+      { now: 7 },
+    )
+    const stale = new Y.Doc()
+    createConversation(
+      stale,
+      carol,
+      { kind: "group", id, participants: [bob], title: "carol+bob" },
+      { now: 7 },
+    )
+    const mine = sendMessage(stale, carol, { body: "hello" }).id
+    const fresh = freshFrom(relay)
+    const { failed } = rebasePendingWork(stale, fresh, carol)
+    expect(failed.map((f) => f.error.code)).not.toContain(ErrorCode.CONFLICT)
+    expect(getMessage(fresh, mine)?.body).toBe("hello")
+  })
+})

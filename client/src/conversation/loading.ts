@@ -20,6 +20,13 @@ export type LoadingEvent =
   /** The relay will not serve it (or the handle closed before it was ready). */
   | { readonly type: "unavailable"; readonly error: ParleyError }
   /**
+   * The id holds another conversation than the one created on this device
+   * (rule `conversation-id-taken`): unavailable for good, whatever the state
+   * was (a refusal as not a participant of the other one, say, which this
+   * explains).
+   */
+  | { readonly type: "taken"; readonly error: ParleyError }
+  /**
    * The user is a participant again (the relay's inbox lists the conversation
    * after a removal refused them): `info` is what the replica holds.
    */
@@ -47,6 +54,10 @@ export function nextState(
       return next?.state === "unavailable" || relayOnline
     return false
   }
+  if (event.type === "taken")
+    return current.state === "unavailable" && current.error === event.error
+      ? current
+      : { state: "unavailable", reason: event.error.code, error: event.error }
   if (event.type === "unavailable") {
     const next: ConversationState = { state: "unavailable", reason: event.error.code, error: event.error }
     return canLeave(next) ? next : current

@@ -5,6 +5,7 @@ import {
   type MessageId,
   messageIndex,
   ParleyError,
+  type RebaseResult,
   Rule,
   rebasePendingWork,
   toParleyError,
@@ -22,6 +23,13 @@ const MAX_RESYNCS_WITHOUT_SAVE = 3
 
 const unsaved = (status: string | undefined) => status === "pending" || status === "failed"
 
+/**
+ * What a rebuild does with the user's pending work: re-apply what the rules
+ * allow (after a refusal), or, on a readmission, fail all of it (see
+ * {@link Resync.readmit}) with the error its refusal failed it with.
+ */
+type PendingWork = "rebase" | { readonly readmit: ParleyError }
+
 /** What {@link Resync} needs of its conversation. */
 export interface ResyncHost {
   readonly user: UserId
@@ -38,6 +46,10 @@ export interface ResyncHost {
   openReplica(doc: Y.Doc): Generation["replica"]
   /** Settles the conversation's state from the rebuilt replica. */
   settle(): void
+  /** The id holds another conversation than the one created here: unavailable for good, with `error`. */
+  taken(error: ParleyError): void
+  /** The user is a participant again, the replica rebuilt on the relay's state: ready again (see {@link Resync.readmit}). */
+  readmitted(): void
   /** Recounts the unread messages of the rebuilt replica. */
   refreshUnread(): void
 }
@@ -122,6 +134,42 @@ export class Resync {
     })
   }
 
+  /**
+   * The user is a participant again after the relay refused them (removed,
+   * or never a participant of what the relay holds under this id), the work
+   * this replica never got saved told as failed then. That work is not sent
+   * now: the replica is rebuilt on the relay's state without any of it (its
+   * messages kept failed, outside the replica, until the app retries or
+   * discards them), and the conversation is ready again once it is. Before,
+   * the handle connected again with its replica, and messages the UI had
+   * shown failed went out on their own, to an audience chosen by whoever
+   * added the user back (an outside tester's report). Rejects when the
+   * relay's state cannot be had (the conversation stays unavailable).
+   */
+  readmit(refusal: ParleyError): Promise<void> {
+    return this.run("relay", false, { readmit: refusal })
+  }
+
+  /**
+   * Message `id`, which the replica holds unsaved, was refused with `error`
+   * (the user removed: see `Conversation`): every rebuild leaves it out from
+   * now on, keeping it failed outside the replica.
+   */
+  leaveOut(id: MessageId, error: ParleyError): void {
+    this.named.set(id, error)
+  }
+
+  /**
+   * Rebuilds the replica on the relay's state, leaving out the messages
+   * named by {@link leaveOut} (and re-applying the rest of the pending work):
+   * after a reload, the replica still holds the messages a removal refused,
+   * and connecting would send them (the user may have been added back).
+   * Rejects when the relay's state cannot be had.
+   */
+  withoutRefused(): Promise<void> {
+    return this.run("relay", false)
+  }
+
   /** The user's unsaved messages in the replica whose ids `error`'s reason names (the relay names what it refuses). */
   private unsavedNamedBy(error: ParleyError): MessageId[] {
     if (error.rule === undefined) return []
@@ -169,12 +217,16 @@ export class Resync {
    * storage is rewritten in one transaction, so a reload sees the old or the
    * new replica, never a mix.
    */
-  private async run(source: "relay" | "store" = "relay", counted = true): Promise<void> {
+  private async run(
+    source: "relay" | "store" = "relay",
+    counted = true,
+    pending: PendingWork = "rebase",
+  ): Promise<void> {
     const host = this.host
     if (this.running || host.closed()) return
     this.running = true
     try {
-      await this.rebuild(source, counted)
+      await this.rebuild(source, counted, pending)
     } finally {
       this.running = false
       const replaced = this.replacedMeanwhile
@@ -183,11 +235,13 @@ export class Resync {
     }
   }
 
-  private async rebuild(source: "relay" | "store", counted: boolean): Promise<void> {
+  private async rebuild(source: "relay" | "store", counted: boolean, pending: PendingWork): Promise<void> {
     const host = this.host
     if (source === "relay" && counted) this.withoutSave++
     const old = host.current()
-    old.connection.stop()
+    // A held connection (see `DocumentConnection.hold`) sends nothing; it is what rebuilds, and what
+    // retries with backoff (or tells the relay's refusal) when this fails.
+    if (!old.connection.held) old.connection.stop()
     const fresh = new Y.Doc()
     // How far the relay had the clients of the replica's epoch: what tells its pending work.
     let baseline: Map<number, number> | undefined
@@ -230,7 +284,15 @@ export class Resync {
     // Synchronous from here to the swap: no write of the user can fall between the two documents.
     // (From the store, the epoch's baseline is the one the stored state holds: the other tab's rebuild
     // fetched what an older epoch needed.)
-    const rebased = rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
+    const rebased =
+      pending === "rebase"
+        ? rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
+        : this.refusedOnReadmission(old.doc, fresh, baseline, pending.readmit)
+    // The id holds another conversation than the one created on this device: nothing of it was re-applied
+    // (shared `rebasePendingWork`), and this conversation is not served here any more.
+    const taken = rebased.failed.find(
+      (f) => f.what.kind === "conversation.create" && f.error.rule === Rule.conversationIdTaken,
+    )?.error
     // The messages left out as the relay refused them: kept as the user wrote them, failed, outside the
     // replica (the app may retry or discard them); their refusal was told as it came.
     const told = new Set<MessageId>()
@@ -248,9 +310,12 @@ export class Resync {
       ? { ...rebased, failed: rebased.failed.map((f) => ({ ...f, error: deletion })) }
       : rebased
     const byDeletion = (error: ParleyError) => deleted && error.rule === Rule.conversationDeleted
+    // Kept failed outside the replica too: the messages written into a creation the relay never took, and
+    // those a refusal failed before a readmission (their refusal told as it came).
+    const keptOut = (error: ParleyError) => error === taken || pending !== "rebase"
     for (const { what, error } of result.failed) {
       if (what.kind !== "message.send") continue
-      if (this.named.get(what.id) !== error && !byDeletion(error)) continue
+      if (this.named.get(what.id) !== error && !byDeletion(error) && !keptOut(error)) continue
       const view = getMessage(old.doc, what.id)
       if (view) host.statuses.keepRefused(view, error)
       told.add(what.id)
@@ -265,12 +330,17 @@ export class Resync {
     for (const { what, error } of result.failed)
       if (what.kind === "message.send") host.statuses.lost.set(what.id, error)
     host.statuses.trackAll(fresh, host.user, true)
+    // Before settling: the relay's conversation must not make this one ready.
+    if (taken) host.taken(taken)
+    else if (pending !== "rebase") host.readmitted()
     host.settle()
     host.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
     for (const { what, error } of result.failed) {
       if (what.kind === "message.send") host.emit("status", { messageId: what.id, status: "failed", error })
       if (what.kind === "message.send" ? told.has(what.id) : what.kind === "marker" && byDeletion(error))
         continue
+      // Readmitted, the other changes' refusal was told when it came (see `Conversation`'s `unavailable`).
+      if (pending !== "rebase" && error !== taken) continue
       host.emit("error", { error, change: what })
     }
     host.emit("change", { events: [], local: false })
@@ -291,6 +361,36 @@ export class Resync {
     }
     const generation = current.replica.generation
     if (generation !== undefined) current.connection.joinTabs(generation)
+    // Unavailable (its id taken), it does not talk to the relay's conversation: the app may open that as its own.
+    if (taken) return
     if (!host.closed() && host.current() === current && host.parts.online()) current.connection.start()
+  }
+
+  /**
+   * On a readmission (see {@link readmit}): all of the user's pending work in
+   * `stale`, failed, none of it written into `fresh` (it is found as a rebase
+   * finds it, onto a scratch copy). Messages keep the error their refusal
+   * failed them with; a creation whose id holds another conversation fails
+   * everything as taken, as a rebase does.
+   */
+  private refusedOnReadmission(
+    stale: Y.Doc,
+    fresh: Y.Doc,
+    baseline: Map<number, number> | undefined,
+    refusal: ParleyError,
+  ): RebaseResult {
+    const scratch = new Y.Doc()
+    try {
+      Y.applyUpdate(scratch, Y.encodeStateAsUpdate(fresh))
+      const found = rebasePendingWork(stale, scratch, this.host.user, baseline, this.named)
+      if (found.failed.some((f) => f.error.rule === Rule.conversationIdTaken)) return found
+      const failed = [...found.reapplied.map((what) => ({ what })), ...found.failed].map(({ what }) => ({
+        what,
+        error: (what.kind === "message.send" && this.host.statuses.failure(what.id)) || refusal,
+      }))
+      return { reapplied: [], failed }
+    } finally {
+      scratch.destroy()
+    }
   }
 }

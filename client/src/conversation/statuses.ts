@@ -76,6 +76,11 @@ export class StatusTracker {
     return { ...view, status, ...(error ? { error } : {}) }
   }
 
+  /** Why message `id` (the user's) failed, while it is failed. */
+  failure(id: MessageId): ParleyError | undefined {
+    return this.statuses().failure(id) ?? this.lost.get(id)
+  }
+
   /** The user's messages only this device has (status `pending`), in the order they were followed. */
   pendingIds(): MessageId[] {
     return [...this.tracked.keys()].filter((id) => this.statusOf(id) === "pending")
@@ -139,9 +144,17 @@ export class StatusTracker {
       })
   }
 
-  /** Marks as failed, with `error`, what the relay has not saved (it never will). */
-  refuseUnsaved(error: ParleyError): void {
-    for (const id of this.statuses().refuseUnsaved(error)) this.track(id)
+  /** Marks as failed, with `error`, what the relay has not saved (it never will); returns the messages it marked. */
+  refuseUnsaved(error: ParleyError): MessageId[] {
+    const refused = this.statuses().refuseUnsaved(error)
+    for (const id of refused) this.track(id)
+    return refused
+  }
+
+  /** Marks message `id`, which the replica holds unsaved, failed with `error` (its refusal, told before a reload). */
+  refuseHeld(id: MessageId, error: ParleyError): void {
+    this.statuses().refuse(id, error)
+    this.track(id)
   }
 
   /** Acknowledges what the relay saved (a state vector). */
