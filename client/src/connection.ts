@@ -310,7 +310,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    * only what it does not have yet, so a resend never stores anything twice.
    */
   resendLater(): void {
-    if (this.resendTimer !== undefined || this.destroyed) return
+    if (this.resendTimer !== undefined || this.destroyed || this.session?.holdsPendingWork) return
     const cap = Math.min(this.maxDelay, this.minDelay * 2 ** this.resendAttempts)
     this.resendAttempts++
     this.resendTimer = setTimeout(
@@ -330,6 +330,18 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
     // With the replica's whole delete set: what it had seen goes first (see `ParleyMessage.view`).
     session.send(encodeView(Y.encodeStateVector(this.options.doc)))
     session.sendInParts(pending)
+  }
+
+  /**
+   * The relay refused the pending work for good (resyncing did not help):
+   * not sent again on this socket, neither on its retryable refusals of what
+   * follows it nor on its requests (see `SyncSession.holdPendingWork`). A
+   * new socket's handshake sends it once more.
+   */
+  holdPendingWork(): void {
+    clearTimeout(this.resendTimer)
+    this.resendTimer = undefined
+    this.session?.holdPendingWork()
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */
