@@ -144,7 +144,7 @@ export function createConversation(
   // (a group of more than ~340 members) reaches the relay in parts cut along that order (shared
   // `splitUpdate`), and the relay takes a first part only as a whole creation (every field, the
   // creator an owner), then the other members as participants added by that owner. With createdAt
-  // and the participants written last, the first part was refused and the group never existed.
+  // written after every participant, the first part was refused and the group never existed.
   doc.transact(() => {
     t.meta.set(MetaKey.schemaVersion, SCHEMA_VERSION)
     t.meta.set(MetaKey.id, id)
