@@ -315,7 +315,7 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
    * only what it does not have yet, so a resend never stores anything twice.
    */
   resendLater(): void {
-    if (this.resendTimer !== undefined || this.destroyed) return
+    if (this.resendTimer !== undefined || this.destroyed || this.session?.holdsPendingWork) return
     const cap = Math.min(this.maxDelay, this.minDelay * 2 ** this.resendAttempts)
     this.resendAttempts++
     this.resendTimer = setTimeout(
@@ -357,6 +357,18 @@ export class DocumentConnection extends Emitter<ConnectionEvents> {
   /** The relay refused this conversation when asked apart from this connection (see {@link hold}): as if it closed this one so. */
   refuse(error: ParleyError): void {
     if (this.wanted && !this.destroyed) this.giveUp(error)
+  }
+
+  /**
+   * The relay refused the pending work for good (resyncing did not help):
+   * not sent again on this socket, neither on its retryable refusals of what
+   * follows it nor on its requests (see `SyncSession.holdPendingWork`). A
+   * new socket's handshake sends it once more.
+   */
+  holdPendingWork(): void {
+    clearTimeout(this.resendTimer)
+    this.resendTimer = undefined
+    this.session?.holdPendingWork()
   }
 
   /** Closes the connection and stops reconnecting. Local changes wait for the next {@link start}. */

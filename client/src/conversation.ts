@@ -873,7 +873,12 @@ export class Conversation extends Emitter<ConversationEvents> {
       refused: (error) => {
         // A retryable refusal (storage failing, say) is about the relay, not the work: keep it pending
         // and send it again later; never resync or mark messages failed for it.
-        if (isRetryable(error.code)) {
+        // Unless what it refused retryably follows work it refused for good: that never goes through.
+        if (!isRetryable(error.code)) this.refused(error)
+        else if (this.resyncs.refusedForGood && this.gen === generation) {
+          generation.connection.holdPendingWork()
+          this.failUnsaved(this.resyncs.refusedForGood)
+        } else {
           generation.connection.resendLater()
           // One of the user's limits (new client ids a day, bytes a day) may hold the work for hours: told
           // once until the relay saves again, the work kept pending (a bot starting a fresh client per job
@@ -882,7 +887,7 @@ export class Conversation extends Emitter<ConversationEvents> {
             this.toldLimit = error.rule
             this.emit("error", { error })
           }
-        } else this.refused(error)
+        }
       },
       // A token the source could not give is the client's problem, not this conversation's:
       // `ChatClient` reports it once (an "error" event), however many conversations are open.
@@ -934,6 +939,12 @@ export class Conversation extends Emitter<ConversationEvents> {
   private savedThrough(generation: Generation): number {
     const own = generation.doc.clientID
     return Math.max(generation.statuses.savedThrough(own), generation.connection.relayHas.get(own) ?? 0)
+  }
+
+  /** Unsaved work that can no longer be saved: failed with `error` (the refusal it follows), not sent again. */
+  private failUnsaved(error: ParleyError): void {
+    this.statuses.refuseUnsaved(error)
+    this.statuses.refresh()
   }
 
   /** The relay refused an update: resync (see `conversation/resync.ts`). */

@@ -1,5 +1,5 @@
 import "fake-indexeddb/auto"
-import { type RunningRelay, startRelay } from "@parley/relay"
+import { type RelayExtension, type RunningRelay, startRelay } from "@parley/relay"
 import {
   ErrorCode,
   encodeStoredRecord,
@@ -16,6 +16,24 @@ import { MemoryClientBindingStore } from "../../relay/src/policy/client-bindings
 import type { Conversation } from "../src/index.js"
 import { connectClient, destroyClients, eventually, type RelayProcess, SAVED } from "./support.js"
 
+/** A word an operator's extension refuses in any update, without naming the message (so a resync re-applies it). */
+const BANNED = "BANNED-WORD"
+const banned = new TextEncoder().encode(BANNED)
+const holdsBanned = (bytes: Uint8Array): boolean => {
+  outer: for (let i = 0; i + banned.length <= bytes.length; i++) {
+    for (let j = 0; j < banned.length; j++) if (bytes[i + j] !== banned[j]) continue outer
+    return true
+  }
+  return false
+}
+const moderation: RelayExtension = {
+  name: "moderation",
+  checkUpdate: ({ update }) =>
+    holdsBanned(update)
+      ? { allowed: false, rule: Rule.schema, reason: "moderation: this update holds a banned word" }
+      : { allowed: true },
+}
+
 let running: RunningRelay
 let relay: RelayProcess
 beforeAll(async () => {
@@ -25,6 +43,7 @@ beforeAll(async () => {
     dev: true,
     storage: "memory",
     policy: new AuthorizationPolicy(new MemoryClientBindingStore()),
+    extensions: [moderation],
     log: "warn",
   })
   relay = {
@@ -92,6 +111,37 @@ describe("resync after the relay refuses an update", () => {
     expect(again.role).toBe("member")
     expect(again.messages().map((m) => [m.body, m.seq])).toEqual([["still valid", 1]])
   })
+})
+
+describe("work the relay refuses for good, in the first of several parts", () => {
+  it("fails with one clear error and is not sent again and again", async () => {
+    const alice = await connectClient(relay, "modalice")
+    const chat = await alice.createConversation({ participants: ["modbob"], title: "moderated" })
+    await eventually(() => expect(chat.connection.status).toBe("online"))
+    alice.disconnect()
+    // First in the backlog, then more than one part's worth after it: the later parts follow a refused one.
+    const bad = chat.send(`a ${BANNED} here`)
+    const after = Array.from({ length: 600 }, (_, i) => chat.send(`after ${i}`).id)
+    const errors: string[] = []
+    chat.on("error", ({ error }) => errors.push(`${error.code}/${error.rule}: ${error.message}`))
+    alice.connect()
+
+    await eventually(() => expect(errors.some((e) => e.includes("for good"))).toBe(true), 30_000)
+    expect(errors.filter((e) => e.includes("for good"))).toHaveLength(1)
+    expect(errors.find((e) => e.includes("for good"))).toMatch(/^FORBIDDEN\/schema: .*banned word/)
+    expect(chat.status(bad.id)).toBe("failed")
+    await eventually(() => expect(after.every((id) => chat.status(id) === "failed")).toBe(true))
+    expect(chat.state.state).toBe("ready")
+    // Not re-sent on the relay's "missing-changes" to the later parts: nothing more is refused meanwhile
+    // (before, every resend a few hundred ms apart here was refused again, and told again, for good).
+    const told = errors.length
+    await new Promise((resolve) => setTimeout(resolve, 3_000))
+    expect(errors.slice(told)).toEqual([])
+    expect(chat.connection.status).toBe("online")
+    // What the device writes next follows the refused work: it fails with it, rather than waiting for good.
+    const later = chat.send("written later")
+    await eventually(() => expect(chat.status(later.id)).toBe("failed"))
+  }, 60_000)
 })
 
 const DAY = 86_400_000

@@ -1,8 +1,11 @@
 import {
+  createConversation,
   DEFAULT_UPDATE_PART_LIMITS,
   deleteMessage,
   editMessage,
   encodeStoredRecord,
+  getConversation,
+  Limits,
   listMessages,
   type MessageId,
   newConversationId,
@@ -11,6 +14,7 @@ import {
   sendMessage,
   splitUpdate,
   typesOf,
+  type UserId,
 } from "@parley/shared"
 import * as encoding from "lib0/encoding"
 import { describe, expect, it } from "vitest"
@@ -248,6 +252,40 @@ describe("splitting a long offline period's update into parts the relay accepts"
           .sort()
       expect(state(relay)).toEqual(state(device))
       expect(state(relay).filter((m) => m.endsWith("deleted"))).toHaveLength(15)
+    } finally {
+      await core.close()
+    }
+  })
+
+  it("sends the creation of a group of the most participants in parts the relay's rules accept: the creation first, then the members", async () => {
+    const id = newConversationId()
+    const core = new RelayCore({
+      storage: new MemoryStorage(),
+      log: createLogger("silent"),
+      metrics: new RelayMetrics({ defaultMetrics: false }),
+      extensions: [new AuthorizationPolicy(new MemoryClientBindingStore())],
+      limits: { userUpdatesPerSecond: 0, userParticipantsPerMinute: 0 },
+    })
+    try {
+      const session = new FakeSession({ kind: "user", user: alice })
+      const connection = await core.connect(id, session)
+      const device = new Y.Doc()
+      const others = Array.from({ length: Limits.participants - 1 }, (_, i) => `member${i}` as UserId)
+      createConversation(device, alice, { kind: "group", id, participants: others, title: "everyone" })
+      const parts = splitUpdate(Y.encodeStateAsUpdate(device), undefined, device)
+      expect(parts.length).toBeGreaterThanOrEqual(3)
+      for (const [n, part] of parts.entries()) {
+        connection.receive(updateFrame(part))
+        await until(() => session.parley().length > n)
+        expect(
+          session.parley()[n],
+          `part ${n + 1} of ${parts.length}: ${JSON.stringify(session.parley()[n])}`,
+        ).toMatchObject({ type: "saved" })
+      }
+      const relay = await core.read(id, (doc: Y.Doc) => relayDoc(Y.encodeStateAsUpdate(doc)))
+      expect(getConversation(relay)).toEqual(getConversation(device))
+      expect(typesOf(relay).participants.size).toBe(Limits.participants)
+      expect(typesOf(relay).participants.get(alice)).toMatchObject({ role: "owner", addedBy: alice })
     } finally {
       await core.close()
     }

@@ -140,17 +140,22 @@ export function createConversation(
   assertAllowed(canCreateWithId(actor, { id, kind: input.kind, roles, distinctKey }))
   const now = options.now ?? Date.now()
   const t = typesOf(doc)
+  // In write order, which is the order of the document's clock: a creation too large for one update
+  // (a group of more than ~340 members) reaches the relay in parts cut along that order (shared
+  // `splitUpdate`), and the relay takes a first part only as a whole creation (every field, the
+  // creator an owner), then the other members as participants added by that owner. With createdAt
+  // written after every participant, the first part was refused and the group never existed.
   doc.transact(() => {
     t.meta.set(MetaKey.schemaVersion, SCHEMA_VERSION)
     t.meta.set(MetaKey.id, id)
     t.meta.set(MetaKey.kind, input.kind)
     t.meta.set(MetaKey.title, title)
     t.meta.set(MetaKey.createdBy, actor)
+    t.meta.set(MetaKey.createdAt, now)
     t.meta.set(MetaKey.metadata, metadata)
     if (distinctKey !== undefined) t.meta.set(MetaKey.distinctKey, distinctKey)
+    // The creator first (the roles map starts with them), so that the first part makes them its owner.
     for (const [user, role] of roles) t.participants.set(user, { role, addedBy: actor, addedAt: now })
-    // Written last: readers treat a document as a conversation once createdAt is there.
-    t.meta.set(MetaKey.createdAt, now)
   }, options.origin)
   return requireConversation(doc)
 }

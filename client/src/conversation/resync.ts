@@ -78,9 +78,30 @@ export class Resync {
 
   constructor(private readonly host: ResyncHost) {}
 
+  /**
+   * The refusal the relay gave this replica's unsaved work for good (resyncing did not help), until it
+   * saves something again: see {@link refusedForGood}.
+   */
+  private gaveUp: ParleyError | undefined
+
   /** The relay saved something: the loop bound starts over. */
   saved(): void {
     this.withoutSave = 0
+    this.gaveUp = undefined
+  }
+
+  /**
+   * The refusal the replica's unsaved work met for good, if it did (and the
+   * relay saved nothing since). Everything the replica writes from then on
+   * follows that work in its client's clock, so the relay refuses it too: as
+   * following changes it does not have (`missing-changes`, retryable) when it
+   * comes in a later part than the refused one. Re-sent on that, the refused
+   * part was refused again, and the rest again, every few seconds for good (an
+   * outside tester: a group creation the relay refused); such retryable
+   * refusals fail the work with this error instead.
+   */
+  get refusedForGood(): ParleyError | undefined {
+    return this.gaveUp
   }
 
   /** The conversation closed. */
@@ -120,7 +141,18 @@ export class Resync {
       return
     }
     if (this.withoutSave >= MAX_RESYNCS_WITHOUT_SAVE) {
-      // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved.
+      // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved,
+      // and say so once, in words, before the relay's refusal is repeated (see `refusedForGood`).
+      if (this.gaveUp === undefined)
+        emit("error", {
+          error: new ParleyError(
+            error.code,
+            `the relay refused this device's unsaved changes to the conversation for good, also after ${MAX_RESYNCS_WITHOUT_SAVE} rebuilds on its state (${error.message}): they are failed and no longer retried (a new connection sends them once more)`,
+            { cause: error, ...(error.rule === undefined ? {} : { rule: error.rule }) },
+          ),
+        })
+      this.gaveUp = error
+      this.host.current().connection.holdPendingWork()
       statuses.refuseUnsaved(error)
       statuses.refresh()
       return

@@ -72,6 +72,8 @@ export class SyncSession {
   /** Set once the relay's step 1 was answered: from then on live updates go out (see the class comment). */
   private answered = false
   private held: Uint8Array[] = []
+  /** Set once the relay refused the pending work for good: see {@link holdPendingWork}. */
+  private workRefused = false
   /** Parts of large updates still to go out, in order (see {@link sendInParts}). */
   private outgoing: Iterator<Uint8Array>[] = []
   private pumpTimer: ReturnType<typeof setTimeout> | undefined
@@ -193,6 +195,28 @@ export class SyncSession {
     if (this.pumpTimer === undefined) this.pump()
   }
 
+  /**
+   * The relay refused this replica's pending work for good: what is still
+   * outgoing of it is dropped, and the relay's later sync requests on this
+   * socket are not answered with it again. The relay asks again (a sync step
+   * 1) after each retryable refusal, and the parts after a refused one are
+   * refused retryably (`missing-changes`): answered, the refused part went
+   * out again and again, a few times a second (an outside tester's group
+   * creation). The next socket's handshake sends it once more.
+   */
+  holdPendingWork(): void {
+    this.workRefused = true
+    this.outgoing = []
+    clearTimeout(this.pumpTimer)
+    this.pumpTimer = undefined
+    this.pump()
+  }
+
+  /** True once {@link holdPendingWork} was called on this socket. */
+  get holdsPendingWork(): boolean {
+    return this.workRefused
+  }
+
   /** Live updates wait for the handshake and for the parts of a backlog still going out. */
   private get holding(): boolean {
     return !this.answered || this.outgoing.length > 0
@@ -287,6 +311,7 @@ export class SyncSession {
         const message = frame.message
         if (message.type === "syncStep1") {
           this.handlers.relayState(message.stateVector)
+          if (this.workRefused && this.answered) return
           let parts: Iterator<Uint8Array>
           try {
             // A long offline period leaves more than the relay takes in one update: the rest follows in parts.
