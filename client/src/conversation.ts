@@ -23,6 +23,7 @@ import {
   setFleetingSeconds,
   toParleyError,
   type UserId,
+  UserLimit,
   unpinMessage,
   unreadCount,
   unreadEmergency,
@@ -74,6 +75,12 @@ const countsForUnread = (event: ChangeEvent, user: UserId): boolean =>
   (event.type === "message.sent" && event.message.author !== user) ||
   (event.type === "messages.read" && event.user === user)
 
+/** Per-user limits of the relay that refill over a day (see `Conversation.limited`). */
+// `client-id-growth` is the relay's cost rule (relay `CostRule.clientIdGrowth`), not a `UserLimit`.
+const DAILY_LIMITS: ReadonlySet<string> = new Set(["client-id-growth", UserLimit.updateBytesPerDay])
+/** How long another per-user limit may hold a conversation's work before it is told (see `Conversation.limited`). */
+const LIMIT_TOLD_AFTER_MS = 30_000
+
 /**
  * One conversation open on this device: a local replica (read and written
  * offline) kept in sync with the relay. Reads return plain objects; writes go
@@ -102,8 +109,11 @@ export class Conversation extends Emitter<ConversationEvents> {
   private readonly readyPromise: Promise<this>
   private unread = -1
   private closed = false
-  /** The rule of the per-user limit last told as an `error` event (see the `refused` handler), until the relay saves again. */
-  private toldLimit: string | undefined
+  /**
+   * The per-user limits refusing this conversation's work since the relay last saved any, with when
+   * each first did and whether it was told as an `error` event (see {@link limited}).
+   */
+  private readonly limits = new Map<string, { readonly since: number; told: boolean }>()
   private closing: Promise<UnsavedWork | undefined> | undefined
   /** Waits of {@link flush} in progress, ended by {@link close}. */
   private readonly flushes = new Set<() => void>()
@@ -868,7 +878,7 @@ export class Conversation extends Emitter<ConversationEvents> {
       saved: (stateVector) => {
         this.resyncs.saved()
         this.statuses.acknowledge(stateVector)
-        this.toldLimit = undefined
+        this.limits.clear()
       },
       refused: (error) => {
         // A retryable refusal (storage failing, say) is about the relay, not the work: keep it pending
@@ -883,10 +893,7 @@ export class Conversation extends Emitter<ConversationEvents> {
           // One of the user's limits (new client ids a day, bytes a day) may hold the work for hours: told
           // once until the relay saves again, the work kept pending (a bot starting a fresh client per job
           // saw its messages stay pending with no word: an outside probe).
-          if (error.code === ErrorCode.RATE_LIMITED && this.toldLimit !== error.rule) {
-            this.toldLimit = error.rule
-            this.emit("error", { error })
-          }
+          if (error.code === ErrorCode.RATE_LIMITED) this.limited(error)
         }
       },
       // A token the source could not give is the client's problem, not this conversation's:
@@ -984,6 +991,25 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.statuses.refresh()
     if (events.some((e) => countsForUnread(e, this.user))) this.refreshUnread()
     if (!local) this.delivered.schedule()
+  }
+
+  /**
+   * Tells a per-user limit holding this conversation's work as one `error` event: at once for the
+   * daily ones (new client ids, bytes stored), which hold it for hours; a per-minute one only if it
+   * still refuses {@link LIMIT_TOLD_AFTER_MS} after it first did (a large group created goes on by
+   * itself within a minute or so, and need not alarm anyone).
+   */
+  private limited(error: ParleyError): void {
+    const rule = error.rule ?? ""
+    const now = Date.now()
+    let seen = this.limits.get(rule)
+    if (!seen) {
+      seen = { since: now, told: false }
+      this.limits.set(rule, seen)
+    }
+    if (seen.told || (!DAILY_LIMITS.has(rule) && now - seen.since < LIMIT_TOLD_AFTER_MS)) return
+    seen.told = true
+    this.emit("error", { error })
   }
 
   private refreshUnread(): void {
