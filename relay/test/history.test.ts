@@ -1022,13 +1022,15 @@ describe("epoch records", () => {
         for (let i = 0; i < 3; i++) sendMessage(c.doc, alice, { body: `s${session} m${i}` })
       })
       await c.allSaved()
-      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 50))])
+      await Promise.race([c.closed, new Promise((r) => setTimeout(r, 250))])
       if (c.closeEvent?.code === 4503) closed++
       else c.close()
     }
+    // One epoch, counted by the relay; its close reached the session open then, unless (a loaded
+    // machine) it came after that session's 250 ms and the test had closed it already.
     const epochs = (await relay.metrics.registry.getSingleMetric("parley_epochs_total")?.get())?.values ?? []
     expect(epochs.filter((v) => v.labels.reason === "client-ids").reduce((n, v) => n + v.value, 0)).toBe(1)
-    expect(closed).toBe(1)
+    expect(closed).toBeLessThanOrEqual(1)
   })
 
   it("keeps in the live document only the previous epoch's clients; a replica of any earlier epoch gets its record by number", async () => {
