@@ -2,6 +2,7 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
+  customFetch,
   type JSONWebKeySet,
   type JWKSCacheInput,
   type JWTVerifyGetKey,
@@ -36,6 +37,40 @@ export const KEY_SET_MAX_AGE_MS = 60_000
 export const KEY_SET_RETRY_MS = 30_000
 /** Longest the keys fetched last stand in for a key set that cannot be fetched: a key revoked meanwhile dies then at the latest. */
 export const KEY_SET_STALE_MS = 60 * 60_000
+/** While no key set was ever fetched, how often a fetch is tried (every connection meanwhile is refused at once). */
+export const KEY_SET_FIRST_RETRY_MS = 5_000
+/** Largest key set body read: a set is a few KB; a 200 MB answer was parsed and kept whole (an outside probe). */
+export const MAX_KEY_SET_BYTES = 1024 * 1024
+
+/**
+ * `fetch`, with the body read up to {@link MAX_KEY_SET_BYTES} (jose reads
+ * whatever comes, within its timeout); beyond, the set counts as one that
+ * cannot be fetched (the keys fetched last stand in).
+ */
+async function boundedFetch(url: string, init: RequestInit): Promise<Response> {
+  const response = await fetch(url, init)
+  const tooLarge = () => new joseErrors.JWKSInvalid(`the key set is larger than ${MAX_KEY_SET_BYTES} bytes`)
+  if (Number(response.headers.get("content-length") ?? 0) > MAX_KEY_SET_BYTES) {
+    await response.body?.cancel().catch(() => undefined)
+    throw tooLarge()
+  }
+  const chunks: Uint8Array[] = []
+  let size = 0
+  if (response.body) {
+    const reader = response.body.getReader()
+    for (;;) {
+      const { done, value } = await reader.read()
+      if (done) break
+      size += value.byteLength
+      if (size > MAX_KEY_SET_BYTES) {
+        await reader.cancel().catch(() => undefined)
+        throw tooLarge()
+      }
+      chunks.push(value)
+    }
+  }
+  return new Response(Buffer.concat(chunks), { status: response.status, headers: response.headers })
+}
 
 /**
  * A JWKS fetched from `url` by jose's `createRemoteJWKSet`, made to survive
@@ -49,11 +84,15 @@ export const KEY_SET_STALE_MS = 60 * 60_000
  *   host down for a while does not lock every user out, nor a revoked key
  *   live as long as an outage someone can cause; a fetch is tried again at
  *   most every {@link KEY_SET_RETRY_MS} meanwhile (jose waits up to 5 s for
- *   each try);
- * - a token no known key signed, while the set cannot be fetched, may be
- *   signed by a key added since: that, keys too old, and a set never
+ *   each try), every {@link KEY_SET_FIRST_RETRY_MS} while none was ever
+ *   fetched (a relay started during the identity provider's outage asked it
+ *   once per connection);
+ * - a token no known key signed, while the set cannot be fetched or within
+ *   jose's 30 s before it fetches the set again for an unknown key id, may
+ *   be signed by a key added since: that, keys too old, and a set never
  *   fetched are the retryable `UNAVAILABLE`, never `UNAUTHORIZED` (which
- *   tells a client its token is bad, and counts against its address).
+ *   tells a client its token is bad, and counts against its address);
+ * - a body over {@link MAX_KEY_SET_BYTES} counts as a set that cannot be fetched.
  */
 export function remoteKeySet(url: URL, events: KeySetEvents = {}, now = () => Date.now()): JWTVerifyGetKey {
   // jose writes each fetched set and when it fetched it here.
@@ -61,6 +100,7 @@ export function remoteKeySet(url: URL, events: KeySetEvents = {}, now = () => Da
   const remote = createRemoteJWKSet(url, {
     cacheMaxAge: KEY_SET_MAX_AGE_MS,
     [jwksCache]: cache as JWKSCacheInput,
+    [customFetch]: boundedFetch,
   })
   let failedAt = Number.NEGATIVE_INFINITY
   let stale: { readonly keys: JSONWebKeySet; readonly verify: JWTVerifyGetKey } | undefined
@@ -68,10 +108,15 @@ export function remoteKeySet(url: URL, events: KeySetEvents = {}, now = () => Da
     new ParleyError(ErrorCode.UNAVAILABLE, `${message}; try again shortly`, { cause })
   return async (header, token) => {
     let failure: unknown
-    if (cache.jwks === undefined || now() - failedAt >= KEY_SET_RETRY_MS) {
+    if (now() - failedAt >= (cache.jwks === undefined ? KEY_SET_FIRST_RETRY_MS : KEY_SET_RETRY_MS)) {
+      const fetchedAt = cache.uat
       try {
         return await remote(header, token)
       } catch (error) {
+        // No key of the set has the token's key id, and jose did not fetch the set again for it (it
+        // fetched it within its 30 s cooldown): a key the identity provider just added, for all we know.
+        if (error instanceof joseErrors.JWKSNoMatchingKey && cache.uat === fetchedAt)
+          throw unavailable("the key that signed this token is not known to the relay yet", error)
         if (!keySetUnreachable(error)) throw error
         failedAt = now()
         failure = error

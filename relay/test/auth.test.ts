@@ -156,9 +156,16 @@ describe("authentication", () => {
     for (let i = 0; i < 4; i++) {
       const closed = await client(relay, newConversationId(), token).closed
       expect(closed.code).toBe(4503)
+      // Its HTTP routes taking a user's token say the same: 503, not 401 (which counts against the address).
+      const answer = await fetch(`${relay.httpUrl}/v1/uploads/none`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
+      expect(answer.status).toBe(503)
     }
-    // A stock y-websocket client stops reconnecting on 4400-4499; 4503 it retries, and now it gets in.
+    // A stock y-websocket client stops reconnecting on 4400-4499; 4503 it retries, and now it gets in
+    // (once the relay tries the key set again: every 5 s while it never had it).
     up = true
+    await new Promise((resolve) => setTimeout(resolve, 5_000))
     const c = client(relay, newConversationId(), token, false)
     await c.synced()
     expect(c.closeEvent).toBeUndefined()

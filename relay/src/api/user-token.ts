@@ -33,7 +33,11 @@ export async function userOfToken(
   let principal: Principal | undefined
   try {
     principal = token ? await verify(token) : undefined
-  } catch {
+  } catch (error) {
+    // The token could not be verified for now (the key set out of reach): the retryable 503, which
+    // counts against no address (a 401 does), as on the WebSockets.
+    if (error instanceof ParleyError && error.code === ErrorCode.UNAVAILABLE)
+      return problemResponse(c, error, 503, { "retry-after": "5" })
     principal = undefined
   }
   if (!principal)
