@@ -152,33 +152,39 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(messages.map((m) => m.seq)).toEqual([1, 2, 3, 4])
     }, 90_000)
 
-    it("while one conversation's fence row is locked: the relay's other conversations go on, ready; the locked one's message stored once released", async () => {
-      // A storage timeout far above the lock wait: before, the lock held the relay's appends until it.
-      const cluster = await startCluster(2, { args: ["--storage-timeout-ms", "20000"] })
-      cleanups.push(() => cluster.stop())
-      // Two conversations relay 0 orders (alice created both there).
-      const locked = await chatting(cluster)
-      const other = await chatting(cluster)
-      // As an operator's `SELECT … FOR UPDATE` in an open transaction, or a backend stopped mid-append.
-      const release = await holdLock(
-        `SELECT * FROM ${cluster.schema.schema}.parley_cluster_fences WHERE doc = $1 FOR UPDATE`,
-        [locked.id],
-      )
-      locked.a.send("during the row lock")
-      const started = Date.now()
-      for (let i = 0; i < 3; i++) other.a.send(`other ${i}`)
-      // Before: every conversation of the relay waited as long as the lock (30 s in an outside probe),
-      // and its /readyz flapped with the storage timeouts.
-      await settledResending(other.a)
-      const waited = Date.now() - started
-      expect(waited).toBeLessThan(8_000)
-      expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200)
-      expect(locked.a.acked.size).toBe(1)
-      await release()
-      await settledResending(locked.a)
-      expect(await storedBodies(cluster, locked.id, 3)).toEqual(["before", "before", "during the row lock"])
-      console.log(`[fence row locked] another conversation's 3 messages stored in ${waited} ms`)
-    }, 90_000)
+    // The fence row the append locks, and the documents row it advances (the brief's own case; locked,
+    // it was taken for storage failing: every conversation of the relay held as long as the lock).
+    it.each(["parley_cluster_fences", "parley_documents"])(
+      "while conversations' %s rows are locked: the relay's other conversations go on, ready; the locked one's message stored once released",
+      async (table) => {
+        // A storage timeout far above the lock wait: before, the lock held the relay's appends until it.
+        const cluster = await startCluster(2, { args: ["--storage-timeout-ms", "20000"] })
+        cleanups.push(() => cluster.stop())
+        // Two conversations relay 0 orders (alice created both there).
+        const locked = await chatting(cluster)
+        const other = await chatting(cluster)
+        // As an operator's `SELECT … FOR UPDATE` in an open transaction, or a backend stopped mid-append.
+        const release = await holdLock(
+          `SELECT * FROM ${cluster.schema.schema}.${table} WHERE doc = $1 FOR UPDATE`,
+          [locked.id],
+        )
+        locked.a.send("during the row lock")
+        const started = Date.now()
+        for (let i = 0; i < 3; i++) other.a.send(`other ${i}`)
+        // Before: every conversation of the relay waited as long as the lock (30 s in an outside probe),
+        // and its /readyz flapped with the storage timeouts.
+        await settledResending(other.a)
+        const waited = Date.now() - started
+        expect(waited).toBeLessThan(8_000)
+        expect((await readyz(cluster.relay(0).httpUrl)).status).toBe(200)
+        expect(locked.a.acked.size).toBe(1)
+        await release()
+        await settledResending(locked.a)
+        expect(await storedBodies(cluster, locked.id, 3)).toEqual(["before", "before", "during the row lock"])
+        console.log(`[${table} row locked] another conversation's 3 messages stored in ${waited} ms`)
+      },
+      90_000,
+    )
 
     it("while the whole fence table is locked: the ordering relay not ready, writes refused retryably, stored once after", async () => {
       const cluster = await startCluster(2, { args: ["--storage-timeout-ms", "20000"] })

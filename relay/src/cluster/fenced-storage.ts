@@ -6,6 +6,7 @@ import { type AppendBatch, GroupCommit } from "../storage/group-commit.js"
 import {
   APPEND_LOCK_TIMEOUT_MS,
   LOCKED_REFUSED_MS,
+  LOCKS_WARY_MS,
   lockedRefusal,
   type PostgresStorage,
 } from "../storage/postgres.js"
@@ -56,6 +57,8 @@ export class FencedStorage implements RelayStorage {
   private readonly group: GroupCommit
   /** Documents whose fence row another session held, until when their appends are refused at once. */
   private readonly locked = new Map<string, number>()
+  /** Until when batches look for locked documents first (see `LOCKS_WARY_MS`). */
+  private waryUntil = 0
 
   constructor(
     private readonly pool: pg.Pool,
@@ -125,6 +128,18 @@ export class FencedStorage implements RelayStorage {
       const token = this.fence.tokenOf(name)
       if (token !== undefined && !refused.has(name)) tokens.set(name, token)
     }
+    // Locks were found lately: the batch's documents another session holds are found first, without
+    // waiting on each in turn (a dozen locked conversations delayed every other one's writes 7–13 s).
+    if (now < this.waryUntil) {
+      const names = [...tokens.keys()].filter((name) => !refused.has(name))
+      if (names.length > 0) {
+        const until = Date.now() + LOCKED_REFUSED_MS
+        for (const name of await this.lockedFences(names)) {
+          this.locked.set(name, until)
+          refused.set(name, lockedRefusal())
+        }
+      }
+    }
     let positions = new Map<string, number>()
     for (;;) {
       const names = [...tokens.keys()].filter((name) => !refused.has(name)).sort()
@@ -138,6 +153,7 @@ export class FencedStorage implements RelayStorage {
         // Nothing held by another session among them: storage is failing (a table locked whole, say).
         if (busy.size === 0) throw error
         const until = Date.now() + LOCKED_REFUSED_MS
+        this.waryUntil = Date.now() + LOCKS_WARY_MS
         for (const name of busy) {
           this.locked.set(name, until)
           refused.set(name, lockedRefusal(error))
@@ -172,16 +188,22 @@ export class FencedStorage implements RelayStorage {
     return inTransaction(
       this.pool,
       async (client) => {
-        const { rows } = await client.query<{ doc: string }>(
-          "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[])",
-          [names],
-        )
-        const { rows: free } = await client.query<{ doc: string }>(
-          "SELECT doc FROM parley_cluster_fences WHERE doc = ANY($1::text[]) FOR UPDATE SKIP LOCKED",
-          [names],
-        )
-        const unlocked = new Set(free.map((row) => row.doc))
-        return new Set(rows.map((row) => row.doc).filter((doc) => !unlocked.has(doc)))
+        const busy = new Set<string>()
+        // The fence rows the append locks, and the documents rows it advances (an operator's
+        // `SELECT … FOR UPDATE` on those held every conversation of the relay, taken for storage failing).
+        for (const table of ["parley_cluster_fences", "parley_documents"]) {
+          const { rows } = await client.query<{ doc: string }>(
+            `SELECT doc FROM ${table} WHERE doc = ANY($1::text[])`,
+            [names],
+          )
+          const { rows: free } = await client.query<{ doc: string }>(
+            `SELECT doc FROM ${table} WHERE doc = ANY($1::text[]) FOR UPDATE SKIP LOCKED`,
+            [names],
+          )
+          const unlocked = new Set(free.map((row) => row.doc))
+          for (const { doc } of rows) if (!unlocked.has(doc)) busy.add(doc)
+        }
+        return busy
       },
       `BEGIN; SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`,
     )
