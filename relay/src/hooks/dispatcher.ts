@@ -410,9 +410,15 @@ export class Dispatcher {
           { conversationId: lane.document, hook: lane.target.name },
           "hook deliveries left when the lease looked lapsed are this relay's again: reading them from the outbox",
         )
-        this.adopt(lane.document).catch((error: unknown) =>
-          this.options.log.error({ err: error }, "hook outbox failed to read a lane's deliveries"),
-        )
+        // A lane made now, owing from the outbox's start: a delivery recorded while it reads them joins
+        // after them (read asynchronously through `adopt`, one recorded meanwhile made a lane of its own
+        // and went out first: an outside probe).
+        if (!this.lanes.has(id)) {
+          const again = emptyLane(lane.target, lane.document)
+          this.lanes.set(id, again)
+          this.owe(again)
+          this.pump(again, id)
+        }
         return
       }
       if (this.now() >= until) {

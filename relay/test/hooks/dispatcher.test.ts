@@ -705,5 +705,27 @@ describe("hook dispatcher", () => {
       await vi.waitFor(() => expect(delivered).toEqual(["e1", "e2"]), { timeout: 5000 })
       await dispatcher.stop()
     })
+
+    it("delivers what it dropped before an event recorded while it reads them again, once the lease is found its again", async () => {
+      // The read of the owed lanes takes a while (a busy database): an event recorded meanwhile went out
+      // first, before the dropped ones (an outside probe, a slow webhook and leases moving: seq 345
+      // delivered while 46–344 were owed).
+      const { fence, dispatcher, delivered, enqueue, outbox } = fencedSetup(20)
+      const slowLanes = outbox.pendingLanes.bind(outbox)
+      outbox.pendingLanes = async (document?: string) => {
+        await new Promise((r) => setTimeout(r, 200))
+        return slowLanes(document)
+      }
+      fence.lapsed = true
+      await enqueue(["e1", "e2"])
+      await new Promise((r) => setTimeout(r, 50))
+      expect(delivered).toEqual([])
+      fence.lapsed = false
+      // Found its again at the next check (every 20 ms); the lanes are being read.
+      await new Promise((r) => setTimeout(r, 60))
+      await enqueue(["e3"])
+      await vi.waitFor(() => expect(delivered).toEqual(["e1", "e2", "e3"]), { timeout: 5000 })
+      await dispatcher.stop()
+    })
   })
 })
