@@ -4,6 +4,7 @@ import type { DeliveryFence } from "../hooks/dispatcher.js"
 import { type Delivery, NOT_RECORDER } from "../hooks/outbox.js"
 import type { PostgresOutbox, RecordFence } from "../hooks/postgres-outbox.js"
 import { inTransaction } from "../pg-transaction.js"
+import { APPEND_LOCK_TIMEOUT_MS } from "../storage/postgres.js"
 
 /** What {@link ClusterDeliveryFence} asks of the leases. */
 export interface LeaseView {
@@ -86,16 +87,23 @@ export class ClusterDeliveryFence implements DeliveryFence {
     token: number,
     mark: (client: pg.PoolClient) => Promise<void>,
   ): Promise<boolean> {
-    return inTransaction(this.pool, async (client) => {
-      // FOR SHARE: marks of one document do not wait for each other; a new holder's claim (an UPDATE of the row) waits for them.
-      const { rows } = await client.query<{ token: string }>(
-        "SELECT token FROM parley_cluster_fences WHERE doc = $1 FOR SHARE",
-        [delivery.document],
-      )
-      if (Number(rows[0]?.token) !== token) return false
-      await mark(client)
-      return true
-    })
+    return inTransaction(
+      this.pool,
+      async (client) => {
+        // FOR SHARE: marks of one document do not wait for each other; a new holder's claim (an UPDATE of the row) waits for them.
+        const { rows } = await client.query<{ token: string }>(
+          "SELECT token FROM parley_cluster_fences WHERE doc = $1 FOR SHARE",
+          [delivery.document],
+        )
+        if (Number(rows[0]?.token) !== token) return false
+        await mark(client)
+        return true
+      },
+      // A row another session holds fails the mark after the appends' lock wait (retried later), rather
+      // than holding one of the pool's connections until the storage timeout: a dozen conversations'
+      // fence rows locked made every other conversation wait 3–9 s for a connection (an outside probe).
+      `BEGIN; SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`,
+    )
   }
 }
 
@@ -123,6 +131,8 @@ export class ClusterDeliveryFence implements DeliveryFence {
  */
 export function recordingFence(relayId: string): RecordFence {
   return async (client, document) => {
+    // As the delivery marks (above): a locked row fails the record after the appends' lock wait, retried.
+    await client.query(`SET LOCAL lock_timeout = ${APPEND_LOCK_TIMEOUT_MS}`)
     const { rows } = await client.query<{ holder: string }>(
       "SELECT holder FROM parley_cluster_fences WHERE doc = $1 FOR SHARE",
       [document],
