@@ -94,7 +94,8 @@ async function boundedFetch(url: string, init: RequestInit): Promise<Response> {
  *   tells a client its token is bad, and counts against its address);
  * - a body over {@link MAX_KEY_SET_BYTES} counts as a set that cannot be fetched.
  */
-export function remoteKeySet(url: URL, events: KeySetEvents = {}, now = () => Date.now()): JWTVerifyGetKey {
+export function remoteKeySet(url: URL, events: KeySetEvents = {}): JWTVerifyGetKey {
+  const now = () => Date.now()
   // jose writes each fetched set and when it fetched it here.
   const cache: { uat?: number; jwks?: JSONWebKeySet } = {}
   const remote = createRemoteJWKSet(url, {
