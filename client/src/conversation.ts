@@ -18,6 +18,7 @@ import {
   ParleyError,
   type Participant,
   parseMessageId,
+  type RefusedWork,
   type Role,
   roleOf,
   setFleetingSeconds,
@@ -217,14 +218,15 @@ export class Conversation extends Emitter<ConversationEvents> {
     const first = this.gen
     // Before connecting: some may still be in the replica, and must not go out (see `holdRefused`).
     const kept = parts.uploads?.storedRefusals().catch(() => []) ?? Promise.resolve([])
-    this.whenLoaded = Promise.all([this.gen.replica.loaded, kept]).then(([, refusals]) => {
+    const work = parts.uploads?.storedRefusedWork().catch(() => undefined) ?? Promise.resolve(undefined)
+    this.whenLoaded = Promise.all([this.gen.replica.loaded, kept, work]).then(([, refusals, refusedWork]) => {
       if (this.closed) return
       // Only now is the stored generation known: the tabs holding it are the ones to share with.
       if (this.gen === first) first.connection.joinTabs(first.replica.generation)
       this.statuses.trackAll(this.doc, this.user)
       const held = refusals.filter(({ view }) => this.holdsUnsent(view.id))
       for (const { view, error } of held) this.statuses.refuseHeld(view.id, error)
-      if (held.length > 0) this.holdRefused(first, held)
+      if (held.length > 0 || refusedWork) this.holdRefused(first, held, refusedWork)
       this.settle()
       if (parts.online()) this.connection.start()
     })
@@ -262,13 +264,23 @@ export class Conversation extends Emitter<ConversationEvents> {
    * the replica is rebuilt on the relay's state without them (kept failed
    * outside it, until the app retries or discards them): as a readmission
    * while the conversation is unavailable (nothing it refused goes out),
-   * else leaving these messages out. They are kept on the device too, so
-   * that a reload does the same.
+   * else leaving these messages out, and the rest of the user's `work` the
+   * relay refused with them (edits, reactions, deletions, ...; see
+   * `Resync.refuseWork`). They are kept on the device too, so that a reload
+   * does the same.
    */
-  private holdRefused(generation: Generation, refused: readonly { view: MessageView; error: ParleyError }[]) {
+  private holdRefused(
+    generation: Generation,
+    refused: readonly { view: MessageView; error: ParleyError }[],
+    work?: RefusedWork,
+  ) {
     for (const { view, error } of refused) {
       this.resyncs.leaveOut(view.id, error)
       this.parts.uploads?.keepRefused(view, error)
+    }
+    if (work) {
+      this.resyncs.refuseWork(work)
+      this.parts.uploads?.keepRefusedWork(work)
     }
     const connection = generation.connection
     connection.hold(async () => {
@@ -915,7 +927,9 @@ export class Conversation extends Emitter<ConversationEvents> {
             const view = getMessage(generation.doc, id)
             return view ? [{ view, error }] : []
           })
-          this.holdRefused(generation, views)
+          // All it refused lies within the replica's state now: the user cannot write while it is unavailable.
+          const through = Y.decodeStateVector(Y.encodeStateVector(generation.doc))
+          this.holdRefused(generation, views, { through, error })
         }
         this.loading.apply({ type: "unavailable", error })
         this.statuses.refresh()

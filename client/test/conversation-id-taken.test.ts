@@ -196,6 +196,67 @@ describe("work the relay refused on a removal, the device reloaded before the us
   })
 })
 
+describe("edits and reactions the relay refused on a removal, the device reloaded before the user is added back", () => {
+  it("are not sent on their own after the reload: left out when the replica is rebuilt, told once", async () => {
+    const [a, b] = [name("alice"), name("bob")]
+    const alice = await connectClient(relay, a)
+    const group = await alice.createConversation({ participants: [b], title: "team" })
+    const welcome = group.send("welcome").id
+    await group.flush()
+    const before = await connectClient(relay, b, { storage: "indexeddb" })
+    const chat = await before.conversation(group.id).ready()
+    const mine = chat.send("hello").id
+    const gone = chat.send("deleted while removed").id
+    await chat.flush()
+    before.disconnect()
+    chat.edit(mine, "edited while removed")
+    chat.react(welcome, "👍")
+    chat.deleteMessage(gone)
+    group.removeParticipants([b])
+    await group.flush()
+    before.connect()
+    await eventually(() =>
+      expect(chat.state).toMatchObject({ state: "unavailable", reason: ErrorCode.FORBIDDEN }),
+    )
+    await before.destroy()
+
+    group.addParticipants([b])
+    group.send("welcome back")
+    await group.flush()
+    const after = await connectClient(relay, b, { storage: "indexeddb", connect: false })
+    const reloaded = await after.conversation(group.id).ready()
+    const told: string[] = []
+    reloaded.on("error", ({ error, change }) => told.push(`${error.code} ${change?.kind}`))
+    after.connect()
+    await eventually(() => expect(reloaded.messages().map((m) => m.body)).toContain("welcome back"))
+    expect(reloaded.state.state).toBe("ready")
+    // Rebuilt on the relay's state without them: shown as the others see them.
+    await eventually(() => expect(reloaded.message(mine)?.body).toBe("hello"))
+    expect(reloaded.message(welcome)?.reactions).toEqual({})
+    expect(reloaded.message(gone)?.body).toBe("deleted while removed")
+    // Told once more as they are dropped (the app's page before the reload was told of them).
+    expect(told.sort()).toEqual([
+      "FORBIDDEN message.delete",
+      "FORBIDDEN message.edit",
+      "FORBIDDEN reaction.add",
+    ])
+    await after.flush({ timeoutMs: 5_000 })
+
+    // Before: sent once the replica connected, to the conversation the user was added back to.
+    const reader = await connectClient(relay, a)
+    const seen = await reader.conversation(group.id).ready()
+    await eventually(() => expect(seen.messages().map((m) => m.body)).toContain("welcome back"))
+    expect(seen.message(mine)?.body).toBe("hello")
+    expect(seen.message(welcome)?.reactions).toEqual({})
+    expect(seen.message(gone)?.body).toBe("deleted while removed")
+
+    // The user may do them again, which sends them.
+    reloaded.edit(mine, "edited again")
+    await reloaded.flush()
+    await eventually(() => expect(seen.message(mine)?.body).toBe("edited again"))
+  })
+})
+
 describe("creations that are not taken", () => {
   it("converges when two devices of the same user create the same direct conversation offline", async () => {
     const [a, b] = [name("alice"), name("bob")]

@@ -27,7 +27,6 @@ import { getConversation, roleOf } from "./reads.js"
 import { canMoveMarker, canReact, canSendMessage, canWriteSequence, Rule } from "./rules.js"
 import {
   type ConversationInfo,
-  type DeletedMessageRecord,
   decodeStoredRecord,
   type EditRecord,
   isDeletedRecord,
@@ -83,6 +82,16 @@ export type PendingChange =
   | { readonly kind: "profile"; readonly user: string }
   | { readonly kind: "sequence" }
   | { readonly kind: "unknown"; readonly where: string }
+
+/**
+ * Work a refusal failed for good (the user removed from the conversation):
+ * everything the stale replica wrote up to `through` (a state vector taken
+ * when the relay refused it). See {@link rebasePendingWork}.
+ */
+export interface RefusedWork {
+  readonly through: ReadonlyMap<number, number>
+  readonly error: ParleyError
+}
 
 /** What {@link rebasePendingWork} did. */
 export interface RebaseResult {
@@ -216,14 +225,37 @@ export function rebasePendingWork(
    * and every later update of the replica, which depends on it, with it.
    */
   refused: ReadonlyMap<MessageId, ParleyError> = new Map(),
+  /**
+   * Work the relay refused for good when the user was removed: the user's
+   * changes written up to its state vector (messages, edits, deletions,
+   * reactions, unpins, conversation and participant changes) fail with its
+   * error rather than be re-applied, so that they never go out on their own
+   * if the user is added back; what was written after it (under a client id
+   * of a later load, say) is re-applied. A removal (an undone reaction, say)
+   * carries no client id and counts as refused. Markers and profiles, which
+   * the SDK writes itself and disclose nothing, are re-applied.
+   */
+  refusedWork?: RefusedWork,
 ): RebaseResult {
   const reapplied: PendingChange[] = []
   const failed: { what: PendingChange; error: ParleyError }[] = []
   /** Set when the relay holds another conversation under the id this replica created: nothing goes into it. */
   let taken: ParleyError | undefined
-  const attempt = (what: PendingChange, write: () => void) => {
+  /** `refusedWork`'s error when it covers the write `item` (`"removal"`: what removed something). */
+  const refusedBy = (item: Y.Item | "removal" | undefined): ParleyError | undefined => {
+    if (refusedWork === undefined || item === undefined) return undefined
+    if (item === "removal") return refusedWork.error
+    return item.id.clock < (refusedWork.through.get(item.id.client) ?? 0) ? refusedWork.error : undefined
+  }
+  /** Writes `what` onto `fresh`, unless refused; `written` is the stale write, when `refusedWork` applies. */
+  const attempt = (what: PendingChange, write: () => void, written?: Y.Item | "removal") => {
     if (taken) {
       failed.push({ what, error: taken })
+      return
+    }
+    const refusal = refusedBy(written)
+    if (refusal) {
+      failed.push({ what, error: refusal })
       return
     }
     try {
@@ -261,7 +293,7 @@ export function rebasePendingWork(
     }
     keys.add(key)
   }
-  const newElements: { root: string; value: unknown }[] = []
+  const newElements: { root: string; value: unknown; item: Y.Item }[] = []
   for (const [client, structs] of (stale.store as unknown as StoreInternals).clients) {
     const from = freshState.get(client) ?? 0
     if (from >= stateOf(stale, client)) continue
@@ -280,7 +312,7 @@ export function rebasePendingWork(
       else if (!item.deleted) {
         const content = item.content.getContent()
         for (let j = Math.max(0, from - item.id.clock); j < content.length; j++)
-          newElements.push({ root, value: content[j] })
+          newElements.push({ root, value: content[j], item })
       }
     }
   }
@@ -315,14 +347,14 @@ export function rebasePendingWork(
     return { item, value: content[content.length - 1] }
   }
   const freshValue = (root: string, key: string): unknown => (fresh.getMap(root) as Y.Map<unknown>).get(key)
-  /** Keys whose stale value is the replica's own write, or that it removed. */
+  /** Keys whose stale value is the replica's own write, or that it removed; `by`: the write, or "removal". */
   const changed = (root: string) => {
-    const out: { key: string; value: unknown; removed: boolean }[] = []
+    const out: { key: string; value: unknown; removed: boolean; by: Y.Item | "removal" }[] = []
     for (const key of mapKeys.get(root) ?? []) {
       const { item, value } = staleValue(root, key)
-      if (value !== undefined && item && isPending(item)) out.push({ key, value, removed: false })
+      if (value !== undefined && item && isPending(item)) out.push({ key, value, removed: false, by: item })
       else if (value === undefined && freshValue(root, key) !== undefined)
-        out.push({ key, value, removed: true })
+        out.push({ key, value, removed: true, by: "removal" })
     }
     return out
   }
@@ -366,44 +398,55 @@ export function rebasePendingWork(
   // 2. Conversation fields and participants (leaving comes last).
   if (!created) {
     let deleted = false
-    for (const { key, value, removed } of changed(TopLevel.meta)) {
+    for (const { key, value, removed, by } of changed(TopLevel.meta)) {
       const what: PendingChange = { kind: "conversation.field", field: key }
       if (key === MetaKey.fleetingSeconds)
-        attempt(what, () => setFleetingSeconds(fresh, user, removed ? undefined : (value as number)))
+        attempt(what, () => setFleetingSeconds(fresh, user, removed ? undefined : (value as number)), by)
       else if (removed) failed.push({ what, error: forbidden(Rule.immutable, `"${key}" cannot be removed`) })
-      else if (key === MetaKey.title) attempt(what, () => renameConversation(fresh, user, value as string))
+      else if (key === MetaKey.title)
+        attempt(what, () => renameConversation(fresh, user, value as string), by)
       else if (key === MetaKey.metadata)
-        attempt(what, () => setConversationMetadata(fresh, user, value as Metadata))
+        attempt(what, () => setConversationMetadata(fresh, user, value as Metadata), by)
       else if (key === MetaKey.deletedAt || key === MetaKey.deletedBy) {
-        if (!deleted) attempt(what, () => deleteConversation(fresh, user))
+        if (!deleted) attempt(what, () => deleteConversation(fresh, user), by)
         deleted = true
       } else failed.push({ what, error: forbidden(Rule.immutable, `"${key}" is fixed at creation`) })
     }
   }
   let leaving = false
   if (!created) {
-    for (const { key, value, removed } of changed(TopLevel.participants)) {
+    for (const { key, value, removed, by } of changed(TopLevel.participants)) {
       const other = key as UserId
       if (removed) {
         if (other === user) leaving = true
         else
-          attempt({ kind: "participant.remove", user: other }, () => removeParticipants(fresh, user, [other]))
+          attempt(
+            { kind: "participant.remove", user: other },
+            () => removeParticipants(fresh, user, [other]),
+            by,
+          )
         continue
       }
       const record = value as ParticipantRecord
       const current = typesOf(fresh).participants.get(other)
       if (!current)
-        attempt({ kind: "participant.add", user: other }, () =>
-          addParticipants(fresh, user, [other], record.role),
+        attempt(
+          { kind: "participant.add", user: other },
+          () => addParticipants(fresh, user, [other], record.role),
+          by,
         )
       else if (current.role !== record.role)
-        attempt({ kind: "participant.role", user: other }, () => changeRole(fresh, user, other, record.role))
+        attempt(
+          { kind: "participant.role", user: other },
+          () => changeRole(fresh, user, other, record.role),
+          by,
+        )
     }
   }
 
   // 3. Messages, then what refers to them.
-  const placeholders = new Map<MessageId, DeletedMessageRecord>()
-  for (const { root, value } of newElements) {
+  const placeholders = new Map<MessageId, Y.Item>()
+  for (const { root, value, item } of newElements) {
     if (root === TopLevel.order) {
       const decision = canWriteSequence(false)
       if (!decision.allowed)
@@ -423,7 +466,7 @@ export function rebasePendingWork(
         what: { kind: "unknown", where: root },
         error: forbidden(Rule.schema, "not a message record"),
       })
-    } else if (isDeletedRecord(record)) placeholders.set(record.id, record)
+    } else if (isDeletedRecord(record)) placeholders.set(record.id, item)
     else if (!messageIndex(fresh).records.has(record.id) && !messageIndex(fresh).deleted.has(record.id)) {
       // (A creation taken explains every refusal of what was written into it: failed as taken below.)
       const refusal = taken ? undefined : refused.get(record.id)
@@ -431,27 +474,31 @@ export function rebasePendingWork(
         failed.push({ what: { kind: "message.send", id: record.id }, error: refusal })
         continue
       }
-      attempt({ kind: "message.send", id: record.id }, () => {
-        assertAllowed(canSendMessage(user, role(), record.author))
-        sendMessage(
-          fresh,
-          user,
-          {
-            id: record.id,
-            body: record.body,
-            ...(record.type !== undefined ? { type: record.type } : {}),
-            ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
-            ...(record.attachments !== undefined ? { attachments: record.attachments } : {}),
-            ...(record.metadata !== undefined ? { metadata: record.metadata } : {}),
-            ...(record.priority !== undefined ? { priority: record.priority } : {}),
-          },
-          { now: record.createdAt },
-        )
-      })
+      attempt(
+        { kind: "message.send", id: record.id },
+        () => {
+          assertAllowed(canSendMessage(user, role(), record.author))
+          sendMessage(
+            fresh,
+            user,
+            {
+              id: record.id,
+              body: record.body,
+              ...(record.type !== undefined ? { type: record.type } : {}),
+              ...(record.replyTo !== undefined ? { replyTo: record.replyTo } : {}),
+              ...(record.attachments !== undefined ? { attachments: record.attachments } : {}),
+              ...(record.metadata !== undefined ? { metadata: record.metadata } : {}),
+              ...(record.priority !== undefined ? { priority: record.priority } : {}),
+            },
+            { now: record.createdAt },
+          )
+        },
+        item,
+      )
     }
   }
   const deleting = new Set<MessageId>([...placeholders.keys()])
-  for (const { key, value, removed } of changed(TopLevel.edits)) {
+  for (const { key, value, removed, by } of changed(TopLevel.edits)) {
     const id = key as MessageId
     if (deleting.has(id)) continue
     if (removed) {
@@ -462,11 +509,13 @@ export function rebasePendingWork(
       continue
     }
     const edit = value as EditRecord
-    attempt({ kind: "message.edit", id }, () =>
-      editMessage(fresh, user, id, edit.body, { now: edit.editedAt }),
+    attempt(
+      { kind: "message.edit", id },
+      () => editMessage(fresh, user, id, edit.body, { now: edit.editedAt }),
+      by,
     )
   }
-  for (const { key, value, removed } of changed(TopLevel.reactions)) {
+  for (const { key, value, removed, by } of changed(TopLevel.reactions)) {
     const parsed = parseReactionKey(key)
     if (!parsed) {
       failed.push({
@@ -482,26 +531,34 @@ export function rebasePendingWork(
       user: parsed.user,
       emoji: parsed.emoji,
     }
-    attempt(what, () => {
-      assertAllowed(canReact(user, role(), parsed.user))
-      if (removed) unreact(fresh, user, parsed.message, parsed.emoji)
-      else react(fresh, user, parsed.message, parsed.emoji, { now: value as number })
-    })
+    attempt(
+      what,
+      () => {
+        assertAllowed(canReact(user, role(), parsed.user))
+        if (removed) unreact(fresh, user, parsed.message, parsed.emoji)
+        else react(fresh, user, parsed.message, parsed.emoji, { now: value as number })
+      },
+      by,
+    )
   }
-  for (const { key, removed } of changed(TopLevel.unpinned)) {
+  for (const { key, removed, by } of changed(TopLevel.unpinned)) {
     if (removed || deleting.has(key as MessageId)) continue
-    attempt({ kind: "message.unpin", id: key as MessageId }, () =>
-      unpinMessage(fresh, user, key as MessageId),
+    attempt(
+      { kind: "message.unpin", id: key as MessageId },
+      () => unpinMessage(fresh, user, key as MessageId),
+      by,
     )
   }
   // Deletions of sealed messages (the fresh document must hold their segments: the SDK adds them).
-  for (const { key, removed } of changed(TopLevel.tombstones)) {
+  for (const { key, removed, by } of changed(TopLevel.tombstones)) {
     if (removed) continue
-    attempt({ kind: "message.delete", id: key as MessageId }, () =>
-      deleteMessage(fresh, user, key as MessageId),
+    attempt(
+      { kind: "message.delete", id: key as MessageId },
+      () => deleteMessage(fresh, user, key as MessageId),
+      by,
     )
   }
-  for (const [id] of placeholders) {
+  for (const [id, item] of placeholders) {
     // Sent and deleted while offline: the relay never saw it, nothing to redo.
     if (
       !messageIndex(fresh).records.has(id) &&
@@ -509,7 +566,7 @@ export function rebasePendingWork(
       !sealedHistory(fresh).entry(id)
     )
       continue
-    attempt({ kind: "message.delete", id }, () => deleteMessage(fresh, user, id))
+    attempt({ kind: "message.delete", id }, () => deleteMessage(fresh, user, id), item)
   }
   for (const [id] of deletedRecords) {
     if (!placeholders.has(id))
@@ -544,6 +601,7 @@ export function rebasePendingWork(
     })
   }
 
-  if (leaving) attempt({ kind: "participant.remove", user }, () => removeParticipants(fresh, user, [user]))
+  if (leaving)
+    attempt({ kind: "participant.remove", user }, () => removeParticipants(fresh, user, [user]), "removal")
   return { reapplied, failed }
 }

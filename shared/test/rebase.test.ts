@@ -14,6 +14,7 @@ import {
   type MessageId,
   markRead,
   nextFromDocument,
+  ParleyError,
   pinnedMessages,
   Rule,
   react,
@@ -146,6 +147,35 @@ describe("rebasing pending work after a refusal", () => {
     expect(reapplied).toEqual([{ kind: "message.delete", id: fromCarol }])
     expect(getMessage(fresh, fromCarol)?.deleted?.by).toBe(carol)
     expect(typesOf(fresh).meta.get("title")).toBe("Renamed by alice")
+  })
+
+  it("fails the work a removal refused (up to its state vector) and re-applies what was written after it", () => {
+    const { relay, stale, fromAlice, fromCarol } = setup()
+    editMessage(stale, carol, fromCarol, "edited while removed")
+    react(stale, carol, fromAlice, "👍")
+    const refusal = new ParleyError(ErrorCode.FORBIDDEN, "not a participant")
+    const through = Y.decodeStateVector(Y.encodeStateVector(stale))
+    // A later load of the replica: another client id.
+    const reloaded = new Y.Doc()
+    Y.applyUpdate(reloaded, Y.encodeStateAsUpdate(stale))
+    react(reloaded, carol, fromAlice, "🎉")
+    markRead(reloaded, carol, 2)
+
+    const fresh = freshFrom(relay)
+    const { failed, reapplied } = rebasePendingWork(reloaded, fresh, carol, undefined, undefined, {
+      through,
+      error: refusal,
+    })
+    expect(failed.map((f) => [f.what.kind, f.error])).toEqual([
+      ["message.edit", refusal],
+      ["reaction.add", refusal],
+    ])
+    expect(reapplied.filter((what) => what.kind !== "marker")).toEqual([
+      { kind: "reaction.add", id: fromAlice, user: carol, emoji: "🎉" },
+    ])
+    expect(typesOf(fresh).read.get(carol)).toBe(2)
+    expect(getMessage(fresh, fromCarol)?.body).toBe("from carol")
+    expect(getMessage(fresh, fromAlice)?.reactions).toEqual({ "🎉": [carol] })
   })
 
   it("re-applies pending work written under a client id someone else wrote under first on the relay", () => {

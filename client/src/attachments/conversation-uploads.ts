@@ -9,6 +9,7 @@ import {
   newMessageId,
   ParleyError,
   type Priority,
+  type RefusedWork,
   type UserId,
 } from "@parley/shared"
 import type { MessageStatus } from "../message-status.js"
@@ -158,14 +159,17 @@ export class ConversationUploads {
   private closed = false
   /** Messages the relay refused, as stored in the outbox (see {@link keepRefused}); not this queue's. */
   private readonly refusedAtLoad: OutboxEntry[] = []
+  /** The conversation's work the relay refused on a removal, as stored (see {@link keepRefusedWork}). */
+  private refusedWorkAtLoad: OutboxEntry | undefined
   /** Resolves once the outbox's entries of this conversation are loaded. */
   readonly loaded: Promise<void>
 
   constructor(private readonly deps: UploadDeps) {
     this.loaded = deps.store.list(deps.conversationId).then(
       async (all) => {
-        const entries = all.filter((entry) => !entry.refusedMessage)
+        const entries = all.filter((entry) => !entry.refusedMessage && !entry.refusedWork)
         this.refusedAtLoad.push(...all.filter((entry) => entry.refusedMessage))
+        this.refusedWorkAtLoad = all.find((entry) => entry.refusedWork)
         // Previews first: a waiting message is listed with them, never without and then with.
         await Promise.all(entries.map((entry) => this.loadPreviews(entry)))
         for (const entry of entries) {
@@ -266,6 +270,53 @@ export class ConversationUploads {
     this.deps.store.add(entry, []).catch((failure: unknown) => {
       console.error("parley: a refused message could not be kept on this device", failure)
     })
+  }
+
+  /** The work the relay refused on a removal that the outbox held when the page loaded (see {@link keepRefusedWork}). */
+  async storedRefusedWork(): Promise<RefusedWork | undefined> {
+    await this.loaded
+    const entry = this.refusedWorkAtLoad
+    if (!entry?.refusedWork) return undefined
+    return {
+      through: new Map(entry.refusedWork),
+      error: errorOf(entry.failed ?? { code: ErrorCode.FORBIDDEN, message: "the relay refused the changes" }),
+    }
+  }
+
+  /**
+   * Keeps in the outbox, until {@link dropRefusedWork}, that the relay
+   * refused with `work.error` the conversation's work written up to
+   * `work.through` (the user removed), while the replica still holds it: a
+   * reload then leaves it out too (shared `rebasePendingWork`), where it
+   * would otherwise go out with the replica's sync if the user was added
+   * back meanwhile.
+   */
+  keepRefusedWork(work: RefusedWork): void {
+    const entry: OutboxEntry = {
+      messageId: this.refusedWorkKey,
+      conversationId: this.deps.conversationId,
+      body: "",
+      createdAt: 0,
+      files: [],
+      failed: failureOf(work.error),
+      refusedWork: [...work.through],
+    }
+    this.refusedWorkAtLoad = entry
+    this.deps.store.add(entry, []).catch((failure: unknown) => {
+      console.error("parley: refused changes could not be kept on this device", failure)
+    })
+  }
+
+  /** Forgets the refused work (the replica was rebuilt without it). */
+  dropRefusedWork(): void {
+    if (!this.refusedWorkAtLoad) return
+    this.refusedWorkAtLoad = undefined
+    void this.deps.store.remove(this.refusedWorkKey).catch(() => {})
+  }
+
+  /** The outbox key of {@link keepRefusedWork}'s entry: one per conversation, never a message id (random, without a colon). */
+  private get refusedWorkKey(): MessageId {
+    return `refused-work:${this.deps.conversationId}` as MessageId
   }
 
   /** Forgets refused message `id` in the outbox (the user retried or discarded it). */

@@ -56,6 +56,14 @@ export interface OutboxEntry {
    * it. Never uploaded nor written; it has no files.
    */
   readonly refusedMessage?: MessageView
+  /**
+   * Not a message: the conversation's work the relay refused on a removal
+   * (edits, reactions, deletions, ...), still in its replica, as the state
+   * vector of the replica then (client id, clock pairs), {@link failed}
+   * saying why. Kept so that a reload does not send it if the user was
+   * added back (see `ConversationUploads.keepRefusedWork`).
+   */
+  readonly refusedWork?: readonly (readonly [number, number])[]
 }
 
 /**

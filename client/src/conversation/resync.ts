@@ -6,6 +6,7 @@ import {
   messageIndex,
   ParleyError,
   type RebaseResult,
+  type RefusedWork,
   Rule,
   rebasePendingWork,
   toParleyError,
@@ -71,6 +72,8 @@ export class Resync {
   private replacedMeanwhile: Y.Doc | undefined
   /** Unsaved messages the relay's refusals named, with its error: left out of the next rebuild. */
   private readonly named = new Map<MessageId, ParleyError>()
+  /** The work a removal refused that the replica still holds: left out of the next rebuild (see {@link refuseWork}). */
+  private refusedWork: RefusedWork | undefined
   /** Resyncs since the relay last saved something: bounds a refuse → resync → refuse loop. */
   private withoutSave = 0
   /** Aborted when the conversation closes: ends a resync's fetch of the relay's state. */
@@ -192,8 +195,21 @@ export class Resync {
   }
 
   /**
+   * The relay refused the replica's work written up to `work.through` (the
+   * user removed: see `Conversation`): the next rebuild leaves all of it out
+   * (edits, reactions, deletions, ..., not only the messages of
+   * {@link leaveOut}), failed with `work.error` and told, and re-applies what
+   * was written after it. Kept on the device until then, so that a reload
+   * does the same (before, a reload forgot it, and the replica's sync sent
+   * the edits and reactions if the user had been added back).
+   */
+  refuseWork(work: RefusedWork): void {
+    this.refusedWork = work
+  }
+
+  /**
    * Rebuilds the replica on the relay's state, leaving out the messages
-   * named by {@link leaveOut} (and re-applying the rest of the pending work):
+   * named by {@link leaveOut} and the work of {@link refuseWork} (and re-applying the rest of the pending work):
    * after a reload, the replica still holds the messages a removal refused,
    * and connecting would send them (the user may have been added back).
    * Rejects when the relay's state cannot be had.
@@ -318,7 +334,7 @@ export class Resync {
     // fetched what an older epoch needed.)
     const rebased =
       pending === "rebase"
-        ? rebasePendingWork(old.doc, fresh, host.user, baseline, this.named)
+        ? rebasePendingWork(old.doc, fresh, host.user, baseline, this.named, this.refusedWork)
         : this.refusedOnReadmission(old.doc, fresh, baseline, pending.readmit)
     // The id holds another conversation than the one created on this device: nothing of it was re-applied
     // (shared `rebasePendingWork`), and this conversation is not served here any more.
@@ -344,7 +360,8 @@ export class Resync {
     const byDeletion = (error: ParleyError) => deleted && error.rule === Rule.conversationDeleted
     // Kept failed outside the replica too: the messages written into a creation the relay never took, and
     // those a refusal failed before a readmission (their refusal told as it came).
-    const keptOut = (error: ParleyError) => error === taken || pending !== "rebase"
+    const refusedWork = this.refusedWork?.error
+    const keptOut = (error: ParleyError) => error === taken || error === refusedWork || pending !== "rebase"
     for (const { what, error } of result.failed) {
       if (what.kind !== "message.send") continue
       if (this.named.get(what.id) !== error && !byDeletion(error) && !keptOut(error)) continue
@@ -353,6 +370,9 @@ export class Resync {
       told.add(what.id)
     }
     this.named.clear()
+    // The rebuilt replica holds none of it: nothing to leave out any more (on the device once it is stored).
+    const leftOutWork = this.refusedWork !== undefined
+    this.refusedWork = undefined
     old.dispose()
     // Other tabs of this user may still hold the refused changes and would hand them back over the
     // cross-tab channel: the rebuilt replica shares only with the tabs on its stored generation, once
@@ -379,6 +399,7 @@ export class Resync {
     host.refreshUnread()
     if (source === "relay") {
       await old.replica.replaceWith(snapshot)
+      if (leftOutWork) host.parts.uploads?.dropRefusedWork()
       await old.replica.destroy()
       old.doc.destroy()
       if (host.closed() || host.current() !== current) return
@@ -387,6 +408,7 @@ export class Resync {
       if (host.closed() || host.current() !== current) return
     } else {
       // What is stored is the other tab's generation, kept: the re-applied work was written onto it.
+      if (leftOutWork) host.parts.uploads?.dropRefusedWork()
       await old.replica.destroy()
       old.doc.destroy()
       if (host.closed() || host.current() !== current) return
