@@ -20,6 +20,7 @@ import {
   parseMessageId,
   type RefusedWork,
   type Role,
+  Rule,
   roleOf,
   setFleetingSeconds,
   toParleyError,
@@ -473,6 +474,11 @@ export class Conversation extends Emitter<ConversationEvents> {
    * message whose upload failed is sent again with the files the relay has;
    * those it refused, or whose bytes were freed by the failure, are left out
    * (it keeps its id; nothing is returned).
+   *
+   * Throws `CONFLICT` (rule `conversation-id-taken`) for a message written
+   * into a group created on this device under an id another conversation
+   * took first: sent again, it would go to that other conversation, whose
+   * participants the user never chose. {@link discard} it.
    */
   retry(id: MessageId | string): ChatMessage | undefined {
     const messageId = parseMessageId(id)
@@ -481,6 +487,14 @@ export class Conversation extends Emitter<ConversationEvents> {
       this.uploads.retry(messageId)
       return undefined
     }
+    // Checked before anything else: after a reload, this handle may be the other conversation, ready and writable.
+    const taken = this.statuses.failure(messageId)
+    if (taken?.rule === Rule.conversationIdTaken)
+      throw new ParleyError(
+        ErrorCode.CONFLICT,
+        `message ${messageId} was written into a conversation created on this device under an id another conversation took first: it is not sent into that one (discard() it)`,
+        { cause: taken, rule: Rule.conversationIdTaken },
+      )
     const sent = this.send(refused.body, {
       type: refused.type,
       metadata: refused.metadata,

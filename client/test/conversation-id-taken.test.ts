@@ -36,10 +36,13 @@ function errorsOf(chat: Conversation): ParleyError[] {
  * Alice, offline, creates group `id` with bob (an app-chosen id) and writes into it; meanwhile another user
  * creates the same id on the relay, with alice in it or not. Alice's client is still offline.
  */
-async function createdOfflineWhileTaken(creatorIncluded: boolean) {
+async function createdOfflineWhileTaken(
+  creatorIncluded: boolean,
+  storage: "memory" | "indexeddb" = "memory",
+) {
   const [a, b, m] = [name("alice"), name("bob"), name("mallory")]
   const id = `g~team-${name("")}`
-  const alice = await connectClient(relay, a, { connect: false })
+  const alice = await connectClient(relay, a, { connect: false, storage })
   const chat = await alice.createConversation({ id, participants: [b], title: "alice and bob" })
   const errors = errorsOf(chat)
   const secret = chat.send("for bob only").id
@@ -87,6 +90,33 @@ describe("a group created offline under an id another user created first", () =>
     chat.discard(secret)
     expect(chat.message(secret)).toBeUndefined()
     expect(chat.status(secret)).toBeUndefined()
+  })
+
+  it("shows nothing of the other group, and refuses a retry with CONFLICT, also after a reload", async () => {
+    const { a, m, id, alice, chat, secret, squat } = await createdOfflineWhileTaken(true, "indexeddb")
+    alice.connect()
+    await toldTaken(alice, chat, secret)
+    // Before: the other group's title, creator, participants and messages, on the handle of alice's group.
+    expect(chat.info).toBeUndefined()
+    expect(chat.participants).toEqual([])
+    expect(chat.role).toBeUndefined()
+    expect(chat.messages().map((msg) => [msg.body, msg.status])).toEqual([["for bob only", "failed"]])
+    const taken = { code: ErrorCode.CONFLICT, rule: Rule.conversationIdTaken }
+    expect(() => chat.retry(secret)).toThrow(expect.objectContaining(taken))
+    expect(chat.message(secret)).toMatchObject({ status: "failed", error: taken })
+    await alice.destroy()
+
+    // Opened again, the id is the other group's, which holds alice: her message is still failed, not for it.
+    const after = await connectClient(relay, a, { storage: "indexeddb" })
+    const reloaded = after.conversation(id)
+    await eventually(() => expect(reloaded.message(secret)).toMatchObject({ status: "failed", error: taken }))
+    // Before: sent into the other group on the user's retry.
+    expect(() => reloaded.retry(secret)).toThrow(expect.objectContaining(taken))
+    reloaded.discard(secret)
+    expect(reloaded.message(secret)).toBeUndefined()
+    squat.send("still mallory's")
+    await squat.flush()
+    expect(await bodiesOnRelay(m, id, "still mallory's")).toEqual(["mallory was here", "still mallory's"])
   })
 
   it("is unavailable with CONFLICT once the other user adds the creator, its failed messages never sent on their own", async () => {

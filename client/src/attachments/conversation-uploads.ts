@@ -114,9 +114,17 @@ export interface UploadDeps {
  */
 const NOT_FOUND_TRIES = 8
 
-const failureOf = (error: ParleyError): StoredFailure => ({ code: error.code, message: error.message })
+const failureOf = (error: ParleyError): StoredFailure => ({
+  code: error.code,
+  message: error.message,
+  ...(error.rule === undefined ? {} : { rule: error.rule }),
+})
 const errorOf = (failure: StoredFailure): ParleyError =>
-  new ParleyError(isErrorCode(failure.code) ? failure.code : ErrorCode.INTERNAL, failure.message)
+  new ParleyError(
+    isErrorCode(failure.code) ? failure.code : ErrorCode.INTERNAL,
+    failure.message,
+    failure.rule === undefined ? undefined : { rule: failure.rule },
+  )
 
 type ObjectUrls = { create(blob: Blob): string; revoke(url: string): void } | undefined
 const objectUrls: ObjectUrls =

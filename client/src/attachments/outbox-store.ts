@@ -6,6 +6,8 @@ import type { StorageKind } from "../storage.js"
 export interface StoredFailure {
   readonly code: string
   readonly message: string
+  /** The rule that refused it, if one did (`conversation-id-taken` forbids a retry, say). */
+  readonly rule?: string
 }
 
 /** One file of a message waiting for its upload. The bytes are kept apart (see {@link OutboxStore.blob}). */

@@ -341,6 +341,9 @@ export class Resync {
     const taken = rebased.failed.find(
       (f) => f.what.kind === "conversation.create" && f.error.rule === Rule.conversationIdTaken,
     )?.error
+    // What the handle shows then: nothing, not the other conversation (its title, participants and messages
+    // are a stranger's, which the user never opened), stored so too. The app may open that one afresh.
+    const next = taken && source === "relay" ? new Y.Doc() : fresh
     // The messages left out as the relay refused them: kept as the user wrote them, failed, outside the
     // replica (the app may retry or discard them); their refusal was told as it came.
     const told = new Set<MessageId>()
@@ -377,11 +380,12 @@ export class Resync {
     // Other tabs of this user may still hold the refused changes and would hand them back over the
     // cross-tab channel: the rebuilt replica shares only with the tabs on its stored generation, once
     // it is known (in memory there are none: it talks to the relay only).
-    const current = host.replace(fresh, stored ?? old.replica)
-    const snapshot = Y.encodeStateAsUpdate(fresh)
+    const current = host.replace(next, stored ?? old.replica)
+    if (next !== fresh) fresh.destroy()
+    const snapshot = Y.encodeStateAsUpdate(next)
     for (const { what, error } of result.failed)
       if (what.kind === "message.send") host.statuses.lost.set(what.id, error)
-    host.statuses.trackAll(fresh, host.user, true)
+    host.statuses.trackAll(next, host.user, true)
     // Before settling: the relay's conversation must not make this one ready.
     if (taken) host.taken(taken)
     else if (pending !== "rebase") host.readmitted()
@@ -403,7 +407,7 @@ export class Resync {
       await old.replica.destroy()
       old.doc.destroy()
       if (host.closed() || host.current() !== current) return
-      current.replica = host.openReplica(fresh)
+      current.replica = host.openReplica(next)
       await current.replica.loaded
       if (host.closed() || host.current() !== current) return
     } else {
