@@ -113,6 +113,36 @@ describe("resync after the relay refuses an update", () => {
   })
 })
 
+describe("a reaction to a message deleted while the device was offline", () => {
+  it("is told once, with the change, not also as the relay's refusal", async () => {
+    const alice = await connectClient(relay, "delalice")
+    const chat = await alice.createConversation({ participants: ["delbob"], title: "deletions" })
+    const doomed = chat.send("deleted soon")
+    await chat.flush()
+    const bob = await connectClient(relay, "delbob")
+    const bobChat = await bob.conversation(chat.id).ready()
+    await eventually(() => expect(bobChat.message(doomed.id)?.body).toBe("deleted soon"))
+    bob.disconnect()
+    bobChat.react(doomed.id, "👍")
+    const kept = bobChat.send("still valid")
+    chat.deleteMessage(doomed.id)
+    await chat.flush()
+    const errors: { code: string; change?: PendingChange }[] = []
+    bobChat.on("error", ({ error, change }) =>
+      errors.push({ code: error.code, ...(change ? { change } : {}) }),
+    )
+    const resynced = new Promise((resolve) => bobChat.once("resynced", resolve))
+    bob.connect()
+
+    await resynced
+    await eventually(() => expect(SAVED).toContain(bobChat.status(kept.id)))
+    expect(bobChat.message(doomed.id)?.reactions).toEqual({})
+    // Before: also the relay's refusal (FORBIDDEN, no change) as an event of its own, for the same reaction.
+    expect(errors).toHaveLength(1)
+    expect(errors[0]?.change).toEqual({ kind: "reaction.add", id: doomed.id, user: "delbob", emoji: "👍" })
+  })
+})
+
 describe("work the relay refuses for good, in the first of several parts", () => {
   it("fails with one clear error and is not sent again and again", async () => {
     const alice = await connectClient(relay, "modalice")

@@ -128,7 +128,11 @@ export class Resync {
     }
     // The conversation was deleted while this device was offline: the deletion tells the app, as online
     // (`conversation.deleted`, its `deletedAt`), and the rebuild below tells what it refused, each once.
-    if (error.rule !== Rule.conversationDeleted) emit("error", { error })
+    let told = false
+    const tell = () => {
+      if (!told && error.rule !== Rule.conversationDeleted) emit("error", { error })
+      told = true
+    }
     // A refusal that names one of the user's unsaved messages (a rule of the relay's own, such as a
     // date checked against its clock) is about that message: the rebuild leaves it out, so it is not
     // sent again to be refused again with everything written after it (before: one message dated by a
@@ -136,6 +140,8 @@ export class Resync {
     // rebuild drops a message, so it is progress, not a loop.
     const named = this.unsavedNamedBy(error)
     if (named.length > 0) {
+      // Told as it came: the rebuild keeps the message failed with this error, and tells nothing more of it.
+      tell()
       for (const id of named) this.named.set(id, error)
       void this.run("relay", false).catch((failure: unknown) => {
         emit("error", { error: toParleyError(failure) })
@@ -144,6 +150,7 @@ export class Resync {
       return
     }
     if (this.withoutSave >= MAX_RESYNCS_WITHOUT_SAVE) {
+      tell()
       // Resyncing did not help (the relay refuses even the re-applied work): give up on what is unsaved,
       // and say so once, in words, before the relay's refusal is repeated (see `refusedForGood`).
       if (this.gaveUp === undefined)
@@ -160,7 +167,11 @@ export class Resync {
       statuses.refresh()
       return
     }
-    void this.run().catch((failure: unknown) => {
+    // Told by the rebuild when it fails what was refused (each failed change as an `error` event with the
+    // change, each message by its status); the relay's refusal only when it fails nothing. Before, a
+    // reaction to a message deleted meanwhile was told twice: FORBIDDEN from the relay, NOT_FOUND from here.
+    void this.run("relay", true, "rebase", tell).catch((failure: unknown) => {
+      tell()
       emit("error", { error: toParleyError(failure) })
       // Try again on the next connect; meanwhile, show what is stuck as failed.
       statuses.refuseUnsaved(error)
@@ -269,12 +280,17 @@ export class Resync {
     source: "relay" | "store" = "relay",
     counted = true,
     pending: PendingWork = "rebase",
+    /** Tells the refusal that asked for this rebuild, if the rebuild fails nothing (see `refused`). */
+    unexplained?: () => void,
   ): Promise<void> {
     const host = this.host
-    if (this.running || host.closed()) return
+    if (this.running || host.closed()) {
+      unexplained?.()
+      return
+    }
     this.running = true
     try {
-      await this.rebuild(source, counted, pending)
+      await this.rebuild(source, counted, pending, unexplained)
     } finally {
       this.running = false
       const replaced = this.replacedMeanwhile
@@ -283,7 +299,12 @@ export class Resync {
     }
   }
 
-  private async rebuild(source: "relay" | "store", counted: boolean, pending: PendingWork): Promise<void> {
+  private async rebuild(
+    source: "relay" | "store",
+    counted: boolean,
+    pending: PendingWork,
+    unexplained?: () => void,
+  ): Promise<void> {
     const host = this.host
     if (source === "relay" && counted) this.withoutSave++
     const old = host.current()
@@ -324,6 +345,7 @@ export class Resync {
       }
       if (host.closed() || host.current() !== old) {
         fresh.destroy()
+        unexplained?.()
         return
       }
     }
@@ -390,6 +412,7 @@ export class Resync {
     if (taken) host.taken(taken)
     else if (pending !== "rebase") host.readmitted()
     host.settle()
+    if (result.failed.length === 0) unexplained?.()
     host.emit("resynced", { reapplied: result.reapplied, failed: result.failed })
     for (const { what, error } of result.failed) {
       if (what.kind === "message.send") host.emit("status", { messageId: what.id, status: "failed", error })
