@@ -15,6 +15,7 @@ import {
   type MessageId,
   ParleyError,
   parseDocumentName,
+  Rule,
   sealedHistory,
   sealedSegments,
   sealedThrough,
@@ -819,9 +820,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /** @internal */
   refused(connection: HostedConnection, error: ParleyError): void {
+    // Not for `missing-changes`: no dependency failed, the part it follows was refused (its own refusal
+    // asks again if storage failed; one refused for good, asked for at every later part, was sent again
+    // and refused again in a loop, and one over a rate limit was sent again before its backoff).
     if (
       connection.session.wantsParley &&
-      (error.code === ErrorCode.UNAVAILABLE || error.code === ErrorCode.STORAGE_UNAVAILABLE)
+      (error.code === ErrorCode.UNAVAILABLE || error.code === ErrorCode.STORAGE_UNAVAILABLE) &&
+      error.rule !== Rule.missingChanges
     )
       this.askAgainOnceWritable(connection)
     this.options.metrics.errors.inc({ code: error.code })

@@ -1,4 +1,5 @@
-import { createConversation, listMessages, type UserId } from "@parley/shared"
+import { createConversation, listMessages, MessageType, type UserId } from "@parley/shared"
+import * as decoding from "lib0/decoding"
 import { describe, expect, it } from "vitest"
 import * as Y from "yjs"
 import { createLogger } from "../src/log.js"
@@ -11,6 +12,13 @@ import { FakeSession, until, updateFrame } from "./helpers/core-session.js"
 import { gappedWrites } from "./helpers/gapped-writes.js"
 
 const alice = "alice" as UserId
+
+/** How many sync requests (sync step 1) the relay sent `session`. */
+const syncRequests = (session: FakeSession): number =>
+  session.frames.filter((frame) => {
+    const d = decoding.createDecoder(frame)
+    return decoding.readVarUint(d) === MessageType.sync && decoding.readVarUint(d) === 0
+  }).length
 
 /**
  * A device's update that follows one of its own the relay never stored (refused
@@ -44,6 +52,12 @@ describe("an update that follows changes of its client the relay does not have",
         error: { code: "UNAVAILABLE", rule: "missing-changes" },
       })
       expect(session.closed).toBeUndefined()
+      // Not asked for again by the relay (a sync request), as after a dependency failing: the refusal of the
+      // part it follows decides (one refused for good was asked for, and sent, again and again; a storage
+      // failure asks once writes are taken). The client's own backoff resends.
+      const asked = syncRequests(session)
+      await new Promise((resolve) => setTimeout(resolve, 600))
+      expect(syncRequests(session)).toBe(asked)
       // The SDK's resend: everything the relay has not acknowledged.
       connection.receive(updateFrame(whole))
       await until(() => session.parley().length === 3)
