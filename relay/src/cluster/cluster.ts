@@ -1,6 +1,5 @@
 import { randomUUID } from "node:crypto"
 import { ErrorCode, ParleyError, toParleyError } from "@parley/shared"
-import { Redis } from "ioredis"
 import type pg from "pg"
 import client from "prom-client"
 import * as Y from "yjs"
@@ -21,6 +20,7 @@ import type { FenceSource } from "./fenced-storage.js"
 import { Leases } from "./leases.js"
 import { ClusterMetrics } from "./metrics.js"
 import { ClusterPresence } from "./presence.js"
+import { CheckedRedis } from "./redis-connection.js"
 import { type RoutedCore, STALE_COPY, type UpdateRouter } from "./router.js"
 import {
   clusterSalt,
@@ -130,8 +130,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   readonly leases: Leases
   /** Who is connected to which conversation through any relay (push skips them). */
   readonly presence: ClusterPresence
-  private readonly redis: Redis
-  private readonly sub: Redis
+  private readonly redis: CheckedRedis
+  private readonly sub: CheckedRedis
   private readonly prefix: string
   private readonly options: Required<Omit<ClusterOptions, "log" | "pool" | "registry">> & ClusterOptions
   readonly metrics: ClusterMetrics
@@ -167,9 +167,10 @@ export class Cluster implements UpdateRouter, FenceSource {
       retryStrategy: (times: number) => Math.min(times * 100, 1000),
       lazyConnect: true,
     }
-    this.redis = new Redis(options.redisUrl, redisOptions)
+    // Each dropped for a fresh connection once its replies cannot be trusted (a timeout, a reply out of step).
+    this.redis = new CheckedRedis(options.redisUrl, redisOptions)
     // The subscriber re-subscribes by itself after a reconnect (ioredis autoResubscribe).
-    this.sub = new Redis(options.redisUrl, {
+    this.sub = new CheckedRedis(options.redisUrl, {
       ...redisOptions,
       enableOfflineQueue: true,
       maxRetriesPerRequest: null,
@@ -232,14 +233,27 @@ export class Cluster implements UpdateRouter, FenceSource {
    * own), as its publishes and leases do: a Redis that still answers `PING`
    * may refuse or hold writes (`CLIENT PAUSE … WRITE`, a replica after a
    * failover, out of memory). The subscriber connection can only `PING`.
-   * One probe at a time: the next waits until this one is answered.
+   * Each connection also echoes a word of this probe's own: a connection that
+   * answers with another command's reply (one went missing on the way) is
+   * replaced. One probe at a time: the next waits until this one is answered.
    */
   private async ping(): Promise<void> {
     if (this.pinging || this.closed) return
     this.pinging = true
+    const word = randomUUID()
+    const answered = (connection: CheckedRedis, reply: unknown, expected: string) => {
+      // A subscribed connection answers `PING` with `["pong", word]`.
+      if ((Array.isArray(reply) ? reply[1] : reply) === expected) return
+      const error = new Error("Redis answered the probe with another command's reply")
+      connection.distrust(error)
+      throw error
+    }
     const probe = Promise.all([
-      this.redis.set(`${this.prefix}probe:${this.relayId}`, "1", "PX", PROBE_KEY_MS),
-      this.sub.ping(),
+      this.redis
+        .set(`${this.prefix}probe:${this.relayId}`, "1", "PX", PROBE_KEY_MS)
+        .then((reply) => answered(this.redis, reply, "OK")),
+      this.redis.ping(word).then((reply) => answered(this.redis, reply, word)),
+      this.sub.ping(word).then((reply) => answered(this.sub, reply, word)),
     ])
     // The next probe starts once this one is answered or failed (the connections' command timeout
     // bounds that), not at its deadline: probes held by a paused Redis do not pile up.

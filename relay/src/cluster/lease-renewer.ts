@@ -29,6 +29,7 @@ const WORKER_SOURCE = `(async () => {
   const held = new Map()
   let stalled = false
   let renewing = false
+  let rounds = 0
   const renew = async () => {
     if (renewing || held.size === 0) return
     const sentAt = Date.now()
@@ -45,6 +46,10 @@ const WORKER_SOURCE = `(async () => {
     const entries = [...held]
     const pipeline = redis.pipeline()
     for (const [name] of entries) pipeline.eval(script, 1, keyPrefix + name, relayId, ttlMs)
+    // Last, a word of this round's own: Redis answers in order, so a connection that lost a reply on the
+    // way (every later one answering the command before it) does not echo it, and none of the answers count.
+    const word = String(++rounds)
+    pipeline.ping(word)
     let results
     try {
       results = await pipeline.exec()
@@ -53,6 +58,14 @@ const WORKER_SOURCE = `(async () => {
       return
     } finally {
       renewing = false
+    }
+    const echoed = results && results[entries.length]
+    if (!echoed || echoed[0] || echoed[1] !== word) {
+      // Replaced by a fresh connection (ioredis reconnects as after any drop): this one's replies are out of step,
+      // or a command timed out on it.
+      if (redis.status === "ready") redis.stream.destroy()
+      parentPort.postMessage({ type: "failed", error: "Redis's replies could not be trusted: reconnecting" })
+      return
     }
     entries.forEach(([name, lease], i) => {
       const answer = results && results[i]

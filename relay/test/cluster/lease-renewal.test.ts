@@ -1,8 +1,12 @@
 import pg from "pg"
 import { afterEach, describe, expect, it } from "vitest"
+import { LeaseRenewer } from "../../src/cluster/lease-renewer.js"
 import { FENCES_SCHEMA } from "../../src/cluster/leases.js"
-import { redisUnreachable } from "../helpers/cluster.js"
+import { createLogger } from "../../src/log.js"
+import { REDIS_URL, redisUnreachable } from "../helpers/cluster.js"
 import { postgresUnreachable, scratchSchema } from "../helpers/postgres.js"
+import { startTcpProxy } from "../helpers/tcp-proxy.js"
+import { until } from "../helpers/until.js"
 import { partitionedLeases } from "./partitioned-leases.js"
 
 const cleanup: (() => unknown)[] = []
@@ -67,6 +71,34 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(a.tokenOf(doc)).toBeUndefined()
       expect(await b.acquire(doc)).toBe(2)
       expect(a.tokenOf(doc)).toBeUndefined()
+    })
+
+    it("renews again within seconds once its connection lost a reply on the way (every later one a reply behind)", async () => {
+      const target = new URL(REDIS_URL)
+      const proxy = await startTcpProxy(target.hostname, Number(target.port || 6379))
+      cleanup.push(() => proxy.close())
+      const ttlMs = 600
+      const renewer = new LeaseRenewer({
+        redisUrl: `redis://127.0.0.1:${proxy.port}`,
+        keyPrefix: `parley-renewal-test:${process.pid}:${Date.now()}:`,
+        relayId: "relay-a",
+        ttlMs,
+        marginMs: 0,
+        // Every renewal succeeds: what is looked at is whether its answer comes back.
+        script: "return 1",
+        maxStallMs: 10_000,
+        log: createLogger("fatal"),
+        lost: () => {},
+      })
+      cleanup.push(() => renewer.close())
+      await renewer.ready(10_000)
+      const lease = renewer.hold("g~behind", Date.now() + ttlMs)
+      const renewedUntil = () => Number(Atomics.load(lease.validUntil, 0))
+      await until(renewedUntil, (until) => until > Date.now())
+      await proxy.dropReply(":1\r\n")
+      const dropped = Date.now()
+      // Renewed by a request sent after the loss: answered on a connection whose replies match again.
+      await until(renewedUntil, (until) => until > dropped + ttlMs)
     })
   })
 }

@@ -63,6 +63,13 @@ const readiness = async (httpUrl: string) => {
   return { status: response.status, body: await response.text() }
 }
 
+/** Whether the relay at `httpUrl` says it is ready on every look for `ms`. */
+const readyThroughout = async (httpUrl: string, ms: number) => {
+  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 100)))
+    if ((await readiness(httpUrl)).status !== 200) return false
+  return true
+}
+
 if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
   describe("a relay whose Redis stalls or drops", () => {
     it.skip(`skipped: PostgreSQL or Redis unreachable (${missing})`, () => {})
@@ -150,5 +157,43 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       )
       await writer.allSaved()
     }, 60_000)
+
+    // The start of the reply lost: the probe's `SET` on the command connection, its `PING` on the subscriber.
+    it.each([
+      ["command", "+OK\r\n"],
+      ["subscriber", "*2\r\n$4\r\npong\r\n"],
+    ])(
+      "replaces its %s connection to Redis once a reply went missing on the way, and is ready again within seconds",
+      async (_, start) => {
+        const [a, b] = await relays([false, true])
+        const id = newConversationId()
+        const owner = new TestClient(a!.relay.url, id, await a!.relay.token(alice))
+        cleanup.push(() => owner.close())
+        await owner.synced()
+        createConversation(owner.doc, alice, { kind: "group", id, participants: [bob] })
+        await owner.allSaved()
+        await until(
+          () => readiness(b!.relay.httpUrl),
+          (r) => r.status === 200,
+        )
+        // From here each reply on that connection answers the command sent before it, or none.
+        await b!.proxy!.dropReply(start)
+        await until(
+          () => readyThroughout(b!.relay.httpUrl, 3000),
+          (ready) => ready,
+          15_000,
+        )
+        // Redis carries b's work again: a change written through b reaches a, which orders the conversation.
+        const writer = new TestClient(b!.relay.url, id, await b!.relay.token(bob))
+        cleanup.push(() => writer.close())
+        await writer.synced()
+        sendMessage(writer.doc, bob, { id: newMessageId(), body: "after the lost reply" })
+        await owner.until(() =>
+          listMessages(owner.doc, { last: 10 }).some((m) => m.body === "after the lost reply"),
+        )
+        await writer.allSaved()
+      },
+      60_000,
+    )
   })
 }

@@ -22,19 +22,61 @@ export interface TcpProxy {
    * until the peer gives up on them.
    */
   holeExisting(): void
+  /**
+   * On every connection open now, drops the server's next whole reply (RESP, Redis's protocol) that
+   * begins with `start`, once: the client's later commands each get the reply of the one before (a
+   * middlebox that lost bytes mid-stream). Nothing fails, nothing closes. Resolves once one was dropped.
+   */
+  dropReply(start: string): Promise<void>
   close(): Promise<void>
+}
+
+/** The length of the RESP reply at `at` of `data`, or undefined when `data` does not hold all of it. */
+function replyLength(data: Buffer, at = 0): number | undefined {
+  const end = data.indexOf("\r\n", at)
+  if (end < 0) return undefined
+  const line = end + 2 - at
+  const count = Number(data.toString("latin1", at + 1, end))
+  switch (String.fromCharCode(data[at]!)) {
+    case "$":
+      return count < 0 ? line : at + line + count + 2 <= data.length ? line + count + 2 : undefined
+    case "*": {
+      let length = line
+      for (let i = 0; i < count; i++) {
+        const element = replyLength(data, at + length)
+        if (element === undefined) return undefined
+        length += element
+      }
+      return length
+    }
+    default:
+      return line
+  }
 }
 
 /** Starts a proxy on a free local port forwarding to `host:port`. */
 export async function startTcpProxy(host: string, port: number): Promise<TcpProxy> {
   const sockets = new Set<Socket>()
+  const upstreams = new Set<Socket>()
   let open = true
   let stalled = false
   const held: { to: Socket; data: Buffer }[] = []
   const holed = new WeakSet<Socket>()
+  /** Per server-side socket, the start of the reply {@link TcpProxy.dropReply} is to drop from it. */
+  const dropping = new Map<Socket, Buffer>()
+  let dropped = () => {}
   const forward = (from: Socket, to: Socket) =>
     from.on("data", (data: Buffer) => {
       if (holed.has(from)) return
+      const start = dropping.get(from)
+      if (start && data.subarray(0, start.length).equals(start)) {
+        const length = replyLength(data)
+        if (length !== undefined) {
+          dropping.delete(from)
+          data = data.subarray(length)
+          dropped()
+        }
+      }
       if (stalled) held.push({ to, data })
       else to.write(data)
     })
@@ -44,6 +86,11 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
       return
     }
     const upstream = connect(port, host)
+    upstreams.add(upstream)
+    upstream.on("close", () => {
+      upstreams.delete(upstream)
+      dropping.delete(upstream)
+    })
     for (const socket of [client, upstream]) {
       sockets.add(socket)
       socket.on("close", () => sockets.delete(socket))
@@ -79,6 +126,12 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
     },
     holeExisting() {
       for (const socket of sockets) holed.add(socket)
+    },
+    dropReply(start) {
+      for (const upstream of upstreams) dropping.set(upstream, Buffer.from(start))
+      return new Promise<void>((resolve) => {
+        dropped = resolve
+      })
     },
     close() {
       cut()
