@@ -13,6 +13,12 @@ export interface TcpProxy {
   heal(): void
   /** Holds every byte either way, connections open, until {@link resume}: nothing is answered, nothing fails. */
   stall(): void
+  /**
+   * Stalls (as {@link stall}) right after the first chunk a client sends that holds `text` has
+   * passed: the server runs that statement (taking its locks) and its answer is held, so the
+   * client's transaction stays open on the server, idle, mid-way.
+   */
+  stallAfter(text: string): void
   /** Passes on what {@link stall} held, in order, and everything after it. */
   resume(): void
   /**
@@ -32,11 +38,18 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
   let stalled = false
   const held: { to: Socket; data: Buffer }[] = []
   const holed = new WeakSet<Socket>()
-  const forward = (from: Socket, to: Socket) =>
+  let stallAt: string | undefined
+  const forward = (from: Socket, to: Socket, fromClient: boolean) =>
     from.on("data", (data: Buffer) => {
       if (holed.has(from)) return
       if (stalled) held.push({ to, data })
-      else to.write(data)
+      else {
+        to.write(data)
+        if (fromClient && stallAt !== undefined && data.includes(stallAt)) {
+          stallAt = undefined
+          stalled = true
+        }
+      }
     })
   const server = createServer((client) => {
     if (!open) {
@@ -52,8 +65,8 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
         upstream.destroy()
       })
     }
-    forward(client, upstream)
-    forward(upstream, client)
+    forward(client, upstream, true)
+    forward(upstream, client, false)
     client.on("end", () => upstream.end())
     upstream.on("end", () => client.end())
   })
@@ -72,6 +85,9 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
     },
     stall() {
       stalled = true
+    },
+    stallAfter(text) {
+      stallAt = text
     },
     resume() {
       stalled = false
