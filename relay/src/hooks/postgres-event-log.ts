@@ -70,6 +70,15 @@ CREATE UNIQUE INDEX IF NOT EXISTS parley_event_log_by_event ON parley_event_log 
 // and a reader past 7 would never see 6. Two-key (LOG_LOCK, the schema): apart from the storage's one-key locks.
 const LOG_LOCK = MEMBER_LIST_LOCK
 
+/**
+ * Takes the log's lock (see `LOG_LOCK`) in `client`'s transaction, until it ends. Every relay's
+ * records wait for it: take it before any lock a relay's own writes wait for (a document's fence row),
+ * so that a record waiting here, behind a relay stalled while holding it, holds none of those.
+ */
+export async function lockEventLog(client: pg.ClientBase): Promise<void> {
+  await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
+}
+
 /** Events one INSERT statement records. */
 const RECORD_CHUNK = 500
 
@@ -176,7 +185,7 @@ export class PostgresEventLog implements EventLog {
   ): Promise<EventLogEntry[]> {
     const kept = events.filter(isLogged).map(loggedForm)
     if (kept.length === 0) return []
-    await client.query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", [LOG_LOCK])
+    await lockEventLog(client)
     await ensurePostgresLists(client, kept.map(json))
     // A statement per chunk of the batch: identities are drawn in the ORDER BY's order, so sorted ids match
     // the events. Chunks keep one statement's parameters to a few MB however large the frame was.

@@ -1,6 +1,7 @@
 import type { Participant } from "@parley/shared"
 import type pg from "pg"
 import { inTransaction } from "../pg-transaction.js"
+import { isLogged } from "./event-log.js"
 import {
   ensurePostgresLists,
   loadPostgresLists,
@@ -17,7 +18,7 @@ import {
   type OutboxBatch,
   type OutboxLane,
 } from "./outbox.js"
-import { PostgresEventLog } from "./postgres-event-log.js"
+import { lockEventLog, PostgresEventLog } from "./postgres-event-log.js"
 
 // The payload is the event's JSON as text, not JSONB: JSONB would reorder keys and refuse `\u0000` in
 // strings (a message body may hold one), and the outbox only ever reads the whole event back.
@@ -66,6 +67,28 @@ export async function hookWatermark(pool: pg.Pool, document: string): Promise<nu
   return rows[0] ? Number(rows[0].through) : undefined
 }
 
+/**
+ * This relay's enqueues that take the event log's lock, let on one at a time from before each takes a
+ * pool connection until it holds the lock. Records commit one at a time under the lock anyway; what
+ * the turns bound is how many connections wait for it: while another relay holds it (stalled, until
+ * the server ends its session) one, instead of one per document written to, which left the appends
+ * queued behind them for a connection.
+ */
+class LogTurns {
+  private last: Promise<void> = Promise.resolve()
+
+  /** Resolves once it is the caller's turn; `done` (idempotent) lets the next one on. */
+  async next(): Promise<{ done: () => void }> {
+    let done!: () => void
+    const previous = this.last
+    this.last = new Promise<void>((resolve) => {
+      done = resolve
+    })
+    await previous
+    return { done }
+  }
+}
+
 /** Events one INSERT statement records: keeps a statement's parameters to a few MB. */
 const RECORD_CHUNK = 500
 
@@ -110,6 +133,7 @@ const storable = (text: string): string => text.replaceAll("\u0000", "\uFFFD")
  */
 export class PostgresOutbox implements Outbox {
   private closed = false
+  private readonly logTurns = new LogTurns()
 
   /**
    * `pool` is the backend's, with {@link OUTBOX_SCHEMA} created; `events` is
@@ -128,10 +152,23 @@ export class PostgresOutbox implements Outbox {
   async enqueue(batch: OutboxBatch): Promise<Delivery[]> {
     this.assertOpen()
     if (batch.events.length === 0 && batch.through === undefined) return []
+    // Every relay's records take the log's lock (the member lists' too, the same one), so it is taken
+    // before the fence row: the document's lock, the log's, then the row. A record that took the row first
+    // and then waited for the log's lock, held by another relay stalled mid-record (its PostgreSQL link
+    // black-holed until the server ended its session), held the row that this relay's appends of its own
+    // conversation lock: its users' messages waited a second at a time, or were refused, as long as the
+    // other relay's stall (an outside probe, KA K7). And one of this relay's records at a time waits for
+    // the log's lock (see `LogTurns`): one per conversation written to took the connections appends need.
+    const locksLog = batch.events.some((e) => isLogged(e.event) || e.targets.length > 0)
+    const turn = locksLog ? await this.logTurns.next() : undefined
     const { out, logged } = await inTransaction(this.pool, async (client) => {
       // One enqueue of a document at a time (across relays too): sequence numbers are drawn inside the
       // transaction, so without the lock a later seq could commit first and be delivered ahead.
       await client.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [DOCUMENT_LOCK, batch.document])
+      if (turn) {
+        await lockEventLog(client)
+        turn.done()
+      }
       await this.options.fence?.(client, batch.document)
       const out: Delivery[] = []
       // Each event serialized once for the log and the outbox, its conversation once per change.
@@ -190,7 +227,7 @@ export class PostgresOutbox implements Outbox {
           [batch.document, batch.through],
         )
       return { out, logged }
-    })
+    }).finally(() => turn?.done())
     this.events.published(logged)
     return out
   }

@@ -13,6 +13,12 @@ export interface TcpProxy {
   heal(): void
   /** Holds every byte either way, connections open, until {@link resume}: nothing is answered, nothing fails. */
   stall(): void
+  /**
+   * Stalls (as {@link stall}) right after the first chunk a client sends that holds `text` has
+   * passed: the server runs that statement (taking its locks) and its answer is held, so the
+   * client's transaction stays open on the server, idle, mid-way.
+   */
+  stallAfter(text: string): void
   /** Passes on what {@link stall} held, in order, and everything after it. */
   resume(): void
   /**
@@ -65,7 +71,8 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
   /** Per server-side socket, the start of the reply {@link TcpProxy.dropReply} is to drop from it. */
   const dropping = new Map<Socket, Buffer>()
   let dropped = () => {}
-  const forward = (from: Socket, to: Socket) =>
+  let stallAt: string | undefined
+  const forward = (from: Socket, to: Socket, fromClient: boolean) =>
     from.on("data", (data: Buffer) => {
       if (holed.has(from)) return
       const start = dropping.get(from)
@@ -78,7 +85,13 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
         }
       }
       if (stalled) held.push({ to, data })
-      else to.write(data)
+      else {
+        to.write(data)
+        if (fromClient && stallAt !== undefined && data.includes(stallAt)) {
+          stallAt = undefined
+          stalled = true
+        }
+      }
     })
   const server = createServer((client) => {
     if (!open) {
@@ -99,8 +112,8 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
         upstream.destroy()
       })
     }
-    forward(client, upstream)
-    forward(upstream, client)
+    forward(client, upstream, true)
+    forward(upstream, client, false)
     client.on("end", () => upstream.end())
     upstream.on("end", () => client.end())
   })
@@ -119,6 +132,9 @@ export async function startTcpProxy(host: string, port: number): Promise<TcpProx
     },
     stall() {
       stalled = true
+    },
+    stallAfter(text) {
+      stallAt = text
     },
     resume() {
       stalled = false
