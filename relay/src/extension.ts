@@ -302,7 +302,8 @@ export interface RelayExtension {
    * order its changes from now on, before its takeover read the stored log ({@link StoredLog.takingOver}).
    * Only the extension that has {@link loadStoredLog} is told: it may hold what it records of the
    * changes ordered meanwhile until the takeover's recovered work is in line before them. Returns
-   * what the core calls once the takeover ended, done or failed (so that nothing stays held).
+   * what the core calls once the takeover ended, done or given up (so that nothing stays held): a
+   * takeover that fails is tried again while the relay holds the lease, the gate still closed.
    */
   claimed?(document: { readonly name: string }): () => void
   /** Highest log position compaction may fold into a snapshot; the lowest answer wins. */

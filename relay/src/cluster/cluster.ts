@@ -48,6 +48,9 @@ const REDIS_PING_MS = 1000
 const STOCK_NOTICE_MS = 60_000
 /** Times a server-side write is made again on a fresher copy before its caller is told to retry. */
 const STALE_COPY_ATTEMPTS = 8
+/** Wait before a failed takeover is tried again (doubling, up to {@link TAKEOVER_RETRY_MAX_MS}). */
+const TAKEOVER_RETRY_MS = 250
+const TAKEOVER_RETRY_MAX_MS = 5_000
 /**
  * How long storage must have failed before a relay lets its leases lapse:
  * past a blip (a failover, a dropped connection the pool replaces), which
@@ -140,6 +143,8 @@ export class Cluster implements UpdateRouter, FenceSource {
   private readonly waiting = new Map<string, Waiting>()
   private readonly reached = new Map<string, Set<() => void>>()
   private readonly takingOver = new Map<string, Promise<boolean>>()
+  /** Documents whose takeover failed and is tried again (see {@link finishTakeoverLater}), with the lease's token. */
+  private readonly retryingTakeover = new Map<string, { readonly token: number }>()
   /** Per document, the last change this relay routed: the next one waits for it (see {@link inOrder}). */
   private readonly chains = new Map<string, FairQueue>()
   private state: RedisState = { ready: false, since: Date.now() }
@@ -465,7 +470,13 @@ export class Cluster implements UpdateRouter, FenceSource {
       })
     }
     for (const name of this.leases.names)
-      if (!this.hosts.has(name) && !owed.has(name) && !this.takingOver.has(name) && !this.chains.has(name))
+      if (
+        !this.hosts.has(name) &&
+        !owed.has(name) &&
+        !this.takingOver.has(name) &&
+        !this.retryingTakeover.has(name) &&
+        !this.chains.has(name)
+      )
         await this.leases.release(name)
   }
 
@@ -768,13 +779,15 @@ export class Cluster implements UpdateRouter, FenceSource {
         // its hooks record must come after what the takeover recovers from the log.
         const ended = this.core!.claimed(name)
         try {
-          const recordedThrough = this.leases.recordedAtClaim(name)
-          const host = this.hosts.get(name)
-          if (host) await this.core!.applyRemote(host, "fetch")
-          await this.core!.tookOver(name, recordedThrough !== undefined ? { recordedThrough } : {})
-        } finally {
-          ended()
+          await this.finishTakeover(name)
+        } catch (error) {
+          // The lease is this relay's: nobody else derives what the last owner left unrecorded, and a
+          // record of a change ordered here would move the watermark past it (lost for good). So the
+          // takeover is tried again while the lease lasts, the document's records still held behind it.
+          this.finishTakeoverLater(name, token, ended, error)
+          throw error
         }
+        ended()
         this.metrics.tookOver.inc()
         this.options.log.info({ doc: name, token }, "ordering the document")
         return true
@@ -782,6 +795,44 @@ export class Cluster implements UpdateRouter, FenceSource {
       this.takingOver.set(name, running)
     }
     return running
+  }
+
+  /** A takeover's work once the lease is taken: this relay's copy caught up, then the core's takeover. */
+  private async finishTakeover(name: string): Promise<void> {
+    const recordedThrough = this.leases.recordedAtClaim(name)
+    const host = this.hosts.get(name)
+    if (host) await this.core!.applyRemote(host, "fetch")
+    await this.core!.tookOver(name, recordedThrough !== undefined ? { recordedThrough } : {})
+  }
+
+  /**
+   * Tries a failed takeover (a storage error after the claim) again, with backoff, until it succeeds
+   * or the lease it was made under is gone (lost, given up, or the relay closes); only then is
+   * `ended` called, which lets the document's records held since the claim go on.
+   */
+  private finishTakeoverLater(name: string, token: number, ended: () => void, error: unknown): void {
+    const attempt = { token }
+    this.retryingTakeover.set(name, attempt)
+    const held = () =>
+      !this.closed && this.retryingTakeover.get(name) === attempt && this.leases.heldOf(name)?.token === token
+    void (async () => {
+      this.options.log.error({ err: error, doc: name }, "a takeover failed: trying it again")
+      for (let tries = 1, delay = TAKEOVER_RETRY_MS; held(); tries++) {
+        await sleep(delay)
+        delay = Math.min(delay * 2, TAKEOVER_RETRY_MAX_MS)
+        if (!held()) break
+        try {
+          await this.finishTakeover(name)
+          this.metrics.tookOver.inc()
+          this.options.log.info({ doc: name, token, attempts: tries + 1 }, "ordering the document")
+          break
+        } catch (next) {
+          this.options.log.warn({ err: next, doc: name, attempts: tries + 1 }, "a takeover failed again")
+        }
+      }
+      if (this.retryingTakeover.get(name) === attempt) this.retryingTakeover.delete(name)
+      ended()
+    })()
   }
 
   private forward(

@@ -60,7 +60,8 @@ export interface RoutedCore {
   tookOver(name: string, claim?: TakeoverClaim): Promise<void>
   /**
    * This relay just claimed `name` (before anything may be written under the new token, before
-   * {@link tookOver}): returns what the cluster calls once the takeover ended, done or failed.
+   * {@link tookOver}): returns what the cluster calls once the takeover ended, done or given up (a
+   * failed one is tried again while the lease lasts).
    */
   claimed(name: string): () => void
   /** Documents storage records as possibly owing a purge (`ContentPurge.owe`); none without a purge backend. */

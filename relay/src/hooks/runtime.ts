@@ -95,6 +95,11 @@ export interface RecoveryOptions {
 interface Claim {
   /** The takeover's record of what it recovered from the log: run first once the gate opens. */
   recover?: () => Promise<void>
+  /**
+   * Set with {@link recover}: resolves once it ran (the document's entry in `HookRuntime.takeovers`).
+   * A takeover tried again after a failure derives its record again, and must not wait for this one.
+   */
+  recorded?: { readonly done: Promise<void>; readonly resolve: () => void }
   /** Opens the gate (once; later calls do nothing). */
   readonly open: () => void
 }
@@ -343,7 +348,9 @@ export class HookRuntime {
    * recorded before the recovered events (the event log held seq 30 before 24–29, an outside probe),
    * or its delivery, queued in a lane made for it, went out before the owed ones the takeover then
    * read (21 before 18–20). Returns what opens the gate in any case (the takeover ended, done or
-   * failed).
+   * given up). A takeover that fails leaves the gate closed: the cluster tries it again while it
+   * holds the lease, since a record of a change ordered here would move the watermark past the
+   * events it is to recover.
    */
   claimed(name: string): () => void {
     if (this.stopped) return () => undefined
@@ -360,7 +367,12 @@ export class HookRuntime {
       },
     }
     this.claims.set(name, claim)
-    this.inLine(name, (previous) => previous.then(() => opened).then((recover) => recover?.()))
+    this.inLine(name, (previous) =>
+      previous
+        .then(() => opened)
+        .then((recover) => recover?.())
+        .finally(() => claim.recorded?.resolve()),
+    )
     return claim.open
   }
 
@@ -404,13 +416,9 @@ export class HookRuntime {
       recordedThrough,
     }: { readonly takingOver?: boolean; readonly recordedThrough?: number } = {},
   ): Promise<void> {
-    try {
-      await this.deriveStored(name, doc, updates, takingOver, recordedThrough)
-    } catch (error) {
-      // The takeover failed: the records held behind its claim go on.
-      if (takingOver) this.claims.get(name)?.open()
-      throw error
-    }
+    // A takeover that fails keeps its claim's gate closed: the cluster tries it again while it holds
+    // the lease, and opens the gate (the function `claimed` returned) once it is done or given up.
+    await this.deriveStored(name, doc, updates, takingOver, recordedThrough)
   }
 
   private async deriveStored(
@@ -422,8 +430,11 @@ export class HookRuntime {
   ): Promise<void> {
     const last = updates.at(-1)?.position
     const id = conversationIdOf(name)
-    // A takeover's record still under way: its events are past the watermark until it is done.
-    await this.takeovers.get(name)
+    const claim = takingOver ? this.claims.get(name) : undefined
+    // A takeover's record still under way: its events are past the watermark until it is done. Not
+    // this claim's own, from an earlier attempt of the takeover: it waits for the gate this one opens.
+    const earlier = this.takeovers.get(name)
+    if (earlier && earlier !== claim?.recorded?.done) await earlier
     const current = id ? await this.options.outbox.watermark(name) : undefined
     // The watermark at the claim, when this relay's own records moved it on since: what a relay that
     // lost the document left unrecorded lies past the claim's mark (its late records were refused),
@@ -479,18 +490,20 @@ export class HookRuntime {
       this.recovered.set(name, { events: patched, through: last })
       return
     }
-    const claim = takingOver ? this.claims.get(name) : undefined
-    if (claim) {
+    if (claim && this.claims.get(name) === claim) {
       // First in the document's line, before the records of changes ordered here since the claim.
       const record = this.recorder(name, patched, last)
-      let recorded!: () => void
-      const entry: Promise<void> = new Promise<void>((resolve) => {
-        recorded = resolve
-      }).finally(() => {
-        if (this.takeovers.get(name) === entry) this.takeovers.delete(name)
-      })
-      claim.recover = () => this.recordOrRetry(name, record).finally(recorded)
-      this.takeovers.set(name, entry)
+      claim.recover = () => this.recordOrRetry(name, record)
+      if (!claim.recorded) {
+        let resolve!: () => void
+        const done: Promise<void> = new Promise<void>((r) => {
+          resolve = r
+        }).finally(() => {
+          if (this.takeovers.get(name) === done) this.takeovers.delete(name)
+        })
+        claim.recorded = { done, resolve }
+        this.takeovers.set(name, done)
+      }
       return
     }
     const recording = this.enqueue(name, patched, last).catch(() => undefined)
@@ -593,12 +606,10 @@ export class HookRuntime {
   async resume(document: string): Promise<void> {
     // Not waiting for the document's records in line (the dead owner's events, see
     // `applyStoredLog`): the dispatcher takes in what they add after it read the outbox.
-    try {
-      await this.dispatcher.adopt(document)
-    } finally {
-      // The lanes are read (their owed deliveries first): the records held since the claim go on.
-      this.claims.get(document)?.open()
-    }
+    await this.dispatcher.adopt(document)
+    // The lanes are read (their owed deliveries first): the records held since the claim go on. (Not
+    // when the read failed: the takeover is tried again, and its gate opened once done or given up.)
+    this.claims.get(document)?.open()
   }
 
   /**
