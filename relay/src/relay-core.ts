@@ -22,6 +22,7 @@ import {
   toParleyError,
   typesOf,
   type UserId,
+  unsequencedMessages,
 } from "@parley/shared"
 import { applyAwarenessUpdate, encodeAwarenessUpdate } from "y-protocols/awareness"
 import * as Y from "yjs"
@@ -751,10 +752,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     // Events of changes a dead owner stored but did not record: derived from the log, as after a crash.
     const stored = await this.options.storage.load(name)
     const doc = new Y.Doc()
+    let unnumbered = false
     try {
       if (stored.snapshot) applyStored(doc, stored.snapshot, 0)
       // Purges the dead owner did not finish, as a load after a crash finds them.
-      const snapshot = parseName(name).kind === "conversation" ? deletedInSnapshot(doc) : undefined
+      const conversation = parseName(name).kind === "conversation"
+      const snapshot = conversation ? deletedInSnapshot(doc) : undefined
       await this.extensions.loadStoredLog({
         name,
         doc,
@@ -763,6 +766,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
         ...(claim.recordedThrough !== undefined ? { recordedThrough: claim.recordedThrough } : {}),
       })
       if (snapshot) notePurgesOwed(this.ctx, name, purgesOwed(doc, snapshot))
+      unnumbered = conversation && unsequencedMessages(doc).length > 0
     } finally {
       doc.destroy()
     }
@@ -771,6 +775,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       // The owed purges of deleted messages are scheduled; a deleted conversation's runs just below.
       adoptDuePurge(this.ctx, host)
       await sequenceLeftovers(this.ctx, host)
+    } else if (unnumbered) {
+      // Messages the last owner stored and died before numbering: numbered now, by a load (which numbers
+      // leftovers, as the recovery sweep's does), so that their events, which wait for those numbers,
+      // are recorded now and not at the document's next change (for a quiet conversation, never).
+      await this.read(name, () => undefined)
     }
     await this.extensions.tookOver(name)
   }

@@ -8,10 +8,13 @@ import {
   type UserId,
 } from "@parley/shared"
 import { afterEach, describe, expect, it } from "vitest"
+import * as Y from "yjs"
 import { MemoryBackend } from "../../src/backend/memory.js"
+import { ownedOutbox } from "../../src/cluster/outbox.js"
 import type { UpdateRouter } from "../../src/cluster/router.js"
 import type { HookEvent } from "../../src/hooks/events.js"
 import { NOT_RECORDER, type Outbox } from "../../src/hooks/outbox.js"
+import type { RelayStorage } from "../../src/storage/types.js"
 import { coreWithHooks, InProcessClient, recordingHooks } from "./in-process.js"
 
 const alice = "alice" as UserId
@@ -205,5 +208,71 @@ describe("a conversation claimed by another relay before the last owner recorded
     // after it, once the takeover had read the outbox.
     expect(sentIds(events)).toEqual(["left-owed0001", "after-claim002"])
     expect(await backend.outbox.pending()).toEqual([])
+  })
+})
+
+/** Stores, behind the relays' back, `user`'s message as the next log entry: saved, then its relay died before numbering it. */
+async function savedUnnumbered(storage: RelayStorage, name: string, user: UserId, message: string) {
+  const replica = new Y.Doc()
+  const stored = await storage.load(name)
+  if (stored.snapshot) Y.applyUpdate(replica, stored.snapshot)
+  for (const { update } of stored.updates) Y.applyUpdate(replica, update)
+  const before = Y.encodeStateVector(replica)
+  sendMessage(replica, user, { id: message as MessageId, body: "saved, then the relay died" })
+  await storage.append(name, [Y.encodeStateAsUpdate(replica, before)])
+}
+
+describe("a conversation taken over with a message the last owner stored but did not number", () => {
+  it("has the message numbered and its events recorded and delivered by the new owner at once, nobody connected", async () => {
+    const backend = new MemoryBackend()
+    cleanup.push(() => backend.close())
+    const id = "g~unnumbered-1" as ConversationId
+    const owner = await coreWithHooks({
+      storage: backend.documents,
+      outbox: backend.outbox,
+      hooks: [{ name: "record.ts", path: "record.ts", hooks: recordingHooks().hooks }],
+    })
+    cleanup.push(() => owner.core.close())
+    const a = new InProcessClient(owner.core, id, alice)
+    await a.connect()
+    createConversation(a.doc, alice, { kind: "group", id, participants: [bob] })
+    sendMessage(a.doc, alice, { id: "first-message1" as MessageId, body: "one" })
+    await a.settled()
+    await owner.runtime.idle()
+    await savedUnnumbered(backend.documents, id, bob, "unnumbered-001")
+
+    // The next owner claims the quiet conversation (its sweep found it behind): nobody has it open there.
+    // Its start recovered nothing of it: as in a cluster, only what a relay orders is its to recover.
+    let owns = false
+    const { hooks, events } = recordingHooks()
+    const next = await coreWithHooks({
+      storage: backend.documents,
+      outbox: ownedOutbox(backend.outbox, () => owns),
+      hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+      router: localRouter(() => owns),
+    })
+    cleanup.push(() => next.core.close())
+    const recordedThrough = await backend.outbox.watermark(id)
+    owns = true
+    const ended = next.core.claimed(id)
+    try {
+      await next.core.tookOver(id, recordedThrough !== undefined ? { recordedThrough } : {})
+    } finally {
+      ended()
+    }
+    await next.runtime.idle()
+    // Before: the events waited in memory for the conversation's next change, which may never come.
+    const numbered = (list: readonly HookEvent[]) =>
+      list
+        .filter((e) => e.event.type === "message.sent")
+        .map((e) => (e.subject as { message: { id: string; seq?: number } }).message)
+        .map((m) => [m.id, m.seq])
+    expect(numbered(events)).toEqual([["unnumbered-001", 2]])
+    const logged = await backend.events.read({ types: ["message.sent"], limit: 10 })
+    expect(numbered(logged.map((e) => e.event))).toEqual([
+      ["first-message1", 1],
+      ["unnumbered-001", 2],
+    ])
+    expect(await backend.outbox.behind()).toEqual([])
   })
 })
