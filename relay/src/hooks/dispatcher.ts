@@ -136,7 +136,7 @@ export interface DispatcherOptions {
   /** Most deliveries all lanes hold in memory together (default {@link DEFAULT_MAX_HELD}), beyond one per lane. */
   readonly maxHeld?: number
   /**
-   * With a fence (a cluster): how often the documents the outbox owes deliveries for are compared
+   * With a fence (a cluster): how often the lanes the outbox owes deliveries for are compared
    * with the lanes held here (default {@link DEFAULT_RECHECK_MS}); see {@link Dispatcher.recheck}.
    */
   readonly recheckMs?: number
@@ -272,30 +272,36 @@ export class Dispatcher {
   }
 
   /**
-   * A cluster's net under the lanes: the documents this relay orders whose outbox owes deliveries
-   * while no lane of theirs is held here (nor watched, see {@link leftBehind}) are adopted, read
-   * from the outbox in order. Only a local enqueue or a takeover tells a dispatcher of deliveries;
-   * one recorded or revived where this relay never heard of it (a dead letter replayed through
-   * another relay, a record that lost the race with the takeover's read) stayed owed, never
-   * attempted, for as long as the relay ran. One query every few seconds (the owed documents, as
-   * the cluster's sweep reads them), and a document's lanes only when it has none here.
+   * A cluster's net under the lanes: the lanes (target and document) of documents this relay orders
+   * whose outbox owes deliveries while no such lane is held here (nor watched, see {@link leftBehind})
+   * are read from the outbox in order. Only a local enqueue or a takeover tells a dispatcher of
+   * deliveries; one recorded or revived where this relay never heard of it (a dead letter replayed
+   * through another relay, a record that lost the race with the takeover's read) stayed owed, never
+   * attempted, for as long as the relay ran. Compared lane by lane, not document by document: a
+   * document with a lane of another target held here (a slow hook, a webhook waiting out its retries
+   * for hours) kept such a delivery unattempted as long as that lane lasted. A lane held here that
+   * does not know of one of its own deliveries is dropped once it has delivered what it holds (see
+   * `pump`), and the next look reads it. One query every few seconds (the owed lanes, as the
+   * takeover reads a document's), and a document's lanes again only when one of them is not held here.
    */
   private async recheck(): Promise<void> {
     const fence = this.options.fence
     if (this.rechecking || this.stopped || !fence) return
     this.rechecking = true
     try {
-      const owed = await this.options.outbox.pendingDocuments()
-      const held = new Set<string>()
-      for (const lane of this.lanes.values()) held.add(lane.document)
-      for (const left of this.leftBehindLanes.values()) held.add(left.document)
-      for (const document of owed) {
+      const unheld = new Set<string>()
+      for (const lane of await this.options.outbox.pendingLanes()) {
+        const id = `${lane.target}\u0000${lane.document}`
+        if (!this.lanes.has(id) && !this.leftBehindLanes.has(id)) unheld.add(lane.document)
+      }
+      for (const document of unheld) {
         if (this.stopped) return
-        if (held.has(document) || fence.tokenOf(document) === undefined) continue
+        if (fence.tokenOf(document) === undefined) continue
         // Read again now: the lane may have been paid and dropped since the list was read.
-        const lanes = (await this.options.outbox.pendingLanes(document)).filter(
-          (lane) => !this.lanes.has(`${lane.target}\u0000${lane.document}`),
-        )
+        const lanes = (await this.options.outbox.pendingLanes(document)).filter((lane) => {
+          const id = `${lane.target}\u0000${lane.document}`
+          return !this.lanes.has(id) && !this.leftBehindLanes.has(id)
+        })
         if (lanes.length === 0 || fence.tokenOf(document) === undefined) continue
         this.options.log.warn(
           { conversationId: document, lanes: lanes.length },
@@ -304,7 +310,7 @@ export class Dispatcher {
         await this.resumeLanes(lanes)
       }
     } catch (error) {
-      this.options.log.error({ err: error }, "hook outbox failed to list the documents owing deliveries")
+      this.options.log.error({ err: error }, "hook outbox failed to list the lanes owing deliveries")
     } finally {
       this.rechecking = false
     }
@@ -336,7 +342,7 @@ export class Dispatcher {
 
   private async resumeLanes(owed: readonly OutboxLane[]): Promise<void> {
     for (const [id, left] of this.leftBehindLanes)
-      if (owed.some((lane) => lane.document === left.document)) {
+      if (owed.some((lane) => `${lane.target}\u0000${lane.document}` === id)) {
         clearTimeout(left.timer)
         this.leftBehindLanes.delete(id)
       }

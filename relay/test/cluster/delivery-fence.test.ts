@@ -183,6 +183,59 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       expect(logged.map((entry) => entry.event.event.id)).toEqual(["e11", "e12"])
     })
 
+    it("delivers an owed delivery no lane here knows of while another target's lane of the document is held", async () => {
+      const scratch = await scratchSchema()
+      cleanup.push(() => scratch.drop())
+      const prefix = `parley-recheck-lanes-test:${process.pid}:${Date.now()}:`
+      const a = await openClusterBackend({
+        databaseUrl: scratch.url,
+        redisUrl: REDIS_URL,
+        keyPrefix: prefix,
+        leaseMs: 60_000,
+        log,
+      })
+      cleanup.push(() => a.backend.close())
+      const doc = "g~recheckedLanes"
+      expect(await a.cluster.leases.acquire(doc)).toBe(1)
+      const outbox = a.backend.outbox as PostgresOutbox
+      // A slow hook holds its lane of the document (an attempt running, or a retry waited out).
+      const slow = gatedTarget("slow")
+      const delivered: string[] = []
+      const other: DeliveryTarget = {
+        name: "other",
+        accepts: () => true,
+        deliver: async (event: HookEvent) => {
+          delivered.push(event.event.id)
+        },
+        retryDelay: () => 1000,
+      }
+      const dispatcher = new Dispatcher({
+        outbox,
+        targets: [slow.target, other],
+        log,
+        metrics: new HookMetrics(new Registry()),
+        fence: a.deliveries,
+        recheckMs: 100,
+      })
+      cleanup.push(() => dispatcher.stop())
+      dispatcher.add(
+        await outbox.enqueue({
+          document: doc,
+          events: [{ event: sampleEvent("e1", doc), targets: ["slow"] }],
+        }),
+      )
+      await until(() => slow.calls.length === 1)
+      // A delivery to the other target that this dispatcher never heard of (recorded or revived where it
+      // was not told: a dead letter replayed through another relay, say).
+      await outbox.enqueue({ document: doc, events: [{ event: sampleEvent("e2", doc), targets: ["other"] }] })
+      // Before: never attempted while the slow hook's lane was held (the recheck skipped the document).
+      await until(() => delivered.length === 1, 3000).catch(() => undefined)
+      expect(delivered).toEqual(["e2"])
+      slow.release()
+      await dispatcher.idle()
+      expect(await outbox.pending()).toEqual([])
+    })
+
     it("aborts a running attempt once the lease lapses by the relay's clock, records nothing and starts no other", async () => {
       const scratch = await scratchSchema()
       cleanup.push(() => scratch.drop())
