@@ -11,6 +11,7 @@ import type { Context, MiddlewareHandler } from "hono"
 import type { ContentfulStatusCode } from "hono/utils/http-status"
 import { attachmentsOpenApiPart } from "../attachments/routes.js"
 import type { RunningCore } from "../extension.js"
+import { SealedReads } from "../history/sealed-reads.js"
 import type { Logger } from "../log.js"
 import { serviceParticipant } from "../principal.js"
 import { pushOpenApiPart } from "../push/routes.js"
@@ -23,7 +24,7 @@ import { EventStreams } from "./event-stream.js"
 import type { IdempotencyStore } from "./idempotency.js"
 import { type ApiKeyRecord, type ApiKeyStore, type ApiScope, secretMatches, splitApiKey } from "./keys.js"
 import { type ApiLimits, DEFAULT_API_LIMITS } from "./limits.js"
-import { SEALED_SCAN_LIMIT } from "./message-pages.js"
+import { SEALED_READS_PER_KEY, SEALED_READS_PER_PAGE, SEALED_SCAN_LIMIT } from "./message-pages.js"
 import {
   type Actor,
   ApiOperations,
@@ -187,6 +188,33 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       { "retry-after": String(Math.max(1, Math.ceil(bucket.msUntil(needed) / 1000))) },
     )
   }
+  /**
+   * The sealed history reads of one listing, each segment or directory page
+   * it looks at paid for with a request's worth of the key's rate: a page that
+   * looks at 16 segments costs what 17 cheap requests cost, so a key looping
+   * costly pages is held to its rate in work, not in requests. Granted only
+   * while the key's budget holds one.
+   */
+  const pageReads = (c: Context<Env>): SealedReads => {
+    const bucket = buckets.get(c.get("key").id)
+    return new SealedReads(SEALED_READS_PER_PAGE, (wanted) => {
+      let paid = 0
+      while (paid < wanted && (!bucket || bucket.take())) paid++
+      return paid
+    })
+  }
+  /**
+   * The sealed history reads of a send's search for an earlier attempt: not
+   * cut short (the send must not be written twice), but each segment read is
+   * taken from the key's rate, into debt.
+   */
+  const searchReads = (c: Context<Env>): SealedReads => {
+    const bucket = buckets.get(c.get("key").id)
+    return new SealedReads(Number.POSITIVE_INFINITY, (wanted) => {
+      bucket?.spend(wanted)
+      return wanted
+    })
+  }
   const streams = options.streams ?? eventStreams(options, limits)
 
   const app = problemApp<Env>(options.log, "API request")
@@ -245,9 +273,8 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
         c,
         new ParleyError(ErrorCode.RATE_LIMITED, "too many requests for this API key"),
         429,
-        {
-          "retry-after": String(Math.max(1, Math.ceil(1 / limits.requestsPerSecond))),
-        },
+        // Until a request's worth is back: a key in debt (sealed reads, bodies) waits longer than a request's.
+        { "retry-after": String(Math.max(1, Math.ceil(bucket.msUntil(1) / 1000))) },
       )
     c.set("key", record)
     await next()
@@ -558,11 +585,16 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       if (derived && input.id !== undefined && input.id !== derived)
         throw refuse(ErrorCode.INVALID_ARGUMENT, "give a message id or an Idempotency-Key, not both")
       const { asUser: _, ...message } = input
-      const { message: sent, created } = await ops.send(conversationId(c.req.valid("param").id), actor, {
-        ...(message as Omit<typeof message, "id">),
-        id: (derived ?? input.id ?? newId()) as MessageId,
-        idempotent: derived !== undefined || input.id !== undefined,
-      } as never)
+      const { message: sent, created } = await ops.send(
+        conversationId(c.req.valid("param").id),
+        actor,
+        {
+          ...(message as Omit<typeof message, "id">),
+          id: (derived ?? input.id ?? newId()) as MessageId,
+          idempotent: derived !== undefined || input.id !== undefined,
+        } as never,
+        searchReads(c),
+      )
       return reply(c, messageAnswer(c, sent), created ? 201 : 200)
     },
   )
@@ -572,13 +604,24 @@ export function createApi(options: ApiOptions): OpenAPIHono<Env> {
       method: "get",
       path: "/v1/conversations/{id}/messages",
       summary: "List messages by sequence number",
-      description: `Pages through the whole conversation, sealed history included: without \`after\` or \`before\` the latest \`limit\` messages; \`next\` gives the cursor of the next page (older ones for \`before\` and the latest, newer ones for \`after\`), absent at the end. Messages are in sequence order within a page, deleted ones as placeholders (\`type: "deleted"\`, empty body). Cursors are sequence numbers, so pages stay put while messages arrive. A page looks at no more than ${SEALED_SCAN_LIMIT.toLocaleString("en")} sealed messages: with \`type\` it may hold fewer than \`limit\`, even none, and still have a \`next\`.`,
+      description: `Pages through the whole conversation, sealed history included: without \`after\` or \`before\` the latest \`limit\` messages; \`next\` gives the cursor of the next page (older ones for \`before\` and the latest, newer ones for \`after\`), absent at the end. Messages are in sequence order within a page, deleted ones as placeholders (\`type: "deleted"\`, empty body). Cursors are sequence numbers, so pages stay put while messages arrive. A page looks at no more than ${SEALED_SCAN_LIMIT.toLocaleString("en")} sealed messages in no more than ${SEALED_READS_PER_PAGE} sealed segments (and history directory pages): a page may hold fewer than \`limit\`, with \`type\` even none, and still have a \`next\` (with nothing yet, the cursor you sent; the relay holds what it read, the next page goes further): continue with it. Each segment a page looks at takes a request's worth of the key's rate; a page that could look at none is answered 429 \`RATE_LIMITED\` (rule \`${SEALED_READS_PER_KEY}\`) with \`Retry-After\`.`,
       request: { params: S.ConversationParams, query: S.MessagesQuery },
       responses: { 200: json(S.MessageListSchema, "Messages in sequence order, and the next page's cursor") },
     }),
     async (c) => {
       need(c, "messages:read")
-      return reply(c, await ops.messages(conversationId(c.req.valid("param").id), c.req.valid("query")))
+      try {
+        return reply(
+          c,
+          await ops.messages(conversationId(c.req.valid("param").id), c.req.valid("query"), pageReads(c)),
+        )
+      } catch (error) {
+        if (!(error instanceof ParleyError) || error.rule !== SEALED_READS_PER_KEY) throw error
+        const wait = buckets.get(c.get("key").id)?.msUntil(1) ?? 0
+        return problemResponse(c, error, 429, {
+          "retry-after": String(Math.max(1, Math.ceil(wait / 1000))),
+        }) as never
+      }
     },
   )
 

@@ -55,6 +55,7 @@ import {
 } from "@parley/shared"
 import type * as Y from "yjs"
 import type { RunningCore, ServerWriteOptions } from "../extension.js"
+import { SealedReads } from "../history/sealed-reads.js"
 import { derivedInbox, inboxSummary } from "../inbox/summary.js"
 import type { Principal } from "../principal.js"
 import type { IdempotencyStore } from "./idempotency.js"
@@ -440,8 +441,15 @@ export class ApiOperations {
    * CONFLICT when the id was used for a different message; it never writes a
    * second one. A first attempt costs a record and its completion; a replay
    * reads the message where its record says it is (one segment at most).
+   * Segments searched for an earlier attempt are granted by `reads` (paid
+   * for by the key).
    */
-  async send(id: ConversationId, actor: Actor, request: SendRequest): Promise<SendResult> {
+  async send(
+    id: ConversationId,
+    actor: Actor,
+    request: SendRequest,
+    reads: SealedReads = SealedReads.relay(),
+  ): Promise<SendResult> {
     // A non-participant is refused before anything is read or recorded for the ids it names.
     const since = await this.core.read(
       id,
@@ -462,7 +470,7 @@ export class ApiOperations {
     // message, then failed, crashed or is still running, here or on another relay): above its `since`.
     let searched = Number.POSITIVE_INFINITY
     if (record?.seq !== undefined) {
-      const replay = await this.replay(id, actor, request, record.seq)
+      const replay = await this.replay(id, actor, request, record.seq, reads)
       if (replay) return replay
       // Not at its number any more: gone with its deleted conversation's content. The write decides.
     } else if (record) {
@@ -470,6 +478,7 @@ export class ApiOperations {
         id,
         { after: record.since },
         (e) => e.record.id === request.id,
+        reads,
       )
       if (search.found) return this.replayed(id, actor, request, search.found, false)
       searched = search.sealedThrough
@@ -477,7 +486,12 @@ export class ApiOperations {
     let outcome = await this.sendOnce(id, actor, request, searched)
     while (outcome === "sealed") {
       // Sealed since the search: what was sealed meanwhile is searched too, before writing.
-      const search = await this.pages.findSealed(id, { after: searched }, (e) => e.record.id === request.id)
+      const search = await this.pages.findSealed(
+        id,
+        { after: searched },
+        (e) => e.record.id === request.id,
+        reads,
+      )
       if (search.found) return this.replayed(id, actor, request, search.found, false)
       searched = search.sealedThrough
       outcome = await this.sendOnce(id, actor, request, searched)
@@ -579,6 +593,7 @@ export class ApiOperations {
     actor: Actor,
     request: SendRequest,
     seq: number,
+    reads: SealedReads,
   ): Promise<SendResult | undefined> {
     const live = await this.core.read(
       id,
@@ -599,6 +614,7 @@ export class ApiOperations {
       id,
       { after: seq - 1, through: seq },
       (e) => e.record.id === request.id,
+      reads,
     )
     return search.found && this.replayed(id, actor, request, search.found, true)
   }
@@ -802,9 +818,11 @@ export class ApiOperations {
    * after `after` (the first `limit`), else before `before` (the last
    * `limit`), else the latest `limit`; only those of `type` when given. In
    * sequence order, with the cursor of the next page when there is one.
+   * Bounded in the sealed segments it looks at by `reads` (see
+   * {@link MessagePages.list}).
    */
-  messages(id: ConversationId, query: MessagePageQuery): Promise<MessagePage> {
-    return this.pages.list(id, query)
+  messages(id: ConversationId, query: MessagePageQuery, reads?: SealedReads): Promise<MessagePage> {
+    return this.pages.list(id, query, reads)
   }
 
   /**

@@ -57,6 +57,11 @@ export class SealedReads {
     return paid
   }
 
+  /** Whether the last grant fell short because the payer's budget was spent, not the bound. */
+  get payerSpent(): boolean {
+    return this.short === "user"
+  }
+
   /** The refusal of a change that needed more reads than were granted. */
   refusal(): ParleyError {
     return this.short === "user"

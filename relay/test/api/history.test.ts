@@ -397,4 +397,103 @@ describe("a listing's reads of sealed history", () => {
     const pages = await pageThrough(api, "g~hist-rare", "type=rare&limit=5")
     expect(pages.flat().map((m) => m.body)).toEqual(["m1300", "m5"])
   })
+
+  /** Writes `count` messages as the key `backend`'s participant, ten at a time, each `rare` one of type "rare". */
+  async function writeMessages(relay: RunningRelay, id: string, count: number, rare: (i: number) => boolean) {
+    const service = "service.backend" as UserId
+    const writer = { kind: "service", subject: "backend", user: service } as const
+    for (let from = 1; from <= count; from += 10)
+      await relay.core.write(id, writer, (doc) => {
+        for (let i = from; i < from + 10; i++)
+          sendMessage(doc, service, { body: `m${i}`, ...(rare(i) ? { type: "rare" } : {}) })
+      })
+  }
+
+  it("reads at most 16 small segments for a filtered page, and its cursors continue without losing or repeating a message", async () => {
+    const dataDir = freshDataDir()
+    const first = new SqliteBackend(dataDir)
+    const made = newApiKey("backend", ["conversations:write", "messages:read"])
+    await first.keys.create(made.record)
+    let relay = await start(first)
+    const api = apiClient(() => relay.httpUrl, made.key)
+    await api("POST", "/v1/conversations", { id: "g~hist-small", participants: [] })
+    // 600 messages in segments of 10, one in 97 of type "rare": no page of 1,000 sealed messages at once.
+    const rare = (i: number) => i % 97 === 0
+    await writeMessages(relay, "g~hist-small", 600, rare)
+    await relay.close()
+
+    const backend = new SqliteBackend(dataDir)
+    let reads = 0
+    const get = backend.history.get.bind(backend.history)
+    backend.history.get = (doc, index) => {
+      if (doc === "g~hist-small") reads++
+      return get(doc, index)
+    }
+    relay = await start(backend)
+    const expected = range(1, 600).filter(rare)
+    const most: number[] = []
+    const counted = async () => {
+      most.push(reads)
+      reads = 0
+    }
+    for (const first of ["type=rare&limit=50", "type=rare&after=0&limit=50"]) {
+      reads = 0
+      const pages = await pageThrough(api, "g~hist-small", first, counted)
+      await counted()
+      const listed = pages.flat().map((m) => m.seq)
+      expect([...listed].sort((a, b) => a - b)).toEqual(expected)
+      expect(new Set(listed).size).toBe(listed.length)
+      expect(pages.flat().every((m) => m.type === "rare" && m.body === `m${m.seq}`)).toBe(true)
+    }
+    // Segments and directory pages read from storage per page.
+    expect(Math.max(...most)).toBeLessThanOrEqual(16)
+  })
+
+  it("answers a key that floods costly pages 429 with Retry-After, while another key is answered", async () => {
+    const backend = new MemoryBackend()
+    const setup = newApiKey("backend", ["conversations:write", "messages:read"])
+    const flooder = newApiKey("flooder", ["messages:read"])
+    const honest = newApiKey("honest", ["messages:read"])
+    for (const made of [setup, flooder, honest]) await backend.keys.create(made.record)
+    const relay = await startRelay({
+      port: 0,
+      warmUp: false,
+      backend,
+      dev: true,
+      log: "silent",
+      history: { segmentSize: 10, keepLive: 5, keepSummaries: 4, foldSize: 16 },
+      // A burst of 60 requests, refilled slowly: what a test sends is the burst.
+      apiLimits: { requestsPerSecond: 0.5, requestBurst: 60 },
+    })
+    relays.push(relay)
+    await apiClient(() => relay.httpUrl, setup.key)("POST", "/v1/conversations", {
+      id: "g~hist-flood",
+      participants: [],
+    })
+    await writeMessages(relay, "g~hist-flood", 600, () => false)
+
+    // A type no message has: each page looks at as much sealed history as a page may.
+    const flood = apiClient(() => relay.httpUrl, flooder.key)
+    const answers: Answer[] = []
+    for (let i = 0; i < 10; i++)
+      answers.push(
+        await flood("GET", `/v1/conversations/g~hist-flood/messages?type=nothing&before=${600 - i * 10}`),
+      )
+    const refused = answers.filter((a) => a.status === 429)
+    // Ten requests of a burst of 60, refused for the work they asked, not their number.
+    expect(refused.length).toBeGreaterThan(0)
+    expect(answers.findIndex((a) => a.status === 429)).toBeLessThanOrEqual(4)
+    for (const answer of refused) {
+      expect(answer.body.code).toBe("RATE_LIMITED")
+      expect(Number(answer.headers.get("retry-after"))).toBeGreaterThanOrEqual(1)
+    }
+    for (const answer of answers.filter((a) => a.status === 200)) expect(answer.body.messages).toEqual([])
+
+    const other = apiClient(() => relay.httpUrl, honest.key)
+    for (let i = 0; i < 10; i++) {
+      const page = await other("GET", "/v1/conversations/g~hist-flood/messages?limit=5")
+      expect(page.status).toBe(200)
+      expect(seqs(page.body.messages)).toEqual(range(596, 600))
+    }
+  })
 })
