@@ -914,9 +914,15 @@ const isDeleted = (doc: Y.Doc): boolean => typeof typesOf(doc).meta.get(MetaKey.
  */
 async function purgeBeforeReopen(ctx: PathContext, host: DocumentHost): Promise<boolean> {
   if (host.name.kind !== "conversation" || !owesConversationPurge(ctx, host)) return false
-  await purgeConversation(ctx, host, host.name.id)
+  // A purge that failed is tried again on its own schedule (see purgeConversation), not once more per
+  // change that arrives meanwhile (every frame to the conversation would buy a compaction attempt).
+  if (!purgeRetries.has(host) && !(ctx.storageHealth && !ctx.storageHealth.available))
+    await purgeConversation(ctx, host, host.name.id)
   return owesConversationPurge(ctx, host)
 }
+
+/** Hosts whose conversation purge failed and waits for its retry: one retry at a time each. */
+const purgeRetries = new WeakSet<DocumentHost>()
 
 /** The refusal of a reopen while the deletion's purge is owed: retryable, the purge is tried again. */
 const purgeStillOwed = (): ParleyError =>
@@ -1082,8 +1088,11 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation: tried again later")
     // Once the live document is purged, only the owed mark says the log, the segments and the stored
     // events are still to be purged: by this host, again once storage answers, or by the next one.
+    if (purgeRetries.has(host)) return
+    purgeRetries.add(host)
     retryLater(ctx, host, (delayMs) => {
       setTimeout(() => {
+        purgeRetries.delete(host)
         if (host.destroyed) return
         host
           .enqueue(() => purgeConversation(ctx, host, conversation))

@@ -1195,9 +1195,10 @@ describe("a deleted direct conversation reopened (SQLite)", () => {
     expect(bodies(again.doc)).toEqual(["New-Axolotl-Text", "New-Alice-Reply"])
   })
 
-  it("waits for a purge still owed when the reopen arrives: nothing of before comes back, nothing of after is purged by its retry", async () => {
+  it("refuses a reopen as retryable while the deletion's purge is still owed, and takes it once the purge is done: nothing of before comes back, nothing of after is purged", async () => {
     const dir = scratchDir()
-    const { backend, fail } = purgeFailingBackend(dir)
+    // Only the hook events' redaction fails: storage answers, the purge is owed and waits for its retry.
+    const { backend, fail } = purgeFailingBackend(dir, true)
     const relay = await relayOn(backend)
     const { id, a } = await directWith(relay, ["Old-Fossa-Text", "Old-Margay-Text"])
     fail(true)
@@ -1206,12 +1207,17 @@ describe("a deleted direct conversation reopened (SQLite)", () => {
     // The live document is purged; the log and the hook events still hold the text, the purge retries.
     await a.until(() => typesOf(a.doc).messages.length === 0)
     expect(rowsHolding(dir, "Old-Fossa-Text")).not.toEqual([])
-    // Storage answers again before the retry is due: the reopen comes first.
+    const reopen = captured(a.doc, () => {
+      reopenConversation(a.doc, alice)
+      sendMessage(a.doc, alice, { body: "New-Quoll-Text" })
+    })
+    await a.until(() => a.errors.length > 0)
+    expect(a.errors[0]).toMatchObject({ code: ErrorCode.UNAVAILABLE })
+    // The redaction works again: the purge's retry finishes it, and the device sends its work again.
     fail(false)
-    reopenConversation(a.doc, alice)
-    sendMessage(a.doc, alice, { body: "New-Quoll-Text" })
-    await a.allSaved()
     await untilNoRowHolds(dir, "Old-Fossa-Text")
+    a.sendUpdate(reopen)
+    await a.allSaved()
     await pastRetries()
     expect(bodies(a.doc)).toEqual(["New-Quoll-Text"])
 
