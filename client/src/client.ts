@@ -16,6 +16,7 @@ import {
   parseConversationId,
   parseUserId,
   Rule,
+  reopenConversation,
   toParleyError,
   type UserId,
 } from "@parley/shared"
@@ -551,7 +552,9 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    * The direct conversation with `other`, found or created. Its id derives from
    * the two users, so both sides (even offline, even concurrently) reach the
    * same conversation. When online, the relay's copy is awaited briefly
-   * (`waitMs`) before creating locally.
+   * (`waitMs`) before creating locally. A deleted one is reopened (shared
+   * `reopenConversation`): empty, since its history was purged with the
+   * deletion, and open to both users again, also to one who left it.
    */
   async directConversation(other: string, waitMs = 2_000): Promise<Conversation> {
     const otherUser = parseUserId(other)
@@ -584,13 +587,18 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       })
     }
     this.assertAlive()
-    if (!getConversation(conversation.doc)) {
+    const info = getConversation(conversation.doc)
+    if (!info) {
       createConversation(
         conversation.doc,
         this.user,
         { kind: "direct", participants: [otherUser] },
         { origin: LOCAL },
       )
+    } else if (info.deletedAt !== undefined) {
+      // The user asked to talk to `other`: the pair's only id is theirs again, empty (its history was
+      // purged with the deletion). Offline too: the reopen goes out with what is written after it.
+      reopenConversation(conversation.doc, this.user, { origin: LOCAL })
     }
     return conversation.ready()
   }

@@ -1009,7 +1009,8 @@ export class Conversation extends Emitter<ConversationEvents> {
         (e) =>
           e.type === "conversation.created" ||
           e.type === "conversation.updated" ||
-          e.type === "conversation.deleted",
+          e.type === "conversation.deleted" ||
+          e.type === "conversation.reopened",
       )
     )
       this.settle()

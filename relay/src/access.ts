@@ -20,7 +20,8 @@ export type Access = "write" | "read" | "pending" | "none"
 
 /**
  * Who may open a document: participants of a conversation (and, while it
- * holds no conversation yet, any user, as `pending`); services read
+ * holds no conversation yet, any user, as `pending`; so is one of the two
+ * users of a deleted direct conversation they left, who may reopen it); services read
  * everything; an inbox is opened by its user only, who may write nothing there
  * but their own preferences (`checkInboxUpdate`).
  */
@@ -31,8 +32,18 @@ export function accessOf(principal: Principal, name: DocumentName, doc: Y.Doc): 
   if (outsiderOfDirect(principal, name)) return "none"
   // Pending only while it holds nobody: a document with participants but no readable conversation
   // (its fields damaged or removed) is theirs alone, never anyone's to create again and read.
-  if (!getConversation(doc) && typesOf(doc).participants.size === 0) return "pending"
-  return roleOf(doc, principal.user) ? "write" : "none"
+  const info = getConversation(doc)
+  if (!info && typesOf(doc).participants.size === 0) return "pending"
+  if (roleOf(doc, principal.user)) return "write"
+  // One of the pair who left their deleted direct conversation may reopen it (rule `reopen-direct`): sent
+  // nothing of it (as a user waiting on a creation) until the reopen makes them a participant again.
+  if (
+    info?.deletedAt !== undefined &&
+    info.kind === "direct" &&
+    directUsersOf(info.id)?.includes(principal.user)
+  )
+    return "pending"
+  return "none"
 }
 
 /**

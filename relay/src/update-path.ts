@@ -11,6 +11,7 @@ import {
   HistoryDefaults,
   isRetryable,
   type MessageId,
+  MetaKey,
   messageIndex,
   ParleyError,
   Rule,
@@ -895,9 +896,40 @@ function conversationsOwed(ctx: PathContext): Set<string> {
 function owesConversationPurge(ctx: PathContext, host: DocumentHost): boolean {
   return (
     host.name.kind === "conversation" &&
+    isDeleted(host.doc) &&
     (holdsPurgeableContent(host.doc) || (conversationPurgesOwed.get(ctx)?.has(host.key) ?? false))
   )
 }
+
+const isDeleted = (doc: Y.Doc): boolean => typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"
+
+/**
+ * Before a change to a deleted conversation (only leaving it, or reopening a
+ * direct one, is accepted): finishes its purge if one is still owed (it
+ * failed, a load found it owed). A reopened conversation is written to again,
+ * and its purge purges all it holds: it must have purged everything written
+ * before the deletion first, or that would come back, or what is written
+ * after the reopen be purged. Returns whether the purge is still owed (it
+ * failed again). Call inside the document's queue.
+ */
+async function purgeBeforeReopen(ctx: PathContext, host: DocumentHost): Promise<boolean> {
+  if (host.name.kind !== "conversation" || !owesConversationPurge(ctx, host)) return false
+  // A purge that failed is tried again on its own schedule (see purgeConversation), not once more per
+  // change that arrives meanwhile (every frame to the conversation would buy a compaction attempt).
+  if (!purgeRetries.has(host) && !(ctx.storageHealth && !ctx.storageHealth.available))
+    await purgeConversation(ctx, host, host.name.id)
+  return owesConversationPurge(ctx, host)
+}
+
+/** Hosts whose conversation purge failed and waits for its retry: one retry at a time each. */
+const purgeRetries = new WeakSet<DocumentHost>()
+
+/** The refusal of a reopen while the deletion's purge is owed: retryable, the purge is tried again. */
+const purgeStillOwed = (): ParleyError =>
+  new ParleyError(
+    ErrorCode.UNAVAILABLE,
+    "the conversation's deletion is still being purged: send the change again shortly",
+  )
 
 /**
  * True while a purge of document `key` is owed (deleted messages waiting for
@@ -1019,6 +1051,13 @@ function tellPurged(ctx: PathContext, purge: PurgedContent): void {
 }
 
 async function purgeConversation(ctx: PathContext, host: DocumentHost, conversation: string): Promise<void> {
+  // Reopened meanwhile (a retry that was waiting): the reopen came after this purge finished (see
+  // purgeBeforeReopen), and what the conversation holds now was written since.
+  if (!isDeleted(host.doc)) {
+    conversationPurgesOwed.get(ctx)?.delete(host.key)
+    purgeFailures.get(ctx)?.delete(host.key)
+    return
+  }
   // Owed until it finishes: no other compaction folds the log meanwhile (see owesPurge).
   conversationsOwed(ctx).add(host.key)
   try {
@@ -1049,8 +1088,11 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     ctx.log.error({ err: error, doc: host.key }, "could not purge a deleted conversation: tried again later")
     // Once the live document is purged, only the owed mark says the log, the segments and the stored
     // events are still to be purged: by this host, again once storage answers, or by the next one.
+    if (purgeRetries.has(host)) return
+    purgeRetries.add(host)
     retryLater(ctx, host, (delayMs) => {
       setTimeout(() => {
+        purgeRetries.delete(host)
         if (host.destroyed) return
         host
           .enqueue(() => purgeConversation(ctx, host, conversation))
@@ -1882,6 +1924,8 @@ async function checkAndCharge(
     }
   }
   if (!decision.allowed) throw new ParleyError(ErrorCode.FORBIDDEN, decision.reason, { rule: decision.rule })
+  // A reopen the rules accept, of a conversation whose purge failed again just now (see purgeBeforeReopen).
+  if (owesConversationPurge(ctx, host) && writesAnything(update)) throw purgeStillOwed()
   if (user) ctx.clientIds?.take(host.key, user, newIds)
   // After the rules (a refused update costs no budget), before anything changes: refused whole.
   if (ctx.users && principal.kind === "user" && host.name.kind === "conversation")
@@ -2025,6 +2069,7 @@ function applyNumbered(
 const ENDS_A_BATCH: ReadonlySet<ChangeEvent["type"]> = new Set<ChangeEvent["type"]>([
   "conversation.created",
   "conversation.deleted",
+  "conversation.reopened",
   "participants.added",
   "participants.removed",
   "participants.roleChanged",
@@ -2079,6 +2124,9 @@ async function storeSomeOfBatch(
       const item = items[i]!
       let admitted: Admitted
       try {
+        // Every change a deleted conversation accepts (leaving it, reopening it) ends a batch: while it is
+        // deleted, nothing of this batch is applied before the update to admit.
+        if (applied.length === 0) await purgeBeforeReopen(ctx, host)
         admitted = await admitUpdate(ctx, host, item.principal, item.update, item.seen)
       } catch (error) {
         item.reject(error)
@@ -2197,6 +2245,11 @@ async function storeSomeOfBatch(
   for (const [k, { item }] of applied.entries()) item.resolve([positions[k]!, ...sequenced])
   for (const { item } of held) item.resolve([])
   return items.slice(next)
+}
+
+/** Whether `update` writes anything (a participant leaving a deleted conversation writes nothing, a reopen does). */
+function writesAnything(update: Uint8Array): boolean {
+  return Y.decodeUpdate(update).structs.some((struct) => struct instanceof Y.Item)
 }
 
 /**
@@ -2420,6 +2473,9 @@ function writeInQueue(
   return host.enqueue(async () => {
     if (host.destroyed) throw new ParleyError(ErrorCode.UNAVAILABLE, "the document was unloaded")
     refuseWhileStorageFails(ctx, host)
+    // A reopen (through the HTTP API) only once the deletion's purge is done; what else a deleted
+    // conversation accepts (leaving it) waits the moment too, it is rare.
+    if (actor.kind !== "relay" && (await purgeBeforeReopen(ctx, host))) throw purgeStillOwed()
     const relayClientId = host.doc.clientID
     const history = ctx.history && host.name.kind === "conversation" ? ctx.history : undefined
     /** The sealed messages the change looked for and the relay does not hold (see `recordMisses`). */

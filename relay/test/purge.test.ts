@@ -8,6 +8,7 @@ import {
   decodeSegment,
   deleteConversation,
   deleteMessage,
+  directConversationId,
   ErrorCode,
   editMessage,
   foldedHistory,
@@ -19,6 +20,7 @@ import {
   newConversationId,
   newMessageId,
   Rule,
+  reopenConversation,
   sealedHistory,
   sealedSegments,
   sealedThrough,
@@ -1139,3 +1141,147 @@ function captured(doc: Y.Doc, change: () => void): Uint8Array {
   change()
   return Y.encodeStateAsUpdate(doc, before)
 }
+
+describe("a deleted direct conversation reopened (SQLite)", () => {
+  /** Alice and bob's direct conversation holding alice's messages `texts`, stored; alice's client. */
+  async function directWith(relay: RunningRelay, texts: readonly string[]) {
+    const id = directConversationId([alice, bob])
+    const a = await joinAs(relay, alice, id)
+    createConversation(a.doc, alice, { kind: "direct", participants: [bob] })
+    await a.allSaved()
+    for (const body of texts) {
+      sendMessage(a.doc, alice, { body })
+      await a.allSaved()
+    }
+    return { id, a }
+  }
+  const bodies = (doc: Y.Doc) => listMessages(doc, { last: 100 }).map((m) => m.body)
+  /** Longer than the purge's retries of these tests (100 ms, doubling) take to come due. */
+  const pastRetries = () => new Promise((resolve) => setTimeout(resolve, 1_000))
+
+  it("is empty and open to both again: none of the old text (sealed included) is in any file, the new message is delivered and kept", async () => {
+    const dir = scratchDir()
+    const relay = await relayOn(new SqliteBackend(dir))
+    const { id, a } = await directWith(
+      relay,
+      Array.from({ length: 30 }, (_, i) => `Old-Pangolin-${i}`),
+    )
+    await a.until(() => sealedSegments(a.doc).length >= 2)
+    const b = await joinAs(relay, bob, id)
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    await b.until(() => typesOf(b.doc).messages.length === 0 && sealedSegments(b.doc).length === 0)
+    await untilNoRowHolds(dir, "Old-Pangolin-")
+
+    // Bob, whom the deletion cut off, talks to alice again under the pair's only id.
+    reopenConversation(b.doc, bob)
+    sendMessage(b.doc, bob, { body: "New-Axolotl-Text" })
+    await b.allSaved()
+    await a.until(() => bodies(a.doc).includes("New-Axolotl-Text"))
+    expect(bodies(a.doc)).toEqual(["New-Axolotl-Text"])
+    expect(getConversation(a.doc)).toMatchObject({ reopenedBy: bob })
+    expect(getConversation(a.doc)?.deletedAt).toBeUndefined()
+    sendMessage(a.doc, alice, { body: "New-Alice-Reply" })
+    await a.allSaved()
+    await pastRetries()
+
+    await stopRelays()
+    const files = rawFiles(dir)
+    expect(rowsHolding(dir, "Old-Pangolin-")).toEqual([])
+    expect(files).not.toContain("Old-Pangolin-")
+    expect(files).toContain("New-Axolotl-Text")
+    const next = await relayOn(new SqliteBackend(dir))
+    const again = await joinAs(next, alice, id)
+    expect(bodies(again.doc)).toEqual(["New-Axolotl-Text", "New-Alice-Reply"])
+  })
+
+  it("refuses a reopen as retryable while the deletion's purge is still owed, and takes it once the purge is done: nothing of before comes back, nothing of after is purged", async () => {
+    const dir = scratchDir()
+    // Only the hook events' redaction fails: storage answers, the purge is owed and waits for its retry.
+    const { backend, fail } = purgeFailingBackend(dir, true)
+    const relay = await relayOn(backend)
+    const { id, a } = await directWith(relay, ["Old-Fossa-Text", "Old-Margay-Text"])
+    fail(true)
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    // The live document is purged; the log and the hook events still hold the text, the purge retries.
+    await a.until(() => typesOf(a.doc).messages.length === 0)
+    expect(rowsHolding(dir, "Old-Fossa-Text")).not.toEqual([])
+    const reopen = captured(a.doc, () => {
+      reopenConversation(a.doc, alice)
+      sendMessage(a.doc, alice, { body: "New-Quoll-Text" })
+    })
+    await a.until(() => a.errors.length > 0)
+    expect(a.errors[0]).toMatchObject({ code: ErrorCode.UNAVAILABLE })
+    // The redaction works again: the purge's retry finishes it, and the device sends its work again.
+    fail(false)
+    await untilNoRowHolds(dir, "Old-Fossa-Text")
+    a.sendUpdate(reopen)
+    await a.allSaved()
+    await pastRetries()
+    expect(bodies(a.doc)).toEqual(["New-Quoll-Text"])
+
+    await stopRelays()
+    const files = rawFiles(dir)
+    expect(files).not.toContain("Old-Fossa-Text")
+    expect(files).not.toContain("Old-Margay-Text")
+    expect(files).toContain("New-Quoll-Text")
+    const next = await relayOn(new SqliteBackend(dir))
+    const b = await joinAs(next, bob, id)
+    expect(bodies(b.doc)).toEqual(["New-Quoll-Text"])
+  })
+
+  it("after a stop with the purge still owed, the next relay purges before it takes the reopen, and keeps what follows it", async () => {
+    const dir = scratchDir()
+    const { backend, fail } = purgeFailingBackend(dir)
+    const relay = await relayOn(backend)
+    const { id, a } = await directWith(relay, ["Old-Civet-Text"])
+    fail(true)
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    await a.until(() => typesOf(a.doc).messages.length === 0)
+    a.close()
+    await stopRelays()
+    expect(rowsHolding(dir, "Old-Civet-Text")).not.toEqual([])
+
+    const next = await relayOn(new SqliteBackend(dir))
+    const b = await joinAs(next, bob, id)
+    reopenConversation(b.doc, bob)
+    sendMessage(b.doc, bob, { body: "New-Genet-Text" })
+    await b.allSaved()
+    await untilNoRowHolds(dir, "Old-Civet-Text")
+    await pastRetries()
+    await stopRelays()
+    expect(rawFiles(dir)).not.toContain("Old-Civet-Text")
+    expect(rawFiles(dir)).toContain("New-Genet-Text")
+    const third = await relayOn(new SqliteBackend(dir))
+    const c = await joinAs(third, alice, id)
+    expect(bodies(c.doc)).toEqual(["New-Genet-Text"])
+  })
+
+  it("deleted again after the reopen: that deletion's purge, unfinished at a stop, is done by the next relay", async () => {
+    const dir = scratchDir()
+    const { backend, fail } = purgeFailingBackend(dir)
+    const relay = await relayOn(backend)
+    const { id, a } = await directWith(relay, ["Old-Jerboa-Text"])
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    await untilNoRowHolds(dir, "Old-Jerboa-Text")
+    reopenConversation(a.doc, alice)
+    sendMessage(a.doc, alice, { body: "Second-Dhole-Text" })
+    await a.allSaved()
+    fail(true)
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    await a.until(() => typesOf(a.doc).messages.length === 0)
+    a.close()
+    await stopRelays()
+    expect(rowsHolding(dir, "Second-Dhole-Text")).not.toEqual([])
+
+    const next = await relayOn(new SqliteBackend(dir))
+    await joinAs(next, bob, id)
+    await untilNoRowHolds(dir, "Second-Dhole-Text")
+    await stopRelays()
+    expect(rawFiles(dir)).not.toContain("Second-Dhole-Text")
+  })
+})

@@ -36,6 +36,8 @@ export type ChangeEvent =
       readonly conversation: ConversationInfo
     }
   | { readonly type: "conversation.deleted"; readonly deletedBy: UserId }
+  /** A deleted direct conversation was reopened (shared `reopenConversation`): empty, open to writes again. */
+  | { readonly type: "conversation.reopened"; readonly reopenedBy: UserId }
   | { readonly type: "participants.added"; readonly participants: readonly Participant[] }
   | { readonly type: "participants.removed"; readonly users: readonly UserId[] }
   | {
@@ -171,6 +173,14 @@ function deriveEvents(doc: Y.Doc, changes: Partial<Record<string, unknown>>): Ch
     }
     if (meta.get(MetaKey.deletedAt)?.action === "add" && conversation?.deletedAt !== undefined) {
       events.push({ type: "conversation.deleted", deletedBy: conversation.deletedBy! })
+    }
+    if (
+      meta.get(MetaKey.deletedAt)?.action === "delete" &&
+      meta.has(MetaKey.reopenedAt) &&
+      conversation?.deletedAt === undefined &&
+      conversation?.reopenedBy !== undefined
+    ) {
+      events.push({ type: "conversation.reopened", reopenedBy: conversation.reopenedBy })
     }
   }
   const participants = changes.participants as MapChanges | undefined

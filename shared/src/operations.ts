@@ -6,6 +6,7 @@ import {
   type ConversationId,
   directConversationId,
   directDistinctKey,
+  directUsersOf,
   isMessageId,
   type MessageId,
   newMessageId,
@@ -26,6 +27,7 @@ import {
   canMoveMarker,
   canReact,
   canRemoveParticipant,
+  canReopenConversation,
   canSendMessage,
   canUpdateConversation,
   canWriteConversation,
@@ -194,6 +196,30 @@ export function deleteConversation(doc: Y.Doc, actor: UserId, options: WriteOpti
   doc.transact(() => {
     typesOf(doc).meta.set(MetaKey.deletedBy, actor)
     typesOf(doc).meta.set(MetaKey.deletedAt, options.now ?? Date.now())
+  }, options.origin)
+}
+
+/**
+ * Reopens a deleted direct conversation (either of its two users, also one who
+ * left it): removes the deletion, records when and by whom it was reopened,
+ * and adds back as owners those of the two who left it, so that the pair can
+ * talk again under the only id they have. What the deletion covered stays
+ * purged: the relay purges it before it takes the reopen (relay README,
+ * "Deletion and erasure"). Throws FORBIDDEN (rule `reopen-direct`) for a
+ * group, for anyone else and for a conversation that is not deleted.
+ */
+export function reopenConversation(doc: Y.Doc, actor: UserId, options: WriteOptions = {}): void {
+  const info = requireConversation(doc)
+  assertAllowed(canReopenConversation(actor, info.id, info.kind, info.deletedAt !== undefined))
+  const now = options.now ?? Date.now()
+  const t = typesOf(doc)
+  const missing = directUsersOf(info.id)!.filter((user) => !t.participants.has(user))
+  doc.transact(() => {
+    t.meta.delete(MetaKey.deletedAt)
+    t.meta.delete(MetaKey.deletedBy)
+    t.meta.set(MetaKey.reopenedBy, actor)
+    t.meta.set(MetaKey.reopenedAt, now)
+    for (const user of missing) t.participants.set(user, { role: "owner", addedBy: actor, addedAt: now })
   }, options.origin)
 }
 

@@ -51,10 +51,13 @@ export function getConversation(doc: Y.Doc): ConversationInfo | undefined {
   const deletedAt = meta.get(MetaKey.deletedAt)
   const deletedBy = meta.get(MetaKey.deletedBy)
   const fleetingSeconds = meta.get(MetaKey.fleetingSeconds)
+  const reopenedAt = meta.get(MetaKey.reopenedAt)
+  const reopenedBy = meta.get(MetaKey.reopenedBy)
   return {
     ...info,
     ...(typeof distinctKey === "string" ? { distinctKey } : {}),
     ...(typeof deletedAt === "number" ? { deletedAt, deletedBy: deletedBy as UserId } : {}),
+    ...(typeof reopenedAt === "number" ? { reopenedAt, reopenedBy: reopenedBy as UserId } : {}),
     ...(typeof fleetingSeconds === "number" ? { fleetingSeconds } : {}),
   }
 }

@@ -17,6 +17,7 @@ import {
   react,
   removeParticipants,
   renameConversation,
+  reopenConversation,
   sendMessage,
   setConversationMetadata,
   unreact,
@@ -396,10 +397,43 @@ export function rebasePendingWork(
   }
 
   // 2. Conversation fields and participants (leaving comes last).
+  // A reopen this replica made (shared `reopenConversation`): its removal of the deletion, and its adding
+  // back of the two users, are part of it.
+  const reopenedHere = [...writesOf(typesOf(stale).meta as Y.Map<unknown>, MetaKey.reopenedAt)].some((w) =>
+    isPending(w.item),
+  )
   if (!created) {
     let deleted = false
+    // A deletion this replica made and removed again by reopening it offline: the relay never stored
+    // it, so the reopen cannot go with it (rule `reopen-direct`). The deletion stands (what was written
+    // before it is purged, as its user asked); the reopen fails, to be made again once it is stored.
+    const deletedHere = [...writesOf(typesOf(stale).meta as Y.Map<unknown>, MetaKey.deletedAt)].some((w) =>
+      isPending(w.item),
+    )
+    if (reopenedHere && deletedHere && getConversation(fresh)?.deletedAt === undefined) {
+      attempt({ kind: "conversation.field", field: MetaKey.deletedAt }, () => deleteConversation(fresh, user))
+      deleted = true
+    }
+    let reopened = false
     for (const { key, value, removed, by } of changed(TopLevel.meta)) {
       const what: PendingChange = { kind: "conversation.field", field: key }
+      if (reopenedHere && (key === MetaKey.deletedAt || key === MetaKey.deletedBy) && removed) continue
+      if (key === MetaKey.reopenedAt || key === MetaKey.reopenedBy) {
+        if (reopened) continue
+        reopened = true
+        if (deleted)
+          failed.push({
+            what,
+            error: forbidden(
+              Rule.reopenDirect,
+              "the conversation's deletion had not reached the relay: reopen it once it has",
+            ),
+          })
+        // Reopened meanwhile by the other user (or another device): open already.
+        else if (getConversation(fresh)?.deletedAt !== undefined)
+          attempt(what, () => reopenConversation(fresh, user), by)
+        continue
+      }
       if (key === MetaKey.fleetingSeconds)
         attempt(what, () => setFleetingSeconds(fresh, user, removed ? undefined : (value as number)), by)
       else if (removed) failed.push({ what, error: forbidden(Rule.immutable, `"${key}" cannot be removed`) })
@@ -429,6 +463,7 @@ export function rebasePendingWork(
       }
       const record = value as ParticipantRecord
       const current = typesOf(fresh).participants.get(other)
+      if (!current && reopenedHere && staleInfo?.kind === "direct") continue
       if (!current)
         attempt(
           { kind: "participant.add", user: other },

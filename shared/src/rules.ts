@@ -72,6 +72,16 @@ export const Rule = {
    * may be written to it again, except a participant leaving it.
    */
   conversationDeleted: "conversation-deleted",
+  /**
+   * A deleted direct conversation may be reopened by either of its two users
+   * (also one who left it), as themself, in a change that only removes the
+   * deletion (`deletedAt`, `deletedBy`), records the reopen (`reopenedAt`,
+   * `reopenedBy`) and adds back those of the two who left: its id is the only
+   * one the pair may use, so a deletion must not end their direct messaging.
+   * A group stays deleted for good (a new group gets a new id), and nothing
+   * written before the deletion comes back: the relay purged it first.
+   */
+  reopenDirect: "reopen-direct",
   /** A sticky message is unpinned by its author or an owner / admin, as oneself, once. */
   unpinAuthorOrAdmin: "unpin-author-or-admin",
   /**
@@ -126,6 +136,26 @@ export function canWrite(actorRole: Role | undefined): Decision {
 /** May anyone write to a conversation that is (`deleted`) or is not deleted? Nobody writes to a deleted one. */
 export function canWriteConversation(deleted: boolean): Decision {
   return deleted ? deny(Rule.conversationDeleted, "the conversation is deleted") : ALLOW
+}
+
+/**
+ * May `actor` reopen conversation `id` of `kind`, which is (`deleted`) or is
+ * not deleted? Only a deleted direct conversation, only by one of its two
+ * users (rule `reopen-direct`).
+ */
+export function canReopenConversation(
+  actor: UserId,
+  id: string,
+  kind: ConversationKind,
+  deleted: boolean,
+): Decision {
+  const users = directUsersOf(id)
+  if (kind !== "direct" || !users)
+    return deny(Rule.reopenDirect, "only a direct conversation is reopened: a group stays deleted")
+  if (!users.includes(actor))
+    return deny(Rule.reopenDirect, "only one of its two users may reopen a direct conversation")
+  if (!deleted) return deny(Rule.reopenDirect, "only a deleted conversation is reopened")
+  return ALLOW
 }
 
 /** May `actor` create a conversation whose participants are `roles`? */

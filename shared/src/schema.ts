@@ -94,6 +94,15 @@ export const MetaKey = {
   deletedAt: "deletedAt",
   deletedBy: "deletedBy",
   /**
+   * When a deleted direct conversation was last reopened (ms since the
+   * epoch), written with {@link MetaKey.reopenedBy} by the change that
+   * removes `deletedAt` / `deletedBy` (shared `reopenConversation`, rule
+   * `reopen-direct`). Absent until the first reopen.
+   */
+  reopenedAt: "reopenedAt",
+  /** Who last reopened the deleted direct conversation: one of its two users. */
+  reopenedBy: "reopenedBy",
+  /**
    * Written by the relay only, when it starts a fresh live document (an
    * epoch): the Yjs client id the epoch's content was written under.
    */
@@ -570,6 +579,9 @@ export interface ConversationInfo {
   readonly metadata: Metadata
   readonly deletedAt?: number
   readonly deletedBy?: UserId
+  /** When and by whom a deleted direct conversation was last reopened (see {@link MetaKey.reopenedAt}). */
+  readonly reopenedAt?: number
+  readonly reopenedBy?: UserId
   /** Seconds after which `fleeting` messages disappear, when set (see {@link MetaKey.fleetingSeconds}). */
   readonly fleetingSeconds?: number
 }

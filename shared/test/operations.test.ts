@@ -3,6 +3,7 @@ import * as Y from "yjs"
 import {
   addParticipants,
   assignSequenceNumbers,
+  type ChangeEvent,
   type ConversationId,
   changeRole,
   checkStoredRecord,
@@ -26,12 +27,14 @@ import {
   markersOf,
   markRead,
   nextFromDocument,
+  observeChanges,
   ParleyError,
   profileRecord,
   Rule,
   react,
   removeParticipants,
   renameConversation,
+  reopenConversation,
   roleOf,
   SCHEMA_VERSION,
   sendMessage,
@@ -132,6 +135,49 @@ describe("conversations", () => {
     expect(getConversation(doc)).toMatchObject({ title: "Renamed", metadata: { topic: "launch" } })
     deleteConversation(doc, bob, { now: 5 })
     expect(getConversation(doc)).toMatchObject({ deletedAt: 5, deletedBy: bob })
+  })
+
+  it("reopens a deleted direct conversation for either of its two users, also one who left it, and for nobody else", () => {
+    const direct = () => {
+      const doc = new Y.Doc()
+      createConversation(doc, alice, { kind: "direct", participants: [bob] }, { now: 1 })
+      sendMessage(doc, alice, { body: "before" })
+      return doc
+    }
+    // Not deleted: nothing to reopen.
+    expect(() => reopenConversation(direct(), alice)).toThrow(forbidden(Rule.reopenDirect))
+    for (const reopener of [alice, bob]) {
+      const doc = direct()
+      deleteConversation(doc, alice, { now: 5 })
+      expect(() => sendMessage(doc, bob, { body: "x" })).toThrow(forbidden(Rule.conversationDeleted))
+      // Both leave it (which takes it out of their inboxes): the pair can still talk again.
+      leaveConversation(doc, alice)
+      leaveConversation(doc, bob)
+      expect(() => reopenConversation(doc, carol)).toThrow(forbidden(Rule.reopenDirect))
+      const events: ChangeEvent[] = []
+      observeChanges(doc, (list) => events.push(...list))
+      reopenConversation(doc, reopener, { now: 9 })
+      const info = getConversation(doc)!
+      expect(info).toMatchObject({ reopenedAt: 9, reopenedBy: reopener })
+      expect(info.deletedAt).toBeUndefined()
+      expect(info.deletedBy).toBeUndefined()
+      expect(listParticipants(doc).map((p) => [p.user, p.role, p.addedBy])).toEqual([
+        [alice, "owner", reopener],
+        [bob, "owner", reopener],
+      ])
+      expect(events.map((e) => e.type)).toEqual(["conversation.reopened", "participants.added"])
+      expect(events[0]).toMatchObject({ reopenedBy: reopener })
+      sendMessage(doc, bob, { body: "again" })
+      // Deleted again and reopened again: each reopen records the latest.
+      deleteConversation(doc, bob, { now: 10 })
+      reopenConversation(doc, alice, { now: 11 })
+      expect(getConversation(doc)).toMatchObject({ reopenedAt: 11, reopenedBy: alice })
+    }
+    // A group stays deleted for good: a new group gets a new id.
+    const group = groupDoc()
+    deleteConversation(group, alice)
+    expect(() => reopenConversation(group, alice)).toThrow(forbidden(Rule.reopenDirect))
+    expect(getConversation(group)!.deletedAt).toBeTypeOf("number")
   })
 
   it("refuses oversized titles and metadata", () => {

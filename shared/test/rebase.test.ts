@@ -5,12 +5,16 @@ import {
   type ConversationId,
   changeRole,
   createConversation,
+  deleteConversation,
   deleteMessage,
   ErrorCode,
   editMessage,
   encodeStoredRecord,
   fleetingSecondsOf,
+  getConversation,
   getMessage,
+  leaveConversation,
+  listMessages,
   type MessageId,
   markRead,
   nextFromDocument,
@@ -20,6 +24,7 @@ import {
   react,
   rebasePendingWork,
   renameConversation,
+  reopenConversation,
   sendMessage,
   setFleetingSeconds,
   typesOf,
@@ -57,6 +62,37 @@ function freshFrom(relay: Y.Doc): Y.Doc {
 }
 
 describe("rebasing pending work after a refusal", () => {
+  it("re-applies a pending reopen of a deleted direct conversation, and the messages written after it", () => {
+    const relay = new Y.Doc()
+    createConversation(relay, alice, { kind: "direct", participants: [bob] }, { now: 1 })
+    sendMessage(relay, alice, { body: "before" })
+    deleteConversation(relay, alice)
+    leaveConversation(relay, bob)
+    const stale = freshFrom(relay)
+    reopenConversation(stale, bob)
+    sendMessage(stale, bob, { body: "again" })
+    const fresh = freshFrom(relay)
+    const { failed } = rebasePendingWork(stale, fresh, bob)
+    expect(failed).toEqual([])
+    expect(getConversation(fresh)).toMatchObject({ reopenedBy: bob })
+    expect(getConversation(fresh)?.deletedAt).toBeUndefined()
+    expect([...typesOf(fresh).participants.keys()].sort()).toEqual([alice, bob])
+    expect(listMessages(fresh, { last: 10 }).map((m) => m.body)).toContain("again")
+  })
+
+  it("keeps a deletion the replica reopened before the relay stored it: the reopen and what follows it fail", () => {
+    const relay = new Y.Doc()
+    createConversation(relay, alice, { kind: "direct", participants: [bob] }, { now: 1 })
+    const stale = freshFrom(relay)
+    deleteConversation(stale, alice)
+    reopenConversation(stale, alice)
+    sendMessage(stale, alice, { body: "after" })
+    const fresh = freshFrom(relay)
+    const { failed } = rebasePendingWork(stale, fresh, alice)
+    expect(getConversation(fresh)?.deletedBy).toBe(alice)
+    expect(failed.map((f) => f.error.rule)).toEqual([Rule.reopenDirect, Rule.conversationDeleted])
+  })
+
   it("re-applies a pending unpin and fleeting setting, and reports a forbidden unpin with its rule", () => {
     const relay = new Y.Doc()
     createConversation(relay, alice, {

@@ -42,6 +42,7 @@ import {
   Rule,
   react,
   removeParticipants,
+  reopenConversation,
   roleOf,
   type SendMessageInput,
   sealedHistory,
@@ -81,6 +82,7 @@ export function conversationView(doc: Y.Doc) {
     createdAt: info.createdAt,
     ...(info.deletedAt !== undefined ? { deletedAt: info.deletedAt } : {}),
     ...(info.deletedBy !== undefined ? { deletedBy: info.deletedBy } : {}),
+    ...(info.reopenedAt !== undefined ? { reopenedAt: info.reopenedAt, reopenedBy: info.reopenedBy } : {}),
     ...(info.fleetingSeconds !== undefined ? { fleetingSeconds: info.fleetingSeconds } : {}),
     participants: listParticipants(doc),
     markers: allMarkers(doc),
@@ -331,9 +333,11 @@ export class ApiOperations {
       throw new ParleyError(ErrorCode.INVALID_UPDATE, "a direct conversation has two different users")
     const id = directConversationId([actor.user, other])
     const created = await this.write(id, actor, (doc) => {
-      const existed = getConversation(doc) !== undefined
-      createConversation(doc, actor.user, { kind: "direct", participants: [other] })
-      return !existed
+      const existing = getConversation(doc)
+      // Deleted: reopened, empty (its history was purged with the deletion), as the SDK does.
+      if (existing?.deletedAt !== undefined) reopenConversation(doc, actor.user)
+      else createConversation(doc, actor.user, { kind: "direct", participants: [other] })
+      return existing === undefined
     })
     return { conversation: await this.view(id), created }
   }

@@ -341,6 +341,11 @@ export const ConversationSchema = z
     createdAt: z.number(),
     deletedAt: z.number().optional(),
     deletedBy: UserIdSchema.optional(),
+    reopenedAt: z.number().optional().openapi({
+      description:
+        "When the deleted direct conversation was last reopened (`POST /v1/conversations/direct` or the SDK's `directConversation`), empty: what was written before its deletion stays purged.",
+    }),
+    reopenedBy: UserIdSchema.optional(),
     fleetingSeconds: z.number().int().optional(),
     participants: z.array(ParticipantSchema),
     markers: z.record(z.string(), z.object({ read: z.number(), delivered: z.number() })),

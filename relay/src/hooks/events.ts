@@ -50,6 +50,8 @@ export interface HookSubjects {
   "conversation.created": { readonly createdBy: UserId; readonly participants: readonly Participant[] }
   "conversation.updated": { readonly fields: readonly ("title" | "metadata" | "fleetingSeconds")[] }
   "conversation.deleted": { readonly deletedBy: UserId }
+  /** A deleted direct conversation was reopened by one of its two users: empty, written to again. */
+  "conversation.reopened": { readonly reopenedBy: UserId }
   "participants.added": { readonly participants: readonly Participant[] }
   "participants.removed": { readonly users: readonly UserId[] }
   "participants.roleChanged": {
@@ -122,6 +124,7 @@ export const HANDLER_NAMES = {
   "conversation.created": "onConversationCreated",
   "conversation.updated": "onConversationUpdated",
   "conversation.deleted": "onConversationDeleted",
+  "conversation.reopened": "onConversationReopened",
   "participants.added": "onParticipantsAdded",
   "participants.removed": "onParticipantsRemoved",
   "participants.roleChanged": "onParticipantRoleChanged",
@@ -419,6 +422,9 @@ function derivePerChange(
       case "conversation.deleted":
         push(change.type, { deletedBy: change.deletedBy })
         break
+      case "conversation.reopened":
+        push(change.type, { reopenedBy: change.reopenedBy })
+        break
       case "participants.added":
         if (!creation) push(change.type, { participants: change.participants })
         break
@@ -572,6 +578,8 @@ export function writerNamedBy(event: HookEvent): UserId | undefined {
       return (event.subject as HookSubjects["conversation.created"]).createdBy
     case "conversation.deleted":
       return (event.subject as HookSubjects["conversation.deleted"]).deletedBy
+    case "conversation.reopened":
+      return (event.subject as HookSubjects["conversation.reopened"]).reopenedBy
     case "message.sent":
       return (event.subject as HookSubjects["message.sent"]).message.author
     case "message.edited":

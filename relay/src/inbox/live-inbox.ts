@@ -113,6 +113,7 @@ const SHOWN: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
   "conversation.created",
   "conversation.updated",
   "conversation.deleted",
+  "conversation.reopened",
   "participants.added",
   "participants.removed",
   "message.sent",

@@ -10,6 +10,7 @@ import {
   canMoveMarker,
   canReact,
   canRemoveParticipant,
+  canReopenConversation,
   canSendMessage,
   canSetProfile,
   canUnpinMessage,
@@ -31,6 +32,7 @@ import {
   decodePin,
   decodeStoredRecord,
   decodeTombstone,
+  directUsersOf,
   holdsNameControls,
   isDeletedRecord,
   isMessageId,
@@ -180,6 +182,14 @@ interface KeyChange {
   readonly held: boolean
 }
 
+/** The `meta` fields a reopen writes or removes (see `checkReopen`). */
+const REOPEN_FIELDS: ReadonlySet<string> = new Set([
+  MetaKey.deletedAt,
+  MetaKey.deletedBy,
+  MetaKey.reopenedAt,
+  MetaKey.reopenedBy,
+])
+
 const isTime = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0
 
 class UpdateCheck {
@@ -217,10 +227,12 @@ class UpdateCheck {
     this.actor = input.principal.kind === "user" ? input.principal.user : undefined
   }
 
-  /** Whether the conversation was deleted before this update (a direct one may be left then). */
+  /** Whether the conversation was deleted before this update (a direct one may be left then), and not reopened by it. */
   private get deleted(): boolean {
-    return typeof typesOf(this.doc).meta.get(MetaKey.deletedAt) === "number"
+    return !this.reopened && typeof typesOf(this.doc).meta.get(MetaKey.deletedAt) === "number"
   }
+  /** The update reopens the deleted direct conversation (see {@link checkReopen}). */
+  private reopened = false
 
   run(): CheckResult {
     const { doc, update, bindings, principal } = this.input
@@ -284,11 +296,24 @@ class UpdateCheck {
       this.read.deleted.every(
         (d) => d.location.root === TopLevel.participants && d.location.key === this.actor,
       )
-    if (created && changesSomething && !this.isRelay && !leavesOnly)
+    // A deleted direct conversation reopened by one of its two users: the reopen's own fields are
+    // judged apart (checkReopen), and whatever else the update holds as a write to the open conversation
+    // (a device that reopened it offline and wrote in it sends both at once).
+    const reopening =
+      created &&
+      !this.isRelay &&
+      this.deleted &&
+      changes.some(
+        (c) => c.root === TopLevel.meta && (c.key === MetaKey.reopenedAt || c.key === MetaKey.reopenedBy),
+      )
+    let meta = byRoot(TopLevel.meta)
+    let participants = byRoot(TopLevel.participants)
+    if (reopening) ({ meta, participants } = this.checkReopen(meta, participants))
+    else if (created && changesSomething && !this.isRelay && !leavesOnly)
       assert(canWriteConversation(typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"))
-    if (!created && !this.isRelay) this.checkCreation(byRoot(TopLevel.meta), byRoot(TopLevel.participants))
-    else this.checkMeta(byRoot(TopLevel.meta))
-    if (created || this.isRelay) this.checkParticipants(byRoot(TopLevel.participants))
+    if (!created && !this.isRelay) this.checkCreation(meta, participants)
+    else this.checkMeta(meta)
+    if (created || this.isRelay) this.checkParticipants(participants)
     this.checkStaleRemovals()
     if (changesSomething && !this.isRelay) assert(canWrite(this.role))
 
@@ -441,6 +466,8 @@ class UpdateCheck {
         !(Object.values(MetaKey) as string[]).includes(key) ||
         key === MetaKey.deletedAt ||
         key === MetaKey.deletedBy ||
+        key === MetaKey.reopenedAt ||
+        key === MetaKey.reopenedBy ||
         key === MetaKey.epoch ||
         key === MetaKey.epochFrom ||
         key === MetaKey.epochs
@@ -511,6 +538,62 @@ class UpdateCheck {
     this.kind = kind as "direct" | "group"
   }
 
+  /**
+   * A deleted direct conversation reopened (rule `reopen-direct`, shared
+   * `reopenConversation`): by one of its two users, as themself, removing
+   * both deletion fields and writing both reopen fields, adding back as
+   * owners (added by the reopener) only those of the two who left it. Returns
+   * the update's other changes of `meta` and `participants`, judged by the
+   * usual rules as changes of the reopened conversation: the reopen grants
+   * nothing else.
+   */
+  private checkReopen(
+    meta: readonly KeyChange[],
+    participants: readonly KeyChange[],
+  ): { meta: KeyChange[]; participants: KeyChange[] } {
+    const actor = this.actor!
+    const id = typesOf(this.doc).meta.get(MetaKey.id)
+    assert(canReopenConversation(actor, typeof id === "string" ? id : "", this.kind, true))
+    const users = directUsersOf(id as string)!
+    const reopen = (problem: string): never => refuse(Rule.reopenDirect, problem)
+    const one = (change: KeyChange | undefined): unknown =>
+      change && change.after.length === 1
+        ? change.after[0]
+        : reopen("a reopen writes each of its fields once")
+    const field = (key: string) => meta.find((c) => c.key === key)
+    for (const key of [MetaKey.deletedAt, MetaKey.deletedBy])
+      if (one(field(key)) !== ABSENT) reopen("a reopen removes the deletion")
+    const at = one(field(MetaKey.reopenedAt))
+    if (!isTime(at)) refuse(Rule.schema, "reopenedAt invalid")
+    this.refuseFuture(at, "the reopen")
+    if (one(field(MetaKey.reopenedBy)) !== actor) reopen("a conversation is reopened as oneself")
+    const rest = participants.filter((change) => {
+      if (!(users as readonly string[]).includes(change.key) || change.before !== ABSENT) return true
+      const record = one(change)
+      schema(checkParticipantRecord(record))
+      const p = record as ParticipantRecord
+      if (p.role !== "owner" || p.addedBy !== actor)
+        reopen("both users of a direct conversation are its owners, added back by the reopener")
+      const removed = currentMapItem(this.doc, TopLevel.participants, change.key)
+      const was = removed ? membershipOf(removed) : undefined
+      if (was !== undefined && was === membership(p))
+        refuse(Rule.immutable, "a participant added again is dated apart from the removed membership")
+      this.refuseFuture(p.addedAt, "a participant's addedAt")
+      this.refuseBeforeCreation(p.addedAt, "a participant's addedAt")
+      return false
+    })
+    // Both users are in it again: the one reopening it, and the other, who may have left it too.
+    for (const user of users)
+      if (
+        !typesOf(this.doc).participants.has(user) &&
+        !participants.some((c) => c.key === user && !rest.includes(c))
+      )
+        reopen("a reopened direct conversation has both its users again")
+    this.reopened = true
+    this.role = "owner"
+    return { meta: meta.filter((c) => !REOPEN_FIELDS.has(c.key)), participants: rest }
+  }
+
   /** Title and metadata by managers; deletion once, by a manager, as themselves; the rest is fixed. */
   private checkMeta(changes: readonly KeyChange[]): void {
     for (const change of changes) {
@@ -531,6 +614,12 @@ class UpdateCheck {
             break
           case MetaKey.metadata:
             schema(checkMetadata(after))
+            break
+          case MetaKey.reopenedAt:
+          case MetaKey.reopenedBy:
+            if (this.isRelay) break
+            // Only with the removal of a deletion stored before this update (see checkReopen).
+            refuse(Rule.reopenDirect, "only a deleted conversation is reopened")
             break
           case MetaKey.deletedAt:
           case MetaKey.deletedBy:

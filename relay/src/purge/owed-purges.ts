@@ -8,7 +8,8 @@ import type * as Y from "yjs"
 export interface DeletedInSnapshot {
   /** Deleted messages: live ones' placeholders and sealed ones' tombstones, dropped ones included. */
   readonly messages: ReadonlySet<string>
-  readonly conversationDeleted: boolean
+  /** The conversation's deletion the snapshot holds (see {@link deletionOf}), if any. */
+  readonly deletion: string | undefined
 }
 
 /** What a stored log's purges still owe, as {@link purgesOwed} finds them. */
@@ -23,8 +24,20 @@ export interface OwedPurges {
 export function deletedInSnapshot(doc: Y.Doc): DeletedInSnapshot {
   return {
     messages: new Set(deletedMessages(doc)),
-    conversationDeleted: typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number",
+    deletion: deletionOf(doc),
   }
+}
+
+/**
+ * Which deletion of the conversation `doc` holds: the Yjs id of its
+ * `deletedAt` entry, undefined while it is not deleted. A direct conversation
+ * reopened and deleted again holds another one: a snapshot folded by the
+ * first deletion's purge must not hide that the second one's is owed.
+ */
+function deletionOf(doc: Y.Doc): string | undefined {
+  if (typeof typesOf(doc).meta.get(MetaKey.deletedAt) !== "number") return undefined
+  const item = (typesOf(doc).meta as unknown as { _map: Map<string, Y.Item> })._map.get(MetaKey.deletedAt)
+  return item ? `${item.id.client}:${item.id.clock}` : ""
 }
 
 /**
@@ -55,7 +68,7 @@ function* deletedMessages(doc: Y.Doc): Iterable<MessageId> {
 export function purgesOwed(doc: Y.Doc, snapshot: DeletedInSnapshot): OwedPurges {
   const messages: MessageId[] = []
   for (const id of deletedMessages(doc)) if (!snapshot.messages.has(id)) messages.push(id)
-  const conversation =
-    !snapshot.conversationDeleted && typeof typesOf(doc).meta.get(MetaKey.deletedAt) === "number"
+  const deletion = deletionOf(doc)
+  const conversation = deletion !== undefined && deletion !== snapshot.deletion
   return { messages, conversation }
 }

@@ -20,6 +20,7 @@ const COUNTED: ReadonlySet<ChangeEventType> = new Set<ChangeEventType>([
   "participants.added",
   "participants.removed",
   "conversation.deleted",
+  "conversation.reopened",
 ])
 
 /** Options of {@link UnreadTotals}. */

@@ -97,6 +97,39 @@ describe("HTTP API against a relay process", () => {
     expect(own.body.id).toBe("dm~carol~service.backend")
   })
 
+  it("reopens a deleted direct conversation, empty, for either user (also after both left it)", async () => {
+    const sendAs = (user: string, body: string) =>
+      full("POST", "/v1/conversations/dm~dora~eli/messages", { body, asUser: user })
+    expect((await full("POST", "/v1/conversations/direct", { with: "eli", asUser: "dora" })).status).toBe(201)
+    expect((await sendAs("dora", "Old-Api-Text")).status).toBe(201)
+    expect((await full("DELETE", "/v1/conversations/dm~dora~eli?asUser=dora")).status).toBe(204)
+    expect((await sendAs("eli", "refused")).body).toMatchObject({ rule: "conversation-deleted" })
+    const reopened = await full("POST", "/v1/conversations/direct", { with: "dora", asUser: "eli" })
+    expect(reopened.status).toBe(200)
+    expect(reopened.body).toMatchObject({ id: "dm~dora~eli", reopenedBy: "eli" })
+    expect(reopened.body.deletedAt).toBeUndefined()
+    expect((await sendAs("eli", "New-Api-Text")).status).toBe(201)
+    expect((await sendAs("dora", "Dora-Api-Reply")).status).toBe(201)
+    const listed = await reader("GET", "/v1/conversations/dm~dora~eli/messages")
+    expect(listed.body.messages.map((m: { body: string }) => m.body)).toEqual([
+      "New-Api-Text",
+      "Dora-Api-Reply",
+    ])
+
+    // Deleted again, and both left it: still the pair's to reopen.
+    expect((await full("DELETE", "/v1/conversations/dm~dora~eli?asUser=eli")).status).toBe(204)
+    for (const user of ["dora", "eli"])
+      expect(
+        (await full("DELETE", `/v1/conversations/dm~dora~eli/participants/${user}?asUser=${user}`)).status,
+      ).toBe(200)
+    const back = await full("POST", "/v1/conversations/direct", { with: "eli", asUser: "dora" })
+    expect(back.status).toBe(200)
+    expect(back.body.participants.map((p: { user: string }) => p.user).sort()).toEqual(["dora", "eli"])
+    expect((await sendAs("eli", "After-Both-Left")).status).toBe(201)
+    const again = await reader("GET", "/v1/conversations/dm~dora~eli/messages")
+    expect(again.body.messages.map((m: { body: string }) => m.body)).toEqual(["After-Both-Left"])
+  })
+
   it("renames, sets metadata, adds and removes participants, changes a role and deletes", async () => {
     expect((await full("POST", "/v1/conversations", { id: "g~api-admin", participants: [] })).status).toBe(
       201,

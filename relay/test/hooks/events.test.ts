@@ -6,14 +6,17 @@ import {
   createConversation,
   deleteConversation,
   deleteMessage,
+  directConversationId,
   editMessage,
   getMessage,
+  leaveConversation,
   type MessageId,
   markRead,
   observeChanges,
   react,
   removeParticipants,
   renameConversation,
+  reopenConversation,
   sendMessage,
   type UserId,
   unreact,
@@ -90,6 +93,32 @@ describe("hook events from clients' changes", () => {
       "message.deleted",
     ])
     expect(summary(await step(() => deleteConversation(a.doc, alice)))).toEqual(["conversation.deleted"])
+  })
+
+  it("tells a direct conversation's reopen (conversation.reopened), with both users back in it", async () => {
+    const { hooks, events } = recordingHooks()
+    const { core, runtime } = await coreWithHooks({
+      hooks: [{ name: "record.ts", path: "record.ts", hooks }],
+    })
+    const direct = directConversationId([alice, bob])
+    const a = new InProcessClient(core, direct, alice)
+    await a.connect()
+    const step = async (change: () => void) => {
+      events.length = 0
+      change()
+      await a.settled()
+      await runtime.idle()
+      return [...events]
+    }
+    await step(() => createConversation(a.doc, alice, { kind: "direct", participants: [bob] }))
+    expect(summary(await step(() => deleteConversation(a.doc, alice)))).toEqual(["conversation.deleted"])
+    await step(() => leaveConversation(a.doc, alice))
+    const reopened = await step(() => reopenConversation(a.doc, alice))
+    expect(summary(reopened)).toEqual(["conversation.reopened", "participants.added"])
+    expect(reopened[0]!.subject).toEqual({ reopenedBy: alice })
+    expect(reopened[0]!.event.actor).toEqual({ kind: "user", user: alice })
+    expect(reopened[0]!.conversation.deletedAt).toBeUndefined()
+    expect(reopened[0]!.conversation.participants.map((p) => p.user).sort()).toEqual([alice, bob])
   })
 
   it("fires the events of changes made offline once, when they reach the relay, with sequence numbers", async () => {

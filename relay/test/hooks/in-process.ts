@@ -28,6 +28,7 @@ export function recordingHooks(extra: Partial<Hooks> = {}): { hooks: DefinedHook
     onConversationCreated: record,
     onConversationUpdated: record,
     onConversationDeleted: record,
+    onConversationReopened: record,
     onParticipantsAdded: record,
     onParticipantsRemoved: record,
     onParticipantRoleChanged: record,

@@ -10,6 +10,7 @@ import {
   directConversationId,
   editMessage,
   encodeStoredRecord,
+  getConversation,
   HistoryDefaults,
   Limits,
   leaveConversation,
@@ -25,6 +26,7 @@ import {
   reactionKey,
   removeParticipants,
   renameConversation,
+  reopenConversation,
   SCHEMA_VERSION,
   sealedHistory,
   sendMessage,
@@ -1136,6 +1138,179 @@ describe("two creations of one direct conversation", () => {
     const { relay, bindings } = empty()
     expect(check(relay, bindings, erin, group)).toMatchObject({ allowed: false, rule: Rule.creationById })
     expect(typesOf(relay).meta.size).toBe(0)
+  })
+})
+
+describe("reopening a deleted direct conversation", () => {
+  const DIRECT = directConversationId([carol, dave])
+  function check(relay: Y.Doc, bindings: ClientBindings, actor: typeof carol, update: Uint8Array) {
+    const result = checkUpdate({
+      doc: relay,
+      update,
+      principal: user(actor),
+      bindings,
+      conversation: DIRECT,
+      seen: LIVE,
+    })
+    if (result.allowed) {
+      bindings.bind(result.newBindings ?? [])
+      Y.applyUpdate(relay, update)
+    }
+    return result
+  }
+  /** The relay's state of carol and dave's direct conversation, deleted by carol (its content purged). */
+  function deletedDirect() {
+    const relay = new Y.Doc(RELAY_DOC_OPTIONS)
+    const bindings = new ClientBindings()
+    const created = updateOf(new Y.Doc(), (d) => {
+      createConversation(d, carol, { kind: "direct", participants: [dave] })
+      sendMessage(d, carol, { body: "before the deletion" })
+    })
+    expect(check(relay, bindings, carol, created)).toMatchObject({ allowed: true })
+    const deletion = updateOf(replicaOf(relay), (d) => deleteConversation(d, carol))
+    expect(check(relay, bindings, carol, deletion)).toMatchObject({ allowed: true })
+    return { relay, bindings }
+  }
+
+  it("accepts either user's reopen, also with messages written after it, and refuses nothing of theirs since", () => {
+    for (const reopener of [carol, dave]) {
+      const { relay, bindings } = deletedDirect()
+      const replica = replicaOf(relay)
+      const update = updateOf(replica, (d) => {
+        reopenConversation(d, reopener)
+        sendMessage(d, reopener, { body: "talking again" })
+      })
+      expect(check(relay, bindings, reopener, update)).toMatchObject({ allowed: true })
+      expect(getConversation(relay)).toMatchObject({ reopenedBy: reopener })
+      expect(getConversation(relay)?.deletedAt).toBeUndefined()
+      const other = reopener === carol ? dave : carol
+      const reply = updateOf(replicaOf(relay), (d) => sendMessage(d, other, { body: "hi" }))
+      expect(check(relay, bindings, other, reply)).toMatchObject({ allowed: true })
+    }
+  })
+
+  it("accepts a reopen by a user who left it, and adds both users back", () => {
+    const { relay, bindings } = deletedDirect()
+    for (const u of [carol, dave])
+      expect(
+        check(
+          relay,
+          bindings,
+          u,
+          updateOf(replicaOf(relay), (d) => leaveConversation(d, u)),
+        ),
+      ).toMatchObject({ allowed: true })
+    expect(typesOf(relay).participants.size).toBe(0)
+    const update = updateOf(replicaOf(relay), (d) => reopenConversation(d, dave))
+    expect(check(relay, bindings, dave, update)).toMatchObject({ allowed: true })
+    expect([...typesOf(relay).participants.keys()].sort()).toEqual([carol, dave])
+    expect(typesOf(relay).participants.get(carol)).toMatchObject({ role: "owner", addedBy: dave })
+  })
+
+  it("refuses a reopen of a group, by a third user, of a conversation not deleted, or sent with its deletion", () => {
+    // A group stays deleted: its members cannot undelete it, reopen record or not.
+    const s = scene()
+    expectAccepted(
+      s,
+      alice,
+      updateOf(replicaOf(s.relay), (d) => deleteConversation(d, alice)),
+    )
+    const undeleteGroup = updateOf(replicaOf(s.relay), (d) => {
+      const meta = typesOf(d).meta
+      meta.delete(MetaKey.deletedAt)
+      meta.delete(MetaKey.deletedBy)
+      meta.set(MetaKey.reopenedBy, alice)
+      meta.set(MetaKey.reopenedAt, Date.now())
+    })
+    expectRefused(s, alice, undeleteGroup, Rule.reopenDirect)
+    expect(() => reopenConversation(replicaOf(s.relay), alice)).toThrow(/only a direct conversation/)
+
+    // Someone else than the pair (a participant of nothing here): the id names who may reopen it.
+    const { relay, bindings } = deletedDirect()
+    const before = Y.encodeStateVector(relay)
+    const asErin = updateOf(replicaOf(relay), (d) => {
+      const meta = typesOf(d).meta
+      meta.delete(MetaKey.deletedAt)
+      meta.delete(MetaKey.deletedBy)
+      meta.set(MetaKey.reopenedBy, erin)
+      meta.set(MetaKey.reopenedAt, Date.now())
+      typesOf(d).participants.set(erin, { role: "owner", addedBy: erin, addedAt: Date.now() })
+    })
+    expect(check(relay, bindings, erin, asErin)).toMatchObject({ allowed: false, rule: Rule.reopenDirect })
+    expect(() => reopenConversation(replicaOf(relay), erin)).toThrow(/one of its two users/)
+    expect(Y.encodeStateVector(relay)).toEqual(before)
+
+    // Not deleted: nothing to reopen (a reopen record written on an open conversation is refused).
+    const open = new Y.Doc(RELAY_DOC_OPTIONS)
+    const openBindings = new ClientBindings()
+    check(
+      open,
+      openBindings,
+      carol,
+      updateOf(new Y.Doc(), (d) => createConversation(d, carol, { kind: "direct", participants: [dave] })),
+    )
+    const record = updateOf(replicaOf(open), (d) => {
+      typesOf(d).meta.set(MetaKey.reopenedBy, carol)
+      typesOf(d).meta.set(MetaKey.reopenedAt, Date.now())
+    })
+    expect(check(open, openBindings, carol, record)).toMatchObject({
+      allowed: false,
+      rule: Rule.reopenDirect,
+    })
+    expect(() => reopenConversation(replicaOf(open), carol)).toThrow(/only a deleted conversation/)
+    // Deleted and reopened in one update: the relay never stored the deletion, so nothing was purged.
+    const both = updateOf(replicaOf(open), (d) => {
+      deleteConversation(d, carol)
+      reopenConversation(d, carol)
+    })
+    expect(check(open, openBindings, carol, both)).toMatchObject({ allowed: false })
+    expect(getConversation(open)?.deletedAt).toBeUndefined()
+  })
+
+  it("refuses a reopen that carries anything the reopen does not write or the user may not", () => {
+    const { relay, bindings } = deletedDirect()
+    const before = Y.encodeStateVector(relay)
+    const tamper = (actor: typeof carol, extra: (d: Y.Doc) => void) =>
+      updateOf(replicaOf(relay), (d) => {
+        reopenConversation(d, actor)
+        extra(d)
+      })
+    const cases: [Uint8Array, Rule][] = [
+      // The reopen's own fields, forged: as someone else, or keeping the deletion.
+      [tamper(carol, (d) => typesOf(d).meta.set(MetaKey.reopenedBy, dave)), Rule.reopenDirect],
+      [tamper(carol, (d) => typesOf(d).meta.set(MetaKey.deletedBy, carol)), Rule.reopenDirect],
+      // A third participant in a direct conversation, added with the reopen.
+      [
+        tamper(carol, (d) =>
+          typesOf(d).participants.set(erin, { role: "member", addedBy: carol, addedAt: Date.now() }),
+        ),
+        Rule.directIsFixed,
+      ],
+      // The other user demoted with it.
+      [
+        tamper(carol, (d) =>
+          typesOf(d).participants.set(dave, {
+            ...typesOf(d).participants.get(dave)!,
+            role: "member",
+          }),
+        ),
+        Rule.directIsFixed,
+      ],
+      // Fields fixed at creation, or a message as the other user.
+      [tamper(carol, (d) => typesOf(d).meta.set(MetaKey.createdBy, dave)), Rule.immutable],
+      [
+        tamper(carol, (d) =>
+          typesOf(d).messages.push([
+            encodeStoredRecord({ id: "forgedreopen1" as MessageId, author: dave, body: "x", createdAt: 5 }),
+          ]),
+        ),
+        Rule.authorIsSender,
+      ],
+    ]
+    for (const [update, rule] of cases)
+      expect(check(relay, bindings, carol, update)).toMatchObject({ allowed: false, rule })
+    expect(Y.encodeStateVector(relay)).toEqual(before)
+    expect(getConversation(relay)?.deletedAt).toBeTypeOf("number")
   })
 })
 
