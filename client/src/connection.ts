@@ -114,19 +114,37 @@ const narrower = (limits: UpdatePartLimits): UpdatePartLimits => ({
   maxBytes: Math.max(16 * 1024, Math.floor(limits.maxBytes / 2)),
 })
 
-/** Close codes after which trying again cannot help, and the error they mean. */
-const TERMINAL: ReadonlyMap<number, ErrorCode> = new Map([
-  [CloseCode.Forbidden.code, ErrorCode.FORBIDDEN],
-  [CloseCode.NotFound.code, ErrorCode.NOT_FOUND],
-  [CloseCode.MalformedFrame.code, ErrorCode.MALFORMED_FRAME],
-  [CloseCode.TooLarge.code, ErrorCode.TOO_LARGE],
-  [CloseCode.Damaged.code, ErrorCode.DAMAGED],
+/**
+ * Close codes after which trying again cannot help, the error they mean and what the app is told:
+ * "the relay closed the connection (4403)" left an app developer guessing (an outside tester).
+ */
+const TERMINAL: ReadonlyMap<number, readonly [ErrorCode, string]> = new Map([
+  [
+    CloseCode.Forbidden.code,
+    [
+      ErrorCode.FORBIDDEN,
+      "the relay refused this user access: not a participant of the conversation (or removed from it)",
+    ],
+  ],
+  [CloseCode.NotFound.code, [ErrorCode.NOT_FOUND, "the relay knows no document of this name"]],
+  [
+    CloseCode.MalformedFrame.code,
+    [ErrorCode.MALFORMED_FRAME, "the relay could not read a frame of this client"],
+  ],
+  [CloseCode.TooLarge.code, [ErrorCode.TOO_LARGE, "a frame of this client was larger than the relay takes"]],
+  [
+    CloseCode.Damaged.code,
+    [
+      ErrorCode.DAMAGED,
+      "the relay's stored copy of this conversation is damaged until an operator restores it",
+    ],
+  ],
 ])
 
 /** The error a terminal close `code` means (see {@link TERMINAL}), undefined for any other close. */
 function terminalError(code: number): ParleyError | undefined {
   const terminal = TERMINAL.get(code)
-  return terminal && new ParleyError(terminal, `the relay closed the connection (${code})`)
+  return terminal && new ParleyError(terminal[0], `${terminal[1]} (the relay closed the connection, ${code})`)
 }
 
 /** Longest delay `setTimeout` takes. */

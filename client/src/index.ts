@@ -42,6 +42,7 @@ export {
   DEFAULT_FLEETING_SECONDS,
   type Decision,
   ErrorCode,
+  isRetryable,
   ParleyError,
   PRIORITIES,
   Rule,

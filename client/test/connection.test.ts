@@ -98,7 +98,10 @@ describe("DocumentConnection", () => {
       connection.on("unavailable", ({ error }) => resolve(error)),
     )
     connection.start()
-    expect((await unavailable).code).toBe(ErrorCode.FORBIDDEN)
+    const error = await unavailable
+    expect(error.code).toBe(ErrorCode.FORBIDDEN)
+    // Says why in words an app developer can act on, not only the close code.
+    expect(error.message).toMatch(/not a participant/)
     expect(server.tokens).toHaveLength(1)
   })
 

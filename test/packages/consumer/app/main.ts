@@ -1,5 +1,5 @@
 // A browser app on the SDK, built by Vite: a typed use of the API, Yjs included (one copy).
-import { type ChatMessage, createChatClient, ErrorCode, ParleyError } from "@parley/client"
+import { type ChatMessage, createChatClient, ErrorCode, isRetryable, ParleyError } from "@parley/client"
 import * as Y from "yjs"
 import { mountChat } from "./chat.js"
 
@@ -26,4 +26,6 @@ createChatClient({ url: "ws://127.0.0.1:1234", user: "web-user", token: "a JWT f
   })
   .catch((error: unknown) => {
     if (error instanceof ParleyError && error.code === ErrorCode.UNAUTHORIZED) console.warn("sign in again")
+    // The SDK's own export (an app that installed only @parley/client has no @parley/shared to import it from).
+    else if (error instanceof ParleyError && isRetryable(error.code)) console.warn("try again later")
   })
