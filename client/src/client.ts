@@ -37,6 +37,7 @@ import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
+import { dropDeletedContent, forgetCachedHistory } from "./local-purge.js"
 import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
 import { claimsOfToken, Profiles } from "./profiles.js"
 import { ownSockets, type SocketOpener } from "./provider/document-socket.js"
@@ -48,7 +49,13 @@ import {
   type PushSubscriptionInput,
 } from "./push.js"
 import { SocketMux } from "./socket-mux.js"
-import { type LocalReplica, persistDocument, replicaName, type StorageKind } from "./storage.js"
+import {
+  type LocalReplica,
+  persistDocument,
+  replicaName,
+  rewriteStored,
+  type StorageKind,
+} from "./storage.js"
 import { resolveToken, type TokenSource, userOfToken } from "./token.js"
 import { type UnsavedWork, unsavedError, waitUntilSaved } from "./unsaved.js"
 
@@ -191,6 +198,13 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private inboxLoaded = false
   private readonly directoryDoc = new Y.Doc()
   private readonly directory: Y.Map<KnownConversation>
+  /**
+   * Deleted conversations (by the inbox) whose local copies this device has
+   * purged without opening them (see {@link purgeDeleted}), with when.
+   */
+  private readonly purgedHere: Y.Map<number>
+  /** Those being purged now ({@link destroy} waits for them). */
+  private readonly purging = new Map<ConversationId, Promise<void>>()
   private readonly directoryReplica: LocalReplica
   /** The sealed history segments this device fetched, by hash (IndexedDB or memory). */
   private readonly segments: SegmentCache
@@ -240,6 +254,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.sockets = this.mux?.open ?? ownSockets(options.url, WebSocketCtor)
     this.wanted = options.connect ?? true
     this.directory = this.directoryDoc.getMap("conversations")
+    this.purgedHere = this.directoryDoc.getMap("purged")
     this.directoryReplica = persistDocument(
       this.storage,
       replicaName(user, DIRECTORY),
@@ -306,9 +321,11 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     this.inbox.on("change", () => {
       this.profiles.noteInbox(this.inbox.items)
       this.readmitRefused()
+      if (this.inboxLoaded) this.purgeDeleted()
     })
     void this.inbox.loaded.then(() => {
       this.inboxLoaded = true
+      this.purgeDeleted()
       if (!this.destroyed && this.wanted && this.browserOnline) {
         this.inbox.start()
         this.sendChangedHere()
@@ -481,6 +498,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       online: () => this.wanted && this.browserOnline,
       onStatus: () => this.updateStatus(),
       onReady: (info) => this.remember(conversationId, info.kind, info.title),
+      onPurged: () => this.purgedInOpen(conversation),
       // Only this handle: the conversation may have been opened again while it closed.
       onClosing: () => {
         if (this.open.get(conversationId) === conversation) this.open.delete(conversationId)
@@ -920,6 +938,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     }
     for (const cancel of [...this.cancels]) cancel()
     await Promise.all([...this.open.values()].map((conversation) => conversation.closeQuietly()))
+    await Promise.all(this.purging.values())
     await this.inbox.destroy()
     this.profiles.destroy()
     this.inboxAwareness.destroy()
@@ -967,6 +986,68 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     await conversation.whenLoaded
     if (conversation.state.state === "unavailable" && conversation.state.reason !== ErrorCode.NOT_FOUND)
       throw conversation.state.error
+  }
+
+  /**
+   * An open conversation's replica lost content to a deletion: the inbox's
+   * stored previews may hold it too, and a deleted conversation's title is
+   * in the list of known conversations.
+   */
+  private purgedInOpen(conversation: Conversation): void {
+    if (this.destroyed) return
+    this.inbox.purgedIn(conversation.id)
+    if (conversation.info?.deletedAt !== undefined)
+      void this.directoryReplica.loaded.then(() => {
+        if (!this.destroyed) this.forgetTitle(conversation.id)
+      })
+  }
+
+  /** Empties the title kept of deleted conversation `id` in the (loaded) list of known ones, and merges that list. */
+  private forgetTitle(id: ConversationId): void {
+    const known = this.directory.get(id)
+    if (!known?.title) return
+    this.directory.set(id, { ...known, title: "" })
+    void this.directoryReplica.compact()
+  }
+
+  /**
+   * Purges the local copies of the conversations the inbox says were
+   * deleted and this client does not have open, so that a deleted
+   * conversation the app never opens again leaves this device too (before,
+   * its text stayed in IndexedDB for good: an outside probe): its replica
+   * loses what the relay's purge removed (see `dropDeletedContent`), the
+   * sealed history it cached and its title go, and so does the device's own
+   * inbox entry of it. Once per conversation (recorded with the list of
+   * known conversations). One with work written here and not sent yet is
+   * left to its background send (see {@link sendChangedHere}), which tells
+   * that work refused; its replica then merges the relay's purge as an open
+   * one does.
+   */
+  private purgeDeleted(): void {
+    if (this.destroyed || this.storage === "memory") return
+    for (const item of this.inbox.items) {
+      const id = item.conversationId
+      if (!item.deleted || this.purgedHere.has(id) || this.open.has(id) || this.purging.has(id)) continue
+      if (this.inbox.unsentHere(id)) continue
+      const purge = this.purgeStoredCopy(id)
+        // Not recorded as done: tried again at the next start.
+        .catch((error: unknown) =>
+          console.warn("parley: could not purge a deleted conversation's local copy", error),
+        )
+        .finally(() => this.purging.delete(id))
+      this.purging.set(id, purge)
+    }
+  }
+
+  private async purgeStoredCopy(id: ConversationId): Promise<void> {
+    await this.directoryReplica.loaded
+    if (this.purgedHere.has(id)) return
+    const named = await rewriteStored(replicaName(this.user, id), dropDeletedContent)
+    if (named) await forgetCachedHistory(this.segments, named)
+    this.inbox.forgetPending(id)
+    this.inbox.compactStored()
+    this.forgetTitle(id)
+    this.purgedHere.set(id, Date.now())
   }
 
   private remember(id: ConversationId, kind: ConversationKind, title: string): void {

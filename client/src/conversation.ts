@@ -51,6 +51,7 @@ import type {
 import { unsavedChanges } from "./conversation/unsaved.js"
 import { MessageUploads } from "./conversation/uploads.js"
 import { Emitter } from "./emitter.js"
+import { removesContent } from "./local-purge.js"
 import type { MessageStatus } from "./message-status.js"
 import type { UserPresence } from "./presence.js"
 import { PriorityView } from "./priorities.js"
@@ -964,8 +965,14 @@ export class Conversation extends Emitter<ConversationEvents> {
       changed: (events, transaction) => this.changed(events, transaction),
       segmentsChanged: (changed, transaction) => this.history.dropStale(changed, transaction),
     })
-    doc.on("afterTransaction", () => {
+    doc.on("afterTransaction", (transaction: Y.Transaction) => {
       if (this.gen?.doc === doc) this.priorities.changed(doc)
+      // A deletion (the relay's purge, an erasure, the user's own): the stored updates still hold the
+      // text until merged, on a device that might never load this conversation again (an outside probe).
+      if (transaction.origin !== generation.replica && removesContent(doc, transaction)) {
+        void generation.replica.compact()
+        this.parts.onPurged?.()
+      }
     })
     return generation
   }

@@ -93,10 +93,43 @@ export class Inbox extends Emitter<InboxEvents> {
    * entry), kept with {@link pending} (see `ChatClient.sendChangedHere`).
    */
   private readonly unsent: Y.Map<boolean>
+  /**
+   * Conversations whose replica lost content to a deletion (see
+   * {@link purgedIn}) whose relay entry has not changed since: the preview
+   * the relay has not derived again yet may be the deleted message's.
+   */
+  private readonly purgeOwed: Y.Map<boolean>
   private readonly onChange = () => {
     this.cachedItems = undefined
     this.prune()
     this.emit("change", { items: this.items, totalUnread: this.totalUnread })
+  }
+
+  /**
+   * An entry removed, its conversation deleted (or purged) or its last message deleted:
+   * the stored updates of the inbox (and of the device's own entries, which
+   * may show the same message) keep the preview until merged.
+   */
+  private readonly onEntries = (event: Y.YMapEvent<InboxEntry>) => {
+    // What the replica's own load applies is merged by that load.
+    if (event.transaction.origin === this.options.replica) return
+    const entries = event.target
+    for (const [id, change] of event.changes.keys) {
+      if (this.purgeOwed.has(id)) {
+        this.purgeOwed.delete(id)
+        return this.compactStored()
+      }
+      const before = change.oldValue as InboxEntry | undefined
+      const now = entries.get(id)
+      // A deleted conversation's entry changes when the relay's purge empties its title and preview.
+      if (
+        change.action === "delete" ||
+        now?.deleted ||
+        (before?.lastMessage &&
+          (!now?.lastMessage || (now.lastMessage.deleted && !before.lastMessage.deleted)))
+      )
+        return this.compactStored()
+    }
   }
 
   /** @internal Created by the ChatClient. */
@@ -104,6 +137,8 @@ export class Inbox extends Emitter<InboxEvents> {
     super()
     this.pending = options.pending.doc.getMap<InboxEntry>("entries")
     this.unsent = options.pending.doc.getMap<boolean>("unsent")
+    this.purgeOwed = options.pending.doc.getMap<boolean>("purgeOwed")
+    options.doc.getMap<InboxEntry>(InboxTopLevel.entries).observe(this.onEntries)
     options.doc.getMap(InboxTopLevel.entries).observe(this.onChange)
     options.doc.getMap(InboxTopLevel.muted).observe(this.onChange)
     this.pending.observe(this.onChange)
@@ -143,6 +178,32 @@ export class Inbox extends Emitter<InboxEvents> {
     if (this.unsent.has(id)) this.unsent.delete(id)
   }
 
+  /**
+   * @internal Merges what the inbox and the device's own entries stored into
+   * one state each, so that previews replaced or deleted leave the disk (see
+   * `LocalReplica.compact`).
+   */
+  compactStored(): void {
+    void this.options.replica.compact()
+    void this.options.pending.replica.compact()
+  }
+
+  /**
+   * @internal Conversation `id`'s replica lost content to a deletion (this
+   * device's, or one it received): the inbox's stored previews are merged
+   * now, and again once the relay's entry of `id` changes (derived again
+   * without the deleted message; for a deletion made offline, once it is sent).
+   */
+  purgedIn(id: ConversationId): void {
+    this.compactStored()
+    if (!this.purgeOwed.has(id)) this.purgeOwed.set(id, true)
+  }
+
+  /** @internal Forgets the device's own entry of `id` (a deleted conversation's: its preview goes). */
+  forgetPending(id: ConversationId): void {
+    if (this.pending.has(id)) this.pending.delete(id)
+  }
+
   /** Unread messages over all conversations. */
   get totalUnread(): number {
     return this.items.reduce((n, item) => n + item.unread, 0)
@@ -159,8 +220,15 @@ export class Inbox extends Emitter<InboxEvents> {
     // No longer a participant (left, removed), or the conversation deleted: the relay drops or empties
     // the entry, so must this device (its own messages there were refused, not sent).
     const gone = () => conversation.role === undefined || conversation.info?.deletedAt !== undefined
-    const offChange = conversation.on("change", ({ local }) => {
+    const offChange = conversation.on("change", ({ events, local }) => {
       if (gone()) return forget()
+      const shown = this.pending.get(conversation.id)?.lastMessage?.id
+      // The preview the device keeps was deleted: the entry is derived again, without its text.
+      if (shown && events.some((e) => e.type === "message.deleted" && e.messageId === shown)) {
+        const entry = inboxEntryFor(conversation.doc, this.options.user)
+        if (entry) this.pending.set(conversation.id, entry)
+        else forget()
+      }
       if (!local) return
       if (!this.unsent.has(conversation.id)) this.unsent.set(conversation.id, true)
       const entry = inboxEntryFor(conversation.doc, this.options.user)

@@ -22,14 +22,23 @@ export interface LocalReplica {
    * their updates.
    */
   readonly generation: string | undefined
-  /** Stops persisting; writes already made are kept. */
+  /**
+   * Replaces the stored updates with one fresh encoding of the document,
+   * soon (once the current task's updates are queued), in one transaction.
+   * Called when the replica learns of a deletion: the stored updates keep a
+   * deleted message's text until they are merged, while the document
+   * (garbage-collected) keeps only the deleted items' ids and lengths. What
+   * the document holds unsent stays. Resolves once written (at once in memory).
+   */
+  compact(): Promise<void>
+  /** Stops persisting; writes already made are kept (and a compaction asked for is finished first). */
   destroy(): Promise<void>
 }
 
 /**
  * The one object store of a replica's database: Yjs updates under
- * auto-increment keys, merged into one full state on every load and after
- * {@link COMPACT_AFTER} writes. It is the layout y-indexeddb 9 writes, which
+ * auto-increment keys, merged into one full state on every load, after
+ * {@link COMPACT_AFTER} writes and after a deletion ({@link LocalReplica.compact}). It is the layout y-indexeddb 9 writes, which
  * SDK versions before 0.2 used, so the replicas they stored load unchanged.
  */
 const UPDATES_STORE = "updates"
@@ -103,6 +112,7 @@ export function persistDocument(
       loaded: Promise.resolve(),
       generation: undefined,
       replaceWith: async () => {},
+      compact: async () => {},
       destroy: async () => {},
     }
   return new IndexedDbReplica(name, doc, onError, onReplaced)
@@ -127,6 +137,9 @@ class IndexedDbReplica implements LocalReplica {
   /** Transactions of written updates not committed yet ({@link destroy} waits for them). */
   private readonly committing = new Set<Promise<void>>()
   private compactTimer: ReturnType<typeof setTimeout> | undefined
+  /** The compaction {@link compact} runs, if any, and whether another was asked for meanwhile. */
+  private purging: Promise<void> | undefined
+  private purgeAgain = false
   private endWait: () => void = () => {}
 
   /** Where a replacement is announced: a tab that writes nothing meanwhile learns of it at once too. */
@@ -155,7 +168,7 @@ class IndexedDbReplica implements LocalReplica {
     if (++this.written >= COMPACT_AFTER && this.compactTimer === undefined)
       this.compactTimer = setTimeout(() => {
         this.compactTimer = undefined
-        if (this.db && !this.destroyed) this.compact(this.db).catch(this.failed)
+        if (this.db && !this.destroyed) this.merge(this.db).catch(this.failed)
       }, COMPACT_DELAY_MS)
   }
 
@@ -206,7 +219,7 @@ class IndexedDbReplica implements LocalReplica {
     const load = this.opening.then(async (db) => {
       if (!db) return
       if (this.destroyed) return db.close()
-      await this.compact(db).catch(this.failed)
+      await this.merge(db).catch(this.failed)
     })
     // A replica destroyed while loading ends the wait instead of leaving it hanging.
     const ended = new Promise<void>((resolve) => {
@@ -237,6 +250,38 @@ class IndexedDbReplica implements LocalReplica {
     bc.publish(this.notices, generation, this)
   }
 
+  compact(): Promise<void> {
+    // Asked once destroy() began: the database is closing (destroy finishes a compaction under way).
+    if (this.destroyed) return this.purging ?? Promise.resolve()
+    if (this.purging) {
+      // The one under way may have encoded the document before this deletion: once more after it.
+      this.purgeAgain = true
+      return this.purging
+    }
+    this.purging = this.purgeStored().finally(() => {
+      this.purging = undefined
+    })
+    return this.purging
+  }
+
+  private async purgeStored(): Promise<void> {
+    do {
+      this.purgeAgain = false
+      // The deleting transaction's own update is queued once its task ends: it goes before the merge.
+      await new Promise((resolve) => setTimeout(resolve, 0))
+      await this.loaded
+      const db = this.db
+      if (!db || this.replaced) return
+      // Queued updates (the deleted text among them, maybe) are written first, so the merge removes them.
+      this.writeUnwritten()
+      try {
+        await this.merge(db, true)
+      } catch (error) {
+        this.failed(error)
+      }
+    } while (this.purgeAgain)
+  }
+
   async destroy(): Promise<void> {
     if (this.destroyed) return
     this.destroyed = true
@@ -248,6 +293,8 @@ class IndexedDbReplica implements LocalReplica {
     // way finish, but a page closed right after would abort them (an app awaits destroy() to know).
     this.writeUnwritten()
     await Promise.all([...this.committing])
+    // A deletion learned just before: its text leaves the disk now, not at the next load.
+    await this.purging
     const db = await this.opening
     db?.close()
     this.db = undefined
@@ -273,8 +320,9 @@ class IndexedDbReplica implements LocalReplica {
    * before the database opened. From then on each update is written. The
    * first (the load) takes the stored generation as this replica's; a later
    * one finding another generation writes nothing (see {@link GENERATION}).
+   * `purge` ({@link compact}): runs while the replica is being destroyed too.
    */
-  private compact(db: IDBDatabase): Promise<void> {
+  private merge(db: IDBDatabase, purge = false): Promise<void> {
     const transaction = db.transaction(UPDATES_STORE, "readwrite")
     const store = transaction.objectStore(UPDATES_STORE)
     const loading = this.db === undefined
@@ -282,7 +330,7 @@ class IndexedDbReplica implements LocalReplica {
     const keys = store.getAllKeys(UPDATE_KEYS())
     const values = store.getAll(UPDATE_KEYS())
     values.onsuccess = () => {
-      if (this.destroyed) return
+      if (this.destroyed && !purge) return
       if (loading) this.generation = generationOf(marker.result)
       else if (this.isReplaced(marker.result)) return
       const updates = values.result as Uint8Array[]
@@ -304,6 +352,72 @@ class IndexedDbReplica implements LocalReplica {
     }
     return completion(transaction)
   }
+}
+
+/**
+ * Changes what is stored under `name` without a replica open on it: in one
+ * transaction, applies the stored updates to a fresh document (garbage
+ * collected), runs `change` on it and stores its encoding in their place.
+ * Resolves with `change`'s result, or undefined when no such database
+ * exists (none is created). For a deleted conversation the app does not open
+ * (see `ChatClient`); a replica open on it meanwhile (another tab) loads the
+ * result at its next merge, as it loads what other tabs write.
+ */
+export async function rewriteStored<T>(name: string, change: (doc: Y.Doc) => T): Promise<T | undefined> {
+  const db = await openExisting(name)
+  if (!db) return undefined
+  try {
+    const transaction = db.transaction(UPDATES_STORE, "readwrite")
+    const store = transaction.objectStore(UPDATES_STORE)
+    const keys = store.getAllKeys(UPDATE_KEYS())
+    const values = store.getAll(UPDATE_KEYS())
+    let result: T | undefined
+    values.onsuccess = () => {
+      const last = keys.result.at(-1)
+      if (last === undefined) return
+      const doc = new Y.Doc()
+      try {
+        Y.transact(doc, () => {
+          for (const update of values.result as Uint8Array[]) Y.applyUpdate(doc, update)
+        })
+        result = change(doc)
+        store.delete(IDBKeyRange.upperBound(last))
+        store.add(Y.encodeStateAsUpdate(doc))
+      } finally {
+        doc.destroy()
+      }
+    }
+    await completion(transaction)
+    return result
+  } finally {
+    db.close()
+  }
+}
+
+/** Opens database `name` if it exists; undefined (and nothing created) if not. */
+function openExisting(name: string): Promise<IDBDatabase | undefined> {
+  if (typeof indexedDB === "undefined") return Promise.resolve(undefined)
+  return new Promise((resolve, reject) => {
+    const request = indexedDB.open(name)
+    let absent = false
+    request.onupgradeneeded = () => {
+      // Aborting the creation leaves no database behind.
+      absent = true
+      request.transaction?.abort()
+    }
+    request.onerror = (event) => {
+      if (!absent) return reject(request.error)
+      event.preventDefault()
+      resolve(undefined)
+    }
+    request.onsuccess = () => {
+      const db = request.result
+      db.onversionchange = () => db.close()
+      if (db.objectStoreNames.contains(UPDATES_STORE)) return resolve(db)
+      db.close()
+      resolve(undefined)
+    }
+  })
 }
 
 function openDatabase(name: string): Promise<IDBDatabase> {

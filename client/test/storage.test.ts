@@ -63,6 +63,31 @@ describe("IndexedDB replicas", () => {
     expect(Object.keys(await reload(name)).sort()).toEqual(["from", "other"])
   })
 
+  it("compact() leaves a deleted value's text out of what is stored, keeping what was not deleted", async () => {
+    const name = uniqueName()
+    const doc = new Y.Doc()
+    const replica = persistDocument("indexeddb", name, doc)
+    await replica.loaded
+    doc.getMap("m").set("gone", "a deleted secret")
+    doc.getMap("m").set("kept", "still here")
+    doc.getMap("m").delete("gone")
+    await replica.compact()
+    await replica.destroy()
+    const db = await new Promise<IDBDatabase>((resolve) => {
+      const request = indexedDB.open(name)
+      request.onsuccess = () => resolve(request.result)
+    })
+    const rows = await new Promise<Uint8Array[]>((resolve) => {
+      const request = db.transaction("updates").objectStore("updates").getAll()
+      request.onsuccess = () => resolve(request.result as Uint8Array[])
+    })
+    db.close()
+    const text = rows.map((row) => Buffer.from(row).toString("latin1")).join()
+    expect(text).not.toContain("a deleted secret")
+    expect(text).toContain("still here")
+    expect(await reload(name)).toEqual({ kept: "still here" })
+  })
+
   it("replaceWith leaves exactly the given state, and later writes build on it", async () => {
     const name = uniqueName()
     const doc = new Y.Doc()

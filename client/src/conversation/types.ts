@@ -110,6 +110,8 @@ export interface ConversationParts {
   readonly onStatus: () => void
   readonly onReady: (info: ConversationInfo) => void
   readonly onClose: () => void
+  /** Told when the replica lost content to a deletion (see `removesContent`): copies elsewhere go too. */
+  readonly onPurged?: () => void
   /** Told as `close()` starts: the handle is no longer one to hand out. */
   readonly onClosing?: () => void
   /** Fills `doc` with the relay's current state (a connection that shares nothing with other tabs). */
