@@ -24,7 +24,11 @@ export async function resolveToken(source: TokenSource, timeoutMs = TOKEN_TIMEOU
       throw new ParleyError(ErrorCode.UNAVAILABLE, "the token source could not reach its server", {
         cause: error,
       })
-    throw new ParleyError(ErrorCode.UNAUTHORIZED, "the token source failed", { cause: error })
+    // Its own words too: "the token source failed" alone left an app developer reading `cause` (an outside tester).
+    const why = error instanceof Error ? error.message : typeof error === "string" ? error : ""
+    throw new ParleyError(ErrorCode.UNAUTHORIZED, `the token source failed${why ? `: ${why}` : ""}`, {
+      cause: error,
+    })
   }
 }
 

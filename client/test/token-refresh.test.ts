@@ -65,7 +65,7 @@ describe("a token source that fails", () => {
     })
     await expect(resolveToken(() => Promise.reject(new Error("signed out")))).rejects.toMatchObject({
       code: ErrorCode.UNAUTHORIZED,
-      message: "the token source failed",
+      message: "the token source failed: signed out",
     })
     await expect(resolveToken(() => "")).rejects.toMatchObject({ code: ErrorCode.UNAUTHORIZED })
   })
@@ -152,7 +152,9 @@ describe("token refresh", { concurrent: true }, () => {
     failing = true
     const failedAt = Date.now()
     const callsBefore = calls
-    await eventually(() => expect(errors.some((e) => e.message === "the token source failed")).toBe(true))
+    await eventually(() =>
+      expect(errors.some((e) => e.message === "the token source failed: token service down")).toBe(true),
+    )
     // Nothing refreshed the token: at its expiry the relay closes the sockets, and reconnecting needs a token.
     await eventually(() => expect(alice.status).not.toBe("online"))
     const during = chat.send("while the token service is down")
