@@ -42,6 +42,50 @@ async function longConversation(a: string, b: string, count: number, on = relay)
 
 const bodies = (messages: { body: string }[]) => messages.map((m) => m.body)
 
+/**
+ * Bob read alice's first message (his read marker is on it), went offline, and alice wrote 70 more, which
+ * `on` sealed in segments of 10 meanwhile. Back online, bob's device fetches the segment his marker
+ * falls in (for the unread count): the oldest one, far from the live messages.
+ */
+async function readThenSealedOffline(on: RelayProcess): Promise<{ chat: Conversation; all: string[] }> {
+  const [a, b] = [name("alice"), name("bob")]
+  const alice = await connectClient(on, a)
+  const theirs = await alice.createConversation({ participants: [b], title: "read, offline, sealed" })
+  theirs.send("m0")
+  await eventually(() => expect(theirs.messages({ last: 1 })[0]?.seq).toBe(1))
+  const bob = await connectClient(on, b)
+  const chat = await bob.conversation(theirs.id).ready()
+  await eventually(() => expect(chat.messages({ last: 1 })[0]?.body).toBe("m0"))
+  chat.markRead()
+  await eventually(() => expect(theirs.markers[b as UserId]?.read).toBe(1))
+  bob.disconnect()
+  // Ten at a time: the relay seals whole numbered runs, so these make several segments.
+  for (let i = 1; i <= 70; i++) {
+    theirs.send(`m${i}`)
+    if (i % 10 === 0) await eventually(() => expect(theirs.messages({ last: 1 })[0]?.seq).toBe(i + 1))
+  }
+  await eventually(() => expect(sealedSegments(theirs.doc).at(-1)?.to).toBeGreaterThanOrEqual(60))
+  bob.connect()
+  await eventually(() => expect(chat.messages({ last: 1 })[0]?.body).toBe("m70"))
+  // Exact once the segment of his marker is held (the whole segment counts as unread before).
+  await eventually(() => expect(chat.unreadCount).toBe(70))
+  return { chat, all: Array.from({ length: 71 }, (_, i) => `m${i}`) }
+}
+
+/** Pages `chat` back 5 at a time to its start: each page right before the oldest shown, none empty, `all` in the end. */
+async function pageBackInOrder(chat: Conversation, all: readonly string[]): Promise<void> {
+  let shown = bodies(chat.messages({ last: 100 }))
+  while (chat.hasOlder) {
+    const oldest = all.indexOf(shown[0]!)
+    const page = bodies(await chat.loadOlder(5))
+    // The five right before the oldest shown so far: no gap, no repeat, never forward.
+    expect(page).toEqual(all.slice(Math.max(0, oldest - 5), oldest))
+    expect(page.length).toBeGreaterThan(0)
+    shown = [...page, ...shown]
+  }
+  expect(shown).toEqual(all)
+}
+
 /** A relay of its own whose segments of 20 fold into directory pages soon (an outside tester's settings). */
 const foldingRelay = () =>
   startRelay({
@@ -230,6 +274,32 @@ describe("sealed history in the SDK", () => {
     const again = await connectClient(relay, b, { storage: "indexeddb" })
     const chat = await again.conversation(id).ready()
     expect(bodies(await chat.loadOlder(15))).toEqual(Array.from({ length: 15 }, (_, i) => `m${15 + i}`))
+  })
+
+  it("pages back in order from the live messages after being offline while the message read was sealed (before: from the marker's segment, then forward)", async () => {
+    const { chat, all } = await readThenSealedOffline(relay)
+    await pageBackInOrder(chat, all)
+  })
+
+  it("grows a message window store back from the live messages, contiguous, at every loadOlder, after being offline while the message read was sealed", async () => {
+    const { chat, all } = await readThenSealedOffline(relay)
+    const store = messageWindowStore(chat, 5)
+    const stop = store.subscribe(() => {})
+    const suffix = () => {
+      const shown = bodies([...store.getSnapshot().messages])
+      // Always the latest messages without a hole (before: m0..m9 then the live ones, then loads adding nothing).
+      expect(shown).toEqual(all.slice(all.length - shown.length))
+      return shown.length
+    }
+    let length = suffix()
+    while (store.getSnapshot().hasOlder) {
+      await store.loadOlder()
+      const grown = suffix()
+      expect(grown).toBeGreaterThan(length)
+      length = grown
+    }
+    expect(length).toBe(all.length)
+    stop()
   })
 
   it("refuses to page offline what this device never fetched, with a retryable error", async () => {
@@ -1043,6 +1113,13 @@ describe("folded sealed history in the SDK", () => {
     }
     return { a, ids, theirs, purgeOldest }
   }
+
+  it("pages back in order from the live messages after being offline while the message read was sealed and folded", async () => {
+    const { chat, all } = await readThenSealedOffline(folding)
+    // His marker's segment is listed on a directory page only, which the device fetched with it.
+    expect(foldedHistory(chat.doc)?.through).toBeGreaterThanOrEqual(1)
+    await pageBackInOrder(chat, all)
+  })
 
   it("pages back with loadOlder across the folded directory, with exact unread counts", async () => {
     const [a, b] = [name("alice"), name("bob")]

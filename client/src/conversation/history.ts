@@ -356,22 +356,34 @@ export class SealedHistory {
 
   /**
    * Fetches segments, and the directory pages that list them, until the
-   * replica holds `limit` sealed messages below `before` or the
-   * conversation's start. A page or segment the relay rewrote meanwhile is
-   * asked for again as the live document names it then, else refused with
-   * the retryable UNAVAILABLE (see {@link untilCurrent}).
+   * replica holds, without a hole, the `limit` sealed messages right below
+   * `before`, or all of them down to the conversation's start. A page or
+   * segment the relay rewrote meanwhile is asked for again as the live
+   * document names it then, else refused with the retryable UNAVAILABLE (see
+   * {@link untilCurrent}).
    */
   private fetchOlder(before: number, limit: number): Promise<void> {
     const doc = () => this.host.doc()
     return untilCurrent(async () => {
-      if (listSealedMessages(doc(), before, limit).length >= limit) return true
+      // `limit` held messages below `before` are not enough: segments held for another reason (the one the
+      // read marker falls in, for the unread count) may lie far below, with unfetched ones in between. Paged
+      // from those, loadOlder skipped back to the marker, then went forward (an outside tester's finding).
+      const held = listSealedMessages(doc(), before, limit)
+      const lowest = held.length >= limit ? held[0]?.seq : undefined
+      const fold = foldedHistory(doc())
+      const listed =
+        lowest === undefined || !fold || lowest > fold.through || directoryPageOf(doc(), lowest) !== undefined
       const next = knownSegments(doc())
-        .filter((s) => s.to < before && !this.heldSegments.has(s.index))
+        .filter(
+          (s) =>
+            s.from < before && (lowest === undefined || s.to >= lowest) && !this.heldSegments.has(s.index),
+        )
         .at(-1)
       if (next) {
         await this.fetchSegment(next)
         return false
       }
+      if (lowest !== undefined && listed) return true
       // Older segments are listed on directory pages not fetched yet: the next one back.
       const page = nextDirectoryPage(doc())
       if (!page) return true
