@@ -20,6 +20,7 @@ import {
   toParleyError,
   type UserId,
 } from "@parley/shared"
+import * as bc from "lib0/broadcastchannel"
 import { Awareness } from "y-protocols/awareness"
 import * as Y from "yjs"
 import { AttachmentUrls, type AttachmentVariant } from "./attachments/attachment-urls.js"
@@ -37,6 +38,7 @@ import { Conversation, LOCAL } from "./conversation.js"
 import { Emitter } from "./emitter.js"
 import { openSegmentCache, type SegmentCache } from "./history-cache.js"
 import { Inbox } from "./inbox.js"
+import { deleteDatabasesOf, deleteLocalData, localDataChannel } from "./local-data.js"
 import { dropDeletedContent, forgetCachedHistory } from "./local-purge.js"
 import { mergePresence, PresenceSettings, type UserPresence } from "./presence.js"
 import { claimsOfToken, Profiles } from "./profiles.js"
@@ -50,6 +52,7 @@ import {
 } from "./push.js"
 import { SocketMux } from "./socket-mux.js"
 import {
+  LocalDatabase,
   type LocalReplica,
   persistDocument,
   replicaName,
@@ -108,9 +111,20 @@ export interface ChatClientOptions {
 export interface DestroyOptions {
   /**
    * How long to wait for unsaved work to be saved by the relay first (ms).
-   * Default: `closeTimeoutMs` (5 s) with `storage: "memory"`, 0 with IndexedDB.
+   * Default: `closeTimeoutMs` (5 s) with `storage: "memory"` or `deleteLocalData`, 0 with IndexedDB.
    */
   readonly timeoutMs?: number
+  /**
+   * Then remove everything the SDK stored on this device for the user (see
+   * {@link deleteLocalData}): for a sign-out on a shared device. Unsaved work
+   * is then lost as with `storage: "memory"`: the wait above, then it is
+   * told (the resolved value and an `error` event). An app that must not
+   * lose it awaits {@link ChatClient.flush} first and signs out only once it
+   * resolves (or asks the user). The user's clients in other tabs stop too
+   * (their `localDataDeleted` event). Default false: the data stays for the
+   * user's next sign-in on this device.
+   */
+  readonly deleteLocalData?: boolean
 }
 
 /** Options of {@link ChatClient.flush}. */
@@ -157,11 +171,18 @@ export interface ChatClientEvents {
   presence: { presence: readonly UserPresence[] }
   /** These users' profiles changed (in an open conversation, or the user's own; see {@link ChatClient.profileOf}). */
   profiles: { users: readonly UserId[] }
+  /**
+   * The user's local data was deleted from this device elsewhere (a sign-out
+   * in another tab: `deleteLocalData`): this client is being destroyed, and
+   * `unsaved` (what it held that the relay had not saved) is lost. The app
+   * shows its signed-out screen.
+   */
+  localDataDeleted: { unsaved: readonly UnsavedWork[] }
 }
 
-const DIRECTORY = "directory"
+const DIRECTORY = LocalDatabase.directory
 /** Local document of the user's own inbox changes not yet reflected by the relay (never synced). */
-const PENDING_INBOX = "inbox-pending"
+const PENDING_INBOX = LocalDatabase.pendingInbox
 /** Conversations opened at once to send what this device changed in them (see `sendChangedHere`). */
 const MAX_BACKGROUND_CONVERSATIONS = 4
 
@@ -223,6 +244,22 @@ export class ChatClient extends Emitter<ChatClientEvents> {
   private storageFailure: ParleyError | undefined
   private destroyed = false
   private destroying: Promise<UnsavedWork[]> | undefined
+  /** Whether {@link destroying} ends by deleting the user's local data. */
+  private deletesLocalData = false
+  /** Another tab deleted this user's local data: stop before writing it back (see {@link deleteLocalData}). */
+  private readonly onLocalDataDeleted = (_data: unknown, origin: unknown) => {
+    if (origin === this || this.destroyed) return
+    const unsaved = this.unsaved()
+    this.emit("localDataDeleted", { unsaved })
+    // At once, even while a destroy() waits for unsaved work: that work is gone with the databases.
+    const teardown = this.teardown()
+    // A flush() waiting meanwhile rejects naming it (see flush).
+    this.destroying ??= teardown.then(() => unsaved)
+    // What this client wrote after the other tab deleted the databases (before the notice came) goes too.
+    void teardown
+      .then(() => deleteDatabasesOf(this.user))
+      .catch((error: unknown) => console.warn("parley: could not delete this user's local data", error))
+  }
   private pushRegistrations: PushRegistrations | undefined
   /** The user's messages waiting for file uploads, on this device (IndexedDB or memory). */
   private readonly outbox: OutboxStore
@@ -262,6 +299,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
       this.storageFailed(),
     )
     this.segments = openSegmentCache(this.storage, user)
+    bc.subscribe(localDataChannel(user), this.onLocalDataDeleted)
     this.outbox = openOutboxStore(this.storage, user)
     this.http = {
       origin: httpOriginOf(options.url),
@@ -898,14 +936,31 @@ export class ChatClient extends Emitter<ChatClientEvents> {
    * `timeoutMs` (default `closeTimeoutMs`, 5 s) for the unsaved work to be
    * saved; what is still unsaved then is lost, and told as an `error`
    * event (TIMEOUT or UNAVAILABLE, naming it) besides the resolved value.
-   * Calling it again returns the same promise. Never rejects.
+   * Calling it again returns the same promise (which then also deletes
+   * the local data if asked to). Never rejects, but with `deleteLocalData`
+   * when a database could not be deleted (STORAGE_UNAVAILABLE; the client is
+   * destroyed all the same: call {@link deleteLocalData} to try again).
+   *
+   * With `deleteLocalData`, nothing of the user stays on the device: see
+   * {@link DestroyOptions.deleteLocalData}.
    */
   destroy(options: DestroyOptions = {}): Promise<UnsavedWork[]> {
-    this.destroying ??= this.destroyOnce(options.timeoutMs ?? this.closeTimeoutMs)
+    const deleting = options.deleteLocalData === true
+    if (!this.destroying) {
+      this.deletesLocalData = deleting
+      const wait = deleting ? (this.options.closeTimeoutMs ?? 5_000) : this.closeTimeoutMs
+      this.destroying = this.destroyOnce(options.timeoutMs ?? wait, deleting)
+    } else if (deleting && !this.deletesLocalData) {
+      this.deletesLocalData = true
+      this.destroying = this.destroying.then(async (unsaved) => {
+        await deleteLocalData(this.user)
+        return unsaved
+      })
+    }
     return this.destroying
   }
 
-  private async destroyOnce(timeoutMs: number): Promise<UnsavedWork[]> {
+  private async destroyOnce(timeoutMs: number, deleting: boolean): Promise<UnsavedWork[]> {
     if (timeoutMs > 0 && !this.destroyed)
       await waitUntilSaved(
         () => this.hasUnsaved(),
@@ -919,11 +974,17 @@ export class ChatClient extends Emitter<ChatClientEvents> {
           ),
       )
     const unsaved = this.destroyed ? [] : this.unsaved()
-    if (unsaved.length > 0 && this.storage === "memory")
+    if (unsaved.length > 0 && (this.storage === "memory" || deleting))
       this.emit("error", {
-        error: unsavedError(unsaved, this.current === "online", 'destroyed a client with storage "memory"'),
+        error: unsavedError(
+          unsaved,
+          this.current === "online",
+          deleting ? "deleted the local data" : 'destroyed a client with storage "memory"',
+        ),
       })
     await this.teardown()
+    // After the teardown: none of this client's replicas is left to write a database back.
+    if (deleting) await deleteLocalData(this.user)
     return unsaved
   }
 
@@ -931,6 +992,7 @@ export class ChatClient extends Emitter<ChatClientEvents> {
     if (this.destroyed) return
     this.destroyed = true
     this.wanted = false
+    bc.unsubscribe(localDataChannel(this.user), this.onLocalDataDeleted)
     const win = (globalThis as { window?: Window }).window
     if (win && typeof win.removeEventListener === "function") {
       win.removeEventListener("online", this.onBrowserOnline)

@@ -1,5 +1,5 @@
 import * as idb from "lib0/indexeddb"
-import type { StorageKind } from "./storage.js"
+import { LocalDatabase, replicaName, type StorageKind } from "./storage.js"
 
 /**
  * This device's copy of the sealed history segments it fetched, by content
@@ -33,7 +33,9 @@ export function openSegmentCache(kind: StorageKind, user: string): SegmentCache 
       close: () => {},
     }
   }
-  const opening = idb.openDB(`parley:${user}:history`, (db) => idb.createStores(db, [[STORE]]))
+  const opening = idb.openDB(replicaName(user, LocalDatabase.history), (db) =>
+    idb.createStores(db, [[STORE]]),
+  )
   // A cache that cannot open (private mode, quota) only costs refetching.
   opening.catch(() => {})
   return {

@@ -83,6 +83,7 @@ export type {
 } from "./conversation.js"
 export type { Listener } from "./emitter.js"
 export type { Inbox, InboxEvents } from "./inbox.js"
+export { deleteLocalData } from "./local-data.js"
 export type { MessageStatus } from "./message-status.js"
 export type { PresenceStatus, UserPresence } from "./presence.js"
 export { type ProfileClaims, typingText } from "./profiles.js"

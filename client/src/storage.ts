@@ -121,6 +121,23 @@ export function persistDocument(
 /** Name of the local database of one user's conversation (users of one device never share). */
 export const replicaName = (user: string, document: string): string => `parley:${user}:${document}`
 
+/**
+ * The user's databases besides one per conversation and the inbox's
+ * (`inbox~<user>`), each named with {@link replicaName}. Every database the
+ * SDK makes is named so: `deleteLocalData` finds them by this prefix, or, where
+ * the browser cannot list databases, from these names and the recorded conversations.
+ */
+export const LocalDatabase = {
+  /** The conversations known on this device, the user's profile, the deleted ones purged here. */
+  directory: "directory",
+  /** The user's inbox changes not yet reflected by the relay (never synced). */
+  pendingInbox: "inbox-pending",
+  /** Sealed history segments fetched from the relay. */
+  history: "history",
+  /** Messages waiting for their files to upload, with the files. */
+  uploads: "uploads",
+} as const
+
 /** A document's replica in an IndexedDB database of its own (see {@link UPDATES_STORE}). */
 class IndexedDbReplica implements LocalReplica {
   readonly loaded: Promise<void>
@@ -179,7 +196,14 @@ class IndexedDbReplica implements LocalReplica {
     this.unwritten = []
     const db = this.db
     if (!db || this.replaced) return
-    const transaction = db.transaction(UPDATES_STORE, "readwrite")
+    let transaction: IDBTransaction
+    try {
+      transaction = db.transaction(UPDATES_STORE, "readwrite")
+    } catch (error) {
+      // Closed under it: the database is being deleted (a sign-out in another tab, see deleteLocalData).
+      this.failed(error)
+      return
+    }
     const store = transaction.objectStore(UPDATES_STORE)
     // Checked in the write's own transaction: no replacement can fall between the check and the write.
     const marker = store.getAllKeys(GENERATION_KEYS())
@@ -389,6 +413,33 @@ export async function rewriteStored<T>(name: string, change: (doc: Y.Doc) => T):
     }
     await completion(transaction)
     return result
+  } finally {
+    db.close()
+  }
+}
+
+/**
+ * What is stored under replica `name`, applied to a fresh document (the
+ * caller destroys it); undefined, and nothing created, if there is no such database.
+ */
+export async function readStored(name: string): Promise<Y.Doc | undefined> {
+  const db = await openExisting(name)
+  if (!db) return undefined
+  try {
+    const request = db.transaction(UPDATES_STORE, "readonly").objectStore(UPDATES_STORE).getAll(UPDATE_KEYS())
+    const updates = await new Promise<Uint8Array[]>((resolve, reject) => {
+      request.onsuccess = () => resolve(request.result as Uint8Array[])
+      request.onerror = () => reject(request.error)
+    })
+    const doc = new Y.Doc()
+    for (const update of updates) {
+      try {
+        Y.applyUpdate(doc, update)
+      } catch {
+        // A damaged entry: the others still name what they name.
+      }
+    }
+    return doc
   } finally {
     db.close()
   }

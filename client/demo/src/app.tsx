@@ -33,7 +33,7 @@ export function go(id: string | undefined): void {
  * The signed-in app: top bar (user, connection), conversation list, the open
  * conversation. One column on a phone (list or conversation), two on a wide screen.
  */
-export function App({ onSignOut }: { onSignOut: () => void }) {
+export function App({ onSignOut }: { onSignOut: () => void | Promise<void> }) {
   const client = useChatClient()
   const openId = useSyncExternalStore(subscribeHash, openFromHash)
   const [composing, setComposing] = useState(false)
@@ -84,7 +84,13 @@ export function App({ onSignOut }: { onSignOut: () => void }) {
           </span>
         )}
         <NotificationsToggle failed={failed} notify={notify} />
-        <button type="button" className="link" data-testid="sign-out" onClick={onSignOut}>
+        <button
+          type="button"
+          className="link"
+          data-testid="sign-out"
+          title="Sign out and remove your messages from this browser"
+          onClick={() => void onSignOut()}
+        >
           Sign out
         </button>
         {editingProfile && <ProfileEditor close={() => setEditingProfile(false)} />}

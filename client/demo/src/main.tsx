@@ -4,7 +4,7 @@ import { ParleyProvider } from "@parley/react"
 import { useEffect, useState } from "react"
 import { createRoot } from "react-dom/client"
 import { App } from "./app.js"
-import { savedUser, signIn, signOut } from "./session.js"
+import { forgetSession, readyToSignOut, savedUser, signIn, signOut } from "./session.js"
 import { SignIn } from "./sign-in.js"
 
 /** The demo: the sign-in screen, or the app of the signed-in user. */
@@ -30,6 +30,17 @@ function Root() {
     if (user) void start(user)
   }, [])
 
+  // Signed out in another tab: that tab deleted this user's data, and this tab's client stopped.
+  useEffect(
+    () =>
+      client?.on("localDataDeleted", () => {
+        forgetSession()
+        location.hash = ""
+        setClient(undefined)
+      }),
+    [client],
+  )
+
   if (!client)
     return starting ? null : (
       <SignIn error={error} onSubmit={(user, displayName) => void start(user, displayName)} />
@@ -37,10 +48,16 @@ function Root() {
   return (
     <ParleyProvider client={client}>
       <App
-        onSignOut={() => {
+        onSignOut={async () => {
+          const go = await readyToSignOut(client, () =>
+            window.confirm(
+              "Some of your messages have not reached the server yet (offline?). Signing out removes them from this browser with the rest of your data, so they will never be sent. Sign out anyway?",
+            ),
+          )
+          if (!go) return
           location.hash = ""
           setClient(undefined)
-          void signOut(client)
+          await signOut(client)
         }}
       />
     </ParleyProvider>

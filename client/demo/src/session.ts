@@ -47,17 +47,52 @@ export async function signIn(user: string, displayName?: string): Promise<ChatCl
   return client
 }
 
+/** How long sign-out waits for messages not yet on the relay before asking whether to drop them. */
+const SIGN_OUT_FLUSH_MS = 3_000
+
 /**
- * Signs out on this browser: local replicas stay (per user) for the next
- * sign-in; the browser's push subscription goes, or the next user of this
- * browser would be shown the previous one's notifications.
+ * Whether to go on with a sign-out: messages not on the relay yet are
+ * waited for a few seconds, since signing out deletes this browser's copy
+ * (see {@link signOut}); if some are still unsent (offline), `confirmLoss` asks.
+ */
+export async function readyToSignOut(client: ChatClient, confirmLoss: () => boolean): Promise<boolean> {
+  const saved = await client.flush({ timeoutMs: SIGN_OUT_FLUSH_MS }).then(
+    () => true,
+    () => false,
+  )
+  return saved || confirmLoss()
+}
+
+/**
+ * Signs out on this browser and removes the user's data from it: a browser
+ * may be shared, and whoever signs in next must not find the previous user's
+ * messages in its storage (the SDK keeps them in IndexedDB so that the app
+ * works offline). The user's other tabs sign out too. The browser's push
+ * subscription goes, or the next user of this browser would be shown the
+ * previous one's notifications, and so do the notifications shown.
  */
 export async function signOut(client: ChatClient): Promise<void> {
-  localStorage.removeItem(USER_KEY)
-  localStorage.removeItem(NAME_KEY)
-  if (pushSupported() && Notification.permission === "granted")
+  forgetSession()
+  if (pushSupported() && Notification.permission === "granted") {
     await disableNotifications(client).catch((error: unknown) =>
       console.warn("could not unregister this browser's notifications", error),
     )
-  await client.destroy()
+    // They show message text: the next user of this browser must not read them either.
+    const registration = await navigator.serviceWorker.getRegistration()
+    for (const notification of (await registration?.getNotifications()) ?? []) notification.close()
+  }
+  // The service worker caches only the app shell (nobody's messages): nothing of the user's there.
+  // readyToSignOut waited for unsent work already.
+  await client
+    .destroy({ deleteLocalData: true, timeoutMs: 0 })
+    .catch((error: unknown) => console.warn("could not delete this browser's copy of the messages", error))
+}
+
+/**
+ * Signed out in another tab (its data deleted there): this tab's client has
+ * stopped; the user must sign in again.
+ */
+export function forgetSession(): void {
+  localStorage.removeItem(USER_KEY)
+  localStorage.removeItem(NAME_KEY)
 }

@@ -39,6 +39,9 @@ export function SignIn({
     >
       <h1>Parley</h1>
       <p className="hint">Offline-first chat on Yjs. Pick any user name (dev mode).</p>
+      <p className="hint" data-testid="sign-in-storage">
+        Your messages are kept in this browser so that the app works offline; signing out removes them.
+      </p>
       <label className="field">
         User name
         <input

@@ -1,6 +1,6 @@
 import type { Attachment, ConversationId, MessageId, MessageView, Metadata, Priority } from "@parley/shared"
 import * as idb from "lib0/indexeddb"
-import type { StorageKind } from "../storage.js"
+import { LocalDatabase, replicaName, type StorageKind } from "../storage.js"
 
 /** A reason kept with a failed message (a `ParleyError`'s code and message, storable). */
 export interface StoredFailure {
@@ -97,7 +97,9 @@ const byCreation = (a: OutboxEntry, b: OutboxEntry) =>
 
 /** The outbox of `user` on this device. */
 export function openOutboxStore(kind: StorageKind, user: string): OutboxStore {
-  return kind === "memory" ? new MemoryOutboxStore() : new IndexedDbOutboxStore(`parley:${user}:uploads`)
+  return kind === "memory"
+    ? new MemoryOutboxStore()
+    : new IndexedDbOutboxStore(replicaName(user, LocalDatabase.uploads))
 }
 
 /** Keeps everything in memory: gone with the page. */
