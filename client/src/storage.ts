@@ -165,10 +165,17 @@ class IndexedDbReplica implements LocalReplica {
   private readonly onNotice = (_data: unknown, origin: unknown) => {
     const db = this.db
     if (origin === this || !db || this.destroyed || this.replaced) return
-    const marker = db
-      .transaction(UPDATES_STORE, "readonly")
-      .objectStore(UPDATES_STORE)
-      .getAllKeys(GENERATION_KEYS())
+    let marker: IDBRequest<IDBValidKey[]>
+    try {
+      marker = db
+        .transaction(UPDATES_STORE, "readonly")
+        .objectStore(UPDATES_STORE)
+        .getAllKeys(GENERATION_KEYS())
+    } catch (error) {
+      // Closed under it (deleted by another tab's sign-out): told like any failed write, not thrown in the channel's handler.
+      this.failed(error)
+      return
+    }
     marker.onsuccess = () => {
       if (!this.destroyed) this.isReplaced(marker.result)
     }
@@ -346,7 +353,9 @@ class IndexedDbReplica implements LocalReplica {
    * one finding another generation writes nothing (see {@link GENERATION}).
    * `purge` ({@link compact}): runs while the replica is being destroyed too.
    */
-  private merge(db: IDBDatabase, purge = false): Promise<void> {
+  private async merge(db: IDBDatabase, purge = false): Promise<void> {
+    // Async so that a database closed under it (deleted by another tab's sign-out) rejects, as every
+    // caller expects, instead of throwing inside the compaction's timer.
     const transaction = db.transaction(UPDATES_STORE, "readwrite")
     const store = transaction.objectStore(UPDATES_STORE)
     const loading = this.db === undefined

@@ -176,4 +176,31 @@ describe("IndexedDB replicas", () => {
     expect(reloaded.getArray("a").toArray()).toEqual([...Array(600).keys()])
     await again.destroy()
   })
+
+  it("reports, without throwing, a background merge on a database another tab deleted meanwhile", async () => {
+    const name = uniqueName()
+    const doc = new Y.Doc()
+    const errors: unknown[] = []
+    const replica = persistDocument("indexeddb", name, doc, (error) => errors.push(error))
+    await replica.loaded
+    for (let i = 0; i < 600; i++) doc.getArray("a").push([i])
+    // Another tab signs the user out (deleteLocalData): the database closes under this replica.
+    await new Promise<void>((resolve, reject) => {
+      const deleting = indexedDB.deleteDatabase(name)
+      deleting.onsuccess = () => resolve()
+      deleting.onerror = () => reject(deleting.error)
+    })
+    const uncaught: unknown[] = []
+    const onUncaught = (error: unknown) => uncaught.push(error)
+    process.on("uncaughtException", onUncaught)
+    try {
+      // The merge is due a second after the 500th write.
+      await new Promise((resolve) => setTimeout(resolve, 1300))
+    } finally {
+      process.off("uncaughtException", onUncaught)
+    }
+    expect(uncaught).toEqual([])
+    expect(errors.length).toBeGreaterThan(0)
+    await replica.destroy()
+  })
 })
