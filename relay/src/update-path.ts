@@ -1073,7 +1073,11 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     // After the hooks recorded the deletion's own events (they carry the title).
     await ctx.extensions.compactionLimit(host.key)
     // What waits in memory for delivery first: a page read from storage meanwhile is redacted as it comes in.
-    tellPurged(ctx, { name: host.key, conversationId: conversation, scope: { kind: "conversation" } })
+    tellPurged(ctx, {
+      name: host.key,
+      conversationId: conversation,
+      scope: { kind: "conversation", through: host.lastPosition },
+    })
     if (ctx.purge) {
       await ctx.purge.dropSegments(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })

@@ -1,4 +1,6 @@
 import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import {
@@ -1193,6 +1195,48 @@ describe("a deleted direct conversation reopened (SQLite)", () => {
     const next = await relayOn(new SqliteBackend(dir))
     const again = await joinAs(next, alice, id)
     expect(bodies(again.doc)).toEqual(["New-Axolotl-Text", "New-Alice-Reply"])
+  })
+
+  it("tells hooks what is written after the reopen, in full: the deletion's purge redacts only what came before it", async () => {
+    const bodies: unknown[] = []
+    const receiver = createServer((req, res) => {
+      let text = ""
+      req.on("data", (chunk: Buffer) => {
+        text += chunk.toString()
+      })
+      req.on("end", () => {
+        const event = JSON.parse(text) as {
+          event: { type: string }
+          subject: { message?: { body?: string } }
+        }
+        if (event.event.type === "message.sent") bodies.push(event.subject.message?.body ?? event.subject)
+        res.writeHead(204).end()
+      })
+    })
+    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve))
+    onTestFinished(() => new Promise<void>((resolve) => receiver.close(() => resolve())))
+    const { port } = receiver.address() as AddressInfo
+    const relay = await startRelay({
+      backend: new SqliteBackend(scratchDir()),
+      port: 0,
+      warmUp: false,
+      log: "silent",
+      auth: { kind: "secret", secret: SECRET },
+      webhooks: [`http://127.0.0.1:${port}/hook`],
+      webhookSecret: "purge-webhook-secret",
+    })
+    relays.push(relay)
+    const { id, a } = await directWith(relay, ["Old-Quokka-Text"])
+    await until(async () => bodies.includes("Old-Quokka-Text"))
+    deleteConversation(a.doc, alice)
+    await a.allSaved()
+    await a.until(() => typesOf(a.doc).messages.length === 0)
+    const b = await joinAs(relay, bob, id)
+    reopenConversation(b.doc, bob)
+    sendMessage(b.doc, bob, { body: "New-Numbat-Text" })
+    await b.allSaved()
+    await until(async () => bodies.length >= 2)
+    expect(bodies).toEqual(["Old-Quokka-Text", "New-Numbat-Text"])
   })
 
   it("refuses a reopen as retryable while the deletion's purge is still owed, and takes it once the purge is done: nothing of before comes back, nothing of after is purged", async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest"
-import type { HookEvent } from "../src/hooks/events.js"
+import { type HookEvent, stableEventId } from "../src/hooks/events.js"
 import { MAX_RECENT_PURGED_IDS, RecentPurges } from "../src/purge/recent-purges.js"
 import { namesAnyMessage, redactPayload } from "../src/purge/redact.js"
 
@@ -107,6 +107,32 @@ describe("RecentPurges", () => {
     expect(purges.covers("doc-a", "Gone-Message-1")).toBe(false)
     expect(purges.redact("doc-b", kept)).toBe(kept)
     expect(purges.size).toBe(0)
+  })
+
+  it("applies a whole conversation's purge to the events of changes up to its position, not to those of a reopen after it", () => {
+    const purges = new RecentPurges()
+    const at = (position: number | undefined, id: string) => {
+      const base = sent(id)
+      const eventId = position === undefined ? "evt_random" : stableEventId("g~c", position, 0)
+      return { ...base, event: { ...base.event, id: eventId } } as HookEvent
+    }
+    purges.note("dm~a~b", { kind: "conversation", through: 40 })
+    expect(purges.redact("dm~a~b", at(40, "Old-Message")).subject).toEqual({ purged: true })
+    expect(purges.redact("dm~a~b", at(7, "Older-Message")).subject).toEqual({ purged: true })
+    expect(purges.redact("dm~a~b", at(undefined, "Unplaced-Message")).subject).toEqual({ purged: true })
+    const after = at(41, "New-Message")
+    expect(purges.redact("dm~a~b", after)).toBe(after)
+    expect(purges.covers("dm~a~b", "Old-Message", 40)).toBe(true)
+    expect(purges.covers("dm~a~b", "New-Message", 41)).toBe(false)
+    // A message of the reopened conversation deleted in turn: its events go, the others' stay.
+    purges.note("dm~a~b", { kind: "messages", ids: new Set(["New-Message"]) })
+    expect(purges.redact("dm~a~b", after).subject).toMatchObject({ message: { body: "", purged: true } })
+    expect(purges.covers("dm~a~b", "New-Message", 41)).toBe(true)
+    const other = at(42, "Other-New-Message")
+    expect(purges.redact("dm~a~b", other)).toBe(other)
+    // A purge told without a position (a relay of an earlier version) covers every event.
+    purges.note("g~other", { kind: "conversation" })
+    expect(purges.covers("g~other", "Any", 10_000)).toBe(true)
   })
 
   it("applies a user's erasure to events taken in later: their name and profile go, their messages and others' names stay", () => {

@@ -4,7 +4,7 @@ import { streamSSE } from "hono/streaming"
 import type { HookEventType } from "../hooks/events.js"
 import type { Logger } from "../log.js"
 import { RecentPurges } from "../purge/recent-purges.js"
-import { type PurgedContent, redactEvent } from "../purge/redact.js"
+import type { PurgedContent } from "../purge/redact.js"
 import { RateLimiter } from "../rate-limit.js"
 import type { ApiEventEntry, ApiEventSource } from "./event-source.js"
 import type { ApiLimits } from "./limits.js"
@@ -65,7 +65,8 @@ export class EventStreams {
       for (let i = 0; i < batch.length; i++) {
         const entry = batch[i]!
         if (entry.event.event.conversationId !== conversationId) continue
-        const event = redactEvent(entry.event, scope)
+        // As remembered, not `scope` itself: a whole purge leaves the events of a later reopen alone.
+        const event = this.purges.redact(conversationId, entry.event)
         if (event !== entry.event) batch[i] = { ...entry, event }
       }
   }

@@ -133,6 +133,9 @@ export function encodeClusterMessage(message: ClusterMessage): Uint8Array {
       const ids = scope.kind === "messages" ? [...scope.ids] : undefined
       encoding.writeVarInt(e, ids ? ids.length : CONVERSATION_PURGE)
       for (const id of ids ?? []) encoding.writeVarString(e, id)
+      // Last, so that a relay of a version before it reads the rest as before (and purges every event).
+      if (scope.kind === "conversation" && scope.through !== undefined)
+        encoding.writeVarUint(e, scope.through)
       break
     }
     case "reply":
@@ -201,7 +204,14 @@ export function decodeClusterMessage(bytes: Uint8Array): ClusterMessage {
           const user = decoding.readVarString(d)
           return { type, from, purge: { name, conversationId, scope: { kind: "user", user } } }
         }
-        if (count < 0) return { type, from, purge: { name, conversationId, scope: { kind: "conversation" } } }
+        if (count < 0) {
+          const through = decoding.hasContent(d) ? decoding.readVarUint(d) : undefined
+          const scope =
+            through === undefined
+              ? { kind: "conversation" as const }
+              : { kind: "conversation" as const, through }
+          return { type, from, purge: { name, conversationId, scope } }
+        }
         const ids = new Set<string>()
         for (let i = 0; i < count; i++) ids.add(decoding.readVarString(d))
         return { type, from, purge: { name, conversationId, scope: { kind: "messages", ids } } }

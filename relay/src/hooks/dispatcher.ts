@@ -1,7 +1,7 @@
 import { ErrorCode, ParleyError } from "@parley/shared"
 import type { Logger } from "../log.js"
 import { RecentPurges } from "../purge/recent-purges.js"
-import { type PurgedContent, redactEvent } from "../purge/redact.js"
+import type { PurgedContent } from "../purge/redact.js"
 import type { HookEvent, HookEventType } from "./events.js"
 import type { HookMetrics } from "./metrics.js"
 import type { DeadLetterFilter, Delivery, Outbox, OutboxLane } from "./outbox.js"
@@ -556,7 +556,8 @@ export class Dispatcher {
       for (let i = 0; i < lane.queue.length; i++) {
         const delivery = lane.queue[i]!
         if (delivery === lane.attempting) continue
-        const event = redactEvent(delivery.event, scope)
+        // As remembered, not `scope` itself: a whole purge leaves the events of a later reopen alone.
+        const event = this.purges.redact(name, delivery.event)
         if (event !== delivery.event) lane.queue[i] = { ...delivery, event }
       }
     }

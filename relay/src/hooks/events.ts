@@ -216,6 +216,22 @@ export function stableEventId(conversationId: string, position: number, slot: nu
 }
 
 /**
+ * The log position of the change whose event `id` is, when `id` is a stable
+ * id of conversation `conversationId` ({@link stableEventId}); undefined for
+ * any other id (a random one: an event of nothing stored). Relay-internal:
+ * receivers are told to treat ids as opaque.
+ */
+export function eventLogPosition(conversationId: string, id: string): number | undefined {
+  const prefix = conversationIdPrefix(conversationId)
+  if (!id.startsWith(prefix)) return undefined
+  const match = STABLE_TAIL.exec(id.slice(prefix.length))
+  return match ? Number.parseInt(match[1]!, 36) : undefined
+}
+
+/** What follows the conversation's prefix in a stable id: the position, then `_<slot>` or `u`. */
+const STABLE_TAIL = /^([0-9a-z]+)(?:_[0-9a-z]+|u)$/
+
+/**
  * Conversations' id prefixes, by id: the fan-out interleaves many
  * conversations, and one cached prefix was hashed again for nearly every
  * event. Bounded: emptied when full (a prefix is only a hash, computed again).

@@ -1,4 +1,4 @@
-import type { HookEvent } from "../hooks/events.js"
+import { eventLogPosition, type HookEvent } from "../hooks/events.js"
 import { type RedactionScope, redactEvent } from "./redact.js"
 
 /** How long a purge is remembered: longer than any storage call or hook attempt may take. */
@@ -10,8 +10,11 @@ export const RECENT_PURGE_MS = 10 * 60_000
 export const MAX_RECENT_PURGED_IDS = 100_000
 
 interface Recent {
-  /** The whole conversation was purged. */
-  conversation: boolean
+  /**
+   * The whole conversation was purged, of the changes up to this log position (`Infinity`: of
+   * every change); -1: not purged whole.
+   */
+  through: number
   readonly ids: Set<string>
   /** Users erased: what events say of them beyond their messages (names, pictures) went. */
   readonly users: Set<string>
@@ -46,42 +49,55 @@ export class RecentPurges {
     let recent = this.byKey.get(key)
     // Re-inserted, so that the map stays in the order of the last purge (oldest first).
     if (recent) this.byKey.delete(key)
-    else recent = { conversation: false, ids: new Set(), users: new Set(), at: now }
+    else recent = { through: -1, ids: new Set(), users: new Set(), at: now }
     recent.at = now
     this.byKey.set(key, recent)
     if (scope.kind === "user") {
       if (!recent.users.has(scope.user)) this.ids++
       recent.users.add(scope.user)
     } else if (scope.kind === "conversation") {
-      recent.conversation = true
+      // Every message purged before is of a change up to this position, which the whole purge covers.
+      recent.through = Math.max(recent.through, scope.through ?? Number.POSITIVE_INFINITY)
       this.ids -= recent.ids.size
       recent.ids.clear()
-    } else if (!recent.conversation)
+    } else {
+      // Also after a whole purge: a reopened direct conversation's later messages are deleted on their own.
       for (const id of scope.ids) {
         if (recent.ids.has(id)) continue
         recent.ids.add(id)
         this.ids++
       }
+    }
     this.forget(now)
   }
 
-  /** `event` of `key` without what a purge of the last minutes removed; the same object when none concerns it. */
+  /**
+   * `event` of `key` without what a purge of the last minutes removed; the same object when none
+   * concerns it. A whole conversation's purge concerns the events of changes up to its position (an
+   * event without one, of nothing stored, counts as before it): a direct conversation reopened once
+   * the purge was done holds only what was written since.
+   */
   redact(key: string, event: HookEvent): HookEvent {
     const recent = this.current(key)
     if (!recent) return event
-    let out = recent.conversation
-      ? redactEvent(event, { kind: "conversation" })
-      : recent.ids.size > 0
-        ? redactEvent(event, { kind: "messages", ids: recent.ids })
-        : event
+    const header = event.event
+    let out =
+      recent.through >= 0 && before(recent, eventLogPosition(header.conversationId, header.id))
+        ? redactEvent(event, { kind: "conversation" })
+        : recent.ids.size > 0
+          ? redactEvent(event, { kind: "messages", ids: recent.ids })
+          : event
     for (const user of recent.users) out = redactEvent(out, { kind: "user", user })
     return out
   }
 
-  /** Whether message `id` of `key` (or all of `key`) was purged in the last minutes. */
-  covers(key: string, id: string): boolean {
+  /**
+   * Whether message `id` of `key` (or all of `key`) was purged in the last minutes; for a whole
+   * purge, only when `position` (of the change that sent it, if known) is at or before the purge's.
+   */
+  covers(key: string, id: string, position?: number): boolean {
     const recent = this.current(key)
-    return recent !== undefined && (recent.conversation || recent.ids.has(id))
+    return recent !== undefined && ((recent.through >= 0 && before(recent, position)) || recent.ids.has(id))
   }
 
   private current(key: string): Recent | undefined {
@@ -100,4 +116,9 @@ export class RecentPurges {
       this.ids -= recent.ids.size + recent.users.size
     }
   }
+}
+
+/** Whether a change at `position` (undefined: not known) came before `recent`'s whole purge. */
+function before(recent: Recent, position: number | undefined): boolean {
+  return position === undefined || position <= recent.through
 }

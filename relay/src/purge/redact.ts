@@ -6,7 +6,15 @@ import type { HookEvent } from "../hooks/events.js"
  * erasure: their display name and picture).
  */
 export type RedactionScope =
-  | { readonly kind: "conversation" }
+  | {
+      readonly kind: "conversation"
+      /**
+       * The document's last log position when the purge ran: what a holder of events applies the
+       * purge to later is only an event of a change at or before it (see `RecentPurges`). A
+       * reopened direct conversation's later messages are news of their own. Absent: every event.
+       */
+      readonly through?: number
+    }
   | { readonly kind: "messages"; readonly ids: ReadonlySet<string> }
   | { readonly kind: "user"; readonly user: string }
 

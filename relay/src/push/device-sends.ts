@@ -11,6 +11,11 @@ export interface DeviceJob {
   readonly conversation: string
   readonly payload: string
   readonly notification: PushNotification
+  /**
+   * Log position of the change that sent the message, when known: a whole conversation's purge
+   * drops only notifications of changes up to its own (not those of a reopened direct conversation).
+   */
+  readonly position?: number
   /** Its TTL's end (ms since epoch): the push service would have dropped it by then, so it is not sent later. */
   readonly expiresAt: number
 }
@@ -163,7 +168,9 @@ export class DeviceSends {
   }
 
   private isPurged(job: DeviceJob): boolean {
-    return this.purges.size > 0 && this.purges.covers(job.conversation, job.notification.messageId)
+    return (
+      this.purges.size > 0 && this.purges.covers(job.conversation, job.notification.messageId, job.position)
+    )
   }
 
   /** Sets `sub`'s device aside with `job` if its user has a device that failed lately; true when it did. */

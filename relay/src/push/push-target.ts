@@ -5,7 +5,7 @@ import { discardBody } from "../discard-body.js"
 import type { RunningCore } from "../extension.js"
 import type { InboxSummary, PushNotificationHandler } from "../hooks/define.js"
 import { type DeliveryTarget, exponentialBackoff } from "../hooks/dispatcher.js"
-import type { HookEvent } from "../hooks/events.js"
+import { eventLogPosition, type HookEvent } from "../hooks/events.js"
 import { inboxSummary } from "../inbox/summary.js"
 import type { Logger } from "../log.js"
 import { RetryAfterError, retryAfterMs } from "../retry-after.js"
@@ -235,10 +235,12 @@ export function pushTarget(core: RunningCore, options: PushTargetOptions): Deliv
     const built = notificationFor(event, summary.totalUnread)
     const notification = built && (await rewrite(built, user, event, signal()))
     if (!notification) return
+    const position = eventLogPosition(conversation, event.event.id)
     const job = {
       conversation,
       payload: JSON.stringify(notification),
       notification,
+      ...(position === undefined ? {} : { position }),
       expiresAt: Date.now() + ttl * 1000,
     }
     await Promise.all(

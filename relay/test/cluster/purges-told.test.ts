@@ -87,9 +87,10 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       )
       // Nothing echoed back to the relay that ran it, nothing told twice.
       await new Promise((resolve) => setTimeout(resolve, 300))
-      const whole = { ...messages, scope: { kind: "conversation" } }
+      // With the log position it purged through, the same on every relay (what a reopen writes after it is kept).
+      const whole = { ...messages, scope: { kind: "conversation", through: expect.any(Number) } }
       expect(owner.seen.slice(1)).toEqual([whole])
-      expect(other.seen.slice(1)).toEqual([whole])
+      expect(other.seen.slice(1)).toEqual(owner.seen.slice(1))
     })
     it("erases a user's messages through the relay that does not own the conversation", async () => {
       const [owner, other] = await twoRelays()

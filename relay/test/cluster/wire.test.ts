@@ -31,9 +31,11 @@ describe("cluster wire: a forwarded client update", () => {
 })
 
 describe("cluster wire: a purge told to the other relays", () => {
-  it("keeps each scope: a conversation, some messages, and one user's erasure", () => {
+  it("keeps each scope: a conversation (with the position it was purged through, or without), some messages, and one user's erasure", () => {
     for (const scope of [
       { kind: "conversation" },
+      { kind: "conversation", through: 0 },
+      { kind: "conversation", through: 123_456_789 },
       { kind: "messages", ids: new Set(["m1", "m2"]) },
       { kind: "user", user: "dan" },
     ] as const) {

@@ -119,6 +119,11 @@ describe("hook events from clients' changes", () => {
     expect(reopened[0]!.event.actor).toEqual({ kind: "user", user: alice })
     expect(reopened[0]!.conversation.deletedAt).toBeUndefined()
     expect(reopened[0]!.conversation.participants.map((p) => p.user).sort()).toEqual([alice, bob])
+    // What is written after the reopen is news of its own: the purge of the deleted content (minutes
+    // remembered, for events read before it) does not take it away (an outside probe: `{ purged: true }`).
+    const sent = await step(() => sendMessage(a.doc, alice, { body: "Written-After-Reopen" }))
+    expect(summary(sent)).toEqual(["message.sent"])
+    expect(sent[0]!.subject).toMatchObject({ message: { body: "Written-After-Reopen", author: alice } })
   })
 
   it("fires the events of changes made offline once, when they reach the relay, with sequence numbers", async () => {
