@@ -62,6 +62,7 @@ const callOf = new AsyncLocalStorage<number>()
 const entered: number[] = []
 createHook({
   before() {
+    current[CallState.CALLBACKS]! += 1
     entered.push(current[CallState.EXECUTING]!)
     current[CallState.EXECUTING] = callOf.getStore() ?? 0
   },
@@ -393,10 +394,9 @@ function run(
   started(id)
   const outer = current[CallState.EXECUTING]!
   try {
-    current[CallState.SYNC] = id
+    current[CallState.CALLBACKS]! += 1
     current[CallState.EXECUTING] = id
     const result = callOf.run(id, () => invoke(call))
-    current[CallState.SYNC] = 0
     current[CallState.EXECUTING] = outer
     Promise.resolve(result).then(
       (value) => {
@@ -412,7 +412,6 @@ function run(
       (error: unknown) => finish({ t: "threw", id, error: toWire(error) }),
     )
   } catch (error) {
-    current[CallState.SYNC] = 0
     current[CallState.EXECUTING] = outer
     finish({ t: "threw", id, error: toWire(error) })
   }

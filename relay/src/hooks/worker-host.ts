@@ -42,10 +42,13 @@ const RELOAD_DELAY_MAX_MS = 60_000
  */
 export const BLOCKS_BEFORE_DEAD_LETTER = 2
 /**
- * Longest a handler may run without yielding (before its first `await`)
- * before the worker counts as blocked and is restarted, whatever the hook
- * timeout: every module's calls wait behind it meanwhile, so a block was
- * held the whole timeout plus the grace (11 s by default) per attempt.
+ * Longest a handler's code may run without yielding (before its first
+ * `await`, or in any continuation after one, or a timer it set) before the
+ * worker counts as blocked and is restarted, whatever the hook timeout:
+ * every module's calls wait behind it meanwhile, so a block was held the
+ * whole timeout plus the grace (11 s by default) per attempt. A loop after
+ * an `await` (`await conversations.get(id)`, then a backtracking regular
+ * expression) was held so, twice, about 24 s (an outside probe).
  */
 export const HOOK_SYNC_LIMIT_MS = 2_000
 /** How often the host looks at which handler the worker runs synchronously. */
@@ -157,8 +160,10 @@ export class HookWorker {
   private loaded: readonly ModuleInfo[] = []
   /** Blocks and crashes of the worker by call (module, handler, event id): see {@link BLOCKS_BEFORE_DEAD_LETTER}. */
   private readonly blocks = new Map<string, number>()
-  /** The call seen running synchronously at the last check, and since when. */
-  private syncSeen: { readonly generation: number; readonly id: number; readonly since: number } | undefined
+  /** The call whose code the worker ran at the last check, the worker's count of callbacks then, and since when both are so. */
+  private syncSeen:
+    | { readonly generation: number; readonly id: number; readonly callbacks: number; readonly since: number }
+    | undefined
   private readonly syncWatch: NodeJS.Timeout
   /** What recently settled calls were (`hook:<file>`'s handler), by id: see {@link settle}. */
   private readonly settledWhat = new Map<number, string>()
@@ -175,29 +180,35 @@ export class HookWorker {
     this.syncWatch.unref()
   }
 
-  /** Restarts a worker whose handler has run without yielding for longer than `limitMs`. */
+  /**
+   * Restarts a worker running a call's code (its handler, a continuation after an `await`, a timer
+   * it set) that has not yielded for longer than `limitMs`: the call is blamed when still pending,
+   * nobody when it returned already (see {@link restart}).
+   */
   private checkSync(limitMs: number): void {
     const running = this.running
-    const id = running?.loaded && running.ending === undefined ? running.current[CallState.SYNC]! : 0
+    const id = running?.loaded && running.ending === undefined ? running.current[CallState.EXECUTING]! : 0
     if (!running || id === 0) {
       this.syncSeen = undefined
       return
     }
     const now = Date.now()
+    const callbacks = running.current[CallState.CALLBACKS]!
     const seen = this.syncSeen
-    if (seen?.generation !== running.generation || seen.id !== id) {
-      this.syncSeen = { generation: running.generation, id, since: now }
+    if (seen?.generation !== running.generation || seen.id !== id || seen.callbacks !== callbacks) {
+      this.syncSeen = { generation: running.generation, id, callbacks, since: now }
       return
     }
     if (now - seen.since < limitMs) return
+    // Code a call left running after it returned blocks every call as well; it charges nobody.
     const pending = this.pending.get(id)
-    if (!pending) return
+    if (!pending && this.pending.size === 0) return
     this.syncSeen = undefined
     this.options.log.error(
-      { hook: pending.what, syncLimitMs: limitMs },
+      { hook: pending?.what, syncLimitMs: limitMs },
       "a hook call ran without yielding past the limit, blocking the hook worker: restarting it",
     )
-    this.restart(running, { blockedBy: pending.what, syncMs: limitMs })
+    this.restart(running, { blockedBy: pending?.what ?? "code a hook call left running", syncMs: limitMs })
   }
 
   /**

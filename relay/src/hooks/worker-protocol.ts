@@ -30,8 +30,12 @@ export interface HookWorkerData {
  * of its floats). Call ids start at 1 and increase; 0 is "none".
  */
 export const CallState = {
-  /** The call whose handler runs synchronously now (before its first `await`), or 0. */
-  SYNC: 0,
+  /**
+   * How many callbacks the worker has entered (a handler's start, an `await`'s continuation, a
+   * timer, a message): unchanged while {@link EXECUTING} names a call, that call's code has run
+   * without yielding since (see `HOOK_SYNC_LIMIT_MS`).
+   */
+  CALLBACKS: 0,
   /** The last call the worker started: calls after it are still queued, so never ran. */
   LAST_STARTED: 1,
   /**

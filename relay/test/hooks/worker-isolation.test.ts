@@ -200,7 +200,8 @@ export default defineHooks({
       "b-good.mjs": RECORDING,
     })
     const relay = await startRelayProcess({
-      args: ["--hooks", hooks, "--hook-timeout-ms", "1500", "--hook-attempts", "2", "--hook-memory-mb", "64"],
+      // The default hook timeout (10 s): the loop after the await is caught by the 2 s guard, not by it.
+      args: ["--hooks", hooks, "--hook-attempts", "2", "--hook-memory-mb", "64"],
       env: { HOOK_LOG: log },
       hooksUseHooksApi: true,
     })
@@ -219,7 +220,7 @@ export default defineHooks({
     expect(dead.map((d) => [d.target, d.lastError])).toEqual([
       [
         "hook:a-bad.mjs",
-        "hook did not return within 1500 ms; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
+        "hook ran 2000 ms without yielding, blocking every hook call; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
       ],
       [
         "hook:a-bad.mjs",
@@ -270,7 +271,8 @@ export default defineHooks({
       "c-good.mjs": RECORDING,
     })
     const relay = await startRelayProcess({
-      args: ["--hooks", hooks, "--hook-timeout-ms", "1500"],
+      // The default hook timeout (10 s): the loop after the await is caught by the 2 s guard, not by it.
+      args: ["--hooks", hooks],
       env: { HOOK_LOG: log },
       hooksUseHooksApi: true,
     })
@@ -311,7 +313,7 @@ export default defineHooks({
       [
         "hook:a-spin.mjs",
         2,
-        "hook did not return within 1500 ms; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
+        "hook ran 2000 ms without yielding, blocking every hook call; its worker was restarted (2 times for this event: dead-lettered instead of retried; replay it once the handler is fixed)",
       ],
     ])
     expect(linesOf(log).filter((l) => l.hook === "a-spin.mjs")).toEqual([
