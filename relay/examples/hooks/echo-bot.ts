@@ -5,7 +5,7 @@
  * answering itself, and a reply id derived from the original message id makes
  * a redelivered event (at-least-once) send the reply only once.
  */
-import { defineHooks, type MessageId, type UserId } from "@parley/relay"
+import { defineHooks, type MessageId, type UserId } from "@parley/relay/hooks"
 
 const BOT = "echo-bot" as UserId
 

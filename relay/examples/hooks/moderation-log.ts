@@ -4,7 +4,7 @@
  * their author, and for participants removed. Point your log pipeline at
  * `hook: "moderation-log.ts"`. Set MODERATION_WORDS to a comma-separated list.
  */
-import { defineHooks } from "@parley/relay"
+import { defineHooks } from "@parley/relay/hooks"
 
 const words = (process.env.MODERATION_WORDS ?? "spam,scam")
   .split(",")

@@ -9,7 +9,7 @@
  * is POSTed there as JSON (your APNs / FCM sender). A failed POST throws, so the
  * relay retries the event; the event id is sent along for de-duplication.
  */
-import { defineHooks } from "@parley/relay"
+import { defineHooks } from "@parley/relay/hooks"
 
 const gateway = process.env.PUSH_GATEWAY_URL
 

@@ -94,8 +94,8 @@ export function relayEntry(
 export function hooksApi(): string {
   const compiled = process.env.PARLEY_TEST_RELAY_SCRIPT
   return compiled
-    ? pathToFileURL(join(dirname(compiled), "hooks/index.js")).href
-    : pathToFileURL(resolve(dirname(fileURLToPath(import.meta.url)), "../../src/hooks/index.ts")).href
+    ? pathToFileURL(join(dirname(compiled), "hooks-api.js")).href
+    : pathToFileURL(resolve(dirname(fileURLToPath(import.meta.url)), "../../src/hooks-api.ts")).href
 }
 
 const started = new Set<RelayProcess>()

@@ -4,7 +4,7 @@
  * relay (event derivation, the durable outbox, dispatch), not what a handler
  * does.
  */
-import { defineHooks } from "@parley/relay"
+import { defineHooks } from "@parley/relay/hooks"
 
 // Reads the payload, as any handler does; throwing would make the relay retry.
 const note = (payload: { event: { id: string } }) => {

@@ -1,6 +1,6 @@
 // A hook module as an app's backend would write it, in TypeScript, in a project that has
 // @parley/relay installed: answers "ping" with "pong" as the user "greeter".
-import { defineHooks, type MessageId, type UserId } from "@parley/relay"
+import { defineHooks, type MessageId, type UserId } from "@parley/relay/hooks"
 
 const GREETER = "greeter" as UserId
 
