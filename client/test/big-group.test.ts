@@ -28,6 +28,27 @@ async function refusals(code: string): Promise<number> {
   return line === undefined ? 0 : Number(line.split(" ").at(-1))
 }
 
+describe("a group of 1,000 at the relay's defaults", () => {
+  it("is saved at once: its parts fit one minute's participants budget, nothing waits for a refill", async () => {
+    const defaults = await startRelay({ args: ["--dev"] })
+    try {
+      const alice = await connectClient(defaults, "alice")
+      const people = Array.from({ length: 999 }, (_, i) => `q${i}`)
+      const chat = await alice.createConversation({ participants: people, title: "a thousand" })
+      const hello = chat.send("hello thousand")
+      // Before: the second part was refused RATE_LIMITED and the creation saved a minute later.
+      await chat.flush({ timeoutMs: 20_000 })
+      expect(SAVED).toContain(chat.status(hello.id))
+      expect(chat.participants).toHaveLength(1_000)
+      const text = await (await fetch(`${defaults.httpUrl}/metrics`)).text()
+      expect(text).not.toMatch(/^parley_errors_total\{code="RATE_LIMITED"\}/m)
+    } finally {
+      await destroyClients()
+      await defaults.stop()
+    }
+  }, 60_000)
+})
+
 describe("a group larger than one update", () => {
   it("is created with 600 participants, and a member sees all of them and the first message", async () => {
     const alice = await connectClient(relay, "alice")

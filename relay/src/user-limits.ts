@@ -117,7 +117,7 @@ export const DEFAULT_USER_LIMITS: UserLimits = {
   maxPendingBytesPerUser: 32 * 1024 * 1024,
   maxQueuedBytesPerUser: 32 * 1024 * 1024,
   userConversationsPerMinute: 30,
-  userParticipantsPerMinute: 500,
+  userParticipantsPerMinute: 1_000,
   // Every socket of a user at --max-sockets-per-user reconnecting after a network blip, twice in a
   // minute, fits; a reconnect loop is held to 10 a second.
   userConnectionAttemptsPerMinute: 600,
