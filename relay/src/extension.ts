@@ -259,7 +259,7 @@ export interface HttpRequest {
  * - rejecting, inside the document's serial queue, before or while a change is
  *   stored: {@link checkUpdate} (a refusal or a throw refuses the update, and
  *   later extensions are not asked), {@link beforeAppend}, {@link updateStored}, {@link clientIdOwners},
- *   {@link loadStoredLog}, {@link compactionLimit};
+ *   {@link loadStoredLog}, {@link compactionLimit}, {@link conversationPurged};
  * - observing, after the change is saved and acknowledged:
  *   {@link afterSaved}, {@link awarenessChanged}. They are never awaited; one
  *   that throws is logged and the next one still runs.
@@ -333,6 +333,14 @@ export interface RelayExtension {
    * is away keeps what it held).
    */
   contentPurged?(purge: PurgedContent): void
+  /**
+   * A deleted conversation's purge is about to finish (its content is gone from the live document,
+   * its segments and stored events; the log's fold into a snapshot comes next, last): drop what is
+   * kept for the conversation only while it can be written to (the policy's client-id bindings).
+   * Awaited inside the document's queue, in order; a throw fails the purge, which is tried again
+   * (so this runs again, also after a relay stopped before the fold: a load finds the purge owed).
+   */
+  conversationPurged?(document: LoadedDocument): Promise<void>
   /** A user's connection set or changed an awareness state. */
   awarenessChanged?(change: AwarenessChange): void
   /** A connection to a document opened or closed; never awaited. */
@@ -441,6 +449,10 @@ export class Extensions {
       if (owners) return owners
     }
     return undefined
+  }
+
+  async conversationPurged(document: LoadedDocument): Promise<void> {
+    for (const extension of this.list) await extension.conversationPurged?.(document)
   }
 
   /** Tells the extension that applies stored logs of a claim; returns what ends it (see `RelayExtension.claimed`). */

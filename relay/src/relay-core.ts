@@ -47,7 +47,7 @@ import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import { LogThrottle } from "./log-throttle.js"
 import type { RelayMetrics } from "./metrics.js"
-import { ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
+import { bindingBytes, ClientBindings, RELAY_KEY } from "./policy/client-bindings.js"
 import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
@@ -1210,6 +1210,22 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       )
   }
 
+  /**
+   * Takes what a presence claim of a new client id by `user` costs: one id of their allowance in
+   * the document, and, when the claim is `stored` (a binding row, see `bindingBytes`), its bytes
+   * from their daily budget of stored bytes, as an update's new ids are charged. Both or neither;
+   * false when either is spent (the entry is dropped, counted as `claims`).
+   */
+  private takeClaimedId(host: DocumentHost, user: UserId, stored: boolean): boolean {
+    const principal: Principal = { kind: "user", user }
+    const document = host.name.kind === "conversation" ? host.name.id : host.key
+    const bytes = stored ? bindingBytes(document, describePrincipal(principal)) : 0
+    if (bytes > 0 && this.ctx.users && !this.ctx.users.mayStore(principal, bytes)) return false
+    if (!(this.ctx.clientIds?.take(host.key, user, 1) ?? true)) return false
+    if (bytes > 0) this.ctx.users?.chargeStored(principal, bytes)
+    return true
+  }
+
   /** Sets up `host`'s owned awareness: its gate, its fan-out and what follows each change. */
   private wireAwareness(host: DocumentHost, owners: ClientIdOwners | undefined): void {
     const name = host.key
@@ -1227,7 +1243,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
           )
       },
       claimFailed: (error) => this.log.error({ err: error, doc: name }, "could not store a client id claim"),
-      takeClientId: (user) => this.ctx.clientIds?.take(name, user, 1) ?? true,
+      takeClientId: (user) => this.takeClaimedId(host, user, owners !== undefined),
     })
     this.gates.set(host, gate)
     const fanout = new AwarenessFanout(

@@ -56,6 +56,7 @@ import { applySeals, placeholdersToTombstones, planSeals, type SealPlan, sealDue
 import type { Logger } from "./log.js"
 import type { RelayMetrics } from "./metrics.js"
 import { sealedIdsNamed } from "./policy/check-update.js"
+import { bindingBytes } from "./policy/client-bindings.js"
 import { membershipPolicy } from "./policy.js"
 import { describePrincipal, type Principal, RELAY } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
@@ -1082,6 +1083,9 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
       await ctx.purge.dropSegments(host.key)
       await ctx.purge.redactEvents(host.key, conversation, { kind: "conversation" })
     }
+    // Before the fold, which tells a later load whether the purge finished: a relay stopped in between
+    // leaves the purge owed, and this is done again (the bindings of a deleted group stayed for good).
+    await ctx.extensions.conversationPurged({ name: host.name, doc: host.doc })
     if (!(await foldLog(ctx, host))) throw new Error("the log could not be folded into a snapshot")
     await ctx.purge?.scrub()
     conversationPurgesOwed.get(ctx)?.delete(host.key)
@@ -1895,6 +1899,11 @@ async function checkAndCharge(
     throw new ParleyError(ErrorCode.RATE_LIMITED, "too many new client ids from this user in this document", {
       rule: CostRule.clientIdGrowth,
     })
+  // Each id it writes under first is a binding stored for good (until a group's deletion is purged):
+  // disk its user adds like the update's own bytes, up to 256 rows of ~150 bytes for a few hundred
+  // update bytes (an outside probe stored 5.7 times its updates' bytes so, past the daily budget).
+  const bindingCost = newIds > 0 && user ? await newBindingBytes(ctx, host, principal, cost.newClientIds) : 0
+  if (bindingCost > 0) ctx.users?.checkStored(principal, update.length + bindingCost)
   // A client re-sending pending work may include some the document has by now: store only the rest.
   const fresh = withoutKnownStructs(update, inspected.known)
   if (fresh !== update) {
@@ -1937,8 +1946,27 @@ async function checkAndCharge(
   // What it costs downstream (hook events, stored rows, pushes, purges) grows with its values, not its bytes.
   const later = host.name.kind === "conversation" ? laterValues(host, chargedWorkIn(update)) : 0
   ctx.users?.chargeValues(principal, cost.values + later, update.length)
-  ctx.users?.chargeStored(principal, update.length)
+  ctx.users?.chargeStored(principal, update.length + bindingCost)
   return { noop: false, update, clientIds, ends: inspected.ends, decision, values: cost.values }
+}
+
+/**
+ * Bytes the bindings of `ids` (client ids new to the document) would add to storage for
+ * `principal`: those not bound yet (an id claimed through presence was charged then), each at
+ * {@link bindingBytes}. Nothing when no extension binds client ids, and for inboxes (not bound).
+ */
+async function newBindingBytes(
+  ctx: PathContext,
+  host: DocumentHost,
+  principal: Principal,
+  ids: readonly number[],
+): Promise<number> {
+  if (host.name.kind !== "conversation") return 0
+  const owners = await ctx.extensions.clientIdOwners({ name: host.name, doc: host.doc })
+  if (!owners) return 0
+  let unbound = 0
+  for (const id of ids) if (owners.owner(id) === undefined) unbound++
+  return unbound * bindingBytes(host.name.id, describePrincipal(principal))
 }
 
 /**

@@ -911,6 +911,21 @@ export class UserLedger {
     )
   }
 
+  /**
+   * {@link checkStored} as an answer rather than a throw: false (a meeting of
+   * `update-bytes-per-day` counted) when `principal` has less than `bytes`
+   * left today. For what is refused without an error frame (a presence claim).
+   */
+  mayStore(principal: Principal, bytes: number): boolean {
+    try {
+      this.checkStored(principal, bytes)
+      return true
+    } catch (error) {
+      if (error instanceof ParleyError) return false
+      throw error
+    }
+  }
+
   /** Takes an accepted change's `bytes` from `principal`'s daily budget (see {@link checkStored}). */
   chargeStored(principal: Principal, bytes: number): void {
     const usage = this.usage(principal)

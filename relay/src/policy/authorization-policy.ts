@@ -101,6 +101,12 @@ export class AuthorizationPolicy implements UpdatePolicy {
         // The relay's ids (bound in memory at the load, maybe not stored yet) are nobody's to claim.
         if (bindings.get(clientId) === RELAY_KEY) return RELAY_KEY
         const entries: [number, string][] = [[clientId, principal]]
+        // A deleted group is never written to again: the claim need only hold against other claims while
+        // the document is loaded, and a row stored now would outlive the purge that dropped the others.
+        if (closedForGood(doc)) {
+          bindings.bind(entries)
+          return bindings.get(clientId) ?? principal
+        }
         // Not bound in memory before storage answers: an update under the id checked meanwhile would
         // pass as the claimant's, though another relay's user may own it. Storage decides for both.
         let owners: Map<number, string>
@@ -116,6 +122,22 @@ export class AuthorizationPolicy implements UpdatePolicy {
         return owners.get(clientId) ?? principal
       },
     }
+  }
+
+  /**
+   * A deleted group's purge: its bindings are dropped from storage, since nobody (the relay aside,
+   * whose writes pass no policy) can write to it again, and an id nobody can write under needs no
+   * owner. Memory keeps them while the document stays loaded (stricter than storage, never looser).
+   *
+   * A deleted direct conversation keeps its bindings: either of its two users may reopen it, and
+   * their devices write on under the client ids they had (the SDK reopens the replica it holds).
+   * Dropped, the first of the pair to write under the other's id after a reload would own it, and
+   * the other's next change under it, at a clock the relay then has, would be taken as known and
+   * stored nowhere. Those rows were charged to their users' daily bytes when they were bound.
+   */
+  async conversationPurged({ name, doc }: LoadedDocument): Promise<void> {
+    if (name.kind !== "conversation" || !closedForGood(doc)) return
+    await this.store.drop(name.id)
   }
 
   /** Stores the ids bound in memory only (the relay's, and any whose storing failed), before anything is appended under them. */
@@ -179,4 +201,10 @@ export class AuthorizationPolicy implements UpdatePolicy {
     }
     return bindings
   }
+}
+
+/** True for a deleted group: nobody but the relay can write to it again (a direct conversation may be reopened). */
+function closedForGood(doc: Y.Doc): boolean {
+  const meta = typesOf(doc).meta
+  return typeof meta.get(MetaKey.deletedAt) === "number" && meta.get(MetaKey.kind) !== "direct"
 }

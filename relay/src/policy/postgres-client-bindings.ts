@@ -54,4 +54,8 @@ export class PostgresClientBindingStore implements ClientBindingStore {
     }
     return owners
   }
+
+  async drop(name: string): Promise<void> {
+    await this.pool.query("DELETE FROM parley_client_bindings WHERE document = $1", [name])
+  }
 }

@@ -120,6 +120,25 @@ export function runBindingStoreConformance(name: string, setup: () => Promise<Bi
       expect(await store.bind("g~a", [[3, "user:carol"]])).toEqual(new Map([[3, "user:mallory"]]))
     })
 
+    it("drops one document's bindings for good, and nothing of the others'", async () => {
+      const { store } = backend
+      await store.bind("g~gone", [
+        [1, "user:alice"],
+        [2, "relay"],
+      ])
+      await store.bind("g~kept", [[1, "user:bob"]])
+      await store.drop("g~gone")
+      // Dropping again, or a document never bound, is no error.
+      await store.drop("g~gone")
+      await store.drop("g~never")
+      expect(await store.load("g~gone")).toEqual(new Map())
+      expect(await store.load("g~kept")).toEqual(new Map([[1, "user:bob"]]))
+      // Gone from what is persisted too, and the id is free to bind again.
+      const again = await backend.reopen()
+      expect(await again.load("g~gone")).toEqual(new Map())
+      expect(await again.bind("g~gone", [[1, "user:carol"]])).toEqual(new Map([[1, "user:carol"]]))
+    })
+
     it("still has the bindings when opened again, and their first owners win there", async () => {
       await backend.store.bind("g~a", [[5, "user:alice"]])
       const again = await backend.reopen()
