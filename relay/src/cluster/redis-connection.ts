@@ -1,4 +1,4 @@
-import { type Command, Redis } from "ioredis"
+import { type Command, Redis, type RedisOptions } from "ioredis"
 
 /** How ioredis rejects a command its `commandTimeout` gave up on. */
 const TIMED_OUT = "Command timed out"
@@ -37,6 +37,49 @@ function expectedShape(command: Command, reply: unknown): boolean {
 export class CheckedRedis extends Redis {
   /** Commands watched already: ioredis sends a command again after a reconnect (one that timed out too). */
   private readonly watched = new WeakSet<Command>()
+  /** Sockets given up (dropped, or closed): what they still deliver is not read. */
+  private readonly dropped = new WeakSet<object>()
+
+  constructor(url: string, options: RedisOptions) {
+    super(url, options)
+    // ioredis reads each socket's replies into the connection's *current* command queue, and a
+    // dropped socket could still deliver what it had buffered: after a partition healed, the replies
+    // held by the network arrived on a socket already dropped for a fresh one and were matched with
+    // the fresh connection's commands (wrong answers), or found its queue empty, and ioredis threw
+    // from the socket's data handler, which ended the relay's process (an outside probe: 5 of 7
+    // runs, every relay of the cluster). Its reader is attached right after "connect".
+    this.on("connect", () => {
+      const socket = this.stream
+      queueMicrotask(() => this.readOnlyWhileCurrent(socket))
+    })
+  }
+
+  /**
+   * Wraps `socket`'s readers: a chunk is read only while `socket` is the connection's and not
+   * dropped, and a reader that throws drops the socket for a fresh one instead of the process.
+   */
+  private readOnlyWhileCurrent(socket: Redis["stream"]): void {
+    const readers = socket.listeners("data") as ((chunk: Buffer) => void)[]
+    socket.removeAllListeners("data")
+    for (const reader of readers)
+      socket.on("data", (chunk: Buffer) => {
+        if (this.dropped.has(socket) || this.stream !== socket) return
+        try {
+          reader(chunk)
+        } catch (error) {
+          this.dropSocket(socket, `its replies could not be read (${(error as Error).message})`)
+        }
+      })
+    socket.once("close", () => this.dropped.add(socket))
+  }
+
+  /** Drops `socket` for good (ioredis reconnects when it was the connection's), told as an `error` event. */
+  private dropSocket(socket: Redis["stream"], why: string): void {
+    if (this.dropped.has(socket)) return
+    this.dropped.add(socket)
+    socket.destroy()
+    this.emit("error", new Error(`Redis connection dropped: ${why}; reconnecting`))
+  }
 
   override sendCommand(command: Command, stream?: Parameters<Redis["sendCommand"]>[1]): unknown {
     // The socket the command is written to: a command timing out after a reconnect says nothing of the new one.
@@ -63,7 +106,6 @@ export class CheckedRedis extends Redis {
    */
   distrust(reason: Error, socket = this.stream): void {
     if (this.status !== "ready" || this.stream !== socket || socket.destroyed) return
-    socket.destroy()
-    this.emit("error", new Error(`${reason.message}: its replies can no longer be trusted, reconnecting`))
+    this.dropSocket(socket, `${reason.message}: its replies can no longer be trusted`)
   }
 }
