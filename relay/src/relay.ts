@@ -187,6 +187,11 @@ export interface RelayClusterOptions {
   /** A relay whose event loop hangs longer than this (ms) stops renewing its leases. Default 5000. */
   readonly leaseStallMs?: number
   /**
+   * How often (ms) the relay publishes its shared settings again and compares them with the other
+   * relays' while it runs (README "Settings every relay shares"). Default 5000.
+   */
+  readonly settingsRefreshMs?: number
+  /**
    * Join even when the other relays' shared settings (token verification,
    * lease timings, delivery targets, ...: `CLUSTER_SETTINGS`) differ from
    * this relay's, logging which: for a rolling change of them (README

@@ -26,6 +26,7 @@ import {
   clusterSalt,
   digestSettings,
   type RelaySettingValues,
+  SETTINGS_REFRESH_MS,
   SettingsCheck,
   type SettingsState,
 } from "./settings.js"
@@ -71,6 +72,7 @@ export const DEFAULT_CLUSTER_OPTIONS = {
   leaseStallMs: 5000,
   forwardTimeoutMs: 1000,
   writeDeadlineMs: 10_000,
+  settingsRefreshMs: SETTINGS_REFRESH_MS,
 } as const
 
 /** How a relay joins a cluster. */
@@ -91,6 +93,8 @@ export interface ClusterOptions {
   readonly forwardTimeoutMs?: number
   /** Longest a change waits for an owner in all (then UNAVAILABLE, retryable). */
   readonly writeDeadlineMs?: number
+  /** How often the relay publishes its shared settings again and compares them with the others' (see {@link SettingsCheck}). */
+  readonly settingsRefreshMs?: number
   readonly log: Logger
   /** The backend's pool (fencing tokens). */
   readonly pool: pg.Pool
@@ -342,6 +346,7 @@ export class Cluster implements UpdateRouter, FenceSource {
       metrics: this.metrics,
       digests: digestSettings(shared, salt),
       change,
+      refreshMs: this.options.settingsRefreshMs,
     })
   }
 

@@ -21,6 +21,12 @@ afterEach(async () => {
   for (const step of cleanup.splice(0).reverse()) await step()
 })
 
+/**
+ * How often the relays of the tests that watch a running relay's comparison compare (the default is
+ * 5 s): what they check is the same at every refresh; at the default each waited three refreshes.
+ */
+const QUICK_REFRESH = { settingsRefreshMs: 250 }
+
 const SECRET = "the-cluster-secret-of-32-bytes-at-least"
 const OTHER_SECRET = "another-secret-of-32-bytes-at-least-too"
 
@@ -132,7 +138,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 
     it("lets a relay with a new secret join with --cluster-config-change; once the others run it too, the flag is no longer needed", async () => {
       const { start } = await scratchCluster()
-      const old = await start()
+      const old = await start({ cluster: QUICK_REFRESH })
       // The rollout's first relay: declared, so it starts, ready, and the old one counts no mismatch.
       const changed = await start({
         auth: { kind: "secret", secret: OTHER_SECRET },
@@ -166,7 +172,7 @@ if (missing && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 
     it("makes the newcomer not ready, and counts the difference, when one joins with other settings while it runs", async () => {
       const { start, prefix } = await scratchCluster()
-      const relay = await start()
+      const relay = await start({ cluster: QUICK_REFRESH })
       // Two relays that started at once each found nobody: here, another relay's record with other
       // settings, one that joined earlier than this relay (this relay is the newcomer) ...
       const redis = new Redis(REDIS_URL)

@@ -4,7 +4,7 @@ import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Redis } from "ioredis"
-import { type RelayOptions, type RunningRelay, startRelay } from "../../src/relay.js"
+import type { RelayOptions, RunningRelay } from "../../src/relay.js"
 import { type ScratchSchema, scratchSchema } from "./postgres.js"
 import { type RelayProcess, startRelayProcess } from "./relay-process.js"
 
@@ -41,11 +41,14 @@ export async function deleteRedisKeys(prefix: string, url: string = REDIS_URL): 
  * A clustered relay in this process (quiet, dev tokens, no warm-up) over the PostgreSQL database at
  * `databaseUrl` and Redis keys under `keyPrefix`, with `options` on top.
  */
-export function startClusteredRelay(
+export async function startClusteredRelay(
   databaseUrl: string,
   keyPrefix: string,
   options: RelayOptions = {},
 ): Promise<RunningRelay> {
+  // Imported here, not at the top: most files that import this helper start relay processes only,
+  // and loading the relay's sources into the test's process cost each of them seconds of import.
+  const { startRelay } = await import("../../src/relay.js")
   return startRelay({
     port: 0,
     warmUp: false,
