@@ -21,9 +21,12 @@ export const CONNECTIONS_PER_ORIGIN = 16
  */
 export const USER_CHOSEN_REQUESTS_IN_FLIGHT = 64
 
-/** An undici Agent holding at most {@link CONNECTIONS_PER_ORIGIN} connections per origin. */
-export function cappedAgent(options: ConstructorParameters<typeof Agent>[0] = {}): Agent {
-  return new Agent({ ...options, connections: CONNECTIONS_PER_ORIGIN })
+/** An undici Agent holding at most `connections` (default {@link CONNECTIONS_PER_ORIGIN}) connections per origin. */
+export function cappedAgent(
+  options: ConstructorParameters<typeof Agent>[0] = {},
+  connections = CONNECTIONS_PER_ORIGIN,
+): Agent {
+  return new Agent({ ...options, connections })
 }
 
 /**

@@ -1,6 +1,7 @@
 import { createServer, type Server, type Socket } from "node:net"
 import { afterEach, describe, expect, it, vi } from "vitest"
-import { webhookTarget } from "../src/hooks/webhook.js"
+import { DroppedDelivery } from "../src/hooks/dispatcher.js"
+import { TYPING_CONNECTIONS, webhookTarget } from "../src/hooks/webhook.js"
 import { CONNECTIONS_PER_ORIGIN, USER_CHOSEN_REQUESTS_IN_FLIGHT } from "../src/outbound.js"
 import { publicOnlyFetch } from "../src/push/public-fetch.js"
 import { sampleEvent } from "./conformance/outbox.js"
@@ -38,12 +39,27 @@ describe("outgoing requests to receivers that never answer", () => {
     const deliveries = Array.from({ length: 100 }, (_, i) =>
       target.deliver(sampleEvent(`evt_${i}`), { signal: controller.signal } as never).catch(() => "aborted"),
     )
+    // Typing posts on top: two connections of their own within the cap, the others dropped at once.
+    const typing = Array.from({ length: 10 }, (_, i) => {
+      const event = sampleEvent(`evt_typing_${i}`)
+      return target
+        .deliver(
+          { ...event, event: { ...event.event, type: "typing.started" } } as never,
+          {
+            signal: controller.signal,
+          } as never,
+        )
+        .catch((error: Error) => (error instanceof DroppedDelivery ? "dropped" : "aborted"))
+    })
     // Connections open as undici gets to them (slowly on a loaded machine); then no more open.
     await vi.waitFor(() => expect(pit.open()).toBe(CONNECTIONS_PER_ORIGIN), { timeout: 10_000 })
     await settle()
     expect(pit.open()).toBe(CONNECTIONS_PER_ORIGIN)
     controller.abort()
     expect(new Set(await Promise.all(deliveries))).toEqual(new Set(["aborted"]))
+    const outcomes = await Promise.all(typing)
+    expect(outcomes.filter((o) => o === "aborted")).toHaveLength(TYPING_CONNECTIONS)
+    expect(outcomes.filter((o) => o === "dropped")).toHaveLength(10 - TYPING_CONNECTIONS)
   })
 
   it("hold at most a few connections per user-chosen origin, and a few dozen requests in all", async () => {

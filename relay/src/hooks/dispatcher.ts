@@ -69,6 +69,14 @@ export class DeferDelivery extends Error {
 }
 
 /**
+ * Thrown by a target for a non-durable event (`typing.started`) it did not send because its share
+ * of the receiver's connections was busy: counted (`parley_hook_typing_dropped_total`), not logged.
+ */
+export class DroppedDelivery extends Error {
+  override readonly name = "DroppedDelivery"
+}
+
+/**
  * Who may deliver a document's events: in a cluster, only the relay holding
  * the document's lease, under its fencing token. Without a fence (one relay)
  * every document's events are this relay's.

@@ -10,6 +10,8 @@ export class HookMetrics {
   readonly pending: Gauge
   /** Handler / webhook duration per attempt. */
   readonly duration: Histogram<"target">
+  /** `typing.started` events a target dropped (a webhook's typing connections busy), by target. */
+  readonly typingDropped: Counter<"target">
 
   constructor(registry: Registry) {
     this.attempts = new Counter({
@@ -34,6 +36,12 @@ export class HookMetrics {
       help: "Duration of one hook handler or webhook attempt.",
       labelNames: ["target"],
       buckets: [0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30],
+      registers: [registry],
+    })
+    this.typingDropped = new Counter({
+      name: "parley_hook_typing_dropped_total",
+      help: "typing.started events not sent to a target because its typing connections were busy (never queued behind or ahead of durable deliveries).",
+      labelNames: ["target"],
       registers: [registry],
     })
   }

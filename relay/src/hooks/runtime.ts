@@ -29,6 +29,7 @@ import {
   type DeliveryFence,
   type DeliveryTarget,
   Dispatcher,
+  DroppedDelivery,
   exponentialBackoff,
   PermanentDeliveryError,
 } from "./dispatcher.js"
@@ -133,6 +134,7 @@ export const HOOK_CHAIN_LIMIT = 8
 export class HookRuntime {
   private readonly dispatcher: Dispatcher
   private readonly targets: DeliveryTarget[]
+  private readonly metrics: HookMetrics
   private readonly log: Logger
   private readonly now: () => number
   /** Hook writes in flight, by their principal: who wrote, and how deep in a chain of hook writes (see {@link HOOK_CHAIN_LIMIT}). */
@@ -215,11 +217,12 @@ export class HookRuntime {
       ),
       ...(options.targets ?? []),
     ]
+    this.metrics = new HookMetrics(options.registry)
     this.dispatcher = new Dispatcher({
       outbox: options.outbox,
       targets: this.targets,
       log: options.log,
-      metrics: new HookMetrics(options.registry),
+      metrics: this.metrics,
       now: this.now,
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
       ...(options.fence ? { fence: options.fence } : {}),
@@ -579,7 +582,12 @@ export class HookRuntime {
       const timer = setTimeout(() => controller.abort(), this.options.timeoutMs ?? DEFAULT_HOOK_TIMEOUT_MS)
       Promise.resolve()
         .then(() => target.deliver(event, { attempt: 1, signal: controller.signal }))
-        .catch((error) => this.log.warn({ err: error, hook: target.name }, "typing hook failed"))
+        .catch((error) => {
+          // A drop is the target keeping typing out of its durable deliveries' way (a webhook's
+          // share of connections busy): counted, not logged, since it comes in bursts.
+          if (error instanceof DroppedDelivery) this.metrics.typingDropped.inc({ target: target.name })
+          else this.log.warn({ err: error, hook: target.name }, "typing hook failed")
+        })
         .finally(() => clearTimeout(timer))
     }
   }

@@ -3,7 +3,7 @@ import { ErrorCode, ParleyError } from "@parley/shared"
 import { Webhook, WebhookVerificationError } from "standardwebhooks"
 import { discardBody } from "../discard-body.js"
 import { RetryAfterError, respectRetryAfter, retryAfterMs } from "../retry-after.js"
-import { type DeliveryTarget, PermanentDeliveryError } from "./dispatcher.js"
+import { type DeliveryTarget, DroppedDelivery, PermanentDeliveryError } from "./dispatcher.js"
 import type { HookEvent, HookEventType } from "./events.js"
 
 /**
@@ -19,6 +19,16 @@ const keyOf = (secret: string): Webhook =>
   secret.startsWith("whsec_")
     ? new Webhook(secret)
     : new Webhook(new TextEncoder().encode(secret), { format: "raw" })
+
+/**
+ * Connections of a webhook's `CONNECTIONS_PER_ORIGIN` (16) that `typing.started` posts have to
+ * themselves, and how many of them may be in flight: one more is dropped, not queued. Durable
+ * deliveries have the rest, which typing never takes. They shared all 16 before: with 60 users
+ * typing and a receiver slow to answer typing posts, another conversation's `message.sent` arrived
+ * 9–31 s late, queued behind typing posts that their receiver would have ignored by then (an
+ * outside probe).
+ */
+export const TYPING_CONNECTIONS = 2
 
 /** Options of {@link webhookTarget}. */
 export interface WebhookTargetOptions {
@@ -50,42 +60,72 @@ export function webhookName(url: string): string {
  * A webhook URL as a delivery target: every event except the raw
  * `document.updated`, POSTed as JSON and signed. The `webhook-id` is the event
  * id, the same on every attempt. (`typing.started` is not durable: it is
- * POSTed once, without retries.)
+ * POSTed once, without retries, on connections of its own, and dropped with
+ * {@link DroppedDelivery} while {@link TYPING_CONNECTIONS} posts are in flight.)
  */
 export function webhookTarget(options: WebhookTargetOptions): DeliveryTarget {
   const signer = keyOf(options.secret)
   const schedule = options.schedule ?? WEBHOOK_RETRY_SCHEDULE
   // One webhook's connections are capped: a receiver that hangs would get one per conversation lane.
-  // undici (a few MB of heap) is loaded by the first delivery, not by every relay that loads hooks.
-  let post: Promise<typeof fetch> | undefined = options.fetch && Promise.resolve(options.fetch)
-  const poster = () =>
-    (post ??= import("../outbound.js").then(({ cappedAgent, fetchThrough }) => fetchThrough(cappedAgent())))
+  // Typing has a pool of its own within the cap, so that it never holds a connection a durable
+  // delivery waits for, nor waits in the same queue. undici (a few MB of heap) is loaded by the
+  // first delivery, not by every relay that loads hooks.
+  const pools: Record<"durable" | "typing", Promise<typeof fetch> | undefined> = {
+    durable: options.fetch && Promise.resolve(options.fetch),
+    typing: options.fetch && Promise.resolve(options.fetch),
+  }
+  const through = (pool: "durable" | "typing"): Promise<typeof fetch> => {
+    pools[pool] ??= import("../outbound.js").then(({ CONNECTIONS_PER_ORIGIN, cappedAgent, fetchThrough }) =>
+      fetchThrough(
+        cappedAgent({}, pool === "typing" ? TYPING_CONNECTIONS : CONNECTIONS_PER_ORIGIN - TYPING_CONNECTIONS),
+      ),
+    )
+    return pools[pool]
+  }
+  let typingInFlight = 0
   const now = options.now ?? (() => new Date())
   const name = webhookName(options.url)
+  /** POSTs `event` through `send`; resolves with the answer once its body is read (the connection is free). */
+  const post = async (send: typeof fetch, event: HookEvent, signal: AbortSignal) => {
+    const body = JSON.stringify(event)
+    const id = event.event.id
+    const timestamp = now()
+    const response = await send(options.url, {
+      method: "POST",
+      signal,
+      headers: {
+        "content-type": "application/json",
+        "user-agent": "parley-relay",
+        "webhook-id": id,
+        "webhook-timestamp": String(Math.floor(timestamp.getTime() / 1000)),
+        "webhook-signature": signer.sign(id, timestamp, body),
+      },
+      body,
+      // A redirect is not followed: the receiver could send the signed event (a POST, with 307/308)
+      // to an address of the relay's network that the operator never configured.
+      redirect: "manual",
+    })
+    // The status is the answer; the body (at most a little of it) is read only to reuse the connection.
+    await discardBody(response.body)
+    return response
+  }
   return {
     name,
     accepts: (type: HookEventType) => type !== "document.updated",
     async deliver(event: HookEvent, { signal }) {
-      const body = JSON.stringify(event)
-      const id = event.event.id
-      const timestamp = now()
-      const response = await (await poster())(options.url, {
-        method: "POST",
-        signal,
-        headers: {
-          "content-type": "application/json",
-          "user-agent": "parley-relay",
-          "webhook-id": id,
-          "webhook-timestamp": String(Math.floor(timestamp.getTime() / 1000)),
-          "webhook-signature": signer.sign(id, timestamp, body),
-        },
-        body,
-        // A redirect is not followed: the receiver could send the signed event (a POST, with 307/308)
-        // to an address of the relay's network that the operator never configured.
-        redirect: "manual",
-      })
-      // The status is the answer; the body (at most a little of it) is read only to reuse the connection.
-      await discardBody(response.body)
+      let response: Response
+      if (event.event.type === "typing.started") {
+        // Counted until the connection is free again: with at most as many posts in flight as the
+        // pool has connections, none ever waits in it (typing waited for is stale by the time it goes).
+        if (typingInFlight >= TYPING_CONNECTIONS)
+          throw new DroppedDelivery(`${name}: ${TYPING_CONNECTIONS} typing posts in flight already`)
+        typingInFlight++
+        try {
+          response = await post(await through("typing"), event, signal)
+        } finally {
+          typingInFlight--
+        }
+      } else response = await post(await through("durable"), event, signal)
       if (response.ok) return
       if (response.status >= 300 && response.status < 400)
         throw new PermanentDeliveryError(

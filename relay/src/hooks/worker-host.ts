@@ -1,3 +1,4 @@
+import { type FSWatcher, watch } from "node:fs"
 import { Worker } from "node:worker_threads"
 import { ErrorCode, isErrorCode, ParleyError } from "@parley/shared"
 import pino from "pino"
@@ -26,9 +27,21 @@ import {
 export const DEFAULT_HOOK_MEMORY_MB = 512
 /** How long past a call's time the worker has to show that its event loop still runs before it is restarted. */
 export const HOOK_WORKER_GRACE_MS = 1_000
-/** First wait before loading the modules again after a restart's load failed (doubling, at most a minute). */
+/** First wait before loading the modules again after a restart's load failed (doubling, at most {@link RELOAD_DELAY_MAX_MS}). */
 const RELOAD_DELAY_MS = 1_000
-const RELOAD_DELAY_MAX_MS = 60_000
+/**
+ * Longest wait between loads while the modules fail to. Hook calls wait for a load (see
+ * {@link HookWorker.respawn}), so after a fix the hooks directory's watcher cannot see (a file
+ * outside it) deliveries stay held up to this long; a minute held every conversation's hooks that
+ * long (an outside probe). Not less: a load costs a worker's start and the modules' imports, about
+ * 1.4 s of a core for a module importing `@parley/relay` (measured on a busy 2-core machine).
+ */
+const RELOAD_DELAY_MAX_MS = 15_000
+/**
+ * Wait after a change in the hooks directory, while the modules fail to load, before loading them
+ * again: an editor saves in a few steps (a temporary file, a rename).
+ */
+const CHANGE_SETTLE_MS = 200
 /**
  * How many times one handler call (a module's handler for one event) may
  * block or crash the worker before its delivery is dead-lettered rather than
@@ -150,7 +163,13 @@ export class HookWorker {
   private deadlineTimer: NodeJS.Timeout | undefined
   private reloadTimer: NodeJS.Timeout | undefined
   private reloadDelay = RELOAD_DELAY_MS
-  /** Why no worker runs, when its last load failed (calls fail with it until a load succeeds). */
+  /** When {@link reloadTimer} fires. */
+  private reloadAt = 0
+  /** Watches the hooks directory while the modules fail to load: a fix is loaded at once. */
+  private watcher: FSWatcher | undefined
+  /** Changes the watcher saw: one during a load that fails is loaded again at once too. */
+  private changes = 0
+  /** Why no worker runs, when its last load failed (calls wait, and are deferred, until a load succeeds). */
   private broken: string | undefined
   private stopped = false
   private readonly graceMs: number
@@ -284,6 +303,7 @@ export class HookWorker {
     this.stopped = true
     clearInterval(this.syncWatch)
     clearTimeout(this.reloadTimer)
+    this.watcher?.close()
     clearTimeout(this.deadlineTimer)
     const running = this.running
     this.running = undefined
@@ -305,10 +325,6 @@ export class HookWorker {
   ): Promise<unknown> {
     if (this.stopped)
       return Promise.reject(new ParleyError(ErrorCode.UNAVAILABLE, "the relay is stopping: no hook call"))
-    if (this.broken !== undefined && !this.running)
-      return Promise.reject(
-        new ParleyError(ErrorCode.UNAVAILABLE, `the hook worker is not running: ${this.broken}`),
-      )
     return new Promise((resolve, reject) => {
       const signal = call.signal
       const posted = Date.now()
@@ -386,14 +402,17 @@ export class HookWorker {
     for (const pending of this.pending.values()) {
       if (pending.grace || pending.deadline > now) continue
       if (pending.generation === undefined) {
-        // Still waiting for a restarted worker to load the modules (slow on a busy machine): never sent,
-        // so not the handler's failure. Handed back before the dispatcher's own deadline counts it.
+        // Still waiting for a restarted worker to load the modules (slow on a busy machine, or failing
+        // until the file is fixed): never sent, so not the handler's failure, nor its conversation's.
+        // Handed back before the dispatcher's own deadline counts it.
         this.backlog = this.backlog.filter((p) => p !== pending)
         if (this.settle(pending))
           pending.reject(
             new DeferDelivery(
               now + RELOAD_DELAY_MS,
-              "the hook worker was restarting (loading the modules); retried without counting an attempt",
+              this.broken !== undefined
+                ? `the hook worker cannot load the modules (${this.broken}); retried without counting an attempt once it can`
+                : "the hook worker was restarting (loading the modules); retried without counting an attempt",
             ),
           )
         continue
@@ -539,29 +558,66 @@ export class HookWorker {
   }
 
   private async respawn(): Promise<void> {
+    const changes = this.changes
     try {
       await this.spawn()
       this.reloadDelay = RELOAD_DELAY_MS
+      this.watcher?.close()
+      this.watcher = undefined
       this.options.log.info({ modules: this.modules.length }, "hook worker restarted: modules loaded again")
     } catch (error) {
       if (this.stopped) return
-      // The modules changed on disk since the start, say: calls fail (and are retried) until a load succeeds.
+      // The modules changed on disk since the start, say. Calls wait in the backlog for the next load
+      // and are handed back at their time as deferred ({@link expire}), never failed: failing them
+      // spent every conversation's attempts on a file nobody's event is to blame for, and
+      // dead-lettered them (an outside probe). A load that succeeds sends what waits at once.
       this.broken = (error as Error).message
+      this.watch()
+      const delay = this.changes === changes ? this.reloadDelay : CHANGE_SETTLE_MS
       this.options.log.error(
-        { err: error, retryInMs: this.reloadDelay },
-        "the hook worker could not load the modules again: hook calls fail until it can",
+        { err: error, retryInMs: delay },
+        "the hook worker could not load the modules again: hook calls wait until it can",
       )
-      for (const pending of this.backlog.splice(0))
-        if (this.settle(pending))
-          pending.reject(
-            new ParleyError(ErrorCode.UNAVAILABLE, `the hook worker is not running: ${this.broken}`),
-          )
-      this.reloadTimer = setTimeout(() => {
-        this.reloadTimer = undefined
-        if (!this.stopped && !this.running) void this.respawn()
-      }, this.reloadDelay)
-      this.reloadTimer.unref()
+      this.reloadIn(delay)
       this.reloadDelay = Math.min(this.reloadDelay * 2, RELOAD_DELAY_MAX_MS)
+    }
+  }
+
+  /** Loads the modules again in `delay` ms (sooner if already due sooner), unless a worker runs or loads. */
+  private reloadIn(delay: number): void {
+    const at = Date.now() + delay
+    // Not postponed: changes in a row (something writing in the directory) would hold it off for ever.
+    if (this.reloadTimer && this.reloadAt <= at) return
+    clearTimeout(this.reloadTimer)
+    this.reloadAt = at
+    this.reloadTimer = setTimeout(() => {
+      this.reloadTimer = undefined
+      if (!this.stopped && !this.running) void this.respawn()
+    }, delay)
+    this.reloadTimer.unref()
+  }
+
+  /**
+   * Watches the hooks directory (not its sub-directories: a `node_modules` there would cost a watch
+   * per folder) while the modules fail to load: a change loads them again shortly, without waiting
+   * out the backoff. A platform without `fs.watch` waits it out.
+   */
+  private watch(): void {
+    if (this.watcher) return
+    try {
+      this.watcher = watch(this.options.dir, { persistent: false }, () => {
+        this.changes++
+        if (this.broken !== undefined && !this.running && !this.stopped) this.reloadIn(CHANGE_SETTLE_MS)
+      })
+      this.watcher.on("error", () => {
+        this.watcher?.close()
+        this.watcher = undefined
+      })
+    } catch (error) {
+      this.options.log.warn(
+        { err: error },
+        "cannot watch the hooks directory: a fix is loaded at the next try",
+      )
     }
   }
 
