@@ -3,6 +3,7 @@ import type { ChangeEvent, Decision, DocumentName, MessageId, UserId } from "@pa
 import type * as Y from "yjs"
 import type { DeferTarget } from "./deferred-change.js"
 import type { HistoryKeeper } from "./history/keeper.js"
+import type { DeliveryHolds } from "./hooks/dispatcher.js"
 import type { EventLogReader } from "./hooks/event-log.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
@@ -162,6 +163,12 @@ export interface RunningCore {
    * document.
    */
   storedShowing?(names: readonly string[], ids: ReadonlySet<string>): Promise<ReadonlySet<string>>
+  /**
+   * The documents whose purge is owed, whose hook deliveries wait for it (see `PurgeHolds`): what a
+   * delivery read or recorded before a deletion carries of the deleted content leaves the relay only
+   * redacted.
+   */
+  readonly purgeHolds?: DeliveryHolds
   /**
    * The durable log of hook events (what `GET /v1/events` streams), when the
    * relay keeps one (`startRelay` always does; a bare core without it does not).

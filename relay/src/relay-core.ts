@@ -52,6 +52,7 @@ import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
 import { deletedInSnapshot, purgesOwed } from "./purge/owed-purges.js"
+import { PurgeHolds } from "./purge/purge-holds.js"
 import type { PurgedContent } from "./purge/redact.js"
 import type { ReplicaView } from "./replica-view.js"
 import { LocalSequencer, type Sequencer } from "./sequencer.js"
@@ -70,6 +71,7 @@ import {
   type PathLimits,
   purgeDue,
   refuseWhileStorageFails,
+  releaseUnlessOwed,
   type StorageHealth,
   sealedReadsPaidBy,
   sequenceLeftovers,
@@ -186,6 +188,14 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   private readonly openDocuments = new Map<Connection, () => void>()
   private readonly extensions: Extensions
   private readonly ctx: PathContext
+  /**
+   * The documents whose hook deliveries wait for their owed purges (see `PurgeHolds`). A single
+   * relay with a durable store holds every document until its start has read which ones storage
+   * records as owing one; a cluster's relays hold a document from its claim until its takeover
+   * looked (the only way a relay comes to deliver a document's events); the memory backend
+   * outlives no process.
+   */
+  readonly purgeHolds = new PurgeHolds()
   private closing = false
   /** Aborted when the relay stops: changes waiting for storage give up (they were never acknowledged). */
   private readonly stopping = new AbortController()
@@ -242,11 +252,13 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       ...(options.history ? { history: options.history } : {}),
       ...(options.purge ? { purge: options.purge } : {}),
       ...(options.router?.purged ? { sharePurge: options.router.purged.bind(options.router) } : {}),
+      purgeHolds: this.purgeHolds,
       ...(options.router?.epochStarted
         ? { shareEpoch: options.router.epochStarted.bind(options.router) }
         : {}),
       ...(options.router ? { orders: (name: string) => options.router!.owns(name) } : {}),
     }
+    if (!options.purge || options.router) this.purgeHolds.settle([])
     options.router?.attach(this)
     options.metrics.awarenessSource = () => {
       let records = 0
@@ -284,8 +296,32 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     await this.recallDamaged().catch((error: unknown) =>
       this.log.error({ err: error }, "could not read the damaged documents from storage"),
     )
+    // Before the hooks start delivering: the documents a killed relay left owing a purge hold their
+    // deliveries (a retry due at once may carry a deleted message's text) until their purge is done.
+    const owed = await this.readOwedPurges()
     await this.extensions.start(this)
-    void this.sweepOwedPurges()
+    void this.sweepOwedPurges(owed)
+  }
+
+  /**
+   * The documents storage records as possibly owing a purge (a single relay), held (see
+   * {@link purgeHolds}); undefined when there is nothing to read or it could not be read (logged:
+   * every document's deliveries wait until a later read succeeds).
+   */
+  private async readOwedPurges(): Promise<string[] | undefined> {
+    const purge = this.ctx.purge
+    if (!purge || this.options.router) return undefined
+    try {
+      const names = await purge.owed()
+      this.purgeHolds.settle(names)
+      return names
+    } catch (error) {
+      this.log.error(
+        { err: error },
+        "could not list the documents owing a purge: hook deliveries wait until it is read (trying again later)",
+      )
+      return undefined
+    }
   }
 
   /**
@@ -298,14 +334,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
    * sweep runs again later. With several relays, the cluster's sweep does
    * this for the documents no running relay orders (`Cluster.sweep`).
    */
-  private async sweepOwedPurges(): Promise<void> {
+  private async sweepOwedPurges(read?: string[]): Promise<void> {
     const purge = this.ctx.purge
     if (!purge || this.options.router || this.closing) return
-    let names: string[]
-    try {
-      names = await purge.owed()
-    } catch (error) {
-      this.log.error({ err: error }, "could not list the documents owing a purge: trying again later")
+    const names = read ?? (await this.readOwedPurges())
+    if (!names) {
       this.sweepOwedPurgesLater()
       return
     }
@@ -744,6 +777,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   /** @internal */
   claimed(name: string): () => void {
+    // Its deliveries may be this relay's from now on: they wait until the takeover has looked for
+    // purges the last owner left owed (see tookOver).
+    this.purgeHolds.hold(name)
     return this.extensions.claimed(name)
   }
 
@@ -774,14 +810,28 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     if (host) {
       // The owed purges of deleted messages are scheduled; a deleted conversation's runs just below.
       adoptDuePurge(this.ctx, host)
-      await sequenceLeftovers(this.ctx, host)
-    } else if (unnumbered) {
+    }
+    this.releaseUnlessOwed(name)
+    if (host) await sequenceLeftovers(this.ctx, host)
+    else if (unnumbered) {
       // Messages the last owner stored and died before numbering: numbered now, by a load (which numbers
       // leftovers, as the recovery sweep's does), so that their events, which wait for those numbers,
       // are recorded now and not at the document's next change (for a quiet conversation, never).
       await this.read(name, () => undefined)
     }
     await this.extensions.tookOver(name)
+  }
+
+  /**
+   * Lets `name`'s hook deliveries go on unless a purge of it is owed (see {@link purgeHolds}), once
+   * no change of it can be on its way to storage: in its host's queue, behind any such change (not
+   * waited for); at once when it is not loaded (or unloading: a purge its unload runs counts).
+   */
+  private releaseUnlessOwed(name: string): void {
+    const host = this.loadedNow.get(name)
+    if (host && !host.destroyed)
+      void host.enqueue(async () => releaseUnlessOwed(this.ctx, name)).catch(() => undefined)
+    else releaseUnlessOwed(this.ctx, name)
   }
 
   // --- ConnectionOwner
@@ -1131,7 +1181,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       const snapshot = recovers && host.name.kind === "conversation" ? deletedInSnapshot(host.doc) : undefined
       if (!(recovers && (await this.extensions.loadStoredLog({ name, doc: host.doc, updates }))))
         for (const { position, update } of updates) applyStored(host.doc, update, position)
-      if (snapshot) notePurgesOwed(this.ctx, name, purgesOwed(host.doc, snapshot))
+      if (snapshot) {
+        notePurgesOwed(this.ctx, name, purgesOwed(host.doc, snapshot))
+        // Nothing of it is on its way to storage yet: a hold left by a deletion whose store failed goes.
+        releaseUnlessOwed(this.ctx, name)
+      }
     } catch (error) {
       host.destroy()
       if (error instanceof ParleyError && error.code === ErrorCode.DAMAGED)
@@ -1479,6 +1533,12 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
       connection.close(CloseCode.Internal.code, CloseCode.Internal.reason)
     }
     this.drop(host)
+    // A deletion whose store failed left its deliveries held: the next load says whether it was
+    // stored after all (its purge then runs) or not (they go on), also when nobody comes back to it.
+    if (!this.closing && !this.options.router && this.purgeHolds.holding(host.key))
+      void this.finishOwedPurges(host.key).catch((failure: unknown) =>
+        this.log.warn({ err: failure, doc: host.key }, "could not load a document that may owe a purge"),
+      )
   }
 
   /**

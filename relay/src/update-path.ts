@@ -63,6 +63,7 @@ import type { ContentPurge } from "./purge/content-purge.js"
 import { removeDeletedLeftovers } from "./purge/deleted-leftovers.js"
 import type { OwedPurges } from "./purge/owed-purges.js"
 import { holdsPurgeableContent, purgeConversationContent } from "./purge/purge-conversation.js"
+import type { PurgeHolds } from "./purge/purge-holds.js"
 import type { PurgedContent } from "./purge/redact.js"
 import type { ReplicaView } from "./replica-view.js"
 import type { Sequencer } from "./sequencer.js"
@@ -150,6 +151,8 @@ export interface PathContext {
   readonly purge?: ContentPurge
   /** Tells the other relays of a cluster of a purge that ran here (see `Cluster.purged`). */
   readonly sharePurge?: (purge: PurgedContent) => void
+  /** The documents whose hook deliveries wait for their owed purges (see `PurgeHolds`). */
+  readonly purgeHolds?: PurgeHolds
   /**
    * Tells the other relays of a cluster that a fresh epoch of document
    * `name` is stored (see `Cluster.epochStarted`): their copies of the old
@@ -225,7 +228,13 @@ interface Entry {
 }
 
 /** Stores `entries` in one append (one commit) and accounts for them. */
-async function persist(ctx: PathContext, host: DocumentHost, entries: readonly Entry[]): Promise<number[]> {
+async function persist(
+  ctx: PathContext,
+  host: DocumentHost,
+  entries: readonly Entry[],
+  deleting = false,
+): Promise<number[]> {
+  if (deleting) await owePurge(ctx, host)
   // The relay's own client ids are stored as its (the policy's bindings) before anything under them is.
   const first = ctx.extensions.beforeAppend({ name: host.name, doc: host.doc })
   if (first) await first
@@ -350,10 +359,10 @@ async function applyAndStore(
       return { entries, positions: [], events, counts: [], caughtUp: ctx.settleAccess(host, { events }) }
     // The change's own entry, then the sequencing's (hook event ids are keyed by the entry holding the change).
     const counts = entries.length === 2 ? [firstCount, events.length - firstCount] : [events.length]
-    await recordPurgeOwed(ctx, host, events)
+    const deleting = events.some(deletes)
     let positions: number[]
     try {
-      positions = await persist(ctx, host, entries)
+      positions = await persist(ctx, host, entries, deleting)
     } catch (error) {
       if (!ctx.storageHealth || !isStorageFailure(error)) throw error
       positions = await storeWhenBack(
@@ -361,6 +370,7 @@ async function applyAndStore(
         ctx.storageHealth,
         host,
         entries,
+        deleting,
         error,
         senders(options.from),
         options.held,
@@ -394,33 +404,35 @@ const deletes = (event: ChangeEvent): boolean =>
   event.type === "message.deleted" || event.type === "conversation.deleted"
 
 /**
- * Records, before a change with `events` is stored, when one of them deletes, that the document may owe
- * a purge: a relay killed before the purge finishes finds it at its next start
- * (`RelayCore.sweepOwedPurges`), whoever opens the conversation. A failure is
- * logged, not the change's (nor is anything recorded while storage is known
- * to fail): the next load of the document still finds the purge owed (see
- * `purgesOwed`).
+ * Before a change that deletes is stored (each time its append is tried): the document's hook
+ * deliveries are held until its purges are done (see `PurgeHolds`), and storage records that the
+ * document may owe a purge, so that a relay killed before the purge finishes finds it at its next
+ * start (`RelayCore.sweepOwedPurges`), whoever opens the conversation, and holds its deliveries
+ * from the start. The record is part of the change: a failure to write it is a storage failure of
+ * the change (refused, or held in memory until storage is back and both are written), since a
+ * deletion stored without it could let a restarted relay deliver the deleted text before the
+ * document's load found the purge owed.
  */
-async function recordPurgeOwed(
-  ctx: PathContext,
-  host: DocumentHost,
-  events: readonly ChangeEvent[],
-): Promise<void> {
-  const purge = ctx.purge
-  if (!purge || !events.some(deletes)) return
-  // Storage failing: the change is refused or waits for storage anyway, and a write now would only
-  // wait for its timeout first. The next load finds the purge owed all the same.
-  if (ctx.storageHealth && !ctx.storageHealth.available) return
+async function owePurge(ctx: PathContext, host: DocumentHost): Promise<void> {
+  ctx.purgeHolds?.hold(host.key)
+  if (!ctx.purge) return
   try {
-    await purge.owe(host.key)
+    await ctx.purge.owe(host.key)
   } catch (error) {
-    ctx.log.warn({ err: error, doc: host.key }, "could not record that the document owes a purge")
+    throw isStorageFailure(error)
+      ? error
+      : storageUnavailable("could not record that the document owes a purge", error)
   }
 }
 
-/** Clears the durable record of `host`'s owed purges once none is owed (see {@link recordPurgeOwed}). */
+/**
+ * Once none of `host`'s purges is owed: its hook deliveries go on, and the durable record of its
+ * owed purges is cleared (see {@link owePurge}).
+ */
 async function purgesPaid(ctx: PathContext, host: DocumentHost): Promise<void> {
-  if (!ctx.purge || owesPurge(ctx, host.key)) return
+  if (owesPurge(ctx, host.key)) return
+  ctx.purgeHolds?.release(host.key)
+  if (!ctx.purge) return
   try {
     await ctx.purge.paid(host.key)
   } catch (error) {
@@ -486,6 +498,7 @@ async function storeWhenBack(
   health: StorageHealth,
   host: DocumentHost,
   entries: readonly Entry[],
+  deleting: boolean,
   failure: ParleyError,
   from: Iterable<Connection>,
   held?: (failure: ParleyError) => void,
@@ -508,7 +521,7 @@ async function storeWhenBack(
           account(ctx, host, entries, landed)
           return landed
         }
-        const positions = await persist(ctx, host, entries)
+        const positions = await persist(ctx, host, entries, deleting)
         ctx.log.info({ doc: host.key, positions }, "stored a change that waited for storage")
         return positions
       } catch (error) {
@@ -961,12 +974,26 @@ export async function clearPurgesNotOwed(ctx: PathContext, host: DocumentHost): 
 export function notePurgesOwed(ctx: PathContext, key: string, owed: OwedPurges): void {
   if (owed.messages.length > 0) addDuePurge(ctx, key, owed.messages)
   if (owed.conversation) conversationsOwed(ctx).add(key)
+  if (owesPurge(ctx, key)) ctx.purgeHolds?.hold(key)
   if (owed.messages.length > 0 || owed.conversation)
     ctx.log.warn(
       { doc: key, messages: owed.messages.length, conversation: owed.conversation },
       "found deletions whose purge did not finish (the relay stopped or storage failed first): purging them",
     )
 }
+
+/**
+ * After a load or a takeover of document `key` looked at its stored state (see
+ * {@link notePurgesOwed}): its hook deliveries go on unless a purge of it is owed. Call where no
+ * change of the document can be on its way to storage (before its host takes changes, or in its
+ * queue): a deleting change's append holds the document again before it is tried.
+ */
+export function releaseUnlessOwed(ctx: PathContext, key: string): void {
+  if (!owesPurge(ctx, key) && !purgesRunning.get(ctx)?.has(key)) ctx.purgeHolds?.release(key)
+}
+
+/** Documents whose message purge runs now, per relay: its ids are out of the due ones meanwhile. */
+const purgesRunning = new WeakMap<PathContext, Set<string>>()
 
 /** Longest wait before a failed purge is tried again. */
 const MAX_PURGE_RETRY_MS = 60_000
@@ -1028,9 +1055,16 @@ export async function purgeDue(ctx: PathContext, host: DocumentHost): Promise<vo
   clearTimeout(due.timer)
   all!.delete(host.key)
   const started = performance.now()
+  let running = purgesRunning.get(ctx)
+  if (!running) {
+    running = new Set()
+    purgesRunning.set(ctx, running)
+  }
+  running.add(host.key)
   try {
     await purgeMessages(ctx, host, host.name.id, [...due.ids])
   } finally {
+    running.delete(host.key)
     lastPurgeMs.set(host, performance.now() - started)
   }
 }
@@ -1057,6 +1091,7 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
   if (!isDeleted(host.doc)) {
     conversationPurgesOwed.get(ctx)?.delete(host.key)
     purgeFailures.get(ctx)?.delete(host.key)
+    await purgesPaid(ctx, host)
     return
   }
   // Owed until it finishes: no other compaction folds the log meanwhile (see owesPurge).
@@ -2214,13 +2249,21 @@ async function storeSomeOfBatch(
     }))
     if (sequencing) entries.push(sequencing)
     allEvents = relayEvents.length > 0 ? [...events, ...relayEvents] : events
-    await recordPurgeOwed(ctx, host, allEvents)
+    const deleting = allEvents.some(deletes)
     let positions: number[]
     try {
-      positions = await persist(ctx, host, entries)
+      positions = await persist(ctx, host, entries, deleting)
     } catch (error) {
       if (!ctx.storageHealth || !isStorageFailure(error)) throw error
-      positions = await storeWhenBack(ctx, ctx.storageHealth, host, entries, error, sendersOf(applied))
+      positions = await storeWhenBack(
+        ctx,
+        ctx.storageHealth,
+        host,
+        entries,
+        deleting,
+        error,
+        sendersOf(applied),
+      )
     }
     // Still held unsaved, so that no sync answer goes out before access is decided for what is now durable.
     // Only the last update may change access (it ends the batch): its sender is the one who may have left.

@@ -104,8 +104,22 @@ export interface DeliveryFence {
   deadLetter(delivery: Delivery, token: number, attempts: number, error: string, at: number): Promise<boolean>
 }
 
+/**
+ * Documents whose deliveries must wait: a purge of the document is owed (see `PurgeHolds`), and
+ * a delivery read or recorded before the deletion may still carry what it removes. A lane of a
+ * held document starts no attempt until the document is released; other documents' lanes go on.
+ */
+export interface DeliveryHolds {
+  /** Whether `document`'s deliveries must wait now. */
+  holds(document: string): boolean
+  /** Calls `listener` once `document` is released, or with undefined when every document may have been. */
+  onRelease(listener: (document: string | undefined) => void): void
+}
+
 /** An attempt's outcome when this relay no longer orders the document: its lane is dropped, the outbox keeps it. */
 const FENCED = Symbol("fenced")
+/** An attempt's outcome when its document was held just before the call (see {@link DeliveryHolds}): not made. */
+const HELD = Symbol("held")
 
 /**
  * What a delivery's start mark records as its last error (see `Dispatcher.markStarted`): found at a
@@ -148,6 +162,11 @@ export interface DispatcherOptions {
    * with the lanes held here (default {@link DEFAULT_RECHECK_MS}); see {@link Dispatcher.recheck}.
    */
   readonly recheckMs?: number
+  /**
+   * Documents whose deliveries wait (a purge owed: no delivery of an event naming a message whose
+   * deletion is stored leaves the relay before the purge has removed the message's content).
+   */
+  readonly holds?: DeliveryHolds
 }
 
 /** Default {@link DispatcherOptions.recheckMs}. */
@@ -214,6 +233,8 @@ interface Lane {
   pausedUntil?: number
   /** Its deliveries whose delivered marks are not written yet. */
   unmarked?: number
+  /** Waits for its document's release (see {@link DeliveryHolds}): pumped again then. */
+  parked?: boolean
 }
 
 /**
@@ -273,6 +294,7 @@ export class Dispatcher {
     this.now = options.now ?? Date.now
     this.laneWindow = Math.max(1, options.laneWindow ?? DEFAULT_LANE_WINDOW)
     this.maxHeld = Math.max(1, options.maxHeld ?? DEFAULT_MAX_HELD)
+    options.holds?.onRelease((document) => this.released(document))
     if (options.fence) {
       this.recheckTimer = setInterval(() => void this.recheck(), options.recheckMs ?? DEFAULT_RECHECK_MS)
       this.recheckTimer.unref?.()
@@ -581,6 +603,32 @@ export class Dispatcher {
     }
   }
 
+  /** The lane's document is held (see {@link DeliveryHolds}): it starts nothing until {@link released}. */
+  private park(lane: Lane): void {
+    clearTimeout(lane.timer)
+    if (lane.parked) return
+    lane.parked = true
+    this.options.log.debug(
+      { conversationId: lane.document, hook: lane.target.name },
+      "hook deliveries held until the conversation's purge is done",
+    )
+  }
+
+  /** `document` (undefined: any) is no longer held: its parked lanes go on, with what the purge left them. */
+  private released(document: string | undefined): void {
+    if (this.stopped) return
+    const ids =
+      document === undefined
+        ? [...this.lanes.keys()]
+        : [...this.targets.keys()].map((target) => `${target}\u0000${document}`)
+    for (const id of ids) {
+      const lane = this.lanes.get(id)
+      if (!lane?.parked) continue
+      lane.parked = false
+      this.pump(lane, id)
+    }
+  }
+
   /** `delivery` without what a purge of its document in the last minutes removed (see {@link purged}). */
   private entering(delivery: Delivery): Delivery {
     if (this.purges.size === 0) return delivery
@@ -654,15 +702,19 @@ export class Dispatcher {
       lane.timer.unref?.()
       return
     }
+    if (this.options.holds?.holds(lane.document)) {
+      this.park(lane)
+      return
+    }
     lane.running = true
     lane.attempting = head
     // One reaction for either outcome (not a then, a catch and a finally: three promises per delivery).
-    const after = (outboxFailed: boolean) => {
+    const after = (outboxFailed: boolean, held = false) => {
       lane.running = false
       lane.attempting = undefined
       this.inFlight.delete(run)
       // An attempt finished in this process: the lane's next first attempts need no start mark.
-      if (!outboxFailed) lane.wary = false
+      if (!outboxFailed && !held) lane.wary = false
       if (outboxFailed) {
         // The outcome is not recorded (e.g. the outbox's database is unreachable), so the head is
         // attempted again; at once, an outage would replay it to the target in a tight loop.
@@ -680,6 +732,11 @@ export class Dispatcher {
       try {
         // Found by identity: a delivery whose mark failed meanwhile may have been put back before it.
         const at = lane.queue.indexOf(head)
+        if (next === HELD) {
+          // Not made: the head stays first, and the lane parks when pumped below.
+          after(false, true)
+          return
+        }
         if (next === FENCED) {
           // Another relay orders the document (or may, by now): what is queued here is its to deliver.
           this.count -= lane.queue.length
@@ -815,7 +872,7 @@ export class Dispatcher {
     delivery: Delivery,
     lane: Lane,
     id: string,
-  ): Promise<Delivery | undefined | typeof FENCED> {
+  ): Promise<Delivery | undefined | typeof FENCED | typeof HELD> {
     const fence = this.options.fence
     let token = fence?.tokenOf(delivery.document)
     if (fence && token === undefined) return FENCED
@@ -835,6 +892,10 @@ export class Dispatcher {
       token = fence?.tokenOf(delivery.document)
       if (fence && token === undefined) return FENCED
     }
+    // Checked again last thing before the call, with no wait between: a deletion stored while the start
+    // mark was written holds the document from before its append (a start mark written for an attempt
+    // not made only counts one attempt more if the process ends before the next one).
+    if (this.options.holds?.holds(delivery.document)) return HELD
     const started = performance.now()
     // No timer, AbortController or deadline promise per call (they were a visible part of a busy
     // relay's CPU and garbage): one timer serves every running attempt, the signal is made only for

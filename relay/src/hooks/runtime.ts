@@ -226,6 +226,7 @@ export class HookRuntime {
       now: this.now,
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
       ...(options.fence ? { fence: options.fence } : {}),
+      ...(options.core.purgeHolds ? { holds: options.core.purgeHolds } : {}),
     })
   }
 

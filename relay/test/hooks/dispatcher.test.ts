@@ -14,6 +14,7 @@ import {
 import type { HookEvent } from "../../src/hooks/events.js"
 import { HookMetrics } from "../../src/hooks/metrics.js"
 import { MemoryOutbox, type Outbox } from "../../src/hooks/outbox.js"
+import { PurgeHolds } from "../../src/purge/purge-holds.js"
 import { sampleEvent } from "../conformance/outbox.js"
 
 const log = pino({ level: "silent" })
@@ -727,5 +728,57 @@ describe("hook dispatcher", () => {
       await vi.waitFor(() => expect(delivered).toEqual(["e1", "e2", "e3"]), { timeout: 5000 })
       await dispatcher.stop()
     })
+  })
+})
+
+describe("a dispatcher with documents held for their purge", () => {
+  /** A `message.sent` of message `m1` saying `body` in conversation `document`. */
+  const sent = (id: string, document: string, body: string): HookEvent =>
+    ({
+      ...sampleEvent(id, document),
+      event: { ...sampleEvent(id, document).event, type: "message.sent" },
+      subject: { message: { id: "m1", body } },
+    }) as unknown as HookEvent
+
+  it("holds a document's deliveries while its purge is owed (failing for now), delivers the others', and the held ones without the purged text", async () => {
+    const holds = new PurgeHolds()
+    const outbox = new MemoryOutbox()
+    const bodies: Record<string, string[]> = {}
+    const dispatcher = new Dispatcher({
+      outbox,
+      targets: [
+        target("hook:a", async (event) => {
+          const list = bodies[event.event.conversationId] ?? []
+          list.push((event.subject as { message: { body: string } }).message.body)
+          bodies[event.event.conversationId] = list
+        }),
+      ],
+      log,
+      metrics: new HookMetrics(new Registry()),
+      holds,
+    })
+    const enqueue = async (document: string, id: string, body: string) =>
+      dispatcher.add(
+        await outbox.enqueue({
+          document,
+          events: [{ event: sent(id, document, body), targets: ["hook:a"] }],
+        }),
+      )
+    // Before the record of owed purges is read, nothing goes; then only what it lists waits.
+    await enqueue("c1", "e1", "secret")
+    await enqueue("c2", "e2", "hello")
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(bodies).toEqual({})
+    holds.settle(["c1"])
+    await vi.waitFor(() => expect(bodies).toEqual({ c2: ["hello"] }))
+    // The purge keeps failing: c1 stays held, c2's next ones go.
+    await enqueue("c2", "e3", "again")
+    await vi.waitFor(() => expect(bodies).toEqual({ c2: ["hello", "again"] }))
+    // The purge is done: what it removed is gone from the held delivery too.
+    dispatcher.purged({ name: "c1", conversationId: "c1", scope: { kind: "messages", ids: new Set(["m1"]) } })
+    holds.release("c1")
+    await dispatcher.idle()
+    expect(bodies).toEqual({ c1: [""], c2: ["hello", "again"] })
+    await dispatcher.stop()
   })
 })
