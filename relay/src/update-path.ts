@@ -646,6 +646,9 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   const deletedMessages = events.flatMap((e) => (e.type === "message.deleted" ? [e.messageId] : []))
   if (host.name.kind === "conversation" && deletedMessages.length > 0)
     schedulePurge(ctx, host, deletedMessages)
+  // A deleting change that left nothing to purge (a conversation deleted with no content): its
+  // append held the document's deliveries (owePurge), and no purge will let them go.
+  if (events.some(deletes)) releaseUnlessOwed(ctx, host.key)
   if (ctx.history && host.name.kind === "conversation") {
     // A seal is the largest work a change makes due (segments of hundreds of messages planned, stored
     // and applied): in a turn of its own, so that other documents' frames read meanwhile wait behind

@@ -138,6 +138,8 @@ export class AttachmentsExtension implements RelayExtension {
   readonly target = (_core: RunningCore): DeliveryTarget => ({
     name: "attachments",
     accepts: (type) => HANDLED.has(type),
+    // It links and deletes files in the relay's own store: nothing it is given leaves the relay.
+    heldForPurges: false,
     // A message without uploaded files owes nothing here: it costs no outbox row (a 2,000-message frame
     // would otherwise store and then delete 2,000 events for this target alone). Deletions are all
     // delivered: whether the deleted message brought files is known only from the store.

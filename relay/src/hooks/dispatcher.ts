@@ -31,6 +31,13 @@ export interface DeliveryTarget {
    * drops what the purge concerns.
    */
   purged?(purge: PurgedContent): void
+  /**
+   * False for a target whose deliveries keep what they carry inside the relay (the attachments
+   * store linking a message's files): not held while the document owes a purge (see
+   * `DeliveryHolds`), which only keeps deleted text from leaving the relay. Holding it left a
+   * message sent and deleted at once unlinked from its files, which then outlived it a day.
+   */
+  readonly heldForPurges?: false
 }
 
 /** What a target is told of the attempt it makes. */
@@ -702,7 +709,7 @@ export class Dispatcher {
       lane.timer.unref?.()
       return
     }
-    if (this.options.holds?.holds(lane.document)) {
+    if (lane.target.heldForPurges !== false && this.options.holds?.holds(lane.document)) {
       this.park(lane)
       return
     }
@@ -895,7 +902,7 @@ export class Dispatcher {
     // Checked again last thing before the call, with no wait between: a deletion stored while the start
     // mark was written holds the document from before its append (a start mark written for an attempt
     // not made only counts one attempt more if the process ends before the next one).
-    if (this.options.holds?.holds(delivery.document)) return HELD
+    if (target.heldForPurges !== false && this.options.holds?.holds(delivery.document)) return HELD
     const started = performance.now()
     // No timer, AbortController or deadline promise per call (they were a visible part of a busy
     // relay's CPU and garbage): one timer serves every running attempt, the signal is made only for
