@@ -124,7 +124,11 @@ describe("hook modules that cannot load after a worker restart", () => {
       "the other conversation's events",
     )
     const delivered = linesOf(log).filter((l) => l.conversation === "g~reload-good")
-    expect(delivered).toEqual(bodies.map((body) => ({ conversation: "g~reload-good", body, attempt: 1 })))
+    // At least once, in order: a call the exit's retry interrupted (same batch) is delivered again,
+    // uncounted (HOOKS.md: a handler may see an event twice).
+    const firsts = [...new Map(delivered.map((l) => [l.body, l])).values()]
+    expect(firsts).toEqual(bodies.map((body) => ({ conversation: "g~reload-good", body, attempt: 1 })))
+    expect(delivered.every((l) => l.attempt === 1)).toBe(true)
     // Only the event whose handler ends the worker is dead-lettered, by its own second crash.
     const dead = await until(
       () => deadLetters(relay),
