@@ -43,6 +43,7 @@ export {
   type Decision,
   ErrorCode,
   isRetryable,
+  keepsAnOwner,
   ParleyError,
   PRIORITIES,
   Rule,

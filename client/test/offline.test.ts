@@ -130,7 +130,10 @@ describe("ChatClient offline", () => {
   it("refuses with FORBIDDEN, before writing, what the rules do not allow", async () => {
     const alice = await offlineClient("alice")
     const chat = await alice.createConversation({ participants: ["bob", "carol"] })
-    chat.changeRole("bob", "admin")
+    // A group keeps an owner: its only one may not leave, nor step down.
+    expect(() => chat.leave()).toThrow(expect.objectContaining({ code: "FORBIDDEN", rule: "last-owner" }))
+    expect(() => chat.changeRole("alice", "member")).toThrow(expect.objectContaining({ rule: "last-owner" }))
+    chat.changeRole("bob", "owner")
     const before = chat.doc.store.clients.size
     const updates: Uint8Array[] = []
     chat.doc.on("update", (u: Uint8Array) => updates.push(u))

@@ -32,6 +32,7 @@ import {
   canUpdateConversation,
   canWriteConversation,
   type Decision,
+  keepsAnOwner,
 } from "./rules.js"
 import {
   type Attachment,
@@ -274,6 +275,15 @@ export function removeParticipants(
     )
   }
   if (removed.length > 0) {
+    const staying = [...t.participants.entries()].filter(([user]) => !removed.includes(user as UserId))
+    assertAllowed(
+      keepsAnOwner(
+        info.kind,
+        staying.filter(([, record]) => record.role === "owner").length,
+        staying.length,
+        typeof t.meta.get(MetaKey.deletedAt) === "number",
+      ),
+    )
     doc.transact(() => {
       for (const user of removed) t.participants.delete(user)
     }, options.origin)
@@ -300,6 +310,12 @@ export function changeRole(
   if (current.role === role) return
   assertValid(checkParticipantRecord, { ...current, role })
   assertAllowed(canChangeRole(writerRole(doc, actor), info.kind, current.role, role))
+  if (current.role === "owner") {
+    const records = [...typesOf(doc).participants.values()]
+    assertAllowed(
+      keepsAnOwner(info.kind, records.filter((r) => r.role === "owner").length - 1, records.length),
+    )
+  }
   doc.transact(() => typesOf(doc).participants.set(user, { ...current, role }), options.origin)
 }
 

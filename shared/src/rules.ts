@@ -38,6 +38,12 @@ export const Rule = {
   adminOnly: "admin-only",
   /** Only an owner makes owners or changes / removes an owner. */
   ownerOnly: "owner-only",
+  /**
+   * A group with participants keeps an owner: its last owner makes another
+   * owner before stepping down or leaving. Only an owner makes owners, so a
+   * group left without one could never have one again (an outside probe).
+   */
+  lastOwner: "last-owner",
   /** A direct conversation keeps its two participants. */
   directIsFixed: "direct-is-fixed",
   /** Sequence numbers are written only by the relay. */
@@ -324,6 +330,25 @@ export function canChangeRole(
   if ((from === "owner" || to === "owner") && actorRole !== "owner")
     return deny(Rule.ownerOnly, "only an owner may make or unmake an owner")
   return ALLOW
+}
+
+/**
+ * May a change leave a conversation of `kind` with `owners` owners among
+ * `participants` participants? A group that still has participants keeps an
+ * owner; a deleted one may be left by everyone (leaving it only takes it out
+ * of one's inbox).
+ */
+export function keepsAnOwner(
+  kind: ConversationKind,
+  owners: number,
+  participants: number,
+  conversationDeleted = false,
+): Decision {
+  if (kind !== "group" || conversationDeleted || participants === 0 || owners > 0) return ALLOW
+  return deny(
+    Rule.lastOwner,
+    "a group keeps an owner: make another participant an owner before stepping down or leaving",
+  )
 }
 
 /** May this writer write sequence numbers? Only the relay. */

@@ -336,6 +336,25 @@ describe("participants", () => {
     leaveConversation(doc, carol)
     expect(listParticipants(doc).map((p) => p.user)).toEqual([alice, bob])
   })
+
+  it("keeps a group's last owner until another participant is made an owner", () => {
+    const doc = groupDoc()
+    expect(() => leaveConversation(doc, alice)).toThrow(forbidden(Rule.lastOwner))
+    expect(() => changeRole(doc, alice, alice, "admin")).toThrow(forbidden(Rule.lastOwner))
+    expect(roleOf(doc, alice)).toBe("owner")
+    changeRole(doc, alice, bob, "owner")
+    leaveConversation(doc, alice)
+    expect(roleOf(doc, alice)).toBeUndefined()
+    // The last participant may leave: nobody is left without an owner.
+    removeParticipants(doc, bob, [carol])
+    leaveConversation(doc, bob)
+    expect(listParticipants(doc)).toEqual([])
+    // Once deleted, everyone may leave it (it only goes from their inbox).
+    const deleted = groupDoc()
+    deleteConversation(deleted, alice)
+    leaveConversation(deleted, alice)
+    expect(roleOf(deleted, alice)).toBeUndefined()
+  })
 })
 
 describe("messages", () => {

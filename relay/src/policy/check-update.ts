@@ -40,6 +40,7 @@ import {
   isReactionEmoji,
   isReactionRemoval,
   isUserId,
+  keepsAnOwner,
   Limits,
   type MessageId,
   type MessageRecord,
@@ -729,6 +730,31 @@ class UpdateCheck {
     }
     if (added > 0 && typesOf(this.doc).participants.size + added > Limits.participants)
       refuse(Rule.schema, "too many participants")
+    if (!this.isRelay) this.checkKeepsAnOwner(changes)
+  }
+
+  /**
+   * A group with participants keeps an owner (`last-owner`), judged on what
+   * the update may leave: an owner is counted only where every outcome of
+   * its key holds an owner, a participant wherever one may stay.
+   */
+  private checkKeepsAnOwner(changes: readonly KeyChange[]): void {
+    if (changes.length === 0) return
+    const isOwner = (v: Value) => v !== ABSENT && (v as ParticipantRecord).role === "owner"
+    const changed = new Map(changes.map((c) => [c.key, c]))
+    let owners = 0
+    let participants = 0
+    for (const [user, record] of typesOf(this.doc).participants.entries()) {
+      if (changed.has(user)) continue
+      participants++
+      if (record.role === "owner") owners++
+    }
+    for (const change of changes) {
+      const outcomes = change.held ? change.after : [...change.after, ABSENT]
+      if (outcomes.some((v) => v !== ABSENT)) participants++
+      if (outcomes.every(isOwner)) owners++
+    }
+    assert(keepsAnOwner(this.kind, owners, participants, this.deleted))
   }
 
   /** Gathers new records and placeholders, and the live records the update deletes. */

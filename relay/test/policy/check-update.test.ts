@@ -315,6 +315,39 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     expectRefused(s, bob, remove, Rule.ownerOnly)
   })
 
+  it("refuses the last owner stepping down or leaving while the group has participants", () => {
+    const s = scene()
+    const demote = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).participants.set(alice, { ...typesOf(d).participants.get(alice)!, role: "admin" }),
+    )
+    expectRefused(s, alice, demote, Rule.lastOwner)
+    const leave = updateOf(replicaOf(s.relay), (d) => typesOf(d).participants.delete(alice))
+    expectRefused(s, alice, leave, Rule.lastOwner)
+    // Demoted in the same update that makes bob an owner: the group keeps one.
+    const handOver = updateOf(replicaOf(s.relay), (d) => {
+      const p = typesOf(d).participants
+      p.set(bob, { ...p.get(bob)!, role: "owner" })
+      p.set(alice, { ...p.get(alice)!, role: "member" })
+    })
+    expectAccepted(s, alice, handOver)
+    expect(typesOf(s.relay).participants.get(bob)?.role).toBe("owner")
+  })
+
+  it("refuses the second of two owners stepping down at once from replicas that saw neither", () => {
+    const s = scene()
+    const promote = updateOf(replicaOf(s.relay), (d) =>
+      typesOf(d).participants.set(bob, { ...typesOf(d).participants.get(bob)!, role: "owner" }),
+    )
+    expectAccepted(s, alice, promote)
+    const leaves = (who: typeof alice) =>
+      updateOf(replicaOf(s.relay), (d) => typesOf(d).participants.delete(who))
+    const aliceLeaves = leaves(alice)
+    const bobLeaves = leaves(bob)
+    expectAccepted(s, alice, aliceLeaves)
+    expectRefused(s, bob, bobLeaves, Rule.lastOwner)
+    expect(typesOf(s.relay).participants.get(bob)?.role).toBe("owner")
+  })
+
   it("refuses a map key that only starts with a participant's id (a key is judged whole)", () => {
     const s = scene()
     // A restated copy of carol's own record under "carol" plus a NUL and more: not a user id.
