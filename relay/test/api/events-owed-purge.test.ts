@@ -12,7 +12,9 @@ import { apiClient, freshDataDir } from "./helpers.js"
 // A deleted message's (or conversation's) text stays in the durable event log and the hook outbox
 // until its purge runs (`--purge-delay-ms` after the deletion, or after the restart that finds it
 // owed). Readers of those (`GET /v1/events`, `/admin/dead-letters`) must not serve it meanwhile: the
-// deletion is acknowledged. The purge is held back ten minutes here, so that every read comes before it.
+// deletion is acknowledged. A message's purge is held back ten minutes here, so that every read comes
+// before it. (A deleted conversation's purge runs right after its deletion is stored: reads of it may
+// come before or after that purge, and must show nothing of it either way.)
 
 const HELD_PURGE = ["--purge-delay-ms", "600000"]
 const SCOPES = "conversations:read,conversations:write,messages:read,messages:write,events:read"
@@ -66,9 +68,7 @@ async function readLog(relay: RelayProcess, key: string, untilType: string, unti
   streams.push(stream)
   await stream.until(
     (events) =>
-      events.some(
-        (e) => e.event === untilType && e.data.includes(`"conversationId":"${untilConversation}"`),
-      ),
+      events.some((e) => e.event === untilType && e.data.includes(`"conversationId":"${untilConversation}"`)),
     30_000,
   )
   stream.close()
