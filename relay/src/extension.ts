@@ -5,6 +5,7 @@ import type { DeferTarget } from "./deferred-change.js"
 import type { HistoryKeeper } from "./history/keeper.js"
 import type { DeliveryHolds } from "./hooks/dispatcher.js"
 import type { EventLogReader } from "./hooks/event-log.js"
+import type { HookEvent } from "./hooks/events.js"
 import type { Logger } from "./log.js"
 import type { Principal } from "./principal.js"
 import type { PurgedContent } from "./purge/redact.js"
@@ -170,8 +171,16 @@ export interface RunningCore {
    */
   readonly purgeHolds?: DeliveryHolds
   /**
+   * Reads stored hook events (`read()`'s items: dead letters, a page of the outbox) as the relay
+   * lets them out while purges are owed: a deleted message's or conversation's events without the
+   * deleted content, from the acknowledgement of the deletion on, before its purge rewrote them
+   * (see `OwedContent`). Absent: a core that purges nothing.
+   */
+  withholdOwed?<T extends { readonly event: HookEvent }>(read: () => Promise<T[]>): Promise<T[]>
+  /**
    * The durable log of hook events (what `GET /v1/events` streams), when the
    * relay keeps one (`startRelay` always does; a bare core without it does not).
+   * Its reads withhold what owed purges remove (see {@link withholdOwed}).
    */
   readonly events?: EventLogReader
   /**

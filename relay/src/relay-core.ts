@@ -44,6 +44,7 @@ import type { HistoryKeeper } from "./history/keeper.js"
 import { summaryOf } from "./history/sealing.js"
 import type { StoredSegment } from "./history/store.js"
 import type { EventLogReader } from "./hooks/event-log.js"
+import type { HookEvent } from "./hooks/events.js"
 import type { Logger } from "./log.js"
 import { LogThrottle } from "./log-throttle.js"
 import type { RelayMetrics } from "./metrics.js"
@@ -51,6 +52,7 @@ import { bindingBytes, ClientBindings, RELAY_KEY } from "./policy/client-binding
 import type { ClientIdOwners } from "./policy.js"
 import { describePrincipal, type Principal } from "./principal.js"
 import type { ContentPurge } from "./purge/content-purge.js"
+import { OwedContent } from "./purge/owed-content.js"
 import { deletedInSnapshot, purgesOwed } from "./purge/owed-purges.js"
 import { PurgeHolds } from "./purge/purge-holds.js"
 import type { PurgedContent } from "./purge/redact.js"
@@ -210,9 +212,33 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
   /** One update of each user in flight at a time (see `user-turns.ts`). */
   private readonly turns = new UserTurns()
 
-  /** The durable event log, when the core was given one. */
+  /** What readers of stored hook events withhold while purges are owed (see `OwedContent`). */
+  private readonly owedContent: OwedContent
+  private withholdingLog: EventLogReader | undefined
+
+  /** The durable event log, when the core was given one, as readers may see it (see {@link withholdOwed}). */
   get events(): EventLogReader | undefined {
-    return this.options.events
+    if (!this.options.events) return undefined
+    this.withholdingLog ??= this.owedContent.reader(this.options.events)
+    return this.withholdingLog
+  }
+
+  /** @internal */
+  withholdOwed<T extends { readonly event: HookEvent }>(read: () => Promise<T[]>): Promise<T[]> {
+    return this.owedContent.read(read)
+  }
+
+  /**
+   * The documents that may owe a purge now. A single relay knows (see {@link purgeHolds}: held from
+   * before a deleting change is stored until its purges are done) once its start read the durable
+   * record; before that, and in a cluster (another relay, alive or dead, may owe one), the durable
+   * record says, which every relay writes before it stores a deleting change.
+   */
+  private async owingPurges(): Promise<ReadonlySet<string>> {
+    const owing = this.purgeHolds.documents()
+    if (this.options.router || !this.purgeHolds.settled)
+      for (const name of (await this.options.purge?.owed()) ?? []) owing.add(name)
+    return owing
   }
 
   /** Sealed history, when the core seals. */
@@ -222,6 +248,11 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
 
   constructor(private readonly options: RelayCoreOptions) {
     this.limits = { ...DEFAULT_CORE_LIMITS, ...options.limits }
+    this.owedContent = new OwedContent({
+      owing: () => this.owingPurges(),
+      load: (name) => options.storage.load(name),
+      log: options.log,
+    })
     this.extensions = new Extensions(options.extensions ?? [], options.log)
     this.users = new UserLedger(this.limits, undefined, (limit, user) => {
       options.metrics.userLimits.inc({ limit })

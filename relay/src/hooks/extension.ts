@@ -50,7 +50,9 @@ export class HooksExtension implements RelayExtension {
     this.running = runtime
     if (admin)
       this.routes = deadLetterRoutes({
-        deadLetters: () => runtime.deadLetters(),
+        // Their events as they may leave the relay: a deleted message's text not, its purge owed or not.
+        deadLetters: () =>
+          core.withholdOwed ? core.withholdOwed(() => runtime.deadLetters()) : runtime.deadLetters(),
         replay: (filter) => runtime.replay(filter),
         verify: (token) => admin.verify(token),
       })

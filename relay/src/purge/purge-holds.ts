@@ -37,6 +37,16 @@ export class PurgeHolds implements DeliveryHolds {
     return this.held.size
   }
 
+  /** Whether a start read the durable record of owed purges (see {@link settle}): until then every document is held. */
+  get settled(): boolean {
+    return this.known
+  }
+
+  /** The documents held for themselves now (a copy). */
+  documents(): Set<string> {
+    return new Set(this.held)
+  }
+
   /** Holds `document`'s deliveries until {@link release}. */
   hold(document: string): void {
     this.held.add(document)
