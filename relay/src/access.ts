@@ -20,8 +20,8 @@ export type Access = "write" | "read" | "pending" | "none"
 
 /**
  * Who may open a document: participants of a conversation (and, while it
- * holds no conversation yet, any user, as `pending`; so is one of the two
- * users of a deleted direct conversation they left, who may reopen it); services read
+ * holds no conversation yet, any user, as `pending`), and one of the two
+ * users of a deleted direct conversation they left, who may reopen it; services read
  * everything; an inbox is opened by its user only, who may write nothing there
  * but their own preferences (`checkInboxUpdate`).
  */
@@ -35,14 +35,18 @@ export function accessOf(principal: Principal, name: DocumentName, doc: Y.Doc): 
   const info = getConversation(doc)
   if (!info && typesOf(doc).participants.size === 0) return "pending"
   if (roleOf(doc, principal.user)) return "write"
-  // One of the pair who left their deleted direct conversation may reopen it (rule `reopen-direct`): sent
-  // nothing of it (as a user waiting on a creation) until the reopen makes them a participant again.
+  // One of the pair who left their deleted direct conversation may reopen it (rule `reopen-direct`), and
+  // is sent what is left of it (purged: who is in it, that it is deleted), as a connection of theirs
+  // open when they left keeps getting. Their replica needs it: a replica rebuilt on the relay's state
+  // (a refusal's resync, a new device) that got nothing held no conversation, re-created it, was
+  // refused, and after three such rebuilds held everything written after, the reopen included, until
+  // its socket was replaced (20 s and more; an SDK on a new device could not reopen it at all).
   if (
     info?.deletedAt !== undefined &&
     info.kind === "direct" &&
     directUsersOf(info.id)?.includes(principal.user)
   )
-    return "pending"
+    return "write"
   return "none"
 }
 

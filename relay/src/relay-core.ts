@@ -1507,9 +1507,9 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     let removalOnly: boolean | undefined
     for (const connection of [...host.connections]) {
       const access = accessOf(connection.principal, host.name, host.doc)
-      // "pending" for a connection that was not: one of the two users of a deleted direct conversation
-      // who left it (see accessOf). It stays as it was, not closed: the conversation's content is
-      // purged, and the user may reopen it from this replica (the reopen makes them a participant again).
+      // One of the two users of a deleted direct conversation who left it keeps "write" (see accessOf):
+      // not closed, the conversation's content is purged, and they may reopen it from this replica.
+      // ("pending" only while the document holds no conversation: nothing to decide yet.)
       if (access === connection.access || access === "pending") continue
       if (access !== "none") {
         if (connection.pending) {

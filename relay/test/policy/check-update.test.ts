@@ -1234,6 +1234,10 @@ describe("reopening a deleted direct conversation", () => {
         ),
       ).toMatchObject({ allowed: true })
     expect(typesOf(relay).participants.size).toBe(0)
+    // Sent what is left of it, which their replica needs to reopen it (a rebuild, a new device); nobody else.
+    const name = parseDocumentName(DIRECT)
+    for (const u of [carol, dave]) expect(accessOf(user(u), name, relay)).toBe("write")
+    expect(accessOf(user(erin), name, relay)).toBe("none")
     const update = updateOf(replicaOf(relay), (d) => reopenConversation(d, dave))
     expect(check(relay, bindings, dave, update)).toMatchObject({ allowed: true })
     expect([...typesOf(relay).participants.keys()].sort()).toEqual([carol, dave])
