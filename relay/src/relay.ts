@@ -775,7 +775,7 @@ function readinessOf(
     failing.push({
       dependency: "storage",
       code: ErrorCode.STORAGE_UNAVAILABLE,
-      error: `a write has waited ${Math.round(Date.now() - stalled)} ms for storage (more than ${storage.stallMs} ms): storage may have stopped answering`,
+      error: `a write has waited ${Math.round(Date.now() - stalled)} ms for storage (more than ${storage.stallMs} ms), which answered nothing asked since: storage may have stopped answering`,
       since: new Date(stalled).toISOString(),
     })
   if (redis && !redis.ready)

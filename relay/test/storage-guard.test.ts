@@ -273,6 +273,66 @@ describe("the storage guard", () => {
     }
   })
 
+  it("does not call storage stalled for a write that waits on its own (a lock, the commit queue) while storage answers", async () => {
+    const storage = new FlakyStorage()
+    // The append of one conversation waits, as on a fence row during a takeover or behind slow commits;
+    // the probe and the reads answer meanwhile.
+    let release!: () => void
+    const held = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const original = storage.append.bind(storage)
+    storage.append = async (name, updates) => {
+      if (name === "taken-over") await held
+      return original(name, updates)
+    }
+    // Stall bound 1 s (half the timeout); the watch's own schedule far away: only a wait can start a probe.
+    const guard = new StorageGuard(storage, { timeoutMs: 2000, watchIntervalMs: 60_000 })
+    try {
+      const waiting = guard.append("taken-over", [new Uint8Array([1])])
+      const seen: (number | undefined)[] = []
+      // Past the stall bound, short of the write's deadline.
+      const started = Date.now()
+      while (Date.now() - started < 1600) {
+        seen.push(guard.stalledSince())
+        await new Promise((r) => setTimeout(r, 25))
+      }
+      expect(seen.filter((at) => at !== undefined)).toEqual([])
+      release()
+      expect(await waiting).toEqual([1])
+      expect(guard.state).toEqual({ state: "ok" })
+    } finally {
+      await guard.close()
+    }
+  })
+
+  it("calls storage stalled once a write has waited past the bound with nothing asked since answered", async () => {
+    const storage = new FlakyStorage()
+    // Nothing answers: the database stopped (a link that drops every packet).
+    let answer!: () => void
+    const stopped = new Promise<void>((resolve) => {
+      answer = resolve
+    })
+    const original = storage.append.bind(storage)
+    storage.append = async (name, updates) => {
+      await stopped
+      return original(name, updates)
+    }
+    storage.ping = () => stopped
+    const guard = new StorageGuard(storage, { timeoutMs: 2000, watchIntervalMs: 60_000 })
+    try {
+      const waiting = guard.append("d", [new Uint8Array([1])])
+      await until(() => guard.stalledSince() !== undefined)
+      // Reported before the write's own deadline fails it.
+      expect(guard.state).toEqual({ state: "ok" })
+      answer()
+      await waiting
+      expect(guard.stalledSince()).toBeUndefined()
+    } finally {
+      await guard.close()
+    }
+  })
+
   it("runs one probe at a time: a probe that hangs is not joined by others, and fails at its deadline", async () => {
     const storage = new FlakyStorage()
     let probes = 0

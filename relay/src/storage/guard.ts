@@ -5,10 +5,10 @@ import type { DamagedDocument, PingOptions, RelayStorage, StoredDocument } from 
 export const DEFAULT_STORAGE_TIMEOUT_MS = 5000
 
 /**
- * Longest a write may wait for the backend before the relay reports not ready
- * (capped at half the storage timeout): above PostgreSQL's lock wait for
- * appends (1 s), so a conversation whose row another session holds does not
- * make the relay look stalled.
+ * Longest a write may wait for the backend, with nothing asked of it since
+ * answered, before the relay reports not ready (capped at half the storage
+ * timeout): above PostgreSQL's lock wait for appends (1 s), so a conversation
+ * whose row another session holds does not make the relay look stalled.
  */
 export const STALL_MS = 2000
 
@@ -157,7 +157,8 @@ export type Refusal = (error: ParleyError) => void
 /**
  * `promise`, or a STORAGE_UNAVAILABLE error saying `late()` when it has not
  * settled within `ms`. Either rejection goes through `failed` when given;
- * `settled` is called once `promise` settles (after its deadline too). With
+ * `settled` is called once `promise` settles (after its deadline too), with
+ * its error when it rejected. With
  * `refusals`, the call is in that set until it is answered, as a function
  * that rejects it at once with the error given (the guard refuses writes in
  * flight so when it finds storage failing). One promise and no timer of its
@@ -168,7 +169,7 @@ function settledWithin<T>(
   ms: number,
   late: () => string,
   failed?: (error: unknown) => unknown,
-  settled?: () => void,
+  settled?: (rejected: boolean, error?: unknown) => void,
   refusals?: Set<Refusal>,
 ): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -188,13 +189,13 @@ function settledWithin<T>(
     refusals?.add(refuse)
     promise.then(
       (value) => {
-        settled?.()
+        settled?.(false)
         queue.settle(entry)
         refusals?.delete(refuse)
         resolve(value)
       },
       (error: unknown) => {
-        settled?.()
+        settled?.(true, error)
         queue.settle(entry)
         refusals?.delete(refuse)
         reject(failed ? failed(error) : error)
@@ -238,6 +239,14 @@ export class StorageGuard implements RelayStorage {
   private readonly reads = new Set<Refusal>()
   /** When each write (or watch probe) not settled in the backend began, oldest first (a Set keeps insertion order). */
   private readonly writesSince = new Set<{ readonly at: number }>()
+  /**
+   * When the latest-begun call the backend answered began (`performance.now()`), whatever the
+   * answer: a write still waiting that began before it waits on something of its own (a row lock
+   * while another relay takes a conversation over, the commits queued ahead of it, the pool), not
+   * on a storage that stopped answering (see {@link stalledSince}).
+   */
+  private answeredFrom = Number.NEGATIVE_INFINITY
+  private stallTimer: NodeJS.Timeout | undefined
   private probeTimer: NodeJS.Timeout | undefined
   private probeDelay: number
   private watchTimer: NodeJS.Timeout | undefined
@@ -256,6 +265,11 @@ export class StorageGuard implements RelayStorage {
     if (options.watchIntervalMs !== undefined) {
       this.watchTimer = setInterval(() => void this.watch(), options.watchIntervalMs)
       this.watchTimer.unref()
+      // A write that waits with nothing answered since it began gets a probe of its own well before
+      // the stall bound, so that its answer (or its silence) tells the two apart even on a relay
+      // where nothing else is asked meanwhile.
+      this.stallTimer = setInterval(() => this.askIfStalled(), this.stallMs / 4)
+      this.stallTimer.unref()
     }
   }
 
@@ -271,18 +285,40 @@ export class StorageGuard implements RelayStorage {
 
   /**
    * When the oldest write still waiting for the backend began (epoch ms), if
-   * it has waited longer than {@link stallMs}; undefined otherwise. A backend
-   * that stopped answering mid-write (a stopped server process, a link that
-   * drops every packet) is found failing only at the storage timeout: until
-   * then the relay reports not ready for it (`/readyz`), so that a load
-   * balancer stops sending it new clients seconds earlier.
+   * it has waited longer than {@link stallMs} and the backend has answered
+   * nothing asked since it began; undefined otherwise. A backend that stopped
+   * answering mid-write (a stopped server process, a link that drops every
+   * packet) is found failing only at the storage timeout: until then the
+   * relay reports not ready for it (`/readyz`), so that a load balancer stops
+   * sending it new clients seconds earlier. A write that waits while the
+   * backend answers later calls (reads, other writes, a probe) waits on
+   * something of its own — a row lock while a conversation's ownership moves
+   * after a relay died, the commits queued ahead of it, a busy pool — and the
+   * relay still serves: before, a survivor of a relay's death answered 503
+   * for seconds, and a load balancer closed every session it held.
    */
   stalledSince(): number | undefined {
-    for (const { at } of this.writesSince) {
-      const waited = performance.now() - at
-      return waited > this.stallMs ? Date.now() - waited : undefined
-    }
+    const write = this.unansweredWrite()
+    if (!write) return undefined
+    const waited = performance.now() - write.at
+    return waited > this.stallMs ? Date.now() - waited : undefined
+  }
+
+  /** The oldest write still waiting that began after every call the backend answered began. */
+  private unansweredWrite(): { readonly at: number } | undefined {
+    for (const write of this.writesSince) if (write.at > this.answeredFrom) return write
     return undefined
+  }
+
+  /** Probes now (one probe at a time) when a write has waited half the stall bound with nothing answered since. */
+  private askIfStalled(): void {
+    const write = this.unansweredWrite()
+    if (write && performance.now() - write.at > this.stallMs / 2) void this.watch()
+  }
+
+  /** The backend answered a call that began at `began` (`performance.now()`). */
+  private answered(began: number): void {
+    if (began > this.answeredFrom) this.answeredFrom = began
   }
 
   /** How long a write may wait before the storage counts as stalled (see {@link stalledSince}). */
@@ -378,6 +414,8 @@ export class StorageGuard implements RelayStorage {
     this.probeTimer = undefined
     clearInterval(this.watchTimer)
     this.watchTimer = undefined
+    clearInterval(this.stallTimer)
+    this.stallTimer = undefined
     const error = new ParleyError(ErrorCode.UNAVAILABLE, "the relay is shutting down")
     for (const waiter of this.waiters) waiter.reject(error)
     this.waiters.clear()
@@ -406,11 +444,12 @@ export class StorageGuard implements RelayStorage {
     this.track(probe)
     const since = { at: performance.now() }
     this.writesSince.add(since)
-    const done = () => {
+    const done = (error?: unknown) => {
       this.probing = false
       this.writesSince.delete(since)
+      if (error === undefined || !this.unanswered(error)) this.answered(since.at)
     }
-    probe.then(done, done)
+    probe.then(() => done(), done)
     try {
       await withDeadline(probe, this.options.timeoutMs, "answer a probe")
     } catch (error) {
@@ -443,7 +482,8 @@ export class StorageGuard implements RelayStorage {
     }
     // Tracked until it settles in the backend, past its deadline too (see the class comment).
     this.running.add(inner)
-    const since = reads ? undefined : { at: performance.now() }
+    const began = performance.now()
+    const since = reads ? undefined : { at: began }
     if (since) this.writesSince.add(since)
     const ms = this.options.timeoutMs
     return settledWithin(
@@ -451,9 +491,11 @@ export class StorageGuard implements RelayStorage {
       ms,
       () => `storage did not ${what} within ${ms} ms`,
       (error) => this.failure(error, what, reads),
-      () => {
+      (rejected, error) => {
         this.running.delete(inner)
         if (since) this.writesSince.delete(since)
+        // Late or not, with a result or an error of the database: it answered (see `stalledSince`).
+        if (!rejected || !this.unanswered(error)) this.answered(began)
       },
       reads ? this.reads : this.writes,
     )
