@@ -81,7 +81,7 @@ const countsForUnread = (event: ChangeEvent, user: UserId): boolean =>
 /** Per-user limits of the relay that refill over a day (see `Conversation.limited`). */
 // `client-id-growth` is the relay's cost rule (relay `CostRule.clientIdGrowth`), not a `UserLimit`.
 const DAILY_LIMITS: ReadonlySet<string> = new Set(["client-id-growth", UserLimit.updateBytesPerDay])
-/** How long another per-user limit may hold a conversation's work before it is told (see `Conversation.limited`). */
+/** How long another per-user limit, or the relay's storage, may hold a conversation's work before it is told (see `Conversation.limited`). */
 const LIMIT_TOLD_AFTER_MS = 30_000
 
 /**
@@ -919,8 +919,10 @@ export class Conversation extends Emitter<ConversationEvents> {
           generation.connection.resendLater()
           // One of the user's limits (new client ids a day, bytes a day) may hold the work for hours: told
           // once until the relay saves again, the work kept pending (a bot starting a fresh client per job
-          // saw its messages stay pending with no word: an outside probe).
-          if (error.code === ErrorCode.RATE_LIMITED) this.limited(error)
+          // saw its messages stay pending with no word: an outside probe). So is the relay's storage
+          // failing for more than a moment: its users saw nothing at all while nothing was saved (another).
+          if (error.code === ErrorCode.RATE_LIMITED || error.code === ErrorCode.STORAGE_UNAVAILABLE)
+            this.limited(error)
         }
       },
       // A token the source could not give is the client's problem, not this conversation's:
@@ -1030,13 +1032,14 @@ export class Conversation extends Emitter<ConversationEvents> {
   }
 
   /**
-   * Tells a per-user limit holding this conversation's work as one `error` event: at once for the
-   * daily ones (new client ids, bytes stored), which hold it for hours; a per-minute one only if it
-   * still refuses {@link LIMIT_TOLD_AFTER_MS} after it first did (a large group created goes on by
-   * itself within a minute or so, and need not alarm anyone).
+   * Tells a per-user limit, or the relay's storage failing, holding this conversation's work as one
+   * `error` event: at once for the daily limits (new client ids, bytes stored), which hold it for
+   * hours; a per-minute one, or storage, only if it still refuses {@link LIMIT_TOLD_AFTER_MS} after
+   * it first did (a large group created goes on by itself within a minute or so, a database restart
+   * within seconds, and need not alarm anyone).
    */
   private limited(error: ParleyError): void {
-    const rule = error.rule ?? ""
+    const rule = error.rule ?? error.code
     const now = Date.now()
     let seen = this.limits.get(rule)
     if (!seen) {

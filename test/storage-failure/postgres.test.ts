@@ -7,11 +7,12 @@ import {
   type MessageId,
   type MessageView,
   newConversationId,
+  type ParleyError,
   sendMessage,
   type UserId,
 } from "@parley/shared"
 import pg from "pg"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import * as Y from "yjs"
 import { runKeysCli } from "../../relay/src/api/keys-cli.js"
 import { attachmentClient } from "../../relay/test/helpers/attachments.js"
@@ -296,6 +297,22 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
 
       expect(sent.map((m) => chat.status(m.id))).toEqual(["pending", "pending", "pending"])
       expect(statuses).not.toContain("failed")
+      // An outage that lasts is told to the app once, as a per-minute limit is: 30 s on the SDK's clock
+      // after the first refusal (moved on here rather than waited out), at the next refused retry.
+      const told: ParleyError[] = []
+      chat.on("error", ({ error }) => told.push(error))
+      expect(told).toEqual([])
+      const now = Date.now.bind(Date)
+      const later = vi.spyOn(Date, "now").mockImplementation(() => now() + 31_000)
+      try {
+        await eventually(() => expect(told.map((e) => e.code)).toEqual([ErrorCode.STORAGE_UNAVAILABLE]))
+        const retries = refusedAt.length
+        await eventually(() => expect(refusedAt.length).toBeGreaterThan(retries + 1))
+        expect(told).toHaveLength(1)
+      } finally {
+        later.mockRestore()
+      }
+      expect(sent.map((m) => chat.status(m.id))).toEqual(["pending", "pending", "pending"])
 
       proxy.restore()
       await eventually(() => expect(sent.map((m) => chat.status(m.id))).toEqual(["sent", "sent", "sent"]))
