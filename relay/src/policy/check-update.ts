@@ -915,7 +915,8 @@ class UpdateCheck {
   /** Sequence numbers and the sealed history's summaries: the relay's alone. */
   private checkOrder(): void {
     for (const n of this.read.items) {
-      if (n.location.root === TopLevel.segments) assert(canWriteSequence(this.isRelay))
+      if (n.location.root === TopLevel.segments && !this.isRelay)
+        refuse(Rule.relayOnly, "sealed history is written only by the relay")
       if (n.location.root !== TopLevel.order) continue
       assert(canWriteSequence(this.isRelay))
       for (const { value } of this.elements(n)) schema(checkSequenceRecord(value))

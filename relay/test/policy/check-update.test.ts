@@ -315,6 +315,16 @@ describe("forbidden changes, each as a real Yjs update from a malicious replica"
     expectRefused(s, bob, remove, Rule.ownerOnly)
   })
 
+  it("refuses a client's entry in the sealed history's summaries, saying so", () => {
+    const s = scene()
+    const update = updateOf(replicaOf(s.relay), (d) =>
+      d.getArray(TopLevel.segments).push([{ id: "forged", from: 1, to: 2 }]),
+    )
+    const result = submit(s, user(carol), update)
+    expect(result).toMatchObject({ allowed: false, rule: Rule.relayOnly })
+    expect(result.allowed === false && result.reason).toMatch(/sealed history/)
+  })
+
   it("refuses the last owner stepping down or leaving while the group has participants", () => {
     const s = scene()
     const demote = updateOf(replicaOf(s.relay), (d) =>
