@@ -1,3 +1,4 @@
+import { uploadedAttachmentIds } from "@parley/shared"
 import type { HookEvent } from "../hooks/events.js"
 
 /**
@@ -120,6 +121,12 @@ function rewriteObjects(
  * change naming it by `messageId`) stripped of what its author wrote: body,
  * attachments, metadata, and marked `purged` (a receiver must not take the
  * empty body for what was sent). The same object when nothing matched.
+ * Of its attachments only the ids of files uploaded to the relay stay (`{ id }`,
+ * random ids the relay made, naming nothing of their content): the relay's own
+ * attachments target links them to the message from its `message.sent` and
+ * deletes them with its `message.deleted`, and one that reached the target only
+ * after the purge (a backlog) left the files linked to nothing, kept a day by
+ * the sweep of unlinked uploads while members could still fetch them.
  */
 function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
   return rewriteObjects(value, (record, current) => {
@@ -130,7 +137,8 @@ function redactMessages(value: unknown, ids: ReadonlySet<string>): unknown {
       out.body = REDACTED
       out.purged = true
     }
-    if ("attachments" in record) out.attachments = []
+    if ("attachments" in record)
+      out.attachments = uploadedAttachmentIds(record.attachments as readonly unknown[]).map((id) => ({ id }))
     if ("metadata" in record) out.metadata = {}
     return out
   })

@@ -18,7 +18,9 @@ import { MemoryBlobStore } from "../../src/attachments/memory-blob-store.js"
 import { AttachmentService, UNREFERENCED_TTL_MS } from "../../src/attachments/service.js"
 import { UploadQuota } from "../../src/attachments/user-quota.js"
 import type { RunningCore } from "../../src/extension.js"
+import type { HookEvent } from "../../src/hooks/events.js"
 import { createLogger } from "../../src/log.js"
+import { redactEvent } from "../../src/purge/redact.js"
 
 const alice = "alice" as UserId
 const mallory = "mallory" as UserId
@@ -150,6 +152,32 @@ describe("the expiry sweep", () => {
     expect(await service.messageDeleted(conversation, "msg-0000000m" as MessageId)).toBe(0)
     expect(await service.record(upload.id)).toMatchObject({ complete: true, message: "msg-0000000a" })
     expect(await service.messageDeleted(conversation, "msg-0000000a" as MessageId)).toBe(1)
+    expect(await service.record(upload.id)).toBeUndefined()
+  })
+
+  it("links and deletes the files of a message whose send reaches it only after the message's purge", async () => {
+    const { service } = textService([])
+    const upload = await service.createUpload(conversation, alice, { name: "a.txt", size: 5 })
+    await service.appendChunk(upload, 0, new TextEncoder().encode("hello"))
+    const sent = {
+      event: { type: "message.sent", conversationId: conversation },
+      subject: {
+        message: {
+          id: "msg-0000000p",
+          author: alice,
+          body: "see the file",
+          attachments: [{ id: upload.id, url: "/x", name: "a.txt" }, { url: "https://elsewhere.example/b" }],
+        },
+      },
+    } as unknown as HookEvent
+    // The message deleted and purged while its send waited in the target's backlog (a failing store).
+    const { message } = redactEvent(sent, { kind: "messages", ids: new Set(["msg-0000000p"]) })
+      .subject as unknown as {
+      message: { id: MessageId; author: UserId; body: string; attachments: unknown[] }
+    }
+    expect(message).toMatchObject({ body: "", attachments: [{ id: upload.id }] })
+    await service.messageSent(conversation, message.id, message.author, message.attachments)
+    expect(await service.messageDeleted(conversation, message.id)).toBe(1)
     expect(await service.record(upload.id)).toBeUndefined()
   })
 
