@@ -1704,6 +1704,7 @@ async function startNewEpoch(
   ctx: PathContext,
   host: DocumentHost,
   reason: "client-ids" | "garbage",
+  settle = false,
 ): Promise<void> {
   if (!ctx.restart || host.destroyed || host.hasUnsaved) return
   // For its client ids, only a document with sealed history: a short conversation's live document stays small.
@@ -1713,7 +1714,11 @@ async function startNewEpoch(
   // A fresh epoch folds the log: not before an owed purge is done (see owesPurge).
   if (owesPurge(ctx, host.key)) return
   try {
-    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
+    if (settle) await settled(ctx, host)
+    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) {
+      if (!settle) epochLater(ctx, host, reason)
+      return
+    }
     // What a replica of this document needs to rebase onto any later epoch, stored before anything names it.
     const stateVector = Y.encodeStateVector(host.doc)
     const record =
@@ -1745,6 +1750,50 @@ async function startNewEpoch(
   } catch (error) {
     // Storage still holds the old epoch (compaction is atomic): it stays loaded and in use.
     ctx.log.error({ err: error, doc: host.key }, "could not start a fresh epoch")
+  }
+}
+
+/** Documents with a fresh epoch waiting for their extensions' records (see {@link epochLater}). */
+const epochsWaiting = new WeakSet<DocumentHost>()
+
+/**
+ * Longest a fresh epoch waits inside the document's queue for the records of the changes saved
+ * since its records last caught up (see {@link epochLater}): one outbox transaction, normally.
+ */
+const EPOCH_SETTLE_MS = 1_000
+
+/**
+ * A fresh epoch due while the extensions have not recorded the latest changes (the snapshot
+ * replaces the whole log, so it cannot fold only what is recorded, as {@link foldLater} does):
+ * tried again once those records are done, outside the queue. A busy document has a change or two
+ * saved by then whose records are in flight: the attempt waits for them inside the queue, up to
+ * {@link EPOCH_SETTLE_MS} (a transaction, not a backlog), and leaves the epoch to a later change
+ * when they take longer.
+ */
+function epochLater(ctx: PathContext, host: DocumentHost, reason: "client-ids" | "garbage"): void {
+  if (epochsWaiting.has(host)) return
+  epochsWaiting.add(host)
+  ctx.extensions
+    .recorded(host.key)
+    .then(() => (host.destroyed ? undefined : host.enqueue(() => startNewEpoch(ctx, host, reason, true))))
+    .catch((error: unknown) => {
+      if (!host.destroyed) ctx.log.error({ err: error, doc: host.key }, "could not start a fresh epoch")
+    })
+    .finally(() => epochsWaiting.delete(host))
+}
+
+/** Resolves once the extensions recorded `host`'s changes so far, or after {@link EPOCH_SETTLE_MS}. */
+async function settled(ctx: PathContext, host: DocumentHost): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([
+      ctx.extensions.recorded(host.key),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, EPOCH_SETTLE_MS)
+      }),
+    ])
+  } finally {
+    clearTimeout(timer)
   }
 }
 
