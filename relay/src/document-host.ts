@@ -47,6 +47,7 @@ export class DocumentHost implements ConnectionHost {
   private readonly attached = new Set<HostedConnection>()
   private log: LogFigures = { entries: 0, bytes: 0 }
   private position = 0
+  private foldCount = 0
   private unloadBegun = false
   private dropped = false
   private idleTimer: NodeJS.Timeout | undefined
@@ -193,9 +194,26 @@ export class DocumentHost implements ConnectionHost {
     for (const position of positions) if (position > this.position) this.position = position
   }
 
-  /** The log up to {@link lastPosition} was folded into a snapshot. */
-  compacted(): void {
-    this.log = { entries: 0, bytes: 0 }
+  /**
+   * The log was folded into a snapshot: up to {@link lastPosition}, or only its first `folded`
+   * entries (a fold through an earlier position, whose snapshot was taken then: see `foldLater`).
+   */
+  compacted(folded?: LogFigures): void {
+    this.log = folded
+      ? {
+          entries: Math.max(0, this.log.entries - folded.entries),
+          bytes: Math.max(0, this.log.bytes - folded.bytes),
+        }
+      : { entries: 0, bytes: 0 }
+    this.foldCount++
+  }
+
+  /**
+   * How many times the log was folded (or replaced, a fresh epoch) while loaded: unchanged between
+   * two reads means that the stored snapshot is still the one of the first read.
+   */
+  get folds(): number {
+    return this.foldCount
   }
 
   /** Set once an unload has begun: no new connection may attach. */

@@ -275,7 +275,7 @@ export interface HttpRequest {
  * - rejecting, inside the document's serial queue, before or while a change is
  *   stored: {@link checkUpdate} (a refusal or a throw refuses the update, and
  *   later extensions are not asked), {@link beforeAppend}, {@link updateStored}, {@link clientIdOwners},
- *   {@link loadStoredLog}, {@link compactionLimit}, {@link conversationPurged};
+ *   {@link loadStoredLog}, {@link compactionLimit}, {@link recorded}, {@link conversationPurged};
  * - observing, after the change is saved and acknowledged:
  *   {@link afterSaved}, {@link awarenessChanged}. They are never awaited; one
  *   that throws is logged and the next one still runs.
@@ -322,8 +322,19 @@ export interface RelayExtension {
    * takeover that fails is tried again while the relay holds the lease, the gate still closed.
    */
   claimed?(document: { readonly name: string }): () => void
-  /** Highest log position compaction may fold into a snapshot; the lowest answer wins. */
+  /**
+   * Highest log position compaction may fold into a snapshot now; the lowest answer wins. Asked
+   * inside the document's queue: answers at once, without waiting for work in flight (the hooks'
+   * records of the latest changes), since every write to the document would wait with it. A
+   * compaction that finds the log not yet folded that far folds later (see {@link recorded}).
+   */
   compactionLimit?(document: { readonly name: string }): Promise<number>
+  /**
+   * Resolves once what the extension records of every change saved so far is recorded (the hooks'
+   * events), or given up. Purges wait for it before they redact what was recorded, and a
+   * compaction due meanwhile waits for it outside the document's queue.
+   */
+  recorded?(document: { readonly name: string }): Promise<void>
   /**
    * Several relays: this relay has just begun ordering the document (taken its
    * lease, caught up, recovered its events): resume the work owed for it.
@@ -489,6 +500,10 @@ export class Extensions {
       if (extension.compactionLimit) limit = Math.min(limit, await extension.compactionLimit({ name }))
     }
     return limit
+  }
+
+  async recorded(name: string): Promise<void> {
+    for (const extension of this.list) await extension.recorded?.({ name })
   }
 
   async tookOver(name: string): Promise<void> {

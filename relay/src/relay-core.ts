@@ -616,7 +616,7 @@ export class RelayCore implements ConnectionOwner<DocumentHost>, RunningCore, Ro
     const purge: PurgedContent = { name, conversationId: parsed.id, scope: { kind: "user", user } }
     // Once the hooks recorded the events of every change stored so far (the user's last writes
     // included: their events carry the name), as a message's purge waits for them.
-    await this.extensions.compactionLimit(name)
+    await this.extensions.recorded(name)
     // Held in memory first: a page read from storage meanwhile is redacted as it comes in.
     this.extensions.contentPurged(purge)
     this.ctx.sharePurge?.(purge)

@@ -659,7 +659,7 @@ async function upkeep(ctx: PathContext, host: DocumentHost, events: readonly Cha
   if (host.destroyed) return
   const log = host.logSinceSnapshot
   if (log.entries >= ctx.limits.compactAfterUpdates || log.bytes >= ctx.limits.compactAfterBytes) {
-    const compacted = await compact(ctx, host)
+    const compacted = await compactOrDefer(ctx, host)
     if (ctx.history && host.name.kind === "conversation") await refoldOverlays(ctx, ctx.history, host)
     if (compacted && !host.destroyed && garbageEpochDue(ctx, host)) await startNewEpoch(ctx, host, "garbage")
   }
@@ -686,7 +686,7 @@ async function sealAndRenew(ctx: PathContext, history: HistoryKeeper, host: Docu
     if (sizes.garbage !== undefined && sizes.garbage + sizes.sealedSince <= ctx.limits.epochGarbageBytes)
       return
   }
-  if ((await compact(ctx, host)) && !host.destroyed && garbageEpochDue(ctx, host))
+  if ((await compactOrDefer(ctx, host)) && !host.destroyed && garbageEpochDue(ctx, host))
     await startNewEpoch(ctx, host, "garbage")
 }
 
@@ -1110,7 +1110,7 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     if (positions.length > 0)
       ctx.extensions.afterSaved({ name: host.key, doc: host.doc, actor: RELAY, positions, events: [] })
     // After the hooks recorded the deletion's own events (they carry the title).
-    await ctx.extensions.compactionLimit(host.key)
+    await ctx.extensions.recorded(host.key)
     // What waits in memory for delivery first: a page read from storage meanwhile is redacted as it comes in.
     tellPurged(ctx, {
       name: host.key,
@@ -1124,7 +1124,8 @@ async function purgeConversation(ctx: PathContext, host: DocumentHost, conversat
     // Before the fold, which tells a later load whether the purge finished: a relay stopped in between
     // leaves the purge owed, and this is done again (the bindings of a deleted group stayed for good).
     await ctx.extensions.conversationPurged({ name: host.name, doc: host.doc })
-    if (!(await foldLog(ctx, host))) throw new Error("the log could not be folded into a snapshot")
+    if (!(await foldLog(ctx, host, { wait: true })))
+      throw new Error("the log could not be folded into a snapshot")
     await ctx.purge?.scrub()
     conversationPurgesOwed.get(ctx)?.delete(host.key)
     purgeFailures.get(ctx)?.delete(host.key)
@@ -1182,7 +1183,7 @@ async function purgeMessages(
   // Apart: the stored events are redacted even when re-sealing failed (a fenced write, say).
   try {
     const scope = { kind: "messages", ids: new Set<string>(ids) } as const
-    await ctx.extensions.compactionLimit(host.key)
+    await ctx.extensions.recorded(host.key)
     tellPurged(ctx, { name: host.key, conversationId: conversation, scope })
     if (ctx.purge) await ctx.purge.redactEvents(host.key, conversation, scope)
   } catch (error) {
@@ -1194,7 +1195,7 @@ async function purgeMessages(
   }
   try {
     // The log still holding the deleted text is a failed purge too.
-    if (!failed && !(await foldLog(ctx, host))) failed = true
+    if (!failed && !(await foldLog(ctx, host, { wait: true }))) failed = true
     if (!failed) await ctx.purge?.scrub()
   } catch (error) {
     failed = true
@@ -1703,6 +1704,7 @@ async function startNewEpoch(
   ctx: PathContext,
   host: DocumentHost,
   reason: "client-ids" | "garbage",
+  settle = false,
 ): Promise<void> {
   if (!ctx.restart || host.destroyed || host.hasUnsaved) return
   // For its client ids, only a document with sealed history: a short conversation's live document stays small.
@@ -1712,7 +1714,11 @@ async function startNewEpoch(
   // A fresh epoch folds the log: not before an owed purge is done (see owesPurge).
   if (owesPurge(ctx, host.key)) return
   try {
-    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return
+    if (settle) await settled(ctx, host)
+    if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) {
+      if (!settle) epochLater(ctx, host, reason)
+      return
+    }
     // What a replica of this document needs to rebase onto any later epoch, stored before anything names it.
     const stateVector = Y.encodeStateVector(host.doc)
     const record =
@@ -1729,6 +1735,8 @@ async function startNewEpoch(
     const clientIds = host.doc.store.clients.size
     const encoded = Y.encodeStateAsUpdate(fresh)
     await ctx.storage.compact(host.key, encoded, host.lastPosition)
+    // What a fold waiting for its records took before is stale now (see foldLater).
+    host.compacted()
     fresh.destroy()
     ctx.metrics.epochs.inc({ reason })
     epochStarted(ctx, host)
@@ -1745,24 +1753,102 @@ async function startNewEpoch(
   }
 }
 
+/** Documents with a fresh epoch waiting for their extensions' records (see {@link epochLater}). */
+const epochsWaiting = new WeakSet<DocumentHost>()
+
 /**
- * Folds the document's log into a snapshot. Call inside the document's queue.
- * Resolves false when the log is still there (the compaction failed, a
- * change's events are not recorded yet, or a purge of the document is owed:
- * the purge folds it, last).
+ * Longest a fresh epoch waits inside the document's queue for the records of the changes saved
+ * since its records last caught up (see {@link epochLater}): one outbox transaction, normally.
+ */
+const EPOCH_SETTLE_MS = 1_000
+
+/**
+ * A fresh epoch due while the extensions have not recorded the latest changes (the snapshot
+ * replaces the whole log, so it cannot fold only what is recorded, as {@link foldLater} does):
+ * tried again once those records are done, outside the queue. A busy document has a change or two
+ * saved by then whose records are in flight: the attempt waits for them inside the queue, up to
+ * {@link EPOCH_SETTLE_MS} (a transaction, not a backlog), and leaves the epoch to a later change
+ * when they take longer.
+ */
+function epochLater(ctx: PathContext, host: DocumentHost, reason: "client-ids" | "garbage"): void {
+  if (epochsWaiting.has(host)) return
+  epochsWaiting.add(host)
+  ctx.extensions
+    .recorded(host.key)
+    .then(() => (host.destroyed ? undefined : host.enqueue(() => startNewEpoch(ctx, host, reason, true))))
+    .catch((error: unknown) => {
+      if (!host.destroyed) ctx.log.error({ err: error, doc: host.key }, "could not start a fresh epoch")
+    })
+    .finally(() => epochsWaiting.delete(host))
+}
+
+/** Resolves once the extensions recorded `host`'s changes so far, or after {@link EPOCH_SETTLE_MS}. */
+async function settled(ctx: PathContext, host: DocumentHost): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([
+      ctx.extensions.recorded(host.key),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, EPOCH_SETTLE_MS)
+      }),
+    ])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/**
+ * Folds the document's log into a snapshot, once the extensions recorded what
+ * they record of every change so far (the hooks' events): for a document
+ * nobody writes to any more (an unload, a shutdown, a purge asked for). Call
+ * inside the document's queue. Resolves false when the log is still there
+ * (the compaction failed, a change's events could not be recorded, or a purge
+ * of the document is owed: the purge folds it, last).
  */
 export async function compact(ctx: PathContext, host: DocumentHost): Promise<boolean> {
   if (host.logSinceSnapshot.entries === 0) return true
   if (owesPurge(ctx, host.key)) return false
-  return foldLog(ctx, host)
+  return foldLog(ctx, host, { wait: true })
+}
+
+/**
+ * The compaction a change makes due: folds the log now when the extensions
+ * recorded every change's events, else through the latest position later,
+ * once they did ({@link foldLater}), without holding the document's queue
+ * meanwhile. Resolves true only when the log is folded now.
+ */
+async function compactOrDefer(ctx: PathContext, host: DocumentHost): Promise<boolean> {
+  if (host.logSinceSnapshot.entries === 0) return true
+  if (owesPurge(ctx, host.key) || foldsWaiting.has(host)) return false
+  let limit: number
+  try {
+    limit = await ctx.extensions.compactionLimit(host.key)
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "compaction failed")
+    return false
+  }
+  if (limit >= host.lastPosition) return foldNow(ctx, host)
+  foldLater(ctx, host)
+  return false
 }
 
 /** {@link compact}, also while a purge is owed: the purges' own last step. */
-async function foldLog(ctx: PathContext, host: DocumentHost): Promise<boolean> {
+async function foldLog(ctx: PathContext, host: DocumentHost, { wait }: { wait: boolean }): Promise<boolean> {
   if (host.logSinceSnapshot.entries === 0) return true
   try {
+    if (wait) await ctx.extensions.recorded(host.key)
     // The snapshot holds everything applied, so compact only once nothing newer waits for its events.
     if ((await ctx.extensions.compactionLimit(host.key)) < host.lastPosition) return false
+  } catch (error) {
+    ctx.log.error({ err: error, doc: host.key }, "compaction failed")
+    return false
+  }
+  return foldNow(ctx, host)
+}
+
+/** Folds the whole log into a snapshot of the document as it is; the caller checked that it may. */
+async function foldNow(ctx: PathContext, host: DocumentHost): Promise<boolean> {
+  try {
     const snapshot = Y.encodeStateAsUpdate(host.doc)
     await ctx.storage.compact(host.key, snapshot, host.lastPosition)
     host.compacted()
@@ -1774,6 +1860,50 @@ async function foldLog(ctx: PathContext, host: DocumentHost): Promise<boolean> {
     ctx.log.error({ err: error, doc: host.key }, "compaction failed")
     return false
   }
+}
+
+/** Documents with a fold waiting for their extensions' records (see {@link foldLater}): one at a time each. */
+const foldsWaiting = new WeakSet<DocumentHost>()
+
+/**
+ * A compaction due while the extensions have not recorded the latest changes
+ * yet (the hooks' outbox behind the writes): the snapshot of the document as
+ * it is now is taken in the queue, and folded through the current position
+ * once those changes' events are recorded; the changes stored meanwhile stay
+ * in the log after it. Writes go on in between: before, the compaction waited
+ * inside the queue, and the document's writes waited as long as the outbox
+ * was behind (10–20 s on PostgreSQL at 75 messages a second, an outside tester).
+ * Nothing is folded whose events are not recorded (a load derives them from
+ * the log past the watermark); a fold or fresh epoch meanwhile, a purge owed,
+ * or an unload makes this one moot. Call inside the document's queue.
+ */
+function foldLater(ctx: PathContext, host: DocumentHost): void {
+  const through = host.lastPosition
+  const folded = host.logSinceSnapshot
+  const folds = host.folds
+  const snapshot = Y.encodeStateAsUpdate(host.doc)
+  const moot = () => host.destroyed || host.folds !== folds || owesPurge(ctx, host.key)
+  foldsWaiting.add(host)
+  ctx.extensions
+    .recorded(host.key)
+    .then(() => (moot() ? undefined : ctx.extensions.compactionLimit(host.key)))
+    .then((limit) => {
+      // Not recorded after all (the relay stops, another relay orders the document): a later change tries again.
+      if (limit === undefined || limit < through || moot()) return
+      return host.enqueue(async () => {
+        if (moot()) return
+        await ctx.storage.compact(host.key, snapshot, through)
+        host.compacted(folded)
+        snapshotSizes.set(host, { sealedSince: 0, ...snapshotSizes.get(host), snapshot: snapshot.length })
+        ctx.metrics.compactions.inc()
+        if (!host.destroyed && garbageEpochDue(ctx, host)) await startNewEpoch(ctx, host, "garbage")
+      })
+    })
+    .catch((error: unknown) => {
+      // The log still holds everything; compaction is tried again after a later change.
+      if (!host.destroyed) ctx.log.error({ err: error, doc: host.key }, "compaction failed")
+    })
+    .finally(() => foldsWaiting.delete(host))
 }
 
 /**

@@ -92,6 +92,10 @@ export class HooksExtension implements RelayExtension {
     return (await this.options.outbox.watermark(name)) ?? Number.POSITIVE_INFINITY
   }
 
+  async recorded({ name }: { readonly name: string }): Promise<void> {
+    await this.running?.recorded(name)
+  }
+
   async tookOver({ name }: { readonly name: string }): Promise<void> {
     await this.running?.resume(name)
   }
