@@ -141,6 +141,7 @@ export class FencedStorage implements RelayStorage {
       }
     }
     let positions = new Map<string, number>()
+    let unheld = 0
     for (;;) {
       const names = [...tokens.keys()].filter((name) => !refused.has(name)).sort()
       if (names.length === 0) break
@@ -150,7 +151,11 @@ export class FencedStorage implements RelayStorage {
       } catch (error) {
         if ((error as { code?: unknown } | null)?.code !== "55P03") throw error
         const busy = await this.lockedFences(names)
-        // Nothing held by another session among them: storage is failing (a table locked whole, say).
+        // Nothing held by another session among them: the holder let go between the timeout and the
+        // look (another relay's takeover claiming fence rows after a relay died), tried again once; held
+        // by nobody twice, storage is failing (a table locked whole, say). Before, the first such miss
+        // took storage for failing: a survivor refused every write and answered /readyz 503 for seconds.
+        if (busy.size === 0 && unheld++ === 0) continue
         if (busy.size === 0) throw error
         const until = Date.now() + LOCKED_REFUSED_MS
         this.waryUntil = Date.now() + LOCKS_WARY_MS
