@@ -963,7 +963,35 @@ export function storageLocation(
     const stray = env.PARLEY_DATABASE_URL ? " (PARLEY_DATABASE_URL is not read: rename it DATABASE_URL)" : ""
     throw new ConfigError(`--storage postgres needs --database-url or DATABASE_URL${stray}`)
   }
+  checkDatabaseUrl(databaseUrl, env)
   return { kind, databaseUrl }
+}
+
+/**
+ * Refuses a connection string that names no database, or is no PostgreSQL URL
+ * at all, as a configuration error (exit 2: retrying cannot help). Before, `pg`
+ * took a URL without a path for the user's own database (`postgres`), where
+ * the relay made its tables unseen, and `not-a-url` for a host named "base"
+ * (a storage failure, exit 4). A socket path (`/run/postgresql dbname`,
+ * `socket:`) is left to `pg`. The string itself is not repeated: it may hold a password.
+ */
+function checkDatabaseUrl(databaseUrl: string, env: NodeJS.ProcessEnv): void {
+  if (databaseUrl.startsWith("/") || databaseUrl.startsWith("socket:")) return
+  const form = "postgres://USER:PASSWORD@HOST:5432/DATABASE"
+  let url: URL
+  try {
+    url = new URL(databaseUrl)
+  } catch {
+    throw new ConfigError(`--database-url (DATABASE_URL) is not a PostgreSQL URL: expected ${form}`)
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:")
+    throw new ConfigError(
+      `--database-url (DATABASE_URL) is not a PostgreSQL URL (it starts with ${url.protocol}): expected ${form}`,
+    )
+  if (url.pathname.replace(/^\//, "") === "" && !env.PGDATABASE)
+    throw new ConfigError(
+      `--database-url (DATABASE_URL) names no database: expected ${form} (there is no default database)`,
+    )
 }
 
 /** The relay's command line. */

@@ -148,6 +148,21 @@ describe("configuration", () => {
     ).toMatchObject({
       databaseUrl: "postgres://db/x",
     })
+    // Nor the user's own database for a URL naming none (before: tables made unseen in `postgres`), nor
+    // a host named "base" for a string that is no URL (before: a storage failure, exit 4).
+    const url =
+      (DATABASE_URL: string, more: Record<string, string> = {}) =>
+      () =>
+        parseConfig(["--dev", "--storage", "postgres"], { DATABASE_URL, ...more })
+    expect(url("postgres://postgres:secret@127.0.0.1:5432")).toThrow(/names no database/)
+    expect(url("postgres://postgres:secret@127.0.0.1:5432/")).toThrow(/names no database/)
+    expect(url("not-a-url")).toThrow(/is not a PostgreSQL URL/)
+    expect(url("mysql://db/x")).toThrow(/starts with mysql:/)
+    expect(url("postgres://postgres:secret@127.0.0.1:5432")).not.toThrow(/secret/)
+    expect(url("postgresql://db:5432", { PGDATABASE: "chat" })()).toMatchObject({
+      databaseUrl: "postgresql://db:5432",
+    })
+    expect(url("/run/postgresql chat")()).toMatchObject({ databaseUrl: "/run/postgresql chat" })
     const env = { PARLEY_STORAGE: "postgres", PARLEY_DATABASE_URL: "postgres://db/x" }
     for (const [run, argv] of [
       [runDeadLetterCli, ["list"]],

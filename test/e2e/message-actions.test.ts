@@ -96,6 +96,10 @@ it("replies, reactions, edits, deletions, presence and muting in a direct conver
   await page.getByTestId("sign-in-user").fill("frank smith")
   await page.getByTestId("sign-in-submit").click()
   await page.getByTestId("sign-in-error").getByText("no spaces", { exact: false }).waitFor()
+  // So is a name the relay keeps for services (before: "Connecting…" for good).
+  await page.getByTestId("sign-in-user").fill("service.x")
+  await page.getByTestId("sign-in-submit").click()
+  await page.getByTestId("sign-in-error").getByText("keeps those for services", { exact: false }).waitFor()
   await context.close()
 
   await Promise.all([dana.close(), erin.close()])

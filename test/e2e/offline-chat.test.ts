@@ -120,8 +120,12 @@ it("two users chat through offline, a reload, a relay restart, and a third user 
   await carol.openConversation("Launch plan")
   await carol.messagesAre(full)
 
-  // Role-aware buttons: the owner may remove others; a member sees no add / remove, only leave.
+  // Role-aware buttons: the owner may remove others and make owners, and, the group's only owner, is told
+  // to make another before leaving; a member sees no add / remove, only leave.
   expect(await alice.page.getByTestId("remove-participant").count()).toBe(2)
+  expect(await alice.page.getByTestId("make-owner").count()).toBe(2)
+  await alice.page.getByTestId("last-owner-hint").waitFor()
+  expect(await alice.page.getByTestId("leave-conversation").count()).toBe(0)
   await carol.page.getByTestId("participants-toggle").click()
   await carol.page.getByTestId("leave-conversation").waitFor()
   expect(await carol.page.getByTestId("remove-participant").count()).toBe(0)

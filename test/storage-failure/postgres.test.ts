@@ -420,7 +420,9 @@ if (unreachable && process.env.PARLEY_REQUIRE_SERVICES !== "1") {
       const { url } = await database()
       const proxy = await TcpProxy.start(postgresTarget())
       cleanups.push(() => proxy.close())
-      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), 500) })
+      // Long enough for the start's own queries on a loaded machine (at 500 ms, CI's relay failed to open
+      // PostgreSQL: "Query read timeout"); six of them still well inside the bound below.
+      const relay = await startRelayProcess({ args: relayArgs(through(url, proxy), 1000) })
       const client = await ownSdkClient(relay, alice)
       const chat = await client.createConversation({ participants: [], title: "stuck shutdown" })
       const sent = chat.send("before")

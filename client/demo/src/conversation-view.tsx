@@ -203,11 +203,15 @@ export function ConversationView({
       ? `Direct conversation · ${presenceText(presence.get(other))}`
       : `${participants.length} participants · ${others.filter((p) => around(p.user)).length} online`
   const unavailable = state.state === "unavailable" ? state.error : undefined
+  // Not on this device yet (never opened here) and no relay to load it from: nothing can be written to it
+  // until it loads (the SDK refuses a send before `ready()`), so the composer waits too.
+  const loading = state.state === "loading"
 
   const submit = () => {
     const body = text.trim()
     const withFiles = mode.kind !== "edit" && files.length > 0
-    if (!body && !withFiles) return
+    // Kept in the box until the conversation loads (see `loading`): before, it was sent into an error.
+    if ((!body && !withFiles) || loading) return
     const ok = attempt(() => {
       if (mode.kind === "edit") conversation.edit(mode.message.id, body)
       else
@@ -390,6 +394,11 @@ export function ConversationView({
               )}
             </ol>
           </div>
+          {loading && typeof navigator !== "undefined" && !navigator.onLine && (
+            <p className="banner" data-testid="conversation-not-here">
+              This conversation is not on this device yet: it opens once you are back online.
+            </p>
+          )}
           {unavailable && (
             <p className="banner" data-testid="conversation-unavailable" title={detail(unavailable)}>
               This conversation is unavailable: {explain(unavailable)}.
@@ -487,7 +496,7 @@ export function ConversationView({
                 type="submit"
                 className="primary"
                 data-testid="composer-send"
-                disabled={unavailable !== undefined}
+                disabled={unavailable !== undefined || loading}
               >
                 {mode.kind === "edit" ? "Save" : "Send"}
               </button>

@@ -1,7 +1,7 @@
 import type { Conversation, ConversationInfo, Participant, Role, UserPresence } from "@parley/client"
 import { useState } from "react"
 import { presenceText, UserAvatar, UserName } from "./people.js"
-import { mayAdd, mayChangeRole, mayRemove } from "./permissions.js"
+import { mayAdd, mayChangeRole, mayLeave, mayMakeOwner, mayRemove } from "./permissions.js"
 import { parseUserNames } from "./user-names.js"
 
 /**
@@ -70,6 +70,16 @@ export function ParticipantsPanel(props: {
                   {p.role === "admin" ? "Make member" : "Make admin"}
                 </button>
               )}
+              {!direct && !isMe && p.role !== "owner" && mayMakeOwner(role, info.kind, p.role) && (
+                <button
+                  type="button"
+                  className="link"
+                  data-testid="make-owner"
+                  onClick={() => attempt(() => conversation.changeRole(p.user, "owner"))}
+                >
+                  Make owner
+                </button>
+              )}
               {mayRemove(me, role, info.kind, p.user, p.role) && (
                 <button
                   type="button"
@@ -123,6 +133,10 @@ export function ParticipantsPanel(props: {
         <p className="hint">You are no longer a participant.</p>
       ) : direct ? (
         <p className="hint">A direct conversation stays between its two people; mute it if it is too much.</p>
+      ) : !mayLeave(me, participants) ? (
+        <p className="hint" data-testid="last-owner-hint">
+          You are its only owner: make someone else an owner before you leave.
+        </p>
       ) : (
         <button
           type="button"

@@ -6,6 +6,8 @@ import {
   canEditMessage,
   canRemoveParticipant,
   canUpdateConversation,
+  keepsAnOwner,
+  type Participant,
   type Role,
   type UserId,
 } from "@parley/client"
@@ -41,3 +43,13 @@ export const mayChangeRole = (role: Role | undefined, kind: ConversationKind, ta
 /** May the user rename the conversation (groups: owners and admins)? */
 export const mayRename = (kind: ConversationKind, role: Role | undefined) =>
   kind === "group" && canUpdateConversation(role).allowed
+
+/** May the user leave a group of `participants`? Its last owner makes another owner first (`last-owner`). */
+export const mayLeave = (me: string, participants: readonly Participant[]) => {
+  const staying = participants.filter((p) => p.user !== me)
+  return keepsAnOwner("group", staying.filter((p) => p.role === "owner").length, staying.length).allowed
+}
+
+/** May the user make `target` (whose role is `targetRole`) an owner? Only owners do. */
+export const mayMakeOwner = (role: Role | undefined, kind: ConversationKind, targetRole: Role) =>
+  canChangeRole(role, kind, targetRole, "owner").allowed

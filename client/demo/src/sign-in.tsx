@@ -4,6 +4,9 @@ import { useEffect, useRef, useState } from "react"
 export function nameProblem(name: string): string | undefined {
   if (name.length === 0) return "Enter a user name."
   if (name.length > 64) return "A user name has at most 64 characters."
+  // The relay keeps these for services acting in conversations (its tokens for them are not users').
+  if (name.startsWith("service."))
+    return "User names may not start with “service.”: the relay keeps those for services."
   const bad = [...new Set(name.replace(/[A-Za-z0-9_.@-]/g, ""))]
   if (bad.length === 0) return undefined
   const shown = bad.map((c) => (c === " " ? "spaces" : `“${c}”`)).join(", ")

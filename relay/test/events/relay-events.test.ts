@@ -48,7 +48,8 @@ describe("the relay's event log", () => {
   it("records the events of every saved change without any hook or webhook, and wakes subscribers", async () => {
     // No hook modules, no webhooks, no inboxes: nothing but the event log wants these events.
     const relay = await relayWith({ inbox: false })
-    expect(relay.core.events).toBe(relay.events)
+    // The core serves the relay's log (through what withholds owed purges' content, see `OwedContent`).
+    expect(relay.core.events).toBeDefined()
     const heard: EventLogEntry[] = []
     relay.events.subscribe((entries) => heard.push(...entries))
     const id = newConversationId()
@@ -64,6 +65,7 @@ describe("the relay's event log", () => {
     )
     const logged = await relay.events.read({ limit: 100 })
     expect(logged).toEqual(heard)
+    expect(await relay.core.events!.read({ limit: 100 })).toEqual(logged)
     expect(types(logged)).toEqual([
       "conversation.created",
       "document.updated",
