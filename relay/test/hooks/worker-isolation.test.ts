@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import {
@@ -17,6 +17,7 @@ import type { HookEvent } from "../../src/hooks/events.js"
 import { HookWorker } from "../../src/hooks/worker-host.js"
 import type { PushNotification } from "../../src/push/notification.js"
 import { TestClient } from "../helpers/clients.js"
+import { deadLetters, linesOf, untilSeen } from "../helpers/hook-process.js"
 import {
   hooksApi,
   type RelayProcess,
@@ -50,31 +51,6 @@ export default defineHooks({
   },
 })
 `
-
-const linesOf = (file: string): Record<string, unknown>[] =>
-  existsSync(file)
-    ? readFileSync(file, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
-    : []
-
-async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, what: string): Promise<T> {
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    const value = await probe()
-    if (ok(value)) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 25))
-  }
-}
-
-async function deadLetters(relay: RelayProcess): Promise<Record<string, unknown>[]> {
-  const response = await fetch(`${relay.httpUrl}/admin/dead-letters`, {
-    headers: { authorization: `Bearer ${await relay.token("ops", { role: "service" })}` },
-  })
-  return ((await response.json()) as { deadLetters: Record<string, unknown>[] }).deadLetters
-}
 
 async function open(relay: RelayProcess, id: ConversationId, user: string): Promise<TestClient> {
   const client = new TestClient(relay.url, id, await relay.token(user))
@@ -116,7 +92,7 @@ export default defineHooks({
     createConversation(alice.doc, "alice" as UserId, { kind: "group", id: stuck, participants: [] })
     sendMessage(alice.doc, "alice" as UserId, { id: "loop-0001" as MessageId, body: "loop" })
     await alice.allSaved()
-    await until(
+    await untilSeen(
       () => linesOf(log).filter((l) => l.hook === "loop").length,
       (n) => n >= 1,
       "the looping handler to start",
@@ -139,7 +115,7 @@ export default defineHooks({
 
     // Stopped 2 s into its loop (not at its 8 s timeout), and its second attempt looped too: the event is
     // dead-lettered, not tried six times more, with an error that says what happened.
-    const dead = await until(
+    const dead = await untilSeen(
       () => deadLetters(relay),
       (letters) => letters.length > 0,
       "the looping event's dead letter",
@@ -156,7 +132,7 @@ export default defineHooks({
     await relay.waitForLog((l) => l.msg === "hook worker restarted: modules loaded again")
     // The well-behaved module got every message, its calls cut short by a restart retried.
     const expected = ["loop-0001", "chat-a-1", "chat-a-2", "chat-a-3", "chat-b-1", "chat-b-2", "chat-b-3"]
-    const good = await until(
+    const good = await untilSeen(
       () =>
         new Set(
           linesOf(log)
@@ -169,7 +145,7 @@ export default defineHooks({
     expect([...good].sort()).toEqual([...expected].sort())
     // And after the restart, a new message reaches it at once (the new worker serves).
     sendMessage(a.doc, "alice" as UserId, { id: "chat-after" as MessageId, body: "after the restart" })
-    await until(
+    await untilSeen(
       () => linesOf(log).some((l) => l.hook === "b-good.mjs" && l.message === "chat-after"),
       Boolean,
       "a message after the restart",
@@ -212,7 +188,7 @@ export default defineHooks({
     sendMessage(alice.doc, "alice" as UserId, { id: "hog-0001" as MessageId, body: "hog" })
     sendMessage(alice.doc, "alice" as UserId, { id: "fine-0001" as MessageId, body: "fine" })
     await alice.allSaved()
-    const dead = await until(
+    const dead = await untilSeen(
       () => deadLetters(relay),
       (letters) => letters.length >= 2,
       "both bad events' dead letters",
@@ -232,7 +208,7 @@ export default defineHooks({
       ],
     ])
     expect((await fetch(`${relay.httpUrl}/healthz`)).status).toBe(200)
-    await until(
+    await untilSeen(
       () => new Set(linesOf(log).map((l) => l.message)),
       (seen) => ["spin-0001", "hog-0001", "fine-0001"].every((m) => seen.has(m)),
       "every message at the well-behaved module",
@@ -303,7 +279,7 @@ export default defineHooks({
     expected.push("spin-0001")
     await Promise.all([...clients, spinning].map((client) => client.allSaved()))
 
-    const dead = await until(
+    const dead = await untilSeen(
       () => deadLetters(relay),
       (letters) => letters.length > 0,
       "the looping call's dead letter",
@@ -323,7 +299,7 @@ export default defineHooks({
     // Every message reached both correct modules, the calls cut short by a restart delivered again
     // without counting an attempt.
     for (const hook of ["b-slow.mjs", "c-good.mjs"]) {
-      const seen = await until(
+      const seen = await untilSeen(
         () => linesOf(log).filter((l) => l.hook === hook),
         (lines) => expected.every((m) => lines.some((l) => l.message === m)),
         `every message at ${hook}`,
@@ -378,7 +354,7 @@ export default defineHooks({
       })
     }
     await client.allSaved()
-    const seen = await until(
+    const seen = await untilSeen(
       () => linesOf(log).filter((l) => l.hook === "b-slow.mjs"),
       (lines) => expected.every((m) => lines.some((l) => l.message === m)),
       "every message at b-slow.mjs",
@@ -408,7 +384,7 @@ export default defineHooks({
     createConversation(alice.doc, "alice" as UserId, { kind: "group", id, participants: [] })
     sendMessage(alice.doc, "alice" as UserId, { body: "hello" })
     await alice.allSaved()
-    const [dead] = await until(
+    const [dead] = await untilSeen(
       () => deadLetters(relay),
       (letters) => letters.length >= 1,
       "the killer's dead letter",

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import {
@@ -10,6 +10,7 @@ import {
 } from "@parley/shared"
 import { afterAll, describe, expect, it } from "vitest"
 import { TestClient } from "../helpers/clients.js"
+import { deadLetters, linesOf, untilSeen } from "../helpers/hook-process.js"
 import {
   hooksApi,
   type RelayProcess,
@@ -38,31 +39,6 @@ export default defineHooks({
 const failedLoad = (line: Record<string, unknown>) =>
   String(line.msg).startsWith("the hook worker could not load the modules again")
 
-const linesOf = (file: string): Record<string, unknown>[] =>
-  existsSync(file)
-    ? readFileSync(file, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
-    : []
-
-async function until<T>(probe: () => T | Promise<T>, ok: (value: T) => boolean, what: string): Promise<T> {
-  const deadline = Date.now() + 40_000
-  for (;;) {
-    const value = await probe()
-    if (ok(value)) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
-
-async function deadLetters(relay: RelayProcess): Promise<Record<string, unknown>[]> {
-  const response = await fetch(`${relay.httpUrl}/admin/dead-letters`, {
-    headers: { authorization: `Bearer ${await relay.token("ops", { role: "service" })}` },
-  })
-  return ((await response.json()) as { deadLetters: Record<string, unknown>[] }).deadLetters
-}
-
 async function conversation(relay: RelayProcess, id: ConversationId, user: string): Promise<TestClient> {
   const client = new TestClient(relay.url, id, await relay.token(user))
   await client.opened
@@ -90,10 +66,11 @@ describe("hook modules that cannot load after a worker restart", () => {
     })
     const bad = await conversation(relay, "g~reload-bad" as ConversationId, "alice")
     const good = await conversation(relay, "g~reload-good" as ConversationId, "carol")
-    await until(
+    await untilSeen(
       () => linesOf(log).length,
       (n) => n === 0,
       "nothing delivered yet",
+      40_000,
     )
 
     // The file is edited into a syntax error while the relay runs, then a handler ends the worker:
@@ -118,10 +95,11 @@ describe("hook modules that cannot load after a worker restart", () => {
     // Fixed on disk: loaded again (the relay watches the folder), and the load serves every
     // conversation's events, in order, each at its first attempt.
     writeFileSync(join(hooks, "flaky.mjs"), FLAKY)
-    await until(
+    await untilSeen(
       () => linesOf(log).filter((l) => l.conversation === "g~reload-good").length,
       (n) => n >= bodies.length,
       "the other conversation's events",
+      40_000,
     )
     const delivered = linesOf(log).filter((l) => l.conversation === "g~reload-good")
     // At least once, in order: a call the exit's retry interrupted (same batch) is delivered again,
@@ -130,10 +108,11 @@ describe("hook modules that cannot load after a worker restart", () => {
     expect(firsts).toEqual(bodies.map((body) => ({ conversation: "g~reload-good", body, attempt: 1 })))
     expect(delivered.every((l) => l.attempt === 1)).toBe(true)
     // Only the event whose handler ends the worker is dead-lettered, by its own second crash.
-    const dead = await until(
+    const dead = await untilSeen(
       () => deadLetters(relay),
       (letters) => letters.length > 0,
       "the exit's dead letter",
+      40_000,
     )
     expect(dead.map((d) => [d.document, d.attempts])).toEqual([["g~reload-bad", 2]])
     expect(String(dead[0]!.lastError)).toContain(
